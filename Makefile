@@ -1,0 +1,69 @@
+# Cofre: the verbs a newcomer needs. `make run` and `make test` install what is missing
+# (Debian packages through apt, a .venv from the hash-pinned lock file) and are idempotent.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.cofre-installed
+# apt needs root; on a developer laptop that is not root, sudo is used for apt only.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+IN_SCOPE := cofre vault hsm api policies audit infra_pci compliance
+
+.PHONY: help run test lint format bench system-deps venv lock clean
+
+help:
+	@echo "make run    - start the dev vault (SoftHSM token, SQLite, dev PKI; created on first run)"
+	@echo "make test   - lint, then the whole test suite (real SoftHSM and PostgreSQL)"
+	@echo "make lint   - ruff, mypy --strict, import-linter contracts"
+	@echo "make bench  - run bench/ and write bench/REPORT.md"
+	@echo "make lock   - re-pin requirements.lock from requirements.in (needs uv)"
+
+# Debian packages: SoftHSM2 (the dev/test HSM) and the PostgreSQL server (tests start a
+# throwaway cluster). Installed only when missing.
+system-deps:
+	@missing=""; \
+	[ -f /usr/lib/softhsm/libsofthsm2.so ] && command -v softhsm2-util >/dev/null || missing="$$missing softhsm2"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): requirements.lock pyproject.toml | system-deps
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "Cofre needs Python 3.11 or newer (set PYTHON=...)"; exit 1; }
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+venv: system-deps $(STAMP)
+
+run: venv
+	$(BIN)/cofre dev
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/pytest
+
+bench: venv
+	$(BIN)/python -m bench
+
+lock:
+	uv pip compile --python-version 3.11 --generate-hashes -q requirements.in -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -1,0 +1,5 @@
+"""IN PCI SCOPE: the append-only, tamper-evident audit log (RFC 9162 Merkle tree).
+
+Entries never hold a PAN (beyond BIN6/last4), a key or a PIN. Tree heads are signed by a
+signer that the wiring injects (the HSM's audit key); `audit` itself never imports `hsm`.
+"""

@@ -1,0 +1,30 @@
+"""Errors of the audit package.
+
+IN PCI SCOPE.
+
+    CofreError
+    └── AuditError
+        ├── ProofError          (also ValueError)  a Merkle proof does not verify
+        ├── AuditWriteFailed                       code audit_unavailable (fail closed)
+        └── AuditVerificationFailed                the stored log does not match its heads
+"""
+
+from __future__ import annotations
+
+from cofre.errors import CofreError
+
+
+class AuditError(CofreError):
+    code = "audit_error"
+
+
+class ProofError(AuditError, ValueError):
+    code = "proof_invalid"
+
+
+class AuditWriteFailed(AuditError):
+    code = "audit_unavailable"
+
+
+class AuditVerificationFailed(AuditError):
+    code = "audit_verification_failed"

@@ -1,0 +1,186 @@
+"""The `cofre` command line: one CLI for developers, operators, officers and auditors.
+
+IN PCI SCOPE (wiring). Secrets are never options: the HSM PIN comes from
+``COFRE_HSM__PIN`` or ``COFRE_HSM__PIN_FILE`` (see `cofre.settings`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+
+from cofre import __version__
+from cofre.errors import CofreError
+from cofre.settings import Settings, load_settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+app = typer.Typer(
+    name="cofre",
+    help="Cofre: a PCI-DSS tokenization vault (format-preserving tokens, HSM keys, audit).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+hsm_app = typer.Typer(
+    help="The PKCS#11 token and Cofre's key hierarchy on it.", no_args_is_help=True
+)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+app.add_typer(hsm_app, name="hsm")
+app.add_typer(config_app, name="config")
+
+DEV_CONFIG = Path(".cofre-dev") / "cofre.toml"
+
+
+def _fail_cleanly(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn a `CofreError` into one line on stderr and exit status 1 (no traceback: a
+    traceback's locals could hold a secret)."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except CofreError as exc:
+            typer.echo(f"error [{exc.code}]: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _settings() -> Settings:
+    """Load settings; in a checkout where `make run` created the dev environment and no
+    ``COFRE_CONFIG`` is set, use the dev configuration (and say so on stderr)."""
+    if "COFRE_CONFIG" not in os.environ and DEV_CONFIG.is_file():
+        os.environ["COFRE_CONFIG"] = str(DEV_CONFIG.resolve())
+        typer.echo(f"(using the dev configuration {DEV_CONFIG})", err=True)
+    return load_settings()
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"cofre {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version and exit.",
+            callback=_version_callback,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Cofre: a PCI-DSS tokenization vault."""
+
+
+# ---------------------------------------------------------------------------- dev
+@app.command("dev")
+@_fail_cleanly
+def dev_command(
+    data_dir: Annotated[
+        Path,
+        typer.Option(help="Where the dev token, database and PKI live.", envvar="COFRE_DATA_DIR"),
+    ] = Path(".cofre-dev"),
+) -> None:
+    """Create (on first run) and check the development environment: a SoftHSM2 token with
+    Cofre's key hierarchy and the embedded SQLite store. `make run` calls this."""
+    from cofre.devenv import dev_settings, ensure_dev_environment
+    from hsm.keys import KeyHierarchy
+    from hsm.provider import provider_from_settings
+
+    env = ensure_dev_environment(data_dir)
+    typer.echo(("created" if env.created else "reusing") + f" dev environment in {env.data_dir}")
+    settings = dev_settings(env)
+    provider = provider_from_settings(settings.hsm)
+    created = KeyHierarchy(provider).initialize()
+    if created:
+        typer.echo("created keys on the token: " + ", ".join(created))
+    provider.health_check()
+    info = provider.token_info()
+    typer.echo(f"ready: HSM token {info.token_label!r} ({info.model}) answers")
+    typer.echo(f"config: COFRE_CONFIG={env.config_file}")
+
+
+# ---------------------------------------------------------------------------- hsm
+@hsm_app.command("init")
+@_fail_cleanly
+def hsm_init() -> None:
+    """Create Cofre's key hierarchy on an empty token (idempotent): KEK, fingerprint key,
+    audit signing key. Data keys are created by the vault and stored wrapped."""
+    from hsm.keys import KeyHierarchy
+    from hsm.provider import provider_from_settings
+
+    created = KeyHierarchy(provider_from_settings(_settings().hsm)).initialize()
+    typer.echo(
+        "created: " + ", ".join(created) if created else "nothing to do: the hierarchy exists"
+    )
+
+
+@hsm_app.command("status")
+@_fail_cleanly
+def hsm_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show the token, the mechanisms Cofre needs (present or not) and the key inventory
+    with its attributes. Never shows key material."""
+    from hsm.provider import REQUIRED_MECHANISMS, provider_from_settings
+
+    provider = provider_from_settings(_settings().hsm)
+    offered = provider.mechanism_ids()
+    try:
+        wrap = provider.wrap_mechanism()
+    except CofreError:
+        wrap = None
+    report: dict[str, Any] = {
+        "token": asdict(provider.token_info()),
+        "mechanisms": {name: number in offered for name, number in REQUIRED_MECHANISMS.items()},
+        "wrap_mechanism": wrap,
+        "keys": [asdict(info) for info in provider.list_keys()],
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    token = report["token"]
+    typer.echo(
+        f"token {token['token_label']!r}: {token['manufacturer']} {token['model']}, "
+        f"library {token['library']} v{token['library_version']}"
+    )
+    for name, present in report["mechanisms"].items():
+        typer.echo(f"  mechanism {name:<24} {'present' if present else 'MISSING'}")
+    typer.echo(f"  key wrap: {wrap or 'NONE'}")
+    for key in report["keys"]:
+        flags = ", ".join(
+            f"{flag}={key[flag]}"
+            for flag in ("sensitive", "extractable", "never_extractable")
+            if key[flag] is not None
+        )
+        typer.echo(f"  {key['label']:<18} {key['object_class']:<12} {key['key_type']:<15} {flags}")
+
+
+# ---------------------------------------------------------------------------- config
+@config_app.command("show")
+@_fail_cleanly
+def config_show() -> None:
+    """Print the effective configuration as JSON, secrets replaced by asterisks."""
+    typer.echo(json.dumps(_settings().redacted(), indent=2))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="cofre")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

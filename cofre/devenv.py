@@ -1,0 +1,74 @@
+"""The development environment behind `make run`: a SoftHSM2 token, a SQLite store and
+(later) a dev PKI under ``./.cofre-dev/``, created on first run and reused after.
+
+IN PCI SCOPE (it creates keys), but for development only: the PINs are random and kept
+in 0600 files in the data directory, which is fine for a laptop token and never for a
+production HSM (see docs/key-ceremony.md for CloudHSM).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cofre.settings import Settings, load_settings
+from hsm.softhsm import init_softhsm_token, write_softhsm_conf
+
+DEV_TOKEN_LABEL = "cofre-dev"  # noqa: S105 - a token label, not a secret
+CONFIG_NAME = "cofre.toml"
+
+
+@dataclass(frozen=True)
+class DevEnvironment:
+    data_dir: Path
+    config_file: Path
+    created: bool
+
+
+def _write_secret(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value + "\n")
+
+
+def ensure_dev_environment(data_dir: Path) -> DevEnvironment:
+    """Create the dev data directory, SoftHSM token and config file if they are missing.
+
+    Returns where they are. Idempotent: a second call changes nothing.
+    Raises `hsm.errors.HSMUnavailable` when softhsm2-util is missing or fails.
+    """
+    data_dir = data_dir.resolve()
+    hsm_dir = data_dir / "hsm"
+    config_file = data_dir / CONFIG_NAME
+    if config_file.is_file():
+        return DevEnvironment(data_dir, config_file, created=False)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    hsm_dir.mkdir(exist_ok=True, mode=0o700)
+    conf = hsm_dir / "softhsm2.conf"
+    write_softhsm_conf(conf, hsm_dir / "tokens")
+    user_pin_file = hsm_dir / "user-pin"
+    so_pin = secrets.token_urlsafe(18)
+    user_pin = secrets.token_urlsafe(18)
+    init_softhsm_token(conf, DEV_TOKEN_LABEL, so_pin=so_pin, user_pin=user_pin)
+    _write_secret(hsm_dir / "so-pin", so_pin)
+    _write_secret(user_pin_file, user_pin)
+    # Written last: its presence marks a complete environment.
+    config_file.write_text(
+        "# Written by `cofre dev`; development only.\n"
+        f'data_dir = "{data_dir}"\n\n'
+        "[hsm]\n"
+        'library = "/usr/lib/softhsm/libsofthsm2.so"\n'
+        f'token_label = "{DEV_TOKEN_LABEL}"\n'
+        f'pin_file = "{user_pin_file}"\n'
+        f'softhsm_conf = "{conf}"\n',
+        encoding="utf-8",
+    )
+    return DevEnvironment(data_dir, config_file, created=True)
+
+
+def dev_settings(env: DevEnvironment) -> Settings:
+    """Return the settings of the dev environment (its TOML file, then COFRE_* variables)."""
+    os.environ["COFRE_CONFIG"] = str(env.config_file)
+    return load_settings()

@@ -1,0 +1,37 @@
+"""The root of every error Cofre raises.
+
+IN PCI SCOPE. Every package has its own ``errors.py`` whose classes derive from
+`CofreError`, so a caller can catch the whole project with one ``except``::
+
+    CofreError
+    ├── ConfigurationError              (cofre.errors)
+    ├── vault.errors.VaultError
+    │   └── vault.errors.InvalidPan     (also ValueError)
+    ├── hsm.errors.HSMError
+    ├── policies.errors.PolicyError
+    ├── audit.errors.AuditError
+    ├── api.errors.ApiError
+    ├── compliance.errors.ComplianceError
+    └── infra_pci.errors.InfraError
+
+Rule for every subclass: the message never contains a PAN, a key, or a PIN. Code that
+formats a message from input uses the masked form (`vault.pan.Pan.__str__`).
+"""
+
+from __future__ import annotations
+
+
+class CofreError(Exception):
+    """Base class of all Cofre errors.
+
+    `code` is the stable, machine-readable error code that the API puts in its RFC 9457
+    problem+json bodies; subclasses override it.
+    """
+
+    code: str = "cofre_error"
+
+
+class ConfigurationError(CofreError):
+    """The settings are incomplete or contradictory (a missing PIN source, a bad path)."""
+
+    code = "configuration_error"

@@ -1,0 +1,176 @@
+"""Typed configuration: ``COFRE_*`` environment variables, then an optional TOML file.
+
+IN PCI SCOPE. Precedence, highest first: explicit constructor arguments, environment
+variables (``COFRE_HSM__LIBRARY`` for nested fields), the TOML file named by
+``COFRE_CONFIG``, then defaults. Secrets (the HSM user PIN) come from an environment
+variable or a file path and are held as `pydantic.SecretStr`, so neither `repr` nor
+`str` nor `model_dump_json` shows them. There is deliberately no CLI flag for a secret:
+command lines are visible to every user of the machine through ``/proc``.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from cofre.errors import ConfigurationError
+
+DEFAULT_SOFTHSM_LIBRARY = Path("/usr/lib/softhsm/libsofthsm2.so")
+CLOUDHSM_LIBRARY = Path("/opt/cloudhsm/lib/libcloudhsm_pkcs11.so")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HSMSettings(_Section):
+    """Where the PKCS#11 token is and how to log in to it."""
+
+    library: Path = DEFAULT_SOFTHSM_LIBRARY
+    token_label: str = "cofre"  # noqa: S105 - a token label, not a secret
+    # One of `pin` (from COFRE_HSM__PIN) or `pin_file` must be set to use the HSM.
+    pin: SecretStr | None = None
+    pin_file: Path | None = None
+    # SoftHSM only: the softhsm2.conf this process must use. Ignored for CloudHSM.
+    softhsm_conf: Path | None = None
+
+    def read_pin(self) -> SecretStr:
+        """Return the user PIN from `pin` or `pin_file`.
+
+        Raises `ConfigurationError` if neither is set or the file cannot be read; the
+        message names the file, never its content.
+        """
+        if self.pin is not None:
+            return self.pin
+        if self.pin_file is None:
+            raise ConfigurationError(
+                "no HSM PIN configured: set COFRE_HSM__PIN or COFRE_HSM__PIN_FILE"
+            )
+        try:
+            text = self.pin_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read the HSM PIN file {self.pin_file}: {exc.strerror}"
+            ) from None
+        if not text:
+            raise ConfigurationError(f"the HSM PIN file {self.pin_file} is empty")
+        return SecretStr(text)
+
+
+class DatabaseSettings(_Section):
+    """The token store. SQLite is the embedded default; PostgreSQL for production."""
+
+    # None means "<data_dir>/cofre.sqlite3".
+    url: SecretStr | None = None
+    pool_size: int = Field(default=10, ge=1, le=200)
+
+
+class TLSVersion(StrEnum):
+    TLS1_2 = "1.2"
+    TLS1_3 = "1.3"
+
+
+class ServerSettings(_Section):
+    """The mTLS listener."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=1, le=65535)
+    min_tls_version: TLSVersion = TLSVersion.TLS1_2
+    ca_bundle: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    crl_file: Path | None = None
+
+
+class AuditSettings(_Section):
+    """When the sequencer signs a tree head."""
+
+    sign_every_entries: int = Field(default=1000, ge=1)
+    sign_every_seconds: float = Field(default=10.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """All of Cofre's configuration.
+
+    Build it with `load_settings`; tests pass keyword arguments directly.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="COFRE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_dir: Path = Path(".cofre-dev")
+    policy_file: Path | None = None
+    log_level: str = "INFO"
+    hsm: HSMSettings = HSMSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    server: ServerSettings = ServerSettings()
+    audit: AuditSettings = AuditSettings()
+
+    @model_validator(mode="after")
+    def _pin_sources_exclusive(self) -> Settings:
+        if self.hsm.pin is not None and self.hsm.pin_file is not None:
+            raise ValueError("set only one of COFRE_HSM__PIN and COFRE_HSM__PIN_FILE")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_path = os.environ.get("COFRE_CONFIG")
+        if config_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_path)))
+        return tuple(sources)
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL of the token store (SQLite in `data_dir` by default)."""
+        if self.database.url is not None:
+            return self.database.url.get_secret_value()
+        return f"sqlite:///{(self.data_dir / 'cofre.sqlite3').resolve()}"
+
+    def redacted(self) -> dict[str, Any]:
+        """Return the settings as plain data with every secret replaced by ``"**********"``.
+
+        This is what evidence bundles and `cofre config show` print.
+        """
+        data: dict[str, Any] = self.model_dump(mode="json")
+        if self.database.url is not None:
+            data["database"]["url"] = "**********"
+        return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Return the settings from the environment and ``COFRE_CONFIG``.
+
+    Raises `ConfigurationError` with pydantic's explanation when they do not validate
+    (the explanation never includes a secret value: inputs are hidden).
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read COFRE_CONFIG: {exc}") from None

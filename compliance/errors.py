@@ -1,0 +1,20 @@
+"""Errors of the compliance package.
+
+IN PCI SCOPE.
+
+    CofreError
+    └── ComplianceError
+        └── BundleInvalid       an evidence bundle failed verification
+"""
+
+from __future__ import annotations
+
+from cofre.errors import CofreError
+
+
+class ComplianceError(CofreError):
+    code = "compliance_error"
+
+
+class BundleInvalid(ComplianceError):
+    code = "bundle_invalid"

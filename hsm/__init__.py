@@ -1,0 +1,6 @@
+"""IN PCI SCOPE, holds keys: the only package that speaks PKCS#11 (python-pkcs11).
+
+Nothing above `hsm` ever sees a `pkcs11` exception, a session or an object handle: the
+provider returns bytes and raises `hsm.errors.HSMError` subclasses. Only `vault` and the
+CLI wiring may import this package (an import-linter contract enforces it).
+"""

@@ -1,0 +1,50 @@
+"""Errors of the hsm package: every `pkcs11` exception is translated into one of these.
+
+IN PCI SCOPE. Messages name the library path, token label or key label involved, and
+never a PIN or key material.
+
+    CofreError
+    └── HSMError
+        ├── HSMUnavailable            code hsm_unavailable  (library, token or session gone)
+        │   └── HSMAuthFailed         code hsm_auth_failed  (wrong or locked PIN)
+        ├── HSMKeyNotFound            code hsm_key_not_found
+        ├── HSMMechanismUnsupported   code hsm_mechanism_unsupported
+        ├── HSMKeyNotExtractable      code hsm_key_not_extractable (the token refused export)
+        └── HSMOperationFailed        code hsm_operation_failed (bad wrapped key, bad input)
+"""
+
+from __future__ import annotations
+
+from cofre.errors import CofreError
+
+
+class HSMError(CofreError):
+    code = "hsm_error"
+
+
+class HSMUnavailable(HSMError):
+    """The PKCS#11 library, the token or the session cannot be reached right now."""
+
+    code = "hsm_unavailable"
+
+
+class HSMAuthFailed(HSMUnavailable):
+    """The token refused the user PIN (wrong, locked or expired)."""
+
+    code = "hsm_auth_failed"
+
+
+class HSMKeyNotFound(HSMError):
+    code = "hsm_key_not_found"
+
+
+class HSMMechanismUnsupported(HSMError):
+    code = "hsm_mechanism_unsupported"
+
+
+class HSMKeyNotExtractable(HSMError):
+    code = "hsm_key_not_extractable"
+
+
+class HSMOperationFailed(HSMError):
+    code = "hsm_operation_failed"

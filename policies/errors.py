@@ -1,0 +1,30 @@
+"""Errors of the policies package.
+
+IN PCI SCOPE.
+
+    CofreError
+    └── PolicyError
+        ├── PolicyInvalid       code policy_invalid    (the policy file does not load)
+        ├── PolicyDenied        code policy_denied     (an identity may not do this)
+        └── RateLimited         code rate_limited
+"""
+
+from __future__ import annotations
+
+from cofre.errors import CofreError
+
+
+class PolicyError(CofreError):
+    code = "policy_error"
+
+
+class PolicyInvalid(PolicyError, ValueError):
+    code = "policy_invalid"
+
+
+class PolicyDenied(PolicyError):
+    code = "policy_denied"
+
+
+class RateLimited(PolicyError):
+    code = "rate_limited"

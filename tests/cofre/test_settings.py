@@ -1,0 +1,83 @@
+"""Typed settings: env vars and TOML, secrets never shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from cofre.errors import ConfigurationError
+from cofre.settings import HSMSettings, Settings, load_settings
+
+PIN = "pin-that-must-not-show-9182"
+
+
+def test_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COFRE_HSM__TOKEN_LABEL", "prod")
+    monkeypatch.setenv("COFRE_HSM__PIN", PIN)
+    monkeypatch.setenv("COFRE_SERVER__PORT", "9443")
+    settings = load_settings()
+    assert settings.hsm.token_label == "prod"
+    assert settings.server.port == 9443
+    assert settings.hsm.read_pin().get_secret_value() == PIN
+
+
+def test_secrets_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COFRE_HSM__PIN", PIN)
+    monkeypatch.setenv("COFRE_DATABASE__URL", "postgresql://app:dbpass123@db/cofre")
+    settings = load_settings()
+    for text in (
+        repr(settings),
+        str(settings),
+        str(settings.redacted()),
+        settings.model_dump_json(),
+    ):
+        assert PIN not in text
+        assert "dbpass123" not in text
+
+
+def test_toml_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(PIN + "\n")
+    config = tmp_path / "cofre.toml"
+    config.write_text(
+        f'data_dir = "/srv/cofre"\n[hsm]\ntoken_label = "t"\npin_file = "{pin_file}"\n'
+    )
+    monkeypatch.setenv("COFRE_CONFIG", str(config))
+    settings = load_settings()
+    assert settings.data_dir == Path("/srv/cofre")
+    assert settings.hsm.read_pin().get_secret_value() == PIN
+    # The environment wins over the file.
+    monkeypatch.setenv("COFRE_HSM__TOKEN_LABEL", "from-env")
+    assert load_settings().hsm.token_label == "from-env"
+
+
+def test_unknown_keys_rejected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "cofre.toml"
+    config.write_text("[hsm]\ntoken_lable = 'typo'\n")
+    monkeypatch.setenv("COFRE_CONFIG", str(config))
+    with pytest.raises(ConfigurationError, match="token_lable"):
+        load_settings()
+
+
+def test_two_pin_sources_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="only one"):
+        load_settings(hsm=HSMSettings(pin=SecretStr(PIN), pin_file=tmp_path / "p"))
+
+
+def test_missing_pin_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="COFRE_HSM__PIN"):
+        HSMSettings().read_pin()
+    with pytest.raises(ConfigurationError, match="cannot read") as info:
+        HSMSettings(pin_file=tmp_path / "absent").read_pin()
+    assert PIN not in str(info.value)
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigurationError, match="empty"):
+        HSMSettings(pin_file=empty).read_pin()
+
+
+def test_database_url_defaults_to_sqlite_in_data_dir(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    assert settings.database_url == f"sqlite:///{tmp_path.resolve() / 'cofre.sqlite3'}"

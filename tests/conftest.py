@@ -1,0 +1,119 @@
+"""Session fixtures: a private SoftHSM2 token and a throwaway PostgreSQL cluster.
+
+Both are real (no mocks of what we sell). When PostgreSQL cannot be started or reached
+the fixture *fails* every test that needs it; in CI (CI=true) any skipped test fails the
+run as well, so nothing that should have run can quietly not run.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from hsm.keys import KeyHierarchy
+from hsm.provider import HSMProvider, provider_from_settings
+from tests.support.postgres import PostgresCluster, PostgresUnavailable, wait_until_reachable
+from tests.support.softhsm import SoftHSMToken, create_token
+
+
+@pytest.fixture(scope="session")
+def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> SoftHSMToken:
+    """A fresh SoftHSM2 token in this session's temp dir, with Cofre's hierarchy on it."""
+    token = create_token(tmp_path_factory.mktemp("softhsm"))
+    KeyHierarchy(provider_from_settings(token.settings())).initialize()
+    return token
+
+
+@pytest.fixture(scope="session")
+def hsm_provider(softhsm_token: SoftHSMToken) -> Iterator[HSMProvider]:
+    provider = provider_from_settings(softhsm_token.settings())
+    yield provider
+    provider.close()
+
+
+class ExternalPostgres:
+    """A server the suite did not start (COFRE_TEST_PG_DSN): never stopped by us."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self.log_file: Path | None = None
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        base, _, _ = self._dsn.rpartition("/")
+        return f"{base}/{dbname}"
+
+    def sqlalchemy_url(self, dbname: str = "postgres") -> str:
+        return self.dsn(dbname).replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster | ExternalPostgres]:
+    """The suite's PostgreSQL server: started here unless COFRE_TEST_PG_DSN names one."""
+    external = os.environ.get("COFRE_TEST_PG_DSN")
+    try:
+        if external:
+            wait_until_reachable(external, timeout_s=5)
+            yield ExternalPostgres(external)
+            return
+        cluster = PostgresCluster.create()
+        cluster.start()
+    except PostgresUnavailable as exc:
+        pytest.fail(f"PostgreSQL is required and could not be used: {exc}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg_database(postgres: PostgresCluster | ExternalPostgres) -> Iterator[str]:
+    """A fresh, empty database on the suite's server; yields its SQLAlchemy URL."""
+    name = f"t_{secrets.token_hex(6)}"
+    try:
+        with psycopg.connect(postgres.dsn(), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL stopped answering: {exc}", pytrace=False)
+    yield postgres.sqlalchemy_url(name)
+    try:
+        with psycopg.connect(postgres.dsn(), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except psycopg.OperationalError:
+        pass  # the test under way already failed on it, or the server is gone at teardown
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test against the embedded SQLite store and the real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'cofre.sqlite3'}"
+    url: str = request.getfixturevalue("pg_database")
+    return url
+
+
+# ------------------------------------------------------------------ no silent skips in CI
+_SKIPPED: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _SKIPPED.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("CI") and _SKIPPED and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if os.environ.get("CI") and _SKIPPED:
+        terminalreporter.write_line(
+            f"CI=true and {len(_SKIPPED)} test(s) skipped: the run fails. "
+            "In CI everything must run: " + ", ".join(_SKIPPED[:10]),
+            red=True,
+        )

@@ -1,0 +1,138 @@
+"""The PKCS#11 provider against the fixture's real SoftHSM2 token."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from hsm.errors import (
+    HSMKeyNotExtractable,
+    HSMKeyNotFound,
+    HSMOperationFailed,
+)
+from hsm.provider import HSMProvider, WrappedKey, wipe
+
+KEK = "cofre-kek-v1"
+FP = "cofre-fp-v1"
+AUDIT = "cofre-audit-v1"
+
+
+def test_kek_is_sensitive_and_never_extractable(hsm_provider: HSMProvider) -> None:
+    info = hsm_provider.describe_key(KEK)
+    assert info.key_type == "AES"
+    assert info.key_bits == 256
+    assert info.token is True
+    assert info.sensitive is True
+    assert info.extractable is False
+    assert info.always_sensitive is True
+    assert info.never_extractable is True
+    assert info.local is True
+
+
+@pytest.mark.parametrize("label", [KEK, FP])
+def test_secret_keys_refuse_export(hsm_provider: HSMProvider, label: str) -> None:
+    with pytest.raises(HSMKeyNotExtractable):
+        hsm_provider.export_key(label)
+    with pytest.raises(HSMKeyNotExtractable):
+        hsm_provider.export_key(label, wrapping_label=KEK)
+
+
+def test_audit_private_key_attributes(hsm_provider: HSMProvider) -> None:
+    info = hsm_provider.describe_key(AUDIT)
+    assert info.object_class == "PRIVATE_KEY"
+    assert info.key_type == "EC"
+    assert info.sensitive is True
+    assert info.extractable is False
+
+
+def test_wrap_unwrap_round_trip(hsm_provider: HSMProvider) -> None:
+    wrapped = hsm_provider.generate_wrapped_key(KEK)
+    assert wrapped.kek_label == KEK
+    assert wrapped.mechanism == hsm_provider.wrap_mechanism()
+    key = hsm_provider.unwrap_key(wrapped)
+    assert len(key) == 32
+    # The unwrapped key is a working AES-256 key, and the same each time it is unwrapped.
+    nonce = secrets.token_bytes(12)
+    sealed = AESGCM(bytes(key)).encrypt(nonce, b"payload", b"aad")
+    again = hsm_provider.unwrap_key(wrapped)
+    assert AESGCM(bytes(again)).decrypt(nonce, sealed, b"aad") == b"payload"
+    wipe(key)
+    assert key == bytearray(32)
+    # Two generated keys differ.
+    assert hsm_provider.unwrap_key(hsm_provider.generate_wrapped_key(KEK)) != again
+
+
+def test_rewrap_under_new_kek(hsm_provider: HSMProvider) -> None:
+    label = f"cofre-kek-test-{secrets.token_hex(3)}"
+    hsm_provider.generate_kek(label)
+    try:
+        wrapped = hsm_provider.generate_wrapped_key(KEK)
+        moved = hsm_provider.rewrap_key(wrapped, label)
+        assert moved.kek_label == label
+        assert moved.wrapped != wrapped.wrapped
+        assert hsm_provider.unwrap_key(moved) == hsm_provider.unwrap_key(wrapped)
+    finally:
+        hsm_provider.destroy_key(label)
+    assert not hsm_provider.has_key(label)
+
+
+def test_unwrap_garbage_fails_cleanly(hsm_provider: HSMProvider) -> None:
+    wrapped = hsm_provider.generate_wrapped_key(KEK)
+    tampered = bytearray(wrapped.wrapped)
+    tampered[5] ^= 1
+    with pytest.raises(HSMOperationFailed):
+        hsm_provider.unwrap_key(WrappedKey(bytes(tampered), wrapped.mechanism, KEK))
+    with pytest.raises(HSMKeyNotFound):
+        hsm_provider.unwrap_key(WrappedKey(wrapped.wrapped, wrapped.mechanism, "cofre-kek-v99"))
+
+
+def test_hmac_deterministic_and_per_key(hsm_provider: HSMProvider) -> None:
+    first = hsm_provider.hmac_sha256(FP, b"4111111111111111")
+    assert len(first) == 32
+    assert hsm_provider.hmac_sha256(FP, b"4111111111111111") == first
+    assert hsm_provider.hmac_sha256(FP, b"4111111111111112") != first
+    other = f"cofre-fp-test-{secrets.token_hex(3)}"
+    hsm_provider.generate_hmac_key(other)
+    try:
+        assert hsm_provider.hmac_sha256(other, b"4111111111111111") != first
+    finally:
+        hsm_provider.destroy_key(other)
+
+
+def test_signature_verifies_with_exported_public_key(hsm_provider: HSMProvider) -> None:
+    pem = hsm_provider.public_key_pem(AUDIT)
+    public = serialization.load_pem_public_key(pem)
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    assert public.curve.name == "secp256r1"
+    message = b"tree head 42"
+    signature = hsm_provider.sign(AUDIT, message)
+    public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+    with pytest.raises(InvalidSignature):
+        public.verify(signature, message + b"!", ec.ECDSA(hashes.SHA256()))
+
+
+def test_missing_key_and_duplicate_label(hsm_provider: HSMProvider) -> None:
+    with pytest.raises(HSMKeyNotFound):
+        hsm_provider.hmac_sha256("no-such-key", b"x")
+    with pytest.raises(HSMKeyNotFound):
+        hsm_provider.sign("no-such-key", b"x")
+    with pytest.raises(HSMKeyNotFound):
+        hsm_provider.destroy_key("no-such-key")
+    with pytest.raises(HSMOperationFailed, match="already exists"):
+        hsm_provider.generate_kek(KEK)
+
+
+def test_inventory_holds_no_key_material(hsm_provider: HSMProvider) -> None:
+    keys = hsm_provider.list_keys()
+    labels = {k.label for k in keys}
+    assert {KEK, FP, AUDIT} <= labels
+    assert "value" not in repr(keys).lower()
+
+
+def test_repr_shows_no_pin(hsm_provider: HSMProvider, softhsm_token: object) -> None:
+    assert getattr(softhsm_token, "user_pin") not in repr(hsm_provider)  # noqa: B009

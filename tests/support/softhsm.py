@@ -1,0 +1,54 @@
+"""A private SoftHSM2 token for the test session (never the system token store)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from cofre.settings import DEFAULT_SOFTHSM_LIBRARY, HSMSettings
+from hsm.softhsm import init_softhsm_token, write_softhsm_conf
+
+
+@dataclass(frozen=True)
+class SoftHSMToken:
+    conf: Path
+    token_dir: Path
+    label: str
+    user_pin: str
+    so_pin: str
+    library: Path = DEFAULT_SOFTHSM_LIBRARY
+
+    def settings(self, **overrides: object) -> HSMSettings:
+        values: dict[str, object] = {
+            "library": self.library,
+            "token_label": self.label,
+            "pin": SecretStr(self.user_pin),
+            "softhsm_conf": self.conf,
+        }
+        values.update(overrides)
+        return HSMSettings.model_validate(values)
+
+
+def create_token(base: Path, label: str | None = None) -> SoftHSMToken:
+    """Write a softhsm2.conf under `base`, point SOFTHSM2_CONF at it, and init a token.
+
+    SOFTHSM2_CONF must be set before python-pkcs11 first loads the library in this
+    process, which is why this runs in a session fixture before anything else.
+    """
+    conf = base / "softhsm2.conf"
+    token_dir = base / "tokens"
+    write_softhsm_conf(conf, token_dir)
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    token = SoftHSMToken(
+        conf=conf,
+        token_dir=token_dir,
+        label=label or f"cofre-test-{secrets.token_hex(4)}",
+        user_pin=secrets.token_urlsafe(12),
+        so_pin=secrets.token_urlsafe(12),
+    )
+    init_softhsm_token(conf, token.label, so_pin=token.so_pin, user_pin=token.user_pin)
+    return token

@@ -1,0 +1,81 @@
+"""The harness itself: the token is the fixture's own, PostgreSQL is a real server, and
+PostgreSQL trouble fails the suite instead of skipping it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from hsm.provider import HSMProvider
+from tests.support.postgres import PostgresCluster
+from tests.support.softhsm import SoftHSMToken
+
+REPO = Path(__file__).resolve().parent.parent
+PROBE = "tests/harness_probe/probe_postgres.py"
+
+
+def test_token_is_the_fixtures_own(
+    softhsm_token: SoftHSMToken, hsm_provider: HSMProvider, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    conf = Path(os.environ["SOFTHSM2_CONF"])
+    assert conf == softhsm_token.conf
+    assert tmp_path_factory.getbasetemp() in conf.parents
+    assert f"directories.tokendir = {softhsm_token.token_dir.resolve()}" in conf.read_text()
+    assert hsm_provider.token_info().token_label == softhsm_token.label
+    # The token's files are in the fixture's directory, not the system store.
+    assert any(softhsm_token.token_dir.iterdir())
+
+
+def test_postgres_is_a_real_server(postgres: PostgresCluster) -> None:
+    with psycopg.connect(postgres.dsn()) as conn:
+        row = conn.execute("SELECT version(), current_setting('port')").fetchone()
+    assert row is not None
+    assert row[0].startswith("PostgreSQL ")
+    assert int(row[1]) == postgres.port
+    assert "database system is ready to accept connections" in postgres.log_file.read_text()
+
+
+def _run_probe(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--no-cov",
+            "-q",
+            "-o",
+            "addopts=",
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_unreachable_postgres_fails_not_skips() -> None:
+    env = {**os.environ, "COFRE_TEST_PG_DSN": "postgresql://postgres@127.0.0.1:1/postgres"}
+    result = _run_probe(f"{PROBE}::test_uses_postgres", env=env)
+    assert result.returncode != 0, result.stdout
+    assert "1 error" in result.stdout
+    assert "skipped" not in result.stdout
+    assert "PostgreSQL is required and could not be used" in result.stdout
+
+
+def test_postgres_stopped_mid_run_fails_not_skips() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "COFRE_TEST_PG_DSN"}
+    result = _run_probe(PROBE, env=env)
+    assert result.returncode != 0, result.stdout
+    assert "2 passed, 1 error" in result.stdout
+    assert "skipped" not in result.stdout
+    assert "PostgreSQL stopped answering" in result.stdout

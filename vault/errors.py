@@ -1,0 +1,61 @@
+"""Errors of the vault package.
+
+IN PCI SCOPE. No message here ever includes a PAN: input is described by its length
+and kind, or by the masked form.
+
+    CofreError
+    └── VaultError
+        ├── InvalidPan              (also ValueError)  code invalid_pan
+        ├── FPEError                (also ValueError)  code invalid_fpe_input
+        ├── TokenNotFound                              code token_not_found
+        ├── TokenExpired                               code token_expired
+        ├── TokenSpaceExhausted                        code token_space_exhausted
+        ├── IntegrityError                             code integrity_error
+        └── StorageUnavailable                         code storage_unavailable
+"""
+
+from __future__ import annotations
+
+from cofre.errors import CofreError
+
+
+class VaultError(CofreError):
+    """Base class of the vault's errors."""
+
+    code = "vault_error"
+
+
+class InvalidPan(VaultError, ValueError):
+    """The input is not an acceptable card number (the message never repeats it)."""
+
+    code = "invalid_pan"
+
+
+class FPEError(VaultError, ValueError):
+    """FF1 was given a key, radix, alphabet, tweak or text it cannot accept."""
+
+    code = "invalid_fpe_input"
+
+
+class TokenNotFound(VaultError):
+    code = "token_not_found"
+
+
+class TokenExpired(VaultError):
+    code = "token_expired"
+
+
+class TokenSpaceExhausted(VaultError):
+    """Every token of a format's bucket (same BIN and last four) is already taken."""
+
+    code = "token_space_exhausted"
+
+
+class IntegrityError(VaultError):
+    """A stored ciphertext failed authentication: moved, altered or under the wrong key."""
+
+    code = "integrity_error"
+
+
+class StorageUnavailable(VaultError):
+    code = "storage_unavailable"
