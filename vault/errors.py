@@ -10,6 +10,7 @@ and kind, or by the masked form.
         ├── TokenNotFound                              code token_not_found
         ├── TokenExpired                               code token_expired
         ├── TokenSpaceExhausted                        code token_space_exhausted
+        ├── FormatNotApplicable                        code format_not_applicable
         ├── IntegrityError                             code integrity_error
         └── StorageUnavailable                         code storage_unavailable
 """
@@ -49,6 +50,12 @@ class TokenSpaceExhausted(VaultError):
     """Every token of a format's bucket (same BIN and last four) is already taken."""
 
     code = "token_space_exhausted"
+
+
+class FormatNotApplicable(VaultError, ValueError):
+    """The token format does not accept this PAN (its length, or its Luhn validity)."""
+
+    code = "format_not_applicable"
 
 
 class IntegrityError(VaultError):

@@ -1,0 +1,171 @@
+"""Policy loading and authorisation: deny by default, clear messages, raise on denial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from policies.engine import PolicyEngine, RateLimiter
+from policies.errors import PolicyDenied, PolicyInvalid, RateLimited
+from policies.formats import BUILTIN_FORMATS, FormatSpec, FormatType
+from policies.loader import load_policy, parse_policy
+from policies.models import Action, Policy, RateLimit, Reveal
+
+SAMPLE = """
+version = 1
+
+[formats.card_fpe_19]
+type = "fpe"
+pan_lengths = [16, 19]
+
+[identities."spiffe://cofre/payments"]
+operations = ["tokenize", "detokenize_masked", "lookup"]
+formats = ["pan_bin6_last4", "card_fpe_19"]
+reveal = "masked"
+rate_limit = { per_second = 100, burst = 5 }
+
+[identities."spiffe://cofre/getnet-adapter"]
+operations = ["detokenize", "relay"]
+reveal = "full"
+
+[identities."spiffe://cofre/officer-alice"]
+role = "security_officer"
+operations = ["key_admin", "audit_read"]
+
+[identities."spiffe://cofre/qsa"]
+role = "auditor"
+operations = ["audit_read", "evidence_export"]
+"""
+
+
+def engine() -> PolicyEngine:
+    return PolicyEngine(parse_policy(SAMPLE, kind="toml").policy)
+
+
+def test_sample_policy_authorizes() -> None:
+    e = engine()
+    rules = e.authorize("spiffe://cofre/payments", Action.TOKENIZE, token_format="pan_bin6_last4")
+    assert rules.reveal is Reveal.MASKED
+    e.authorize("spiffe://cofre/getnet-adapter", Action.DETOKENIZE)
+    assert e.token_format("card_fpe_19").type is FormatType.FPE
+    assert e.policy.officers() == {"spiffe://cofre/officer-alice"}
+
+
+@pytest.mark.parametrize(
+    ("identity", "action", "fmt", "message"),
+    [
+        ("spiffe://cofre/unknown", Action.TOKENIZE, None, "not in the policy"),
+        ("spiffe://cofre/payments", Action.DETOKENIZE, None, "may not call detokenize"),
+        ("spiffe://cofre/payments", Action.TOKENIZE, "pan_last4", "may not use token format"),
+        ("spiffe://cofre/officer-alice", Action.TOKENIZE, None, "may not call tokenize"),
+        ("spiffe://cofre/qsa", Action.KEY_ADMIN, None, "may not call key_admin"),
+    ],
+)
+def test_denials_raise(identity: str, action: Action, fmt: str | None, message: str) -> None:
+    with pytest.raises(PolicyDenied, match=message):
+        engine().authorize(identity, action, token_format=fmt)
+
+
+def test_empty_and_missing_policy_deny_everything(tmp_path: Path) -> None:
+    empty = tmp_path / "policy.toml"
+    empty.write_text("")
+    for loaded in (load_policy(empty), load_policy(tmp_path / "absent.toml"), load_policy(None)):
+        e = PolicyEngine(loaded.policy)
+        for action in Action:
+            with pytest.raises(PolicyDenied):
+                e.authorize("spiffe://cofre/payments", action)
+
+
+def test_yaml_policy(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "identities:\n  spiffe://cofre/ledger:\n    operations: [detokenize_masked]\n"
+        "    reveal: masked\n"
+    )
+    e = PolicyEngine(load_policy(path).policy)
+    e.authorize("spiffe://cofre/ledger", Action.DETOKENIZE_MASKED)
+
+
+def test_fpe_on_15_digit_pans_rejected_at_load() -> None:
+    text = (
+        "[formats.amex_fpe]\ntype = 'fpe'\nkeep_leading = 6\nkeep_trailing = 4\n"
+        "pan_lengths = [15]\n"
+    )
+    with pytest.raises(PolicyInvalid) as info:
+        parse_policy(text, kind="toml", source="policy.toml")
+    message = str(info.value)
+    assert "formats.amex_fpe" in message
+    assert "5 free digits on 15-digit PANs" in message
+    assert "10^6" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[identities.'spiffe://x/y']\noperations = ['tokenise']\n", "operations"),
+        ("[identities.'spiffe://x/y']\noperatons = ['tokenize']\n", "operatons"),
+        ("unknown_top = 1\n", "unknown_top"),
+        (
+            "[identities.'spiffe://x/y']\noperations = ['tokenize']\nformats = ['nope']\n",
+            "unknown formats",
+        ),
+        ("[identities.'spiffe://x/y']\noperations = ['tokenize']\n", "names no format"),
+        ("[identities.payments]\noperations = []\n", "SAN URI"),
+        (
+            "[identities.'spiffe://x/o']\nrole = 'security_officer'\nreveal = 'full'\n"
+            "operations = ['key_admin']\n",
+            "never get full reveal",
+        ),
+        (
+            "[identities.'spiffe://x/o']\nrole = 'security_officer'\noperations = ['detokenize']\n"
+            "reveal = 'masked'\n",
+            "may not call detokenize",
+        ),
+        (
+            "[identities.'spiffe://x/a']\nrole = 'auditor'\noperations = ['tokenize']\n"
+            "formats = ['uuid']\n",
+            "auditors may not call tokenize",
+        ),
+        ("[identities.'spiffe://x/s']\noperations = ['key_admin']\n", "belong to security"),
+        ("[identities.'spiffe://x/s']\noperations = ['detokenize']\n", "detokenize needs"),
+        ("[formats.pan_last4]\ntype = 'random'\n", "built in"),
+        ("key_approvals_required = 1\n", "key_approvals_required"),
+        ("this is = = not toml", "not valid TOML"),
+    ],
+)
+def test_invalid_policies_say_why(text: str, fragment: str) -> None:
+    with pytest.raises(PolicyInvalid, match=r"invalid|not valid") as info:
+        parse_policy(text, kind="toml")
+    assert fragment in str(info.value)
+
+
+def test_rate_limit_token_bucket() -> None:
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    e = PolicyEngine(parse_policy(SAMPLE, kind="toml").policy, limiter)
+    for _ in range(5):
+        e.check_rate("spiffe://cofre/payments")
+    with pytest.raises(RateLimited, match="retry after"):
+        e.check_rate("spiffe://cofre/payments")
+    now[0] += 0.011  # 100/s refills one request in 10 ms
+    e.check_rate("spiffe://cofre/payments")
+    # Identities without a limit are not limited; unknown ones are denied.
+    for _ in range(100):
+        e.check_rate("spiffe://cofre/getnet-adapter")
+    with pytest.raises(PolicyDenied):
+        e.check_rate("spiffe://cofre/unknown")
+    limiter.take("other", RateLimit(per_second=1, burst=1))
+
+
+def test_builtin_formats() -> None:
+    assert set(BUILTIN_FORMATS) >= {
+        "pan_bin6_last4",
+        "pan_bin8_last4",
+        "pan_last4",
+        "pan_fpe",
+        "uuid",
+    }
+    assert Policy().format("pan_fpe") == BUILTIN_FORMATS["pan_fpe"]
+    with pytest.raises(ValueError, match="too few"):
+        FormatSpec(type=FormatType.RANDOM, keep_leading=8, keep_trailing=4, pan_lengths=(13,))

@@ -1,0 +1,195 @@
+"""Drawing and computing tokens to a `policies.formats.FormatSpec`.
+
+IN PCI SCOPE, holds card data. Random tokens come from `secrets` only. The Luhn setting
+is met exactly, with no bias, by choosing one free digit last:
+
+- ``pass``: the last free digit is the one value that makes the token Luhn-valid;
+- ``fail``: it is drawn uniformly from the nine values that make the token invalid;
+- ``any``: every free digit is uniform.
+
+FF1 tokens (`FormatType.FPE`) encrypt the free middle digits with the kept digits as the
+tweak. With ``luhn = "any"`` that is plain FF1. With ``pass`` or ``fail`` the PAN must be
+Luhn-valid, and FF1 is cycle-walked over the middles that keep the number Luhn-valid
+(10^(m-1) of the 10^m values, exactly the PANs that can exist in that BIN/last-four
+bucket), which is a permutation of that set; for ``fail`` the last free digit of the
+result is then moved to one of the nine failing values, chosen from the token's other
+digits, so the step can be undone. Decryption reverses both steps.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterator
+from typing import Final
+
+from policies.formats import FormatSpec, FormatType, LuhnMode
+from vault.errors import FormatNotApplicable, InvalidPan
+from vault.fpe.ff1 import FF1
+from vault.pan import Pan, luhn_sum, luhn_valid
+
+# How many random draws before declaring a bucket full, for spaces too large to list.
+MAX_RANDOM_DRAWS: Final = 64
+# Spaces at most this large are listed in full (in random order) instead of sampled.
+ENUMERATE_LIMIT: Final = 4096
+_SYSTEM_RANDOM: Final = secrets.SystemRandom()
+# The Luhn contribution of digit d at a doubled position, and its inverse.
+_DOUBLED: Final = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
+_UNDOUBLE: Final = {value: digit for digit, value in enumerate(_DOUBLED)}
+
+
+def check_applicable(spec: FormatSpec, pan: Pan) -> None:
+    """Raise `FormatNotApplicable` when `spec` does not accept a PAN of this length."""
+    if spec.type is not FormatType.UUID and len(pan) not in spec.pan_lengths:
+        raise FormatNotApplicable(
+            f"this format accepts PANs of {', '.join(map(str, sorted(spec.pan_lengths)))} "
+            f"digits, not {len(pan)}"
+        )
+
+
+def _digit_for_residue(digits: list[str], position: int, residue: int) -> str:
+    """Return the digit that, placed at `position`, makes the Luhn sum ≡ `residue` (mod 10)."""
+    digits[position] = "0"
+    current = luhn_sum("".join(digits))
+    needed = (residue - current) % 10
+    doubled = (len(digits) - 1 - position) % 2 == 1
+    return str(_UNDOUBLE[needed] if doubled else needed)
+
+
+def _apply_luhn(digits: list[str], position: int, mode: LuhnMode, choice: int) -> None:
+    """Set `digits[position]` so the number meets `mode`; `choice` (0..8) picks which of
+    the nine failing values ``fail`` uses."""
+    if mode is LuhnMode.ANY:
+        return
+    passing = int(_digit_for_residue(digits, position, 0))
+    if mode is LuhnMode.PASS:
+        digits[position] = str(passing)
+    else:
+        failing = [d for d in range(10) if d != passing]
+        digits[position] = str(failing[choice % 9])
+
+
+def _space_size(spec: FormatSpec, free: int) -> int:
+    if spec.luhn is LuhnMode.ANY:
+        return int(10**free)
+    if spec.luhn is LuhnMode.PASS:
+        return int(10 ** (free - 1))
+    return int(9 * 10 ** (free - 1))
+
+
+def _draw(spec: FormatSpec, pan: str) -> str:
+    lead, trail = spec.keep_leading, spec.keep_trailing
+    free = len(pan) - lead - trail
+    middle = [secrets.choice("0123456789") for _ in range(free)]
+    digits = [*pan[:lead], *middle, *pan[len(pan) - trail :]]
+    _apply_luhn(digits, lead + free - 1, spec.luhn, secrets.randbelow(9))
+    return "".join(digits)
+
+
+def _enumerate(spec: FormatSpec, pan: str) -> list[str]:
+    lead, trail = spec.keep_leading, spec.keep_trailing
+    free = len(pan) - lead - trail
+    prefix, suffix = pan[:lead], pan[len(pan) - trail :]
+    candidates = [f"{prefix}{value:0{free}d}{suffix}" for value in range(10**free)]
+    if spec.luhn is LuhnMode.PASS:
+        candidates = [c for c in candidates if luhn_valid(c)]
+    elif spec.luhn is LuhnMode.FAIL:
+        candidates = [c for c in candidates if not luhn_valid(c)]
+    _SYSTEM_RANDOM.shuffle(candidates)
+    return candidates
+
+
+def random_token_candidates(spec: FormatSpec, pan: Pan) -> Iterator[str]:
+    """Yield candidate tokens for `pan`, best first, and stop when the space is used up.
+
+    The caller keeps the first candidate that storage does not hold yet; when the
+    iterator ends it raises `TokenSpaceExhausted`. Never yields the PAN itself.
+    Raises `FormatNotApplicable` for a PAN length the format does not accept.
+    """
+    if spec.type is not FormatType.RANDOM:
+        raise ValueError("random_token_candidates needs a random format")
+    check_applicable(spec, pan)
+    digits = pan.reveal()
+    free = spec.free_digits(len(digits))
+    if _space_size(spec, free) <= ENUMERATE_LIMIT:
+        yield from (c for c in _enumerate(spec, digits) if c != digits)
+        return
+    for _ in range(MAX_RANDOM_DRAWS):
+        candidate = _draw(spec, digits)
+        if candidate != digits:
+            yield candidate
+
+
+def uuid_token() -> str:
+    """Return a random UUID4 token (122 random bits from the OS CSPRNG)."""
+    return str(uuid.UUID(bytes=secrets.token_bytes(16), version=4))
+
+
+class FpeTokenizer:
+    """FF1 tokens for one FF1 key: `encrypt` a PAN to its token and `decrypt` it back."""
+
+    def __init__(self, ff1: FF1) -> None:
+        if ff1.radix != 10:
+            raise ValueError("PAN tokens need a radix-10 FF1")
+        self._ff1 = ff1
+
+    @staticmethod
+    def _split(spec: FormatSpec, digits: str) -> tuple[str, str, str, bytes]:
+        lead, trail = spec.keep_leading, spec.keep_trailing
+        prefix, middle, suffix = (
+            digits[:lead],
+            digits[lead : len(digits) - trail],
+            digits[len(digits) - trail :],
+        )
+        # The kept digits are the tweak, so the same middle under another BIN or last
+        # four encrypts differently.
+        return prefix, middle, suffix, f"{prefix}:{suffix}".encode("ascii")
+
+    def _walk(self, prefix: str, middle: str, suffix: str, tweak: bytes, *, forward: bool) -> str:
+        step = self._ff1.encrypt if forward else self._ff1.decrypt
+        value = step(middle, tweak)
+        while not luhn_valid(prefix + value + suffix):
+            value = step(value, tweak)
+        return value
+
+    def encrypt(self, spec: FormatSpec, pan: Pan) -> str:
+        """Return the FF1 token of `pan` under `spec`.
+
+        Raises `FormatNotApplicable` for a PAN length the format does not accept and
+        `InvalidPan` for a Luhn-invalid PAN under ``luhn = pass|fail``.
+        """
+        check_applicable(spec, pan)
+        prefix, middle, suffix, tweak = self._split(spec, pan.reveal())
+        if spec.luhn is LuhnMode.ANY:
+            return prefix + self._ff1.encrypt(middle, tweak) + suffix
+        if not pan.luhn_valid():
+            raise InvalidPan(
+                f"format with luhn={spec.luhn.value} needs a Luhn-valid PAN; use luhn='any'"
+            )
+        walked = self._walk(prefix, middle, suffix, tweak, forward=True)
+        if spec.luhn is LuhnMode.PASS:
+            return prefix + walked + suffix
+        digits = list(prefix + walked + suffix)
+        position = len(prefix) + len(walked) - 1
+        choice = int(walked[:-1] or "0") % 9
+        _apply_luhn(digits, position, LuhnMode.FAIL, choice)
+        return "".join(digits)
+
+    def decrypt(self, spec: FormatSpec, token: str) -> Pan:
+        """Return the PAN whose token under `spec` is `token`.
+
+        Raises `InvalidPan` when `token` is not a well-formed token of this format.
+        """
+        candidate = Pan(token)
+        check_applicable(spec, candidate)
+        prefix, middle, suffix, tweak = self._split(spec, token)
+        if spec.luhn is LuhnMode.ANY:
+            return Pan(prefix + self._ff1.decrypt(middle, tweak) + suffix)
+        digits = list(token)
+        if spec.luhn is LuhnMode.FAIL:
+            position = len(prefix) + len(middle) - 1
+            digits[position] = _digit_for_residue(digits, position, 0)
+            middle = "".join(digits[len(prefix) : len(prefix) + len(middle)])
+        elif not luhn_valid(token):
+            raise InvalidPan("this is not a token of a luhn='pass' format")
+        return Pan(prefix + self._walk(prefix, middle, suffix, tweak, forward=False) + suffix)
