@@ -14,6 +14,13 @@ from __future__ import annotations
 from cofre.errors import CofreError
 
 
+def db_error_name(exc: Exception) -> str:
+    """The driver's error class name behind a SQLAlchemy error, for messages: it names
+    what failed without echoing SQL parameters (which could hold anything)."""
+    original = getattr(exc, "orig", None)
+    return type(original if original is not None else exc).__name__
+
+
 class AuditError(CofreError):
     code = "audit_error"
 
@@ -27,4 +34,11 @@ class AuditWriteFailed(AuditError):
 
 
 class AuditVerificationFailed(AuditError):
+    """The stored log differs from what was signed. `index` is the first leaf index
+    known to be affected, when one can be named."""
+
     code = "audit_verification_failed"
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index

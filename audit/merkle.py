@@ -60,9 +60,7 @@ class LeafLevels:
         levels = [list(leaf_hashes)]
         while len(levels[-1]) > 1:
             below = levels[-1]
-            levels.append(
-                [node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
-            )
+            levels.append([node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)])
         self._levels = levels
 
     def complete_subtree(self, level: int, index: int) -> bytes:
@@ -99,8 +97,14 @@ def _subproof(source: SubtreeSource, m: int, start: int, end: int, whole: bool) 
         return [] if whole else [subtree_hash(source, start, end)]
     k = _split(n)
     if m <= k:
-        return [*_subproof(source, m, start, start + k, whole), subtree_hash(source, start + k, end)]
-    return [*_subproof(source, m - k, start + k, end, False), subtree_hash(source, start, start + k)]
+        return [
+            *_subproof(source, m, start, start + k, whole),
+            subtree_hash(source, start + k, end),
+        ]
+    return [
+        *_subproof(source, m - k, start + k, end, False),
+        subtree_hash(source, start, start + k),
+    ]
 
 
 def inclusion_proof_from(source: SubtreeSource, index: int, size: int) -> list[bytes]:
@@ -181,9 +185,7 @@ def _chain_border_right(seed: bytes, proof: Sequence[bytes]) -> bytes:
     return seed
 
 
-def root_from_inclusion_proof(
-    leaf: bytes, index: int, size: int, proof: Sequence[bytes]
-) -> bytes:
+def root_from_inclusion_proof(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) -> bytes:
     """Return the root that `proof` implies for `leaf` at `index` in a tree of `size`.
 
     Raises `ProofError` for an index outside the tree or a proof of the wrong shape.
@@ -211,13 +213,11 @@ def verify_inclusion(
         raise ProofError("the inclusion proof does not lead to the expected root")
 
 
-def verify_consistency(
+def _trivially_consistent(
     size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes
-) -> None:
-    """Return if `proof` shows the tree (`size1`, `root1`) is a prefix of (`size2`, `root2`).
-
-    Raises `ProofError` otherwise.
-    """
+) -> bool:
+    """Decide the cases that need no hashing: True when consistent, raise when not,
+    False when the proof must be checked."""
     if size1 < 0 or size2 < 0:
         raise ProofError("tree sizes cannot be negative")
     if size2 < size1:
@@ -231,11 +231,23 @@ def verify_consistency(
             raise ProofError("equal sizes need an empty proof")
         if root1 != root2:
             raise ProofError("equal sizes but different roots")
-        return
+        return True
     if not proof:
         raise ProofError("the consistency proof is empty")
     for position, element in enumerate(proof):
         _check_hash(element, f"proof hash {position}")
+    return False
+
+
+def verify_consistency(
+    size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes
+) -> None:
+    """Return if `proof` shows the tree (`size1`, `root1`) is a prefix of (`size2`, `root2`).
+
+    Raises `ProofError` otherwise.
+    """
+    if _trivially_consistent(size1, size2, proof, root1, root2):
+        return
 
     inner, border = _decompose(size1 - 1, size2)
     shift = (size1 & -size1).bit_length() - 1  # trailing zeros of size1

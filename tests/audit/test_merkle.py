@@ -44,8 +44,9 @@ def test_vectors_loaded() -> None:
 @pytest.mark.parametrize(("name", "case"), INCLUSION, ids=[n for n, _ in INCLUSION])
 def test_inclusion_vectors(name: str, case: dict[str, Any]) -> None:
     def run() -> None:
-        verify_inclusion(_b(case["leafHash"]), case["leafIdx"], case["treeSize"], _proof(case),
-                         _b(case["root"]))
+        verify_inclusion(
+            _b(case["leafHash"]), case["leafIdx"], case["treeSize"], _proof(case), _b(case["root"])
+        )
 
     if case["wantErr"]:
         with pytest.raises(ProofError):
@@ -57,8 +58,9 @@ def test_inclusion_vectors(name: str, case: dict[str, Any]) -> None:
 @pytest.mark.parametrize(("name", "case"), CONSISTENCY, ids=[n for n, _ in CONSISTENCY])
 def test_consistency_vectors(name: str, case: dict[str, Any]) -> None:
     def run() -> None:
-        verify_consistency(case["size1"], case["size2"], _proof(case), _b(case["root1"]),
-                           _b(case["root2"]))
+        verify_consistency(
+            case["size1"], case["size2"], _proof(case), _b(case["root1"]), _b(case["root2"])
+        )
 
     if case["wantErr"]:
         with pytest.raises(ProofError):
@@ -133,7 +135,9 @@ def test_every_consistency_proof_verifies(size2: int, data: st.DataObject) -> No
             verify_consistency(size1, size2, broken, root1, root2)
     if size1 < size2:
         with pytest.raises(ProofError):
-            verify_consistency(size1, size2, proof, root1, root_hash(leaves[:-1] + [leaf_hash(b"x")]))
+            verify_consistency(
+                size1, size2, proof, root1, root_hash([*leaves[:-1], leaf_hash(b"x")])
+            )
 
 
 def test_every_index_small_trees() -> None:
@@ -143,8 +147,9 @@ def test_every_index_small_trees() -> None:
         for index in range(size):
             verify_inclusion(leaves[index], index, size, inclusion_proof(leaves, index), root)
         for size1 in range(1, size + 1):
-            verify_consistency(size1, size, consistency_proof(leaves, size1),
-                               root_hash(leaves[:size1]), root)
+            verify_consistency(
+                size1, size, consistency_proof(leaves, size1), root_hash(leaves[:size1]), root
+            )
 
 
 def test_bad_arguments() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,38 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("error [configuration_error]: cannot read the HSM PIN file")
     assert "Traceback" not in result.stderr
+
+
+def test_audit_commands_verify_and_catch_tampering(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
+    data_dir = tmp_path / "dev"
+    assert run("dev", "--data-dir", str(data_dir), env=env).returncode == 0
+    env["COFRE_CONFIG"] = str(data_dir / "cofre.toml")
+    sequenced = run("audit", "sequence", env=env)
+    assert sequenced.returncode == 0, sequenced.stderr
+    assert "integrated 3 entries" in sequenced.stdout  # the three keys created
+    verified = run("audit", "verify", env=env)
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.startswith("OK: 3 entries, 1 signed tree heads verified")
+    head = json.loads(run("audit", "head", env=env).stdout)
+    assert head["tree_size"] == 3
+    proof = json.loads(run("audit", "prove", "--index", "1", "--from-size", "1", env=env).stdout)
+    assert proof["tree_size"] == 3
+    assert len(proof["inclusion_proof"]) == 2
+    assert proof["root_hash"] == head["root_hash"]
+    out = tmp_path / "export.jsonl"
+    assert run("audit", "export", "--out", str(out), env=env).returncode == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["type"] for r in records] == ["public_key", "entry", "entry", "entry", "head"]
+
+    db = sqlite3.connect(data_dir / "cofre.sqlite3")
+    db.execute("DROP TRIGGER audit_entries_no_update")
+    db.execute(
+        "UPDATE audit_entries SET payload = replace(payload, 'key.create', 'key.crate') "
+        "WHERE id = (SELECT entry_id FROM audit_leaves WHERE leaf_index = 2)"
+    )
+    db.commit()
+    db.close()
+    failed = run("audit", "verify", env=env)
+    assert failed.returncode == 1
+    assert "leaf index 2" in failed.stderr

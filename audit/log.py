@@ -1,0 +1,117 @@
+"""Audit entries and their writer: one canonical-JSON row per event, in the caller's
+transaction.
+
+IN PCI SCOPE. `AuditLog.append` takes the SQLAlchemy connection of the transaction that
+performs the operation, so the operation and its record commit together or not at all.
+If the insert fails, `AuditWriteFailed` is raised and the caller's transaction must roll
+back (fail closed): no operation without its record.
+
+An entry holds time, actor identity, action, outcome, request id, token id or key id and
+small details. It never holds a PAN: every string is passed through
+`cofre.redaction.mask_pan_like` before it is written, as a last line of defence behind
+the callers, who never pass one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Final
+
+from sqlalchemy import Connection, insert
+from sqlalchemy.exc import SQLAlchemyError
+
+from audit.errors import AuditWriteFailed, db_error_name
+from audit.schema import audit_entries, audit_queue
+from cofre.redaction import mask_pan_like
+
+ENTRY_FORMAT_VERSION: Final = 1
+_MAX_DETAIL_ITEMS: Final = 32
+_MAX_STRING: Final = 512
+
+DetailValue = str | int | bool | None
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    DENIED = "denied"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """What happened. `details` values are str, int, bool or None (no floats: canonical
+    JSON must have one spelling per value)."""
+
+    action: str
+    outcome: Outcome
+    actor: str
+    request_id: str | None = None
+    token_id: str | None = None
+    key_id: str | None = None
+    details: Mapping[str, DetailValue] = field(default_factory=dict)
+
+
+def _clean(value: DetailValue) -> DetailValue:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        return mask_pan_like(value[:_MAX_STRING])
+    raise TypeError(f"audit detail values must be str, int, bool or None, not {type(value)}")
+
+
+def canonical_payload(event: AuditEvent, at: datetime) -> str:
+    """Return the entry's canonical JSON: sorted keys, no whitespace, no floats, UTF-8.
+
+    These exact bytes are the Merkle leaf data; `cofre audit verify` rehashes them.
+    """
+    if len(event.details) > _MAX_DETAIL_ITEMS:
+        raise TypeError("too many audit details")
+    body: dict[str, object] = {
+        "v": ENTRY_FORMAT_VERSION,
+        "time": at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "action": _clean(event.action),
+        "outcome": event.outcome.value,
+        "actor": _clean(event.actor),
+        "request_id": _clean(event.request_id),
+        "token_id": _clean(event.token_id),
+        "key_id": _clean(event.key_id),
+        "details": {str(_clean(k)): _clean(v) for k, v in event.details.items()},
+    }
+    return json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+class AuditLog:
+    """Writes entries; the sequencer (`audit.sequencer`) later gives them leaf indices."""
+
+    def __init__(self, clock: type[datetime] = datetime) -> None:
+        self._clock = clock
+
+    def append(self, connection: Connection, event: AuditEvent) -> int:
+        """Insert `event` in `connection`'s transaction and queue it for sequencing.
+
+        Returns the entry id. Raises `AuditWriteFailed` when the database refuses; the
+        caller must then roll back its transaction.
+        """
+        now = self._clock.now(UTC)
+        payload = canonical_payload(event, now)
+        try:
+            entry_id = connection.execute(
+                insert(audit_entries)
+                .values(payload=payload, created_at=now)
+                .returning(audit_entries.c.id)
+            ).scalar_one()
+            connection.execute(insert(audit_queue).values(entry_id=entry_id))
+        except SQLAlchemyError as exc:
+            raise AuditWriteFailed(
+                f"the audit entry could not be written ({db_error_name(exc)}); "
+                "the operation is refused"
+            ) from None
+        return int(entry_id)

@@ -1,0 +1,89 @@
+"""The audit log's tables (SQLAlchemy Core). Created by the migrations in
+`vault/migrations/`, which also install the append-only triggers and grants.
+
+IN PCI SCOPE.
+
+- ``audit_entries``: the log's content, one canonical-JSON entry per row, written in the
+  same transaction as the operation it records. Append-only.
+- ``audit_queue``: entries written but not yet integrated into the tree (the Trillian
+  "unsequenced" queue). The sequencer deletes from it; it is not part of the log.
+- ``audit_leaves``: leaf index -> entry, assigned by the sequencer. Append-only.
+- ``audit_nodes``: the hash of every complete subtree (level, index), so proofs cost
+  O(log n) lookups. Append-only; a cache that `cofre audit verify` never trusts.
+- ``audit_heads``: signed tree heads. Append-only.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+)
+
+# SQLite only auto-increments INTEGER PRIMARY KEY columns.
+_BigId = BigInteger().with_variant(Integer, "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+audit_entries = Table(
+    "audit_entries",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("payload", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+audit_queue = Table(
+    "audit_queue",
+    metadata,
+    Column("entry_id", _BigId, ForeignKey("audit_entries.id"), primary_key=True),
+)
+
+audit_leaves = Table(
+    "audit_leaves",
+    metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("entry_id", _BigId, ForeignKey("audit_entries.id"), nullable=False, unique=True),
+)
+
+audit_nodes = Table(
+    "audit_nodes",
+    metadata,
+    Column("level", SmallInteger, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary(32), nullable=False),
+)
+
+audit_heads = Table(
+    "audit_heads",
+    metadata,
+    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root_hash", LargeBinary(32), nullable=False),
+    Column("timestamp_ms", BigInteger, nullable=False),
+    Column("key_id", String(128), nullable=False),
+    Column("checkpoint", Text, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+)
+
+# Execution option for read-only work: on SQLite such a connection begins a deferred
+# transaction instead of BEGIN IMMEDIATE, so readers never queue behind writers (WAL).
+READ_ONLY = {"cofre_read_only": True}
+
+APPEND_ONLY_TABLES = ("audit_entries", "audit_leaves", "audit_nodes", "audit_heads")

@@ -1,0 +1,228 @@
+"""The sequencer: integrates queued entries into the Merkle tree, in order, and signs
+tree heads when enough entries or time have passed.
+
+IN PCI SCOPE. This is the pattern Trillian uses: operations only *queue* entries (inside
+their own transactions, so they never contend for the tree); one sequencer at a time
+assigns leaf indices, stores every newly completed subtree hash, and signs heads. When
+several vault nodes share one PostgreSQL, a transaction-scoped advisory lock elects the
+one that integrates; the others find the lock taken and return at once. SQLite
+serialises writers already (``BEGIN IMMEDIATE``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Final
+
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from audit.errors import AuditWriteFailed, db_error_name
+from audit.heads import SignedTreeHead, TreeHeadSigner, sign_tree_head
+from audit.merkle import EMPTY_ROOT, leaf_hash, node_hash
+from audit.schema import audit_entries, audit_heads, audit_leaves, audit_nodes, audit_queue
+
+# Any constant unique to Cofre: the advisory lock key of the sequencer.
+_ADVISORY_LOCK_KEY: Final = 0x436F667265  # "Cofre"
+DEFAULT_BATCH: Final = 5000
+
+
+def load_frontier(connection: Connection, size: int) -> dict[int, bytes]:
+    """Return the right border of the tree of `size` leaves: for every set bit L of
+    `size`, the hash of the complete subtree at level L that ends the tree."""
+    wanted = [
+        (level, (size >> level) - 1) for level in range(size.bit_length()) if size >> level & 1
+    ]
+    if not wanted:
+        return {}
+    rows = connection.execute(
+        select(audit_nodes.c.level, audit_nodes.c.hash).where(
+            or_(*(and_(audit_nodes.c.level == lv, audit_nodes.c.idx == ix) for lv, ix in wanted))
+        )
+    ).all()
+    frontier = {int(row.level): bytes(row.hash) for row in rows}
+    if len(frontier) != len(wanted):
+        raise AuditWriteFailed("the stored tree is missing nodes on its right border")
+    return frontier
+
+
+def frontier_root(frontier: dict[int, bytes]) -> bytes:
+    """Return the root hash from the right border (lower levels sit further right)."""
+    root: bytes | None = None
+    for level in sorted(frontier):
+        root = frontier[level] if root is None else node_hash(frontier[level], root)
+    return EMPTY_ROOT if root is None else root
+
+
+def tree_size(connection: Connection) -> int:
+    size = connection.execute(select(func.max(audit_leaves.c.leaf_index))).scalar()
+    return 0 if size is None else int(size) + 1
+
+
+class Sequencer:
+    """Integrates queued entries and signs heads; `run_once` is safe to call from any
+    number of threads and processes at once."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        signer: TreeHeadSigner,
+        *,
+        log_id: str = "cofre",
+        sign_every_entries: int = 1000,
+        sign_every_seconds: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._engine = engine
+        self._signer = signer
+        self._log_id = log_id
+        self._sign_every_entries = sign_every_entries
+        self._sign_every_seconds = sign_every_seconds
+        self._clock = clock
+        self.last_run_ok: float | None = None
+
+    @property
+    def log_id(self) -> str:
+        return self._log_id
+
+    def _lock(self, connection: Connection) -> bool:
+        if connection.dialect.name == "postgresql":
+            return bool(
+                connection.execute(
+                    text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY}
+                ).scalar()
+            )
+        return True
+
+    def run_once(self, *, batch: int = DEFAULT_BATCH, force_sign: bool = False) -> int:
+        """Integrate up to `batch` queued entries and sign a head if one is due (or if
+        `force_sign` and the tree grew since the last head). Returns how many entries
+        were integrated (0 when another node holds the sequencer lock).
+
+        Raises `AuditWriteFailed` when the database or the signer fails.
+        """
+        try:
+            with self._engine.begin() as connection:
+                if not self._lock(connection):
+                    return 0
+                count = self._integrate(connection, batch)
+                self._sign_if_due(connection, force=force_sign)
+        except SQLAlchemyError as exc:
+            raise AuditWriteFailed(
+                f"the audit sequencer could not write ({db_error_name(exc)})"
+            ) from None
+        self.last_run_ok = self._clock()
+        return count
+
+    def drain(self, *, force_sign: bool = True) -> int:
+        """Integrate everything queued, then sign a head for the final size."""
+        total = 0
+        while True:
+            count = self.run_once(force_sign=False)
+            total += count
+            if count < DEFAULT_BATCH:
+                break
+        self.run_once(force_sign=force_sign)
+        return total
+
+    def _integrate(self, connection: Connection, batch: int) -> int:
+        queued = connection.execute(
+            select(audit_queue.c.entry_id, audit_entries.c.payload)
+            .join(audit_entries, audit_entries.c.id == audit_queue.c.entry_id)
+            .order_by(audit_queue.c.entry_id)
+            .limit(batch)
+        ).all()
+        if not queued:
+            return 0
+        size = tree_size(connection)
+        frontier = load_frontier(connection, size)
+        leaves: list[dict[str, object]] = []
+        nodes: list[dict[str, object]] = []
+        for offset, row in enumerate(queued):
+            index = size + offset
+            current = leaf_hash(row.payload.encode("utf-8"))
+            leaves.append({"leaf_index": index, "entry_id": row.entry_id})
+            nodes.append({"level": 0, "idx": index, "hash": current})
+            level, position = 0, index
+            while position & 1:
+                current = node_hash(frontier.pop(level), current)
+                level += 1
+                position >>= 1
+                nodes.append({"level": level, "idx": position, "hash": current})
+            frontier[level] = current
+        connection.execute(insert(audit_leaves), leaves)
+        connection.execute(insert(audit_nodes), nodes)
+        connection.execute(
+            delete(audit_queue).where(audit_queue.c.entry_id.in_([r.entry_id for r in queued]))
+        )
+        return len(queued)
+
+    def _sign_if_due(self, connection: Connection, *, force: bool) -> SignedTreeHead | None:
+        size = tree_size(connection)
+        last = connection.execute(
+            select(audit_heads.c.tree_size, audit_heads.c.timestamp_ms)
+            .order_by(audit_heads.c.tree_size.desc())
+            .limit(1)
+        ).first()
+        last_size = 0 if last is None else int(last.tree_size)
+        if size == 0 or size <= last_size:
+            return None
+        now_ms = int(self._clock() * 1000)
+        due = (
+            force
+            or size - last_size >= self._sign_every_entries
+            or last is None
+            or now_ms - int(last.timestamp_ms) >= self._sign_every_seconds * 1000
+        )
+        if not due:
+            return None
+        root = frontier_root(load_frontier(connection, size))
+        head = sign_tree_head(self._signer, self._log_id, size, root, now_ms)
+        connection.execute(
+            insert(audit_heads).values(
+                tree_size=head.tree_size,
+                root_hash=head.root_hash,
+                timestamp_ms=head.timestamp_ms,
+                key_id=head.key_id,
+                checkpoint=head.checkpoint,
+                signature=head.signature,
+            )
+        )
+        return head
+
+
+class SequencerThread:
+    """Runs `Sequencer.run_once` every `interval` seconds in a daemon thread until
+    stopped; failures are remembered (for readiness) and retried on the next tick."""
+
+    def __init__(self, sequencer: Sequencer, interval: float = 0.2) -> None:
+        self._sequencer = sequencer
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, name="cofre-audit-sequencer", daemon=True
+        )
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self.last_error is None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._sequencer.run_once()
+            except AuditWriteFailed as exc:
+                self.last_error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - the loop must survive to report it
+                self.last_error = f"{type(exc).__name__}"
+            else:
+                self.last_error = None

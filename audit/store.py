@@ -1,0 +1,295 @@
+"""Reading the audit log: heads, entries, proofs from the stored tree, and the full
+verification behind `cofre audit verify`.
+
+IN PCI SCOPE. Proofs are built from ``audit_nodes`` (complete-subtree hashes) with
+O(log n) lookups, fetched in one query. Verification trusts nothing stored but the
+entries themselves and the signatures: it rehashes every entry, rebuilds the tree, and
+compares each signed head.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, and_, func, or_, select
+
+from audit.errors import AuditVerificationFailed, ProofError
+from audit.heads import SignedTreeHead, verify_tree_head
+from audit.merkle import (
+    consistency_proof_from,
+    inclusion_proof_from,
+    leaf_hash,
+    node_hash,
+    subtree_hash,
+)
+from audit.schema import (
+    READ_ONLY,
+    audit_entries,
+    audit_heads,
+    audit_leaves,
+    audit_nodes,
+    audit_queue,
+)
+from audit.sequencer import frontier_root, tree_size
+
+
+class _RecordingSource:
+    """First pass of a proof: record which complete subtrees are needed."""
+
+    def __init__(self) -> None:
+        self.wanted: set[tuple[int, int]] = set()
+
+    def complete_subtree(self, level: int, index: int) -> bytes:
+        self.wanted.add((level, index))
+        return b"\x00" * 32
+
+
+class _DictSource:
+    def __init__(self, nodes: dict[tuple[int, int], bytes]) -> None:
+        self._nodes = nodes
+
+    def complete_subtree(self, level: int, index: int) -> bytes:
+        try:
+            return self._nodes[(level, index)]
+        except KeyError:
+            raise ProofError(f"the stored tree lacks node ({level}, {index})") from None
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    entries: int
+    heads_checked: int
+    latest_head: SignedTreeHead | None
+    queued: int
+    problems: list[str] = field(default_factory=list)
+
+
+def _head(row: Row[Any]) -> SignedTreeHead:
+    return SignedTreeHead(
+        tree_size=int(row.tree_size),
+        root_hash=bytes(row.root_hash),
+        timestamp_ms=int(row.timestamp_ms),
+        key_id=str(row.key_id),
+        checkpoint=str(row.checkpoint),
+        signature=bytes(row.signature),
+    )
+
+
+class AuditStore:
+    """Read access to one audit log in one database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine.execution_options(**READ_ONLY)
+
+    def size(self) -> int:
+        with self._engine.connect() as connection:
+            return tree_size(connection)
+
+    def heads(self) -> list[SignedTreeHead]:
+        with self._engine.connect() as connection:
+            rows = connection.execute(select(audit_heads).order_by(audit_heads.c.tree_size)).all()
+        return [_head(row) for row in rows]
+
+    def latest_head(self) -> SignedTreeHead | None:
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                select(audit_heads).order_by(audit_heads.c.tree_size.desc()).limit(1)
+            ).first()
+        return None if row is None else _head(row)
+
+    def head_at(self, size: int) -> SignedTreeHead | None:
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                select(audit_heads).where(audit_heads.c.tree_size == size)
+            ).first()
+        return None if row is None else _head(row)
+
+    def entry(self, index: int) -> str:
+        """Return the canonical JSON of the entry at leaf `index`. Raises `ProofError`."""
+        with self._engine.connect() as connection:
+            payload = connection.execute(
+                select(audit_entries.c.payload)
+                .join(audit_leaves, audit_leaves.c.entry_id == audit_entries.c.id)
+                .where(audit_leaves.c.leaf_index == index)
+            ).scalar()
+        if payload is None:
+            raise ProofError(f"no entry at leaf index {index}")
+        return str(payload)
+
+    def iter_entries(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, str]]:
+        """Yield (leaf index, canonical JSON) in leaf order."""
+        query = (
+            select(audit_leaves.c.leaf_index, audit_entries.c.payload)
+            .join(audit_entries, audit_entries.c.id == audit_leaves.c.entry_id)
+            .where(audit_leaves.c.leaf_index >= start)
+            .order_by(audit_leaves.c.leaf_index)
+        )
+        if end is not None:
+            query = query.where(audit_leaves.c.leaf_index < end)
+        with self._engine.connect() as connection:
+            result = connection.execution_options(yield_per=2000).execute(query)
+            try:
+                for row in result:
+                    yield int(row.leaf_index), str(row.payload)
+            finally:
+                result.close()
+
+    def _fetch(self, wanted: set[tuple[int, int]]) -> _DictSource:
+        nodes: dict[tuple[int, int], bytes] = {}
+        keys = sorted(wanted)
+        with self._engine.connect() as connection:
+            for chunk in range(0, len(keys), 200):
+                part = keys[chunk : chunk + 200]
+                rows = connection.execute(
+                    select(audit_nodes.c.level, audit_nodes.c.idx, audit_nodes.c.hash).where(
+                        or_(
+                            *(
+                                and_(audit_nodes.c.level == lv, audit_nodes.c.idx == ix)
+                                for lv, ix in part
+                            )
+                        )
+                    )
+                ).all()
+                nodes.update({(int(r.level), int(r.idx)): bytes(r.hash) for r in rows})
+        return _DictSource(nodes)
+
+    def _checked_size(self, size: int | None) -> int:
+        current = self.size()
+        if size is None:
+            return current
+        if not 0 < size <= current:
+            raise ProofError(f"tree size {size} is outside 1..{current}")
+        return size
+
+    def root_at(self, size: int) -> bytes:
+        """Return the root hash of the tree of the first `size` leaves."""
+        size = self._checked_size(size)
+        recorder = _RecordingSource()
+        subtree_hash(recorder, 0, size)
+        return subtree_hash(self._fetch(recorder.wanted), 0, size)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """Return the inclusion proof of leaf `index` in the tree of `size` (default: the
+        whole tree). Raises `ProofError`."""
+        size = self._checked_size(size)
+        recorder = _RecordingSource()
+        inclusion_proof_from(recorder, index, size)
+        return inclusion_proof_from(self._fetch(recorder.wanted), index, size)
+
+    def consistency_proof(self, size1: int, size2: int | None = None) -> list[bytes]:
+        """Return the consistency proof from `size1` to `size2` (default: current size)."""
+        size2 = self._checked_size(size2)
+        recorder = _RecordingSource()
+        consistency_proof_from(recorder, size1, size2)
+        return consistency_proof_from(self._fetch(recorder.wanted), size1, size2)
+
+    # ------------------------------------------------------------------ verification
+    def verify(self, public_key_pem: bytes | None) -> VerifyReport:
+        """Rehash every entry, rebuild the tree, and check it against every signed head
+        (and each head's signature when `public_key_pem` is given).
+
+        Raises `AuditVerificationFailed` naming the first bad leaf index (or the head)
+        when the stored log differs from what was signed.
+        """
+        heads = self.heads()
+        head_by_size = {head.tree_size: head for head in heads}
+        if public_key_pem is not None:
+            for head in heads:
+                verify_tree_head(head, public_key_pem)
+        stored_leaves = self._stored_leaf_hashes()
+        frontier: dict[int, bytes] = {}
+        count = 0
+        checked = 0
+        last_good = 0
+        query = (
+            select(audit_leaves.c.leaf_index, audit_entries.c.payload)
+            .select_from(
+                audit_leaves.outerjoin(audit_entries, audit_entries.c.id == audit_leaves.c.entry_id)
+            )
+            .order_by(audit_leaves.c.leaf_index)
+        )
+        with self._engine.connect() as connection:
+            result = connection.execution_options(yield_per=5000).execute(query)
+            try:
+                for row in result:
+                    index = int(row.leaf_index)
+                    if index != count:
+                        raise AuditVerificationFailed(
+                            f"leaf index {count} is missing: the log was cut at index {count}",
+                            count,
+                        )
+                    if row.payload is None:
+                        raise AuditVerificationFailed(
+                            f"the entry at leaf index {index} has been removed", index
+                        )
+                    current = leaf_hash(str(row.payload).encode("utf-8"))
+                    stored = stored_leaves.get(index)
+                    if stored is not None and stored != current:
+                        raise AuditVerificationFailed(
+                            f"the entry at leaf index {index} was changed after it was logged",
+                            index,
+                        )
+                    level, position = 0, index
+                    while position & 1:
+                        current = node_hash(frontier.pop(level), current)
+                        level += 1
+                        position >>= 1
+                    frontier[level] = current
+                    count += 1
+                    signed = head_by_size.get(count)
+                    if signed is not None:
+                        if frontier_root(frontier) != signed.root_hash:
+                            raise AuditVerificationFailed(
+                                f"the entries do not match signed tree head {count}: an entry in "
+                                f"leaf indices {last_good}..{count - 1} was changed, removed or "
+                                "reordered",
+                                last_good,
+                            )
+                        checked += 1
+                        last_good = count
+
+            finally:
+                result.close()
+            queued = self._queued(connection)
+        missing_heads = [h.tree_size for h in heads if h.tree_size > count]
+        if missing_heads:
+            raise AuditVerificationFailed(
+                f"signed tree head {missing_heads[0]} covers entries beyond the {count} stored: "
+                f"entries from leaf index {count} were removed",
+                count,
+            )
+        return VerifyReport(
+            entries=count,
+            heads_checked=checked,
+            latest_head=heads[-1] if heads else None,
+            queued=queued,
+        )
+
+    def _stored_leaf_hashes(self) -> dict[int, bytes]:
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                select(audit_nodes.c.idx, audit_nodes.c.hash).where(audit_nodes.c.level == 0)
+            )
+            return {int(r.idx): bytes(r.hash) for r in rows}
+
+    @staticmethod
+    def _queued(connection: Connection) -> int:
+        return int(connection.execute(select(func.count()).select_from(audit_queue)).scalar_one())
+
+    def export(self) -> Iterator[str]:
+        """Yield JSON lines: every entry with its index and leaf hash, then every head."""
+        for index, payload in self.iter_entries():
+            yield json.dumps(
+                {
+                    "type": "entry",
+                    "index": index,
+                    "leaf_hash": base64.b64encode(leaf_hash(payload.encode("utf-8"))).decode(),
+                    "payload": payload,
+                }
+            )
+        for head in self.heads():
+            yield json.dumps({"type": "head", **head.as_json()})
