@@ -1,0 +1,103 @@
+"""HSM operations through our provider beside the same calls through bare python-pkcs11,
+in the same run, on a fresh SoftHSM2 token: wrap (generate + wrap a data key), unwrap,
+HMAC-SHA256 and ECDSA P-256 sign. Goal (issue 4): provider / bare >= 0.8.
+
+Run: .venv/bin/python -m bench.hsm_ops
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+
+import pkcs11
+from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11.util.ec import encode_ecdsa_signature
+from pydantic import SecretStr
+
+from bench._timing import best_of, ops_per_second
+from cofre.settings import DEFAULT_SOFTHSM_LIBRARY
+from hsm.keys import KeyHierarchy
+from hsm.provider import HSMProvider
+from hsm.softhsm import init_softhsm_token, write_softhsm_conf
+
+
+def main() -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "softhsm2.conf"
+        write_softhsm_conf(conf, Path(tmp) / "tokens")
+        os.environ["SOFTHSM2_CONF"] = str(conf)
+        pin = secrets.token_urlsafe(12)
+        init_softhsm_token(conf, "bench", so_pin=secrets.token_urlsafe(12), user_pin=pin)
+        provider = HSMProvider(DEFAULT_SOFTHSM_LIBRARY, "bench", SecretStr(pin), conf)
+        KeyHierarchy(provider).initialize()
+        wrapped = provider.generate_wrapped_key("cofre-kek-v1")
+
+        token = pkcs11.lib(str(DEFAULT_SOFTHSM_LIBRARY)).get_token(token_label="bench")
+        session = token.open(rw=True)  # the provider already logged this process in
+        kek = session.get_key(ObjectClass.SECRET_KEY, label="cofre-kek-v1")
+        fp = session.get_key(ObjectClass.SECRET_KEY, label="cofre-fp-v1")
+        audit = session.get_key(ObjectClass.PRIVATE_KEY, label="cofre-audit-v1")
+        mech = getattr(Mechanism, wrapped.mechanism)
+
+        def bare_wrap(_: int) -> None:
+            key = session.generate_key(
+                KeyType.AES,
+                256,
+                store=False,
+                capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
+                template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: True},
+            )
+            kek.wrap_key(key, mechanism=mech)
+            key.destroy()
+
+        def bare_unwrap(_: int) -> None:
+            key = kek.unwrap_key(
+                ObjectClass.SECRET_KEY,
+                KeyType.AES,
+                wrapped.wrapped,
+                mechanism=mech,
+                store=False,
+                capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
+                template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True},
+            )
+            bytearray(key[Attribute.VALUE])
+            key.destroy()
+
+        def bare_sign(i: int) -> None:
+            digest = hashlib.sha256(i.to_bytes(8, "big")).digest()
+            encode_ecdsa_signature(audit.sign(digest, mechanism=Mechanism.ECDSA))
+
+        pan = b"4111111111111111"
+        pairs = {
+            "wrap": (lambda _: provider.generate_wrapped_key("cofre-kek-v1"), bare_wrap),
+            "unwrap": (lambda _: provider.unwrap_key(wrapped), bare_unwrap),
+            "hmac": (
+                lambda _: provider.hmac_sha256("cofre-fp-v1", pan),
+                lambda _: fp.sign(pan, mechanism=Mechanism.SHA256_HMAC),
+            ),
+            "sign": (lambda i: provider.sign("cofre-audit-v1", i.to_bytes(8, "big")), bare_sign),
+        }
+        figures: dict[str, float] = {}
+        print(f"{'operation':<10} {'provider/s':>12} {'bare/s':>12} {'ratio':>7}   (goal >= 0.80)")
+        for name, (ours, bare) in pairs.items():
+            a = best_of(3, lambda f=ours: ops_per_second(f, seconds=0.7))
+            b = best_of(3, lambda f=bare: ops_per_second(f, seconds=0.7))
+            figures[f"{name}_provider"] = a
+            figures[f"{name}_bare"] = b
+            figures[f"{name}_ratio"] = a / b
+            print(f"{name:<10} {a:>12,.0f} {b:>12,.0f} {a / b:>7.2f}")
+        session.close()
+        provider.close()
+    return figures
+
+
+if __name__ == "__main__":
+    result = main()
+    if "--json" in sys.argv:
+        print(json.dumps(result))
