@@ -12,6 +12,10 @@ and kind, or by the masked form.
         ├── TokenSpaceExhausted                        code token_space_exhausted
         ├── FormatNotApplicable                        code format_not_applicable
         ├── IntegrityError                             code integrity_error
+        ├── InvalidMetadata         (also ValueError)  code invalid_metadata
+        ├── InvalidTTL              (also ValueError)  code invalid_ttl
+        ├── IdempotencyConflict                        code idempotency_conflict
+        ├── BatchItemInvalid        (also ValueError)  code batch_item_invalid
         └── StorageUnavailable                         code storage_unavailable
 """
 
@@ -66,3 +70,31 @@ class IntegrityError(VaultError):
 
 class StorageUnavailable(VaultError):
     code = "storage_unavailable"
+
+
+class InvalidMetadata(VaultError, ValueError):
+    code = "invalid_metadata"
+
+
+class InvalidTTL(VaultError, ValueError):
+    code = "invalid_ttl"
+
+
+class IdempotencyConflict(VaultError):
+    """The idempotency key was used before for a different PAN or format."""
+
+    code = "idempotency_conflict"
+
+
+class BatchItemInvalid(VaultError, ValueError):
+    """One item of a batch is invalid; nothing of the batch was written.
+
+    `index` is the item's position, `item_code` the code it would have had alone.
+    """
+
+    code = "batch_item_invalid"
+
+    def __init__(self, index: int, item_code: str, message: str) -> None:
+        super().__init__(f"item {index}: {message}")
+        self.index = index
+        self.item_code = item_code

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine
+
+from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
+from policies.loader import parse_policy
+from vault.service import CallContext, VaultService
+from vault.storage.database import create_database_engine, migrate
+
+TEST_POLICY = """
+[formats.card_random]
+type = "random"
+dedup = "random"
+
+[formats.card_pass]
+type = "random"
+luhn = "pass"
+
+[formats.card_fpe_any]
+type = "fpe"
+luhn = "any"
+pan_lengths = [16, 19]
+
+[identities."spiffe://cofre/payments"]
+operations = ["tokenize", "detokenize_masked", "lookup", "metadata", "delete"]
+formats = ["pan_bin6_last4", "pan_bin8_last4", "pan_last4", "pan_fpe", "uuid", "card_random",
+           "card_pass", "card_fpe_any"]
+reveal = "masked"
+
+[identities."spiffe://cofre/getnet-adapter"]
+operations = ["detokenize"]
+reveal = "full"
+
+[identities."spiffe://cofre/ledger"]
+operations = ["detokenize"]
+reveal = "masked"
+
+[identities."spiffe://cofre/officer-alice"]
+role = "security_officer"
+operations = ["key_admin", "audit_read"]
+"""
+
+PAYMENTS = CallContext("spiffe://cofre/payments", "req-payments")
+GETNET = CallContext("spiffe://cofre/getnet-adapter", "req-getnet")
+LEDGER = CallContext("spiffe://cofre/ledger", "req-ledger")
+OFFICER = CallContext("spiffe://cofre/officer-alice", "req-officer")
+STRANGER = CallContext("spiffe://cofre/stranger", "req-stranger")
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_database_engine(database_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def service(engine: Engine, hsm_provider: HSMProvider) -> Iterator[VaultService]:
+    policy = PolicyEngine(parse_policy(TEST_POLICY, kind="toml").policy)
+    svc = VaultService(engine, hsm_provider, policy)
+    svc.initialize()
+    yield svc
+    svc.close()

@@ -1,0 +1,314 @@
+"""The vault service on SQLite and PostgreSQL: every operation, its audit entry, its
+failures, and the guarantees of the acceptance list."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from audit.errors import AuditWriteFailed
+from audit.sequencer import Sequencer
+from audit.store import AuditStore
+from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
+from policies.errors import PolicyDenied
+from policies.loader import parse_policy
+from tests.vault.conftest import GETNET, LEDGER, OFFICER, PAYMENTS, STRANGER, TEST_POLICY
+from vault.errors import (
+    BatchItemInvalid,
+    FormatNotApplicable,
+    IdempotencyConflict,
+    IntegrityError,
+    InvalidMetadata,
+    InvalidTTL,
+    TokenExpired,
+    TokenNotFound,
+)
+from vault.pan import Pan, luhn_check_digit, luhn_valid
+from vault.service import TokenizeRequest, VaultService
+from vault.signing import HSMTreeHeadSigner
+
+VISA = Pan("4111111111111111")
+MC = Pan("5555555555554444")
+AMEX = Pan("378282246310005")
+
+
+def _pan(i: int, length: int = 16) -> Pan:
+    body = f"4{i:0{length - 2}d}"
+    return Pan(body + luhn_check_digit(body))
+
+
+def _audit_actions(engine: Engine) -> list[str]:
+    with engine.connect() as c:
+        payloads = c.execute(sa.text("SELECT payload FROM audit_entries ORDER BY id")).scalars()
+        return [p.split('"action":"')[1].split('"')[0] for p in payloads]
+
+
+def _count(engine: Engine, sql: str) -> int:
+    with engine.connect() as c:
+        return int(c.execute(sa.text(sql)).scalar_one())
+
+
+def test_tokenize_detokenize_round_trip(service: VaultService, engine: Engine) -> None:
+    record = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4"))
+    assert len(record.token) == 16
+    assert record.token[:6] == "411111"
+    assert record.token[-4:] == "1111"
+    assert not luhn_valid(record.token)
+    revealed = service.detokenize(GETNET, record.token)
+    assert revealed.pan == VISA
+    masked = service.detokenize(LEDGER, record.token)
+    assert masked.pan is None
+    assert masked.masked == "411111******1111"
+    assert service.detokenize_masked(PAYMENTS, record.token).masked == "411111******1111"
+    assert _audit_actions(engine)[-4:] == [
+        "tokenize",
+        "detokenize",
+        "detokenize",
+        "detokenize_masked",
+    ]
+
+
+def test_convergent_and_random_dedup(service: VaultService) -> None:
+    first = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4"))
+    again = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4"))
+    assert again.token == first.token
+    assert again.existing
+    other_format = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "pan_last4"))
+    assert other_format.token != first.token
+    r1 = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "card_random"))
+    r2 = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "card_random"))
+    assert r1.token != r2.token
+
+
+@pytest.mark.parametrize("fmt", ["pan_fpe", "card_fpe_any", "uuid", "card_pass", "pan_bin8_last4"])
+def test_every_format_round_trips(service: VaultService, fmt: str) -> None:
+    record = service.tokenize(PAYMENTS, TokenizeRequest(MC, fmt))
+    assert service.detokenize(GETNET, record.token).pan == MC
+    if fmt == "card_pass":
+        assert luhn_valid(record.token)
+    if fmt.startswith("pan_fpe"):
+        assert service.tokenize(PAYMENTS, TokenizeRequest(MC, fmt)).token == record.token
+
+
+def test_format_not_applicable_and_denials(service: VaultService, engine: Engine) -> None:
+    with pytest.raises(FormatNotApplicable):
+        service.tokenize(PAYMENTS, TokenizeRequest(AMEX, "pan_fpe"))
+    with pytest.raises(PolicyDenied):
+        service.tokenize(STRANGER, TokenizeRequest(VISA, "pan_bin6_last4"))
+    with pytest.raises(PolicyDenied):
+        service.tokenize(GETNET, TokenizeRequest(VISA, "pan_bin6_last4"))
+    token = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4")).token
+    with pytest.raises(PolicyDenied):
+        service.detokenize(PAYMENTS, token)
+    with pytest.raises(PolicyDenied):
+        service.detokenize(OFFICER, token)
+    with engine.connect() as c:
+        denied = c.execute(
+            sa.text(
+                'SELECT count(*) FROM audit_entries WHERE payload LIKE \'%"outcome":"denied"%\''
+            )
+        ).scalar_one()
+    assert denied == 4
+
+
+def test_missing_expired_deleted(service: VaultService) -> None:
+    now = [datetime.now(UTC)]
+    service._clock = lambda: now[0]  # type: ignore[method-assign]
+    with pytest.raises(TokenNotFound):
+        service.detokenize(GETNET, "4111110000001111")
+    record = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "card_random", ttl_seconds=60))
+    assert record.expires_at is not None
+    now[0] += timedelta(seconds=61)
+    with pytest.raises(TokenExpired):
+        service.detokenize(GETNET, record.token)
+    assert service.purge_expired() == 1
+    with pytest.raises(TokenNotFound):
+        service.detokenize(GETNET, record.token)
+    live = service.tokenize(PAYMENTS, TokenizeRequest(MC, "card_random"))
+    assert service.delete(PAYMENTS, live.token) is True
+    assert service.delete(PAYMENTS, live.token) is False
+    with pytest.raises(TokenNotFound):
+        service.detokenize(GETNET, live.token)
+    with pytest.raises(TokenNotFound):
+        service.delete(PAYMENTS, "0000000000000000")
+
+
+def test_expired_convergent_token_is_replaced(service: VaultService) -> None:
+    now = [datetime.now(UTC)]
+    service._clock = lambda: now[0]  # type: ignore[method-assign]
+    first = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4", ttl_seconds=5))
+    now[0] += timedelta(seconds=10)
+    second = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4"))
+    assert second.token != first.token
+    assert service.detokenize(GETNET, second.token).pan == VISA
+
+
+def test_crypto_shred_leaves_tombstone(service: VaultService, engine: Engine) -> None:
+    record = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "card_random"))
+    service.delete(PAYMENTS, record.token)
+    with engine.connect() as c:
+        row = c.execute(
+            sa.text(
+                "SELECT ciphertext, nonce, fingerprint, deleted_at FROM tokens WHERE token = :t"
+            ),
+            {"t": record.token},
+        ).one()
+    assert row.ciphertext is None
+    assert row.nonce is None
+    assert row.fingerprint is None
+    assert row.deleted_at is not None
+
+
+def test_lookup_and_metadata(service: VaultService) -> None:
+    a = service.tokenize(
+        PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4", metadata={"order": "A-1"})
+    )
+    b = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "pan_last4"))
+    found = service.lookup(PAYMENTS, VISA)
+    assert {r.token for r in found} == {a.token, b.token}
+    assert [r.token for r in service.lookup(PAYMENTS, VISA, "pan_last4")] == [b.token]
+    assert service.lookup(PAYMENTS, MC) == []
+    info = service.token_info(PAYMENTS, a.token)
+    assert info.metadata == {"order": "A-1"}
+    assert info.format == "pan_bin6_last4"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"k": "card 4111111111111111"}, "looks like a card number"),
+        ({"k" * 65: "v"}, "1 to 64"),
+        ({"bad key": "v"}, "letters"),
+        ({"k": "v" * 257}, "at most 256"),
+        ({f"k{i}": "v" for i in range(17)}, "at most 16"),
+        ({"k": 5}, "strings"),
+    ],
+)
+def test_metadata_rules(service: VaultService, metadata: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidMetadata, match=message):
+        service.tokenize(PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4", metadata=metadata))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("ttl", [0, -5, 10**10])
+def test_bad_ttl(service: VaultService, ttl: int) -> None:
+    with pytest.raises(InvalidTTL):
+        service.tokenize(PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4", ttl_seconds=ttl))
+
+
+def test_idempotency(service: VaultService) -> None:
+    first = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "card_random", idempotency_key="k1"))
+    again = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "card_random", idempotency_key="k1"))
+    assert again.token == first.token
+    with pytest.raises(IdempotencyConflict):
+        service.tokenize(PAYMENTS, TokenizeRequest(MC, "card_random", idempotency_key="k1"))
+
+
+def test_moved_ciphertext_fails_integrity(service: VaultService, engine: Engine) -> None:
+    a = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "card_random"))
+    b = service.tokenize(PAYMENTS, TokenizeRequest(MC, "card_random"))
+    with engine.begin() as c:
+        row = c.execute(
+            sa.text("SELECT nonce, ciphertext FROM tokens WHERE token=:t"), {"t": a.token}
+        ).one()
+        c.execute(
+            sa.text("UPDATE tokens SET nonce=:n, ciphertext=:c WHERE token=:t"),
+            {"n": row.nonce, "c": row.ciphertext, "t": b.token},
+        )
+    with pytest.raises(IntegrityError):
+        service.detokenize(GETNET, b.token)
+    assert service.detokenize(GETNET, a.token).pan == VISA
+
+
+def test_batch_all_or_nothing(service: VaultService, engine: Engine) -> None:
+    before = _count(engine, "SELECT count(*) FROM tokens")
+    requests = [TokenizeRequest(_pan(i), "pan_bin6_last4") for i in range(5)]
+    requests[3] = TokenizeRequest(AMEX, "pan_fpe")
+    with pytest.raises(BatchItemInvalid) as info:
+        service.tokenize_batch(PAYMENTS, requests)
+    assert info.value.index == 3
+    assert info.value.item_code == "format_not_applicable"
+    assert _count(engine, "SELECT count(*) FROM tokens") == before
+    good = [TokenizeRequest(_pan(i), "pan_bin6_last4") for i in range(5)]
+    good.append(TokenizeRequest(_pan(2), "pan_bin6_last4"))  # same PAN twice: one token
+    records = service.tokenize_batch(PAYMENTS, good)
+    assert records[2].token == records[5].token
+    revealed = service.detokenize_batch(GETNET, [r.token for r in records])
+    assert [r.pan for r in revealed] == [r.pan for r in good]
+    with pytest.raises(BatchItemInvalid) as info:
+        service.detokenize_batch(GETNET, [records[0].token, "9999999999999999"])
+    assert info.value.index == 1
+
+
+def test_failed_audit_write_returns_no_token(service: VaultService, engine: Engine) -> None:
+    if engine.dialect.name == "sqlite":
+        ddl = (
+            "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_entries "
+            "BEGIN SELECT RAISE(ABORT, 'no space'); END"
+        )
+    else:
+        ddl = "ALTER TABLE audit_entries ADD CONSTRAINT fail_audit CHECK (false) NOT VALID"
+    with engine.begin() as c:
+        c.execute(sa.text(ddl))
+    before = _count(engine, "SELECT count(*) FROM tokens")
+    with pytest.raises(AuditWriteFailed):
+        service.tokenize(PAYMENTS, TokenizeRequest(_pan(77), "pan_bin6_last4"))
+    assert _count(engine, "SELECT count(*) FROM tokens") == before
+
+
+def test_convergent_concurrency(service: VaultService, engine: Engine) -> None:
+    """8 threads x 500 convergent tokenize calls over the same 50 PANs: 50 tokens and
+    4,000 audit entries."""
+    pans = [_pan(1000 + i) for i in range(50)]
+    results: list[tuple[Pan, str]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker(offset: int) -> None:
+        try:
+            for i in range(500):
+                pan = pans[(i + offset) % 50]
+                token = service.tokenize(PAYMENTS, TokenizeRequest(pan, "pan_bin6_last4")).token
+                with lock:
+                    results.append((pan, token))
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    audit_before = _count(engine, "SELECT count(*) FROM audit_entries")
+    threads = [threading.Thread(target=worker, args=(k * 7,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(results) == 4000
+    by_pan: dict[Pan, set[str]] = {}
+    for pan, token in results:
+        by_pan.setdefault(pan, set()).add(token)
+    assert all(len(tokens) == 1 for tokens in by_pan.values())
+    assert _count(engine, "SELECT count(*) FROM tokens WHERE format='pan_bin6_last4'") == 50
+    assert _count(engine, "SELECT count(*) FROM audit_entries") - audit_before == 4000
+    assert Counter(a for a in _audit_actions(engine)[-4000:]) == {"tokenize": 4000}
+
+
+def test_audit_log_of_operations_verifies(
+    service: VaultService, engine: Engine, hsm_provider: HSMProvider
+) -> None:
+    record = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4"))
+    service.detokenize(GETNET, record.token)
+    signer = HSMTreeHeadSigner(hsm_provider, "cofre-audit-v1")
+    Sequencer(engine, signer).drain()
+    report = AuditStore(engine).verify(signer.public_key_pem())
+    assert report.entries >= 4  # key creation x2, tokenize, detokenize
+
+
+def test_policy_reload_is_audited(service: VaultService, engine: Engine) -> None:
+    service.replace_policy(
+        PolicyEngine(parse_policy(TEST_POLICY, kind="toml").policy), actor="cofre", source="test"
+    )
+    assert _audit_actions(engine)[-1] == "policy.reload"

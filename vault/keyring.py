@@ -1,0 +1,197 @@
+"""Data keys: generated in the HSM, stored wrapped in ``data_keys``, unwrapped on demand
+into process memory, and wiped on rotation and shutdown.
+
+IN PCI SCOPE, holds key material (in memory only). Two purposes:
+
+- ``pan_gcm``: the AES-256-GCM key that encrypts stored PANs;
+- ``ff1``: the AES-256 key of FF1 tokens (`pan_fpe` formats).
+
+Exactly one version per purpose is ``active`` (used for new data); older versions stay
+``retiring`` until no record needs them, then ``retired`` (wrapped bytes kept for the
+inventory, never unwrapped again).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import Connection, Engine, insert, select
+
+from audit.schema import READ_ONLY
+from hsm.keys import KeyHierarchy, KeyKind
+from hsm.provider import HSMProvider, WrappedKey, wipe
+from vault.errors import VaultError
+from vault.fpe.ff1 import FF1
+from vault.storage.schema import data_keys
+
+
+class KeyPurpose(StrEnum):
+    PAN_GCM = "pan_gcm"
+    FF1 = "ff1"
+
+
+class KeyState(StrEnum):
+    ACTIVE = "active"
+    RETIRING = "retiring"
+    RETIRED = "retired"
+
+
+class DataKeyMissing(VaultError):
+    code = "data_key_missing"
+
+
+@dataclass(frozen=True)
+class DataKeyInfo:
+    purpose: KeyPurpose
+    version: int
+    state: KeyState
+    kek_label: str
+    wrap_mechanism: str
+    created_at: datetime
+    retired_at: datetime | None
+
+
+class DataKeyring:
+    """The data keys of one vault database, unwrapped lazily through one HSM provider."""
+
+    def __init__(self, engine: Engine, provider: HSMProvider) -> None:
+        # Reads only: on SQLite they must not queue behind the caller's own write
+        # transaction (the keyring is consulted from inside one).
+        self._engine = engine.execution_options(**READ_ONLY)
+        self._provider = provider
+        self._lock = threading.Lock()
+        self._clear: dict[tuple[KeyPurpose, int], bytearray] = {}
+        self._active: dict[KeyPurpose, int] = {}
+        # The cipher objects hold their own copies of the key (cryptography and FF1 need
+        # bytes); dropping them on rotation is the most CPython allows.
+        self._gcm: dict[int, AESGCM] = {}
+        self._ff1: dict[int, FF1] = {}
+
+    def ensure_active(self, connection: Connection) -> list[tuple[KeyPurpose, int]]:
+        """Create version 1 of every purpose that has no key yet, in `connection`'s
+        transaction; return what was created (the caller audits it)."""
+        created = []
+        kek = KeyHierarchy(self._provider).current_label(KeyKind.KEK)
+        for purpose in KeyPurpose:
+            exists = connection.execute(
+                select(data_keys.c.version).where(data_keys.c.purpose == purpose.value).limit(1)
+            ).first()
+            if exists is None:
+                self._insert(connection, purpose, 1, kek)
+                created.append((purpose, 1))
+        return created
+
+    def _insert(self, connection: Connection, purpose: KeyPurpose, version: int, kek: str) -> None:
+        wrapped = self._provider.generate_wrapped_key(kek)
+        connection.execute(
+            insert(data_keys).values(
+                purpose=purpose.value,
+                version=version,
+                wrapped=wrapped.wrapped,
+                wrap_mechanism=wrapped.mechanism,
+                kek_label=wrapped.kek_label,
+                algorithm="AES-256",
+                state=KeyState.ACTIVE.value,
+                created_at=datetime.now(UTC),
+            )
+        )
+
+    def active_version(self, purpose: KeyPurpose) -> int:
+        """Return the active version of `purpose` (cached; `refresh` after rotation)."""
+        with self._lock:
+            cached = self._active.get(purpose)
+        if cached is not None:
+            return cached
+        with self._engine.connect() as connection:
+            version = connection.execute(
+                select(data_keys.c.version).where(
+                    data_keys.c.purpose == purpose.value,
+                    data_keys.c.state == KeyState.ACTIVE.value,
+                )
+            ).scalar()
+        if version is None:
+            raise DataKeyMissing(f"no active {purpose.value} data key: the vault is not set up")
+        with self._lock:
+            self._active[purpose] = int(version)
+        return int(version)
+
+    def gcm(self, version: int) -> AESGCM:
+        """Return the AES-256-GCM cipher of PAN data key `version` (cached)."""
+        with self._lock:
+            cipher = self._gcm.get(version)
+        if cipher is None:
+            cipher = AESGCM(self._key(KeyPurpose.PAN_GCM, version))
+            with self._lock:
+                self._gcm[version] = cipher
+        return cipher
+
+    def ff1(self, version: int) -> FF1:
+        """Return the radix-10 FF1 cipher of FF1 data key `version` (cached)."""
+        with self._lock:
+            cipher = self._ff1.get(version)
+        if cipher is None:
+            cipher = FF1(self._key(KeyPurpose.FF1, version))
+            with self._lock:
+                self._ff1[version] = cipher
+        return cipher
+
+    def _key(self, purpose: KeyPurpose, version: int) -> bytes:
+        """Return the clear bytes of data key (`purpose`, `version`), unwrapping it in the
+        HSM on first use. Raises `DataKeyMissing`, or `hsm.errors` when the HSM fails."""
+        with self._lock:
+            clear = self._clear.get((purpose, version))
+            if clear is not None:
+                return bytes(clear)
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                select(
+                    data_keys.c.wrapped, data_keys.c.wrap_mechanism, data_keys.c.kek_label
+                ).where(data_keys.c.purpose == purpose.value, data_keys.c.version == version)
+            ).first()
+        if row is None:
+            raise DataKeyMissing(f"data key {purpose.value} v{version} does not exist")
+        clear = self._provider.unwrap_key(
+            WrappedKey(bytes(row.wrapped), str(row.wrap_mechanism), str(row.kek_label))
+        )
+        with self._lock:
+            existing = self._clear.setdefault((purpose, version), clear)
+            if existing is not clear:
+                wipe(clear)
+            return bytes(existing)
+
+    def inventory(self) -> list[DataKeyInfo]:
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                select(data_keys).order_by(data_keys.c.purpose, data_keys.c.version)
+            ).all()
+        return [
+            DataKeyInfo(
+                purpose=KeyPurpose(row.purpose),
+                version=int(row.version),
+                state=KeyState(row.state),
+                kek_label=str(row.kek_label),
+                wrap_mechanism=str(row.wrap_mechanism),
+                created_at=row.created_at,
+                retired_at=row.retired_at,
+            )
+            for row in rows
+        ]
+
+    def refresh(self) -> None:
+        """Forget the cached active versions (after a rotation elsewhere)."""
+        with self._lock:
+            self._active.clear()
+
+    def wipe_all(self) -> None:
+        """Overwrite and forget every unwrapped key (shutdown, rotation)."""
+        with self._lock:
+            for clear in self._clear.values():
+                wipe(clear)
+            self._clear.clear()
+            self._active.clear()
+            self._gcm.clear()
+            self._ff1.clear()

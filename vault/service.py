@@ -1,0 +1,778 @@
+"""The vault service: tokenize, detokenize, lookup, metadata, delete, batches, purge.
+
+IN PCI SCOPE, holds card data. The only code that turns a `Pan` into stored ciphertext
+and back. Every public method:
+
+1. authorises the caller against the policy (raises `PolicyDenied`, which is audited);
+2. does its work and writes its audit entry **in one database transaction**, so nothing
+   is returned that is not durably stored and audited (fail closed: if the entry cannot
+   be written, the transaction rolls back and the caller gets `AuditWriteFailed`);
+3. translates database failures into `StorageUnavailable`; HSM failures arrive as
+   `hsm.errors.HSMUnavailable`.
+
+Stored PANs are AES-256-GCM ciphertexts; the AAD binds the token id, the token and the
+key version, so a ciphertext moved to another row fails authentication instead of
+decrypting to the wrong PAN. Fingerprints are HMAC-SHA256 under the HSM's fingerprint
+key, for convergent tokens and lookup.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, TypeVar
+
+from cryptography.exceptions import InvalidTag
+from sqlalchemy import Connection, Engine, Row, and_, insert, select, update
+from sqlalchemy.exc import IntegrityError as SQLIntegrityError
+from sqlalchemy.exc import SQLAlchemyError
+
+from audit.errors import db_error_name
+from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
+from cofre.errors import CofreError
+from cofre.redaction import mask_pan_like
+from hsm.keys import KeyHierarchy, KeyKind, parse_key_label
+from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
+from policies.errors import PolicyDenied
+from policies.formats import Dedup, FormatSpec, FormatType, LuhnMode
+from policies.models import Action, IdentityPolicy, Reveal
+from vault.errors import (
+    BatchItemInvalid,
+    IdempotencyConflict,
+    IntegrityError,
+    InvalidMetadata,
+    InvalidTTL,
+    StorageUnavailable,
+    TokenExpired,
+    TokenNotFound,
+    TokenSpaceExhausted,
+    VaultError,
+)
+from vault.keyring import DataKeyring, KeyPurpose
+from vault.pan import Pan
+from vault.storage.schema import tokens
+from vault.tokens import (
+    FpeTokenizer,
+    check_applicable,
+    random_token_candidates,
+    uuid_token,
+)
+
+T = TypeVar("T")
+
+MAX_METADATA_ITEMS: Final = 16
+MAX_METADATA_KEY: Final = 64
+MAX_METADATA_VALUE: Final = 256
+MAX_TTL_SECONDS: Final = 10 * 366 * 24 * 3600
+MAX_BATCH: Final = 1000
+_TRANSACTION_ATTEMPTS: Final = 5
+_CANDIDATE_CHUNK: Final = 64
+_METADATA_KEY_CHARS: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Who is calling (the SAN URI of the verified client certificate) and the request."""
+
+    identity: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A token and what may be said about it; never the PAN."""
+
+    token: str
+    token_id: str
+    format: str
+    created_at: datetime
+    expires_at: datetime | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    existing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Revealed:
+    """A detokenize answer: the PAN when the caller's policy reveals it in full, else
+    only the masked form."""
+
+    token: str
+    masked: str
+    pan: Pan | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizeRequest:
+    pan: Pan
+    format: str
+    metadata: Mapping[str, str] | None = None
+    ttl_seconds: int | None = None
+    idempotency_key: str | None = None
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything Cofre stores is UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def validate_metadata(metadata: object) -> str:
+    """Return `metadata` as canonical JSON. Raises `InvalidMetadata` for too many or too
+    long items, non-string values, or a value that looks like a card number (metadata is
+    stored in clear, so a PAN in it would be a leak)."""
+    if not metadata:
+        return "{}"
+    if not isinstance(metadata, Mapping):
+        raise InvalidMetadata("metadata must be an object of string keys and values")
+    if len(metadata) > MAX_METADATA_ITEMS:
+        raise InvalidMetadata(f"metadata may have at most {MAX_METADATA_ITEMS} items")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_METADATA_KEY:
+            raise InvalidMetadata(f"metadata keys must be 1 to {MAX_METADATA_KEY} characters")
+        if not set(key) <= _METADATA_KEY_CHARS:
+            raise InvalidMetadata("metadata keys may use only letters, digits, '_', '-', '.'")
+        if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE:
+            raise InvalidMetadata(
+                f"metadata values must be strings of at most {MAX_METADATA_VALUE} characters"
+            )
+        if mask_pan_like(value) != value:
+            raise InvalidMetadata(
+                f"metadata value {key!r} looks like a card number; metadata is not encrypted"
+            )
+    return json.dumps(dict(metadata), sort_keys=True, separators=(",", ":"))
+
+
+def _expiry(now: datetime, ttl_seconds: int | None) -> datetime | None:
+    if ttl_seconds is None:
+        return None
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
+        raise InvalidTTL("ttl must be a whole number of seconds")
+    if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
+        raise InvalidTTL(f"ttl must be between 1 and {MAX_TTL_SECONDS} seconds")
+    return now + timedelta(seconds=ttl_seconds)
+
+
+def _aad(token_id: str, token: str, version: int) -> bytes:
+    return f"cofre:pan:v1|{token_id}|{token}|{version}".encode()
+
+
+class VaultService:
+    """The vault's operations for one database, HSM and policy."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        provider: HSMProvider,
+        policy: PolicyEngine,
+        *,
+        audit: AuditLog | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._engine = engine
+        self._provider = provider
+        self._policy = policy
+        self._audit = audit or AuditLog()
+        self._clock = clock
+        self._keyring = DataKeyring(engine, provider)
+        self._hierarchy = KeyHierarchy(provider)
+        self._fp_label: str | None = None
+
+    @property
+    def keyring(self) -> DataKeyring:
+        return self._keyring
+
+    @property
+    def policy(self) -> PolicyEngine:
+        return self._policy
+
+    def replace_policy(self, policy: PolicyEngine, *, actor: str, source: str) -> None:
+        """Swap in a new policy (audited)."""
+        self._policy = policy
+        self._write_audit(
+            AuditEvent(
+                action="policy.reload",
+                outcome=Outcome.SUCCESS,
+                actor=actor,
+                details={"source": source},
+            )
+        )
+
+    # ------------------------------------------------------------------ set-up
+    def initialize(self, *, actor: str = "cofre") -> list[str]:
+        """Create the data keys if missing (audited); return what was created."""
+
+        def work(connection: Connection) -> list[str]:
+            created = self._keyring.ensure_active(connection)
+            for purpose, version in created:
+                self._audit.append(
+                    connection,
+                    AuditEvent(
+                        action="key.create",
+                        outcome=Outcome.SUCCESS,
+                        actor=actor,
+                        key_id=f"{purpose.value}-v{version}",
+                    ),
+                )
+            return [f"{purpose.value}-v{version}" for purpose, version in created]
+
+        return self._transaction(work)
+
+    def close(self) -> None:
+        self._keyring.wipe_all()
+
+    # ------------------------------------------------------------------ helpers
+    @contextmanager
+    def _storage(self) -> Iterator[None]:
+        try:
+            yield
+        except (CofreError, SQLIntegrityError):
+            raise  # ours, or a unique-key race that `_transaction` retries
+        except SQLAlchemyError as exc:
+            raise StorageUnavailable(
+                f"the token store is unavailable ({db_error_name(exc)})"
+            ) from None
+
+    def _transaction(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one transaction; retry on a unique-key race (another node took
+        the same token or converged first)."""
+        for attempt in range(_TRANSACTION_ATTEMPTS):
+            try:
+                with self._storage(), self._engine.begin() as connection:
+                    return work(connection)
+            except SQLIntegrityError:
+                if attempt == _TRANSACTION_ATTEMPTS - 1:
+                    raise StorageUnavailable(
+                        "the token store kept refusing the write (unique conflicts)"
+                    ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _write_audit(self, event: AuditEvent) -> None:
+        with self._storage(), self._engine.begin() as connection:
+            self._audit.append(connection, event)
+
+    def _authorize(
+        self,
+        ctx: CallContext,
+        action: Action,
+        *,
+        token_format: str | None = None,
+        count: bool = True,
+    ) -> IdentityPolicy:
+        """Authorise the call and (if `count`) charge it to the caller's rate limit;
+        audit and re-raise a denial."""
+        try:
+            rules = self._policy.authorize(ctx.identity, action, token_format=token_format)
+        except PolicyDenied as exc:
+            details: dict[str, DetailValue] = {"reason": str(exc)}
+            if token_format is not None:
+                details["format"] = token_format
+            self._write_audit(
+                AuditEvent(
+                    action=action.value,
+                    outcome=Outcome.DENIED,
+                    actor=ctx.identity,
+                    request_id=ctx.request_id,
+                    details=details,
+                )
+            )
+            raise
+        if count:
+            self._policy.check_rate(ctx.identity)
+        return rules
+
+    def _fingerprint_label(self) -> str:
+        if self._fp_label is None:
+            self._fp_label = self._hierarchy.current_label(KeyKind.FINGERPRINT)
+        return self._fp_label
+
+    def _fingerprint(self, digits: str) -> tuple[bytes, int]:
+        label = self._fingerprint_label()
+        parsed = parse_key_label(label)
+        version = parsed[1] if parsed else 1
+        return self._provider.hmac_sha256(label, digits.encode("ascii")), version
+
+    def _audit_event(
+        self,
+        ctx: CallContext,
+        action: Action | str,
+        outcome: Outcome,
+        *,
+        token_id: str | None = None,
+        details: Mapping[str, DetailValue] | None = None,
+    ) -> AuditEvent:
+        name = action.value if isinstance(action, Action) else action
+        return AuditEvent(
+            action=name,
+            outcome=outcome,
+            actor=ctx.identity,
+            request_id=ctx.request_id,
+            token_id=token_id,
+            details=dict(details or {}),
+        )
+
+    def _audit_failure(
+        self, ctx: CallContext, action: Action, error: CofreError, token_id: str | None = None
+    ) -> None:
+        self._write_audit(
+            self._audit_event(
+                ctx, action, Outcome.FAILED, token_id=token_id, details={"error": error.code}
+            )
+        )
+
+    # ------------------------------------------------------------------ tokenize
+    def _prepare(
+        self, ctx: CallContext, request: TokenizeRequest, *, count: bool = True
+    ) -> tuple[FormatSpec, str]:
+        self._authorize(ctx, Action.TOKENIZE, token_format=request.format, count=count)
+        spec = self._policy.token_format(request.format)
+        check_applicable(spec, request.pan)
+        metadata = validate_metadata(request.metadata)
+        _expiry(self._clock(), request.ttl_seconds)
+        if request.idempotency_key is not None and not 1 <= len(request.idempotency_key) <= 128:
+            raise InvalidMetadata("idempotency keys must be 1 to 128 characters")
+        return spec, metadata
+
+    def tokenize(self, ctx: CallContext, request: TokenizeRequest) -> TokenRecord:
+        """Return the token for `request.pan` in `request.format`, stored and audited.
+
+        Raises `PolicyDenied`, `RateLimited`, `FormatNotApplicable`, `InvalidMetadata`,
+        `InvalidTTL`, `IdempotencyConflict`, `TokenSpaceExhausted`, `StorageUnavailable`,
+        `AuditWriteFailed`, `HSMUnavailable`.
+        """
+        spec, metadata = self._prepare(ctx, request)
+        fingerprint = self._fingerprint(request.pan.reveal())
+        return self._transaction(
+            lambda connection: self._tokenize_in(
+                connection, ctx, request, spec=spec, metadata=metadata, fingerprint=fingerprint
+            )
+        )
+
+    def tokenize_batch(
+        self, ctx: CallContext, requests: Sequence[TokenizeRequest]
+    ) -> list[TokenRecord]:
+        """Tokenize every request, all or nothing, results in order.
+
+        Raises `BatchItemInvalid` naming the first invalid item (nothing is written), or
+        what `tokenize` raises for the batch as a whole.
+        """
+        if not 1 <= len(requests) <= MAX_BATCH:
+            raise BatchItemInvalid(0, "invalid_request", f"a batch has 1 to {MAX_BATCH} items")
+        # One batch is one call against the rate limit.
+        self._authorize(ctx, Action.TOKENIZE, token_format=requests[0].format)
+        prepared = []
+        for index, request in enumerate(requests):
+            try:
+                prepared.append(self._prepare(ctx, request, count=False))
+            except PolicyDenied:
+                raise
+            except VaultError as exc:
+                raise BatchItemInvalid(index, exc.code, str(exc)) from None
+        fingerprints = [self._fingerprint(r.pan.reveal()) for r in requests]
+
+        def work(connection: Connection) -> list[TokenRecord]:
+            return [
+                self._tokenize_in(
+                    connection, ctx, request, spec=spec, metadata=metadata, fingerprint=fingerprint
+                )
+                for request, (spec, metadata), fingerprint in zip(
+                    requests, prepared, fingerprints, strict=True
+                )
+            ]
+
+        return self._transaction(work)
+
+    def _tokenize_in(
+        self,
+        connection: Connection,
+        ctx: CallContext,
+        request: TokenizeRequest,
+        *,
+        spec: FormatSpec,
+        metadata: str,
+        fingerprint: tuple[bytes, int],
+    ) -> TokenRecord:
+        now = self._clock()
+        fp, fp_version = fingerprint
+        if request.idempotency_key is not None:
+            previous = connection.execute(
+                select(tokens).where(
+                    tokens.c.owner == ctx.identity,
+                    tokens.c.idempotency_key == request.idempotency_key,
+                )
+            ).first()
+            if previous is not None:
+                if previous.fingerprint != fp or previous.format != request.format:
+                    raise IdempotencyConflict(
+                        "this idempotency key was used for another PAN or format"
+                    )
+                return self._answer_existing(connection, ctx, previous, "idempotent")
+        convergent = spec.dedup is Dedup.CONVERGENT or spec.type is FormatType.FPE
+        if convergent:
+            existing = connection.execute(
+                select(tokens).where(
+                    tokens.c.format == request.format,
+                    tokens.c.fingerprint == fp,
+                    tokens.c.convergent,
+                )
+            ).first()
+            if existing is not None:
+                expires = _aware(existing.expires_at)
+                if expires is None or expires > now:
+                    return self._answer_existing(connection, ctx, existing, "convergent")
+                self._shred(connection, existing.id, now)
+                self._audit.append(
+                    connection,
+                    self._audit_event(
+                        ctx,
+                        "purge",
+                        Outcome.SUCCESS,
+                        token_id=existing.id,
+                        details={"reason": "expired, replaced by a new token"},
+                    ),
+                )
+
+        token = self._new_token(connection, spec, request.pan)
+        token_id = str(uuid.uuid4())
+        version = self._keyring.active_version(KeyPurpose.PAN_GCM)
+        nonce = secrets.token_bytes(12)
+        ciphertext = self._keyring.gcm(version).encrypt(
+            nonce, request.pan.reveal().encode("ascii"), _aad(token_id, token, version)
+        )
+        expires_at = _expiry(now, request.ttl_seconds)
+        connection.execute(
+            insert(tokens).values(
+                id=token_id,
+                token=token,
+                format=request.format,
+                convergent=convergent,
+                fingerprint=fp,
+                fp_version=fp_version,
+                key_version=version,
+                nonce=nonce,
+                ciphertext=ciphertext,
+                metadata=metadata,
+                owner=ctx.identity,
+                idempotency_key=request.idempotency_key,
+                created_at=now,
+                expires_at=expires_at,
+            )
+        )
+        self._audit.append(
+            connection,
+            self._audit_event(
+                ctx,
+                Action.TOKENIZE,
+                Outcome.SUCCESS,
+                token_id=token_id,
+                details={"format": request.format, "result": "new"},
+            ),
+        )
+        return TokenRecord(
+            token=token,
+            token_id=token_id,
+            format=request.format,
+            created_at=now,
+            expires_at=expires_at,
+            metadata=json.loads(metadata),
+            existing=False,
+        )
+
+    def _answer_existing(
+        self, connection: Connection, ctx: CallContext, row: Row[Any], result: str
+    ) -> TokenRecord:
+        self._audit.append(
+            connection,
+            self._audit_event(
+                ctx,
+                Action.TOKENIZE,
+                Outcome.SUCCESS,
+                token_id=row.id,
+                details={"format": row.format, "result": result},
+            ),
+        )
+        return self._record(row, existing=True)
+
+    @staticmethod
+    def _record(row: Row[Any], *, existing: bool = False) -> TokenRecord:
+        return TokenRecord(
+            token=row.token,
+            token_id=row.id,
+            format=row.format,
+            created_at=_aware(row.created_at) or row.created_at,
+            expires_at=_aware(row.expires_at),
+            metadata=json.loads(row.metadata or "{}"),
+            existing=existing,
+        )
+
+    def _new_token(self, connection: Connection, spec: FormatSpec, pan: Pan) -> str:
+        if spec.type is FormatType.UUID:
+            candidates: Iterator[str] = iter([uuid_token(), uuid_token(), uuid_token()])
+        elif spec.type is FormatType.FPE:
+            version = self._keyring.active_version(KeyPurpose.FF1)
+            candidates = iter([FpeTokenizer(self._keyring.ff1(version)).encrypt(spec, pan)])
+        else:
+            candidates = random_token_candidates(spec, pan)
+        # A token that passes Luhn (or may) must never equal a PAN the vault holds.
+        check_pans = spec.type is not FormatType.UUID and spec.luhn is not LuhnMode.FAIL
+        while True:
+            chunk = [c for _, c in zip(range(_CANDIDATE_CHUNK), candidates, strict=False)]
+            if not chunk:
+                raise TokenSpaceExhausted(
+                    "every token of this format for this BIN and last four is taken"
+                )
+            taken = set(
+                connection.execute(
+                    select(tokens.c.token).where(tokens.c.token.in_(chunk))
+                ).scalars()
+            )
+            for candidate in chunk:
+                if candidate in taken:
+                    continue
+                if check_pans and self._is_held_pan(connection, candidate):
+                    continue
+                return candidate
+
+    def _is_held_pan(self, connection: Connection, candidate: str) -> bool:
+        fp, _ = self._fingerprint(candidate)
+        return (
+            connection.execute(
+                select(tokens.c.id).where(tokens.c.fingerprint == fp).limit(1)
+            ).first()
+            is not None
+        )
+
+    # ------------------------------------------------------------------ detokenize
+    def _live_row(self, connection: Connection, token: str) -> Row[Any]:
+        if not 1 <= len(token) <= 64:
+            raise TokenNotFound("no such token")
+        row = connection.execute(select(tokens).where(tokens.c.token == token)).first()
+        if row is None or row.deleted_at is not None or row.ciphertext is None:
+            raise TokenNotFound("no such token")
+        expires = _aware(row.expires_at)
+        if expires is not None and expires <= self._clock():
+            raise TokenExpired("this token has expired")
+        return row
+
+    def _decrypt(self, row: Row[Any]) -> Pan:
+        version = int(row.key_version)
+        try:
+            clear = self._keyring.gcm(version).decrypt(
+                bytes(row.nonce), bytes(row.ciphertext), _aad(row.id, row.token, version)
+            )
+        except InvalidTag:
+            raise IntegrityError(
+                "the stored ciphertext failed authentication (altered or moved)"
+            ) from None
+        return Pan(clear.decode("ascii"))
+
+    def _reveal(self, ctx: CallContext, token: str, action: Action, reveal: Reveal) -> Revealed:
+        def work(connection: Connection) -> Revealed:
+            row = self._live_row(connection, token)
+            pan = self._decrypt(row)
+            self._audit.append(
+                connection,
+                self._audit_event(
+                    ctx, action, Outcome.SUCCESS, token_id=row.id, details={"reveal": reveal.value}
+                ),
+            )
+            return Revealed(
+                token=token, masked=pan.masked(), pan=pan if reveal is Reveal.FULL else None
+            )
+
+        try:
+            return self._transaction(work)
+        except (TokenNotFound, TokenExpired, IntegrityError) as exc:
+            self._audit_failure(ctx, action, exc)
+            raise
+
+    def detokenize(self, ctx: CallContext, token: str) -> Revealed:
+        """Return the PAN behind `token` if the caller's policy reveals it in full, else
+        only the masked PAN. Raises `PolicyDenied`, `TokenNotFound`, `TokenExpired`,
+        `IntegrityError`, `StorageUnavailable`, `AuditWriteFailed`, `HSMUnavailable`."""
+        rules = self._authorize(ctx, Action.DETOKENIZE)
+        return self._reveal(ctx, token, Action.DETOKENIZE, rules.reveal)
+
+    def detokenize_masked(self, ctx: CallContext, token: str) -> Revealed:
+        """Return only the masked PAN (BIN6 and last four) behind `token`."""
+        self._authorize(ctx, Action.DETOKENIZE_MASKED)
+        return self._reveal(ctx, token, Action.DETOKENIZE_MASKED, Reveal.MASKED)
+
+    def detokenize_batch(self, ctx: CallContext, token_list: Sequence[str]) -> list[Revealed]:
+        """Detokenize every token, all or nothing, in order. Raises `BatchItemInvalid`
+        naming the first token that is missing, expired or fails authentication."""
+        rules = self._authorize(ctx, Action.DETOKENIZE)
+        if not 1 <= len(token_list) <= MAX_BATCH:
+            raise BatchItemInvalid(0, "invalid_request", f"a batch has 1 to {MAX_BATCH} items")
+
+        def work(connection: Connection) -> list[Revealed]:
+            out = []
+            for index, token in enumerate(token_list):
+                try:
+                    row = self._live_row(connection, token)
+                    pan = self._decrypt(row)
+                except (TokenNotFound, TokenExpired, IntegrityError) as exc:
+                    raise BatchItemInvalid(index, exc.code, str(exc)) from None
+                self._audit.append(
+                    connection,
+                    self._audit_event(
+                        ctx,
+                        Action.DETOKENIZE,
+                        Outcome.SUCCESS,
+                        token_id=row.id,
+                        details={"reveal": rules.reveal.value, "batch_index": index},
+                    ),
+                )
+                out.append(
+                    Revealed(
+                        token=token,
+                        masked=pan.masked(),
+                        pan=pan if rules.reveal is Reveal.FULL else None,
+                    )
+                )
+            return out
+
+        try:
+            return self._transaction(work)
+        except BatchItemInvalid as exc:
+            self._audit_failure(ctx, Action.DETOKENIZE, exc)
+            raise
+
+    # ------------------------------------------------------------------ lookup, metadata
+    def lookup(
+        self, ctx: CallContext, pan: Pan, token_format: str | None = None
+    ) -> list[TokenRecord]:
+        """Return the live tokens of `pan` (in `token_format`, or all formats)."""
+        self._authorize(ctx, Action.LOOKUP)
+        fingerprint, _ = self._fingerprint(pan.reveal())
+        now = self._clock()
+
+        def work(connection: Connection) -> list[TokenRecord]:
+            query = select(tokens).where(
+                tokens.c.fingerprint == fingerprint, tokens.c.deleted_at.is_(None)
+            )
+            if token_format is not None:
+                query = query.where(tokens.c.format == token_format)
+            rows = [
+                r
+                for r in connection.execute(query.order_by(tokens.c.created_at))
+                if (_aware(r.expires_at) or now + timedelta(days=1)) > now
+            ]
+            self._audit.append(
+                connection,
+                self._audit_event(
+                    ctx, Action.LOOKUP, Outcome.SUCCESS, details={"found": len(rows)}
+                ),
+            )
+            return [self._record(r) for r in rows]
+
+        return self._transaction(work)
+
+    def token_info(self, ctx: CallContext, token: str) -> TokenRecord:
+        """Return the token's format, dates and metadata (never the PAN)."""
+        self._authorize(ctx, Action.METADATA)
+
+        def work(connection: Connection) -> TokenRecord:
+            row = self._live_row(connection, token)
+            self._audit.append(
+                connection,
+                self._audit_event(ctx, Action.METADATA, Outcome.SUCCESS, token_id=row.id),
+            )
+            return self._record(row)
+
+        try:
+            return self._transaction(work)
+        except (TokenNotFound, TokenExpired) as exc:
+            self._audit_failure(ctx, Action.METADATA, exc)
+            raise
+
+    # ------------------------------------------------------------------ delete, purge
+    @staticmethod
+    def _shred(connection: Connection, token_id: str, now: datetime) -> None:
+        connection.execute(
+            update(tokens)
+            .where(tokens.c.id == token_id)
+            .values(
+                ciphertext=None,
+                nonce=None,
+                fingerprint=None,
+                key_version=None,
+                deleted_at=now,
+            )
+        )
+
+    def delete(self, ctx: CallContext, token: str) -> bool:
+        """Crypto-shred `token`: its ciphertext and fingerprint are erased, a tombstone
+        and the audit trail remain. Returns False if it was already deleted.
+        Raises `TokenNotFound` for a token that never existed."""
+        self._authorize(ctx, Action.DELETE)
+
+        def work(connection: Connection) -> bool:
+            row = connection.execute(
+                select(tokens.c.id, tokens.c.deleted_at).where(tokens.c.token == token)
+            ).first()
+            if row is None:
+                raise TokenNotFound("no such token")
+            already = row.deleted_at is not None
+            if not already:
+                self._shred(connection, row.id, self._clock())
+            self._audit.append(
+                connection,
+                self._audit_event(
+                    ctx,
+                    Action.DELETE,
+                    Outcome.SUCCESS,
+                    token_id=row.id,
+                    details={"result": "already deleted" if already else "shredded"},
+                ),
+            )
+            return not already
+
+        try:
+            return self._transaction(work)
+        except TokenNotFound as exc:
+            self._audit_failure(ctx, Action.DELETE, exc)
+            raise
+
+    def purge_expired(self, *, actor: str = "cofre purge", batch: int = 500) -> int:
+        """Crypto-shred every expired token (each one audited); return how many."""
+        total = 0
+        while True:
+            now = self._clock()
+
+            def work(connection: Connection, now: datetime = now) -> int:
+                rows = (
+                    connection.execute(
+                        select(tokens.c.id)
+                        .where(and_(tokens.c.expires_at <= now, tokens.c.deleted_at.is_(None)))
+                        .limit(batch)
+                    )
+                    .scalars()
+                    .all()
+                )
+                for token_id in rows:
+                    self._shred(connection, token_id, now)
+                    self._audit.append(
+                        connection,
+                        AuditEvent(
+                            action="purge",
+                            outcome=Outcome.SUCCESS,
+                            actor=actor,
+                            token_id=token_id,
+                            details={"reason": "expired"},
+                        ),
+                    )
+                return len(rows)
+
+            count = self._transaction(work)
+            total += count
+            if count < batch:
+                return total
