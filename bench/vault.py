@@ -1,0 +1,141 @@
+"""In-process vault throughput: tokenize/s and detokenize/s on SQLite and PostgreSQL,
+and how the cost changes from 10^4 to 10^6 stored tokens (goal: <= 1.2x).
+
+The store is filled with synthetic rows (random tokens and fingerprints, real-sized
+ciphertexts) in bulk, so that growing it to 10^6 takes seconds; then the real service
+tokenizes and detokenizes on top. The HSM is a fresh SoftHSM2 token; PostgreSQL is a
+throwaway cluster (fsync on, the real commit cost).
+
+Run: .venv/bin/python -m bench.vault [--sizes 10000,1000000] [--databases sqlite,postgresql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import SecretStr
+from sqlalchemy import Engine, insert
+
+from cofre.settings import DEFAULT_SOFTHSM_LIBRARY
+from hsm.keys import KeyHierarchy
+from hsm.provider import HSMProvider
+from hsm.softhsm import init_softhsm_token, write_softhsm_conf
+from policies.engine import PolicyEngine
+from policies.loader import parse_policy
+from tests.support.postgres import PostgresCluster
+from vault.pan import Pan, luhn_check_digit
+from vault.service import CallContext, TokenizeRequest, VaultService
+from vault.storage.database import create_database_engine, migrate
+from vault.storage.schema import tokens
+
+POLICY = """
+[identities."spiffe://cofre/bench"]
+operations = ["tokenize", "detokenize"]
+formats = ["pan_bin6_last4"]
+reveal = "full"
+"""
+CTX = CallContext("spiffe://cofre/bench", "bench")
+
+
+def _pan(i: int) -> Pan:
+    body = f"4{i:014d}"
+    return Pan(body + luhn_check_digit(body))
+
+
+def _fill(engine: Engine, start: int, count: int) -> None:
+    now = datetime.now(UTC)
+    chunk = 20_000
+    for offset in range(0, count, chunk):
+        rows = [
+            {
+                "id": str(uuid.uuid4()), "token": f"9{start + offset + i:015d}",
+                "format": "synthetic", "convergent": True,
+                "fingerprint": secrets.token_bytes(32), "fp_version": 1, "key_version": 1,
+                "nonce": secrets.token_bytes(12), "ciphertext": secrets.token_bytes(32),
+                "metadata": "{}", "owner": "bench", "created_at": now,
+            }
+            for i in range(min(chunk, count - offset))
+        ]
+        with engine.begin() as connection:
+            connection.execute(insert(tokens), rows)
+
+
+def _measure(service: VaultService, base: int, n: int) -> tuple[float, float]:
+    issued = []
+    t0 = time.perf_counter()
+    for i in range(n):
+        issued.append(service.tokenize(CTX, TokenizeRequest(_pan(base + i), "pan_bin6_last4")).token)
+    tok = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for token in issued:
+        service.detokenize(CTX, token)
+    detok = n / (time.perf_counter() - t0)
+    return tok, detok
+
+
+def run(database: str, url: str, provider: HSMProvider, sizes: list[int]) -> dict[str, object]:
+    engine = create_database_engine(url)
+    migrate(engine)
+    service = VaultService(engine, provider, PolicyEngine(parse_policy(POLICY, kind="toml").policy))
+    service.initialize()
+    out: dict[str, object] = {}
+    filled = 0
+    for size in sizes:
+        _fill(engine, filled, size - filled)
+        filled = size
+        tok, detok = _measure(service, base=size * 10, n=1000)
+        out[f"{size}"] = {"tokenize_per_s": tok, "detokenize_per_s": detok}
+        print(f"  {database:<10} {size:>10,} stored: tokenize {tok:>8,.0f}/s   "
+              f"detokenize {detok:>8,.0f}/s")
+    first, last = out[str(sizes[0])], out[str(sizes[-1])]
+    ratio = first["tokenize_per_s"] / last["tokenize_per_s"]  # type: ignore[index]
+    out["cost_ratio_tokenize"] = ratio
+    print(f"  {database:<10} tokenize cost at {sizes[-1]:,} vs {sizes[0]:,}: {ratio:.2f}x "
+          "(goal <= 1.2x)")
+    service.close()
+    engine.dispose()
+    return out
+
+
+def main(sizes: list[int], databases: list[str]) -> dict[str, object]:
+    results: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "softhsm2.conf"
+        write_softhsm_conf(conf, Path(tmp) / "tokens")
+        os.environ["SOFTHSM2_CONF"] = str(conf)
+        pin = secrets.token_urlsafe(12)
+        init_softhsm_token(conf, "bench", so_pin=secrets.token_urlsafe(12), user_pin=pin)
+        provider = HSMProvider(DEFAULT_SOFTHSM_LIBRARY, "bench", SecretStr(pin), conf)
+        KeyHierarchy(provider).initialize()
+        print("in-process vault, one thread, pan_bin6_last4, convergent:")
+        if "sqlite" in databases:
+            results["sqlite"] = run("sqlite", f"sqlite:///{Path(tmp) / 'v.sqlite3'}", provider,
+                                    sizes)
+        if "postgresql" in databases:
+            cluster = PostgresCluster.create(durable=True)
+            cluster.start()
+            try:
+                results["postgresql"] = run("postgresql", cluster.sqlalchemy_url(), provider,
+                                            sizes)
+            finally:
+                cluster.destroy()
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="10000,1000000")
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = main([int(s) for s in args.sizes.split(",")], args.databases.split(","))
+    if args.json:
+        print(json.dumps(result))
