@@ -56,11 +56,18 @@ def _fill(engine: Engine, start: int, count: int) -> None:
     for offset in range(0, count, chunk):
         rows = [
             {
-                "id": str(uuid.uuid4()), "token": f"9{start + offset + i:015d}",
-                "format": "synthetic", "convergent": True,
-                "fingerprint": secrets.token_bytes(32), "fp_version": 1, "key_version": 1,
-                "nonce": secrets.token_bytes(12), "ciphertext": secrets.token_bytes(32),
-                "metadata": "{}", "owner": "bench", "created_at": now,
+                "id": str(uuid.uuid4()),
+                "token": f"9{start + offset + i:015d}",
+                "format": "synthetic",
+                "convergent": True,
+                "fingerprint": secrets.token_bytes(32),
+                "fp_version": 1,
+                "key_version": 1,
+                "nonce": secrets.token_bytes(12),
+                "ciphertext": secrets.token_bytes(32),
+                "metadata": "{}",
+                "owner": "bench",
+                "created_at": now,
             }
             for i in range(min(chunk, count - offset))
         ]
@@ -69,10 +76,11 @@ def _fill(engine: Engine, start: int, count: int) -> None:
 
 
 def _measure(service: VaultService, base: int, n: int) -> tuple[float, float]:
-    issued = []
     t0 = time.perf_counter()
-    for i in range(n):
-        issued.append(service.tokenize(CTX, TokenizeRequest(_pan(base + i), "pan_bin6_last4")).token)
+    issued = [
+        service.tokenize(CTX, TokenizeRequest(_pan(base + i), "pan_bin6_last4")).token
+        for i in range(n)
+    ]
     tok = n / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     for token in issued:
@@ -93,13 +101,17 @@ def run(database: str, url: str, provider: HSMProvider, sizes: list[int]) -> dic
         filled = size
         tok, detok = _measure(service, base=size * 10, n=1000)
         out[f"{size}"] = {"tokenize_per_s": tok, "detokenize_per_s": detok}
-        print(f"  {database:<10} {size:>10,} stored: tokenize {tok:>8,.0f}/s   "
-              f"detokenize {detok:>8,.0f}/s")
+        print(
+            f"  {database:<10} {size:>10,} stored: tokenize {tok:>8,.0f}/s   "
+            f"detokenize {detok:>8,.0f}/s"
+        )
     first, last = out[str(sizes[0])], out[str(sizes[-1])]
     ratio = first["tokenize_per_s"] / last["tokenize_per_s"]  # type: ignore[index]
     out["cost_ratio_tokenize"] = ratio
-    print(f"  {database:<10} tokenize cost at {sizes[-1]:,} vs {sizes[0]:,}: {ratio:.2f}x "
-          "(goal <= 1.2x)")
+    print(
+        f"  {database:<10} tokenize cost at {sizes[-1]:,} vs {sizes[0]:,}: {ratio:.2f}x "
+        "(goal <= 1.2x)"
+    )
     service.close()
     engine.dispose()
     return out
@@ -117,14 +129,14 @@ def main(sizes: list[int], databases: list[str]) -> dict[str, object]:
         KeyHierarchy(provider).initialize()
         print("in-process vault, one thread, pan_bin6_last4, convergent:")
         if "sqlite" in databases:
-            results["sqlite"] = run("sqlite", f"sqlite:///{Path(tmp) / 'v.sqlite3'}", provider,
-                                    sizes)
+            results["sqlite"] = run(
+                "sqlite", f"sqlite:///{Path(tmp) / 'v.sqlite3'}", provider, sizes
+            )
         if "postgresql" in databases:
             cluster = PostgresCluster.create(durable=True)
             cluster.start()
             try:
-                results["postgresql"] = run("postgresql", cluster.sqlalchemy_url(), provider,
-                                            sizes)
+                results["postgresql"] = run("postgresql", cluster.sqlalchemy_url(), provider, sizes)
             finally:
                 cluster.destroy()
     return results

@@ -16,6 +16,47 @@ from pathlib import Path
 from cofre.settings import Settings, load_settings
 from hsm.softhsm import init_softhsm_token, write_softhsm_conf
 
+DEV_POLICY = """\
+# The development policy written by `cofre dev`. Identities are the SAN URIs of the dev
+# client certificates in pki/clients/. An identity not listed here is denied everything.
+version = 1
+
+[identities."spiffe://cofre/payments"]
+description = "Payment service: tokenizes cards, sees only masked PANs"
+operations = ["tokenize", "detokenize_masked", "lookup", "metadata", "delete"]
+formats = ["pan_bin6_last4", "pan_bin8_last4", "pan_last4", "pan_fpe", "uuid"]
+reveal = "masked"
+rate_limit = { per_second = 2000, burst = 4000 }
+
+[identities."spiffe://cofre/store"]
+description = "Card-on-file store"
+operations = ["tokenize", "detokenize_masked", "metadata"]
+formats = ["pan_bin6_last4", "uuid"]
+reveal = "masked"
+
+[identities."spiffe://cofre/ledger"]
+description = "Ledger: reads masked PANs for statements"
+operations = ["detokenize", "detokenize_masked", "metadata"]
+reveal = "masked"
+
+[identities."spiffe://cofre/getnet-adapter"]
+description = "Getnet routing: the vault relays the PAN to the acquirer on its behalf"
+operations = ["detokenize", "relay"]
+reveal = "full"
+
+[identities."spiffe://cofre/officer-alice"]
+role = "security_officer"
+operations = ["key_admin", "audit_read", "evidence_export"]
+
+[identities."spiffe://cofre/officer-bob"]
+role = "security_officer"
+operations = ["key_admin", "audit_read", "evidence_export"]
+
+[identities."spiffe://cofre/auditor"]
+role = "auditor"
+operations = ["audit_read", "evidence_export"]
+"""
+
 DEV_TOKEN_LABEL = "cofre-dev"  # noqa: S105 - a token label, not a secret
 CONFIG_NAME = "cofre.toml"
 

@@ -1,4 +1,5 @@
-"""Building the runtime objects from settings: database engine, HSM provider, signer.
+"""Building the runtime objects from settings: database engine, HSM provider, vault
+service, audit sequencer, API app and server.
 
 IN PCI SCOPE (wiring). The only place outside `vault` that constructs `hsm` objects,
 next to the CLI (import-linter allows the top layer to import every package).
@@ -6,11 +7,24 @@ next to the CLI (import-linter allows the top layer to import every package).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
 from sqlalchemy import Engine
 
+from api.app import AppState, create_app
+from api.observability import Telemetry, configure_logging, make_telemetry
+from api.server import TLSFiles, build_server
+from audit.errors import AuditWriteFailed
+from audit.sequencer import Sequencer, SequencerThread
+from audit.store import AuditStore
+from cofre.errors import ConfigurationError
 from cofre.settings import Settings
-from hsm.keys import KeyHierarchy, KeyKind
 from hsm.provider import HSMProvider, provider_from_settings
+from policies.engine import PolicyEngine
+from policies.loader import load_policy
+from vault.service import VaultService
 from vault.signing import HSMTreeHeadSigner
 from vault.storage.database import create_database_engine, migrate
 
@@ -30,4 +44,100 @@ def open_hsm(settings: Settings) -> HSMProvider:
 
 def audit_signer(provider: HSMProvider) -> HSMTreeHeadSigner:
     """The current audit signing key of the token, as a tree-head signer."""
-    return HSMTreeHeadSigner(provider, KeyHierarchy(provider).current_label(KeyKind.AUDIT))
+    return HSMTreeHeadSigner(provider)
+
+
+@dataclass
+class Runtime:
+    """A running vault: everything `cofre serve` and the tests start and stop."""
+
+    settings: Settings
+    engine: Engine
+    provider: HSMProvider
+    service: VaultService
+    sequencer: Sequencer
+    sequencer_thread: SequencerThread
+    telemetry: Telemetry
+    # The ASGI app (a FastAPI instance; only `api` may name FastAPI's types).
+    app: Any = field(repr=False)
+
+    def close(self) -> None:
+        self.sequencer_thread.stop()
+        self.service.close()
+        self.provider.close()
+        self.engine.dispose()
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    provider: HSMProvider | None = None,
+    telemetry: Telemetry | None = None,
+    sequencer_interval: float = 0.2,
+) -> Runtime:
+    """Open the database and the HSM, load the policy, start the audit sequencer and
+    build the API app. The HSM may be down: the vault then starts unready and recovers
+    when it comes back."""
+    engine = open_database(settings)
+    provider = provider or open_hsm(settings)
+    policy = PolicyEngine(load_policy(settings.policy_file).policy)
+    service = VaultService(engine, provider, policy)
+    sequencer = Sequencer(
+        engine,
+        audit_signer(provider),
+        sign_every_entries=settings.audit.sign_every_entries,
+        sign_every_seconds=settings.audit.sign_every_seconds,
+    )
+    thread = SequencerThread(sequencer, interval=sequencer_interval)
+    thread.start()
+    telemetry = telemetry or make_telemetry()
+    provider.observer = lambda operation, ms: telemetry.hsm_latency.record(
+        ms, {"operation": operation}
+    )
+
+    def check_ready() -> dict[str, str]:
+        checks = service.check_ready()
+        if not thread.alive():
+            raise AuditWriteFailed(
+                f"the audit sequencer is not running ({thread.last_error or 'stopped'})"
+            )
+        checks["audit_sequencer"] = "ok"
+        return checks
+
+    app = create_app(
+        AppState(
+            service=service, audit=AuditStore(engine), check_ready=check_ready, telemetry=telemetry
+        )
+    )
+    return Runtime(settings, engine, provider, service, sequencer, thread, telemetry, app)
+
+
+def tls_files(settings: Settings) -> TLSFiles:
+    server = settings.server
+    if server.cert_file is None or server.key_file is None or server.ca_bundle is None:
+        raise ConfigurationError(
+            "set COFRE_SERVER__CERT_FILE, COFRE_SERVER__KEY_FILE and COFRE_SERVER__CA_BUNDLE"
+        )
+    return TLSFiles(
+        cert=Path(server.cert_file),
+        key=Path(server.key_file),
+        ca_bundle=Path(server.ca_bundle),
+        crl=server.crl_file,
+    )
+
+
+def serve(settings: Settings) -> None:
+    """Run the vault API in the foreground until interrupted."""
+    configure_logging(settings.log_level)
+    runtime = build_runtime(settings)
+    try:
+        build_server(
+            runtime.app,
+            settings.server.host,
+            settings.server.port,
+            tls_files(settings),
+            min_tls_version=settings.server.min_tls_version.value,
+            log_level=settings.log_level,
+        ).run()
+    finally:
+        runtime.close()

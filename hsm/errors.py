@@ -6,7 +6,7 @@ never a PIN or key material.
     CofreError
     └── HSMError
         ├── HSMUnavailable            code hsm_unavailable  (library, token or session gone)
-        │   └── HSMAuthFailed         code hsm_auth_failed  (wrong or locked PIN)
+        │   └── HSMAuthFailed         code hsm_unavailable  (wrong or locked PIN)
         ├── HSMKeyNotFound            code hsm_key_not_found
         ├── HSMMechanismUnsupported   code hsm_mechanism_unsupported
         ├── HSMKeyNotExtractable      code hsm_key_not_extractable (the token refused export)
@@ -29,9 +29,9 @@ class HSMUnavailable(HSMError):
 
 
 class HSMAuthFailed(HSMUnavailable):
-    """The token refused the user PIN (wrong, locked or expired)."""
-
-    code = "hsm_auth_failed"
+    """The token refused the user PIN (wrong, locked or expired). Its API code is
+    ``hsm_unavailable`` like its parent's: a client can do nothing different about it,
+    and the message tells the operator what happened."""
 
 
 class HSMKeyNotFound(HSMError):

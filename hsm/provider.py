@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,8 @@ class HSMProvider:
         self._session: Any = None
         self._objects: dict[tuple[str, int], Any] = {}
         self._mechanisms: frozenset[int] | None = None
+        # Called with (operation, milliseconds) after every call; the API feeds metrics.
+        self.observer: Callable[[str, float], None] | None = None
 
     def __repr__(self) -> str:
         return f"HSMProvider(library={str(self._library_path)!r}, token={self._token_label!r})"
@@ -229,8 +232,16 @@ class HSMProvider:
             except p11e.PKCS11Error:
                 self._lib = None
 
-    def _run(self, operation: Callable[[Any], T], *, retry: bool = True) -> T:
+    def _run(self, operation: Callable[[Any], T], *, retry: bool = True, name: str = "call") -> T:
         """Run `operation(session)` under the lock, translating every PKCS#11 error."""
+        started = time.perf_counter()
+        try:
+            return self._run_locked(operation, retry=retry)
+        finally:
+            if self.observer is not None:
+                self.observer(name, (time.perf_counter() - started) * 1000)
+
+    def _run_locked(self, operation: Callable[[Any], T], *, retry: bool) -> T:
         with self._lock:
             attempts = 2 if retry else 1
             for attempt in range(1, attempts + 1):
@@ -294,7 +305,7 @@ class HSMProvider:
     # ------------------------------------------------------------------ inspection
     def health_check(self) -> None:
         """Return when the token answers a trivial call; raise `HSMUnavailable` otherwise."""
-        self._run(lambda session: session.generate_random(64))
+        self._run(lambda session: session.generate_random(64), name="health")
 
     def token_info(self) -> TokenInfo:
         def read(session: Any) -> TokenInfo:
@@ -529,7 +540,7 @@ class HSMProvider:
                 data_key.destroy()
             return WrappedKey(wrapped=bytes(wrapped), mechanism=mechanism, kek_label=kek_label)
 
-        return self._run(generate)
+        return self._run(generate, name="wrap")
 
     def _unwrap_object(self, session: Any, wrapped: WrappedKey, *, readable: bool) -> Any:
         if wrapped.mechanism not in _WRAP_MECHANISMS:
@@ -582,7 +593,7 @@ class HSMProvider:
             finally:
                 obj.destroy()
 
-        return self._run(unwrap)
+        return self._run(unwrap, name="unwrap")
 
     def rewrap_key(self, wrapped: WrappedKey, new_kek_label: str) -> WrappedKey:
         """Return `wrapped`'s key wrapped under `new_kek_label`, inside the token: the clear
@@ -626,7 +637,7 @@ class HSMProvider:
             key = self._find_secret(session, label)
             return bytes(key.sign(data, mechanism=Mechanism.SHA256_HMAC))
 
-        return self._run(mac)
+        return self._run(mac, name="hmac")
 
     def sign(self, label: str, data: bytes) -> bytes:
         """Return a DER-encoded ECDSA P-256 signature over SHA-256(`data`).
@@ -641,7 +652,7 @@ class HSMProvider:
             raw = key.sign(digest, mechanism=Mechanism.ECDSA)
             return bytes(encode_ecdsa_signature(raw))
 
-        return self._run(sign)
+        return self._run(sign, name="sign")
 
     def public_key_pem(self, label: str) -> bytes:
         """Return the PEM SubjectPublicKeyInfo of the public key `label`."""

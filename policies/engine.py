@@ -34,7 +34,8 @@ class RateLimiter:
                 retry_after = (1.0 - tokens) / limit.per_second
                 raise RateLimited(
                     f"rate limit of {limit.per_second:g}/s (burst {limit.burst}) exceeded; "
-                    f"retry after {retry_after:.2f}s"
+                    f"retry after {retry_after:.2f}s",
+                    retry_after,
                 )
             self._buckets[identity] = (tokens - 1.0, now)
 

@@ -27,4 +27,10 @@ class PolicyDenied(PolicyError):
 
 
 class RateLimited(PolicyError):
+    """Too many requests; `retry_after` is the seconds until one more is allowed."""
+
     code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -185,6 +186,8 @@ class VaultService:
         self._keyring = DataKeyring(engine, provider)
         self._hierarchy = KeyHierarchy(provider)
         self._fp_label: str | None = None
+        self._initialized = False
+        self._init_lock = threading.Lock()
 
     @property
     def keyring(self) -> DataKeyring:
@@ -207,6 +210,14 @@ class VaultService:
         )
 
     # ------------------------------------------------------------------ set-up
+    def _ensure_initialized(self) -> None:
+        # The vault may start while the HSM is down; the first call after it comes back
+        # creates what is missing.
+        if not self._initialized:
+            with self._init_lock:
+                if not self._initialized:
+                    self.initialize()
+
     def initialize(self, *, actor: str = "cofre") -> list[str]:
         """Create the data keys if missing (audited); return what was created."""
 
@@ -224,10 +235,21 @@ class VaultService:
                 )
             return [f"{purpose.value}-v{version}" for purpose, version in created]
 
-        return self._transaction(work)
+        created = self._transaction(work)
+        self._initialized = True
+        return created
 
     def close(self) -> None:
         self._keyring.wipe_all()
+
+    def check_ready(self) -> dict[str, str]:
+        """Return {"hsm": "ok", "database": "ok"} or raise `HSMUnavailable` /
+        `StorageUnavailable` for the first that fails."""
+        self._provider.health_check()
+        with self._storage(), self._engine.connect() as connection:
+            connection.execute(select(1))
+        self._ensure_initialized()
+        return {"hsm": "ok", "database": "ok"}
 
     # ------------------------------------------------------------------ helpers
     @contextmanager
@@ -269,6 +291,7 @@ class VaultService:
     ) -> IdentityPolicy:
         """Authorise the call and (if `count`) charge it to the caller's rate limit;
         audit and re-raise a denial."""
+        self._ensure_initialized()
         try:
             rules = self._policy.authorize(ctx.identity, action, token_format=token_format)
         except PolicyDenied as exc:
@@ -693,6 +716,14 @@ class VaultService:
         except (TokenNotFound, TokenExpired) as exc:
             self._audit_failure(ctx, Action.METADATA, exc)
             raise
+
+    # ------------------------------------------------------------------ audit access
+    def audit_read(self, ctx: CallContext, what: str) -> None:
+        """Authorise reading the audit log (heads, proofs, exports) and record it."""
+        self._authorize(ctx, Action.AUDIT_READ)
+        self._write_audit(
+            self._audit_event(ctx, Action.AUDIT_READ, Outcome.SUCCESS, details={"what": what})
+        )
 
     # ------------------------------------------------------------------ delete, purge
     @staticmethod

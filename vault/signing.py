@@ -6,22 +6,27 @@ the other here.
 
 from __future__ import annotations
 
+from hsm.keys import KeyHierarchy, KeyKind
 from hsm.provider import HSMProvider
 
 
 class HSMTreeHeadSigner:
-    """Signs checkpoints with the EC key `label` that never leaves the HSM."""
+    """Signs checkpoints with the EC key `label` that never leaves the HSM; with no
+    label, the newest ``cofre-audit-vN`` on the token, looked up at first use (so a vault
+    can start while the HSM is still coming up)."""
 
-    def __init__(self, provider: HSMProvider, label: str) -> None:
+    def __init__(self, provider: HSMProvider, label: str | None = None) -> None:
         self._provider = provider
         self._label = label
 
     @property
     def key_id(self) -> str:
+        if self._label is None:
+            self._label = KeyHierarchy(self._provider).current_label(KeyKind.AUDIT)
         return self._label
 
     def sign(self, message: bytes) -> bytes:
-        return self._provider.sign(self._label, message)
+        return self._provider.sign(self.key_id, message)
 
     def public_key_pem(self) -> bytes:
-        return self._provider.public_key_pem(self._label)
+        return self._provider.public_key_pem(self.key_id)

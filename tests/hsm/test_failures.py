@@ -55,7 +55,7 @@ def test_wrong_pin(softhsm_token: SoftHSMToken) -> None:
     )
     name, code, message = result.stdout.strip().split("|")
     assert name == "HSMAuthFailed"
-    assert code == "hsm_auth_failed"
+    assert code == "hsm_unavailable"
     assert softhsm_token.label in message
     assert wrong not in result.stdout + result.stderr
     assert softhsm_token.user_pin not in result.stdout + result.stderr

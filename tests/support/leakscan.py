@@ -28,7 +28,7 @@ def _unexplained(run: str, allowed: set[str], lengths: set[int]) -> list[str]:
     covered = [False] * len(run)
     for start in range(len(run)):
         for length in lengths:
-            if run[start : start + length] in allowed:
+            if start + length <= len(run) and run[start : start + length] in allowed:
                 covered[start : start + length] = [True] * length
     parts, current = [], ""
     for char, used in zip(run, covered, strict=True):

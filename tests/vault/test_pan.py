@@ -32,7 +32,7 @@ def test_masked_keeps_length() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "４１１１１１１１１１１１１１１１",  # full-width digits  # noqa: RUF001
+        "４１１１１１１１１１１１１１１１",  # full-width digits
         "٤١١١١١١١١١١١١١١١",  # Arabic-Indic digits
         "۴۱۱۱۱۱۱۱۱۱۱۱۱۱۱۱",  # Extended Arabic-Indic (Persian)
         " 4111111111111111",
@@ -76,7 +76,7 @@ def test_normalize_strips_spaces_and_dashes_only() -> None:
     with pytest.raises(InvalidPan):
         Pan.normalize("4111.1111.1111.1111")
     with pytest.raises(InvalidPan):
-        Pan.normalize("４１１１-１１１１-１１１１-１１１１")  # noqa: RUF001
+        Pan.normalize("４１１１-１１１１-１１１１-１１１１")
 
 
 def test_accepts_boundaries() -> None:

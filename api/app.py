@@ -1,0 +1,466 @@
+"""The FastAPI application factory: routes, problem+json errors, request ids, limits,
+logs, traces and metrics.
+
+IN PCI SCOPE. `create_app` holds no module-level state: everything the app needs comes
+in an `AppState`. The caller's identity comes from the verified client certificate in
+the ASGI ``tls`` extension (`api.tls`), never from a header.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Final
+
+import structlog
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from api.models import (
+    ConsistencyProofResponse,
+    DeleteResponse,
+    DetokenizeBatchRequest,
+    DetokenizeBatchResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    HealthResponse,
+    InclusionProofResponse,
+    LookupRequest,
+    LookupResponse,
+    MaskedResponse,
+    Problem,
+    SignedHeadResponse,
+    TokenizeBatchRequest,
+    TokenizeBatchResponse,
+    TokenizeRequest,
+    TokenResponse,
+)
+from api.observability import Telemetry, make_telemetry
+from api.problems import PROBLEM_JSON, problem
+from api.tls import identity_from_scope
+from audit.errors import ProofError
+from audit.merkle import leaf_hash
+from audit.store import AuditStore
+from cofre import __version__
+from cofre.errors import CofreError
+from cofre.redaction import mask_pan_like
+from policies.errors import RateLimited
+from vault.errors import BatchItemInvalid
+from vault.pan import Pan
+from vault.service import CallContext, Revealed, TokenRecord, VaultService
+from vault.service import TokenizeRequest as ServiceTokenizeRequest
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+MAX_BODY: Final = 64 * 1024
+MAX_BATCH_BODY: Final = 4 * 1024 * 1024
+_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_LONG_DIGITS: Final = re.compile(r"[0-9]{9,}")
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+_log = structlog.get_logger("cofre.api")
+
+
+@dataclass
+class AppState:
+    """Everything the app uses. `check_ready` returns check name -> "ok" or raises the
+    `CofreError` of the first failing check."""
+
+    service: VaultService
+    audit: AuditStore
+    check_ready: Callable[[], dict[str, str]]
+    telemetry: Telemetry
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RequestGuard:
+    """Pure ASGI middleware: request id, body limits, content type, and one log line,
+    span and metric per request (route template only, never the raw path)."""
+
+    def __init__(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], telemetry: Telemetry
+    ) -> None:
+        self.app = app
+        self.telemetry = telemetry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
+        }
+        supplied = headers.get("x-request-id", "")
+        # A caller's id is kept only if it cannot be a card number; ours are base64url,
+        # which (unlike hex UUIDs) practically never holds a long run of digits.
+        if _REQUEST_ID.match(supplied) and not _LONG_DIGITS.search(supplied):
+            request_id = supplied
+        else:
+            request_id = secrets.token_urlsafe(16)
+        scope.setdefault("state", {})["request_id"] = request_id
+        limit = MAX_BATCH_BODY if scope["path"].endswith("/batch") else MAX_BODY
+        status_holder = {"status": 500}
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        rejection = self._reject_early(scope, headers, limit, request_id)
+        span_name = f"{scope['method']} request"
+        with self.telemetry.tracer.start_as_current_span(span_name) as span:
+            if rejection is not None:
+                await rejection(scope, receive, send_with_id)
+            else:
+                received = 0
+
+                async def limited_receive() -> Message:
+                    nonlocal received
+                    message = await receive()
+                    if message["type"] == "http.request":
+                        received += len(message.get("body", b""))
+                        if received > limit:
+                            scope["state"]["body_too_large"] = True
+                            raise _BodyTooLarge
+                    return message
+
+                await self.app(scope, limited_receive, send_with_id)
+            self._record(
+                scope,
+                span,
+                status_holder["status"],
+                request_id,
+                (time.perf_counter() - started) * 1000,
+            )
+
+    def _record(
+        self, scope: Scope, span: Any, status: int, request_id: str, elapsed_ms: float
+    ) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        code = scope["state"].get("problem_code", "")
+        identity = scope["state"].get("identity", "")
+        span.update_name(f"{scope['method']} {template}")
+        span.set_attribute("http.request.method", scope["method"])
+        span.set_attribute("http.route", template)
+        span.set_attribute("http.response.status_code", status)
+        span.set_attribute("cofre.request_id", request_id)
+        span.set_attribute("cofre.identity", identity)
+        if code:
+            span.set_attribute("cofre.error_code", code)
+        attributes = {"route": template, "method": scope["method"], "status": status, "code": code}
+        self.telemetry.requests.add(1, attributes)
+        self.telemetry.latency.record(elapsed_ms, attributes)
+        _log.info(
+            "request",
+            method=scope["method"],
+            route=template,
+            status=status,
+            code=code or None,
+            request_id=request_id,
+            identity=identity or None,
+            ms=round(elapsed_ms, 2),
+        )
+
+    @staticmethod
+    def _reject_early(
+        scope: Scope, headers: dict[str, str], limit: int, request_id: str
+    ) -> Response | None:
+        if scope["method"] not in _BODY_METHODS:
+            return None
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return _problem_for(scope, "invalid_request", "bad Content-Length", request_id)
+            if int(length) > limit:
+                return _problem_for(
+                    scope, "payload_too_large", f"the body may be at most {limit} bytes", request_id
+                )
+            if int(length) == 0:
+                return None
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json" and not content_type.endswith("+json"):
+            return _problem_for(
+                scope,
+                "unsupported_media_type",
+                "request bodies must be application/json",
+                request_id,
+            )
+        return None
+
+
+def _problem_for(
+    scope: Scope, code: str, detail: str, request_id: str, headers: dict[str, str] | None = None
+) -> Response:
+    scope.setdefault("state", {})["problem_code"] = code
+    return problem(code, detail, request_id=request_id, headers=headers)
+
+
+def _request_id(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+def call_context(request: Request) -> CallContext:
+    """The caller: identity from the TLS connection, request id from the guard."""
+    identity = identity_from_scope(request.scope)
+    request.scope["state"]["identity"] = identity
+    return CallContext(identity=identity, request_id=_request_id(request))
+
+
+Caller = Annotated[CallContext, Depends(call_context)]
+TokenPath = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+def _token_response(record: TokenRecord) -> TokenResponse:
+    return TokenResponse(
+        token=record.token,
+        token_id=record.token_id,
+        format=record.format,
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+        metadata=dict(record.metadata),
+        existing=record.existing,
+    )
+
+
+def _detokenized(revealed: Revealed) -> DetokenizeResponse:
+    if revealed.pan is not None:
+        return DetokenizeResponse(token=revealed.token, pan=revealed.pan.reveal(), reveal="full")
+    return DetokenizeResponse(token=revealed.token, pan=revealed.masked, reveal="masked")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    status: {"model": Problem, "content": {PROBLEM_JSON: {}}}
+    for status in (400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 503)
+}
+
+
+def create_app(state: AppState) -> FastAPI:  # noqa: PLR0915 - one route table
+    """Return the vault API for `state`."""
+    app = FastAPI(
+        title="Cofre vault API",
+        version=__version__,
+        description=(
+            "PCI-DSS tokenization vault. Every call is made over mutual TLS; the caller's "
+            "identity is the URI SAN of its client certificate. Errors are RFC 9457 "
+            "problem+json with a stable `code`."
+        ),
+        responses=_ERRORS,
+    )
+    service = state.service
+
+    # ------------------------------------------------------------------ errors
+    @app.exception_handler(CofreError)
+    async def cofre_error(request: Request, exc: CofreError) -> Response:
+        extra: dict[str, Any] = {}
+        headers: dict[str, str] = {}
+        if isinstance(exc, BatchItemInvalid):
+            extra = {"item": exc.index, "item_code": exc.item_code}
+        if isinstance(exc, RateLimited):
+            headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.5)))
+        request.scope["state"]["problem_code"] = exc.code
+        return problem(
+            exc.code,
+            str(exc),
+            request_id=_request_id(request),
+            extra=extra,
+            headers=headers or None,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        # pydantic's errors carry the input (which may be a PAN): keep only where and why.
+        errors = [
+            {"loc": [str(p) for p in err.get("loc", ())], "msg": mask_pan_like(str(err.get("msg")))}
+            for err in exc.errors()
+        ][:20]
+        code = (
+            "malformed_json"
+            if any(e.get("type") == "json_invalid" for e in exc.errors())
+            else "invalid_request"
+        )
+        request.scope["state"]["problem_code"] = code
+        return problem(
+            code,
+            "the request body does not match the schema"
+            if code == "invalid_request"
+            else "the body is not valid JSON",
+            request_id=_request_id(request),
+            extra={"errors": errors},
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        state_ = request.scope.setdefault("state", {})
+        if state_.get("body_too_large"):
+            code = "payload_too_large"
+        else:
+            code = {
+                400: "malformed_json",
+                404: "not_found",
+                405: "method_not_allowed",
+                413: "payload_too_large",
+                415: "unsupported_media_type",
+            }.get(exc.status_code, "invalid_request")
+        state_["problem_code"] = code
+        return problem(code, None, request_id=_request_id(request))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        if request.scope.get("state", {}).get("body_too_large"):
+            return problem("payload_too_large", None, request_id=_request_id(request))
+        _log.error("unexpected error", error=type(exc).__name__, request_id=_request_id(request))
+        return problem("internal_error", None, request_id=_request_id(request))
+
+    # ------------------------------------------------------------------ tokens
+    @app.post("/v1/tokenize", response_model=TokenResponse, tags=["tokens"])
+    def tokenize(body: TokenizeRequest, caller: Caller) -> TokenResponse:
+        """Tokenize a PAN in a format the caller's policy allows."""
+        record = service.tokenize(
+            caller,
+            ServiceTokenizeRequest(
+                pan=Pan(body.pan),
+                format=body.format,
+                metadata=body.metadata,
+                ttl_seconds=body.ttl_seconds,
+                idempotency_key=body.idempotency_key,
+            ),
+        )
+        return _token_response(record)
+
+    @app.post("/v1/tokenize/batch", response_model=TokenizeBatchResponse, tags=["tokens"])
+    def tokenize_batch(body: TokenizeBatchRequest, caller: Caller) -> TokenizeBatchResponse:
+        """Tokenize up to 1,000 PANs, all or nothing; results in request order."""
+        requests = []
+        for index, item in enumerate(body.items):
+            try:
+                pan = Pan(item.pan)
+            except CofreError as exc:
+                raise BatchItemInvalid(index, exc.code, str(exc)) from None
+            requests.append(
+                ServiceTokenizeRequest(
+                    pan=pan,
+                    format=item.format,
+                    metadata=item.metadata,
+                    ttl_seconds=item.ttl_seconds,
+                    idempotency_key=item.idempotency_key,
+                )
+            )
+        records = service.tokenize_batch(caller, requests)
+        return TokenizeBatchResponse(results=[_token_response(r) for r in records])
+
+    @app.post("/v1/detokenize", response_model=DetokenizeResponse, tags=["tokens"])
+    def detokenize(body: DetokenizeRequest, caller: Caller) -> DetokenizeResponse:
+        """The PAN behind a token: in full if the caller's policy reveals it, else masked."""
+        return _detokenized(service.detokenize(caller, body.token))
+
+    @app.post("/v1/detokenize/batch", response_model=DetokenizeBatchResponse, tags=["tokens"])
+    def detokenize_batch(body: DetokenizeBatchRequest, caller: Caller) -> DetokenizeBatchResponse:
+        """Detokenize up to 1,000 tokens, all or nothing; results in request order."""
+        return DetokenizeBatchResponse(
+            results=[_detokenized(r) for r in service.detokenize_batch(caller, body.tokens)]
+        )
+
+    @app.post("/v1/detokenize-masked", response_model=MaskedResponse, tags=["tokens"])
+    def detokenize_masked(body: DetokenizeRequest, caller: Caller) -> MaskedResponse:
+        """Only the masked PAN (first six, last four) behind a token."""
+        revealed = service.detokenize_masked(caller, body.token)
+        return MaskedResponse(token=revealed.token, masked_pan=revealed.masked)
+
+    @app.post("/v1/lookup", response_model=LookupResponse, tags=["tokens"])
+    def lookup(body: LookupRequest, caller: Caller) -> LookupResponse:
+        """The live tokens of a PAN (optionally of one format)."""
+        records = service.lookup(caller, Pan(body.pan), body.format)
+        return LookupResponse(tokens=[_token_response(r) for r in records])
+
+    @app.get("/v1/tokens/{token}", response_model=TokenResponse, tags=["tokens"])
+    def token_metadata(token: TokenPath, caller: Caller) -> TokenResponse:
+        """A token's format, dates and metadata (never the PAN)."""
+        return _token_response(service.token_info(caller, token))
+
+    @app.delete("/v1/tokens/{token}", response_model=DeleteResponse, tags=["tokens"])
+    def delete_token(token: TokenPath, caller: Caller) -> DeleteResponse:
+        """Crypto-shred a token: the ciphertext is erased, a tombstone and the audit remain."""
+        return DeleteResponse(token=token, deleted=service.delete(caller, token))
+
+    # ------------------------------------------------------------------ audit
+    @app.get("/v1/audit/head", response_model=SignedHeadResponse, tags=["audit"])
+    def audit_head(caller: Caller) -> SignedHeadResponse | Response:
+        """The latest signed tree head of the audit log."""
+        service.audit_read(caller, "head")
+        head = state.audit.latest_head()
+        if head is None:
+            return problem("not_found", "no signed tree head yet", request_id=caller.request_id)
+        return SignedHeadResponse.model_validate(head.as_json())
+
+    @app.get("/v1/audit/proof/inclusion", response_model=InclusionProofResponse, tags=["audit"])
+    def audit_inclusion(
+        caller: Caller,
+        index: Annotated[int, Query(ge=0, le=2**62)],
+        size: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    ) -> InclusionProofResponse | Response:
+        """An inclusion proof of entry `index` in the tree of `size` entries."""
+        service.audit_read(caller, "inclusion proof")
+        try:
+            tree_size = size if size is not None else state.audit.size()
+            proof = state.audit.inclusion_proof(index, tree_size)
+            entry = state.audit.entry(index)
+        except ProofError as exc:
+            return problem("not_found", str(exc), request_id=caller.request_id)
+        return InclusionProofResponse(
+            index=index,
+            tree_size=tree_size,
+            entry=entry,
+            leaf_hash=_b64(leaf_hash(entry.encode())),
+            proof=[_b64(p) for p in proof],
+        )
+
+    @app.get("/v1/audit/proof/consistency", response_model=ConsistencyProofResponse, tags=["audit"])
+    def audit_consistency(
+        caller: Caller,
+        size1: Annotated[int, Query(ge=1, le=2**62)],
+        size2: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    ) -> ConsistencyProofResponse | Response:
+        """A consistency proof between two tree sizes."""
+        service.audit_read(caller, "consistency proof")
+        try:
+            to = size2 if size2 is not None else state.audit.size()
+            proof = state.audit.consistency_proof(size1, to)
+        except ProofError as exc:
+            return problem("not_found", str(exc), request_id=caller.request_id)
+        return ConsistencyProofResponse(size1=size1, size2=to, proof=[_b64(p) for p in proof])
+
+    # ------------------------------------------------------------------ health
+    @app.get("/healthz", response_model=HealthResponse, tags=["health"])
+    def healthz() -> HealthResponse:
+        """The process is alive."""
+        return HealthResponse(status="alive")
+
+    @app.get("/readyz", response_model=HealthResponse, tags=["health"])
+    def readyz() -> HealthResponse:
+        """HSM session works, database reachable, audit sequencer alive."""
+        return HealthResponse(status="ready", checks=state.check_ready())
+
+    app.add_middleware(RequestGuard, telemetry=state.telemetry)
+    return app
+
+
+__all__ = ["AppState", "create_app", "make_telemetry"]

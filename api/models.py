@@ -1,0 +1,128 @@
+"""Request and response bodies. Requests that carry a PAN are separate models from
+responses, which carry one only in `DetokenizeResponse` to a full-reveal identity.
+
+IN PCI SCOPE. Unknown fields are rejected everywhere (``extra="forbid"``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Digits = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+TokenStr = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+FormatName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Metadata = dict[
+    Annotated[str, StringConstraints(min_length=1, max_length=64)],
+    Annotated[str, StringConstraints(max_length=256)],
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TokenizeRequest(_Strict):
+    pan: Digits = Field(description="12-19 ASCII digits, no spaces or dashes")
+    format: FormatName = Field(description="A token format named in the policy")
+    metadata: Metadata | None = Field(default=None, max_length=16)
+    ttl_seconds: Annotated[int, Field(ge=1, le=316_224_000)] | None = None
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+
+
+class TokenResponse(_Strict):
+    token: str
+    token_id: str
+    format: str
+    created_at: datetime
+    expires_at: datetime | None
+    metadata: dict[str, str]
+    existing: bool = Field(description="True when an existing token was returned")
+
+
+class TokenizeBatchRequest(_Strict):
+    items: list[TokenizeRequest] = Field(min_length=1, max_length=1000)
+
+
+class TokenizeBatchResponse(_Strict):
+    results: list[TokenResponse]
+
+
+class DetokenizeRequest(_Strict):
+    token: TokenStr
+
+
+class DetokenizeResponse(_Strict):
+    token: str
+    pan: str = Field(description="The PAN, or its masked form when reveal is 'masked'")
+    reveal: Literal["full", "masked"]
+
+
+class MaskedResponse(_Strict):
+    token: str
+    masked_pan: str
+
+
+class DetokenizeBatchRequest(_Strict):
+    tokens: list[TokenStr] = Field(min_length=1, max_length=1000)
+
+
+class DetokenizeBatchResponse(_Strict):
+    results: list[DetokenizeResponse]
+
+
+class LookupRequest(_Strict):
+    pan: Digits
+    format: FormatName | None = None
+
+
+class LookupResponse(_Strict):
+    tokens: list[TokenResponse]
+
+
+class DeleteResponse(_Strict):
+    token: str
+    deleted: bool = Field(description="False when the token was already deleted")
+
+
+class SignedHeadResponse(_Strict):
+    tree_size: int
+    root_hash: str
+    timestamp_ms: int
+    key_id: str
+    checkpoint: str
+    signature: str
+
+
+class InclusionProofResponse(_Strict):
+    index: int
+    tree_size: int
+    leaf_hash: str
+    entry: str
+    proof: list[str]
+
+
+class ConsistencyProofResponse(_Strict):
+    size1: int
+    size2: int
+    proof: list[str]
+
+
+class HealthResponse(_Strict):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str | None = None
+    request_id: str | None = None

@@ -1,0 +1,91 @@
+"""Logs, traces and metrics, none of which ever holds a PAN.
+
+IN PCI SCOPE. structlog renders JSON lines; a processor masks every PAN-like digit run in
+every string of every event, as a safety net behind code that never logs one.
+OpenTelemetry spans and metrics carry route templates (``/v1/tokens/{token}``), identity,
+status and error code, never request bodies, raw paths or query strings.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import structlog
+from opentelemetry.metrics import Meter, MeterProvider
+from opentelemetry.sdk.metrics import MeterProvider as SDKMeterProvider
+from opentelemetry.sdk.trace import TracerProvider as SDKTracerProvider
+from opentelemetry.trace import Tracer, TracerProvider
+
+from cofre.redaction import mask_pan_like
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_pan_like(value)
+    if isinstance(value, Mapping):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask(v) for v in value]
+    return value
+
+
+def mask_pans(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: mask PAN-like digit runs in every value."""
+    return {key: _mask(value) for key, value in event_dict.items()}
+
+
+def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """Send structlog JSON lines to `stream` (stderr by default). Called by the server at
+    start-up (structlog's configuration is process-wide by design)."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            mask_pans,
+            structlog.processors.JSONRenderer(sort_keys=True),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+@dataclass
+class Telemetry:
+    """The tracer and the instruments the app records into."""
+
+    tracer: Tracer
+    meter: Meter
+
+    def __post_init__(self) -> None:
+        self.requests = self.meter.create_counter(
+            "cofre.http.requests", description="API requests by route, status and code"
+        )
+        self.latency = self.meter.create_histogram(
+            "cofre.http.duration", unit="ms", description="API request latency"
+        )
+        self.hsm_latency = self.meter.create_histogram(
+            "cofre.hsm.duration", unit="ms", description="HSM call latency by operation"
+        )
+
+
+def make_telemetry(
+    tracer_provider: TracerProvider | None = None, meter_provider: MeterProvider | None = None
+) -> Telemetry:
+    """Telemetry over the given providers (fresh SDK providers with no exporter if none:
+    spans and metrics are then recorded and dropped)."""
+    tracer_provider = tracer_provider or SDKTracerProvider()
+    meter_provider = meter_provider or SDKMeterProvider()
+    return Telemetry(
+        tracer=tracer_provider.get_tracer("cofre.api"),
+        meter=meter_provider.get_meter("cofre.api"),
+    )

@@ -1,0 +1,70 @@
+"""RFC 9457 problem details: every error the API returns, with a stable ``code``.
+
+IN PCI SCOPE. A problem body never contains a PAN: details come from Cofre's own error
+messages (which never repeat input) and are passed through the PAN masker anyway.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from starlette.responses import JSONResponse
+
+from cofre.redaction import mask_pan_like
+
+PROBLEM_JSON: Final = "application/problem+json"
+TYPE_BASE: Final = "https://cofre.dev/problems/"
+
+# code -> (HTTP status, title). Clients switch on `code`; statuses follow HTTP meaning.
+PROBLEMS: Final[dict[str, tuple[int, str]]] = {
+    "invalid_request": (422, "The request is not valid"),
+    "invalid_pan": (422, "Not an acceptable card number"),
+    "invalid_metadata": (422, "Invalid metadata"),
+    "invalid_ttl": (422, "Invalid time to live"),
+    "format_not_applicable": (422, "The token format does not accept this card number"),
+    "batch_item_invalid": (422, "An item of the batch is invalid; nothing was written"),
+    "malformed_json": (400, "The body is not valid JSON"),
+    "identity_missing": (401, "No verified client identity"),
+    "policy_denied": (403, "Denied by policy"),
+    "token_not_found": (404, "No such token"),
+    "not_found": (404, "No such resource"),
+    "method_not_allowed": (405, "Method not allowed"),
+    "idempotency_conflict": (409, "Idempotency key reused for another request"),
+    "token_space_exhausted": (409, "No free token left for this BIN and last four"),
+    "token_expired": (410, "The token has expired"),
+    "payload_too_large": (413, "The request body is too large"),
+    "unsupported_media_type": (415, "Send application/json"),
+    "rate_limited": (429, "Rate limit exceeded"),
+    "integrity_error": (500, "Stored data failed its integrity check"),
+    "internal_error": (500, "Internal error"),
+    "hsm_unavailable": (503, "The HSM is unavailable"),
+    "storage_unavailable": (503, "The token store is unavailable"),
+    "audit_unavailable": (503, "The audit log cannot be written; nothing was done"),
+    "data_key_missing": (503, "The vault's data keys are not set up"),
+    "not_ready": (503, "The vault is not ready"),
+}
+
+
+def problem(
+    code: str,
+    detail: str | None = None,
+    *,
+    request_id: str | None = None,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """Return the problem+json response for `code` (unknown codes become 500)."""
+    status, title = PROBLEMS.get(code, PROBLEMS["internal_error"])
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "code": code,
+    }
+    if detail:
+        body["detail"] = mask_pan_like(detail)
+    if request_id:
+        body["request_id"] = request_id
+    if extra:
+        body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)

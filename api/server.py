@@ -1,0 +1,128 @@
+"""Serving the app over mutual TLS with uvicorn.
+
+IN PCI SCOPE. TLS 1.2+ (1.3 preferred, floor configurable), client certificates
+required and verified against the configured CA bundle, CRL checking when a CRL is
+configured; the peer certificate reaches the app through `api.tls`.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from api.errors import ApiError
+from api.tls import TLSIdentityH11Protocol, harden_server_context
+from cofre.redaction import mask_pan_like
+
+
+class MaskingFormatter(logging.Formatter):
+    """stdlib log records (uvicorn's own, tracebacks included) with PANs masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_pan_like(super().format(record))
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "masked": {
+                "()": MaskingFormatter,
+                "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            }
+        },
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "masked",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},
+            "uvicorn.error": {"handlers": ["stderr"], "level": level, "propagate": False},
+            # Per-request logging is ours (route templates, masked); uvicorn's access log
+            # would print raw paths.
+            "uvicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
+        },
+    }
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    cert: Path
+    key: Path
+    ca_bundle: Path
+    crl: Path | None = None
+
+
+def build_server(
+    app: FastAPI,
+    host: str,
+    port: int,
+    tls: TLSFiles,
+    *,
+    min_tls_version: str = "1.2",
+    log_level: str = "INFO",
+) -> uvicorn.Server:
+    """Return a configured (not yet started) uvicorn server for `app`.
+
+    Raises `ApiError` when a TLS file is missing.
+    """
+    for path in (tls.cert, tls.key, tls.ca_bundle, *([tls.crl] if tls.crl else [])):
+        if not path.is_file():
+            raise ApiError(f"TLS file not found: {path}")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=TLSIdentityH11Protocol,
+        ssl_certfile=str(tls.cert),
+        ssl_keyfile=str(tls.key),
+        ssl_ca_certs=str(tls.ca_bundle),
+        log_config=_log_config(log_level),
+        access_log=False,
+        server_header=False,
+        date_header=True,
+        timeout_keep_alive=30,
+        lifespan="off",
+    )
+    config.load()
+    assert config.ssl is not None  # noqa: S101 - load() builds it from the files above
+    harden_server_context(
+        config.ssl, min_version=min_tls_version, crl_file=str(tls.crl) if tls.crl else None
+    )
+    return uvicorn.Server(config)
+
+
+class BackgroundServer:
+    """A server in a thread (tests and `cofre dev` use it; `cofre serve` runs in the
+    foreground)."""
+
+    def __init__(self, server: uvicorn.Server) -> None:
+        self.server = server
+        self._thread = threading.Thread(target=server.run, name="cofre-api", daemon=True)
+
+    def start(self, timeout: float = 15.0) -> None:
+        self._thread.start()
+        deadline = threading.Event()
+        waited = 0.0
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise ApiError("the API server stopped during start-up")
+            deadline.wait(0.02)
+            waited += 0.02
+            if waited > timeout:
+                raise ApiError("the API server did not start in time")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=15)

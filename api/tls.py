@@ -1,0 +1,104 @@
+"""The bridge from the TLS connection to the app: the verified client certificate goes
+into the ASGI ``tls`` scope extension, and the caller's identity is its SAN URI.
+
+IN PCI SCOPE. uvicorn 0.54 does not expose the peer certificate to the application (no
+ASGI TLS extension, see shared/TOOLCHAIN.md). `TLSIdentityH11Protocol`, selected with
+uvicorn's ``http=`` setting, reads it from the SSL object in ``connection_made`` and wraps
+the app so every request on that connection carries it in
+``scope["extensions"]["tls"]`` in the ASGI TLS extension's shape. This couples to
+uvicorn's internals (``H11Protocol.app``, ``connection_made``), which is why uvicorn is
+pinned and ``tests/api/test_tls.py`` fails loudly if the identity goes missing.
+
+The identity never comes from a header: a request whose connection carried no verified
+certificate has no identity, whatever it sends.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final
+
+from cryptography import x509
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from api.errors import IdentityMissing
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
+]
+
+_TLS_VERSIONS: Final = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+
+
+def tls_extension(ssl_object: ssl.SSLObject | None) -> dict[str, Any] | None:
+    """Return the ASGI TLS extension dict for a connection, or None if not TLS."""
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    chain: list[str] = []
+    if der:
+        chain.append(ssl.DER_cert_to_PEM_cert(der))
+    cipher = ssl_object.cipher()
+    return {
+        "server_cert": None,
+        "client_cert_chain": chain,
+        "client_cert_name": None,
+        "client_cert_error": None,
+        "tls_version": _TLS_VERSIONS.get(ssl_object.version() or ""),
+        "cipher_suite": cipher[0] if cipher else None,
+    }
+
+
+class TLSIdentityH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, plus the client certificate in the ASGI scope."""
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        extension = tls_extension(transport.get_extra_info("ssl_object"))
+        inner: ASGIApp = self.app
+
+        async def with_tls(scope: Scope, receive: Any, send: Any) -> None:
+            if extension is not None:
+                scope.setdefault("extensions", {})["tls"] = extension
+            await inner(scope, receive, send)
+
+        self.app = with_tls
+
+
+def identity_from_scope(scope: Scope) -> str:
+    """Return the caller's identity: the first URI SAN of the verified client certificate.
+
+    Raises `IdentityMissing` when the connection carried none.
+    """
+    tls = (scope.get("extensions") or {}).get("tls") or {}
+    chain = tls.get("client_cert_chain") or []
+    if not chain:
+        raise IdentityMissing("no verified client certificate on this connection")
+    cert = x509.load_pem_x509_certificate(chain[0].encode("ascii"))
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise IdentityMissing("the client certificate has no subject alternative name") from None
+    uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+    if not uris:
+        raise IdentityMissing("the client certificate has no URI subject alternative name")
+    return str(uris[0])
+
+
+def harden_server_context(
+    context: ssl.SSLContext, *, min_version: str, crl_file: str | None = None
+) -> None:
+    """Apply Cofre's TLS policy to uvicorn's server context: client certificates
+    required, a TLS floor (1.2 or 1.3), no compression or renegotiation, and CRL checking
+    of the client's leaf certificate when a CRL is configured."""
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
+    if crl_file:
+        context.load_verify_locations(cafile=crl_file)
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF

@@ -1,0 +1,105 @@
+"""A real vault server on a loopback port with real mutual TLS, in this process."""
+
+from __future__ import annotations
+
+import io
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from api.observability import configure_logging, make_telemetry
+from api.pki import DevPKI, ensure_dev_pki, issue_client
+from api.server import BackgroundServer, TLSFiles, build_server
+from cofre.devenv import DEV_POLICY
+from cofre.settings import AuditSettings, DatabaseSettings, Settings
+from cofre.wiring import Runtime, build_runtime
+from hsm.provider import HSMProvider
+from tests.support.postgres import free_port
+
+LIMITED = """
+[identities."spiffe://cofre/limited"]
+operations = ["tokenize"]
+formats = ["uuid"]
+rate_limit = { per_second = 0.5, burst = 2 }
+"""
+
+
+@dataclass
+class VaultServer:
+    url: str
+    pki: DevPKI
+    other_pki: DevPKI
+    runtime: Runtime
+    spans: InMemorySpanExporter
+    metrics: InMemoryMetricReader
+    logs: io.StringIO
+
+    def client(self, name: str | None = "payments", *, pki: DevPKI | None = None) -> httpx.Client:
+        context = ssl.create_default_context(cafile=str(self.pki.ca))
+        if name is not None:
+            source = pki or self.pki
+            context.load_cert_chain(str(source.client_cert(name)), str(source.client_key(name)))
+        return httpx.Client(base_url=self.url, verify=context, timeout=10)
+
+
+def start_server(
+    tmp: Path, provider: HSMProvider, database_url: str | None = None
+) -> tuple[VaultServer, BackgroundServer]:
+    pki = ensure_dev_pki(tmp / "pki")
+    issue_client(pki, "stranger")
+    issue_client(pki, "limited")
+    other = ensure_dev_pki(tmp / "other-pki", identities=("payments",))
+    policy = tmp / "policy.toml"
+    policy.write_text(DEV_POLICY + LIMITED)
+    settings = Settings(
+        data_dir=tmp,
+        policy_file=policy,
+        database=DatabaseSettings()
+        if database_url is None
+        else DatabaseSettings.model_validate({"url": database_url}),
+        audit=AuditSettings(sign_every_entries=50, sign_every_seconds=1.0),
+    )
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    metrics = InMemoryMetricReader()
+    logs = io.StringIO()
+    configure_logging("INFO", stream=logs)
+    runtime = build_runtime(
+        settings,
+        provider=provider,
+        telemetry=make_telemetry(tracer_provider, MeterProvider([metrics])),
+        sequencer_interval=0.05,
+    )
+    port = free_port()
+    server = BackgroundServer(
+        build_server(
+            runtime.app,
+            "127.0.0.1",
+            port,
+            TLSFiles(cert=pki.server_cert, key=pki.server_key, ca_bundle=pki.ca),
+        )
+    )
+    server.start()
+    return VaultServer(
+        f"https://127.0.0.1:{port}", pki, other, runtime, spans, metrics, logs
+    ), server
+
+
+@pytest.fixture(scope="module")
+def vault_server(
+    tmp_path_factory: pytest.TempPathFactory, hsm_provider: HSMProvider
+) -> Iterator[VaultServer]:
+    vault, server = start_server(tmp_path_factory.mktemp("api"), hsm_provider)
+    yield vault
+    server.stop()
+    vault.runtime.close()
