@@ -9,15 +9,19 @@ status and error code, never request bodies, raw paths or query strings.
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 import structlog
 from opentelemetry.metrics import Meter, MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter
 from opentelemetry.sdk.metrics import MeterProvider as SDKMeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import TracerProvider as SDKTracerProvider
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Tracer, TracerProvider
 
 from cofre.redaction import mask_pan_like
@@ -59,6 +63,29 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
     )
 
 
+class SecretsIdGenerator(IdGenerator):
+    """Trace and span ids from the OS CSPRNG. OpenTelemetry's default draws them from the
+    `random` module, which shares state with everything else in the process (and makes
+    hypothesis, running beside an in-process server in the tests, rightly complain)."""
+
+    def generate_span_id(self) -> int:
+        return secrets.randbits(64) or 1
+
+    def generate_trace_id(self) -> int:
+        return secrets.randbits(128) or 1
+
+
+def new_tracer_provider() -> SDKTracerProvider:
+    """A tracer provider with CSPRNG ids; add span processors (exporters) to it."""
+    return SDKTracerProvider(id_generator=SecretsIdGenerator())
+
+
+def new_meter_provider(readers: Sequence[MetricReader] = ()) -> SDKMeterProvider:
+    """A meter provider without exemplars: exemplar sampling draws from the shared
+    `random` module on every measurement, and links metrics to traces we do not need."""
+    return SDKMeterProvider(metric_readers=list(readers), exemplar_filter=AlwaysOffExemplarFilter())
+
+
 @dataclass
 class Telemetry:
     """The tracer and the instruments the app records into."""
@@ -83,8 +110,8 @@ def make_telemetry(
 ) -> Telemetry:
     """Telemetry over the given providers (fresh SDK providers with no exporter if none:
     spans and metrics are then recorded and dropped)."""
-    tracer_provider = tracer_provider or SDKTracerProvider()
-    meter_provider = meter_provider or SDKMeterProvider()
+    tracer_provider = tracer_provider or new_tracer_provider()
+    meter_provider = meter_provider or new_meter_provider()
     return Telemetry(
         tracer=tracer_provider.get_tracer("cofre.api"),
         meter=meter_provider.get_meter("cofre.api"),

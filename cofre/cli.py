@@ -42,6 +42,10 @@ audit_app = typer.Typer(
 app.add_typer(hsm_app, name="hsm")
 app.add_typer(audit_app, name="audit")
 app.add_typer(config_app, name="config")
+api_app = typer.Typer(help="The vault API: its OpenAPI document.", no_args_is_help=True)
+app.add_typer(api_app, name="api")
+pki_app = typer.Typer(help="The development PKI (client certificates).", no_args_is_help=True)
+app.add_typer(pki_app, name="pki")
 
 DEV_CONFIG = Path(".cofre-dev") / "cofre.toml"
 
@@ -99,13 +103,16 @@ def dev_command(
         Path,
         typer.Option(help="Where the dev token, database and PKI live.", envvar="COFRE_DATA_DIR"),
     ] = Path(".cofre-dev"),
+    check: Annotated[
+        bool, typer.Option("--check", help="Set up and check readiness, then exit.")
+    ] = False,
 ) -> None:
-    """Create (on first run) and check the development environment: a SoftHSM2 token with
-    Cofre's key hierarchy and the embedded SQLite store. `make run` calls this."""
-    from sqlalchemy import text
-
+    """Run the development vault: a SoftHSM2 token with Cofre's key hierarchy, the
+    embedded SQLite store, a dev PKI and a sample policy, all created on first run in
+    DATA_DIR; then serve the API on https://127.0.0.1:8443. `make run` calls this."""
+    from api.pki import DevPKI
     from cofre.devenv import dev_settings, ensure_dev_environment
-    from cofre.wiring import open_database
+    from cofre.wiring import build_runtime, open_database, serve
     from hsm.keys import KeyHierarchy
     from hsm.provider import provider_from_settings
 
@@ -114,19 +121,51 @@ def dev_command(
     settings = dev_settings(env)
     provider = provider_from_settings(settings.hsm)
     created = KeyHierarchy(provider).initialize()
-    engine = open_database(settings)
-    _audit_key_creation(engine, created, actor="cofre dev")
+    _audit_key_creation(open_database(settings), created, actor="cofre dev")
     if created:
         typer.echo("created keys on the token: " + ", ".join(created))
-    provider.health_check()
-    info = provider.token_info()
-    with engine.connect() as connection:
-        connection.execute(text("SELECT 1"))
+    if check:
+        runtime = build_runtime(settings, provider=provider)
+        try:
+            checks = runtime.service.check_ready()
+        finally:
+            runtime.close()
+        typer.echo("ready: " + ", ".join(f"{k} {v}" for k, v in checks.items()))
+        typer.echo(f"config: COFRE_CONFIG={env.config_file}")
+        return
+    provider.close()
+    pki = DevPKI(env.data_dir / "pki")
+    rel = _relative(pki.root)
+    # A well-known test card number, assembled here so no source file carries one.
+    test_pan = "4111" * 4
     typer.echo(
-        f"ready: HSM token {info.token_label!r} ({info.model}) answers; "
-        f"database {engine.url.render_as_string(hide_password=True)} migrated"
+        f"\nThe vault listens on https://{settings.server.host}:{settings.server.port}. "
+        "Tokenize a test card as the 'payments' service:\n\n"
+        f"  curl --cacert {rel}/ca.pem --cert {rel}/clients/payments.pem "
+        f"--key {rel}/clients/payments-key.pem \\\n"
+        "    -H 'content-type: application/json' "
+        f'-d \'{{"pan": "{test_pan}", "format": "pan_bin6_last4"}}\' \\\n'
+        f"    https://{settings.server.host}:{settings.server.port}/v1/tokenize\n\n"
+        f"Other identities' certificates are in {rel}/clients/; the policy is "
+        f"{_relative(env.data_dir / 'policy.toml')}. Ctrl-C stops the vault.\n"
     )
-    typer.echo(f"config: COFRE_CONFIG={env.config_file}")
+    serve(settings)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+@app.command("serve")
+@_fail_cleanly
+def serve_command() -> None:
+    """Run the vault API over mutual TLS with the configured settings (production)."""
+    from cofre.wiring import serve
+
+    serve(_settings())
 
 
 def _audit_key_creation(engine: Any, labels: list[str], *, actor: str) -> None:
@@ -329,6 +368,48 @@ def audit_export(
             handle.write(line + "\n")
             lines += 1
     typer.echo(f"wrote {lines} records to {out}")
+
+
+# ---------------------------------------------------------------------------- api
+@api_app.command("openapi")
+def api_openapi(
+    out: Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Print the API's OpenAPI document (docs/openapi.json is this output)."""
+    from api.app import openapi_document
+
+    text = json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------- pki
+@pki_app.command("issue-client")
+@_fail_cleanly
+def pki_issue_client(
+    name: Annotated[str, typer.Argument(help="The identity becomes spiffe://cofre/NAME.")],
+) -> None:
+    """Issue a dev client certificate for NAME (add NAME to the policy to grant it
+    anything)."""
+    from api.pki import ensure_dev_pki, issue_client
+
+    pki = ensure_dev_pki(_settings().data_dir / "pki", identities=())
+    path = issue_client(pki, name)
+    typer.echo(f"issued {path} (identity spiffe://cofre/{name})")
+
+
+@pki_app.command("list")
+@_fail_cleanly
+def pki_list() -> None:
+    """List the dev certificates: subject, SAN, expiry."""
+    from api.pki import certificate_inventory
+
+    root = _settings().data_dir / "pki"
+    paths = sorted(p for p in root.rglob("*.pem") if not p.name.endswith("-key.pem"))
+    for cert in certificate_inventory(paths):
+        typer.echo(f"{cert['file']}: {cert['san'] or cert['subject']} until {cert['not_after']}")
 
 
 # ---------------------------------------------------------------------------- config

@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from api.pki import ensure_dev_pki
 from cofre.settings import Settings, load_settings
 from hsm.softhsm import init_softhsm_token, write_softhsm_conf
 
@@ -75,38 +76,47 @@ def _write_secret(path: Path, value: str) -> None:
 
 
 def ensure_dev_environment(data_dir: Path) -> DevEnvironment:
-    """Create the dev data directory, SoftHSM token and config file if they are missing.
+    """Create the dev data directory, SoftHSM token, PKI, policy and config file where
+    they are missing, and return where they are. Idempotent: a second call creates
+    nothing (the config file is rewritten with the same content).
 
-    Returns where they are. Idempotent: a second call changes nothing.
     Raises `hsm.errors.HSMUnavailable` when softhsm2-util is missing or fails.
     """
     data_dir = data_dir.resolve()
     hsm_dir = data_dir / "hsm"
     config_file = data_dir / CONFIG_NAME
-    if config_file.is_file():
-        return DevEnvironment(data_dir, config_file, created=False)
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    hsm_dir.mkdir(exist_ok=True, mode=0o700)
     conf = hsm_dir / "softhsm2.conf"
-    write_softhsm_conf(conf, hsm_dir / "tokens")
     user_pin_file = hsm_dir / "user-pin"
-    so_pin = secrets.token_urlsafe(18)
-    user_pin = secrets.token_urlsafe(18)
-    init_softhsm_token(conf, DEV_TOKEN_LABEL, so_pin=so_pin, user_pin=user_pin)
-    _write_secret(hsm_dir / "so-pin", so_pin)
-    _write_secret(user_pin_file, user_pin)
-    # Written last: its presence marks a complete environment.
+    created = not user_pin_file.is_file()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if created:
+        hsm_dir.mkdir(exist_ok=True, mode=0o700)
+        write_softhsm_conf(conf, hsm_dir / "tokens")
+        so_pin = secrets.token_urlsafe(18)
+        user_pin = secrets.token_urlsafe(18)
+        init_softhsm_token(conf, DEV_TOKEN_LABEL, so_pin=so_pin, user_pin=user_pin)
+        _write_secret(hsm_dir / "so-pin", so_pin)
+        _write_secret(user_pin_file, user_pin)
+    pki = ensure_dev_pki(data_dir / "pki")
+    policy = data_dir / "policy.toml"
+    if not policy.exists():
+        policy.write_text(DEV_POLICY, encoding="utf-8")
     config_file.write_text(
         "# Written by `cofre dev`; development only.\n"
-        f'data_dir = "{data_dir}"\n\n'
+        f'data_dir = "{data_dir}"\n'
+        f'policy_file = "{policy}"\n\n'
         "[hsm]\n"
         'library = "/usr/lib/softhsm/libsofthsm2.so"\n'
         f'token_label = "{DEV_TOKEN_LABEL}"\n'
         f'pin_file = "{user_pin_file}"\n'
-        f'softhsm_conf = "{conf}"\n',
+        f'softhsm_conf = "{conf}"\n\n'
+        "[server]\n"
+        f'ca_bundle = "{pki.ca}"\n'
+        f'cert_file = "{pki.server_cert}"\n'
+        f'key_file = "{pki.server_key}"\n',
         encoding="utf-8",
     )
-    return DevEnvironment(data_dir, config_file, created=True)
+    return DevEnvironment(data_dir, config_file, created=created)
 
 
 def dev_settings(env: DevEnvironment) -> Settings:

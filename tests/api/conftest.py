@@ -10,13 +10,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from api.observability import configure_logging, make_telemetry
+from api.observability import (
+    configure_logging,
+    make_telemetry,
+    new_meter_provider,
+    new_tracer_provider,
+)
 from api.pki import DevPKI, ensure_dev_pki, issue_client
 from api.server import BackgroundServer, TLSFiles, build_server
 from cofre.devenv import DEV_POLICY
@@ -69,7 +72,7 @@ def start_server(
         audit=AuditSettings(sign_every_entries=50, sign_every_seconds=1.0),
     )
     spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
+    tracer_provider = new_tracer_provider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     metrics = InMemoryMetricReader()
     logs = io.StringIO()
@@ -77,7 +80,7 @@ def start_server(
     runtime = build_runtime(
         settings,
         provider=provider,
-        telemetry=make_telemetry(tracer_provider, MeterProvider([metrics])),
+        telemetry=make_telemetry(tracer_provider, new_meter_provider([metrics])),
         sequencer_interval=0.05,
     )
     port = free_port()

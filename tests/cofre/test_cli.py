@@ -31,20 +31,20 @@ def test_version() -> None:
 def test_help_lists_commands() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("dev", "hsm", "config"):
+    for command in ("dev", "serve", "hsm", "audit", "pki", "api", "config"):
         assert command in result.stdout
 
 
 def test_dev_creates_environment_once(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
     data_dir = tmp_path / "dev"
-    first = run("dev", "--data-dir", str(data_dir), env=env)
+    first = run("dev", "--check", "--data-dir", str(data_dir), env=env)
     assert first.returncode == 0, first.stderr
     assert "created dev environment" in first.stdout
     assert "cofre-kek-v1" in first.stdout
     assert "ready" in first.stdout
     assert (data_dir / "hsm" / "user-pin").stat().st_mode & 0o777 == 0o600
-    second = run("dev", "--data-dir", str(data_dir), env=env)
+    second = run("dev", "--check", "--data-dir", str(data_dir), env=env)
     assert second.returncode == 0, second.stderr
     assert "reusing dev environment" in second.stdout
     assert "created keys" not in second.stdout
@@ -79,24 +79,25 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
 def test_audit_commands_verify_and_catch_tampering(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
     data_dir = tmp_path / "dev"
-    assert run("dev", "--data-dir", str(data_dir), env=env).returncode == 0
+    assert run("dev", "--check", "--data-dir", str(data_dir), env=env).returncode == 0
     env["COFRE_CONFIG"] = str(data_dir / "cofre.toml")
     sequenced = run("audit", "sequence", env=env)
     assert sequenced.returncode == 0, sequenced.stderr
-    assert "integrated 3 entries" in sequenced.stdout  # the three keys created
+    # Three token keys created by `cofre dev`, two data keys by the vault's first start.
+    assert "integrated 5 entries" in sequenced.stdout
     verified = run("audit", "verify", env=env)
     assert verified.returncode == 0, verified.stderr
-    assert verified.stdout.startswith("OK: 3 entries, 1 signed tree heads verified")
+    assert verified.stdout.startswith("OK: 5 entries, 1 signed tree heads verified")
     head = json.loads(run("audit", "head", env=env).stdout)
-    assert head["tree_size"] == 3
+    assert head["tree_size"] == 5
     proof = json.loads(run("audit", "prove", "--index", "1", "--from-size", "1", env=env).stdout)
-    assert proof["tree_size"] == 3
-    assert len(proof["inclusion_proof"]) == 2
+    assert proof["tree_size"] == 5
+    assert len(proof["inclusion_proof"]) == 3
     assert proof["root_hash"] == head["root_hash"]
     out = tmp_path / "export.jsonl"
     assert run("audit", "export", "--out", str(out), env=env).returncode == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["type"] for r in records] == ["public_key", "entry", "entry", "entry", "head"]
+    assert [r["type"] for r in records] == ["public_key"] + ["entry"] * 5 + ["head"]
 
     db = sqlite3.connect(data_dir / "cofre.sqlite3")
     db.execute("DROP TRIGGER audit_entries_no_update")
