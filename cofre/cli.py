@@ -137,7 +137,7 @@ def dev_command(
     pki = DevPKI(env.data_dir / "pki")
     rel = _relative(pki.root)
     # A well-known test card number, assembled here so no source file carries one.
-    test_pan = "4111" * 4
+    test_pan = "4111" + "1" * 12
     typer.echo(
         f"\nThe vault listens on https://{settings.server.host}:{settings.server.port}. "
         "Tokenize a test card as the 'payments' service:\n\n"

@@ -18,6 +18,7 @@ key, for convergent tokens and lookup.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import threading
@@ -57,6 +58,7 @@ from vault.errors import (
 )
 from vault.keyring import DataKeyring, KeyPurpose
 from vault.pan import Pan
+from vault.storage.groupcommit import GroupCommitter
 from vault.storage.schema import tokens
 from vault.tokens import (
     FpeTokenizer,
@@ -177,8 +179,10 @@ class VaultService:
         *,
         audit: AuditLog | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        group_commit: bool = True,
     ) -> None:
         self._engine = engine
+        self._committer = GroupCommitter(engine) if group_commit else None
         self._provider = provider
         self._policy = policy
         self._audit = audit or AuditLog()
@@ -240,6 +244,8 @@ class VaultService:
         return created
 
     def close(self) -> None:
+        if self._committer is not None:
+            self._committer.close()
         self._keyring.wipe_all()
 
     def check_ready(self) -> dict[str, str]:
@@ -268,8 +274,11 @@ class VaultService:
         the same token or converged first)."""
         for attempt in range(_TRANSACTION_ATTEMPTS):
             try:
-                with self._storage(), self._engine.begin() as connection:
-                    return work(connection)
+                with self._storage():
+                    if self._committer is not None:
+                        return self._committer.run(work)
+                    with self._engine.begin() as connection:
+                        return work(connection)
             except SQLIntegrityError:
                 if attempt == _TRANSACTION_ATTEMPTS - 1:
                     raise StorageUnavailable(
@@ -402,16 +411,194 @@ class VaultService:
         fingerprints = [self._fingerprint(r.pan.reveal()) for r in requests]
 
         def work(connection: Connection) -> list[TokenRecord]:
-            return [
-                self._tokenize_in(
-                    connection, ctx, request, spec=spec, metadata=metadata, fingerprint=fingerprint
-                )
-                for request, (spec, metadata), fingerprint in zip(
-                    requests, prepared, fingerprints, strict=True
-                )
-            ]
+            if any(r.idempotency_key is not None for r in requests):
+                return [
+                    self._tokenize_in(
+                        connection,
+                        ctx,
+                        request,
+                        spec=spec,
+                        metadata=metadata,
+                        fingerprint=fingerprint,
+                    )
+                    for request, (spec, metadata), fingerprint in zip(
+                        requests, prepared, fingerprints, strict=True
+                    )
+                ]
+            return self._tokenize_many(connection, ctx, requests, prepared, fingerprints)
 
         return self._transaction(work)
+
+    def _tokenize_many(
+        self,
+        connection: Connection,
+        ctx: CallContext,
+        requests: Sequence[TokenizeRequest],
+        prepared: Sequence[tuple[FormatSpec, str]],
+        fingerprints: Sequence[tuple[bytes, int]],
+    ) -> list[TokenRecord]:
+        """The batch path: the same rules as `_tokenize_in`, in a handful of statements
+        for the whole batch instead of five per item."""
+        now = self._clock()
+        convergent = [
+            spec.dedup is Dedup.CONVERGENT or spec.type is FormatType.FPE for spec, _ in prepared
+        ]
+        existing: dict[tuple[str, bytes], Row[Any]] = {}
+        wanted = sorted(
+            {fp for (fp, _), conv in zip(fingerprints, convergent, strict=True) if conv}
+        )
+        for start in range(0, len(wanted), 500):
+            for row in connection.execute(
+                select(tokens).where(
+                    tokens.c.convergent, tokens.c.fingerprint.in_(wanted[start : start + 500])
+                )
+            ):
+                existing[(row.format, bytes(row.fingerprint))] = row
+        results: list[TokenRecord | None] = [None] * len(requests)
+        events: list[AuditEvent] = []
+        fresh: dict[int, str] = {}  # item index -> candidate token
+        first_for: dict[tuple[str, bytes], int] = {}
+        for index, request in enumerate(requests):
+            spec = prepared[index][0]
+            fp = fingerprints[index][0]
+            key = (request.format, fp)
+            if convergent[index]:
+                found = existing.get(key)
+                if found is not None:
+                    expires = _aware(found.expires_at)
+                    if expires is not None and expires <= now:
+                        # Rare: let the one-by-one path shred and replace it.
+                        results[index] = self._tokenize_in(
+                            connection,
+                            ctx,
+                            request,
+                            spec=spec,
+                            metadata=prepared[index][1],
+                            fingerprint=fingerprints[index],
+                        )
+                        existing.pop(key)
+                        first_for[key] = index
+                        continue
+                    results[index] = self._record(found, existing=True)
+                    events.append(
+                        self._audit_event(
+                            ctx,
+                            Action.TOKENIZE,
+                            Outcome.SUCCESS,
+                            token_id=found.id,
+                            details={"format": found.format, "result": "convergent"},
+                        )
+                    )
+                    continue
+                if key in first_for:
+                    continue  # filled from the first item with this PAN, below
+                first_for[key] = index
+            fresh[index] = self._first_candidate(spec, request.pan)
+        if fresh:
+            self._settle_candidates(connection, fresh, requests, prepared)
+        version = self._keyring.active_version(KeyPurpose.PAN_GCM)
+        cipher = self._keyring.gcm(version)
+        rows = []
+        for index, token in fresh.items():
+            request = requests[index]
+            token_id = str(uuid.uuid4())
+            nonce = secrets.token_bytes(12)
+            expires_at = _expiry(now, request.ttl_seconds)
+            rows.append(
+                {
+                    "id": token_id,
+                    "token": token,
+                    "format": request.format,
+                    "convergent": convergent[index],
+                    "fingerprint": fingerprints[index][0],
+                    "fp_version": fingerprints[index][1],
+                    "key_version": version,
+                    "nonce": nonce,
+                    "ciphertext": cipher.encrypt(
+                        nonce, request.pan.reveal().encode("ascii"), _aad(token_id, token, version)
+                    ),
+                    "metadata": prepared[index][1],
+                    "owner": ctx.identity,
+                    "idempotency_key": None,
+                    "created_at": now,
+                    "expires_at": expires_at,
+                }
+            )
+            results[index] = TokenRecord(
+                token=token,
+                token_id=token_id,
+                format=request.format,
+                created_at=now,
+                expires_at=expires_at,
+                metadata=json.loads(prepared[index][1]),
+                existing=False,
+            )
+            events.append(
+                self._audit_event(
+                    ctx,
+                    Action.TOKENIZE,
+                    Outcome.SUCCESS,
+                    token_id=token_id,
+                    details={"format": request.format, "result": "new"},
+                )
+            )
+        if rows:
+            connection.execute(insert(tokens), rows)
+        for index, request in enumerate(requests):
+            if results[index] is None:  # the same PAN and format earlier in this batch
+                first = results[first_for[(request.format, fingerprints[index][0])]]
+                assert first is not None  # noqa: S101 - set in the loop above
+                results[index] = dataclasses.replace(first, existing=True)
+                events.append(
+                    self._audit_event(
+                        ctx,
+                        Action.TOKENIZE,
+                        Outcome.SUCCESS,
+                        token_id=first.token_id,
+                        details={"format": first.format, "result": "convergent"},
+                    )
+                )
+        self._audit.append_many(connection, events)
+        return [r for r in results if r is not None]
+
+    def _first_candidate(self, spec: FormatSpec, pan: Pan) -> str:
+        if spec.type is FormatType.UUID:
+            return uuid_token()
+        if spec.type is FormatType.FPE:
+            version = self._keyring.active_version(KeyPurpose.FF1)
+            return FpeTokenizer(self._keyring.ff1(version)).encrypt(spec, pan)
+        return next(random_token_candidates(spec, pan))
+
+    def _settle_candidates(
+        self,
+        connection: Connection,
+        fresh: dict[int, str],
+        requests: Sequence[TokenizeRequest],
+        prepared: Sequence[tuple[FormatSpec, str]],
+    ) -> None:
+        """Replace every candidate that is taken (in the store or earlier in the batch)
+        or that equals a held PAN, one by one; the rest were checked in one query."""
+        values = list(fresh.values())
+        taken: set[str] = set()
+        for start in range(0, len(values), 500):
+            taken.update(
+                connection.execute(
+                    select(tokens.c.token).where(tokens.c.token.in_(values[start : start + 500]))
+                ).scalars()
+            )
+        used: set[str] = set()
+        for index, candidate in list(fresh.items()):
+            spec = prepared[index][0]
+            check_pans = spec.type is not FormatType.UUID and spec.luhn is not LuhnMode.FAIL
+            token = candidate
+            if (
+                candidate in taken
+                or candidate in used
+                or (check_pans and self._is_held_pan(connection, candidate))
+            ):
+                token = self._new_token(connection, spec, requests[index].pan, avoid=used)
+            fresh[index] = token
+            used.add(token)
 
     def _tokenize_in(
         self,
@@ -536,7 +723,9 @@ class VaultService:
             existing=existing,
         )
 
-    def _new_token(self, connection: Connection, spec: FormatSpec, pan: Pan) -> str:
+    def _new_token(
+        self, connection: Connection, spec: FormatSpec, pan: Pan, avoid: set[str] | None = None
+    ) -> str:
         if spec.type is FormatType.UUID:
             candidates: Iterator[str] = iter([uuid_token(), uuid_token(), uuid_token()])
         elif spec.type is FormatType.FPE:
@@ -546,8 +735,10 @@ class VaultService:
             candidates = random_token_candidates(spec, pan)
         # A token that passes Luhn (or may) must never equal a PAN the vault holds.
         check_pans = spec.type is not FormatType.UUID and spec.luhn is not LuhnMode.FAIL
+        size = 1  # the first candidate is almost always free: try it alone
         while True:
-            chunk = [c for _, c in zip(range(_CANDIDATE_CHUNK), candidates, strict=False)]
+            chunk = [c for _, c in zip(range(size), candidates, strict=False)]
+            size = _CANDIDATE_CHUNK
             if not chunk:
                 raise TokenSpaceExhausted(
                     "every token of this format for this BIN and last four is taken"
@@ -558,7 +749,7 @@ class VaultService:
                 ).scalars()
             )
             for candidate in chunk:
-                if candidate in taken:
+                if candidate in taken or (avoid is not None and candidate in avoid):
                     continue
                 if check_pans and self._is_held_pan(connection, candidate):
                     continue

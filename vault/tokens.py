@@ -80,7 +80,7 @@ def _space_size(spec: FormatSpec, free: int) -> int:
 def _draw(spec: FormatSpec, pan: str) -> str:
     lead, trail = spec.keep_leading, spec.keep_trailing
     free = len(pan) - lead - trail
-    middle = [secrets.choice("0123456789") for _ in range(free)]
+    middle = f"{secrets.randbelow(10**free):0{free}d}"
     digits = [*pan[:lead], *middle, *pan[len(pan) - trail :]]
     _apply_luhn(digits, lead + free - 1, spec.luhn, secrets.randbelow(9))
     return "".join(digits)

@@ -312,3 +312,30 @@ def test_policy_reload_is_audited(service: VaultService, engine: Engine) -> None
         PolicyEngine(parse_policy(TEST_POLICY, kind="toml").policy), actor="cofre", source="test"
     )
     assert _audit_actions(engine)[-1] == "policy.reload"
+
+
+def test_batch_path_matches_single_path(service: VaultService, engine: Engine) -> None:
+    existing = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4"))
+    small = Pan("411111001111")  # 12 digits, bin6+last4: two free digits, 90 fail-Luhn tokens
+    items = [
+        TokenizeRequest(VISA, "pan_bin6_last4"),  # existing convergent token
+        TokenizeRequest(MC, "card_pass"),
+        TokenizeRequest(MC, "uuid"),
+        TokenizeRequest(MC, "card_random"),
+        TokenizeRequest(MC, "card_random"),  # random dedup: a second token
+        TokenizeRequest(MC, "pan_fpe"),
+        *[TokenizeRequest(small, "card_random") for _ in range(30)],  # forces collisions
+    ]
+    audit_before = _count(engine, "SELECT count(*) FROM audit_entries")
+    records = service.tokenize_batch(PAYMENTS, items)
+    assert records[0].token == existing.token
+    assert records[0].existing
+    assert luhn_valid(records[1].token)
+    assert records[3].token != records[4].token
+    smalls = [r.token for r in records[6:]]
+    assert len(set(smalls)) == 30
+    assert all(t[:6] == "411111" and t[-4:] == "1111" and not luhn_valid(t) for t in smalls)
+    for request, record in zip(items, records, strict=True):
+        assert service.detokenize(GETNET, record.token).pan == request.pan
+    # One audit entry per item, plus one per detokenize above.
+    assert _count(engine, "SELECT count(*) FROM audit_entries") - audit_before == 2 * len(items)
