@@ -36,10 +36,12 @@ def run_bare(pki_root: str, port: int) -> None:
 
 def run_vault(config: str) -> None:
     os.environ["COFRE_CONFIG"] = config
+    from api.observability import configure_logging
     from cofre.settings import load_settings
     from cofre.wiring import build_runtime, tls_files
 
     settings = load_settings()
+    configure_logging("WARNING")
     runtime = build_runtime(settings)
     build_server(
         runtime.app,

@@ -4,6 +4,9 @@ IN PCI SCOPE.
 
     CofreError
     └── InfraError
+        ├── AwsCallFailed          an AWS API call failed (service, operation, AWS code)
+        ├── CredentialsMissing     no AWS credentials or region
+        └── PeerVpcNotFound        the declared peer VPC does not exist
 """
 
 from __future__ import annotations
@@ -13,3 +16,15 @@ from cofre.errors import CofreError
 
 class InfraError(CofreError):
     code = "infra_error"
+
+
+class AwsCallFailed(InfraError):
+    code = "aws_call_failed"
+
+
+class CredentialsMissing(InfraError):
+    code = "aws_credentials_missing"
+
+
+class PeerVpcNotFound(InfraError):
+    code = "peer_vpc_not_found"

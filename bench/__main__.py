@@ -1,0 +1,51 @@
+"""`make bench`: run every bench script, each in its own process, and write
+bench/REPORT.md with what they printed (figures, same-run baselines, ratios, goals).
+
+Timings here are information, never a gate: CI does not run this.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPTS = [
+    ("FF1 (issue 5)", ["bench.ff1"]),
+    ("HSM provider vs bare python-pkcs11 (issue 4)", ["bench.hsm_ops"]),
+    ("Audit log (issue 6)", ["bench.audit", "--sizes", "10000,1000000"]),
+    ("Vault service in process (issue 7)", ["bench.vault", "--sizes", "10000,1000000"]),
+    ("API over mutual TLS (issue 8)", ["bench.api", "--seconds", "5"]),
+]
+
+
+def main() -> int:
+    out = Path(__file__).resolve().parent / "REPORT.md"
+    sections = [
+        "# Cofre benchmark report\n",
+        f"Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by `make bench` on "
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}. "
+        "Every ratio compares figures measured in the same run.\n",
+    ]
+    failed = 0
+    for title, argv in SCRIPTS:
+        print(f"== {title}", flush=True)
+        result = subprocess.run(
+            [sys.executable, "-m", *argv], capture_output=True, text=True, check=False
+        )
+        text = result.stdout.strip()
+        print(text, flush=True)
+        if result.returncode != 0:
+            failed += 1
+            text += f"\n(exit {result.returncode})\n{result.stderr[-2000:]}"
+        sections.append(f"## {title}\n\n`python -m {' '.join(argv)}`\n\n```\n{text}\n```\n")
+    out.write_text("\n".join(sections), encoding="utf-8")
+    print(f"wrote {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
