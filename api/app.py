@@ -20,7 +20,7 @@ import structlog
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from api.models import (
     ConsistencyProofResponse,
@@ -223,6 +223,7 @@ def call_context(request: Request) -> CallContext:
 
 Caller = Annotated[CallContext, Depends(call_context)]
 TokenPath = Annotated[str, Path(min_length=1, max_length=64)]
+RoutePath = Annotated[str, Path(min_length=1, max_length=64)]
 
 
 def _token_response(record: TokenRecord) -> TokenResponse:
@@ -249,7 +250,7 @@ def _b64(data: bytes) -> str:
 
 _ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     status: {"model": Problem, "content": {PROBLEM_JSON: {}}}
-    for status in (400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 503)
+    for status in (400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 502, 503, 504)
 }
 
 
@@ -400,6 +401,18 @@ def create_app(state: AppState) -> FastAPI:  # noqa: PLR0915 - one route table
     def delete_token(token: TokenPath, caller: Caller) -> DeleteResponse:
         """Crypto-shred a token: the ciphertext is erased, a tombstone and the audit remain."""
         return DeleteResponse(token=token, deleted=service.delete(caller, token))
+
+    # ------------------------------------------------------------------ relay
+    @app.post(
+        "/v1/relay/{route}",
+        tags=["relay"],
+    )
+    def relay(route: RoutePath, body: dict[str, Any], caller: Caller) -> JSONResponse:
+        """Send `body` to an allow-listed upstream (the policy's relay route): the tokens
+        at the route's places are replaced by PANs inside the vault; the upstream's answer
+        comes back with its status, PANs in it tokenized or masked."""
+        result = service.relay(caller, route, body)
+        return JSONResponse(result.body, status_code=result.status)
 
     # ------------------------------------------------------------------ audit
     @app.get("/v1/audit/head", response_model=SignedHeadResponse, tags=["audit"])

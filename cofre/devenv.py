@@ -45,6 +45,9 @@ description = "Getnet routing: the vault relays the PAN to the acquirer on its b
 operations = ["detokenize", "relay"]
 reveal = "full"
 
+# Relay routes name their upstream; the dev policy has none (the tests add a fake
+# acquirer). See docs/adapters.md.
+
 [identities."spiffe://cofre/officer-alice"]
 role = "security_officer"
 operations = ["key_admin", "audit_read", "evidence_export"]

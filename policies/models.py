@@ -8,7 +8,7 @@ certificate, for example ``spiffe://cofre/payments``.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -96,6 +96,34 @@ class IdentityPolicy(BaseModel):
         return self
 
 
+class RelayRoute(BaseModel):
+    """An allow-listed outbound route: who may relay, to which upstream, and where in
+    the JSON body the tokens to detokenize are (RFC 6901 JSON pointers)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    upstream: Annotated[str, Field(pattern=r"^https://[^\s/?#]+(/[^\s?#]*)?$")]
+    method: Literal["POST", "PUT"] = "POST"
+    identities: frozenset[str]
+    detokenize: tuple[Annotated[str, Field(pattern=r"^(/[^/]*)+$")], ...]
+    response_tokenize: dict[Annotated[str, Field(pattern=r"^(/[^/]*)+$")], str] = Field(
+        default_factory=dict
+    )
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
+    retries: Annotated[int, Field(ge=0, le=3)] = 0
+    idempotent: bool = False
+    ca_bundle: str | None = None
+
+    @model_validator(mode="after")
+    def _retry_only_idempotent(self) -> Self:
+        if self.retries and not (self.idempotent or self.method == "PUT"):
+            raise ValueError(
+                "retries are allowed only for idempotent upstream calls "
+                "(method PUT or idempotent = true)"
+            )
+        return self
+
+
 class Policy(BaseModel):
     """The whole policy. The empty policy (no identities) denies everything."""
 
@@ -105,6 +133,9 @@ class Policy(BaseModel):
     formats: dict[str, FormatSpec] = Field(default_factory=dict)
     identities: dict[str, IdentityPolicy] = Field(default_factory=dict)
     key_approvals_required: Annotated[int, Field(ge=2)] = 2
+    relay_routes: dict[Annotated[str, Field(pattern=r"^[a-z0-9-]{1,64}$")], RelayRoute] = Field(
+        default_factory=dict
+    )
 
     @model_validator(mode="after")
     def _check_references(self) -> Self:
@@ -121,6 +152,17 @@ class Policy(BaseModel):
                 raise ValueError(f"identity {identity!r} names unknown formats {sorted(unknown)}")
             if Action.TOKENIZE in rules.operations and not rules.formats:
                 raise ValueError(f"identity {identity!r} may tokenize but names no format")
+        for name, route in self.relay_routes.items():
+            for identity in route.identities:
+                relayer = self.identities.get(identity)
+                if relayer is None or Action.RELAY not in relayer.operations:
+                    raise ValueError(
+                        f"relay route {name!r} names {identity!r}, which may not relay"
+                    )
+            if unknown_formats := set(route.response_tokenize.values()) - known:
+                raise ValueError(
+                    f"relay route {name!r} names unknown formats {sorted(unknown_formats)}"
+                )
         return self
 
     def format(self, name: str) -> FormatSpec | None:

@@ -16,6 +16,9 @@ and kind, or by the masked form.
         ├── InvalidTTL              (also ValueError)  code invalid_ttl
         ├── IdempotencyConflict                        code idempotency_conflict
         ├── BatchItemInvalid        (also ValueError)  code batch_item_invalid
+        ├── RelayBodyInvalid        (also ValueError)  code invalid_relay_body
+        ├── UpstreamTimeout                            code upstream_timeout
+        └── UpstreamUnavailable                        code upstream_unavailable
         └── StorageUnavailable                         code storage_unavailable
 """
 
@@ -98,3 +101,19 @@ class BatchItemInvalid(VaultError, ValueError):
         super().__init__(f"item {index}: {message}")
         self.index = index
         self.item_code = item_code
+
+
+class RelayBodyInvalid(VaultError, ValueError):
+    """A relay body lacks a token where the route expects one (or is not JSON)."""
+
+    code = "invalid_relay_body"
+
+
+class UpstreamTimeout(VaultError):
+    code = "upstream_timeout"
+
+
+class UpstreamUnavailable(VaultError):
+    """The upstream could not be reached, or answered with a server error."""
+
+    code = "upstream_unavailable"

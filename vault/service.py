@@ -19,6 +19,7 @@ key, for convergent tokens and lookup.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import secrets
 import threading
@@ -43,13 +44,14 @@ from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.formats import Dedup, FormatSpec, FormatType, LuhnMode
-from policies.models import Action, IdentityPolicy, Reveal
+from policies.models import Action, IdentityPolicy, RelayRoute, Reveal
 from vault.errors import (
     BatchItemInvalid,
     IdempotencyConflict,
     IntegrityError,
     InvalidMetadata,
     InvalidTTL,
+    RelayBodyInvalid,
     StorageUnavailable,
     TokenExpired,
     TokenNotFound,
@@ -58,6 +60,14 @@ from vault.errors import (
 )
 from vault.keyring import DataKeyring, KeyPurpose
 from vault.pan import Pan
+from vault.relay import (
+    RelayClient,
+    RelayResult,
+    get_pointer,
+    mask_strings,
+    set_pointer,
+    with_pans,
+)
 from vault.storage.groupcommit import GroupCommitter
 from vault.storage.schema import tokens
 from vault.tokens import (
@@ -183,6 +193,7 @@ class VaultService:
     ) -> None:
         self._engine = engine
         self._committer = GroupCommitter(engine) if group_commit else None
+        self._relay_client = RelayClient()
         self._provider = provider
         self._policy = policy
         self._audit = audit or AuditLog()
@@ -244,6 +255,7 @@ class VaultService:
         return created
 
     def close(self) -> None:
+        self._relay_client.close()
         if self._committer is not None:
             self._committer.close()
         self._keyring.wipe_all()
@@ -907,6 +919,85 @@ class VaultService:
         except (TokenNotFound, TokenExpired) as exc:
             self._audit_failure(ctx, Action.METADATA, exc)
             raise
+
+    # ------------------------------------------------------------------ relay
+    def relay(self, ctx: CallContext, route_name: str, body: Any) -> RelayResult:
+        """Send `body` to the route's upstream with the tokens at the route's pointers
+        replaced by their PANs; return the upstream's status and body, with PANs at the
+        route's `response_tokenize` pointers tokenized and any other PAN masked.
+
+        Raises `PolicyDenied` (unknown route, or not this identity's), `RelayBodyInvalid`,
+        `TokenNotFound`, `TokenExpired`, `UpstreamTimeout`, `UpstreamUnavailable`.
+        """
+        self._authorize(ctx, Action.RELAY)
+        route = self._policy.policy.relay_routes.get(route_name)
+        if route is None or ctx.identity not in route.identities:
+            self._write_audit(
+                self._audit_event(
+                    ctx,
+                    Action.RELAY,
+                    Outcome.DENIED,
+                    details={"route": route_name[:64], "reason": "route not allowed"},
+                )
+            )
+            raise PolicyDenied("this identity may not relay to that route")
+        details: dict[str, DetailValue] = {
+            "route": route_name,
+            "upstream": route.upstream.split("/")[2],
+        }
+        try:
+            outgoing = with_pans(body)
+            token_ids = []
+            with (
+                self._storage(),
+                self._engine.execution_options(cofre_read_only=True).connect() as connection,
+            ):
+                for pointer in route.detokenize:
+                    token = get_pointer(body, pointer)
+                    if not isinstance(token, str):
+                        raise RelayBodyInvalid(f"the body has no token at {pointer}")
+                    row = self._live_row(connection, token)
+                    set_pointer(outgoing, pointer, self._decrypt(row).reveal())
+                    token_ids.append(row.id)
+            details["tokens"] = len(token_ids)
+            result = self._relay_client.send(route_name, route, outgoing)
+            del outgoing
+            answer = self._tokenize_response(ctx, route, result.body)
+        except CofreError as exc:
+            details["error"] = exc.code
+            self._write_audit(self._audit_event(ctx, Action.RELAY, Outcome.FAILED, details=details))
+            raise
+        details["status"] = result.status
+        self._write_audit(self._audit_event(ctx, Action.RELAY, Outcome.SUCCESS, details=details))
+        return RelayResult(result.status, answer)
+
+    def _tokenize_response(self, ctx: CallContext, route: RelayRoute, body: Any) -> Any:
+        for pointer, token_format in route.response_tokenize.items():
+            try:
+                value = get_pointer(body, pointer)
+            except RelayBodyInvalid:
+                continue
+            if not isinstance(value, str):
+                continue
+            try:
+                pan = Pan(value)
+            except VaultError:
+                continue
+            spec = self._policy.token_format(token_format)
+            request = TokenizeRequest(pan=pan, format=token_format)
+            fingerprint = self._fingerprint(pan.reveal())
+            record = self._transaction(
+                functools.partial(
+                    self._tokenize_in,
+                    ctx=ctx,
+                    request=request,
+                    spec=spec,
+                    metadata="{}",
+                    fingerprint=fingerprint,
+                )
+            )
+            set_pointer(body, pointer, record.token)
+        return mask_strings(body)
 
     # ------------------------------------------------------------------ audit access
     def audit_read(self, ctx: CallContext, what: str) -> None:

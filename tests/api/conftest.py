@@ -55,14 +55,14 @@ class VaultServer:
 
 
 def start_server(
-    tmp: Path, provider: HSMProvider, database_url: str | None = None
+    tmp: Path, provider: HSMProvider, database_url: str | None = None, extra_policy: str = ""
 ) -> tuple[VaultServer, BackgroundServer]:
     pki = ensure_dev_pki(tmp / "pki")
     issue_client(pki, "stranger")
     issue_client(pki, "limited")
     other = ensure_dev_pki(tmp / "other-pki", identities=("payments",))
     policy = tmp / "policy.toml"
-    policy.write_text(DEV_POLICY + LIMITED)
+    policy.write_text(DEV_POLICY + LIMITED + extra_policy)
     settings = Settings(
         data_dir=tmp,
         policy_file=policy,

@@ -1,0 +1,116 @@
+"""Thin adapter services for the rest of the platform: payments, store, ledger and
+Getnet routing, showing the intended flow. They handle tokens and masked PANs only.
+
+OUT OF PCI SCOPE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from adapters.client import CofreClient
+
+
+@dataclass(frozen=True)
+class Authorization:
+    approved: bool
+    authorization_code: str | None
+    card_token: str | None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+class GetnetRoutingAdapter:
+    """Sends authorizations to Getnet through the vault's relay: the card travels as a
+    token to the vault, which puts the PAN in and calls the acquirer."""
+
+    route = "getnet-authorize"
+
+    def __init__(self, vault: CofreClient) -> None:
+        self._vault = vault
+
+    def authorize(
+        self, card_token: str, amount: Decimal, currency: str, order_id: str
+    ) -> Authorization:
+        status, body = self._vault.relay(
+            self.route,
+            {
+                "card": {"number": card_token},
+                "amount": str(amount),
+                "currency": currency,
+                "order_id": order_id,
+            },
+        )
+        card = (body.get("card") or {}) if isinstance(body, dict) else {}
+        return Authorization(
+            approved=status == 200 and body.get("status") == "APPROVED",
+            authorization_code=body.get("authorization_code"),
+            card_token=card.get("number"),
+            raw=body,
+        )
+
+
+@dataclass
+class LedgerEntry:
+    order_id: str
+    amount: Decimal
+    currency: str
+    masked_pan: str
+    authorization_code: str | None
+
+
+class LedgerAdapter:
+    """Records payments with the masked card for statements."""
+
+    def __init__(self, vault: CofreClient) -> None:
+        self._vault = vault
+        self.entries: list[LedgerEntry] = []
+
+    def record(
+        self,
+        order_id: str,
+        amount: Decimal,
+        currency: str,
+        card_token: str,
+        authorization_code: str | None,
+    ) -> LedgerEntry:
+        entry = LedgerEntry(
+            order_id,
+            amount,
+            currency,
+            self._vault.detokenize_masked(card_token),
+            authorization_code,
+        )
+        self.entries.append(entry)
+        return entry
+
+
+class StoreAdapter:
+    """Card on file: keeps tokens, shows masked cards."""
+
+    def __init__(self, vault: CofreClient) -> None:
+        self._vault = vault
+        self.cards: dict[str, str] = {}  # customer -> token
+
+    def save_card(self, customer: str, card_token: str) -> str:
+        self.cards[customer] = card_token
+        return self._vault.detokenize_masked(card_token)
+
+
+class PaymentsAdapter:
+    """A payment: authorize with Getnet via the vault, then record in the ledger."""
+
+    def __init__(self, getnet: GetnetRoutingAdapter, ledger: LedgerAdapter) -> None:
+        self._getnet = getnet
+        self._ledger = ledger
+
+    def pay(
+        self, order_id: str, card_token: str, amount: Decimal, currency: str = "BRL"
+    ) -> Authorization:
+        authorization = self._getnet.authorize(card_token, amount, currency, order_id)
+        if authorization.approved:
+            self._ledger.record(
+                order_id, amount, currency, card_token, authorization.authorization_code
+            )
+        return authorization

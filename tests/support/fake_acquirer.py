@@ -1,0 +1,76 @@
+"""A fake Getnet acquirer: a small HTTPS server on loopback that checks it receives a
+valid card number and answers with an authorization (echoing the card, as some acquirers
+do, so the vault's response tokenizing/masking is exercised)."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from vault.pan import luhn_valid
+
+
+@dataclass
+class FakeAcquirer:
+    cert: Path
+    key: Path
+    received: list[dict[str, Any]] = field(default_factory=list)
+    delay_seconds: float = 0.0
+    port: int = 0
+
+    def start(self) -> None:
+        acquirer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                acquirer.received.append(body)
+                if acquirer.delay_seconds:
+                    time.sleep(acquirer.delay_seconds)
+                number = str((body.get("card") or {}).get("number", ""))
+                if not (number.isdigit() and 13 <= len(number) <= 19 and luhn_valid(number)):
+                    self._answer(400, {"status": "DECLINED", "reason": "invalid card number"})
+                    return
+                self._answer(
+                    200,
+                    {
+                        "status": "APPROVED",
+                        "authorization_code": "A1B2C3",
+                        "card": {"number": number},
+                        "message": f"approved for card {number}",
+                    },
+                )
+
+            def _answer(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(self.cert), str(self.key))
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

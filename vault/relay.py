@@ -1,0 +1,148 @@
+"""The outbound relay (what VGS calls an outbound proxy): an adapter sends a body with
+tokens in marked places; the vault puts the PANs there, calls the acquirer over TLS, and
+hands back the acquirer's answer with any PAN in it tokenized or masked.
+
+IN PCI SCOPE, holds card data. The body with PANs exists only in this process's memory
+between detokenizing and sending. Upstreams are fixed per route in the policy (the
+caller names a route, never a URL); TLS is verified against the route's CA bundle or the
+system's. Retries happen only for routes declared idempotent.
+"""
+
+from __future__ import annotations
+
+import copy
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from cofre.redaction import mask_pan_like
+from policies.models import RelayRoute
+from vault.errors import RelayBodyInvalid, UpstreamTimeout, UpstreamUnavailable
+
+
+@dataclass(frozen=True)
+class RelayResult:
+    status: int
+    body: Any
+
+
+def _steps(pointer: str) -> list[str]:
+    # RFC 6901: "~1" is "/", "~0" is "~".
+    return [p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]]
+
+
+def _parent(document: Any, pointer: str) -> tuple[Any, str | int]:
+    steps = _steps(pointer)
+    node = document
+    for step in steps[:-1]:
+        node = _child(node, step, pointer)
+    last: str | int = steps[-1]
+    if isinstance(node, list):
+        if not str(last).isdigit() or int(last) >= len(node):
+            raise RelayBodyInvalid(f"the body has nothing at {pointer}")
+        last = int(last)
+    elif not isinstance(node, dict) or last not in node:
+        raise RelayBodyInvalid(f"the body has nothing at {pointer}")
+    return node, last
+
+
+def _child(node: Any, step: str, pointer: str) -> Any:
+    if isinstance(node, dict) and step in node:
+        return node[step]
+    if isinstance(node, list) and step.isdigit() and int(step) < len(node):
+        return node[int(step)]
+    raise RelayBodyInvalid(f"the body has nothing at {pointer}")
+
+
+def get_pointer(document: Any, pointer: str) -> Any:
+    parent, key = _parent(document, pointer)
+    return parent[key]
+
+
+def set_pointer(document: Any, pointer: str, value: Any) -> None:
+    parent, key = _parent(document, pointer)
+    parent[key] = value
+
+
+def mask_strings(value: Any) -> Any:
+    """Every string in a JSON value with PAN-like digit runs masked."""
+    if isinstance(value, str):
+        return mask_pan_like(value)
+    if isinstance(value, dict):
+        return {mask_pan_like(str(k)): mask_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_strings(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and len(str(abs(value))) >= 12:
+        return mask_pan_like(str(value))
+    return value
+
+
+class RelayClient:
+    """HTTP clients per route (kept for connection reuse), and the call itself."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, httpx.Client] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, name: str, route: RelayRoute) -> httpx.Client:
+        with self._lock:
+            client = self._clients.get(name)
+            if client is None:
+                verify: Any = True
+                if route.ca_bundle:
+                    verify = ssl.create_default_context(cafile=route.ca_bundle)
+                client = httpx.Client(
+                    verify=verify, timeout=route.timeout_seconds, follow_redirects=False
+                )
+                self._clients[name] = client
+            return client
+
+    def send(self, name: str, route: RelayRoute, body: Any) -> RelayResult:
+        """Send `body` (with PANs) to the route's upstream; return its status and body.
+
+        Raises `UpstreamTimeout` or `UpstreamUnavailable` (after the allowed retries).
+        """
+        client = self._client(name, route)
+        attempts = 1 + route.retries
+        for attempt in range(1, attempts + 1):
+            try:
+                response = client.request(route.method, route.upstream, json=body)
+            except httpx.TimeoutException:
+                if attempt == attempts:
+                    raise UpstreamTimeout(
+                        f"the upstream of route {name!r} did not answer within "
+                        f"{route.timeout_seconds:g}s"
+                    ) from None
+                continue
+            except httpx.HTTPError as exc:
+                if attempt == attempts:
+                    raise UpstreamUnavailable(
+                        f"the upstream of route {name!r} is unreachable ({type(exc).__name__})"
+                    ) from None
+                continue
+            if response.status_code >= 500:
+                if attempt < attempts:
+                    continue
+                raise UpstreamUnavailable(
+                    f"the upstream of route {name!r} answered {response.status_code}"
+                )
+            try:
+                parsed: Any = response.json()
+            except ValueError:
+                parsed = {"body": response.text}
+            return RelayResult(response.status_code, parsed)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+
+def with_pans(body: Any) -> Any:
+    """A deep copy of the caller's body, to fill with PANs (the original keeps tokens)."""
+    return copy.deepcopy(body)
