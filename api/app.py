@@ -22,7 +22,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
+from api.errors import ApiError
 from api.models import (
+    CeremonyResponse,
     ConsistencyProofResponse,
     DeleteResponse,
     DetokenizeBatchRequest,
@@ -35,6 +37,7 @@ from api.models import (
     LookupResponse,
     MaskedResponse,
     Problem,
+    RotationRequest,
     SignedHeadResponse,
     TokenizeBatchRequest,
     TokenizeBatchResponse,
@@ -53,6 +56,7 @@ from cofre.redaction import mask_pan_like
 from policies.errors import RateLimited
 from vault.errors import BatchItemInvalid
 from vault.pan import Pan
+from vault.rotation import KeyRotation
 from vault.service import CallContext, Revealed, TokenRecord, VaultService
 from vault.service import TokenizeRequest as ServiceTokenizeRequest
 
@@ -78,6 +82,7 @@ class AppState:
     audit: AuditStore
     check_ready: Callable[[], dict[str, str]]
     telemetry: Telemetry
+    rotation: KeyRotation | None = None
 
 
 class _BodyTooLarge(Exception):
@@ -224,6 +229,7 @@ def call_context(request: Request) -> CallContext:
 Caller = Annotated[CallContext, Depends(call_context)]
 TokenPath = Annotated[str, Path(min_length=1, max_length=64)]
 RoutePath = Annotated[str, Path(min_length=1, max_length=64)]
+CeremonyPath = Annotated[str, Path(min_length=1, max_length=64)]
 
 
 def _token_response(record: TokenRecord) -> TokenResponse:
@@ -413,6 +419,61 @@ def create_app(state: AppState) -> FastAPI:  # noqa: PLR0915 - one route table
         comes back with its status, PANs in it tokenized or masked."""
         result = service.relay(caller, route, body)
         return JSONResponse(result.body, status_code=result.status)
+
+    # ------------------------------------------------------------------ key ceremonies
+    def _rotation() -> KeyRotation:
+        if state.rotation is None:
+            raise ApiError("key administration is not enabled on this node")
+        return state.rotation
+
+    @app.get("/v1/admin/keys", tags=["keys"])
+    def key_inventory(caller: Caller) -> dict[str, Any]:
+        """Token keys and data keys, their attributes, states and how many records each
+        still protects (security officers). Never key material."""
+        return _rotation().inventory(caller.identity)
+
+    @app.get("/v1/admin/keys/rotations", response_model=list[CeremonyResponse], tags=["keys"])
+    def list_rotations(caller: Caller) -> list[CeremonyResponse]:
+        return [
+            CeremonyResponse.model_validate(c.as_json()) for c in _rotation().list(caller.identity)
+        ]
+
+    @app.post(
+        "/v1/admin/keys/rotations", response_model=CeremonyResponse, status_code=201, tags=["keys"]
+    )
+    def propose_rotation(body: RotationRequest, caller: Caller) -> CeremonyResponse:
+        """Propose a rotation (kek, data or fingerprint); it runs after other officers
+        approve it (dual control, enforced here)."""
+        ceremony = _rotation().propose(caller.identity, body.kind, caller.request_id)
+        return CeremonyResponse.model_validate(ceremony.as_json())
+
+    @app.get(
+        "/v1/admin/keys/rotations/{ceremony_id}", response_model=CeremonyResponse, tags=["keys"]
+    )
+    def rotation_status(ceremony_id: CeremonyPath, caller: Caller) -> CeremonyResponse:
+        return CeremonyResponse.model_validate(
+            _rotation().status(caller.identity, ceremony_id).as_json()
+        )
+
+    @app.post(
+        "/v1/admin/keys/rotations/{ceremony_id}/approve",
+        response_model=CeremonyResponse,
+        tags=["keys"],
+    )
+    def approve_rotation(ceremony_id: CeremonyPath, caller: Caller) -> CeremonyResponse:
+        return CeremonyResponse.model_validate(
+            _rotation().approve(caller.identity, ceremony_id, caller.request_id).as_json()
+        )
+
+    @app.post(
+        "/v1/admin/keys/rotations/{ceremony_id}/cancel",
+        response_model=CeremonyResponse,
+        tags=["keys"],
+    )
+    def cancel_rotation(ceremony_id: CeremonyPath, caller: Caller) -> CeremonyResponse:
+        return CeremonyResponse.model_validate(
+            _rotation().cancel(caller.identity, ceremony_id, caller.request_id).as_json()
+        )
 
     # ------------------------------------------------------------------ audit
     @app.get("/v1/audit/head", response_model=SignedHeadResponse, tags=["audit"])

@@ -126,3 +126,24 @@ class Problem(BaseModel):
     code: str
     detail: str | None = None
     request_id: str | None = None
+
+
+class RotationRequest(_Strict):
+    kind: Literal["kek", "data", "fingerprint"]
+
+
+class CeremonyResponse(_Strict):
+    id: str
+    kind: str
+    state: str
+    proposer: str
+    approvers: list[str]
+    approvals_needed: int
+    created_at: datetime
+    expires_at: datetime
+    old_version: int | None
+    new_version: int | None
+    progress_done: int
+    progress_total: int
+    destroy_after: datetime | None
+    completed_at: datetime | None

@@ -44,6 +44,11 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(config_app, name="config")
 api_app = typer.Typer(help="The vault API: its OpenAPI document.", no_args_is_help=True)
 app.add_typer(api_app, name="api")
+keys_app = typer.Typer(
+    help="Key rotation under dual control (security officers, over mTLS).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
 infra_app = typer.Typer(
     help="The PCI VPC and the CloudHSM cluster on AWS (boto3): plan, apply, verify, destroy.",
     no_args_is_help=True,
@@ -388,6 +393,161 @@ def api_openapi(
         typer.echo(text, nl=False)
     else:
         out.write_text(text, encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------- keys
+Officer = Annotated[
+    str,
+    typer.Option(
+        "--as",
+        help="Your identity: a client certificate NAME in the PKI's clients/ "
+        "(or give --cert/--key).",
+        envvar="COFRE_OFFICER",
+    ),
+]
+CertOpt = Annotated[Path | None, typer.Option("--cert", help="Client certificate (PEM).")]
+KeyOpt = Annotated[Path | None, typer.Option("--key", help="Client key (PEM).")]
+
+
+def _admin(officer: str, cert: Path | None, key: Path | None) -> Any:
+    import ssl
+
+    import httpx
+
+    settings = _settings()
+    pki = settings.data_dir / "pki"
+    cert = cert or pki / "clients" / f"{officer}.pem"
+    key = key or pki / "clients" / f"{officer}-key.pem"
+    ca = settings.server.ca_bundle or pki / "ca.pem"
+    for path in (cert, key, ca):
+        if not Path(path).is_file():
+            raise ConfigurationError(f"not found: {path}")
+    context = ssl.create_default_context(cafile=str(ca))
+    context.load_cert_chain(str(cert), str(key))
+    url = f"https://{settings.server.host}:{settings.server.port}"
+    return httpx.Client(base_url=url, verify=context, timeout=30)
+
+
+def _admin_call(client: Any, method: str, path: str, body: Any = None) -> Any:
+    import httpx
+
+    try:
+        response = client.request(method, path, json=body)
+    except httpx.HTTPError as exc:
+        raise ConfigurationError(f"the vault is unreachable ({type(exc).__name__})") from None
+    data = response.json()
+    if response.status_code >= 400:
+        typer.echo(
+            f"error [{data.get('code')}]: {data.get('detail') or data.get('title')}", err=True
+        )
+        raise typer.Exit(1)
+    return data
+
+
+def _show_ceremony(data: dict[str, Any]) -> None:
+    typer.echo(f"ceremony {data['id']}: {data['kind']} rotation, {data['state']}")
+    typer.echo(
+        f"  proposed by {data['proposer']}; approved by "
+        f"{', '.join(data['approvers']) or 'nobody yet'} "
+        f"({len(data['approvers'])}/{data['approvals_needed']} approvals needed)"
+    )
+    if data["new_version"] is not None:
+        typer.echo(
+            f"  version {data['old_version']} -> {data['new_version']}; progress "
+            f"{data['progress_done']}/{data['progress_total']}"
+        )
+    if data.get("destroy_after"):
+        typer.echo(f"  old key destroyed after {data['destroy_after']}")
+
+
+@keys_app.command("list")
+@_fail_cleanly
+def keys_list(officer: Officer = "officer-alice", cert: CertOpt = None, key: KeyOpt = None) -> None:
+    """Key versions and states, KEK versions, records each data key protects, ceremonies."""
+    with _admin(officer, cert, key) as client:
+        inventory = _admin_call(client, "GET", "/v1/admin/keys")
+        ceremonies = _admin_call(client, "GET", "/v1/admin/keys/rotations")
+    for k in inventory["token_keys"]:
+        extra = f", {k['records']} records" if "records" in k else ""
+        typer.echo(
+            f"token  {k['label']:<16} {k['type']:<15} sensitive={k['sensitive']} "
+            f"extractable={k['extractable']}{extra}"
+        )
+    for d in inventory["data_keys"]:
+        records = f", {d['records']} records" if d["records"] is not None else ""
+        typer.echo(
+            f"data   {d['purpose']}-v{d['version']:<3} {d['state']:<10} under "
+            f"{d['kek']}, created {d['created_at']}{records}"
+        )
+    for c in ceremonies:
+        typer.echo(f"ceremony {c['id']} {c['kind']:<11} {c['state']}")
+
+
+@keys_app.command("rotate")
+@_fail_cleanly
+def keys_rotate(
+    kind: Annotated[str, typer.Option("--kind", help="kek, data or fingerprint")],
+    officer: Officer = "officer-alice",
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Propose a rotation. It runs once enough other officers approve it."""
+    with _admin(officer, cert, key) as client:
+        _show_ceremony(_admin_call(client, "POST", "/v1/admin/keys/rotations", {"kind": kind}))
+
+
+@keys_app.command("approve")
+@_fail_cleanly
+def keys_approve(
+    ceremony_id: str, officer: Officer = "officer-bob", cert: CertOpt = None, key: KeyOpt = None
+) -> None:
+    """Approve a proposal (you cannot approve your own)."""
+    with _admin(officer, cert, key) as client:
+        _show_ceremony(
+            _admin_call(client, "POST", f"/v1/admin/keys/rotations/{ceremony_id}/approve")
+        )
+
+
+@keys_app.command("cancel")
+@_fail_cleanly
+def keys_cancel(
+    ceremony_id: str, officer: Officer = "officer-alice", cert: CertOpt = None, key: KeyOpt = None
+) -> None:
+    """Cancel a pending proposal."""
+    with _admin(officer, cert, key) as client:
+        _show_ceremony(
+            _admin_call(client, "POST", f"/v1/admin/keys/rotations/{ceremony_id}/cancel")
+        )
+
+
+@keys_app.command("status")
+@_fail_cleanly
+def keys_status(
+    ceremony_id: str,
+    officer: Officer = "officer-alice",
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Follow with a progress bar.")] = False,
+) -> None:
+    """Show a ceremony; with --watch, a progress bar until it finishes."""
+    import time
+
+    from rich.progress import Progress
+
+    with _admin(officer, cert, key) as client:
+        path = f"/v1/admin/keys/rotations/{ceremony_id}"
+        data = _admin_call(client, "GET", path)
+        if watch and data["state"] == "running":
+            with Progress() as progress:
+                task = progress.add_task(
+                    f"{data['kind']} rotation", total=max(1, data["progress_total"])
+                )
+                while data["state"] == "running":
+                    progress.update(task, completed=data["progress_done"])
+                    time.sleep(0.5)
+                    data = _admin_call(client, "GET", path)
+                progress.update(task, completed=max(1, data["progress_total"]))
+        _show_ceremony(data)
 
 
 # ---------------------------------------------------------------------------- infra

@@ -99,6 +99,15 @@ class AuditSettings(_Section):
     sign_every_seconds: float = Field(default=10.0, gt=0)
 
 
+class KeySettings(_Section):
+    """Key ceremonies."""
+
+    proposal_ttl_hours: float = Field(default=24.0, gt=0)
+    # How long an old KEK or fingerprint key stays on the token after migration, before
+    # it is destroyed (a window to roll back from backups).
+    destroy_grace_seconds: float = Field(default=7 * 24 * 3600, ge=0)
+
+
 class Settings(BaseSettings):
     """All of Cofre's configuration.
 
@@ -119,6 +128,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     server: ServerSettings = ServerSettings()
     audit: AuditSettings = AuditSettings()
+    keys: KeySettings = KeySettings()
 
     @model_validator(mode="after")
     def _pin_sources_exclusive(self) -> Settings:

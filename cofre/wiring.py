@@ -8,6 +8,7 @@ next to the CLI (import-linter allows the top layer to import every package).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from cofre.settings import Settings
 from hsm.provider import HSMProvider, provider_from_settings
 from policies.engine import PolicyEngine
 from policies.loader import load_policy
+from vault.rotation import KeyRotation, RotationWorker
 from vault.service import VaultService
 from vault.signing import HSMTreeHeadSigner
 from vault.storage.database import create_database_engine, migrate
@@ -57,11 +59,14 @@ class Runtime:
     service: VaultService
     sequencer: Sequencer
     sequencer_thread: SequencerThread
+    rotation: KeyRotation
+    rotation_worker: RotationWorker
     telemetry: Telemetry
     # The ASGI app (a FastAPI instance; only `api` may name FastAPI's types).
     app: Any = field(repr=False)
 
     def close(self) -> None:
+        self.rotation_worker.stop()
         self.sequencer_thread.stop()
         self.service.close()
         self.provider.close()
@@ -90,6 +95,16 @@ def build_runtime(
     )
     thread = SequencerThread(sequencer, interval=sequencer_interval)
     thread.start()
+    rotation = KeyRotation(
+        engine,
+        provider,
+        service.keyring,
+        lambda: service.policy,
+        proposal_ttl=timedelta(hours=settings.keys.proposal_ttl_hours),
+        destroy_grace=timedelta(seconds=settings.keys.destroy_grace_seconds),
+    )
+    worker = RotationWorker(rotation, interval=min(0.5, sequencer_interval * 2))
+    worker.start()
     telemetry = telemetry or make_telemetry()
     provider.observer = lambda operation, ms: telemetry.hsm_latency.record(
         ms, {"operation": operation}
@@ -106,10 +121,16 @@ def build_runtime(
 
     app = create_app(
         AppState(
-            service=service, audit=AuditStore(engine), check_ready=check_ready, telemetry=telemetry
+            service=service,
+            audit=AuditStore(engine),
+            check_ready=check_ready,
+            telemetry=telemetry,
+            rotation=rotation,
         )
     )
-    return Runtime(settings, engine, provider, service, sequencer, thread, telemetry, app)
+    return Runtime(
+        settings, engine, provider, service, sequencer, thread, rotation, worker, telemetry, app
+    )
 
 
 def tls_files(settings: Settings) -> TLSFiles:

@@ -30,6 +30,17 @@ def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> SoftHSMToken:
 
 
 @pytest.fixture(scope="session")
+def rotation_provider(softhsm_token: SoftHSMToken) -> Iterator[HSMProvider]:
+    """A provider for the session's second token, whose keys tests may rotate away."""
+    provider = provider_from_settings(
+        softhsm_token.settings(token_label=softhsm_token.label + "-rot")
+    )
+    KeyHierarchy(provider).initialize()
+    yield provider
+    provider.close()
+
+
+@pytest.fixture(scope="session")
 def hsm_provider(softhsm_token: SoftHSMToken) -> Iterator[HSMProvider]:
     provider = provider_from_settings(softhsm_token.settings())
     yield provider

@@ -14,6 +14,7 @@ inventory, never unwrapped again).
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -28,6 +29,8 @@ from vault.errors import VaultError
 from vault.fpe.ff1 import FF1
 from vault.storage.schema import data_keys
 
+_ACTIVE_TTL_S = 1.0
+
 
 class KeyPurpose(StrEnum):
     PAN_GCM = "pan_gcm"
@@ -38,6 +41,13 @@ class KeyState(StrEnum):
     ACTIVE = "active"
     RETIRING = "retiring"
     RETIRED = "retired"
+    DESTROYED = "destroyed"  # retired and its wrapped bytes erased
+
+
+def pan_aad(token_id: str, token: str, version: int) -> bytes:
+    """The AES-GCM associated data of a stored PAN: binds the ciphertext to its row, its
+    token and its key version, so a ciphertext moved elsewhere fails authentication."""
+    return f"cofre:pan:v1|{token_id}|{token}|{version}".encode()
 
 
 class DataKeyMissing(VaultError):
@@ -66,6 +76,7 @@ class DataKeyring:
         self._lock = threading.Lock()
         self._clear: dict[tuple[KeyPurpose, int], bytearray] = {}
         self._active: dict[KeyPurpose, int] = {}
+        self._active_read: dict[KeyPurpose, float] = {}
         # The cipher objects hold their own copies of the key (cryptography and FF1 need
         # bytes); dropping them on rotation is the most CPython allows.
         self._gcm: dict[int, AESGCM] = {}
@@ -101,10 +112,12 @@ class DataKeyring:
         )
 
     def active_version(self, purpose: KeyPurpose) -> int:
-        """Return the active version of `purpose` (cached; `refresh` after rotation)."""
+        """Return the active version of `purpose`. Cached for a second, so a rotation
+        approved on another node reaches this one within that time."""
         with self._lock:
             cached = self._active.get(purpose)
-        if cached is not None:
+            fresh = time.monotonic() - self._active_read.get(purpose, 0.0) < _ACTIVE_TTL_S
+        if cached is not None and fresh:
             return cached
         with self._engine.connect() as connection:
             version = connection.execute(
@@ -117,6 +130,7 @@ class DataKeyring:
             raise DataKeyMissing(f"no active {purpose.value} data key: the vault is not set up")
         with self._lock:
             self._active[purpose] = int(version)
+            self._active_read[purpose] = time.monotonic()
         return int(version)
 
     def gcm(self, version: int) -> AESGCM:
@@ -185,6 +199,16 @@ class DataKeyring:
         """Forget the cached active versions (after a rotation elsewhere)."""
         with self._lock:
             self._active.clear()
+
+    def forget_retired(self, version: int) -> None:
+        """Wipe and drop every cached form of retired data-key `version`."""
+        with self._lock:
+            for purpose in KeyPurpose:
+                clear = self._clear.pop((purpose, version), None)
+                if clear is not None:
+                    wipe(clear)
+            self._gcm.pop(version, None)
+            self._ff1.pop(version, None)
 
     def wipe_all(self) -> None:
         """Overwrite and forget every unwrapped key (shutdown, rotation)."""

@@ -23,6 +23,7 @@ import functools
 import json
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -39,7 +40,7 @@ from audit.errors import db_error_name
 from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
 from cofre.errors import CofreError
 from cofre.redaction import mask_pan_like
-from hsm.keys import KeyHierarchy, KeyKind, parse_key_label
+from hsm.keys import KeyHierarchy, KeyKind, key_label
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
@@ -58,7 +59,7 @@ from vault.errors import (
     TokenSpaceExhausted,
     VaultError,
 )
-from vault.keyring import DataKeyring, KeyPurpose
+from vault.keyring import DataKeyring, KeyPurpose, pan_aad
 from vault.pan import Pan
 from vault.relay import (
     RelayClient,
@@ -174,10 +175,6 @@ def _expiry(now: datetime, ttl_seconds: int | None) -> datetime | None:
     return now + timedelta(seconds=ttl_seconds)
 
 
-def _aad(token_id: str, token: str, version: int) -> bytes:
-    return f"cofre:pan:v1|{token_id}|{token}|{version}".encode()
-
-
 class VaultService:
     """The vault's operations for one database, HSM and policy."""
 
@@ -200,7 +197,8 @@ class VaultService:
         self._clock = clock
         self._keyring = DataKeyring(engine, provider)
         self._hierarchy = KeyHierarchy(provider)
-        self._fp_label: str | None = None
+        self._fp_versions: list[int] | None = None
+        self._fp_read = 0.0
         self._initialized = False
         self._init_lock = threading.Lock()
 
@@ -333,16 +331,29 @@ class VaultService:
             self._policy.check_rate(ctx.identity)
         return rules
 
-    def _fingerprint_label(self) -> str:
-        if self._fp_label is None:
-            self._fp_label = self._hierarchy.current_label(KeyKind.FINGERPRINT)
-        return self._fp_label
+    def _fingerprint_versions(self) -> list[int]:
+        """The fingerprint key versions on the token, newest last (two while a
+        fingerprint rotation migrates). Cached for a second."""
+        now = time.monotonic()
+        if self._fp_versions is None or now - self._fp_read > 1.0:
+            versions = self._hierarchy.versions(KeyKind.FINGERPRINT)
+            if not versions:
+                self._hierarchy.current_label(KeyKind.FINGERPRINT)  # raises HSMKeyNotFound
+            self._fp_versions, self._fp_read = versions, now
+        return self._fp_versions
 
     def _fingerprint(self, digits: str) -> tuple[bytes, int]:
-        label = self._fingerprint_label()
-        parsed = parse_key_label(label)
-        version = parsed[1] if parsed else 1
+        """The fingerprint to store: under the newest fingerprint key."""
+        version = self._fingerprint_versions()[-1]
+        label = key_label(KeyKind.FINGERPRINT, version)
         return self._provider.hmac_sha256(label, digits.encode("ascii")), version
+
+    def _fingerprints(self, digits: str) -> list[bytes]:
+        """Every fingerprint a stored row of this PAN may carry (one per key version)."""
+        return [
+            self._provider.hmac_sha256(key_label(KeyKind.FINGERPRINT, v), digits.encode("ascii"))
+            for v in self._fingerprint_versions()
+        ]
 
     def _audit_event(
         self,
@@ -423,7 +434,10 @@ class VaultService:
         fingerprints = [self._fingerprint(r.pan.reveal()) for r in requests]
 
         def work(connection: Connection) -> list[TokenRecord]:
-            if any(r.idempotency_key is not None for r in requests):
+            one_by_one = any(r.idempotency_key is not None for r in requests) or (
+                len(self._fingerprint_versions()) > 1  # a fingerprint rotation is migrating
+            )
+            if one_by_one:
                 return [
                     self._tokenize_in(
                         connection,
@@ -527,7 +541,9 @@ class VaultService:
                     "key_version": version,
                     "nonce": nonce,
                     "ciphertext": cipher.encrypt(
-                        nonce, request.pan.reveal().encode("ascii"), _aad(token_id, token, version)
+                        nonce,
+                        request.pan.reveal().encode("ascii"),
+                        pan_aad(token_id, token, version),
                     ),
                     "metadata": prepared[index][1],
                     "owner": ctx.identity,
@@ -624,6 +640,12 @@ class VaultService:
     ) -> TokenRecord:
         now = self._clock()
         fp, fp_version = fingerprint
+        # While a fingerprint rotation migrates, a stored row may carry either key's HMAC.
+        known_fps = (
+            [fp]
+            if len(self._fingerprint_versions()) == 1
+            else self._fingerprints(request.pan.reveal())
+        )
         if request.idempotency_key is not None:
             previous = connection.execute(
                 select(tokens).where(
@@ -632,7 +654,7 @@ class VaultService:
                 )
             ).first()
             if previous is not None:
-                if previous.fingerprint != fp or previous.format != request.format:
+                if previous.fingerprint not in known_fps or previous.format != request.format:
                     raise IdempotencyConflict(
                         "this idempotency key was used for another PAN or format"
                     )
@@ -642,7 +664,7 @@ class VaultService:
             existing = connection.execute(
                 select(tokens).where(
                     tokens.c.format == request.format,
-                    tokens.c.fingerprint == fp,
+                    tokens.c.fingerprint.in_(known_fps),
                     tokens.c.convergent,
                 )
             ).first()
@@ -667,7 +689,7 @@ class VaultService:
         version = self._keyring.active_version(KeyPurpose.PAN_GCM)
         nonce = secrets.token_bytes(12)
         ciphertext = self._keyring.gcm(version).encrypt(
-            nonce, request.pan.reveal().encode("ascii"), _aad(token_id, token, version)
+            nonce, request.pan.reveal().encode("ascii"), pan_aad(token_id, token, version)
         )
         expires_at = _expiry(now, request.ttl_seconds)
         connection.execute(
@@ -768,10 +790,10 @@ class VaultService:
                 return candidate
 
     def _is_held_pan(self, connection: Connection, candidate: str) -> bool:
-        fp, _ = self._fingerprint(candidate)
+        fps = self._fingerprints(candidate)
         return (
             connection.execute(
-                select(tokens.c.id).where(tokens.c.fingerprint == fp).limit(1)
+                select(tokens.c.id).where(tokens.c.fingerprint.in_(fps)).limit(1)
             ).first()
             is not None
         )
@@ -792,7 +814,7 @@ class VaultService:
         version = int(row.key_version)
         try:
             clear = self._keyring.gcm(version).decrypt(
-                bytes(row.nonce), bytes(row.ciphertext), _aad(row.id, row.token, version)
+                bytes(row.nonce), bytes(row.ciphertext), pan_aad(row.id, row.token, version)
             )
         except InvalidTag:
             raise IntegrityError(
@@ -878,12 +900,12 @@ class VaultService:
     ) -> list[TokenRecord]:
         """Return the live tokens of `pan` (in `token_format`, or all formats)."""
         self._authorize(ctx, Action.LOOKUP)
-        fingerprint, _ = self._fingerprint(pan.reveal())
+        fingerprints = self._fingerprints(pan.reveal())
         now = self._clock()
 
         def work(connection: Connection) -> list[TokenRecord]:
             query = select(tokens).where(
-                tokens.c.fingerprint == fingerprint, tokens.c.deleted_at.is_(None)
+                tokens.c.fingerprint.in_(fingerprints), tokens.c.deleted_at.is_(None)
             )
             if token_format is not None:
                 query = query.where(tokens.c.format == token_format)

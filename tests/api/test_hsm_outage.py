@@ -35,6 +35,7 @@ class ServeProcess:
     library_link: Path
     token_dir: Path
     log: Path
+    env: dict[str, str]
 
     def client(self, name: str = "payments") -> httpx.Client:
         context = ssl.create_default_context(cafile=str(self.pki.ca))
@@ -80,7 +81,7 @@ def serve_process(tmp_path: Path, softhsm_token: SoftHSMToken) -> Iterator[Serve
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    served = ServeProcess(process, f"https://127.0.0.1:{port}", pki, link, tokens, log)
+    served = ServeProcess(process, f"https://127.0.0.1:{port}", pki, link, tokens, log, env)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -138,3 +139,39 @@ def test_token_removed_then_back(serve_process: ServeProcess) -> None:
     response = _tokenize(serve_process)
     assert response.status_code == 200, response.text
     assert VISA not in serve_process.log.read_text()
+
+
+def _cofre(served: ServeProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cofre.cli", *args],
+        env=served.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_key_rotation_from_the_cli(serve_process: ServeProcess) -> None:
+    serve_process.library_link.symlink_to(DEFAULT_SOFTHSM_LIBRARY)
+    token = _tokenize(serve_process).json()["token"]
+    denied = _cofre(serve_process, "keys", "rotate", "--kind", "data", "--as", "payments")
+    assert denied.returncode == 1
+    assert "policy_denied" in denied.stderr
+    proposed = _cofre(serve_process, "keys", "rotate", "--kind", "data", "--as", "officer-alice")
+    assert proposed.returncode == 0, proposed.stderr
+    assert "data rotation, pending" in proposed.stdout
+    ceremony = proposed.stdout.split()[1].rstrip(":")
+    own = _cofre(serve_process, "keys", "approve", ceremony, "--as", "officer-alice")
+    assert own.returncode == 1
+    assert "proposer cannot approve" in own.stderr
+    approved = _cofre(serve_process, "keys", "approve", ceremony, "--as", "officer-bob")
+    assert approved.returncode == 0, approved.stderr
+    watched = _cofre(serve_process, "keys", "status", ceremony, "--watch")
+    assert watched.returncode == 0, watched.stderr
+    assert "completed" in watched.stdout
+    listed = _cofre(serve_process, "keys", "list")
+    assert "pan_gcm-v2" in listed.stdout
+    assert "destroyed" in listed.stdout
+    with serve_process.client("getnet-adapter") as c:
+        assert c.post("/v1/detokenize", json={"token": token}).json()["pan"] == VISA

@@ -51,4 +51,8 @@ def create_token(base: Path, label: str | None = None) -> SoftHSMToken:
         so_pin=secrets.token_urlsafe(12),
     )
     init_softhsm_token(conf, token.label, so_pin=token.so_pin, user_pin=token.user_pin)
+    # A second token for tests that rotate and destroy keys (KEK, fingerprint), so they
+    # never pull keys from under the rest of the session. Created now because SoftHSM
+    # lists its tokens once, when the library is first loaded.
+    init_softhsm_token(conf, token.label + "-rot", so_pin=token.so_pin, user_pin=token.user_pin)
     return token

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -28,7 +29,7 @@ from sqlalchemy import (
 
 from audit.schema import metadata
 
-__all__ = ["data_keys", "metadata", "tokens"]
+__all__ = ["data_keys", "key_approvals", "key_ceremonies", "metadata", "tokens"]
 
 tokens = Table(
     "tokens",
@@ -76,4 +77,30 @@ data_keys = Table(
     Column("state", String(16), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("retired_at", DateTime(timezone=True), nullable=True),
+)
+
+key_ceremonies = Table(
+    "key_ceremonies",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("state", String(24), nullable=False),
+    Column("proposer", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("old_version", Integer, nullable=True),
+    Column("new_version", Integer, nullable=True),
+    Column("progress_done", Integer, nullable=False, server_default="0"),
+    Column("progress_total", Integer, nullable=False, server_default="0"),
+    Column("destroy_after", DateTime(timezone=True), nullable=True),
+    Column("completed_at", DateTime(timezone=True), nullable=True),
+    Column("detail", Text, nullable=False, server_default=""),
+)
+
+key_approvals = Table(
+    "key_approvals",
+    metadata,
+    Column("ceremony_id", String(36), ForeignKey("key_ceremonies.id"), primary_key=True),
+    Column("officer", String(255), primary_key=True),
+    Column("approved_at", DateTime(timezone=True), nullable=False),
 )

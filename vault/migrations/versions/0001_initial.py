@@ -17,11 +17,21 @@ branch_labels = None
 depends_on = None
 
 APP_ROLE = "cofre_app"
+INITIAL_TABLES = (
+    "audit_entries",
+    "audit_queue",
+    "audit_leaves",
+    "audit_nodes",
+    "audit_heads",
+    "tokens",
+    "data_keys",
+)
 
 
 def upgrade() -> None:
     bind = op.get_bind()
-    metadata.create_all(bind)
+    # The tables as of this revision; later revisions create their own.
+    metadata.create_all(bind, tables=[metadata.tables[name] for name in INITIAL_TABLES])
     if bind.dialect.name == "sqlite":
         for table in APPEND_ONLY_TABLES:
             for verb in ("UPDATE", "DELETE"):

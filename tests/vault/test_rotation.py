@@ -1,0 +1,249 @@
+"""Key rotation under dual control, on SQLite and PostgreSQL, against a SoftHSM2 token of
+its own (tests/conftest.py `rotation_provider`): KEK, data key and fingerprint key."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from audit.sequencer import Sequencer
+from audit.store import AuditStore
+from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
+from policies.errors import PolicyDenied
+from policies.loader import parse_policy
+from tests.vault.conftest import GETNET, PAYMENTS, TEST_POLICY
+from vault.pan import Pan, luhn_check_digit
+from vault.rotation import CeremonyError, CeremonyState, KeyRotation
+from vault.service import TokenizeRequest, VaultService
+from vault.signing import HSMTreeHeadSigner
+
+OFFICERS = """
+[identities."spiffe://cofre/officer-bob"]
+role = "security_officer"
+operations = ["key_admin"]
+
+[identities."spiffe://cofre/officer-carol"]
+role = "security_officer"
+operations = ["key_admin"]
+"""
+ALICE, BOB, CAROL = (f"spiffe://cofre/officer-{n}" for n in ("alice", "bob", "carol"))
+
+
+def _pan(i: int) -> Pan:
+    body = f"5{i:014d}"
+    return Pan(body + luhn_check_digit(body))
+
+
+def _policy(extra: str = "") -> PolicyEngine:
+    return PolicyEngine(parse_policy(TEST_POLICY + OFFICERS + extra, kind="toml").policy)
+
+
+@pytest.fixture
+def rig(
+    engine: Engine, rotation_provider: HSMProvider
+) -> Iterator[tuple[VaultService, KeyRotation]]:
+    service = VaultService(engine, rotation_provider, _policy())
+    service.initialize()
+    rotation = KeyRotation(
+        engine,
+        rotation_provider,
+        service.keyring,
+        lambda: service.policy,
+        destroy_grace=timedelta(0),
+    )
+    yield service, rotation
+    service.close()
+
+
+def _finish(rotation: KeyRotation, ceremony_id: str) -> None:
+    for _ in range(10_000):
+        rotation.run_pending()
+        if rotation.status(ALICE, ceremony_id).state == CeremonyState.COMPLETED:
+            return
+    raise AssertionError("rotation did not finish")
+
+
+def test_dual_control(rig: tuple[VaultService, KeyRotation]) -> None:
+    service, rotation = rig
+    with pytest.raises(PolicyDenied):
+        rotation.propose(PAYMENTS.identity, "data")
+    ceremony = rotation.propose(ALICE, "data")
+    assert ceremony.state == "pending"
+    with pytest.raises(CeremonyError, match="proposer cannot approve"):
+        rotation.approve(ALICE, ceremony.id)
+    assert rotation.status(ALICE, ceremony.id).state == "pending"
+    with pytest.raises(PolicyDenied):
+        rotation.approve(GETNET.identity, ceremony.id)
+    with pytest.raises(CeremonyError, match="already open"):
+        rotation.propose(BOB, "data")
+    rotation.cancel(BOB, ceremony.id)
+    assert rotation.status(ALICE, ceremony.id).state == "cancelled"
+    # Three officers required: the same officer approving twice counts once.
+    service.replace_policy(
+        PolicyEngine(
+            parse_policy(
+                "key_approvals_required = 3\n" + TEST_POLICY + OFFICERS, kind="toml"
+            ).policy
+        ),
+        actor="test",
+        source="test",
+    )
+    ceremony = rotation.propose(ALICE, "data")
+    assert rotation.approve(BOB, ceremony.id).state == "pending"
+    assert rotation.approve(BOB, ceremony.id).approvers == [BOB]
+    assert rotation.approve(CAROL, ceremony.id).state == "running"
+
+
+def test_proposals_expire(
+    engine: Engine, rig: tuple[VaultService, KeyRotation], rotation_provider: HSMProvider
+) -> None:
+    service, _ = rig
+    short = KeyRotation(
+        engine,
+        rotation_provider,
+        service.keyring,
+        lambda: service.policy,
+        proposal_ttl=timedelta(seconds=-1),
+    )
+    ceremony = short.propose(ALICE, "kek")
+    assert short.status(ALICE, ceremony.id).state == "expired"
+    with pytest.raises(CeremonyError, match="expired"):
+        short.approve(BOB, ceremony.id)
+
+
+def test_data_key_rotation_under_load(
+    rig: tuple[VaultService, KeyRotation], engine: Engine, rotation_provider: HSMProvider
+) -> None:
+    service, rotation = rig
+    count = 100_000
+    pans = [_pan(i) for i in range(count)]
+    tokens = []
+    for start in range(0, count, 1000):
+        tokens += [
+            r.token
+            for r in service.tokenize_batch(
+                PAYMENTS, [TokenizeRequest(p, "pan_bin6_last4") for p in pans[start : start + 1000]]
+            )
+        ]
+    ceremony = rotation.propose(ALICE, "data")
+    started = rotation.approve(BOB, ceremony.id)
+    assert started.state == "running"
+    assert started.progress_total == count
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    served = [0]
+
+    def load() -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                fresh = service.tokenize(
+                    PAYMENTS, TokenizeRequest(_pan(900_000 + i), "pan_bin6_last4")
+                )
+                assert service.detokenize(GETNET, fresh.token).pan == _pan(900_000 + i)
+                assert service.detokenize(GETNET, tokens[i % count]).pan == pans[i % count]
+                served[0] += 1
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                errors.append(exc)
+                return
+            i += 1
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    # A "crash" halfway: a new KeyRotation object resumes from what the database says.
+    rotation.run_pending(batch=500)
+    resumed = KeyRotation(
+        engine,
+        rotation_provider,
+        service.keyring,
+        lambda: service.policy,
+        destroy_grace=timedelta(0),
+    )
+    _finish(resumed, ceremony.id)
+    stop.set()
+    worker.join()
+    assert errors == []
+    assert served[0] > 0
+    done = resumed.status(ALICE, ceremony.id)
+    assert done.progress_done == count  # every row moved exactly once
+    with engine.connect() as c:
+        assert (
+            c.execute(
+                sa.text("SELECT count(*) FROM tokens WHERE key_version = :v"),
+                {"v": done.old_version},
+            ).scalar_one()
+            == 0
+        )
+        state = c.execute(
+            sa.text(
+                "SELECT state, length(wrapped) FROM data_keys WHERE "
+                "purpose='pan_gcm' AND version=:v"
+            ),
+            {"v": done.old_version},
+        ).one()
+    assert state[0] == "destroyed"
+    assert state[1] == 0
+    service.keyring.wipe_all()
+    for token, pan in zip(tokens[::97], pans[::97], strict=True):
+        assert service.detokenize(GETNET, token).pan == pan
+    signer = HSMTreeHeadSigner(rotation_provider)
+    Sequencer(engine, signer).drain()
+    assert AuditStore(engine).verify(signer.public_key_pem()).entries > count
+    with engine.connect() as c:
+        actions = "\n".join(c.execute(sa.text("SELECT payload FROM audit_entries")).scalars())
+    for step in (
+        "key.rotation.propose",
+        "key.rotation.approve",
+        "key.rotation.start",
+        "key.rotation.progress",
+        "key.rotation.complete",
+    ):
+        assert f'"action":"{step}"' in actions
+
+
+def test_kek_rotation_destroys_the_old_kek(
+    rig: tuple[VaultService, KeyRotation], rotation_provider: HSMProvider
+) -> None:
+    service, rotation = rig
+    record = service.tokenize(PAYMENTS, TokenizeRequest(_pan(7), "pan_bin6_last4"))
+    old = max(
+        int(k.label.rsplit("v", 1)[1])
+        for k in rotation_provider.list_keys()
+        if k.label.startswith("cofre-kek-v")
+    )
+    ceremony = rotation.propose(ALICE, "kek")
+    rotation.approve(CAROL, ceremony.id)
+    _finish(rotation, ceremony.id)
+    assert not rotation_provider.has_key(f"cofre-kek-v{old}")
+    assert rotation_provider.has_key(f"cofre-kek-v{old + 1}")
+    service.keyring.wipe_all()  # force unwrapping under the new KEK
+    assert service.detokenize(GETNET, record.token).pan == _pan(7)
+
+
+def test_fingerprint_rotation_keeps_lookups_working(
+    rig: tuple[VaultService, KeyRotation], rotation_provider: HSMProvider
+) -> None:
+    service, rotation = rig
+    records = [
+        service.tokenize(PAYMENTS, TokenizeRequest(_pan(i), "pan_bin6_last4")) for i in range(20)
+    ]
+    ceremony = rotation.propose(ALICE, "fingerprint")
+    rotation.approve(BOB, ceremony.id)
+    rotation.run_pending(batch=5)  # part way: old and new fingerprints coexist
+    service._fp_read = 0.0  # see the new key now rather than within a second
+    for i, record in enumerate(records):
+        assert [r.token for r in service.lookup(PAYMENTS, _pan(i))] == [record.token]
+        again = service.tokenize(PAYMENTS, TokenizeRequest(_pan(i), "pan_bin6_last4"))
+        assert again.token == record.token
+    _finish(rotation, ceremony.id)
+    old = rotation.status(ALICE, ceremony.id).old_version
+    assert not rotation_provider.has_key(f"cofre-fp-v{old}")
+    service._fp_read = 0.0
+    for i, record in enumerate(records):
+        assert [r.token for r in service.lookup(PAYMENTS, _pan(i))] == [record.token]

@@ -1,0 +1,667 @@
+"""Key rotation under dual control (PCI DSS 4.0.1 req. 3.6.1.2, 3.7.4, 3.7.6).
+
+IN PCI SCOPE, holds keys. A security officer proposes a rotation; it runs only after
+enough *other* officers approve it (the proposer counts as one of the `M` officers the
+policy requires, never as an approver, and nobody counts twice). Proposals expire. Every
+step is an audit entry: proposal, each approval, start, progress checkpoints,
+completion, destruction.
+
+Kinds:
+
+- ``data``: a new PAN data key (and FF1 key) becomes active at once; a background job
+  re-encrypts stored PANs in batches. Each batch moves rows off the old version and
+  counts them in the same transaction, so a crash mid-batch rolls both back and a resumed
+  job never re-encrypts a row twice. When no row uses the old version it is retired and
+  its wrapped bytes are erased.
+- ``kek``: a new KEK is generated in the HSM and every data key is re-wrapped under it
+  inside the HSM; the old KEK is destroyed on the token after the grace period.
+- ``fingerprint``: a new HMAC key; lookups and convergence use both keys while a job
+  recomputes stored fingerprints; then the old key is destroyed on the token.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Final
+
+from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, update
+
+from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
+from hsm.keys import KeyHierarchy, KeyKind, key_label
+from hsm.provider import HSMProvider, WrappedKey
+from policies.engine import PolicyEngine
+from policies.errors import PolicyDenied
+from policies.models import Action
+from vault.errors import VaultError
+from vault.keyring import DataKeyring, KeyPurpose, KeyState, pan_aad
+from vault.storage.schema import data_keys, key_approvals, key_ceremonies, tokens
+
+BATCH: Final = 500
+# One statement for a whole batch (executemany); the key_version guard makes a row that
+# another worker already moved a no-op.
+_REENCRYPT: Final = (
+    update(tokens)
+    .where(tokens.c.id == bindparam("row_id"), tokens.c.key_version == bindparam("old"))
+    .values(
+        key_version=bindparam("new"), nonce=bindparam("new_nonce"), ciphertext=bindparam("sealed")
+    )
+)
+
+
+class RotationKind(StrEnum):
+    DATA = "data"
+    KEK = "kek"
+    FINGERPRINT = "fingerprint"
+
+
+class CeremonyState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DESTROY_PENDING = "destroy_pending"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class CeremonyError(VaultError):
+    code = "ceremony_invalid"
+
+
+class CeremonyNotFound(VaultError):
+    code = "ceremony_not_found"
+
+
+@dataclass(frozen=True)
+class Ceremony:
+    id: str
+    kind: str
+    state: str
+    proposer: str
+    approvers: list[str]
+    approvals_needed: int
+    created_at: datetime
+    expires_at: datetime
+    old_version: int | None
+    new_version: int | None
+    progress_done: int
+    progress_total: int
+    destroy_after: datetime | None
+    completed_at: datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        for key, value in out.items():
+            if isinstance(value, datetime):
+                out[key] = value.isoformat()
+        return out
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+class KeyRotation:
+    """Proposals, approvals and the resumable jobs that carry rotations out."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        provider: HSMProvider,
+        keyring: DataKeyring,
+        policy: Callable[[], PolicyEngine],
+        *,
+        audit: AuditLog | None = None,
+        proposal_ttl: timedelta = timedelta(hours=24),
+        destroy_grace: timedelta = timedelta(days=7),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._engine = engine
+        self._provider = provider
+        self._hierarchy = KeyHierarchy(provider)
+        self._keyring = keyring
+        self._policy = policy
+        self._audit = audit or AuditLog()
+        self._ttl = proposal_ttl
+        self._grace = destroy_grace
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ helpers
+    def _officer(self, identity: str, request_id: str) -> None:
+        try:
+            self._policy().authorize(identity, Action.KEY_ADMIN)
+        except PolicyDenied:
+            self._record(identity, request_id, "key.admin", Outcome.DENIED, None, {})
+            raise
+
+    def _record(  # noqa: PLR0917 - mirrors the audit entry's fields, in order
+        self,
+        actor: str,
+        request_id: str | None,
+        action: str,
+        outcome: Outcome,
+        key_id: str | None,
+        details: dict[str, DetailValue],
+        connection: Connection | None = None,
+    ) -> None:
+        event = AuditEvent(
+            action=action,
+            outcome=outcome,
+            actor=actor,
+            request_id=request_id,
+            key_id=key_id,
+            details=details,
+        )
+        if connection is not None:
+            self._audit.append(connection, event)
+            return
+        with self._engine.begin() as own:
+            self._audit.append(own, event)
+
+    def _needed(self) -> int:
+        return self._policy().policy.key_approvals_required - 1
+
+    def _load(self, connection: Connection, ceremony_id: str) -> Row[Any]:
+        row = connection.execute(
+            select(key_ceremonies).where(key_ceremonies.c.id == ceremony_id)
+        ).first()
+        if row is None:
+            raise CeremonyNotFound(f"no key ceremony {ceremony_id}")
+        return row
+
+    def _view(self, connection: Connection, row: Row[Any]) -> Ceremony:
+        approvers = list(
+            connection.execute(
+                select(key_approvals.c.officer)
+                .where(key_approvals.c.ceremony_id == row.id)
+                .order_by(key_approvals.c.approved_at)
+            ).scalars()
+        )
+        state = row.state
+        expires = _aware(row.expires_at)
+        if state == CeremonyState.PENDING and expires is not None and expires <= self._clock():
+            state = CeremonyState.EXPIRED.value
+        return Ceremony(
+            id=row.id,
+            kind=row.kind,
+            state=state,
+            proposer=row.proposer,
+            approvers=approvers,
+            approvals_needed=self._needed(),
+            created_at=_aware(row.created_at) or row.created_at,
+            expires_at=expires or row.expires_at,
+            old_version=row.old_version,
+            new_version=row.new_version,
+            progress_done=row.progress_done,
+            progress_total=row.progress_total,
+            destroy_after=_aware(row.destroy_after),
+            completed_at=_aware(row.completed_at),
+        )
+
+    # ------------------------------------------------------------------ ceremony
+    def propose(self, identity: str, kind: str, request_id: str | None = None) -> Ceremony:
+        """Open a rotation proposal. Raises `PolicyDenied` for a non-officer,
+        `CeremonyError` for an unknown kind or while another rotation of it is open."""
+        self._officer(identity, request_id or "")
+        try:
+            rotation = RotationKind(kind)
+        except ValueError:
+            raise CeremonyError("kind must be data, kek or fingerprint") from None
+        now = self._clock()
+        ceremony_id = str(uuid.uuid4())
+        with self._engine.begin() as connection:
+            open_states = [CeremonyState.PENDING.value, CeremonyState.RUNNING.value]
+            for row in connection.execute(
+                select(key_ceremonies).where(
+                    key_ceremonies.c.kind == rotation.value, key_ceremonies.c.state.in_(open_states)
+                )
+            ):
+                if self._view(connection, row).state != CeremonyState.EXPIRED:
+                    raise CeremonyError(f"a {rotation.value} rotation is already open: {row.id}")
+            connection.execute(
+                insert(key_ceremonies).values(
+                    id=ceremony_id,
+                    kind=rotation.value,
+                    state=CeremonyState.PENDING.value,
+                    proposer=identity,
+                    created_at=now,
+                    expires_at=now + self._ttl,
+                )
+            )
+            self._record(
+                identity,
+                request_id,
+                "key.rotation.propose",
+                Outcome.SUCCESS,
+                ceremony_id,
+                {"kind": rotation.value, "approvals_needed": self._needed()},
+                connection,
+            )
+            return self._view(connection, self._load(connection, ceremony_id))
+
+    def approve(self, identity: str, ceremony_id: str, request_id: str | None = None) -> Ceremony:
+        """Approve as `identity`. The proposer cannot approve; a second approval by the
+        same officer changes nothing. At quorum the rotation starts."""
+        self._officer(identity, request_id or "")
+        with self._engine.begin() as connection:
+            row = self._load(connection, ceremony_id)
+            view = self._view(connection, row)
+            if view.state != CeremonyState.PENDING:
+                raise CeremonyError(f"ceremony {ceremony_id} is {view.state}, not pending")
+            if identity == row.proposer:
+                self._record(
+                    identity,
+                    request_id,
+                    "key.rotation.approve",
+                    Outcome.DENIED,
+                    ceremony_id,
+                    {"reason": "the proposer cannot approve"},
+                    connection,
+                )
+                raise CeremonyError("the proposer cannot approve their own request")
+            if identity in view.approvers:
+                return view  # approving twice does not count twice
+            connection.execute(
+                insert(key_approvals).values(
+                    ceremony_id=ceremony_id, officer=identity, approved_at=self._clock()
+                )
+            )
+            self._record(
+                identity,
+                request_id,
+                "key.rotation.approve",
+                Outcome.SUCCESS,
+                ceremony_id,
+                {"approvals": len(view.approvers) + 1},
+                connection,
+            )
+            if len(view.approvers) + 1 >= self._needed():
+                self._start(connection, row, identity)
+            return self._view(connection, self._load(connection, ceremony_id))
+
+    def cancel(self, identity: str, ceremony_id: str, request_id: str | None = None) -> Ceremony:
+        self._officer(identity, request_id or "")
+        with self._engine.begin() as connection:
+            view = self._view(connection, self._load(connection, ceremony_id))
+            if view.state != CeremonyState.PENDING:
+                raise CeremonyError(f"ceremony {ceremony_id} is {view.state}: too late to cancel")
+            connection.execute(
+                update(key_ceremonies)
+                .where(key_ceremonies.c.id == ceremony_id)
+                .values(state=CeremonyState.CANCELLED.value)
+            )
+            self._record(
+                identity,
+                request_id,
+                "key.rotation.cancel",
+                Outcome.SUCCESS,
+                ceremony_id,
+                {},
+                connection,
+            )
+            return self._view(connection, self._load(connection, ceremony_id))
+
+    def status(self, identity: str, ceremony_id: str) -> Ceremony:
+        self._officer(identity, "")
+        with self._engine.connect() as connection:
+            return self._view(connection, self._load(connection, ceremony_id))
+
+    def list(self, identity: str) -> list[Ceremony]:
+        self._officer(identity, "")
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                select(key_ceremonies).order_by(key_ceremonies.c.created_at)
+            ).all()
+            return [self._view(connection, row) for row in rows]
+
+    def inventory(self, identity: str) -> dict[str, Any]:
+        """Keys on the token and data keys in the database, with how many records each
+        data key still protects. Never key material."""
+        self._officer(identity, "")
+        with self._engine.connect() as connection:
+            counts: dict[int, int] = dict(
+                connection.execute(
+                    select(tokens.c.key_version, func.count())
+                    .where(tokens.c.key_version.is_not(None))
+                    .group_by(tokens.c.key_version)
+                ).all()
+            )
+            fp_counts: dict[int, int] = dict(
+                connection.execute(
+                    select(tokens.c.fp_version, func.count())
+                    .where(tokens.c.fingerprint.is_not(None))
+                    .group_by(tokens.c.fp_version)
+                ).all()
+            )
+        data = []
+        for info in self._keyring.inventory():
+            entry = {
+                "purpose": info.purpose.value,
+                "version": info.version,
+                "state": info.state.value,
+                "kek": info.kek_label,
+                "wrap_mechanism": info.wrap_mechanism,
+                "created_at": info.created_at.isoformat(),
+                "retired_at": info.retired_at.isoformat() if info.retired_at else None,
+                "records": counts.get(info.version, 0)
+                if info.purpose is KeyPurpose.PAN_GCM
+                else None,
+            }
+            data.append(entry)
+        token_keys = []
+        for key in self._provider.list_keys():
+            if key.object_class == "PUBLIC_KEY":
+                continue
+            entry = {
+                "label": key.label,
+                "type": key.key_type,
+                "sensitive": key.sensitive,
+                "extractable": key.extractable,
+                "never_extractable": key.never_extractable,
+            }
+            if key.label.startswith("cofre-fp-v"):
+                entry["records"] = fp_counts.get(int(key.label.rsplit("v", 1)[1]), 0)
+            token_keys.append(entry)
+        return {"token_keys": token_keys, "data_keys": data}
+
+    # ------------------------------------------------------------------ execution
+    def _start(self, connection: Connection, row: Row[Any], approver: str) -> None:
+        kind = RotationKind(row.kind)
+        if kind is RotationKind.DATA:
+            old, new = self._new_data_keys(connection)
+            total = int(
+                connection.execute(
+                    select(func.count()).select_from(tokens).where(tokens.c.key_version == old)
+                ).scalar_one()
+            )
+        else:
+            key_kind = KeyKind.KEK if kind is RotationKind.KEK else KeyKind.FINGERPRINT
+            old = self._hierarchy.versions(key_kind)[-1]
+            new = old + 1
+            if not self._provider.has_key(key_label(key_kind, new)):
+                self._hierarchy.create(key_kind, new)
+            if kind is RotationKind.KEK:
+                total = int(
+                    connection.execute(
+                        select(func.count())
+                        .select_from(data_keys)
+                        .where(data_keys.c.state != KeyState.DESTROYED.value)
+                    ).scalar_one()
+                )
+            else:
+                total = int(
+                    connection.execute(
+                        select(func.count())
+                        .select_from(tokens)
+                        .where(tokens.c.fp_version == old, tokens.c.fingerprint.is_not(None))
+                    ).scalar_one()
+                )
+        connection.execute(
+            update(key_ceremonies)
+            .where(key_ceremonies.c.id == row.id)
+            .values(
+                state=CeremonyState.RUNNING.value,
+                old_version=old,
+                new_version=new,
+                progress_total=total,
+            )
+        )
+        self._record(
+            approver,
+            None,
+            "key.rotation.start",
+            Outcome.SUCCESS,
+            row.id,
+            {"kind": kind.value, "old_version": old, "new_version": new, "records": total},
+            connection,
+        )
+
+    def _new_data_keys(self, connection: Connection) -> tuple[int, int]:
+        kek = self._hierarchy.current_label(KeyKind.KEK)
+        old = int(
+            connection.execute(
+                select(func.max(data_keys.c.version)).where(
+                    data_keys.c.purpose == KeyPurpose.PAN_GCM.value
+                )
+            ).scalar_one()
+        )
+        new = old + 1
+        for purpose in KeyPurpose:
+            connection.execute(
+                update(data_keys)
+                .where(
+                    data_keys.c.purpose == purpose.value, data_keys.c.state == KeyState.ACTIVE.value
+                )
+                .values(state=KeyState.RETIRING.value)
+            )
+            wrapped = self._provider.generate_wrapped_key(kek)
+            connection.execute(
+                insert(data_keys).values(
+                    purpose=purpose.value,
+                    version=new,
+                    wrapped=wrapped.wrapped,
+                    wrap_mechanism=wrapped.mechanism,
+                    kek_label=wrapped.kek_label,
+                    algorithm="AES-256",
+                    state=KeyState.ACTIVE.value,
+                    created_at=self._clock(),
+                )
+            )
+        self._keyring.refresh()
+        return old, new
+
+    def run_pending(self, batch: int = BATCH) -> int:
+        """Advance every running rotation by one batch (and destroy old keys whose grace
+        period ended). Returns the rows moved. Safe to call from several nodes at once:
+        each batch re-selects what is left inside its own transaction."""
+        moved = 0
+        with self._lock:
+            with self._engine.connect() as connection:
+                running = connection.execute(
+                    select(key_ceremonies).where(
+                        key_ceremonies.c.state.in_(
+                            [CeremonyState.RUNNING.value, CeremonyState.DESTROY_PENDING.value]
+                        )
+                    )
+                ).all()
+            for row in running:
+                if row.state == CeremonyState.DESTROY_PENDING.value:
+                    self._destroy_if_due(row)
+                else:
+                    moved += self._step(row, batch)
+        return moved
+
+    def _step(self, row: Row[Any], batch: int) -> int:
+        kind = RotationKind(row.kind)
+        with self._engine.begin() as connection:
+            if kind is RotationKind.DATA:
+                moved = self._reencrypt(connection, row, batch)
+            elif kind is RotationKind.KEK:
+                moved = self._rewrap(connection, row, batch)
+            else:
+                moved = self._refingerprint(connection, row, batch)
+            if moved:
+                connection.execute(
+                    update(key_ceremonies)
+                    .where(key_ceremonies.c.id == row.id)
+                    .values(progress_done=key_ceremonies.c.progress_done + moved)
+                )
+                self._record(
+                    "cofre rotation",
+                    None,
+                    "key.rotation.progress",
+                    Outcome.SUCCESS,
+                    row.id,
+                    {"moved": moved},
+                    connection,
+                )
+                return moved
+            self._finish(connection, row)
+            return 0
+
+    def _reencrypt(self, connection: Connection, row: Row[Any], batch: int) -> int:
+        old, new = int(row.old_version), int(row.new_version)
+        rows = connection.execute(
+            select(tokens.c.id, tokens.c.token, tokens.c.nonce, tokens.c.ciphertext)
+            .where(tokens.c.key_version == old)
+            .limit(batch)
+        ).all()
+        old_cipher, new_cipher = self._keyring.gcm(old), self._keyring.gcm(new)
+        params = []
+        for item in rows:
+            clear = old_cipher.decrypt(
+                bytes(item.nonce), bytes(item.ciphertext), pan_aad(item.id, item.token, old)
+            )
+            nonce = secrets.token_bytes(12)
+            sealed = new_cipher.encrypt(nonce, clear, pan_aad(item.id, item.token, new))
+            params.append(
+                {"row_id": item.id, "old": old, "new": new, "new_nonce": nonce, "sealed": sealed}
+            )
+        if params:
+            connection.execute(_REENCRYPT, params)
+        return len(rows)
+
+    def _rewrap(self, connection: Connection, row: Row[Any], batch: int) -> int:
+        new_label = key_label(KeyKind.KEK, int(row.new_version))
+        rows = connection.execute(
+            select(data_keys)
+            .where(
+                data_keys.c.kek_label != new_label, data_keys.c.state != KeyState.DESTROYED.value
+            )
+            .limit(batch)
+        ).all()
+        for item in rows:
+            moved = self._provider.rewrap_key(
+                WrappedKey(bytes(item.wrapped), item.wrap_mechanism, item.kek_label), new_label
+            )
+            connection.execute(
+                update(data_keys)
+                .where(data_keys.c.purpose == item.purpose, data_keys.c.version == item.version)
+                .values(
+                    wrapped=moved.wrapped, wrap_mechanism=moved.mechanism, kek_label=moved.kek_label
+                )
+            )
+        return len(rows)
+
+    def _refingerprint(self, connection: Connection, row: Row[Any], batch: int) -> int:
+        old, new = int(row.old_version), int(row.new_version)
+        label = key_label(KeyKind.FINGERPRINT, new)
+        rows = connection.execute(
+            select(tokens)
+            .where(tokens.c.fp_version == old, tokens.c.fingerprint.is_not(None))
+            .limit(batch)
+        ).all()
+        for item in rows:
+            version = int(item.key_version)
+            clear = self._keyring.gcm(version).decrypt(
+                bytes(item.nonce), bytes(item.ciphertext), pan_aad(item.id, item.token, version)
+            )
+            connection.execute(
+                update(tokens)
+                .where(tokens.c.id == item.id)
+                .values(fingerprint=self._provider.hmac_sha256(label, clear), fp_version=new)
+            )
+        return len(rows)
+
+    def _finish(self, connection: Connection, row: Row[Any]) -> None:
+        kind = RotationKind(row.kind)
+        now = self._clock()
+        if kind is RotationKind.DATA:
+            connection.execute(
+                update(data_keys)
+                .where(data_keys.c.state == KeyState.RETIRING.value)
+                .values(state=KeyState.DESTROYED.value, wrapped=b"", retired_at=now)
+            )
+            self._keyring.forget_retired(int(row.old_version))
+            connection.execute(
+                update(key_ceremonies)
+                .where(key_ceremonies.c.id == row.id)
+                .values(state=CeremonyState.COMPLETED.value, completed_at=now)
+            )
+            self._record(
+                "cofre rotation",
+                None,
+                "key.rotation.complete",
+                Outcome.SUCCESS,
+                row.id,
+                {"retired_version": int(row.old_version)},
+                connection,
+            )
+            return
+        connection.execute(
+            update(key_ceremonies)
+            .where(key_ceremonies.c.id == row.id)
+            .values(state=CeremonyState.DESTROY_PENDING.value, destroy_after=now + self._grace)
+        )
+        self._record(
+            "cofre rotation",
+            None,
+            "key.rotation.migrated",
+            Outcome.SUCCESS,
+            row.id,
+            {"destroy_after": (now + self._grace).isoformat()},
+            connection,
+        )
+
+    def _destroy_if_due(self, row: Row[Any]) -> None:
+        due = _aware(row.destroy_after)
+        if due is None or due > self._clock():
+            return
+        key_kind = KeyKind.KEK if row.kind == RotationKind.KEK.value else KeyKind.FINGERPRINT
+        label = key_label(key_kind, int(row.old_version))
+        with self._engine.begin() as connection:
+            if self._provider.has_key(label):
+                self._provider.destroy_key(label)
+            connection.execute(
+                update(key_ceremonies)
+                .where(key_ceremonies.c.id == row.id)
+                .values(state=CeremonyState.COMPLETED.value, completed_at=self._clock())
+            )
+            self._record(
+                "cofre rotation",
+                None,
+                "key.destroy",
+                Outcome.SUCCESS,
+                label,
+                {"ceremony": row.id},
+                connection,
+            )
+
+
+class RotationWorker:
+    """Advances running rotations in the background until stopped; errors are kept for
+    readiness and retried on the next tick (a job resumes where its last batch ended)."""
+
+    def __init__(self, rotation: KeyRotation, interval: float = 0.5) -> None:
+        self._rotation = rotation
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cofre-key-rotation", daemon=True)
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                moved = self._rotation.run_pending()
+            except Exception as exc:  # noqa: BLE001 - kept and retried; the job resumes
+                self.last_error = type(exc).__name__
+                moved = 0
+            else:
+                self.last_error = None
+            if not moved:
+                self._stop.wait(self._interval)
