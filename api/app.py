@@ -31,6 +31,7 @@ from api.models import (
     DetokenizeBatchResponse,
     DetokenizeRequest,
     DetokenizeResponse,
+    EvidenceRequest,
     HealthResponse,
     InclusionProofResponse,
     LookupRequest,
@@ -83,6 +84,7 @@ class AppState:
     check_ready: Callable[[], dict[str, str]]
     telemetry: Telemetry
     rotation: KeyRotation | None = None
+    evidence: Callable[[CallContext, EvidenceRequest], bytes] | None = None
 
 
 class _BodyTooLarge(Exception):
@@ -435,7 +437,8 @@ def create_app(state: AppState) -> FastAPI:  # noqa: PLR0915 - one route table
     @app.get("/v1/admin/keys/rotations", response_model=list[CeremonyResponse], tags=["keys"])
     def list_rotations(caller: Caller) -> list[CeremonyResponse]:
         return [
-            CeremonyResponse.model_validate(c.as_json()) for c in _rotation().list(caller.identity)
+            CeremonyResponse.model_validate(c.as_json())
+            for c in _rotation().list_ceremonies(caller.identity)
         ]
 
     @app.post(
@@ -473,6 +476,29 @@ def create_app(state: AppState) -> FastAPI:  # noqa: PLR0915 - one route table
     def cancel_rotation(ceremony_id: CeremonyPath, caller: Caller) -> CeremonyResponse:
         return CeremonyResponse.model_validate(
             _rotation().cancel(caller.identity, ceremony_id, caller.request_id).as_json()
+        )
+
+    # ------------------------------------------------------------------ evidence
+    @app.post(
+        "/v1/evidence",
+        tags=["audit"],
+        responses={
+            200: {
+                "content": {"application/gzip": {}},
+                "description": "the signed evidence bundle (tar.gz)",
+            }
+        },
+    )
+    def export_evidence(body: EvidenceRequest, caller: Caller) -> Response:
+        """A signed PCI DSS evidence bundle for a period (security officers, auditors);
+        verify it offline with `cofre evidence verify`."""
+        if state.evidence is None:
+            raise ApiError("evidence export is not enabled on this node")
+        bundle = state.evidence(caller, body)
+        return Response(
+            bundle,
+            media_type="application/gzip",
+            headers={"content-disposition": 'attachment; filename="cofre-evidence.tar.gz"'},
         )
 
     # ------------------------------------------------------------------ audit

@@ -21,7 +21,7 @@ Metadata = dict[
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class TokenizeRequest(_Strict):
@@ -147,3 +147,16 @@ class CeremonyResponse(_Strict):
     progress_total: int
     destroy_after: datetime | None
     completed_at: datetime | None
+
+
+class HeadRef(_Strict):
+    tree_size: Annotated[int, Field(ge=1)]
+    root_hash: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class EvidenceRequest(_Strict):
+    period_from: datetime = Field(alias="from")
+    period_to: datetime = Field(alias="to")
+    previous_head: HeadRef | None = Field(
+        default=None, description="the covering_head of the previous bundle, to chain to it"
+    )

@@ -87,6 +87,10 @@ class Sequencer:
     def log_id(self) -> str:
         return self._log_id
 
+    @property
+    def signer(self) -> TreeHeadSigner:
+        return self._signer
+
     def _lock(self, connection: Connection) -> bool:
         if connection.dialect.name == "postgresql":
             return bool(

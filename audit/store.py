@@ -157,6 +157,11 @@ class AuditStore:
                 nodes.update({(int(r.level), int(r.idx)): bytes(r.hash) for r in rows})
         return _DictSource(nodes)
 
+    def subtree_hashes(self, wanted: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """Stored complete-subtree hashes by (level, index), in one query per 200."""
+        source = self._fetch(wanted)
+        return {key: source.complete_subtree(*key) for key in wanted}
+
     def _checked_size(self, size: int | None) -> int:
         current = self.size()
         if size is None:

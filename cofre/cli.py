@@ -49,6 +49,11 @@ keys_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(keys_app, name="keys")
+evidence_app = typer.Typer(
+    help="Signed PCI DSS evidence bundles: export (officers, auditors) and offline verify.",
+    no_args_is_help=True,
+)
+app.add_typer(evidence_app, name="evidence")
 infra_app = typer.Typer(
     help="The PCI VPC and the CloudHSM cluster on AWS (boto3): plan, apply, verify, destroy.",
     no_args_is_help=True,
@@ -548,6 +553,63 @@ def keys_status(
                     data = _admin_call(client, "GET", path)
                 progress.update(task, completed=max(1, data["progress_total"]))
         _show_ceremony(data)
+
+
+# ---------------------------------------------------------------------------- evidence
+@evidence_app.command("export")
+@_fail_cleanly
+def evidence_export(
+    period_from: Annotated[str, typer.Option("--from", help="Start (ISO date or time, UTC).")],
+    period_to: Annotated[str, typer.Option("--to", help="End, exclusive (ISO date or time).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the bundle (.tar.gz).")],
+    previous: Annotated[
+        Path | None, typer.Option("--previous", help="The previous bundle, to chain to it.")
+    ] = None,
+    identity: Officer = "auditor",
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Ask the vault for a signed evidence bundle of a period, as an officer or auditor."""
+    body: dict[str, Any] = {"from": period_from, "to": period_to}
+    if previous is not None:
+        from compliance.verifier import MANIFEST, read_bundle
+
+        body["previous_head"] = json.loads(read_bundle(previous)[MANIFEST])["covering_head"]
+    with _admin(identity, cert, key) as client:
+        response = client.post("/v1/evidence", json=body)
+    if response.status_code != 200:
+        problem = response.json()
+        typer.echo(f"error [{problem.get('code')}]: {problem.get('detail')}", err=True)
+        raise typer.Exit(1)
+    out.write_bytes(response.content)
+    typer.echo(f"wrote {out} ({len(response.content)} bytes)")
+
+
+@evidence_app.command("verify")
+def evidence_verify(
+    bundle: Annotated[Path, typer.Argument(help="The bundle (.tar.gz).")],
+    public_key: Annotated[
+        Path, typer.Option("--public-key", help="The audit public key (PEM) you were given.")
+    ],
+    previous: Annotated[
+        Path | None, typer.Option("--previous", help="The previous bundle of the chain.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")
+    ] = None,
+) -> None:
+    """Verify a bundle offline (no vault, HSM or network): signatures, file hashes, the
+    Merkle tree, proofs. Exit 1 naming each file or entry that is wrong."""
+    from compliance.html import render_html
+    from compliance.verifier import render_text, verify_bundle
+
+    report = verify_bundle(bundle, public_key.read_bytes(), previous)
+    typer.echo(json.dumps(report.as_json(), indent=2) if as_json else render_text(report))
+    if html_out is not None:
+        html_out.write_text(render_html(report, bundle), encoding="utf-8")
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------------------- infra

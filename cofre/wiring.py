@@ -7,6 +7,7 @@ next to the CLI (import-linter allows the top layer to import every package).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -15,18 +16,21 @@ from typing import Any
 from sqlalchemy import Engine
 
 from api.app import AppState, create_app
+from api.models import EvidenceRequest
 from api.observability import Telemetry, configure_logging, make_telemetry
+from api.pki import certificate_inventory
 from api.server import TLSFiles, build_server
 from audit.errors import AuditWriteFailed
 from audit.sequencer import Sequencer, SequencerThread
 from audit.store import AuditStore
 from cofre.errors import ConfigurationError
 from cofre.settings import Settings
+from compliance.export import EvidenceSources, build_bundle
 from hsm.provider import HSMProvider, provider_from_settings
 from policies.engine import PolicyEngine
 from policies.loader import load_policy
 from vault.rotation import KeyRotation, RotationWorker
-from vault.service import VaultService
+from vault.service import CallContext, VaultService
 from vault.signing import HSMTreeHeadSigner
 from vault.storage.database import create_database_engine, migrate
 
@@ -119,6 +123,24 @@ def build_runtime(
         checks["audit_sequencer"] = "ok"
         return checks
 
+    def evidence(ctx: CallContext, request: EvidenceRequest) -> bytes:
+        service.evidence_export(
+            ctx, f"{request.period_from.isoformat()}/{request.period_to.isoformat()}"
+        )
+        previous = None
+        if request.previous_head is not None:
+            previous = json.dumps({"covering_head": request.previous_head.model_dump()}).encode()
+        return build_bundle(
+            engine,
+            sequencer.signer,
+            sequencer,
+            _evidence_sources(settings, rotation),
+            generator=ctx.identity,
+            period_from=request.period_from,
+            period_to=request.period_to,
+            previous_manifest=previous,
+        )
+
     app = create_app(
         AppState(
             service=service,
@@ -126,10 +148,37 @@ def build_runtime(
             check_ready=check_ready,
             telemetry=telemetry,
             rotation=rotation,
+            evidence=evidence,
         )
     )
     return Runtime(
         settings, engine, provider, service, sequencer, thread, rotation, worker, telemetry, app
+    )
+
+
+def _evidence_sources(settings: Settings, rotation: KeyRotation) -> EvidenceSources:
+    policy_text = ""
+    if settings.policy_file is not None and settings.policy_file.is_file():
+        policy_text = settings.policy_file.read_text(encoding="utf-8")
+    server = settings.server
+    cert_paths = [Path(p) for p in (server.ca_bundle, server.cert_file) if p is not None]
+    clients = settings.data_dir / "pki" / "clients"
+    if clients.is_dir():
+        cert_paths += sorted(p for p in clients.glob("*.pem") if not p.name.endswith("-key.pem"))
+    return EvidenceSources(
+        key_inventory=rotation.key_inventory,
+        ceremonies=lambda: [c.as_json() for c in rotation.ceremonies()],
+        policy_text=policy_text,
+        settings=settings.redacted(),
+        tls_settings={
+            "min_tls_version": server.min_tls_version.value,
+            "client_certificates": "required (CERT_REQUIRED), verified against the CA bundle",
+            "crl_checking": "leaf" if server.crl_file else "off (no CRL configured)",
+            "ciphers": "ECDHE+AESGCM:ECDHE+CHACHA20 (TLS 1.2); TLS 1.3 suites",
+            "compression": "off",
+            "renegotiation": "off",
+        },
+        certificates=certificate_inventory([p for p in cert_paths if p.is_file()]),
     )
 
 

@@ -314,8 +314,12 @@ class KeyRotation:
         with self._engine.connect() as connection:
             return self._view(connection, self._load(connection, ceremony_id))
 
-    def list(self, identity: str) -> list[Ceremony]:
+    def list_ceremonies(self, identity: str) -> list[Ceremony]:
         self._officer(identity, "")
+        return self.ceremonies()
+
+    def ceremonies(self) -> list[Ceremony]:
+        """Every ceremony (for evidence bundles; callers authorise)."""
         with self._engine.connect() as connection:
             rows = connection.execute(
                 select(key_ceremonies).order_by(key_ceremonies.c.created_at)
@@ -326,6 +330,10 @@ class KeyRotation:
         """Keys on the token and data keys in the database, with how many records each
         data key still protects. Never key material."""
         self._officer(identity, "")
+        return self.key_inventory()
+
+    def key_inventory(self) -> dict[str, Any]:
+        """The inventory without an authorisation check (for evidence bundles)."""
         with self._engine.connect() as connection:
             counts: dict[int, int] = dict(
                 connection.execute(

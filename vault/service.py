@@ -1022,6 +1022,14 @@ class VaultService:
         return mask_strings(body)
 
     # ------------------------------------------------------------------ audit access
+    def evidence_export(self, ctx: CallContext, period: str) -> None:
+        """Authorise an evidence export and record it (before the bundle is built, so the
+        export itself is in the next bundle)."""
+        self._authorize(ctx, Action.EVIDENCE_EXPORT)
+        self._write_audit(
+            self._audit_event(ctx, "evidence.export", Outcome.SUCCESS, details={"period": period})
+        )
+
     def audit_read(self, ctx: CallContext, what: str) -> None:
         """Authorise reading the audit log (heads, proofs, exports) and record it."""
         self._authorize(ctx, Action.AUDIT_READ)

@@ -1,0 +1,199 @@
+"""Building a signed PCI DSS evidence bundle (a tar.gz a QSA verifies offline).
+
+IN PCI SCOPE (as evidence). Never key material, never a PAN: audit entries are already
+masked, the policy and configuration carry no secrets (`Settings.redacted`), the key
+inventory lists attributes only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy import Engine, func, select
+
+from audit.heads import TreeHeadSigner
+from audit.schema import READ_ONLY, audit_entries, audit_leaves
+from audit.sequencer import Sequencer
+from audit.store import AuditStore
+from cofre import __version__
+from compliance.errors import ComplianceError
+from compliance.verifier import BUNDLE_FORMAT, MANIFEST, SIGNATURE
+
+ALL_PROOFS_UP_TO: Final = 5000
+SAMPLE: Final = 1000
+_TEMPLATE: Final = Path(__file__).with_name("requirements.md.tmpl")
+
+
+@dataclass(frozen=True)
+class EvidenceSources:
+    """What the bundle draws from besides the audit log."""
+
+    key_inventory: Callable[[], dict[str, Any]]
+    ceremonies: Callable[[], list[dict[str, Any]]]
+    policy_text: str
+    settings: dict[str, Any]
+    tls_settings: dict[str, Any]
+    certificates: list[dict[str, str]]
+
+
+def _blocks(start: int, end: int) -> list[tuple[int, int]]:
+    """Aligned complete subtrees (level, index) that exactly tile leaves [start, end)."""
+    out = []
+    position = start
+    while position < end:
+        level = 0
+        while (position % (1 << (level + 1)) == 0) and position + (1 << (level + 1)) <= end:
+            level += 1
+        out.append((level, position >> level))
+        position += 1 << level
+    return out
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def build_bundle(
+    engine: Engine,
+    signer: TreeHeadSigner,
+    sequencer: Sequencer,
+    sources: EvidenceSources,
+    *,
+    generator: str,
+    period_from: datetime,
+    period_to: datetime,
+    previous_manifest: bytes | None = None,
+) -> bytes:
+    """Return the bundle (tar.gz bytes) for audit entries created in [from, to).
+
+    Raises `ComplianceError` for an empty or inverted period.
+    """
+    if period_to <= period_from:
+        raise ComplianceError("the period must end after it starts")
+    sequencer.drain(force_sign=True)
+    store = AuditStore(engine)
+    reader = engine.execution_options(**READ_ONLY)
+    with reader.connect() as connection:
+        first, last = connection.execute(
+            select(func.min(audit_leaves.c.leaf_index), func.max(audit_leaves.c.leaf_index))
+            .join(audit_entries, audit_entries.c.id == audit_leaves.c.entry_id)
+            .where(
+                audit_entries.c.created_at >= period_from, audit_entries.c.created_at < period_to
+            )
+        ).one()
+    if first is None:
+        raise ComplianceError("no audit entries in that period")
+    start, end = int(first), int(last) + 1
+    covering = next((h for h in store.heads() if h.tree_size >= end), None)
+    if covering is None:  # pragma: no cover - drain() signed one
+        raise ComplianceError("no signed tree head covers the period yet")
+    size = covering.tree_size
+    entries: list[dict[str, Any]] = [
+        {"index": i, "payload": p} for i, p in store.iter_entries(start, end)
+    ]
+    wanted = _blocks(0, start) + _blocks(end, size)
+    nodes = store.subtree_hashes(set(wanted))
+    subtrees = [{"level": lv, "index": ix, "hash": _b64(nodes[(lv, ix)])} for lv, ix in wanted]
+    indices = list(range(start, end))
+    if len(indices) > ALL_PROOFS_UP_TO:
+        step = max(1, len(indices) // SAMPLE)
+        indices = sorted(set(indices[::step]) | {start, end - 1})
+    inclusion = [
+        {"index": i, "proof": [_b64(h) for h in store.inclusion_proof(i, size)]} for i in indices
+    ]
+    heads = [h.as_json() for h in store.heads() if start < h.tree_size <= size]
+    files: dict[str, bytes] = {
+        "audit/entries.jsonl": _jsonl(entries),
+        "audit/heads.jsonl": _jsonl(heads),
+        "audit/subtrees.jsonl": _jsonl(subtrees),
+        "audit/inclusion.jsonl": _jsonl(inclusion),
+        "audit/public_key.pem": signer.public_key_pem(),
+        "keys/inventory.json": json.dumps(sources.key_inventory(), indent=2).encode(),
+        "keys/ceremonies.json": json.dumps(sources.ceremonies(), indent=2).encode(),
+        "policy/policy.toml": sources.policy_text.encode(),
+        "policy/history.json": json.dumps(
+            [
+                json.loads(e["payload"])
+                for e in entries
+                if '"action":"policy.reload"' in e["payload"]
+            ],
+            indent=2,
+        ).encode(),
+        "config/settings.json": json.dumps(sources.settings, indent=2).encode(),
+        "tls/settings.json": json.dumps(sources.tls_settings, indent=2).encode(),
+        "tls/certificates.json": json.dumps(sources.certificates, indent=2).encode(),
+    }
+    previous = None
+    if previous_manifest is not None:
+        old = json.loads(previous_manifest)["covering_head"]
+        size1 = int(old["tree_size"])
+        if size1 < size:
+            files["audit/consistency.json"] = json.dumps(
+                {
+                    "size1": size1,
+                    "size2": size,
+                    "proof": [_b64(h) for h in store.consistency_proof(size1, size)],
+                }
+            ).encode()
+        previous = old
+    files["requirements.md"] = (
+        _TEMPLATE.read_text(encoding="utf-8")
+        .format(
+            period_from=period_from.isoformat(),
+            period_to=period_to.isoformat(),
+            first=start,
+            last=end - 1,
+            count=end - start,
+            size=size,
+        )
+        .encode()
+    )
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "vault_version": __version__,
+        "generated_at": datetime.now(UTC).isoformat(),
+        "generator": generator,
+        "period": {"from": _entry_time(period_from), "to": _entry_time(period_to)},
+        "entries": {"first_index": start, "end_index": end, "count": end - start},
+        "covering_head": {"tree_size": size, "root_hash": _b64(covering.root_hash)},
+        "previous_head": previous,
+        "policy_sha256": hashlib.sha256(sources.policy_text.encode()).hexdigest(),
+        "files": [
+            {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            for name, data in sorted(files.items())
+        ],
+    }
+    manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    files[MANIFEST] = manifest_bytes
+    files[SIGNATURE] = signer.sign(manifest_bytes)
+    return _tar(files)
+
+
+def _entry_time(at: datetime) -> str:
+    # The spelling audit entries use, so the verifier compares strings.
+    return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name in sorted(files):
+            info = tarfile.TarInfo(name)
+            info.size = len(files[name])
+            info.mtime = 0
+            info.mode = 0o644
+            archive.addfile(info, io.BytesIO(files[name]))
+    return buffer.getvalue()

@@ -1,0 +1,77 @@
+"""A self-contained HTML page of a verification report, for a QSA's browser.
+
+IN PCI SCOPE (as evidence). Standalone like the verifier: no template engine, every
+value escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from compliance.verifier import Report, read_bundle
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem;color:#1b1f24}
+h1{font-size:1.6rem} .ok{color:#1a7f37} .fail{color:#cf222e}
+table{border-collapse:collapse;width:100%;margin:1rem 0} td,th{border:1px solid #d0d7de;
+padding:.35rem .6rem;text-align:left;vertical-align:top} th{background:#f6f8fa}
+.badge{display:inline-block;padding:.2rem .7rem;border-radius:1rem;color:#fff;font-weight:600}
+.badge.ok{background:#1a7f37} .badge.fail{background:#cf222e}
+"""
+
+
+def render_html(report: Report, bundle: Path) -> str:
+    """The page: verdict, summary, checks and problems, the tree-head timeline, key
+    events, and the requirements map from the bundle."""
+    e = html.escape
+    verdict = "VERIFIED" if report.ok else "FAILED"
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Cofre evidence: "
+        f"{verdict}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>Cofre evidence bundle <span class='badge {'ok' if report.ok else 'fail'}'>"
+        f"{verdict}</span></h1><p>{e(bundle.name)}</p>",
+        "<h2>Summary</h2><table>",
+    ]
+    for key, value in report.summary.items():
+        parts.append(f"<tr><th>{e(key)}</th><td>{e(json.dumps(value))}</td></tr>")
+    parts.append("</table><h2>Checks</h2><ul>")
+    parts += [f"<li class='ok'>&#10003; {e(c)}</li>" for c in report.checks]
+    parts += [f"<li class='fail'>&#10007; {e(p)}</li>" for p in report.problems]
+    parts.append("</ul>")
+    try:
+        files = read_bundle(bundle)
+    except (OSError, ValueError):
+        files = {}
+    heads = [
+        json.loads(line)
+        for line in files.get("audit/heads.jsonl", b"").decode().splitlines()
+        if line.strip()
+    ]
+    parts.append(
+        "<h2>Signed tree heads</h2><table><tr><th>tree size</th><th>signed at (ms)"
+        "</th><th>key</th><th>root</th></tr>"
+    )
+    parts += [
+        f"<tr><td>{h['tree_size']}</td><td>{h['timestamp_ms']}</td>"
+        f"<td>{e(str(h['key_id']))}</td><td><code>{e(str(h['root_hash']))}</code></td></tr>"
+        for h in heads
+    ]
+    parts.append(
+        "</table><h2>Key events</h2><table><tr><th>time</th><th>action</th>"
+        "<th>actor</th><th>key</th></tr>"
+    )
+    for line in files.get("audit/entries.jsonl", b"").decode().splitlines():
+        if not line.strip():
+            continue
+        entry = json.loads(json.loads(line)["payload"])
+        if str(entry.get("action", "")).startswith("key."):
+            parts.append(
+                f"<tr><td>{e(entry['time'])}</td><td>{e(entry['action'])}</td>"
+                f"<td>{e(str(entry['actor']))}</td><td>{e(str(entry['key_id']))}</td></tr>"
+            )
+    parts.append("</table><h2>PCI DSS requirements</h2><pre>")
+    parts.append(e(files.get("requirements.md", b"").decode()))
+    parts.append("</pre></body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,396 @@
+"""Offline verification of a Cofre evidence bundle: for a QSA with a file and a public key.
+
+IN PCI SCOPE (as evidence), but deliberately small and standalone: it needs only the
+Python standard library, `cryptography`, and `audit.merkle` (RFC 9162 hashing), never
+the vault, the HSM or a network. An import-linter contract keeps it that way.
+
+What it checks, in order, reporting every problem it finds (not only the first):
+
+1. the manifest's signature, with the public key the auditor was given;
+2. every file listed in the manifest: present, same size, same SHA-256; nothing extra;
+3. every signed tree head's signature, and that its checkpoint states its size and root;
+4. the audit entries: consecutive leaf indices exactly covering the range the manifest
+   claims, each entry's time inside the claimed period;
+5. the Merkle root recomputed from the entries (and the subtree hashes around them)
+   equals the covering signed head's root, and each entry's inclusion proof verifies,
+   which names the first entry that was changed, removed or reordered;
+6. with a previous bundle: its manifest's signature, and the consistency proof from its
+   last signed head to this bundle's (a rewritten, forked log fails here).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from audit.errors import ProofError
+from audit.merkle import leaf_hash, node_hash, verify_consistency, verify_inclusion
+
+BUNDLE_FORMAT: Final = "cofre-evidence/1"
+MANIFEST: Final = "manifest.json"
+SIGNATURE: Final = "manifest.sig"
+MAX_FILE: Final = 512 * 1024 * 1024
+
+
+@dataclass
+class Report:
+    ok: bool = True
+    problems: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def fail(self, message: str) -> None:
+        self.ok = False
+        self.problems.append(message)
+
+    def passed(self, message: str) -> None:
+        self.checks.append(message)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "problems": self.problems,
+            "checks": self.checks,
+            "summary": self.summary,
+        }
+
+
+def read_bundle(path: Path) -> dict[str, bytes]:
+    """Return the bundle's regular files by name. Links, devices, absolute paths and
+    '..' are refused (the file comes from outside)."""
+    files: dict[str, bytes] = {}
+    with tarfile.open(path, "r:gz") as archive:
+        for member in archive.getmembers():
+            name = member.name
+            if member.isdir():
+                continue
+            if not member.isfile() or name.startswith("/") or ".." in Path(name).parts:
+                raise ValueError(f"unsafe member in bundle: {name!r}")
+            if member.size > MAX_FILE:
+                raise ValueError(f"member too large: {name!r}")
+            handle = archive.extractfile(member)
+            if handle is None:
+                raise ValueError(f"unreadable member: {name!r}")
+            files[name] = handle.read()
+    return files
+
+
+def _verify_signature(public_key_pem: bytes, signature: bytes, message: bytes) -> bool:
+    public = serialization.load_pem_public_key(public_key_pem)
+    try:
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(public, ed25519.Ed25519PublicKey):
+            public.verify(signature, message)
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _lines(data: bytes, name: str = "", report: Report | None = None) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file; a malformed line is reported and skipped."""
+    out = []
+    for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            out.append(value)
+        elif report is not None:
+            report.fail(f"{name}: line {number} is not a JSON object")
+    return out
+
+
+class _Tree:
+    """Complete-subtree hashes from the bundle (around the period) and the period's
+    leaves; anything else is computed from its two children."""
+
+    def __init__(self, blocks: dict[tuple[int, int], bytes], leaves: dict[int, bytes]) -> None:
+        self.blocks = blocks
+        self.leaves = leaves
+        self.memo: dict[tuple[int, int], bytes] = {}
+
+    def complete_subtree(self, level: int, index: int) -> bytes:
+        key = (level, index)
+        if key in self.blocks:
+            return self.blocks[key]
+        if key in self.memo:
+            return self.memo[key]
+        if level == 0:
+            if index not in self.leaves:
+                raise ProofError(f"no leaf {index} and no subtree hash covering it")
+            return self.leaves[index]
+        value = node_hash(
+            self.complete_subtree(level - 1, 2 * index),
+            self.complete_subtree(level - 1, 2 * index + 1),
+        )
+        self.memo[key] = value
+        return value
+
+
+def _root(tree: _Tree, size: int) -> bytes:
+    # The same decomposition as audit.merkle.subtree_hash, over this bundle's pieces.
+    def mth(start: int, end: int) -> bytes:
+        n = end - start
+        if n & (n - 1) == 0 and start % n == 0:
+            level = n.bit_length() - 1
+            return tree.complete_subtree(level, start >> level)
+        k = 1 << ((n - 1).bit_length() - 1)
+        return node_hash(mth(start, start + k), mth(start + k, end))
+
+    return mth(0, size)
+
+
+def verify_bundle(path: Path, public_key_pem: bytes, previous: Path | None = None) -> Report:
+    """Verify the bundle at `path`; see the module docstring. Never raises for a bad
+    bundle: every problem is in the returned `Report`."""
+    report = Report()
+    try:
+        files = read_bundle(path)
+    except (OSError, tarfile.TarError, ValueError) as exc:
+        report.fail(f"cannot read the bundle: {exc}")
+        return report
+    manifest_bytes = files.get(MANIFEST)
+    signature = files.get(SIGNATURE)
+    if manifest_bytes is None or signature is None:
+        report.fail("the bundle has no manifest.json or manifest.sig")
+        return report
+    if _verify_signature(public_key_pem, signature, manifest_bytes):
+        report.passed("manifest signature verifies with the given public key")
+    else:
+        report.fail(
+            "manifest.sig: the manifest's signature does not verify with the given "
+            "public key (altered manifest, or signed by another key)"
+        )
+    try:
+        manifest = json.loads(manifest_bytes)
+    except ValueError:
+        report.fail("manifest.json: not valid JSON")
+        return report
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        report.fail(f"manifest.json: unknown format {manifest.get('format')!r}")
+        return report
+    report.summary = {
+        k: manifest.get(k)
+        for k in (
+            "vault_version",
+            "generated_at",
+            "generator",
+            "period",
+            "entries",
+            "covering_head",
+        )
+    }
+    try:
+        _check_files(files, manifest, report)
+        heads = _check_heads(files, public_key_pem, report)
+        _check_entries(files, manifest, heads, report)
+        if previous is not None:
+            _check_previous(
+                files, manifest, heads, previous, public_key_pem=public_key_pem, report=report
+            )
+    except (ValueError, KeyError, TypeError) as exc:
+        # Malformed content that got past the hash checks (or with them already failed):
+        # a verdict, not a crash.
+        report.fail(f"malformed bundle content: {type(exc).__name__}: {exc}")
+    return report
+
+
+def _check_files(files: dict[str, bytes], manifest: dict[str, Any], report: Report) -> None:
+    listed = {f["path"]: f for f in manifest.get("files", [])}
+    clean = True
+    for name, meta in listed.items():
+        data = files.get(name)
+        if data is None:
+            report.fail(f"{name}: listed in the manifest but missing from the bundle")
+            clean = False
+        elif len(data) != meta["size"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            report.fail(f"{name}: content differs from the manifest (size or SHA-256)")
+            clean = False
+    for name in sorted(set(files) - set(listed) - {MANIFEST, SIGNATURE}):
+        report.fail(f"{name}: in the bundle but not in the manifest")
+        clean = False
+    if clean:
+        report.passed(f"{len(listed)} files match the manifest's SHA-256 and sizes")
+
+
+def _check_heads(
+    files: dict[str, bytes], public_key_pem: bytes, report: Report
+) -> dict[int, dict[str, Any]]:
+    heads: dict[int, dict[str, Any]] = {}
+    for head in _lines(files.get("audit/heads.jsonl", b""), "audit/heads.jsonl", report):
+        size = int(head["tree_size"])
+        lines = str(head["checkpoint"]).split("\n")
+        root_b64 = head["root_hash"]
+        if len(lines) < 3 or lines[1] != str(size) or lines[2] != root_b64:
+            report.fail(
+                f"audit/heads.jsonl: head {size}: checkpoint does not state its size and root"
+            )
+            continue
+        if not _verify_signature(
+            public_key_pem, base64.b64decode(head["signature"]), str(head["checkpoint"]).encode()
+        ):
+            report.fail(
+                f"audit/heads.jsonl: head {size}: signature does not verify (signed "
+                "by another key, or altered)"
+            )
+            continue
+        heads[size] = head
+    report.passed(f"{len(heads)} signed tree heads verify")
+    return heads
+
+
+def _check_entries(
+    files: dict[str, bytes],
+    manifest: dict[str, Any],
+    heads: dict[int, dict[str, Any]],
+    report: Report,
+) -> None:
+    claimed = manifest.get("entries", {})
+    start, end = int(claimed.get("first_index", 0)), int(claimed.get("end_index", 0))
+    size = int(manifest.get("covering_head", {}).get("tree_size", 0))
+    head = heads.get(size)
+    if head is None:
+        report.fail(f"manifest.json: covering head {size} is not among the verified heads")
+        return
+    root = base64.b64decode(head["root_hash"])
+    entries = _lines(files.get("audit/entries.jsonl", b""), "audit/entries.jsonl", report)
+    period = manifest.get("period", {})
+    leaves: dict[int, bytes] = {}
+    expected = start
+    for entry in entries:
+        index = int(entry["index"])
+        if index != expected:
+            report.fail(f"audit/entries.jsonl: entry {expected} is missing (next is {index})")
+            expected = index
+        payload = str(entry["payload"])
+        leaves[index] = leaf_hash(payload.encode("utf-8"))
+        at = json.loads(payload).get("time", "")
+        if period and not (period["from"] <= at < period["to"]):
+            report.fail(f"audit/entries.jsonl: entry {index} at {at} is outside the period")
+        expected = index + 1
+    if expected != end:
+        report.fail(
+            f"audit/entries.jsonl: ends at index {expected}, but the manifest claims "
+            f"entries up to {end} (the period was cut short)"
+        )
+    blocks = {
+        (int(b["level"]), int(b["index"])): base64.b64decode(b["hash"])
+        for b in _lines(files.get("audit/subtrees.jsonl", b""))
+    }
+    try:
+        recomputed = _root(_Tree(blocks, leaves), size)
+    except ProofError as exc:
+        report.fail(f"audit/subtrees.jsonl: {exc}")
+        return
+    proofs = {
+        int(p["index"]): [base64.b64decode(h) for h in p["proof"]]
+        for p in _lines(files.get("audit/inclusion.jsonl", b""))
+    }
+    first_bad = next(
+        (
+            i
+            for i in sorted(leaves)
+            if i in proofs and not _included(leaves[i], i, size, proofs[i], root)
+        ),
+        None,
+    )
+    if recomputed != root:
+        where = f"; first bad entry: index {first_bad}" if first_bad is not None else ""
+        report.fail(
+            f"audit/entries.jsonl: the Merkle root recomputed from the entries does "
+            f"not match signed head {size}{where}"
+        )
+    elif first_bad is not None:
+        report.fail(f"audit/inclusion.jsonl: the inclusion proof of entry {first_bad} fails")
+    else:
+        report.passed(
+            f"entries {start}..{end - 1} recompute signed head {size}'s root; "
+            f"{len(proofs)} inclusion proofs verify"
+        )
+
+
+def _included(leaf: bytes, index: int, size: int, proof: list[bytes], root: bytes) -> bool:
+    try:
+        verify_inclusion(leaf, index, size, proof, root)
+    except ProofError:
+        return False
+    return True
+
+
+def _check_previous(
+    files: dict[str, bytes],
+    manifest: dict[str, Any],
+    heads: dict[int, dict[str, Any]],
+    previous: Path,
+    *,
+    public_key_pem: bytes,
+    report: Report,
+) -> None:
+    try:
+        before = read_bundle(previous)
+    except (OSError, tarfile.TarError, ValueError) as exc:
+        report.fail(f"cannot read the previous bundle: {exc}")
+        return
+    if not _verify_signature(public_key_pem, before.get(SIGNATURE, b""), before.get(MANIFEST, b"")):
+        report.fail("previous bundle: its manifest signature does not verify")
+        return
+    old = json.loads(before[MANIFEST])["covering_head"]
+    size1, root1 = int(old["tree_size"]), base64.b64decode(old["root_hash"])
+    size2 = int(manifest["covering_head"]["tree_size"])
+    head = heads.get(size2)
+    if head is None:
+        return
+    data = files.get("audit/consistency.json")
+    if data is None:
+        report.fail("audit/consistency.json: no consistency proof from the previous bundle")
+        return
+    proof = json.loads(data)
+    if int(proof.get("size1", -1)) != size1:
+        report.fail(
+            f"audit/consistency.json: proves from size {proof.get('size1')}, but the "
+            f"previous bundle ends at {size1}"
+        )
+        return
+    try:
+        verify_consistency(
+            size1,
+            size2,
+            [base64.b64decode(h) for h in proof["proof"]],
+            root1,
+            base64.b64decode(head["root_hash"]),
+        )
+    except ProofError as exc:
+        report.fail(
+            f"audit/consistency.json: the log is not an extension of the previous "
+            f"bundle's ({exc}): a rewritten or forked history"
+        )
+        return
+    report.passed(f"consistent with the previous bundle (tree {size1} -> {size2})")
+
+
+def render_text(report: Report) -> str:
+    out = io.StringIO()
+    out.write(("VERIFIED" if report.ok else "FAILED") + "\n")
+    for key, value in report.summary.items():
+        out.write(f"  {key}: {json.dumps(value)}\n")
+    for check in report.checks:
+        out.write(f"  ok    {check}\n")
+    for problem in report.problems:
+        out.write(f"  FAIL  {problem}\n")
+    return out.getvalue()

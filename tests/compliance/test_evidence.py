@@ -1,0 +1,364 @@
+"""Evidence bundles: exported after a scripted day of traffic over real mTLS, verified
+offline with only the public key; every kind of tampering named precisely."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from compliance.verifier import verify_bundle
+from hsm.provider import HSMProvider
+from tests.api.conftest import VaultServer, start_server
+from tests.support.leakscan import find_leaks
+
+PANS = ["4111111111111111", "5555555555554444", "4000000000000002"]
+
+
+@pytest.fixture(scope="module")
+def day(
+    tmp_path_factory: pytest.TempPathFactory, hsm_provider: HSMProvider
+) -> Iterator[tuple[VaultServer, Path, bytes]]:
+    tmp = tmp_path_factory.mktemp("evidence")
+    vault, server = start_server(tmp, hsm_provider)
+    started = datetime.now(UTC) - timedelta(seconds=5)
+    with vault.client("payments") as c:
+        tokens = [
+            c.post("/v1/tokenize", json={"pan": p, "format": "pan_bin6_last4"}).json()["token"]
+            for p in PANS
+        ]
+        assert c.post("/v1/detokenize", json={"token": tokens[0]}).status_code == 403  # denial
+    with vault.client("getnet-adapter") as c:
+        for token in tokens:
+            assert c.post("/v1/detokenize", json={"token": token}).status_code == 200
+    with vault.client("stranger") as c:
+        assert c.post("/v1/tokenize", json={"pan": PANS[0], "format": "uuid"}).status_code == 403
+    with vault.client("officer-alice") as c:
+        ceremony = c.post("/v1/admin/keys/rotations", json={"kind": "data"}).json()["id"]
+    with vault.client("officer-bob") as c:
+        assert c.post(f"/v1/admin/keys/rotations/{ceremony}/approve").status_code == 200
+        deadline = time.monotonic() + 30
+        while c.get(f"/v1/admin/keys/rotations/{ceremony}").json()["state"] != "completed":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    with vault.client("auditor") as c:
+        response = c.post(
+            "/v1/evidence",
+            json={
+                "from": started.isoformat(),
+                "to": (datetime.now(UTC) + timedelta(seconds=5)).isoformat(),
+            },
+        )
+    assert response.status_code == 200, response.text
+    bundle = tmp / "day1.tar.gz"
+    bundle.write_bytes(response.content)
+    yield vault, bundle, hsm_provider.public_key_pem("cofre-audit-v1")
+    server.stop()
+    vault.runtime.close()
+
+
+def _members(bundle: Path) -> dict[str, bytes]:
+    with tarfile.open(bundle, "r:gz") as archive:
+        return {
+            m.name: archive.extractfile(m).read()
+            for m in archive.getmembers()  # type: ignore[union-attr]
+            if m.isfile()
+        }
+
+
+def _write(path: Path, files: dict[str, bytes]) -> Path:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_day_of_traffic_verifies(day: tuple[VaultServer, Path, bytes]) -> None:
+    _, bundle, public_key = day
+    report = verify_bundle(bundle, public_key)
+    assert report.ok, report.problems
+    files = _members(bundle)
+    for name in (
+        "manifest.json",
+        "manifest.sig",
+        "audit/entries.jsonl",
+        "audit/heads.jsonl",
+        "audit/inclusion.jsonl",
+        "keys/inventory.json",
+        "keys/ceremonies.json",
+        "policy/policy.toml",
+        "config/settings.json",
+        "tls/settings.json",
+        "tls/certificates.json",
+        "requirements.md",
+    ):
+        assert name in files
+    entries = files["audit/entries.jsonl"].decode()
+    for action in ("tokenize", "detokenize", "key.rotation.approve", "key.rotation.complete"):
+        assert f'\\"action\\":\\"{action}\\"' in entries
+    assert '\\"outcome\\":\\"denied\\"' in entries
+    ceremonies = json.loads(files["keys/ceremonies.json"])
+    assert ceremonies[0]["approvers"] == ["spiffe://cofre/officer-bob"]
+    assert "3.7" in files["requirements.md"].decode()
+    inventory = json.loads(files["keys/inventory.json"])
+    kek = next(k for k in inventory["token_keys"] if k["label"].startswith("cofre-kek"))
+    assert kek["sensitive"] is True
+    assert kek["extractable"] is False
+
+
+def test_no_pan_in_the_bundle(day: tuple[VaultServer, Path, bytes]) -> None:
+    _, bundle, _ = day
+    files = _members(bundle)
+    for name, raw in files.items():
+        if name.endswith(".sig"):
+            continue
+        data = raw
+        if name.endswith((".json", ".jsonl")):
+            # Scan the strings: JSON numbers here are sizes, counts and epoch times.
+            lines = raw.decode().splitlines()
+            values = (
+                [json.loads(line) for line in lines if line.strip()]
+                if name.endswith(".jsonl")
+                else [json.loads(raw)]
+            )
+            data = "\n".join(_strings(values)).encode()
+        assert find_leaks(data, PANS) == [], name
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        try:
+            return [value, *_strings(json.loads(value))]  # payloads are JSON in a string
+        except ValueError:
+            return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [str(k), *_strings(v)]]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "audit/entries.jsonl",
+        "audit/heads.jsonl",
+        "keys/inventory.json",
+        "requirements.md",
+        "tls/certificates.json",
+    ],
+)
+def test_one_byte_changed(day: tuple[VaultServer, Path, bytes], tmp_path: Path, name: str) -> None:
+    _, bundle, public_key = day
+    files = _members(bundle)
+    data = bytearray(files[name])
+    data[len(data) // 2] ^= 0x01
+    files[name] = bytes(data)
+    report = verify_bundle(_write(tmp_path / "b.tar.gz", files), public_key)
+    assert not report.ok
+    assert any(p.startswith(f"{name}:") for p in report.problems), report.problems
+
+
+def test_manifest_changed(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> None:
+    _, bundle, public_key = day
+    files = _members(bundle)
+    files["manifest.json"] = files["manifest.json"].replace(b'"generator"', b'"generatoR"')
+    report = verify_bundle(_write(tmp_path / "b.tar.gz", files), public_key)
+    assert any(p.startswith("manifest.sig:") for p in report.problems)
+
+
+def test_file_removed(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> None:
+    _, bundle, public_key = day
+    files = _members(bundle)
+    del files["keys/ceremonies.json"]
+    report = verify_bundle(_write(tmp_path / "b.tar.gz", files), public_key)
+    assert (
+        "keys/ceremonies.json: listed in the manifest but missing from the bundle"
+        in report.problems
+    )
+
+
+def _entries(files: dict[str, bytes]) -> list[dict[str, object]]:
+    return [json.loads(line) for line in files["audit/entries.jsonl"].decode().splitlines()]
+
+
+def _set_entries(files: dict[str, bytes], entries: list[dict[str, object]]) -> None:
+    files["audit/entries.jsonl"] = "".join(
+        json.dumps(e, sort_keys=True) + "\n" for e in entries
+    ).encode()
+
+
+def test_entry_removed_from_the_middle(
+    day: tuple[VaultServer, Path, bytes], tmp_path: Path
+) -> None:
+    _, bundle, public_key = day
+    files = _members(bundle)
+    entries = _entries(files)
+    middle = len(entries) // 2
+    gone = entries.pop(middle)
+    _set_entries(files, entries)
+    report = verify_bundle(_write(tmp_path / "b.tar.gz", files), public_key)
+    assert (
+        f"audit/entries.jsonl: entry {gone['index']} is missing (next is "
+        f"{int(gone['index']) + 1})" in report.problems
+    )  # type: ignore[call-overload]
+
+
+def test_two_entries_swapped(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> None:
+    _, bundle, public_key = day
+    files = _members(bundle)
+    entries = _entries(files)
+    i = len(entries) // 2
+    entries[i]["payload"], entries[i + 1]["payload"] = (
+        entries[i + 1]["payload"],
+        entries[i]["payload"],
+    )
+    _set_entries(files, entries)
+    report = verify_bundle(_write(tmp_path / "b.tar.gz", files), public_key)
+    assert any(f"first bad entry: index {entries[i]['index']}" in p for p in report.problems), (
+        report.problems
+    )
+
+
+def test_head_signed_by_another_key(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> None:
+    _, bundle, public_key = day
+    files = _members(bundle)
+    other = ec.generate_private_key(ec.SECP256R1())
+    heads = [json.loads(line) for line in files["audit/heads.jsonl"].decode().splitlines()]
+    for head in heads:
+        head["signature"] = base64.b64encode(
+            other.sign(head["checkpoint"].encode(), ec.ECDSA(hashes.SHA256()))
+        ).decode()
+    files["audit/heads.jsonl"] = "".join(json.dumps(h) + "\n" for h in heads).encode()
+    report = verify_bundle(_write(tmp_path / "b.tar.gz", files), public_key)
+    assert any(
+        "signed by another key" in p and p.startswith("audit/heads.jsonl") for p in report.problems
+    ), report.problems
+    # And with the forger's key, the manifest itself does not verify.
+    forged = other.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    assert not verify_bundle(bundle, forged).ok
+
+
+def test_period_cut_short(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> None:
+    _, bundle, public_key = day
+    files = _members(bundle)
+    entries = _entries(files)
+    _set_entries(files, entries[:-3])
+    report = verify_bundle(_write(tmp_path / "b.tar.gz", files), public_key)
+    assert any("the period was cut short" in p for p in report.problems), report.problems
+
+
+def test_chain_and_fork(
+    day: tuple[VaultServer, Path, bytes], tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    vault, first, public_key = day
+    head = json.loads(_members(first)["manifest.json"])["covering_head"]
+    since = datetime.now(UTC)
+    with vault.client("payments") as c:
+        c.post("/v1/tokenize", json={"pan": "4000000000000010", "format": "pan_last4"})
+    with vault.client("auditor") as c:
+        response = c.post(
+            "/v1/evidence",
+            json={
+                "from": since.isoformat(),
+                "to": (datetime.now(UTC) + timedelta(seconds=5)).isoformat(),
+                "previous_head": head,
+            },
+        )
+    second = tmp_path / "day2.tar.gz"
+    second.write_bytes(response.content)
+    report = verify_bundle(second, public_key, previous=first)
+    assert report.ok, report.problems
+    assert any("consistent with the previous bundle" in c for c in report.checks)
+    # A second vault with its own history, signed by the same HSM key: a fork.
+    forked_vault, server = start_server(tmp_path / "fork", hsm_provider)
+    try:
+        since = datetime.now(UTC) - timedelta(seconds=1)
+        with forked_vault.client("payments") as c:
+            for pan in PANS:
+                c.post("/v1/tokenize", json={"pan": pan, "format": "uuid"})
+        with forked_vault.client("auditor") as c:
+            fork = c.post(
+                "/v1/evidence",
+                json={
+                    "from": since.isoformat(),
+                    "to": (datetime.now(UTC) + timedelta(seconds=5)).isoformat(),
+                    "previous_head": head,
+                },
+            ).content
+    finally:
+        server.stop()
+        forked_vault.runtime.close()
+    forked = tmp_path / "fork.tar.gz"
+    forked.write_bytes(fork)
+    report = verify_bundle(forked, public_key, previous=first)
+    assert not report.ok
+    assert any("forked history" in p or "consistency" in p for p in report.problems), (
+        report.problems
+    )
+
+
+def test_cli_verify(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> None:
+    _, bundle, public_key = day
+    pem = tmp_path / "audit.pem"
+    pem.write_bytes(public_key)
+    html = tmp_path / "report.html"
+    command = [
+        sys.executable,
+        "-m",
+        "cofre.cli",
+        "evidence",
+        "verify",
+        str(bundle),
+        "--public-key",
+        str(pem),
+    ]
+    result = subprocess.run(
+        [*command, "--html", str(html)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("VERIFIED")
+    assert "VERIFIED" in html.read_text()
+    as_json = json.loads(
+        subprocess.run(
+            [*command, "--json"], capture_output=True, text=True, timeout=60, check=False
+        ).stdout
+    )
+    assert as_json["ok"] is True
+    files = _members(bundle)
+    files["requirements.md"] += b"x"
+    bad = _write(tmp_path / "bad.tar.gz", files)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cofre.cli",
+            "evidence",
+            "verify",
+            str(bad),
+            "--public-key",
+            str(pem),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "FAIL  requirements.md: content differs" in result.stdout
