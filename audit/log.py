@@ -65,6 +65,14 @@ def _clean(value: DetailValue) -> DetailValue:
     raise TypeError(f"audit detail values must be str, int, bool or None, not {type(value)}")
 
 
+def _identifier(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 128:
+        raise TypeError("audit identifiers are strings of at most 128 characters")
+    return value
+
+
 def canonical_payload(event: AuditEvent, at: datetime) -> str:
     """Return the entry's canonical JSON: sorted keys, no whitespace, no floats, UTF-8.
 
@@ -79,8 +87,11 @@ def canonical_payload(event: AuditEvent, at: datetime) -> str:
         "outcome": event.outcome.value,
         "actor": _clean(event.actor),
         "request_id": _clean(event.request_id),
-        "token_id": _clean(event.token_id),
-        "key_id": _clean(event.key_id),
+        # Ids Cofre generates itself (UUIDs, key labels) are kept as they are: a UUID's
+        # last group is twelve hex digits, sometimes all decimal, and masking it would
+        # break the link from the entry to its token.
+        "token_id": _identifier(event.token_id),
+        "key_id": _identifier(event.key_id),
         "details": {str(_clean(k)): _clean(v) for k, v in event.details.items()},
     }
     return json.dumps(

@@ -327,3 +327,13 @@ def test_concurrent_sequencers_keep_one_tree(engine: Engine, signer: HSMTreeHead
     assert report.entries == 150
     assert report.queued == 0
     assert report.heads_checked >= 2
+
+
+def test_token_ids_are_not_masked(engine: Engine, signer: HSMTreeHeadSigner) -> None:
+    # A UUID whose last group is twelve decimal digits (one in ~290 are).
+    token_id = "3814562a-74c9-424e-aa39-123456789012"
+    with engine.begin() as connection:
+        AuditLog().append(connection, AuditEvent(action="tokenize", outcome=Outcome.SUCCESS,
+                                                 actor="a", token_id=token_id))
+    Sequencer(engine, signer).drain()
+    assert f'"token_id":"{token_id}"' in AuditStore(engine).entry(0)
