@@ -68,7 +68,7 @@ def _clean(value: DetailValue) -> DetailValue:
 def _identifier(value: str | None) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > 128:
+    if len(value) > 128:
         raise TypeError("audit identifiers are strings of at most 128 characters")
     return value
 

@@ -333,7 +333,9 @@ def test_token_ids_are_not_masked(engine: Engine, signer: HSMTreeHeadSigner) -> 
     # A UUID whose last group is twelve decimal digits (one in ~290 are).
     token_id = "3814562a-74c9-424e-aa39-123456789012"
     with engine.begin() as connection:
-        AuditLog().append(connection, AuditEvent(action="tokenize", outcome=Outcome.SUCCESS,
-                                                 actor="a", token_id=token_id))
+        AuditLog().append(
+            connection,
+            AuditEvent(action="tokenize", outcome=Outcome.SUCCESS, actor="a", token_id=token_id),
+        )
     Sequencer(engine, signer).drain()
     assert f'"token_id":"{token_id}"' in AuditStore(engine).entry(0)

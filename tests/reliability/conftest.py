@@ -24,8 +24,9 @@ from tests.support.postgres import PostgresCluster, free_port
 from tests.support.softhsm import SoftHSMToken
 
 # Unlimited rate for the load generators.
-POLICY = DEV_POLICY.replace("per_second = 2000, burst = 4000",
-                            "per_second = 1000000, burst = 1000000")
+POLICY = DEV_POLICY.replace(
+    "per_second = 2000, burst = 4000", "per_second = 1000000, burst = 1000000"
+)
 
 
 @dataclass
@@ -50,8 +51,11 @@ class VaultProcess:
     def start(self, timeout: float = 60) -> None:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "cofre.cli", "serve"], env=self.env, stdout=out,
-                stderr=subprocess.STDOUT)
+                [sys.executable, "-m", "cofre.cli", "serve"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         self.starts += 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -80,12 +84,23 @@ class VaultProcess:
                 self.kill()
 
     def cofre(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "cofre.cli", *args], env=self.env,
-                              capture_output=True, text=True, timeout=300, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "cofre.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
 
 
-def make_vault(tmp: Path, token: SoftHSMToken, database_url: str | None,
-               port: int | None = None, token_dir: Path | None = None) -> VaultProcess:
+def make_vault(
+    tmp: Path,
+    token: SoftHSMToken,
+    database_url: str | None,
+    port: int | None = None,
+    token_dir: Path | None = None,
+) -> VaultProcess:
     tmp.mkdir(parents=True, exist_ok=True)
     tokens = token_dir or tmp / "tokens"
     if token_dir is None:
@@ -100,14 +115,22 @@ def make_vault(tmp: Path, token: SoftHSMToken, database_url: str | None,
     policy.write_text(POLICY)
     port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
-    env.update({
-        "COFRE_DATA_DIR": str(tmp), "COFRE_POLICY_FILE": str(policy),
-        "COFRE_HSM__TOKEN_LABEL": token.label, "COFRE_HSM__PIN_FILE": str(pin),
-        "COFRE_HSM__SOFTHSM_CONF": str(conf), "COFRE_SERVER__PORT": str(port),
-        "COFRE_SERVER__CA_BUNDLE": str(pki.ca), "COFRE_SERVER__CERT_FILE": str(pki.server_cert),
-        "COFRE_SERVER__KEY_FILE": str(pki.server_key), "COFRE_LOG_LEVEL": "WARNING",
-        "COFRE_AUDIT__SIGN_EVERY_ENTRIES": "200", "COFRE_AUDIT__SIGN_EVERY_SECONDS": "1",
-    })
+    env.update(
+        {
+            "COFRE_DATA_DIR": str(tmp),
+            "COFRE_POLICY_FILE": str(policy),
+            "COFRE_HSM__TOKEN_LABEL": token.label,
+            "COFRE_HSM__PIN_FILE": str(pin),
+            "COFRE_HSM__SOFTHSM_CONF": str(conf),
+            "COFRE_SERVER__PORT": str(port),
+            "COFRE_SERVER__CA_BUNDLE": str(pki.ca),
+            "COFRE_SERVER__CERT_FILE": str(pki.server_cert),
+            "COFRE_SERVER__KEY_FILE": str(pki.server_key),
+            "COFRE_LOG_LEVEL": "WARNING",
+            "COFRE_AUDIT__SIGN_EVERY_ENTRIES": "200",
+            "COFRE_AUDIT__SIGN_EVERY_SECONDS": "1",
+        }
+    )
     if database_url is not None:
         env["COFRE_DATABASE__URL"] = database_url
     return VaultProcess(env=env, pki=pki, log=tmp / "vault.log", port=port)
@@ -120,3 +143,22 @@ def durable_postgres() -> Iterator[PostgresCluster]:
     cluster.start()
     yield cluster
     cluster.destroy()
+
+
+_REPORT = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def reliability_report(request: pytest.FixtureRequest) -> list[str]:
+    """Lines appended here are printed in the test run's summary (CI shows them)."""
+    return request.config.stash.setdefault(_REPORT, [])
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    lines = config.stash.get(_REPORT, [])
+    if lines:
+        terminalreporter.section("reliability")
+        for line in lines:
+            terminalreporter.write_line(line)

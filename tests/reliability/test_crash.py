@@ -28,8 +28,14 @@ def _pan(worker: int, i: int) -> str:
     return body + luhn_check_digit(body)
 
 
-def _load(vault: VaultProcess, worker: int, offset: int, stop: threading.Event,
-          acked: list[tuple[str, str]], lock: threading.Lock) -> None:
+def _load(  # noqa: PLR0917 - a thread target's arguments
+    vault: VaultProcess,
+    worker: int,
+    offset: int,
+    stop: threading.Event,
+    acked: list[tuple[str, str]],
+    lock: threading.Lock,
+) -> None:
     i = offset
     while not stop.is_set():
         pan = _pan(worker, i)
@@ -37,8 +43,9 @@ def _load(vault: VaultProcess, worker: int, offset: int, stop: threading.Event,
         try:
             with vault.client(timeout=5) as client:
                 while not stop.is_set():
-                    response = client.post("/v1/tokenize",
-                                           json={"pan": pan, "format": "pan_bin6_last4"})
+                    response = client.post(
+                        "/v1/tokenize", json={"pan": pan, "format": "pan_bin6_last4"}
+                    )
                     if response.status_code == 200:
                         with lock:
                             acked.append((pan, response.json()["token"]))
@@ -48,14 +55,16 @@ def _load(vault: VaultProcess, worker: int, offset: int, stop: threading.Event,
             time.sleep(0.05)  # the vault is down: wait for it
 
 
-def _crash_cycle(vault: VaultProcess, database_url: str) -> None:
+def _crash_cycle(vault: VaultProcess, database_url: str, report: list[str]) -> None:
     acked: list[tuple[str, str]] = []
     lock = threading.Lock()
     vault.start()
     for cycle in range(KILLS):
         stop = threading.Event()
-        workers = [threading.Thread(target=_load, args=(vault, w, cycle * 1_000_000, stop,
-                                                        acked, lock)) for w in range(4)]
+        workers = [
+            threading.Thread(target=_load, args=(vault, w, cycle * 1_000_000, stop, acked, lock))
+            for w in range(4)
+        ]
         for t in workers:
             t.start()
         time.sleep(0.4 + secrets.randbelow(1200) / 1000)  # a random moment under load
@@ -72,24 +81,41 @@ def _crash_cycle(vault: VaultProcess, database_url: str) -> None:
                 verified += 1
     vault.stop()
     lost = len(acked) - verified
-    print(f"\ncrash test on {database_url.split(':')[0]}: {KILLS} kills, "
-          f"{len(acked)} tokens acknowledged, {verified} verified after restart, {lost} lost")
+    report.append(
+        f"crash test on {database_url.split(':', maxsplit=1)[0]}: {KILLS} kills, "
+        f"{len(acked)} tokens acknowledged, {verified} verified after restart, {lost} lost"
+    )
     assert len(acked) > 0
     assert lost == 0
     engine = create_database_engine(database_url)
     try:
         with engine.connect() as connection:
-            orphans = connection.execute(sa.text(
-                "SELECT count(*) FROM tokens t WHERE NOT EXISTS (SELECT 1 FROM audit_entries a "
-                "WHERE a.payload LIKE '%' || t.id || '%')")).scalar_one()
-            dangling = [tid for tid in connection.execute(sa.text(
-                "SELECT payload FROM audit_entries WHERE payload LIKE '%\"action\":\"tokenize\"%'"
-            )).scalars() if '"token_id":null' in tid]
+            orphans = connection.execute(
+                sa.text(
+                    "SELECT count(*) FROM tokens t WHERE NOT EXISTS (SELECT 1 FROM audit_entries a "
+                    "WHERE a.payload LIKE '%' || t.id || '%')"
+                )
+            ).scalar_one()
+            dangling = [
+                tid
+                for tid in connection.execute(
+                    sa.text(
+                        "SELECT payload FROM audit_entries "
+                        'WHERE payload LIKE \'%"action":"tokenize"%\''
+                    )
+                ).scalars()
+                if '"token_id":null' in tid
+            ]
             token_ids = set(connection.execute(sa.text("SELECT id FROM tokens")).scalars())
-            entry_ids = {p.split('"token_id":"')[1].split('"')[0] for p in connection.execute(
-                sa.text("SELECT payload FROM audit_entries WHERE payload LIKE "
-                        "'%\"action\":\"tokenize\"%' AND payload LIKE '%\"token_id\":\"%'"))
-                .scalars()}
+            entry_ids = {
+                p.split('"token_id":"')[1].split('"')[0]
+                for p in connection.execute(
+                    sa.text(
+                        "SELECT payload FROM audit_entries WHERE payload LIKE "
+                        '\'%"action":"tokenize"%\' AND payload LIKE \'%"token_id":"%\''
+                    )
+                ).scalars()
+            }
     finally:
         engine.dispose()
     assert orphans == 0, "tokens without their audit entry"
@@ -103,14 +129,20 @@ def _crash_cycle(vault: VaultProcess, database_url: str) -> None:
 
 
 @pytest.mark.slow
-def test_crash_sqlite(tmp_path: Path, softhsm_token: SoftHSMToken) -> None:
+def test_crash_sqlite(
+    tmp_path: Path, softhsm_token: SoftHSMToken, reliability_report: list[str]
+) -> None:
     vault = make_vault(tmp_path / "sqlite", softhsm_token, None)
-    _crash_cycle(vault, f"sqlite:///{tmp_path / 'sqlite' / 'cofre.sqlite3'}")
+    _crash_cycle(vault, f"sqlite:///{tmp_path / 'sqlite' / 'cofre.sqlite3'}", reliability_report)
 
 
 @pytest.mark.slow
-def test_crash_postgresql(tmp_path: Path, softhsm_token: SoftHSMToken,
-                          durable_postgres: PostgresCluster) -> None:
+def test_crash_postgresql(
+    tmp_path: Path,
+    softhsm_token: SoftHSMToken,
+    durable_postgres: PostgresCluster,
+    reliability_report: list[str],
+) -> None:
     url = durable_postgres.sqlalchemy_url()
     vault = make_vault(tmp_path / "pg", softhsm_token, url)
-    _crash_cycle(vault, url)
+    _crash_cycle(vault, url, reliability_report)
