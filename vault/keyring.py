@@ -92,11 +92,15 @@ class DataKeyring:
                 select(data_keys.c.version).where(data_keys.c.purpose == purpose.value).limit(1)
             ).first()
             if exists is None:
-                self._insert(connection, purpose, 1, kek)
+                self.create_version(connection, purpose, 1, kek)
                 created.append((purpose, 1))
         return created
 
-    def _insert(self, connection: Connection, purpose: KeyPurpose, version: int, kek: str) -> None:
+    def create_version(
+        self, connection: Connection, purpose: KeyPurpose, version: int, kek: str
+    ) -> None:
+        """Generate data key (`purpose`, `version`) in the HSM and store it wrapped under
+        `kek`, active, in `connection`'s transaction."""
         wrapped = self._provider.generate_wrapped_key(kek)
         connection.execute(
             insert(data_keys).values(

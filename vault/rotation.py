@@ -40,6 +40,7 @@ from policies.errors import PolicyDenied
 from policies.models import Action
 from vault.errors import VaultError
 from vault.keyring import DataKeyring, KeyPurpose, KeyState, pan_aad
+from vault.storage.database import as_utc
 from vault.storage.schema import data_keys, key_approvals, key_ceremonies, tokens
 
 BATCH: Final = 500
@@ -100,12 +101,6 @@ class Ceremony:
             if isinstance(value, datetime):
                 out[key] = value.isoformat()
         return out
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 class KeyRotation:
@@ -186,7 +181,7 @@ class KeyRotation:
             ).scalars()
         )
         state = row.state
-        expires = _aware(row.expires_at)
+        expires = as_utc(row.expires_at)
         if state == CeremonyState.PENDING and expires is not None and expires <= self._clock():
             state = CeremonyState.EXPIRED.value
         return Ceremony(
@@ -196,14 +191,14 @@ class KeyRotation:
             proposer=row.proposer,
             approvers=approvers,
             approvals_needed=self._needed(),
-            created_at=_aware(row.created_at) or row.created_at,
+            created_at=as_utc(row.created_at) or row.created_at,
             expires_at=expires or row.expires_at,
             old_version=row.old_version,
             new_version=row.new_version,
             progress_done=row.progress_done,
             progress_total=row.progress_total,
-            destroy_after=_aware(row.destroy_after),
-            completed_at=_aware(row.completed_at),
+            destroy_after=as_utc(row.destroy_after),
+            completed_at=as_utc(row.completed_at),
         )
 
     # ------------------------------------------------------------------ ceremony
@@ -450,19 +445,7 @@ class KeyRotation:
                 )
                 .values(state=KeyState.RETIRING.value)
             )
-            wrapped = self._provider.generate_wrapped_key(kek)
-            connection.execute(
-                insert(data_keys).values(
-                    purpose=purpose.value,
-                    version=new,
-                    wrapped=wrapped.wrapped,
-                    wrap_mechanism=wrapped.mechanism,
-                    kek_label=wrapped.kek_label,
-                    algorithm="AES-256",
-                    state=KeyState.ACTIVE.value,
-                    created_at=self._clock(),
-                )
-            )
+            self._keyring.create_version(connection, purpose, new, kek)
         self._keyring.refresh()
         return old, new
 
@@ -620,7 +603,7 @@ class KeyRotation:
         )
 
     def _destroy_if_due(self, row: Row[Any]) -> None:
-        due = _aware(row.destroy_after)
+        due = as_utc(row.destroy_after)
         if due is None or due > self._clock():
             return
         key_kind = KeyKind.KEK if row.kind == RotationKind.KEK.value else KeyKind.FINGERPRINT

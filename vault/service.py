@@ -69,6 +69,7 @@ from vault.relay import (
     set_pointer,
     with_pans,
 )
+from vault.storage.database import as_utc
 from vault.storage.groupcommit import GroupCommitter
 from vault.storage.schema import tokens
 from vault.tokens import (
@@ -130,13 +131,6 @@ class TokenizeRequest:
     metadata: Mapping[str, str] | None = None
     ttl_seconds: int | None = None
     idempotency_key: str | None = None
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything Cofre stores is UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def validate_metadata(metadata: object) -> str:
@@ -491,7 +485,7 @@ class VaultService:
             if convergent[index]:
                 found = existing.get(key)
                 if found is not None:
-                    expires = _aware(found.expires_at)
+                    expires = as_utc(found.expires_at)
                     if expires is not None and expires <= now:
                         # Rare: let the one-by-one path shred and replace it.
                         results[index] = self._tokenize_in(
@@ -669,7 +663,7 @@ class VaultService:
                 )
             ).first()
             if existing is not None:
-                expires = _aware(existing.expires_at)
+                expires = as_utc(existing.expires_at)
                 if expires is None or expires > now:
                     return self._answer_existing(connection, ctx, existing, "convergent")
                 self._shred(connection, existing.id, now)
@@ -751,8 +745,8 @@ class VaultService:
             token=row.token,
             token_id=row.id,
             format=row.format,
-            created_at=_aware(row.created_at) or row.created_at,
-            expires_at=_aware(row.expires_at),
+            created_at=as_utc(row.created_at) or row.created_at,
+            expires_at=as_utc(row.expires_at),
             metadata=json.loads(row.metadata or "{}"),
             existing=existing,
         )
@@ -805,7 +799,7 @@ class VaultService:
         row = connection.execute(select(tokens).where(tokens.c.token == token)).first()
         if row is None or row.deleted_at is not None or row.ciphertext is None:
             raise TokenNotFound("no such token")
-        expires = _aware(row.expires_at)
+        expires = as_utc(row.expires_at)
         if expires is not None and expires <= self._clock():
             raise TokenExpired("this token has expired")
         return row
@@ -912,7 +906,7 @@ class VaultService:
             rows = [
                 r
                 for r in connection.execute(query.order_by(tokens.c.created_at))
-                if (_aware(r.expires_at) or now + timedelta(days=1)) > now
+                if (as_utc(r.expires_at) or now + timedelta(days=1)) > now
             ]
             self._audit.append(
                 connection,

@@ -9,6 +9,7 @@ Database errors are translated into `StorageUnavailable` by the callers' edge he
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,14 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """`value` with UTC attached when the driver returned it naive (SQLite does; everything
+    Cofre stores is UTC)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
 
 
 def normalize_url(url: str) -> str:
