@@ -240,3 +240,26 @@ def certificate_inventory(paths: list[Path]) -> list[dict[str, str]]:
             }
         )
     return out
+
+
+def revoke_clients(pki: DevPKI, names: list[str], out: Path) -> Path:
+    """Write a CRL (PEM) signed by the dev CA that revokes the named client certificates
+    (`cofre serve` checks client leaves against it when COFRE_SERVER__CRL_FILE is set)."""
+    ca_cert, ca_key = _load_ca(pki)
+    now = _now()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=7))
+    )
+    for name in names:
+        cert = x509.load_pem_x509_certificate(pki.client_cert(name).read_bytes())
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(cert.serial_number)
+            .revocation_date(now - dt.timedelta(minutes=1))
+            .build()
+        )
+    out.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +55,11 @@ class VaultServer:
 
 
 def start_server(
-    tmp: Path, provider: HSMProvider, database_url: str | None = None, extra_policy: str = ""
+    tmp: Path,
+    provider: HSMProvider,
+    database_url: str | None = None,
+    extra_policy: str = "",
+    crl: Callable[[DevPKI], Path] | None = None,
 ) -> tuple[VaultServer, BackgroundServer]:
     pki = ensure_dev_pki(tmp / "pki")
     issue_client(pki, "stranger")
@@ -89,7 +93,12 @@ def start_server(
             runtime.app,
             "127.0.0.1",
             port,
-            TLSFiles(cert=pki.server_cert, key=pki.server_key, ca_bundle=pki.ca),
+            TLSFiles(
+                cert=pki.server_cert,
+                key=pki.server_key,
+                ca_bundle=pki.ca,
+                crl=crl(pki) if crl else None,
+            ),
         )
     )
     server.start()
