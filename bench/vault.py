@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import secrets
+import subprocess
 import tempfile
 import time
 import uuid
@@ -89,6 +90,35 @@ def _measure(service: VaultService, base: int, n: int) -> tuple[float, float]:
     return tok, detok
 
 
+def _pgbench(cluster: PostgresCluster, tmp: Path) -> float:
+    """Baseline: single-client INSERT transactions/s on the same cluster (fsync on), the
+    ceiling one synchronous commit per operation allows."""
+    script = tmp / "insert.sql"
+    script.write_text("INSERT INTO bench_insert (payload) VALUES (repeat('x', 200));\n")
+    dsn = ["-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres", "postgres"]
+    subprocess.run(
+        [
+            str(cluster.bindir / "psql"),
+            *dsn,
+            "-qc",
+            "CREATE TABLE bench_insert (id bigserial primary key, payload text)",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    out = subprocess.run(
+        [str(cluster.bindir / "pgbench"), "-n", "-c", "1", "-T", "5", "-f", str(script), *dsn],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    tps = float(
+        next(line.split("=")[1].split()[0] for line in out.splitlines() if line.startswith("tps"))
+    )
+    print(f"  pgbench baseline (same cluster, 1 client, INSERT per transaction): {tps:,.0f} tps")
+    return tps
+
+
 def run(database: str, url: str, provider: HSMProvider, sizes: list[int]) -> dict[str, object]:
     engine = create_database_engine(url)
     migrate(engine)
@@ -136,6 +166,7 @@ def main(sizes: list[int], databases: list[str]) -> dict[str, object]:
             cluster = PostgresCluster.create(durable=True)
             cluster.start()
             try:
+                results["pgbench_insert_tps"] = _pgbench(cluster, Path(tmp))
                 results["postgresql"] = run("postgresql", cluster.sqlalchemy_url(), provider, sizes)
             finally:
                 cluster.destroy()

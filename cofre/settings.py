@@ -73,6 +73,8 @@ class DatabaseSettings(_Section):
     # None means "<data_dir>/cofre.sqlite3".
     url: SecretStr | None = None
     pool_size: int = Field(default=10, ge=1, le=200)
+    # PostgreSQL: the longest any one statement may run before the operation fails.
+    statement_timeout_ms: int = Field(default=5000, ge=100, le=600_000)
 
 
 class TLSVersion(StrEnum):

@@ -38,7 +38,11 @@ from vault.storage.database import create_database_engine, migrate
 def open_database(settings: Settings, *, run_migrations: bool = True) -> Engine:
     """Return an engine for the configured store, migrated to the newest schema."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    engine = create_database_engine(settings.database_url, pool_size=settings.database.pool_size)
+    engine = create_database_engine(
+        settings.database_url,
+        pool_size=settings.database.pool_size,
+        statement_timeout_ms=settings.database.statement_timeout_ms,
+    )
     if run_migrations:
         migrate(engine)
     return engine

@@ -4,8 +4,11 @@ nothing partial, and the vault recovers by itself when the fault clears."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -123,3 +126,103 @@ def test_audit_write_failing(vault_on_pg: tuple[VaultProcess, PostgresCluster]) 
             )
     finally:
         engine.dispose()
+
+
+def test_slow_database(
+    tmp_path: Path, softhsm_token: SoftHSMToken, durable_postgres: PostgresCluster
+) -> None:
+    url = durable_postgres.sqlalchemy_url()
+    vault = make_vault(tmp_path / "slow", softhsm_token, url)
+    vault.env["COFRE_DATABASE__STATEMENT_TIMEOUT_MS"] = "1000"
+    vault.start()
+    engine = create_database_engine(url)
+    try:
+        with engine.begin() as c:
+            c.execute(
+                sa.text(
+                    "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN PERFORM pg_sleep(3); RETURN NEW; END $$"
+                )
+            )
+            c.execute(
+                sa.text(
+                    "CREATE TRIGGER slow BEFORE INSERT ON tokens "
+                    "FOR EACH ROW EXECUTE FUNCTION slow()"
+                )
+            )
+        before = _counts(url)
+        with vault.client(timeout=30) as client:
+            response = client.post("/v1/tokenize", json={"pan": _pan(7), "format": "uuid"})
+        assert response.status_code == 503
+        assert response.json()["code"] == "storage_unavailable"
+        assert _counts(url) == before
+        with engine.begin() as c:
+            c.execute(sa.text("DROP TRIGGER slow ON tokens"))
+        with vault.client() as client:
+            assert (
+                client.post("/v1/tokenize", json={"pan": _pan(7), "format": "uuid"}).status_code
+                == 200
+            )
+    finally:
+        engine.dispose()
+        vault.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs: a disk that can really fill up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs for the disk-full test: {done.stderr}")
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_sqlite_disk_full(tmp_path: Path, softhsm_token: SoftHSMToken, small_disk: Path) -> None:
+    url = f"sqlite:///{small_disk / 'cofre.sqlite3'}"
+    vault = make_vault(tmp_path / "full", softhsm_token, url)
+    vault.start()
+    try:
+        with vault.client() as client:
+            assert (
+                client.post("/v1/tokenize", json={"pan": _pan(1), "format": "uuid"}).status_code
+                == 200
+            )
+        filler = small_disk / "filler"
+        with filler.open("wb") as handle:
+            try:
+                while True:
+                    handle.write(b"\0" * 65536)
+                    handle.flush()
+            except OSError:
+                pass
+        before = _counts(url)
+        statuses = set()
+        with vault.client() as client:
+            for i in range(20):
+                response = client.post(
+                    "/v1/tokenize", json={"pan": _pan(100 + i), "format": "pan_last4"}
+                )
+                statuses.add((response.status_code, response.json().get("code")))
+        assert (503, "storage_unavailable") in statuses or (503, "audit_unavailable") in statuses
+        assert all(s in (200, 503) for s, _ in statuses)
+        filler.unlink()
+        with vault.client() as client:
+            assert (
+                client.post("/v1/tokenize", json={"pan": _pan(999), "format": "uuid"}).status_code
+                == 200
+            )
+        tokens, audited = _counts(url)
+        assert tokens == audited
+        assert tokens >= before[0]
+    finally:
+        vault.stop()

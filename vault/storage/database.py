@@ -39,8 +39,15 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def create_database_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """Return an Engine for `url` (``sqlite:///path`` or ``postgresql://...``)."""
+def create_database_engine(
+    url: str, *, pool_size: int = 10, statement_timeout_ms: int = 5000
+) -> Engine:
+    """Return an Engine for `url` (``sqlite:///path`` or ``postgresql://...``).
+
+    On PostgreSQL every statement is bounded by `statement_timeout_ms`: a database that
+    has become too slow fails the operation (503 storage_unavailable, nothing written)
+    instead of holding callers and their connections indefinitely.
+    """
     url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(
@@ -57,7 +64,10 @@ def create_database_engine(url: str, *, pool_size: int = 10) -> Engine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_timeout=10,
-        connect_args={"connect_timeout": 5},
+        connect_args={
+            "connect_timeout": 5,
+            "options": f"-c statement_timeout={int(statement_timeout_ms)}",
+        },
     )
 
 
