@@ -362,3 +362,26 @@ def test_cli_verify(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> Non
     )
     assert result.returncode == 1
     assert "FAIL  requirements.md: content differs" in result.stdout
+
+
+def test_bad_periods_are_problems(day: tuple[VaultServer, Path, bytes]) -> None:
+    vault, _, _ = day
+    now = datetime.now(UTC)
+    with vault.client("auditor") as c:
+        inverted = c.post(
+            "/v1/evidence",
+            json={"from": now.isoformat(), "to": (now - timedelta(days=1)).isoformat()},
+        )
+        empty = c.post(
+            "/v1/evidence", json={"from": "2001-01-01T00:00:00Z", "to": "2001-01-02T00:00:00Z"}
+        )
+    for response in (inverted, empty):
+        assert response.status_code == 422
+        assert response.json()["code"] == "compliance_error"
+    with vault.client("payments") as c:
+        assert (
+            c.post(
+                "/v1/evidence", json={"from": "2001-01-01T00:00:00Z", "to": "2001-01-02T00:00:00Z"}
+            ).status_code
+            == 403
+        )
