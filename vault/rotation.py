@@ -33,6 +33,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, update
 
 from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
+from audit.schema import READ_ONLY
 from hsm.keys import KeyHierarchy, KeyKind, key_label
 from hsm.provider import HSMProvider, WrappedKey
 from policies.engine import PolicyEngine
@@ -119,6 +120,9 @@ class KeyRotation:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._engine = engine
+        # Reads (status, inventory, what to do next) never queue behind the rotation's own
+        # write batches on SQLite.
+        self._reader = engine.execution_options(**READ_ONLY)
         self._provider = provider
         self._hierarchy = KeyHierarchy(provider)
         self._keyring = keyring
@@ -306,7 +310,7 @@ class KeyRotation:
 
     def status(self, identity: str, ceremony_id: str) -> Ceremony:
         self._officer(identity, "")
-        with self._engine.connect() as connection:
+        with self._reader.connect() as connection:
             return self._view(connection, self._load(connection, ceremony_id))
 
     def list_ceremonies(self, identity: str) -> list[Ceremony]:
@@ -315,7 +319,7 @@ class KeyRotation:
 
     def ceremonies(self) -> list[Ceremony]:
         """Every ceremony (for evidence bundles; callers authorise)."""
-        with self._engine.connect() as connection:
+        with self._reader.connect() as connection:
             rows = connection.execute(
                 select(key_ceremonies).order_by(key_ceremonies.c.created_at)
             ).all()
@@ -329,7 +333,7 @@ class KeyRotation:
 
     def key_inventory(self) -> dict[str, Any]:
         """The inventory without an authorisation check (for evidence bundles)."""
-        with self._engine.connect() as connection:
+        with self._reader.connect() as connection:
             counts: dict[int, int] = dict(
                 connection.execute(
                     select(tokens.c.key_version, func.count())
@@ -455,7 +459,7 @@ class KeyRotation:
         each batch re-selects what is left inside its own transaction."""
         moved = 0
         with self._lock:
-            with self._engine.connect() as connection:
+            with self._reader.connect() as connection:
                 running = connection.execute(
                     select(key_ceremonies).where(
                         key_ceremonies.c.state.in_(

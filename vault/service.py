@@ -33,8 +33,8 @@ from typing import Any, Final, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from sqlalchemy import Connection, Engine, Row, and_, insert, select, update
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
-from sqlalchemy.exc import SQLAlchemyError
 
 from audit.errors import db_error_name
 from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
@@ -87,6 +87,7 @@ MAX_METADATA_VALUE: Final = 256
 MAX_TTL_SECONDS: Final = 10 * 366 * 24 * 3600
 MAX_BATCH: Final = 1000
 _TRANSACTION_ATTEMPTS: Final = 5
+_RETRYABLE_SQLSTATES: Final = frozenset({"40P01", "40001"})  # deadlock, serialization
 _CANDIDATE_CHUNK: Final = 64
 _METADATA_KEY_CHARS: Final = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-."
@@ -263,11 +264,21 @@ class VaultService:
 
     # ------------------------------------------------------------------ helpers
     @contextmanager
-    def _storage(self) -> Iterator[None]:
+    def _storage(self, *, retryable: bool = False) -> Iterator[None]:
         try:
             yield
-        except (CofreError, SQLIntegrityError):
-            raise  # ours, or a unique-key race that `_transaction` retries
+        except CofreError:
+            raise
+        except SQLIntegrityError:
+            if retryable:
+                raise  # a unique-key race that `_transaction` retries
+            raise StorageUnavailable("the token store refused the write") from None
+        except DBAPIError as exc:
+            if retryable and getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+                raise  # `_transaction` retries it
+            raise StorageUnavailable(
+                f"the token store is unavailable ({db_error_name(exc)})"
+            ) from None
         except SQLAlchemyError as exc:
             raise StorageUnavailable(
                 f"the token store is unavailable ({db_error_name(exc)})"
@@ -278,7 +289,7 @@ class VaultService:
         the same token or converged first)."""
         for attempt in range(_TRANSACTION_ATTEMPTS):
             try:
-                with self._storage():
+                with self._storage(retryable=True):
                     if self._committer is not None:
                         return self._committer.run(work)
                     with self._engine.begin() as connection:
@@ -287,6 +298,15 @@ class VaultService:
                 if attempt == _TRANSACTION_ATTEMPTS - 1:
                     raise StorageUnavailable(
                         "the token store kept refusing the write (unique conflicts)"
+                    ) from None
+            except DBAPIError as exc:
+                # Two nodes' group commits can deadlock on each other's rows; PostgreSQL
+                # aborts one of them. Nothing of it was written: run it again.
+                if getattr(exc.orig, "sqlstate", None) not in _RETRYABLE_SQLSTATES or (
+                    attempt == _TRANSACTION_ATTEMPTS - 1
+                ):
+                    raise StorageUnavailable(
+                        f"the token store is unavailable ({db_error_name(exc)})"
                     ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -136,6 +136,22 @@ def make_vault(
     return VaultProcess(env=env, pki=pki, log=tmp / "vault.log", port=port)
 
 
+@pytest.fixture(autouse=True)
+def stop_vaults(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Whatever a test asserts, no `cofre serve` it started outlives it."""
+    started: list[VaultProcess] = []
+    original = VaultProcess.start
+
+    def tracking_start(self: VaultProcess, timeout: float = 60) -> None:
+        started.append(self)
+        original(self, timeout)
+
+    monkeypatch.setattr(VaultProcess, "start", tracking_start)
+    yield
+    for vault in started:
+        vault.stop()
+
+
 @pytest.fixture
 def durable_postgres() -> Iterator[PostgresCluster]:
     """A PostgreSQL cluster with fsync on: a crash test must measure real durability."""
