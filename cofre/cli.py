@@ -405,7 +405,7 @@ Officer = Annotated[
     str,
     typer.Option(
         "--as",
-        help="Your identity: a client certificate NAME in the PKI's clients/ "
+        help="Your identity: certificate NAME in clients/ beside the CA bundle "
         "(or give --cert/--key).",
         envvar="COFRE_OFFICER",
     ),
@@ -420,10 +420,11 @@ def _admin(officer: str, cert: Path | None, key: Path | None) -> Any:
     import httpx
 
     settings = _settings()
-    pki = settings.data_dir / "pki"
-    cert = cert or pki / "clients" / f"{officer}.pem"
-    key = key or pki / "clients" / f"{officer}-key.pem"
-    ca = settings.server.ca_bundle or pki / "ca.pem"
+    ca = settings.server.ca_bundle or settings.data_dir / "pki" / "ca.pem"
+    # The dev PKI keeps client certificates beside the CA, in clients/.
+    clients = Path(ca).parent / "clients"
+    cert = cert or clients / f"{officer}.pem"
+    key = key or clients / f"{officer}-key.pem"
     for path in (cert, key, ca):
         if not Path(path).is_file():
             raise ConfigurationError(f"not found: {path}")

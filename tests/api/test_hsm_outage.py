@@ -4,12 +4,7 @@ call succeeds once it is back, without a restart."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import ssl
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,93 +12,45 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.pki import DevPKI, ensure_dev_pki
-from cofre.devenv import DEV_POLICY
 from cofre.settings import DEFAULT_SOFTHSM_LIBRARY
-from hsm.softhsm import write_softhsm_conf
-from tests.support.postgres import free_port
 from tests.support.softhsm import SoftHSMToken
+from tests.support.vault_process import VaultProcess, make_vault
 
 VISA = "4111111111111111"
 
 
 @dataclass
-class ServeProcess:
-    process: subprocess.Popen[bytes]
-    url: str
-    pki: DevPKI
+class Outage:
+    """A `cofre serve` whose PKCS#11 library path is a symlink the test controls."""
+
+    vault: VaultProcess
     library_link: Path
-    token_dir: Path
-    log: Path
-    env: dict[str, str]
+
+    @property
+    def token_dir(self) -> Path:
+        return self.vault.log.parent / "tokens"
 
     def client(self, name: str = "payments") -> httpx.Client:
-        context = ssl.create_default_context(cafile=str(self.pki.ca))
-        context.load_cert_chain(str(self.pki.client_cert(name)), str(self.pki.client_key(name)))
-        return httpx.Client(base_url=self.url, verify=context, timeout=30)
+        return self.vault.client(name)
 
 
 @pytest.fixture
-def serve_process(tmp_path: Path, softhsm_token: SoftHSMToken) -> Iterator[ServeProcess]:
-    tokens = tmp_path / "tokens"
-    shutil.copytree(softhsm_token.token_dir, tokens)
-    conf = tmp_path / "softhsm2.conf"
-    write_softhsm_conf(conf, tokens)
-    pin_file = tmp_path / "pin"
-    pin_file.write_text(softhsm_token.user_pin)
-    pin_file.chmod(0o600)
-    pki = ensure_dev_pki(tmp_path / "pki")
-    policy = tmp_path / "policy.toml"
-    policy.write_text(DEV_POLICY)
+def serve_process(tmp_path: Path, softhsm_token: SoftHSMToken) -> Iterator[Outage]:
+    vault = make_vault(tmp_path / "v", softhsm_token, None)
     link = tmp_path / "lib" / "libsofthsm2.so"
     link.parent.mkdir()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
-    env.update(
-        {
-            "COFRE_DATA_DIR": str(tmp_path),
-            "COFRE_POLICY_FILE": str(policy),
-            "COFRE_HSM__LIBRARY": str(link),
-            "COFRE_HSM__TOKEN_LABEL": softhsm_token.label,
-            "COFRE_HSM__PIN_FILE": str(pin_file),
-            "COFRE_HSM__SOFTHSM_CONF": str(conf),
-            "COFRE_SERVER__PORT": str(port),
-            "COFRE_SERVER__CA_BUNDLE": str(pki.ca),
-            "COFRE_SERVER__CERT_FILE": str(pki.server_cert),
-            "COFRE_SERVER__KEY_FILE": str(pki.server_key),
-        }
-    )
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cofre.cli", "serve"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    served = ServeProcess(process, f"https://127.0.0.1:{port}", pki, link, tokens, log, env)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with served.client() as c:
-                if c.get("/healthz").status_code == 200:
-                    break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"cofre serve did not start:\n{log.read_text()}")
-        time.sleep(0.1)
-    yield served
-    process.terminate()
-    process.wait(timeout=20)
+    vault.env["COFRE_HSM__LIBRARY"] = str(link)
+    vault.start(ready_path="/healthz")  # the HSM is missing: alive, not ready
+    yield Outage(vault, link)
+    vault.stop()
 
 
-def _tokenize(served: ServeProcess) -> httpx.Response:
+def _tokenize(served: Outage) -> httpx.Response:
     with served.client() as c:
         return c.post("/v1/tokenize", json={"pan": VISA, "format": "pan_bin6_last4"})
 
 
-def _assert_unavailable(served: ServeProcess) -> None:
+def _assert_unavailable(served: Outage) -> None:
     response = _tokenize(served)
     assert response.status_code == 503, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
@@ -114,7 +61,7 @@ def _assert_unavailable(served: ServeProcess) -> None:
     assert ready.json()["code"] == "hsm_unavailable"
 
 
-def test_library_missing_then_back(serve_process: ServeProcess) -> None:
+def test_library_missing_then_back(serve_process: Outage) -> None:
     _assert_unavailable(serve_process)
     serve_process.library_link.symlink_to(DEFAULT_SOFTHSM_LIBRARY)
     response = _tokenize(serve_process)
@@ -127,7 +74,7 @@ def test_library_missing_then_back(serve_process: ServeProcess) -> None:
         assert c.get("/readyz").status_code == 200
 
 
-def test_token_removed_then_back(serve_process: ServeProcess) -> None:
+def test_token_removed_then_back(serve_process: Outage) -> None:
     serve_process.library_link.symlink_to(DEFAULT_SOFTHSM_LIBRARY)
     assert _tokenize(serve_process).status_code == 200
     aside = serve_process.token_dir.with_name("tokens-aside")
@@ -138,21 +85,14 @@ def test_token_removed_then_back(serve_process: ServeProcess) -> None:
         aside.rename(serve_process.token_dir)
     response = _tokenize(serve_process)
     assert response.status_code == 200, response.text
-    assert VISA not in serve_process.log.read_text()
+    assert VISA not in serve_process.vault.log.read_text()
 
 
-def _cofre(served: ServeProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cofre.cli", *args],
-        env=served.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+def _cofre(served: Outage, *args: str) -> subprocess.CompletedProcess[str]:
+    return served.vault.cofre(*args)
 
 
-def test_key_rotation_from_the_cli(serve_process: ServeProcess) -> None:
+def test_key_rotation_from_the_cli(serve_process: Outage) -> None:
     serve_process.library_link.symlink_to(DEFAULT_SOFTHSM_LIBRARY)
     token = _tokenize(serve_process).json()["token"]
     denied = _cofre(serve_process, "keys", "rotate", "--kind", "data", "--as", "payments")

@@ -14,9 +14,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.reliability.conftest import VaultProcess, make_vault
 from tests.support.postgres import PostgresCluster
 from tests.support.softhsm import SoftHSMToken
+from tests.support.vault_process import VaultProcess, make_vault
 from vault.pan import luhn_check_digit
 from vault.storage.database import create_database_engine
 

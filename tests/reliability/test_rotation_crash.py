@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.reliability.conftest import make_vault
 from tests.support.softhsm import SoftHSMToken
+from tests.support.vault_process import make_vault
 from vault.pan import luhn_check_digit
 from vault.storage.database import create_database_engine
 

@@ -1,0 +1,137 @@
+"""`cofre serve` in a process of its own, as tests that kill, break or scale the vault
+need it: its own copy of the SoftHSM token (or a shared one), its own data directory,
+SQLite or a given database."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from api.pki import DevPKI, ensure_dev_pki
+from cofre.devenv import DEV_POLICY
+from hsm.softhsm import write_softhsm_conf
+from tests.support.postgres import free_port
+from tests.support.softhsm import SoftHSMToken
+
+# Unlimited rate for the load generators.
+POLICY = DEV_POLICY.replace(
+    "per_second = 2000, burst = 4000", "per_second = 1000000, burst = 1000000"
+)
+
+
+@dataclass
+class VaultProcess:
+    env: dict[str, str]
+    pki: DevPKI
+    log: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def client(self, name: str = "payments", timeout: float = 30) -> httpx.Client:
+        context = ssl.create_default_context(cafile=str(self.pki.ca))
+        context.load_cert_chain(str(self.pki.client_cert(name)), str(self.pki.client_key(name)))
+        return httpx.Client(base_url=self.url, verify=context, timeout=timeout)
+
+    def start(self, timeout: float = 60, ready_path: str = "/readyz") -> None:
+        """Start `cofre serve` and return once `ready_path` answers 200."""
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cofre.cli", "serve"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.starts += 1
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"cofre serve exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                with self.client() as c:
+                    if c.get(ready_path).status_code == 200:
+                        return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        pytest.fail("cofre serve did not become ready")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def cofre(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cofre.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+
+def make_vault(
+    tmp: Path,
+    token: SoftHSMToken,
+    database_url: str | None,
+    port: int | None = None,
+    token_dir: Path | None = None,
+) -> VaultProcess:
+    tmp.mkdir(parents=True, exist_ok=True)
+    tokens = token_dir or tmp / "tokens"
+    if token_dir is None:
+        shutil.copytree(token.token_dir, tokens)
+    conf = tmp / "softhsm2.conf"
+    write_softhsm_conf(conf, tokens)
+    pin = tmp / "pin"
+    pin.write_text(token.user_pin)
+    pin.chmod(0o600)
+    pki = ensure_dev_pki(tmp.parent / "pki")
+    policy = tmp / "policy.toml"
+    policy.write_text(POLICY)
+    port = port or free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
+    env.update(
+        {
+            "COFRE_DATA_DIR": str(tmp),
+            "COFRE_POLICY_FILE": str(policy),
+            "COFRE_HSM__TOKEN_LABEL": token.label,
+            "COFRE_HSM__PIN_FILE": str(pin),
+            "COFRE_HSM__SOFTHSM_CONF": str(conf),
+            "COFRE_SERVER__PORT": str(port),
+            "COFRE_SERVER__CA_BUNDLE": str(pki.ca),
+            "COFRE_SERVER__CERT_FILE": str(pki.server_cert),
+            "COFRE_SERVER__KEY_FILE": str(pki.server_key),
+            "COFRE_LOG_LEVEL": "WARNING",
+            "COFRE_AUDIT__SIGN_EVERY_ENTRIES": "200",
+            "COFRE_AUDIT__SIGN_EVERY_SECONDS": "1",
+        }
+    )
+    if database_url is not None:
+        env["COFRE_DATABASE__URL"] = database_url
+    return VaultProcess(env=env, pki=pki, log=tmp / "vault.log", port=port)
