@@ -81,7 +81,6 @@ class Sequencer:
         self._sign_every_entries = sign_every_entries
         self._sign_every_seconds = sign_every_seconds
         self._clock = clock
-        self.last_run_ok: float | None = None
 
     @property
     def log_id(self) -> str:
@@ -117,7 +116,6 @@ class Sequencer:
             raise AuditWriteFailed(
                 f"the audit sequencer could not write ({db_error_name(exc)})"
             ) from None
-        self.last_run_ok = self._clock()
         return count
 
     def drain(self, *, force_sign: bool = True) -> int:

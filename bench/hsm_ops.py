@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -18,24 +16,15 @@ from pathlib import Path
 import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.util.ec import encode_ecdsa_signature
-from pydantic import SecretStr
 
+from bench._hsm import fresh_provider
 from bench._timing import best_of, ops_per_second
 from cofre.settings import DEFAULT_SOFTHSM_LIBRARY
-from hsm.keys import KeyHierarchy
-from hsm.provider import HSMProvider
-from hsm.softhsm import init_softhsm_token, write_softhsm_conf
 
 
 def main() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        conf = Path(tmp) / "softhsm2.conf"
-        write_softhsm_conf(conf, Path(tmp) / "tokens")
-        os.environ["SOFTHSM2_CONF"] = str(conf)
-        pin = secrets.token_urlsafe(12)
-        init_softhsm_token(conf, "bench", so_pin=secrets.token_urlsafe(12), user_pin=pin)
-        provider = HSMProvider(DEFAULT_SOFTHSM_LIBRARY, "bench", SecretStr(pin), conf)
-        KeyHierarchy(provider).initialize()
+        provider = fresh_provider(Path(tmp))
         wrapped = provider.generate_wrapped_key("cofre-kek-v1")
 
         token = pkcs11.lib(str(DEFAULT_SOFTHSM_LIBRARY)).get_token(token_label="bench")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import subprocess
 import tempfile
@@ -22,13 +21,10 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import SecretStr
 from sqlalchemy import Engine, insert
 
-from cofre.settings import DEFAULT_SOFTHSM_LIBRARY
-from hsm.keys import KeyHierarchy
+from bench._hsm import fresh_provider
 from hsm.provider import HSMProvider
-from hsm.softhsm import init_softhsm_token, write_softhsm_conf
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
 from tests.support.postgres import PostgresCluster
@@ -150,13 +146,7 @@ def run(database: str, url: str, provider: HSMProvider, sizes: list[int]) -> dic
 def main(sizes: list[int], databases: list[str]) -> dict[str, object]:
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        conf = Path(tmp) / "softhsm2.conf"
-        write_softhsm_conf(conf, Path(tmp) / "tokens")
-        os.environ["SOFTHSM2_CONF"] = str(conf)
-        pin = secrets.token_urlsafe(12)
-        init_softhsm_token(conf, "bench", so_pin=secrets.token_urlsafe(12), user_pin=pin)
-        provider = HSMProvider(DEFAULT_SOFTHSM_LIBRARY, "bench", SecretStr(pin), conf)
-        KeyHierarchy(provider).initialize()
+        provider = fresh_provider(Path(tmp))
         print("in-process vault, one thread, pan_bin6_last4, convergent:")
         if "sqlite" in databases:
             results["sqlite"] = run(

@@ -26,7 +26,6 @@ from pydantic_settings import (
 from cofre.errors import ConfigurationError
 
 DEFAULT_SOFTHSM_LIBRARY = Path("/usr/lib/softhsm/libsofthsm2.so")
-CLOUDHSM_LIBRARY = Path("/opt/cloudhsm/lib/libcloudhsm_pkcs11.so")
 
 
 class _Section(BaseModel):

@@ -10,7 +10,6 @@ system's. Retries happen only for routes declared idempotent.
 
 from __future__ import annotations
 
-import copy
 import ssl
 import threading
 from dataclasses import dataclass
@@ -141,8 +140,3 @@ class RelayClient:
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
-
-
-def with_pans(body: Any) -> Any:
-    """A deep copy of the caller's body, to fill with PANs (the original keeps tokens)."""
-    return copy.deepcopy(body)

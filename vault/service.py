@@ -18,6 +18,7 @@ key, for convergent tokens and lookup.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -67,7 +68,6 @@ from vault.relay import (
     get_pointer,
     mask_strings,
     set_pointer,
-    with_pans,
 )
 from vault.storage.database import as_utc
 from vault.storage.groupcommit import GroupCommitter
@@ -982,7 +982,8 @@ class VaultService:
             "upstream": route.upstream.split("/")[2],
         }
         try:
-            outgoing = with_pans(body)
+            # A copy to fill with PANs; the caller's body keeps its tokens.
+            outgoing = copy.deepcopy(body)
             token_ids = []
             with (
                 self._storage(),
