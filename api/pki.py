@@ -236,7 +236,10 @@ def certificate_inventory(paths: list[Path]) -> list[dict[str, str]]:
                 "issuer": cert.issuer.rfc4514_string(),
                 "san": ", ".join(names),
                 "not_after": cert.not_valid_after_utc.isoformat(),
-                "serial": format(cert.serial_number, "x"),
+                # openssl's colon form: a bare hex serial can hold a card-shaped digit run.
+                "serial": ":".join(
+                    f"{b:02x}" for b in cert.serial_number.to_bytes(20, "big").lstrip(b"\0")
+                ),
             }
         )
     return out

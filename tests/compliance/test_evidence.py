@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -25,6 +26,7 @@ from tests.api.conftest import VaultServer, start_server
 from tests.support.leakscan import find_leaks
 
 PANS = ["4111111111111111", "5555555555554444", "4000000000000002"]
+HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +144,8 @@ def test_no_pan_in_the_bundle(day: tuple[VaultServer, Path, bytes]) -> None:
 
 
 def _strings(value: object) -> list[str]:
+    if isinstance(value, str) and HEX_DIGEST.fullmatch(value):
+        return []  # a SHA-256 in the manifest: hex, whose digit runs are noise
     if isinstance(value, str):
         try:
             return [value, *_strings(json.loads(value))]  # payloads are JSON in a string
