@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 from compliance.verifier import Report, read_bundle
@@ -20,6 +21,14 @@ padding:.35rem .6rem;text-align:left;vertical-align:top} th{background:#f6f8fa}
 .badge{display:inline-block;padding:.2rem .7rem;border-radius:1rem;color:#fff;font-weight:600}
 .badge.ok{background:#1a7f37} .badge.fail{background:#cf222e}
 """
+
+
+def _utc(timestamp_ms: object) -> str:
+    """A head's signing time as a person reads it (the bundle keeps milliseconds)."""
+    if not isinstance(timestamp_ms, int):
+        return html.escape(str(timestamp_ms))
+    moment = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def render_html(report: Report, bundle: Path) -> str:
@@ -50,11 +59,11 @@ def render_html(report: Report, bundle: Path) -> str:
         if line.strip()
     ]
     parts.append(
-        "<h2>Signed tree heads</h2><table><tr><th>tree size</th><th>signed at (ms)"
+        "<h2>Signed tree heads</h2><table><tr><th>tree size</th><th>signed at (UTC)"
         "</th><th>key</th><th>root</th></tr>"
     )
     parts += [
-        f"<tr><td>{h['tree_size']}</td><td>{h['timestamp_ms']}</td>"
+        f"<tr><td>{h['tree_size']}</td><td>{_utc(h['timestamp_ms'])}</td>"
         f"<td>{e(str(h['key_id']))}</td><td><code>{e(str(h['root_hash']))}</code></td></tr>"
         for h in heads
     ]
