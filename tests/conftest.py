@@ -17,8 +17,27 @@ import pytest
 
 from hsm.keys import KeyHierarchy
 from hsm.provider import HSMProvider, provider_from_settings
-from tests.support.postgres import PostgresCluster, PostgresUnavailable, wait_until_reachable
+from tests.support.leakguard import LeakGuard, dump_database, install_leak_guard
+from tests.support.postgres import (
+    PostgresCluster,
+    PostgresUnavailable,
+    find_bindir,
+    wait_until_reachable,
+)
 from tests.support.softhsm import SoftHSMToken, create_token
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    install_leak_guard(config)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leak_guard(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> LeakGuard:
+    """The session-end PAN leak scan over everything under the base temp directory
+    (tests/support/leakguard.py); a test may add PANs it generated to its `pans`."""
+    return LeakGuard.of(request.config, tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +82,7 @@ class ExternalPostgres:
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster | ExternalPostgres]:
+def postgres(leak_guard: LeakGuard) -> Iterator[PostgresCluster | ExternalPostgres]:
     """The suite's PostgreSQL server: started here unless COFRE_TEST_PG_DSN names one."""
     external = os.environ.get("COFRE_TEST_PG_DSN")
     try:
@@ -78,12 +97,16 @@ def postgres() -> Iterator[PostgresCluster | ExternalPostgres]:
     try:
         yield cluster
     finally:
+        cluster.keep_log(leak_guard.dumps)
         cluster.destroy()
 
 
 @pytest.fixture
-def pg_database(postgres: PostgresCluster | ExternalPostgres) -> Iterator[str]:
-    """A fresh, empty database on the suite's server; yields its SQLAlchemy URL."""
+def pg_database(
+    postgres: PostgresCluster | ExternalPostgres, leak_guard: LeakGuard
+) -> Iterator[str]:
+    """A fresh, empty database on the suite's server; yields its SQLAlchemy URL. It is
+    dumped for the session's leak scan before it is dropped."""
     name = f"t_{secrets.token_hex(6)}"
     try:
         with psycopg.connect(postgres.dsn(), autocommit=True, connect_timeout=5) as conn:
@@ -92,6 +115,7 @@ def pg_database(postgres: PostgresCluster | ExternalPostgres) -> Iterator[str]:
         pytest.fail(f"PostgreSQL stopped answering: {exc}", pytrace=False)
     yield postgres.sqlalchemy_url(name)
     try:
+        dump_database(postgres.dsn(), name, find_bindir(), leak_guard.dumps)
         with psycopg.connect(postgres.dsn(), autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     except psycopg.OperationalError:

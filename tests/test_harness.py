@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -79,3 +80,20 @@ def test_postgres_stopped_mid_run_fails_not_skips() -> None:
     assert "2 passed, 1 error" in result.stdout
     assert "skipped" not in result.stdout
     assert "PostgreSQL stopped answering" in result.stdout
+
+
+def test_session_leak_scan_fails_a_run_whose_tests_all_pass() -> None:
+    # The child's base temp is outside ours, so our own scan does not see its plants.
+    with tempfile.TemporaryDirectory() as scratch:
+        result = _run_probe(
+            "tests/harness_probe/probe_leak.py", f"--basetemp={scratch}/t", env=dict(os.environ)
+        )
+    assert "3 passed" in result.stdout
+    assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout
+    assert "PAN leak scan" in result.stdout
+    assert "3 findings" in result.stdout  # the file: test PAN and Luhn rule; the log
+    assert "/service.log: test PAN 411111******1111" in result.stdout
+    assert "test_logs_a_generated_card_number (Captured log call): Luhn-valid run" in (
+        result.stdout
+    )
+    assert "4111111111111111" not in result.stdout  # findings are reported masked

@@ -19,7 +19,7 @@ from adapters.errors import TokenUnknown, UpstreamFailed, VaultDenied, VaultReje
 from adapters.services import GetnetRoutingAdapter, LedgerAdapter, PaymentsAdapter, StoreAdapter
 from api.pki import DevPKI, ensure_dev_pki
 from hsm.provider import HSMProvider
-from tests.api.conftest import VaultServer, start_server
+from tests.api.conftest import VaultServer, running_vault
 from tests.support.fake_acquirer import FakeAcquirer
 from tests.support.leakscan import find_leaks
 from tests.support.postgres import free_port
@@ -53,10 +53,8 @@ detokenize = ["/card/number"]
 ca_bundle = "{pki.ca}"
 timeout_seconds = 2
 """
-    vault, server = start_server(tmp, hsm_provider, extra_policy=routes)
-    yield vault, acquirer
-    server.stop()
-    vault.runtime.close()
+    with running_vault(tmp, hsm_provider, extra_policy=routes) as vault:
+        yield vault, acquirer
     acquirer.stop()
 
 

@@ -1,10 +1,16 @@
-"""A real vault server on a loopback port with real mutual TLS, in this process."""
+"""A real vault server on a loopback port with real mutual TLS, in this process.
+
+Every response body its clients receive (but a successful reveal) and, when it stops,
+its logs, spans and metrics are written under its temp directory, where the session's
+PAN leak scan reads them (tests/support/leakguard.py)."""
 
 from __future__ import annotations
 
 import io
+import json
 import ssl
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +32,8 @@ from cofre.devenv import DEV_POLICY
 from cofre.settings import AuditSettings, DatabaseSettings, Settings
 from cofre.wiring import Runtime, build_runtime
 from hsm.provider import HSMProvider
+from tests.support.leakguard import record_responses
+from tests.support.leakscan import json_strings
 from tests.support.postgres import free_port
 
 LIMITED = """
@@ -38,6 +46,7 @@ rate_limit = { per_second = 0.5, burst = 2 }
 
 @dataclass
 class VaultServer:
+    tmp: Path
     url: str
     pki: DevPKI
     other_pki: DevPKI
@@ -51,10 +60,44 @@ class VaultServer:
         if name is not None:
             source = pki or self.pki
             context.load_cert_chain(str(source.client_cert(name)), str(source.client_key(name)))
-        return httpx.Client(base_url=self.url, verify=context, timeout=10)
+        return httpx.Client(
+            base_url=self.url,
+            verify=context,
+            timeout=10,
+            event_hooks=record_responses(self.tmp / "responses.log"),
+        )
+
+    def save_telemetry(self) -> None:
+        """Write the logs, span strings and metric strings for the session's leak scan."""
+        out = self.tmp / "telemetry"
+        out.mkdir(exist_ok=True)
+        (out / "logs.jsonl").write_text(self.logs.getvalue())
+        spans = [json.loads(span.to_json()) for span in self.spans.get_finished_spans()]
+        (out / "spans.txt").write_text("\n".join(json_strings(spans)))
+        metrics = self.metrics.get_metrics_data()
+        metrics_text = "\n".join(json_strings(json.loads(metrics.to_json()))) if metrics else ""
+        (out / "metrics.txt").write_text(metrics_text)
 
 
-def start_server(
+@contextmanager
+def running_vault(
+    tmp: Path,
+    provider: HSMProvider,
+    database_url: str | None = None,
+    extra_policy: str = "",
+    crl: Callable[[DevPKI], Path] | None = None,
+) -> Iterator[VaultServer]:
+    """A vault server for the duration of the block; its telemetry is saved at the end."""
+    vault, server = _start_server(tmp, provider, database_url, extra_policy, crl)
+    try:
+        yield vault
+    finally:
+        server.stop()
+        vault.runtime.close()
+        vault.save_telemetry()
+
+
+def _start_server(
     tmp: Path,
     provider: HSMProvider,
     database_url: str | None = None,
@@ -103,7 +146,7 @@ def start_server(
     )
     server.start()
     return VaultServer(
-        f"https://127.0.0.1:{port}", pki, other, runtime, spans, metrics, logs
+        tmp, f"https://127.0.0.1:{port}", pki, other, runtime, spans, metrics, logs
     ), server
 
 
@@ -111,7 +154,5 @@ def start_server(
 def vault_server(
     tmp_path_factory: pytest.TempPathFactory, hsm_provider: HSMProvider
 ) -> Iterator[VaultServer]:
-    vault, server = start_server(tmp_path_factory.mktemp("api"), hsm_provider)
-    yield vault
-    server.stop()
-    vault.runtime.close()
+    with running_vault(tmp_path_factory.mktemp("api"), hsm_provider) as vault:
+        yield vault

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from compliance.verifier import verify_bundle
 from hsm.provider import HSMProvider
-from tests.api.conftest import VaultServer, start_server
+from tests.api.conftest import VaultServer, running_vault
 from tests.support.leakscan import find_leaks
 
 PANS = ["4111111111111111", "5555555555554444", "4000000000000002"]
@@ -34,41 +34,41 @@ def day(
     tmp_path_factory: pytest.TempPathFactory, hsm_provider: HSMProvider
 ) -> Iterator[tuple[VaultServer, Path, bytes]]:
     tmp = tmp_path_factory.mktemp("evidence")
-    vault, server = start_server(tmp, hsm_provider)
-    started = datetime.now(UTC) - timedelta(seconds=5)
-    with vault.client("payments") as c:
-        tokens = [
-            c.post("/v1/tokenize", json={"pan": p, "format": "pan_bin6_last4"}).json()["token"]
-            for p in PANS
-        ]
-        assert c.post("/v1/detokenize", json={"token": tokens[0]}).status_code == 403  # denial
-    with vault.client("getnet-adapter") as c:
-        for token in tokens:
-            assert c.post("/v1/detokenize", json={"token": token}).status_code == 200
-    with vault.client("stranger") as c:
-        assert c.post("/v1/tokenize", json={"pan": PANS[0], "format": "uuid"}).status_code == 403
-    with vault.client("officer-alice") as c:
-        ceremony = c.post("/v1/admin/keys/rotations", json={"kind": "data"}).json()["id"]
-    with vault.client("officer-bob") as c:
-        assert c.post(f"/v1/admin/keys/rotations/{ceremony}/approve").status_code == 200
-        deadline = time.monotonic() + 30
-        while c.get(f"/v1/admin/keys/rotations/{ceremony}").json()["state"] != "completed":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-    with vault.client("auditor") as c:
-        response = c.post(
-            "/v1/evidence",
-            json={
-                "from": started.isoformat(),
-                "to": (datetime.now(UTC) + timedelta(seconds=5)).isoformat(),
-            },
-        )
-    assert response.status_code == 200, response.text
-    bundle = tmp / "day1.tar.gz"
-    bundle.write_bytes(response.content)
-    yield vault, bundle, hsm_provider.public_key_pem("cofre-audit-v1")
-    server.stop()
-    vault.runtime.close()
+    with running_vault(tmp, hsm_provider) as vault:
+        started = datetime.now(UTC) - timedelta(seconds=5)
+        with vault.client("payments") as c:
+            tokens = [
+                c.post("/v1/tokenize", json={"pan": p, "format": "pan_bin6_last4"}).json()["token"]
+                for p in PANS
+            ]
+            assert c.post("/v1/detokenize", json={"token": tokens[0]}).status_code == 403  # denial
+        with vault.client("getnet-adapter") as c:
+            for token in tokens:
+                assert c.post("/v1/detokenize", json={"token": token}).status_code == 200
+        with vault.client("stranger") as c:
+            assert (
+                c.post("/v1/tokenize", json={"pan": PANS[0], "format": "uuid"}).status_code == 403
+            )
+        with vault.client("officer-alice") as c:
+            ceremony = c.post("/v1/admin/keys/rotations", json={"kind": "data"}).json()["id"]
+        with vault.client("officer-bob") as c:
+            assert c.post(f"/v1/admin/keys/rotations/{ceremony}/approve").status_code == 200
+            deadline = time.monotonic() + 30
+            while c.get(f"/v1/admin/keys/rotations/{ceremony}").json()["state"] != "completed":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        with vault.client("auditor") as c:
+            response = c.post(
+                "/v1/evidence",
+                json={
+                    "from": started.isoformat(),
+                    "to": (datetime.now(UTC) + timedelta(seconds=5)).isoformat(),
+                },
+            )
+        assert response.status_code == 200, response.text
+        bundle = tmp / "day1.tar.gz"
+        bundle.write_bytes(response.content)
+        yield vault, bundle, hsm_provider.public_key_pem("cofre-audit-v1")
 
 
 def _members(bundle: Path) -> dict[str, bytes]:
@@ -291,8 +291,7 @@ def test_chain_and_fork(
     assert report.ok, report.problems
     assert any("consistent with the previous bundle" in c for c in report.checks)
     # A second vault with its own history, signed by the same HSM key: a fork.
-    forked_vault, server = start_server(tmp_path / "fork", hsm_provider)
-    try:
+    with running_vault(tmp_path / "fork", hsm_provider) as forked_vault:
         since = datetime.now(UTC) - timedelta(seconds=1)
         with forked_vault.client("payments") as c:
             for pan in PANS:
@@ -306,9 +305,6 @@ def test_chain_and_fork(
                     "previous_head": head,
                 },
             ).content
-    finally:
-        server.stop()
-        forked_vault.runtime.close()
     forked = tmp_path / "fork.tar.gz"
     forked.write_bytes(fork)
     report = verify_bundle(forked, public_key, previous=first)
@@ -338,7 +334,11 @@ def test_cli_verify(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> Non
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("VERIFIED")
-    assert "VERIFIED" in html.read_text()
+    page = html.read_text()
+    assert "VERIFIED" in page
+    # Head times read as UTC, not as 13-digit epoch milliseconds.
+    assert "signed at (UTC)" in page
+    assert re.search(r"<td>20\d\d-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z</td>", page)
     as_json = json.loads(
         subprocess.run(
             [*command, "--json"], capture_output=True, text=True, timeout=60, check=False

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.postgres import PostgresCluster
+from tests.support.leakguard import LeakGuard, dump_database
+from tests.support.postgres import PostgresCluster, PostgresUnavailable, wait_until_reachable
 from tests.support.vault_process import VaultProcess
 
 
@@ -30,12 +31,21 @@ def stop_vaults(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture
-def durable_postgres() -> Iterator[PostgresCluster]:
-    """A PostgreSQL cluster with fsync on: a crash test must measure real durability."""
+def durable_postgres(leak_guard: LeakGuard) -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster with fsync on: a crash test must measure real durability.
+    Its database and log are kept for the session's leak scan."""
     cluster = PostgresCluster.create(durable=True)
     cluster.start()
-    yield cluster
-    cluster.destroy()
+    try:
+        yield cluster
+        try:
+            wait_until_reachable(cluster.dsn(), timeout_s=2)
+        except PostgresUnavailable:
+            cluster.start()  # a fault test may leave it stopped
+        dump_database(cluster.dsn(), "postgres", cluster.bindir, leak_guard.dumps)
+    finally:
+        cluster.keep_log(leak_guard.dumps)
+        cluster.destroy()
 
 
 _REPORT = pytest.StashKey[list[str]]()

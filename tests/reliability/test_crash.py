@@ -14,18 +14,17 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests.support.pans import card_number
 from tests.support.postgres import PostgresCluster
 from tests.support.softhsm import SoftHSMToken
 from tests.support.vault_process import VaultProcess, make_vault
-from vault.pan import luhn_check_digit
 from vault.storage.database import create_database_engine
 
 KILLS = 5
 
 
 def _pan(worker: int, i: int) -> str:
-    body = f"4{worker:02d}{i:012d}"
-    return body + luhn_check_digit(body)
+    return card_number(f"4{worker:02d}", i)
 
 
 def _load(  # noqa: PLR0917 - a thread target's arguments

@@ -10,17 +10,16 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.support.pans import card_number
 from tests.support.softhsm import SoftHSMToken
 from tests.support.vault_process import make_vault
-from vault.pan import luhn_check_digit
 from vault.storage.database import create_database_engine
 
 TOTAL = 100_000
 
 
 def _pan(i: int) -> str:
-    body = f"37{i:012d}"
-    return body + luhn_check_digit(body)
+    return card_number("37", i, length=15)
 
 
 @pytest.mark.slow

@@ -11,16 +11,15 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.support.pans import card_number
 from tests.support.postgres import PostgresCluster
 from tests.support.softhsm import SoftHSMToken
 from tests.support.vault_process import make_vault
-from vault.pan import luhn_check_digit
 from vault.storage.database import create_database_engine
 
 
 def _pan(i: int) -> str:
-    body = f"5{i:014d}"
-    return body + luhn_check_digit(body)
+    return card_number("5", i)
 
 
 @pytest.mark.slow

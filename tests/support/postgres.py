@@ -136,6 +136,12 @@ class PostgresCluster:
     def stop(self, mode: str = "fast") -> None:
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop")
 
+    def keep_log(self, dest: Path) -> None:
+        """Copy the server log into `dest`, where the session's leak scan reads it."""
+        dest.mkdir(parents=True, exist_ok=True)
+        if self.log_file.exists():
+            shutil.copy(self.log_file, dest / f"postgres-{self.port}.log")
+
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.base, ignore_errors=True)

@@ -20,6 +20,7 @@ import pytest
 from api.pki import DevPKI, ensure_dev_pki
 from cofre.devenv import DEV_POLICY
 from hsm.softhsm import write_softhsm_conf
+from tests.support.leakguard import record_responses
 from tests.support.postgres import free_port
 from tests.support.softhsm import SoftHSMToken
 
@@ -46,7 +47,12 @@ class VaultProcess:
     def client(self, name: str = "payments", timeout: float = 30) -> httpx.Client:
         context = ssl.create_default_context(cafile=str(self.pki.ca))
         context.load_cert_chain(str(self.pki.client_cert(name)), str(self.pki.client_key(name)))
-        return httpx.Client(base_url=self.url, verify=context, timeout=timeout)
+        return httpx.Client(
+            base_url=self.url,
+            verify=context,
+            timeout=timeout,
+            event_hooks=record_responses(self.log.with_name("responses.log")),
+        )
 
     def start(self, timeout: float = 60, ready_path: str = "/readyz") -> None:
         """Start `cofre serve` and return once `ready_path` answers 200."""

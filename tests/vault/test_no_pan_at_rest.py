@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -91,11 +92,23 @@ def test_no_pan_in_database_files_or_dump(
     assert hits == []
 
 
-def test_scanner_catches_a_planted_pan(tmp_path: Path) -> None:
-    planted = tmp_path / "planted.bin"
-    planted.write_bytes(b"\x00noise 4111111111111111 more\x00" + b"5555555555554444")
-    assert len(scan_files([tmp_path], ["4111111111111111"])) == 3
+def test_scanner_catches_a_planted_pan() -> None:
+    # Outside pytest's base temp: the session's own leak scan must not see the plant.
+    with tempfile.TemporaryDirectory() as scratch:
+        planted = Path(scratch) / "planted.bin"
+        planted.write_bytes(b"\x00noise 4111111111111111 more\x00" + b"5555555555554444")
+        assert len(scan_files([Path(scratch)], ["4111111111111111"])) == 3
     assert find_leaks(b"x4111111111111112x", []) == []  # fails Luhn: not a card
     # A PAN stored in clear in a bytea column shows up decoded from the dump's hex.
     dump = b"COPY t (b) FROM stdin;\n\\\\x" + b"4111111111111111".hex().encode() + b"\n"
     assert len(find_leaks_in_dump(dump, [])) == 1
+
+
+def test_digit_runs_inside_hex_digests_are_noise_but_test_pans_are_not() -> None:
+    digest = b"ab" + b"4111111111111111" + b"cd" * 23  # 64 hex characters, like a SHA-256
+    assert find_leaks(digest, []) == []
+    assert find_leaks(digest, ["4111111111111111"]) == ["test PAN 411111******1111"]
+    assert find_leaks(b"0x" + digest, []) == []
+    # Short hex (a span id) and plain words do not hide a card number.
+    assert len(find_leaks(b"ab4111111111111111cd", [])) == 1
+    assert len(find_leaks(b"pan=4111111111111111;", [])) == 1

@@ -1,0 +1,228 @@
+"""The suite-wide PAN leak scan, run once when every test session ends.
+
+Everything the suite produces lands under pytest's base temp directory: the SQLite files
+and their WALs, the logs of every `cofre serve` process, evidence bundles, the CLI's
+output files, a pg_dump of every PostgreSQL database a test used (taken before the
+database is dropped, `dump_database`), each PostgreSQL server's log, and, from the
+in-process API servers, their JSON logs, exported spans, metrics and every response
+body (`record_responses`, `VaultServer`). What pytest captured from each test (stdout,
+stderr, log records, failure tracebacks) is kept in memory. When the session ends,
+`tests.support.leakscan` walks all of it for every test PAN (each Luhn-valid card
+number literal in the tests' sources, every number `tests.support.pans` generated, any a
+test adds to `LeakGuard.pans`) and for every 13-19 digit Luhn-valid run. An SQLite
+database is read twice: its raw pages (and WAL) for the test PANs, every value it stores
+for both rules. Token values are Luhn-valid by design for ``luhn = "pass"`` formats, so
+every token any database holds is allowed. Any finding fails the run.
+
+The one answer allowed to carry a PAN, a successful reveal to an identity whose policy
+allows it, is the only thing not recorded.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.support.leakscan import LeakScanner, files_under
+from tests.support.pans import GENERATED
+from vault.pan import luhn_valid
+
+REPO = Path(__file__).resolve().parents[2]
+REVEALS = frozenset({"/v1/detokenize", "/v1/detokenize/batch"})
+DUMPS = "leakscan"  # under the base temp: pg dumps, server logs, token lists
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_LITERAL = re.compile(r"(?<![0-9])[0-9]{13,19}(?![0-9])")
+
+
+def pans_in_test_sources() -> set[str]:
+    """Every Luhn-valid 13-19 digit literal in the tests' Python sources."""
+    found: set[str] = set()
+    for source in (REPO / "tests").rglob("*.py"):
+        found.update(d for d in _LITERAL.findall(source.read_text()) if luhn_valid(d))
+    return found
+
+
+def record_responses(path: Path) -> dict[str, list[Callable[[httpx.Response], None]]]:
+    """httpx event hooks that append every response body to `path` (the session scan
+    reads it), except a successful reveal, the one answer that may hold a PAN."""
+
+    def record(response: httpx.Response) -> None:
+        response.read()
+        if response.is_success and response.request.url.path in REVEALS:
+            return
+        with path.open("ab") as out:
+            out.write(response.content + b"\n")
+
+    return {"response": [record]}
+
+
+def dump_database(dsn: str, dbname: str, bindir: Path, dest: Path) -> None:
+    """pg_dump `dbname` into `dest`/<dbname>.sql, and its tokens into <dbname>.tokens."""
+    dest.mkdir(parents=True, exist_ok=True)
+    stem = f"{dbname}-{time.monotonic_ns()}"
+    base, _, _ = dsn.rpartition("/")
+    with psycopg.connect(f"{base}/{dbname}", connect_timeout=10) as conn:
+        tables = conn.execute("SELECT to_regclass('public.tokens')").fetchone()
+        tokens = (
+            [t for (t,) in conn.execute("SELECT token FROM tokens")] if tables and tables[0] else []
+        )
+    (dest / f"{stem}.tokens").write_text("\n".join(tokens))
+    with (dest / f"{stem}.sql").open("wb") as out:
+        subprocess.run(
+            [str(bindir / "pg_dump"), "--no-owner", "-d", f"{base}/{dbname}"],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            check=True,
+            timeout=300,
+        )
+
+
+_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _is_sqlite(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(16) == _SQLITE_MAGIC
+
+
+def sqlite_values(path: Path) -> tuple[list[str], list[bytes]]:
+    """The tokens and every stored value of an SQLite database (with its WAL): text and
+    numbers as text, one per line, and blobs as they are. Raw pages are no place for
+    the Luhn rule: a record's bytes glue a UUID's digit tail to an integer that happens
+    to be an ASCII digit, and freed cells keep fragments of old values."""
+    # A copy, so that neither a hot WAL nor a read-only directory stops the read.
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / path.name
+        copy.write_bytes(path.read_bytes())
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists():
+            copy.with_name(copy.name + "-wal").write_bytes(wal.read_bytes())
+        with sqlite3.connect(copy) as conn:
+            tables = [
+                t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            ]
+            lines: list[bytes] = []
+            blobs: list[bytes] = []
+            for table in tables:
+                for row in conn.execute(f'SELECT * FROM "{table}"'):
+                    for value in row:
+                        if isinstance(value, bytes):
+                            blobs.append(value)
+                        elif value is not None:
+                            lines.append(str(value).encode())
+            tokens = (
+                [t for (t,) in conn.execute("SELECT token FROM tokens")]
+                if "tokens" in tables
+                else []
+            )
+    # One line each: a line break ends every digit run, so no two values join into one.
+    return tokens, [b"\n".join(lines), b"\n".join(blobs)]
+
+
+@dataclass(eq=False)  # a plugin: pluggy keeps it in sets
+class LeakGuard:
+    """Collects what the session produced and scans it when the session ends."""
+
+    root: Path | None = None
+    pans: set[str] = field(default_factory=set)
+    captured: dict[str, str] = field(default_factory=dict)
+    findings: list[str] = field(default_factory=list)
+    summary: str = ""
+
+    @classmethod
+    def of(cls, config: pytest.Config, root: Path) -> LeakGuard:
+        """The session's guard, now that its base temp directory is known."""
+        guard = config.stash[_GUARD]
+        guard.root = root
+        return guard
+
+    @property
+    def dumps(self) -> Path:
+        assert self.root is not None
+        return self.root / DUMPS
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # A phase's report repeats the sections of the phases before it: keyed, once.
+        for title, content in report.sections:
+            self.captured[f"{report.nodeid} ({title})"] = content
+        if report.failed:
+            self.captured[f"{report.nodeid} ({report.when} failure)"] = report.longreprtext
+
+    def scan(self) -> None:
+        if self.root is None:
+            return  # no test ran: nothing was produced
+        started = time.monotonic()
+        pans = self.pans | pans_in_test_sources() | GENERATED
+        files = files_under(self.root)
+        allowed: set[str] = set()
+        databases: dict[Path, list[bytes]] = {}
+        for file in files:
+            if file.suffix == ".tokens":
+                allowed.update(file.read_text().split())
+            elif _is_sqlite(file):
+                tokens, databases[file] = sqlite_values(file)
+                allowed.update(tokens)
+        allowed -= pans  # a test PAN stored as a token value is a leak, not a token
+        scanner = LeakScanner.of(pans, allowed)
+        self.findings = []
+        for file in files:
+            where = file.relative_to(self.root)
+            if file in databases or file.name.endswith(_SQLITE_SIDE_FILES):
+                # Raw pages: the known PANs; the stored values: both rules.
+                self.findings += [f"{where}: {h}" for h in scanner.known_pans(file.read_bytes())]
+                self.findings += [
+                    f"{where} (stored values): {h}"
+                    for chunk in databases.get(file, [])
+                    for h in scanner.scan(chunk)
+                ]
+            else:
+                self.findings += [f"{where}: {h}" for h in scanner.scan_file(file)]
+        self.findings += [
+            f"{where}: {hit}"
+            for where, text in self.captured.items()
+            for hit in scanner.scan(text.encode())
+        ]
+        size = sum(f.stat().st_size for f in files)
+        dumps = len(list(self.dumps.glob("*.sql"))) if self.dumps.exists() else 0
+        self.summary = (
+            f"{len(files)} files ({size / 1e6:.0f} MB, {len(databases)} SQLite databases, "
+            f"{dumps} PostgreSQL dumps) under "
+            f"{self.root} and {len(self.captured)} captured outputs, for {len(pans)} test "
+            f"PANs and every Luhn-valid 13-19 digit run ({len(allowed)} tokens allowed): "
+            f"{len(self.findings)} findings in {time.monotonic() - started:.1f} s"
+        )
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR):
+            return
+        self.scan()
+        if self.findings:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not self.summary:
+            return
+        terminalreporter.section("PAN leak scan")
+        terminalreporter.write_line(self.summary, red=bool(self.findings))
+        for finding in self.findings[:50]:
+            terminalreporter.write_line(f"  {finding}", red=True)
+
+
+_GUARD = pytest.StashKey[LeakGuard]()
+
+
+def install_leak_guard(config: pytest.Config) -> None:
+    """Register the guard as a plugin (from the root conftest's pytest_configure)."""
+    guard = LeakGuard()
+    config.stash[_GUARD] = guard
+    config.pluginmanager.register(guard, "cofre-leak-guard")
