@@ -13,17 +13,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+PLOT = str(HERE / "api_latency.png")
 SCRIPTS = [
     ("FF1 (issue 5)", ["bench.ff1"]),
     ("HSM provider vs bare python-pkcs11 (issue 4)", ["bench.hsm_ops"]),
     ("Audit log (issue 6)", ["bench.audit", "--sizes", "10000,1000000"]),
     ("Vault service in process (issue 7)", ["bench.vault", "--sizes", "10000,1000000"]),
-    ("API over mutual TLS (issue 8)", ["bench.api", "--seconds", "5"]),
+    ("API over mutual TLS (issue 8)", ["bench.api", "--seconds", "5", "--plot", PLOT]),
 ]
 
 
 def main() -> int:
-    out = Path(__file__).resolve().parent / "REPORT.md"
+    out = HERE / "REPORT.md"
     sections = [
         "# Cofre benchmark report\n",
         f"Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by `make bench` on "
@@ -41,7 +43,10 @@ def main() -> int:
         if result.returncode != 0:
             failed += 1
             text += f"\n(exit {result.returncode})\n{result.stderr[-2000:]}"
-        sections.append(f"## {title}\n\n`python -m {' '.join(argv)}`\n\n```\n{text}\n```\n")
+        shown = " ".join(str(Path(a).relative_to(HERE.parent)) if a == PLOT else a for a in argv)
+        sections.append(f"## {title}\n\n`python -m {shown}`\n\n```\n{text}\n```\n")
+        if PLOT in argv and result.returncode == 0:
+            sections.append(f"![API latency at 1, 8 and 32 clients]({Path(PLOT).name})\n")
     out.write_text("\n".join(sections), encoding="utf-8")
     print(f"wrote {out}")
     return 1 if failed else 0

@@ -9,6 +9,7 @@ threads in this process, each with its own keep-alive connection, the same clien
 for both servers. Loopback only.
 
 Run: .venv/bin/python -m bench.api [--seconds 5] [--databases sqlite,postgresql]
+     [--plot latency.png]
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def _load(pki: DevPKI, url: str, clients: int, seconds: float, offset: int) -> d
     return {
         "req_per_s": len(latencies) / elapsed,
         "p50_ms": statistics.median(latencies),
+        "p90_ms": latencies[int(len(latencies) * 0.90) - 1],
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1],
         "errors": errors[0],
     }
@@ -212,12 +214,46 @@ def _report(results: dict[str, object], databases: list[str]) -> None:
     print("goals: vault >= 50% of bare req/s; p99 <= 25 ms at 32 clients")
 
 
+def plot(results: dict[str, object], databases: list[str], out: Path) -> None:
+    """p50/p90/p99 latency and req/s against clients, one line per server, as a PNG."""
+    # Imported here: only the plot needs matplotlib, and Agg draws with no display.
+    import matplotlib as mpl
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clients = [1, 8, 32]
+    figure, axes = plt.subplots(1, 4, figsize=(16, 4), constrained_layout=True)
+    for name in ["bare", *databases]:
+        rows = [results[name][c] for c in clients]  # type: ignore[index]
+        label = "bare FastAPI" if name == "bare" else f"vault, {name}"
+        for axis, key in zip(axes, ["p50_ms", "p90_ms", "p99_ms", "req_per_s"], strict=True):
+            axis.plot(clients, [r[key] for r in rows], marker="o", label=label)
+    for axis, title in zip(
+        axes, ["p50 latency", "p90 latency", "p99 latency", "throughput"], strict=True
+    ):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(clients, [str(c) for c in clients])
+        axis.set_xlabel("concurrent clients")
+        axis.set_ylabel("req/s" if title == "throughput" else "ms")
+        axis.set_title(f"tokenize over mTLS: {title}")
+        axis.grid(visible=True, alpha=0.3)
+    axes[2].axhline(25, color="grey", linestyle="--", label="p99 goal (25 ms)")
+    axes[2].legend()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot", type=Path, help="write the latency plot (PNG) here")
     args = parser.parse_args()
     out = main(args.seconds, args.databases.split(","))
+    if args.plot:
+        plot(out, args.databases.split(","), args.plot)
+        print(f"latency plot: {args.plot.name}")
     if args.json:
         print(json.dumps(out, default=str))
