@@ -15,6 +15,7 @@ certificate has no identity, whatever it sends.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
@@ -76,7 +77,15 @@ def identity_from_scope(scope: Scope) -> str:
     chain = tls.get("client_cert_chain") or []
     if not chain:
         raise IdentityMissing("no verified client certificate on this connection")
-    cert = x509.load_pem_x509_certificate(chain[0].encode("ascii"))
+    return identity_from_pem(chain[0])
+
+
+@functools.lru_cache(maxsize=256)
+def identity_from_pem(pem: str) -> str:
+    """The first URI SAN of a certificate. Memoized: a pure function of the bytes, and
+    parsing the certificate on every request of a keep-alive client cost more than the
+    rest of the identity check (an error is raised again each time, never cached)."""
+    cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:

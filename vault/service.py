@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
 from cryptography.exceptions import InvalidTag
-from sqlalchemy import Connection, Engine, Row, and_, insert, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, insert, select, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
@@ -89,6 +89,19 @@ MAX_BATCH: Final = 1000
 _TRANSACTION_ATTEMPTS: Final = 5
 _RETRYABLE_SQLSTATES: Final = frozenset({"40P01", "40001"})  # deadlock, serialization
 _CANDIDATE_CHUNK: Final = 64
+# The hot path's statements, built once: building and cache-keying a statement per call
+# cost more Python time than running it.
+_INSERT_TOKEN: Final = insert(tokens)
+_TAKEN: Final = select(tokens.c.token).where(tokens.c.token.in_(bindparam("chunk", expanding=True)))
+_HELD: Final = (
+    select(tokens.c.id).where(tokens.c.fingerprint.in_(bindparam("fps", expanding=True))).limit(1)
+)
+_CONVERGENT: Final = select(tokens).where(
+    tokens.c.format == bindparam("format"),
+    tokens.c.fingerprint.in_(bindparam("fps", expanding=True)),
+    tokens.c.convergent,
+)
+_BY_TOKEN: Final = select(tokens).where(tokens.c.token == bindparam("token"))
 _METADATA_KEY_CHARS: Final = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-."
 )
@@ -676,11 +689,7 @@ class VaultService:
         convergent = spec.dedup is Dedup.CONVERGENT or spec.type is FormatType.FPE
         if convergent:
             existing = connection.execute(
-                select(tokens).where(
-                    tokens.c.format == request.format,
-                    tokens.c.fingerprint.in_(known_fps),
-                    tokens.c.convergent,
-                )
+                _CONVERGENT, {"format": request.format, "fps": known_fps}
             ).first()
             if existing is not None:
                 expires = as_utc(existing.expires_at)
@@ -707,22 +716,23 @@ class VaultService:
         )
         expires_at = _expiry(now, request.ttl_seconds)
         connection.execute(
-            insert(tokens).values(
-                id=token_id,
-                token=token,
-                format=request.format,
-                convergent=convergent,
-                fingerprint=fp,
-                fp_version=fp_version,
-                key_version=version,
-                nonce=nonce,
-                ciphertext=ciphertext,
-                metadata=metadata,
-                owner=ctx.identity,
-                idempotency_key=request.idempotency_key,
-                created_at=now,
-                expires_at=expires_at,
-            )
+            _INSERT_TOKEN,
+            {
+                "id": token_id,
+                "token": token,
+                "format": request.format,
+                "convergent": convergent,
+                "fingerprint": fp,
+                "fp_version": fp_version,
+                "key_version": version,
+                "nonce": nonce,
+                "ciphertext": ciphertext,
+                "metadata": metadata,
+                "owner": ctx.identity,
+                "idempotency_key": request.idempotency_key,
+                "created_at": now,
+                "expires_at": expires_at,
+            },
         )
         self._audit.append(
             connection,
@@ -791,11 +801,7 @@ class VaultService:
                 raise TokenSpaceExhausted(
                     "every token of this format for this BIN and last four is taken"
                 )
-            taken = set(
-                connection.execute(
-                    select(tokens.c.token).where(tokens.c.token.in_(chunk))
-                ).scalars()
-            )
+            taken = set(connection.execute(_TAKEN, {"chunk": chunk}).scalars())
             for candidate in chunk:
                 if candidate in taken or (avoid is not None and candidate in avoid):
                     continue
@@ -805,18 +811,13 @@ class VaultService:
 
     def _is_held_pan(self, connection: Connection, candidate: str) -> bool:
         fps = self._fingerprints(candidate)
-        return (
-            connection.execute(
-                select(tokens.c.id).where(tokens.c.fingerprint.in_(fps)).limit(1)
-            ).first()
-            is not None
-        )
+        return connection.execute(_HELD, {"fps": fps}).first() is not None
 
     # ------------------------------------------------------------------ detokenize
     def _live_row(self, connection: Connection, token: str) -> Row[Any]:
         if not 1 <= len(token) <= 64:
             raise TokenNotFound("no such token")
-        row = connection.execute(select(tokens).where(tokens.c.token == token)).first()
+        row = connection.execute(_BY_TOKEN, {"token": token}).first()
         if row is None or row.deleted_at is not None or row.ciphertext is None:
             raise TokenNotFound("no such token")
         expires = as_utc(row.expires_at)

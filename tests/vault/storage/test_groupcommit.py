@@ -1,0 +1,144 @@
+"""Group commit on the real databases: operations share a commit, a failing one rolls
+back alone, nothing is answered before its commit, and a failed commit fails everyone."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, Engine, event, text
+
+from vault.storage.database import create_database_engine
+from vault.storage.groupcommit import GroupCommitter
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_database_engine(database_url)
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE items (id INTEGER PRIMARY KEY)"))
+    yield engine
+    engine.dispose()
+
+
+class Statements:
+    """Counts commits and SAVEPOINT statements on an engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.commits = 0
+        self.savepoints = 0
+        event.listen(engine, "commit", self._commit)
+        event.listen(engine, "before_cursor_execute", self._execute)
+
+    def _commit(self, _conn: Any) -> None:
+        self.commits += 1
+
+    def _execute(self, _c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        if statement.upper().startswith("SAVEPOINT"):
+            self.savepoints += 1
+
+
+def _insert(item: int) -> Callable[[Connection], int]:
+    def work(c: Connection) -> int:
+        c.execute(text("INSERT INTO items (id) VALUES (:id)"), {"id": item})
+        return item
+
+    return work
+
+
+def _rows(engine: Engine) -> set[int]:
+    with engine.connect() as c:
+        return {r for (r,) in c.execute(text("SELECT id FROM items"))}
+
+
+def _one_group(
+    committer: GroupCommitter, works: list[Callable[[Connection], Any]]
+) -> list[Future[Any]]:
+    """Submit `works` while the writer is held inside a first operation, so that they
+    all wait and form the next group together."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold(_c: Connection) -> None:
+        held.set()
+        release.wait(10)
+
+    pool = ThreadPoolExecutor(len(works) + 1)
+    first = pool.submit(committer.run, hold)
+    assert held.wait(10)
+    futures = [pool.submit(committer.run, w) for w in works]
+    while len(committer._queue) < len(works):  # noqa: SLF001 - waiting for the group to form
+        threading.Event().wait(0.01)
+    release.set()
+    first.result(10)
+    pool.shutdown(wait=True)
+    return futures
+
+
+def test_waiting_operations_share_one_commit_with_no_savepoints(engine: Engine) -> None:
+    committer = GroupCommitter(engine)
+    counted = Statements(engine)
+    try:
+        futures = _one_group(committer, [_insert(i) for i in range(1, 17)])
+    finally:
+        committer.close()
+    assert [f.result() for f in futures] == list(range(1, 17))
+    assert _rows(engine) == set(range(1, 17))
+    assert counted.commits == 2  # the holding operation's, then the group's
+    assert counted.savepoints == 0
+
+
+def test_a_failing_operation_rolls_back_alone(engine: Engine) -> None:
+    def half_then_fail(c: Connection) -> None:
+        c.execute(text("INSERT INTO items (id) VALUES (100)"))
+        raise ValueError("refused")
+
+    committer = GroupCommitter(engine)
+    counted = Statements(engine)
+    try:
+        futures = _one_group(committer, [_insert(1), half_then_fail, _insert(2)])
+    finally:
+        committer.close()
+    assert futures[0].result() == 1
+    assert futures[2].result() == 2
+    with pytest.raises(ValueError, match="refused"):
+        futures[1].result()
+    assert _rows(engine) == {1, 2}  # nothing of the failed operation
+    assert counted.savepoints == 3  # the group ran again, a savepoint each
+
+
+def test_a_database_error_in_one_operation_spares_the_others(engine: Engine) -> None:
+    committer = GroupCommitter(engine)
+    try:
+        _one_group(committer, [_insert(7)])
+        futures = _one_group(committer, [_insert(1), _insert(7), _insert(2)])
+    finally:
+        committer.close()
+    assert futures[0].result() == 1
+    assert futures[2].result() == 2
+    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+        futures[1].result()
+    assert _rows(engine) == {1, 2, 7}
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_failed_commit_fails_every_operation_in_it(engine: Engine) -> None:
+    # A deferred constraint is checked at COMMIT: the group's commit itself fails.
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE once (k int UNIQUE DEFERRABLE INITIALLY DEFERRED)"))
+
+    def once(c: Connection) -> str:
+        c.execute(text("INSERT INTO once (k) VALUES (1)"))
+        return "answered"
+
+    committer = GroupCommitter(engine)
+    try:
+        futures = _one_group(committer, [once, once, _insert(5)])
+    finally:
+        committer.close()
+    for future in futures:
+        with pytest.raises(Exception, match="(?i)unique|duplicate"):
+            future.result()
+    assert _rows(engine) == set()
