@@ -11,7 +11,7 @@ STAMP := $(VENV)/.cofre-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 IN_SCOPE := cofre vault hsm api policies audit infra_pci compliance
 
-.PHONY: help run test lint format bench system-deps venv lock clean
+.PHONY: help run test lint format bench system-deps test-deps venv lock clean
 
 help:
 	@echo "make run    - start the dev vault (SoftHSM token, SQLite, dev PKI; created on first run)"
@@ -32,6 +32,13 @@ system-deps:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+# Only the tests need a browser: headless Chromium renders the evidence report a QSA opens.
+test-deps:
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian packages: chromium"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
 $(STAMP): requirements.lock pyproject.toml | system-deps
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -56,7 +63,7 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+test: test-deps lint
 	$(BIN)/pytest
 
 bench: venv

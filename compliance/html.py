@@ -80,7 +80,33 @@ def render_html(report: Report, bundle: Path) -> str:
                 f"<tr><td>{e(entry['time'])}</td><td>{e(entry['action'])}</td>"
                 f"<td>{e(str(entry['actor']))}</td><td>{e(str(entry['key_id']))}</td></tr>"
             )
-    parts.append("</table><h2>PCI DSS requirements</h2><pre>")
-    parts.append(e(files.get("requirements.md", b"").decode()))
-    parts.append("</pre></body></html>")
+    parts.append("</table><h2>PCI DSS requirements</h2>")
+    parts += _requirements(files.get("requirements.md", b"").decode())
+    parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _requirements(markdown: str) -> list[str]:
+    """requirements.md as a page section: its table as a table, the rest as paragraphs
+    (a QSA reads it in the browser; a preformatted block ran off the page)."""
+    e = html.escape
+    out: list[str] = []
+    rows: list[list[str]] = []
+    paragraph: list[str] = []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= {"-", ":"} for c in cells):  # not the |---| rule
+                rows.append(cells)
+        elif line.strip():
+            paragraph.append(line.lstrip("# "))
+        if paragraph and not line.strip():
+            out.append(f"<p>{e(' '.join(paragraph))}</p>")
+            paragraph = []
+        if rows and not line.startswith("|"):
+            head, *body = rows
+            out.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in head) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in body]
+            out.append("</table>")
+            rows = []
+    return out

@@ -10,16 +10,20 @@ import re
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from PIL import Image
 
+from compliance.html import render_html
 from compliance.verifier import verify_bundle
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
@@ -389,3 +393,74 @@ def test_bad_periods_are_problems(day: tuple[VaultServer, Path, bytes]) -> None:
             ).status_code
             == 403
         )
+
+
+def _screenshot(page: Path, out: Path) -> tuple[Any, str]:
+    """Render `page` in headless Chromium: the screenshot (a PIL image) and the DOM."""
+    # Chromium's own profile is not the suite's output: outside the leak-scanned temp.
+    with tempfile.TemporaryDirectory() as profile:
+        return _render(page, out, Path(profile))
+
+
+def _render(page: Path, out: Path, profile: Path) -> tuple[Any, str]:
+    if not Path("/usr/bin/chromium").exists():
+        pytest.fail("headless Chromium is required: `make test` installs it", pytrace=False)
+    # The flags keep Chromium off the network (this machine has none) and out of ~.
+    flags = [
+        "/usr/bin/chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,1600",
+    ]
+    url = page.resolve().as_uri()
+    subprocess.run(
+        [*flags, f"--screenshot={out}", url], capture_output=True, timeout=120, check=True
+    )
+    dom = subprocess.run(
+        [*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    return Image.open(out).convert("RGB"), dom
+
+
+def _colours(image: Any) -> dict[tuple[int, int, int], int]:
+    return {colour: count for count, colour in image.getcolors(maxcolors=1 << 24)}
+
+
+GREEN, RED = (0x1A, 0x7F, 0x37), (0xCF, 0x22, 0x2E)  # the page's ok and fail colours
+
+
+def test_html_report_renders_in_a_browser(
+    day: tuple[VaultServer, Path, bytes], tmp_path: Path
+) -> None:
+    """What a QSA sees: the verified report shows its green badge and no red; a
+    tampered bundle's report shows red and names the problem."""
+    _, bundle, public_key = day
+    good = tmp_path / "good.html"
+    good.write_text(render_html(verify_bundle(bundle, public_key), bundle))
+    files = _members(bundle)
+    files["requirements.md"] += b"x"
+    bad_bundle = _write(tmp_path / "bad.tar.gz", files)
+    bad = tmp_path / "bad.html"
+    bad.write_text(render_html(verify_bundle(bad_bundle, public_key), bad_bundle))
+
+    image, dom = _screenshot(good, tmp_path / "good.png")
+    colours = _colours(image)
+    assert image.size == (1280, 1600)
+    assert "VERIFIED" in dom
+    assert "Signed tree heads" in dom
+    assert re.search(r"<td>3\.4</td>\s*<td>Mask PANs when displayed", dom)
+    assert colours.get(GREEN, 0) > 500  # the badge and the check marks
+    assert colours.get(RED, 0) == 0
+    assert len(colours) > 50  # text was drawn (anti-aliased), not a blank page
+
+    image, dom = _screenshot(bad, tmp_path / "bad.png")
+    assert "FAILED" in dom
+    assert "requirements.md: content differs" in dom
+    assert _colours(image).get(RED, 0) > 500
