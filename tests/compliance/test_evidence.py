@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -61,18 +62,25 @@ def day(
             while c.get(f"/v1/admin/keys/rotations/{ceremony}").json()["state"] != "completed":
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-        with vault.client("auditor") as c:
-            response = c.post(
-                "/v1/evidence",
-                json={
-                    "from": started.isoformat(),
-                    "to": (datetime.now(UTC) + timedelta(seconds=5)).isoformat(),
-                },
-            )
+        response = _export(vault, started)
         assert response.status_code == 200, response.text
         bundle = tmp / "day1.tar.gz"
         bundle.write_bytes(response.content)
         yield vault, bundle, hsm_provider.public_key_pem("cofre-audit-v1")
+
+
+def _export(
+    vault: VaultServer, since: datetime, previous_head: object | None = None
+) -> httpx.Response:
+    """POST /v1/evidence as the auditor, for `since` until a little after now."""
+    body: dict[str, object] = {
+        "from": since.isoformat(),
+        "to": (datetime.now(UTC) + timedelta(seconds=5)).isoformat(),
+    }
+    if previous_head is not None:
+        body["previous_head"] = previous_head
+    with vault.client("auditor") as c:
+        return c.post("/v1/evidence", json=body)
 
 
 def _members(bundle: Path) -> dict[str, bytes]:
@@ -280,15 +288,7 @@ def test_chain_and_fork(
     since = datetime.now(UTC)
     with vault.client("payments") as c:
         c.post("/v1/tokenize", json={"pan": "4000000000000010", "format": "pan_last4"})
-    with vault.client("auditor") as c:
-        response = c.post(
-            "/v1/evidence",
-            json={
-                "from": since.isoformat(),
-                "to": (datetime.now(UTC) + timedelta(seconds=5)).isoformat(),
-                "previous_head": head,
-            },
-        )
+    response = _export(vault, since, previous_head=head)
     second = tmp_path / "day2.tar.gz"
     second.write_bytes(response.content)
     report = verify_bundle(second, public_key, previous=first)
@@ -300,15 +300,7 @@ def test_chain_and_fork(
         with forked_vault.client("payments") as c:
             for pan in PANS:
                 c.post("/v1/tokenize", json={"pan": pan, "format": "uuid"})
-        with forked_vault.client("auditor") as c:
-            fork = c.post(
-                "/v1/evidence",
-                json={
-                    "from": since.isoformat(),
-                    "to": (datetime.now(UTC) + timedelta(seconds=5)).isoformat(),
-                    "previous_head": head,
-                },
-            ).content
+        fork = _export(forked_vault, since, previous_head=head).content
     forked = tmp_path / "fork.tar.gz"
     forked.write_bytes(fork)
     report = verify_bundle(forked, public_key, previous=first)
