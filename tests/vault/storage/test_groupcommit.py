@@ -69,7 +69,7 @@ def _one_group(
     first = pool.submit(committer.run, hold)
     assert held.wait(10)
     futures = [pool.submit(committer.run, w) for w in works]
-    while len(committer._queue) < len(works):  # noqa: SLF001 - waiting for the group to form
+    while len(committer._queue) < len(works):  # waiting for the group to form
         threading.Event().wait(0.01)
     release.set()
     first.result(10)
@@ -118,7 +118,7 @@ def test_a_database_error_in_one_operation_spares_the_others(engine: Engine) -> 
         committer.close()
     assert futures[0].result() == 1
     assert futures[2].result() == 2
-    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
         futures[1].result()
     assert _rows(engine) == {1, 2, 7}
 
@@ -139,6 +139,6 @@ def test_a_failed_commit_fails_every_operation_in_it(engine: Engine) -> None:
     finally:
         committer.close()
     for future in futures:
-        with pytest.raises(Exception, match="(?i)unique|duplicate"):
+        with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
             future.result()
     assert _rows(engine) == set()
