@@ -58,12 +58,17 @@ def record_responses(path: Path) -> dict[str, list[Callable[[httpx.Response], No
 
     def record(response: httpx.Response) -> None:
         response.read()
-        if response.is_success and response.request.url.path in REVEALS:
-            return
-        with path.open("ab") as out:
-            out.write(response.content + b"\n")
+        record_body(path, response.request.url.path, response.is_success, response.content)
 
     return {"response": [record]}
+
+
+def record_body(path: Path, url_path: str, success: bool, body: bytes) -> None:
+    """Append a response `body` to `path`, unless it is a successful reveal."""
+    if success and url_path in REVEALS:
+        return
+    with path.open("ab") as out:
+        out.write(body + b"\n")
 
 
 def dump_database(dsn: str, dbname: str, bindir: Path, dest: Path) -> None:
