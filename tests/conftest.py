@@ -36,7 +36,7 @@ def leak_guard(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> LeakGuard:
     """The session-end PAN leak scan over everything under the base temp directory
-    (tests/support/leakguard.py); a test may add PANs it generated to its `pans`."""
+    (tests/support/leakguard.py)."""
     return LeakGuard.of(request.config, tmp_path_factory.getbasetemp())
 
 

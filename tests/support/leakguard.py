@@ -8,11 +8,11 @@ in-process API servers, their JSON logs, exported spans, metrics and every respo
 body (`record_responses`, `VaultServer`). What pytest captured from each test (stdout,
 stderr, log records, failure tracebacks) is kept in memory. When the session ends,
 `tests.support.leakscan` walks all of it for every test PAN (each Luhn-valid card
-number literal in the tests' sources, every number `tests.support.pans` generated, any a
-test adds to `LeakGuard.pans`) and for every 13-19 digit Luhn-valid run. An SQLite
-database is read twice: its raw pages (and WAL) for the test PANs, every value it stores
-for both rules. Token values are Luhn-valid by design for ``luhn = "pass"`` formats, so
-every token any database holds is allowed. Any finding fails the run.
+number literal in the tests' sources, and every number `tests.support.pans` generated)
+and for every 13-19 digit Luhn-valid run. An SQLite database is read twice: its raw
+pages (and WAL) for the test PANs, every value it stores for both rules. Token values
+are Luhn-valid by design for ``luhn = "pass"`` formats, so every token any database
+holds is allowed. Any finding fails the run.
 
 The one answer allowed to carry a PAN, a successful reveal to an identity whose policy
 allows it, is the only thing not recorded.
@@ -139,7 +139,6 @@ class LeakGuard:
     """Collects what the session produced and scans it when the session ends."""
 
     root: Path | None = None
-    pans: set[str] = field(default_factory=set)
     captured: dict[str, str] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
     summary: str = ""
@@ -167,7 +166,7 @@ class LeakGuard:
         if self.root is None:
             return  # no test ran: nothing was produced
         started = time.monotonic()
-        pans = self.pans | pans_in_test_sources() | GENERATED
+        pans = pans_in_test_sources() | GENERATED
         files = files_under(self.root)
         allowed: set[str] = set()
         databases: dict[Path, list[bytes]] = {}
