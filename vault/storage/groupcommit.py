@@ -65,7 +65,12 @@ class GroupCommitter:
                     return
                 group = self._queue[: self._max_group]
                 del self._queue[: self._max_group]
-            self._commit(group)
+            try:
+                self._commit(group)
+            except BaseException as exc:  # noqa: BLE001 - the writer thread must live on
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
 
     def _commit(self, group: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
         if len(group) > 1 and self._commit_unguarded(group):
@@ -78,14 +83,20 @@ class GroupCommitter:
         """The common case, where no operation fails: run them all with no savepoints
         (two statements fewer each) and commit. If one raises, roll everything back and
         return False, so the group runs again with a savepoint each; nothing was
-        answered, and a result computed here is never handed out unless committed."""
-        with self._engine.connect() as connection:
-            transaction = connection.begin()
+        answered, and a result computed here is never handed out unless committed. If
+        the database cannot even be reached, the guarded path meets the same error and
+        hands it to every caller: nothing here may end the writer thread."""
+        try:
+            connection = self._engine.connect()
+        except Exception:  # noqa: BLE001 - the guarded path reports it
+            return False
+        with connection:
             try:
+                transaction = connection.begin()
                 results = [work(connection) for work, _ in group]
             except BaseException:  # noqa: BLE001 - the guarded path finds whose it was
                 with contextlib.suppress(Exception):  # a broken connection rolls back alone
-                    transaction.rollback()
+                    connection.rollback()
                 return False
             try:
                 transaction.commit()

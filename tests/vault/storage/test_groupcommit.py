@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 
 from vault.storage.database import create_database_engine
 from vault.storage.groupcommit import GroupCommitter
@@ -142,3 +143,40 @@ def test_a_failed_commit_fails_every_operation_in_it(engine: Engine) -> None:
         with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
             future.result()
     assert _rows(engine) == set()
+
+
+def test_an_unreachable_database_fails_the_group_and_the_writer_lives_on(engine: Engine) -> None:
+    down = threading.Event()
+
+    def refuse(*_: Any) -> None:
+        if down.is_set():
+            raise DisconnectionError("database unreachable")
+
+    # While `down` is set, every checkout fails (the pool discards the connection, as it
+    # does one that fails its ping, and gives up after its retries).
+    event.listen(engine, "checkout", refuse)
+    committer = GroupCommitter(engine)
+    try:
+        held, release = threading.Event(), threading.Event()
+
+        def hold_then_break(_c: Connection) -> None:
+            held.set()
+            release.wait(10)
+            down.set()  # the next group finds the database gone
+
+        with ThreadPoolExecutor(4) as pool:
+            first = pool.submit(committer.run, hold_then_break)
+            assert held.wait(10)
+            futures = [pool.submit(committer.run, _insert(i)) for i in (1, 2, 3)]
+            while len(committer._queue) < 3:  # waiting for the group to form
+                threading.Event().wait(0.01)
+            release.set()
+            first.result(10)
+            for future in futures:
+                with pytest.raises(SQLAlchemyError):
+                    future.result(10)
+        down.clear()
+        assert committer.run(_insert(4)) == 4  # the same writer thread, back at work
+    finally:
+        committer.close()
+    assert _rows(engine) == {4}
