@@ -298,7 +298,11 @@ def create_app(state: AppState) -> FastAPI:  # noqa: PLR0915 - one route table
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         # pydantic's errors carry the input (which may be a PAN): keep only where and why.
         errors = [
-            {"loc": [str(p) for p in err.get("loc", ())], "msg": mask_pan_like(str(err.get("msg")))}
+            {
+                # A location holds caller-chosen names (a metadata key): masked too.
+                "loc": [mask_pan_like(str(p)) for p in err.get("loc", ())],
+                "msg": mask_pan_like(str(err.get("msg"))),
+            }
             for err in exc.errors()
         ][:20]
         code = (

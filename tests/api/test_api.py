@@ -168,6 +168,13 @@ def test_batch_lookup_metadata_delete(vault_server: VaultServer) -> None:
         ),
         ({"format": "pan_bin6_last4"}, 422, "invalid_request"),
         ([], 422, "invalid_request"),
+        # Names the caller chose come back in an error's location: never a PAN in them.
+        ({"pan": VISA, "format": "pan_bin6_last4", VISA: 1}, 422, "invalid_request"),
+        (
+            {"pan": VISA, "format": "pan_bin6_last4", "metadata": {VISA + "k" * 60: "v"}},
+            422,
+            "invalid_request",
+        ),
     ],
 )
 def test_bad_input_is_problem_json(
