@@ -149,8 +149,8 @@ class TokenizeRequest:
 
 def validate_metadata(metadata: object) -> str:
     """Return `metadata` as canonical JSON. Raises `InvalidMetadata` for too many or too
-    long items, non-string values, or a value that looks like a card number (metadata is
-    stored in clear, so a PAN in it would be a leak)."""
+    long items, non-string values, or a key or value that looks like a card number
+    (metadata is stored in clear, so a PAN in it would be a leak)."""
     if not metadata:
         return "{}"
     if not isinstance(metadata, Mapping):
@@ -162,6 +162,10 @@ def validate_metadata(metadata: object) -> str:
             raise InvalidMetadata(f"metadata keys must be 1 to {MAX_METADATA_KEY} characters")
         if not set(key) <= _METADATA_KEY_CHARS:
             raise InvalidMetadata("metadata keys may use only letters, digits, '_', '-', '.'")
+        if mask_pan_like(key) != key:
+            raise InvalidMetadata(
+                "a metadata key looks like a card number; metadata is not encrypted"
+            )
         if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE:
             raise InvalidMetadata(
                 f"metadata values must be strings of at most {MAX_METADATA_VALUE} characters"
