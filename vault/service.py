@@ -423,8 +423,12 @@ class VaultService:
         check_applicable(spec, request.pan)
         metadata = validate_metadata(request.metadata)
         _expiry(self._clock(), request.ttl_seconds)
-        if request.idempotency_key is not None and not 1 <= len(request.idempotency_key) <= 128:
+        key = request.idempotency_key
+        if key is not None and not 1 <= len(key) <= 128:
             raise InvalidMetadata("idempotency keys must be 1 to 128 characters")
+        if key is not None and mask_pan_like(key) != key:
+            # It is stored in clear beside the token, like metadata.
+            raise InvalidMetadata("an idempotency key must not look like a card number")
         return spec, metadata
 
     def tokenize(self, ctx: CallContext, request: TokenizeRequest) -> TokenRecord:

@@ -171,6 +171,11 @@ def test_batch_lookup_metadata_delete(vault_server: VaultServer) -> None:
             422,
             "invalid_metadata",
         ),
+        (
+            {"pan": VISA, "format": "pan_bin6_last4", "idempotency_key": f"order-{VISA}"},
+            422,
+            "invalid_metadata",
+        ),
         ({"format": "pan_bin6_last4"}, 422, "invalid_request"),
         ([], 422, "invalid_request"),
         # Names the caller chose come back in an error's location: never a PAN in them.
