@@ -313,7 +313,7 @@ def create_app(state: AppState) -> FastAPI:  # noqa: PLR0915 - one route table
         request.scope["state"]["problem_code"] = code
         return problem(
             code,
-            "the request body does not match the schema"
+            "the request does not match the schema (see errors: where and why)"
             if code == "invalid_request"
             else "the body is not valid JSON",
             request_id=_request_id(request),
