@@ -1,35 +1,15 @@
-"""The PKCS#11 provider: one logged-in session to one token, shared safely by threads.
+"""The PKCS#11 provider: Cofre's key operations on one token.
 
-IN PCI SCOPE, holds keys. This is the only module that calls python-pkcs11. It returns
-bytes and small frozen dataclasses; it raises only `hsm.errors` classes.
-
-Concurrency. python-pkcs11 initialises the library with ``C_Initialize(NULL)``, so
-SoftHSM2 runs without internal locking while python-pkcs11 releases the GIL during each
-call: two threads on two sessions crash it (see shared/TOOLCHAIN.md). The provider
-therefore holds **one** session and serialises every call with a lock. Measured on two
-cores, two threads under a lock were no faster than one, so a larger pool would buy
-nothing with SoftHSM; with CloudHSM, scale out with more vault processes, each with its
-own provider (CloudHSM's client load-balances sessions across the cluster's HSMs).
-
-Recovery. A call that fails because the session, token or library went away drops the
-session, reopens it (re-initialising the library when needed) and retries once; when the
-retry fails too the caller gets `HSMUnavailable`, and the next call tries again. Nothing
-is cached across a reopen except the provider's configuration.
+IN PCI SCOPE, holds keys. With `hsm.session` (sessions, recovery, error translation) this
+is the only code that calls python-pkcs11. It returns bytes and the small frozen records
+of `hsm.models`; it raises only `hsm.errors` classes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-import pkcs11
 import pkcs11.exceptions as p11e
 from cryptography.hazmat.primitives import serialization
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
@@ -38,87 +18,27 @@ from pkcs11.util.ec import (
     encode_ecdsa_signature,
     encode_named_curve_parameters,
 )
-from pydantic import SecretStr
 
 from cofre.settings import HSMSettings
 from hsm.errors import (
-    HSMAuthFailed,
-    HSMError,
-    HSMKeyNotExtractable,
     HSMKeyNotFound,
     HSMMechanismUnsupported,
     HSMOperationFailed,
-    HSMUnavailable,
 )
+from hsm.models import KeyInfo, TokenInfo, WrappedKey
+from hsm.session import TokenSession
 
-T = TypeVar("T")
+__all__ = [
+    "REQUIRED_MECHANISMS",
+    "HSMProvider",
+    "KeyInfo",
+    "TokenInfo",
+    "WrappedKey",
+    "provider_from_settings",
+    "wipe",
+]
 
 _P256_OID: Final = "1.2.840.10045.3.1.7"
-
-# Failures after which the session (and maybe the library) must be rebuilt.
-_CONNECTION_ERRORS: Final = (
-    p11e.SessionClosed,
-    p11e.SessionHandleInvalid,
-    p11e.DeviceRemoved,
-    p11e.DeviceError,
-    p11e.TokenNotPresent,
-    p11e.TokenNotRecognised,
-    p11e.GeneralError,
-    p11e.UserNotLoggedIn,
-    p11e.ObjectHandleInvalid,
-    p11e.KeyHandleInvalid,
-    p11e.FunctionFailed,
-    p11e.DeviceMemory,
-    p11e.HostMemory,
-)
-_AUTH_ERRORS: Final = (
-    p11e.PinIncorrect,
-    p11e.PinInvalid,
-    p11e.PinLenRange,
-    p11e.PinLocked,
-    p11e.PinExpired,
-    p11e.UserPinNotInitialized,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class KeyInfo:
-    """What the token says about one key object. Never holds key material."""
-
-    label: str
-    object_class: str
-    key_type: str
-    key_bits: int | None
-    token: bool
-    sensitive: bool | None
-    extractable: bool | None
-    always_sensitive: bool | None
-    never_extractable: bool | None
-    local: bool | None
-
-
-@dataclass(frozen=True, slots=True)
-class WrappedKey:
-    """A data key encrypted under a KEK that never leaves the HSM.
-
-    `mechanism` names the wrap algorithm (``AES_KEY_WRAP_KWP``, ``AES_KEY_WRAP_PAD`` or
-    ``AES_KEY_WRAP``) so that a later unwrap uses the same one whatever the token prefers
-    by then.
-    """
-
-    wrapped: bytes
-    mechanism: str
-    kek_label: str
-
-
-@dataclass(frozen=True, slots=True)
-class TokenInfo:
-    library: str
-    library_version: str
-    token_label: str
-    manufacturer: str
-    model: str
-    serial: str
 
 
 # Preference order. python-pkcs11 0.10 can pass only mechanisms its enum knows, so KWP
@@ -145,162 +65,13 @@ def _attr(obj: Any, attribute: Attribute) -> Any:
         return None
 
 
-class HSMProvider:
+class HSMProvider(TokenSession):
     """A PKCS#11 token reached through one library, logged in as the crypto user.
 
     Construction touches nothing; the first call opens the library and logs in. Every
     public method raises `HSMUnavailable` (or its subclass `HSMAuthFailed`) when the
     token cannot be reached, and the other `hsm.errors` classes as documented.
     """
-
-    def __init__(
-        self,
-        library: Path,
-        token_label: str,
-        pin: SecretStr,
-        softhsm_conf: Path | None = None,
-    ) -> None:
-        self._library_path = library
-        self._token_label = token_label
-        self._pin = pin
-        self._softhsm_conf = softhsm_conf
-        self._lock = threading.RLock()
-        self._lib: Any = None
-        self._session: Any = None
-        self._objects: dict[tuple[str, int], Any] = {}
-        self._mechanisms: frozenset[int] | None = None
-        # Called with (operation, milliseconds) after every call; the API feeds metrics.
-        self.observer: Callable[[str, float], None] | None = None
-
-    def __repr__(self) -> str:
-        return f"HSMProvider(library={str(self._library_path)!r}, token={self._token_label!r})"
-
-    # ------------------------------------------------------------------ session
-    def _load_library(self) -> Any:
-        if self._softhsm_conf is not None:
-            # SoftHSM reads SOFTHSM2_CONF once, when python-pkcs11 first loads the library
-            # in this process (it caches one library object per path).
-            os.environ["SOFTHSM2_CONF"] = str(self._softhsm_conf)
-        if not self._library_path.is_file():
-            raise HSMUnavailable(f"PKCS#11 library not found: {self._library_path}")
-        try:
-            return pkcs11.lib(str(self._library_path))
-        except (RuntimeError, OSError, p11e.PKCS11Error) as exc:
-            raise HSMUnavailable(
-                f"cannot load PKCS#11 library {self._library_path}: {type(exc).__name__}"
-            ) from None
-
-    def _open_session(self) -> Any:
-        if self._lib is None:
-            self._lib = self._load_library()
-        try:
-            token = self._lib.get_token(token_label=self._token_label)
-        except p11e.NoSuchToken:
-            raise HSMUnavailable(
-                f"no token labelled {self._token_label!r} in {self._library_path}"
-            ) from None
-        except p11e.MultipleTokensReturned:
-            raise HSMUnavailable(
-                f"more than one token labelled {self._token_label!r}; labels must be unique"
-            ) from None
-        pin = self._pin.get_secret_value()
-        try:
-            return token.open(rw=True, user_pin=pin)
-        except p11e.UserAlreadyLoggedIn:
-            # Login is per application: another provider in this process already logged
-            # this token in, and every session of the process shares that login.
-            return token.open(rw=True)
-        except _AUTH_ERRORS as exc:
-            raise HSMAuthFailed(
-                f"token {self._token_label!r} refused the user PIN ({type(exc).__name__})"
-            ) from None
-
-    def _drop_session(self) -> None:
-        self._objects.clear()
-        self._mechanisms = None
-        session, self._session = self._session, None
-        if session is not None:
-            # A failing close means it is already gone, which is why we are dropping it.
-            with contextlib.suppress(p11e.PKCS11Error):
-                session.close()
-
-    def _reinitialize(self) -> None:
-        self._drop_session()
-        if self._lib is not None:
-            try:
-                self._lib.reinitialize()
-            except p11e.PKCS11Error:
-                self._lib = None
-
-    def _run(self, operation: Callable[[Any], T], *, retry: bool = True, name: str = "call") -> T:
-        """Run `operation(session)` under the lock, translating every PKCS#11 error."""
-        started = time.perf_counter()
-        try:
-            return self._run_locked(operation, retry=retry)
-        finally:
-            if self.observer is not None:
-                self.observer(name, (time.perf_counter() - started) * 1000)
-
-    def _run_locked(self, operation: Callable[[Any], T], *, retry: bool) -> T:
-        with self._lock:
-            attempts = 2 if retry else 1
-            for attempt in range(1, attempts + 1):
-                try:
-                    if self._session is None:
-                        self._session = self._open_session()
-                    return operation(self._session)
-                except HSMError:
-                    raise
-                except _AUTH_ERRORS as exc:
-                    self._drop_session()
-                    raise HSMAuthFailed(
-                        f"token {self._token_label!r} refused the user PIN ({type(exc).__name__})"
-                    ) from None
-                except _CONNECTION_ERRORS as exc:
-                    if attempt == 1:
-                        self._drop_session()
-                    else:
-                        self._reinitialize()
-                    if attempt == attempts:
-                        raise HSMUnavailable(
-                            f"token {self._token_label!r} is not reachable ({type(exc).__name__})"
-                        ) from None
-                except p11e.MechanismInvalid as exc:
-                    raise HSMMechanismUnsupported(
-                        f"token {self._token_label!r} does not support a mechanism this "
-                        f"operation needs ({type(exc).__name__})"
-                    ) from None
-                except (p11e.AttributeSensitive, p11e.KeyUnextractable) as exc:
-                    raise HSMKeyNotExtractable(
-                        f"the token refused to export the key ({type(exc).__name__})"
-                    ) from None
-                except p11e.PKCS11Error as exc:
-                    raise HSMOperationFailed(
-                        f"the token refused the operation ({type(exc).__name__})"
-                    ) from None
-            raise AssertionError("unreachable")  # pragma: no cover
-
-    def _find(self, session: Any, label: str, object_class: ObjectClass) -> Any:
-        key = (label, int(object_class))
-        cached = self._objects.get(key)
-        if cached is not None:
-            return cached
-        try:
-            obj = session.get_key(object_class=object_class, label=label)
-        except p11e.NoSuchKey:
-            raise HSMKeyNotFound(f"no {object_class.name} key labelled {label!r}") from None
-        except p11e.MultipleObjectsReturned:
-            raise HSMOperationFailed(f"more than one key labelled {label!r}") from None
-        self._objects[key] = obj
-        return obj
-
-    def _find_secret(self, session: Any, label: str) -> Any:
-        return self._find(session, label, ObjectClass.SECRET_KEY)
-
-    def close(self) -> None:
-        """Close the session. The provider reopens it on the next call."""
-        with self._lock:
-            self._drop_session()
 
     # ------------------------------------------------------------------ inspection
     def health_check(self) -> None:
