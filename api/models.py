@@ -160,3 +160,7 @@ class EvidenceRequest(_Strict):
     previous_head: HeadRef | None = Field(
         default=None, description="the covering_head of the previous bundle, to chain to it"
     )
+    previous_end_index: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="the previous bundle's entries.end_index: this bundle must start there",
+    )

@@ -25,6 +25,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "invalid_fpe_input": (422, "The input cannot be format-preserving encrypted"),
     "compliance_error": (422, "The evidence request cannot be served"),
     "bundle_invalid": (422, "The evidence bundle does not verify"),
+    "evidence_chain_broken": (422, "The chained bundle would not start where the previous ended"),
     "policy_invalid": (422, "The policy is not valid"),
     "policy_error": (403, "Denied by policy"),
     "proof_invalid": (404, "No such proof"),

@@ -560,9 +560,15 @@ def keys_status(
 @evidence_app.command("export")
 @_fail_cleanly
 def evidence_export(
-    period_from: Annotated[str, typer.Option("--from", help="Start (ISO date or time, UTC).")],
     period_to: Annotated[str, typer.Option("--to", help="End, exclusive (ISO date or time).")],
     out: Annotated[Path, typer.Option("--out", help="Where to write the bundle (.tar.gz).")],
+    period_from: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Start (ISO date or time, UTC); with --previous, where the previous ended.",
+        ),
+    ] = None,
     previous: Annotated[
         Path | None, typer.Option("--previous", help="The previous bundle, to chain to it.")
     ] = None,
@@ -570,12 +576,19 @@ def evidence_export(
     cert: CertOpt = None,
     key: KeyOpt = None,
 ) -> None:
-    """Ask the vault for a signed evidence bundle of a period, as an officer or auditor."""
-    body: dict[str, Any] = {"from": period_from, "to": period_to}
+    """Ask the vault for a signed evidence bundle of a period, as an officer or auditor.
+    A chained bundle (`--previous`) starts exactly where the previous one ended."""
+    body: dict[str, Any] = {"to": period_to}
     if previous is not None:
         from compliance.verifier import MANIFEST, read_bundle
 
-        body["previous_head"] = json.loads(read_bundle(previous)[MANIFEST])["covering_head"]
+        before = json.loads(read_bundle(previous)[MANIFEST])
+        body["previous_head"] = before["covering_head"]
+        body["previous_end_index"] = before["entries"]["end_index"]
+        period_from = period_from or before["period"]["to"]
+    if period_from is None:
+        raise ConfigurationError("--from is required unless --previous gives the start")
+    body["from"] = period_from
     with _admin(identity, cert, key) as client:
         response = client.post("/v1/evidence", json=body)
     if response.status_code != 200:

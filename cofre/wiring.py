@@ -133,7 +133,10 @@ def build_runtime(
         )
         previous = None
         if request.previous_head is not None:
-            previous = json.dumps({"covering_head": request.previous_head.model_dump()}).encode()
+            chained: dict[str, Any] = {"covering_head": request.previous_head.model_dump()}
+            if request.previous_end_index is not None:
+                chained["entries"] = {"end_index": request.previous_end_index}
+            previous = json.dumps(chained).encode()
         return build_bundle(
             engine,
             sequencer.signer,

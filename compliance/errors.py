@@ -4,7 +4,8 @@ IN PCI SCOPE.
 
     CofreError
     └── ComplianceError
-        └── BundleInvalid       an evidence bundle failed verification
+        ├── BundleInvalid       an evidence bundle failed verification
+        └── ChainBroken         a chained bundle would leave a gap or an overlap
 """
 
 from __future__ import annotations
@@ -18,3 +19,7 @@ class ComplianceError(CofreError):
 
 class BundleInvalid(ComplianceError):
     code = "bundle_invalid"
+
+
+class ChainBroken(ComplianceError):
+    code = "evidence_chain_broken"

@@ -25,7 +25,7 @@ from audit.schema import READ_ONLY, audit_entries, audit_leaves
 from audit.sequencer import Sequencer
 from audit.store import AuditStore
 from cofre import __version__
-from compliance.errors import ComplianceError
+from compliance.errors import ChainBroken, ComplianceError
 from compliance.verifier import BUNDLE_FORMAT, MANIFEST, SIGNATURE
 
 ALL_PROOFS_UP_TO: Final = 5000
@@ -84,6 +84,11 @@ def build_bundle(
     if period_to <= period_from:
         raise ComplianceError("the period must end after it starts")
     sequencer.drain(force_sign=True)
+    # A period cannot claim a future it has not seen: entries written after this export
+    # but dated before its end would belong to no bundle of a chain.
+    period_to = min(period_to, datetime.now(UTC))
+    if period_to <= period_from:
+        raise ComplianceError("the period must not start in the future")
     store = AuditStore(engine)
     reader = engine.execution_options(**READ_ONLY)
     with reader.connect() as connection:
@@ -97,6 +102,8 @@ def build_bundle(
     if first is None:
         raise ComplianceError("no audit entries in that period")
     start, end = int(first), int(last) + 1
+    if previous_manifest is not None:
+        _check_chain_start(json.loads(previous_manifest), start, end)
     covering = next((h for h in store.heads() if h.tree_size >= end), None)
     if covering is None:  # pragma: no cover - drain() signed one
         raise ComplianceError("no signed tree head covers the period yet")
@@ -180,6 +187,29 @@ def build_bundle(
     files[MANIFEST] = manifest_bytes
     files[SIGNATURE] = signer.sign(manifest_bytes)
     return _tar(files)
+
+
+def _check_chain_start(previous: dict[str, Any], start: int, end: int) -> None:
+    """Refuse a chained bundle that would not start exactly where the previous ended.
+
+    Raises `ChainBroken` naming the entries that would be in neither bundle (a gap) or
+    in both (an overlap). Without the previous bundle's end the verifier still checks.
+    """
+    entries = previous.get("entries")
+    if not isinstance(entries, dict) or entries.get("end_index") is None:
+        return
+    previous_end = int(entries["end_index"])
+    if start > previous_end:
+        raise ChainBroken(
+            f"entries {previous_end}..{start - 1} would be in neither bundle: start the "
+            "period where the previous bundle's period ended"
+        )
+    if start < previous_end:
+        raise ChainBroken(
+            f"entries {start}..{min(previous_end, end) - 1} are already in the previous "
+            "bundle and would be in both bundles: start the period where the previous "
+            "bundle's period ended"
+        )
 
 
 def _entry_time(at: datetime) -> str:

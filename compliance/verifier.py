@@ -14,8 +14,10 @@ What it checks, in order, reporting every problem it finds (not only the first):
 5. the Merkle root recomputed from the entries (and the subtree hashes around them)
    equals the covering signed head's root, and each entry's inclusion proof verifies,
    which names the first entry that was changed, removed or reordered;
-6. with a previous bundle: its manifest's signature, and the consistency proof from its
-   last signed head to this bundle's (a rewritten, forked log fails here).
+6. with a previous bundle: its manifest's signature; that this bundle starts exactly
+   where the previous one ended, by leaf index and by time (no entry in neither bundle
+   or in both); and the consistency proof from its last signed head to this bundle's
+   (a rewritten, forked log fails here).
 """
 
 from __future__ import annotations
@@ -350,7 +352,9 @@ def _check_previous(
     if not _verify_signature(public_key_pem, before.get(SIGNATURE, b""), before.get(MANIFEST, b"")):
         report.fail("previous bundle: its manifest signature does not verify")
         return
-    old = json.loads(before[MANIFEST])["covering_head"]
+    previous_manifest = json.loads(before[MANIFEST])
+    _check_chain(previous_manifest, manifest, report)
+    old = previous_manifest["covering_head"]
     size1, root1 = int(old["tree_size"]), base64.b64decode(old["root_hash"])
     size2 = int(manifest["covering_head"]["tree_size"])
     head = heads.get(size2)
@@ -382,6 +386,36 @@ def _check_previous(
         )
         return
     report.passed(f"consistent with the previous bundle (tree {size1} -> {size2})")
+
+
+def _check_chain(before: dict[str, Any], manifest: dict[str, Any], report: Report) -> None:
+    """A chained bundle starts exactly where the previous one ended: the entries in
+    between would be in neither bundle (a gap), or counted twice (an overlap)."""
+    previous_end = int(before["entries"]["end_index"])
+    start = int(manifest["entries"]["first_index"])
+    end = int(manifest["entries"]["end_index"])
+    clean = True
+    if start > previous_end:
+        report.fail(
+            f"chain: entries {previous_end}..{start - 1} are in neither bundle (the previous "
+            f"bundle ends before index {previous_end}, this one starts at {start})"
+        )
+        clean = False
+    elif start < previous_end:
+        report.fail(
+            f"chain: entries {start}..{min(previous_end, end) - 1} are in both bundles (the "
+            f"previous bundle ends before index {previous_end}, this one starts at {start})"
+        )
+        clean = False
+    ended, starts = before.get("period", {}).get("to"), manifest.get("period", {}).get("from")
+    if ended != starts:
+        report.fail(
+            f"chain: this period starts at {starts}, but the previous one ended at {ended} "
+            "(periods must meet with no gap and no overlap)"
+        )
+        clean = False
+    if clean:
+        report.passed(f"starts exactly where the previous bundle ended (index {start}, {starts})")
 
 
 def render_text(report: Report) -> str:

@@ -70,15 +70,20 @@ def day(
 
 
 def _export(
-    vault: VaultServer, since: datetime, previous_head: object | None = None
+    vault: VaultServer,
+    since: datetime | str,
+    previous_head: object | None = None,
+    previous_end_index: int | None = None,
 ) -> httpx.Response:
     """POST /v1/evidence as the auditor, for `since` until a little after now."""
     body: dict[str, object] = {
-        "from": since.isoformat(),
+        "from": since if isinstance(since, str) else since.isoformat(),
         "to": (datetime.now(UTC) + timedelta(seconds=5)).isoformat(),
     }
     if previous_head is not None:
         body["previous_head"] = previous_head
+    if previous_end_index is not None:
+        body["previous_end_index"] = previous_end_index
     with vault.client("auditor") as c:
         return c.post("/v1/evidence", json=body)
 
@@ -284,11 +289,18 @@ def test_chain_and_fork(
     day: tuple[VaultServer, Path, bytes], tmp_path: Path, hsm_provider: HSMProvider
 ) -> None:
     vault, first, public_key = day
-    head = json.loads(_members(first)["manifest.json"])["covering_head"]
-    since = datetime.now(UTC)
+    manifest = json.loads(_members(first)["manifest.json"])
+    head = manifest["covering_head"]
     with vault.client("payments") as c:
         c.post("/v1/tokenize", json={"pan": "4000000000000010", "format": "pan_last4"})
-    response = _export(vault, since, previous_head=head)
+    # Chained as `cofre evidence export --previous` does: from where the previous ended.
+    response = _export(
+        vault,
+        manifest["period"]["to"],
+        previous_head=head,
+        previous_end_index=manifest["entries"]["end_index"],
+    )
+    assert response.status_code == 200, response.text
     second = tmp_path / "day2.tar.gz"
     second.write_bytes(response.content)
     report = verify_bundle(second, public_key, previous=first)
@@ -308,6 +320,61 @@ def test_chain_and_fork(
     assert any("forked history" in p or "consistency" in p for p in report.problems), (
         report.problems
     )
+
+
+def test_chain_with_a_gap_fails(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> None:
+    """The reviewer's finding: bundle B chained to A started after A ended, and the
+    full-PAN detokenizes in between were in neither bundle, yet the chain verified."""
+    vault, first, public_key = day
+    manifest = json.loads(_members(first)["manifest.json"])
+    with vault.client("payments") as c:
+        token = c.post("/v1/tokenize", json={"pan": PANS[1], "format": "pan_last4"}).json()
+    with vault.client("getnet-adapter") as c:
+        for _ in range(3):
+            assert c.post("/v1/detokenize", json={"token": token["token"]}).status_code == 200
+    vault.runtime.sequencer.drain(force_sign=True)
+    time.sleep(0.05)
+    later = datetime.now(UTC)
+    head = manifest["covering_head"]
+    # The vault refuses to build a chained bundle that would leave a gap ...
+    refused = _export(
+        vault, later, previous_head=head, previous_end_index=manifest["entries"]["end_index"]
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["code"] == "evidence_chain_broken"
+    assert "in neither bundle" in refused.json()["detail"]
+    # ... and a bundle that leaves one anyway (not told where A ended) fails verification.
+    gapped = tmp_path / "gapped.tar.gz"
+    gapped.write_bytes(_export(vault, later, previous_head=head).content)
+    report = verify_bundle(gapped, public_key, previous=first)
+    assert not report.ok
+    end = manifest["entries"]["end_index"]
+    assert any(
+        p.startswith(f"chain: entries {end}..") and "are in neither bundle" in p
+        for p in report.problems
+    ), report.problems
+
+
+def test_chain_with_an_overlap_fails(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> None:
+    vault, first, public_key = day
+    manifest = json.loads(_members(first)["manifest.json"])
+    head = manifest["covering_head"]
+    start = manifest["period"]["from"]
+    refused = _export(
+        vault, start, previous_head=head, previous_end_index=manifest["entries"]["end_index"]
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["code"] == "evidence_chain_broken"
+    assert "in both bundles" in refused.json()["detail"]
+    overlapping = tmp_path / "overlap.tar.gz"
+    overlapping.write_bytes(_export(vault, start, previous_head=head).content)
+    report = verify_bundle(overlapping, public_key, previous=first)
+    assert not report.ok
+    first_index = manifest["entries"]["first_index"]
+    assert any(
+        p.startswith(f"chain: entries {first_index}..") and "are in both bundles" in p
+        for p in report.problems
+    ), report.problems
 
 
 def test_cli_verify(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> None:
