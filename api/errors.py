@@ -4,7 +4,8 @@ IN PCI SCOPE.
 
     CofreError
     └── ApiError
-        └── IdentityMissing     code identity_missing (no verified client certificate)
+        ├── IdentityMissing     code identity_missing (no verified client certificate)
+        └── Draining            code not_ready (a stop signal arrived; finishing in-flight work)
 """
 
 from __future__ import annotations
@@ -18,3 +19,7 @@ class ApiError(CofreError):
 
 class IdentityMissing(ApiError):
     code = "identity_missing"
+
+
+class Draining(ApiError):
+    code = "not_ready"

@@ -7,10 +7,12 @@ configured; the peer certificate reaches the app through `api.tls`.
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.config
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +20,34 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.errors import ApiError
+from api.lifecycle import ManagedServer
 from api.tls import TLSIdentityH11Protocol, harden_server_context
 from cofre.redaction import mask_pan_like
 
 
 class MaskingFormatter(logging.Formatter):
-    """stdlib log records (uvicorn's own, tracebacks included) with PANs masked."""
+    """stdlib log records (uvicorn's own, tracebacks included) as one JSON object per
+    line, shaped like structlog's (``timestamp``, ``level``, ``logger``, ``event``), with
+    PANs masked: a log pipeline parses every line of the process the same way."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return mask_pan_like(super().format(record))
+        line: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return mask_pan_like(json.dumps(line, sort_keys=True))
 
 
-def _log_config(level: str) -> dict[str, Any]:
+def log_config(level: str) -> dict[str, Any]:
+    """The stdlib logging configuration of uvicorn's loggers (JSON lines on stderr)."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {
-            "masked": {
-                "()": MaskingFormatter,
-                "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
-            }
-        },
+        "formatters": {"masked": {"()": MaskingFormatter}},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
@@ -72,8 +81,10 @@ def build_server(
     *,
     min_tls_version: str = "1.2",
     log_level: str = "INFO",
-) -> uvicorn.Server:
-    """Return a configured (not yet started) uvicorn server for `app`.
+    graceful_timeout: int | None = None,
+) -> ManagedServer:
+    """Return a configured (not yet started) uvicorn server for `app`; on stop,
+    in-flight requests get `graceful_timeout` seconds (None: as long as they take).
 
     Raises `ApiError` when a TLS file is missing.
     """
@@ -88,19 +99,20 @@ def build_server(
         ssl_certfile=str(tls.cert),
         ssl_keyfile=str(tls.key),
         ssl_ca_certs=str(tls.ca_bundle),
-        log_config=_log_config(log_level),
+        log_config=log_config(log_level),
         access_log=False,
         server_header=False,
         date_header=True,
         timeout_keep_alive=30,
         lifespan="off",
+        timeout_graceful_shutdown=graceful_timeout,
     )
     config.load()
     assert config.ssl is not None  # noqa: S101 - load() builds it from the files above
     harden_server_context(
         config.ssl, min_version=min_tls_version, crl_file=str(tls.crl) if tls.crl else None
     )
-    return uvicorn.Server(config)
+    return ManagedServer(config)
 
 
 class BackgroundServer:

@@ -91,6 +91,16 @@ class ServerSettings(_Section):
     cert_file: Path | None = None
     key_file: Path | None = None
     crl_file: Path | None = None
+    # The plain-HTTP health listener (/livez, /readyz only: no card data, no identity)
+    # for probes that cannot present a client certificate (the kubelet's). Off when no
+    # port is set.
+    health_host: str = "127.0.0.1"
+    health_port: int | None = Field(default=None, ge=1, le=65535)
+    # On SIGTERM or SIGINT: readiness fails at once, new connections are still accepted
+    # for `drain_delay_seconds` (while load balancers notice), then the listener closes
+    # and in-flight requests get up to `drain_timeout_seconds` to finish.
+    drain_delay_seconds: float = Field(default=0.0, ge=0, le=300)
+    drain_timeout_seconds: int = Field(default=25, gt=0, le=3600)
 
 
 class AuditSettings(_Section):

@@ -8,18 +8,23 @@ next to the CLI (import-linter allows the top layer to import every package).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy import Engine
 
 from api.app import AppState, create_app
+from api.errors import Draining
+from api.health import build_health_server
+from api.lifecycle import Readiness, run_until_stopped
 from api.models import EvidenceRequest
 from api.observability import Telemetry, configure_logging, make_telemetry
 from api.pki import certificate_inventory
-from api.server import TLSFiles, build_server
+from api.server import TLSFiles, build_server, log_config
 from audit.errors import AuditWriteFailed
 from audit.sequencer import Sequencer, SequencerThread
 from audit.store import AuditStore
@@ -33,6 +38,8 @@ from vault.rotation import KeyRotation, RotationWorker
 from vault.service import CallContext, VaultService
 from vault.signing import HSMTreeHeadSigner
 from vault.storage.database import create_database_engine, migrate
+
+_log = structlog.get_logger("cofre.vault")
 
 
 def open_database(settings: Settings, *, run_migrations: bool = True) -> Engine:
@@ -72,13 +79,18 @@ class Runtime:
     telemetry: Telemetry
     # The ASGI app (a FastAPI instance; only `api` may name FastAPI's types).
     app: Any = field(repr=False)
+    check_ready: Callable[[], dict[str, str]] = field(repr=False, default=dict)
+    readiness: Readiness = field(default_factory=Readiness)
 
     def close(self) -> None:
+        """Stop the workers, wipe every unwrapped data key and close the HSM session."""
+        self.readiness.begin_drain()
         self.rotation_worker.stop()
         self.sequencer_thread.stop()
         self.service.close()
         self.provider.close()
         self.engine.dispose()
+        _log.info("vault stopped", data_keys="wiped", hsm_session="closed")
 
 
 def build_runtime(
@@ -91,6 +103,7 @@ def build_runtime(
     """Open the database and the HSM, load the policy, start the audit sequencer and
     build the API app. The HSM may be down: the vault then starts unready and recovers
     when it comes back."""
+    readiness = Readiness()
     engine = open_database(settings)
     provider = provider or open_hsm(settings)
     policy = PolicyEngine(load_policy(settings.policy_file).policy)
@@ -119,6 +132,8 @@ def build_runtime(
     )
 
     def check_ready() -> dict[str, str]:
+        if readiness.draining:
+            raise Draining("this node is stopping")
         checks = service.check_ready()
         if not thread.alive():
             raise AuditWriteFailed(
@@ -159,7 +174,18 @@ def build_runtime(
         )
     )
     return Runtime(
-        settings, engine, provider, service, sequencer, thread, rotation, worker, telemetry, app
+        settings,
+        engine,
+        provider,
+        service,
+        sequencer,
+        thread,
+        rotation,
+        worker,
+        telemetry,
+        app,
+        check_ready=check_ready,
+        readiness=readiness,
     )
 
 
@@ -204,17 +230,31 @@ def tls_files(settings: Settings) -> TLSFiles:
 
 
 def serve(settings: Settings) -> None:
-    """Run the vault API in the foreground until interrupted."""
+    """Run the vault API (and the health listener, when a port is set) in the foreground
+    until SIGTERM or SIGINT, drain (`api.lifecycle`), then wipe the keys and close the
+    HSM session."""
     configure_logging(settings.log_level)
+    server = settings.server
     runtime = build_runtime(settings)
     try:
-        build_server(
+        api = build_server(
             runtime.app,
-            settings.server.host,
-            settings.server.port,
+            server.host,
+            server.port,
             tls_files(settings),
-            min_tls_version=settings.server.min_tls_version.value,
+            min_tls_version=server.min_tls_version.value,
             log_level=settings.log_level,
-        ).run()
+            graceful_timeout=server.drain_timeout_seconds,
+        )
+        health = None
+        if server.health_port is not None:
+            health = build_health_server(
+                runtime.check_ready,
+                runtime.readiness,
+                server.health_host,
+                server.health_port,
+                log_config=log_config(settings.log_level),
+            )
+        run_until_stopped(api, health, runtime.readiness, drain_delay=server.drain_delay_seconds)
     finally:
         runtime.close()

@@ -1,0 +1,106 @@
+"""Running the API and health listeners until a stop signal, then draining.
+
+IN PCI SCOPE. Kubernetes stops a pod with SIGTERM; a developer with Ctrl-C (SIGINT).
+Both drain the same way:
+
+1. readiness fails at once, on the health listener and on the mTLS ``/readyz``;
+2. after ``drain_delay`` seconds (while load balancers notice; 0 when a preStop hook
+   already waited) the mTLS listener stops accepting, idle keep-alive connections close
+   and in-flight requests get up to the server's graceful-shutdown timeout to finish;
+3. the health listener stops, and the caller wipes keys and closes the HSM session,
+   then the process exits 0.
+
+A second signal during the drain forces the exit (in-flight requests are cancelled).
+uvicorn's own signal handling is turned off: it re-raises the signal after shutting
+down, so SIGTERM would end the process with status 143 before the keys are wiped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Generator
+
+import structlog
+import uvicorn
+
+_log = structlog.get_logger("cofre.lifecycle")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Readiness:
+    """Whether this process should get traffic. Draining is one-way: once a stop signal
+    arrived, readiness fails on every listener until the process exits."""
+
+    def __init__(self) -> None:
+        self._draining = threading.Event()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
+
+    def begin_drain(self) -> None:
+        self._draining.set()
+
+
+class ManagedServer(uvicorn.Server):
+    """A uvicorn server whose stop is decided by `run_until_stopped`, not by uvicorn's
+    process-wide signal handlers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def run_until_stopped(
+    api: ManagedServer,
+    health: ManagedServer | None,
+    readiness: Readiness,
+    *,
+    drain_delay: float = 0.0,
+) -> None:
+    """Serve `api` (and `health`) in this thread until SIGTERM or SIGINT, then drain.
+
+    Returns once both servers have stopped; the caller then releases the runtime.
+    """
+    asyncio.run(_serve(api, health, readiness, drain_delay))
+
+
+async def _serve(
+    api: ManagedServer, health: ManagedServer | None, readiness: Readiness, drain_delay: float
+) -> None:
+    loop = asyncio.get_running_loop()
+    drain_tasks: set[asyncio.Task[None]] = set()
+
+    async def drain(signame: str) -> None:
+        _log.info("draining", signal=signame, delay_seconds=drain_delay)
+        if drain_delay > 0:
+            await asyncio.sleep(drain_delay)
+        api.should_exit = True
+
+    def on_signal(signum: signal.Signals) -> None:
+        if readiness.draining:
+            _log.warning("forced stop: second signal during the drain", signal=signum.name)
+            api.force_exit = True
+            api.should_exit = True
+            return
+        readiness.begin_drain()
+        task = loop.create_task(drain(signum.name))
+        drain_tasks.add(task)
+        task.add_done_callback(drain_tasks.discard)
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
+    health_task = loop.create_task(health.serve()) if health is not None else None
+    try:
+        await api.serve()
+        _log.info("api listener stopped", forced=api.force_exit)
+    finally:
+        readiness.begin_drain()
+        if health is not None and health_task is not None:
+            health.should_exit = True
+            await health_task
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)

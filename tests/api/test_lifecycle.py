@@ -1,0 +1,137 @@
+"""`cofre serve` as Kubernetes runs it: probes on a plain-HTTP port, SIGTERM drains.
+
+A real process, a real PostgreSQL. The in-flight request is held by a table lock the
+test takes and releases (and the test waits on PostgreSQL's own view of the blocked
+backend), so nothing here depends on timing.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.support.pans import card_number
+from tests.support.postgres import free_port
+from tests.support.softhsm import SoftHSMToken
+from tests.support.vault_process import VaultProcess, make_vault
+
+
+def _vault(tmp_path: Path, token: SoftHSMToken, url: str) -> tuple[VaultProcess, str]:
+    vault = make_vault(tmp_path / "node", token, url)
+    health_port = free_port()
+    vault.env.update(
+        {
+            "COFRE_SERVER__HEALTH_PORT": str(health_port),
+            "COFRE_LOG_LEVEL": "INFO",
+            # The held request waits on a lock for as long as the test holds it.
+            "COFRE_DATABASE__STATEMENT_TIMEOUT_MS": "600000",
+        }
+    )
+    return vault, f"http://127.0.0.1:{health_port}"
+
+
+def _log_events(vault: VaultProcess) -> list[dict[str, object]]:
+    return [json.loads(line) for line in vault.log.read_text().splitlines() if line.strip()]
+
+
+def _wait_for_blocked_backend(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(6000):
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            ).fetchone()
+            if row and row[0] > 0:
+                return
+            time.sleep(0.01)
+    pytest.fail("the tokenize request never reached the locked table")
+
+
+def test_health_listener_answers_probes_without_identity(
+    tmp_path: Path, softhsm_token: SoftHSMToken, pg_database: str
+) -> None:
+    vault, health = _vault(tmp_path, softhsm_token, pg_database)
+    vault.start()
+    try:
+        with httpx.Client(base_url=health, timeout=10) as client:
+            live = client.get("/livez")
+            assert (live.status_code, live.json()) == (200, {"status": "alive"})
+            ready = client.get("/readyz")
+            assert ready.status_code == 200
+            assert ready.json()["checks"] == {
+                "hsm": "ok",
+                "database": "ok",
+                "audit_sequencer": "ok",
+            }
+            # Nothing else is served here: no API route, no body read, no identity.
+            for method, path in (("POST", "/v1/tokenize"), ("GET", "/healthz"), ("GET", "/")):
+                assert client.request(method, path).status_code == 404
+            assert client.post("/readyz").status_code == 405
+    finally:
+        vault.stop()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_drains_then_exits_zero(
+    tmp_path: Path,
+    softhsm_token: SoftHSMToken,
+    pg_database: str,
+    signum: signal.Signals,
+) -> None:
+    vault, health = _vault(tmp_path, softhsm_token, pg_database)
+    vault.start()
+    assert vault.process is not None
+    dsn = pg_database.replace("postgresql+psycopg://", "postgresql://", 1)
+    answer: dict[str, httpx.Response] = {}
+
+    def tokenize() -> None:
+        with vault.client() as client:
+            answer["r"] = client.post(
+                "/v1/tokenize", json={"pan": card_number("4", 7), "format": "pan_bin6_last4"}
+            )
+
+    try:
+        with vault.client() as client:  # the data key exists before the lock is taken
+            assert client.post(
+                "/v1/tokenize", json={"pan": card_number("4", 6), "format": "uuid"}
+            ).is_success
+        with psycopg.connect(dsn) as locker:
+            locker.execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
+            in_flight = threading.Thread(target=tokenize)
+            in_flight.start()
+            _wait_for_blocked_backend(dsn)
+            vault.process.send_signal(signum)
+            # Readiness fails first, while the request is still in flight...
+            with httpx.Client(base_url=health, timeout=10) as probe:
+                for _ in range(6000):
+                    ready = probe.get("/readyz")
+                    if ready.status_code == 503:
+                        break
+                    time.sleep(0.01)
+                assert (ready.status_code, ready.json()) == (503, {"status": "draining"})
+                assert probe.get("/livez").status_code == 200
+            assert vault.process.poll() is None
+            locker.rollback()  # ...then the request finishes,
+        in_flight.join(timeout=60)
+        assert answer["r"].status_code == 200, answer["r"].text
+        assert vault.process.wait(timeout=60) == 0  # and the process exits cleanly.
+    finally:
+        vault.stop()
+    events = _log_events(vault)
+    names = [e.get("event") for e in events]
+    assert names.index("draining") < names.index("vault stopped")
+    stopped = next(e for e in events if e.get("event") == "vault stopped")
+    assert stopped["data_keys"] == "wiped"
+    assert stopped["hsm_session"] == "closed"
+    # The token the held request was answered with is durable.
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM tokens").fetchone()
+    assert row is not None
+    assert row[0] == 2
