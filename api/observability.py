@@ -24,17 +24,15 @@ from opentelemetry.sdk.trace import TracerProvider as SDKTracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Tracer, TracerProvider
 
-from cofre.redaction import mask_pan_like
+from cofre.redaction import mask_pan_values
 
 
 def _mask(value: Any) -> Any:
-    if isinstance(value, str):
-        return mask_pan_like(value)
-    if isinstance(value, Mapping):
-        return {k: _mask(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_mask(v) for v in value]
-    return value
+    # The project's one detector (strings, numbers, digit arrays); a mapping that is not
+    # a dict is walked as one.
+    if isinstance(value, Mapping) and not isinstance(value, dict):
+        value = dict(value)
+    return mask_pan_values(value)
 
 
 def mask_pans(

@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from starlette.responses import JSONResponse
 
-from cofre.redaction import mask_pan_like
+from cofre.redaction import mask_pan_like, mask_pan_values
 
 PROBLEM_JSON: Final = "application/problem+json"
 TYPE_BASE: Final = "https://cofre.dev/problems/"
@@ -95,5 +95,5 @@ def problem(
     if request_id:
         body["request_id"] = request_id
     if extra:
-        body.update(extra)
+        body.update(mask_pan_values(extra))
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from cofre.redaction import mask_pan_like
+from cofre.redaction import mask_pan_values
 from policies.models import RelayRoute
 from vault.errors import RelayBodyInvalid, UpstreamTimeout, UpstreamUnavailable
 
@@ -67,16 +67,9 @@ def set_pointer(document: Any, pointer: str, value: Any) -> None:
 
 
 def mask_strings(value: Any) -> Any:
-    """Every string in a JSON value with PAN-like digit runs masked."""
-    if isinstance(value, str):
-        return mask_pan_like(value)
-    if isinstance(value, dict):
-        return {mask_pan_like(str(k)): mask_strings(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask_strings(v) for v in value]
-    if isinstance(value, int) and not isinstance(value, bool) and len(str(abs(value))) >= 12:
-        return mask_pan_like(str(value))
-    return value
+    """`value` (a JSON answer) with every PAN-like value masked, in whatever
+    representation (`cofre.redaction.mask_pan_values`)."""
+    return mask_pan_values(value)
 
 
 class RelayClient:

@@ -971,8 +971,13 @@ class VaultService:
         replaced by their PANs; return the upstream's status and body, with PANs at the
         route's `response_tokenize` pointers tokenized and any other PAN masked.
 
+        The reveal is audited first: one `relay.send` entry per token (route, token id)
+        commits before anything is sent, and no entry means nothing is sent; the outcome
+        (upstream status or error code) is a second `relay` entry.
+
         Raises `PolicyDenied` (unknown route, or not this identity's), `RelayBodyInvalid`,
-        `TokenNotFound`, `TokenExpired`, `UpstreamTimeout`, `UpstreamUnavailable`.
+        `TokenNotFound`, `TokenExpired`, `AuditWriteFailed`, `StorageUnavailable` (nothing
+        sent), `UpstreamTimeout`, `UpstreamUnavailable`.
         """
         self._authorize(ctx, Action.RELAY)
         route = self._policy.policy.relay_routes.get(route_name)
@@ -991,21 +996,21 @@ class VaultService:
             "upstream": route.upstream.split("/")[2],
         }
         try:
-            # A copy to fill with PANs; the caller's body keeps its tokens.
-            outgoing = copy.deepcopy(body)
-            token_ids = []
-            with (
-                self._storage(),
-                self._engine.execution_options(cofre_read_only=True).connect() as connection,
-            ):
-                for pointer in route.detokenize:
-                    token = get_pointer(body, pointer)
-                    if not isinstance(token, str):
-                        raise RelayBodyInvalid(f"the body has no token at {pointer}")
-                    row = self._live_row(connection, token)
-                    set_pointer(outgoing, pointer, self._decrypt(row).reveal())
-                    token_ids.append(row.id)
-            details["tokens"] = len(token_ids)
+            outgoing, token_ids = self._transaction(
+                functools.partial(
+                    self._reveal_for_relay, ctx=ctx, route=route, body=body, details=details
+                )
+            )
+        except (RelayBodyInvalid, TokenNotFound, TokenExpired, IntegrityError) as exc:
+            # Nothing was revealed (the transaction rolled back): one entry for the refusal.
+            details["error"] = exc.code
+            self._write_audit(self._audit_event(ctx, Action.RELAY, Outcome.FAILED, details=details))
+            raise
+        # Only now, with the reveal durable in the audit log, does a byte go upstream. A
+        # failure to write it (AuditWriteFailed, StorageUnavailable) raised above: fail
+        # closed, nothing was sent.
+        details["tokens"] = len(token_ids)
+        try:
             result = self._relay_client.send(route_name, route, outgoing)
             del outgoing
             answer = self._tokenize_response(ctx, route, result.body)
@@ -1017,7 +1022,48 @@ class VaultService:
         self._write_audit(self._audit_event(ctx, Action.RELAY, Outcome.SUCCESS, details=details))
         return RelayResult(result.status, answer)
 
+    def _reveal_for_relay(
+        self,
+        connection: Connection,
+        *,
+        ctx: CallContext,
+        route: RelayRoute,
+        body: Any,
+        details: Mapping[str, DetailValue],
+    ) -> tuple[Any, list[str]]:
+        """The body to send (a copy, the PANs in place of the tokens) and the revealed
+        token ids, with one `relay.send` entry per revealed token written in the same
+        transaction (one without a token id when the route reveals none)."""
+        outgoing = copy.deepcopy(body)  # the caller's body keeps its tokens
+        token_ids: list[str] = []
+        events: list[AuditEvent] = []
+        for pointer in route.detokenize:
+            token = get_pointer(body, pointer)
+            if not isinstance(token, str):
+                raise RelayBodyInvalid(f"the body has no token at {pointer}")
+            row = self._live_row(connection, token)
+            set_pointer(outgoing, pointer, self._decrypt(row).reveal())
+            token_ids.append(row.id)
+            events.append(
+                self._audit_event(
+                    ctx,
+                    "relay.send",
+                    Outcome.SUCCESS,
+                    token_id=row.id,
+                    details={**details, "pointer": pointer[:128]},
+                )
+            )
+        if not events:
+            events.append(self._audit_event(ctx, "relay.send", Outcome.SUCCESS, details=details))
+        self._audit.append_many(connection, events)
+        return outgoing, token_ids
+
     def _tokenize_response(self, ctx: CallContext, route: RelayRoute, body: Any) -> Any:
+        """`body` with the PANs at the route's `response_tokenize` pointers replaced by
+        tokens, and every other PAN-like value masked. The tokens are put in after the
+        masking: a token of a format that keeps BIN and last four looks like a card to
+        the detector and would otherwise reach the caller unusable."""
+        tokens_at: dict[str, str] = {}
         for pointer, token_format in route.response_tokenize.items():
             try:
                 value = get_pointer(body, pointer)
@@ -1042,8 +1088,12 @@ class VaultService:
                     fingerprint=fingerprint,
                 )
             )
-            set_pointer(body, pointer, record.token)
-        return mask_strings(body)
+            set_pointer(body, pointer, None)
+            tokens_at[pointer] = record.token
+        masked = mask_strings(body)
+        for pointer, token in tokens_at.items():
+            set_pointer(masked, pointer, token)
+        return masked
 
     # ------------------------------------------------------------------ audit access
     def evidence_export(self, ctx: CallContext, period: str) -> None:

@@ -8,6 +8,7 @@ import json
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +24,9 @@ class FakeAcquirer:
     received: list[dict[str, Any]] = field(default_factory=list)
     delay_seconds: float = 0.0
     port: int = 0
+    # A test's own answer: the received body -> (status, JSON answer). Called in the
+    # server's thread when the request arrives, so it can look at the vault's state then.
+    answer: Callable[[dict[str, Any]], tuple[int, Any]] | None = None
 
     def start(self) -> None:
         acquirer = self
@@ -37,6 +41,9 @@ class FakeAcquirer:
                 acquirer.received.append(body)
                 if acquirer.delay_seconds:
                     time.sleep(acquirer.delay_seconds)
+                if acquirer.answer is not None:
+                    self._answer(*acquirer.answer(body))
+                    return
                 number = str((body.get("card") or {}).get("number", ""))
                 if not (number.isdigit() and 13 <= len(number) <= 19 and luhn_valid(number)):
                     self._answer(400, {"status": "DECLINED", "reason": "invalid card number"})
@@ -51,7 +58,7 @@ class FakeAcquirer:
                     },
                 )
 
-            def _answer(self, status: int, payload: dict[str, Any]) -> None:
+            def _answer(self, status: int, payload: Any) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")

@@ -1,0 +1,80 @@
+"""The one PAN detector: every representation an outside review got through it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cofre.redaction import looks_like_pan, mask_pan_like, mask_pan_values
+
+PAN = "4111111111111111"
+MASKED = "411111******1111"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (PAN, MASKED),
+        ("card 4111 1111 1111 1111 ok", "card 4111 11** **** 1111 ok"),
+        ("4111-1111-1111-1111", "4111-11**-****-1111"),
+        ("4111.1111.1111.1111", "4111.11**.****.1111"),
+        ("4111111111111111.0", MASKED + ".0"),
+        ("[4,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]", "[4,1,1,1,1,1,*,*,*,*,*,*,1,1,1,1]"),
+        ('["4","1","1","1","1","1","1","1","1","1","1","1","1","1","1","1"]', None),
+        ("4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1", "4 1 1 1 1 1 * * * * * * 1 1 1 1"),
+        ("41111111111111111111111", "*" * 23),
+    ],
+)
+def test_text_representations_are_masked(text: str, expected: str | None) -> None:
+    masked = mask_pan_like(text)
+    assert "".join(c for c in masked if c.isdigit()) != "".join(c for c in text if c.isdigit())
+    assert looks_like_pan(text)
+    if expected is not None:
+        assert masked == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-12-01 03:15:30,123 INFO request",
+        "2026-12-01T03:15:30.123456Z",
+        "127.0.0.1:8443",
+        "tree size 12345678901 of 99",
+        "version 1.2.3",
+        "12345678901",
+    ],
+)
+def test_ordinary_text_is_kept(text: str) -> None:
+    assert mask_pan_like(text) == text
+
+
+def test_json_values_in_every_representation() -> None:
+    answer = {
+        "as_string": PAN,
+        "dotted": "4111.1111.1111.1111",
+        "as_int": int(PAN),
+        "as_float": json.loads("4111111111111111.0"),
+        "exponent": json.loads("4.111111111111111e15"),
+        "digit_array": [int(d) for d in PAN],
+        "digit_strings": list(PAN),
+        "groups": ["4111", "1111", "1111", "1111"],
+        "amounts": [1990, 2, 3],
+        "nested": [{"x": [int(d) for d in PAN]}],
+        "status": 200,
+        "ratio": 0.5,
+    }
+    masked = mask_pan_values(answer)
+    assert masked["as_string"] == MASKED
+    assert masked["dotted"] == "4111.11**.****.1111"
+    assert masked["as_int"] == MASKED
+    assert masked["as_float"] == MASKED
+    assert masked["exponent"] == MASKED
+    assert "".join(masked["digit_array"]) == MASKED
+    assert "".join(masked["digit_strings"]) == MASKED
+    assert "".join(masked["groups"]) == MASKED
+    assert masked["amounts"] == [1990, 2, 3]
+    assert "".join(masked["nested"][0]["x"]) == MASKED
+    assert masked["status"] == 200
+    assert masked["ratio"] == 0.5
+    assert PAN not in json.dumps(masked)

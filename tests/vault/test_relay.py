@@ -1,0 +1,185 @@
+"""The relay at the service: the audit entry is durable before the PAN goes upstream
+(fail closed), every representation of a PAN in the answer is masked, and the token
+`response_tokenize` puts in the answer is a usable token."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from api.pki import ensure_dev_pki
+from audit.errors import AuditWriteFailed
+from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
+from policies.loader import parse_policy
+from tests.support.fake_acquirer import FakeAcquirer
+from tests.vault.conftest import TEST_POLICY
+from vault.errors import UpstreamUnavailable
+from vault.pan import Pan
+from vault.service import CallContext, TokenizeRequest, VaultService
+
+PAN = "5555555555554444"
+PAYMENTS = CallContext("spiffe://cofre/payments", "req-payments")
+RELAYER = CallContext("spiffe://cofre/relayer", "req-relay-1")
+
+
+@pytest.fixture(scope="module")
+def acquirer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAcquirer]:
+    pki = ensure_dev_pki(tmp_path_factory.mktemp("relay-pki"), identities=("payments",))
+    acquirer = FakeAcquirer(cert=pki.server_cert, key=pki.server_key)
+    acquirer.start()
+    acquirer.ca = pki.ca  # type: ignore[attr-defined]
+    yield acquirer
+    acquirer.stop()
+
+
+@pytest.fixture
+def relay_service(
+    engine: Engine, hsm_provider: HSMProvider, acquirer: FakeAcquirer
+) -> Iterator[VaultService]:
+    ca: Path = acquirer.ca  # type: ignore[attr-defined]
+    policy = (
+        TEST_POLICY
+        + f"""
+[identities."spiffe://cofre/relayer"]
+operations = ["relay", "detokenize"]
+reveal = "full"
+
+[relay_routes.acq]
+upstream = "{acquirer.url}/v1/authorize"
+identities = ["spiffe://cofre/relayer"]
+detokenize = ["/card/number"]
+response_tokenize = {{ "/card/number" = "pan_bin6_last4" }}
+ca_bundle = "{ca}"
+timeout_seconds = 5
+"""
+    )
+    svc = VaultService(engine, hsm_provider, PolicyEngine(parse_policy(policy, kind="toml").policy))
+    svc.initialize()
+    acquirer.received.clear()
+    acquirer.answer = None
+    yield svc
+    acquirer.answer = None
+    svc.close()
+
+
+def _relay_entries(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT payload FROM audit_entries ORDER BY id")
+        ).scalars()
+        entries = [json.loads(r) for r in rows]
+    return [e for e in entries if str(e["action"]).startswith("relay")]
+
+
+def _token(service: VaultService) -> tuple[str, str]:
+    record = service.tokenize(PAYMENTS, TokenizeRequest(Pan(PAN), "pan_last4"))
+    return record.token, record.token_id
+
+
+def test_audit_entry_is_durable_before_the_pan_leaves(
+    relay_service: VaultService, engine: Engine, acquirer: FakeAcquirer
+) -> None:
+    token, token_id = _token(relay_service)
+    seen_by_upstream: list[list[dict[str, Any]]] = []
+
+    def answer(body: dict[str, Any]) -> tuple[int, Any]:
+        # What the audit log held at the moment the PAN arrived upstream.
+        seen_by_upstream.append(_relay_entries(engine))
+        return 200, {"status": "APPROVED"}
+
+    acquirer.answer = answer
+    result = relay_service.relay(RELAYER, "acq", {"card": {"number": token}})
+    assert result.status == 200
+    assert acquirer.received[-1]["card"]["number"] == PAN
+    (at_send,) = seen_by_upstream
+    assert [(e["action"], e["outcome"], e["token_id"]) for e in at_send] == [
+        ("relay.send", "success", token_id)
+    ]
+    assert at_send[0]["details"]["route"] == "acq"
+    entries = _relay_entries(engine)
+    assert [(e["action"], e["outcome"]) for e in entries] == [
+        ("relay.send", "success"),
+        ("relay", "success"),
+    ]
+    assert entries[1]["details"]["status"] == 200
+    assert {e["request_id"] for e in entries} == {RELAYER.request_id}
+
+
+def test_nothing_is_sent_when_the_audit_entry_cannot_be_written(
+    relay_service: VaultService, engine: Engine, acquirer: FakeAcquirer
+) -> None:
+    token, _ = _token(relay_service)
+    if engine.dialect.name == "sqlite":
+        ddl = (
+            "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_entries "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    else:
+        ddl = "ALTER TABLE audit_entries ADD CONSTRAINT fail_audit CHECK (false) NOT VALID"
+    with engine.begin() as connection:
+        connection.execute(sa.text(ddl))
+    with pytest.raises(AuditWriteFailed):
+        relay_service.relay(RELAYER, "acq", {"card": {"number": token}})
+    assert acquirer.received == []
+
+
+def test_failed_upstream_leaves_the_send_entry_and_a_failed_outcome(
+    relay_service: VaultService, engine: Engine, acquirer: FakeAcquirer
+) -> None:
+    token, token_id = _token(relay_service)
+    acquirer.answer = lambda body: (503, {"status": "DOWN"})
+    with pytest.raises(UpstreamUnavailable):
+        relay_service.relay(RELAYER, "acq", {"card": {"number": token}})
+    entries = _relay_entries(engine)
+    assert [(e["action"], e["outcome"]) for e in entries] == [
+        ("relay.send", "success"),
+        ("relay", "failed"),
+    ]
+    assert entries[0]["token_id"] == token_id
+    assert entries[1]["details"]["error"] == "upstream_unavailable"
+
+
+def test_every_representation_of_the_pan_in_the_answer_is_masked(
+    relay_service: VaultService, acquirer: FakeAcquirer
+) -> None:
+    token, _ = _token(relay_service)
+    spaced = " ".join(PAN[i : i + 4] for i in range(0, 16, 4))
+
+    def answer(body: dict[str, Any]) -> tuple[int, Any]:
+        return 200, {
+            "dotted": "5555.5555.5555.4444",
+            "spaced": spaced,
+            "number": float(PAN),
+            "integer": int(PAN),
+            "digits": [int(d) for d in PAN],
+            "digit_strings": list(PAN),
+            "message": f"approved for {PAN}",
+        }
+
+    acquirer.answer = answer
+    result = relay_service.relay(RELAYER, "acq", {"card": {"number": token}})
+    text = json.dumps(result.body)
+    digits_only = "".join(c for c in text if c.isdigit())
+    assert PAN not in digits_only.replace(" ", "")
+    for key in ("dotted", "spaced", "number", "integer", "message"):
+        assert PAN not in "".join(c for c in str(result.body[key]) if c.isdigit()), key
+    for key in ("digits", "digit_strings"):
+        assert "".join(str(d) for d in result.body[key]) == "555555******4444", key
+
+
+def test_response_tokenize_gives_a_usable_token(
+    relay_service: VaultService, acquirer: FakeAcquirer
+) -> None:
+    token, _ = _token(relay_service)
+    acquirer.answer = lambda body: (200, {"card": {"number": body["card"]["number"]}})
+    result = relay_service.relay(RELAYER, "acq", {"card": {"number": token}})
+    answered = result.body["card"]["number"]
+    assert "*" not in answered
+    assert relay_service.detokenize(RELAYER, answered).pan == Pan(PAN)
