@@ -20,6 +20,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "invalid_request": (422, "The request is not valid"),
     "invalid_pan": (422, "Not an acceptable card number"),
     "invalid_metadata": (422, "Invalid metadata"),
+    "sensitive_authentication_data": (422, "Sensitive authentication data must not be stored"),
     "invalid_ttl": (422, "Invalid time to live"),
     "invalid_relay_body": (422, "The relay body lacks a token where the route expects one"),
     "invalid_fpe_input": (422, "The input cannot be format-preserving encrypted"),

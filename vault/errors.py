@@ -13,6 +13,7 @@ and kind, or by the masked form.
         ├── FormatNotApplicable                        code format_not_applicable
         ├── IntegrityError                             code integrity_error
         ├── InvalidMetadata         (also ValueError)  code invalid_metadata
+        │   └── SensitiveAuthenticationData            code sensitive_authentication_data
         ├── InvalidTTL              (also ValueError)  code invalid_ttl
         ├── IdempotencyConflict                        code idempotency_conflict
         ├── BatchItemInvalid        (also ValueError)  code batch_item_invalid
@@ -77,6 +78,12 @@ class StorageUnavailable(VaultError):
 
 class InvalidMetadata(VaultError, ValueError):
     code = "invalid_metadata"
+
+
+class SensitiveAuthenticationData(InvalidMetadata):
+    """Metadata that is (or is named as) a card security code, PIN block or track data."""
+
+    code = "sensitive_authentication_data"
 
 
 class InvalidTTL(VaultError, ValueError):

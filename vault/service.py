@@ -69,6 +69,7 @@ from vault.relay import (
     mask_strings,
     set_pointer,
 )
+from vault.sad import refuse_sensitive_authentication_data
 from vault.storage.database import as_utc
 from vault.storage.groupcommit import GroupCommitter
 from vault.storage.schema import tokens
@@ -170,6 +171,7 @@ def validate_metadata(metadata: object) -> str:
             raise InvalidMetadata(
                 f"metadata values must be strings of at most {MAX_METADATA_VALUE} characters"
             )
+        refuse_sensitive_authentication_data(key, value)
         if mask_pan_like(value) != value:
             raise InvalidMetadata(
                 f"metadata value {key!r} looks like a card number; metadata is not encrypted"

@@ -171,6 +171,21 @@ def test_batch_lookup_metadata_delete(vault_server: VaultServer) -> None:
             422,
             "invalid_metadata",
         ),
+        # Sensitive authentication data (PCI DSS 3.3.1): refused by name and by shape.
+        (
+            {"pan": VISA, "format": "pan_bin6_last4", "metadata": {"cvv": "123"}},
+            422,
+            "sensitive_authentication_data",
+        ),
+        (
+            {
+                "pan": VISA,
+                "format": "pan_bin6_last4",
+                "metadata": {"n": ";4000000000000001=29121010000012300000?"},
+            },
+            422,
+            "sensitive_authentication_data",
+        ),
         (
             {"pan": VISA, "format": "pan_bin6_last4", "idempotency_key": f"order-{VISA}"},
             422,
