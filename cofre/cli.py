@@ -225,7 +225,8 @@ def hsm_status(
     provider = provider_from_settings(_settings().hsm)
     offered = provider.mechanism_ids()
     try:
-        wrap = provider.wrap_mechanism()
+        algorithm = provider.wrap_algorithm()
+        wrap = f"{algorithm.value} ({provider.wrap_mechanism_name(algorithm)})"
     except CofreError:
         wrap = None
     report: dict[str, Any] = {

@@ -28,13 +28,14 @@ class KeyInfo:
 class WrappedKey:
     """A data key encrypted under a KEK that never leaves the HSM.
 
-    `mechanism` names the wrap algorithm (``AES_KEY_WRAP_KWP``, ``AES_KEY_WRAP_PAD`` or
-    ``AES_KEY_WRAP``) so that a later unwrap uses the same one whatever the token prefers
-    by then.
+    `algorithm` names the wrap algorithm (``aes-kwp-rfc5649`` or ``aes-kw-rfc3394``, see
+    `hsm.mechanisms.WrapAlgorithm`), never a mechanism number, so that a later unwrap
+    uses the same algorithm on whichever token holds the KEK by then (SoftHSM2's
+    standard mechanism or CloudHSM's vendor one).
     """
 
     wrapped: bytes
-    mechanism: str
+    algorithm: str
     kek_label: str
 
 

@@ -8,11 +8,12 @@ of `hsm.models`; it raises only `hsm.errors` classes.
 from __future__ import annotations
 
 import hashlib
+import secrets
 from typing import Any, Final
 
 import pkcs11.exceptions as p11e
 from cryptography.hazmat.primitives import serialization
-from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import (
     encode_ec_public_key,
     encode_ecdsa_signature,
@@ -22,8 +23,15 @@ from pkcs11.util.ec import (
 from cofre.settings import HSMSettings
 from hsm.errors import (
     HSMKeyNotFound,
-    HSMMechanismUnsupported,
     HSMOperationFailed,
+)
+from hsm.mechanisms import (
+    WrapAlgorithm,
+    WrapMechanisms,
+    new_key_id,
+    pair_templates,
+    resolve_wrap_mechanisms,
+    usage_template,
 )
 from hsm.models import KeyInfo, TokenInfo, WrappedKey
 from hsm.session import TokenSession
@@ -33,6 +41,7 @@ __all__ = [
     "HSMProvider",
     "KeyInfo",
     "TokenInfo",
+    "WrapAlgorithm",
     "WrappedKey",
     "provider_from_settings",
     "wipe",
@@ -41,13 +50,6 @@ __all__ = [
 _P256_OID: Final = "1.2.840.10045.3.1.7"
 
 
-# Preference order. python-pkcs11 0.10 can pass only mechanisms its enum knows, so KWP
-# (PKCS#11 v3.0) is used only once the library grows a member for it.
-_WRAP_MECHANISMS: Final[dict[str, Mechanism]] = {
-    name: getattr(Mechanism, name)
-    for name in ("AES_KEY_WRAP_KWP", "AES_KEY_WRAP_PAD", "AES_KEY_WRAP")
-    if hasattr(Mechanism, name)
-}
 # The mechanisms Cofre needs, by name, for `cofre hsm status`.
 REQUIRED_MECHANISMS: Final[dict[str, int]] = {
     "AES_KEY_GEN": int(Mechanism.AES_KEY_GEN),
@@ -93,26 +95,32 @@ class HSMProvider(TokenSession):
 
         return self._run(read)
 
+    def _offered(self, session: Any) -> frozenset[int]:
+        if self._mechanisms is None:
+            self._mechanisms = frozenset(int(m) for m in session.token.slot.get_mechanisms())
+        return self._mechanisms
+
+    def _wrap_mechanisms(self, session: Any) -> WrapMechanisms:
+        # Resolved from the token's own mechanism list when the session opens, so the
+        # same code finds SoftHSM2's standard numbers and CloudHSM's vendor numbers.
+        if self._wrap is None:
+            self._wrap = resolve_wrap_mechanisms(self._offered(session))
+        return self._wrap
+
     def mechanism_ids(self) -> frozenset[int]:
         """Return the mechanism numbers the token offers (asked once per session)."""
+        return self._run(self._offered)
 
-        def read(session: Any) -> frozenset[int]:
-            if self._mechanisms is None:
-                self._mechanisms = frozenset(int(m) for m in session.token.slot.get_mechanisms())
-            return self._mechanisms
+    def wrap_algorithm(self) -> WrapAlgorithm:
+        """Return the key-wrap algorithm new wraps use: RFC 5649, else RFC 3394.
 
-        return self._run(read)
-
-    def wrap_mechanism(self) -> str:
-        """Return the best AES key-wrap mechanism the token has: KWP, then PAD, then 3394.
-
-        Raises `HSMMechanismUnsupported` when the token has none.
+        Raises `HSMMechanismUnsupported` when the token offers neither.
         """
-        offered = self.mechanism_ids()
-        for name, number in _WRAP_MECHANISMS.items():
-            if int(number) in offered:
-                return name
-        raise HSMMechanismUnsupported("the token offers no AES key-wrap mechanism")
+        return self._run(lambda session: self._wrap_mechanisms(session).preferred)
+
+    def wrap_mechanism_name(self, algorithm: str) -> str:
+        """Return the name of the token's mechanism for `algorithm` (for status output)."""
+        return self._run(lambda session: self._wrap_mechanisms(session).mechanism(algorithm).name)
 
     def list_keys(self) -> list[KeyInfo]:
         """Return every key object on the token, Cofre's or not, sorted by label."""
@@ -194,16 +202,15 @@ class HSMProvider(TokenSession):
             key = session.generate_key(
                 KeyType.AES,
                 256,
+                id=new_key_id(),
                 label=label,
                 store=True,
-                capabilities=MechanismFlag.WRAP | MechanismFlag.UNWRAP,
                 template={
+                    **usage_template(KeyType.AES, {Attribute.WRAP, Attribute.UNWRAP}),
                     Attribute.TOKEN: True,
                     Attribute.PRIVATE: True,
                     Attribute.SENSITIVE: True,
                     Attribute.EXTRACTABLE: False,
-                    Attribute.ENCRYPT: False,
-                    Attribute.DECRYPT: False,
                 },
             )
             return self._describe(key)
@@ -222,11 +229,12 @@ class HSMProvider(TokenSession):
             key = session.generate_key(
                 KeyType.GENERIC_SECRET,
                 256,
+                id=new_key_id(),
                 label=label,
                 store=True,
                 mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
-                capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
                 template={
+                    **usage_template(KeyType.GENERIC_SECRET, {Attribute.SIGN, Attribute.VERIFY}),
                     Attribute.TOKEN: True,
                     Attribute.PRIVATE: True,
                     Attribute.SENSITIVE: True,
@@ -251,17 +259,23 @@ class HSMProvider(TokenSession):
                 {Attribute.EC_PARAMS: encode_named_curve_parameters(_P256_OID)},
                 local=True,
             )
-            _public, private = params.generate_keypair(
-                label=label,
-                store=True,
-                public_template={Attribute.TOKEN: True, Attribute.VERIFY: True},
-                private_template={
+            private_template, public_template = pair_templates(
+                private={
                     Attribute.TOKEN: True,
                     Attribute.PRIVATE: True,
                     Attribute.SENSITIVE: True,
                     Attribute.EXTRACTABLE: False,
                     Attribute.SIGN: True,
                 },
+                public={Attribute.TOKEN: True, Attribute.VERIFY: True},
+            )
+            # Both halves share one fresh CKA_ID, as PKCS#11 convention pairs them.
+            _public, private = params.generate_keypair(
+                id=new_key_id(),
+                label=label,
+                store=True,
+                public_template=public_template,
+                private_template=private_template,
             )
             return self._describe(private)
 
@@ -290,46 +304,40 @@ class HSMProvider(TokenSession):
 
         Raises `HSMKeyNotFound`, `HSMMechanismUnsupported`.
         """
-        mechanism = self.wrap_mechanism()
 
         def generate(session: Any) -> WrappedKey:
+            mechanisms = self._wrap_mechanisms(session)
+            algorithm = mechanisms.preferred
             kek = self._find_secret(session, kek_label)
             data_key = session.generate_key(
                 KeyType.AES,
                 256,
+                id=new_key_id(),
+                label=_session_label(),
                 store=False,
-                capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
-                template={
-                    Attribute.TOKEN: False,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: True,
-                },
+                template=_data_key_template(readable=False),
             )
             try:
-                wrapped = kek.wrap_key(data_key, mechanism=_WRAP_MECHANISMS[mechanism])
+                wrapped = kek.wrap_key(data_key, mechanism=mechanisms.mechanism(algorithm))
             finally:
                 data_key.destroy()
-            return WrappedKey(wrapped=bytes(wrapped), mechanism=mechanism, kek_label=kek_label)
+            return WrappedKey(wrapped=bytes(wrapped), algorithm=algorithm, kek_label=kek_label)
 
         return self._run(generate, name="wrap")
 
     def _unwrap_object(self, session: Any, wrapped: WrappedKey, *, readable: bool) -> Any:
-        if wrapped.mechanism not in _WRAP_MECHANISMS:
-            raise HSMMechanismUnsupported(f"unknown wrap mechanism {wrapped.mechanism!r}")
+        mechanism = self._wrap_mechanisms(session).mechanism(wrapped.algorithm)
         kek = self._find_secret(session, wrapped.kek_label)
         try:
             return kek.unwrap_key(
                 ObjectClass.SECRET_KEY,
                 KeyType.AES,
                 wrapped.wrapped,
-                mechanism=_WRAP_MECHANISMS[wrapped.mechanism],
+                id=new_key_id(),
+                label=_session_label(),
+                mechanism=mechanism,
                 store=False,
-                capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
-                template={
-                    Attribute.TOKEN: False,
-                    Attribute.SENSITIVE: not readable,
-                    Attribute.EXTRACTABLE: True,
-                },
+                template=_data_key_template(readable=readable),
             )
         except (
             p11e.WrappedKeyInvalid,
@@ -370,16 +378,17 @@ class HSMProvider(TokenSession):
         """Return `wrapped`'s key wrapped under `new_kek_label`, inside the token: the clear
         key never reaches process memory. Used by KEK rotation.
         """
-        mechanism = self.wrap_mechanism()
 
         def rewrap(session: Any) -> WrappedKey:
+            mechanisms = self._wrap_mechanisms(session)
+            algorithm = mechanisms.preferred
             new_kek = self._find_secret(session, new_kek_label)
             obj = self._unwrap_object(session, wrapped, readable=False)
             try:
-                data = new_kek.wrap_key(obj, mechanism=_WRAP_MECHANISMS[mechanism])
+                data = new_kek.wrap_key(obj, mechanism=mechanisms.mechanism(algorithm))
             finally:
                 obj.destroy()
-            return WrappedKey(wrapped=bytes(data), mechanism=mechanism, kek_label=new_kek_label)
+            return WrappedKey(wrapped=bytes(data), algorithm=algorithm, kek_label=new_kek_label)
 
         return self._run(rewrap)
 
@@ -396,7 +405,10 @@ class HSMProvider(TokenSession):
             if wrapping_label is None:
                 return bytes(key[Attribute.VALUE])
             wrapper = self._find_secret(session, wrapping_label)
-            return bytes(wrapper.wrap_key(key, mechanism=Mechanism.AES_KEY_WRAP_PAD))
+            mechanisms = self._wrap_mechanisms(session)
+            return bytes(
+                wrapper.wrap_key(key, mechanism=mechanisms.mechanism(mechanisms.preferred))
+            )
 
         return self._run(export)
 
@@ -436,6 +448,23 @@ class HSMProvider(TokenSession):
             )
 
         return self._run(read)
+
+
+def _session_label() -> str:
+    # Session objects get a label and an ID too: CloudHSM has refused empty ones.
+    return f"cofre-tmp-{secrets.token_hex(6)}"
+
+
+def _data_key_template(*, readable: bool) -> dict[Attribute, Any]:
+    """A data key as a session object: AES encrypt/decrypt only, extractable so that it can
+    be wrapped; sensitive unless `readable` (`unwrap_key` reads its value)."""
+    return {
+        **usage_template(KeyType.AES, {Attribute.ENCRYPT, Attribute.DECRYPT}),
+        Attribute.TOKEN: False,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: not readable,
+        Attribute.EXTRACTABLE: True,
+    }
 
 
 def wipe(buffer: bytearray) -> None:

@@ -41,6 +41,7 @@ from hsm.errors import (
     HSMOperationFailed,
     HSMUnavailable,
 )
+from hsm.mechanisms import WrapMechanisms
 
 T = TypeVar("T")
 
@@ -90,6 +91,7 @@ class TokenSession:
         self._session: Any = None
         self._objects: dict[tuple[str, int], Any] = {}
         self._mechanisms: frozenset[int] | None = None
+        self._wrap: WrapMechanisms | None = None
         # Called with (operation, milliseconds) after every call; the API feeds metrics.
         self.observer: Callable[[str, float], None] | None = None
 
@@ -139,6 +141,7 @@ class TokenSession:
     def _drop_session(self) -> None:
         self._objects.clear()
         self._mechanisms = None
+        self._wrap = None
         session, self._session = self._session, None
         if session is not None:
             # A failing close means it is already gone, which is why we are dropping it.

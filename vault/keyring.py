@@ -107,7 +107,7 @@ class DataKeyring:
                 purpose=purpose.value,
                 version=version,
                 wrapped=wrapped.wrapped,
-                wrap_mechanism=wrapped.mechanism,
+                wrap_mechanism=wrapped.algorithm,
                 kek_label=wrapped.kek_label,
                 algorithm="AES-256",
                 state=KeyState.ACTIVE.value,

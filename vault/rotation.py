@@ -541,7 +541,7 @@ class KeyRotation:
                 update(data_keys)
                 .where(data_keys.c.purpose == item.purpose, data_keys.c.version == item.version)
                 .values(
-                    wrapped=moved.wrapped, wrap_mechanism=moved.mechanism, kek_label=moved.kek_label
+                    wrapped=moved.wrapped, wrap_mechanism=moved.algorithm, kek_label=moved.kek_label
                 )
             )
         return len(rows)

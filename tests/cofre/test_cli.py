@@ -59,7 +59,7 @@ def test_dev_creates_environment_once(tmp_path: Path) -> None:
     kek = next(k for k in report["keys"] if k["label"] == "cofre-kek-v1")
     assert kek["sensitive"] is True
     assert kek["extractable"] is False
-    assert report["wrap_mechanism"] in {"AES_KEY_WRAP_PAD", "AES_KEY_WRAP", "AES_KEY_WRAP_KWP"}
+    assert report["wrap_mechanism"] == "aes-kwp-rfc5649 (AES_KEY_WRAP_PAD)"
     assert pin not in status.stdout
 
     shown = run("config", "show", env={**env, "COFRE_CONFIG": str(data_dir / "cofre.toml")})

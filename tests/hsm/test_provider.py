@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap, aes_key_wrap_with_padding
+from pkcs11 import Attribute, KeyType, ObjectClass
 
 from hsm.errors import (
     HSMKeyNotExtractable,
@@ -53,7 +56,7 @@ def test_audit_private_key_attributes(hsm_provider: HSMProvider) -> None:
 def test_wrap_unwrap_round_trip(hsm_provider: HSMProvider) -> None:
     wrapped = hsm_provider.generate_wrapped_key(KEK)
     assert wrapped.kek_label == KEK
-    assert wrapped.mechanism == hsm_provider.wrap_mechanism()
+    assert wrapped.algorithm == hsm_provider.wrap_algorithm() == "aes-kwp-rfc5649"
     key = hsm_provider.unwrap_key(wrapped)
     assert len(key) == 32
     # The unwrapped key is a working AES-256 key, and the same each time it is unwrapped.
@@ -86,9 +89,9 @@ def test_unwrap_garbage_fails_cleanly(hsm_provider: HSMProvider) -> None:
     tampered = bytearray(wrapped.wrapped)
     tampered[5] ^= 1
     with pytest.raises(HSMOperationFailed):
-        hsm_provider.unwrap_key(WrappedKey(bytes(tampered), wrapped.mechanism, KEK))
+        hsm_provider.unwrap_key(WrappedKey(bytes(tampered), wrapped.algorithm, KEK))
     with pytest.raises(HSMKeyNotFound):
-        hsm_provider.unwrap_key(WrappedKey(wrapped.wrapped, wrapped.mechanism, "cofre-kek-v99"))
+        hsm_provider.unwrap_key(WrappedKey(wrapped.wrapped, wrapped.algorithm, "cofre-kek-v99"))
 
 
 def test_hmac_deterministic_and_per_key(hsm_provider: HSMProvider) -> None:
@@ -136,3 +139,54 @@ def test_inventory_holds_no_key_material(hsm_provider: HSMProvider) -> None:
 
 def test_repr_shows_no_pin(hsm_provider: HSMProvider, softhsm_token: object) -> None:
     assert getattr(softhsm_token, "user_pin") not in repr(hsm_provider)  # noqa: B009
+
+
+def test_every_key_has_a_unique_id_and_a_label(hsm_provider: HSMProvider) -> None:
+    def ids(session: Any) -> list[tuple[str, bytes]]:
+        return [
+            (str(obj[Attribute.LABEL]), bytes(obj[Attribute.ID]))
+            for obj in session.get_objects({Attribute.TOKEN: True})
+            if str(obj[Attribute.LABEL]) in {KEK, FP, AUDIT}
+        ]
+
+    found = hsm_provider._run(ids)
+    assert len(found) == 4  # KEK, FP, and both halves of the audit key pair
+    assert all(label and len(key_id) == 16 for label, key_id in found)
+    by_label = {label: {i for lab, i in found if lab == label} for label, _ in found}
+    assert all(len(v) == 1 for v in by_label.values())  # the pair shares one ID
+    assert len({i for _, i in found}) == 3
+
+
+def test_wrap_output_is_rfc_5649_and_3394(hsm_provider: HSMProvider) -> None:
+    """The token's wrap bytes equal `cryptography`'s RFC 5649 / RFC 3394 output, which is
+    what lets a wrapped key move between SoftHSM2 and CloudHSM by algorithm name."""
+    kek_value, key_value = secrets.token_bytes(32), secrets.token_bytes(32)
+
+    def wrap_known(session: Any, algorithm: str) -> bytes:
+        mechanism = hsm_provider._wrap_mechanisms(session).mechanism(algorithm)
+        base = {
+            Attribute.CLASS: ObjectClass.SECRET_KEY,
+            Attribute.KEY_TYPE: KeyType.AES,
+            Attribute.TOKEN: False,
+        }
+        kek = session.create_object({**base, Attribute.VALUE: kek_value, Attribute.WRAP: True})
+        key = session.create_object(
+            {
+                **base,
+                Attribute.VALUE: key_value,
+                Attribute.EXTRACTABLE: True,
+                Attribute.TOKEN: False,
+            }
+        )
+        try:
+            return bytes(kek.wrap_key(key, mechanism=mechanism))
+        finally:
+            key.destroy()
+            kek.destroy()
+
+    assert hsm_provider._run(lambda s: wrap_known(s, "aes-kwp-rfc5649")) == (
+        aes_key_wrap_with_padding(kek_value, key_value)
+    )
+    assert hsm_provider._run(lambda s: wrap_known(s, "aes-kw-rfc3394")) == (
+        aes_key_wrap(kek_value, key_value)
+    )

@@ -71,6 +71,8 @@ data_keys = Table(
     Column("purpose", String(32), primary_key=True),
     Column("version", Integer, primary_key=True, autoincrement=False),
     Column("wrapped", LargeBinary, nullable=False),
+    # The wrap *algorithm* (hsm.mechanisms.WrapAlgorithm, e.g. "aes-kwp-rfc5649"); the
+    # column keeps its first name, its values were relabelled by migration 0003.
     Column("wrap_mechanism", String(32), nullable=False),
     Column("kek_label", String(64), nullable=False),
     Column("algorithm", String(32), nullable=False),
