@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.cofre-installed
 # apt needs root; on a developer laptop that is not root, sudo is used for apt only.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-IN_SCOPE := cofre vault hsm api policies audit infra_pci compliance
+IN_SCOPE := cofre cofre_cli vault hsm api policies audit infra_pci compliance
 
 .PHONY: help run test lint format bench system-deps test-deps venv lock clean
 

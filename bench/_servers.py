@@ -38,7 +38,7 @@ def run_vault(config: str) -> None:
     os.environ["COFRE_CONFIG"] = config
     from api.observability import configure_logging
     from cofre.settings import load_settings
-    from cofre.wiring import build_runtime, tls_files
+    from cofre_cli.wiring import build_runtime, tls_files
 
     settings = load_settings()
     configure_logging("WARNING")

@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 
 from api.pki import DevPKI, ensure_dev_pki
-from cofre.devenv import DEV_POLICY
+from cofre_cli.devenv import DEV_POLICY
 from hsm.softhsm import init_softhsm_token, write_softhsm_conf
 from tests.support.postgres import PostgresCluster, free_port
 from vault.pan import luhn_check_digit
@@ -170,7 +170,7 @@ def _run_vault(tmp: Path, pki: DevPKI, database: str, seconds: float) -> dict[st
             sys.executable,
             "-c",
             "import os,sys; os.environ['COFRE_CONFIG']=sys.argv[1];"
-            "from cofre.settings import load_settings; from cofre.wiring import open_hsm;"
+            "from cofre.settings import load_settings; from cofre_cli.wiring import open_hsm;"
             "from hsm.keys import KeyHierarchy; KeyHierarchy(open_hsm(load_settings()))"
             ".initialize()",
             str(config),

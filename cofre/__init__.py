@@ -1,8 +1,8 @@
-"""Cofre: the project kernel (version, the root error, typed settings) and the CLI wiring.
+"""Cofre's base: the version, the root error, typed settings and redaction.
 
-IN PCI SCOPE. Cofre is a PCI-DSS tokenization vault. This package only wires the
-in-scope packages together; `cofre.errors` and `cofre.settings` are the base layer
-that every other in-scope package may import.
+IN PCI SCOPE. Every other package may import this one, and it imports no package of
+ours: the command line, the wiring and the dev environment live in `cofre_cli`, the roof
+that nothing imports.
 """
 
 __version__ = "0.1.0"

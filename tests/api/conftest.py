@@ -28,9 +28,9 @@ from api.observability import (
 )
 from api.pki import DevPKI, ensure_dev_pki, issue_client
 from api.server import BackgroundServer, TLSFiles, build_server
-from cofre.devenv import DEV_POLICY
 from cofre.settings import AuditSettings, DatabaseSettings, Settings
-from cofre.wiring import Runtime, build_runtime
+from cofre_cli.devenv import DEV_POLICY
+from cofre_cli.wiring import Runtime, build_runtime
 from hsm.provider import HSMProvider
 from tests.support.leakguard import record_responses
 from tests.support.leakscan import json_strings

@@ -385,7 +385,7 @@ def test_cli_verify(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> Non
     command = [
         sys.executable,
         "-m",
-        "cofre.cli",
+        "cofre_cli",
         "evidence",
         "verify",
         str(bundle),
@@ -415,7 +415,7 @@ def test_cli_verify(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> Non
         [
             sys.executable,
             "-m",
-            "cofre.cli",
+            "cofre_cli",
             "evidence",
             "verify",
             str(bad),

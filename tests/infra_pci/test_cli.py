@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cofre.cli import app
+from cofre_cli.main import app
 from infra_pci.aws import AwsClients
 from tests.infra_pci.conftest import HsmStubs
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from api.pki import DevPKI, ensure_dev_pki
-from cofre.devenv import DEV_POLICY
+from cofre_cli.devenv import DEV_POLICY
 from hsm.softhsm import write_softhsm_conf
 from tests.support.leakguard import record_responses
 from tests.support.postgres import free_port
@@ -58,7 +58,7 @@ class VaultProcess:
         """Start `cofre serve` and return once `ready_path` answers 200."""
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "cofre.cli", "serve"],
+                [sys.executable, "-m", "cofre_cli", "serve"],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -92,7 +92,7 @@ class VaultProcess:
 
     def cofre(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "cofre.cli", *args],
+            [sys.executable, "-m", "cofre_cli", *args],
             env=self.env,
             capture_output=True,
             text=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import cofre
 
-COFRE = [sys.executable, "-m", "cofre.cli"]
+COFRE = [sys.executable, "-m", "cofre_cli"]
 
 
 def run(

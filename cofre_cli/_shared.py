@@ -1,0 +1,96 @@
+"""What every `cofre` command group shares: clean failure, settings, the admin client.
+
+IN PCI SCOPE (wiring). Secrets are never options: the HSM PIN comes from
+``COFRE_HSM__PIN`` or ``COFRE_HSM__PIN_FILE`` (see `cofre.settings`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+
+from cofre.errors import CofreError, ConfigurationError
+from cofre.settings import Settings, load_settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEV_CONFIG = Path(".cofre-dev") / "cofre.toml"
+
+
+def fail_cleanly(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn a `CofreError` into one line on stderr and exit status 1 (no traceback: a
+    traceback's locals could hold a secret)."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except CofreError as exc:
+            typer.echo(f"error [{exc.code}]: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def cli_settings() -> Settings:
+    """Load settings; in a checkout where `make run` created the dev environment and no
+    ``COFRE_CONFIG`` is set, use the dev configuration (and say so on stderr)."""
+    if "COFRE_CONFIG" not in os.environ and DEV_CONFIG.is_file():
+        os.environ["COFRE_CONFIG"] = str(DEV_CONFIG.resolve())
+        typer.echo(f"(using the dev configuration {DEV_CONFIG})", err=True)
+    return load_settings()
+
+
+Officer = Annotated[
+    str,
+    typer.Option(
+        "--as",
+        help="Your identity: certificate NAME in clients/ beside the CA bundle "
+        "(or give --cert/--key).",
+        envvar="COFRE_OFFICER",
+    ),
+]
+CertOpt = Annotated[Path | None, typer.Option("--cert", help="Client certificate (PEM).")]
+KeyOpt = Annotated[Path | None, typer.Option("--key", help="Client key (PEM).")]
+
+
+def admin_client(officer: str, cert: Path | None, key: Path | None) -> Any:
+    import ssl
+
+    import httpx
+
+    settings = cli_settings()
+    ca = settings.server.ca_bundle or settings.data_dir / "pki" / "ca.pem"
+    # The dev PKI keeps client certificates beside the CA, in clients/.
+    clients = Path(ca).parent / "clients"
+    cert = cert or clients / f"{officer}.pem"
+    key = key or clients / f"{officer}-key.pem"
+    for path in (cert, key, ca):
+        if not Path(path).is_file():
+            raise ConfigurationError(f"not found: {path}")
+    context = ssl.create_default_context(cafile=str(ca))
+    context.load_cert_chain(str(cert), str(key))
+    url = f"https://{settings.server.host}:{settings.server.port}"
+    return httpx.Client(base_url=url, verify=context, timeout=30)
+
+
+def admin_call(client: Any, method: str, path: str, body: Any = None) -> Any:
+    import httpx
+
+    try:
+        response = client.request(method, path, json=body)
+    except httpx.HTTPError as exc:
+        raise ConfigurationError(f"the vault is unreachable ({type(exc).__name__})") from None
+    data = response.json()
+    if response.status_code >= 400:
+        typer.echo(
+            f"error [{data.get('code')}]: {data.get('detail') or data.get('title')}", err=True
+        )
+        raise typer.Exit(1)
+    return data

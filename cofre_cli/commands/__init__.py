@@ -1,0 +1,1 @@
+"""The `cofre` command groups, one module per group; `cofre_cli.main` assembles them."""

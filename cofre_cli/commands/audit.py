@@ -1,0 +1,150 @@
+"""`cofre audit`: signed tree heads, proofs, verification and export of the audit log.
+
+IN PCI SCOPE (wiring).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cofre_cli._shared import cli_settings, fail_cleanly
+
+audit_app = typer.Typer(
+    help="The tamper-evident audit log: signed heads, proofs, verification, export.",
+    no_args_is_help=True,
+)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@audit_app.command("sequence")
+@fail_cleanly
+def audit_sequence() -> None:
+    """Integrate every queued entry into the tree now and sign a head for the new size."""
+    from audit.sequencer import Sequencer
+    from cofre_cli.wiring import audit_signer, open_database, open_hsm
+
+    settings = cli_settings()
+    engine = open_database(settings)
+    sequencer = Sequencer(engine, audit_signer(open_hsm(settings)))
+    count = sequencer.drain()
+    typer.echo(f"integrated {count} entries")
+
+
+@audit_app.command("head")
+@fail_cleanly
+def audit_head() -> None:
+    """Print the latest signed tree head as JSON (size, root, time, key, signature)."""
+    from audit.store import AuditStore
+    from cofre_cli.wiring import open_database
+
+    head = AuditStore(open_database(cli_settings())).latest_head()
+    if head is None:
+        typer.echo("no signed tree head yet", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(head.as_json(), indent=2))
+
+
+@audit_app.command("prove")
+@fail_cleanly
+def audit_prove(
+    index: Annotated[int, typer.Option("--index", help="Leaf index of the entry.")],
+    size: Annotated[
+        int | None, typer.Option("--size", help="Tree size (default: the whole tree).")
+    ] = None,
+    consistency_from: Annotated[
+        int | None,
+        typer.Option("--from-size", help="Also prove consistency from this earlier size."),
+    ] = None,
+) -> None:
+    """Print an inclusion proof for entry INDEX (and, with --from-size, a consistency
+    proof), checked against the recomputed root before it is printed."""
+    from audit.merkle import leaf_hash, verify_consistency, verify_inclusion
+    from audit.store import AuditStore
+    from cofre_cli.wiring import open_database
+
+    store = AuditStore(open_database(cli_settings()))
+    tree_size = size if size is not None else store.size()
+    entry = store.entry(index)
+    proof = store.inclusion_proof(index, tree_size)
+    root = store.root_at(tree_size)
+    leaf = leaf_hash(entry.encode("utf-8"))
+    verify_inclusion(leaf, index, tree_size, proof, root)
+    out: dict[str, Any] = {
+        "index": index,
+        "tree_size": tree_size,
+        "entry": entry,
+        "leaf_hash": _b64(leaf),
+        "root_hash": _b64(root),
+        "inclusion_proof": [_b64(p) for p in proof],
+    }
+    head = store.head_at(tree_size)
+    out["signed_head"] = head.as_json() if head else None
+    if consistency_from is not None:
+        consistency = store.consistency_proof(consistency_from, tree_size)
+        verify_consistency(
+            consistency_from, tree_size, consistency, store.root_at(consistency_from), root
+        )
+        out["consistency_from"] = consistency_from
+        out["consistency_proof"] = [_b64(p) for p in consistency]
+    typer.echo(json.dumps(out, indent=2))
+
+
+@audit_app.command("verify")
+@fail_cleanly
+def audit_verify(
+    public_key: Annotated[
+        Path | None,
+        typer.Option(help="PEM public key of the audit signer (default: ask the HSM)."),
+    ] = None,
+) -> None:
+    """Recompute the whole tree from the stored entries and check it against every signed
+    tree head and signature. Exits 1 naming the first bad leaf index."""
+    from audit.errors import AuditVerificationFailed
+    from audit.store import AuditStore
+    from cofre_cli.wiring import audit_signer, open_database, open_hsm
+
+    settings = cli_settings()
+    if public_key is not None:
+        pem = public_key.read_bytes()
+    else:
+        pem = audit_signer(open_hsm(settings)).public_key_pem()
+    try:
+        report = AuditStore(open_database(settings)).verify(pem)
+    except AuditVerificationFailed as exc:
+        typer.echo(f"FAILED: {exc}", err=True)
+        raise typer.Exit(1) from None
+    latest = report.latest_head
+    typer.echo(
+        f"OK: {report.entries} entries, {report.heads_checked} signed tree heads verified"
+        + (f", latest head size {latest.tree_size}" if latest else ", no signed head yet")
+        + (f"; {report.queued} entries queued for sequencing" if report.queued else "")
+    )
+
+
+@audit_app.command("export")
+@fail_cleanly
+def audit_export(
+    out: Annotated[Path, typer.Option("--out", help="File to write (JSON lines).")],
+) -> None:
+    """Write every entry (with leaf hash), every signed head and the audit public key as
+    JSON lines, for offline verification."""
+    from audit.store import AuditStore
+    from cofre_cli.wiring import audit_signer, open_database, open_hsm
+
+    settings = cli_settings()
+    pem = audit_signer(open_hsm(settings)).public_key_pem()
+    lines = 0
+    with out.open("w", encoding="utf-8") as handle:
+        handle.write(json.dumps({"type": "public_key", "pem": pem.decode()}) + "\n")
+        for line in AuditStore(open_database(settings)).export():
+            handle.write(line + "\n")
+            lines += 1
+    typer.echo(f"wrote {lines} records to {out}")

@@ -1,0 +1,89 @@
+"""`cofre evidence`: export signed PCI DSS evidence bundles and verify them offline.
+
+IN PCI SCOPE (wiring).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cofre.errors import ConfigurationError
+from cofre_cli._shared import CertOpt, KeyOpt, Officer, admin_client, fail_cleanly
+
+evidence_app = typer.Typer(
+    help="Signed PCI DSS evidence bundles: export (officers, auditors) and offline verify.",
+    no_args_is_help=True,
+)
+
+
+@evidence_app.command("export")
+@fail_cleanly
+def evidence_export(
+    period_to: Annotated[str, typer.Option("--to", help="End, exclusive (ISO date or time).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the bundle (.tar.gz).")],
+    period_from: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Start (ISO date or time, UTC); with --previous, where the previous ended.",
+        ),
+    ] = None,
+    previous: Annotated[
+        Path | None, typer.Option("--previous", help="The previous bundle, to chain to it.")
+    ] = None,
+    identity: Officer = "auditor",
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Ask the vault for a signed evidence bundle of a period, as an officer or auditor.
+    A chained bundle (`--previous`) starts exactly where the previous one ended."""
+    body: dict[str, Any] = {"to": period_to}
+    if previous is not None:
+        from compliance.verifier import MANIFEST, read_bundle
+
+        before = json.loads(read_bundle(previous)[MANIFEST])
+        body["previous_head"] = before["covering_head"]
+        body["previous_end_index"] = before["entries"]["end_index"]
+        period_from = period_from or before["period"]["to"]
+    if period_from is None:
+        raise ConfigurationError("--from is required unless --previous gives the start")
+    body["from"] = period_from
+    with admin_client(identity, cert, key) as client:
+        response = client.post("/v1/evidence", json=body)
+    if response.status_code != 200:
+        problem = response.json()
+        typer.echo(f"error [{problem.get('code')}]: {problem.get('detail')}", err=True)
+        raise typer.Exit(1)
+    out.write_bytes(response.content)
+    typer.echo(f"wrote {out} ({len(response.content)} bytes)")
+
+
+@evidence_app.command("verify")
+def evidence_verify(
+    bundle: Annotated[Path, typer.Argument(help="The bundle (.tar.gz).")],
+    public_key: Annotated[
+        Path, typer.Option("--public-key", help="The audit public key (PEM) you were given.")
+    ],
+    previous: Annotated[
+        Path | None, typer.Option("--previous", help="The previous bundle of the chain.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")
+    ] = None,
+) -> None:
+    """Verify a bundle offline (no vault, HSM or network): signatures, file hashes, the
+    Merkle tree, proofs. Exit 1 naming each file or entry that is wrong."""
+    from compliance.html import render_html
+    from compliance.verifier import render_text, verify_bundle
+
+    report = verify_bundle(bundle, public_key.read_bytes(), previous)
+    typer.echo(json.dumps(report.as_json(), indent=2) if as_json else render_text(report))
+    if html_out is not None:
+        html_out.write_text(render_html(report, bundle), encoding="utf-8")
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,75 @@
+"""`cofre hsm`: the PKCS#11 token and Cofre's key hierarchy on it.
+
+IN PCI SCOPE (wiring).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Annotated, Any
+
+import typer
+
+from cofre.errors import CofreError
+from cofre_cli._shared import cli_settings, fail_cleanly
+
+hsm_app = typer.Typer(
+    help="The PKCS#11 token and Cofre's key hierarchy on it.", no_args_is_help=True
+)
+
+
+@hsm_app.command("init")
+@fail_cleanly
+def hsm_init() -> None:
+    """Create Cofre's key hierarchy on an empty token (idempotent): KEK, fingerprint key,
+    audit signing key. Data keys are created by the vault and stored wrapped."""
+    from hsm.keys import KeyHierarchy
+    from hsm.provider import provider_from_settings
+
+    created = KeyHierarchy(provider_from_settings(cli_settings().hsm)).initialize()
+    typer.echo(
+        "created: " + ", ".join(created) if created else "nothing to do: the hierarchy exists"
+    )
+
+
+@hsm_app.command("status")
+@fail_cleanly
+def hsm_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show the token, the mechanisms Cofre needs (present or not) and the key inventory
+    with its attributes. Never shows key material."""
+    from hsm.provider import REQUIRED_MECHANISMS, provider_from_settings
+
+    provider = provider_from_settings(cli_settings().hsm)
+    offered = provider.mechanism_ids()
+    try:
+        algorithm = provider.wrap_algorithm()
+        wrap = f"{algorithm.value} ({provider.wrap_mechanism_name(algorithm)})"
+    except CofreError:
+        wrap = None
+    report: dict[str, Any] = {
+        "token": asdict(provider.token_info()),
+        "mechanisms": {name: number in offered for name, number in REQUIRED_MECHANISMS.items()},
+        "wrap_mechanism": wrap,
+        "keys": [asdict(info) for info in provider.list_keys()],
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    token = report["token"]
+    typer.echo(
+        f"token {token['token_label']!r}: {token['manufacturer']} {token['model']}, "
+        f"library {token['library']} v{token['library_version']}"
+    )
+    for name, present in report["mechanisms"].items():
+        typer.echo(f"  mechanism {name:<24} {'present' if present else 'MISSING'}")
+    typer.echo(f"  key wrap: {wrap or 'NONE'}")
+    for key in report["keys"]:
+        flags = ", ".join(
+            f"{flag}={key[flag]}"
+            for flag in ("sensitive", "extractable", "never_extractable")
+            if key[flag] is not None
+        )
+        typer.echo(f"  {key['label']:<18} {key['object_class']:<12} {key['key_type']:<15} {flags}")

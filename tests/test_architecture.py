@@ -1,0 +1,72 @@
+"""The shape of the house, checked over the real import graph (grimp, as import-linter
+builds it): what the `pyproject.toml` contracts cannot say for packages added later."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import grimp
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ROOTS: list[str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"][
+    "root_packages"
+]
+BASE = "cofre"
+ROOF = "cofre_cli"
+
+
+@pytest.fixture(scope="module")
+def package_edges() -> dict[str, set[str]]:
+    """Top-level package -> the top-level packages of ours it imports directly."""
+    graph = grimp.build_graph(*ROOTS)
+    edges: dict[str, set[str]] = {name: set() for name in ROOTS}
+    for module in graph.modules:
+        importer = module.split(".")[0]
+        for imported in graph.find_modules_directly_imported_by(module):
+            target = imported.split(".")[0]
+            if target != importer and target in edges:
+                edges[importer].add(target)
+    return edges
+
+
+def test_every_package_is_under_the_contracts() -> None:
+    """A new top-level package is listed in `root_packages`, or no contract sees it."""
+    packages = {
+        path.parent.name
+        for path in ROOT.glob("*/__init__.py")
+        if path.parent.name not in {"tests", "bench"}
+    }
+    assert packages == set(ROOTS)
+
+
+def test_the_base_imports_nothing_of_ours(package_edges: dict[str, set[str]]) -> None:
+    assert package_edges[BASE] == set()
+
+
+def test_nothing_imports_the_roof(package_edges: dict[str, set[str]]) -> None:
+    assert sorted(name for name, targets in package_edges.items() if ROOF in targets) == []
+
+
+def test_no_cycle_between_top_level_packages(package_edges: dict[str, set[str]]) -> None:
+    """Depth-first search for a back edge: any cycle, of any length, is named."""
+    state: dict[str, str] = {}
+    path: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(name: str) -> None:
+        state[name] = "open"
+        path.append(name)
+        for target in sorted(package_edges[name]):
+            if state.get(target) == "open":
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target)
+        path.pop()
+        state[name] = "done"
+
+    for name in sorted(package_edges):
+        if name not in state:
+            visit(name)
+    assert cycles == []
