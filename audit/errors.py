@@ -14,13 +14,6 @@ from __future__ import annotations
 from cofre.errors import CofreError
 
 
-def db_error_name(exc: Exception) -> str:
-    """The driver's error class name behind a SQLAlchemy error, for messages: it names
-    what failed without echoing SQL parameters (which could hold anything)."""
-    original = getattr(exc, "orig", None)
-    return type(original if original is not None else exc).__name__
-
-
 class AuditError(CofreError):
     code = "audit_error"
 

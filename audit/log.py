@@ -24,8 +24,9 @@ from typing import Final
 from sqlalchemy import Connection, insert
 from sqlalchemy.exc import SQLAlchemyError
 
-from audit.errors import AuditWriteFailed, db_error_name
+from audit.errors import AuditWriteFailed
 from audit.schema import audit_entries, audit_queue
+from cofre.dberrors import db_error_name
 from cofre.redaction import mask_pan_like
 
 ENTRY_FORMAT_VERSION: Final = 1

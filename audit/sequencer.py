@@ -19,10 +19,11 @@ from typing import Final
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from audit.errors import AuditWriteFailed, db_error_name
+from audit.errors import AuditWriteFailed
 from audit.heads import SignedTreeHead, TreeHeadSigner, sign_tree_head
 from audit.merkle import EMPTY_ROOT, leaf_hash, node_hash
 from audit.schema import audit_entries, audit_heads, audit_leaves, audit_nodes, audit_queue
+from cofre.dberrors import db_error_name
 
 # Any constant unique to Cofre: the advisory lock key of the sequencer.
 _ADVISORY_LOCK_KEY: Final = 0x436F667265  # "Cofre"

@@ -37,8 +37,8 @@ from sqlalchemy import Connection, Engine, Row, and_, bindparam, insert, select,
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
-from audit.errors import db_error_name
 from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
+from cofre.dberrors import db_error_name
 from cofre.errors import CofreError
 from cofre.redaction import mask_pan_like
 from hsm.keys import KeyHierarchy, KeyKind, key_label
