@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -84,10 +85,15 @@ def test_audit_commands_verify_and_catch_tampering(tmp_path: Path) -> None:
     sequenced = run("audit", "sequence", env=env)
     assert sequenced.returncode == 0, sequenced.stderr
     # Three token keys created by `cofre dev`, two data keys by the vault's first start.
-    assert "integrated 5 entries" in sequenced.stdout
+    # The vault's own sequencer thread may have integrated some before `dev --check`
+    # stopped it (a race on its 0.2 s timer), so only the total is fixed: five entries.
+    assert re.fullmatch(r"integrated [0-5] entries\n", sequenced.stdout)
     verified = run("audit", "verify", env=env)
     assert verified.returncode == 0, verified.stderr
-    assert verified.stdout.startswith("OK: 5 entries, 1 signed tree heads verified")
+    checked = re.match(r"OK: 5 entries, ([0-9]+) signed tree heads verified", verified.stdout)
+    assert checked is not None, verified.stdout
+    heads = int(checked.group(1))
+    assert heads >= 1
     head = json.loads(run("audit", "head", env=env).stdout)
     assert head["tree_size"] == 5
     proof = json.loads(run("audit", "prove", "--index", "1", "--from-size", "1", env=env).stdout)
@@ -97,7 +103,7 @@ def test_audit_commands_verify_and_catch_tampering(tmp_path: Path) -> None:
     out = tmp_path / "export.jsonl"
     assert run("audit", "export", "--out", str(out), env=env).returncode == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["type"] for r in records] == ["public_key"] + ["entry"] * 5 + ["head"]
+    assert [r["type"] for r in records] == ["public_key"] + ["entry"] * 5 + ["head"] * heads
 
     db = sqlite3.connect(data_dir / "cofre.sqlite3")
     db.execute("DROP TRIGGER audit_entries_no_update")
