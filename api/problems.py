@@ -64,6 +64,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "audit_error": (503, "The audit log failed"),
     "audit_verification_failed": (503, "The audit log does not verify"),
     "storage_error": (503, "The token store failed"),
+    "schema_mismatch": (503, "The database schema does not match this vault version"),
     "vault_error": (500, "Internal error"),
     "cofre_error": (500, "Internal error"),
     "configuration_error": (500, "The vault is misconfigured"),

@@ -28,7 +28,7 @@ from api.server import TLSFiles, build_server, log_config
 from audit.errors import AuditWriteFailed
 from audit.sequencer import Sequencer, SequencerThread
 from audit.store import AuditStore
-from cofre.errors import ConfigurationError
+from cofre.errors import CofreError, ConfigurationError
 from cofre.settings import Settings
 from compliance.export import EvidenceSources, build_bundle
 from hsm.provider import HSMProvider, provider_from_settings
@@ -37,21 +37,40 @@ from policies.loader import load_policy
 from vault.rotation import KeyRotation, RotationWorker
 from vault.service import CallContext, VaultService
 from vault.signing import HSMTreeHeadSigner
-from vault.storage.database import create_database_engine, migrate
+from vault.storage.database import create_database_engine
+from vault.storage.schema_version import check_schema, migrate
 
 _log = structlog.get_logger("cofre.vault")
 
 
-def open_database(settings: Settings, *, run_migrations: bool = True) -> Engine:
-    """Return an engine for the configured store, migrated to the newest schema."""
+def open_database(settings: Settings, *, run_migrations: bool = False) -> Engine:
+    """Return an engine for the configured store.
+
+    With `run_migrations` (`cofre dev`, `cofre db migrate`, tests) the schema is first
+    brought to the newest revision under the migration lock; otherwise it is only
+    checked, and `SchemaMismatch` is raised for a schema this code cannot use (so the
+    vault and the read-only commands run as the least-privileged role).
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = create_database_engine(
         settings.database_url,
         pool_size=settings.database.pool_size,
         statement_timeout_ms=settings.database.statement_timeout_ms,
     )
-    if run_migrations:
-        migrate(engine)
+    try:
+        if run_migrations:
+            migrate(engine)
+        else:
+            status = check_schema(engine)
+            if status.newer_but_compatible:
+                _log.warning(
+                    "newer database schema, declared compatible with this version",
+                    schema=status.current,
+                    code_head=status.head,
+                )
+    except CofreError:
+        engine.dispose()
+        raise
     return engine
 
 
@@ -99,12 +118,14 @@ def build_runtime(
     provider: HSMProvider | None = None,
     telemetry: Telemetry | None = None,
     sequencer_interval: float = 0.2,
+    migrate_schema: bool = True,
 ) -> Runtime:
     """Open the database and the HSM, load the policy, start the audit sequencer and
     build the API app. The HSM may be down: the vault then starts unready and recovers
-    when it comes back."""
+    when it comes back. Without `migrate_schema` (`cofre serve`) the schema is only
+    checked."""
     readiness = Readiness()
-    engine = open_database(settings)
+    engine = open_database(settings, run_migrations=migrate_schema)
     provider = provider or open_hsm(settings)
     policy = PolicyEngine(load_policy(settings.policy_file).policy)
     service = VaultService(engine, provider, policy)
@@ -229,13 +250,14 @@ def tls_files(settings: Settings) -> TLSFiles:
     )
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, *, migrate_schema: bool = False) -> None:
     """Run the vault API (and the health listener, when a port is set) in the foreground
     until SIGTERM or SIGINT, drain (`api.lifecycle`), then wipe the keys and close the
-    HSM session."""
+    HSM session. Only `cofre dev` passes `migrate_schema`; production runs
+    `cofre db migrate` first, as the owner role."""
     configure_logging(settings.log_level)
     server = settings.server
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, migrate_schema=migrate_schema)
     try:
         api = build_server(
             runtime.app,

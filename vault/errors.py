@@ -21,6 +21,7 @@ and kind, or by the masked form.
         ├── UpstreamTimeout                            code upstream_timeout
         └── UpstreamUnavailable                        code upstream_unavailable
         └── StorageUnavailable                         code storage_unavailable
+            └── SchemaMismatch                         code schema_mismatch
 """
 
 from __future__ import annotations
@@ -124,3 +125,10 @@ class UpstreamUnavailable(VaultError):
     """The upstream could not be reached, or answered with a server error."""
 
     code = "upstream_unavailable"
+
+
+class SchemaMismatch(StorageUnavailable):
+    """The database schema is missing, older than this code needs (run `cofre db
+    migrate`), or newer and not declared compatible with it."""
+
+    code = "schema_mismatch"

@@ -37,7 +37,8 @@ def dev_command(
     settings = dev_settings(env)
     provider = provider_from_settings(settings.hsm)
     created = KeyHierarchy(provider).initialize()
-    _audit_key_creation(open_database(settings), created, actor="cofre dev")
+    # A laptop convenience: `cofre dev` migrates whatever database it is given.
+    _audit_key_creation(open_database(settings, run_migrations=True), created, actor="cofre dev")
     if created:
         typer.echo("created keys on the token: " + ", ".join(created))
     if check:
@@ -65,7 +66,7 @@ def dev_command(
         f"Other identities' certificates are in {rel}/clients/; the policy is "
         f"{_relative(env.data_dir / 'policy.toml')}. Ctrl-C stops the vault.\n"
     )
-    serve(settings)
+    serve(settings, migrate_schema=True)
 
 
 def _relative(path: Path) -> str:

@@ -55,7 +55,12 @@ class VaultProcess:
         )
 
     def start(self, timeout: float = 60, ready_path: str = "/readyz") -> None:
-        """Start `cofre serve` and return once `ready_path` answers 200."""
+        """Run `cofre db migrate` (as a deployment's migration Job does; `cofre serve`
+        never migrates), then start `cofre serve` and return once `ready_path` answers
+        200."""
+        migrated = self.cofre("db", "migrate")
+        if migrated.returncode != 0:
+            pytest.fail(f"cofre db migrate failed: {migrated.stderr}")
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "cofre_cli", "serve"],

@@ -10,16 +10,14 @@ Database errors are translated into `StorageUnavailable` by the callers' edge he
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
-_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+from vault.storage import schema_version
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -94,9 +92,6 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    """Bring the schema to the newest revision, under the migration lock (see
+    `vault.storage.schema_version.migrate`)."""
+    schema_version.migrate(engine)
