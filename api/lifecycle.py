@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import signal
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 import structlog
 import uvicorn
@@ -60,18 +60,38 @@ def run_until_stopped(
     readiness: Readiness,
     *,
     drain_delay: float = 0.0,
+    on_reload: Callable[[], object] | None = None,
 ) -> None:
     """Serve `api` (and `health`) in this thread until SIGTERM or SIGINT, then drain.
+    SIGHUP calls `on_reload` (in a worker thread; a failure is logged, the process
+    keeps serving what it had).
 
     Returns once both servers have stopped; the caller then releases the runtime.
     """
-    asyncio.run(_serve(api, health, readiness, drain_delay))
+    asyncio.run(_serve(api, health, readiness, drain_delay, on_reload))
 
 
 async def _serve(
-    api: ManagedServer, health: ManagedServer | None, readiness: Readiness, drain_delay: float
+    api: ManagedServer,
+    health: ManagedServer | None,
+    readiness: Readiness,
+    drain_delay: float,
+    on_reload: Callable[[], object] | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
+    reload_tasks: set[asyncio.Task[None]] = set()
+
+    async def reload(callback: Callable[[], object]) -> None:
+        try:
+            await asyncio.to_thread(callback)
+        except Exception as exc:  # noqa: BLE001 - a bad reload must not stop the vault
+            _log.error("reload failed", error=type(exc).__name__, detail=str(exc))
+
+    def on_hangup(callback: Callable[[], object]) -> None:
+        task = loop.create_task(reload(callback))
+        reload_tasks.add(task)
+        task.add_done_callback(reload_tasks.discard)
+
     drain_tasks: set[asyncio.Task[None]] = set()
 
     async def drain(signame: str) -> None:
@@ -93,6 +113,8 @@ async def _serve(
 
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
+    if on_reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_hangup, on_reload)
     health_task = loop.create_task(health.serve()) if health is not None else None
     try:
         await api.serve()
@@ -104,3 +126,5 @@ async def _serve(
             await health_task
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
+        if on_reload is not None:
+            loop.remove_signal_handler(signal.SIGHUP)

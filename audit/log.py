@@ -32,6 +32,9 @@ from cofre.redaction import mask_pan_like
 ENTRY_FORMAT_VERSION: Final = 1
 _MAX_DETAIL_ITEMS: Final = 32
 _MAX_STRING: Final = 512
+# A document an entry records whole (the policy text of a load or reload): bounded, and
+# refused rather than cut, since its hash is in the entry too.
+MAX_DOCUMENT: Final = 64 * 1024
 # Built once: every operation appends, and building a statement per call costs more
 # Python time than running it.
 _INSERT_ENTRY: Final = insert(audit_entries).returning(audit_entries.c.id)
@@ -58,6 +61,8 @@ class AuditEvent:
     token_id: str | None = None
     key_id: str | None = None
     details: Mapping[str, DetailValue] = field(default_factory=dict)
+    # Written only when set, so entries without one keep their exact bytes.
+    document: str | None = None
 
 
 def _clean(value: DetailValue) -> DetailValue:
@@ -99,6 +104,10 @@ def canonical_payload(event: AuditEvent, at: datetime) -> str:
         "key_id": _identifier(event.key_id),
         "details": {str(_clean(k)): _clean(v) for k, v in event.details.items()},
     }
+    if event.document is not None:
+        if len(event.document) > MAX_DOCUMENT:
+            raise TypeError(f"audit documents are at most {MAX_DOCUMENT} characters")
+        body["document"] = mask_pan_like(event.document)
     return json.dumps(
         body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )

@@ -101,6 +101,23 @@ class Runtime:
     check_ready: Callable[[], dict[str, str]] = field(repr=False, default=dict)
     readiness: Readiness = field(default_factory=Readiness)
 
+    policy_sha256: str = ""
+
+    def reload_policy(self) -> bool:
+        """Re-read the policy file and, if its text changed, record it in the audit log
+        (`policy.reload`, with its hash and text) and put it in force. Returns whether it
+        changed. Raises `PolicyInvalid` (the running policy stays) or `AuditWriteFailed`
+        (the running policy stays: never a policy in force that the log does not show)."""
+        loaded = load_policy(self.settings.policy_file)
+        if loaded.sha256 == self.policy_sha256:
+            return False
+        self.service.replace_policy(
+            PolicyEngine(loaded.policy), actor="cofre", source=loaded.source, text=loaded.text
+        )
+        self.policy_sha256 = loaded.sha256
+        _log.info("policy reloaded", source=loaded.source, sha256=loaded.sha256)
+        return True
+
     def close(self) -> None:
         """Stop the workers, wipe every unwrapped data key and close the HSM session."""
         self.readiness.begin_drain()
@@ -127,8 +144,10 @@ def build_runtime(
     readiness = Readiness()
     engine = open_database(settings, run_migrations=migrate_schema)
     provider = provider or open_hsm(settings)
-    policy = PolicyEngine(load_policy(settings.policy_file).policy)
-    service = VaultService(engine, provider, policy)
+    loaded = load_policy(settings.policy_file)
+    service = VaultService(engine, provider, PolicyEngine(loaded.policy))
+    # The policy this process runs with is in the log before any request is served.
+    service.record_policy_load(actor="cofre", source=loaded.source, text=loaded.text)
     sequencer = Sequencer(
         engine,
         audit_signer(provider),
@@ -207,13 +226,11 @@ def build_runtime(
         app,
         check_ready=check_ready,
         readiness=readiness,
+        policy_sha256=loaded.sha256,
     )
 
 
 def _evidence_sources(settings: Settings, rotation: KeyRotation) -> EvidenceSources:
-    policy_text = ""
-    if settings.policy_file is not None and settings.policy_file.is_file():
-        policy_text = settings.policy_file.read_text(encoding="utf-8")
     server = settings.server
     cert_paths = [Path(p) for p in (server.ca_bundle, server.cert_file) if p is not None]
     clients = settings.data_dir / "pki" / "clients"
@@ -222,7 +239,6 @@ def _evidence_sources(settings: Settings, rotation: KeyRotation) -> EvidenceSour
     return EvidenceSources(
         key_inventory=rotation.key_inventory,
         ceremonies=lambda: [c.as_json() for c in rotation.ceremonies()],
-        policy_text=policy_text,
         settings=settings.redacted(),
         tls_settings={
             "min_tls_version": server.min_tls_version.value,
@@ -277,6 +293,12 @@ def serve(settings: Settings, *, migrate_schema: bool = False) -> None:
                 server.health_port,
                 log_config=log_config(settings.log_level),
             )
-        run_until_stopped(api, health, runtime.readiness, drain_delay=server.drain_delay_seconds)
+        run_until_stopped(
+            api,
+            health,
+            runtime.readiness,
+            drain_delay=server.drain_delay_seconds,
+            on_reload=runtime.reload_policy,
+        )
     finally:
         runtime.close()

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, or_, select
 
 from audit.heads import TreeHeadSigner
 from audit.schema import READ_ONLY, audit_entries, audit_leaves
@@ -26,7 +26,7 @@ from audit.sequencer import Sequencer
 from audit.store import AuditStore
 from cofre import __version__
 from compliance.errors import ChainBroken, ComplianceError
-from compliance.verifier import BUNDLE_FORMAT, MANIFEST, SIGNATURE
+from compliance.verifier import BUNDLE_FORMAT, MANIFEST, POLICY_ACTIONS, SIGNATURE
 
 ALL_PROOFS_UP_TO: Final = 5000
 SAMPLE: Final = 1000
@@ -39,7 +39,6 @@ class EvidenceSources:
 
     key_inventory: Callable[[], dict[str, Any]]
     ceremonies: Callable[[], list[dict[str, Any]]]
-    policy_text: str
     settings: dict[str, Any]
     tls_settings: dict[str, Any]
     certificates: list[dict[str, str]]
@@ -122,6 +121,12 @@ def build_bundle(
         {"index": i, "proof": [_b64(h) for h in store.inclusion_proof(i, size)]} for i in indices
     ]
     heads = [h.as_json() for h in store.heads() if start < h.tree_size <= size]
+    policy_versions = _policy_versions(engine, store, start, end, size)
+    policy_text = (
+        str(json.loads(policy_versions[-1]["payload"]).get("document") or "")
+        if policy_versions
+        else ""
+    )
     files: dict[str, bytes] = {
         "audit/entries.jsonl": _jsonl(entries),
         "audit/heads.jsonl": _jsonl(heads),
@@ -130,15 +135,8 @@ def build_bundle(
         "audit/public_key.pem": signer.public_key_pem(),
         "keys/inventory.json": json.dumps(sources.key_inventory(), indent=2).encode(),
         "keys/ceremonies.json": json.dumps(sources.ceremonies(), indent=2).encode(),
-        "policy/policy.toml": sources.policy_text.encode(),
-        "policy/history.json": json.dumps(
-            [
-                json.loads(e["payload"])
-                for e in entries
-                if '"action":"policy.reload"' in e["payload"]
-            ],
-            indent=2,
-        ).encode(),
+        "policy/versions.jsonl": _jsonl(policy_versions),
+        "policy/policy.toml": policy_text.encode(),
         "config/settings.json": json.dumps(sources.settings, indent=2).encode(),
         "tls/settings.json": json.dumps(sources.tls_settings, indent=2).encode(),
         "tls/certificates.json": json.dumps(sources.certificates, indent=2).encode(),
@@ -177,7 +175,7 @@ def build_bundle(
         "entries": {"first_index": start, "end_index": end, "count": end - start},
         "covering_head": {"tree_size": size, "root_hash": _b64(covering.root_hash)},
         "previous_head": previous,
-        "policy_sha256": hashlib.sha256(sources.policy_text.encode()).hexdigest(),
+        "policy_sha256": hashlib.sha256(policy_text.encode()).hexdigest(),
         "files": [
             {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
             for name, data in sorted(files.items())
@@ -187,6 +185,42 @@ def build_bundle(
     files[MANIFEST] = manifest_bytes
     files[SIGNATURE] = signer.sign(manifest_bytes)
     return _tar(files)
+
+
+def _policy_versions(
+    engine: Engine, store: AuditStore, start: int, end: int, size: int
+) -> list[dict[str, Any]]:
+    """The policy load/reload entries in force during leaves [start, end): the last one
+    before the period and every one inside it, each with its inclusion proof in the tree
+    of `size` (so an entry before the period is tied to the signed head too)."""
+    # Canonical payloads sort their keys, so "action" is always first.
+    is_policy = or_(
+        *(audit_entries.c.payload.startswith(f'{{"action":"{a}",') for a in POLICY_ACTIONS)
+    )
+    query = (
+        select(audit_leaves.c.leaf_index, audit_entries.c.payload)
+        .join(audit_entries, audit_entries.c.id == audit_leaves.c.entry_id)
+        .where(is_policy)
+    )
+    with engine.execution_options(**READ_ONLY).connect() as connection:
+        before = connection.execute(
+            query.where(audit_leaves.c.leaf_index < start)
+            .order_by(audit_leaves.c.leaf_index.desc())
+            .limit(1)
+        ).all()
+        during = connection.execute(
+            query.where(
+                audit_leaves.c.leaf_index >= start, audit_leaves.c.leaf_index < end
+            ).order_by(audit_leaves.c.leaf_index)
+        ).all()
+    return [
+        {
+            "index": int(index),
+            "payload": payload,
+            "proof": [_b64(h) for h in store.inclusion_proof(int(index), size)],
+        }
+        for index, payload in [*before, *during]
+    ]
 
 
 def _check_chain_start(previous: dict[str, Any], start: int, end: int) -> None:

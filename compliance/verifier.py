@@ -14,7 +14,11 @@ What it checks, in order, reporting every problem it finds (not only the first):
 5. the Merkle root recomputed from the entries (and the subtree hashes around them)
    equals the covering signed head's root, and each entry's inclusion proof verifies,
    which names the first entry that was changed, removed or reordered;
-6. with a previous bundle: its manifest's signature; that this bundle starts exactly
+6. the policy versions in force during the period (`policy/versions.jsonl`) are policy
+   load/reload entries of the log itself (text matching its SHA-256, inclusion proof
+   valid), the first one in force at the period's start, and `policy/policy.toml` is
+   the last one's text (not a file read from disk at export time);
+7. with a previous bundle: its manifest's signature; that this bundle starts exactly
    where the previous one ended, by leaf index and by time (no entry in neither bundle
    or in both); and the consistency proof from its last signed head to this bundle's
    (a rewritten, forked log fails here).
@@ -42,6 +46,8 @@ BUNDLE_FORMAT: Final = "cofre-evidence/1"
 MANIFEST: Final = "manifest.json"
 SIGNATURE: Final = "manifest.sig"
 MAX_FILE: Final = 512 * 1024 * 1024
+# The audit actions that record the policy put in force (with its SHA-256 and text).
+POLICY_ACTIONS: Final = ("policy.load", "policy.reload")
 
 
 @dataclass
@@ -202,6 +208,7 @@ def verify_bundle(path: Path, public_key_pem: bytes, previous: Path | None = Non
         _check_files(files, manifest, report)
         heads = _check_heads(files, public_key_pem, report)
         _check_entries(files, manifest, heads, report)
+        _check_policy(files, manifest, heads, report)
         if previous is not None:
             _check_previous(
                 files, manifest, heads, previous, public_key_pem=public_key_pem, report=report
@@ -324,6 +331,78 @@ def _check_entries(
         report.passed(
             f"entries {start}..{end - 1} recompute signed head {size}'s root; "
             f"{len(proofs)} inclusion proofs verify"
+        )
+
+
+def _check_policy(
+    files: dict[str, bytes],
+    manifest: dict[str, Any],
+    heads: dict[int, dict[str, Any]],
+    report: Report,
+) -> None:
+    """The policy versions in force during the period come from the log itself: each is
+    a `policy.load`/`policy.reload` entry whose text matches its SHA-256 and whose
+    inclusion proof verifies against the covering head; the one in force at the start
+    is at or before the period's first entry; every policy entry of the period is among
+    them; and `policy/policy.toml` is the text of the last one."""
+    name = "policy/versions.jsonl"
+    size = int(manifest.get("covering_head", {}).get("tree_size", 0))
+    head = heads.get(size)
+    if head is None:
+        return  # already reported by the entries check
+    root = base64.b64decode(head["root_hash"])
+    start = int(manifest.get("entries", {}).get("first_index", 0))
+    versions = _lines(files.get(name, b""), name, report)
+    if not versions:
+        report.fail(f"{name}: no policy version in force during the period is evidenced")
+        return
+    clean = True
+    texts: list[str] = []
+    for version in versions:
+        index, payload = int(version["index"]), str(version["payload"])
+        entry = json.loads(payload)
+        text = entry.get("document")
+        digest = entry.get("details", {}).get("sha256")
+        if entry.get("action") not in POLICY_ACTIONS or not isinstance(text, str):
+            report.fail(f"{name}: entry {index} is not a policy load or reload with its text")
+            clean = False
+            continue
+        if hashlib.sha256(text.encode("utf-8")).hexdigest() != digest:
+            report.fail(f"{name}: entry {index}: the policy text does not match its SHA-256")
+            clean = False
+        proof = [base64.b64decode(h) for h in version["proof"]]
+        if not _included(leaf_hash(payload.encode("utf-8")), index, size, proof, root):
+            report.fail(
+                f"{name}: entry {index} is not in the log (its inclusion proof in signed "
+                f"head {size} fails)"
+            )
+            clean = False
+        texts.append(text)
+    indices = [int(v["index"]) for v in versions]
+    if indices != sorted(set(indices)) or indices[0] > start:
+        report.fail(
+            f"{name}: no policy version in force at the start of the period (index {start})"
+        )
+        clean = False
+    entries = _lines(files.get("audit/entries.jsonl", b""))
+    listed = {int(v["index"]): str(v["payload"]) for v in versions}
+    for entry in entries:
+        payload = str(entry["payload"])
+        changed = json.loads(payload).get("action") in POLICY_ACTIONS
+        if changed and listed.get(int(entry["index"])) != payload:
+            report.fail(f"{name}: the policy change at entry {entry['index']} is missing")
+            clean = False
+    current = files.get("policy/policy.toml", b"").decode("utf-8", "replace")
+    if texts and current != texts[-1]:
+        report.fail(
+            "policy/policy.toml: not the policy in force at the end of the period "
+            "(the text of the last policy entry)"
+        )
+        clean = False
+    if clean:
+        report.passed(
+            f"{len(versions)} policy versions in force during the period are log entries "
+            "with matching SHA-256 and valid inclusion proofs"
         )
 
 

@@ -24,6 +24,8 @@ class LoadedPolicy:
     policy: Policy
     source: str
     sha256: str
+    # The exact text the hash is of: recorded in the audit log at each load and reload.
+    text: str = ""
 
 
 def parse_policy(text: str, *, kind: str, source: str = "<string>") -> LoadedPolicy:
@@ -47,7 +49,7 @@ def parse_policy(text: str, *, kind: str, source: str = "<string>") -> LoadedPol
             for err in exc.errors(include_input=False)
         )
         raise PolicyInvalid(f"policy {source} is invalid: {problems}") from None
-    return LoadedPolicy(policy, source, hashlib.sha256(text.encode()).hexdigest())
+    return LoadedPolicy(policy, source, hashlib.sha256(text.encode()).hexdigest(), text)
 
 
 def load_policy(path: Path | None) -> LoadedPolicy:

@@ -62,6 +62,7 @@ from vault.errors import (
 )
 from vault.keyring import DataKeyring, KeyPurpose, pan_aad
 from vault.pan import Pan
+from vault.policy_record import policy_event
 from vault.relay import (
     RelayClient,
     RelayResult,
@@ -224,17 +225,17 @@ class VaultService:
     def policy(self) -> PolicyEngine:
         return self._policy
 
-    def replace_policy(self, policy: PolicyEngine, *, actor: str, source: str) -> None:
-        """Swap in a new policy (audited)."""
+    def replace_policy(
+        self, policy: PolicyEngine, *, actor: str, source: str, text: str | None = None
+    ) -> None:
+        """Swap in a new policy, after recording it (`policy_event`): an evidence bundle
+        shows the policy in force from the log, not from a file that may have changed."""
+        self._write_audit(policy_event("policy.reload", actor=actor, source=source, text=text))
         self._policy = policy
-        self._write_audit(
-            AuditEvent(
-                action="policy.reload",
-                outcome=Outcome.SUCCESS,
-                actor=actor,
-                details={"source": source},
-            )
-        )
+
+    def record_policy_load(self, *, actor: str, source: str, text: str) -> None:
+        """Record the policy this process starts with. Raises `AuditWriteFailed`."""
+        self._write_audit(policy_event("policy.load", actor=actor, source=source, text=text))
 
     # ------------------------------------------------------------------ set-up
     def _ensure_initialized(self) -> None:

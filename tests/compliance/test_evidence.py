@@ -4,6 +4,7 @@ offline with only the public key; every kind of tampering named precisely."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import re
@@ -122,6 +123,7 @@ def test_day_of_traffic_verifies(day: tuple[VaultServer, Path, bytes]) -> None:
         "keys/inventory.json",
         "keys/ceremonies.json",
         "policy/policy.toml",
+        "policy/versions.jsonl",
         "config/settings.json",
         "tls/settings.json",
         "tls/certificates.json",
@@ -375,6 +377,51 @@ def test_chain_with_an_overlap_fails(day: tuple[VaultServer, Path, bytes], tmp_p
         p.startswith(f"chain: entries {first_index}..") and "are in both bundles" in p
         for p in report.problems
     ), report.problems
+
+
+def test_bundle_has_the_policy_in_force_not_the_file_on_disk(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    """The reviewer edited the policy file without a reload and the bundle shipped the
+    edit: it disagreed with the policy the vault was running and with its own log."""
+    public_key = hsm_provider.public_key_pem("cofre-audit-v1")
+    with running_vault(tmp_path / "v", hsm_provider) as vault:
+        since = datetime.now(UTC) - timedelta(seconds=5)
+        policy_file = tmp_path / "v" / "policy.toml"
+        running = policy_file.read_text()
+        with vault.client("payments") as c:
+            c.post("/v1/tokenize", json={"pan": PANS[0], "format": "pan_bin6_last4"})
+        edited = running + (
+            '\n[identities."spiffe://cofre/intruder"]\noperations = ["detokenize"]\n'
+            'reveal = "full"\n'
+        )
+        policy_file.write_text(edited)
+        first = tmp_path / "a.tar.gz"
+        first.write_bytes(_export(vault, since).content)
+        files = _members(first)
+        assert files["policy/policy.toml"].decode() == running
+        versions = [json.loads(line) for line in files["policy/versions.jsonl"].splitlines()]
+        assert [json.loads(v["payload"])["action"] for v in versions] == ["policy.load"]
+        loaded = json.loads(versions[0]["payload"])
+        assert loaded["document"] == running
+        assert loaded["details"]["sha256"] == hashlib.sha256(running.encode()).hexdigest()
+        report = verify_bundle(first, public_key)
+        assert report.ok, report.problems
+        assert any("policy versions in force" in c for c in report.checks)
+        # A reload puts the edit in force, and the log records it (hash and text).
+        assert vault.runtime.reload_policy() is True
+        assert vault.runtime.reload_policy() is False  # unchanged: nothing recorded
+        second = tmp_path / "b.tar.gz"
+        second.write_bytes(_export(vault, since).content)
+        files = _members(second)
+        versions = [json.loads(line) for line in files["policy/versions.jsonl"].splitlines()]
+        assert [json.loads(v["payload"])["action"] for v in versions] == [
+            "policy.load",
+            "policy.reload",
+        ]
+        assert files["policy/policy.toml"].decode() == edited
+        report = verify_bundle(second, public_key)
+        assert report.ok, report.problems
 
 
 def test_cli_verify(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> None:

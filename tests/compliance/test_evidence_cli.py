@@ -3,6 +3,11 @@ own process: a chain of bundles made with `--previous` meets exactly."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import signal
+import tarfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -77,3 +82,37 @@ def test_chained_exports_meet_exactly(
     assert gap.returncode == 1
     assert "evidence_chain_broken" in gap.stderr
     assert "in neither bundle" in gap.stderr
+
+
+def test_sighup_reloads_the_policy_and_the_log_records_it(
+    served: VaultProcess, tmp_path: Path
+) -> None:
+    policy = Path(served.env["COFRE_POLICY_FILE"])
+    edited = policy.read_text() + "\n# reviewed 2026-12-01\n"
+    policy.write_text(edited)
+    assert served.process is not None
+    served.process.send_signal(signal.SIGHUP)
+    since = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    digest = hashlib.sha256(edited.encode()).hexdigest()
+    deadline = time.monotonic() + 30
+    while True:
+        out = tmp_path / "p.tar.gz"
+        made = served.cofre(
+            "evidence", "export", "--from", since, "--to", _later(), "--out", str(out)
+        )
+        assert made.returncode == 0, made.stderr
+        with tarfile.open(out) as archive:
+            handle = archive.extractfile("policy/versions.jsonl")
+            assert handle is not None
+            versions = [json.loads(line) for line in handle.read().splitlines()]
+        reloads = [
+            json.loads(v["payload"])
+            for v in versions
+            if json.loads(v["payload"])["action"] == "policy.reload"
+        ]
+        if reloads:
+            break
+        assert time.monotonic() < deadline, "SIGHUP did not reload the policy"
+        time.sleep(0.2)
+    assert reloads[-1]["details"]["sha256"] == digest
+    assert reloads[-1]["document"] == edited
