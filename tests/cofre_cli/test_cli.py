@@ -84,26 +84,27 @@ def test_audit_commands_verify_and_catch_tampering(tmp_path: Path) -> None:
     env["COFRE_CONFIG"] = str(data_dir / "cofre.toml")
     sequenced = run("audit", "sequence", env=env)
     assert sequenced.returncode == 0, sequenced.stderr
-    # Three token keys created by `cofre dev`, two data keys by the vault's first start.
+    # Three token keys created by `cofre dev`; the policy it started with and two data
+    # keys by the vault's first start.
     # The vault's own sequencer thread may have integrated some before `dev --check`
-    # stopped it (a race on its 0.2 s timer), so only the total is fixed: five entries.
-    assert re.fullmatch(r"integrated [0-5] entries\n", sequenced.stdout)
+    # stopped it (a race on its 0.2 s timer), so only the total is fixed: six entries.
+    assert re.fullmatch(r"integrated [0-6] entries\n", sequenced.stdout)
     verified = run("audit", "verify", env=env)
     assert verified.returncode == 0, verified.stderr
-    checked = re.match(r"OK: 5 entries, ([0-9]+) signed tree heads verified", verified.stdout)
+    checked = re.match(r"OK: 6 entries, ([0-9]+) signed tree heads verified", verified.stdout)
     assert checked is not None, verified.stdout
     heads = int(checked.group(1))
     assert heads >= 1
     head = json.loads(run("audit", "head", env=env).stdout)
-    assert head["tree_size"] == 5
+    assert head["tree_size"] == 6
     proof = json.loads(run("audit", "prove", "--index", "1", "--from-size", "1", env=env).stdout)
-    assert proof["tree_size"] == 5
+    assert proof["tree_size"] == 6
     assert len(proof["inclusion_proof"]) == 3
     assert proof["root_hash"] == head["root_hash"]
     out = tmp_path / "export.jsonl"
     assert run("audit", "export", "--out", str(out), env=env).returncode == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["type"] for r in records] == ["public_key"] + ["entry"] * 5 + ["head"] * heads
+    assert [r["type"] for r in records] == ["public_key"] + ["entry"] * 6 + ["head"] * heads
 
     db = sqlite3.connect(data_dir / "cofre.sqlite3")
     db.execute("DROP TRIGGER audit_entries_no_update")
