@@ -9,7 +9,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, text
 
-from vault.storage.database import _MIGRATIONS, create_database_engine, migrate
+from vault.storage.database import create_database_engine, migrate
+from vault.storage.schema_version import MIGRATIONS
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 def _upgrade(engine: Engine, revision: str) -> None:
     config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
