@@ -104,6 +104,10 @@ class Ceremony:
         return out
 
 
+class _SelfApproval(Exception):
+    """The proposer tried to approve: raised inside the transaction, audited outside."""
+
+
 class KeyRotation:
     """Proposals, approvals and the resumable jobs that carry rotations out."""
 
@@ -250,22 +254,29 @@ class KeyRotation:
         """Approve as `identity`. The proposer cannot approve; a second approval by the
         same officer changes nothing. At quorum the rotation starts."""
         self._officer(identity, request_id or "")
+        try:
+            return self._approve(identity, ceremony_id, request_id)
+        except _SelfApproval:
+            # Recorded in a transaction of its own: the refused approval's transaction
+            # rolls back, and the denial must not go with it.
+            self._record(
+                identity,
+                request_id,
+                "key.rotation.approve",
+                Outcome.DENIED,
+                ceremony_id,
+                {"reason": "the proposer cannot approve"},
+            )
+            raise CeremonyError("the proposer cannot approve their own request") from None
+
+    def _approve(self, identity: str, ceremony_id: str, request_id: str | None) -> Ceremony:
         with self._engine.begin() as connection:
             row = self._load(connection, ceremony_id)
             view = self._view(connection, row)
             if view.state != CeremonyState.PENDING:
                 raise CeremonyError(f"ceremony {ceremony_id} is {view.state}, not pending")
             if identity == row.proposer:
-                self._record(
-                    identity,
-                    request_id,
-                    "key.rotation.approve",
-                    Outcome.DENIED,
-                    ceremony_id,
-                    {"reason": "the proposer cannot approve"},
-                    connection,
-                )
-                raise CeremonyError("the proposer cannot approve their own request")
+                raise _SelfApproval
             if identity in view.approvers:
                 return view  # approving twice does not count twice
             connection.execute(

@@ -3,6 +3,7 @@ its own (tests/conftest.py `rotation_provider`): KEK, data key and fingerprint k
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -69,7 +70,7 @@ def _finish(rotation: KeyRotation, ceremony_id: str) -> None:
     raise AssertionError("rotation did not finish")
 
 
-def test_dual_control(rig: tuple[VaultService, KeyRotation]) -> None:
+def test_dual_control(rig: tuple[VaultService, KeyRotation], engine: Engine) -> None:
     service, rotation = rig
     with pytest.raises(PolicyDenied):
         rotation.propose(PAYMENTS.identity, "data")
@@ -77,6 +78,15 @@ def test_dual_control(rig: tuple[VaultService, KeyRotation]) -> None:
     assert ceremony.state == "pending"
     with pytest.raises(CeremonyError, match="proposer cannot approve"):
         rotation.approve(ALICE, ceremony.id)
+    # The self-approval denial is in the log (it was written, then rolled back with the
+    # refused approval's transaction).
+    with engine.connect() as c:
+        denials = [
+            json.loads(p)
+            for p in c.execute(sa.text("SELECT payload FROM audit_entries")).scalars()
+            if '"outcome":"denied"' in p and '"action":"key.rotation.approve"' in p
+        ]
+    assert [(d["actor"], d["key_id"]) for d in denials] == [(ALICE, ceremony.id)]
     assert rotation.status(ALICE, ceremony.id).state == "pending"
     with pytest.raises(PolicyDenied):
         rotation.approve(GETNET.identity, ceremony.id)
