@@ -29,6 +29,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from cofre.dberrors import db_error_name
 from vault.errors import SchemaMismatch, StorageUnavailable
 
 MIGRATIONS: Final = Path(__file__).resolve().parent.parent / "migrations"
@@ -89,7 +90,7 @@ def migrate(engine: Engine, *, script_location: Path | None = None) -> SchemaSta
             command.upgrade(config, "head")
             _record_compatibility(connection, script, head)
     except SQLAlchemyError as exc:
-        raise StorageUnavailable(f"the schema migration failed: {_describe(exc)}") from None
+        raise StorageUnavailable(f"the schema migration failed: {db_error_name(exc)}") from None
     return SchemaStatus(current=before, head=head)
 
 
@@ -154,7 +155,7 @@ def check_schema(engine: Engine, *, script_location: Path | None = None) -> Sche
         with engine.connect() as connection:
             current, min_code = _read_versions(connection)
     except SQLAlchemyError as exc:
-        raise StorageUnavailable(f"cannot read the schema version: {_describe(exc)}") from None
+        raise StorageUnavailable(f"cannot read the schema version: {db_error_name(exc)}") from None
     if current == head:
         return SchemaStatus(current, head)
     if current is None:
@@ -167,8 +168,3 @@ def check_schema(engine: Engine, *, script_location: Path | None = None) -> Sche
             "run `cofre db migrate` as the owner role"
         )
     return _judge_newer(script, current, min_code)
-
-
-def _describe(exc: SQLAlchemyError) -> str:
-    original = getattr(exc, "orig", None)
-    return type(original or exc).__name__
