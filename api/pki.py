@@ -146,6 +146,10 @@ def _issue(
     _write_cert(cert_path, cert)
 
 
+# `cofre serve` refuses a CA bundle holding this CA unless told otherwise.
+DEV_CA_COMMON_NAME = "Cofre dev CA"
+
+
 def ensure_dev_pki(root: Path, identities: tuple[str, ...] = DEV_IDENTITIES) -> DevPKI:
     """Create the CA, the server certificate and the client certificates that do not
     exist yet; return where they are. Idempotent."""
@@ -153,7 +157,7 @@ def ensure_dev_pki(root: Path, identities: tuple[str, ...] = DEV_IDENTITIES) -> 
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not pki.ca.exists():
         key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Cofre dev CA")])
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DEV_CA_COMMON_NAME)])
         now = _now()
         cert = (
             x509.CertificateBuilder()

@@ -119,6 +119,15 @@ class KeySettings(_Section):
     destroy_grace_seconds: float = Field(default=7 * 24 * 3600, ge=0)
 
 
+class InsecureSettings(_Section):
+    """Escape hatches for `cofre serve` outside production (a demo, a test rig). Each one
+    left on is logged as a warning at every start; `cofre dev` needs none of them."""
+
+    allow_sqlite: bool = False
+    allow_empty_policy: bool = False
+    allow_dev_pki: bool = False
+
+
 class Settings(BaseSettings):
     """All of Cofre's configuration.
 
@@ -140,6 +149,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     audit: AuditSettings = AuditSettings()
     keys: KeySettings = KeySettings()
+    insecure: InsecureSettings = InsecureSettings()
 
     @model_validator(mode="after")
     def _pin_sources_exclusive(self) -> Settings:

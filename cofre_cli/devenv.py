@@ -78,7 +78,7 @@ def _write_secret(path: Path, value: str) -> None:
         handle.write(value + "\n")
 
 
-def ensure_dev_environment(data_dir: Path) -> DevEnvironment:
+def ensure_dev_environment(data_dir: Path, port: int = 8443) -> DevEnvironment:
     """Create the dev data directory, SoftHSM token, PKI, policy and config file where
     they are missing, and return where they are. Idempotent: a second call creates
     nothing (the config file is rewritten with the same content).
@@ -114,6 +114,8 @@ def ensure_dev_environment(data_dir: Path) -> DevEnvironment:
         f'pin_file = "{user_pin_file}"\n'
         f'softhsm_conf = "{conf}"\n\n'
         "[server]\n"
+        # The port too: `cofre keys` and `cofre evidence` find the vault through this file.
+        f"port = {int(port)}\n"
         f'ca_bundle = "{pki.ca}"\n'
         f'cert_file = "{pki.server_cert}"\n'
         f'key_file = "{pki.server_key}"\n',

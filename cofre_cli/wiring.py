@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine
 
 from api.app import AppState, create_app
@@ -23,7 +25,7 @@ from api.health import build_health_server
 from api.lifecycle import Readiness, run_until_stopped
 from api.models import EvidenceRequest
 from api.observability import Telemetry, configure_logging, make_telemetry
-from api.pki import certificate_inventory
+from api.pki import DEV_CA_COMMON_NAME, certificate_inventory
 from api.server import TLSFiles, build_server, log_config
 from audit.errors import AuditWriteFailed
 from audit.sequencer import Sequencer, SequencerThread
@@ -266,12 +268,81 @@ def tls_files(settings: Settings) -> TLSFiles:
     )
 
 
-def serve(settings: Settings, *, migrate_schema: bool = False) -> None:
+def production_checks(settings: Settings) -> list[str]:
+    """Return the insecure allowances in effect, after refusing (`ConfigurationError`)
+    what production must not run with: SQLite, a missing or empty policy (it would
+    deny everything while looking healthy), the dev PKI."""
+    allow = settings.insecure
+    refused: list[str] = []
+    allowed: list[str] = []
+
+    def judge(broken: bool, allowed_anyway: bool, name: str, problem: str) -> None:
+        if broken and allowed_anyway:
+            allowed.append(name)
+        elif broken:
+            refused.append(f"{problem} (or set COFRE_INSECURE__{name.upper()}=true)")
+
+    judge(
+        settings.database_url.startswith("sqlite"),
+        allow.allow_sqlite,
+        "allow_sqlite",
+        "the database is SQLite: set COFRE_DATABASE__URL to PostgreSQL",
+    )
+    policy_file = settings.policy_file
+    if policy_file is None or not policy_file.is_file():
+        judge(
+            True,
+            allow.allow_empty_policy,
+            "allow_empty_policy",
+            f"the policy file {policy_file or '(COFRE_POLICY_FILE unset)'} does not exist",
+        )
+    else:
+        judge(
+            not load_policy(policy_file).policy.identities,
+            allow.allow_empty_policy,
+            "allow_empty_policy",
+            f"the policy {policy_file} names no identity",
+        )
+    judge(
+        _holds_dev_ca(settings.server.ca_bundle),
+        allow.allow_dev_pki,
+        "allow_dev_pki",
+        "the client CA bundle is the dev PKI's",
+    )
+    if refused:
+        raise ConfigurationError("refusing to serve in production: " + "; ".join(refused))
+    return allowed
+
+
+def _holds_dev_ca(ca_bundle: Path | None) -> bool:
+    if ca_bundle is None or not ca_bundle.is_file():
+        return False
+    try:
+        certificates = x509.load_pem_x509_certificates(ca_bundle.read_bytes())
+    except ValueError:
+        return False  # build_server reports an unreadable bundle
+    dev = x509.NameAttribute(NameOID.COMMON_NAME, DEV_CA_COMMON_NAME)
+    return any(dev in cert.subject for cert in certificates)
+
+
+def serve(settings: Settings, *, migrate_schema: bool = False, production: bool = True) -> None:
     """Run the vault API (and the health listener, when a port is set) in the foreground
     until SIGTERM or SIGINT, drain (`api.lifecycle`), then wipe the keys and close the
-    HSM session. Only `cofre dev` passes `migrate_schema`; production runs
-    `cofre db migrate` first, as the owner role."""
+    HSM session. In `production` (`cofre serve`) the settings are checked first
+    (`production_checks`); only `cofre dev` passes `migrate_schema` (production runs
+    `cofre db migrate` first, as the owner role)."""
     configure_logging(settings.log_level)
+    allowed = production_checks(settings) if production else []
+    policy = load_policy(settings.policy_file)
+    _log.info(
+        "starting",
+        mode="production" if production else "dev",
+        configuration=settings.redacted(),
+        policy_source=policy.source,
+        policy_sha256=policy.sha256,
+    )
+    for name in allowed:
+        _log.warning("INSECURE setting in effect", setting=f"COFRE_INSECURE__{name.upper()}")
     server = settings.server
     runtime = build_runtime(settings, migrate_schema=migrate_schema)
     try:

@@ -22,6 +22,12 @@ def dev_command(
     check: Annotated[
         bool, typer.Option("--check", help="Set up and check readiness, then exit.")
     ] = False,
+    port: Annotated[
+        int,
+        typer.Option(
+            help="The mTLS port (written to the dev cofre.toml).", envvar="COFRE_SERVER__PORT"
+        ),
+    ] = 8443,
 ) -> None:
     """Run the development vault: a SoftHSM2 token with Cofre's key hierarchy, the
     embedded SQLite store, a dev PKI and a sample policy, all created on first run in
@@ -32,7 +38,7 @@ def dev_command(
     from hsm.keys import KeyHierarchy
     from hsm.provider import provider_from_settings
 
-    env = ensure_dev_environment(data_dir)
+    env = ensure_dev_environment(data_dir, port=port)
     typer.echo(("created" if env.created else "reusing") + f" dev environment in {env.data_dir}")
     settings = dev_settings(env)
     provider = provider_from_settings(settings.hsm)
@@ -66,7 +72,7 @@ def dev_command(
         f"Other identities' certificates are in {rel}/clients/; the policy is "
         f"{_relative(env.data_dir / 'policy.toml')}. Ctrl-C stops the vault.\n"
     )
-    serve(settings, migrate_schema=True)
+    serve(settings, migrate_schema=True, production=False)
 
 
 def _relative(path: Path) -> str:
@@ -78,7 +84,9 @@ def _relative(path: Path) -> str:
 
 @fail_cleanly
 def serve_command() -> None:
-    """Run the vault API over mutual TLS with the configured settings (production)."""
+    """Run the vault API over mutual TLS with the configured settings (production: it
+    refuses SQLite, a missing or empty policy and the dev PKI unless COFRE_INSECURE__*
+    allows them, and never migrates the schema: run `cofre db migrate` first)."""
     from cofre_cli.wiring import serve
 
     serve(cli_settings())

@@ -141,8 +141,12 @@ def make_vault(
             "COFRE_LOG_LEVEL": "WARNING",
             "COFRE_AUDIT__SIGN_EVERY_ENTRIES": "200",
             "COFRE_AUDIT__SIGN_EVERY_SECONDS": "1",
+            # The suite's PKI is the dev PKI; `cofre serve` refuses it unless told.
+            "COFRE_INSECURE__ALLOW_DEV_PKI": "true",
         }
     )
     if database_url is not None:
         env["COFRE_DATABASE__URL"] = database_url
+    else:
+        env["COFRE_INSECURE__ALLOW_SQLITE"] = "true"
     return VaultProcess(env=env, pki=pki, log=tmp / "vault.log", port=port)

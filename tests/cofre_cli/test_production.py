@@ -1,0 +1,128 @@
+"""`cofre serve` is production: it refuses what looks healthy but is not (SQLite, a
+missing or empty policy, the dev PKI) unless told otherwise, and logs the redacted
+effective configuration and the policy's hash at start. `cofre dev` writes a config
+file the operator commands can use, port included."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.support.softhsm import SoftHSMToken
+from tests.support.vault_process import VaultProcess, make_vault
+
+INSECURE = ("COFRE_INSECURE__ALLOW_SQLITE", "COFRE_INSECURE__ALLOW_DEV_PKI")
+
+
+def _strict(vault: VaultProcess) -> None:
+    for name in INSECURE:
+        vault.env.pop(name, None)
+
+
+def _refusal(vault: VaultProcess) -> str:
+    result = vault.cofre("serve")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("error [configuration_error]: refusing to serve in production")
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def test_serve_refuses_sqlite_missing_policy_and_dev_pki(
+    tmp_path: Path, softhsm_token: SoftHSMToken
+) -> None:
+    vault = make_vault(tmp_path / "node", softhsm_token, None)
+    _strict(vault)
+    vault.env["COFRE_POLICY_FILE"] = str(tmp_path / "node" / "polcy.toml")  # a typo
+    said = _refusal(vault)
+    assert "the database is SQLite" in said
+    assert "polcy.toml does not exist" in said
+    assert "the client CA bundle is the dev PKI's" in said
+    assert "COFRE_INSECURE__ALLOW_SQLITE=true" in said
+
+
+def test_serve_refuses_a_policy_that_names_nobody(
+    tmp_path: Path, softhsm_token: SoftHSMToken, pg_database: str
+) -> None:
+    vault = make_vault(tmp_path / "node", softhsm_token, pg_database)
+    empty = tmp_path / "empty.toml"
+    empty.write_text("version = 1\n")
+    vault.env["COFRE_POLICY_FILE"] = str(empty)
+    said = _refusal(vault)
+    assert f"the policy {empty} names no identity" in said
+    assert "SQLite" not in said
+    assert "dev PKI" not in said  # allowed by the suite's COFRE_INSECURE__ALLOW_DEV_PKI
+
+
+def test_serve_logs_redacted_configuration_and_policy_hash(
+    tmp_path: Path, softhsm_token: SoftHSMToken, pg_database: str
+) -> None:
+    vault = make_vault(tmp_path / "node", softhsm_token, pg_database)
+    vault.env["COFRE_LOG_LEVEL"] = "INFO"
+    vault.start()
+    vault.stop()
+    lines = [json.loads(line) for line in vault.log.read_text().splitlines() if line.strip()]
+    start = next(line for line in lines if line.get("event") == "starting")
+    policy = Path(vault.env["COFRE_POLICY_FILE"])
+    assert start["policy_sha256"] == hashlib.sha256(policy.read_bytes()).hexdigest()
+    assert start["mode"] == "production"
+    assert start["configuration"]["database"]["url"] == "**********"
+    assert start["configuration"]["server"]["port"] == vault.port
+    warned = [
+        line["setting"] for line in lines if line.get("event") == "INSECURE setting in effect"
+    ]
+    assert warned == ["COFRE_INSECURE__ALLOW_DEV_PKI"]
+    text = vault.log.read_text()
+    assert softhsm_token.user_pin not in text
+    assert "postgres@" not in text  # the database URL never reaches a log
+
+
+def test_dev_config_file_names_the_port(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
+    data_dir = tmp_path / "dev"
+    result = subprocess.run(
+        [sys.executable, "-m", "cofre_cli", "dev", "--check", "--data-dir", str(data_dir)],
+        env={**env, "COFRE_SERVER__PORT": "9555"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    config = tomllib.loads((data_dir / "cofre.toml").read_text())
+    assert config["server"]["port"] == 9555
+    shown = subprocess.run(
+        [sys.executable, "-m", "cofre_cli", "config", "show"],
+        env={**env, "COFRE_CONFIG": str(data_dir / "cofre.toml")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert json.loads(shown.stdout)["server"]["port"] == 9555
+
+
+@pytest.mark.parametrize("value", ["true"])
+def test_insecure_allowances_are_settings_not_secrets(value: str) -> None:
+    """The allowances are visible in `cofre config show` (and so in evidence bundles)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
+    shown = subprocess.run(
+        [sys.executable, "-m", "cofre_cli", "config", "show"],
+        env={**env, "COFRE_INSECURE__ALLOW_SQLITE": value, "COFRE_CONFIG": "/dev/null"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["insecure"] == {
+        "allow_sqlite": True,
+        "allow_empty_policy": False,
+        "allow_dev_pki": False,
+    }
