@@ -147,6 +147,6 @@ def make_vault(
     )
     if database_url is not None:
         env["COFRE_DATABASE__URL"] = database_url
-    else:
+    if database_url is None or database_url.startswith("sqlite"):
         env["COFRE_INSECURE__ALLOW_SQLITE"] = "true"
     return VaultProcess(env=env, pki=pki, log=tmp / "vault.log", port=port)
