@@ -9,10 +9,7 @@ the ASGI ``tls`` extension (`api.tls`), never from a header.
 from __future__ import annotations
 
 import base64
-import re
-import secrets
-import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, cast
 
@@ -23,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from api.errors import ApiError
+from api.guard import RequestGuard
 from api.models import (
     CeremonyResponse,
     ConsistencyProofResponse,
@@ -61,16 +59,6 @@ from vault.rotation import KeyRotation
 from vault.service import CallContext, Revealed, TokenRecord, VaultService
 from vault.service import TokenizeRequest as ServiceTokenizeRequest
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-MAX_BODY: Final = 64 * 1024
-MAX_BATCH_BODY: Final = 4 * 1024 * 1024
-_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_LONG_DIGITS: Final = re.compile(r"[0-9]{9,}")
-_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 _log = structlog.get_logger("cofre.api")
 
 
@@ -87,144 +75,15 @@ class AppState:
     evidence: Callable[[CallContext, EvidenceRequest], bytes] | None = None
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-class RequestGuard:
-    """Pure ASGI middleware: request id, body limits, content type, and one log line,
-    span and metric per request (route template only, never the raw path)."""
-
-    def __init__(
-        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], telemetry: Telemetry
-    ) -> None:
-        self.app = app
-        self.telemetry = telemetry
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {
-            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
-        }
-        supplied = headers.get("x-request-id", "")
-        # A caller's id is kept only if it cannot be a card number; ours are base64url,
-        # which (unlike hex UUIDs) practically never holds a long run of digits.
-        if _REQUEST_ID.match(supplied) and not _LONG_DIGITS.search(supplied):
-            request_id = supplied
-        else:
-            request_id = secrets.token_urlsafe(16)
-        scope.setdefault("state", {})["request_id"] = request_id
-        limit = MAX_BATCH_BODY if scope["path"].endswith("/batch") else MAX_BODY
-        status_holder = {"status": 500}
-        started = time.perf_counter()
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status_holder["status"] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        rejection = self._reject_early(scope, headers, limit, request_id)
-        span_name = f"{scope['method']} request"
-        with self.telemetry.tracer.start_as_current_span(span_name) as span:
-            if rejection is not None:
-                await rejection(scope, receive, send_with_id)
-            else:
-                received = 0
-
-                async def limited_receive() -> Message:
-                    nonlocal received
-                    message = await receive()
-                    if message["type"] == "http.request":
-                        received += len(message.get("body", b""))
-                        if received > limit:
-                            scope["state"]["body_too_large"] = True
-                            raise _BodyTooLarge
-                    return message
-
-                await self.app(scope, limited_receive, send_with_id)
-            self._record(
-                scope,
-                span,
-                status_holder["status"],
-                request_id,
-                (time.perf_counter() - started) * 1000,
-            )
-
-    def _record(
-        self, scope: Scope, span: Any, status: int, request_id: str, elapsed_ms: float
-    ) -> None:
-        route = scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        code = scope["state"].get("problem_code", "")
-        identity = scope["state"].get("identity", "")
-        span.update_name(f"{scope['method']} {template}")
-        span.set_attribute("http.request.method", scope["method"])
-        span.set_attribute("http.route", template)
-        span.set_attribute("http.response.status_code", status)
-        span.set_attribute("cofre.request_id", request_id)
-        span.set_attribute("cofre.identity", identity)
-        if code:
-            span.set_attribute("cofre.error_code", code)
-        attributes = {"route": template, "method": scope["method"], "status": status, "code": code}
-        self.telemetry.requests.add(1, attributes)
-        self.telemetry.latency.record(elapsed_ms, attributes)
-        _log.info(
-            "request",
-            method=scope["method"],
-            route=template,
-            status=status,
-            code=code or None,
-            request_id=request_id,
-            identity=identity or None,
-            ms=round(elapsed_ms, 2),
-        )
-
-    @staticmethod
-    def _reject_early(
-        scope: Scope, headers: dict[str, str], limit: int, request_id: str
-    ) -> Response | None:
-        if scope["method"] not in _BODY_METHODS:
-            return None
-        length = headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                return _problem_for(scope, "invalid_request", "bad Content-Length", request_id)
-            if int(length) > limit:
-                return _problem_for(
-                    scope, "payload_too_large", f"the body may be at most {limit} bytes", request_id
-                )
-            if int(length) == 0:
-                return None
-        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json" and not content_type.endswith("+json"):
-            return _problem_for(
-                scope,
-                "unsupported_media_type",
-                "request bodies must be application/json",
-                request_id,
-            )
-        return None
-
-
-def _problem_for(
-    scope: Scope, code: str, detail: str, request_id: str, headers: dict[str, str] | None = None
-) -> Response:
-    scope.setdefault("state", {})["problem_code"] = code
-    return problem(code, detail, request_id=request_id, headers=headers)
-
-
 def _request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
 
 
 def call_context(request: Request) -> CallContext:
     """The caller: identity from the TLS connection, request id from the guard."""
-    identity = identity_from_scope(request.scope)
-    request.scope["state"]["identity"] = identity
+    state = request.scope.setdefault("state", {})
+    identity = state.get("identity") or identity_from_scope(request.scope)
+    state["identity"] = identity
     return CallContext(identity=identity, request_id=_request_id(request))
 
 
@@ -563,7 +422,9 @@ def create_app(state: AppState) -> FastAPI:  # noqa: PLR0915 - one route table
         """HSM session works, database reachable, audit sequencer alive."""
         return HealthResponse(status="ready", checks=state.check_ready())
 
-    app.add_middleware(RequestGuard, telemetry=state.telemetry)
+    # The OpenAPI stub has no service: no audit there.
+    recorder = getattr(service, "record", None)
+    app.add_middleware(RequestGuard, telemetry=state.telemetry, recorder=recorder)
     return app
 
 

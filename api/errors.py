@@ -4,7 +4,10 @@ IN PCI SCOPE.
 
     CofreError
     └── ApiError
-        ├── IdentityMissing     code identity_missing (no verified client certificate)
+        ├── IdentityMissing     code identity_missing (no verified client certificate,
+        │                       or one that is not a client certificate: no URI SAN, CA:TRUE,
+        │                       no clientAuth extended key usage)
+        ├── IdentityAmbiguous   code identity_ambiguous (more than one URI SAN)
         └── Draining            code not_ready (a stop signal arrived; finishing in-flight work)
 """
 
@@ -19,6 +22,10 @@ class ApiError(CofreError):
 
 class IdentityMissing(ApiError):
     code = "identity_missing"
+
+
+class IdentityAmbiguous(IdentityMissing):
+    code = "identity_ambiguous"
 
 
 class Draining(ApiError):

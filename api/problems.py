@@ -34,6 +34,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "batch_item_invalid": (422, "An item of the batch is invalid; nothing was written"),
     "malformed_json": (400, "The body is not valid JSON"),
     "identity_missing": (401, "No verified client identity"),
+    "identity_ambiguous": (401, "The client certificate names more than one identity"),
     "policy_denied": (403, "Denied by policy"),
     "token_not_found": (404, "No such token"),
     "not_found": (404, "No such resource"),

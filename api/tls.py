@@ -21,9 +21,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from api.errors import IdentityMissing
+from api.errors import IdentityAmbiguous, IdentityMissing
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[
@@ -68,32 +70,72 @@ class TLSIdentityH11Protocol(H11Protocol):
         self.app = with_tls
 
 
-def identity_from_scope(scope: Scope) -> str:
-    """Return the caller's identity: the first URI SAN of the verified client certificate.
-
-    Raises `IdentityMissing` when the connection carried none.
-    """
+def peer_certificate(scope: Scope) -> str | None:
+    """The verified client certificate (PEM) of the connection, or None."""
     tls = (scope.get("extensions") or {}).get("tls") or {}
     chain = tls.get("client_cert_chain") or []
-    if not chain:
+    return str(chain[0]) if chain else None
+
+
+def identity_from_scope(scope: Scope) -> str:
+    """Return the caller's identity: the one URI SAN of the verified client certificate.
+
+    Raises `IdentityMissing` when the connection carried none, or `identity_from_pem`'s
+    errors.
+    """
+    pem = peer_certificate(scope)
+    if pem is None:
         raise IdentityMissing("no verified client certificate on this connection")
-    return identity_from_pem(chain[0])
+    return identity_from_pem(pem)
 
 
 @functools.lru_cache(maxsize=256)
 def identity_from_pem(pem: str) -> str:
-    """The first URI SAN of a certificate. Memoized: a pure function of the bytes, and
+    """The URI SAN of a client certificate. Memoized: a pure function of the bytes, and
     parsing the certificate on every request of a keep-alive client cost more than the
-    rest of the identity check (an error is raised again each time, never cached)."""
+    rest of the identity check (an error is raised again each time, never cached).
+
+    Raises `IdentityMissing` for a certificate that is a CA (``CA:TRUE``), lacks the
+    clientAuth extended key usage or has no URI SAN, and `IdentityAmbiguous` for one with
+    more than one URI SAN (which one would be the caller is not for us to guess).
+    """
     cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+    extensions = cert.extensions
     try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        if extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            raise IdentityMissing("a CA certificate (CA:TRUE) is not a client identity")
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        usages = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = x509.ExtendedKeyUsage([])
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        raise IdentityMissing("the certificate lacks the clientAuth extended key usage")
+    try:
+        sans = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise IdentityMissing("the client certificate has no subject alternative name") from None
     uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
     if not uris:
         raise IdentityMissing("the client certificate has no URI subject alternative name")
+    if len(uris) > 1:
+        raise IdentityAmbiguous(
+            f"the client certificate names {len(uris)} URI identities; it must name one"
+        )
     return str(uris[0])
+
+
+@functools.lru_cache(maxsize=256)
+def certificate_summary(pem: str) -> tuple[str, str, str]:
+    """The subject (RFC 4514), the serial and the SHA-256 fingerprint (lowercase hex) of
+    a certificate: what the audit entry of a refused certificate names."""
+    cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+    return (
+        cert.subject.rfc4514_string(),
+        format(cert.serial_number, "x"),
+        cert.fingerprint(hashes.SHA256()).hex(),
+    )
 
 
 def harden_server_context(

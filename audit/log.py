@@ -15,7 +15,10 @@ the callers, who never pass one.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -40,7 +43,48 @@ MAX_DOCUMENT: Final = 64 * 1024
 _INSERT_ENTRY: Final = insert(audit_entries).returning(audit_entries.c.id)
 _INSERT_QUEUED: Final = insert(audit_queue)
 
+_HEX_DIGEST: Final = re.compile(r"^[0-9a-f]{1,128}$")
+
+
+class HexDigest(str):
+    """A lowercase hex string Cofre computed itself (a certificate's SHA-256, its
+    serial), written to the entry as it is. Ordinary strings are masked, and a run of
+    twelve decimal digits turns up in about one SHA-256 in five: masking would break
+    the link from the entry to the certificate. Never wrap input in it."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: str) -> HexDigest:
+        if not _HEX_DIGEST.match(value):
+            raise TypeError("a HexDigest is 1 to 128 lowercase hex characters")
+        return super().__new__(cls, value)
+
+
 DetailValue = str | int | bool | None
+
+# The entry ids written on behalf of the request being served, when the API opened a
+# trail for it (`request_trail`): the API writes one entry itself for a request that
+# ended without any (a rejection before any operation ran).
+_TRAIL: ContextVar[list[int] | None] = ContextVar("cofre_audit_trail", default=None)
+
+
+@contextmanager
+def request_trail() -> Iterator[list[int]]:
+    """Collect, for the duration of the block, the ids of the entries appended in this
+    context (and in contexts copied from it: worker threads, the group committer).
+    An id may be recorded for a transaction that later rolls back."""
+    trail: list[int] = []
+    token = _TRAIL.set(trail)
+    try:
+        yield trail
+    finally:
+        _TRAIL.reset(token)
+
+
+def _note(entry_ids: Sequence[int]) -> None:
+    trail = _TRAIL.get()
+    if trail is not None:
+        trail.extend(entry_ids)
 
 
 class Outcome(StrEnum):
@@ -70,6 +114,8 @@ def _clean(value: DetailValue) -> DetailValue:
         return value
     if isinstance(value, int):
         return value
+    if isinstance(value, HexDigest):
+        return str(value)
     if isinstance(value, str):
         return mask_pan_like(value[:_MAX_STRING])
     raise TypeError(f"audit detail values must be str, int, bool or None, not {type(value)}")
@@ -137,6 +183,7 @@ class AuditLog:
                 f"the audit entry could not be written ({db_error_name(exc)}); "
                 "the operation is refused"
             ) from None
+        _note([int(entry_id)])
         return int(entry_id)
 
     def append_many(self, connection: Connection, events: Sequence[AuditEvent]) -> None:
@@ -163,3 +210,4 @@ class AuditLog:
                 f"the audit entry could not be written ({db_error_name(exc)}); "
                 "the operation is refused"
             ) from None
+        _note([int(i) for i in ids])

@@ -185,9 +185,10 @@ def build_runtime(
         return checks
 
     def evidence(ctx: CallContext, request: EvidenceRequest) -> bytes:
-        service.evidence_export(
-            ctx, f"{request.period_from.isoformat()}/{request.period_to.isoformat()}"
-        )
+        period = f"{request.period_from.isoformat()}/{request.period_to.isoformat()}"
+        return service.evidence_export(ctx, period, lambda: build(ctx, request))
+
+    def build(ctx: CallContext, request: EvidenceRequest) -> bytes:
         previous = None
         if request.previous_head is not None:
             chained: dict[str, Any] = {"covering_head": request.previous_head.model_dump()}

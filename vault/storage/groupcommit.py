@@ -13,6 +13,7 @@ one rolls back alone.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -43,10 +44,17 @@ class GroupCommitter:
         a failed commit.
         """
         future: Future[T] = Future()
+        # The work runs in the writer thread but in the caller's context, so what it
+        # notes there (the request's audit trail) is seen by the caller.
+        context = contextvars.copy_context()
+
+        def in_context(connection: Connection) -> T:
+            return context.run(work, connection)
+
         with self._cond:
             if self._stopped:
                 raise RuntimeError("the group committer is stopped")
-            self._queue.append((work, future))
+            self._queue.append((in_context, future))
             self._cond.notify()
         return future.result()
 

@@ -1,0 +1,255 @@
+"""The request guard: the ASGI middleware every request passes first.
+
+IN PCI SCOPE. In order, for every request but the health probes:
+
+1. a request id (the caller's, if it cannot be a card number; else ours);
+2. **authentication**: the identity from the verified client certificate, before any
+   body is read or validated, so a caller without an identity learns nothing about the
+   API's schema and every later refusal (422, 404, 429) is attributed to someone;
+3. body limits and content type;
+4. **one audit entry per request**: the operations audit themselves; a request that
+   ends without any entry (401, 422, 404, 405, 413, 415, 429, key-inventory and ceremony
+   reads) gets an ``api.request`` entry with its outcome, written before the response
+   starts. A 401 names the certificate: subject, serial and SHA-256 fingerprint;
+5. one log line, span and metric (route template only, never the raw path).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final
+
+import structlog
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from api.errors import IdentityMissing
+from api.observability import Telemetry
+from api.problems import problem
+from api.tls import certificate_summary, identity_from_scope, peer_certificate
+from audit.log import AuditEvent, DetailValue, HexDigest, Outcome, request_trail
+from cofre.errors import CofreError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+MAX_BODY: Final = 64 * 1024
+MAX_BATCH_BODY: Final = 4 * 1024 * 1024
+# Liveness and readiness say nothing about card data and are polled every few seconds:
+# served without an identity and not audited (the access log still has them).
+UNAUDITED_PATHS: Final = frozenset({"/healthz", "/readyz"})
+_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_LONG_DIGITS: Final = re.compile(r"[0-9]{9,}")
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+_DENIED_STATUSES: Final = frozenset({401, 403, 429})
+_log = structlog.get_logger("cofre.api")
+
+
+class BodyTooLarge(Exception):
+    """Raised into the app when a streamed body passes the limit."""
+
+
+class RequestGuard:
+    """Pure ASGI middleware (see the module text). `recorder` writes one audit entry
+    durably (None: no audit, for the OpenAPI stub)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        telemetry: Telemetry,
+        recorder: Callable[[AuditEvent], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.telemetry = telemetry
+        self.recorder = recorder
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
+        }
+        request_id = _request_id(headers.get("x-request-id", ""))
+        scope.setdefault("state", {})["request_id"] = request_id
+        audited = self.recorder is not None and scope["path"] not in UNAUDITED_PATHS
+        limit = MAX_BATCH_BODY if scope["path"].endswith("/batch") else MAX_BODY
+        status_holder = {"status": 500}
+        started = time.perf_counter()
+
+        with request_trail() as trail:
+
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status_holder["status"] = message["status"]
+                    if audited and not trail:
+                        await self._record_outcome(scope, message["status"], request_id)
+                    message.setdefault("headers", [])
+                    message["headers"] = [
+                        *message["headers"],
+                        (b"x-request-id", request_id.encode()),
+                    ]
+                await send(message)
+
+            rejection = None
+            if scope["path"] not in UNAUDITED_PATHS:
+                rejection = self._authenticate(scope, request_id)
+            if rejection is None:
+                rejection = self._reject_early(scope, headers, limit, request_id)
+            span_name = f"{scope['method']} request"
+            with self.telemetry.tracer.start_as_current_span(span_name) as span:
+                if rejection is not None:
+                    await rejection(scope, receive, send_with_id)
+                else:
+                    received = 0
+
+                    async def limited_receive() -> Message:
+                        nonlocal received
+                        message = await receive()
+                        if message["type"] == "http.request":
+                            received += len(message.get("body", b""))
+                            if received > limit:
+                                scope["state"]["body_too_large"] = True
+                                raise BodyTooLarge
+                        return message
+
+                    try:
+                        await self.app(scope, limited_receive, send_with_id)
+                    except Exception:
+                        # Answered 500 by the server's outermost handler, past this guard.
+                        status_holder["status"] = 500
+                        scope["state"].setdefault("problem_code", "internal_error")
+                        if audited and not trail:
+                            await self._record_outcome(scope, 500, request_id)
+                        raise
+                self._record(
+                    scope,
+                    span,
+                    status_holder["status"],
+                    request_id,
+                    (time.perf_counter() - started) * 1000,
+                )
+
+    @staticmethod
+    def _authenticate(scope: Scope, request_id: str) -> Response | None:
+        """Put the caller's identity in the scope state, or return the 401 to answer."""
+        try:
+            scope["state"]["identity"] = identity_from_scope(scope)
+        except IdentityMissing as exc:
+            return problem_for(scope, exc.code, str(exc), request_id)
+        return None
+
+    async def _record_outcome(self, scope: Scope, status: int, request_id: str) -> None:
+        """Write the request's one audit entry when nothing else wrote one. A failure is
+        logged: the request was refused or only read, so nothing is undone by it."""
+        assert self.recorder is not None  # noqa: S101 - checked by the caller
+        state = scope["state"]
+        route = getattr(scope.get("route"), "path", "unmatched")
+        details: dict[str, DetailValue] = {
+            "method": scope["method"],
+            "route": route,
+            "status": status,
+            "code": state.get("problem_code") or None,
+        }
+        identity = state.get("identity")
+        if identity is None:
+            pem = peer_certificate(scope)
+            if pem is not None:
+                subject, serial, sha256 = certificate_summary(pem)
+                details["cert_subject"] = subject
+                details["cert_serial"] = HexDigest(serial)
+                details["cert_sha256"] = HexDigest(sha256)
+        if status < 400:
+            outcome = Outcome.SUCCESS
+        elif status in _DENIED_STATUSES:
+            outcome = Outcome.DENIED
+        else:
+            outcome = Outcome.FAILED
+        event = AuditEvent(
+            action="api.request",
+            outcome=outcome,
+            actor=identity or "unauthenticated",
+            request_id=request_id,
+            details=details,
+        )
+        try:
+            await run_in_threadpool(self.recorder, event)
+        except CofreError as exc:
+            _log.error("audit entry not written", code=exc.code, request_id=request_id)
+
+    def _record(
+        self, scope: Scope, span: Any, status: int, request_id: str, elapsed_ms: float
+    ) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        code = scope["state"].get("problem_code", "")
+        identity = scope["state"].get("identity", "")
+        span.update_name(f"{scope['method']} {template}")
+        span.set_attribute("http.request.method", scope["method"])
+        span.set_attribute("http.route", template)
+        span.set_attribute("http.response.status_code", status)
+        span.set_attribute("cofre.request_id", request_id)
+        span.set_attribute("cofre.identity", identity)
+        if code:
+            span.set_attribute("cofre.error_code", code)
+        attributes = {"route": template, "method": scope["method"], "status": status, "code": code}
+        self.telemetry.requests.add(1, attributes)
+        self.telemetry.latency.record(elapsed_ms, attributes)
+        _log.info(
+            "request",
+            method=scope["method"],
+            route=template,
+            status=status,
+            code=code or None,
+            request_id=request_id,
+            identity=identity or None,
+            ms=round(elapsed_ms, 2),
+        )
+
+    @staticmethod
+    def _reject_early(
+        scope: Scope, headers: dict[str, str], limit: int, request_id: str
+    ) -> Response | None:
+        if scope["method"] not in _BODY_METHODS:
+            return None
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return problem_for(scope, "invalid_request", "bad Content-Length", request_id)
+            if int(length) > limit:
+                return problem_for(
+                    scope, "payload_too_large", f"the body may be at most {limit} bytes", request_id
+                )
+            if int(length) == 0:
+                return None
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json" and not content_type.endswith("+json"):
+            return problem_for(
+                scope,
+                "unsupported_media_type",
+                "request bodies must be application/json",
+                request_id,
+            )
+        return None
+
+
+def _request_id(supplied: str) -> str:
+    # A caller's id is kept only if it cannot be a card number; ours are base64url,
+    # which (unlike hex UUIDs) practically never holds a long run of digits.
+    if _REQUEST_ID.match(supplied) and not _LONG_DIGITS.search(supplied):
+        return supplied
+    return secrets.token_urlsafe(16)
+
+
+def problem_for(
+    scope: Scope, code: str, detail: str, request_id: str, headers: dict[str, str] | None = None
+) -> Response:
+    """The problem response for `code`, noted in the scope for the log line and audit."""
+    scope.setdefault("state", {})["problem_code"] = code
+    return problem(code, detail, request_id=request_id, headers=headers)

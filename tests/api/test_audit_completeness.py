@@ -1,0 +1,218 @@
+"""PCI DSS 10.2: every request that reaches the app leaves one audit entry with its
+outcome, refusals included, and a refused certificate is named in it. Also the client
+certificate rules (one URI SAN, no CA, clientAuth) that decide a 401."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+import ssl
+import string
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from api.pki import DevPKI
+from tests.api.conftest import VaultServer
+from tests.support.leakguard import record_responses
+
+VISA = "4111111111111111"
+
+
+def issue_odd_client(
+    pki: DevPKI,
+    tmp: Path,
+    name: str,
+    uris: list[str],
+    *,
+    ca: bool = False,
+    client_auth: bool = True,
+) -> tuple[Path, Path, x509.Certificate]:
+    """A certificate from the vault's own CA that passes the TLS handshake but breaks
+    one of the identity rules."""
+    ca_cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
+            critical=False,
+        )
+    )
+    if client_auth:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())
+    cert_path, key_path = tmp / f"{name}.pem", tmp / f"{name}-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path, cert
+
+
+def _client(vault: VaultServer, cert: Path, key: Path) -> httpx.Client:
+    context = ssl.create_default_context(cafile=str(vault.pki.ca))
+    context.load_cert_chain(str(cert), str(key))
+    return httpx.Client(
+        base_url=vault.url,
+        verify=context,
+        timeout=10,
+        event_hooks=record_responses(vault.tmp / "responses.log"),
+    )
+
+
+def _entries(vault: VaultServer, request_id: str) -> list[dict[str, Any]]:
+    with vault.runtime.engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT payload FROM audit_entries WHERE payload LIKE :p ORDER BY id"),
+            {"p": f'%"request_id":"{request_id}"%'},
+        ).scalars()
+        return [json.loads(r) for r in rows]
+
+
+def _rid() -> str:
+    # Letters only: a caller's id with a long digit run is replaced by the vault's own.
+    return "rid-" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(16))
+
+
+_REFUSED = {
+    "two URI SANs": (["spiffe://cofre/payments", "spiffe://cofre/getnet-adapter"], {}),
+    "CA:TRUE leaf": (["spiffe://cofre/payments"], {"ca": True}),
+    "no clientAuth EKU": (["spiffe://cofre/payments"], {"client_auth": False}),
+    "no URI SAN": ([], {}),
+}
+
+
+@pytest.mark.parametrize("case", list(_REFUSED))
+def test_refused_certificate_is_401_and_audited_by_name(
+    vault_server: VaultServer, tmp_path: Path, case: str
+) -> None:
+    uris, options = _REFUSED[case]
+    code = "identity_ambiguous" if len(uris) > 1 else "identity_missing"
+    cert_path, key_path, cert = issue_odd_client(vault_server.pki, tmp_path, "odd", uris, **options)
+    rid = _rid()
+    with _client(vault_server, cert_path, key_path) as client:
+        # Authentication comes before validation: a bad body still gets 401, not 422.
+        response = client.post(
+            "/v1/tokenize",
+            content=b"{not json",
+            headers={"content-type": "application/json", "x-request-id": rid},
+        )
+    assert response.status_code == 401
+    assert response.json()["code"] == code
+    (entry,) = _entries(vault_server, rid)
+    assert entry["action"] == "api.request"
+    assert entry["outcome"] == "denied"
+    assert entry["actor"] == "unauthenticated"
+    details = entry["details"]
+    assert details["code"] == code
+    assert details["status"] == 401
+    assert details["cert_subject"] == cert.subject.rfc4514_string()
+    assert details["cert_serial"] == format(cert.serial_number, "x")
+    assert details["cert_sha256"] == cert.fingerprint(hashes.SHA256()).hex()
+
+
+def test_validation_error_is_audited_with_the_caller(vault_server: VaultServer) -> None:
+    rid = _rid()
+    with vault_server.client("payments") as client:
+        response = client.post(
+            "/v1/tokenize", json={"pan": VISA, "format": 7}, headers={"x-request-id": rid}
+        )
+    assert response.status_code == 422
+    (entry,) = _entries(vault_server, rid)
+    assert (entry["action"], entry["outcome"], entry["actor"]) == (
+        "api.request",
+        "failed",
+        "spiffe://cofre/payments",
+    )
+    assert entry["details"]["route"] == "/v1/tokenize"
+    assert entry["details"]["code"] == "invalid_request"
+    assert VISA not in json.dumps(entry)
+
+
+def test_rate_limited_call_is_audited(vault_server: VaultServer) -> None:
+    rids = [_rid() for _ in range(6)]
+    with vault_server.client("limited") as client:
+        statuses = [
+            client.post(
+                "/v1/tokenize", json={"pan": VISA, "format": "uuid"}, headers={"x-request-id": rid}
+            ).status_code
+            for rid in rids
+        ]
+    assert 429 in statuses
+    for rid, status in zip(rids, statuses, strict=True):
+        entries = _entries(vault_server, rid)
+        assert len(entries) == 1, (status, entries)
+        if status == 429:
+            assert entries[0]["outcome"] == "denied"
+            assert entries[0]["details"]["code"] == "rate_limited"
+
+
+def test_key_inventory_and_ceremony_reads_are_audited(vault_server: VaultServer) -> None:
+    with vault_server.client("officer-alice") as client:
+        for path in ("/v1/admin/keys", "/v1/admin/keys/rotations"):
+            rid = _rid()
+            assert client.get(path, headers={"x-request-id": rid}).status_code == 200
+            (entry,) = _entries(vault_server, rid)
+            assert entry["outcome"] == "success"
+            assert entry["actor"] == "spiffe://cofre/officer-alice"
+            assert entry["details"]["route"] == path
+
+
+def test_failed_evidence_export_is_recorded_as_failed(vault_server: VaultServer) -> None:
+    rid = _rid()
+    with vault_server.client("auditor") as client:
+        response = client.post(
+            "/v1/evidence",
+            json={"from": "2001-01-01T00:00:00Z", "to": "2001-01-02T00:00:00Z"},
+            headers={"x-request-id": rid},
+        )
+    assert response.status_code == 422
+    entries = _entries(vault_server, rid)
+    assert [(e["action"], e["outcome"]) for e in entries] == [
+        ("evidence.read", "success"),
+        ("evidence.export", "failed"),
+    ]
+    assert entries[1]["details"]["error"] == "compliance_error"
+
+
+def test_every_request_leaves_exactly_one_entry(vault_server: VaultServer) -> None:
+    calls: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("POST", "/v1/tokenize", {"pan": VISA, "format": "pan_bin6_last4"}),
+        ("POST", "/v1/tokenize", {"pan": VISA, "format": "no-such-format"}),
+        ("POST", "/v1/detokenize", {"token": "9999999999999999"}),
+        ("GET", "/v1/no-such-route", None),
+        ("DELETE", "/v1/tokenize", None),
+        ("GET", "/v1/tokens/abc", None),
+        ("POST", "/v1/lookup", {"pan": "12"}),
+    ]
+    with vault_server.client("payments") as client:
+        for method, path, body in calls:
+            rid = _rid()
+            response = client.request(method, path, json=body, headers={"x-request-id": rid})
+            entries = _entries(vault_server, rid)
+            assert len(entries) == 1, (method, path, response.status_code, entries)
