@@ -22,6 +22,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from cofre.errors import ConfigurationError
 
@@ -69,11 +71,43 @@ class HSMSettings(_Section):
 class DatabaseSettings(_Section):
     """The token store. SQLite is the embedded default; PostgreSQL for production."""
 
-    # None means "<data_dir>/cofre.sqlite3".
+    # None (and no url_file) means "<data_dir>/cofre.sqlite3".
     url: SecretStr | None = None
+    # A file holding the URL (a Kubernetes secret volume), instead of `url`.
+    url_file: Path | None = None
+    # The password, put into the URL at connect time (the URL then carries none).
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    # RDS IAM authentication: a fresh 15-minute token per new connection (boto3, through
+    # `infra_pci`); the URL names host, port and user, and should require TLS.
+    iam_auth: bool = False
+    iam_region: str | None = None
     pool_size: int = Field(default=10, ge=1, le=200)
     # PostgreSQL: the longest any one statement may run before the operation fails.
     statement_timeout_ms: int = Field(default=5000, ge=100, le=600_000)
+
+    @model_validator(mode="after")
+    def _one_source_each(self) -> DatabaseSettings:
+        if self.url is not None and self.url_file is not None:
+            raise ValueError("set only one of COFRE_DATABASE__URL and COFRE_DATABASE__URL_FILE")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError(
+                "set only one of COFRE_DATABASE__PASSWORD and COFRE_DATABASE__PASSWORD_FILE"
+            )
+        if self.iam_auth and (self.password is not None or self.password_file is not None):
+            raise ValueError("COFRE_DATABASE__IAM_AUTH replaces the password: set no password")
+        return self
+
+    def read_password(self) -> str | None:
+        """The password from `password` or `password_file` (None when neither is set).
+
+        Raises `ConfigurationError` naming the file, never its content.
+        """
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is None:
+            return None
+        return _read_secret_file(self.password_file, "database password")
 
 
 class TLSVersion(StrEnum):
@@ -174,10 +208,26 @@ class Settings(BaseSettings):
 
     @property
     def database_url(self) -> str:
-        """The SQLAlchemy URL of the token store (SQLite in `data_dir` by default)."""
-        if self.database.url is not None:
-            return self.database.url.get_secret_value()
-        return f"sqlite:///{(self.data_dir / 'cofre.sqlite3').resolve()}"
+        """The SQLAlchemy URL of the token store (SQLite in `data_dir` by default), from
+        `url` or `url_file`, with the password from `password` / `password_file` put in.
+
+        Raises `ConfigurationError` when a file cannot be read.
+        """
+        database = self.database
+        if database.url is not None:
+            url = database.url.get_secret_value()
+        elif database.url_file is not None:
+            url = _read_secret_file(database.url_file, "database URL")
+        else:
+            return f"sqlite:///{(self.data_dir / 'cofre.sqlite3').resolve()}"
+        password = database.read_password()
+        if password is None:
+            return url
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise ConfigurationError("the database URL does not parse") from None
+        return parsed.set(password=password).render_as_string(hide_password=False)
 
     def redacted(self) -> dict[str, Any]:
         """Return the settings as plain data with every secret replaced by ``"**********"``.
@@ -188,6 +238,16 @@ class Settings(BaseSettings):
         if self.database.url is not None:
             data["database"]["url"] = "**********"
         return data
+
+
+def _read_secret_file(path: Path, what: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+    if not text:
+        raise ConfigurationError(f"the {what} file {path} is empty")
+    return text
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -18,6 +18,7 @@ import structlog
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from api.app import AppState, create_app
 from api.errors import Draining
@@ -45,6 +46,32 @@ from vault.storage.schema_version import check_schema, migrate
 _log = structlog.get_logger("cofre.vault")
 
 
+def database_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
+    """An engine for the configured store: URL and password from settings or their
+    files, or an RDS IAM token per new connection (`COFRE_DATABASE__IAM_AUTH`)."""
+    database = settings.database
+    url = settings.database_url
+    password_provider = None
+    if database.iam_auth:
+        from infra_pci.rds_auth import rds_auth_token_provider
+
+        parsed = make_url(url)
+        if database.iam_region is None or parsed.host is None or parsed.username is None:
+            raise ConfigurationError(
+                "RDS IAM authentication needs COFRE_DATABASE__IAM_REGION and a URL naming "
+                "the host and the user"
+            )
+        password_provider = rds_auth_token_provider(
+            parsed.host, parsed.port or 5432, parsed.username, database.iam_region
+        )
+    return create_database_engine(
+        url,
+        pool_size=pool_size or database.pool_size,
+        statement_timeout_ms=database.statement_timeout_ms,
+        password_provider=password_provider,
+    )
+
+
 def open_database(settings: Settings, *, run_migrations: bool = False) -> Engine:
     """Return an engine for the configured store.
 
@@ -54,11 +81,7 @@ def open_database(settings: Settings, *, run_migrations: bool = False) -> Engine
     vault and the read-only commands run as the least-privileged role).
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    engine = create_database_engine(
-        settings.database_url,
-        pool_size=settings.database.pool_size,
-        statement_timeout_ms=settings.database.statement_timeout_ms,
-    )
+    engine = database_engine(settings)
     try:
         if run_migrations:
             migrate(engine)

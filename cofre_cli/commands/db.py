@@ -20,11 +20,10 @@ db_app = typer.Typer(
 def db_migrate() -> None:
     """Bring the database schema to this version's newest revision. Run it as the owner
     role before starting new vault versions; concurrent runs wait for each other."""
-    from vault.storage.database import create_database_engine
+    from cofre_cli.wiring import database_engine
     from vault.storage.schema_version import migrate
 
-    settings = cli_settings()
-    engine = create_database_engine(settings.database_url, pool_size=1)
+    engine = database_engine(cli_settings(), pool_size=1)
     try:
         status = migrate(engine)
     finally:
@@ -45,10 +44,10 @@ def db_migrate() -> None:
 def db_status() -> None:
     """Show the schema revision of the database and whether this version can use it
     (exit 1 when it cannot). Changes nothing."""
-    from vault.storage.database import create_database_engine
+    from cofre_cli.wiring import database_engine
     from vault.storage.schema_version import check_schema
 
-    engine = create_database_engine(cli_settings().database_url, pool_size=1)
+    engine = database_engine(cli_settings(), pool_size=1)
     try:
         status = check_schema(engine)
     finally:

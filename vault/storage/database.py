@@ -9,6 +9,7 @@ Database errors are translated into `StorageUnavailable` by the callers' edge he
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,13 +39,18 @@ def normalize_url(url: str) -> str:
 
 
 def create_database_engine(
-    url: str, *, pool_size: int = 10, statement_timeout_ms: int = 5000
+    url: str,
+    *,
+    pool_size: int = 10,
+    statement_timeout_ms: int = 5000,
+    password_provider: Callable[[], str] | None = None,
 ) -> Engine:
     """Return an Engine for `url` (``sqlite:///path`` or ``postgresql://...``).
 
     On PostgreSQL every statement is bounded by `statement_timeout_ms`: a database that
     has become too slow fails the operation (503 storage_unavailable, nothing written)
-    instead of holding callers and their connections indefinitely.
+    instead of holding callers and their connections indefinitely. `password_provider`,
+    when given, is asked for the password of every new connection.
     """
     url = normalize_url(url)
     if url.startswith("sqlite"):
@@ -56,7 +62,7 @@ def create_database_engine(
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -67,6 +73,17 @@ def create_database_engine(
             "options": f"-c statement_timeout={int(statement_timeout_ms)}",
         },
     )
+    if password_provider is not None:
+        provider = password_provider
+
+        @event.listens_for(engine, "do_connect")
+        def _fresh_password(
+            _dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]
+        ) -> None:
+            # Short-lived credentials (RDS IAM tokens): a new one for every new connection.
+            cparams["password"] = provider()
+
+    return engine
 
 
 def _configure_sqlite(engine: Engine) -> None:
