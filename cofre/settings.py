@@ -130,6 +130,9 @@ class ServerSettings(_Section):
     # port is set.
     health_host: str = "127.0.0.1"
     health_port: int | None = Field(default=None, ge=1, le=65535)
+    # Prometheus `/metrics` (plain HTTP, no card data); off when no port is set.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # On SIGTERM or SIGINT: readiness fails at once, new connections are still accepted
     # for `drain_delay_seconds` (while load balancers notice), then the listener closes
     # and in-flight requests get up to `drain_timeout_seconds` to finish.

@@ -24,6 +24,7 @@ from api.app import AppState, create_app
 from api.errors import Draining
 from api.health import build_health_server
 from api.lifecycle import Readiness, run_until_stopped
+from api.metrics import start_metrics_listener
 from api.models import EvidenceRequest
 from api.observability import Telemetry, configure_logging, make_telemetry
 from api.pki import DEV_CA_COMMON_NAME, certificate_inventory
@@ -368,7 +369,18 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
     for name in allowed:
         _log.warning("INSECURE setting in effect", setting=f"COFRE_INSECURE__{name.upper()}")
     server = settings.server
-    runtime = build_runtime(settings, migrate_schema=migrate_schema)
+    telemetry, stop_metrics = None, None
+    if server.metrics_port is not None:
+        meter_provider, stop_metrics = start_metrics_listener(
+            server.metrics_host, server.metrics_port
+        )
+        telemetry = make_telemetry(meter_provider=meter_provider)
+    try:
+        runtime = build_runtime(settings, migrate_schema=migrate_schema, telemetry=telemetry)
+    except BaseException:
+        if stop_metrics is not None:
+            stop_metrics()
+        raise
     try:
         api = build_server(
             runtime.app,
@@ -397,3 +409,5 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
         )
     finally:
         runtime.close()
+        if stop_metrics is not None:
+            stop_metrics()

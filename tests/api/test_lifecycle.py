@@ -135,3 +135,26 @@ def test_stop_signal_drains_then_exits_zero(
         row = conn.execute("SELECT count(*) FROM tokens").fetchone()
     assert row is not None
     assert row[0] == 2
+
+
+def test_metrics_listener_serves_prometheus_text_without_card_data(
+    tmp_path: Path, softhsm_token: SoftHSMToken, pg_database: str
+) -> None:
+    vault, _ = _vault(tmp_path, softhsm_token, pg_database)
+    metrics_port = free_port()
+    vault.env["COFRE_SERVER__METRICS_PORT"] = str(metrics_port)
+    vault.start()
+    pan = card_number("4", 21)
+    try:
+        with vault.client() as client:
+            made = client.post("/v1/tokenize", json={"pan": pan, "format": "pan_bin6_last4"})
+            assert made.status_code == 200
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+    finally:
+        vault.stop()
+    assert scraped.status_code == 200
+    text = scraped.text
+    assert "cofre_http_requests" in text
+    assert "/v1/tokenize" in text
+    assert pan not in text
+    assert made.json()["token"] not in text

@@ -1,0 +1,34 @@
+"""``/metrics`` for Prometheus scraping, on a port of its own.
+
+IN PCI SCOPE (it runs in the vault process). It exposes the OpenTelemetry instruments of
+`api.observability` (requests by route template, status, code and identity; latency;
+HSM call latency), which never hold a PAN, a token or a raw path, plus the Python
+process's own gauges. Plain HTTP, no identity: put it behind the NetworkPolicy that only
+lets the monitoring namespace in (deploy/k8s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import start_http_server
+
+from api.observability import new_meter_provider
+
+
+def start_metrics_listener(host: str, port: int) -> tuple[MeterProvider, Callable[[], None]]:
+    """Serve ``/metrics`` on `host`:`port` in a background thread; return the meter
+    provider to record into and a function that stops the listener."""
+    reader = PrometheusMetricReader()
+    provider = new_meter_provider([reader])
+    server, thread = start_http_server(port, addr=host)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        provider.shutdown()
+
+    return provider, stop
