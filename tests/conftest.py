@@ -17,6 +17,8 @@ import pytest
 
 from hsm.keys import KeyHierarchy
 from hsm.provider import HSMProvider, provider_from_settings
+from hsm.softhsm import init_softhsm_token
+from tests.support.cloudhsm_shim import CloudHSMShim, ShimBuildFailed, activate, build_shim
 from tests.support.leakguard import LeakGuard, dump_database, install_leak_guard
 from tests.support.postgres import (
     PostgresCluster,
@@ -60,8 +62,66 @@ def rotation_provider(softhsm_token: SoftHSMToken) -> Iterator[HSMProvider]:
 
 
 @pytest.fixture(scope="session")
-def hsm_provider(softhsm_token: SoftHSMToken) -> Iterator[HSMProvider]:
+def softhsm_provider(softhsm_token: SoftHSMToken) -> Iterator[HSMProvider]:
     provider = provider_from_settings(softhsm_token.settings())
+    yield provider
+    provider.close()
+
+
+@pytest.fixture(scope="session")
+def hsm_provider(softhsm_provider: HSMProvider) -> HSMProvider:
+    """The session's SoftHSM2 provider. tests/hsm and tests/vault override this fixture to
+    run each test against SoftHSM2 and the CloudHSM-behaviour shim."""
+    return softhsm_provider
+
+
+# ------------------------------------------------------------------ CloudHSM-behaviour shim
+@pytest.fixture(scope="session")
+def cloudhsm_shim(
+    softhsm_token: SoftHSMToken, tmp_path_factory: pytest.TempPathFactory
+) -> CloudHSMShim:
+    """The shim (tests/support/cloudhsm_shim.c), built for this run, with two tokens of its
+    own (``<label>-shim``, ``<label>-shim-rot``) that carry Cofre's hierarchy created
+    through the shim. It is our reading of AWS's documentation, not CloudHSM."""
+    try:
+        shim = build_shim(tmp_path_factory.mktemp("cloudhsm-shim"))
+    except ShimBuildFailed as exc:
+        pytest.fail(f"the CloudHSM-behaviour shim could not be built: {exc}", pytrace=False)
+    for suffix in ("-shim", "-shim-rot"):
+        init_softhsm_token(
+            softhsm_token.conf,
+            softhsm_token.label + suffix,
+            so_pin=softhsm_token.so_pin,
+            user_pin=softhsm_token.user_pin,
+        )
+    activate(shim)
+    return shim
+
+
+def _shim_provider(token: SoftHSMToken, shim: CloudHSMShim, suffix: str) -> HSMProvider:
+    provider = provider_from_settings(
+        token.settings(library=shim.library, token_label=token.label + suffix)
+    )
+    KeyHierarchy(provider).initialize()
+    return provider
+
+
+@pytest.fixture(scope="session")
+def shim_provider(
+    softhsm_token: SoftHSMToken, cloudhsm_shim: CloudHSMShim
+) -> Iterator[HSMProvider]:
+    """A provider through the shim, on the shim's own token."""
+    provider = _shim_provider(softhsm_token, cloudhsm_shim, "-shim")
+    yield provider
+    provider.close()
+
+
+@pytest.fixture(scope="session")
+def shim_rotation_provider(
+    softhsm_token: SoftHSMToken, cloudhsm_shim: CloudHSMShim
+) -> Iterator[HSMProvider]:
+    """Through the shim, the token whose keys rotation tests may rotate away."""
+    provider = _shim_provider(softhsm_token, cloudhsm_shim, "-shim-rot")
     yield provider
     provider.close()
 

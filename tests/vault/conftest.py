@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
+from tests.support.cloudhsm_shim import HSM_BACKENDS, provider_for
 from vault.service import CallContext, VaultService
 from vault.storage.database import create_database_engine, migrate
 
@@ -49,6 +50,17 @@ GETNET = CallContext("spiffe://cofre/getnet-adapter", "req-getnet")
 LEDGER = CallContext("spiffe://cofre/ledger", "req-ledger")
 OFFICER = CallContext("spiffe://cofre/officer-alice", "req-officer")
 STRANGER = CallContext("spiffe://cofre/stranger", "req-stranger")
+
+
+@pytest.fixture(params=HSM_BACKENDS)
+def hsm_provider(request: pytest.FixtureRequest) -> HSMProvider:
+    """The vault's tests run against SoftHSM2 and the CloudHSM-behaviour shim."""
+    return provider_for(request)
+
+
+@pytest.fixture(params=HSM_BACKENDS)
+def rotation_provider(request: pytest.FixtureRequest) -> HSMProvider:
+    return provider_for(request, rotation=True)
 
 
 @pytest.fixture

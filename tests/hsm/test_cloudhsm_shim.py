@@ -1,0 +1,168 @@
+"""What the CloudHSM-behaviour shim enforces, and that Cofre's keys cross between it and
+SoftHSM2. The shim is our reading of AWS's SDK 5 documentation, not CloudHSM."""
+
+from __future__ import annotations
+
+import ctypes
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pkcs11.exceptions as p11e
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+
+from hsm.errors import HSMOperationFailed
+from hsm.mechanisms import CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD, CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD
+from hsm.provider import HSMProvider, provider_from_settings
+from tests.support.cloudhsm_shim import CloudHSMShim
+from tests.support.softhsm import SoftHSMToken
+
+STANDARD_WRAP = {0x2109, 0x210A, 0x210B}
+
+
+@pytest.fixture(scope="module")
+def shim_on_main_token(
+    softhsm_token: SoftHSMToken, cloudhsm_shim: CloudHSMShim
+) -> Iterator[HSMProvider]:
+    """The session's SoftHSM2 token (the one `softhsm_provider` uses), through the shim."""
+    provider = provider_from_settings(softhsm_token.settings(library=cloudhsm_shim.library))
+    yield provider
+    provider.close()
+
+
+def test_mechanism_list_has_vendor_wrap_only(shim_provider: HSMProvider) -> None:
+    offered = shim_provider.mechanism_ids()
+    assert not offered & STANDARD_WRAP
+    assert {CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD, CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD} <= offered
+    algorithm = shim_provider.wrap_algorithm()
+    assert algorithm == "aes-kwp-rfc5649"
+    assert shim_provider.wrap_mechanism_name(algorithm) == "CLOUDHSM_AES_KEY_WRAP_ZERO_PAD"
+
+
+def test_standard_wrap_numbers_are_refused(shim_provider: HSMProvider) -> None:
+    def wrap_standard(session: Any) -> None:
+        kek = session.get_key(ObjectClass.SECRET_KEY, label="cofre-kek-v1")
+        key = session.generate_key(
+            KeyType.AES, 256, id=b"k", label="t", template={Attribute.EXTRACTABLE: True}
+        )
+        try:
+            with pytest.raises(p11e.MechanismInvalid):
+                kek.wrap_key(key, mechanism=Mechanism.AES_KEY_WRAP_PAD)
+        finally:
+            key.destroy()
+
+    shim_provider._run(wrap_standard)
+
+
+def test_python_pkcs11_default_hmac_template_is_refused(shim_provider: HSMProvider) -> None:
+    """The failure issue 19 found: python-pkcs11 sends every usage flag by default."""
+
+    def generate_default(session: Any) -> None:
+        with pytest.raises(p11e.AttributeTypeInvalid):
+            session.generate_key(
+                KeyType.GENERIC_SECRET,
+                256,
+                id=b"x",
+                label="default-flags",
+                mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
+                capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
+            )
+
+    shim_provider._run(generate_default)
+
+
+def test_empty_id_is_refused(shim_provider: HSMProvider) -> None:
+    def generate_without_id(session: Any) -> None:
+        with pytest.raises(p11e.AttributeValueInvalid):
+            session.generate_key(KeyType.AES, 256, label="no-id")
+
+    shim_provider._run(generate_without_id)
+
+
+def test_read_only_sessions_are_refused(shim_provider: HSMProvider) -> None:
+    def open_read_only(session: Any) -> None:
+        with pytest.raises(p11e.PKCS11Error):
+            session.token.open(rw=False)
+
+    shim_provider._run(open_read_only)
+
+
+class _GCMParams(ctypes.Structure):
+    _fields_ = [
+        ("pIv", ctypes.c_void_p),
+        ("ulIvLen", ctypes.c_ulong),
+        ("ulIvBits", ctypes.c_ulong),
+        ("pAAD", ctypes.c_void_p),
+        ("ulAADLen", ctypes.c_ulong),
+        ("ulTagBits", ctypes.c_ulong),
+    ]
+
+
+def test_gcm_iv_is_chosen_by_the_hsm_and_written_back(shim_provider: HSMProvider) -> None:
+    """The IV buffer must be ours (writable) and zero; the HSM writes its IV there."""
+    value, aad, plaintext = secrets.token_bytes(32), b"aad", b"gcm in the hsm"
+    iv = ctypes.create_string_buffer(12)
+    aad_buffer = ctypes.create_string_buffer(aad, len(aad))
+    params = _GCMParams(
+        ctypes.cast(iv, ctypes.c_void_p), 12, 96, ctypes.cast(aad_buffer, ctypes.c_void_p), 3, 128
+    )
+
+    def encrypt(session: Any) -> bytes:
+        key = session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.SECRET_KEY,
+                Attribute.KEY_TYPE: KeyType.AES,
+                Attribute.TOKEN: False,
+                Attribute.VALUE: value,
+                Attribute.ENCRYPT: True,
+            }
+        )
+        try:
+            # python-pkcs11 passes a bytes parameter through as the raw CK_GCM_PARAMS.
+            return bytes(
+                key.encrypt(plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=bytes(params))
+            )
+        finally:
+            key.destroy()
+
+    sealed = shim_provider._run(encrypt)
+    chosen = iv.raw
+    assert chosen != bytes(12)
+    assert AESGCM(value).decrypt(chosen, sealed, aad) == plaintext
+    # A caller-chosen IV is refused.
+    iv.raw = b"\x01" * 12
+    with pytest.raises(HSMOperationFailed, match="MechanismParamInvalid"):
+        shim_provider._run(encrypt)
+
+
+def test_keys_wrapped_on_softhsm_unwrap_through_the_shim_and_back(
+    softhsm_provider: HSMProvider, shim_on_main_token: HSMProvider
+) -> None:
+    kek = "cofre-kek-v1"
+    on_softhsm = softhsm_provider.generate_wrapped_key(kek)
+    assert on_softhsm.algorithm == "aes-kwp-rfc5649"
+    key = softhsm_provider.unwrap_key(on_softhsm)
+    assert shim_on_main_token.unwrap_key(on_softhsm) == key
+    on_shim = shim_on_main_token.generate_wrapped_key(kek)
+    assert softhsm_provider.unwrap_key(on_shim) == shim_on_main_token.unwrap_key(on_shim)
+    # Rewrapped through the shim, unwrapped on SoftHSM2: the same key again.
+    label = f"cofre-kek-x{secrets.token_hex(3)}"
+    shim_on_main_token.generate_kek(label)
+    try:
+        moved = shim_on_main_token.rewrap_key(on_softhsm, label)
+        assert softhsm_provider.unwrap_key(moved) == key
+    finally:
+        shim_on_main_token.destroy_key(label)
+
+
+def test_python_pkcs11_refuses_a_plain_vendor_number(shim_provider: HSMProvider) -> None:
+    """Why hsm.mechanisms makes pseudo-members: python-pkcs11 0.10.1 refuses a plain int."""
+    with pytest.raises(HSMOperationFailed, match="ArgumentsBad"):
+        shim_provider._run(
+            lambda s: s.get_key(ObjectClass.SECRET_KEY, label="cofre-kek-v1").wrap_key(
+                s.get_key(ObjectClass.SECRET_KEY, label="cofre-kek-v1"),
+                mechanism=CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD,
+            )
+        )

@@ -1,0 +1,382 @@
+/*
+ * A CloudHSM-behaviour PKCS#11 module for Cofre's tests: forwards to SoftHSM2 and
+ * enforces the differences AWS documents for CloudHSM Client SDK 5.
+ *
+ * THIS IS NOT CLOUDHSM. It encodes our reading of AWS's documentation
+ * (docs.aws.amazon.com/cloudhsm/latest/userguide/: pkcs11-mechanisms.html,
+ * pkcs11-attributes-interpreting.html, manage-aes-key-wrapping.html, ki-pkcs11-sdk.html)
+ * so that the code path Cofre runs on CloudHSM is exercised in every test run. Where
+ * AWS names no error code, the code chosen here is ours (see docs/cloudhsm.md).
+ *
+ * What it changes, and nothing else:
+ *  - AES key wrap only under the vendor numbers CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD
+ *    (0x80002109, RFC 3394) and _ZERO_PAD (0x8000216F, RFC 5649), forwarded to
+ *    SoftHSM2's 0x2109 / 0x210A. The standard 0x2109/0x210A/0x210B are absent from the
+ *    mechanism list and refused (CKR_MECHANISM_INVALID).
+ *  - AES-GCM encryption: the HSM picks the IV. The caller's pIv must be 12 zero bytes;
+ *    the module writes its IV back into pIv (CKR_MECHANISM_PARAM_INVALID otherwise).
+ *  - Generic-secret templates holding CKA_ENCRYPT, CKA_DECRYPT, CKA_WRAP or CKA_UNWRAP
+ *    are refused with CKR_ATTRIBUTE_TYPE_INVALID (SDK 5 attribute table marks them
+ *    unsupported). Empty CKA_ID or CKA_LABEL in a key template: CKR_ATTRIBUTE_VALUE_INVALID.
+ *  - Read-only sessions are refused (SDK 5 opens read-write only): CKR_SESSION_READ_ONLY.
+ *  - C_Initialize(NULL) asks SoftHSM2 for OS locking (CKF_OS_LOCKING_OK), as a networked
+ *    library that serves many threads would lock for itself.
+ *  - COFRE_SHIM_LATENCY_US: microseconds slept before every forwarded call (the network
+ *    round trip to a cluster).
+ *  - COFRE_SHIM_KEY_AVAILABILITY_MS: a new token key is refused (CKR_KEY_HANDLE_INVALID)
+ *    for this long after creation, as a key not yet on a quorum of HSMs.
+ *  - COFRE_SHIM_TARGET: the module to forward to (default SoftHSM2's).
+ *
+ * Built by the test harness (tests/support/cloudhsm_shim.py) into the pytest temp dir:
+ *   gcc -shared -fPIC -O2 -I/usr/include/p11-kit-1 cloudhsm_shim.c -o ... -ldl -lpthread
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <p11-kit/pkcs11.h>
+
+#define VENDOR_WRAP_NO_PAD 0x80002109UL
+#define VENDOR_WRAP_ZERO_PAD 0x8000216FUL
+#define STD_WRAP 0x2109UL
+#define STD_WRAP_PAD 0x210AUL
+#define STD_WRAP_KWP 0x210BUL
+#define MAX_PENDING_KEYS 256
+
+static CK_FUNCTION_LIST_PTR real;
+static CK_FUNCTION_LIST shim;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static CK_RV load_error = CKR_OK;
+static long latency_us;
+static long availability_ms;
+
+/* Token keys created less than availability_ms ago: (handle, ready-at in ms). */
+static struct { CK_OBJECT_HANDLE handle; long long ready_at; } pending[MAX_PENDING_KEYS];
+static pthread_mutex_t pending_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void delay(void) {
+    if (latency_us > 0) {
+        struct timespec ts = {latency_us / 1000000, (latency_us % 1000000) * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void remember_new_key(CK_OBJECT_HANDLE handle) {
+    if (availability_ms <= 0) return;
+    pthread_mutex_lock(&pending_lock);
+    long long now = now_ms();
+    for (int i = 0; i < MAX_PENDING_KEYS; i++) {
+        if (pending[i].handle == 0 || pending[i].ready_at <= now) {
+            pending[i].handle = handle;
+            pending[i].ready_at = now + availability_ms;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&pending_lock);
+}
+
+static int key_available(CK_OBJECT_HANDLE handle) {
+    if (availability_ms <= 0) return 1;
+    int ok = 1;
+    pthread_mutex_lock(&pending_lock);
+    long long now = now_ms();
+    for (int i = 0; i < MAX_PENDING_KEYS; i++)
+        if (pending[i].handle == handle && pending[i].ready_at > now) ok = 0;
+    pthread_mutex_unlock(&pending_lock);
+    return ok;
+}
+
+static int is_standard_wrap(CK_MECHANISM_TYPE type) {
+    return type == STD_WRAP || type == STD_WRAP_PAD || type == STD_WRAP_KWP;
+}
+
+/* Vendor wrap numbers become SoftHSM2's; standard wrap numbers are refused. */
+static CK_RV translate(CK_MECHANISM_PTR in, CK_MECHANISM *out) {
+    if (in == NULL) return CKR_ARGUMENTS_BAD;
+    *out = *in;
+    if (is_standard_wrap(in->mechanism)) return CKR_MECHANISM_INVALID;
+    if (in->mechanism == VENDOR_WRAP_NO_PAD) out->mechanism = STD_WRAP;
+    if (in->mechanism == VENDOR_WRAP_ZERO_PAD) out->mechanism = STD_WRAP_PAD;
+    return CKR_OK;
+}
+
+static CK_ATTRIBUTE_PTR find_attr(CK_ATTRIBUTE_PTR tpl, CK_ULONG n, CK_ATTRIBUTE_TYPE type) {
+    for (CK_ULONG i = 0; i < n; i++)
+        if (tpl[i].type == type) return &tpl[i];
+    return NULL;
+}
+
+static int attr_true(CK_ATTRIBUTE_PTR tpl, CK_ULONG n, CK_ATTRIBUTE_TYPE type) {
+    CK_ATTRIBUTE_PTR a = find_attr(tpl, n, type);
+    return a && a->pValue && a->ulValueLen == sizeof(CK_BBOOL) && *(CK_BBOOL *)a->pValue;
+}
+
+/* SDK 5's attribute rules, as far as Cofre's templates reach them. */
+static CK_RV check_template(CK_ATTRIBUTE_PTR tpl, CK_ULONG n, int generic_secret) {
+    if (tpl == NULL && n > 0) return CKR_ARGUMENTS_BAD;
+    CK_ATTRIBUTE_PTR key_type = find_attr(tpl, n, CKA_KEY_TYPE);
+    if (key_type && key_type->pValue && key_type->ulValueLen == sizeof(CK_KEY_TYPE) &&
+        *(CK_KEY_TYPE *)key_type->pValue == CKK_GENERIC_SECRET)
+        generic_secret = 1;
+    if (generic_secret) {
+        static const CK_ATTRIBUTE_TYPE unsupported[] = {CKA_ENCRYPT, CKA_DECRYPT, CKA_WRAP,
+                                                        CKA_UNWRAP};
+        for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++)
+            if (find_attr(tpl, n, unsupported[i])) return CKR_ATTRIBUTE_TYPE_INVALID;
+    }
+    CK_ATTRIBUTE_PTR id = find_attr(tpl, n, CKA_ID);
+    CK_ATTRIBUTE_PTR label = find_attr(tpl, n, CKA_LABEL);
+    if ((id && id->ulValueLen == 0) || (label && label->ulValueLen == 0))
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    return CKR_OK;
+}
+
+/* ------------------------------------------------------------------ overrides */
+static CK_RV shim_Initialize(CK_VOID_PTR args) {
+    if (args == NULL) {
+        CK_C_INITIALIZE_ARGS locking;
+        memset(&locking, 0, sizeof locking);
+        locking.flags = CKF_OS_LOCKING_OK;
+        return real->C_Initialize(&locking);
+    }
+    return real->C_Initialize(args);
+}
+
+static CK_RV shim_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list,
+                                   CK_ULONG_PTR count) {
+    if (count == NULL) return CKR_ARGUMENTS_BAD;
+    delay();
+    CK_ULONG n = 0;
+    CK_RV rv = real->C_GetMechanismList(slot, NULL, &n);
+    if (rv != CKR_OK) return rv;
+    CK_MECHANISM_TYPE *all = calloc(n + 2, sizeof *all);
+    if (all == NULL) return CKR_HOST_MEMORY;
+    rv = real->C_GetMechanismList(slot, all, &n);
+    if (rv != CKR_OK) {
+        free(all);
+        return rv;
+    }
+    CK_ULONG kept = 0;
+    int has_wrap = 0, has_pad = 0;
+    for (CK_ULONG i = 0; i < n; i++) {
+        if (all[i] == STD_WRAP) has_wrap = 1;
+        if (all[i] == STD_WRAP_PAD) has_pad = 1;
+        if (!is_standard_wrap(all[i])) all[kept++] = all[i];
+    }
+    if (has_wrap) all[kept++] = VENDOR_WRAP_NO_PAD;
+    if (has_pad) all[kept++] = VENDOR_WRAP_ZERO_PAD;
+    if (list == NULL) {
+        *count = kept;
+        rv = CKR_OK;
+    } else if (*count < kept) {
+        *count = kept;
+        rv = CKR_BUFFER_TOO_SMALL;
+    } else {
+        memcpy(list, all, kept * sizeof *all);
+        *count = kept;
+        rv = CKR_OK;
+    }
+    free(all);
+    return rv;
+}
+
+static CK_RV shim_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type,
+                                   CK_MECHANISM_INFO_PTR info) {
+    delay();
+    if (is_standard_wrap(type)) return CKR_MECHANISM_INVALID;
+    if (type == VENDOR_WRAP_NO_PAD) type = STD_WRAP;
+    if (type == VENDOR_WRAP_ZERO_PAD) type = STD_WRAP_PAD;
+    return real->C_GetMechanismInfo(slot, type, info);
+}
+
+static CK_RV shim_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app,
+                              CK_NOTIFY notify, CK_SESSION_HANDLE_PTR session) {
+    delay();
+    if (!(flags & CKF_RW_SESSION)) return CKR_SESSION_READ_ONLY;
+    return real->C_OpenSession(slot, flags, app, notify, session);
+}
+
+static CK_RV shim_WrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE wrapping,
+                          CK_OBJECT_HANDLE key, CK_BYTE_PTR out, CK_ULONG_PTR out_len) {
+    delay();
+    CK_MECHANISM m;
+    CK_RV rv = translate(mech, &m);
+    if (rv != CKR_OK) return rv;
+    if (!key_available(wrapping)) return CKR_KEY_HANDLE_INVALID;
+    return real->C_WrapKey(s, &m, wrapping, key, out, out_len);
+}
+
+static CK_RV shim_UnwrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech,
+                            CK_OBJECT_HANDLE unwrapping, CK_BYTE_PTR wrapped, CK_ULONG wrapped_len,
+                            CK_ATTRIBUTE_PTR tpl, CK_ULONG n, CK_OBJECT_HANDLE_PTR key) {
+    delay();
+    CK_MECHANISM m;
+    CK_RV rv = translate(mech, &m);
+    if (rv != CKR_OK) return rv;
+    if ((rv = check_template(tpl, n, 0)) != CKR_OK) return rv;
+    if (!key_available(unwrapping)) return CKR_KEY_HANDLE_INVALID;
+    return real->C_UnwrapKey(s, &m, unwrapping, wrapped, wrapped_len, tpl, n, key);
+}
+
+static CK_RV shim_GenerateKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR tpl,
+                              CK_ULONG n, CK_OBJECT_HANDLE_PTR key) {
+    delay();
+    CK_MECHANISM m;
+    CK_RV rv = translate(mech, &m);
+    if (rv != CKR_OK) return rv;
+    if ((rv = check_template(tpl, n, m.mechanism == CKM_GENERIC_SECRET_KEY_GEN)) != CKR_OK)
+        return rv;
+    rv = real->C_GenerateKey(s, &m, tpl, n, key);
+    if (rv == CKR_OK && attr_true(tpl, n, CKA_TOKEN)) remember_new_key(*key);
+    return rv;
+}
+
+static CK_RV shim_GenerateKeyPair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech,
+                                  CK_ATTRIBUTE_PTR pub, CK_ULONG npub, CK_ATTRIBUTE_PTR priv,
+                                  CK_ULONG npriv, CK_OBJECT_HANDLE_PTR pub_key,
+                                  CK_OBJECT_HANDLE_PTR priv_key) {
+    delay();
+    CK_RV rv = check_template(pub, npub, 0);
+    if (rv == CKR_OK) rv = check_template(priv, npriv, 0);
+    if (rv != CKR_OK) return rv;
+    rv = real->C_GenerateKeyPair(s, mech, pub, npub, priv, npriv, pub_key, priv_key);
+    if (rv == CKR_OK && attr_true(priv, npriv, CKA_TOKEN)) remember_new_key(*priv_key);
+    return rv;
+}
+
+static CK_RV shim_CreateObject(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR tpl, CK_ULONG n,
+                               CK_OBJECT_HANDLE_PTR obj) {
+    delay();
+    CK_RV rv = check_template(tpl, n, 0);
+    if (rv != CKR_OK) return rv;
+    return real->C_CreateObject(s, tpl, n, obj);
+}
+
+static CK_RV shim_EncryptInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
+    delay();
+    CK_MECHANISM m;
+    CK_RV rv = translate(mech, &m);
+    if (rv != CKR_OK) return rv;
+    if (!key_available(key)) return CKR_KEY_HANDLE_INVALID;
+    if (m.mechanism == CKM_AES_GCM) {
+        CK_GCM_PARAMS *p = m.pParameter;
+        if (p == NULL || m.ulParameterLen != sizeof *p || p->pIv == NULL || p->ulIvLen != 12)
+            return CKR_MECHANISM_PARAM_INVALID;
+        for (int i = 0; i < 12; i++)
+            if (p->pIv[i] != 0) return CKR_MECHANISM_PARAM_INVALID;
+        /* The HSM's IV, written where the caller's pIv points. */
+        rv = real->C_GenerateRandom(s, p->pIv, 12);
+        if (rv != CKR_OK) return rv;
+    }
+    return real->C_EncryptInit(s, &m, key);
+}
+
+static CK_RV shim_DecryptInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
+    delay();
+    CK_MECHANISM m;
+    CK_RV rv = translate(mech, &m);
+    if (rv != CKR_OK) return rv;
+    if (!key_available(key)) return CKR_KEY_HANDLE_INVALID;
+    return real->C_DecryptInit(s, &m, key);
+}
+
+static CK_RV shim_SignInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
+    delay();
+    if (!key_available(key)) return CKR_KEY_HANDLE_INVALID;
+    return real->C_SignInit(s, mech, key);
+}
+
+/* ------------------------------------------------------------------ pass-through with latency */
+#define DELAYED(name, params, args) \
+    static CK_RV shim_##name params {  \
+        delay();                       \
+        return real->C_##name args;    \
+    }
+
+DELAYED(GetSlotList, (CK_BBOOL p, CK_SLOT_ID_PTR l, CK_ULONG_PTR c), (p, l, c))
+DELAYED(GetSlotInfo, (CK_SLOT_ID s, CK_SLOT_INFO_PTR i), (s, i))
+DELAYED(GetTokenInfo, (CK_SLOT_ID s, CK_TOKEN_INFO_PTR i), (s, i))
+DELAYED(CloseSession, (CK_SESSION_HANDLE s), (s))
+DELAYED(GetSessionInfo, (CK_SESSION_HANDLE s, CK_SESSION_INFO_PTR i), (s, i))
+DELAYED(Login, (CK_SESSION_HANDLE s, CK_USER_TYPE u, CK_UTF8CHAR_PTR p, CK_ULONG l), (s, u, p, l))
+DELAYED(Logout, (CK_SESSION_HANDLE s), (s))
+DELAYED(DestroyObject, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o), (s, o))
+DELAYED(GetAttributeValue, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n),
+        (s, o, t, n))
+DELAYED(FindObjectsInit, (CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n), (s, t, n))
+DELAYED(FindObjects, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR o, CK_ULONG m, CK_ULONG_PTR c),
+        (s, o, m, c))
+DELAYED(FindObjectsFinal, (CK_SESSION_HANDLE s), (s))
+DELAYED(Encrypt, (CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR o, CK_ULONG_PTR ol),
+        (s, d, l, o, ol))
+DELAYED(Decrypt, (CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR o, CK_ULONG_PTR ol),
+        (s, d, l, o, ol))
+DELAYED(Sign, (CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR o, CK_ULONG_PTR ol),
+        (s, d, l, o, ol))
+DELAYED(GenerateRandom, (CK_SESSION_HANDLE s, CK_BYTE_PTR r, CK_ULONG l), (s, r, l))
+
+static void load(void) {
+    const char *target = getenv("COFRE_SHIM_TARGET");
+    if (target == NULL || *target == '\0') target = "/usr/lib/softhsm/libsofthsm2.so";
+    const char *latency = getenv("COFRE_SHIM_LATENCY_US");
+    latency_us = latency ? strtol(latency, NULL, 10) : 0;
+    const char *availability = getenv("COFRE_SHIM_KEY_AVAILABILITY_MS");
+    availability_ms = availability ? strtol(availability, NULL, 10) : 0;
+    void *module = dlopen(target, RTLD_NOW | RTLD_LOCAL);
+    if (module == NULL) {
+        load_error = CKR_GENERAL_ERROR;
+        return;
+    }
+    CK_C_GetFunctionList get = (CK_C_GetFunctionList)dlsym(module, "C_GetFunctionList");
+    if (get == NULL || get(&real) != CKR_OK || real == NULL) {
+        load_error = CKR_GENERAL_ERROR;
+        return;
+    }
+    shim = *real;
+    shim.C_Initialize = shim_Initialize;
+    shim.C_GetMechanismList = shim_GetMechanismList;
+    shim.C_GetMechanismInfo = shim_GetMechanismInfo;
+    shim.C_OpenSession = shim_OpenSession;
+    shim.C_WrapKey = shim_WrapKey;
+    shim.C_UnwrapKey = shim_UnwrapKey;
+    shim.C_GenerateKey = shim_GenerateKey;
+    shim.C_GenerateKeyPair = shim_GenerateKeyPair;
+    shim.C_CreateObject = shim_CreateObject;
+    shim.C_EncryptInit = shim_EncryptInit;
+    shim.C_DecryptInit = shim_DecryptInit;
+    shim.C_SignInit = shim_SignInit;
+    shim.C_GetSlotList = shim_GetSlotList;
+    shim.C_GetSlotInfo = shim_GetSlotInfo;
+    shim.C_GetTokenInfo = shim_GetTokenInfo;
+    shim.C_CloseSession = shim_CloseSession;
+    shim.C_GetSessionInfo = shim_GetSessionInfo;
+    shim.C_Login = shim_Login;
+    shim.C_Logout = shim_Logout;
+    shim.C_DestroyObject = shim_DestroyObject;
+    shim.C_GetAttributeValue = shim_GetAttributeValue;
+    shim.C_FindObjectsInit = shim_FindObjectsInit;
+    shim.C_FindObjects = shim_FindObjects;
+    shim.C_FindObjectsFinal = shim_FindObjectsFinal;
+    shim.C_Encrypt = shim_Encrypt;
+    shim.C_Decrypt = shim_Decrypt;
+    shim.C_Sign = shim_Sign;
+    shim.C_GenerateRandom = shim_GenerateRandom;
+}
+
+CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {
+    if (list == NULL) return CKR_ARGUMENTS_BAD;
+    pthread_once(&once, load);
+    if (load_error != CKR_OK) return load_error;
+    shim.C_GetFunctionList = C_GetFunctionList;
+    *list = &shim;
+    return CKR_OK;
+}
