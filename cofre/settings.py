@@ -44,6 +44,10 @@ class HSMSettings(_Section):
     pin_file: Path | None = None
     # SoftHSM only: the softhsm2.conf this process must use. Ignored for CloudHSM.
     softhsm_conf: Path | None = None
+    # Sessions a node keeps open to the token; calls on different sessions run at once,
+    # so a networked HSM (a round trip per call) does not serialise the node. CloudHSM
+    # allows 1,024 sessions per application. libsofthsm2 always gets 1 (hsm/session.py).
+    session_pool_size: int = Field(default=8, ge=1, le=1024)
 
     def read_pin(self) -> SecretStr:
         """Return the user PIN from `pin` or `pin_file`.

@@ -293,7 +293,7 @@ class HSMProvider(TokenSession):
                 raise HSMKeyNotFound(f"no key labelled {label!r}")
             for obj in objects:
                 obj.destroy()
-            self._objects = {k: v for k, v in self._objects.items() if k[0] != label}
+            self._forget_keys()
 
         self._run(destroy)
 
@@ -482,4 +482,5 @@ def provider_from_settings(settings: HSMSettings) -> HSMProvider:
         token_label=settings.token_label,
         pin=settings.read_pin(),
         softhsm_conf=settings.softhsm_conf,
+        pool_size=settings.session_pool_size,
     )

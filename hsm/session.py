@@ -1,29 +1,34 @@
-"""Session handling: one logged-in session to one token, shared safely by threads.
+"""Session handling: a pool of logged-in sessions to one token, shared safely by threads.
 
 IN PCI SCOPE. The provider (`hsm.provider`) builds its operations on this class; nothing
 else opens sessions.
 
-Concurrency. python-pkcs11 initialises the library with ``C_Initialize(NULL)``, so
-SoftHSM2 runs without internal locking while python-pkcs11 releases the GIL during each
-call: two threads on two sessions crash it (see shared/TOOLCHAIN.md). The provider
-therefore holds **one** session and serialises every call with a lock. Measured on two
-cores, two threads under a lock were no faster than one, so a larger pool would buy
-nothing with SoftHSM; with CloudHSM, scale out with more vault processes, each with its
-own provider (CloudHSM's client load-balances sessions across the cluster's HSMs).
+Concurrency. Every call to a networked HSM (AWS CloudHSM) is a round trip, so one session
+behind one lock would cap a node at 1 / round-trip calls per second. The provider keeps a
+pool of up to `pool_size` sessions (``COFRE_HSM__SESSION_POOL_SIZE``); a call borrows one,
+and calls on different sessions run at once (python-pkcs11 releases the GIL in each).
 
-Recovery. A call that fails because the session, token or library went away drops the
-session, reopens it (re-initialising the library when needed) and retries once; when the
-retry fails too the caller gets `HSMUnavailable`, and the next call tries again. Nothing
-is cached across a reopen except the provider's configuration.
+SoftHSM2 is the exception. python-pkcs11 initialises the library with ``C_Initialize(NULL)``,
+so SoftHSM2 runs without internal locking, and two threads on two sessions crash it (see
+shared/TOOLCHAIN.md). A library whose file name starts with ``libsofthsm2`` therefore
+gets a pool of one whatever the setting: every call is serialised, as before. (The test
+harness's CloudHSM-behaviour shim initialises SoftHSM2 with ``CKF_OS_LOCKING_OK``, so it
+is pooled like CloudHSM.)
+
+Recovery. A call that fails because the session, token or library went away drops that
+session, retries once on a fresh one, and when the retry fails too re-initialises the
+library (after every other call on it has finished) and raises `HSMUnavailable`; the next
+call tries again. Nothing is cached across a re-initialisation except configuration.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -71,9 +76,63 @@ _AUTH_ERRORS: Final = (
 )
 
 
+def pool_size_for(library: Path, requested: int) -> int:
+    """Return the session pool size used for `library`: `requested`, or 1 for SoftHSM2
+    loaded directly (it runs without locking under python-pkcs11; see the docstring)."""
+    return 1 if library.name.startswith("libsofthsm2") else max(1, requested)
+
+
+class _Pooled:
+    """One open session and the key objects found on it (handles are per session)."""
+
+    __slots__ = ("epoch", "objects", "session")
+
+    def __init__(self, session: Any, epoch: int) -> None:
+        self.session = session
+        self.objects: dict[tuple[str, int], Any] = {}
+        self.epoch = epoch
+
+
+class _Gate:
+    """Calls pass shared; re-initialising the library waits for them and holds it alone."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._inside = 0
+        self._closed = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._closed:
+                self._cond.wait()
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inside -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._closed:
+                self._cond.wait()
+            self._closed = True
+            while self._inside:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._closed = False
+                self._cond.notify_all()
+
+
 class TokenSession:
-    """The session side of `hsm.provider.HSMProvider`: library, login, lock, recovery,
-    and the translation of every PKCS#11 error into `hsm.errors`."""
+    """The session side of `hsm.provider.HSMProvider`: library, login, session pool,
+    recovery, and the translation of every PKCS#11 error into `hsm.errors`."""
 
     def __init__(
         self,
@@ -81,15 +140,22 @@ class TokenSession:
         token_label: str,
         pin: SecretStr,
         softhsm_conf: Path | None = None,
+        pool_size: int = 1,
     ) -> None:
         self._library_path = library
         self._token_label = token_label
         self._pin = pin
         self._softhsm_conf = softhsm_conf
-        self._lock = threading.RLock()
+        self.pool_size = pool_size_for(library, pool_size)
         self._lib: Any = None
-        self._session: Any = None
-        self._objects: dict[tuple[str, int], Any] = {}
+        self._lib_lock = threading.Lock()
+        self._gate = _Gate()
+        self._slots = threading.Condition()
+        self._idle: list[_Pooled] = []
+        self._busy = 0
+        self._local = threading.local()
+        # Bumped when a key is destroyed: every session's cache of found keys is stale.
+        self._epoch = 0
         self._mechanisms: frozenset[int] | None = None
         self._wrap: WrapMechanisms | None = None
         # Called with (operation, milliseconds) after every call; the API feeds metrics.
@@ -114,10 +180,12 @@ class TokenSession:
             ) from None
 
     def _open_session(self) -> Any:
-        if self._lib is None:
-            self._lib = self._load_library()
+        with self._lib_lock:
+            if self._lib is None:
+                self._lib = self._load_library()
+            lib = self._lib
         try:
-            token = self._lib.get_token(token_label=self._token_label)
+            token = lib.get_token(token_label=self._token_label)
         except p11e.NoSuchToken:
             raise HSMUnavailable(
                 f"no token labelled {self._token_label!r} in {self._library_path}"
@@ -130,83 +198,135 @@ class TokenSession:
         try:
             return token.open(rw=True, user_pin=pin)
         except p11e.UserAlreadyLoggedIn:
-            # Login is per application: another provider in this process already logged
-            # this token in, and every session of the process shares that login.
+            # Login is per application: another session of this process (a pooled one, or
+            # another provider's) already logged this token in, and all share that login.
             return token.open(rw=True)
         except _AUTH_ERRORS as exc:
             raise HSMAuthFailed(
                 f"token {self._token_label!r} refused the user PIN ({type(exc).__name__})"
             ) from None
 
-    def _drop_session(self) -> None:
-        self._objects.clear()
-        self._mechanisms = None
-        self._wrap = None
-        session, self._session = self._session, None
-        if session is not None:
-            # A failing close means it is already gone, which is why we are dropping it.
-            with contextlib.suppress(p11e.PKCS11Error):
-                session.close()
+    def _borrow(self, *, fresh: bool = False) -> _Pooled | None:
+        """Wait for a free place in the pool; return an idle session, or None (open one,
+        as always when `fresh`)."""
+        with self._slots:
+            while self._busy >= self.pool_size:
+                self._slots.wait()
+            self._busy += 1
+            if fresh or not self._idle:
+                return None
+            pooled = self._idle.pop()
+            if pooled.epoch != self._epoch:
+                pooled.objects.clear()
+                pooled.epoch = self._epoch
+            return pooled
+
+    def _give_back(self, pooled: _Pooled | None, *, broken: bool) -> None:
+        if broken:
+            # A lost session usually means the token or the connection was reset, so the
+            # idle ones go too. Closed while this call still holds its place in the pool,
+            # so that a pool of one (SoftHSM2) never sees two threads.
+            with self._slots:
+                doomed, self._idle = self._idle, []
+            if pooled is not None:
+                doomed.append(pooled)
+            for lost in doomed:
+                _close_quietly(lost.session)
+        with self._slots:
+            self._busy -= 1
+            if pooled is not None and not broken:
+                self._idle.append(pooled)
+            self._slots.notify()
+
+    def _drop_all(self) -> None:
+        """Close every idle session (the caller holds the gate alone: none is busy)."""
+        with self._slots:
+            idle, self._idle = self._idle, []
+        for pooled in idle:
+            _close_quietly(pooled.session)
 
     def _reinitialize(self) -> None:
-        self._drop_session()
-        if self._lib is not None:
-            try:
-                self._lib.reinitialize()
-            except p11e.PKCS11Error:
-                self._lib = None
+        with self._gate.exclusive():
+            self._drop_all()
+            with self._lib_lock:
+                self._mechanisms = None
+                self._wrap = None
+                if self._lib is not None:
+                    try:
+                        self._lib.reinitialize()
+                    except p11e.PKCS11Error:
+                        self._lib = None
 
     def _run(self, operation: Callable[[Any], T], *, retry: bool = True, name: str = "call") -> T:
-        """Run `operation(session)` under the lock, translating every PKCS#11 error."""
+        """Run `operation(session)` on a pooled session, translating every PKCS#11 error."""
         started = time.perf_counter()
         try:
-            return self._run_locked(operation, retry=retry)
+            current: _Pooled | None = getattr(self._local, "pooled", None)
+            if current is not None:
+                # Called from inside an operation on this thread: reuse its session (a
+                # pool of one would otherwise wait for itself).
+                return self._translate(lambda: operation(current.session))
+            return self._run_pooled(operation, retry=retry)
         finally:
             if self.observer is not None:
                 self.observer(name, (time.perf_counter() - started) * 1000)
 
-    def _run_locked(self, operation: Callable[[Any], T], *, retry: bool) -> T:
-        with self._lock:
-            attempts = 2 if retry else 1
-            for attempt in range(1, attempts + 1):
+    def _run_pooled(self, operation: Callable[[Any], T], *, retry: bool) -> T:
+        attempts = 2 if retry else 1
+        for attempt in range(1, attempts + 1):
+            with self._gate.shared():
+                pooled = self._borrow(fresh=attempt > 1)
+                broken = False
                 try:
-                    if self._session is None:
-                        self._session = self._open_session()
-                    return operation(self._session)
-                except HSMError:
+                    if pooled is None:
+                        pooled = _Pooled(self._open_session(), self._epoch)
+                    self._local.pooled = pooled
+                    return self._translate(functools.partial(operation, pooled.session))
+                except _SessionLost as lost:
+                    broken = True
+                    failure = lost.name
+                except HSMAuthFailed:
+                    broken = True
                     raise
-                except _AUTH_ERRORS as exc:
-                    self._drop_session()
-                    raise HSMAuthFailed(
-                        f"token {self._token_label!r} refused the user PIN ({type(exc).__name__})"
-                    ) from None
-                except _CONNECTION_ERRORS as exc:
-                    if attempt == 1:
-                        self._drop_session()
-                    else:
-                        self._reinitialize()
-                    if attempt == attempts:
-                        raise HSMUnavailable(
-                            f"token {self._token_label!r} is not reachable ({type(exc).__name__})"
-                        ) from None
-                except p11e.MechanismInvalid as exc:
-                    raise HSMMechanismUnsupported(
-                        f"token {self._token_label!r} does not support a mechanism this "
-                        f"operation needs ({type(exc).__name__})"
-                    ) from None
-                except (p11e.AttributeSensitive, p11e.KeyUnextractable) as exc:
-                    raise HSMKeyNotExtractable(
-                        f"the token refused to export the key ({type(exc).__name__})"
-                    ) from None
-                except p11e.PKCS11Error as exc:
-                    raise HSMOperationFailed(
-                        f"the token refused the operation ({type(exc).__name__})"
-                    ) from None
-            raise AssertionError("unreachable")  # pragma: no cover
+                finally:
+                    self._local.pooled = None
+                    self._give_back(pooled, broken=broken)
+            if attempt == attempts:
+                if attempts > 1:
+                    self._reinitialize()
+                raise HSMUnavailable(f"token {self._token_label!r} is not reachable ({failure})")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _translate(self, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except HSMError:
+            raise
+        except _AUTH_ERRORS as exc:
+            raise HSMAuthFailed(
+                f"token {self._token_label!r} refused the user PIN ({type(exc).__name__})"
+            ) from None
+        except _CONNECTION_ERRORS as exc:
+            raise _SessionLost(type(exc).__name__) from None
+        except p11e.MechanismInvalid as exc:
+            raise HSMMechanismUnsupported(
+                f"token {self._token_label!r} does not support a mechanism this "
+                f"operation needs ({type(exc).__name__})"
+            ) from None
+        except (p11e.AttributeSensitive, p11e.KeyUnextractable) as exc:
+            raise HSMKeyNotExtractable(
+                f"the token refused to export the key ({type(exc).__name__})"
+            ) from None
+        except p11e.PKCS11Error as exc:
+            raise HSMOperationFailed(
+                f"the token refused the operation ({type(exc).__name__})"
+            ) from None
 
     def _find(self, session: Any, label: str, object_class: ObjectClass) -> Any:
+        pooled: _Pooled | None = getattr(self._local, "pooled", None)
+        objects = pooled.objects if pooled is not None else {}
         key = (label, int(object_class))
-        cached = self._objects.get(key)
+        cached = objects.get(key)
         if cached is not None:
             return cached
         try:
@@ -215,13 +335,36 @@ class TokenSession:
             raise HSMKeyNotFound(f"no {object_class.name} key labelled {label!r}") from None
         except p11e.MultipleObjectsReturned:
             raise HSMOperationFailed(f"more than one key labelled {label!r}") from None
-        self._objects[key] = obj
+        objects[key] = obj
         return obj
 
     def _find_secret(self, session: Any, label: str) -> Any:
         return self._find(session, label, ObjectClass.SECRET_KEY)
 
+    def _forget_keys(self) -> None:
+        """Invalidate every session's cache of found keys (after a key is destroyed)."""
+        with self._slots:
+            self._epoch += 1
+        pooled: _Pooled | None = getattr(self._local, "pooled", None)
+        if pooled is not None:
+            pooled.objects.clear()
+            pooled.epoch = self._epoch
+
     def close(self) -> None:
-        """Close the session. The provider reopens it on the next call."""
-        with self._lock:
-            self._drop_session()
+        """Close every session. The provider reopens them on the next call."""
+        with self._gate.exclusive():
+            self._drop_all()
+
+
+class _SessionLost(Exception):
+    """The session, token or library went away during a call (retried, then translated)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _close_quietly(session: Any) -> None:
+    # A failing close means the session is already gone, which is why we are dropping it.
+    with contextlib.suppress(p11e.PKCS11Error):
+        session.close()

@@ -90,8 +90,9 @@ def test_missing_token(softhsm_token: SoftHSMToken, hsm_provider: HSMProvider) -
 
 def test_closed_session_recovers(hsm_provider: HSMProvider) -> None:
     expected = hsm_provider.hmac_sha256("cofre-fp-v1", b"recover")
-    # Close the session behind the provider's back, as a token reset would.
-    hsm_provider._session.close()
+    # Close the sessions behind the provider's back, as a token reset would.
+    for pooled in list(hsm_provider._idle):
+        pooled.session.close()
     assert hsm_provider.hmac_sha256("cofre-fp-v1", b"recover") == expected
 
 
@@ -114,8 +115,11 @@ def test_closed_session_under_running_pool_recovers(hsm_provider: HSMProvider) -
     try:
         for _ in range(5):
             time.sleep(0.05)
-            with hsm_provider._lock:
-                hsm_provider._session.close()
+            # Between calls (SoftHSM2 must not see two threads at once), close every
+            # session behind the provider's back.
+            with hsm_provider._gate.exclusive():
+                for pooled in list(hsm_provider._idle):
+                    pooled.session.close()
     finally:
         time.sleep(0.05)
         stop.set()
