@@ -48,6 +48,9 @@ class HSMSettings(_Section):
     # so a networked HSM (a round trip per call) does not serialise the node. CloudHSM
     # allows 1,024 sessions per application. libsofthsm2 always gets 1 (hsm/session.py).
     session_pool_size: int = Field(default=8, ge=1, le=1024)
+    # How long a call waits, retrying with backoff, for a key the token refuses as not
+    # yet available (a new CloudHSM key syncing to a quorum of HSMs); then 503.
+    key_availability_timeout_seconds: float = Field(default=5.0, ge=0, le=300)
 
     def read_pin(self) -> SecretStr:
         """Return the user PIN from `pin` or `pin_file`.

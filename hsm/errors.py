@@ -6,7 +6,8 @@ never a PIN or key material.
     CofreError
     └── HSMError
         ├── HSMUnavailable            code hsm_unavailable  (library, token or session gone)
-        │   └── HSMAuthFailed         code hsm_unavailable  (wrong or locked PIN)
+        │   ├── HSMAuthFailed         code hsm_unavailable  (wrong or locked PIN)
+        │   └── HSMKeyUnavailable     code hsm_unavailable  (key not yet usable: new on CloudHSM)
         ├── HSMKeyNotFound            code hsm_key_not_found
         ├── HSMMechanismUnsupported   code hsm_mechanism_unsupported
         ├── HSMKeyNotExtractable      code hsm_key_not_extractable (the token refused export)
@@ -32,6 +33,12 @@ class HSMAuthFailed(HSMUnavailable):
     """The token refused the user PIN (wrong, locked or expired). Its API code is
     ``hsm_unavailable`` like its parent's: a client can do nothing different about it,
     and the message tells the operator what happened."""
+
+
+class HSMKeyUnavailable(HSMUnavailable):
+    """The token knows the key but refuses its handle: on CloudHSM a new token key must
+    reach a quorum of HSMs first. Retried with backoff for a bounded time
+    (``COFRE_HSM__KEY_AVAILABILITY_TIMEOUT_SECONDS``) before this is raised."""
 
 
 class HSMKeyNotFound(HSMError):

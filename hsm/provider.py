@@ -483,4 +483,5 @@ def provider_from_settings(settings: HSMSettings) -> HSMProvider:
         pin=settings.read_pin(),
         softhsm_conf=settings.softhsm_conf,
         pool_size=settings.session_pool_size,
+        key_availability_timeout=settings.key_availability_timeout_seconds,
     )

@@ -42,6 +42,7 @@ from hsm.errors import (
     HSMError,
     HSMKeyNotExtractable,
     HSMKeyNotFound,
+    HSMKeyUnavailable,
     HSMMechanismUnsupported,
     HSMOperationFailed,
     HSMUnavailable,
@@ -60,12 +61,16 @@ _CONNECTION_ERRORS: Final = (
     p11e.TokenNotRecognised,
     p11e.GeneralError,
     p11e.UserNotLoggedIn,
-    p11e.ObjectHandleInvalid,
-    p11e.KeyHandleInvalid,
     p11e.FunctionFailed,
     p11e.DeviceMemory,
     p11e.HostMemory,
 )
+# A handle the token no longer (or not yet) honours: a key found earlier and since
+# destroyed, or a new CloudHSM key not yet on a quorum of HSMs. The session is fine.
+_KEY_HANDLE_ERRORS: Final = (p11e.ObjectHandleInvalid, p11e.KeyHandleInvalid)
+# Backoff while waiting for a key to become available: first wait, growth, ceiling.
+_AVAILABILITY_FIRST_WAIT_S: Final = 0.02
+_AVAILABILITY_MAX_WAIT_S: Final = 0.5
 _AUTH_ERRORS: Final = (
     p11e.PinIncorrect,
     p11e.PinInvalid,
@@ -140,13 +145,16 @@ class TokenSession:
         token_label: str,
         pin: SecretStr,
         softhsm_conf: Path | None = None,
+        *,
         pool_size: int = 1,
+        key_availability_timeout: float = 5.0,
     ) -> None:
         self._library_path = library
         self._token_label = token_label
         self._pin = pin
         self._softhsm_conf = softhsm_conf
         self.pool_size = pool_size_for(library, pool_size)
+        self.key_availability_timeout = key_availability_timeout
         self._lib: Any = None
         self._lib_lock = threading.Lock()
         self._gate = _Gate()
@@ -266,10 +274,26 @@ class TokenSession:
                 # Called from inside an operation on this thread: reuse its session (a
                 # pool of one would otherwise wait for itself).
                 return self._translate(lambda: operation(current.session))
-            return self._run_pooled(operation, retry=retry)
+            return self._run_waiting_for_keys(operation, retry=retry)
         finally:
             if self.observer is not None:
                 self.observer(name, (time.perf_counter() - started) * 1000)
+
+    def _run_waiting_for_keys(self, operation: Callable[[Any], T], *, retry: bool) -> T:
+        """`_run_pooled`, retried with bounded exponential backoff while the token refuses
+        a key's handle (`HSMKeyUnavailable`): on CloudHSM a new token key is usable only
+        once a quorum of HSMs has it, on any node that uses it first."""
+        deadline = time.monotonic() + self.key_availability_timeout
+        wait = _AVAILABILITY_FIRST_WAIT_S
+        while True:
+            try:
+                return self._run_pooled(operation, retry=retry)
+            except HSMKeyUnavailable:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                time.sleep(min(wait, remaining))
+                wait = min(wait * 2, _AVAILABILITY_MAX_WAIT_S)
 
     def _run_pooled(self, operation: Callable[[Any], T], *, retry: bool) -> T:
         attempts = 2 if retry else 1
@@ -282,6 +306,16 @@ class TokenSession:
                         pooled = _Pooled(self._open_session(), self._epoch)
                     self._local.pooled = pooled
                     return self._translate(functools.partial(operation, pooled.session))
+                except _KeyHandleRefused as refused:
+                    # Forget the keys this session found; look them up again once.
+                    if pooled is not None:
+                        pooled.objects.clear()
+                    if attempt == attempts:
+                        raise HSMKeyUnavailable(
+                            f"token {self._token_label!r} refused a key handle "
+                            f"({refused.name}): the key is not (or no longer) available"
+                        ) from None
+                    continue
                 except _SessionLost as lost:
                     broken = True
                     failure = lost.name
@@ -308,6 +342,8 @@ class TokenSession:
             ) from None
         except _CONNECTION_ERRORS as exc:
             raise _SessionLost(type(exc).__name__) from None
+        except _KEY_HANDLE_ERRORS as exc:
+            raise _KeyHandleRefused(type(exc).__name__) from None
         except p11e.MechanismInvalid as exc:
             raise HSMMechanismUnsupported(
                 f"token {self._token_label!r} does not support a mechanism this "
@@ -358,6 +394,14 @@ class TokenSession:
 
 class _SessionLost(Exception):
     """The session, token or library went away during a call (retried, then translated)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class _KeyHandleRefused(Exception):
+    """The token refused a key or object handle (retried on a fresh lookup)."""
 
     def __init__(self, name: str) -> None:
         super().__init__(name)

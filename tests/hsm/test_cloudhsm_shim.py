@@ -13,10 +13,10 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 
-from hsm.errors import HSMOperationFailed
+from hsm.errors import HSMKeyUnavailable, HSMOperationFailed
 from hsm.mechanisms import CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD, CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD
 from hsm.provider import HSMProvider, provider_from_settings
-from tests.support.cloudhsm_shim import CloudHSMShim
+from tests.support.cloudhsm_shim import CloudHSMShim, configure
 from tests.support.softhsm import SoftHSMToken
 
 STANDARD_WRAP = {0x2109, 0x210A, 0x210B}
@@ -166,3 +166,39 @@ def test_python_pkcs11_refuses_a_plain_vendor_number(shim_provider: HSMProvider)
                 mechanism=CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD,
             )
         )
+
+
+@pytest.fixture
+def key_availability_window(cloudhsm_shim: CloudHSMShim) -> Iterator[None]:
+    """New token keys on the shim are refused for 300 ms, as keys not yet on a quorum."""
+    configure(cloudhsm_shim, key_availability_ms=300)
+    yield
+    configure(cloudhsm_shim)
+
+
+@pytest.mark.usefixtures("key_availability_window")
+def test_first_use_of_a_new_key_waits_for_availability(shim_provider: HSMProvider) -> None:
+    label = f"cofre-fp-avail-{secrets.token_hex(3)}"
+    shim_provider.generate_hmac_key(label)
+    try:
+        # Used at once: refused by the shim, retried with backoff until available.
+        assert len(shim_provider.hmac_sha256(label, b"data")) == 32
+    finally:
+        shim_provider.destroy_key(label)
+
+
+@pytest.mark.usefixtures("key_availability_window")
+def test_a_key_that_stays_unavailable_fails_as_hsm_unavailable(
+    shim_provider: HSMProvider,
+) -> None:
+    label = f"cofre-fp-avail-{secrets.token_hex(3)}"
+    shim_provider.generate_hmac_key(label)
+    timeout = shim_provider.key_availability_timeout
+    shim_provider.key_availability_timeout = 0  # give up at the first refusal
+    try:
+        with pytest.raises(HSMKeyUnavailable) as info:
+            shim_provider.hmac_sha256(label, b"data")
+        assert info.value.code == "hsm_unavailable"  # the API answers 503
+    finally:
+        shim_provider.key_availability_timeout = timeout
+        shim_provider.destroy_key(label)

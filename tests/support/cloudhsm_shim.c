@@ -26,6 +26,8 @@
  *  - COFRE_SHIM_KEY_AVAILABILITY_MS: a new token key is refused (CKR_KEY_HANDLE_INVALID)
  *    for this long after creation, as a key not yet on a quorum of HSMs.
  *  - COFRE_SHIM_TARGET: the module to forward to (default SoftHSM2's).
+ *  - cofre_shim_configure(latency_us, availability_ms): the tests' way to change both
+ *    at run time in a process that already loaded the shim.
  *
  * Built by the test harness (tests/support/cloudhsm_shim.py) into the pytest temp dir:
  *   gcc -shared -fPIC -O2 -I/usr/include/p11-kit-1 cloudhsm_shim.c -o ... -ldl -lpthread
@@ -370,6 +372,14 @@ static void load(void) {
     shim.C_Decrypt = shim_Decrypt;
     shim.C_Sign = shim_Sign;
     shim.C_GenerateRandom = shim_GenerateRandom;
+}
+
+/* Test control, not PKCS#11: change the latency and key-availability window at run time
+ * (the harness calls it through ctypes on the already loaded module). */
+void cofre_shim_configure(long new_latency_us, long new_availability_ms) {
+    pthread_once(&once, load);
+    latency_us = new_latency_us;
+    availability_ms = new_availability_ms;
 }
 
 CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {

@@ -12,6 +12,7 @@ different library, with its own state and its own login, over the same token dir
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -82,6 +83,13 @@ def build_shim(dest: Path) -> CloudHSMShim:
     target = dest / "libsofthsm2-behind-shim.so"
     shutil.copyfile(DEFAULT_SOFTHSM_LIBRARY, target)
     return CloudHSMShim(library=library, target=target)
+
+
+def configure(shim: CloudHSMShim, *, latency_us: int = 0, key_availability_ms: int = 0) -> None:
+    """Change the loaded shim's latency and key-availability window in this process."""
+    module = ctypes.CDLL(str(shim.library))  # the same module python-pkcs11 loaded
+    module.cofre_shim_configure.argtypes = [ctypes.c_long, ctypes.c_long]
+    module.cofre_shim_configure(latency_us, key_availability_ms)
 
 
 def activate(shim: CloudHSMShim, **env: int) -> None:
