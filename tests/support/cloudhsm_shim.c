@@ -379,7 +379,10 @@ static void load(void) {
 void cofre_shim_configure(long new_latency_us, long new_availability_ms) {
     pthread_once(&once, load);
     latency_us = new_latency_us;
+    pthread_mutex_lock(&pending_lock);
     availability_ms = new_availability_ms;
+    memset(pending, 0, sizeof pending); /* keys created before now are available */
+    pthread_mutex_unlock(&pending_lock);
 }
 
 CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {

@@ -1,0 +1,65 @@
+"""`cofre hsm selftest` passes on SoftHSM2 and on the CloudHSM-behaviour shim, and leaves
+no key behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hsm.provider import HSMProvider
+from hsm.selftest import render_table, run_selftest
+from tests.support.cloudhsm_shim import CloudHSMShim
+from tests.support.softhsm import SoftHSMToken
+
+
+def test_selftest_passes_and_cleans_up(hsm_provider: HSMProvider) -> None:
+    before = {k.label for k in hsm_provider.list_keys()}
+    report = run_selftest(hsm_provider, count=5, threads=2)
+    assert report.passed, render_table(report)
+    assert report.wrap_algorithm == "aes-kwp-rfc5649"
+    assert [t.operation for t in report.timings] == [
+        "wrap (generate data key)",
+        "unwrap",
+        "rewrap (KEK rotation)",
+        "hmac-sha256",
+        "ecdsa-p256 sign",
+    ]
+    assert all(t.per_second > 0 and t.p95_ms >= t.p50_ms for t in report.timings)
+    assert {k.label for k in hsm_provider.list_keys()} == before
+    assert "selftest PASSED" in render_table(report)
+
+
+@pytest.mark.parametrize("backend", ["softhsm2", "cloudhsm-shim"])
+def test_cli_selftest_json(
+    backend: str, softhsm_token: SoftHSMToken, cloudhsm_shim: CloudHSMShim
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
+    env.update(
+        COFRE_HSM__TOKEN_LABEL=softhsm_token.label,
+        COFRE_HSM__PIN=softhsm_token.user_pin,
+        COFRE_HSM__SOFTHSM_CONF=str(softhsm_token.conf),
+    )
+    if backend == "cloudhsm-shim":
+        env.update(cloudhsm_shim.env())
+        env["COFRE_HSM__LIBRARY"] = str(cloudhsm_shim.library)
+        env["COFRE_HSM__TOKEN_LABEL"] = softhsm_token.label + "-shim"
+    result = subprocess.run(
+        [sys.executable, "-m", "cofre_cli", "hsm", "selftest", "--json", "--count", "5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] is True
+    expected = (
+        "CLOUDHSM_AES_KEY_WRAP_ZERO_PAD" if backend == "cloudhsm-shim" else "AES_KEY_WRAP_PAD"
+    )
+    assert report["wrap_mechanism"] == expected
+    assert softhsm_token.user_pin not in result.stdout + result.stderr

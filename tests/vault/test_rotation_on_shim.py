@@ -1,0 +1,73 @@
+"""A KEK rotation through the CloudHSM-behaviour shim while the new KEK is not yet
+available (on CloudHSM: not yet on a quorum of HSMs): the batch fails as
+`hsm_unavailable`, nothing is half-written, and the rotation resumes once the key is
+there. The shim is our reading of AWS's documentation, not CloudHSM."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine
+
+from hsm.errors import HSMKeyUnavailable
+from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
+from policies.loader import parse_policy
+from tests.support.cloudhsm_shim import CloudHSMShim, configure
+from tests.vault.conftest import GETNET, PAYMENTS, TEST_POLICY
+from tests.vault.test_rotation import ALICE, BOB, OFFICERS, _pan
+from vault.rotation import KeyRotation
+from vault.service import TokenizeRequest, VaultService
+
+
+@pytest.fixture
+def unavailable_new_keys(
+    cloudhsm_shim: CloudHSMShim, shim_rotation_provider: HSMProvider
+) -> Iterator[HSMProvider]:
+    """New token keys on the shim refused for a minute; the provider gives up at once."""
+    timeout = shim_rotation_provider.key_availability_timeout
+    configure(cloudhsm_shim, key_availability_ms=60_000)
+    shim_rotation_provider.key_availability_timeout = 0
+    yield shim_rotation_provider
+    configure(cloudhsm_shim)
+    shim_rotation_provider.key_availability_timeout = timeout
+
+
+def test_kek_rotation_waits_for_the_new_key(
+    engine: Engine, cloudhsm_shim: CloudHSMShim, unavailable_new_keys: HSMProvider
+) -> None:
+    provider = unavailable_new_keys
+    policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
+    service = VaultService(engine, provider, policy)
+    service.initialize()
+    try:
+        pans = [_pan(900_000 + i) for i in range(20)]
+        tokens = [
+            r.token
+            for r in service.tokenize_batch(
+                PAYMENTS, [TokenizeRequest(p, "pan_bin6_last4") for p in pans]
+            )
+        ]
+        rotation = KeyRotation(
+            engine, provider, service.keyring, lambda: service.policy, destroy_grace=timedelta(0)
+        )
+        ceremony = rotation.propose(ALICE, "kek")
+        assert rotation.approve(BOB, ceremony.id).state == "running"
+        # The new KEK exists but the token refuses it: the batch fails, 503-class.
+        with pytest.raises(HSMKeyUnavailable) as info:
+            rotation.run_pending()
+        assert info.value.code == "hsm_unavailable"
+        assert rotation.status(ALICE, ceremony.id).progress_done == 0
+        # The key reaches its quorum; the same ceremony resumes and finishes.
+        configure(cloudhsm_shim)
+        for _ in range(100):
+            if rotation.status(ALICE, ceremony.id).state == "completed":
+                break
+            rotation.run_pending()
+        assert rotation.status(ALICE, ceremony.id).state == "completed"
+        for pan, token in zip(pans, tokens, strict=True):
+            assert service.detokenize(GETNET, token).pan == pan
+    finally:
+        service.close()
