@@ -303,7 +303,7 @@ class TokenSession:
                 broken = False
                 try:
                     if pooled is None:
-                        pooled = _Pooled(self._open_session(), self._epoch)
+                        pooled = _Pooled(self._translate(self._open_session), self._epoch)
                     self._local.pooled = pooled
                     return self._translate(functools.partial(operation, pooled.session))
                 except _KeyHandleRefused as refused:

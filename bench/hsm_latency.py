@@ -1,0 +1,118 @@
+"""A networked HSM (issue 19): single tokenize over mutual TLS at 32 keep-alive clients,
+through the CloudHSM-behaviour shim (tests/support/cloudhsm_shim.c, our reading of AWS's
+documentation, not CloudHSM) with 0 and 1 ms slept before every PKCS#11 call it
+forwards, in the same run, on SQLite. An HMAC fingerprint is two calls (C_SignInit,
+C_Sign), so a tokenize pays at least 2 ms of "network". Goal: with 1 ms per call the
+rate keeps >= 70% of the no-latency rate. A third row runs the same latency with a
+session pool of one, which is what the node had before the pool; the fourth, no latency
+and a pool of one, shows what SoftHSM2's own locking (CKF_OS_LOCKING_OK, which the shim
+asks for) costs or buys on this machine.
+
+Run: .venv/bin/python -m bench.hsm_latency [--seconds 5] [--pool 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.api import _load, _wait
+from cofre_cli.devenv import DEV_POLICY
+from hsm.softhsm import init_softhsm_token, write_softhsm_conf
+from tests.support.cloudhsm_shim import build_shim
+from tests.support.postgres import free_port
+
+CLIENTS = 32
+
+
+def main(seconds: float, pool: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        from api.pki import ensure_dev_pki
+
+        tmp = Path(tmp_name)
+        pki = ensure_dev_pki(tmp / "pki")
+        shim = build_shim(tmp / "shim")
+        conf = tmp / "softhsm2.conf"
+        write_softhsm_conf(conf, tmp / "tokens")
+        pin = secrets.token_urlsafe(12)
+        init_softhsm_token(conf, "bench", so_pin=secrets.token_urlsafe(12), user_pin=pin)
+        (tmp / "pin").write_text(pin)
+        policy = tmp / "policy.toml"
+        policy.write_text(
+            DEV_POLICY.replace(
+                "per_second = 2000, burst = 4000", "per_second = 1000000, burst = 1000000"
+            )
+        )
+        port = free_port()
+        config = tmp / "cofre.toml"
+        config.write_text(
+            f'data_dir = "{tmp}"\npolicy_file = "{policy}"\n'
+            f'[hsm]\nlibrary = "{shim.library}"\ntoken_label = "bench"\n'
+            f'pin_file = "{tmp / "pin"}"\nsofthsm_conf = "{conf}"\n'
+            f'[server]\nport = {port}\nca_bundle = "{pki.ca}"\ncert_file = "{pki.server_cert}"\n'
+            f'key_file = "{pki.server_key}"\n'
+        )
+        base_env = {**os.environ, **shim.env()}
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import os,sys; os.environ['COFRE_CONFIG']=sys.argv[1];"
+                "from cofre.settings import load_settings; from cofre_cli.wiring import open_hsm;"
+                "from hsm.keys import KeyHierarchy; KeyHierarchy(open_hsm(load_settings()))"
+                ".initialize()",
+                str(config),
+            ],
+            env=base_env,
+            check=True,
+        )
+        url = f"https://127.0.0.1:{port}"
+        rows = []
+        for index, (latency_us, pool_size) in enumerate(
+            ((0, pool), (1000, pool), (1000, 1), (0, 1))
+        ):
+            env = {
+                **base_env,
+                **shim.env(latency_us=latency_us),
+                "COFRE_HSM__SESSION_POOL_SIZE": str(pool_size),
+            }
+            server = subprocess.Popen(
+                [sys.executable, "-m", "bench._servers", "vault", str(config)], env=env
+            )
+            try:
+                _wait(pki, url, server)
+                result = _load(pki, url, CLIENTS, seconds, (index + 1) * 100_000_000)
+            finally:
+                server.terminate()
+                server.wait()
+            rows.append((latency_us, pool_size, result))
+    base = rows[0][2]["req_per_s"]
+    print(f"single tokenize over mTLS, {CLIENTS} keep-alive clients, SQLite, CloudHSM shim:")
+    print(
+        f"{'ms/call':>8} {'pool':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'errors':>7} {'vs 0 ms':>8}"
+    )
+    for latency_us, pool_size, row in rows:
+        print(
+            f"{latency_us / 1000:>8.1f} {pool_size:>5} {row['req_per_s']:>9,.0f} "
+            f"{row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['errors']:>7.0f} "
+            f"{row['req_per_s'] / base:>7.0%}"
+        )
+    kept = rows[1][2]["req_per_s"] / base
+    print(
+        f"goal: with 1 ms per HSM call, >= 70% of the no-latency rate: {kept:.0%} "
+        + ("(met)" if kept >= 0.70 else "(NOT met)")
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--pool", type=int, default=16)
+    args = parser.parse_args()
+    main(args.seconds, args.pool)
