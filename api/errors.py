@@ -8,7 +8,8 @@ IN PCI SCOPE.
         │                       or one that is not a client certificate: no URI SAN, CA:TRUE,
         │                       no clientAuth extended key usage)
         ├── IdentityAmbiguous   code identity_ambiguous (more than one URI SAN)
-        └── Draining            code not_ready (a stop signal arrived; finishing in-flight work)
+        ├── Draining            code not_ready (a stop signal arrived; finishing in-flight work)
+        └── PKIError            code pki_error (the dev PKI cannot issue or read a certificate)
 """
 
 from __future__ import annotations
@@ -30,3 +31,7 @@ class IdentityAmbiguous(IdentityMissing):
 
 class Draining(ApiError):
     code = "not_ready"
+
+
+class PKIError(ApiError):
+    code = "pki_error"

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from api.errors import ApiError
+from api.errors import PKIError
 
 SPIFFE_PREFIX: Final = "spiffe://cofre/"
 DEV_IDENTITIES: Final = (
@@ -37,10 +37,6 @@ DEV_IDENTITIES: Final = (
 _NAME: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _CA_DAYS: Final = 3650
 _LEAF_DAYS: Final = 825
-
-
-class PKIError(ApiError):
-    code = "pki_error"
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,12 @@ and kind, or by the masked form.
         ├── BatchItemInvalid        (also ValueError)  code batch_item_invalid
         ├── RelayBodyInvalid        (also ValueError)  code invalid_relay_body
         ├── UpstreamTimeout                            code upstream_timeout
-        └── UpstreamUnavailable                        code upstream_unavailable
-        └── StorageUnavailable                         code storage_unavailable
-            └── SchemaMismatch                         code schema_mismatch
+        ├── UpstreamUnavailable                        code upstream_unavailable
+        ├── StorageUnavailable                         code storage_unavailable
+        │   └── SchemaMismatch                         code schema_mismatch
+        ├── DataKeyMissing                             code data_key_missing
+        ├── CeremonyError                              code ceremony_invalid
+        └── CeremonyNotFound                           code ceremony_not_found
 """
 
 from __future__ import annotations
@@ -132,3 +135,19 @@ class SchemaMismatch(StorageUnavailable):
     migrate`), or newer and not declared compatible with it."""
 
     code = "schema_mismatch"
+
+
+class DataKeyMissing(VaultError):
+    """No data key of the wanted purpose and version is stored (the keyring is not set up)."""
+
+    code = "data_key_missing"
+
+
+class CeremonyError(VaultError):
+    """A key ceremony cannot do that now (self-approval, expired, another one open)."""
+
+    code = "ceremony_invalid"
+
+
+class CeremonyNotFound(VaultError):
+    code = "ceremony_not_found"

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, insert, select
 from audit.schema import READ_ONLY
 from hsm.keys import KeyHierarchy, KeyKind
 from hsm.provider import HSMProvider, WrappedKey, wipe
-from vault.errors import VaultError
+from vault.errors import DataKeyMissing
 from vault.fpe.ff1 import FF1
 from vault.storage.schema import data_keys
 
@@ -48,10 +48,6 @@ def pan_aad(token_id: str, token: str, version: int) -> bytes:
     """The AES-GCM associated data of a stored PAN: binds the ciphertext to its row, its
     token and its key version, so a ciphertext moved elsewhere fails authentication."""
     return f"cofre:pan:v1|{token_id}|{token}|{version}".encode()
-
-
-class DataKeyMissing(VaultError):
-    code = "data_key_missing"
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from hsm.provider import HSMProvider, WrappedKey
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.models import Action
-from vault.errors import VaultError
+from vault.errors import CeremonyError, CeremonyNotFound
 from vault.keyring import DataKeyring, KeyPurpose, KeyState, pan_aad
 from vault.storage.database import as_utc
 from vault.storage.schema import data_keys, key_approvals, key_ceremonies, tokens
@@ -69,14 +69,6 @@ class CeremonyState(StrEnum):
     COMPLETED = "completed"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
-
-
-class CeremonyError(VaultError):
-    code = "ceremony_invalid"
-
-
-class CeremonyNotFound(VaultError):
-    code = "ceremony_not_found"
 
 
 @dataclass(frozen=True)
