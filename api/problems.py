@@ -55,6 +55,8 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "hsm_unavailable": (503, "The HSM is unavailable"),
     "storage_unavailable": (503, "The token store is unavailable"),
     "audit_unavailable": (503, "The audit log cannot be written; nothing was done"),
+    "audit_read_unavailable": (503, "The audit log cannot be read"),
+    "evidence_unavailable": (503, "The evidence cannot be read from the database"),
     "data_key_missing": (503, "The vault's data keys are not set up"),
     "not_ready": (503, "The vault is not ready"),
     "hsm_error": (503, "The HSM refused the operation"),

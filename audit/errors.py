@@ -6,6 +6,7 @@ IN PCI SCOPE.
     └── AuditError
         ├── ProofError          (also ValueError)  a Merkle proof does not verify
         ├── AuditWriteFailed                       code audit_unavailable (fail closed)
+        ├── AuditReadFailed                        code audit_read_unavailable
         └── AuditVerificationFailed                the stored log does not match its heads
 """
 
@@ -24,6 +25,12 @@ class ProofError(AuditError, ValueError):
 
 class AuditWriteFailed(AuditError):
     code = "audit_unavailable"
+
+
+class AuditReadFailed(AuditError):
+    """The audit log could not be read (the database is down or refused the query)."""
+
+    code = "audit_read_unavailable"
 
 
 class AuditVerificationFailed(AuditError):

@@ -12,12 +12,13 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, and_, func, or_, select
 
-from audit.errors import AuditVerificationFailed, ProofError
+from audit.errors import AuditReadFailed, AuditVerificationFailed, ProofError
 from audit.heads import SignedTreeHead, verify_tree_head
 from audit.merkle import (
     consistency_proof_from,
@@ -35,6 +36,7 @@ from audit.schema import (
     audit_queue,
 )
 from audit.sequencer import frontier_root, tree_size
+from cofre.dberrors import database_errors_as
 
 
 class _RecordingSource:
@@ -85,24 +87,31 @@ class AuditStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine.execution_options(**READ_ONLY)
 
+    @contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        """Every read goes through here: a database outage leaves the audit package as
+        `AuditReadFailed` (503), never as a driver error."""
+        with database_errors_as(AuditReadFailed, "the audit log"), self._engine.connect() as c:
+            yield c
+
     def size(self) -> int:
-        with self._engine.connect() as connection:
+        with self._connect() as connection:
             return tree_size(connection)
 
     def heads(self) -> list[SignedTreeHead]:
-        with self._engine.connect() as connection:
+        with self._connect() as connection:
             rows = connection.execute(select(audit_heads).order_by(audit_heads.c.tree_size)).all()
         return [_head(row) for row in rows]
 
     def latest_head(self) -> SignedTreeHead | None:
-        with self._engine.connect() as connection:
+        with self._connect() as connection:
             row = connection.execute(
                 select(audit_heads).order_by(audit_heads.c.tree_size.desc()).limit(1)
             ).first()
         return None if row is None else _head(row)
 
     def head_at(self, size: int) -> SignedTreeHead | None:
-        with self._engine.connect() as connection:
+        with self._connect() as connection:
             row = connection.execute(
                 select(audit_heads).where(audit_heads.c.tree_size == size)
             ).first()
@@ -110,7 +119,7 @@ class AuditStore:
 
     def entry(self, index: int) -> str:
         """Return the canonical JSON of the entry at leaf `index`. Raises `ProofError`."""
-        with self._engine.connect() as connection:
+        with self._connect() as connection:
             payload = connection.execute(
                 select(audit_entries.c.payload)
                 .join(audit_leaves, audit_leaves.c.entry_id == audit_entries.c.id)
@@ -130,7 +139,7 @@ class AuditStore:
         )
         if end is not None:
             query = query.where(audit_leaves.c.leaf_index < end)
-        with self._engine.connect() as connection:
+        with self._connect() as connection:
             result = connection.execution_options(yield_per=2000).execute(query)
             try:
                 for row in result:
@@ -141,7 +150,7 @@ class AuditStore:
     def _fetch(self, wanted: set[tuple[int, int]]) -> _DictSource:
         nodes: dict[tuple[int, int], bytes] = {}
         keys = sorted(wanted)
-        with self._engine.connect() as connection:
+        with self._connect() as connection:
             for chunk in range(0, len(keys), 200):
                 part = keys[chunk : chunk + 200]
                 rows = connection.execute(
@@ -217,7 +226,7 @@ class AuditStore:
             )
             .order_by(audit_leaves.c.leaf_index)
         )
-        with self._engine.connect() as connection:
+        with self._connect() as connection:
             result = connection.execution_options(yield_per=5000).execute(query)
             try:
                 for row in result:
@@ -275,7 +284,7 @@ class AuditStore:
         )
 
     def _stored_leaf_hashes(self) -> dict[int, bytes]:
-        with self._engine.connect() as connection:
+        with self._connect() as connection:
             rows = connection.execute(
                 select(audit_nodes.c.idx, audit_nodes.c.hash).where(audit_nodes.c.level == 0)
             )

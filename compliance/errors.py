@@ -5,7 +5,8 @@ IN PCI SCOPE.
     CofreError
     └── ComplianceError
         ├── BundleInvalid       an evidence bundle failed verification
-        └── ChainBroken         a chained bundle would leave a gap or an overlap
+        ├── ChainBroken         a chained bundle would leave a gap or an overlap
+        └── EvidenceUnavailable the database could not be read for the bundle (503)
 """
 
 from __future__ import annotations
@@ -23,3 +24,7 @@ class BundleInvalid(ComplianceError):
 
 class ChainBroken(ComplianceError):
     code = "evidence_chain_broken"
+
+
+class EvidenceUnavailable(ComplianceError):
+    code = "evidence_unavailable"

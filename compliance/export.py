@@ -25,7 +25,8 @@ from audit.schema import READ_ONLY, audit_entries, audit_leaves
 from audit.sequencer import Sequencer
 from audit.store import AuditStore
 from cofre import __version__
-from compliance.errors import ChainBroken, ComplianceError
+from cofre.dberrors import database_errors_as
+from compliance.errors import ChainBroken, ComplianceError, EvidenceUnavailable
 from compliance.verifier import BUNDLE_FORMAT, MANIFEST, POLICY_ACTIONS, SIGNATURE
 
 ALL_PROOFS_UP_TO: Final = 5000
@@ -65,6 +66,8 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+# A database outage while the bundle is read leaves as `EvidenceUnavailable` (503).
+@database_errors_as(EvidenceUnavailable, "the evidence sources")
 def build_bundle(
     engine: Engine,
     signer: TreeHeadSigner,
@@ -78,7 +81,8 @@ def build_bundle(
 ) -> bytes:
     """Return the bundle (tar.gz bytes) for audit entries created in [from, to).
 
-    Raises `ComplianceError` for an empty or inverted period.
+    Raises `ComplianceError` for an empty or inverted period, `EvidenceUnavailable` when
+    the database cannot be read.
     """
     if period_to <= period_from:
         raise ComplianceError("the period must end after it starts")

@@ -24,7 +24,8 @@ from __future__ import annotations
 import secrets
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -34,12 +35,13 @@ from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select,
 
 from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
 from audit.schema import READ_ONLY
+from cofre.dberrors import database_errors_as
 from hsm.keys import KeyHierarchy, KeyKind, key_label
 from hsm.provider import HSMProvider, WrappedKey
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.models import Action
-from vault.errors import CeremonyError, CeremonyNotFound
+from vault.errors import CeremonyError, CeremonyNotFound, StorageUnavailable
 from vault.keyring import DataKeyring, KeyPurpose, KeyState, pan_aad
 from vault.storage.database import as_utc
 from vault.storage.schema import data_keys, key_approvals, key_ceremonies, tokens
@@ -130,6 +132,21 @@ class KeyRotation:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ helpers
+    # Every database call of a ceremony goes through these two, so a database outage
+    # leaves this package as `StorageUnavailable` (503), never as a driver error.
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with (
+            database_errors_as(StorageUnavailable, "the key store"),
+            self._engine.begin() as connection,
+        ):
+            yield connection
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with database_errors_as(StorageUnavailable, "the key store"), self._reader.connect() as c:
+            yield c
+
     def _officer(self, identity: str, request_id: str) -> None:
         try:
             self._policy().authorize(identity, Action.KEY_ADMIN)
@@ -158,7 +175,7 @@ class KeyRotation:
         if connection is not None:
             self._audit.append(connection, event)
             return
-        with self._engine.begin() as own:
+        with self._write() as own:
             self._audit.append(own, event)
 
     def _needed(self) -> int:
@@ -212,7 +229,7 @@ class KeyRotation:
             raise CeremonyError("kind must be data, kek or fingerprint") from None
         now = self._clock()
         ceremony_id = str(uuid.uuid4())
-        with self._engine.begin() as connection:
+        with self._write() as connection:
             open_states = [CeremonyState.PENDING.value, CeremonyState.RUNNING.value]
             for row in connection.execute(
                 select(key_ceremonies).where(
@@ -262,7 +279,7 @@ class KeyRotation:
             raise CeremonyError("the proposer cannot approve their own request") from None
 
     def _approve(self, identity: str, ceremony_id: str, request_id: str | None) -> Ceremony:
-        with self._engine.begin() as connection:
+        with self._write() as connection:
             row = self._load(connection, ceremony_id)
             view = self._view(connection, row)
             if view.state != CeremonyState.PENDING:
@@ -291,7 +308,7 @@ class KeyRotation:
 
     def cancel(self, identity: str, ceremony_id: str, request_id: str | None = None) -> Ceremony:
         self._officer(identity, request_id or "")
-        with self._engine.begin() as connection:
+        with self._write() as connection:
             view = self._view(connection, self._load(connection, ceremony_id))
             if view.state != CeremonyState.PENDING:
                 raise CeremonyError(f"ceremony {ceremony_id} is {view.state}: too late to cancel")
@@ -313,7 +330,7 @@ class KeyRotation:
 
     def status(self, identity: str, ceremony_id: str) -> Ceremony:
         self._officer(identity, "")
-        with self._reader.connect() as connection:
+        with self._read() as connection:
             return self._view(connection, self._load(connection, ceremony_id))
 
     def list_ceremonies(self, identity: str) -> list[Ceremony]:
@@ -322,7 +339,7 @@ class KeyRotation:
 
     def ceremonies(self) -> list[Ceremony]:
         """Every ceremony (for evidence bundles; callers authorise)."""
-        with self._reader.connect() as connection:
+        with self._read() as connection:
             rows = connection.execute(
                 select(key_ceremonies).order_by(key_ceremonies.c.created_at)
             ).all()
@@ -336,7 +353,7 @@ class KeyRotation:
 
     def key_inventory(self) -> dict[str, Any]:
         """The inventory without an authorisation check (for evidence bundles)."""
-        with self._reader.connect() as connection:
+        with self._read() as connection:
             counts: dict[int, int] = dict(
                 connection.execute(
                     select(tokens.c.key_version, func.count())
@@ -462,7 +479,7 @@ class KeyRotation:
         each batch re-selects what is left inside its own transaction."""
         moved = 0
         with self._lock:
-            with self._reader.connect() as connection:
+            with self._read() as connection:
                 running = connection.execute(
                     select(key_ceremonies).where(
                         key_ceremonies.c.state.in_(
@@ -479,7 +496,7 @@ class KeyRotation:
 
     def _step(self, row: Row[Any], batch: int) -> int:
         kind = RotationKind(row.kind)
-        with self._engine.begin() as connection:
+        with self._write() as connection:
             if kind is RotationKind.DATA:
                 moved = self._reencrypt(connection, row, batch)
             elif kind is RotationKind.KEK:
@@ -615,7 +632,7 @@ class KeyRotation:
             return
         key_kind = KeyKind.KEK if row.kind == RotationKind.KEK.value else KeyKind.FINGERPRINT
         label = key_label(key_kind, int(row.old_version))
-        with self._engine.begin() as connection:
+        with self._write() as connection:
             if self._provider.has_key(label):
                 self._provider.destroy_key(label)
             connection.execute(

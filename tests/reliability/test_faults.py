@@ -225,3 +225,55 @@ def test_sqlite_disk_full(tmp_path: Path, softhsm_token: SoftHSMToken, small_dis
         assert tokens >= before[0]
     finally:
         vault.stop()
+
+
+def test_postgres_stopped_under_keys_audit_and_evidence(
+    vault_on_pg: tuple[VaultProcess, PostgresCluster],
+) -> None:
+    """Key administration, audit reads and evidence export with the database down: each
+    answers 503 problem+json with a storage or audit code (never 500 internal_error), and
+    answers again once the database is back."""
+    vault, cluster = vault_on_pg
+    with vault.client("officer-alice") as officer:
+        ceremony = officer.post("/v1/admin/keys/rotations", json={"kind": "data"})
+        assert ceremony.status_code == 201, ceremony.text
+        ceremony_id = ceremony.json()["id"]
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    calls = [
+        ("officer-alice", "GET", "/v1/admin/keys", None),
+        ("officer-alice", "GET", "/v1/admin/keys/rotations", None),
+        ("officer-alice", "GET", f"/v1/admin/keys/rotations/{ceremony_id}", None),
+        ("officer-alice", "POST", "/v1/admin/keys/rotations", {"kind": "kek"}),
+        ("officer-bob", "POST", f"/v1/admin/keys/rotations/{ceremony_id}/approve", None),
+        ("officer-alice", "POST", f"/v1/admin/keys/rotations/{ceremony_id}/cancel", None),
+        ("auditor", "GET", "/v1/audit/head", None),
+        ("auditor", "GET", "/v1/audit/proof/inclusion?index=0", None),
+        ("auditor", "GET", "/v1/audit/proof/consistency?size1=1", None),
+        ("auditor", "POST", "/v1/evidence", {"from": "2020-01-01", "to": today}),
+    ]
+    cluster.stop("immediate")
+    answers: dict[str, tuple[int, str]] = {}
+    for identity, method, path, body in calls:
+        with vault.client(identity) as client:
+            response = client.request(method, path, json=body)
+        assert response.headers["content-type"].startswith("application/problem+json"), path
+        answers[path + " " + method] = (response.status_code, response.json()["code"])
+    cluster.start()
+    wrong = {
+        call: answer
+        for call, answer in answers.items()
+        if answer[0] != 503
+        or answer[1]
+        not in {
+            "storage_unavailable",
+            "audit_unavailable",
+            "audit_read_unavailable",
+            "evidence_unavailable",
+        }
+    }
+    assert wrong == {}
+    deadline = time.monotonic() + 30
+    with vault.client("officer-alice") as officer:
+        while officer.get("/v1/admin/keys").status_code != 200:
+            assert time.monotonic() < deadline, "the vault did not recover"
+            time.sleep(0.2)
