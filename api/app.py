@@ -73,6 +73,8 @@ class AppState:
     telemetry: Telemetry
     rotation: KeyRotation | None = None
     evidence: Callable[[CallContext, EvidenceRequest], bytes] | None = None
+    # /docs and /openapi.json (`cofre dev`; off in `cofre serve` unless configured).
+    api_docs: bool = False
 
 
 def _request_id(request: Request) -> str:
@@ -132,6 +134,12 @@ def create_app(state: AppState) -> FastAPI:  # noqa: PLR0915 - one route table
             "problem+json with a stable `code`."
         ),
         responses=_ERRORS,
+        # A trailing slash answered 307 with a Location built from the Host header.
+        redirect_slashes=False,
+        # The schema tells every identity the whole API surface: on only in `cofre dev`.
+        docs_url="/docs" if state.api_docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if state.api_docs else None,
     )
     service = state.service
 
@@ -419,13 +427,25 @@ def create_app(state: AppState) -> FastAPI:  # noqa: PLR0915 - one route table
 
     @app.get("/readyz", response_model=HealthResponse, tags=["health"])
     def readyz() -> HealthResponse:
-        """HSM session works, database reachable, audit sequencer alive."""
-        return HealthResponse(status="ready", checks=state.check_ready())
+        """HSM session works, database reachable, audit sequencer alive, CRL (when
+        configured) loaded and not expired."""
+        checks = state.check_ready()
+        for name, check in app.state.ready_checks:
+            check()
+            checks[name] = "ok"
+        return HealthResponse(status="ready", checks=checks)
+
+    app.state.ready_checks = []
 
     # The OpenAPI stub has no service: no audit there.
     recorder = getattr(service, "record", None)
     app.add_middleware(RequestGuard, telemetry=state.telemetry, recorder=recorder)
     return app
+
+
+def add_ready_check(app: FastAPI, name: str, check: Callable[[], None]) -> None:
+    """Make `/readyz` also run `check` (which raises a `CofreError` when not ready)."""
+    app.state.ready_checks.append((name, check))
 
 
 def openapi_document() -> dict[str, Any]:

@@ -8,6 +8,8 @@ IN PCI SCOPE.
         │                       or one that is not a client certificate: no URI SAN, CA:TRUE,
         │                       no clientAuth extended key usage)
         ├── IdentityAmbiguous   code identity_ambiguous (more than one URI SAN)
+        ├── CrlExpired          code crl_expired (the CRL is past nextUpdate: readiness fails)
+        ├── CrlInvalid          code crl_invalid (the CRL file could not be loaded)
         ├── Draining            code not_ready (a stop signal arrived; finishing in-flight work)
         └── PKIError            code pki_error (the dev PKI cannot issue or read a certificate)
 """
@@ -27,6 +29,14 @@ class IdentityMissing(ApiError):
 
 class IdentityAmbiguous(IdentityMissing):
     code = "identity_ambiguous"
+
+
+class CrlExpired(ApiError):
+    code = "crl_expired"
+
+
+class CrlInvalid(ApiError):
+    code = "crl_invalid"
 
 
 class Draining(ApiError):

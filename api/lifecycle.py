@@ -22,9 +22,13 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING
 
 import structlog
 import uvicorn
+
+if TYPE_CHECKING:
+    from api.crl import CrlWatcher
 
 _log = structlog.get_logger("cofre.lifecycle")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -48,6 +52,9 @@ class Readiness:
 class ManagedServer(uvicorn.Server):
     """A uvicorn server whose stop is decided by `run_until_stopped`, not by uvicorn's
     process-wide signal handlers."""
+
+    # Set by `api.server.build_server` when a CRL is configured; SIGHUP reloads it.
+    crl_watcher: CrlWatcher | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -128,3 +135,5 @@ async def _serve(
             loop.remove_signal_handler(signum)
         if on_reload is not None:
             loop.remove_signal_handler(signal.SIGHUP)
+        if api.crl_watcher is not None:
+            api.crl_watcher.stop()

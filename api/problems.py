@@ -59,6 +59,8 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "evidence_unavailable": (503, "The evidence cannot be read from the database"),
     "data_key_missing": (503, "The vault's data keys are not set up"),
     "not_ready": (503, "The vault is not ready"),
+    "crl_expired": (503, "The certificate revocation list has expired"),
+    "crl_invalid": (503, "The certificate revocation list could not be loaded"),
     "hsm_error": (503, "The HSM refused the operation"),
     "hsm_key_not_found": (503, "A key the vault needs is not on the HSM"),
     "hsm_mechanism_unsupported": (503, "The HSM lacks a mechanism the vault needs"),

@@ -19,6 +19,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from api.app import add_ready_check
+from api.crl import CrlWatcher
 from api.errors import ApiError
 from api.lifecycle import ManagedServer
 from api.tls import TLSIdentityH11Protocol, harden_server_context
@@ -79,12 +81,15 @@ def build_server(
     port: int,
     tls: TLSFiles,
     *,
-    min_tls_version: str = "1.2",
+    min_tls_version: str = "1.3",
     log_level: str = "INFO",
     graceful_timeout: int | None = None,
+    crl_reload_seconds: float = 30.0,
 ) -> ManagedServer:
     """Return a configured (not yet started) uvicorn server for `app`; on stop,
     in-flight requests get `graceful_timeout` seconds (None: as long as they take).
+    With a CRL, the server's `crl_watcher` reloads it when the file changes (polled
+    every `crl_reload_seconds`) and adds its expiry to the app's readiness checks.
 
     Raises `ApiError` when a TLS file is missing.
     """
@@ -109,17 +114,22 @@ def build_server(
     )
     config.load()
     assert config.ssl is not None  # noqa: S101 - load() builds it from the files above
-    harden_server_context(
-        config.ssl, min_version=min_tls_version, crl_file=str(tls.crl) if tls.crl else None
-    )
-    return ManagedServer(config)
+    harden_server_context(config.ssl, min_version=min_tls_version, crl_check=tls.crl is not None)
+    server = ManagedServer(config)
+    if tls.crl is not None:
+        watcher = CrlWatcher(tls.crl, config.ssl)
+        watcher.reload()
+        watcher.start(crl_reload_seconds)
+        server.crl_watcher = watcher
+        add_ready_check(app, "crl", watcher.check)
+    return server
 
 
 class BackgroundServer:
     """A server in a thread (tests and `cofre dev` use it; `cofre serve` runs in the
     foreground)."""
 
-    def __init__(self, server: uvicorn.Server) -> None:
+    def __init__(self, server: ManagedServer) -> None:
         self.server = server
         self._thread = threading.Thread(target=server.run, name="cofre-api", daemon=True)
 
@@ -138,3 +148,6 @@ class BackgroundServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self._thread.join(timeout=15)
+        watcher = getattr(self.server, "crl_watcher", None)
+        if watcher is not None:
+            watcher.stop()

@@ -139,17 +139,17 @@ def certificate_summary(pem: str) -> tuple[str, str, str]:
 
 
 def harden_server_context(
-    context: ssl.SSLContext, *, min_version: str, crl_file: str | None = None
+    context: ssl.SSLContext, *, min_version: str, crl_check: bool = False
 ) -> None:
     """Apply Cofre's TLS policy to uvicorn's server context: client certificates
-    required, a TLS floor (1.2 or 1.3), no compression or renegotiation, and CRL checking
-    of the client's leaf certificate when a CRL is configured."""
+    required, a TLS floor (1.3 unless 1.2 is asked for), no compression or
+    renegotiation, and CRL checking of the client's leaf certificate when `crl_check`
+    (the CRL itself is loaded by `api.crl.CrlWatcher`)."""
     context.verify_mode = ssl.CERT_REQUIRED
     context.minimum_version = (
         ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     )
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
-    if crl_file:
-        context.load_verify_locations(cafile=crl_file)
+    if crl_check:
         context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF

@@ -127,11 +127,17 @@ class ServerSettings(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8443, ge=1, le=65535)
-    min_tls_version: TLSVersion = TLSVersion.TLS1_2
+    # TLS 1.3 unless 1.2 is set explicitly (for clients that cannot do 1.3 yet).
+    min_tls_version: TLSVersion = TLSVersion.TLS1_3
     ca_bundle: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     crl_file: Path | None = None
+    # How often the CRL file is checked for a change (it is also reloaded on SIGHUP).
+    crl_reload_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # /docs and /openapi.json: the whole API surface for any identity. `cofre dev` turns
+    # them on; production leaves them off (docs/openapi.json is the same document).
+    api_docs: bool = False
     # The plain-HTTP health listener (/livez, /readyz only: no card data, no identity)
     # for probes that cannot present a client certificate (the kubelet's). Off when no
     # port is set.

@@ -127,4 +127,6 @@ def ensure_dev_environment(data_dir: Path, port: int = 8443) -> DevEnvironment:
 def dev_settings(env: DevEnvironment) -> Settings:
     """Return the settings of the dev environment (its TOML file, then COFRE_* variables)."""
     os.environ["COFRE_CONFIG"] = str(env.config_file)
+    # The interactive API docs are a development aid: on here, off in `cofre serve`.
+    os.environ.setdefault("COFRE_SERVER__API_DOCS", "true")
     return load_settings()

@@ -7,6 +7,7 @@ next to the CLI (import-linter allows the top layer to import every package).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -238,6 +239,7 @@ def build_runtime(
             telemetry=telemetry,
             rotation=rotation,
             evidence=evidence,
+            api_docs=settings.server.api_docs,
         )
     )
     return Runtime(
@@ -390,11 +392,16 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
             min_tls_version=server.min_tls_version.value,
             log_level=settings.log_level,
             graceful_timeout=server.drain_timeout_seconds,
+            crl_reload_seconds=server.crl_reload_seconds,
         )
+        watcher = api.crl_watcher
+        check_ready = runtime.check_ready
+        if watcher is not None:
+            check_ready = functools.partial(_with_crl, runtime.check_ready, watcher.check)
         health = None
         if server.health_port is not None:
             health = build_health_server(
-                runtime.check_ready,
+                check_ready,
                 runtime.readiness,
                 server.health_host,
                 server.health_port,
@@ -405,9 +412,31 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
             health,
             runtime.readiness,
             drain_delay=server.drain_delay_seconds,
-            on_reload=runtime.reload_policy,
+            on_reload=runtime.reload_policy
+            if watcher is None
+            else functools.partial(_reload_all, runtime.reload_policy, watcher.reload),
         )
     finally:
         runtime.close()
         if stop_metrics is not None:
             stop_metrics()
+
+
+def _with_crl(check_ready: Callable[[], dict[str, str]], crl: Callable[[], None]) -> dict[str, str]:
+    """The runtime's readiness plus the CRL's (the plain-HTTP health listener's view)."""
+    checks = check_ready()
+    crl()
+    checks["crl"] = "ok"
+    return checks
+
+
+def _reload_all(*reloads: Callable[[], object]) -> None:
+    """SIGHUP: every reload, the CRL's even when the policy's fails."""
+    errors: list[Exception] = []
+    for reload in reloads:
+        try:
+            reload()
+        except Exception as exc:  # noqa: BLE001 - re-raised after the others ran
+            errors.append(exc)
+    if errors:
+        raise errors[0]

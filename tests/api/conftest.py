@@ -20,6 +20,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from api.crl import CrlWatcher
 from api.observability import (
     configure_logging,
     make_telemetry,
@@ -28,7 +29,7 @@ from api.observability import (
 )
 from api.pki import DevPKI, ensure_dev_pki, issue_client
 from api.server import BackgroundServer, TLSFiles, build_server
-from cofre.settings import AuditSettings, DatabaseSettings, Settings
+from cofre.settings import AuditSettings, DatabaseSettings, ServerSettings, Settings
 from cofre_cli.devenv import DEV_POLICY
 from cofre_cli.wiring import Runtime, build_runtime
 from hsm.provider import HSMProvider
@@ -54,6 +55,8 @@ class VaultServer:
     spans: InMemorySpanExporter
     metrics: InMemoryMetricReader
     logs: io.StringIO
+    # The server's CRL watcher when started with a CRL (tests reload it by hand).
+    crl_watcher: CrlWatcher | None = None
 
     def client(self, name: str | None = "payments", *, pki: DevPKI | None = None) -> httpx.Client:
         context = ssl.create_default_context(cafile=str(self.pki.ca))
@@ -86,9 +89,11 @@ def running_vault(
     database_url: str | None = None,
     extra_policy: str = "",
     crl: Callable[[DevPKI], Path] | None = None,
+    *,
+    api_docs: bool = False,
 ) -> Iterator[VaultServer]:
     """A vault server for the duration of the block; its telemetry is saved at the end."""
-    vault, server = _start_server(tmp, provider, database_url, extra_policy, crl)
+    vault, server = _start_server(tmp, provider, database_url, extra_policy, crl, api_docs=api_docs)
     try:
         yield vault
     finally:
@@ -103,6 +108,8 @@ def _start_server(
     database_url: str | None = None,
     extra_policy: str = "",
     crl: Callable[[DevPKI], Path] | None = None,
+    *,
+    api_docs: bool = False,
 ) -> tuple[VaultServer, BackgroundServer]:
     pki = ensure_dev_pki(tmp / "pki")
     issue_client(pki, "stranger")
@@ -117,6 +124,7 @@ def _start_server(
         if database_url is None
         else DatabaseSettings.model_validate({"url": database_url}),
         audit=AuditSettings(sign_every_entries=50, sign_every_seconds=1.0),
+        server=ServerSettings(api_docs=api_docs),
     )
     spans = InMemorySpanExporter()
     tracer_provider = new_tracer_provider()
@@ -145,9 +153,18 @@ def _start_server(
         )
     )
     server.start()
-    return VaultServer(
-        tmp, f"https://127.0.0.1:{port}", pki, other, runtime, spans, metrics, logs
-    ), server
+    vault = VaultServer(
+        tmp,
+        f"https://127.0.0.1:{port}",
+        pki,
+        other,
+        runtime,
+        spans,
+        metrics,
+        logs,
+        crl_watcher=server.server.crl_watcher,
+    )
+    return vault, server
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ def test_committed_document_matches_the_app() -> None:
     )
 
 
-def test_served_document_matches(vault_server: VaultServer) -> None:
+def test_served_document_is_off_in_production(vault_server: VaultServer) -> None:
+    """`cofre serve` does not serve the schema (tests/api/test_transport.py checks that
+    `cofre dev`'s setting serves exactly the committed document)."""
     with vault_server.client("payments") as c:
-        served = c.get("/openapi.json").json()
-    assert served == json.loads(COMMITTED.read_text())
+        assert c.get("/openapi.json").status_code == 404

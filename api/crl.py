@@ -1,0 +1,119 @@
+"""The client-certificate revocation list: loaded into the live TLS context when its file
+changes (polled) or on SIGHUP, and checked for expiry by readiness.
+
+IN PCI SCOPE. OpenSSL refuses every client once the CRL it holds is past its
+``nextUpdate`` (CRL checking fails closed), which looked from outside like an outage
+with no reason given. Here the reason is named: `/readyz` fails with ``crl_expired``
+and the log says which CRL expired when. A CRL added to a context cannot be taken out
+again; a newer CRL of the same issuer is preferred by OpenSSL, and revocations only
+ever grow, so loading the new file into the live context is enough.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+from cryptography import x509
+
+from api.errors import CrlExpired, CrlInvalid
+
+_log = structlog.get_logger("cofre.api.crl")
+_Stamp = tuple[int, int, int]
+
+
+class CrlWatcher:
+    """Keeps `context`'s CRL in step with the file at `path`."""
+
+    def __init__(
+        self,
+        path: Path,
+        context: ssl.SSLContext,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.path = path
+        self._context = context
+        self._clock = clock
+        self._stamp: _Stamp | None = None
+        self._next_update: datetime | None = None
+        self._error: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _read_stamp(self) -> _Stamp | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def reload(self) -> None:
+        """Load the file into the context now (start-up, SIGHUP). A file that cannot be
+        read or parsed is logged and keeps the CRL loaded before (readiness then fails
+        with ``crl_invalid``)."""
+        with self._lock:
+            self._stamp = self._read_stamp()
+            try:
+                data = self.path.read_bytes()
+                crl = x509.load_pem_x509_crl(data)
+                self._context.load_verify_locations(cafile=str(self.path))
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                self._error = type(exc).__name__
+                _log.error("CRL not loaded", file=str(self.path), error=self._error)
+                return
+            self._error = None
+            self._next_update = crl.next_update_utc
+            _log.info(
+                "CRL loaded",
+                file=str(self.path),
+                issuer=crl.issuer.rfc4514_string(),
+                revoked=len(crl),
+                next_update=self._next_update.isoformat() if self._next_update else None,
+            )
+
+    def reload_if_changed(self) -> bool:
+        """Reload when the file's modification time, size or inode changed; return
+        whether it did."""
+        if self._read_stamp() == self._stamp:
+            return False
+        self.reload()
+        return True
+
+    def check(self) -> None:
+        """Readiness: raises `CrlExpired` when the loaded CRL is past its nextUpdate
+        (every client is then refused) and `CrlInvalid` when the file could not be
+        loaded; logs why."""
+        if self._error is not None:
+            raise CrlInvalid(f"the CRL file could not be loaded ({self._error})")
+        if self._next_update is not None and self._next_update <= self._clock():
+            _log.error(
+                "CRL expired: every client certificate is refused until a new CRL is installed",
+                file=str(self.path),
+                next_update=self._next_update.isoformat(),
+            )
+            raise CrlExpired(
+                f"the CRL expired at {self._next_update.isoformat()}; "
+                "every client certificate is refused until a new one is installed"
+            )
+
+    def start(self, interval: float) -> None:
+        """Poll the file every `interval` seconds in a daemon thread."""
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                self.reload_if_changed()
+
+        self._thread = threading.Thread(target=loop, name="cofre-crl", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
