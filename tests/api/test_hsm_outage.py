@@ -71,7 +71,8 @@ def test_library_missing_then_back(serve_process: Outage) -> None:
             c.post("/v1/detokenize", json={"token": response.json()["token"]}).json()["pan"] == VISA
         )
     with serve_process.client() as c:
-        assert c.get("/readyz").status_code == 200
+        ready = c.get("/readyz")
+        assert ready.status_code == 200, ready.text
 
 
 def test_token_removed_then_back(serve_process: Outage) -> None:
