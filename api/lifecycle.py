@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING
 import structlog
 import uvicorn
 
+from api.handshake import observe_handshake_failures
+from api.observability import Telemetry
+
 if TYPE_CHECKING:
     from api.crl import CrlWatcher
 
@@ -68,24 +71,38 @@ def run_until_stopped(
     *,
     drain_delay: float = 0.0,
     on_reload: Callable[[], object] | None = None,
+    telemetry: Telemetry | None = None,
 ) -> None:
     """Serve `api` (and `health`) in this thread until SIGTERM or SIGINT, then drain.
     SIGHUP calls `on_reload` (in a worker thread; a failure is logged, the process
-    keeps serving what it had).
+    keeps serving what it had). Failed TLS handshakes are logged and counted into
+    `telemetry` (`api.handshake`).
 
     Returns once both servers have stopped; the caller then releases the runtime.
     """
-    asyncio.run(_serve(api, health, readiness, drain_delay, on_reload))
+    asyncio.run(
+        _serve(
+            api,
+            health,
+            readiness,
+            drain_delay=drain_delay,
+            on_reload=on_reload,
+            telemetry=telemetry,
+        )
+    )
 
 
 async def _serve(
     api: ManagedServer,
     health: ManagedServer | None,
     readiness: Readiness,
+    *,
     drain_delay: float,
     on_reload: Callable[[], object] | None = None,
+    telemetry: Telemetry | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
+    observe_handshake_failures(loop, telemetry)
     reload_tasks: set[asyncio.Task[None]] = set()
 
     async def reload(callback: Callable[[], object]) -> None:

@@ -415,6 +415,7 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
             on_reload=runtime.reload_policy
             if watcher is None
             else functools.partial(_reload_all, runtime.reload_policy, watcher.reload),
+            telemetry=runtime.telemetry,
         )
     finally:
         runtime.close()

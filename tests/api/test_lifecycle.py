@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import httpx
 import psycopg
 import pytest
 
+from api.pki import ensure_dev_pki
 from tests.support.pans import card_number
 from tests.support.postgres import free_port
 from tests.support.softhsm import SoftHSMToken
@@ -158,3 +160,49 @@ def test_metrics_listener_serves_prometheus_text_without_card_data(
     assert "/v1/tokenize" in text
     assert pan not in text
     assert made.json()["token"] not in text
+
+
+def test_failed_tls_handshakes_are_logged_and_counted(
+    tmp_path: Path, softhsm_token: SoftHSMToken, pg_database: str
+) -> None:
+    """A client without a certificate, one with a certificate from another CA and a
+    plain-HTTP request to the TLS port: three failed handshakes, each a JSON log line
+    with OpenSSL's reason, and a counter by reason."""
+    vault, _ = _vault(tmp_path, softhsm_token, pg_database)
+    metrics_port = free_port()
+    vault.env["COFRE_SERVER__METRICS_PORT"] = str(metrics_port)
+    vault.start()
+    foreign = ensure_dev_pki(tmp_path / "foreign", identities=("payments",))
+    try:
+        no_cert = ssl.create_default_context(cafile=str(vault.pki.ca))
+        wrong_ca = ssl.create_default_context(cafile=str(vault.pki.ca))
+        wrong_ca.load_cert_chain(
+            str(foreign.client_cert("payments")), str(foreign.client_key("payments"))
+        )
+        for context in (no_cert, wrong_ca):
+            with pytest.raises(httpx.TransportError):
+                httpx.get(f"{vault.url}/readyz", verify=context, timeout=10)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{vault.port}/readyz", timeout=10)
+        for _ in range(500):  # the server logs after the client has seen the reset
+            scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+            counted = [
+                line
+                for line in scraped.splitlines()
+                if line.startswith("cofre_tls_handshake_failures_total{")
+            ]
+            if sum(float(line.rsplit(" ", 1)[1]) for line in counted) >= 3:
+                break
+            time.sleep(0.02)
+    finally:
+        vault.stop()
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 3, counted
+    failures = [e for e in _log_events(vault) if e.get("event") == "tls handshake failed"]
+    assert len(failures) == 3
+    assert {e["peer"] for e in failures} == {"127.0.0.1"}
+    reasons = {e["reason"] for e in failures}
+    assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in reasons, reasons
+    assert any(
+        "CERTIFICATE" in r or "UNKNOWN_CA" in r
+        for r in reasons - {"PEER_DID_NOT_RETURN_A_CERTIFICATE"}
+    ), reasons
