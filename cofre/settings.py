@@ -167,6 +167,20 @@ class KeySettings(_Section):
     # How long an old KEK or fingerprint key stays on the token after migration, before
     # it is destroyed (a window to roll back from backups).
     destroy_grace_seconds: float = Field(default=7 * 24 * 3600, ge=0)
+    # How long database backups are kept (RDS automated backups default to 7 days). A
+    # restored backup needs the KEK that wrapped its data keys, so the destroy grace may
+    # not be shorter than this.
+    backup_retention_seconds: float = Field(default=7 * 24 * 3600, ge=0)
+
+    @model_validator(mode="after")
+    def _grace_covers_backups(self) -> KeySettings:
+        if self.destroy_grace_seconds < self.backup_retention_seconds:
+            raise ValueError(
+                f"COFRE_KEYS__DESTROY_GRACE_SECONDS ({self.destroy_grace_seconds:g}) is shorter "
+                f"than COFRE_KEYS__BACKUP_RETENTION_SECONDS ({self.backup_retention_seconds:g}):"
+                " a restored backup older than the grace could not be decrypted"
+            )
+        return self
 
 
 class InsecureSettings(_Section):

@@ -63,3 +63,13 @@ def test_unreadable_or_empty_files_name_the_file_only(tmp_path: Path) -> None:
     missing = Settings.model_validate({"database": {"url_file": str(tmp_path / "nope")}})
     with pytest.raises(ConfigurationError, match="cannot read the database URL file"):
         _ = missing.database_url
+
+
+def test_kek_destroy_grace_must_cover_backup_retention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KEK destroyed before the oldest kept backup expires makes that backup
+    undecryptable: such a configuration is refused."""
+    monkeypatch.setenv("COFRE_KEYS__BACKUP_RETENTION_SECONDS", str(35 * 86400))
+    with pytest.raises(ConfigurationError, match=r"DESTROY_GRACE_SECONDS .* is shorter than"):
+        load_settings()
+    monkeypatch.setenv("COFRE_KEYS__DESTROY_GRACE_SECONDS", str(35 * 86400))
+    assert load_settings().keys.backup_retention_seconds == 35 * 86400

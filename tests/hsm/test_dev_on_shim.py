@@ -54,6 +54,7 @@ def dev_on_shim(
     env["COFRE_SERVER__PORT"] = str(port)
     # Retired KEK and fingerprint keys are destroyed at once, through the shim as well.
     env["COFRE_KEYS__DESTROY_GRACE_SECONDS"] = "0"
+    env["COFRE_KEYS__BACKUP_RETENTION_SECONDS"] = "0"  # the grace must cover backups
     log = base / "dev.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
