@@ -160,6 +160,18 @@ class AuditSettings(_Section):
     sign_every_seconds: float = Field(default=10.0, gt=0)
 
 
+class EvidenceSettings(_Section):
+    """Bounds on evidence exports: each reads the audit log of its period and signs a
+    manifest with the HSM, so a period of decades or an export loop is a denial of
+    service."""
+
+    max_period_days: int = Field(default=31, ge=1, le=366)
+    # Per identity: a bucket of `burst` exports refilled at `per_hour`; and one export
+    # at a time per node.
+    exports_per_hour: float = Field(default=12.0, gt=0)
+    export_burst: int = Field(default=3, ge=1)
+
+
 class KeySettings(_Section):
     """Key ceremonies."""
 
@@ -213,6 +225,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     audit: AuditSettings = AuditSettings()
     keys: KeySettings = KeySettings()
+    evidence: EvidenceSettings = EvidenceSettings()
     insecure: InsecureSettings = InsecureSettings()
 
     @model_validator(mode="after")

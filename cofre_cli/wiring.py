@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,10 +36,13 @@ from audit.sequencer import Sequencer, SequencerThread
 from audit.store import AuditStore
 from cofre.errors import CofreError, ConfigurationError
 from cofre.settings import Settings
+from compliance.errors import ComplianceError
 from compliance.export import EvidenceSources, build_bundle
 from hsm.provider import HSMProvider, provider_from_settings
-from policies.engine import PolicyEngine
+from policies.engine import PolicyEngine, RateLimiter
+from policies.errors import RateLimited
 from policies.loader import load_policy
+from policies.models import RateLimit
 from vault.rotation import KeyRotation, RotationWorker
 from vault.service import CallContext, VaultService
 from vault.signing import HSMTreeHeadSigner
@@ -209,9 +213,28 @@ def build_runtime(
         checks["audit_sequencer"] = "ok"
         return checks
 
+    bounds = settings.evidence
+    export_limiter = RateLimiter()
+    export_rate = RateLimit(per_second=bounds.exports_per_hour / 3600, burst=bounds.export_burst)
+    one_export = threading.Lock()
+
     def evidence(ctx: CallContext, request: EvidenceRequest) -> bytes:
         period = f"{request.period_from.isoformat()}/{request.period_to.isoformat()}"
-        return service.evidence_export(ctx, period, lambda: build(ctx, request))
+        return service.evidence_export(ctx, period, lambda: bounded_build(ctx, request))
+
+    def bounded_build(ctx: CallContext, request: EvidenceRequest) -> bytes:
+        if request.period_to - request.period_from > timedelta(days=bounds.max_period_days):
+            raise ComplianceError(
+                f"the period may be at most {bounds.max_period_days} days "
+                "(COFRE_EVIDENCE__MAX_PERIOD_DAYS); export longer spans as a chain"
+            )
+        export_limiter.take(ctx.identity, export_rate)
+        if not one_export.acquire(blocking=False):
+            raise RateLimited("an evidence export is already running on this node", 5.0)
+        try:
+            return build(ctx, request)
+        finally:
+            one_export.release()
 
     def build(ctx: CallContext, request: EvidenceRequest) -> bytes:
         previous = None

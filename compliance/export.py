@@ -147,17 +147,19 @@ def build_bundle(
     }
     previous = None
     if previous_manifest is not None:
-        old = json.loads(previous_manifest)["covering_head"]
-        size1 = int(old["tree_size"])
-        if size1 < size:
-            files["audit/consistency.json"] = json.dumps(
-                {
-                    "size1": size1,
-                    "size2": size,
-                    "proof": [_b64(h) for h in store.consistency_proof(size1, size)],
-                }
-            ).encode()
-        previous = old
+        previous = _signed_previous_head(store, json.loads(previous_manifest), size)
+        size1 = int(previous["tree_size"])
+        # Always present with a previous head (empty when the tree did not grow): the
+        # verifier checks the previous head is a prefix of this bundle's covering head.
+        files["audit/consistency.json"] = json.dumps(
+            {
+                "size1": size1,
+                "size2": size,
+                "proof": [_b64(h) for h in store.consistency_proof(size1, size)]
+                if size1 < size
+                else [],
+            }
+        ).encode()
     files["requirements.md"] = (
         _TEMPLATE.read_text(encoding="utf-8")
         .format(
@@ -225,6 +227,28 @@ def _policy_versions(
         }
         for index, payload in [*before, *during]
     ]
+
+
+def _signed_previous_head(store: AuditStore, previous: dict[str, Any], size: int) -> dict[str, Any]:
+    """The previous bundle's covering head, if it is a head this log signed and not newer
+    than `size`. Raises `ComplianceError` otherwise: the vault signs the manifest, so it
+    must not vouch for a head it never signed (an outside review got one of size
+    99,999,999 with root "x" signed and verified)."""
+    try:
+        size1 = int(previous["covering_head"]["tree_size"])
+        root1 = str(previous["covering_head"]["root_hash"])
+    except (KeyError, TypeError, ValueError):
+        raise ComplianceError("the previous head needs a tree_size and a root_hash") from None
+    if not any(h.tree_size == size1 and _b64(h.root_hash) == root1 for h in store.heads()):
+        raise ComplianceError(
+            f"the previous head (tree size {size1}) is not a tree head this log signed"
+        )
+    if size1 > size:
+        raise ComplianceError(
+            f"the previous head (tree size {size1}) is newer than this bundle's covering "
+            f"head ({size}): export the periods in order"
+        )
+    return {"tree_size": size1, "root_hash": root1}
 
 
 def _check_chain_start(previous: dict[str, Any], start: int, end: int) -> None:

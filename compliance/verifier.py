@@ -209,6 +209,8 @@ def verify_bundle(path: Path, public_key_pem: bytes, previous: Path | None = Non
         heads = _check_heads(files, public_key_pem, report)
         _check_entries(files, manifest, heads, report)
         _check_policy(files, manifest, heads, report)
+        if manifest.get("previous_head") is not None:
+            _check_previous_head(files, manifest, heads, report)
         if previous is not None:
             _check_previous(
                 files, manifest, heads, previous, public_key_pem=public_key_pem, report=report
@@ -414,6 +416,50 @@ def _included(leaf: bytes, index: int, size: int, proof: list[bytes], root: byte
     return True
 
 
+def _check_previous_head(
+    files: dict[str, bytes],
+    manifest: dict[str, Any],
+    heads: dict[int, dict[str, Any]],
+    report: Report,
+) -> None:
+    """The manifest's previous head must be a prefix of this bundle's covering head: the
+    bundle's consistency proof from one to the other must verify (a previous head the
+    log never had cannot pass, whoever signed the manifest)."""
+    old = manifest["previous_head"]
+    size1, root1 = int(old["tree_size"]), base64.b64decode(old["root_hash"])
+    size2 = int(manifest["covering_head"]["tree_size"])
+    head = heads.get(size2)
+    if head is None:
+        report.fail(f"previous_head: no signed head of size {size2} to prove it against")
+        return
+    data = files.get("audit/consistency.json")
+    if data is None:
+        report.fail("previous_head: the bundle has no consistency proof (audit/consistency.json)")
+        return
+    proof = json.loads(data)
+    if int(proof.get("size1", -1)) != size1 or int(proof.get("size2", -1)) != size2:
+        report.fail(
+            f"previous_head: audit/consistency.json proves {proof.get('size1')} -> "
+            f"{proof.get('size2')}, the manifest claims {size1} -> {size2}"
+        )
+        return
+    try:
+        verify_consistency(
+            size1,
+            size2,
+            [base64.b64decode(h) for h in proof["proof"]],
+            root1,
+            base64.b64decode(head["root_hash"]),
+        )
+    except ProofError as exc:
+        report.fail(
+            f"previous_head (tree {size1}) is not a prefix of the covering head ({exc}): "
+            "a head this log never signed, or a forked history"
+        )
+        return
+    report.passed(f"previous head {size1} is a prefix of the covering head {size2}")
+
+
 def _check_previous(
     files: dict[str, bytes],
     manifest: dict[str, Any],
@@ -434,6 +480,11 @@ def _check_previous(
     previous_manifest = json.loads(before[MANIFEST])
     _check_chain(previous_manifest, manifest, report)
     old = previous_manifest["covering_head"]
+    if manifest.get("previous_head") != old:
+        report.fail(
+            "previous_head: this bundle names a previous head that is not the previous "
+            "bundle's covering head"
+        )
     size1, root1 = int(old["tree_size"]), base64.b64decode(old["root_hash"])
     size2 = int(manifest["covering_head"]["tree_size"])
     head = heads.get(size2)

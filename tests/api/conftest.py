@@ -29,7 +29,13 @@ from api.observability import (
 )
 from api.pki import DevPKI, ensure_dev_pki, issue_client
 from api.server import BackgroundServer, TLSFiles, build_server
-from cofre.settings import AuditSettings, DatabaseSettings, ServerSettings, Settings
+from cofre.settings import (
+    AuditSettings,
+    DatabaseSettings,
+    EvidenceSettings,
+    ServerSettings,
+    Settings,
+)
 from cofre_cli.devenv import DEV_POLICY
 from cofre_cli.wiring import Runtime, build_runtime
 from hsm.provider import HSMProvider
@@ -91,9 +97,12 @@ def running_vault(
     crl: Callable[[DevPKI], Path] | None = None,
     *,
     api_docs: bool = False,
+    evidence: EvidenceSettings | None = None,
 ) -> Iterator[VaultServer]:
     """A vault server for the duration of the block; its telemetry is saved at the end."""
-    vault, server = _start_server(tmp, provider, database_url, extra_policy, crl, api_docs=api_docs)
+    vault, server = _start_server(
+        tmp, provider, database_url, extra_policy, crl, api_docs=api_docs, evidence=evidence
+    )
     try:
         yield vault
     finally:
@@ -110,6 +119,7 @@ def _start_server(
     crl: Callable[[DevPKI], Path] | None = None,
     *,
     api_docs: bool = False,
+    evidence: EvidenceSettings | None = None,
 ) -> tuple[VaultServer, BackgroundServer]:
     pki = ensure_dev_pki(tmp / "pki")
     issue_client(pki, "stranger")
@@ -125,6 +135,8 @@ def _start_server(
         else DatabaseSettings.model_validate({"url": database_url}),
         audit=AuditSettings(sign_every_entries=50, sign_every_seconds=1.0),
         server=ServerSettings(api_docs=api_docs),
+        # Suites export many bundles in a row; the export rate limit has its own test.
+        evidence=evidence or EvidenceSettings(export_burst=1000),
     )
     spans = InMemorySpanExporter()
     tracer_provider = new_tracer_provider()

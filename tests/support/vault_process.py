@@ -141,6 +141,8 @@ def make_vault(
             "COFRE_LOG_LEVEL": "WARNING",
             "COFRE_AUDIT__SIGN_EVERY_ENTRIES": "200",
             "COFRE_AUDIT__SIGN_EVERY_SECONDS": "1",
+            # Suites export many bundles in a row; the export rate limit has its own test.
+            "COFRE_EVIDENCE__EXPORT_BURST": "1000",
             # The suite's PKI is the dev PKI; `cofre serve` refuses it unless told.
             "COFRE_INSECURE__ALLOW_DEV_PKI": "true",
         }
