@@ -35,6 +35,7 @@ from audit.errors import AuditWriteFailed
 from audit.sequencer import Sequencer, SequencerThread
 from audit.store import AuditStore
 from cofre.errors import CofreError, ConfigurationError
+from cofre.filemodes import refuse_readable_secrets, secure_data_dir
 from cofre.settings import Settings
 from compliance.errors import ComplianceError
 from compliance.export import EvidenceSources, build_bundle
@@ -173,7 +174,18 @@ def build_runtime(
     when it comes back. Without `migrate_schema` (`cofre serve`) the schema is only
     checked."""
     readiness = Readiness()
+    refuse_readable_secrets(
+        [("HSM PIN file", settings.hsm.pin_file), ("TLS private key", settings.server.key_file)]
+    )
     engine = open_database(settings, run_migrations=migrate_schema)
+    # After the database is opened, so a store created just now is covered too.
+    tightened = secure_data_dir(settings.data_dir)
+    if tightened:
+        _log.warning(
+            "data directory permissions tightened to 0700/0600",
+            data_dir=str(settings.data_dir),
+            paths=[str(p) for p in tightened[:20]],
+        )
     provider = provider or open_hsm(settings)
     loaded = load_policy(settings.policy_file)
     service = VaultService(engine, provider, PolicyEngine(loaded.policy))
