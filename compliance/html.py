@@ -48,6 +48,11 @@ def render_html(report: Report, bundle: Path) -> str:
     parts.append("</table><h2>Checks</h2><ul>")
     parts += [f"<li class='ok'>&#10003; {e(c)}</li>" for c in report.checks]
     parts += [f"<li class='fail'>&#10007; {e(p)}</li>" for p in report.problems]
+    if not report.problems:
+        parts += [
+            f"<li class='fail'>&#10007; the {e(c)} check did not run to a verdict</li>"
+            for c in report.missing_checks()
+        ]
     parts.append("</ul>")
     try:
         files = read_bundle(bundle)

@@ -50,24 +50,44 @@ MAX_FILE: Final = 512 * 1024 * 1024
 POLICY_ACTIONS: Final = ("policy.load", "policy.reload")
 
 
+# The checks every bundle must pass; a chained bundle (`--previous`) must pass two more,
+# and a bundle that names a previous head must prove it (`previous_head`).
+REQUIRED_CHECKS: Final = frozenset({"signature", "files", "heads", "entries", "policy"})
+CHAIN_CHECKS: Final = frozenset({"previous", "chain"})
+
+
 @dataclass
 class Report:
-    ok: bool = True
+    """The verdict on a bundle. It fails closed: `ok` holds only when no check failed
+    and every check in `required` ran and passed, so a check that returns early
+    without a verdict (or never runs) makes the report FAILED, never VERIFIED."""
+
     problems: list[str] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    required: frozenset[str] = REQUIRED_CHECKS
+    passed_checks: set[str] = field(default_factory=set)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.required <= self.passed_checks
 
     def fail(self, message: str) -> None:
-        self.ok = False
         self.problems.append(message)
 
-    def passed(self, message: str) -> None:
+    def passed(self, check: str, message: str) -> None:
+        self.passed_checks.add(check)
         self.checks.append(message)
+
+    def missing_checks(self) -> list[str]:
+        """Required checks that did not pass (ran and failed, or never ran)."""
+        return sorted(self.required - self.passed_checks)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "problems": self.problems,
+            "missing_checks": self.missing_checks(),
             "checks": self.checks,
             "summary": self.summary,
         }
@@ -167,7 +187,7 @@ def _root(tree: _Tree, size: int) -> bytes:
 def verify_bundle(path: Path, public_key_pem: bytes, previous: Path | None = None) -> Report:
     """Verify the bundle at `path`; see the module docstring. Never raises for a bad
     bundle: every problem is in the returned `Report`."""
-    report = Report()
+    report = Report(required=REQUIRED_CHECKS | (CHAIN_CHECKS if previous else frozenset()))
     try:
         files = read_bundle(path)
     except (OSError, tarfile.TarError, ValueError) as exc:
@@ -179,7 +199,7 @@ def verify_bundle(path: Path, public_key_pem: bytes, previous: Path | None = Non
         report.fail("the bundle has no manifest.json or manifest.sig")
         return report
     if _verify_signature(public_key_pem, signature, manifest_bytes):
-        report.passed("manifest signature verifies with the given public key")
+        report.passed("signature", "manifest signature verifies with the given public key")
     else:
         report.fail(
             "manifest.sig: the manifest's signature does not verify with the given "
@@ -210,6 +230,8 @@ def verify_bundle(path: Path, public_key_pem: bytes, previous: Path | None = Non
         _check_entries(files, manifest, heads, report)
         _check_policy(files, manifest, heads, report)
         if manifest.get("previous_head") is not None:
+            # A bundle that names a previous head is OK only once that head is proven.
+            report.required = report.required | {"previous_head"}
             _check_previous_head(files, manifest, heads, report)
         if previous is not None:
             _check_previous(
@@ -237,7 +259,7 @@ def _check_files(files: dict[str, bytes], manifest: dict[str, Any], report: Repo
         report.fail(f"{name}: in the bundle but not in the manifest")
         clean = False
     if clean:
-        report.passed(f"{len(listed)} files match the manifest's SHA-256 and sizes")
+        report.passed("files", f"{len(listed)} files match the manifest's SHA-256 and sizes")
 
 
 def _check_heads(
@@ -262,7 +284,7 @@ def _check_heads(
             )
             continue
         heads[size] = head
-    report.passed(f"{len(heads)} signed tree heads verify")
+    report.passed("heads", f"{len(heads)} signed tree heads verify")
     return heads
 
 
@@ -331,8 +353,9 @@ def _check_entries(
         report.fail(f"audit/inclusion.jsonl: the inclusion proof of entry {first_bad} fails")
     else:
         report.passed(
+            "entries",
             f"entries {start}..{end - 1} recompute signed head {size}'s root; "
-            f"{len(proofs)} inclusion proofs verify"
+            f"{len(proofs)} inclusion proofs verify",
         )
 
 
@@ -403,8 +426,9 @@ def _check_policy(
         clean = False
     if clean:
         report.passed(
+            "policy",
             f"{len(versions)} policy versions in force during the period are log entries "
-            "with matching SHA-256 and valid inclusion proofs"
+            "with matching SHA-256 and valid inclusion proofs",
         )
 
 
@@ -457,7 +481,9 @@ def _check_previous_head(
             "a head this log never signed, or a forked history"
         )
         return
-    report.passed(f"previous head {size1} is a prefix of the covering head {size2}")
+    report.passed(
+        "previous_head", f"previous head {size1} is a prefix of the covering head {size2}"
+    )
 
 
 def _check_previous(
@@ -489,6 +515,9 @@ def _check_previous(
     size2 = int(manifest["covering_head"]["tree_size"])
     head = heads.get(size2)
     if head is None:
+        report.fail(
+            f"previous bundle: no verified signed head {size2} to prove consistency against"
+        )
         return
     data = files.get("audit/consistency.json")
     if data is None:
@@ -515,7 +544,7 @@ def _check_previous(
             f"bundle's ({exc}): a rewritten or forked history"
         )
         return
-    report.passed(f"consistent with the previous bundle (tree {size1} -> {size2})")
+    report.passed("previous", f"consistent with the previous bundle (tree {size1} -> {size2})")
 
 
 def _check_chain(before: dict[str, Any], manifest: dict[str, Any], report: Report) -> None:
@@ -545,7 +574,9 @@ def _check_chain(before: dict[str, Any], manifest: dict[str, Any], report: Repor
         )
         clean = False
     if clean:
-        report.passed(f"starts exactly where the previous bundle ended (index {start}, {starts})")
+        report.passed(
+            "chain", f"starts exactly where the previous bundle ended (index {start}, {starts})"
+        )
 
 
 def render_text(report: Report) -> str:
@@ -557,4 +588,7 @@ def render_text(report: Report) -> str:
         out.write(f"  ok    {check}\n")
     for problem in report.problems:
         out.write(f"  FAIL  {problem}\n")
+    if not report.problems:
+        for check in report.missing_checks():
+            out.write(f"  FAIL  the {check} check did not run to a verdict\n")
     return out.getvalue()

@@ -25,8 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from PIL import Image
 
+from compliance import verifier
 from compliance.html import render_html
-from compliance.verifier import verify_bundle
+from compliance.verifier import Report, render_text, verify_bundle
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.support.leakscan import find_leaks
@@ -567,3 +568,41 @@ def test_html_report_renders_in_a_browser(
     assert "FAILED" in dom
     assert "requirements.md: content differs" in dom
     assert _colours(image).get(RED, 0) > 500
+
+
+def test_a_report_with_no_verdict_is_not_ok() -> None:
+    """Fail closed: a report starts FAILED; only every required check passing makes it OK."""
+    report = Report()
+    assert not report.ok
+    for check in sorted(report.required):
+        report.passed(check, check)
+    assert report.ok
+    report.fail("one problem")
+    assert not report.ok
+
+
+def test_a_check_that_never_runs_fails_the_report(
+    day: tuple[VaultServer, Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, bundle, public_key = day
+    monkeypatch.setattr(verifier, "_check_policy", lambda *args, **kwargs: None)
+    report = verify_bundle(bundle, public_key)
+    assert report.problems == []
+    assert not report.ok
+    assert report.missing_checks() == ["policy"]
+    assert "FAIL  the policy check did not run to a verdict" in render_text(report)
+    assert report.as_json()["missing_checks"] == ["policy"]
+
+
+def test_previous_bundle_without_a_verified_head_fails(
+    day: tuple[VaultServer, Path, bytes],
+) -> None:
+    """The previous-bundle check used to return silently when this bundle's covering head
+    was not among the verified heads: now it fails."""
+    _, bundle, public_key = day
+    files = _members(bundle)
+    manifest = json.loads(files["manifest.json"])
+    report = Report(required=frozenset({"previous"}))
+    verifier._check_previous(files, manifest, {}, bundle, public_key_pem=public_key, report=report)
+    assert not report.ok
+    assert any("no verified signed head" in problem for problem in report.problems)
