@@ -67,6 +67,60 @@ class LeafLevels:
         return self._levels[level][index]
 
 
+class CompactRange:
+    """The compact range ``[0, size)`` of a Merkle tree: for every set bit L of `size`,
+    the hash of the complete subtree at level L that ends the range (its right border).
+
+    The one tree builder of the audit log: the sequencer appends queued entries with it,
+    the audit store's verifier rebuilds the log with it, and the offline bundle verifier
+    rebuilds a covering head's root from the bundle's subtrees and entries with it
+    (transparency-dev/merkle's `compact.Range`, restricted to ranges that start at 0).
+    """
+
+    def __init__(self, size: int = 0, border: dict[int, bytes] | None = None) -> None:
+        border = dict(border or {})
+        if set(border) != {level for level, _ in self.border_positions(size)}:
+            raise ValueError(f"a border of a tree of {size} leaves has one hash per set bit")
+        self.size = size
+        self._border = border
+
+    @staticmethod
+    def border_positions(size: int) -> list[tuple[int, int]]:
+        """(level, index) of the complete subtrees that form the border of `size` leaves."""
+        return [
+            (level, (size >> level) - 1) for level in range(size.bit_length()) if size >> level & 1
+        ]
+
+    def append(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
+        """Append one leaf hash; return the complete subtrees it completes as
+        (level, index, hash), the leaf itself first."""
+        return self.append_subtree(0, leaf)
+
+    def append_subtree(self, level: int, subtree: bytes) -> list[tuple[int, int, bytes]]:
+        """Append the hash of a complete subtree of ``2**level`` leaves, which must start
+        at `size` (aligned); return the subtrees it completes, itself first. Raises
+        `ValueError` when it is not aligned."""
+        if self.size % (1 << level):
+            raise ValueError(f"a level-{level} subtree cannot start at leaf {self.size}")
+        current, position = subtree, self.size >> level
+        made = [(level, position, current)]
+        self.size += 1 << level
+        while position & 1:
+            current = node_hash(self._border.pop(level), current)
+            level += 1
+            position >>= 1
+            made.append((level, position, current))
+        self._border[level] = current
+        return made
+
+    def root(self) -> bytes:
+        """The root hash of the range (the empty tree's root for size 0)."""
+        root: bytes | None = None
+        for level in sorted(self._border):
+            root = self._border[level] if root is None else node_hash(self._border[level], root)
+        return EMPTY_ROOT if root is None else root
+
+
 def subtree_hash(source: SubtreeSource, start: int, end: int) -> bytes:
     """Return MTH(D[start:end]) for a subtree that is complete except at the right edge."""
     size = end - start

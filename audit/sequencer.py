@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from audit.errors import AuditWriteFailed
 from audit.heads import SignedTreeHead, TreeHeadSigner, sign_tree_head
-from audit.merkle import EMPTY_ROOT, leaf_hash, node_hash
+from audit.merkle import CompactRange, leaf_hash
 from audit.schema import audit_entries, audit_heads, audit_leaves, audit_nodes, audit_queue
 from cofre.dberrors import db_error_name
 
@@ -30,31 +30,21 @@ _ADVISORY_LOCK_KEY: Final = 0x436F667265  # "Cofre"
 DEFAULT_BATCH: Final = 5000
 
 
-def load_frontier(connection: Connection, size: int) -> dict[int, bytes]:
-    """Return the right border of the tree of `size` leaves: for every set bit L of
-    `size`, the hash of the complete subtree at level L that ends the tree."""
-    wanted = [
-        (level, (size >> level) - 1) for level in range(size.bit_length()) if size >> level & 1
-    ]
+def load_compact_range(connection: Connection, size: int) -> CompactRange:
+    """Return the stored tree of `size` leaves as a `CompactRange` (its right border).
+    Raises `AuditWriteFailed` when a border node is missing."""
+    wanted = CompactRange.border_positions(size)
     if not wanted:
-        return {}
+        return CompactRange()
     rows = connection.execute(
         select(audit_nodes.c.level, audit_nodes.c.hash).where(
             or_(*(and_(audit_nodes.c.level == lv, audit_nodes.c.idx == ix) for lv, ix in wanted))
         )
     ).all()
-    frontier = {int(row.level): bytes(row.hash) for row in rows}
-    if len(frontier) != len(wanted):
+    border = {int(row.level): bytes(row.hash) for row in rows}
+    if len(border) != len(wanted):
         raise AuditWriteFailed("the stored tree is missing nodes on its right border")
-    return frontier
-
-
-def frontier_root(frontier: dict[int, bytes]) -> bytes:
-    """Return the root hash from the right border (lower levels sit further right)."""
-    root: bytes | None = None
-    for level in sorted(frontier):
-        root = frontier[level] if root is None else node_hash(frontier[level], root)
-    return EMPTY_ROOT if root is None else root
+    return CompactRange(size, border)
 
 
 def tree_size(connection: Connection) -> int:
@@ -139,22 +129,13 @@ class Sequencer:
         ).all()
         if not queued:
             return 0
-        size = tree_size(connection)
-        frontier = load_frontier(connection, size)
+        tree = load_compact_range(connection, tree_size(connection))
         leaves: list[dict[str, object]] = []
         nodes: list[dict[str, object]] = []
-        for offset, row in enumerate(queued):
-            index = size + offset
-            current = leaf_hash(row.payload.encode("utf-8"))
-            leaves.append({"leaf_index": index, "entry_id": row.entry_id})
-            nodes.append({"level": 0, "idx": index, "hash": current})
-            level, position = 0, index
-            while position & 1:
-                current = node_hash(frontier.pop(level), current)
-                level += 1
-                position >>= 1
-                nodes.append({"level": level, "idx": position, "hash": current})
-            frontier[level] = current
+        for row in queued:
+            leaves.append({"leaf_index": tree.size, "entry_id": row.entry_id})
+            made = tree.append(leaf_hash(row.payload.encode("utf-8")))
+            nodes.extend({"level": lv, "idx": ix, "hash": h} for lv, ix, h in made)
         connection.execute(insert(audit_leaves), leaves)
         connection.execute(insert(audit_nodes), nodes)
         connection.execute(
@@ -181,7 +162,7 @@ class Sequencer:
         )
         if not due:
             return None
-        root = frontier_root(load_frontier(connection, size))
+        root = load_compact_range(connection, size).root()
         head = sign_tree_head(self._signer, self._log_id, size, root, now_ms)
         connection.execute(
             insert(audit_heads).values(

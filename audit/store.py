@@ -21,10 +21,10 @@ from sqlalchemy import Connection, Engine, Row, and_, func, or_, select
 from audit.errors import AuditReadFailed, AuditVerificationFailed, ProofError
 from audit.heads import SignedTreeHead, verify_tree_head
 from audit.merkle import (
+    CompactRange,
     consistency_proof_from,
     inclusion_proof_from,
     leaf_hash,
-    node_hash,
     subtree_hash,
 )
 from audit.schema import (
@@ -35,7 +35,7 @@ from audit.schema import (
     audit_nodes,
     audit_queue,
 )
-from audit.sequencer import frontier_root, tree_size
+from audit.sequencer import tree_size
 from cofre.dberrors import database_errors_as
 
 
@@ -215,7 +215,7 @@ class AuditStore:
             for head in heads:
                 verify_tree_head(head, public_key_pem)
         stored_leaves = self._stored_leaf_hashes()
-        frontier: dict[int, bytes] = {}
+        tree = CompactRange()
         count = 0
         checked = 0
         last_good = 0
@@ -247,16 +247,11 @@ class AuditStore:
                             f"the entry at leaf index {index} was changed after it was logged",
                             index,
                         )
-                    level, position = 0, index
-                    while position & 1:
-                        current = node_hash(frontier.pop(level), current)
-                        level += 1
-                        position >>= 1
-                    frontier[level] = current
+                    tree.append(current)
                     count += 1
                     signed = head_by_size.get(count)
                     if signed is not None:
-                        if frontier_root(frontier) != signed.root_hash:
+                        if tree.root() != signed.root_hash:
                             raise AuditVerificationFailed(
                                 f"the entries do not match signed tree head {count}: an entry in "
                                 f"leaf indices {last_good}..{count - 1} was changed, removed or "

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from audit.errors import ProofError
-from audit.merkle import leaf_hash, node_hash, verify_consistency, verify_inclusion
+from audit.merkle import CompactRange, leaf_hash, verify_consistency, verify_inclusion
 
 BUNDLE_FORMAT: Final = "cofre-evidence/1"
 MANIFEST: Final = "manifest.json"
@@ -144,44 +144,35 @@ def _lines(data: bytes, name: str = "", report: Report | None = None) -> list[di
     return out
 
 
-class _Tree:
-    """Complete-subtree hashes from the bundle (around the period) and the period's
-    leaves; anything else is computed from its two children."""
-
-    def __init__(self, blocks: dict[tuple[int, int], bytes], leaves: dict[int, bytes]) -> None:
-        self.blocks = blocks
-        self.leaves = leaves
-        self.memo: dict[tuple[int, int], bytes] = {}
-
-    def complete_subtree(self, level: int, index: int) -> bytes:
-        key = (level, index)
-        if key in self.blocks:
-            return self.blocks[key]
-        if key in self.memo:
-            return self.memo[key]
-        if level == 0:
-            if index not in self.leaves:
-                raise ProofError(f"no leaf {index} and no subtree hash covering it")
-            return self.leaves[index]
-        value = node_hash(
-            self.complete_subtree(level - 1, 2 * index),
-            self.complete_subtree(level - 1, 2 * index + 1),
-        )
-        self.memo[key] = value
-        return value
-
-
-def _root(tree: _Tree, size: int) -> bytes:
-    # The same decomposition as audit.merkle.subtree_hash, over this bundle's pieces.
-    def mth(start: int, end: int) -> bytes:
-        n = end - start
-        if n & (n - 1) == 0 and start % n == 0:
-            level = n.bit_length() - 1
-            return tree.complete_subtree(level, start >> level)
-        k = 1 << ((n - 1).bit_length() - 1)
-        return node_hash(mth(start, start + k), mth(start + k, end))
-
-    return mth(0, size)
+def _root(blocks: dict[tuple[int, int], bytes], leaves: dict[int, bytes], size: int) -> bytes:
+    """The root of the tree of `size` leaves, rebuilt left to right from the period's
+    leaves and the bundle's complete-subtree hashes around them (`CompactRange`, as the
+    sequencer built it). A leaf of the period is always hashed from its entry: a subtree
+    hash that would stand in for one is refused, so an altered entry cannot hide behind
+    its original subtree hash. Raises `ProofError` for a position nothing covers."""
+    starting = {
+        index << level: (level, value)
+        for (level, index), value in blocks.items()
+        if 0 <= level < size.bit_length() and 0 <= index < size
+    }
+    tree = CompactRange()
+    while tree.size < size:
+        at = tree.size
+        if at in leaves:
+            tree.append(leaves[at])
+            continue
+        if at not in starting:
+            raise ProofError(f"no leaf {at} and no subtree hash covering it")
+        level, value = starting[at]
+        # Bounded before shifting: a forged level must not cost memory or time.
+        end = at + (1 << level) if 0 <= level < size.bit_length() else size + 1
+        if end > size or any(at <= i < end for i in leaves):
+            raise ProofError(
+                f"the subtree hash at level {level} from leaf {at} overlaps the period's "
+                "entries or the tree's end"
+            )
+        tree.append_subtree(level, value)
+    return tree.root()
 
 
 def verify_bundle(path: Path, public_key_pem: bytes, previous: Path | None = None) -> Report:
@@ -327,7 +318,7 @@ def _check_entries(
         for b in _lines(files.get("audit/subtrees.jsonl", b""))
     }
     try:
-        recomputed = _root(_Tree(blocks, leaves), size)
+        recomputed = _root(blocks, leaves, size)
     except ProofError as exc:
         report.fail(f"audit/subtrees.jsonl: {exc}")
         return

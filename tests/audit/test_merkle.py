@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from audit.errors import ProofError
 from audit.merkle import (
     EMPTY_ROOT,
+    CompactRange,
+    LeafLevels,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
@@ -164,3 +166,36 @@ def test_bad_arguments() -> None:
         consistency_proof(leaves, 5)
     with pytest.raises(ProofError, match="negative"):
         verify_consistency(-1, 2, [], b"", b"")
+
+
+@given(st.integers(min_value=0, max_value=300))
+@settings(max_examples=80, deadline=None)
+def test_compact_range_builds_the_rfc_tree(size: int) -> None:
+    """Appending leaf by leaf gives the RFC 9162 root at every size, and every complete
+    subtree it reports is the one the full tree has."""
+    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(size)]
+    levels = LeafLevels(leaves)
+    tree = CompactRange()
+    assert tree.root() == root_hash([])
+    for count, leaf in enumerate(leaves, 1):
+        made = tree.append(leaf)
+        assert made[0] == (0, count - 1, leaf)
+        for level, index, value in made:
+            assert levels.complete_subtree(level, index) == value
+        assert tree.size == count
+        assert tree.root() == root_hash(leaves[:count])
+    if size:
+        border = {
+            level: levels.complete_subtree(level, index)
+            for level, index in CompactRange.border_positions(size)
+        }
+        assert CompactRange(size, border).root() == root_hash(leaves)
+
+
+def test_compact_range_refuses_misaligned_subtrees_and_bad_borders() -> None:
+    tree = CompactRange()
+    tree.append(leaf_hash(b"a"))
+    with pytest.raises(ValueError, match="cannot start at leaf 1"):
+        tree.append_subtree(1, leaf_hash(b"b"))
+    with pytest.raises(ValueError, match="one hash per set bit"):
+        CompactRange(3, {0: leaf_hash(b"a")})

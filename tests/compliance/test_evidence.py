@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from PIL import Image
 
+from audit.merkle import leaf_hash
 from compliance import verifier
 from compliance.html import render_html
 from compliance.verifier import Report, render_text, verify_bundle
@@ -606,3 +607,27 @@ def test_previous_bundle_without_a_verified_head_fails(
     verifier._check_previous(files, manifest, {}, bundle, public_key_pem=public_key, report=report)
     assert not report.ok
     assert any("no verified signed head" in problem for problem in report.problems)
+
+
+def test_altered_entry_behind_its_original_subtree_hash(
+    day: tuple[VaultServer, Path, bytes], tmp_path: Path
+) -> None:
+    """An attacker alters an entry and adds the original leaf's hash as a 'subtree' so
+    the root would still recompute: the verifier hashes every entry of the period and
+    refuses a subtree hash that stands in for one."""
+    _, bundle, public_key = day
+    files = _members(bundle)
+    entries = _entries(files)
+    target = entries[len(entries) // 2]
+    original = leaf_hash(str(target["payload"]).encode("utf-8"))
+    target["payload"] = str(target["payload"]).replace('"outcome"', '"outcom3"')
+    _set_entries(files, entries)
+    files["audit/subtrees.jsonl"] += (
+        json.dumps(
+            {"level": 0, "index": target["index"], "hash": base64.b64encode(original).decode()}
+        )
+        + "\n"
+    ).encode()
+    report = verify_bundle(_write(tmp_path / "b.tar.gz", files), public_key)
+    assert not report.ok
+    assert any("does not match signed head" in p for p in report.problems), report.problems
