@@ -104,6 +104,14 @@ def audit_verify(
         Path | None,
         typer.Option(help="PEM public key of the audit signer (default: ask the HSM)."),
     ] = None,
+    kept_head: Annotated[
+        Path | None,
+        typer.Option(
+            "--head",
+            help="A signed head kept outside the database (`cofre audit head` output): the "
+            "log must still contain it (detects a restore that lost entries, or a fork).",
+        ),
+    ] = None,
 ) -> None:
     """Recompute the whole tree from the stored entries and check it against every signed
     tree head and signature. Exits 1 naming the first bad leaf index."""
@@ -117,7 +125,10 @@ def audit_verify(
     else:
         pem = audit_signer(open_hsm(settings)).public_key_pem()
     try:
-        report = AuditStore(open_database(settings)).verify(pem)
+        store = AuditStore(open_database(settings))
+        report = store.verify(pem)
+        if kept_head is not None:
+            _check_kept_head(store, kept_head, pem)
     except AuditVerificationFailed as exc:
         typer.echo(f"FAILED: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -127,6 +138,42 @@ def audit_verify(
         + (f", latest head size {latest.tree_size}" if latest else ", no signed head yet")
         + (f"; {report.queued} entries queued for sequencing" if report.queued else "")
     )
+
+
+def _check_kept_head(store: Any, path: Path, pem: bytes) -> None:
+    """Raise `AuditVerificationFailed` unless the log still contains the signed head in
+    `path`: same entries up to its size, hence the same root."""
+    from audit.errors import AuditVerificationFailed
+    from audit.heads import SignedTreeHead, verify_tree_head
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        head = SignedTreeHead(
+            tree_size=int(data["tree_size"]),
+            root_hash=base64.b64decode(data["root_hash"]),
+            timestamp_ms=int(data["timestamp_ms"]),
+            key_id=str(data["key_id"]),
+            checkpoint=str(data["checkpoint"]),
+            signature=base64.b64decode(data["signature"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AuditVerificationFailed(
+            f"cannot read the kept head {path} ({type(exc).__name__})"
+        ) from None
+    verify_tree_head(head, pem)
+    size = store.size()
+    if size < head.tree_size:
+        raise AuditVerificationFailed(
+            f"the log has {size} entries, fewer than the {head.tree_size} of the kept head: "
+            f"entries {size} to {head.tree_size - 1} were removed (a restore from an older "
+            "backup, or tampering)"
+        )
+    if store.root_at(head.tree_size) != head.root_hash:
+        raise AuditVerificationFailed(
+            f"the log's first {head.tree_size} entries do not hash to the kept head's root: "
+            "the log was rewritten or forked (a restore from an older backup followed by "
+            "new entries, or tampering)"
+        )
 
 
 @audit_app.command("export")
