@@ -9,20 +9,24 @@ lets the monitoring namespace in (deploy/k8s).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
 from prometheus_client import start_http_server
 
 from api.observability import new_meter_provider
 
 
-def start_metrics_listener(host: str, port: int) -> tuple[MeterProvider, Callable[[], None]]:
+def start_metrics_listener(
+    host: str, port: int, extra_readers: Sequence[MetricReader] = ()
+) -> tuple[MeterProvider, Callable[[], None]]:
     """Serve ``/metrics`` on `host`:`port` in a background thread; return the meter
-    provider to record into and a function that stops the listener."""
+    provider to record into (with `extra_readers` too, the OTLP one) and a function that
+    stops the listener."""
     reader = PrometheusMetricReader()
-    provider = new_meter_provider([reader])
+    provider = new_meter_provider([reader, *extra_readers])
     server, thread = start_http_server(port, addr=host)
 
     def stop() -> None:

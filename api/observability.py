@@ -8,12 +8,13 @@ status and error code, never request bodies, raw paths or query strings.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import sys
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import structlog
 from opentelemetry.metrics import Meter, MeterProvider
@@ -24,7 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider as SDKTracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Tracer, TracerProvider
 
-from cofre.redaction import mask_pan_values
+from cofre.redaction import mask_pan_like, mask_pan_values
 
 
 def _mask(value: Any) -> Any:
@@ -42,6 +43,26 @@ def mask_pans(
     return {key: _mask(value) for key, value in event_dict.items()}
 
 
+# The stdlib logger that hands structlog events to the OTLP log exporter (`api.otlp`);
+# it has a handler only when logs are exported, and never prints.
+EXPORT_LOGGER: Final = "cofre.otlp"
+
+
+def export_event(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor (after `mask_pans`): the event, as the JSON line it prints,
+    to the OTLP log exporter when one is configured."""
+    exporter = logging.getLogger(EXPORT_LOGGER)
+    if exporter.handlers:
+        level = logging.getLevelNamesMapping().get(
+            str(event_dict.get("level", "info")).upper(), logging.INFO
+        )
+        line = json.dumps(event_dict, default=str, sort_keys=True)
+        exporter.log(level, mask_pan_like(line))
+    return event_dict
+
+
 def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
     """Send structlog JSON lines to `stream` (stderr by default). Called by the server at
     start-up (structlog's configuration is process-wide by design)."""
@@ -51,6 +72,7 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             mask_pans,
+            export_event,
             structlog.processors.JSONRenderer(sort_keys=True),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +29,14 @@ from api.health import build_health_server
 from api.lifecycle import Readiness, run_until_stopped
 from api.metrics import start_metrics_listener
 from api.models import EvidenceRequest
-from api.observability import Telemetry, configure_logging, make_telemetry
+from api.observability import (
+    Telemetry,
+    configure_logging,
+    make_telemetry,
+    new_meter_provider,
+    new_tracer_provider,
+)
+from api.otlp import otlp_from_env
 from api.pki import DEV_CA_COMMON_NAME, certificate_inventory
 from api.server import TLSFiles, build_server, log_config
 from audit.errors import AuditWriteFailed
@@ -406,17 +414,11 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
     for name in allowed:
         _log.warning("INSECURE setting in effect", setting=f"COFRE_INSECURE__{name.upper()}")
     server = settings.server
-    telemetry, stop_metrics = None, None
-    if server.metrics_port is not None:
-        meter_provider, stop_metrics = start_metrics_listener(
-            server.metrics_host, server.metrics_port
-        )
-        telemetry = make_telemetry(meter_provider=meter_provider)
+    telemetry, stop_telemetry = start_telemetry(settings, os.environ)
     try:
         runtime = build_runtime(settings, migrate_schema=migrate_schema, telemetry=telemetry)
     except BaseException:
-        if stop_metrics is not None:
-            stop_metrics()
+        stop_telemetry()
         raise
     try:
         api = build_server(
@@ -454,8 +456,37 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
         )
     finally:
         runtime.close()
+        stop_telemetry()  # after close: its last log lines are exported too
+
+
+def start_telemetry(
+    settings: Settings, environ: Mapping[str, str]
+) -> tuple[Telemetry, Callable[[], None]]:
+    """Telemetry for `serve`: the OTLP exporters `environ`'s OTEL_* variables ask for
+    (`api.otlp`) and the Prometheus scrape listener when a metrics port is set. Returns
+    it and the function that flushes and stops it."""
+    otlp = otlp_from_env(environ)
+    server = settings.server
+    stop_metrics: Callable[[], None] | None = None
+    if server.metrics_port is not None:
+        meter_provider, stop_metrics = start_metrics_listener(
+            server.metrics_host, server.metrics_port, otlp.metric_readers
+        )
+    else:
+        meter_provider = new_meter_provider(otlp.metric_readers)
+    tracer_provider = new_tracer_provider()  # the sampler comes from OTEL_TRACES_SAMPLER
+    if otlp.span_processor is not None:
+        tracer_provider.add_span_processor(otlp.span_processor)
+
+    def stop() -> None:
+        tracer_provider.shutdown()
         if stop_metrics is not None:
             stop_metrics()
+        else:
+            meter_provider.shutdown()
+        otlp.shutdown()
+
+    return make_telemetry(tracer_provider, meter_provider), stop
 
 
 def _with_crl(check_ready: Callable[[], dict[str, str]], crl: Callable[[], None]) -> dict[str, str]:
