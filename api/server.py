@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import ssl
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
 import uvicorn
+from cryptography import x509
 from fastapi import FastAPI
 
 from api.app import add_ready_check
@@ -25,6 +28,8 @@ from api.errors import ApiError
 from api.lifecycle import ManagedServer
 from api.tls import TLSIdentityH11Protocol, harden_server_context
 from cofre.redaction import mask_pan_like
+
+_log = structlog.get_logger("cofre.tls")
 
 
 class MaskingFormatter(logging.Formatter):
@@ -123,6 +128,35 @@ def build_server(
         server.crl_watcher = watcher
         add_ready_check(app, "crl", watcher.check)
     return server
+
+
+def reload_server_certificate(server: ManagedServer, tls: TLSFiles) -> None:
+    """Put the server certificate and key now in `tls`'s files into force for new
+    connections (SIGHUP; established connections keep theirs).
+
+    The pair is first loaded into a scratch context, so a mismatched or half-written
+    pair raises `ApiError` and leaves the serving context untouched. The client CA
+    bundle is not reloaded: OpenSSL can add trust anchors to a live context but never
+    remove one, so a CA change needs a (draining) restart.
+    """
+    context = server.config.ssl
+    if context is None:
+        raise ApiError("the server has no TLS context to reload")
+    scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        scratch.load_cert_chain(str(tls.cert), str(tls.key))
+        context.load_cert_chain(str(tls.cert), str(tls.key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ApiError(
+            f"the server certificate was not reloaded ({type(exc).__name__}): {tls.cert}"
+        ) from None
+    certificate = x509.load_pem_x509_certificate(tls.cert.read_bytes())
+    _log.info(
+        "server certificate reloaded",
+        file=str(tls.cert),
+        serial=format(certificate.serial_number, "x"),
+        not_after=certificate.not_valid_after_utc.isoformat(),
+    )
 
 
 class BackgroundServer:

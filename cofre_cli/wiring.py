@@ -38,7 +38,7 @@ from api.observability import (
 )
 from api.otlp import otlp_from_env
 from api.pki import DEV_CA_COMMON_NAME, certificate_inventory
-from api.server import TLSFiles, build_server, log_config
+from api.server import TLSFiles, build_server, log_config, reload_server_certificate
 from audit.errors import AuditWriteFailed
 from audit.sequencer import Sequencer, SequencerThread
 from audit.store import AuditStore
@@ -444,14 +444,18 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
                 server.health_port,
                 log_config=log_config(settings.log_level),
             )
+        reloads: list[Callable[[], object]] = [
+            runtime.reload_policy,
+            functools.partial(reload_server_certificate, api, tls_files(settings)),
+        ]
+        if watcher is not None:
+            reloads.append(watcher.reload)
         run_until_stopped(
             api,
             health,
             runtime.readiness,
             drain_delay=server.drain_delay_seconds,
-            on_reload=runtime.reload_policy
-            if watcher is None
-            else functools.partial(_reload_all, runtime.reload_policy, watcher.reload),
+            on_reload=functools.partial(_reload_all, *reloads),
             telemetry=runtime.telemetry,
         )
     finally:

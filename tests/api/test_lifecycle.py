@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from cryptography import x509
 
 from api.pki import ensure_dev_pki
 from tests.support.pans import card_number
@@ -206,3 +208,41 @@ def test_failed_tls_handshakes_are_logged_and_counted(
         "CERTIFICATE" in r or "UNKNOWN_CA" in r
         for r in reasons - {"PEER_DID_NOT_RETURN_A_CERTIFICATE"}
     ), reasons
+
+
+def _server_serial(vault: VaultProcess) -> int:
+    context = ssl.create_default_context(cafile=str(vault.pki.ca))
+    context.load_cert_chain(
+        str(vault.pki.client_cert("payments")), str(vault.pki.client_key("payments"))
+    )
+    with (
+        socket.create_connection(("127.0.0.1", vault.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_sighup_reloads_the_server_certificate(
+    tmp_path: Path, softhsm_token: SoftHSMToken, pg_database: str
+) -> None:
+    vault, _ = _vault(tmp_path, softhsm_token, pg_database)
+    vault.start()
+    assert vault.process is not None
+    try:
+        before = _server_serial(vault)
+        vault.pki.server_cert.unlink()  # the dev PKI issues a new one from the same CA
+        ensure_dev_pki(vault.pki.root)
+        vault.process.send_signal(signal.SIGHUP)
+        for _ in range(3000):
+            if "server certificate reloaded" in vault.log.read_text():
+                break
+            time.sleep(0.01)
+        after = _server_serial(vault)
+        with vault.client() as client:  # and it still serves
+            assert client.get("/readyz").status_code == 200
+    finally:
+        vault.stop()
+    assert after != before
+    assert after == x509.load_pem_x509_certificate(vault.pki.server_cert.read_bytes()).serial_number
