@@ -3,3 +3,23 @@
 The only package that imports FastAPI. Callers are identified by the SAN URI of their
 verified client certificate, never by a header.
 """
+
+# The public modules of this package (its rooms); a module whose name starts with
+# an underscore is internal. tests/test_exported_members.py pins this list.
+__all__ = [
+    "app",
+    "crl",
+    "errors",
+    "guard",
+    "handshake",
+    "health",
+    "lifecycle",
+    "metrics",
+    "models",
+    "observability",
+    "otlp",
+    "pki",
+    "problems",
+    "server",
+    "tls",
+]

@@ -3,3 +3,15 @@
 Entries never hold a PAN (beyond BIN6/last4), a key or a PIN. Tree heads are signed by a
 signer that the wiring injects (the HSM's audit key); `audit` itself never imports `hsm`.
 """
+
+# The public modules of this package (its rooms); a module whose name starts with
+# an underscore is internal. tests/test_exported_members.py pins this list.
+__all__ = [
+    "errors",
+    "heads",
+    "log",
+    "merkle",
+    "schema",
+    "sequencer",
+    "store",
+]

@@ -6,3 +6,14 @@ that nothing imports.
 """
 
 __version__ = "0.1.0"
+
+# The public modules of this package (its rooms); a module whose name starts with
+# an underscore is internal. tests/test_exported_members.py pins this list.
+__all__ = [
+    "__version__",
+    "dberrors",
+    "errors",
+    "filemodes",
+    "redaction",
+    "settings",
+]

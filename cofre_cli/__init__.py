@@ -5,3 +5,12 @@ IN PCI SCOPE (wiring). This package builds the runtime from every other package
 script, the tests and the bench do. The base every package may import is `cofre`
 (errors, settings, redaction, database-error helpers); it imports nothing of ours.
 """
+
+# The public modules of this package (its rooms); a module whose name starts with
+# an underscore is internal. tests/test_exported_members.py pins this list.
+__all__ = [
+    "commands",
+    "devenv",
+    "main",
+    "wiring",
+]

@@ -4,3 +4,16 @@ Nothing above `hsm` ever sees a `pkcs11` exception, a session or an object handl
 provider returns bytes and raises `hsm.errors.HSMError` subclasses. Only `vault` and the
 CLI wiring may import this package (an import-linter contract enforces it).
 """
+
+# The public modules of this package (its rooms); a module whose name starts with
+# an underscore is internal. tests/test_exported_members.py pins this list.
+__all__ = [
+    "errors",
+    "keys",
+    "mechanisms",
+    "models",
+    "provider",
+    "selftest",
+    "session",
+    "softhsm",
+]

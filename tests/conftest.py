@@ -11,6 +11,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 import psycopg
 import pytest
@@ -193,6 +194,34 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 # ------------------------------------------------------------------ no silent skips in CI
 _SKIPPED: list[str] = []
+
+
+# Markers come from what a test uses, so `pytest -m "not postgres and not hsm"` is the
+# fast subset without anyone remembering to mark a test (fixturenames is the whole
+# closure of a test's fixtures; `database_url` picks PostgreSQL by parameter).
+_POSTGRES_FIXTURES: Final = frozenset({"postgres", "pg_database", "durable_postgres"})
+_HSM_FIXTURES: Final = frozenset(
+    {
+        "softhsm_token",
+        "softhsm_provider",
+        "hsm_provider",
+        "rotation_provider",
+        "cloudhsm_shim",
+        "shim_provider",
+        "shim_rotation_provider",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("database_url") == "postgresql"
+        if names & _POSTGRES_FIXTURES or on_postgres:
+            item.add_marker(pytest.mark.postgres)
+        if names & _HSM_FIXTURES:
+            item.add_marker(pytest.mark.hsm)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -64,6 +64,7 @@ def _run_probe(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
     )
 
 
+@pytest.mark.postgres  # runs the suite's PostgreSQL fixture
 def test_unreachable_postgres_fails_not_skips() -> None:
     env = {**os.environ, "COFRE_TEST_PG_DSN": "postgresql://postgres@127.0.0.1:1/postgres"}
     result = _run_probe(f"{PROBE}::test_uses_postgres", env=env)
@@ -73,6 +74,7 @@ def test_unreachable_postgres_fails_not_skips() -> None:
     assert "PostgreSQL is required and could not be used" in result.stdout
 
 
+@pytest.mark.postgres  # runs the suite's PostgreSQL fixture
 def test_postgres_stopped_mid_run_fails_not_skips() -> None:
     env = {k: v for k, v in os.environ.items() if k != "COFRE_TEST_PG_DSN"}
     result = _run_probe(PROBE, env=env)

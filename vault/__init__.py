@@ -4,3 +4,21 @@
 pyca/cryptography's sense: a PAN is carried as `vault.pan.Pan`, never as a `str`, and
 leaves only through `Pan.reveal()`.
 """
+
+# The public modules of this package (its rooms); a module whose name starts with
+# an underscore is internal. tests/test_exported_members.py pins this list.
+__all__ = [
+    "errors",
+    "fpe",
+    "keyring",
+    "migrations",
+    "pan",
+    "policy_record",
+    "relay",
+    "rotation",
+    "sad",
+    "service",
+    "signing",
+    "storage",
+    "tokens",
+]

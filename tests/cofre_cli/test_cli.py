@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import cofre
 
 COFRE = [sys.executable, "-m", "cofre_cli"]
@@ -36,6 +38,7 @@ def test_help_lists_commands() -> None:
         assert command in result.stdout
 
 
+@pytest.mark.hsm  # `cofre dev` creates a SoftHSM2 token
 def test_dev_creates_environment_once(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
     data_dir = tmp_path / "dev"
@@ -77,6 +80,7 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.hsm  # `cofre dev` creates a SoftHSM2 token
 def test_audit_commands_verify_and_catch_tampering(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
     data_dir = tmp_path / "dev"

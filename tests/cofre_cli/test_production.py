@@ -83,6 +83,7 @@ def test_serve_logs_redacted_configuration_and_policy_hash(
     assert "postgres@" not in text  # the database URL never reaches a log
 
 
+@pytest.mark.hsm  # `cofre dev` creates a SoftHSM2 token
 def test_dev_config_file_names_the_port(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
     data_dir = tmp_path / "dev"
