@@ -23,10 +23,11 @@ from cryptography import x509
 from fastapi import FastAPI
 
 from api.app import add_ready_check
+from api.connections import guarded_protocol
 from api.crl import CrlWatcher
 from api.errors import ApiError
 from api.lifecycle import ManagedServer
-from api.tls import TLSIdentityH11Protocol, harden_server_context
+from api.tls import harden_server_context
 from cofre.redaction import mask_pan_like
 
 _log = structlog.get_logger("cofre.tls")
@@ -90,11 +91,17 @@ def build_server(
     log_level: str = "INFO",
     graceful_timeout: int | None = None,
     crl_reload_seconds: float = 30.0,
+    header_timeout: float = 10.0,
+    body_timeout: float = 30.0,
+    max_connections_per_identity: int = 2000,
 ) -> ManagedServer:
     """Return a configured (not yet started) uvicorn server for `app`; on stop,
     in-flight requests get `graceful_timeout` seconds (None: as long as they take).
     With a CRL, the server's `crl_watcher` reloads it when the file changes (polled
-    every `crl_reload_seconds`) and adds its expiry to the app's readiness checks.
+    every `crl_reload_seconds`) and adds its expiry to the app's readiness checks. A
+    request's headers and body must arrive within `header_timeout` / `body_timeout`
+    seconds, and one identity may hold `max_connections_per_identity` connections
+    (`api.connections`).
 
     Raises `ApiError` when a TLS file is missing.
     """
@@ -105,7 +112,11 @@ def build_server(
         app,
         host=host,
         port=port,
-        http=TLSIdentityH11Protocol,
+        http=guarded_protocol(
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            max_connections_per_identity=max_connections_per_identity,
+        ),
         ssl_certfile=str(tls.cert),
         ssl_keyfile=str(tls.key),
         ssl_ca_certs=str(tls.ca_bundle),

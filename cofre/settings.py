@@ -133,6 +133,11 @@ class ServerSettings(_Section):
     cert_file: Path | None = None
     key_file: Path | None = None
     crl_file: Path | None = None
+    # Read deadlines for a request (headers, then body), and the most connections one
+    # client identity may hold open (a busy client's pool holds hundreds).
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    max_connections_per_identity: int = Field(default=2000, ge=1)
     # How often the CRL file is checked for a change (it is also reloaded on SIGHUP).
     crl_reload_seconds: float = Field(default=30.0, gt=0, le=3600)
     # /docs and /openapi.json: the whole API surface for any identity. `cofre dev` turns

@@ -430,6 +430,9 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
             log_level=settings.log_level,
             graceful_timeout=server.drain_timeout_seconds,
             crl_reload_seconds=server.crl_reload_seconds,
+            header_timeout=server.header_timeout_seconds,
+            body_timeout=server.body_timeout_seconds,
+            max_connections_per_identity=server.max_connections_per_identity,
         )
         watcher = api.crl_watcher
         check_ready = runtime.check_ready

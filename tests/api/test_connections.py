@@ -1,0 +1,120 @@
+"""A half-sent request does not hold a connection forever, and one identity cannot open
+unbounded connections (the outside review's slow-client finding)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from api.server import BackgroundServer, TLSFiles, build_server
+from tests.api.conftest import VaultServer
+from tests.support.postgres import free_port
+
+# Generous: a closed connection shows up at once; only a server that never closes it
+# would make the test wait this long (and fail).
+WAIT = 20.0
+
+
+@contextmanager
+def _server(vault: VaultServer, **limits: float) -> Iterator[int]:
+    pki = vault.pki
+    port = free_port()
+    server = BackgroundServer(
+        build_server(
+            vault.runtime.app,
+            "127.0.0.1",
+            port,
+            TLSFiles(cert=pki.server_cert, key=pki.server_key, ca_bundle=pki.ca),
+            **limits,  # type: ignore[arg-type]
+        )
+    )
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop()
+
+
+def _connect(vault: VaultServer, port: int, name: str = "payments") -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=str(vault.pki.ca))
+    context.load_cert_chain(str(vault.pki.client_cert(name)), str(vault.pki.client_key(name)))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    tls.settimeout(WAIT)
+    return tls
+
+
+def _response(conn: ssl.SSLSocket) -> bytes:
+    """One whole HTTP response (status line, headers, Content-Length body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += conn.recv(4096)
+    return head
+
+
+def _closed_by_server(conn: ssl.SSLSocket) -> bool:
+    try:
+        return conn.recv(1024) == b""
+    except (ConnectionError, ssl.SSLError):
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"",  # connected, silent
+        b"POST /v1/tokenize HTTP/1.1\r\nHost: vault\r\n",  # headers never finished
+        b"POST /v1/tokenize HTTP/1.1\r\nHost: vault\r\ncontent-type: application/json\r\n"
+        b'content-length: 100\r\n\r\n{"pan":',  # body never finished
+    ],
+)
+def test_half_sent_request_is_cut_off(vault_server: VaultServer, sent: bytes) -> None:
+    with _server(vault_server, header_timeout=0.5, body_timeout=0.5) as port:
+        conn = _connect(vault_server, port)
+        try:
+            if sent:
+                conn.sendall(sent)
+            assert _closed_by_server(conn)
+        finally:
+            conn.close()
+
+
+def test_a_whole_request_is_answered_and_kept_alive(vault_server: VaultServer) -> None:
+    with _server(vault_server, header_timeout=5, body_timeout=5) as port:
+        conn = _connect(vault_server, port)
+        try:
+            for _ in range(2):
+                conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: vault\r\n\r\n")
+                assert _response(conn).startswith(b"HTTP/1.1 200")
+        finally:
+            conn.close()
+
+
+def test_connections_per_identity_are_capped(vault_server: VaultServer) -> None:
+    with _server(vault_server, header_timeout=60, max_connections_per_identity=2) as port:
+        held = [_connect(vault_server, port) for _ in range(2)]
+        try:
+            third = _connect(vault_server, port)
+            assert _closed_by_server(third)
+            third.close()
+            other = _connect(vault_server, port, "ledger")
+            other.sendall(b"GET /healthz HTTP/1.1\r\nHost: vault\r\n\r\n")
+            assert _response(other).startswith(b"HTTP/1.1 200")
+            other.close()
+        finally:
+            for conn in held:
+                conn.close()
