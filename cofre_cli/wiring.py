@@ -52,7 +52,8 @@ from policies.engine import PolicyEngine, RateLimiter
 from policies.errors import RateLimited
 from policies.loader import load_policy
 from policies.models import RateLimit
-from vault.rotation import KeyRotation, RotationWorker
+from vault.rotation import KeyRotation
+from vault.rotation_worker import RotationWorker
 from vault.service import CallContext, VaultService
 from vault.signing import HSMTreeHeadSigner
 from vault.storage.database import create_database_engine

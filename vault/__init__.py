@@ -8,14 +8,17 @@ leaves only through `Pan.reveal()`.
 # The public modules of this package (its rooms); a module whose name starts with
 # an underscore is internal. tests/test_exported_members.py pins this list.
 __all__ = [
+    "ceremony",
     "errors",
     "fpe",
+    "key_inventory",
     "keyring",
     "migrations",
     "pan",
     "policy_record",
     "relay",
     "rotation",
+    "rotation_worker",
     "sad",
     "service",
     "signing",

@@ -26,9 +26,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, update
@@ -41,7 +39,9 @@ from hsm.provider import HSMProvider, WrappedKey
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.models import Action
+from vault.ceremony import Ceremony, CeremonyState, RotationKind
 from vault.errors import CeremonyError, CeremonyNotFound, StorageUnavailable
+from vault.key_inventory import describe_keys, record_counts
 from vault.keyring import DataKeyring, KeyPurpose, KeyState, pan_aad
 from vault.storage.database import as_utc
 from vault.storage.schema import data_keys, key_approvals, key_ceremonies, tokens
@@ -56,46 +56,6 @@ _REENCRYPT: Final = (
         key_version=bindparam("new"), nonce=bindparam("new_nonce"), ciphertext=bindparam("sealed")
     )
 )
-
-
-class RotationKind(StrEnum):
-    DATA = "data"
-    KEK = "kek"
-    FINGERPRINT = "fingerprint"
-
-
-class CeremonyState(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    DESTROY_PENDING = "destroy_pending"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
-    EXPIRED = "expired"
-
-
-@dataclass(frozen=True)
-class Ceremony:
-    id: str
-    kind: str
-    state: str
-    proposer: str
-    approvers: list[str]
-    approvals_needed: int
-    created_at: datetime
-    expires_at: datetime
-    old_version: int | None
-    new_version: int | None
-    progress_done: int
-    progress_total: int
-    destroy_after: datetime | None
-    completed_at: datetime | None
-
-    def as_json(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        for key, value in out.items():
-            if isinstance(value, datetime):
-                out[key] = value.isoformat()
-        return out
 
 
 class _SelfApproval(Exception):
@@ -354,50 +314,8 @@ class KeyRotation:
     def key_inventory(self) -> dict[str, Any]:
         """The inventory without an authorisation check (for evidence bundles)."""
         with self._read() as connection:
-            counts: dict[int, int] = dict(
-                connection.execute(
-                    select(tokens.c.key_version, func.count())
-                    .where(tokens.c.key_version.is_not(None))
-                    .group_by(tokens.c.key_version)
-                ).all()
-            )
-            fp_counts: dict[int, int] = dict(
-                connection.execute(
-                    select(tokens.c.fp_version, func.count())
-                    .where(tokens.c.fingerprint.is_not(None))
-                    .group_by(tokens.c.fp_version)
-                ).all()
-            )
-        data = []
-        for info in self._keyring.inventory():
-            entry = {
-                "purpose": info.purpose.value,
-                "version": info.version,
-                "state": info.state.value,
-                "kek": info.kek_label,
-                "wrap_mechanism": info.wrap_mechanism,
-                "created_at": info.created_at.isoformat(),
-                "retired_at": info.retired_at.isoformat() if info.retired_at else None,
-                "records": counts.get(info.version, 0)
-                if info.purpose is KeyPurpose.PAN_GCM
-                else None,
-            }
-            data.append(entry)
-        token_keys = []
-        for key in self._provider.list_keys():
-            if key.object_class == "PUBLIC_KEY":
-                continue
-            entry = {
-                "label": key.label,
-                "type": key.key_type,
-                "sensitive": key.sensitive,
-                "extractable": key.extractable,
-                "never_extractable": key.never_extractable,
-            }
-            if key.label.startswith("cofre-fp-v"):
-                entry["records"] = fp_counts.get(int(key.label.rsplit("v", 1)[1]), 0)
-            token_keys.append(entry)
-        return {"token_keys": token_keys, "data_keys": data}
+            counts, fp_counts = record_counts(connection)
+        return describe_keys(counts, fp_counts, self._keyring, self._provider)
 
     # ------------------------------------------------------------------ execution
     def _start(self, connection: Connection, row: Row[Any], approver: str) -> None:
@@ -649,34 +567,3 @@ class KeyRotation:
                 {"ceremony": row.id},
                 connection,
             )
-
-
-class RotationWorker:
-    """Advances running rotations in the background until stopped; errors are kept for
-    readiness and retried on the next tick (a job resumes where its last batch ended)."""
-
-    def __init__(self, rotation: KeyRotation, interval: float = 0.5) -> None:
-        self._rotation = rotation
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="cofre-key-rotation", daemon=True)
-        self.last_error: str | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                moved = self._rotation.run_pending()
-            except Exception as exc:  # noqa: BLE001 - kept and retried; the job resumes
-                self.last_error = type(exc).__name__
-                moved = 0
-            else:
-                self.last_error = None
-            if not moved:
-                self._stop.wait(self._interval)

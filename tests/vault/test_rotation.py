@@ -19,9 +19,10 @@ from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.loader import parse_policy
 from tests.vault.conftest import GETNET, PAYMENTS, TEST_POLICY
+from vault.ceremony import CeremonyState
 from vault.errors import CeremonyError
 from vault.pan import Pan, luhn_check_digit
-from vault.rotation import CeremonyState, KeyRotation
+from vault.rotation import KeyRotation
 from vault.service import TokenizeRequest, VaultService
 from vault.signing import HSMTreeHeadSigner
 

@@ -1,0 +1,52 @@
+"""The models of a key ceremony: its kind, its states and the view an officer sees.
+
+IN PCI SCOPE (key management). Plain values: no keys, no database; `vault.rotation`
+runs ceremonies and returns these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class RotationKind(StrEnum):
+    DATA = "data"
+    KEK = "kek"
+    FINGERPRINT = "fingerprint"
+
+
+class CeremonyState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DESTROY_PENDING = "destroy_pending"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class Ceremony:
+    id: str
+    kind: str
+    state: str
+    proposer: str
+    approvers: list[str]
+    approvals_needed: int
+    created_at: datetime
+    expires_at: datetime
+    old_version: int | None
+    new_version: int | None
+    progress_done: int
+    progress_total: int
+    destroy_after: datetime | None
+    completed_at: datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        for key, value in out.items():
+            if isinstance(value, datetime):
+                out[key] = value.isoformat()
+        return out

@@ -1,0 +1,41 @@
+"""The background thread that carries approved rotations out, batch by batch.
+
+IN PCI SCOPE, holds keys (through `vault.rotation.KeyRotation`).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from vault.rotation import KeyRotation
+
+
+class RotationWorker:
+    """Advances running rotations in the background until stopped; errors are kept for
+    readiness and retried on the next tick (a job resumes where its last batch ended)."""
+
+    def __init__(self, rotation: KeyRotation, interval: float = 0.5) -> None:
+        self._rotation = rotation
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cofre-key-rotation", daemon=True)
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                moved = self._rotation.run_pending()
+            except Exception as exc:  # noqa: BLE001 - kept and retried; the job resumes
+                self.last_error = type(exc).__name__
+                moved = 0
+            else:
+                self.last_error = None
+            if not moved:
+                self._stop.wait(self._interval)
