@@ -19,6 +19,7 @@ table of complete-subtree hashes with O(log n) lookups instead of rehashing n le
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Sequence
 from typing import Final, Protocol
@@ -32,6 +33,12 @@ EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
 def leaf_hash(entry: bytes) -> bytes:
     """Return the RFC 9162 leaf hash ``SHA-256(0x00 || entry)``."""
     return hashlib.sha256(b"\x00" + entry).digest()
+
+
+def hash_b64(value: bytes) -> str:
+    """A hash as the audit log's JSON carries it (heads, proofs, exports, bundles):
+    standard base64 text."""
+    return base64.b64encode(value).decode()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:

@@ -7,7 +7,6 @@ inventory lists attributes only.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
@@ -21,6 +20,7 @@ from typing import Any, Final
 from sqlalchemy import Engine, func, or_, select
 
 from audit.heads import TreeHeadSigner
+from audit.merkle import hash_b64
 from audit.schema import READ_ONLY, audit_entries, audit_leaves
 from audit.sequencer import Sequencer
 from audit.store import AuditStore
@@ -60,10 +60,6 @@ def _blocks(start: int, end: int) -> list[tuple[int, int]]:
 
 def _jsonl(rows: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 # A database outage while the bundle is read leaves as `EvidenceUnavailable` (503).
@@ -116,13 +112,14 @@ def build_bundle(
     ]
     wanted = _blocks(0, start) + _blocks(end, size)
     nodes = store.subtree_hashes(set(wanted))
-    subtrees = [{"level": lv, "index": ix, "hash": _b64(nodes[(lv, ix)])} for lv, ix in wanted]
+    subtrees = [{"level": lv, "index": ix, "hash": hash_b64(nodes[(lv, ix)])} for lv, ix in wanted]
     indices = list(range(start, end))
     if len(indices) > ALL_PROOFS_UP_TO:
         step = max(1, len(indices) // SAMPLE)
         indices = sorted(set(indices[::step]) | {start, end - 1})
     inclusion = [
-        {"index": i, "proof": [_b64(h) for h in store.inclusion_proof(i, size)]} for i in indices
+        {"index": i, "proof": [hash_b64(h) for h in store.inclusion_proof(i, size)]}
+        for i in indices
     ]
     heads = [h.as_json() for h in store.heads() if start < h.tree_size <= size]
     policy_versions = _policy_versions(engine, store, start, end, size)
@@ -155,7 +152,7 @@ def build_bundle(
             {
                 "size1": size1,
                 "size2": size,
-                "proof": [_b64(h) for h in store.consistency_proof(size1, size)]
+                "proof": [hash_b64(h) for h in store.consistency_proof(size1, size)]
                 if size1 < size
                 else [],
             }
@@ -179,7 +176,7 @@ def build_bundle(
         "generator": generator,
         "period": {"from": _entry_time(period_from), "to": _entry_time(period_to)},
         "entries": {"first_index": start, "end_index": end, "count": end - start},
-        "covering_head": {"tree_size": size, "root_hash": _b64(covering.root_hash)},
+        "covering_head": {"tree_size": size, "root_hash": hash_b64(covering.root_hash)},
         "previous_head": previous,
         "policy_sha256": hashlib.sha256(policy_text.encode()).hexdigest(),
         "files": [
@@ -223,7 +220,7 @@ def _policy_versions(
         {
             "index": int(index),
             "payload": payload,
-            "proof": [_b64(h) for h in store.inclusion_proof(int(index), size)],
+            "proof": [hash_b64(h) for h in store.inclusion_proof(int(index), size)],
         }
         for index, payload in [*before, *during]
     ]
@@ -239,7 +236,7 @@ def _signed_previous_head(store: AuditStore, previous: dict[str, Any], size: int
         root1 = str(previous["covering_head"]["root_hash"])
     except (KeyError, TypeError, ValueError):
         raise ComplianceError("the previous head needs a tree_size and a root_hash") from None
-    if not any(h.tree_size == size1 and _b64(h.root_hash) == root1 for h in store.heads()):
+    if not any(h.tree_size == size1 and hash_b64(h.root_hash) == root1 for h in store.heads()):
         raise ComplianceError(
             f"the previous head (tree size {size1}) is not a tree head this log signed"
         )

@@ -20,10 +20,6 @@ audit_app = typer.Typer(
 )
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 @audit_app.command("sequence")
 @fail_cleanly
 def audit_sequence() -> None:
@@ -66,7 +62,7 @@ def audit_prove(
 ) -> None:
     """Print an inclusion proof for entry INDEX (and, with --from-size, a consistency
     proof), checked against the recomputed root before it is printed."""
-    from audit.merkle import leaf_hash, verify_consistency, verify_inclusion
+    from audit.merkle import hash_b64, leaf_hash, verify_consistency, verify_inclusion
     from audit.store import AuditStore
     from cofre_cli.wiring import open_database
 
@@ -81,9 +77,9 @@ def audit_prove(
         "index": index,
         "tree_size": tree_size,
         "entry": entry,
-        "leaf_hash": _b64(leaf),
-        "root_hash": _b64(root),
-        "inclusion_proof": [_b64(p) for p in proof],
+        "leaf_hash": hash_b64(leaf),
+        "root_hash": hash_b64(root),
+        "inclusion_proof": [hash_b64(p) for p in proof],
     }
     head = store.head_at(tree_size)
     out["signed_head"] = head.as_json() if head else None
@@ -93,7 +89,7 @@ def audit_prove(
             consistency_from, tree_size, consistency, store.root_at(consistency_from), root
         )
         out["consistency_from"] = consistency_from
-        out["consistency_proof"] = [_b64(p) for p in consistency]
+        out["consistency_proof"] = [hash_b64(p) for p in consistency]
     typer.echo(json.dumps(out, indent=2))
 
 

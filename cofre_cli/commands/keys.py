@@ -5,6 +5,7 @@ IN PCI SCOPE (wiring).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -31,6 +32,15 @@ def _show_ceremony(data: dict[str, Any]) -> None:
         )
     if data.get("destroy_after"):
         typer.echo(f"  old key destroyed after {data['destroy_after']}")
+
+
+def _decide(
+    ceremony_id: str, decision: str, officer: str, cert: Path | None, key: Path | None
+) -> None:
+    """POST an officer's decision (approve or cancel) on a ceremony and show the result."""
+    with admin_client(officer, cert, key) as client:
+        path = f"/v1/admin/keys/rotations/{ceremony_id}/{decision}"
+        _show_ceremony(admin_call(client, "POST", path))
 
 
 @keys_app.command("list")
@@ -75,10 +85,7 @@ def keys_approve(
     ceremony_id: str, officer: Officer = "officer-bob", cert: CertOpt = None, key: KeyOpt = None
 ) -> None:
     """Approve a proposal (you cannot approve your own)."""
-    with admin_client(officer, cert, key) as client:
-        _show_ceremony(
-            admin_call(client, "POST", f"/v1/admin/keys/rotations/{ceremony_id}/approve")
-        )
+    _decide(ceremony_id, "approve", officer, cert, key)
 
 
 @keys_app.command("cancel")
@@ -87,8 +94,7 @@ def keys_cancel(
     ceremony_id: str, officer: Officer = "officer-alice", cert: CertOpt = None, key: KeyOpt = None
 ) -> None:
     """Cancel a pending proposal."""
-    with admin_client(officer, cert, key) as client:
-        _show_ceremony(admin_call(client, "POST", f"/v1/admin/keys/rotations/{ceremony_id}/cancel"))
+    _decide(ceremony_id, "cancel", officer, cert, key)
 
 
 @keys_app.command("status")
