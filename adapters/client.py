@@ -1,8 +1,11 @@
 """`CofreClient`: the typed HTTPS client the out-of-scope tier uses to talk to the vault.
 
-OUT OF PCI SCOPE. It never handles a PAN: it has no detokenize call (only the masked
-one), and relays send tokens that the vault replaces inside the PCI zone. It speaks
-mutual TLS with the adapter's own client certificate.
+OUT OF PCI SCOPE for what it receives: it has no detokenize call (only the masked one),
+so the vault never sends it a PAN in clear, and relays send tokens that the vault
+replaces inside the PCI zone. It does carry the PANs its caller hands to `tokenize`,
+`tokenize_batch` and `lookup` to the vault, over mutual TLS with the adapter's own
+client certificate, holding them only for the call: a process that calls those
+transmits card data and is in scope for that (PCI DSS 4.0.1 scoping).
 """
 
 from __future__ import annotations

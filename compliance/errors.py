@@ -4,7 +4,6 @@ IN PCI SCOPE.
 
     CofreError
     └── ComplianceError
-        ├── BundleInvalid       an evidence bundle failed verification
         ├── ChainBroken         a chained bundle would leave a gap or an overlap
         └── EvidenceUnavailable the database could not be read for the bundle (503)
 """
@@ -16,10 +15,6 @@ from cofre.errors import CofreError
 
 class ComplianceError(CofreError):
     code = "compliance_error"
-
-
-class BundleInvalid(ComplianceError):
-    code = "bundle_invalid"
 
 
 class ChainBroken(ComplianceError):

@@ -1,10 +1,10 @@
 """AWS, simulated: moto for EC2, CloudWatch Logs and the CloudHSM cluster control plane.
 
-moto's cloudhsmv2 backend has no CreateHsm/DeleteHsm and reports no HSMs in
-DescribeClusters (shared/TOOLCHAIN.md). Those two calls, and the ``Hsms`` list of
-DescribeClusters, are stubbed here with botocore event hooks, the mechanism botocore's
-Stubber uses, and every stubbed response is validated against botocore's own service
-model. Nothing reaches AWS; no credentials are needed.
+moto's cloudhsmv2 backend (5.x) has no CreateHsm/DeleteHsm (`create_hsm` raises
+NotImplementedError) and reports no HSMs in DescribeClusters. Those two calls, and the
+``Hsms`` list of DescribeClusters, are stubbed here with botocore event hooks, the
+mechanism botocore's Stubber uses, and every stubbed response is validated against
+botocore's own service model. Nothing reaches AWS; no credentials are needed.
 """
 
 from __future__ import annotations

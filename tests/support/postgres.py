@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL cluster for the test suite: initdb + pg_ctl in a temp dir.
 
 initdb refuses to run as root, so when the suite runs as root (CI does) only the server
-runs as the unprivileged ``postgres`` user, through runuser (shared/TOOLCHAIN.md).
+runs as the unprivileged ``postgres`` user, through runuser (README, Tests).
 """
 
 from __future__ import annotations
