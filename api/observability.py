@@ -12,12 +12,12 @@ import json
 import logging
 import secrets
 import sys
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
 import structlog
-from opentelemetry.metrics import Meter, MeterProvider
+from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter
 from opentelemetry.sdk.metrics import MeterProvider as SDKMeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider as SDKTracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Tracer, TracerProvider
 
+from cofre.errors import CofreError
 from cofre.redaction import mask_pan_like, mask_pan_values
 
 
@@ -122,6 +123,23 @@ class Telemetry:
         )
         self.hsm_latency = self.meter.create_histogram(
             "cofre.hsm.duration", unit="ms", description="HSM call latency by operation"
+        )
+
+    def observe_unregistered_keys(self, count: Callable[[], int]) -> None:
+        """Report `count()` as `cofre.hsm.unregistered_keys` at each collection: keys on
+        the HSM that are not in the key registry (never used; alert on > 0). Skipped
+        while the HSM or database cannot answer."""
+
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            try:
+                return [Observation(count())]
+            except CofreError:
+                return []
+
+        self.meter.create_observable_gauge(
+            "cofre.hsm.unregistered_keys",
+            callbacks=[observe],
+            description="keys on the HSM that are not in Cofre's key registry",
         )
 
 

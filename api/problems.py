@@ -62,6 +62,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "crl_invalid": (503, "The certificate revocation list could not be loaded"),
     "hsm_error": (503, "The HSM refused the operation"),
     "hsm_key_not_found": (503, "A key the vault needs is not on the HSM"),
+    "hsm_key_unregistered": (503, "A key on the HSM is not in Cofre's key registry"),
     "hsm_mechanism_unsupported": (503, "The HSM lacks a mechanism the vault needs"),
     "hsm_key_not_extractable": (503, "The HSM refused to export a key"),
     "hsm_operation_failed": (503, "The HSM refused the operation"),

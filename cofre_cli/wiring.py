@@ -7,6 +7,7 @@ next to the CLI (import-linter allows the top layer to import every package).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -40,6 +41,7 @@ from api.otlp import otlp_from_env
 from api.pki import DEV_CA_COMMON_NAME, certificate_inventory
 from api.server import TLSFiles, build_server, log_config, reload_server_certificate
 from audit.errors import AuditWriteFailed
+from audit.log import AuditEvent, AuditLog, Outcome
 from audit.sequencer import Sequencer, SequencerThread
 from audit.store import AuditStore
 from cofre.errors import CofreError, ConfigurationError
@@ -52,6 +54,7 @@ from policies.engine import PolicyEngine, RateLimiter
 from policies.errors import RateLimited
 from policies.loader import load_policy
 from policies.models import RateLimit
+from vault.key_registry import KeyRegistry
 from vault.rotation import KeyRotation
 from vault.rotation_worker import RotationWorker
 from vault.service import CallContext, VaultService
@@ -117,6 +120,24 @@ def open_database(settings: Settings, *, run_migrations: bool = False) -> Engine
 
 def open_hsm(settings: Settings) -> HSMProvider:
     return provider_from_settings(settings.hsm)
+
+
+def record_key_creation(
+    engine: Engine, provider: HSMProvider, labels: list[str], *, actor: str
+) -> None:
+    """Record keys just created on the token: a `key.create` audit entry each and their
+    registration in the key registry (label, CKA_ID, check value), in one transaction."""
+    if not labels:
+        return
+    log = AuditLog()
+    registry = KeyRegistry(engine, provider, log)
+    with engine.begin() as connection:
+        for label in labels:
+            log.append(
+                connection,
+                AuditEvent(action="key.create", outcome=Outcome.SUCCESS, actor=actor, key_id=label),
+            )
+            registry.register(connection, label, actor=actor, how=actor)
 
 
 def audit_signer(provider: HSMProvider) -> HSMTreeHeadSigner:
@@ -200,9 +221,13 @@ def build_runtime(
     service = VaultService(engine, provider, PolicyEngine(loaded.policy))
     # The policy this process runs with is in the log before any request is served.
     service.record_policy_load(actor="cofre", source=loaded.source, text=loaded.text)
+    with contextlib.suppress(CofreError):
+        # The first start adopts the token's keys into the empty key registry before the
+        # sequencer signs (if the HSM is down, the first request or readiness check does).
+        service.keyring.registry.adopt_if_empty()
     sequencer = Sequencer(
         engine,
-        audit_signer(provider),
+        HSMTreeHeadSigner(provider, registry=service.keyring.registry),
         sign_every_entries=settings.audit.sign_every_entries,
         sign_every_seconds=settings.audit.sign_every_seconds,
     )
@@ -222,6 +247,7 @@ def build_runtime(
     provider.observer = lambda operation, ms: telemetry.hsm_latency.record(
         ms, {"operation": operation}
     )
+    telemetry.observe_unregistered_keys(lambda: len(service.keyring.registry.unregistered()))
 
     def check_ready() -> dict[str, str]:
         if readiness.draining:

@@ -22,6 +22,12 @@ class KeyInfo:
     always_sensitive: bool | None
     never_extractable: bool | None
     local: bool | None
+    # CKA_ID (base64: hex would often hold 12-digit runs that PAN maskers rewrite), and
+    # what identifies the key material without revealing it: the
+    # token-computed key check value (CKA_CHECK_VALUE) of a secret key, the SHA-256 of
+    # an EC public key's point. `vault.key_registry` compares them with its records.
+    key_id: str | None = None
+    key_check: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

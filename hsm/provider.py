@@ -7,6 +7,7 @@ of `hsm.models`; it raises only `hsm.errors` classes.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 from typing import Any, Final
@@ -172,7 +173,21 @@ class HSMProvider(TokenSession):
             extractable = _attr(obj, Attribute.EXTRACTABLE)
             always = _attr(obj, Attribute.ALWAYS_SENSITIVE)
             never = _attr(obj, Attribute.NEVER_EXTRACTABLE)
+        key_id = _attr(obj, Attribute.ID)
+        check: str | None = None
+        if object_class == ObjectClass.SECRET_KEY:
+            value = _attr(obj, Attribute.CHECK_VALUE)
+            check = None if not value else "kcv:" + bytes(value).hex()
+        elif object_class == ObjectClass.PUBLIC_KEY and key_type == KeyType.EC:
+            point = _attr(obj, Attribute.EC_POINT)
+            if point:
+                digest = hashlib.sha256(bytes(point)).digest()
+                # Base64, not hex: 64 hex digits often hold a 12-digit run, which the
+                # audit log's PAN masker would rewrite.
+                check = "ec-point-sha256:" + base64.b64encode(digest).decode()
         return KeyInfo(
+            key_id=None if key_id is None else base64.b64encode(bytes(key_id)).decode(),
+            key_check=check,
             label=str(_attr(obj, Attribute.LABEL) or ""),
             object_class=object_class.name,
             key_type=key_type.name,

@@ -24,7 +24,8 @@ and kind, or by the masked form.
         │   └── SchemaMismatch                         code schema_mismatch
         ├── DataKeyMissing                             code data_key_missing
         ├── CeremonyError                              code ceremony_invalid
-        └── CeremonyNotFound                           code ceremony_not_found
+        ├── CeremonyNotFound                           code ceremony_not_found
+        └── KeyNotRegistered                           code hsm_key_unregistered
 """
 
 from __future__ import annotations
@@ -151,3 +152,9 @@ class CeremonyError(VaultError):
 
 class CeremonyNotFound(VaultError):
     code = "ceremony_not_found"
+
+
+class KeyNotRegistered(VaultError):
+    """A key on the HSM is not in Cofre's key registry (or differs from its record)."""
+
+    code = "hsm_key_unregistered"

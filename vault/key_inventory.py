@@ -55,6 +55,7 @@ def describe_keys(
         }
         data.append(entry)
     token_keys = []
+    stray = set(keyring.registry.unregistered())
     for key in provider.list_keys():
         if key.object_class == "PUBLIC_KEY":
             continue
@@ -64,6 +65,9 @@ def describe_keys(
             "sensitive": key.sensitive,
             "extractable": key.extractable,
             "never_extractable": key.never_extractable,
+            "cka_id": key.key_id,
+            # False for a key on the token that Cofre did not create (never used).
+            "registered": key.label not in stray,
         }
         if key.label.startswith("cofre-fp-v"):
             entry["records"] = fp_counts.get(int(key.label.rsplit("v", 1)[1]), 0)

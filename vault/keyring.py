@@ -23,10 +23,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, Engine, insert, select
 
 from audit.schema import READ_ONLY
-from hsm.keys import KeyHierarchy, KeyKind
+from hsm.keys import KeyKind
 from hsm.provider import HSMProvider, WrappedKey, wipe
 from vault.errors import DataKeyMissing
 from vault.fpe.ff1 import FF1
+from vault.key_registry import KeyRegistry
 from vault.storage.schema import data_keys
 
 _ACTIVE_TTL_S = 1.0
@@ -64,7 +65,11 @@ class DataKeyInfo:
 class DataKeyring:
     """The data keys of one vault database, unwrapped lazily through one HSM provider."""
 
-    def __init__(self, engine: Engine, provider: HSMProvider) -> None:
+    def __init__(
+        self, engine: Engine, provider: HSMProvider, registry: KeyRegistry | None = None
+    ) -> None:
+        # The KEK is the newest *registered* one (never just the newest label).
+        self.registry = registry or KeyRegistry(engine, provider)
         # Reads only: on SQLite they must not queue behind the caller's own write
         # transaction (the keyring is consulted from inside one).
         self._engine = engine.execution_options(**READ_ONLY)
@@ -82,7 +87,7 @@ class DataKeyring:
         """Create version 1 of every purpose that has no key yet, in `connection`'s
         transaction; return what was created (the caller audits it)."""
         created = []
-        kek = KeyHierarchy(self._provider).current_label(KeyKind.KEK)
+        kek = self.registry.current_label(KeyKind.KEK)
         for purpose in KeyPurpose:
             exists = connection.execute(
                 select(data_keys.c.version).where(data_keys.c.purpose == purpose.value).limit(1)

@@ -329,10 +329,20 @@ class KeyRotation:
             )
         else:
             key_kind = KeyKind.KEK if kind is RotationKind.KEK else KeyKind.FINGERPRINT
-            old = self._hierarchy.versions(key_kind)[-1]
+            old = self._keyring.registry.versions(key_kind)[-1]
             new = old + 1
-            if not self._provider.has_key(key_label(key_kind, new)):
-                self._hierarchy.create(key_kind, new)
+            label = key_label(key_kind, new)
+            if self._provider.has_key(label):
+                # Not created by this ceremony (a key planted under the next label, or
+                # a start whose transaction was lost): never adopted silently.
+                raise CeremonyError(
+                    f"a key labelled {label!r} is already on the token and not in the key "
+                    "registry: investigate and destroy it, then approve again"
+                )
+            self._hierarchy.create(key_kind, new)
+            self._keyring.registry.register(
+                connection, label, actor=approver, how=f"created by key ceremony {row.id}"
+            )
             if kind is RotationKind.KEK:
                 total = int(
                     connection.execute(
@@ -370,7 +380,7 @@ class KeyRotation:
         )
 
     def _new_data_keys(self, connection: Connection) -> tuple[int, int]:
-        kek = self._hierarchy.current_label(KeyKind.KEK)
+        kek = self._keyring.registry.current_label(KeyKind.KEK)
         old = int(
             connection.execute(
                 select(func.max(data_keys.c.version)).where(

@@ -263,6 +263,8 @@ class VaultService:
                 )
             return [f"{purpose.value}-v{version}" for purpose, version in created]
 
+        # Before the transaction: adopting writes in a transaction of its own.
+        self._keyring.registry.adopt_if_empty(actor=actor)
         created = self._transaction(work)
         self._initialized = True
         return created
@@ -280,7 +282,8 @@ class VaultService:
         with self._storage(), self._engine.connect() as connection:
             connection.execute(select(1))
         self._ensure_initialized()
-        return {"hsm": "ok", "database": "ok"}
+        self._keyring.registry.check()  # raises KeyNotRegistered
+        return {"hsm": "ok", "database": "ok", "key_registry": "ok"}
 
     # ------------------------------------------------------------------ helpers
     @contextmanager
@@ -370,9 +373,9 @@ class VaultService:
         fingerprint rotation migrates). Cached for a second."""
         now = time.monotonic()
         if self._fp_versions is None or now - self._fp_read > 1.0:
-            versions = self._hierarchy.versions(KeyKind.FINGERPRINT)
+            versions = self._keyring.registry.versions(KeyKind.FINGERPRINT)
             if not versions:
-                self._hierarchy.current_label(KeyKind.FINGERPRINT)  # raises HSMKeyNotFound
+                self._keyring.registry.current_label(KeyKind.FINGERPRINT)  # HSMKeyNotFound
             self._fp_versions, self._fp_read = versions, now
         return self._fp_versions
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from hsm.keys import KeyHierarchy, KeyKind
 from hsm.provider import HSMProvider
+from vault.key_registry import KeyRegistry
 
 
 class HSMTreeHeadSigner:
@@ -15,14 +16,23 @@ class HSMTreeHeadSigner:
     label, the newest ``cofre-audit-vN`` on the token, looked up at first use (so a vault
     can start while the HSM is still coming up)."""
 
-    def __init__(self, provider: HSMProvider, label: str | None = None) -> None:
+    def __init__(
+        self, provider: HSMProvider, label: str | None = None, registry: KeyRegistry | None = None
+    ) -> None:
         self._provider = provider
         self._label = label
+        self._registry = registry
 
     @property
     def key_id(self) -> str:
         if self._label is None:
-            self._label = KeyHierarchy(self._provider).current_label(KeyKind.AUDIT)
+            # With a registry (the vault), the newest registered audit key: a key planted
+            # under a newer label never signs.
+            self._label = (
+                self._registry.current_label(KeyKind.AUDIT)
+                if self._registry is not None
+                else KeyHierarchy(self._provider).current_label(KeyKind.AUDIT)
+            )
         return self._label
 
     def sign(self, message: bytes) -> bytes:

@@ -23,11 +23,18 @@ hsm_app = typer.Typer(
 @fail_cleanly
 def hsm_init() -> None:
     """Create Cofre's key hierarchy on an empty token (idempotent): KEK, fingerprint key,
-    audit signing key. Data keys are created by the vault and stored wrapped."""
+    audit signing key, each audited and recorded in the key registry (run `cofre db
+    migrate` first). Data keys are created by the vault and stored wrapped."""
+    from cofre_cli.wiring import open_database, record_key_creation
     from hsm.keys import KeyHierarchy
     from hsm.provider import provider_from_settings
 
-    created = KeyHierarchy(provider_from_settings(cli_settings().hsm)).initialize()
+    settings = cli_settings()
+    # The database first: keys are never created where their creation cannot be recorded.
+    engine = open_database(settings)
+    provider = provider_from_settings(settings.hsm)
+    created = KeyHierarchy(provider).initialize()
+    record_key_creation(engine, provider, created, actor="cofre hsm init")
     typer.echo(
         "created: " + ", ".join(created) if created else "nothing to do: the hierarchy exists"
     )
@@ -42,7 +49,8 @@ def hsm_status(
     with its attributes. Never shows key material."""
     from hsm.provider import REQUIRED_MECHANISMS, provider_from_settings
 
-    provider = provider_from_settings(cli_settings().hsm)
+    settings = cli_settings()
+    provider = provider_from_settings(settings.hsm)
     offered = provider.mechanism_ids()
     try:
         algorithm = provider.wrap_algorithm()
@@ -54,6 +62,7 @@ def hsm_status(
         "mechanisms": {name: number in offered for name, number in REQUIRED_MECHANISMS.items()},
         "wrap_mechanism": wrap,
         "keys": [asdict(info) for info in provider.list_keys()],
+        **_registry_report(settings, provider),
     }
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -66,6 +75,11 @@ def hsm_status(
     for name, present in report["mechanisms"].items():
         typer.echo(f"  mechanism {name:<24} {'present' if present else 'MISSING'}")
     typer.echo(f"  key wrap: {wrap or 'NONE'}")
+    if report["unregistered"]:
+        typer.echo(
+            "  UNREGISTERED keys (never used; investigate and destroy): "
+            + ", ".join(report["unregistered"])
+        )
     for key in report["keys"]:
         flags = ", ".join(
             f"{flag}={key[flag]}"
@@ -104,3 +118,22 @@ def hsm_selftest(
         typer.echo(render_table(report))
     if not report.passed:
         raise typer.Exit(1)
+
+
+def _registry_report(settings: Any, provider: Any) -> dict[str, Any]:
+    """The key registry's view: registered labels and the keys on the token that are
+    not registered as they are (an empty registry is adopted at the vault's first start)."""
+    from cofre_cli.wiring import open_database
+    from vault.key_registry import KeyRegistry
+
+    try:
+        registry = KeyRegistry(open_database(settings), provider)
+        registered = registry.registered()
+        stray = registry.unregistered() if registered else []
+    except CofreError as exc:
+        return {"registry": f"unavailable ({exc.code})", "unregistered": []}
+    return {
+        "registry": "ok" if registered else "empty (adopted at the vault's first start)",
+        "registered": sorted(registered),
+        "unregistered": stray,
+    }

@@ -6,7 +6,7 @@ IN PCI SCOPE (wiring).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -34,7 +34,7 @@ def dev_command(
     DATA_DIR; then serve the API on https://127.0.0.1:8443. `make run` calls this."""
     from api.pki import DevPKI
     from cofre_cli.devenv import dev_settings, ensure_dev_environment
-    from cofre_cli.wiring import build_runtime, open_database, serve
+    from cofre_cli.wiring import build_runtime, open_database, record_key_creation, serve
     from hsm.keys import KeyHierarchy
     from hsm.provider import provider_from_settings
 
@@ -44,7 +44,9 @@ def dev_command(
     provider = provider_from_settings(settings.hsm)
     created = KeyHierarchy(provider).initialize()
     # A laptop convenience: `cofre dev` migrates whatever database it is given.
-    _audit_key_creation(open_database(settings, run_migrations=True), created, actor="cofre dev")
+    record_key_creation(
+        open_database(settings, run_migrations=True), provider, created, actor="cofre dev"
+    )
     if created:
         typer.echo("created keys on the token: " + ", ".join(created))
     if check:
@@ -90,18 +92,3 @@ def serve_command() -> None:
     from cofre_cli.wiring import serve
 
     serve(cli_settings())
-
-
-def _audit_key_creation(engine: Any, labels: list[str], *, actor: str) -> None:
-    """Record key creation in the audit log (key events are audited like every operation)."""
-    from audit.log import AuditEvent, AuditLog, Outcome
-
-    if not labels:
-        return
-    log = AuditLog()
-    with engine.begin() as connection:
-        for label in labels:
-            log.append(
-                connection,
-                AuditEvent(action="key.create", outcome=Outcome.SUCCESS, actor=actor, key_id=label),
-            )

@@ -265,7 +265,12 @@ def test_health_and_readiness(vault_server: VaultServer) -> None:
         ready = c.get("/readyz").json()
     assert ready == {
         "status": "ready",
-        "checks": {"hsm": "ok", "database": "ok", "audit_sequencer": "ok"},
+        "checks": {
+            "hsm": "ok",
+            "database": "ok",
+            "key_registry": "ok",
+            "audit_sequencer": "ok",
+        },
     }
 
 

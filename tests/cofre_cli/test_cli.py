@@ -88,27 +88,27 @@ def test_audit_commands_verify_and_catch_tampering(tmp_path: Path) -> None:
     env["COFRE_CONFIG"] = str(data_dir / "cofre.toml")
     sequenced = run("audit", "sequence", env=env)
     assert sequenced.returncode == 0, sequenced.stderr
-    # Three token keys created by `cofre dev`; the policy it started with and two data
-    # keys by the vault's first start.
+    # Three token keys created and registered by `cofre dev`; the policy it started
+    # with and two data keys by the vault's first start.
     # The vault's own sequencer thread may have integrated some before `dev --check`
-    # stopped it (a race on its 0.2 s timer), so only the total is fixed: six entries.
-    assert re.fullmatch(r"integrated [0-6] entries\n", sequenced.stdout)
+    # stopped it (a race on its 0.2 s timer), so only the total is fixed: nine entries.
+    assert re.fullmatch(r"integrated [0-9] entries\n", sequenced.stdout)
     verified = run("audit", "verify", env=env)
     assert verified.returncode == 0, verified.stderr
-    checked = re.match(r"OK: 6 entries, ([0-9]+) signed tree heads verified", verified.stdout)
+    checked = re.match(r"OK: 9 entries, ([0-9]+) signed tree heads verified", verified.stdout)
     assert checked is not None, verified.stdout
     heads = int(checked.group(1))
     assert heads >= 1
     head = json.loads(run("audit", "head", env=env).stdout)
-    assert head["tree_size"] == 6
+    assert head["tree_size"] == 9
     proof = json.loads(run("audit", "prove", "--index", "1", "--from-size", "1", env=env).stdout)
-    assert proof["tree_size"] == 6
-    assert len(proof["inclusion_proof"]) == 3
+    assert proof["tree_size"] == 9
+    assert len(proof["inclusion_proof"]) == 4
     assert proof["root_hash"] == head["root_hash"]
     out = tmp_path / "export.jsonl"
     assert run("audit", "export", "--out", str(out), env=env).returncode == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["type"] for r in records] == ["public_key"] + ["entry"] * 6 + ["head"] * heads
+    assert [r["type"] for r in records] == ["public_key"] + ["entry"] * 9 + ["head"] * heads
 
     db = sqlite3.connect(data_dir / "cofre.sqlite3")
     db.execute("DROP TRIGGER audit_entries_no_update")
@@ -121,3 +121,48 @@ def test_audit_commands_verify_and_catch_tampering(tmp_path: Path) -> None:
     failed = run("audit", "verify", env=env)
     assert failed.returncode == 1
     assert "leaf index 2" in failed.stderr
+
+
+PLANT = (
+    "from cofre.settings import load_settings; from hsm.provider import provider_from_settings;"
+    "provider_from_settings(load_settings().hsm).generate_kek('cofre-kek-v2')"
+)
+
+
+def test_hsm_status_reports_a_planted_key_and_dev_check_fails(tmp_path: Path) -> None:
+    """Key substitution: a `cofre-kek-v2` created with the crypto-user PIN behind Cofre's
+    back is not in the key registry: reported by `cofre hsm status`, and readiness fails
+    with `hsm_key_unregistered`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
+    data_dir = tmp_path / "dev"
+    assert run("dev", "--check", "--data-dir", str(data_dir), env=env).returncode == 0
+    env["COFRE_CONFIG"] = str(data_dir / "cofre.toml")
+    status = json.loads(run("hsm", "status", "--json", env=env).stdout)
+    assert status["registry"] == "ok"
+    assert set(status["registered"]) == {"cofre-kek-v1", "cofre-fp-v1", "cofre-audit-v1"}
+    assert status["unregistered"] == []
+    planted = subprocess.run(
+        [sys.executable, "-c", PLANT], env=env, capture_output=True, text=True, check=False
+    )
+    assert planted.returncode == 0, planted.stderr
+    status = json.loads(run("hsm", "status", "--json", env=env).stdout)
+    assert status["unregistered"] == ["cofre-kek-v2"]
+    shown = run("hsm", "status", env=env)
+    assert "UNREGISTERED keys (never used; investigate and destroy): cofre-kek-v2" in shown.stdout
+    check = run("dev", "--check", "--data-dir", str(data_dir), env=env)
+    assert check.returncode == 1
+    assert "hsm_key_unregistered" in check.stderr
+    assert "cofre-kek-v2" in check.stderr
+    # `cofre hsm init` on the initialised token creates nothing, and every key `cofre
+    # dev` created is registered with its CKA_ID and check value, in the audit log.
+    assert "nothing to do" in run("hsm", "init", env=env).stdout
+    exported = tmp_path / "log.jsonl"
+    assert run("audit", "export", "--out", str(exported), env=env).returncode == 0
+    registered = [
+        json.loads(r["payload"])
+        for r in map(json.loads, exported.read_text().splitlines())
+        if r["type"] == "entry" and '"action":"key.register"' in r["payload"]
+    ]
+    assert {(e["key_id"], e["details"]["how"]) for e in registered} == {
+        (label, "cofre dev") for label in ("cofre-kek-v1", "cofre-fp-v1", "cofre-audit-v1")
+    }

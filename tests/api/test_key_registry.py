@@ -1,0 +1,59 @@
+"""Key substitution seen from outside (PCI DSS 3.7.7): a KEK planted on the token under a
+newer Cofre label fails readiness with its own code, raises a metric, is flagged in the
+key inventory, and a data-key rotation still wraps under the registered KEK."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hsm.provider import HSMProvider
+from tests.api.conftest import VaultServer, running_vault
+
+PLANTED = "cofre-kek-v8"
+
+
+def _gauge(vault: VaultServer, name: str) -> int | None:
+    data = vault.metrics.get_metrics_data()
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    return int(metric.data.data_points[0].value)  # type: ignore[union-attr]
+    return None
+
+
+def test_planted_kek_is_reported_and_never_used(tmp_path: Path, hsm_provider: HSMProvider) -> None:
+    with running_vault(tmp_path, hsm_provider) as vault:
+        with vault.client() as c:
+            assert c.get("/readyz").status_code == 200
+        assert _gauge(vault, "cofre.hsm.unregistered_keys") == 0
+        hsm_provider.generate_kek(PLANTED)
+        try:
+            _check_planted(vault)
+        finally:
+            hsm_provider.destroy_key(PLANTED)
+        with vault.client() as c:
+            assert c.get("/readyz").status_code == 200
+
+
+def _check_planted(vault: VaultServer) -> None:
+    with vault.client() as c:
+        ready = c.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["code"] == "hsm_key_unregistered"
+    assert PLANTED in ready.json()["detail"]
+    assert _gauge(vault, "cofre.hsm.unregistered_keys") == 1
+    with vault.client("officer-alice") as c:
+        ceremony = c.post("/v1/admin/keys/rotations", json={"kind": "data"}).json()["id"]
+    with vault.client("officer-bob") as c:
+        assert c.post(f"/v1/admin/keys/rotations/{ceremony}/approve").status_code == 200
+        deadline = time.monotonic() + 30
+        while c.get(f"/v1/admin/keys/rotations/{ceremony}").json()["state"] != "completed":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        inventory = c.get("/v1/admin/keys").json()
+    assert {k["kek"] for k in inventory["data_keys"]} == {"cofre-kek-v1"}
+    flagged = {k["label"]: k["registered"] for k in inventory["token_keys"]}
+    assert flagged[PLANTED] is False
+    assert flagged["cofre-kek-v1"] is True

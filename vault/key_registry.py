@@ -1,0 +1,194 @@
+"""The key registry: which HSM keys are Cofre's (PCI DSS 3.6.1, 3.7.7).
+
+IN PCI SCOPE. Every token key Cofre uses is recorded when it is created (or, on the
+first start of a vault whose registry is empty, adopted from the token as found):
+label, CKA_ID and what identifies its material without revealing it (the token's key
+check value for a secret key, the SHA-256 of an EC public point). Records are
+`key.register` audit entries, so the registry is as tamper-evident as the log.
+
+A key on the token that is not in the registry, or whose CKA_ID or check value differ
+from its record (a substitute under a Cofre label), is never used: the newest
+*registered* version of a kind is current, never simply the newest label. Such keys
+are reported (`cofre hsm status`, `/readyz` with `hsm_key_unregistered`, a metric).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Final
+
+from sqlalchemy import Connection, Engine, select
+
+from audit.log import AuditEvent, AuditLog, Outcome
+from audit.schema import READ_ONLY, audit_entries
+from hsm.errors import HSMKeyNotFound
+from hsm.keys import KeyKind, parse_key_label
+from hsm.models import KeyInfo
+from hsm.provider import HSMProvider
+from vault.errors import KeyNotRegistered
+
+REGISTER: Final = "key.register"
+_REFRESH_SECONDS: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyIdentity:
+    """One key as the token shows it: label, CKA_ID (base64) and check value."""
+
+    label: str
+    cka_id: str | None
+    check: str | None
+
+    def as_details(self) -> dict[str, str | None]:
+        return {"label": self.label, "cka_id": self.cka_id, "check": self.check}
+
+
+def token_identities(keys: list[KeyInfo]) -> dict[str, KeyIdentity | None]:
+    """Each label on the token with its identity; ``None`` when the label's objects do
+    not make one key (two secret keys under one label, halves with different ids)."""
+    by_label: dict[str, list[KeyInfo]] = defaultdict(list)
+    for key in keys:
+        by_label[key.label].append(key)
+    out: dict[str, KeyIdentity | None] = {}
+    for label, objects in by_label.items():
+        classes = sorted(o.object_class for o in objects)
+        if classes == ["SECRET_KEY"]:
+            out[label] = KeyIdentity(label, objects[0].key_id, objects[0].key_check)
+        elif classes == ["PRIVATE_KEY", "PUBLIC_KEY"] and len({o.key_id for o in objects}) == 1:
+            public = next(o for o in objects if o.object_class == "PUBLIC_KEY")
+            out[label] = KeyIdentity(label, public.key_id, public.key_check)
+        else:
+            out[label] = None
+    return out
+
+
+class KeyRegistry:
+    """Registered keys (from the audit log) checked against the token."""
+
+    def __init__(self, engine: Engine, provider: HSMProvider, audit: AuditLog | None = None):
+        self._engine = engine
+        self._provider = provider
+        self._audit = audit or AuditLog()
+        self._lock = threading.Lock()
+        self._cache: dict[str, KeyIdentity] | None = None
+        self._read_at = 0.0
+
+    # ------------------------------------------------------------------ records
+    def registered(self, *, fresh: bool = False) -> dict[str, KeyIdentity]:
+        """The registry by label (the last record of a label wins). Read from the log,
+        cached for a second (another node may register a key)."""
+        with self._lock:
+            now = time.monotonic()
+            if fresh or self._cache is None or now - self._read_at > _REFRESH_SECONDS:
+                self._cache, self._read_at = self._read(), now
+            return dict(self._cache)
+
+    def _read(self, connection: Connection | None = None) -> dict[str, KeyIdentity]:
+        # Canonical payloads sort their keys, so "action" is always first.
+        query = (
+            select(audit_entries.c.payload)
+            .where(audit_entries.c.payload.startswith(f'{{"action":"{REGISTER}",'))
+            .order_by(audit_entries.c.id)
+        )
+        if connection is None:
+            # A read-only connection: on SQLite it must not queue behind a writer (the
+            # registry is consulted from inside the vault's own write transactions).
+            with self._engine.execution_options(**READ_ONLY).connect() as reader:
+                return self._read(reader)
+        out: dict[str, KeyIdentity] = {}
+        for payload in connection.execute(query).scalars():
+            details = json.loads(payload).get("details", {})
+            label = str(details.get("label", ""))
+            out[label] = KeyIdentity(label, details.get("cka_id"), details.get("check"))
+        return out
+
+    def register(self, connection: Connection, label: str, *, actor: str, how: str) -> None:
+        """Record token key `label` as Cofre's, in `connection`'s transaction.
+
+        Raises `KeyNotRegistered` when the label does not name exactly one key.
+        """
+        identity = token_identities(self._provider.list_keys()).get(label)
+        if identity is None:
+            raise KeyNotRegistered(f"{label!r} is not exactly one key on the token")
+        self._audit.append(
+            connection,
+            AuditEvent(
+                action=REGISTER,
+                outcome=Outcome.SUCCESS,
+                actor=actor,
+                key_id=label,
+                details={**identity.as_details(), "how": how},
+            ),
+        )
+        with self._lock:
+            self._cache = None
+
+    def adopt_if_empty(self, *, actor: str = "cofre") -> list[str]:
+        """On a vault whose registry is empty (its first start, or its first since the
+        registry exists), register the Cofre-labelled keys on the token as found (trust
+        on first use, recorded). Returns the labels adopted."""
+        if self.registered():
+            return []
+        adopted = [
+            label
+            for label, identity in sorted(token_identities(self._provider.list_keys()).items())
+            if identity is not None and parse_key_label(label) is not None
+        ]
+        with self._engine.begin() as connection:
+            if self._read(connection):  # another node adopted meanwhile
+                return []
+            for label in adopted:
+                self.register(connection, label, actor=actor, how="adopted at first start")
+        with self._lock:
+            self._cache = None
+        return adopted
+
+    # ------------------------------------------------------------------ use
+    def versions(self, kind: KeyKind) -> list[int]:
+        """Versions of `kind` on the token that match their registry record, ascending.
+        A substitute (same label, other CKA_ID or check value) or an unregistered
+        newer version is left out: never used. Never writes (it is called inside the
+        vault's transactions): adoption is `adopt_if_empty`'s, before them."""
+        on_token = token_identities(self._provider.list_keys())
+        registry = self.registered()
+        if any(label not in registry for label in on_token if parse_key_label(label)):
+            registry = self.registered(fresh=True)  # registered by another node?
+        found = []
+        for label, identity in on_token.items():
+            parsed = parse_key_label(label)
+            if parsed is not None and parsed[0] == kind and identity == registry.get(label):
+                found.append(parsed[1])
+        return sorted(found)
+
+    def current_label(self, kind: KeyKind) -> str:
+        """The label of the newest registered version of `kind`. Raises `HSMKeyNotFound`."""
+        versions = self.versions(kind)
+        if not versions:
+            raise HSMKeyNotFound(
+                f"no registered {kind.value} key on the token: run `cofre hsm init`"
+            )
+        return f"cofre-{kind.value}-v{versions[-1]}"
+
+    def unregistered(self) -> list[str]:
+        """Labels of keys on the token that are not in the registry as they are."""
+        registry = self.registered()
+        return sorted(
+            label
+            for label, identity in token_identities(self._provider.list_keys()).items()
+            if identity is None or registry.get(label) != identity
+        )
+
+    def check(self) -> None:
+        """Return if every key on the token is registered. Raises `KeyNotRegistered`
+        naming the others (readiness fails with its own code)."""
+        self.adopt_if_empty()
+        stray = self.unregistered()
+        if stray:
+            raise KeyNotRegistered(
+                "keys on the token that are not in Cofre's key registry (never used; "
+                "investigate and destroy them): " + ", ".join(stray)
+            )
