@@ -72,6 +72,7 @@ def test_health_listener_answers_probes_without_identity(
             assert ready.json()["checks"] == {
                 "hsm": "ok",
                 "database": "ok",
+                "key_registry": "ok",
                 "audit_sequencer": "ok",
             }
             # Nothing else is served here: no API route, no body read, no identity.
