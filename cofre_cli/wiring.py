@@ -52,7 +52,7 @@ from compliance.export import EvidenceSources, build_bundle
 from hsm.provider import HSMProvider, provider_from_settings
 from policies.engine import PolicyEngine, RateLimiter
 from policies.errors import RateLimited
-from policies.loader import load_policy
+from policies.loader import LoadedPolicy, load_policy
 from policies.models import RateLimit
 from vault.key_registry import KeyRegistry
 from vault.rotation import KeyRotation
@@ -191,6 +191,24 @@ class Runtime:
         _log.info("vault stopped", data_keys="wiped", hsm_session="closed")
 
 
+def _record_start(service: VaultService, loaded: LoadedPolicy) -> None:
+    """Put in the log what this process starts with, before any request is served."""
+    service.record_policy_load(actor="cofre", source=loaded.source, text=loaded.text)
+    with contextlib.suppress(CofreError):
+        # The first start adopts the token's keys into the empty key registry before the
+        # sequencer signs (if the HSM is down, the first request or readiness check does).
+        service.keyring.registry.adopt_if_empty()
+
+
+def _observe(telemetry: Telemetry, provider: HSMProvider, service: VaultService) -> Telemetry:
+    """Feed the HSM's latency and the key registry's stray count into `telemetry`."""
+    provider.observer = lambda operation, ms: telemetry.hsm_latency.record(
+        ms, {"operation": operation}
+    )
+    telemetry.observe_unregistered_keys(lambda: len(service.keyring.registry.unregistered()))
+    return telemetry
+
+
 def build_runtime(
     settings: Settings,
     *,
@@ -219,12 +237,7 @@ def build_runtime(
     provider = provider or open_hsm(settings)
     loaded = load_policy(settings.policy_file)
     service = VaultService(engine, provider, PolicyEngine(loaded.policy))
-    # The policy this process runs with is in the log before any request is served.
-    service.record_policy_load(actor="cofre", source=loaded.source, text=loaded.text)
-    with contextlib.suppress(CofreError):
-        # The first start adopts the token's keys into the empty key registry before the
-        # sequencer signs (if the HSM is down, the first request or readiness check does).
-        service.keyring.registry.adopt_if_empty()
+    _record_start(service, loaded)
     sequencer = Sequencer(
         engine,
         HSMTreeHeadSigner(provider, registry=service.keyring.registry),
@@ -243,11 +256,7 @@ def build_runtime(
     )
     worker = RotationWorker(rotation, interval=min(0.5, sequencer_interval * 2))
     worker.start()
-    telemetry = telemetry or make_telemetry()
-    provider.observer = lambda operation, ms: telemetry.hsm_latency.record(
-        ms, {"operation": operation}
-    )
-    telemetry.observe_unregistered_keys(lambda: len(service.keyring.registry.unregistered()))
+    telemetry = _observe(telemetry or make_telemetry(), provider, service)
 
     def check_ready() -> dict[str, str]:
         if readiness.draining:
