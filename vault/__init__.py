@@ -12,6 +12,7 @@ __all__ = [
     "errors",
     "fpe",
     "key_inventory",
+    "key_registry",
     "keyring",
     "migrations",
     "pan",
