@@ -1,31 +1,21 @@
 """`CofreClient`: the typed HTTPS client the out-of-scope tier uses to talk to the vault.
 
-OUT OF PCI SCOPE for what it receives: it has no detokenize call (only the masked one),
-so the vault never sends it a PAN in clear, and relays send tokens that the vault
-replaces inside the PCI zone. It does carry the PANs its caller hands to `tokenize`,
-`tokenize_batch` and `lookup` to the vault, over mutual TLS with the adapter's own
-client certificate, holding them only for the call: a process that calls those
-transmits card data and is in scope for that (PCI DSS 4.0.1 scoping).
+OUT OF PCI SCOPE. No method takes or returns a clear PAN: there is no tokenize or lookup
+(both send one) and no full detokenize (it returns one), only the masked reveal and the
+relay, whose tokens the vault replaces with PANs inside the PCI zone. The vault's policy
+enforces the same (`scope = "out"` refuses those operations at load). It speaks mutual
+TLS with the adapter's own client certificate.
 """
 
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from adapters.errors import AdapterError, error_for
-
-
-@dataclass(frozen=True)
-class Token:
-    token: str
-    token_id: str
-    format: str
-    existing: bool
 
 
 class CofreClient:
@@ -62,36 +52,9 @@ class CofreClient:
             )
         return response.status_code, response.json()
 
-    @staticmethod
-    def _token(data: dict[str, Any]) -> Token:
-        return Token(
-            token=data["token"],
-            token_id=data["token_id"],
-            format=data["format"],
-            existing=data["existing"],
-        )
-
-    def tokenize(self, pan: str, token_format: str) -> Token:
-        """Tokenize a PAN the caller received (for example from a card-entry form posted
-        straight into this service). Keep it no longer than this call."""
-        _, data = self._call("POST", "/v1/tokenize", {"pan": pan, "format": token_format})
-        return self._token(data)
-
-    def tokenize_batch(self, pans: list[str], token_format: str) -> list[Token]:
-        _, data = self._call(
-            "POST",
-            "/v1/tokenize/batch",
-            {"items": [{"pan": p, "format": token_format} for p in pans]},
-        )
-        return [self._token(r) for r in data["results"]]
-
     def detokenize_masked(self, token: str) -> str:
         _, data = self._call("POST", "/v1/detokenize-masked", {"token": token})
         return str(data["masked_pan"])
-
-    def lookup(self, pan: str) -> list[Token]:
-        _, data = self._call("POST", "/v1/lookup", {"pan": pan})
-        return [self._token(t) for t in data["tokens"]]
 
     def relay(self, route: str, body: dict[str, Any]) -> tuple[int, Any]:
         """Have the vault send `body` (tokens in it) to the route's upstream; return the

@@ -52,7 +52,6 @@ from audit.store import AuditStore
 from cofre import __version__
 from cofre.errors import CofreError
 from cofre.redaction import mask_pan_like
-from policies.errors import RateLimited
 from vault.errors import BatchItemInvalid
 from vault.pan import Pan
 from vault.rotation import KeyRotation
@@ -150,8 +149,9 @@ def create_app(state: AppState) -> FastAPI:  # noqa: PLR0915 - one route table
         headers: dict[str, str] = {}
         if isinstance(exc, BatchItemInvalid):
             extra = {"item": exc.index, "item_code": exc.item_code}
-        if isinstance(exc, RateLimited):
-            headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.5)))
+        retry_after = getattr(exc, "retry_after", None)  # RateLimited, Throttled
+        if isinstance(retry_after, float | int):
+            headers["Retry-After"] = str(max(1, round(retry_after + 0.5)))
         request.scope["state"]["problem_code"] = exc.code
         return problem(
             exc.code,

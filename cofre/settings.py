@@ -209,6 +209,14 @@ class InsecureSettings(_Section):
     allow_dev_pki: bool = False
 
 
+class TokenSettings(_Section):
+    """Token lifecycle."""
+
+    # How often every node tries to purge expired tokens; one node at a time does it
+    # (a database lock elects it, as for the audit sequencer).
+    purge_interval_seconds: float = Field(default=300.0, gt=0, le=86400)
+
+
 class Settings(BaseSettings):
     """All of Cofre's configuration.
 
@@ -232,6 +240,7 @@ class Settings(BaseSettings):
     keys: KeySettings = KeySettings()
     evidence: EvidenceSettings = EvidenceSettings()
     insecure: InsecureSettings = InsecureSettings()
+    tokens: TokenSettings = TokenSettings()
 
     @model_validator(mode="after")
     def _pin_sources_exclusive(self) -> Settings:

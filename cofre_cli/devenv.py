@@ -20,6 +20,12 @@ from hsm.softhsm import init_softhsm_token, write_softhsm_conf
 DEV_POLICY = """\
 # The development policy written by `cofre dev`. Identities are the SAN URIs of the dev
 # client certificates in pki/clients/. An identity not listed here is denied everything.
+#
+# Token domains: each identity tokenizes into its own domain (its URI) unless `domain`
+# says otherwise; the same card gives unrelated tokens in two domains, and no answer in
+# one domain depends on what another holds. `read_domains` lets an identity read (at its
+# reveal level) tokens of other domains. Nobody here gets a full PAN: the relay sends it
+# to the acquirer from inside the vault.
 version = 1
 
 [identities."spiffe://cofre/payments"]
@@ -28,22 +34,33 @@ operations = ["tokenize", "detokenize_masked", "lookup", "metadata", "delete"]
 formats = ["pan_bin6_last4", "pan_bin8_last4", "pan_last4", "pan_fpe", "uuid"]
 reveal = "masked"
 rate_limit = { per_second = 2000, burst = 4000 }
+# At most 10 different cards of one BIN and last four a day: real traffic has a few, a
+# caller guessing a card from its token needs thousands.
+oracle_guard = { max_pans_per_bucket = 10, window_seconds = 86400 }
 
 [identities."spiffe://cofre/store"]
 description = "Card-on-file store"
 operations = ["tokenize", "detokenize_masked", "metadata"]
 formats = ["pan_bin6_last4", "uuid"]
 reveal = "masked"
+rate_limit = { per_second = 500, burst = 1000 }
 
 [identities."spiffe://cofre/ledger"]
-description = "Ledger: reads masked PANs for statements"
+description = "Ledger: reads masked PANs of the payment service's tokens for statements"
 operations = ["detokenize", "detokenize_masked", "metadata"]
 reveal = "masked"
+read_domains = ["spiffe://cofre/payments"]
+rate_limit = { per_second = 500, burst = 1000 }
+quota = { detokenize_per_day = 1000000 }
 
 [identities."spiffe://cofre/getnet-adapter"]
-description = "Getnet routing: the vault relays the PAN to the acquirer on its behalf"
-operations = ["detokenize", "relay"]
-reveal = "full"
+description = "Getnet routing, outside PCI scope: never holds a PAN; the vault relays it"
+scope = "out"
+operations = ["relay", "detokenize_masked"]
+reveal = "masked"
+read_domains = ["spiffe://cofre/payments"]
+rate_limit = { per_second = 500, burst = 1000 }
+quota = { detokenize_per_day = 1000000 }
 
 # Relay routes name their upstream; the dev policy has none (the tests add a fake
 # acquirer). See docs/adapters.md.

@@ -11,7 +11,19 @@ from typing import Annotated
 import typer
 
 from cofre import __version__
-from cofre_cli.commands import api, audit, config, db, evidence, hsm, infra, keys, pki, serve
+from cofre_cli.commands import (
+    api,
+    audit,
+    config,
+    db,
+    evidence,
+    hsm,
+    infra,
+    keys,
+    pki,
+    serve,
+    tokens,
+)
 
 app = typer.Typer(
     name="cofre",
@@ -30,6 +42,7 @@ app.add_typer(evidence.evidence_app, name="evidence")
 app.add_typer(infra.infra_app, name="infra")
 app.add_typer(pki.pki_app, name="pki")
 app.add_typer(db.db_app, name="db")
+app.add_typer(tokens.tokens_app, name="tokens")
 app.command("dev")(serve.dev_command)
 app.command("serve")(serve.serve_command)
 

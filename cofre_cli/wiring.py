@@ -50,11 +50,12 @@ from cofre.settings import Settings
 from compliance.errors import ComplianceError
 from compliance.export import EvidenceSources, build_bundle
 from hsm.provider import HSMProvider, provider_from_settings
-from policies.engine import PolicyEngine, RateLimiter
+from policies.engine import PolicyEngine
 from policies.errors import RateLimited
 from policies.loader import LoadedPolicy, load_policy
 from policies.models import RateLimit
 from vault.key_registry import KeyRegistry
+from vault.purge import PurgeWorker
 from vault.rotation import KeyRotation
 from vault.rotation_worker import RotationWorker
 from vault.service import CallContext, VaultService
@@ -157,6 +158,7 @@ class Runtime:
     sequencer_thread: SequencerThread
     rotation: KeyRotation
     rotation_worker: RotationWorker
+    purge_worker: PurgeWorker
     telemetry: Telemetry
     # The ASGI app (a FastAPI instance; only `api` may name FastAPI's types).
     app: Any = field(repr=False)
@@ -183,6 +185,7 @@ class Runtime:
     def close(self) -> None:
         """Stop the workers, wipe every unwrapped data key and close the HSM session."""
         self.readiness.begin_drain()
+        self.purge_worker.stop()
         self.rotation_worker.stop()
         self.sequencer_thread.stop()
         self.service.close()
@@ -256,6 +259,8 @@ def build_runtime(
     )
     worker = RotationWorker(rotation, interval=min(0.5, sequencer_interval * 2))
     worker.start()
+    purge_worker = PurgeWorker(service, interval=settings.tokens.purge_interval_seconds)
+    purge_worker.start()
     telemetry = _observe(telemetry or make_telemetry(), provider, service)
 
     def check_ready() -> dict[str, str]:
@@ -270,7 +275,6 @@ def build_runtime(
         return checks
 
     bounds = settings.evidence
-    export_limiter = RateLimiter()
     export_rate = RateLimit(per_second=bounds.exports_per_hour / 3600, burst=bounds.export_burst)
     one_export = threading.Lock()
 
@@ -284,7 +288,8 @@ def build_runtime(
                 f"the period may be at most {bounds.max_period_days} days "
                 "(COFRE_EVIDENCE__MAX_PERIOD_DAYS); export longer spans as a chain"
             )
-        export_limiter.take(ctx.identity, export_rate)
+        # Kept in the database like every other limit: all nodes share one budget.
+        service.charge_rate(f"{ctx.identity} evidence-export", export_rate)
         if not one_export.acquire(blocking=False):
             raise RateLimited("an evidence export is already running on this node", 5.0)
         try:
@@ -330,6 +335,7 @@ def build_runtime(
         thread,
         rotation,
         worker,
+        purge_worker,
         telemetry,
         app,
         check_ready=check_ready,

@@ -47,15 +47,45 @@ _AUDITOR_ACTIONS = frozenset({Action.AUDIT_READ, Action.EVIDENCE_EXPORT})
 _CARD_DATA_ACTIONS = frozenset(
     {Action.TOKENIZE, Action.DETOKENIZE, Action.LOOKUP, Action.RELAY, Action.DELETE}
 )
+_PAN_HOLDING_ACTIONS = frozenset({Action.TOKENIZE, Action.LOOKUP})
+
+
+class Scope(StrEnum):
+    """Whether an identity is inside the cardholder data environment (PCI scope)."""
+
+    IN = "in"
+    OUT = "out"  # the adapter tier: may never hold a clear PAN
 
 
 class RateLimit(BaseModel):
-    """A token bucket: `per_second` sustained, bursts of up to `burst` requests."""
+    """A token bucket: `per_second` sustained, bursts of up to `burst` units. A call
+    costs one unit per item (a batch of N costs N). Enforced across every node."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     per_second: Annotated[float, Field(gt=0)]
     burst: Annotated[int, Field(ge=1)]
+
+
+class OracleGuard(BaseModel):
+    """At most `max_pans_per_bucket` distinct PANs of one BIN and last four within
+    `window_seconds`, per identity, for every call whose answer depends on what the
+    vault holds (convergent tokenize, lookup, idempotent retries) and for every fresh
+    token in a small token space. Guessing a PAN from its token means trying many PANs
+    of one bucket; real traffic rarely has more than a few."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_pans_per_bucket: Annotated[int, Field(ge=1, le=100_000)] = 10
+    window_seconds: Annotated[int, Field(ge=60, le=31 * 86400)] = 86400
+
+
+class Quota(BaseModel):
+    """A daily cap (UTC days) on what an identity may reveal, across every node."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    detokenize_per_day: Annotated[int, Field(ge=1)]
 
 
 class IdentityPolicy(BaseModel):
@@ -67,6 +97,15 @@ class IdentityPolicy(BaseModel):
     reveal: Reveal = Reveal.NONE
     rate_limit: RateLimit | None = None
     description: str = ""
+    # The token domain: convergence, FF1 tweaks, lookup and idempotency keys are per
+    # domain, and token-level writes stay in it. Default: the identity itself.
+    domain: Annotated[str | None, Field(min_length=1, max_length=255)] = None
+    # Other domains whose tokens this identity may read (detokenize at its reveal
+    # level, masked reveal, metadata, relay). Its own domain is always readable.
+    read_domains: frozenset[Annotated[str, Field(min_length=1, max_length=255)]] = frozenset()
+    scope: Scope = Scope.IN
+    oracle_guard: OracleGuard = Field(default_factory=OracleGuard)
+    quota: Quota | None = None
 
     @model_validator(mode="after")
     def _separation_of_duties(self) -> Self:
@@ -93,7 +132,24 @@ class IdentityPolicy(BaseModel):
             )
         if Action.DETOKENIZE in self.operations and self.reveal is Reveal.NONE:
             raise ValueError("detokenize needs reveal 'full' or 'masked'")
+        if self.scope is Scope.OUT:
+            # Outside PCI scope nothing may hold a clear PAN: tokenizing means sending
+            # one, lookup means sending one, a full reveal means receiving one.
+            if extra := self.operations & _PAN_HOLDING_ACTIONS:
+                raise ValueError(
+                    f"an identity with scope 'out' may not call {', '.join(sorted(extra))}: "
+                    "each means holding a clear PAN (use the relay)"
+                )
+            if self.reveal is Reveal.FULL:
+                raise ValueError(
+                    "an identity with scope 'out' never gets full reveal: the relay "
+                    "sends the PAN to the acquirer from inside the vault"
+                )
         return self
+
+    def domain_of(self, identity: str) -> str:
+        """This identity's token domain (its own URI unless the policy names one)."""
+        return self.domain or identity
 
 
 class RelayRoute(BaseModel):
@@ -124,6 +180,16 @@ class RelayRoute(BaseModel):
         return self
 
 
+class LuhnExemption(BaseModel):
+    """A named range of card numbers that do not carry a Luhn check digit (some
+    private-label cards): PANs starting with one of `prefixes` skip the Luhn check."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefixes: frozenset[Annotated[str, Field(pattern=r"^[0-9]{1,11}$")]]
+    description: str = ""
+
+
 class Policy(BaseModel):
     """The whole policy. The empty policy (no identities) denies everything."""
 
@@ -134,6 +200,9 @@ class Policy(BaseModel):
     identities: dict[str, IdentityPolicy] = Field(default_factory=dict)
     key_approvals_required: Annotated[int, Field(ge=2)] = 2
     relay_routes: dict[Annotated[str, Field(pattern=r"^[a-z0-9-]{1,64}$")], RelayRoute] = Field(
+        default_factory=dict
+    )
+    luhn_exempt: dict[Annotated[str, Field(pattern=r"^[a-z0-9-]{1,64}$")], LuhnExemption] = Field(
         default_factory=dict
     )
 
@@ -164,6 +233,13 @@ class Policy(BaseModel):
                     f"relay route {name!r} names unknown formats {sorted(unknown_formats)}"
                 )
         return self
+
+    def luhn_exempt_prefix(self, digits: str) -> str | None:
+        """The name of the Luhn exemption that covers `digits`, or None."""
+        for name, exemption in self.luhn_exempt.items():
+            if any(digits.startswith(prefix) for prefix in exemption.prefixes):
+                return name
+        return None
 
     def format(self, name: str) -> FormatSpec | None:
         """Return the format called `name` (built in or defined here), or None."""

@@ -25,7 +25,13 @@ and kind, or by the masked form.
         ├── DataKeyMissing                             code data_key_missing
         ├── CeremonyError                              code ceremony_invalid
         ├── CeremonyNotFound                           code ceremony_not_found
-        └── KeyNotRegistered                           code hsm_key_unregistered
+        ├── KeyNotRegistered                           code hsm_key_unregistered
+        └── Throttled                                  (429, with retry_after)
+            ├── OracleSuspected                        code oracle_suspected
+            └── QuotaExceeded                          code quota_exceeded
+
+    (policies.errors.RateLimited, code rate_limited, is raised here too: the vault
+    keeps every limit in the database so that all nodes share it.)
 """
 
 from __future__ import annotations
@@ -158,3 +164,26 @@ class KeyNotRegistered(VaultError):
     """A key on the HSM is not in Cofre's key registry (or differs from its record)."""
 
     code = "hsm_key_unregistered"
+
+
+class Throttled(VaultError):
+    """Refused for now; `retry_after` is the seconds until the caller may try again."""
+
+    code = "throttled"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class OracleSuspected(Throttled):
+    """Too many distinct card numbers of one BIN and last four from one identity in the
+    guard's window: the pattern of someone guessing a PAN from its token."""
+
+    code = "oracle_suspected"
+
+
+class QuotaExceeded(Throttled):
+    """The identity's daily quota (detokenize) is used up until the next UTC day."""
+
+    code = "quota_exceeded"

@@ -18,6 +18,7 @@ key, for convergent tokens and lookup.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -33,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
 from cryptography.exceptions import InvalidTag
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
@@ -44,23 +45,35 @@ from cofre.redaction import mask_pan_like
 from hsm.keys import KeyHierarchy, KeyKind, key_label
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
-from policies.errors import PolicyDenied
-from policies.formats import Dedup, FormatSpec, FormatType, LuhnMode
-from policies.models import Action, IdentityPolicy, RelayRoute, Reveal
+from policies.errors import PolicyDenied, RateLimited
+from policies.formats import (
+    MIN_CANDIDATES,
+    FormatSpec,
+    FormatType,
+    LuhnMode,
+    SmallSpace,
+    hidden_candidates,
+    may_converge,
+)
+from policies.models import Action, IdentityPolicy, RateLimit, RelayRoute, Reveal
 from vault.errors import (
     BatchItemInvalid,
+    FormatNotApplicable,
     IdempotencyConflict,
     IntegrityError,
     InvalidMetadata,
+    InvalidPan,
     InvalidTTL,
     RelayBodyInvalid,
     StorageUnavailable,
+    Throttled,
     TokenExpired,
     TokenNotFound,
     TokenSpaceExhausted,
     VaultError,
 )
 from vault.keyring import DataKeyring, KeyPurpose, pan_aad
+from vault.limits import MAX_WINDOW_SECONDS, Limits, oracle_bucket
 from vault.pan import Pan
 from vault.policy_record import policy_event
 from vault.relay import (
@@ -91,6 +104,8 @@ MAX_BATCH: Final = 1000
 _TRANSACTION_ATTEMPTS: Final = 5
 _RETRYABLE_SQLSTATES: Final = frozenset({"40P01", "40001"})  # deadlock, serialization
 _CANDIDATE_CHUNK: Final = 64
+# The advisory lock key that elects the purging node ("CofrP"); the sequencer's differs.
+_PURGE_LOCK_KEY: Final = 0x436F667250
 # The hot path's statements, built once: building and cache-keying a statement per call
 # cost more Python time than running it.
 _INSERT_TOKEN: Final = insert(tokens)
@@ -99,9 +114,13 @@ _HELD: Final = (
     select(tokens.c.id).where(tokens.c.fingerprint.in_(bindparam("fps", expanding=True))).limit(1)
 )
 _CONVERGENT: Final = select(tokens).where(
-    tokens.c.format == bindparam("format"),
+    tokens.c.domain == bindparam("domain"),
     tokens.c.fingerprint.in_(bindparam("fps", expanding=True)),
     tokens.c.convergent,
+)
+_BY_IDEMPOTENCY: Final = select(tokens).where(
+    tokens.c.domain == bindparam("domain"),
+    tokens.c.idempotency_key.in_(bindparam("keys", expanding=True)),
 )
 _BY_TOKEN: Final = select(tokens).where(tokens.c.token == bindparam("token"))
 _METADATA_KEY_CHARS: Final = frozenset(
@@ -147,6 +166,36 @@ class TokenizeRequest:
     metadata: Mapping[str, str] | None = None
     ttl_seconds: int | None = None
     idempotency_key: str | None = None
+
+
+@dataclass(slots=True)
+class _Answers:
+    """What one tokenize call has answered so far, and the audit entries to write."""
+
+    ctx: CallContext
+    results: list[TokenRecord | None]
+    events: list[AuditEvent] = field(default_factory=list)
+    same_as: dict[int, int] = field(default_factory=dict)  # item -> earlier item
+    first_with_key: dict[str, int] = field(default_factory=dict)
+    first_for: dict[tuple[str, bytes], int] = field(default_factory=dict)
+
+    def answer(self, service: VaultService, index: int, row: Row[Any], result: str) -> None:
+        self.results[index] = service._record(row, existing=True)
+        self.events.append(service._tokenize_event(self.ctx, row.id, row.format, result))
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One checked tokenize item and what storing it needs."""
+
+    request: TokenizeRequest
+    spec: FormatSpec
+    metadata: str
+    convergent: bool  # this call may answer a stored token for the same PAN
+    fingerprint: bytes
+    fp_version: int
+    known_fps: list[bytes]
+    guard: tuple[bytes, bytes] | None  # (oracle bucket, item) when the guard counts it
 
 
 def validate_metadata(metadata: object) -> str:
@@ -212,6 +261,7 @@ class VaultService:
         self._clock = clock
         self._keyring = DataKeyring(engine, provider)
         self._hierarchy = KeyHierarchy(provider)
+        self._limits = Limits()
         self._fp_versions: list[int] | None = None
         self._fp_read = 0.0
         self._initialized = False
@@ -343,14 +393,16 @@ class VaultService:
         action: Action,
         *,
         token_format: str | None = None,
-        count: bool = True,
+        audited: bool = True,
     ) -> IdentityPolicy:
-        """Authorise the call and (if `count`) charge it to the caller's rate limit;
-        audit and re-raise a denial."""
+        """Authorise the call; audit (unless the caller audits) and re-raise a denial.
+        Rate limits are charged inside each operation's transaction."""
         self._ensure_initialized()
         try:
             rules = self._policy.authorize(ctx.identity, action, token_format=token_format)
         except PolicyDenied as exc:
+            if not audited:
+                raise
             details: dict[str, DetailValue] = {"reason": str(exc)}
             if token_format is not None:
                 details["format"] = token_format
@@ -364,9 +416,62 @@ class VaultService:
                 )
             )
             raise
-        if count:
-            self._policy.check_rate(ctx.identity)
         return rules
+
+    @contextmanager
+    def _audited_refusal(self, ctx: CallContext, action: Action) -> Iterator[None]:
+        """Audit any refusal or failure raised inside (a policy denial is audited where
+        it is raised), then let it through. If even that entry cannot be written the
+        original error stands: the operation did not happen either way."""
+        try:
+            yield
+        except PolicyDenied:
+            raise
+        except CofreError as exc:
+            throttled = isinstance(exc, Throttled | RateLimited)
+            details: dict[str, DetailValue] = {"error": exc.code}
+            if isinstance(exc, BatchItemInvalid):
+                details["item"] = exc.index
+                details["item_error"] = exc.item_code
+            with contextlib.suppress(CofreError):
+                self._write_audit(
+                    self._audit_event(
+                        ctx,
+                        action,
+                        Outcome.DENIED if throttled else Outcome.FAILED,
+                        details=details,
+                    )
+                )
+            raise
+
+    def _charge(
+        self,
+        connection: Connection,
+        ctx: CallContext,
+        rules: IdentityPolicy,
+        *,
+        cost: int = 1,
+        reveals: int = 0,
+    ) -> None:
+        """Charge `cost` to the caller's rate limit and `reveals` to its daily
+        detokenize quota, inside the operation's transaction (a refusal rolls back)."""
+        now = self._clock()
+        if rules.rate_limit is not None:
+            self._limits.charge_rate(
+                connection, ctx.identity, rules.rate_limit, cost, now.timestamp()
+            )
+        if reveals and rules.quota is not None:
+            self._limits.charge_quota(connection, ctx.identity, rules.quota, reveals, now)
+
+    def charge_rate(self, key: str, limit: RateLimit, cost: int = 1) -> None:
+        """Charge `cost` to the rate limit named `key` (an identity, or an identity and
+        a purpose such as evidence exports), in the database shared by every node.
+        Raises `RateLimited` (nothing charged), `StorageUnavailable`."""
+
+        def work(connection: Connection) -> None:
+            self._limits.charge_rate(connection, key, limit, cost, self._clock().timestamp())
+
+        self._transaction(work)
 
     def _fingerprint_versions(self) -> list[int]:
         """The fingerprint key versions on the token, newest last (two while a
@@ -411,22 +516,13 @@ class VaultService:
             details=dict(details or {}),
         )
 
-    def _audit_failure(
-        self, ctx: CallContext, action: Action, error: CofreError, token_id: str | None = None
-    ) -> None:
-        self._write_audit(
-            self._audit_event(
-                ctx, action, Outcome.FAILED, token_id=token_id, details={"error": error.code}
-            )
-        )
-
     # ------------------------------------------------------------------ tokenize
-    def _prepare(
-        self, ctx: CallContext, request: TokenizeRequest, *, count: bool = True
-    ) -> tuple[FormatSpec, str]:
-        self._authorize(ctx, Action.TOKENIZE, token_format=request.format, count=count)
+    def _plan(self, domain: str, request: TokenizeRequest) -> _Item:
+        """Check one item and compute what storing it needs (before the transaction:
+        the HSM calls happen here). Raises the item's `VaultError`."""
         spec = self._policy.token_format(request.format)
         check_applicable(spec, request.pan)
+        self._check_luhn(request.pan)
         metadata = validate_metadata(request.metadata)
         _expiry(self._clock(), request.ttl_seconds)
         key = request.idempotency_key
@@ -435,229 +531,336 @@ class VaultService:
         if key is not None and mask_pan_like(key) != key:
             # It is stored in clear beside the token, like metadata.
             raise InvalidMetadata("an idempotency key must not look like a card number")
-        return spec, metadata
+        length = len(request.pan)
+        convergent = may_converge(spec, length)
+        small = hidden_candidates(spec, length) < MIN_CANDIDATES
+        if spec.deterministic and not convergent and spec.small_space is SmallSpace.REFUSE:
+            raise FormatNotApplicable(
+                f"format {request.format!r} converges (the same card gives the same token) "
+                f"and {length}-digit cards leave fewer than {MIN_CANDIDATES:,} possible card "
+                "numbers behind a token, so a caller could confirm a guess: refused by the "
+                "rule on_small_space = 'refuse' (use a longer card or another format)"
+            )
+        digits = request.pan.reveal()
+        fingerprint, fp_version = self._fingerprint(digits)
+        # While a fingerprint rotation migrates, a stored row may carry either key's HMAC.
+        known = (
+            [fingerprint] if len(self._fingerprint_versions()) == 1 else self._fingerprints(digits)
+        )
+        guard: bytes | None = None
+        if convergent or key is not None:
+            guard = fingerprint  # the answer depends on what the vault holds
+        elif small and spec.type is FormatType.RANDOM:
+            guard = secrets.token_bytes(32)  # each fresh token uses up a small space
+        return _Item(
+            request=request,
+            spec=spec,
+            metadata=metadata,
+            convergent=convergent,
+            fingerprint=fingerprint,
+            fp_version=fp_version,
+            known_fps=known,
+            guard=None if guard is None else (oracle_bucket(request.pan), guard),
+        )
+
+    def _check_luhn(self, pan: Pan) -> None:
+        """Raise `InvalidPan` for a card number that fails the Luhn check, unless the
+        policy exempts its range by name."""
+        if pan.luhn_valid():
+            return
+        if self._policy.policy.luhn_exempt_prefix(pan.reveal()) is None:
+            raise InvalidPan(
+                "the card number fails its Luhn check digit (ISO/IEC 7812-1); a policy "
+                "may exempt a named range of private-label cards (luhn_exempt)"
+            )
 
     def tokenize(self, ctx: CallContext, request: TokenizeRequest) -> TokenRecord:
         """Return the token for `request.pan` in `request.format`, stored and audited.
 
-        Raises `PolicyDenied`, `RateLimited`, `FormatNotApplicable`, `InvalidMetadata`,
-        `InvalidTTL`, `IdempotencyConflict`, `TokenSpaceExhausted`, `StorageUnavailable`,
-        `AuditWriteFailed`, `HSMUnavailable`.
+        Raises `PolicyDenied`, `RateLimited`, `OracleSuspected`, `InvalidPan`,
+        `FormatNotApplicable`, `InvalidMetadata`, `InvalidTTL`, `IdempotencyConflict`,
+        `TokenSpaceExhausted`, `StorageUnavailable`, `AuditWriteFailed`, `HSMUnavailable`.
         """
-        spec, metadata = self._prepare(ctx, request)
-        fingerprint = self._fingerprint(request.pan.reveal())
-        return self._transaction(
-            lambda connection: self._tokenize_in(
-                connection, ctx, request, spec=spec, metadata=metadata, fingerprint=fingerprint
-            )
-        )
+        return self._tokenize(ctx, [request], batch=False)[0]
 
     def tokenize_batch(
         self, ctx: CallContext, requests: Sequence[TokenizeRequest]
     ) -> list[TokenRecord]:
-        """Tokenize every request, all or nothing, results in order.
+        """Tokenize every request, all or nothing, results in order. A batch of N costs
+        N against the rate limit.
 
         Raises `BatchItemInvalid` naming the first invalid item (nothing is written), or
         what `tokenize` raises for the batch as a whole.
         """
         if not 1 <= len(requests) <= MAX_BATCH:
             raise BatchItemInvalid(0, "invalid_request", f"a batch has 1 to {MAX_BATCH} items")
-        # One batch is one call against the rate limit.
-        self._authorize(ctx, Action.TOKENIZE, token_format=requests[0].format)
-        prepared = []
-        for index, request in enumerate(requests):
-            try:
-                prepared.append(self._prepare(ctx, request, count=False))
-            except PolicyDenied:
-                raise
-            except VaultError as exc:
-                raise BatchItemInvalid(index, exc.code, str(exc)) from None
-        fingerprints = [self._fingerprint(r.pan.reveal()) for r in requests]
+        return self._tokenize(ctx, requests, batch=True)
 
-        def work(connection: Connection) -> list[TokenRecord]:
-            one_by_one = any(r.idempotency_key is not None for r in requests) or (
-                len(self._fingerprint_versions()) > 1  # a fingerprint rotation is migrating
-            )
-            if one_by_one:
-                return [
-                    self._tokenize_in(
-                        connection,
-                        ctx,
-                        request,
-                        spec=spec,
-                        metadata=metadata,
-                        fingerprint=fingerprint,
-                    )
-                    for request, (spec, metadata), fingerprint in zip(
-                        requests, prepared, fingerprints, strict=True
-                    )
-                ]
-            return self._tokenize_many(connection, ctx, requests, prepared, fingerprints)
+    def _tokenize(
+        self, ctx: CallContext, requests: Sequence[TokenizeRequest], *, batch: bool
+    ) -> list[TokenRecord]:
+        """The one tokenize path: a single call is a batch of one."""
+        with self._audited_refusal(ctx, Action.TOKENIZE):
+            rules = self._authorize(ctx, Action.TOKENIZE, token_format=requests[0].format)
+            domain = rules.domain_of(ctx.identity)
+            for other in {r.format for r in requests[1:]} - {requests[0].format}:
+                self._authorize(ctx, Action.TOKENIZE, token_format=other)
+            items = []
+            for index, request in enumerate(requests):
+                try:
+                    items.append(self._plan(domain, request))
+                except VaultError as exc:
+                    raise self._item_error(exc, index, batch=batch) from None
 
-        return self._transaction(work)
+            def work(connection: Connection) -> list[TokenRecord]:
+                now = self._clock()
+                self._charge(connection, ctx, rules, cost=len(items))
+                guarded = [item.guard for item in items if item.guard is not None]
+                if guarded:
+                    self._limits.watch(connection, ctx.identity, rules.oracle_guard, guarded, now)
+                return self._store_tokens(connection, ctx, domain, items, now, batch=batch)
 
-    def _tokenize_many(
+            return self._transaction(work)
+
+    @staticmethod
+    def _item_error(exc: VaultError, index: int, *, batch: bool) -> VaultError:
+        return BatchItemInvalid(index, exc.code, str(exc)) if batch else exc
+
+    def _store_tokens(
         self,
         connection: Connection,
         ctx: CallContext,
-        requests: Sequence[TokenizeRequest],
-        prepared: Sequence[tuple[FormatSpec, str]],
-        fingerprints: Sequence[tuple[bytes, int]],
+        domain: str,
+        items: Sequence[_Item],
+        now: datetime,
+        *,
+        batch: bool,
     ) -> list[TokenRecord]:
-        """The batch path: the same rules as `_tokenize_in`, in a handful of statements
-        for the whole batch instead of five per item."""
-        now = self._clock()
-        convergent = [
-            spec.dedup is Dedup.CONVERGENT or spec.type is FormatType.FPE for spec, _ in prepared
-        ]
-        existing: dict[tuple[str, bytes], Row[Any]] = {}
-        wanted = sorted(
-            {fp for (fp, _), conv in zip(fingerprints, convergent, strict=True) if conv}
-        )
+        """Answer every item inside one transaction: an idempotent retry or a convergent
+        hit answers the stored token; everything else gets a new one. A handful of
+        statements for the whole call, not a few per item."""
+        answers = _Answers(ctx, [None] * len(items))
+        by_key = self._rows_by_idempotency_key(connection, domain, items)
+        held = self._convergent_rows(connection, domain, items)
+        fresh: dict[int, str] = {}  # item index -> candidate token
+        for index, item in enumerate(items):
+            if self._answer_by_key(answers, index, items, by_key, batch=batch):
+                continue
+            if item.convergent and self._answer_convergent(
+                connection, answers, index, item, held=held, now=now
+            ):
+                continue
+            fresh[index] = self._first_candidate(item.spec, item.request.pan, domain)
+        if fresh:
+            self._settle_candidates(connection, fresh, items, domain)
+        indexed_rows = self._new_rows(ctx, domain, items, fresh, now)
+        if indexed_rows:
+            connection.execute(_INSERT_TOKEN, [row for _, row in indexed_rows])
+        for index, row in indexed_rows:
+            answers.results[index] = TokenRecord(
+                token=row["token"],
+                token_id=row["id"],
+                format=row["format"],
+                created_at=now,
+                expires_at=row["expires_at"],
+                metadata=json.loads(row["metadata"]),
+                existing=False,
+            )
+            answers.events.append(self._tokenize_event(ctx, row["id"], row["format"], "new"))
+        for index, source in answers.same_as.items():  # the same PAN or key earlier
+            first = answers.results[source]
+            assert first is not None  # noqa: S101 - every source was answered above
+            answers.results[index] = dataclasses.replace(first, existing=True)
+            answers.events.append(
+                self._tokenize_event(ctx, first.token_id, first.format, "convergent")
+            )
+        self._audit.append_many(connection, answers.events)
+        return [r for r in answers.results if r is not None]
+
+    @staticmethod
+    def _rows_by_idempotency_key(
+        connection: Connection, domain: str, items: Sequence[_Item]
+    ) -> dict[str, Row[Any]]:
+        # The key is the domain's, whoever in the domain sent it.
+        keys = [i.request.idempotency_key for i in items if i.request.idempotency_key]
+        if not keys:
+            return {}
+        return {
+            row.idempotency_key: row
+            for row in connection.execute(_BY_IDEMPOTENCY, {"domain": domain, "keys": keys})
+        }
+
+    @staticmethod
+    def _convergent_rows(
+        connection: Connection, domain: str, items: Sequence[_Item]
+    ) -> dict[tuple[str, bytes], Row[Any]]:
+        # Under any fingerprint key version a row may carry (two while one migrates).
+        wanted = sorted({fp for item in items if item.convergent for fp in item.known_fps})
+        held: dict[tuple[str, bytes], Row[Any]] = {}
         for start in range(0, len(wanted), 500):
             for row in connection.execute(
-                select(tokens).where(
-                    tokens.c.convergent, tokens.c.fingerprint.in_(wanted[start : start + 500])
-                )
+                _CONVERGENT, {"domain": domain, "fps": wanted[start : start + 500]}
             ):
-                existing[(row.format, bytes(row.fingerprint))] = row
-        results: list[TokenRecord | None] = [None] * len(requests)
-        events: list[AuditEvent] = []
-        fresh: dict[int, str] = {}  # item index -> candidate token
-        first_for: dict[tuple[str, bytes], int] = {}
-        for index, request in enumerate(requests):
-            spec = prepared[index][0]
-            fp = fingerprints[index][0]
-            key = (request.format, fp)
-            if convergent[index]:
-                found = existing.get(key)
-                if found is not None:
-                    expires = as_utc(found.expires_at)
-                    if expires is not None and expires <= now:
-                        # Rare: let the one-by-one path shred and replace it.
-                        results[index] = self._tokenize_in(
-                            connection,
-                            ctx,
-                            request,
-                            spec=spec,
-                            metadata=prepared[index][1],
-                            fingerprint=fingerprints[index],
-                        )
-                        existing.pop(key)
-                        first_for[key] = index
-                        continue
-                    results[index] = self._record(found, existing=True)
-                    events.append(
-                        self._audit_event(
-                            ctx,
-                            Action.TOKENIZE,
-                            Outcome.SUCCESS,
-                            token_id=found.id,
-                            details={"format": found.format, "result": "convergent"},
-                        )
-                    )
-                    continue
-                if key in first_for:
-                    continue  # filled from the first item with this PAN, below
-                first_for[key] = index
-            fresh[index] = self._first_candidate(spec, request.pan)
-        if fresh:
-            self._settle_candidates(connection, fresh, requests, prepared)
+                held[(row.format, bytes(row.fingerprint))] = row
+        return held
+
+    def _answer_by_key(
+        self,
+        answers: _Answers,
+        index: int,
+        items: Sequence[_Item],
+        by_key: Mapping[str, Row[Any]],
+        *,
+        batch: bool,
+    ) -> bool:
+        """Answer item `index` from its idempotency key if the key was used before (in
+        the store or earlier in this call); raise `IdempotencyConflict` if it was used
+        for another card or format. Returns whether the item is answered."""
+        item = items[index]
+        key = item.request.idempotency_key
+        if key is None:
+            return False
+        previous = by_key.get(key)
+        earlier = answers.first_with_key.setdefault(key, index)
+        if previous is not None:
+            same = previous.fingerprint in item.known_fps and previous.format == item.request.format
+        elif earlier != index:
+            first = items[earlier]
+            same = (first.fingerprint, first.request.format) == (
+                item.fingerprint,
+                item.request.format,
+            )
+        else:
+            return False
+        if not same:
+            raise self._item_error(
+                IdempotencyConflict("this idempotency key was used for another PAN or format"),
+                index,
+                batch=batch,
+            )
+        if previous is not None:
+            answers.answer(self, index, previous, "idempotent")
+        else:
+            answers.same_as[index] = earlier
+        return True
+
+    def _answer_convergent(
+        self,
+        connection: Connection,
+        answers: _Answers,
+        index: int,
+        item: _Item,
+        *,
+        held: dict[tuple[str, bytes], Row[Any]],
+        now: datetime,
+    ) -> bool:
+        """Answer a convergent item from the token its card already has in the domain
+        (or from the same card earlier in this call). An expired token is shredded and
+        the item gets a new one. Returns whether the item is answered."""
+        token_format = item.request.format
+        found = next(
+            (held[(token_format, fp)] for fp in item.known_fps if (token_format, fp) in held),
+            None,
+        )
+        if found is not None:
+            expires = as_utc(found.expires_at)
+            if expires is None or expires > now:
+                answers.answer(self, index, found, "convergent")
+                return True
+            self._shred(connection, found.id, now)
+            answers.events.append(
+                self._audit_event(
+                    answers.ctx,
+                    "purge",
+                    Outcome.SUCCESS,
+                    token_id=found.id,
+                    details={"reason": "expired, replaced by a new token"},
+                )
+            )
+            for fp in item.known_fps:
+                held.pop((token_format, fp), None)
+        earlier = answers.first_for.setdefault((token_format, item.fingerprint), index)
+        if earlier != index:
+            answers.same_as[index] = earlier
+            return True
+        return False
+
+    def _new_rows(
+        self,
+        ctx: CallContext,
+        domain: str,
+        items: Sequence[_Item],
+        fresh: Mapping[int, str],
+        now: datetime,
+    ) -> list[tuple[int, dict[str, Any]]]:
         version = self._keyring.active_version(KeyPurpose.PAN_GCM)
         cipher = self._keyring.gcm(version)
         rows = []
         for index, token in fresh.items():
-            request = requests[index]
+            item = items[index]
             token_id = str(uuid.uuid4())
             nonce = secrets.token_bytes(12)
-            expires_at = _expiry(now, request.ttl_seconds)
             rows.append(
-                {
-                    "id": token_id,
-                    "token": token,
-                    "format": request.format,
-                    "convergent": convergent[index],
-                    "fingerprint": fingerprints[index][0],
-                    "fp_version": fingerprints[index][1],
-                    "key_version": version,
-                    "nonce": nonce,
-                    "ciphertext": cipher.encrypt(
-                        nonce,
-                        request.pan.reveal().encode("ascii"),
-                        pan_aad(token_id, token, version),
-                    ),
-                    "metadata": prepared[index][1],
-                    "owner": ctx.identity,
-                    "idempotency_key": None,
-                    "created_at": now,
-                    "expires_at": expires_at,
-                }
-            )
-            results[index] = TokenRecord(
-                token=token,
-                token_id=token_id,
-                format=request.format,
-                created_at=now,
-                expires_at=expires_at,
-                metadata=json.loads(prepared[index][1]),
-                existing=False,
-            )
-            events.append(
-                self._audit_event(
-                    ctx,
-                    Action.TOKENIZE,
-                    Outcome.SUCCESS,
-                    token_id=token_id,
-                    details={"format": request.format, "result": "new"},
+                (
+                    index,
+                    {
+                        "id": token_id,
+                        "token": token,
+                        "format": item.request.format,
+                        "convergent": item.convergent,
+                        "fingerprint": item.fingerprint,
+                        "fp_version": item.fp_version,
+                        "key_version": version,
+                        "nonce": nonce,
+                        "ciphertext": cipher.encrypt(
+                            nonce,
+                            item.request.pan.reveal().encode("ascii"),
+                            pan_aad(token_id, token, version),
+                        ),
+                        "metadata": item.metadata,
+                        "owner": ctx.identity,
+                        "domain": domain,
+                        "idempotency_key": item.request.idempotency_key,
+                        "created_at": now,
+                        "expires_at": _expiry(now, item.request.ttl_seconds),
+                    },
                 )
             )
-        if rows:
-            connection.execute(insert(tokens), rows)
-        for index, request in enumerate(requests):
-            if results[index] is None:  # the same PAN and format earlier in this batch
-                first = results[first_for[(request.format, fingerprints[index][0])]]
-                assert first is not None  # noqa: S101 - set in the loop above
-                results[index] = dataclasses.replace(first, existing=True)
-                events.append(
-                    self._audit_event(
-                        ctx,
-                        Action.TOKENIZE,
-                        Outcome.SUCCESS,
-                        token_id=first.token_id,
-                        details={"format": first.format, "result": "convergent"},
-                    )
-                )
-        self._audit.append_many(connection, events)
-        return [r for r in results if r is not None]
+        return rows
 
-    def _first_candidate(self, spec: FormatSpec, pan: Pan) -> str:
+    def _tokenize_event(
+        self, ctx: CallContext, token_id: str, token_format: str, result: str
+    ) -> AuditEvent:
+        return self._audit_event(
+            ctx,
+            Action.TOKENIZE,
+            Outcome.SUCCESS,
+            token_id=token_id,
+            details={"format": token_format, "result": result},
+        )
+
+    def _first_candidate(self, spec: FormatSpec, pan: Pan, domain: str) -> str:
         if spec.type is FormatType.UUID:
             return uuid_token()
         if spec.type is FormatType.FPE:
             version = self._keyring.active_version(KeyPurpose.FF1)
-            return FpeTokenizer(self._keyring.ff1(version)).encrypt(spec, pan)
+            return FpeTokenizer(self._keyring.ff1(version)).encrypt(spec, pan, domain=domain)
         return next(random_token_candidates(spec, pan))
 
     def _settle_candidates(
-        self,
-        connection: Connection,
-        fresh: dict[int, str],
-        requests: Sequence[TokenizeRequest],
-        prepared: Sequence[tuple[FormatSpec, str]],
+        self, connection: Connection, fresh: dict[int, str], items: Sequence[_Item], domain: str
     ) -> None:
-        """Replace every candidate that is taken (in the store or earlier in the batch)
+        """Replace every candidate that is taken (in the store or earlier in the call)
         or that equals a held PAN, one by one; the rest were checked in one query."""
         values = list(fresh.values())
         taken: set[str] = set()
         for start in range(0, len(values), 500):
             taken.update(
-                connection.execute(
-                    select(tokens.c.token).where(tokens.c.token.in_(values[start : start + 500]))
-                ).scalars()
+                connection.execute(_TAKEN, {"chunk": values[start : start + 500]}).scalars()
             )
         used: set[str] = set()
         for index, candidate in list(fresh.items()):
-            spec = prepared[index][0]
+            spec = items[index].spec
             check_pans = spec.type is not FormatType.UUID and spec.luhn is not LuhnMode.FAIL
             token = candidate
             if (
@@ -665,123 +868,11 @@ class VaultService:
                 or candidate in used
                 or (check_pans and self._is_held_pan(connection, candidate))
             ):
-                token = self._new_token(connection, spec, requests[index].pan, avoid=used)
+                token = self._new_token(
+                    connection, spec, items[index].request.pan, domain, avoid=used
+                )
             fresh[index] = token
             used.add(token)
-
-    def _tokenize_in(
-        self,
-        connection: Connection,
-        ctx: CallContext,
-        request: TokenizeRequest,
-        *,
-        spec: FormatSpec,
-        metadata: str,
-        fingerprint: tuple[bytes, int],
-    ) -> TokenRecord:
-        now = self._clock()
-        fp, fp_version = fingerprint
-        # While a fingerprint rotation migrates, a stored row may carry either key's HMAC.
-        known_fps = (
-            [fp]
-            if len(self._fingerprint_versions()) == 1
-            else self._fingerprints(request.pan.reveal())
-        )
-        if request.idempotency_key is not None:
-            previous = connection.execute(
-                select(tokens).where(
-                    tokens.c.owner == ctx.identity,
-                    tokens.c.idempotency_key == request.idempotency_key,
-                )
-            ).first()
-            if previous is not None:
-                if previous.fingerprint not in known_fps or previous.format != request.format:
-                    raise IdempotencyConflict(
-                        "this idempotency key was used for another PAN or format"
-                    )
-                return self._answer_existing(connection, ctx, previous, "idempotent")
-        convergent = spec.dedup is Dedup.CONVERGENT or spec.type is FormatType.FPE
-        if convergent:
-            existing = connection.execute(
-                _CONVERGENT, {"format": request.format, "fps": known_fps}
-            ).first()
-            if existing is not None:
-                expires = as_utc(existing.expires_at)
-                if expires is None or expires > now:
-                    return self._answer_existing(connection, ctx, existing, "convergent")
-                self._shred(connection, existing.id, now)
-                self._audit.append(
-                    connection,
-                    self._audit_event(
-                        ctx,
-                        "purge",
-                        Outcome.SUCCESS,
-                        token_id=existing.id,
-                        details={"reason": "expired, replaced by a new token"},
-                    ),
-                )
-
-        token = self._new_token(connection, spec, request.pan)
-        token_id = str(uuid.uuid4())
-        version = self._keyring.active_version(KeyPurpose.PAN_GCM)
-        nonce = secrets.token_bytes(12)
-        ciphertext = self._keyring.gcm(version).encrypt(
-            nonce, request.pan.reveal().encode("ascii"), pan_aad(token_id, token, version)
-        )
-        expires_at = _expiry(now, request.ttl_seconds)
-        connection.execute(
-            _INSERT_TOKEN,
-            {
-                "id": token_id,
-                "token": token,
-                "format": request.format,
-                "convergent": convergent,
-                "fingerprint": fp,
-                "fp_version": fp_version,
-                "key_version": version,
-                "nonce": nonce,
-                "ciphertext": ciphertext,
-                "metadata": metadata,
-                "owner": ctx.identity,
-                "idempotency_key": request.idempotency_key,
-                "created_at": now,
-                "expires_at": expires_at,
-            },
-        )
-        self._audit.append(
-            connection,
-            self._audit_event(
-                ctx,
-                Action.TOKENIZE,
-                Outcome.SUCCESS,
-                token_id=token_id,
-                details={"format": request.format, "result": "new"},
-            ),
-        )
-        return TokenRecord(
-            token=token,
-            token_id=token_id,
-            format=request.format,
-            created_at=now,
-            expires_at=expires_at,
-            metadata=json.loads(metadata),
-            existing=False,
-        )
-
-    def _answer_existing(
-        self, connection: Connection, ctx: CallContext, row: Row[Any], result: str
-    ) -> TokenRecord:
-        self._audit.append(
-            connection,
-            self._audit_event(
-                ctx,
-                Action.TOKENIZE,
-                Outcome.SUCCESS,
-                token_id=row.id,
-                details={"format": row.format, "result": result},
-            ),
-        )
-        return self._record(row, existing=True)
 
     @staticmethod
     def _record(row: Row[Any], *, existing: bool = False) -> TokenRecord:
@@ -796,13 +887,20 @@ class VaultService:
         )
 
     def _new_token(
-        self, connection: Connection, spec: FormatSpec, pan: Pan, avoid: set[str] | None = None
+        self,
+        connection: Connection,
+        spec: FormatSpec,
+        pan: Pan,
+        domain: str,
+        avoid: set[str] | None = None,
     ) -> str:
         if spec.type is FormatType.UUID:
             candidates: Iterator[str] = iter([uuid_token(), uuid_token(), uuid_token()])
         elif spec.type is FormatType.FPE:
             version = self._keyring.active_version(KeyPurpose.FF1)
-            candidates = iter([FpeTokenizer(self._keyring.ff1(version)).encrypt(spec, pan)])
+            candidates = iter(
+                [FpeTokenizer(self._keyring.ff1(version)).encrypt(spec, pan, domain=domain)]
+            )
         else:
             candidates = random_token_candidates(spec, pan)
         # A token that passes Luhn (or may) must never equal a PAN the vault holds.
@@ -828,11 +926,19 @@ class VaultService:
         return connection.execute(_HELD, {"fps": fps}).first() is not None
 
     # ------------------------------------------------------------------ detokenize
-    def _live_row(self, connection: Connection, token: str) -> Row[Any]:
+    def _live_row(self, connection: Connection, token: str, domains: frozenset[str]) -> Row[Any]:
+        """The live row of `token` in one of `domains`. A token of another domain is
+        answered exactly as a token that does not exist: no answer tells a caller what
+        another domain holds."""
         if not 1 <= len(token) <= 64:
             raise TokenNotFound("no such token")
         row = connection.execute(_BY_TOKEN, {"token": token}).first()
-        if row is None or row.deleted_at is not None or row.ciphertext is None:
+        if (
+            row is None
+            or row.domain not in domains
+            or row.deleted_at is not None
+            or row.ciphertext is None
+        ):
             raise TokenNotFound("no such token")
         expires = as_utc(row.expires_at)
         if expires is not None and expires <= self._clock():
@@ -851,125 +957,135 @@ class VaultService:
             ) from None
         return Pan(clear.decode("ascii"))
 
-    def _reveal(self, ctx: CallContext, token: str, action: Action, reveal: Reveal) -> Revealed:
-        def work(connection: Connection) -> Revealed:
-            row = self._live_row(connection, token)
-            pan = self._decrypt(row)
-            self._audit.append(
-                connection,
-                self._audit_event(
-                    ctx, action, Outcome.SUCCESS, token_id=row.id, details={"reveal": reveal.value}
-                ),
-            )
-            return Revealed(
-                token=token, masked=pan.masked(), pan=pan if reveal is Reveal.FULL else None
-            )
-
-        try:
-            return self._transaction(work)
-        except (TokenNotFound, TokenExpired, IntegrityError) as exc:
-            self._audit_failure(ctx, action, exc)
-            raise
-
-    def detokenize(self, ctx: CallContext, token: str) -> Revealed:
-        """Return the PAN behind `token` if the caller's policy reveals it in full, else
-        only the masked PAN. Raises `PolicyDenied`, `TokenNotFound`, `TokenExpired`,
-        `IntegrityError`, `StorageUnavailable`, `AuditWriteFailed`, `HSMUnavailable`."""
-        rules = self._authorize(ctx, Action.DETOKENIZE)
-        return self._reveal(ctx, token, Action.DETOKENIZE, rules.reveal)
-
-    def detokenize_masked(self, ctx: CallContext, token: str) -> Revealed:
-        """Return only the masked PAN (BIN6 and last four) behind `token`."""
-        self._authorize(ctx, Action.DETOKENIZE_MASKED)
-        return self._reveal(ctx, token, Action.DETOKENIZE_MASKED, Reveal.MASKED)
-
-    def detokenize_batch(self, ctx: CallContext, token_list: Sequence[str]) -> list[Revealed]:
-        """Detokenize every token, all or nothing, in order. Raises `BatchItemInvalid`
-        naming the first token that is missing, expired or fails authentication."""
-        rules = self._authorize(ctx, Action.DETOKENIZE)
-        if not 1 <= len(token_list) <= MAX_BATCH:
-            raise BatchItemInvalid(0, "invalid_request", f"a batch has 1 to {MAX_BATCH} items")
+    def _reveal(
+        self,
+        ctx: CallContext,
+        token_list: Sequence[str],
+        action: Action,
+        *,
+        masked_only: bool = False,
+        batch: bool = False,
+    ) -> list[Revealed]:
+        """The one reveal path: a single call is a batch of one. Charges one rate unit
+        per token and (for detokenize) one unit of the daily quota."""
+        rules = self._authorize(ctx, action)
+        reveal = Reveal.MASKED if masked_only else rules.reveal
+        domains = self._policy.readable_domains(ctx.identity)
+        reveals = len(token_list) if action is Action.DETOKENIZE else 0
 
         def work(connection: Connection) -> list[Revealed]:
-            out = []
+            self._charge(connection, ctx, rules, cost=len(token_list), reveals=reveals)
+            out, events = [], []
             for index, token in enumerate(token_list):
                 try:
-                    row = self._live_row(connection, token)
+                    row = self._live_row(connection, token, domains)
                     pan = self._decrypt(row)
                 except (TokenNotFound, TokenExpired, IntegrityError) as exc:
-                    raise BatchItemInvalid(index, exc.code, str(exc)) from None
-                self._audit.append(
-                    connection,
+                    raise self._item_error(exc, index, batch=batch) from None
+                details: dict[str, DetailValue] = {"reveal": reveal.value}
+                if batch:
+                    details["batch_index"] = index
+                events.append(
                     self._audit_event(
-                        ctx,
-                        Action.DETOKENIZE,
-                        Outcome.SUCCESS,
-                        token_id=row.id,
-                        details={"reveal": rules.reveal.value, "batch_index": index},
-                    ),
+                        ctx, action, Outcome.SUCCESS, token_id=row.id, details=details
+                    )
                 )
                 out.append(
                     Revealed(
                         token=token,
                         masked=pan.masked(),
-                        pan=pan if rules.reveal is Reveal.FULL else None,
+                        pan=pan if reveal is Reveal.FULL else None,
                     )
                 )
+            self._audit.append_many(connection, events)
             return out
 
-        try:
+        with self._audited_refusal(ctx, action):
             return self._transaction(work)
-        except BatchItemInvalid as exc:
-            self._audit_failure(ctx, Action.DETOKENIZE, exc)
-            raise
+
+    def detokenize(self, ctx: CallContext, token: str) -> Revealed:
+        """Return the PAN behind `token` if the caller's policy reveals it in full, else
+        only the masked PAN. Raises `PolicyDenied`, `TokenNotFound` (also for a token of
+        a domain the caller may not read), `TokenExpired`, `IntegrityError`,
+        `RateLimited`, `QuotaExceeded`, `StorageUnavailable`, `AuditWriteFailed`,
+        `HSMUnavailable`."""
+        return self._reveal(ctx, [token], Action.DETOKENIZE)[0]
+
+    def detokenize_masked(self, ctx: CallContext, token: str) -> Revealed:
+        """Return only the masked PAN (BIN6 and last four) behind `token`."""
+        return self._reveal(ctx, [token], Action.DETOKENIZE_MASKED, masked_only=True)[0]
+
+    def detokenize_batch(self, ctx: CallContext, token_list: Sequence[str]) -> list[Revealed]:
+        """Detokenize every token, all or nothing, in order. Raises `BatchItemInvalid`
+        naming the first token that is missing, expired or fails authentication."""
+        if not 1 <= len(token_list) <= MAX_BATCH:
+            self._authorize(ctx, Action.DETOKENIZE)
+            raise BatchItemInvalid(0, "invalid_request", f"a batch has 1 to {MAX_BATCH} items")
+        return self._reveal(ctx, token_list, Action.DETOKENIZE, batch=True)
 
     # ------------------------------------------------------------------ lookup, metadata
     def lookup(
         self, ctx: CallContext, pan: Pan, token_format: str | None = None
     ) -> list[TokenRecord]:
-        """Return the live tokens of `pan` (in `token_format`, or all formats)."""
-        self._authorize(ctx, Action.LOOKUP)
-        fingerprints = self._fingerprints(pan.reveal())
-        now = self._clock()
+        """Return the live tokens of `pan` in the caller's own domain (in `token_format`,
+        or all formats). Its answer depends on what the vault holds, so the oracle guard
+        counts it. Raises `PolicyDenied`, `InvalidPan`, `RateLimited`, `OracleSuspected`,
+        `StorageUnavailable`, `HSMUnavailable`."""
+        rules = self._authorize(ctx, Action.LOOKUP)
+        domain = rules.domain_of(ctx.identity)
+        with self._audited_refusal(ctx, Action.LOOKUP):
+            self._check_luhn(pan)
+            fingerprints = self._fingerprints(pan.reveal())
 
-        def work(connection: Connection) -> list[TokenRecord]:
-            query = select(tokens).where(
-                tokens.c.fingerprint.in_(fingerprints), tokens.c.deleted_at.is_(None)
-            )
-            if token_format is not None:
-                query = query.where(tokens.c.format == token_format)
-            rows = [
-                r
-                for r in connection.execute(query.order_by(tokens.c.created_at))
-                if (as_utc(r.expires_at) or now + timedelta(days=1)) > now
-            ]
-            self._audit.append(
-                connection,
-                self._audit_event(
-                    ctx, Action.LOOKUP, Outcome.SUCCESS, details={"found": len(rows)}
-                ),
-            )
-            return [self._record(r) for r in rows]
+            def work(connection: Connection) -> list[TokenRecord]:
+                now = self._clock()
+                self._charge(connection, ctx, rules)
+                self._limits.watch(
+                    connection,
+                    ctx.identity,
+                    rules.oracle_guard,
+                    [(oracle_bucket(pan), fingerprints[-1])],
+                    now,
+                )
+                query = select(tokens).where(
+                    tokens.c.domain == domain,
+                    tokens.c.fingerprint.in_(fingerprints),
+                    tokens.c.deleted_at.is_(None),
+                )
+                if token_format is not None:
+                    query = query.where(tokens.c.format == token_format)
+                rows = [
+                    r
+                    for r in connection.execute(query.order_by(tokens.c.created_at))
+                    if (as_utc(r.expires_at) or now + timedelta(days=1)) > now
+                ]
+                self._audit.append(
+                    connection,
+                    self._audit_event(
+                        ctx, Action.LOOKUP, Outcome.SUCCESS, details={"found": len(rows)}
+                    ),
+                )
+                return [self._record(r) for r in rows]
 
-        return self._transaction(work)
+            return self._transaction(work)
 
     def token_info(self, ctx: CallContext, token: str) -> TokenRecord:
-        """Return the token's format, dates and metadata (never the PAN)."""
-        self._authorize(ctx, Action.METADATA)
+        """Return the token's format, dates and metadata (never the PAN), for a token of
+        a domain the caller may read."""
+        rules = self._authorize(ctx, Action.METADATA)
+        domains = self._policy.readable_domains(ctx.identity)
 
         def work(connection: Connection) -> TokenRecord:
-            row = self._live_row(connection, token)
+            self._charge(connection, ctx, rules)
+            row = self._live_row(connection, token, domains)
             self._audit.append(
                 connection,
                 self._audit_event(ctx, Action.METADATA, Outcome.SUCCESS, token_id=row.id),
             )
             return self._record(row)
 
-        try:
+        with self._audited_refusal(ctx, Action.METADATA):
             return self._transaction(work)
-        except (TokenNotFound, TokenExpired) as exc:
-            self._audit_failure(ctx, Action.METADATA, exc)
-            raise
 
     # ------------------------------------------------------------------ relay
     def relay(self, ctx: CallContext, route_name: str, body: Any) -> RelayResult:
@@ -985,7 +1101,8 @@ class VaultService:
         `TokenNotFound`, `TokenExpired`, `AuditWriteFailed`, `StorageUnavailable` (nothing
         sent), `UpstreamTimeout`, `UpstreamUnavailable`.
         """
-        self._authorize(ctx, Action.RELAY)
+        rules = self._authorize(ctx, Action.RELAY)
+        domains = self._policy.readable_domains(ctx.identity)
         route = self._policy.policy.relay_routes.get(route_name)
         if route is None or ctx.identity not in route.identities:
             self._write_audit(
@@ -1004,10 +1121,23 @@ class VaultService:
         try:
             outgoing, token_ids = self._transaction(
                 functools.partial(
-                    self._reveal_for_relay, ctx=ctx, route=route, body=body, details=details
+                    self._reveal_for_relay,
+                    ctx=ctx,
+                    rules=rules,
+                    domains=domains,
+                    route=route,
+                    body=body,
+                    details=details,
                 )
             )
-        except (RelayBodyInvalid, TokenNotFound, TokenExpired, IntegrityError) as exc:
+        except (
+            RelayBodyInvalid,
+            TokenNotFound,
+            TokenExpired,
+            IntegrityError,
+            RateLimited,
+            Throttled,
+        ) as exc:
             # Nothing was revealed (the transaction rolled back): one entry for the refusal.
             details["error"] = exc.code
             self._write_audit(self._audit_event(ctx, Action.RELAY, Outcome.FAILED, details=details))
@@ -1033,13 +1163,18 @@ class VaultService:
         connection: Connection,
         *,
         ctx: CallContext,
+        rules: IdentityPolicy,
+        domains: frozenset[str],
         route: RelayRoute,
         body: Any,
         details: Mapping[str, DetailValue],
     ) -> tuple[Any, list[str]]:
         """The body to send (a copy, the PANs in place of the tokens) and the revealed
         token ids, with one `relay.send` entry per revealed token written in the same
-        transaction (one without a token id when the route reveals none)."""
+        transaction (one without a token id when the route reveals none). Tokens are
+        read only from `domains`; the call costs one rate unit and each revealed token
+        one unit of the daily detokenize quota."""
+        self._charge(connection, ctx, rules, reveals=len(route.detokenize))
         outgoing = copy.deepcopy(body)  # the caller's body keeps its tokens
         token_ids: list[str] = []
         events: list[AuditEvent] = []
@@ -1047,7 +1182,7 @@ class VaultService:
             token = get_pointer(body, pointer)
             if not isinstance(token, str):
                 raise RelayBodyInvalid(f"the body has no token at {pointer}")
-            row = self._live_row(connection, token)
+            row = self._live_row(connection, token, domains)
             set_pointer(outgoing, pointer, self._decrypt(row).reveal())
             token_ids.append(row.id)
             events.append(
@@ -1081,17 +1216,21 @@ class VaultService:
                 pan = Pan(value)
             except VaultError:
                 continue
-            spec = self._policy.token_format(token_format)
-            request = TokenizeRequest(pan=pan, format=token_format)
-            fingerprint = self._fingerprint(pan.reveal())
-            record = self._transaction(
+            # The relayer need not (and, outside PCI scope, may not) tokenize: the vault
+            # stores the card the upstream sent, in the relayer's domain.
+            domain = self._policy.domain(ctx.identity)
+            try:
+                item = self._plan(domain, TokenizeRequest(pan=pan, format=token_format))
+            except VaultError:
+                continue  # not a card this format takes: masked below like any other
+            (record,) = self._transaction(
                 functools.partial(
-                    self._tokenize_in,
+                    self._store_tokens,
                     ctx=ctx,
-                    request=request,
-                    spec=spec,
-                    metadata="{}",
-                    fingerprint=fingerprint,
+                    domain=domain,
+                    items=[item],
+                    now=self._clock(),
+                    batch=False,
                 )
             )
             set_pointer(body, pointer, None)
@@ -1159,14 +1298,19 @@ class VaultService:
     def delete(self, ctx: CallContext, token: str) -> bool:
         """Crypto-shred `token`: its ciphertext and fingerprint are erased, a tombstone
         and the audit trail remain. Returns False if it was already deleted.
-        Raises `TokenNotFound` for a token that never existed."""
-        self._authorize(ctx, Action.DELETE)
+        Raises `TokenNotFound` for a token that never existed or that another domain
+        owns (a write never crosses domains, and the answer does not say which)."""
+        rules = self._authorize(ctx, Action.DELETE)
+        domain = rules.domain_of(ctx.identity)
 
         def work(connection: Connection) -> bool:
+            self._charge(connection, ctx, rules)
             row = connection.execute(
-                select(tokens.c.id, tokens.c.deleted_at).where(tokens.c.token == token)
+                select(tokens.c.id, tokens.c.deleted_at, tokens.c.domain).where(
+                    tokens.c.token == token
+                )
             ).first()
-            if row is None:
+            if row is None or row.domain != domain:
                 raise TokenNotFound("no such token")
             already = row.deleted_at is not None
             if not already:
@@ -1183,19 +1327,30 @@ class VaultService:
             )
             return not already
 
-        try:
+        with self._audited_refusal(ctx, Action.DELETE):
             return self._transaction(work)
-        except TokenNotFound as exc:
-            self._audit_failure(ctx, Action.DELETE, exc)
-            raise
 
     def purge_expired(self, *, actor: str = "cofre purge", batch: int = 500) -> int:
-        """Crypto-shred every expired token (each one audited); return how many."""
+        """Crypto-shred every expired token (each one audited) and forget rate-limit and
+        oracle-guard windows that have ended; return how many tokens were shredded.
+
+        On PostgreSQL one node at a time purges: each batch runs under a
+        transaction-scoped advisory lock, and a node that does not get it stops (the
+        holder is already purging). Raises `StorageUnavailable`."""
         total = 0
         while True:
             now = self._clock()
 
-            def work(connection: Connection, now: datetime = now) -> int:
+            def work(connection: Connection, now: datetime = now, first: bool = not total) -> int:
+                if (
+                    connection.dialect.name == "postgresql"
+                    and not connection.execute(
+                        text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _PURGE_LOCK_KEY}
+                    ).scalar()
+                ):
+                    return -1  # another node holds the purge
+                if first:
+                    self._limits.purge_windows(connection, now, keep_seconds=MAX_WINDOW_SECONDS)
                 rows = (
                     connection.execute(
                         select(tokens.c.id)
@@ -1220,6 +1375,8 @@ class VaultService:
                 return len(rows)
 
             count = self._transaction(work)
+            if count < 0:
+                return total
             total += count
             if count < batch:
                 return total

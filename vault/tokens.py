@@ -7,8 +7,9 @@ is met exactly, with no bias, by choosing one free digit last:
 - ``fail``: it is drawn uniformly from the nine values that make the token invalid;
 - ``any``: every free digit is uniform.
 
-FF1 tokens (`FormatType.FPE`) encrypt the free middle digits with the kept digits as the
-tweak. With ``luhn = "any"`` that is plain FF1. With ``pass`` or ``fail`` the PAN must be
+FF1 tokens (`FormatType.FPE`) encrypt the free middle digits with the token domain and
+the kept digits as the tweak (so the same PAN gives unrelated tokens in two domains).
+With ``luhn = "any"`` that is plain FF1. With ``pass`` or ``fail`` the PAN must be
 Luhn-valid, and FF1 is cycle-walked over the middles that keep the number Luhn-valid
 (10^(m-1) of the 10^m values, exactly the PANs that can exist in that BIN/last-four
 bucket), which is a permutation of that set; for ``fail`` the last free digit of the
@@ -134,16 +135,17 @@ class FpeTokenizer:
         self._ff1 = ff1
 
     @staticmethod
-    def _split(spec: FormatSpec, digits: str) -> tuple[str, str, str, bytes]:
+    def _split(spec: FormatSpec, digits: str, domain: str) -> tuple[str, str, str, bytes]:
         lead, trail = spec.keep_leading, spec.keep_trailing
         prefix, middle, suffix = (
             digits[:lead],
             digits[lead : len(digits) - trail],
             digits[len(digits) - trail :],
         )
-        # The kept digits are the tweak, so the same middle under another BIN or last
-        # four encrypts differently.
-        return prefix, middle, suffix, f"{prefix}:{suffix}".encode("ascii")
+        # The domain and the kept digits are the tweak, so the same middle in another
+        # domain, or under another BIN or last four, encrypts differently. The domain
+        # comes last, after a separator digits cannot hold.
+        return prefix, middle, suffix, f"{prefix}:{suffix}|{domain}".encode()
 
     def _walk(self, prefix: str, middle: str, suffix: str, tweak: bytes, *, forward: bool) -> str:
         step = self._ff1.encrypt if forward else self._ff1.decrypt
@@ -152,14 +154,14 @@ class FpeTokenizer:
             value = step(value, tweak)
         return value
 
-    def encrypt(self, spec: FormatSpec, pan: Pan) -> str:
-        """Return the FF1 token of `pan` under `spec`.
+    def encrypt(self, spec: FormatSpec, pan: Pan, *, domain: str) -> str:
+        """Return the FF1 token of `pan` under `spec` in token domain `domain`.
 
         Raises `FormatNotApplicable` for a PAN length the format does not accept and
         `InvalidPan` for a Luhn-invalid PAN under ``luhn = pass|fail``.
         """
         check_applicable(spec, pan)
-        prefix, middle, suffix, tweak = self._split(spec, pan.reveal())
+        prefix, middle, suffix, tweak = self._split(spec, pan.reveal(), domain)
         if spec.luhn is LuhnMode.ANY:
             return prefix + self._ff1.encrypt(middle, tweak) + suffix
         if not pan.luhn_valid():
@@ -175,14 +177,14 @@ class FpeTokenizer:
         _apply_luhn(digits, position, LuhnMode.FAIL, choice)
         return "".join(digits)
 
-    def decrypt(self, spec: FormatSpec, token: str) -> Pan:
-        """Return the PAN whose token under `spec` is `token`.
+    def decrypt(self, spec: FormatSpec, token: str, *, domain: str) -> Pan:
+        """Return the PAN whose token under `spec` in `domain` is `token`.
 
         Raises `InvalidPan` when `token` is not a well-formed token of this format.
         """
         candidate = Pan(token)
         check_applicable(spec, candidate)
-        prefix, middle, suffix, tweak = self._split(spec, token)
+        prefix, middle, suffix, tweak = self._split(spec, token, domain)
         if spec.luhn is LuhnMode.ANY:
             return Pan(prefix + self._ff1.decrypt(middle, tweak) + suffix)
         digits = list(token)

@@ -41,6 +41,7 @@ from cofre_cli.wiring import Runtime, build_runtime
 from hsm.provider import HSMProvider
 from tests.support.leakguard import record_responses
 from tests.support.leakscan import json_strings
+from tests.support.policies import SETTLEMENT_POLICY, TEST_IDENTITIES
 from tests.support.postgres import free_port
 
 LIMITED = """
@@ -121,12 +122,12 @@ def _start_server(
     api_docs: bool = False,
     evidence: EvidenceSettings | None = None,
 ) -> tuple[VaultServer, BackgroundServer]:
-    pki = ensure_dev_pki(tmp / "pki")
+    pki = ensure_dev_pki(tmp / "pki", identities=TEST_IDENTITIES)
     issue_client(pki, "stranger")
     issue_client(pki, "limited")
     other = ensure_dev_pki(tmp / "other-pki", identities=("payments",))
     policy = tmp / "policy.toml"
-    policy.write_text(DEV_POLICY + LIMITED + extra_policy)
+    policy.write_text(DEV_POLICY + LIMITED + SETTLEMENT_POLICY + extra_policy)
     settings = Settings(
         data_dir=tmp,
         policy_file=policy,

@@ -68,7 +68,7 @@ def test_tokenize_and_reveal_levels(vault_server: VaultServer) -> None:
         "metadata",
         "existing",
     }
-    with vault_server.client("getnet-adapter") as c:
+    with vault_server.client("settlement") as c:
         full = c.post("/v1/detokenize", json={"token": token})
     assert full.status_code == 200
     assert full.json() == {"token": token, "pan": VISA, "reveal": "full"}
@@ -138,7 +138,7 @@ def test_batch_lookup_metadata_delete(vault_server: VaultServer) -> None:
         assert c.delete(f"/v1/tokens/{results[1]['token']}").json()["deleted"] is True
         assert c.delete(f"/v1/tokens/{results[1]['token']}").json()["deleted"] is False
         _problem(c.get(f"/v1/tokens/{results[1]['token']}"), 404, "token_not_found")
-    with vault_server.client("getnet-adapter") as c:
+    with vault_server.client("settlement") as c:
         detok = c.post(
             "/v1/detokenize/batch", json={"tokens": [results[0]["token"], results[2]["token"]]}
         )

@@ -33,7 +33,7 @@ def problem_json_on_4xx(ctx: Any, response: Any, case: Any) -> bool | None:
 
 def _identity(path: str) -> str:
     if "detokenize" in path:
-        return "getnet-adapter"
+        return "settlement"
     if path.startswith(("/v1/audit", "/v1/evidence")):
         return "auditor"
     if path.startswith("/v1/admin"):

@@ -66,7 +66,7 @@ def test_library_missing_then_back(serve_process: Outage) -> None:
     serve_process.library_link.symlink_to(DEFAULT_SOFTHSM_LIBRARY)
     response = _tokenize(serve_process)
     assert response.status_code == 200, response.text
-    with serve_process.client("getnet-adapter") as c:
+    with serve_process.client("settlement") as c:
         assert (
             c.post("/v1/detokenize", json={"token": response.json()["token"]}).json()["pan"] == VISA
         )
@@ -114,5 +114,5 @@ def test_key_rotation_from_the_cli(serve_process: Outage) -> None:
     listed = _cofre(serve_process, "keys", "list")
     assert "pan_gcm-v2" in listed.stdout
     assert "destroyed" in listed.stdout
-    with serve_process.client("getnet-adapter") as c:
+    with serve_process.client("settlement") as c:
         assert c.post("/v1/detokenize", json={"token": token}).json()["pan"] == VISA

@@ -50,7 +50,7 @@ def day(
                 for p in PANS
             ]
             assert c.post("/v1/detokenize", json={"token": tokens[0]}).status_code == 403  # denial
-        with vault.client("getnet-adapter") as c:
+        with vault.client("settlement") as c:
             for token in tokens:
                 assert c.post("/v1/detokenize", json={"token": token}).status_code == 200
         with vault.client("stranger") as c:

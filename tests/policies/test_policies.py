@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from policies.engine import PolicyEngine, RateLimiter
-from policies.errors import PolicyDenied, PolicyInvalid, RateLimited
+from policies.engine import PolicyEngine
+from policies.errors import PolicyDenied, PolicyInvalid
 from policies.formats import BUILTIN_FORMATS, FormatSpec, FormatType
 from policies.loader import load_policy, parse_policy
-from policies.models import Action, Policy, RateLimit, Reveal
+from policies.models import Action, Policy, Reveal
 
 SAMPLE = """
 version = 1
@@ -140,22 +140,82 @@ def test_invalid_policies_say_why(text: str, fragment: str) -> None:
     assert fragment in str(info.value)
 
 
-def test_rate_limit_token_bucket() -> None:
-    now = [0.0]
-    limiter = RateLimiter(clock=lambda: now[0])
-    e = PolicyEngine(parse_policy(SAMPLE, kind="toml").policy, limiter)
-    for _ in range(5):
-        e.check_rate("spiffe://cofre/payments")
-    with pytest.raises(RateLimited, match="retry after"):
-        e.check_rate("spiffe://cofre/payments")
-    now[0] += 0.011  # 100/s refills one request in 10 ms
-    e.check_rate("spiffe://cofre/payments")
-    # Identities without a limit are not limited; unknown ones are denied.
-    for _ in range(100):
-        e.check_rate("spiffe://cofre/getnet-adapter")
+def test_domains_default_to_the_identity() -> None:
+    e = engine()
+    assert e.domain("spiffe://cofre/payments") == "spiffe://cofre/payments"
+    assert e.readable_domains("spiffe://cofre/payments") == {"spiffe://cofre/payments"}
+    shared = parse_policy(
+        """
+[identities."spiffe://cofre/ledger"]
+operations = ["detokenize_masked"]
+domain = "books"
+read_domains = ["spiffe://cofre/payments"]
+""",
+        kind="toml",
+    ).policy
+    e = PolicyEngine(shared)
+    assert e.domain("spiffe://cofre/ledger") == "books"
+    assert e.readable_domains("spiffe://cofre/ledger") == {"books", "spiffe://cofre/payments"}
     with pytest.raises(PolicyDenied):
-        e.check_rate("spiffe://cofre/unknown")
-    limiter.take("other", RateLimit(per_second=1, burst=1))
+        e.domain("spiffe://cofre/unknown")
+
+
+@pytest.mark.parametrize(
+    ("operations", "reveal", "fragment"),
+    [
+        ('["tokenize"]', "none", "may not call tokenize"),
+        ('["lookup"]', "none", "may not call lookup"),
+        ('["detokenize"]', "full", "never gets full reveal"),
+    ],
+)
+def test_out_of_scope_identities_never_hold_a_pan(
+    operations: str, reveal: str, fragment: str
+) -> None:
+    text = f"""
+[identities."spiffe://cofre/adapter"]
+scope = "out"
+operations = {operations}
+formats = ["uuid"]
+reveal = "{reveal}"
+"""
+    with pytest.raises(PolicyInvalid) as info:
+        parse_policy(text, kind="toml")
+    assert fragment in str(info.value)
+
+
+def test_out_of_scope_identities_may_relay_and_see_masked() -> None:
+    policy = parse_policy(
+        """
+[identities."spiffe://cofre/adapter"]
+scope = "out"
+operations = ["relay", "detokenize", "detokenize_masked"]
+reveal = "masked"
+""",
+        kind="toml",
+    ).policy
+    assert policy.identities["spiffe://cofre/adapter"].scope.value == "out"
+
+
+def test_luhn_exemptions_are_named_ranges() -> None:
+    policy = parse_policy(
+        """
+[luhn_exempt.acme-private-label]
+prefixes = ["600012", "600013"]
+description = "ACME store card, no check digit"
+""",
+        kind="toml",
+    ).policy
+    assert policy.luhn_exempt_prefix("6000121234567890") == "acme-private-label"
+    assert policy.luhn_exempt_prefix("4111111111111111") is None
+    with pytest.raises(PolicyInvalid):
+        parse_policy('[luhn_exempt.x]\nprefixes = ["41a"]', kind="toml")
+
+
+def test_oracle_guard_defaults_low() -> None:
+    rules = engine().rules_for("spiffe://cofre/payments")
+    assert rules.oracle_guard.max_pans_per_bucket == 10
+    assert rules.oracle_guard.window_seconds == 86400
+    assert rules.quota is None
 
 
 def test_builtin_formats() -> None:
@@ -167,5 +227,9 @@ def test_builtin_formats() -> None:
         "uuid",
     }
     assert Policy().format("pan_fpe") == BUILTIN_FORMATS["pan_fpe"]
-    with pytest.raises(ValueError, match="too few"):
-        FormatSpec(type=FormatType.RANDOM, keep_leading=8, keep_trailing=4, pan_lengths=(13,))
+    # BIN-8 only on PANs of 16 digits or more (PCI SSC FAQ 1091), in every mode.
+    with pytest.raises(ValueError, match="16 digits or more"):
+        FormatSpec(type=FormatType.RANDOM, keep_leading=8, keep_trailing=4, pan_lengths=(15,))
+    assert min(BUILTIN_FORMATS["pan_bin8_last4"].pan_lengths) == 16
+    with pytest.raises(ValueError, match="on_small_space must be 'refuse'"):
+        FormatSpec(type=FormatType.FPE, on_small_space="random")

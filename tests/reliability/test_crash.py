@@ -73,7 +73,7 @@ def _crash_cycle(vault: VaultProcess, database_url: str, report: list[str]) -> N
             t.join()
         vault.start()
     verified = 0
-    with vault.client("getnet-adapter") as client:
+    with vault.client("settlement") as client:
         for pan, token in acked:
             response = client.post("/v1/detokenize", json={"token": token})
             if response.status_code == 200 and response.json()["pan"] == pan:

@@ -92,7 +92,7 @@ def test_postgres_stopped_mid_load(vault_on_pg: tuple[VaultProcess, PostgresClus
     assert failures <= {"storage_unavailable", "audit_unavailable"}, failures
     assert all(s in (200, 503) for s, _ in statuses)
     assert statuses[-1][0] == 200  # recovered without a restart
-    with vault.client("getnet-adapter") as client:
+    with vault.client("settlement") as client:
         for pan, token in acked:
             assert client.post("/v1/detokenize", json={"token": token}).json()["pan"] == pan
     tokens, audited = _counts(cluster.sqlalchemy_url())

@@ -79,7 +79,7 @@ def test_rotation_survives_sigkill(
         engine.dispose()
     assert left == 0
     assert moved == TOTAL
-    with vault.client("getnet-adapter") as client:
+    with vault.client("settlement") as client:
         for i in range(0, TOTAL, 997):
             assert client.post("/v1/detokenize", json={"token": tokens[i]}).json()["pan"] == _pan(i)
     vault.stop()

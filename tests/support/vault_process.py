@@ -21,12 +21,21 @@ from api.pki import DevPKI, ensure_dev_pki
 from cofre_cli.devenv import DEV_POLICY
 from hsm.softhsm import write_softhsm_conf
 from tests.support.leakguard import record_responses
+from tests.support.policies import SETTLEMENT_POLICY, TEST_IDENTITIES
 from tests.support.postgres import free_port
 from tests.support.softhsm import SoftHSMToken
 
-# Unlimited rate for the load generators.
-POLICY = DEV_POLICY.replace(
-    "per_second = 2000, burst = 4000", "per_second = 1000000, burst = 1000000"
+# Unlimited rate for the load generators (they send thousands of cards per BIN and last
+# four, which the oracle guard would rightly refuse), and an in-scope identity with full
+# reveal, which the dev policy does not have.
+POLICY = (
+    DEV_POLICY.replace(
+        "per_second = 2000, burst = 4000", "per_second = 1000000, burst = 1000000"
+    ).replace(
+        "oracle_guard = { max_pans_per_bucket = 10,",
+        "oracle_guard = { max_pans_per_bucket = 100000,",
+    )
+    + SETTLEMENT_POLICY
 )
 
 
@@ -122,7 +131,7 @@ def make_vault(
     pin = tmp / "pin"
     pin.write_text(token.user_pin)
     pin.chmod(0o600)
-    pki = ensure_dev_pki(tmp.parent / "pki")
+    pki = ensure_dev_pki(tmp.parent / "pki", identities=TEST_IDENTITIES)
     policy = tmp / "policy.toml"
     policy.write_text(POLICY)
     port = port or free_port()

@@ -31,14 +31,20 @@ operations = ["tokenize", "detokenize_masked", "lookup", "metadata", "delete"]
 formats = ["pan_bin6_last4", "pan_bin8_last4", "pan_last4", "pan_fpe", "uuid", "card_random",
            "card_pass", "card_fpe_any"]
 reveal = "masked"
+# The service tests tokenize many cards of one BIN and last four on purpose (collisions,
+# load); tests/vault/test_oracle.py tests the guard at its default.
+oracle_guard = { max_pans_per_bucket = 100000 }
 
+# An in-scope identity with full reveal (the dev policy has none; tests need one).
 [identities."spiffe://cofre/getnet-adapter"]
 operations = ["detokenize"]
 reveal = "full"
+read_domains = ["spiffe://cofre/payments"]
 
 [identities."spiffe://cofre/ledger"]
 operations = ["detokenize"]
 reveal = "masked"
+read_domains = ["spiffe://cofre/payments"]
 
 [identities."spiffe://cofre/officer-alice"]
 role = "security_officer"

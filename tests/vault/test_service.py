@@ -316,7 +316,7 @@ def test_policy_reload_is_audited(service: VaultService, engine: Engine) -> None
 
 def test_batch_path_matches_single_path(service: VaultService, engine: Engine) -> None:
     existing = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4"))
-    small = Pan("411111001111")  # 12 digits, bin6+last4: two free digits, 90 fail-Luhn tokens
+    small = Pan("411111001110")  # 12 digits, bin6+last4: two free digits, 90 fail-Luhn tokens
     items = [
         TokenizeRequest(VISA, "pan_bin6_last4"),  # existing convergent token
         TokenizeRequest(MC, "card_pass"),
@@ -334,7 +334,7 @@ def test_batch_path_matches_single_path(service: VaultService, engine: Engine) -
     assert records[3].token != records[4].token
     smalls = [r.token for r in records[6:]]
     assert len(set(smalls)) == 30
-    assert all(t[:6] == "411111" and t[-4:] == "1111" and not luhn_valid(t) for t in smalls)
+    assert all(t[:6] == "411111" and t[-4:] == "1110" and not luhn_valid(t) for t in smalls)
     for request, record in zip(items, records, strict=True):
         assert service.detokenize(GETNET, record.token).pan == request.pan
     # One audit entry per item, plus one per detokenize above.

@@ -36,7 +36,8 @@ RANDOM_SPECS = [
         keep_leading=lead,
         keep_trailing=4,
         luhn=mode,
-        pan_lengths=tuple(range(max(12, lead + 4 + 2), 20)),
+        # BIN-8 only on 16 digits or more (PCI SSC FAQ 1091).
+        pan_lengths=tuple(range(16 if lead > 6 else max(12, lead + 4 + 2), 20)),
     )
     for lead in (0, 6, 8)
     for mode in LuhnMode
@@ -115,7 +116,7 @@ FPE_SPECS = [
         keep_leading=lead,
         keep_trailing=trail,
         luhn=mode,
-        pan_lengths=tuple(range(max(12, lead + trail + 6), 20)),
+        pan_lengths=tuple(range(max(16 if lead > 6 else 12, lead + trail + 6), 20)),
     )
     for lead, trail in ((6, 4), (0, 4), (8, 4), (6, 0))
     for mode in LuhnMode
@@ -127,26 +128,40 @@ FPE_SPECS = [
 def test_fpe_formats_round_trip(spec: FormatSpec, key: bytes, data: st.DataObject) -> None:
     pan = data.draw(pans(spec.pan_lengths, luhn=True if spec.luhn is not LuhnMode.ANY else None))
     tokenizer = FpeTokenizer(FF1(key))
-    token = tokenizer.encrypt(spec, pan)
+    domain = data.draw(st.sampled_from(["spiffe://cofre/payments", "spiffe://cofre/store"]))
+    token = tokenizer.encrypt(spec, pan, domain=domain)
     if spec.luhn is LuhnMode.PASS and token == pan.reveal():
         return  # a fixed point of the walk: the vault refuses it (token equals a held PAN)
     _assert_shape(spec, pan, token)
-    assert tokenizer.encrypt(spec, pan) == token  # deterministic
-    assert tokenizer.decrypt(spec, token) == pan
+    assert tokenizer.encrypt(spec, pan, domain=domain) == token  # deterministic
+    assert tokenizer.decrypt(spec, token, domain=domain) == pan
 
 
 def test_fpe_luhn_modes_need_a_valid_pan() -> None:
     tokenizer = FpeTokenizer(FF1(bytes(32)))
     with pytest.raises(InvalidPan, match="Luhn-valid"):
-        tokenizer.encrypt(BUILTIN_FORMATS["pan_fpe"], Pan("4111111111111112"))
+        tokenizer.encrypt(BUILTIN_FORMATS["pan_fpe"], Pan("4111111111111112"), domain="d")
 
 
 def test_fpe_tweak_is_the_kept_digits() -> None:
     tokenizer = FpeTokenizer(FF1(bytes(32)))
     spec = FormatSpec(type=FormatType.FPE, luhn=LuhnMode.ANY, pan_lengths=(16,))
-    a = tokenizer.encrypt(spec, Pan("4111111234561111"))
-    b = tokenizer.encrypt(spec, Pan("5111111234561111"))
+    a = tokenizer.encrypt(spec, Pan("4111111234561111"), domain="d")
+    b = tokenizer.encrypt(spec, Pan("5111111234561111"), domain="d")
     assert a[6:12] != b[6:12]
+
+
+def test_fpe_tweak_binds_the_domain() -> None:
+    """The same card in two domains: unrelated FF1 tokens, each decrypting only in its
+    own domain."""
+    tokenizer = FpeTokenizer(FF1(bytes(32)))
+    spec = BUILTIN_FORMATS["pan_fpe"]
+    pan = Pan("4111111111111111")
+    a = tokenizer.encrypt(spec, pan, domain="spiffe://cofre/payments")
+    b = tokenizer.encrypt(spec, pan, domain="spiffe://cofre/store")
+    assert a != b
+    assert tokenizer.decrypt(spec, a, domain="spiffe://cofre/payments") == pan
+    assert tokenizer.decrypt(spec, a, domain="spiffe://cofre/store") != pan
 
 
 def test_uuid_tokens() -> None:

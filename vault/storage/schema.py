@@ -8,14 +8,19 @@ IN PCI SCOPE, holds card data, encrypted only:
   crypto-shreds: ciphertext, nonce and fingerprint are set to NULL, the row stays as a
   tombstone.
 - ``data_keys``: data keys wrapped under a KEK that never leaves the HSM.
+- ``rate_state``, ``usage_counters``, ``oracle_watch``: rate limits, daily quotas and
+  the tokenize-oracle guard, in the database so that every node enforces one limit.
+  They hold identities, counts and HMAC fingerprints, never a PAN.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -29,7 +34,16 @@ from sqlalchemy import (
 
 from audit.schema import metadata
 
-__all__ = ["data_keys", "key_approvals", "key_ceremonies", "metadata", "tokens"]
+__all__ = [
+    "data_keys",
+    "key_approvals",
+    "key_ceremonies",
+    "metadata",
+    "oracle_watch",
+    "rate_state",
+    "tokens",
+    "usage_counters",
+]
 
 tokens = Table(
     "tokens",
@@ -45,15 +59,19 @@ tokens = Table(
     Column("ciphertext", LargeBinary, nullable=True),
     Column("metadata", Text, nullable=False, server_default="{}"),
     Column("owner", String(255), nullable=False),
+    # The token domain (policy): convergence, lookup and idempotency keys are per domain.
+    Column("domain", String(255), nullable=False),
     Column("idempotency_key", String(128), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=True),
     Column("deleted_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("owner", "idempotency_key"),
-    # Convergent formats: one live token per PAN and format. Two concurrent tokenize
-    # calls for the same PAN race on this index; the loser re-reads the winner's token.
+    Index("uq_tokens_domain_idempotency", "domain", "idempotency_key", unique=True),
+    # Convergent formats: one live token per domain, PAN and format. Two concurrent
+    # tokenize calls for the same PAN race on this index; the loser re-reads the winner's.
     Index(
-        "uq_tokens_convergent",
+        "uq_tokens_domain_convergent",
+        "domain",
         "format",
         "fingerprint",
         unique=True,
@@ -105,4 +123,36 @@ key_approvals = Table(
     Column("ceremony_id", String(36), ForeignKey("key_ceremonies.id"), primary_key=True),
     Column("officer", String(255), primary_key=True),
     Column("approved_at", DateTime(timezone=True), nullable=False),
+)
+
+# Rate limits as GCRA (the generic cell rate algorithm): one "theoretical arrival time"
+# per identity, moved forward by each call's cost in one conditional UPDATE, so every
+# node shares one limit without a read-modify-write race.
+rate_state = Table(
+    "rate_state",
+    metadata,
+    Column("identity", String(255), primary_key=True),
+    Column("tat", Float, nullable=False),
+)
+
+# Fixed-window counters: daily detokenize quotas (window = UTC day number).
+usage_counters = Table(
+    "usage_counters",
+    metadata,
+    Column("identity", String(255), primary_key=True),
+    Column("counter", String(32), primary_key=True),
+    Column("window", BigInteger, primary_key=True, autoincrement=False),
+    Column("count", BigInteger, nullable=False),
+)
+
+# The tokenize-oracle guard: which distinct PANs (by fingerprint, or one row per fresh
+# token in a small space) an identity sent into one BIN/last-four bucket in a window.
+# `bucket` is a SHA-256 prefix of the bucket's name, not the digits.
+oracle_watch = Table(
+    "oracle_watch",
+    metadata,
+    Column("identity", String(255), primary_key=True),
+    Column("bucket", LargeBinary(16), primary_key=True),
+    Column("window", BigInteger, primary_key=True, autoincrement=False),
+    Column("item", LargeBinary(32), primary_key=True),
 )

@@ -1,0 +1,220 @@
+"""Token domains, limits in the database, Luhn validation and scheduled purge (issue 17).
+
+Each attack is written as the holder of one stolen client certificate would try it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
+from policies.errors import RateLimited
+from policies.loader import parse_policy
+from vault.errors import (
+    BatchItemInvalid,
+    FormatNotApplicable,
+    IdempotencyConflict,
+    InvalidPan,
+    QuotaExceeded,
+    TokenNotFound,
+)
+from vault.pan import Pan
+from vault.purge import PurgeWorker
+from vault.service import CallContext, TokenizeRequest, VaultService
+from vault.storage.schema import tokens
+
+VISA = Pan("4111111111111111")
+POLICY = """
+[formats.card_refuse_small]
+type = "random"
+on_small_space = "refuse"
+
+[luhn_exempt.acme-store-card]
+prefixes = ["6000"]
+
+[identities."spiffe://cofre/payments"]
+operations = ["tokenize", "detokenize_masked", "lookup", "metadata", "delete"]
+formats = ["pan_bin6_last4", "pan_fpe", "uuid", "card_refuse_small"]
+reveal = "masked"
+
+[identities."spiffe://cofre/store"]
+operations = ["tokenize", "detokenize_masked", "lookup", "metadata", "delete"]
+formats = ["pan_bin6_last4", "pan_fpe", "uuid"]
+reveal = "masked"
+
+[identities."spiffe://cofre/checkout"]
+description = "shares the payments domain"
+domain = "spiffe://cofre/payments"
+operations = ["tokenize", "detokenize_masked"]
+formats = ["pan_bin6_last4"]
+reveal = "masked"
+
+[identities."spiffe://cofre/ledger"]
+operations = ["detokenize", "detokenize_masked", "metadata"]
+reveal = "masked"
+read_domains = ["spiffe://cofre/payments"]
+rate_limit = { per_second = 0.001, burst = 5 }
+quota = { detokenize_per_day = 3 }
+"""
+PAYMENTS = CallContext("spiffe://cofre/payments", "req-p")
+STORE = CallContext("spiffe://cofre/store", "req-s")
+CHECKOUT = CallContext("spiffe://cofre/checkout", "req-c")
+LEDGER = CallContext("spiffe://cofre/ledger", "req-l")
+
+
+@pytest.fixture
+def domains(engine: Engine, hsm_provider: HSMProvider) -> Iterator[VaultService]:
+    svc = VaultService(engine, hsm_provider, PolicyEngine(parse_policy(POLICY, kind="toml").policy))
+    svc.initialize()
+    yield svc
+    svc.close()
+
+
+def _count(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(tokens)).scalar_one())
+
+
+@pytest.mark.parametrize("fmt", ["pan_bin6_last4", "pan_fpe", "uuid"])
+def test_the_same_card_gives_unrelated_tokens_in_two_domains(
+    domains: VaultService, fmt: str
+) -> None:
+    mine = domains.tokenize(PAYMENTS, TokenizeRequest(VISA, fmt))
+    theirs = domains.tokenize(STORE, TokenizeRequest(VISA, fmt))
+    assert theirs.token != mine.token
+    assert not theirs.existing  # nothing in store's answer depends on payments' tokens
+    # Within a domain the format still converges, whichever identity of it asks.
+    assert domains.tokenize(PAYMENTS, TokenizeRequest(VISA, fmt)).token == mine.token
+    if fmt == "pan_bin6_last4":
+        again = domains.tokenize(CHECKOUT, TokenizeRequest(VISA, fmt))
+        assert again.token == mine.token
+        assert again.existing
+
+
+def test_another_domains_token_looks_like_no_token(domains: VaultService, engine: Engine) -> None:
+    token = domains.tokenize(
+        STORE, TokenizeRequest(VISA, "uuid", metadata={"customer": "c-1"})
+    ).token
+    for attempt in (
+        lambda: domains.detokenize_masked(PAYMENTS, token),
+        lambda: domains.token_info(PAYMENTS, token),
+        lambda: domains.delete(PAYMENTS, token),
+    ):
+        with pytest.raises(TokenNotFound, match="no such token"):
+            attempt()
+    # Lookup answers from the caller's own domain only.
+    assert domains.lookup(PAYMENTS, VISA) == []
+    # The owner's token, its metadata and its ciphertext are untouched.
+    assert domains.token_info(STORE, token).metadata == {"customer": "c-1"}
+    assert domains.detokenize_masked(STORE, token).masked == VISA.masked()
+    before = _count(engine)
+    assert domains.delete(STORE, token)
+    assert _count(engine) == before  # a tombstone stays
+
+
+def test_read_domains_let_the_ledger_read_payments_masked(domains: VaultService) -> None:
+    token = domains.tokenize(PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4")).token
+    revealed = domains.detokenize(LEDGER, token)
+    assert revealed.pan is None
+    assert revealed.masked == VISA.masked()
+    store_token = domains.tokenize(STORE, TokenizeRequest(VISA, "uuid")).token
+    with pytest.raises(TokenNotFound):
+        domains.detokenize(LEDGER, store_token)
+
+
+def test_idempotency_keys_are_per_domain(domains: VaultService) -> None:
+    request = TokenizeRequest(VISA, "pan_bin6_last4", idempotency_key="order-1")
+    first = domains.tokenize(PAYMENTS, request)
+    # Any identity of the domain retrying the key gets the same answer...
+    retry = domains.tokenize(CHECKOUT, request)
+    assert (retry.token, retry.existing) == (first.token, True)
+    # ...and the key cannot be reused for another card in the domain,
+    other = Pan("5555555555554444")
+    with pytest.raises(IdempotencyConflict):
+        domains.tokenize(
+            CHECKOUT, TokenizeRequest(other, "pan_bin6_last4", idempotency_key="order-1")
+        )
+    # but in another domain it is another request, not a conflict (no cross-domain oracle).
+    theirs = domains.tokenize(
+        STORE, TokenizeRequest(other, "pan_bin6_last4", idempotency_key="order-1")
+    )
+    assert not theirs.existing
+
+
+def test_a_batch_costs_one_unit_per_item_and_quotas_hold(domains: VaultService) -> None:
+    tokens_ = [
+        domains.tokenize(PAYMENTS, TokenizeRequest(Pan(p), "uuid")).token
+        for p in ("4111111111111111", "5555555555554444", "4012888888881881", "4222222222222")
+    ]
+    # Quota 3 a day: a batch of 4 is refused whole, and charges nothing.
+    with pytest.raises(QuotaExceeded) as refused:
+        domains.detokenize_batch(LEDGER, tokens_)
+    assert refused.value.retry_after > 0
+    assert len(domains.detokenize_batch(LEDGER, tokens_[:3])) == 3
+    with pytest.raises(QuotaExceeded):
+        domains.detokenize(LEDGER, tokens_[3])
+    # Masked reveal is not the detokenize quota, but the rate limit (burst 5, almost
+    # no refill) has 2 units left after the 3 above: a batch of N cost N.
+    domains.detokenize_masked(LEDGER, tokens_[0])
+    domains.detokenize_masked(LEDGER, tokens_[1])
+    with pytest.raises(RateLimited, match="retry after"):
+        domains.detokenize_masked(LEDGER, tokens_[2])
+
+
+def test_luhn_failures_are_refused_unless_the_range_is_exempt(domains: VaultService) -> None:
+    with pytest.raises(InvalidPan, match="Luhn"):
+        domains.tokenize(PAYMENTS, TokenizeRequest(Pan("4111111111111112"), "uuid"))
+    with pytest.raises(BatchItemInvalid) as refused:
+        domains.tokenize_batch(
+            PAYMENTS,
+            [TokenizeRequest(VISA, "uuid"), TokenizeRequest(Pan("4111111111111112"), "uuid")],
+        )
+    assert (refused.value.index, refused.value.item_code) == (1, "invalid_pan")
+    with pytest.raises(InvalidPan):
+        domains.lookup(PAYMENTS, Pan("4111111111111112"))
+    # A named private-label range without a check digit.
+    exempt = domains.tokenize(PAYMENTS, TokenizeRequest(Pan("6000123456789013"), "uuid"))
+    assert exempt.token
+
+
+def test_small_spaces_refuse_where_the_format_says(domains: VaultService) -> None:
+    thirteen = Pan("4111111111119")  # 13 digits: 3 hidden, 100 possible cards
+    with pytest.raises(FormatNotApplicable, match="on_small_space = 'refuse'"):
+        domains.tokenize(PAYMENTS, TokenizeRequest(thirteen, "card_refuse_small"))
+    # The built-in format answers a fresh token each time instead (no convergence).
+    a = domains.tokenize(PAYMENTS, TokenizeRequest(thirteen, "pan_bin6_last4"))
+    b = domains.tokenize(PAYMENTS, TokenizeRequest(thirteen, "pan_bin6_last4"))
+    assert a.token != b.token
+    assert not b.existing
+
+
+def test_expired_tokens_are_purged_on_schedule(engine: Engine, hsm_provider: HSMProvider) -> None:
+    now = [datetime.now(UTC)]
+    svc = VaultService(
+        engine,
+        hsm_provider,
+        PolicyEngine(parse_policy(POLICY, kind="toml").policy),
+        clock=lambda: now[0],
+    )
+    svc.initialize()
+    worker = PurgeWorker(svc, interval=0.05)
+    try:
+        token = svc.tokenize(PAYMENTS, TokenizeRequest(VISA, "uuid", ttl_seconds=60)).token
+        now[0] += timedelta(seconds=61)
+        worker.start()
+        deadline = datetime.now(UTC) + timedelta(seconds=60)
+        while worker.purged < 1 and datetime.now(UTC) < deadline:
+            worker._stop.wait(0.05)
+        assert worker.purged == 1, worker.last_error
+        with engine.connect() as connection:
+            row = connection.execute(select(tokens).where(tokens.c.token == token)).one()
+        assert row.ciphertext is None
+        assert row.fingerprint is None
+        assert row.deleted_at is not None
+    finally:
+        worker.stop()
+        svc.close()

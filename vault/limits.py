@@ -1,0 +1,209 @@
+"""Rate limits, daily quotas and the tokenize-oracle guard, kept in the database.
+
+IN PCI SCOPE. Every check runs inside the operation's own transaction, so a refused call
+leaves nothing written (its charge rolls back with it) and a granted one is charged
+exactly when it commits. Because the state is in the shared database, N nodes enforce
+one limit, not N.
+
+- **Rate limits** use GCRA (the generic cell rate algorithm, the token bucket expressed
+  as one "theoretical arrival time" per identity): one conditional ``UPDATE`` moves it
+  forward by the call's cost, so two nodes cannot both spend the last unit. A batch of
+  N items costs N.
+- **Quotas** are fixed UTC-day counters, bumped by a conditional ``UPDATE``.
+- **The oracle guard** remembers, per identity, BIN/last-four bucket and window, which
+  distinct PANs (by their HMAC fingerprint) were sent where the answer depends on what
+  the vault holds. Past the policy's limit the call is refused with `OracleSuspected`.
+  Two nodes checking the same bucket at the same instant can each admit one more PAN
+  than the limit (the check is a read, then an insert): the overshoot is bounded by the
+  number of transactions in flight, which docs/threat-model.md accepts.
+
+Clocks: the rate limiter compares wall-clock seconds across nodes, so nodes must run NTP
+(as PCI DSS 10.6 requires anyway).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from sqlalchemy import Connection, Table, and_, case, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from policies.errors import RateLimited
+from policies.models import OracleGuard, Quota, RateLimit
+from vault.errors import OracleSuspected, QuotaExceeded
+from vault.pan import Pan
+from vault.storage.schema import oracle_watch, rate_state, usage_counters
+
+__all__ = ["DETOKENIZE_QUOTA", "MAX_WINDOW_SECONDS", "Limits", "oracle_bucket"]
+
+DETOKENIZE_QUOTA: Final = "detokenize"
+_DAY: Final = 86400
+# The longest guard window a policy may set (policies.models.OracleGuard): rows are kept
+# at least this long so that no live window loses its memory.
+MAX_WINDOW_SECONDS: Final = 31 * _DAY
+_BUCKET_CONTEXT: Final = b"cofre oracle bucket v1\x00"
+
+
+def oracle_bucket(pan: Pan) -> bytes:
+    """The guard's bucket of `pan`: its first six and last four digits and its length,
+    hashed so that the table holds no digits at all."""
+    digits = pan.reveal()
+    name = f"{digits[:6]}|{digits[-4:]}|{len(digits)}".encode("ascii")
+    return hashlib.sha256(_BUCKET_CONTEXT + name).digest()[:16]
+
+
+def _insert_ignoring_conflict(
+    connection: Connection, table: Table, rows: list[dict[str, object]]
+) -> None:
+    # Another node may insert the same key first; its row is as good as ours.
+    if connection.dialect.name == "postgresql":
+        connection.execute(postgresql.insert(table).on_conflict_do_nothing(), rows)
+    else:
+        connection.execute(sqlite.insert(table).on_conflict_do_nothing(), rows)
+
+
+class Limits:
+    """The checks; stateless (all state is in the database)."""
+
+    def charge_rate(
+        self, connection: Connection, identity: str, limit: RateLimit, cost: int, now: float
+    ) -> None:
+        """Charge `cost` units to `identity`'s rate limit.
+
+        Raises `RateLimited` (nothing charged) when the bucket lacks them; a cost above
+        the burst can never pass and says so.
+        """
+        interval = 1.0 / limit.per_second
+        increment = cost * interval
+        tolerance = limit.burst * interval
+        if cost > limit.burst:
+            raise RateLimited(
+                f"a call of {cost} items exceeds this identity's burst of {limit.burst}; "
+                "send smaller batches",
+                tolerance,
+            )
+        start = case((rate_state.c.tat > now, rate_state.c.tat), else_=now)
+        for _ in range(2):
+            moved = connection.execute(
+                update(rate_state)
+                .where(rate_state.c.identity == identity, start + increment - now <= tolerance)
+                .values(tat=start + increment)
+            )
+            if moved.rowcount == 1:
+                return
+            tat = connection.execute(
+                select(rate_state.c.tat).where(rate_state.c.identity == identity)
+            ).scalar()
+            if tat is None:
+                _insert_ignoring_conflict(
+                    connection, rate_state, [{"identity": identity, "tat": now}]
+                )
+                continue
+            retry_after = max(float(tat), now) + increment - tolerance - now
+            raise RateLimited(
+                f"rate limit of {limit.per_second:g}/s (burst {limit.burst}) exceeded; "
+                f"retry after {retry_after:.2f}s",
+                retry_after,
+            )
+        raise RateLimited("rate limit state is contended; retry", interval)  # pragma: no cover
+
+    def charge_quota(
+        self,
+        connection: Connection,
+        identity: str,
+        quota: Quota,
+        cost: int,
+        now: datetime,
+        *,
+        counter: str = DETOKENIZE_QUOTA,
+    ) -> None:
+        """Count `cost` against `identity`'s daily quota. Raises `QuotaExceeded` (nothing
+        counted) past `quota.detokenize_per_day`, with the seconds to the next UTC day."""
+        day = int(now.timestamp()) // _DAY * _DAY  # the UTC day's first second
+        limit = quota.detokenize_per_day
+        key = and_(
+            usage_counters.c.identity == identity,
+            usage_counters.c.counter == counter,
+            usage_counters.c.window == day,
+        )
+        for _ in range(2):
+            bumped = connection.execute(
+                update(usage_counters)
+                .where(key, usage_counters.c.count + cost <= limit)
+                .values(count=usage_counters.c.count + cost)
+            )
+            if bumped.rowcount == 1:
+                return
+            used = connection.execute(select(usage_counters.c.count).where(key)).scalar()
+            if used is None and cost <= limit:
+                _insert_ignoring_conflict(
+                    connection,
+                    usage_counters,
+                    [{"identity": identity, "counter": counter, "window": day, "count": 0}],
+                )
+                continue
+            break
+        midnight = datetime.fromtimestamp(day + _DAY, UTC)
+        raise QuotaExceeded(
+            f"the daily {counter} quota of {limit} is used up; it renews at 00:00 UTC",
+            max((midnight - now) / timedelta(seconds=1), 1.0),
+        )
+
+    def watch(
+        self,
+        connection: Connection,
+        identity: str,
+        guard: OracleGuard,
+        items: Iterable[tuple[bytes, bytes]],
+        now: datetime,
+    ) -> None:
+        """Record each (bucket, item) pair `identity` sent; raise `OracleSuspected`
+        (nothing recorded) when a bucket would hold more than the guard's limit of
+        distinct items in the current window."""
+        # Windows are named by their first second, so that one purge horizon fits all.
+        window = int(now.timestamp()) // guard.window_seconds * guard.window_seconds
+        wanted: dict[bytes, set[bytes]] = {}
+        for bucket, item in items:
+            wanted.setdefault(bucket, set()).add(item)
+        rows: list[dict[str, object]] = []
+        for bucket, new_items in wanted.items():
+            seen = set(
+                connection.execute(
+                    select(oracle_watch.c.item).where(
+                        oracle_watch.c.identity == identity,
+                        oracle_watch.c.bucket == bucket,
+                        oracle_watch.c.window == window,
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            fresh = new_items - {bytes(item) for item in seen}
+            if len(seen) + len(fresh) > guard.max_pans_per_bucket:
+                retry_after = window + guard.window_seconds - now.timestamp()
+                raise OracleSuspected(
+                    f"more than {guard.max_pans_per_bucket} different card numbers with one "
+                    f"BIN and last four in {guard.window_seconds}s: refused as a suspected "
+                    "guessing attack (the policy's oracle_guard sets the limit)",
+                    max(retry_after, 1.0),
+                )
+            rows.extend(
+                {"identity": identity, "bucket": bucket, "window": window, "item": item}
+                for item in fresh
+            )
+        if rows:
+            _insert_ignoring_conflict(connection, oracle_watch, rows)
+
+    def purge_windows(self, connection: Connection, now: datetime, *, keep_seconds: int) -> int:
+        """Delete guard rows and counters older than `keep_seconds`; return how many."""
+        horizon = int(now.timestamp()) - max(keep_seconds, MAX_WINDOW_SECONDS)
+        removed = connection.execute(
+            delete(usage_counters).where(usage_counters.c.window < horizon)
+        ).rowcount
+        removed += connection.execute(
+            delete(oracle_watch).where(oracle_watch.c.window < horizon)
+        ).rowcount
+        return int(removed)

@@ -1,0 +1,47 @@
+"""Expired tokens are purged on a schedule, on every node, one node at a time.
+
+IN PCI SCOPE. PCI DSS 3.2.1 asks that stored account data be kept no longer than needed:
+a token's TTL is that need, and once it has passed the ciphertext and fingerprint are
+crypto-shredded (`VaultService.purge_expired`). Every node runs this worker; on
+PostgreSQL an advisory lock lets one node purge at a time (the others find the lock
+taken and wait for the next tick), as the audit sequencer is elected.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vault.service import VaultService
+
+__all__ = ["PurgeWorker"]
+
+
+class PurgeWorker:
+    """Calls `service.purge_expired()` every `interval` seconds until stopped. Errors are
+    kept (for readiness and logs) and retried on the next tick."""
+
+    def __init__(self, service: VaultService, interval: float) -> None:
+        self._service = service
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cofre-token-purge", daemon=True)
+        self.last_error: str | None = None
+        self.purged = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.purged += self._service.purge_expired(actor="cofre scheduled purge")
+            except Exception as exc:  # noqa: BLE001 - kept for readiness, retried next tick
+                self.last_error = type(exc).__name__
+            else:
+                self.last_error = None
