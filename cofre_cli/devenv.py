@@ -39,10 +39,11 @@ rate_limit = { per_second = 2000, burst = 4000 }
 oracle_guard = { max_pans_per_bucket = 10, window_seconds = 86400 }
 
 [identities."spiffe://cofre/store"]
-description = "Card-on-file store"
+description = "Card-on-file store: its own tokens, and payments' tokens masked"
 operations = ["tokenize", "detokenize_masked", "metadata"]
 formats = ["pan_bin6_last4", "uuid"]
 reveal = "masked"
+read_domains = ["spiffe://cofre/payments"]
 rate_limit = { per_second = 500, burst = 1000 }
 
 [identities."spiffe://cofre/ledger"]

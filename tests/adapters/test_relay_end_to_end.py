@@ -58,6 +58,15 @@ timeout_seconds = 2
     acquirer.stop()
 
 
+def _tokenize_in_scope(vault: VaultServer, pan: str, token_format: str) -> str:
+    """Tokenize as the in-scope payments service does: `CofreClient` has no tokenize
+    (an adapter never holds a PAN)."""
+    with vault.client("payments") as c:
+        response = c.post("/v1/tokenize", json={"pan": pan, "format": token_format})
+    assert response.status_code == 200, response.text
+    return str(response.json()["token"])
+
+
 def _client(vault: VaultServer, name: str) -> CofreClient:
     pki: DevPKI = vault.pki
     return CofreClient(vault.url, cert=pki.client_cert(name), key=pki.client_key(name), ca=pki.ca)
@@ -68,9 +77,9 @@ def test_payment_flow_keeps_pans_out_of_the_adapter_tier(
 ) -> None:
     vault, acquirer = relay_env
     caplog.set_level(logging.DEBUG)
-    # The card arrives once, at the tokenizing edge (card entry posts straight to it).
-    with _client(vault, "payments") as payments_edge:
-        card_token = payments_edge.tokenize(PAN, "pan_bin6_last4").token
+    # The card arrives once, at the tokenizing edge inside PCI scope (card entry posts
+    # straight to it); the adapters never see it.
+    card_token = _tokenize_in_scope(vault, PAN, "pan_bin6_last4")
     with (
         _client(vault, "store") as store_client,
         _client(vault, "getnet-adapter") as getnet_client,
@@ -112,8 +121,7 @@ def test_relay_to_a_route_not_allowed_is_refused_and_audited(
 ) -> None:
     vault, acquirer = relay_env
     before = len(acquirer.received)
-    with _client(vault, "payments") as client:
-        token = client.tokenize(PAN, "pan_bin6_last4").token
+    token = _tokenize_in_scope(vault, PAN, "pan_bin6_last4")
     with _client(vault, "getnet-adapter") as client:
         with pytest.raises(VaultDenied) as info:
             client.relay("evil-upstream", {"card": {"number": token}})
@@ -135,8 +143,7 @@ def test_upstream_timeout_is_504_and_loses_nothing(
     relay_env: tuple[VaultServer, FakeAcquirer],
 ) -> None:
     vault, acquirer = relay_env
-    with _client(vault, "payments") as client:
-        token = client.tokenize(PAN, "pan_last4").token
+    token = _tokenize_in_scope(vault, PAN, "pan_last4")
     acquirer.delay_seconds = 3
     try:
         with _client(vault, "getnet-adapter") as client:
