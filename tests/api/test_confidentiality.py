@@ -13,8 +13,8 @@ import json
 from typing import Any
 
 import pytest
-from cofre.devenv import DEV_POLICY
 
+from cofre_cli.devenv import DEV_POLICY
 from policies.loader import parse_policy
 from policies.models import Action, Reveal, Scope
 from tests.api.conftest import VaultServer

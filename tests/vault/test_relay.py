@@ -50,6 +50,7 @@ def relay_service(
 [identities."spiffe://cofre/relayer"]
 operations = ["relay", "detokenize"]
 reveal = "full"
+read_domains = ["spiffe://cofre/payments"]
 
 [relay_routes.acq]
 upstream = "{acquirer.url}/v1/authorize"
