@@ -330,7 +330,7 @@ def test_chain_with_a_gap_fails(day: tuple[VaultServer, Path, bytes], tmp_path: 
     manifest = json.loads(_members(first)["manifest.json"])
     with vault.client("payments") as c:
         token = c.post("/v1/tokenize", json={"pan": PANS[1], "format": "pan_last4"}).json()
-    with vault.client("getnet-adapter") as c:
+    with vault.client("settlement") as c:
         for _ in range(3):
             assert c.post("/v1/detokenize", json={"token": token["token"]}).status_code == 200
     vault.runtime.sequencer.drain(force_sign=True)

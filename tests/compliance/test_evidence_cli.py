@@ -34,7 +34,7 @@ def served(
 def _traffic(vault: VaultProcess) -> None:
     with vault.client() as c:
         token = c.post("/v1/tokenize", json={"pan": VISA, "format": "pan_last4"}).json()["token"]
-    with vault.client("getnet-adapter") as c:
+    with vault.client("settlement") as c:
         assert c.post("/v1/detokenize", json={"token": token}).status_code == 200
 
 
