@@ -122,3 +122,45 @@ def test_tokenize_is_not_an_oracle_across_identities(vault_server: VaultServer) 
         ).all()
     assert len(refusals) >= 2
     assert all(json.loads(p)["outcome"] == "denied" for (p,) in refusals)
+
+
+def _entries_for(vault_server: VaultServer, request_id: str) -> list[dict[str, Any]]:
+    with vault_server.runtime.engine.connect() as connection:
+        payloads = connection.exec_driver_sql(
+            "SELECT payload FROM audit_entries WHERE payload LIKE ?", (f"%{request_id}%",)
+        ).all()
+    return [json.loads(p) for (p,) in payloads]
+
+
+def _token_count(vault_server: VaultServer) -> int:
+    with vault_server.runtime.engine.connect() as connection:
+        return int(connection.exec_driver_sql("SELECT count(*) FROM tokens").scalar_one())
+
+
+@pytest.mark.parametrize(
+    ("identity", "body", "status", "code"),
+    [
+        ("payments", {"pan": "4111111111111112", "format": "uuid"}, 422, "invalid_pan"),
+        ("limited", {"pan": VISA, "format": "uuid"}, 429, "rate_limited"),
+    ],
+)
+def test_refusals_are_problem_json_audited_and_write_nothing(
+    vault_server: VaultServer, identity: str, body: dict[str, str], status: int, code: str
+) -> None:
+    before = _token_count(vault_server)
+    with vault_server.client(identity) as c:
+        for attempt in range(5):  # the limited identity's burst is 2
+            request_id = f"refusal-{code}-{attempt}"
+            response = c.post("/v1/tokenize", json=body, headers={"x-request-id": request_id})
+            if response.status_code == status:
+                break
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == code
+    assert "4111111111111112" not in response.text
+    entries = _entries_for(vault_server, request_id)
+    assert [(e["outcome"], e["details"].get("error")) for e in entries] == [
+        ("denied" if status == 429 else "failed", code)
+    ]
+    if code == "invalid_pan":
+        assert _token_count(vault_server) == before

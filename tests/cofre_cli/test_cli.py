@@ -133,6 +133,11 @@ def test_hsm_status_reports_a_planted_key_and_dev_check_fails(tmp_path: Path) ->
     """Key substitution: a `cofre-kek-v2` created with the crypto-user PIN behind Cofre's
     back is not in the key registry: reported by `cofre hsm status`, and readiness fails
     with `hsm_key_unregistered`."""
+
+
+def test_tokens_purge_shreds_expired_tokens(tmp_path: Path) -> None:
+    """`cofre tokens purge` crypto-shreds what has expired, at once (every node's purge
+    worker also does it on a schedule: tests/vault/test_domains.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
     data_dir = tmp_path / "dev"
     assert run("dev", "--check", "--data-dir", str(data_dir), env=env).returncode == 0
@@ -166,3 +171,30 @@ def test_hsm_status_reports_a_planted_key_and_dev_check_fails(tmp_path: Path) ->
     assert {(e["key_id"], e["details"]["how"]) for e in registered} == {
         (label, "cofre dev") for label in ("cofre-kek-v1", "cofre-fp-v1", "cofre-audit-v1")
     }
+
+    with sqlite3.connect(data_dir / "cofre.sqlite3") as db:
+        # An expired token row (its ciphertext is never read by the purge).
+        db.execute(
+            "INSERT INTO tokens (id, token, format, convergent, fingerprint, fp_version, "
+            "key_version, nonce, ciphertext, metadata, owner, domain, created_at, expires_at) "
+            "VALUES ('00000000-0000-4000-8000-000000000001', 'tok-expired', 'uuid', 0, "
+            "randomblob(32), 1, 1, randomblob(12), randomblob(32), '{}', "
+            "'spiffe://cofre/payments', 'spiffe://cofre/payments', "
+            "'2020-01-01 00:00:00.000000', '2020-01-02 00:00:00.000000')"
+        )
+    purged = run("tokens", "purge", env=env)
+    assert purged.returncode == 0, purged.stderr
+    assert purged.stdout.strip() == "purged 1 expired tokens"
+    with sqlite3.connect(data_dir / "cofre.sqlite3") as db:
+        row = db.execute(
+            "SELECT ciphertext, fingerprint, deleted_at FROM tokens WHERE token = 'tok-expired'"
+        ).fetchone()
+        entry = db.execute(
+            "SELECT payload FROM audit_entries WHERE payload LIKE '%\"purge\"%'"
+        ).fetchone()
+    assert row[0] is None
+    assert row[1] is None
+    assert row[2] is not None
+    assert '"actor":"cofre tokens purge"' in entry[0]
+    again = run("tokens", "purge", env=env)
+    assert again.stdout.strip() == "purged 0 expired tokens"
