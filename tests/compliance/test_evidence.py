@@ -139,6 +139,9 @@ def test_day_of_traffic_verifies(day: tuple[VaultServer, Path, bytes]) -> None:
     ceremonies = json.loads(files["keys/ceremonies.json"])
     assert ceremonies[0]["approvers"] == ["spiffe://cofre/officer-bob"]
     assert "3.7" in files["requirements.md"].decode()
+    # PCI DSS 3.2.1: how long expired tokens may wait for their purge is in the bundle.
+    settings = json.loads(files["config/settings.json"])
+    assert settings["tokens"]["purge_interval_seconds"] == 300.0
     inventory = json.loads(files["keys/inventory.json"])
     kek = next(k for k in inventory["token_keys"] if k["label"].startswith("cofre-kek"))
     assert kek["sensitive"] is True
