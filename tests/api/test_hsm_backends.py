@@ -25,7 +25,7 @@ def test_tokenize_detokenize_over_mtls(
             response = client.post("/v1/tokenize", json={"pan": pan, "format": "pan_bin6_last4"})
         assert response.status_code == 200, response.text
         token = response.json()["token"]
-        with vault.client("getnet-adapter") as client:
+        with vault.client("settlement") as client:
             full = client.post("/v1/detokenize", json={"token": token})
         assert full.status_code == 200
         assert full.json()["pan"] == pan

@@ -18,10 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.pki import DevPKI
+from api.pki import DevPKI, ensure_dev_pki
+from cofre_cli.devenv import DEV_POLICY
 from tests.support.cloudhsm_shim import CloudHSMShim
 from tests.support.leakguard import record_responses
 from tests.support.pans import card_number
+from tests.support.policies import SETTLEMENT_POLICY, TEST_IDENTITIES
 from tests.support.postgres import free_port
 
 
@@ -55,6 +57,11 @@ def dev_on_shim(
     # Retired KEK and fingerprint keys are destroyed at once, through the shim as well.
     env["COFRE_KEYS__DESTROY_GRACE_SECONDS"] = "0"
     env["COFRE_KEYS__BACKUP_RETENTION_SECONDS"] = "0"  # the grace must cover backups
+    # The dev policy gives nobody a full PAN; the round trip below reads it back through
+    # the tests' in-scope settlement identity, written before `cofre dev` fills the rest.
+    (base / "data").mkdir(mode=0o700)
+    (base / "data" / "policy.toml").write_text(DEV_POLICY + SETTLEMENT_POLICY)
+    ensure_dev_pki(base / "data" / "pki", identities=TEST_IDENTITIES)
     log = base / "dev.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -117,7 +124,7 @@ def test_dev_vault_on_the_shim_tokenizes_and_rotates(dev_on_shim: DevVault) -> N
         return str(response.json()["token"])
 
     def detokenize(token: str) -> str:
-        with dev_on_shim.client("getnet-adapter") as client:
+        with dev_on_shim.client("settlement") as client:
             response = client.post("/v1/detokenize", json={"token": token})
         assert response.status_code == 200, response.text
         return str(response.json()["pan"])

@@ -107,7 +107,7 @@ def test_documented_least_privilege_role_runs_the_vault(
                 "/v1/tokenize", json={"pan": card_number("4", 11), "format": "pan_bin6_last4"}
             )
             assert made.status_code == 200, made.text
-        with vault.client("getnet-adapter") as client:
+        with vault.client("settlement") as client:
             back = client.post("/v1/detokenize", json={"token": made.json()["token"]})
             assert back.status_code == 200, back.text
         sequenced = vault.cofre("audit", "sequence")
