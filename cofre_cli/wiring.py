@@ -212,6 +212,12 @@ def _observe(telemetry: Telemetry, provider: HSMProvider, service: VaultService)
     return telemetry
 
 
+def _start_purge_worker(service: VaultService, settings: Settings) -> PurgeWorker:
+    worker = PurgeWorker(service, interval=settings.tokens.purge_interval_seconds)
+    worker.start()
+    return worker
+
+
 def build_runtime(
     settings: Settings,
     *,
@@ -259,8 +265,7 @@ def build_runtime(
     )
     worker = RotationWorker(rotation, interval=min(0.5, sequencer_interval * 2))
     worker.start()
-    purge_worker = PurgeWorker(service, interval=settings.tokens.purge_interval_seconds)
-    purge_worker.start()
+    purge_worker = _start_purge_worker(service, settings)
     telemetry = _observe(telemetry or make_telemetry(), provider, service)
 
     def check_ready() -> dict[str, str]:
