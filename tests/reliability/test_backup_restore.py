@@ -104,7 +104,7 @@ def test_point_in_time_restore_then_rollback_is_detected(
     assert "were removed (a restore from an older backup, or tampering)" in removed.stderr
 
     vault.start()
-    with vault.client("getnet-adapter") as client:
+    with vault.client("settlement") as client:
         back = client.post("/v1/detokenize", json={"token": kept.json()["token"]})
         assert back.status_code == 200, back.text
         assert back.json()["pan"] == card_number("4", 31)
