@@ -13,4 +13,5 @@ __all__ = [
     "keys",
     "pki",
     "serve",
+    "tokens",
 ]
