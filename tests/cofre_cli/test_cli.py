@@ -8,6 +8,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -133,11 +134,6 @@ def test_hsm_status_reports_a_planted_key_and_dev_check_fails(tmp_path: Path) ->
     """Key substitution: a `cofre-kek-v2` created with the crypto-user PIN behind Cofre's
     back is not in the key registry: reported by `cofre hsm status`, and readiness fails
     with `hsm_key_unregistered`."""
-
-
-def test_tokens_purge_shreds_expired_tokens(tmp_path: Path) -> None:
-    """`cofre tokens purge` crypto-shreds what has expired, at once (every node's purge
-    worker also does it on a schedule: tests/vault/test_domains.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
     data_dir = tmp_path / "dev"
     assert run("dev", "--check", "--data-dir", str(data_dir), env=env).returncode == 0
@@ -172,7 +168,16 @@ def test_tokens_purge_shreds_expired_tokens(tmp_path: Path) -> None:
         (label, "cofre dev") for label in ("cofre-kek-v1", "cofre-fp-v1", "cofre-audit-v1")
     }
 
-    with sqlite3.connect(data_dir / "cofre.sqlite3") as db:
+
+def test_tokens_purge_shreds_expired_tokens(tmp_path: Path) -> None:
+    """`cofre tokens purge` crypto-shreds what has expired, at once (every node's purge
+    worker also does it on a schedule: tests/vault/test_domains.py)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
+    data_dir = tmp_path / "dev"
+    assert run("dev", "--check", "--data-dir", str(data_dir), env=env).returncode == 0
+    env["COFRE_CONFIG"] = str(data_dir / "cofre.toml")
+    # closing(): sqlite3's own context manager commits but leaves the file open.
+    with closing(sqlite3.connect(data_dir / "cofre.sqlite3")) as db, db:
         # An expired token row (its ciphertext is never read by the purge).
         db.execute(
             "INSERT INTO tokens (id, token, format, convergent, fingerprint, fp_version, "
@@ -185,7 +190,7 @@ def test_tokens_purge_shreds_expired_tokens(tmp_path: Path) -> None:
     purged = run("tokens", "purge", env=env)
     assert purged.returncode == 0, purged.stderr
     assert purged.stdout.strip() == "purged 1 expired tokens"
-    with sqlite3.connect(data_dir / "cofre.sqlite3") as db:
+    with closing(sqlite3.connect(data_dir / "cofre.sqlite3")) as db:
         row = db.execute(
             "SELECT ciphertext, fingerprint, deleted_at FROM tokens WHERE token = 'tok-expired'"
         ).fetchone()
