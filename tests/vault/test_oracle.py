@@ -51,15 +51,15 @@ ATTACKER = CallContext("spiffe://cofre/attacker", "req-attacker")
 
 @pytest.fixture(scope="module")
 def oracle_service(
-    tmp_path_factory: pytest.TempPathFactory, hsm_provider: HSMProvider
+    tmp_path_factory: pytest.TempPathFactory, softhsm_provider: HSMProvider
 ) -> Iterator[tuple[VaultService, Engine]]:
-    # One store for the whole matrix: every case draws its own random BIN, so cases do
-    # not share an oracle bucket.
+    # One store for the whole matrix: every case draws its own random card, so cases do
+    # not share an oracle bucket. The guard is the vault's, not the HSM's: one backend.
     path = tmp_path_factory.mktemp("oracle") / "cofre.sqlite3"
     engine = create_database_engine(f"sqlite:///{path}")
     migrate(engine)
     service = VaultService(
-        engine, hsm_provider, PolicyEngine(parse_policy(POLICY, kind="toml").policy)
+        engine, softhsm_provider, PolicyEngine(parse_policy(POLICY, kind="toml").policy)
     )
     service.initialize()
     yield service, engine
@@ -193,6 +193,7 @@ def test_the_guard_refusal_writes_nothing_and_is_audited(
             "SELECT payload FROM audit_entries ORDER BY rowid DESC LIMIT 1"
         ).scalar()
     assert after == before  # all or nothing: not one token of the batch was stored
+    assert entry is not None
     assert '"oracle_suspected"' in entry
     assert '"denied"' in entry
 
