@@ -13,9 +13,10 @@ one limit, not N.
 - **The oracle guard** remembers, per identity, BIN/last-four bucket and window, which
   distinct PANs (by their HMAC fingerprint) were sent where the answer depends on what
   the vault holds. Past the policy's limit the call is refused with `OracleSuspected`.
-  Two nodes checking the same bucket at the same instant can each admit one more PAN
-  than the limit (the check is a read, then an insert): the overshoot is bounded by the
-  number of transactions in flight, which docs/threat-model.md accepts.
+  The check is a read, then an insert, and a transaction sees only committed rows and
+  its own: N nodes checking one bucket at the same instant (a batch or a group commit
+  each) can each admit up to the limit, N times it in one race, which
+  docs/threat-model.md accepts.
 
 Clocks: the rate limiter compares wall-clock seconds across nodes, so nodes must run NTP
 (as PCI DSS 10.6 requires anyway).
