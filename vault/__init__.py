@@ -16,6 +16,8 @@ __all__ = [
     "keyring",
     "limits",
     "migrations",
+    "models",
+    "operations",
     "pan",
     "policy_record",
     "purge",

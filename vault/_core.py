@@ -1,0 +1,416 @@
+"""What every vault operation shares: the transaction, the audit entry, authorisation,
+limits, fingerprints and the row helpers.
+
+IN PCI SCOPE, holds card data. `VaultCore` is the base of the operation classes in
+`vault/operations/`; `vault.service.VaultService` puts them together. Every operation:
+
+1. authorises the caller against the policy (raises `PolicyDenied`, which is audited);
+2. does its work and writes its audit entry **in one database transaction**, so nothing
+   is returned that is not durably stored and audited (fail closed: if the entry cannot
+   be written, the transaction rolls back and the caller gets `AuditWriteFailed`);
+3. translates database failures into `StorageUnavailable`; HSM failures arrive as
+   `hsm.errors.HSMUnavailable`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
+
+from cryptography.exceptions import InvalidTag
+from sqlalchemy import Connection, Engine, Row, bindparam, select, update
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError as SQLIntegrityError
+
+from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
+from cofre.dberrors import db_error_name
+from cofre.errors import CofreError
+from hsm.keys import KeyHierarchy, KeyKind, key_label
+from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
+from policies.errors import PolicyDenied, RateLimited
+from policies.models import Action, IdentityPolicy, RateLimit
+from vault.errors import (
+    BatchItemInvalid,
+    IntegrityError,
+    InvalidPan,
+    StorageUnavailable,
+    Throttled,
+    TokenExpired,
+    TokenNotFound,
+    VaultError,
+)
+from vault.keyring import DataKeyring, pan_aad
+from vault.limits import Limits
+from vault.models import CallContext, TokenRecord
+from vault.pan import Pan
+from vault.policy_record import policy_event
+from vault.relay import (
+    RelayClient,
+)
+from vault.storage.database import as_utc
+from vault.storage.groupcommit import GroupCommitter
+from vault.storage.schema import tokens
+
+T = TypeVar("T")
+_TRANSACTION_ATTEMPTS: Final = 5
+
+
+_RETRYABLE_SQLSTATES: Final = frozenset({"40P01", "40001"})  # deadlock, serialization
+
+
+_BY_TOKEN: Final = select(tokens).where(tokens.c.token == bindparam("token"))
+
+
+class VaultCore:
+    """Shared state and helpers of the vault's operations (one database, HSM, policy)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        provider: HSMProvider,
+        policy: PolicyEngine,
+        *,
+        audit: AuditLog | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        group_commit: bool = True,
+    ) -> None:
+        self._engine = engine
+        self._committer = GroupCommitter(engine) if group_commit else None
+        self._relay_client = RelayClient()
+        self._provider = provider
+        self._policy = policy
+        self._audit = audit or AuditLog()
+        self._clock = clock
+        self._keyring = DataKeyring(engine, provider)
+        self._hierarchy = KeyHierarchy(provider)
+        self._limits = Limits()
+        self._fp_versions: list[int] | None = None
+        self._fp_read = 0.0
+        self._initialized = False
+        self._init_lock = threading.Lock()
+
+    @property
+    def keyring(self) -> DataKeyring:
+        return self._keyring
+
+    @property
+    def policy(self) -> PolicyEngine:
+        return self._policy
+
+    def replace_policy(
+        self, policy: PolicyEngine, *, actor: str, source: str, text: str | None = None
+    ) -> None:
+        """Swap in a new policy, after recording it (`policy_event`): an evidence bundle
+        shows the policy in force from the log, not from a file that may have changed."""
+        self._write_audit(policy_event("policy.reload", actor=actor, source=source, text=text))
+        self._policy = policy
+
+    def record_policy_load(self, *, actor: str, source: str, text: str) -> None:
+        """Record the policy this process starts with. Raises `AuditWriteFailed`."""
+        self._write_audit(policy_event("policy.load", actor=actor, source=source, text=text))
+
+    def _ensure_initialized(self) -> None:
+        # The vault may start while the HSM is down; the first call after it comes back
+        # creates what is missing.
+        if not self._initialized:
+            with self._init_lock:
+                if not self._initialized:
+                    self.initialize()
+
+    def initialize(self, *, actor: str = "cofre") -> list[str]:
+        """Create the data keys if missing (audited); return what was created."""
+
+        def work(connection: Connection) -> list[str]:
+            created = self._keyring.ensure_active(connection)
+            for purpose, version in created:
+                self._audit.append(
+                    connection,
+                    AuditEvent(
+                        action="key.create",
+                        outcome=Outcome.SUCCESS,
+                        actor=actor,
+                        key_id=f"{purpose.value}-v{version}",
+                    ),
+                )
+            return [f"{purpose.value}-v{version}" for purpose, version in created]
+
+        # Before the transaction: adopting writes in a transaction of its own.
+        self._keyring.registry.adopt_if_empty(actor=actor)
+        created = self._transaction(work)
+        self._initialized = True
+        return created
+
+    def close(self) -> None:
+        self._relay_client.close()
+        if self._committer is not None:
+            self._committer.close()
+        self._keyring.wipe_all()
+
+    def check_ready(self) -> dict[str, str]:
+        """Return {"hsm": "ok", "database": "ok"} or raise `HSMUnavailable` /
+        `StorageUnavailable` for the first that fails."""
+        self._provider.health_check()
+        with self._storage(), self._engine.connect() as connection:
+            connection.execute(select(1))
+        self._ensure_initialized()
+        self._keyring.registry.check()  # raises KeyNotRegistered
+        return {"hsm": "ok", "database": "ok", "key_registry": "ok"}
+
+    @contextmanager
+    def _storage(self, *, retryable: bool = False) -> Iterator[None]:
+        try:
+            yield
+        except CofreError:
+            raise
+        except SQLIntegrityError:
+            if retryable:
+                raise  # a unique-key race that `_transaction` retries
+            raise StorageUnavailable("the token store refused the write") from None
+        except DBAPIError as exc:
+            if retryable and getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+                raise  # `_transaction` retries it
+            raise StorageUnavailable(
+                f"the token store is unavailable ({db_error_name(exc)})"
+            ) from None
+        except SQLAlchemyError as exc:
+            raise StorageUnavailable(
+                f"the token store is unavailable ({db_error_name(exc)})"
+            ) from None
+
+    def _transaction(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one transaction; retry on a unique-key race (another node took
+        the same token or converged first)."""
+        for attempt in range(_TRANSACTION_ATTEMPTS):
+            try:
+                with self._storage(retryable=True):
+                    if self._committer is not None:
+                        return self._committer.run(work)
+                    with self._engine.begin() as connection:
+                        return work(connection)
+            except SQLIntegrityError:
+                if attempt == _TRANSACTION_ATTEMPTS - 1:
+                    raise StorageUnavailable(
+                        "the token store kept refusing the write (unique conflicts)"
+                    ) from None
+            except DBAPIError as exc:
+                # Two nodes' group commits can deadlock on each other's rows; PostgreSQL
+                # aborts one of them. Nothing of it was written: run it again.
+                if getattr(exc.orig, "sqlstate", None) not in _RETRYABLE_SQLSTATES or (
+                    attempt == _TRANSACTION_ATTEMPTS - 1
+                ):
+                    raise StorageUnavailable(
+                        f"the token store is unavailable ({db_error_name(exc)})"
+                    ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _write_audit(self, event: AuditEvent) -> None:
+        with self._storage(), self._engine.begin() as connection:
+            self._audit.append(connection, event)
+
+    def _authorize(
+        self,
+        ctx: CallContext,
+        action: Action,
+        *,
+        token_format: str | None = None,
+        audited: bool = True,
+    ) -> IdentityPolicy:
+        """Authorise the call; audit (unless the caller audits) and re-raise a denial.
+        Rate limits are charged inside each operation's transaction."""
+        self._ensure_initialized()
+        try:
+            rules = self._policy.authorize(ctx.identity, action, token_format=token_format)
+        except PolicyDenied as exc:
+            if not audited:
+                raise
+            details: dict[str, DetailValue] = {"reason": str(exc)}
+            if token_format is not None:
+                details["format"] = token_format
+            self._write_audit(
+                AuditEvent(
+                    action=action.value,
+                    outcome=Outcome.DENIED,
+                    actor=ctx.identity,
+                    request_id=ctx.request_id,
+                    details=details,
+                )
+            )
+            raise
+        return rules
+
+    @contextmanager
+    def _audited_refusal(self, ctx: CallContext, action: Action) -> Iterator[None]:
+        """Audit any refusal or failure raised inside (a policy denial is audited where
+        it is raised), then let it through. If even that entry cannot be written the
+        original error stands: the operation did not happen either way."""
+        try:
+            yield
+        except PolicyDenied:
+            raise
+        except CofreError as exc:
+            throttled = isinstance(exc, Throttled | RateLimited)
+            details: dict[str, DetailValue] = {"error": exc.code}
+            if isinstance(exc, BatchItemInvalid):
+                details["item"] = exc.index
+                details["item_error"] = exc.item_code
+            with contextlib.suppress(CofreError):
+                self._write_audit(
+                    self._audit_event(
+                        ctx,
+                        action,
+                        Outcome.DENIED if throttled else Outcome.FAILED,
+                        details=details,
+                    )
+                )
+            raise
+
+    def _charge(
+        self,
+        connection: Connection,
+        ctx: CallContext,
+        rules: IdentityPolicy,
+        *,
+        cost: int = 1,
+        reveals: int = 0,
+    ) -> None:
+        """Charge `cost` to the caller's rate limit and `reveals` to its daily
+        detokenize quota, inside the operation's transaction (a refusal rolls back)."""
+        now = self._clock()
+        if rules.rate_limit is not None:
+            self._limits.charge_rate(
+                connection, ctx.identity, rules.rate_limit, cost, now.timestamp()
+            )
+        if reveals and rules.quota is not None:
+            self._limits.charge_quota(connection, ctx.identity, rules.quota, reveals, now)
+
+    def _fingerprint_versions(self) -> list[int]:
+        """The fingerprint key versions on the token, newest last (two while a
+        fingerprint rotation migrates). Cached for a second."""
+        now = time.monotonic()
+        if self._fp_versions is None or now - self._fp_read > 1.0:
+            versions = self._keyring.registry.versions(KeyKind.FINGERPRINT)
+            if not versions:
+                self._keyring.registry.current_label(KeyKind.FINGERPRINT)  # HSMKeyNotFound
+            self._fp_versions, self._fp_read = versions, now
+        return self._fp_versions
+
+    def _fingerprint(self, digits: str) -> tuple[bytes, int]:
+        """The fingerprint to store: under the newest fingerprint key."""
+        version = self._fingerprint_versions()[-1]
+        label = key_label(KeyKind.FINGERPRINT, version)
+        return self._provider.hmac_sha256(label, digits.encode("ascii")), version
+
+    def _fingerprints(self, digits: str) -> list[bytes]:
+        """Every fingerprint a stored row of this PAN may carry (one per key version)."""
+        return [
+            self._provider.hmac_sha256(key_label(KeyKind.FINGERPRINT, v), digits.encode("ascii"))
+            for v in self._fingerprint_versions()
+        ]
+
+    def _audit_event(
+        self,
+        ctx: CallContext,
+        action: Action | str,
+        outcome: Outcome,
+        *,
+        token_id: str | None = None,
+        details: Mapping[str, DetailValue] | None = None,
+    ) -> AuditEvent:
+        name = action.value if isinstance(action, Action) else action
+        return AuditEvent(
+            action=name,
+            outcome=outcome,
+            actor=ctx.identity,
+            request_id=ctx.request_id,
+            token_id=token_id,
+            details=dict(details or {}),
+        )
+
+    def charge_rate(self, key: str, limit: RateLimit, cost: int = 1) -> None:
+        """Charge `cost` to the rate limit named `key` (an identity, or an identity and
+        a purpose such as evidence exports), in the database shared by every node.
+        Raises `RateLimited` (nothing charged), `StorageUnavailable`."""
+
+        def work(connection: Connection) -> None:
+            self._limits.charge_rate(connection, key, limit, cost, self._clock().timestamp())
+
+        self._transaction(work)
+
+    @staticmethod
+    def _item_error(exc: VaultError, index: int, *, batch: bool) -> VaultError:
+        return BatchItemInvalid(index, exc.code, str(exc)) if batch else exc
+
+    def _check_luhn(self, pan: Pan) -> None:
+        """Raise `InvalidPan` for a card number that fails the Luhn check, unless the
+        policy exempts its range by name."""
+        if pan.luhn_valid():
+            return
+        if self._policy.policy.luhn_exempt_prefix(pan.reveal()) is None:
+            raise InvalidPan(
+                "the card number fails its Luhn check digit (ISO/IEC 7812-1); a policy "
+                "may exempt a named range of private-label cards (luhn_exempt)"
+            )
+
+    @staticmethod
+    def _record(row: Row[Any], *, existing: bool = False) -> TokenRecord:
+        return TokenRecord(
+            token=row.token,
+            token_id=row.id,
+            format=row.format,
+            created_at=as_utc(row.created_at) or row.created_at,
+            expires_at=as_utc(row.expires_at),
+            metadata=json.loads(row.metadata or "{}"),
+            existing=existing,
+        )
+
+    def _live_row(self, connection: Connection, token: str, domains: frozenset[str]) -> Row[Any]:
+        """The live row of `token` in one of `domains`. A token of another domain is
+        answered exactly as a token that does not exist: no answer tells a caller what
+        another domain holds."""
+        if not 1 <= len(token) <= 64:
+            raise TokenNotFound("no such token")
+        row = connection.execute(_BY_TOKEN, {"token": token}).first()
+        if (
+            row is None
+            or row.domain not in domains
+            or row.deleted_at is not None
+            or row.ciphertext is None
+        ):
+            raise TokenNotFound("no such token")
+        expires = as_utc(row.expires_at)
+        if expires is not None and expires <= self._clock():
+            raise TokenExpired("this token has expired")
+        return row
+
+    def _decrypt(self, row: Row[Any]) -> Pan:
+        version = int(row.key_version)
+        try:
+            clear = self._keyring.gcm(version).decrypt(
+                bytes(row.nonce), bytes(row.ciphertext), pan_aad(row.id, row.token, version)
+            )
+        except InvalidTag:
+            raise IntegrityError(
+                "the stored ciphertext failed authentication (altered or moved)"
+            ) from None
+        return Pan(clear.decode("ascii"))
+
+    @staticmethod
+    def _shred(connection: Connection, token_id: str, now: datetime) -> None:
+        connection.execute(
+            update(tokens)
+            .where(tokens.c.id == token_id)
+            .values(
+                ciphertext=None,
+                nonce=None,
+                fingerprint=None,
+                key_version=None,
+                deleted_at=now,
+            )
+        )

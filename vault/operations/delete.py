@@ -1,0 +1,115 @@
+"""Delete (crypto-shred one token) and the purge of expired tokens.
+
+IN PCI SCOPE, holds card data.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final
+
+from sqlalchemy import Connection, and_, select, text
+
+from audit.log import AuditEvent, Outcome
+from policies.models import Action
+from vault._core import VaultCore
+from vault.errors import (
+    TokenNotFound,
+)
+from vault.limits import MAX_WINDOW_SECONDS
+from vault.models import CallContext
+from vault.storage.schema import tokens
+
+_PURGE_LOCK_KEY: Final = 0x436F667250
+# The hot path's statements, built once: building and cache-keying a statement per call
+# cost more Python time than running it.
+
+
+class DeleteOperations(VaultCore):
+    """Delete operations of the vault."""
+
+    def delete(self, ctx: CallContext, token: str) -> bool:
+        """Crypto-shred `token`: its ciphertext and fingerprint are erased, a tombstone
+        and the audit trail remain. Returns False if it was already deleted.
+        Raises `TokenNotFound` for a token that never existed or that another domain
+        owns (a write never crosses domains, and the answer does not say which)."""
+        rules = self._authorize(ctx, Action.DELETE)
+        domain = rules.domain_of(ctx.identity)
+
+        def work(connection: Connection) -> bool:
+            self._charge(connection, ctx, rules)
+            row = connection.execute(
+                select(tokens.c.id, tokens.c.deleted_at, tokens.c.domain).where(
+                    tokens.c.token == token
+                )
+            ).first()
+            if row is None or row.domain != domain:
+                raise TokenNotFound("no such token")
+            already = row.deleted_at is not None
+            if not already:
+                self._shred(connection, row.id, self._clock())
+            self._audit.append(
+                connection,
+                self._audit_event(
+                    ctx,
+                    Action.DELETE,
+                    Outcome.SUCCESS,
+                    token_id=row.id,
+                    details={"result": "already deleted" if already else "shredded"},
+                ),
+            )
+            return not already
+
+        with self._audited_refusal(ctx, Action.DELETE):
+            return self._transaction(work)
+
+    def purge_expired(self, *, actor: str = "cofre purge", batch: int = 500) -> int:
+        """Crypto-shred every expired token (each one audited) and forget rate-limit and
+        oracle-guard windows that have ended; return how many tokens were shredded.
+
+        On PostgreSQL one node at a time purges: each batch runs under a
+        transaction-scoped advisory lock, and a node that does not get it stops (the
+        holder is already purging). Raises `StorageUnavailable`."""
+        total = 0
+        while True:
+            now = self._clock()
+
+            def work(connection: Connection, now: datetime = now, first: bool = not total) -> int:
+                if (
+                    connection.dialect.name == "postgresql"
+                    and not connection.execute(
+                        text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _PURGE_LOCK_KEY}
+                    ).scalar()
+                ):
+                    return -1  # another node holds the purge
+                if first:
+                    self._limits.purge_windows(connection, now, keep_seconds=MAX_WINDOW_SECONDS)
+                rows = (
+                    connection.execute(
+                        select(tokens.c.id)
+                        .where(and_(tokens.c.expires_at <= now, tokens.c.deleted_at.is_(None)))
+                        .limit(batch)
+                    )
+                    .scalars()
+                    .all()
+                )
+                for token_id in rows:
+                    self._shred(connection, token_id, now)
+                    self._audit.append(
+                        connection,
+                        AuditEvent(
+                            action="purge",
+                            outcome=Outcome.SUCCESS,
+                            actor=actor,
+                            token_id=token_id,
+                            details={"reason": "expired"},
+                        ),
+                    )
+                return len(rows)
+
+            count = self._transaction(work)
+            if count < 0:
+                return total
+            total += count
+            if count < batch:
+                return total

@@ -1,0 +1,86 @@
+"""Lookup (a PAN's tokens in the caller's domain) and token metadata.
+
+IN PCI SCOPE, holds card data.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import Connection, select
+
+from audit.log import Outcome
+from policies.models import Action
+from vault._core import VaultCore
+from vault.limits import oracle_bucket
+from vault.models import CallContext, TokenRecord
+from vault.pan import Pan
+from vault.storage.database import as_utc
+from vault.storage.schema import tokens
+
+
+class LookupOperations(VaultCore):
+    """Lookup operations of the vault."""
+
+    def lookup(
+        self, ctx: CallContext, pan: Pan, token_format: str | None = None
+    ) -> list[TokenRecord]:
+        """Return the live tokens of `pan` in the caller's own domain (in `token_format`,
+        or all formats). Its answer depends on what the vault holds, so the oracle guard
+        counts it. Raises `PolicyDenied`, `InvalidPan`, `RateLimited`, `OracleSuspected`,
+        `StorageUnavailable`, `HSMUnavailable`."""
+        rules = self._authorize(ctx, Action.LOOKUP)
+        domain = rules.domain_of(ctx.identity)
+        with self._audited_refusal(ctx, Action.LOOKUP):
+            self._check_luhn(pan)
+            fingerprints = self._fingerprints(pan.reveal())
+
+            def work(connection: Connection) -> list[TokenRecord]:
+                now = self._clock()
+                self._charge(connection, ctx, rules)
+                self._limits.watch(
+                    connection,
+                    ctx.identity,
+                    rules.oracle_guard,
+                    [(oracle_bucket(pan), fingerprints[-1])],
+                    now,
+                )
+                query = select(tokens).where(
+                    tokens.c.domain == domain,
+                    tokens.c.fingerprint.in_(fingerprints),
+                    tokens.c.deleted_at.is_(None),
+                )
+                if token_format is not None:
+                    query = query.where(tokens.c.format == token_format)
+                rows = [
+                    r
+                    for r in connection.execute(query.order_by(tokens.c.created_at))
+                    if (as_utc(r.expires_at) or now + timedelta(days=1)) > now
+                ]
+                self._audit.append(
+                    connection,
+                    self._audit_event(
+                        ctx, Action.LOOKUP, Outcome.SUCCESS, details={"found": len(rows)}
+                    ),
+                )
+                return [self._record(r) for r in rows]
+
+            return self._transaction(work)
+
+    def token_info(self, ctx: CallContext, token: str) -> TokenRecord:
+        """Return the token's format, dates and metadata (never the PAN), for a token of
+        a domain the caller may read."""
+        rules = self._authorize(ctx, Action.METADATA)
+        domains = self._policy.readable_domains(ctx.identity)
+
+        def work(connection: Connection) -> TokenRecord:
+            self._charge(connection, ctx, rules)
+            row = self._live_row(connection, token, domains)
+            self._audit.append(
+                connection,
+                self._audit_event(ctx, Action.METADATA, Outcome.SUCCESS, token_id=row.id),
+            )
+            return self._record(row)
+
+        with self._audited_refusal(ctx, Action.METADATA):
+            return self._transaction(work)

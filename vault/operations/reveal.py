@@ -1,0 +1,92 @@
+"""Detokenize, masked or in full as the caller's policy allows; one path for one token
+and for many.
+
+IN PCI SCOPE, holds card data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Connection
+
+from audit.log import DetailValue, Outcome
+from policies.models import Action, Reveal
+from vault._core import VaultCore
+from vault.errors import (
+    BatchItemInvalid,
+    IntegrityError,
+    TokenExpired,
+    TokenNotFound,
+)
+from vault.models import MAX_BATCH, CallContext, Revealed
+
+
+class RevealOperations(VaultCore):
+    """Reveal operations of the vault."""
+
+    def _reveal(
+        self,
+        ctx: CallContext,
+        token_list: Sequence[str],
+        action: Action,
+        *,
+        masked_only: bool = False,
+        batch: bool = False,
+    ) -> list[Revealed]:
+        """The one reveal path: a single call is a batch of one. Charges one rate unit
+        per token and (for detokenize) one unit of the daily quota."""
+        rules = self._authorize(ctx, action)
+        reveal = Reveal.MASKED if masked_only else rules.reveal
+        domains = self._policy.readable_domains(ctx.identity)
+        reveals = len(token_list) if action is Action.DETOKENIZE else 0
+
+        def work(connection: Connection) -> list[Revealed]:
+            self._charge(connection, ctx, rules, cost=len(token_list), reveals=reveals)
+            out, events = [], []
+            for index, token in enumerate(token_list):
+                try:
+                    row = self._live_row(connection, token, domains)
+                    pan = self._decrypt(row)
+                except (TokenNotFound, TokenExpired, IntegrityError) as exc:
+                    raise self._item_error(exc, index, batch=batch) from None
+                details: dict[str, DetailValue] = {"reveal": reveal.value}
+                if batch:
+                    details["batch_index"] = index
+                events.append(
+                    self._audit_event(
+                        ctx, action, Outcome.SUCCESS, token_id=row.id, details=details
+                    )
+                )
+                out.append(
+                    Revealed(
+                        token=token,
+                        masked=pan.masked(),
+                        pan=pan if reveal is Reveal.FULL else None,
+                    )
+                )
+            self._audit.append_many(connection, events)
+            return out
+
+        with self._audited_refusal(ctx, action):
+            return self._transaction(work)
+
+    def detokenize(self, ctx: CallContext, token: str) -> Revealed:
+        """Return the PAN behind `token` if the caller's policy reveals it in full, else
+        only the masked PAN. Raises `PolicyDenied`, `TokenNotFound` (also for a token of
+        a domain the caller may not read), `TokenExpired`, `IntegrityError`,
+        `RateLimited`, `QuotaExceeded`, `StorageUnavailable`, `AuditWriteFailed`,
+        `HSMUnavailable`."""
+        return self._reveal(ctx, [token], Action.DETOKENIZE)[0]
+
+    def detokenize_masked(self, ctx: CallContext, token: str) -> Revealed:
+        """Return only the masked PAN (BIN6 and last four) behind `token`."""
+        return self._reveal(ctx, [token], Action.DETOKENIZE_MASKED, masked_only=True)[0]
+
+    def detokenize_batch(self, ctx: CallContext, token_list: Sequence[str]) -> list[Revealed]:
+        """Detokenize every token, all or nothing, in order. Raises `BatchItemInvalid`
+        naming the first token that is missing, expired or fails authentication."""
+        if not 1 <= len(token_list) <= MAX_BATCH:
+            self._authorize(ctx, Action.DETOKENIZE)
+            raise BatchItemInvalid(0, "invalid_request", f"a batch has 1 to {MAX_BATCH} items")
+        return self._reveal(ctx, token_list, Action.DETOKENIZE, batch=True)

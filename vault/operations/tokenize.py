@@ -1,0 +1,556 @@
+"""Tokenize: a PAN becomes a token in the caller's domain, stored and audited.
+
+IN PCI SCOPE, holds card data. One path for one item and for many (a single call is a
+batch of one). Stored PANs are AES-256-GCM ciphertexts; the AAD binds the token id, the
+token and the key version. Fingerprints are HMAC-SHA256 under the HSM's fingerprint key,
+for convergent tokens and lookup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy import Connection, Row, bindparam, insert, select
+
+from audit.log import AuditEvent, Outcome
+from cofre.redaction import mask_pan_like
+from policies.formats import (
+    MIN_CANDIDATES,
+    FormatSpec,
+    FormatType,
+    LuhnMode,
+    SmallSpace,
+    hidden_candidates,
+    may_converge,
+)
+from policies.models import Action
+from vault._core import VaultCore
+from vault.errors import (
+    BatchItemInvalid,
+    FormatNotApplicable,
+    IdempotencyConflict,
+    InvalidMetadata,
+    InvalidTTL,
+    TokenSpaceExhausted,
+    VaultError,
+)
+from vault.keyring import KeyPurpose, pan_aad
+from vault.limits import oracle_bucket
+from vault.models import MAX_BATCH, CallContext, TokenizeRequest, TokenRecord
+from vault.pan import Pan
+from vault.sad import refuse_sensitive_authentication_data
+from vault.storage.database import as_utc
+from vault.storage.schema import tokens
+from vault.tokens import (
+    FpeTokenizer,
+    check_applicable,
+    random_token_candidates,
+    uuid_token,
+)
+
+MAX_METADATA_ITEMS: Final = 16
+
+
+MAX_METADATA_KEY: Final = 64
+
+
+MAX_METADATA_VALUE: Final = 256
+
+
+MAX_TTL_SECONDS: Final = 10 * 366 * 24 * 3600
+
+
+_CANDIDATE_CHUNK: Final = 64
+# The advisory lock key that elects the purging node ("CofrP"); the sequencer's differs.
+
+
+_INSERT_TOKEN: Final = insert(tokens)
+
+
+_TAKEN: Final = select(tokens.c.token).where(tokens.c.token.in_(bindparam("chunk", expanding=True)))
+
+
+_HELD: Final = (
+    select(tokens.c.id).where(tokens.c.fingerprint.in_(bindparam("fps", expanding=True))).limit(1)
+)
+
+
+_CONVERGENT: Final = select(tokens).where(
+    tokens.c.domain == bindparam("domain"),
+    tokens.c.fingerprint.in_(bindparam("fps", expanding=True)),
+    tokens.c.convergent,
+)
+
+
+_BY_IDEMPOTENCY: Final = select(tokens).where(
+    tokens.c.domain == bindparam("domain"),
+    tokens.c.idempotency_key.in_(bindparam("keys", expanding=True)),
+)
+
+
+_METADATA_KEY_CHARS: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-."
+)
+
+
+@dataclass(slots=True)
+class _Answers:
+    """What one tokenize call has answered so far, and the audit entries to write."""
+
+    ctx: CallContext
+    results: list[TokenRecord | None]
+    events: list[AuditEvent] = field(default_factory=list)
+    same_as: dict[int, int] = field(default_factory=dict)  # item -> earlier item
+    first_with_key: dict[str, int] = field(default_factory=dict)
+    first_for: dict[tuple[str, bytes], int] = field(default_factory=dict)
+
+    def answer(self, service: TokenizeOperations, index: int, row: Row[Any], result: str) -> None:
+        self.results[index] = service._record(row, existing=True)
+        self.events.append(service._tokenize_event(self.ctx, row.id, row.format, result))
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One checked tokenize item and what storing it needs."""
+
+    request: TokenizeRequest
+    spec: FormatSpec
+    metadata: str
+    convergent: bool  # this call may answer a stored token for the same PAN
+    fingerprint: bytes
+    fp_version: int
+    known_fps: list[bytes]
+    guard: tuple[bytes, bytes] | None  # (oracle bucket, item) when the guard counts it
+
+
+def validate_metadata(metadata: object) -> str:
+    """Return `metadata` as canonical JSON. Raises `InvalidMetadata` for too many or too
+    long items, non-string values, or a key or value that looks like a card number
+    (metadata is stored in clear, so a PAN in it would be a leak)."""
+    if not metadata:
+        return "{}"
+    if not isinstance(metadata, Mapping):
+        raise InvalidMetadata("metadata must be an object of string keys and values")
+    if len(metadata) > MAX_METADATA_ITEMS:
+        raise InvalidMetadata(f"metadata may have at most {MAX_METADATA_ITEMS} items")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_METADATA_KEY:
+            raise InvalidMetadata(f"metadata keys must be 1 to {MAX_METADATA_KEY} characters")
+        if not set(key) <= _METADATA_KEY_CHARS:
+            raise InvalidMetadata("metadata keys may use only letters, digits, '_', '-', '.'")
+        if mask_pan_like(key) != key:
+            raise InvalidMetadata(
+                "a metadata key looks like a card number; metadata is not encrypted"
+            )
+        if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE:
+            raise InvalidMetadata(
+                f"metadata values must be strings of at most {MAX_METADATA_VALUE} characters"
+            )
+        refuse_sensitive_authentication_data(key, value)
+        if mask_pan_like(value) != value:
+            raise InvalidMetadata(
+                f"metadata value {key!r} looks like a card number; metadata is not encrypted"
+            )
+    return json.dumps(dict(metadata), sort_keys=True, separators=(",", ":"))
+
+
+def _expiry(now: datetime, ttl_seconds: int | None) -> datetime | None:
+    if ttl_seconds is None:
+        return None
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
+        raise InvalidTTL("ttl must be a whole number of seconds")
+    if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
+        raise InvalidTTL(f"ttl must be between 1 and {MAX_TTL_SECONDS} seconds")
+    return now + timedelta(seconds=ttl_seconds)
+
+
+class TokenizeOperations(VaultCore):
+    """Tokenize operations of the vault."""
+
+    def _plan(self, domain: str, request: TokenizeRequest) -> _Item:
+        """Check one item and compute what storing it needs (before the transaction:
+        the HSM calls happen here). Raises the item's `VaultError`."""
+        spec = self._policy.token_format(request.format)
+        check_applicable(spec, request.pan)
+        self._check_luhn(request.pan)
+        metadata = validate_metadata(request.metadata)
+        _expiry(self._clock(), request.ttl_seconds)
+        key = request.idempotency_key
+        if key is not None and not 1 <= len(key) <= 128:
+            raise InvalidMetadata("idempotency keys must be 1 to 128 characters")
+        if key is not None and mask_pan_like(key) != key:
+            # It is stored in clear beside the token, like metadata.
+            raise InvalidMetadata("an idempotency key must not look like a card number")
+        length = len(request.pan)
+        convergent = may_converge(spec, length)
+        small = hidden_candidates(spec, length) < MIN_CANDIDATES
+        if spec.deterministic and not convergent and spec.small_space is SmallSpace.REFUSE:
+            raise FormatNotApplicable(
+                f"format {request.format!r} converges (the same card gives the same token) "
+                f"and {length}-digit cards leave fewer than {MIN_CANDIDATES:,} possible card "
+                "numbers behind a token, so a caller could confirm a guess: refused by the "
+                "rule on_small_space = 'refuse' (use a longer card or another format)"
+            )
+        digits = request.pan.reveal()
+        fingerprint, fp_version = self._fingerprint(digits)
+        # While a fingerprint rotation migrates, a stored row may carry either key's HMAC.
+        known = (
+            [fingerprint] if len(self._fingerprint_versions()) == 1 else self._fingerprints(digits)
+        )
+        guard: bytes | None = None
+        if convergent or key is not None:
+            guard = fingerprint  # the answer depends on what the vault holds
+        elif small and spec.type is FormatType.RANDOM:
+            guard = secrets.token_bytes(32)  # each fresh token uses up a small space
+        return _Item(
+            request=request,
+            spec=spec,
+            metadata=metadata,
+            convergent=convergent,
+            fingerprint=fingerprint,
+            fp_version=fp_version,
+            known_fps=known,
+            guard=None if guard is None else (oracle_bucket(request.pan), guard),
+        )
+
+    def tokenize(self, ctx: CallContext, request: TokenizeRequest) -> TokenRecord:
+        """Return the token for `request.pan` in `request.format`, stored and audited.
+
+        Raises `PolicyDenied`, `RateLimited`, `OracleSuspected`, `InvalidPan`,
+        `FormatNotApplicable`, `InvalidMetadata`, `InvalidTTL`, `IdempotencyConflict`,
+        `TokenSpaceExhausted`, `StorageUnavailable`, `AuditWriteFailed`, `HSMUnavailable`.
+        """
+        return self._tokenize(ctx, [request], batch=False)[0]
+
+    def tokenize_batch(
+        self, ctx: CallContext, requests: Sequence[TokenizeRequest]
+    ) -> list[TokenRecord]:
+        """Tokenize every request, all or nothing, results in order. A batch of N costs
+        N against the rate limit.
+
+        Raises `BatchItemInvalid` naming the first invalid item (nothing is written), or
+        what `tokenize` raises for the batch as a whole.
+        """
+        if not 1 <= len(requests) <= MAX_BATCH:
+            raise BatchItemInvalid(0, "invalid_request", f"a batch has 1 to {MAX_BATCH} items")
+        return self._tokenize(ctx, requests, batch=True)
+
+    def _tokenize(
+        self, ctx: CallContext, requests: Sequence[TokenizeRequest], *, batch: bool
+    ) -> list[TokenRecord]:
+        """The one tokenize path: a single call is a batch of one."""
+        with self._audited_refusal(ctx, Action.TOKENIZE):
+            rules = self._authorize(ctx, Action.TOKENIZE, token_format=requests[0].format)
+            domain = rules.domain_of(ctx.identity)
+            for other in {r.format for r in requests[1:]} - {requests[0].format}:
+                self._authorize(ctx, Action.TOKENIZE, token_format=other)
+            items = []
+            for index, request in enumerate(requests):
+                try:
+                    items.append(self._plan(domain, request))
+                except VaultError as exc:
+                    raise self._item_error(exc, index, batch=batch) from None
+
+            def work(connection: Connection) -> list[TokenRecord]:
+                now = self._clock()
+                self._charge(connection, ctx, rules, cost=len(items))
+                guarded = [item.guard for item in items if item.guard is not None]
+                if guarded:
+                    self._limits.watch(connection, ctx.identity, rules.oracle_guard, guarded, now)
+                return self._store_tokens(connection, ctx, domain, items, now, batch=batch)
+
+            return self._transaction(work)
+
+    def _store_tokens(
+        self,
+        connection: Connection,
+        ctx: CallContext,
+        domain: str,
+        items: Sequence[_Item],
+        now: datetime,
+        *,
+        batch: bool,
+    ) -> list[TokenRecord]:
+        """Answer every item inside one transaction: an idempotent retry or a convergent
+        hit answers the stored token; everything else gets a new one. A handful of
+        statements for the whole call, not a few per item."""
+        answers = _Answers(ctx, [None] * len(items))
+        by_key = self._rows_by_idempotency_key(connection, domain, items)
+        held = self._convergent_rows(connection, domain, items)
+        fresh: dict[int, str] = {}  # item index -> candidate token
+        for index, item in enumerate(items):
+            if self._answer_by_key(answers, index, items, by_key, batch=batch):
+                continue
+            if item.convergent and self._answer_convergent(
+                connection, answers, index, item, held=held, now=now
+            ):
+                continue
+            fresh[index] = self._first_candidate(item.spec, item.request.pan, domain)
+        if fresh:
+            self._settle_candidates(connection, fresh, items, domain)
+        indexed_rows = self._new_rows(ctx, domain, items, fresh, now)
+        if indexed_rows:
+            connection.execute(_INSERT_TOKEN, [row for _, row in indexed_rows])
+        for index, row in indexed_rows:
+            answers.results[index] = TokenRecord(
+                token=row["token"],
+                token_id=row["id"],
+                format=row["format"],
+                created_at=now,
+                expires_at=row["expires_at"],
+                metadata=json.loads(row["metadata"]),
+                existing=False,
+            )
+            answers.events.append(self._tokenize_event(ctx, row["id"], row["format"], "new"))
+        for index, source in answers.same_as.items():  # the same PAN or key earlier
+            first = answers.results[source]
+            assert first is not None  # noqa: S101 - every source was answered above
+            answers.results[index] = dataclasses.replace(first, existing=True)
+            answers.events.append(
+                self._tokenize_event(ctx, first.token_id, first.format, "convergent")
+            )
+        self._audit.append_many(connection, answers.events)
+        return [r for r in answers.results if r is not None]
+
+    @staticmethod
+    def _rows_by_idempotency_key(
+        connection: Connection, domain: str, items: Sequence[_Item]
+    ) -> dict[str, Row[Any]]:
+        # The key is the domain's, whoever in the domain sent it.
+        keys = [i.request.idempotency_key for i in items if i.request.idempotency_key]
+        if not keys:
+            return {}
+        return {
+            row.idempotency_key: row
+            for row in connection.execute(_BY_IDEMPOTENCY, {"domain": domain, "keys": keys})
+        }
+
+    @staticmethod
+    def _convergent_rows(
+        connection: Connection, domain: str, items: Sequence[_Item]
+    ) -> dict[tuple[str, bytes], Row[Any]]:
+        # Under any fingerprint key version a row may carry (two while one migrates).
+        wanted = sorted({fp for item in items if item.convergent for fp in item.known_fps})
+        held: dict[tuple[str, bytes], Row[Any]] = {}
+        for start in range(0, len(wanted), 500):
+            for row in connection.execute(
+                _CONVERGENT, {"domain": domain, "fps": wanted[start : start + 500]}
+            ):
+                held[(row.format, bytes(row.fingerprint))] = row
+        return held
+
+    def _answer_by_key(
+        self,
+        answers: _Answers,
+        index: int,
+        items: Sequence[_Item],
+        by_key: Mapping[str, Row[Any]],
+        *,
+        batch: bool,
+    ) -> bool:
+        """Answer item `index` from its idempotency key if the key was used before (in
+        the store or earlier in this call); raise `IdempotencyConflict` if it was used
+        for another card or format. Returns whether the item is answered."""
+        item = items[index]
+        key = item.request.idempotency_key
+        if key is None:
+            return False
+        previous = by_key.get(key)
+        earlier = answers.first_with_key.setdefault(key, index)
+        if previous is not None:
+            same = previous.fingerprint in item.known_fps and previous.format == item.request.format
+        elif earlier != index:
+            first = items[earlier]
+            same = (first.fingerprint, first.request.format) == (
+                item.fingerprint,
+                item.request.format,
+            )
+        else:
+            return False
+        if not same:
+            raise self._item_error(
+                IdempotencyConflict("this idempotency key was used for another PAN or format"),
+                index,
+                batch=batch,
+            )
+        if previous is not None:
+            answers.answer(self, index, previous, "idempotent")
+        else:
+            answers.same_as[index] = earlier
+        return True
+
+    def _answer_convergent(
+        self,
+        connection: Connection,
+        answers: _Answers,
+        index: int,
+        item: _Item,
+        *,
+        held: dict[tuple[str, bytes], Row[Any]],
+        now: datetime,
+    ) -> bool:
+        """Answer a convergent item from the token its card already has in the domain
+        (or from the same card earlier in this call). An expired token is shredded and
+        the item gets a new one. Returns whether the item is answered."""
+        token_format = item.request.format
+        found = next(
+            (held[(token_format, fp)] for fp in item.known_fps if (token_format, fp) in held),
+            None,
+        )
+        if found is not None:
+            expires = as_utc(found.expires_at)
+            if expires is None or expires > now:
+                answers.answer(self, index, found, "convergent")
+                return True
+            self._shred(connection, found.id, now)
+            answers.events.append(
+                self._audit_event(
+                    answers.ctx,
+                    "purge",
+                    Outcome.SUCCESS,
+                    token_id=found.id,
+                    details={"reason": "expired, replaced by a new token"},
+                )
+            )
+            for fp in item.known_fps:
+                held.pop((token_format, fp), None)
+        earlier = answers.first_for.setdefault((token_format, item.fingerprint), index)
+        if earlier != index:
+            answers.same_as[index] = earlier
+            return True
+        return False
+
+    def _new_rows(
+        self,
+        ctx: CallContext,
+        domain: str,
+        items: Sequence[_Item],
+        fresh: Mapping[int, str],
+        now: datetime,
+    ) -> list[tuple[int, dict[str, Any]]]:
+        version = self._keyring.active_version(KeyPurpose.PAN_GCM)
+        cipher = self._keyring.gcm(version)
+        rows = []
+        for index, token in fresh.items():
+            item = items[index]
+            token_id = str(uuid.uuid4())
+            nonce = secrets.token_bytes(12)
+            rows.append(
+                (
+                    index,
+                    {
+                        "id": token_id,
+                        "token": token,
+                        "format": item.request.format,
+                        "convergent": item.convergent,
+                        "fingerprint": item.fingerprint,
+                        "fp_version": item.fp_version,
+                        "key_version": version,
+                        "nonce": nonce,
+                        "ciphertext": cipher.encrypt(
+                            nonce,
+                            item.request.pan.reveal().encode("ascii"),
+                            pan_aad(token_id, token, version),
+                        ),
+                        "metadata": item.metadata,
+                        "owner": ctx.identity,
+                        "domain": domain,
+                        "idempotency_key": item.request.idempotency_key,
+                        "created_at": now,
+                        "expires_at": _expiry(now, item.request.ttl_seconds),
+                    },
+                )
+            )
+        return rows
+
+    def _tokenize_event(
+        self, ctx: CallContext, token_id: str, token_format: str, result: str
+    ) -> AuditEvent:
+        return self._audit_event(
+            ctx,
+            Action.TOKENIZE,
+            Outcome.SUCCESS,
+            token_id=token_id,
+            details={"format": token_format, "result": result},
+        )
+
+    def _first_candidate(self, spec: FormatSpec, pan: Pan, domain: str) -> str:
+        if spec.type is FormatType.UUID:
+            return uuid_token()
+        if spec.type is FormatType.FPE:
+            version = self._keyring.active_version(KeyPurpose.FF1)
+            return FpeTokenizer(self._keyring.ff1(version)).encrypt(spec, pan, domain=domain)
+        return next(random_token_candidates(spec, pan))
+
+    def _settle_candidates(
+        self, connection: Connection, fresh: dict[int, str], items: Sequence[_Item], domain: str
+    ) -> None:
+        """Replace every candidate that is taken (in the store or earlier in the call)
+        or that equals a held PAN, one by one; the rest were checked in one query."""
+        values = list(fresh.values())
+        taken: set[str] = set()
+        for start in range(0, len(values), 500):
+            taken.update(
+                connection.execute(_TAKEN, {"chunk": values[start : start + 500]}).scalars()
+            )
+        used: set[str] = set()
+        for index, candidate in list(fresh.items()):
+            spec = items[index].spec
+            check_pans = spec.type is not FormatType.UUID and spec.luhn is not LuhnMode.FAIL
+            token = candidate
+            if (
+                candidate in taken
+                or candidate in used
+                or (check_pans and self._is_held_pan(connection, candidate))
+            ):
+                token = self._new_token(
+                    connection, spec, items[index].request.pan, domain, avoid=used
+                )
+            fresh[index] = token
+            used.add(token)
+
+    def _new_token(
+        self,
+        connection: Connection,
+        spec: FormatSpec,
+        pan: Pan,
+        domain: str,
+        avoid: set[str] | None = None,
+    ) -> str:
+        if spec.type is FormatType.UUID:
+            candidates: Iterator[str] = iter([uuid_token(), uuid_token(), uuid_token()])
+        elif spec.type is FormatType.FPE:
+            version = self._keyring.active_version(KeyPurpose.FF1)
+            candidates = iter(
+                [FpeTokenizer(self._keyring.ff1(version)).encrypt(spec, pan, domain=domain)]
+            )
+        else:
+            candidates = random_token_candidates(spec, pan)
+        # A token that passes Luhn (or may) must never equal a PAN the vault holds.
+        check_pans = spec.type is not FormatType.UUID and spec.luhn is not LuhnMode.FAIL
+        size = 1  # the first candidate is almost always free: try it alone
+        while True:
+            chunk = [c for _, c in zip(range(size), candidates, strict=False)]
+            size = _CANDIDATE_CHUNK
+            if not chunk:
+                raise TokenSpaceExhausted(
+                    "every token of this format for this BIN and last four is taken"
+                )
+            taken = set(connection.execute(_TAKEN, {"chunk": chunk}).scalars())
+            for candidate in chunk:
+                if candidate in taken or (avoid is not None and candidate in avoid):
+                    continue
+                if check_pans and self._is_held_pan(connection, candidate):
+                    continue
+                return candidate
+
+    def _is_held_pan(self, connection: Connection, candidate: str) -> bool:
+        fps = self._fingerprints(candidate)
+        return connection.execute(_HELD, {"fps": fps}).first() is not None
