@@ -66,6 +66,38 @@ def _insert_ignoring_conflict(
         connection.execute(sqlite.insert(table).on_conflict_do_nothing(), rows)
 
 
+def _gcra(limit: RateLimit, cost: int) -> tuple[float, float, float]:
+    """(emission interval, this call's increment, tolerance) of GCRA for `limit`.
+    Raises `RateLimited` for a cost above the burst, which can never pass."""
+    interval = 1.0 / limit.per_second
+    tolerance = limit.burst * interval
+    if cost > limit.burst:
+        raise RateLimited(
+            f"a call of {cost} items exceeds this identity's burst of {limit.burst}; "
+            "send smaller batches",
+            tolerance,
+        )
+    return interval, cost * interval, tolerance
+
+
+def _rate_limited(limit: RateLimit, retry_after: float) -> RateLimited:
+    return RateLimited(
+        f"rate limit of {limit.per_second:g}/s (burst {limit.burst}) exceeded; "
+        f"retry after {retry_after:.2f}s",
+        retry_after,
+    )
+
+
+def _oracle_suspected(guard: OracleGuard, now: datetime) -> OracleSuspected:
+    window = int(now.timestamp()) // guard.window_seconds * guard.window_seconds
+    return OracleSuspected(
+        f"more than {guard.max_pans_per_bucket} different card numbers with one BIN and "
+        f"last four in {guard.window_seconds}s: refused as a suspected guessing attack "
+        "(the policy's oracle_guard sets the limit)",
+        max(window + guard.window_seconds - now.timestamp(), 1.0),
+    )
+
+
 class Limits:
     """The checks; stateless (all state is in the database)."""
 
@@ -77,15 +109,7 @@ class Limits:
         Raises `RateLimited` (nothing charged) when the bucket lacks them; a cost above
         the burst can never pass and says so.
         """
-        interval = 1.0 / limit.per_second
-        increment = cost * interval
-        tolerance = limit.burst * interval
-        if cost > limit.burst:
-            raise RateLimited(
-                f"a call of {cost} items exceeds this identity's burst of {limit.burst}; "
-                "send smaller batches",
-                tolerance,
-            )
+        interval, increment, tolerance = _gcra(limit, cost)
         start = case((rate_state.c.tat > now, rate_state.c.tat), else_=now)
         for _ in range(2):
             moved = connection.execute(
@@ -103,13 +127,32 @@ class Limits:
                     connection, rate_state, [{"identity": identity, "tat": now}]
                 )
                 continue
-            retry_after = max(float(tat), now) + increment - tolerance - now
-            raise RateLimited(
-                f"rate limit of {limit.per_second:g}/s (burst {limit.burst}) exceeded; "
-                f"retry after {retry_after:.2f}s",
-                retry_after,
-            )
+            raise _rate_limited(limit, max(float(tat), now) + increment - tolerance - now)
         raise RateLimited("rate limit state is contended; retry", interval)  # pragma: no cover
+
+    def check_rate(
+        self, connection: Connection, identity: str, limit: RateLimit, cost: int, now: float
+    ) -> None:
+        """Raise `RateLimited` if charging `cost` now would fail; charge nothing. A cheap
+        early refusal before expensive work (HSM calls); the charge itself is made in the
+        operation's transaction by `charge_rate`."""
+        _, increment, tolerance = _gcra(limit, cost)
+        tat = connection.execute(
+            select(rate_state.c.tat).where(rate_state.c.identity == identity)
+        ).scalar()
+        if tat is not None and max(float(tat), now) + increment - now > tolerance:
+            raise _rate_limited(limit, max(float(tat), now) + increment - tolerance - now)
+
+    @staticmethod
+    def check_call_buckets(guard: OracleGuard, pans: Iterable[Pan], now: datetime) -> None:
+        """Raise `OracleSuspected` when one call alone sends more different cards of one
+        bucket than the guard allows in a whole window (checked on the digits, before
+        any HSM call; `watch` counts them against the window in the transaction)."""
+        per_bucket: dict[bytes, set[str]] = {}
+        for pan in pans:
+            per_bucket.setdefault(oracle_bucket(pan), set()).add(pan.reveal())
+        if any(len(cards) > guard.max_pans_per_bucket for cards in per_bucket.values()):
+            raise _oracle_suspected(guard, now)
 
     def charge_quota(
         self,
@@ -184,13 +227,7 @@ class Limits:
             )
             fresh = new_items - {bytes(item) for item in seen}
             if len(seen) + len(fresh) > guard.max_pans_per_bucket:
-                retry_after = window + guard.window_seconds - now.timestamp()
-                raise OracleSuspected(
-                    f"more than {guard.max_pans_per_bucket} different card numbers with one "
-                    f"BIN and last four in {guard.window_seconds}s: refused as a suspected "
-                    "guessing attack (the policy's oracle_guard sets the limit)",
-                    max(retry_after, 1.0),
-                )
+                raise _oracle_suspected(guard, now)
             rows.extend(
                 {"identity": identity, "bucket": bucket, "window": window, "item": item}
                 for item in fresh

@@ -14,15 +14,17 @@ from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import RateLimited
 from policies.loader import parse_policy
+from tests.support.pans import GENERATED
 from vault.errors import (
     BatchItemInvalid,
     FormatNotApplicable,
     IdempotencyConflict,
     InvalidPan,
+    OracleSuspected,
     QuotaExceeded,
     TokenNotFound,
 )
-from vault.pan import Pan
+from vault.pan import Pan, luhn_check_digit
 from vault.purge import PurgeWorker
 from vault.service import CallContext, TokenizeRequest, VaultService
 from vault.storage.schema import tokens
@@ -53,6 +55,11 @@ operations = ["tokenize", "detokenize_masked"]
 formats = ["pan_bin6_last4"]
 reveal = "masked"
 
+[identities."spiffe://cofre/limited"]
+operations = ["tokenize"]
+formats = ["uuid"]
+rate_limit = { per_second = 0.001, burst = 2 }
+
 [identities."spiffe://cofre/ledger"]
 operations = ["detokenize", "detokenize_masked", "metadata"]
 reveal = "masked"
@@ -64,6 +71,7 @@ PAYMENTS = CallContext("spiffe://cofre/payments", "req-p")
 STORE = CallContext("spiffe://cofre/store", "req-s")
 CHECKOUT = CallContext("spiffe://cofre/checkout", "req-c")
 LEDGER = CallContext("spiffe://cofre/ledger", "req-l")
+LIMITED = CallContext("spiffe://cofre/limited", "req-limited")
 
 
 @pytest.fixture
@@ -218,3 +226,31 @@ def test_expired_tokens_are_purged_on_schedule(engine: Engine, hsm_provider: HSM
     finally:
         worker.stop()
         svc.close()
+
+
+def test_refused_calls_spend_no_hsm_calls(domains: VaultService, hsm_provider: HSMProvider) -> None:
+    """A spent rate limit, or a batch that alone overfills an oracle bucket, is refused
+    before the first HMAC: refused calls cannot use up the HSM (a networked CloudHSM
+    serves a few thousand calls a second to the whole platform)."""
+    bodies = (f"411111{i:06d}000" for i in range(400))
+    cards = [b + luhn_check_digit(b) for b in bodies if luhn_check_digit(b) == "6"][:12]
+    GENERATED.update(cards)  # the session's leak scan looks for them byte for byte
+    assert len(cards) == 12
+    calls: list[str] = []
+    previous = hsm_provider.observer
+    hsm_provider.observer = lambda operation, _ms: calls.append(operation)
+    try:
+        # 12 different cards of one BIN and last four in one batch; the guard allows 10.
+        with pytest.raises(OracleSuspected):
+            domains.tokenize_batch(
+                PAYMENTS, [TokenizeRequest(Pan(p), "pan_bin6_last4") for p in cards]
+            )
+        assert calls == []
+        for card in cards[:2]:  # the limited identity's burst is 2
+            domains.tokenize(LIMITED, TokenizeRequest(Pan(card), "uuid"))
+        calls.clear()
+        with pytest.raises(RateLimited):
+            domains.tokenize(LIMITED, TokenizeRequest(Pan(cards[2]), "uuid"))
+        assert calls == []
+    finally:
+        hsm_provider.observer = previous

@@ -30,7 +30,7 @@ from policies.formats import (
     hidden_candidates,
     may_converge,
 )
-from policies.models import Action
+from policies.models import Action, IdentityPolicy
 from vault._core import VaultCore
 from vault.errors import (
     BatchItemInvalid,
@@ -98,6 +98,18 @@ _BY_IDEMPOTENCY: Final = select(tokens).where(
 _METADATA_KEY_CHARS: Final = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-."
 )
+
+
+def _guard_kind(spec: FormatSpec, request: TokenizeRequest) -> str | None:
+    """What the oracle guard counts for this item: ``"card"`` (the card, when the answer
+    depends on what the vault holds: convergence or an idempotency key), ``"token"``
+    (each fresh token of a small random space, which it uses up), or None."""
+    length = len(request.pan)
+    if may_converge(spec, length) or request.idempotency_key is not None:
+        return "card"
+    if spec.type is FormatType.RANDOM and hidden_candidates(spec, length) < MIN_CANDIDATES:
+        return "token"
+    return None
 
 
 @dataclass(slots=True)
@@ -190,7 +202,6 @@ class TokenizeOperations(VaultCore):
             raise InvalidMetadata("an idempotency key must not look like a card number")
         length = len(request.pan)
         convergent = may_converge(spec, length)
-        small = hidden_candidates(spec, length) < MIN_CANDIDATES
         if spec.deterministic and not convergent and spec.small_space is SmallSpace.REFUSE:
             raise FormatNotApplicable(
                 f"format {request.format!r} converges (the same card gives the same token) "
@@ -204,11 +215,8 @@ class TokenizeOperations(VaultCore):
         known = (
             [fingerprint] if len(self._fingerprint_versions()) == 1 else self._fingerprints(digits)
         )
-        guard: bytes | None = None
-        if convergent or key is not None:
-            guard = fingerprint  # the answer depends on what the vault holds
-        elif small and spec.type is FormatType.RANDOM:
-            guard = secrets.token_bytes(32)  # each fresh token uses up a small space
+        kind = _guard_kind(spec, request)
+        guard = fingerprint if kind == "card" else secrets.token_bytes(32) if kind else None
         return _Item(
             request=request,
             spec=spec,
@@ -251,6 +259,7 @@ class TokenizeOperations(VaultCore):
             domain = rules.domain_of(ctx.identity)
             for other in {r.format for r in requests[1:]} - {requests[0].format}:
                 self._authorize(ctx, Action.TOKENIZE, token_format=other)
+            self._refuse_early(ctx, rules, requests)
             items = []
             for index, request in enumerate(requests):
                 try:
@@ -267,6 +276,28 @@ class TokenizeOperations(VaultCore):
                 return self._store_tokens(connection, ctx, domain, items, now, batch=batch)
 
             return self._transaction(work)
+
+    def _refuse_early(
+        self, ctx: CallContext, rules: IdentityPolicy, requests: Sequence[TokenizeRequest]
+    ) -> None:
+        """Refuse before any HSM call what the transaction would refuse anyway (a spent
+        rate limit, a call that alone overfills an oracle bucket), so that refused calls
+        cannot spend the HSM's capacity. Charges nothing."""
+        now = self._clock()
+        if rules.rate_limit is not None:
+            with (
+                self._storage(),
+                self._engine.execution_options(cofre_read_only=True).connect() as connection,
+            ):
+                self._limits.check_rate(
+                    connection, ctx.identity, rules.rate_limit, len(requests), now.timestamp()
+                )
+        guarded = []
+        for request in requests:
+            spec = self._policy.policy.format(request.format)
+            if spec is not None and _guard_kind(spec, request) is not None:
+                guarded.append(request.pan)
+        self._limits.check_call_buckets(rules.oracle_guard, guarded, now)
 
     def _store_tokens(
         self,
