@@ -22,7 +22,14 @@ from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.formats import BUILTIN_FORMATS, hidden_candidates, may_converge
 from policies.loader import parse_policy
-from vault.errors import BatchItemInvalid, InvalidPan, OracleSuspected, VaultError
+from vault.errors import (
+    BatchItemInvalid,
+    FormatNotApplicable,
+    IdempotencyConflict,
+    InvalidPan,
+    OracleSuspected,
+    VaultError,
+)
 from vault.pan import Pan, luhn_check_digit
 from vault.service import CallContext, TokenizeRequest, VaultService
 from vault.storage.database import create_database_engine, migrate
@@ -205,3 +212,74 @@ def test_luhn_failures_are_refused(oracle_service: tuple[VaultService, Engine]) 
         service.tokenize(VICTIM, TokenizeRequest(pan=Pan("4111111111111112"), format="uuid"))
     assert refused.value.code == "invalid_pan"
     assert "4111111111111112" not in str(refused.value)
+
+
+@pytest.mark.hsm
+@pytest.mark.parametrize("batch", [False, True], ids=["singles", "batch"])
+def test_idempotency_conflicts_count_against_the_guard(
+    oracle_service: tuple[VaultService, Engine], batch: bool
+) -> None:
+    """The owner knows the key it tokenized a card with: a guess sent with that key is
+    answered 409 idempotency_conflict when wrong and with the token when right. A
+    conflict rolled back the guard's rows (and the rate charge) with it, so guesses were
+    never counted: 45 wrong guesses then the card, over mTLS against `cofre dev`."""
+    service, _ = oracle_service
+    card = victim_card(16)
+    key = f"order-{secrets.token_hex(4)}"
+    service.tokenize(VICTIM, TokenizeRequest(Pan(card), "pan_bin6_last4", idempotency_key=key))
+    guesses = [g for g in itertools.islice(candidates(card, 6, 4), 50) if g != card]
+    guesses.append(card)
+    refused: VaultError | None = None
+    recovered = False
+    conflicts: list[str] = []
+    chunks = (
+        [guesses[i : i + 5] for i in range(0, len(guesses), 5)] if batch else [[g] for g in guesses]
+    )
+    for chunk in chunks:
+        requests = [TokenizeRequest(Pan(g), "pan_bin6_last4", idempotency_key=key) for g in chunk]
+        try:
+            service.tokenize_batch(VICTIM, requests) if batch else service.tokenize(
+                VICTIM, requests[0]
+            )
+            recovered = True
+        except OracleSuspected as exc:
+            refused = exc
+            break
+        except (IdempotencyConflict, BatchItemInvalid) as exc:
+            conflicts.append(exc.code)
+    assert not recovered
+    assert isinstance(refused, OracleSuspected)
+    assert set(conflicts) <= {"idempotency_conflict", "batch_item_invalid"}
+
+
+@pytest.mark.hsm
+@pytest.mark.parametrize("fmt", ["pan_bin6_last4", "pan_last4", "uuid"])
+def test_lookup_answers_nothing_a_guess_could_confirm_in_a_small_space(
+    oracle_service: tuple[VaultService, Engine], fmt: str
+) -> None:
+    """A 13-digit card hides 100 candidates: tokenize answers a fresh token there, but
+    lookup found it, so ten guesses a day (the guard) recovered one card in ten."""
+    service, _ = oracle_service
+    card = victim_card(13)
+    service.tokenize(VICTIM, TokenizeRequest(Pan(card), fmt))
+    guesses = [g for g in itertools.islice(candidates(card, 6, 4), 8) if g != card] + [card]
+    found = [g for g in guesses if service.lookup(VICTIM, Pan(g), fmt)]
+    assert found == []
+    # A 16-digit card leaves 10^5: lookup answers as before (guarded).
+    long_card = victim_card(16)
+    record = service.tokenize(VICTIM, TokenizeRequest(Pan(long_card), fmt))
+    assert [r.token for r in service.lookup(VICTIM, Pan(long_card))] == [record.token]
+
+
+@pytest.mark.hsm
+def test_idempotency_keys_are_refused_in_a_small_space(
+    oracle_service: tuple[VaultService, Engine],
+) -> None:
+    """With its key, a 13-digit card's 100 candidates could be tested ten a day (the
+    guard): 409 for a wrong one, the token for the right one. Refused on the input."""
+    service, _ = oracle_service
+    card = victim_card(13)
+    with pytest.raises(FormatNotApplicable) as refused:
+        service.tokenize(VICTIM, TokenizeRequest(Pan(card), "pan_bin6_last4", idempotency_key="k"))
+    assert refused.value.code == "format_not_applicable"
+    assert card not in str(refused.value)

@@ -10,6 +10,7 @@ from datetime import timedelta
 from sqlalchemy import Connection, select
 
 from audit.log import Outcome
+from policies.formats import MIN_CANDIDATES, hidden_candidates
 from policies.models import Action
 from vault._core import VaultCore
 from vault.limits import oracle_bucket
@@ -26,9 +27,10 @@ class LookupOperations(VaultCore):
         self, ctx: CallContext, pan: Pan, token_format: str | None = None
     ) -> list[TokenRecord]:
         """Return the live tokens of `pan` in the caller's own domain (in `token_format`,
-        or all formats). Its answer depends on what the vault holds, so the oracle guard
-        counts it. Raises `PolicyDenied`, `InvalidPan`, `RateLimited`, `OracleSuspected`,
-        `StorageUnavailable`, `HSMUnavailable`."""
+        or all formats) whose format leaves at least `MIN_CANDIDATES` cards behind a
+        token of this length (as convergence does). Its answer depends on what the vault
+        holds, so the oracle guard counts it. Raises `PolicyDenied`, `InvalidPan`,
+        `RateLimited`, `OracleSuspected`, `StorageUnavailable`, `HSMUnavailable`."""
         rules = self._authorize(ctx, Action.LOOKUP)
         domain = rules.domain_of(ctx.identity)
         with self._audited_refusal(ctx, Action.LOOKUP):
@@ -56,6 +58,7 @@ class LookupOperations(VaultCore):
                     r
                     for r in connection.execute(query.order_by(tokens.c.created_at))
                     if (as_utc(r.expires_at) or now + timedelta(days=1)) > now
+                    and self._guessable_only_widely(r.format, len(pan))
                 ]
                 self._audit.append(
                     connection,
@@ -66,6 +69,16 @@ class LookupOperations(VaultCore):
                 return [self._record(r) for r in rows]
 
             return self._transaction(work)
+
+    def _guessable_only_widely(self, token_format: str, pan_length: int) -> bool:
+        """Whether lookup may answer a token of `token_format` for a card of
+        `pan_length` digits: only where the digits an attacker cannot see leave at least
+        `MIN_CANDIDATES` cards, as for convergence. Below that a lookup hit would confirm
+        a guess among a few hundred cards (where tokenize answers a fresh token), so
+        those tokens are never found. Decided on the format and length alone, never on
+        what the vault holds."""
+        spec = self._policy.policy.format(token_format)
+        return spec is not None and hidden_candidates(spec, pan_length) >= MIN_CANDIDATES
 
     def token_info(self, ctx: CallContext, token: str) -> TokenRecord:
         """Return the token's format, dates and metadata (never the PAN), for a token of

@@ -202,6 +202,15 @@ class TokenizeOperations(VaultCore):
             raise InvalidMetadata("an idempotency key must not look like a card number")
         length = len(request.pan)
         convergent = may_converge(spec, length)
+        if key is not None and hidden_candidates(spec, length) < MIN_CANDIDATES:
+            # A retry with the key answers the token only for the same card (409 for
+            # another): over a few hundred candidates that confirms guesses as
+            # convergence would, so keys go only where convergence may.
+            raise FormatNotApplicable(
+                f"idempotency keys are accepted only where a token hides at least "
+                f"{MIN_CANDIDATES:,} possible card numbers; {length}-digit cards in format "
+                f"{request.format!r} hide fewer (send the call without a key)"
+            )
         if spec.deterministic and not convergent and spec.small_space is SmallSpace.REFUSE:
             raise FormatNotApplicable(
                 f"format {request.format!r} converges (the same card gives the same token) "
@@ -267,15 +276,44 @@ class TokenizeOperations(VaultCore):
                 except VaultError as exc:
                     raise self._item_error(exc, index, batch=batch) from None
 
-            def work(connection: Connection) -> list[TokenRecord]:
+            def work(connection: Connection) -> list[TokenRecord] | VaultError:
                 now = self._clock()
                 self._charge(connection, ctx, rules, cost=len(items))
                 guarded = [item.guard for item in items if item.guard is not None]
                 if guarded:
                     self._limits.watch(connection, ctx.identity, rules.oracle_guard, guarded, now)
+                # A wrong guess sent with a known idempotency key is answered 409: that
+                # answer must cost its charge and its guard count like a right one, so
+                # the conflict commits them (and nothing else) instead of rolling back.
+                conflict = self._key_conflict(connection, ctx, domain, items, batch=batch)
+                if conflict is not None:
+                    return conflict
                 return self._store_tokens(connection, ctx, domain, items, now, batch=batch)
 
-            return self._transaction(work)
+            answer = self._transaction(work)
+            if isinstance(answer, VaultError):
+                raise answer
+            return answer
+
+    def _key_conflict(
+        self,
+        connection: Connection,
+        ctx: CallContext,
+        domain: str,
+        items: Sequence[_Item],
+        *,
+        batch: bool,
+    ) -> VaultError | None:
+        """The `IdempotencyConflict` (or its batch item error) the call would raise, or
+        None; writes nothing."""
+        by_key = self._rows_by_idempotency_key(connection, domain, items)
+        scratch = _Answers(ctx, [None] * len(items))
+        try:
+            for index in range(len(items)):
+                self._answer_by_key(scratch, index, items, by_key, batch=batch)
+        except (IdempotencyConflict, BatchItemInvalid) as exc:
+            return exc
+        return None
 
     def _refuse_early(
         self, ctx: CallContext, rules: IdentityPolicy, requests: Sequence[TokenizeRequest]
