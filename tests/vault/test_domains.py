@@ -254,3 +254,18 @@ def test_refused_calls_spend_no_hsm_calls(domains: VaultService, hsm_provider: H
         assert calls == []
     finally:
         hsm_provider.observer = previous
+
+
+def test_a_refused_reveal_still_costs_its_rate(domains: VaultService) -> None:
+    """Missing tokens answered 404 (or a batch's item error) rolled the rate charge back
+    with the transaction: over mTLS, four 1,000-item batches of made-up tokens from the
+    dev ledger (burst 1,000) were never limited, and each wrote an audit entry. A miss
+    costs what a hit costs."""
+    with pytest.raises(BatchItemInvalid):
+        domains.detokenize_batch(LEDGER, [f"no-such-token-{i}" for i in range(3)])
+    with pytest.raises(TokenNotFound):
+        domains.detokenize_masked(LEDGER, "no-such-token")
+    with pytest.raises(TokenNotFound):
+        domains.token_info(LEDGER, "no-such-token")
+    with pytest.raises(RateLimited):
+        domains.detokenize_masked(LEDGER, "no-such-token")

@@ -13,6 +13,7 @@ from audit.log import Outcome
 from policies.formats import MIN_CANDIDATES, hidden_candidates
 from policies.models import Action
 from vault._core import VaultCore
+from vault.errors import TokenExpired, TokenNotFound, VaultError
 from vault.limits import oracle_bucket
 from vault.models import CallContext, TokenRecord
 from vault.pan import Pan
@@ -86,9 +87,12 @@ class LookupOperations(VaultCore):
         rules = self._authorize(ctx, Action.METADATA)
         domains = self._policy.readable_domains(ctx.identity)
 
-        def work(connection: Connection) -> TokenRecord:
+        def work(connection: Connection) -> TokenRecord | VaultError:
             self._charge(connection, ctx, rules)
-            row = self._live_row(connection, token, domains)
+            try:
+                row = self._live_row(connection, token, domains)
+            except (TokenNotFound, TokenExpired) as exc:
+                return exc  # returned so that the charge commits: a miss costs a unit
             self._audit.append(
                 connection,
                 self._audit_event(ctx, Action.METADATA, Outcome.SUCCESS, token_id=row.id),
@@ -96,4 +100,7 @@ class LookupOperations(VaultCore):
             return self._record(row)
 
         with self._audited_refusal(ctx, Action.METADATA):
-            return self._transaction(work)
+            answer = self._transaction(work)
+            if isinstance(answer, VaultError):
+                raise answer
+            return answer

@@ -18,6 +18,7 @@ from vault.errors import (
     IntegrityError,
     TokenExpired,
     TokenNotFound,
+    VaultError,
 )
 from vault.models import MAX_BATCH, CallContext, Revealed
 
@@ -41,7 +42,7 @@ class RevealOperations(VaultCore):
         domains = self._policy.readable_domains(ctx.identity)
         reveals = len(token_list) if action is Action.DETOKENIZE else 0
 
-        def work(connection: Connection) -> list[Revealed]:
+        def work(connection: Connection) -> list[Revealed] | VaultError:
             self._charge(connection, ctx, rules, cost=len(token_list), reveals=reveals)
             out, events = [], []
             for index, token in enumerate(token_list):
@@ -49,7 +50,9 @@ class RevealOperations(VaultCore):
                     row = self._live_row(connection, token, domains)
                     pan = self._decrypt(row)
                 except (TokenNotFound, TokenExpired, IntegrityError) as exc:
-                    raise self._item_error(exc, index, batch=batch) from None
+                    # Returned, not raised: the charge commits. A miss costs what a hit
+                    # costs, or guessing tokens would be free (and audited for free).
+                    return self._item_error(exc, index, batch=batch)
                 details: dict[str, DetailValue] = {"reveal": reveal.value}
                 if batch:
                     details["batch_index"] = index
@@ -69,7 +72,10 @@ class RevealOperations(VaultCore):
             return out
 
         with self._audited_refusal(ctx, action):
-            return self._transaction(work)
+            answer = self._transaction(work)
+            if isinstance(answer, VaultError):
+                raise answer
+            return answer
 
     def detokenize(self, ctx: CallContext, token: str) -> Revealed:
         """Return the PAN behind `token` if the caller's policy reveals it in full, else
