@@ -21,12 +21,12 @@ they share (transaction, audit, authorisation, limits, fingerprints) is in
 from __future__ import annotations
 
 from vault.models import MAX_BATCH, CallContext, Revealed, TokenizeRequest, TokenRecord
+from vault.operations._inputs import validate_metadata
 from vault.operations.audit_access import AuditAccessOperations
 from vault.operations.delete import DeleteOperations
 from vault.operations.lookup import LookupOperations
 from vault.operations.relay import RelayOperations
 from vault.operations.reveal import RevealOperations
-from vault.operations.tokenize import validate_metadata
 
 __all__ = [
     "MAX_BATCH",

@@ -14,7 +14,7 @@ import secrets
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import Connection, Row, bindparam, insert, select
@@ -37,15 +37,14 @@ from vault.errors import (
     FormatNotApplicable,
     IdempotencyConflict,
     InvalidMetadata,
-    InvalidTTL,
     TokenSpaceExhausted,
     VaultError,
 )
 from vault.keyring import KeyPurpose, pan_aad
 from vault.limits import oracle_bucket
 from vault.models import MAX_BATCH, CallContext, TokenizeRequest, TokenRecord
+from vault.operations._inputs import expiry, validate_metadata
 from vault.pan import Pan
-from vault.sad import refuse_sensitive_authentication_data
 from vault.storage.database import as_utc
 from vault.storage.schema import tokens
 from vault.tokens import (
@@ -54,18 +53,6 @@ from vault.tokens import (
     random_token_candidates,
     uuid_token,
 )
-
-MAX_METADATA_ITEMS: Final = 16
-
-
-MAX_METADATA_KEY: Final = 64
-
-
-MAX_METADATA_VALUE: Final = 256
-
-
-MAX_TTL_SECONDS: Final = 10 * 366 * 24 * 3600
-
 
 _CANDIDATE_CHUNK: Final = 64
 # The advisory lock key that elects the purging node ("CofrP"); the sequencer's differs.
@@ -92,11 +79,6 @@ _CONVERGENT: Final = select(tokens).where(
 _BY_IDEMPOTENCY: Final = select(tokens).where(
     tokens.c.domain == bindparam("domain"),
     tokens.c.idempotency_key.in_(bindparam("keys", expanding=True)),
-)
-
-
-_METADATA_KEY_CHARS: Final = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-."
 )
 
 
@@ -142,47 +124,6 @@ class _Item:
     guard: tuple[bytes, bytes] | None  # (oracle bucket, item) when the guard counts it
 
 
-def validate_metadata(metadata: object) -> str:
-    """Return `metadata` as canonical JSON. Raises `InvalidMetadata` for too many or too
-    long items, non-string values, or a key or value that looks like a card number
-    (metadata is stored in clear, so a PAN in it would be a leak)."""
-    if not metadata:
-        return "{}"
-    if not isinstance(metadata, Mapping):
-        raise InvalidMetadata("metadata must be an object of string keys and values")
-    if len(metadata) > MAX_METADATA_ITEMS:
-        raise InvalidMetadata(f"metadata may have at most {MAX_METADATA_ITEMS} items")
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not 1 <= len(key) <= MAX_METADATA_KEY:
-            raise InvalidMetadata(f"metadata keys must be 1 to {MAX_METADATA_KEY} characters")
-        if not set(key) <= _METADATA_KEY_CHARS:
-            raise InvalidMetadata("metadata keys may use only letters, digits, '_', '-', '.'")
-        if mask_pan_like(key) != key:
-            raise InvalidMetadata(
-                "a metadata key looks like a card number; metadata is not encrypted"
-            )
-        if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE:
-            raise InvalidMetadata(
-                f"metadata values must be strings of at most {MAX_METADATA_VALUE} characters"
-            )
-        refuse_sensitive_authentication_data(key, value)
-        if mask_pan_like(value) != value:
-            raise InvalidMetadata(
-                f"metadata value {key!r} looks like a card number; metadata is not encrypted"
-            )
-    return json.dumps(dict(metadata), sort_keys=True, separators=(",", ":"))
-
-
-def _expiry(now: datetime, ttl_seconds: int | None) -> datetime | None:
-    if ttl_seconds is None:
-        return None
-    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
-        raise InvalidTTL("ttl must be a whole number of seconds")
-    if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
-        raise InvalidTTL(f"ttl must be between 1 and {MAX_TTL_SECONDS} seconds")
-    return now + timedelta(seconds=ttl_seconds)
-
-
 class TokenizeOperations(VaultCore):
     """Tokenize operations of the vault."""
 
@@ -193,7 +134,7 @@ class TokenizeOperations(VaultCore):
         check_applicable(spec, request.pan)
         self._check_luhn(request.pan)
         metadata = validate_metadata(request.metadata)
-        _expiry(self._clock(), request.ttl_seconds)
+        expiry(self._clock(), request.ttl_seconds)
         key = request.idempotency_key
         if key is not None and not 1 <= len(key) <= 128:
             raise InvalidMetadata("idempotency keys must be 1 to 128 characters")
@@ -533,7 +474,7 @@ class TokenizeOperations(VaultCore):
                         "domain": domain,
                         "idempotency_key": item.request.idempotency_key,
                         "created_at": now,
-                        "expires_at": _expiry(now, item.request.ttl_seconds),
+                        "expires_at": expiry(now, item.request.ttl_seconds),
                     },
                 )
             )
