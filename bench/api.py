@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import ssl
 import statistics
 import subprocess
@@ -29,8 +28,7 @@ from pathlib import Path
 import httpx
 
 from api.pki import DevPKI, ensure_dev_pki
-from cofre_cli.devenv import DEV_POLICY
-from hsm.softhsm import init_softhsm_token, write_softhsm_conf
+from bench._setup import LOAD_POLICY, bench_token
 from tests.support.postgres import PostgresCluster, free_port
 from vault.pan import luhn_check_digit
 
@@ -140,21 +138,9 @@ def main(seconds: float, databases: list[str]) -> dict[str, object]:
 def _run_vault(tmp: Path, pki: DevPKI, database: str, seconds: float) -> dict[str, object]:
     work = tmp / database
     work.mkdir()
-    conf = work / "softhsm2.conf"
-    write_softhsm_conf(conf, work / "tokens")
-    pin = secrets.token_urlsafe(12)
-    init_softhsm_token(conf, "bench", so_pin=secrets.token_urlsafe(12), user_pin=pin)
-    (work / "pin").write_text(pin)
+    conf = bench_token(work)
     policy = work / "policy.toml"
-    policy.write_text(
-        DEV_POLICY.replace(
-            "per_second = 2000, burst = 4000", "per_second = 1000000, burst = 1000000"
-        ).replace(
-            # The load sends thousands of cards per BIN and last four: not a guessing attack.
-            "max_pans_per_bucket = 10,",
-            "max_pans_per_bucket = 100000,",
-        )
-    )
+    policy.write_text(LOAD_POLICY)
     cluster = None
     url_line = ""
     if database == "postgresql":

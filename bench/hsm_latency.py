@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from bench._setup import LOAD_POLICY, bench_token
 from bench.api import _load, _wait
-from cofre_cli.devenv import DEV_POLICY
-from hsm.softhsm import init_softhsm_token, write_softhsm_conf
 from tests.support.cloudhsm_shim import build_shim
 from tests.support.postgres import free_port
 
@@ -37,21 +35,9 @@ def main(seconds: float, pool: int) -> None:
         tmp = Path(tmp_name)
         pki = ensure_dev_pki(tmp / "pki")
         shim = build_shim(tmp / "shim")
-        conf = tmp / "softhsm2.conf"
-        write_softhsm_conf(conf, tmp / "tokens")
-        pin = secrets.token_urlsafe(12)
-        init_softhsm_token(conf, "bench", so_pin=secrets.token_urlsafe(12), user_pin=pin)
-        (tmp / "pin").write_text(pin)
+        conf = bench_token(tmp)
         policy = tmp / "policy.toml"
-        policy.write_text(
-            DEV_POLICY.replace(
-                "per_second = 2000, burst = 4000", "per_second = 1000000, burst = 1000000"
-            ).replace(
-                # The load sends thousands of cards per BIN and last four: not an attack.
-                "max_pans_per_bucket = 10,",
-                "max_pans_per_bucket = 100000,",
-            )
-        )
+        policy.write_text(LOAD_POLICY)
         port = free_port()
         config = tmp / "cofre.toml"
         config.write_text(

@@ -2,14 +2,8 @@
 purge. A small facade over one module per operation (`vault/operations/`).
 
 IN PCI SCOPE, holds card data. The only code that turns a `Pan` into stored ciphertext
-and back. Every public method:
-
-1. authorises the caller against the policy (raises `PolicyDenied`, which is audited);
-2. does its work and writes its audit entry **in one database transaction**, so nothing
-   is returned that is not durably stored and audited (fail closed: if the entry cannot
-   be written, the transaction rolls back and the caller gets `AuditWriteFailed`);
-3. translates database failures into `StorageUnavailable`; HSM failures arrive as
-   `hsm.errors.HSMUnavailable`.
+and back. Every public method authorises, works and audits in one transaction, and fails
+closed (the contract is spelled out in `vault/_core.py`).
 
 Where each operation lives: `vault/operations/tokenize.py` (tokenize, batches, domains,
 convergence, the oracle guard), `reveal.py` (detokenize, masked, batches), `lookup.py`

@@ -1,0 +1,28 @@
+"""What every bench run that starts `cofre serve` sets up the same way: a fresh SoftHSM2
+token and the dev policy opened up for load."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Final
+
+from cofre_cli.devenv import DEV_POLICY
+from hsm.softhsm import init_softhsm_token, write_softhsm_conf
+
+# No rate limit, and an oracle guard far above what a load sends per BIN and last four
+# (thousands of cards per bucket are load, not a guessing attack).
+LOAD_POLICY: Final = DEV_POLICY.replace(
+    "per_second = 2000, burst = 4000", "per_second = 1000000, burst = 1000000"
+).replace("max_pans_per_bucket = 10,", "max_pans_per_bucket = 100000,")
+
+
+def bench_token(work: Path) -> Path:
+    """Create a SoftHSM2 token labelled ``bench`` under `work`; return its
+    ``softhsm2.conf`` (the user PIN is in ``work / "pin"``)."""
+    conf = work / "softhsm2.conf"
+    write_softhsm_conf(conf, work / "tokens")
+    pin = secrets.token_urlsafe(12)
+    init_softhsm_token(conf, "bench", so_pin=secrets.token_urlsafe(12), user_pin=pin)
+    (work / "pin").write_text(pin)
+    return conf
