@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
 from cofre.dberrors import db_error_name
 from cofre.errors import CofreError
+from hsm.errors import HSMKeyNotFound
 from hsm.keys import KeyHierarchy, KeyKind, key_label
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
@@ -308,11 +309,22 @@ class VaultCore:
         return self._provider.hmac_sha256(label, digits.encode("ascii")), version
 
     def _fingerprints(self, digits: str) -> list[bytes]:
-        """Every fingerprint a stored row of this PAN may carry (one per key version)."""
-        return [
-            self._provider.hmac_sha256(key_label(KeyKind.FINGERPRINT, v), digits.encode("ascii"))
-            for v in self._fingerprint_versions()
-        ]
+        """Every fingerprint a stored row of this PAN may carry (one per key version).
+
+        An older version whose key is gone is skipped: a fingerprint key is destroyed
+        only after every row moved to its successor, and the version list is cached for
+        a second (or the token's listing may lag the destroy). The newest must exist."""
+        versions = self._fingerprint_versions()
+        found = []
+        for version in versions:
+            label = key_label(KeyKind.FINGERPRINT, version)
+            try:
+                found.append(self._provider.hmac_sha256(label, digits.encode("ascii")))
+            except HSMKeyNotFound:
+                if version == versions[-1]:
+                    raise
+                self._fp_versions = None  # read the versions again on the next call
+        return found
 
     def _audit_event(
         self,
