@@ -158,6 +158,9 @@ def test_hsm_status_reports_a_planted_key_and_dev_check_fails(tmp_path: Path) ->
     # dev` created is registered with its CKA_ID and check value, in the audit log.
     assert "nothing to do" in run("hsm", "init", env=env).stdout
     exported = tmp_path / "log.jsonl"
+    # `dev --check` may exit before its sequencer integrated the queue: integrate it now,
+    # so the export does not depend on timing.
+    assert run("audit", "sequence", env=env).returncode == 0
     assert run("audit", "export", "--out", str(exported), env=env).returncode == 0
     registered = [
         json.loads(r["payload"])
