@@ -8,16 +8,16 @@ representation it learns to see is masked everywhere at once.
 
 What it sees, in text (`mask_pan_like`):
 
-- a run of 12 or more ASCII digits: ``4111111111111111`` (also the integral part of a
-  number written ``4111111111111111.0``);
+- a run of 12 or more ASCII digits: ``NNNNNNNNNNNNNNNN`` (also the integral part of a
+  number written ``NNNNNNNNNNNNNNNN.0``);
 - digit groups joined by one repeated separator of up to three non-alphanumeric
-  characters: ``4111 1111 1111 1111``, ``4111.1111.1111.1111``, ``4-1-1-1-…``, the text
+  characters: ``NNNN NNNN NNNN NNNN``, ``NNNN.NNNN.NNNN.NNNN``, ``4-1-1-1-…``, the text
   of a JSON array of digits ``[4,1,1,1,…]`` or ``["4","1",…]``. The separator must be the
   same throughout, so a timestamp (``2026-12-01 03:15:30,123``) is not a card.
 
 and in JSON values (`mask_pan_values`): every string as above, every integer of 12 or
 more digits, every float whose integral part has 12 or more digits (``4.111111111111111e15``
-is the same card as ``4111111111111111``), and any run of consecutive list items that are
+is the same card as its 16 digits in a row), and any run of consecutive list items that are
 short digit strings or small integers (``[4, 1, 1, 1, …]``, ``["4111", "1111", …]``)
 holding 12 or more digits together.
 
