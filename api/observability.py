@@ -142,6 +142,24 @@ class Telemetry:
             description="keys on the HSM that are not in Cofre's key registry",
         )
 
+    def observe_key_cryptoperiods(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Report `counts()` as `cofre.keys.cryptoperiod`, one series per state (``ok``,
+        ``expiring``, ``overdue``): keys in use by where they stand in their cryptoperiod
+        (alert on overdue > 0, warn on expiring > 0). Skipped while the HSM or database
+        cannot answer."""
+
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            try:
+                return [Observation(n, {"state": state}) for state, n in counts().items()]
+            except CofreError:
+                return []
+
+        self.meter.create_observable_gauge(
+            "cofre.keys.cryptoperiod",
+            callbacks=[observe],
+            description="keys in use by cryptoperiod state (ok, expiring, overdue)",
+        )
+
 
 def make_telemetry(
     tracer_provider: TracerProvider | None = None, meter_provider: MeterProvider | None = None

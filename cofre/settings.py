@@ -188,6 +188,17 @@ class KeySettings(_Section):
     # restored backup needs the KEK that wrapped its data keys, so the destroy grace may
     # not be shorter than this.
     backup_retention_seconds: float = Field(default=7 * 24 * 3600, ge=0)
+    # Cryptoperiods per key kind, in days (NIST SP 800-57 Part 1 Table 1; the reasons for
+    # each default are in docs/key-ceremony.md), and the warning window before each ends.
+    cryptoperiod_kek_days: float = Field(default=365.0, gt=0)
+    cryptoperiod_data_days: float = Field(default=365.0, gt=0)
+    cryptoperiod_fingerprint_days: float = Field(default=730.0, gt=0)
+    cryptoperiod_audit_days: float = Field(default=730.0, gt=0)
+    cryptoperiod_warn_days: float = Field(default=30.0, ge=0)
+    # An overdue key is reported by readiness and a metric; it fails readiness only when
+    # this is true (taking every node out of service for a compliance finding is usually
+    # worse than the finding: see docs/key-ceremony.md).
+    overdue_fails_readiness: bool = False
 
     @model_validator(mode="after")
     def _grace_covers_backups(self) -> KeySettings:

@@ -54,6 +54,7 @@ from policies.engine import PolicyEngine
 from policies.errors import RateLimited
 from policies.loader import LoadedPolicy, load_policy
 from policies.models import RateLimit
+from vault.cryptoperiod import CryptoperiodMonitor, monitor_from_settings
 from vault.key_registry import KeyRegistry
 from vault.purge import PurgeWorker
 from vault.rotation import KeyRotation
@@ -203,13 +204,37 @@ def _record_start(service: VaultService, loaded: LoadedPolicy) -> None:
         service.keyring.registry.adopt_if_empty()
 
 
-def _observe(telemetry: Telemetry, provider: HSMProvider, service: VaultService) -> Telemetry:
-    """Feed the HSM's latency and the key registry's stray count into `telemetry`."""
+def _observe(
+    telemetry: Telemetry,
+    provider: HSMProvider,
+    service: VaultService,
+    periods: CryptoperiodMonitor,
+) -> Telemetry:
+    """Feed the HSM's latency, the key registry's stray count and the keys' cryptoperiod
+    states into `telemetry`."""
     provider.observer = lambda operation, ms: telemetry.hsm_latency.record(
         ms, {"operation": operation}
     )
     telemetry.observe_unregistered_keys(lambda: len(service.keyring.registry.unregistered()))
+    telemetry.observe_key_cryptoperiods(lambda: {s.value: n for s, n in periods.counts().items()})
     return telemetry
+
+
+def _key_management(
+    settings: Settings, engine: Engine, provider: HSMProvider, service: VaultService
+) -> tuple[KeyRotation, CryptoperiodMonitor]:
+    """Key rotation, and the monitor of the keys' cryptoperiods it lists in inventories."""
+    periods = monitor_from_settings(settings.keys, engine, service.keyring)
+    rotation = KeyRotation(
+        engine,
+        provider,
+        service.keyring,
+        lambda: service.policy,
+        proposal_ttl=timedelta(hours=settings.keys.proposal_ttl_hours),
+        destroy_grace=timedelta(seconds=settings.keys.destroy_grace_seconds),
+        cryptoperiods=lambda: [p.as_json() for p in periods.assess()],
+    )
+    return rotation, periods
 
 
 def _start_purge_worker(service: VaultService, settings: Settings) -> PurgeWorker:
@@ -255,18 +280,11 @@ def build_runtime(
     )
     thread = SequencerThread(sequencer, interval=sequencer_interval)
     thread.start()
-    rotation = KeyRotation(
-        engine,
-        provider,
-        service.keyring,
-        lambda: service.policy,
-        proposal_ttl=timedelta(hours=settings.keys.proposal_ttl_hours),
-        destroy_grace=timedelta(seconds=settings.keys.destroy_grace_seconds),
-    )
+    rotation, periods = _key_management(settings, engine, provider, service)
     worker = RotationWorker(rotation, interval=min(0.5, sequencer_interval * 2))
     worker.start()
     purge_worker = _start_purge_worker(service, settings)
-    telemetry = _observe(telemetry or make_telemetry(), provider, service)
+    telemetry = _observe(telemetry or make_telemetry(), provider, service, periods)
 
     def check_ready() -> dict[str, str]:
         if readiness.draining:
@@ -277,6 +295,9 @@ def build_runtime(
                 f"the audit sequencer is not running ({thread.last_error or 'stopped'})"
             )
         checks["audit_sequencer"] = "ok"
+        # "ok", or the expiring and overdue keys named with their code; raises only when
+        # COFRE_KEYS__OVERDUE_FAILS_READINESS is set.
+        checks["key_cryptoperiods"] = periods.check()
         return checks
 
     bounds = settings.evidence

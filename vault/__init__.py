@@ -9,6 +9,7 @@ leaves only through `Pan.reveal()`.
 # an underscore is internal. tests/test_exported_members.py pins this list.
 __all__ = [
     "ceremony",
+    "cryptoperiod",
     "errors",
     "fpe",
     "key_inventory",

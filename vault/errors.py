@@ -26,6 +26,13 @@ and kind, or by the masked form.
         ├── CeremonyError                              code ceremony_invalid
         ├── CeremonyNotFound                           code ceremony_not_found
         ├── KeyNotRegistered                           code hsm_key_unregistered
+        ├── KeyCryptoperiodOverdue                     code key_cryptoperiod_overdue
+        ├── OfficerMfaError                            (401/403: the officer's second factor)
+        │   ├── OfficerMfaRequired                     code mfa_required
+        │   ├── OfficerMfaInvalid                      code mfa_invalid
+        │   ├── OfficerMfaReplayed                     code mfa_replayed
+        │   └── OfficerMfaNotRegistered                code mfa_not_registered
+        ├── CustodyStatementInvalid                    code custody_statement_invalid
         └── Throttled                                  (429, with retry_after)
             ├── OracleSuspected                        code oracle_suspected
             └── QuotaExceeded                          code quota_exceeded
@@ -164,6 +171,50 @@ class KeyNotRegistered(VaultError):
     """A key on the HSM is not in Cofre's key registry (or differs from its record)."""
 
     code = "hsm_key_unregistered"
+
+
+class KeyCryptoperiodOverdue(VaultError):
+    """A key in use is past its cryptoperiod (fails readiness only when configured)."""
+
+    code = "key_cryptoperiod_overdue"
+
+
+class OfficerMfaError(VaultError):
+    """A key ceremony action or evidence export without a valid second factor: the
+    signature over the request by the officer's own token key (`vault.officer_mfa`)."""
+
+    code = "mfa_invalid"
+
+
+class OfficerMfaRequired(OfficerMfaError):
+    """The request carries no signature (``Signature``, ``Signature-Input``)."""
+
+    code = "mfa_required"
+
+
+class OfficerMfaInvalid(OfficerMfaError):
+    """The signature is malformed, stale, over another request, or by another key."""
+
+    code = "mfa_invalid"
+
+
+class OfficerMfaReplayed(OfficerMfaError):
+    """The signature's nonce was already used: a replayed request."""
+
+    code = "mfa_replayed"
+
+
+class OfficerMfaNotRegistered(OfficerMfaError):
+    """The identity has no second-factor key in the policy (``mfa_public_key``)."""
+
+    code = "mfa_not_registered"
+
+
+class CustodyStatementInvalid(VaultError):
+    """A key custody acknowledgement that is malformed, not signed by the officer's
+    registered key, or names another identity or keys Cofre does not use."""
+
+    code = "custody_statement_invalid"
 
 
 class Throttled(VaultError):

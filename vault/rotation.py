@@ -76,8 +76,12 @@ class KeyRotation:
         proposal_ttl: timedelta = timedelta(hours=24),
         destroy_grace: timedelta = timedelta(days=7),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        cryptoperiods: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self._engine = engine
+        # The keys in use against their cryptoperiods (`vault.cryptoperiod`), listed in
+        # the inventory officers and evidence bundles see.
+        self._cryptoperiods = cryptoperiods
         # Reads (status, inventory, what to do next) never queue behind the rotation's own
         # write batches on SQLite.
         self._reader = engine.execution_options(**READ_ONLY)
@@ -315,7 +319,10 @@ class KeyRotation:
         """The inventory without an authorisation check (for evidence bundles)."""
         with self._read() as connection:
             counts, fp_counts = record_counts(connection)
-        return describe_keys(counts, fp_counts, self._keyring, self._provider)
+        inventory = describe_keys(counts, fp_counts, self._keyring, self._provider)
+        if self._cryptoperiods is not None:
+            inventory["cryptoperiods"] = self._cryptoperiods()
+        return inventory
 
     # ------------------------------------------------------------------ execution
     def _start(self, connection: Connection, row: Row[Any], approver: str) -> None:

@@ -270,6 +270,7 @@ def test_health_and_readiness(vault_server: VaultServer) -> None:
             "database": "ok",
             "key_registry": "ok",
             "audit_sequencer": "ok",
+            "key_cryptoperiods": "ok",
         },
     }
 

@@ -28,6 +28,14 @@ def test_planted_kek_is_reported_and_never_used(tmp_path: Path, hsm_provider: HS
         with vault.client() as c:
             assert c.get("/readyz").status_code == 200
         assert _gauge(vault, "cofre.hsm.unregistered_keys") == 0
+        # Cryptoperiods (3.7.4): every key in use is listed with its period, a metric
+        # counts them by state.
+        with vault.client("officer-alice") as c:
+            periods = c.get("/v1/admin/keys").json()["cryptoperiods"]
+        assert {p["key"]: p["state"] for p in periods} == dict.fromkeys(
+            ("cofre-kek-v1", "cofre-fp-v1", "cofre-audit-v1", "pan_gcm-v1", "ff1-v1"), "ok"
+        )
+        assert _gauge(vault, "cofre.keys.cryptoperiod") == 5  # the first series: state ok
         hsm_provider.generate_kek(PLANTED)
         try:
             _check_planted(vault)

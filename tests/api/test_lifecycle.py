@@ -74,6 +74,7 @@ def test_health_listener_answers_probes_without_identity(
                 "database": "ok",
                 "key_registry": "ok",
                 "audit_sequencer": "ok",
+                "key_cryptoperiods": "ok",
             }
             # Nothing else is served here: no API route, no body read, no identity.
             for method, path in (("POST", "/v1/tokenize"), ("GET", "/healthz"), ("GET", "/")):
