@@ -10,7 +10,9 @@ __all__ = [
     "app",
     "connections",
     "crl",
+    "dependencies",
     "errors",
+    "exception_handlers",
     "guard",
     "handshake",
     "health",
@@ -21,6 +23,7 @@ __all__ = [
     "otlp",
     "pki",
     "problems",
+    "routes",
     "server",
     "tls",
 ]

@@ -24,7 +24,8 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from api.app import AppState, create_app
+from api.app import create_app
+from api.dependencies import AppState
 from api.errors import Draining
 from api.health import build_health_server
 from api.lifecycle import Readiness, run_until_stopped

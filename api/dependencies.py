@@ -1,0 +1,62 @@
+"""What a route needs from the app: its `AppState` and the caller of the request.
+
+IN PCI SCOPE. The state lives on the application (`app.state.cofre`, set by
+`api.app.create_app`), not in a module, so two apps in one process never share it. The
+caller's identity comes from the verified client certificate in the ASGI ``tls``
+extension (`api.tls`), never from a header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, cast
+
+from fastapi import Depends, Path, Request
+
+from api.models import EvidenceRequest
+from api.observability import Telemetry
+from api.tls import identity_from_scope
+from audit.store import AuditStore
+from vault.rotation import KeyRotation
+from vault.service import CallContext, VaultService
+
+
+@dataclass
+class AppState:
+    """Everything the app uses. `check_ready` returns check name -> "ok" or raises the
+    `CofreError` of the first failing check."""
+
+    service: VaultService
+    audit: AuditStore
+    check_ready: Callable[[], dict[str, str]]
+    telemetry: Telemetry
+    rotation: KeyRotation | None = None
+    evidence: Callable[[CallContext, EvidenceRequest], bytes] | None = None
+    # /docs and /openapi.json (`cofre dev`; off in `cofre serve` unless configured).
+    api_docs: bool = False
+
+
+def app_state(request: Request) -> AppState:
+    """The `AppState` the app serving `request` was created with."""
+    return cast(AppState, request.app.state.cofre)
+
+
+def request_id(request: Request) -> str:
+    """The request id the guard (`api.guard`) gave `request`; "" before it ran."""
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+def call_context(request: Request) -> CallContext:
+    """The caller: identity from the TLS connection, request id from the guard."""
+    state = request.scope.setdefault("state", {})
+    identity = state.get("identity") or identity_from_scope(request.scope)
+    state["identity"] = identity
+    return CallContext(identity=identity, request_id=request_id(request))
+
+
+State = Annotated[AppState, Depends(app_state)]
+Caller = Annotated[CallContext, Depends(call_context)]
+TokenPath = Annotated[str, Path(min_length=1, max_length=64)]
+RoutePath = Annotated[str, Path(min_length=1, max_length=64)]
+CeremonyPath = Annotated[str, Path(min_length=1, max_length=64)]

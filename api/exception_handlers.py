@@ -1,0 +1,103 @@
+"""Every error the app answers, as RFC 9457 problem+json with a stable `code`.
+
+IN PCI SCOPE. No handler echoes what the caller sent: pydantic's validation errors carry
+the input (which may be a PAN), so only where and why is kept, masked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from api.dependencies import request_id
+from api.problems import problem
+from cofre.errors import CofreError
+from cofre.redaction import mask_pan_like
+from vault.errors import BatchItemInvalid
+
+_log = structlog.get_logger("cofre.api")
+
+
+async def cofre_error(request: Request, exc: CofreError) -> Response:
+    """A `CofreError`: its own code, the failing item of a batch, and `Retry-After`."""
+    extra: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    if isinstance(exc, BatchItemInvalid):
+        extra = {"item": exc.index, "item_code": exc.item_code}
+    retry_after = getattr(exc, "retry_after", None)  # RateLimited, Throttled
+    if isinstance(retry_after, float | int):
+        headers["Retry-After"] = str(max(1, round(retry_after + 0.5)))
+    request.scope["state"]["problem_code"] = exc.code
+    return problem(
+        exc.code,
+        str(exc),
+        request_id=request_id(request),
+        extra=extra,
+        headers=headers or None,
+    )
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+    """A body or parameter that does not match the schema: `invalid_request` or
+    `malformed_json`."""
+    # pydantic's errors carry the input (which may be a PAN): keep only where and why.
+    errors = [
+        {
+            # A location holds caller-chosen names (a metadata key): masked too.
+            "loc": [mask_pan_like(str(p)) for p in err.get("loc", ())],
+            "msg": mask_pan_like(str(err.get("msg"))),
+        }
+        for err in exc.errors()
+    ][:20]
+    code = (
+        "malformed_json"
+        if any(e.get("type") == "json_invalid" for e in exc.errors())
+        else "invalid_request"
+    )
+    request.scope["state"]["problem_code"] = code
+    return problem(
+        code,
+        "the request does not match the schema (see errors: where and why)"
+        if code == "invalid_request"
+        else "the body is not valid JSON",
+        request_id=request_id(request),
+        extra={"errors": errors},
+    )
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Starlette's own errors (unknown path, wrong method, body too large, ...)."""
+    state_ = request.scope.setdefault("state", {})
+    if state_.get("body_too_large"):
+        code = "payload_too_large"
+    else:
+        code = {
+            400: "malformed_json",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+            415: "unsupported_media_type",
+        }.get(exc.status_code, "invalid_request")
+    state_["problem_code"] = code
+    return problem(code, None, request_id=request_id(request))
+
+
+async def unexpected(request: Request, exc: Exception) -> Response:
+    """Anything else: `internal_error`, with only the exception's class in the log."""
+    if request.scope.get("state", {}).get("body_too_large"):
+        return problem("payload_too_large", None, request_id=request_id(request))
+    _log.error("unexpected error", error=type(exc).__name__, request_id=request_id(request))
+    return problem("internal_error", None, request_id=request_id(request))
+
+
+def add_exception_handlers(app: FastAPI) -> None:
+    """Answer every error `app` raises as problem+json."""
+    app.exception_handler(CofreError)(cofre_error)
+    app.exception_handler(RequestValidationError)(validation_error)
+    app.exception_handler(StarletteHTTPException)(http_error)
+    app.exception_handler(Exception)(unexpected)

@@ -1,0 +1,79 @@
+"""Routes of the `keys` area: the key inventory and rotation ceremonies (dual control).
+
+IN PCI SCOPE. Never key material: attributes, states and counts only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from api.dependencies import AppState, Caller, CeremonyPath, State
+from api.errors import ApiError
+from api.models import CeremonyResponse, RotationRequest
+from vault.rotation import KeyRotation
+
+router = APIRouter()
+
+
+def _rotation(state: AppState) -> KeyRotation:
+    if state.rotation is None:
+        raise ApiError("key administration is not enabled on this node")
+    return state.rotation
+
+
+@router.get("/v1/admin/keys", tags=["keys"])
+def key_inventory(caller: Caller, state: State) -> dict[str, Any]:
+    """Token keys and data keys, their attributes, states and how many records each
+    still protects (security officers). Never key material."""
+    return _rotation(state).inventory(caller.identity)
+
+
+@router.get("/v1/admin/keys/rotations", response_model=list[CeremonyResponse], tags=["keys"])
+def list_rotations(caller: Caller, state: State) -> list[CeremonyResponse]:
+    return [
+        CeremonyResponse.model_validate(c.as_json())
+        for c in _rotation(state).list_ceremonies(caller.identity)
+    ]
+
+
+@router.post(
+    "/v1/admin/keys/rotations", response_model=CeremonyResponse, status_code=201, tags=["keys"]
+)
+def propose_rotation(body: RotationRequest, caller: Caller, state: State) -> CeremonyResponse:
+    """Propose a rotation (kek, data or fingerprint); it runs after other officers
+    approve it (dual control, enforced here)."""
+    ceremony = _rotation(state).propose(caller.identity, body.kind, caller.request_id)
+    return CeremonyResponse.model_validate(ceremony.as_json())
+
+
+@router.get(
+    "/v1/admin/keys/rotations/{ceremony_id}", response_model=CeremonyResponse, tags=["keys"]
+)
+def rotation_status(ceremony_id: CeremonyPath, caller: Caller, state: State) -> CeremonyResponse:
+    return CeremonyResponse.model_validate(
+        _rotation(state).status(caller.identity, ceremony_id).as_json()
+    )
+
+
+@router.post(
+    "/v1/admin/keys/rotations/{ceremony_id}/approve",
+    response_model=CeremonyResponse,
+    tags=["keys"],
+)
+def approve_rotation(ceremony_id: CeremonyPath, caller: Caller, state: State) -> CeremonyResponse:
+    return CeremonyResponse.model_validate(
+        _rotation(state).approve(caller.identity, ceremony_id, caller.request_id).as_json()
+    )
+
+
+@router.post(
+    "/v1/admin/keys/rotations/{ceremony_id}/cancel",
+    response_model=CeremonyResponse,
+    tags=["keys"],
+)
+def cancel_rotation(ceremony_id: CeremonyPath, caller: Caller, state: State) -> CeremonyResponse:
+    return CeremonyResponse.model_validate(
+        _rotation(state).cancel(caller.identity, ceremony_id, caller.request_id).as_json()
+    )

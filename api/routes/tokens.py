@@ -1,0 +1,133 @@
+"""Routes of the `tokens` area: tokenize, detokenize, lookup, token metadata, delete.
+
+IN PCI SCOPE. A PAN arrives in a request model and is wrapped in `vault.pan.Pan` at
+once; a response carries it in clear only from `detokenize` to a caller whose policy
+reveals it.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.dependencies import Caller, State, TokenPath
+from api.models import (
+    DeleteResponse,
+    DetokenizeBatchRequest,
+    DetokenizeBatchResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    LookupRequest,
+    LookupResponse,
+    MaskedResponse,
+    TokenizeBatchRequest,
+    TokenizeBatchResponse,
+    TokenizeRequest,
+    TokenResponse,
+)
+from cofre.errors import CofreError
+from vault.errors import BatchItemInvalid
+from vault.pan import Pan
+from vault.service import Revealed, TokenRecord
+from vault.service import TokenizeRequest as ServiceTokenizeRequest
+
+router = APIRouter()
+
+
+def _token_response(record: TokenRecord) -> TokenResponse:
+    return TokenResponse(
+        token=record.token,
+        token_id=record.token_id,
+        format=record.format,
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+        metadata=dict(record.metadata),
+        existing=record.existing,
+    )
+
+
+def _detokenized(revealed: Revealed) -> DetokenizeResponse:
+    if revealed.pan is not None:
+        return DetokenizeResponse(token=revealed.token, pan=revealed.pan.reveal(), reveal="full")
+    return DetokenizeResponse(token=revealed.token, pan=revealed.masked, reveal="masked")
+
+
+@router.post("/v1/tokenize", response_model=TokenResponse, tags=["tokens"])
+def tokenize(body: TokenizeRequest, caller: Caller, state: State) -> TokenResponse:
+    """Tokenize a PAN in a format the caller's policy allows."""
+    record = state.service.tokenize(
+        caller,
+        ServiceTokenizeRequest(
+            pan=Pan(body.pan),
+            format=body.format,
+            metadata=body.metadata,
+            ttl_seconds=body.ttl_seconds,
+            idempotency_key=body.idempotency_key,
+        ),
+    )
+    return _token_response(record)
+
+
+@router.post("/v1/tokenize/batch", response_model=TokenizeBatchResponse, tags=["tokens"])
+def tokenize_batch(
+    body: TokenizeBatchRequest, caller: Caller, state: State
+) -> TokenizeBatchResponse:
+    """Tokenize up to 1,000 PANs, all or nothing; results in request order."""
+    requests = []
+    for index, item in enumerate(body.items):
+        try:
+            pan = Pan(item.pan)
+        except CofreError as exc:
+            raise BatchItemInvalid(index, exc.code, str(exc)) from None
+        requests.append(
+            ServiceTokenizeRequest(
+                pan=pan,
+                format=item.format,
+                metadata=item.metadata,
+                ttl_seconds=item.ttl_seconds,
+                idempotency_key=item.idempotency_key,
+            )
+        )
+    records = state.service.tokenize_batch(caller, requests)
+    return TokenizeBatchResponse(results=[_token_response(r) for r in records])
+
+
+@router.post("/v1/detokenize", response_model=DetokenizeResponse, tags=["tokens"])
+def detokenize(body: DetokenizeRequest, caller: Caller, state: State) -> DetokenizeResponse:
+    """The PAN behind a token: in full if the caller's policy reveals it, else masked."""
+    return _detokenized(state.service.detokenize(caller, body.token))
+
+
+@router.post("/v1/detokenize/batch", response_model=DetokenizeBatchResponse, tags=["tokens"])
+def detokenize_batch(
+    body: DetokenizeBatchRequest, caller: Caller, state: State
+) -> DetokenizeBatchResponse:
+    """Detokenize up to 1,000 tokens, all or nothing; results in request order."""
+    return DetokenizeBatchResponse(
+        results=[_detokenized(r) for r in state.service.detokenize_batch(caller, body.tokens)]
+    )
+
+
+@router.post("/v1/detokenize-masked", response_model=MaskedResponse, tags=["tokens"])
+def detokenize_masked(body: DetokenizeRequest, caller: Caller, state: State) -> MaskedResponse:
+    """Only the masked PAN (first six, last four) behind a token."""
+    revealed = state.service.detokenize_masked(caller, body.token)
+    return MaskedResponse(token=revealed.token, masked_pan=revealed.masked)
+
+
+@router.post("/v1/lookup", response_model=LookupResponse, tags=["tokens"])
+def lookup(body: LookupRequest, caller: Caller, state: State) -> LookupResponse:
+    """The live tokens of a PAN (optionally of one format)."""
+    records = state.service.lookup(caller, Pan(body.pan), body.format)
+    return LookupResponse(tokens=[_token_response(r) for r in records])
+
+
+@router.get("/v1/tokens/{token}", response_model=TokenResponse, tags=["tokens"])
+def token_metadata(token: TokenPath, caller: Caller, state: State) -> TokenResponse:
+    """A token's format, dates and metadata (never the PAN)."""
+    return _token_response(state.service.token_info(caller, token))
+
+
+@router.delete("/v1/tokens/{token}", response_model=DeleteResponse, tags=["tokens"])
+def delete_token(token: TokenPath, caller: Caller, state: State) -> DeleteResponse:
+    """Crypto-shred a token: the ciphertext is erased, a tombstone and the audit remain."""
+    return DeleteResponse(token=token, deleted=state.service.delete(caller, token))
