@@ -11,7 +11,7 @@ STAMP := $(VENV)/.cofre-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 IN_SCOPE := cofre cofre_cli vault hsm api policies audit infra_pci compliance
 
-.PHONY: help run test lint format bench system-deps test-deps venv lock clean
+.PHONY: help run test lint format bench system-deps test-deps bench-deps venv lock clean
 
 help:
 	@echo "make run    - start the dev vault (SoftHSM token, SQLite, dev PKI; created on first run)"
@@ -46,6 +46,18 @@ test-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# Only `make bench` needs these: wrk (a load generator in C) sends plain HTTP to a loopback
+# haproxy that originates the mutual TLS, because wrk cannot present a client certificate.
+bench-deps:
+	@missing=""; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
 $(STAMP): requirements.lock pyproject.toml | system-deps
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "Cofre needs Python 3.11 or newer (set PYTHON=...)"; exit 1; }
@@ -72,7 +84,7 @@ format: venv
 test: test-deps lint
 	$(BIN)/pytest
 
-bench: venv
+bench: bench-deps venv
 	$(BIN)/python -m bench
 
 lock:

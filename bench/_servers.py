@@ -1,12 +1,19 @@
-"""Helpers for bench/api.py: start the vault (or a bare FastAPI app) behind the same
-uvicorn + mutual TLS settings in a child process, on a loopback port."""
+"""Helpers for bench/api.py: the bare FastAPI baselines in a child process, on a
+loopback port, client certificate required.
+
+``bare`` is the issue's reference: uvicorn with httptools and uvloop, one process.
+``bare-cofre`` is the same app behind Cofre's own uvicorn set-up (`api.server`), so the
+report shows what the server set-up itself costs. The vault is started as production
+starts it (`cofre serve`), by bench/api.py.
+"""
 
 from __future__ import annotations
 
-import os
+import ssl
 import sys
 from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI
 
 from api.pki import DevPKI
@@ -24,6 +31,28 @@ def bare_app() -> FastAPI:
 
 
 def run_bare(pki_root: str, port: int) -> None:
+    """uvicorn with httptools + uvloop, one process, client certificate required."""
+    pki = DevPKI(Path(pki_root))
+    uvicorn.Server(
+        uvicorn.Config(
+            bare_app(),
+            host="127.0.0.1",
+            port=port,
+            http="httptools",
+            loop="uvloop",
+            ssl_certfile=str(pki.server_cert),
+            ssl_keyfile=str(pki.server_key),
+            ssl_ca_certs=str(pki.ca),
+            ssl_cert_reqs=ssl.CERT_REQUIRED,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+    ).run()
+
+
+def run_bare_cofre(pki_root: str, port: int) -> None:
+    """The same app on Cofre's server set-up (`api.server.build_server`)."""
     pki = DevPKI(Path(pki_root))
     build_server(
         bare_app(),
@@ -34,26 +63,8 @@ def run_bare(pki_root: str, port: int) -> None:
     ).run()
 
 
-def run_vault(config: str) -> None:
-    os.environ["COFRE_CONFIG"] = config
-    from api.observability import configure_logging
-    from cofre.settings import load_settings
-    from cofre_cli.wiring import build_runtime, tls_files
-
-    settings = load_settings()
-    configure_logging("WARNING")
-    runtime = build_runtime(settings)
-    build_server(
-        runtime.app,
-        settings.server.host,
-        settings.server.port,
-        tls_files(settings),
-        log_level="WARNING",
-    ).run()
-
-
 if __name__ == "__main__":
     if sys.argv[1] == "bare":
         run_bare(sys.argv[2], int(sys.argv[3]))
     else:
-        run_vault(sys.argv[2])
+        run_bare_cofre(sys.argv[2], int(sys.argv[3]))

@@ -1,0 +1,160 @@
+"""Load from native code: wrk (C) sends plain HTTP to a loopback haproxy that originates
+mutual TLS with the ``payments`` client certificate over keep-alive connections.
+
+Why not Python client threads: they share the two cores with the server and measure
+themselves (bench/api.py's old httpx threads peaked at ~1,400 req/s against a bare
+FastAPI that wrk drives to ~3,300). wrk cannot present a client certificate, so haproxy
+(``http-reuse always``, one thread) holds the TLS connections to the server; both are
+Debian packages installed by ``make bench`` (shared/TOOLCHAIN.md). haproxy and wrk take
+CPU too: only figures measured behind the same set-up in the same run are compared.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from api.pki import DevPKI
+from tests.support.postgres import free_port
+
+WRK_DIR = Path(__file__).resolve().parent / "wrk"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One wrk run: throughput, latency percentiles (ms) and failed requests."""
+
+    req_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    errors: int
+    connections: int
+    # Established haproxy -> server TCP connections seen mid-run (`ss`): keep-alive reuse.
+    server_connections: int
+
+
+class MTLSProxy:
+    """haproxy on 127.0.0.1:`port` (plain HTTP) forwarding to the server at
+    `server_port` over mutual TLS as `identity`, reusing server connections."""
+
+    def __init__(self, pki: DevPKI, server_port: int, identity: str = "payments") -> None:
+        self.port = free_port()
+        self.server_port = server_port
+        self._dir = Path(tempfile.mkdtemp(prefix="cofre-haproxy-"))
+        bundle = self._dir / "client.pem"
+        bundle.write_text(
+            pki.client_cert(identity).read_text() + pki.client_key(identity).read_text()
+        )
+        bundle.chmod(0o600)
+        config = self._dir / "haproxy.cfg"
+        config.write_text(
+            "global\n"
+            "  nbthread 1\n"
+            "  maxconn 4096\n"
+            "  tune.ssl.default-dh-param 2048\n"
+            "defaults\n"
+            "  mode http\n"
+            "  timeout connect 5s\n"
+            "  timeout client 60s\n"
+            "  timeout server 60s\n"
+            "  option http-keep-alive\n"
+            "frontend load\n"
+            f"  bind 127.0.0.1:{self.port}\n"
+            "  default_backend vault\n"
+            "backend vault\n"
+            "  http-reuse always\n"
+            f"  server s 127.0.0.1:{server_port} ssl verify required "
+            f"ca-file {pki.ca} crt {bundle} alpn http/1.1\n"
+        )
+        self._process = subprocess.Popen(
+            [_tool("haproxy"), "-f", str(config), "-db"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(0.3)
+        if self._process.poll() is not None:
+            raise SystemExit(f"haproxy did not start: {self._process.stderr.read()!r}")  # type: ignore[union-attr]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._process.terminate()
+        self._process.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def established(self) -> int:
+        """TCP connections from haproxy to the server now established (`ss -tn`)."""
+        out = subprocess.run(
+            [_tool("ss"), "-Htn", "state", "established", f"( dport = :{self.server_port} )"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        return len([line for line in out.splitlines() if line.strip()])
+
+
+def _tool(name: str) -> str:
+    sbin = Path("/usr/sbin") / name
+    found = shutil.which(name) or (str(sbin) if sbin.exists() else None)
+    if found is None:
+        raise SystemExit(f"{name} is missing: `make bench` installs it (apt)")
+    return found
+
+
+def wrk(
+    proxy: MTLSProxy,
+    script: str,
+    *,
+    connections: int,
+    seconds: float,
+    args: list[str],
+    timeout_s: int = 30,
+) -> Result:
+    """Run ``bench/wrk/<script>.lua`` through `proxy` and return what it measured."""
+    threads = 1 if connections < 8 else 2
+    process = subprocess.Popen(
+        [
+            _tool("wrk"),
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            f"--timeout={timeout_s}s",
+            "-s",
+            str(WRK_DIR / f"{script}.lua"),
+            proxy.url,
+            "--",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Mid-run, every wrk connection has a server connection behind it (or shares one).
+    time.sleep(min(2.0, seconds / 2))
+    server_connections = proxy.established()
+    out, err = process.communicate()
+    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    if process.returncode != 0 or not lines:
+        raise SystemExit(f"wrk failed ({process.returncode}): {out[-1000:]} {err[-1000:]}")
+    data = json.loads(lines[-1].removeprefix("RESULT "))
+    errors = sum(
+        data[k]
+        for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
+    )
+    return Result(
+        req_per_s=data["requests"] / (data["duration_us"] / 1e6),
+        p50_ms=data["p50_us"] / 1000,
+        p90_ms=data["p90_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        errors=errors,
+        connections=connections,
+        server_connections=server_connections,
+    )
