@@ -10,6 +10,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from policies.formats import BUILTIN_FORMATS, FormatSpec
@@ -106,6 +108,23 @@ class IdentityPolicy(BaseModel):
     scope: Scope = Scope.IN
     oracle_guard: OracleGuard = Field(default_factory=OracleGuard)
     quota: Quota | None = None
+    # The officer's second factor (PCI DSS 8.4.1, 8.4.2): the PEM public key of the EC
+    # P-256 key in their own PKCS#11 token. Key ceremony actions and evidence exports
+    # must carry a signature by it (`vault.officer_mfa`). Bound to the identity here, in
+    # the document that grants the actions, so every change is a `policy.reload` audit
+    # entry with the whole text and travels in evidence bundles.
+    mfa_public_key: Annotated[str | None, Field(min_length=1, max_length=1000)] = None
+
+    @model_validator(mode="after")
+    def _mfa_key_is_p256(self) -> Self:
+        if self.mfa_public_key is not None:
+            try:
+                key = load_pem_public_key(self.mfa_public_key.encode())
+            except ValueError:
+                raise ValueError("mfa_public_key is not a PEM public key") from None
+            if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+                raise ValueError("mfa_public_key must be an EC P-256 public key")
+        return self
 
     @model_validator(mode="after")
     def _separation_of_duties(self) -> Self:

@@ -156,3 +156,15 @@ oracle_watch = Table(
     Column("window", BigInteger, primary_key=True, autoincrement=False),
     Column("item", LargeBinary(32), primary_key=True),
 )
+
+# Officers' request signatures accepted (`vault.officer_mfa`): each nonce once, so a
+# replayed signed request is refused on every node. Rows older than twice the accepted
+# clock window are deleted as new ones arrive (a replay that old fails on `created`).
+officer_request_nonces = Table(
+    "officer_request_nonces",
+    metadata,
+    Column("nonce", String(64), primary_key=True),
+    Column("identity", String(255), nullable=False),
+    Column("keyid", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+)

@@ -1,0 +1,121 @@
+"""The officers' second factor (PCI DSS 4.0.1 req. 8.4.1, 8.4.2): every key ceremony
+action and evidence export is signed by a key in the officer's own PKCS#11 token.
+
+IN PCI SCOPE (authentication). The client certificate is the first factor (something
+held, as a file); the token key, usable only after the token's PIN, adds something held
+in hardware and something known. The request signature is RFC 9421 (`vault.httpsig`)
+over the method, path, query and ``Content-Digest`` of the body, with ``created``,
+``nonce`` and ``keyid``. The vault checks, in order:
+
+1. the identity has a registered key (``mfa_public_key`` in the policy) when the policy
+   grants it the action at all (a caller the policy denies is left to the operation's own
+   denial, so that refusal keeps its code);
+2. the headers parse, and ``keyid`` is the thumbprint of *this identity's* key (another
+   officer's token cannot stand in);
+3. ``created`` is within the window around the vault's clock;
+4. the body's digest matches and the signature verifies;
+5. the nonce was never used: it is stored once (a primary key), in its own transaction,
+   so a replay is refused on every node.
+
+Every refusal raises an `OfficerMfaError` with its own code; the API answers it as
+problem+json and the request guard writes the request's audit entry with that code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from sqlalchemy import Engine, delete, insert
+from sqlalchemy.exc import IntegrityError
+
+from cofre.dberrors import database_errors_as
+from policies.engine import PolicyEngine
+from policies.models import Action
+from vault.errors import (
+    OfficerMfaInvalid,
+    OfficerMfaNotRegistered,
+    OfficerMfaReplayed,
+    StorageUnavailable,
+)
+from vault.httpsig import HttpRequest, jwk_thumbprint, parse_signature, verify_request
+from vault.storage.schema import officer_request_nonces
+
+WINDOW_SECONDS: Final = 300
+
+
+class OfficerMfa:
+    """Checks officers' request signatures against the keys the policy registers."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        policy: Callable[[], PolicyEngine],
+        *,
+        window_seconds: int = WINDOW_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._engine = engine
+        self._policy = policy
+        self._window = window_seconds
+        self._clock = clock
+
+    def registered_key(self, identity: str) -> bytes | None:
+        """The PEM public key registered for `identity`, or ``None``."""
+        entry = self._policy().policy.identities.get(identity)
+        if entry is None or entry.mfa_public_key is None:
+            return None
+        return entry.mfa_public_key.encode()
+
+    def verify(self, identity: str, action: Action, request: HttpRequest) -> str | None:
+        """Check the request's second factor; return the key id it was signed with, or
+        ``None`` when the policy does not grant `identity` the `action` at all (the
+        operation then denies it). Raises an `OfficerMfaError` (see the module text) or
+        `StorageUnavailable`."""
+        entry = self._policy().policy.identities.get(identity)
+        if entry is None or action not in entry.operations:
+            return None
+        public = self.registered_key(identity)
+        if public is None:
+            raise OfficerMfaNotRegistered(
+                f"{identity} has no MFA key in the policy (mfa_public_key): register the "
+                "public key of the officer's token before key ceremonies or evidence exports"
+            )
+        signed = parse_signature(request.headers)
+        if signed.keyid != jwk_thumbprint(public):
+            raise OfficerMfaInvalid(
+                f"the signature's keyid is not the key registered for {identity}"
+            )
+        now = self._clock()
+        if abs(now - signed.created) > self._window:
+            raise OfficerMfaInvalid(
+                f"the signature was created {int(now - signed.created)} s from the vault's "
+                f"clock; at most {self._window} s either way is accepted"
+            )
+        verify_request(signed, request, public)
+        self._claim(signed.nonce, identity, signed.keyid, signed.created)
+        return signed.keyid
+
+    def _claim(self, nonce: str, identity: str, keyid: str, created: int) -> None:
+        """Store the nonce once. Raises `OfficerMfaReplayed` when it is already there."""
+        at = datetime.fromtimestamp(created, UTC)
+        stale = datetime.fromtimestamp(self._clock(), UTC) - timedelta(seconds=2 * self._window)
+        with database_errors_as(StorageUnavailable, "the MFA nonce store"):
+            try:
+                with self._engine.begin() as connection:
+                    connection.execute(
+                        delete(officer_request_nonces).where(
+                            officer_request_nonces.c.created_at < stale
+                        )
+                    )
+                    connection.execute(
+                        insert(officer_request_nonces).values(
+                            nonce=nonce, identity=identity, keyid=keyid, created_at=at
+                        )
+                    )
+            except IntegrityError:
+                raise OfficerMfaReplayed(
+                    "this signed request was already accepted once (nonce reused): a replay"
+                ) from None
