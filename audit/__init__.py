@@ -11,6 +11,7 @@ __all__ = [
     "heads",
     "log",
     "merkle",
+    "note",
     "schema",
     "sequencer",
     "store",

@@ -5,6 +5,7 @@ IN PCI SCOPE.
     CofreError
     └── AuditError
         ├── ProofError          (also ValueError)  a Merkle proof does not verify
+        ├── NoteError           (also ValueError)  a signed note/checkpoint/vkey is bad
         ├── AuditWriteFailed                       code audit_unavailable (fail closed)
         ├── AuditReadFailed                        code audit_read_unavailable
         └── AuditVerificationFailed                the stored log does not match its heads
@@ -21,6 +22,13 @@ class AuditError(CofreError):
 
 class ProofError(AuditError, ValueError):
     code = "proof_invalid"
+
+
+class NoteError(AuditError, ValueError):
+    """A signed note, checkpoint, verifier key or cosignature is malformed or does not
+    verify (c2sp.org/signed-note, tlog-checkpoint, tlog-cosignature)."""
+
+    code = "note_invalid"
 
 
 class AuditWriteFailed(AuditError):

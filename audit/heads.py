@@ -1,22 +1,26 @@
-"""Signed tree heads: the checkpoint text that is signed, and its verification.
+"""Signed tree heads: checkpoints in the C2SP tlog-checkpoint format, signed notes.
 
-IN PCI SCOPE. A tree head is signed as a small text "checkpoint" in the spirit of the
-C2SP tlog-checkpoint format, so an auditor can check it with openssl alone::
+IN PCI SCOPE. A tree head is the checkpoint text (c2sp.org/tlog-checkpoint)::
 
     cofre-audit/<log id>
     <tree size>
     <base64 of the 32-byte root hash>
-    time <RFC 3339 UTC, milliseconds>
 
-The signature is ECDSA P-256 over SHA-256 of those bytes (DER), made by the HSM's audit
-key: ``openssl dgst -sha256 -verify audit.pem -signature head.sig checkpoint.txt``.
+signed by the HSM's audit key, ECDSA P-256 over SHA-256 (DER). As a signed note
+(c2sp.org/signed-note) the signature line is ``— <origin> base64(key ID || DER)``
+with signature type 0x02, "ECDSA as implemented by transparency-dev/witness": the key ID
+is the first four bytes of SHA-256 of the key's SPKI DER (`audit.note`). So any
+transparency-dev witness, Go's ``note.Open`` with transparency-dev/formats' verifier, or
+openssl alone (``openssl dgst -sha256 -verify audit.pem -signature head.sig
+checkpoint.txt``) can check a head. Heads signed before witnessing began carry a fourth
+line, ``time <RFC 3339>``: a checkpoint extension line, still valid, no longer written
+(the spec advises against extension lines; the witnesses' cosignatures carry the time).
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
@@ -24,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from audit.errors import AuditVerificationFailed
+from audit.note import Checkpoint, NoteSignature, VerifierKey, ecdsa_verifier_key
 
 
 class TreeHeadSigner(Protocol):
@@ -46,6 +51,11 @@ class SignedTreeHead:
     checkpoint: str
     signature: bytes
 
+    @property
+    def origin(self) -> str:
+        """The checkpoint's origin line (the log's identity)."""
+        return self.checkpoint.split("\n", 1)[0]
+
     def as_json(self) -> dict[str, object]:
         return {
             "tree_size": self.tree_size,
@@ -57,15 +67,30 @@ class SignedTreeHead:
         }
 
 
+def log_origin(log_id: str) -> str:
+    """Return the checkpoint origin (and note key name) of the audit log `log_id`."""
+    return f"cofre-audit/{log_id}"
+
+
 def checkpoint_text(log_id: str, tree_size: int, root: bytes, timestamp_ms: int) -> str:
-    """Return the exact text that is signed for a tree head."""
-    # The time is spelled out rather than as epoch milliseconds: a 13-digit number is
-    # the shape of a card number, and scanners for leaked PANs rightly flag it.
-    at = datetime.fromtimestamp(timestamp_ms / 1000, UTC).isoformat(timespec="milliseconds")
-    return (
-        f"cofre-audit/{log_id}\n{tree_size}\n{base64.b64encode(root).decode()}\n"
-        f"time {at.replace('+00:00', 'Z')}\n"
-    )
+    """Return the exact text that is signed for a tree head: the tlog-checkpoint note
+    text, with no extension line (`timestamp_ms` is kept beside it, unsigned)."""
+    del timestamp_ms  # the cosignatures' timestamps are the witnessed times
+    return Checkpoint(log_origin(log_id), tree_size, root).text()
+
+
+def log_verifier_key(head_or_origin: SignedTreeHead | str, public_key_pem: bytes) -> VerifierKey:
+    """Return the note verifier key (type 0x02 vkey) of the audit key for this log: what
+    a witness operator pins for the vault."""
+    origin = head_or_origin if isinstance(head_or_origin, str) else head_or_origin.origin
+    return ecdsa_verifier_key(origin, public_key_pem)
+
+
+def head_note(head: SignedTreeHead, public_key_pem: bytes) -> str:
+    """Return `head` as a signed note: its checkpoint text, a blank line, and the vault's
+    signature line (add the witnesses' cosignature lines after it)."""
+    key = log_verifier_key(head, public_key_pem)
+    return head.checkpoint + "\n" + NoteSignature(key.name, key.key_id, head.signature).line()
 
 
 def sign_tree_head(

@@ -25,3 +25,9 @@ def rfc9162_cases(kind: str) -> list[tuple[str, dict[str, Any]]]:
         (str(path.relative_to(root)), json.loads(path.read_text(encoding="utf-8")))
         for path in sorted(root.rglob("*.json"))
     ]
+
+
+def c2sp_notes() -> dict[str, Any]:
+    """Published signed-note, checkpoint and cosignature examples (vectors/c2sp/)."""
+    notes: dict[str, Any] = load_json("c2sp/notes.json")
+    return notes
