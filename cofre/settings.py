@@ -158,11 +158,31 @@ class ServerSettings(_Section):
     drain_timeout_seconds: int = Field(default=25, gt=0, le=3600)
 
 
+class WitnessSettings(_Section):
+    """One witness the vault publishes its checkpoints to (c2sp.org/tlog-witness)."""
+
+    # The witness's submission prefix: `<url>/add-checkpoint` is called.
+    url: str = Field(min_length=1)
+    # Its cosignature/v1 verifier key, pinned: a cosignature by any other key is ignored.
+    vkey: str = Field(min_length=1)
+    # For an https URL whose certificate is not under the system's CAs.
+    ca_file: Path | None = None
+
+
 class AuditSettings(_Section):
-    """When the sequencer signs a tree head."""
+    """When the sequencer signs a tree head, and the witnesses that cosign it."""
 
     sign_every_entries: int = Field(default=1000, ge=1)
     sign_every_seconds: float = Field(default=10.0, gt=0)
+    # The checkpoint origin is `cofre-audit/<log_id>`: unique per vault on a witness.
+    log_id: str = Field(default="cofre", pattern=r"^[A-Za-z0-9._/:-]{1,100}$")
+    # COFRE_AUDIT__WITNESSES='[{"url": "...", "vkey": "..."}]' or [[audit.witnesses]].
+    witnesses: tuple[WitnessSettings, ...] = ()
+    # Cosignatures a head needs to count as witnessed (readiness, export's choice of
+    # covering head); auditors set their own with `--quorum`.
+    witness_quorum: int = Field(default=1, ge=1)
+    # How often the publisher looks for a head its witnesses have not cosigned yet.
+    publish_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
 
 
 class EvidenceSettings(_Section):

@@ -23,6 +23,7 @@ from cofre_cli.commands import (
     pki,
     serve,
     tokens,
+    witness,
 )
 
 app = typer.Typer(
@@ -43,6 +44,7 @@ app.add_typer(infra.infra_app, name="infra")
 app.add_typer(pki.pki_app, name="pki")
 app.add_typer(db.db_app, name="db")
 app.add_typer(tokens.tokens_app, name="tokens")
+app.add_typer(witness.witness_app, name="witness")
 app.command("dev")(serve.dev_command)
 app.command("serve")(serve.serve_command)
 

@@ -14,4 +14,5 @@ __all__ = [
     "pki",
     "serve",
     "tokens",
+    "witness",
 ]

@@ -48,6 +48,19 @@ def audit_head() -> None:
     typer.echo(json.dumps(head.as_json(), indent=2))
 
 
+@audit_app.command("vkey")
+@fail_cleanly
+def audit_vkey() -> None:
+    """Print the audit log's note verifier key (c2sp.org/signed-note, type 0x02 ECDSA):
+    what each witness operator pins for this vault (`cofre witness serve --logs`)."""
+    from audit.heads import log_origin, log_verifier_key
+    from cofre_cli.wiring import audit_signer, open_hsm
+
+    settings = cli_settings()
+    pem = audit_signer(open_hsm(settings)).public_key_pem()
+    typer.echo(log_verifier_key(log_origin(settings.audit.log_id), pem).encode())
+
+
 @audit_app.command("prove")
 @fail_cleanly
 def audit_prove(

@@ -1,0 +1,91 @@
+"""`cofre witness`: run a C2SP tlog-witness for a vault's audit log.
+
+Meant for a party outside the vault's operators: it needs no vault settings, database
+or HSM; only its own key file, its own state file and the vault's verifier key.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cofre_cli._shared import fail_cleanly
+
+witness_app = typer.Typer(
+    help="An independent witness that cosigns the vault's audit checkpoints.",
+    no_args_is_help=True,
+)
+
+
+@witness_app.command("keygen")
+@fail_cleanly
+def witness_keygen(
+    name: Annotated[str, typer.Option(help="The witness's key name (e.g. witness.example/w1).")],
+    out: Annotated[Path, typer.Option(help="Directory for witness.key (0600) and .vkey.")],
+) -> None:
+    """Create the witness's Ed25519 key: `witness.key` (private, mode 0600) and
+    `witness.vkey` (the cosignature/v1 verifier key auditors pin)."""
+    from audit.note import CosignerKey
+
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private = out / "witness.key"
+    if private.exists():
+        typer.echo(f"{private} exists; not overwritten", err=True)
+        raise typer.Exit(1)
+    key = CosignerKey.generate(name)
+    descriptor = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(key.encode() + "\n")
+    vkey = key.verifier_key().encode()
+    (out / "witness.vkey").write_text(vkey + "\n", encoding="utf-8")
+    typer.echo(vkey)
+
+
+@witness_app.command("serve")
+@fail_cleanly
+def witness_serve(
+    key_file: Annotated[
+        Path, typer.Option(envvar="COFRE_WITNESS_KEY_FILE", help="The witness's private key file.")
+    ],
+    state: Annotated[
+        Path, typer.Option(envvar="COFRE_WITNESS_STATE", help="Its SQLite state file.")
+    ],
+    logs: Annotated[
+        Path,
+        typer.Option(
+            envvar="COFRE_WITNESS_LOGS",
+            help="File of the logs' verifier keys, one a line (`cofre audit vkey`).",
+        ),
+    ],
+    host: Annotated[str, typer.Option(envvar="COFRE_WITNESS_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="COFRE_WITNESS_PORT")] = 7380,
+    tls_cert: Annotated[Path | None, typer.Option(envvar="COFRE_WITNESS_TLS_CERT")] = None,
+    tls_key: Annotated[Path | None, typer.Option(envvar="COFRE_WITNESS_TLS_KEY")] = None,
+) -> None:
+    """Serve add-checkpoint (c2sp.org/tlog-witness) until SIGTERM or Ctrl-C."""
+    import logging
+
+    from witness.server import WitnessConfig, WitnessServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    server = WitnessServer(
+        WitnessConfig(key_file, state, logs, host, port, tls_cert=tls_cert, tls_key=tls_key)
+    )
+    vkey = server.witness.key.verifier_key().encode()
+    scheme = "https" if tls_cert else "http"
+    typer.echo(f"witness {vkey} listening on {scheme}://{host}:{server.port}", err=True)
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

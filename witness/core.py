@@ -1,0 +1,205 @@
+"""The witness's rules (c2sp.org/tlog-witness, add-checkpoint), without HTTP.
+
+`Witness.add_checkpoint` takes the request body and returns the cosignature lines, or
+raises the `witness.errors` error whose `status` the protocol assigns. Every refusal of a
+checkpoint whose log signature verified is counted and logged: it may be evidence of a
+log that forked or rolled back (the spec's "MAY log the request").
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final
+
+from audit.errors import NoteError, ProofError
+from audit.merkle import EMPTY_ROOT, verify_consistency
+from audit.note import CosignerKey, VerifierKey, parse_checkpoint, parse_note
+from audit.note import verify_note as verify_note_signatures
+from witness.errors import (
+    CheckpointConflict,
+    InconsistentCheckpoint,
+    NoValidSignature,
+    OldSizeInvalid,
+    RequestMalformed,
+    UnknownLog,
+    WitnessError,
+)
+from witness.state import Cosigned, WitnessState
+
+MAX_PROOF_LINES: Final = 63
+MAX_BODY: Final = 16 * 1024
+_log = logging.getLogger("cofre.witness")
+
+
+def parse_request(body: bytes) -> tuple[int, list[bytes], str]:
+    """Split an add-checkpoint body into (old size, consistency proof, signed note).
+    Raises `RequestMalformed`."""
+    if len(body) > MAX_BODY:
+        raise RequestMalformed("the request body is too large")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestMalformed("the request body is not UTF-8") from None
+    head, blank, note = text.partition("\n\n")
+    if not blank:
+        raise RequestMalformed("no blank line between the proof and the checkpoint")
+    lines = head.split("\n")
+    old_line, proof_lines = lines[0], lines[1:]
+    size_text = old_line.removeprefix("old ")
+    if (
+        size_text == old_line
+        or not size_text.isascii()
+        or not size_text.isdigit()
+        or (size_text != "0" and size_text.startswith("0"))
+    ):
+        raise RequestMalformed("the first line must be 'old <size>'")
+    if len(proof_lines) > MAX_PROOF_LINES:
+        raise RequestMalformed(f"more than {MAX_PROOF_LINES} consistency proof lines")
+    proof = []
+    for line in proof_lines:
+        try:
+            proof.append(base64.b64decode(line, validate=True))
+        except (binascii.Error, ValueError):
+            raise RequestMalformed("a consistency proof line is not base64") from None
+    return int(size_text), proof, note
+
+
+def format_request(old_size: int, proof: Sequence[bytes], note: str) -> bytes:
+    """Return the add-checkpoint body for `note` with a proof from `old_size`."""
+    lines = [f"old {old_size}", *(base64.b64encode(h).decode() for h in proof)]
+    return ("\n".join(lines) + "\n\n" + note).encode()
+
+
+class Witness:
+    """Cosigns checkpoints of the logs it knows (origin -> the log's verifier keys)."""
+
+    def __init__(
+        self,
+        key: CosignerKey,
+        logs: Mapping[str, Sequence[VerifierKey]],
+        state: WitnessState,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.key = key
+        self._logs = {origin: list(keys) for origin, keys in logs.items()}
+        self._state = state
+        self._clock = clock
+        self._counts_lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def _count(self, outcome: str) -> None:
+        with self._counts_lock:
+            self.counts[outcome] += 1
+
+    def add_checkpoint(self, body: bytes) -> str:
+        """Return the cosignature line(s) for the checkpoint in `body`; see the module
+        docstring. Raises a `WitnessError` subclass (its `status` is the HTTP answer)."""
+        try:
+            lines = self._add(body)
+        except WitnessError as exc:
+            self._count(exc.code)
+            raise
+        self._count("cosigned")
+        return lines
+
+    def _add(self, body: bytes) -> str:
+        old_size, proof, note = parse_request(body)
+        try:
+            text, signatures = parse_note(note)
+        except NoteError as exc:
+            raise RequestMalformed(f"the checkpoint is not a signed note: {exc}") from None
+        origin = text.split("\n", 1)[0]
+        keys = self._logs.get(origin)
+        if keys is None:
+            raise UnknownLog(f"no log with origin {origin[:100]!r} is configured")
+        try:
+            verify_note_signatures(text, signatures, keys)
+        except NoteError as exc:
+            raise NoValidSignature(f"{origin}: {exc}") from None
+        try:
+            checkpoint = parse_checkpoint(text)
+        except NoteError as exc:
+            raise RequestMalformed(f"{origin}: {exc}") from None
+        if old_size > checkpoint.size:
+            raise OldSizeInvalid(
+                f"{origin}: old size {old_size} is above the checkpoint's {checkpoint.size}"
+            )
+        if checkpoint.size == 0 and checkpoint.root != EMPTY_ROOT:
+            raise InconsistentCheckpoint(f"{origin}: size 0 with a root that is not empty")
+        timestamp = max(1, int(self._clock()))
+        cosignature = self.key.cosign(text, timestamp)
+        served = text + "\n" + "".join(s.line() for s in signatures) + cosignature.line()
+
+        def decide(current: Cosigned | None) -> Cosigned:
+            self._check_consistent(
+                origin,
+                current,
+                old_size=old_size,
+                proof=proof,
+                size=checkpoint.size,
+                root=checkpoint.root,
+            )
+            return Cosigned(checkpoint.size, checkpoint.root, served)
+
+        self._state.update(origin, decide)
+        _log.info("cosigned %s at size %d", origin, checkpoint.size)
+        return cosignature.line()
+
+    @staticmethod
+    def _check_consistent(
+        origin: str,
+        current: Cosigned | None,
+        *,
+        old_size: int,
+        proof: list[bytes],
+        size: int,
+        root: bytes,
+    ) -> None:
+        latest = 0 if current is None else current.size
+        if old_size != latest:
+            _log.warning(
+                "refused %s at size %d: old size %d is not the last cosigned size %d",
+                origin,
+                size,
+                old_size,
+                latest,
+            )
+            raise CheckpointConflict(
+                f"{origin}: old size {old_size} is not the last cosigned size {latest}", latest
+            )
+        if current is None or old_size == 0:
+            if proof:
+                raise InconsistentCheckpoint(f"{origin}: a proof from size 0 must be empty")
+            return
+        try:
+            verify_consistency(old_size, size, proof, current.root, root)
+        except ProofError as exc:
+            # The log signed a checkpoint that does not extend the one cosigned: a fork
+            # or a rollback. Worth an operator's attention.
+            _log.error(
+                "FORK OR ROLLBACK: refused %s at size %d, not consistent with size %d: %s",
+                origin,
+                size,
+                old_size,
+                exc,
+            )
+            raise InconsistentCheckpoint(
+                f"{origin}: not consistent with the cosigned checkpoint of size {old_size}: {exc}"
+            ) from None
+
+    def latest_note(self, origin_hash: str) -> str | None:
+        """Return the last cosigned checkpoint (as served) of the log whose origin's
+        SHA-256 is `origin_hash` (lowercase hex), or None."""
+        for origin in self._logs:
+            if hashlib.sha256(origin.encode()).hexdigest() == origin_hash:
+                latest = self._state.latest(origin)
+                return None if latest is None else latest.note
+        return None

@@ -1,0 +1,69 @@
+"""Errors of the witness, each with the HTTP status c2sp.org/tlog-witness assigns.
+
+CofreError
+└── WitnessError
+    ├── RequestMalformed        400  the body is not old/proof/blank/checkpoint
+    ├── OldSizeInvalid          400  the old size is above the checkpoint's size
+    ├── UnknownLog              404  no log with this origin is configured
+    ├── NoValidSignature        403  no valid signature by the log's key
+    ├── CheckpointConflict      409  the old size is not the last cosigned size
+    ├── InconsistentCheckpoint  422  bad proof, same size other root, bad empty tree
+    ├── WitnessStateFailed      500  the witness's own state file failed
+    └── WitnessUnreachable      (client side) the witness did not answer
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from cofre.errors import CofreError
+
+
+class WitnessError(CofreError):
+    code = "witness_error"
+    status: ClassVar[int] = 500
+
+
+class RequestMalformed(WitnessError):
+    code = "witness_request_malformed"
+    status = 400
+
+
+class OldSizeInvalid(WitnessError):
+    code = "witness_old_size_invalid"
+    status = 400
+
+
+class UnknownLog(WitnessError):
+    code = "witness_unknown_log"
+    status = 404
+
+
+class NoValidSignature(WitnessError):
+    code = "witness_no_valid_signature"
+    status = 403
+
+
+class CheckpointConflict(WitnessError):
+    """The submitter's old size is not the witness's; `latest_size` is the witness's."""
+
+    code = "witness_conflict"
+    status = 409
+
+    def __init__(self, message: str, latest_size: int) -> None:
+        super().__init__(message)
+        self.latest_size = latest_size
+
+
+class InconsistentCheckpoint(WitnessError):
+    code = "witness_inconsistent"
+    status = 422
+
+
+class WitnessStateFailed(WitnessError):
+    code = "witness_state_failed"
+    status = 500
+
+
+class WitnessUnreachable(WitnessError):
+    code = "witness_unreachable"

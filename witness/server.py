@@ -1,0 +1,166 @@
+"""The witness's HTTP listener (c2sp.org/tlog-witness), on the standard library's
+threading HTTP server: no web framework, nothing shared with the vault's API.
+
+    POST /add-checkpoint          old size, proof, blank line, checkpoint -> cosignature
+    GET  /<sha256(origin)>/checkpoint   the last cosigned checkpoint of that log
+    GET  /metrics                 Prometheus text: cosigned / refused by reason
+    GET  /healthz                 "ok"
+
+TLS is optional (the protocol allows either); give a certificate and key to serve HTTPS.
+Configuration is files only (`WitnessConfig`): the Ed25519 key is read from a file,
+never from the command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+from audit.errors import NoteError
+from audit.note import CosignerKey, VerifierKey
+from witness.core import MAX_BODY, Witness
+from witness.errors import CheckpointConflict, RequestMalformed, WitnessError
+from witness.state import WitnessState
+
+_log = logging.getLogger("cofre.witness")
+_ORIGIN_PATH = re.compile(r"^/([0-9a-f]{64})/checkpoint$")
+
+
+@dataclass(frozen=True)
+class WitnessConfig:
+    """Where the witness's key, state and trusted logs are, and where it listens."""
+
+    key_file: Path
+    state_file: Path
+    logs_file: Path
+    host: str = "127.0.0.1"
+    port: int = 7380
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+def read_logs(path: Path) -> dict[str, list[VerifierKey]]:
+    """Return origin -> verifier keys from a file of vkeys, one a line ('#' comments).
+    The origin of a log is its key's name. Raises `NoteError` naming the bad line."""
+    logs: dict[str, list[VerifierKey]] = {}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            key = VerifierKey.parse(line)
+        except NoteError as exc:
+            raise NoteError(f"{path}:{number}: {exc}") from None
+        logs.setdefault(key.name, []).append(key)
+    return logs
+
+
+def read_key(path: Path) -> CosignerKey:
+    """Return the witness's key from `path` (never echoed in an error)."""
+    return CosignerKey.parse(path.read_text(encoding="utf-8"))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    witness: ClassVar[Witness]
+    server_version = "cofre-witness"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        _log.info("%s %s", self.address_string(), format % args)
+
+    def _answer(self, status: int, body: str = "", content_type: str = "text/plain") -> None:
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        if self.path != "/add-checkpoint":
+            self._answer(404, "not found\n")
+            return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._answer(411, "a Content-Length is required\n")
+            return
+        if not 0 <= length <= MAX_BODY:
+            self._answer(413, "the body is too large\n")
+            self.close_connection = True
+            return
+        body = self.rfile.read(length)
+        try:
+            lines = self.witness.add_checkpoint(body)
+        except CheckpointConflict as exc:
+            self._answer(409, f"{exc.latest_size}\n", "text/x.tlog.size")
+        except WitnessError as exc:
+            self._answer(exc.status, f"{exc}\n")
+        else:
+            self._answer(200, lines)
+
+    def do_GET(self) -> None:
+        if self.path == "/healthz":
+            self._answer(200, "ok\n")
+            return
+        if self.path == "/metrics":
+            self._answer(200, self._metrics(), "text/plain; version=0.0.4")
+            return
+        match = _ORIGIN_PATH.match(self.path)
+        note = self.witness.latest_note(match.group(1)) if match else None
+        if note is None:
+            self._answer(404, "not found\n")
+        else:
+            self._answer(200, note)
+
+    def _metrics(self) -> str:
+        out = [
+            "# HELP cofre_witness_requests_total add-checkpoint requests by outcome",
+            "# TYPE cofre_witness_requests_total counter",
+        ]
+        for outcome, count in sorted(self.witness.counts.items()):
+            out.append(f'cofre_witness_requests_total{{outcome="{outcome}"}} {count}')
+        return "\n".join(out) + "\n"
+
+
+class WitnessServer:
+    """A running witness: `start()` binds and serves in a thread, `stop()` ends it."""
+
+    def __init__(self, config: WitnessConfig) -> None:
+        self.config = config
+        self._state = WitnessState(config.state_file)
+        witness = Witness(read_key(config.key_file), read_logs(config.logs_file), self._state)
+        handler = type("WitnessHandler", (_Handler,), {"witness": witness})
+        self.witness = witness
+        self._http = ThreadingHTTPServer((config.host, config.port), handler)
+        self._http.daemon_threads = True
+        if config.tls_cert is not None:
+            if config.tls_key is None:
+                raise RequestMalformed("a TLS certificate needs its key")
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(config.tls_cert, config.tls_key)
+            self._http.socket = context.wrap_socket(self._http.socket, server_side=True)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._http.server_address[1])
+
+    def serve_forever(self) -> None:
+        self._http.serve_forever()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, name="cofre-witness")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+        self._state.close()

@@ -1,0 +1,93 @@
+"""The witness's state: the last checkpoint it cosigned for each log, in its own SQLite
+file (no other database, nothing of the vault's).
+
+The check of the old size and the write of the new checkpoint happen in one
+``BEGIN IMMEDIATE`` transaction, as tlog-witness requires: two submissions racing cannot
+roll the stored size back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from witness.errors import WitnessStateFailed
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    origin TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    note TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Cosigned:
+    """The last checkpoint cosigned for a log: its size, root, and the note as served
+    (the log's signature and this witness's cosignature)."""
+
+    size: int
+    root: bytes
+    note: str
+
+
+class WitnessState:
+    """One SQLite file; one connection guarded by a lock (the witness is small)."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise WitnessStateFailed(f"cannot open the witness state {path}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def latest(self, origin: str) -> Cosigned | None:
+        """Return the last checkpoint cosigned for `origin`, or None."""
+        with self._lock, self._errors():
+            row = self._db.execute(
+                "SELECT size, root, note FROM checkpoints WHERE origin = ?", (origin,)
+            ).fetchone()
+        return None if row is None else Cosigned(int(row[0]), bytes(row[1]), str(row[2]))
+
+    def update(self, origin: str, decide: Callable[[Cosigned | None], Cosigned]) -> Cosigned:
+        """Atomically read the state of `origin`, call `decide` with it (which raises to
+        refuse), and store what it returns. Returns the stored value."""
+        with self._lock, self._errors():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT size, root, note FROM checkpoints WHERE origin = ?", (origin,)
+                ).fetchone()
+                current = None if row is None else Cosigned(int(row[0]), bytes(row[1]), row[2])
+                new = decide(current)
+                self._db.execute(
+                    "INSERT INTO checkpoints (origin, size, root, note) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(origin) DO UPDATE SET size = excluded.size, "
+                    "root = excluded.root, note = excluded.note",
+                    (origin, new.size, new.root, new.note),
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return new
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise WitnessStateFailed(f"the witness state failed: {exc}") from None
