@@ -21,7 +21,6 @@ from api.models import Problem
 from api.observability import make_telemetry
 from api.problems import PROBLEM_JSON
 from api.routes import audit, evidence, health, keys, relay, tokens
-from audit.store import AuditStore
 from cofre import __version__
 from vault.service import VaultService
 
@@ -73,7 +72,6 @@ def openapi_document() -> dict[str, Any]:
     a test keeps the two equal)."""
     stub = AppState(
         service=cast(VaultService, None),
-        audit=cast(AuditStore, None),
         check_ready=dict,
         telemetry=make_telemetry(),
     )

@@ -17,7 +17,6 @@ from fastapi import Depends, Path, Request
 from api.models import EvidenceRequest
 from api.observability import Telemetry
 from api.tls import identity_from_scope
-from audit.store import AuditStore
 from vault.rotation import KeyRotation
 from vault.service import CallContext, VaultService
 
@@ -28,7 +27,6 @@ class AppState:
     `CofreError` of the first failing check."""
 
     service: VaultService
-    audit: AuditStore
     check_ready: Callable[[], dict[str, str]]
     telemetry: Telemetry
     rotation: KeyRotation | None = None

@@ -30,8 +30,8 @@ from api.errors import IdentityMissing
 from api.observability import Telemetry
 from api.problems import problem
 from api.tls import certificate_summary, identity_from_scope, peer_certificate
-from audit.log import AuditEvent, DetailValue, HexDigest, Outcome, request_trail
 from cofre.errors import CofreError
+from vault.service import AuditEvent, DetailValue, HexDigest, Outcome, request_trail
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -44,7 +44,6 @@ from api.server import TLSFiles, build_server, log_config, reload_server_certifi
 from audit.errors import AuditWriteFailed
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.sequencer import Sequencer, SequencerThread
-from audit.store import AuditStore
 from cofre.errors import CofreError, ConfigurationError
 from cofre.filemodes import refuse_readable_secrets, secure_data_dir
 from cofre.settings import Settings
@@ -345,7 +344,6 @@ def build_runtime(
     app = create_app(
         AppState(
             service=service,
-            audit=AuditStore(engine),
             check_ready=check_ready,
             telemetry=telemetry,
             rotation=rotation,

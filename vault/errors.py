@@ -33,6 +33,7 @@ and kind, or by the masked form.
         │   ├── OfficerMfaReplayed                     code mfa_replayed
         │   └── OfficerMfaNotRegistered                code mfa_not_registered
         ├── CustodyStatementInvalid                    code custody_statement_invalid
+        ├── AuditRecordNotFound                        code not_found
         └── Throttled                                  (429, with retry_after)
             ├── OracleSuspected                        code oracle_suspected
             └── QuotaExceeded                          code quota_exceeded
@@ -215,6 +216,12 @@ class CustodyStatementInvalid(VaultError):
     registered key, or names another identity or keys Cofre does not use."""
 
     code = "custody_statement_invalid"
+
+
+class AuditRecordNotFound(VaultError):
+    """No audit entry at that index, or a tree size outside the audit log."""
+
+    code = "not_found"
 
 
 class Throttled(VaultError):

@@ -53,4 +53,26 @@ class TokenizeRequest:
     idempotency_key: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class AuditInclusionProof:
+    """Entry `index` of the audit log (its canonical JSON), its RFC 9162 leaf hash and
+    the inclusion proof of that leaf in the tree of `tree_size` entries."""
+
+    index: int
+    tree_size: int
+    entry: str
+    leaf_hash: bytes
+    proof: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConsistencyProof:
+    """The RFC 9162 consistency proof between the audit log's trees of `size1` and
+    `size2` entries."""
+
+    size1: int
+    size2: int
+    proof: list[bytes]
+
+
 MAX_BATCH: Final = 1000

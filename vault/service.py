@@ -14,6 +14,10 @@ they share (transaction, audit, authorisation, limits, fingerprints) is in
 
 from __future__ import annotations
 
+# The audit entry a caller hands to `VaultService.record`, and the context that tells it
+# whether an operation already wrote one: part of the facade, so the API (api -> vault,
+# policies) needs no import of the audit package.
+from audit.log import AuditEvent, DetailValue, HexDigest, Outcome, request_trail
 from vault.models import MAX_BATCH, CallContext, Revealed, TokenizeRequest, TokenRecord
 from vault.operations._inputs import validate_metadata
 from vault.operations.audit_access import AuditAccessOperations
@@ -24,11 +28,16 @@ from vault.operations.reveal import RevealOperations
 
 __all__ = [
     "MAX_BATCH",
+    "AuditEvent",
     "CallContext",
+    "DetailValue",
+    "HexDigest",
+    "Outcome",
     "Revealed",
     "TokenRecord",
     "TokenizeRequest",
     "VaultService",
+    "request_trail",
     "validate_metadata",
 ]
 

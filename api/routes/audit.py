@@ -1,7 +1,9 @@
 """Routes of the `audit` area: the signed tree head and the Merkle proofs of the audit
 log (RFC 9162).
 
-IN PCI SCOPE. Every read is itself audited (`VaultService.audit_read`) before it runs.
+IN PCI SCOPE. The log is read through the vault (`VaultService.audit_head`,
+`audit_inclusion_proof`, `audit_consistency_proof`), which authorises and audits every
+read before it runs; the API never opens the audit package itself.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from starlette.responses import Response
 from api.dependencies import Caller, State
 from api.models import ConsistencyProofResponse, InclusionProofResponse, SignedHeadResponse
 from api.problems import problem
-from audit.errors import ProofError
-from audit.merkle import leaf_hash
+from vault.errors import AuditRecordNotFound
 
 router = APIRouter()
 
@@ -28,8 +29,7 @@ def _b64(data: bytes) -> str:
 @router.get("/v1/audit/head", response_model=SignedHeadResponse, tags=["audit"])
 def audit_head(caller: Caller, state: State) -> SignedHeadResponse | Response:
     """The latest signed tree head of the audit log."""
-    state.service.audit_read(caller, "head")
-    head = state.audit.latest_head()
+    head = state.service.audit_head(caller)
     if head is None:
         return problem("not_found", "no signed tree head yet", request_id=caller.request_id)
     return SignedHeadResponse.model_validate(head.as_json())
@@ -43,19 +43,16 @@ def audit_inclusion(
     size: Annotated[int | None, Query(ge=1, le=2**62)] = None,
 ) -> InclusionProofResponse | Response:
     """An inclusion proof of entry `index` in the tree of `size` entries."""
-    state.service.audit_read(caller, "inclusion proof")
     try:
-        tree_size = size if size is not None else state.audit.size()
-        proof = state.audit.inclusion_proof(index, tree_size)
-        entry = state.audit.entry(index)
-    except ProofError as exc:
+        found = state.service.audit_inclusion_proof(caller, index, size)
+    except AuditRecordNotFound as exc:
         return problem("not_found", str(exc), request_id=caller.request_id)
     return InclusionProofResponse(
-        index=index,
-        tree_size=tree_size,
-        entry=entry,
-        leaf_hash=_b64(leaf_hash(entry.encode())),
-        proof=[_b64(p) for p in proof],
+        index=found.index,
+        tree_size=found.tree_size,
+        entry=found.entry,
+        leaf_hash=_b64(found.leaf_hash),
+        proof=[_b64(p) for p in found.proof],
     )
 
 
@@ -67,10 +64,10 @@ def audit_consistency(
     size2: Annotated[int | None, Query(ge=1, le=2**62)] = None,
 ) -> ConsistencyProofResponse | Response:
     """A consistency proof between two tree sizes."""
-    state.service.audit_read(caller, "consistency proof")
     try:
-        to = size2 if size2 is not None else state.audit.size()
-        proof = state.audit.consistency_proof(size1, to)
-    except ProofError as exc:
+        found = state.service.audit_consistency_proof(caller, size1, size2)
+    except AuditRecordNotFound as exc:
         return problem("not_found", str(exc), request_id=caller.request_id)
-    return ConsistencyProofResponse(size1=size1, size2=to, proof=[_b64(p) for p in proof])
+    return ConsistencyProofResponse(
+        size1=found.size1, size2=found.size2, proof=[_b64(p) for p in found.proof]
+    )

@@ -1,18 +1,26 @@
-"""Reading the audit log and exporting evidence: authorised and recorded.
+"""Reading the audit log (signed heads, Merkle proofs) and exporting evidence: each
+authorised and recorded.
 
-IN PCI SCOPE.
+IN PCI SCOPE. The API reaches the audit log only through here (architecture: api ->
+vault, policies), so every read is authorised and audited in one place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cached_property
 from typing import TypeVar
 
+from audit.errors import ProofError
+from audit.heads import SignedTreeHead
 from audit.log import AuditEvent, DetailValue, Outcome
+from audit.merkle import leaf_hash
+from audit.store import AuditStore
 from cofre.errors import CofreError
 from policies.models import Action
 from vault._core import VaultCore
-from vault.models import CallContext
+from vault.errors import AuditRecordNotFound
+from vault.models import AuditConsistencyProof, AuditInclusionProof, CallContext
 
 T = TypeVar("T")
 
@@ -58,3 +66,54 @@ class AuditAccessOperations(VaultCore):
         self._write_audit(
             self._audit_event(ctx, Action.AUDIT_READ, Outcome.SUCCESS, details={"what": what})
         )
+
+    @cached_property
+    def _audit_store(self) -> AuditStore:
+        # The log this vault writes, read over read-only connections.
+        return AuditStore(self._engine)
+
+    def audit_head(self, ctx: CallContext) -> SignedTreeHead | None:
+        """Authorise and record the read, then return the latest signed tree head of the
+        audit log (None before the first). Raises `PolicyDenied`, `RateLimited`,
+        `AuditWriteFailed`, `AuditReadFailed`."""
+        self.audit_read(ctx, "head")
+        return self._audit_store.latest_head()
+
+    def audit_inclusion_proof(
+        self, ctx: CallContext, index: int, size: int | None = None
+    ) -> AuditInclusionProof:
+        """Authorise and record the read, then return the inclusion proof of entry
+        `index` in the tree of `size` entries (default: the whole tree). Raises
+        `AuditRecordNotFound` (no such entry or size), `PolicyDenied`, `RateLimited`,
+        `AuditWriteFailed`, `AuditReadFailed`."""
+        self.audit_read(ctx, "inclusion proof")
+        store = self._audit_store
+        try:
+            tree_size = size if size is not None else store.size()
+            proof = store.inclusion_proof(index, tree_size)
+            entry = store.entry(index)
+        except ProofError as exc:
+            raise AuditRecordNotFound(str(exc)) from None
+        return AuditInclusionProof(
+            index=index,
+            tree_size=tree_size,
+            entry=entry,
+            leaf_hash=leaf_hash(entry.encode()),
+            proof=proof,
+        )
+
+    def audit_consistency_proof(
+        self, ctx: CallContext, size1: int, size2: int | None = None
+    ) -> AuditConsistencyProof:
+        """Authorise and record the read, then return the consistency proof from tree
+        size `size1` to `size2` (default: the current size). Raises
+        `AuditRecordNotFound` (a size outside the log), `PolicyDenied`, `RateLimited`,
+        `AuditWriteFailed`, `AuditReadFailed`."""
+        self.audit_read(ctx, "consistency proof")
+        store = self._audit_store
+        try:
+            to = size2 if size2 is not None else store.size()
+            proof = store.consistency_proof(size1, to)
+        except ProofError as exc:
+            raise AuditRecordNotFound(str(exc)) from None
+        return AuditConsistencyProof(size1=size1, size2=to, proof=proof)
