@@ -1,13 +1,15 @@
 """The bridge from the TLS connection to the app: the verified client certificate goes
 into the ASGI ``tls`` scope extension, and the caller's identity is its SAN URI.
 
-IN PCI SCOPE. uvicorn 0.54 does not expose the peer certificate to the application (no
-ASGI TLS extension, see shared/TOOLCHAIN.md). `TLSIdentityH11Protocol`, selected with
+IN PCI SCOPE. uvicorn 0.54 does not expose the peer certificate to the application (it
+sends no ASGI TLS extension). `TLSIdentityH11Protocol`, selected with
 uvicorn's ``http=`` setting, reads it from the SSL object in ``connection_made`` and wraps
 the app so every request on that connection carries it in
 ``scope["extensions"]["tls"]`` in the ASGI TLS extension's shape. This couples to
 uvicorn's internals (``H11Protocol.app``, ``connection_made``), which is why uvicorn is
-pinned and ``tests/api/test_tls.py`` fails loudly if the identity goes missing.
+pinned and the API tests over real mutual TLS (``tests/api/test_api.py``,
+``test_identity_comes_from_the_certificate_not_headers`` first) fail loudly if the
+identity goes missing.
 
 The identity never comes from a header: a request whose connection carried no verified
 certificate has no identity, whatever it sends.

@@ -5,7 +5,7 @@ Why not Python client threads: they share the two cores with the server and meas
 themselves (bench/api.py's old httpx threads peaked at ~1,400 req/s against a bare
 FastAPI that wrk drives to ~3,300). wrk cannot present a client certificate, so haproxy
 (``http-reuse always``, one thread) holds the TLS connections to the server; both are
-Debian packages installed by ``make bench`` (shared/TOOLCHAIN.md). haproxy and wrk take
+Debian packages installed by ``make bench`` (the Makefile's ``bench-deps``). haproxy and wrk take
 CPU too: only figures measured behind the same set-up in the same run are compared.
 """
 

@@ -409,8 +409,8 @@ class HSMProvider(TokenSession):
 
     def export_key(self, label: str, *, wrapping_label: str | None = None) -> bytes:
         """Try to take key `label` out of the token: its value, or wrapped under
-        `wrapping_label`. Cofre never calls this; it exists so that `cofre hsm status` and
-        the tests can show the token refusing for every Cofre key.
+        `wrapping_label`. Cofre never calls this; it exists so that the tests
+        (tests/hsm/test_provider.py) can show the token refusing for every Cofre key.
 
         Raises `HSMKeyNotExtractable` for a sensitive or non-extractable key.
         """

@@ -10,7 +10,7 @@ and calls on different sessions run at once (python-pkcs11 releases the GIL in e
 
 SoftHSM2 is the exception. python-pkcs11 initialises the library with ``C_Initialize(NULL)``,
 so SoftHSM2 runs without internal locking, and two threads on two sessions crash it (see
-shared/TOOLCHAIN.md). A library whose file name starts with ``libsofthsm2`` therefore
+docs/cloudhsm.md). A library whose file name starts with ``libsofthsm2`` therefore
 gets a pool of one whatever the setting: every call is serialised, as before. (The test
 harness's CloudHSM-behaviour shim initialises SoftHSM2 with ``CKF_OS_LOCKING_OK``, so it
 is pooled like CloudHSM.)
