@@ -26,8 +26,8 @@ from audit.sequencer import Sequencer
 from audit.store import AuditStore
 from cofre import __version__
 from cofre.dberrors import database_errors_as
+from cofre_evidence_verifier.bundle import BUNDLE_FORMAT, MANIFEST, POLICY_ACTIONS, SIGNATURE
 from compliance.errors import ChainBroken, ComplianceError, EvidenceUnavailable
-from compliance.verifier import BUNDLE_FORMAT, MANIFEST, POLICY_ACTIONS, SIGNATURE
 
 ALL_PROOFS_UP_TO: Final = 5000
 SAMPLE: Final = 1000

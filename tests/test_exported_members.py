@@ -21,7 +21,10 @@ ROOTS: list[str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"][
     "root_packages"
 ]
 # Public names a package defines itself, beside its modules.
-DEFINED: dict[str, list[str]] = {"cofre": ["__version__"]}
+DEFINED: dict[str, list[str]] = {
+    "cofre": ["__version__"],
+    "cofre_evidence_verifier": ["__version__"],
+}
 # Packages Alembic loads by path: nothing may be star-imported from them.
 LOADED_BY_PATH = {"vault.migrations", "vault.migrations.versions"}
 

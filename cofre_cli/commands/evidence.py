@@ -43,7 +43,7 @@ def evidence_export(
     A chained bundle (`--previous`) starts exactly where the previous one ended."""
     body: dict[str, Any] = {"to": period_to}
     if previous is not None:
-        from compliance.verifier import MANIFEST, read_bundle
+        from cofre_evidence_verifier.bundle import MANIFEST, read_bundle
 
         before = json.loads(read_bundle(previous)[MANIFEST])
         body["previous_head"] = before["covering_head"]
@@ -77,9 +77,11 @@ def evidence_verify(
     ] = None,
 ) -> None:
     """Verify a bundle offline (no vault, HSM or network): signatures, file hashes, the
-    Merkle tree, proofs. Exit 1 naming each file or entry that is wrong."""
-    from compliance.html import render_html
-    from compliance.verifier import render_text, verify_bundle
+    Merkle tree, proofs. Exit 1 naming each file or entry that is wrong. The same as
+    `cofre-verify` from the standalone `cofre-evidence-verifier` package, which it calls."""
+    from cofre_evidence_verifier.html import render_html
+    from cofre_evidence_verifier.report import render_text
+    from cofre_evidence_verifier.verify import verify_bundle
 
     report = verify_bundle(bundle, public_key.read_bytes(), previous)
     typer.echo(json.dumps(report.as_json(), indent=2) if as_json else render_text(report))

@@ -26,9 +26,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from PIL import Image
 
 from audit.merkle import leaf_hash
-from compliance import verifier
-from compliance.html import render_html
-from compliance.verifier import Report, render_text, verify_bundle
+from cofre_evidence_verifier import chain, policy
+from cofre_evidence_verifier.html import render_html
+from cofre_evidence_verifier.report import Report, render_text
+from cofre_evidence_verifier.verify import verify_bundle
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.support.leakscan import find_leaks
@@ -589,7 +590,7 @@ def test_a_check_that_never_runs_fails_the_report(
     day: tuple[VaultServer, Path, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, bundle, public_key = day
-    monkeypatch.setattr(verifier, "_check_policy", lambda *args, **kwargs: None)
+    monkeypatch.setattr(policy, "check_policy", lambda *args, **kwargs: None)
     report = verify_bundle(bundle, public_key)
     assert report.problems == []
     assert not report.ok
@@ -607,7 +608,7 @@ def test_previous_bundle_without_a_verified_head_fails(
     files = _members(bundle)
     manifest = json.loads(files["manifest.json"])
     report = Report(required=frozenset({"previous"}))
-    verifier._check_previous(files, manifest, {}, bundle, public_key_pem=public_key, report=report)
+    chain.check_previous(files, manifest, {}, bundle, public_key_pem=public_key, report=report)
     assert not report.ok
     assert any("no verified signed head" in problem for problem in report.problems)
 

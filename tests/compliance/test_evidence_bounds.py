@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from cofre.settings import EvidenceSettings
-from compliance.verifier import read_bundle, verify_bundle
+from cofre_evidence_verifier.bundle import read_bundle
+from cofre_evidence_verifier.verify import verify_bundle
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 

@@ -1,7 +1,6 @@
 """A self-contained HTML page of a verification report, for a QSA's browser.
 
-IN PCI SCOPE (as evidence). Standalone like the verifier: no template engine, every
-value escaped.
+Standalone like the rest of the verifier: no template engine, every value escaped.
 """
 
 from __future__ import annotations
@@ -11,7 +10,8 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from compliance.verifier import Report, read_bundle
+from cofre_evidence_verifier.bundle import read_bundle
+from cofre_evidence_verifier.report import Report
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem;color:#1b1f24}

@@ -1,0 +1,29 @@
+"""Offline verification of Cofre evidence bundles, for a QSA with a file and a public key.
+
+IN PCI SCOPE (as evidence), and deliberately standalone: its own distribution
+(`cofre-evidence-verifier`), needing only the Python standard library and
+`cryptography`. It imports nothing of the vault, its HSM code or its database, and uses
+no network; an import-linter contract and a test that runs it from a fresh virtualenv
+keep it that way. `verify.verify_bundle` is the entry point; each family of checks is a
+module of its own (`files`, `heads`, `entries`, `policy`, `chain`).
+"""
+
+__version__ = "0.1.0"
+
+# The public modules of this package (its rooms); a module whose name starts with
+# an underscore is internal. tests/test_exported_members.py pins this list.
+__all__ = [
+    "__version__",
+    "bundle",
+    "chain",
+    "cli",
+    "entries",
+    "errors",
+    "files",
+    "heads",
+    "html",
+    "merkle",
+    "policy",
+    "report",
+    "verify",
+]

@@ -1,0 +1,164 @@
+"""Check 7: a bundle's place in the chain. A previous head it names is a prefix of its
+covering head (`check_previous_head`); with the previous bundle at hand, that bundle's
+signature, that this one starts exactly where it ended (`check_chain`), and the
+consistency proof from its covering head (`check_previous`): a rewritten or forked log
+fails here."""
+
+from __future__ import annotations
+
+import base64
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from cofre_evidence_verifier.bundle import (
+    MANIFEST,
+    SIGNATURE,
+    Files,
+    Heads,
+    read_bundle,
+    signature_verifies,
+)
+from cofre_evidence_verifier.errors import ProofError
+from cofre_evidence_verifier.merkle import verify_consistency
+from cofre_evidence_verifier.report import Report
+
+
+def check_previous_head(
+    files: Files, manifest: dict[str, Any], heads: Heads, report: Report
+) -> None:
+    """The manifest's previous head must be a prefix of this bundle's covering head: the
+    bundle's consistency proof from one to the other must verify (a previous head the
+    log never had cannot pass, whoever signed the manifest)."""
+    old = manifest["previous_head"]
+    size1, root1 = int(old["tree_size"]), base64.b64decode(old["root_hash"])
+    size2 = int(manifest["covering_head"]["tree_size"])
+    head = heads.get(size2)
+    if head is None:
+        report.fail(f"previous_head: no signed head of size {size2} to prove it against")
+        return
+    data = files.get("audit/consistency.json")
+    if data is None:
+        report.fail("previous_head: the bundle has no consistency proof (audit/consistency.json)")
+        return
+    proof = json.loads(data)
+    if int(proof.get("size1", -1)) != size1 or int(proof.get("size2", -1)) != size2:
+        report.fail(
+            f"previous_head: audit/consistency.json proves {proof.get('size1')} -> "
+            f"{proof.get('size2')}, the manifest claims {size1} -> {size2}"
+        )
+        return
+    try:
+        verify_consistency(
+            size1,
+            size2,
+            [base64.b64decode(h) for h in proof["proof"]],
+            root1,
+            base64.b64decode(head["root_hash"]),
+        )
+    except ProofError as exc:
+        report.fail(
+            f"previous_head (tree {size1}) is not a prefix of the covering head ({exc}): "
+            "a head this log never signed, or a forked history"
+        )
+        return
+    report.passed(
+        "previous_head", f"previous head {size1} is a prefix of the covering head {size2}"
+    )
+
+
+def check_previous(
+    files: Files,
+    manifest: dict[str, Any],
+    heads: Heads,
+    previous: Path,
+    *,
+    public_key_pem: bytes,
+    report: Report,
+) -> None:
+    """Check this bundle against the `previous` bundle file; see the module docstring."""
+    try:
+        before = read_bundle(previous)
+    except (OSError, tarfile.TarError, ValueError) as exc:
+        report.fail(f"cannot read the previous bundle: {exc}")
+        return
+    if not signature_verifies(
+        public_key_pem, before.get(SIGNATURE, b""), before.get(MANIFEST, b"")
+    ):
+        report.fail("previous bundle: its manifest signature does not verify")
+        return
+    previous_manifest = json.loads(before[MANIFEST])
+    check_chain(previous_manifest, manifest, report)
+    old = previous_manifest["covering_head"]
+    if manifest.get("previous_head") != old:
+        report.fail(
+            "previous_head: this bundle names a previous head that is not the previous "
+            "bundle's covering head"
+        )
+    size1, root1 = int(old["tree_size"]), base64.b64decode(old["root_hash"])
+    size2 = int(manifest["covering_head"]["tree_size"])
+    head = heads.get(size2)
+    if head is None:
+        report.fail(
+            f"previous bundle: no verified signed head {size2} to prove consistency against"
+        )
+        return
+    data = files.get("audit/consistency.json")
+    if data is None:
+        report.fail("audit/consistency.json: no consistency proof from the previous bundle")
+        return
+    proof = json.loads(data)
+    if int(proof.get("size1", -1)) != size1:
+        report.fail(
+            f"audit/consistency.json: proves from size {proof.get('size1')}, but the "
+            f"previous bundle ends at {size1}"
+        )
+        return
+    try:
+        verify_consistency(
+            size1,
+            size2,
+            [base64.b64decode(h) for h in proof["proof"]],
+            root1,
+            base64.b64decode(head["root_hash"]),
+        )
+    except ProofError as exc:
+        report.fail(
+            f"audit/consistency.json: the log is not an extension of the previous "
+            f"bundle's ({exc}): a rewritten or forked history"
+        )
+        return
+    report.passed("previous", f"consistent with the previous bundle (tree {size1} -> {size2})")
+
+
+def check_chain(before: dict[str, Any], manifest: dict[str, Any], report: Report) -> None:
+    """A chained bundle starts exactly where the previous one ended: the entries in
+    between would be in neither bundle (a gap), or counted twice (an overlap)."""
+    previous_end = int(before["entries"]["end_index"])
+    start = int(manifest["entries"]["first_index"])
+    end = int(manifest["entries"]["end_index"])
+    clean = True
+    if start > previous_end:
+        report.fail(
+            f"chain: entries {previous_end}..{start - 1} are in neither bundle (the previous "
+            f"bundle ends before index {previous_end}, this one starts at {start})"
+        )
+        clean = False
+    elif start < previous_end:
+        report.fail(
+            f"chain: entries {start}..{min(previous_end, end) - 1} are in both bundles (the "
+            f"previous bundle ends before index {previous_end}, this one starts at {start})"
+        )
+        clean = False
+    ended, starts = before.get("period", {}).get("to"), manifest.get("period", {}).get("from")
+    if ended != starts:
+        report.fail(
+            f"chain: this period starts at {starts}, but the previous one ended at {ended} "
+            "(periods must meet with no gap and no overlap)"
+        )
+        clean = False
+    if clean:
+        report.passed(
+            "chain", f"starts exactly where the previous bundle ended (index {start}, {starts})"
+        )

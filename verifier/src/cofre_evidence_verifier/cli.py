@@ -1,0 +1,58 @@
+"""`cofre-verify`: the verifier's own command, for an auditor without the vault.
+
+    cofre-verify BUNDLE --public-key PEM [--previous PREV] [--json] [--html OUT]
+
+Exit status 0 when the bundle is VERIFIED, 1 when it is not (every problem is printed),
+2 for a usage error (argparse's convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cofre_evidence_verifier import __version__
+from cofre_evidence_verifier.html import render_html
+from cofre_evidence_verifier.report import render_text
+from cofre_evidence_verifier.verify import verify_bundle
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cofre-verify",
+        description="Verify a Cofre evidence bundle offline (no vault, HSM or network): "
+        "signatures, file hashes, the Merkle tree, proofs.",
+    )
+    parser.add_argument("bundle", type=Path, help="the bundle (.tar.gz)")
+    parser.add_argument(
+        "--public-key", type=Path, required=True, help="the audit public key (PEM) you pinned"
+    )
+    parser.add_argument("--previous", type=Path, help="the previous bundle of the chain")
+    parser.add_argument("--json", action="store_true", help="machine-readable report")
+    parser.add_argument("--html", type=Path, help="also write a self-contained HTML report")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; return its exit status (0 verified, 1 not, 2 usage)."""
+    args = _parser().parse_args(argv)
+    try:
+        public_key = args.public_key.read_bytes()
+    except OSError as exc:
+        sys.stderr.write(f"cofre-verify: cannot read the public key: {exc}\n")
+        return 2
+    report = verify_bundle(args.bundle, public_key, args.previous)
+    sys.stdout.write(
+        json.dumps(report.as_json(), indent=2) + "\n" if args.json else render_text(report)
+    )
+    if args.html is not None:
+        args.html.write_text(render_html(report, args.bundle), encoding="utf-8")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

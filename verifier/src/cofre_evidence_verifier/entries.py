@@ -1,0 +1,115 @@
+"""Checks 4 and 5: the audit entries are the consecutive leaf indices the manifest
+claims, each inside the period, and the Merkle root rebuilt from them (and the subtree
+hashes around them) is the covering signed head's; each inclusion proof verifies, which
+names the first entry that was changed, removed or reordered."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from cofre_evidence_verifier.bundle import Files, Heads, json_lines
+from cofre_evidence_verifier.errors import ProofError
+from cofre_evidence_verifier.merkle import CompactRange, included, leaf_hash
+from cofre_evidence_verifier.report import Report
+
+
+def rebuild_root(
+    blocks: dict[tuple[int, int], bytes], leaves: dict[int, bytes], size: int
+) -> bytes:
+    """The root of the tree of `size` leaves, rebuilt left to right from the period's
+    leaves and the bundle's complete-subtree hashes around them (as the vault's sequencer
+    built it). A leaf of the period is always hashed from its entry: a subtree hash that
+    would stand in for one is refused, so an altered entry cannot hide behind its
+    original subtree hash. Raises `ProofError` for a position nothing covers."""
+    starting = {
+        index << level: (level, value)
+        for (level, index), value in blocks.items()
+        if 0 <= level < size.bit_length() and 0 <= index < size
+    }
+    tree = CompactRange()
+    while tree.size < size:
+        at = tree.size
+        if at in leaves:
+            tree.append(leaves[at])
+            continue
+        if at not in starting:
+            raise ProofError(f"no leaf {at} and no subtree hash covering it")
+        level, value = starting[at]
+        # Bounded before shifting: a forged level must not cost memory or time.
+        end = at + (1 << level) if 0 <= level < size.bit_length() else size + 1
+        if end > size or any(at <= i < end for i in leaves):
+            raise ProofError(
+                f"the subtree hash at level {level} from leaf {at} overlaps the period's "
+                "entries or the tree's end"
+            )
+        tree.append_subtree(level, value)
+    return tree.root()
+
+
+def check_entries(files: Files, manifest: dict[str, Any], heads: Heads, report: Report) -> None:
+    """Report gaps, entries outside the period, and a root or proof that fails."""
+    claimed = manifest.get("entries", {})
+    start, end = int(claimed.get("first_index", 0)), int(claimed.get("end_index", 0))
+    size = int(manifest.get("covering_head", {}).get("tree_size", 0))
+    head = heads.get(size)
+    if head is None:
+        report.fail(f"manifest.json: covering head {size} is not among the verified heads")
+        return
+    root = base64.b64decode(head["root_hash"])
+    entries = json_lines(files.get("audit/entries.jsonl", b""), "audit/entries.jsonl", report)
+    period = manifest.get("period", {})
+    leaves: dict[int, bytes] = {}
+    expected = start
+    for entry in entries:
+        index = int(entry["index"])
+        if index != expected:
+            report.fail(f"audit/entries.jsonl: entry {expected} is missing (next is {index})")
+            expected = index
+        payload = str(entry["payload"])
+        leaves[index] = leaf_hash(payload.encode("utf-8"))
+        at = json.loads(payload).get("time", "")
+        if period and not (period["from"] <= at < period["to"]):
+            report.fail(f"audit/entries.jsonl: entry {index} at {at} is outside the period")
+        expected = index + 1
+    if expected != end:
+        report.fail(
+            f"audit/entries.jsonl: ends at index {expected}, but the manifest claims "
+            f"entries up to {end} (the period was cut short)"
+        )
+    blocks = {
+        (int(b["level"]), int(b["index"])): base64.b64decode(b["hash"])
+        for b in json_lines(files.get("audit/subtrees.jsonl", b""))
+    }
+    try:
+        recomputed = rebuild_root(blocks, leaves, size)
+    except ProofError as exc:
+        report.fail(f"audit/subtrees.jsonl: {exc}")
+        return
+    proofs = {
+        int(p["index"]): [base64.b64decode(h) for h in p["proof"]]
+        for p in json_lines(files.get("audit/inclusion.jsonl", b""))
+    }
+    first_bad = next(
+        (
+            i
+            for i in sorted(leaves)
+            if i in proofs and not included(leaves[i], i, size, proofs[i], root)
+        ),
+        None,
+    )
+    if recomputed != root:
+        where = f"; first bad entry: index {first_bad}" if first_bad is not None else ""
+        report.fail(
+            f"audit/entries.jsonl: the Merkle root recomputed from the entries does "
+            f"not match signed head {size}{where}"
+        )
+    elif first_bad is not None:
+        report.fail(f"audit/inclusion.jsonl: the inclusion proof of entry {first_bad} fails")
+    else:
+        report.passed(
+            "entries",
+            f"entries {start}..{end - 1} recompute signed head {size}'s root; "
+            f"{len(proofs)} inclusion proofs verify",
+        )

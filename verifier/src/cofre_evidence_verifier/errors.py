@@ -1,0 +1,24 @@
+"""Errors of the offline evidence verifier.
+
+It cannot import the vault's `cofre.errors.CofreError` (it stands alone), so its errors
+have a root of their own. Both are also `ValueError`: a bad bundle is bad input.
+
+    VerifierError
+    ├── ProofError      (also ValueError)  a Merkle proof or tree does not verify
+    └── UnsafeBundle    (also ValueError)  the archive cannot be read safely
+"""
+
+from __future__ import annotations
+
+
+class VerifierError(Exception):
+    """Root of the verifier's errors."""
+
+
+class ProofError(VerifierError, ValueError):
+    """A Merkle inclusion or consistency proof, or a rebuilt root, does not verify."""
+
+
+class UnsafeBundle(VerifierError, ValueError):
+    """The bundle holds a link, a device, an absolute or `..` path, an oversized or an
+    unreadable member: it is refused before anything in it is used."""

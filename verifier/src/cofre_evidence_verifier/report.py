@@ -1,0 +1,67 @@
+"""The verdict on a bundle (`Report`) and its text rendering."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+# The checks every bundle must pass; a chained bundle (`--previous`) must pass two more,
+# and a bundle that names a previous head must prove it (`previous_head`).
+REQUIRED_CHECKS: Final = frozenset({"signature", "files", "heads", "entries", "policy"})
+CHAIN_CHECKS: Final = frozenset({"previous", "chain"})
+
+
+@dataclass
+class Report:
+    """The verdict on a bundle. It fails closed: `ok` holds only when no check failed
+    and every check in `required` ran and passed, so a check that returns early
+    without a verdict (or never runs) makes the report FAILED, never VERIFIED."""
+
+    problems: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    required: frozenset[str] = REQUIRED_CHECKS
+    passed_checks: set[str] = field(default_factory=set)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.required <= self.passed_checks
+
+    def fail(self, message: str) -> None:
+        self.problems.append(message)
+
+    def passed(self, check: str, message: str) -> None:
+        self.passed_checks.add(check)
+        self.checks.append(message)
+
+    def missing_checks(self) -> list[str]:
+        """Required checks that did not pass (ran and failed, or never ran)."""
+        return sorted(self.required - self.passed_checks)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "problems": self.problems,
+            "missing_checks": self.missing_checks(),
+            "checks": self.checks,
+            "summary": self.summary,
+        }
+
+
+def render_text(report: Report) -> str:
+    """The report as a person reads it: VERIFIED or FAILED, the summary, then one line
+    per check passed and per problem."""
+    out = io.StringIO()
+    out.write(("VERIFIED" if report.ok else "FAILED") + "\n")
+    for key, value in report.summary.items():
+        out.write(f"  {key}: {json.dumps(value)}\n")
+    for check in report.checks:
+        out.write(f"  ok    {check}\n")
+    for problem in report.problems:
+        out.write(f"  FAIL  {problem}\n")
+    if not report.problems:
+        for check in report.missing_checks():
+            out.write(f"  FAIL  the {check} check did not run to a verdict\n")
+    return out.getvalue()

@@ -1,0 +1,104 @@
+"""`verify_bundle`: every check of an evidence bundle, in order, reporting every problem
+it finds (not only the first):
+
+1. the manifest's signature, with the public key the auditor was given;
+2. every file listed in the manifest: present, same size, same SHA-256; nothing extra
+   (`files`);
+3. every signed tree head's signature, and that its checkpoint states its size and root
+   (`heads`);
+4. the audit entries: consecutive leaf indices exactly covering the range the manifest
+   claims, each entry's time inside the claimed period (`entries`);
+5. the Merkle root recomputed from the entries (and the subtree hashes around them)
+   equals the covering signed head's root, and each entry's inclusion proof verifies,
+   which names the first entry that was changed, removed or reordered (`entries`);
+6. the policy versions in force during the period (`policy/versions.jsonl`) are policy
+   load/reload entries of the log itself (text matching its SHA-256, inclusion proof
+   valid), the first one in force at the period's start, and `policy/policy.toml` is
+   the last one's text (`policy`);
+7. with a previous bundle: its manifest's signature; that this bundle starts exactly
+   where the previous one ended, by leaf index and by time (no entry in neither bundle
+   or in both); and the consistency proof from its last signed head to this bundle's
+   (a rewritten, forked log fails here) (`chain`).
+
+A new family of checks is a module of its own with a `check_…(files, manifest, heads,
+report)` function, called from here, whose name is added to `report.required` when it
+applies (so a check that never reaches a verdict fails the bundle).
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
+from cofre_evidence_verifier import chain, entries, files, heads, policy
+from cofre_evidence_verifier.bundle import (
+    BUNDLE_FORMAT,
+    MANIFEST,
+    SIGNATURE,
+    read_bundle,
+    signature_verifies,
+)
+from cofre_evidence_verifier.report import CHAIN_CHECKS, REQUIRED_CHECKS, Report
+
+SUMMARY_KEYS = ("vault_version", "generated_at", "generator", "period", "entries", "covering_head")
+
+
+def verify_bundle(path: Path, public_key_pem: bytes, previous: Path | None = None) -> Report:
+    """Verify the bundle at `path` (and its chain to the bundle at `previous`); see the
+    module docstring. Never raises for a bad bundle: every problem is in the returned
+    `Report`, which is `ok` only when every required check passed."""
+    report = Report(required=REQUIRED_CHECKS | (CHAIN_CHECKS if previous else frozenset()))
+    try:
+        serialization.load_pem_public_key(public_key_pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        report.fail(f"the public key is not a PEM public key ({type(exc).__name__})")
+        return report
+    try:
+        bundle = read_bundle(path)
+    except (OSError, tarfile.TarError, ValueError) as exc:
+        report.fail(f"cannot read the bundle: {exc}")
+        return report
+    manifest_bytes = bundle.get(MANIFEST)
+    signature = bundle.get(SIGNATURE)
+    if manifest_bytes is None or signature is None:
+        report.fail("the bundle has no manifest.json or manifest.sig")
+        return report
+    if signature_verifies(public_key_pem, signature, manifest_bytes):
+        report.passed("signature", "manifest signature verifies with the given public key")
+    else:
+        report.fail(
+            "manifest.sig: the manifest's signature does not verify with the given "
+            "public key (altered manifest, or signed by another key)"
+        )
+    try:
+        manifest = json.loads(manifest_bytes)
+    except ValueError:
+        report.fail("manifest.json: not valid JSON")
+        return report
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        report.fail(f"manifest.json: unknown format {found!r}")
+        return report
+    report.summary = {k: manifest.get(k) for k in SUMMARY_KEYS}
+    try:
+        files.check_files(bundle, manifest, report)
+        verified = heads.check_heads(bundle, public_key_pem, report)
+        entries.check_entries(bundle, manifest, verified, report)
+        policy.check_policy(bundle, manifest, verified, report)
+        if manifest.get("previous_head") is not None:
+            # A bundle that names a previous head is OK only once that head is proven.
+            report.required = report.required | {"previous_head"}
+            chain.check_previous_head(bundle, manifest, verified, report)
+        if previous is not None:
+            chain.check_previous(
+                bundle, manifest, verified, previous, public_key_pem=public_key_pem, report=report
+            )
+    except (ValueError, KeyError, TypeError) as exc:
+        # Malformed content that got past the hash checks (or with them already failed):
+        # a verdict, not a crash.
+        report.fail(f"malformed bundle content: {type(exc).__name__}: {exc}")
+    return report
