@@ -74,6 +74,14 @@ class SmallSpace(StrEnum):
     REFUSE = "refuse"  # 422 format_not_applicable
 
 
+class SecurityCodeRule(StrEnum):
+    """Whether tokenize calls in a format may carry a card security code (held once,
+    for the next relay call; never stored with the token)."""
+
+    ACCEPT = "accept"
+    FORBID = "forbid"  # 422 security_code_forbidden, nothing stored
+
+
 class FormatSpec(BaseModel):
     """One named token format.
 
@@ -90,6 +98,7 @@ class FormatSpec(BaseModel):
     pan_lengths: tuple[Annotated[int, Field(ge=12, le=19)], ...] = PAN_LENGTHS
     dedup: Dedup = Dedup.CONVERGENT
     on_small_space: SmallSpace | None = None  # default: refuse for FF1, random otherwise
+    security_code: SecurityCodeRule = SecurityCodeRule.ACCEPT
 
     @model_validator(mode="after")
     def _check_shape(self) -> Self:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -37,6 +38,7 @@ from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied, RateLimited
 from policies.models import Action, IdentityPolicy, RateLimit
+from vault.card import CardBundle
 from vault.errors import (
     BatchItemInvalid,
     IntegrityError,
@@ -47,7 +49,7 @@ from vault.errors import (
     TokenNotFound,
     VaultError,
 )
-from vault.keyring import DataKeyring, pan_aad
+from vault.keyring import DataKeyring, KeyPurpose, pan_aad
 from vault.limits import Limits
 from vault.models import CallContext, TokenRecord
 from vault.pan import Pan
@@ -411,6 +413,11 @@ class VaultCore:
         return row
 
     def _decrypt(self, row: Row[Any]) -> Pan:
+        return self._open_card(row).pan
+
+    def _open_card(self, row: Row[Any]) -> CardBundle:
+        """The card bundle of a live row (a bare PAN for tokens without details).
+        Raises `IntegrityError` when the ciphertext fails authentication."""
         version = int(row.key_version)
         try:
             clear = self._keyring.gcm(version).decrypt(
@@ -420,7 +427,23 @@ class VaultCore:
             raise IntegrityError(
                 "the stored ciphertext failed authentication (altered or moved)"
             ) from None
-        return Pan(clear.decode("ascii"))
+        return CardBundle.open(clear)
+
+    def _reseal(self, connection: Connection, row: Row[Any], card: CardBundle) -> None:
+        """Store `card` (new details over the row's stored ones) in the row, sealed
+        under the active PAN data key with a fresh nonce."""
+        version = self._keyring.active_version(KeyPurpose.PAN_GCM)
+        nonce = secrets.token_bytes(12)
+        sealed = self._keyring.gcm(version).encrypt(
+            nonce,
+            card.merged_over(self._open_card(row)).seal(),
+            pan_aad(row.id, row.token, version),
+        )
+        connection.execute(
+            update(tokens)
+            .where(tokens.c.id == row.id)
+            .values(key_version=version, nonce=nonce, ciphertext=sealed)
+        )
 
     @staticmethod
     def _shred(connection: Connection, token_id: str, now: datetime) -> None:

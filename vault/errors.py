@@ -15,6 +15,12 @@ and kind, or by the masked form.
         ├── InvalidMetadata         (also ValueError)  code invalid_metadata
         │   └── SensitiveAuthenticationData            code sensitive_authentication_data
         ├── InvalidTTL              (also ValueError)  code invalid_ttl
+        ├── InvalidExpiry           (also ValueError)  code invalid_expiry
+        │   └── CardExpired                            code card_expired
+        ├── InvalidCardholderName   (also ValueError)  code invalid_cardholder_name
+        ├── InvalidSecurityCode     (also ValueError)  code invalid_security_code
+        ├── SecurityCodeForbidden   (also ValueError)  code security_code_forbidden
+        ├── SecurityCodeUnavailable                    code security_code_unavailable
         ├── IdempotencyConflict                        code idempotency_conflict
         ├── BatchItemInvalid        (also ValueError)  code batch_item_invalid
         ├── RelayBodyInvalid        (also ValueError)  code invalid_relay_body
@@ -107,6 +113,43 @@ class SensitiveAuthenticationData(InvalidMetadata):
 
 class InvalidTTL(VaultError, ValueError):
     code = "invalid_ttl"
+
+
+class InvalidExpiry(VaultError, ValueError):
+    """The card expiry is not ``MM/YY`` or ``YYYY-MM``, or is implausibly far ahead."""
+
+    code = "invalid_expiry"
+
+
+class CardExpired(InvalidExpiry):
+    """The card's expiry month has ended everywhere on Earth."""
+
+    code = "card_expired"
+
+
+class InvalidCardholderName(VaultError, ValueError):
+    """The cardholder name is too long, holds control characters, or carries digits
+    that could be a card number or a security code."""
+
+    code = "invalid_cardholder_name"
+
+
+class InvalidSecurityCode(VaultError, ValueError):
+    """A card security code must be 3 or 4 ASCII digits."""
+
+    code = "invalid_security_code"
+
+
+class SecurityCodeForbidden(VaultError, ValueError):
+    """The token format forbids a security code (its ``security_code = "forbid"``)."""
+
+    code = "security_code_forbidden"
+
+
+class SecurityCodeUnavailable(VaultError):
+    """The vault cannot hold a security code now (its key epoch is not available)."""
+
+    code = "security_code_unavailable"
 
 
 class IdempotencyConflict(VaultError):

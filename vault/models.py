@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
+from vault.card import SecurityCode
 from vault.pan import Pan
 
 
@@ -37,20 +38,44 @@ class TokenRecord:
 @dataclass(frozen=True, slots=True)
 class Revealed:
     """A detokenize answer: the PAN when the caller's policy reveals it in full, else
-    only the masked form."""
+    only the masked form (BIN6 and last four).
+
+    `expiry` (``YYYY-MM``) is answered at both levels when the token carries one: with
+    the masked number it identifies a card to its holder without being card data one
+    can pay with. `cardholder_name` only in full; a masked answer never carries it (a
+    name beside BIN6 and last four says whose card it is). A security code is never in
+    any answer."""
 
     token: str
     masked: str
     pan: Pan | None
+    expiry: str | None = None
+    cardholder_name: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class TokenizeRequest:
+    """What to tokenize. Beside the PAN, optional card details (`vault.card`):
+
+    - `expiry`: ``MM/YY`` or ``YYYY-MM``, stored as ``YYYY-MM``; an expired card is
+      refused (`CardExpired`, 422 ``card_expired``);
+    - `cardholder_name`: normalised (NFC, single spaces, at most 64 characters, no digit
+      runs); blank is the same as absent;
+    - `security_code`: held once for the next relay call, never revealed; refused
+      (`SecurityCodeForbidden`) on a format whose ``security_code = "forbid"``.
+
+    The PAN, expiry and name are sealed together in one AEAD payload bound to the token
+    row. On a convergent or idempotent answer (the card already has a token) a new
+    expiry or name replaces the stored one, and a code is held for that token."""
+
     pan: Pan
     format: str
     metadata: Mapping[str, str] | None = None
     ttl_seconds: int | None = None
     idempotency_key: str | None = None
+    expiry: str | None = None
+    cardholder_name: str | None = field(default=None, repr=False)
+    security_code: SecurityCode | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ from hsm.provider import HSMProvider, WrappedKey
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.models import Action
+from vault.card import pan_digits
 from vault.ceremony import Ceremony, CeremonyState, RotationKind
 from vault.errors import CeremonyError, CeremonyNotFound, StorageUnavailable
 from vault.key_inventory import describe_keys, record_counts
@@ -517,7 +518,10 @@ class KeyRotation:
             connection.execute(
                 update(tokens)
                 .where(tokens.c.id == item.id)
-                .values(fingerprint=self._provider.hmac_sha256(label, clear), fp_version=new)
+                .values(
+                    fingerprint=self._provider.hmac_sha256(label, pan_digits(clear)),
+                    fp_version=new,
+                )
             )
         return len(rows)
 

@@ -84,6 +84,12 @@ def _value_kind(value: str) -> str | None:
     return None
 
 
+def sensitive_value_kind(value: str) -> str | None:
+    """Return the kind of sensitive authentication data `value` looks like (track data,
+    a labelled card security code, a PIN or clear PIN block), or None."""
+    return _value_kind(value)
+
+
 def refuse_sensitive_authentication_data(key: str, value: str) -> None:
     """Return if the metadata item `key`: `value` is not sensitive authentication data.
 

@@ -1,4 +1,5 @@
-"""What a tokenize request may carry beside the card: metadata and a time to live.
+"""What a tokenize request may carry beside the card number: card details (expiry,
+cardholder name, security code), metadata and a time to live.
 
 IN PCI SCOPE. Metadata is stored in clear beside the token, so anything that looks like
 a card number or sensitive authentication data is refused here.
@@ -12,7 +13,15 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from cofre.redaction import mask_pan_like
-from vault.errors import InvalidMetadata, InvalidTTL
+from policies.formats import FormatSpec, SecurityCodeRule
+from vault.card import (
+    CardBundle,
+    SecurityCode,
+    normalize_cardholder_name,
+    normalize_expiry,
+)
+from vault.errors import InvalidMetadata, InvalidSecurityCode, InvalidTTL, SecurityCodeForbidden
+from vault.models import TokenizeRequest
 from vault.sad import refuse_sensitive_authentication_data
 
 MAX_METADATA_ITEMS: Final = 16
@@ -64,3 +73,28 @@ def expiry(now: datetime, ttl_seconds: int | None) -> datetime | None:
     if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
         raise InvalidTTL(f"ttl must be between 1 and {MAX_TTL_SECONDS} seconds")
     return now + timedelta(seconds=ttl_seconds)
+
+
+def card_bundle(request: TokenizeRequest, spec: FormatSpec, now: datetime) -> CardBundle:
+    """Return the card bundle `request` asks to store, its details normalised.
+
+    Raises `InvalidExpiry`, `CardExpired`, `InvalidCardholderName`,
+    `InvalidSecurityCode` (a code that is not a `SecurityCode`), or
+    `SecurityCodeForbidden` when `spec` forbids a code and one was sent."""
+    code = request.security_code
+    if code is not None:
+        if not isinstance(code, SecurityCode):
+            raise InvalidSecurityCode("a security code is 3 or 4 digits")
+        if spec.security_code is SecurityCodeRule.FORBID:
+            raise SecurityCodeForbidden(
+                f"format {request.format!r} forbids a security code: send the card without it"
+            )
+    return CardBundle(
+        pan=request.pan,
+        expiry=None if request.expiry is None else normalize_expiry(request.expiry, now),
+        cardholder_name=(
+            None
+            if request.cardholder_name is None
+            else normalize_cardholder_name(request.cardholder_name)
+        ),
+    )

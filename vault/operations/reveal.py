@@ -48,7 +48,7 @@ class RevealOperations(VaultCore):
             for index, token in enumerate(token_list):
                 try:
                     row = self._live_row(connection, token, domains)
-                    pan = self._decrypt(row)
+                    card = self._open_card(row)
                 except (TokenNotFound, TokenExpired, IntegrityError) as exc:
                     # Returned, not raised: the charge commits. A miss costs what a hit
                     # costs, or guessing tokens would be free (and audited for free).
@@ -64,8 +64,10 @@ class RevealOperations(VaultCore):
                 out.append(
                     Revealed(
                         token=token,
-                        masked=pan.masked(),
-                        pan=pan if reveal is Reveal.FULL else None,
+                        masked=card.pan.masked(),
+                        pan=card.pan if reveal is Reveal.FULL else None,
+                        expiry=card.expiry,
+                        cardholder_name=card.cardholder_name if reveal is Reveal.FULL else None,
                     )
                 )
             self._audit.append_many(connection, events)

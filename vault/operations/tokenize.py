@@ -32,18 +32,20 @@ from policies.formats import (
 )
 from policies.models import Action, IdentityPolicy
 from vault._core import VaultCore
+from vault.card import CardBundle
 from vault.errors import (
     BatchItemInvalid,
     FormatNotApplicable,
     IdempotencyConflict,
     InvalidMetadata,
+    SecurityCodeUnavailable,
     TokenSpaceExhausted,
     VaultError,
 )
 from vault.keyring import KeyPurpose, pan_aad
 from vault.limits import oracle_bucket
 from vault.models import MAX_BATCH, CallContext, TokenizeRequest, TokenRecord
-from vault.operations._inputs import expiry, validate_metadata
+from vault.operations._inputs import card_bundle, expiry, validate_metadata
 from vault.pan import Pan
 from vault.storage.database import as_utc
 from vault.storage.schema import tokens
@@ -104,9 +106,11 @@ class _Answers:
     same_as: dict[int, int] = field(default_factory=dict)  # item -> earlier item
     first_with_key: dict[str, int] = field(default_factory=dict)
     first_for: dict[tuple[str, bytes], int] = field(default_factory=dict)
+    stored: dict[int, Row[Any]] = field(default_factory=dict)  # item -> row it answers
 
     def answer(self, service: TokenizeOperations, index: int, row: Row[Any], result: str) -> None:
         self.results[index] = service._record(row, existing=True)
+        self.stored[index] = row
         self.events.append(service._tokenize_event(self.ctx, row.id, row.format, result))
 
 
@@ -116,6 +120,7 @@ class _Item:
 
     request: TokenizeRequest
     spec: FormatSpec
+    card: CardBundle  # what is sealed: the PAN and its details
     metadata: str
     convergent: bool  # this call may answer a stored token for the same PAN
     fingerprint: bytes
@@ -133,6 +138,11 @@ class TokenizeOperations(VaultCore):
         spec = self._policy.token_format(request.format)
         check_applicable(spec, request.pan)
         self._check_luhn(request.pan)
+        card = card_bundle(request, spec, self._clock())
+        if request.security_code is not None:
+            raise SecurityCodeUnavailable(
+                "this vault does not hold security codes yet: send the card without one"
+            )
         metadata = validate_metadata(request.metadata)
         expiry(self._clock(), request.ttl_seconds)
         key = request.idempotency_key
@@ -170,6 +180,7 @@ class TokenizeOperations(VaultCore):
         return _Item(
             request=request,
             spec=spec,
+            card=card,
             metadata=metadata,
             convergent=convergent,
             fingerprint=fingerprint,
@@ -303,6 +314,9 @@ class TokenizeOperations(VaultCore):
             ):
                 continue
             fresh[index] = self._first_candidate(item.spec, item.request.pan, domain)
+        for index, stored in answers.stored.items():
+            if items[index].card.has_details:  # e.g. a reissued card's new expiry
+                self._reseal(connection, stored, items[index].card)
         if fresh:
             self._settle_candidates(connection, fresh, items, domain)
         indexed_rows = self._new_rows(ctx, domain, items, fresh, now)
@@ -465,9 +479,7 @@ class TokenizeOperations(VaultCore):
                         "key_version": version,
                         "nonce": nonce,
                         "ciphertext": cipher.encrypt(
-                            nonce,
-                            item.request.pan.reveal().encode("ascii"),
-                            pan_aad(token_id, token, version),
+                            nonce, item.card.seal(), pan_aad(token_id, token, version)
                         ),
                         "metadata": item.metadata,
                         "owner": ctx.identity,
