@@ -1,4 +1,5 @@
-"""IN PCI SCOPE: the FastAPI application served over mutual TLS.
+"""IN PCI SCOPE: the FastAPI application served over mutual TLS, and the capture
+listener for browsers (server TLS, hosted card fields: `api.capture`).
 
 The only package that imports FastAPI. Callers are identified by the SAN URI of their
 verified client certificate, never by a header.
@@ -8,6 +9,7 @@ verified client certificate, never by a header.
 # an underscore is internal. tests/test_exported_members.py pins this list.
 __all__ = [
     "app",
+    "capture",
     "connections",
     "crl",
     "dependencies",

@@ -248,6 +248,34 @@ class TokenSettings(_Section):
     purge_interval_seconds: float = Field(default=300.0, gt=0, le=86400)
 
 
+class CaptureSettings(_Section):
+    """The capture listener for browsers and apps (hosted card fields): server TLS only
+    (a browser has no client certificate); the session's secret and origin stand in."""
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=1, le=65535)  # None: no capture listener
+    # Server certificate and key of the capture origin (default: the mTLS listener's).
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # The origin browsers see this listener at (the hosted fields' origin); default
+    # https://localhost:PORT for a loopback host, else https://HOST:PORT.
+    public_origin: str | None = None
+    # Development only: let a session name an http://localhost origin.
+    allow_http_localhost: bool = False
+    # Captures per session (brute force of its secret) and per client address.
+    session_per_second: float = Field(default=0.2, gt=0)
+    session_burst: int = Field(default=10, ge=1)
+    address_per_second: float = Field(default=2.0, gt=0)
+    address_burst: int = Field(default=60, ge=1)
+
+    def origin(self) -> str:
+        """This listener's public origin."""
+        if self.public_origin is not None:
+            return self.public_origin.rstrip("/")
+        host = "localhost" if self.host in ("127.0.0.1", "::1", "localhost") else self.host
+        return f"https://{host}:{self.port}"
+
+
 class Settings(BaseSettings):
     """All of Cofre's configuration.
 
@@ -272,6 +300,7 @@ class Settings(BaseSettings):
     evidence: EvidenceSettings = EvidenceSettings()
     insecure: InsecureSettings = InsecureSettings()
     tokens: TokenSettings = TokenSettings()
+    capture: CaptureSettings = CaptureSettings()
 
     @model_validator(mode="after")
     def _pin_sources_exclusive(self) -> Settings:

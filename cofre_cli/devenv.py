@@ -30,7 +30,9 @@ version = 1
 
 [identities."spiffe://cofre/payments"]
 description = "Payment service: tokenizes cards, sees only masked PANs"
-operations = ["tokenize", "detokenize_masked", "lookup", "metadata", "delete"]
+# "capture": opens hosted-fields sessions for the shop's checkout page (docs/capture.md);
+# the card then goes from the shopper's browser straight to the vault.
+operations = ["tokenize", "detokenize_masked", "lookup", "metadata", "delete", "capture"]
 formats = ["pan_bin6_last4", "pan_bin8_last4", "pan_last4", "pan_fpe", "uuid"]
 reveal = "masked"
 rate_limit = { per_second = 2000, burst = 4000 }

@@ -47,6 +47,7 @@ from audit.sequencer import Sequencer, SequencerThread
 from cofre.errors import CofreError, ConfigurationError
 from cofre.filemodes import refuse_readable_secrets, secure_data_dir
 from cofre.settings import Settings
+from cofre_cli.capture import capture_app, start_capture_listener
 from compliance.errors import ComplianceError
 from compliance.export import EvidenceSources, build_bundle
 from hsm.provider import HSMProvider, provider_from_settings
@@ -167,6 +168,8 @@ class Runtime:
     readiness: Readiness = field(default_factory=Readiness)
 
     policy_sha256: str = ""
+    # The capture listener's app (hosted card fields; served when a capture port is set).
+    capture_app: Any = field(repr=False, default=None)
 
     def reload_policy(self) -> bool:
         """Re-read the policy file and, if its text changed, record it in the audit log
@@ -366,6 +369,7 @@ def build_runtime(
         check_ready=check_ready,
         readiness=readiness,
         policy_sha256=loaded.sha256,
+        capture_app=capture_app(settings, service),
     )
 
 
@@ -520,14 +524,19 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
         ]
         if watcher is not None:
             reloads.append(watcher.reload)
-        run_until_stopped(
-            api,
-            health,
-            runtime.readiness,
-            drain_delay=server.drain_delay_seconds,
-            on_reload=functools.partial(_reload_all, *reloads),
-            telemetry=runtime.telemetry,
-        )
+        capture_server = start_capture_listener(settings, runtime.capture_app)
+        try:
+            run_until_stopped(
+                api,
+                health,
+                runtime.readiness,
+                drain_delay=server.drain_delay_seconds,
+                on_reload=functools.partial(_reload_all, *reloads),
+                telemetry=runtime.telemetry,
+            )
+        finally:
+            if capture_server is not None:
+                capture_server.stop()
     finally:
         runtime.close()
         stop_telemetry()  # after close: its last log lines are exported too

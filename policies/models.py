@@ -25,6 +25,10 @@ class Action(StrEnum):
     METADATA = "metadata"
     DELETE = "delete"
     RELAY = "relay"
+    # Open a short-lived capture session for a shop's page (hosted card fields): the
+    # caller never holds the card, the browser sends it to the vault's capture
+    # listener. Allowed outside PCI scope.
+    CAPTURE = "capture"
     # Security officers
     KEY_ADMIN = "key_admin"
     # Security officers and auditors
@@ -240,6 +244,8 @@ class Policy(BaseModel):
                 raise ValueError(f"identity {identity!r} names unknown formats {sorted(unknown)}")
             if Action.TOKENIZE in rules.operations and not rules.formats:
                 raise ValueError(f"identity {identity!r} may tokenize but names no format")
+            if Action.CAPTURE in rules.operations and not rules.formats:
+                raise ValueError(f"identity {identity!r} may capture but names no format")
         for name, route in self.relay_routes.items():
             for identity in route.identities:
                 relayer = self.identities.get(identity)

@@ -249,7 +249,7 @@ class VaultCore:
         return rules
 
     @contextmanager
-    def _audited_refusal(self, ctx: CallContext, action: Action) -> Iterator[None]:
+    def _audited_refusal(self, ctx: CallContext, action: Action | str) -> Iterator[None]:
         """Audit any refusal or failure raised inside (a policy denial is audited where
         it is raised), then let it through. If even that entry cannot be written the
         original error stands: the operation did not happen either way."""

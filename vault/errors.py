@@ -40,6 +40,14 @@ and kind, or by the masked form.
         │   └── OfficerMfaNotRegistered                code mfa_not_registered
         ├── CustodyStatementInvalid                    code custody_statement_invalid
         ├── AuditRecordNotFound                        code not_found
+        ├── CaptureError                               (hosted card capture)
+        │   ├── CaptureRequestInvalid (ValueError)     code invalid_capture_request
+        │   ├── InvalidOrigin         (ValueError)     code invalid_origin
+        │   ├── CaptureUnauthorized                    code capture_unauthorized
+        │   ├── OriginNotAllowed                       code origin_not_allowed
+        │   ├── CaptureSessionExpired                  code capture_session_expired
+        │   ├── CaptureSessionUsed                     code capture_session_used
+        │   └── SecurityCodeNotAllowed (ValueError)    code security_code_not_allowed
         └── Throttled                                  (429, with retry_after)
             ├── OracleSuspected                        code oracle_suspected
             └── QuotaExceeded                          code quota_exceeded
@@ -259,6 +267,54 @@ class CustodyStatementInvalid(VaultError):
     registered key, or names another identity or keys Cofre does not use."""
 
     code = "custody_statement_invalid"
+
+
+class CaptureError(VaultError):
+    """Base of the hosted-capture errors. Their messages name the session's state,
+    never the card, the secret or the secret's hash."""
+
+    code = "capture_error"
+
+
+class CaptureRequestInvalid(CaptureError, ValueError):
+    """A capture session request the vault cannot serve (formats, uses, a TTL)."""
+
+    code = "invalid_capture_request"
+
+
+class InvalidOrigin(CaptureError, ValueError):
+    """Not an exact web origin the vault binds a session to (scheme, host, port)."""
+
+    code = "invalid_origin"
+
+
+class CaptureUnauthorized(CaptureError):
+    """No such session, or a missing or wrong client secret (one answer for all three,
+    so that a guess learns nothing)."""
+
+    code = "capture_unauthorized"
+
+
+class OriginNotAllowed(CaptureError):
+    """The request came from an origin the session is not bound to."""
+
+    code = "origin_not_allowed"
+
+
+class CaptureSessionExpired(CaptureError):
+    code = "capture_session_expired"
+
+
+class CaptureSessionUsed(CaptureError):
+    """The session's captures are used up (single-use by default)."""
+
+    code = "capture_session_used"
+
+
+class SecurityCodeNotAllowed(CaptureError, ValueError):
+    """A card security code was sent to a session (or format) that forbids it."""
+
+    code = "security_code_not_allowed"
 
 
 class AuditRecordNotFound(VaultError):

@@ -6,10 +6,10 @@ and back. Every public method authorises, works and audits in one transaction, a
 closed (the contract is spelled out in `vault/_core.py`).
 
 Where each operation lives: `vault/operations/tokenize.py` (tokenize, batches, domains,
-convergence, the oracle guard), `reveal.py` (detokenize, masked, batches), `lookup.py`
-(lookup, metadata), `relay.py`, `delete.py` (delete, purge), `audit_access.py`; what
-they share (transaction, audit, authorisation, limits, fingerprints) is in
-`vault/_core.py`.
+convergence, the oracle guard), `capture.py` (hosted capture sessions), `reveal.py`
+(detokenize, masked, batches), `lookup.py` (lookup, metadata), `relay.py`, `delete.py`
+(delete, purge), `audit_access.py`; what they share (transaction, audit, authorisation,
+limits, fingerprints) is in `vault/_core.py`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from audit.log import AuditEvent, DetailValue, HexDigest, Outcome, request_trail
 from vault.models import MAX_BATCH, CallContext, Revealed, TokenizeRequest, TokenRecord
 from vault.operations._inputs import validate_metadata
 from vault.operations.audit_access import AuditAccessOperations
+from vault.operations.capture import CaptureOperations
 from vault.operations.delete import DeleteOperations
 from vault.operations.lookup import LookupOperations
 from vault.operations.relay import RelayOperations
@@ -43,6 +44,7 @@ __all__ = [
 
 
 class VaultService(
+    CaptureOperations,
     RelayOperations,
     RevealOperations,
     LookupOperations,

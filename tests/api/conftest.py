@@ -20,6 +20,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from api.capture import build_capture_server
 from api.crl import CrlWatcher
 from api.observability import (
     configure_logging,
@@ -31,6 +32,7 @@ from api.pki import DevPKI, ensure_dev_pki, issue_client
 from api.server import BackgroundServer, TLSFiles, build_server
 from cofre.settings import (
     AuditSettings,
+    CaptureSettings,
     DatabaseSettings,
     EvidenceSettings,
     ServerSettings,
@@ -64,6 +66,8 @@ class VaultServer:
     logs: io.StringIO
     # The server's CRL watcher when started with a CRL (tests reload it by hand).
     crl_watcher: CrlWatcher | None = None
+    # The capture listener (server TLS only), when started with `capture`.
+    capture_url: str | None = None
 
     def client(self, name: str | None = "payments", *, pki: DevPKI | None = None) -> httpx.Client:
         context = ssl.create_default_context(cafile=str(self.pki.ca))
@@ -72,6 +76,17 @@ class VaultServer:
             context.load_cert_chain(str(source.client_cert(name)), str(source.client_key(name)))
         return httpx.Client(
             base_url=self.url,
+            verify=context,
+            timeout=10,
+            event_hooks=record_responses(self.tmp / "responses.log"),
+        )
+
+    def capture_client(self) -> httpx.Client:
+        """A browser-like client of the capture listener: no client certificate."""
+        assert self.capture_url is not None
+        context = ssl.create_default_context(cafile=str(self.pki.ca))
+        return httpx.Client(
+            base_url=self.capture_url,
             verify=context,
             timeout=10,
             event_hooks=record_responses(self.tmp / "responses.log"),
@@ -99,14 +114,39 @@ def running_vault(
     *,
     api_docs: bool = False,
     evidence: EvidenceSettings | None = None,
+    capture: CaptureSettings | None = None,
 ) -> Iterator[VaultServer]:
-    """A vault server for the duration of the block; its telemetry is saved at the end."""
+    """A vault server for the duration of the block; its telemetry is saved at the end.
+    With `capture` (its port is picked here) the capture listener runs beside it."""
     vault, server = _start_server(
-        tmp, provider, database_url, extra_policy, crl, api_docs=api_docs, evidence=evidence
+        tmp,
+        provider,
+        database_url,
+        extra_policy,
+        crl,
+        api_docs=api_docs,
+        evidence=evidence,
+        capture=capture,
     )
+    capture_server = None
+    if capture is not None:
+        assert capture.port is not None
+        capture_server = BackgroundServer(
+            build_capture_server(
+                vault.runtime.capture_app,
+                "127.0.0.1",
+                capture.port,
+                cert=vault.pki.server_cert,
+                key=vault.pki.server_key,
+            )
+        )
+        capture_server.start()
+        vault.capture_url = capture.origin()
     try:
         yield vault
     finally:
+        if capture_server is not None:
+            capture_server.stop()
         server.stop()
         vault.runtime.close()
         vault.save_telemetry()
@@ -121,6 +161,7 @@ def _start_server(
     *,
     api_docs: bool = False,
     evidence: EvidenceSettings | None = None,
+    capture: CaptureSettings | None = None,
 ) -> tuple[VaultServer, BackgroundServer]:
     pki = ensure_dev_pki(tmp / "pki", identities=TEST_IDENTITIES)
     issue_client(pki, "stranger")
@@ -138,6 +179,7 @@ def _start_server(
         server=ServerSettings(api_docs=api_docs),
         # Suites export many bundles in a row; the export rate limit has its own test.
         evidence=evidence or EvidenceSettings(export_burst=1000),
+        capture=capture or CaptureSettings(),
     )
     spans = InMemorySpanExporter()
     tracer_provider = new_tracer_provider()

@@ -18,6 +18,7 @@ from vault.errors import (
 )
 from vault.limits import MAX_WINDOW_SECONDS
 from vault.models import CallContext
+from vault.operations.capture import purge_capture_sessions
 from vault.storage.schema import tokens
 
 _PURGE_LOCK_KEY: Final = 0x436F667250
@@ -84,6 +85,7 @@ class DeleteOperations(VaultCore):
                     return -1  # another node holds the purge
                 if first:
                     self._limits.purge_windows(connection, now, keep_seconds=MAX_WINDOW_SECONDS)
+                    purge_capture_sessions(connection, now)
                 rows = (
                     connection.execute(
                         select(tokens.c.id)

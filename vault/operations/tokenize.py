@@ -12,7 +12,7 @@ import dataclasses
 import json
 import secrets
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -212,14 +212,23 @@ class TokenizeOperations(VaultCore):
         return self._tokenize(ctx, requests, batch=True)
 
     def _tokenize(
-        self, ctx: CallContext, requests: Sequence[TokenizeRequest], *, batch: bool
+        self,
+        ctx: CallContext,
+        requests: Sequence[TokenizeRequest],
+        *,
+        batch: bool,
+        action: Action = Action.TOKENIZE,
+        within: Callable[[Connection, list[TokenRecord]], None] | None = None,
     ) -> list[TokenRecord]:
-        """The one tokenize path: a single call is a batch of one."""
-        with self._audited_refusal(ctx, Action.TOKENIZE):
-            rules = self._authorize(ctx, Action.TOKENIZE, token_format=requests[0].format)
+        """The one tokenize path: a single call is a batch of one. `action` is what the
+        caller's policy must allow (a hosted capture tokenizes under ``capture``);
+        `within` runs in the same transaction after the tokens are stored (a capture
+        spends its session there: if it raises, nothing is stored)."""
+        with self._audited_refusal(ctx, action):
+            rules = self._authorize(ctx, action, token_format=requests[0].format)
             domain = rules.domain_of(ctx.identity)
             for other in {r.format for r in requests[1:]} - {requests[0].format}:
-                self._authorize(ctx, Action.TOKENIZE, token_format=other)
+                self._authorize(ctx, action, token_format=other)
             self._refuse_early(ctx, rules, requests)
             items = []
             for index, request in enumerate(requests):
@@ -240,7 +249,10 @@ class TokenizeOperations(VaultCore):
                 conflict = self._key_conflict(connection, ctx, domain, items, batch=batch)
                 if conflict is not None:
                     return conflict
-                return self._store_tokens(connection, ctx, domain, items, now, batch=batch)
+                stored = self._store_tokens(connection, ctx, domain, items, now, batch=batch)
+                if within is not None:
+                    within(connection, stored)
+                return stored
 
             answer = self._transaction(work)
             if isinstance(answer, VaultError):

@@ -11,6 +11,9 @@ IN PCI SCOPE, holds card data, encrypted only:
 - ``rate_state``, ``usage_counters``, ``oracle_watch``: rate limits, daily quotas and
   the tokenize-oracle guard, in the database so that every node enforces one limit.
   They hold identities, counts and HMAC fingerprints, never a PAN.
+- ``capture_sessions``: short-lived hosted-fields sessions (`vault.capture`): the shop's
+  origin, the formats, the creating identity and domain, and the SHA-256 of the client
+  secret (never the secret). No card data.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from sqlalchemy import (
 from audit.schema import metadata
 
 __all__ = [
+    "capture_sessions",
     "data_keys",
     "key_approvals",
     "key_ceremonies",
@@ -167,4 +171,26 @@ officer_request_nonces = Table(
     Column("identity", String(255), nullable=False),
     Column("keyid", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+# Hosted card capture (vault/capture.py): one row per session. `secret_hash` is the
+# SHA-256 of a 256-bit random secret shown once to its creator; `uses` counts captures
+# against `max_uses` (1 by default), moved by one conditional UPDATE in the capture's
+# own transaction, so two captures cannot both spend the last use.
+capture_sessions = Table(
+    "capture_sessions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("secret_hash", LargeBinary(32), nullable=False),
+    Column("origin", String(255), nullable=False),
+    Column("formats", Text, nullable=False),
+    Column("security_code", String(16), nullable=False),
+    Column("owner", String(255), nullable=False),
+    Column("domain", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("max_uses", Integer, nullable=False),
+    Column("uses", Integer, nullable=False, server_default="0"),
+    Column("last_token_id", String(36), nullable=True),
+    Index("ix_capture_sessions_expires_at", "expires_at"),
 )

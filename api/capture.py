@@ -1,0 +1,439 @@
+"""The capture listener: hosted card fields for browsers and apps, on a port of its own.
+
+IN PCI SCOPE, receives card data. Server TLS only: a browser cannot present a client
+certificate, so a capture is authorised by its session (`vault.capture`): the session
+id in the path, the client secret in the body, the origin it is bound to. Served here:
+
+- ``GET /v1/capture.js``: the small script a shop's page loads (with the Subresource
+  Integrity hash in docs/capture.md) to mount the fields and receive the token by
+  ``postMessage``; the shop's page never reads the card;
+- ``GET /v1/hosted-fields/{session}``: the card inputs, framed only by the session's
+  origin (CSP ``frame-ancestors``), with their script and style beside them (no inline
+  script or style, no eval: ``script-src 'self'``);
+- ``POST /v1/capture/{session}``: the card (number, expiry, security code, optional
+  name) and the secret; the answer is the token, the masked number and the expiry.
+  CORS answers only the session's origin; the fields post from this listener's own
+  origin.
+
+Every response carries a strict CSP and no-store caching; error bodies are problem+json
+with a stable `code` and never echo what was sent (validation errors name the field
+and the rule only). Rate limits per session and per client address live in the
+database (`vault.limits`), so every node shares them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import secrets
+import ssl
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path as FilePath
+from typing import Annotated, Any, Final
+
+import structlog
+import uvicorn
+from fastapi import FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from api.connections import guarded_protocol
+from api.errors import ApiError
+from api.guard import problem_for
+from api.lifecycle import ManagedServer
+from api.problems import problem
+from cofre.errors import CofreError
+from policies.models import RateLimit
+from vault.capture import SESSION_ID_LENGTH, CardCapture, SecurityCodeRule, is_session_id
+from vault.pan import Pan
+from vault.service import VaultService
+
+__all__ = [
+    "CAPTURE_SCRIPT",
+    "CaptureAnswer",
+    "CaptureState",
+    "CardBody",
+    "asset",
+    "build_capture_server",
+    "create_capture_app",
+    "sri_hash",
+]
+
+_log = structlog.get_logger("cofre.capture")
+CAPTURE_SCRIPT: Final = "capture.js"
+MAX_BODY: Final = 4096
+# Nothing is loaded but this listener's own script and style; nothing may frame a page
+# unless a session's origin is named (the hosted fields), and forms post nowhere.
+_BASE_CSP: Final = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'none'; font-src 'none'; base-uri 'none'; form-action 'none'"
+)
+_SECURITY_HEADERS: Final = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Strict-Transport-Security": "max-age=31536000",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
+}
+_ASSET_TYPES: Final = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
+SessionPath = Annotated[str, Path(min_length=1, max_length=SESSION_ID_LENGTH + 8)]
+
+
+def asset(name: str) -> bytes:
+    """The bytes of a served asset (api/capture_assets/NAME)."""
+    return resources.files("api").joinpath("capture_assets", name).read_bytes()
+
+
+def sri_hash(data: bytes) -> str:
+    """The Subresource Integrity value of `data` (``sha384-`` and base64)."""
+    return "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode()
+
+
+@dataclass
+class CaptureState:
+    """What the capture listener uses: the vault, its own public origin (where the
+    hosted fields live) and the rate limits."""
+
+    service: VaultService
+    public_origin: str
+    per_session: RateLimit
+    per_address: RateLimit
+
+
+class CardBody(BaseModel):
+    """The card the hosted fields post, with the session's secret. Never logged, never
+    echoed: a validation error names only the field and the rule."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    secret: Annotated[str | None, Field(max_length=128)] = None
+    number: Annotated[str, Field(min_length=1, max_length=32)]
+    expiry: Annotated[str | None, Field(pattern=r"^(0[1-9]|1[0-2])/[0-9]{2}$")] = None
+    security_code: Annotated[str | None, Field(max_length=8)] = None
+    name: Annotated[str | None, Field(max_length=64)] = None
+    format: Annotated[str | None, Field(min_length=1, max_length=64)] = None
+
+
+class CaptureAnswer(BaseModel):
+    """A capture's answer: the token, its format, the masked number and the expiry."""
+
+    token: str
+    format: str
+    masked_pan: str
+    expiry: str | None
+
+
+def _headers(csp: str = _BASE_CSP + "; frame-ancestors 'none'") -> dict[str, str]:
+    return {**_SECURITY_HEADERS, "Content-Security-Policy": csp}
+
+
+def _request_id(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+def _client_address(request: Request) -> str:
+    # The peer of the TLS connection. Behind a load balancer, configure it to keep the
+    # client address (PROXY protocol) rather than trusting a forwarded header here.
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _hosted_fields_page(session_id: str, parent_origin: str, code: SecurityCodeRule) -> bytes:
+    template = asset("hosted-fields.html").decode()
+    return (
+        template.replace("{{PARENT_ORIGIN}}", html.escape(parent_origin, quote=True))
+        .replace("{{SESSION}}", html.escape(session_id, quote=True))
+        .replace("{{SECURITY_CODE}}", code.value)
+        .encode()
+    )
+
+
+def _cors(origin: str) -> dict[str, str]:
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Methods": "POST",
+        "Access-Control-Allow-Headers": "content-type",
+        "Access-Control-Max-Age": "60",
+        "Vary": "Origin",
+    }
+
+
+def create_capture_app(state: CaptureState) -> FastAPI:
+    """Return the capture listener's app for `state`."""
+    app = FastAPI(
+        title="Cofre capture listener",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,
+    )
+    service = state.service
+    own_origin = state.public_origin
+
+    @app.exception_handler(CofreError)
+    async def cofre_error(request: Request, exc: CofreError) -> Response:
+        headers = _headers()
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, float | int):
+            headers["Retry-After"] = str(max(1, round(retry_after + 0.5)))
+        headers.update(request.scope["state"].get("cors", {}))
+        return problem_for(request.scope, exc.code, str(exc), _request_id(request), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        # Only where and which rule: never the input, never pydantic's message.
+        errors = [
+            {"loc": [str(p) for p in err.get("loc", ())][:4], "type": str(err.get("type"))}
+            for err in exc.errors()
+        ][:10]
+        code = (
+            "malformed_json"
+            if any(e["type"] == "json_invalid" for e in errors)
+            else "invalid_request"
+        )
+        request.scope["state"]["problem_code"] = code
+        return problem(
+            code,
+            "the request does not match the schema (see errors: where and which rule)",
+            request_id=_request_id(request),
+            extra={"errors": errors},
+            headers={**_headers(), **request.scope["state"].get("cors", {})},
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+        return problem_for(request.scope, code, "", _request_id(request), _headers())
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        _log.error("unexpected error", error=type(exc).__name__, request_id=_request_id(request))
+        return problem_for(request.scope, "internal_error", "", _request_id(request), _headers())
+
+    @app.get("/v1/capture.js")
+    def capture_script() -> Response:
+        """The script a shop's page loads (with its SRI hash) to mount the fields."""
+        # Any page may load it (it holds nothing secret); `crossorigin="anonymous"`,
+        # which SRI needs for a script of another origin, needs this CORS header.
+        headers = {
+            **_headers(),
+            "Cache-Control": "public, max-age=300",
+            "Access-Control-Allow-Origin": "*",
+            "Cross-Origin-Resource-Policy": "cross-origin",
+        }
+        return Response(asset(CAPTURE_SCRIPT), media_type=_ASSET_TYPES[".js"], headers=headers)
+
+    def own_asset(filename: str, suffix: str) -> Response:
+        headers = {**_headers(), "Cache-Control": "public, max-age=300"}
+        return Response(asset(filename), media_type=_ASSET_TYPES[suffix], headers=headers)
+
+    @app.get("/v1/hosted-fields.js")
+    def hosted_fields_script() -> Response:
+        """The hosted fields' own script (same origin as their page)."""
+        return own_asset("hosted-fields.js", ".js")
+
+    @app.get("/v1/hosted-fields.css")
+    def hosted_fields_style() -> Response:
+        """The hosted fields' default style."""
+        return own_asset("hosted-fields.css", ".css")
+
+    @app.get("/v1/hosted-fields/{session_id}")
+    def hosted_fields(session_id: SessionPath, request: Request) -> Response:
+        """The card inputs of a live session, framed only by the session's origin."""
+        service.charge_rate(f"capture-address {_client_address(request)}", state.per_address)
+        found = service.hosted_fields_session(session_id) if is_session_id(session_id) else None
+        if found is None:
+            return problem_for(
+                request.scope,
+                "not_found",
+                "no live capture session with this id",
+                _request_id(request),
+                _headers(),
+            )
+        origin, code = found
+        csp = f"{_BASE_CSP}; frame-ancestors {origin}"
+        return Response(
+            _hosted_fields_page(session_id, origin, code),
+            media_type="text/html; charset=utf-8",
+            headers=_headers(csp),
+        )
+
+    @app.options("/v1/capture/{session_id}")
+    def capture_preflight(session_id: SessionPath, request: Request) -> Response:
+        """CORS preflight: only the session's own origin is answered."""
+        origin = request.headers.get("origin")
+        found = service.hosted_fields_session(session_id) if is_session_id(session_id) else None
+        if origin is None or found is None or found[0] != origin:
+            return problem_for(
+                request.scope,
+                "origin_not_allowed",
+                "this origin may not use the capture session",
+                _request_id(request),
+                _headers(),
+            )
+        return Response(status_code=204, headers={**_headers(), **_cors(origin)})
+
+    @app.post("/v1/capture/{session_id}", response_model=CaptureAnswer)
+    async def capture(session_id: SessionPath, body: CardBody, request: Request) -> Response:
+        """Tokenize the card under the session; answer token, masked number, expiry."""
+        origin = request.headers.get("origin")
+        frame = origin == own_origin
+        if origin is not None and not frame:
+            # The answer may be read by the session's origin only; the vault refuses
+            # any other origin before it looks at the card.
+            request.scope["state"]["cors"] = {
+                "Access-Control-Allow-Origin": origin,
+                "Vary": "Origin",
+            }
+        card = CardCapture(
+            session_id=session_id,
+            secret=body.secret,
+            origin=origin,
+            client_address=_client_address(request),
+            pan=Pan.normalize(body.number),
+            token_format=body.format,
+            expiry=body.expiry,
+            name=body.name,
+            security_code=body.security_code,
+            frame=frame,
+        )
+        result = await run_in_threadpool(
+            service.capture_card,
+            card,
+            per_session=state.per_session,
+            per_address=state.per_address,
+            request_id=_request_id(request),
+        )
+        answer = CaptureAnswer(
+            token=result.token.token,
+            format=result.token.format,
+            masked_pan=result.masked,
+            expiry=result.expiry,
+        )
+        return Response(
+            answer.model_dump_json().encode(),
+            media_type="application/json",
+            headers={**_headers(), **request.scope["state"].get("cors", {})},
+        )
+
+    app.add_middleware(_CaptureGuard)
+    return app
+
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class _CaptureGuard:
+    """Request id, a small body limit, JSON only for POST, one log line per request
+    (route template, status, problem code; never the path's session id or the body)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = secrets.token_urlsafe(16)
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = {"code": 500}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        rejection = None
+        if scope["method"] == "POST":
+            length = headers.get("content-length", "")
+            content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+            if not length.isdigit() or int(length) > MAX_BODY:
+                rejection = problem_for(
+                    scope,
+                    "payload_too_large",
+                    f"send a body of at most {MAX_BODY} bytes, with Content-Length",
+                    request_id,
+                    _headers(),
+                )
+            elif content_type != "application/json":
+                rejection = problem_for(
+                    scope, "unsupported_media_type", "send application/json", request_id, _headers()
+                )
+        if rejection is not None:
+            await rejection(scope, receive, send_with_id)
+        else:
+            await self.app(scope, receive, send_with_id)
+        route = getattr(scope.get("route"), "path", "unmatched")
+        _log.info(
+            "capture request",
+            method=scope["method"],
+            route=route,
+            status=status["code"],
+            code=scope["state"].get("problem_code") or None,
+            request_id=request_id,
+        )
+
+
+def build_capture_server(
+    app: FastAPI,
+    host: str,
+    port: int,
+    *,
+    cert: FilePath,
+    key: FilePath,
+    log_config: dict[str, Any] | None = None,
+    header_timeout: float = 10.0,
+    body_timeout: float = 10.0,
+) -> ManagedServer:
+    """A configured (not started) uvicorn server for the capture listener: server TLS
+    only (no client certificate is asked for: browsers have none), TLS 1.2 or newer
+    with forward-secret AEAD suites, the same read deadlines as the mTLS listener.
+
+    Raises `ApiError` when a TLS file is missing.
+    """
+    for path in (cert, key):
+        if not path.is_file():
+            raise ApiError(f"TLS file not found: {path}")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=guarded_protocol(
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            max_connections_per_identity=1,  # unused: no client certificates here
+        ),
+        ssl_certfile=str(cert),
+        ssl_keyfile=str(key),
+        log_config=log_config,
+        access_log=False,
+        server_header=False,
+        date_header=True,
+        timeout_keep_alive=15,
+        lifespan="off",
+    )
+    config.load()
+    context = config.ssl
+    assert context is not None  # noqa: S101 - load() builds it from the files above
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
+    return ManagedServer(config)

@@ -1,0 +1,120 @@
+/*
+ * Cofre hosted fields: runs inside the iframe, on the vault's capture origin. It takes
+ * the session's secret and style from the shop's page (messages accepted only from the
+ * session's origin and the parent window), posts the card to this origin's capture
+ * endpoint, and tells the parent the token, never the card. No inline script, no eval.
+ */
+(function () {
+  "use strict";
+  var root = document.documentElement;
+  var parentOrigin = root.getAttribute("data-parent-origin");
+  var session = root.getAttribute("data-session");
+  var codeRule = root.getAttribute("data-security-code");
+  var form = document.getElementById("card");
+  var number = document.getElementById("number");
+  var expiry = document.getElementById("expiry");
+  var code = document.getElementById("security_code");
+  var name = document.getElementById("name");
+  var statusLine = document.getElementById("status");
+  var STYLE_KEYS = ["color", "backgroundColor", "borderColor", "borderRadius", "borderWidth",
+    "fontFamily", "fontSize", "fontWeight", "letterSpacing", "lineHeight", "padding"];
+  var SAFE_VALUE = /^[#(),.%\w\s-]{1,64}$/;
+  var secret = null;
+  var busy = false;
+  var done = false;
+
+  if (codeRule === "forbidden") {
+    document.getElementById("code-field").classList.add("hidden");
+  }
+
+  function tell(message) {
+    message.cofre = 1;
+    window.parent.postMessage(message, parentOrigin);
+  }
+
+  function applyStyle(style) {
+    if (!style || typeof style !== "object") { return; }
+    var inputs = [number, expiry, code, name];
+    STYLE_KEYS.forEach(function (key) {
+      var value = style[key];
+      // No url(), no expressions: plain colours, lengths and font names only.
+      if (typeof value !== "string" || !SAFE_VALUE.test(value) || /url|expression/i.test(value)) {
+        return;
+      }
+      inputs.forEach(function (input) { input.style[key] = value; });
+      if (key === "color" || key === "fontFamily" || key === "fontSize") {
+        document.body.style[key] = value;
+      }
+    });
+  }
+
+  function digits(text) { return text.replace(/[\s-]/g, ""); }
+
+  function complete() {
+    var ok = /^[0-9]{12,19}$/.test(digits(number.value)) && /^[0-9]{2}\/[0-9]{2}$/.test(expiry.value);
+    if (codeRule === "required") { ok = ok && /^[0-9]{3,4}$/.test(code.value); }
+    return ok;
+  }
+
+  function clearCard() {
+    number.value = "";
+    expiry.value = "";
+    code.value = "";
+  }
+
+  function submit() {
+    if (busy || done || secret === null) { return; }
+    busy = true;
+    statusLine.textContent = "";
+    var body = { secret: secret, number: digits(number.value) };
+    if (expiry.value.trim()) { body.expiry = expiry.value.trim(); }
+    if (codeRule !== "forbidden" && code.value.trim()) { body.security_code = code.value.trim(); }
+    if (name.value.trim()) { body.name = name.value.trim(); }
+    fetch("/v1/capture/" + session, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+      credentials: "omit",
+      cache: "no-store",
+      referrerPolicy: "no-referrer"
+    }).then(function (response) {
+      return response.json().then(function (answer) { return { ok: response.ok, answer: answer }; });
+    }).then(function (result) {
+      busy = false;
+      var answer = result.answer || {};
+      if (result.ok) {
+        done = true;
+        clearCard();
+        tell({ type: "token", token: answer.token, format: answer.format,
+               masked_pan: answer.masked_pan, expiry: answer.expiry });
+      } else {
+        statusLine.textContent = answer.title || "The card was not accepted";
+        tell({ type: "error", code: answer.code, title: answer.title, status: answer.status });
+      }
+    }, function () {
+      busy = false;
+      tell({ type: "error", code: "network_error", title: "The vault could not be reached", status: 0 });
+    });
+  }
+
+  window.addEventListener("message", function (event) {
+    if (event.origin !== parentOrigin || event.source !== window.parent) { return; }
+    var data = event.data;
+    if (!data || data.cofre !== 1) { return; }
+    if (data.type === "init" && secret === null && typeof data.secret === "string") {
+      secret = data.secret;
+      applyStyle(data.style);
+    } else if (data.type === "submit") {
+      submit();
+    }
+  });
+
+  form.addEventListener("submit", function (event) { event.preventDefault(); submit(); });
+  form.addEventListener("input", function () { tell({ type: "change", complete: complete() }); });
+  expiry.addEventListener("input", function () {
+    var d = expiry.value.replace(/[^0-9]/g, "").slice(0, 4);
+    expiry.value = d.length > 2 ? d.slice(0, 2) + "/" + d.slice(2) : d;
+  });
+
+  tell({ type: "ready" });
+}());

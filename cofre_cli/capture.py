@@ -1,0 +1,69 @@
+"""Wiring the capture listener (hosted card fields): its app and its server.
+
+IN PCI SCOPE (wiring). The listener serves browsers over server TLS only, beside the
+mTLS listener, in the same process (`cofre serve`, `cofre dev`), when
+`COFRE_CAPTURE__PORT` is set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from api.capture import CaptureState, build_capture_server, create_capture_app
+from api.server import BackgroundServer, log_config
+from cofre.errors import ConfigurationError
+from cofre.settings import Settings
+from policies.models import RateLimit
+from vault.service import VaultService
+
+_log = structlog.get_logger("cofre.capture")
+
+
+def capture_app(settings: Settings, service: VaultService) -> Any:
+    """The capture listener's ASGI app for `service`, with the configured limits."""
+    capture = settings.capture
+    return create_capture_app(
+        CaptureState(
+            service=service,
+            public_origin=capture.origin(),
+            per_session=RateLimit(
+                per_second=capture.session_per_second, burst=capture.session_burst
+            ),
+            per_address=RateLimit(
+                per_second=capture.address_per_second, burst=capture.address_burst
+            ),
+        )
+    )
+
+
+def start_capture_listener(settings: Settings, app: Any) -> BackgroundServer | None:
+    """Start the capture listener in a thread when `COFRE_CAPTURE__PORT` is set (the
+    caller stops it after the mTLS listener has drained); None when it is not.
+
+    Raises `ConfigurationError` without a certificate for it, `ApiError` when a TLS
+    file is missing or the listener does not start.
+    """
+    capture = settings.capture
+    if capture.port is None:
+        return None
+    cert = capture.cert_file or settings.server.cert_file
+    key = capture.key_file or settings.server.key_file
+    if cert is None or key is None:
+        raise ConfigurationError("set COFRE_CAPTURE__CERT_FILE and COFRE_CAPTURE__KEY_FILE")
+    server = BackgroundServer(
+        build_capture_server(
+            app,
+            capture.host,
+            capture.port,
+            cert=Path(cert),
+            key=Path(key),
+            log_config=log_config(settings.log_level),
+            header_timeout=settings.server.header_timeout_seconds,
+        )
+    )
+    server.start()
+    _log.info("capture listener started", origin=capture.origin(), host=capture.host)
+    return server

@@ -1,0 +1,254 @@
+"""The capture listener (hosted card fields) over real server TLS, no client
+certificate: the attacks first, each a 4xx problem+json with a stable code, nothing
+stored, the card never echoed; then the headers that keep the fields framed only by
+the session's origin; then the capture that works."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from api.capture import CAPTURE_SCRIPT, asset, sri_hash
+from cofre.settings import CaptureSettings
+from hsm.provider import HSMProvider
+from tests.api.conftest import VaultServer, running_vault
+from tests.support.postgres import free_port
+from vault.capture import CaptureSession, CaptureSessionRequest, SecurityCodeRule
+from vault.service import CallContext
+
+VISA = "4111111111111111"
+LUHN_BAD = "4111111111111112"
+SHOP = "https://shop.example"
+PAYMENTS = CallContext("spiffe://cofre/payments", "req-test")
+
+
+@pytest.fixture(scope="module")
+def capture_vault(
+    tmp_path_factory: pytest.TempPathFactory, hsm_provider: HSMProvider
+) -> Iterator[VaultServer]:
+    settings = CaptureSettings(port=free_port(), session_per_second=0.001, session_burst=5)
+    with running_vault(tmp_path_factory.mktemp("capture"), hsm_provider, capture=settings) as vault:
+        yield vault
+
+
+def _session(vault: VaultServer, **changes: Any) -> CaptureSession:
+    fields: dict[str, Any] = {"origin": SHOP, "formats": ("pan_bin6_last4",), **changes}
+    return vault.runtime.service.create_capture_session(PAYMENTS, CaptureSessionRequest(**fields))
+
+
+def _post(
+    vault: VaultServer,
+    session: CaptureSession | str,
+    body: dict[str, Any] | None = None,
+    *,
+    origin: str | None = SHOP,
+    secret: str | None = "session",  # noqa: S107 - "use the session's own secret"
+) -> httpx.Response:
+    session_id = session if isinstance(session, str) else session.session_id
+    payload: dict[str, Any] = {"number": VISA, "expiry": "12/29", **(body or {})}
+    if secret == "session":
+        assert not isinstance(session, str)
+        payload["secret"] = session.secret
+    elif secret is not None:
+        payload["secret"] = secret
+    headers = {"origin": origin} if origin is not None else {}
+    with vault.capture_client() as client:
+        return client.post(f"/v1/capture/{session_id}", json=payload, headers=headers)
+
+
+def _tokens(vault: VaultServer) -> int:
+    with vault.runtime.engine.connect() as connection:
+        return int(connection.execute(sa.text("SELECT count(*) FROM tokens")).scalar_one())
+
+
+def _refused(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == code
+    assert VISA not in response.text
+    assert LUHN_BAD not in response.text
+    assert "Access-Control-Allow-Origin".lower() not in {
+        k.lower() for k in response.headers if response.headers[k] == "*"
+    }
+
+
+# ------------------------------------------------------------------ attacks
+def test_a_capture_from_another_origin_is_refused(capture_vault: VaultServer) -> None:
+    session = _session(capture_vault)
+    before = _tokens(capture_vault)
+    for origin in ("https://evil.example", None):
+        response = _post(capture_vault, session, origin=origin)
+        _refused(response, 403, "origin_not_allowed")
+        assert "access-control-allow-origin" not in response.headers or (
+            response.headers["access-control-allow-origin"] == origin
+        )
+    assert _tokens(capture_vault) == before
+
+
+def test_the_preflight_answers_only_the_sessions_origin(capture_vault: VaultServer) -> None:
+    session = _session(capture_vault)
+    with capture_vault.capture_client() as client:
+        ok = client.options(f"/v1/capture/{session.session_id}", headers={"origin": SHOP})
+        evil = client.options(
+            f"/v1/capture/{session.session_id}", headers={"origin": "https://evil.example"}
+        )
+    assert ok.status_code == 204
+    assert ok.headers["access-control-allow-origin"] == SHOP
+    assert ok.headers["access-control-allow-methods"] == "POST"
+    _refused(evil, 403, "origin_not_allowed")
+    assert "access-control-allow-origin" not in evil.headers
+
+
+def test_an_expired_session_is_refused(capture_vault: VaultServer) -> None:
+    session = _session(capture_vault, ttl_seconds=60)
+    before = _tokens(capture_vault)
+    # Its minute has passed (moved in the database: no test waits on the wall clock).
+    with capture_vault.runtime.engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE capture_sessions SET expires_at = :past WHERE id = :id"),
+            {"past": datetime.now(UTC) - timedelta(seconds=1), "id": session.session_id},
+        )
+    _refused(_post(capture_vault, session), 410, "capture_session_expired")
+    assert _tokens(capture_vault) == before
+
+
+def test_a_reused_session_is_refused(capture_vault: VaultServer) -> None:
+    session = _session(capture_vault)
+    assert _post(capture_vault, session).status_code == 200
+    before = _tokens(capture_vault)
+    _refused(_post(capture_vault, session), 409, "capture_session_used")
+    assert _tokens(capture_vault) == before
+
+
+def test_a_missing_or_wrong_secret_is_refused(capture_vault: VaultServer) -> None:
+    session = _session(capture_vault)
+    before = _tokens(capture_vault)
+    _refused(_post(capture_vault, session, secret=None), 401, "capture_unauthorized")
+    _refused(_post(capture_vault, session, secret="cofre_cs_wrong"), 401, "capture_unauthorized")
+    _refused(
+        _post(capture_vault, "cs_" + "b" * 32, secret="cofre_cs_x"), 401, "capture_unauthorized"
+    )
+    assert _tokens(capture_vault) == before
+
+
+def test_a_luhn_invalid_number_is_refused(capture_vault: VaultServer) -> None:
+    session = _session(capture_vault)
+    before = _tokens(capture_vault)
+    _refused(_post(capture_vault, session, {"number": LUHN_BAD}), 422, "invalid_pan")
+    _refused(_post(capture_vault, session, {"number": "4111 1111 x"}), 422, "invalid_pan")
+    _refused(_post(capture_vault, session, {"expiry": "13/29"}), 422, "invalid_request")
+    assert _tokens(capture_vault) == before
+
+
+def test_a_code_on_a_session_that_forbids_it_is_refused(capture_vault: VaultServer) -> None:
+    session = _session(capture_vault, security_code=SecurityCodeRule.FORBIDDEN)
+    before = _tokens(capture_vault)
+    response = _post(capture_vault, session, {"security_code": "737"})
+    _refused(response, 422, "security_code_not_allowed")
+    assert "737" not in response.text
+    assert _tokens(capture_vault) == before
+
+
+def test_guessing_a_secret_is_rate_limited(capture_vault: VaultServer) -> None:
+    session = _session(capture_vault)
+    statuses = [
+        _post(capture_vault, session, secret=f"cofre_cs_guess{n}").status_code for n in range(5)
+    ]
+    assert statuses == [401] * 5
+    response = _post(capture_vault, session)  # even the right secret, once limited
+    _refused(response, 429, "rate_limited")
+    assert int(response.headers["retry-after"]) >= 1
+
+
+def test_bodies_that_are_not_small_json_are_refused(capture_vault: VaultServer) -> None:
+    session = _session(capture_vault)
+    with capture_vault.capture_client() as client:
+        url = f"/v1/capture/{session.session_id}"
+        form = client.post(url, content=b"number=" + VISA.encode(), headers={"origin": SHOP})
+        big = client.post(
+            url,
+            content=b'{"number": "' + b"1" * 5000 + b'"}',
+            headers={"origin": SHOP, "content-type": "application/json"},
+        )
+        extra = client.post(url, json={"number": VISA, "cvv": "123"}, headers={"origin": SHOP})
+    _refused(form, 415, "unsupported_media_type")
+    _refused(big, 413, "payload_too_large")
+    _refused(extra, 422, "invalid_request")
+    assert "123" not in extra.text
+
+
+# ------------------------------------------------------------------ framing and scripts
+def test_the_hosted_fields_are_framed_only_by_the_sessions_origin(
+    capture_vault: VaultServer,
+) -> None:
+    session = _session(capture_vault)
+    with capture_vault.capture_client() as client:
+        page = client.get(f"/v1/hosted-fields/{session.session_id}")
+        unknown = client.get("/v1/hosted-fields/cs_" + "c" * 32)
+    assert page.status_code == 200
+    csp = page.headers["content-security-policy"]
+    assert f"frame-ancestors {SHOP}" in csp
+    assert "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+    assert "unsafe-eval" not in csp
+    assert page.headers["cache-control"] == "no-store"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    # No inline script or style: every script has a src, no on* handlers, no style=.
+    scripts = re.findall(r"<script([^>]*)>", page.text)
+    assert scripts
+    assert all('src="/v1/hosted-fields.js"' in s for s in scripts)
+    assert not re.search(r"\son[a-z]+=|style=|<style", page.text)
+    assert f'data-parent-origin="{SHOP}"' in page.text
+    _refused(unknown, 404, "not_found")
+    assert "frame-ancestors 'none'" in unknown.headers["content-security-policy"]
+
+
+def test_the_shop_script_is_served_for_sri(capture_vault: VaultServer) -> None:
+    with capture_vault.capture_client() as client:
+        script = client.get("/v1/capture.js")
+        fields = client.get("/v1/hosted-fields.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert script.headers["access-control-allow-origin"] == "*"
+    assert sri_hash(script.content) == sri_hash(asset(CAPTURE_SCRIPT))
+    assert fields.status_code == 200
+    # Neither script evaluates strings.
+    for source in (script.text, fields.text):
+        assert not re.search(r"\beval\(|new Function|setTimeout\(\s*['\"]", source)
+
+
+# ------------------------------------------------------------------ the capture that works
+def test_a_capture_from_the_hosted_fields_answers_a_token(capture_vault: VaultServer) -> None:
+    session = _session(capture_vault)
+    response = _post(capture_vault, session, origin=capture_vault.capture_url)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert set(answer) == {"token", "format", "masked_pan", "expiry"}
+    assert answer["masked_pan"] == "411111******1111"
+    assert answer["expiry"] == "12/29"
+    assert answer["token"] != VISA
+    assert "access-control-allow-origin" not in response.headers
+    with capture_vault.runtime.engine.connect() as connection:
+        stored = connection.execute(
+            sa.text("SELECT domain FROM tokens WHERE token = :t"), {"t": answer["token"]}
+        ).scalar_one()
+    assert stored == PAYMENTS.identity
+    # The shop's backend (the session's creator) reads it masked.
+    with capture_vault.client("payments") as payments:
+        masked = payments.post("/v1/detokenize-masked", json={"token": answer["token"]})
+    assert masked.json()["masked_pan"] == "411111******1111"
+
+
+def test_a_capture_from_the_sessions_origin_may_read_the_answer(
+    capture_vault: VaultServer,
+) -> None:
+    session = _session(capture_vault)
+    response = _post(capture_vault, session)
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == SHOP

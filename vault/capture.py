@@ -1,0 +1,239 @@
+"""Hosted card capture: the sessions a shop's backend opens, and the card a shopper's
+browser sends to the vault's capture listener.
+
+IN PCI SCOPE, holds card data (a `CardCapture` carries a `Pan` and may carry a card
+security code). The shop's backend asks for a session over mutual TLS (operation
+``capture``): it gets a session id, a client secret shown once, and an expiry. The
+shop's page hands both to the hosted fields, an iframe served by the vault from its own
+origin, which posts the card to the vault; the shop's page and backend only ever see
+the token. A session is bound to:
+
+- one exact web origin (scheme, host, port) that may frame the fields and call the
+  capture endpoint (CSP ``frame-ancestors``, CORS and a check of the ``Origin`` header);
+- the creating identity's token domain and formats: the token belongs to that domain;
+- its secret, stored only as SHA-256 (a 256-bit random value needs no slow hash);
+- a lifetime of at most 15 minutes and, by default, one capture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import string
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Final
+from urllib.parse import urlsplit
+
+from vault.errors import CaptureRequestInvalid, InvalidOrigin, InvalidTTL, SecurityCodeNotAllowed
+from vault.models import TokenRecord
+from vault.pan import Pan
+
+__all__ = [
+    "DEFAULT_TTL_SECONDS",
+    "MAX_TTL_SECONDS",
+    "MAX_USES",
+    "SESSION_ID_LENGTH",
+    "CaptureResult",
+    "CaptureSession",
+    "CaptureSessionRequest",
+    "CardCapture",
+    "SecurityCodeRule",
+    "check_security_code",
+    "hash_secret",
+    "is_session_id",
+    "new_secret",
+    "new_session_id",
+    "normalize_origin",
+    "secret_matches",
+]
+
+MAX_TTL_SECONDS: Final = 15 * 60
+DEFAULT_TTL_SECONDS: Final = 10 * 60
+MAX_USES: Final = 20
+MAX_FORMATS: Final = 8
+SESSION_ID_PREFIX: Final = "cs_"
+SESSION_ID_LENGTH: Final = 35
+_SESSION_ALPHABET: Final = string.ascii_lowercase
+_SESSION_CHARS: Final = frozenset(_SESSION_ALPHABET)
+_SECRET_PREFIX: Final = "cofre_cs_"  # noqa: S105 - a prefix that names the kind, not a secret
+_LOCAL_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
+_HOST_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
+
+
+class SecurityCodeRule(StrEnum):
+    """Whether a session's captures carry the card security code (CVV2/CVC2)."""
+
+    REQUIRED = "required"
+    OPTIONAL = "optional"
+    FORBIDDEN = "forbidden"
+
+
+def normalize_origin(text: str, *, allow_http_localhost: bool = False) -> str:
+    """Return `text` as an exact web origin, ``scheme://host[:port]`` (lower case, the
+    default port dropped).
+
+    Raises `InvalidOrigin` for anything else: a path, query, fragment or user info, a
+    wildcard, ``null``, a scheme other than https (http only for localhost, and only
+    when `allow_http_localhost`, a development setting), a host that is not a DNS name
+    or an IP literal.
+    """
+    if not 1 <= len(text) <= 255 or text != text.strip():
+        raise InvalidOrigin("an origin is 'https://host[:port]', at most 255 characters")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise InvalidOrigin("the origin is not a URL with a valid port") from None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+        raise InvalidOrigin("an origin has no user info, path, query or fragment")
+    if not host or "*" in text:
+        raise InvalidOrigin("an origin names one exact host (no wildcards)")
+    display_host = f"[{host}]" if ":" in host else host
+    if scheme == "http":
+        if not (allow_http_localhost and display_host in _LOCAL_HOSTS):
+            raise InvalidOrigin(
+                "the origin must use https (http only for localhost with the development "
+                "setting COFRE_CAPTURE__ALLOW_HTTP_LOCALHOST)"
+            )
+    elif scheme != "https":
+        raise InvalidOrigin("the origin must use https")
+    _check_host(host)
+    default = 443 if scheme == "https" else 80
+    suffix = "" if port is None or port == default else f":{port}"
+    return f"{scheme}://{display_host}{suffix}"
+
+
+def _check_host(host: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return
+    labels = host.split(".")
+    if not set(host) <= _HOST_CHARS or any(
+        not 1 <= len(label) <= 63 or label.startswith("-") or label.endswith("-")
+        for label in labels
+    ):
+        raise InvalidOrigin("the origin's host is not a DNS name (use its punycode form)")
+
+
+def new_session_id() -> str:
+    """A fresh session id: ``cs_`` and 32 random lower-case letters (150 bits). No
+    digits, so no masker ever mistakes one for a card number in a log or audit entry."""
+    return SESSION_ID_PREFIX + "".join(
+        secrets.choice(_SESSION_ALPHABET) for _ in range(SESSION_ID_LENGTH - 3)
+    )
+
+
+def is_session_id(text: str) -> bool:
+    """Whether `text` has the shape of a session id (checked before any lookup)."""
+    return (
+        len(text) == SESSION_ID_LENGTH
+        and text.startswith(SESSION_ID_PREFIX)
+        and set(text[3:]) <= _SESSION_CHARS
+    )
+
+
+def new_secret() -> tuple[str, bytes]:
+    """A fresh client secret (256 random bits) and the hash to store."""
+    secret = _SECRET_PREFIX + secrets.token_urlsafe(32)
+    return secret, hash_secret(secret)
+
+
+def hash_secret(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
+
+
+def secret_matches(secret: str | None, stored: bytes) -> bool:
+    """Whether `secret` hashes to `stored` (compared in constant time)."""
+    if not secret or len(secret) > 128:
+        return False
+    return hmac.compare_digest(hash_secret(secret), bytes(stored))
+
+
+def check_security_code(rule: SecurityCodeRule, code: str | None) -> None:
+    """Raise `SecurityCodeNotAllowed` for a code where `rule` forbids one, and
+    `CaptureRequestInvalid` for a missing one where it is required or one that is not
+    3 or 4 ASCII digits. The message never repeats the code."""
+    if code is None or code == "":
+        if rule is SecurityCodeRule.REQUIRED:
+            raise CaptureRequestInvalid("this capture session requires the card security code")
+        return
+    if rule is SecurityCodeRule.FORBIDDEN:
+        raise SecurityCodeNotAllowed(
+            "this capture session takes no card security code; nothing was stored"
+        )
+    if not (len(code) in (3, 4) and all("0" <= c <= "9" for c in code)):
+        raise CaptureRequestInvalid("the card security code is 3 or 4 digits")
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureSessionRequest:
+    """What a shop's backend asks for: its page's origin, the token formats a capture
+    may produce (the first is the default), the lifetime and the captures allowed."""
+
+    origin: str
+    formats: tuple[str, ...]
+    ttl_seconds: int = DEFAULT_TTL_SECONDS
+    max_uses: int = 1
+    security_code: SecurityCodeRule = SecurityCodeRule.OPTIONAL
+
+    def check(self) -> None:
+        """Raise `CaptureRequestInvalid` or `InvalidTTL` for what no session may be."""
+        if not 1 <= len(self.formats) <= MAX_FORMATS or len(set(self.formats)) != len(self.formats):
+            raise CaptureRequestInvalid(f"name 1 to {MAX_FORMATS} different token formats")
+        # The API's schema checks the types; bool is an int to Python.
+        ttl = self.ttl_seconds
+        if isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_SECONDS:
+            raise InvalidTTL(f"a capture session lives 1 to {MAX_TTL_SECONDS} seconds")
+        uses = self.max_uses
+        if isinstance(uses, bool) or not 1 <= uses <= MAX_USES:
+            raise CaptureRequestInvalid(f"a capture session allows 1 to {MAX_USES} captures")
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureSession:
+    """A session as its creator sees it once; `secret` is never stored or shown again."""
+
+    session_id: str
+    origin: str
+    formats: tuple[str, ...]
+    expires_at: datetime
+    max_uses: int
+    security_code: SecurityCodeRule
+    secret: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CardCapture:
+    """One card from the hosted fields: the session it claims, where it came from, and
+    the card. `origin` is the request's ``Origin`` header (None when absent); `frame`
+    says the hosted fields (the vault's own origin) sent it on the session origin's
+    behalf."""
+
+    session_id: str
+    secret: str | None = field(repr=False)
+    origin: str | None
+    client_address: str
+    pan: Pan
+    token_format: str | None = None
+    expiry: str | None = None  # "MM/YY"
+    name: str | None = field(default=None, repr=False)
+    security_code: str | None = field(default=None, repr=False)
+    frame: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureResult:
+    """What the browser gets: the token, the masked number and the expiry."""
+
+    token: TokenRecord
+    masked: str
+    expiry: str | None

@@ -1,0 +1,259 @@
+"""Hosted card capture: open a session (mutual TLS, operation ``capture``), then take
+one card from the shopper's browser under that session.
+
+IN PCI SCOPE, holds card data. The order of the checks is the defence:
+
+1. the client address and then the session are charged against their rate limits in
+   transactions of their own, so a refused guess still counts (brute force of a
+   secret is bounded by the per-session and per-address limits);
+2. a missing or wrong secret and an unknown session are one answer
+   (`CaptureUnauthorized`): nothing about the session leaks to a guess;
+3. then the origin, the expiry and the uses left;
+4. then the card (Luhn, the format, the security code rule): refused before any write;
+5. the token is stored, the session spent (one conditional UPDATE) and the capture
+   audited in one transaction: a refused or failed capture stores nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy import Connection, Row, and_, delete, insert, select, update
+
+from audit.log import DetailValue, Outcome
+from policies.models import Action, RateLimit
+from vault.capture import (
+    CaptureResult,
+    CaptureSession,
+    CaptureSessionRequest,
+    CardCapture,
+    SecurityCodeRule,
+    check_security_code,
+    is_session_id,
+    new_secret,
+    new_session_id,
+    normalize_origin,
+    secret_matches,
+)
+from vault.errors import (
+    CaptureRequestInvalid,
+    CaptureSessionExpired,
+    CaptureSessionUsed,
+    CaptureUnauthorized,
+    OriginNotAllowed,
+)
+from vault.models import CallContext, TokenizeRequest, TokenRecord
+from vault.operations.tokenize import TokenizeOperations
+from vault.storage.database import as_utc
+from vault.storage.schema import capture_sessions
+
+# Who an audit entry names when a capture names no session the vault knows.
+ANONYMOUS_CAPTURE: Final = "capture:unknown-session"
+CREATE_SESSION: Final = "capture.session.create"
+
+
+class CaptureOperations(TokenizeOperations):
+    """Capture-session operations of the vault."""
+
+    def create_capture_session(
+        self,
+        ctx: CallContext,
+        request: CaptureSessionRequest,
+        *,
+        allow_http_localhost: bool = False,
+    ) -> CaptureSession:
+        """Open a capture session for `request.origin`, bound to the caller's token
+        domain; the answer carries the client secret, which is not kept (only its hash).
+
+        Raises `PolicyDenied` (no ``capture``, or a format the caller may not use),
+        `InvalidOrigin`, `InvalidTTL`, `CaptureRequestInvalid`, `RateLimited`,
+        `StorageUnavailable`, `AuditWriteFailed`.
+        """
+        with self._audited_refusal(ctx, CREATE_SESSION):
+            request.check()
+            rules = self._authorize(ctx, Action.CAPTURE, token_format=request.formats[0])
+            for other in request.formats[1:]:
+                self._authorize(ctx, Action.CAPTURE, token_format=other)
+            origin = normalize_origin(request.origin, allow_http_localhost=allow_http_localhost)
+            session_id = new_session_id()
+            secret, secret_hash = new_secret()
+
+            def work(connection: Connection) -> datetime:
+                now = self._clock()
+                self._charge(connection, ctx, rules)
+                expires = now + timedelta(seconds=request.ttl_seconds)
+                connection.execute(
+                    insert(capture_sessions).values(
+                        id=session_id,
+                        secret_hash=secret_hash,
+                        origin=origin,
+                        formats=json.dumps(list(request.formats)),
+                        security_code=request.security_code.value,
+                        owner=ctx.identity,
+                        domain=rules.domain_of(ctx.identity),
+                        created_at=now,
+                        expires_at=expires,
+                        max_uses=request.max_uses,
+                        uses=0,
+                    )
+                )
+                self._audit.append(
+                    connection,
+                    self._audit_event(
+                        ctx,
+                        CREATE_SESSION,
+                        Outcome.SUCCESS,
+                        details={
+                            "session": session_id,
+                            "origin": origin,
+                            "formats": ",".join(request.formats),
+                            "ttl_seconds": request.ttl_seconds,
+                            "max_uses": request.max_uses,
+                            "security_code": request.security_code.value,
+                        },
+                    ),
+                )
+                return expires
+
+            expires_at = self._transaction(work)
+        return CaptureSession(
+            session_id=session_id,
+            origin=origin,
+            formats=request.formats,
+            expires_at=expires_at,
+            max_uses=request.max_uses,
+            security_code=request.security_code,
+            secret=secret,
+        )
+
+    def hosted_fields_session(self, session_id: str) -> tuple[str, SecurityCodeRule] | None:
+        """The origin a live session with captures left is bound to (the only one that
+        may frame its hosted fields) and its security-code rule, or None. Needs no
+        secret: it tells nothing the session's own page does not show. Raises
+        `StorageUnavailable`."""
+        row = self._session_row(session_id)
+        if row is None or row.uses >= row.max_uses:
+            return None
+        expires = as_utc(row.expires_at)
+        if expires is None or expires <= self._clock():
+            return None
+        return str(row.origin), SecurityCodeRule(row.security_code)
+
+    def capture_card(
+        self,
+        card: CardCapture,
+        *,
+        per_session: RateLimit,
+        per_address: RateLimit,
+        request_id: str = "",
+    ) -> CaptureResult:
+        """Tokenize the card of a hosted-fields capture into the session creator's
+        domain, spend one use of the session and audit it, in one transaction.
+
+        Raises `RateLimited` (per client address, then per session), `CaptureUnauthorized`
+        (unknown session, missing or wrong secret), `OriginNotAllowed`,
+        `CaptureSessionExpired`, `CaptureSessionUsed`, `InvalidPan`,
+        `FormatNotApplicable`, `SecurityCodeNotAllowed`, `CaptureRequestInvalid`,
+        `PolicyDenied` (the creator lost ``capture`` or the format), and what tokenize
+        raises. Every refusal is audited; none stores anything.
+        """
+        anonymous = CallContext(identity=ANONYMOUS_CAPTURE, request_id=request_id)
+        details: dict[str, DetailValue] = {"client": card.client_address[:64]}
+        with self._audited_refusal(anonymous, Action.CAPTURE):
+            self.charge_rate(f"capture-address {card.client_address[:64]}", per_address)
+            session = self._session_row(card.session_id)
+            if session is None:
+                raise CaptureUnauthorized("unknown capture session or wrong client secret")
+        owner = CallContext(identity=str(session.owner), request_id=request_id)
+        details["session"] = str(session.id)
+        with self._audited_refusal(owner, Action.CAPTURE):
+            self.charge_rate(f"capture-session {session.id}", per_session)
+            token_format = self._check_session(card, session)
+
+        def spend(connection: Connection, stored: list[TokenRecord]) -> None:
+            self._spend_session(connection, owner, session, stored[0], details)
+
+        # Tokenize audits its own refusals (an invalid card, a spent session) under
+        # ``capture`` with the creator as actor.
+        request = TokenizeRequest(pan=card.pan, format=token_format)
+        record = self._tokenize(owner, [request], batch=False, action=Action.CAPTURE, within=spend)[
+            0
+        ]
+        return CaptureResult(token=record, masked=card.pan.masked(), expiry=card.expiry)
+
+    def _session_row(self, session_id: str) -> Row[Any] | None:
+        if not is_session_id(session_id):
+            return None
+        with self._storage(), self._engine.connect() as connection:
+            return connection.execute(
+                select(capture_sessions).where(capture_sessions.c.id == session_id)
+            ).first()
+
+    def _check_session(self, card: CardCapture, session: Row[Any]) -> str:
+        """Check the session's secret, origin, expiry, uses and rules against `card`;
+        return the token format to use. Raises the refusal."""
+        if not secret_matches(card.secret, session.secret_hash):
+            raise CaptureUnauthorized("unknown capture session or wrong client secret")
+        if not card.frame and card.origin != session.origin:
+            raise OriginNotAllowed("this capture session is bound to another origin")
+        expires = as_utc(session.expires_at)
+        if expires is None or expires <= self._clock():
+            raise CaptureSessionExpired("this capture session has expired; open a new one")
+        if session.uses >= session.max_uses:
+            raise CaptureSessionUsed("this capture session is used up; open a new one")
+        formats = json.loads(session.formats)
+        token_format = card.token_format or formats[0]
+        if token_format not in formats:
+            raise CaptureRequestInvalid("this capture session does not allow that token format")
+        check_security_code(SecurityCodeRule(session.security_code), card.security_code)
+        return str(token_format)
+
+    def _spend_session(
+        self,
+        connection: Connection,
+        owner: CallContext,
+        session: Row[Any],
+        record: TokenRecord,
+        details: dict[str, DetailValue],
+    ) -> None:
+        """Spend one use (a conditional UPDATE, so two captures cannot both take the
+        last one) and audit the capture, in the token's transaction."""
+        now = self._clock()
+        spent = connection.execute(
+            update(capture_sessions)
+            .where(
+                and_(
+                    capture_sessions.c.id == session.id,
+                    capture_sessions.c.uses < capture_sessions.c.max_uses,
+                    capture_sessions.c.expires_at > now,
+                )
+            )
+            .values(uses=capture_sessions.c.uses + 1, last_token_id=record.token_id)
+        )
+        if spent.rowcount != 1:
+            raise CaptureSessionUsed("this capture session is used up; open a new one")
+        self._audit.append(
+            connection,
+            self._audit_event(
+                owner,
+                Action.CAPTURE,
+                Outcome.SUCCESS,
+                token_id=record.token_id,
+                details={
+                    **details,
+                    "origin": str(session.origin),
+                    "format": record.format,
+                },
+            ),
+        )
+
+
+def purge_capture_sessions(connection: Connection, now: datetime) -> int:
+    """Delete sessions that expired more than an hour ago (they hold no card data; the
+    audit log keeps their story); return how many."""
+    removed = connection.execute(
+        delete(capture_sessions).where(capture_sessions.c.expires_at < now - timedelta(hours=1))
+    ).rowcount
+    return int(removed)
