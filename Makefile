@@ -33,11 +33,14 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# Only the tests need these: headless Chromium renders the evidence report a QSA opens;
-# gcc and p11-kit's pkcs11.h build the CloudHSM-behaviour PKCS#11 shim (tests/support/).
+# Only the tests need these: headless Chromium renders the evidence report a QSA opens
+# and, driven through chromium-driver (WebDriver), types a card into the hosted capture
+# fields; gcc and p11-kit's pkcs11.h build the CloudHSM-behaviour PKCS#11 shim
+# (tests/support/).
 test-deps:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	command -v gcc >/dev/null || missing="$$missing gcc libc6-dev"; \
 	[ -f /usr/include/p11-kit-1/p11-kit/pkcs11.h ] || missing="$$missing libp11-kit-dev"; \
 	if [ -n "$$missing" ]; then \

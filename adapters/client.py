@@ -1,8 +1,9 @@
 """`CofreClient`: the typed HTTPS client the out-of-scope tier uses to talk to the vault.
 
 OUT OF PCI SCOPE. No method takes or returns a clear PAN: there is no tokenize or lookup
-(both send one) and no full detokenize (it returns one), only the masked reveal and the
-relay, whose tokens the vault replaces with PANs inside the PCI zone. The vault's policy
+(both send one) and no full detokenize (it returns one), only the masked reveal, the
+relay, whose tokens the vault replaces with PANs inside the PCI zone, and capture
+sessions, through which the shopper's browser sends the card to the vault itself. The vault's policy
 enforces the same (`scope = "out"` refuses those operations at load). It speaks mutual
 TLS with the adapter's own client certificate.
 """
@@ -10,12 +11,26 @@ TLS with the adapter's own client certificate.
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from adapters.errors import AdapterError, error_for
+
+
+@dataclass(frozen=True)
+class CaptureSession:
+    """A hosted-fields session for one checkout page: hand `session_id` and
+    `client_secret` to that page (never log the secret; it is shown once), which loads
+    ``capture.js`` from `capture_origin` (docs/capture.md)."""
+
+    session_id: str
+    client_secret: str = field(repr=False)
+    origin: str
+    expires_at: str
+    capture_origin: str | None
 
 
 class CofreClient:
@@ -60,3 +75,34 @@ class CofreClient:
         """Have the vault send `body` (tokens in it) to the route's upstream; return the
         upstream's status and its body as the vault returns it (PANs tokenized/masked)."""
         return self._call("POST", f"/v1/relay/{route}", body)
+
+    def create_capture_session(
+        self,
+        origin: str,
+        formats: tuple[str, ...] = ("pan_bin6_last4",),
+        *,
+        ttl_seconds: int = 600,
+        max_uses: int = 1,
+        security_code: str = "optional",
+    ) -> CaptureSession:
+        """Open a hosted-fields session for the checkout page at `origin` (this
+        identity needs the ``capture`` operation). The card then goes from the
+        shopper's browser to the vault; this tier only ever gets the token."""
+        _, data = self._call(
+            "POST",
+            "/v1/capture-sessions",
+            {
+                "origin": origin,
+                "formats": list(formats),
+                "ttl_seconds": ttl_seconds,
+                "max_uses": max_uses,
+                "security_code": security_code,
+            },
+        )
+        return CaptureSession(
+            session_id=str(data["session_id"]),
+            client_secret=str(data["client_secret"]),
+            origin=str(data["origin"]),
+            expires_at=str(data["expires_at"]),
+            capture_origin=data.get("capture_origin"),
+        )

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from adapters.client import CofreClient
+from adapters.client import CaptureSession, CofreClient
+from adapters.errors import AdapterError
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,30 @@ class StoreAdapter:
 
 
 class PaymentsAdapter:
-    """A payment: authorize with Getnet via the vault, then record in the ledger."""
+    """A checkout: open a hosted-fields capture session for the shop's page (the card
+    goes from the shopper's browser to the vault, never through here), then authorize
+    the token it yields with Getnet via the vault, then record in the ledger."""
 
-    def __init__(self, getnet: GetnetRoutingAdapter, ledger: LedgerAdapter) -> None:
+    def __init__(
+        self,
+        getnet: GetnetRoutingAdapter,
+        ledger: LedgerAdapter,
+        vault: CofreClient | None = None,
+        formats: tuple[str, ...] = ("pan_bin6_last4",),
+    ) -> None:
         self._getnet = getnet
         self._ledger = ledger
+        self._vault = vault
+        self._formats = formats
+
+    def open_checkout(self, page_origin: str, *, ttl_seconds: int = 600) -> CaptureSession:
+        """A capture session for the checkout page at `page_origin` (single use). Give
+        its id and secret to that page only; the page gets a card token back."""
+        if self._vault is None:
+            raise AdapterError("this payments adapter has no vault client for capture sessions")
+        return self._vault.create_capture_session(
+            page_origin, self._formats, ttl_seconds=ttl_seconds
+        )
 
     def pay(
         self, order_id: str, card_token: str, amount: Decimal, currency: str = "BRL"

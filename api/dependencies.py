@@ -33,6 +33,10 @@ class AppState:
     evidence: Callable[[CallContext, EvidenceRequest], bytes] | None = None
     # /docs and /openapi.json (`cofre dev`; off in `cofre serve` unless configured).
     api_docs: bool = False
+    # Hosted capture: the capture listener's origin (told to session creators) and the
+    # development setting that lets a session name an http://localhost origin.
+    capture_origin: str | None = None
+    capture_allow_http_localhost: bool = False
 
 
 def app_state(request: Request) -> AppState:

@@ -352,6 +352,8 @@ def build_runtime(
             rotation=rotation,
             evidence=evidence,
             api_docs=settings.server.api_docs,
+            capture_origin=settings.capture.origin() if settings.capture.port else None,
+            capture_allow_http_localhost=settings.capture.allow_http_localhost,
         )
     )
     return Runtime(

@@ -9,6 +9,7 @@ OpenAPI document (docs/openapi.json). A route reaches the app's state through th
 # an underscore is internal. tests/test_exported_members.py pins this list.
 __all__ = [
     "audit",
+    "capture_sessions",
     "evidence",
     "health",
     "keys",

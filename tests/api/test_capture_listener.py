@@ -252,3 +252,63 @@ def test_a_capture_from_the_sessions_origin_may_read_the_answer(
     response = _post(capture_vault, session)
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == SHOP
+
+
+# ------------------------------------------------------------------ opening sessions over mTLS
+def test_the_shop_backend_opens_a_session_over_mutual_tls(capture_vault: VaultServer) -> None:
+    with capture_vault.client("payments") as payments:
+        response = payments.post(
+            "/v1/capture-sessions",
+            json={"origin": SHOP, "formats": ["pan_bin6_last4"], "ttl_seconds": 300},
+        )
+    assert response.status_code == 201, response.text
+    assert response.headers["cache-control"] == "no-store"
+    session = response.json()
+    assert session["origin"] == SHOP
+    assert session["capture_origin"] == capture_vault.capture_url
+    assert session["client_secret"].startswith("cofre_cs_")
+    body = {"number": VISA, "secret": session["client_secret"]}
+    with capture_vault.capture_client() as client:
+        captured = client.post(
+            f"/v1/capture/{session['session_id']}", json=body, headers={"origin": SHOP}
+        )
+    assert captured.status_code == 200, captured.text
+
+
+@pytest.mark.parametrize(
+    ("client", "body", "status", "code"),
+    [
+        ("ledger", {"origin": SHOP, "formats": ["uuid"]}, 403, "policy_denied"),
+        ("payments", {"origin": "http://shop.example", "formats": ["uuid"]}, 422, "invalid_origin"),
+        (
+            "payments",
+            {"origin": "https://shop.example/pay", "formats": ["uuid"]},
+            422,
+            "invalid_origin",
+        ),
+        (
+            "payments",
+            {"origin": SHOP, "formats": ["uuid"], "ttl_seconds": 901},
+            422,
+            "invalid_request",
+        ),
+        ("payments", {"origin": SHOP, "formats": []}, 422, "invalid_request"),
+        ("payments", {"origin": SHOP, "formats": ["not-a-format"]}, 403, "policy_denied"),
+    ],
+)
+def test_a_session_request_out_of_bounds_is_refused(
+    capture_vault: VaultServer, client: str, body: dict[str, Any], status: int, code: str
+) -> None:
+    before = _sessions(capture_vault)
+    with capture_vault.client(client) as c:
+        response = c.post("/v1/capture-sessions", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code
+    assert _sessions(capture_vault) == before
+
+
+def _sessions(vault: VaultServer) -> int:
+    with vault.runtime.engine.connect() as connection:
+        return int(
+            connection.execute(sa.text("SELECT count(*) FROM capture_sessions")).scalar_one()
+        )

@@ -1,0 +1,254 @@
+"""The shopper's browser to the acquirer without the shop in PCI scope, in a real
+headless Chromium: a test shop page on loopback embeds the vault's hosted card fields,
+the test types a card into the iframe, the shop's backend receives a token only and
+authorizes it through the Getnet adapter, the vault's relay puts the card in, and the
+fake acquirer receives it once. The audit log shows each step.
+
+Chromium is Debian's, driven by Debian's chromium-driver through selenium (WebDriver):
+no browser download, the same browser the evidence-report test renders with. The shop
+is served over http://localhost (the capture setting `allow_http_localhost`, a
+development allowance, lets a session name it); the capture listener is real TLS with
+the dev CA's certificate, which Chromium trusts through
+``--ignore-certificate-errors-spki-list`` (the SHA-256 of that certificate's public key
+only, nothing else).
+
+The leak scan covers the shop backend's requests and logs and the browser's console
+(all written under this test's directory); the acquirer keeps what it received in
+memory only, the one place a PAN is meant to arrive.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from adapters.client import CofreClient
+from adapters.services import GetnetRoutingAdapter, LedgerAdapter, PaymentsAdapter
+from api.capture import CAPTURE_SCRIPT, asset, sri_hash
+from api.pki import DevPKI, ensure_dev_pki
+from cofre.settings import CaptureSettings
+from hsm.provider import HSMProvider
+from tests.api.conftest import VaultServer, running_vault
+from tests.support.fake_acquirer import FakeAcquirer
+from tests.support.leakscan import find_leaks
+from tests.support.policies import TEST_IDENTITIES
+from tests.support.postgres import free_port
+from tests.support.shop import Shop
+
+CARD = "5555555555554444"
+EXPIRY = "11/31"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+# Upper bounds for the browser's steps; the test waits on the page's state, not on time.
+STEP_TIMEOUT = 60
+
+
+@dataclass
+class Checkout:
+    vault: VaultServer
+    acquirer: FakeAcquirer
+    shop: Shop
+    tmp: Path
+
+
+def _spki_hash(certificate: Path) -> str:
+    cert = x509.load_pem_x509_certificate(certificate.read_bytes())
+    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def _client(pki: DevPKI, url: str, name: str) -> CofreClient:
+    return CofreClient(url, cert=pki.client_cert(name), key=pki.client_key(name), ca=pki.ca)
+
+
+@pytest.fixture(scope="module")
+def checkout(
+    tmp_path_factory: pytest.TempPathFactory, hsm_provider: HSMProvider
+) -> Iterator[Checkout]:
+    tmp = tmp_path_factory.mktemp("capture-e2e")
+    vault_dir = tmp / "vault"
+    vault_dir.mkdir()
+    pki = ensure_dev_pki(vault_dir / "pki", identities=TEST_IDENTITIES)
+    acquirer = FakeAcquirer(cert=pki.server_cert, key=pki.server_key)
+    acquirer.start()
+    routes = f"""
+[relay_routes.getnet-authorize]
+upstream = "{acquirer.url}/v1/authorize"
+identities = ["spiffe://cofre/getnet-adapter"]
+detokenize = ["/card/number"]
+response_tokenize = {{ "/card/number" = "pan_bin6_last4" }}
+ca_bundle = "{pki.ca}"
+timeout_seconds = 5
+"""
+    capture = CaptureSettings(port=free_port(), allow_http_localhost=True)
+    with running_vault(vault_dir, hsm_provider, extra_policy=routes, capture=capture) as vault:
+        assert vault.capture_url is not None
+        with (
+            _client(vault.pki, vault.url, "payments") as payments_client,
+            _client(vault.pki, vault.url, "getnet-adapter") as getnet_client,
+            _client(vault.pki, vault.url, "ledger") as ledger_client,
+        ):
+            payments = PaymentsAdapter(
+                GetnetRoutingAdapter(getnet_client), LedgerAdapter(ledger_client), payments_client
+            )
+            shop = Shop(
+                root=tmp / "shop",
+                payments=payments,
+                capture_origin=vault.capture_url,
+                capture_script_integrity=sri_hash(asset(CAPTURE_SCRIPT)),
+            )
+            shop.start()
+            try:
+                yield Checkout(vault, acquirer, shop, tmp)
+            finally:
+                shop.stop()
+    acquirer.stop()
+
+
+@pytest.fixture
+def browser(checkout: Checkout) -> Iterator[webdriver.Chrome]:
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.fail(
+            "headless Chromium and chromium-driver are required: `make test` installs them",
+            pytrace=False,
+        )
+    # The profile lives outside pytest's temp directory: Chromium's own files hold
+    # 17-digit timestamps that pass Luhn by chance. It is searched for the card itself
+    # before it is deleted (a browser that kept the typed card would fail here).
+    profile = Path(tempfile.mkdtemp(prefix="cofre-chromium-"))
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    # The flags of the evidence-report test: off the network, out of the home directory.
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        # Trust exactly the capture listener's key (the dev CA is not in Chromium's store).
+        f"--ignore-certificate-errors-spki-list={_spki_hash(checkout.vault.pki.server_cert)}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(STEP_TIMEOUT)
+    try:
+        yield driver
+    finally:
+        # The browser's console goes under the test's directory for the leak scan.
+        console = driver.get_log("browser")
+        with (checkout.tmp / "browser-console.jsonl").open("a") as out:
+            out.writelines(json.dumps(entry) + "\n" for entry in console)
+        driver.quit()
+        kept = [
+            str(path.relative_to(profile))
+            for path in profile.rglob("*")
+            if path.is_file() and not path.is_symlink() and CARD.encode() in path.read_bytes()
+        ]
+        shutil.rmtree(profile, ignore_errors=True)
+        assert kept == []
+
+
+def _type_card(driver: webdriver.Chrome, card: dict[str, str]) -> None:
+    """Type the card into the vault's iframe, as a shopper would."""
+    frame = WebDriverWait(driver, STEP_TIMEOUT).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#card iframe")
+    )
+    driver.switch_to.frame(frame)
+    WebDriverWait(driver, STEP_TIMEOUT).until(lambda d: d.find_element(By.ID, "number"))
+    for field, value in card.items():
+        driver.find_element(By.ID, field).send_keys(value)
+    driver.switch_to.default_content()
+
+
+def _result(driver: webdriver.Chrome, prefix: tuple[str, ...]) -> str:
+    def settled(d: Any) -> str | None:
+        text = str(d.find_element(By.ID, "result").text)
+        return text if text.startswith(prefix) else None
+
+    return str(WebDriverWait(driver, STEP_TIMEOUT).until(settled))
+
+
+def _audit(vault: VaultServer) -> list[dict[str, Any]]:
+    with vault.runtime.engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT payload FROM audit_entries")).scalars()
+        return [json.loads(row) for row in rows]
+
+
+def test_a_card_typed_into_the_hosted_fields_reaches_the_acquirer_as_a_token_only(
+    checkout: Checkout, browser: webdriver.Chrome
+) -> None:
+    vault, acquirer, shop = checkout.vault, checkout.acquirer, checkout.shop
+    received_before = len(acquirer.received)
+    browser.get(shop.url + "/")
+    _type_card(browser, {"number": CARD, "expiry": EXPIRY, "security_code": "737"})
+    browser.find_element(By.ID, "pay").click()
+    assert _result(browser, ("approved", "declined", "error")) == "approved A1B2C3"
+
+    # The shop's backend received a token and nothing else of the card.
+    [token] = shop.tokens
+    assert token != CARD
+    assert token[:6] + token[-4:] == "5555554444"
+    requests = shop.requests_log.read_bytes()
+    assert token.encode() in requests
+    assert find_leaks(requests + shop.backend_log.read_bytes(), [CARD], allowed=[token]) == []
+    # The acquirer received the card exactly once, from the vault's relay.
+    sent = acquirer.received[received_before:]
+    assert [body["card"]["number"] for body in sent] == [CARD]
+
+    # A second authorization with the same token (a retry, a recurring charge).
+    assert shop.pay(token)["approved"]
+    second = acquirer.received[-1]
+    assert second["card"]["number"] == CARD
+    assert "security_code" not in json.dumps(second)
+
+    # The audit log shows each step: the session, the capture, the relays.
+    entries = _audit(vault)
+    [session] = shop.sessions
+    opened = [e for e in entries if e["action"] == "capture.session.create"]
+    assert any(e["details"]["session"] == session.session_id for e in opened)
+    [captured] = [
+        e
+        for e in entries
+        if e["action"] == "capture" and e["details"].get("session") == session.session_id
+    ]
+    assert captured["outcome"] == "success"
+    assert captured["actor"] == "spiffe://cofre/payments"
+    assert captured["details"]["origin"] == shop.url
+    relays = [e for e in entries if e["action"] == "relay" and e["outcome"] == "success"]
+    assert len(relays) >= 2
+    # The console says nothing of the card either.
+    console = json.dumps(browser.get_log("browser"))
+    assert find_leaks(console.encode(), [CARD], allowed=[token]) == []
+
+
+def test_the_fields_refuse_a_luhn_invalid_card_and_the_shop_gets_an_error(
+    checkout: Checkout, browser: webdriver.Chrome
+) -> None:
+    shop = checkout.shop
+    paid = len(shop.tokens)
+    browser.get(shop.url + "/")
+    _type_card(browser, {"number": "5555555555554445", "expiry": EXPIRY})
+    browser.find_element(By.ID, "pay").click()
+    assert _result(browser, ("error",)) == "error invalid_pan"
+    assert len(shop.tokens) == paid
