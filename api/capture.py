@@ -50,7 +50,7 @@ from api.lifecycle import ManagedServer
 from api.problems import problem
 from cofre.errors import CofreError
 from policies.models import RateLimit
-from vault.capture import SESSION_ID_LENGTH, CardCapture, SecurityCodeRule, is_session_id
+from vault.capture import SESSION_ID_LENGTH, CardCapture, SessionCodeRule, is_session_id
 from vault.pan import Pan
 from vault.service import VaultService
 
@@ -147,7 +147,7 @@ def _client_address(request: Request) -> str:
     return request.client.host if request.client is not None else "unknown"
 
 
-def _hosted_fields_page(session_id: str, parent_origin: str, code: SecurityCodeRule) -> bytes:
+def _hosted_fields_page(session_id: str, parent_origin: str, code: SessionCodeRule) -> bytes:
     template = asset("hosted-fields.html").decode()
     return (
         template.replace("{{PARENT_ORIGIN}}", html.escape(parent_origin, quote=True))

@@ -41,7 +41,7 @@ __all__ = [
     "CaptureSession",
     "CaptureSessionRequest",
     "CardCapture",
-    "SecurityCodeRule",
+    "SessionCodeRule",
     "check_security_code",
     "hash_secret",
     "is_session_id",
@@ -64,7 +64,7 @@ _LOCAL_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
 _HOST_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
 
 
-class SecurityCodeRule(StrEnum):
+class SessionCodeRule(StrEnum):
     """Whether a session's captures carry the card security code (CVV2/CVC2)."""
 
     REQUIRED = "required"
@@ -158,15 +158,15 @@ def secret_matches(secret: str | None, stored: bytes) -> bool:
     return hmac.compare_digest(hash_secret(secret), bytes(stored))
 
 
-def check_security_code(rule: SecurityCodeRule, code: str | None) -> None:
+def check_security_code(rule: SessionCodeRule, code: str | None) -> None:
     """Raise `SecurityCodeNotAllowed` for a code where `rule` forbids one, and
     `CaptureRequestInvalid` for a missing one where it is required or one that is not
     3 or 4 ASCII digits. The message never repeats the code."""
     if code is None or code == "":
-        if rule is SecurityCodeRule.REQUIRED:
+        if rule is SessionCodeRule.REQUIRED:
             raise CaptureRequestInvalid("this capture session requires the card security code")
         return
-    if rule is SecurityCodeRule.FORBIDDEN:
+    if rule is SessionCodeRule.FORBIDDEN:
         raise SecurityCodeNotAllowed(
             "this capture session takes no card security code; nothing was stored"
         )
@@ -183,7 +183,7 @@ class CaptureSessionRequest:
     formats: tuple[str, ...]
     ttl_seconds: int = DEFAULT_TTL_SECONDS
     max_uses: int = 1
-    security_code: SecurityCodeRule = SecurityCodeRule.OPTIONAL
+    security_code: SessionCodeRule = SessionCodeRule.OPTIONAL
 
     def check(self) -> None:
         """Raise `CaptureRequestInvalid` or `InvalidTTL` for what no session may be."""
@@ -207,7 +207,7 @@ class CaptureSession:
     formats: tuple[str, ...]
     expires_at: datetime
     max_uses: int
-    security_code: SecurityCodeRule
+    security_code: SessionCodeRule
     secret: str = field(default="", repr=False)
 
 

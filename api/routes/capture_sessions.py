@@ -20,7 +20,7 @@ from vault.capture import (
     MAX_TTL_SECONDS,
     MAX_USES,
     CaptureSessionRequest,
-    SecurityCodeRule,
+    SessionCodeRule,
 )
 
 router = APIRouter()
@@ -40,7 +40,7 @@ class CaptureSessionBody(BaseModel):
     ] = Field(description="Token formats a capture may produce; the first is the default.")
     ttl_seconds: Annotated[int, Field(ge=1, le=MAX_TTL_SECONDS)] = DEFAULT_TTL_SECONDS
     max_uses: Annotated[int, Field(ge=1, le=MAX_USES)] = 1
-    security_code: SecurityCodeRule = SecurityCodeRule.OPTIONAL
+    security_code: SessionCodeRule = SessionCodeRule.OPTIONAL
 
 
 class CaptureSessionResponse(BaseModel):
@@ -52,7 +52,7 @@ class CaptureSessionResponse(BaseModel):
     formats: list[str]
     expires_at: datetime
     max_uses: int
-    security_code: SecurityCodeRule
+    security_code: SessionCodeRule
     capture_origin: str | None = Field(
         default=None, description="Where the page loads capture.js from (the capture listener)."
     )

@@ -19,7 +19,7 @@ from cofre.settings import CaptureSettings
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.support.postgres import free_port
-from vault.capture import CaptureSession, CaptureSessionRequest, SecurityCodeRule
+from vault.capture import CaptureSession, CaptureSessionRequest, SessionCodeRule
 from vault.service import CallContext
 
 VISA = "4111111111111111"
@@ -147,7 +147,7 @@ def test_a_luhn_invalid_number_is_refused(capture_vault: VaultServer) -> None:
 
 
 def test_a_code_on_a_session_that_forbids_it_is_refused(capture_vault: VaultServer) -> None:
-    session = _session(capture_vault, security_code=SecurityCodeRule.FORBIDDEN)
+    session = _session(capture_vault, security_code=SessionCodeRule.FORBIDDEN)
     before = _tokens(capture_vault)
     response = _post(capture_vault, session, {"security_code": "737"})
     _refused(response, 422, "security_code_not_allowed")

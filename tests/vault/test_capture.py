@@ -23,7 +23,7 @@ from vault.capture import (
     CaptureSession,
     CaptureSessionRequest,
     CardCapture,
-    SecurityCodeRule,
+    SessionCodeRule,
     normalize_origin,
 )
 from vault.errors import (
@@ -279,11 +279,11 @@ def test_a_luhn_invalid_number_is_refused_and_leaves_the_session_usable(
 def test_a_security_code_where_the_session_forbids_one_is_refused(
     service: VaultService, engine: Engine
 ) -> None:
-    session = _session(service, security_code=SecurityCodeRule.FORBIDDEN)
+    session = _session(service, security_code=SessionCodeRule.FORBIDDEN)
     with pytest.raises(SecurityCodeNotAllowed) as refused:
         _capture(service, _card(session, security_code="123"))
     assert "123" not in str(refused.value)
-    required = _session(service, security_code=SecurityCodeRule.REQUIRED)
+    required = _session(service, security_code=SessionCodeRule.REQUIRED)
     with pytest.raises(CaptureRequestInvalid):
         _capture(service, _card(required))
     with pytest.raises(CaptureRequestInvalid):

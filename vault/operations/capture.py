@@ -29,7 +29,7 @@ from vault.capture import (
     CaptureSession,
     CaptureSessionRequest,
     CardCapture,
-    SecurityCodeRule,
+    SessionCodeRule,
     check_security_code,
     is_session_id,
     new_secret,
@@ -128,7 +128,7 @@ class CaptureOperations(TokenizeOperations):
             secret=secret,
         )
 
-    def hosted_fields_session(self, session_id: str) -> tuple[str, SecurityCodeRule] | None:
+    def hosted_fields_session(self, session_id: str) -> tuple[str, SessionCodeRule] | None:
         """The origin a live session with captures left is bound to (the only one that
         may frame its hosted fields) and its security-code rule, or None. Needs no
         secret: it tells nothing the session's own page does not show. Raises
@@ -139,7 +139,7 @@ class CaptureOperations(TokenizeOperations):
         expires = as_utc(row.expires_at)
         if expires is None or expires <= self._clock():
             return None
-        return str(row.origin), SecurityCodeRule(row.security_code)
+        return str(row.origin), SessionCodeRule(row.security_code)
 
     def capture_card(
         self,
@@ -207,7 +207,7 @@ class CaptureOperations(TokenizeOperations):
         token_format = card.token_format or formats[0]
         if token_format not in formats:
             raise CaptureRequestInvalid("this capture session does not allow that token format")
-        check_security_code(SecurityCodeRule(session.security_code), card.security_code)
+        check_security_code(SessionCodeRule(session.security_code), card.security_code)
         return str(token_format)
 
     def _spend_session(
