@@ -118,7 +118,8 @@ class CardBody(BaseModel):
 
     secret: Annotated[str | None, Field(max_length=128)] = None
     number: Annotated[str, Field(min_length=1, max_length=32)]
-    expiry: Annotated[str | None, Field(pattern=r"^(0[1-9]|1[0-2])/[0-9]{2}$")] = None
+    # MM/YY or YYYY-MM: the vault checks it (invalid_expiry, card_expired).
+    expiry: Annotated[str | None, Field(max_length=7)] = None
     security_code: Annotated[str | None, Field(max_length=8)] = None
     name: Annotated[str | None, Field(max_length=64)] = None
     format: Annotated[str | None, Field(min_length=1, max_length=64)] = None

@@ -159,9 +159,10 @@ def secret_matches(secret: str | None, stored: bytes) -> bool:
 
 
 def check_security_code(rule: SessionCodeRule, code: str | None) -> None:
-    """Raise `SecurityCodeNotAllowed` for a code where `rule` forbids one, and
-    `CaptureRequestInvalid` for a missing one where it is required or one that is not
-    3 or 4 ASCII digits. The message never repeats the code."""
+    """Raise `SecurityCodeNotAllowed` for a code where the session's `rule` forbids one,
+    and `CaptureRequestInvalid` for a missing one where it is required. (Its shape is
+    `vault.card.SecurityCode`'s to check, and a format may forbid codes too.) The
+    message never repeats the code."""
     if code is None or code == "":
         if rule is SessionCodeRule.REQUIRED:
             raise CaptureRequestInvalid("this capture session requires the card security code")
@@ -170,8 +171,6 @@ def check_security_code(rule: SessionCodeRule, code: str | None) -> None:
         raise SecurityCodeNotAllowed(
             "this capture session takes no card security code; nothing was stored"
         )
-    if not (len(code) in (3, 4) and all("0" <= c <= "9" for c in code)):
-        raise CaptureRequestInvalid("the card security code is 3 or 4 digits")
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +223,7 @@ class CardCapture:
     client_address: str
     pan: Pan
     token_format: str | None = None
-    expiry: str | None = None  # "MM/YY"
+    expiry: str | None = None  # "MM/YY" or "YYYY-MM" (`vault.card.normalize_expiry`)
     name: str | None = field(default=None, repr=False)
     security_code: str | None = field(default=None, repr=False)
     frame: bool = False
@@ -232,7 +231,8 @@ class CardCapture:
 
 @dataclass(frozen=True, slots=True)
 class CaptureResult:
-    """What the browser gets: the token, the masked number and the expiry."""
+    """What the browser gets: the token, the masked number and the expiry
+    (``YYYY-MM``)."""
 
     token: TokenRecord
     masked: str

@@ -142,7 +142,9 @@ def test_a_luhn_invalid_number_is_refused(capture_vault: VaultServer) -> None:
     before = _tokens(capture_vault)
     _refused(_post(capture_vault, session, {"number": LUHN_BAD}), 422, "invalid_pan")
     _refused(_post(capture_vault, session, {"number": "4111 1111 x"}), 422, "invalid_pan")
-    _refused(_post(capture_vault, session, {"expiry": "13/29"}), 422, "invalid_request")
+    _refused(_post(capture_vault, session, {"expiry": "13/29"}), 422, "invalid_expiry")
+    _refused(_post(capture_vault, session, {"expiry": "01/20"}), 422, "card_expired")
+    _refused(_post(capture_vault, session, {"name": "A 4111 B"}), 422, "invalid_cardholder_name")
     assert _tokens(capture_vault) == before
 
 
@@ -231,7 +233,7 @@ def test_a_capture_from_the_hosted_fields_answers_a_token(capture_vault: VaultSe
     answer = response.json()
     assert set(answer) == {"token", "format", "masked_pan", "expiry"}
     assert answer["masked_pan"] == "411111******1111"
-    assert answer["expiry"] == "12/29"
+    assert answer["expiry"] == "2029-12"
     assert answer["token"] != VISA
     assert "access-control-allow-origin" not in response.headers
     with capture_vault.runtime.engine.connect() as connection:

@@ -31,10 +31,14 @@ from vault.errors import (
     CaptureSessionExpired,
     CaptureSessionUsed,
     CaptureUnauthorized,
+    CardExpired,
+    InvalidCardholderName,
     InvalidOrigin,
     InvalidPan,
+    InvalidSecurityCode,
     InvalidTTL,
     OriginNotAllowed,
+    SecurityCodeForbidden,
     SecurityCodeNotAllowed,
 )
 from vault.pan import Pan
@@ -44,11 +48,15 @@ VISA = "4111111111111111"
 LUHN_BAD = "4111111111111112"
 SHOP = "https://shop.example"
 POLICY = """
+[formats.no_code]
+type = "random"
+security_code = "forbid"
+
 [identities."spiffe://cofre/payments"]
 description = "the shop's payments backend, outside PCI scope: opens capture sessions"
 scope = "out"
 operations = ["capture", "detokenize_masked"]
-formats = ["pan_bin6_last4", "uuid"]
+formats = ["pan_bin6_last4", "uuid", "no_code"]
 reveal = "masked"
 
 [identities."spiffe://cofre/ledger"]
@@ -286,9 +294,28 @@ def test_a_security_code_where_the_session_forbids_one_is_refused(
     required = _session(service, security_code=SessionCodeRule.REQUIRED)
     with pytest.raises(CaptureRequestInvalid):
         _capture(service, _card(required))
-    with pytest.raises(CaptureRequestInvalid):
+    with pytest.raises(InvalidSecurityCode):
         _capture(service, _card(required, security_code="12a"))
+    # A format may forbid codes too (policies.formats: security_code = "forbid").
+    open_session = _session(service, formats=("no_code",))
+    with pytest.raises(SecurityCodeForbidden):
+        _capture(service, _card(open_session, security_code="123"))
     assert _count(engine, "tokens") == 0
+
+
+def test_an_expired_card_or_a_name_hiding_digits_is_refused(
+    service: VaultService, engine: Engine
+) -> None:
+    session = _session(service)
+    with pytest.raises(CardExpired):
+        _capture(service, _card(session, expiry="11/26"))
+    with pytest.raises(InvalidCardholderName) as refused:
+        _capture(service, _card(session, name="Ana 4111 Souza"))
+    assert "4111" not in str(refused.value)
+    assert _count(engine, "tokens") == 0
+    result = _capture(service, _card(session, expiry="2030-01", name="Ana  Souza"))
+    assert result.expiry == "2030-01"
+    assert service.detokenize_masked(PAYMENTS, result.token.token).expiry == "2030-01"
 
 
 def test_guessing_a_secret_is_rate_limited_per_session(
@@ -328,7 +355,7 @@ def test_a_capture_tokenizes_into_the_creators_domain_and_is_audited(
     session = _session(service, max_uses=2)
     result = _capture(service, _card(session, frame=True, origin="https://vault.example"))
     assert result.masked == "411111******1111"
-    assert result.expiry == "12/29"
+    assert result.expiry == "2029-12"
     assert result.token.format == "pan_bin6_last4"
     assert result.token.token != VISA
     # The token belongs to the session creator's domain: it may read it masked.

@@ -37,6 +37,7 @@ from vault.capture import (
     normalize_origin,
     secret_matches,
 )
+from vault.card import SecurityCode, normalize_expiry
 from vault.errors import (
     CaptureRequestInvalid,
     CaptureSessionExpired,
@@ -171,17 +172,25 @@ class CaptureOperations(TokenizeOperations):
         with self._audited_refusal(owner, Action.CAPTURE):
             self.charge_rate(f"capture-session {session.id}", per_session)
             token_format = self._check_session(card, session)
+            code = None if not card.security_code else SecurityCode(card.security_code)
 
         def spend(connection: Connection, stored: list[TokenRecord]) -> None:
             self._spend_session(connection, owner, session, stored[0], details)
 
-        # Tokenize audits its own refusals (an invalid card, a spent session) under
-        # ``capture`` with the creator as actor.
-        request = TokenizeRequest(pan=card.pan, format=token_format)
+        # Tokenize checks the card (Luhn, the format, the expiry, the name, the code)
+        # and audits its own refusals under ``capture`` with the creator as actor.
+        request = TokenizeRequest(
+            pan=card.pan,
+            format=token_format,
+            expiry=card.expiry,
+            cardholder_name=card.name,
+            security_code=code,
+        )
         record = self._tokenize(owner, [request], batch=False, action=Action.CAPTURE, within=spend)[
             0
         ]
-        return CaptureResult(token=record, masked=card.pan.masked(), expiry=card.expiry)
+        shown = None if card.expiry is None else normalize_expiry(card.expiry, self._clock())
+        return CaptureResult(token=record, masked=card.pan.masked(), expiry=shown)
 
     def _session_row(self, session_id: str) -> Row[Any] | None:
         if not is_session_id(session_id):
