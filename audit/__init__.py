@@ -12,7 +12,9 @@ __all__ = [
     "log",
     "merkle",
     "note",
+    "publisher",
     "schema",
     "sequencer",
     "store",
+    "witnessed",
 ]

@@ -309,10 +309,46 @@ def verify_note(
     return verified
 
 
+def require_quorum(
+    text: str, signatures: Sequence[NoteSignature], witnesses: Sequence[VerifierKey], quorum: int
+) -> list[Verified]:
+    """Return the valid cosignatures of `text` by distinct pinned `witnesses` if there
+    are at least `quorum`. Raises `NoteError` naming each witness that did not count
+    (no cosignature, or one that does not verify: the checkpoint was altered after it
+    was cosigned) when there are fewer, and when no witness key is pinned at all."""
+    if quorum < 1 or not witnesses:
+        raise NoteError(
+            "no witness key pinned: nothing but the operator's own key vouches for this log"
+        )
+    valid: list[Verified] = []
+    missing = []
+    for key in witnesses:
+        mine = [s for s in signatures if key.matches(s)]
+        if not mine:
+            missing.append(f"{key.name} has no cosignature")
+            continue
+        try:
+            valid.append(Verified(key, key.verify(text, mine[0].signature), mine[0]))
+        except NoteError:
+            missing.append(f"{key.name}'s cosignature does not verify (altered checkpoint)")
+    if len(valid) < quorum:
+        raise NoteError(
+            f"{len(valid)} of the {quorum} witness cosignatures required: " + "; ".join(missing)
+        )
+    return valid
+
+
 def open_note(data: str | bytes, keys: Sequence[VerifierKey]) -> tuple[str, list[Verified]]:
     """Parse the signed note `data` and verify it with `keys` (see `verify_note`)."""
     text, signatures = parse_note(data)
     return text, verify_note(text, signatures, keys)
+
+
+def add_checkpoint_body(old_size: int, proof: Sequence[bytes], note: str) -> bytes:
+    """Return a c2sp.org/tlog-witness add-checkpoint request body: ``old <size>``, one
+    base64 proof hash a line, a blank line, then the signed checkpoint note."""
+    lines = [f"old {old_size}", *(base64.b64encode(h).decode() for h in proof)]
+    return ("\n".join(lines) + "\n\n" + note).encode()
 
 
 class CosignerKey:

@@ -11,6 +11,8 @@ IN PCI SCOPE.
 - ``audit_nodes``: the hash of every complete subtree (level, index), so proofs cost
   O(log n) lookups. Append-only; a cache that `cofre audit verify` never trusts.
 - ``audit_heads``: signed tree heads. Append-only.
+- ``audit_cosignatures``: the witnesses' cosignatures (c2sp.org/tlog-cosignature) of
+  heads, as their signature lines' parts. Append-only (migration 0007).
 """
 
 from __future__ import annotations
@@ -79,6 +81,17 @@ audit_heads = Table(
     Column("timestamp_ms", BigInteger, nullable=False),
     Column("key_id", String(128), nullable=False),
     Column("checkpoint", Text, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+)
+
+audit_cosignatures = Table(
+    "audit_cosignatures",
+    metadata,
+    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
+    Column("witness", String(200), primary_key=True),
+    Column("key_id", BigInteger, primary_key=True, autoincrement=False),
+    # The witness's own time (POSIX seconds), inside what it signed.
+    Column("timestamp", BigInteger, nullable=False),
     Column("signature", LargeBinary, nullable=False),
 )
 

@@ -87,6 +87,11 @@ class AuditStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine.execution_options(**READ_ONLY)
 
+    @property
+    def engine(self) -> Engine:
+        """The (read-only) engine this store reads."""
+        return self._engine
+
     @contextmanager
     def _connect(self) -> Iterator[Connection]:
         """Every read goes through here: a database outage leaves the audit package as

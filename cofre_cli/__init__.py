@@ -14,4 +14,5 @@ __all__ = [
     "devenv",
     "main",
     "wiring",
+    "witnessing",
 ]

@@ -43,11 +43,13 @@ from api.pki import DEV_CA_COMMON_NAME, certificate_inventory
 from api.server import TLSFiles, build_server, log_config, reload_server_certificate
 from audit.errors import AuditWriteFailed
 from audit.log import AuditEvent, AuditLog, Outcome
+from audit.publisher import PublisherThread
 from audit.sequencer import Sequencer, SequencerThread
 from cofre.errors import CofreError, ConfigurationError
 from cofre.filemodes import refuse_readable_secrets, secure_data_dir
 from cofre.settings import Settings
 from cofre_cli.capture import capture_app, start_capture_listener
+from cofre_cli.witnessing import start_audit_workers, stop_publisher
 from compliance.errors import ComplianceError
 from compliance.export import EvidenceSources, build_bundle
 from hsm.provider import HSMProvider, provider_from_settings
@@ -170,6 +172,7 @@ class Runtime:
     policy_sha256: str = ""
     # The capture listener's app (hosted card fields; served when a capture port is set).
     capture_app: Any = field(repr=False, default=None)
+    publisher_thread: PublisherThread | None = None  # heads -> witnesses, if any
 
     def reload_policy(self) -> bool:
         """Re-read the policy file and, if its text changed, record it in the audit log
@@ -192,6 +195,7 @@ class Runtime:
         self.purge_worker.stop()
         self.rotation_worker.stop()
         self.sequencer_thread.stop()
+        stop_publisher(self.publisher_thread)
         self.service.close()
         self.provider.close()
         self.engine.dispose()
@@ -280,9 +284,9 @@ def build_runtime(
         HSMTreeHeadSigner(provider, registry=service.keyring.registry),
         sign_every_entries=settings.audit.sign_every_entries,
         sign_every_seconds=settings.audit.sign_every_seconds,
+        log_id=settings.audit.log_id,
     )
-    thread = SequencerThread(sequencer, interval=sequencer_interval)
-    thread.start()
+    thread, publisher_thread = start_audit_workers(settings, engine, sequencer, sequencer_interval)
     rotation, periods = _key_management(settings, engine, provider, service)
     worker = RotationWorker(rotation, interval=min(0.5, sequencer_interval * 2))
     worker.start()
@@ -342,6 +346,7 @@ def build_runtime(
             period_from=request.period_from,
             period_to=request.period_to,
             previous_manifest=previous,
+            publish=publisher_thread.publisher.publish_once if publisher_thread else None,
         )
 
     app = create_app(
@@ -372,6 +377,7 @@ def build_runtime(
         readiness=readiness,
         policy_sha256=loaded.sha256,
         capture_app=capture_app(settings, service),
+        publisher_thread=publisher_thread,
     )
 
 

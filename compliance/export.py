@@ -21,6 +21,7 @@ from sqlalchemy import Engine, func, or_, select
 
 from audit.heads import TreeHeadSigner
 from audit.merkle import hash_b64
+from audit.publisher import cosignatures_of, witnessed_note
 from audit.schema import READ_ONLY, audit_entries, audit_leaves
 from audit.sequencer import Sequencer
 from audit.store import AuditStore
@@ -74,6 +75,7 @@ def build_bundle(
     period_from: datetime,
     period_to: datetime,
     previous_manifest: bytes | None = None,
+    publish: Callable[[], object] | None = None,
 ) -> bytes:
     """Return the bundle (tar.gz bytes) for audit entries created in [from, to).
 
@@ -83,6 +85,10 @@ def build_bundle(
     if period_to <= period_from:
         raise ComplianceError("the period must end after it starts")
     sequencer.drain(force_sign=True)
+    if publish is not None:
+        # The head just signed goes to the witnesses now, so the bundle can carry its
+        # cosignatures (a witness that is down leaves an earlier witnessed head, if any).
+        publish()
     # A period cannot claim a future it has not seen: entries written after this export
     # but dated before its end would belong to no bundle of a chain.
     period_to = min(period_to, datetime.now(UTC))
@@ -103,7 +109,12 @@ def build_bundle(
     start, end = int(first), int(last) + 1
     if previous_manifest is not None:
         _check_chain_start(json.loads(previous_manifest), start, end)
-    covering = next((h for h in store.heads() if h.tree_size >= end), None)
+    candidates = [h for h in store.heads() if h.tree_size >= end]
+    # The first head that covers the period and that witnesses cosigned, else the first.
+    covering = next(
+        (h for h in candidates if cosignatures_of(engine, h.tree_size)),
+        candidates[0] if candidates else None,
+    )
     if covering is None:  # pragma: no cover - drain() signed one
         raise ComplianceError("no signed tree head covers the period yet")
     size = covering.tree_size
@@ -134,6 +145,9 @@ def build_bundle(
         "audit/subtrees.jsonl": _jsonl(subtrees),
         "audit/inclusion.jsonl": _jsonl(inclusion),
         "audit/public_key.pem": signer.public_key_pem(),
+        # The covering head as a C2SP signed note: the vault's signature and every
+        # witness's cosignature (c2sp.org/tlog-checkpoint, tlog-cosignature).
+        "audit/checkpoint.note": witnessed_note(engine, covering, signer.public_key_pem()).encode(),
         "keys/inventory.json": json.dumps(sources.key_inventory(), indent=2).encode(),
         "keys/ceremonies.json": json.dumps(sources.ceremonies(), indent=2).encode(),
         "policy/versions.jsonl": _jsonl(policy_versions),

@@ -71,12 +71,6 @@ def parse_request(body: bytes) -> tuple[int, list[bytes], str]:
     return int(size_text), proof, note
 
 
-def format_request(old_size: int, proof: Sequence[bytes], note: str) -> bytes:
-    """Return the add-checkpoint body for `note` with a proof from `old_size`."""
-    lines = [f"old {old_size}", *(base64.b64encode(h).decode() for h in proof)]
-    return ("\n".join(lines) + "\n\n" + note).encode()
-
-
 class Witness:
     """Cosigns checkpoints of the logs it knows (origin -> the log's verifier keys)."""
 

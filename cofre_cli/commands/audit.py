@@ -121,6 +121,18 @@ def audit_verify(
             "log must still contain it (detects a restore that lost entries, or a fork).",
         ),
     ] = None,
+    witness_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--witness-key",
+            help="A witness's verifier key file (cosignature/v1 vkey), pinned out of band; "
+            "repeatable. Every stored cosignature must verify and the newest head must "
+            "carry --quorum of them.",
+        ),
+    ] = None,
+    quorum: Annotated[
+        int, typer.Option("--quorum", min=1, help="Witness cosignatures required.")
+    ] = 1,
 ) -> None:
     """Recompute the whole tree from the stored entries and check it against every signed
     tree head and signature. Exits 1 naming the first bad leaf index."""
@@ -138,15 +150,40 @@ def audit_verify(
         report = store.verify(pem)
         if kept_head is not None:
             _check_kept_head(store, kept_head, pem)
+        witnessed = _check_witnesses(store, witness_key or [], quorum)
     except AuditVerificationFailed as exc:
         typer.echo(f"FAILED: {exc}", err=True)
         raise typer.Exit(1) from None
     latest = report.latest_head
+    if witnessed is None:
+        typer.echo(
+            "NOT WITNESSED: no --witness-key pinned; only the operator's own key vouches "
+            "for this log (an operator with the HSM PIN can rewrite it unnoticed)",
+            err=True,
+        )
+    else:
+        typer.echo(f"witnessed: {witnessed} cosignatures verify, newest head has a quorum")
     typer.echo(
         f"OK: {report.entries} entries, {report.heads_checked} signed tree heads verified"
         + (f", latest head size {latest.tree_size}" if latest else ", no signed head yet")
         + (f"; {report.queued} entries queued for sequencing" if report.queued else "")
     )
+
+
+def _check_witnesses(store: Any, files: list[Path], quorum: int) -> int | None:
+    """Return how many stored cosignatures verify (None when no key is pinned). Raises
+    `AuditVerificationFailed` when one fails or the newest head lacks `quorum`."""
+    from audit.errors import AuditVerificationFailed, NoteError
+    from audit.note import VerifierKey
+    from audit.witnessed import verify_witnessed
+
+    if not files:
+        return None
+    try:
+        keys = [VerifierKey.parse(path.read_text(encoding="utf-8")) for path in files]
+    except (OSError, NoteError) as exc:
+        raise AuditVerificationFailed(f"cannot read a witness key: {exc}") from None
+    return verify_witnessed(store.engine, store.heads(), keys, quorum)
 
 
 def _check_kept_head(store: Any, path: Path, pem: bytes) -> None:

@@ -14,9 +14,10 @@ import pytest
 
 from audit.merkle import EMPTY_ROOT, leaf_hash
 from audit.note import Checkpoint, CosignerKey, VerifierKey, open_note, parse_note
+from audit.note import add_checkpoint_body as format_request
 from tests.support.vectors import c2sp_notes
 from tests.support.witness_process import WitnessProcess
-from witness.core import format_request, parse_request
+from witness.core import parse_request
 
 W: dict[str, Any] = c2sp_notes()["witness"]
 PROOF = [base64.b64decode(h) for h in W["consistency_5_8"]]

@@ -1,0 +1,237 @@
+"""Publishing signed tree heads to witnesses and keeping their cosignatures.
+
+IN PCI SCOPE. Next to the sequencer, one at a time: a `PublisherThread` sends the newest
+signed head to every configured witness (c2sp.org/tlog-witness add-checkpoint) with a
+consistency proof from the last size that witness cosigned, verifies each answer
+against the witness's pinned key, and stores the cosignatures (`audit_cosignatures`).
+It never blocks a write: a witness that is down or refuses is logged, remembered
+(`last_errors`) and retried on the next tick.
+
+A witness that answers 409 names the size it last cosigned; the publisher retries once
+from there. When that size is beyond this log's, or the proof from it does not verify
+(422), the witness has seen another history: the log was rolled back (a restore) or
+forked, and the head stays unwitnessed, which every verifier then reports.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from sqlalchemy import Engine, func, insert, select
+
+from audit.heads import SignedTreeHead, head_note
+from audit.note import (
+    ALG_COSIGNATURE_V1,
+    NoteSignature,
+    VerifierKey,
+    add_checkpoint_body,
+    parse_signature_lines,
+)
+from audit.schema import READ_ONLY, audit_cosignatures
+from audit.store import AuditStore
+from cofre.errors import CofreError
+
+_log = structlog.get_logger("cofre.audit")
+
+
+@dataclass(frozen=True)
+class PinnedWitness:
+    """A witness: where to submit, and the cosignature/v1 key its answers must carry."""
+
+    url: str
+    key: VerifierKey
+    ca_file: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.key.name
+
+
+# (witness, request body) -> (HTTP status, content type, body text). The wiring adapts
+# `witness.client.submit_checkpoint`; raising a `CofreError` means "no answer".
+Submit = Callable[[PinnedWitness, bytes], tuple[int, str, str]]
+
+
+class WitnessRefused(CofreError):
+    code = "witness_refused"
+
+
+def cosignatures_of(engine: Engine, tree_size: int) -> list[NoteSignature]:
+    """Return the stored cosignatures of the head of `tree_size` as note signatures."""
+    with engine.execution_options(**READ_ONLY).connect() as connection:
+        rows = connection.execute(
+            select(audit_cosignatures).where(audit_cosignatures.c.tree_size == tree_size)
+        ).all()
+    return [
+        NoteSignature(
+            str(r.witness), int(r.key_id), int(r.timestamp).to_bytes(8, "big") + bytes(r.signature)
+        )
+        for r in rows
+    ]
+
+
+def witnessed_note(engine: Engine, head: SignedTreeHead, public_key_pem: bytes) -> str:
+    """Return `head` as a signed note with the vault's signature and every stored
+    cosignature: what a bundle carries and any note verifier opens."""
+    lines = "".join(s.line() for s in cosignatures_of(engine, head.tree_size))
+    return head_note(head, public_key_pem) + lines
+
+
+class CheckpointPublisher:
+    """Sends the newest head to each witness; see the module docstring."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        witnesses: Sequence[PinnedWitness],
+        public_key_pem: Callable[[], bytes],
+        submit: Submit,
+    ) -> None:
+        for witness in witnesses:
+            if witness.key.algorithm != ALG_COSIGNATURE_V1:
+                raise WitnessRefused(f"witness {witness.name}: not a cosignature/v1 key")
+        self._engine = engine
+        self._store = AuditStore(engine)
+        self.witnesses = list(witnesses)
+        self._public_key_pem = public_key_pem
+        self._submit = submit
+        self._lock = threading.Lock()
+        self._known: dict[str, int] = {}
+        self.last_errors: dict[str, str] = {}
+
+    def publish_once(self) -> dict[str, str]:
+        """Publish the newest head to every witness that has not cosigned it. Returns
+        each witness's outcome ("cosigned <size>", "current", or the error); never
+        raises for a witness's failure."""
+        with self._lock:
+            head = self._store.latest_head()
+            if head is None:
+                return {}
+            outcomes = {}
+            for witness in self.witnesses:
+                try:
+                    outcomes[witness.name] = self._publish(witness, head)
+                    self.last_errors.pop(witness.name, None)
+                except CofreError as exc:
+                    outcomes[witness.name] = self.last_errors[witness.name] = str(exc)
+                    _log.warning("witness did not cosign", witness=witness.name, error=str(exc))
+            return outcomes
+
+    def _cosigned_size(self, witness: PinnedWitness) -> int:
+        with self._engine.execution_options(**READ_ONLY).connect() as connection:
+            size = connection.execute(
+                select(func.max(audit_cosignatures.c.tree_size)).where(
+                    audit_cosignatures.c.witness == witness.name,
+                    audit_cosignatures.c.key_id == witness.key.key_id,
+                )
+            ).scalar()
+        return 0 if size is None else int(size)
+
+    def _holds_cosignature(self, witness: PinnedWitness, head: SignedTreeHead) -> bool:
+        """Whether a stored cosignature by `witness` verifies on `head` (a stored row
+        for a rewritten head does not: the head is submitted, and refused, again)."""
+        for signature in cosignatures_of(self._engine, head.tree_size):
+            if witness.key.matches(signature):
+                try:
+                    witness.key.verify(head.checkpoint, signature.signature)
+                except CofreError:
+                    return False
+                return True
+        return False
+
+    def _publish(self, witness: PinnedWitness, head: SignedTreeHead) -> str:
+        old = self._known.get(witness.name)
+        if old is None:
+            old = self._cosigned_size(witness)
+        if old == head.tree_size and self._holds_cosignature(witness, head):
+            return "current"
+        note = head_note(head, self._public_key_pem())
+        for attempt in range(2):
+            if old > head.tree_size:
+                raise WitnessRefused(
+                    f"witness {witness.name} has cosigned size {old}, beyond this log's "
+                    f"{head.tree_size}: the log was rolled back (a restore?) or forked"
+                )
+            proof = self._store.consistency_proof(old, head.tree_size) if old else []
+            status, content_type, text = self._submit(
+                witness, add_checkpoint_body(old, proof, note)
+            )
+            if status == 200:
+                self._store_cosignatures(witness, head, text)
+                self._known[witness.name] = head.tree_size
+                return f"cosigned {head.tree_size}"
+            if status == 409 and content_type.startswith("text/x.tlog.size") and attempt == 0:
+                try:
+                    old = int(text.strip())
+                except ValueError:
+                    break
+                self._known[witness.name] = old
+                continue
+            if status == 422:
+                raise WitnessRefused(
+                    f"witness {witness.name} refused head {head.tree_size} as inconsistent "
+                    f"with the size {old} it cosigned: the log was rewritten or forked"
+                )
+            break
+        raise WitnessRefused(
+            f"witness {witness.name} refused head {head.tree_size}: HTTP {status} "
+            f"{text.strip()[:200]}"
+        )
+
+    def _store_cosignatures(self, witness: PinnedWitness, head: SignedTreeHead, text: str) -> None:
+        rows = []
+        for signature in parse_signature_lines(text):
+            if not witness.key.matches(signature):
+                continue  # another key of the same witness: not pinned, ignored
+            timestamp = witness.key.verify(head.checkpoint, signature.signature)
+            rows.append(
+                {
+                    "tree_size": head.tree_size,
+                    "witness": witness.name,
+                    "key_id": witness.key.key_id,
+                    "timestamp": timestamp,
+                    "signature": signature.signature[8:],
+                }
+            )
+        if not rows:
+            raise WitnessRefused(f"witness {witness.name} answered without a valid cosignature")
+        with self._engine.begin() as connection:
+            stored = connection.execute(
+                select(func.count()).where(
+                    audit_cosignatures.c.tree_size == head.tree_size,
+                    audit_cosignatures.c.witness == witness.name,
+                    audit_cosignatures.c.key_id == witness.key.key_id,
+                )
+            ).scalar_one()
+            if not stored:
+                connection.execute(insert(audit_cosignatures), rows[:1])
+
+
+class PublisherThread:
+    """Runs `CheckpointPublisher.publish_once` every `interval` seconds until stopped."""
+
+    def __init__(self, publisher: CheckpointPublisher, interval: float = 1.0) -> None:
+        self.publisher = publisher
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, name="cofre-audit-publisher", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.publisher.publish_once()
+            except Exception as exc:  # noqa: BLE001 - the loop must survive to retry
+                _log.warning("checkpoint publishing failed", error=type(exc).__name__)

@@ -1,0 +1,57 @@
+"""Checking the stored log against the witnesses: `cofre audit verify --witness-key`.
+
+IN PCI SCOPE. `AuditStore.verify` proves the entries match the vault's own signed heads;
+that is worth nothing against someone holding the HSM PIN, who can rebuild and re-sign
+every head. A witness cosigns a head only when it extends the last one it cosigned, so:
+every stored cosignature by a pinned witness must verify on its head (a rewritten head
+no longer matches what was cosigned), and the newest head must carry a quorum of them
+(a rewritten or rolled-back log gets no new cosignature: the witness refuses it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Engine
+
+from audit.errors import AuditVerificationFailed, NoteError
+from audit.heads import SignedTreeHead
+from audit.note import VerifierKey, require_quorum
+from audit.publisher import cosignatures_of
+
+
+def verify_witnessed(
+    engine: Engine, heads: Sequence[SignedTreeHead], witnesses: Sequence[VerifierKey], quorum: int
+) -> int:
+    """Return the number of heads with a valid cosignature by a pinned witness. Raises
+    `AuditVerificationFailed` naming the head and the witness when a stored cosignature
+    does not verify, or the newest head lacks a quorum."""
+    if not heads:
+        raise AuditVerificationFailed("no signed tree head: nothing was witnessed")
+    witnessed = 0
+    for head in heads:
+        signatures = cosignatures_of(engine, head.tree_size)
+        for key in witnesses:
+            for signature in signatures:
+                if not key.matches(signature):
+                    continue
+                try:
+                    key.verify(head.checkpoint, signature.signature)
+                except NoteError:
+                    raise AuditVerificationFailed(
+                        f"tree head {head.tree_size}: the cosignature by witness {key.name} "
+                        "does not verify: the head was rewritten after the witness cosigned it"
+                    ) from None
+                witnessed += 1
+    latest = heads[-1]
+    try:
+        require_quorum(
+            latest.checkpoint, cosignatures_of(engine, latest.tree_size), witnesses, quorum
+        )
+    except NoteError as exc:
+        raise AuditVerificationFailed(
+            f"the newest tree head {latest.tree_size} is not witnessed: {exc} (a witness "
+            "refuses a head that does not extend the one it cosigned: a rewritten or "
+            "rolled-back log, or the witnesses have not been reached yet)"
+        ) from None
+    return witnessed

@@ -1,0 +1,52 @@
+"""Witnessed checkpoints: the witnesses' cosignatures of signed tree heads.
+
+Revision ID: 0007
+Revises: 0006
+
+Additive: code at 0006 never touches the new table, so it may keep running beside it.
+The table is append-only like the rest of the audit log (triggers; `cofre_app` may only
+read and insert).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from audit.schema import audit_cosignatures
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+min_code_revision = "0006"
+
+_TABLE = "audit_cosignatures"
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    if _TABLE in sa.inspect(bind).get_table_names():
+        return
+    audit_cosignatures.create(bind)
+    if bind.dialect.name == "sqlite":
+        for verb in ("UPDATE", "DELETE"):
+            op.execute(
+                f"CREATE TRIGGER {_TABLE}_no_{verb.lower()} BEFORE {verb} ON {_TABLE} "
+                f"BEGIN SELECT RAISE(ABORT, '{_TABLE} is append-only'); END"
+            )
+        return
+    # cofre_append_only() is 0001's trigger function.
+    op.execute(
+        f"CREATE TRIGGER {_TABLE}_append_only BEFORE UPDATE OR DELETE ON {_TABLE} "
+        "FOR EACH ROW EXECUTE FUNCTION cofre_append_only()"
+    )
+    op.execute(
+        f"CREATE TRIGGER {_TABLE}_no_truncate BEFORE TRUNCATE ON {_TABLE} "
+        "FOR EACH STATEMENT EXECUTE FUNCTION cofre_append_only()"
+    )
+    op.execute(f"GRANT SELECT, INSERT ON {_TABLE} TO cofre_app")
+
+
+def downgrade() -> None:
+    op.drop_table(_TABLE)
