@@ -138,7 +138,12 @@ def ensure_dev_environment(data_dir: Path, port: int = 8443) -> DevEnvironment:
         f"port = {int(port)}\n"
         f'ca_bundle = "{pki.ca}"\n'
         f'cert_file = "{pki.server_cert}"\n'
-        f'key_file = "{pki.server_key}"\n',
+        f'key_file = "{pki.server_key}"\n\n'
+        # The capture listener (hosted card fields) on the next port; a shop page on
+        # http://localhost may embed them (development only).
+        "[capture]\n"
+        f"port = {int(port) + 1}\n"
+        "allow_http_localhost = true\n",
         encoding="utf-8",
     )
     return DevEnvironment(data_dir, config_file, created=created)

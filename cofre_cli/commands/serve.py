@@ -71,6 +71,8 @@ def dev_command(
         "    -H 'content-type: application/json' "
         f'-d \'{{"pan": "{test_pan}", "format": "pan_bin6_last4"}}\' \\\n'
         f"    https://{settings.server.host}:{settings.server.port}/v1/tokenize\n\n"
+        f"Hosted card fields for a shop page (docs/capture.md): the capture listener is "
+        f"{settings.capture.origin()}.\n"
         f"Other identities' certificates are in {rel}/clients/; the policy is "
         f"{_relative(env.data_dir / 'policy.toml')}. Ctrl-C stops the vault.\n"
     )

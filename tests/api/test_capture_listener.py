@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -209,6 +210,14 @@ def test_the_hosted_fields_are_framed_only_by_the_sessions_origin(
     assert f'data-parent-origin="{SHOP}"' in page.text
     _refused(unknown, 404, "not_found")
     assert "frame-ancestors 'none'" in unknown.headers["content-security-policy"]
+
+
+def test_the_documented_sri_hash_is_the_served_scripts() -> None:
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "capture.md").read_text()
+    documented = set(re.findall(r'integrity="(sha384-[A-Za-z0-9+/=]+)"', guide))
+    assert documented == {sri_hash(asset(CAPTURE_SCRIPT))}, (
+        "docs/capture.md shows another SRI hash than api/capture_assets/capture.js has"
+    )
 
 
 def test_the_shop_script_is_served_for_sri(capture_vault: VaultServer) -> None:
