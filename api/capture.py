@@ -51,8 +51,9 @@ from api.problems import problem
 from cofre.errors import CofreError
 from policies.models import RateLimit
 from vault.capture import SESSION_ID_LENGTH, CardCapture, SessionCodeRule, is_session_id
+from vault.operations.capture import ANONYMOUS_CAPTURE
 from vault.pan import Pan
-from vault.service import VaultService
+from vault.service import AuditEvent, Outcome, VaultService, request_trail
 
 __all__ = [
     "CAPTURE_SCRIPT",
@@ -326,7 +327,7 @@ def create_capture_app(state: CaptureState) -> FastAPI:
             headers={**_headers(), **request.scope["state"].get("cors", {})},
         )
 
-    app.add_middleware(_CaptureGuard)
+    app.add_middleware(_CaptureGuard, recorder=service.record)
     return app
 
 
@@ -338,10 +339,18 @@ Send = Callable[[Message], Awaitable[None]]
 
 class _CaptureGuard:
     """Request id, a small body limit, JSON only for POST, one log line per request
-    (route template, status, problem code; never the path's session id or the body)."""
+    (route template, status, problem code; never the path's session id or the body),
+    and one ``capture.request`` audit entry for every refusal no operation audited
+    (a malformed body, an unknown path, a card number that is not digits), written
+    before the response starts (PCI DSS 10.2)."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        recorder: Callable[[AuditEvent], None] | None = None,
+    ) -> None:
         self.app = app
+        self.recorder = recorder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -351,36 +360,24 @@ class _CaptureGuard:
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                ]
-            await send(message)
+        with request_trail() as trail:
 
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        rejection = None
-        if scope["method"] == "POST":
-            length = headers.get("content-length", "")
-            content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-            if not length.isdigit() or int(length) > MAX_BODY:
-                rejection = problem_for(
-                    scope,
-                    "payload_too_large",
-                    f"send a body of at most {MAX_BODY} bytes, with Content-Length",
-                    request_id,
-                    _headers(),
-                )
-            elif content_type != "application/json":
-                rejection = problem_for(
-                    scope, "unsupported_media_type", "send application/json", request_id, _headers()
-                )
-        if rejection is not None:
-            await rejection(scope, receive, send_with_id)
-        else:
-            await self.app(scope, receive, send_with_id)
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status["code"] = message["status"]
+                    if message["status"] >= 400 and not trail:
+                        await self._record_refusal(scope, message["status"], request_id)
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        (b"x-request-id", request_id.encode()),
+                    ]
+                await send(message)
+
+            rejection = self._reject_early(scope, request_id)
+            if rejection is not None:
+                await rejection(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         route = getattr(scope.get("route"), "path", "unmatched")
         _log.info(
             "capture request",
@@ -390,6 +387,50 @@ class _CaptureGuard:
             code=scope["state"].get("problem_code") or None,
             request_id=request_id,
         )
+
+    @staticmethod
+    def _reject_early(scope: Scope, request_id: str) -> Response | None:
+        if scope["method"] != "POST":
+            return None
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        length = headers.get("content-length", "")
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if not length.isdigit() or int(length) > MAX_BODY:
+            return problem_for(
+                scope,
+                "payload_too_large",
+                f"send a body of at most {MAX_BODY} bytes, with Content-Length",
+                request_id,
+                _headers(),
+            )
+        if content_type != "application/json":
+            return problem_for(
+                scope, "unsupported_media_type", "send application/json", request_id, _headers()
+            )
+        return None
+
+    async def _record_refusal(self, scope: Scope, status: int, request_id: str) -> None:
+        if self.recorder is None:
+            return
+        client = scope.get("client") or ("unknown", 0)
+        event = AuditEvent(
+            action="capture.request",
+            outcome=Outcome.DENIED if status in (401, 403, 429) else Outcome.FAILED,
+            actor=ANONYMOUS_CAPTURE,
+            request_id=request_id,
+            details={
+                "method": scope["method"],
+                "route": getattr(scope.get("route"), "path", "unmatched"),
+                "status": status,
+                "code": scope["state"].get("problem_code") or None,
+                "client": str(client[0])[:64],
+            },
+        )
+        try:
+            await run_in_threadpool(self.recorder, event)
+        except CofreError as exc:
+            # The request was refused: nothing to undo; the log line says it.
+            _log.error("audit entry not written", code=exc.code, request_id=request_id)
 
 
 def build_capture_server(

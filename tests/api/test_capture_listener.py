@@ -5,6 +5,7 @@ the session's origin; then the capture that works."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -184,6 +185,15 @@ def test_bodies_that_are_not_small_json_are_refused(capture_vault: VaultServer) 
     _refused(big, 413, "payload_too_large")
     _refused(extra, 422, "invalid_request")
     assert "123" not in extra.text
+    # Refused before any operation ran: the listener audits each one itself.
+    with capture_vault.runtime.engine.connect() as connection:
+        payloads = connection.execute(
+            sa.text("SELECT payload FROM audit_entries WHERE payload LIKE :a"),
+            {"a": '%"action":"capture.request"%'},
+        ).scalars()
+        codes = [json.loads(p)["details"]["code"] for p in payloads]
+    for code in ("unsupported_media_type", "payload_too_large", "invalid_request"):
+        assert code in codes
 
 
 # ------------------------------------------------------------------ framing and scripts
