@@ -11,11 +11,12 @@ STAMP := $(VENV)/.cofre-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 IN_SCOPE := cofre cofre_cli vault hsm api policies audit infra_pci compliance
 
-.PHONY: help run test lint format bench system-deps test-deps bench-deps venv lock clean
+.PHONY: help run test test-fast lint format bench system-deps test-deps bench-deps venv lock clean
 
 help:
 	@echo "make run    - start the dev vault (SoftHSM token, SQLite, dev PKI; created on first run)"
 	@echo "make test   - lint, then the whole test suite (real SoftHSM and PostgreSQL)"
+	@echo "make test-fast - the unit and property tests: no PostgreSQL, no SoftHSM, nothing slow"
 	@echo "make lint   - ruff, mypy --strict, import-linter contracts"
 	@echo "make bench  - run bench/ and write bench/REPORT.md"
 	@echo "make lock   - re-pin requirements.lock from requirements.in (needs uv)"
@@ -87,6 +88,11 @@ format: venv
 
 test: test-deps lint
 	$(BIN)/pytest
+
+# No PostgreSQL cluster, no SoftHSM2 token, nothing marked slow: the markers come from
+# the fixtures a test uses (tests/conftest.py), so this needs no system package.
+test-fast: venv
+	$(BIN)/pytest -m "not postgres and not hsm and not slow" --no-cov -q
 
 bench: bench-deps venv
 	$(BIN)/python -m bench

@@ -19,7 +19,13 @@ import pytest
 from hsm.keys import KeyHierarchy
 from hsm.provider import HSMProvider, provider_from_settings
 from hsm.softhsm import init_softhsm_token
-from tests.support.cloudhsm_shim import CloudHSMShim, ShimBuildFailed, activate, build_shim
+from tests.support.cloudhsm_shim import (
+    HSM_BACKENDS,
+    CloudHSMShim,
+    ShimBuildFailed,
+    activate,
+    build_shim,
+)
 from tests.support.leakguard import LeakGuard, dump_database, install_leak_guard
 from tests.support.postgres import (
     PostgresCluster,
@@ -198,7 +204,9 @@ _SKIPPED: list[str] = []
 
 # Markers come from what a test uses, so `pytest -m "not postgres and not hsm"` is the
 # fast subset without anyone remembering to mark a test (fixturenames is the whole
-# closure of a test's fixtures; `database_url` picks PostgreSQL by parameter).
+# closure of a test's fixtures; `database_url` picks PostgreSQL by parameter, and a test
+# parametrised over `HSM_BACKENDS` reaches its provider through `getfixturevalue`, which
+# no closure shows).
 _POSTGRES_FIXTURES: Final = frozenset({"postgres", "pg_database", "durable_postgres"})
 _HSM_FIXTURES: Final = frozenset(
     {
@@ -217,10 +225,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         callspec = getattr(item, "callspec", None)
-        on_postgres = callspec is not None and callspec.params.get("database_url") == "postgresql"
+        params = callspec.params if callspec is not None else {}
+        on_postgres = params.get("database_url") == "postgresql"
+        on_hsm = any(isinstance(v, str) and v in HSM_BACKENDS for v in params.values())
         if names & _POSTGRES_FIXTURES or on_postgres:
             item.add_marker(pytest.mark.postgres)
-        if names & _HSM_FIXTURES:
+        if names & _HSM_FIXTURES or on_hsm:
             item.add_marker(pytest.mark.hsm)
 
 

@@ -130,6 +130,7 @@ PLANT = (
 )
 
 
+@pytest.mark.hsm  # `cofre dev --check` makes its own SoftHSM2 token
 def test_hsm_status_reports_a_planted_key_and_dev_check_fails(tmp_path: Path) -> None:
     """Key substitution: a `cofre-kek-v2` created with the crypto-user PIN behind Cofre's
     back is not in the key registry: reported by `cofre hsm status`, and readiness fails
@@ -172,6 +173,7 @@ def test_hsm_status_reports_a_planted_key_and_dev_check_fails(tmp_path: Path) ->
     }
 
 
+@pytest.mark.hsm  # `cofre dev --check` makes its own SoftHSM2 token
 def test_tokens_purge_shreds_expired_tokens(tmp_path: Path) -> None:
     """`cofre tokens purge` crypto-shreds what has expired, at once (every node's purge
     worker also does it on a schedule: tests/vault/test_domains.py)."""
