@@ -15,6 +15,8 @@ ROOTS: list[str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"][
 ]
 BASE = "cofre"
 ROOF = "cofre_cli"
+# The API's rooms below it: it reaches everything else through the vault's facade.
+API_REACHES = {"vault", "policies", BASE}
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +72,11 @@ def test_no_cycle_between_top_level_packages(package_edges: dict[str, set[str]])
         if name not in state:
             visit(name)
     assert cycles == []
+
+
+def test_the_api_reaches_only_the_vault_policies_and_the_base(
+    package_edges: dict[str, set[str]],
+) -> None:
+    """Architecture: api -> vault, policies. Unlike a `forbidden` contract, which names
+    what it forbids, this also holds against packages added later."""
+    assert package_edges["api"] - API_REACHES == set()
