@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from api.capture import CAPTURE_SCRIPT, asset, sri_hash
 from cofre.settings import CaptureSettings
@@ -333,3 +335,46 @@ def _sessions(vault: VaultServer) -> int:
         return int(
             connection.execute(sa.text("SELECT count(*) FROM capture_sessions")).scalar_one()
         )
+
+
+# ------------------------------------------------------------------ no input is a 500
+_TEXT = st.text(max_size=40)
+_BODIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "secret": st.one_of(_TEXT, st.none(), st.integers()),
+        "number": st.one_of(_TEXT, st.from_regex(r"[0-9 -]{10,25}", fullmatch=True)),
+        "expiry": st.one_of(_TEXT, st.from_regex(r"[0-9]{2}/[0-9]{2}", fullmatch=True)),
+        "security_code": st.one_of(_TEXT, st.integers()),
+        "name": _TEXT,
+        "format": _TEXT,
+        "extra": _TEXT,
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_session(capture_vault: VaultServer) -> CaptureSession:
+    return _session(capture_vault, max_uses=20)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=_BODIES,
+    session_id=st.one_of(
+        st.just("session"), st.from_regex(r"[A-Za-z0-9_.~-]{1,40}", fullmatch=True)
+    ),
+)
+def test_no_body_is_a_server_error_or_echoed(
+    capture_vault: VaultServer, fuzz_session: CaptureSession, body: dict[str, Any], session_id: str
+) -> None:
+    path = f"/v1/capture/{fuzz_session.session_id if session_id == 'session' else session_id}"
+    with capture_vault.capture_client() as client:
+        response = client.post(path, json=body, headers={"origin": SHOP})
+    assert response.status_code < 500, response.text
+    if response.status_code != 200:
+        for value in body.values():
+            for digits in re.findall(r"[0-9]{6,}", str(value)):
+                assert digits not in response.text
