@@ -132,6 +132,9 @@ class RotationRequest(_Strict):
     kind: Literal["kek", "data", "fingerprint"]
 
 
+# The wire form of `vault.ceremony.Ceremony`: the API's model is the documented contract,
+# the vault's a plain value, and tests/api/test_models.py keeps their fields alike. (A
+# comment, not a docstring: a docstring would change the OpenAPI document.)
 class CeremonyResponse(_Strict):
     id: str
     kind: str

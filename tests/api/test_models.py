@@ -1,0 +1,45 @@
+"""The API's response models that mirror a vault type stay its exact wire form.
+
+`CeremonyResponse` is the documented shape (docs/openapi.json) of `vault.ceremony.Ceremony`:
+the two are kept apart on purpose (the API's models are the HTTP contract, strict and
+frozen; the vault's are plain values), and this test makes the copy a mirror, so a field
+added to one fails here until the other has it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from datetime import UTC, datetime, timedelta
+
+from api.models import CeremonyResponse
+from vault.ceremony import Ceremony
+
+
+def test_ceremony_response_has_the_fields_of_a_ceremony() -> None:
+    hints = typing.get_type_hints(Ceremony)
+    vault_fields = {f.name: hints[f.name] for f in dataclasses.fields(Ceremony)}
+    wire_fields = {name: f.annotation for name, f in CeremonyResponse.model_fields.items()}
+    assert wire_fields == vault_fields
+
+
+def test_a_ceremony_goes_out_unchanged() -> None:
+    now = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    ceremony = Ceremony(
+        id="c-1",
+        kind="kek",
+        state="running",
+        proposer="spiffe://cofre/officer-alice",
+        approvers=["spiffe://cofre/officer-bob"],
+        approvals_needed=1,
+        created_at=now,
+        expires_at=now + timedelta(hours=24),
+        old_version=1,
+        new_version=2,
+        progress_done=3,
+        progress_total=10,
+        destroy_after=None,
+        completed_at=None,
+    )
+    wire = CeremonyResponse.model_validate(ceremony.as_json())
+    assert wire.model_dump() == dataclasses.asdict(ceremony)
