@@ -13,8 +13,8 @@ the dev CA's certificate, which Chromium trusts through
 only, nothing else).
 
 The leak scan covers the shop backend's requests and logs and the browser's console
-(all written under this test's directory); the acquirer keeps what it received in
-memory only, the one place a PAN is meant to arrive.
+(all written under this test's directory); the acquirer's journal, the one place a PAN
+is meant to arrive, is in a directory the scan excludes by name (`ACQUIRER_SIDE`).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from cofre.settings import CaptureSettings
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.support.fake_acquirer import FakeAcquirer
+from tests.support.leakguard import ACQUIRER_SIDE
 from tests.support.leakscan import find_leaks
 from tests.support.policies import TEST_IDENTITIES
 from tests.support.postgres import free_port
@@ -85,7 +86,11 @@ def checkout(
     vault_dir = tmp / "vault"
     vault_dir.mkdir()
     pki = ensure_dev_pki(vault_dir / "pki", identities=TEST_IDENTITIES)
-    acquirer = FakeAcquirer(cert=pki.server_cert, key=pki.server_key)
+    acquirer = FakeAcquirer(
+        cert=pki.server_cert,
+        key=pki.server_key,
+        journal=tmp / ACQUIRER_SIDE / "received.jsonl",
+    )
     acquirer.start()
     routes = f"""
 [relay_routes.getnet-authorize]
@@ -215,6 +220,8 @@ def test_a_card_typed_into_the_hosted_fields_reaches_the_acquirer_as_a_token_onl
     # The acquirer received the card exactly once, from the vault's relay.
     sent = acquirer.received[received_before:]
     assert [body["card"]["number"] for body in sent] == [CARD]
+    journal = (checkout.tmp / ACQUIRER_SIDE / "received.jsonl").read_text()
+    assert journal.count(CARD) >= 1
 
     # A second authorization with the same token (a retry, a recurring charge).
     assert shop.pay(token)["approved"]

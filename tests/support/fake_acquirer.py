@@ -27,6 +27,10 @@ class FakeAcquirer:
     # A test's own answer: the received body -> (status, JSON answer). Called in the
     # server's thread when the request arrives, so it can look at the vault's state then.
     answer: Callable[[dict[str, Any]], tuple[int, Any]] | None = None
+    # Where to write what arrived, one JSON line each: a directory named
+    # tests.support.leakguard.ACQUIRER_SIDE, which the leak scan skips by name (an
+    # acquirer is where the card is meant to arrive).
+    journal: Path | None = None
 
     def start(self) -> None:
         acquirer = self
@@ -39,6 +43,10 @@ class FakeAcquirer:
                 length = int(self.headers.get("content-length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 acquirer.received.append(body)
+                if acquirer.journal is not None:
+                    acquirer.journal.parent.mkdir(parents=True, exist_ok=True)
+                    with acquirer.journal.open("a") as out:
+                        out.write(json.dumps(body) + "\n")
                 if acquirer.delay_seconds:
                     time.sleep(acquirer.delay_seconds)
                 if acquirer.answer is not None:

@@ -15,7 +15,9 @@ are Luhn-valid by design for ``luhn = "pass"`` formats, so every token any datab
 holds is allowed. Any finding fails the run.
 
 The one answer allowed to carry a PAN, a successful reveal to an identity whose policy
-allows it, is the only thing not recorded.
+allows it, is the only thing not recorded. The one place allowed to *hold* a PAN is the
+acquirer's side of a relay (where the vault is meant to send it): a directory named
+`ACQUIRER_SIDE` (a fake acquirer's journal) is excluded from the scan by that name.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from vault.pan import luhn_valid
 REPO = Path(__file__).resolve().parents[2]
 REVEALS = frozenset({"/v1/detokenize", "/v1/detokenize/batch"})
 DUMPS = "leakscan"  # under the base temp: pg dumps, server logs, token lists
+ACQUIRER_SIDE = "acquirer-side"  # a directory the scan skips: what an acquirer received
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _LITERAL = re.compile(r"(?<![0-9])[0-9]{13,19}(?![0-9])")
 
@@ -167,7 +170,7 @@ class LeakGuard:
             return  # no test ran: nothing was produced
         started = time.monotonic()
         pans = pans_in_test_sources() | GENERATED
-        files = files_under(self.root)
+        files = [f for f in files_under(self.root) if ACQUIRER_SIDE not in f.parts]
         allowed: set[str] = set()
         databases: dict[Path, list[bytes]] = {}
         for file in files:
