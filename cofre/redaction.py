@@ -76,11 +76,6 @@ def mask_pan_like(text: str) -> str:
     return _GROUPED.sub(_mask_grouped, _DIGIT_RUN.sub(_mask_run, text))
 
 
-def looks_like_pan(text: str) -> bool:
-    """Return whether `text` holds anything `mask_pan_like` would mask."""
-    return mask_pan_like(text) != text
-
-
 def _piece(value: object) -> str | None:
     """The digits of a list item that may be a piece of a card number, else None."""
     if isinstance(value, bool):

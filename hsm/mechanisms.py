@@ -138,11 +138,6 @@ def resolve_wrap_mechanisms(offered: frozenset[int]) -> WrapMechanisms:
     return WrapMechanisms(found)
 
 
-def wrap_mechanism_names() -> dict[str, list[str]]:
-    """Return, per algorithm, the mechanism names tried in order (for `cofre hsm status`)."""
-    return {alg.value: [c.name for c in cands] for alg, cands in _CANDIDATES.items()}
-
-
 # ------------------------------------------------------------------ templates
 _USAGE_FLAGS: Final = (
     Attribute.ENCRYPT,

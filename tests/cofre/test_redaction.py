@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cofre.redaction import looks_like_pan, mask_pan_like, mask_pan_values
+from cofre.redaction import mask_pan_like, mask_pan_values
 
 PAN = "4111111111111111"
 MASKED = "411111******1111"
@@ -29,7 +29,7 @@ MASKED = "411111******1111"
 def test_text_representations_are_masked(text: str, expected: str | None) -> None:
     masked = mask_pan_like(text)
     assert "".join(c for c in masked if c.isdigit()) != "".join(c for c in text if c.isdigit())
-    assert looks_like_pan(text)
+    assert masked != text
     if expected is not None:
         assert masked == expected
 
