@@ -20,6 +20,7 @@ __all__ = [
     "health",
     "lifecycle",
     "metrics",
+    "mfa",
     "models",
     "observability",
     "otlp",

@@ -20,7 +20,16 @@ from api.guard import RequestGuard
 from api.models import Problem
 from api.observability import make_telemetry
 from api.problems import PROBLEM_JSON
-from api.routes import audit, capture_sessions, evidence, health, keys, relay, tokens
+from api.routes import (
+    audit,
+    capture_sessions,
+    custody,
+    evidence,
+    health,
+    keys,
+    relay,
+    tokens,
+)
 from cofre import __version__
 from vault.service import VaultService
 
@@ -53,7 +62,7 @@ def create_app(state: AppState) -> FastAPI:
     app.state.ready_checks = []
     add_exception_handlers(app)
     # The order of the routers is the order of the paths in the OpenAPI document.
-    for area in (tokens, capture_sessions, relay, keys, evidence, audit, health):
+    for area in (tokens, capture_sessions, relay, keys, custody, evidence, audit, health):
         app.include_router(area.router)
 
     # The OpenAPI stub has no service: no audit there.

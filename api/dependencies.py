@@ -17,6 +17,8 @@ from fastapi import Depends, Path, Request
 from api.models import EvidenceRequest
 from api.observability import Telemetry
 from api.tls import identity_from_scope
+from vault.custody import Custody
+from vault.officer_mfa import OfficerMfa
 from vault.rotation import KeyRotation
 from vault.service import CallContext, VaultService
 
@@ -37,6 +39,10 @@ class AppState:
     # development setting that lets a session name an http://localhost origin.
     capture_origin: str | None = None
     capture_allow_http_localhost: bool = False
+    # Checks the officers' second factor (`api.mfa`); None refuses what needs it.
+    officer_mfa: OfficerMfa | None = None
+    # Key custodians' signed acknowledgements (`api.routes.custody`).
+    custody: Custody | None = None
 
 
 def app_state(request: Request) -> AppState:

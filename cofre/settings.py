@@ -231,6 +231,20 @@ class KeySettings(_Section):
         return self
 
 
+class OfficerTokenSettings(_Section):
+    """The officer's own PKCS#11 token, which signs key ceremony actions and evidence
+    exports (the second factor; used by the `cofre` CLI on the officer's workstation,
+    never by the vault). Unset: the dev token `cofre dev` made for the ``--as`` name under
+    ``<data_dir>/officers/``. ``{name}`` in `token_label` or `pin_file` is the ``--as``
+    name. The PIN comes from `pin_file` or, when unset, a prompt; never an option."""
+
+    library: Path | None = None
+    token_label: str | None = None
+    pin_file: Path | None = None
+    softhsm_conf: Path | None = None
+    key_label: str = "cofre-mfa"
+
+
 class InsecureSettings(_Section):
     """Escape hatches for `cofre serve` outside production (a demo, a test rig). Each one
     left on is logged as a warning at every start; `cofre dev` needs none of them."""
@@ -299,6 +313,7 @@ class Settings(BaseSettings):
     keys: KeySettings = KeySettings()
     evidence: EvidenceSettings = EvidenceSettings()
     insecure: InsecureSettings = InsecureSettings()
+    officer_token: OfficerTokenSettings = OfficerTokenSettings()
     tokens: TokenSettings = TokenSettings()
     capture: CaptureSettings = CaptureSettings()
 

@@ -12,7 +12,9 @@ __all__ = [
     "capture",
     "commands",
     "devenv",
+    "key_management",
     "main",
+    "officer_token",
     "wiring",
     "witnessing",
 ]

@@ -60,10 +60,46 @@ CertOpt = Annotated[Path | None, typer.Option("--cert", help="Client certificate
 KeyOpt = Annotated[Path | None, typer.Option("--key", help="Client key (PEM).")]
 
 
+def officer_signature(keyid: str, sign: Callable[[bytes], bytes]) -> Any:
+    """An httpx auth that signs every request but GETs as RFC 9421 requires
+    (`vault.httpsig`): the officer's second factor, `sign` being their token's key."""
+    import secrets
+    import time
+
+    import httpx
+
+    from vault.httpsig import sign_request
+
+    class OfficerSignature(httpx.Auth):
+        requires_request_body = True
+
+        def auth_flow(self, request: httpx.Request) -> Any:
+            if request.method != "GET":
+                path, _, query = request.url.raw_path.decode("ascii").partition("?")
+                request.headers.update(
+                    sign_request(
+                        request.method,
+                        path,
+                        query,
+                        request.content,
+                        keyid=keyid,
+                        nonce=secrets.token_urlsafe(18),
+                        created=int(time.time()),
+                        sign=sign,
+                    )
+                )
+            yield request
+
+    return OfficerSignature()
+
+
 def admin_client(officer: str, cert: Path | None, key: Path | None) -> Any:
     import ssl
 
     import httpx
+
+    from cofre_cli.officer_token import find_token, signer_for
+    from hsm.errors import HSMAuthFailed, HSMKeyNotFound, HSMUnavailable
 
     settings = cli_settings()
     ca = settings.server.ca_bundle or settings.data_dir / "pki" / "ca.pem"
@@ -77,7 +113,20 @@ def admin_client(officer: str, cert: Path | None, key: Path | None) -> Any:
     context = ssl.create_default_context(cafile=str(ca))
     context.load_cert_chain(str(cert), str(key))
     url = f"https://{settings.server.host}:{settings.server.port}"
-    return httpx.Client(base_url=url, verify=context, timeout=30)
+    # The second factor: NAME's own token signs ceremony actions and exports. Without a
+    # token the request goes unsigned and the vault refuses what needs MFA.
+    token = find_token(settings, officer)
+    auth = None
+    if token is not None:
+        try:
+            signer = signer_for(token)
+        except HSMAuthFailed:
+            raise  # a wrong PIN is said, never turned into an unsigned request
+        except (HSMUnavailable, HSMKeyNotFound) as exc:
+            typer.echo(f"(no usable token for {officer} [{exc.code}]: unsigned)", err=True)
+        else:
+            auth = officer_signature(signer.keyid, signer.sign)
+    return httpx.Client(base_url=url, verify=context, timeout=30, auth=auth)
 
 
 def admin_call(client: Any, method: str, path: str, body: Any = None) -> Any:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from api.pki import ensure_dev_pki
 from cofre.settings import Settings, load_settings
+from cofre_cli.officer_token import create_dev_tokens
 from hsm.softhsm import init_softhsm_token, write_softhsm_conf
 
 DEV_POLICY = """\
@@ -122,8 +123,6 @@ def ensure_dev_environment(data_dir: Path, port: int = 8443) -> DevEnvironment:
         _write_secret(user_pin_file, user_pin)
     pki = ensure_dev_pki(data_dir / "pki")
     policy = data_dir / "policy.toml"
-    if not policy.exists():
-        policy.write_text(DEV_POLICY, encoding="utf-8")
     config_file.write_text(
         "# Written by `cofre dev`; development only.\n"
         f'data_dir = "{data_dir}"\n'
@@ -146,7 +145,24 @@ def ensure_dev_environment(data_dir: Path, port: int = 8443) -> DevEnvironment:
         "allow_http_localhost = true\n",
         encoding="utf-8",
     )
+    # Each dev officer and the auditor get a token of their own, whose key the policy
+    # registers as their second factor (a policy still exactly as an older `cofre dev`
+    # wrote it, without keys, is rewritten; an edited one is left alone).
+    keys = create_dev_tokens(data_dir, config_file)
+    if not policy.exists() or policy.read_text(encoding="utf-8") == DEV_POLICY:
+        policy.write_text(with_mfa_keys(DEV_POLICY, keys), encoding="utf-8")
     return DevEnvironment(data_dir, config_file, created=created)
+
+
+def with_mfa_keys(policy: str, keys: dict[str, str]) -> str:
+    """`policy` with ``mfa_public_key`` set for each ``spiffe://cofre/<name>`` in `keys`
+    (name -> PEM public key of that officer's token)."""
+    for name, pem in keys.items():
+        header = f'[identities."spiffe://cofre/{name}"]\n'
+        if header not in policy:
+            raise ValueError(f"the policy has no identity {name}")
+        policy = policy.replace(header, f'{header}mfa_public_key = """\n{pem.strip()}\n"""\n', 1)
+    return policy
 
 
 def dev_settings(env: DevEnvironment) -> Settings:

@@ -20,6 +20,7 @@ from cofre_cli.commands import (
     hsm,
     infra,
     keys,
+    mfa,
     pki,
     serve,
     tokens,
@@ -39,6 +40,7 @@ app.add_typer(audit.audit_app, name="audit")
 app.add_typer(config.config_app, name="config")
 app.add_typer(api.api_app, name="api")
 app.add_typer(keys.keys_app, name="keys")
+app.add_typer(mfa.mfa_app, name="mfa")
 app.add_typer(evidence.evidence_app, name="evidence")
 app.add_typer(infra.infra_app, name="infra")
 app.add_typer(pki.pki_app, name="pki")

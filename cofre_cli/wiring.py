@@ -49,6 +49,7 @@ from cofre.errors import CofreError, ConfigurationError
 from cofre.filemodes import refuse_readable_secrets, secure_data_dir
 from cofre.settings import Settings
 from cofre_cli.capture import capture_app, start_capture_listener
+from cofre_cli.key_management import key_management
 from cofre_cli.witnessing import start_audit_workers, stop_publisher
 from compliance.errors import ComplianceError
 from compliance.export import EvidenceSources, build_bundle
@@ -57,7 +58,7 @@ from policies.engine import PolicyEngine
 from policies.errors import RateLimited
 from policies.loader import LoadedPolicy, load_policy
 from policies.models import RateLimit
-from vault.cryptoperiod import CryptoperiodMonitor, monitor_from_settings
+from vault.cryptoperiod import CryptoperiodMonitor
 from vault.key_registry import KeyRegistry
 from vault.purge import PurgeWorker
 from vault.rotation import KeyRotation
@@ -227,23 +228,6 @@ def _observe(
     return telemetry
 
 
-def _key_management(
-    settings: Settings, engine: Engine, provider: HSMProvider, service: VaultService
-) -> tuple[KeyRotation, CryptoperiodMonitor]:
-    """Key rotation, and the monitor of the keys' cryptoperiods it lists in inventories."""
-    periods = monitor_from_settings(settings.keys, engine, service.keyring)
-    rotation = KeyRotation(
-        engine,
-        provider,
-        service.keyring,
-        lambda: service.policy,
-        proposal_ttl=timedelta(hours=settings.keys.proposal_ttl_hours),
-        destroy_grace=timedelta(seconds=settings.keys.destroy_grace_seconds),
-        cryptoperiods=lambda: [p.as_json() for p in periods.assess()],
-    )
-    return rotation, periods
-
-
 def _start_purge_worker(service: VaultService, settings: Settings) -> PurgeWorker:
     worker = PurgeWorker(service, interval=settings.tokens.purge_interval_seconds)
     worker.start()
@@ -287,7 +271,8 @@ def build_runtime(
         log_id=settings.audit.log_id,
     )
     thread, publisher_thread = start_audit_workers(settings, engine, sequencer, sequencer_interval)
-    rotation, periods = _key_management(settings, engine, provider, service)
+    keys = key_management(settings, engine, provider, service)
+    rotation, periods = keys.rotation, keys.periods
     worker = RotationWorker(rotation, interval=min(0.5, sequencer_interval * 2))
     worker.start()
     purge_worker = _start_purge_worker(service, settings)
@@ -341,7 +326,7 @@ def build_runtime(
             engine,
             sequencer.signer,
             sequencer,
-            _evidence_sources(settings, rotation),
+            _evidence_sources(settings, rotation, keys.custody.acknowledgements),
             generator=ctx.identity,
             period_from=request.period_from,
             period_to=request.period_to,
@@ -359,6 +344,8 @@ def build_runtime(
             api_docs=settings.server.api_docs,
             capture_origin=settings.capture.origin() if settings.capture.port else None,
             capture_allow_http_localhost=settings.capture.allow_http_localhost,
+            officer_mfa=keys.officer_mfa,
+            custody=keys.custody,
         )
     )
     return Runtime(
@@ -381,7 +368,9 @@ def build_runtime(
     )
 
 
-def _evidence_sources(settings: Settings, rotation: KeyRotation) -> EvidenceSources:
+def _evidence_sources(
+    settings: Settings, rotation: KeyRotation, custody: Callable[[], list[dict[str, Any]]]
+) -> EvidenceSources:
     server = settings.server
     cert_paths = [Path(p) for p in (server.ca_bundle, server.cert_file) if p is not None]
     clients = settings.data_dir / "pki" / "clients"
@@ -400,6 +389,7 @@ def _evidence_sources(settings: Settings, rotation: KeyRotation) -> EvidenceSour
             "renegotiation": "off",
         },
         certificates=certificate_inventory([p for p in cert_paths if p.is_file()]),
+        custody=custody,
     )
 
 

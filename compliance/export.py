@@ -44,6 +44,8 @@ class EvidenceSources:
     settings: dict[str, Any]
     tls_settings: dict[str, Any]
     certificates: list[dict[str, str]]
+    # Key custodians' signed acknowledgements (`vault.custody`), every one recorded.
+    custody: Callable[[], list[dict[str, Any]]] = list
 
 
 def _blocks(start: int, end: int) -> list[tuple[int, int]]:
@@ -150,6 +152,7 @@ def build_bundle(
         "audit/checkpoint.note": witnessed_note(engine, covering, signer.public_key_pem()).encode(),
         "keys/inventory.json": json.dumps(sources.key_inventory(), indent=2).encode(),
         "keys/ceremonies.json": json.dumps(sources.ceremonies(), indent=2).encode(),
+        "keys/custody.json": json.dumps(sources.custody(), indent=2).encode(),
         "policy/versions.jsonl": _jsonl(policy_versions),
         "policy/policy.toml": policy_text.encode(),
         "config/settings.json": json.dumps(sources.settings, indent=2).encode(),

@@ -12,6 +12,7 @@ __all__ = [
     "card",
     "ceremony",
     "cryptoperiod",
+    "custody",
     "errors",
     "fpe",
     "httpsig",

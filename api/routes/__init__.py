@@ -10,6 +10,7 @@ OpenAPI document (docs/openapi.json). A route reaches the app's state through th
 __all__ = [
     "audit",
     "capture_sessions",
+    "custody",
     "evidence",
     "health",
     "keys",

@@ -11,7 +11,9 @@ from starlette.responses import Response
 
 from api.dependencies import Caller, State
 from api.errors import ApiError
+from api.mfa import require_officer_mfa
 from api.models import EvidenceRequest
+from policies.models import Action
 
 router = APIRouter()
 
@@ -25,6 +27,8 @@ router = APIRouter()
             "description": "the signed evidence bundle (tar.gz)",
         }
     },
+    # The exporter's second factor (PCI DSS 8.4.1): a signature by their token key.
+    dependencies=[require_officer_mfa(Action.EVIDENCE_EXPORT)],
 )
 def export_evidence(body: EvidenceRequest, caller: Caller, state: State) -> Response:
     """A signed PCI DSS evidence bundle for a period (security officers, auditors);

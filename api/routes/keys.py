@@ -11,10 +11,15 @@ from fastapi import APIRouter
 
 from api.dependencies import AppState, Caller, CeremonyPath, State
 from api.errors import ApiError
+from api.mfa import require_officer_mfa
 from api.models import CeremonyResponse, RotationRequest
+from policies.models import Action
 from vault.rotation import KeyRotation
 
 router = APIRouter()
+# Every ceremony action carries the officer's second factor (PCI DSS 8.4.1): a signature
+# by their own token key over the request (`api.mfa`). Reads do not.
+_MFA = [require_officer_mfa(Action.KEY_ADMIN)]
 
 
 def _rotation(state: AppState) -> KeyRotation:
@@ -39,7 +44,11 @@ def list_rotations(caller: Caller, state: State) -> list[CeremonyResponse]:
 
 
 @router.post(
-    "/v1/admin/keys/rotations", response_model=CeremonyResponse, status_code=201, tags=["keys"]
+    "/v1/admin/keys/rotations",
+    response_model=CeremonyResponse,
+    status_code=201,
+    tags=["keys"],
+    dependencies=_MFA,
 )
 def propose_rotation(body: RotationRequest, caller: Caller, state: State) -> CeremonyResponse:
     """Propose a rotation (kek, data or fingerprint); it runs after other officers
@@ -61,6 +70,7 @@ def rotation_status(ceremony_id: CeremonyPath, caller: Caller, state: State) -> 
     "/v1/admin/keys/rotations/{ceremony_id}/approve",
     response_model=CeremonyResponse,
     tags=["keys"],
+    dependencies=_MFA,
 )
 def approve_rotation(ceremony_id: CeremonyPath, caller: Caller, state: State) -> CeremonyResponse:
     return CeremonyResponse.model_validate(
@@ -72,6 +82,7 @@ def approve_rotation(ceremony_id: CeremonyPath, caller: Caller, state: State) ->
     "/v1/admin/keys/rotations/{ceremony_id}/cancel",
     response_model=CeremonyResponse,
     tags=["keys"],
+    dependencies=_MFA,
 )
 def cancel_rotation(ceremony_id: CeremonyPath, caller: Caller, state: State) -> CeremonyResponse:
     return CeremonyResponse.model_validate(

@@ -11,6 +11,7 @@ __all__ = [
     "hsm",
     "infra",
     "keys",
+    "mfa",
     "pki",
     "serve",
     "tokens",

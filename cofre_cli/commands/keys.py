@@ -125,3 +125,34 @@ def keys_status(
                     data = admin_call(client, "GET", path)
                 progress.update(task, completed=max(1, data["progress_total"]))
         _show_ceremony(data)
+
+
+@keys_app.command("acknowledge-custody")
+@fail_cleanly
+def keys_acknowledge_custody(
+    officer: Officer = "officer-alice",
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Sign without asking.")] = False,
+) -> None:
+    """Sign, with your own token key, that you are a custodian of the keys Cofre uses and
+    accept the responsibilities (PCI DSS 3.6.1.2, 3.7.8). The vault checks it and records
+    it in the audit log; evidence bundles carry it."""
+    import base64
+
+    from cofre.errors import ConfigurationError
+    from cofre_cli._shared import cli_settings
+    from cofre_cli.officer_token import find_token, signer_for
+
+    token = find_token(cli_settings(), officer)
+    if token is None:
+        raise ConfigurationError(f"no token for {officer}: the statement is signed with it")
+    with admin_client(officer, cert, key) as client:
+        statement = admin_call(client, "GET", "/v1/admin/keys/custody/statement")["statement"]
+        typer.echo(statement)
+        if not yes and not typer.confirm("Sign this statement with your token?"):
+            raise typer.Exit(1)
+        signature = base64.b64encode(signer_for(token).sign(statement.encode())).decode()
+        body = {"statement": statement, "signature": signature}
+        recorded = admin_call(client, "POST", "/v1/admin/keys/custody", body)
+    typer.echo(f"custody acknowledged by {recorded['identity']} (key {recorded['keyid']})")

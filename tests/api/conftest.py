@@ -43,6 +43,7 @@ from cofre_cli.wiring import Runtime, build_runtime
 from hsm.provider import HSMProvider
 from tests.support.leakguard import record_responses
 from tests.support.leakscan import json_strings
+from tests.support.officers import policy_with, software_officers
 from tests.support.policies import SETTLEMENT_POLICY, TEST_IDENTITIES
 from tests.support.postgres import free_port
 
@@ -69,16 +70,23 @@ class VaultServer:
     # The capture listener (server TLS only), when started with `capture`.
     capture_url: str | None = None
 
-    def client(self, name: str | None = "payments", *, pki: DevPKI | None = None) -> httpx.Client:
+    def client(
+        self, name: str | None = "payments", *, pki: DevPKI | None = None, signed: bool = True
+    ) -> httpx.Client:
+        """A client with `name`'s certificate; an officer's also signs with their second
+        factor unless `signed` is false (the attacker with a stolen certificate only)."""
         context = ssl.create_default_context(cafile=str(self.pki.ca))
         if name is not None:
             source = pki or self.pki
             context.load_cert_chain(str(source.client_cert(name)), str(source.client_key(name)))
+        officer = software_officers().get(name or "")
         return httpx.Client(
             base_url=self.url,
             verify=context,
             timeout=10,
             event_hooks=record_responses(self.tmp / "responses.log"),
+            # Officers sign ceremony actions and exports with their second factor.
+            auth=officer.auth() if officer is not None and signed else None,
         )
 
     def capture_client(self) -> httpx.Client:
@@ -168,7 +176,9 @@ def _start_server(
     issue_client(pki, "limited")
     other = ensure_dev_pki(tmp / "other-pki", identities=("payments",))
     policy = tmp / "policy.toml"
-    policy.write_text(DEV_POLICY + LIMITED + SETTLEMENT_POLICY + extra_policy)
+    policy.write_text(
+        policy_with(DEV_POLICY + LIMITED + SETTLEMENT_POLICY + extra_policy, software_officers())
+    )
     settings = Settings(
         data_dir=tmp,
         policy_file=policy,

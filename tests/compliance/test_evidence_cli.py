@@ -3,6 +3,7 @@ own process: a chain of bundles made with `--previous` meets exactly."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import signal
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from hsm.provider import HSMProvider
+from tests.support.officers import token_officers
 from tests.support.softhsm import SoftHSMToken
 from tests.support.vault_process import VaultProcess, make_vault
+from vault.httpsig import verify_ecdsa_p256
 
 VISA = "4111111111111111"
 
@@ -116,3 +119,40 @@ def test_sighup_reloads_the_policy_and_the_log_records_it(
         time.sleep(0.2)
     assert reloads[-1]["details"]["sha256"] == digest
     assert reloads[-1]["document"] == edited
+
+
+def test_custody_acknowledgement_lands_in_the_bundle(
+    served: VaultProcess, tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    """PCI DSS 3.7.8: an officer signs the custody statement on their own token (`cofre
+    keys acknowledge-custody`); the next bundle carries it, verifiable offline; the
+    export itself was signed with the auditor's token (MFA)."""
+    signed = served.cofre("keys", "acknowledge-custody", "--as", "officer-alice", "--yes")
+    assert signed.returncode == 0, signed.stderr
+    assert "custody acknowledged by spiffe://cofre/officer-alice" in signed.stdout
+    out = tmp_path / "custody.tar.gz"
+    since = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    made = served.cofre(
+        "evidence", "export", "--as", "auditor", "--from", since, "--to", _later(),
+        "--out", str(out),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    with tarfile.open(out) as archive:
+        handle = archive.extractfile("keys/custody.json")
+        assert handle is not None
+        records = json.loads(handle.read())
+    alice = token_officers(served.token)["officer-alice"]
+    [record] = [r for r in records if r["identity"] == "spiffe://cofre/officer-alice"][-1:]
+    assert record["public_key"] == alice.pem
+    assert json.loads(record["statement"])["keys"] == [
+        "cofre-audit-v1",
+        "cofre-fp-v1",
+        "cofre-kek-v1",
+    ]
+    verify_ecdsa_p256(
+        alice.pem.encode(), record["statement"].encode(), base64.b64decode(record["signature"])
+    )
+    key = tmp_path / "audit.pem"
+    key.write_bytes(hsm_provider.public_key_pem("cofre-audit-v1"))
+    checked = served.cofre("evidence", "verify", str(out), "--public-key", str(key))
+    assert checked.returncode == 0, checked.stdout

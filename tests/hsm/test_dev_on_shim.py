@@ -22,6 +22,7 @@ from api.pki import DevPKI, ensure_dev_pki
 from cofre_cli.devenv import DEV_POLICY
 from tests.support.cloudhsm_shim import CloudHSMShim
 from tests.support.leakguard import record_responses
+from tests.support.officers import policy_with, software_officers
 from tests.support.pans import card_number
 from tests.support.policies import SETTLEMENT_POLICY, TEST_IDENTITIES
 from tests.support.postgres import free_port
@@ -41,6 +42,9 @@ class DevVault:
             verify=context,
             timeout=30,
             event_hooks=record_responses(self.log.with_name("responses.log")),
+            # Officers sign ceremony actions with their second factor (the policy below
+            # registers these keys; see tests/support/officers.py).
+            auth=officer.auth() if (officer := software_officers().get(name)) else None,
         )
 
 
@@ -60,7 +64,9 @@ def dev_on_shim(
     # The dev policy gives nobody a full PAN; the round trip below reads it back through
     # the tests' in-scope settlement identity, written before `cofre dev` fills the rest.
     (base / "data").mkdir(mode=0o700)
-    (base / "data" / "policy.toml").write_text(DEV_POLICY + SETTLEMENT_POLICY)
+    (base / "data" / "policy.toml").write_text(
+        policy_with(DEV_POLICY + SETTLEMENT_POLICY, software_officers())
+    )
     ensure_dev_pki(base / "data" / "pki", identities=TEST_IDENTITIES)
     log = base / "dev.log"
     with log.open("wb") as out:

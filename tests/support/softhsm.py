@@ -33,6 +33,11 @@ class SoftHSMToken:
         return HSMSettings.model_validate(values)
 
 
+def officer_token_label(token: SoftHSMToken, name: str) -> str:
+    """The label of a dev officer's own token in the session (labels are <= 32 chars)."""
+    return f"mfa-{name}-{token.label[-8:]}"
+
+
 def create_token(base: Path, label: str | None = None) -> SoftHSMToken:
     """Write a softhsm2.conf under `base`, point SOFTHSM2_CONF at it, and init a token.
 
@@ -55,4 +60,9 @@ def create_token(base: Path, label: str | None = None) -> SoftHSMToken:
     # never pull keys from under the rest of the session. Created now because SoftHSM
     # lists its tokens once, when the library is first loaded.
     init_softhsm_token(conf, token.label + "-rot", so_pin=token.so_pin, user_pin=token.user_pin)
+    # The dev officers' own tokens (their second factor: tests/support/officers.py).
+    for name in ("officer-alice", "officer-bob", "auditor"):
+        init_softhsm_token(
+            conf, officer_token_label(token, name), so_pin=token.so_pin, user_pin=token.user_pin
+        )
     return token

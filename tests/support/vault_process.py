@@ -21,6 +21,7 @@ from api.pki import DevPKI, ensure_dev_pki
 from cofre_cli.devenv import DEV_POLICY
 from hsm.softhsm import write_softhsm_conf
 from tests.support.leakguard import record_responses
+from tests.support.officers import cli_env, policy_with, token_officers
 from tests.support.policies import SETTLEMENT_POLICY, TEST_IDENTITIES
 from tests.support.postgres import free_port
 from tests.support.softhsm import SoftHSMToken
@@ -43,6 +44,7 @@ POLICY = (
 class VaultProcess:
     env: dict[str, str]
     pki: DevPKI
+    token: SoftHSMToken
     log: Path
     port: int
     process: subprocess.Popen[bytes] | None = None
@@ -56,11 +58,14 @@ class VaultProcess:
     def client(self, name: str = "payments", timeout: float = 30) -> httpx.Client:
         context = ssl.create_default_context(cafile=str(self.pki.ca))
         context.load_cert_chain(str(self.pki.client_cert(name)), str(self.pki.client_key(name)))
+        officer = token_officers(self.token).get(name)
         return httpx.Client(
             base_url=self.url,
             verify=context,
             timeout=timeout,
             event_hooks=record_responses(self.log.with_name("responses.log")),
+            # Officers sign ceremony actions and exports on their own token.
+            auth=officer.auth() if officer is not None else None,
         )
 
     def start(self, timeout: float = 60, ready_path: str = "/readyz") -> None:
@@ -133,7 +138,7 @@ def make_vault(
     pin.chmod(0o600)
     pki = ensure_dev_pki(tmp.parent / "pki", identities=TEST_IDENTITIES)
     policy = tmp / "policy.toml"
-    policy.write_text(POLICY)
+    policy.write_text(policy_with(POLICY, token_officers(token)))
     port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
     env.update(
@@ -154,10 +159,12 @@ def make_vault(
             "COFRE_EVIDENCE__EXPORT_BURST": "1000",
             # The suite's PKI is the dev PKI; `cofre serve` refuses it unless told.
             "COFRE_INSECURE__ALLOW_DEV_PKI": "true",
+            # Where `cofre keys|evidence --as NAME` finds NAME's own token.
+            **cli_env(token),
         }
     )
     if database_url is not None:
         env["COFRE_DATABASE__URL"] = database_url
     if database_url is None or database_url.startswith("sqlite"):
         env["COFRE_INSECURE__ALLOW_SQLITE"] = "true"
-    return VaultProcess(env=env, pki=pki, log=tmp / "vault.log", port=port)
+    return VaultProcess(env=env, pki=pki, token=token, log=tmp / "vault.log", port=port)

@@ -1,0 +1,91 @@
+"""Key custodians' acknowledgements (PCI DSS 3.6.1.2, 3.7.8): the officer signs the
+statement with their MFA key; the vault checks identity, role, keys, date and signature,
+records it in the audit log, and lists it for evidence bundles."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine
+
+from policies.engine import PolicyEngine
+from policies.errors import PolicyDenied
+from policies.loader import parse_policy
+from tests.support.officers import SigningOfficer, software_officers
+from tests.vault.conftest import TEST_POLICY
+from vault.custody import ACKNOWLEDGE, Custody, custody_statement
+from vault.errors import CustodyStatementInvalid
+from vault.service import VaultService
+
+ALICE = "spiffe://cofre/officer-alice"
+KEYS = ["cofre-audit-v1", "cofre-fp-v1", "cofre-kek-v1"]
+
+
+def _sign(officer: SigningOfficer, statement: bytes) -> str:
+    return base64.b64encode(officer.sign(statement)).decode()
+
+
+@pytest.fixture
+def custody(service: VaultService, engine: Engine) -> Custody:
+    alice = software_officers()["officer-alice"]
+    text = TEST_POLICY.replace(
+        'operations = ["key_admin", "audit_read"]\n',
+        f'operations = ["key_admin", "audit_read"]\nmfa_public_key = """{alice.pem}"""\n',
+    )
+    policy = PolicyEngine(parse_policy(text, kind="toml").policy)
+    service.keyring.registry.adopt_if_empty()
+    return Custody(engine, service.keyring.registry, lambda: policy)
+
+
+def test_signed_acknowledgement_is_recorded(custody: Custody) -> None:
+    alice = software_officers()["officer-alice"]
+    statement = custody.statement_for(ALICE)
+    assert json.loads(statement)["keys"] == KEYS
+    assert json.loads(statement)["role"] == "security_officer"
+    recorded = custody.acknowledge(ALICE, statement, _sign(alice, statement.encode()), "req-1")
+    assert recorded["keyid"] == alice.keyid
+    [listed] = custody.acknowledgements()
+    assert (listed["identity"], listed["statement"]) == (ALICE, statement)
+    assert listed["public_key"] == alice.pem
+    assert listed["at"]
+
+
+def test_forged_or_wrong_statements_are_refused(custody: Custody) -> None:
+    alice, bob = software_officers()["officer-alice"], software_officers()["officer-bob"]
+    today = datetime.now(UTC).date()
+    good = custody_statement(ALICE, "security_officer", KEYS, today)
+    cases = {
+        "another officer's key": (good, _sign(bob, good)),
+        "signature over another statement": (
+            good,
+            _sign(alice, custody_statement(ALICE, "security_officer", KEYS[:1], today)),
+        ),
+        "another identity": (
+            custody_statement("spiffe://cofre/officer-bob", "security_officer", KEYS, today),
+            None,
+        ),
+        "another role": (custody_statement(ALICE, "auditor", KEYS, today), None),
+        "a key Cofre does not use": (
+            custody_statement(ALICE, "security_officer", [*KEYS, "cofre-kek-v9"], today),
+            None,
+        ),
+        "no key": (custody_statement(ALICE, "security_officer", [], today), None),
+        "last week": (
+            custody_statement(ALICE, "security_officer", KEYS, today - timedelta(days=7)),
+            None,
+        ),
+        "not canonical": (json.dumps(json.loads(good), indent=1).encode(), None),
+    }
+    for name, (statement, signature) in cases.items():
+        with pytest.raises(CustodyStatementInvalid):
+            custody.acknowledge(ALICE, statement.decode(), signature or _sign(alice, statement))
+        assert custody.acknowledgements() == [], name
+
+
+def test_non_officers_are_denied(custody: Custody) -> None:
+    with pytest.raises(PolicyDenied):
+        custody.statement_for("spiffe://cofre/payments")
+    assert ACKNOWLEDGE == "key.custody.acknowledge"
