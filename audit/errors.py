@@ -5,7 +5,6 @@ IN PCI SCOPE.
     CofreError
     └── AuditError
         ├── ProofError          (also ValueError)  a Merkle proof does not verify
-        ├── NoteError           (also ValueError)  a signed note/checkpoint/vkey is bad
         ├── AuditWriteFailed                       code audit_unavailable (fail closed)
         ├── AuditReadFailed                        code audit_read_unavailable
         └── AuditVerificationFailed                the stored log does not match its heads
@@ -14,6 +13,18 @@ IN PCI SCOPE.
 from __future__ import annotations
 
 from cofre.errors import CofreError
+from cofre_evidence_verifier.errors import NoteError
+
+# `NoteError` (a signed note, checkpoint, vkey or cosignature is bad) is the standalone
+# verifier's: the note parser lives there so auditors run the same code (audit.note).
+__all__ = [
+    "AuditError",
+    "AuditReadFailed",
+    "AuditVerificationFailed",
+    "AuditWriteFailed",
+    "NoteError",
+    "ProofError",
+]
 
 
 class AuditError(CofreError):
@@ -22,13 +33,6 @@ class AuditError(CofreError):
 
 class ProofError(AuditError, ValueError):
     code = "proof_invalid"
-
-
-class NoteError(AuditError, ValueError):
-    """A signed note, checkpoint, verifier key or cosignature is malformed or does not
-    verify (c2sp.org/signed-note, tlog-checkpoint, tlog-cosignature)."""
-
-    code = "note_invalid"
 
 
 class AuditWriteFailed(AuditError):

@@ -23,6 +23,7 @@ from pathlib import Path
 import structlog
 from sqlalchemy import Engine, func, insert, select
 
+from audit.errors import NoteError
 from audit.heads import SignedTreeHead, head_note
 from audit.note import (
     ALG_COSIGNATURE_V1,
@@ -116,7 +117,8 @@ class CheckpointPublisher:
                 try:
                     outcomes[witness.name] = self._publish(witness, head)
                     self.last_errors.pop(witness.name, None)
-                except CofreError as exc:
+                except (CofreError, NoteError) as exc:
+                    # NoteError: the answer is not a valid cosignature of this head.
                     outcomes[witness.name] = self.last_errors[witness.name] = str(exc)
                     _log.warning("witness did not cosign", witness=witness.name, error=str(exc))
             return outcomes
@@ -138,7 +140,7 @@ class CheckpointPublisher:
             if witness.key.matches(signature):
                 try:
                     witness.key.verify(head.checkpoint, signature.signature)
-                except CofreError:
+                except NoteError:
                     return False
                 return True
         return False

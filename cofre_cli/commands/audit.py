@@ -133,6 +133,13 @@ def audit_verify(
     quorum: Annotated[
         int, typer.Option("--quorum", min=1, help="Witness cosignatures required.")
     ] = 1,
+    unsafe_no_witness: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-no-witness",
+            help="UNSAFE: skip the witness check (only the vault's own key then vouches).",
+        ),
+    ] = False,
 ) -> None:
     """Recompute the whole tree from the stored entries and check it against every signed
     tree head and signature. Exits 1 naming the first bad leaf index."""
@@ -150,15 +157,15 @@ def audit_verify(
         report = store.verify(pem)
         if kept_head is not None:
             _check_kept_head(store, kept_head, pem)
-        witnessed = _check_witnesses(store, witness_key or [], quorum)
+        witnessed = _check_witnesses(store, witness_key or [], quorum, unsafe_no_witness)
     except AuditVerificationFailed as exc:
         typer.echo(f"FAILED: {exc}", err=True)
         raise typer.Exit(1) from None
     latest = report.latest_head
     if witnessed is None:
         typer.echo(
-            "NOT WITNESSED: no --witness-key pinned; only the operator's own key vouches "
-            "for this log (an operator with the HSM PIN can rewrite it unnoticed)",
+            "UNSAFE, NOT WITNESSED: only the operator's own key vouches for this log (an "
+            "operator with the HSM PIN can rewrite it unnoticed)",
             err=True,
         )
     else:
@@ -170,15 +177,22 @@ def audit_verify(
     )
 
 
-def _check_witnesses(store: Any, files: list[Path], quorum: int) -> int | None:
-    """Return how many stored cosignatures verify (None when no key is pinned). Raises
-    `AuditVerificationFailed` when one fails or the newest head lacks `quorum`."""
+def _check_witnesses(store: Any, files: list[Path], quorum: int, unsafe: bool) -> int | None:
+    """Return how many stored cosignatures verify (None when no key is pinned and
+    `unsafe`). Raises `AuditVerificationFailed` when one fails, the newest head lacks
+    `quorum`, or no key is pinned (fail closed)."""
     from audit.errors import AuditVerificationFailed, NoteError
     from audit.note import VerifierKey
     from audit.witnessed import verify_witnessed
 
     if not files:
-        return None
+        if unsafe:
+            return None
+        raise AuditVerificationFailed(
+            "no witness key pinned (--witness-key): nothing but the operator's own key "
+            "vouches for this log, and its holder can rewrite it; pass the witnesses' "
+            "keys, or --unsafe-no-witness to check the operator's signatures alone"
+        )
     try:
         keys = [VerifierKey.parse(path.read_text(encoding="utf-8")) for path in files]
     except (OSError, NoteError) as exc:

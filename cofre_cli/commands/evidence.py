@@ -71,6 +71,22 @@ def evidence_verify(
     previous: Annotated[
         Path | None, typer.Option("--previous", help="The previous bundle of the chain.")
     ] = None,
+    witness_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--witness-key",
+            help="A witness's cosignature/v1 verifier key file, pinned out of band "
+            "(repeatable); the covering head must carry --quorum of their cosignatures.",
+        ),
+    ] = None,
+    quorum: Annotated[int, typer.Option("--quorum", min=1)] = 1,
+    unsafe_no_witness: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-no-witness",
+            help="UNSAFE: skip the witness check (only the vault's own key then vouches).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
     html_out: Annotated[
         Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")
@@ -79,11 +95,25 @@ def evidence_verify(
     """Verify a bundle offline (no vault, HSM or network): signatures, file hashes, the
     Merkle tree, proofs. Exit 1 naming each file or entry that is wrong. The same as
     `cofre-verify` from the standalone `cofre-evidence-verifier` package, which it calls."""
+    from cofre_evidence_verifier.errors import NoteError
     from cofre_evidence_verifier.html import render_html
     from cofre_evidence_verifier.report import render_text
     from cofre_evidence_verifier.verify import verify_bundle
+    from cofre_evidence_verifier.witnesses import read_witness_keys
 
-    report = verify_bundle(bundle, public_key.read_bytes(), previous)
+    try:
+        keys = read_witness_keys([p.read_text(encoding="utf-8") for p in witness_key or []])
+    except (OSError, NoteError) as exc:
+        typer.echo(f"cannot read a witness key: {exc}", err=True)
+        raise typer.Exit(2) from None
+    report = verify_bundle(
+        bundle,
+        public_key.read_bytes(),
+        previous,
+        witness_keys=keys,
+        quorum=quorum,
+        unsafe_no_witnesses=unsafe_no_witness,
+    )
     typer.echo(json.dumps(report.as_json(), indent=2) if as_json else render_text(report))
     if html_out is not None:
         html_out.write_text(render_html(report, bundle), encoding="utf-8")

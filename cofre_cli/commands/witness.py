@@ -69,12 +69,17 @@ def witness_serve(
     """Serve add-checkpoint (c2sp.org/tlog-witness) until SIGTERM or Ctrl-C."""
     import logging
 
+    from audit.errors import NoteError
     from witness.server import WitnessConfig, WitnessServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    server = WitnessServer(
-        WitnessConfig(key_file, state, logs, host, port, tls_cert=tls_cert, tls_key=tls_key)
-    )
+    try:
+        server = WitnessServer(
+            WitnessConfig(key_file, state, logs, host, port, tls_cert=tls_cert, tls_key=tls_key)
+        )
+    except (OSError, NoteError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     vkey = server.witness.key.verifier_key().encode()
     scheme = "https" if tls_cert else "http"
     typer.echo(f"witness {vkey} listening on {scheme}://{host}:{server.port}", err=True)

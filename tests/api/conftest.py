@@ -123,6 +123,7 @@ def running_vault(
     api_docs: bool = False,
     evidence: EvidenceSettings | None = None,
     capture: CaptureSettings | None = None,
+    audit: AuditSettings | None = None,
 ) -> Iterator[VaultServer]:
     """A vault server for the duration of the block; its telemetry is saved at the end.
     With `capture` (its port is picked here) the capture listener runs beside it."""
@@ -135,6 +136,7 @@ def running_vault(
         api_docs=api_docs,
         evidence=evidence,
         capture=capture,
+        audit=audit,
     )
     capture_server = None
     if capture is not None:
@@ -170,6 +172,7 @@ def _start_server(
     api_docs: bool = False,
     evidence: EvidenceSettings | None = None,
     capture: CaptureSettings | None = None,
+    audit: AuditSettings | None = None,
 ) -> tuple[VaultServer, BackgroundServer]:
     pki = ensure_dev_pki(tmp / "pki", identities=TEST_IDENTITIES)
     issue_client(pki, "stranger")
@@ -185,7 +188,7 @@ def _start_server(
         database=DatabaseSettings()
         if database_url is None
         else DatabaseSettings.model_validate({"url": database_url}),
-        audit=AuditSettings(sign_every_entries=50, sign_every_seconds=1.0),
+        audit=audit or AuditSettings(sign_every_entries=50, sign_every_seconds=1.0),
         server=ServerSettings(api_docs=api_docs),
         # Suites export many bundles in a row; the export rate limit has its own test.
         evidence=evidence or EvidenceSettings(export_burst=1000),

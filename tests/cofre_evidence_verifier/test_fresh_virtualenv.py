@@ -136,7 +136,9 @@ def test_a_real_bundle_verifies_in_the_fresh_virtualenv(
     auditor_env: Path, real_bundle: tuple[Path, Path], tmp_path: Path
 ) -> None:
     bundle, key = real_bundle
-    result = _run([auditor_env / "cofre-verify", bundle, "--public-key", key], tmp_path)
+    result = _run(
+        [auditor_env / "cofre-verify", bundle, "--public-key", key, "--unsafe-no-witness"], tmp_path
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("VERIFIED\n")
     assert "FAIL" not in result.stdout
@@ -172,7 +174,10 @@ def test_a_tampered_bundle_fails_in_the_fresh_virtualenv_naming_the_file(
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
     tampered.write_bytes(buffer.getvalue())
-    result = _run([auditor_env / "cofre-verify", tampered, "--public-key", key], tmp_path)
+    result = _run(
+        [auditor_env / "cofre-verify", tampered, "--public-key", key, "--unsafe-no-witness"],
+        tmp_path,
+    )
     assert result.returncode == 1
     assert result.stdout.startswith("FAILED\n")
     assert (

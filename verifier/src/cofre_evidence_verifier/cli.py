@@ -1,6 +1,7 @@
 """`cofre-verify`: the verifier's own command, for an auditor without the vault.
 
-    cofre-verify BUNDLE --public-key PEM [--previous PREV] [--json] [--html OUT]
+    cofre-verify BUNDLE --public-key PEM --witness-key VKEY [--witness-key VKEY ...]
+                 [--quorum N] [--previous PREV] [--json] [--html OUT]
 
 Exit status 0 when the bundle is VERIFIED, 1 when it is not (every problem is printed),
 2 for a usage error (argparse's convention).
@@ -15,9 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cofre_evidence_verifier import __version__
+from cofre_evidence_verifier.errors import NoteError
 from cofre_evidence_verifier.html import render_html
 from cofre_evidence_verifier.report import render_text
 from cofre_evidence_verifier.verify import verify_bundle
+from cofre_evidence_verifier.witnesses import read_witness_keys
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +32,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("bundle", type=Path, help="the bundle (.tar.gz)")
     parser.add_argument(
         "--public-key", type=Path, required=True, help="the audit public key (PEM) you pinned"
+    )
+    parser.add_argument(
+        "--witness-key",
+        type=Path,
+        action="append",
+        default=[],
+        help="a witness's cosignature/v1 verifier key file, pinned out of band (repeatable)",
+    )
+    parser.add_argument(
+        "--quorum", type=int, default=1, help="witness cosignatures required (default 1)"
+    )
+    parser.add_argument(
+        "--unsafe-no-witness",
+        action="store_true",
+        help="UNSAFE: skip the witness check (only the vault's own key then vouches)",
     )
     parser.add_argument("--previous", type=Path, help="the previous bundle of the chain")
     parser.add_argument("--json", action="store_true", help="machine-readable report")
@@ -45,7 +63,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         sys.stderr.write(f"cofre-verify: cannot read the public key: {exc}\n")
         return 2
-    report = verify_bundle(args.bundle, public_key, args.previous)
+    try:
+        witness_keys = read_witness_keys(
+            [path.read_text(encoding="utf-8") for path in args.witness_key]
+        )
+    except (OSError, NoteError) as exc:
+        sys.stderr.write(f"cofre-verify: cannot read a witness key: {exc}\n")
+        return 2
+    if args.quorum < 1:
+        sys.stderr.write("cofre-verify: --quorum must be at least 1\n")
+        return 2
+    report = verify_bundle(
+        args.bundle,
+        public_key,
+        args.previous,
+        witness_keys=witness_keys,
+        quorum=args.quorum,
+        unsafe_no_witnesses=args.unsafe_no_witness,
+    )
     sys.stdout.write(
         json.dumps(report.as_json(), indent=2) + "\n" if args.json else render_text(report)
     )

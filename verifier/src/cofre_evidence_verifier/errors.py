@@ -5,6 +5,8 @@ have a root of their own. Both are also `ValueError`: a bad bundle is bad input.
 
     VerifierError
     ├── ProofError      (also ValueError)  a Merkle proof or tree does not verify
+    ├── NoteError       (also ValueError)  a signed note, checkpoint, vkey or
+    │                                      cosignature is malformed or does not verify
     └── UnsafeBundle    (also ValueError)  the archive cannot be read safely
 """
 
@@ -17,6 +19,11 @@ class VerifierError(Exception):
 
 class ProofError(VerifierError, ValueError):
     """A Merkle inclusion or consistency proof, or a rebuilt root, does not verify."""
+
+
+class NoteError(VerifierError, ValueError):
+    """A signed note, checkpoint, verifier key or cosignature is malformed or does not
+    verify (c2sp.org/signed-note, tlog-checkpoint, tlog-cosignature)."""
 
 
 class UnsafeBundle(VerifierError, ValueError):

@@ -18,7 +18,10 @@ it finds (not only the first):
 7. with a previous bundle: its manifest's signature; that this bundle starts exactly
    where the previous one ended, by leaf index and by time (no entry in neither bundle
    or in both); and the consistency proof from its last signed head to this bundle's
-   (a rewritten, forked log fails here) (`chain`).
+   (a rewritten, forked log fails here) (`chain`);
+8. the covering head's witnessed checkpoint (`audit/checkpoint.note`) carries a quorum
+   of cosignatures by the witness keys the auditor pinned (`witnesses`): the one check
+   that the HSM key's holder cannot pass with a rewritten or rolled-back log.
 
 A new family of checks is a module of its own with a `check_…(files, manifest, heads,
 report)` function, called from here, whose name is added to `report.required` when it
@@ -29,12 +32,13 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from cofre_evidence_verifier import chain, entries, files, heads, policy
+from cofre_evidence_verifier import chain, entries, files, heads, policy, witnesses
 from cofre_evidence_verifier.bundle import (
     BUNDLE_FORMAT,
     MANIFEST,
@@ -42,16 +46,29 @@ from cofre_evidence_verifier.bundle import (
     read_bundle,
     signature_verifies,
 )
+from cofre_evidence_verifier.note import VerifierKey
 from cofre_evidence_verifier.report import CHAIN_CHECKS, REQUIRED_CHECKS, Report
 
 SUMMARY_KEYS = ("vault_version", "generated_at", "generator", "period", "entries", "covering_head")
 
 
-def verify_bundle(path: Path, public_key_pem: bytes, previous: Path | None = None) -> Report:
+def verify_bundle(
+    path: Path,
+    public_key_pem: bytes,
+    previous: Path | None = None,
+    *,
+    witness_keys: Sequence[VerifierKey] = (),
+    quorum: int = 1,
+    unsafe_no_witnesses: bool = False,
+) -> Report:
     """Verify the bundle at `path` (and its chain to the bundle at `previous`); see the
-    module docstring. Never raises for a bad bundle: every problem is in the returned
-    `Report`, which is `ok` only when every required check passed."""
-    report = Report(required=REQUIRED_CHECKS | (CHAIN_CHECKS if previous else frozenset()))
+    module docstring. `witness_keys` are the witnesses' pinned cosignature/v1 keys, of
+    which `quorum` must have cosigned the covering head; without them the bundle fails
+    unless `unsafe_no_witnesses` (which the report states). Never raises for a bad
+    bundle: every problem is in the returned `Report`, which is `ok` only when every
+    required check passed."""
+    required = REQUIRED_CHECKS | (CHAIN_CHECKS if previous else frozenset())
+    report = Report(required=required if unsafe_no_witnesses else required | {"witnesses"})
     try:
         serialization.load_pem_public_key(public_key_pem)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
@@ -89,6 +106,15 @@ def verify_bundle(path: Path, public_key_pem: bytes, previous: Path | None = Non
         verified = heads.check_heads(bundle, public_key_pem, report)
         entries.check_entries(bundle, manifest, verified, report)
         policy.check_policy(bundle, manifest, verified, report)
+        if unsafe_no_witnesses:
+            report.checks.append(
+                "UNSAFE: witness cosignatures not checked; only the vault's own key vouches "
+                "for this log (its holder could have rewritten it)"
+            )
+        else:
+            witnesses.check_witnesses(
+                bundle, manifest, verified, witness_keys=witness_keys, quorum=quorum, report=report
+            )
         if manifest.get("previous_head") is not None:
             # A bundle that names a previous head is OK only once that head is proven.
             report.required = report.required | {"previous_head"}

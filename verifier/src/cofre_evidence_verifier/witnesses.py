@@ -1,0 +1,85 @@
+"""Check 8: the covering head is cosigned by a quorum of the witnesses the auditor pins.
+
+The vault's own key signs every head, but whoever holds the HSM PIN can rebuild the log
+and re-sign every head, and the other checks then pass. A witness (c2sp.org/tlog-witness)
+cosigns a checkpoint only when it extends the last one it cosigned, so a rewritten or
+rolled-back log cannot get a cosignature. `audit/checkpoint.note` is the covering head
+as a C2SP signed note: the vault's signature (type 0x02) and the witnesses'
+cosignature/v1 lines. This check requires that its text is the covering head's
+checkpoint and that at least `quorum` distinct pinned witness keys cosigned it.
+
+It fails closed: with no witness key pinned the bundle is not VERIFIED (the caller may
+skip it only by name, `unsafe_no_witnesses`, and the report says so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Final
+
+from cofre_evidence_verifier.bundle import Files, Heads
+from cofre_evidence_verifier.errors import NoteError
+from cofre_evidence_verifier.note import VerifierKey, parse_note, require_quorum
+from cofre_evidence_verifier.report import Report
+
+CHECKPOINT_NOTE: Final = "audit/checkpoint.note"
+
+
+def read_witness_keys(texts: Sequence[str]) -> list[VerifierKey]:
+    """Return the witnesses' verifier keys (one vkey per text). Raises `NoteError`."""
+    return [VerifierKey.parse(text) for text in texts]
+
+
+def check_witnesses(
+    files: Files,
+    manifest: dict[str, object],
+    heads: Heads,
+    *,
+    witness_keys: Sequence[VerifierKey],
+    quorum: int,
+    report: Report,
+) -> None:
+    """Pass `witnesses` when the covering head carries `quorum` valid cosignatures by
+    distinct keys among `witness_keys`; otherwise report what is missing by name."""
+    covering = manifest.get("covering_head")
+    size = int(covering.get("tree_size", -1)) if isinstance(covering, dict) else -1
+    head = heads.get(size)
+    if head is None:
+        report.fail(f"{CHECKPOINT_NOTE}: the covering head {size} is not a verified head")
+        return
+    data = files.get(CHECKPOINT_NOTE)
+    if data is None:
+        report.fail(
+            f"{CHECKPOINT_NOTE}: missing: the bundle carries no witnessed checkpoint, so "
+            "nothing but the vault's own key vouches for its log"
+        )
+        return
+    try:
+        text, signatures = parse_note(data)
+    except NoteError as exc:
+        report.fail(f"{CHECKPOINT_NOTE}: not a signed note: {exc}")
+        return
+    if text != str(head["checkpoint"]):
+        report.fail(
+            f"{CHECKPOINT_NOTE}: its checkpoint is not the covering head {size}'s checkpoint"
+        )
+        return
+    try:
+        valid = require_quorum(text, signatures, witness_keys, quorum)
+    except NoteError as exc:
+        report.fail(
+            f"{CHECKPOINT_NOTE}: covering head {size} is not witnessed: {exc} (a witness "
+            "refuses a head that does not extend the one it cosigned: a rewritten or "
+            "rolled-back log gets none)"
+        )
+        return
+    names = ", ".join(
+        f"{v.key.name} at {datetime.fromtimestamp(v.timestamp or 0, UTC).isoformat()}"
+        for v in valid
+    )
+    report.passed(
+        "witnesses",
+        f"covering head {size} cosigned by {len(valid)} of the {quorum} pinned witnesses "
+        f"required ({names})",
+    )
