@@ -12,6 +12,7 @@ __all__ = [
     "capture",
     "commands",
     "devenv",
+    "devwitness",
     "key_management",
     "main",
     "officer_token",

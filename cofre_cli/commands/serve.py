@@ -6,7 +6,7 @@ IN PCI SCOPE (wiring).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -58,7 +58,9 @@ def dev_command(
         typer.echo("ready: " + ", ".join(f"{k} {v}" for k, v in checks.items()))
         typer.echo(f"config: COFRE_CONFIG={env.config_file}")
         return
+    witness = _start_witness(env.data_dir, settings, provider)
     provider.close()
+    settings = dev_settings(env)  # now with the witness in COFRE_AUDIT__WITNESSES
     pki = DevPKI(env.data_dir / "pki")
     rel = _relative(pki.root)
     # A well-known test card number, assembled here so no source file carries one.
@@ -74,9 +76,26 @@ def dev_command(
         f"Hosted card fields for a shop page (docs/capture.md): the capture listener is "
         f"{settings.capture.origin()}.\n"
         f"Other identities' certificates are in {rel}/clients/; the policy is "
-        f"{_relative(env.data_dir / 'policy.toml')}. Ctrl-C stops the vault.\n"
+        f"{_relative(env.data_dir / 'policy.toml')}. Ctrl-C stops the vault.\n\n"
+        f"A local witness ({witness.url}, key {_relative(witness.directory)}/witness.vkey) "
+        "cosigns every signed tree head; check the log as an auditor would with\n"
+        f"  cofre audit verify --witness-key {_relative(witness.directory)}/witness.vkey\n"
     )
-    serve(settings, migrate_schema=True, production=False)
+    try:
+        serve(settings, migrate_schema=True, production=False)
+    finally:
+        witness.stop()
+
+
+def _start_witness(data_dir: Path, settings: Any, provider: Any) -> Any:
+    """Start the dev witness trusting this vault's audit key (`cofre_cli.devwitness`)."""
+    from audit.heads import log_origin, log_verifier_key
+    from cofre_cli.devwitness import start_dev_witness
+    from cofre_cli.wiring import audit_signer
+
+    pem = audit_signer(provider).public_key_pem()
+    vkey = log_verifier_key(log_origin(settings.audit.log_id), pem).encode()
+    return start_dev_witness(data_dir, vkey)
 
 
 def _relative(path: Path) -> str:
