@@ -8,6 +8,9 @@ import importlib
 from api.problems import PROBLEMS
 from cofre.errors import CofreError
 
+# Errors live in their package's errors.py (tests/test_architecture.py). The witness is
+# its own process answering its protocol's statuses (`witness.errors.WitnessError.status`),
+# never through this API; tests may define errors of their own.
 PACKAGES = [
     "cofre.errors",
     "vault.errors",
@@ -15,12 +18,10 @@ PACKAGES = [
     "policies.errors",
     "audit.errors",
     "api.errors",
-    "api.pki",
     "compliance.errors",
     "infra_pci.errors",
-    "vault.keyring",
-    "vault.rotation",
 ]
+NOT_THE_API = ("witness.", "tests.")
 
 
 def _subclasses(cls: type) -> set[type]:
@@ -33,7 +34,12 @@ def _subclasses(cls: type) -> set[type]:
 def test_every_error_code_has_a_problem() -> None:
     for name in PACKAGES:
         importlib.import_module(name)
-    codes = {cls.code for cls in _subclasses(CofreError) | {CofreError}}
+    codes = {
+        cls.code
+        for cls in _subclasses(CofreError) | {CofreError}
+        # Whatever other tests imported before this one, the same set every time.
+        if not cls.__module__.startswith(NOT_THE_API)
+    }
     assert codes - set(PROBLEMS) == set()
     # 500 only where the fault is the vault's own, never the caller's input.
     server_side = {code for code, (status, _) in PROBLEMS.items() if status == 500}
