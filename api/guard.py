@@ -51,8 +51,9 @@ _DENIED_STATUSES: Final = frozenset({401, 403, 429})
 _log = structlog.get_logger("cofre.api")
 
 
-class BodyTooLarge(Exception):
-    """Raised into the app when a streamed body passes the limit."""
+class _BodyTooLarge(Exception):
+    """Raised into the app when a streamed body passes the limit; the handlers see
+    ``body_too_large`` in the scope state and answer 413 ``payload_too_large``."""
 
 
 class RequestGuard:
@@ -116,7 +117,7 @@ class RequestGuard:
                             received += len(message.get("body", b""))
                             if received > limit:
                                 scope["state"]["body_too_large"] = True
-                                raise BodyTooLarge
+                                raise _BodyTooLarge
                         return message
 
                     try:

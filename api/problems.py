@@ -35,7 +35,6 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "policy_invalid": (422, "The policy is not valid"),
     "policy_error": (403, "Denied by policy"),
     "proof_invalid": (404, "No such proof"),
-    "note_invalid": (422, "The signed note, checkpoint or key is not valid"),
     "format_not_applicable": (422, "The token format does not accept this card number"),
     "batch_item_invalid": (422, "An item of the batch is invalid; nothing was written"),
     "malformed_json": (400, "The body is not valid JSON"),

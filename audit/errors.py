@@ -6,6 +6,7 @@ IN PCI SCOPE.
     └── AuditError
         ├── ProofError          (also ValueError)  a Merkle proof does not verify
         ├── AuditWriteFailed                       code audit_unavailable (fail closed)
+        ├── WitnessRefused                         code witness_refused (no cosignature)
         ├── AuditReadFailed                        code audit_read_unavailable
         └── AuditVerificationFailed                the stored log does not match its heads
 """
@@ -24,6 +25,7 @@ __all__ = [
     "AuditWriteFailed",
     "NoteError",
     "ProofError",
+    "WitnessRefused",
 ]
 
 
@@ -37,6 +39,13 @@ class ProofError(AuditError, ValueError):
 
 class AuditWriteFailed(AuditError):
     code = "audit_unavailable"
+
+
+class WitnessRefused(AuditError):
+    """A witness gave no cosignature of a head: it refused, or its answer was not one
+    (`audit.publisher` retries; nothing waits on it)."""
+
+    code = "witness_refused"
 
 
 class AuditReadFailed(AuditError):

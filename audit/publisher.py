@@ -23,7 +23,7 @@ from pathlib import Path
 import structlog
 from sqlalchemy import Engine, func, insert, select
 
-from audit.errors import NoteError
+from audit.errors import NoteError, WitnessRefused
 from audit.heads import SignedTreeHead, head_note
 from audit.note import (
     ALG_COSIGNATURE_V1,
@@ -55,10 +55,6 @@ class PinnedWitness:
 # (witness, request body) -> (HTTP status, content type, body text). The wiring adapts
 # `witness.client.submit_checkpoint`; raising a `CofreError` means "no answer".
 Submit = Callable[[PinnedWitness, bytes], tuple[int, str, str]]
-
-
-class WitnessRefused(CofreError):
-    code = "witness_refused"
 
 
 def cosignatures_of(engine: Engine, tree_size: int) -> list[NoteSignature]:

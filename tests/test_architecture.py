@@ -3,11 +3,17 @@ builds it): what the `pyproject.toml` contracts cannot say for packages added la
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 import tomllib
 from pathlib import Path
+from types import ModuleType
 
 import grimp
 import pytest
+
+from cofre.errors import CofreError
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOTS: list[str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"][
@@ -80,3 +86,35 @@ def test_the_api_reaches_only_the_vault_policies_and_the_base(
     """Architecture: api -> vault, policies. Unlike a `forbidden` contract, which names
     what it forbids, this also holds against packages added later."""
     assert package_edges["api"] - API_REACHES == set()
+
+
+def _our_modules() -> list[ModuleType]:
+    modules = []
+    for root in ROOTS:
+        package = importlib.import_module(root)
+        modules.append(package)
+        for info in pkgutil.walk_packages(package.__path__, prefix=f"{root}."):
+            # Migrations are loaded by Alembic by path; __main__ runs the CLI.
+            if ".migrations" in info.name or info.name.endswith(".__main__"):
+                continue
+            modules.append(importlib.import_module(info.name))
+    return modules
+
+
+def test_errors_live_in_their_packages_errors_py() -> None:
+    """Every `CofreError` is in its package's errors.py, where its tree is drawn; an
+    exception class defined anywhere else is private (a signal that never leaves its
+    module, like `vault.rotation._SelfApproval`)."""
+    misplaced = []
+    for module in _our_modules():
+        if module.__name__.rsplit(".", 1)[-1] == "errors":
+            continue
+        for name, value in vars(module).items():
+            if (
+                inspect.isclass(value)
+                and issubclass(value, BaseException)
+                and value.__module__ == module.__name__
+                and (issubclass(value, CofreError) or not name.startswith("_"))
+            ):
+                misplaced.append(f"{module.__name__}.{name}")
+    assert misplaced == []
