@@ -16,8 +16,9 @@ from sqlalchemy import Engine
 
 from audit.errors import AuditVerificationFailed, NoteError
 from audit.heads import SignedTreeHead
-from audit.note import VerifierKey, require_quorum
+from audit.note import VerifierKey, parse_checkpoint, parse_note, require_quorum, verify_note
 from audit.publisher import cosignatures_of
+from audit.store import AuditStore
 
 
 def verify_witnessed(
@@ -55,3 +56,36 @@ def verify_witnessed(
             "rolled-back log, or the witnesses have not been reached yet)"
         ) from None
     return witnessed
+
+
+def check_witness_view(
+    store: AuditStore, note: str, witness: VerifierKey, log_keys: Sequence[VerifierKey]
+) -> int:
+    """Return the size of the witness's latest cosigned checkpoint `note` (what the
+    witness serves) after checking this log still holds it: the cosignature verifies
+    with the pinned `witness` key, the vault's signature with one of `log_keys`, and the
+    log's first `size` entries hash to its root. Raises `AuditVerificationFailed`
+    naming the witness when the log is shorter (entries lost: a restore, a rollback) or
+    differs (rewritten, forked)."""
+    try:
+        text, signatures = parse_note(note)
+        require_quorum(text, signatures, [witness], 1)
+        verify_note(text, signatures, log_keys)
+        checkpoint = parse_checkpoint(text)
+    except NoteError as exc:
+        raise AuditVerificationFailed(
+            f"witness {witness.name}: its latest checkpoint does not verify: {exc}"
+        ) from None
+    size = store.size()
+    if size < checkpoint.size:
+        raise AuditVerificationFailed(
+            f"witness {witness.name} has cosigned size {checkpoint.size}, but this log has "
+            f"{size} entries: entries {size} to {checkpoint.size - 1} were lost (a restore "
+            "from an older backup, a rollback, or tampering)"
+        )
+    if checkpoint.size and store.root_at(checkpoint.size) != checkpoint.root:
+        raise AuditVerificationFailed(
+            f"witness {witness.name} has cosigned size {checkpoint.size} with another root: "
+            "this log's first entries were rewritten or forked since"
+        )
+    return checkpoint.size

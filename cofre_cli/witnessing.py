@@ -8,11 +8,45 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
+from audit.errors import NoteError
+from audit.heads import log_origin, log_verifier_key
 from audit.note import VerifierKey
 from audit.publisher import CheckpointPublisher, PinnedWitness, PublisherThread
 from audit.sequencer import Sequencer, SequencerThread
+from audit.store import AuditStore
+from audit.witnessed import check_witness_view
 from cofre.errors import CofreError, ConfigurationError
 from cofre.settings import Settings
+
+
+def ask_witnesses(
+    settings: Settings, store: AuditStore, pinned: list[VerifierKey], pem: bytes
+) -> list[str]:
+    """Ask each configured witness whose key is among `pinned` for its latest cosigned
+    checkpoint of this log and check the log still holds it (`check_witness_view`).
+    Returns a warning per witness that could not be asked; raises
+    `AuditVerificationFailed` when one has seen a checkpoint the log no longer holds."""
+    from witness.client import latest_checkpoint
+
+    origin = log_origin(settings.audit.log_id)
+    log_keys = [log_verifier_key(origin, pem)]
+    warnings = []
+    for configured in settings.audit.witnesses:
+        try:
+            configured_key = VerifierKey.parse(configured.vkey)
+        except NoteError:
+            continue
+        key = next((k for k in pinned if k == configured_key), None)
+        if key is None:
+            continue  # not a witness the auditor pinned: its word counts for nothing
+        try:
+            note = latest_checkpoint(configured.url, origin, ca_file=configured.ca_file)
+        except CofreError as exc:
+            warnings.append(f"warning: could not ask witness {key.name}: {exc}")
+            continue
+        if note is not None:
+            check_witness_view(store, note, key, log_keys)
+    return warnings
 
 
 def stop_publisher(thread: PublisherThread | None) -> None:

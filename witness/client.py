@@ -7,6 +7,7 @@ type and text are returned as they came for the publisher to judge.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,3 +40,24 @@ def submit_checkpoint(
         response.headers.get("content-type", ""),
         response.text[:4096],
     )
+
+
+def latest_checkpoint(
+    url: str, origin: str, *, timeout: float = 5.0, ca_file: Path | None = None
+) -> str | None:
+    """Return the witness's last cosigned checkpoint of the log `origin` (a signed note,
+    c2sp.org/tlog-witness "monitor retrieval"), None when it has none (404). Raises
+    `WitnessUnreachable` when it did not answer or answered otherwise."""
+    verify: bool | str = str(ca_file) if ca_file is not None else True
+    origin_hash = hashlib.sha256(origin.encode()).hexdigest()
+    try:
+        response = httpx.get(
+            f"{url.rstrip('/')}/{origin_hash}/checkpoint", timeout=timeout, verify=verify
+        )
+    except httpx.HTTPError as exc:
+        raise WitnessUnreachable(f"witness {url} did not answer ({type(exc).__name__})") from None
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        raise WitnessUnreachable(f"witness {url} answered HTTP {response.status_code}")
+    return response.text

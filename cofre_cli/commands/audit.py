@@ -157,7 +157,9 @@ def audit_verify(
         report = store.verify(pem)
         if kept_head is not None:
             _check_kept_head(store, kept_head, pem)
-        witnessed = _check_witnesses(store, witness_key or [], quorum, unsafe_no_witness)
+        witnessed = _check_witnesses(
+            store, witness_key or [], quorum, unsafe_no_witness, settings=settings, pem=pem
+        )
     except AuditVerificationFailed as exc:
         typer.echo(f"FAILED: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -177,13 +179,17 @@ def audit_verify(
     )
 
 
-def _check_witnesses(store: Any, files: list[Path], quorum: int, unsafe: bool) -> int | None:
+def _check_witnesses(
+    store: Any, files: list[Path], quorum: int, unsafe: bool, *, settings: Any, pem: bytes
+) -> int | None:
     """Return how many stored cosignatures verify (None when no key is pinned and
     `unsafe`). Raises `AuditVerificationFailed` when one fails, the newest head lacks
-    `quorum`, or no key is pinned (fail closed)."""
+    `quorum`, no key is pinned (fail closed), or a configured witness has cosigned a
+    checkpoint this log no longer holds (asked live: a restore before any new write)."""
     from audit.errors import AuditVerificationFailed, NoteError
     from audit.note import VerifierKey
     from audit.witnessed import verify_witnessed
+    from cofre_cli.witnessing import ask_witnesses
 
     if not files:
         if unsafe:
@@ -197,6 +203,8 @@ def _check_witnesses(store: Any, files: list[Path], quorum: int, unsafe: bool) -
         keys = [VerifierKey.parse(path.read_text(encoding="utf-8")) for path in files]
     except (OSError, NoteError) as exc:
         raise AuditVerificationFailed(f"cannot read a witness key: {exc}") from None
+    for warning in ask_witnesses(settings, store, keys, pem):
+        typer.echo(warning, err=True)
     return verify_witnessed(store.engine, store.heads(), keys, quorum)
 
 
