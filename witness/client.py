@@ -8,6 +8,7 @@ type and text are returned as they came for the publisher to judge.
 from __future__ import annotations
 
 import hashlib
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +24,17 @@ class WitnessAnswer:
     text: str
 
 
+def _trust(ca_file: Path | None) -> ssl.SSLContext | bool:
+    """The system's CAs, or only `ca_file` for a witness with a private CA."""
+    return ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else True
+
+
 def submit_checkpoint(
     url: str, body: bytes, *, timeout: float = 5.0, ca_file: Path | None = None
 ) -> WitnessAnswer:
     """POST `body` to `<url>/add-checkpoint` and return the answer. Raises
     `WitnessUnreachable` when no HTTP answer came."""
-    verify: bool | str = str(ca_file) if ca_file is not None else True
+    verify = _trust(ca_file)
     try:
         response = httpx.post(
             url.rstrip("/") + "/add-checkpoint", content=body, timeout=timeout, verify=verify
@@ -48,7 +54,7 @@ def latest_checkpoint(
     """Return the witness's last cosigned checkpoint of the log `origin` (a signed note,
     c2sp.org/tlog-witness "monitor retrieval"), None when it has none (404). Raises
     `WitnessUnreachable` when it did not answer or answered otherwise."""
-    verify: bool | str = str(ca_file) if ca_file is not None else True
+    verify = _trust(ca_file)
     origin_hash = hashlib.sha256(origin.encode()).hexdigest()
     try:
         response = httpx.get(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import httpx
 
 from audit.note import CosignerKey
 
-_LISTENING = re.compile(r"listening on (https?://[0-9.]+:[0-9]+)")
+_LISTENING = re.compile(r"listening on (https?://[0-9.a-z]+:[0-9]+)")
 
 
 @dataclass
@@ -28,6 +29,8 @@ class WitnessProcess:
     process: subprocess.Popen[str] | None = None
     url: str = ""
     output: list[str] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)
+    ca_file: Path | None = None
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -56,6 +59,7 @@ class WitnessProcess:
                 str(self.directory / "state.sqlite3"),
                 "--logs",
                 str(self.directory / "logs.vkeys"),
+                *self.extra_args,
             ],
             env=env,
             stderr=subprocess.PIPE,
@@ -76,11 +80,16 @@ class WitnessProcess:
         self.stop()
         raise RuntimeError("the witness did not start:\n" + "".join(self.output))
 
+    def _verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
+
     def post(self, body: bytes) -> httpx.Response:
-        return httpx.post(self.url + "/add-checkpoint", content=body, timeout=30)
+        return httpx.post(
+            self.url + "/add-checkpoint", content=body, timeout=30, verify=self._verify()
+        )
 
     def get(self, path: str) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=30)
+        return httpx.get(self.url + path, timeout=30, verify=self._verify())
 
     def logged(self) -> str:
         """Everything the witness wrote to stderr so far (after `stop()`: all of it)."""

@@ -12,12 +12,15 @@ from typing import Any
 
 import pytest
 
+from api.pki import ensure_dev_pki
 from audit.merkle import EMPTY_ROOT, leaf_hash
 from audit.note import Checkpoint, CosignerKey, VerifierKey, open_note, parse_note
 from audit.note import add_checkpoint_body as format_request
 from tests.support.vectors import c2sp_notes
 from tests.support.witness_process import WitnessProcess
+from witness.client import submit_checkpoint
 from witness.core import parse_request
+from witness.errors import WitnessUnreachable
 
 W: dict[str, Any] = c2sp_notes()["witness"]
 PROOF = [base64.b64decode(h) for h in W["consistency_5_8"]]
@@ -129,3 +132,26 @@ def test_request_format_round_trips() -> None:
     body = format_request(5, PROOF, W["next"])
     assert parse_request(body) == (5, PROOF, W["next"])
     assert body.startswith(b"old 5\n" + base64.b64encode(PROOF[0]) + b"\n")
+
+
+def test_the_witness_serves_tls_when_given_a_certificate(tmp_path: Path) -> None:
+    """TLS is optional in tlog-witness; with a certificate the witness speaks only TLS
+    and the vault's client verifies it against the CA it is given."""
+    pki = ensure_dev_pki(tmp_path / "pki", identities=())
+    process = WitnessProcess(
+        tmp_path / "w",
+        [W["log_vkey"]],
+        extra_args=["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)],
+        ca_file=pki.ca,
+    )
+    process.start()
+    try:
+        assert process.url.startswith("https://")
+        answer = submit_checkpoint(process.url, format_request(0, [], W["init"]), ca_file=pki.ca)
+        assert answer.status == 200
+        _cosigned_by(process, W["init"], answer.text)
+        # Without the CA, the client refuses the connection: no answer, never a guess.
+        with pytest.raises(WitnessUnreachable):
+            submit_checkpoint(process.url, format_request(5, [], W["init"]))
+    finally:
+        process.stop()
