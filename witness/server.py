@@ -24,6 +24,7 @@ from typing import ClassVar
 
 from audit.errors import NoteError
 from audit.note import CosignerKey, VerifierKey
+from cofre.filemodes import refuse_readable_secrets
 from witness.core import MAX_BODY, Witness
 from witness.errors import CheckpointConflict, RequestMalformed, WitnessError
 from witness.state import WitnessState
@@ -102,6 +103,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(409, f"{exc.latest_size}\n", "text/x.tlog.size")
         except WitnessError as exc:
             self._answer(exc.status, f"{exc}\n")
+        except Exception:  # noqa: BLE001 - an answer, never a dropped connection
+            _log.exception("add-checkpoint failed")
+            self._answer(500, "internal error\n")
         else:
             self._answer(200, lines)
 
@@ -134,8 +138,13 @@ class WitnessServer:
 
     def __init__(self, config: WitnessConfig) -> None:
         self.config = config
+        # The key signs for the witness: a copy readable by anyone is a key anyone holds.
+        refuse_readable_secrets(
+            [("witness key file", config.key_file), ("TLS private key", config.tls_key)]
+        )
+        key, logs = read_key(config.key_file), read_logs(config.logs_file)
         self._state = WitnessState(config.state_file)
-        witness = Witness(read_key(config.key_file), read_logs(config.logs_file), self._state)
+        witness = Witness(key, logs, self._state)
         handler = type("WitnessHandler", (_Handler,), {"witness": witness})
         self.witness = witness
         self._http = ThreadingHTTPServer((config.host, config.port), handler)

@@ -155,3 +155,10 @@ def test_the_witness_serves_tls_when_given_a_certificate(tmp_path: Path) -> None
             submit_checkpoint(process.url, format_request(5, [], W["init"]))
     finally:
         process.stop()
+
+
+def test_a_witness_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    process = WitnessProcess(tmp_path, [W["log_vkey"]])
+    (tmp_path / "witness.key").chmod(0o644)
+    with pytest.raises(RuntimeError, match=r"witness key file .* is readable by every user"):
+        process.start(timeout=60)
