@@ -7,13 +7,17 @@ signer that the wiring injects (the HSM's audit key); `audit` itself never impor
 # The public modules of this package (its rooms); a module whose name starts with
 # an underscore is internal. tests/test_exported_members.py pins this list.
 __all__ = [
+    "archive",
     "errors",
     "heads",
     "log",
     "merkle",
     "note",
+    "partitions",
     "publisher",
+    "retention",
     "schema",
+    "segments",
     "sequencer",
     "store",
     "witnessed",

@@ -8,7 +8,9 @@ IN PCI SCOPE.
         ├── AuditWriteFailed                       code audit_unavailable (fail closed)
         ├── WitnessRefused                         code witness_refused (no cosignature)
         ├── AuditReadFailed                        code audit_read_unavailable
-        └── AuditVerificationFailed                the stored log does not match its heads
+        ├── AuditVerificationFailed                the stored log does not match its heads
+        ├── ArchiveFailed                          a segment could not be archived
+        └── RetentionRefused                       a partition may not be dropped (yet)
 """
 
 from __future__ import annotations
@@ -63,3 +65,16 @@ class AuditVerificationFailed(AuditError):
     def __init__(self, message: str, index: int | None = None) -> None:
         super().__init__(message)
         self.index = index
+
+
+class ArchiveFailed(AuditError):
+    """A segment could not be written to or read from the object store, or recorded."""
+
+    code = "audit_archive_failed"
+
+
+class RetentionRefused(AuditError):
+    """An online partition may not be dropped: not all of it is sequenced, archived and
+    verified in the archive."""
+
+    code = "audit_retention_refused"

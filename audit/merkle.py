@@ -98,6 +98,10 @@ class CompactRange:
             (level, (size >> level) - 1) for level in range(size.bit_length()) if size >> level & 1
         ]
 
+    def border(self) -> dict[int, bytes]:
+        """The border's hashes by level (what the constructor takes)."""
+        return dict(self._border)
+
     def append(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
         """Append one leaf hash; return the complete subtrees it completes as
         (level, index, hash), the leaf itself first."""

@@ -13,6 +13,15 @@ IN PCI SCOPE.
 - ``audit_heads``: signed tree heads. Append-only.
 - ``audit_cosignatures``: the witnesses' cosignatures (c2sp.org/tlog-cosignature) of
   heads, as their signature lines' parts. Append-only (migration 0007).
+- ``audit_archive``: the sealed segments shipped to object storage by
+  `cofre audit archive` (leaf range, object key, SHA-256). Append-only.
+- ``audit_retired``: the monthly ``audit_entries`` partitions dropped from the database
+  after their segments were archived and verified, and the leaf index from which the
+  online log is complete again (``online_from``). Append-only.
+
+On PostgreSQL ``audit_entries`` is range-partitioned by ``created_at`` (one partition a
+month and a default one, `audit.partitions`); its primary key is then ``(id,
+created_at)`` and the other tables carry no foreign key to it. SQLite keeps one table.
 """
 
 from __future__ import annotations
@@ -95,8 +104,32 @@ audit_cosignatures = Table(
     Column("signature", LargeBinary, nullable=False),
 )
 
+audit_archive = Table(
+    "audit_archive",
+    metadata,
+    Column("segment_start", BigInteger, primary_key=True, autoincrement=False),
+    Column("segment_end", BigInteger, nullable=False, unique=True),
+    Column("object_key", String(1024), nullable=False),
+    Column("object_sha256", String(64), nullable=False),
+    Column("object_bytes", BigInteger, nullable=False),
+    Column("archived_at", DateTime(timezone=True), nullable=False),
+)
+
+audit_retired = Table(
+    "audit_retired",
+    metadata,
+    Column("partition", String(63), primary_key=True),
+    Column("range_from", DateTime(timezone=True), nullable=False),
+    Column("range_to", DateTime(timezone=True), nullable=False),
+    Column("entries", BigInteger, nullable=False),
+    Column("max_leaf_index", BigInteger, nullable=True),
+    Column("online_from", BigInteger, nullable=False),
+    Column("retired_at", DateTime(timezone=True), nullable=False),
+)
+
 # Execution option for read-only work: on SQLite such a connection begins a deferred
 # transaction instead of BEGIN IMMEDIATE, so readers never queue behind writers (WAL).
 READ_ONLY = {"cofre_read_only": True}
 
 APPEND_ONLY_TABLES = ("audit_entries", "audit_leaves", "audit_nodes", "audit_heads")
+ARCHIVE_TABLES = ("audit_archive", "audit_retired")

@@ -7,6 +7,11 @@ assigns leaf indices, stores every newly completed subtree hash, and signs heads
 several vault nodes share one PostgreSQL, a transaction-scoped advisory lock elects the
 one that integrates; the others find the lock taken and return at once. SQLite
 serialises writers already (``BEGIN IMMEDIATE``).
+
+On PostgreSQL the sequencer also has the monthly partitions of ``audit_entries`` made
+ahead (`audit.partitions`), about once an hour, in a transaction of its own: a failure
+there is remembered in `partition_error` and never stops sequencing (the default
+partition takes any row meanwhile).
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from audit.errors import AuditWriteFailed
 from audit.heads import SignedTreeHead, TreeHeadSigner, sign_tree_head
 from audit.merkle import CompactRange, leaf_hash
+from audit.partitions import ensure_partitions
 from audit.schema import audit_entries, audit_heads, audit_leaves, audit_nodes, audit_queue
 from cofre.dberrors import db_error_name
 
 # Any constant unique to Cofre: the advisory lock key of the sequencer.
 _ADVISORY_LOCK_KEY: Final = 0x436F667265  # "Cofre"
 DEFAULT_BATCH: Final = 5000
+PARTITION_CHECK_SECONDS: Final = 3600.0
 
 
 def load_compact_range(connection: Connection, size: int) -> CompactRange:
@@ -72,6 +79,8 @@ class Sequencer:
         self._sign_every_entries = sign_every_entries
         self._sign_every_seconds = sign_every_seconds
         self._clock = clock
+        self._partitions_due = 0.0
+        self.partition_error: str | None = None
 
     @property
     def log_id(self) -> str:
@@ -97,6 +106,7 @@ class Sequencer:
 
         Raises `AuditWriteFailed` when the database or the signer fails.
         """
+        self._maintain_partitions()
         try:
             with self._engine.begin() as connection:
                 if not self._lock(connection):
@@ -108,6 +118,25 @@ class Sequencer:
                 f"the audit sequencer could not write ({db_error_name(exc)})"
             ) from None
         return count
+
+    def _maintain_partitions(self) -> None:
+        """Have next months' partitions made, at most once per `PARTITION_CHECK_SECONDS`
+        (sooner again after a failure). Never raises: a missing partition costs only
+        rows in the default partition, a refused audit write would cost an operation."""
+        if self._engine.dialect.name != "postgresql":
+            return
+        now = self._clock()
+        if now < self._partitions_due:
+            return
+        self._partitions_due = now + PARTITION_CHECK_SECONDS
+        try:
+            with self._engine.begin() as connection:
+                ensure_partitions(connection)
+        except SQLAlchemyError as exc:
+            self._partitions_due = now + 60.0
+            self.partition_error = f"cannot make audit partitions ahead ({db_error_name(exc)})"
+        else:
+            self.partition_error = None
 
     def drain(self, *, force_sign: bool = True) -> int:
         """Integrate everything queued, then sign a head for the final size."""

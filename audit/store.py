@@ -5,6 +5,11 @@ IN PCI SCOPE. Proofs are built from ``audit_nodes`` (complete-subtree hashes) wi
 O(log n) lookups, fetched in one query. Verification trusts nothing stored but the
 entries themselves and the signatures: it rehashes every entry, rebuilds the tree, and
 compares each signed head.
+
+Once monthly partitions were retired (`audit.retention`), the entries below
+``online_from`` live only in the archive (`cofre audit verify-archive` checks them); the
+online verification then starts from the signed head at ``online_from``, whose tree
+border it takes from ``audit_nodes`` only after checking it hashes to that head's root.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, and_, func, or_, select
 
-from audit.errors import AuditReadFailed, AuditVerificationFailed, ProofError
+from audit.errors import AuditReadFailed, AuditVerificationFailed, AuditWriteFailed, ProofError
 from audit.heads import SignedTreeHead, verify_tree_head
 from audit.merkle import (
     CompactRange,
@@ -34,8 +39,9 @@ from audit.schema import (
     audit_leaves,
     audit_nodes,
     audit_queue,
+    audit_retired,
 )
-from audit.sequencer import tree_size
+from audit.sequencer import load_compact_range, tree_size
 from cofre.dberrors import database_errors_as
 
 
@@ -68,6 +74,8 @@ class VerifyReport:
     latest_head: SignedTreeHead | None
     queued: int
     problems: list[str] = field(default_factory=list)
+    # Leaves below this index were retired from the database: verified in the archive.
+    online_from: int = 0
 
 
 def _head(row: Row[Any]) -> SignedTreeHead:
@@ -219,16 +227,18 @@ class AuditStore:
         if public_key_pem is not None:
             for head in heads:
                 verify_tree_head(head, public_key_pem)
-        stored_leaves = self._stored_leaf_hashes()
-        tree = CompactRange()
-        count = 0
+        online_from = self.online_from()
+        stored_leaves = self._stored_leaf_hashes(online_from)
+        tree = self._trusted_border(online_from, head_by_size)
+        count = online_from
         checked = 0
-        last_good = 0
+        last_good = online_from
         query = (
             select(audit_leaves.c.leaf_index, audit_entries.c.payload)
             .select_from(
                 audit_leaves.outerjoin(audit_entries, audit_entries.c.id == audit_leaves.c.entry_id)
             )
+            .where(audit_leaves.c.leaf_index >= online_from)
             .order_by(audit_leaves.c.leaf_index)
         )
         with self._connect() as connection:
@@ -281,12 +291,47 @@ class AuditStore:
             heads_checked=checked,
             latest_head=heads[-1] if heads else None,
             queued=queued,
+            online_from=online_from,
         )
 
-    def _stored_leaf_hashes(self) -> dict[int, bytes]:
+    def online_from(self) -> int:
+        """The leaf index from which every entry is still in the database (0 until a
+        partition was retired)."""
+        with self._connect() as connection:
+            value = connection.execute(select(func.max(audit_retired.c.online_from))).scalar()
+        return 0 if value is None else int(value)
+
+    def _trusted_border(self, size: int, heads: dict[int, SignedTreeHead]) -> CompactRange:
+        """The tree of the first `size` leaves, from stored nodes that hash to the signed
+        head of that size. Raises `AuditVerificationFailed` otherwise."""
+        if size == 0:
+            return CompactRange()
+        head = heads.get(size)
+        if head is None:
+            raise AuditVerificationFailed(
+                f"the online log starts at leaf index {size} (older partitions were retired) "
+                f"but no signed tree head of size {size} is stored",
+                size,
+            )
+        try:
+            with self._connect() as connection:
+                tree = load_compact_range(connection, size)
+        except AuditWriteFailed:
+            raise AuditVerificationFailed(
+                f"the stored tree lacks the border of signed tree head {size}", size
+            ) from None
+        if tree.root() != head.root_hash:
+            raise AuditVerificationFailed(
+                f"the stored tree border does not hash to signed tree head {size}", size
+            )
+        return tree
+
+    def _stored_leaf_hashes(self, start: int = 0) -> dict[int, bytes]:
         with self._connect() as connection:
             rows = connection.execute(
-                select(audit_nodes.c.idx, audit_nodes.c.hash).where(audit_nodes.c.level == 0)
+                select(audit_nodes.c.idx, audit_nodes.c.hash).where(
+                    audit_nodes.c.level == 0, audit_nodes.c.idx >= start
+                )
             )
             return {int(r.idx): bytes(r.hash) for r in rows}
 

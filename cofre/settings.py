@@ -185,6 +185,32 @@ class AuditSettings(_Section):
     publish_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
 
 
+class ArchiveSettings(_Section):
+    """Where `cofre audit archive` ships sealed segments, and how long the log stays
+    online (PCI DSS 10.5.1: twelve months kept, the last three immediately available).
+
+    S3 credentials are never settings: boto3's default chain (IRSA, instance profile,
+    ``AWS_*`` variables). `total_retention_months` is what the bucket's lifecycle rule
+    and Object Lock retention must implement (docs/operations.md); Cofre checks the
+    numbers are consistent, the bucket enforces them.
+    """
+
+    bucket: str | None = None
+    prefix: str = "cofre-audit/"
+    region: str | None = None
+    # An S3-compatible endpoint: a VPC endpoint, MinIO, or moto's server in tests.
+    endpoint_url: str | None = None
+    segment_max_entries: int = Field(default=1_000_000, ge=1)
+    online_retention_months: int = Field(default=3, ge=1, le=120)
+    total_retention_months: int = Field(default=12, ge=12, le=1200)
+
+    @model_validator(mode="after")
+    def _online_within_total(self) -> ArchiveSettings:
+        if self.online_retention_months > self.total_retention_months:
+            raise ValueError("online_retention_months exceeds total_retention_months")
+        return self
+
+
 class EvidenceSettings(_Section):
     """Bounds on evidence exports: each reads the audit log of its period and signs a
     manifest with the HSM, so a period of decades or an export loop is a denial of
@@ -310,6 +336,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     server: ServerSettings = ServerSettings()
     audit: AuditSettings = AuditSettings()
+    archive: ArchiveSettings = ArchiveSettings()
     keys: KeySettings = KeySettings()
     evidence: EvidenceSettings = EvidenceSettings()
     insecure: InsecureSettings = InsecureSettings()

@@ -7,6 +7,7 @@ __all__ = [
     "aws",
     "errors",
     "model",
+    "objectstore",
     "provision",
     "rds_auth",
     "verify",

@@ -263,3 +263,251 @@ def audit_export(
             handle.write(line + "\n")
             lines += 1
     typer.echo(f"wrote {lines} records to {out}")
+
+
+# ------------------------------------------------------------------ growth: archive
+BucketOpt = Annotated[
+    str | None,
+    typer.Option("--bucket", help="S3 bucket (default: archive.bucket in the settings)."),
+]
+PrefixOpt = Annotated[
+    str | None,
+    typer.Option("--prefix", help="Key prefix in the bucket (default: archive.prefix)."),
+]
+PublicKeyOpt = Annotated[
+    Path | None,
+    typer.Option(help="PEM public key of the audit signer (default: ask the HSM)."),
+]
+
+
+def _object_store(settings: Any, bucket: str | None) -> Any:
+    """The S3 bucket named by `--bucket` or the settings; credentials from boto3's
+    default chain only (never the command line)."""
+    from cofre.errors import ConfigurationError
+    from infra_pci.objectstore import S3ObjectStore
+
+    archive = settings.archive
+    name = bucket or archive.bucket
+    if not name:
+        raise ConfigurationError("no archive bucket: give --bucket or set COFRE_ARCHIVE__BUCKET")
+    return S3ObjectStore(name, region=archive.region, endpoint_url=archive.endpoint_url)
+
+
+def _public_key_pem(settings: Any, path: Path | None) -> bytes:
+    from cofre_cli.wiring import audit_signer, open_hsm
+
+    if path is not None:
+        return path.read_bytes()
+    return audit_signer(open_hsm(settings)).public_key_pem()
+
+
+@audit_app.command("partitions")
+@fail_cleanly
+def audit_partitions(
+    ensure: Annotated[
+        bool, typer.Option("--ensure", help="Make the next months' partitions now.")
+    ] = False,
+) -> None:
+    """List the monthly partitions of the audit entries (PostgreSQL) and the retired
+    ones; with --ensure, make the next months' partitions first."""
+    from sqlalchemy import select
+
+    from audit.partitions import default_partition_rows, ensure_partitions, monthly_partitions
+    from audit.schema import audit_retired
+    from cofre.dberrors import database_errors_as
+    from cofre_cli.wiring import open_database
+    from vault.errors import StorageUnavailable
+
+    engine = open_database(cli_settings())
+    try:
+        with database_errors_as(StorageUnavailable, "the audit partitions"), engine.begin() as c:
+            made = ensure_partitions(c) if ensure else 0
+            partitions = monthly_partitions(c)
+            in_default = default_partition_rows(c)
+            retired = c.execute(select(audit_retired).order_by(audit_retired.c.range_from)).all()
+    finally:
+        engine.dispose()
+    if engine.dialect.name != "postgresql":
+        typer.echo("SQLite: the audit entries are one table (partitions are PostgreSQL's)")
+    for row in retired:
+        typer.echo(
+            f"{row.partition}  retired  {row.entries} entries, online from leaf {row.online_from}"
+        )
+    for partition in partitions:
+        typer.echo(
+            f"{partition.name}  online  {partition.range_from:%Y-%m-%d} .. "
+            f"{partition.range_to:%Y-%m-%d}"
+        )
+    if partitions or in_default:
+        typer.echo(f"audit_entries_default  online  {in_default} entries")
+    if ensure:
+        typer.echo(f"made {made} partitions")
+
+
+@audit_app.command("archive")
+@fail_cleanly
+def audit_archive(bucket: BucketOpt = None, prefix: PrefixOpt = None) -> None:
+    """Ship every signed leaf not archived yet to the bucket as sealed segments (with
+    their signed heads and a manifest each); record and audit each. Idempotent."""
+    from audit.archive import archive_log
+    from cofre_cli.wiring import open_database
+
+    settings = cli_settings()
+    objects = _object_store(settings, bucket)
+    engine = open_database(settings)
+    try:
+        segments = archive_log(
+            engine,
+            objects,
+            prefix=settings.archive.prefix if prefix is None else prefix,
+            max_entries=settings.archive.segment_max_entries,
+        )
+    finally:
+        engine.dispose()
+    for segment in segments:
+        typer.echo(
+            f"archived leaves {segment.start}..{segment.end - 1} as {segment.object_key} "
+            f"({segment.object_bytes} bytes, sha256 {segment.object_sha256})"
+            + ("" if segment.uploaded else " [already uploaded; recorded]")
+        )
+    typer.echo(f"archived {len(segments)} segments")
+
+
+@audit_app.command("verify-archive")
+@fail_cleanly
+def audit_verify_archive(
+    bucket: BucketOpt = None,
+    prefix: PrefixOpt = None,
+    public_key: PublicKeyOpt = None,
+    from_head: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-head",
+            help="A head verified by an earlier run (--save-head): check only what follows.",
+        ),
+    ] = None,
+    save_head: Annotated[
+        Path | None,
+        typer.Option("--save-head", help="Write the last verified head here (JSON)."),
+    ] = None,
+    online: Annotated[
+        bool,
+        typer.Option("--online", help="Also check the database's log continues from it."),
+    ] = False,
+) -> None:
+    """Verify the archived chain: no gap or overlap, every segment's SHA-256, entries,
+    signed head and consistency with the segment before. Exits 1 naming the segment."""
+    from audit.archive import verify_archive
+    from audit.errors import AuditVerificationFailed
+
+    settings = cli_settings()
+    pem = _public_key_pem(settings, public_key)
+    objects = _object_store(settings, bucket)
+    try:
+        trusted = _read_head(from_head, pem) if from_head is not None else None
+        report = verify_archive(
+            objects, settings.archive.prefix if prefix is None else prefix, pem, trusted=trusted
+        )
+        if online and report.last_head is not None:
+            _check_online_continues(settings, report.last_head)
+    except AuditVerificationFailed as exc:
+        typer.echo(f"FAILED: {exc}", err=True)
+        raise typer.Exit(1) from None
+    last = report.last_head
+    if save_head is not None and last is not None:
+        save_head.write_text(json.dumps(last.as_json(), indent=2) + "\n", encoding="utf-8")
+    typer.echo(
+        f"OK: {report.segments} segments, {report.entries} entries verified"
+        + (f", last archived head size {last.tree_size}" if last else ", nothing archived")
+        + ("; the online log continues from it" if online and last else "")
+    )
+
+
+def _read_head(path: Path, pem: bytes) -> Any:
+    from audit.errors import AuditVerificationFailed
+    from audit.heads import verify_tree_head
+    from audit.segments import head_from_json
+
+    try:
+        head = head_from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AuditVerificationFailed(
+            f"cannot read the head {path} ({type(exc).__name__})"
+        ) from None
+    verify_tree_head(head, pem)
+    return head
+
+
+def _check_online_continues(settings: Any, archived: Any) -> None:
+    """Raise `AuditVerificationFailed` unless the database holds the archived last head
+    and its latest head is consistent with it."""
+    from audit.errors import AuditVerificationFailed
+    from audit.merkle import verify_consistency
+    from audit.store import AuditStore
+    from cofre_cli.wiring import open_database
+
+    engine = open_database(settings)
+    try:
+        store = AuditStore(engine)
+        stored = store.head_at(archived.tree_size)
+        if stored is None or stored.root_hash != archived.root_hash:
+            raise AuditVerificationFailed(
+                f"the database has no head {archived.tree_size} equal to the last archived "
+                "one: the online log does not continue the archive"
+            )
+        latest = store.latest_head()
+        if latest is not None and latest.tree_size > archived.tree_size:
+            proof = store.consistency_proof(archived.tree_size, latest.tree_size)
+            verify_consistency(
+                archived.tree_size, latest.tree_size, proof, archived.root_hash, latest.root_hash
+            )
+    finally:
+        engine.dispose()
+
+
+@audit_app.command("retire")
+@fail_cleanly
+def audit_retire(
+    bucket: BucketOpt = None,
+    prefix: PrefixOpt = None,
+    public_key: PublicKeyOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and report; drop nothing.")
+    ] = False,
+) -> None:
+    """Drop the monthly partitions older than archive.online_retention_months, each only
+    if all its leaves are sequenced, archived and verified in the bucket (refuses
+    otherwise). Run as the owner role; every drop is audited."""
+    from datetime import UTC, datetime
+
+    from audit.retention import retire_partitions
+    from cofre_cli.wiring import open_database
+
+    settings = cli_settings()
+    pem = _public_key_pem(settings, public_key)
+    objects = _object_store(settings, bucket)
+    engine = open_database(settings)
+    try:
+        retired = retire_partitions(
+            engine,
+            objects,
+            settings.archive.prefix if prefix is None else prefix,
+            pem,
+            online_months=settings.archive.online_retention_months,
+            now=datetime.now(UTC),
+            dry_run=dry_run,
+        )
+    finally:
+        engine.dispose()
+    verb = "would drop" if dry_run else "dropped"
+    for item in retired:
+        typer.echo(
+            f"{verb} {item.name}: {item.entries} entries (leaves {item.first_leaf}.."
+            f"{item.last_leaf}), online log from leaf {item.online_from}"
+            + (
+                f", {item.carried_forward} key records carried forward"
+                if item.carried_forward
+                else ""
+            )
+        )
+    typer.echo(f"{verb} {len(retired)} partitions")

@@ -1,0 +1,237 @@
+"""Online retention: dropping monthly ``audit_entries`` partitions older than the online
+retention, only once every leaf in them is archived and verified in the archive.
+
+IN PCI SCOPE. PCI DSS 10.5.1 asks for twelve months of audit history, three of them
+immediately available: the three (``online_months``) stay in the database, the twelve
+(or more) are the object store's lifecycle rule (docs/operations.md). A partition is
+dropped only when
+
+- every entry in it is sequenced (it has a leaf index),
+- the archive recorded in ``audit_archive`` covers its highest leaf,
+- the archive in the object store verifies: its manifests are contiguous from leaf 0
+  with valid head signatures, the segments that hold the partition's leaves are
+  downloaded and verified entry by entry, and the archived head is the database's head
+  of the same size (the archive is of this log),
+
+and otherwise `RetentionRefused` names the partition and the reason. The drop, the
+``audit_retired`` record (with ``online_from``, where online verification now starts)
+and an ``audit.partition.retire`` entry commit together. Key registry records
+(``key.register``) whose latest record for a key is in the partition are appended again
+first, marked ``carried_forward_from``: the registry is read from the log, and a vault
+whose registry looks empty would adopt the token's keys as found.
+
+Runs as the owner role (dropping a table needs it); the app role cannot.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import Connection, Engine, func, insert, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from audit.archive import ObjectStore, verify_archive
+from audit.errors import AuditVerificationFailed, RetentionRefused
+from audit.log import AuditEvent, AuditLog, Outcome
+from audit.partitions import Partition, monthly_partitions
+from audit.schema import audit_archive, audit_heads, audit_retired
+from cofre.dberrors import db_error_name
+
+_REGISTER: Final = "key.register"
+
+
+@dataclass(frozen=True, slots=True)
+class RetiredPartition:
+    name: str
+    entries: int
+    first_leaf: int | None
+    last_leaf: int | None
+    online_from: int
+    carried_forward: int
+
+
+def _months_before(at: datetime, months: int) -> datetime:
+    index = at.year * 12 + at.month - 1 - months
+    return datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC)
+
+
+def retire_partitions(
+    engine: Engine,
+    objects: ObjectStore,
+    prefix: str,
+    public_key_pem: bytes,
+    *,
+    online_months: int,
+    now: datetime,
+    actor: str = "cofre audit retire",
+    dry_run: bool = False,
+) -> list[RetiredPartition]:
+    """Drop every monthly partition that ended more than `online_months` calendar months
+    before `now`'s month began, oldest first; return what was dropped (or, with
+    `dry_run`, what would be, after the same checks).
+
+    Raises `RetentionRefused` naming the first partition that may not be dropped, and
+    why (partitions before it stay dropped).
+    """
+    cutoff = _months_before(now, online_months)
+    with engine.connect() as connection:
+        due = [p for p in monthly_partitions(connection) if p.range_to <= cutoff]
+    return [
+        _retire(engine, objects, prefix, public_key_pem, p, actor=actor, dry_run=dry_run)
+        for p in due
+    ]
+
+
+def _retire(
+    engine: Engine,
+    objects: ObjectStore,
+    prefix: str,
+    pem: bytes,
+    partition: Partition,
+    *,
+    actor: str,
+    dry_run: bool,
+) -> RetiredPartition:
+    name = partition.name  # matched `audit_entries_pYYYYMM`: safe in SQL text
+    try:
+        with engine.connect() as connection:
+            # `name` matched the partition pattern: not input.
+            query = (
+                "SELECT count(*) AS entries, count(l.leaf_index) AS leaves, "  # noqa: S608
+                "min(l.leaf_index) AS first, max(l.leaf_index) AS last FROM "
+                f"{name} e LEFT JOIN audit_leaves l ON l.entry_id = e.id"
+            )
+            row = connection.execute(text(query)).one()
+            online_from = int(
+                connection.execute(
+                    select(func.coalesce(func.max(audit_retired.c.online_from), 0))
+                ).scalar_one()
+            )
+            covering = None
+            if row.last is not None:
+                covering = connection.execute(
+                    select(func.min(audit_archive.c.segment_end)).where(
+                        audit_archive.c.segment_end > row.last
+                    )
+                ).scalar()
+    except SQLAlchemyError as exc:
+        raise RetentionRefused(f"{name}: cannot read it ({db_error_name(exc)})") from None
+    if row.entries != row.leaves:
+        raise RetentionRefused(
+            f"{name}: {row.entries - row.leaves} of its {row.entries} entries are not "
+            "sequenced yet (run `cofre audit sequence`)"
+        )
+    if row.last is not None:
+        if covering is None:
+            raise RetentionRefused(
+                f"{name}: its leaves {row.first}..{row.last} are not all archived (run "
+                "`cofre audit archive`)"
+            )
+        online_from = max(online_from, int(covering))
+        _check_archive(engine, objects, prefix, pem, name, first=int(row.first), end=int(covering))
+    retired = RetiredPartition(
+        name, int(row.entries), row.first, row.last, online_from, carried_forward=0
+    )
+    if dry_run:
+        return retired
+    try:
+        with engine.begin() as connection:
+            carried = _carry_forward_key_records(connection, name, actor)
+            connection.execute(text(f"DROP TABLE {name}"))
+            connection.execute(
+                insert(audit_retired).values(
+                    partition=name,
+                    range_from=partition.range_from,
+                    range_to=partition.range_to,
+                    entries=retired.entries,
+                    max_leaf_index=retired.last_leaf,
+                    online_from=online_from,
+                    retired_at=datetime.now(UTC),
+                )
+            )
+            AuditLog().append(
+                connection,
+                AuditEvent(
+                    action="audit.partition.retire",
+                    outcome=Outcome.SUCCESS,
+                    actor=actor,
+                    details={
+                        "partition": name,
+                        "entries": retired.entries,
+                        "first_leaf": retired.first_leaf,
+                        "last_leaf": retired.last_leaf,
+                        "online_from": online_from,
+                        "carried_forward": carried,
+                    },
+                ),
+            )
+    except SQLAlchemyError as exc:
+        raise RetentionRefused(f"{name}: the drop failed ({db_error_name(exc)})") from None
+    return RetiredPartition(
+        name, retired.entries, retired.first_leaf, retired.last_leaf, online_from, carried
+    )
+
+
+def _check_archive(
+    engine: Engine,
+    objects: ObjectStore,
+    prefix: str,
+    pem: bytes,
+    name: str,
+    *,
+    first: int,
+    end: int,
+) -> None:
+    """Raise `RetentionRefused` unless the archive verifies through leaf `end` (the
+    segments from `first` downloaded) and its head at `end` is this database's."""
+    try:
+        report = verify_archive(objects, prefix, pem, download_from=first, through=end)
+    except AuditVerificationFailed as exc:
+        raise RetentionRefused(f"{name}: the archive does not verify: {exc}") from None
+    head = report.last_head
+    if head is None or head.tree_size < end:
+        raise RetentionRefused(f"{name}: the archive holds no head of size {end}")
+    with engine.connect() as connection:
+        root = connection.execute(
+            select(audit_heads.c.root_hash).where(audit_heads.c.tree_size == head.tree_size)
+        ).scalar()
+    if root is None or bytes(root) != head.root_hash:
+        raise RetentionRefused(
+            f"{name}: the archived head {head.tree_size} is not this database's head of that "
+            "size: the bucket holds another log"
+        )
+
+
+def _carry_forward_key_records(connection: Connection, partition: str, actor: str) -> int:
+    """Append again each key's latest registry record when it is in `partition`."""
+    rows = connection.execute(
+        text(
+            "SELECT e.id, e.payload, e.tableoid::regclass::text AS part, l.leaf_index "
+            "FROM audit_entries e LEFT JOIN audit_leaves l ON l.entry_id = e.id "
+            "WHERE e.payload LIKE :prefix ORDER BY e.id"
+        ),
+        {"prefix": f'{{"action":"{_REGISTER}",%'},
+    ).all()
+    latest: dict[str, Any] = {}
+    for row in rows:
+        details = json.loads(row.payload).get("details", {})
+        latest[str(details.get("label", ""))] = (row, details)
+    count = 0
+    for label, (row, details) in sorted(latest.items()):
+        if row.part != partition:
+            continue
+        AuditLog().append(
+            connection,
+            AuditEvent(
+                action=_REGISTER,
+                outcome=Outcome.SUCCESS,
+                actor=actor,
+                key_id=label,
+                details={**details, "carried_forward_from": row.leaf_index},
+            ),
+        )
+        count += 1
+    return count

@@ -1,0 +1,156 @@
+"""Online retention on PostgreSQL: a monthly partition older than the online retention
+is dropped only once sequenced, archived and verified in the archive (moto's S3), and
+the online log still verifies from where the archive ends."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from audit.archive import archive_log, segment_key, verify_archive
+from audit.errors import ProofError, RetentionRefused
+from audit.log import AuditEvent, AuditLog, Outcome
+from audit.partitions import ensure_partitions, monthly_partitions
+from audit.retention import retire_partitions
+from audit.store import AuditStore
+from infra_pci.objectstore import S3ObjectStore
+from tests.audit.conftest import BUCKET
+from tests.audit.test_archive import PREFIX, sequence
+from tests.audit.test_partitions import append_at
+from vault.signing import HSMTreeHeadSigner
+from vault.storage.database import create_database_engine, migrate
+
+
+def _month(now: datetime, back: int) -> datetime:
+    index = now.year * 12 + now.month - 1 - back
+    return datetime(index // 12, index % 12 + 1, 10, tzinfo=UTC)
+
+
+NOW = datetime.now(UTC)
+OLD = [_month(NOW, 6), _month(NOW, 5), _month(NOW, 4)]
+
+
+@pytest.fixture
+def pg(pg_database: str) -> Iterator[Engine]:
+    engine = create_database_engine(pg_database)
+    migrate(engine)
+    with engine.begin() as connection:
+        ensure_partitions(connection, from_time=OLD[0])
+    yield engine
+    engine.dispose()
+
+
+def _register(engine: Engine, at: datetime, label: str, check: str) -> None:
+    clock = type("Clock", (datetime,), {"now": classmethod(lambda cls, tz=None: at)})
+    with engine.begin() as connection:
+        AuditLog(clock=clock).append(
+            connection,
+            AuditEvent(
+                action="key.register",
+                outcome=Outcome.SUCCESS,
+                actor="cofre hsm init",
+                key_id=label,
+                details={"label": label, "cka_id": "aWQ=", "check": check, "how": "test"},
+            ),
+        )
+
+
+def _registry(engine: Engine) -> dict[str, str]:
+    with engine.connect() as connection:
+        payloads = connection.execute(
+            sa.text("SELECT payload FROM audit_entries ORDER BY id")
+        ).scalars()
+        records = [p for p in map(json.loads, payloads) if p["action"] == "key.register"]
+    return {r["details"]["label"]: r["details"]["check"] for r in records}
+
+
+def _old_log(engine: Engine) -> None:
+    _register(engine, OLD[0], "cofre-kek-v1", "k1")
+    _register(engine, OLD[0], "cofre-fp-v1", "f-old")
+    append_at(engine, OLD[0], 9)
+    _register(engine, OLD[1], "cofre-fp-v1", "f-new")
+    append_at(engine, OLD[1], 9)
+    append_at(engine, OLD[2], 9)
+    append_at(engine, NOW, 5)
+
+
+def test_retire_drops_archived_partitions_and_the_log_still_verifies(
+    pg: Engine, signer: HSMTreeHeadSigner, s3: S3ObjectStore
+) -> None:
+    pem = signer.public_key_pem()
+    _old_log(pg)
+    sequence(pg, signer)
+    archive_log(pg, s3, prefix=PREFIX, max_entries=8)
+    before = _registry(pg)
+    dry = retire_partitions(pg, s3, PREFIX, pem, online_months=3, now=NOW, dry_run=True)
+    assert [r.name for r in dry] == [f"audit_entries_p{m:%Y%m}" for m in OLD]
+    with pg.connect() as connection:
+        assert len(monthly_partitions(connection)) == 6 + 4  # nothing dropped by a dry run
+
+    retired = retire_partitions(pg, s3, PREFIX, pem, online_months=3, now=NOW)
+    assert [(r.name, r.entries, r.first_leaf, r.last_leaf) for r in retired] == [
+        (f"audit_entries_p{OLD[0]:%Y%m}", 11, 0, 10),
+        (f"audit_entries_p{OLD[1]:%Y%m}", 10, 11, 20),
+        (f"audit_entries_p{OLD[2]:%Y%m}", 9, 21, 29),
+    ]
+    assert retired[-1].online_from == 32  # the segment that holds leaf 29 ends at 32
+    assert [r.carried_forward for r in retired] == [1, 1, 0]
+    with pg.connect() as connection:
+        names = [p.name for p in monthly_partitions(connection)]
+        actions = [
+            json.loads(p)["action"]
+            for p in connection.execute(sa.text("SELECT payload FROM audit_entries")).scalars()
+        ]
+    assert names[0] == f"audit_entries_p{_month(NOW, 3):%Y%m}"  # three months online
+    assert actions.count("audit.partition.retire") == 3
+    # The key registry, read from the log, lost nothing: the latest record of each key.
+    assert _registry(pg) == before == {"cofre-kek-v1": "k1", "cofre-fp-v1": "f-new"}
+
+    sequence(pg, signer)
+    store = AuditStore(pg)
+    report = store.verify(pem)
+    assert report.online_from == 32
+    assert report.entries == store.size()
+    with pytest.raises(ProofError, match="no entry at leaf index 3"):
+        store.entry(3)
+    # The archive goes on from where it was; the whole chain still verifies.
+    archive_log(pg, s3, prefix=PREFIX, max_entries=8)
+    assert verify_archive(s3, PREFIX, pem).entries == store.size()
+    # Nothing is left to retire.
+    assert retire_partitions(pg, s3, PREFIX, pem, online_months=3, now=NOW) == []
+
+
+def test_retire_refuses_what_is_not_archived(
+    pg: Engine, signer: HSMTreeHeadSigner, s3: S3ObjectStore
+) -> None:
+    pem = signer.public_key_pem()
+    append_at(pg, OLD[0], 9)
+    with pytest.raises(RetentionRefused, match=r"p\d{6}: 9 of its 9 entries are not sequenced"):
+        retire_partitions(pg, s3, PREFIX, pem, online_months=3, now=NOW)
+    sequence(pg, signer)
+    with pytest.raises(RetentionRefused, match=r"leaves 0..8 are not all archived"):
+        retire_partitions(pg, s3, PREFIX, pem, online_months=3, now=NOW)
+    with pg.connect() as connection:
+        assert f"audit_entries_p{OLD[0]:%Y%m}" in {p.name for p in monthly_partitions(connection)}
+
+
+def test_retire_refuses_when_the_archive_does_not_verify(
+    pg: Engine, signer: HSMTreeHeadSigner, s3: S3ObjectStore
+) -> None:
+    pem = signer.public_key_pem()
+    append_at(pg, OLD[0], 20)
+    sequence(pg, signer)
+    archive_log(pg, s3, prefix=PREFIX, max_entries=8)
+    s3._client.delete_object(Bucket=BUCKET, Key=segment_key(PREFIX, 8, 16))
+    with pytest.raises(
+        RetentionRefused, match="the archive does not verify: archived segment 8-16"
+    ):
+        retire_partitions(pg, s3, PREFIX, pem, online_months=3, now=NOW)
+    with pg.connect() as connection:
+        assert f"audit_entries_p{OLD[0]:%Y%m}" in {p.name for p in monthly_partitions(connection)}
+    assert AuditStore(pg).verify(pem).online_from == 0

@@ -1,0 +1,125 @@
+"""`cofre audit archive | verify-archive | retire | partitions` as an operator runs them,
+against the real PostgreSQL and moto's in-process S3 (no network, no AWS account). The
+commands run in-process (typer's runner) because moto's S3 lives in this process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+from typer.testing import CliRunner
+
+from audit.archive import segment_key
+from audit.partitions import ensure_partitions
+from audit.store import AuditStore
+from cofre_cli.main import app
+from infra_pci.objectstore import S3ObjectStore
+from tests.audit.conftest import BUCKET, s3, signer
+from tests.audit.test_archive import sequence
+from tests.audit.test_partitions import append_at
+from tests.audit.test_retention import NOW, OLD
+from vault.signing import HSMTreeHeadSigner
+from vault.storage.database import create_database_engine, migrate
+
+__all__ = ["s3", "signer"]  # fixtures shared with tests/audit
+
+
+@pytest.fixture
+def pg(pg_database: str) -> Iterator[Engine]:
+    engine = create_database_engine(pg_database)
+    migrate(engine)
+    with engine.begin() as connection:
+        ensure_partitions(connection, from_time=OLD[0])
+    yield engine
+    engine.dispose()
+
+
+def test_archive_verify_and_retire_from_the_command_line(
+    pg: Engine,
+    signer: HSMTreeHeadSigner,
+    s3: S3ObjectStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = tmp_path / "cofre.toml"
+    config.write_text("", encoding="utf-8")
+    pem = tmp_path / "audit.pem"
+    pem.write_bytes(signer.public_key_pem())
+    for name, value in {
+        "COFRE_CONFIG": str(config),
+        "COFRE_DATA_DIR": str(tmp_path / "data"),
+        "COFRE_DATABASE__URL": pg.url.render_as_string(hide_password=False),
+        "COFRE_ARCHIVE__BUCKET": BUCKET,
+        "COFRE_ARCHIVE__SEGMENT_MAX_ENTRIES": "8",
+    }.items():
+        monkeypatch.setenv(name, value)
+    runner = CliRunner()
+
+    def cofre(*args: str) -> tuple[int, str, str]:
+        result = runner.invoke(app, list(args))
+        return result.exit_code, result.stdout, result.stderr
+
+    append_at(pg, OLD[0], 12)
+    append_at(pg, NOW, 3)
+    sequence(pg, signer)
+
+    code, _, err = cofre("audit", "retire", "--public-key", str(pem))
+    assert code == 1
+    assert f"error [audit_retention_refused]: audit_entries_p{OLD[0]:%Y%m}: its leaves 0..11" in err
+
+    code, out, err = cofre("audit", "archive")
+    assert code == 0, err
+    assert "archived leaves 0..7 as cofre-audit/segments/0-8.jsonl.gz" in out
+    assert out.endswith("archived 2 segments\n")
+
+    saved = tmp_path / "last-head.json"
+    code, out, err = cofre(
+        "audit", "verify-archive", "--public-key", str(pem), "--online", "--save-head", str(saved)
+    )
+    assert code == 0, err
+    assert out == (
+        "OK: 2 segments, 15 entries verified, last archived head size 15; the online log "
+        "continues from it\n"
+    )
+    assert json.loads(saved.read_text())["tree_size"] == 15
+
+    code, out, err = cofre("audit", "retire", "--public-key", str(pem))
+    assert code == 0, err
+    assert f"dropped audit_entries_p{OLD[0]:%Y%m}: 12 entries (leaves 0..11), online log " in out
+    code, out, err = cofre("audit", "partitions")
+    assert code == 0, err
+    assert f"audit_entries_p{OLD[0]:%Y%m}  retired  12 entries, online from leaf 15" in out
+
+    # Incremental: only what follows the saved head is fetched and checked.
+    sequence(pg, signer)
+    assert cofre("audit", "archive")[0] == 0
+    code, out, err = cofre(
+        "audit", "verify-archive", "--public-key", str(pem), "--from-head", str(saved)
+    )
+    assert code == 0, err
+    # After leaf 15: the two segments' `audit.archive` entries, and one
+    # `audit.partition.retire` per partition dropped (the empty ones too).
+    with pg.connect() as connection:
+        actions = [
+            json.loads(p)["action"]
+            for p in connection.execute(
+                sa.text(
+                    "SELECT e.payload FROM audit_entries e JOIN audit_leaves l "
+                    "ON l.entry_id = e.id WHERE l.leaf_index >= 15 ORDER BY l.leaf_index"
+                )
+            ).scalars()
+        ]
+    assert actions == ["audit.archive"] * 2 + ["audit.partition.retire"] * 3
+    assert out.startswith("OK: 1 segments, 5 entries verified, last archived head size 20")
+    assert AuditStore(pg).verify(signer.public_key_pem()).online_from == 15
+
+    s3._client.delete_object(Bucket=BUCKET, Key=segment_key("cofre-audit/", 8, 15))
+    code, out, err = cofre("audit", "verify-archive", "--public-key", str(pem))
+    assert code == 1
+    assert err == (
+        "FAILED: archived segment 8-15 is missing: no object cofre-audit/segments/8-15.jsonl.gz\n"
+    )
