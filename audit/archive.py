@@ -36,8 +36,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from audit.errors import ArchiveFailed, AuditVerificationFailed, AuditWriteFailed
 from audit.heads import SignedTreeHead, verify_tree_head
-from audit.log import AuditEvent, AuditLog, Outcome
-from audit.schema import audit_archive
+from audit.log import AuditEvent, AuditLog, HexDigest, Outcome
+from audit.schema import audit_archive, audit_heads
 from audit.segments import (
     SEGMENT_FORMAT,
     SEGMENT_VERSION,
@@ -155,15 +155,33 @@ def _sha256_of(stream: IO[bytes]) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _choose_end(heads: list[SignedTreeHead], start: int, max_entries: int) -> SignedTreeHead | None:
+def _choose_end(engine: Engine, start: int, max_entries: int) -> SignedTreeHead | None:
     """The head that ends the next segment: the largest at most `max_entries` past
     `start`, else the first beyond (heads are never further apart than the sequencer's
-    signing interval); None when no head is past `start`."""
-    later = [h for h in heads if h.tree_size > start]
-    if not later:
+    signing interval); None when no head is past `start`. Two indexed lookups: the
+    heads table holds one row per thousand entries or so, too many to load."""
+    later = select(audit_heads).where(audit_heads.c.tree_size > start)
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(
+                later.where(audit_heads.c.tree_size <= start + max_entries)
+                .order_by(audit_heads.c.tree_size.desc())
+                .limit(1)
+            ).first()
+            if row is None:
+                row = connection.execute(later.order_by(audit_heads.c.tree_size).limit(1)).first()
+    except SQLAlchemyError as exc:
+        raise ArchiveFailed(f"cannot read the signed heads ({db_error_name(exc)})") from None
+    if row is None:
         return None
-    within = [h for h in later if h.tree_size - start <= max_entries]
-    return within[-1] if within else later[0]
+    return SignedTreeHead(
+        tree_size=int(row.tree_size),
+        root_hash=bytes(row.root_hash),
+        timestamp_ms=int(row.timestamp_ms),
+        key_id=str(row.key_id),
+        checkpoint=str(row.checkpoint),
+        signature=bytes(row.signature),
+    )
 
 
 def archive_log(
@@ -189,7 +207,7 @@ def archive_log(
         previous = store.head_at(start) if start else None
         if start and previous is None:
             raise ArchiveFailed(f"the archive ends at {start} but no signed head has that size")
-        head = _choose_end(store.heads(), start, max_entries)
+        head = _choose_end(engine, start, max_entries)
         if head is None:
             return done
         source = _source(engine, store, previous, head, start)
@@ -278,7 +296,8 @@ def _record(engine: Engine, manifest: Manifest, actor: str, at: datetime) -> Non
             "start": manifest.start,
             "end": manifest.end,
             "object_key": manifest.object_key,
-            "object_sha256": manifest.object_sha256,
+            # Computed here: kept exactly, never masked (`HexDigest`).
+            "object_sha256": HexDigest(manifest.object_sha256),
         },
     )
     try:

@@ -68,8 +68,29 @@ class SegmentSource:
     consistency: list[bytes]
 
 
-def _line(out: gzip.GzipFile, record: Mapping[str, object]) -> None:
-    out.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+_ENCODE: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# Lines are gathered and compressed about a megabyte at a time: zlib called once per
+# 400-byte line spent more time than everything else together.
+_FLUSH_BYTES: Final = 1 << 20
+
+
+class _Lines:
+    def __init__(self, out: gzip.GzipFile) -> None:
+        self._out = out
+        self._pending: list[bytes] = []
+        self._size = 0
+
+    def add(self, record: Mapping[str, object]) -> None:
+        line = _ENCODE(record).encode() + b"\n"
+        self._pending.append(line)
+        self._size += len(line)
+        if self._size >= _FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        self._out.write(b"".join(self._pending))
+        self._pending.clear()
+        self._size = 0
 
 
 def write_segment(out: IO[bytes], source: SegmentSource, entries: Iterable[tuple[int, str]]) -> int:
@@ -86,16 +107,17 @@ def write_segment(out: IO[bytes], source: SegmentSource, entries: Iterable[tuple
         raise AuditVerificationFailed(
             f"the stored tree border at {start} does not hash to signed tree head {start}", start
         )
-    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="") as packed:
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="", compresslevel=6) as packed:
+        lines = _Lines(packed)
         header = {"format": SEGMENT_FORMAT, "version": SEGMENT_VERSION, "log_id": source.log_id}
-        _line(packed, {"type": "segment", **header, "start": start, "end": end})
+        lines.add({"type": "segment", **header, "start": start, "end": end})
         if source.previous_head is not None:
-            _line(packed, {"type": "previous_head", **source.previous_head.as_json()})
+            lines.add({"type": "previous_head", **source.previous_head.as_json()})
             nodes = [
                 {"level": lv, "index": ix, "hash": base64.b64encode(source.border[lv]).decode()}
                 for lv, ix in CompactRange.border_positions(start)
             ]
-            _line(packed, {"type": "border", "size": start, "nodes": nodes})
+            lines.add({"type": "border", "size": start, "nodes": nodes})
         expected = start
         for index, payload in entries:
             if index != expected or index >= end:
@@ -104,7 +126,7 @@ def write_segment(out: IO[bytes], source: SegmentSource, entries: Iterable[tuple
                     expected,
                 )
             tree.append(leaf_hash(payload.encode("utf-8")))
-            _line(packed, {"type": "entry", "index": index, "payload": payload})
+            lines.add({"type": "entry", "index": index, "payload": payload})
             expected += 1
         if expected != end:
             raise AuditVerificationFailed(
@@ -114,10 +136,11 @@ def write_segment(out: IO[bytes], source: SegmentSource, entries: Iterable[tuple
             raise AuditVerificationFailed(
                 f"segment {start}-{end}: the entries do not hash to signed tree head {end}", start
             )
-        _line(packed, {"type": "head", **source.head.as_json()})
+        lines.add({"type": "head", **source.head.as_json()})
         if source.previous_head is not None:
             proof = [base64.b64encode(h).decode() for h in source.consistency]
-            _line(packed, {"type": "consistency", "from": start, "to": end, "proof": proof})
+            lines.add({"type": "consistency", "from": start, "to": end, "proof": proof})
+        lines.flush()
     return end - start
 
 

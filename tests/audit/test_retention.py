@@ -154,3 +154,24 @@ def test_retire_refuses_when_the_archive_does_not_verify(
     with pg.connect() as connection:
         assert f"audit_entries_p{OLD[0]:%Y%m}" in {p.name for p in monthly_partitions(connection)}
     assert AuditStore(pg).verify(pem).online_from == 0
+
+
+def test_a_forged_archive_record_does_not_let_a_partition_go(
+    pg: Engine, signer: HSMTreeHeadSigner, s3: S3ObjectStore
+) -> None:
+    """The app role may insert into `audit_archive`: a row claiming an archive that the
+    bucket does not hold must not be enough to drop anything."""
+    append_at(pg, OLD[0], 16)
+    sequence(pg, signer)
+    with pg.begin() as connection:
+        connection.execute(sa.text("SET LOCAL ROLE cofre_app"))
+        connection.execute(
+            sa.text(
+                "INSERT INTO audit_archive VALUES (0, 16, 'x/segments/0-16.jsonl.gz', "
+                "repeat('f', 64), 1, now())"
+            )
+        )
+    with pytest.raises(RetentionRefused, match="the archive ends at leaf 0, before 16"):
+        retire_partitions(pg, s3, PREFIX, signer.public_key_pem(), online_months=3, now=NOW)
+    with pg.connect() as connection:
+        assert f"audit_entries_p{OLD[0]:%Y%m}" in {p.name for p in monthly_partitions(connection)}
