@@ -1,8 +1,8 @@
 """Audit growth: monthly partitions of ``audit_entries`` (PostgreSQL), and the tables
 that record archived segments and retired partitions.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0008
+Revises: 0007
 
 On PostgreSQL the existing ``audit_entries`` is copied, row for row with the same ids
 and payloads (so every leaf hash and the whole tree stay as they were), into a new table
@@ -21,13 +21,13 @@ from alembic import op
 from audit.partitions import DEFAULT_PARTITION, ENSURE_FUNCTION_SQL, MONTHS_AHEAD
 from audit.schema import ARCHIVE_TABLES, audit_archive, audit_retired
 
-revision = "0005"
-down_revision = "0004"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
-# Additive for the code of 0004: it writes and reads the same columns (it cannot verify
+# Additive for the code of 0007: it writes and reads the same columns (it cannot verify
 # a log whose oldest partitions were retired, which only an operator does).
-min_code_revision = "0004"
+min_code_revision = "0007"
 
 APP_ROLE = "cofre_app"
 
