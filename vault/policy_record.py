@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-from audit.log import AuditEvent, Outcome
+from audit.log import AuditEvent, HexDigest, Outcome
 
 POLICY_ACTIONS: Final = ("policy.load", "policy.reload")
 
@@ -22,7 +22,9 @@ def policy_event(action: str, *, actor: str, source: str, text: str | None) -> A
     """
     details: dict[str, str | int | bool | None] = {"source": source}
     if text is not None:
-        details["sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        # Kept exactly (`HexDigest`): a SHA-256 may hold a Luhn-valid run of 13+ decimal
+        # digits, and masking it would record a hash that matches no policy text.
+        details["sha256"] = HexDigest(hashlib.sha256(text.encode("utf-8")).hexdigest())
     return AuditEvent(
         action=action, outcome=Outcome.SUCCESS, actor=actor, details=details, document=text
     )
