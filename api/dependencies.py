@@ -45,7 +45,10 @@ class AppState:
     custody: Custody | None = None
 
 
-def app_state(request: Request) -> AppState:
+# The dependencies are `async def` though they never await: FastAPI runs a plain `def`
+# dependency in the thread pool, a hop to a thread and back per dependency per request
+# (issue 21's profile: each hop waits for a thread and the GIL on a busy node).
+async def app_state(request: Request) -> AppState:
     """The `AppState` the app serving `request` was created with."""
     return cast(AppState, request.app.state.cofre)
 
@@ -55,7 +58,7 @@ def request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
 
 
-def call_context(request: Request) -> CallContext:
+async def call_context(request: Request) -> CallContext:
     """The caller: identity from the TLS connection, request id from the guard."""
     state = request.scope.setdefault("state", {})
     identity = state.get("identity") or identity_from_scope(request.scope)

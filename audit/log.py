@@ -42,6 +42,9 @@ MAX_DOCUMENT: Final = 64 * 1024
 # Python time than running it.
 _INSERT_ENTRY: Final = insert(audit_entries).returning(audit_entries.c.id)
 _INSERT_QUEUED: Final = insert(audit_queue)
+_INSERT_ENTRIES: Final = insert(audit_entries).returning(
+    audit_entries.c.id, sort_by_parameter_order=True
+)
 
 _HEX_DIGEST: Final = re.compile(r"^[0-9a-f]{1,128}$")
 
@@ -194,17 +197,8 @@ class AuditLog:
         now = self._clock.now(UTC)
         rows = [{"payload": canonical_payload(e, now), "created_at": now} for e in events]
         try:
-            ids = (
-                connection.execute(
-                    insert(audit_entries).returning(
-                        audit_entries.c.id, sort_by_parameter_order=True
-                    ),
-                    rows,
-                )
-                .scalars()
-                .all()
-            )
-            connection.execute(insert(audit_queue), [{"entry_id": i} for i in ids])
+            ids = connection.execute(_INSERT_ENTRIES, rows).scalars().all()
+            connection.execute(_INSERT_QUEUED, [{"entry_id": i} for i in ids])
         except SQLAlchemyError as exc:
             raise AuditWriteFailed(
                 f"the audit entry could not be written ({db_error_name(exc)}); "
