@@ -1,0 +1,86 @@
+"""SQLite writers queue on a lock file beside the database (issue 21): held from BEGIN
+IMMEDIATE until COMMIT or ROLLBACK has returned, never by readers, and across engines
+(as across the worker processes of `cofre serve`)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from audit.schema import READ_ONLY
+from vault.storage.database import create_database_engine
+
+
+@contextmanager
+def _engine(path: Path) -> Iterator[Engine]:
+    engine = create_database_engine(f"sqlite:///{path}")
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _held(lock: Path) -> bool:
+    """Whether someone holds the writer lock (asked through a descriptor of our own)."""
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("ending", ["commit", "rollback", "error"])
+def test_a_write_transaction_holds_the_writer_lock_until_it_ends(
+    tmp_path: Path, ending: str
+) -> None:
+    database = tmp_path / "db.sqlite3"
+    lock = tmp_path / "db.sqlite3.writer-lock"
+    with _engine(database) as engine:
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE t (x INTEGER)"))
+        assert not _held(lock)
+        with engine.connect() as connection:
+            transaction = connection.begin()
+            connection.execute(text("INSERT INTO t VALUES (1)"))
+            assert _held(lock)
+            if ending == "commit":
+                transaction.commit()
+            elif ending == "rollback":
+                transaction.rollback()
+            else:
+                with pytest.raises(ZeroDivisionError), connection.begin_nested():
+                    raise ZeroDivisionError
+                connection.close()  # returned to the pool: rolled back there
+            assert not _held(lock)
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT count(*) FROM t")).scalar()
+        assert rows == (1 if ending == "commit" else 0)
+
+
+def test_readers_do_not_take_the_writer_lock_and_other_engines_queue(tmp_path: Path) -> None:
+    database = tmp_path / "db.sqlite3"
+    lock = tmp_path / "db.sqlite3.writer-lock"
+    with _engine(database) as first, _engine(database) as second:
+        with first.begin() as connection:
+            connection.execute(text("CREATE TABLE t (x INTEGER)"))
+        with second.connect().execution_options(**READ_ONLY) as reader, reader.begin():
+            assert reader.execute(text("SELECT count(*) FROM t")).scalar() == 0
+            assert not _held(lock)
+        with first.begin() as writer:
+            writer.execute(text("INSERT INTO t VALUES (1)"))
+            assert _held(lock)
+        with second.begin() as writer:
+            writer.execute(text("INSERT INTO t VALUES (2)"))
+        with second.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM t")).scalar() == 2
