@@ -16,7 +16,7 @@ from typing import Any
 
 import uvicorn
 
-from api.lifecycle import ManagedServer, Readiness
+from api.lifecycle import ManagedServer, Readiness, bind_reuse_port
 from cofre.errors import CofreError
 
 Scope = MutableMapping[str, Any]
@@ -80,8 +80,10 @@ def build_health_server(
     port: int,
     *,
     log_config: dict[str, Any] | None = None,
+    reuse_port: bool = False,
 ) -> ManagedServer:
-    """Return a configured (not yet started) plain-HTTP server for the probes."""
+    """Return a configured (not yet started) plain-HTTP server for the probes; with
+    `reuse_port`, on its own SO_REUSEPORT socket (every worker answers probes)."""
     config = uvicorn.Config(
         HealthApp(check_ready, readiness),
         host=host,
@@ -95,4 +97,7 @@ def build_health_server(
         limit_concurrency=32,
         h11_max_incomplete_event_size=8192,
     )
-    return ManagedServer(config)
+    server = ManagedServer(config)
+    if reuse_port:
+        server.sockets = [bind_reuse_port(host, port)]
+    return server

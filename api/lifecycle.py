@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import threading
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 import structlog
 import uvicorn
 
+from api.errors import ApiError
 from api.handshake import observe_handshake_failures
 from api.observability import Telemetry
 
@@ -58,10 +60,32 @@ class ManagedServer(uvicorn.Server):
 
     # Set by `api.server.build_server` when a CRL is configured; SIGHUP reloads it.
     crl_watcher: CrlWatcher | None = None
+    # Set by `api.server.build_server` for a worker of several sharing the port
+    # (SO_REUSEPORT): the listening sockets it serves on instead of binding its own.
+    sockets: list[socket.socket] | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+def bind_reuse_port(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on `host`:`port` with SO_REUSEPORT: every worker of
+    one `cofre serve` binds its own, and the kernel hashes each new connection to one of
+    them. (One shared socket would let whichever worker wakes first accept a whole burst
+    of keep-alive connections, and keep them.) Only processes of the same user may join
+    the port. Raises `ApiError` when it cannot be bound."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ApiError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+    sock.set_inheritable(False)
+    return sock
 
 
 def run_until_stopped(
@@ -139,9 +163,11 @@ async def _serve(
         loop.add_signal_handler(signum, on_signal, signum)
     if on_reload is not None:
         loop.add_signal_handler(signal.SIGHUP, on_hangup, on_reload)
-    health_task = loop.create_task(health.serve()) if health is not None else None
+    health_task = (
+        loop.create_task(health.serve(sockets=health.sockets)) if health is not None else None
+    )
     try:
-        await api.serve()
+        await api.serve(sockets=api.sockets)
         _log.info("api listener stopped", forced=api.force_exit)
     finally:
         readiness.begin_drain()

@@ -26,7 +26,7 @@ from api.app import add_ready_check
 from api.connections import guarded_protocol
 from api.crl import CrlWatcher
 from api.errors import ApiError
-from api.lifecycle import ManagedServer
+from api.lifecycle import ManagedServer, bind_reuse_port
 from api.tls import harden_server_context
 from cofre.redaction import mask_pan_like
 
@@ -94,6 +94,7 @@ def build_server(
     header_timeout: float = 10.0,
     body_timeout: float = 30.0,
     max_connections_per_identity: int = 2000,
+    reuse_port: bool = False,
 ) -> ManagedServer:
     """Return a configured (not yet started) uvicorn server for `app`; on stop,
     in-flight requests get `graceful_timeout` seconds (None: as long as they take).
@@ -101,9 +102,11 @@ def build_server(
     every `crl_reload_seconds`) and adds its expiry to the app's readiness checks. A
     request's headers and body must arrive within `header_timeout` / `body_timeout`
     seconds, and one identity may hold `max_connections_per_identity` connections
-    (`api.connections`).
+    (`api.connections`). With `reuse_port` the server listens on its own socket bound
+    with SO_REUSEPORT, so several worker processes share the port and the kernel spreads
+    new connections across them (`bind_reuse_port`).
 
-    Raises `ApiError` when a TLS file is missing.
+    Raises `ApiError` when a TLS file is missing or the port cannot be bound.
     """
     for path in (tls.cert, tls.key, tls.ca_bundle, *([tls.crl] if tls.crl else [])):
         if not path.is_file():
@@ -132,6 +135,8 @@ def build_server(
     assert config.ssl is not None  # noqa: S101 - load() builds it from the files above
     harden_server_context(config.ssl, min_version=min_tls_version, crl_check=tls.crl is not None)
     server = ManagedServer(config)
+    if reuse_port:
+        server.sockets = [bind_reuse_port(host, port)]
     if tls.crl is not None:
         watcher = CrlWatcher(tls.crl, config.ssl)
         watcher.reload()
@@ -176,7 +181,9 @@ class BackgroundServer:
 
     def __init__(self, server: ManagedServer) -> None:
         self.server = server
-        self._thread = threading.Thread(target=server.run, name="cofre-api", daemon=True)
+        self._thread = threading.Thread(
+            target=lambda: server.run(sockets=server.sockets), name="cofre-api", daemon=True
+        )
 
     def start(self, timeout: float = 15.0) -> None:
         self._thread.start()

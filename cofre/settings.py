@@ -127,6 +127,10 @@ class ServerSettings(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8443, ge=1, le=65535)
+    # API worker processes, each with its own HSM sessions, database pool and group
+    # committer, sharing the port (SO_REUSEPORT). None: one per CPU core. One Python
+    # process is bound by its GIL to one core (docs/operations.md, Sizing).
+    workers: int | None = Field(default=None, ge=1, le=256)
     # TLS 1.3 unless 1.2 is set explicitly (for clients that cannot do 1.3 yet).
     min_tls_version: TLSVersion = TLSVersion.TLS1_3
     ca_bundle: Path | None = None

@@ -16,6 +16,8 @@ __all__ = [
     "key_management",
     "main",
     "officer_token",
+    "serving",
     "wiring",
     "witnessing",
+    "workers",
 ]

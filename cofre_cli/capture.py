@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 
 from api.capture import CaptureState, build_capture_server, create_capture_app
+from api.lifecycle import bind_reuse_port
 from api.server import BackgroundServer, log_config
 from cofre.errors import ConfigurationError
 from cofre.settings import Settings
@@ -39,9 +40,13 @@ def capture_app(settings: Settings, service: VaultService) -> Any:
     )
 
 
-def start_capture_listener(settings: Settings, app: Any) -> BackgroundServer | None:
+def start_capture_listener(
+    settings: Settings, app: Any, *, reuse_port: bool = False
+) -> BackgroundServer | None:
     """Start the capture listener in a thread when `COFRE_CAPTURE__PORT` is set (the
-    caller stops it after the mTLS listener has drained); None when it is not.
+    caller stops it after the mTLS listener has drained); None when it is not. With
+    `reuse_port` (a worker of several, `cofre_cli.workers`) on its own SO_REUSEPORT
+    socket, as the API listener.
 
     Raises `ConfigurationError` without a certificate for it, `ApiError` when a TLS
     file is missing or the listener does not start.
@@ -53,17 +58,18 @@ def start_capture_listener(settings: Settings, app: Any) -> BackgroundServer | N
     key = capture.key_file or settings.server.key_file
     if cert is None or key is None:
         raise ConfigurationError("set COFRE_CAPTURE__CERT_FILE and COFRE_CAPTURE__KEY_FILE")
-    server = BackgroundServer(
-        build_capture_server(
-            app,
-            capture.host,
-            capture.port,
-            cert=Path(cert),
-            key=Path(key),
-            log_config=log_config(settings.log_level),
-            header_timeout=settings.server.header_timeout_seconds,
-        )
+    managed = build_capture_server(
+        app,
+        capture.host,
+        capture.port,
+        cert=Path(cert),
+        key=Path(key),
+        log_config=log_config(settings.log_level),
+        header_timeout=settings.server.header_timeout_seconds,
     )
+    if reuse_port:
+        managed.sockets = [bind_reuse_port(capture.host, capture.port)]
+    server = BackgroundServer(managed)
     server.start()
     _log.info("capture listener started", origin=capture.origin(), host=capture.host)
     return server

@@ -8,11 +8,9 @@ next to the CLI (import-linter allows the top layer to import every package).
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -27,20 +25,14 @@ from sqlalchemy.engine import make_url
 from api.app import create_app
 from api.dependencies import AppState
 from api.errors import Draining
-from api.health import build_health_server
-from api.lifecycle import Readiness, run_until_stopped
-from api.metrics import start_metrics_listener
+from api.lifecycle import Readiness
 from api.models import EvidenceRequest
 from api.observability import (
     Telemetry,
-    configure_logging,
     make_telemetry,
-    new_meter_provider,
-    new_tracer_provider,
 )
-from api.otlp import otlp_from_env
 from api.pki import DEV_CA_COMMON_NAME, certificate_inventory
-from api.server import TLSFiles, build_server, log_config, reload_server_certificate
+from api.server import TLSFiles
 from audit.errors import AuditWriteFailed
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.publisher import PublisherThread
@@ -48,7 +40,7 @@ from audit.sequencer import Sequencer, SequencerThread
 from cofre.errors import CofreError, ConfigurationError
 from cofre.filemodes import refuse_readable_secrets, secure_data_dir
 from cofre.settings import Settings
-from cofre_cli.capture import capture_app, start_capture_listener
+from cofre_cli.capture import capture_app
 from cofre_cli.key_management import key_management
 from cofre_cli.witnessing import start_audit_workers, stop_publisher
 from compliance.errors import ComplianceError
@@ -462,129 +454,3 @@ def _holds_dev_ca(ca_bundle: Path | None) -> bool:
         return False  # build_server reports an unreadable bundle
     dev = x509.NameAttribute(NameOID.COMMON_NAME, DEV_CA_COMMON_NAME)
     return any(dev in cert.subject for cert in certificates)
-
-
-def serve(settings: Settings, *, migrate_schema: bool = False, production: bool = True) -> None:
-    """Run the vault API (and the health listener, when a port is set) in the foreground
-    until SIGTERM or SIGINT, drain (`api.lifecycle`), then wipe the keys and close the
-    HSM session. In `production` (`cofre serve`) the settings are checked first
-    (`production_checks`); only `cofre dev` passes `migrate_schema` (production runs
-    `cofre db migrate` first, as the owner role)."""
-    configure_logging(settings.log_level)
-    allowed = production_checks(settings) if production else []
-    policy = load_policy(settings.policy_file)
-    _log.info(
-        "starting",
-        mode="production" if production else "dev",
-        configuration=settings.redacted(),
-        policy_source=policy.source,
-        policy_sha256=policy.sha256,
-    )
-    for name in allowed:
-        _log.warning("INSECURE setting in effect", setting=f"COFRE_INSECURE__{name.upper()}")
-    server = settings.server
-    telemetry, stop_telemetry = start_telemetry(settings, os.environ)
-    try:
-        runtime = build_runtime(settings, migrate_schema=migrate_schema, telemetry=telemetry)
-    except BaseException:
-        stop_telemetry()
-        raise
-    try:
-        api = build_server(
-            runtime.app,
-            server.host,
-            server.port,
-            tls_files(settings),
-            min_tls_version=server.min_tls_version.value,
-            log_level=settings.log_level,
-            graceful_timeout=server.drain_timeout_seconds,
-            crl_reload_seconds=server.crl_reload_seconds,
-            header_timeout=server.header_timeout_seconds,
-            body_timeout=server.body_timeout_seconds,
-            max_connections_per_identity=server.max_connections_per_identity,
-        )
-        watcher = api.crl_watcher
-        check_ready = runtime.check_ready
-        if watcher is not None:
-            check_ready = functools.partial(_with_crl, runtime.check_ready, watcher.check)
-        health = None
-        if server.health_port is not None:
-            health = build_health_server(
-                check_ready,
-                runtime.readiness,
-                server.health_host,
-                server.health_port,
-                log_config=log_config(settings.log_level),
-            )
-        reloads: list[Callable[[], object]] = [
-            runtime.reload_policy,
-            functools.partial(reload_server_certificate, api, tls_files(settings)),
-        ]
-        if watcher is not None:
-            reloads.append(watcher.reload)
-        capture_server = start_capture_listener(settings, runtime.capture_app)
-        try:
-            run_until_stopped(
-                api,
-                health,
-                runtime.readiness,
-                drain_delay=server.drain_delay_seconds,
-                on_reload=functools.partial(_reload_all, *reloads),
-                telemetry=runtime.telemetry,
-            )
-        finally:
-            if capture_server is not None:
-                capture_server.stop()
-    finally:
-        runtime.close()
-        stop_telemetry()  # after close: its last log lines are exported too
-
-
-def start_telemetry(
-    settings: Settings, environ: Mapping[str, str]
-) -> tuple[Telemetry, Callable[[], None]]:
-    """Telemetry for `serve`: the OTLP exporters `environ`'s OTEL_* variables ask for
-    (`api.otlp`) and the Prometheus scrape listener when a metrics port is set. Returns
-    it and the function that flushes and stops it."""
-    otlp = otlp_from_env(environ)
-    server = settings.server
-    stop_metrics: Callable[[], None] | None = None
-    if server.metrics_port is not None:
-        meter_provider, stop_metrics = start_metrics_listener(
-            server.metrics_host, server.metrics_port, otlp.metric_readers
-        )
-    else:
-        meter_provider = new_meter_provider(otlp.metric_readers)
-    tracer_provider = new_tracer_provider()  # the sampler comes from OTEL_TRACES_SAMPLER
-    if otlp.span_processor is not None:
-        tracer_provider.add_span_processor(otlp.span_processor)
-
-    def stop() -> None:
-        tracer_provider.shutdown()
-        if stop_metrics is not None:
-            stop_metrics()
-        else:
-            meter_provider.shutdown()
-        otlp.shutdown()
-
-    return make_telemetry(tracer_provider, meter_provider), stop
-
-
-def _with_crl(check_ready: Callable[[], dict[str, str]], crl: Callable[[], None]) -> dict[str, str]:
-    """The runtime's readiness plus the CRL's (the plain-HTTP health listener's view)."""
-    checks = check_ready()
-    crl()
-    checks["crl"] = "ok"
-    return checks
-
-
-def _reload_all(*reloads: Callable[[], object]) -> None:
-    """SIGHUP: every reload, the CRL's even when the policy's fails."""
-    errors: list[Exception] = []
-    for reload in reloads:
-        try:
-            reload()
-        except Exception as exc:  # noqa: BLE001 - re-raised after the others ran
-            errors.append(exc)
-    if errors:
-        raise errors[0]

@@ -34,7 +34,8 @@ def dev_command(
     DATA_DIR; then serve the API on https://127.0.0.1:8443. `make run` calls this."""
     from api.pki import DevPKI
     from cofre_cli.devenv import dev_settings, ensure_dev_environment
-    from cofre_cli.wiring import build_runtime, open_database, record_key_creation, serve
+    from cofre_cli.serving import serve
+    from cofre_cli.wiring import build_runtime, open_database, record_key_creation
     from hsm.keys import KeyHierarchy
     from hsm.provider import provider_from_settings
 
@@ -110,6 +111,6 @@ def serve_command() -> None:
     """Run the vault API over mutual TLS with the configured settings (production: it
     refuses SQLite, a missing or empty policy and the dev PKI unless COFRE_INSECURE__*
     allows them, and never migrates the schema: run `cofre db migrate` first)."""
-    from cofre_cli.wiring import serve
+    from cofre_cli.serving import serve
 
     serve(cli_settings())

@@ -143,23 +143,35 @@ def test_stop_signal_drains_then_exits_zero(
     assert row[0] == 2
 
 
+def _with_metrics(vault: VaultProcess) -> int:
+    """Two workers, each with its Prometheus listener: the returned port and the next."""
+    metrics_port = free_port()
+    vault.env["COFRE_SERVER__METRICS_PORT"] = str(metrics_port)
+    vault.env["COFRE_SERVER__WORKERS"] = "2"
+    return metrics_port
+
+
+def _scrape(metrics_port: int) -> list[httpx.Response]:
+    """`/metrics` of each worker (worker N listens on the metrics port + N)."""
+    return [httpx.get(f"http://127.0.0.1:{metrics_port + n}/metrics", timeout=10) for n in (0, 1)]
+
+
 def test_metrics_listener_serves_prometheus_text_without_card_data(
     tmp_path: Path, softhsm_token: SoftHSMToken, pg_database: str
 ) -> None:
     vault, _ = _vault(tmp_path, softhsm_token, pg_database)
-    metrics_port = free_port()
-    vault.env["COFRE_SERVER__METRICS_PORT"] = str(metrics_port)
+    metrics_port = _with_metrics(vault)
     vault.start()
     pan = card_number("4", 21)
     try:
         with vault.client() as client:
             made = client.post("/v1/tokenize", json={"pan": pan, "format": "pan_bin6_last4"})
             assert made.status_code == 200
-        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+        scraped = _scrape(metrics_port)
     finally:
         vault.stop()
-    assert scraped.status_code == 200
-    text = scraped.text
+    assert [s.status_code for s in scraped] == [200, 200]
+    text = "".join(s.text for s in scraped)
     assert "cofre_http_requests" in text
     assert "/v1/tokenize" in text
     assert pan not in text
@@ -173,8 +185,7 @@ def test_failed_tls_handshakes_are_logged_and_counted(
     plain-HTTP request to the TLS port: three failed handshakes, each a JSON log line
     with OpenSSL's reason, and a counter by reason."""
     vault, _ = _vault(tmp_path, softhsm_token, pg_database)
-    metrics_port = free_port()
-    vault.env["COFRE_SERVER__METRICS_PORT"] = str(metrics_port)
+    metrics_port = _with_metrics(vault)
     vault.start()
     foreign = ensure_dev_pki(tmp_path / "foreign", identities=("payments",))
     try:
@@ -189,7 +200,7 @@ def test_failed_tls_handshakes_are_logged_and_counted(
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{vault.port}/readyz", timeout=10)
         for _ in range(500):  # the server logs after the client has seen the reset
-            scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+            scraped = "".join(s.text for s in _scrape(metrics_port))
             counted = [
                 line
                 for line in scraped.splitlines()

@@ -1,0 +1,193 @@
+"""Running the vault: `cofre serve` and `cofre dev` in the foreground, as one process
+or as several workers sharing the port (`cofre_cli.workers`).
+
+IN PCI SCOPE (wiring).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Mapping
+
+import structlog
+
+from api.health import build_health_server
+from api.lifecycle import run_until_stopped
+from api.metrics import start_metrics_listener
+from api.observability import (
+    Telemetry,
+    configure_logging,
+    make_telemetry,
+    new_meter_provider,
+    new_tracer_provider,
+)
+from api.otlp import otlp_from_env
+from api.server import build_server, log_config, reload_server_certificate
+from cofre.settings import Settings
+from cofre_cli.capture import start_capture_listener
+from cofre_cli.wiring import (
+    build_runtime,
+    open_database,
+    production_checks,
+    tls_files,
+)
+from cofre_cli.workers import run_workers, worker_count
+from policies.loader import load_policy
+
+_log = structlog.get_logger("cofre.vault")
+
+
+def serve(settings: Settings, *, migrate_schema: bool = False, production: bool = True) -> None:
+    """Run the vault API (and the health listener, when a port is set) in the foreground
+    until SIGTERM or SIGINT, drain (`api.lifecycle`), then wipe the keys and close the
+    HSM session. In `production` (`cofre serve`) the settings are checked first
+    (`production_checks`); only `cofre dev` passes `migrate_schema` (production runs
+    `cofre db migrate` first, as the owner role). With more than one worker
+    (``server.workers``, default one per core) each runs in its own process
+    (`cofre_cli.workers`); raises `SystemExit` with the node's status when one failed."""
+    configure_logging(settings.log_level)
+    allowed = production_checks(settings) if production else []
+    policy = load_policy(settings.policy_file)
+    workers = worker_count(settings)
+    _log.info(
+        "starting",
+        mode="production" if production else "dev",
+        configuration=settings.redacted(),
+        policy_source=policy.source,
+        policy_sha256=policy.sha256,
+        workers=workers,
+    )
+    for name in allowed:
+        _log.warning("INSECURE setting in effect", setting=f"COFRE_INSECURE__{name.upper()}")
+    if workers == 1:
+        serve_worker(settings, None, migrate_schema=migrate_schema)
+        return
+    if migrate_schema:
+        # Once, here, before the workers open the store.
+        open_database(settings, run_migrations=True).dispose()
+    status = run_workers(settings, workers, serve_worker)
+    if status:
+        raise SystemExit(status)
+
+
+def serve_worker(settings: Settings, index: int | None, *, migrate_schema: bool = False) -> None:
+    """One serving process: its own runtime (HSM sessions, database pool, group
+    committer, sequencer and purge threads) and listeners. `index` is None for a node of
+    one process; a numbered worker shares the API and health ports (SO_REUSEPORT) and
+    serves its own Prometheus listener on the metrics port + `index`."""
+    if index is not None:
+        configure_logging(settings.log_level)
+        structlog.contextvars.bind_contextvars(worker=index)
+    server = settings.server
+    telemetry, stop_telemetry = start_telemetry(settings, os.environ, worker=index or 0)
+    try:
+        runtime = build_runtime(settings, migrate_schema=migrate_schema, telemetry=telemetry)
+    except BaseException:
+        stop_telemetry()
+        raise
+    try:
+        api = build_server(
+            runtime.app,
+            server.host,
+            server.port,
+            tls_files(settings),
+            min_tls_version=server.min_tls_version.value,
+            log_level=settings.log_level,
+            graceful_timeout=server.drain_timeout_seconds,
+            crl_reload_seconds=server.crl_reload_seconds,
+            header_timeout=server.header_timeout_seconds,
+            body_timeout=server.body_timeout_seconds,
+            max_connections_per_identity=server.max_connections_per_identity,
+            reuse_port=index is not None,
+        )
+        watcher = api.crl_watcher
+        check_ready = runtime.check_ready
+        if watcher is not None:
+            check_ready = functools.partial(_with_crl, runtime.check_ready, watcher.check)
+        health = None
+        if server.health_port is not None:
+            health = build_health_server(
+                check_ready,
+                runtime.readiness,
+                server.health_host,
+                server.health_port,
+                log_config=log_config(settings.log_level),
+                reuse_port=index is not None,
+            )
+        reloads: list[Callable[[], object]] = [
+            runtime.reload_policy,
+            functools.partial(reload_server_certificate, api, tls_files(settings)),
+        ]
+        if watcher is not None:
+            reloads.append(watcher.reload)
+        capture_server = start_capture_listener(
+            settings, runtime.capture_app, reuse_port=index is not None
+        )
+        try:
+            run_until_stopped(
+                api,
+                health,
+                runtime.readiness,
+                drain_delay=server.drain_delay_seconds,
+                on_reload=functools.partial(_reload_all, *reloads),
+                telemetry=runtime.telemetry,
+            )
+        finally:
+            if capture_server is not None:
+                capture_server.stop()
+    finally:
+        runtime.close()
+        stop_telemetry()  # after close: its last log lines are exported too
+
+
+def start_telemetry(
+    settings: Settings, environ: Mapping[str, str], *, worker: int = 0
+) -> tuple[Telemetry, Callable[[], None]]:
+    """Telemetry for `serve`: the OTLP exporters `environ`'s OTEL_* variables ask for
+    (`api.otlp`) and the Prometheus scrape listener when a metrics port is set (worker
+    N of several on the metrics port + N: each worker's counters are its own, and one
+    port answering for a random worker would make them jump). Returns it and the
+    function that flushes and stops it."""
+    otlp = otlp_from_env(environ)
+    server = settings.server
+    stop_metrics: Callable[[], None] | None = None
+    if server.metrics_port is not None:
+        meter_provider, stop_metrics = start_metrics_listener(
+            server.metrics_host, server.metrics_port + worker, otlp.metric_readers
+        )
+    else:
+        meter_provider = new_meter_provider(otlp.metric_readers)
+    tracer_provider = new_tracer_provider()  # the sampler comes from OTEL_TRACES_SAMPLER
+    if otlp.span_processor is not None:
+        tracer_provider.add_span_processor(otlp.span_processor)
+
+    def stop() -> None:
+        tracer_provider.shutdown()
+        if stop_metrics is not None:
+            stop_metrics()
+        else:
+            meter_provider.shutdown()
+        otlp.shutdown()
+
+    return make_telemetry(tracer_provider, meter_provider), stop
+
+
+def _with_crl(check_ready: Callable[[], dict[str, str]], crl: Callable[[], None]) -> dict[str, str]:
+    """The runtime's readiness plus the CRL's (the plain-HTTP health listener's view)."""
+    checks = check_ready()
+    crl()
+    checks["crl"] = "ok"
+    return checks
+
+
+def _reload_all(*reloads: Callable[[], object]) -> None:
+    """SIGHUP: every reload, the CRL's even when the policy's fails."""
+    errors: list[Exception] = []
+    for reload in reloads:
+        try:
+            reload()
+        except Exception as exc:  # noqa: BLE001 - re-raised after the others ran
+            errors.append(exc)
+    if errors:
+        raise errors[0]
