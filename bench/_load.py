@@ -12,6 +12,7 @@ CPU too: only figures measured behind the same set-up in the same run are compar
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -35,17 +36,26 @@ class Result:
     p99_ms: float
     errors: int
     connections: int
+    seconds: float
     # Established haproxy -> server TCP connections seen mid-run (`ss`): keep-alive reuse.
     server_connections: int
 
 
 class MTLSProxy:
     """haproxy on 127.0.0.1:`port` (plain HTTP) forwarding to the server at
-    `server_port` over mutual TLS as `identity`, reusing server connections."""
+    `server_port` (round robin over `more_ports` too: several nodes) over mutual TLS as
+    `identity`, reusing server connections."""
 
-    def __init__(self, pki: DevPKI, server_port: int, identity: str = "payments") -> None:
+    def __init__(
+        self,
+        pki: DevPKI,
+        server_port: int,
+        identity: str = "payments",
+        more_ports: tuple[int, ...] = (),
+    ) -> None:
         self.port = free_port()
         self.server_port = server_port
+        self.server_ports = (server_port, *more_ports)
         self._dir = Path(tempfile.mkdtemp(prefix="cofre-haproxy-"))
         bundle = self._dir / "client.pem"
         bundle.write_text(
@@ -68,9 +78,13 @@ class MTLSProxy:
             f"  bind 127.0.0.1:{self.port}\n"
             "  default_backend vault\n"
             "backend vault\n"
+            "  balance roundrobin\n"
             "  http-reuse always\n"
-            f"  server s 127.0.0.1:{server_port} ssl verify required "
-            f"ca-file {pki.ca} crt {bundle} alpn http/1.1\n"
+            + "".join(
+                f"  server s{i} 127.0.0.1:{p} ssl verify required "
+                f"ca-file {pki.ca} crt {bundle} alpn http/1.1\n"
+                for i, p in enumerate(self.server_ports)
+            )
         )
         self._process = subprocess.Popen(
             [_tool("haproxy"), "-f", str(config), "-db"],
@@ -91,14 +105,40 @@ class MTLSProxy:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def established(self) -> int:
-        """TCP connections from haproxy to the server now established (`ss -tn`)."""
+        """TCP connections from haproxy to the server(s) now established (`ss -tn`)."""
+        ports = " or ".join(f"dport = :{p}" for p in self.server_ports)
         out = subprocess.run(
-            [_tool("ss"), "-Htn", "state", "established", f"( dport = :{self.server_port} )"],
+            [_tool("ss"), "-Htn", "state", "established", f"( {ports} )"],
             capture_output=True,
             text=True,
             check=False,
         ).stdout
         return len([line for line in out.splitlines() if line.strip()])
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (Linux /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        children = Path(f"/proc/{current}/task/{current}/children")
+        if children.exists():
+            todo.extend(int(p) for p in children.read_text().split())
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes `pids` have used so far (/proc stat)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended since it was listed
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 def _tool(name: str) -> str:
@@ -156,5 +196,6 @@ def wrk(
         p99_ms=data["p99_us"] / 1000,
         errors=errors,
         connections=connections,
+        seconds=data["duration_us"] / 1e6,
         server_connections=server_connections,
     )

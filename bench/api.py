@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import ssl
@@ -31,13 +32,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from api.pki import DevPKI, ensure_dev_pki
-from bench._load import MTLSProxy, Result, wrk
+from bench._load import MTLSProxy, Result, cpu_seconds, descendants, wrk
 from bench._setup import LOAD_POLICY, bench_token
 from tests.support.postgres import PostgresCluster, free_port
 from vault.pan import luhn_check_digit
@@ -119,9 +121,12 @@ def _vault_config(work: Path, pki: DevPKI, port: int, url_line: str) -> Path:
     return config
 
 
-def _cofre(config: Path, *argv: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+def _cofre(
+    config: Path, *argv: str, extra_env: dict[str, str] | None = None, **kwargs: Any
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
+        **(extra_env or {}),
         "COFRE_CONFIG": str(config),
         # Production checks refuse SQLite and the dev PKI; the bench allows both, loudly.
         "COFRE_INSECURE__ALLOW_SQLITE": "true",
@@ -178,7 +183,39 @@ def _workers(server: subprocess.Popen[bytes]) -> list[int]:
     """The pids serving: the worker children of `cofre serve`, or itself."""
     children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
     pids = [int(p) for p in children.read_text().split()] if children.exists() else []
-    return pids or [server.pid]
+    # Not multiprocessing's resource tracker: only the workers serve.
+    workers = [
+        p for p in pids if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()
+    ]
+    return workers or [server.pid]
+
+
+def _postgres_pids(cluster: PostgresCluster | None) -> list[int]:
+    if cluster is None:
+        return []
+    postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    return descendants(postmaster)
+
+
+def _with_cpu(
+    servers: list[subprocess.Popen[bytes]],
+    cluster: PostgresCluster | None,
+    load: Callable[[], Result],
+) -> tuple[Result, float, float]:
+    """Run `load`; return its result and the CPU milliseconds per request the vault
+    processes (every worker) and PostgreSQL (every backend) spent on it. CPU time per
+    request barely moves with the machine's other load, unlike req/s."""
+    vault_pids = [p for s in servers for p in descendants(s.pid)]
+    db_before, vault_before = cpu_seconds(_postgres_pids(cluster)), cpu_seconds(vault_pids)
+    result = load()
+    vault_after = cpu_seconds([p for s in servers for p in descendants(s.pid)])
+    db_after = cpu_seconds(_postgres_pids(cluster))
+    requests = max(1.0, result.req_per_s * result.seconds)
+    return (
+        result,
+        (vault_after - vault_before) * 1000 / requests,
+        (db_after - db_before) * 1000 / requests,
+    )
 
 
 def _run_vault(
@@ -214,16 +251,25 @@ def _run_vault(
             wrk(proxy, "tokenize", connections=32, seconds=seconds, args=["700000"])
             for spy in spies:
                 spy.wait()
-        out["tokenize"] = {
-            c: wrk(proxy, "tokenize", connections=c, seconds=seconds, args=[str(c * 1000)])
-            for c in CONNECTIONS
-        }
+        running = proxy
+
+        def tokenize(c: int) -> Result:
+            return wrk(running, "tokenize", connections=c, seconds=seconds, args=[str(c * 1000)])
+
+        out["tokenize"] = {c: tokenize(c) for c in CONNECTIONS[:-1]}
+        top, vault_ms, db_ms = _with_cpu([server], cluster, lambda: tokenize(32))
+        out["tokenize"][32] = top
+        out["cpu_ms"] = {"tokenize": (vault_ms, db_ms)}
         tokens = work / "tokens.txt"
         _tokens_for_detokenize(pki, url, tokens)
-        out["detokenize"] = {
-            c: wrk(proxy, "detokenize", connections=c, seconds=seconds, args=[str(tokens)])
-            for c in CONNECTIONS
-        }
+
+        def detokenize(c: int) -> Result:
+            return wrk(running, "detokenize", connections=c, seconds=seconds, args=[str(tokens)])
+
+        out["detokenize"] = {c: detokenize(c) for c in CONNECTIONS[:-1]}
+        top, vault_ms, db_ms = _with_cpu([server], cluster, lambda: detokenize(32))
+        out["detokenize"][32] = top
+        out["cpu_ms"]["detokenize"] = (vault_ms, db_ms)
         out["batch"] = wrk(
             proxy,
             "batch",
@@ -242,6 +288,62 @@ def _run_vault(
             cluster.destroy()
 
 
+def _scale_out(tmp: Path, pki: DevPKI, seconds: float, nodes: int = 3) -> dict[int, Any]:
+    """One node, then `nodes` nodes (one worker process each) on one PostgreSQL and one
+    token, haproxy spreading the 32 connections round robin: aggregate req/s and the
+    CPU milliseconds per tokenize of the vault processes and of PostgreSQL."""
+    work = tmp / "scale-out"
+    work.mkdir()
+    cluster = PostgresCluster.create(durable=True)
+    cluster.start()
+    url_line = f'[database]\nurl = "{cluster.sqlalchemy_url()}"\npool_size = 20\n'
+    one_worker = {"COFRE_SERVER__WORKERS": "1"}
+    configs = []
+    for n in range(nodes):
+        node = work / f"node{n}"
+        node.mkdir()
+        config = _vault_config(node, pki, free_port(), url_line)
+        if n:  # every node uses node 0's token (one HSM for the cluster)
+            text = config.read_text().replace(str(node / "pin"), str(work / "node0" / "pin"))
+            text = text.replace(str(node / "softhsm2.conf"), str(work / "node0" / "softhsm2.conf"))
+            config.write_text(text)
+        configs.append(config)
+    servers: list[subprocess.Popen[bytes]] = []
+    out: dict[int, Any] = {}
+    try:
+        for step in (["db", "migrate"], ["hsm", "init"]):
+            if _cofre(configs[0], *step, stdout=subprocess.DEVNULL).wait() != 0:
+                raise SystemExit(f"cofre {' '.join(step)} failed")
+        ports = [int(c.read_text().split("port = ")[1].split()[0]) for c in configs]
+        for count in (1, nodes):
+            while len(servers) < count:
+                config = configs[len(servers)]
+                servers.append(_cofre(config, "serve", extra_env=one_worker))
+                _wait(pki, f"https://127.0.0.1:{ports[len(servers) - 1]}", servers[-1])
+            proxy = MTLSProxy(pki, ports[0], more_ports=tuple(ports[1:count]))
+            try:
+                wrk(proxy, "tokenize", connections=8, seconds=2, args=[str(600000 + count)])
+                out[count] = _with_cpu(
+                    servers,
+                    cluster,
+                    functools.partial(
+                        wrk,
+                        proxy,
+                        "tokenize",
+                        connections=32,
+                        seconds=seconds,
+                        args=[str(500000 + count * 1000)],
+                    ),
+                )
+            finally:
+                proxy.close()
+    finally:
+        for server in servers:
+            _stop(server)
+        cluster.destroy()
+    return out
+
+
 def main(seconds: float, databases: list[str], profile: Path | None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -251,6 +353,8 @@ def main(seconds: float, databases: list[str], profile: Path | None) -> dict[str
         results["bare-cofre"] = _bare(tmp, pki, "bare-cofre", seconds)
         for database in databases:
             results[database] = _run_vault(tmp, pki, database, seconds, profile)
+        if "postgresql" in databases:
+            results["scale-out"] = _scale_out(tmp, pki, seconds)
     _report(results, databases, seconds)
     return results
 
@@ -294,6 +398,27 @@ def _report(results: dict[str, Any], databases: list[str], seconds: float) -> No
             f"{name}: cofre serve with {data['workers']} worker(s); batch tokenize "
             f"{BATCH_CONNECTIONS} conns: {batch.req_per_s * 1000:,.0f} PANs/s, "
             f"p99 {batch.p99_ms:.0f} ms, errors {batch.errors}"
+        )
+    print("\nCPU per request at 32 connections (ms; vault = every worker, db = PostgreSQL):")
+    for name in databases:
+        for op, (vault_ms, db_ms) in results[name]["cpu_ms"].items():
+            print(f"  {name:<10} {op:<10} vault {vault_ms:6.2f}   db {db_ms:6.2f}")
+    if "scale-out" in results:
+        print("\nnodes on one PostgreSQL (one worker each), tokenize, 32 connections:")
+        print(
+            f"  {'nodes':>5} {'req/s':>8} {'p99 ms':>7} {'vault CPU ms/req':>17} "
+            f"{'db CPU ms/req':>14} {'errors':>6}"
+        )
+        for count, (r, vault_ms, db_ms) in results["scale-out"].items():
+            print(
+                f"  {count:>5} {r.req_per_s:>8,.0f} {r.p99_ms:>7.1f} {vault_ms:>17.2f} "
+                f"{db_ms:>14.2f} {r.errors:>6}"
+            )
+        _, vault_ms, db_ms = results["scale-out"][max(results["scale-out"])]
+        print(
+            f"  50,000 tokenize/s at that cost: {50_000 * vault_ms / 1000:,.0f} vault cores "
+            f"and {50_000 * db_ms / 1000:,.0f} PostgreSQL cores at 100% CPU "
+            "(docs/operations.md plans 70%)"
         )
     print("\ngoals (issue 21), ratios against bare measured in this run:")
     ref = bare[32]
