@@ -10,7 +10,16 @@ from typing import Annotated, Any
 
 import typer
 
+from cofre.settings import Settings
 from cofre_cli._shared import cli_settings, fail_cleanly
+
+_WORKERS = typer.Option(
+    "--workers",
+    min=1,
+    help="Worker processes sharing the port (default: COFRE_SERVER__WORKERS, else one "
+    "per CPU core).",
+    show_default=False,
+)
 
 
 @fail_cleanly
@@ -28,6 +37,7 @@ def dev_command(
             help="The mTLS port (written to the dev cofre.toml).", envvar="COFRE_SERVER__PORT"
         ),
     ] = 8443,
+    workers: Annotated[int | None, _WORKERS] = None,
 ) -> None:
     """Run the development vault: a SoftHSM2 token with Cofre's key hierarchy, the
     embedded SQLite store, a dev PKI and a sample policy, all created on first run in
@@ -41,7 +51,7 @@ def dev_command(
 
     env = ensure_dev_environment(data_dir, port=port)
     typer.echo(("created" if env.created else "reusing") + f" dev environment in {env.data_dir}")
-    settings = dev_settings(env)
+    settings = with_workers(dev_settings(env), workers)
     provider = provider_from_settings(settings.hsm)
     created = KeyHierarchy(provider).initialize()
     # A laptop convenience: `cofre dev` migrates whatever database it is given.
@@ -107,10 +117,18 @@ def _relative(path: Path) -> str:
 
 
 @fail_cleanly
-def serve_command() -> None:
+def serve_command(workers: Annotated[int | None, _WORKERS] = None) -> None:
     """Run the vault API over mutual TLS with the configured settings (production: it
     refuses SQLite, a missing or empty policy and the dev PKI unless COFRE_INSECURE__*
     allows them, and never migrates the schema: run `cofre db migrate` first)."""
     from cofre_cli.serving import serve
 
-    serve(cli_settings())
+    serve(with_workers(cli_settings(), workers))
+
+
+def with_workers(settings: Settings, workers: int | None) -> Settings:
+    """`settings` with ``server.workers`` set to `workers` (None: as configured)."""
+    if workers is None:
+        return settings
+    server = settings.server.model_copy(update={"workers": workers})
+    return settings.model_copy(update={"server": server})

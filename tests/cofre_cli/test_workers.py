@@ -20,6 +20,7 @@ from sqlalchemy import create_engine
 
 from audit.store import AuditStore
 from cofre.settings import Settings
+from cofre_cli.commands.serve import with_workers
 from cofre_cli.workers import worker_count
 from tests.support.pans import card_number
 from tests.support.softhsm import SoftHSMToken
@@ -33,6 +34,13 @@ def test_the_default_is_one_worker_per_core_and_the_setting_wins(tmp_path: Path)
     assert worker_count(Settings(), unlimited) == cores
     assert worker_count(Settings(), tmp_path / "no-cgroup-v2") == cores
     assert worker_count(Settings(server={"workers": 3}), unlimited) == 3
+
+
+def test_the_workers_option_overrides_the_setting() -> None:
+    settings = Settings(server={"workers": 3})
+    assert with_workers(settings, None) is settings
+    assert with_workers(settings, 5).server.workers == 5
+    assert with_workers(settings, 5).server.port == settings.server.port
 
 
 def test_the_default_follows_the_cgroup_cpu_quota(tmp_path: Path) -> None:
