@@ -11,10 +11,15 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PLOT = str(HERE / "api_latency.png")
+# py-spy profiles of the vault's workers under load (summarised in the report).
+PROFILES = str(Path(tempfile.gettempdir()) / "cofre-bench-profiles")
+# Hand-written: which levers moved what (issue 21), kept beside the generated figures.
+NOTES = HERE / "levers.md"
 SCRIPTS = [
     ("FF1 (issue 5)", ["bench.ff1"]),
     ("HSM provider vs bare python-pkcs11 (issue 4)", ["bench.hsm_ops"]),
@@ -22,7 +27,7 @@ SCRIPTS = [
     ("Vault service in process (issue 7)", ["bench.vault", "--sizes", "10000,1000000"]),
     (
         "API over mutual TLS, loaded from native code (issues 8, 21)",
-        ["bench.api", "--seconds", "10", "--plot", PLOT],
+        ["bench.api", "--seconds", "10", "--plot", PLOT, "--profile", PROFILES],
     ),
     ("Networked HSM: 1 ms per call through the CloudHSM shim (issue 19)", ["bench.hsm_latency"]),
 ]
@@ -62,6 +67,8 @@ def main() -> int:
         if PLOT in argv and result.returncode == 0:
             sections.append(f"![API latency at 1, 8 and 32 connections]({Path(PLOT).name})\n")
     sections.append(f"Load average at the end: {_loadavg()}\n")
+    if NOTES.is_file():
+        sections.append(NOTES.read_text(encoding="utf-8"))
     out.write_text("\n".join(sections), encoding="utf-8")
     print(f"wrote {out}")
     return 1 if failed else 0

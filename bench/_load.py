@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -91,9 +92,17 @@ class MTLSProxy:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        time.sleep(0.3)
-        if self._process.poll() is not None:
-            raise SystemExit(f"haproxy did not start: {self._process.stderr.read()!r}")  # type: ignore[union-attr]
+        deadline = time.monotonic() + 30
+        while True:
+            if self._process.poll() is not None:
+                raise SystemExit(f"haproxy did not start: {self._process.stderr.read()!r}")  # type: ignore[union-attr]
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("haproxy did not listen in time") from None
+                time.sleep(0.05)
 
     @property
     def url(self) -> str:

@@ -40,6 +40,7 @@ import httpx
 
 from api.pki import DevPKI, ensure_dev_pki
 from bench._load import MTLSProxy, Result, cpu_seconds, descendants, wrk
+from bench._profile import summarize
 from bench._setup import LOAD_POLICY, bench_token
 from tests.support.postgres import PostgresCluster, free_port
 from vault.pan import luhn_check_digit
@@ -218,6 +219,18 @@ def _with_cpu(
     )
 
 
+def _profiled(
+    server: subprocess.Popen[bytes], proxy: MTLSProxy, where: Path, seconds: float
+) -> list[str]:
+    """py-spy on every worker during a tokenize load at 32 connections; the summary."""
+    where.mkdir(parents=True, exist_ok=True)
+    spies = _profile(_workers(server), where, int(seconds))
+    wrk(proxy, "tokenize", connections=32, seconds=seconds, args=["700000"])
+    for spy in spies:
+        spy.wait()
+    return [line for raw in sorted(where.glob("*.txt")) for line in summarize(raw, int(seconds))]
+
+
 def _run_vault(
     tmp: Path, pki: DevPKI, database: str, seconds: float, profile: Path | None
 ) -> dict[str, Any]:
@@ -245,12 +258,7 @@ def _run_vault(
         wrk(proxy, "tokenize", connections=8, seconds=2, args=["800000"])  # warm-up
         out: dict[str, Any] = {"workers": len(_workers(server))}
         if profile is not None:
-            where = profile / database
-            where.mkdir(parents=True, exist_ok=True)
-            spies = _profile(_workers(server), where, int(seconds))
-            wrk(proxy, "tokenize", connections=32, seconds=seconds, args=["700000"])
-            for spy in spies:
-                spy.wait()
+            out["profile"] = _profiled(server, proxy, profile / database, seconds)
         running = proxy
 
         def tokenize(c: int) -> Result:
@@ -274,7 +282,8 @@ def _run_vault(
             proxy,
             "batch",
             connections=BATCH_CONNECTIONS,
-            seconds=seconds,
+            # A batch takes seconds on a loaded machine: long enough for several.
+            seconds=max(2 * seconds, 20),
             args=["500000"],
             timeout_s=60,
         )
@@ -399,27 +408,7 @@ def _report(results: dict[str, Any], databases: list[str], seconds: float) -> No
             f"{BATCH_CONNECTIONS} conns: {batch.req_per_s * 1000:,.0f} PANs/s, "
             f"p99 {batch.p99_ms:.0f} ms, errors {batch.errors}"
         )
-    print("\nCPU per request at 32 connections (ms; vault = every worker, db = PostgreSQL):")
-    for name in databases:
-        for op, (vault_ms, db_ms) in results[name]["cpu_ms"].items():
-            print(f"  {name:<10} {op:<10} vault {vault_ms:6.2f}   db {db_ms:6.2f}")
-    if "scale-out" in results:
-        print("\nnodes on one PostgreSQL (one worker each), tokenize, 32 connections:")
-        print(
-            f"  {'nodes':>5} {'req/s':>8} {'p99 ms':>7} {'vault CPU ms/req':>17} "
-            f"{'db CPU ms/req':>14} {'errors':>6}"
-        )
-        for count, (r, vault_ms, db_ms) in results["scale-out"].items():
-            print(
-                f"  {count:>5} {r.req_per_s:>8,.0f} {r.p99_ms:>7.1f} {vault_ms:>17.2f} "
-                f"{db_ms:>14.2f} {r.errors:>6}"
-            )
-        _, vault_ms, db_ms = results["scale-out"][max(results["scale-out"])]
-        print(
-            f"  50,000 tokenize/s at that cost: {50_000 * vault_ms / 1000:,.0f} vault cores "
-            f"and {50_000 * db_ms / 1000:,.0f} PostgreSQL cores at 100% CPU "
-            "(docs/operations.md plans 70%)"
-        )
+    _report_costs(results, databases)
     print("\ngoals (issue 21), ratios against bare measured in this run:")
     ref = bare[32]
     for name in databases:
@@ -449,6 +438,35 @@ def _report(results: dict[str, Any], databases: list[str], seconds: float) -> No
         for r in results[name][op].values()
     )
     print(f"  failed requests in the vault runs: {errors}")
+
+
+def _report_costs(results: dict[str, Any], databases: list[str]) -> None:
+    for name in databases:
+        if "profile" in results[name]:
+            print(f"\npy-spy --gil under tokenize at 32 connections, {name}, per worker:")
+            for line in results[name]["profile"]:
+                print(f"  {line}")
+    print("\nCPU per request at 32 connections (ms; vault = every worker, db = PostgreSQL):")
+    for name in databases:
+        for op, (vault_ms, db_ms) in results[name]["cpu_ms"].items():
+            print(f"  {name:<10} {op:<10} vault {vault_ms:6.2f}   db {db_ms:6.2f}")
+    if "scale-out" in results:
+        print("\nnodes on one PostgreSQL (one worker each), tokenize, 32 connections:")
+        print(
+            f"  {'nodes':>5} {'req/s':>8} {'p99 ms':>7} {'vault CPU ms/req':>17} "
+            f"{'db CPU ms/req':>14} {'errors':>6}"
+        )
+        for count, (r, vault_ms, db_ms) in results["scale-out"].items():
+            print(
+                f"  {count:>5} {r.req_per_s:>8,.0f} {r.p99_ms:>7.1f} {vault_ms:>17.2f} "
+                f"{db_ms:>14.2f} {r.errors:>6}"
+            )
+        _, vault_ms, db_ms = results["scale-out"][max(results["scale-out"])]
+        print(
+            f"  50,000 tokenize/s at that cost: {50_000 * vault_ms / 1000:,.0f} vault cores "
+            f"and {50_000 * db_ms / 1000:,.0f} PostgreSQL cores at 100% CPU "
+            "(docs/operations.md plans 70%)"
+        )
 
 
 def plot(results: dict[str, Any], databases: list[str], out: Path) -> None:
