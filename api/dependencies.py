@@ -45,10 +45,7 @@ class AppState:
     custody: Custody | None = None
 
 
-# The dependencies are `async def` though they never await: FastAPI runs a plain `def`
-# dependency in the thread pool, a hop to a thread and back per dependency per request
-# (issue 21's profile: each hop waits for a thread and the GIL on a busy node).
-async def app_state(request: Request) -> AppState:
+def app_state(request: Request) -> AppState:
     """The `AppState` the app serving `request` was created with."""
     return cast(AppState, request.app.state.cofre)
 
@@ -58,7 +55,7 @@ def request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
 
 
-async def call_context(request: Request) -> CallContext:
+def call_context(request: Request) -> CallContext:
     """The caller: identity from the TLS connection, request id from the guard."""
     state = request.scope.setdefault("state", {})
     identity = state.get("identity") or identity_from_scope(request.scope)
@@ -66,8 +63,19 @@ async def call_context(request: Request) -> CallContext:
     return CallContext(identity=identity, request_id=request_id(request))
 
 
-State = Annotated[AppState, Depends(app_state)]
-Caller = Annotated[CallContext, Depends(call_context)]
+# The dependencies are `async def` though they never await: FastAPI runs a plain `def`
+# dependency in the thread pool, a hop to a thread and back per dependency per request
+# (issue 21's profile: each hop waits for a thread and the GIL on a busy node).
+async def _app_state(request: Request) -> AppState:
+    return app_state(request)
+
+
+async def _call_context(request: Request) -> CallContext:
+    return call_context(request)
+
+
+State = Annotated[AppState, Depends(_app_state)]
+Caller = Annotated[CallContext, Depends(_call_context)]
 TokenPath = Annotated[str, Path(min_length=1, max_length=64)]
 RoutePath = Annotated[str, Path(min_length=1, max_length=64)]
 CeremonyPath = Annotated[str, Path(min_length=1, max_length=64)]

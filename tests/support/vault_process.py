@@ -159,6 +159,11 @@ def make_vault(
             "COFRE_EVIDENCE__EXPORT_BURST": "1000",
             # The suite's PKI is the dev PKI; `cofre serve` refuses it unless told.
             "COFRE_INSECURE__ALLOW_DEV_PKI": "true",
+            # One process: these tests count rows, entries and log lines right after the
+            # vault answers readiness, which one worker of several answering says nothing
+            # of the others' start-up writes. Several workers: tests/cofre_cli/
+            # test_workers.py and the /metrics tests of tests/api/test_lifecycle.py.
+            "COFRE_SERVER__WORKERS": "1",
             # Where `cofre keys|evidence --as NAME` finds NAME's own token.
             **cli_env(token),
         }
