@@ -152,8 +152,9 @@ def audit_verify(
         pem = public_key.read_bytes()
     else:
         pem = audit_signer(open_hsm(settings)).public_key_pem()
+    engine = open_database(settings)
     try:
-        store = AuditStore(open_database(settings))
+        store = AuditStore(engine)
         report = store.verify(pem)
         if kept_head is not None:
             _check_kept_head(store, kept_head, pem)
@@ -163,6 +164,8 @@ def audit_verify(
     except AuditVerificationFailed as exc:
         typer.echo(f"FAILED: {exc}", err=True)
         raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
     latest = report.latest_head
     if witnessed is None:
         typer.echo(
@@ -176,6 +179,12 @@ def audit_verify(
         f"OK: {report.entries} entries, {report.heads_checked} signed tree heads verified"
         + (f", latest head size {latest.tree_size}" if latest else ", no signed head yet")
         + (f"; {report.queued} entries queued for sequencing" if report.queued else "")
+        + (
+            f"; leaves 0..{report.online_from - 1} were retired to the archive (check them "
+            "with `cofre audit verify-archive`)"
+            if report.online_from
+            else ""
+        )
     )
 
 

@@ -116,6 +116,13 @@ def test_archive_verify_and_retire_from_the_command_line(
     assert actions == ["audit.archive"] * 2 + ["audit.partition.retire"] * 3
     assert out.startswith("OK: 1 segments, 5 entries verified, last archived head size 20")
     assert AuditStore(pg).verify(signer.public_key_pem()).online_from == 15
+    code, out, err = cofre("audit", "verify", "--public-key", str(pem), "--unsafe-no-witness")
+    assert code == 0, err
+    assert out.startswith("OK: 20 entries, ")
+    assert out.endswith(
+        "; leaves 0..14 were retired to the archive (check them with "
+        "`cofre audit verify-archive`)\n"
+    )
 
     s3._client.delete_object(Bucket=BUCKET, Key=segment_key("cofre-audit/", 8, 15))
     code, out, err = cofre("audit", "verify-archive", "--public-key", str(pem))
