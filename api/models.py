@@ -30,6 +30,20 @@ class TokenizeRequest(_Strict):
     metadata: Metadata | None = Field(default=None, max_length=16)
     ttl_seconds: Annotated[int, Field(ge=1, le=316_224_000)] | None = None
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    # Card details: checked by the vault (stable codes invalid_expiry, card_expired,
+    # invalid_cardholder_name, invalid_security_code, security_code_forbidden); the
+    # lengths here only bound the work.
+    expiry: Annotated[str, StringConstraints(max_length=16)] | None = Field(
+        default=None, description="MM/YY or YYYY-MM; answered as YYYY-MM"
+    )
+    cardholder_name: Annotated[str, StringConstraints(max_length=256)] | None = Field(
+        default=None, description="At most 64 characters after normalising; no digit runs"
+    )
+    security_code: Annotated[str, StringConstraints(max_length=8)] | None = Field(
+        default=None,
+        description="3-4 digits, held once for the next relay call (an hour at most), "
+        "never answered by any detokenize",
+    )
 
 
 class TokenResponse(_Strict):
@@ -58,11 +72,16 @@ class DetokenizeResponse(_Strict):
     token: str
     pan: str = Field(description="The PAN, or its masked form when reveal is 'masked'")
     reveal: Literal["full", "masked"]
+    expiry: str | None = Field(default=None, description="YYYY-MM, when the token has one")
+    cardholder_name: str | None = Field(
+        default=None, description="Only when reveal is 'full' and the token has one"
+    )
 
 
 class MaskedResponse(_Strict):
     token: str
     masked_pan: str
+    expiry: str | None = Field(default=None, description="YYYY-MM, when the token has one")
 
 
 class DetokenizeBatchRequest(_Strict):

@@ -160,6 +160,24 @@ class Telemetry:
             description="keys in use by cryptoperiod state (ok, expiring, overdue)",
         )
 
+    def observe_security_codes(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Report `counts()` as `cofre.security_codes`, one series per ``count``:
+        ``held``, ``used``, ``expired`` (totals since the vault's database began) and
+        ``held_now``. Counts only, never a code. Skipped while the database cannot
+        answer."""
+
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            try:
+                return [Observation(n, {"count": name}) for name, n in counts().items()]
+            except CofreError:
+                return []
+
+        self.meter.create_observable_gauge(
+            "cofre.security_codes",
+            callbacks=[observe],
+            description="card security codes held, used and expired (totals), held now",
+        )
+
 
 def make_telemetry(
     tracer_provider: TracerProvider | None = None, meter_provider: MeterProvider | None = None

@@ -12,7 +12,7 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +217,7 @@ def _observe(
     )
     telemetry.observe_unregistered_keys(lambda: len(service.keyring.registry.unregistered()))
     telemetry.observe_key_cryptoperiods(lambda: {s.value: n for s, n in periods.counts().items()})
+    telemetry.observe_security_codes(service.security_code_counts)
     return telemetry
 
 
@@ -318,7 +319,12 @@ def build_runtime(
             engine,
             sequencer.signer,
             sequencer,
-            _evidence_sources(settings, rotation, keys.custody.acknowledgements),
+            _evidence_sources(
+                settings,
+                rotation,
+                keys.custody.acknowledgements,
+                service.security_code_counts,
+            ),
             generator=ctx.identity,
             period_from=request.period_from,
             period_to=request.period_to,
@@ -361,7 +367,10 @@ def build_runtime(
 
 
 def _evidence_sources(
-    settings: Settings, rotation: KeyRotation, custody: Callable[[], list[dict[str, Any]]]
+    settings: Settings,
+    rotation: KeyRotation,
+    custody: Callable[[], list[dict[str, Any]]],
+    security_codes: Callable[[datetime, datetime], dict[str, int]] | None = None,
 ) -> EvidenceSources:
     server = settings.server
     cert_paths = [Path(p) for p in (server.ca_bundle, server.cert_file) if p is not None]
@@ -382,6 +391,7 @@ def _evidence_sources(
         },
         certificates=certificate_inventory([p for p in cert_paths if p.is_file()]),
         custody=custody,
+        security_codes=security_codes,
     )
 
 

@@ -46,6 +46,9 @@ class EvidenceSources:
     certificates: list[dict[str, str]]
     # Key custodians' signed acknowledgements (`vault.custody`), every one recorded.
     custody: Callable[[], list[dict[str, Any]]] = list
+    # Card security codes held, used and expired in [from, to) (PCI DSS 3.3.1, 3.3.2):
+    # counts only, never a code (`VaultService.security_code_counts`).
+    security_codes: Callable[[datetime, datetime], dict[str, int]] | None = None
 
 
 def _blocks(start: int, end: int) -> list[tuple[int, int]]:
@@ -159,6 +162,16 @@ def build_bundle(
         "tls/settings.json": json.dumps(sources.tls_settings, indent=2).encode(),
         "tls/certificates.json": json.dumps(sources.certificates, indent=2).encode(),
     }
+    if sources.security_codes is not None:
+        files["security_codes/counts.json"] = json.dumps(
+            {
+                "period": {"from": _entry_time(period_from), "to": _entry_time(period_to)},
+                "counted_by": "whole hours overlapping the period",
+                "counts": sources.security_codes(period_from, period_to),
+            },
+            indent=2,
+            sort_keys=True,
+        ).encode()
     previous = None
     if previous_manifest is not None:
         previous = _signed_previous_head(store, json.loads(previous_manifest), size)

@@ -5,6 +5,10 @@ IN PCI SCOPE, holds keys. Token keys are labelled ``cofre-<kind>-v<version>``:
 - ``cofre-kek-vN``: AES-256 KEK, wraps and unwraps data keys, nothing else.
 - ``cofre-fp-vN``: HMAC-SHA256 key that fingerprints PANs (dedup and lookup).
 - ``cofre-audit-vN``: EC P-256 key pair that signs audit tree heads.
+- ``cofre-csc-eN``: AES-256-GCM key of security-code epoch N (the hour since the Unix
+  epoch when it was made), sensitive and never extractable; destroyed once every code
+  sealed under it has expired, so no backup can recover a code. Not a versioned kind:
+  one per hour, made and destroyed by `vault.security_codes`.
 
 Data keys (the PAN AES-256-GCM key and the FF1 key) never live on the token: they are
 generated there, exported wrapped under the current KEK, and stored wrapped by `vault`.
@@ -21,6 +25,7 @@ from hsm.errors import HSMKeyNotFound
 from hsm.provider import HSMProvider, KeyInfo
 
 _LABEL: Final = re.compile(r"^cofre-(kek|fp|audit)-v([1-9][0-9]{0,5})$")
+_CODE_EPOCH_LABEL: Final = re.compile(r"^cofre-csc-e([1-9][0-9]{0,9})$")
 
 
 class KeyKind(StrEnum):
@@ -42,6 +47,19 @@ def parse_key_label(label: str) -> tuple[KeyKind, int] | None:
     if match is None:
         return None
     return KeyKind(match.group(1)), int(match.group(2))
+
+
+def code_epoch_label(epoch: int) -> str:
+    """Return the token label of security-code epoch `epoch` (``cofre-csc-e494520``)."""
+    if epoch < 1:
+        raise ValueError("code epochs start at 1")
+    return f"cofre-csc-e{epoch}"
+
+
+def parse_code_epoch_label(label: str) -> int | None:
+    """Return the epoch of a security-code key label, ``None`` for any other label."""
+    match = _CODE_EPOCH_LABEL.match(label)
+    return None if match is None else int(match.group(1))
 
 
 class KeyHierarchy:

@@ -22,6 +22,7 @@ from pkcs11.util.ec import (
 )
 
 from cofre.settings import HSMSettings
+from hsm.aead import AeadOperations
 from hsm.errors import (
     HSMKeyNotFound,
     HSMOperationFailed,
@@ -35,7 +36,6 @@ from hsm.mechanisms import (
     usage_template,
 )
 from hsm.models import KeyInfo, TokenInfo, WrappedKey
-from hsm.session import TokenSession
 
 __all__ = [
     "REQUIRED_MECHANISMS",
@@ -68,7 +68,7 @@ def _attr(obj: Any, attribute: Attribute) -> Any:
         return None
 
 
-class HSMProvider(TokenSession):
+class HSMProvider(AeadOperations):
     """A PKCS#11 token reached through one library, logged in as the crypto user.
 
     Construction touches nothing; the first call opens the library and logs in. Every
@@ -156,6 +156,9 @@ class HSMProvider(TokenSession):
         except HSMKeyNotFound:
             return False
         return True
+
+    def _describe_key(self, obj: Any) -> KeyInfo:
+        return self._describe(obj)
 
     @staticmethod
     def _describe(obj: Any) -> KeyInfo:

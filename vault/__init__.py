@@ -31,6 +31,7 @@ __all__ = [
     "rotation",
     "rotation_worker",
     "sad",
+    "security_codes",
     "service",
     "signing",
     "storage",

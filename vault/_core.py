@@ -19,9 +19,9 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
 from cryptography.exceptions import InvalidTag
@@ -33,12 +33,12 @@ from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
 from cofre.dberrors import db_error_name
 from cofre.errors import CofreError
 from hsm.errors import HSMKeyNotFound
-from hsm.keys import KeyHierarchy, KeyKind, key_label
+from hsm.keys import KeyHierarchy, KeyKind, code_epoch_label, key_label
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied, RateLimited
 from policies.models import Action, IdentityPolicy, RateLimit
-from vault.card import CardBundle
+from vault.card import CardBundle, SecurityCode
 from vault.errors import (
     BatchItemInvalid,
     IntegrityError,
@@ -57,6 +57,8 @@ from vault.policy_record import policy_event
 from vault.relay import (
     RelayClient,
 )
+from vault.security_codes import MAX_TTL as MAX_CODE_TTL
+from vault.security_codes import HeldCodes
 from vault.storage.database import as_utc
 from vault.storage.groupcommit import GroupCommitter
 from vault.storage.schema import tokens
@@ -83,6 +85,7 @@ class VaultCore:
         audit: AuditLog | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         group_commit: bool = True,
+        security_code_ttl: timedelta = MAX_CODE_TTL,
     ) -> None:
         self._engine = engine
         self._committer = GroupCommitter(engine) if group_commit else None
@@ -92,6 +95,9 @@ class VaultCore:
         self._audit = audit or AuditLog()
         self._clock = clock
         self._keyring = DataKeyring(engine, provider)
+        self._codes = HeldCodes(
+            engine, provider, self._keyring.registry, self._audit, ttl=security_code_ttl
+        )
         self._hierarchy = KeyHierarchy(provider)
         self._limits = Limits()
         self._fp_versions: list[int] | None = None
@@ -445,8 +451,45 @@ class VaultCore:
             .values(key_version=version, nonce=nonce, ciphertext=sealed)
         )
 
-    @staticmethod
-    def _shred(connection: Connection, token_id: str, now: datetime) -> None:
+    def _hold_codes(
+        self,
+        connection: Connection,
+        ctx: CallContext,
+        codes: Sequence[tuple[SecurityCode | None, int | None]],
+        records: Sequence[TokenRecord],
+        now: datetime,
+    ) -> list[AuditEvent]:
+        """Hold each item's security code (with its key epoch) for the token it got,
+        replacing any code that token held; return the audit entries that say so (never
+        the code)."""
+        events = []
+        for (code, epoch), record in zip(codes, records, strict=True):
+            if code is None or epoch is None:
+                continue
+            self._codes.hold(
+                connection,
+                token_id=record.token_id,
+                token=record.token,
+                code=code,
+                epoch=epoch,
+                now=now,
+            )
+            events.append(
+                self._audit_event(
+                    ctx,
+                    "security_code.hold",
+                    Outcome.SUCCESS,
+                    token_id=record.token_id,
+                    details={
+                        "key": code_epoch_label(epoch),
+                        "ttl_seconds": int(self._codes.ttl.total_seconds()),
+                    },
+                )
+            )
+        return events
+
+    def _shred(self, connection: Connection, token_id: str, now: datetime) -> None:
+        self._codes.discard(connection, token_id, now)
         connection.execute(
             update(tokens)
             .where(tokens.c.id == token_id)

@@ -29,6 +29,7 @@ class PurgeWorker:
         self._thread = threading.Thread(target=self._loop, name="cofre-token-purge", daemon=True)
         self.last_error: str | None = None
         self.purged = 0
+        self.codes_expired = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -41,6 +42,10 @@ class PurgeWorker:
         while not self._stop.wait(self._interval):
             try:
                 self.purged += self._service.purge_expired(actor="cofre scheduled purge")
+                # Security codes expire within the hour; their spent HSM key epochs are
+                # destroyed here too (vault/security_codes.py).
+                swept = self._service.sweep_security_codes(actor="cofre scheduled purge")
+                self.codes_expired += swept.expired
             except Exception as exc:  # noqa: BLE001 - kept for readiness, retried next tick
                 self.last_error = type(exc).__name__
             else:

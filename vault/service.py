@@ -22,6 +22,7 @@ from vault.models import MAX_BATCH, CallContext, Revealed, TokenizeRequest, Toke
 from vault.operations._inputs import validate_metadata
 from vault.operations.audit_access import AuditAccessOperations
 from vault.operations.capture import CaptureOperations
+from vault.operations.codes import SecurityCodeOperations
 from vault.operations.delete import DeleteOperations
 from vault.operations.lookup import LookupOperations
 from vault.operations.relay import RelayOperations
@@ -50,5 +51,6 @@ class VaultService(
     LookupOperations,
     DeleteOperations,
     AuditAccessOperations,
+    SecurityCodeOperations,
 ):
     """The vault's operations for one database, HSM and policy."""

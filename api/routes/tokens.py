@@ -25,6 +25,7 @@ from api.models import (
     TokenResponse,
 )
 from cofre.errors import CofreError
+from vault.card import SecurityCode
 from vault.errors import BatchItemInvalid
 from vault.pan import Pan
 from vault.service import Revealed, TokenRecord
@@ -47,23 +48,36 @@ def _token_response(record: TokenRecord) -> TokenResponse:
 
 def _detokenized(revealed: Revealed) -> DetokenizeResponse:
     if revealed.pan is not None:
-        return DetokenizeResponse(token=revealed.token, pan=revealed.pan.reveal(), reveal="full")
-    return DetokenizeResponse(token=revealed.token, pan=revealed.masked, reveal="masked")
+        return DetokenizeResponse(
+            token=revealed.token,
+            pan=revealed.pan.reveal(),
+            reveal="full",
+            expiry=revealed.expiry,
+            cardholder_name=revealed.cardholder_name,
+        )
+    return DetokenizeResponse(
+        token=revealed.token, pan=revealed.masked, reveal="masked", expiry=revealed.expiry
+    )
+
+
+def _service_request(item: TokenizeRequest, pan: Pan) -> ServiceTokenizeRequest:
+    """The vault's request for `item` (raises `InvalidSecurityCode` for a bad code)."""
+    return ServiceTokenizeRequest(
+        pan=pan,
+        format=item.format,
+        metadata=item.metadata,
+        ttl_seconds=item.ttl_seconds,
+        idempotency_key=item.idempotency_key,
+        expiry=item.expiry,
+        cardholder_name=item.cardholder_name,
+        security_code=None if item.security_code is None else SecurityCode(item.security_code),
+    )
 
 
 @router.post("/v1/tokenize", response_model=TokenResponse, tags=["tokens"])
 def tokenize(body: TokenizeRequest, caller: Caller, state: State) -> TokenResponse:
     """Tokenize a PAN in a format the caller's policy allows."""
-    record = state.service.tokenize(
-        caller,
-        ServiceTokenizeRequest(
-            pan=Pan(body.pan),
-            format=body.format,
-            metadata=body.metadata,
-            ttl_seconds=body.ttl_seconds,
-            idempotency_key=body.idempotency_key,
-        ),
-    )
+    record = state.service.tokenize(caller, _service_request(body, Pan(body.pan)))
     return _token_response(record)
 
 
@@ -75,18 +89,9 @@ def tokenize_batch(
     requests = []
     for index, item in enumerate(body.items):
         try:
-            pan = Pan(item.pan)
+            requests.append(_service_request(item, Pan(item.pan)))
         except CofreError as exc:
             raise BatchItemInvalid(index, exc.code, str(exc)) from None
-        requests.append(
-            ServiceTokenizeRequest(
-                pan=pan,
-                format=item.format,
-                metadata=item.metadata,
-                ttl_seconds=item.ttl_seconds,
-                idempotency_key=item.idempotency_key,
-            )
-        )
     records = state.service.tokenize_batch(caller, requests)
     return TokenizeBatchResponse(results=[_token_response(r) for r in records])
 
@@ -111,7 +116,7 @@ def detokenize_batch(
 def detokenize_masked(body: DetokenizeRequest, caller: Caller, state: State) -> MaskedResponse:
     """Only the masked PAN (first six, last four) behind a token."""
     revealed = state.service.detokenize_masked(caller, body.token)
-    return MaskedResponse(token=revealed.token, masked_pan=revealed.masked)
+    return MaskedResponse(token=revealed.token, masked_pan=revealed.masked, expiry=revealed.expiry)
 
 
 @router.post("/v1/lookup", response_model=LookupResponse, tags=["tokens"])

@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from cofre.settings import DEFAULT_SOFTHSM_LIBRARY, HSMSettings
+from hsm.keys import parse_code_epoch_label
+from hsm.provider import HSMProvider
 from hsm.softhsm import init_softhsm_token, write_softhsm_conf
 
 
@@ -66,3 +68,15 @@ def create_token(base: Path, label: str | None = None) -> SoftHSMToken:
             conf, officer_token_label(token, name), so_pin=token.so_pin, user_pin=token.user_pin
         )
     return token
+
+
+def destroy_code_epochs(provider: HSMProvider) -> None:
+    """Destroy every security-code epoch key (``cofre-csc-e*``) on `provider`'s token.
+
+    A vault registers the epoch keys it makes in its own database; on a token shared by
+    many tests' vaults, another vault's epoch key is an unregistered key to every other
+    one (readiness 503 `hsm_key_unregistered`, as it should be in production). A test
+    that holds security codes on a shared token calls this when it is done."""
+    for key in provider.list_keys():
+        if parse_code_epoch_label(key.label) is not None and provider.has_key(key.label):
+            provider.destroy_key(key.label)

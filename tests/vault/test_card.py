@@ -121,7 +121,7 @@ def test_a_security_code_cannot_be_printed_or_pickled() -> None:
     with pytest.raises(TypeError):
         pickle.dumps(code)
     with pytest.raises(AttributeError):
-        code._digits = "000"  # type: ignore[misc]
+        code._digits = "000"
 
 
 def test_a_bundle_repr_shows_neither_name_nor_number() -> None:

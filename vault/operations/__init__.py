@@ -8,4 +8,4 @@ IN PCI SCOPE, holds card data.
 
 # The public modules of this package (its rooms); tests/test_exported_members.py pins
 # this list.
-__all__ = ["audit_access", "capture", "delete", "lookup", "relay", "reveal", "tokenize"]
+__all__ = ["audit_access", "capture", "codes", "delete", "lookup", "relay", "reveal", "tokenize"]

@@ -38,7 +38,6 @@ from vault.errors import (
     FormatNotApplicable,
     IdempotencyConflict,
     InvalidMetadata,
-    SecurityCodeUnavailable,
     TokenSpaceExhausted,
     VaultError,
 )
@@ -121,6 +120,7 @@ class _Item:
     request: TokenizeRequest
     spec: FormatSpec
     card: CardBundle  # what is sealed: the PAN and its details
+    code_epoch: int | None  # the key epoch of its security code, if it brings one
     metadata: str
     convergent: bool  # this call may answer a stored token for the same PAN
     fingerprint: bytes
@@ -139,10 +139,10 @@ class TokenizeOperations(VaultCore):
         check_applicable(spec, request.pan)
         self._check_luhn(request.pan)
         card = card_bundle(request, spec, self._clock())
-        if request.security_code is not None:
-            raise SecurityCodeUnavailable(
-                "this vault does not hold security codes yet: send the card without one"
-            )
+        code_epoch = None
+        if request.security_code is not None:  # its hour's HSM key, made if missing
+            with self._storage():
+                code_epoch = self._codes.ensure_epoch(self._clock(), actor="cofre")
         metadata = validate_metadata(request.metadata)
         expiry(self._clock(), request.ttl_seconds)
         key = request.idempotency_key
@@ -181,6 +181,7 @@ class TokenizeOperations(VaultCore):
             request=request,
             spec=spec,
             card=card,
+            code_epoch=code_epoch,
             metadata=metadata,
             convergent=convergent,
             fingerprint=fingerprint,
@@ -352,8 +353,11 @@ class TokenizeOperations(VaultCore):
             answers.events.append(
                 self._tokenize_event(ctx, first.token_id, first.format, "convergent")
             )
+        results = [r for r in answers.results if r is not None]
+        codes = [(item.request.security_code, item.code_epoch) for item in items]
+        answers.events += self._hold_codes(connection, ctx, codes, results, now)
         self._audit.append_many(connection, answers.events)
-        return [r for r in answers.results if r is not None]
+        return results
 
     @staticmethod
     def _rows_by_idempotency_key(

@@ -45,6 +45,9 @@ __all__ = [
     "metadata",
     "oracle_watch",
     "rate_state",
+    "security_code_counts",
+    "security_code_epochs",
+    "security_codes",
     "tokens",
     "usage_counters",
 ]
@@ -193,4 +196,40 @@ capture_sessions = Table(
     Column("uses", Integer, nullable=False, server_default="0"),
     Column("last_token_id", String(36), nullable=True),
     Index("ix_capture_sessions_expires_at", "expires_at"),
+)
+
+# Card security codes, held once (`vault.security_codes`, PCI DSS 3.3.1 / 3.3.2): at most
+# one per token, AES-256-GCM under the HSM key of its hour's epoch (AAD: token id, token
+# and epoch), deleted by the first relay call that uses it or when it expires (an hour at
+# most). The epoch's key is destroyed in the HSM once every code under it has expired.
+security_codes = Table(
+    "security_codes",
+    metadata,
+    Column("token_id", String(36), ForeignKey("tokens.id"), primary_key=True),
+    Column("epoch", BigInteger, nullable=False, index=True),
+    Column("iv", LargeBinary(12), nullable=False),
+    Column("ciphertext", LargeBinary(32), nullable=False),
+    Column("held_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+# One row per epoch key ever made: the primary key elects the one node that creates an
+# hour's key; `destroyed_at` is the evidence that no backup can hold it any longer.
+security_code_epochs = Table(
+    "security_code_epochs",
+    metadata,
+    Column("epoch", BigInteger, primary_key=True, autoincrement=False),
+    Column("label", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("destroyed_at", DateTime(timezone=True), nullable=True),
+)
+
+# Counts of codes held, used and expired per hour (metrics and evidence bundles count,
+# never show): incremented in the transaction that holds, uses or expires the code.
+security_code_counts = Table(
+    "security_code_counts",
+    metadata,
+    Column("hour", BigInteger, primary_key=True, autoincrement=False),
+    Column("event", String(16), primary_key=True),
+    Column("count", BigInteger, nullable=False),
 )

@@ -1,0 +1,137 @@
+"""AES-256-GCM inside the token: keys that never leave it, for data that must become
+unrecoverable when the key is destroyed (the short-lived security-code epochs).
+
+IN PCI SCOPE, holds keys. Who picks the GCM IV differs by token, and this module asks
+the token instead of guessing:
+
+- SoftHSM2 (and the PKCS#11 standard) use the caller's IV: a fresh random one each call.
+- AWS CloudHSM picks the IV itself: the caller passes 12 zero bytes and the module writes
+  its IV back where ``CK_GCM_PARAMS.pIv`` points (a random caller IV is refused with
+  ``CKR_MECHANISM_PARAM_INVALID``). python-pkcs11 points ``pIv`` at the nonce object
+  it is given; a Python ``bytes`` is immutable, so the nonce passed here is always a
+  ``bytearray`` this module owns and reads back.
+
+The first encryption tries a random IV; a token that refuses it is switched (once, for
+the life of the provider) to token-chosen IVs. A token-chosen IV that comes back as
+zeros is refused (`HSMOperationFailed`) and its ciphertext discarded: a constant IV
+under one key would break GCM.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Final, cast
+
+import pkcs11.exceptions as p11e
+from pkcs11 import Attribute, KeyType, Mechanism
+from pkcs11.mechanisms import GCMParams
+
+from hsm.errors import HSMOperationFailed
+from hsm.mechanisms import new_key_id, usage_template
+from hsm.models import KeyInfo
+from hsm.session import TokenSession
+
+IV_BYTES: Final = 12
+TAG_BITS: Final = 128
+
+
+def _params(iv: bytearray, aad: bytes) -> GCMParams:
+    # python-pkcs11 annotates the nonce as bytes, but a token that picks the IV writes
+    # into it: it must be a buffer we own (see the module text).
+    return GCMParams(cast(bytes, iv), aad, TAG_BITS)
+
+
+class AeadOperations(TokenSession):
+    """Token-resident AES-256-GCM keys: create, encrypt, decrypt (`hsm.provider`'s base)."""
+
+    _token_picks_iv: bool | None = None
+
+    def _describe_key(self, obj: Any) -> KeyInfo:  # pragma: no cover - HSMProvider's
+        raise NotImplementedError
+
+    def generate_aead_key(self, label: str) -> KeyInfo:
+        """Create an AES-256 token key usable only to encrypt and decrypt: sensitive,
+        never extractable, so destroying it makes its ciphertexts unrecoverable.
+
+        Raises `HSMOperationFailed` when `label` is taken.
+        """
+
+        def generate(session: Any) -> KeyInfo:
+            if any(True for _ in session.get_objects({Attribute.LABEL: label})):
+                raise HSMOperationFailed(f"a key labelled {label!r} already exists")
+            key = session.generate_key(
+                KeyType.AES,
+                256,
+                id=new_key_id(),
+                label=label,
+                store=True,
+                template={
+                    **usage_template(KeyType.AES, {Attribute.ENCRYPT, Attribute.DECRYPT}),
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                },
+            )
+            return self._describe_key(key)
+
+        # Not retried: a retry after a lost reply could create the key twice.
+        return self._run(generate, retry=False)
+
+    def aead_encrypt(self, label: str, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+        """Return (IV, ciphertext with its 16-byte tag) of `plaintext` under token key
+        `label`, authenticating `aad`. Raises `HSMKeyNotFound`, `HSMOperationFailed`."""
+
+        def encrypt(session: Any) -> tuple[bytes, bytes]:
+            key = self._find_secret(session, label)
+            if self._token_picks_iv is not True:
+                iv = bytearray(secrets.token_bytes(IV_BYTES))
+                try:
+                    sealed = key.encrypt(
+                        plaintext,
+                        mechanism=Mechanism.AES_GCM,
+                        mechanism_param=_params(iv, aad),
+                    )
+                except p11e.MechanismParamInvalid:
+                    if self._token_picks_iv is False:  # it took our IVs before
+                        raise
+                    self._token_picks_iv = True
+                else:
+                    self._token_picks_iv = False
+                    return bytes(iv), bytes(sealed)
+            iv = bytearray(IV_BYTES)
+            sealed = key.encrypt(
+                plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=_params(iv, aad)
+            )
+            if not any(iv):
+                raise HSMOperationFailed("the token did not return the IV it chose")
+            return bytes(iv), bytes(sealed)
+
+        return self._run(encrypt, name="aead")
+
+    def aead_decrypt(self, label: str, iv: bytes, sealed: bytes, aad: bytes) -> bytes:
+        """Return the plaintext of `sealed` (from `aead_encrypt`) under token key `label`.
+
+        Raises `HSMKeyNotFound` (the key was destroyed: the data is gone for good),
+        `HSMOperationFailed` when the ciphertext, IV or AAD fail authentication.
+        """
+
+        def decrypt(session: Any) -> bytes:
+            key = self._find_secret(session, label)
+            try:
+                return bytes(
+                    key.decrypt(
+                        sealed,
+                        mechanism=Mechanism.AES_GCM,
+                        mechanism_param=_params(bytearray(iv), aad),
+                    )
+                )
+            except (p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange, p11e.DataLenRange):
+                raise HSMOperationFailed("the ciphertext failed authentication") from None
+            except p11e.GeneralError:
+                # SoftHSM2 answers CKR_GENERAL_ERROR for a wrong tag, which is also what a
+                # dying token says: if the session still answers, the data was bad.
+                session.generate_random(64)
+                raise HSMOperationFailed("the ciphertext failed authentication") from None
+
+        return self._run(decrypt, name="aead")
