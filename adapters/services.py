@@ -24,7 +24,10 @@ class Authorization:
 
 class GetnetRoutingAdapter:
     """Sends authorizations to Getnet through the vault's relay: the card travels as a
-    token to the vault, which puts the PAN in and calls the acquirer."""
+    token to the vault, which puts the card in (the PAN, and the expiry, the name and
+    the security code held for the token where the route's ``card`` pointers say) and
+    calls the acquirer. This adapter never sees a card number, an expiry it did not get
+    masked, or a code; a second authorization with the same token carries no code."""
 
     route = "getnet-authorize"
 

@@ -175,16 +175,71 @@ class IdentityPolicy(BaseModel):
         return self.domain or identity
 
 
+JsonPointer = Annotated[str, Field(pattern=r"^(/[^/]*)+$", max_length=256)]
+
+
+class CardPointers(BaseModel):
+    """Where a relay route's upstream wants the card (RFC 6901 JSON pointers). The
+    caller puts only the card token at `number`; the vault puts the PAN there and the
+    card's details at the others (their parent object must be in the body, the member
+    must not: a caller that sends a value there is refused).
+
+    `security_code` is the code held for the token, consumed by this call: a second
+    call with the same token carries none (the member is left out)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    number: JsonPointer
+    expiry: JsonPointer | None = None
+    expiry_format: Literal["MM/YY", "MM/YYYY", "MMYY", "YYYY-MM"] = "MM/YY"
+    expiry_month: JsonPointer | None = None  # "MM"
+    expiry_year: JsonPointer | None = None  # "YY" or "YYYY" (`expiry_year_digits`)
+    expiry_year_digits: Literal[2, 4] = 2
+    security_code: JsonPointer | None = None
+    cardholder_name: JsonPointer | None = None
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Self:
+        pointers = [
+            p
+            for p in (
+                self.number,
+                self.expiry,
+                self.expiry_month,
+                self.expiry_year,
+                self.security_code,
+                self.cardholder_name,
+            )
+            if p is not None
+        ]
+        if len(set(pointers)) != len(pointers):
+            raise ValueError("each card pointer must name a different place")
+        return self
+
+    def details(self) -> dict[str, str]:
+        """The detail pointers by what goes there (not the number)."""
+        named = {
+            "expiry": self.expiry,
+            "expiry_month": self.expiry_month,
+            "expiry_year": self.expiry_year,
+            "security_code": self.security_code,
+            "cardholder_name": self.cardholder_name,
+        }
+        return {what: pointer for what, pointer in named.items() if pointer is not None}
+
+
 class RelayRoute(BaseModel):
     """An allow-listed outbound route: who may relay, to which upstream, and where in
-    the JSON body the tokens to detokenize are (RFC 6901 JSON pointers)."""
+    the JSON body the tokens to detokenize are (RFC 6901 JSON pointers); `card` names
+    where a card token's number and details go (`CardPointers`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     upstream: Annotated[str, Field(pattern=r"^https://[^\s/?#]+(/[^\s?#]*)?$")]
     method: Literal["POST", "PUT"] = "POST"
     identities: frozenset[str]
-    detokenize: tuple[Annotated[str, Field(pattern=r"^(/[^/]*)+$")], ...]
+    detokenize: tuple[JsonPointer, ...] = ()
+    card: CardPointers | None = None
     response_tokenize: dict[Annotated[str, Field(pattern=r"^(/[^/]*)+$")], str] = Field(
         default_factory=dict
     )
@@ -192,6 +247,14 @@ class RelayRoute(BaseModel):
     retries: Annotated[int, Field(ge=0, le=3)] = 0
     idempotent: bool = False
     ca_bundle: str | None = None
+
+    @model_validator(mode="after")
+    def _card_number_once(self) -> Self:
+        if self.card is not None:
+            taken = set(self.detokenize) & {self.card.number, *self.card.details().values()}
+            if taken:
+                raise ValueError(f"{sorted(taken)} is both a detokenize pointer and a card pointer")
+        return self
 
     @model_validator(mode="after")
     def _retry_only_idempotent(self) -> Self:

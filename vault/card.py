@@ -226,3 +226,22 @@ def pan_digits(clear: bytes) -> bytes:
     """Return the PAN's ASCII digits from a decrypted plaintext of either layout (what
     fingerprints are computed over)."""
     return CardBundle.open(clear).pan.reveal().encode("ascii")
+
+
+def format_expiry(expiry: str, layout: str) -> str:
+    """Return the stored expiry ``YYYY-MM`` laid out as an upstream wants it:
+    ``MM/YY``, ``MM/YYYY``, ``MMYY``, ``YYYY-MM``, ``MM`` (the month), ``YY`` or ``YYYY``
+    (the year). Raises `ValueError` for another layout."""
+    year, month = expiry[:4], expiry[5:7]
+    layouts = {
+        "MM/YY": f"{month}/{year[2:]}",
+        "MM/YYYY": f"{month}/{year}",
+        "MMYY": f"{month}{year[2:]}",
+        "YYYY-MM": f"{year}-{month}",
+        "MM": month,
+        "YY": year[2:],
+        "YYYY": year,
+    }
+    if layout not in layouts:
+        raise ValueError(f"unknown expiry layout {layout!r}")
+    return layouts[layout]

@@ -66,6 +66,36 @@ def set_pointer(document: Any, pointer: str, value: Any) -> None:
     parent[key] = value
 
 
+def drop_pointer(document: Any, pointer: str) -> None:
+    """Remove the member `pointer` names from `document` if it is there."""
+    try:
+        parent, key = _parent(document, pointer)
+    except RelayBodyInvalid:
+        return
+    if isinstance(parent, dict):
+        del parent[key]
+
+
+def add_pointer(document: Any, pointer: str, value: Any) -> None:
+    """Add `value` as the member `pointer` names, in an object the body already has.
+
+    Raises `RelayBodyInvalid` when the parent object is missing, or when the member is
+    already there: only the vault puts card details in, so a caller that sends one
+    (a code, an expiry) is refused rather than overwritten or forwarded."""
+    steps = _steps(pointer)
+    node = document
+    for step in steps[:-1]:
+        node = _child(node, step, pointer)
+    if not isinstance(node, dict):
+        raise RelayBodyInvalid(f"the body has no object to hold {pointer}")
+    if steps[-1] in node:
+        raise RelayBodyInvalid(
+            f"the body already has a value at {pointer}, where the vault puts the card's "
+            "details: send only the card token"
+        )
+    node[steps[-1]] = value
+
+
 def mask_strings(value: Any) -> Any:
     """`value` (a JSON answer) with every PAN-like value masked, in whatever
     representation (`cofre.redaction.mask_pan_values`)."""

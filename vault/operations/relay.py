@@ -16,7 +16,8 @@ from sqlalchemy import Connection
 from audit.log import AuditEvent, DetailValue, Outcome
 from cofre.errors import CofreError
 from policies.errors import PolicyDenied, RateLimited
-from policies.models import Action, IdentityPolicy, RelayRoute
+from policies.models import Action, CardPointers, IdentityPolicy, RelayRoute
+from vault.card import format_expiry
 from vault.errors import (
     IntegrityError,
     RelayBodyInvalid,
@@ -30,6 +31,8 @@ from vault.operations.tokenize import TokenizeOperations
 from vault.pan import Pan
 from vault.relay import (
     RelayResult,
+    add_pointer,
+    drop_pointer,
     get_pointer,
     mask_strings,
     set_pointer,
@@ -100,6 +103,9 @@ class RelayOperations(TokenizeOperations):
         try:
             result = self._relay_client.send(route_name, route, outgoing)
             del outgoing
+            if route.card is not None and route.card.security_code is not None:
+                # An upstream that echoes the code must not hand it to the caller.
+                drop_pointer(result.body, route.card.security_code)
             answer = self._tokenize_response(ctx, route, result.body)
         except CofreError as exc:
             details["error"] = exc.code
@@ -125,7 +131,8 @@ class RelayOperations(TokenizeOperations):
         transaction (one without a token id when the route reveals none). Tokens are
         read only from `domains`; the call costs one rate unit and each revealed token
         one unit of the daily detokenize quota."""
-        self._charge(connection, ctx, rules, reveals=len(route.detokenize))
+        card_reveals = 0 if route.card is None else 1
+        self._charge(connection, ctx, rules, reveals=len(route.detokenize) + card_reveals)
         outgoing = copy.deepcopy(body)  # the caller's body keeps its tokens
         token_ids: list[str] = []
         events: list[AuditEvent] = []
@@ -145,10 +152,80 @@ class RelayOperations(TokenizeOperations):
                     details={**details, "pointer": pointer[:128]},
                 )
             )
+        if route.card is not None:
+            token_id, event_details = self._put_card(
+                connection, route.card, body, outgoing, domains
+            )
+            token_ids.append(token_id)
+            events.append(
+                self._audit_event(
+                    ctx,
+                    "relay.send",
+                    Outcome.SUCCESS,
+                    token_id=token_id,
+                    details={**details, **event_details},
+                )
+            )
         if not events:
             events.append(self._audit_event(ctx, "relay.send", Outcome.SUCCESS, details=details))
         self._audit.append_many(connection, events)
         return outgoing, token_ids
+
+    def _put_card(
+        self,
+        connection: Connection,
+        card: CardPointers,
+        body: Any,
+        outgoing: Any,
+        domains: frozenset[str],
+    ) -> tuple[str, dict[str, DetailValue]]:
+        """Put the card of the token at `card.number` into `outgoing`: the PAN, and the
+        expiry, name and held security code where the route names them. The code is
+        taken (deleted) in this transaction, the one that writes the `relay.send` entry:
+        if that entry is not written, the code stays and nothing is sent; once it is,
+        no second call gets the code. Returns the token id and what the entry says
+        (which details went, never their values)."""
+        token = get_pointer(body, card.number)
+        if not isinstance(token, str):
+            raise RelayBodyInvalid(f"the body has no card token at {card.number}")
+        row = self._live_row(connection, token, domains)
+        bundle = self._open_card(row)
+        set_pointer(outgoing, card.number, bundle.pan.reveal())
+        details = card.details()
+        code = None
+        if "security_code" in details:
+            code = self._codes.take(connection, token_id=row.id, token=row.token, now=self._clock())
+        values: dict[str, str | None] = {
+            "security_code": None if code is None else code.reveal(),
+            "cardholder_name": bundle.cardholder_name,
+        }
+        if bundle.expiry is not None:
+            values["expiry"] = format_expiry(bundle.expiry, card.expiry_format)
+            values["expiry_month"] = format_expiry(bundle.expiry, "MM")
+            values["expiry_year"] = format_expiry(
+                bundle.expiry, "YY" if card.expiry_year_digits == 2 else "YYYY"
+            )
+        sent = []
+        for what, pointer in details.items():
+            value = values.get(what)
+            if value is None:
+                # Nothing to put (no code held, no name): the member is left out, and
+                # one the caller sent is refused all the same.
+                try:
+                    get_pointer(body, pointer)
+                except RelayBodyInvalid:
+                    continue
+                raise RelayBodyInvalid(
+                    f"the body already has a value at {pointer}, where the vault puts the "
+                    "card's details: send only the card token"
+                )
+            add_pointer(outgoing, pointer, value)
+            sent.append(what)
+        return row.id, {
+            "pointer": card.number[:128],
+            "card": ",".join(["number", *sent]),
+            "security_code": "used" if code is not None else "none",
+        }
 
     def _tokenize_response(self, ctx: CallContext, route: RelayRoute, body: Any) -> Any:
         """`body` with the PANs at the route's `response_tokenize` pointers replaced by

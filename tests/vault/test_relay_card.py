@@ -1,0 +1,225 @@
+"""The relay puts the card in (issue 22 item 5): the caller sends only the token; the
+vault puts the PAN, the expiry, the name and the held security code at the route's JSON
+pointers. The code is taken in the transaction of the `relay.send` audit entry: the
+acquirer gets it exactly once, and a second authorization with the same token carries
+none. Attacks first."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from api.pki import ensure_dev_pki
+from audit.errors import AuditWriteFailed
+from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
+from policies.loader import parse_policy
+from tests.support.fake_acquirer import FakeAcquirer
+from tests.support.softhsm import destroy_code_epochs
+from tests.vault.conftest import TEST_POLICY
+from vault.card import SecurityCode
+from vault.errors import RelayBodyInvalid, TokenNotFound
+from vault.pan import Pan
+from vault.service import CallContext, TokenizeRequest, VaultService
+
+PAN = "5555555555554444"
+CODE = "7391"
+PAYMENTS = CallContext("spiffe://cofre/payments", "req-payments")
+GETNET = CallContext("spiffe://cofre/getnet-adapter", "req-relay")
+
+
+@pytest.fixture(scope="module")
+def acquirer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAcquirer]:
+    pki = ensure_dev_pki(tmp_path_factory.mktemp("relay-card-pki"), identities=("payments",))
+    acquirer = FakeAcquirer(cert=pki.server_cert, key=pki.server_key)
+    acquirer.start()
+    acquirer.ca = pki.ca  # type: ignore[attr-defined]
+    yield acquirer
+    acquirer.stop()
+
+
+@pytest.fixture
+def relay(
+    engine: Engine, rotation_provider: HSMProvider, acquirer: FakeAcquirer
+) -> Iterator[VaultService]:
+    ca: Path = acquirer.ca  # type: ignore[attr-defined]
+    policy = (
+        TEST_POLICY.replace(
+            '[identities."spiffe://cofre/getnet-adapter"]\noperations = ["detokenize"]',
+            '[identities."spiffe://cofre/getnet-adapter"]\noperations = ["detokenize", "relay"]',
+        )
+        + f"""
+[relay_routes.getnet-authorize]
+upstream = "{acquirer.url}/v1/authorize"
+identities = ["spiffe://cofre/getnet-adapter"]
+response_tokenize = {{ "/card/number" = "pan_bin6_last4" }}
+ca_bundle = "{ca}"
+timeout_seconds = 5
+
+[relay_routes.getnet-authorize.card]
+number = "/card/number"
+expiry_month = "/card/expiration_month"
+expiry_year = "/card/expiration_year"
+security_code = "/card/security_code"
+cardholder_name = "/card/cardholder_name"
+
+[relay_routes.plain]
+upstream = "{acquirer.url}/v1/authorize"
+identities = ["spiffe://cofre/getnet-adapter"]
+ca_bundle = "{ca}"
+
+[relay_routes.plain.card]
+number = "/card/number"
+expiry = "/card/expiry"
+expiry_format = "MMYY"
+"""
+    )
+    service = VaultService(
+        engine, rotation_provider, PolicyEngine(parse_policy(policy, kind="toml").policy)
+    )
+    service.initialize()
+    acquirer.received.clear()
+    acquirer.answer = None
+    yield service
+    acquirer.answer = None
+    service.close()
+    destroy_code_epochs(rotation_provider)
+
+
+def _card(service: VaultService, code: str | None = CODE, **details: Any) -> str:
+    record = service.tokenize(
+        PAYMENTS,
+        TokenizeRequest(
+            Pan(PAN),
+            "pan_bin6_last4",
+            expiry=details.get("expiry", "11/31"),
+            cardholder_name=details.get("name", "Ana Souza"),
+            security_code=None if code is None else SecurityCode(code),
+        ),
+    )
+    return record.token
+
+
+def _body(token: str, **card: Any) -> dict[str, Any]:
+    return {"card": {"number": token, **card}, "amount": "10.00", "order_id": "o-1"}
+
+
+def _entries(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as c:
+        rows = c.execute(sa.text("SELECT payload FROM audit_entries ORDER BY id")).scalars()
+        return [json.loads(r) for r in rows]
+
+
+def _codes(engine: Engine) -> int:
+    with engine.connect() as c:
+        return int(c.execute(sa.text("SELECT count(*) FROM security_codes")).scalar_one())
+
+
+# ------------------------------------------------------------------ attacks
+@pytest.mark.parametrize(
+    "smuggled",
+    [{"security_code": "123"}, {"expiration_month": "01"}, {"cardholder_name": "X"}],
+)
+def test_a_caller_cannot_put_card_details_in_itself(
+    relay: VaultService, engine: Engine, acquirer: FakeAcquirer, smuggled: dict[str, str]
+) -> None:
+    token = _card(relay)
+    with pytest.raises(RelayBodyInvalid, match="send only the card token"):
+        relay.relay(GETNET, "getnet-authorize", _body(token, **smuggled))
+    assert acquirer.received == []
+    assert _codes(engine) == 1  # the held code was not spent
+
+
+def test_nothing_is_sent_and_the_code_stays_when_the_audit_entry_fails(
+    relay: VaultService, engine: Engine, acquirer: FakeAcquirer
+) -> None:
+    token = _card(relay)
+    if engine.dialect.name == "sqlite":
+        ddl = (
+            "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_entries "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    else:
+        ddl = "ALTER TABLE audit_entries ADD CONSTRAINT fail_audit CHECK (false) NOT VALID"
+    with engine.begin() as connection:
+        connection.execute(sa.text(ddl))
+    with pytest.raises(AuditWriteFailed):
+        relay.relay(GETNET, "getnet-authorize", _body(token))
+    assert acquirer.received == []
+    assert _codes(engine) == 1  # fail closed: not consumed either
+
+
+def test_an_echoed_code_never_reaches_the_caller(
+    relay: VaultService, acquirer: FakeAcquirer
+) -> None:
+    token = _card(relay)
+    acquirer.answer = lambda body: (200, {"status": "APPROVED", "card": dict(body["card"])})
+    answer = relay.relay(GETNET, "getnet-authorize", _body(token))
+    assert "security_code" not in answer.body["card"]
+    assert CODE not in json.dumps(answer.body)
+    assert PAN not in json.dumps(answer.body)
+
+
+def test_a_token_of_another_domain_gets_nothing(
+    relay: VaultService, acquirer: FakeAcquirer
+) -> None:
+    with pytest.raises(TokenNotFound):
+        relay.relay(GETNET, "getnet-authorize", _body("5555550000004444"))
+    assert acquirer.received == []
+
+
+# ------------------------------------------------------------------ the card goes in
+def test_the_acquirer_gets_the_card_once_and_the_code_once(
+    relay: VaultService, engine: Engine, acquirer: FakeAcquirer
+) -> None:
+    token = _card(relay)
+    first = relay.relay(GETNET, "getnet-authorize", _body(token))
+    assert first.status == 200
+    assert acquirer.received[-1]["card"] == {
+        "number": PAN,
+        "expiration_month": "11",
+        "expiration_year": "31",
+        "security_code": CODE,
+        "cardholder_name": "Ana Souza",
+    }
+    assert _codes(engine) == 0
+    # A second authorization with the same token (a retry, a recurring charge).
+    second = relay.relay(GETNET, "getnet-authorize", _body(token))
+    assert second.status == 200
+    assert acquirer.received[-1]["card"] == {
+        "number": PAN,
+        "expiration_month": "11",
+        "expiration_year": "31",
+        "cardholder_name": "Ana Souza",
+    }
+    codes_sent = [body["card"].get("security_code") for body in acquirer.received]
+    assert codes_sent == [CODE, None]
+    sends = [e for e in _entries(engine) if e["action"] == "relay.send"]
+    assert [e["details"]["security_code"] for e in sends] == ["used", "none"]
+    assert (
+        sends[0]["details"]["card"]
+        == "number,expiry_month,expiry_year,security_code,cardholder_name"
+    )
+    assert all(CODE not in json.dumps(e) for e in _entries(engine))
+    counts = relay.security_code_counts()
+    assert (counts["held"], counts["used"], counts["held_now"]) == (1, 1, 0)
+
+
+def test_a_card_without_details_sends_the_number_only(
+    relay: VaultService, acquirer: FakeAcquirer
+) -> None:
+    record = relay.tokenize(PAYMENTS, TokenizeRequest(Pan(PAN), "card_random"))
+    relay.relay(GETNET, "getnet-authorize", _body(record.token))
+    assert acquirer.received[-1]["card"] == {"number": PAN}
+
+
+def test_expiry_layouts(relay: VaultService, acquirer: FakeAcquirer) -> None:
+    token = _card(relay, code=None, expiry="2031-02")
+    relay.relay(GETNET, "plain", _body(token))
+    assert acquirer.received[-1]["card"] == {"number": PAN, "expiry": "0231"}
