@@ -220,3 +220,27 @@ def test_a_manifest_of_another_content_is_never_overwritten(
         archive_log(engine, s3, prefix=PREFIX, max_entries=8)
     with pytest.raises(AuditVerificationFailed, match=r"manifest prod/audit/manifests/0-8\.json"):
         read_manifests(s3, PREFIX)
+
+
+def test_a_segment_uploaded_but_not_recorded_is_recorded_next_time(
+    engine: Engine, signer: HSMTreeHeadSigner, s3: S3ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between the upload and the database record: the next run finds the
+    manifest of the same content and records it, without uploading again."""
+    append(engine, 8)
+    sequence(engine, signer)
+
+    def crash(*_: object) -> None:
+        raise ArchiveFailed("the process died here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("audit.archive._record", crash)
+        with pytest.raises(ArchiveFailed, match="died"):
+            archive_log(engine, s3, prefix=PREFIX, max_entries=8)
+    assert s3.get_bytes(manifest_key(PREFIX, 0, 8)) is not None
+    (again,) = archive_log(engine, s3, prefix=PREFIX, max_entries=8)
+    assert ((again.start, again.end), again.uploaded) == ((0, 8), False)
+    assert [(a["details"]["start"], a["details"]["end"]) for a in _archive_actions(engine)] == [
+        (0, 8)
+    ]
+    assert verify_archive(s3, PREFIX, signer.public_key_pem()).entries == 8
