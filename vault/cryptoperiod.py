@@ -30,9 +30,10 @@ import structlog
 from sqlalchemy import Engine, select
 
 from audit.schema import READ_ONLY, audit_entries
+from cofre.dberrors import database_errors_as
 from cofre.settings import KeySettings
 from hsm.keys import KeyKind, key_label
-from vault.errors import KeyCryptoperiodOverdue
+from vault.errors import KeyCryptoperiodOverdue, StorageUnavailable
 from vault.key_registry import REGISTER, KeyRegistry
 from vault.keyring import DataKeyring, KeyState
 from vault.storage.database import as_utc
@@ -147,6 +148,8 @@ class CryptoperiodMonitor:
                 out[label] = as_utc(created_at) or created_at
         return out
 
+    # A database outage leaves as `StorageUnavailable` (503), never as a driver error.
+    @database_errors_as(StorageUnavailable, "the key store")
     def assess(self, *, fresh: bool = False) -> list[KeyPeriod]:
         """The keys in use with their cryptoperiod state. Raises what the database or the
         HSM raise (`StorageUnavailable`, `HSMUnavailable`)."""

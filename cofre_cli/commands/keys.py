@@ -46,7 +46,8 @@ def _decide(
 @keys_app.command("list")
 @fail_cleanly
 def keys_list(officer: Officer = "officer-alice", cert: CertOpt = None, key: KeyOpt = None) -> None:
-    """Key versions and states, KEK versions, records each data key protects, ceremonies."""
+    """Key versions and states, KEK versions, records each data key protects, each key's
+    cryptoperiod (ok, expiring, overdue), ceremonies."""
     with admin_client(officer, cert, key) as client:
         inventory = admin_call(client, "GET", "/v1/admin/keys")
         ceremonies = admin_call(client, "GET", "/v1/admin/keys/rotations")
@@ -61,6 +62,10 @@ def keys_list(officer: Officer = "officer-alice", cert: CertOpt = None, key: Key
         typer.echo(
             f"data   {d['purpose']}-v{d['version']:<3} {d['state']:<10} under "
             f"{d['kek']}, created {d['created_at']}{records}"
+        )
+    for p in inventory.get("cryptoperiods", []):
+        typer.echo(
+            f"period {p['key']:<16} {p['state']:<9} {p['started_at'][:10]} .. {p['ends_at'][:10]}"
         )
     for c in ceremonies:
         typer.echo(f"ceremony {c['id']} {c['kind']:<11} {c['state']}")

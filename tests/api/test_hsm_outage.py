@@ -4,6 +4,7 @@ call succeeds once it is back, without a restart."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -121,5 +122,6 @@ def test_key_rotation_from_the_cli(serve_process: Outage) -> None:
     listed = _cofre(serve_process, "keys", "list")
     assert "pan_gcm-v2" in listed.stdout
     assert "destroyed" in listed.stdout
+    assert re.search(r"period cofre-kek-v1 +ok ", listed.stdout), listed.stdout
     with serve_process.client("settlement") as c:
         assert c.post("/v1/detokenize", json={"token": token}).json()["pan"] == VISA
