@@ -1,8 +1,10 @@
 """The shopper's browser to the acquirer without the shop in PCI scope, in a real
 headless Chromium: a test shop page on loopback embeds the vault's hosted card fields,
 the test types a card into the iframe, the shop's backend receives a token only and
-authorizes it through the Getnet adapter, the vault's relay puts the card in, and the
-fake acquirer receives it once. The audit log shows each step.
+authorizes it through the Getnet adapter, the vault's relay puts the card in (number,
+expiry, name, and the security code held once), and the fake acquirer receives it once;
+a second authorization with the same token carries no code. The audit log shows each
+step.
 
 Chromium is Debian's, driven by Debian's chromium-driver through selenium (WebDriver):
 no browser download, the same browser the evidence-report test renders with. The shop
@@ -43,7 +45,8 @@ from adapters.services import GetnetRoutingAdapter, LedgerAdapter, PaymentsAdapt
 from api.capture import CAPTURE_SCRIPT, asset, sri_hash
 from api.pki import DevPKI, ensure_dev_pki
 from cofre.settings import CaptureSettings
-from hsm.provider import HSMProvider
+from hsm.keys import KeyHierarchy
+from hsm.provider import HSMProvider, provider_from_settings
 from tests.api.conftest import VaultServer, running_vault
 from tests.support.fake_acquirer import FakeAcquirer
 from tests.support.leakguard import ACQUIRER_SIDE
@@ -51,8 +54,10 @@ from tests.support.leakscan import find_leaks
 from tests.support.policies import TEST_IDENTITIES
 from tests.support.postgres import free_port
 from tests.support.shop import Shop
+from tests.support.softhsm import SoftHSMToken, destroy_code_epochs
 
 CARD = "5555555555554444"
+CODE = "737"
 EXPIRY = "11/31"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -79,8 +84,24 @@ def _client(pki: DevPKI, url: str, name: str) -> CofreClient:
 
 
 @pytest.fixture(scope="module")
+def code_provider(softhsm_token: SoftHSMToken) -> Iterator[HSMProvider]:
+    """The session's second token (as tests/adapters/test_getnet_card.py): the
+    security-code epoch keys this vault makes never sit beside other test vaults' keys,
+    and are destroyed when the module is done."""
+    provider = provider_from_settings(
+        softhsm_token.settings(token_label=softhsm_token.label + "-rot")
+    )
+    KeyHierarchy(provider).initialize()
+    try:
+        yield provider
+    finally:
+        destroy_code_epochs(provider)
+        provider.close()
+
+
+@pytest.fixture(scope="module")
 def checkout(
-    tmp_path_factory: pytest.TempPathFactory, hsm_provider: HSMProvider
+    tmp_path_factory: pytest.TempPathFactory, code_provider: HSMProvider
 ) -> Iterator[Checkout]:
     tmp = tmp_path_factory.mktemp("capture-e2e")
     vault_dir = tmp / "vault"
@@ -96,13 +117,19 @@ def checkout(
 [relay_routes.getnet-authorize]
 upstream = "{acquirer.url}/v1/authorize"
 identities = ["spiffe://cofre/getnet-adapter"]
-detokenize = ["/card/number"]
 response_tokenize = {{ "/card/number" = "pan_bin6_last4" }}
 ca_bundle = "{pki.ca}"
 timeout_seconds = 5
+
+[relay_routes.getnet-authorize.card]
+number = "/card/number"
+expiry_month = "/card/expiration_month"
+expiry_year = "/card/expiration_year"
+security_code = "/card/security_code"
+cardholder_name = "/card/cardholder_name"
 """
     capture = CaptureSettings(port=free_port(), allow_http_localhost=True)
-    with running_vault(vault_dir, hsm_provider, extra_policy=routes, capture=capture) as vault:
+    with running_vault(vault_dir, code_provider, extra_policy=routes, capture=capture) as vault:
         assert vault.capture_url is not None
         with (
             _client(vault.pki, vault.url, "payments") as payments_client,
@@ -206,7 +233,10 @@ def test_a_card_typed_into_the_hosted_fields_reaches_the_acquirer_as_a_token_onl
     vault, acquirer, shop = checkout.vault, checkout.acquirer, checkout.shop
     received_before = len(acquirer.received)
     browser.get(shop.url + "/")
-    _type_card(browser, {"number": CARD, "expiry": EXPIRY, "name": "Ana Souza"})
+    _type_card(
+        browser,
+        {"number": CARD, "expiry": EXPIRY, "security_code": CODE, "name": "Ana Souza"},
+    )
     browser.find_element(By.ID, "pay").click()
     assert _result(browser, ("approved", "declined", "error")) == "approved A1B2C3"
 
@@ -218,16 +248,29 @@ def test_a_card_typed_into_the_hosted_fields_reaches_the_acquirer_as_a_token_onl
     assert token.encode() in requests
     assert find_leaks(requests + shop.backend_log.read_bytes(), [CARD], allowed=[token]) == []
     # The acquirer received the card exactly once, from the vault's relay.
+    # The acquirer received number, expiry, code and name exactly once, from the relay.
     sent = acquirer.received[received_before:]
-    assert [body["card"]["number"] for body in sent] == [CARD]
+    assert [body["card"] for body in sent] == [
+        {
+            "number": CARD,
+            "expiration_month": "11",
+            "expiration_year": "31",
+            "security_code": CODE,
+            "cardholder_name": "Ana Souza",
+        }
+    ]
     journal = (checkout.tmp / ACQUIRER_SIDE / "received.jsonl").read_text()
     assert journal.count(CARD) >= 1
 
-    # A second authorization with the same token (a retry, a recurring charge).
+    # A second authorization with the same token (a retry, a recurring charge): the
+    # card again, its code no more (held once, consumed by the first relay call).
     assert shop.pay(token)["approved"]
     second = acquirer.received[-1]
     assert second["card"]["number"] == CARD
-    assert "security_code" not in json.dumps(second)
+    assert second["card"]["expiration_month"] == "11"
+    assert "security_code" not in second["card"]
+    assert CODE not in json.dumps(acquirer.received[received_before + 1 :])
+    assert CODE.encode() not in requests + shop.backend_log.read_bytes()
 
     # The audit log shows each step: the session, the capture, the relays.
     entries = _audit(vault)
@@ -244,6 +287,7 @@ def test_a_card_typed_into_the_hosted_fields_reaches_the_acquirer_as_a_token_onl
     assert captured["details"]["origin"] == shop.url
     relays = [e for e in entries if e["action"] == "relay" and e["outcome"] == "success"]
     assert len(relays) >= 2
+    assert CODE not in json.dumps(entries)
     # The console says nothing of the card either.
     console = json.dumps(browser.get_log("browser"))
     assert find_leaks(console.encode(), [CARD], allowed=[token]) == []
