@@ -52,6 +52,7 @@ from policies.loader import LoadedPolicy, load_policy
 from policies.models import RateLimit
 from vault.cryptoperiod import CryptoperiodMonitor
 from vault.key_registry import KeyRegistry
+from vault.officer_mfa import identities_without_mfa
 from vault.purge import PurgeWorker
 from vault.rotation import KeyRotation
 from vault.rotation_worker import RotationWorker
@@ -180,6 +181,7 @@ class Runtime:
         )
         self.policy_sha256 = loaded.sha256
         _log.info("policy reloaded", source=loaded.source, sha256=loaded.sha256)
+        _warn_without_mfa(self.service.policy)
         return True
 
     def close(self) -> None:
@@ -198,10 +200,19 @@ class Runtime:
 def _record_start(service: VaultService, loaded: LoadedPolicy) -> None:
     """Put in the log what this process starts with, before any request is served."""
     service.record_policy_load(actor="cofre", source=loaded.source, text=loaded.text)
+    _warn_without_mfa(service.policy)
     with contextlib.suppress(CofreError):
         # The first start adopts the token's keys into the empty key registry before the
         # sequencer signs (if the HSM is down, the first request or readiness check does).
         service.keyring.registry.adopt_if_empty()
+
+
+def _warn_without_mfa(policy: PolicyEngine) -> None:
+    """Say at start and on reload who cannot run ceremonies or exports for lack of an
+    MFA key in the policy (an upgrade from a vault without officer MFA)."""
+    missing = identities_without_mfa(policy)
+    if missing:
+        _log.warning("no MFA key registered (mfa_public_key): refused", identities=missing)
 
 
 def _observe(

@@ -46,6 +46,17 @@ from vault.storage.schema import officer_request_nonces
 WINDOW_SECONDS: Final = 300
 
 
+def identities_without_mfa(policy: PolicyEngine) -> list[str]:
+    """The identities the policy grants key ceremonies or evidence exports but registers
+    no MFA key for: every such action of theirs is refused (``mfa_not_registered``)."""
+    needs = {Action.KEY_ADMIN, Action.EVIDENCE_EXPORT}
+    return sorted(
+        identity
+        for identity, rules in policy.policy.identities.items()
+        if rules.operations & needs and rules.mfa_public_key is None
+    )
+
+
 class OfficerMfa:
     """Checks officers' request signatures against the keys the policy registers."""
 

@@ -37,7 +37,7 @@ from vault.httpsig import (
     signature_base,
     verify_ecdsa_p256,
 )
-from vault.officer_mfa import OfficerMfa
+from vault.officer_mfa import OfficerMfa, identities_without_mfa
 
 ALICE, BOB, CAROL = (f"spiffe://cofre/officer-{n}" for n in ("alice", "bob", "carol"))
 PATH = "/v1/admin/keys/rotations"
@@ -223,3 +223,8 @@ def test_policy_refuses_a_key_that_is_not_p256() -> None:
     )
     with pytest.raises(PolicyInvalid, match="mfa_public_key"):
         parse_policy(text, kind="toml")
+
+
+def test_identities_without_a_key_are_named(mfa: OfficerMfa) -> None:
+    # The vault warns about them at start and on reload: their actions are refused.
+    assert identities_without_mfa(mfa._policy()) == [CAROL]
