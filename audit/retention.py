@@ -37,7 +37,7 @@ from audit.archive import ObjectStore, verify_archive
 from audit.errors import AuditVerificationFailed, RetentionRefused
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.partitions import Partition, monthly_partitions
-from audit.schema import audit_archive, audit_heads, audit_retired
+from audit.schema import READ_ONLY, audit_archive, audit_heads, audit_retired
 from cofre.dberrors import db_error_name
 
 _REGISTER: Final = "key.register"
@@ -51,6 +51,18 @@ class RetiredPartition:
     last_leaf: int | None
     online_from: int
     carried_forward: int
+
+
+def retired_overlapping(engine: Engine, period_from: datetime, period_to: datetime) -> list[str]:
+    """The retired partitions whose month overlaps [`period_from`, `period_to`), oldest
+    first: their entries are only in the archive now."""
+    with engine.execution_options(**READ_ONLY).connect() as connection:
+        names = connection.execute(
+            select(audit_retired.c.partition)
+            .where(audit_retired.c.range_to > period_from, audit_retired.c.range_from < period_to)
+            .order_by(audit_retired.c.range_from)
+        ).scalars()
+        return [str(name) for name in names]
 
 
 def _months_before(at: datetime, months: int) -> datetime:

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, func, or_, select
 from audit.heads import TreeHeadSigner
 from audit.merkle import hash_b64
 from audit.publisher import cosignatures_of, witnessed_note
+from audit.retention import retired_overlapping
 from audit.schema import READ_ONLY, audit_entries, audit_leaves
 from audit.sequencer import Sequencer
 from audit.store import AuditStore
@@ -68,6 +69,17 @@ def _jsonl(rows: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
 
 
+def _refuse_retired(engine: Engine, period_from: datetime, period_to: datetime) -> None:
+    """Raise `ComplianceError` when entries of the period were retired to the archive:
+    a bundle of what is left online would claim the whole period."""
+    retired = retired_overlapping(engine, period_from, period_to)
+    if retired:
+        raise ComplianceError(
+            f"the audit entries of {', '.join(retired)} were retired to the archive: export "
+            "a later period (the archive is checked with `cofre audit verify-archive`)"
+        )
+
+
 # A database outage while the bundle is read leaves as `EvidenceUnavailable` (503).
 @database_errors_as(EvidenceUnavailable, "the evidence sources")
 def build_bundle(
@@ -99,6 +111,7 @@ def build_bundle(
     period_to = min(period_to, datetime.now(UTC))
     if period_to <= period_from:
         raise ComplianceError("the period must not start in the future")
+    _refuse_retired(engine, period_from, period_to)
     store = AuditStore(engine)
     reader = engine.execution_options(**READ_ONLY)
     with reader.connect() as connection:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -16,8 +17,12 @@ from audit.archive import archive_log, segment_key, verify_archive
 from audit.errors import ProofError, RetentionRefused
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.partitions import ensure_partitions, monthly_partitions
-from audit.retention import retire_partitions
+from audit.retention import retire_partitions, retired_overlapping
+from audit.sequencer import Sequencer
 from audit.store import AuditStore
+from cofre_evidence_verifier.verify import verify_bundle
+from compliance.errors import ComplianceError
+from compliance.export import EvidenceSources, build_bundle
 from infra_pci.objectstore import S3ObjectStore
 from tests.audit.conftest import BUCKET
 from tests.audit.test_archive import PREFIX, sequence
@@ -175,3 +180,41 @@ def test_a_forged_archive_record_does_not_let_a_partition_go(
         retire_partitions(pg, s3, PREFIX, signer.public_key_pem(), online_months=3, now=NOW)
     with pg.connect() as connection:
         assert f"audit_entries_p{OLD[0]:%Y%m}" in {p.name for p in monthly_partitions(connection)}
+
+
+def test_no_evidence_bundle_claims_a_period_whose_entries_were_retired(
+    pg: Engine, signer: HSMTreeHeadSigner, s3: S3ObjectStore, tmp_path: Path
+) -> None:
+    pem = signer.public_key_pem()
+    _old_log(pg)
+    sequence(pg, signer)
+    archive_log(pg, s3, prefix=PREFIX, max_entries=8)
+    retire_partitions(pg, s3, PREFIX, pem, online_months=3, now=NOW)
+    sources = EvidenceSources(
+        key_inventory=dict, ceremonies=list, settings={}, tls_settings={}, certificates=[]
+    )
+
+    def bundle(period_from: datetime, period_to: datetime) -> bytes:
+        return build_bundle(
+            pg,
+            signer,
+            Sequencer(pg, signer),
+            sources,
+            generator="test",
+            period_from=period_from,
+            period_to=period_to,
+        )
+
+    with pytest.raises(ComplianceError, match=rf"audit_entries_p{OLD[1]:%Y%m}, .* were retired"):
+        bundle(datetime(OLD[1].year, OLD[1].month, 1, tzinfo=UTC), NOW)
+    assert retired_overlapping(pg, datetime(NOW.year, NOW.month, 1, tzinfo=UTC), NOW) == []
+    # The online month still makes a bundle that verifies offline (its entries follow
+    # the retired leaves; the subtrees before them are kept).
+    made = tmp_path / "bundle.tar.gz"
+    made.write_bytes(bundle(datetime(NOW.year, NOW.month, 1, tzinfo=UTC), datetime.now(UTC)))
+    report = verify_bundle(made, pem, None, unsafe_no_witnesses=True)
+    # Everything verifies but the policy check: this synthetic log never loaded one.
+    assert report.problems == [
+        "policy/versions.jsonl: no policy version in force during the period is evidenced"
+    ]
+    assert {"entries", "heads", "signature"} <= report.passed_checks
