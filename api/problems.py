@@ -92,6 +92,8 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "hsm_operation_failed": (503, "The HSM refused the operation"),
     "audit_error": (503, "The audit log failed"),
     "audit_verification_failed": (503, "The audit log does not verify"),
+    "audit_archive_failed": (503, "The audit archive cannot be written or read"),
+    "audit_retention_refused": (409, "The audit partition is not archived and verified yet"),
     "schema_mismatch": (503, "The database schema does not match this vault version"),
     "vault_error": (500, "Internal error"),
     "cofre_error": (500, "Internal error"),
