@@ -6,13 +6,18 @@ IN PCI SCOPE (key management). Never key material: labels, attributes, versions,
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Final
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, or_, select
 
 from hsm.provider import HSMProvider
 from vault.keyring import DataKeyring, KeyPurpose
-from vault.storage.schema import tokens
+from vault.storage.database import as_utc
+from vault.storage.schema import security_code_epochs, tokens
+
+# Security-code epoch keys listed: every live one, and those destroyed this recently.
+EPOCHS_SHOWN: Final = timedelta(days=31)
 
 
 def record_counts(connection: Connection) -> tuple[dict[int, int], dict[int, int]]:
@@ -73,3 +78,28 @@ def describe_keys(
             entry["records"] = fp_counts.get(int(key.label.rsplit("v", 1)[1]), 0)
         token_keys.append(entry)
     return {"token_keys": token_keys, "data_keys": data}
+
+
+def code_epochs(connection: Connection, now: datetime) -> list[dict[str, Any]]:
+    """The hourly security-code keys (`vault.security_codes`): label, when made, when
+    destroyed in the HSM (None while live). Live ones and those of the last 31 days."""
+    rows = connection.execute(
+        select(security_code_epochs)
+        .where(
+            or_(
+                security_code_epochs.c.destroyed_at.is_(None),
+                security_code_epochs.c.created_at >= now - EPOCHS_SHOWN,
+            )
+        )
+        .order_by(security_code_epochs.c.epoch)
+    ).all()
+    return [
+        {
+            "label": str(row.label),
+            "created_at": (as_utc(row.created_at) or row.created_at).isoformat(),
+            "destroyed_at": None
+            if row.destroyed_at is None
+            else (as_utc(row.destroyed_at) or row.destroyed_at).isoformat(),
+        }
+        for row in rows
+    ]

@@ -42,7 +42,7 @@ from policies.models import Action
 from vault.card import pan_digits
 from vault.ceremony import Ceremony, CeremonyState, RotationKind
 from vault.errors import CeremonyError, CeremonyNotFound, StorageUnavailable
-from vault.key_inventory import describe_keys, record_counts
+from vault.key_inventory import code_epochs, describe_keys, record_counts
 from vault.keyring import DataKeyring, KeyPurpose, KeyState, pan_aad
 from vault.storage.database import as_utc
 from vault.storage.schema import data_keys, key_approvals, key_ceremonies, tokens
@@ -320,7 +320,9 @@ class KeyRotation:
         """The inventory without an authorisation check (for evidence bundles)."""
         with self._read() as connection:
             counts, fp_counts = record_counts(connection)
+            epochs = code_epochs(connection, self._clock())
         inventory = describe_keys(counts, fp_counts, self._keyring, self._provider)
+        inventory["security_code_epochs"] = epochs
         if self._cryptoperiods is not None:
             inventory["cryptoperiods"] = self._cryptoperiods()
         return inventory

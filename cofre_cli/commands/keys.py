@@ -67,6 +67,9 @@ def keys_list(officer: Officer = "officer-alice", cert: CertOpt = None, key: Key
         typer.echo(
             f"period {p['key']:<16} {p['state']:<9} {p['started_at'][:10]} .. {p['ends_at'][:10]}"
         )
+    for e in inventory.get("security_code_epochs", []):
+        gone = f"destroyed {e['destroyed_at']}" if e["destroyed_at"] else "live"
+        typer.echo(f"csc    {e['label']:<16} made {e['created_at']}, {gone}")
     for c in ceremonies:
         typer.echo(f"ceremony {c['id']} {c['kind']:<11} {c['state']}")
 

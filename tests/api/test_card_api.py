@@ -137,6 +137,14 @@ def test_bundle_round_trip_per_reveal_level(cards_vault: VaultServer) -> None:
         "held_now": 1,
     }
 
+    # The key inventory lists the hour's key: registered, sensitive, never extractable.
+    with cards_vault.client("officer-alice") as c:
+        inventory = c.get("/v1/admin/keys").json()
+    [epoch] = inventory["security_code_epochs"]
+    assert epoch["label"].startswith("cofre-csc-e")
+    assert epoch["destroyed_at"] is None
+    [key] = [k for k in inventory["token_keys"] if k["label"] == epoch["label"]]
+    assert (key["registered"], key["sensitive"], key["extractable"]) == (True, True, False)
     # The evidence bundle counts them too (3.3.1, 3.3.2); never a code.
     since = datetime.now(UTC) - timedelta(hours=1)
     with cards_vault.client("auditor") as c:
