@@ -1,4 +1,5 @@
-"""A networked HSM (issue 19): single tokenize over mutual TLS at 32 keep-alive clients,
+"""A networked HSM (issue 19): single tokenize over mutual TLS at 32 keep-alive connections
+(wrk through the haproxy mTLS originator, `bench._load`; `cofre serve` with one worker),
 through the CloudHSM-behaviour shim (tests/support/cloudhsm_shim.c, our reading of AWS's
 documentation, not CloudHSM) with 0 and 1 ms slept before every PKCS#11 call it
 forwards, in the same run, on SQLite. An HMAC fingerprint is two calls (C_SignInit,
@@ -14,14 +15,13 @@ Run: .venv/bin/python -m bench.hsm_latency [--seconds 5] [--pool 16]
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from bench._load import MTLSProxy, Result, wrk
 from bench._setup import LOAD_POLICY, bench_token
-from bench.api import _load, _wait
+from bench.api import _cofre, _stop, _wait
 from tests.support.cloudhsm_shim import build_shim
 from tests.support.postgres import free_port
 
@@ -47,22 +47,13 @@ def main(seconds: float, pool: int) -> None:
             f'[server]\nport = {port}\nca_bundle = "{pki.ca}"\ncert_file = "{pki.server_cert}"\n'
             f'key_file = "{pki.server_key}"\n'
         )
-        base_env = {**os.environ, **shim.env()}
-        subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import os,sys; os.environ['COFRE_CONFIG']=sys.argv[1];"
-                "from cofre.settings import load_settings; from cofre_cli.wiring import open_hsm;"
-                "from hsm.keys import KeyHierarchy; KeyHierarchy(open_hsm(load_settings()))"
-                ".initialize()",
-                str(config),
-            ],
-            env=base_env,
-            check=True,
-        )
+        (tmp / "pin").chmod(0o600)
+        base_env = shim.env()
+        for step in (["db", "migrate"], ["hsm", "init"]):
+            if _cofre(config, *step, extra_env=base_env, stdout=subprocess.DEVNULL).wait():
+                raise SystemExit(f"cofre {' '.join(step)} failed")
         url = f"https://127.0.0.1:{port}"
-        rows = []
+        rows: list[tuple[int, int, Result]] = []
         for index, (latency_us, pool_size) in enumerate(
             ((0, pool), (1000, pool), (1000, 1), (0, 1))
         ):
@@ -70,30 +61,39 @@ def main(seconds: float, pool: int) -> None:
                 **base_env,
                 **shim.env(latency_us=latency_us),
                 "COFRE_HSM__SESSION_POOL_SIZE": str(pool_size),
+                "COFRE_SERVER__WORKERS": "1",
+                "COFRE_LOG_LEVEL": "WARNING",
             }
-            server = subprocess.Popen(
-                [sys.executable, "-m", "bench._servers", "vault", str(config)], env=env
-            )
+            server = _cofre(config, "serve", extra_env=env)
+            proxy = None
             try:
                 _wait(pki, url, server)
-                result = _load(pki, url, CLIENTS, seconds, (index + 1) * 100_000_000)
+                proxy = MTLSProxy(pki, port)
+                result = wrk(
+                    proxy,
+                    "tokenize",
+                    connections=CLIENTS,
+                    seconds=seconds,
+                    args=[str((index + 1) * 100_000)],
+                )
             finally:
-                server.terminate()
-                server.wait()
+                if proxy is not None:
+                    proxy.close()
+                _stop(server)
             rows.append((latency_us, pool_size, result))
-    base = rows[0][2]["req_per_s"]
-    print(f"single tokenize over mTLS, {CLIENTS} keep-alive clients, SQLite, CloudHSM shim:")
+    base = rows[0][2].req_per_s
+    print(f"single tokenize over mTLS, {CLIENTS} connections (wrk), SQLite, CloudHSM shim:")
     print(
         f"{'ms/call':>8} {'pool':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'errors':>7} {'vs 0 ms':>8}"
     )
     for latency_us, pool_size, row in rows:
         print(
-            f"{latency_us / 1000:>8.1f} {pool_size:>5} {row['req_per_s']:>9,.0f} "
-            f"{row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['errors']:>7.0f} "
-            f"{row['req_per_s'] / base:>7.0%}"
+            f"{latency_us / 1000:>8.1f} {pool_size:>5} {row.req_per_s:>9,.0f} "
+            f"{row.p50_ms:>8.1f} {row.p99_ms:>8.1f} {row.errors:>7.0f} "
+            f"{row.req_per_s / base:>7.0%}"
         )
-    kept = rows[1][2]["req_per_s"] / base
+    kept = rows[1][2].req_per_s / base
     print(
         f"goal: with 1 ms per HSM call, >= 70% of the no-latency rate: {kept:.0%} "
         + ("(met)" if kept >= 0.70 else "(NOT met)")

@@ -66,6 +66,7 @@ def _fill(engine: Engine, start: int, count: int) -> None:
                 "ciphertext": secrets.token_bytes(32),
                 "metadata": "{}",
                 "owner": "bench",
+                "domain": CTX.identity,
                 "created_at": now,
             }
             for i in range(min(chunk, count - offset))
