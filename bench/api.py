@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -223,7 +224,8 @@ def _profiled(
     server: subprocess.Popen[bytes], proxy: MTLSProxy, where: Path, seconds: float
 ) -> list[str]:
     """py-spy on every worker during a tokenize load at 32 connections; the summary."""
-    where.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(where, ignore_errors=True)  # only this run's profiles are summarised
+    where.mkdir(parents=True)
     spies = _profile(_workers(server), where, int(seconds))
     wrk(proxy, "tokenize", connections=32, seconds=seconds, args=["700000"])
     for spy in spies:
