@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, cast
+from typing import IO, Annotated, cast
 
 from fastapi import Depends, Path, Request
 
@@ -32,7 +32,9 @@ class AppState:
     check_ready: Callable[[], dict[str, str]]
     telemetry: Telemetry
     rotation: KeyRotation | None = None
-    evidence: Callable[[CallContext, EvidenceRequest], bytes] | None = None
+    # Returns the bundle as an open (anonymous, temporary) file the route streams and
+    # closes: a bundle is never held in memory.
+    evidence: Callable[[CallContext, EvidenceRequest], IO[bytes]] | None = None
     # /docs and /openapi.json (`cofre dev`; off in `cofre serve` unless configured).
     api_docs: bool = False
     # Hosted capture: the capture listener's origin (told to session creators) and the

@@ -160,6 +160,32 @@ class AuditStore:
             finally:
                 result.close()
 
+    def entries_page(self, start: int, end: int, limit: int) -> list[tuple[int, str]]:
+        """Return up to `limit` (leaf index, canonical JSON) from `start` (inclusive) to
+        `end` (exclusive), in leaf order: one keyset page, read in its own short
+        transaction (a long export never holds a cursor or a snapshot open)."""
+        with self._connect() as connection:
+            rows = connection.execute(
+                select(audit_leaves.c.leaf_index, audit_entries.c.payload)
+                .join(audit_entries, audit_entries.c.id == audit_leaves.c.entry_id)
+                .where(audit_leaves.c.leaf_index >= start, audit_leaves.c.leaf_index < end)
+                .order_by(audit_leaves.c.leaf_index)
+                .limit(limit)
+            ).all()
+        return [(int(row.leaf_index), str(row.payload)) for row in rows]
+
+    def heads_page(self, above: int, up_to: int, limit: int) -> list[SignedTreeHead]:
+        """Return up to `limit` signed heads with `above` < tree size <= `up_to`, smallest
+        first: one keyset page (the next page starts above the last size returned)."""
+        with self._connect() as connection:
+            rows = connection.execute(
+                select(audit_heads)
+                .where(audit_heads.c.tree_size > above, audit_heads.c.tree_size <= up_to)
+                .order_by(audit_heads.c.tree_size)
+                .limit(limit)
+            ).all()
+        return [_head(row) for row in rows]
+
     def _fetch(self, wanted: set[tuple[int, int]]) -> _DictSource:
         nodes: dict[tuple[int, int], bytes] = {}
         keys = sorted(wanted)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import structlog
 from cryptography import x509
@@ -44,7 +44,7 @@ from cofre_cli.capture import capture_app
 from cofre_cli.key_management import key_management
 from cofre_cli.witnessing import start_audit_workers, stop_publisher
 from compliance.errors import ComplianceError
-from compliance.export import EvidenceSources, build_bundle
+from compliance.export import EvidenceSources, export_bundle
 from hsm.provider import HSMProvider, provider_from_settings
 from policies.engine import PolicyEngine
 from policies.errors import RateLimited
@@ -300,11 +300,11 @@ def build_runtime(
     export_rate = RateLimit(per_second=bounds.exports_per_hour / 3600, burst=bounds.export_burst)
     one_export = threading.Lock()
 
-    def evidence(ctx: CallContext, request: EvidenceRequest) -> bytes:
+    def evidence(ctx: CallContext, request: EvidenceRequest) -> IO[bytes]:
         period = f"{request.period_from.isoformat()}/{request.period_to.isoformat()}"
         return service.evidence_export(ctx, period, lambda: bounded_build(ctx, request))
 
-    def bounded_build(ctx: CallContext, request: EvidenceRequest) -> bytes:
+    def bounded_build(ctx: CallContext, request: EvidenceRequest) -> IO[bytes]:
         if request.period_to - request.period_from > timedelta(days=bounds.max_period_days):
             raise ComplianceError(
                 f"the period may be at most {bounds.max_period_days} days "
@@ -319,14 +319,15 @@ def build_runtime(
         finally:
             one_export.release()
 
-    def build(ctx: CallContext, request: EvidenceRequest) -> bytes:
+    def build(ctx: CallContext, request: EvidenceRequest) -> IO[bytes]:
+        # An anonymous temporary file, streamed by the route and deleted when closed.
         previous = None
         if request.previous_head is not None:
             chained: dict[str, Any] = {"covering_head": request.previous_head.model_dump()}
             if request.previous_end_index is not None:
                 chained["entries"] = {"end_index": request.previous_end_index}
             previous = json.dumps(chained).encode()
-        return build_bundle(
+        return export_bundle(
             engine,
             sequencer.signer,
             sequencer,

@@ -1,4 +1,5 @@
-"""Building a signed PCI DSS evidence bundle (a tar.gz a QSA verifies offline).
+"""Building a signed PCI DSS evidence bundle (a tar.gz a QSA verifies offline), streamed
+to a temporary file in constant memory whatever the period holds.
 
 IN PCI SCOPE (as evidence). Never key material, never a PAN: audit entries are already
 masked, the policy and configuration carry no secrets (`Settings.redacted`), the key
@@ -8,18 +9,18 @@ inventory lists attributes only.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tarfile
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from sqlalchemy import Engine, func, or_, select
 
-from audit.heads import TreeHeadSigner
+from audit.heads import SignedTreeHead, TreeHeadSigner
 from audit.merkle import hash_b64
 from audit.publisher import cosignatures_of, witnessed_note
 from audit.retention import retired_overlapping
@@ -33,6 +34,11 @@ from compliance.errors import ChainBroken, ComplianceError, EvidenceUnavailable
 
 ALL_PROOFS_UP_TO: Final = 5000
 SAMPLE: Final = 1000
+# Rows per keyset page: the export's memory is bounded by one page of entries or heads.
+PAGE: Final = 1000
+# Policy entries carry the whole policy text: fewer per page.
+_POLICY_PAGE: Final = 50
+_NO_LIMIT: Final = 2**63 - 1
 _TEMPLATE: Final = Path(__file__).with_name("requirements.md.tmpl")
 
 
@@ -65,10 +71,6 @@ def _blocks(start: int, end: int) -> list[tuple[int, int]]:
     return out
 
 
-def _jsonl(rows: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
-
-
 def _refuse_retired(engine: Engine, period_from: datetime, period_to: datetime) -> None:
     """Raise `ComplianceError` when entries of the period were retired to the archive:
     a bundle of what is left online would claim the whole period."""
@@ -80,9 +82,50 @@ def _refuse_retired(engine: Engine, period_from: datetime, period_to: datetime) 
         )
 
 
-# A database outage while the bundle is read leaves as `EvidenceUnavailable` (503).
-@database_errors_as(EvidenceUnavailable, "the evidence sources")
-def build_bundle(
+class _Member:
+    """One file of the bundle, written to an anonymous temporary file (gone when closed,
+    or when the process dies) while its SHA-256 and size are computed."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _Staging
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+
+    def jsonl(self, row: dict[str, Any]) -> None:
+        self.write(json.dumps(row, sort_keys=True).encode() + b"\n")
+
+
+class _Staging:
+    """The bundle's files as they are streamed, before the tar.gz is assembled."""
+
+    def __init__(self) -> None:
+        self.members: dict[str, _Member] = {}
+
+    def member(self, name: str) -> _Member:
+        self.members[name] = _Member()
+        return self.members[name]
+
+    def add(self, name: str, data: bytes) -> None:
+        self.member(name).write(data)
+
+    def listing(self) -> list[dict[str, Any]]:
+        """The manifest's `files`: every member with its size and SHA-256, by name."""
+        return [
+            {"path": name, "size": m.size, "sha256": m.digest.hexdigest()}
+            for name, m in sorted(self.members.items())
+        ]
+
+    def close(self) -> None:
+        for member in self.members.values():
+            member.file.close()
+
+
+def export_bundle(
     engine: Engine,
     signer: TreeHeadSigner,
     sequencer: Sequencer,
@@ -93,11 +136,65 @@ def build_bundle(
     period_to: datetime,
     previous_manifest: bytes | None = None,
     publish: Callable[[], object] | None = None,
-) -> bytes:
-    """Return the bundle (tar.gz bytes) for audit entries created in [from, to).
+) -> IO[bytes]:
+    """Return the bundle for audit entries created in [from, to) as an anonymous
+    temporary file (in ``$TMPDIR``), positioned at its start; the caller streams it and
+    closes it, which deletes it. Raises what `write_bundle` raises, and
+    `EvidenceUnavailable` when the temporary directory cannot hold the bundle (a full
+    disk); no file is left behind."""
+    try:
+        bundle = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+    except OSError as exc:
+        raise EvidenceUnavailable(f"no temporary file for the bundle ({exc.strerror})") from None
+    try:
+        write_bundle(
+            engine,
+            signer,
+            sequencer,
+            sources,
+            out=bundle,
+            generator=generator,
+            period_from=period_from,
+            period_to=period_to,
+            previous_manifest=previous_manifest,
+            publish=publish,
+        )
+        bundle.seek(0)
+    except OSError as exc:
+        bundle.close()
+        raise EvidenceUnavailable(
+            f"the bundle could not be written to the temporary directory ({exc.strerror})"
+        ) from None
+    except BaseException:
+        bundle.close()
+        raise
+    return bundle
 
-    Raises `ComplianceError` for an empty or inverted period, `EvidenceUnavailable` when
-    the database cannot be read.
+
+# A database outage while the bundle is read leaves as `EvidenceUnavailable` (503).
+@database_errors_as(EvidenceUnavailable, "the evidence sources")
+def write_bundle(
+    engine: Engine,
+    signer: TreeHeadSigner,
+    sequencer: Sequencer,
+    sources: EvidenceSources,
+    *,
+    out: IO[bytes],
+    generator: str,
+    period_from: datetime,
+    period_to: datetime,
+    previous_manifest: bytes | None = None,
+    publish: Callable[[], object] | None = None,
+    page_size: int = PAGE,
+) -> None:
+    """Write the bundle (tar.gz) for audit entries created in [from, to) to `out`, in
+    memory bounded by `page_size` rows whatever the period holds: entries and heads are
+    read in keyset pages and streamed to temporary files while their SHA-256 is
+    computed, the signed manifest is made last, and the archive is assembled from those
+    files in chunks.
+
+    Raises `ComplianceError` for an empty or inverted period, `ChainBroken`,
+    `EvidenceUnavailable` (or `AuditReadFailed`) when the database cannot be read.
     """
     if period_to <= period_from:
         raise ComplianceError("the period must end after it starts")
@@ -127,118 +224,170 @@ def build_bundle(
     start, end = int(first), int(last) + 1
     if previous_manifest is not None:
         _check_chain_start(json.loads(previous_manifest), start, end)
-    candidates = [h for h in store.heads() if h.tree_size >= end]
-    # The first head that covers the period and that witnesses cosigned, else the first.
-    covering = next(
-        (h for h in candidates if cosignatures_of(engine, h.tree_size)),
-        candidates[0] if candidates else None,
-    )
+    covering = _covering_head(engine, store, end, page_size)
     if covering is None:  # pragma: no cover - drain() signed one
         raise ComplianceError("no signed tree head covers the period yet")
     size = covering.tree_size
-    entries: list[dict[str, Any]] = [
-        {"index": i, "payload": p} for i, p in store.iter_entries(start, end)
-    ]
-    wanted = _blocks(0, start) + _blocks(end, size)
-    nodes = store.subtree_hashes(set(wanted))
-    subtrees = [{"level": lv, "index": ix, "hash": hash_b64(nodes[(lv, ix)])} for lv, ix in wanted]
-    indices = list(range(start, end))
-    if len(indices) > ALL_PROOFS_UP_TO:
-        step = max(1, len(indices) // SAMPLE)
-        indices = sorted(set(indices[::step]) | {start, end - 1})
-    inclusion = [
-        {"index": i, "proof": [hash_b64(h) for h in store.inclusion_proof(i, size)]}
-        for i in indices
-    ]
-    heads = [h.as_json() for h in store.heads() if start < h.tree_size <= size]
-    policy_versions = _policy_versions(engine, store, start, end, size)
-    policy_text = (
-        str(json.loads(policy_versions[-1]["payload"]).get("document") or "")
-        if policy_versions
-        else ""
-    )
-    files: dict[str, bytes] = {
-        "audit/entries.jsonl": _jsonl(entries),
-        "audit/heads.jsonl": _jsonl(heads),
-        "audit/subtrees.jsonl": _jsonl(subtrees),
-        "audit/inclusion.jsonl": _jsonl(inclusion),
-        "audit/public_key.pem": signer.public_key_pem(),
+    staging = _Staging()
+    try:
+        _stream_log(staging, store, start=start, end=end, size=size, page_size=page_size)
+        policy_text = _stream_policy_versions(
+            staging, engine, store, start=start, end=end, size=size
+        )
+        staging.add("audit/public_key.pem", signer.public_key_pem())
         # The covering head as a C2SP signed note: the vault's signature and every
         # witness's cosignature (c2sp.org/tlog-checkpoint, tlog-cosignature).
-        "audit/checkpoint.note": witnessed_note(engine, covering, signer.public_key_pem()).encode(),
-        "keys/inventory.json": json.dumps(sources.key_inventory(), indent=2).encode(),
-        "keys/ceremonies.json": json.dumps(sources.ceremonies(), indent=2).encode(),
-        "keys/custody.json": json.dumps(sources.custody(), indent=2).encode(),
-        "policy/versions.jsonl": _jsonl(policy_versions),
-        "policy/policy.toml": policy_text.encode(),
-        "config/settings.json": json.dumps(sources.settings, indent=2).encode(),
-        "tls/settings.json": json.dumps(sources.tls_settings, indent=2).encode(),
-        "tls/certificates.json": json.dumps(sources.certificates, indent=2).encode(),
-    }
-    if sources.security_codes is not None:
-        files["security_codes/counts.json"] = json.dumps(
-            {
-                "period": {"from": _entry_time(period_from), "to": _entry_time(period_to)},
-                "counted_by": "whole hours overlapping the period",
-                "counts": sources.security_codes(period_from, period_to),
-            },
-            indent=2,
-            sort_keys=True,
-        ).encode()
-    previous = None
-    if previous_manifest is not None:
-        previous = _signed_previous_head(store, json.loads(previous_manifest), size)
-        size1 = int(previous["tree_size"])
-        # Always present with a previous head (empty when the tree did not grow): the
-        # verifier checks the previous head is a prefix of this bundle's covering head.
-        files["audit/consistency.json"] = json.dumps(
-            {
-                "size1": size1,
-                "size2": size,
-                "proof": [hash_b64(h) for h in store.consistency_proof(size1, size)]
-                if size1 < size
-                else [],
-            }
-        ).encode()
-    files["requirements.md"] = (
-        _TEMPLATE.read_text(encoding="utf-8")
-        .format(
-            period_from=period_from.isoformat(),
-            period_to=period_to.isoformat(),
-            first=start,
-            last=end - 1,
-            count=end - start,
-            size=size,
+        staging.add(
+            "audit/checkpoint.note",
+            witnessed_note(engine, covering, signer.public_key_pem()).encode(),
         )
-        .encode()
-    )
-    manifest = {
-        "format": BUNDLE_FORMAT,
-        "vault_version": __version__,
-        "generated_at": datetime.now(UTC).isoformat(),
-        "generator": generator,
-        "period": {"from": _entry_time(period_from), "to": _entry_time(period_to)},
-        "entries": {"first_index": start, "end_index": end, "count": end - start},
-        "covering_head": {"tree_size": size, "root_hash": hash_b64(covering.root_hash)},
-        "previous_head": previous,
-        "policy_sha256": hashlib.sha256(policy_text.encode()).hexdigest(),
-        "files": [
-            {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            for name, data in sorted(files.items())
-        ],
-    }
-    manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    files[MANIFEST] = manifest_bytes
-    files[SIGNATURE] = signer.sign(manifest_bytes)
-    return _tar(files)
+        _stage_sources(staging, sources, period_from=period_from, period_to=period_to)
+        staging.add("policy/policy.toml", policy_text.encode())
+        previous = None
+        if previous_manifest is not None:
+            previous = _signed_previous_head(store, json.loads(previous_manifest), size)
+            size1 = int(previous["tree_size"])
+            # Always present with a previous head (empty when the tree did not grow): the
+            # verifier checks the previous head is a prefix of this bundle's covering head.
+            staging.add(
+                "audit/consistency.json",
+                json.dumps(
+                    {
+                        "size1": size1,
+                        "size2": size,
+                        "proof": [hash_b64(h) for h in store.consistency_proof(size1, size)]
+                        if size1 < size
+                        else [],
+                    }
+                ).encode(),
+            )
+        staging.add(
+            "requirements.md",
+            _TEMPLATE.read_text(encoding="utf-8")
+            .format(
+                period_from=period_from.isoformat(),
+                period_to=period_to.isoformat(),
+                first=start,
+                last=end - 1,
+                count=end - start,
+                size=size,
+            )
+            .encode(),
+        )
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "vault_version": __version__,
+            "generated_at": datetime.now(UTC).isoformat(),
+            "generator": generator,
+            "period": {"from": _entry_time(period_from), "to": _entry_time(period_to)},
+            "entries": {"first_index": start, "end_index": end, "count": end - start},
+            "covering_head": {"tree_size": size, "root_hash": hash_b64(covering.root_hash)},
+            "previous_head": previous,
+            "policy_sha256": hashlib.sha256(policy_text.encode()).hexdigest(),
+            "files": staging.listing(),
+        }
+        manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        staging.add(MANIFEST, manifest_bytes)
+        staging.add(SIGNATURE, signer.sign(manifest_bytes))
+        _tar(staging, out)
+    finally:
+        staging.close()
 
 
-def _policy_versions(
-    engine: Engine, store: AuditStore, start: int, end: int, size: int
-) -> list[dict[str, Any]]:
-    """The policy load/reload entries in force during leaves [start, end): the last one
-    before the period and every one inside it, each with its inclusion proof in the tree
-    of `size` (so an entry before the period is tied to the signed head too)."""
+def _stage_sources(
+    staging: _Staging, sources: EvidenceSources, *, period_from: datetime, period_to: datetime
+) -> None:
+    """Stage what the bundle draws from besides the audit log (small documents)."""
+    staging.add("keys/inventory.json", json.dumps(sources.key_inventory(), indent=2).encode())
+    staging.add("keys/ceremonies.json", json.dumps(sources.ceremonies(), indent=2).encode())
+    staging.add("keys/custody.json", json.dumps(sources.custody(), indent=2).encode())
+    staging.add("config/settings.json", json.dumps(sources.settings, indent=2).encode())
+    staging.add("tls/settings.json", json.dumps(sources.tls_settings, indent=2).encode())
+    staging.add("tls/certificates.json", json.dumps(sources.certificates, indent=2).encode())
+    if sources.security_codes is not None:
+        staging.add(
+            "security_codes/counts.json",
+            json.dumps(
+                {
+                    "period": {"from": _entry_time(period_from), "to": _entry_time(period_to)},
+                    "counted_by": "whole hours overlapping the period",
+                    "counts": sources.security_codes(period_from, period_to),
+                },
+                indent=2,
+                sort_keys=True,
+            ).encode(),
+        )
+
+
+def _covering_head(
+    engine: Engine, store: AuditStore, end: int, page_size: int
+) -> SignedTreeHead | None:
+    """The first head that covers leaves [0, end) and that witnesses cosigned, else the
+    first that covers them; heads are read in keyset pages."""
+    first = None
+    above = end - 1
+    while page := store.heads_page(above, _NO_LIMIT, page_size):
+        first = first or page[0]
+        for head in page:
+            if cosignatures_of(engine, head.tree_size):
+                return head
+        above = page[-1].tree_size
+    return first
+
+
+def _stream_log(
+    staging: _Staging, store: AuditStore, *, start: int, end: int, size: int, page_size: int
+) -> None:
+    """Stream the period's entries, the heads up to the covering one, the subtree hashes
+    around the period and the inclusion proofs, each in keyset pages."""
+    entries = staging.member("audit/entries.jsonl")
+    at = start
+    while at < end:
+        page = store.entries_page(at, end, page_size)
+        if not page:
+            break
+        for index, payload in page:
+            entries.jsonl({"index": index, "payload": payload})
+        at = page[-1][0] + 1
+    heads = staging.member("audit/heads.jsonl")
+    above = start
+    while page_of_heads := store.heads_page(above, size, page_size):
+        for head in page_of_heads:
+            heads.jsonl(head.as_json())
+        above = page_of_heads[-1].tree_size
+    wanted = _blocks(0, start) + _blocks(end, size)
+    nodes = store.subtree_hashes(set(wanted))
+    subtrees = staging.member("audit/subtrees.jsonl")
+    for level, index in wanted:
+        subtrees.jsonl({"level": level, "index": index, "hash": hash_b64(nodes[(level, index)])})
+    inclusion = staging.member("audit/inclusion.jsonl")
+    for i in _proof_indices(start, end):
+        inclusion.jsonl(
+            {"index": i, "proof": [hash_b64(h) for h in store.inclusion_proof(i, size)]}
+        )
+
+
+def _proof_indices(start: int, end: int) -> Iterator[int]:
+    """The leaves whose inclusion proofs the bundle carries, in order: all of them up to
+    `ALL_PROOFS_UP_TO`, else about `SAMPLE` evenly spaced ones plus the last (computed
+    as they go, never listed: a period of millions costs no memory here)."""
+    if end - start <= ALL_PROOFS_UP_TO:
+        yield from range(start, end)
+        return
+    step = max(1, (end - start) // SAMPLE)
+    yield from range(start, end, step)
+    if (end - 1 - start) % step:
+        yield end - 1
+
+
+def _stream_policy_versions(
+    staging: _Staging, engine: Engine, store: AuditStore, *, start: int, end: int, size: int
+) -> str:
+    """Stream the policy load/reload entries in force during leaves [start, end) to
+    `policy/versions.jsonl`: the last one before the period and every one inside it
+    (read in keyset pages), each with its inclusion proof in the tree of `size` (so an
+    entry before the period is tied to the signed head too). Return the text of the last
+    one ("" when there is none)."""
     # Canonical payloads sort their keys, so "action" is always first.
     is_policy = or_(
         *(audit_entries.c.payload.startswith(f'{{"action":"{a}",') for a in POLICY_ACTIONS)
@@ -248,25 +397,38 @@ def _policy_versions(
         .join(audit_entries, audit_entries.c.id == audit_leaves.c.entry_id)
         .where(is_policy)
     )
-    with engine.execution_options(**READ_ONLY).connect() as connection:
-        before = connection.execute(
+    reader = engine.execution_options(**READ_ONLY)
+    versions = staging.member("policy/versions.jsonl")
+    last_payload = None
+    with reader.connect() as connection:
+        page = connection.execute(
             query.where(audit_leaves.c.leaf_index < start)
             .order_by(audit_leaves.c.leaf_index.desc())
             .limit(1)
         ).all()
-        during = connection.execute(
-            query.where(
-                audit_leaves.c.leaf_index >= start, audit_leaves.c.leaf_index < end
-            ).order_by(audit_leaves.c.leaf_index)
-        ).all()
-    return [
-        {
-            "index": int(index),
-            "payload": payload,
-            "proof": [hash_b64(h) for h in store.inclusion_proof(int(index), size)],
-        }
-        for index, payload in [*before, *during]
-    ]
+    at = start
+    while True:
+        for index, payload in page:
+            versions.jsonl(
+                {
+                    "index": int(index),
+                    "payload": payload,
+                    "proof": [hash_b64(h) for h in store.inclusion_proof(int(index), size)],
+                }
+            )
+            last_payload = str(payload)
+            at = max(at, int(index) + 1)
+        with reader.connect() as connection:
+            page = connection.execute(
+                query.where(audit_leaves.c.leaf_index >= at, audit_leaves.c.leaf_index < end)
+                .order_by(audit_leaves.c.leaf_index)
+                .limit(_POLICY_PAGE)
+            ).all()
+        if not page:
+            break
+    if last_payload is None:
+        return ""
+    return str(json.loads(last_payload).get("document") or "")
 
 
 def _signed_previous_head(store: AuditStore, previous: dict[str, Any], size: int) -> dict[str, Any]:
@@ -279,7 +441,8 @@ def _signed_previous_head(store: AuditStore, previous: dict[str, Any], size: int
         root1 = str(previous["covering_head"]["root_hash"])
     except (KeyError, TypeError, ValueError):
         raise ComplianceError("the previous head needs a tree_size and a root_hash") from None
-    if not any(h.tree_size == size1 and hash_b64(h.root_hash) == root1 for h in store.heads()):
+    signed = store.head_at(size1)
+    if signed is None or hash_b64(signed.root_hash) != root1:
         raise ComplianceError(
             f"the previous head (tree size {size1}) is not a tree head this log signed"
         )
@@ -319,13 +482,14 @@ def _entry_time(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name in sorted(files):
+def _tar(staging: _Staging, out: IO[bytes]) -> None:
+    """Assemble the tar.gz from the staged files, in name order, copying each in chunks
+    (`tarfile.addfile` reads its file object 16 KiB at a time)."""
+    with tarfile.open(fileobj=out, mode="w:gz") as archive:
+        for name, member in sorted(staging.members.items()):
             info = tarfile.TarInfo(name)
-            info.size = len(files[name])
+            info.size = member.size
             info.mtime = 0
             info.mode = 0o644
-            archive.addfile(info, io.BytesIO(files[name]))
-    return buffer.getvalue()
+            member.file.seek(0)
+            archive.addfile(info, member.file)

@@ -6,8 +6,12 @@ IN PCI SCOPE. A bundle holds no PAN; an auditor verifies it offline.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from typing import IO, Final
+
 from fastapi import APIRouter
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from api.dependencies import Caller, State
 from api.errors import ApiError
@@ -16,6 +20,16 @@ from api.models import EvidenceRequest
 from policies.models import Action
 
 router = APIRouter()
+
+CHUNK: Final = 64 * 1024
+
+
+def _chunks(bundle: IO[bytes]) -> Iterator[bytes]:
+    """The bundle file in chunks; closing it (also when the client goes away and the
+    generator is discarded) deletes the anonymous temporary file."""
+    with bundle:
+        while chunk := bundle.read(CHUNK):
+            yield chunk
 
 
 @router.post(
@@ -36,8 +50,14 @@ def export_evidence(body: EvidenceRequest, caller: Caller, state: State) -> Resp
     if state.evidence is None:
         raise ApiError("evidence export is not enabled on this node")
     bundle = state.evidence(caller, body)
-    return Response(
-        bundle,
+    # Written whole (and its export audited) before the first byte is sent: a client
+    # gets a complete bundle or an error, never a truncated archive with a 200.
+    size = os.fstat(bundle.fileno()).st_size
+    return StreamingResponse(
+        _chunks(bundle),
         media_type="application/gzip",
-        headers={"content-disposition": 'attachment; filename="cofre-evidence.tar.gz"'},
+        headers={
+            "content-disposition": 'attachment; filename="cofre-evidence.tar.gz"',
+            "content-length": str(size),
+        },
     )

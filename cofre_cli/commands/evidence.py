@@ -6,13 +6,16 @@ IN PCI SCOPE (wiring).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import typer
 
 from cofre.errors import ConfigurationError
 from cofre_cli._shared import CertOpt, KeyOpt, Officer, admin_client, fail_cleanly
+
+CHUNK: Final = 64 * 1024
 
 evidence_app = typer.Typer(
     help="Signed PCI DSS evidence bundles: export (officers, auditors) and offline verify.",
@@ -52,14 +55,33 @@ def evidence_export(
     if period_from is None:
         raise ConfigurationError("--from is required unless --previous gives the start")
     body["from"] = period_from
-    with admin_client(identity, cert, key) as client:
-        response = client.post("/v1/evidence", json=body)
-    if response.status_code != 200:
-        problem = response.json()
-        typer.echo(f"error [{problem.get('code')}]: {problem.get('detail')}", err=True)
-        raise typer.Exit(1)
-    out.write_bytes(response.content)
-    typer.echo(f"wrote {out} ({len(response.content)} bytes)")
+    with (
+        admin_client(identity, cert, key) as client,
+        client.stream("POST", "/v1/evidence", json=body) as response,
+    ):
+        if response.status_code != 200:
+            problem = json.loads(response.read())
+            typer.echo(f"error [{problem.get('code')}]: {problem.get('detail')}", err=True)
+            raise typer.Exit(1)
+        written = _save(response.iter_bytes(CHUNK), out)
+    typer.echo(f"wrote {out} ({written} bytes)")
+
+
+def _save(chunks: Iterator[bytes], out: Path) -> int:
+    """Write the streamed bundle to `out` chunk by chunk (never whole in memory), through
+    a `.part` file renamed at the end: an interrupted download leaves no truncated
+    bundle under the name asked for. Returns the number of bytes written."""
+    part = out.with_name(out.name + ".part")
+    written = 0
+    try:
+        with part.open("wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+                written += len(chunk)
+        part.replace(out)
+    finally:
+        part.unlink(missing_ok=True)
+    return written
 
 
 @evidence_app.command("verify")

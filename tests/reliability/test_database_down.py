@@ -15,7 +15,7 @@ from audit.errors import AuditReadFailed
 from audit.sequencer import Sequencer
 from audit.store import AuditStore
 from cofre.errors import CofreError
-from compliance.export import EvidenceSources, build_bundle
+from compliance.export import EvidenceSources, export_bundle
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
@@ -90,7 +90,7 @@ def test_database_stopped_under_rotation_audit_reads_and_export(
             with pytest.raises(StorageUnavailable):
                 call()
         with pytest.raises(CofreError) as exported:
-            build_bundle(
+            export_bundle(
                 engine,
                 sequencer.signer,
                 sequencer,
