@@ -22,7 +22,7 @@ from audit.sequencer import Sequencer
 from audit.store import AuditStore
 from cofre_evidence_verifier.verify import verify_bundle
 from compliance.errors import ComplianceError
-from compliance.export import EvidenceSources, build_bundle
+from compliance.export import EvidenceSources, export_bundle
 from infra_pci.objectstore import S3ObjectStore
 from tests.audit.conftest import BUCKET
 from tests.audit.test_archive import PREFIX, sequence
@@ -195,7 +195,7 @@ def test_no_evidence_bundle_claims_a_period_whose_entries_were_retired(
     )
 
     def bundle(period_from: datetime, period_to: datetime) -> bytes:
-        return build_bundle(
+        with export_bundle(
             pg,
             signer,
             Sequencer(pg, signer),
@@ -203,7 +203,8 @@ def test_no_evidence_bundle_claims_a_period_whose_entries_were_retired(
             generator="test",
             period_from=period_from,
             period_to=period_to,
-        )
+        ) as streamed:
+            return streamed.read()
 
     with pytest.raises(ComplianceError, match=rf"audit_entries_p{OLD[1]:%Y%m}, .* were retired"):
         bundle(datetime(OLD[1].year, OLD[1].month, 1, tzinfo=UTC), NOW)

@@ -28,7 +28,7 @@ from audit.schema import audit_cosignatures, audit_entries, audit_leaves, audit_
 from audit.sequencer import Sequencer
 from cofre.settings import AuditSettings, WitnessSettings
 from cofre_evidence_verifier.verify import verify_bundle
-from compliance.export import EvidenceSources, build_bundle
+from compliance.export import EvidenceSources, export_bundle
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.support.witness_process import WitnessProcess
@@ -186,7 +186,7 @@ def test_rewritten_or_restored_log_fails_every_verifier(
             signer.public_key_pem,
             submit,
         )
-        data = build_bundle(
+        streamed = export_bundle(
             copy,
             signer,
             sequencer,
@@ -196,6 +196,8 @@ def test_rewritten_or_restored_log_fails_every_verifier(
             period_to=datetime.now(UTC) + timedelta(seconds=5),
             publish=publisher.publish_once,
         )
+        with streamed:
+            data = streamed.read()
         assert publisher.last_errors[witness.key.name]  # the witness refused the head
     finally:
         copy.dispose()
