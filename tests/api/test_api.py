@@ -71,15 +71,28 @@ def test_tokenize_and_reveal_levels(vault_server: VaultServer) -> None:
     with vault_server.client("settlement") as c:
         full = c.post("/v1/detokenize", json={"token": token})
     assert full.status_code == 200
-    assert full.json() == {"token": token, "pan": VISA, "reveal": "full"}
+    # A card tokenized without expiry or name answers them as null (issue 22).
+    assert full.json() == {
+        "token": token,
+        "pan": VISA,
+        "reveal": "full",
+        "expiry": None,
+        "cardholder_name": None,
+    }
     with vault_server.client("ledger") as c:
         masked = c.post("/v1/detokenize", json={"token": token})
-    assert masked.json() == {"token": token, "pan": "411111******1111", "reveal": "masked"}
+    assert masked.json() == {
+        "token": token,
+        "pan": "411111******1111",
+        "reveal": "masked",
+        "expiry": None,
+        "cardholder_name": None,
+    }
     with vault_server.client("payments") as c:
         denied = c.post("/v1/detokenize", json={"token": token})
         m = c.post("/v1/detokenize-masked", json={"token": token})
     _problem(denied, 403, "policy_denied")
-    assert m.json() == {"token": token, "masked_pan": "411111******1111"}
+    assert m.json() == {"token": token, "masked_pan": "411111******1111", "expiry": None}
 
 
 def test_identity_not_in_policy_and_officer(vault_server: VaultServer) -> None:
