@@ -145,10 +145,24 @@ def test_stop_signal_drains_then_exits_zero(
 
 def _with_metrics(vault: VaultProcess) -> int:
     """Two workers, each with its Prometheus listener: the returned port and the next."""
-    metrics_port = free_port()
+    metrics_port = _free_port_pair()
     vault.env["COFRE_SERVER__METRICS_PORT"] = str(metrics_port)
     vault.env["COFRE_SERVER__WORKERS"] = "2"
     return metrics_port
+
+
+def _free_port_pair() -> int:
+    """A free port whose next port is free too: worker 1 listens on it, and a port the
+    kernel handed to another test there made the node exit (Address already in use)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two adjacent free ports on loopback")
 
 
 def _scrape(metrics_port: int) -> list[httpx.Response]:
