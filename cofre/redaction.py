@@ -21,6 +21,14 @@ is the same card as its 16 digits in a row), and any run of consecutive list ite
 short digit strings or small integers (``[4, 1, 1, 1, …]``, ``["4111", "1111", …]``)
 holding 12 or more digits together.
 
+What it leaves alone: digit runs inside a hex word of exactly a digest's length (32, 40,
+56, 64, 96 or 128 hex characters) with a letter among them (an MD5-sized trace id, a
+SHA-1 or certificate serial, a SHA-2 digest). Those are hex noise, not
+decimal data: one SHA-256 in five holds 12 digits in a row by chance, and masking them
+made the policy hash a node logs at start unreadable. The suite's leak scan skips the
+same words (tests/support/leakscan.py). A card glued to a hex word of any other length is
+still masked: ``deadbeef`` four times then 16 digits is 48 characters, not a digest.
+
 12 to 19 digits become the first six digits, asterisks and the last four, the most
 PCI DSS 4.0.1 req. 3.4.1 allows to be shown; longer runs (not PANs, but a PAN may hide
 inside) are masked entirely.
@@ -38,13 +46,20 @@ MAX_DIGITS: Final = 19
 _MAX_PIECE: Final = 6
 _MAX_PIECE_INT: Final = 10**_MAX_PIECE - 1
 
-_DIGIT_RUN: Final = re.compile(r"(?<![0-9])[0-9]{12,}(?![0-9])")
+# A hex word (32+ hex characters, alone) or a run of 12+ digits. The hex alternative is
+# tried first at each position, so a digest is consumed whole and its inner digits are
+# never seen as a run; a hex word without a letter is all digits and masked like a run.
+_DIGIT_RUN: Final = re.compile(
+    r"(?P<hex>(?<![0-9A-Za-z])[0-9A-Fa-f]{32,}(?![0-9A-Za-z]))|(?<![0-9])[0-9]{12,}(?![0-9])"
+)
 # Groups of 1 to 6 digits joined by one separator (repeated exactly, backreference) of
 # one to three characters that are neither digits nor letters.
 _GROUPED: Final = re.compile(
     r"(?<![0-9])[0-9]{1,6}(?P<sep>[^0-9A-Za-z]{1,3})[0-9]{1,6}(?:(?P=sep)[0-9]{1,6})+(?![0-9])"
 )
 _NOT_DIGIT: Final = re.compile(r"[^0-9]")
+_PLAIN_RUN: Final = re.compile(r"(?<![0-9])[0-9]{12,}(?![0-9])")
+_DIGEST_LENGTHS: Final = frozenset({32, 40, 56, 64, 96, 128})
 
 
 def mask_digits(digits: str) -> str:
@@ -58,7 +73,12 @@ def mask_digits(digits: str) -> str:
 
 
 def _mask_run(match: re.Match[str]) -> str:
-    return mask_digits(match.group(0))
+    run = match.group(0)
+    if match.group("hex") is None or run.isdigit():
+        return mask_digits(run)
+    if len(run) in _DIGEST_LENGTHS:
+        return run  # a digest: hex noise, not a card
+    return _PLAIN_RUN.sub(lambda inner: mask_digits(inner.group(0)), run)
 
 
 def _mask_grouped(match: re.Match[str]) -> str:

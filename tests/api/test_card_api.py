@@ -16,6 +16,7 @@ import pytest
 from hsm.keys import KeyHierarchy
 from hsm.provider import HSMProvider, provider_from_settings
 from tests.api.conftest import VaultServer, running_vault
+from tests.support.codes import shows_code
 from tests.support.softhsm import SoftHSMToken, destroy_code_epochs
 
 NO_CODE_FORMAT = """
@@ -88,8 +89,9 @@ def test_bad_card_details_are_problems_and_store_nothing(
     assert answer.status_code == status
     assert answer.headers["content-type"] == "application/problem+json"
     assert answer.json()["code"] == code
-    for secret in (PAN, "4111 1111", "737", "ZOE"):
+    for secret in (PAN, "4111 1111", "ZOE"):
         assert secret not in answer.text
+    assert not shows_code(answer.text, "737")
     assert _tokens(cards_vault) == before
     # In a batch the same item is named, nothing of the batch stored.
     first = {**CARD, "format": extra.get("format", CARD["format"])}
@@ -129,7 +131,7 @@ def test_bundle_round_trip_per_reveal_level(cards_vault: VaultServer) -> None:
         "expiry": "2029-03",
     }
     for answer in (full, masked, only_masked.json()):
-        assert "737" not in str(answer)
+        assert not shows_code(str(answer), "737")
     assert _gauges(cards_vault, "cofre.security_codes") == {
         "held": 1,
         "used": 0,

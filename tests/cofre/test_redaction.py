@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cofre.redaction import mask_pan_like, mask_pan_values
 
@@ -24,6 +29,10 @@ MASKED = "411111******1111"
         ('["4","1","1","1","1","1","1","1","1","1","1","1","1","1","1","1"]', None),
         ("4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1", "4 1 1 1 1 1 * * * * * * 1 1 1 1"),
         ("41111111111111111111111", "*" * 23),
+        # Glued to hex that is not a digest's length, a card is still a card.
+        ("deadbeef" * 4 + PAN, "deadbeef" * 4 + MASKED),
+        ("dead" + PAN + "beef" * 7, "dead" + MASKED + "beef" * 7),
+        ("0" * 48 + PAN, "*" * 64),
     ],
 )
 def test_text_representations_are_masked(text: str, expected: str | None) -> None:
@@ -47,6 +56,21 @@ def test_text_representations_are_masked(text: str, expected: str | None) -> Non
 )
 def test_ordinary_text_is_kept(text: str) -> None:
     assert mask_pan_like(text) == text
+
+
+@given(st.binary(), st.sampled_from([hashlib.md5, hashlib.sha1, hashlib.sha256, hashlib.sha512]))
+def test_digests_are_kept(data: bytes, digest: Callable[[bytes], Any]) -> None:
+    # One SHA-256 in five holds 12 digits in a row; a node logs its policy's hash at
+    # start and an operator compares it with sha256sum (seen masked in a clean-clone run).
+    hexdigest = digest(data).hexdigest()
+    assert mask_pan_like(f"policy_sha256={hexdigest} ok") == f"policy_sha256={hexdigest} ok"
+    assert mask_pan_like(hexdigest.upper()) == hexdigest.upper()
+
+
+def test_a_digest_with_many_digits_is_kept() -> None:
+    digest = "9b893988458154aba4b" + "0123456789abcdef" * 2 + "fdfa35832946c"
+    assert len(digest) == 64
+    assert mask_pan_like(digest) == digest
 
 
 def test_json_values_in_every_representation() -> None:
