@@ -56,9 +56,22 @@ class AeadOperations(TokenSession):
         Raises `HSMOperationFailed` when `label` is taken.
         """
 
+        return self._generate_aes(label, {Attribute.ENCRYPT, Attribute.DECRYPT})
+
+    def _refuse_duplicate(self, session: Any, label: str) -> None:
+        if any(True for _ in session.get_objects({Attribute.LABEL: label})):
+            raise HSMOperationFailed(f"a key labelled {label!r} already exists")
+
+    def _generate_aes(self, label: str, usages: set[Attribute]) -> KeyInfo:
+        """Create an AES-256 token key allowed only `usages`: sensitive, never
+        extractable. The one template every AES key of Cofre's is made from (KEKs, the
+        security-code epochs), so none of them can be made weaker by a copy that drifts.
+
+        Raises `HSMOperationFailed` when `label` is taken.
+        """
+
         def generate(session: Any) -> KeyInfo:
-            if any(True for _ in session.get_objects({Attribute.LABEL: label})):
-                raise HSMOperationFailed(f"a key labelled {label!r} already exists")
+            self._refuse_duplicate(session, label)
             key = session.generate_key(
                 KeyType.AES,
                 256,
@@ -66,7 +79,7 @@ class AeadOperations(TokenSession):
                 label=label,
                 store=True,
                 template={
-                    **usage_template(KeyType.AES, {Attribute.ENCRYPT, Attribute.DECRYPT}),
+                    **usage_template(KeyType.AES, usages),
                     Attribute.TOKEN: True,
                     Attribute.PRIVATE: True,
                     Attribute.SENSITIVE: True,

@@ -204,10 +204,6 @@ class HSMProvider(AeadOperations):
         )
 
     # ------------------------------------------------------------------ key generation
-    def _refuse_duplicate(self, session: Any, label: str) -> None:
-        if any(True for _ in session.get_objects({Attribute.LABEL: label})):
-            raise HSMOperationFailed(f"a key labelled {label!r} already exists")
-
     def generate_kek(self, label: str) -> KeyInfo:
         """Create an AES-256 key-encryption key on the token: sensitive, never extractable,
         usable only to wrap and unwrap. Returns its `KeyInfo`.
@@ -215,26 +211,7 @@ class HSMProvider(AeadOperations):
         Raises `HSMOperationFailed` when `label` is taken.
         """
 
-        def generate(session: Any) -> KeyInfo:
-            self._refuse_duplicate(session, label)
-            key = session.generate_key(
-                KeyType.AES,
-                256,
-                id=new_key_id(),
-                label=label,
-                store=True,
-                template={
-                    **usage_template(KeyType.AES, {Attribute.WRAP, Attribute.UNWRAP}),
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                },
-            )
-            return self._describe(key)
-
-        # Not retried: a retry after a lost reply could create the key twice.
-        return self._run(generate, retry=False)
+        return self._generate_aes(label, {Attribute.WRAP, Attribute.UNWRAP})
 
     def generate_hmac_key(self, label: str) -> KeyInfo:
         """Create a 256-bit HMAC-SHA256 key on the token: sensitive, never extractable.
