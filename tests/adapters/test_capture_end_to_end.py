@@ -52,7 +52,7 @@ from tests.support.codes import shows_code
 from tests.support.fake_acquirer import FakeAcquirer
 from tests.support.leakguard import ACQUIRER_SIDE
 from tests.support.leakscan import find_leaks
-from tests.support.policies import TEST_IDENTITIES
+from tests.support.policies import TEST_IDENTITIES, getnet_card_route
 from tests.support.postgres import free_port
 from tests.support.shop import Shop
 from tests.support.softhsm import SoftHSMToken, destroy_code_epochs
@@ -114,21 +114,7 @@ def checkout(
         journal=tmp / ACQUIRER_SIDE / "received.jsonl",
     )
     acquirer.start()
-    routes = f"""
-[relay_routes.getnet-authorize]
-upstream = "{acquirer.url}/v1/authorize"
-identities = ["spiffe://cofre/getnet-adapter"]
-response_tokenize = {{ "/card/number" = "pan_bin6_last4" }}
-ca_bundle = "{pki.ca}"
-timeout_seconds = 5
-
-[relay_routes.getnet-authorize.card]
-number = "/card/number"
-expiry_month = "/card/expiration_month"
-expiry_year = "/card/expiration_year"
-security_code = "/card/security_code"
-cardholder_name = "/card/cardholder_name"
-"""
+    routes = getnet_card_route(acquirer.url, pki.ca)
     capture = CaptureSettings(port=free_port(), allow_http_localhost=True)
     with running_vault(vault_dir, code_provider, extra_policy=routes, capture=capture) as vault:
         assert vault.capture_url is not None

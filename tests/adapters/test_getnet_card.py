@@ -24,7 +24,7 @@ from tests.api.conftest import VaultServer, running_vault
 from tests.support.codes import shows_code
 from tests.support.fake_acquirer import FakeAcquirer
 from tests.support.leakscan import find_leaks
-from tests.support.policies import TEST_IDENTITIES
+from tests.support.policies import TEST_IDENTITIES, getnet_card_route
 from tests.support.softhsm import SoftHSMToken, destroy_code_epochs
 
 PAN = "5555555555554444"
@@ -40,21 +40,7 @@ def getnet(
     pki = ensure_dev_pki(tmp / "pki", identities=TEST_IDENTITIES)
     acquirer = FakeAcquirer(cert=pki.server_cert, key=pki.server_key)
     acquirer.start()
-    routes = f"""
-[relay_routes.getnet-authorize]
-upstream = "{acquirer.url}/v1/authorize"
-identities = ["spiffe://cofre/getnet-adapter"]
-response_tokenize = {{ "/card/number" = "pan_bin6_last4" }}
-ca_bundle = "{pki.ca}"
-timeout_seconds = 5
-
-[relay_routes.getnet-authorize.card]
-number = "/card/number"
-expiry_month = "/card/expiration_month"
-expiry_year = "/card/expiration_year"
-security_code = "/card/security_code"
-cardholder_name = "/card/cardholder_name"
-"""
+    routes = getnet_card_route(acquirer.url, pki.ca)
     # The session's second token: the security-code epoch keys this vault makes never
     # sit beside the other test vaults' keys.
     provider = provider_from_settings(

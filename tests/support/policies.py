@@ -8,6 +8,7 @@ or a move to another processor.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Final
 
 from api.pki import DEV_IDENTITIES
@@ -21,3 +22,24 @@ read_domains = ["spiffe://cofre/payments"]
 """
 
 TEST_IDENTITIES: Final = (*DEV_IDENTITIES, "settlement")
+
+
+def getnet_card_route(acquirer_url: str, ca: Path) -> str:
+    """The policy's `getnet-authorize` relay route with card pointers, as docs/adapters.md
+    shows it: the adapter sends the token, the vault puts number, expiry, code and name in
+    and tokenizes the number the acquirer echoes."""
+    return f"""
+[relay_routes.getnet-authorize]
+upstream = "{acquirer_url}/v1/authorize"
+identities = ["spiffe://cofre/getnet-adapter"]
+response_tokenize = {{ "/card/number" = "pan_bin6_last4" }}
+ca_bundle = "{ca}"
+timeout_seconds = 5
+
+[relay_routes.getnet-authorize.card]
+number = "/card/number"
+expiry_month = "/card/expiration_month"
+expiry_year = "/card/expiration_year"
+security_code = "/card/security_code"
+cardholder_name = "/card/cardholder_name"
+"""

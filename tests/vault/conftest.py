@@ -5,10 +5,12 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine
 
+from api.pki import ensure_dev_pki
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
 from tests.support.cloudhsm_shim import HSM_BACKENDS, provider_for
+from tests.support.fake_acquirer import FakeAcquirer
 from vault.service import CallContext, VaultService
 from vault.storage.database import create_database_engine, migrate
 
@@ -84,3 +86,14 @@ def service(engine: Engine, hsm_provider: HSMProvider) -> Iterator[VaultService]
     svc.initialize()
     yield svc
     svc.close()
+
+
+@pytest.fixture(scope="module")
+def acquirer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAcquirer]:
+    """An acquirer behind server TLS for the relay tests; its CA is `acquirer.ca`."""
+    pki = ensure_dev_pki(tmp_path_factory.mktemp("relay-pki"), identities=("payments",))
+    acquirer = FakeAcquirer(cert=pki.server_cert, key=pki.server_key)
+    acquirer.start()
+    acquirer.ca = pki.ca  # type: ignore[attr-defined]
+    yield acquirer
+    acquirer.stop()

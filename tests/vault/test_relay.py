@@ -13,7 +13,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from api.pki import ensure_dev_pki
 from audit.errors import AuditWriteFailed
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
@@ -27,16 +26,6 @@ from vault.service import CallContext, TokenizeRequest, VaultService
 PAN = "5555555555554444"
 PAYMENTS = CallContext("spiffe://cofre/payments", "req-payments")
 RELAYER = CallContext("spiffe://cofre/relayer", "req-relay-1")
-
-
-@pytest.fixture(scope="module")
-def acquirer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAcquirer]:
-    pki = ensure_dev_pki(tmp_path_factory.mktemp("relay-pki"), identities=("payments",))
-    acquirer = FakeAcquirer(cert=pki.server_cert, key=pki.server_key)
-    acquirer.start()
-    acquirer.ca = pki.ca  # type: ignore[attr-defined]
-    yield acquirer
-    acquirer.stop()
 
 
 @pytest.fixture

@@ -15,13 +15,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from api.pki import ensure_dev_pki
 from audit.errors import AuditWriteFailed
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
 from tests.support.codes import shows_code
 from tests.support.fake_acquirer import FakeAcquirer
+from tests.support.policies import getnet_card_route
 from tests.support.softhsm import destroy_code_epochs
 from tests.vault.conftest import TEST_POLICY
 from vault.card import SecurityCode
@@ -35,16 +35,6 @@ PAYMENTS = CallContext("spiffe://cofre/payments", "req-payments")
 GETNET = CallContext("spiffe://cofre/getnet-adapter", "req-relay")
 
 
-@pytest.fixture(scope="module")
-def acquirer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAcquirer]:
-    pki = ensure_dev_pki(tmp_path_factory.mktemp("relay-card-pki"), identities=("payments",))
-    acquirer = FakeAcquirer(cert=pki.server_cert, key=pki.server_key)
-    acquirer.start()
-    acquirer.ca = pki.ca  # type: ignore[attr-defined]
-    yield acquirer
-    acquirer.stop()
-
-
 @pytest.fixture
 def relay(
     engine: Engine, rotation_provider: HSMProvider, acquirer: FakeAcquirer
@@ -55,21 +45,8 @@ def relay(
             '[identities."spiffe://cofre/getnet-adapter"]\noperations = ["detokenize"]',
             '[identities."spiffe://cofre/getnet-adapter"]\noperations = ["detokenize", "relay"]',
         )
+        + getnet_card_route(acquirer.url, ca)
         + f"""
-[relay_routes.getnet-authorize]
-upstream = "{acquirer.url}/v1/authorize"
-identities = ["spiffe://cofre/getnet-adapter"]
-response_tokenize = {{ "/card/number" = "pan_bin6_last4" }}
-ca_bundle = "{ca}"
-timeout_seconds = 5
-
-[relay_routes.getnet-authorize.card]
-number = "/card/number"
-expiry_month = "/card/expiration_month"
-expiry_year = "/card/expiration_year"
-security_code = "/card/security_code"
-cardholder_name = "/card/cardholder_name"
-
 [relay_routes.plain]
 upstream = "{acquirer.url}/v1/authorize"
 identities = ["spiffe://cofre/getnet-adapter"]
