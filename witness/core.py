@@ -4,6 +4,11 @@
 raises the `witness.errors` error whose `status` the protocol assigns. Every refusal of a
 checkpoint whose log signature verified is counted and logged: it may be evidence of a
 log that forked or rolled back (the spec's "MAY log the request").
+
+The log's audit key may be rotated: a checkpoint with a ``cofre-key-handover`` line,
+signed by both the key the witness trusts and the new key it names
+(`audit.note.parse_handover`), is cosigned like any other (consistent with the last
+one) and recorded; from then on only the new key's checkpoints are accepted.
 """
 
 from __future__ import annotations
@@ -20,7 +25,15 @@ from typing import Final
 
 from audit.errors import NoteError, ProofError
 from audit.merkle import EMPTY_ROOT, verify_consistency
-from audit.note import CosignerKey, VerifierKey, parse_checkpoint, parse_note
+from audit.note import (
+    HANDOVER_EXTENSION,
+    Checkpoint,
+    CosignerKey,
+    VerifierKey,
+    parse_checkpoint,
+    parse_handover,
+    parse_note,
+)
 from audit.note import verify_note as verify_note_signatures
 from witness.errors import (
     CheckpointConflict,
@@ -111,17 +124,20 @@ class Witness:
         except NoteError as exc:
             raise RequestMalformed(f"the checkpoint is not a signed note: {exc}") from None
         origin = text.split("\n", 1)[0]
-        keys = self._logs.get(origin)
-        if keys is None:
+        pinned = self._logs.get(origin)
+        if pinned is None:
             raise UnknownLog(f"no log with origin {origin[:100]!r} is configured")
+        keys, since = self._current_keys(origin, pinned)
         try:
             verify_note_signatures(text, signatures, keys)
         except NoteError as exc:
-            raise NoValidSignature(f"{origin}: {exc}") from None
+            handed = "" if since is None else f" (the log's key was handed over at size {since})"
+            raise NoValidSignature(f"{origin}: {exc}{handed}") from None
         try:
             checkpoint = parse_checkpoint(text)
         except NoteError as exc:
             raise RequestMalformed(f"{origin}: {exc}") from None
+        handover = self._check_handover(origin, note, checkpoint, keys)
         if old_size > checkpoint.size:
             raise OldSizeInvalid(
                 f"{origin}: old size {old_size} is above the checkpoint's {checkpoint.size}"
@@ -143,9 +159,45 @@ class Witness:
             )
             return Cosigned(checkpoint.size, checkpoint.root, served)
 
-        self._state.update(origin, decide)
+        self._state.update(origin, decide, handover=note if handover else None)
+        if handover:
+            _log.warning(
+                "accepted the audit key handover of %s at size %d", origin, checkpoint.size
+            )
         _log.info("cosigned %s at size %d", origin, checkpoint.size)
         return cosignature.line()
+
+    def _current_keys(
+        self, origin: str, pinned: list[VerifierKey]
+    ) -> tuple[list[VerifierKey], int | None]:
+        """The keys that sign `origin`'s checkpoints now, and the size of the handover
+        that introduced them (None: the pinned keys). After a handover only the new key
+        counts: the old one, which may have leaked, signs nothing more."""
+        notes = self._state.handovers(origin)
+        if not notes:
+            return pinned, None
+        last = parse_handover(notes[-1])
+        return [last.new], last.size
+
+    @staticmethod
+    def _check_handover(
+        origin: str, note: str, checkpoint: Checkpoint, keys: list[VerifierKey]
+    ) -> bool:
+        """Return True when `note` is a key handover this witness may follow: signed by
+        both keys it names, from a key the witness trusts now. Return False for a plain
+        checkpoint. Raises `NoValidSignature` for any other handover (a forgery)."""
+        if not any(line.startswith(HANDOVER_EXTENSION + " ") for line in checkpoint.extensions):
+            return False
+        try:
+            handover = parse_handover(note)
+        except NoteError as exc:
+            raise NoValidSignature(f"{origin}: {exc}") from None
+        if handover.old not in keys:
+            raise NoValidSignature(
+                f"{origin}: the key handover at size {handover.size} starts from a key this "
+                "witness does not trust for the log"
+            )
+        return True
 
     @staticmethod
     def _check_consistent(

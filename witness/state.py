@@ -24,6 +24,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     root BLOB NOT NULL,
     note TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS handovers (
+    origin TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    note TEXT NOT NULL,
+    PRIMARY KEY (origin, size)
+);
 """
 
 
@@ -46,7 +52,7 @@ class WitnessState:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(_SCHEMA)
+            self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise WitnessStateFailed(f"cannot open the witness state {path}: {exc}") from None
 
@@ -62,9 +68,25 @@ class WitnessState:
             ).fetchone()
         return None if row is None else Cosigned(int(row[0]), bytes(row[1]), str(row[2]))
 
-    def update(self, origin: str, decide: Callable[[Cosigned | None], Cosigned]) -> Cosigned:
+    def handovers(self, origin: str) -> list[str]:
+        """Return the audit key handover notes this witness accepted for `origin`, in
+        order of size (`Witness` follows them to the log's current key)."""
+        with self._lock, self._errors():
+            rows = self._db.execute(
+                "SELECT note FROM handovers WHERE origin = ? ORDER BY size", (origin,)
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def update(
+        self,
+        origin: str,
+        decide: Callable[[Cosigned | None], Cosigned],
+        *,
+        handover: str | None = None,
+    ) -> Cosigned:
         """Atomically read the state of `origin`, call `decide` with it (which raises to
-        refuse), and store what it returns. Returns the stored value."""
+        refuse), and store what it returns (with the key `handover` note it accepted, if
+        any, in the same transaction). Returns the stored value."""
         with self._lock, self._errors():
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -79,6 +101,11 @@ class WitnessState:
                     "root = excluded.root, note = excluded.note",
                     (origin, new.size, new.root, new.note),
                 )
+                if handover is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO handovers (origin, size, note) VALUES (?, ?, ?)",
+                        (origin, new.size, handover),
+                    )
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise

@@ -616,7 +616,7 @@ def test_previous_bundle_without_a_verified_head_fails(
     files = _members(bundle)
     manifest = json.loads(files["manifest.json"])
     report = Report(required=frozenset({"previous"}))
-    chain.check_previous(files, manifest, {}, bundle, public_key_pem=public_key, report=report)
+    chain.check_previous(files, manifest, {}, bundle, public_keys=[public_key], report=report)
     assert not report.ok
     assert any("no verified signed head" in problem for problem in report.problems)
 

@@ -22,6 +22,7 @@ __all__ = [
     "files",
     "heads",
     "html",
+    "keychain",
     "merkle",
     "note",
     "policy",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def check_previous(
     heads: Heads,
     previous: Path,
     *,
-    public_key_pem: bytes,
+    public_keys: Sequence[bytes],
     report: Report,
 ) -> None:
     """Check this bundle against the `previous` bundle file; see the module docstring."""
@@ -83,8 +84,11 @@ def check_previous(
     except (OSError, tarfile.TarError, ValueError) as exc:
         report.fail(f"cannot read the previous bundle: {exc}")
         return
-    if not signature_verifies(
-        public_key_pem, before.get(SIGNATURE, b""), before.get(MANIFEST, b"")
+    # Signed by a key of this bundle's key chain (an older one if the key was rotated
+    # between the two exports).
+    if not any(
+        signature_verifies(pem, before.get(SIGNATURE, b""), before.get(MANIFEST, b""))
+        for pem in public_keys
     ):
         report.fail("previous bundle: its manifest signature does not verify")
         return

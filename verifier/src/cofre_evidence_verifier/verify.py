@@ -4,8 +4,9 @@ it finds (not only the first):
 1. the manifest's signature, with the public key the auditor was given;
 2. every file listed in the manifest: present, same size, same SHA-256; nothing extra
    (`files`);
-3. every signed tree head's signature, and that its checkpoint states its size and root
-   (`heads`);
+3. every signed tree head's signature, by the audit key in force at its size (the pinned
+   key, or the one its handovers lead to, `keychain`), and that its checkpoint states its
+   size and root (`heads`);
 4. the audit entries: consecutive leaf indices exactly covering the range the manifest
    claims, each entry's time inside the claimed period (`entries`);
 5. the Merkle root recomputed from the entries (and the subtree hashes around them)
@@ -84,7 +85,10 @@ def verify_bundle(
     if manifest_bytes is None or signature is None:
         report.fail("the bundle has no manifest.json or manifest.sig")
         return report
-    if signature_verifies(public_key_pem, signature, manifest_bytes):
+    # The manifest is signed by the audit key in force at export: the pinned key, or
+    # the key the bundle's handovers lead to from it (`keychain`).
+    key_chain = heads.read_chain(bundle, public_key_pem, report)
+    if signature_verifies(key_chain.latest_pem(), signature, manifest_bytes):
         report.passed("signature", "manifest signature verifies with the given public key")
     else:
         report.fail(
@@ -103,7 +107,7 @@ def verify_bundle(
     report.summary = {k: manifest.get(k) for k in SUMMARY_KEYS}
     try:
         files.check_files(bundle, manifest, report)
-        verified = heads.check_heads(bundle, public_key_pem, report)
+        verified = heads.check_heads(bundle, key_chain, report)
         entries.check_entries(bundle, manifest, verified, report)
         policy.check_policy(bundle, manifest, verified, report)
         if unsafe_no_witnesses:
@@ -121,7 +125,7 @@ def verify_bundle(
             chain.check_previous_head(bundle, manifest, verified, report)
         if previous is not None:
             chain.check_previous(
-                bundle, manifest, verified, previous, public_key_pem=public_key_pem, report=report
+                bundle, manifest, verified, previous, public_keys=key_chain.pems(), report=report
             )
     except (ValueError, KeyError, TypeError) as exc:
         # Malformed content that got past the hash checks (or with them already failed):
