@@ -83,6 +83,7 @@ class RequestGuard:
         limit = MAX_BATCH_BODY if scope["path"].endswith("/batch") else MAX_BODY
         status_holder = {"status": 500}
         started = time.perf_counter()
+        started_ns = time.time_ns()
 
         with request_trail() as trail:
 
@@ -103,8 +104,7 @@ class RequestGuard:
                 rejection = self._authenticate(scope, request_id)
             if rejection is None:
                 rejection = self._reject_early(scope, headers, limit, request_id)
-            span_name = f"{scope['method']} request"
-            with self.telemetry.tracer.start_as_current_span(span_name) as span:
+            try:
                 if rejection is not None:
                     await rejection(scope, receive, send_with_id)
                 else:
@@ -129,11 +129,12 @@ class RequestGuard:
                         if audited and not trail:
                             await self._record_outcome(scope, 500, request_id)
                         raise
+            finally:
                 self._record(
                     scope,
-                    span,
                     status_holder["status"],
                     request_id,
+                    started_ns,
                     (time.perf_counter() - started) * 1000,
                 )
 
@@ -185,23 +186,27 @@ class RequestGuard:
             _log.error("audit entry not written", code=exc.code, request_id=request_id)
 
     def _record(
-        self, scope: Scope, span: Any, status: int, request_id: str, elapsed_ms: float
+        self, scope: Scope, status: int, request_id: str, started_ns: int, elapsed_ms: float
     ) -> None:
         route = scope.get("route")
         template = getattr(route, "path", "unmatched")
         code = scope["state"].get("problem_code", "")
         identity = scope["state"].get("identity", "")
-        span.update_name(f"{scope['method']} {template}")
-        span.set_attribute("http.request.method", scope["method"])
-        span.set_attribute("http.route", template)
-        span.set_attribute("http.response.status_code", status)
-        span.set_attribute("cofre.request_id", request_id)
-        span.set_attribute("cofre.identity", identity)
-        if code:
-            span.set_attribute("cofre.error_code", code)
         attributes = {"route": template, "method": scope["method"], "status": status, "code": code}
         self.telemetry.requests.add(1, attributes)
         self.telemetry.latency.record(elapsed_ms, attributes)
+        self.telemetry.request_span(
+            f"{scope['method']} {template}",
+            started_ns,
+            {
+                "http.request.method": scope["method"],
+                "http.route": template,
+                "http.response.status_code": status,
+                "cofre.request_id": request_id,
+                "cofre.identity": identity,
+                **({"cofre.error_code": code} if code else {}),
+            },
+        )
         _log.info(
             "request",
             method=scope["method"],

@@ -1,0 +1,48 @@
+"""Request spans: built when the response is known, sampled by the standard
+OTEL_TRACES_SAMPLER variables, and a refused or failed request is always traced."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from api.observability import make_telemetry, new_tracer_provider
+
+
+def _span(status: int) -> tuple[str, int, dict[str, object]]:
+    return (
+        "POST /v1/tokenize",
+        time.time_ns(),
+        {"http.route": "/v1/tokenize", "http.response.status_code": status},
+    )
+
+
+def test_sampled_out_successes_still_trace_every_refusal_and_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    provider = new_tracer_provider()
+    spans = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    telemetry = make_telemetry(provider)
+    for status in (200, 201, 401, 429, 500):
+        telemetry.request_span(*_span(status))
+    kept = [span.attributes["http.response.status_code"] for span in spans.get_finished_spans()]  # type: ignore[index]
+    assert kept == [401, 429, 500]
+
+
+def test_the_default_sampler_traces_every_request_with_its_start_time() -> None:
+    provider = new_tracer_provider()
+    spans = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    name, started, attributes = _span(200)
+    make_telemetry(provider).request_span(name, started, attributes)
+    (span,) = spans.get_finished_spans()
+    assert span.name == name
+    assert span.start_time == started
+    assert span.end_time is not None
+    assert span.end_time >= started
