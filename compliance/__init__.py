@@ -8,6 +8,7 @@ without the vault.
 # The public modules of this package (its rooms); a module whose name starts with
 # an underscore is internal. tests/test_exported_members.py pins this list.
 __all__ = [
+    "custody",
     "errors",
     "export",
 ]

@@ -30,6 +30,7 @@ from audit.store import AuditStore
 from cofre import __version__
 from cofre.dberrors import database_errors_as
 from cofre_evidence_verifier.bundle import BUNDLE_FORMAT, MANIFEST, POLICY_ACTIONS, SIGNATURE
+from compliance.custody import custody_json
 from compliance.errors import ChainBroken, ComplianceError, EvidenceUnavailable
 
 ALL_PROOFS_UP_TO: Final = 5000
@@ -242,6 +243,8 @@ def write_bundle(
             witnessed_note(engine, covering, signer.public_key_pem()).encode(),
         )
         _stage_sources(staging, sources, period_from=period_from, period_to=period_to)
+        # Each acknowledgement with its audit entry and inclusion proof (`compliance.custody`).
+        staging.add("keys/custody.json", custody_json(engine, store, sources.custody(), size))
         staging.add("policy/policy.toml", policy_text.encode())
         previous = None
         if previous_manifest is not None:
@@ -300,7 +303,6 @@ def _stage_sources(
     """Stage what the bundle draws from besides the audit log (small documents)."""
     staging.add("keys/inventory.json", json.dumps(sources.key_inventory(), indent=2).encode())
     staging.add("keys/ceremonies.json", json.dumps(sources.ceremonies(), indent=2).encode())
-    staging.add("keys/custody.json", json.dumps(sources.custody(), indent=2).encode())
     staging.add("config/settings.json", json.dumps(sources.settings, indent=2).encode())
     staging.add("tls/settings.json", json.dumps(sources.tls_settings, indent=2).encode())
     staging.add("tls/certificates.json", json.dumps(sources.certificates, indent=2).encode())

@@ -16,6 +16,9 @@ it finds (not only the first):
    load/reload entries of the log itself (text matching its SHA-256, inclusion proof
    valid), the first one in force at the period's start, and `policy/policy.toml` is
    the last one's text (`policy`);
+   the key custodians' acknowledgements (`keys/custody.json`) are log entries too
+   (inclusion proof valid), signed by each officer's MFA key registered in the policy
+   in force; the report lists the custodians of each key (`custody`);
 7. with a previous bundle: its manifest's signature; that this bundle starts exactly
    where the previous one ended, by leaf index and by time (no entry in neither bundle
    or in both); and the consistency proof from its last signed head to this bundle's
@@ -39,7 +42,7 @@ from pathlib import Path
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from cofre_evidence_verifier import chain, entries, files, heads, policy, witnesses
+from cofre_evidence_verifier import chain, custody, entries, files, heads, policy, witnesses
 from cofre_evidence_verifier.bundle import (
     BUNDLE_FORMAT,
     MANIFEST,
@@ -110,6 +113,7 @@ def verify_bundle(
         verified = heads.check_heads(bundle, key_chain, report)
         entries.check_entries(bundle, manifest, verified, report)
         policy.check_policy(bundle, manifest, verified, report)
+        custody.check_custody(bundle, manifest, verified, report)
         if unsafe_no_witnesses:
             report.checks.append(
                 "UNSAFE: witness cosignatures not checked; only the vault's own key vouches "

@@ -1,0 +1,229 @@
+"""Key custodians' acknowledgements in evidence bundles (PCI DSS 3.6.1.2, 3.7.8): the
+offline verifier checks each one against the officer's MFA key registered in the policy
+in force and against the audit entry that recorded it, and lists the custodians of each
+key. The tampering is done by the operator who holds the HSM PIN: every changed file is
+re-hashed into the manifest and the manifest re-signed with the vault's own audit key,
+so only the custody check stands between the forgery and VERIFIED."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audit.log import AuditEvent, AuditLog, Outcome
+from cofre_evidence_verifier.report import Report, render_text
+from cofre_evidence_verifier.verify import verify_bundle
+from hsm.provider import HSMProvider
+from tests.api.conftest import VaultServer, running_vault
+from tests.support.officers import software_officers
+from vault.custody import ACKNOWLEDGE
+
+ALICE = "spiffe://cofre/officer-alice"
+BOB = "spiffe://cofre/officer-bob"
+KEYS = ["cofre-audit-v1", "cofre-fp-v1", "cofre-kek-v1"]
+
+
+def _acknowledge(vault: VaultServer, name: str) -> dict[str, Any]:
+    officer = software_officers()[name]
+    with vault.client(name) as c:
+        statement = c.get("/v1/admin/keys/custody/statement").json()["statement"]
+        signature = base64.b64encode(officer.sign(statement.encode())).decode()
+        answer = c.post(
+            "/v1/admin/keys/custody", json={"statement": statement, "signature": signature}
+        )
+    assert answer.status_code == 201, answer.text
+    recorded: dict[str, Any] = answer.json()
+    return recorded
+
+
+def _export(vault: VaultServer, since: datetime, out: Path) -> Path:
+    until = datetime.now(UTC) + timedelta(seconds=5)
+    body = {"from": since.isoformat(), "to": until.isoformat()}
+    with vault.client("auditor") as c:
+        response = c.post("/v1/evidence", json=body)
+    assert response.status_code == 200, response.text
+    out.write_bytes(response.content)
+    return out
+
+
+@pytest.fixture(scope="module")
+def acknowledged(
+    tmp_path_factory: pytest.TempPathFactory, hsm_provider: HSMProvider
+) -> Iterator[tuple[VaultServer, Path, datetime]]:
+    tmp = tmp_path_factory.mktemp("custody")
+    with running_vault(tmp, hsm_provider) as vault:
+        started = datetime.now(UTC) - timedelta(seconds=5)
+        with vault.client("payments") as c:
+            assert c.post(
+                "/v1/tokenize", json={"pan": "4111111111111111", "format": "uuid"}
+            ).is_success
+        _acknowledge(vault, "officer-alice")
+        _acknowledge(vault, "officer-bob")
+        yield vault, _export(vault, started, tmp / "genuine.tar.gz"), started
+
+
+def _verify(bundle: Path, vault: VaultServer) -> Report:
+    key = vault.runtime.sequencer.signer.public_key_pem()
+    return verify_bundle(bundle, key, unsafe_no_witnesses=True)
+
+
+def _members(bundle: Path) -> dict[str, bytes]:
+    with tarfile.open(bundle, "r:gz") as archive:
+        return {
+            m.name: archive.extractfile(m).read()  # type: ignore[union-attr]
+            for m in archive.getmembers()
+            if m.isfile()
+        }
+
+
+def _forge(
+    vault: VaultServer,
+    bundle: Path,
+    out: Path,
+    change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+) -> Path:
+    """`bundle` with keys/custody.json changed by `change`, its manifest re-hashed and
+    re-signed with the vault's own audit key (the HSM PIN holder can do that)."""
+    files = _members(bundle)
+    files["keys/custody.json"] = json.dumps(
+        change(json.loads(files["keys/custody.json"])), indent=2
+    ).encode()
+    manifest = json.loads(files["manifest.json"])
+    for listed in manifest["files"]:
+        data = files[listed["path"]]
+        listed["size"], listed["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    files["manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    files["manifest.sig"] = vault.runtime.sequencer.signer.sign(files["manifest.json"])
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    out.write_bytes(buffer.getvalue())
+    return out
+
+
+def _alice(records: list[dict[str, Any]]) -> dict[str, Any]:
+    [record] = [r for r in records if r["identity"] == ALICE]
+    return record
+
+
+def test_genuine_acknowledgements_verify_and_name_the_custodians(
+    acknowledged: tuple[VaultServer, Path, datetime],
+) -> None:
+    vault, bundle, _ = acknowledged
+    report = _verify(bundle, vault)
+    assert report.ok, report.problems
+    assert report.summary["custodians"] == {key: [ALICE, BOB] for key in KEYS}
+    assert "custody" in report.passed_checks
+    text = render_text(report)
+    assert "custodians" in text
+    assert "officer-bob" in text
+    records = json.loads(_members(bundle)["keys/custody.json"])
+    assert [json.loads(r["payload"])["action"] for r in records] == [ACKNOWLEDGE] * 2
+
+
+def _changed_key_label(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    record = _alice(records)
+    statement = json.loads(record["statement"])
+    statement["keys"] = ["cofre-kek-v2"]
+    record["statement"] = json.dumps(statement, sort_keys=True, separators=(",", ":"))
+    return records
+
+
+def _changed_officer(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    _alice(records)["identity"] = "spiffe://cofre/officer-mallory"
+    return records
+
+
+def _resigned_by_bob(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    bob = software_officers()["officer-bob"]
+    record = _alice(records)
+    record["signature"] = base64.b64encode(bob.sign(record["statement"].encode())).decode()
+    record["public_key"], record["keyid"] = bob.pem, bob.keyid
+    return records
+
+
+def _no_audit_entry(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for field in ("index", "payload", "proof"):
+        del _alice(records)[field]
+    return records
+
+
+def _entry_elsewhere(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # An acknowledgement that claims a leaf the log holds something else at.
+    _alice(records)["index"] -= 1
+    return records
+
+
+def _dropped(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r["identity"] != ALICE]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (_changed_key_label, "its statement differs from the one the audit entry recorded"),
+        (_changed_officer, "the audit entry was recorded for spiffe://cofre/officer-alice"),
+        (_resigned_by_bob, "its signature differs from the one the audit entry recorded"),
+        (_no_audit_entry, f"the acknowledgement by {ALICE} has no audit entry"),
+        (_entry_elsewhere, "its audit entry is not in the log"),
+        (_dropped, "the custody acknowledgement at entry"),
+    ],
+    ids=["key-label", "officer", "re-signed", "no-entry", "other-entry", "dropped"],
+)
+def test_tampered_acknowledgement_fails_naming_it(
+    acknowledged: tuple[VaultServer, Path, datetime],
+    tmp_path: Path,
+    change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+    expected: str,
+) -> None:
+    vault, bundle, _ = acknowledged
+    report = _verify(_forge(vault, bundle, tmp_path / "forged.tar.gz", change), vault)
+    assert not report.ok
+    assert "custody" in report.missing_checks()
+    assert any(p.startswith("keys/custody.json: ") and expected in p for p in report.problems), (
+        report.problems
+    )
+    # Nothing else gives the forgery away: only the custody check fails.
+    assert all(p.startswith("keys/custody.json: ") for p in report.problems), report.problems
+
+
+def test_acknowledgement_the_log_holds_but_someone_else_signed(
+    acknowledged: tuple[VaultServer, Path, datetime], tmp_path: Path
+) -> None:
+    """An acknowledgement written straight into the audit log (by whoever can write to
+    the database) with Bob's signature over Alice's statement: the log vouches for it,
+    the officer's registered key does not."""
+    vault, bundle, started = acknowledged
+    genuine = _alice(json.loads(_members(bundle)["keys/custody.json"]))
+    bob = software_officers()["officer-bob"]
+    details = {
+        "statement": genuine["statement"],
+        "signature": base64.b64encode(bob.sign(genuine["statement"].encode())).decode(),
+        "keyid": bob.keyid,
+        "public_key": bob.pem,
+    }
+    with vault.runtime.engine.begin() as connection:
+        AuditLog().append(
+            connection,
+            AuditEvent(action=ACKNOWLEDGE, outcome=Outcome.SUCCESS, actor=ALICE, details=details),
+        )
+    report = _verify(_export(vault, started, tmp_path / "later.tar.gz"), vault)
+    assert not report.ok
+    assert any(
+        "signature does not verify under spiffe://cofre/officer-alice's registered MFA key" in p
+        for p in report.problems
+    ), report.problems
+    # The genuine acknowledgements still count; the forged one makes no custodian.
+    assert report.summary["custodians"]["cofre-kek-v1"] == [ALICE, BOB]

@@ -1,0 +1,243 @@
+"""Check 7: the key custodians' acknowledgements (``keys/custody.json``, PCI DSS 3.6.1.2,
+3.7.8) are signed by each officer's registered key and are entries of the log itself.
+
+Each record is checked on its own, so a problem names the officer and the entry:
+
+- it carries its audit entry (leaf ``index``, canonical ``payload``) with an inclusion
+  proof in the covering signed head, and that entry is a successful
+  ``key.custody.acknowledge`` recorded for the same officer, with the same statement,
+  signature and signing key (the file cannot say more than the log);
+- its statement is a ``cofre-key-custody/v1`` statement about that officer and their
+  role, naming at least one key;
+- its signature (ecdsa-p256-sha256, r||s) verifies under the officer's registered MFA key:
+  the ``mfa_public_key`` of that identity in the policy in force at the entry, taken
+  from ``policy/versions.jsonl`` (which the policy check proves are log entries); an
+  acknowledgement older than every version the bundle carries is checked against the
+  first one (the policy in force at the period's start), so an officer whose key
+  changed since acknowledges again.
+
+And every acknowledgement the period's entries hold is in the file. The report's
+summary lists the custodians of each key (``custodians``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import tomllib
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from cofre_evidence_verifier.bundle import Files, Heads, json_lines
+from cofre_evidence_verifier.merkle import included, leaf_hash
+from cofre_evidence_verifier.report import Report
+
+NAME: Final = "keys/custody.json"
+ACKNOWLEDGE: Final = "key.custody.acknowledge"
+STATEMENT_TYPE: Final = "cofre-key-custody/v1"
+# What the record repeats from its audit entry's details.
+_RECORDED: Final = ("statement", "signature", "public_key")
+
+
+def _policies(files: Files) -> list[tuple[int, dict[str, Any]]]:
+    """The identities of each policy version the bundle carries, by leaf index (a
+    version that does not parse is left out: the policy check reports it)."""
+    out = []
+    for version in json_lines(files.get("policy/versions.jsonl", b"")):
+        try:
+            document = json.loads(str(version["payload"])).get("document")
+            identities = tomllib.loads(str(document)).get("identities", {})
+        except (KeyError, ValueError, AttributeError):
+            continue
+        if isinstance(identities, dict):
+            out.append((int(version["index"]), identities))
+    return sorted(out, key=lambda pair: pair[0])
+
+
+def _in_force(policies: list[tuple[int, dict[str, Any]]], index: int) -> tuple[int, dict[str, Any]]:
+    earlier = [pair for pair in policies if pair[0] <= index]
+    return earlier[-1] if earlier else policies[0]
+
+
+def _signature_verifies(pem: str, message: bytes, signature: str) -> bool:
+    try:
+        raw = base64.b64decode(signature, validate=True)
+        public = serialization.load_pem_public_key(pem.encode())
+    except (binascii.Error, ValueError, TypeError):
+        return False
+    if len(raw) != 64 or not isinstance(public, ec.EllipticCurvePublicKey):
+        return False
+    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    try:
+        public.verify(der, message, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _same_key(a: str, b: str) -> bool:
+    try:
+        return serialization.load_pem_public_key(a.encode()).public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ) == serialization.load_pem_public_key(b.encode()).public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    except (ValueError, TypeError):
+        return False
+
+
+def _proven_entry(
+    record: dict[str, Any], where: str, *, size: int, root: bytes, period: dict[int, str]
+) -> tuple[dict[str, Any] | None, str]:
+    """The audit entry `record` carries, once proven to be a custody acknowledgement of
+    the log; else None and the problem."""
+    index, payload, proof = record.get("index"), record.get("payload"), record.get("proof")
+    if not isinstance(index, int) or not isinstance(payload, str) or not isinstance(proof, list):
+        return None, f"{where} has no audit entry (index, payload and inclusion proof)"
+    where = f"{where} (entry {index})"
+    proven = [base64.b64decode(h) for h in proof]
+    if not included(leaf_hash(payload.encode("utf-8")), index, size, proven, root):
+        return None, (
+            f"{where}: its audit entry is not in the log (the inclusion proof in signed "
+            f"head {size} fails; removed or altered entry)"
+        )
+    if index in period and period[index] != payload:
+        return None, f"{where}: differs from entry {index} of audit/entries.jsonl"
+    entry = json.loads(payload)
+    if entry.get("action") != ACKNOWLEDGE or entry.get("outcome") != "success":
+        return None, f"{where}: audit entry {index} is not a custody acknowledgement"
+    return entry, where
+
+
+def _key_problems(
+    entry: dict[str, Any],
+    statement: dict[str, Any],
+    *,
+    text: str,
+    where: str,
+    index: int,
+    policies: list[tuple[int, dict[str, Any]]],
+) -> list[str]:
+    """Whether the officer's role and registered MFA key, in the policy in force at
+    entry `index`, are the statement's and the signature's."""
+    actor = entry.get("actor")
+    if not policies:
+        return [f"{where}: no policy version in the bundle registers {actor}'s key"]
+    policy_index, identities = _in_force(policies, index)
+    rules = identities.get(str(actor), {})
+    registered = rules.get("mfa_public_key") if isinstance(rules, dict) else None
+    if not isinstance(registered, str):
+        return [
+            f"{where}: {actor} has no registered MFA key in the policy in force "
+            f"(policy entry {policy_index})"
+        ]
+    problems = []
+    if statement.get("role") != rules.get("role", "service"):
+        problems.append(
+            f"{where}: the statement's role {statement.get('role')!r} is not the "
+            f"officer's role in the policy in force (policy entry {policy_index})"
+        )
+    details = entry.get("details") or {}
+    if not _same_key(str(details.get("public_key", "")), registered) or not (
+        _signature_verifies(registered, text.encode(), str(details.get("signature", "")))
+    ):
+        problems.append(
+            f"{where}: the signature does not verify under {actor}'s registered MFA key "
+            f"(policy entry {policy_index}): signed by someone else"
+        )
+    return problems
+
+
+def _check_record(
+    record: dict[str, Any],
+    *,
+    size: int,
+    root: bytes,
+    period: dict[int, str],
+    policies: list[tuple[int, dict[str, Any]]],
+) -> tuple[list[str], list[str]]:
+    """The problems of one acknowledgement, and the keys it makes its officer custodian
+    of (none unless it has no problem)."""
+    who = str(record.get("identity"))
+    entry, where = _proven_entry(
+        record, f"{NAME}: the acknowledgement by {who}", size=size, root=root, period=period
+    )
+    if entry is None:
+        return [where], []
+    problems = []
+    if entry.get("actor") != who:
+        problems.append(f"{where}: the audit entry was recorded for {entry.get('actor')}")
+    details = entry.get("details") or {}
+    problems += [
+        f"{where}: its {field} differs from the one the audit entry recorded"
+        for field in _RECORDED
+        if record.get(field) != details.get(field)
+    ]
+    text = str(details.get("statement", ""))
+    try:
+        statement = json.loads(text)
+    except ValueError:
+        statement = None
+    if not isinstance(statement, dict) or statement.get("type") != STATEMENT_TYPE:
+        return [*problems, f"{where}: the recorded statement is not a custody statement"], []
+    keys = statement.get("keys")
+    if statement.get("identity") != entry.get("actor"):
+        problems.append(f"{where}: the statement is about {statement.get('identity')}")
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+        problems.append(f"{where}: the statement names no key")
+        keys = []
+    problems += _key_problems(
+        entry, statement, text=text, where=where, index=int(record["index"]), policies=policies
+    )
+    return problems, ([] if problems else keys)
+
+
+def check_custody(files: Files, manifest: dict[str, Any], heads: Heads, report: Report) -> None:
+    """Check every acknowledgement in ``keys/custody.json`` (see the module docstring),
+    report each problem, and put the custodians of each key in the report's summary."""
+    size = int(manifest.get("covering_head", {}).get("tree_size", 0))
+    head = heads.get(size)
+    if head is None:
+        return  # already reported by the entries check
+    data = files.get(NAME)
+    try:
+        records = json.loads(data) if data is not None else None
+    except ValueError:
+        records = None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        report.fail(f"{NAME}: missing or not a JSON list of acknowledgements")
+        return
+    root = base64.b64decode(head["root_hash"])
+    period = {
+        int(e["index"]): str(e["payload"])
+        for e in json_lines(files.get("audit/entries.jsonl", b""))
+    }
+    policies = _policies(files)
+    problems: list[str] = []
+    custodians: dict[str, set[str]] = {}
+    for record in records:
+        found, keys = _check_record(record, size=size, root=root, period=period, policies=policies)
+        problems += found
+        for key in keys:
+            custodians.setdefault(key, set()).add(str(record.get("identity")))
+    listed = {r.get("index") for r in records}
+    problems += [
+        f"{NAME}: the custody acknowledgement at entry {index} is missing"
+        for index, payload in sorted(period.items())
+        if json.loads(payload).get("action") == ACKNOWLEDGE and index not in listed
+    ]
+    report.summary["custodians"] = {k: sorted(v) for k, v in sorted(custodians.items())}
+    for problem in problems:
+        report.fail(problem)
+    if not problems:
+        named = "; ".join(f"{k}: {', '.join(sorted(v))}" for k, v in sorted(custodians.items()))
+        report.passed(
+            "custody",
+            f"{len(records)} custody acknowledgements are log entries signed by the "
+            f"officers' registered MFA keys (custodians: {named or 'none'})",
+        )
