@@ -20,5 +20,6 @@ __all__ = [
     "segments",
     "sequencer",
     "store",
+    "witness_lag",
     "witnessed",
 ]

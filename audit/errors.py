@@ -7,6 +7,7 @@ IN PCI SCOPE.
         ├── ProofError          (also ValueError)  a Merkle proof does not verify
         ├── AuditWriteFailed                       code audit_unavailable (fail closed)
         ├── WitnessRefused                         code witness_refused (no cosignature)
+        │   └── InvalidCosignature                 code witness_cosignature_invalid
         ├── AuditReadFailed                        code audit_read_unavailable
         ├── AuditVerificationFailed                the stored log does not match its heads
         ├── ArchiveFailed                          a segment could not be archived
@@ -25,6 +26,7 @@ __all__ = [
     "AuditReadFailed",
     "AuditVerificationFailed",
     "AuditWriteFailed",
+    "InvalidCosignature",
     "NoteError",
     "ProofError",
     "WitnessRefused",
@@ -48,6 +50,13 @@ class WitnessRefused(AuditError):
     (`audit.publisher` retries; nothing waits on it)."""
 
     code = "witness_refused"
+
+
+class InvalidCosignature(WitnessRefused):
+    """A witness answered 200 without a cosignature of the head that verifies under its
+    pinned key (a wrong key, a mangled or absent signature line)."""
+
+    code = "witness_cosignature_invalid"
 
 
 class AuditReadFailed(AuditError):

@@ -5,7 +5,11 @@ signed head to every configured witness (c2sp.org/tlog-witness add-checkpoint) w
 consistency proof from the last size that witness cosigned, verifies each answer
 against the witness's pinned key, and stores the cosignatures (`audit_cosignatures`).
 It never blocks a write: a witness that is down or refuses is logged, remembered
-(`last_errors`) and retried on the next tick.
+(`last_errors`), counted by witness and reason (`failures`: ``unreachable``,
+``refused``, ``invalid_cosignature``; the ``cofre.audit.witness.publish_failures``
+metric) and retried on the next tick. A refusal or an invalid cosignature is also an
+audit entry (``audit.witness.refused``), once each time a witness starts refusing for a
+reason (a refusal does not write an entry per retry: each entry makes a new head).
 
 A witness that answers 409 names the size it last cosigned; the publisher retries once
 from there. When that size is beyond this log's, or the proof from it does not verify
@@ -16,15 +20,19 @@ forked, and the head stays unwitnessed, which every verifier then reports.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import structlog
 from sqlalchemy import Engine, func, insert, select
+from sqlalchemy.exc import SQLAlchemyError
 
-from audit.errors import NoteError, WitnessRefused
+from audit.errors import InvalidCosignature, NoteError, WitnessRefused
 from audit.heads import SignedTreeHead, head_note
+from audit.log import AuditEvent, AuditLog, Outcome
 from audit.note import (
     ALG_COSIGNATURE_V1,
     NoteSignature,
@@ -37,6 +45,23 @@ from audit.store import AuditStore
 from cofre.errors import CofreError
 
 _log = structlog.get_logger("cofre.audit")
+
+REFUSED: Final = "audit.witness.refused"
+# Why a witness gave no cosignature: the label of `CheckpointPublisher.failures`.
+UNREACHABLE: Final = "unreachable"
+REFUSED_REASON: Final = "refused"
+INVALID_COSIGNATURE: Final = "invalid_cosignature"
+
+
+def failure_reason(exc: Exception) -> str:
+    """``invalid_cosignature`` for an answer that is not a valid cosignature of the
+    head, ``refused`` for a witness that said no (or a log it has seen beyond), else
+    ``unreachable`` (no HTTP answer: down, network, TLS)."""
+    if isinstance(exc, InvalidCosignature | NoteError):
+        return INVALID_COSIGNATURE
+    if isinstance(exc, WitnessRefused):
+        return REFUSED_REASON
+    return UNREACHABLE
 
 
 @dataclass(frozen=True)
@@ -91,7 +116,7 @@ class CheckpointPublisher:
         for witness in witnesses:
             if witness.key.algorithm != ALG_COSIGNATURE_V1:
                 raise WitnessRefused(f"witness {witness.name}: not a cosignature/v1 key")
-        self._engine = engine
+        self._engine = self.engine = engine
         self._store = AuditStore(engine)
         self.witnesses = list(witnesses)
         self._public_key_pem = public_key_pem
@@ -99,6 +124,10 @@ class CheckpointPublisher:
         self._lock = threading.Lock()
         self._known: dict[str, int] = {}
         self.last_errors: dict[str, str] = {}
+        # Failed publications by (witness name, reason), since this process started.
+        self.failures: Counter[tuple[str, str]] = Counter()
+        # The reason each witness's current run of refusals was audited with.
+        self._audited: dict[str, str] = {}
 
     def publish_once(self) -> dict[str, str]:
         """Publish the newest head to every witness that has not cosigned it. Returns
@@ -113,11 +142,47 @@ class CheckpointPublisher:
                 try:
                     outcomes[witness.name] = self._publish(witness, head)
                     self.last_errors.pop(witness.name, None)
+                    self._audited.pop(witness.name, None)
                 except (CofreError, NoteError) as exc:
                     # NoteError: the answer is not a valid cosignature of this head.
+                    reason = failure_reason(exc)
+                    self.failures[(witness.name, reason)] += 1
                     outcomes[witness.name] = self.last_errors[witness.name] = str(exc)
-                    _log.warning("witness did not cosign", witness=witness.name, error=str(exc))
+                    _log.warning(
+                        "witness did not cosign",
+                        witness=witness.name,
+                        reason=reason,
+                        error=str(exc),
+                    )
+                    if reason != UNREACHABLE:
+                        self._audit_refusal(witness, head, reason, str(exc))
             return outcomes
+
+    def _audit_refusal(
+        self, witness: PinnedWitness, head: SignedTreeHead, reason: str, error: str
+    ) -> None:
+        """Write ``audit.witness.refused`` when `witness` starts refusing for `reason`
+        (not on every retry). A database that cannot take it is retried next time."""
+        if self._audited.get(witness.name) == reason:
+            return
+        event = AuditEvent(
+            action=REFUSED,
+            outcome=Outcome.FAILED,
+            actor="cofre",
+            details={
+                "witness": witness.name,
+                "reason": reason,
+                "tree_size": head.tree_size,
+                "error": error[:500],
+            },
+        )
+        try:
+            with self._engine.begin() as connection:
+                AuditLog().append(connection, event)
+        except SQLAlchemyError as exc:
+            _log.warning("witness refusal not audited yet", error=type(exc).__name__)
+            return
+        self._audited[witness.name] = reason
 
     def _cosigned_size(self, witness: PinnedWitness) -> int:
         with self._engine.execution_options(**READ_ONLY).connect() as connection:
@@ -196,7 +261,7 @@ class CheckpointPublisher:
                 }
             )
         if not rows:
-            raise WitnessRefused(f"witness {witness.name} answered without a valid cosignature")
+            raise InvalidCosignature(f"witness {witness.name} answered without a valid cosignature")
         with self._engine.begin() as connection:
             stored = connection.execute(
                 select(func.count()).where(

@@ -42,7 +42,12 @@ from cofre.filemodes import refuse_readable_secrets, secure_data_dir
 from cofre.settings import Settings
 from cofre_cli.capture import capture_app
 from cofre_cli.key_management import key_management
-from cofre_cli.witnessing import start_audit_workers, stop_publisher
+from cofre_cli.witnessing import (
+    observe_witnesses,
+    start_audit_workers,
+    stop_publisher,
+    witness_checks,
+)
 from compliance.errors import ComplianceError
 from compliance.export import EvidenceSources, export_bundle
 from hsm.provider import HSMProvider, provider_from_settings
@@ -220,15 +225,19 @@ def _observe(
     provider: HSMProvider,
     service: VaultService,
     periods: CryptoperiodMonitor,
+    *,
+    publisher: PublisherThread | None,
+    quorum: int,
 ) -> Telemetry:
-    """Feed the HSM's latency, the key registry's stray count and the keys' cryptoperiod
-    states into `telemetry`."""
+    """Feed the HSM's latency, the key registry's stray count, the keys' cryptoperiod
+    states and the witness publisher's failures and lag into `telemetry`."""
     provider.observer = lambda operation, ms: telemetry.hsm_latency.record(
         ms, {"operation": operation}
     )
     telemetry.observe_unregistered_keys(lambda: len(service.keyring.registry.unregistered()))
     telemetry.observe_key_cryptoperiods(lambda: {s.value: n for s, n in periods.counts().items()})
     telemetry.observe_security_codes(service.security_code_counts)
+    observe_witnesses(telemetry.meter, publisher, quorum)
     return telemetry
 
 
@@ -280,7 +289,14 @@ def build_runtime(
     worker = RotationWorker(rotation, interval=min(0.5, sequencer_interval * 2))
     worker.start()
     purge_worker = _start_purge_worker(service, settings)
-    telemetry = _observe(telemetry or make_telemetry(), provider, service, periods)
+    telemetry = _observe(
+        telemetry or make_telemetry(),
+        provider,
+        service,
+        periods,
+        publisher=publisher_thread,
+        quorum=settings.audit.witness_quorum,
+    )
 
     def check_ready() -> dict[str, str]:
         if readiness.draining:
@@ -294,7 +310,8 @@ def build_runtime(
         # "ok", or the expiring and overdue keys named with their code; raises only when
         # COFRE_KEYS__OVERDUE_FAILS_READINESS is set.
         checks["key_cryptoperiods"] = periods.check()
-        return checks
+        # With witnesses: "ok", or how far their quorum trails (never fails readiness).
+        return checks | witness_checks(publisher_thread, settings.audit.witness_quorum)
 
     bounds = settings.evidence
     export_rate = RateLimit(per_second=bounds.exports_per_hour / 3600, burst=bounds.export_burst)

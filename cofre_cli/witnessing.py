@@ -6,14 +6,26 @@ IN PCI SCOPE (wiring).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from audit.errors import NoteError
 from audit.heads import log_origin, log_verifier_key
 from audit.note import VerifierKey
-from audit.publisher import CheckpointPublisher, PinnedWitness, PublisherThread
+from audit.publisher import (
+    INVALID_COSIGNATURE,
+    REFUSED_REASON,
+    UNREACHABLE,
+    CheckpointPublisher,
+    PinnedWitness,
+    PublisherThread,
+)
 from audit.sequencer import Sequencer, SequencerThread
 from audit.store import AuditStore
+from audit.witness_lag import witness_lag
 from audit.witnessed import check_witness_view
 from cofre.errors import CofreError, ConfigurationError
 from cofre.settings import Settings
@@ -100,3 +112,79 @@ def start_publisher(
     thread = PublisherThread(publisher, interval=settings.audit.publish_interval_seconds)
     thread.start()
     return thread
+
+
+def observe_witnesses(meter: Meter, thread: PublisherThread | None, quorum: int) -> None:
+    """Report the publisher's health (with witnesses configured) at each metrics
+    collection (docs/operations.md says what to alert on):
+
+    - ``cofre.audit.witness.publish_failures`` (counter, by ``witness`` and ``reason``:
+      ``unreachable``, ``refused``, ``invalid_cosignature``): publications that got no
+      cosignature, since the process started;
+    - ``cofre.audit.witness.lag_entries`` / ``lag_seconds`` (gauges, by ``witness``, and
+      ``witness="quorum"`` for the newest head that `quorum` witnesses cosigned): how
+      far that cosigned checkpoint trails the newest signed head, in entries, and how
+      long the oldest head not cosigned has waited.
+
+    The lag gauges are skipped while the database cannot answer."""
+    if thread is None:
+        return
+    publisher = thread.publisher
+    keys = [witness.key for witness in publisher.witnesses]
+
+    def failures(_options: CallbackOptions) -> Iterable[Observation]:
+        counted = dict(publisher.failures)
+        return [
+            Observation(
+                counted.get((witness.name, reason), 0), {"witness": witness.name, "reason": reason}
+            )
+            for witness in publisher.witnesses
+            for reason in (UNREACHABLE, REFUSED_REASON, INVALID_COSIGNATURE)
+        ]
+
+    def lags(pick: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            try:
+                lag = witness_lag(publisher.engine, keys, quorum)
+            except (CofreError, SQLAlchemyError):
+                return []
+            series = {**lag.witnesses, "quorum": lag.quorum}
+            return [Observation(getattr(v, pick), {"witness": k}) for k, v in series.items()]
+
+        return observe
+
+    meter.create_observable_counter(
+        "cofre.audit.witness.publish_failures",
+        callbacks=[failures],
+        description="tree heads a witness did not cosign, by witness and reason",
+    )
+    meter.create_observable_gauge(
+        "cofre.audit.witness.lag_entries",
+        callbacks=[lags("entries")],
+        description="entries between the newest cosigned checkpoint and the newest head",
+    )
+    meter.create_observable_gauge(
+        "cofre.audit.witness.lag_seconds",
+        unit="s",
+        callbacks=[lags("seconds")],
+        description="how long the oldest head not yet cosigned has waited (0: current)",
+    )
+
+
+def witness_checks(thread: PublisherThread | None, quorum: int) -> dict[str, str]:
+    """Readiness's ``audit_witnesses`` (nothing without witnesses): ``ok`` when the newest
+    head has the quorum's cosignatures, else what is missing. Reported, never failing
+    readiness: a witness's outage must not stop the vault, it only leaves the newest
+    entries without evidence a QSA accepts yet (alert on the lag metric)."""
+    if thread is None:
+        return {}
+    publisher = thread.publisher
+    lag = witness_lag(publisher.engine, [w.key for w in publisher.witnesses], quorum)
+    if lag.quorum.entries == 0:
+        return {"audit_witnesses": "ok"}
+    failing = ", ".join(f"{name}: {error}" for name, error in sorted(publisher.last_errors.items()))
+    return {
+        "audit_witnesses": f"witness quorum ({quorum}) not reached for the newest "
+        f"{lag.quorum.entries} entries ({lag.quorum.seconds:.0f} s)"
+        + (f"; {failing}" if failing else "")
+    }

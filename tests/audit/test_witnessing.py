@@ -10,6 +10,7 @@ process, and the two findings of issue 23 that the operator's own key cannot cat
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +20,20 @@ from sqlalchemy import Engine, insert, select
 from audit.errors import AuditVerificationFailed
 from audit.heads import log_origin, log_verifier_key
 from audit.log import AuditEvent, AuditLog, Outcome
-from audit.note import VerifierKey, open_note
-from audit.publisher import CheckpointPublisher, PinnedWitness, witnessed_note
+from audit.note import CosignerKey, VerifierKey, open_note
+from audit.publisher import (
+    INVALID_COSIGNATURE,
+    REFUSED,
+    REFUSED_REASON,
+    UNREACHABLE,
+    CheckpointPublisher,
+    PinnedWitness,
+    witnessed_note,
+)
 from audit.schema import audit_cosignatures, audit_entries, audit_leaves, audit_queue
 from audit.sequencer import Sequencer
 from audit.store import AuditStore
+from audit.witness_lag import Lag, witness_lag
 from audit.witnessed import verify_witnessed
 from tests.support.witness_process import WitnessProcess
 from vault.signing import HSMTreeHeadSigner
@@ -189,7 +199,8 @@ def test_the_reviewers_rewrite_fails_verification_and_is_refused(
     _sequence(other_engine, signer)
     outcome = _publisher(other_engine, signer, witness).publish_once()[witness.key.name]
     assert "rewritten or forked" in outcome
-    with pytest.raises(AuditVerificationFailed, match="newest tree head 14 is not witnessed"):
+    # 12 entries, the refusal's audit entry (audit.witness.refused) and 2 more.
+    with pytest.raises(AuditVerificationFailed, match="newest tree head 15 is not witnessed"):
         verify_witnessed(other_engine, AuditStore(other_engine).heads()[-1:], _keys(witness), 1)
     assert "FORK OR ROLLBACK" in _stopped_output(witness)
 
@@ -227,3 +238,78 @@ def test_a_restored_log_is_refused_by_the_witness(
 def _stopped_output(witness: WitnessProcess) -> str:
     witness.stop()
     return witness.logged()
+
+
+def _refusals(engine: Engine) -> list[dict[str, object]]:
+    with engine.connect() as connection:
+        payloads = connection.execute(
+            select(audit_entries.c.payload).order_by(audit_entries.c.id)
+        ).scalars()
+        entries = [json.loads(p) for p in payloads]
+    return [e["details"] for e in entries if e["action"] == REFUSED]
+
+
+def test_failures_are_counted_by_reason_and_the_lag_measured(
+    engine: Engine, signer: HSMTreeHeadSigner, witness: WitnessProcess
+) -> None:
+    publisher = _publisher(engine, signer, witness)
+    name = witness.key.name
+    _append(engine, 4)
+    _sequence(engine, signer)
+    publisher.publish_once()
+    current = witness_lag(engine, _keys(witness), 1)
+    assert current.witnesses == {name: Lag(0, 0.0)}
+    assert current.quorum == Lag(0, 0.0)
+    witness.stop()
+    _append(engine, 3, "unwitnessed")
+    _sequence(engine, signer)
+    publisher.publish_once()
+    publisher.publish_once()
+    assert publisher.failures == {(name, UNREACHABLE): 2}
+    assert not _refusals(engine)  # an outage is not a refusal: logged and counted only
+    head = AuditStore(engine).latest_head()
+    assert head is not None
+    # The head of size 7 has waited 42 s for its cosignature (the clock is the test's).
+    lag = witness_lag(engine, _keys(witness), 1, clock=lambda: head.timestamp_ms / 1000 + 42)
+    assert lag.witnesses == {name: Lag(3, 42.0)}
+    assert lag.quorum == Lag(3, 42.0)
+    # A quorum of two with one witness is never reached: the whole log is unwitnessed.
+    assert witness_lag(engine, _keys(witness), 2, clock=lambda: 0.0).quorum.entries == 7
+
+
+def test_a_refusal_is_audited_once_per_run_and_counted(
+    engine: Engine, other_engine: Engine, signer: HSMTreeHeadSigner, witness: WitnessProcess
+) -> None:
+    _append(engine, 6)
+    _sequence(engine, signer)
+    _publisher(engine, signer, witness).publish_once()
+    _replay(engine, other_engine, upto=4)  # a restore to size 4, then new writes
+    _append(other_engine, 4, "after-restore")
+    _sequence(other_engine, signer)
+    publisher = _publisher(other_engine, signer, witness)
+    name = witness.key.name
+    for _ in range(3):
+        _sequence(other_engine, signer)  # each refusal entry makes a new head
+        assert "inconsistent with the size 6" in publisher.publish_once()[name]
+    assert publisher.failures == {(name, REFUSED_REASON): 3}
+    [refusal] = _refusals(other_engine)  # one entry for the run, not one per retry
+    assert refusal["witness"] == name
+    assert refusal["reason"] == REFUSED_REASON
+    assert refusal["tree_size"] == 8
+    assert "rewritten or forked" in str(refusal["error"])
+
+
+def test_an_answer_without_a_valid_cosignature_is_counted_and_audited(
+    engine: Engine, signer: HSMTreeHeadSigner, witness: WitnessProcess
+) -> None:
+    """The witness answers 200, but with a cosignature by a key other than the one the
+    vault pinned for it (same name): no cosignature is stored."""
+    impostor = CosignerKey.generate(witness.key.name).verifier_key()
+    publisher = _publisher(engine, signer, witness)
+    publisher.witnesses = [PinnedWitness(witness.url, VerifierKey.parse(impostor.encode()))]
+    _append(engine, 2)
+    _sequence(engine, signer)
+    assert "without a valid cosignature" in publisher.publish_once()[witness.key.name]
+    assert publisher.failures == {(witness.key.name, INVALID_COSIGNATURE): 1}
+    [refusal] = _refusals(engine)
+    assert refusal["reason"] == INVALID_COSIGNATURE
