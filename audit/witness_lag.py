@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
 from audit.note import VerifierKey
 from audit.schema import READ_ONLY, audit_cosignatures
@@ -40,15 +40,23 @@ class WitnessLag:
 
 
 def _cosigned_sizes(engine: Engine, keys: Sequence[VerifierKey]) -> dict[str, int]:
-    """The newest tree size each witness key cosigned (0 for none)."""
-    query = select(
-        audit_cosignatures.c.witness,
-        audit_cosignatures.c.key_id,
-        func.max(audit_cosignatures.c.tree_size),
-    ).group_by(audit_cosignatures.c.witness, audit_cosignatures.c.key_id)
+    """The newest tree size each witness key cosigned (0 for none). Read newest first
+    along the primary key (tree size first): cheap on every scrape and readiness probe
+    however long the log, as a current witness's newest row is among the last."""
+    sizes = {}
     with engine.execution_options(**READ_ONLY).connect() as connection:
-        stored = {(str(w), int(k)): int(size) for w, k, size in connection.execute(query)}
-    return {key.name: stored.get((key.name, key.key_id), 0) for key in keys}
+        for key in keys:
+            size = connection.execute(
+                select(audit_cosignatures.c.tree_size)
+                .where(
+                    audit_cosignatures.c.witness == key.name,
+                    audit_cosignatures.c.key_id == key.key_id,
+                )
+                .order_by(audit_cosignatures.c.tree_size.desc())
+                .limit(1)
+            ).scalar()
+            sizes[key.name] = 0 if size is None else int(size)
+    return sizes
 
 
 def witness_lag(
