@@ -11,6 +11,8 @@ import base64
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -227,3 +229,27 @@ def test_acknowledgement_the_log_holds_but_someone_else_signed(
     ), report.problems
     # The genuine acknowledgements still count; the forged one makes no custodian.
     assert report.summary["custodians"]["cofre-kek-v1"] == [ALICE, BOB]
+
+
+def test_both_command_line_verifiers_name_the_forged_acknowledgement(
+    acknowledged: tuple[VaultServer, Path, datetime], tmp_path: Path
+) -> None:
+    """`cofre-verify` (the auditor's standalone verifier) and `cofre evidence verify` run
+    the same checks: exit 1, the acknowledgement named; the genuine bundle lists the
+    custodians."""
+    vault, bundle, _ = acknowledged
+    forged = _forge(vault, bundle, tmp_path / "forged.tar.gz", _changed_key_label)
+    pem = tmp_path / "audit.pem"
+    pem.write_bytes(vault.runtime.sequencer.signer.public_key_pem())
+    for command in (("-m", "cofre_evidence_verifier"), ("-m", "cofre_cli", "evidence", "verify")):
+        args = [sys.executable, *command, "--public-key", str(pem), "--unsafe-no-witness"]
+        bad = subprocess.run(
+            [*args, str(forged)], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert bad.returncode == 1, bad.stdout + bad.stderr
+        assert f"FAIL  keys/custody.json: the acknowledgement by {ALICE}" in bad.stdout
+        good = subprocess.run(
+            [*args, str(bundle)], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert good.returncode == 0, good.stdout + good.stderr
+        assert "custodians:" in good.stdout
