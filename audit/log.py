@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -42,8 +42,11 @@ MAX_DOCUMENT: Final = 64 * 1024
 # Python time than running it.
 _INSERT_ENTRY: Final = insert(audit_entries).returning(audit_entries.c.id)
 _INSERT_QUEUED: Final = insert(audit_queue)
+# With no order asked of RETURNING: SQLite promises none, so asking SQLAlchemy for one
+# made it insert a batch row by row there (issue 21); `_insert_rows` matches the ids to
+# the rows by payload instead.
 _INSERT_ENTRIES: Final = insert(audit_entries).returning(
-    audit_entries.c.id, sort_by_parameter_order=True
+    audit_entries.c.id, audit_entries.c.payload
 )
 
 _HEX_DIGEST: Final = re.compile(r"^[0-9a-f]{1,128}$")
@@ -191,17 +194,72 @@ class AuditLog:
 
     def append_many(self, connection: Connection, events: Sequence[AuditEvent]) -> None:
         """Insert `events` in `connection`'s transaction, in one round trip each for the
-        entries and the queue (batches). Raises `AuditWriteFailed` like `append`."""
+        entries and the queue (batches). Raises `AuditWriteFailed` like `append`.
+
+        Inside `deferred_appends` on `connection`, the rows are only queued (their
+        payloads made now) and written by its flush, with every other operation's of the
+        same transaction."""
         if not events:
             return
         now = self._clock.now(UTC)
         rows = [{"payload": canonical_payload(e, now), "created_at": now} for e in events]
-        try:
-            ids = connection.execute(_INSERT_ENTRIES, rows).scalars().all()
-            connection.execute(_INSERT_QUEUED, [{"entry_id": i} for i in ids])
-        except SQLAlchemyError as exc:
-            raise AuditWriteFailed(
-                f"the audit entry could not be written ({db_error_name(exc)}); "
-                "the operation is refused"
-            ) from None
-        _note([int(i) for i in ids])
+        pending: _Pending | None = connection.info.get(_DEFERRED)
+        if pending is not None:
+            trail = _TRAIL.get()
+            pending.extend((row, trail) for row in rows)
+            return
+        _note(_insert_rows(connection, rows))
+
+
+# A list of (row, trail) that `AuditLog.append_many` queues on a connection while
+# `deferred_appends` runs on it, kept in the connection's `info` (the DBAPI
+# connection's, so `deferred_appends` always removes it before the connection returns
+# to the pool).
+_Pending = list[tuple[dict[str, object], list[int] | None]]
+_DEFERRED: Final = "cofre_audit_deferred_rows"
+
+
+def _insert_rows(connection: Connection, rows: Sequence[Mapping[str, object]]) -> list[int]:
+    """Write `rows` (one multi-row insert per table) and return their ids, in order."""
+    try:
+        written = connection.execute(_INSERT_ENTRIES, rows).all()
+        connection.execute(_INSERT_QUEUED, [{"entry_id": r.id} for r in written])
+    except SQLAlchemyError as exc:
+        raise AuditWriteFailed(
+            f"the audit entry could not be written ({db_error_name(exc)}); the operation is refused"
+        ) from None
+    # Rows with the same payload are the same entry, byte for byte: which of them gets
+    # which id is indifferent.
+    ids: dict[str, list[int]] = {}
+    for entry in reversed(written):
+        ids.setdefault(entry.payload, []).append(int(entry.id))
+    return [ids[str(row["payload"])].pop() for row in rows]
+
+
+@contextmanager
+def deferred_appends(connection: Connection) -> Iterator[Callable[[], None]]:
+    """While the block runs, `AuditLog.append_many` on `connection` queues its rows;
+    the function it yields writes them all in one multi-row insert (one per 'entries'
+    and 'queue'), and must be called before the transaction commits. The group
+    committer runs the operations of a group this way: one insert for the group, not
+    one per operation (issue 21). Rows not flushed when the block ends are dropped, so
+    a block that ends without its flush must roll back; a failed flush raises
+    `AuditWriteFailed` and so must roll back too (fail closed: the operations of the
+    transaction do not happen). Each entry id is noted in the trail of the context
+    that appended it."""
+    pending: _Pending = []
+    connection.info[_DEFERRED] = pending
+
+    def flush() -> None:
+        del connection.info[_DEFERRED]  # from now on, appends write at once
+        if not pending:
+            return
+        ids = _insert_rows(connection, [row for row, _ in pending])
+        for (_, trail), entry_id in zip(pending, ids, strict=True):
+            if trail is not None:
+                trail.append(entry_id)
+
+    try:
+        yield flush
+    finally:
+        connection.info.pop(_DEFERRED, None)

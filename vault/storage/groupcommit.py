@@ -7,7 +7,8 @@ once, and only then hands every caller its result. Nothing is answered before th
 that made it durable; if that commit fails, every operation in it fails. Operations
 rarely fail, so a group first runs with no savepoints; if one raises, the group is
 rolled back and runs again with each operation in its own savepoint, so that the failing
-one rolls back alone.
+one rolls back alone. In the unguarded run the operations' audit entries are written
+together, in one insert, just before the commit (`audit.log.deferred_appends`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from concurrent.futures import Future
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import Connection, Engine
+
+from audit.log import deferred_appends
 
 T = TypeVar("T")
 MAX_GROUP: Final = 128
@@ -101,7 +104,13 @@ class GroupCommitter:
         with connection:
             try:
                 transaction = connection.begin()
-                results = [work(connection) for work, _ in group]
+                # The group's audit entries go in one multi-row insert before the
+                # commit (issue 21: one per operation was ~2 of its 7 statements). A
+                # failed flush rolls everything back, and the guarded path, which
+                # writes each operation's entries at once, finds whose they were.
+                with deferred_appends(connection) as flush_audit:
+                    results = [work(connection) for work, _ in group]
+                    flush_audit()
             except BaseException:  # noqa: BLE001 - the guarded path finds whose it was
                 with contextlib.suppress(Exception):  # a broken connection rolls back alone
                     connection.rollback()

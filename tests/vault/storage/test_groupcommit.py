@@ -3,6 +3,7 @@ back alone, nothing is answered before its commit, and a failed commit fails eve
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -12,7 +13,9 @@ import pytest
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 
-from vault.storage.database import create_database_engine
+from audit.errors import AuditWriteFailed
+from audit.log import AuditEvent, AuditLog, Outcome, request_trail
+from vault.storage.database import create_database_engine, migrate
 from vault.storage.groupcommit import GroupCommitter
 
 
@@ -180,3 +183,111 @@ def test_an_unreachable_database_fails_the_group_and_the_writer_lives_on(engine:
     finally:
         committer.close()
     assert _rows(engine) == {4}
+
+
+def _audited(item: int, actor: str = "someone") -> Callable[[Connection], int]:
+    """An operation that inserts an item and appends two audit entries for it."""
+
+    def work(c: Connection) -> int:
+        c.execute(text("INSERT INTO items (id) VALUES (:id)"), {"id": item})
+        events = [AuditEvent(f"op-{item}", Outcome.SUCCESS, actor) for _ in range(2)]
+        AuditLog().append_many(c, events)
+        return item
+
+    return work
+
+
+def _group_with_trails(
+    committer: GroupCommitter, works: list[Callable[[Connection], Any]]
+) -> list[Future[tuple[Any, list[int]]]]:
+    """`_one_group`, each operation submitted from a request's own audit trail."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold(_c: Connection) -> None:
+        held.set()
+        release.wait(10)
+
+    def submit(work: Callable[[Connection], Any]) -> tuple[Any, list[int]]:
+        with request_trail() as trail:
+            return committer.run(work), trail
+
+    pool = ThreadPoolExecutor(len(works) + 1)
+    first = pool.submit(committer.run, hold)
+    assert held.wait(10)
+    futures = [pool.submit(submit, w) for w in works]
+    while len(committer._queue) < len(works):
+        threading.Event().wait(0.01)
+    release.set()
+    first.result(10)
+    pool.shutdown(wait=True)
+    return futures
+
+
+def _entries(engine: Engine) -> dict[int, str]:
+    with engine.connect() as c:
+        return {
+            int(i): json.loads(p)["action"]
+            for i, p in c.execute(text("SELECT id, payload FROM audit_entries"))
+        }
+
+
+def test_a_group_writes_its_audit_entries_in_one_insert(engine: Engine) -> None:
+    """Issue 21: the entries of every operation in a group, one multi-row insert before
+    the commit; each request's trail names its own entries."""
+    migrate(engine)
+    inserts = []
+    event.listen(
+        engine,
+        "before_cursor_execute",
+        lambda _c, _cur, statement, *_: (
+            inserts.append(1) if statement.startswith("INSERT INTO audit_entries") else None
+        ),
+    )
+    committer = GroupCommitter(engine)
+    try:
+        futures = _group_with_trails(committer, [_audited(i) for i in range(1, 9)])
+    finally:
+        committer.close()
+    entries = _entries(engine)
+    for item, future in enumerate(futures, start=1):
+        result, trail = future.result()
+        assert result == item
+        assert len(trail) == 2
+        assert {entries[i] for i in trail} == {f"op-{item}"}
+    assert len(entries) == 16
+    assert len(inserts) == 1
+    with engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM audit_queue")).scalar() == 16
+
+
+def test_an_operation_whose_audit_entry_is_refused_does_not_happen(engine: Engine) -> None:
+    """Fail closed inside a group: the refused entry's operation fails and leaves
+    nothing; the others of its group commit with their entries."""
+    migrate(engine)
+    with engine.begin() as c:
+        if engine.dialect.name == "sqlite":
+            c.execute(
+                text(
+                    "CREATE TRIGGER refuse_poison BEFORE INSERT ON audit_entries "
+                    "WHEN NEW.payload LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'no'); END"
+                )
+            )
+        else:
+            c.execute(
+                text(
+                    "ALTER TABLE audit_entries ADD CONSTRAINT refuse_poison "
+                    "CHECK (payload NOT LIKE '%poison%') NOT VALID"
+                )
+            )
+    committer = GroupCommitter(engine)
+    try:
+        works = [_audited(1), _audited(2, actor="poison"), _audited(3)]
+        futures = _group_with_trails(committer, works)
+    finally:
+        committer.close()
+    assert futures[0].result()[0] == 1
+    assert futures[2].result()[0] == 3
+    with pytest.raises(AuditWriteFailed):
+        futures[1].result()
+    assert _rows(engine) == {1, 3}
+    assert sorted(_entries(engine).values()) == ["op-1", "op-1", "op-3", "op-3"]
