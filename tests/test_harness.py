@@ -90,11 +90,14 @@ def test_session_leak_scan_fails_a_run_whose_tests_all_pass() -> None:
         result = _run_probe(
             "tests/harness_probe/probe_leak.py", f"--basetemp={scratch}/t", env=dict(os.environ)
         )
-    assert "3 passed" in result.stdout
+    assert "4 passed" in result.stdout
     assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout
     assert "PAN leak scan" in result.stdout
-    assert "3 findings" in result.stdout  # the file: test PAN and Luhn rule; the log
+    # the file: test PAN and Luhn rule; the log; the key file's test PAN (not the serial)
+    assert "4 findings" in result.stdout
     assert "/service.log: test PAN 411111******1111" in result.stdout
+    assert "/key.object: test PAN 555555******4444" in result.stdout
+    assert "token.object" not in result.stdout
     assert "test_logs_a_generated_card_number (Captured log call): Luhn-valid run" in (
         result.stdout
     )
