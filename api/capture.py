@@ -461,6 +461,8 @@ def build_capture_server(
             header_timeout=header_timeout,
             body_timeout=body_timeout,
             max_connections_per_identity=1,  # unused: no client certificates here
+            # Browsers, not a hot path: the parser its tests were written against.
+            http="h11",
         ),
         ssl_certfile=str(cert),
         ssl_keyfile=str(key),

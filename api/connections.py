@@ -4,7 +4,8 @@ on concurrent connections per client identity.
 IN PCI SCOPE. An outside review held a half-sent request open and the vault waited
 forever: each such connection holds a socket and a TLS session, and enough of them starve
 everyone. uvicorn 0.54 has a keep-alive timeout between requests but no deadline while a
-request is being read, so `GuardedH11Protocol` (built by `guarded_protocol`) adds them:
+request is being read, so `GuardedHttpToolsProtocol` (and its h11 twin
+`GuardedH11Protocol`, both built by `guarded_protocol`) add them:
 the headers must be complete within `header_timeout` seconds of the connection opening or
 of the request's first byte, and the body within `body_timeout` seconds of the headers.
 On expiry the connection is closed (nothing reached the app, so nothing is undone) and
@@ -22,9 +23,74 @@ import h11
 import structlog
 
 from api.errors import IdentityMissing
-from api.tls import TLSIdentityH11Protocol, identity_from_pem, tls_extension
+from api.tls import (
+    TLSIdentityH11Protocol,
+    TLSIdentityHttpToolsProtocol,
+    identity_from_pem,
+    tls_extension,
+)
 
 _log = structlog.get_logger("cofre.api.connections")
+# What uvicorn's h11 allows for a request head (``h11_max_incomplete_event_size``).
+MAX_HEADER_BYTES = 16 * 1024
+
+
+class _Limits:
+    """The per-identity cap and the read deadline, for either protocol class (the
+    protocol passes itself: uvicorn's ``connections``, ``loop``, ``transport`` and
+    ``client``)."""
+
+    def __init__(self, protocol: Any, limits: type[Any]) -> None:
+        self.protocol = protocol
+        self.limits = limits
+        self.identity: str | None = None
+        self.deadline: asyncio.TimerHandle | None = None
+        self.phase = ""
+
+    def admit(self, transport: Any) -> bool:
+        """Note the connection's identity; False (and the connection closed) when the
+        identity already holds its share of connections."""
+        self.identity = _identity(transport)
+        if self.identity is not None:
+            same = sum(
+                1
+                for other in self.protocol.connections
+                if getattr(other, "cofre_identity", None) == self.identity
+            )
+            if same > self.limits.max_connections_per_identity:
+                _log.warning(
+                    "connection refused: too many connections for this identity",
+                    identity=self.identity,
+                    limit=self.limits.max_connections_per_identity,
+                )
+                transport.close()
+                return False
+        return True
+
+    def arm(self, phase: str) -> None:
+        self.disarm()
+        seconds = self.limits.header_timeout if phase == "headers" else self.limits.body_timeout
+        self.phase = phase
+        self.deadline = self.protocol.loop.call_later(seconds, self._expire, phase)
+
+    def disarm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+        self.deadline, self.phase = None, ""
+
+    def _expire(self, phase: str) -> None:
+        self.deadline, self.phase = None, ""
+        transport = self.protocol.transport
+        if transport.is_closing():
+            return
+        client = self.protocol.client
+        _log.warning(
+            "connection closed: request not read in time",
+            phase=phase,
+            identity=self.identity,
+            peer=f"{client[0]}:{client[1]}" if client else None,
+        )
+        transport.close()
 
 
 class GuardedH11Protocol(TLSIdentityH11Protocol):
@@ -35,29 +101,18 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
     body_timeout: float = 30.0
     max_connections_per_identity: int = 2000
 
-    _read_deadline: asyncio.TimerHandle | None = None
-    _deadline_phase: str = ""
-    cofre_identity: str | None = None
+    _guard: _Limits
+
+    @property
+    def cofre_identity(self) -> str | None:
+        return self._guard.identity
 
     def connection_made(self, transport: Any) -> None:
+        self._guard = _Limits(self, type(self))
         super().connection_made(transport)
-        self.cofre_identity = _identity(transport)
-        if self.cofre_identity is not None:
-            same = sum(
-                1
-                for other in self.connections
-                if getattr(other, "cofre_identity", None) == self.cofre_identity
-            )
-            if same > self.max_connections_per_identity:
-                _log.warning(
-                    "connection refused: too many connections for this identity",
-                    identity=self.cofre_identity,
-                    limit=self.max_connections_per_identity,
-                )
-                transport.close()
-                return
-        # A connection that sends nothing is held to the header deadline too.
-        self._arm("headers", self.header_timeout)
+        if self._guard.admit(transport):
+            # A connection that sends nothing is held to the header deadline too.
+            self._guard.arm("headers")
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -67,44 +122,87 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
         super().on_response_complete()
         # Between requests uvicorn's keep-alive timeout applies; the next request's first
         # byte arms the header deadline again.
-        self._disarm()
+        self._guard.disarm()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._guard.disarm()
         super().connection_lost(exc)
 
     def _follow_state(self) -> None:
         state = self.conn.their_state
+        phase = self._guard.phase
         if state is h11.IDLE:
-            if self.conn.trailing_data[0] and self._deadline_phase != "headers":
-                self._arm("headers", self.header_timeout)
+            if self.conn.trailing_data[0] and phase != "headers":
+                self._guard.arm("headers")
         elif state is h11.SEND_BODY:
-            if self._deadline_phase != "body":
-                self._arm("body", self.body_timeout)
+            if phase != "body":
+                self._guard.arm("body")
         else:
-            self._disarm()
+            self._guard.disarm()
 
-    def _arm(self, phase: str, seconds: float) -> None:
-        self._disarm()
-        self._deadline_phase = phase
-        self._read_deadline = self.loop.call_later(seconds, self._expire, phase)
 
-    def _disarm(self) -> None:
-        if self._read_deadline is not None:
-            self._read_deadline.cancel()
-        self._read_deadline, self._deadline_phase = None, ""
+class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
+    """`TLSIdentityHttpToolsProtocol` with the same limits as `GuardedH11Protocol`,
+    following llhttp's callbacks instead of h11's states; and, since llhttp sets no
+    bound on a request's head (h11 does: uvicorn's 16 KiB), one of `max_header_bytes`."""
 
-    def _expire(self, phase: str) -> None:
-        self._read_deadline, self._deadline_phase = None, ""
-        if self.transport.is_closing():
-            return
-        _log.warning(
-            "connection closed: request not read in time",
-            phase=phase,
-            identity=self.cofre_identity,
-            peer=f"{self.client[0]}:{self.client[1]}" if self.client else None,
-        )
-        self.transport.close()
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections_per_identity: int = 2000
+    max_header_bytes: int = MAX_HEADER_BYTES
+
+    _guard: _Limits
+    _head_bytes: int = 0
+    _in_head: bool = False
+    _reading: bool = False
+
+    @property
+    def cofre_identity(self) -> str | None:
+        return self._guard.identity
+
+    def connection_made(self, transport: Any) -> None:
+        self._guard = _Limits(self, type(self))
+        super().connection_made(transport)
+        if self._guard.admit(transport):
+            self._guard.arm("headers")
+
+    def data_received(self, data: bytes) -> None:
+        was_in_head = self._in_head
+        super().data_received(data)
+        if was_in_head and self._in_head and not self.transport.is_closing():
+            # A chunk that ends a head or starts one is not counted: the bound is
+            # `max_header_bytes` plus one read (at most 256 KiB in asyncio's TLS).
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_header_bytes:
+                self._guard.disarm()
+                self.send_400_response("Request head too large.")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reading = self._in_head = True
+        self._head_bytes = 0
+        if self._guard.phase != "headers":
+            self._guard.arm("headers")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+        self._guard.arm("body")
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._reading = False
+        self._guard.disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self._reading:
+            # Between requests uvicorn's keep-alive timeout applies.
+            self._guard.disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._guard.disarm()
+        super().connection_lost(exc)
 
 
 def _identity(transport: Any) -> str | None:
@@ -119,12 +217,20 @@ def _identity(transport: Any) -> str | None:
 
 
 def guarded_protocol(
-    *, header_timeout: float, body_timeout: float, max_connections_per_identity: int
-) -> type[GuardedH11Protocol]:
-    """The protocol class for uvicorn's ``http=`` setting, with these limits."""
+    *,
+    header_timeout: float,
+    body_timeout: float,
+    max_connections_per_identity: int,
+    http: str = "httptools",
+) -> type[GuardedHttpToolsProtocol | GuardedH11Protocol]:
+    """The protocol class for uvicorn's ``http=`` setting, with these limits: `http` is
+    ``httptools`` (llhttp, the default) or ``h11`` (pure Python, slower)."""
+    base: type[GuardedHttpToolsProtocol | GuardedH11Protocol] = (
+        GuardedH11Protocol if http == "h11" else GuardedHttpToolsProtocol
+    )
     return type(
-        "CofreH11Protocol",
-        (GuardedH11Protocol,),
+        f"Cofre{base.__name__.removeprefix('Guarded')}",
+        (base,),
         {
             "header_timeout": header_timeout,
             "body_timeout": body_timeout,

@@ -94,6 +94,7 @@ def build_server(
     header_timeout: float = 10.0,
     body_timeout: float = 30.0,
     max_connections_per_identity: int = 2000,
+    http_protocol: str = "httptools",
     reuse_port: bool = False,
 ) -> ManagedServer:
     """Return a configured (not yet started) uvicorn server for `app`; on stop,
@@ -102,7 +103,8 @@ def build_server(
     every `crl_reload_seconds`) and adds its expiry to the app's readiness checks. A
     request's headers and body must arrive within `header_timeout` / `body_timeout`
     seconds, and one identity may hold `max_connections_per_identity` connections
-    (`api.connections`). With `reuse_port` the server listens on its own socket bound
+    (`api.connections`); `http_protocol` is the parser (``httptools`` or ``h11``). With
+    `reuse_port` the server listens on its own socket bound
     with SO_REUSEPORT, so several worker processes share the port and the kernel spreads
     new connections across them (`bind_reuse_port`).
 
@@ -119,6 +121,7 @@ def build_server(
             header_timeout=header_timeout,
             body_timeout=body_timeout,
             max_connections_per_identity=max_connections_per_identity,
+            http=http_protocol,
         ),
         ssl_certfile=str(tls.cert),
         ssl_keyfile=str(tls.key),

@@ -2,12 +2,12 @@
 into the ASGI ``tls`` scope extension, and the caller's identity is its SAN URI.
 
 IN PCI SCOPE. uvicorn 0.54 does not expose the peer certificate to the application (it
-sends no ASGI TLS extension). `TLSIdentityH11Protocol`, selected with
-uvicorn's ``http=`` setting, reads it from the SSL object in ``connection_made`` and wraps
-the app so every request on that connection carries it in
-``scope["extensions"]["tls"]`` in the ASGI TLS extension's shape. This couples to
-uvicorn's internals (``H11Protocol.app``, ``connection_made``), which is why uvicorn is
-pinned and the API tests over real mutual TLS (``tests/api/test_api.py``,
+sends no ASGI TLS extension). `TLSIdentityHttpToolsProtocol` (and its h11 twin
+`TLSIdentityH11Protocol`), selected with uvicorn's ``http=`` setting, reads it from the SSL
+object in ``connection_made`` and wraps the app so every request on that connection
+carries it in ``scope["extensions"]["tls"]`` in the ASGI TLS extension's shape. This
+couples to uvicorn's internals (the protocols' ``app``, ``connection_made``), which is
+why uvicorn is pinned and the API tests over real mutual TLS (``tests/api/test_api.py``,
 ``test_identity_comes_from_the_certificate_not_headers`` first) fail loudly if the
 identity goes missing.
 
@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.errors import IdentityAmbiguous, IdentityMissing
 
@@ -56,20 +57,35 @@ def tls_extension(ssl_object: ssl.SSLObject | None) -> dict[str, Any] | None:
     }
 
 
+def with_tls_extension(app: ASGIApp, transport: Any) -> ASGIApp:
+    """`app`, putting the connection's ASGI TLS extension into every request's scope
+    (read once per connection: the certificate cannot change on it)."""
+    extension = tls_extension(transport.get_extra_info("ssl_object"))
+    if extension is None:
+        return app
+
+    async def with_tls(scope: Scope, receive: Any, send: Any) -> None:
+        scope.setdefault("extensions", {})["tls"] = extension
+        await app(scope, receive, send)
+
+    return with_tls
+
+
 class TLSIdentityH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, plus the client certificate in the ASGI scope."""
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        extension = tls_extension(transport.get_extra_info("ssl_object"))
-        inner: ASGIApp = self.app
+        self.app = with_tls_extension(self.app, transport)
 
-        async def with_tls(scope: Scope, receive: Any, send: Any) -> None:
-            if extension is not None:
-                scope.setdefault("extensions", {})["tls"] = extension
-            await inner(scope, receive, send)
 
-        self.app = with_tls
+class TLSIdentityHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol (llhttp, in C: a fraction of h11's CPU per request),
+    plus the client certificate in the ASGI scope, as `TLSIdentityH11Protocol`."""
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.app = with_tls_extension(self.app, transport)
 
 
 def peer_certificate(scope: Scope) -> str | None:

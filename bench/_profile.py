@@ -12,7 +12,10 @@ from pathlib import Path
 PARTS: dict[str, tuple[str, ...]] = {
     "group commit (the committer thread's work)": ("_loop vault/storage/groupcommit.py",),
     "event loop: TLS, HTTP protocol, middleware": ("run_forever asyncio/base_events.py",),
-    "  h11 protocol (request/response cycle)": ("run_asgi uvicorn/protocols/http/h11_impl.py",),
+    "  HTTP protocol (request/response cycle)": (
+        "run_asgi uvicorn/protocols/http/httptools_impl.py",
+        "run_asgi uvicorn/protocols/http/h11_impl.py",
+    ),
     "  request guard (ids, auth, audit, log, span, metrics)": ("__call__ api/guard.py",),
     "  FastAPI solve_dependencies": ("solve_dependencies fastapi/dependencies/utils.py",),
     "thread-pool hops (anyio)": ("run anyio/_backends/_asyncio.py",),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -142,6 +142,9 @@ class ServerSettings(_Section):
     header_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     max_connections_per_identity: int = Field(default=2000, ge=1)
+    # The HTTP/1.1 parser: httptools (llhttp, in C) or h11 (pure Python, a few times the
+    # CPU per request; kept as a fallback). Both get the same limits (api.connections).
+    http_protocol: Literal["httptools", "h11"] = "httptools"
     # How often the CRL file is checked for a change (it is also reloaded on SIGHUP).
     crl_reload_seconds: float = Field(default=30.0, gt=0, le=3600)
     # /docs and /openapi.json: the whole API surface for any identity. `cofre dev` turns

@@ -99,6 +99,7 @@ def serve_worker(settings: Settings, index: int | None, *, migrate_schema: bool 
             header_timeout=server.header_timeout_seconds,
             body_timeout=server.body_timeout_seconds,
             max_connections_per_identity=server.max_connections_per_identity,
+            http_protocol=server.http_protocol,
             reuse_port=index is not None,
         )
         watcher = api.crl_watcher

@@ -20,7 +20,7 @@ WAIT = 20.0
 
 
 @contextmanager
-def _server(vault: VaultServer, **limits: float) -> Iterator[int]:
+def _server(vault: VaultServer, **limits: float | str) -> Iterator[int]:
     pki = vault.pki
     port = free_port()
     server = BackgroundServer(
@@ -73,6 +73,10 @@ def _closed_by_server(conn: ssl.SSLSocket) -> bool:
         return False
 
 
+PROTOCOLS = pytest.mark.parametrize("http", ["httptools", "h11"])
+
+
+@PROTOCOLS
 @pytest.mark.parametrize(
     "sent",
     [
@@ -82,8 +86,8 @@ def _closed_by_server(conn: ssl.SSLSocket) -> bool:
         b'content-length: 100\r\n\r\n{"pan":',  # body never finished
     ],
 )
-def test_half_sent_request_is_cut_off(vault_server: VaultServer, sent: bytes) -> None:
-    with _server(vault_server, header_timeout=0.5, body_timeout=0.5) as port:
+def test_half_sent_request_is_cut_off(vault_server: VaultServer, sent: bytes, http: str) -> None:
+    with _server(vault_server, header_timeout=0.5, body_timeout=0.5, http_protocol=http) as port:
         conn = _connect(vault_server, port)
         try:
             if sent:
@@ -93,8 +97,42 @@ def test_half_sent_request_is_cut_off(vault_server: VaultServer, sent: bytes) ->
             conn.close()
 
 
-def test_a_whole_request_is_answered_and_kept_alive(vault_server: VaultServer) -> None:
-    with _server(vault_server, header_timeout=5, body_timeout=5) as port:
+@PROTOCOLS
+def test_endless_request_head_is_refused_before_any_deadline(
+    vault_server: VaultServer, http: str
+) -> None:
+    """Headers that never end (each line well-formed) are refused at 16 KiB, long before
+    the header deadline: the server does not buffer them without bound."""
+    with _server(vault_server, header_timeout=600, http_protocol=http) as port:
+        conn = _connect(vault_server, port)
+        try:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: vault\r\n")
+            for i in range(200):
+                try:
+                    conn.sendall(b"x-filler-%d: %s\r\n" % (i, b"a" * 1000))
+                except (ConnectionError, ssl.SSLError):
+                    break
+            assert _closed_or_refused(conn)
+        finally:
+            conn.close()
+
+
+def _closed_or_refused(conn: ssl.SSLSocket) -> bool:
+    """True when the server answered 400 and/or closed the connection."""
+    data = b""
+    try:
+        while chunk := conn.recv(4096):
+            data += chunk
+    except (ConnectionError, ssl.SSLError):
+        return True
+    except TimeoutError:
+        return False
+    return data == b"" or data.startswith(b"HTTP/1.1 4")
+
+
+@PROTOCOLS
+def test_a_whole_request_is_answered_and_kept_alive(vault_server: VaultServer, http: str) -> None:
+    with _server(vault_server, header_timeout=5, body_timeout=5, http_protocol=http) as port:
         conn = _connect(vault_server, port)
         try:
             for _ in range(2):
