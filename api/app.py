@@ -56,6 +56,10 @@ def create_app(state: AppState) -> FastAPI:
         docs_url="/docs" if state.api_docs else None,
         redoc_url=None,
         openapi_url="/openapi.json" if state.api_docs else None,
+        # FastAPI's own OpenTelemetry bridge would trace raw paths through any global
+        # provider; the request guard records route templates only (and checking
+        # whether the bridge is on cost every request a little).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # Routes reach it through `api.dependencies.State`.
     app.state.cofre = state

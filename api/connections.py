@@ -169,36 +169,43 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         was_in_head = self._in_head
         super().data_received(data)
-        if was_in_head and self._in_head and not self.transport.is_closing():
+        if self.transport.is_closing():
+            self._guard.disarm()
+            return
+        if was_in_head and self._in_head:
             # A chunk that ends a head or starts one is not counted: the bound is
             # `max_header_bytes` plus one read (at most 256 KiB in asyncio's TLS).
             self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes:
                 self._guard.disarm()
                 self.send_400_response("Request head too large.")
+                return
+        # The deadline follows where the parser stands once this read is consumed, as
+        # `GuardedH11Protocol` does: a request that arrived whole in one read (nearly
+        # all of them) never arms a timer.
+        phase = self._guard.phase
+        if self._in_head:
+            if phase != "headers":
+                self._guard.arm("headers")
+        elif self._reading:
+            if phase != "body":
+                self._guard.arm("body")
+        elif phase:
+            # Between requests uvicorn's keep-alive timeout applies.
+            self._guard.disarm()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading = self._in_head = True
         self._head_bytes = 0
-        if self._guard.phase != "headers":
-            self._guard.arm("headers")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         super().on_headers_complete()
-        self._guard.arm("body")
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._reading = False
-        self._guard.disarm()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self._reading:
-            # Between requests uvicorn's keep-alive timeout applies.
-            self._guard.disarm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.disarm()
