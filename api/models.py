@@ -148,7 +148,7 @@ class Problem(BaseModel):
 
 
 class RotationRequest(_Strict):
-    kind: Literal["kek", "data", "fingerprint"]
+    kind: Literal["kek", "data", "fingerprint", "audit"]
 
 
 # The wire form of `vault.ceremony.Ceremony`: the API's model is the documented contract,

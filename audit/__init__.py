@@ -9,6 +9,7 @@ signer that the wiring injects (the HSM's audit key); `audit` itself never impor
 __all__ = [
     "archive",
     "errors",
+    "handover",
     "heads",
     "log",
     "merkle",

@@ -38,6 +38,8 @@ from audit.note import (
     NoteSignature,
     VerifierKey,
     add_checkpoint_body,
+    parse_checkpoint,
+    parse_note,
     parse_signature_lines,
 )
 from audit.schema import READ_ONLY, audit_cosignatures
@@ -123,6 +125,8 @@ class CheckpointPublisher:
         self._submit = submit
         self._lock = threading.Lock()
         self._known: dict[str, int] = {}
+        # The audit key handovers each witness has taken, by size (`_publish_handovers`).
+        self._handed: dict[str, set[int]] = {}
         self.last_errors: dict[str, str] = {}
         # Failed publications by (witness name, reason), since this process started.
         self.failures: Counter[tuple[str, str]] = Counter()
@@ -140,6 +144,7 @@ class CheckpointPublisher:
             outcomes = {}
             for witness in self.witnesses:
                 try:
+                    self._publish_handovers(witness)
                     outcomes[witness.name] = self._publish(witness, head)
                     self.last_errors.pop(witness.name, None)
                     self._audited.pop(witness.name, None)
@@ -212,7 +217,10 @@ class CheckpointPublisher:
             old = self._cosigned_size(witness)
         if old == head.tree_size and self._holds_cosignature(witness, head):
             return "current"
-        note = head_note(head, self._public_key_pem())
+        # The key that signed this head: before a handover's size, the old one.
+        note = head_note(
+            head, self._store.key_chain(self._public_key_pem()).pem_for(head.tree_size)
+        )
         for attempt in range(2):
             if old > head.tree_size:
                 raise WitnessRefused(
@@ -244,6 +252,45 @@ class CheckpointPublisher:
             f"witness {witness.name} refused head {head.tree_size}: HTTP {status} "
             f"{text.strip()[:200]}"
         )
+
+    def _publish_handovers(self, witness: PinnedWitness) -> None:
+        """Submit each audit key handover (`audit.handover`) the witness has not taken
+        yet, in order, before any head the new key signed: a witness pinned to the old
+        key follows the handover (signed by both keys) and then cosigns the new key's
+        heads. A witness already past a handover's size has followed it. The witness's
+        cosignature of a handover is not stored: it is not a head's. Raises
+        `WitnessRefused` when the witness refuses a handover."""
+        done = self._handed.setdefault(witness.name, set())
+        for note in self._store.handover_notes():
+            size = parse_checkpoint(parse_note(note)[0]).size
+            if size in done:
+                continue
+            old = self._known.get(witness.name)
+            if old is None:
+                old = self._cosigned_size(witness)
+            for attempt in range(2):
+                if old > size:
+                    break  # cosigned a later head: only possible once it followed
+                proof = self._store.consistency_proof(old, size) if 0 < old < size else []
+                status, content_type, text = self._submit(
+                    witness, add_checkpoint_body(old, proof, note)
+                )
+                if status == 200:
+                    self._known[witness.name] = size
+                    _log.info("witness took the audit key handover", witness=witness.name)
+                    break
+                if status == 409 and content_type.startswith("text/x.tlog.size") and attempt == 0:
+                    try:
+                        old = int(text.strip())
+                    except ValueError:
+                        pass
+                    else:
+                        continue
+                raise WitnessRefused(
+                    f"witness {witness.name} refused the audit key handover at size {size}: "
+                    f"HTTP {status} {text.strip()[:200]}"
+                )
+            done.add(size)
 
     def _store_cosignatures(self, witness: PinnedWitness, head: SignedTreeHead, text: str) -> None:
         rows = []

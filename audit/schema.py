@@ -104,6 +104,18 @@ audit_cosignatures = Table(
     Column("signature", LargeBinary, nullable=False),
 )
 
+# Handover checkpoints of the audit signing key (`audit.handover`): the signed note at
+# the head where the key changed, by both keys. Append-only; the newest row names the key
+# that signs every later head.
+audit_handovers = Table(
+    "audit_handovers",
+    metadata,
+    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
+    Column("key_label", String(128), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+)
+
 audit_archive = Table(
     "audit_archive",
     metadata,

@@ -33,6 +33,8 @@ from cofre.dberrors import db_error_name
 
 # Any constant unique to Cofre: the advisory lock key of the sequencer.
 _ADVISORY_LOCK_KEY: Final = 0x436F667265  # "Cofre"
+# Held (waiting) by an audit key handover (`audit.handover`): no head is signed meanwhile.
+SEQUENCER_LOCK_KEY: Final = _ADVISORY_LOCK_KEY
 DEFAULT_BATCH: Final = 5000
 PARTITION_CHECK_SECONDS: Final = 3600.0
 

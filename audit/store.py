@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, and_, func, or_, select
 
 from audit.errors import AuditReadFailed, AuditVerificationFailed, AuditWriteFailed, ProofError
+from audit.handover import handover_notes, key_chain
 from audit.heads import SignedTreeHead, verify_tree_head
 from audit.merkle import (
     CompactRange,
@@ -32,6 +33,7 @@ from audit.merkle import (
     leaf_hash,
     subtree_hash,
 )
+from audit.note import KeyChain
 from audit.schema import (
     READ_ONLY,
     audit_entries,
@@ -251,8 +253,15 @@ class AuditStore:
         heads = self.heads()
         head_by_size = {head.tree_size: head for head in heads}
         if public_key_pem is not None:
+            chain = self.key_chain(public_key_pem)
             for head in heads:
-                verify_tree_head(head, public_key_pem)
+                try:
+                    verify_tree_head(head, chain.pem_for(head.tree_size))
+                except AuditVerificationFailed as exc:
+                    raise AuditVerificationFailed(
+                        f"{exc} ({chain.describe(head.tree_size)}: signed by a key no valid "
+                        "handover introduced, or altered)"
+                    ) from None
         online_from = self.online_from()
         stored_leaves = self._stored_leaf_hashes(online_from)
         tree = self._trusted_border(online_from, head_by_size)
@@ -319,6 +328,17 @@ class AuditStore:
             queued=queued,
             online_from=online_from,
         )
+
+    def key_chain(self, public_key_pem: bytes) -> KeyChain:
+        """The audit key chain (`audit.handover`) anchored at the pinned key: which key
+        signs the heads of each size. Raises `AuditVerificationFailed`."""
+        with self._connect() as connection:
+            return key_chain(connection, public_key_pem)
+
+    def handover_notes(self) -> list[str]:
+        """Every audit key handover note, oldest first."""
+        with self._connect() as connection:
+            return handover_notes(connection)
 
     def online_from(self) -> int:
         """The leaf index from which every entry is still in the database (0 until a

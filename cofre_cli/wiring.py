@@ -278,7 +278,7 @@ def build_runtime(
     _record_start(service, loaded)
     sequencer = Sequencer(
         engine,
-        HSMTreeHeadSigner(provider, registry=service.keyring.registry),
+        HSMTreeHeadSigner(provider, registry=service.keyring.registry, engine=engine),
         sign_every_entries=settings.audit.sign_every_entries,
         sign_every_seconds=settings.audit.sign_every_seconds,
         log_id=settings.audit.log_id,

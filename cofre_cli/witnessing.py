@@ -41,7 +41,7 @@ def ask_witnesses(
     from witness.client import latest_checkpoint
 
     origin = log_origin(settings.audit.log_id)
-    log_keys = [log_verifier_key(origin, pem)]
+    log_keys = [log_verifier_key(origin, key) for key in store.key_chain(pem).pems()]
     warnings = []
     for configured in settings.audit.witnesses:
         try:

@@ -235,13 +235,21 @@ def write_bundle(
         policy_text = _stream_policy_versions(
             staging, engine, store, start=start, end=end, size=size
         )
-        staging.add("audit/public_key.pem", signer.public_key_pem())
-        # The covering head as a C2SP signed note: the vault's signature and every
-        # witness's cosignature (c2sp.org/tlog-checkpoint, tlog-cosignature).
-        staging.add(
-            "audit/checkpoint.note",
-            witnessed_note(engine, covering, signer.public_key_pem()).encode(),
-        )
+        current_key = signer.public_key_pem()
+        staging.add("audit/public_key.pem", current_key)
+        # Every handover of the audit key (signed by both keys, each naming its public
+        # keys): the verifier follows them from the key the auditor pinned.
+        handovers = store.handover_notes()
+        if handovers:
+            staging.add(
+                "audit/handovers.jsonl",
+                "".join(json.dumps({"note": note}) + "\n" for note in handovers).encode(),
+            )
+        # The covering head as a C2SP signed note: the vault's signature (by the key in
+        # force at its size) and every witness's cosignature (c2sp.org/tlog-checkpoint,
+        # tlog-cosignature).
+        head_key = store.key_chain(current_key).pem_for(covering.tree_size)
+        staging.add("audit/checkpoint.note", witnessed_note(engine, covering, head_key).encode())
         _stage_sources(staging, sources, period_from=period_from, period_to=period_to)
         # Each acknowledgement with its audit entry and inclusion proof (`compliance.custody`).
         staging.add("keys/custody.json", custody_json(engine, store, sources.custody(), size))

@@ -16,6 +16,7 @@ class RotationKind(StrEnum):
     DATA = "data"
     KEK = "kek"
     FINGERPRINT = "fingerprint"
+    AUDIT = "audit"  # the audit signing key: `vault.audit_rotation`
 
 
 class CeremonyState(StrEnum):

@@ -17,6 +17,8 @@ Kinds:
   inside the HSM; the old KEK is destroyed on the token after the grace period.
 - ``fingerprint``: a new HMAC key; lookups and convergence use both keys while a job
   recomputes stored fingerprints; then the old key is destroyed on the token.
+- ``audit``: a new audit signing key and a handover checkpoint signed by both keys
+  (`vault.audit_rotation`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from hsm.provider import HSMProvider, WrappedKey
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.models import Action
+from vault.audit_rotation import AuditKeyRotation
 from vault.card import pan_digits
 from vault.ceremony import Ceremony, CeremonyState, RotationKind
 from vault.errors import CeremonyError, CeremonyNotFound, StorageUnavailable
@@ -191,7 +194,7 @@ class KeyRotation:
         try:
             rotation = RotationKind(kind)
         except ValueError:
-            raise CeremonyError("kind must be data, kek or fingerprint") from None
+            raise CeremonyError("kind must be data, kek, fingerprint or audit") from None
         now = self._clock()
         ceremony_id = str(uuid.uuid4())
         with self._write() as connection:
@@ -330,6 +333,11 @@ class KeyRotation:
     # ------------------------------------------------------------------ execution
     def _start(self, connection: Connection, row: Row[Any], approver: str) -> None:
         kind = RotationKind(row.kind)
+        if kind is RotationKind.AUDIT:  # one step, with a handover: its own module
+            audit_key = AuditKeyRotation(
+                self._provider, self._keyring.registry, self._audit, self._clock
+            )
+            return audit_key.rotate(connection, row, approver)
         if kind is RotationKind.DATA:
             old, new = self._new_data_keys(connection)
             total = int(

@@ -192,6 +192,8 @@ class Witness:
             handover = parse_handover(note)
         except NoteError as exc:
             raise NoValidSignature(f"{origin}: {exc}") from None
+        if handover.new in keys:
+            return False  # taken already (submitted again): a checkpoint like any other
         if handover.old not in keys:
             raise NoValidSignature(
                 f"{origin}: the key handover at size {handover.size} starts from a key this "

@@ -237,7 +237,7 @@ def _check_kept_head(store: Any, path: Path, pem: bytes) -> None:
         raise AuditVerificationFailed(
             f"cannot read the kept head {path} ({type(exc).__name__})"
         ) from None
-    verify_tree_head(head, pem)
+    verify_tree_head(head, store.key_chain(pem).pem_for(head.tree_size))
     size = store.size()
     if size < head.tree_size:
         raise AuditVerificationFailed(

@@ -77,7 +77,7 @@ def keys_list(officer: Officer = "officer-alice", cert: CertOpt = None, key: Key
 @keys_app.command("rotate")
 @fail_cleanly
 def keys_rotate(
-    kind: Annotated[str, typer.Option("--kind", help="kek, data or fingerprint")],
+    kind: Annotated[str, typer.Option("--kind", help="kek, data, fingerprint or audit")],
     officer: Officer = "officer-alice",
     cert: CertOpt = None,
     key: KeyOpt = None,

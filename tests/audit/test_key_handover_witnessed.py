@@ -1,0 +1,105 @@
+"""A witness (its own process) pinned to the vault's old audit key follows a key
+handover published by the vault's publisher, then cosigns the heads the new key signs;
+`cofre audit verify`'s checks (the stored log against the pinned old key, the
+witnesses' cosignatures) pass across the rotation.
+
+The two audit keys here are software ECDSA P-256 keys behind the same signer interface
+as the HSM's (so the session's token keeps its keys); tests/vault/test_audit_rotation.py
+runs the ceremony with the HSM."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import Engine
+
+from audit.handover import hold_sequencer_lock, record_handover, sign_handover
+from audit.heads import log_origin, log_verifier_key
+from audit.log import AuditEvent, AuditLog, Outcome
+from audit.note import VerifierKey
+from audit.publisher import CheckpointPublisher, PinnedWitness
+from audit.sequencer import Sequencer
+from audit.store import AuditStore
+from audit.witnessed import verify_witnessed
+from tests.support.witness_process import WitnessProcess
+from witness.client import submit_checkpoint
+
+
+class _SoftSigner:
+    def __init__(self, label: str) -> None:
+        self.key_id = label
+        self._private = ec.generate_private_key(ec.SECP256R1())
+
+    def sign(self, message: bytes) -> bytes:
+        return self._private.sign(message, ec.ECDSA(hashes.SHA256()))
+
+    def public_key_pem(self) -> bytes:
+        return self._private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+OLD, NEW = _SoftSigner("cofre-audit-v1"), _SoftSigner("cofre-audit-v2")
+
+
+@pytest.fixture
+def witness(tmp_path: Path) -> Iterator[WitnessProcess]:
+    vkey = log_verifier_key(log_origin("cofre"), OLD.public_key_pem()).encode()
+    process = WitnessProcess(tmp_path / "witness", [vkey])
+    process.start()
+    yield process
+    process.stop()
+
+
+def _append(engine: Engine, count: int, tag: str) -> None:
+    with engine.begin() as connection:
+        for i in range(count):
+            AuditLog().append(
+                connection,
+                AuditEvent(action="tokenize", outcome=Outcome.SUCCESS, actor=f"{tag}-{i}"),
+            )
+
+
+def test_witness_follows_the_published_handover(engine: Engine, witness: WitnessProcess) -> None:
+    current: list[_SoftSigner] = [OLD]
+
+    def submit(pinned: PinnedWitness, body: bytes) -> tuple[int, str, str]:
+        answer = submit_checkpoint(pinned.url, body)
+        return answer.status, answer.content_type, answer.text
+
+    def current_key() -> bytes:  # what the vault's signer answers: the key now
+        return current[0].public_key_pem()
+
+    pinned = VerifierKey.parse(witness.vkey)
+    publisher = CheckpointPublisher(
+        engine, [PinnedWitness(witness.url, pinned)], current_key, submit
+    )
+    _append(engine, 5, "a")
+    Sequencer(engine, OLD).drain()
+    assert publisher.publish_once()[pinned.name].startswith("cosigned")
+    store = AuditStore(engine)
+    head = store.latest_head()
+    assert head is not None
+    with engine.begin() as connection:
+        hold_sequencer_lock(connection)
+        record_handover(connection, head.tree_size, NEW.key_id, sign_handover(head, OLD, NEW))
+    current[0] = NEW
+    _append(engine, 4, "b")
+    Sequencer(engine, NEW).drain()
+    outcome = publisher.publish_once()[pinned.name]
+    assert outcome.startswith("cosigned"), outcome
+    latest = store.latest_head()
+    assert latest is not None
+    assert outcome == f"cosigned {latest.tree_size}"
+    # The stored log verifies from the pinned old key, and every head is witnessed.
+    assert store.verify(OLD.public_key_pem()).heads_checked == 2
+    assert verify_witnessed(engine, store.heads(), [pinned], 1) == 2
+    # A publisher started afresh (another node) submits the handover again: taken.
+    again = CheckpointPublisher(
+        engine, [PinnedWitness(witness.url, pinned)], NEW.public_key_pem, submit
+    )
+    assert again.publish_once()[pinned.name] == "current"

@@ -1,0 +1,141 @@
+"""Evidence bundles across an audit key rotation: the bundle carries the handover
+checkpoint(s) (`audit/handovers.jsonl`), and the offline verifier follows the key chain
+from the key the auditor pinned, old or new. A forged handover, or heads signed by a key
+no handover introduced, fail it with a message naming what is wrong.
+
+The two audit keys are software ECDSA P-256 keys behind the HSM signer's interface (the
+ceremony itself runs against the HSM in tests/vault/test_audit_rotation.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import Engine
+
+from audit.handover import hold_sequencer_lock, record_handover, sign_handover
+from audit.log import AuditEvent, AuditLog, Outcome
+from audit.sequencer import Sequencer
+from audit.store import AuditStore
+from cofre_evidence_verifier.verify import verify_bundle
+from compliance.export import EvidenceSources, write_bundle
+from vault.policy_record import policy_event
+from vault.storage.database import create_database_engine, migrate
+
+SOURCES = EvidenceSources(
+    key_inventory=dict, ceremonies=list, settings={}, tls_settings={}, certificates=[]
+)
+
+
+class _SoftSigner:
+    def __init__(self, label: str) -> None:
+        self.key_id = label
+        self._private = ec.generate_private_key(ec.SECP256R1())
+
+    def sign(self, message: bytes) -> bytes:
+        return self._private.sign(message, ec.ECDSA(hashes.SHA256()))
+
+    def public_key_pem(self) -> bytes:
+        return self._private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_database_engine(database_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def _append(engine: Engine, count: int, tag: str) -> None:
+    with engine.begin() as connection:
+        for i in range(count):
+            AuditLog().append(
+                connection,
+                AuditEvent(action="tokenize", outcome=Outcome.SUCCESS, actor=f"{tag}-{i}"),
+            )
+
+
+def _export(engine: Engine, signer: _SoftSigner, since: datetime, out: Path) -> Path:
+    with out.open("wb") as handle:
+        write_bundle(
+            engine,
+            signer,
+            Sequencer(engine, signer),
+            SOURCES,
+            out=handle,
+            generator="auditor",
+            period_from=since,
+            period_to=datetime.now(UTC) + timedelta(minutes=1),
+        )
+    return out
+
+
+def _rewrite(bundle: Path, out: Path, name: str, data: bytes) -> Path:
+    """The bundle with member `name` replaced (the manifest then no longer matches)."""
+    with tarfile.open(bundle, "r:gz") as source, tarfile.open(out, "w:gz") as target:
+        for member in source.getmembers():
+            content = source.extractfile(member).read()  # type: ignore[union-attr]
+            if member.name == name:
+                content, member.size = data, len(data)
+            target.addfile(member, io.BytesIO(content))
+    return out
+
+
+def test_bundle_across_a_rotation_verifies_from_either_key(engine: Engine, tmp_path: Path) -> None:
+    old, new, rogue = (_SoftSigner(f"cofre-audit-v{n}") for n in (1, 2, 3))
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    with engine.begin() as connection:
+        AuditLog().append(
+            connection, policy_event("policy.load", actor="cofre", source="t", text="# p\n")
+        )
+    _append(engine, 6, "a")
+    Sequencer(engine, old).drain()
+    head = AuditStore(engine).latest_head()
+    assert head is not None
+    with engine.begin() as connection:
+        hold_sequencer_lock(connection)
+        record_handover(connection, head.tree_size, new.key_id, sign_handover(head, old, new))
+    _append(engine, 5, "b")
+    Sequencer(engine, new).drain()
+    bundle = _export(engine, new, since, tmp_path / "b.tar.gz")
+    for pinned in (old, new):
+        report = verify_bundle(bundle, pinned.public_key_pem(), unsafe_no_witnesses=True)
+        assert report.ok, report.problems
+        assert any("handover" in check for check in report.checks), report.checks
+    # Pinned to a key that is not on the chain: refused, by name.
+    report = verify_bundle(bundle, rogue.public_key_pem(), unsafe_no_witnesses=True)
+    assert not report.ok
+    assert any("none of the pinned audit keys" in p for p in report.problems), report.problems
+
+    # A forged handover (the new key's signature on both lines) is no handover.
+    note = AuditStore(engine).handover_notes()[0]
+    text = note[: note.rindex("\n\n") + 1]
+    signature_lines = note[len(text) + 1 :].splitlines(keepends=True)
+    forged_line = signature_lines[1].split(" ")
+    forged_old = [*signature_lines[0].split(" ")[:2], forged_line[2]]
+    forged = text + "\n" + " ".join(forged_old) + signature_lines[1]
+    forged_bundle = _rewrite(
+        bundle,
+        tmp_path / "forged.tar.gz",
+        "audit/handovers.jsonl",
+        (json.dumps({"note": forged}) + "\n").encode(),
+    )
+    report = verify_bundle(forged_bundle, old.public_key_pem(), unsafe_no_witnesses=True)
+    assert not report.ok
+    assert any("not signed by the old key" in p for p in report.problems), report.problems
+
+    # Without the handover, the new key's heads are signed by a key nobody introduced.
+    stripped = _rewrite(bundle, tmp_path / "stripped.tar.gz", "audit/handovers.jsonl", b"")
+    report = verify_bundle(stripped, old.public_key_pem(), unsafe_no_witnesses=True)
+    assert not report.ok
+    assert any("signed by another key" in p for p in report.problems), report.problems

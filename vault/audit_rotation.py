@@ -1,0 +1,156 @@
+"""Rotation of the audit signing key under dual control, ending in a handover checkpoint.
+
+IN PCI SCOPE, holds keys (PCI DSS 3.6.1.2, 3.6.4, 3.7.4). The ceremony is `vault.rotation`'s
+(proposal, approval by another officer, self-approval denied and audited); this module
+is its last step for kind ``audit``, run in the approving transaction:
+
+1. hold the sequencer's lock (no node signs a head until the transaction ends);
+2. create ``cofre-audit-v<N+1>`` in the HSM (EC P-256, sensitive, never extractable) and
+   register it (`key.register`), refusing a key already under that label (planted);
+3. sign the newest signed head as a handover checkpoint with the old key AND the new
+   one (`audit.handover`), check it as a verifier would, store it, and write an
+   ``audit.key.handover`` entry with the note's SHA-256;
+4. complete the ceremony. From the commit on, every node's signer reads the new key
+   from the stored handover and signs every later head with it.
+
+The old key stays on the token: its public half verifies the heads it signed (evidence
+bundles carry every handover and the public keys). It signs nothing more; retire it when
+its cryptoperiod ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, select, update
+
+from audit.handover import (
+    HANDOVER_ACTION,
+    current_label,
+    hold_sequencer_lock,
+    record_handover,
+    sign_handover,
+)
+from audit.heads import SignedTreeHead
+from audit.log import AuditEvent, AuditLog, HexDigest, Outcome
+from audit.schema import audit_heads
+from hsm.keys import KeyHierarchy, KeyKind, key_label, parse_key_label
+from hsm.provider import HSMProvider
+from vault.ceremony import CeremonyState
+from vault.errors import CeremonyError
+from vault.key_registry import KeyRegistry
+from vault.signing import HSMTreeHeadSigner
+from vault.storage.schema import key_ceremonies
+
+
+class AuditKeyRotation:
+    """Carries out an approved ``audit`` ceremony; see the module docstring."""
+
+    def __init__(
+        self,
+        provider: HSMProvider,
+        registry: KeyRegistry,
+        audit: AuditLog,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._provider = provider
+        self._registry = registry
+        self._audit = audit
+        self._clock = clock
+
+    def _event(
+        self, connection: Connection, actor: str, action: str, key: str, details: dict[str, Any]
+    ) -> None:
+        self._audit.append(
+            connection,
+            AuditEvent(
+                action=action, outcome=Outcome.SUCCESS, actor=actor, key_id=key, details=details
+            ),
+        )
+
+    def rotate(self, connection: Connection, row: Row[Any], approver: str) -> None:
+        """Create the new audit key, sign and store the handover, complete ceremony
+        `row`, all in `connection`'s transaction. Raises `CeremonyError` when there is
+        no signed head yet or the next label is already on the token."""
+        hold_sequencer_lock(connection)
+        old_label = current_label(connection) or self._registry.current_label(KeyKind.AUDIT)
+        parsed = parse_key_label(old_label)
+        if parsed is None:  # pragma: no cover - labels come from key_label
+            raise CeremonyError(f"the current audit key {old_label!r} is not a Cofre label")
+        newest = max([parsed[1], *self._registry.versions(KeyKind.AUDIT)])
+        new_label = key_label(KeyKind.AUDIT, newest + 1)
+        head = self._newest_head(connection)
+        if self._provider.has_key(new_label):
+            raise CeremonyError(
+                f"a key labelled {new_label!r} is already on the token and not in the key "
+                "registry: investigate and destroy it, then approve again"
+            )
+        KeyHierarchy(self._provider).create(KeyKind.AUDIT, newest + 1)
+        self._registry.register(
+            connection, new_label, actor=approver, how=f"created by key ceremony {row.id}"
+        )
+        note = sign_handover(
+            head,
+            HSMTreeHeadSigner(self._provider, old_label),
+            HSMTreeHeadSigner(self._provider, new_label),
+        )
+        record_handover(connection, head.tree_size, new_label, note)
+        now = self._clock()
+        connection.execute(
+            update(key_ceremonies)
+            .where(key_ceremonies.c.id == row.id)
+            .values(
+                state=CeremonyState.COMPLETED.value,
+                old_version=parsed[1],
+                new_version=newest + 1,
+                completed_at=now,
+            )
+        )
+        self._event(
+            connection,
+            approver,
+            "key.rotation.start",
+            row.id,
+            {"kind": "audit", "old_version": parsed[1], "new_version": newest + 1, "records": 0},
+        )
+        self._event(
+            connection,
+            approver,
+            HANDOVER_ACTION,
+            new_label,
+            {
+                "ceremony": row.id,
+                "old_key": old_label,
+                "new_key": new_label,
+                "tree_size": head.tree_size,
+                "note_sha256": HexDigest(hashlib.sha256(note.encode()).hexdigest()),
+            },
+        )
+        self._event(
+            connection,
+            "cofre rotation",
+            "key.rotation.complete",
+            row.id,
+            {"retired_version": parsed[1], "old_key_kept_for_verification": True},
+        )
+
+    @staticmethod
+    def _newest_head(connection: Connection) -> SignedTreeHead:
+        found = connection.execute(
+            select(audit_heads).order_by(audit_heads.c.tree_size.desc()).limit(1)
+        ).first()
+        if found is None:
+            raise CeremonyError(
+                "the audit log has no signed tree head yet: there is nothing to hand over"
+            )
+        return SignedTreeHead(
+            tree_size=int(found.tree_size),
+            root_hash=bytes(found.root_hash),
+            timestamp_ms=int(found.timestamp_ms),
+            key_id=str(found.key_id),
+            checkpoint=str(found.checkpoint),
+            signature=bytes(found.signature),
+        )
