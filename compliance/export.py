@@ -235,21 +235,7 @@ def write_bundle(
         policy_text = _stream_policy_versions(
             staging, engine, store, start=start, end=end, size=size
         )
-        current_key = signer.public_key_pem()
-        staging.add("audit/public_key.pem", current_key)
-        # Every handover of the audit key (signed by both keys, each naming its public
-        # keys): the verifier follows them from the key the auditor pinned.
-        handovers = store.handover_notes()
-        if handovers:
-            staging.add(
-                "audit/handovers.jsonl",
-                "".join(json.dumps({"note": note}) + "\n" for note in handovers).encode(),
-            )
-        # The covering head as a C2SP signed note: the vault's signature (by the key in
-        # force at its size) and every witness's cosignature (c2sp.org/tlog-checkpoint,
-        # tlog-cosignature).
-        head_key = store.key_chain(current_key).pem_for(covering.tree_size)
-        staging.add("audit/checkpoint.note", witnessed_note(engine, covering, head_key).encode())
+        _stage_keys(staging, engine, store, signer.public_key_pem(), covering)
         _stage_sources(staging, sources, period_from=period_from, period_to=period_to)
         # Each acknowledgement with its audit entry and inclusion proof (`compliance.custody`).
         staging.add("keys/custody.json", custody_json(engine, store, sources.custody(), size))
@@ -303,6 +289,31 @@ def write_bundle(
         _tar(staging, out)
     finally:
         staging.close()
+
+
+def _stage_keys(
+    staging: _Staging,
+    engine: Engine,
+    store: AuditStore,
+    current_key: bytes,
+    covering: SignedTreeHead,
+) -> None:
+    """Stage the audit public key, every audit key handover and the covering head's
+    witnessed note."""
+    staging.add("audit/public_key.pem", current_key)
+    # Every handover of the audit key (signed by both keys, each naming its public
+    # keys): the verifier follows them from the key the auditor pinned.
+    handovers = store.handover_notes()
+    if handovers:
+        staging.add(
+            "audit/handovers.jsonl",
+            "".join(json.dumps({"note": note}) + "\n" for note in handovers).encode(),
+        )
+    # The covering head as a C2SP signed note: the vault's signature (by the key in
+    # force at its size) and every witness's cosignature (c2sp.org/tlog-checkpoint,
+    # tlog-cosignature).
+    head_key = store.key_chain(current_key).pem_for(covering.tree_size)
+    staging.add("audit/checkpoint.note", witnessed_note(engine, covering, head_key).encode())
 
 
 def _stage_sources(
