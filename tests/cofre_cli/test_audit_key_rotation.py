@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ def _public_key(vault: VaultProcess, out: Path) -> bytes:
 
 
 def test_two_officers_rotate_the_audit_key(vault: VaultProcess, tmp_path: Path) -> None:
+    since = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
     with vault.client() as c:
         assert c.post("/v1/tokenize", json={"pan": VISA, "format": "pan_bin6_last4"}).is_success
     old_pem = tmp_path / "old.pem"
@@ -68,4 +70,19 @@ def test_two_officers_rotate_the_audit_key(vault: VaultProcess, tmp_path: Path) 
             time.sleep(0.2)
         else:
             raise AssertionError("no head signed by the new key")
+    later = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    # The evidence bundle carries the handover: `cofre evidence verify` follows the chain
+    # from either pinned key (this vault runs no witness: the opt-out is named).
+    bundle = tmp_path / "bundle.tar.gz"
+    made = vault.cofre(
+        "evidence", "export", "--as", "auditor", "--from", since, "--to", later,
+        "--out", str(bundle),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    for pem in (old_pem, new_pem):
+        checked = vault.cofre(
+            "evidence", "verify", str(bundle), "--public-key", str(pem), "--unsafe-no-witness"
+        )
+        assert checked.returncode == 0, checked.stdout
+        assert "handover" in checked.stdout
     assert VISA not in vault.log.read_text()
