@@ -14,6 +14,7 @@ from typing import Any, Final, cast
 
 from fastapi import FastAPI
 
+from api.crl import RevokedCertificates
 from api.dependencies import AppState
 from api.exception_handlers import add_exception_handlers
 from api.guard import RequestGuard
@@ -71,7 +72,9 @@ def create_app(state: AppState) -> FastAPI:
 
     # The OpenAPI stub has no service: no audit there.
     recorder = getattr(state.service, "record", None)
-    app.add_middleware(RequestGuard, telemetry=state.telemetry, recorder=recorder)
+    # Filled by the server's `api.crl.CrlWatcher` when a CRL is configured.
+    app.state.revoked_certificates = revoked = RevokedCertificates()
+    app.add_middleware(RequestGuard, telemetry=state.telemetry, recorder=recorder, revoked=revoked)
     return app
 
 

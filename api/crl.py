@@ -6,11 +6,20 @@ IN PCI SCOPE. OpenSSL refuses every client once the CRL it holds is past its
 with no reason given. Here the reason is named: `/readyz` fails with ``crl_expired``
 and the log says which CRL expired when. A CRL added to a context cannot be taken out
 again; a newer CRL of the same issuer is preferred by OpenSSL, and revocations only
-ever grow, so loading the new file into the live context is enough.
+ever grow, so loading the new file into the live context is enough for new handshakes.
+
+The context is consulted only at the handshake, and a pooled keep-alive connection lives
+for hours: a certificate revoked after its connection opened would keep working on it.
+So each reload also swaps the CRL's revoked (issuer, serial) pairs into a
+`RevokedCertificates` that the request guard checks on every request (one set lookup;
+the certificate's pair is parsed once per certificate and memoized), and the next
+request on such a connection is refused 401 ``certificate_revoked`` and the connection
+closed.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 import threading
@@ -21,24 +30,58 @@ from pathlib import Path
 import structlog
 from cryptography import x509
 
-from api.errors import CrlExpired, CrlInvalid
+from api.errors import CertificateRevoked, CrlExpired, CrlInvalid
 
 _log = structlog.get_logger("cofre.api.crl")
 _Stamp = tuple[int, int, int]
+# A revoked certificate as a CRL names it: its issuer's DER-encoded name and its serial.
+_Revoked = tuple[bytes, int]
+
+
+@functools.lru_cache(maxsize=256)
+def _issuer_and_serial(pem: str) -> _Revoked:
+    # Memoized like `api.tls.identity_from_pem`: the same certificate on every request of
+    # its connection, never parsed again.
+    cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+    return (cert.issuer.public_bytes(), cert.serial_number)
+
+
+class RevokedCertificates:
+    """The client certificates the loaded CRL revokes, as the request guard sees them.
+    `CrlWatcher` replaces the whole frozenset on each reload (one reference assignment,
+    atomic for the event loop's readers); empty when no CRL is configured."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self) -> None:
+        self._pairs: frozenset[_Revoked] = frozenset()
+
+    def replace(self, crl: x509.CertificateRevocationList) -> None:
+        issuer = crl.issuer.public_bytes()
+        self._pairs = frozenset((issuer, revoked.serial_number) for revoked in crl)
+
+    def check(self, pem: str | None) -> None:
+        """Raise `CertificateRevoked` when the certificate `pem` is revoked."""
+        pairs = self._pairs
+        if pairs and pem is not None and _issuer_and_serial(pem) in pairs:
+            raise CertificateRevoked("the client certificate has been revoked")
 
 
 class CrlWatcher:
-    """Keeps `context`'s CRL in step with the file at `path`."""
+    """Keeps `context`'s CRL, and `revoked` (for connections already open), in step
+    with the file at `path`."""
 
     def __init__(
         self,
         path: Path,
         context: ssl.SSLContext,
+        revoked: RevokedCertificates | None = None,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.path = path
         self._context = context
+        self.revoked = revoked if revoked is not None else RevokedCertificates()
         self._clock = clock
         self._stamp: _Stamp | None = None
         self._next_update: datetime | None = None
@@ -55,9 +98,9 @@ class CrlWatcher:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def reload(self) -> None:
-        """Load the file into the context now (start-up, SIGHUP). A file that cannot be
-        read or parsed is logged and keeps the CRL loaded before (readiness then fails
-        with ``crl_invalid``)."""
+        """Load the file into the context and `revoked` now (start-up, SIGHUP). A file
+        that cannot be read or parsed is logged and keeps the CRL loaded before
+        (readiness then fails with ``crl_invalid``)."""
         with self._lock:
             self._stamp = self._read_stamp()
             try:
@@ -68,6 +111,7 @@ class CrlWatcher:
                 self._error = type(exc).__name__
                 _log.error("CRL not loaded", file=str(self.path), error=self._error)
                 return
+            self.revoked.replace(crl)
             self._error = None
             self._next_update = crl.next_update_utc
             _log.info(

@@ -8,6 +8,8 @@ IN PCI SCOPE.
         │                       or one that is not a client certificate: no URI SAN, CA:TRUE,
         │                       no clientAuth extended key usage)
         ├── IdentityAmbiguous   code identity_ambiguous (more than one URI SAN)
+        ├── CertificateRevoked  code certificate_revoked (the CRL loaded since the
+        │                       connection's handshake revokes its certificate)
         ├── CrlExpired          code crl_expired (the CRL is past nextUpdate: readiness fails)
         ├── CrlInvalid          code crl_invalid (the CRL file could not be loaded)
         ├── Draining            code not_ready (a stop signal arrived; finishing in-flight work)
@@ -29,6 +31,10 @@ class IdentityMissing(ApiError):
 
 class IdentityAmbiguous(IdentityMissing):
     code = "identity_ambiguous"
+
+
+class CertificateRevoked(IdentityMissing):
+    code = "certificate_revoked"
 
 
 class CrlExpired(ApiError):

@@ -5,7 +5,9 @@ IN PCI SCOPE. In order, for every request but the health probes:
 1. a request id (the caller's, if it cannot be a card number; else ours);
 2. **authentication**: the identity from the verified client certificate, before any
    body is read or validated, so a caller without an identity learns nothing about the
-   API's schema and every later refusal (422, 404, 429) is attributed to someone;
+   API's schema and every later refusal (422, 404, 429) is attributed to someone; a
+   certificate the CRL revoked since its connection's handshake is refused (401
+   ``certificate_revoked``) and its connection closed (`api.crl.RevokedCertificates`);
 3. body limits and content type;
 4. **one audit entry per request**: the operations audit themselves; a request that
    ends without any entry (401, 422, 404, 405, 413, 415, 429, key-inventory and ceremony
@@ -26,7 +28,8 @@ import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from api.errors import IdentityMissing
+from api.crl import RevokedCertificates
+from api.errors import CertificateRevoked, IdentityMissing
 from api.observability import Telemetry
 from api.problems import problem
 from api.tls import certificate_summary, identity_from_scope, peer_certificate
@@ -58,17 +61,20 @@ class _BodyTooLarge(Exception):
 
 class RequestGuard:
     """Pure ASGI middleware (see the module text). `recorder` writes one audit entry
-    durably (None: no audit, for the OpenAPI stub)."""
+    durably (None: no audit, for the OpenAPI stub); `revoked` is what the CRL revokes
+    now (None: no CRL)."""
 
     def __init__(
         self,
         app: ASGIApp,
         telemetry: Telemetry,
         recorder: Callable[[AuditEvent], None] | None = None,
+        revoked: RevokedCertificates | None = None,
     ) -> None:
         self.app = app
         self.telemetry = telemetry
         self.recorder = recorder
+        self.revoked = revoked
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -138,13 +144,20 @@ class RequestGuard:
                     (time.perf_counter() - started) * 1000,
                 )
 
-    @staticmethod
-    def _authenticate(scope: Scope, request_id: str) -> Response | None:
+    def _authenticate(self, scope: Scope, request_id: str) -> Response | None:
         """Put the caller's identity in the scope state, or return the 401 to answer."""
         try:
-            scope["state"]["identity"] = identity_from_scope(scope)
+            identity = identity_from_scope(scope)
+            if self.revoked is not None:
+                self.revoked.check(peer_certificate(scope))
+        except CertificateRevoked as exc:
+            # The handshake passed before the revocation: the connection must not serve
+            # the holder again (a pooled keep-alive connection lives for hours).
+            headers = {"connection": "close"}
+            return problem_for(scope, exc.code, str(exc), request_id, headers=headers)
         except IdentityMissing as exc:
             return problem_for(scope, exc.code, str(exc), request_id)
+        scope["state"]["identity"] = identity
         return None
 
     async def _record_outcome(self, scope: Scope, status: int, request_id: str) -> None:

@@ -40,6 +40,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "malformed_json": (400, "The body is not valid JSON"),
     "identity_missing": (401, "No verified client identity"),
     "identity_ambiguous": (401, "The client certificate names more than one identity"),
+    "certificate_revoked": (401, "The client certificate has been revoked"),
     "mfa_required": (401, "This action needs the officer's token signature (MFA)"),
     "mfa_invalid": (401, "The officer's token signature (MFA) is not valid"),
     "mfa_replayed": (401, "The officer's token signature (MFA) was already used"),

@@ -100,7 +100,9 @@ def build_server(
     """Return a configured (not yet started) uvicorn server for `app`; on stop,
     in-flight requests get `graceful_timeout` seconds (None: as long as they take).
     With a CRL, the server's `crl_watcher` reloads it when the file changes (polled
-    every `crl_reload_seconds`) and adds its expiry to the app's readiness checks. A
+    every `crl_reload_seconds`) into the TLS context and into the app's request guard
+    (which refuses a revoked certificate on connections opened before the revocation),
+    and adds its expiry to the app's readiness checks. A
     request's headers and body must arrive within `header_timeout` / `body_timeout`
     seconds, and one identity may hold `max_connections_per_identity` connections
     (`api.connections`); `http_protocol` is the parser (``httptools`` or ``h11``). With
@@ -141,7 +143,9 @@ def build_server(
     if reuse_port:
         server.sockets = [bind_reuse_port(host, port)]
     if tls.crl is not None:
-        watcher = CrlWatcher(tls.crl, config.ssl)
+        # The app's guard checks each request against what the watcher loads: a
+        # certificate revoked after its connection's handshake is refused on it.
+        watcher = CrlWatcher(tls.crl, config.ssl, app.state.revoked_certificates)
         watcher.reload()
         watcher.start(crl_reload_seconds)
         server.crl_watcher = watcher

@@ -124,6 +124,7 @@ def running_vault(
     evidence: EvidenceSettings | None = None,
     capture: CaptureSettings | None = None,
     audit: AuditSettings | None = None,
+    http_protocol: str = "httptools",
 ) -> Iterator[VaultServer]:
     """A vault server for the duration of the block; its telemetry is saved at the end.
     With `capture` (its port is picked here) the capture listener runs beside it."""
@@ -137,6 +138,7 @@ def running_vault(
         evidence=evidence,
         capture=capture,
         audit=audit,
+        http_protocol=http_protocol,
     )
     capture_server = None
     if capture is not None:
@@ -173,6 +175,7 @@ def _start_server(
     evidence: EvidenceSettings | None = None,
     capture: CaptureSettings | None = None,
     audit: AuditSettings | None = None,
+    http_protocol: str = "httptools",
 ) -> tuple[VaultServer, BackgroundServer]:
     pki = ensure_dev_pki(tmp / "pki", identities=TEST_IDENTITIES)
     issue_client(pki, "stranger")
@@ -218,6 +221,7 @@ def _start_server(
                 ca_bundle=pki.ca,
                 crl=crl(pki) if crl else None,
             ),
+            http_protocol=http_protocol,
         )
     )
     server.start()

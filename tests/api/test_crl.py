@@ -1,15 +1,32 @@
-"""With a CRL configured, a revoked client certificate fails the TLS handshake."""
+"""With a CRL configured, a revoked client certificate fails the TLS handshake, and a
+certificate revoked while its keep-alive connection is open is refused on that
+connection's next request."""
 
 from __future__ import annotations
 
+import datetime as dt
+import http.client
+import json
+import secrets
+import socket
+import ssl
+import string
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from api.pki import revoke_clients
+from api.pki import DevPKI, revoke_clients
 from hsm.provider import HSMProvider
-from tests.api.conftest import running_vault
+from tests.api.conftest import VaultServer, running_vault
+
+PROBLEM = "application/problem+json"
+VISA = "4111111111111111"
 
 
 def test_revoked_client_is_refused(tmp_path: Path, hsm_provider: HSMProvider) -> None:
@@ -22,3 +39,119 @@ def test_revoked_client_is_refused(tmp_path: Path, hsm_provider: HSMProvider) ->
             assert c.get("/healthz").status_code == 200
         with vault.client("ledger") as c, pytest.raises(httpx.TransportError):
             c.get("/healthz")
+
+
+def _empty_crl(pki: DevPKI, out: Path) -> Path:
+    """A CRL revoking nothing, issued a day ago: OpenSSL puts a CRL of the same issuer
+    into force for new handshakes only when its lastUpdate is strictly later, and the
+    CRL `revoke_clients` writes next is issued now."""
+    ca_cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    now = dt.datetime.now(dt.UTC)
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - dt.timedelta(days=1))
+        .next_update(now + dt.timedelta(days=7))
+        .sign(ca_key, hashes.SHA256())
+    )
+    out.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    return out
+
+
+def _connect(vault: VaultServer, name: str) -> ssl.SSLSocket:
+    """One mutual-TLS connection with `name`'s certificate, kept open by the caller."""
+    context = ssl.create_default_context(cafile=str(vault.pki.ca))
+    context.load_cert_chain(str(vault.pki.client_cert(name)), str(vault.pki.client_key(name)))
+    host, port = vault.url.removeprefix("https://").split(":")
+    raw = socket.create_connection((host, int(port)), timeout=10)
+    return context.wrap_socket(raw, server_hostname=host)
+
+
+def _tokenize(sock: ssl.SSLSocket, request_id: str) -> http.client.HTTPResponse:
+    """POST a tokenization on `sock` (keep-alive) and read the whole answer."""
+    body = json.dumps({"pan": VISA, "format": "pan_bin6_last4"}).encode()
+    sock.sendall(
+        (
+            "POST /v1/tokenize HTTP/1.1\r\nHost: vault\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Request-Id: {request_id}\r\n\r\n"
+        ).encode()
+        + body
+    )
+    response = http.client.HTTPResponse(sock)  # type: ignore[arg-type]
+    response.begin()
+    response.body = response.read()  # type: ignore[attr-defined]
+    return response
+
+
+def _closed_by_peer(sock: ssl.SSLSocket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except (ssl.SSLError, ConnectionError):
+        return True
+
+
+def _entries(vault: VaultServer, request_id: str) -> list[dict[str, Any]]:
+    with vault.runtime.engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT payload FROM audit_entries WHERE payload LIKE :p ORDER BY id"),
+            {"p": f'%"request_id":"{request_id}"%'},
+        ).scalars()
+        return [json.loads(r) for r in rows]
+
+
+def _rid() -> str:
+    return "rid-" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(16))
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_revocation_refuses_the_open_keep_alive_connection(
+    tmp_path: Path, hsm_provider: HSMProvider, http: str
+) -> None:
+    """The attacker with a stolen certificate holds a pooled keep-alive connection; the
+    certificate is revoked and the CRL reloaded: the next request on that very
+    connection is refused 401 ``certificate_revoked``, audited by the certificate's
+    name, and the connection is closed. A new handshake fails as before."""
+    crl_path = tmp_path / "crl.pem"
+    with running_vault(
+        tmp_path, hsm_provider, crl=lambda pki: _empty_crl(pki, crl_path), http_protocol=http
+    ) as vault:
+        assert vault.crl_watcher is not None
+        cert = x509.load_pem_x509_certificate(vault.pki.client_cert("payments").read_bytes())
+        with _connect(vault, "payments") as sock:
+            before = _tokenize(sock, _rid())
+            assert before.status == 200, before.body  # type: ignore[attr-defined]
+            assert not before.will_close
+
+            revoke_clients(vault.pki, ["payments"], crl_path)
+            assert vault.crl_watcher.reload_if_changed()
+
+            rid = _rid()
+            after = _tokenize(sock, rid)
+            assert after.status == 401
+            assert after.getheader("content-type", "").startswith(PROBLEM)
+            body = json.loads(after.body)  # type: ignore[attr-defined]
+            assert body["code"] == "certificate_revoked"
+            assert body["status"] == 401
+            assert after.will_close
+            assert _closed_by_peer(sock)
+
+        (entry,) = _entries(vault, rid)
+        assert (entry["action"], entry["outcome"], entry["actor"]) == (
+            "api.request",
+            "denied",
+            "unauthenticated",
+        )
+        details = entry["details"]
+        assert details["code"] == "certificate_revoked"
+        assert details["status"] == 401
+        assert details["cert_subject"] == cert.subject.rfc4514_string()
+        assert details["cert_serial"] == format(cert.serial_number, "x")
+        assert details["cert_sha256"] == cert.fingerprint(hashes.SHA256()).hex()
+
+        # A new handshake with the revoked certificate fails as before; others still pass.
+        with vault.client("payments") as c, pytest.raises(httpx.TransportError):
+            c.get("/healthz")
+        with vault.client("ledger") as c:
+            assert c.get("/healthz").status_code == 200
