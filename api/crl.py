@@ -14,7 +14,8 @@ So each reload also swaps the CRL's revoked (issuer, serial) pairs into a
 `RevokedCertificates` that the request guard checks on every request (one set lookup;
 the certificate's pair is parsed once per certificate and memoized), and the next
 request on such a connection is refused 401 ``certificate_revoked`` and the connection
-closed.
+closed. That set is keyed on the issuer's name, as CRLs are, so a CRL is taken only
+when a CA the context trusts signed it (two CAs can share a name; the dev CAs do).
 """
 
 from __future__ import annotations
@@ -106,9 +107,10 @@ class CrlWatcher:
             try:
                 data = self.path.read_bytes()
                 crl = x509.load_pem_x509_crl(data)
+                self._require_trusted_issuer(crl)
                 self._context.load_verify_locations(cafile=str(self.path))
-            except (OSError, ValueError, ssl.SSLError) as exc:
-                self._error = type(exc).__name__
+            except (OSError, ValueError, ssl.SSLError, CrlInvalid) as exc:
+                self._error = str(exc) if isinstance(exc, CrlInvalid) else type(exc).__name__
                 _log.error("CRL not loaded", file=str(self.path), error=self._error)
                 return
             self.revoked.replace(crl)
@@ -121,6 +123,19 @@ class CrlWatcher:
                 revoked=len(crl),
                 next_update=self._next_update.isoformat() if self._next_update else None,
             )
+
+    def _require_trusted_issuer(self, crl: x509.CertificateRevocationList) -> None:
+        """Raise `CrlInvalid` unless a CA of the context signed `crl`."""
+        for der in self._context.get_ca_certs(binary_form=True):
+            ca = x509.load_der_x509_certificate(der)
+            if ca.subject != crl.issuer:
+                continue
+            try:
+                if crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+                    return
+            except TypeError:  # a key type CRLs cannot be signed with
+                continue
+        raise CrlInvalid("not signed by a trusted CA")
 
     def reload_if_changed(self) -> bool:
         """Reload when the file's modification time, size or inode changed; return

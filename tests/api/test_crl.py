@@ -21,7 +21,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from api.pki import DevPKI, revoke_clients
+from api.crl import CrlWatcher
+from api.errors import CertificateRevoked, CrlInvalid
+from api.pki import DevPKI, ensure_dev_pki, revoke_clients
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 
@@ -41,23 +43,65 @@ def test_revoked_client_is_refused(tmp_path: Path, hsm_provider: HSMProvider) ->
             c.get("/healthz")
 
 
-def _empty_crl(pki: DevPKI, out: Path) -> Path:
-    """A CRL revoking nothing, issued a day ago: OpenSSL puts a CRL of the same issuer
-    into force for new handshakes only when its lastUpdate is strictly later, and the
-    CRL `revoke_clients` writes next is issued now."""
+def _crl(pki: DevPKI, out: Path, serials: tuple[int, ...] = ()) -> Path:
+    """A CRL by `pki`'s CA revoking `serials`, issued a day ago: OpenSSL puts a CRL of the
+    same issuer into force for new handshakes only when its lastUpdate is strictly later,
+    and the CRL `revoke_clients` writes next is issued now."""
     ca_cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
     ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     now = dt.datetime.now(dt.UTC)
-    crl = (
+    builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca_cert.subject)
         .last_update(now - dt.timedelta(days=1))
         .next_update(now + dt.timedelta(days=7))
-        .sign(ca_key, hashes.SHA256())
     )
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - dt.timedelta(days=1))
+            .build()
+        )
+    crl = builder.sign(ca_key, hashes.SHA256())
     out.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
     return out
+
+
+def test_revoked_set_is_issuer_and_serial_and_survives_a_bad_file(tmp_path: Path) -> None:
+    pki = ensure_dev_pki(tmp_path / "pki", identities=("payments", "ledger"))
+    other = ensure_dev_pki(tmp_path / "other", identities=("payments",))
+    payments = pki.client_cert("payments").read_text()
+    serial = x509.load_pem_x509_certificate(payments.encode()).serial_number
+    crl_path = tmp_path / "crl.pem"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_verify_locations(cafile=str(pki.ca))
+    watcher = CrlWatcher(_crl(pki, crl_path), context)
+    watcher.reload()
+    watcher.check()
+    watcher.revoked.check(payments)
+    # A CRL of another CA of the same name (the dev CAs share theirs), naming the same
+    # serial, is not taken: its revocations would be keyed on this CA's name.
+    _crl(other, crl_path, (serial,))
+    watcher.reload()
+    watcher.revoked.check(payments)
+    with pytest.raises(CrlInvalid):
+        watcher.check()
+    revoke_clients(pki, ["payments"], crl_path)
+    watcher.reload()
+    watcher.check()
+    with pytest.raises(CertificateRevoked):
+        watcher.revoked.check(payments)
+    watcher.revoked.check(pki.client_cert("ledger").read_text())
+    watcher.revoked.check(None)
+    # A half-written file keeps what was loaded (and readiness says why).
+    crl_path.write_text("-----BEGIN X509 CRL-----\ngarbage\n")
+    watcher.reload()
+    with pytest.raises(CertificateRevoked):
+        watcher.revoked.check(payments)
+    with pytest.raises(CrlInvalid):
+        watcher.check()
 
 
 def _connect(vault: VaultServer, name: str) -> ssl.SSLSocket:
@@ -115,7 +159,7 @@ def test_revocation_refuses_the_open_keep_alive_connection(
     name, and the connection is closed. A new handshake fails as before."""
     crl_path = tmp_path / "crl.pem"
     with running_vault(
-        tmp_path, hsm_provider, crl=lambda pki: _empty_crl(pki, crl_path), http_protocol=http
+        tmp_path, hsm_provider, crl=lambda pki: _crl(pki, crl_path), http_protocol=http
     ) as vault:
         assert vault.crl_watcher is not None
         cert = x509.load_pem_x509_certificate(vault.pki.client_cert("payments").read_bytes())
