@@ -75,6 +75,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "upstream_unavailable": (502, "The upstream could not be reached or failed"),
     "upstream_timeout": (504, "The upstream did not answer in time"),
     "witness_refused": (502, "A witness refused to cosign the checkpoint"),
+    "witness_cosignature_invalid": (502, "A witness answered without a valid cosignature"),
     "hsm_unavailable": (503, "The HSM is unavailable"),
     "storage_unavailable": (503, "The token store is unavailable"),
     "audit_unavailable": (503, "The audit log cannot be written; nothing was done"),
