@@ -23,7 +23,7 @@ from audit.publisher import (
     PinnedWitness,
     PublisherThread,
 )
-from audit.sequencer import Sequencer, SequencerThread
+from audit.sequencer import Sequencer, SequencerThread, node_lock_path
 from audit.store import AuditStore
 from audit.witness_lag import witness_lag
 from audit.witnessed import check_witness_view
@@ -70,7 +70,7 @@ def start_audit_workers(
     settings: Settings, engine: Engine, sequencer: Sequencer, interval: float
 ) -> tuple[SequencerThread, PublisherThread | None]:
     """Start the sequencer's thread and, with witnesses configured, the publisher's."""
-    thread = SequencerThread(sequencer, interval=interval)
+    thread = SequencerThread(sequencer, interval=interval, node_lock=node_lock_path(engine))
     thread.start()
     return thread, start_publisher(settings, engine, sequencer)
 

@@ -1,0 +1,90 @@
+"""The sequencer's thread: the worker processes of one node elect one sequencer on a
+lock file (issue 21), and a standby takes over when the leader goes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, func, select
+
+from audit.log import AuditEvent, AuditLog, Outcome
+from audit.schema import audit_queue
+from audit.sequencer import Sequencer, SequencerThread, node_lock_path
+from vault.signing import HSMTreeHeadSigner
+
+
+def _queue(engine: Engine, count: int) -> None:
+    with engine.begin() as connection:
+        AuditLog().append_many(
+            connection, [AuditEvent("test", Outcome.SUCCESS, "someone") for _ in range(count)]
+        )
+
+
+def _queued(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(audit_queue)).scalar_one())
+
+
+def _until(condition: Callable[[], bool]) -> bool:
+    """Wait for `condition` (a generous bound only against a hang, not a measure)."""
+    for _ in range(3000):
+        if condition():
+            return True
+        threading.Event().wait(0.01)
+    return False
+
+
+def test_one_sequencer_per_node_and_a_standby_takes_over(
+    engine: Engine, signer: HSMTreeHeadSigner, tmp_path: Path
+) -> None:
+    lock = tmp_path / "sequencer.lock"
+    first = SequencerThread(Sequencer(engine, signer), interval=0.01, node_lock=lock)
+    second = SequencerThread(Sequencer(engine, signer), interval=0.01, node_lock=lock)
+    first.start()
+    try:
+        assert _until(lambda: first.leading)
+        second.start()
+        _queue(engine, 5)
+        assert _until(lambda: _queued(engine) == 0)
+        assert not second.leading  # it stood by: the leader sequenced
+        first.stop()
+        _queue(engine, 5)
+        assert _until(lambda: _queued(engine) == 0)
+        assert second.leading
+        assert second.alive()
+    finally:
+        first.stop()
+        second.stop()
+    assert not second.leading  # a stopped thread lets the lock go
+
+
+def test_without_a_node_lock_every_thread_sequences(
+    engine: Engine, signer: HSMTreeHeadSigner
+) -> None:
+    thread = SequencerThread(Sequencer(engine, signer), interval=0.01)
+    assert thread.leading
+    thread.start()
+    try:
+        _queue(engine, 3)
+        assert _until(lambda: _queued(engine) == 0)
+    finally:
+        thread.stop()
+
+
+def test_the_node_lock_is_named_by_the_database(tmp_path: Path) -> None:
+    database = tmp_path / "vault.sqlite3"
+    assert node_lock_path(create_engine(f"sqlite:///{database}")) == Path(
+        f"{database}.sequencer-lock"
+    )
+    assert node_lock_path(create_engine("sqlite://")) is None
+
+    def pg(url: str) -> Path | None:
+        return node_lock_path(create_engine(url))
+
+    one = pg("postgresql+psycopg://cofre:hunter2@db:5432/cofre")
+    assert one is not None
+    assert "hunter2" not in str(one)
+    assert one == pg("postgresql+psycopg://cofre:changed@db:5432/cofre")  # same database
+    assert one != pg("postgresql+psycopg://cofre:hunter2@db:5432/other")
