@@ -36,6 +36,7 @@ from policies.errors import RateLimited
 from policies.models import OracleGuard, Quota, RateLimit
 from vault.errors import OracleSuspected, QuotaExceeded
 from vault.pan import Pan
+from vault.storage.rawsql import fetch_all, insert_rows
 from vault.storage.schema import oracle_watch, rate_state, usage_counters
 
 __all__ = ["DETOKENIZE_QUOTA", "MAX_WINDOW_SECONDS", "Limits", "oracle_bucket"]
@@ -62,11 +63,12 @@ _CHARGE: Final = (
     .values(tat=_START + bindparam("increment", type_=Float()))
 )
 _TAT: Final = select(rate_state.c.tat).where(rate_state.c.identity == bindparam("who"))
-_SEEN: Final = select(oracle_watch.c.bucket, oracle_watch.c.item).where(
-    oracle_watch.c.identity == bindparam("who"),
-    oracle_watch.c.bucket.in_(bindparam("in_buckets", expanding=True)),
-    oracle_watch.c.window == bindparam("in_window"),
+# The same on SQLite and PostgreSQL; "window" is quoted, a keyword in both. Another
+# node may insert the same row first: its row is as good as ours.
+_SEEN_SQL: Final = (
+    'SELECT bucket, item FROM oracle_watch WHERE identity = ? AND "window" = ? AND bucket IN (?*)'
 )
+_WATCH_INTO: Final = 'oracle_watch (identity, bucket, "window", item)'
 
 
 def oracle_bucket(pan: Pan) -> bytes:
@@ -231,24 +233,22 @@ class Limits:
         buckets = list(wanted)
         # One query per 500 buckets, not one per bucket: a batch of 1,000 cards spans
         # about as many buckets (issue 21: a thousand SELECTs per batch).
+        # On the driver's cursor (`vault.storage.rawsql`): the committer runs these two
+        # statements for every guarded call.
         for start in range(0, len(buckets), 500):
-            for bucket, item in connection.execute(
-                _SEEN,
-                {"who": identity, "in_buckets": buckets[start : start + 500], "in_window": window},
+            chunk = buckets[start : start + 500]
+            for bucket, item in fetch_all(
+                connection, _SEEN_SQL, [identity, window, *chunk], in_list=len(chunk)
             ):
                 seen_by_bucket.setdefault(bytes(bucket), set()).add(bytes(item))
-        rows: list[dict[str, object]] = []
+        rows: list[tuple[str, bytes, int, bytes]] = []
         for bucket, new_items in wanted.items():
             seen = seen_by_bucket.get(bucket, set())
             fresh = new_items - seen
             if len(seen) + len(fresh) > guard.max_pans_per_bucket:
                 raise _oracle_suspected(guard, now)
-            rows.extend(
-                {"identity": identity, "bucket": bucket, "window": window, "item": item}
-                for item in fresh
-            )
-        if rows:
-            _insert_ignoring_conflict(connection, oracle_watch, rows)
+            rows.extend((identity, bucket, window, item) for item in fresh)
+        insert_rows(connection, _WATCH_INTO, rows, then="ON CONFLICT DO NOTHING")
 
     def purge_windows(self, connection: Connection, now: datetime, *, keep_seconds: int) -> int:
         """Delete guard rows and counters older than `keep_seconds`; return how many."""

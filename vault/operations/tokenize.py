@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Row, bindparam, insert, select
+from sqlalchemy import Connection, Row, bindparam, select
 
 from audit.log import AuditEvent, Outcome
 from cofre.redaction import mask_pan_like
@@ -47,6 +47,7 @@ from vault.models import MAX_BATCH, CallContext, TokenizeRequest, TokenRecord
 from vault.operations._inputs import card_bundle, expiry, validate_metadata
 from vault.pan import Pan
 from vault.storage.database import as_utc
+from vault.storage.rawsql import fetch_all, insert_many
 from vault.storage.schema import tokens
 from vault.tokens import (
     FpeTokenizer,
@@ -59,10 +60,14 @@ _CANDIDATE_CHUNK: Final = 64
 # The advisory lock key that elects the purging node ("CofrP"); the sequencer's differs.
 
 
-_INSERT_TOKEN: Final = insert(tokens)
+# On the driver's cursor (`vault.storage.rawsql`): every fresh token is checked.
+_TAKEN_SQL: Final = "SELECT token FROM tokens WHERE token IN (?*)"
 
 
-_TAKEN: Final = select(tokens.c.token).where(tokens.c.token.in_(bindparam("chunk", expanding=True)))
+def _taken(connection: Connection, candidates: Sequence[str]) -> set[str]:
+    """Which of `candidates` (at most 500) the store holds already."""
+    rows = fetch_all(connection, _TAKEN_SQL, candidates, in_list=len(candidates))
+    return {token for (token,) in rows}
 
 
 _HELD: Final = (
@@ -334,7 +339,7 @@ class TokenizeOperations(VaultCore):
             self._settle_candidates(connection, fresh, items, domain)
         indexed_rows = self._new_rows(ctx, domain, items, fresh, now)
         if indexed_rows:
-            connection.execute(_INSERT_TOKEN, [row for _, row in indexed_rows])
+            insert_many(connection, tokens, [row for _, row in indexed_rows])
         for index, row in indexed_rows:
             answers.results[index] = TokenRecord(
                 token=row["token"],
@@ -535,9 +540,7 @@ class TokenizeOperations(VaultCore):
         values = list(fresh.values())
         taken: set[str] = set()
         for start in range(0, len(values), 500):
-            taken.update(
-                connection.execute(_TAKEN, {"chunk": values[start : start + 500]}).scalars()
-            )
+            taken.update(_taken(connection, values[start : start + 500]))
         used: set[str] = set()
         for index, candidate in list(fresh.items()):
             spec = items[index].spec
@@ -581,7 +584,7 @@ class TokenizeOperations(VaultCore):
                 raise TokenSpaceExhausted(
                     "every token of this format for this BIN and last four is taken"
                 )
-            taken = set(connection.execute(_TAKEN, {"chunk": chunk}).scalars())
+            taken = _taken(connection, chunk)
             for candidate in chunk:
                 if candidate in taken or (avoid is not None and candidate in avoid):
                     continue

@@ -5,6 +5,7 @@
 __all__ = [
     "database",
     "groupcommit",
+    "rawsql",
     "schema",
     "schema_version",
 ]
