@@ -18,7 +18,12 @@ PARTS: dict[str, tuple[str, ...]] = {
     ),
     "  request guard (ids, auth, audit, log, span, metrics)": ("__call__ api/guard.py",),
     "  FastAPI solve_dependencies": ("solve_dependencies fastapi/dependencies/utils.py",),
-    "thread-pool hops (anyio)": ("run anyio/_backends/_asyncio.py",),
+    # The endpoint's thread (anyio's for a plain def route, the executor's for the hot
+    # token routes since issue 21's one-hop change): the hop and the vault call in it.
+    "route threads (anyio / executor: hop + vault call)": (
+        "run anyio/_backends/_asyncio.py",
+        "_worker concurrent/futures/thread.py",
+    ),
     "SQLAlchemy statement execution": ("execute sqlalchemy/engine/base.py",),
     "SQLAlchemy expression building": (
         "operate sqlalchemy/sql/elements.py",
