@@ -10,8 +10,15 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, func, select
 
 from audit.log import AuditEvent, AuditLog, Outcome
-from audit.schema import audit_queue
-from audit.sequencer import Sequencer, SequencerThread, node_lock_path
+from audit.merkle import leaf_hash, root_hash
+from audit.schema import audit_entries, audit_leaves, audit_nodes, audit_queue
+from audit.sequencer import (
+    Sequencer,
+    SequencerThread,
+    load_compact_range,
+    node_lock_path,
+    tree_size,
+)
 from vault.signing import HSMTreeHeadSigner
 
 
@@ -88,3 +95,28 @@ def test_the_node_lock_is_named_by_the_database(tmp_path: Path) -> None:
     assert "hunter2" not in str(one)
     assert one == pg("postgresql+psycopg://cofre:changed@db:5432/cofre")  # same database
     assert one != pg("postgresql+psycopg://cofre:hunter2@db:5432/other")
+
+
+def test_a_large_integration_stores_the_tree_the_entries_make(
+    engine: Engine, signer: HSMTreeHeadSigner
+) -> None:
+    """Leaves and nodes go in a few multi-row statements (issue 21): more rows than
+    one SQLite statement takes, and every stored node is the tree's."""
+    _queue(engine, 6000)
+    sequencer = Sequencer(engine, signer)
+    assert sequencer.run_once(batch=6000) == 6000
+    with engine.connect() as c:
+        payloads = [
+            p
+            for (p,) in c.execute(
+                select(audit_entries.c.payload)
+                .join(audit_leaves, audit_leaves.c.entry_id == audit_entries.c.id)
+                .order_by(audit_leaves.c.leaf_index)
+            )
+        ]
+        stored = load_compact_range(c, tree_size(c)).root()
+        nodes = c.execute(select(func.count()).select_from(audit_nodes)).scalar_one()
+    assert len(payloads) == 6000
+    assert stored == root_hash([leaf_hash(p.encode("utf-8")) for p in payloads])
+    # Every complete subtree is stored: 6000 // 2**level of them at each level.
+    assert nodes == sum(6000 >> level for level in range(13))
