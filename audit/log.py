@@ -27,6 +27,7 @@ from typing import Final
 from sqlalchemy import Connection, insert
 from sqlalchemy.exc import SQLAlchemyError
 
+from audit._rows import insert_values
 from audit.errors import AuditWriteFailed
 from audit.schema import audit_entries, audit_queue
 from cofre.dberrors import db_error_name
@@ -223,7 +224,7 @@ def _insert_rows(connection: Connection, rows: Sequence[Mapping[str, object]]) -
     """Write `rows` (one multi-row insert per table) and return their ids, in order."""
     try:
         written = connection.execute(_INSERT_ENTRIES, rows).all()
-        connection.execute(_INSERT_QUEUED, [{"entry_id": r.id} for r in written])
+        insert_values(connection, "audit_queue (entry_id)", [(r.id,) for r in written], ("int8",))
     except SQLAlchemyError as exc:
         raise AuditWriteFailed(
             f"the audit entry could not be written ({db_error_name(exc)}); the operation is refused"

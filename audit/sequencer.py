@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Final
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
+from audit._rows import insert_values
 from audit.errors import AuditWriteFailed
 from audit.heads import SignedTreeHead, TreeHeadSigner, sign_tree_head
 from audit.merkle import CompactRange, leaf_hash
@@ -59,50 +60,6 @@ def load_compact_range(connection: Connection, size: int) -> CompactRange:
     if len(border) != len(wanted):
         raise AuditWriteFailed("the stored tree is missing nodes on its right border")
     return CompactRange(size, border)
-
-
-# SQLite takes at most 32,766 parameters in a statement.
-_MAX_PARAMETERS: Final = 30_000
-
-
-def _insert_values(
-    connection: Connection, into: str, rows: list[tuple[object, ...]], pg_types: tuple[str, ...]
-) -> None:
-    """Insert `rows` into `into` (``table (columns)``) in one statement or a few, on the
-    transaction's own cursor. The drivers' executemany (SQLAlchemy's, for these tables,
-    on PostgreSQL) sends a statement per row, and psycopg parses a long ``VALUES`` list's
-    placeholders in Python: on PostgreSQL each column goes as one array (`pg_types`)
-    through ``unnest``, on SQLite as a multi-row ``VALUES`` (issue 21: the sequencer was
-    12-16% of a worker's GIL samples on PostgreSQL). A driver error is raised as
-    SQLAlchemy's, as an execute would."""
-    if not rows:
-        return
-    dialect = connection.dialect
-    # `into` and `pg_types` are this module's constants; every value is bound.
-    if dialect.name == "postgresql":
-        arrays = ", ".join(f"%s::{kind}[]" for kind in pg_types)
-        sql = f"INSERT INTO {into} SELECT * FROM unnest({arrays})"  # noqa: S608
-        columns = tuple(list(column) for column in zip(*rows, strict=True))
-        statements: list[tuple[str, tuple[object, ...]]] = [(sql, columns)]
-    else:
-        mark = "(" + ", ".join("?" * len(pg_types)) + ")"
-        per = max(1, _MAX_PARAMETERS // len(pg_types))
-        statements = []
-        for start in range(0, len(rows), per):
-            chunk = rows[start : start + per]
-            sql = f"INSERT INTO {into} VALUES {', '.join([mark] * len(chunk))}"  # noqa: S608
-            statements.append((sql, tuple(value for row in chunk for value in row)))
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        for sql, params in statements:
-            try:
-                cursor.execute(sql, params)
-            except dialect.loaded_dbapi.Error as exc:
-                raise DBAPIError.instance(
-                    sql, params, exc, dialect.loaded_dbapi.Error, dialect=dialect
-                ) from None
-    finally:
-        cursor.close()
 
 
 def tree_size(connection: Connection) -> int:
@@ -215,8 +172,8 @@ class Sequencer:
         for row in queued:
             leaves.append((tree.size, row.entry_id))
             nodes.extend(tree.append(leaf_hash(row.payload.encode("utf-8"))))
-        _insert_values(connection, "audit_leaves (leaf_index, entry_id)", leaves, ("int8", "int8"))
-        _insert_values(
+        insert_values(connection, "audit_leaves (leaf_index, entry_id)", leaves, ("int8", "int8"))
+        insert_values(
             connection, "audit_nodes (level, idx, hash)", nodes, ("int2", "int8", "bytea")
         )
         connection.execute(
