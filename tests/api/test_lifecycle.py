@@ -167,7 +167,18 @@ def _free_port_pair() -> int:
 
 def _scrape(metrics_port: int) -> list[httpx.Response]:
     """`/metrics` of each worker (worker N listens on the metrics port + N)."""
-    return [httpx.get(f"http://127.0.0.1:{metrics_port + n}/metrics", timeout=10) for n in (0, 1)]
+    return [_get_when_listening(f"http://127.0.0.1:{metrics_port + n}/metrics") for n in (0, 1)]
+
+
+def _get_when_listening(url: str) -> httpx.Response:
+    # The node is ready when one worker answers on the shared port; the other may still be
+    # starting, its metrics listener not yet bound (a refused connection, seen under load).
+    for _ in range(600):
+        try:
+            return httpx.get(url, timeout=10)
+        except httpx.ConnectError:
+            time.sleep(0.05)
+    return httpx.get(url, timeout=10)
 
 
 def test_metrics_listener_serves_prometheus_text_without_card_data(
