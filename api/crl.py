@@ -16,12 +16,18 @@ the certificate's pair is parsed once per certificate and memoized), and the nex
 request on such a connection is refused 401 ``certificate_revoked`` and the connection
 closed. That set is keyed on the issuer's name, as CRLs are, so a CRL is taken only
 when a CA the context trusts signed it (two CAs can share a name; the dev CAs do).
+
+The set must revoke at least what OpenSSL does, or a certificate refused at new
+handshakes keeps working on open connections. So every CRL in the file is read (OpenSSL
+loads them all: one per client CA during a CA rotation), and, like OpenSSL, an issuer's
+CRL is never replaced by an older one, nor forgotten when a later file leaves it out.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import ssl
 import threading
 from collections.abc import Callable
@@ -30,6 +36,7 @@ from pathlib import Path
 
 import structlog
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from api.errors import CertificateRevoked, CrlExpired, CrlInvalid
 
@@ -37,6 +44,10 @@ _log = structlog.get_logger("cofre.api.crl")
 _Stamp = tuple[int, int, int]
 # A revoked certificate as a CRL names it: its issuer's DER-encoded name and its serial.
 _Revoked = tuple[bytes, int]
+# Whose CRL: the issuer's DER-encoded name and the DER public key of the trusted CA that
+# signed it (two CAs can share a name; neither's CRL may displace the other's).
+_Source = tuple[bytes, bytes]
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)
 
 
 @functools.lru_cache(maxsize=256)
@@ -48,24 +59,60 @@ def _issuer_and_serial(pem: str) -> _Revoked:
 
 
 class RevokedCertificates:
-    """The client certificates the loaded CRL revokes, as the request guard sees them.
-    `CrlWatcher` replaces the whole frozenset on each reload (one reference assignment,
-    atomic for the event loop's readers); empty when no CRL is configured."""
+    """The client certificates the loaded CRLs revoke, as the request guard sees them.
+    `CrlWatcher` merges each reload's CRLs in and replaces the whole frozenset (one
+    reference assignment, atomic for the event loop's readers); empty when no CRL is
+    configured."""
 
-    __slots__ = ("_pairs",)
+    __slots__ = ("_by_source", "_pairs")
 
     def __init__(self) -> None:
         self._pairs: frozenset[_Revoked] = frozenset()
+        # Per source, the newest CRL's lastUpdate, nextUpdate and revoked serials.
+        self._by_source: dict[_Source, tuple[datetime, datetime | None, frozenset[int]]] = {}
 
-    def replace(self, crl: x509.CertificateRevocationList) -> None:
-        issuer = crl.issuer.public_bytes()
-        self._pairs = frozenset((issuer, revoked.serial_number) for revoked in crl)
+    def merge(self, crls: list[tuple[_Source, x509.CertificateRevocationList]]) -> None:
+        """Take each CRL unless its source's loaded one is newer: OpenSSL prefers the
+        newest CRL of an issuer and never forgets one. Two of the same lastUpdate are
+        united (fail closed: which one OpenSSL picks is not ours to guess)."""
+        by_source = dict(self._by_source)
+        for source, crl in crls:
+            serials = frozenset(revoked.serial_number for revoked in crl)
+            last = crl.last_update_utc
+            loaded = by_source.get(source)
+            if loaded is not None and loaded[0] > last:
+                continue
+            if loaded is not None and loaded[0] == last:
+                serials |= loaded[2]
+            by_source[source] = (last, crl.next_update_utc, serials)
+        self._by_source = by_source
+        self._pairs = frozenset(
+            (issuer, serial) for (issuer, _), (_, _, s) in by_source.items() for serial in s
+        )
+
+    def next_update(self) -> datetime | None:
+        """The earliest nextUpdate of the CRLs in force: past it, OpenSSL refuses the
+        clients of that CA."""
+        dates = [n for _, n, _ in self._by_source.values() if n is not None]
+        return min(dates) if dates else None
 
     def check(self, pem: str | None) -> None:
         """Raise `CertificateRevoked` when the certificate `pem` is revoked."""
         pairs = self._pairs
         if pairs and pem is not None and _issuer_and_serial(pem) in pairs:
             raise CertificateRevoked("the client certificate has been revoked")
+
+
+def _load_crls(data: bytes) -> list[x509.CertificateRevocationList]:
+    """Every CRL in the PEM file `data`; `ValueError` for a file with none, a cut-off
+    block, or anything but CRLs (OpenSSL would load a certificate there as a trust
+    anchor)."""
+    blocks = list(_PEM_BLOCK.finditer(data))
+    if not blocks or len(blocks) != data.count(b"-----BEGIN "):
+        raise ValueError("not a complete PEM file")
+    if any(m.group(1) != b"X509 CRL" for m in blocks):
+        raise ValueError("a PEM block is not a CRL")
+    return [x509.load_pem_x509_crl(m.group(0)) for m in blocks]
 
 
 class CrlWatcher:
@@ -105,34 +152,38 @@ class CrlWatcher:
         with self._lock:
             self._stamp = self._read_stamp()
             try:
-                data = self.path.read_bytes()
-                crl = x509.load_pem_x509_crl(data)
-                self._require_trusted_issuer(crl)
+                crls = _load_crls(self.path.read_bytes())
+                sourced = [(self._trusted_source(crl), crl) for crl in crls]
                 self._context.load_verify_locations(cafile=str(self.path))
             except (OSError, ValueError, ssl.SSLError, CrlInvalid) as exc:
                 self._error = str(exc) if isinstance(exc, CrlInvalid) else type(exc).__name__
                 _log.error("CRL not loaded", file=str(self.path), error=self._error)
                 return
-            self.revoked.replace(crl)
+            self.revoked.merge(sourced)
             self._error = None
-            self._next_update = crl.next_update_utc
-            _log.info(
-                "CRL loaded",
-                file=str(self.path),
-                issuer=crl.issuer.rfc4514_string(),
-                revoked=len(crl),
-                next_update=self._next_update.isoformat() if self._next_update else None,
-            )
+            self._next_update = self.revoked.next_update()
+            for crl in crls:
+                _log.info(
+                    "CRL loaded",
+                    file=str(self.path),
+                    issuer=crl.issuer.rfc4514_string(),
+                    revoked=len(crl),
+                    next_update=n.isoformat() if (n := crl.next_update_utc) else None,
+                )
 
-    def _require_trusted_issuer(self, crl: x509.CertificateRevocationList) -> None:
-        """Raise `CrlInvalid` unless a CA of the context signed `crl`."""
+    def _trusted_source(self, crl: x509.CertificateRevocationList) -> _Source:
+        """The source of `crl`: raise `CrlInvalid` unless a CA of the context signed it."""
         for der in self._context.get_ca_certs(binary_form=True):
             ca = x509.load_der_x509_certificate(der)
             if ca.subject != crl.issuer:
                 continue
             try:
                 if crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
-                    return
+                    key = ca.public_key().public_bytes(
+                        serialization.Encoding.DER,
+                        serialization.PublicFormat.SubjectPublicKeyInfo,
+                    )
+                    return (crl.issuer.public_bytes(), key)
             except TypeError:  # a key type CRLs cannot be signed with
                 continue
         raise CrlInvalid("not signed by a trusted CA")

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from api.crl import CrlWatcher
 from api.errors import CertificateRevoked, CrlInvalid
@@ -102,6 +103,67 @@ def test_revoked_set_is_issuer_and_serial_and_survives_a_bad_file(tmp_path: Path
         watcher.revoked.check(payments)
     with pytest.raises(CrlInvalid):
         watcher.check()
+
+
+def _crls(out: Path, *files: Path) -> Path:
+    """One CRL file holding the CRLs of `files`, in order (a CA rotation's file)."""
+    out.write_bytes(b"".join(f.read_bytes() for f in files))
+    return out
+
+
+def test_every_crl_of_the_file_is_taken_and_none_goes_backwards(tmp_path: Path) -> None:
+    """During a CA rotation ca.crt holds two client CAs and the CRL file one CRL of
+    each. OpenSSL loads them all, and never puts an issuer's older CRL back in force:
+    the revoked set must not revoke less, or a certificate refused at new handshakes
+    keeps working on the connections it already holds."""
+    pki = ensure_dev_pki(tmp_path / "pki", identities=("payments",))
+    second = ensure_dev_pki(tmp_path / "second", identities=("payments",))
+    first_cert = pki.client_cert("payments").read_text()
+    second_cert = second.client_cert("payments").read_text()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_verify_locations(cafile=str(pki.ca))
+    context.load_verify_locations(cafile=str(second.ca))
+    crl_path = tmp_path / "crl.pem"
+    empty_first = _crl(pki, tmp_path / "first-empty.pem")
+    _crls(crl_path, empty_first, _crl(second, tmp_path / "second-empty.pem"))
+    watcher = CrlWatcher(crl_path, context)
+    watcher.reload()
+    watcher.check()
+    watcher.revoked.check(second_cert)
+
+    # The second CA revokes its certificate: its CRL is the file's second block.
+    revoked_second = revoke_clients(second, ["payments"], tmp_path / "second-revoked.pem")
+    _crls(crl_path, empty_first, revoked_second)
+    watcher.reload()
+    watcher.check()
+    with pytest.raises(CertificateRevoked):
+        watcher.revoked.check(second_cert)
+    watcher.revoked.check(first_cert)
+
+    # An older CRL of the second CA, or a file without it, revokes nothing less.
+    _crls(crl_path, empty_first, tmp_path / "second-empty.pem")
+    watcher.reload()
+    with pytest.raises(CertificateRevoked):
+        watcher.revoked.check(second_cert)
+    revoked_first = revoke_clients(pki, ["payments"], tmp_path / "first-revoked.pem")
+    _crls(crl_path, revoked_first)
+    watcher.reload()
+    watcher.check()
+    for cert in (first_cert, second_cert):
+        with pytest.raises(CertificateRevoked):
+            watcher.revoked.check(cert)
+
+    # One block not signed by a trusted CA, or not a CRL, and the whole file is refused.
+    third = ensure_dev_pki(tmp_path / "third", identities=("payments",))
+    third_cert = third.client_cert("payments").read_text()
+    for last in (revoke_clients(third, ["payments"], tmp_path / "third.pem"), third.ca):
+        _crls(crl_path, revoked_first, revoke_clients(pki, [], tmp_path / "x.pem"), last)
+        watcher.reload()
+        with pytest.raises(CrlInvalid):
+            watcher.check()
+        watcher.revoked.check(third_cert)
+        with pytest.raises(CertificateRevoked):
+            watcher.revoked.check(first_cert)
 
 
 def _connect(vault: VaultServer, name: str) -> ssl.SSLSocket:
@@ -198,4 +260,80 @@ def test_revocation_refuses_the_open_keep_alive_connection(
         with vault.client("payments") as c, pytest.raises(httpx.TransportError):
             c.get("/healthz")
         with vault.client("ledger") as c:
+            assert c.get("/healthz").status_code == 200
+
+
+def _renamed_ca(root: Path, name: str) -> DevPKI:
+    """A dev PKI whose CA is called `name` (a rotation's new CA), with a `payments`."""
+    pki = DevPKI(root)
+    root.mkdir(mode=0o700)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    pki.ca.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pki.ca_key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ensure_dev_pki(root, identities=("payments",))
+
+
+def test_revocation_by_the_second_ca_refuses_its_open_connection(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    """CA rotation: ca.crt holds two client CAs and the CRL file one CRL of each. The
+    attacker's stolen certificate is the second CA's; once it revokes it, the next
+    request on the attacker's open keep-alive connection is refused, as new handshakes
+    are."""
+    crl_path = tmp_path / "crl.pem"
+    second = _renamed_ca(tmp_path / "second-ca", "Cofre second CA")
+
+    def two_cas(pki: DevPKI) -> Path:
+        pki.ca.write_bytes(pki.ca.read_bytes() + second.ca.read_bytes())
+        first = _crl(pki, tmp_path / "first.pem")
+        return _crls(crl_path, first, _crl(second, tmp_path / "second.pem"))
+
+    with running_vault(tmp_path, hsm_provider, crl=two_cas) as vault:
+        assert vault.crl_watcher is not None
+        context = ssl.create_default_context(cafile=str(vault.pki.ca))
+        context.load_cert_chain(
+            str(second.client_cert("payments")), str(second.client_key("payments"))
+        )
+        host, port = vault.url.removeprefix("https://").split(":")
+        raw = socket.create_connection((host, int(port)), timeout=10)
+        with context.wrap_socket(raw, server_hostname=host) as sock:
+            before = _tokenize(sock, _rid())
+            assert before.status == 200, before.body  # type: ignore[attr-defined]
+
+            revoked = revoke_clients(second, ["payments"], tmp_path / "second.pem")
+            _crls(crl_path, tmp_path / "first.pem", revoked)
+            assert vault.crl_watcher.reload_if_changed()
+
+            after = _tokenize(sock, _rid())
+            assert after.status == 401
+            assert json.loads(after.body)["code"] == "certificate_revoked"  # type: ignore[attr-defined]
+            assert _closed_by_peer(sock)
+
+        with (
+            socket.create_connection((host, int(port)), timeout=10) as raw,
+            pytest.raises((ssl.SSLError, ConnectionError)),
+            context.wrap_socket(raw, server_hostname=host) as fresh,
+        ):
+            _tokenize(fresh, _rid())
+        with vault.client("payments") as c:
             assert c.get("/healthz").status_code == 200
