@@ -8,7 +8,12 @@ log that forked or rolled back (the spec's "MAY log the request").
 The log's audit key may be rotated: a checkpoint with a ``cofre-key-handover`` line,
 signed by both the key the witness trusts and the new key it names
 (`audit.note.parse_handover`), is cosigned like any other (consistent with the last
-one) and recorded; from then on only the new key's checkpoints are accepted.
+one) and recorded; from then on only the new key's checkpoints are accepted. The new
+key must also have been pinned beforehand by the witness's operator (`cofre witness
+trust-key`, kept in the state), as transparency-dev witnesses pin each log's keys in
+their own configuration: the old audit key lives on the vault's HSM, so one holder of
+its PIN could sign a handover to a key of their own; a log's key change is a witness
+operator's decision, not the log's alone.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from audit.note import (
 from audit.note import verify_note as verify_note_signatures
 from witness.errors import (
     CheckpointConflict,
+    HandoverNotPinned,
     InconsistentCheckpoint,
     NoValidSignature,
     OldSizeInvalid,
@@ -179,13 +185,13 @@ class Witness:
         last = parse_handover(notes[-1])
         return [last.new], last.size
 
-    @staticmethod
     def _check_handover(
-        origin: str, note: str, checkpoint: Checkpoint, keys: list[VerifierKey]
+        self, origin: str, note: str, checkpoint: Checkpoint, keys: list[VerifierKey]
     ) -> bool:
         """Return True when `note` is a key handover this witness may follow: signed by
-        both keys it names, from a key the witness trusts now. Return False for a plain
-        checkpoint. Raises `NoValidSignature` for any other handover (a forgery)."""
+        both keys it names, from a key the witness trusts now, to a key its operator
+        pinned. Return False for a plain checkpoint. Raises `NoValidSignature` for a
+        forged handover, `HandoverNotPinned` for one to a key the operator did not pin."""
         if not any(line.startswith(HANDOVER_EXTENSION + " ") for line in checkpoint.extensions):
             return False
         try:
@@ -199,7 +205,32 @@ class Witness:
                 f"{origin}: the key handover at size {handover.size} starts from a key this "
                 "witness does not trust for the log"
             )
+        if not self._pinned(origin, handover.new):
+            _log.error(
+                "REFUSED KEY HANDOVER: %s at size %d hands over to %s, a key this "
+                "witness's operator did not pin",
+                origin,
+                handover.size,
+                handover.new.encode(),
+            )
+            # The reason first: the vault's publisher keeps the first 200 characters.
+            raise HandoverNotPinned(
+                f"{origin}: key handover at size {handover.size} refused: its new key is "
+                "not pinned by the witness operator (`cofre witness trust-key`); the "
+                f"current key stays trusted. New key: {handover.new.encode()}"
+            )
         return True
+
+    def _pinned(self, origin: str, key: VerifierKey) -> bool:
+        """Whether the operator pinned `key` for `origin` (compared as keys, not text)."""
+        for vkey in self._state.pinned_keys(origin):
+            try:
+                pinned = VerifierKey.parse(vkey)
+            except NoteError:
+                continue  # `trust-key` stores parsed keys only; a hand edit pins nothing
+            if pinned == key:
+                return True
+        return False
 
     @staticmethod
     def _check_consistent(

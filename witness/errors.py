@@ -6,6 +6,7 @@ CofreError
     ├── OldSizeInvalid          400  the old size is above the checkpoint's size
     ├── UnknownLog              404  no log with this origin is configured
     ├── NoValidSignature        403  no valid signature by the log's key
+    ├── HandoverNotPinned       403  a key handover to a key the operator did not pin
     ├── CheckpointConflict      409  the old size is not the last cosigned size
     ├── InconsistentCheckpoint  422  bad proof, same size other root, bad empty tree
     ├── WitnessStateFailed      500  the witness's own state file failed
@@ -41,6 +42,15 @@ class UnknownLog(WitnessError):
 
 class NoValidSignature(WitnessError):
     code = "witness_no_valid_signature"
+    status = 403
+
+
+class HandoverNotPinned(WitnessError):
+    """A key handover, signed by the key the witness trusts, to a new key its operator
+    never pinned (`cofre witness trust-key`): whoever can sign with the current key (an
+    HSM PIN holder) must not be able to move the witness to a key of their choosing."""
+
+    code = "witness_handover_not_pinned"
     status = 403
 
 

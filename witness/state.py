@@ -1,5 +1,6 @@
-"""The witness's state: the last checkpoint it cosigned for each log, in its own SQLite
-file (no other database, nothing of the vault's).
+"""The witness's state: the last checkpoint it cosigned for each log, the key handovers
+it followed, and the next log keys its operator pinned (`cofre witness trust-key`), in
+its own SQLite file (no other database, nothing of the vault's).
 
 The check of the old size and the write of the new checkpoint happen in one
 ``BEGIN IMMEDIATE`` transaction, as tlog-witness requires: two submissions racing cannot
@@ -29,6 +30,11 @@ CREATE TABLE IF NOT EXISTS handovers (
     size INTEGER NOT NULL,
     note TEXT NOT NULL,
     PRIMARY KEY (origin, size)
+);
+CREATE TABLE IF NOT EXISTS pinned_keys (
+    origin TEXT NOT NULL,
+    vkey TEXT NOT NULL,
+    PRIMARY KEY (origin, vkey)
 );
 """
 
@@ -74,6 +80,23 @@ class WitnessState:
         with self._lock, self._errors():
             rows = self._db.execute(
                 "SELECT note FROM handovers WHERE origin = ? ORDER BY size", (origin,)
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def pin_key(self, origin: str, vkey: str) -> bool:
+        """Record that the witness's operator pinned `vkey` as a key `origin` may hand
+        its audit key over to. Returns False when it was pinned already."""
+        with self._lock, self._errors():
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO pinned_keys (origin, vkey) VALUES (?, ?)", (origin, vkey)
+            )
+        return cursor.rowcount == 1
+
+    def pinned_keys(self, origin: str) -> list[str]:
+        """Return the vkeys the operator pinned for `origin`'s key handovers."""
+        with self._lock, self._errors():
+            rows = self._db.execute(
+                "SELECT vkey FROM pinned_keys WHERE origin = ? ORDER BY vkey", (origin,)
             ).fetchall()
         return [str(row[0]) for row in rows]
 

@@ -1,7 +1,9 @@
 """`cofre witness`: run a C2SP tlog-witness for a vault's audit log.
 
 Meant for a party outside the vault's operators: it needs no vault settings, database
-or HSM; only its own key file, its own state file and the vault's verifier key.
+or HSM; only its own key file, its own state file and the vault's verifier key. When
+the vault's audit key is rotated, the witness's operator pins the new key received out
+of band (`cofre witness trust-key`); the witness follows a handover to no other key.
 """
 
 from __future__ import annotations
@@ -94,3 +96,51 @@ def witness_serve(
         pass
     finally:
         server.stop()
+
+
+@witness_app.command("trust-key")
+@fail_cleanly
+def witness_trust_key(
+    vkey: Annotated[
+        str,
+        typer.Argument(
+            help="The log's NEW audit verifier key, received out of band from the vault's "
+            "key custodians (`cofre audit vkey` after the rotation)."
+        ),
+    ],
+    state: Annotated[
+        Path, typer.Option(envvar="COFRE_WITNESS_STATE", help="The witness's SQLite state file.")
+    ],
+    logs: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="COFRE_WITNESS_LOGS",
+            help="The witness's logs file: when given, the key must belong to one of them.",
+        ),
+    ] = None,
+) -> None:
+    """Pin a key the log may hand its audit key over to (a witness operator's decision).
+
+    The witness follows a `cofre-key-handover` checkpoint only to a key pinned here
+    beforehand; a running witness sees the pin at the next submission (no restart)."""
+    from audit.errors import NoteError
+    from audit.note import VerifierKey
+    from witness.server import read_logs
+    from witness.state import WitnessState
+
+    try:
+        key = VerifierKey.parse(vkey)
+        known = read_logs(logs) if logs is not None else None
+    except (OSError, NoteError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if known is not None and key.name not in known:
+        typer.echo(f"error: no log with origin {key.name!r} in {logs}", err=True)
+        raise typer.Exit(1)
+    witness_state = WitnessState(state)
+    try:
+        added = witness_state.pin_key(key.name, key.encode())
+    finally:
+        witness_state.close()
+    verb = "pinned" if added else "already pinned"
+    typer.echo(f"{verb} {key.encode()} for key handovers of {key.name}")

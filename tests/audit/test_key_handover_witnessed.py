@@ -1,5 +1,7 @@
 """A witness (its own process) pinned to the vault's old audit key follows a key
-handover published by the vault's publisher, then cosigns the heads the new key signs;
+handover published by the vault's publisher once its operator pinned the new key
+(until then the publisher reports the refusal, reason ``refused``), then cosigns the
+heads the new key signs;
 `cofre audit verify`'s checks (the stored log against the pinned old key, the
 witnesses' cosignatures) pass across the rotation.
 
@@ -90,6 +92,14 @@ def test_witness_follows_the_published_handover(engine: Engine, witness: Witness
     current[0] = NEW
     _append(engine, 4, "b")
     Sequencer(engine, NEW).drain()
+    # The witness's operator has not pinned the new key yet: the handover is refused,
+    # reported as such, and retried on the next tick.
+    refused = publisher.publish_once()[pinned.name]
+    assert "refused the audit key handover" in refused
+    assert "not pinned by the witness operator" in refused
+    assert publisher.failures[(pinned.name, "refused")] == 1
+    new_vkey = log_verifier_key(log_origin("cofre"), NEW.public_key_pem()).encode()
+    witness.trust_key(new_vkey)  # given out of band by the vault's key custodians
     outcome = publisher.publish_once()[pinned.name]
     assert outcome.startswith("cosigned"), outcome
     latest = store.latest_head()

@@ -1,6 +1,8 @@
 """A witnessed vault (a real `cofre witness serve` process, pinned to the vault's audit
-key before the rotation) rotates its audit key under dual control: the publisher hands
-the witness over to the new key, the witness cosigns the heads the new key signs, and
+key before the rotation) rotates its audit key under dual control: the witness refuses
+the handover until its operator pins the new key (given out of band), then the
+publisher hands the witness over to the new key, the witness cosigns the heads the new
+key signs, and
 the stored log, the witness's view and the offline verifier (pinned to the OLD key and
 the witness's key, no opt-out) all pass across the rotation.
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from audit.heads import log_origin, log_verifier_key
 from audit.note import VerifierKey
+from audit.publisher import PublisherThread
 from audit.store import AuditStore
 from audit.witnessed import check_witness_view, verify_witnessed
 from cofre.settings import AuditSettings, WitnessSettings
@@ -36,6 +39,24 @@ def _until(condition: Callable[[], bool], what: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _pin_once_refused(
+    thread: PublisherThread | None, witness: WitnessProcess, pinned: VerifierKey, new_pem: bytes
+) -> None:
+    """Wait for the witness to refuse the handover to the new key its operator has not
+    pinned (the publisher reports it, reason ``refused``), then pin it as the operator
+    does once the custodians gave them the new public key out of band."""
+
+    assert thread is not None
+    publisher = thread.publisher
+
+    def handover_refused() -> bool:
+        return "not pinned by the witness operator" in publisher.last_errors.get(pinned.name, "")
+
+    _until(handover_refused, "the witness to refuse the unpinned handover")
+    assert publisher.failures[(pinned.name, "refused")] >= 1
+    witness.trust_key(log_verifier_key(log_origin("cofre"), new_pem).encode())
 
 
 def test_a_witness_pinned_to_the_old_key_follows_the_rotation(
@@ -80,6 +101,7 @@ def test_a_witness_pinned_to_the_old_key_follows_the_rotation(
 
             with vault.client("payments") as c:
                 assert c.post("/v1/tokenize", json={"pan": PAN, "format": "uuid"}).is_success
+            _pin_once_refused(runtime.publisher_thread, witness, pinned, new_pem)
 
             def new_head_witnessed() -> bool:
                 latest = store.latest_head()

@@ -80,6 +80,19 @@ class WitnessProcess:
         self.stop()
         raise RuntimeError("the witness did not start:\n" + "".join(self.output))
 
+    def trust_key(self, vkey: str) -> str:
+        """Pin `vkey` as its operator would (`cofre witness trust-key`, a process of its
+        own writing the witness's state); returns what the command printed."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COFRE_")}
+        done = subprocess.run(
+            [sys.executable, "-m", "cofre_cli", "witness", "trust-key", vkey,
+             "--state", str(self.directory / "state.sqlite3"),
+             "--logs", str(self.directory / "logs.vkeys")],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
     def _verify(self) -> ssl.SSLContext | bool:
         return ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
 
