@@ -42,6 +42,9 @@ STATEMENT_TEXT: Final = (
     "in key ceremonies only under dual control and report any suspected compromise at once."
 )
 _MAX_STATEMENT: Final = 4096
+# How far a statement's date may be from today (UTC) at submission; the offline
+# verifier holds each recorded statement to the same distance from its audit entry.
+STATEMENT_DATE_SKEW: Final = timedelta(days=1)
 
 
 def canonical(statement: dict[str, Any]) -> bytes:
@@ -151,7 +154,7 @@ class Custody:
             day = date.fromisoformat(str(data.get("date")))
         except ValueError:
             raise CustodyStatementInvalid("the statement's date is not YYYY-MM-DD") from None
-        if abs(day - self._clock().date()) > timedelta(days=1):
+        if abs(day - self._clock().date()) > STATEMENT_DATE_SKEW:
             raise CustodyStatementInvalid("the statement must be dated today (UTC)")
         return day
 

@@ -22,12 +22,13 @@ from typing import Any
 import pytest
 
 from audit.log import AuditEvent, AuditLog, Outcome
+from cofre_evidence_verifier.custody import STATEMENT_DATE_SKEW as VERIFIER_DATE_SKEW
 from cofre_evidence_verifier.report import Report, render_text
 from cofre_evidence_verifier.verify import verify_bundle
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.support.officers import software_officers
-from vault.custody import ACKNOWLEDGE
+from vault.custody import ACKNOWLEDGE, STATEMENT_DATE_SKEW, custody_statement
 
 ALICE = "spiffe://cofre/officer-alice"
 BOB = "spiffe://cofre/officer-bob"
@@ -228,6 +229,40 @@ def test_acknowledgement_the_log_holds_but_someone_else_signed(
         for p in report.problems
     ), report.problems
     # The genuine acknowledgements still count; the forged one makes no custodian.
+    assert report.summary["custodians"]["cofre-kek-v1"] == [ALICE, BOB]
+
+
+def test_an_old_acknowledgement_replayed_into_the_log_fails(
+    acknowledged: tuple[VaultServer, Path, datetime], tmp_path: Path
+) -> None:
+    """Alice's genuine signature over a statement dated three days before its entry
+    (an old acknowledgement, or one signed ahead, written straight into the log by
+    whoever can write to the database): the vault refuses such a date at submission,
+    the verifier fails it too, with the vault's own bound."""
+    vault, bundle, started = acknowledged
+    assert STATEMENT_DATE_SKEW == VERIFIER_DATE_SKEW
+    genuine = json.loads(_alice(json.loads(_members(bundle)["keys/custody.json"]))["statement"])
+    old = (datetime.now(UTC) - timedelta(days=3)).date()
+    statement = custody_statement(ALICE, genuine["role"], genuine["keys"], old).decode()
+    alice = software_officers()["officer-alice"]
+    details = {
+        "statement": statement,
+        "signature": base64.b64encode(alice.sign(statement.encode())).decode(),
+        "keyid": alice.keyid,
+        "public_key": alice.pem,
+    }
+    with vault.runtime.engine.begin() as connection:
+        AuditLog().append(
+            connection,
+            AuditEvent(action=ACKNOWLEDGE, outcome=Outcome.SUCCESS, actor=ALICE, details=details),
+        )
+    report = _verify(_export(vault, started, tmp_path / "replayed.tar.gz"), vault)
+    assert not report.ok
+    assert any(
+        p.startswith(f"keys/custody.json: the acknowledgement by {ALICE}")
+        and f"the statement is dated {old.isoformat()}, more than 1 day from its entry" in p
+        for p in report.problems
+    ), report.problems
     assert report.summary["custodians"]["cofre-kek-v1"] == [ALICE, BOB]
 
 

@@ -8,7 +8,9 @@ Each record is checked on its own, so a problem names the officer and the entry:
   ``key.custody.acknowledge`` recorded for the same officer, with the same statement,
   signature and signing key (the file cannot say more than the log);
 - its statement is a ``cofre-key-custody/v1`` statement about that officer and their
-  role, naming at least one key;
+  role, naming at least one key, dated within a day of its entry (as the vault requires
+  at submission: an old signed acknowledgement replayed into the log later is not
+  current);
 - its signature (ecdsa-p256-sha256, r||s) verifies under the officer's registered MFA key:
   the ``mfa_public_key`` of that identity in the policy in force at the entry, taken
   from ``policy/versions.jsonl`` (which the policy check proves are log entries); an
@@ -26,6 +28,7 @@ import base64
 import binascii
 import json
 import tomllib
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature
@@ -40,6 +43,9 @@ from cofre_evidence_verifier.report import Report
 NAME: Final = "keys/custody.json"
 ACKNOWLEDGE: Final = "key.custody.acknowledge"
 STATEMENT_TYPE: Final = "cofre-key-custody/v1"
+# How far the statement's date may be from its entry's (UTC) day: the vault's
+# `vault.custody.STATEMENT_DATE_SKEW`, which it enforces at submission.
+STATEMENT_DATE_SKEW: Final = timedelta(days=1)
 # What the record repeats from its audit entry's details.
 _RECORDED: Final = ("statement", "signature", "public_key")
 
@@ -153,6 +159,23 @@ def _key_problems(
     return problems
 
 
+def _date_problems(statement: dict[str, Any], entry: dict[str, Any], where: str) -> list[str]:
+    """Whether the statement is dated within `STATEMENT_DATE_SKEW` of its entry's day."""
+    try:
+        day = date.fromisoformat(str(statement.get("date")))
+        at = datetime.fromisoformat(str(entry.get("time")).replace("Z", "+00:00"))
+    except ValueError:
+        return [f"{where}: the statement's or the entry's date does not parse"]
+    entry_day = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC).date()
+    if abs(day - entry_day) > STATEMENT_DATE_SKEW:
+        return [
+            f"{where}: the statement is dated {day.isoformat()}, more than "
+            f"{STATEMENT_DATE_SKEW.days} day from its entry ({entry_day.isoformat()}): "
+            "an old acknowledgement replayed"
+        ]
+    return []
+
+
 def _check_record(
     record: dict[str, Any],
     *,
@@ -191,6 +214,7 @@ def _check_record(
     if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
         problems.append(f"{where}: the statement names no key")
         keys = []
+    problems += _date_problems(statement, entry, where)
     problems += _key_problems(
         entry, statement, text=text, where=where, index=int(record["index"]), policies=policies
     )
