@@ -5,6 +5,11 @@ For development only: in production the witness belongs to a party outside the v
 operators (docs/operations.md). Here it is still its own process with its own key and
 state under ``<data dir>/witness/`` (never the vault's HSM or database); the vault learns
 its URL and pinned key through ``COFRE_AUDIT__WITNESSES``.
+
+A witness follows an audit key handover only to a key its operator pinned (`cofre
+witness trust-key`). In dev one person plays every part, the witness operator's too, so
+`cofre dev` pins for them (`pin_dev_handovers`): each key a stored, doubly signed
+handover introduces. A production witness never does this (docs/key-ceremony.md).
 """
 
 from __future__ import annotations
@@ -16,12 +21,18 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from audit.note import CosignerKey
-from cofre.errors import ConfigurationError
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from audit.errors import NoteError
+from audit.note import CosignerKey, parse_handover
+from audit.store import AuditStore
+from cofre.errors import CofreError, ConfigurationError
+from witness.state import WitnessState
 
 _LISTENING = re.compile(r"listening on (https?://[0-9.]+:[0-9]+)")
 DEV_WITNESS_NAME = "witness.cofre-dev.local/w1"
@@ -33,8 +44,23 @@ class DevWitness:
     url: str
     vkey: str
     directory: Path
+    _stop_pinning: threading.Event = field(default_factory=threading.Event)
+
+    def pin_handovers_from(self, engine: Engine, interval: float = 1.0) -> None:
+        """Keep pinning, in a thread, the keys the vault's handovers introduce (see the
+        module docstring) until `stop()`."""
+
+        def loop() -> None:
+            while not self._stop_pinning.wait(interval):
+                try:
+                    pin_dev_handovers(engine, self.directory / "state.sqlite3")
+                except (SQLAlchemyError, CofreError):
+                    continue  # the database is busy or not migrated yet: next time
+
+        threading.Thread(target=loop, name="cofre-dev-witness-pin", daemon=True).start()
 
     def stop(self) -> None:
+        self._stop_pinning.set()
         self.process.terminate()
         try:
             self.process.wait(timeout=10)
@@ -89,6 +115,23 @@ def start_dev_witness(data_dir: Path, log_vkey: str, timeout: float = 30) -> Dev
             return DevWitness(process, found.group(1), vkey, directory)
     process.kill()
     raise ConfigurationError("the dev witness did not start (see `cofre witness serve`)")
+
+
+def pin_dev_handovers(engine: Engine, state_file: Path) -> int:
+    """Pin in the dev witness's state each new key that a handover stored in the vault's
+    database introduces, when both keys signed it. Returns how many were new."""
+    added = 0
+    state = WitnessState(state_file)
+    try:
+        for note in AuditStore(engine).handover_notes():
+            try:
+                handover = parse_handover(note)
+            except NoteError:
+                continue  # not a valid handover: never pinned, the witness refuses it
+            added += state.pin_key(handover.new.name, handover.new.encode())
+    finally:
+        state.close()
+    return added
 
 
 def _drain_to(stderr: IO[str], log: Path) -> None:

@@ -45,7 +45,12 @@ def dev_command(
     from api.pki import DevPKI
     from cofre_cli.devenv import dev_settings, ensure_dev_environment
     from cofre_cli.serving import serve
-    from cofre_cli.wiring import build_runtime, open_database, record_key_creation
+    from cofre_cli.wiring import (
+        build_runtime,
+        database_engine,
+        open_database,
+        record_key_creation,
+    )
     from hsm.keys import KeyHierarchy
     from hsm.provider import provider_from_settings
 
@@ -70,6 +75,9 @@ def dev_command(
         typer.echo(f"config: COFRE_CONFIG={env.config_file}")
         return
     witness = _start_witness(env.data_dir, settings, provider)
+    # Dev plays the witness operator too: it pins the key each audit key rotation hands
+    # over to (a production witness's operator does, out of band: docs/key-ceremony.md).
+    witness.pin_handovers_from(database_engine(settings))
     provider.close()
     settings = dev_settings(env)  # now with the witness in COFRE_AUDIT__WITNESSES
     pki = DevPKI(env.data_dir / "pki")
