@@ -79,7 +79,9 @@ _TRAIL: ContextVar[list[int] | None] = ContextVar("cofre_audit_trail", default=N
 def request_trail() -> Iterator[list[int]]:
     """Collect, for the duration of the block, the ids of the entries appended in this
     context (and in contexts copied from it: worker threads, the group committer).
-    An id may be recorded for a transaction that later rolls back."""
+    On a connection inside `notes_on_commit` (the group committer's) an id is recorded
+    only once its transaction committed; elsewhere one may be recorded for a transaction
+    that later rolls back."""
     trail: list[int] = []
     token = _TRAIL.set(trail)
     try:
@@ -88,9 +90,40 @@ def request_trail() -> Iterator[list[int]]:
         _TRAIL.reset(token)
 
 
-def _note(entry_ids: Sequence[int]) -> None:
-    trail = _TRAIL.get()
-    if trail is not None:
+# Entry ids held back from their trails until the transaction commits: (trail, ids).
+HeldNotes = list[tuple[list[int], list[int]]]
+_HELD: Final = "cofre_audit_held_notes"
+
+
+@contextmanager
+def notes_on_commit(connection: Connection, held: HeldNotes) -> Iterator[HeldNotes]:
+    """While the block runs, the ids of the entries appended on `connection` go into
+    `held`, not yet into their trails; `release_notes(held)` puts them there once the
+    transaction committed. A request whose entry rolled back (a failed commit, a
+    rolled-back savepoint: drop what it added to `held`) then has no id in its trail,
+    so the API still writes the request's own entry: a failure is never left without
+    an audit trace because an entry that never became durable was counted."""
+    connection.info[_HELD] = held
+    try:
+        yield held
+    finally:
+        connection.info.pop(_HELD, None)  # the DBAPI connection goes back to the pool
+
+
+def release_notes(held: HeldNotes) -> None:
+    """Note the held ids in their trails (call only after the commit succeeded)."""
+    for trail, entry_ids in held:
+        trail.extend(entry_ids)
+    held.clear()
+
+
+def _note(connection: Connection, entry_ids: Sequence[int], trail: list[int] | None) -> None:
+    if trail is None:
+        return
+    held: HeldNotes | None = connection.info.get(_HELD)
+    if held is not None:
+        held.append((trail, list(entry_ids)))
+    else:
         trail.extend(entry_ids)
 
 
@@ -190,7 +223,7 @@ class AuditLog:
                 f"the audit entry could not be written ({db_error_name(exc)}); "
                 "the operation is refused"
             ) from None
-        _note([int(entry_id)])
+        _note(connection, [int(entry_id)], _TRAIL.get())
         return int(entry_id)
 
     def append_many(self, connection: Connection, events: Sequence[AuditEvent]) -> None:
@@ -209,7 +242,7 @@ class AuditLog:
             trail = _TRAIL.get()
             pending.extend((row, trail) for row in rows)
             return
-        _note(_insert_rows(connection, rows))
+        _note(connection, _insert_rows(connection, rows), _TRAIL.get())
 
 
 # A list of (row, trail) that `AuditLog.append_many` queues on a connection while
@@ -247,7 +280,7 @@ def deferred_appends(connection: Connection) -> Iterator[Callable[[], None]]:
     a block that ends without its flush must roll back; a failed flush raises
     `AuditWriteFailed` and so must roll back too (fail closed: the operations of the
     transaction do not happen). Each entry id is noted in the trail of the context
-    that appended it."""
+    that appended it (held until the commit inside `notes_on_commit`)."""
     pending: _Pending = []
     connection.info[_DEFERRED] = pending
 
@@ -257,8 +290,7 @@ def deferred_appends(connection: Connection) -> Iterator[Callable[[], None]]:
             return
         ids = _insert_rows(connection, [row for row, _ in pending])
         for (_, trail), entry_id in zip(pending, ids, strict=True):
-            if trail is not None:
-                trail.append(entry_id)
+            _note(connection, [entry_id], trail)
 
     try:
         yield flush

@@ -21,8 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from api.pki import DevPKI
-from tests.api.conftest import VaultServer
+from hsm.provider import HSMProvider
+from tests.api.conftest import VaultServer, running_vault
 from tests.support.leakguard import record_responses
+from tests.support.postgres import free_port
 
 VISA = "4111111111111111"
 
@@ -218,3 +220,51 @@ def test_every_request_leaves_exactly_one_entry(vault_server: VaultServer) -> No
             response = client.request(method, path, json=body, headers={"x-request-id": rid})
             entries = _entries(vault_server, rid)
             assert len(entries) == 1, (method, path, response.status_code, entries)
+
+
+def test_a_request_whose_commit_fails_is_still_audited(
+    tmp_path: Path, hsm_provider: HSMProvider, pg_database: str
+) -> None:
+    """A relay's `relay.send` entry is written, then the commit fails (a deferred
+    constraint, not a retryable conflict) and nothing is sent: the entry rolled back,
+    and the relay writes no failure entry of its own, so the guard must write the
+    request's `api.request` entry, failed. It used to count the rolled-back entry as
+    the request's and write none: the failed reveal left no audit trace."""
+    routes = f"""
+[relay_routes.getnet-down]
+upstream = "https://127.0.0.1:{free_port()}/v1/authorize"
+identities = ["spiffe://cofre/getnet-adapter"]
+detokenize = ["/card/number"]
+ca_bundle = "{tmp_path / "pki" / "ca.pem"}"
+timeout_seconds = 2
+"""
+    with running_vault(tmp_path, hsm_provider, pg_database, extra_policy=routes) as vault:
+        with vault.client("payments") as client:
+            tokenized = client.post("/v1/tokenize", json={"pan": VISA, "format": "pan_last4"})
+        assert tokenized.status_code == 200, tokenized.text
+        with vault.runtime.engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql"
+                    " AS $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$"
+                )
+            )
+            connection.execute(
+                sa.text(
+                    "CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON audit_entries"
+                    " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW"
+                    ' WHEN (NEW.payload LIKE \'%"action":"relay.send"%\')'
+                    " EXECUTE FUNCTION refuse_at_commit()"
+                )
+            )
+        rid = _rid()
+        with vault.client("getnet-adapter") as client:
+            response = client.post(
+                "/v1/relay/getnet-down",
+                json={"card": {"number": tokenized.json()["token"]}},
+                headers={"x-request-id": rid},
+            )
+        assert response.status_code == 503, response.text
+        entries = _entries(vault, rid)
+        assert [(e["action"], e["outcome"]) for e in entries] == [("api.request", "failed")]
+        assert entries[0]["details"]["status"] == 503

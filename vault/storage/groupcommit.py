@@ -8,7 +8,10 @@ that made it durable; if that commit fails, every operation in it fails. Operati
 rarely fail, so a group first runs with no savepoints; if one raises, the group is
 rolled back and runs again with each operation in its own savepoint, so that the failing
 one rolls back alone. In the unguarded run the operations' audit entries are written
-together, in one insert, just before the commit (`audit.log.deferred_appends`).
+together, in one insert, just before the commit (`audit.log.deferred_appends`). An
+entry's id reaches its request's audit trail only once the commit succeeded
+(`audit.log.notes_on_commit`): a request whose entries rolled back counts as unaudited,
+so the API writes its own entry for it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any, Final, TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from audit.log import deferred_appends
+from audit.log import HeldNotes, deferred_appends, notes_on_commit, release_notes
 
 T = TypeVar("T")
 MAX_GROUP: Final = 128
@@ -101,6 +104,7 @@ class GroupCommitter:
             connection = self._engine.connect()
         except Exception:  # noqa: BLE001 - the guarded path reports it
             return False
+        held: HeldNotes = []
         with connection:
             try:
                 transaction = connection.begin()
@@ -108,7 +112,10 @@ class GroupCommitter:
                 # commit (issue 21: one per operation was ~2 of its 7 statements). A
                 # failed flush rolls everything back, and the guarded path, which
                 # writes each operation's entries at once, finds whose they were.
-                with deferred_appends(connection) as flush_audit:
+                with (
+                    notes_on_commit(connection, held),
+                    deferred_appends(connection) as flush_audit,
+                ):
                     results = [work(connection) for work, _ in group]
                     flush_audit()
             except BaseException:  # noqa: BLE001 - the guarded path finds whose it was
@@ -121,6 +128,7 @@ class GroupCommitter:
                 for _, future in group:
                     future.set_exception(exc)
                 return True
+        release_notes(held)
         for (_, future), result in zip(group, results, strict=True):
             future.set_result(result)
         return True
@@ -129,18 +137,21 @@ class GroupCommitter:
         self, group: list[tuple[Callable[[Connection], Any], Future[Any]]]
     ) -> None:
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+        held: HeldNotes = []
         try:
-            with self._engine.begin() as connection:
+            with self._engine.begin() as connection, notes_on_commit(connection, held):
                 for work, future in group:
                     if len(group) == 1:
                         # Alone: no savepoint needed, the transaction is the operation's.
                         outcomes.append((future, work(connection), None))
                         continue
                     savepoint = connection.begin_nested()
+                    mark = len(held)
                     try:
                         result = work(connection)
                     except BaseException as exc:  # noqa: BLE001 - handed to its caller
                         savepoint.rollback()
+                        del held[mark:]  # its entries rolled back with it
                         outcomes.append((future, None, exc))
                     else:
                         savepoint.commit()
@@ -150,6 +161,7 @@ class GroupCommitter:
                 if not future.done():
                     future.set_exception(exc)
             return
+        release_notes(held)
         for future, result, error in outcomes:
             if error is not None:
                 future.set_exception(error)

@@ -291,3 +291,104 @@ def test_an_operation_whose_audit_entry_is_refused_does_not_happen(engine: Engin
         futures[1].result()
     assert _rows(engine) == {1, 3}
     assert sorted(_entries(engine).values()) == ["op-1", "op-1", "op-3", "op-3"]
+
+
+def _group_keeping_trails(
+    committer: GroupCommitter, works: list[Callable[[Connection], Any]]
+) -> tuple[list[Future[Any]], list[list[int]]]:
+    """`_one_group`, each operation run from a request's own audit trail; the trails in
+    the order of `works`, whether the operation succeeded or not."""
+    trails: list[list[int]] = [[] for _ in works]
+
+    def in_trail(index: int, work: Callable[[Connection], Any]) -> Callable[[], Any]:
+        def submit() -> Any:
+            with request_trail() as trail:
+                trails[index] = trail
+                return committer.run(work)
+
+        return submit
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold(_c: Connection) -> None:
+        held.set()
+        release.wait(10)
+
+    with ThreadPoolExecutor(len(works) + 1) as pool:
+        first = pool.submit(committer.run, hold)
+        assert held.wait(10)
+        futures = [pool.submit(in_trail(i, w)) for i, w in enumerate(works)]
+        while len(committer._queue) < len(works):
+            threading.Event().wait(0.01)
+        release.set()
+        first.result(10)
+    return futures, trails
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_failed_commit_leaves_no_entry_in_any_trail(engine: Engine) -> None:
+    """The entries were inserted, then the commit failed (a deferred constraint, not a
+    retryable conflict): they never became durable, so no request's trail may name
+    them; the API writes a request's own `api.request` entry only when its trail is
+    empty."""
+    migrate(engine)
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE once (k int UNIQUE DEFERRABLE INITIALLY DEFERRED)"))
+
+    def once_audited(item: int) -> Callable[[Connection], int]:
+        def work(c: Connection) -> int:
+            c.execute(text("INSERT INTO once (k) VALUES (1)"))
+            return _audited(item)(c)
+
+        return work
+
+    committer = GroupCommitter(engine)
+    try:
+        # A group: its entries in one insert just before the commit.
+        futures, trails = _group_keeping_trails(committer, [once_audited(1), once_audited(2)])
+        for future in futures:
+            with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+                future.result()
+        assert trails == [[], []]
+        # Alone, after an operation failed in the group: the guarded transaction, its
+        # entries written at once.
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO once (k) VALUES (1)"))
+        futures, trails = _group_keeping_trails(committer, [once_audited(3), _audited_then_fail])
+        with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+            futures[0].result()
+        assert trails == [[], []]
+    finally:
+        committer.close()
+    assert _entries(engine) == {}
+
+
+def _audited_then_fail(c: Connection) -> int:
+    _audited(50)(c)
+    raise ValueError("refused")
+
+
+def test_an_operation_rolled_back_to_its_savepoint_leaves_no_entry_in_its_trail(
+    engine: Engine,
+) -> None:
+    """In the guarded run each operation writes its entries at once; one that then
+    fails rolls back to its savepoint, entries included: its trail is empty, the
+    others' name their committed entries."""
+    migrate(engine)
+    committer = GroupCommitter(engine)
+    try:
+        futures, trails = _group_keeping_trails(
+            committer, [_audited(1), _audited_then_fail, _audited(2)]
+        )
+    finally:
+        committer.close()
+    assert [futures[0].result(), futures[2].result()] == [1, 2]
+    with pytest.raises(ValueError, match="refused"):
+        futures[1].result()
+    entries = _entries(engine)
+    assert sorted(entries.values()) == ["op-1", "op-1", "op-2", "op-2"]
+    assert [sorted(entries[i] for i in trail) for trail in trails] == [
+        ["op-1", "op-1"],
+        [],
+        ["op-2", "op-2"],
+    ]
