@@ -7,11 +7,13 @@ everyone. uvicorn 0.54 has a keep-alive timeout between requests but no deadline
 request is being read, so `GuardedHttpToolsProtocol` (and its h11 twin
 `GuardedH11Protocol`, both built by `guarded_protocol`) add them:
 the headers must be complete within `header_timeout` seconds of the connection opening or
-of the request's first byte, and the body within `body_timeout` seconds of the headers.
+of the first byte after an answer (blank lines included), and the body within
+`body_timeout` seconds of the headers.
 On expiry the connection is closed (nothing reached the app, so nothing is undone) and
 a warning names the peer and the phase. The per-identity cap refuses (closes) a new
 connection beyond `max_connections_per_identity`; its default is far above what a busy
-client's connection pool holds (hundreds of keep-alive connections are normal).
+client's connection pool holds (hundreds of keep-alive connections are normal). A
+certificate that passes TLS but names no identity is capped per certificate.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from api.errors import IdentityMissing
 from api.tls import (
     TLSIdentityH11Protocol,
     TLSIdentityHttpToolsProtocol,
+    certificate_summary,
     identity_from_pem,
     tls_extension,
 )
@@ -33,6 +36,11 @@ from api.tls import (
 _log = structlog.get_logger("cofre.api.connections")
 # What uvicorn's h11 allows for a request head (``h11_max_incomplete_event_size``).
 MAX_HEADER_BYTES = 16 * 1024
+
+
+class _HeadTooLarge(Exception):
+    """Stops llhttp inside a callback (a signal that never leaves this module: httptools
+    wraps it in the parser error that uvicorn answers)."""
 
 
 class _Limits:
@@ -155,6 +163,10 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
     _head_bytes: int = 0
     _in_head: bool = False
     _reading: bool = False
+    # Per read: its size, and whether a request began / ended in it.
+    _read_size: int = 0
+    _began: bool = False
+    _completed: bool = False
 
     @property
     def cofre_identity(self) -> str | None:
@@ -167,15 +179,17 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
             self._guard.arm("headers")
 
     def data_received(self, data: bytes) -> None:
-        was_in_head = self._in_head
+        self._read_size = len(data)
+        self._began = self._completed = False
         super().data_received(data)
         if self.transport.is_closing():
             self._guard.disarm()
             return
-        if was_in_head and self._in_head:
-            # A chunk that ends a head or starts one is not counted: the bound is
-            # `max_header_bytes` plus one read (at most 256 KiB in asyncio's TLS).
-            self._head_bytes += len(data)
+        if self._in_head:
+            # A head still open after this read: all of the read is head (or CR/LF
+            # before it) unless a request ended in it first; then only what the parser
+            # has handed over of the new head (its end is measured exactly).
+            self._head_bytes += self._head_size() if self._completed else len(data)
             if self._head_bytes > self.max_header_bytes:
                 self._guard.disarm()
                 self.send_400_response("Request head too large.")
@@ -190,26 +204,60 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
         elif self._reading:
             if phase != "body":
                 self._guard.arm("body")
-        elif phase:
-            # Between requests uvicorn's keep-alive timeout applies.
-            self._guard.disarm()
+        elif self._completed:
+            # A whole request is in: the app answers it, then uvicorn's keep-alive
+            # timeout applies until the next request.
+            if phase:
+                self._guard.disarm()
+        elif phase != "headers" and _answered(self.cycle):
+            # Bytes that began no request: llhttp skips CR/LF before a request without
+            # a callback, and uvicorn cancelled its keep-alive timer on them. Without
+            # this a client sending "\r\n" would hold the connection with no timer at
+            # all. (Kept, not re-armed, when already running: trickling CR/LF does not
+            # extend it. While an answer is pending, its keep-alive timer follows.)
+            self._guard.arm("headers")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._reading = self._in_head = True
+        self._reading = self._in_head = self._began = True
         self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        # The head's exact size only when it may exceed the bound: it began and ended
+        # in this read and the read is within the bound (the usual case), it cannot.
+        bounded = self._began and self._read_size <= self.max_header_bytes
+        if not bounded and self._head_size() > self.max_header_bytes:
+            _log.warning("request refused: head too large", limit=self.max_header_bytes)
+            self._guard.disarm()
+            self.send_400_response("Request head too large.")
+            # Stops the parser before the app sees the request (uvicorn answers the
+            # parser error with a 400 of its own, dropped by `send_400_response`).
+            raise _HeadTooLarge
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._reading = False
+        self._completed = True
+
+    def send_400_response(self, msg: str) -> None:
+        if not self.transport.is_closing():
+            super().send_400_response(msg)
+
+    def _head_size(self) -> int:
+        """The head parsed so far as sent: the target, and each header with its ": "
+        and CR/LF (the request line's method and version aside)."""
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.disarm()
         super().connection_lost(exc)
+
+
+def _answered(cycle: Any) -> bool:
+    """No request, or its answer sent (uvicorn's ``cycle`` is None before the first)."""
+    return cycle is None or bool(cycle.response_complete)
 
 
 def _identity(transport: Any) -> str | None:
@@ -220,7 +268,10 @@ def _identity(transport: Any) -> str | None:
     try:
         return identity_from_pem(chain[0])
     except IdentityMissing:
-        return None  # answered 401 by the app; counted as no identity
+        # Answered 401 by the app, but the connection is held all the same: capped per
+        # certificate (its SHA-256 fingerprint), or one such certificate would open
+        # connections without bound.
+        return "unidentified:" + certificate_summary(chain[0])[2]
 
 
 def guarded_protocol(

@@ -7,11 +7,13 @@ import socket
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from api.server import BackgroundServer, TLSFiles, build_server
 from tests.api.conftest import VaultServer
+from tests.api.test_audit_completeness import issue_odd_client
 from tests.support.postgres import free_port
 
 # Generous: a closed connection shows up at once; only a server that never closes it
@@ -39,9 +41,16 @@ def _server(vault: VaultServer, **limits: float | str) -> Iterator[int]:
         server.stop()
 
 
-def _connect(vault: VaultServer, port: int, name: str = "payments") -> ssl.SSLSocket:
+def _connect(
+    vault: VaultServer,
+    port: int,
+    name: str = "payments",
+    *,
+    cert: tuple[Path, Path] | None = None,
+) -> ssl.SSLSocket:
     context = ssl.create_default_context(cafile=str(vault.pki.ca))
-    context.load_cert_chain(str(vault.pki.client_cert(name)), str(vault.pki.client_key(name)))
+    cert_path, key_path = cert or (vault.pki.client_cert(name), vault.pki.client_key(name))
+    context.load_cert_chain(str(cert_path), str(key_path))
     raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
     tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
     tls.settimeout(WAIT)
@@ -150,6 +159,94 @@ def test_connections_per_identity_are_capped(vault_server: VaultServer) -> None:
             assert _closed_by_server(third)
             third.close()
             other = _connect(vault_server, port, "ledger")
+            other.sendall(b"GET /healthz HTTP/1.1\r\nHost: vault\r\n\r\n")
+            assert _response(other).startswith(b"HTTP/1.1 200")
+            other.close()
+        finally:
+            for conn in held:
+                conn.close()
+
+
+@PROTOCOLS
+def test_blank_lines_do_not_dodge_the_header_deadline(vault_server: VaultServer, http: str) -> None:
+    """llhttp skips CR/LF before a request without a callback, and uvicorn cancels its
+    keep-alive timer on any bytes: a client that sends only ``\\r\\n`` (right after the
+    handshake, or after a whole request on a keep-alive connection) is still held to the
+    header deadline. The keep-alive timeout (30 s) is longer than WAIT, so only the
+    header deadline can close these connections in time."""
+    with _server(vault_server, header_timeout=0.5, body_timeout=0.5, http_protocol=http) as port:
+        fresh = _connect(vault_server, port)
+        try:
+            fresh.sendall(b"\r\n")
+            assert _closed_or_refused(fresh)
+        finally:
+            fresh.close()
+        reused = _connect(vault_server, port)
+        try:
+            reused.sendall(b"GET /healthz HTTP/1.1\r\nHost: vault\r\n\r\n")
+            assert _response(reused).startswith(b"HTTP/1.1 200")
+            reused.sendall(b"\r\n")
+            assert _closed_or_refused(reused)
+        finally:
+            reused.close()
+
+
+# 64 KiB of well-formed headers, four times the bound, ending the head.
+LARGE_HEAD = (
+    b"GET /healthz HTTP/1.1\r\nHost: vault\r\n"
+    + b"".join(b"x-filler-%02d: %s\r\n" % (i, b"a" * 1000) for i in range(64))
+    + b"\r\n"
+)
+
+
+# llhttp's bound is ours (`max_header_bytes`); h11's is uvicorn's and does not hold for a
+# head that arrives whole in one read.
+@pytest.mark.parametrize("http", ["httptools"])
+@pytest.mark.parametrize("writes", [1, 3])
+def test_a_whole_large_head_is_refused(vault_server: VaultServer, writes: int, http: str) -> None:
+    """The head bound counts the read that starts a head and the one that ends it: a
+    64 KiB head is refused whether it arrives in one write or in three."""
+    with _server(vault_server, header_timeout=600, http_protocol=http) as port:
+        conn = _connect(vault_server, port)
+        try:
+            step = -(-len(LARGE_HEAD) // writes)
+            try:
+                for start in range(0, len(LARGE_HEAD), step):
+                    conn.sendall(LARGE_HEAD[start : start + step])
+            except (ConnectionError, ssl.SSLError):
+                pass  # refused before the last write: the answer is still read below
+            data = b""
+            try:
+                while chunk := conn.recv(4096):
+                    data += chunk
+            except (ConnectionError, ssl.SSLError):
+                pass
+            assert data.startswith(b"HTTP/1.1 400")
+        finally:
+            conn.close()
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param([], id="no URI SAN"), pytest.param(None, id="no clientAuth EKU")]
+)
+def test_certificates_without_an_identity_are_capped_too(
+    vault_server: VaultServer, tmp_path: Path, case: list[str] | None
+) -> None:
+    """A certificate that passes TLS but names no identity (the app answers 401) still
+    holds a connection: such connections are capped per certificate like any other."""
+    if case is None:
+        cert_path, key_path, _ = issue_odd_client(
+            vault_server.pki, tmp_path, "odd", ["spiffe://cofre/payments"], client_auth=False
+        )
+    else:
+        cert_path, key_path, _ = issue_odd_client(vault_server.pki, tmp_path, "odd", case)
+    odd = (cert_path, key_path)
+    with _server(vault_server, header_timeout=60, max_connections_per_identity=2) as port:
+        held = [_connect(vault_server, port, cert=odd) for _ in range(2)]
+        try:
+            held.append(third := _connect(vault_server, port, cert=odd))
+            assert _closed_by_server(third)
+            other = _connect(vault_server, port)
             other.sendall(b"GET /healthz HTTP/1.1\r\nHost: vault\r\n\r\n")
             assert _response(other).startswith(b"HTTP/1.1 200")
             other.close()
