@@ -19,6 +19,7 @@ certificate that passes TLS but names no identity is capped per certificate.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import h11
@@ -36,6 +37,12 @@ from api.tls import (
 _log = structlog.get_logger("cofre.api.connections")
 # What uvicorn's h11 allows for a request head (``h11_max_incomplete_event_size``).
 MAX_HEADER_BYTES = 16 * 1024
+# Where h11 finds a head's end (its ``blank_line_regex``).
+_HEAD_END = re.compile(rb"\n\r?\n")
+_TOO_LARGE = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 23\r\nconnection: close\r\n\r\nRequest head too large."
+)
 
 
 class _HeadTooLarge(Exception):
@@ -108,6 +115,7 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections_per_identity: int = 2000
+    max_header_bytes: int = MAX_HEADER_BYTES
 
     _guard: _Limits
 
@@ -121,6 +129,24 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
         if self._guard.admit(transport):
             # A connection that sends nothing is held to the header deadline too.
             self._guard.arm("headers")
+
+    def handle_events(self) -> None:
+        # h11 refuses a head still incomplete past 16 KiB, but parses one that arrived
+        # whole in a read at any size: before it parses the next head, refuse one whose
+        # end is not within the bound. (The buffer's length is read without a copy;
+        # only a buffer past the bound, a large body or head, is searched.)
+        conn = self.conn
+        if (
+            conn.their_state is h11.IDLE
+            and len(conn._receive_buffer) > self.max_header_bytes
+            and not _HEAD_END.search(conn.trailing_data[0], 0, self.max_header_bytes)
+        ):
+            _log.warning("request refused: head too large", limit=self.max_header_bytes)
+            self._guard.disarm()
+            self.transport.write(_TOO_LARGE)
+            self.transport.close()
+            return
+        super().handle_events()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -199,13 +199,12 @@ LARGE_HEAD = (
 )
 
 
-# llhttp's bound is ours (`max_header_bytes`); h11's is uvicorn's and does not hold for a
-# head that arrives whole in one read.
-@pytest.mark.parametrize("http", ["httptools"])
+@PROTOCOLS
 @pytest.mark.parametrize("writes", [1, 3])
 def test_a_whole_large_head_is_refused(vault_server: VaultServer, writes: int, http: str) -> None:
-    """The head bound counts the read that starts a head and the one that ends it: a
-    64 KiB head is refused whether it arrives in one write or in three."""
+    """The head bound counts the read that starts a head and the one that ends it (h11
+    bounds only a head still incomplete): a 64 KiB head is refused whether it arrives in
+    one write or in three."""
     with _server(vault_server, header_timeout=600, http_protocol=http) as port:
         conn = _connect(vault_server, port)
         try:
