@@ -217,6 +217,7 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
             # has handed over of the new head (its end is measured exactly).
             self._head_bytes += self._head_size() if self._completed else len(data)
             if self._head_bytes > self.max_header_bytes:
+                _log.warning("request refused: head too large", limit=self.max_header_bytes)
                 self._guard.disarm()
                 self.send_400_response("Request head too large.")
                 return
