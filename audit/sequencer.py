@@ -30,7 +30,7 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, sele
 from sqlalchemy.exc import SQLAlchemyError
 
 from audit._rows import insert_values
-from audit.errors import AuditWriteFailed
+from audit.errors import AuditVerificationFailed, AuditWriteFailed
 from audit.heads import SignedTreeHead, TreeHeadSigner, sign_tree_head
 from audit.merkle import CompactRange, leaf_hash
 from audit.partitions import ensure_partitions
@@ -306,7 +306,8 @@ class SequencerThread:
                 continue
             try:
                 self._sequencer.run_once()
-            except AuditWriteFailed as exc:
+            except (AuditWriteFailed, AuditVerificationFailed) as exc:
+                # Readiness says why (e.g. a stored key handover that does not verify).
                 self.last_error = str(exc)
             except Exception as exc:  # noqa: BLE001 - the loop must survive to report it
                 self.last_error = f"{type(exc).__name__}"

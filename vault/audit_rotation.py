@@ -7,9 +7,11 @@ is its last step for kind ``audit``, run in the approving transaction:
 1. hold the sequencer's lock (no node signs a head until the transaction ends);
 2. create ``cofre-audit-v<N+1>`` in the HSM (EC P-256, sensitive, never extractable) and
    register it (`key.register`), refusing a key already under that label (planted);
-3. sign the newest signed head as a handover checkpoint with the old key AND the new
-   one (`audit.handover`), check it as a verifier would, store it, and write an
-   ``audit.key.handover`` entry with the note's SHA-256;
+3. check the newest signed head (its signature under the current key, its root against
+   the tree the vault computes from its own rows: the database is not trusted to hand
+   the two keys a checkpoint to sign), then sign it as a handover checkpoint with the
+   old key AND the new one (`audit.handover`), check it as a verifier would, store it,
+   and write an ``audit.key.handover`` entry with the note's SHA-256;
 4. complete the ceremony. From the commit on, every node's signer reads the new key
    from the stored handover and signs every later head with it.
 
@@ -27,16 +29,17 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, select, update
 
+from audit.errors import AuditError
 from audit.handover import (
     HANDOVER_ACTION,
-    current_label,
     hold_sequencer_lock,
     record_handover,
     sign_handover,
 )
-from audit.heads import SignedTreeHead
+from audit.heads import SignedTreeHead, verify_tree_head
 from audit.log import AuditEvent, AuditLog, HexDigest, Outcome
 from audit.schema import audit_heads
+from audit.sequencer import load_compact_range, tree_size
 from hsm.keys import KeyHierarchy, KeyKind, key_label, parse_key_label
 from hsm.provider import HSMProvider
 from vault.ceremony import CeremonyState
@@ -74,15 +77,22 @@ class AuditKeyRotation:
     def rotate(self, connection: Connection, row: Row[Any], approver: str) -> None:
         """Create the new audit key, sign and store the handover, complete ceremony
         `row`, all in `connection`'s transaction. Raises `CeremonyError` when there is
-        no signed head yet or the next label is already on the token."""
+        no signed head yet, the stored handovers or the newest head do not verify, or the
+        next label is already on the token."""
         hold_sequencer_lock(connection)
-        old_label = current_label(connection) or self._registry.current_label(KeyKind.AUDIT)
+        signer = HSMTreeHeadSigner(self._provider, registry=self._registry)
+        try:
+            handed = signer.handed_over_label(connection)
+        except AuditError as exc:
+            raise CeremonyError(f"no rotation: {exc}") from None
+        old_label = handed or self._registry.current_label(KeyKind.AUDIT)
         parsed = parse_key_label(old_label)
         if parsed is None:  # pragma: no cover - labels come from key_label
             raise CeremonyError(f"the current audit key {old_label!r} is not a Cofre label")
         newest = max([parsed[1], *self._registry.versions(KeyKind.AUDIT)])
         new_label = key_label(KeyKind.AUDIT, newest + 1)
         head = self._newest_head(connection)
+        self._check_head(connection, head, old_label)
         if self._provider.has_key(new_label):
             raise CeremonyError(
                 f"a key labelled {new_label!r} is already on the token and not in the key "
@@ -136,6 +146,28 @@ class AuditKeyRotation:
             row.id,
             {"retired_version": parsed[1], "old_key_kept_for_verification": True},
         )
+
+    def _check_head(self, connection: Connection, head: SignedTreeHead, label: str) -> None:
+        """Return if `head` is signed by the current key `label` and its root is the
+        root of the tree the vault computes from its stored nodes; else the two keys
+        would sign whatever a database writer put in ``audit_heads``."""
+        try:
+            verify_tree_head(head, self._provider.public_key_pem(label))
+            # The root the sequencer computes, in this transaction (under its lock).
+            root = (
+                load_compact_range(connection, head.tree_size).root()
+                if head.tree_size <= tree_size(connection)
+                else None
+            )
+        except AuditError as exc:
+            raise CeremonyError(
+                f"no rotation: the newest signed tree head does not verify ({exc})"
+            ) from None
+        if root != head.root_hash:
+            raise CeremonyError(
+                f"no rotation: the newest signed tree head (size {head.tree_size}) states a "
+                "root that is not the root of the vault's audit tree (altered head)"
+            )
 
     @staticmethod
     def _newest_head(connection: Connection) -> SignedTreeHead:

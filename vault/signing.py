@@ -6,14 +6,20 @@ the other here.
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
+import threading
 
-from audit.handover import current_label
+import structlog
+from sqlalchemy import Connection, Engine
+
+from audit.errors import AuditVerificationFailed
+from audit.handover import HandoverRow, handover_rows, verified_label
 from audit.schema import READ_ONLY
 from hsm.errors import HSMKeyNotFound
-from hsm.keys import KeyHierarchy, KeyKind
+from hsm.keys import KeyHierarchy, KeyKind, key_label
 from hsm.provider import HSMProvider
 from vault.key_registry import KeyRegistry
+
+_log = structlog.get_logger("cofre.vault")
 
 
 class HSMTreeHeadSigner:
@@ -22,11 +28,15 @@ class HSMTreeHeadSigner:
     while the HSM is still coming up, and every node follows a key rotation at once).
 
     The current key is the one the newest handover in the database introduced
-    (`audit.handover`; read every time, never cached: a node that kept signing with the
+    (`audit.handover`; the rows are read every time: a node that kept signing with the
     old key after another node's rotation would make heads no verifier accepts); before
     any handover, the newest registered ``cofre-audit-vN`` (the newest on the token
-    when there is no registry). A handover's key that is not registered as it is on the
-    token signs nothing (`HSMKeyNotFound`)."""
+    when there is no registry). The rows are trusted only as a chain verified from one
+    of the vault's registered audit keys, each row's label holding the key its
+    note hands over to; the verified result is cached while the rows are unchanged. A
+    row that does not verify signs nothing (`AuditVerificationFailed`, fail closed, no
+    fallback: a database writer never picks the key), nor does a handover's key that
+    is not registered as it is on the token (`HSMKeyNotFound`)."""
 
     def __init__(
         self,
@@ -39,6 +49,8 @@ class HSMTreeHeadSigner:
         self._label = label
         self._registry = registry
         self._engine = engine
+        self._verified: tuple[tuple[HandoverRow, ...], str | None] | None = None
+        self._lock = threading.Lock()
 
     @property
     def key_id(self) -> str:
@@ -46,9 +58,8 @@ class HSMTreeHeadSigner:
             return self._label
         if self._engine is not None:
             with self._engine.execution_options(**READ_ONLY).connect() as connection:
-                handed = current_label(connection)
+                handed = self.handed_over_label(connection)
             if handed is not None:
-                self._require_registered(handed)
                 return handed
         if self._registry is not None:
             # The newest registered audit key: a key planted under a newer label never
@@ -57,6 +68,43 @@ class HSMTreeHeadSigner:
         # No registry (CLI tools reading the public key): resolved once.
         self._label = KeyHierarchy(self._provider).current_label(KeyKind.AUDIT)
         return self._label
+
+    def handed_over_label(self, connection: Connection) -> str | None:
+        """The label of the key the newest handover in `connection`'s database
+        introduced, verified (see the class docstring); None: no handover. Raises
+        `AuditVerificationFailed` or `HSMKeyNotFound` naming what is wrong."""
+        rows = handover_rows(connection)
+        with self._lock:
+            cached = self._verified
+        if cached is not None and cached[0] == rows:
+            label = cached[1]
+        elif rows:
+            anchors = [self._provider.public_key_pem(x) for x in self._own_audit_labels()]
+            try:
+                label = verified_label(rows, anchors, self._provider.public_key_pem)
+            except AuditVerificationFailed as exc:
+                # Loud: every head waits until an operator repairs the table.
+                _log.error("audit signing refused", reason=str(exc))
+                raise
+            with self._lock:
+                self._verified = (rows, label)
+        else:
+            label = None
+        if label is not None:
+            self._require_registered(label)
+        return label
+
+    def _own_audit_labels(self) -> list[str]:
+        """The audit keys a handover chain may start from: those registered as they are
+        on the token (recorded at `cofre hsm init`, first start and every ceremony);
+        with no registry, those on the token."""
+        if self._registry is not None:
+            versions = self._registry.versions(KeyKind.AUDIT)
+        else:
+            versions = KeyHierarchy(self._provider).versions(KeyKind.AUDIT)
+        if not versions:
+            raise HSMKeyNotFound("no registered audit key on the token: run `cofre hsm init`")
+        return [key_label(KeyKind.AUDIT, v) for v in versions]
 
     def _require_registered(self, label: str) -> None:
         if self._registry is None:

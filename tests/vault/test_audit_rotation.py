@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine, insert
 
 from audit.errors import AuditVerificationFailed
-from audit.handover import hold_sequencer_lock
-from audit.heads import log_verifier_key
+from audit.handover import HandoverRow, handover_rows, hold_sequencer_lock, verified_label
+from audit.heads import SignedTreeHead, checkpoint_text, log_verifier_key
 from audit.note import handover_note, handover_text, parse_checkpoint, parse_handover
-from audit.schema import audit_handovers
+from audit.schema import audit_handovers, audit_heads
 from audit.sequencer import Sequencer
 from audit.store import AuditStore
 from hsm.keys import KeyKind, key_label
@@ -182,6 +182,128 @@ def test_a_forged_handover_signed_only_by_the_new_key_is_refused(
         )
     with pytest.raises(AuditVerificationFailed, match="not signed by the old key"):
         store.verify(pem)
-    # The vault's own signer refuses to sign with the unregistered key it names.
-    with pytest.raises(Exception, match="not in the key registry"):
+    # The vault's own signer refuses to sign at all (no fallback to the old key either).
+    with pytest.raises(AuditVerificationFailed, match="not signed by the old key"):
         signer.sign(b"x")
+
+
+def _plant(engine: Engine, tree_size: int, label: str, note: str) -> None:
+    with engine.begin() as connection:
+        hold_sequencer_lock(connection)
+        connection.execute(
+            insert(audit_handovers).values(
+                tree_size=tree_size, key_label=label, note=note, recorded_at=datetime.now(UTC)
+            )
+        )
+
+
+def _rogue_note(head: SignedTreeHead) -> str:
+    """A well-formed handover signed by both of its keys, neither of them the vault's."""
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(2)]
+    pems = [
+        k.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        for k in keys
+    ]
+    old, new = log_verifier_key(head, pems[0]), log_verifier_key(head, pems[1])
+    text = handover_text(parse_checkpoint(head.checkpoint), old, new)
+    signatures = [k.sign(text.encode(), ec.ECDSA(hashes.SHA256())) for k in keys]
+    return handover_note(text, old, signatures[0], new, signatures[1])
+
+
+@pytest.mark.parametrize("planted", ["retired_label", "unregistered_label", "rogue_keys"])
+def test_a_planted_handover_row_never_picks_the_signing_key(
+    rig: tuple[VaultService, KeyRotation, HSMTreeHeadSigner], engine: Engine, planted: str
+) -> None:
+    """Security review (MEDIUM): a database writer inserting a row with the biggest
+    tree_size chose the key every node signed with (a retired one: witnesses refuse
+    everything; an unregistered one: nothing signed; a planted one: the attacker's)."""
+    service, rotation, signer = rig
+    Sequencer(engine, signer).drain()
+    old_label = signer.key_id
+    new_label = _rotate(rotation)
+    assert signer.key_id == new_label
+    head = AuditStore(engine).latest_head()
+    assert head is not None
+    if planted == "retired_label":
+        _plant(engine, 10**12, old_label, "x")
+    elif planted == "unregistered_label":
+        _plant(engine, 10**12, "cofre-audit-v999", "x")
+    else:
+        _plant(engine, 10**12, old_label, _rogue_note(head))
+    for node in (
+        signer,
+        HSMTreeHeadSigner(signer._provider, registry=service.keyring.registry, engine=engine),
+    ):
+        with pytest.raises(AuditVerificationFailed, match="stored key handovers do not verify"):
+            node.sign(b"x")
+    service.tokenize(PAYMENTS, TokenizeRequest(_pan(7), "pan_bin6_last4"))
+    with pytest.raises(AuditVerificationFailed):
+        Sequencer(engine, signer).drain()
+    assert AuditStore(engine).latest_head() == head  # nothing signed with the planted key
+
+
+def test_a_genuine_note_under_another_label_signs_nothing(
+    rig: tuple[VaultService, KeyRotation, HSMTreeHeadSigner], engine: Engine
+) -> None:
+    """The newest row's label must hold the key its (genuine) note hands over to."""
+    _, rotation, signer = rig
+    Sequencer(engine, signer).drain()
+    old_label = signer.key_id
+    _rotate(rotation)
+    with engine.connect() as connection:
+        (row,) = handover_rows(connection)
+    provider = signer._provider
+    anchors = [provider.public_key_pem(old_label)]
+    assert verified_label((row,), anchors, provider.public_key_pem) == row.key_label
+    relabelled = HandoverRow(row.tree_size, old_label, row.note)
+    with pytest.raises(AuditVerificationFailed, match="not the key its note hands over to"):
+        verified_label((relabelled,), anchors, provider.public_key_pem)
+    moved = HandoverRow(10**12, row.key_label, row.note)
+    with pytest.raises(AuditVerificationFailed, match="holds a note at size"):
+        verified_label((moved,), anchors, provider.public_key_pem)
+    # The same genuine note again under a bigger size and the old label: refused.
+    _plant(engine, 10**12, old_label, row.note)
+    with pytest.raises(AuditVerificationFailed, match="two key handovers"):
+        signer.sign(b"x")
+
+
+@pytest.mark.parametrize("altered", ["root", "signature"])
+def test_rotation_refuses_to_sign_an_unverified_newest_head(
+    rig: tuple[VaultService, KeyRotation, HSMTreeHeadSigner],
+    engine: Engine,
+    rotation_provider: HSMProvider,
+    altered: str,
+) -> None:
+    """Security review (MEDIUM): the rotation signed whatever ``audit_heads`` held with
+    both HSM keys (a signing oracle for a database writer)."""
+    service, rotation, signer = rig
+    Sequencer(engine, signer).drain()
+    service.tokenize(PAYMENTS, TokenizeRequest(_pan(8), "pan_bin6_last4"))
+    # Integrated, not signed: the planted head is the newest, at the tree's size.
+    Sequencer(engine, signer, sign_every_entries=10**6, sign_every_seconds=10**6).run_once()
+    size = AuditStore(engine).size()
+    true_root = AuditStore(engine).root_at(size)
+    root = bytes(32) if altered == "root" else true_root
+    text = checkpoint_text("cofre", size, root, 1)
+    signature = signer.sign(text.encode())
+    if altered == "signature":
+        signature = signer.sign(b"something else")
+    with engine.begin() as connection:
+        connection.execute(
+            insert(audit_heads).values(
+                tree_size=size,
+                root_hash=root,
+                timestamp_ms=1,
+                key_id=signer.key_id,
+                checkpoint=text,
+                signature=signature,
+            )
+        )
+    versions = service.keyring.registry.versions(KeyKind.AUDIT)
+    ceremony = rotation.propose(ALICE, "audit")
+    with pytest.raises(CeremonyError, match="newest signed tree head"):
+        rotation.approve(BOB, ceremony.id)
+    assert AuditStore(engine).handover_notes() == []
+    assert not rotation_provider.has_key(key_label(KeyKind.AUDIT, versions[-1] + 1))
