@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine
 
 from audit.handover import hold_sequencer_lock, record_handover, sign_handover
+from audit.heads import SignedTreeHead, checkpoint_text
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.sequencer import Sequencer
 from audit.store import AuditStore
@@ -139,3 +140,43 @@ def test_bundle_across_a_rotation_verifies_from_either_key(engine: Engine, tmp_p
     report = verify_bundle(stripped, old.public_key_pem(), unsafe_no_witnesses=True)
     assert not report.ok
     assert any("signed by another key" in p for p in report.problems), report.problems
+
+
+def test_a_head_at_the_handover_size_must_be_the_handover_tree(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Security review (LOW): pinning the new key vouched for the old key at every size
+    up to the handover's, so a leaked old key signed another tree at that very size."""
+    old, new = (_SoftSigner(f"cofre-audit-v{n}") for n in (1, 2))
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    with engine.begin() as connection:
+        AuditLog().append(
+            connection, policy_event("policy.load", actor="cofre", source="t", text="# p\n")
+        )
+    _append(engine, 6, "a")
+    Sequencer(engine, old).drain()
+    head = AuditStore(engine).latest_head()
+    assert head is not None
+    with engine.begin() as connection:
+        hold_sequencer_lock(connection)
+        record_handover(connection, head.tree_size, new.key_id, sign_handover(head, old, new))
+    _append(engine, 5, "b")
+    Sequencer(engine, new).drain()
+    bundle = _export(engine, new, since, tmp_path / "b.tar.gz")
+    with tarfile.open(bundle, "r:gz") as source:
+        member = source.extractfile("audit/heads.jsonl")
+        assert member is not None
+        lines = [json.loads(line) for line in member.read().decode().splitlines()]
+    assert head.tree_size in [line["tree_size"] for line in lines]
+    # The leaked old key signs a different tree at the handover's size.
+    text = checkpoint_text("cofre", head.tree_size, b"\x01" * 32, head.timestamp_ms)
+    forged = SignedTreeHead(
+        head.tree_size, b"\x01" * 32, head.timestamp_ms, old.key_id, text, old.sign(text.encode())
+    ).as_json()
+    rewritten = [forged if line["tree_size"] == head.tree_size else line for line in lines]
+    data = "".join(json.dumps(line) + "\n" for line in rewritten).encode()
+    altered = _rewrite(bundle, tmp_path / "altered.tar.gz", "audit/heads.jsonl", data)
+    report = verify_bundle(altered, new.public_key_pem(), unsafe_no_witnesses=True)
+    assert not report.ok
+    wanted = f"head {head.tree_size}: its root is not the root of the key handover at size"
+    assert any(wanted in p for p in report.problems), report.problems

@@ -1,7 +1,9 @@
 """Check 3: every signed tree head in `audit/heads.jsonl` verifies with the audit key in
 force at its size (`keychain`: the pinned key, or the key a handover in
 `audit/handovers.jsonl` introduced), and its checkpoint text states its own size and
-root."""
+root. A head at a handover's size must state the handover's origin and root: the new
+key vouches for the old one only up to the tree it saw, so a leaked old key cannot sign
+another tree at that size."""
 
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ def read_chain(files: Files, public_key_pem: bytes, report: Report) -> KeyChain:
 def check_heads(files: Files, chain: KeyChain, report: Report) -> Heads:
     """Return the heads that verify, by tree size; report each one that does not."""
     heads: Heads = {}
+    handovers = {handover.size: handover for handover in chain.handovers}
     for head in json_lines(files.get("audit/heads.jsonl", b""), "audit/heads.jsonl", report):
         size = int(head["tree_size"])
         lines = str(head["checkpoint"]).split("\n")
@@ -54,6 +57,17 @@ def check_heads(files: Files, chain: KeyChain, report: Report) -> Heads:
                 f"audit/heads.jsonl: head {size}: signature does not verify with "
                 f"{chain.describe(size)} (signed by another key, one no valid handover "
                 "introduced, or altered)"
+            )
+            continue
+        handover = handovers.get(size)
+        if handover is not None and (
+            lines[0] != handover.checkpoint.origin
+            or base64.b64decode(root_b64) != handover.checkpoint.root
+        ):
+            report.fail(
+                f"audit/heads.jsonl: head {size}: its root is not the root of the key "
+                f"handover at size {size} (the tree both keys signed there): a head "
+                "signed with the old key for another tree"
             )
             continue
         heads[size] = head
