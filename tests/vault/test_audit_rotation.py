@@ -20,7 +20,7 @@ from audit.handover import HandoverRow, handover_rows, hold_sequencer_lock, veri
 from audit.heads import SignedTreeHead, checkpoint_text, log_verifier_key
 from audit.note import handover_note, handover_text, parse_checkpoint, parse_handover
 from audit.schema import audit_handovers, audit_heads
-from audit.sequencer import Sequencer
+from audit.sequencer import DEFAULT_BATCH, Sequencer, SequencerThread
 from audit.store import AuditStore
 from hsm.keys import KeyKind, key_label
 from hsm.provider import HSMProvider
@@ -187,6 +187,19 @@ def test_a_forged_handover_signed_only_by_the_new_key_is_refused(
         signer.sign(b"x")
 
 
+class _OneTick(Sequencer):
+    """A sequencer that stops its thread after one tick (no waiting on the clock)."""
+
+    thread: SequencerThread | None = None
+
+    def run_once(self, *, batch: int = DEFAULT_BATCH, force_sign: bool = False) -> int:
+        try:
+            return super().run_once(batch=batch, force_sign=True)
+        finally:
+            assert self.thread is not None
+            self.thread._stop.set()
+
+
 def _plant(engine: Engine, tree_size: int, label: str, note: str) -> None:
     with engine.begin() as connection:
         hold_sequencer_lock(connection)
@@ -242,6 +255,12 @@ def test_a_planted_handover_row_never_picks_the_signing_key(
     with pytest.raises(AuditVerificationFailed):
         Sequencer(engine, signer).drain()
     assert AuditStore(engine).latest_head() == head  # nothing signed with the planted key
+    # The serving node's sequencer thread is unready and says why.
+    thread = SequencerThread(_OneTick(engine, signer), interval=0.0)
+    _OneTick.thread = thread
+    thread._tick_until_stopped()  # one tick, in this thread
+    assert not thread.alive()
+    assert "stored key handovers do not verify" in (thread.last_error or "")
 
 
 def test_a_genuine_note_under_another_label_signs_nothing(
