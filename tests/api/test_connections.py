@@ -13,7 +13,7 @@ import pytest
 
 from api.server import BackgroundServer, TLSFiles, build_server
 from tests.api.conftest import VaultServer
-from tests.api.test_audit_completeness import issue_odd_client
+from tests.support.certificates import issue_odd_client
 from tests.support.postgres import free_port
 
 # Generous: a closed connection shows up at once; only a server that never closes it
