@@ -339,3 +339,33 @@ def test_batch_path_matches_single_path(service: VaultService, engine: Engine) -
         assert service.detokenize(GETNET, record.token).pan == request.pan
     # One audit entry per item, plus one per detokenize above.
     assert _count(engine, "SELECT count(*) FROM audit_entries") - audit_before == 2 * len(items)
+
+
+def test_an_expired_fingerprint_key_list_is_read_by_one_caller_at_a_time(
+    service: VaultService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load every thread met the expired list at once and each listed the token
+    (issue 21); now one reads it while the others answer from the list they have."""
+    registry = service._keyring.registry
+    listed = registry.versions
+    reading, release = threading.Event(), threading.Event()
+    reads = []
+
+    def slow_versions(kind: object) -> list[int]:
+        reads.append(kind)
+        if len(reads) == 1:  # the first reader holds on until the others have answered
+            reading.set()
+            release.wait()
+        return listed(kind)  # type: ignore[arg-type]
+
+    known = service._fingerprint_versions()
+    service._fp_read = float("-inf")  # expired, without waiting for the clock
+    monkeypatch.setattr(registry, "versions", slow_versions)
+    first = threading.Thread(target=service._fingerprint_versions)
+    first.start()
+    assert reading.wait(timeout=30)
+    others = [service._fingerprint_versions() for _ in range(5)]  # answered meanwhile
+    release.set()
+    first.join()
+    assert others == [known] * 5
+    assert len(reads) == 1
