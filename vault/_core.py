@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
 from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
+from audit.schema import READ_ONLY
 from cofre.dberrors import db_error_name
 from cofre.errors import CofreError
 from hsm.errors import HSMKeyNotFound
@@ -88,6 +89,8 @@ class VaultCore:
         security_code_ttl: timedelta = MAX_CODE_TTL,
     ) -> None:
         self._engine = engine
+        # Built once: `execution_options` makes a new engine proxy at every call.
+        self._reader = engine.execution_options(**READ_ONLY)
         self._committer = GroupCommitter(engine) if group_commit else None
         self._relay_client = RelayClient()
         self._provider = provider

@@ -63,6 +63,9 @@ _CHARGE: Final = (
     .values(tat=_START + bindparam("increment", type_=Float()))
 )
 _TAT: Final = select(rate_state.c.tat).where(rate_state.c.identity == bindparam("who"))
+# `check_rate`'s read, on the driver's cursor (`vault.storage.rawsql`): it runs before
+# every tokenize, where SQLAlchemy's execute cost more than the read itself.
+_TAT_SQL: Final = "SELECT tat FROM rate_state WHERE identity = ?"
 # The same on SQLite and PostgreSQL; "window" is quoted, a keyword in both. Another
 # node may insert the same row first: its row is as good as ours.
 _SEEN_SQL: Final = (
@@ -156,7 +159,8 @@ class Limits:
         early refusal before expensive work (HSM calls); the charge itself is made in the
         operation's transaction by `charge_rate`."""
         _, increment, tolerance = _gcra(limit, cost)
-        tat = connection.execute(_TAT, {"who": identity}).scalar()
+        rows = fetch_all(connection, _TAT_SQL, [identity])
+        tat = rows[0][0] if rows else None
         if tat is not None and max(float(tat), now) + increment - now > tolerance:
             raise _rate_limited(limit, max(float(tat), now) + increment - tolerance - now)
 

@@ -295,7 +295,7 @@ class TokenizeOperations(VaultCore):
         if rules.rate_limit is not None:
             with (
                 self._storage(),
-                self._engine.execution_options(cofre_read_only=True).connect() as connection,
+                self._reader.connect() as connection,
             ):
                 self._limits.check_rate(
                     connection, ctx.identity, rules.rate_limit, len(requests), now.timestamp()
