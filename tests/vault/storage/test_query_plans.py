@@ -1,0 +1,75 @@
+"""The statements the committer runs on the driver's cursor (`vault.storage.rawsql`) find
+their rows through an index, on SQLite and on PostgreSQL.
+
+Issue 7 asks that a tokenize cost no more than 1.2x at 10^6 stored tokens than at 10^4;
+that holds only while no statement of the tokenize path scans a table. These statements
+are plain SQL strings, outside SQLAlchemy's constructs, so a rewrite (a cast, a function
+on the column, a quoted name) could make one stop using its index without any test
+noticing: the bench would, hours later. The plan is pinned here instead (no timing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Connection, Engine
+
+from vault.limits import _SEEN_SQL
+from vault.operations.tokenize import _TAKEN_SQL
+from vault.storage.database import create_database_engine, migrate
+from vault.storage.rawsql import fetch_all
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_database_engine(database_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def _plan(connection: Connection, sql: str, params: list[object], in_list: int) -> str:
+    """The plan of `sql`, one line per step. On PostgreSQL sequential scans are priced out
+    (an empty test table would otherwise rightly be scanned): an index that can serve the
+    statement is then used, and a Seq Scan left in the plan means none can."""
+    if connection.dialect.name == "sqlite":
+        rows = fetch_all(connection, "EXPLAIN QUERY PLAN " + sql, params, in_list=in_list)
+        return "\n".join(str(row[-1]) for row in rows)
+    connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+    rows = fetch_all(connection, "EXPLAIN " + sql, params, in_list=in_list)
+    return "\n".join(str(row[0]) for row in rows)
+
+
+def _assert_indexed(plan: str, table: str) -> None:
+    """SQLite reads `table` only by "SEARCH table USING [COVERING] INDEX" (never "SCAN
+    table"); PostgreSQL only through an index (an Index, Index Only or Bitmap Index Scan;
+    never "Seq Scan on table")."""
+    assert table in plan, plan
+    assert "Seq Scan" not in plan, plan
+    for step in plan.splitlines():
+        if step.startswith(("SEARCH", "SCAN")) and table in step:
+            assert step.startswith(f"SEARCH {table} USING"), plan
+            assert "INDEX" in step, plan
+    if "SEARCH" not in plan:
+        scans = ("Index Scan using", "Index Only Scan using", "Bitmap Index Scan on")
+        assert any(scan in plan for scan in scans), plan
+
+
+@pytest.mark.parametrize("candidates", [1, 64, 500])
+def test_the_free_token_check_searches_the_token_index(engine: Engine, candidates: int) -> None:
+    tokens = [f"token-{i}" for i in range(candidates)]
+    with engine.begin() as connection:
+        plan = _plan(connection, _TAKEN_SQL, list(tokens), candidates)
+    _assert_indexed(plan, "tokens")
+
+
+@pytest.mark.parametrize("buckets", [1, 500])
+def test_the_oracle_guard_reads_its_buckets_through_the_primary_key(
+    engine: Engine, buckets: int
+) -> None:
+    params: list[object] = ["spiffe://cofre/payments", 20_000]
+    params += [bytes([i % 256, i // 256]) * 8 for i in range(buckets)]
+    with engine.begin() as connection:
+        plan = _plan(connection, _SEEN_SQL, params, buckets)
+    _assert_indexed(plan, "oracle_watch")
