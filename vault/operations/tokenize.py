@@ -57,8 +57,6 @@ from vault.tokens import (
 )
 
 _CANDIDATE_CHUNK: Final = 64
-# The advisory lock key that elects the purging node ("CofrP"); the sequencer's differs.
-
 
 # On the driver's cursor (`vault.storage.rawsql`): every fresh token is checked.
 _TAKEN_SQL: Final = "SELECT token FROM tokens WHERE token IN (?*)"
@@ -74,7 +72,11 @@ _HELD: Final = (
     select(tokens.c.id).where(tokens.c.fingerprint.in_(bindparam("fps", expanding=True))).limit(1)
 )
 
-
+# Does the domain hold a convergent token of these fingerprints? On the driver's cursor
+# (SQLAlchemy's expanding IN was ~0.3 ms a call, issue 21); the rows only if it does.
+_ANY_CONVERGENT: Final = (
+    "SELECT 1 FROM tokens WHERE domain = ? AND convergent AND fingerprint IN (?*) LIMIT 1"
+)
 _CONVERGENT: Final = select(tokens).where(
     tokens.c.domain == bindparam("domain"),
     tokens.c.fingerprint.in_(bindparam("fps", expanding=True)),
@@ -385,9 +387,10 @@ class TokenizeOperations(VaultCore):
         wanted = sorted({fp for item in items if item.convergent for fp in item.known_fps})
         held: dict[tuple[str, bytes], Row[Any]] = {}
         for start in range(0, len(wanted), 500):
-            for row in connection.execute(
-                _CONVERGENT, {"domain": domain, "fps": wanted[start : start + 500]}
-            ):
+            chunk = wanted[start : start + 500]
+            if not fetch_all(connection, _ANY_CONVERGENT, [domain, *chunk], in_list=len(chunk)):
+                continue
+            for row in connection.execute(_CONVERGENT, {"domain": domain, "fps": chunk}):
                 held[(row.format, bytes(row.fingerprint))] = row
         return held
 
