@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Connection, Engine
 
-from vault.limits import _SEEN_SQL
-from vault.operations.tokenize import _TAKEN_SQL
+from vault.limits import _CHARGE_SQL, _SEEN_SQL, _TAT_SQL
+from vault.operations.tokenize import _ANY_CONVERGENT, _TAKEN_SQL
 from vault.storage.database import create_database_engine, migrate
 from vault.storage.rawsql import fetch_all
 
@@ -73,3 +73,28 @@ def test_the_oracle_guard_reads_its_buckets_through_the_primary_key(
     with engine.begin() as connection:
         plan = _plan(connection, _SEEN_SQL, params, buckets)
     _assert_indexed(plan, "oracle_watch")
+
+
+@pytest.mark.parametrize("fingerprints", [1, 2, 500])
+def test_the_convergence_probe_searches_the_fingerprint_index(
+    engine: Engine, fingerprints: int
+) -> None:
+    params: list[object] = ["payments"] + [
+        bytes([i % 256, i // 256]) * 16 for i in range(fingerprints)
+    ]
+    with engine.begin() as connection:
+        plan = _plan(connection, _ANY_CONVERGENT, params, fingerprints)
+    _assert_indexed(plan, "tokens")
+
+
+@pytest.mark.parametrize("sql", [_TAT_SQL, _CHARGE_SQL])
+def test_the_rate_limit_reads_and_charges_its_bucket_through_the_primary_key(
+    engine: Engine, sql: str
+) -> None:
+    now = 1_700_000_000.0
+    params: list[object] = ["spiffe://cofre/payments"]
+    if sql == _CHARGE_SQL:
+        params = [now, now, 0.001, "spiffe://cofre/payments", now, now, 0.001, now, 2.0]
+    with engine.begin() as connection:
+        plan = _plan(connection, sql, params, 0)
+    _assert_indexed(plan, "rate_state")
