@@ -18,6 +18,8 @@ batch PANs/s >= 6x bare's single req/s.
 
 Run: .venv/bin/python -m bench.api [--seconds 10] [--databases sqlite,postgresql]
      [--plot latency.png] [--profile DIR]
+     .venv/bin/python -m bench.api --batch-only [--seconds 20] [--profile DIR]
+         (only the batch load, with its CPU milliseconds per PAN: for iterating on it)
 """
 
 from __future__ import annotations
@@ -151,6 +153,11 @@ def _tokens_for_detokenize(pki: DevPKI, url: str, path: Path, count: int = 5000)
     path.write_text("\n".join(tokens) + "\n")
 
 
+# py-spy's sampling mode: GIL-holding samples (the default), or every running thread with
+# its C frames (`--native-profile`: where the CPU goes outside Python too).
+_SPY_MODE = ["--gil"]
+
+
 def _profile(pids: list[int], out: Path, seconds: int) -> list[subprocess.Popen[bytes]]:
     """py-spy on every worker for `seconds`, GIL-holding samples, raw and speedscope."""
     spy = str(Path(sys.executable).with_name("py-spy"))
@@ -162,7 +169,7 @@ def _profile(pids: list[int], out: Path, seconds: int) -> list[subprocess.Popen[
                     [
                         spy,
                         "record",
-                        "--gil",
+                        *_SPY_MODE,
                         "-r",
                         "250",
                         "-d",
@@ -233,8 +240,68 @@ def _profiled(
     return [line for raw in sorted(where.glob("*.txt")) for line in summarize(raw, int(seconds))]
 
 
+def _batch(
+    server: subprocess.Popen[bytes],
+    cluster: PostgresCluster | None,
+    proxy: MTLSProxy,
+    seconds: float,
+    offset: int,
+) -> tuple[Result, float, float]:
+    """Batch tokenize at `BATCH_CONNECTIONS`; the result and the CPU milliseconds per
+    PAN of the vault's processes and of PostgreSQL's."""
+    result, vault_ms, db_ms = _with_cpu(
+        [server],
+        cluster,
+        lambda: wrk(
+            proxy,
+            "batch",
+            connections=BATCH_CONNECTIONS,
+            # A batch takes seconds on a loaded machine: long enough for several.
+            seconds=max(2 * seconds, 20),
+            args=[str(offset)],
+            timeout_s=60,
+        ),
+    )
+    return result, vault_ms / 1000, db_ms / 1000
+
+
+def _batch_profiled(
+    server: subprocess.Popen[bytes], proxy: MTLSProxy, where: Path, seconds: float
+) -> list[str]:
+    """py-spy on every worker during the batch load; the summary."""
+    shutil.rmtree(where, ignore_errors=True)
+    where.mkdir(parents=True)
+    spies = _profile(_workers(server), where, int(seconds))
+    wrk(proxy, "batch", connections=BATCH_CONNECTIONS, seconds=seconds, args=["300000"])
+    for spy in spies:
+        spy.wait()
+    return [line for raw in sorted(where.glob("*.txt")) for line in summarize(raw, int(seconds))]
+
+
+def _batch_run(
+    server: subprocess.Popen[bytes],
+    cluster: PostgresCluster | None,
+    proxy: MTLSProxy,
+    seconds: float,
+    profile: Path | None,
+) -> dict[str, Any]:
+    """`--batch-only`: a warm-up, the profile if asked, then the measured batch load."""
+    wrk(proxy, "batch", connections=BATCH_CONNECTIONS, seconds=4, args=["400000"])
+    out: dict[str, Any] = {}
+    if profile is not None:
+        out["profile"] = _batch_profiled(server, proxy, profile, seconds)
+    batch, vault_pan_ms, db_pan_ms = _batch(server, cluster, proxy, seconds, 500000)
+    return out | {"batch": batch, "batch_cpu_ms": (vault_pan_ms, db_pan_ms)}
+
+
 def _run_vault(
-    tmp: Path, pki: DevPKI, database: str, seconds: float, profile: Path | None
+    tmp: Path,
+    pki: DevPKI,
+    database: str,
+    seconds: float,
+    profile: Path | None,
+    *,
+    batch_only: bool = False,
 ) -> dict[str, Any]:
     work = tmp / database
     work.mkdir()
@@ -259,6 +326,9 @@ def _run_vault(
         proxy = MTLSProxy(pki, port)
         wrk(proxy, "tokenize", connections=8, seconds=2, args=["800000"])  # warm-up
         out: dict[str, Any] = {"workers": len(_workers(server))}
+        if batch_only:
+            where = None if profile is None else profile / database
+            return out | _batch_run(server, cluster, proxy, seconds, where)
         if profile is not None:
             out["profile"] = _profiled(server, proxy, profile / database, seconds)
         running = proxy
@@ -280,15 +350,8 @@ def _run_vault(
         top, vault_ms, db_ms = _with_cpu([server], cluster, lambda: detokenize(32))
         out["detokenize"][32] = top
         out["cpu_ms"]["detokenize"] = (vault_ms, db_ms)
-        out["batch"] = wrk(
-            proxy,
-            "batch",
-            connections=BATCH_CONNECTIONS,
-            # A batch takes seconds on a loaded machine: long enough for several.
-            seconds=max(2 * seconds, 20),
-            args=["500000"],
-            timeout_s=60,
-        )
+        batch, vault_pan_ms, db_pan_ms = _batch(server, cluster, proxy, seconds, 500000)
+        out["batch"], out["batch_cpu_ms"] = batch, (vault_pan_ms, db_pan_ms)
         return out
     finally:
         if proxy is not None:
@@ -355,11 +418,20 @@ def _scale_out(tmp: Path, pki: DevPKI, seconds: float, nodes: int = 3) -> dict[i
     return out
 
 
-def main(seconds: float, databases: list[str], profile: Path | None) -> dict[str, Any]:
+def main(
+    seconds: float, databases: list[str], profile: Path | None, *, batch_only: bool = False
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         pki = ensure_dev_pki(tmp / "pki")
+        if batch_only:
+            for database in databases:
+                results[database] = _run_vault(
+                    tmp, pki, database, seconds, profile, batch_only=True
+                )
+            _report_batch(results, databases)
+            return results
         results["bare"] = _bare(tmp, pki, "bare", seconds)
         results["bare-cofre"] = _bare(tmp, pki, "bare-cofre", seconds)
         for database in databases:
@@ -442,16 +514,34 @@ def _report(results: dict[str, Any], databases: list[str], seconds: float) -> No
     print(f"  failed requests in the vault runs: {errors}")
 
 
+def _report_batch(results: dict[str, Any], databases: list[str]) -> None:
+    for name in databases:
+        data = results[name]
+        batch: Result = data["batch"]
+        vault_ms, db_ms = data["batch_cpu_ms"]
+        print(
+            f"{name}: {data['workers']} worker(s); batch tokenize {BATCH_CONNECTIONS} conns: "
+            f"{batch.req_per_s * 1000:,.0f} PANs/s, errors {batch.errors}; CPU ms per PAN: "
+            f"vault {vault_ms:.3f}, db {db_ms:.3f}"
+        )
+    _report_costs(results, databases)
+
+
 def _report_costs(results: dict[str, Any], databases: list[str]) -> None:
     for name in databases:
         if "profile" in results[name]:
-            print(f"\npy-spy --gil under tokenize at 32 connections, {name}, per worker:")
+            load = (
+                "batch tokenize" if "cpu_ms" not in results[name] else "tokenize at 32 connections"
+            )
+            print(f"\npy-spy --gil under {load}, {name}, per worker:")
             for line in results[name]["profile"]:
                 print(f"  {line}")
     print("\nCPU per request at 32 connections (ms; vault = every worker, db = PostgreSQL):")
     for name in databases:
-        for op, (vault_ms, db_ms) in results[name]["cpu_ms"].items():
+        for op, (vault_ms, db_ms) in results[name].get("cpu_ms", {}).items():
             print(f"  {name:<10} {op:<10} vault {vault_ms:6.2f}   db {db_ms:6.2f}")
+        vault_ms, db_ms = results[name]["batch_cpu_ms"]
+        print(f"  {name:<10} {'batch/PAN':<10} vault {vault_ms:6.3f}   db {db_ms:6.3f}")
     if "scale-out" in results:
         print("\nnodes on one PostgreSQL (one worker each), tokenize, 32 connections:")
         print(
@@ -518,10 +608,20 @@ if __name__ == "__main__":
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--plot", type=Path, help="write the latency plot (PNG) here")
     parser.add_argument("--profile", type=Path, help="py-spy profiles of the workers here")
+    parser.add_argument(
+        "--batch-only", action="store_true", help="only the batch load and its CPU per PAN"
+    )
+    parser.add_argument(
+        "--native-profile",
+        action="store_true",
+        help="profile every running thread with its C frames instead of GIL samples",
+    )
     args = parser.parse_args()
+    if args.native_profile:
+        _SPY_MODE[:] = ["--native"]
     dbs = args.databases.split(",")
-    result = main(args.seconds, dbs, args.profile)
-    if args.plot:
+    result = main(args.seconds, dbs, args.profile, batch_only=args.batch_only)
+    if args.plot and not args.batch_only:
         plot(result, dbs, args.plot)
         print(f"latency plot: {args.plot.name}")
     if args.json:
