@@ -362,6 +362,49 @@ class VaultCore:
                 self._fp_versions = None  # read the versions again on the next call
         return found
 
+    def _card_prints(self, digits: Sequence[str]) -> tuple[list[bytes], int, list[list[bytes]]]:
+        """For each of `digits` (a call's cards): the fingerprint to store, under key
+        version (the second value), and every fingerprint a stored row of it may carry."""
+        prints, version = self._fingerprint_many(digits)
+        if len(self._fingerprint_versions()) == 1:
+            return prints, version, [[fp] for fp in prints]
+        return prints, version, self._fingerprints_many(digits)
+
+    def _fingerprint_many(self, digits: Sequence[str]) -> tuple[list[bytes], int]:
+        """`_fingerprint` of each of `digits` (a batch's cards), in HSM calls of many
+        (`HSMProvider.hmac_sha256_many`), each distinct card once."""
+        for attempt in (0, 1):
+            version = self._fingerprint_versions()[-1]
+            try:
+                return self._hmac_many(key_label(KeyKind.FINGERPRINT, version), digits), version
+            except HSMKeyNotFound:
+                if attempt:
+                    raise
+                self._fp_versions = None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _fingerprints_many(self, digits: Sequence[str]) -> list[list[bytes]]:
+        """`_fingerprints` of each of `digits`, in HSM calls of many."""
+        versions = self._fingerprint_versions()
+        found: list[list[bytes]] = [[] for _ in digits]
+        for version in versions:
+            try:
+                macs = self._hmac_many(key_label(KeyKind.FINGERPRINT, version), digits)
+            except HSMKeyNotFound:
+                if version == versions[-1]:
+                    raise
+                self._fp_versions = None
+                continue
+            for prints, mac in zip(found, macs, strict=True):
+                prints.append(mac)
+        return found
+
+    def _hmac_many(self, label: str, digits: Sequence[str]) -> list[bytes]:
+        distinct = list(dict.fromkeys(digits))  # a card sent twice is MACed once
+        macs = self._provider.hmac_sha256_many(label, [d.encode("ascii") for d in distinct])
+        by_card = dict(zip(distinct, macs, strict=True))
+        return [by_card[d] for d in digits]
+
     def _audit_event(
         self,
         ctx: CallContext,

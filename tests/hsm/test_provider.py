@@ -18,7 +18,7 @@ from hsm.errors import (
     HSMKeyNotFound,
     HSMOperationFailed,
 )
-from hsm.provider import HSMProvider, WrappedKey, wipe
+from hsm.provider import HMAC_CHUNK, HSMProvider, WrappedKey, wipe
 
 KEK = "cofre-kek-v1"
 FP = "cofre-fp-v1"
@@ -105,6 +105,20 @@ def test_hmac_deterministic_and_per_key(hsm_provider: HSMProvider) -> None:
         assert hsm_provider.hmac_sha256(other, b"4111111111111111") != first
     finally:
         hsm_provider.destroy_key(other)
+
+
+def test_hmac_many_is_each_message_s_hmac_in_order(hsm_provider: HSMProvider) -> None:
+    # Across chunk boundaries, with a repeated message, and a batch of one.
+    messages = [f"41111111{i:08d}".encode() for i in range(2 * HMAC_CHUNK + 3)]
+    messages[HMAC_CHUNK + 1] = messages[0]
+    macs = hsm_provider.hmac_sha256_many(FP, messages)
+    assert macs == [hsm_provider.hmac_sha256(FP, m) for m in messages]
+    assert macs[HMAC_CHUNK + 1] == macs[0]
+    assert len(set(macs)) == len(messages) - 1
+    assert hsm_provider.hmac_sha256_many(FP, messages[:1]) == macs[:1]
+    assert hsm_provider.hmac_sha256_many(FP, []) == []
+    with pytest.raises(HSMKeyNotFound):
+        hsm_provider.hmac_sha256_many("no-such-key", messages)
 
 
 def test_signature_verifies_with_exported_public_key(hsm_provider: HSMProvider) -> None:

@@ -245,6 +245,30 @@ def test_batch_all_or_nothing(service: VaultService, engine: Engine) -> None:
     assert info.value.index == 1
 
 
+def test_batch_hmacs_each_card_once_and_none_for_a_refused_batch(
+    service: VaultService, hsm_provider: HSMProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[bytes] = []
+    many = hsm_provider.hmac_sha256_many
+
+    def counted(label: str, messages: list[bytes]) -> list[bytes]:
+        sent.extend(messages)
+        return many(label, messages)
+
+    monkeypatch.setattr(hsm_provider, "hmac_sha256_many", counted)
+    bad = [TokenizeRequest(_pan(i), "pan_bin6_last4") for i in range(300, 305)]
+    bad.append(TokenizeRequest(AMEX, "pan_fpe"))
+    with pytest.raises(BatchItemInvalid):
+        service.tokenize_batch(PAYMENTS, bad)
+    assert sent == []  # every item is checked before any HSM call
+    good = [TokenizeRequest(_pan(300 + i % 3), "pan_bin6_last4") for i in range(9)]
+    records = service.tokenize_batch(PAYMENTS, good)
+    assert sorted(sent) == sorted(_pan(300 + i).reveal().encode() for i in range(3))
+    assert [r.token for r in records[3:]] == [r.token for r in records[:3]] * 2
+    single = service.tokenize(PAYMENTS, TokenizeRequest(_pan(301), "pan_bin6_last4"))
+    assert single.token == records[1].token and single.existing
+
+
 def test_failed_audit_write_returns_no_token(service: VaultService, engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
         ddl = (

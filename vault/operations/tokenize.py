@@ -120,9 +120,10 @@ class _Answers:
         self.events.append(service._tokenize_event(self.ctx, row.id, row.format, result))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Item:
-    """One checked tokenize item and what storing it needs."""
+    """One checked tokenize item and what storing it needs (its fingerprints are filled
+    in for the whole call at once, after every item was checked)."""
 
     request: TokenizeRequest
     spec: FormatSpec
@@ -134,6 +135,7 @@ class _Item:
     fp_version: int
     known_fps: list[bytes]
     guard: tuple[bytes, bytes] | None  # (oracle bucket, item) when the guard counts it
+    guards_card: bool  # the guard's item is the card's fingerprint
 
 
 class TokenizeOperations(VaultCore):
@@ -176,14 +178,7 @@ class TokenizeOperations(VaultCore):
                 "numbers behind a token, so a caller could confirm a guess: refused by the "
                 "rule on_small_space = 'refuse' (use a longer card or another format)"
             )
-        digits = request.pan.reveal()
-        fingerprint, fp_version = self._fingerprint(digits)
-        # While a fingerprint rotation migrates, a stored row may carry either key's HMAC.
-        known = (
-            [fingerprint] if len(self._fingerprint_versions()) == 1 else self._fingerprints(digits)
-        )
         kind = _guard_kind(spec, request)
-        guard = fingerprint if kind == "card" else secrets.token_bytes(32) if kind else None
         return _Item(
             request=request,
             spec=spec,
@@ -191,10 +186,11 @@ class TokenizeOperations(VaultCore):
             code_epoch=code_epoch,
             metadata=metadata,
             convergent=convergent,
-            fingerprint=fingerprint,
-            fp_version=fp_version,
-            known_fps=known,
-            guard=None if guard is None else (oracle_bucket(request.pan), guard),
+            fingerprint=b"",
+            fp_version=0,
+            known_fps=[],
+            guard=None if kind is None else (oracle_bucket(request.pan), secrets.token_bytes(32)),
+            guards_card=kind == "card",
         )
 
     def tokenize(self, ctx: CallContext, request: TokenizeRequest) -> TokenRecord:
@@ -244,6 +240,13 @@ class TokenizeOperations(VaultCore):
                     items.append(self._plan(domain, request))
                 except VaultError as exc:
                     raise self._item_error(exc, index, batch=batch) from None
+            # Every item checked first, then the HMACs in HSM calls of many (a refused
+            # call spends none); `known`: each key version's while a rotation migrates.
+            prints, fp_version, known = self._card_prints([i.request.pan.reveal() for i in items])
+            for item, fingerprint, fps in zip(items, prints, known, strict=True):
+                item.fingerprint, item.fp_version, item.known_fps = fingerprint, fp_version, fps
+                if item.guard is not None and item.guards_card:
+                    item.guard = (item.guard[0], fingerprint)
 
             def work(connection: Connection) -> list[TokenRecord] | VaultError:
                 now = self._clock()
