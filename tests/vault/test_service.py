@@ -266,7 +266,46 @@ def test_batch_hmacs_each_card_once_and_none_for_a_refused_batch(
     assert sorted(sent) == sorted(_pan(300 + i).reveal().encode() for i in range(3))
     assert [r.token for r in records[3:]] == [r.token for r in records[:3]] * 2
     single = service.tokenize(PAYMENTS, TokenizeRequest(_pan(301), "pan_bin6_last4"))
-    assert single.token == records[1].token and single.existing
+    assert single.token == records[1].token
+    assert single.existing
+
+
+def test_early_rate_check_reads_the_clock_after_its_connection(
+    engine: Engine, hsm_provider: HSMProvider
+) -> None:
+    # Under load a batch may wait for a pooled connection while other batches commit
+    # and move the limit's clock-time forward: compared with a time read before the
+    # wait, a limit with room to spare looked spent (429 "retry after 0.6s" at a
+    # millionth of the limit, bench.api on PostgreSQL).
+    text = TEST_POLICY.replace(
+        "oracle_guard = { max_pans_per_bucket = 100000 }",
+        "oracle_guard = { max_pans_per_bucket = 100000 }\n"
+        "rate_limit = { per_second = 1000, burst = 1000 }",
+    )
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    clock = [start + timedelta(seconds=1.5)]
+    svc = VaultService(
+        engine,
+        hsm_provider,
+        PolicyEngine(parse_policy(text, kind="toml").policy),
+        clock=lambda: clock[0],
+    )
+    svc.initialize()
+    try:
+        svc.tokenize_batch(PAYMENTS, [TokenizeRequest(_pan(i), "uuid") for i in range(10)])
+        clock[0] = start  # the next call starts 1.5 s earlier, then waits for a connection
+
+        def waited(*_: object) -> None:
+            clock[0] = start + timedelta(seconds=1.5)
+
+        sa.event.listen(engine, "engine_connect", waited)
+        try:
+            later = [TokenizeRequest(_pan(i), "uuid") for i in range(10, 20)]
+            assert len(svc.tokenize_batch(PAYMENTS, later)) == 10
+        finally:
+            sa.event.remove(engine, "engine_connect", waited)
+    finally:
+        svc.close()
 
 
 def test_failed_audit_write_returns_no_token(service: VaultService, engine: Engine) -> None:

@@ -296,15 +296,15 @@ class TokenizeOperations(VaultCore):
         """Refuse before any HSM call what the transaction would refuse anyway (a spent
         rate limit, a call that alone overfills an oracle bucket), so that refused calls
         cannot spend the HSM's capacity. Charges nothing."""
-        now = self._clock()
-        if rules.rate_limit is not None:
+        limit, cost = rules.rate_limit, len(requests)
+        if limit is not None:
             with (
                 self._storage(),
                 self._reader.connect() as connection,
-            ):
-                self._limits.check_rate(
-                    connection, ctx.identity, rules.rate_limit, len(requests), now.timestamp()
-                )
+            ):  # the clock read once connected: others commit charges while this waits
+                now = self._clock()
+                self._limits.check_rate(connection, ctx.identity, limit, cost, now.timestamp())
+        now = self._clock()
         guarded = []
         for request in requests:
             spec = self._policy.policy.format(request.format)
