@@ -5,6 +5,7 @@ cannot do unnoticed."""
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -15,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from audit.errors import AuditVerificationFailed, AuditWriteFailed, ProofError
 from audit.heads import verify_tree_head
-from audit.log import AuditEvent, AuditLog, Outcome
+from audit.log import _UNMASKED, AuditEvent, AuditLog, Outcome, canonical_payload
 from audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from audit.sequencer import Sequencer
 from audit.store import AuditStore
@@ -73,6 +74,27 @@ def test_append_sequence_sign_prove(engine: Engine, signer: HSMTreeHeadSigner) -
     assert report.queued == 0
     with pytest.raises(ProofError):
         store.inclusion_proof(37)
+
+
+def test_repeated_entry_fields_are_masked_every_time_and_no_pan_is_remembered() -> None:
+    # canonical_payload remembers short strings that had nothing to mask (an
+    # operation's entries repeat them): a PAN is masked on every entry, never kept.
+    at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    pan_event = AuditEvent(
+        action="tokenize",
+        outcome=Outcome.FAILED,
+        actor="spiffe://cofre/x",
+        request_id="5555555555554444",
+        details={"note": "card 5555555555554444"},
+    )
+    first = canonical_payload(pan_event, at)
+    assert canonical_payload(pan_event, at) == first
+    assert "5555555555554444" not in first
+    assert not any("5555555555554444" in text for text in _UNMASKED)
+    assert "spiffe://cofre/x" in _UNMASKED
+    later = canonical_payload(pan_event, at + timedelta(microseconds=1))
+    assert '"time":"2026-01-02T03:04:05.678902Z"' in later
+    assert '"time":"2026-01-02T03:04:05.678901Z"' in first
 
 
 def test_entries_are_canonical_json_without_pans(engine: Engine, signer: HSMTreeHeadSigner) -> None:
