@@ -298,7 +298,12 @@ class VaultCore:
         now = self._clock()
         if rules.rate_limit is not None:
             self._limits.charge_rate(
-                connection, ctx.identity, rules.rate_limit, cost, now.timestamp()
+                connection,
+                ctx.identity,
+                rules.rate_limit,
+                cost,
+                now.timestamp(),
+                clock=lambda: self._clock().timestamp(),
             )
         if reveals and rules.quota is not None:
             self._limits.charge_quota(connection, ctx.identity, rules.quota, reveals, now)

@@ -16,8 +16,9 @@ from audit.sequencer import Sequencer
 from audit.store import AuditStore
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
-from policies.errors import PolicyDenied
+from policies.errors import PolicyDenied, RateLimited
 from policies.loader import parse_policy
+from policies.models import RateLimit
 from tests.vault.conftest import GETNET, LEDGER, OFFICER, PAYMENTS, STRANGER, TEST_POLICY
 from vault.errors import (
     BatchItemInvalid,
@@ -29,6 +30,7 @@ from vault.errors import (
     TokenExpired,
     TokenNotFound,
 )
+from vault.limits import Limits
 from vault.pan import Pan, luhn_check_digit, luhn_valid
 from vault.service import TokenizeRequest, VaultService
 from vault.signing import HSMTreeHeadSigner
@@ -306,6 +308,21 @@ def test_early_rate_check_reads_the_clock_after_its_connection(
             sa.event.remove(engine, "engine_connect", waited)
     finally:
         svc.close()
+
+
+def test_a_charge_that_waited_behind_a_later_one_is_judged_at_its_clock(engine: Engine) -> None:
+    # The charge reads the clock, then may wait for the bucket's row lock while another
+    # transaction charges it at a later time: refused against that later time, a limit
+    # with room to spare looked spent (PostgreSQL, batch load).
+    limits, limit, t = Limits(), RateLimit(per_second=1000, burst=1000), 1_800_000_000.0
+    with engine.begin() as connection:
+        limits.charge_rate(connection, "who", limit, 10, t + 1.5)
+    with pytest.raises(RateLimited), engine.begin() as connection:
+        limits.charge_rate(connection, "who", limit, 10, t)
+    with engine.begin() as connection:
+        limits.charge_rate(connection, "who", limit, 10, t, clock=lambda: t + 1.5)
+    with pytest.raises(RateLimited), engine.begin() as connection:  # a spent limit stays so
+        limits.charge_rate(connection, "who", limit, 990, t + 1.5, clock=lambda: t + 1.5)
 
 
 def test_failed_audit_write_returns_no_token(service: VaultService, engine: Engine) -> None:
