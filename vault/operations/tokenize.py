@@ -122,8 +122,7 @@ class _Answers:
 
 @dataclass(slots=True)
 class _Item:
-    """One checked tokenize item and what storing it needs (its fingerprints are filled
-    in for the whole call at once, after every item was checked)."""
+    """One checked tokenize item and what storing it needs (fingerprints: see _tokenize)."""
 
     request: TokenizeRequest
     spec: FormatSpec
@@ -240,8 +239,7 @@ class TokenizeOperations(VaultCore):
                     items.append(self._plan(domain, request))
                 except VaultError as exc:
                     raise self._item_error(exc, index, batch=batch) from None
-            # Every item checked first, then the HMACs in HSM calls of many (a refused
-            # call spends none); `known`: each key version's while a rotation migrates.
+            # Every item checked, then every HMAC in HSM calls of many (a refused call spends none).
             prints, fp_version, known = self._card_prints([i.request.pan.reveal() for i in items])
             for item, fingerprint, fps in zip(items, prints, known, strict=True):
                 item.fingerprint, item.fp_version, item.known_fps = fingerprint, fp_version, fps
@@ -298,11 +296,8 @@ class TokenizeOperations(VaultCore):
         cannot spend the HSM's capacity. Charges nothing."""
         limit, cost = rules.rate_limit, len(requests)
         if limit is not None:
-            with (
-                self._storage(),
-                self._reader.connect() as connection,
-            ):  # the clock read once connected: others commit charges while this waits
-                now = self._clock()
+            with self._storage(), self._reader.connect() as connection:
+                now = self._clock()  # once connected: others commit charges meanwhile
                 self._limits.check_rate(connection, ctx.identity, limit, cost, now.timestamp())
         now = self._clock()
         guarded = []
