@@ -24,8 +24,9 @@ _log = structlog.get_logger("cofre.vault")
 
 class HSMTreeHeadSigner:
     """Signs checkpoints with the EC key `label` that never leaves the HSM; with no
-    label, the vault's current audit key, looked up at each use (so a vault can start
-    while the HSM is still coming up, and every node follows a key rotation at once).
+    label, the vault's current audit key, looked up at first use (so a vault can start
+    while the HSM is still coming up) and again whenever the stored handovers change (so
+    every node follows a key rotation at once).
 
     The current key is the one the newest handover in the database introduced
     (`audit.handover`; the rows are read every time: a node that kept signing with the
@@ -50,6 +51,7 @@ class HSMTreeHeadSigner:
         self._registry = registry
         self._engine = engine
         self._verified: tuple[tuple[HandoverRow, ...], str | None] | None = None
+        self._resolved: tuple[tuple[HandoverRow, ...], str] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -58,9 +60,27 @@ class HSMTreeHeadSigner:
             return self._label
         if self._engine is not None:
             with self._engine.execution_options(**READ_ONLY).connect() as connection:
+                rows = handover_rows(connection)
+                with self._lock:
+                    resolved = self._resolved
+                if resolved is not None and resolved[0] == rows:
+                    return resolved[1]
                 handed = self.handed_over_label(connection)
-            if handed is not None:
-                return handed
+            # Resolved again only when the handovers change (a rotation on any node).
+            # Resolving lists every key on the token (`KeyRegistry.versions`: about 100
+            # HSM round trips), twice per head, and the sequencer signs inside its write
+            # transaction: with 1 ms per HSM call every head held every commit of the
+            # node for a quarter of a second or more (issue 19). A key later swapped on
+            # the token under the same label is still reported by readiness
+            # (`KeyRegistry.check`) and refused by every verifier (its public key is
+            # not the published one).
+            label = handed if handed is not None else self._newest_label()
+            with self._lock:
+                self._resolved = (rows, label)
+            return label
+        return self._newest_label()
+
+    def _newest_label(self) -> str:
         if self._registry is not None:
             # The newest registered audit key: a key planted under a newer label never
             # signs.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -326,3 +327,40 @@ def test_rotation_refuses_to_sign_an_unverified_newest_head(
         rotation.approve(BOB, ceremony.id)
     assert AuditStore(engine).handover_notes() == []
     assert not rotation_provider.has_key(key_label(KeyKind.AUDIT, versions[-1] + 1))
+
+
+def test_heads_do_not_list_the_token_until_a_rotation(
+    rig: tuple[VaultService, KeyRotation, HSMTreeHeadSigner],
+    engine: Engine,
+    rotation_provider: HSMProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sequencer signs inside its write transaction, and listing the token's keys is
+    about 100 HSM round trips: on a networked HSM every head would hold every commit of
+    the node that long (issue 19). The signer resolves its key again only when the
+    stored handovers change, and then follows the rotation at once."""
+    service, rotation, signer = rig
+    Sequencer(engine, signer).drain()
+    listings: list[int] = []
+    real = rotation_provider.list_keys
+
+    def counted() -> list[Any]:
+        listings.append(1)
+        return real()
+
+    for i in range(3):
+        # (The tokenize path keeps its own listing, cached for a second: not counted.)
+        service.tokenize(PAYMENTS, TokenizeRequest(_pan(700 + i), "pan_bin6_last4"))
+        with monkeypatch.context() as patch:
+            patch.setattr(rotation_provider, "list_keys", counted)
+            assert Sequencer(engine, signer).drain() > 0
+    assert listings == []
+    new = _rotate(rotation)
+    assert signer.key_id == new
+    service.tokenize(PAYMENTS, TokenizeRequest(_pan(710), "pan_bin6_last4"))
+    Sequencer(engine, signer).drain()
+    with engine.connect() as connection:
+        newest = connection.execute(
+            sa.select(audit_heads.c.key_id).order_by(audit_heads.c.tree_size.desc()).limit(1)
+        ).scalar_one()
+    assert newest == new
