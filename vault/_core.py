@@ -30,7 +30,6 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
 from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
-from audit.schema import READ_ONLY
 from cofre.dberrors import db_error_name
 from cofre.errors import CofreError
 from hsm.errors import HSMKeyNotFound
@@ -60,7 +59,7 @@ from vault.relay import (
 )
 from vault.security_codes import MAX_TTL as MAX_CODE_TTL
 from vault.security_codes import HeldCodes
-from vault.storage.database import as_utc
+from vault.storage.database import as_utc, single_read
 from vault.storage.groupcommit import GroupCommitter
 from vault.storage.schema import tokens
 
@@ -89,8 +88,9 @@ class VaultCore:
         security_code_ttl: timedelta = MAX_CODE_TTL,
     ) -> None:
         self._engine = engine
-        # Built once: `execution_options` makes a new engine proxy at every call.
-        self._reader = engine.execution_options(**READ_ONLY)
+        # Built once (`execution_options` makes a new engine proxy at every call); one
+        # round trip on PostgreSQL (`single_read`).
+        self._reader = single_read(engine)
         self._committer = GroupCommitter(engine) if group_commit else None
         self._relay_client = RelayClient()
         self._provider = provider

@@ -191,6 +191,19 @@ def _release_after(engine: Engine, writer_locks: dict[int, int]) -> None:
     dialect.do_rollback = do_rollback  # type: ignore[method-assign]
 
 
+def single_read(engine: Engine) -> Engine:
+    """`engine` for a connection that runs one read and nothing else (the early rate
+    check before a tokenize's HSM calls). On PostgreSQL it runs in autocommit: the
+    driver would otherwise send BEGIN before the statement and the pool a ROLLBACK when
+    the connection comes back, three round trips where one answers (issue 21). On
+    SQLite a read-only connection (`audit.schema.READ_ONLY`'s option), which a plain
+    statement on the driver's cursor reads without taking the writer lock. Build it once:
+    each call makes a new engine proxy."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine.execution_options(cofre_read_only=True)
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision, under the migration lock (see
     `vault.storage.schema_version.migrate`)."""

@@ -11,10 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, inspect, text
 
 from audit.schema import READ_ONLY
-from vault.storage.database import create_database_engine
+from vault.storage.database import create_database_engine, migrate, single_read
+from vault.storage.rawsql import fetch_all
 
 
 @contextmanager
@@ -84,3 +85,30 @@ def test_readers_do_not_take_the_writer_lock_and_other_engines_queue(tmp_path: P
             writer.execute(text("INSERT INTO t VALUES (2)"))
         with second.connect() as connection:
             assert connection.execute(text("SELECT count(*) FROM t")).scalar() == 2
+
+
+def test_a_single_read_leaves_no_autocommit_behind(database_url: str) -> None:
+    """The early rate check's connection runs in autocommit on PostgreSQL (one round trip,
+    no BEGIN and ROLLBACK); the pool must hand the same connection to the committer in a
+    transaction again, or a group's statements would each commit on their own."""
+    engine = create_database_engine(database_url, pool_size=1)
+    try:
+        migrate(engine)
+        with single_read(engine).connect() as connection:
+            rows = fetch_all(connection, "SELECT count(*) FROM tokens", [])
+            raw = connection.connection.dbapi_connection
+            if engine.dialect.name == "postgresql":
+                assert raw.autocommit  # type: ignore[union-attr]
+        assert rows == [(0,)]
+        with engine.connect() as connection:
+            assert connection.connection.dbapi_connection is raw  # the pool's one
+            connection.execute(text("CREATE TABLE t_single_read (x INTEGER)"))
+            connection.rollback()
+            if engine.dialect.name == "postgresql":
+                assert not raw.autocommit  # type: ignore[union-attr]
+        with engine.connect() as connection:
+            # Rolled back: it was in a transaction (SQLite's DDL is transactional too).
+            tables = inspect(connection).get_table_names()
+        assert "t_single_read" not in tables
+    finally:
+        engine.dispose()
