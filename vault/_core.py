@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
 from cryptography.exceptions import InvalidTag
-from sqlalchemy import Connection, Engine, Row, bindparam, select, update
+from sqlalchemy import Connection, Engine, Row, select, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
@@ -61,6 +61,7 @@ from vault.security_codes import MAX_TTL as MAX_CODE_TTL
 from vault.security_codes import HeldCodes
 from vault.storage.database import as_utc, single_read
 from vault.storage.groupcommit import GroupCommitter
+from vault.storage.rawsql import fetch_records
 from vault.storage.schema import tokens
 
 T = TypeVar("T")
@@ -68,9 +69,6 @@ _TRANSACTION_ATTEMPTS: Final = 5
 
 
 _RETRYABLE_SQLSTATES: Final = frozenset({"40P01", "40001"})  # deadlock, serialization
-
-
-_BY_TOKEN: Final = select(tokens).where(tokens.c.token == bindparam("token"))
 
 
 class VaultCore:
@@ -472,7 +470,10 @@ class VaultCore:
         another domain holds."""
         if not 1 <= len(token) <= 64:
             raise TokenNotFound("no such token")
-        row = connection.execute(_BY_TOKEN, {"token": token}).first()
+        # On the driver's cursor (`vault.storage.rawsql`): every detokenize reads it in
+        # the committer.
+        found = fetch_records(connection, tokens, "token = ?", [token])
+        row: Row[Any] | None = found[0] if found else None
         if (
             row is None
             or row.domain not in domains

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from vault.storage.database import create_database_engine, migrate
-from vault.storage.rawsql import fetch_all, insert_many, insert_rows
+from vault.storage.rawsql import execute, fetch_all, fetch_records, insert_many, insert_rows
 from vault.storage.schema import tokens
 
 
@@ -94,3 +94,32 @@ def test_a_driver_error_is_sqlalchemys(engine: Engine) -> None:
         insert_many(c, tokens, [_row("4111110000003333")])
     with pytest.raises(IntegrityError), engine.begin() as c:
         insert_many(c, tokens, [_row("4111110000003333")])  # the same id and token
+
+
+def test_fetch_records_reads_what_sqlalchemy_reads(engine: Engine) -> None:
+    written = [_row("4111110000004444"), _row("4111110000005555") | {"convergent": False}]
+    with engine.begin() as c:
+        insert_many(c, tokens, written)
+    with engine.connect() as c:
+        ours = fetch_records(
+            c, tokens, "token IN (?*)", [r["token"] for r in written], in_list=len(written)
+        )
+        theirs = {r.token: r._asdict() for r in c.execute(select(tokens))}
+    assert len(ours) == 2
+    for record in ours:
+        # The same values and types: datetimes, not SQLite's text; booleans, not 0/1.
+        assert record._asdict() == theirs[record.token]
+        assert isinstance(record.convergent, bool)
+        assert isinstance(record.created_at, datetime)
+
+
+def test_execute_counts_the_rows_it_changed(engine: Engine) -> None:
+    with engine.begin() as c:
+        insert_many(c, tokens, [_row(f"41111100001{i:05d}") for i in range(3)])
+        moved = execute(
+            c,
+            "UPDATE tokens SET metadata = ? WHERE token IN (?, ?)",
+            ["{}", "4111110000100000", "4111110000100002"],
+        )
+        none = execute(c, "UPDATE tokens SET metadata = ? WHERE token = ?", ["{}", "9"])
+    assert (moved, none) == (2, 0)
