@@ -67,6 +67,11 @@ _SEEN_SQL: Final = (
     'SELECT bucket, item FROM oracle_watch WHERE identity = ? AND "window" = ? AND bucket IN (?*)'
 )
 _WATCH_INTO: Final = 'oracle_watch (identity, bucket, "window", item)'
+# PostgreSQL only (SQLite has no INSERT in a WITH): `_SEEN_SQL` and the insert at once,
+# completed with the VALUES list.
+_SEEN_THEN_WATCH_SQL: Final = (
+    f"WITH seen AS ({_SEEN_SQL}), watched AS (INSERT INTO {_WATCH_INTO} VALUES"
+)
 
 
 def oracle_bucket(pan: Pan) -> bytes:
@@ -233,8 +238,9 @@ class Limits:
         now: datetime,
     ) -> None:
         """Record each (bucket, item) pair `identity` sent; raise `OracleSuspected`
-        (nothing recorded) when a bucket would hold more than the guard's limit of
-        distinct items in the current window."""
+        when a bucket would hold more than the guard's limit of distinct items in the
+        current window (the caller's transaction, rolled back on the raise, then
+        records nothing; on PostgreSQL the rows are written before the check)."""
         # Windows are named by their first second, so that one purge horizon fits all.
         window = int(now.timestamp()) // guard.window_seconds * guard.window_seconds
         wanted: dict[bytes, set[bytes]] = {}
@@ -244,13 +250,24 @@ class Limits:
         buckets = list(wanted)
         # One query per 500 buckets, not one per bucket: a batch of 1,000 cards spans
         # about as many buckets (issue 21: a thousand SELECTs per batch).
-        # On the driver's cursor (`vault.storage.rawsql`): the committer runs these two
-        # statements for every guarded call.
+        # On the driver's cursor (`vault.storage.rawsql`): the committer runs these
+        # statements for every guarded call. On PostgreSQL the read and the insert are
+        # one statement (one round trip fewer per call): its CTE reads the rows as they
+        # were before the insert, which writes every item sent, those already seen
+        # included (ON CONFLICT skips them). A refusal below raises, and every caller's
+        # transaction (or savepoint) then rolls that insert back.
+        both = connection.dialect.name == "postgresql"
         for start in range(0, len(buckets), 500):
             chunk = buckets[start : start + 500]
-            for bucket, item in fetch_all(
-                connection, _SEEN_SQL, [identity, window, *chunk], in_list=len(chunk)
-            ):
+            if both:
+                sent = [(identity, b, window, item) for b in chunk for item in wanted[b]]
+                mark = ", ".join(["(?, ?, ?, ?)"] * len(sent))
+                # Every value is bound; only the number of placeholders varies.
+                sql = f"{_SEEN_THEN_WATCH_SQL} {mark} ON CONFLICT DO NOTHING) SELECT * FROM seen"  # noqa: S608
+                params = [identity, window, *chunk, *(v for row in sent for v in row)]
+            else:
+                sql, params = _SEEN_SQL, [identity, window, *chunk]
+            for bucket, item in fetch_all(connection, sql, params, in_list=len(chunk)):
                 seen_by_bucket.setdefault(bytes(bucket), set()).add(bytes(item))
         rows: list[tuple[str, bytes, int, bytes]] = []
         for bucket, new_items in wanted.items():
@@ -259,7 +276,8 @@ class Limits:
             if len(seen) + len(fresh) > guard.max_pans_per_bucket:
                 raise _oracle_suspected(guard, now)
             rows.extend((identity, bucket, window, item) for item in fresh)
-        insert_rows(connection, _WATCH_INTO, rows, then="ON CONFLICT DO NOTHING")
+        if not both:
+            insert_rows(connection, _WATCH_INTO, rows, then="ON CONFLICT DO NOTHING")
 
     def purge_windows(self, connection: Connection, now: datetime, *, keep_seconds: int) -> int:
         """Delete guard rows and counters older than `keep_seconds`; return how many."""
