@@ -32,7 +32,6 @@ from policies.formats import (
 )
 from policies.models import Action, IdentityPolicy
 from vault._core import VaultCore
-from vault.card import CardBundle
 from vault.errors import (
     BatchItemInvalid,
     FormatNotApplicable,
@@ -45,6 +44,7 @@ from vault.keyring import KeyPurpose, pan_aad
 from vault.limits import oracle_bucket
 from vault.models import MAX_BATCH, CallContext, TokenizeRequest, TokenRecord
 from vault.operations._inputs import card_bundle, expiry, validate_metadata
+from vault.operations._items import _guard_kind, _Item
 from vault.pan import Pan
 from vault.storage.database import as_utc
 from vault.storage.rawsql import fetch_all, insert_many
@@ -90,18 +90,6 @@ _BY_IDEMPOTENCY: Final = select(tokens).where(
 )
 
 
-def _guard_kind(spec: FormatSpec, request: TokenizeRequest) -> str | None:
-    """What the oracle guard counts for this item: ``"card"`` (the card, when the answer
-    depends on what the vault holds: convergence or an idempotency key), ``"token"``
-    (each fresh token of a small random space, which it uses up), or None."""
-    length = len(request.pan)
-    if may_converge(spec, length) or request.idempotency_key is not None:
-        return "card"
-    if spec.type is FormatType.RANDOM and hidden_candidates(spec, length) < MIN_CANDIDATES:
-        return "token"
-    return None
-
-
 @dataclass(slots=True)
 class _Answers:
     """What one tokenize call has answered so far, and the audit entries to write."""
@@ -118,23 +106,6 @@ class _Answers:
         self.results[index] = service._record(row, existing=True)
         self.stored[index] = row
         self.events.append(service._tokenize_event(self.ctx, row.id, row.format, result))
-
-
-@dataclass(slots=True)
-class _Item:
-    """One checked tokenize item and what storing it needs (fingerprints: see _tokenize)."""
-
-    request: TokenizeRequest
-    spec: FormatSpec
-    card: CardBundle  # what is sealed: the PAN and its details
-    code_epoch: int | None  # the key epoch of its security code, if it brings one
-    metadata: str
-    convergent: bool  # this call may answer a stored token for the same PAN
-    fingerprint: bytes
-    fp_version: int
-    known_fps: list[bytes]
-    guard: tuple[bytes, bytes] | None  # (oracle bucket, item) when the guard counts it
-    guards_card: bool  # the guard's item is the card's fingerprint
 
 
 class TokenizeOperations(VaultCore):
