@@ -20,7 +20,7 @@ from policies.loader import parse_policy
 from tests.support.fake_acquirer import FakeAcquirer
 from tests.vault.conftest import TEST_POLICY
 from vault.errors import UpstreamUnavailable
-from vault.pan import Pan
+from vault.pan import Pan, luhn_check_digit
 from vault.service import CallContext, TokenizeRequest, VaultService
 
 PAN = "5555555555554444"
@@ -173,3 +173,27 @@ def test_response_tokenize_gives_a_usable_token(
     answered = result.body["card"]["number"]
     assert "*" not in answered
     assert relay_service.detokenize(RELAYER, answered).pan == Pan(PAN)
+
+
+def test_response_tokenize_stores_each_cards_fingerprint(
+    relay_service: VaultService, acquirer: FakeAcquirer, engine: Engine
+) -> None:
+    """Review of 202a436: the relay's answer was stored with an empty fingerprint, so the
+    second card a domain's relay tokenized met the convergent index and the call failed
+    503 after the card had gone upstream. Two cards, each stored under its own HMAC."""
+    second = "555555123456444" + luhn_check_digit("555555123456444")
+    answers = []
+    for card in (PAN, second):
+        token = relay_service.tokenize(PAYMENTS, TokenizeRequest(Pan(card), "pan_last4")).token
+        acquirer.answer = lambda body: (200, {"card": {"number": body["card"]["number"]}})
+        answers.append(relay_service.relay(RELAYER, "acq", {"card": {"number": token}}))
+    tokens = [result.body["card"]["number"] for result in answers]
+    for answered, card in zip(tokens, (PAN, second), strict=True):
+        assert relay_service.detokenize(RELAYER, answered).pan == Pan(card)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT fingerprint, fp_version FROM tokens WHERE token IN (:a, :b)"),
+            {"a": tokens[0], "b": tokens[1]},
+        ).all()
+    assert len(rows) == 2
+    assert all(len(bytes(fp)) == 32 and version >= 1 for fp, version in rows), rows

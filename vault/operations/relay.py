@@ -248,7 +248,9 @@ class RelayOperations(TokenizeOperations):
             # stores the card the upstream sent, in the relayer's domain.
             domain = self._policy.domain(ctx.identity)
             try:
-                item = self._plan(domain, TokenizeRequest(pan=pan, format=token_format))
+                (item,) = self._plan(
+                    domain, [TokenizeRequest(pan=pan, format=token_format)], batch=False
+                )
             except VaultError:
                 continue  # not a card this format takes: masked below like any other
             (record,) = self._transaction(

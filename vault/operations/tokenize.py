@@ -111,9 +111,31 @@ class _Answers:
 class TokenizeOperations(VaultCore):
     """Tokenize operations of the vault."""
 
-    def _plan(self, domain: str, request: TokenizeRequest) -> _Item:
-        """Check one item and compute what storing it needs (before the transaction:
-        the HSM calls happen here). Raises the item's `VaultError`."""
+    def _plan(
+        self, domain: str, requests: Sequence[TokenizeRequest], *, batch: bool
+    ) -> list[_Item]:
+        """Check every item, then compute what storing them needs (before the
+        transaction): the cards' fingerprints, in HSM calls of many and only once every
+        item is checked, so a refused call spends no HMAC. Every path that stores a
+        token plans it here (the relay's answer too: an item stored without its
+        fingerprint would never converge and would block the domain's convergent index).
+        Raises the first invalid item's `VaultError` (`BatchItemInvalid` in a batch)."""
+        items = []
+        for index, request in enumerate(requests):
+            try:
+                items.append(self._check(domain, request))
+            except VaultError as exc:
+                raise self._item_error(exc, index, batch=batch) from None
+        prints, fp_version, known = self._card_prints([i.request.pan.reveal() for i in items])
+        for item, fingerprint, fps in zip(items, prints, known, strict=True):
+            item.fingerprint, item.fp_version, item.known_fps = fingerprint, fp_version, fps
+            if item.guard is not None and item.guards_card:
+                item.guard = (item.guard[0], fingerprint)
+        return items
+
+    def _check(self, domain: str, request: TokenizeRequest) -> _Item:
+        """Check one item; its fingerprints are left for `_plan`. Raises the item's
+        `VaultError`."""
         spec = self._policy.token_format(request.format)
         check_applicable(spec, request.pan)
         self._check_luhn(request.pan)
@@ -204,18 +226,7 @@ class TokenizeOperations(VaultCore):
             for other in {r.format for r in requests[1:]} - {requests[0].format}:
                 self._authorize(ctx, action, token_format=other)
             self._refuse_early(ctx, rules, requests)
-            items = []
-            for index, request in enumerate(requests):
-                try:
-                    items.append(self._plan(domain, request))
-                except VaultError as exc:
-                    raise self._item_error(exc, index, batch=batch) from None
-            # Every item checked, then every HMAC in HSM calls of many (a refused call spends none).
-            prints, fp_version, known = self._card_prints([i.request.pan.reveal() for i in items])
-            for item, fingerprint, fps in zip(items, prints, known, strict=True):
-                item.fingerprint, item.fp_version, item.known_fps = fingerprint, fp_version, fps
-                if item.guard is not None and item.guards_card:
-                    item.guard = (item.guard[0], fingerprint)
+            items = self._plan(domain, requests, batch=batch)
 
             def work(connection: Connection) -> list[TokenRecord] | VaultError:
                 now = self._clock()
