@@ -130,6 +130,8 @@ def serve_worker(settings: Settings, index: int | None, *, migrate_schema: bool 
         # collector's sight, its full collections walk only what requests allocate
         # (a batch of 1,000 allocates enough to trigger several, and each walked the
         # whole heap of SQLAlchemy, FastAPI, pydantic and OpenTelemetry objects).
+        # Collected first, so start-up's garbage in cycles is freed, not pinned for life.
+        gc.collect()
         gc.freeze()
         try:
             run_until_stopped(

@@ -316,7 +316,9 @@ class VaultCore:
         # others answer from the list they have meanwhile. Under load every executor
         # thread met the expired list at once and read it too (issue 21's profile: ~6
         # listings a second per worker, 0.45 ms of CPU per tokenize).
-        if cached is None:
+        # Bounded: a listing that hangs (a stuck HSM) makes the others wait once the
+        # list is 5 s old, rather than serve it indefinitely through a rotation.
+        if cached is None or time.monotonic() - self._fp_read > 5.0:
             self._fp_lock.acquire()
         elif not self._fp_lock.acquire(blocking=False):
             return cached

@@ -4,6 +4,7 @@ failures, and the guarantees of the acceptance list."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -439,7 +440,7 @@ def test_an_expired_fingerprint_key_list_is_read_by_one_caller_at_a_time(
         return listed(kind)  # type: ignore[arg-type]
 
     known = service._fingerprint_versions()
-    service._fp_read = float("-inf")  # expired, without waiting for the clock
+    service._fp_read = time.monotonic() - 2.0  # expired, without waiting for the clock
     monkeypatch.setattr(registry, "versions", slow_versions)
     first = threading.Thread(target=service._fingerprint_versions)
     first.start()
@@ -449,3 +450,33 @@ def test_an_expired_fingerprint_key_list_is_read_by_one_caller_at_a_time(
     first.join()
     assert others == [known] * 5
     assert len(reads) == 1
+
+
+def test_a_fingerprint_key_list_too_old_is_not_served_while_it_is_read(
+    service: VaultService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of the lever above: a listing that hangs must not leave the other callers
+    on the old list indefinitely (through a fingerprint rotation they would mint a
+    second token for a card). Past 5 s they wait for the reader."""
+    registry = service._keyring.registry
+    listed = registry.versions
+    reading, release, answered = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_versions(kind: object) -> list[int]:
+        reading.set()
+        release.wait()
+        return listed(kind)  # type: ignore[arg-type]
+
+    service._fingerprint_versions()
+    service._fp_read = time.monotonic() - 60.0
+    monkeypatch.setattr(registry, "versions", slow_versions)
+    first = threading.Thread(target=service._fingerprint_versions)
+    first.start()
+    assert reading.wait(timeout=30)
+    other = threading.Thread(target=lambda: (service._fingerprint_versions(), answered.set()))
+    other.start()
+    assert not answered.wait(timeout=0.5)  # waits for the reader, not the old list
+    release.set()
+    first.join()
+    other.join()
+    assert answered.is_set()
