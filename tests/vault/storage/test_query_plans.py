@@ -10,23 +10,12 @@ noticing: the bench would, hours later. The plan is pinned here instead (no timi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import Connection, Engine
 
 from vault.limits import _CHARGE_SQL, _SEEN_SQL, _TAT_SQL
 from vault.operations.tokenize import _ANY_CONVERGENT, _TAKEN_SQL
-from vault.storage.database import create_database_engine, migrate
 from vault.storage.rawsql import fetch_all
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_database_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 def _plan(connection: Connection, sql: str, params: list[object], in_list: int) -> str:

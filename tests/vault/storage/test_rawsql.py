@@ -4,7 +4,6 @@ what SQLAlchemy's would, and a driver error is SQLAlchemy's exception for it."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,17 +11,8 @@ import pytest
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
-from vault.storage.database import create_database_engine, migrate
 from vault.storage.rawsql import execute, fetch_all, fetch_records, insert_many, insert_rows
 from vault.storage.schema import tokens
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_database_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 def _row(token: str) -> dict[str, Any]:
