@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine
 
 from audit.handover import hold_sequencer_lock, record_handover, sign_handover
@@ -27,25 +25,11 @@ from audit.publisher import CheckpointPublisher, PinnedWitness
 from audit.sequencer import Sequencer
 from audit.store import AuditStore
 from audit.witnessed import verify_witnessed
+from tests.support.signers import SoftSigner
 from tests.support.witness_process import WitnessProcess
 from witness.client import submit_checkpoint
 
-
-class _SoftSigner:
-    def __init__(self, label: str) -> None:
-        self.key_id = label
-        self._private = ec.generate_private_key(ec.SECP256R1())
-
-    def sign(self, message: bytes) -> bytes:
-        return self._private.sign(message, ec.ECDSA(hashes.SHA256()))
-
-    def public_key_pem(self) -> bytes:
-        return self._private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-
-
-OLD, NEW = _SoftSigner("cofre-audit-v1"), _SoftSigner("cofre-audit-v2")
+OLD, NEW = SoftSigner("cofre-audit-v1"), SoftSigner("cofre-audit-v2")
 
 
 @pytest.fixture
@@ -67,7 +51,7 @@ def _append(engine: Engine, count: int, tag: str) -> None:
 
 
 def test_witness_follows_the_published_handover(engine: Engine, witness: WitnessProcess) -> None:
-    current: list[_SoftSigner] = [OLD]
+    current: list[SoftSigner] = [OLD]
 
     def submit(pinned: PinnedWitness, body: bytes) -> tuple[int, str, str]:
         answer = submit_checkpoint(pinned.url, body)

@@ -5,40 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from audit.handover import hold_sequencer_lock, record_handover, sign_handover
 from audit.heads import log_origin, log_verifier_key
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.sequencer import Sequencer
 from audit.store import AuditStore
 from cofre_cli.devwitness import pin_dev_handovers
+from tests.support.signers import SoftSigner
 from vault.storage.database import create_database_engine, migrate
 from witness.state import WitnessState
-
-
-class Signer:
-    """A software audit key behind the signer interface (the session's token keeps its
-    keys); tests/vault/test_audit_rotation.py runs the ceremony with the HSM."""
-
-    def __init__(self, label: str) -> None:
-        self.key_id = label
-        self._private = ec.generate_private_key(ec.SECP256R1())
-
-    def sign(self, message: bytes) -> bytes:
-        return self._private.sign(message, ec.ECDSA(hashes.SHA256()))
-
-    def public_key_pem(self) -> bytes:
-        return self._private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
 
 
 def test_cofre_dev_pins_the_keys_its_handovers_introduce(tmp_path: Path) -> None:
     """Dev plays the witness operator too: `cofre dev` pins (in the dev witness's state)
     the new key of each stored handover signed by both keys, and nothing else."""
-    old, new = Signer("cofre-audit-v1"), Signer("cofre-audit-v2")
+    old, new = SoftSigner("cofre-audit-v1"), SoftSigner("cofre-audit-v2")
     engine = create_database_engine(f"sqlite:///{tmp_path / 'cofre.sqlite3'}")
     try:
         migrate(engine)

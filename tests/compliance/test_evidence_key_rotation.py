@@ -16,8 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine
 
 from audit.handover import hold_sequencer_lock, record_handover, sign_handover
@@ -27,26 +25,13 @@ from audit.sequencer import Sequencer
 from audit.store import AuditStore
 from cofre_evidence_verifier.verify import verify_bundle
 from compliance.export import EvidenceSources, write_bundle
+from tests.support.signers import SoftSigner
 from vault.policy_record import policy_event
 from vault.storage.database import create_database_engine, migrate
 
 SOURCES = EvidenceSources(
     key_inventory=dict, ceremonies=list, settings={}, tls_settings={}, certificates=[]
 )
-
-
-class _SoftSigner:
-    def __init__(self, label: str) -> None:
-        self.key_id = label
-        self._private = ec.generate_private_key(ec.SECP256R1())
-
-    def sign(self, message: bytes) -> bytes:
-        return self._private.sign(message, ec.ECDSA(hashes.SHA256()))
-
-    def public_key_pem(self) -> bytes:
-        return self._private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
 
 
 @pytest.fixture
@@ -66,7 +51,7 @@ def _append(engine: Engine, count: int, tag: str) -> None:
             )
 
 
-def _export(engine: Engine, signer: _SoftSigner, since: datetime, out: Path) -> Path:
+def _export(engine: Engine, signer: SoftSigner, since: datetime, out: Path) -> Path:
     with out.open("wb") as handle:
         write_bundle(
             engine,
@@ -93,7 +78,7 @@ def _rewrite(bundle: Path, out: Path, name: str, data: bytes) -> Path:
 
 
 def test_bundle_across_a_rotation_verifies_from_either_key(engine: Engine, tmp_path: Path) -> None:
-    old, new, rogue = (_SoftSigner(f"cofre-audit-v{n}") for n in (1, 2, 3))
+    old, new, rogue = (SoftSigner(f"cofre-audit-v{n}") for n in (1, 2, 3))
     since = datetime.now(UTC) - timedelta(seconds=1)
     with engine.begin() as connection:
         AuditLog().append(
@@ -147,7 +132,7 @@ def test_a_head_at_the_handover_size_must_be_the_handover_tree(
 ) -> None:
     """Security review (LOW): pinning the new key vouched for the old key at every size
     up to the handover's, so a leaked old key signed another tree at that very size."""
-    old, new = (_SoftSigner(f"cofre-audit-v{n}") for n in (1, 2))
+    old, new = (SoftSigner(f"cofre-audit-v{n}") for n in (1, 2))
     since = datetime.now(UTC) - timedelta(seconds=1)
     with engine.begin() as connection:
         AuditLog().append(
