@@ -6,13 +6,14 @@ ciphertexts) in bulk, so that growing it to 10^6 takes seconds; then the real se
 tokenizes and detokenizes on top. The HSM is a fresh SoftHSM2 token; PostgreSQL is a
 throwaway cluster (fsync on, the real commit cost).
 
-The cost is printed two ways: wall time, and this process's CPU time per tokenize (the
-least of four rounds). The sizes are measured minutes apart, with the fill between
-them, and on a shared machine the wall ratio moves with the others' load: the 12:33 run
-of 2026-12-01 read 1.34x where the same code measured 0.81-1.59x round by round (CPU,
-10^4 and 10^6 stores alternating in one process, medians 1.08x and 1.17x; the code
-before issue 21's levers 0.94x and 1.08x). On PostgreSQL the server's CPU is not in
-this process's: read the wall ratio there.
+Each size has a store of its own, filled first; then the stores are measured in
+alternating rounds, so what the machine's load does during the run falls on every size
+alike. The cost is printed two ways: wall time, and this process's CPU time per
+tokenize (the least of four rounds). Until 2026-12-01 the sizes were one store grown
+between two measurements minutes apart, and on a shared machine the ratio moved with
+the others' load: the same code read 1.34x (12:33), 1.77x (15:06, CPU) and 1.07x
+(15:19, CPU), where alternating rounds in one process read 1.08-1.17x. On PostgreSQL
+the server's CPU is not in this process's: read the wall ratio there.
 
 Run: .venv/bin/python -m bench.vault [--sizes 10000,1000000] [--databases sqlite,postgresql]
 """
@@ -83,31 +84,45 @@ def _fill(engine: Engine, start: int, count: int) -> None:
             connection.execute(insert(tokens), rows)
 
 
+def _round(service: VaultService, base: int, n: int) -> tuple[list[str], float, float]:
+    """Tokenize `n` fresh cards from `base`: the tokens, the wall seconds, and this
+    process's CPU seconds (the group committer's thread included)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    issued = [
+        service.tokenize(CTX, TokenizeRequest(_pan(base + i), "pan_bin6_last4")).token
+        for i in range(n)
+    ]
+    return issued, time.perf_counter() - t0, time.process_time() - c0
+
+
 def _measure(
-    service: VaultService, base: int, n: int, rounds: int = 4
-) -> tuple[float, float, float]:
-    """Tokenize `n` fresh cards, then detokenize them: tokenize/s and detokenize/s (wall),
-    and the CPU time of this process per tokenize (ms; the group committer's thread
-    included), the least of `rounds` equal rounds. On a shared machine wall time swings
-    with the other processes' load, and CPU time less so; the least of several rounds
-    is the one least disturbed (another process can only add to it)."""
-    issued: list[str] = []
-    cpu_ms: list[float] = []
+    services: dict[int, VaultService], n: int, rounds: int = 4
+) -> dict[int, tuple[float, float, float]]:
+    """Per store size: tokenize/s and detokenize/s (wall), and the CPU time of this
+    process per tokenize (ms), the least of `rounds` rounds. The stores' rounds
+    alternate, so what the machine's load does during the run falls on every size
+    alike (measured one after the other, minutes apart, the same code read 0.81-1.75x
+    on a shared machine); the least of several rounds is the one least disturbed
+    (another process can only add to it)."""
     per_round = n // rounds
-    t0 = time.perf_counter()
+    issued: dict[int, list[str]] = {size: [] for size in services}
+    wall: dict[int, float] = dict.fromkeys(services, 0.0)
+    cpu_ms: dict[int, list[float]] = {size: [] for size in services}
     for r in range(rounds):
-        c0 = time.process_time()
-        issued += [
-            service.tokenize(CTX, TokenizeRequest(_pan(base + i), "pan_bin6_last4")).token
-            for i in range(r * per_round, (r + 1) * per_round)
-        ]
-        cpu_ms.append((time.process_time() - c0) / per_round * 1000)
-    tok = len(issued) / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for token in issued:
-        service.detokenize(CTX, token)
-    detok = len(issued) / (time.perf_counter() - t0)
-    return tok, detok, min(cpu_ms)
+        for size, service in services.items():
+            base = size * 10 + r * per_round
+            tokens, seconds, cpu = _round(service, base, per_round)
+            issued[size] += tokens
+            wall[size] += seconds
+            cpu_ms[size].append(cpu / per_round * 1000)
+    out = {}
+    for size, service in services.items():
+        t0 = time.perf_counter()
+        for token in issued[size]:
+            service.detokenize(CTX, token)
+        detok = len(issued[size]) / (time.perf_counter() - t0)
+        out[size] = (len(issued[size]) / wall[size], detok, min(cpu_ms[size]))
+    return out
 
 
 def _pgbench(cluster: PostgresCluster, tmp: Path) -> float:
@@ -139,17 +154,24 @@ def _pgbench(cluster: PostgresCluster, tmp: Path) -> float:
     return tps
 
 
-def run(database: str, url: str, provider: HSMProvider, sizes: list[int]) -> dict[str, object]:
-    engine = create_database_engine(url)
-    migrate(engine)
-    service = VaultService(engine, provider, PolicyEngine(parse_policy(POLICY, kind="toml").policy))
-    service.initialize()
-    out: dict[str, object] = {}
-    filled = 0
+def run(
+    database: str, urls: dict[int, str], provider: HSMProvider, sizes: list[int]
+) -> dict[str, object]:
+    """One store per size (`urls`), each filled to its size, then measured in
+    alternating rounds (`_measure`)."""
+    policy = PolicyEngine(parse_policy(POLICY, kind="toml").policy)
+    engines, services = {}, {}
     for size in sizes:
-        _fill(engine, filled, size - filled)
-        filled = size
-        tok, detok, cpu = _measure(service, base=size * 10, n=1000)
+        engine = create_database_engine(urls[size])
+        migrate(engine)
+        _fill(engine, 0, size)
+        service = VaultService(engine, provider, policy)
+        service.initialize()
+        engines[size], services[size] = engine, service
+    measured = _measure(services, n=1000)
+    out: dict[str, object] = {}
+    for size in sizes:
+        tok, detok, cpu = measured[size]
         out[f"{size}"] = {
             "tokenize_per_s": tok,
             "detokenize_per_s": detok,
@@ -159,20 +181,31 @@ def run(database: str, url: str, provider: HSMProvider, sizes: list[int]) -> dic
             f"  {database:<10} {size:>10,} stored: tokenize {tok:>8,.0f}/s   "
             f"detokenize {detok:>8,.0f}/s   CPU per tokenize {cpu:.2f} ms"
         )
-    first, last = out[str(sizes[0])], out[str(sizes[-1])]
-    ratio = first["tokenize_per_s"] / last["tokenize_per_s"]  # type: ignore[index]
+    first, last = measured[sizes[0]], measured[sizes[-1]]
+    ratio = first[0] / last[0]
+    cpu_ratio = last[2] / first[2]
     out["cost_ratio_tokenize"] = ratio
-    cpu_ratio = last["tokenize_cpu_ms"] / first["tokenize_cpu_ms"]  # type: ignore[index]
     out["cpu_ratio_tokenize"] = cpu_ratio
-    # The two sizes are measured minutes apart (the fill in between): the wall ratio
-    # carries whatever the machine's load did meanwhile, the CPU ratio much less.
     print(
         f"  {database:<10} tokenize cost at {sizes[-1]:,} vs {sizes[0]:,}: {ratio:.2f}x wall, "
         f"{cpu_ratio:.2f}x CPU per tokenize (goal <= 1.2x)"
     )
-    service.close()
-    engine.dispose()
+    for size in sizes:
+        services[size].close()
+        engines[size].dispose()
     return out
+
+
+def _create_databases(cluster: PostgresCluster, sizes: list[int]) -> dict[int, str]:
+    """A database per store size on the cluster."""
+    dsn = ["-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres", "postgres"]
+    for size in sizes:
+        subprocess.run(
+            [str(cluster.bindir / "psql"), *dsn, "-qc", f"CREATE DATABASE bench_{size}"],
+            check=True,
+            capture_output=True,
+        )
+    return {size: cluster.sqlalchemy_url(f"bench_{size}") for size in sizes}
 
 
 def main(sizes: list[int], databases: list[str]) -> dict[str, object]:
@@ -181,15 +214,15 @@ def main(sizes: list[int], databases: list[str]) -> dict[str, object]:
         provider = fresh_provider(Path(tmp))
         print("in-process vault, one thread, pan_bin6_last4, convergent:")
         if "sqlite" in databases:
-            results["sqlite"] = run(
-                "sqlite", f"sqlite:///{Path(tmp) / 'v.sqlite3'}", provider, sizes
-            )
+            urls = {size: f"sqlite:///{Path(tmp) / f'v{size}.sqlite3'}" for size in sizes}
+            results["sqlite"] = run("sqlite", urls, provider, sizes)
         if "postgresql" in databases:
             cluster = PostgresCluster.create(durable=True)
             cluster.start()
             try:
                 results["pgbench_insert_tps"] = _pgbench(cluster, Path(tmp))
-                results["postgresql"] = run("postgresql", cluster.sqlalchemy_url(), provider, sizes)
+                urls = _create_databases(cluster, sizes)
+                results["postgresql"] = run("postgresql", urls, provider, sizes)
             finally:
                 cluster.destroy()
     return results
