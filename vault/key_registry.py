@@ -22,14 +22,16 @@ from dataclasses import dataclass
 from typing import Final
 
 from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.schema import READ_ONLY, audit_entries
+from cofre.dberrors import db_error_name
 from hsm.errors import HSMKeyNotFound
 from hsm.keys import KeyKind, parse_key_label
 from hsm.models import KeyInfo
 from hsm.provider import HSMProvider
-from vault.errors import KeyNotRegistered
+from vault.errors import KeyNotRegistered, StorageUnavailable
 
 REGISTER: Final = "key.register"
 _REFRESH_SECONDS: Final = 1.0
@@ -97,8 +99,15 @@ class KeyRegistry:
         if connection is None:
             # A read-only connection: on SQLite it must not queue behind a writer (the
             # registry is consulted from inside the vault's own write transactions).
-            with self._engine.execution_options(**READ_ONLY).connect() as reader:
-                return self._read(reader)
+            try:
+                with self._engine.execution_options(**READ_ONLY).connect() as reader:
+                    return self._read(reader)
+            except SQLAlchemyError as exc:
+                # Translated here, the registry's edge: it is read from request paths
+                # (the fingerprint key list), where a raw database error would be a 500.
+                raise StorageUnavailable(
+                    f"the key registry is unavailable ({db_error_name(exc)})"
+                ) from None
         out: dict[str, KeyIdentity] = {}
         for payload in connection.execute(query).scalars():
             details = json.loads(payload).get("details", {})

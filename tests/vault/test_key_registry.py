@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -12,8 +13,10 @@ from sqlalchemy import Engine
 
 from hsm.keys import KeyKind
 from hsm.provider import HSMProvider
-from vault.errors import KeyNotRegistered
+from vault.errors import KeyNotRegistered, StorageUnavailable
+from vault.key_registry import KeyRegistry
 from vault.service import VaultService
+from vault.storage.database import create_database_engine
 
 PLANTED = "cofre-kek-v9"
 
@@ -57,3 +60,16 @@ def test_a_planted_newer_key_is_never_used_and_fails_readiness(
     with pytest.raises(KeyNotRegistered, match=planted) as caught:
         service.check_ready()
     assert caught.value.code == "hsm_key_unregistered"
+
+
+def test_an_unreachable_database_is_storage_unavailable_not_a_500(
+    hsm_provider: HSMProvider, tmp_path: Path
+) -> None:
+    """A full run met PostgreSQL stopped while a tokenize read the fingerprint key list:
+    the registry's own read let SQLAlchemy's OperationalError through, and the API
+    answered 500 internal_error. Database errors are translated at the vault's edge."""
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'missing' / 'v.sqlite3'}")
+    registry = KeyRegistry(engine, hsm_provider)
+    with pytest.raises(StorageUnavailable):
+        registry.versions(KeyKind.FINGERPRINT)
+    engine.dispose()
