@@ -334,21 +334,6 @@ class VaultCore:
         finally:
             self._fp_lock.release()
 
-    def _fingerprint(self, digits: str) -> tuple[bytes, int]:
-        """The fingerprint to store: under the newest fingerprint key. The version list
-        is cached for a second: if its newest key was just destroyed by a completed
-        rotation, read the list again once."""
-        for attempt in (0, 1):
-            version = self._fingerprint_versions()[-1]
-            label = key_label(KeyKind.FINGERPRINT, version)
-            try:
-                return self._provider.hmac_sha256(label, digits.encode("ascii")), version
-            except HSMKeyNotFound:
-                if attempt:
-                    raise
-                self._fp_versions = None
-        raise AssertionError("unreachable")  # pragma: no cover
-
     def _fingerprints(self, digits: str) -> list[bytes]:
         """Every fingerprint a stored row of this PAN may carry (one per key version).
 
