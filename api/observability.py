@@ -67,7 +67,12 @@ def export_event(
 
 def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
     """Send structlog JSON lines to `stream` (stderr by default). Called by the server at
-    start-up (structlog's configuration is process-wide by design)."""
+    start-up (structlog's configuration is process-wide by design).
+
+    Each line goes out in one write, newline included: `PrintLoggerFactory` prints the
+    line and its newline as two writes, and with PYTHONUNBUFFERED (as containers set it)
+    those are two syscalls, so the workers sharing one stderr interleave each other's
+    lines and a log shipper reads two events glued together."""
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -80,7 +85,7 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
 

@@ -3,13 +3,16 @@ OTEL_TRACES_SAMPLER variables, and a refused or failed request is always traced.
 
 from __future__ import annotations
 
+import io
+import json
 import time
 
 import pytest
+import structlog
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from api.observability import make_telemetry, new_tracer_provider
+from api.observability import configure_logging, make_telemetry, new_tracer_provider
 
 
 def _span(status: int) -> tuple[str, int, dict[str, object]]:
@@ -46,3 +49,34 @@ def test_the_default_sampler_traces_every_request_with_its_start_time() -> None:
     assert span.start_time == started
     assert span.end_time is not None
     assert span.end_time >= started
+
+
+class _Writes(io.StringIO):
+    """A stream that remembers each write it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_each_log_line_is_one_write_newline_included() -> None:
+    """The workers share one stderr: a line written in two pieces (the event, then its
+    newline) lets another worker's line land between them (seen in CI as two JSON events
+    on one line)."""
+    saved = structlog.get_config()
+    stream = _Writes()
+    try:
+        configure_logging(stream=stream)
+        structlog.get_logger().info("draining", signal="SIGTERM", worker=0)
+        structlog.get_logger().info("vault stopped", worker=1)
+    finally:
+        structlog.configure(**saved)
+    assert len(stream.writes) == 2
+    for write in stream.writes:
+        assert write.endswith("\n")
+        assert write.count("\n") == 1
+        json.loads(write)
