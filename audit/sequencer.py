@@ -30,11 +30,12 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, sele
 from sqlalchemy.exc import SQLAlchemyError
 
 from audit._rows import insert_values
-from audit.errors import AuditVerificationFailed, AuditWriteFailed
+from audit.errors import AuditWriteFailed
 from audit.heads import SignedTreeHead, TreeHeadSigner, sign_tree_head
 from audit.merkle import CompactRange, leaf_hash
 from audit.partitions import ensure_partitions
 from audit.schema import audit_entries, audit_heads, audit_leaves, audit_nodes, audit_queue
+from cofre.background import LoopHealth
 from cofre.dberrors import db_error_name
 
 # Any constant unique to Cofre: the advisory lock key of the sequencer.
@@ -253,7 +254,12 @@ class SequencerThread:
         self._thread = threading.Thread(
             target=self._loop, name="cofre-audit-sequencer", daemon=True
         )
-        self.last_error: str | None = None
+        self.health = LoopHealth("audit sequencer")
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last tick failed (e.g. a stored key handover that does not verify)."""
+        return self.health.last_error
 
     @property
     def leading(self) -> bool:
@@ -306,10 +312,7 @@ class SequencerThread:
                 continue
             try:
                 self._sequencer.run_once()
-            except (AuditWriteFailed, AuditVerificationFailed) as exc:
-                # Readiness says why (e.g. a stored key handover that does not verify).
-                self.last_error = str(exc)
             except Exception as exc:  # noqa: BLE001 - the loop must survive to report it
-                self.last_error = f"{type(exc).__name__}"
+                self.health.failed(exc)
             else:
-                self.last_error = None
+                self.health.succeeded()

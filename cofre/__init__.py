@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 # an underscore is internal. tests/test_exported_members.py pins this list.
 __all__ = [
     "__version__",
+    "background",
     "dberrors",
     "errors",
     "filemodes",

@@ -247,6 +247,12 @@ def _start_purge_worker(service: VaultService, settings: Settings) -> PurgeWorke
     return worker
 
 
+def _background_checks(purge: PurgeWorker, rotation: RotationWorker) -> dict[str, str]:
+    """ "ok", or since when and why the loop fails. Never fails readiness: requests are
+    still served and the next tick may work; the log says when failing starts and ends."""
+    return {"token_purge": purge.health.check(), "key_rotation": rotation.health.check()}
+
+
 def build_runtime(
     settings: Settings,
     *,
@@ -311,7 +317,11 @@ def build_runtime(
         # COFRE_KEYS__OVERDUE_FAILS_READINESS is set.
         checks["key_cryptoperiods"] = periods.check()
         # With witnesses: "ok", or how far their quorum trails (never fails readiness).
-        return checks | witness_checks(publisher_thread, settings.audit.witness_quorum)
+        return (
+            checks
+            | witness_checks(publisher_thread, settings.audit.witness_quorum)
+            | _background_checks(purge_worker, worker)
+        )
 
     bounds = settings.evidence
     export_rate = RateLimit(per_second=bounds.exports_per_hour / 3600, burst=bounds.export_burst)

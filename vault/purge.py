@@ -12,6 +12,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+from cofre.background import LoopHealth
+
 if TYPE_CHECKING:
     from vault.service import VaultService
 
@@ -20,16 +22,20 @@ __all__ = ["PurgeWorker"]
 
 class PurgeWorker:
     """Calls `service.purge_expired()` every `interval` seconds until stopped. Errors are
-    kept (for readiness and logs) and retried on the next tick."""
+    kept (for readiness and logs, `health`) and retried on the next tick."""
 
     def __init__(self, service: VaultService, interval: float) -> None:
         self._service = service
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cofre-token-purge", daemon=True)
-        self.last_error: str | None = None
+        self.health = LoopHealth("token purge")
         self.purged = 0
         self.codes_expired = 0
+
+    @property
+    def last_error(self) -> str | None:
+        return self.health.last_error
 
     def start(self) -> None:
         self._thread.start()
@@ -47,6 +53,6 @@ class PurgeWorker:
                 swept = self._service.sweep_security_codes(actor="cofre scheduled purge")
                 self.codes_expired += swept.expired
             except Exception as exc:  # noqa: BLE001 - kept for readiness, retried next tick
-                self.last_error = type(exc).__name__
+                self.health.failed(exc)
             else:
-                self.last_error = None
+                self.health.succeeded()

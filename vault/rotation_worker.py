@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 
+from cofre.background import LoopHealth
 from vault.rotation import KeyRotation
 
 
@@ -19,7 +20,11 @@ class RotationWorker:
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cofre-key-rotation", daemon=True)
-        self.last_error: str | None = None
+        self.health = LoopHealth("key rotation")
+
+    @property
+    def last_error(self) -> str | None:
+        return self.health.last_error
 
     def start(self) -> None:
         self._thread.start()
@@ -33,9 +38,9 @@ class RotationWorker:
             try:
                 moved = self._rotation.run_pending()
             except Exception as exc:  # noqa: BLE001 - kept and retried; the job resumes
-                self.last_error = type(exc).__name__
+                self.health.failed(exc)
                 moved = 0
             else:
-                self.last_error = None
+                self.health.succeeded()
             if not moved:
                 self._stop.wait(self._interval)

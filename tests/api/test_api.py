@@ -284,6 +284,8 @@ def test_health_and_readiness(vault_server: VaultServer) -> None:
             "key_registry": "ok",
             "audit_sequencer": "ok",
             "key_cryptoperiods": "ok",
+            "token_purge": "ok",
+            "key_rotation": "ok",
         },
     }
 

@@ -75,6 +75,8 @@ def test_health_listener_answers_probes_without_identity(
                 "key_registry": "ok",
                 "audit_sequencer": "ok",
                 "key_cryptoperiods": "ok",
+                "token_purge": "ok",
+                "key_rotation": "ok",
             }
             # Nothing else is served here: no API route, no body read, no identity.
             for method, path in (("POST", "/v1/tokenize"), ("GET", "/healthz"), ("GET", "/")):

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
@@ -198,6 +198,36 @@ def test_small_spaces_refuse_where_the_format_says(domains: VaultService) -> Non
     b = domains.tokenize(PAYMENTS, TokenizeRequest(thirteen, "pan_bin6_last4"))
     assert a.token != b.token
     assert not b.existing
+
+
+def test_a_purge_that_keeps_failing_is_reported_and_its_recovery_too(
+    engine: Engine, hsm_provider: HSMProvider
+) -> None:
+    """Expired tokens that are not shredded break PCI DSS 3.2.1 while every request is
+    still answered: the failing purge shows in readiness (`health.check`) until a tick
+    works again."""
+    svc = VaultService(engine, hsm_provider, PolicyEngine(parse_policy(POLICY, kind="toml").policy))
+    svc.initialize()
+    worker = PurgeWorker(svc, interval=0.05)
+
+    def wait_for(done: object) -> None:
+        deadline = datetime.now(UTC) + timedelta(seconds=60)
+        while not done() and datetime.now(UTC) < deadline:  # type: ignore[operator]
+            worker._stop.wait(0.05)
+
+    with engine.begin() as connection:  # the table is gone, as after a bad restore
+        connection.execute(text("ALTER TABLE tokens RENAME TO tokens_away"))
+    worker.start()
+    try:
+        wait_for(lambda: worker.last_error is not None)
+        assert worker.health.check().startswith("failing since "), worker.health.check()
+        assert "StorageUnavailable" in worker.health.check()
+        with engine.begin() as connection:
+            connection.execute(text("ALTER TABLE tokens_away RENAME TO tokens"))
+        wait_for(lambda: worker.last_error is None)
+        assert worker.health.check() == "ok"
+    finally:
+        worker.stop()
 
 
 def test_expired_tokens_are_purged_on_schedule(engine: Engine, hsm_provider: HSMProvider) -> None:
