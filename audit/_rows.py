@@ -1,12 +1,14 @@
-"""Multi-row inserts of the audit log's own rows (queue, leaves, nodes) on the
-transaction's cursor.
+"""Multi-row inserts and deletes of the audit log's own rows (queue, leaves, nodes), and
+the sequencer's read of the queue, on the transaction's cursor.
 
 IN PCI SCOPE (the audit log's tables; no card data).
 """
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Final
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
@@ -43,14 +45,64 @@ def insert_values(
             chunk = rows[start : start + per]
             sql = f"INSERT INTO {into} VALUES {', '.join([mark] * len(chunk))}"  # noqa: S608
             statements.append((sql, tuple(value for row in chunk for value in row)))
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
+    with _cursor(connection) as run:
         for sql, params in statements:
-            try:
-                cursor.execute(sql, params)
-            except dialect.loaded_dbapi.Error as exc:
-                raise DBAPIError.instance(
-                    sql, params, exc, dialect.loaded_dbapi.Error, dialect=dialect
-                ) from None
+            run(sql, params)
+
+
+# The queue's entries in order, with the payload each leaf hashes. `%s` is psycopg's
+# placeholder, `?` sqlite3's.
+_QUEUED: Final = (
+    "SELECT q.entry_id, e.payload FROM audit_queue q "
+    "JOIN audit_entries e ON e.id = q.entry_id ORDER BY q.entry_id LIMIT {mark}"
+)
+
+
+def queued_entries(connection: Connection, limit: int) -> list[tuple[int, str]]:
+    """The first `limit` queued entries as (entry id, payload), in entry id order: the
+    sequencer's read, on the transaction's cursor (a SQLAlchemy row per entry cost more
+    than the read itself for a batch's 1,000 entries)."""
+    mark = "%s" if connection.dialect.name == "postgresql" else "?"
+    with _cursor(connection) as run:
+        rows = run(_QUEUED.format(mark=mark), (limit,), fetch=True)
+    return [(int(entry_id), str(payload)) for entry_id, payload in rows]
+
+
+def delete_queued(connection: Connection, entry_ids: list[int]) -> None:
+    """Delete the queue rows of `entry_ids` (integrated entries) on the transaction's
+    cursor: one array parameter on PostgreSQL, an ``IN`` list per 30,000 on SQLite.
+    SQLAlchemy's ``IN`` of 1,000 literals built and compiled a bound parameter per id on
+    every call."""
+    if not entry_ids:
+        return
+    with _cursor(connection) as run:
+        if connection.dialect.name == "postgresql":
+            run("DELETE FROM audit_queue WHERE entry_id = ANY(%s::int8[])", (entry_ids,))
+            return
+        for start in range(0, len(entry_ids), _MAX_PARAMETERS):
+            chunk = tuple(entry_ids[start : start + _MAX_PARAMETERS])
+            marks = ", ".join("?" * len(chunk))
+            run(f"DELETE FROM audit_queue WHERE entry_id IN ({marks})", chunk)  # noqa: S608
+
+
+@contextmanager
+def _cursor(connection: Connection) -> Iterator[Any]:
+    """A function that runs one statement on the transaction's own cursor (returning
+    its rows when asked to fetch), raising a driver error as SQLAlchemy's class for it,
+    as an execute would."""
+    dialect = connection.dialect
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+    def run(sql: str, params: tuple[object, ...], *, fetch: bool = False) -> list[Any]:
+        try:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall()) if fetch else []
+        except dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(
+                sql, params, exc, dialect.loaded_dbapi.Error, dialect=dialect
+            ) from None
+
+    try:
+        yield run
     finally:
         cursor.close()

@@ -26,15 +26,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, text
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from audit._rows import insert_values
+from audit._rows import delete_queued, insert_values, queued_entries
 from audit.errors import AuditWriteFailed
 from audit.heads import SignedTreeHead, TreeHeadSigner, sign_tree_head
 from audit.merkle import CompactRange, leaf_hash
 from audit.partitions import ensure_partitions
-from audit.schema import audit_entries, audit_heads, audit_leaves, audit_nodes, audit_queue
+from audit.schema import audit_heads, audit_leaves, audit_nodes
 from cofre.background import LoopHealth
 from cofre.dberrors import db_error_name
 
@@ -159,27 +159,20 @@ class Sequencer:
         return total
 
     def _integrate(self, connection: Connection, batch: int) -> int:
-        queued = connection.execute(
-            select(audit_queue.c.entry_id, audit_entries.c.payload)
-            .join(audit_entries, audit_entries.c.id == audit_queue.c.entry_id)
-            .order_by(audit_queue.c.entry_id)
-            .limit(batch)
-        ).all()
+        queued = queued_entries(connection, batch)
         if not queued:
             return 0
         tree = load_compact_range(connection, tree_size(connection))
         leaves: list[tuple[object, ...]] = []
         nodes: list[tuple[object, ...]] = []
-        for row in queued:
-            leaves.append((tree.size, row.entry_id))
-            nodes.extend(tree.append(leaf_hash(row.payload.encode("utf-8"))))
+        for entry_id, payload in queued:
+            leaves.append((tree.size, entry_id))
+            nodes.extend(tree.append(leaf_hash(payload.encode("utf-8"))))
         insert_values(connection, "audit_leaves (leaf_index, entry_id)", leaves, ("int8", "int8"))
         insert_values(
             connection, "audit_nodes (level, idx, hash)", nodes, ("int2", "int8", "bytea")
         )
-        connection.execute(
-            delete(audit_queue).where(audit_queue.c.entry_id.in_([r.entry_id for r in queued]))
-        )
+        delete_queued(connection, [entry_id for entry_id, _ in queued])
         return len(queued)
 
     def _sign_if_due(self, connection: Connection, *, force: bool) -> SignedTreeHead | None:
