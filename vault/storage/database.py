@@ -6,7 +6,8 @@ IMMEDIATE`` so concurrent writers queue on the busy timeout instead of failing o
 lock upgrade; writers first queue for that lock on a lock file beside the database
 (across threads and worker processes, polled every 2 ms at most, where SQLite's busy
 handler sleeps up to 100 ms between attempts). PostgreSQL uses psycopg 3 with a
-connection pool and pre-ping.
+connection pool, without pre-ping: a dead pooled connection fails its one operation
+(503, nothing written), and SQLAlchemy then recycles the whole pool.
 Database errors are translated into `StorageUnavailable` by the callers' edge helpers.
 """
 
@@ -72,7 +73,16 @@ def create_database_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No pre-ping: it was a round trip (and a statement on PostgreSQL) at every
+        # checkout, two or more per request (issue 21). A connection that died while
+        # pooled (PostgreSQL restarted) fails the statement that uses it with a
+        # disconnect error, which the callers' edges translate to StorageUnavailable
+        # (503, nothing written); SQLAlchemy then invalidates every connection the pool
+        # made before it, so one operation fails, not one per pooled connection. The
+        # recycle age stays under the idle timeouts of the middle boxes a connection
+        # may cross (an AWS NLB drops idle flows after 350 s).
+        pool_pre_ping=False,
+        pool_recycle=300,
         pool_timeout=10,
         connect_args={
             "connect_timeout": 5,
