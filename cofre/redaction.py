@@ -93,6 +93,10 @@ def _mask_grouped(match: re.Match[str]) -> str:
 
 def mask_pan_like(text: str) -> str:
     """Return `text` with every PAN-like digit sequence masked (see the module text)."""
+    if len(text) < MIN_DIGITS:
+        # Both patterns mask only what holds at least 12 ASCII digits: a shorter text
+        # (an HTTP method, a log level, most event names) is never changed.
+        return text
     return _GROUPED.sub(_mask_grouped, _DIGIT_RUN.sub(_mask_run, text))
 
 
