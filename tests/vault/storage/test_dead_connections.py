@@ -1,7 +1,7 @@
 """PostgreSQL's pool does not ping a connection at checkout (issue 21: a round trip per
-checkout). A pooled connection that died under it (PostgreSQL restarted, a middle box
-dropped it) costs one operation a 503 `StorageUnavailable`, never a raw driver error
-(the API's 500), writes nothing, and the pool then starts afresh."""
+checkout). Pooled connections that died under it (PostgreSQL restarted, a middle box
+dropped them) cost at most one operation a 503 `StorageUnavailable`, never a raw driver
+error (the API's 500), that operation writes nothing, and the pool then starts afresh."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _tokens(engine: Engine) -> int:
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_a_dead_pooled_connection_fails_one_operation_with_a_503_and_nothing_written(
+def test_dead_pooled_connections_fail_at_most_one_operation_with_a_503(
     service: VaultService, engine: Engine
 ) -> None:
     record = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "card_random"))
@@ -50,11 +50,18 @@ def test_a_dead_pooled_connection_fails_one_operation_with_a_503_and_nothing_wri
     assert engine.pool.checkedin() >= 2  # the pool holds connections that will die
     assert _terminate_backends(engine) >= 2
 
-    with pytest.raises(StorageUnavailable):
-        service.tokenize(PAYMENTS, TokenizeRequest(Pan("5500000000000004"), "card_random"))
-
-    # Every connection the pool had is replaced after the first failure, not one by one.
+    # The first operation to meet a dead connection fails with a 503, or succeeds if
+    # its group ran again on a fresh connection before anything was committed; either
+    # way, every connection the pool had is then replaced at once, not one by one.
+    cards = [Pan("5500000000000004"), Pan("378282246310005"), Pan("6011111111111117")]
+    stored, failed = 0, 0
+    for card in cards:
+        try:
+            service.tokenize(PAYMENTS, TokenizeRequest(card, "card_random"))
+        except StorageUnavailable:
+            failed += 1
+        else:
+            stored += 1
+    assert failed <= 1
     assert service.detokenize(GETNET, record.token).pan == VISA
-    again = service.tokenize(PAYMENTS, TokenizeRequest(Pan("5500000000000004"), "card_random"))
-    assert again.token != record.token
-    assert _tokens(engine) == before + 1
+    assert _tokens(engine) == before + stored
