@@ -8,6 +8,7 @@ of `hsm.models`; it raises only `hsm.errors` classes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import secrets
 from collections.abc import Sequence
@@ -55,6 +56,10 @@ _P256_OID: Final = "1.2.840.10045.3.1.7"
 # message, and a pool of one (SoftHSM2) is never held for a whole batch of 1,000 while
 # single calls wait.
 HMAC_CHUNK: Final = 64
+# A chunk of at least this many messages MACs under a session copy of the key
+# (`HSMProvider._session_copy`): the copy and its destruction cost about as much as six
+# HMACs under the token key on SoftHSM2.
+_COPY_FROM: Final = 16
 
 
 # The mechanisms Cofre needs, by name, for `cofre hsm status`.
@@ -81,6 +86,9 @@ class HSMProvider(AeadOperations):
     public method raises `HSMUnavailable` (or its subclass `HSMAuthFailed`) when the
     token cannot be reached, and the other `hsm.errors` classes as documented.
     """
+
+    # Set once the token refuses to copy a key (`_session_copy`); HMACs then use the key.
+    _copy_refused: bool = False
 
     # ------------------------------------------------------------------ inspection
     def health_check(self) -> None:
@@ -439,10 +447,41 @@ class HSMProvider(AeadOperations):
 
             def macs(session: Any, chunk: Sequence[bytes] = chunk) -> list[bytes]:
                 key = self._find_secret(session, label)
-                return [bytes(key.sign(m, mechanism=Mechanism.SHA256_HMAC)) for m in chunk]
+                copy = self._session_copy(key) if len(chunk) >= _COPY_FROM else None
+                signer = key if copy is None else copy
+                try:
+                    done = [bytes(signer.sign(m, mechanism=Mechanism.SHA256_HMAC)) for m in chunk]
+                except BaseException:
+                    if copy is not None:
+                        with contextlib.suppress(p11e.PKCS11Error):
+                            copy.destroy()  # a lost session takes its objects with it
+                    raise
+                if copy is not None:
+                    copy.destroy()
+                return done
 
             out += self._run(macs, name="hmac_many")
         return out
+
+    def _session_copy(self, key: Any) -> Any | None:
+        """A session object copy of the token key `key` for one chunk of HMACs, or None
+        where the token cannot copy it (CloudHSM's SDK 5 has no ``C_CopyObject``).
+
+        Why: SoftHSM2's file object store re-reads a token object's file (open, lock,
+        read, close) at every ``C_SignInit`` on it, about half the CPU of an HMAC; a
+        session object lives in memory. The copy is made in the token by
+        ``C_CopyObject`` with only ``CKA_TOKEN`` false: PKCS#11 keeps it sensitive and
+        non-extractable like the key (those attributes cannot be weakened by a copy), its
+        value never leaves the token, and the caller destroys it after the chunk (a
+        lost session destroys it too). The token key is looked up and copied again for
+        every chunk, so a destroyed key stops working as before."""
+        if self._copy_refused:
+            return None
+        try:
+            return key.copy({Attribute.TOKEN: False})
+        except (p11e.FunctionNotSupported, p11e.AttributeReadOnly, p11e.TemplateInconsistent):
+            self._copy_refused = True
+            return None
 
     def sign(self, label: str, data: bytes) -> bytes:
         """Return a DER-encoded ECDSA P-256 signature over SHA-256(`data`).

@@ -56,6 +56,21 @@ def test_standard_wrap_numbers_are_refused(shim_provider: HSMProvider) -> None:
     shim_provider._run(wrap_standard)
 
 
+def test_hmac_many_uses_the_token_key_where_keys_cannot_be_copied(
+    shim_provider: HSMProvider,
+) -> None:
+    """SDK 5 has no ``C_CopyObject``: a batch's HMACs fall back to the token key."""
+    label = f"shim-fp-{secrets.token_hex(3)}"
+    shim_provider.generate_hmac_key(label)
+    messages = [f"41111111{i:08d}".encode() for i in range(40)]
+    try:
+        macs = shim_provider.hmac_sha256_many(label, messages)
+        assert macs == [shim_provider.hmac_sha256(label, m) for m in messages]
+        assert shim_provider._copy_refused
+    finally:
+        shim_provider.destroy_key(label)
+
+
 def test_python_pkcs11_default_hmac_template_is_refused(shim_provider: HSMProvider) -> None:
     """The failure issue 19 found: python-pkcs11 sends every usage flag by default."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+import pkcs11.exceptions as p11e
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -119,6 +120,37 @@ def test_hmac_many_is_each_message_s_hmac_in_order(hsm_provider: HSMProvider) ->
     assert hsm_provider.hmac_sha256_many(FP, []) == []
     with pytest.raises(HSMKeyNotFound):
         hsm_provider.hmac_sha256_many("no-such-key", messages)
+
+
+def test_hmac_many_s_session_copy_stays_sensitive_and_is_destroyed(
+    hsm_provider: HSMProvider,
+) -> None:
+    """A chunk MACs under a session copy of the key (`HSMProvider._session_copy`): made in
+    the token, as sensitive and non-extractable as the key, and gone after the call.
+    A token that cannot copy keys (the CloudHSM shim) MACs under the key itself."""
+
+    def inspect_copy(session: Any) -> None:
+        copy = hsm_provider._session_copy(hsm_provider._find_secret(session, FP))
+        if copy is None:
+            assert hsm_provider._copy_refused
+            return
+        try:
+            assert copy[Attribute.TOKEN] is False
+            assert copy[Attribute.SENSITIVE] is True
+            assert copy[Attribute.EXTRACTABLE] is False
+            with pytest.raises(p11e.AttributeSensitive):
+                copy[Attribute.VALUE]
+        finally:
+            copy.destroy()
+
+    hsm_provider._run(inspect_copy)
+    messages = [f"41111111{i:08d}".encode() for i in range(HMAC_CHUNK + 20)]
+    hsm_provider.hmac_sha256_many(FP, messages)
+
+    def session_copies(session: Any) -> list[Any]:
+        return list(session.get_objects({Attribute.LABEL: FP, Attribute.TOKEN: False}))
+
+    assert hsm_provider._run(session_copies) == []
 
 
 def test_signature_verifies_with_exported_public_key(hsm_provider: HSMProvider) -> None:

@@ -297,6 +297,14 @@ static CK_RV shim_SignInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT
     return real->C_SignInit(s, mech, key);
 }
 
+/* SDK 5's list of supported PKCS#11 calls has no C_CopyObject (pkcs11-apis.html). */
+static CK_RV shim_CopyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tpl,
+                             CK_ULONG n, CK_OBJECT_HANDLE_PTR copy) {
+    (void)s; (void)obj; (void)tpl; (void)n; (void)copy;
+    delay();
+    return CKR_FUNCTION_NOT_SUPPORTED;
+}
+
 /* ------------------------------------------------------------------ pass-through with latency */
 #define DELAYED(name, params, args) \
     static CK_RV shim_##name params {  \
@@ -356,6 +364,7 @@ static void load(void) {
     shim.C_EncryptInit = shim_EncryptInit;
     shim.C_DecryptInit = shim_DecryptInit;
     shim.C_SignInit = shim_SignInit;
+    shim.C_CopyObject = shim_CopyObject;
     shim.C_GetSlotList = shim_GetSlotList;
     shim.C_GetSlotInfo = shim_GetSlotInfo;
     shim.C_GetTokenInfo = shim_GetTokenInfo;
