@@ -81,9 +81,13 @@ def _space_size(spec: FormatSpec, free: int) -> int:
 def _draw(spec: FormatSpec, pan: str) -> str:
     lead, trail = spec.keep_leading, spec.keep_trailing
     free = len(pan) - lead - trail
-    middle = f"{secrets.randbelow(10**free):0{free}d}"
-    digits = [*pan[:lead], *middle, *pan[len(pan) - trail :]]
-    _apply_luhn(digits, lead + free - 1, spec.luhn, secrets.randbelow(9))
+    # One draw for both choices (the free digits and, under `fail`, which of the nine
+    # failing check digits): uniform over their product, so each is uniform and the two
+    # independent, with one call to the OS's generator per candidate instead of two.
+    failing = 9 if spec.luhn is LuhnMode.FAIL else 1
+    value, choice = divmod(secrets.randbelow(10**free * failing), failing)
+    digits = [*pan[:lead], *f"{value:0{free}d}", *pan[len(pan) - trail :]]
+    _apply_luhn(digits, lead + free - 1, spec.luhn, choice)
     return "".join(digits)
 
 
