@@ -5,9 +5,11 @@ not allow N times the limit, and a batch of N costs N."""
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from tests.support.pans import GENERATED, card_number
 from tests.support.softhsm import SoftHSMToken
@@ -108,3 +110,69 @@ def test_two_nodes_enforce_one_limit_one_quota_one_guard(
     assert guessed.json()["code"] == "oracle_suspected"
     for node in nodes:
         node.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_one_stolen_certificate_gets_its_burst_and_no_more_across_workers_and_nodes(
+    tmp_path: Path, softhsm_token: SoftHSMToken, database_url: str
+) -> None:
+    """Issue 21's attack: one stolen certificate floods two nodes of two workers each at
+    once, singles and batches mixed, so that the calls race into every worker's commit
+    groups together. The bucket (burst 30, no refill meanwhile) grants exactly 30 units
+    across all four committers; every refused call is the 429 it always was, and wrote
+    nothing."""
+    if database_url.startswith("sqlite"):
+        database_url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+    shared_tokens = tmp_path / "tokens"
+    shutil.copytree(softhsm_token.token_dir, shared_tokens)
+    nodes = [
+        make_vault(tmp_path / f"node{n}", softhsm_token, database_url, token_dir=shared_tokens)
+        for n in (1, 2)
+    ]
+    for node in nodes:
+        (Path(node.env["COFRE_POLICY_FILE"])).write_text(LIMITS)
+        node.env["COFRE_SERVER__WORKERS"] = "2"
+        node.start()
+    # 48 calls: 36 singles and 12 batches of 3 (72 units asked, 30 granted).
+    calls = [[card_number("4000", 1000 + i)] for i in range(36)] + [
+        [card_number("4000", 2000 + 3 * i + k) for k in range(3)] for i in range(12)
+    ]
+
+    def send(index: int) -> tuple[int, int, dict[str, object], str | None]:
+        cards = calls[index]
+        # A fresh connection per call: the kernel spreads them over both workers.
+        with nodes[index % 2].client("store") as c:
+            if len(cards) == 1:
+                r = c.post("/v1/tokenize", json={"pan": cards[0], "format": "uuid"})
+            else:
+                r = c.post(
+                    "/v1/tokenize/batch",
+                    json={"items": [{"pan": p, "format": "uuid"} for p in cards]},
+                )
+        return len(cards), r.status_code, r.json(), r.headers.get("retry-after")
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(send, range(len(calls))))
+    finally:
+        for node in nodes:
+            node.stop()
+    granted = sum(cost for cost, status, _, _ in answers if status == 200)
+    assert granted == 30
+    for _, status, body, retry_after in answers:
+        if status == 200:
+            continue
+        assert status == 429, body
+        assert body["code"] == "rate_limited"
+        assert retry_after is not None
+        assert int(retry_after) >= 1
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as c:
+            stored = c.execute(
+                text("SELECT count(*) FROM tokens WHERE owner = :o"), {"o": "spiffe://cofre/store"}
+            ).scalar()
+    finally:
+        engine.dispose()
+    assert stored == 30
