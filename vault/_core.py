@@ -290,9 +290,12 @@ class VaultCore:
         *,
         cost: int = 1,
         reveals: int = 0,
+        deferrable: bool = False,
     ) -> None:
         """Charge `cost` to the caller's rate limit and `reveals` to its daily
-        detokenize quota, inside the operation's transaction (a refusal rolls back)."""
+        detokenize quota, inside the operation's transaction (a refusal rolls back).
+        `deferrable`: the rate charge may wait for the end of the commit group
+        (`Limits.charge_rate`)."""
         now = self._clock()
         if rules.rate_limit is not None:
             self._limits.charge_rate(
@@ -302,6 +305,7 @@ class VaultCore:
                 cost,
                 now.timestamp(),
                 clock=lambda: self._clock().timestamp(),
+                deferrable=deferrable,
             )
         if reveals and rules.quota is not None:
             self._limits.charge_quota(connection, ctx.identity, rules.quota, reveals, now)

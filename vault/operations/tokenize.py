@@ -230,7 +230,11 @@ class TokenizeOperations(VaultCore):
 
             def work(connection: Connection) -> list[TokenRecord] | VaultError:
                 now = self._clock()
-                self._charge(connection, ctx, rules, cost=len(items))
+                # Charged with the rest of its commit group just before the commit (the
+                # bucket's row locked for the commit only, issue 21); what follows is
+                # all undone if that charge is refused, and the early check above
+                # already refused a spent bucket before any HSM call.
+                self._charge(connection, ctx, rules, cost=len(items), deferrable=True)
                 guarded = [item.guard for item in items if item.guard is not None]
                 if guarded:
                     self._limits.watch(connection, ctx.identity, rules.oracle_guard, guarded, now)

@@ -12,6 +12,11 @@ together, in one insert, just before the commit (`audit.log.deferred_appends`). 
 entry's id reaches its request's audit trail only once the commit succeeded
 (`audit.log.notes_on_commit`): a request whose entries rolled back counts as unaudited,
 so the API writes its own entry for it.
+
+Work that locks a row every operation of the group shares (an identity's rate-limit
+bucket) can likewise be left to the end of the unguarded run (`before_commit`): the row
+is then locked from just before the commit, not from the group's first operation, so a
+second worker's group waits for this one's COMMIT only, and the group charges it once.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, Final, TypeVar
 
@@ -29,6 +34,34 @@ from audit.log import HeldNotes, deferred_appends, notes_on_commit, release_note
 
 T = TypeVar("T")
 MAX_GROUP: Final = 128
+_BEFORE_COMMIT: Final = "cofre.before_commit"
+
+
+def before_commit(connection: Connection) -> dict[str, Callable[[], None]] | None:
+    """The steps the unguarded run of a group on `connection` runs just before its
+    commit, by name, in the order first left; None when there is no such run (act at
+    once). Leave a step there only if the operation's work meanwhile is undone with the
+    transaction: a step that raises rolls the whole group back, and the group then runs
+    again with a savepoint per operation and no deferral, which finds whose it was (the
+    audit entries' pattern)."""
+    steps: dict[str, Callable[[], None]] | None = connection.info.get(_BEFORE_COMMIT)
+    return steps
+
+
+@contextlib.contextmanager
+def _deferred_steps(connection: Connection) -> Iterator[Callable[[], None]]:
+    steps: dict[str, Callable[[], None]] = {}
+    connection.info[_BEFORE_COMMIT] = steps
+
+    def run() -> None:
+        del connection.info[_BEFORE_COMMIT]  # from now on, callers act at once
+        for step in steps.values():
+            step()
+
+    try:
+        yield run
+    finally:
+        connection.info.pop(_BEFORE_COMMIT, None)
 
 
 class GroupCommitter:
@@ -87,7 +120,9 @@ class GroupCommitter:
                         future.set_exception(exc)
 
     def _commit(self, group: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
-        if len(group) > 1 and self._commit_unguarded(group):
+        # A group of one runs unguarded too, so that its deferred steps (`before_commit`)
+        # lock their rows as late; if it fails it runs again, as a larger group would.
+        if self._commit_unguarded(group):
             return
         self._commit_each_guarded(group)
 
@@ -112,12 +147,16 @@ class GroupCommitter:
                 # commit (issue 21: one per operation was ~2 of its 7 statements). A
                 # failed flush rolls everything back, and the guarded path, which
                 # writes each operation's entries at once, finds whose they were.
+                # The deferred steps run last, after the audit insert: the rows they
+                # lock (an identity's rate bucket) are then held for the commit only.
                 with (
                     notes_on_commit(connection, held),
                     deferred_appends(connection) as flush_audit,
+                    _deferred_steps(connection) as run_steps,
                 ):
                     results = [work(connection) for work, _ in group]
                     flush_audit()
+                    run_steps()
             except BaseException:  # noqa: BLE001 - the guarded path finds whose it was
                 with contextlib.suppress(Exception):  # a broken connection rolls back alone
                     connection.rollback()

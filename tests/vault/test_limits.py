@@ -1,0 +1,200 @@
+"""Rate charges inside commit groups (issue 21), on the real databases: a group charges
+each identity once, after its operations' work and just before its commit; a refused sum
+reruns the group one charge at a time, so exactly the operations within the limit pass;
+and two committers (two workers) on one database grant the burst and no more."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, Engine, text
+
+from policies.errors import RateLimited
+from policies.models import RateLimit
+from vault.limits import Limits
+from vault.storage.database import create_database_engine, migrate
+from vault.storage.groupcommit import GroupCommitter
+
+NOW = 1_000_000.0
+# No refill during a test: one unit every 1,000 s.
+SLOW = 0.001
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_database_engine(database_url)
+    migrate(engine)
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE items (id INTEGER PRIMARY KEY)"))
+    yield engine
+    engine.dispose()
+
+
+def _charged(
+    identity: str, limit: RateLimit, item: int, cost: int = 1
+) -> Callable[[Connection], int]:
+    """An operation as tokenize runs it: the deferrable charge, then its writes."""
+
+    def work(c: Connection) -> int:
+        Limits().charge_rate(c, identity, limit, cost, NOW, deferrable=True)
+        c.execute(text("INSERT INTO items (id) VALUES (:id)"), {"id": item})
+        return item
+
+    return work
+
+
+def _one_group(
+    committer: GroupCommitter, works: list[Callable[[Connection], Any]]
+) -> list[Future[Any]]:
+    """Submit `works` while the writer is held inside a first operation, so that they
+    all wait and form the next group together."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold(_c: Connection) -> None:
+        held.set()
+        release.wait(10)
+
+    with ThreadPoolExecutor(len(works) + 1) as pool:
+        first = pool.submit(committer.run, hold)
+        assert held.wait(10)
+        futures = [pool.submit(committer.run, w) for w in works]
+        while len(committer._queue) < len(works):
+            threading.Event().wait(0.01)
+        release.set()
+        first.result(10)
+    return futures
+
+
+def _items(engine: Engine) -> set[int]:
+    with engine.connect() as c:
+        return {r for (r,) in c.execute(text("SELECT id FROM items"))}
+
+
+def _tat(engine: Engine, identity: str) -> float:
+    with engine.connect() as c:
+        return float(
+            c.execute(text("SELECT tat FROM rate_state WHERE identity = :i"), {"i": identity})
+            .scalars()
+            .one()
+        )
+
+
+class _Recording(Limits):
+    """Notes every call: its identity, its cost, and how many of the group's writes
+    its transaction had made by then."""
+
+    def __init__(self) -> None:
+        self.made: list[tuple[str, int, int]] = []
+
+    def charge_rate(
+        self,
+        connection: Connection,
+        identity: str,
+        limit: RateLimit,
+        cost: int,
+        now: float,
+        *,
+        clock: Callable[[], float] | None = None,
+        deferrable: bool = False,
+    ) -> None:
+        written = connection.execute(text("SELECT count(*) FROM items")).scalar_one()
+        self.made.append((identity, cost, written))
+        super().charge_rate(
+            connection, identity, limit, cost, now, clock=clock, deferrable=deferrable
+        )
+
+
+def test_a_group_charges_each_identity_once_just_before_its_commit(engine: Engine) -> None:
+    limit = RateLimit(per_second=SLOW, burst=100)
+    limits = _Recording()
+
+    def charged(identity: str, item: int, cost: int) -> Callable[[Connection], int]:
+        def work(c: Connection) -> int:
+            limits.charge_rate(c, identity, limit, cost, NOW, deferrable=True)
+            c.execute(text("INSERT INTO items (id) VALUES (:id)"), {"id": item})
+            return item
+
+        return work
+
+    committer = GroupCommitter(engine)
+    try:
+        works = [charged("b", i, 3) for i in range(1, 3)]
+        works += [charged("a", i, 1) for i in range(3, 8)]
+        futures = _one_group(committer, works)
+    finally:
+        committer.close()
+    assert sorted(f.result() for f in futures) == list(range(1, 8))
+    # The operations' deferred calls saw fewer than 7 writes; the charges made are the
+    # two sums, in identity order, after all seven operations wrote.
+    made = [m for m in limits.made if m[2] == 7]
+    assert made == [("a", 5, 7), ("b", 6, 7)]
+    assert _tat(engine, "a") == pytest.approx(NOW + 5 / SLOW)
+    assert _tat(engine, "b") == pytest.approx(NOW + 6 / SLOW)
+    assert _items(engine) == set(range(1, 8))
+
+
+def test_a_refused_group_charge_grants_exactly_the_operations_within_the_limit(
+    engine: Engine,
+) -> None:
+    """Burst 4: of a's calls costing 1, 1, 2, 1, 1 in one group, the sum (6) is refused;
+    run one at a time, the ones that fit pass (4 units), the rest get the 429 they got
+    before grouping and wrote nothing. b's call in the same group is untouched."""
+    limit = RateLimit(per_second=SLOW, burst=4)
+    committer = GroupCommitter(engine)
+    try:
+        costs = [1, 1, 2, 1, 1]
+        works = [_charged("a", limit, i, cost) for i, cost in enumerate(costs, start=1)]
+        works.append(_charged("b", limit, 10, cost=4))
+        futures = _one_group(committer, works)
+    finally:
+        committer.close()
+    granted, refused = [], []
+    for future, cost in zip(futures, [*costs, 4], strict=True):
+        error = future.exception()
+        if error is None:
+            granted.append((future.result(), cost))
+        else:
+            assert isinstance(error, RateLimited)
+            assert error.retry_after > 0
+            refused.append(cost)
+    assert (10, 4) in granted
+    assert sum(cost for item, cost in granted if item != 10) == 4
+    assert refused
+    assert _items(engine) == {item for item, _ in granted}
+    assert _tat(engine, "a") == pytest.approx(NOW + 4 / SLOW)
+
+
+def test_two_committers_on_one_database_grant_the_burst_and_no_more(engine: Engine) -> None:
+    """Two workers' committers charge one identity at once: the bucket is one row in
+    the shared database, so 40 racing calls get exactly the burst of 15."""
+    limit = RateLimit(per_second=SLOW, burst=15)
+    committers = [GroupCommitter(engine), GroupCommitter(engine)]
+
+    def call(item: int) -> bool:
+        try:
+            committers[item % 2].run(_charged("a", limit, item))
+        except RateLimited:
+            return False
+        return True
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(call, range(40)))
+    finally:
+        for committer in committers:
+            committer.close()
+    granted = [item for item, ok in enumerate(outcomes) if ok]
+    assert len(granted) == 15
+    assert _items(engine) == set(granted)
+
+
+def test_outside_a_group_a_deferrable_charge_is_made_at_once(engine: Engine) -> None:
+    limit = RateLimit(per_second=SLOW, burst=1)
+    with engine.begin() as c:
+        Limits().charge_rate(c, "a", limit, 1, NOW, deferrable=True)
+        with pytest.raises(RateLimited):
+            Limits().charge_rate(c, "a", limit, 1, NOW, deferrable=True)
