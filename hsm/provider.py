@@ -38,6 +38,7 @@ from hsm.mechanisms import (
     usage_template,
 )
 from hsm.models import KeyInfo, TokenInfo, WrappedKey
+from hsm.session import CONNECTION_ERRORS
 
 __all__ = [
     "REQUIRED_MECHANISMS",
@@ -60,6 +61,10 @@ HMAC_CHUNK: Final = 64
 # (`HSMProvider._session_copy`): the copy and its destruction cost about as much as six
 # HMACs under the token key on SoftHSM2.
 _COPY_FROM: Final = 16
+# The label of those copies. Session objects are visible to every session of the
+# process (SoftHSM2), so a copy under the key's own label would be a second key by that
+# name to a lookup on another pooled session while it lives.
+_COPY_LABEL: Final = "cofre-hmac-chunk-copy"
 
 
 # The mechanisms Cofre needs, by name, for `cofre hsm status`.
@@ -87,8 +92,10 @@ class HSMProvider(AeadOperations):
     token cannot be reached, and the other `hsm.errors` classes as documented.
     """
 
-    # Set once the token refuses to copy a key (`_session_copy`); HMACs then use the key.
+    # Set once the token cannot copy keys at all (`_session_copy`); HMACs then use the
+    # key. `_uncopyable`: labels of keys the token refused to copy (CKA_COPYABLE false).
     _copy_refused: bool = False
+    _uncopyable: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------ inspection
     def health_check(self) -> None:
@@ -144,7 +151,8 @@ class HSMProvider(AeadOperations):
             infos = [
                 self._describe(obj)
                 for cls in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
-                for obj in session.get_objects({Attribute.CLASS: cls})
+                # Token objects only: a batch's short-lived session copies are not keys.
+                for obj in session.get_objects({Attribute.CLASS: cls, Attribute.TOKEN: True})
             ]
             return sorted(infos, key=lambda info: (info.label, info.object_class))
 
@@ -447,40 +455,44 @@ class HSMProvider(AeadOperations):
 
             def macs(session: Any, chunk: Sequence[bytes] = chunk) -> list[bytes]:
                 key = self._find_secret(session, label)
-                copy = self._session_copy(key) if len(chunk) >= _COPY_FROM else None
+                copy = self._session_copy(key, label) if len(chunk) >= _COPY_FROM else None
                 signer = key if copy is None else copy
                 try:
-                    done = [bytes(signer.sign(m, mechanism=Mechanism.SHA256_HMAC)) for m in chunk]
-                except BaseException:
+                    return [bytes(signer.sign(m, mechanism=Mechanism.SHA256_HMAC)) for m in chunk]
+                finally:
                     if copy is not None:
                         with contextlib.suppress(p11e.PKCS11Error):
                             copy.destroy()  # a lost session takes its objects with it
-                    raise
-                if copy is not None:
-                    copy.destroy()
-                return done
 
             out += self._run(macs, name="hmac_many")
         return out
 
-    def _session_copy(self, key: Any) -> Any | None:
+    def _session_copy(self, key: Any, label: str) -> Any | None:
         """A session object copy of the token key `key` for one chunk of HMACs, or None
         where the token cannot copy it (CloudHSM's SDK 5 has no ``C_CopyObject``).
 
         Why: SoftHSM2's file object store re-reads a token object's file (open, lock,
         read, close) at every ``C_SignInit`` on it, about half the CPU of an HMAC; a
         session object lives in memory. The copy is made in the token by
-        ``C_CopyObject`` with only ``CKA_TOKEN`` false: PKCS#11 keeps it sensitive and
-        non-extractable like the key (those attributes cannot be weakened by a copy), its
+        ``C_CopyObject`` with ``CKA_TOKEN`` false and a label of its own: PKCS#11 keeps
+        it sensitive and non-extractable like the key (a copy cannot weaken those), its
         value never leaves the token, and the caller destroys it after the chunk (a
         lost session destroys it too). The token key is looked up and copied again for
         every chunk, so a destroyed key stops working as before."""
-        if self._copy_refused:
+        if self._copy_refused or label in self._uncopyable:
             return None
         try:
-            return key.copy({Attribute.TOKEN: False})
-        except (p11e.FunctionNotSupported, p11e.AttributeReadOnly, p11e.TemplateInconsistent):
+            return key.copy({Attribute.TOKEN: False, Attribute.LABEL: _COPY_LABEL})
+        except CONNECTION_ERRORS:
+            raise  # the session or token is gone: rebuilt and retried like any call
+        except p11e.FunctionNotSupported:  # CloudHSM SDK 5: no C_CopyObject at all
             self._copy_refused = True
+            return None
+        except p11e.PKCS11Error:
+            # This key may not be copied (CKR_ACTION_PROHIBITED for CKA_COPYABLE false,
+            # which python-pkcs11 0.10 raises as a bare PKCS11Error) or the template is
+            # refused: MAC under the key, and do not ask again for it.
+            self._uncopyable = self._uncopyable | {label}
             return None
 
     def sign(self, label: str, data: bytes) -> bytes:

@@ -52,7 +52,7 @@ from hsm.mechanisms import WrapMechanisms
 T = TypeVar("T")
 
 # Failures after which the session (and maybe the library) must be rebuilt.
-_CONNECTION_ERRORS: Final = (
+CONNECTION_ERRORS: Final = (
     p11e.SessionClosed,
     p11e.SessionHandleInvalid,
     p11e.DeviceRemoved,
@@ -340,7 +340,7 @@ class TokenSession:
             raise HSMAuthFailed(
                 f"token {self._token_label!r} refused the user PIN ({type(exc).__name__})"
             ) from None
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise _SessionLost(type(exc).__name__) from None
         except _KEY_HANDLE_ERRORS as exc:
             raise _KeyHandleRefused(type(exc).__name__) from None

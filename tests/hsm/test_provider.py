@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap, aes_key_wrap_with_padding
-from pkcs11 import Attribute, KeyType, ObjectClass
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from hsm.errors import (
     HSMKeyNotExtractable,
@@ -130,7 +130,7 @@ def test_hmac_many_s_session_copy_stays_sensitive_and_is_destroyed(
     A token that cannot copy keys (the CloudHSM shim) MACs under the key itself."""
 
     def inspect_copy(session: Any) -> None:
-        copy = hsm_provider._session_copy(hsm_provider._find_secret(session, FP))
+        copy = hsm_provider._session_copy(hsm_provider._find_secret(session, FP), FP)
         if copy is None:
             assert hsm_provider._copy_refused
             return
@@ -148,9 +148,76 @@ def test_hmac_many_s_session_copy_stays_sensitive_and_is_destroyed(
     hsm_provider.hmac_sha256_many(FP, messages)
 
     def session_copies(session: Any) -> list[Any]:
-        return list(session.get_objects({Attribute.LABEL: FP, Attribute.TOKEN: False}))
+        return list(session.get_objects({Attribute.TOKEN: False}))
 
     assert hsm_provider._run(session_copies) == []
+
+
+def test_a_live_session_copy_is_not_a_second_key_under_the_label(
+    hsm_provider: HSMProvider,
+) -> None:
+    """Session objects are visible to every session of the process: while a chunk's copy
+    lives, a lookup by the key's label on another pooled session must still find one key,
+    and the key listing (the registry's view of the token) must not show the copy."""
+
+    def during_copy(session: Any) -> tuple[int, list[str]]:
+        copy = hsm_provider._session_copy(hsm_provider._find_secret(session, FP), FP)
+        try:
+            found = session.get_objects(
+                {Attribute.LABEL: FP, Attribute.CLASS: ObjectClass.SECRET_KEY}
+            )
+            return len(list(found)), [k.label for k in hsm_provider.list_keys()]
+        finally:
+            if copy is not None:
+                copy.destroy()
+
+    (under_label, listed) = hsm_provider._run(during_copy)
+    assert under_label == 1
+    assert listed.count(FP) == 1
+    assert all("copy" not in label for label in listed), listed
+
+
+def test_a_batch_under_a_key_that_may_not_be_copied_still_macs(
+    hsm_provider: HSMProvider,
+) -> None:
+    """PKCS#11 2.40 CKA_COPYABLE false: C_CopyObject answers CKR_ACTION_PROHIBITED, which
+    python-pkcs11 0.10 raises as a bare PKCS11Error. The batch MACs under the key instead
+    of failing every batch (found in review: it failed)."""
+    label = f"cofre-fp-v{secrets.randbelow(10**6) + 100}"
+
+    def make(session: Any) -> None:
+        session.generate_key(
+            KeyType.GENERIC_SECRET,
+            256,
+            label=label,
+            store=True,
+            mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
+            template={
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                Attribute.SIGN: True,
+                Attribute.VERIFY: True,
+                Attribute.COPYABLE: False,
+            },
+        )
+
+    try:
+        hsm_provider._run(make, retry=False)
+    except HSMOperationFailed:
+        # The CloudHSM shim has no CKA_COPYABLE, and refuses every copy anyway
+        # (test_hmac_many_s_session_copy_stays_sensitive_and_is_destroyed covers it).
+        pytest.skip("this token cannot make a key with CKA_COPYABLE")
+    try:
+        messages = [f"41111111{i:08d}".encode() for i in range(HMAC_CHUNK)]
+        macs = hsm_provider.hmac_sha256_many(label, messages)
+        assert macs == [hsm_provider.hmac_sha256(label, m) for m in messages]
+        # Refused for that key only: the token's other keys are still copied.
+        assert label in hsm_provider._uncopyable
+        assert not hsm_provider._copy_refused
+    finally:
+        hsm_provider.destroy_key(label)
 
 
 def test_signature_verifies_with_exported_public_key(hsm_provider: HSMProvider) -> None:
