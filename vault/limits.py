@@ -155,8 +155,12 @@ class _GroupCharges:
         held[2] = clock or held[2]
 
     def __call__(self) -> None:
-        # One order for every group, so two groups lock their buckets in the same
-        # order and cannot deadlock on them. GCRA charged `a` then `b` at one instant
+        # One order for every group, so two groups' deferred charges lock their buckets
+        # in the same order. Charges made at once (detokenize, relay, capture) still
+        # lock in call order: two groups can then deadlock across identities, and
+        # PostgreSQL breaks it after deadlock_timeout; the losing group reruns one
+        # operation at a time, every outcome right (found in review 7, as before the
+        # deferral). GCRA charged `a` then `b` at one instant
         # passes exactly when `a + b` does; the latest instant of the group is used.
         for identity, limit in sorted(self._sums, key=lambda key: key[0]):
             cost, now, clock = self._sums[(identity, limit)]
