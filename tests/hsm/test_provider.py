@@ -178,11 +178,14 @@ def test_a_live_session_copy_is_not_a_second_key_under_the_label(
 
 
 def test_a_batch_under_a_key_that_may_not_be_copied_still_macs(
-    hsm_provider: HSMProvider,
+    softhsm_provider: HSMProvider,
 ) -> None:
     """PKCS#11 2.40 CKA_COPYABLE false: C_CopyObject answers CKR_ACTION_PROHIBITED, which
     python-pkcs11 0.10 raises as a bare PKCS11Error. The batch MACs under the key instead
-    of failing every batch (found in review: it failed)."""
+    of failing every batch (found in review: it failed). SoftHSM2 only: the CloudHSM
+    shim has no CKA_COPYABLE and refuses every copy, which
+    test_hmac_many_s_session_copy_stays_sensitive_and_is_destroyed covers there."""
+    hsm_provider = softhsm_provider
     label = f"cofre-fp-v{secrets.randbelow(10**6) + 100}"
 
     def make(session: Any) -> None:
@@ -203,12 +206,7 @@ def test_a_batch_under_a_key_that_may_not_be_copied_still_macs(
             },
         )
 
-    try:
-        hsm_provider._run(make, retry=False)
-    except HSMOperationFailed:
-        # The CloudHSM shim has no CKA_COPYABLE, and refuses every copy anyway
-        # (test_hmac_many_s_session_copy_stays_sensitive_and_is_destroyed covers it).
-        pytest.skip("this token cannot make a key with CKA_COPYABLE")
+    hsm_provider._run(make, retry=False)
     try:
         messages = [f"41111111{i:08d}".encode() for i in range(HMAC_CHUNK)]
         macs = hsm_provider.hmac_sha256_many(label, messages)
