@@ -73,11 +73,15 @@ def normalize_expiry(text: object, now: datetime) -> str:
         year, month = int(match.group(1)), int(match.group(2))
     else:
         raise InvalidExpiry("the expiry must be MM/YY or YYYY-MM")
-    first_after = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=now.tzinfo)
-    if now >= first_after + _EARTH_LAG:
-        raise CardExpired("the card has expired")
     if year > now.year + MAX_YEARS_AHEAD:
         raise InvalidExpiry(f"the expiry is more than {MAX_YEARS_AHEAD} years ahead")
+    if year < 1:
+        raise InvalidExpiry("the expiry year is not a calendar year")
+    # Compared as (year, month) pairs, never by building a date from the input: the
+    # month after 9999-12 is past what a datetime holds, and that was a 500.
+    last_zone = now - _EARTH_LAG
+    if (last_zone.year, last_zone.month) > (year, month):
+        raise CardExpired("the card has expired")
     return f"{year:04d}-{month:02d}"
 
 

@@ -148,6 +148,7 @@ def test_a_luhn_invalid_number_is_refused(capture_vault: VaultServer) -> None:
     _refused(_post(capture_vault, session, {"number": LUHN_BAD}), 422, "invalid_pan")
     _refused(_post(capture_vault, session, {"number": "4111 1111 x"}), 422, "invalid_pan")
     _refused(_post(capture_vault, session, {"expiry": "13/29"}), 422, "invalid_expiry")
+    _refused(_post(capture_vault, session, {"expiry": "9999-12"}), 422, "invalid_expiry")
     _refused(_post(capture_vault, session, {"expiry": "01/20"}), 422, "card_expired")
     _refused(_post(capture_vault, session, {"name": "A 4111 B"}), 422, "invalid_cardholder_name")
     assert _tokens(capture_vault) == before

@@ -72,6 +72,8 @@ def _post(vault: VaultServer, who: str, path: str, body: dict[str, Any]) -> Any:
         ("payments", {"cardholder_name": "ZOE 4111 1111 1111"}, 422, "invalid_cardholder_name"),
         ("payments", {"expiry": "10/26"}, 422, "card_expired"),
         ("payments", {"expiry": "2026-13"}, 422, "invalid_expiry"),
+        ("payments", {"expiry": "9999-12"}, 422, "invalid_expiry"),
+        ("payments", {"expiry": "0000-01"}, 422, "invalid_expiry"),
         ("payments", {"expiry": "1" * 100}, 422, "invalid_request"),
         ("payments", {"security_code": "12"}, 422, "invalid_security_code"),
         ("payments", {"security_code": "12345"}, 422, "invalid_security_code"),

@@ -9,6 +9,8 @@ import pickle
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vault.card import (
     MAX_NAME_LENGTH,
@@ -97,6 +99,34 @@ def test_a_malformed_or_implausible_expiry_is_refused(text: str) -> None:
         normalize_expiry(text, NOW)
     assert not isinstance(caught.value, CardExpired)
     assert caught.value.code == "invalid_expiry"
+
+
+@pytest.mark.parametrize("text", ["9999-12", "9999-01", "9998-12", "0000-01", "0000-12"])
+def test_a_year_no_calendar_holds_is_an_invalid_expiry(text: str) -> None:
+    # The month after 9999-12 is past what a datetime holds, and so is year 0: both were
+    # a ValueError (a 500) before the range was checked.
+    with pytest.raises(InvalidExpiry) as caught:
+        normalize_expiry(text, NOW)
+    assert caught.value.code in {"invalid_expiry", "card_expired"}
+    assert text not in str(caught.value)
+
+
+@given(
+    year=st.integers(0, 9999),
+    month=st.integers(1, 12),
+    now=st.datetimes(datetime(2000, 1, 1), datetime(9990, 12, 31), timezones=st.just(UTC)),
+)
+def test_every_four_digit_year_and_month_is_an_answer_or_an_expiry_problem(
+    year: int, month: int, now: datetime
+) -> None:
+    # Every ISO shape the pattern lets through, against any clock: normalised, or one of
+    # the two expiry problems, never another exception.
+    text = f"{year:04d}-{month:02d}"
+    try:
+        assert normalize_expiry(text, now) == text
+    except InvalidExpiry:
+        return
+    assert now.year - 1 <= year <= now.year + 20
 
 
 BAD_CODES: list[object] = ["12", "12345", "12a", "", " 123", "\uff11\uff12\uff13", 123, None]
