@@ -144,8 +144,9 @@ def _request_id(request: Request) -> str:
 
 
 def _client_address(request: Request) -> str:
-    # The peer of the TLS connection. Behind a load balancer, configure it to keep the
-    # client address (PROXY protocol) rather than trusting a forwarded header here.
+    # The peer of the TLS connection (`build_capture_server` turns uvicorn's forwarded-
+    # header handling off). Behind a load balancer, configure it to keep the client
+    # address (PROXY protocol) rather than trusting a forwarded header here.
     return request.client.host if request.client is not None else "unknown"
 
 
@@ -472,6 +473,10 @@ def build_capture_server(
         date_header=True,
         timeout_keep_alive=15,
         lifespan="off",
+        # No forwarded header is trusted (uvicorn trusts X-Forwarded-For from loopback
+        # by default): the client address is the TCP peer's, never text a caller chose.
+        proxy_headers=False,
+        forwarded_allow_ips=[],
     )
     config.load()
     context = config.ssl

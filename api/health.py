@@ -93,6 +93,10 @@ def build_health_server(
         server_header=False,
         lifespan="off",
         timeout_keep_alive=5,
+        # No forwarded header is trusted (uvicorn trusts X-Forwarded-For from loopback
+        # by default): the client address is the TCP peer's, never text a caller chose.
+        proxy_headers=False,
+        forwarded_allow_ips=[],
         # Probes are tiny; refuse anything that looks like a real workload.
         limit_concurrency=32,
         h11_max_incomplete_event_size=8192,

@@ -135,6 +135,10 @@ def build_server(
         timeout_keep_alive=30,
         lifespan="off",
         timeout_graceful_shutdown=graceful_timeout,
+        # No forwarded header is trusted (uvicorn trusts X-Forwarded-For from loopback
+        # by default): the client address is the TCP peer's, never text a caller chose.
+        proxy_headers=False,
+        forwarded_allow_ips=[],
     )
     config.load()
     assert config.ssl is not None  # noqa: S101 - load() builds it from the files above

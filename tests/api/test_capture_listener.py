@@ -174,6 +174,29 @@ def test_guessing_a_secret_is_rate_limited(capture_vault: VaultServer) -> None:
     assert int(response.headers["retry-after"]) >= 1
 
 
+def test_a_forged_forwarded_header_is_not_the_client_address(capture_vault: VaultServer) -> None:
+    # Anyone on the Internet reaches this listener: a forwarded header is the caller's
+    # own text. If trusted it would give a fresh per-address bucket per request and put
+    # any string (a card in 8+8 digits) into rate_state and the audit log.
+    session = _session(capture_vault)
+    forged = {"x-forwarded-for": "41111111 11111111", "forwarded": "for=10.9.9.9"}
+    with capture_vault.capture_client() as client:
+        for spoof in ("10.9.9.9", "41111111 11111111"):
+            response = client.post(
+                f"/v1/capture/{session.session_id}",
+                json={"number": VISA, "secret": "cofre_cs_wrong"},
+                headers={"origin": SHOP, **forged, "x-forwarded-for": spoof},
+            )
+            assert response.status_code == 401
+    with capture_vault.runtime.engine.connect() as connection:
+        keys = connection.execute(sa.text("SELECT identity FROM rate_state")).scalars().all()
+        audit = connection.execute(sa.text("SELECT payload FROM audit_entries")).scalars().all()
+    addresses = [key for key in keys if key.startswith("capture-address")]
+    assert addresses == ["capture-address 127.0.0.1"]
+    for text in ("10.9.9.9", "41111111 11111111"):
+        assert not [payload for payload in audit if text in str(payload)]
+
+
 def test_bodies_that_are_not_small_json_are_refused(capture_vault: VaultServer) -> None:
     session = _session(capture_vault)
     with capture_vault.capture_client() as client:

@@ -16,8 +16,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from api.capture import build_capture_server
 from api.crl import CrlWatcher
 from api.errors import CrlExpired
+from api.health import build_health_server
+from api.lifecycle import Readiness
 from api.pki import DevPKI, revoke_clients
 from api.server import TLSFiles, build_server
 from cofre.settings import Settings
@@ -74,6 +77,23 @@ def test_tls_1_3_is_the_default_floor(vault_server: VaultServer, tmp_path: Path)
     explicit = build_server(vault_server.runtime.app, "127.0.0.1", 1, files, min_tls_version="1.2")
     assert explicit.config.ssl is not None
     assert explicit.config.ssl.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_no_listener_trusts_forwarded_headers(vault_server: VaultServer) -> None:
+    # uvicorn trusts X-Forwarded-For / -Proto from 127.0.0.1 by default: a peer on
+    # loopback (a sidecar, anyone in the pod) would choose its own client address.
+    pki = vault_server.pki
+    files = TLSFiles(cert=pki.server_cert, key=pki.server_key, ca_bundle=pki.ca)
+    servers = [
+        build_server(vault_server.runtime.app, "127.0.0.1", 1, files),
+        build_capture_server(
+            vault_server.runtime.app, "127.0.0.1", 1, cert=pki.server_cert, key=pki.server_key
+        ),
+        build_health_server(dict, Readiness(), "127.0.0.1", 1),
+    ]
+    for server in servers:
+        assert server.config.proxy_headers is False
+        assert server.config.forwarded_allow_ips == []
 
 
 async def _probe(app: Any, path: str) -> httpx.Response:
