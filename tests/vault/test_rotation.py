@@ -262,3 +262,49 @@ def test_fingerprint_rotation_keeps_lookups_working(
     service._fp_read = 0.0
     for i, record in enumerate(records):
         assert [r.token for r in service.lookup(PAYMENTS, _pan(i))] == [record.token]
+
+
+def test_a_node_with_a_stale_active_key_loses_nothing_after_a_data_rotation(
+    engine: Engine, rotation_provider: HSMProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two nodes (or `cofre serve` workers) on one database. Each caches the active data
+    key version for a while (`vault.keyring`); a data rotation approved and finished on
+    the other node retires and erases the old version meanwhile. The stale node must
+    neither seal a new PAN under the erased version (lost for good once its memory goes)
+    nor fail a convergent hit on it (503 "the wrapped key does not unwrap", as
+    tests/hsm/test_dev_on_shim.py met it with two workers). The cache is pinned fresh
+    here so that the outcome does not depend on how fast this machine runs."""
+    monkeypatch.setattr("vault.keyring._ACTIVE_TTL_S", 3600.0)
+    here, rotation = _node(engine, rotation_provider)
+    there, _ = _node(engine, rotation_provider)
+    try:
+        known = there.tokenize(PAYMENTS, TokenizeRequest(_pan(1), "pan_bin6_last4"))
+        ceremony = rotation.propose(ALICE, "data")
+        rotation.approve(BOB, ceremony.id)
+        _finish(rotation, ceremony.id)
+        done = rotation.status(ALICE, ceremony.id)
+        # Still holding the old version in memory: a new card must not be sealed under it.
+        fresh = there.tokenize(PAYMENTS, TokenizeRequest(_pan(2), "pan_bin6_last4"))
+        with engine.connect() as c:
+            used = set(c.execute(sa.text("SELECT DISTINCT key_version FROM tokens")).scalars())
+        assert used == {done.new_version}
+        # Without it (as on the node whose rotation worker finished the job): a known card
+        # still answers its token.
+        there.keyring.forget_retired(int(done.old_version or 0))
+        again = there.tokenize(PAYMENTS, TokenizeRequest(_pan(1), "pan_bin6_last4"))
+        assert (again.token, again.existing) == (known.token, True)
+        there.keyring.wipe_all()  # a restart: only what the database holds is left
+        assert there.detokenize(GETNET, fresh.token).pan == _pan(2)
+        assert there.detokenize(GETNET, known.token).pan == _pan(1)
+    finally:
+        here.close()
+        there.close()
+
+
+def _node(engine: Engine, provider: HSMProvider) -> tuple[VaultService, KeyRotation]:
+    service = VaultService(engine, provider, _policy())
+    service.initialize()
+    rotation = KeyRotation(
+        engine, provider, service.keyring, lambda: service.policy, destroy_grace=timedelta(0)
+    )
+    return service, rotation
