@@ -497,7 +497,7 @@ class VaultCore:
     def _reseal(self, connection: Connection, row: Row[Any], card: CardBundle) -> None:
         """Store `card` (new details over the row's stored ones) in the row, sealed
         under the active PAN data key with a fresh nonce."""
-        version = self._keyring.active_version(KeyPurpose.PAN_GCM)
+        version = self._keyring.sealing_version(connection, KeyPurpose.PAN_GCM)
         nonce = secrets.token_bytes(12)
         sealed = self._keyring.gcm(version).encrypt(
             nonce,

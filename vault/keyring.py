@@ -138,6 +138,32 @@ class DataKeyring:
             self._active_read[purpose] = time.monotonic()
         return int(version)
 
+    def sealing_version(self, connection: Connection, purpose: KeyPurpose) -> int:
+        """Return the active version of `purpose` for data about to be stored under it,
+        read in `connection`'s write transaction rather than from the cache.
+
+        Why: the cached `active_version` may be a second old, and a data rotation run on
+        another node or worker can retire and erase the old version in less time than that
+        (tens of rows take milliseconds); a row sealed under it would be lost for good. Read
+        here, the version is still the active one when the row commits: on PostgreSQL the
+        row lock (FOR SHARE) holds a rotation's retiring UPDATE until this transaction
+        ends, so its re-encryption job sees the row; a SQLite write transaction (BEGIN
+        IMMEDIATE) already excludes the rotation's. Raises `DataKeyMissing`."""
+        version = connection.execute(
+            select(data_keys.c.version)
+            .where(
+                data_keys.c.purpose == purpose.value,
+                data_keys.c.state == KeyState.ACTIVE.value,
+            )
+            .with_for_update(read=True)
+        ).scalar()
+        if version is None:
+            raise DataKeyMissing(f"no active {purpose.value} data key: the vault is not set up")
+        with self._lock:
+            self._active[purpose] = int(version)
+            self._active_read[purpose] = time.monotonic()
+        return int(version)
+
     def gcm(self, version: int) -> AESGCM:
         """Return the AES-256-GCM cipher of PAN data key `version` (cached)."""
         with self._lock:
@@ -206,8 +232,10 @@ class DataKeyring:
             self._active.clear()
 
     def forget_retired(self, version: int) -> None:
-        """Wipe and drop every cached form of retired data-key `version`."""
+        """Wipe and drop every cached form of retired data-key `version`, and the cached
+        active versions: one may still name `version`, whose wrapped bytes are erased."""
         with self._lock:
+            self._active.clear()
             for purpose in KeyPurpose:
                 clear = self._clear.pop((purpose, version), None)
                 if clear is not None:

@@ -323,7 +323,7 @@ class TokenizeOperations(VaultCore):
                 self._reseal(connection, stored, items[index].card)
         if fresh:
             self._settle_candidates(connection, fresh, items, domain)
-        indexed_rows = self._new_rows(ctx, domain, items, fresh, now)
+        indexed_rows = self._new_rows(connection, ctx, domain, items, fresh, now)
         if indexed_rows:
             insert_many(connection, tokens, [row for _, row in indexed_rows])
         for index, row in indexed_rows:
@@ -459,15 +459,19 @@ class TokenizeOperations(VaultCore):
             return True
         return False
 
-    def _new_rows(
+    def _new_rows(  # noqa: PLR0917 - the call's parts, in the order _store_tokens has them
         self,
+        connection: Connection,
         ctx: CallContext,
         domain: str,
         items: Sequence[_Item],
         fresh: Mapping[int, str],
         now: datetime,
     ) -> list[tuple[int, dict[str, Any]]]:
-        version = self._keyring.active_version(KeyPurpose.PAN_GCM)
+        if not fresh:  # every card answered by a stored token: no key needed
+            return []
+        # In this transaction, not from the keyring's cache: see `sealing_version`.
+        version = self._keyring.sealing_version(connection, KeyPurpose.PAN_GCM)
         cipher = self._keyring.gcm(version)
         rows = []
         for index, token in fresh.items():
