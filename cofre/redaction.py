@@ -4,40 +4,58 @@ IN PCI SCOPE. The `Pan` type already masks itself; this is the safety net for da
 did not come through it (a log message, a header a client sent, an exception from a
 library, an acquirer's answer to the relay). It is the one PAN detector of the project:
 the relay's answers, the logs, the audit details and the error bodies all use it, so a
-representation it learns to see is masked everywhere at once.
+representation it learns to see is masked everywhere at once; `holds_pan_like` is the
+same detector, stricter, for what a caller sends (metadata stored in clear).
 
+Digits are any Unicode decimal digits (category Nd: Arabic-Indic ``٤١١١``, the
+fullwidth digits U+FF10 to U+FF19...), read as their values, as ``int()`` reads them.
 What it sees, in text (`mask_pan_like`):
 
-- a run of 12 or more ASCII digits: ``NNNNNNNNNNNNNNNN`` (also the integral part of a
+- a run of 12 or more digits: ``NNNNNNNNNNNNNNNN`` (also the integral part of a
   number written ``NNNNNNNNNNNNNNNN.0``);
-- digit groups joined by one repeated separator of up to three non-alphanumeric
-  characters: ``NNNN NNNN NNNN NNNN``, ``NNNN.NNNN.NNNN.NNNN``, ``4-1-1-1-…``, the text
-  of a JSON array of digits ``[4,1,1,1,…]`` or ``["4","1",…]``. The separator must be the
-  same throughout, so a timestamp (``2026-12-01 03:15:30,123``) is not a card.
+- digit groups of up to six joined by one repeated separator of up to three
+  non-alphanumeric characters: ``NNNN NNNN NNNN NNNN``, ``NNNN.NNNN.NNNN.NNNN``,
+  ``4-1-1-1-…``, the text of a JSON array of digits ``[4,1,1,1,…]`` or ``["4","1",…]``;
+- digit groups of any length joined by looser separators, mixed freely: runs of up to
+  four spaces or tabs, a hyphen (with up to two spaces each side), a JSON list's
+  ``","``: ``4111 1111-1111 1111``, ``41111111 11111111``, ``4111111111-111111``,
+  ``["41111111","11111111"]``. These shapes also hold ordinary text (dates, counts), so
+  they are masked only where whole groups make a Luhn-valid 12 to 19 digit window, and
+  an ISO date (``2026-12-01``) breaks such a chain.
 
 and in JSON values (`mask_pan_values`): every string as above, every integer of 12 or
 more digits, every float whose integral part has 12 or more digits (``4.111111111111111e15``
-is the same card as its 16 digits in a row), and any run of consecutive list items that are
+is the same card as its 16 digits in a row), any run of consecutive list items that are
 short digit strings or small integers (``[4, 1, 1, 1, …]``, ``["4111", "1111", …]``)
-holding 12 or more digits together.
+holding 12 or more digits together, and list items of up to 11 digits whose whole items
+make a Luhn-valid 12 to 19 digit window (``["41111111", "11111111"]``).
 
-What it leaves alone: digit runs inside a hex word of exactly a digest's length (32, 40,
-56, 64, 96 or 128 hex characters) with a letter among them (an MD5-sized trace id, a
-SHA-1 or certificate serial, a SHA-2 digest). Those are hex noise, not
-decimal data: one SHA-256 in five holds 12 digits in a row by chance, and masking them
-made the policy hash a node logs at start unreadable. The suite's leak scan skips the
-same words (tests/support/leakscan.py). A card glued to a hex word of any other length is
-still masked: ``deadbeef`` four times then 16 digits is 48 characters, not a digest.
+What it leaves alone, in what leaves the vault (not in `holds_pan_like`):
+
+- a dotted quad that is an IPv4 address (``192.168.100.200``);
+- digit runs inside a hex word of exactly a digest's length (32, 40, 56, 64, 96 or 128
+  hex characters, a letter among them: an MD5-sized trace id, a SHA-1 or certificate
+  serial, a SHA-2 digest), unless the run holds a Luhn-valid window of 13 to 19 digits.
+  One SHA-256 in five holds 12 digits in a row by chance, and masking them all made the
+  policy hash a node logs at start unreadable; with the Luhn rule about one in fifty is
+  masked. The residual risk, accepted: a 12-digit card (or a Luhn-invalid number, which
+  is no card) glued inside a digest-sized hex word is shown. No caller chooses such a
+  word: what a caller names (formats, routes, origins, request ids, idempotency keys)
+  is refused at the API edge unless it is short plain text, and metadata is checked
+  with `holds_pan_like`, which has no exemption. A card glued to a hex word of any
+  other length is masked: ``deadbeef`` four times then 16 digits is 48 characters.
 
 12 to 19 digits become the first six digits, asterisks and the last four, the most
 PCI DSS 4.0.1 req. 3.4.1 allows to be shown; longer runs (not PANs, but a PAN may hide
-inside) are masked entirely.
+inside) are masked entirely. Texts with fewer than 12 digits are returned at once (most
+log lines), so the cost stays that of counting digits.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from typing import Any, Final
 
 MIN_DIGITS: Final = 12
@@ -45,6 +63,12 @@ MAX_DIGITS: Final = 19
 # Items of a list that may be the pieces of a card number: up to six digits each.
 _MAX_PIECE: Final = 6
 _MAX_PIECE_INT: Final = 10**_MAX_PIECE - 1
+# Items of a list that may be the pieces of a card number under the Luhn rule: fewer
+# digits than a card (a longer item is masked on its own).
+_MAX_LOOSE_PIECE: Final = MIN_DIGITS - 1
+_MAX_LOOSE_PIECE_INT: Final = 10**_MAX_LOOSE_PIECE - 1
+# Below this, a digest's inner digit run is hex noise (see the module text).
+_MIN_DIGEST_CARD: Final = 13
 
 # A hex word (32+ hex characters, alone) or a run of 12+ digits. The hex alternative is
 # tried first at each position, so a digest is consumed whole and its inner digits are
@@ -57,9 +81,61 @@ _DIGIT_RUN: Final = re.compile(
 _GROUPED: Final = re.compile(
     r"(?<![0-9])[0-9]{1,6}(?P<sep>[^0-9A-Za-z]{1,3})[0-9]{1,6}(?:(?P=sep)[0-9]{1,6})+(?![0-9])"
 )
+# Groups of any length joined by the looser separators, mixed (the Luhn rule decides).
+_LOOSE_SEP: Final = r'(?:[ \t]{1,4}|[ \t]{0,2}-[ \t]{0,2}|"[ \t]?,[ \t]?")'
+# No look-arounds needed: scanned left to right, greedy groups start and end at a run's
+# edges (and a look-behind tried at every position costs a third of the time).
+_CHAIN: Final = re.compile(rf"[0-9]+(?:{_LOOSE_SEP}[0-9]+)+")
+_GROUP: Final = re.compile(r"[0-9]+")
+_ISO_DATE: Final = re.compile(
+    r"(?<![0-9])[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])(?![0-9])"
+)
+_IPV4: Final = re.compile(
+    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
+)
+_UUID: Final = re.compile(
+    r"(?<![0-9A-Za-z-])[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+    r"(?![0-9A-Za-z-])"
+)
 _NOT_DIGIT: Final = re.compile(r"[^0-9]")
 _PLAIN_RUN: Final = re.compile(r"(?<![0-9])[0-9]{12,}(?![0-9])")
 _DIGEST_LENGTHS: Final = frozenset({32, 40, 56, 64, 96, 128})
+_ASCII_DIGITS: Final = "0123456789"
+_UUID_CHARS: Final = frozenset("0123456789abcdefABCDEF-")
+
+
+class _DecimalDigits(dict[int, int]):
+    """A `str.translate` table from every non-ASCII decimal digit to its ASCII digit,
+    filled as characters are met (the whole table would be 1.1 million look-ups)."""
+
+    def __missing__(self, codepoint: int) -> int:
+        char = chr(codepoint)
+        value = ord(str(unicodedata.decimal(char))) if char.isdecimal() else codepoint
+        self[codepoint] = value
+        return value
+
+
+_TO_ASCII: Final = _DecimalDigits()
+
+
+def luhn_valid(digits: str) -> bool:
+    """Whether the ASCII `digits` pass the Luhn check (a card number's last digit)."""
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if index % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def _luhn_window(digits: str, minimum: int = MIN_DIGITS) -> bool:
+    """Whether some window of `minimum` to 19 of the ASCII `digits` passes Luhn."""
+    for length in range(minimum, min(MAX_DIGITS, len(digits)) + 1):
+        for start in range(len(digits) - length + 1):
+            if luhn_valid(digits[start : start + length]):
+                return True
+    return False
 
 
 def mask_digits(digits: str) -> str:
@@ -72,43 +148,166 @@ def mask_digits(digits: str) -> str:
     return digits[:6] + "*" * (len(digits) - 10) + digits[-4:]
 
 
-def _mask_run(match: re.Match[str]) -> str:
+def _mask_run(match: re.Match[str], strict: bool) -> str:
     run = match.group(0)
     if match.group("hex") is None or run.isdigit():
         return mask_digits(run)
-    if len(run) in _DIGEST_LENGTHS:
-        return run  # a digest: hex noise, not a card
+    if len(run) in _DIGEST_LENGTHS and not strict:
+        # A digest: hex noise, unless a run in it is a Luhn-valid card of 13+ digits.
+        return _PLAIN_RUN.sub(
+            lambda inner: (
+                mask_digits(inner.group(0))
+                if _luhn_window(inner.group(0), _MIN_DIGEST_CARD)
+                else inner.group(0)
+            ),
+            run,
+        )
     return _PLAIN_RUN.sub(lambda inner: mask_digits(inner.group(0)), run)
 
 
-def _mask_grouped(match: re.Match[str]) -> str:
+def _in_uuid(match: re.Match[str]) -> bool:
+    """Whether `match` lies inside a UUID written in its canonical 8-4-4-4-12 form."""
+    text, start, end = match.string, match.start(), match.end()
+    while start > 0 and text[start - 1] in _UUID_CHARS:
+        start -= 1
+    while end < len(text) and text[end] in _UUID_CHARS:
+        end += 1
+    return _UUID.fullmatch(text, start, end) is not None
+
+
+def _mask_grouped(match: re.Match[str], strict: bool) -> str:
     run = match.group(0)
     digits = _NOT_DIGIT.sub("", run)
     if len(digits) < MIN_DIGITS:
+        return run
+    if not strict and match.group("sep") == "." and _IPV4.fullmatch(run):
+        return run  # an IPv4 address, not a card split in four
+    # Hex groups of a UUID: noise unless whole groups are a Luhn-valid card.
+    if (
+        not strict
+        and match.group("sep") == "-"
+        and _in_uuid(match)
+        and _card_window(_GROUP.findall(run)) is None
+    ):
         return run
     # The separators stay where they were, so the shape (and a JSON text) is kept.
     masked = iter(mask_digits(digits))
     return "".join(next(masked) if char.isdigit() else char for char in run)
 
 
+def _card_window(groups: list[str]) -> tuple[int, int] | None:
+    """The first run of whole `groups` (from, to) holding a Luhn-valid 12 to 19 digits."""
+    for first in range(len(groups)):
+        digits = ""
+        for last in range(first, len(groups)):
+            digits += groups[last]
+            if len(digits) > MAX_DIGITS:
+                break
+            if len(digits) >= MIN_DIGITS and digits[0] != "0" and luhn_valid(digits):
+                return first, last + 1
+    return None
+
+
+def _blank(match: re.Match[str]) -> str:
+    return "#" * len(match.group(0))
+
+
+def _mask_chains(text: str, strict: bool) -> str:
+    """`text` with the Luhn-valid windows of loosely joined digit groups masked."""
+    if not any(
+        len(_NOT_DIGIT.sub("", chain.group(0))) >= MIN_DIGITS for chain in _CHAIN.finditer(text)
+    ):
+        return text  # the common case: no chain long enough, no need to look closer
+    # Outside the strict check, ISO dates and UUIDs break chains (see the module text).
+    probe = text
+    if not strict:
+        probe = _UUID.sub(_blank, _ISO_DATE.sub(_blank, text))
+    out = list(text)
+    for chain in _CHAIN.finditer(probe):
+        spans = [(g.start(), g.end()) for g in _GROUP.finditer(chain.group(0))]
+        groups = [chain.group(0)[a:b] for a, b in spans]
+        if sum(map(len, groups)) < MIN_DIGITS:
+            continue
+        while (window := _card_window(groups)) is not None:
+            first, last = window
+            masked = iter(mask_digits("".join(groups[first:last])))
+            for index in range(first, last):
+                start, end = spans[index]
+                for position in range(chain.start() + start, chain.start() + end):
+                    out[position] = next(masked)
+                groups[index] = "x"  # no digits left to find again
+    return "".join(out)
+
+
+def _ascii_digits(text: str) -> str:
+    """`text` with every decimal digit as its ASCII digit (same length, same places)."""
+    return text if text.isascii() else text.translate(_TO_ASCII)
+
+
+def _mask_text(text: str, strict: bool) -> str:
+    if len(text) < MIN_DIGITS:
+        # Every rule masks only what holds at least 12 digits: a shorter text (an HTTP
+        # method, a log level, most event names) is never changed.
+        return text
+    probe = _ascii_digits(text)
+    if sum(map(probe.count, _ASCII_DIGITS)) < MIN_DIGITS:
+        return text
+    masked = _mask_chains(
+        _GROUPED.sub(
+            lambda m: _mask_grouped(m, strict),
+            _DIGIT_RUN.sub(lambda m: _mask_run(m, strict), probe),
+        ),
+        strict,
+    )
+    if probe is text:
+        return masked
+    # Every rule keeps lengths: put back what was not masked in its own script.
+    return "".join(o if m == p else m for o, p, m in zip(text, probe, masked, strict=True))
+
+
 def mask_pan_like(text: str) -> str:
     """Return `text` with every PAN-like digit sequence masked (see the module text)."""
-    if len(text) < MIN_DIGITS:
-        # Both patterns mask only what holds at least 12 ASCII digits: a shorter text
-        # (an HTTP method, a log level, most event names) is never changed.
-        return text
-    return _GROUPED.sub(_mask_grouped, _DIGIT_RUN.sub(_mask_run, text))
+    return _mask_text(text, strict=False)
+
+
+def holds_pan_like(text: str) -> bool:
+    """Whether `text` holds anything `mask_pan_like` would mask, or a card inside a
+    digest-sized hex word or in an IPv4-like dotted quad: for what a caller sends, which
+    gets no exemption."""
+    return _mask_text(text, strict=True) != text
 
 
 def _piece(value: object) -> str | None:
-    """The digits of a list item that may be a piece of a card number, else None."""
+    """The ASCII digits of a list item that may be a piece of a card number (fewer
+    digits than a card), else None."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int) and 0 <= value <= _MAX_PIECE_INT:
+    if isinstance(value, int) and 0 <= value <= _MAX_LOOSE_PIECE_INT:
         return str(value)
-    if isinstance(value, str) and 1 <= len(value) <= _MAX_PIECE and value.isascii():
-        return value if value.isdigit() else None
+    if isinstance(value, str) and 1 <= len(value) <= _MAX_LOOSE_PIECE:
+        digits = _ascii_digits(value)
+        return digits if digits.isascii() and digits.isdigit() else None
     return None
+
+
+def _mask_pieces(out: list[Any], start: int, pieces: list[str]) -> None:
+    """Mask, in `out` from `start`, the consecutive list items whose digits are `pieces`."""
+    if len("".join(pieces)) < MIN_DIGITS:
+        return
+    if all(len(piece) <= _MAX_PIECE for piece in pieces):
+        windows = [(0, len(pieces))]  # short pieces: masked together, no Luhn rule
+    else:
+        windows = []
+        groups = list(pieces)
+        while (window := _card_window(groups)) is not None:
+            windows.append(window)
+            groups[window[0] : window[1]] = ["x"] * (window[1] - window[0])
+    for first, last in windows:
+        masked = mask_digits("".join(pieces[first:last]))
+        offset = 0
+        for index in range(first, last):
+            out[start + index] = masked[offset : offset + len(pieces[index])]
+            offset += len(pieces[index])
 
 
 def _mask_list(items: list[Any]) -> list[Any]:
@@ -123,13 +322,7 @@ def _mask_list(items: list[Any]) -> list[Any]:
         while end < len(items) and (piece := _piece(items[end])) is not None:
             pieces.append(piece)
             end += 1
-        digits = "".join(pieces)
-        if len(digits) >= MIN_DIGITS:
-            masked = mask_digits(digits)
-            offset = 0
-            for index, piece in zip(range(start, end), pieces, strict=True):
-                out[index] = masked[offset : offset + len(piece)]
-                offset += len(piece)
+        _mask_pieces(out, start, pieces)
         start = end
     return out
 
