@@ -18,6 +18,7 @@ __all__ = [
     "guard",
     "handshake",
     "health",
+    "hotroutes",
     "lifecycle",
     "metrics",
     "mfa",

@@ -18,6 +18,7 @@ from api.crl import RevokedCertificates
 from api.dependencies import AppState
 from api.exception_handlers import add_exception_handlers
 from api.guard import RequestGuard
+from api.hotroutes import HotRoutes
 from api.models import Problem
 from api.observability import make_telemetry
 from api.problems import PROBLEM_JSON
@@ -74,6 +75,8 @@ def create_app(state: AppState) -> FastAPI:
     recorder = getattr(state.service, "record", None)
     # Filled by the server's `api.crl.CrlWatcher` when a CRL is configured.
     app.state.revoked_certificates = revoked = RevokedCertificates()
+    # Inside the guard: the hot routes past FastAPI's routing (`api.hotroutes`).
+    app.add_middleware(HotRoutes, fastapi=app, routes=tokens.router.routes)
     app.add_middleware(RequestGuard, telemetry=state.telemetry, recorder=recorder, revoked=revoked)
     return app
 
