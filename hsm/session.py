@@ -24,7 +24,6 @@ call tries again. Nothing is cached across a re-initialisation except configurat
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import threading
 import time
@@ -39,7 +38,6 @@ from pydantic import SecretStr
 
 from hsm.errors import (
     HSMAuthFailed,
-    HSMError,
     HSMKeyNotExtractable,
     HSMKeyNotFound,
     HSMKeyUnavailable,
@@ -98,43 +96,6 @@ class _Pooled:
         self.epoch = epoch
 
 
-class _Gate:
-    """Calls pass shared; re-initialising the library waits for them and holds it alone."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._inside = 0
-        self._closed = False
-
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            while self._closed:
-                self._cond.wait()
-            self._inside += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._inside -= 1
-                self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            while self._closed:
-                self._cond.wait()
-            self._closed = True
-            while self._inside:
-                self._cond.wait()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._closed = False
-                self._cond.notify_all()
-
-
 class TokenSession:
     """The session side of `hsm.provider.HSMProvider`: library, login, session pool,
     recovery, and the translation of every PKCS#11 error into `hsm.errors`."""
@@ -157,10 +118,16 @@ class TokenSession:
         self.key_availability_timeout = key_availability_timeout
         self._lib: Any = None
         self._lib_lock = threading.Lock()
-        self._gate = _Gate()
-        self._slots = threading.Condition()
+        # The pool: one plain lock (cheap to take in C, see `_run_pooled`) and a condition
+        # on it for the threads that wait, either for a place in the pool or, while
+        # `_exclusive` holds the pool alone, for it to end; `_waiting` counts them so that
+        # giving a session back notifies only when someone waits.
+        self._mutex = threading.Lock()
+        self._freed = threading.Condition(self._mutex)
         self._idle: list[_Pooled] = []
         self._busy = 0
+        self._waiting = 0
+        self._closed = False
         self._local = threading.local()
         # Bumped when a key is destroyed: every session's cache of found keys is stale.
         self._epoch = 0
@@ -217,44 +184,79 @@ class TokenSession:
     def _borrow(self, *, fresh: bool = False) -> _Pooled | None:
         """Wait for a free place in the pool; return an idle session, or None (open one,
         as always when `fresh`)."""
-        with self._slots:
-            while self._busy >= self.pool_size:
-                self._slots.wait()
+        with self._mutex:
+            if self._closed or self._busy >= self.pool_size:
+                self._wait_for_place()
             self._busy += 1
             if fresh or not self._idle:
                 return None
             pooled = self._idle.pop()
-            if pooled.epoch != self._epoch:
-                pooled.objects.clear()
-                pooled.epoch = self._epoch
-            return pooled
+        if pooled.epoch != self._epoch:
+            pooled.objects.clear()
+            pooled.epoch = self._epoch
+        return pooled
+
+    def _wait_for_place(self) -> None:
+        """Wait (holding `_mutex`) until the pool is open and has a free place."""
+        self._waiting += 1
+        try:
+            while self._closed or self._busy >= self.pool_size:
+                self._freed.wait()
+        finally:
+            self._waiting -= 1
 
     def _give_back(self, pooled: _Pooled | None, *, broken: bool) -> None:
         if broken:
             # A lost session usually means the token or the connection was reset, so the
             # idle ones go too. Closed while this call still holds its place in the pool,
             # so that a pool of one (SoftHSM2) never sees two threads.
-            with self._slots:
+            with self._mutex:
                 doomed, self._idle = self._idle, []
             if pooled is not None:
                 doomed.append(pooled)
             for lost in doomed:
                 _close_quietly(lost.session)
-        with self._slots:
+        with self._mutex:
             self._busy -= 1
             if pooled is not None and not broken:
                 self._idle.append(pooled)
-            self._slots.notify()
+            if self._waiting:
+                # All: the waiters are borrowers and maybe one `_exclusive` waiting for the
+                # pool to empty; waking only that one could strand a borrower.
+                self._freed.notify_all()
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the pool alone: wait for every call in it to end, and keep new ones out
+        (re-initialising the library, closing). Calls nested in an operation reuse its
+        session and never wait here, so an operation never waits for itself."""
+        with self._mutex:
+            self._waiting += 1
+            try:
+                while self._closed:
+                    self._freed.wait()
+                self._closed = True
+                while self._busy:
+                    self._freed.wait()
+            finally:
+                self._waiting -= 1
+        try:
+            yield
+        finally:
+            with self._mutex:
+                self._closed = False
+                if self._waiting:
+                    self._freed.notify_all()
 
     def _drop_all(self) -> None:
-        """Close every idle session (the caller holds the gate alone: none is busy)."""
-        with self._slots:
+        """Close every idle session (the caller holds the pool alone: none is busy)."""
+        with self._mutex:
             idle, self._idle = self._idle, []
         for pooled in idle:
             _close_quietly(pooled.session)
 
     def _reinitialize(self) -> None:
-        with self._gate.exclusive():
+        with self._exclusive():
             self._drop_all()
             with self._lib_lock:
                 self._mechanisms = None
@@ -266,97 +268,116 @@ class TokenSession:
                         self._lib = None
 
     def _run(self, operation: Callable[[Any], T], *, retry: bool = True, name: str = "call") -> T:
-        """Run `operation(session)` on a pooled session, translating every PKCS#11 error."""
-        started = time.perf_counter()
+        """Run `operation(session)` on a pooled session, translating every PKCS#11 error.
+
+        Kept short on purpose (see `_run_pooled`): this Python runs between two token
+        calls, when the CPU's caches hold the token library's work, and each line of it
+        costs several times what it does in a loop of its own (bench/levers.md, issue 4)."""
+        observer = self.observer
+        started = time.perf_counter() if observer is not None else 0.0
         try:
             current: _Pooled | None = getattr(self._local, "pooled", None)
             if current is not None:
                 # Called from inside an operation on this thread: reuse its session (a
                 # pool of one would otherwise wait for itself).
                 return self._translate(lambda: operation(current.session))
-            return self._run_waiting_for_keys(operation, retry=retry)
+            try:
+                return self._run_pooled(operation, retry=retry)
+            except HSMKeyUnavailable as refused:
+                return self._run_waiting_for_keys(operation, retry=retry, refused=refused)
         finally:
-            if self.observer is not None:
-                self.observer(name, (time.perf_counter() - started) * 1000)
+            if observer is not None:
+                observer(name, (time.perf_counter() - started) * 1000)
 
-    def _run_waiting_for_keys(self, operation: Callable[[Any], T], *, retry: bool) -> T:
-        """`_run_pooled`, retried with bounded exponential backoff while the token refuses
-        a key's handle (`HSMKeyUnavailable`): on CloudHSM a new token key is usable only
-        once a quorum of HSMs has it, on any node that uses it first."""
+    def _run_waiting_for_keys(
+        self, operation: Callable[[Any], T], *, retry: bool, refused: HSMKeyUnavailable
+    ) -> T:
+        """`_run_pooled` again, after the token refused a key's handle twice
+        (`HSMKeyUnavailable`), with bounded exponential backoff for up to
+        `key_availability_timeout` seconds from that refusal: on CloudHSM a new token
+        key is usable only once a quorum of HSMs has it, on any node that uses it first."""
         deadline = time.monotonic() + self.key_availability_timeout
         wait = _AVAILABILITY_FIRST_WAIT_S
         while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise refused
+            time.sleep(min(wait, remaining))
+            wait = min(wait * 2, _AVAILABILITY_MAX_WAIT_S)
             try:
                 return self._run_pooled(operation, retry=retry)
-            except HSMKeyUnavailable:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise
-                time.sleep(min(wait, remaining))
-                wait = min(wait * 2, _AVAILABILITY_MAX_WAIT_S)
+            except HSMKeyUnavailable as again:
+                refused = again
 
     def _run_pooled(self, operation: Callable[[Any], T], *, retry: bool) -> T:
+        # The common case is one pass: borrow an idle session, run, give it back. No
+        # generator, partial or extra frame per call: see `_run`.
         attempts = 2 if retry else 1
-        for attempt in range(1, attempts + 1):
-            with self._gate.shared():
-                pooled = self._borrow(fresh=attempt > 1)
-                broken = False
+        local = self._local
+        attempt = 0
+        while True:
+            attempt += 1
+            pooled = self._borrow(fresh=attempt > 1)
+            broken = False
+            try:
+                if pooled is None:
+                    pooled = _Pooled(self._translate(self._open_session), self._epoch)
+                local.pooled = pooled
                 try:
-                    if pooled is None:
-                        pooled = _Pooled(self._translate(self._open_session), self._epoch)
-                    self._local.pooled = pooled
-                    return self._translate(functools.partial(operation, pooled.session))
-                except _KeyHandleRefused as refused:
-                    # Forget the keys this session found; look them up again once.
-                    if pooled is not None:
-                        pooled.objects.clear()
-                    if attempt == attempts:
-                        raise HSMKeyUnavailable(
-                            f"token {self._token_label!r} refused a key handle "
-                            f"({refused.name}): the key is not (or no longer) available"
-                        ) from None
-                    continue
-                except _SessionLost as lost:
-                    broken = True
-                    failure = lost.name
-                except HSMAuthFailed:
-                    broken = True
-                    raise
-                finally:
-                    self._local.pooled = None
-                    self._give_back(pooled, broken=broken)
+                    return operation(pooled.session)
+                except p11e.PKCS11Error as exc:
+                    raise self._translated(exc) from None
+            except _KeyHandleRefused as refused:
+                # Forget the keys this session found; look them up again once.
+                if pooled is not None:
+                    pooled.objects.clear()
+                if attempt == attempts:
+                    raise HSMKeyUnavailable(
+                        f"token {self._token_label!r} refused a key handle "
+                        f"({refused.name}): the key is not (or no longer) available"
+                    ) from None
+                continue
+            except _SessionLost as lost:
+                broken = True
+                failure = lost.name
+            except HSMAuthFailed:
+                broken = True
+                raise
+            finally:
+                local.pooled = None
+                self._give_back(pooled, broken=broken)
             if attempt == attempts:
                 if attempts > 1:
                     self._reinitialize()
                 raise HSMUnavailable(f"token {self._token_label!r} is not reachable ({failure})")
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _translate(self, call: Callable[[], T]) -> T:
         try:
             return call()
-        except HSMError:
-            raise
-        except _AUTH_ERRORS as exc:
-            raise HSMAuthFailed(
+        except p11e.PKCS11Error as exc:
+            raise self._translated(exc) from None
+
+    def _translated(self, exc: p11e.PKCS11Error) -> Exception:
+        """The exception that stands for PKCS#11 error `exc` (`hsm.errors`, or one of this
+        module's retried `_SessionLost` and `_KeyHandleRefused`)."""
+        if isinstance(exc, _AUTH_ERRORS):
+            return HSMAuthFailed(
                 f"token {self._token_label!r} refused the user PIN ({type(exc).__name__})"
-            ) from None
-        except CONNECTION_ERRORS as exc:
-            raise _SessionLost(type(exc).__name__) from None
-        except _KEY_HANDLE_ERRORS as exc:
-            raise _KeyHandleRefused(type(exc).__name__) from None
-        except p11e.MechanismInvalid as exc:
-            raise HSMMechanismUnsupported(
+            )
+        if isinstance(exc, CONNECTION_ERRORS):
+            return _SessionLost(type(exc).__name__)
+        if isinstance(exc, _KEY_HANDLE_ERRORS):
+            return _KeyHandleRefused(type(exc).__name__)
+        if isinstance(exc, p11e.MechanismInvalid):
+            return HSMMechanismUnsupported(
                 f"token {self._token_label!r} does not support a mechanism this "
                 f"operation needs ({type(exc).__name__})"
-            ) from None
-        except (p11e.AttributeSensitive, p11e.KeyUnextractable) as exc:
-            raise HSMKeyNotExtractable(
+            )
+        if isinstance(exc, (p11e.AttributeSensitive, p11e.KeyUnextractable)):
+            return HSMKeyNotExtractable(
                 f"the token refused to export the key ({type(exc).__name__})"
-            ) from None
-        except p11e.PKCS11Error as exc:
-            raise HSMOperationFailed(
-                f"the token refused the operation ({type(exc).__name__})"
-            ) from None
+            )
+        return HSMOperationFailed(f"the token refused the operation ({type(exc).__name__})")
 
     def _find(self, session: Any, label: str, object_class: ObjectClass) -> Any:
         pooled: _Pooled | None = getattr(self._local, "pooled", None)
@@ -379,7 +400,7 @@ class TokenSession:
 
     def _forget_keys(self) -> None:
         """Invalidate every session's cache of found keys (after a key is destroyed)."""
-        with self._slots:
+        with self._mutex:
             self._epoch += 1
         pooled: _Pooled | None = getattr(self._local, "pooled", None)
         if pooled is not None:
@@ -388,7 +409,7 @@ class TokenSession:
 
     def close(self) -> None:
         """Close every session. The provider reopens them on the next call."""
-        with self._gate.exclusive():
+        with self._exclusive():
             self._drop_all()
 
 

@@ -117,7 +117,7 @@ def test_closed_session_under_running_pool_recovers(hsm_provider: HSMProvider) -
             time.sleep(0.05)
             # Between calls (SoftHSM2 must not see two threads at once), close every
             # session behind the provider's back.
-            with hsm_provider._gate.exclusive():
+            with hsm_provider._exclusive():
                 for pooled in list(hsm_provider._idle):
                     pooled.session.close()
     finally:
@@ -128,6 +128,48 @@ def test_closed_session_under_running_pool_recovers(hsm_provider: HSMProvider) -
     assert errors == []
     assert results
     assert set(results) == {expected}
+
+
+def test_holding_the_pool_alone_waits_for_calls_and_keeps_new_ones_out(
+    hsm_provider: HSMProvider,
+) -> None:
+    # What re-initialising the library and close() rely on: the pool's own condition
+    # (once a separate gate) waits for the call in flight and holds later calls back.
+    order: list[str] = []
+    inside, release, alone, leave = (threading.Event() for _ in range(4))
+
+    def slow_call(session: object) -> None:
+        inside.set()
+        assert release.wait(10)
+        order.append("call")
+
+    def hold() -> None:
+        with hsm_provider._exclusive():
+            order.append("alone")
+            alone.set()
+            assert leave.wait(10)
+
+    later: list[bytes] = []
+    caller = threading.Thread(target=lambda: hsm_provider._run(slow_call))
+    holder = threading.Thread(target=hold)
+    latecomer = threading.Thread(
+        target=lambda: later.append(hsm_provider.hmac_sha256("cofre-fp-v1", b"late"))
+    )
+    caller.start()
+    assert inside.wait(10)
+    holder.start()
+    holder.join(0.2)  # it must still be waiting, however long this waits
+    assert order == []
+    release.set()
+    assert alone.wait(10)
+    assert order == ["call", "alone"]
+    latecomer.start()
+    latecomer.join(0.2)  # held back while the pool is held alone
+    assert later == []
+    leave.set()
+    for thread in (caller, holder, latecomer):
+        thread.join(10)
+    assert later == [hsm_provider.hmac_sha256("cofre-fp-v1", b"late")]
 
 
 def test_eight_threads_hammering(hsm_provider: HSMProvider) -> None:
