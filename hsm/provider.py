@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import secrets
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -329,10 +328,10 @@ class HSMProvider(AeadOperations):
             data_key = session.generate_key(
                 KeyType.AES,
                 256,
-                id=new_key_id(),
-                label=_session_label(),
+                id=(key_id := new_key_id()),
+                label=_session_label(key_id),
                 store=False,
-                template=_data_key_template(readable=False),
+                template=_DATA_KEY_TEMPLATES[False],
             )
             try:
                 wrapped = kek.wrap_key(data_key, mechanism=mechanisms.mechanism(algorithm))
@@ -350,11 +349,11 @@ class HSMProvider(AeadOperations):
                 ObjectClass.SECRET_KEY,
                 KeyType.AES,
                 wrapped.wrapped,
-                id=new_key_id(),
-                label=_session_label(),
+                id=(key_id := new_key_id()),
+                label=_session_label(key_id),
                 mechanism=mechanism,
                 store=False,
-                template=_data_key_template(readable=readable),
+                template=_DATA_KEY_TEMPLATES[readable],
             )
         except (
             p11e.WrappedKeyInvalid,
@@ -523,9 +522,11 @@ class HSMProvider(AeadOperations):
         return self._run(read)
 
 
-def _session_label() -> str:
-    # Session objects get a label and an ID too: CloudHSM has refused empty ones.
-    return f"cofre-tmp-{secrets.token_hex(6)}"
+def _session_label(key_id: bytes) -> str:
+    # Session objects get a label and an ID too: CloudHSM has refused empty ones. The
+    # label takes its random part from the (random) ID: one read of the system's random
+    # source per data key instead of two.
+    return f"cofre-tmp-{key_id[:6].hex()}"
 
 
 def _data_key_template(*, readable: bool) -> dict[Attribute, Any]:
@@ -538,6 +539,14 @@ def _data_key_template(*, readable: bool) -> dict[Attribute, Any]:
         Attribute.SENSITIVE: not readable,
         Attribute.EXTRACTABLE: True,
     }
+
+
+# Built once, by `readable`: python-pkcs11 copies a template before using it (its
+# `merge_templates`), so these are never changed, and a data key's call is spared
+# building the same dict again.
+_DATA_KEY_TEMPLATES: Final[dict[bool, dict[Attribute, Any]]] = {
+    readable: _data_key_template(readable=readable) for readable in (False, True)
+}
 
 
 def wipe(buffer: bytearray) -> None:
