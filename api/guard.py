@@ -206,7 +206,7 @@ class RequestGuard:
         code = scope["state"].get("problem_code", "")
         identity = scope["state"].get("identity", "")
         attributes = {"route": template, "method": scope["method"], "status": status, "code": code}
-        self.telemetry.requests.add(1, attributes)
+        self.telemetry.count_request(template, scope["method"], status, code)
         self.telemetry.latency.record(elapsed_ms, attributes)
         self.telemetry.request_span(
             f"{scope['method']} {template}",

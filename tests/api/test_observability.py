@@ -9,10 +9,16 @@ import time
 
 import pytest
 import structlog
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from api.observability import configure_logging, make_telemetry, new_tracer_provider
+from api.observability import (
+    configure_logging,
+    make_telemetry,
+    new_meter_provider,
+    new_tracer_provider,
+)
 
 
 def _span(status: int) -> tuple[str, int, dict[str, object]]:
@@ -80,3 +86,26 @@ def test_each_log_line_is_one_write_newline_included() -> None:
         assert write.endswith("\n")
         assert write.count("\n") == 1
         json.loads(write)
+
+
+def test_requests_are_counted_per_route_method_status_and_code() -> None:
+    reader = InMemoryMetricReader()
+    telemetry = make_telemetry(new_tracer_provider(), new_meter_provider([reader]))
+    for status, code in ((200, ""), (200, ""), (429, "rate_limited")):
+        telemetry.count_request("/v1/tokenize", "POST", status, code)
+    data = reader.get_metrics_data()
+    assert data is not None
+    (metric,) = [
+        m
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "cofre.http.requests"
+    ]
+    assert isinstance(metric.data, Sum)
+    assert metric.data.is_monotonic
+    counts = {
+        (dict(p.attributes or {})["status"], dict(p.attributes or {})["code"]): p.value
+        for p in metric.data.data_points
+    }
+    assert counts == {(200, ""): 2, (429, "rate_limited"): 1}
