@@ -140,7 +140,8 @@ async def detokenize_batch(
 
 @router.post("/v1/detokenize-masked", response_model=MaskedResponse, tags=["tokens"])
 async def detokenize_masked(body: DetokenizeRequest, http: Request) -> Response:
-    """Only the masked PAN (first six, last four) behind a token."""
+    """Only the masked PAN behind a token: at most the first six and the last four
+    digits, and never fewer than six hidden."""
     caller, state = call_context(http), app_state(http)
     revealed = await in_thread(state.service.detokenize_masked, caller, body.token)
     return _json(

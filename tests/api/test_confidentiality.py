@@ -80,6 +80,20 @@ def test_no_adapter_identity_receives_a_full_pan(vault_server: VaultServer, adap
                 assert response.json()["masked_pan"] == "411111******1111"
 
 
+def test_a_short_card_masked_for_an_adapter_keeps_six_digits_hidden(
+    vault_server: VaultServer,
+) -> None:
+    # BIN6 + last four of a 12-digit card left two hidden digits, one fixed by Luhn: an
+    # out-of-scope reader had the card in ten guesses. Six hidden digits leave 10^5.
+    short = "601100000004"  # 12 digits, Luhn-valid
+    with vault_server.client("payments") as c:
+        token = c.post("/v1/tokenize", json={"pan": short, "format": "uuid"}).json()["token"]
+    adapter = OUT_OF_SCOPE[0]
+    with vault_server.client(adapter) as c:
+        masked = c.post("/v1/detokenize-masked", json={"token": token}).json()["masked_pan"]
+    assert masked == "60******0004"
+
+
 def test_tokenize_is_not_an_oracle_across_identities(vault_server: VaultServer) -> None:
     """`store` holds a token of `payments` (it may read payments' tokens masked, so it
     knows the first six and last four) and searches for the card by batch."""

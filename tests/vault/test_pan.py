@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cofre.errors import CofreError
-from vault.pan import InvalidPan, Pan, luhn_check_digit, luhn_valid
+from policies.formats import MIN_CANDIDATES
+from vault.pan import MAX_LENGTH, MIN_LENGTH, InvalidPan, Pan, luhn_check_digit, luhn_valid
 
 VISA = "4111111111111111"
 
@@ -25,8 +26,38 @@ def test_repr_and_str_are_masked() -> None:
 
 
 def test_masked_keeps_length() -> None:
-    assert str(Pan("123456789012")) == "123456**9012"
+    assert str(Pan("123456789012")) == "12******9012"
     assert str(Pan("6011000990139424123")) == "601100*********4123"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("601100000004", "60******0004"),
+        ("4222222222222", "422******2222"),
+        ("30569309025904", "3056******5904"),
+        ("378282246310005", "37828******0005"),
+        (VISA, "411111******1111"),
+    ],
+)
+def test_a_short_card_is_masked_to_at_least_six_hidden_digits(text: str, masked: str) -> None:
+    # BIN6 + last four on a 12-digit card left two hidden digits, one fixed by Luhn: ten
+    # guesses for an out-of-scope reader of a masked reveal.
+    assert Pan(text).masked() == masked
+
+
+@given(st.integers(MIN_LENGTH, MAX_LENGTH))
+def test_a_masked_pan_never_shows_more_than_bin6_and_last4_nor_hides_too_few(length: int) -> None:
+    pan = Pan(("4" + "0" * 18)[:length])
+    masked = pan.masked()
+    shown_leading = len(masked) - len(masked.lstrip("0123456789"))
+    assert len(masked) == length
+    assert masked.endswith(pan.last4)
+    assert shown_leading <= 6
+    hidden = masked.count("*")
+    assert hidden >= 6
+    # One hidden digit is the Luhn digit: the rest are the candidates.
+    assert 10 ** (hidden - 1) >= MIN_CANDIDATES
 
 
 @pytest.mark.parametrize(
