@@ -7,9 +7,16 @@ IN PCI SCOPE. Unknown fields are rejected everywhere (``extra="forbid"``).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 Digits = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 TokenStr = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -177,8 +184,10 @@ class HeadRef(_Strict):
 
 
 class EvidenceRequest(_Strict):
-    period_from: datetime = Field(alias="from")
-    period_to: datetime = Field(alias="to")
+    # With a time zone (a naive time is ambiguous, and compared with the vault's aware
+    # clock it was a 500): "2026-11-01T00:00:00" is 422 invalid_request.
+    period_from: AwareDatetime = Field(alias="from")
+    period_to: AwareDatetime = Field(alias="to")
     previous_head: HeadRef | None = Field(
         default=None, description="the covering_head of the previous bundle, to chain to it"
     )
@@ -186,3 +195,10 @@ class EvidenceRequest(_Strict):
         default=None,
         description="the previous bundle's entries.end_index: this bundle must start there",
     )
+
+    @model_validator(mode="after")
+    def _period_ends_after_it_starts(self) -> Self:
+        # Refused here, before the export charges the caller's rate limit.
+        if self.period_to <= self.period_from:
+            raise ValueError("the period must end after it starts")
+        return self

@@ -332,6 +332,8 @@ def build_runtime(
         return service.evidence_export(ctx, period, lambda: bounded_build(ctx, request))
 
     def bounded_build(ctx: CallContext, request: EvidenceRequest) -> IO[bytes]:
+        # Refusals the request alone decides come before the charge (an inverted or
+        # naive period is refused by `EvidenceRequest` itself): they cost no budget.
         if request.period_to - request.period_from > timedelta(days=bounds.max_period_days):
             raise ComplianceError(
                 f"the period may be at most {bounds.max_period_days} days "

@@ -194,9 +194,12 @@ def write_bundle(
     computed, the signed manifest is made last, and the archive is assembled from those
     files in chunks.
 
-    Raises `ComplianceError` for an empty or inverted period, `ChainBroken`,
+    Raises `ComplianceError` for a naive, empty or inverted period, `ChainBroken`,
     `EvidenceUnavailable` (or `AuditReadFailed`) when the database cannot be read.
     """
+    if period_from.tzinfo is None or period_to.tzinfo is None:
+        # Compared with the aware clock and the aware created_at column below.
+        raise ComplianceError("the period's times must carry a time zone")
     if period_to <= period_from:
         raise ComplianceError("the period must end after it starts")
     sequencer.drain(force_sign=True)

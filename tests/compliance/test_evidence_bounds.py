@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from cofre.settings import EvidenceSettings
 from cofre_evidence_verifier.bundle import read_bundle
@@ -130,6 +131,35 @@ def test_period_is_capped(vault: VaultServer) -> None:
     response = _export(vault, **{"from": "1970-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})
     assert response.status_code == 422, response.text
     assert "at most 31 days" in response.json()["detail"]
+
+
+def _export_budget(vault: VaultServer) -> list[tuple[str, float]]:
+    with vault.runtime.engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT identity, tat FROM rate_state WHERE identity LIKE '%evidence-export'")
+        ).all()
+    return sorted((str(identity), float(tat)) for identity, tat in rows)
+
+
+@pytest.mark.parametrize(
+    ("period_from", "period_to"),
+    [
+        ("2026-11-01T00:00:00", "2026-11-02T00:00:00"),  # no time zone: ambiguous
+        ("2026-11-01T00:00:00Z", "2026-11-02T00:00:00"),
+        ("2026-11-02T00:00:00Z", "2026-11-01T00:00:00Z"),  # inverted
+    ],
+)
+def test_a_period_the_request_alone_refuses_is_a_problem_and_costs_no_export(
+    vault: VaultServer, period_from: str, period_to: str
+) -> None:
+    # A naive time against the vault's aware clock was a TypeError (a 500), charged to
+    # the exporter's rate limit before it failed.
+    before = _export_budget(vault)
+    for _ in range(4):
+        response = _export(vault, **{"from": period_from, "to": period_to})
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+    assert _export_budget(vault) == before
 
 
 def test_exports_are_rate_limited(vault: VaultServer) -> None:
