@@ -447,7 +447,8 @@ def build_capture_server(
 ) -> ManagedServer:
     """A configured (not started) uvicorn server for the capture listener: server TLS
     only (no client certificate is asked for: browsers have none), TLS 1.2 or newer
-    with forward-secret AEAD suites, the same read deadlines as the mTLS listener.
+    with forward-secret AEAD suites, the same handshake and read deadlines as the mTLS
+    listener.
 
     Raises `ApiError` when a TLS file is missing.
     """
@@ -485,4 +486,6 @@ def build_capture_server(
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
-    return ManagedServer(config)
+    server = ManagedServer(config)
+    server.handshake_timeout = header_timeout  # `build_server`'s reason
+    return server

@@ -19,13 +19,15 @@ certificate that passes TLS but names no identity is capped per certificate.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
-from typing import Any
+from typing import Any, Final
 
 import h11
 import structlog
 
 from api.errors import IdentityMissing
+from api.problems import PROBLEM_JSON, PROBLEMS, TYPE_BASE
 from api.tls import (
     TLSIdentityH11Protocol,
     TLSIdentityHttpToolsProtocol,
@@ -39,10 +41,25 @@ _log = structlog.get_logger("cofre.api.connections")
 MAX_HEADER_BYTES = 16 * 1024
 # Where h11 finds a head's end (its ``blank_line_regex``).
 _HEAD_END = re.compile(rb"\n\r?\n")
-_TOO_LARGE = (
-    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: 23\r\nconnection: close\r\n\r\nRequest head too large."
-)
+# uvicorn answers what its parser refuses with a text/plain 400 of its own; these
+# answers are RFC 9457 problems with a stable code like every other refusal.
+MALFORMED: Final = "malformed_http_request"
+HEAD_TOO_LARGE: Final = "request_head_too_large"
+
+
+def _problem_400(code: str) -> bytes:
+    """A whole ``400`` answer with the problem+json body of `code`, closing the
+    connection (the parser cannot tell where the next request would start)."""
+    status, title = PROBLEMS[code]
+    body = json.dumps(
+        {"type": TYPE_BASE + code, "title": title, "status": status, "code": code},
+        sort_keys=True,
+    ).encode()
+    return (
+        b"HTTP/1.1 400 Bad Request\r\ncontent-type: " + PROBLEM_JSON.encode()
+        + b"\r\ncache-control: no-store\r\ncontent-length: " + str(len(body)).encode()
+        + b"\r\nconnection: close\r\n\r\n" + body
+    )  # fmt: skip
 
 
 class _HeadTooLarge(Exception):
@@ -143,10 +160,15 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
         ):
             _log.warning("request refused: head too large", limit=self.max_header_bytes)
             self._guard.disarm()
-            self.transport.write(_TOO_LARGE)
-            self.transport.close()
+            self.send_400_response("Request head too large.")
             return
         super().handle_events()
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's own writer sends text/plain; the message is uvicorn's (or ours above).
+        self._guard.disarm()
+        self.transport.write(_problem_400(HEAD_TOO_LARGE if "too large" in msg else MALFORMED))
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -269,8 +291,14 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
         self._completed = True
 
     def send_400_response(self, msg: str) -> None:
+        # uvicorn's own writer sends text/plain: a parser error (Content-Length with
+        # Transfer-Encoding, a duplicate Content-Length, an invalid method) or our head
+        # bound is answered as a problem instead. Once closing, the answer was sent.
         if not self.transport.is_closing():
-            super().send_400_response(msg)
+            self._guard.disarm()
+            code = HEAD_TOO_LARGE if "too large" in msg else MALFORMED
+            self.transport.write(_problem_400(code))
+            self.transport.close()
 
     def _head_size(self) -> int:
         """The head parsed so far as sent: the target, and each header with its ": "

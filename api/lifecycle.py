@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import signal
 import socket
 import threading
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import uvicorn
@@ -64,9 +65,48 @@ class ManagedServer(uvicorn.Server):
     # (SO_REUSEPORT): the listening sockets it serves on instead of binding its own.
     sockets: list[socket.socket] | None = None
 
+    # Set by `api.server.build_server` and `api.capture.build_capture_server`: how long
+    # a TLS handshake may take (None: asyncio's default, 60 s).
+    handshake_timeout: float | None = None
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn creates the listening server without a handshake timeout: a peer that
+        # connects and never sends a ClientHello held its socket for asyncio's default
+        # 60 s, before any of the read deadlines of `api.connections` can start.
+        _bound_tls_handshakes(asyncio.get_running_loop())
+        token = _HANDSHAKE_TIMEOUT.set(self.handshake_timeout)
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            _HANDSHAKE_TIMEOUT.reset(token)
+
+
+# The handshake timeout of the server being started (a context variable: servers started
+# in other tasks of the same loop each see their own).
+_HANDSHAKE_TIMEOUT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "cofre_handshake_timeout", default=None
+)
+
+
+def _bound_tls_handshakes(loop: asyncio.AbstractEventLoop) -> None:
+    """Have `loop.create_server` pass the starting server's `handshake_timeout` (once
+    per loop; asyncio's and uvloop's loops both take ``ssl_handshake_timeout``)."""
+    if getattr(loop, "_cofre_handshake_bound", False):
+        return
+    original = loop.create_server
+
+    async def create_server(*args: Any, **kwargs: Any) -> asyncio.Server:
+        timeout = _HANDSHAKE_TIMEOUT.get()
+        if timeout is not None and kwargs.get("ssl") is not None:
+            kwargs.setdefault("ssl_handshake_timeout", timeout)
+        return await original(*args, **kwargs)
+
+    loop.create_server = create_server  # type: ignore[method-assign]
+    loop._cofre_handshake_bound = True  # type: ignore[attr-defined]
 
 
 def bind_reuse_port(host: str, port: int) -> socket.socket:

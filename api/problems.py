@@ -38,6 +38,8 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "format_not_applicable": (422, "The token format does not accept this card number"),
     "batch_item_invalid": (422, "An item of the batch is invalid; nothing was written"),
     "malformed_json": (400, "The body is not valid JSON"),
+    "malformed_http_request": (400, "The HTTP request is malformed"),
+    "request_head_too_large": (400, "The request line and headers are too large"),
     "identity_missing": (401, "No verified client identity"),
     "identity_ambiguous": (401, "The client certificate names more than one identity"),
     "certificate_revoked": (401, "The client certificate has been revoked"),

@@ -102,11 +102,12 @@ def build_server(
     With a CRL, the server's `crl_watcher` reloads it when the file changes (polled
     every `crl_reload_seconds`) into the TLS context and into the app's request guard
     (which refuses a revoked certificate on connections opened before the revocation),
-    and adds its expiry to the app's readiness checks. A
-    request's headers and body must arrive within `header_timeout` / `body_timeout`
-    seconds, and one identity may hold `max_connections_per_identity` connections
-    (`api.connections`); `http_protocol` is the parser (``httptools`` or ``h11``). With
-    `reuse_port` the server listens on its own socket bound
+    and adds its expiry to the app's readiness checks. The TLS handshake must end
+    within `header_timeout` seconds, and a request's headers and body must arrive
+    within `header_timeout` / `body_timeout` seconds, and one identity may hold
+    `max_connections_per_identity` connections (`api.connections`); `http_protocol`
+    is the parser (``httptools`` or ``h11``). With `reuse_port` the server listens on
+    its own socket bound
     with SO_REUSEPORT, so several worker processes share the port and the kernel spreads
     new connections across them (`bind_reuse_port`).
 
@@ -144,6 +145,9 @@ def build_server(
     assert config.ssl is not None  # noqa: S101 - load() builds it from the files above
     harden_server_context(config.ssl, min_version=min_tls_version, crl_check=tls.crl is not None)
     server = ManagedServer(config)
+    # The handshake gets the header deadline too: a peer that never starts TLS is
+    # closed as soon as one that never finishes its headers.
+    server.handshake_timeout = header_timeout
     if reuse_port:
         server.sockets = [bind_reuse_port(host, port)]
     if tls.crl is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -195,6 +196,23 @@ def test_a_forged_forwarded_header_is_not_the_client_address(capture_vault: Vaul
     assert addresses == ["capture-address 127.0.0.1"]
     for text in ("10.9.9.9", "41111111 11111111"):
         assert not [payload for payload in audit if text in str(payload)]
+
+
+def test_a_peer_that_never_starts_tls_is_closed(capture_vault: VaultServer) -> None:
+    # Anyone can open connections here: one that never sends a ClientHello is closed at
+    # the header deadline (10 s), not asyncio's default 60 s. 40 s is generous both ways.
+    assert capture_vault.capture_url is not None
+    port = int(capture_vault.capture_url.rsplit(":", 1)[1])
+    # A reset is a close all the same; a TimeoutError (still open at 40 s) fails.
+    with socket.create_connection(("127.0.0.1", port), timeout=40) as raw:
+        assert _closed_by_peer(raw)
+
+
+def _closed_by_peer(raw: socket.socket) -> bool:
+    try:
+        return raw.recv(1) == b""
+    except ConnectionResetError:
+        return True
 
 
 def test_bodies_that_are_not_small_json_are_refused(capture_vault: VaultServer) -> None:

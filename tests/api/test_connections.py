@@ -3,6 +3,8 @@ unbounded connections (the outside review's slow-client finding)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
 import ssl
 from collections.abc import Iterator
@@ -223,6 +225,67 @@ def test_a_whole_large_head_is_refused(vault_server: VaultServer, writes: int, h
             assert data.startswith(b"HTTP/1.1 400")
         finally:
             conn.close()
+
+
+def test_a_peer_that_never_starts_tls_is_closed(vault_server: VaultServer) -> None:
+    # asyncio holds a connection that never sends a ClientHello for 60 s by default, and
+    # the read deadlines start only after the handshake: the handshake gets the header
+    # deadline. (WAIT is far below 60 s and far above the 1 s asked for.)
+    with _server(vault_server, header_timeout=1) as port:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        try:
+            assert raw.recv(1) == b""
+        except ConnectionError:
+            pass  # closed with a reset: closed all the same
+        finally:
+            raw.close()
+
+
+MALFORMED = {
+    # Request smuggling's shape: both framings at once.
+    "content-length and transfer-encoding": b"POST /v1/tokenize HTTP/1.1\r\nHost: vault\r\n"
+    b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "duplicate content-length": b"POST /v1/tokenize HTTP/1.1\r\nHost: vault\r\n"
+    b"Content-Length: 4\r\nContent-Length: 5\r\n\r\n{}{}}",
+    "invalid method": b"G(T /healthz HTTP/1.1\r\nHost: vault\r\n\r\n",
+    "head too large": LARGE_HEAD,
+}
+
+
+def _problem_answer(data: bytes) -> dict[str, object]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0].startswith(b"HTTP/1.1 400"), data[:200]
+    headers = dict(line.lower().split(b": ", 1) for line in lines[1:])
+    assert headers[b"content-type"] == b"application/problem+json"
+    answer: dict[str, object] = json.loads(body[: int(headers[b"content-length"])])
+    return answer
+
+
+@PROTOCOLS
+def test_what_the_http_parser_refuses_is_a_problem(vault_server: VaultServer, http: str) -> None:
+    # uvicorn answers its parser's refusals with a text/plain 400 of its own: every
+    # answer of the vault is RFC 9457 with a stable code, these included.
+    with _server(vault_server, header_timeout=600, http_protocol=http) as port:
+        for name, sent in MALFORMED.items():
+            if http == "h11" and name == "content-length and transfer-encoding":
+                # h11 reads the chunked body and ignores Content-Length, as RFC 9112
+                # section 6.3 allows: a request, not a parser error.
+                continue
+            conn = _connect(vault_server, port)
+            try:
+                with contextlib.suppress(ConnectionError, ssl.SSLError):
+                    conn.sendall(sent)
+                data = b""
+                with contextlib.suppress(ConnectionError, ssl.SSLError):
+                    while chunk := conn.recv(4096):
+                        data += chunk
+            finally:
+                conn.close()
+            answer = _problem_answer(data)
+            large = name == "head too large"
+            expected = "request_head_too_large" if large else "malformed_http_request"
+            assert (answer["code"], answer["status"]) == (expected, 400), name
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,9 @@ HANDLER_CODES = {
     "method_not_allowed",
     "payload_too_large",
     "unsupported_media_type",
+    # Answered by `api.connections` for what the HTTP parser refuses.
+    "malformed_http_request",
+    "request_head_too_large",
 }
 
 
