@@ -6,12 +6,15 @@ IN PCI SCOPE (the audit log's tables; no card data).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
+
+from audit.schema import audit_entries
 
 # SQLite takes at most 32,766 parameters in a statement.
 _MAX_PARAMETERS: Final = 30_000
@@ -48,6 +51,51 @@ def insert_values(
     with _cursor(connection) as run:
         for sql, params in statements:
             run(sql, params)
+
+
+def insert_entries(
+    connection: Connection, rows: Sequence[tuple[str, datetime]]
+) -> list[tuple[int, str]]:
+    """Insert entries (payload, created_at) on the transaction's cursor and return the
+    (id, payload) of each, in no particular order (SQLite promises none for RETURNING).
+    SQLAlchemy's executemany with RETURNING processed every row's parameters and result
+    in Python: ~26 ms of the committer's CPU for a batch's 1,000 entries (issue 21). On
+    PostgreSQL the columns go as two arrays through ``unnest``, in binary (``%b``:
+    psycopg's text array format escapes each payload's quotes with a regex in Python,
+    which cost more than SQLAlchemy's way); on SQLite as a multi-row ``VALUES``, the time
+    in SQLAlchemy's own text format for it (what it reads back)."""
+    if not rows:
+        return []
+    dialect = connection.dialect
+    written: list[tuple[int, str]] = []
+    with _cursor(connection) as run:
+        if dialect.name == "postgresql":
+            payloads, times = (list(column) for column in zip(*rows, strict=True))
+            written += run(_PG_INSERT_ENTRIES, (payloads, times), fetch=True)
+            return written
+        process = audit_entries.c.created_at.type._cached_bind_processor(dialect)
+        per = _MAX_PARAMETERS // 2
+        for start in range(0, len(rows), per):
+            chunk = rows[start : start + per]
+            params = tuple(
+                value
+                for payload, at in chunk
+                for value in (payload, at if process is None else process(at))
+            )
+            marks = ", ".join(["(?, ?)"] * len(chunk))
+            written += run(
+                f"INSERT INTO audit_entries (payload, created_at) VALUES {marks} "  # noqa: S608
+                "RETURNING id, payload",
+                params,
+                fetch=True,
+            )
+    return written
+
+
+_PG_INSERT_ENTRIES: Final = (
+    "INSERT INTO audit_entries (payload, created_at) "
+    "SELECT * FROM unnest(%b::text[], %b::timestamptz[]) RETURNING id, payload"
+)
 
 
 # The queue's entries in order, with the payload each leaf hashes. `%s` is psycopg's

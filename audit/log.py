@@ -27,7 +27,7 @@ from typing import Final
 from sqlalchemy import Connection, insert
 from sqlalchemy.exc import SQLAlchemyError
 
-from audit._rows import insert_values
+from audit._rows import insert_entries, insert_values
 from audit.errors import AuditWriteFailed
 from audit.schema import audit_entries, audit_queue
 from cofre.dberrors import db_error_name
@@ -43,12 +43,6 @@ MAX_DOCUMENT: Final = 64 * 1024
 # Python time than running it.
 _INSERT_ENTRY: Final = insert(audit_entries).returning(audit_entries.c.id)
 _INSERT_QUEUED: Final = insert(audit_queue)
-# With no order asked of RETURNING: SQLite promises none, so asking SQLAlchemy for one
-# made it insert a batch row by row there (issue 21); `_insert_rows` matches the ids to
-# the rows by payload instead.
-_INSERT_ENTRIES: Final = insert(audit_entries).returning(
-    audit_entries.c.id, audit_entries.c.payload
-)
 
 _HEX_DIGEST: Final = re.compile(r"^[0-9a-f]{1,128}$")
 
@@ -271,7 +265,7 @@ class AuditLog:
         if not events:
             return
         now = self._clock.now(UTC)
-        rows = [{"payload": canonical_payload(e, now), "created_at": now} for e in events]
+        rows = [(canonical_payload(e, now), now) for e in events]
         pending: _Pending | None = connection.info.get(_DEFERRED)
         if pending is not None:
             trail = _TRAIL.get()
@@ -284,15 +278,19 @@ class AuditLog:
 # `deferred_appends` runs on it, kept in the connection's `info` (the DBAPI
 # connection's, so `deferred_appends` always removes it before the connection returns
 # to the pool).
-_Pending = list[tuple[dict[str, object], list[int] | None]]
+_Pending = list[tuple[tuple[str, datetime], list[int] | None]]
 _DEFERRED: Final = "cofre_audit_deferred_rows"
 
 
-def _insert_rows(connection: Connection, rows: Sequence[Mapping[str, object]]) -> list[int]:
-    """Write `rows` (one multi-row insert per table) and return their ids, in order."""
+def _insert_rows(connection: Connection, rows: Sequence[tuple[str, datetime]]) -> list[int]:
+    """Write `rows` (payload, time: one multi-row insert per table, on the transaction's
+    cursor) and return their ids, in order."""
     try:
-        written = connection.execute(_INSERT_ENTRIES, rows).all()
-        insert_values(connection, "audit_queue (entry_id)", [(r.id,) for r in written], ("int8",))
+        # With no order asked of RETURNING: SQLite promises none (asking SQLAlchemy for
+        # one made it insert a batch row by row there, issue 21), so the ids are
+        # matched to the rows by payload below.
+        written = insert_entries(connection, rows)
+        insert_values(connection, "audit_queue (entry_id)", [(i,) for i, _ in written], ("int8",))
     except SQLAlchemyError as exc:
         raise AuditWriteFailed(
             f"the audit entry could not be written ({db_error_name(exc)}); the operation is refused"
@@ -300,9 +298,9 @@ def _insert_rows(connection: Connection, rows: Sequence[Mapping[str, object]]) -
     # Rows with the same payload are the same entry, byte for byte: which of them gets
     # which id is indifferent.
     ids: dict[str, list[int]] = {}
-    for entry in reversed(written):
-        ids.setdefault(entry.payload, []).append(int(entry.id))
-    return [ids[str(row["payload"])].pop() for row in rows]
+    for entry_id, payload in reversed(written):
+        ids.setdefault(payload, []).append(int(entry_id))
+    return [ids[payload].pop() for payload, _ in rows]
 
 
 @contextmanager

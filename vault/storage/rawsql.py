@@ -168,18 +168,36 @@ def _insert_plan(
     return into, tuple(processors)
 
 
+@functools.lru_cache(maxsize=64)
+def _unnest_sql(table: Table, names: tuple[str, ...], dialect: Dialect) -> str:
+    """PostgreSQL: ``INSERT INTO table (names) SELECT * FROM unnest(<one binary array
+    parameter per column, cast to the column's type>)``."""
+    into, _ = _insert_plan(table, names, dialect)
+    arrays = ", ".join(f"%b::{table.c[name].type.compile(dialect=dialect)}[]" for name in names)
+    # Names and types are the table's own; every value is bound.
+    return f"INSERT INTO {into} SELECT * FROM unnest({arrays})"  # noqa: S608
+
+
 def insert_many(connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
     """Insert `rows` (each with the same keys: the columns written; the others take
     their server defaults, and `table` must have no Python-side ones) in one driver
-    statement (`insert_rows`), with the values processed as SQLAlchemy would."""
+    statement, with the values processed as SQLAlchemy would: on SQLite a multi-row
+    ``VALUES`` (`insert_rows`); on PostgreSQL one binary array per column through
+    ``unnest`` (psycopg parses a ``VALUES`` list's placeholders and dumps each value in
+    Python: ~65-80 ms of the committer's CPU for a batch's 1,000 token rows, issue 21)."""
     if not rows:
         return
     names = tuple(rows[0])
-    into, processors = _insert_plan(table, names, connection.dialect)
+    dialect = connection.dialect
+    into, processors = _insert_plan(table, names, dialect)
     params = []
     for row in rows:
         values = [row[name] for name in names]
         for index, processor in processors:
             values[index] = processor(values[index])
         params.append(values)
+    if dialect.name == "postgresql":
+        columns = tuple(list(column) for column in zip(*params, strict=True))
+        _run(connection, _unnest_sql(table, names, dialect), columns, in_list=0, fetch=False)
+        return
     insert_rows(connection, into, params)

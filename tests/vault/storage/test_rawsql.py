@@ -57,6 +57,30 @@ def test_insert_many_stores_what_sqlalchemy_stores(engine: Engine) -> None:
     assert dates[ours["token"]] == dates[theirs["token"]]
 
 
+def test_insert_many_stores_a_batch_with_nulls_as_sqlalchemy_would(engine: Engine) -> None:
+    # A batch's rows: a column null in some rows (idempotency keys), one null in all of
+    # them (no expiry), hundreds of rows (PostgreSQL sends each column as one array).
+    ours = [_row(f"42222200000{i:05d}") for i in range(600)]
+    theirs = [_row(f"43333300000{i:05d}") for i in range(3)]
+    for i, row in enumerate([*ours, *theirs]):
+        row["id"] = f"id-{row['token']}"
+        row["idempotency_key"] = f"key-{row['token']}" if i % 2 else None
+        row["expires_at"] = None
+        row["convergent"] = bool(i % 3)
+    with engine.begin() as c:
+        insert_many(c, tokens, ours)
+        c.execute(insert(tokens), theirs)
+    with engine.connect() as c:
+        stored = {r.token: r._asdict() for r in c.execute(select(tokens))}
+    assert len(stored) == len(ours) + len(theirs)
+    for written in [*ours, *theirs]:
+        row = stored[written["token"]]
+        assert row["created_at"].replace(tzinfo=UTC) == written["created_at"]
+        assert {k: row[k] for k in written if k != "created_at"} == {
+            k: v for k, v in written.items() if k != "created_at"
+        }
+
+
 def test_fetch_all_expands_in_lists(engine: Engine) -> None:
     with engine.begin() as c:
         insert_many(c, tokens, [_row(f"41111100000{i:05d}") for i in range(3)])
