@@ -75,9 +75,15 @@ _SEEN_SQL: Final = (
 )
 _WATCH_INTO: Final = 'oracle_watch (identity, bucket, "window", item)'
 # PostgreSQL only (SQLite has no INSERT in a WITH): `_SEEN_SQL` and the insert at once,
-# completed with the VALUES list.
+# the buckets and the items sent as binary arrays (`%b`): psycopg parsed a VALUES list of
+# 4,000 placeholders and dumped each value in Python, ~20 ms of the committer's CPU for a
+# batch of 1,000 cards (issue 21).
 _SEEN_THEN_WATCH_SQL: Final = (
-    f"WITH seen AS ({_SEEN_SQL}), watched AS (INSERT INTO {_WATCH_INTO} VALUES"
+    'WITH seen AS (SELECT bucket, item FROM oracle_watch WHERE identity = %s AND "window" = %s'
+    " AND bucket = ANY(%b::bytea[])),"
+    ' watched AS (INSERT INTO oracle_watch (identity, bucket, "window", item) SELECT %s, b, %s, i'
+    " FROM unnest(%b::bytea[], %b::bytea[]) AS sent(b, i) ON CONFLICT DO NOTHING)"
+    " SELECT * FROM seen"
 )
 
 
@@ -317,14 +323,20 @@ class Limits:
         for start in range(0, len(buckets), 500):
             chunk = buckets[start : start + 500]
             if both:
-                sent = [(identity, b, window, item) for b in chunk for item in wanted[b]]
-                mark = ", ".join(["(?, ?, ?, ?)"] * len(sent))
-                # Every value is bound; only the number of placeholders varies.
-                sql = f"{_SEEN_THEN_WATCH_SQL} {mark} ON CONFLICT DO NOTHING) SELECT * FROM seen"  # noqa: S608
-                params = [identity, window, *chunk, *(v for row in sent for v in row)]
+                sent = [(b, item) for b in chunk for item in wanted[b]]
+                sql, in_list = _SEEN_THEN_WATCH_SQL, 0
+                params = [
+                    identity,
+                    window,
+                    chunk,
+                    identity,
+                    window,
+                    [b for b, _ in sent],
+                    [item for _, item in sent],
+                ]
             else:
-                sql, params = _SEEN_SQL, [identity, window, *chunk]
-            for bucket, item in fetch_all(connection, sql, params, in_list=len(chunk)):
+                sql, in_list, params = _SEEN_SQL, len(chunk), [identity, window, *chunk]
+            for bucket, item in fetch_all(connection, sql, params, in_list=in_list):
                 seen_by_bucket.setdefault(bytes(bucket), set()).add(bytes(item))
         rows: list[tuple[str, bytes, int, bytes]] = []
         for bucket, new_items in wanted.items():
