@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     StringConstraints,
     model_validator,
 )
@@ -35,7 +36,8 @@ class TokenizeRequest(_Strict):
     pan: Digits = Field(description="12-19 ASCII digits, no spaces or dashes")
     format: FormatName = Field(description="A token format named in the policy")
     metadata: Metadata | None = Field(default=None, max_length=16)
-    ttl_seconds: Annotated[int, Field(ge=1, le=316_224_000)] | None = None
+    # Strict: "60" and true are not a lifetime (pydantic's lax mode took both).
+    ttl_seconds: Annotated[StrictInt, Field(ge=1, le=316_224_000)] | None = None
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
     # Card details: checked by the vault (stable codes invalid_expiry, card_expired,
     # invalid_cardholder_name, invalid_security_code, security_code_forbidden); the

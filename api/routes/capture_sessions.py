@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import JSONResponse
 
 from api.dependencies import Caller, State
@@ -38,7 +38,7 @@ class CaptureSessionBody(BaseModel):
     formats: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=64)]], Field(min_length=1, max_length=8)
     ] = Field(description="Token formats a capture may produce; the first is the default.")
-    ttl_seconds: Annotated[int, Field(ge=1, le=MAX_TTL_SECONDS)] = DEFAULT_TTL_SECONDS
+    ttl_seconds: Annotated[StrictInt, Field(ge=1, le=MAX_TTL_SECONDS)] = DEFAULT_TTL_SECONDS
     max_uses: Annotated[int, Field(ge=1, le=MAX_USES)] = 1
     security_code: SessionCodeRule = SessionCodeRule.OPTIONAL
 

@@ -146,6 +146,9 @@ def test_batch_lookup_metadata_delete(vault_server: VaultServer) -> None:
         assert body["item_code"] == "invalid_pan"
         found = c.post("/v1/lookup", json={"pan": "5555555555554444"}).json()["tokens"]
         assert [t["token"] for t in found] == [results[1]["token"]]
+        # A format the caller may not use is refused as tokenize refuses it, not [].
+        unknown = {"pan": "5555555555554444", "format": "no_such_format"}
+        _problem(c.post("/v1/lookup", json=unknown), 403, "policy_denied")
         info = c.get(f"/v1/tokens/{results[1]['token']}")
         assert info.json()["metadata"] == {"order": "o1"}
         assert c.delete(f"/v1/tokens/{results[1]['token']}").json()["deleted"] is True

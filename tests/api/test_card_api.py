@@ -75,6 +75,8 @@ def _post(vault: VaultServer, who: str, path: str, body: dict[str, Any]) -> Any:
         ("payments", {"expiry": "9999-12"}, 422, "invalid_expiry"),
         ("payments", {"expiry": "0000-01"}, 422, "invalid_expiry"),
         ("payments", {"expiry": "1" * 100}, 422, "invalid_request"),
+        ("payments", {"ttl_seconds": "60"}, 422, "invalid_request"),
+        ("payments", {"ttl_seconds": True}, 422, "invalid_request"),
         ("payments", {"security_code": "12"}, 422, "invalid_security_code"),
         ("payments", {"security_code": "12345"}, 422, "invalid_security_code"),
         ("payments", {"security_code": 737}, 422, "invalid_request"),

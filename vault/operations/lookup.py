@@ -31,8 +31,10 @@ class LookupOperations(VaultCore):
         or all formats) whose format leaves at least `MIN_CANDIDATES` cards behind a
         token of this length (as convergence does). Its answer depends on what the vault
         holds, so the oracle guard counts it. Raises `PolicyDenied`, `InvalidPan`,
-        `RateLimited`, `OracleSuspected`, `StorageUnavailable`, `HSMUnavailable`."""
-        rules = self._authorize(ctx, Action.LOOKUP)
+        `RateLimited`, `OracleSuspected`, `StorageUnavailable`, `HSMUnavailable`;
+        `PolicyDenied` too for a format the caller may not use, as tokenize does (an
+        empty answer would tell it nothing true)."""
+        rules = self._authorize(ctx, Action.LOOKUP, token_format=token_format)
         domain = rules.domain_of(ctx.identity)
         with self._audited_refusal(ctx, Action.LOOKUP):
             self._check_luhn(pan)
