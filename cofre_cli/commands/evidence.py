@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final
 
@@ -44,7 +45,7 @@ def evidence_export(
 ) -> None:
     """Ask the vault for a signed evidence bundle of a period, as an officer or auditor.
     A chained bundle (`--previous`) starts exactly where the previous one ended."""
-    body: dict[str, Any] = {"to": period_to}
+    body: dict[str, Any] = {"to": _utc(period_to, "--to")}
     if previous is not None:
         from cofre_evidence_verifier.bundle import MANIFEST, read_bundle
 
@@ -54,7 +55,7 @@ def evidence_export(
         period_from = period_from or before["period"]["to"]
     if period_from is None:
         raise ConfigurationError("--from is required unless --previous gives the start")
-    body["from"] = period_from
+    body["from"] = _utc(period_from, "--from")
     with (
         admin_client(identity, cert, key) as client,
         client.stream("POST", "/v1/evidence", json=body) as response,
@@ -65,6 +66,16 @@ def evidence_export(
             raise typer.Exit(1)
         written = _save(response.iter_bytes(CHUNK), out)
     typer.echo(f"wrote {out} ({written} bytes)")
+
+
+def _utc(text: str, option: str) -> str:
+    """`text` (an ISO date or time) with a time zone: a date or a time without one is
+    UTC, as the options' help says (the vault refuses a period without a zone)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigurationError(f"{option} must be an ISO 8601 date or time") from None
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).isoformat()
 
 
 def _save(chunks: Iterator[bytes], out: Path) -> int:
