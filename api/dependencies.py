@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import IO, Annotated, cast
 
 from fastapi import Depends, Path, Request
+from pydantic import AfterValidator
 
-from api.models import EvidenceRequest
+from api.models import NAME_CHARS, NO_CONTROL, EvidenceRequest, no_card
 from api.observability import Telemetry
 from api.tls import identity_from_scope
 from vault.custody import Custody
@@ -78,6 +79,9 @@ async def _call_context(request: Request) -> CallContext:
 
 State = Annotated[AppState, Depends(_app_state)]
 Caller = Annotated[CallContext, Depends(_call_context)]
-TokenPath = Annotated[str, Path(min_length=1, max_length=64)]
-RoutePath = Annotated[str, Path(min_length=1, max_length=64)]
-CeremonyPath = Annotated[str, Path(min_length=1, max_length=64)]
+TokenPath = Annotated[str, Path(min_length=1, max_length=64, pattern=NO_CONTROL)]
+# A relay route's name goes to the audit entry and the problem detail as sent.
+RoutePath = Annotated[
+    str, Path(min_length=1, max_length=64, pattern=NAME_CHARS), AfterValidator(no_card)
+]
+CeremonyPath = Annotated[str, Path(min_length=1, max_length=64, pattern=NO_CONTROL)]

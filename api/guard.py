@@ -34,6 +34,7 @@ from api.observability import Telemetry
 from api.problems import problem
 from api.tls import certificate_summary, identity_from_scope, peer_certificate
 from cofre.errors import CofreError
+from cofre.redaction import name_holds_pan_like
 from vault.service import AuditEvent, DetailValue, HexDigest, Outcome, request_trail
 
 Scope = MutableMapping[str, Any]
@@ -261,7 +262,13 @@ class RequestGuard:
 def _request_id(supplied: str) -> str:
     # A caller's id is kept only if it cannot be a card number; ours are base64url,
     # which (unlike hex UUIDs) practically never holds a long run of digits.
-    if _REQUEST_ID.match(supplied) and not _LONG_DIGITS.search(supplied):
+    # Digit groups joined by '.', '-' or '_' are a card as much as a run: the PAN
+    # detector decides, with no exemption, as for every name a caller chooses.
+    if (
+        _REQUEST_ID.match(supplied)
+        and not _LONG_DIGITS.search(supplied)
+        and not name_holds_pan_like(supplied)
+    ):
         return supplied
     return secrets.token_urlsafe(16)
 

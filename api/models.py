@@ -7,9 +7,10 @@ IN PCI SCOPE. Unknown fields are rejected everywhere (``extra="forbid"``).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal, Self
+from typing import Annotated, Final, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -19,12 +20,35 @@ from pydantic import (
     model_validator,
 )
 
-Digits = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-TokenStr = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-FormatName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+from cofre.redaction import name_holds_pan_like
+
+# No control characters (C0 and DEL) in any string a caller sends: a NUL is refused by
+# PostgreSQL text, and none belongs in a token, a key, a name or a card detail.
+NO_CONTROL: Final = r"^[^\x00-\x1f\x7f]*$"
+# Names a caller chooses that reach the audit log and error bodies as sent: plain
+# identifier characters only.
+NAME_CHARS: Final = r"^[A-Za-z0-9_.:-]+$"
+
+
+def no_card(value: str) -> str:
+    """`value`, unless `name_holds_pan_like` (a caller's name must never carry a card
+    into the append-only audit log)."""
+    if name_holds_pan_like(value):
+        raise ValueError("looks like a card number")
+    return value
+
+
+Digits = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_CONTROL)]
+TokenStr = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_CONTROL)]
+FormatName = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=NAME_CHARS), AfterValidator(no_card)
+]
+# Its card check is the vault's (422 invalid_metadata, as for metadata).
+IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=NAME_CHARS)]
+Text = Annotated[str, StringConstraints(pattern=NO_CONTROL)]
 Metadata = dict[
-    Annotated[str, StringConstraints(min_length=1, max_length=64)],
-    Annotated[str, StringConstraints(max_length=256)],
+    Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_CONTROL)],
+    Annotated[str, StringConstraints(max_length=256, pattern=NO_CONTROL)],
 ]
 
 
@@ -38,17 +62,17 @@ class TokenizeRequest(_Strict):
     metadata: Metadata | None = Field(default=None, max_length=16)
     # Strict: "60" and true are not a lifetime (pydantic's lax mode took both).
     ttl_seconds: Annotated[StrictInt, Field(ge=1, le=316_224_000)] | None = None
-    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    idempotency_key: IdempotencyKey | None = None
     # Card details: checked by the vault (stable codes invalid_expiry, card_expired,
     # invalid_cardholder_name, invalid_security_code, security_code_forbidden); the
     # lengths here only bound the work.
-    expiry: Annotated[str, StringConstraints(max_length=16)] | None = Field(
+    expiry: Annotated[Text, StringConstraints(max_length=16)] | None = Field(
         default=None, description="MM/YY or YYYY-MM; answered as YYYY-MM"
     )
-    cardholder_name: Annotated[str, StringConstraints(max_length=256)] | None = Field(
+    cardholder_name: Annotated[Text, StringConstraints(max_length=256)] | None = Field(
         default=None, description="At most 64 characters after normalising; no digit runs"
     )
-    security_code: Annotated[str, StringConstraints(max_length=8)] | None = Field(
+    security_code: Annotated[Text, StringConstraints(max_length=8)] | None = Field(
         default=None,
         description="3-4 digits, held once for the next relay call (an hour at most), "
         "never answered by any detokenize",

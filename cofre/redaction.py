@@ -21,7 +21,7 @@ What it sees, in text (`mask_pan_like`):
   ``","``: ``4111 1111-1111 1111``, ``41111111 11111111``, ``4111111111-111111``,
   ``["41111111","11111111"]``. These shapes also hold ordinary text (dates, counts), so
   they are masked only where whole groups make a Luhn-valid 12 to 19 digit window, and
-  an ISO date (``2026-12-01``) breaks such a chain.
+  an ISO date (``2026-12-01``) or a UUID breaks such a chain.
 
 and in JSON values (`mask_pan_values`): every string as above, every integer of 12 or
 more digits, every float whose integral part has 12 or more digits (``4.111111111111111e15``
@@ -32,7 +32,8 @@ make a Luhn-valid 12 to 19 digit window (``["41111111", "11111111"]``).
 
 What it leaves alone, in what leaves the vault (not in `holds_pan_like`):
 
-- a dotted quad that is an IPv4 address (``192.168.100.200``);
+- a dotted quad that is an IPv4 address (``192.168.100.200``), and the hyphenated
+  groups of a UUID (``8-4-4-4-12`` hex; a last group of 12 digits is still a run);
 - digit runs inside a hex word of exactly a digest's length (32, 40, 56, 64, 96 or 128
   hex characters, a letter among them: an MD5-sized trace id, a SHA-1 or certificate
   serial, a SHA-2 digest), unless the run holds a Luhn-valid window of 13 to 19 digits.
@@ -182,13 +183,8 @@ def _mask_grouped(match: re.Match[str], strict: bool) -> str:
         return run
     if not strict and match.group("sep") == "." and _IPV4.fullmatch(run):
         return run  # an IPv4 address, not a card split in four
-    # Hex groups of a UUID: noise unless whole groups are a Luhn-valid card.
-    if (
-        not strict
-        and match.group("sep") == "-"
-        and _in_uuid(match)
-        and _card_window(_GROUP.findall(run)) is None
-    ):
+    # Hex groups of a UUID are noise (a 12-digit last group is still a run, masked).
+    if not strict and match.group("sep") == "-" and _in_uuid(match):
         return run
     # The separators stay where they were, so the shape (and a JSON text) is kept.
     masked = iter(mask_digits(digits))
@@ -275,6 +271,16 @@ def holds_pan_like(text: str) -> bool:
     digest-sized hex word or in an IPv4-like dotted quad: for what a caller sends, which
     gets no exemption."""
     return _mask_text(text, strict=True) != text
+
+
+_NAME_SEPARATORS: Final = re.compile(r"[^0-9A-Za-z]")
+
+
+def name_holds_pan_like(name: str) -> bool:
+    """`holds_pan_like` for a name a caller chooses (a format, a route, a request id, an
+    idempotency key), also with its separators taken out: text keeps ``41111111.11111111``
+    (a float's benefit of the doubt), a name gets none."""
+    return holds_pan_like(name) or holds_pan_like(_NAME_SEPARATORS.sub("", name))
 
 
 def _piece(value: object) -> str | None:

@@ -26,6 +26,7 @@ from typing import Any, Final, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from sqlalchemy import Connection, Engine, Row, select, update
+from sqlalchemy.exc import DataError as SQLDataError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
@@ -42,6 +43,7 @@ from vault.card import CardBundle, SecurityCode
 from vault.errors import (
     BatchItemInvalid,
     IntegrityError,
+    InvalidInput,
     InvalidPan,
     StorageUnavailable,
     Throttled,
@@ -69,6 +71,13 @@ _TRANSACTION_ATTEMPTS: Final = 5
 
 
 _RETRYABLE_SQLSTATES: Final = frozenset({"40P01", "40001"})  # deadlock, serialization
+
+
+def _raise_input_error(exc: SQLDataError) -> None:
+    """Raise `InvalidInput` when `exc` is PostgreSQL refusing a NUL in a string (psycopg
+    says so before sending): the caller's input, not an outage."""
+    if "NUL" in str(exc.orig):
+        raise InvalidInput("a string holds a NUL character") from None
 
 
 class VaultCore:
@@ -184,6 +193,11 @@ class VaultCore:
             if retryable:
                 raise  # a unique-key race that `_transaction` retries
             raise StorageUnavailable("the token store refused the write") from None
+        except SQLDataError as exc:
+            _raise_input_error(exc)
+            raise StorageUnavailable(
+                f"the token store is unavailable ({db_error_name(exc)})"
+            ) from None
         except DBAPIError as exc:
             if retryable and getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
                 raise  # `_transaction` retries it

@@ -27,6 +27,7 @@ and kind, or by the masked form.
         ├── UpstreamTimeout                            code upstream_timeout
         ├── UpstreamUnavailable                        code upstream_unavailable
         ├── StorageUnavailable                         code storage_unavailable
+        ├── InvalidInput            (also ValueError)  code invalid_request
         │   └── SchemaMismatch                         code schema_mismatch
         ├── DataKeyMissing                             code data_key_missing
         ├── CeremonyError                              code ceremony_invalid
@@ -107,6 +108,13 @@ class IntegrityError(VaultError):
 
 class StorageUnavailable(VaultError):
     code = "storage_unavailable"
+
+
+class InvalidInput(VaultError, ValueError):
+    """A caller's string the store cannot hold (a NUL in PostgreSQL text): the caller's
+    error, translated at the storage edge so it is never a false outage."""
+
+    code = "invalid_request"
 
 
 class InvalidMetadata(VaultError, ValueError):

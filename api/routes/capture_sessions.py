@@ -11,10 +11,12 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import JSONResponse
 
 from api.dependencies import Caller, State
+from api.models import FormatName
+from cofre.redaction import holds_pan_like
 from vault.capture import (
     DEFAULT_TTL_SECONDS,
     MAX_TTL_SECONDS,
@@ -26,18 +28,28 @@ from vault.capture import (
 router = APIRouter()
 
 
+def _origin_without_card(origin: str) -> str:
+    if holds_pan_like(origin) or holds_pan_like(origin.replace(".", " ")):
+        raise ValueError("looks like a card number")
+    return origin
+
+
 class CaptureSessionBody(BaseModel):
     """What the shop's backend asks for."""
 
     model_config = ConfigDict(extra="forbid")
 
-    origin: Annotated[str, Field(min_length=1, max_length=255)] = Field(
+    # The origin goes to the audit entry as sent (its shape is the vault's to check:
+    # invalid_origin); no card in it, with its dots read as separators too.
+    origin: Annotated[
+        str, Field(min_length=1, max_length=255), AfterValidator(_origin_without_card)
+    ] = Field(
         description="The exact origin of the page that embeds the hosted fields "
         "(https://host[:port])."
     )
-    formats: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=64)]], Field(min_length=1, max_length=8)
-    ] = Field(description="Token formats a capture may produce; the first is the default.")
+    formats: Annotated[list[FormatName], Field(min_length=1, max_length=8)] = Field(
+        description="Token formats a capture may produce; the first is the default."
+    )
     ttl_seconds: Annotated[StrictInt, Field(ge=1, le=MAX_TTL_SECONDS)] = DEFAULT_TTL_SECONDS
     max_uses: Annotated[int, Field(ge=1, le=MAX_USES)] = 1
     security_code: SessionCodeRule = SessionCodeRule.OPTIONAL

@@ -20,7 +20,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, Row, bindparam, select
 
 from audit.log import AuditEvent, Outcome
-from cofre.redaction import mask_pan_like
+from cofre.redaction import name_holds_pan_like
 from policies.formats import (
     MIN_CANDIDATES,
     FormatSpec,
@@ -149,7 +149,7 @@ class TokenizeOperations(VaultCore):
         key = request.idempotency_key
         if key is not None and not 1 <= len(key) <= 128:
             raise InvalidMetadata("idempotency keys must be 1 to 128 characters")
-        if key is not None and mask_pan_like(key) != key:
+        if key is not None and name_holds_pan_like(key):
             # It is stored in clear beside the token, like metadata.
             raise InvalidMetadata("an idempotency key must not look like a card number")
         length = len(request.pan)
