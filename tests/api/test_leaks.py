@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import sqlalchemy as sa
 
 from tests.api.conftest import VaultServer
@@ -86,3 +87,25 @@ def test_nothing_produced_holds_a_pan(vault_server: VaultServer) -> None:
     ]:
         hits = find_leaks(text.encode(), PANS, allowed=tokens)
         assert hits == [], f"{name}: {hits}"
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "41111111 11111111",
+        "4111 1111-1111 1111",
+        "4111    1111    1111    1111",
+        '["41111111","11111111"]',
+        "a4111111111111111bcdef0123456789",
+        "".join(chr(0x660 + int(d)) for d in "4111111111111111"),
+        "".join(chr(0xFF10 + int(d)) for d in "4111111111111111"),
+    ],
+)
+def test_the_leak_scan_sees_the_shapes_the_detector_masks(shape: str) -> None:
+    # The scan and `cofre.redaction` shared a blind spot (review finding High 1).
+    assert find_leaks(f"log line {shape} end".encode(), ["4111111111111111"])
+
+
+def test_the_leak_scan_keeps_log_noise_clean() -> None:
+    noise = "2026-12-01 03:15:30,123 peer 192.168.100.200:8443 took 1234 ms 5678 ms 9012 ms"
+    assert not find_leaks(noise.encode(), ["4111111111111111"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -67,6 +68,12 @@ def _unexplained(run: str, allowed: frozenset[str], lengths: frozenset[int]) -> 
 # leading 1 (13-digit PANs are Visa's, which begin with 4), so this is not a blind spot.
 _EPOCH_MS = range(1_600_000_000_000, 2_000_000_000_000)
 _DIGITS = re.compile(rb"[0-9]{12,}")
+# Digit groups joined by up to four separator bytes, mixed (rule 1 only: a known PAN).
+_CHAIN = re.compile(rb"[0-9]+(?:[^0-9A-Za-z]{1,4}[0-9]+)+")
+_NOT_DIGIT = re.compile(rb"[^0-9]")
+# The same in any decimal digits (``\\d`` is Unicode's Nd in a str pattern).
+_UNICODE_CHAIN = re.compile(r"\d+(?:[^\dA-Za-z]{1,4}\d+)*")
+_MIN_PAN = 12
 
 
 @dataclass(frozen=True)
@@ -89,18 +96,33 @@ class LeakScanner:
             frozenset(len(a) for a in allowed_set),
         )
 
+    def _windows(self, run: str) -> set[str]:
+        return {
+            run[i : i + length]
+            for length in self.pan_lengths
+            for i in range(len(run) - length + 1)
+            if run[i : i + length] in self.pans
+        }
+
     def known_pans(self, data: bytes) -> list[str]:
-        """Every known test PAN in `data`, also inside a longer digit run. Looked up by
-        the windows of each digit run, so that many PANs cost no more than a few."""
+        """Every known test PAN in `data`, also inside a longer digit run, split into
+        groups by any separators (``41111111 11111111``, ``4111 1111-1111 1111``,
+        ``["41111111","11111111"]``), or in other decimal digits (Arabic-Indic,
+        fullwidth): the shapes `cofre.redaction` masks. Looked up by the windows of each
+        digit run, so that many PANs cost no more than a few."""
         found: set[str] = set()
         for match in _DIGITS.finditer(data):
-            run = match.group().decode()
-            for length in self.pan_lengths:
-                found.update(
-                    run[i : i + length]
-                    for i in range(len(run) - length + 1)
-                    if run[i : i + length] in self.pans
-                )
+            found |= self._windows(match.group().decode())
+        for chain in _CHAIN.finditer(data):
+            digits = _NOT_DIGIT.sub(b"", chain.group())
+            if len(digits) >= _MIN_PAN:
+                found |= self._windows(digits.decode())
+        if not data.isascii():
+            for chain in _UNICODE_CHAIN.finditer(data.decode("utf-8", errors="ignore")):
+                run = chain.group()
+                if not run.isascii():
+                    digits = "".join(str(unicodedata.decimal(c)) for c in run if c.isdecimal())
+                    found |= self._windows(digits)
         return [f"test PAN {_mask(pan)}" for pan in sorted(found)]
 
     def scan(self, data: bytes, *, luhn_rule: bool = True) -> list[str]:
