@@ -47,7 +47,9 @@ What it leaves alone, in what leaves the vault (not in `holds_pan_like`):
   other length is masked: ``deadbeef`` four times then 16 digits is 48 characters.
 
 12 to 19 digits become the first six digits, asterisks and the last four, the most
-PCI DSS 4.0.1 req. 3.4.1 allows to be shown; longer runs (not PANs, but a PAN may hide
+PCI DSS 4.0.1 req. 3.4.1 allows to be shown, with fewer leading digits on cards under
+16 digits so that six stay hidden (`masked_leading`, the rule `Pan.masked` uses too);
+longer runs (not PANs, but a PAN may hide
 inside) are masked entirely. Texts with fewer than 12 digits are returned at once (most
 log lines), so the cost stays that of counting digits.
 """
@@ -61,6 +63,15 @@ from typing import Any, Final
 
 MIN_DIGITS: Final = 12
 MAX_DIGITS: Final = 19
+# A masked PAN shows at most the first six and the last four digits (PCI DSS 4.0.1
+# req. 3.4.1) and hides at least six: with the Luhn digit fixed by the others, that
+# leaves 10^5 candidates, the vault's own bar for a guess-checking oracle
+# (`policies.formats.MIN_CANDIDATES`). BIN6 + last four on 12 digits would leave 10.
+# `vault.pan.Pan.masked` uses the same rule, so a relay answer, a log line and a
+# masked reveal of one card show the same digits.
+MASK_MAX_LEADING: Final = 6
+MASK_TRAILING: Final = 4
+MASK_MIN_HIDDEN: Final = 6
 # Items of a list that may be the pieces of a card number: up to six digits each.
 _MAX_PIECE: Final = 6
 _MAX_PIECE_INT: Final = 10**_MAX_PIECE - 1
@@ -139,14 +150,23 @@ def _luhn_window(digits: str, minimum: int = MIN_DIGITS) -> bool:
     return False
 
 
+def masked_leading(length: int) -> int:
+    """How many leading digits a masked `length`-digit PAN shows: at most the BIN (six),
+    and fewer on short PANs so that `MASK_MIN_HIDDEN` digits stay hidden."""
+    return max(0, min(MASK_MAX_LEADING, length - MASK_TRAILING - MASK_MIN_HIDDEN))
+
+
 def mask_digits(digits: str) -> str:
-    """Return `digits` masked: BIN6, asterisks and last four for 12 to 19 digits, all
-    asterisks for more, unchanged for fewer."""
+    """Return `digits` masked: the leading digits `masked_leading` allows (BIN6 from 16
+    digits up), asterisks and the last four for 12 to 19 digits, all asterisks for
+    more, unchanged for fewer."""
     if len(digits) < MIN_DIGITS:
         return digits
     if len(digits) > MAX_DIGITS:
         return "*" * len(digits)
-    return digits[:6] + "*" * (len(digits) - 10) + digits[-4:]
+    shown = masked_leading(len(digits))
+    hidden = len(digits) - shown - MASK_TRAILING
+    return digits[:shown] + "*" * hidden + digits[-MASK_TRAILING:]
 
 
 def _mask_run(match: re.Match[str], strict: bool) -> str:

@@ -2,36 +2,24 @@
 
 IN PCI SCOPE, holds card data. A `Pan` shows only its BIN (first six) and last four
 digits in `str`, `repr` and f-strings (PCI DSS 4.0.1 req. 3.4.1 allows at most
-BIN and last four to be displayed), and fewer leading digits on PANs under 16 digits,
-so that six digits always stay hidden (`masked_leading`). The digits leave only
-through `Pan.reveal()`, so every place that handles clear card data is one
-``grep reveal`` away.
+BIN and last four to be displayed), and fewer leading digits on PANs under 16
+digits, so that six digits always stay hidden (`cofre.redaction.masked_leading`). The
+digits leave only through `Pan.reveal()`, so every place that handles clear card data
+is one ``grep reveal`` away.
 """
 
 from __future__ import annotations
 
 from typing import Final, NoReturn
 
+from cofre.redaction import mask_digits
 from vault.errors import InvalidPan
 
 MIN_LENGTH: Final = 12
 MAX_LENGTH: Final = 19
-# A masked PAN shows at most the first six and the last four digits (PCI DSS 4.0.1
-# req. 3.4.1) and hides at least six: with the Luhn digit fixed by the others, that
-# leaves 10^5 candidates, the vault's own bar for a guess-checking oracle
-# (`policies.formats.MIN_CANDIDATES`). BIN6 + last four on 12 digits would leave 10.
-MASK_MAX_LEADING: Final = 6
-MASK_TRAILING: Final = 4
-MASK_MIN_HIDDEN: Final = 6
 _ASCII_DIGITS: Final = frozenset("0123456789")
 # The normaliser strips only the two separators people and card readers actually print.
 _SEPARATORS: Final = str.maketrans("", "", " -")
-
-
-def masked_leading(length: int) -> int:
-    """How many leading digits a masked `length`-digit PAN shows: at most the BIN (six),
-    and fewer on short PANs so that `MASK_MIN_HIDDEN` digits stay hidden."""
-    return max(0, min(MASK_MAX_LEADING, length - MASK_TRAILING - MASK_MIN_HIDDEN))
 
 
 def luhn_valid(digits: str) -> bool:
@@ -122,11 +110,10 @@ class Pan:
         return len(self._digits)
 
     def masked(self) -> str:
-        """Return the leading digits `masked_leading` allows, one ``*`` per hidden digit,
-        and the last four: ``411111******1111``, ``601*****0004`` for 12 digits."""
-        shown = masked_leading(len(self._digits))
-        hidden = len(self._digits) - shown - MASK_TRAILING
-        return f"{self._digits[:shown]}{'*' * hidden}{self._digits[-MASK_TRAILING:]}"
+        """Return the leading digits `cofre.redaction.masked_leading` allows, one ``*``
+        per hidden digit, and the last four: ``411111******1111``, ``60******0004`` for
+        12 digits (the same rule as every other masked card the vault prints)."""
+        return mask_digits(self._digits)
 
     def luhn_valid(self) -> bool:
         return luhn_valid(self._digits)

@@ -121,3 +121,21 @@ def test_json_values_in_every_representation() -> None:
     assert masked["status"] == 200
     assert masked["ratio"] == 0.5
     assert PAN not in json.dumps(masked)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("601100000004", "60******0004"),
+        ("card 4222222222222 ok", "card 422******2222 ok"),
+        ("378282246310005", "37828******0005"),
+        (PAN, MASKED),
+    ],
+)
+def test_a_short_card_in_text_hides_six_digits_as_a_masked_pan_does(
+    text: str, expected: str
+) -> None:
+    # A relay answer or a log line shows a short card no better than a masked reveal
+    # (`Pan.masked`): BIN6 + last four of a 12-digit card left ten guesses.
+    assert mask_pan_like(text) == expected
+    assert mask_pan_values({"pan": text})["pan"] == expected
