@@ -28,9 +28,15 @@ from hsm.provider import HSMProvider, WrappedKey, wipe
 from vault.errors import DataKeyMissing
 from vault.fpe.ff1 import FF1
 from vault.key_registry import KeyRegistry
+from vault.storage.rawsql import fetch_all
 from vault.storage.schema import data_keys
 
 _ACTIVE_TTL_S = 1.0
+# The active version of a purpose, read in a write transaction (`sealing_version`). FOR
+# SHARE on PostgreSQL holds a rotation's retiring UPDATE until that transaction ends;
+# SQLite has no row locks, and its BEGIN IMMEDIATE already keeps writers apart.
+_SEALING_SQL = "SELECT version FROM data_keys WHERE purpose = ? AND state = ?"
+_SEALING_SQL_POSTGRESQL = _SEALING_SQL + " FOR SHARE"
 
 
 class KeyPurpose(StrEnum):
@@ -149,14 +155,15 @@ class DataKeyring:
         row lock (FOR SHARE) holds a rotation's retiring UPDATE until this transaction
         ends, so its re-encryption job sees the row; a SQLite write transaction (BEGIN
         IMMEDIATE) already excludes the rotation's. Raises `DataKeyMissing`."""
-        version = connection.execute(
-            select(data_keys.c.version)
-            .where(
-                data_keys.c.purpose == purpose.value,
-                data_keys.c.state == KeyState.ACTIVE.value,
-            )
-            .with_for_update(read=True)
-        ).scalar()
+        # On the driver's cursor (`vault.storage.rawsql`): the committer runs this for
+        # every tokenize that stores a card, and SQLAlchemy's execute costs several times
+        # the statement itself there (bench/levers.md).
+        rows = fetch_all(
+            connection,
+            _SEALING_SQL_POSTGRESQL if connection.dialect.name == "postgresql" else _SEALING_SQL,
+            (purpose.value, KeyState.ACTIVE.value),
+        )
+        version = rows[0][0] if rows else None
         if version is None:
             raise DataKeyMissing(f"no active {purpose.value} data key: the vault is not set up")
         with self._lock:
