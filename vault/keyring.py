@@ -37,6 +37,9 @@ _ACTIVE_TTL_S = 1.0
 # SQLite has no row locks, and its BEGIN IMMEDIATE already keeps writers apart.
 _SEALING_SQL = "SELECT version FROM data_keys WHERE purpose = ? AND state = ?"
 _SEALING_SQL_POSTGRESQL = _SEALING_SQL + " FOR SHARE"
+# Reads after an empty one on PostgreSQL (see `sealing_version`): each empty read means a
+# rotation committed meanwhile, so more than one in a row is a vault with no active key.
+_SEALING_REREADS = 2
 
 
 class KeyPurpose(StrEnum):
@@ -158,11 +161,18 @@ class DataKeyring:
         # On the driver's cursor (`vault.storage.rawsql`): the committer runs this for
         # every tokenize that stores a card, and SQLAlchemy's execute costs several times
         # the statement itself there (bench/levers.md).
-        rows = fetch_all(
-            connection,
-            _SEALING_SQL_POSTGRESQL if connection.dialect.name == "postgresql" else _SEALING_SQL,
-            (purpose.value, KeyState.ACTIVE.value),
-        )
+        postgresql = connection.dialect.name == "postgresql"
+        sql = _SEALING_SQL_POSTGRESQL if postgresql else _SEALING_SQL
+        params = (purpose.value, KeyState.ACTIVE.value)
+        rows = fetch_all(connection, sql, params)
+        for _ in range(_SEALING_REREADS if postgresql else 0):
+            if rows:
+                break
+            # A rotation that retired the active row while this statement waited on its
+            # lock: PostgreSQL re-checked that row only (no longer active), and this
+            # statement's snapshot predates the version the rotation inserted. A new
+            # statement takes a new snapshot (READ COMMITTED) and sees it.
+            rows = fetch_all(connection, sql, params)
         version = rows[0][0] if rows else None
         if version is None:
             raise DataKeyMissing(f"no active {purpose.value} data key: the vault is not set up")
