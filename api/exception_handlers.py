@@ -17,7 +17,7 @@ from starlette.responses import Response
 from api.dependencies import request_id
 from api.problems import problem
 from cofre.errors import CofreError
-from cofre.redaction import mask_pan_like
+from cofre.redaction import mask_pan_like_or_withhold
 from vault.errors import BatchItemInvalid
 
 _log = structlog.get_logger("cofre.api")
@@ -49,8 +49,8 @@ async def validation_error(request: Request, exc: RequestValidationError) -> Res
     errors = [
         {
             # A location holds caller-chosen names (a metadata key): masked too.
-            "loc": [mask_pan_like(str(p)) for p in err.get("loc", ())],
-            "msg": mask_pan_like(str(err.get("msg"))),
+            "loc": [mask_pan_like_or_withhold(str(p)) for p in err.get("loc", ())],
+            "msg": mask_pan_like_or_withhold(str(err.get("msg"))),
         }
         for err in exc.errors()
     ][:20]

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Tracer, TracerProvider
 
 from cofre.errors import CofreError
-from cofre.redaction import mask_pan_like, mask_pan_values
+from cofre.redaction import mask_pan_like_or_withhold, mask_pan_values_or_withhold
 
 # What a log value nearly always is: checked first, because `isinstance` against the
 # `Mapping` ABC costs more than masking a short string (issue 21: masking was most of an
@@ -41,7 +41,7 @@ def _mask(value: Any) -> Any:
     # a dict is walked as one.
     if not isinstance(value, _PLAIN) and isinstance(value, Mapping):
         value = dict(value)
-    return mask_pan_values(value)
+    return mask_pan_values_or_withhold(value)
 
 
 def mask_pans(
@@ -70,7 +70,7 @@ def export_event(
             str(event_dict.get("level", "info")).upper(), logging.INFO
         )
         line = json.dumps(event_dict, default=str, sort_keys=True)
-        exporter.log(level, mask_pan_like(line))
+        exporter.log(level, mask_pan_like_or_withhold(line))
     return event_dict
 
 

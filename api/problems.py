@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from starlette.responses import JSONResponse
 
-from cofre.redaction import mask_pan_like, mask_pan_values
+from cofre.redaction import mask_pan_like_or_withhold, mask_pan_values_or_withhold
 
 PROBLEM_JSON: Final = "application/problem+json"
 TYPE_BASE: Final = "https://cofre.dev/problems/"
@@ -127,9 +127,10 @@ def problem(
         "code": code,
     }
     if detail:
-        body["detail"] = mask_pan_like(detail)
+        body["detail"] = mask_pan_like_or_withhold(detail)
     if request_id:
         body["request_id"] = request_id
     if extra:
-        body.update(mask_pan_values(extra))
+        masked = mask_pan_values_or_withhold(extra)
+        body.update(masked if isinstance(masked, dict) else {"extra": masked})
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)

@@ -28,7 +28,7 @@ from api.crl import CrlWatcher
 from api.errors import ApiError
 from api.lifecycle import ManagedServer, bind_reuse_port
 from api.tls import harden_server_context
-from cofre.redaction import mask_pan_like
+from cofre.redaction import mask_pan_like_or_withhold
 
 _log = structlog.get_logger("cofre.tls")
 
@@ -47,7 +47,7 @@ class MaskingFormatter(logging.Formatter):
         }
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return mask_pan_like(json.dumps(line, sort_keys=True))
+        return mask_pan_like_or_withhold(json.dumps(line, sort_keys=True))
 
 
 def log_config(level: str) -> dict[str, Any]:

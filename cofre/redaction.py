@@ -207,21 +207,34 @@ def _mask_grouped(match: re.Match[str], strict: bool) -> str:
     if not strict and match.group("sep") == "-" and _in_uuid(match):
         return run
     # The separators stay where they were, so the shape (and a JSON text) is kept.
+    # Only ASCII digits were counted: "²" is `isdigit()` but a separator here.
     masked = iter(mask_digits(digits))
-    return "".join(next(masked) if char.isdigit() else char for char in run)
+    return "".join(next(masked) if char in _ASCII_DIGITS else char for char in run)
 
 
-def _card_window(groups: list[str]) -> tuple[int, int] | None:
-    """The first run of whole `groups` (from, to) holding a Luhn-valid 12 to 19 digits."""
-    for first in range(len(groups)):
+def _card_windows(groups: list[str]) -> list[tuple[int, int]]:
+    """The runs of whole `groups` (from, to) holding a Luhn-valid 12 to 19 digits, left
+    to right and never overlapping: the search resumes after each window found, so the
+    work is at most a few Luhn checks per group (restarting from the first group made a
+    text of many windows quadratic), and a window never holds a group already masked."""
+    windows: list[tuple[int, int]] = []
+    first = 0
+    while first < len(groups):
         digits = ""
+        found = None
         for last in range(first, len(groups)):
             digits += groups[last]
             if len(digits) > MAX_DIGITS:
                 break
             if len(digits) >= MIN_DIGITS and digits[0] != "0" and luhn_valid(digits):
-                return first, last + 1
-    return None
+                found = last + 1
+                break
+        if found is None:
+            first += 1
+        else:
+            windows.append((first, found))
+            first = found
+    return windows
 
 
 def _blank(match: re.Match[str]) -> str:
@@ -244,14 +257,16 @@ def _mask_chains(text: str, strict: bool) -> str:
         groups = [chain.group(0)[a:b] for a, b in spans]
         if sum(map(len, groups)) < MIN_DIGITS:
             continue
-        while (window := _card_window(groups)) is not None:
-            first, last = window
-            masked = iter(mask_digits("".join(groups[first:last])))
-            for index in range(first, last):
-                start, end = spans[index]
-                for position in range(chain.start() + start, chain.start() + end):
-                    out[position] = next(masked)
-                groups[index] = "x"  # no digits left to find again
+        for first, last in _card_windows(groups):
+            # Masked from the original groups, whose lengths are their spans'.
+            positions = [
+                chain.start() + position
+                for start, end in spans[first:last]
+                for position in range(start, end)
+            ]
+            masked = mask_digits("".join(groups[first:last]))
+            for position, char in zip(positions, masked, strict=True):
+                out[position] = char
     return "".join(out)
 
 
@@ -290,7 +305,34 @@ def holds_pan_like(text: str) -> bool:
     """Whether `text` holds anything `mask_pan_like` would mask, or a card inside a
     digest-sized hex word or in an IPv4-like dotted quad: for what a caller sends, which
     gets no exemption."""
-    return _mask_text(text, strict=True) != text
+    try:
+        return _mask_text(text, strict=True) != text
+    except Exception:  # noqa: BLE001 - a detector bug refuses the input (fail closed)
+        # A StopIteration here once hung the request in its worker thread: refusing what
+        # cannot be checked is safe, letting it through is not.
+        return True
+
+
+# What stands for a text the detector failed on: neither the clear text nor an error.
+WITHHELD: Final = "[withheld: PAN masking failed on this text]"
+
+
+def mask_pan_like_or_withhold(text: str) -> str:
+    """`mask_pan_like`, or `WITHHELD` if the detector fails: for text the vault did not
+    choose (error details, log lines), where an exception would be a 500 or a lost log
+    line, and returning the text unmasked could show a card."""
+    try:
+        return mask_pan_like(text)
+    except Exception:  # noqa: BLE001 - the placeholder shows the failure, never the text
+        return WITHHELD
+
+
+def mask_pan_values_or_withhold(value: Any) -> Any:
+    """`mask_pan_values`, or `WITHHELD` for the whole value if the detector fails."""
+    try:
+        return mask_pan_values(value)
+    except Exception:  # noqa: BLE001 - the placeholder shows the failure, never the value
+        return WITHHELD
 
 
 _NAME_SEPARATORS: Final = re.compile(r"[^0-9A-Za-z]")
@@ -323,11 +365,7 @@ def _mask_pieces(out: list[Any], start: int, pieces: list[str]) -> None:
     if all(len(piece) <= _MAX_PIECE for piece in pieces):
         windows = [(0, len(pieces))]  # short pieces: masked together, no Luhn rule
     else:
-        windows = []
-        groups = list(pieces)
-        while (window := _card_window(groups)) is not None:
-            windows.append(window)
-            groups[window[0] : window[1]] = ["x"] * (window[1] - window[0])
+        windows = _card_windows(pieces)
     for first, last in windows:
         masked = mask_digits("".join(pieces[first:last]))
         offset = 0

@@ -88,3 +88,28 @@ def test_a_card_number_never_reaches_the_append_only_audit_log(vault_server: Vau
     digits = ["".join(c for c in str(p) if c.isdigit() or c in " -") for p in payloads]
     planted_entries = [d for d in digits if "41111111 11111111" in d or "41111111-11111111" in d]
     assert not planted_entries
+
+
+# Two overlapping Luhn windows made the detector raise (StopIteration): as a metadata
+# value the request hung with no audit and no log, as a key a 500.
+OVERLAPPING = "4111111111 111111 411111111 111111"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**OTHER, "metadata": {"note": OVERLAPPING}},
+        {**OTHER, "metadata": {OVERLAPPING: "x"}},
+        {**OTHER, "metadata": {OVERLAPPING: 5}},
+        {**OTHER, "metadata": {"a": [OVERLAPPING]}},
+        {**OTHER, "idempotency_key": OVERLAPPING},
+        {**OTHER, "format": OVERLAPPING},
+        {**OTHER, "pan": OVERLAPPING},
+    ],
+    ids=["value", "key", "key-bad-value", "list-value", "idempotency-key", "format", "pan"],
+)
+def test_a_caller_cannot_make_the_detector_fail(vault_server: VaultServer, body: object) -> None:
+    with vault_server.client("payments") as client:
+        response = client.post("/v1/tokenize", json=body, timeout=20)
+    assert response.status_code in {400, 403, 422}, response.text[:200]
+    assert response.json()["code"] != "internal_error"
