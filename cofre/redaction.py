@@ -313,6 +313,31 @@ def holds_pan_like(text: str) -> bool:
         return True
 
 
+# Unicode letters (word characters that are neither digits nor "_"): what breaks a
+# digit chain for `metadata_holds_pan_like`.
+_LETTERS: Final = re.compile(r"[^\W\d_]+")
+
+
+def metadata_holds_pan_like(text: str) -> bool:
+    """`holds_pan_like`, and more aggressive, for metadata (stored in clear and answered
+    to every reader of the token): the digits of `text` are read together wherever only
+    non-letters stand between them (``4111 1111.1111-1111``, ``41111111,11111111``, a
+    JSON list's text of quoted and bare pieces), and any Luhn-valid window of 12 to 19
+    of them refuses the text. Some innocent values are refused too (about one in ten
+    12-digit chains, such as a date and time written with spaces); that is the price of
+    not storing a card in clear, and the caller gets a 422 saying why."""
+    if holds_pan_like(text):
+        return True
+    probe = _ascii_digits(text)
+    if sum(map(probe.count, _ASCII_DIGITS)) < MIN_DIGITS:
+        return False
+    for chain in _LETTERS.split(probe):
+        digits = _NOT_DIGIT.sub("", chain)
+        if len(digits) >= MIN_DIGITS and _luhn_window(digits):
+            return True
+    return False
+
+
 # What stands for a text the detector failed on: neither the clear text nor an error.
 WITHHELD: Final = "[withheld: PAN masking failed on this text]"
 

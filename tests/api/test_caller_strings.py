@@ -27,6 +27,9 @@ SEPARATED = {
     "mixed": "4111 1111-1111 1111",
     "hex32": "a" + PAN + "bcdef0123456789",
     "arabic": "".join(chr(0x660 + int(d)) for d in PAN),
+    "dot-among-mixed": "4111 1111.1111-1111",
+    "bare-comma": "41111111,11111111",
+    "json-text-mixed": '["4111", 1111, "1111", 1111]',
 }
 
 

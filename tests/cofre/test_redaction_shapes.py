@@ -12,7 +12,12 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from cofre.redaction import holds_pan_like, mask_pan_like, mask_pan_values
+from cofre.redaction import (
+    holds_pan_like,
+    mask_pan_like,
+    mask_pan_values,
+    metadata_holds_pan_like,
+)
 
 PAN = "4111111111111111"
 
@@ -111,3 +116,32 @@ def test_ipv4_addresses_are_kept(octets: tuple[int, ...], port: int) -> None:
 @pytest.mark.parametrize("text", [*MISSED_TEXT.values(), "411.111.111.116", PAN])
 def test_caller_input_gets_no_exemption(text: str) -> None:
     assert holds_pan_like(text)
+
+
+# Shapes the loose rules do not join (a dot among mixed separators, a bare comma, a JSON
+# list's text mixing quoted and bare pieces). Metadata is stored in clear and answered to
+# every reader of the token, so its check reads every digit chain with no letter in it.
+METADATA_SHAPES = {
+    "mixed with a dot": "4111 1111.1111-1111",
+    "bare comma": "41111111,11111111",
+    "commas and a space": "4111,1111,1111 1111",
+    "JSON text, quoted and bare": '["4111", 1111, "1111", 1111]',
+    "card inside a longer chain": "12 34111111 11111111 11 5",
+    "Arabic-Indic with dots": ".".join(
+        "".join(chr(0x660 + int(d)) for d in PAN[i : i + 4]) for i in range(0, 16, 4)
+    ),
+    "dot between halves": "41111111.11111111",
+}
+
+
+@pytest.mark.parametrize("text", METADATA_SHAPES.values(), ids=METADATA_SHAPES.keys())
+def test_the_metadata_check_sees_the_card(text: str) -> None:
+    assert metadata_holds_pan_like(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["cvv 123", "order 20261201 shipped", "room 101, floor 3", "v1.2.3", "2026-12-01T10:30:00Z"],
+)
+def test_the_metadata_check_keeps_short_chains(text: str) -> None:
+    assert not metadata_holds_pan_like(text)

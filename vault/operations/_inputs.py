@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Final
 
-from cofre.redaction import holds_pan_like
+from cofre.redaction import metadata_holds_pan_like
 from policies.formats import FormatSpec, SecurityCodeRule
 from vault.card import (
     CardBundle,
@@ -49,7 +49,7 @@ def validate_metadata(metadata: object) -> str:
             raise InvalidMetadata(f"metadata keys must be 1 to {MAX_METADATA_KEY} characters")
         if not set(key) <= _METADATA_KEY_CHARS:
             raise InvalidMetadata("metadata keys may use only letters, digits, '_', '-', '.'")
-        if holds_pan_like(key):
+        if metadata_holds_pan_like(key):
             raise InvalidMetadata(
                 "a metadata key looks like a card number; metadata is not encrypted"
             )
@@ -58,9 +58,10 @@ def validate_metadata(metadata: object) -> str:
                 f"metadata values must be strings of at most {MAX_METADATA_VALUE} characters"
             )
         refuse_sensitive_authentication_data(key, value)
-        if holds_pan_like(value):
+        if metadata_holds_pan_like(value):
             raise InvalidMetadata(
-                f"metadata value {key!r} looks like a card number; metadata is not encrypted"
+                f"metadata value {key!r} looks like a card number (12 or more digits with"
+                " no letter between them read as one number); metadata is not encrypted"
             )
     return json.dumps(dict(metadata), sort_keys=True, separators=(",", ":"))
 
