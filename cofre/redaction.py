@@ -17,8 +17,10 @@ What it sees, in text (`mask_pan_like`):
   non-alphanumeric characters: ``NNNN NNNN NNNN NNNN``, ``NNNN.NNNN.NNNN.NNNN``,
   ``4-1-1-1-…``, the text of a JSON array of digits ``[4,1,1,1,…]`` or ``["4","1",…]``;
 - digit groups of any length joined by looser separators, mixed freely: runs of up to
-  four spaces or tabs, a hyphen (with up to two spaces each side), a JSON list's
-  ``","``: ``4111 1111-1111 1111``, ``41111111 11111111``, ``4111111111-111111``,
+  eight white-space characters (spaces, tabs, line breaks, NBSP), a hyphen or a comma
+  (with up to four of them each side: a pretty-printed JSON list), a JSON list's
+  ``","`` (with white space around the comma): ``4111 1111-1111 1111``,
+  ``41111111 11111111``, ``4111111111-111111``,
   ``["41111111","11111111"]``. These shapes also hold ordinary text (dates, counts), so
   they are masked only where whole groups make a Luhn-valid 12 to 19 digit window, and
   an ISO date (``2026-12-01``) or a UUID breaks such a chain.
@@ -94,7 +96,12 @@ _GROUPED: Final = re.compile(
     r"(?<![0-9])[0-9]{1,6}(?P<sep>[^0-9A-Za-z]{1,3})[0-9]{1,6}(?:(?P=sep)[0-9]{1,6})+(?![0-9])"
 )
 # Groups of any length joined by the looser separators, mixed (the Luhn rule decides).
-_LOOSE_SEP: Final = r'(?:[ \t]{1,4}|[ \t]{0,2}-[ \t]{0,2}|"[ \t]?,[ \t]?")'
+# White space includes line breaks and NBSP: an acquirer's answer may wrap or align a
+# card ("4111 1111\n1111 1111") or pretty-print a JSON list of its pieces.
+_LOOSE_SEP: Final = (
+    r"(?:[ \t\r\n\u00a0]{1,8}|[ \t\r\n\u00a0]{0,4}[-,][ \t\r\n\u00a0]{0,4}"
+    r'|"[ \t\r\n]{0,8},[ \t\r\n]{0,8}")'
+)
 # No look-arounds needed: scanned left to right, greedy groups start and end at a run's
 # edges (and a look-behind tried at every position costs a third of the time).
 _CHAIN: Final = re.compile(rf"[0-9]+(?:{_LOOSE_SEP}[0-9]+)+")
@@ -114,6 +121,7 @@ _PLAIN_RUN: Final = re.compile(r"(?<![0-9])[0-9]{12,}(?![0-9])")
 _DIGEST_LENGTHS: Final = frozenset({32, 40, 56, 64, 96, 128})
 _ASCII_DIGITS: Final = "0123456789"
 _UUID_CHARS: Final = frozenset("0123456789abcdefABCDEF-")
+_UUID_LENGTH: Final = 36
 
 
 class _DecimalDigits(dict[int, int]):
@@ -187,12 +195,21 @@ def _mask_run(match: re.Match[str], strict: bool) -> str:
 
 
 def _in_uuid(match: re.Match[str]) -> bool:
-    """Whether `match` lies inside a UUID written in its canonical 8-4-4-4-12 form."""
+    """Whether `match` lies inside a UUID written in its canonical 8-4-4-4-12 form.
+
+    The scan for the run of UUID characters around the match stops one character past a
+    UUID's length: unbounded, every hyphenated match in a long run of hex and hyphens
+    rescanned the whole run, quadratic in a relay answer (review 10)."""
     text, start, end = match.string, match.start(), match.end()
-    while start > 0 and text[start - 1] in _UUID_CHARS:
+    if end - start > _UUID_LENGTH:
+        return False
+    floor = max(0, end - _UUID_LENGTH - 1)
+    while start > floor and text[start - 1] in _UUID_CHARS:
         start -= 1
-    while end < len(text) and text[end] in _UUID_CHARS:
+    ceiling = min(len(text), start + _UUID_LENGTH + 1)
+    while end < ceiling and text[end] in _UUID_CHARS:
         end += 1
+    # A span longer than a UUID (the scan stopped at a bound) never fullmatches one.
     return _UUID.fullmatch(text, start, end) is not None
 
 

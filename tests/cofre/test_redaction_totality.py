@@ -5,6 +5,9 @@ by anyone who can get text logged or echoed. Work is counted in Luhn checks, nev
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -112,3 +115,44 @@ def test_a_detector_failure_withholds_the_text_and_refuses_input(
     assert holds_pan_like("4111 1111 1111 1111")
     with pytest.raises(StopIteration):
         mask_pan_like("x")
+
+
+@pytest.mark.parametrize("repeats", [100, 400])
+def test_the_uuid_check_reads_a_bounded_span(monkeypatch: pytest.MonkeyPatch, repeats: int) -> None:
+    # Review 10: every hyphenated match in a long run of hex digits and hyphens scanned
+    # the whole run to see whether it was a UUID: 100 KB took 40 s of CPU. Counted in
+    # `_UUID.fullmatch` spans, never timed.
+    spans: list[int] = []
+    real = redaction._UUID
+
+    class Counting:
+        def fullmatch(self, text: str, start: int, end: int) -> re.Match[str] | None:
+            spans.append(end - start)
+            return real.fullmatch(text, start, end)
+
+    monkeypatch.setattr(redaction, "_UUID", Counting())
+    text = "4111-1111-1111-1111-a-" * repeats
+    masked = redaction.mask_pan_like(text)
+    assert max(spans, default=0) <= 37
+    assert "4111-1111-1111-1111" not in masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "4111 1111\n1111 1111",
+        "4111 1111\r\n      1111 1111",
+        "4111     1111     1111     1111",
+        "4111\u00a01111\u00a01111\u00a01111",
+        "41111111,11111111",
+        json.dumps([4111, 1111, 1111, 1111], indent=2),
+        json.dumps(["41111111", "11111111"], indent=2),
+    ],
+)
+def test_wrapped_aligned_and_pretty_printed_cards_are_masked(text: str) -> None:
+    # Review 10: an acquirer's answer (the relay masks its raw text when it is not JSON)
+    # may wrap a card across lines, align its groups, or pretty-print a list of pieces.
+    masked = redaction.mask_pan_like(text)
+    assert "1111" in masked  # the last four stay
+    assert redaction.holds_pan_like(masked) is False
+    assert "*" in masked
