@@ -438,8 +438,17 @@ def _mask_number(value: int | float) -> int | float | str:
         if not (math.isfinite(value) and abs(value) >= 10 ** (MIN_DIGITS - 1)):
             return value
         return mask_digits(str(int(abs(value))))
-    digits = str(abs(value))
+    digits = _int_digits(value)
     return mask_digits(digits) if len(digits) >= MIN_DIGITS else value
+
+
+def _int_digits(value: int) -> str:
+    """The decimal digits of `value`; asterisks for one longer than Python will print
+    (its 4,300-digit limit raises ValueError): no card, and nothing to show."""
+    try:
+        return str(abs(value))
+    except ValueError:
+        return "*" * (MAX_DIGITS + 1)
 
 
 def mask_pan_values(value: Any) -> Any:
@@ -450,7 +459,10 @@ def mask_pan_values(value: Any) -> Any:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return _mask_number(value)
     if isinstance(value, dict):
-        return {mask_pan_like(str(k)): mask_pan_values(v) for k, v in value.items()}
+        return {
+            mask_pan_like(_int_digits(k) if isinstance(k, int) else str(k)): mask_pan_values(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return _mask_list(list(value))
     return value

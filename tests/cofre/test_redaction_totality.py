@@ -156,3 +156,11 @@ def test_wrapped_aligned_and_pretty_printed_cards_are_masked(text: str) -> None:
     assert "1111" in masked  # the last four stay
     assert redaction.holds_pan_like(masked) is False
     assert "*" in masked
+
+
+def test_an_integer_too_long_to_print_is_masked_not_an_error() -> None:
+    # Review 10: str() of an int over 4,300 digits raises ValueError.
+    huge = 10**5000
+    assert mask_pan_values(huge) == "*" * 20
+    assert mask_pan_values({huge: 1}) == {"*" * 20: 1}
+    assert mask_pan_values([huge, 4111111111111111]) == ["*" * 20, "411111******1111"]
