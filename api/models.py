@@ -7,7 +7,7 @@ IN PCI SCOPE. Unknown fields are rejected everywhere (``extra="forbid"``).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Final, Literal, Self
+from typing import Annotated, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -17,7 +17,6 @@ from pydantic import (
     Field,
     StrictInt,
     StringConstraints,
-    model_validator,
 )
 
 from cofre.redaction import name_holds_pan_like
@@ -221,10 +220,3 @@ class EvidenceRequest(_Strict):
         default=None,
         description="the previous bundle's entries.end_index: this bundle must start there",
     )
-
-    @model_validator(mode="after")
-    def _period_ends_after_it_starts(self) -> Self:
-        # Refused here, before the export charges the caller's rate limit.
-        if self.period_to <= self.period_from:
-            raise ValueError("the period must end after it starts")
-        return self

@@ -253,6 +253,18 @@ def _background_checks(purge: PurgeWorker, rotation: RotationWorker) -> dict[str
     return {"token_purge": purge.health.check(), "key_rotation": rotation.health.check()}
 
 
+def _refuse_period(request: EvidenceRequest, max_period_days: int) -> None:
+    """Raise `ComplianceError` (422 compliance_error) for a period the request alone
+    refuses: inverted or empty, or longer than the export bound."""
+    if request.period_to <= request.period_from:
+        raise ComplianceError("the period must end after it starts")
+    if request.period_to - request.period_from > timedelta(days=max_period_days):
+        raise ComplianceError(
+            f"the period may be at most {max_period_days} days "
+            "(COFRE_EVIDENCE__MAX_PERIOD_DAYS); export longer spans as a chain"
+        )
+
+
 def build_runtime(
     settings: Settings,
     *,
@@ -332,13 +344,9 @@ def build_runtime(
         return service.evidence_export(ctx, period, lambda: bounded_build(ctx, request))
 
     def bounded_build(ctx: CallContext, request: EvidenceRequest) -> IO[bytes]:
-        # Refusals the request alone decides come before the charge (an inverted or
-        # naive period is refused by `EvidenceRequest` itself): they cost no budget.
-        if request.period_to - request.period_from > timedelta(days=bounds.max_period_days):
-            raise ComplianceError(
-                f"the period may be at most {bounds.max_period_days} days "
-                "(COFRE_EVIDENCE__MAX_PERIOD_DAYS); export longer spans as a chain"
-            )
+        # Refusals the request alone decides come before the charge (a naive period is
+        # refused by `EvidenceRequest` itself): they cost no budget.
+        _refuse_period(request, bounds.max_period_days)
         # Kept in the database like every other limit: all nodes share one budget.
         service.charge_rate(f"{ctx.identity} evidence-export", export_rate)
         if not one_export.acquire(blocking=False):
