@@ -140,12 +140,7 @@ class DataKeyring:
                     data_keys.c.state == KeyState.ACTIVE.value,
                 )
             ).scalar()
-        if version is None:
-            raise DataKeyMissing(f"no active {purpose.value} data key: the vault is not set up")
-        with self._lock:
-            self._active[purpose] = int(version)
-            self._active_read[purpose] = time.monotonic()
-        return int(version)
+        return self._remember_active(purpose, version)
 
     def sealing_version(self, connection: Connection, purpose: KeyPurpose) -> int:
         """Return the active version of `purpose` for data about to be stored under it,
@@ -173,13 +168,18 @@ class DataKeyring:
             # statement's snapshot predates the version the rotation inserted. A new
             # statement takes a new snapshot (READ COMMITTED) and sees it.
             rows = fetch_all(connection, sql, params)
-        version = rows[0][0] if rows else None
+        return self._remember_active(purpose, rows[0][0] if rows else None)
+
+    def _remember_active(self, purpose: KeyPurpose, version: int | None) -> int:
+        """Cache `version` as the active one of `purpose` and return it; raises
+        `DataKeyMissing` when the read found none."""
         if version is None:
             raise DataKeyMissing(f"no active {purpose.value} data key: the vault is not set up")
+        active = int(version)
         with self._lock:
-            self._active[purpose] = int(version)
+            self._active[purpose] = active
             self._active_read[purpose] = time.monotonic()
-        return int(version)
+        return active
 
     def gcm(self, version: int) -> AESGCM:
         """Return the AES-256-GCM cipher of PAN data key `version` (cached)."""
