@@ -40,6 +40,9 @@ _SEALING_SQL_POSTGRESQL = _SEALING_SQL + " FOR SHARE"
 # Reads after an empty one on PostgreSQL (see `sealing_version`): each empty read means a
 # rotation committed meanwhile, so more than one in a row is a vault with no active key.
 _SEALING_REREADS = 2
+# Where `sealing_version` keeps its read for the rest of a transaction (`Connection.info`,
+# with the transaction it was read in: the pooled connection outlives it).
+_SEALED = "cofre.sealing_version"
 
 
 class KeyPurpose(StrEnum):
@@ -153,6 +156,25 @@ class DataKeyring:
         row lock (FOR SHARE) holds a rotation's retiring UPDATE until this transaction
         ends, so its re-encryption job sees the row; a SQLite write transaction (BEGIN
         IMMEDIATE) already excludes the rotation's. Raises `DataKeyMissing`."""
+        # Once per transaction: the lock the read takes (the row's FOR SHARE, SQLite's
+        # write transaction) holds until the transaction ends, so the version read stays
+        # the active one for all of it, and a group commit's operations share one read
+        # (on PostgreSQL one round trip each, in the committer's serial path: issue 21).
+        # Not inside a savepoint: one rolled back releases the row locks taken in it.
+        transaction = connection.get_transaction()
+        reusable = transaction is not None and not connection.in_nested_transaction()
+        held: tuple[object, dict[KeyPurpose, int]] | None = connection.info.get(_SEALED)
+        if reusable and held is not None and held[0] is transaction and purpose in held[1]:
+            return held[1][purpose]
+        version = self._read_sealing_version(connection, purpose)
+        if reusable:
+            if held is None or held[0] is not transaction:
+                held = (transaction, {})
+                connection.info[_SEALED] = held
+            held[1][purpose] = version
+        return version
+
+    def _read_sealing_version(self, connection: Connection, purpose: KeyPurpose) -> int:
         # On the driver's cursor (`vault.storage.rawsql`): the committer runs this for
         # every tokenize that stores a card, and SQLAlchemy's execute costs several times
         # the statement itself there (bench/levers.md).
