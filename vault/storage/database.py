@@ -86,7 +86,17 @@ def create_database_engine(
         pool_timeout=10,
         connect_args={
             "connect_timeout": 5,
-            "options": f"-c statement_timeout={int(statement_timeout_ms)}",
+            # Custom plans only: psycopg prepares a statement at its fifth run, and
+            # PostgreSQL then may keep a generic plan costed on the table as it was
+            # (empty at start-up): the oracle guard's read then searched its primary key
+            # by identity alone and filtered the bucket, a walk of every row the
+            # identity had, ~1,400 buffers and 1.7 ms of PostgreSQL's CPU per tokenize
+            # after 3,000 of them, growing with each (issue 21, pg_stat_statements).
+            # Planning each run costs tens of microseconds; a plan that scans, more.
+            "options": (
+                f"-c statement_timeout={int(statement_timeout_ms)}"
+                " -c plan_cache_mode=force_custom_plan"
+            ),
         },
     )
     if password_provider is not None:
