@@ -72,13 +72,18 @@ _HELD: Final = (
     select(tokens.c.id).where(tokens.c.fingerprint.in_(bindparam("fps", expanding=True))).limit(1)
 )
 
-# Does the domain hold a convergent token of these fingerprints? On the driver's cursor
-# (SQLAlchemy's expanding IN was ~0.3 ms a call, issue 21); the rows only if it does.
+# Does the domain hold a convergent token of these fingerprints in this format? On the
+# driver's cursor (SQLAlchemy's expanding IN was ~0.3 ms a call, issue 21); the rows only
+# if it does. The format binds the middle column of `uq_tokens_domain_convergent`: without
+# it PostgreSQL walked every convergent entry of the domain (47 buffers a probe after
+# 3,000 tokens, growing with the store).
 _ANY_CONVERGENT: Final = (
-    "SELECT 1 FROM tokens WHERE domain = ? AND convergent AND fingerprint IN (?*) LIMIT 1"
+    "SELECT 1 FROM tokens WHERE domain = ? AND format = ? AND convergent"
+    " AND fingerprint IN (?*) LIMIT 1"
 )
 _CONVERGENT: Final = select(tokens).where(
     tokens.c.domain == bindparam("domain"),
+    tokens.c.format == bindparam("format"),
     tokens.c.fingerprint.in_(bindparam("fps", expanding=True)),
     tokens.c.convergent,
 )
@@ -367,15 +372,23 @@ class TokenizeOperations(VaultCore):
     def _convergent_rows(
         connection: Connection, domain: str, items: Sequence[_Item]
     ) -> dict[tuple[str, bytes], Row[Any]]:
-        # Under any fingerprint key version a row may carry (two while one migrates).
-        wanted = sorted({fp for item in items if item.convergent for fp in item.known_fps})
+        # Under any fingerprint key version a row may carry (two while one migrates); an
+        # item answers only from a token of its own format.
+        by_format: dict[str, set[bytes]] = {}
+        for item in items:
+            if item.convergent:
+                by_format.setdefault(item.request.format, set()).update(item.known_fps)
         held: dict[tuple[str, bytes], Row[Any]] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            if not fetch_all(connection, _ANY_CONVERGENT, [domain, *chunk], in_list=len(chunk)):
-                continue
-            for row in connection.execute(_CONVERGENT, {"domain": domain, "fps": chunk}):
-                held[(row.format, bytes(row.fingerprint))] = row
+        for token_format, fps in sorted(by_format.items()):
+            wanted = sorted(fps)
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                probe = [domain, token_format, *chunk]
+                if not fetch_all(connection, _ANY_CONVERGENT, probe, in_list=len(chunk)):
+                    continue
+                where = {"domain": domain, "format": token_format, "fps": chunk}
+                for row in connection.execute(_CONVERGENT, where):
+                    held[(row.format, bytes(row.fingerprint))] = row
         return held
 
     def _answer_by_key(
