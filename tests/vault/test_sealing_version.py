@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, create_engine, insert, text, update
+from sqlalchemy import Connection, Engine, create_engine, insert, text, update
 from sqlalchemy.exc import OperationalError
 
 from vault import keyring as keyring_module
@@ -91,15 +91,21 @@ def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return reads
 
 
+def _sqlite_keys(tmp_path: Path) -> Engine:
+    """A SQLite `data_keys` table holding active version 1."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'keys.db'}")
+    data_keys.create(engine)
+    with engine.begin() as c:
+        c.execute(insert(data_keys).values(_row(1)))
+    return engine
+
+
 def test_a_transaction_reads_the_sealing_version_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A group commit's operations share one read: its lock holds to the end of the
     transaction, so the version stays the active one (issue 21: one round trip each)."""
-    engine = create_engine(f"sqlite:///{tmp_path / 'keys.db'}")
-    data_keys.create(engine)
-    with engine.begin() as c:
-        c.execute(insert(data_keys).values(_row(1)))
+    engine = _sqlite_keys(tmp_path)
     keyring, reads = _bare_keyring(), _counting_reads(monkeypatch)
     with engine.begin() as c:
         assert [keyring.sealing_version(c, KeyPurpose.PAN_GCM) for _ in range(5)] == [1] * 5
@@ -118,10 +124,7 @@ def test_inside_a_savepoint_every_seal_reads_again(
 ) -> None:
     """A savepoint rolled back releases the row locks taken in it (PostgreSQL), so a read
     made in one protects nothing after it: the group commit's guarded run re-reads."""
-    engine = create_engine(f"sqlite:///{tmp_path / 'keys.db'}")
-    data_keys.create(engine)
-    with engine.begin() as c:
-        c.execute(insert(data_keys).values(_row(1)))
+    engine = _sqlite_keys(tmp_path)
     keyring, reads = _bare_keyring(), _counting_reads(monkeypatch)
     with engine.begin() as c:
         for _ in range(3):
