@@ -36,12 +36,18 @@ def _row(version: int) -> dict[str, object]:
     }
 
 
+def _keys_engine(url: str) -> Engine:
+    """A `data_keys` table at `url` holding active version 1."""
+    engine = create_engine(url)
+    data_keys.create(engine)
+    with engine.begin() as c:
+        c.execute(insert(data_keys).values(_row(1)))
+    return engine
+
+
 def test_sealing_during_a_rotation_start_sees_the_new_version(pg_database: str) -> None:
-    engine = create_engine(pg_database)
+    engine = _keys_engine(pg_database)
     try:
-        data_keys.create(engine)
-        with engine.begin() as c:
-            c.execute(insert(data_keys).values(_row(1)))
         keyring = _bare_keyring()
         result: list[object] = []
         rotation = engine.connect()
@@ -91,21 +97,12 @@ def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return reads
 
 
-def _sqlite_keys(tmp_path: Path) -> Engine:
-    """A SQLite `data_keys` table holding active version 1."""
-    engine = create_engine(f"sqlite:///{tmp_path / 'keys.db'}")
-    data_keys.create(engine)
-    with engine.begin() as c:
-        c.execute(insert(data_keys).values(_row(1)))
-    return engine
-
-
 def test_a_transaction_reads_the_sealing_version_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A group commit's operations share one read: its lock holds to the end of the
     transaction, so the version stays the active one (issue 21: one round trip each)."""
-    engine = _sqlite_keys(tmp_path)
+    engine = _keys_engine(f"sqlite:///{tmp_path / 'keys.db'}")
     keyring, reads = _bare_keyring(), _counting_reads(monkeypatch)
     with engine.begin() as c:
         assert [keyring.sealing_version(c, KeyPurpose.PAN_GCM) for _ in range(5)] == [1] * 5
@@ -124,7 +121,7 @@ def test_inside_a_savepoint_every_seal_reads_again(
 ) -> None:
     """A savepoint rolled back releases the row locks taken in it (PostgreSQL), so a read
     made in one protects nothing after it: the group commit's guarded run re-reads."""
-    engine = _sqlite_keys(tmp_path)
+    engine = _keys_engine(f"sqlite:///{tmp_path / 'keys.db'}")
     keyring, reads = _bare_keyring(), _counting_reads(monkeypatch)
     with engine.begin() as c:
         for _ in range(3):
@@ -141,11 +138,8 @@ def test_the_one_read_keeps_a_rotation_out_until_the_transaction_ends(
     """After the first seal of a transaction, later seals reuse its read; the row lock it
     took still holds a rotation's retiring UPDATE (refused here by lock_timeout, not by
     a clock in the test)."""
-    engine = create_engine(pg_database)
+    engine = _keys_engine(pg_database)
     try:
-        data_keys.create(engine)
-        with engine.begin() as c:
-            c.execute(insert(data_keys).values(_row(1)))
         keyring = _bare_keyring()
         with engine.begin() as c:
             assert keyring.sealing_version(c, KeyPurpose.PAN_GCM) == 1
