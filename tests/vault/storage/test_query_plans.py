@@ -106,23 +106,25 @@ def test_a_prepared_statement_keeps_searching_by_its_values(pg_database: str) ->
     guard's bucket was a filter, not a search key: every row of the identity was read at
     every tokenize (issue 21). The vault's connections plan every run with its values."""
     engine = create_database_engine(pg_database)  # PostgreSQL only: SQLite has no such cache
-    migrate(engine)
-    sql = (
-        'SELECT bucket, item FROM oracle_watch WHERE identity = $1 AND "window" = $2'
-        " AND bucket = ANY($3::bytea[])"
-    )
-    with engine.begin() as connection:
-        connection.exec_driver_sql(f"PREPARE seen_probe (text, bigint, bytea[]) AS {sql}")
-        plans = [
-            "\n".join(
-                str(row[0])
-                for row in connection.exec_driver_sql(
-                    "EXPLAIN EXECUTE seen_probe('spiffe://cofre/payments', 20000,"
-                    " ARRAY['\\x00112233445566778899aabbccddeeff'::bytea])"
+    try:
+        migrate(engine)
+        sql = (
+            'SELECT bucket, item FROM oracle_watch WHERE identity = $1 AND "window" = $2'
+            " AND bucket = ANY($3::bytea[])"
+        )
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"PREPARE seen_probe (text, bigint, bytea[]) AS {sql}")
+            plans = [
+                "\n".join(
+                    str(row[0])
+                    for row in connection.exec_driver_sql(
+                        "EXPLAIN EXECUTE seen_probe('spiffe://cofre/payments', 20000,"
+                        " ARRAY['\\x00112233445566778899aabbccddeeff'::bytea])"
+                    )
                 )
-            )
-            for _ in range(8)
-        ]
-    engine.dispose()
+                for _ in range(8)
+            ]
+    finally:
+        engine.dispose()
     assert all("$" not in plan for plan in plans), plans[-1]  # no generic plan
     assert "bucket = ANY" in plans[-1].split("Index Cond:")[-1], plans[-1]
