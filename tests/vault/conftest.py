@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import Engine
@@ -97,3 +98,20 @@ def acquirer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAcquirer]
     acquirer.ca = pki.ca  # type: ignore[attr-defined]
     yield acquirer
     acquirer.stop()
+
+
+@contextmanager
+def relay_vault(
+    engine: Engine, provider: HSMProvider, acquirer: FakeAcquirer, policy: str
+) -> Iterator[VaultService]:
+    """A vault under `policy` (TOML) whose relay routes reach `acquirer`, which starts and
+    ends with nothing received and no canned answer."""
+    service = VaultService(engine, provider, PolicyEngine(parse_policy(policy, kind="toml").policy))
+    service.initialize()
+    acquirer.received.clear()
+    acquirer.answer = None
+    try:
+        yield service
+    finally:
+        acquirer.answer = None
+        service.close()

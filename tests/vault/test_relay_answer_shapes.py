@@ -14,10 +14,8 @@ import pytest
 from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
-from policies.engine import PolicyEngine
-from policies.loader import parse_policy
 from tests.support.fake_acquirer import FakeAcquirer
-from tests.vault.conftest import TEST_POLICY
+from tests.vault.conftest import TEST_POLICY, relay_vault
 from vault.pan import Pan
 from vault.service import CallContext, TokenizeRequest, VaultService
 
@@ -48,13 +46,8 @@ ca_bundle = "{ca}"
 timeout_seconds = 5
 """
     )
-    svc = VaultService(engine, hsm_provider, PolicyEngine(parse_policy(policy, kind="toml").policy))
-    svc.initialize()
-    acquirer.received.clear()
-    acquirer.answer = None
-    yield svc
-    acquirer.answer = None
-    svc.close()
+    with relay_vault(engine, hsm_provider, acquirer, policy) as svc:
+        yield svc
 
 
 SHAPES: dict[str, Any] = {

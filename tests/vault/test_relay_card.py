@@ -17,13 +17,11 @@ from sqlalchemy import Engine
 
 from audit.errors import AuditWriteFailed
 from hsm.provider import HSMProvider
-from policies.engine import PolicyEngine
-from policies.loader import parse_policy
 from tests.support.codes import shows_code
 from tests.support.fake_acquirer import FakeAcquirer
 from tests.support.policies import getnet_card_route
 from tests.support.softhsm import destroy_code_epochs
-from tests.vault.conftest import TEST_POLICY
+from tests.vault.conftest import TEST_POLICY, relay_vault
 from vault.card import SecurityCode
 from vault.errors import RelayBodyInvalid, TokenNotFound
 from vault.pan import Pan
@@ -58,15 +56,8 @@ expiry = "/card/expiry"
 expiry_format = "MMYY"
 """
     )
-    service = VaultService(
-        engine, rotation_provider, PolicyEngine(parse_policy(policy, kind="toml").policy)
-    )
-    service.initialize()
-    acquirer.received.clear()
-    acquirer.answer = None
-    yield service
-    acquirer.answer = None
-    service.close()
+    with relay_vault(engine, rotation_provider, acquirer, policy) as service:
+        yield service
     destroy_code_epochs(rotation_provider)
 
 
