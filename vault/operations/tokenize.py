@@ -75,8 +75,7 @@ _HELD: Final = (
 # Does the domain hold a convergent token of these fingerprints in this format? On the
 # driver's cursor (SQLAlchemy's expanding IN was ~0.3 ms a call, issue 21); the rows only
 # if it does. The format binds the middle column of `uq_tokens_domain_convergent`: without
-# it PostgreSQL walked every convergent entry of the domain (47 buffers a probe after
-# 3,000 tokens, growing with the store).
+# it PostgreSQL walked every convergent entry of the domain (a cost growing with the store).
 _ANY_CONVERGENT: Final = (
     "SELECT 1 FROM tokens WHERE domain = ? AND format = ? AND convergent"
     " AND fingerprint IN (?*) LIMIT 1"
