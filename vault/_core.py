@@ -62,7 +62,7 @@ from vault.relay import (
 from vault.security_codes import MAX_TTL as MAX_CODE_TTL
 from vault.security_codes import HeldCodes
 from vault.storage.database import as_utc, single_read
-from vault.storage.groupcommit import GroupCommitter
+from vault.storage.groupcommit import GroupCommitter, Merge
 from vault.storage.rawsql import fetch_records
 from vault.storage.schema import tokens
 
@@ -209,14 +209,15 @@ class VaultCore:
                 f"the token store is unavailable ({db_error_name(exc)})"
             ) from None
 
-    def _transaction(self, work: Callable[[Connection], T]) -> T:
+    def _transaction(self, work: Callable[[Connection], T], merge: Merge | None = None) -> T:
         """Run `work` in one transaction; retry on a unique-key race (another node took
-        the same token or converged first)."""
+        the same token or converged first). `merge`: how the group committer may run it
+        with others of its kind (`vault.storage.groupcommit.Merge`)."""
         for attempt in range(_TRANSACTION_ATTEMPTS):
             try:
                 with self._storage(retryable=True):
                     if self._committer is not None:
-                        return self._committer.run(work)
+                        return self._committer.run(work, merge)
                     with self._engine.begin() as connection:
                         return work(connection)
             except SQLIntegrityError:

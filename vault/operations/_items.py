@@ -7,7 +7,9 @@ IN PCI SCOPE: an item holds the card.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from policies.formats import (
     MIN_CANDIDATES,
@@ -17,7 +19,14 @@ from policies.formats import (
     may_converge,
 )
 from vault.card import CardBundle
-from vault.models import TokenizeRequest
+from vault.models import CallContext, TokenizeRequest, TokenRecord
+
+if TYPE_CHECKING:
+    from sqlalchemy import Row
+
+    from audit.log import AuditEvent
+    from policies.models import IdentityPolicy
+    from vault.operations.tokenize import TokenizeOperations
 
 
 def _guard_kind(spec: FormatSpec, request: TokenizeRequest) -> str | None:
@@ -47,3 +56,33 @@ class _Item:
     known_fps: list[bytes]
     guard: tuple[bytes, bytes] | None  # (oracle bucket, item) when the guard counts it
     guards_card: bool  # the guard's item is the card's fingerprint
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A single tokenize call's part in a merged commit group (`_run_merged`)."""
+
+    ctx: CallContext
+    rules: IdentityPolicy
+    domain: str
+    item: _Item
+
+
+@dataclass(slots=True)
+class _Answers:
+    """What the items have been answered so far, and the audit entries to write, each
+    with its item's index (the calls of a merged group each have their own)."""
+
+    ctxs: Sequence[CallContext]  # each item's caller
+    results: list[TokenRecord | None]
+    events: list[tuple[int, AuditEvent]] = field(default_factory=list)
+    same_as: dict[int, int] = field(default_factory=dict)  # item -> earlier item
+    first_with_key: dict[str, int] = field(default_factory=dict)
+    first_for: dict[tuple[str, bytes], int] = field(default_factory=dict)
+    stored: dict[int, Row[Any]] = field(default_factory=dict)  # item -> row it answers
+
+    def answer(self, service: TokenizeOperations, index: int, row: Row[Any], result: str) -> None:
+        self.results[index] = service._record(row, existing=True)
+        self.stored[index] = row
+        event = service._tokenize_event(self.ctxs[index], row.id, row.format, result)
+        self.events.append((index, event))

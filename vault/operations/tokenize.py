@@ -8,16 +8,16 @@ for convergent tokens and lookup.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import secrets
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Row, bindparam, select
+from sqlalchemy import Connection, Row
 
 from audit.log import AuditEvent, Outcome
 from cofre.redaction import name_holds_pan_like
@@ -44,9 +44,17 @@ from vault.keyring import KeyPurpose, pan_aad
 from vault.limits import oracle_bucket
 from vault.models import MAX_BATCH, CallContext, TokenizeRequest, TokenRecord
 from vault.operations._inputs import card_bundle, expiry, validate_metadata
-from vault.operations._items import _guard_kind, _Item
+from vault.operations._items import _Answers, _Call, _guard_kind, _Item
+from vault.operations._statements import (
+    _ANY_CONVERGENT,
+    _BY_IDEMPOTENCY,
+    _CONVERGENT,
+    _HELD,
+    _taken,
+)
 from vault.pan import Pan
 from vault.storage.database import as_utc
+from vault.storage.groupcommit import Merge
 from vault.storage.rawsql import fetch_all, insert_many
 from vault.storage.schema import tokens
 from vault.tokens import (
@@ -57,59 +65,6 @@ from vault.tokens import (
 )
 
 _CANDIDATE_CHUNK: Final = 64
-
-# On the driver's cursor (`vault.storage.rawsql`): every fresh token is checked.
-_TAKEN_SQL: Final = "SELECT token FROM tokens WHERE token IN (?*)"
-
-
-def _taken(connection: Connection, candidates: Sequence[str]) -> set[str]:
-    """Which of `candidates` (at most 500) the store holds already."""
-    rows = fetch_all(connection, _TAKEN_SQL, candidates, in_list=len(candidates))
-    return {token for (token,) in rows}
-
-
-_HELD: Final = (
-    select(tokens.c.id).where(tokens.c.fingerprint.in_(bindparam("fps", expanding=True))).limit(1)
-)
-
-# Does the domain hold a convergent token of these fingerprints in this format? On the
-# driver's cursor (SQLAlchemy's expanding IN was ~0.3 ms a call, issue 21); the rows only
-# if it does. The format binds the middle column of `uq_tokens_domain_convergent`: without
-# it PostgreSQL walked every convergent entry of the domain (a cost growing with the store).
-_ANY_CONVERGENT: Final = (
-    "SELECT 1 FROM tokens WHERE domain = ? AND format = ? AND convergent"
-    " AND fingerprint IN (?*) LIMIT 1"
-)
-_CONVERGENT: Final = select(tokens).where(
-    tokens.c.domain == bindparam("domain"),
-    tokens.c.format == bindparam("format"),
-    tokens.c.fingerprint.in_(bindparam("fps", expanding=True)),
-    tokens.c.convergent,
-)
-
-
-_BY_IDEMPOTENCY: Final = select(tokens).where(
-    tokens.c.domain == bindparam("domain"),
-    tokens.c.idempotency_key.in_(bindparam("keys", expanding=True)),
-)
-
-
-@dataclass(slots=True)
-class _Answers:
-    """What one tokenize call has answered so far, and the audit entries to write."""
-
-    ctx: CallContext
-    results: list[TokenRecord | None]
-    events: list[AuditEvent] = field(default_factory=list)
-    same_as: dict[int, int] = field(default_factory=dict)  # item -> earlier item
-    first_with_key: dict[str, int] = field(default_factory=dict)
-    first_for: dict[tuple[str, bytes], int] = field(default_factory=dict)
-    stored: dict[int, Row[Any]] = field(default_factory=dict)  # item -> row it answers
-
-    def answer(self, service: TokenizeOperations, index: int, row: Row[Any], result: str) -> None:
-        self.results[index] = service._record(row, existing=True)
-        self.stored[index] = row
-        self.events.append(service._tokenize_event(self.ctx, row.id, row.format, result))
 
 
 class TokenizeOperations(VaultCore):
@@ -253,10 +208,39 @@ class TokenizeOperations(VaultCore):
                     within(connection, stored)
                 return stored
 
-            answer = self._transaction(work)
+            merge = None
+            if not batch and within is None and requests[0].security_code is None:
+                call = _Call(ctx, rules, domain, items[0])
+                merge = Merge((action, ctx.identity, domain, id(rules)), self._run_merged, call)
+            answer = self._transaction(work, merge)
             if isinstance(answer, VaultError):
                 raise answer
             return answer
+
+    def _run_merged(
+        self, connection: Connection, parts: Sequence[tuple[contextvars.Context, _Call]]
+    ) -> list[list[TokenRecord]]:
+        """Single calls of one identity in one commit group as one batch: one guard read,
+        probe, check and insert for all, not a few each (issue 21). A batch answers its
+        items as calls one after another would be answered. Raises on anything that
+        would refuse or fail one, so that each runs alone (`groupcommit.Merge`)."""
+        calls = [call for _, call in parts]
+        ctx, rules, domain = calls[0].ctx, calls[0].rules, calls[0].domain
+        items = [call.item for call in calls]
+        now = self._clock()
+        self._charge(connection, ctx, rules, cost=len(items), deferrable=True)
+        guarded = [item.guard for item in items if item.guard is not None]
+        if guarded:
+            self._limits.watch(connection, ctx.identity, rules.oracle_guard, guarded, now)
+        conflict = self._key_conflict(connection, ctx, domain, items, batch=True)
+        if conflict is not None:
+            raise conflict  # answered alone: a conflict commits its charge
+        ctxs = [call.ctx for call in calls]
+        results, events = self._answer_items(connection, ctxs, domain, items, now, batch=True)
+        for index, (context, _) in enumerate(parts):  # in its context: its own trail
+            own = [event for item, event in events if item == index]
+            context.run(self._audit.append_many, connection, own)
+        return [[record] for record in results]
 
     def _key_conflict(
         self,
@@ -270,7 +254,7 @@ class TokenizeOperations(VaultCore):
         """The `IdempotencyConflict` (or its batch item error) the call would raise, or
         None; writes nothing."""
         by_key = self._rows_by_idempotency_key(connection, domain, items)
-        scratch = _Answers(ctx, [None] * len(items))
+        scratch = _Answers([ctx] * len(items), [None] * len(items))
         try:
             for index in range(len(items)):
                 self._answer_by_key(scratch, index, items, by_key, batch=batch)
@@ -307,10 +291,31 @@ class TokenizeOperations(VaultCore):
         *,
         batch: bool,
     ) -> list[TokenRecord]:
-        """Answer every item inside one transaction: an idempotent retry or a convergent
-        hit answers the stored token; everything else gets a new one. A handful of
-        statements for the whole call, not a few per item."""
-        answers = _Answers(ctx, [None] * len(items))
+        """Answer every item inside one transaction and audit it: an idempotent retry or
+        a convergent hit answers the stored token; everything else gets a new one. A
+        handful of statements for the whole call, not a few per item."""
+        results, events = self._answer_items(
+            connection, [ctx] * len(items), domain, items, now, batch=batch
+        )
+        codes = [(item.request.security_code, item.code_epoch) for item in items]
+        audited = [event for _, event in events]
+        audited += self._hold_codes(connection, ctx, codes, results, now)
+        self._audit.append_many(connection, audited)
+        return results
+
+    def _answer_items(
+        self,
+        connection: Connection,
+        ctxs: Sequence[CallContext],
+        domain: str,
+        items: Sequence[_Item],
+        now: datetime,
+        *,
+        batch: bool,
+    ) -> tuple[list[TokenRecord], list[tuple[int, AuditEvent]]]:
+        """`_store_tokens` but the audit: every item's record, and the entries to write,
+        each with its item's index."""
+        answers = _Answers(ctxs, [None] * len(items))
         by_key = self._rows_by_idempotency_key(connection, domain, items)
         held = self._convergent_rows(connection, domain, items)
         fresh: dict[int, str] = {}  # item index -> candidate token
@@ -327,7 +332,7 @@ class TokenizeOperations(VaultCore):
                 self._reseal(connection, stored, items[index].card)
         if fresh:
             self._settle_candidates(connection, fresh, items, domain)
-        indexed_rows = self._new_rows(connection, ctx, domain, items, fresh, now)
+        indexed_rows = self._new_rows(connection, ctxs[0], domain, items, fresh, now)
         if indexed_rows:
             insert_many(connection, tokens, [row for _, row in indexed_rows])
         for index, row in indexed_rows:
@@ -340,19 +345,15 @@ class TokenizeOperations(VaultCore):
                 metadata=json.loads(row["metadata"]),
                 existing=False,
             )
-            answers.events.append(self._tokenize_event(ctx, row["id"], row["format"], "new"))
+            event = self._tokenize_event(ctxs[index], row["id"], row["format"], "new")
+            answers.events.append((index, event))
         for index, source in answers.same_as.items():  # the same PAN or key earlier
             first = answers.results[source]
             assert first is not None  # noqa: S101 - every source was answered above
             answers.results[index] = dataclasses.replace(first, existing=True)
-            answers.events.append(
-                self._tokenize_event(ctx, first.token_id, first.format, "convergent")
-            )
-        results = [r for r in answers.results if r is not None]
-        codes = [(item.request.security_code, item.code_epoch) for item in items]
-        answers.events += self._hold_codes(connection, ctx, codes, results, now)
-        self._audit.append_many(connection, answers.events)
-        return results
+            event = self._tokenize_event(ctxs[index], first.token_id, first.format, "convergent")
+            answers.events.append((index, event))
+        return [r for r in answers.results if r is not None], answers.events
 
     @staticmethod
     def _rows_by_idempotency_key(
@@ -454,15 +455,14 @@ class TokenizeOperations(VaultCore):
                 answers.answer(self, index, found, "convergent")
                 return True
             self._shred(connection, found.id, now)
-            answers.events.append(
-                self._audit_event(
-                    answers.ctx,
-                    "purge",
-                    Outcome.SUCCESS,
-                    token_id=found.id,
-                    details={"reason": "expired, replaced by a new token"},
-                )
+            purge = self._audit_event(
+                answers.ctxs[index],
+                "purge",
+                Outcome.SUCCESS,
+                token_id=found.id,
+                details={"reason": "expired, replaced by a new token"},
             )
+            answers.events.append((index, purge))
             for fp in item.known_fps:
                 held.pop((token_format, fp), None)
         earlier = answers.first_for.setdefault((token_format, item.fingerprint), index)

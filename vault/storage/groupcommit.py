@@ -17,6 +17,12 @@ Work that locks a row every operation of the group shares (an identity's rate-li
 bucket) can likewise be left to the end of the unguarded run (`before_commit`): the row
 is then locked from just before the commit, not from the group's first operation, so a
 second worker's group waits for this one's COMMIT only, and the group charges it once.
+
+Operations of one kind may also run together (`Merge`): in the unguarded run, the
+operations of a group that share a merge key are handed to one function, which does in
+a few statements what each would do in several (single tokenize calls of one identity
+run as one batch). That function must answer each exactly what the operation would
+answer alone, or raise: then the group runs again guarded, each operation alone.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -64,20 +71,69 @@ def _deferred_steps(connection: Connection) -> Iterator[Callable[[], None]]:
         connection.info.pop(_BEFORE_COMMIT, None)
 
 
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """How an operation may run together with others of its kind (module docstring).
+    In a group's unguarded run, when two or more operations share `key`, the first's
+    `run` gets every one's context and `part` (in group order), runs in the first's
+    context, and returns their results in that order; it must raise rather than answer
+    any of them other than alone."""
+
+    key: Hashable
+    run: Callable[[Connection, Sequence[tuple[contextvars.Context, Any]]], Sequence[Any]]
+    part: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    work: Callable[[Connection], Any]  # runs in `context`
+    future: Future[Any]
+    context: contextvars.Context
+    merge: Merge | None
+
+
+def _run_group(connection: Connection, group: list[_Op]) -> list[Any]:
+    """Every operation's result, in order; those sharing a merge key run together, at
+    the place of the first of them."""
+    kinds: dict[Hashable, list[int]] = {}
+    for index, op in enumerate(group):
+        if op.merge is not None:
+            kinds.setdefault(op.merge.key, []).append(index)
+    results: list[Any] = [None] * len(group)
+    for index, op in enumerate(group):
+        members = kinds[op.merge.key] if op.merge is not None else [index]
+        if len(members) == 1:
+            results[index] = op.work(connection)
+        elif members[0] == index and op.merge is not None:
+            parts = [(group[m].context, _part(group[m])) for m in members]
+            # In a copy of the first's context: `run` enters each one's own (its audit
+            # trail), and a context cannot be entered twice.
+            answers = op.context.copy().run(op.merge.run, connection, parts)
+            for member, answer in zip(members, answers, strict=True):
+                results[member] = answer
+    return results
+
+
+def _part(op: _Op) -> Any:
+    assert op.merge is not None  # noqa: S101 - only members of a merge key get here
+    return op.merge.part
+
+
 class GroupCommitter:
     """One writer thread that commits waiting operations together."""
 
     def __init__(self, engine: Engine, *, max_group: int = MAX_GROUP) -> None:
         self._engine = engine
         self._max_group = max_group
-        self._queue: list[tuple[Callable[[Connection], Any], Future[Any]]] = []
+        self._queue: list[_Op] = []
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="cofre-group-commit", daemon=True)
         self._thread.start()
 
-    def run(self, work: Callable[[Connection], T]) -> T:
+    def run(self, work: Callable[[Connection], T], merge: Merge | None = None) -> T:
         """Run `work(connection)` in the next group; return its result once committed.
+        With `merge`, it may instead run together with others of its kind (`Merge`).
 
         Raises what `work` raised (its savepoint rolled back), or the database error of
         a failed commit.
@@ -93,7 +149,7 @@ class GroupCommitter:
         with self._cond:
             if self._stopped:
                 raise RuntimeError("the group committer is stopped")
-            self._queue.append((in_context, future))
+            self._queue.append(_Op(in_context, future, context, merge))
             self._cond.notify()
         return future.result()
 
@@ -115,20 +171,18 @@ class GroupCommitter:
             try:
                 self._commit(group)
             except BaseException as exc:  # noqa: BLE001 - the writer thread must live on
-                for _, future in group:
-                    if not future.done():
-                        future.set_exception(exc)
+                for op in group:
+                    if not op.future.done():
+                        op.future.set_exception(exc)
 
-    def _commit(self, group: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
+    def _commit(self, group: list[_Op]) -> None:
         # A group of one runs unguarded too, so that its deferred steps (`before_commit`)
         # lock their rows as late; if it fails it runs again, as a larger group would.
         if self._commit_unguarded(group):
             return
         self._commit_each_guarded(group)
 
-    def _commit_unguarded(
-        self, group: list[tuple[Callable[[Connection], Any], Future[Any]]]
-    ) -> bool:
+    def _commit_unguarded(self, group: list[_Op]) -> bool:
         """The common case, where no operation fails: run them all with no savepoints
         (two statements fewer each) and commit. If one raises, roll everything back and
         return False, so the group runs again with a savepoint each; nothing was
@@ -154,7 +208,7 @@ class GroupCommitter:
                     deferred_appends(connection) as flush_audit,
                     _deferred_steps(connection) as run_steps,
                 ):
-                    results = [work(connection) for work, _ in group]
+                    results = _run_group(connection, group)
                     flush_audit()
                     run_steps()
             except BaseException:  # noqa: BLE001 - the guarded path finds whose it was
@@ -164,22 +218,21 @@ class GroupCommitter:
             try:
                 transaction.commit()
             except BaseException as exc:  # noqa: BLE001 - the commit failed: everyone fails
-                for _, future in group:
-                    future.set_exception(exc)
+                for op in group:
+                    op.future.set_exception(exc)
                 return True
         release_notes(held)
-        for (_, future), result in zip(group, results, strict=True):
-            future.set_result(result)
+        for op, result in zip(group, results, strict=True):
+            op.future.set_result(result)
         return True
 
-    def _commit_each_guarded(
-        self, group: list[tuple[Callable[[Connection], Any], Future[Any]]]
-    ) -> None:
+    def _commit_each_guarded(self, group: list[_Op]) -> None:
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         held: HeldNotes = []
         try:
             with self._engine.begin() as connection, notes_on_commit(connection, held):
-                for work, future in group:
+                for op in group:
+                    work, future = op.work, op.future
                     if len(group) == 1:
                         # Alone: no savepoint needed, the transaction is the operation's.
                         outcomes.append((future, work(connection), None))
@@ -196,9 +249,9 @@ class GroupCommitter:
                         savepoint.commit()
                         outcomes.append((future, result, None))
         except BaseException as exc:  # noqa: BLE001 - the commit failed: everyone fails
-            for _, future in group:
-                if not future.done():
-                    future.set_exception(exc)
+            for op in group:
+                if not op.future.done():
+                    op.future.set_exception(exc)
             return
         release_notes(held)
         for future, result, error in outcomes:

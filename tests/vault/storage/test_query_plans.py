@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Connection, Engine
 
 from vault.limits import _CHARGE_SQL, _SEEN_SQL, _TAT_SQL
-from vault.operations.tokenize import _ANY_CONVERGENT, _TAKEN_SQL
+from vault.operations._statements import _ANY_CONVERGENT, _TAKEN_SQL
 from vault.storage.database import create_database_engine, migrate
 from vault.storage.rawsql import fetch_all
 

@@ -1,0 +1,140 @@
+"""Issue 21: single tokenize calls of one identity that meet in a commit group run as
+one batch (`TokenizeOperations._run_merged`), one insert for all of them. Each call
+must get what it would alone, the calls one after another, and its own audit entry in
+its own trail; a call that would conflict makes the group run each call alone."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine
+
+from audit.log import request_trail
+from tests.vault.conftest import GETNET, PAYMENTS
+from vault.errors import IdempotencyConflict
+from vault.models import CallContext, TokenRecord
+from vault.pan import Pan
+from vault.service import TokenizeRequest, VaultService
+from vault.storage.rawsql import insert_many
+
+CARD_A, CARD_B, CARD_C = Pan("4111111111111111"), Pan("5555555555554444"), Pan("4012888888881881")
+STORED = Pan("4000056655665556")
+
+
+def _one_group(
+    service: VaultService, calls: Sequence[tuple[str, TokenizeRequest]]
+) -> list[Future[tuple[TokenRecord, list[int]]]]:
+    """Each call (request id, request) from a caller of its own, in this order, while
+    the group committer is held, so that they form its next group together."""
+    committer = service._committer
+    assert committer is not None
+    held, release = threading.Event(), threading.Event()
+
+    def hold(_c: Connection) -> None:
+        held.set()
+        release.wait(10)
+
+    def call(request_id: str, request: TokenizeRequest) -> tuple[TokenRecord, list[int]]:
+        with request_trail() as trail:
+            return service.tokenize(CallContext(PAYMENTS.identity, request_id), request), trail
+
+    holder = ThreadPoolExecutor(1)
+    first = holder.submit(committer.run, hold)
+    assert held.wait(10)
+    futures = []
+    for count, (request_id, request) in enumerate(calls, start=1):
+        caller = ThreadPoolExecutor(1)
+        futures.append(caller.submit(call, request_id, request))
+        caller.shutdown(wait=False)
+        while len(committer._queue) < count:
+            threading.Event().wait(0.005)
+    release.set()
+    first.result(10)
+    holder.shutdown(wait=True)
+    return futures
+
+
+def _entries(engine: Engine, ids: list[int]) -> list[dict[str, Any]]:
+    with engine.connect() as c:
+        rows = c.execute(
+            sa.text("SELECT payload FROM audit_entries WHERE id IN :ids").bindparams(
+                sa.bindparam("ids", expanding=True)
+            ),
+            {"ids": ids},
+        )
+        return [json.loads(payload) for (payload,) in rows]
+
+
+def _count_inserts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of each token insert."""
+    inserts: list[int] = []
+    real = insert_many
+
+    def counted(connection: Connection, table: sa.Table, rows: Sequence[Any]) -> None:
+        inserts.append(len(rows))
+        real(connection, table, rows)
+
+    monkeypatch.setattr("vault.operations.tokenize.insert_many", counted)
+    return inserts
+
+
+def test_calls_in_one_group_share_one_insert_and_get_what_each_would_alone(
+    service: VaultService, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = service.tokenize(PAYMENTS, TokenizeRequest(STORED, "pan_bin6_last4"))
+    inserts = _count_inserts(monkeypatch)
+    calls = [
+        ("r1", TokenizeRequest(CARD_A, "pan_bin6_last4")),
+        ("r2", TokenizeRequest(CARD_B, "pan_bin6_last4")),
+        ("r3", TokenizeRequest(CARD_A, "pan_bin6_last4")),  # as r1's, once r1 stored it
+        ("r4", TokenizeRequest(STORED, "pan_bin6_last4")),  # converges on the stored one
+        ("r5", TokenizeRequest(CARD_A, "card_random")),  # random: a token of its own
+    ]
+    answers = [f.result(30) for f in _one_group(service, calls)]
+    assert inserts == [3]  # r1, r2 and r5, in one insert
+    records = [record for record, _ in answers]
+    assert [r.existing for r in records] == [False, False, True, True, False]
+    assert records[2].token == records[0].token
+    assert records[2].token_id == records[0].token_id
+    assert records[3].token == stored.token
+    assert len({records[0].token, records[1].token, records[4].token, stored.token}) == 4
+    results = ["new", "new", "convergent", "convergent", "new"]
+    for (request_id, _), (record, trail), result in zip(calls, answers, results, strict=True):
+        assert len(trail) == 1  # its own entry, in its own trail
+        (entry,) = _entries(engine, trail)
+        assert entry["request_id"] == request_id
+        assert entry["action"] == "tokenize"
+        assert entry["token_id"] == record.token_id
+        assert entry["details"]["result"] == result
+    for (_, request), record in zip(calls, records, strict=True):  # each its own card
+        revealed = service.detokenize(GETNET, record.token)
+        assert revealed.pan == request.pan
+
+
+def test_a_conflict_in_a_group_answers_each_call_as_alone(
+    service: VaultService, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inserts = _count_inserts(monkeypatch)
+    calls = [
+        ("r1", TokenizeRequest(CARD_A, "card_random", idempotency_key="k")),
+        ("r2", TokenizeRequest(CARD_B, "card_random", idempotency_key="k")),  # another card
+        ("r3", TokenizeRequest(CARD_C, "card_random")),
+    ]
+    futures = _one_group(service, calls)
+    first, _ = futures[0].result(30)
+    with pytest.raises(IdempotencyConflict):
+        futures[1].result(30)
+    third, trail = futures[2].result(30)
+    assert inserts == [1, 1]  # the group ran again, each call alone: r1, then r3
+    assert not first.existing
+    assert not third.existing
+    (entry,) = _entries(engine, trail)
+    assert entry["request_id"] == "r3"
+    again = service.tokenize(PAYMENTS, TokenizeRequest(CARD_A, "card_random", idempotency_key="k"))
+    assert again.token == first.token
