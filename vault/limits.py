@@ -77,10 +77,14 @@ _WATCH_INTO: Final = 'oracle_watch (identity, bucket, "window", item)'
 # PostgreSQL only (SQLite has no INSERT in a WITH): `_SEEN_SQL` and the insert at once,
 # the buckets and the items sent as binary arrays (`%b`): psycopg parsed a VALUES list of
 # 4,000 placeholders and dumped each value in Python, ~20 ms of the committer's CPU for a
-# batch of 1,000 cards (issue 21).
+# batch of 1,000 cards (issue 21). The read is one primary-key search per bucket, as a
+# LATERAL subquery: as `bucket = ANY(...)` of several buckets it was a Filter on every
+# row of the identity's window whenever the table had grown much since its statistics
+# (`vault.operations._statements._TAKEN_PG` says more).
 _SEEN_THEN_WATCH_SQL: Final = (
-    'WITH seen AS (SELECT bucket, item FROM oracle_watch WHERE identity = %s AND "window" = %s'
-    " AND bucket = ANY(%b::bytea[])),"
+    "WITH seen AS (SELECT sent.bucket, held.item FROM unnest(%b::bytea[]) AS sent(bucket)"
+    " CROSS JOIN LATERAL (SELECT item FROM oracle_watch WHERE identity = %s"
+    ' AND "window" = %s AND bucket = sent.bucket OFFSET 0) AS held),'
     ' watched AS (INSERT INTO oracle_watch (identity, bucket, "window", item) SELECT %s, b, %s, i'
     " FROM unnest(%b::bytea[], %b::bytea[]) AS sent(b, i) ON CONFLICT DO NOTHING)"
     " SELECT * FROM seen"
@@ -326,9 +330,9 @@ class Limits:
                 sent = [(b, item) for b in chunk for item in wanted[b]]
                 sql, in_list = _SEEN_THEN_WATCH_SQL, 0
                 params = [
+                    chunk,
                     identity,
                     window,
-                    chunk,
                     identity,
                     window,
                     [b for b, _ in sent],

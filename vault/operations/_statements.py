@@ -15,10 +15,24 @@ from vault.storage.schema import tokens
 # On the driver's cursor (`vault.storage.rawsql`): every fresh token is checked.
 _TAKEN_SQL: Final = "SELECT token FROM tokens WHERE token IN (?*)"
 
+# PostgreSQL: one index search per value sent, as a LATERAL subquery it cannot fold
+# into a scan. Sent as an IN list of several values, the value was a Filter on a walk of
+# the index's earlier columns whenever the table had grown much since its statistics
+# (a new vault's first minutes: every convergent entry of the domain read per call;
+# issue 21, once a commit group's calls shared these statements). One value was always
+# a search key, which is why single calls never showed it.
+_TAKEN_PG: Final = (
+    "SELECT sent.token FROM unnest(%b::text[]) AS sent(token)"
+    " CROSS JOIN LATERAL (SELECT 1 FROM tokens WHERE token = sent.token LIMIT 1) AS held"
+)
+
 
 def _taken(connection: Connection, candidates: Sequence[str]) -> set[str]:
     """Which of `candidates` (at most 500) the store holds already."""
-    rows = fetch_all(connection, _TAKEN_SQL, candidates, in_list=len(candidates))
+    if connection.dialect.name == "postgresql":
+        rows = fetch_all(connection, _TAKEN_PG, [list(candidates)])
+    else:
+        rows = fetch_all(connection, _TAKEN_SQL, candidates, in_list=len(candidates))
     return {token for (token,) in rows}
 
 
@@ -26,14 +40,34 @@ _HELD: Final = (
     select(tokens.c.id).where(tokens.c.fingerprint.in_(bindparam("fps", expanding=True))).limit(1)
 )
 
-# Does the domain hold a convergent token of these fingerprints in this format? On the
-# driver's cursor (SQLAlchemy's expanding IN was ~0.3 ms a call, issue 21); the rows only
-# if it does. The format binds the middle column of `uq_tokens_domain_convergent`: without
-# it PostgreSQL walked every convergent entry of the domain (a cost growing with the store).
+# Which of these fingerprints does the domain hold a convergent token of, in this format?
+# On the driver's cursor (SQLAlchemy's expanding IN was ~0.3 ms a call, issue 21); the
+# rows are read for those only. The format binds the middle column of
+# `uq_tokens_domain_convergent`: without it PostgreSQL walked every convergent entry of
+# the domain (a cost growing with the store). PostgreSQL: see `_TAKEN_PG`.
 _ANY_CONVERGENT: Final = (
-    "SELECT 1 FROM tokens WHERE domain = ? AND format = ? AND convergent"
-    " AND fingerprint IN (?*) LIMIT 1"
+    "SELECT DISTINCT fingerprint FROM tokens WHERE domain = ? AND format = ? AND convergent"
+    " AND fingerprint IN (?*)"
 )
+_ANY_CONVERGENT_PG: Final = (
+    "SELECT sent.fp FROM unnest(%b::bytea[]) AS sent(fp) CROSS JOIN LATERAL (SELECT 1"
+    " FROM tokens WHERE domain = %s AND format = %s AND convergent AND fingerprint = sent.fp"
+    " LIMIT 1) AS held"
+)
+
+
+def _held_fingerprints(
+    connection: Connection, domain: str, token_format: str, fps: Sequence[bytes]
+) -> list[bytes]:
+    """Which of `fps` (at most 500) have a convergent token in `domain` and `token_format`."""
+    if connection.dialect.name == "postgresql":
+        rows = fetch_all(connection, _ANY_CONVERGENT_PG, [list(fps), domain, token_format])
+    else:
+        probe = [domain, token_format, *fps]
+        rows = fetch_all(connection, _ANY_CONVERGENT, probe, in_list=len(fps))
+    return [bytes(fp) for (fp,) in rows]
+
+
 _CONVERGENT: Final = select(tokens).where(
     tokens.c.domain == bindparam("domain"),
     tokens.c.format == bindparam("format"),

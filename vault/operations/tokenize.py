@@ -46,16 +46,16 @@ from vault.models import MAX_BATCH, CallContext, TokenizeRequest, TokenRecord
 from vault.operations._inputs import card_bundle, expiry, validate_metadata
 from vault.operations._items import _Answers, _Call, _guard_kind, _Item
 from vault.operations._statements import (
-    _ANY_CONVERGENT,
     _BY_IDEMPOTENCY,
     _CONVERGENT,
     _HELD,
+    _held_fingerprints,
     _taken,
 )
 from vault.pan import Pan
 from vault.storage.database import as_utc
 from vault.storage.groupcommit import Merge
-from vault.storage.rawsql import fetch_all, insert_many
+from vault.storage.rawsql import insert_many
 from vault.storage.schema import tokens
 from vault.tokens import (
     FpeTokenizer,
@@ -383,10 +383,10 @@ class TokenizeOperations(VaultCore):
             wanted = sorted(fps)
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]
-                probe = [domain, token_format, *chunk]
-                if not fetch_all(connection, _ANY_CONVERGENT, probe, in_list=len(chunk)):
+                found = _held_fingerprints(connection, domain, token_format, chunk)
+                if not found:
                     continue
-                where = {"domain": domain, "format": token_format, "fps": chunk}
+                where = {"domain": domain, "format": token_format, "fps": found}
                 for row in connection.execute(_CONVERGENT, where):
                     held[(row.format, bytes(row.fingerprint))] = row
         return held

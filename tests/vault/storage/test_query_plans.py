@@ -13,8 +13,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Connection, Engine
 
-from vault.limits import _CHARGE_SQL, _SEEN_SQL, _TAT_SQL
-from vault.operations._statements import _ANY_CONVERGENT, _TAKEN_SQL
+from vault.limits import _CHARGE_SQL, _SEEN_SQL, _SEEN_THEN_WATCH_SQL, _TAT_SQL
+from vault.operations._statements import (
+    _ANY_CONVERGENT,
+    _ANY_CONVERGENT_PG,
+    _TAKEN_PG,
+    _TAKEN_SQL,
+)
 from vault.storage.database import create_database_engine, migrate
 from vault.storage.rawsql import fetch_all
 
@@ -50,7 +55,10 @@ def _assert_indexed(plan: str, table: str) -> None:
 def test_the_free_token_check_searches_the_token_index(engine: Engine, candidates: int) -> None:
     tokens = [f"token-{i}" for i in range(candidates)]
     with engine.begin() as connection:
-        plan = _plan(connection, _TAKEN_SQL, list(tokens), candidates)
+        if connection.dialect.name == "postgresql":
+            plan = _plan(connection, _TAKEN_PG, [tokens], 0)
+        else:
+            plan = _plan(connection, _TAKEN_SQL, list(tokens), candidates)
     _assert_indexed(plan, "tokens")
 
 
@@ -58,10 +66,14 @@ def test_the_free_token_check_searches_the_token_index(engine: Engine, candidate
 def test_the_oracle_guard_reads_its_buckets_through_the_primary_key(
     engine: Engine, buckets: int
 ) -> None:
-    params: list[object] = ["spiffe://cofre/payments", 20_000]
-    params += [bytes([i % 256, i // 256]) * 8 for i in range(buckets)]
+    identity = "spiffe://cofre/payments"
+    sent = [bytes([i % 256, i // 256]) * 8 for i in range(buckets)]
     with engine.begin() as connection:
-        plan = _plan(connection, _SEEN_SQL, params, buckets)
+        if connection.dialect.name == "postgresql":
+            params: list[object] = [sent, identity, 20_000, identity, 20_000, sent, sent]
+            plan = _plan(connection, _SEEN_THEN_WATCH_SQL, params, 0)
+        else:
+            plan = _plan(connection, _SEEN_SQL, [identity, 20_000, *sent], buckets)
     _assert_indexed(plan, "oracle_watch")
 
 
@@ -69,11 +81,14 @@ def test_the_oracle_guard_reads_its_buckets_through_the_primary_key(
 def test_the_convergence_probe_searches_the_fingerprint_index(
     engine: Engine, fingerprints: int
 ) -> None:
-    params: list[object] = ["payments", "pan_bin6_last4"] + [
-        bytes([i % 256, i // 256]) * 16 for i in range(fingerprints)
-    ]
+    fps = [bytes([i % 256, i // 256]) * 16 for i in range(fingerprints)]
     with engine.begin() as connection:
-        plan = _plan(connection, _ANY_CONVERGENT, params, fingerprints)
+        if connection.dialect.name == "postgresql":
+            plan = _plan(connection, _ANY_CONVERGENT_PG, [fps, "payments", "pan_bin6_last4"], 0)
+        else:
+            plan = _plan(
+                connection, _ANY_CONVERGENT, ["payments", "pan_bin6_last4", *fps], len(fps)
+            )
     _assert_indexed(plan, "tokens")
     # Every column of the unique convergent index is a search key, not a walk past
     # its earlier columns (the probe once left the format out: every convergent entry
@@ -128,3 +143,54 @@ def test_a_prepared_statement_keeps_searching_by_its_values(pg_database: str) ->
         engine.dispose()
     assert all("$" not in plan for plan in plans), plans[-1]  # no generic plan
     assert "bucket = ANY" in plans[-1].split("Index Cond:")[-1], plans[-1]
+
+
+def test_several_values_are_searched_one_by_one_on_a_grown_table(pg_database: str) -> None:
+    """A commit group's calls share these statements, so they carry several values at
+    once. PostgreSQL then once made the values a Filter on a walk of the index's earlier
+    columns whenever the table had grown since its statistics (a new vault's first
+    minutes): every row of the identity's window, every convergent entry of the domain,
+    was read per call (issue 21). Here the tables are analyzed empty and then grown, with
+    sequential scans allowed: each value must still be an index search of its own."""
+    engine = create_database_engine(pg_database)  # the planner's statistics: PostgreSQL's
+    identity, window = "spiffe://cofre/payments", 20_000
+    try:
+        migrate(engine)
+        with engine.begin() as connection:
+            connection.exec_driver_sql("ANALYZE tokens")
+            connection.exec_driver_sql("ANALYZE oracle_watch")
+            connection.exec_driver_sql(
+                'INSERT INTO oracle_watch (identity, bucket, "window", item)'
+                " SELECT %(identity)s, sha224(int4send(i))::bytea, %(window)s,"
+                " sha256(int4send(i)) FROM generate_series(1, 3000) AS i",
+                {"identity": identity, "window": window},
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO tokens (id, token, format, convergent, fingerprint, fp_version,"
+                " key_version, nonce, ciphertext, metadata, owner, domain, created_at)"
+                " SELECT i::text, 't' || i, 'pan_bin6_last4', true, sha256(int4send(i)), 1, 1,"
+                " 'n', 'c', '{}', %(identity)s, %(identity)s, now()"
+                " FROM generate_series(1, 3000) AS i",
+                {"identity": identity},
+            )
+            sent = [bytes([i]) * 16 for i in range(7)]
+            fps = [bytes([i]) * 32 for i in range(7)]
+            statements: list[tuple[str, list[object]]] = [
+                (_SEEN_THEN_WATCH_SQL, [sent, identity, window, identity, window, sent, sent]),
+                (_ANY_CONVERGENT_PG, [fps, identity, "pan_bin6_last4"]),
+                (_TAKEN_PG, [[f"x{i}" for i in range(7)]]),
+            ]
+            plans = [
+                "\n".join(
+                    str(row[0])
+                    for row in fetch_all(connection, "EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
+                )
+                for sql, params in statements
+            ]
+            connection.rollback()  # the watch's insert too
+    finally:
+        engine.dispose()
+    for plan in plans:
+        assert "Seq Scan on" not in plan, plan
+        assert "Rows Removed by Filter" not in plan, plan
+        assert "loops=7" in plan, plan  # one search per value sent
