@@ -138,3 +138,37 @@ def test_a_conflict_in_a_group_answers_each_call_as_alone(
     assert entry["request_id"] == "r3"
     again = service.tokenize(PAYMENTS, TokenizeRequest(CARD_A, "card_random", idempotency_key="k"))
     assert again.token == first.token
+
+
+def test_a_key_sent_twice_in_a_group_is_audited_as_idempotent(
+    service: VaultService, engine: Engine
+) -> None:
+    calls = [
+        ("r1", TokenizeRequest(CARD_A, "card_random", idempotency_key="again")),
+        ("r2", TokenizeRequest(CARD_A, "card_random", idempotency_key="again")),
+    ]
+    (first, first_trail), (second, second_trail) = [
+        f.result(30) for f in _one_group(service, calls)
+    ]
+    assert second.token == first.token
+    assert second.existing
+    results = [
+        _entries(engine, trail)[0]["details"]["result"] for trail in (first_trail, second_trail)
+    ]
+    assert results == ["new", "idempotent"]  # what the second call alone would say
+
+
+def test_calls_with_card_details_run_one_after_another(
+    service: VaultService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reissued card's new expiry replaces the stored one; two such calls in a group
+    are not a batch (which keeps the first's), so the later call's expiry is kept."""
+    inserts = _count_inserts(monkeypatch)
+    calls = [
+        ("r1", TokenizeRequest(CARD_A, "pan_bin6_last4", expiry="03/29")),
+        ("r2", TokenizeRequest(CARD_A, "pan_bin6_last4", expiry="04/31")),
+    ]
+    (first, _), (second, _) = [f.result(30) for f in _one_group(service, calls)]
+    assert inserts == [1]
+    assert second.token == first.token
+    assert service.detokenize(GETNET, first.token).expiry == "2031-04"

@@ -76,7 +76,7 @@ class _Answers:
     ctxs: Sequence[CallContext]  # each item's caller
     results: list[TokenRecord | None]
     events: list[tuple[int, AuditEvent]] = field(default_factory=list)
-    same_as: dict[int, int] = field(default_factory=dict)  # item -> earlier item
+    same_as: dict[int, tuple[int, str]] = field(default_factory=dict)  # -> (earlier, result)
     first_with_key: dict[str, int] = field(default_factory=dict)
     first_for: dict[tuple[str, bytes], int] = field(default_factory=dict)
     stored: dict[int, Row[Any]] = field(default_factory=dict)  # item -> row it answers

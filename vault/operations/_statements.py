@@ -5,10 +5,11 @@ module stays readable in one sitting. They read tokens only, never a PAN in clea
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, Row, bindparam, select
 
+from vault.operations._items import _Item
 from vault.storage.rawsql import fetch_all
 from vault.storage.schema import tokens
 
@@ -80,3 +81,16 @@ _BY_IDEMPOTENCY: Final = select(tokens).where(
     tokens.c.domain == bindparam("domain"),
     tokens.c.idempotency_key.in_(bindparam("keys", expanding=True)),
 )
+
+
+def _rows_by_idempotency_key(
+    connection: Connection, domain: str, items: Sequence[_Item]
+) -> dict[str, Row[Any]]:
+    # The key is the domain's, whoever in the domain sent it.
+    keys = [i.request.idempotency_key for i in items if i.request.idempotency_key]
+    if not keys:
+        return {}
+    return {
+        row.idempotency_key: row
+        for row in connection.execute(_BY_IDEMPOTENCY, {"domain": domain, "keys": keys})
+    }

@@ -46,10 +46,10 @@ from vault.models import MAX_BATCH, CallContext, TokenizeRequest, TokenRecord
 from vault.operations._inputs import card_bundle, expiry, validate_metadata
 from vault.operations._items import _Answers, _Call, _guard_kind, _Item
 from vault.operations._statements import (
-    _BY_IDEMPOTENCY,
     _CONVERGENT,
     _HELD,
     _held_fingerprints,
+    _rows_by_idempotency_key,
     _taken,
 )
 from vault.pan import Pan
@@ -209,7 +209,10 @@ class TokenizeOperations(VaultCore):
                 return stored
 
             merge = None
-            if not batch and within is None and requests[0].security_code is None:
+            # Not with a security code or card details: a later call's replace an earlier
+            # one's in the store, which a batch of the two does not do.
+            plain = requests[0].security_code is None and not items[0].card.has_details
+            if not batch and within is None and plain:
                 call = _Call(ctx, rules, domain, items[0])
                 merge = Merge((action, ctx.identity, domain, id(rules)), self._run_merged, call)
             answer = self._transaction(work, merge)
@@ -221,9 +224,8 @@ class TokenizeOperations(VaultCore):
         self, connection: Connection, parts: Sequence[tuple[contextvars.Context, _Call]]
     ) -> list[list[TokenRecord]]:
         """Single calls of one identity in one commit group as one batch: one guard read,
-        probe, check and insert for all, not a few each (issue 21). A batch answers its
-        items as calls one after another would be answered. Raises on anything that
-        would refuse or fail one, so that each runs alone (`groupcommit.Merge`)."""
+        probe, check and insert for all (issue 21), answered as calls one after another.
+        Raises on anything that would refuse or fail one: each then runs alone."""
         calls = [call for _, call in parts]
         ctx, rules, domain = calls[0].ctx, calls[0].rules, calls[0].domain
         items = [call.item for call in calls]
@@ -253,7 +255,7 @@ class TokenizeOperations(VaultCore):
     ) -> VaultError | None:
         """The `IdempotencyConflict` (or its batch item error) the call would raise, or
         None; writes nothing."""
-        by_key = self._rows_by_idempotency_key(connection, domain, items)
+        by_key = _rows_by_idempotency_key(connection, domain, items)
         scratch = _Answers([ctx] * len(items), [None] * len(items))
         try:
             for index in range(len(items)):
@@ -316,7 +318,7 @@ class TokenizeOperations(VaultCore):
         """`_store_tokens` but the audit: every item's record, and the entries to write,
         each with its item's index."""
         answers = _Answers(ctxs, [None] * len(items))
-        by_key = self._rows_by_idempotency_key(connection, domain, items)
+        by_key = _rows_by_idempotency_key(connection, domain, items)
         held = self._convergent_rows(connection, domain, items)
         fresh: dict[int, str] = {}  # item index -> candidate token
         for index, item in enumerate(items):
@@ -347,26 +349,13 @@ class TokenizeOperations(VaultCore):
             )
             event = self._tokenize_event(ctxs[index], row["id"], row["format"], "new")
             answers.events.append((index, event))
-        for index, source in answers.same_as.items():  # the same PAN or key earlier
+        for index, (source, result) in answers.same_as.items():  # the same PAN or key
             first = answers.results[source]
             assert first is not None  # noqa: S101 - every source was answered above
             answers.results[index] = dataclasses.replace(first, existing=True)
-            event = self._tokenize_event(ctxs[index], first.token_id, first.format, "convergent")
+            event = self._tokenize_event(ctxs[index], first.token_id, first.format, result)
             answers.events.append((index, event))
         return [r for r in answers.results if r is not None], answers.events
-
-    @staticmethod
-    def _rows_by_idempotency_key(
-        connection: Connection, domain: str, items: Sequence[_Item]
-    ) -> dict[str, Row[Any]]:
-        # The key is the domain's, whoever in the domain sent it.
-        keys = [i.request.idempotency_key for i in items if i.request.idempotency_key]
-        if not keys:
-            return {}
-        return {
-            row.idempotency_key: row
-            for row in connection.execute(_BY_IDEMPOTENCY, {"domain": domain, "keys": keys})
-        }
 
     @staticmethod
     def _convergent_rows(
@@ -428,7 +417,7 @@ class TokenizeOperations(VaultCore):
         if previous is not None:
             answers.answer(self, index, previous, "idempotent")
         else:
-            answers.same_as[index] = earlier
+            answers.same_as[index] = (earlier, "idempotent")
         return True
 
     def _answer_convergent(
@@ -467,7 +456,7 @@ class TokenizeOperations(VaultCore):
                 held.pop((token_format, fp), None)
         earlier = answers.first_for.setdefault((token_format, item.fingerprint), index)
         if earlier != index:
-            answers.same_as[index] = earlier
+            answers.same_as[index] = (earlier, "convergent")
             return True
         return False
 
