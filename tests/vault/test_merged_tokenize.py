@@ -6,9 +6,8 @@ its own trail; a call that would conflict makes the group run each call alone.""
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from audit.log import request_trail
+from tests.support.groups import in_one_group
 from tests.vault.conftest import GETNET, PAYMENTS
 from vault.errors import IdempotencyConflict
 from vault.models import CallContext, TokenRecord
@@ -30,34 +30,19 @@ STORED = Pan("4000056655665556")
 def _one_group(
     service: VaultService, calls: Sequence[tuple[str, TokenizeRequest]]
 ) -> list[Future[tuple[TokenRecord, list[int]]]]:
-    """Each call (request id, request) from a caller of its own, in this order, while
-    the group committer is held, so that they form its next group together."""
-    committer = service._committer
-    assert committer is not None
-    held, release = threading.Event(), threading.Event()
+    """Each call (request id, request) from a caller of its own, in this order, in one
+    commit group."""
+    assert service._committer is not None
 
-    def hold(_c: Connection) -> None:
-        held.set()
-        release.wait(10)
+    def caller(request_id: str, request: TokenizeRequest) -> Callable[[], Any]:
+        def call() -> tuple[TokenRecord, list[int]]:
+            with request_trail() as trail:
+                ctx = CallContext(PAYMENTS.identity, request_id)
+                return service.tokenize(ctx, request), trail
 
-    def call(request_id: str, request: TokenizeRequest) -> tuple[TokenRecord, list[int]]:
-        with request_trail() as trail:
-            return service.tokenize(CallContext(PAYMENTS.identity, request_id), request), trail
+        return call
 
-    holder = ThreadPoolExecutor(1)
-    first = holder.submit(committer.run, hold)
-    assert held.wait(10)
-    futures = []
-    for count, (request_id, request) in enumerate(calls, start=1):
-        caller = ThreadPoolExecutor(1)
-        futures.append(caller.submit(call, request_id, request))
-        caller.shutdown(wait=False)
-        while len(committer._queue) < count:
-            threading.Event().wait(0.005)
-    release.set()
-    first.result(10)
-    holder.shutdown(wait=True)
-    return futures
+    return in_one_group(service._committer, [caller(*call) for call in calls])
 
 
 def _entries(engine: Engine, ids: list[int]) -> list[dict[str, Any]]:

@@ -189,18 +189,7 @@ class TokenizeOperations(VaultCore):
 
             def work(connection: Connection) -> list[TokenRecord] | VaultError:
                 now = self._clock()
-                # Charged with the rest of its commit group just before the commit (the
-                # bucket's row locked for the commit only, issue 21); what follows is
-                # all undone if that charge is refused, and the early check above
-                # already refused a spent bucket before any HSM call.
-                self._charge(connection, ctx, rules, cost=len(items), deferrable=True)
-                guarded = [item.guard for item in items if item.guard is not None]
-                if guarded:
-                    self._limits.watch(connection, ctx.identity, rules.oracle_guard, guarded, now)
-                # A wrong guess sent with a known idempotency key is answered 409: that
-                # answer must cost its charge and its guard count like a right one, so
-                # the conflict commits them (and nothing else) instead of rolling back.
-                conflict = self._key_conflict(connection, ctx, domain, items, batch=batch)
+                conflict = self._charged(connection, ctx, rules, domain, items, now, batch=batch)
                 if conflict is not None:
                     return conflict
                 stored = self._store_tokens(connection, ctx, domain, items, now, batch=batch)
@@ -230,11 +219,7 @@ class TokenizeOperations(VaultCore):
         ctx, rules, domain = calls[0].ctx, calls[0].rules, calls[0].domain
         items = [call.item for call in calls]
         now = self._clock()
-        self._charge(connection, ctx, rules, cost=len(items), deferrable=True)
-        guarded = [item.guard for item in items if item.guard is not None]
-        if guarded:
-            self._limits.watch(connection, ctx.identity, rules.oracle_guard, guarded, now)
-        conflict = self._key_conflict(connection, ctx, domain, items, batch=True)
+        conflict = self._charged(connection, ctx, rules, domain, items, now, batch=True)
         if conflict is not None:
             raise conflict  # answered alone: a conflict commits its charge
         ctxs = [call.ctx for call in calls]
@@ -243,6 +228,32 @@ class TokenizeOperations(VaultCore):
             own = [event for item, event in events if item == index]
             context.run(self._audit.append_many, connection, own)
         return [[record] for record in results]
+
+    def _charged(  # noqa: PLR0917 - the call's parts, in the order `_tokenize` has them
+        self,
+        connection: Connection,
+        ctx: CallContext,
+        rules: IdentityPolicy,
+        domain: str,
+        items: Sequence[_Item],
+        now: datetime,
+        *,
+        batch: bool,
+    ) -> VaultError | None:
+        """Charge the call's items to its rate limit and oracle guard; the idempotency
+        conflict it would be answered (`_key_conflict`), or None."""
+        # Charged with the rest of its commit group just before the commit (the bucket's
+        # row locked for the commit only, issue 21); what follows is all undone if that
+        # charge is refused, and the early check already refused a spent bucket before
+        # any HSM call.
+        self._charge(connection, ctx, rules, cost=len(items), deferrable=True)
+        guarded = [item.guard for item in items if item.guard is not None]
+        if guarded:
+            self._limits.watch(connection, ctx.identity, rules.oracle_guard, guarded, now)
+        # A wrong guess sent with a known idempotency key is answered 409: that answer
+        # must cost its charge and its guard count like a right one, so the conflict
+        # commits them (and nothing else) instead of rolling back.
+        return self._key_conflict(connection, ctx, domain, items, batch=batch)
 
     def _key_conflict(
         self,

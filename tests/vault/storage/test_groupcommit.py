@@ -3,6 +3,7 @@ back alone, nothing is answered before its commit, and a failed commit fails eve
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -17,8 +18,9 @@ from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 import audit._rows
 from audit.errors import AuditWriteFailed
 from audit.log import AuditEvent, AuditLog, Outcome, request_trail
+from tests.support.groups import in_one_group
 from vault.storage.database import create_database_engine, migrate
-from vault.storage.groupcommit import GroupCommitter
+from vault.storage.groupcommit import GroupCommitter, Merge
 
 
 @pytest.fixture
@@ -397,3 +399,87 @@ def test_an_operation_rolled_back_to_its_savepoint_leaves_no_entry_in_its_trail(
         [],
         ["op-2", "op-2"],
     ]
+
+
+# Operations of one kind run together in a commit group (`groupcommit.Merge`, issue
+# 21): their merge function runs once for all of them, in group order, and each gets its
+# own answer; a lone one runs its own work; a merge that raises makes every operation run
+# alone, as it would have without one.
+
+_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="committer")
+
+
+class Inserts:
+    """A merge kind: each part is an item to insert; `runs` records each merged run's
+    parts and the caller each part's context names."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.runs: list[list[tuple[int, str]]] = []
+        self.fail = fail
+
+    def run(self, c: Connection, parts: Sequence[tuple[contextvars.Context, Any]]) -> list[int]:
+        self.runs.append([(item, context.run(_CALLER.get)) for context, item in parts])
+        if self.fail:
+            raise RuntimeError("the merged run fails")
+        for _, item in parts:
+            c.execute(text("INSERT INTO items (id) VALUES (:id)"), {"id": item})
+        return [item * 10 for _, item in parts]  # what the merge answers
+
+
+def _alone(item: int) -> Callable[[Connection], int]:
+    def work(c: Connection) -> int:
+        c.execute(text("INSERT INTO items (id) VALUES (:id)"), {"id": item})
+        return item  # what the operation answers alone
+
+    return work
+
+
+def _submitted(committer: GroupCommitter, ops: list[tuple[int, Merge | None]]) -> list[Future[Any]]:
+    """`ops` (item, merge) in one group, each from a caller of its own."""
+
+    def submitter(item: int, merge: Merge | None) -> Callable[[], Any]:
+        def submit() -> Any:
+            _CALLER.set(f"caller-{item}")
+            return committer.run(_alone(item), merge)
+
+        return submit
+
+    return in_one_group(committer, [submitter(item, merge) for item, merge in ops])
+
+
+def test_operations_of_one_kind_run_once_together_and_each_gets_its_answer(
+    engine: Engine,
+) -> None:
+    kind = Inserts()
+    committer = GroupCommitter(engine)
+    try:
+        futures = _submitted(
+            committer,
+            [
+                (1, Merge("k", kind.run, 1)),
+                (2, None),
+                (3, Merge("k", kind.run, 3)),
+                (4, Merge("other", kind.run, 4)),  # alone of its key: its own work
+                (5, Merge("k", kind.run, 5)),
+            ],
+        )
+    finally:
+        committer.close()
+    assert [f.result(10) for f in futures] == [10, 2, 30, 4, 50]
+    # Once, in group order, each part seen in its own caller's context.
+    assert kind.runs == [[(1, "caller-1"), (3, "caller-3"), (5, "caller-5")]]
+    assert _rows(engine) == {1, 2, 3, 4, 5}
+
+
+def test_a_merge_that_raises_runs_every_operation_alone(engine: Engine) -> None:
+    kind = Inserts(fail=True)
+    committer = GroupCommitter(engine)
+    try:
+        futures = _submitted(
+            committer, [(1, Merge("k", kind.run, 1)), (2, Merge("k", kind.run, 2))]
+        )
+    finally:
+        committer.close()
+    assert [f.result(10) for f in futures] == [1, 2]  # the answers of their own work
+    assert len(kind.runs) == 1
+    assert _rows(engine) == {1, 2}
