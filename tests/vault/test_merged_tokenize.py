@@ -1,7 +1,8 @@
 """Issue 21: single tokenize calls of one identity that meet in a commit group run as
 one batch (`TokenizeOperations._run_merged`), one insert for all of them. Each call
 must get what it would alone, the calls one after another, and its own audit entry in
-its own trail; a call that would conflict makes the group run each call alone."""
+its own trail. Calls with an idempotency key, a security code or card details run
+alone."""
 
 from __future__ import annotations
 
@@ -125,22 +126,32 @@ def test_a_conflict_in_a_group_answers_each_call_as_alone(
     assert again.token == first.token
 
 
-def test_a_key_sent_twice_in_a_group_is_audited_as_idempotent(
+def test_a_key_sent_twice_in_a_batch_is_audited_as_idempotent(
     service: VaultService, engine: Engine
 ) -> None:
-    calls = [
-        ("r1", TokenizeRequest(CARD_A, "card_random", idempotency_key="again")),
-        ("r2", TokenizeRequest(CARD_A, "card_random", idempotency_key="again")),
-    ]
-    (first, first_trail), (second, second_trail) = [
-        f.result(30) for f in _one_group(service, calls)
-    ]
+    """The second item is answered by the first's key, as a second call alone is."""
+    again = TokenizeRequest(CARD_A, "card_random", idempotency_key="again")
+    with request_trail() as trail:
+        first, second = service.tokenize_batch(PAYMENTS, [again, again])
     assert second.token == first.token
     assert second.existing
-    results = [
-        _entries(engine, trail)[0]["details"]["result"] for trail in (first_trail, second_trail)
+    entries = sorted(_entries(engine, trail), key=lambda entry: entry["details"]["result"])
+    assert [entry["details"]["result"] for entry in entries] == ["idempotent", "new"]
+
+
+def test_calls_with_an_idempotency_key_run_alone(
+    service: VaultService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conflict (answered 409) would make a merged group run again, each call alone:
+    keyed calls are not merged, so that a caller cannot double its group's work."""
+    inserts = _count_inserts(monkeypatch)
+    calls = [
+        (f"r{i}", TokenizeRequest(card, "card_random", idempotency_key=f"k{i}"))
+        for i, card in enumerate([CARD_A, CARD_B, CARD_C])
     ]
-    assert results == ["new", "idempotent"]  # what the second call alone would say
+    records = [f.result(30)[0] for f in _one_group(service, calls)]
+    assert inserts == [1, 1, 1]
+    assert len({record.token for record in records}) == 3
 
 
 def test_calls_with_card_details_run_one_after_another(

@@ -197,11 +197,12 @@ class TokenizeOperations(VaultCore):
                     within(connection, stored)
                 return stored
 
-            merge = None
-            # Not with a security code or card details: a later call's replace an earlier
-            # one's in the store, which a batch of the two does not do.
-            plain = requests[0].security_code is None and not items[0].card.has_details
-            if not batch and within is None and plain:
+            # Alone: a call with a security code or card details (a later call's replace
+            # an earlier one's, which a batch of the two does not do) or an idempotency
+            # key (a conflict, answered 409, would make its whole group run again).
+            merge, first = None, requests[0]
+            plain = first.security_code is None and first.idempotency_key is None
+            if not batch and within is None and plain and not items[0].card.has_details:
                 call = _Call(ctx, rules, domain, items[0])
                 merge = Merge((action, ctx.identity, domain, id(rules)), self._run_merged, call)
             answer = self._transaction(work, merge)
@@ -219,8 +220,7 @@ class TokenizeOperations(VaultCore):
         ctx, rules, domain = calls[0].ctx, calls[0].rules, calls[0].domain
         items = [call.item for call in calls]
         now = self._clock()
-        conflict = self._charged(connection, ctx, rules, domain, items, now, batch=True)
-        if conflict is not None:
+        if conflict := self._charged(connection, ctx, rules, domain, items, now, batch=True):
             raise conflict  # answered alone: a conflict commits its charge
         ctxs = [call.ctx for call in calls]
         results, events = self._answer_items(connection, ctxs, domain, items, now, batch=True)
