@@ -7,8 +7,10 @@ alone."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,11 +18,15 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from audit.log import request_trail
+from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
+from policies.loader import parse_policy
 from tests.support.groups import in_one_group
-from tests.vault.conftest import GETNET, PAYMENTS
+from tests.vault.conftest import GETNET, PAYMENTS, TEST_POLICY
 from vault.errors import IdempotencyConflict
 from vault.models import CallContext, TokenRecord
 from vault.pan import Pan
+from vault.rotation import KeyRotation
 from vault.service import TokenizeRequest, VaultService
 from vault.storage.rawsql import insert_many
 
@@ -29,14 +35,17 @@ STORED = Pan("4000056655665556")
 
 
 def _one_group(
-    service: VaultService, calls: Sequence[tuple[str, TokenizeRequest]]
+    service: VaultService,
+    calls: Sequence[tuple[str, TokenizeRequest]],
+    before: Callable[[str], None] = lambda _request_id: None,
 ) -> list[Future[tuple[TokenRecord, list[int]]]]:
     """Each call (request id, request) from a caller of its own, in this order, in one
-    commit group."""
+    commit group; `before(request id)` runs in the caller just before it calls."""
     assert service._committer is not None
 
     def caller(request_id: str, request: TokenizeRequest) -> Callable[[], Any]:
         def call() -> tuple[TokenRecord, list[int]]:
+            before(request_id)
             with request_trail() as trail:
                 ctx = CallContext(PAYMENTS.identity, request_id)
                 return service.tokenize(ctx, request), trail
@@ -168,3 +177,76 @@ def test_calls_with_card_details_run_one_after_another(
     assert inserts == [1]
     assert second.token == first.token
     assert service.detokenize(GETNET, first.token).expiry == "2031-04"
+
+
+def test_a_key_an_earlier_item_did_not_store_answers_by_convergence(
+    service: VaultService, engine: Engine
+) -> None:
+    """The card already has a token made without a key. A first item with key K is
+    answered by convergence, and K is stored nowhere; so a second item with K is
+    answered by convergence too, as a second call alone would be."""
+    stored = service.tokenize(PAYMENTS, TokenizeRequest(CARD_A, "pan_bin6_last4"))
+    keyed = TokenizeRequest(CARD_A, "pan_bin6_last4", idempotency_key="K")
+    with request_trail() as trail:
+        records = service.tokenize_batch(PAYMENTS, [keyed, keyed])
+    assert [record.token for record in records] == [stored.token, stored.token]
+    results = [entry["details"]["result"] for entry in _entries(engine, trail)]
+    assert results == ["convergent", "convergent"]
+
+
+OFFICERS = """
+[identities."spiffe://cofre/officer-bob"]
+role = "security_officer"
+operations = ["key_admin"]
+"""
+ALICE, BOB = "spiffe://cofre/officer-alice", "spiffe://cofre/officer-bob"
+
+
+@pytest.fixture
+def rotating(
+    engine: Engine, rotation_provider: HSMProvider
+) -> Iterator[tuple[VaultService, KeyRotation]]:
+    policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
+    service = VaultService(engine, rotation_provider, policy)
+    service.initialize()
+    rotation = KeyRotation(
+        engine,
+        rotation_provider,
+        service.keyring,
+        lambda: service.policy,
+        destroy_grace=timedelta(0),
+    )
+    yield service, rotation
+    service.close()
+
+
+def test_calls_planned_across_a_fingerprint_rotation_start_are_not_one_batch(
+    rotating: tuple[VaultService, KeyRotation],
+) -> None:
+    """Review 10: r1 is planned with the version list cached just before a fingerprint
+    rotation started (a worker's cache may be a second old), r2 just after. Alone, one
+    after another, r2 finds r1's row under the old key (it looks under both) and
+    converges; as one batch neither found the other, the card got two convergent
+    tokens, and the rotation could never move r1's row onto the new key."""
+    service, rotation = rotating
+    old = list(service._fingerprint_versions())
+    ceremony = rotation.propose(ALICE, "fingerprint")
+    rotation.approve(BOB, ceremony.id)
+
+    def cache(request_id: str) -> None:
+        if request_id == "r1":  # the list from before the approval, still fresh
+            service._fp_versions, service._fp_read = old, time.monotonic()
+        else:  # read again: both versions
+            service._fp_read = 0.0
+
+    calls = [
+        ("r1", TokenizeRequest(CARD_A, "pan_bin6_last4")),
+        ("r2", TokenizeRequest(CARD_A, "pan_bin6_last4")),
+    ]
+    (first, _), (second, _) = [f.result(30) for f in _one_group(service, calls, cache)]
+    assert second.token == first.token
+    for _ in range(1000):
+        rotation.run_pending()
+        if rotation.status(ALICE, ceremony.id).state == "completed":
+            break
+    assert rotation.status(ALICE, ceremony.id).state == "completed"

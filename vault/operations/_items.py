@@ -7,7 +7,7 @@ IN PCI SCOPE: an item holds the card.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +67,14 @@ class _Call:
     domain: str
     item: _Item
 
+    @property
+    def key(self) -> Hashable:
+        """Calls that may run as one batch: one identity, domain and policy, and
+        fingerprints under the same key versions (calls planned on either side of a
+        fingerprint rotation's start would not find each other's card)."""
+        versions = (self.item.fp_version, len(self.item.known_fps))
+        return (self.ctx.identity, self.domain, id(self.rules), versions)
+
 
 @dataclass(slots=True)
 class _Answers:
@@ -77,12 +85,20 @@ class _Answers:
     results: list[TokenRecord | None]
     events: list[tuple[int, AuditEvent]] = field(default_factory=list)
     same_as: dict[int, tuple[int, str]] = field(default_factory=dict)  # -> (earlier, result)
+    # item -> its result if not a new row: a later item with its key gets the same (a
+    # key the earlier one did not store, answering by convergence, answers nothing).
+    how: dict[int, str] = field(default_factory=dict)
     first_with_key: dict[str, int] = field(default_factory=dict)
     first_for: dict[tuple[str, bytes], int] = field(default_factory=dict)
     stored: dict[int, Row[Any]] = field(default_factory=dict)  # item -> row it answers
 
     def answer(self, service: TokenizeOperations, index: int, row: Row[Any], result: str) -> None:
         self.results[index] = service._record(row, existing=True)
-        self.stored[index] = row
+        self.stored[index], self.how[index] = row, result
         event = service._tokenize_event(self.ctxs[index], row.id, row.format, result)
         self.events.append((index, event))
+
+    def same(self, index: int, earlier: int, result: str) -> None:
+        """Item `index` gets what item `earlier` got; its audit result is `result`."""
+        self.same_as[index] = (earlier, result)
+        self.how[index] = result

@@ -204,7 +204,7 @@ class TokenizeOperations(VaultCore):
             plain = first.security_code is None and first.idempotency_key is None
             if not batch and within is None and plain and not items[0].card.has_details:
                 call = _Call(ctx, rules, domain, items[0])
-                merge = Merge((action, ctx.identity, domain, id(rules)), self._run_merged, call)
+                merge = Merge((action, call.key), self._run_merged, call)
             answer = self._transaction(work, merge)
             if isinstance(answer, VaultError):
                 raise answer
@@ -428,7 +428,7 @@ class TokenizeOperations(VaultCore):
         if previous is not None:
             answers.answer(self, index, previous, "idempotent")
         else:
-            answers.same_as[index] = (earlier, "idempotent")
+            answers.same(index, earlier, answers.how.get(earlier, "idempotent"))
         return True
 
     def _answer_convergent(
@@ -467,7 +467,7 @@ class TokenizeOperations(VaultCore):
                 held.pop((token_format, fp), None)
         earlier = answers.first_for.setdefault((token_format, item.fingerprint), index)
         if earlier != index:
-            answers.same_as[index] = (earlier, "convergent")
+            answers.same(index, earlier, "convergent")
             return True
         return False
 
