@@ -95,28 +95,23 @@ class _Op:
 def _run_group(connection: Connection, group: list[_Op]) -> list[Any]:
     """Every operation's result, in order; those sharing a merge key run together, at
     the place of the first of them."""
-    kinds: dict[Hashable, list[int]] = {}
+    kinds: dict[Hashable, list[tuple[int, contextvars.Context, Any]]] = {}
     for index, op in enumerate(group):
         if op.merge is not None:
-            kinds.setdefault(op.merge.key, []).append(index)
+            kinds.setdefault(op.merge.key, []).append((index, op.context, op.merge.part))
     results: list[Any] = [None] * len(group)
     for index, op in enumerate(group):
-        members = kinds[op.merge.key] if op.merge is not None else [index]
-        if len(members) == 1:
+        members = kinds[op.merge.key] if op.merge is not None else []
+        if len(members) <= 1:
             results[index] = op.work(connection)
-        elif members[0] == index and op.merge is not None:
-            parts = [(group[m].context, _part(group[m])) for m in members]
+        elif members[0][0] == index and op.merge is not None:
+            parts = [(context, part) for _, context, part in members]
             # In a copy of the first's context: `run` enters each one's own (its audit
             # trail), and a context cannot be entered twice.
             answers = op.context.copy().run(op.merge.run, connection, parts)
-            for member, answer in zip(members, answers, strict=True):
+            for (member, _, _), answer in zip(members, answers, strict=True):
                 results[member] = answer
     return results
-
-
-def _part(op: _Op) -> Any:
-    assert op.merge is not None  # noqa: S101 - only members of a merge key get here
-    return op.merge.part
 
 
 class GroupCommitter:
