@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import Engine
@@ -12,6 +13,7 @@ from policies.engine import PolicyEngine
 from policies.loader import parse_policy
 from tests.support.cloudhsm_shim import HSM_BACKENDS, provider_for
 from tests.support.fake_acquirer import FakeAcquirer
+from vault.rotation import KeyRotation
 from vault.service import CallContext, VaultService
 from vault.storage.database import create_database_engine, migrate
 
@@ -115,3 +117,36 @@ def relay_vault(
     finally:
         acquirer.answer = None
         service.close()
+
+
+# Officers beside TEST_POLICY's alice, for the dual control of key rotations.
+OFFICERS = """
+[identities."spiffe://cofre/officer-bob"]
+role = "security_officer"
+operations = ["key_admin"]
+
+[identities."spiffe://cofre/officer-carol"]
+role = "security_officer"
+operations = ["key_admin"]
+"""
+ALICE, BOB, CAROL = (f"spiffe://cofre/officer-{n}" for n in ("alice", "bob", "carol"))
+
+
+@pytest.fixture
+def rig(
+    engine: Engine, rotation_provider: HSMProvider
+) -> Iterator[tuple[VaultService, KeyRotation]]:
+    """A vault and its key rotation on a token of their own (no grace before a
+    retired key is destroyed)."""
+    policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
+    service = VaultService(engine, rotation_provider, policy)
+    service.initialize()
+    rotation = KeyRotation(
+        engine,
+        rotation_provider,
+        service.keyring,
+        lambda: service.policy,
+        destroy_grace=timedelta(0),
+    )
+    yield service, rotation
+    service.close()

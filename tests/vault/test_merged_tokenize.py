@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,11 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from audit.log import request_trail
-from hsm.provider import HSMProvider
-from policies.engine import PolicyEngine
-from policies.loader import parse_policy
 from tests.support.groups import in_one_group
-from tests.vault.conftest import GETNET, PAYMENTS, TEST_POLICY
+from tests.vault.conftest import ALICE, BOB, GETNET, PAYMENTS
 from vault.errors import IdempotencyConflict
 from vault.models import CallContext, TokenRecord
 from vault.pan import Pan
@@ -194,41 +190,15 @@ def test_a_key_an_earlier_item_did_not_store_answers_by_convergence(
     assert results == ["convergent", "convergent"]
 
 
-OFFICERS = """
-[identities."spiffe://cofre/officer-bob"]
-role = "security_officer"
-operations = ["key_admin"]
-"""
-ALICE, BOB = "spiffe://cofre/officer-alice", "spiffe://cofre/officer-bob"
-
-
-@pytest.fixture
-def rotating(
-    engine: Engine, rotation_provider: HSMProvider
-) -> Iterator[tuple[VaultService, KeyRotation]]:
-    policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
-    service = VaultService(engine, rotation_provider, policy)
-    service.initialize()
-    rotation = KeyRotation(
-        engine,
-        rotation_provider,
-        service.keyring,
-        lambda: service.policy,
-        destroy_grace=timedelta(0),
-    )
-    yield service, rotation
-    service.close()
-
-
 def test_calls_planned_across_a_fingerprint_rotation_start_are_not_one_batch(
-    rotating: tuple[VaultService, KeyRotation],
+    rig: tuple[VaultService, KeyRotation],
 ) -> None:
     """Review 10: r1 is planned with the version list cached just before a fingerprint
     rotation started (a worker's cache may be a second old), r2 just after. Alone, one
     after another, r2 finds r1's row under the old key (it looks under both) and
     converges; as one batch neither found the other, the card got two convergent
     tokens, and the rotation could never move r1's row onto the new key."""
-    service, rotation = rotating
+    service, rotation = rig
     old = list(service._fingerprint_versions())
     ceremony = rotation.propose(ALICE, "fingerprint")
     rotation.approve(BOB, ceremony.id)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -18,24 +17,13 @@ from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.loader import parse_policy
-from tests.vault.conftest import GETNET, PAYMENTS, TEST_POLICY
+from tests.vault.conftest import ALICE, BOB, CAROL, GETNET, OFFICERS, PAYMENTS, TEST_POLICY
 from vault.ceremony import CeremonyState
 from vault.errors import CeremonyError
 from vault.pan import Pan, luhn_check_digit
 from vault.rotation import KeyRotation
 from vault.service import TokenizeRequest, VaultService
 from vault.signing import HSMTreeHeadSigner
-
-OFFICERS = """
-[identities."spiffe://cofre/officer-bob"]
-role = "security_officer"
-operations = ["key_admin"]
-
-[identities."spiffe://cofre/officer-carol"]
-role = "security_officer"
-operations = ["key_admin"]
-"""
-ALICE, BOB, CAROL = (f"spiffe://cofre/officer-{n}" for n in ("alice", "bob", "carol"))
 
 
 def _pan(i: int) -> Pan:
@@ -45,23 +33,6 @@ def _pan(i: int) -> Pan:
 
 def _policy(extra: str = "") -> PolicyEngine:
     return PolicyEngine(parse_policy(TEST_POLICY + OFFICERS + extra, kind="toml").policy)
-
-
-@pytest.fixture
-def rig(
-    engine: Engine, rotation_provider: HSMProvider
-) -> Iterator[tuple[VaultService, KeyRotation]]:
-    service = VaultService(engine, rotation_provider, _policy())
-    service.initialize()
-    rotation = KeyRotation(
-        engine,
-        rotation_provider,
-        service.keyring,
-        lambda: service.policy,
-        destroy_grace=timedelta(0),
-    )
-    yield service, rotation
-    service.close()
 
 
 def _finish(rotation: KeyRotation, ceremony_id: str) -> None:
