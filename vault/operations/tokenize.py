@@ -20,31 +20,23 @@ from typing import Any, Final
 from sqlalchemy import Connection, Row
 
 from audit.log import AuditEvent, Outcome
-from cofre.redaction import name_holds_pan_like
 from policies.formats import (
-    MIN_CANDIDATES,
     FormatSpec,
     FormatType,
     LuhnMode,
-    SmallSpace,
-    hidden_candidates,
-    may_converge,
 )
 from policies.models import Action, IdentityPolicy
-from vault._core import VaultCore
 from vault.errors import (
     BatchItemInvalid,
-    FormatNotApplicable,
     IdempotencyConflict,
-    InvalidMetadata,
     TokenSpaceExhausted,
     VaultError,
 )
 from vault.keyring import KeyPurpose, pan_aad
-from vault.limits import oracle_bucket
 from vault.models import MAX_BATCH, CallContext, TokenizeRequest, TokenRecord
-from vault.operations._inputs import card_bundle, expiry, validate_metadata
-from vault.operations._items import _Answers, _Call, _guard_kind, _Item
+from vault.operations._checks import TokenizeChecks
+from vault.operations._inputs import expiry
+from vault.operations._items import _Answers, _Call, _Item
 from vault.operations._statements import (
     _CONVERGENT,
     _HELD,
@@ -59,7 +51,6 @@ from vault.storage.rawsql import insert_many
 from vault.storage.schema import tokens
 from vault.tokens import (
     FpeTokenizer,
-    check_applicable,
     random_token_candidates,
     uuid_token,
 )
@@ -67,7 +58,7 @@ from vault.tokens import (
 _CANDIDATE_CHUNK: Final = 64
 
 
-class TokenizeOperations(VaultCore):
+class TokenizeOperations(TokenizeChecks):
     """Tokenize operations of the vault."""
 
     def _plan(
@@ -91,58 +82,6 @@ class TokenizeOperations(VaultCore):
             if item.guard is not None and item.guards_card:
                 item.guard = (item.guard[0], fingerprint)
         return items
-
-    def _check(self, domain: str, request: TokenizeRequest) -> _Item:
-        """Check one item; its fingerprints are left for `_plan`. Raises the item's
-        `VaultError`."""
-        spec = self._policy.token_format(request.format)
-        check_applicable(spec, request.pan)
-        self._check_luhn(request.pan)
-        card = card_bundle(request, spec, self._clock())
-        code_epoch = None
-        if request.security_code is not None:  # its hour's HSM key, made if missing
-            with self._storage():
-                code_epoch = self._codes.ensure_epoch(self._clock(), actor="cofre")
-        metadata = validate_metadata(request.metadata)
-        expiry(self._clock(), request.ttl_seconds)
-        key = request.idempotency_key
-        if key is not None and not 1 <= len(key) <= 128:
-            raise InvalidMetadata("idempotency keys must be 1 to 128 characters")
-        if key is not None and name_holds_pan_like(key):
-            # It is stored in clear beside the token, like metadata.
-            raise InvalidMetadata("an idempotency key must not look like a card number")
-        length = len(request.pan)
-        convergent = may_converge(spec, length)
-        if key is not None and hidden_candidates(spec, length) < MIN_CANDIDATES:
-            # A retry with the key answers the token only for the same card (409 for
-            # another): over a few hundred candidates that confirms guesses as
-            # convergence would, so keys go only where convergence may.
-            raise FormatNotApplicable(
-                f"idempotency keys are accepted only where a token hides at least "
-                f"{MIN_CANDIDATES:,} possible card numbers; {length}-digit cards in format "
-                f"{request.format!r} hide fewer (send the call without a key)"
-            )
-        if spec.deterministic and not convergent and spec.small_space is SmallSpace.REFUSE:
-            raise FormatNotApplicable(
-                f"format {request.format!r} converges (the same card gives the same token) "
-                f"and {length}-digit cards leave fewer than {MIN_CANDIDATES:,} possible card "
-                "numbers behind a token, so a caller could confirm a guess: refused by the "
-                "rule on_small_space = 'refuse' (use a longer card or another format)"
-            )
-        kind = _guard_kind(spec, request)
-        return _Item(
-            request=request,
-            spec=spec,
-            card=card,
-            code_epoch=code_epoch,
-            metadata=metadata,
-            convergent=convergent,
-            fingerprint=b"",
-            fp_version=0,
-            known_fps=[],
-            guard=None if kind is None else (oracle_bucket(request.pan), secrets.token_bytes(32)),
-            guards_card=kind == "card",
-        )
 
     def tokenize(self, ctx: CallContext, request: TokenizeRequest) -> TokenRecord:
         """Return the token for `request.pan` in `request.format`, stored and audited.
@@ -274,25 +213,6 @@ class TokenizeOperations(VaultCore):
         except (IdempotencyConflict, BatchItemInvalid) as exc:
             return exc
         return None
-
-    def _refuse_early(
-        self, ctx: CallContext, rules: IdentityPolicy, requests: Sequence[TokenizeRequest]
-    ) -> None:
-        """Refuse before any HSM call what the transaction would refuse anyway (a spent
-        rate limit, a call that alone overfills an oracle bucket), so that refused calls
-        cannot spend the HSM's capacity. Charges nothing."""
-        limit, cost = rules.rate_limit, len(requests)
-        if limit is not None:
-            with self._storage(), self._reader.connect() as connection:
-                now = self._clock()  # once connected: others commit charges meanwhile
-                self._limits.check_rate(connection, ctx.identity, limit, cost, now.timestamp())
-        now = self._clock()
-        guarded = []
-        for request in requests:
-            spec = self._policy.policy.format(request.format)
-            if spec is not None and _guard_kind(spec, request) is not None:
-                guarded.append(request.pan)
-        self._limits.check_call_buckets(rules.oracle_guard, guarded, now)
 
     def _store_tokens(
         self,
