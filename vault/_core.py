@@ -20,6 +20,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
@@ -213,15 +214,34 @@ class VaultCore:
         """Run `work` in one transaction; retry on a unique-key race (another node took
         the same token or converged first). `merge`: how the group committer may run it
         with others of its kind (`vault.storage.groupcommit.Merge`)."""
-        for attempt in range(_TRANSACTION_ATTEMPTS):
+        return self._settle(self._submit(work, merge), work, merge)
+
+    def _submit(self, work: Callable[[Connection], T], merge: Merge | None = None) -> Future[T]:
+        """The first attempt of `_transaction`, handed to the group committer without
+        waiting for it (with no committer, run here: the future is done)."""
+        if self._committer is not None:
+            return self._committer.submit(work, merge)
+        future: Future[T] = Future()
+        future.set_running_or_notify_cancel()
+        try:
+            with self._engine.begin() as connection:
+                future.set_result(work(connection))
+        except BaseException as exc:  # noqa: BLE001 - `_settle` raises it, translated
+            future.set_exception(exc)
+        return future
+
+    def _settle(
+        self, first: Future[T], work: Callable[[Connection], T], merge: Merge | None = None
+    ) -> T:
+        """What `_transaction` answers, given its first attempt (`_submit`): waits for
+        it, then runs `work` again while a unique-key race or a deadlock undid it."""
+        attempt, future = 1, first
+        while True:
             try:
                 with self._storage(retryable=True):
-                    if self._committer is not None:
-                        return self._committer.run(work, merge)
-                    with self._engine.begin() as connection:
-                        return work(connection)
+                    return future.result()
             except SQLIntegrityError:
-                if attempt == _TRANSACTION_ATTEMPTS - 1:
+                if attempt == _TRANSACTION_ATTEMPTS:
                     raise StorageUnavailable(
                         "the token store kept refusing the write (unique conflicts)"
                     ) from None
@@ -229,12 +249,13 @@ class VaultCore:
                 # Two nodes' group commits can deadlock on each other's rows; PostgreSQL
                 # aborts one of them. Nothing of it was written: run it again.
                 if getattr(exc.orig, "sqlstate", None) not in _RETRYABLE_SQLSTATES or (
-                    attempt == _TRANSACTION_ATTEMPTS - 1
+                    attempt == _TRANSACTION_ATTEMPTS
                 ):
                     raise StorageUnavailable(
                         f"the token store is unavailable ({db_error_name(exc)})"
                     ) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+            attempt += 1
+            future = self._submit(work, merge)
 
     def _write_audit(self, event: AuditEvent) -> None:
         with self._storage(), self._engine.begin() as connection:

@@ -5,13 +5,16 @@ IN PCI SCOPE, holds card data (a `TokenizeRequest` carries a `Pan`; answers neve
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final
+from typing import Any, Final, Generic, TypeVar
 
 from vault.card import SecurityCode
 from vault.pan import Pan
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +104,26 @@ class AuditConsistencyProof:
 
 
 MAX_BATCH: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Pending(Generic[T]):
+    """An operation handed to the group committer, not yet answered (issue 21: an
+    `async` caller waits for `committed` on its event loop instead of parking a thread
+    for the commit).
+
+    `committed` is done once the operation's first transaction committed or failed.
+    Then `answer()` is the operation's answer if that transaction simply succeeded,
+    without blocking; else None, and `finish()` (which blocks: call it in a thread)
+    answers or raises exactly what the synchronous call would, after writing a
+    refusal's audit entry or retrying a unique-key race. `finish()` may be called at
+    any time: it waits for `committed` itself."""
+
+    committed: Future[Any]
+    quick: Callable[[Any], T | None]
+    finish: Callable[[], T]
+
+    def answer(self) -> T | None:
+        if not self.committed.done() or self.committed.exception() is not None:
+            return None
+        return self.quick(self.committed.result())

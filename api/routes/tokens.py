@@ -26,7 +26,7 @@ from api.models import (
     TokenizeRequest,
     TokenResponse,
 )
-from api.routes._offload import in_thread
+from api.routes._offload import answered, in_thread
 from cofre.errors import CofreError
 from vault.card import SecurityCode
 from vault.errors import BatchItemInvalid
@@ -37,7 +37,9 @@ from vault.service import TokenizeRequest as ServiceTokenizeRequest
 router = APIRouter()
 
 # The hot routes are `async def` and hop to a thread once, for the vault call
-# (`api.routes._offload`); the others stay plain `def` (two anyio hops each).
+# (`api.routes._offload`); the single-item ones leave that thread once the call is
+# handed to the group committer and wait for the commit on the event loop
+# (`answered`). The others stay plain `def` (two anyio hops each).
 #
 # The single-item hot routes also take the `Request` and read the caller and the app
 # state from it (`call_context`, `app_state`: what `Caller` and `State` return), and
@@ -98,7 +100,7 @@ async def tokenize(body: TokenizeRequest, http: Request) -> Response:
     """Tokenize a PAN in a format the caller's policy allows."""
     caller, state = call_context(http), app_state(http)
     request = _service_request(body, Pan(body.pan))
-    return _json(_token_response(await in_thread(state.service.tokenize, caller, request)))
+    return _json(_token_response(await answered(state.service.tokenize_pending, caller, request)))
 
 
 @router.post("/v1/tokenize/batch", response_model=TokenizeBatchResponse, tags=["tokens"])
@@ -126,7 +128,8 @@ def _tokenize_batch(
 async def detokenize(body: DetokenizeRequest, http: Request) -> Response:
     """The PAN behind a token: in full if the caller's policy reveals it, else masked."""
     caller, state = call_context(http), app_state(http)
-    return _json(_detokenized(await in_thread(state.service.detokenize, caller, body.token)))
+    revealed = await answered(state.service.detokenize_pending, caller, body.token)
+    return _json(_detokenized(revealed))
 
 
 @router.post("/v1/detokenize/batch", response_model=DetokenizeBatchResponse, tags=["tokens"])
@@ -143,7 +146,9 @@ async def detokenize_masked(body: DetokenizeRequest, http: Request) -> Response:
     """Only the masked PAN behind a token: at most the first six and the last four
     digits, and never fewer than six hidden."""
     caller, state = call_context(http), app_state(http)
-    revealed = await in_thread(state.service.detokenize_masked, caller, body.token)
+    revealed = await answered(
+        state.service.detokenize_pending, caller, body.token, masked_only=True
+    )
     return _json(
         MaskedResponse(token=revealed.token, masked_pan=revealed.masked, expiry=revealed.expiry)
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import MutableMapping
+from concurrent.futures import Future
 from typing import Any, cast
 
 import pytest
@@ -20,6 +21,7 @@ from api.hotroutes import HotRoutes
 from api.observability import make_telemetry
 from api.routes import tokens
 from tests.api.conftest import VaultServer
+from vault.models import Pending
 from vault.service import Revealed, VaultService
 
 HOT = {"content-type": "application/json"}
@@ -78,10 +80,16 @@ def test_a_token_round_trip_on_the_hot_path(vault_server: VaultServer) -> None:
 
 
 class _Vault:
-    """Only what detokenize-masked calls."""
+    """Only what detokenize-masked calls: its answer, already committed."""
 
-    def detokenize_masked(self, caller: object, token: str) -> Revealed:
-        return Revealed(token=token, masked="400000******0028", pan=None, expiry=None)
+    def detokenize_pending(
+        self, caller: object, token: str, *, masked_only: bool = False
+    ) -> Pending[Revealed]:
+        assert masked_only
+        answer = Revealed(token=token, masked="400000******0028", pan=None, expiry=None)
+        committed: Future[Revealed] = Future()
+        committed.set_result(answer)
+        return Pending(committed, lambda raw: raw, lambda: answer)
 
 
 def test_a_valid_request_is_served_without_fastapi() -> None:

@@ -20,7 +20,13 @@ from vault.errors import (
     TokenNotFound,
     VaultError,
 )
-from vault.models import MAX_BATCH, CallContext, Revealed
+from vault.models import MAX_BATCH, CallContext, Pending, Revealed
+
+
+def _unless_refused(raw: list[Revealed] | VaultError) -> list[Revealed] | None:
+    """A transaction's answer as is when it revealed every token; None when it answers
+    a refusal (a missing token: raised, and audited, by `finish`)."""
+    return None if isinstance(raw, VaultError) else raw
 
 
 class RevealOperations(VaultCore):
@@ -37,6 +43,20 @@ class RevealOperations(VaultCore):
     ) -> list[Revealed]:
         """The one reveal path: a single call is a batch of one. Charges one rate unit
         per token and (for detokenize) one unit of the daily quota."""
+        return self._reveal_pending(
+            ctx, token_list, action, masked_only=masked_only, batch=batch
+        ).finish()
+
+    def _reveal_pending(
+        self,
+        ctx: CallContext,
+        token_list: Sequence[str],
+        action: Action,
+        *,
+        masked_only: bool = False,
+        batch: bool = False,
+    ) -> Pending[list[Revealed]]:
+        """`_reveal` up to its transaction's submission (`Pending`)."""
         rules = self._authorize(ctx, action)
         reveal = Reveal.MASKED if masked_only else rules.reveal
         domains = self._policy.readable_domains(ctx.identity)
@@ -74,10 +94,30 @@ class RevealOperations(VaultCore):
             return out
 
         with self._audited_refusal(ctx, action):
-            answer = self._transaction(work)
-            if isinstance(answer, VaultError):
-                raise answer
-            return answer
+            submitted = self._submit(work)
+
+        def finish() -> list[Revealed]:
+            with self._audited_refusal(ctx, action):
+                answer = self._settle(submitted, work)
+                if isinstance(answer, VaultError):
+                    raise answer
+                return answer
+
+        return Pending(submitted, _unless_refused, finish)
+
+    def detokenize_pending(
+        self, ctx: CallContext, token: str, *, masked_only: bool = False
+    ) -> Pending[Revealed]:
+        """`detokenize` (or with `masked_only`, `detokenize_masked`), handed to the group
+        committer and not waited for (`Pending`); raises at once what it raises before
+        its transaction."""
+        action = Action.DETOKENIZE_MASKED if masked_only else Action.DETOKENIZE
+        calls = self._reveal_pending(ctx, [token], action, masked_only=masked_only)
+        return Pending(
+            calls.committed,
+            lambda raw: None if (revealed := calls.quick(raw)) is None else revealed[0],
+            lambda: calls.finish()[0],
+        )
 
     def detokenize(self, ctx: CallContext, token: str) -> Revealed:
         """Return the PAN behind `token` if the caller's policy reveals it in full, else

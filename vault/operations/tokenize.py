@@ -33,7 +33,7 @@ from vault.errors import (
     VaultError,
 )
 from vault.keyring import KeyPurpose, pan_aad
-from vault.models import MAX_BATCH, CallContext, TokenizeRequest, TokenRecord
+from vault.models import MAX_BATCH, CallContext, Pending, TokenizeRequest, TokenRecord
 from vault.operations._checks import TokenizeChecks
 from vault.operations._inputs import expiry
 from vault.operations._items import _Answers, _Call, _Item
@@ -56,6 +56,12 @@ from vault.tokens import (
 )
 
 _CANDIDATE_CHUNK: Final = 64
+
+
+def _unless_refused(raw: list[TokenRecord] | VaultError) -> list[TokenRecord] | None:
+    """A transaction's answer as is when it stored the tokens; None when it answers a
+    refusal (an idempotency conflict: raised, and audited, by `finish`)."""
+    return None if isinstance(raw, VaultError) else raw
 
 
 class TokenizeOperations(TokenizeChecks):
@@ -105,6 +111,16 @@ class TokenizeOperations(TokenizeChecks):
             raise BatchItemInvalid(0, "invalid_request", f"a batch has 1 to {MAX_BATCH} items")
         return self._tokenize(ctx, requests, batch=True)
 
+    def tokenize_pending(self, ctx: CallContext, request: TokenizeRequest) -> Pending[TokenRecord]:
+        """`tokenize`, handed to the group committer and not waited for (`Pending`);
+        raises at once what `tokenize` raises before its transaction."""
+        calls = self._tokenize_pending(ctx, [request], batch=False)
+        return Pending(
+            calls.committed,
+            lambda raw: None if (records := calls.quick(raw)) is None else records[0],
+            lambda: calls.finish()[0],
+        )
+
     def _tokenize(
         self,
         ctx: CallContext,
@@ -118,6 +134,20 @@ class TokenizeOperations(TokenizeChecks):
         caller's policy must allow (a hosted capture tokenizes under ``capture``);
         `within` runs in the same transaction after the tokens are stored (a capture
         spends its session there: if it raises, nothing is stored)."""
+        return self._tokenize_pending(
+            ctx, requests, batch=batch, action=action, within=within
+        ).finish()
+
+    def _tokenize_pending(
+        self,
+        ctx: CallContext,
+        requests: Sequence[TokenizeRequest],
+        *,
+        batch: bool,
+        action: Action = Action.TOKENIZE,
+        within: Callable[[Connection, list[TokenRecord]], None] | None = None,
+    ) -> Pending[list[TokenRecord]]:
+        """`_tokenize` up to its transaction's submission (`Pending`)."""
         with self._audited_refusal(ctx, action):
             rules = self._authorize(ctx, action, token_format=requests[0].format)
             domain = rules.domain_of(ctx.identity)
@@ -144,10 +174,16 @@ class TokenizeOperations(TokenizeChecks):
             if not batch and within is None and plain and not items[0].card.has_details:
                 call = _Call(ctx, rules, domain, items[0])
                 merge = Merge((action, call.key), self._run_merged, call)
-            answer = self._transaction(work, merge)
-            if isinstance(answer, VaultError):
-                raise answer
-            return answer
+            submitted = self._submit(work, merge)
+
+        def finish() -> list[TokenRecord]:
+            with self._audited_refusal(ctx, action):
+                answer = self._settle(submitted, work, merge)
+                if isinstance(answer, VaultError):
+                    raise answer
+                return answer
+
+        return Pending(submitted, _unless_refused, finish)
 
     def _run_merged(
         self, connection: Connection, parts: Sequence[tuple[contextvars.Context, _Call]]

@@ -133,7 +133,15 @@ class GroupCommitter:
         Raises what `work` raised (its savepoint rolled back), or the database error of
         a failed commit.
         """
+        return self.submit(work, merge).result()
+
+    def submit(self, work: Callable[[Connection], T], merge: Merge | None = None) -> Future[T]:
+        """`run` without the wait: the future is done once the group that ran `work`
+        committed (its result) or failed (what `run` raises). Nothing may cancel it: its
+        caller waits for it or leaves it (issue 21: an `async` caller waits on its event
+        loop, so no thread is parked for the commit)."""
         future: Future[T] = Future()
+        future.set_running_or_notify_cancel()  # from now on `cancel()` refuses
         # The work runs in the writer thread but in the caller's context, so what it
         # notes there (the request's audit trail) is seen by the caller.
         context = contextvars.copy_context()
@@ -146,7 +154,7 @@ class GroupCommitter:
                 raise RuntimeError("the group committer is stopped")
             self._queue.append(_Op(in_context, future, context, merge))
             self._cond.notify()
-        return future.result()
+        return future
 
     def close(self) -> None:
         with self._cond:

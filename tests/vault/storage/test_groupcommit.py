@@ -483,3 +483,29 @@ def test_a_merge_that_raises_runs_every_operation_alone(engine: Engine) -> None:
     assert [f.result(10) for f in futures] == [1, 2]  # the answers of their own work
     assert len(kind.runs) == 1
     assert _rows(engine) == {1, 2}
+
+
+def test_a_submitted_operation_is_answered_once_committed_and_cannot_be_cancelled(
+    engine: Engine,
+) -> None:
+    """`submit` does not wait (an `async` caller waits on its loop), its future is done
+    only after the commit, and nothing can cancel it meanwhile."""
+    committer = GroupCommitter(engine)
+    held, release = threading.Event(), threading.Event()
+
+    def hold(c: Connection) -> str:
+        held.set()
+        release.wait(10)
+        c.execute(text("INSERT INTO items (id) VALUES (1)"))
+        return "stored"
+
+    try:
+        future = committer.submit(hold)
+        assert held.wait(10)
+        assert not future.done()
+        assert not future.cancel()
+        release.set()
+        assert future.result(10) == "stored"
+        assert _rows(engine) == {1}  # committed before it was answered
+    finally:
+        committer.close()

@@ -1,0 +1,80 @@
+"""The vault's calls handed to the group committer without a wait (`Pending`, issue 21):
+what they answer, raise and audit is what the synchronous calls do."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from policies.errors import PolicyDenied
+from tests.vault.conftest import LEDGER, PAYMENTS, STRANGER
+from vault.errors import IdempotencyConflict, TokenNotFound
+from vault.pan import Pan
+from vault.service import TokenizeRequest, VaultService
+
+VISA = Pan("4111111111111111")
+MC = Pan("5555555555554444")
+
+
+def _entries(engine: Engine, action: str) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        payloads = connection.execute(sa.text("SELECT payload FROM audit_entries")).scalars()
+        return [e for p in payloads if (e := json.loads(p)).get("action") == action]
+
+
+def test_a_tokenize_is_answered_once_committed_as_the_call_would(service: VaultService) -> None:
+    pending = service.tokenize_pending(PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4"))
+    pending.committed.result(10)
+    record = pending.answer()
+    assert record is not None
+    assert pending.finish() == record
+    again = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4"))
+    assert again.token == record.token  # stored and convergent
+
+
+def test_a_conflict_is_not_a_plain_answer_and_finishing_raises_and_audits_it(
+    service: VaultService, engine: Engine
+) -> None:
+    service.tokenize(PAYMENTS, TokenizeRequest(VISA, "card_random", idempotency_key="k1"))
+    pending = service.tokenize_pending(
+        PAYMENTS, TokenizeRequest(MC, "card_random", idempotency_key="k1")
+    )
+    pending.committed.result(10)
+    assert pending.answer() is None
+    with pytest.raises(IdempotencyConflict):
+        pending.finish()
+    failed = [e for e in _entries(engine, "tokenize") if e["outcome"] == "failed"]
+    assert [e["details"]["error"] for e in failed] == ["idempotency_conflict"]
+
+
+def test_a_refusal_before_the_transaction_is_raised_at_once(service: VaultService) -> None:
+    with pytest.raises(PolicyDenied):
+        service.tokenize_pending(STRANGER, TokenizeRequest(VISA, "pan_bin6_last4"))
+    with pytest.raises(PolicyDenied):
+        service.detokenize_pending(STRANGER, "tok_nothing")
+
+
+def test_detokenize_is_answered_once_committed_and_a_miss_is_finished_and_audited(
+    service: VaultService, engine: Engine
+) -> None:
+    token = service.tokenize(PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4")).token
+    masked = service.detokenize_pending(LEDGER, token)
+    masked.committed.result(10)
+    answer = masked.answer()
+    assert answer is not None
+    assert answer.pan is None
+    assert answer.masked == VISA.masked()
+    only_masked = service.detokenize_pending(PAYMENTS, token, masked_only=True)
+    only_masked.committed.result(10)
+    assert only_masked.finish() == only_masked.answer()
+    missing = service.detokenize_pending(LEDGER, "4111110000001111")
+    missing.committed.result(10)
+    assert missing.answer() is None
+    with pytest.raises(TokenNotFound):
+        missing.finish()
+    failed = [e for e in _entries(engine, "detokenize") if e["outcome"] == "failed"]
+    assert [e["details"]["error"] for e in failed] == ["token_not_found"]
