@@ -38,8 +38,8 @@ from vault.operations._checks import TokenizeChecks
 from vault.operations._inputs import expiry
 from vault.operations._items import _Answers, _Call, _Item
 from vault.operations._statements import (
-    _CONVERGENT,
     _HELD,
+    _convergent_records,
     _held_fingerprints,
     _rows_by_idempotency_key,
     _taken,
@@ -342,8 +342,7 @@ class TokenizeOperations(TokenizeChecks):
                 found = _held_fingerprints(connection, domain, token_format, chunk)
                 if not found:
                     continue
-                where = {"domain": domain, "format": token_format, "fps": found}
-                for row in connection.execute(_CONVERGENT, where):
+                for row in _convergent_records(connection, domain, token_format, found):
                     held[(row.format, bytes(row.fingerprint))] = row
         return held
 

@@ -102,18 +102,30 @@ def _select_plan(
         if processor is not None:
             processors.append((index, processor))
     # Names are the table's own columns; every value is bound.
-    return f"SELECT {quoted} FROM {table.name}", record, tuple(processors)  # noqa: S608
+    return f"SELECT {quoted} FROM ", record, tuple(processors)  # noqa: S608
 
 
 def fetch_records(
-    connection: Connection, table: Table, where: str, params: Sequence[Any], *, in_list: int = 0
+    connection: Connection,
+    table: Table,
+    where: str,
+    params: Sequence[Any],
+    *,
+    in_list: int = 0,
+    source: str | None = None,
 ) -> list[Any]:
     """The rows of `table` matching `where` (`fetch_all`'s placeholders), every column,
     each as a record read by attribute like SQLAlchemy's rows, with the values
-    processed as SQLAlchemy would return them."""
+    processed as SQLAlchemy would return them. `source`: a FROM clause to read them
+    from instead of the table, whose rows are the table's and named as it (a LATERAL
+    subquery aliased with the table's name); its placeholders come first."""
     select_sql, record, processors = _select_plan(table, connection.dialect)
     rows = _run(
-        connection, f"{select_sql} WHERE {where}", tuple(params), in_list=in_list, fetch=True
+        connection,
+        f"{select_sql}{source or table.name} WHERE {where}",
+        tuple(params),
+        in_list=in_list,
+        fetch=True,
     )
     records = []
     for row in rows:

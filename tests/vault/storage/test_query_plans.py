@@ -17,6 +17,8 @@ from vault.limits import _CHARGE_SQL, _SEEN_SQL, _SEEN_THEN_WATCH_SQL, _TAT_SQL
 from vault.operations._statements import (
     _ANY_CONVERGENT,
     _ANY_CONVERGENT_PG,
+    _BY_IDEMPOTENCY_PG,
+    _CONVERGENT_PG,
     _TAKEN_PG,
     _TAKEN_SQL,
 )
@@ -179,6 +181,9 @@ def test_several_values_are_searched_one_by_one_on_a_grown_table(pg_database: st
                 (_SEEN_THEN_WATCH_SQL, [sent, identity, window, identity, window, sent, sent]),
                 (_ANY_CONVERGENT_PG, [fps, identity, "pan_bin6_last4"]),
                 (_TAKEN_PG, [[f"x{i}" for i in range(7)]]),
+                # The rows of the fingerprints found, and of idempotency keys sent.
+                (f"SELECT * FROM {_CONVERGENT_PG}", [fps, identity, "pan_bin6_last4"]),
+                (f"SELECT * FROM {_BY_IDEMPOTENCY_PG}", [[f"k{i}" for i in range(7)], identity]),
             ]
             plans = [
                 "\n".join(
