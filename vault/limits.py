@@ -30,6 +30,7 @@ Clocks: the rate limiter compares wall-clock seconds across nodes, so nodes must
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -233,15 +234,19 @@ class Limits:
 
     def check_rate(
         self, connection: Connection, identity: str, limit: RateLimit, cost: int, now: float
-    ) -> None:
+    ) -> int:
         """Raise `RateLimited` if charging `cost` now would fail; charge nothing. A cheap
         early refusal before expensive work (HSM calls); the charge itself is made in the
-        operation's transaction by `charge_rate`."""
-        _, increment, tolerance = _gcra(limit, cost)
+        operation's transaction by `charge_rate`. Returns the units the bucket had room
+        for (`cost` among them)."""
+        interval, increment, tolerance = _gcra(limit, cost)
         rows = fetch_all(connection, _TAT_SQL, [identity])
         tat = rows[0][0] if rows else None
-        if tat is not None and max(float(tat), now) + increment - now > tolerance:
-            raise _rate_limited(limit, max(float(tat), now) + increment - tolerance - now)
+        debt = 0.0 if tat is None else max(float(tat) - now, 0.0)
+        if debt + increment > tolerance:
+            raise _rate_limited(limit, debt + increment - tolerance)
+        # The small epsilon keeps a float's rounding from losing the last unit.
+        return max(cost, int((tolerance - debt) / interval + 1e-9))
 
     @staticmethod
     def check_call_buckets(guard: OracleGuard, pans: Iterable[Pan], now: datetime) -> None:
@@ -362,3 +367,49 @@ class Limits:
             delete(oracle_watch).where(oracle_watch.c.window < horizon)
         ).rowcount
         return int(removed)
+
+
+# How long one read of a bucket lets the early check admit calls against what it read
+# (`EarlyRoom`, issue 21).
+EARLY_ROOM_SECONDS: Final = 1.0
+
+
+class EarlyRoom:
+    """What the early rate check (`Limits.check_rate`, before a tokenize's HSM calls)
+    last read of each identity's bucket in this process: the units it had room for, and
+    how many units this process admitted since. A call is admitted without reading the
+    bucket again while that read is under `EARLY_ROOM_SECONDS` old and its room is not
+    used up; otherwise the bucket is read (issue 21: the read was a pooled connection,
+    a statement and a round trip per tokenize).
+
+    It never refuses: only a read does, so nothing is refused that the bucket allows.
+    Every call admitted counts, charged or not, so this process alone never admits more
+    than the read's room before reading again: a refused call here still spends no HSM
+    call. Other processes spend the same bucket meanwhile; for at most a second each
+    can admit calls the transaction then refuses (`charge_rate` is the limit, exact
+    across nodes), which spends their HMACs: at most the bucket's room per process per
+    second."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, RateLimit], tuple[float, int, int]] = {}
+
+    def admit(self, identity: str, limit: RateLimit, cost: int) -> bool:
+        """Admit `cost` units against the last read if it is fresh and has them left
+        (they count from now on); False: read the bucket (`note` what it had)."""
+        now = self._clock()
+        with self._lock:
+            seen = self._seen.get((identity, limit))
+            if seen is None:
+                return False
+            read_at, room, admitted = seen
+            if now - read_at > EARLY_ROOM_SECONDS or admitted + cost > room:
+                return False
+            self._seen[(identity, limit)] = (read_at, room, admitted + cost)
+            return True
+
+    def note(self, identity: str, limit: RateLimit, room: int, cost: int) -> None:
+        """A read found room for `room` units and admitted a call of `cost`."""
+        with self._lock:
+            self._seen[(identity, limit)] = (self._clock(), room, cost)

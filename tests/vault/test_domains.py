@@ -299,3 +299,35 @@ def test_a_refused_reveal_still_costs_its_rate(domains: VaultService) -> None:
         domains.token_info(LEDGER, "no-such-token")
     with pytest.raises(RateLimited):
         domains.detokenize_masked(LEDGER, "no-such-token")
+
+
+def test_another_node_spending_the_bucket_is_refused_by_the_charge_and_then_early(
+    engine: Engine, domains: VaultService, hsm_provider: HSMProvider
+) -> None:
+    """The early check admits calls against its last read of the bucket for up to a
+    second (`vault.limits.EarlyRoom`): what another node spent meanwhile is refused by
+    the transaction's charge, the limit itself exact across nodes; that call spent its
+    HMAC, and the next one reads the bucket and is refused before any HSM call."""
+    other = VaultService(
+        engine, hsm_provider, PolicyEngine(parse_policy(POLICY, kind="toml").policy)
+    )
+    other.initialize()
+    bodies = (f"511111{i:06d}000" for i in range(400))
+    cards = [b + luhn_check_digit(b) for b in bodies][:3]
+    GENERATED.update(cards)
+    calls: list[str] = []
+    previous = hsm_provider.observer
+    try:
+        domains.tokenize(LIMITED, TokenizeRequest(Pan(cards[0]), "uuid"))  # read: room 2
+        other.tokenize(LIMITED, TokenizeRequest(Pan(cards[1]), "uuid"))  # the burst spent
+        hsm_provider.observer = lambda operation, _ms: calls.append(operation)
+        with pytest.raises(RateLimited):
+            domains.tokenize(LIMITED, TokenizeRequest(Pan(cards[2]), "uuid"))
+        assert calls  # admitted on its read's room: refused by the charge
+        calls.clear()
+        with pytest.raises(RateLimited):
+            domains.tokenize(LIMITED, TokenizeRequest(Pan(cards[2]), "uuid"))
+        assert calls == []  # its room used up: read, and refused early
+    finally:
+        hsm_provider.observer = previous
+        other.close()

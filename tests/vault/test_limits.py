@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Engine, text
 
 from policies.errors import RateLimited
 from policies.models import RateLimit
-from vault.limits import Limits
+from vault.limits import EARLY_ROOM_SECONDS, EarlyRoom, Limits
 from vault.storage.database import create_database_engine, migrate
 from vault.storage.groupcommit import GroupCommitter
 
@@ -198,3 +198,33 @@ def test_outside_a_group_a_deferrable_charge_is_made_at_once(engine: Engine) -> 
         Limits().charge_rate(c, "a", limit, 1, NOW, deferrable=True)
         with pytest.raises(RateLimited):
             Limits().charge_rate(c, "a", limit, 1, NOW, deferrable=True)
+
+
+# ------------------------------------------------------------------ the early check's room
+def test_the_early_check_reads_the_room_a_bucket_has(engine: Engine) -> None:
+    limit = RateLimit(per_second=1, burst=5)
+    with engine.begin() as c:
+        assert Limits().check_rate(c, "spiffe://cofre/a", limit, 1, NOW) == 5  # no row yet
+        Limits().charge_rate(c, "spiffe://cofre/a", limit, 2, NOW)
+        assert Limits().check_rate(c, "spiffe://cofre/a", limit, 1, NOW) == 3
+        Limits().charge_rate(c, "spiffe://cofre/a", limit, 3, NOW)
+        with pytest.raises(RateLimited):
+            Limits().check_rate(c, "spiffe://cofre/a", limit, 1, NOW)
+        assert Limits().check_rate(c, "spiffe://cofre/a", limit, 1, NOW + 1) == 1  # refilled
+
+
+def test_early_room_admits_what_the_last_read_had_room_for_while_it_is_fresh() -> None:
+    clock = [100.0]
+    room = EarlyRoom(lambda: clock[0])
+    limit = RateLimit(per_second=10, burst=3)
+    assert not room.admit("spiffe://cofre/a", limit, 1)  # never read: read it
+    room.note("spiffe://cofre/a", limit, room=3, cost=1)
+    assert room.admit("spiffe://cofre/a", limit, 1)
+    assert not room.admit("spiffe://cofre/a", limit, 2)  # one unit left
+    assert room.admit("spiffe://cofre/a", limit, 1)
+    assert not room.admit("spiffe://cofre/a", limit, 1)  # used up: read again
+    assert not room.admit("spiffe://cofre/b", limit, 1)  # each identity its own
+    room.note("spiffe://cofre/a", limit, room=3, cost=1)
+    assert not room.admit("spiffe://cofre/a", RateLimit(per_second=10, burst=4), 1)  # new policy
+    clock[0] += EARLY_ROOM_SECONDS + 0.01
+    assert not room.admit("spiffe://cofre/a", limit, 1)  # stale: read again

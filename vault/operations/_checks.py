@@ -81,12 +81,15 @@ class TokenizeChecks(VaultCore):
     ) -> None:
         """Refuse before any HSM call what the transaction would refuse anyway (a spent
         rate limit, a call that alone overfills an oracle bucket), so that refused calls
-        cannot spend the HSM's capacity. Charges nothing."""
+        cannot spend the HSM's capacity. Charges nothing. The bucket is read at most
+        about once a second while it has room (`vault.limits.EarlyRoom`)."""
         limit, cost = rules.rate_limit, len(requests)
-        if limit is not None:
+        if limit is not None and not self._early_room.admit(ctx.identity, limit, cost):
             with self._storage(), self._reader.connect() as connection:
                 now = self._clock()  # once connected: others commit charges meanwhile
-                self._limits.check_rate(connection, ctx.identity, limit, cost, now.timestamp())
+                stamp = now.timestamp()
+                room = self._limits.check_rate(connection, ctx.identity, limit, cost, stamp)
+            self._early_room.note(ctx.identity, limit, room, cost)
         now = self._clock()
         guarded = []
         for request in requests:
