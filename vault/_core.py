@@ -226,8 +226,9 @@ class VaultCore:
         future.set_running_or_notify_cancel()
         try:
             with self._engine.begin() as connection:
-                future.set_result(work(connection))
-        except BaseException as exc:  # noqa: BLE001 - `_settle` raises it, translated
+                result = work(connection)
+            future.set_result(result)  # committed: the block's end is the COMMIT
+        except Exception as exc:  # noqa: BLE001 - `_settle` raises it, translated
             future.set_exception(exc)
         return future
 

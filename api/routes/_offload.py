@@ -20,19 +20,26 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, ParamSpec, TypeVar
 
+import structlog
+
+from cofre.errors import CofreError
 from vault.models import Pending
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# As many threads as anyio's default limiter had: each request waiting for its commit
-# holds one, and the group committer gathers them.
+# As many threads as anyio's default limiter had. A single token call holds one until
+# its transaction is submitted; other calls until they are done. At most as many single
+# token calls wait for their commit (`_begun`).
 THREADS: Final = 40
 _executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="cofre-vault-call")
+_waiting = threading.BoundedSemaphore(THREADS)
+_log = structlog.get_logger("cofre.api")
 
 
 async def in_thread(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -46,13 +53,75 @@ async def in_thread(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs)
 async def answered(begin: Callable[P, Pending[T]], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run `begin` (a vault call up to its commit, `vault.models.Pending`) in a thread,
     wait for the commit here, on the event loop, and answer what the synchronous call
-    would: here when its transaction simply succeeded, else finished in a thread."""
-    pending = await in_thread(begin, *args, **kwargs)
-    await _done(pending.committed)
+    would: here when its transaction simply succeeded, else finished in a thread.
+
+    A cancelled request (a shutdown's deadline) still has its call finished, in a
+    thread: a refusal its transaction committed (a 404's charge, a 409) is audited
+    there, as the parked thread did before (review 11)."""
+    loop = asyncio.get_running_loop()
+    call = functools.partial(begin, *args, **kwargs)
+    started = loop.run_in_executor(
+        _executor, functools.partial(contextvars.copy_context().run, _begun, call)
+    )
+    try:
+        # Shielded: cancelling the wait must not lose the `Pending` the thread returns.
+        pending = await asyncio.shield(started)
+    except asyncio.CancelledError:
+        started.add_done_callback(_abandoned)
+        raise
+    try:
+        await _done(pending.committed)
+    except asyncio.CancelledError:
+        _abandon(pending)
+        raise
     answer = pending.answer()
     if answer is not None:
         return answer
     return await in_thread(pending.finish)
+
+
+def _begun(begin: Callable[[], Pending[T]]) -> Pending[T]:
+    """`begin`, once fewer than `THREADS` calls of this process wait for their commit.
+    A parked thread per waiting call bounded them before (issue 21); unbounded, the
+    calls one caller sends before its rate charge is refused at the commit would all
+    spend their HMACs and wait in the committer's queue."""
+    _waiting.acquire()
+    try:
+        pending = begin()
+    except BaseException:
+        _waiting.release()
+        raise
+    pending.committed.add_done_callback(lambda _: _waiting.release())
+    return pending
+
+
+def _abandoned(started: asyncio.Future[Pending[Any]]) -> None:
+    """`begin` ended after its request was cancelled: finish what it submitted (what it
+    raised itself, it audited)."""
+    if not started.cancelled() and started.exception() is None:
+        _abandon(started.result())
+
+
+def _abandon(pending: Pending[Any]) -> None:
+    """Finish `pending` in a thread once committed, for no one: its refusal's audit
+    entry, its retry."""
+    context = contextvars.copy_context()
+
+    def finish(_: Future[Any]) -> None:
+        if pending.answer() is None:
+            with contextlib.suppress(RuntimeError):  # the executor is shut down
+                _executor.submit(context.run, _finish_quietly, pending)
+
+    pending.committed.add_done_callback(finish)
+
+
+def _finish_quietly(pending: Pending[Any]) -> None:
+    try:
+        pending.finish()
+    except CofreError:
+        pass  # audited by `finish`; nobody waits for the answer
+    except Exception as exc:  # noqa: BLE001 - a thread with no caller must not die loud
+        _log.error("abandoned call failed", error=type(exc).__name__)
 
 
 async def _done(future: Future[Any]) -> None:

@@ -14,20 +14,27 @@ from concurrent.futures import Future
 
 import pytest
 
-from api.routes._offload import answered
+from api.routes import _offload
+from api.routes._offload import THREADS, answered
+from cofre.errors import CofreError
 from vault.models import Pending
 
 
 class _Call:
-    """A call whose transaction `commit()` completes from another thread."""
+    """A call whose transaction `commit()` completes from another thread; `begin` waits
+    for `go` first (a slow HSM)."""
 
     def __init__(self, raw: object) -> None:
         self.future: Future[object] = Future()
         self.future.set_running_or_notify_cancel()
         self.raw = raw
         self.finished = 0
+        self.go = threading.Event()
+        self.go.set()
+        self.done = threading.Event()
 
     def begin(self) -> Pending[str]:
+        assert self.go.wait(10)
         return Pending(self.future, self._quick, self._finish)
 
     def commit(self, delay: float = 0.05) -> None:
@@ -39,7 +46,8 @@ class _Call:
 
     def _finish(self) -> str:
         self.finished += 1
-        raise LookupError(f"refused: {self.raw!r}")
+        self.done.set()
+        raise CofreError(f"refused: {self.raw!r}")
 
 
 def test_a_plain_success_is_answered_on_the_loop_without_finishing() -> None:
@@ -52,7 +60,7 @@ def test_a_plain_success_is_answered_on_the_loop_without_finishing() -> None:
 def test_anything_else_is_finished_in_a_thread() -> None:
     call = _Call(409)
     call.commit()
-    with pytest.raises(LookupError, match="refused: 409"):
+    with pytest.raises(CofreError, match="refused: 409"):
         asyncio.run(answered(call.begin))
     assert call.finished == 1
 
@@ -76,3 +84,48 @@ def test_a_cancelled_wait_leaves_the_operation_to_commit() -> None:
     assert call.future.result() == "tok_2"
     assert errors == []
     assert call.finished == 0
+
+
+@pytest.mark.parametrize("while_", ["waiting for the commit", "in begin"])
+def test_a_cancelled_request_still_has_its_refusal_finished(while_: str) -> None:
+    """A refusal's audit entry is written by `finish`: a request cancelled (a shutdown's
+    deadline) before its answer still has it run, in a thread, for no one."""
+    call = _Call(404)
+    if while_ == "in begin":
+        call.go.clear()
+
+    async def main() -> None:
+        task = asyncio.create_task(answered(call.begin))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        call.go.set()
+        call.commit(0.05)
+        await asyncio.sleep(0.3)  # the begin thread, the commit, the finish thread
+
+    asyncio.run(main())
+    assert call.done.wait(10)
+    assert call.finished == 1
+
+
+def test_waiting_calls_are_counted_until_their_commit() -> None:
+    """At most `THREADS` calls wait for their commit (a parked thread each bounded
+    them before): a slot is held from `begin` to the commit, and given back when
+    `begin` raises."""
+    call = _Call("tok_3")
+
+    def failing() -> Pending[str]:
+        raise CofreError("refused before the transaction")
+
+    async def main() -> None:
+        with pytest.raises(CofreError):
+            await answered(failing)
+        task = asyncio.create_task(answered(call.begin))
+        await asyncio.sleep(0.05)
+        assert _offload._waiting._value == THREADS - 1  # type: ignore[attr-defined]
+        call.commit(0)
+        assert await task == "tok_3"
+
+    asyncio.run(main())
+    assert _offload._waiting._value == THREADS  # type: ignore[attr-defined]

@@ -8,11 +8,15 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import OperationalError
 
+from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
-from tests.vault.conftest import LEDGER, PAYMENTS, STRANGER
-from vault.errors import IdempotencyConflict, TokenNotFound
+from policies.loader import parse_policy
+from tests.vault.conftest import LEDGER, PAYMENTS, STRANGER, TEST_POLICY
+from vault.errors import IdempotencyConflict, StorageUnavailable, TokenNotFound
 from vault.pan import Pan
 from vault.service import TokenizeRequest, VaultService
 
@@ -78,3 +82,34 @@ def test_detokenize_is_answered_once_committed_and_a_miss_is_finished_and_audite
         missing.finish()
     failed = [e for e in _entries(engine, "detokenize") if e["outcome"] == "failed"]
     assert [e["details"]["error"] for e in failed] == ["token_not_found"]
+
+
+def test_without_a_committer_a_failed_commit_is_storage_unavailable_and_audited(
+    engine: Engine, hsm_provider: HSMProvider
+) -> None:
+    """With no group committer (`cofre tokens purge`'s service) the transaction runs at
+    once; its result counts only once committed, and a failed COMMIT is the storage
+    error the call raises, audited as a failure (review 11)."""
+    service = VaultService(
+        engine,
+        hsm_provider,
+        PolicyEngine(parse_policy(TEST_POLICY, kind="toml").policy),
+        group_commit=False,
+    )
+    service.initialize()
+    failing = [True]
+
+    def refuse_commit(_connection: object) -> None:
+        if failing[0]:
+            failing[0] = False  # this COMMIT only; the refusal's audit entry commits
+            raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+    event.listen(engine, "commit", refuse_commit)
+    try:
+        with pytest.raises(StorageUnavailable):
+            service.tokenize(PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4"))
+    finally:
+        event.remove(engine, "commit", refuse_commit)
+        service.close()
+    failed = [e for e in _entries(engine, "tokenize") if e["outcome"] == "failed"]
+    assert [e["details"]["error"] for e in failed] == ["storage_unavailable"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from sqlalchemy import Connection, Row, bindparam, select
+from sqlalchemy import Connection, bindparam, select
 
 from vault.operations._items import _Item
 from vault.storage.rawsql import fetch_all, fetch_records
@@ -101,7 +101,7 @@ _BY_IDEMPOTENCY_PG: Final = (
 
 def _rows_by_idempotency_key(
     connection: Connection, domain: str, items: Sequence[_Item]
-) -> dict[str, Row[Any]]:
+) -> dict[str, Any]:  # records read like rows (`fetch_records`)
     # The key is the domain's, whoever in the domain sent it.
     keys = [i.request.idempotency_key for i in items if i.request.idempotency_key]
     if not keys:

@@ -89,7 +89,8 @@ def execute(connection: Connection, sql: str, params: Sequence[Any]) -> int:
 def _select_plan(
     table: Table, dialect: Dialect
 ) -> tuple[str, Callable[..., Any], tuple[tuple[int, Callable[[Any], Any]], ...]]:
-    """``SELECT <every column> FROM <table>`` for `fetch_records`, the record type of
+    """``SELECT <every column> FROM `` for `fetch_records` (the table or its `source`
+    follows), the record type of
     its rows, and the result processors of the columns that need one on `dialect` (a
     SQLite datetime is text and a boolean an integer; PostgreSQL's driver returns both
     as Python's)."""
