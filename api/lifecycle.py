@@ -24,7 +24,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 import uvicorn
@@ -32,11 +32,15 @@ import uvicorn
 from api.errors import ApiError
 from api.handshake import observe_handshake_failures
 from api.observability import Telemetry
+from api.routes._offload import drain as drain_left_calls
 
 if TYPE_CHECKING:
     from api.crl import CrlWatcher
 
 _log = structlog.get_logger("cofre.lifecycle")
+# How long a stopping worker waits for the calls of requests cancelled at the deadline
+# (`api.routes._offload.drain`): their commits, then their refusals' audit entries.
+LEFT_CALLS_SECONDS: Final = 10.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -142,18 +146,23 @@ def run_until_stopped(
     keeps serving what it had). Failed TLS handshakes are logged and counted into
     `telemetry` (`api.handshake`).
 
-    Returns once both servers have stopped; the caller then releases the runtime.
+    Returns once both servers have stopped and the calls of requests cancelled at the
+    deadline are finished (their refusals audited; at most `LEFT_CALLS_SECONDS`); the
+    caller then releases the runtime.
     """
-    asyncio.run(
-        _serve(
-            api,
-            health,
-            readiness,
-            drain_delay=drain_delay,
-            on_reload=on_reload,
-            telemetry=telemetry,
+    try:
+        asyncio.run(
+            _serve(
+                api,
+                health,
+                readiness,
+                drain_delay=drain_delay,
+                on_reload=on_reload,
+                telemetry=telemetry,
+            )
         )
-    )
+    finally:
+        drain_left_calls(LEFT_CALLS_SECONDS)
 
 
 async def _serve(

@@ -53,7 +53,7 @@ from vault.errors import (
     VaultError,
 )
 from vault.keyring import DataKeyring, KeyPurpose, pan_aad
-from vault.limits import EarlyRoom, Limits
+from vault.limits import Limits
 from vault.models import CallContext, TokenRecord
 from vault.pan import Pan
 from vault.policy_record import policy_event
@@ -111,7 +111,6 @@ class VaultCore:
         )
         self._hierarchy = KeyHierarchy(provider)
         self._limits = Limits()
-        self._early_room = EarlyRoom(time.monotonic)
         self._fp_versions: list[int] | None = None
         self._fp_read = 0.0
         self._fp_lock = threading.Lock()

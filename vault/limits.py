@@ -30,7 +30,9 @@ Clocks: the rate limiter compares wall-clock seconds across nodes, so nodes must
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -179,7 +181,11 @@ class _GroupCharges:
 
 
 class Limits:
-    """The checks; stateless (all state is in the database)."""
+    """The checks. Their state is in the database; `early` only remembers, in this
+    process, what the early rate check last read (`EarlyRoom`)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.early = EarlyRoom(clock)
 
     def charge_rate(
         self,
@@ -229,6 +235,7 @@ class Limits:
             if later > now:
                 now, clock = later, None
                 continue
+            self.early.forget(identity)  # its next early check reads the bucket
             raise _rate_limited(limit, max(float(tat), now) + increment - tolerance - now)
         raise RateLimited("rate limit state is contended; retry", interval)  # pragma: no cover
 
@@ -242,11 +249,14 @@ class Limits:
         interval, increment, tolerance = _gcra(limit, cost)
         rows = fetch_all(connection, _TAT_SQL, [identity])
         tat = rows[0][0] if rows else None
-        debt = 0.0 if tat is None else max(float(tat) - now, 0.0)
-        if debt + increment > tolerance:
-            raise _rate_limited(limit, debt + increment - tolerance)
-        # The small epsilon keeps a float's rounding from losing the last unit.
-        return max(cost, int((tolerance - debt) / interval + 1e-9))
+        # `charge_rate`'s expression, to the last bit: the check must agree with it.
+        lead = increment if tat is None else max(float(tat), now) + increment - now
+        if tat is not None and lead > tolerance:
+            raise _rate_limited(limit, max(float(tat), now) + increment - tolerance - now)
+        # Room for this call and as many more as fit now (an over-count only lets one
+        # more call reach the charge, which refuses it); an unbounded rate has its burst.
+        more = (tolerance - lead) / interval if interval > 0 else float(limit.burst)
+        return cost + int(min(more, limit.burst)) if math.isfinite(more) else cost
 
     @staticmethod
     def check_call_buckets(guard: OracleGuard, pans: Iterable[Pan], now: datetime) -> None:
@@ -372,6 +382,7 @@ class Limits:
 # How long one read of a bucket lets the early check admit calls against what it read
 # (`EarlyRoom`, issue 21).
 EARLY_ROOM_SECONDS: Final = 1.0
+_EARLY_ROOM_ENTRIES: Final = 1024
 
 
 class EarlyRoom:
@@ -383,12 +394,14 @@ class EarlyRoom:
     a statement and a round trip per tokenize).
 
     It never refuses: only a read does, so nothing is refused that the bucket allows.
-    Every call admitted counts, charged or not, so this process alone never admits more
-    than the read's room before reading again: a refused call here still spends no HSM
-    call. Other processes spend the same bucket meanwhile; for at most a second each
-    can admit calls the transaction then refuses (`charge_rate` is the limit, exact
-    across nodes), which spends their HMACs: at most the bucket's room per process per
-    second."""
+    Every call admitted counts, charged or not. What it cannot see is refused by the
+    transaction's charge (`charge_rate`, the limit, exact across nodes) after the call's
+    HMAC: other processes' spending, this process's other operations on the bucket
+    (detokenize), and calls admitted but not yet committed when a read was made (at
+    most the process's waiting calls, `api.routes._offload.THREADS`). A refused charge
+    forgets the identity (`forget`): its next call reads the bucket and is refused
+    before any HSM call. So refused calls spend at most about the bucket's room in HMACs
+    per process per second."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
@@ -411,5 +424,18 @@ class EarlyRoom:
 
     def note(self, identity: str, limit: RateLimit, room: int, cost: int) -> None:
         """A read found room for `room` units and admitted a call of `cost`."""
+        now = self._clock()
         with self._lock:
-            self._seen[(identity, limit)] = (self._clock(), room, cost)
+            if len(self._seen) > _EARLY_ROOM_ENTRIES:  # policies reloaded many times
+                self._seen = {
+                    key: seen
+                    for key, seen in self._seen.items()
+                    if now - seen[0] <= EARLY_ROOM_SECONDS
+                }
+            self._seen[(identity, limit)] = (now, room, cost)
+
+    def forget(self, identity: str) -> None:
+        """The bucket refused a charge: read it at the identity's next call."""
+        with self._lock:
+            for key in [key for key in self._seen if key[0] == identity]:
+                del self._seen[key]

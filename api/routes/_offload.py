@@ -21,8 +21,9 @@ import contextlib
 import contextvars
 import functools
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Final, ParamSpec, TypeVar
 
 import structlog
@@ -39,6 +40,9 @@ T = TypeVar("T")
 THREADS: Final = 40
 _executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="cofre-vault-call")
 _waiting = threading.BoundedSemaphore(THREADS)
+# The calls cancelled requests left, until finished (`_leave`, `drain`).
+_left: set[Future[None]] = set()
+_left_lock = threading.Lock()
 _log = structlog.get_logger("cofre.api")
 
 
@@ -56,23 +60,21 @@ async def answered(begin: Callable[P, Pending[T]], *args: P.args, **kwargs: P.kw
     would: here when its transaction simply succeeded, else finished in a thread.
 
     A cancelled request (a shutdown's deadline) still has its call finished, in a
-    thread: a refusal its transaction committed (a 404's charge, a 409) is audited
-    there, as the parked thread did before (review 11)."""
-    loop = asyncio.get_running_loop()
+    thread, for no one: a refusal its transaction committed (a 404's charge, a 409) is
+    audited there, as the parked thread did before (reviews 11 and 12). `drain` waits
+    for those."""
+    context = contextvars.copy_context()
     call = functools.partial(begin, *args, **kwargs)
-    started = loop.run_in_executor(
-        _executor, functools.partial(contextvars.copy_context().run, _begun, call)
-    )
+    started = _executor.submit(context.run, _begun, call)
     try:
-        # Shielded: cancelling the wait must not lose the `Pending` the thread returns.
-        pending = await asyncio.shield(started)
+        pending = await asyncio.wrap_future(started)
     except asyncio.CancelledError:
-        started.add_done_callback(_abandoned)
+        _leave(started, context)
         raise
     try:
         await _done(pending.committed)
     except asyncio.CancelledError:
-        _abandon(pending)
+        _leave(started, context)
         raise
     answer = pending.answer()
     if answer is not None:
@@ -95,33 +97,63 @@ def _begun(begin: Callable[[], Pending[T]]) -> Pending[T]:
     return pending
 
 
-def _abandoned(started: asyncio.Future[Pending[Any]]) -> None:
-    """`begin` ended after its request was cancelled: finish what it submitted (what it
-    raised itself, it audited)."""
-    if not started.cancelled() and started.exception() is None:
-        _abandon(started.result())
+def _leave(started: Future[Pending[Any]], context: contextvars.Context) -> None:
+    """Finish, for no one, the call a cancelled request left: once `begin` returned (in
+    its thread; what it raised, it audited) and its transaction is done, `finish` runs
+    in a thread in the request's `context` (free by then). Everything here runs in the
+    vault's threads, so it happens even once the event loop is closed."""
+    left: Future[None] = Future()
+    with _left_lock:
+        _left.add(left)
+
+    def done() -> None:
+        with _left_lock:
+            _left.discard(left)
+        left.set_result(None)
+
+    def finish(pending: Pending[Any]) -> None:
+        try:
+            pending.finish()
+        except CofreError as exc:  # audited by `finish`; nobody waits for the answer
+            _log.warning("a cancelled request's call was refused", code=exc.code)
+        except Exception as exc:  # noqa: BLE001 - a thread with no caller must not die loud
+            _log.error("a cancelled request's call failed", error=type(exc).__name__)
+        finally:
+            done()
+
+    def committed(pending: Pending[Any]) -> None:
+        if pending.answer() is not None:
+            done()
+            return
+        try:
+            _executor.submit(context.run, finish, pending)
+        except RuntimeError:  # the executor is shut down: the interpreter is leaving
+            done()
+
+    def begun(_: Future[Pending[Any]]) -> None:
+        if started.cancelled() or started.exception() is not None:
+            done()
+            return
+        pending = started.result()
+        pending.committed.add_done_callback(lambda _: committed(pending))
+
+    started.add_done_callback(begun)
 
 
-def _abandon(pending: Pending[Any]) -> None:
-    """Finish `pending` in a thread once committed, for no one: its refusal's audit
-    entry, its retry."""
-    context = contextvars.copy_context()
-
-    def finish(_: Future[Any]) -> None:
-        if pending.answer() is None:
-            with contextlib.suppress(RuntimeError):  # the executor is shut down
-                _executor.submit(context.run, _finish_quietly, pending)
-
-    pending.committed.add_done_callback(finish)
-
-
-def _finish_quietly(pending: Pending[Any]) -> None:
-    try:
-        pending.finish()
-    except CofreError:
-        pass  # audited by `finish`; nobody waits for the answer
-    except Exception as exc:  # noqa: BLE001 - a thread with no caller must not die loud
-        _log.error("abandoned call failed", error=type(exc).__name__)
+def drain(timeout: float) -> None:
+    """Wait up to `timeout` seconds for the calls cancelled requests left to finish
+    (their refusals' audit entries). Call it once the server stopped and before the
+    vault is released; what is left then is logged."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with _left_lock:
+            left = list(_left)
+        remaining = deadline - time.monotonic()
+        if not left or remaining <= 0:
+            break
+        wait(left, timeout=remaining)
+    if left:
+        _log.warning("cancelled requests' calls left unfinished", count=len(left))
 
 
 async def _done(future: Future[Any]) -> None:

@@ -302,7 +302,10 @@ def test_a_refused_reveal_still_costs_its_rate(domains: VaultService) -> None:
 
 
 def test_another_node_spending_the_bucket_is_refused_by_the_charge_and_then_early(
-    engine: Engine, domains: VaultService, hsm_provider: HSMProvider
+    engine: Engine,
+    domains: VaultService,
+    hsm_provider: HSMProvider,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The early check admits calls against its last read of the bucket for up to a
     second (`vault.limits.EarlyRoom`): what another node spent meanwhile is refused by
@@ -312,6 +315,7 @@ def test_another_node_spending_the_bucket_is_refused_by_the_charge_and_then_earl
         engine, hsm_provider, PolicyEngine(parse_policy(POLICY, kind="toml").policy)
     )
     other.initialize()
+    monkeypatch.setattr(domains._limits.early, "_clock", lambda: 0.0)  # its read stays fresh
     bodies = (f"511111{i:06d}000" for i in range(400))
     cards = [b + luhn_check_digit(b) for b in bodies][:3]
     GENERATED.update(cards)

@@ -228,3 +228,25 @@ def test_early_room_admits_what_the_last_read_had_room_for_while_it_is_fresh() -
     assert not room.admit("spiffe://cofre/a", RateLimit(per_second=10, burst=4), 1)  # new policy
     clock[0] += EARLY_ROOM_SECONDS + 0.01
     assert not room.admit("spiffe://cofre/a", limit, 1)  # stale: read again
+    room.note("spiffe://cofre/a", limit, room=3, cost=1)
+    room.forget("spiffe://cofre/a")  # a charge was refused: read again
+    assert not room.admit("spiffe://cofre/a", limit, 1)
+
+
+def test_a_refused_charge_forgets_the_early_room(engine: Engine) -> None:
+    limits, limit = Limits(), RateLimit(per_second=0.001, burst=1)
+    limits.early.note("spiffe://cofre/a", limit, room=1, cost=0)
+    with engine.begin() as c:
+        limits.charge_rate(c, "spiffe://cofre/a", limit, 1, NOW)
+        with pytest.raises(RateLimited):
+            limits.charge_rate(c, "spiffe://cofre/a", limit, 1, NOW)
+    assert not limits.early.admit("spiffe://cofre/a", limit, 1)
+
+
+@pytest.mark.parametrize("per_second", [float("inf"), 1e-320])
+def test_the_early_check_survives_a_rate_at_the_ends_of_the_floats(
+    engine: Engine, per_second: float
+) -> None:
+    limit = RateLimit(per_second=per_second, burst=3)
+    with engine.begin() as c:
+        assert 1 <= Limits().check_rate(c, "spiffe://cofre/a", limit, 1, NOW) <= 4

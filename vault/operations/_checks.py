@@ -84,12 +84,12 @@ class TokenizeChecks(VaultCore):
         cannot spend the HSM's capacity. Charges nothing. The bucket is read at most
         about once a second while it has room (`vault.limits.EarlyRoom`)."""
         limit, cost = rules.rate_limit, len(requests)
-        if limit is not None and not self._early_room.admit(ctx.identity, limit, cost):
+        if limit is not None and not self._limits.early.admit(ctx.identity, limit, cost):
             with self._storage(), self._reader.connect() as connection:
                 now = self._clock()  # once connected: others commit charges meanwhile
                 stamp = now.timestamp()
                 room = self._limits.check_rate(connection, ctx.identity, limit, cost, stamp)
-            self._early_room.note(ctx.identity, limit, room, cost)
+            self._limits.early.note(ctx.identity, limit, room, cost)
         now = self._clock()
         guarded = []
         for request in requests:
