@@ -76,8 +76,8 @@ _RETRYABLE_SQLSTATES: Final = frozenset({"40P01", "40001"})  # deadlock, seriali
 
 def _raise_input_error(exc: SQLDataError) -> None:
     """Raise `InvalidInput` when `exc` is PostgreSQL refusing a NUL in a string (psycopg
-    says so before sending): the caller's input, not an outage."""
-    if "NUL" in str(exc.orig):
+    says so before sending; in an array PostgreSQL answers 22021): the caller's input."""
+    if "NUL" in str(exc.orig) or getattr(exc.orig, "sqlstate", None) == "22021":
         raise InvalidInput("a string holds a NUL character") from None
 
 
