@@ -186,9 +186,8 @@ class CaptureOperations(TokenizeOperations):
             cardholder_name=card.name,
             security_code=code,
         )
-        record = self._tokenize(owner, [request], batch=False, action=Action.CAPTURE, within=spend)[
-            0
-        ]
+        pending = self._tokenize(owner, [request], batch=False, action=Action.CAPTURE, within=spend)
+        record = pending.finish()[0]
         shown = None if card.expiry is None else normalize_expiry(card.expiry, self._clock())
         return CaptureResult(token=record, masked=card.pan.masked(), expiry=shown)
 

@@ -40,23 +40,10 @@ class RevealOperations(VaultCore):
         *,
         masked_only: bool = False,
         batch: bool = False,
-    ) -> list[Revealed]:
-        """The one reveal path: a single call is a batch of one. Charges one rate unit
-        per token and (for detokenize) one unit of the daily quota."""
-        return self._reveal_pending(
-            ctx, token_list, action, masked_only=masked_only, batch=batch
-        ).finish()
-
-    def _reveal_pending(
-        self,
-        ctx: CallContext,
-        token_list: Sequence[str],
-        action: Action,
-        *,
-        masked_only: bool = False,
-        batch: bool = False,
     ) -> Pending[list[Revealed]]:
-        """`_reveal` up to its transaction's submission (`Pending`)."""
+        """The one reveal path, up to its transaction's submission (`Pending`; its
+        `finish()` is the synchronous call): a single call is a batch of one. Charges one
+        rate unit per token and (for detokenize) one unit of the daily quota."""
         rules = self._authorize(ctx, action)
         reveal = Reveal.MASKED if masked_only else rules.reveal
         domains = self._policy.readable_domains(ctx.identity)
@@ -112,7 +99,7 @@ class RevealOperations(VaultCore):
         committer and not waited for (`Pending`); raises at once what it raises before
         its transaction."""
         action = Action.DETOKENIZE_MASKED if masked_only else Action.DETOKENIZE
-        calls = self._reveal_pending(ctx, [token], action, masked_only=masked_only)
+        calls = self._reveal(ctx, [token], action, masked_only=masked_only)
         return Pending(
             calls.committed,
             lambda raw: None if (revealed := calls.quick(raw)) is None else revealed[0],
@@ -125,11 +112,11 @@ class RevealOperations(VaultCore):
         a domain the caller may not read), `TokenExpired`, `IntegrityError`,
         `RateLimited`, `QuotaExceeded`, `StorageUnavailable`, `AuditWriteFailed`,
         `HSMUnavailable`."""
-        return self._reveal(ctx, [token], Action.DETOKENIZE)[0]
+        return self._reveal(ctx, [token], Action.DETOKENIZE).finish()[0]
 
     def detokenize_masked(self, ctx: CallContext, token: str) -> Revealed:
         """Return only the masked PAN (BIN6 and last four) behind `token`."""
-        return self._reveal(ctx, [token], Action.DETOKENIZE_MASKED, masked_only=True)[0]
+        return self._reveal(ctx, [token], Action.DETOKENIZE_MASKED, masked_only=True).finish()[0]
 
     def detokenize_batch(self, ctx: CallContext, token_list: Sequence[str]) -> list[Revealed]:
         """Detokenize every token, all or nothing, in order. Raises `BatchItemInvalid`
@@ -137,4 +124,4 @@ class RevealOperations(VaultCore):
         if not 1 <= len(token_list) <= MAX_BATCH:
             self._authorize(ctx, Action.DETOKENIZE)
             raise BatchItemInvalid(0, "invalid_request", f"a batch has 1 to {MAX_BATCH} items")
-        return self._reveal(ctx, token_list, Action.DETOKENIZE, batch=True)
+        return self._reveal(ctx, token_list, Action.DETOKENIZE, batch=True).finish()

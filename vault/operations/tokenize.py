@@ -96,7 +96,7 @@ class TokenizeOperations(TokenizeChecks):
         `FormatNotApplicable`, `InvalidMetadata`, `InvalidTTL`, `IdempotencyConflict`,
         `TokenSpaceExhausted`, `StorageUnavailable`, `AuditWriteFailed`, `HSMUnavailable`.
         """
-        return self._tokenize(ctx, [request], batch=False)[0]
+        return self._tokenize(ctx, [request], batch=False).finish()[0]
 
     def tokenize_batch(
         self, ctx: CallContext, requests: Sequence[TokenizeRequest]
@@ -109,12 +109,12 @@ class TokenizeOperations(TokenizeChecks):
         """
         if not 1 <= len(requests) <= MAX_BATCH:
             raise BatchItemInvalid(0, "invalid_request", f"a batch has 1 to {MAX_BATCH} items")
-        return self._tokenize(ctx, requests, batch=True)
+        return self._tokenize(ctx, requests, batch=True).finish()
 
     def tokenize_pending(self, ctx: CallContext, request: TokenizeRequest) -> Pending[TokenRecord]:
         """`tokenize`, handed to the group committer and not waited for (`Pending`);
         raises at once what `tokenize` raises before its transaction."""
-        calls = self._tokenize_pending(ctx, [request], batch=False)
+        calls = self._tokenize(ctx, [request], batch=False)
         return Pending(
             calls.committed,
             lambda raw: None if (records := calls.quick(raw)) is None else records[0],
@@ -129,25 +129,12 @@ class TokenizeOperations(TokenizeChecks):
         batch: bool,
         action: Action = Action.TOKENIZE,
         within: Callable[[Connection, list[TokenRecord]], None] | None = None,
-    ) -> list[TokenRecord]:
-        """The one tokenize path: a single call is a batch of one. `action` is what the
-        caller's policy must allow (a hosted capture tokenizes under ``capture``);
-        `within` runs in the same transaction after the tokens are stored (a capture
-        spends its session there: if it raises, nothing is stored)."""
-        return self._tokenize_pending(
-            ctx, requests, batch=batch, action=action, within=within
-        ).finish()
-
-    def _tokenize_pending(
-        self,
-        ctx: CallContext,
-        requests: Sequence[TokenizeRequest],
-        *,
-        batch: bool,
-        action: Action = Action.TOKENIZE,
-        within: Callable[[Connection, list[TokenRecord]], None] | None = None,
     ) -> Pending[list[TokenRecord]]:
-        """`_tokenize` up to its transaction's submission (`Pending`)."""
+        """The one tokenize path, up to its transaction's submission (`Pending`; its
+        `finish()` is the synchronous call): a single call is a batch of one. `action` is
+        what the caller's policy must allow (a hosted capture tokenizes under
+        ``capture``); `within` runs in the same transaction after the tokens are stored
+        (a capture spends its session there: if it raises, nothing is stored)."""
         with self._audited_refusal(ctx, action):
             rules = self._authorize(ctx, action, token_format=requests[0].format)
             domain = rules.domain_of(ctx.identity)
