@@ -69,7 +69,7 @@ class RateLimit(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    per_second: Annotated[float, Field(gt=0)]
+    per_second: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     burst: Annotated[int, Field(ge=1)]
 
 

@@ -77,7 +77,7 @@ _RETRYABLE_SQLSTATES: Final = frozenset({"40P01", "40001"})  # deadlock, seriali
 def _raise_input_error(exc: SQLDataError) -> None:
     """Raise `InvalidInput` when `exc` is PostgreSQL refusing a NUL in a string (psycopg
     says so before sending; in an array PostgreSQL answers 22021): the caller's input."""
-    if "NUL" in str(exc.orig) or getattr(exc.orig, "sqlstate", None) == "22021":
+    if "NUL" in str(exc.orig) or "0x00" in str(exc.orig):  # 22021 names the byte
         raise InvalidInput("a string holds a NUL character") from None
 
 

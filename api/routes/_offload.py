@@ -61,8 +61,9 @@ async def answered(begin: Callable[P, Pending[T]], *args: P.args, **kwargs: P.kw
 
     A cancelled request (a shutdown's deadline) still has its call finished, in a
     thread, for no one: a refusal its transaction committed (a 404's charge, a 409) is
-    audited there, as the parked thread did before (reviews 11 and 12). `drain` waits
-    for those."""
+    audited there, as the parked thread did before (reviews 11 to 13). `drain` waits
+    for those. A `begin` still queued when its request is cancelled never runs (nothing
+    spent, nothing to audit)."""
     context = contextvars.copy_context()
     call = functools.partial(begin, *args, **kwargs)
     started = _executor.submit(context.run, _begun, call)
@@ -79,7 +80,16 @@ async def answered(begin: Callable[P, Pending[T]], *args: P.args, **kwargs: P.kw
     answer = pending.answer()
     if answer is not None:
         return answer
-    return await in_thread(pending.finish)
+    finishing = _executor.submit(contextvars.copy_context().run, pending.finish)
+    try:
+        return await asyncio.wrap_future(finishing)
+    except asyncio.CancelledError:
+        if finishing.cancelled():  # still queued: it never ran, finish it for no one
+            _leave(started, context)
+        else:  # running: `drain` waits for it
+            done = _tracked()
+            finishing.add_done_callback(lambda _: done())
+        raise
 
 
 def _begun(begin: Callable[[], Pending[T]]) -> Pending[T]:
@@ -102,14 +112,7 @@ def _leave(started: Future[Pending[Any]], context: contextvars.Context) -> None:
     its thread; what it raised, it audited) and its transaction is done, `finish` runs
     in a thread in the request's `context` (free by then). Everything here runs in the
     vault's threads, so it happens even once the event loop is closed."""
-    left: Future[None] = Future()
-    with _left_lock:
-        _left.add(left)
-
-    def done() -> None:
-        with _left_lock:
-            _left.discard(left)
-        left.set_result(None)
+    done = _tracked()
 
     def finish(pending: Pending[Any]) -> None:
         try:
@@ -138,6 +141,20 @@ def _leave(started: Future[Pending[Any]], context: contextvars.Context) -> None:
         pending.committed.add_done_callback(lambda _: committed(pending))
 
     started.add_done_callback(begun)
+
+
+def _tracked() -> Callable[[], None]:
+    """Count a left call in `_left` until the function returned is called (once)."""
+    left: Future[None] = Future()
+    with _left_lock:
+        _left.add(left)
+
+    def done() -> None:
+        with _left_lock:
+            _left.discard(left)
+        left.set_result(None)
+
+    return done
 
 
 def drain(timeout: float) -> None:

@@ -32,6 +32,9 @@ class _Call:
         self.go = threading.Event()
         self.go.set()
         self.done = threading.Event()
+        self.finishing = threading.Event()
+        self.go_finish = threading.Event()
+        self.go_finish.set()
 
     def begin(self) -> Pending[str]:
         assert self.go.wait(10)
@@ -45,6 +48,8 @@ class _Call:
         return raw if isinstance(raw, str) else None
 
     def _finish(self) -> str:
+        self.finishing.set()
+        assert self.go_finish.wait(10)
         self.finished += 1
         self.done.set()
         raise CofreError(f"refused: {self.raw!r}")
@@ -111,6 +116,26 @@ def test_a_cancelled_request_still_has_its_refusal_finished(while_: str) -> None
     if while_ == "in begin past the loop's end":
         call.go.set()
         call.commit(0.05)
+    _offload.drain(10)
+    assert call.finished == 1
+    assert not _offload._left
+
+
+def test_a_request_cancelled_while_its_refusal_is_finished_is_waited_for() -> None:
+    call = _Call(409)
+    call.go_finish.clear()
+
+    async def main() -> None:
+        task = asyncio.create_task(answered(call.begin))
+        call.commit(0)
+        assert await asyncio.to_thread(call.finishing.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    threading.Timer(0.2, call.go_finish.set).start()
+    assert _offload._left  # `drain` has it to wait for
     _offload.drain(10)
     assert call.finished == 1
     assert not _offload._left

@@ -131,6 +131,11 @@ def test_fpe_on_15_digit_pans_rejected_at_load() -> None:
         ("[identities.'spiffe://x/s']\noperations = ['detokenize']\n", "detokenize needs"),
         ("[formats.pan_last4]\ntype = 'random'\n", "built in"),
         ("key_approvals_required = 1\n", "key_approvals_required"),
+        (
+            "[identities.'spiffe://x/r']\noperations = ['tokenize']\nformats = ['uuid']\n"
+            "rate_limit = { per_second = inf, burst = 5 }\n",
+            "per_second",
+        ),
         ("this is = = not toml", "not valid TOML"),
     ],
 )

@@ -243,7 +243,7 @@ def test_a_refused_charge_forgets_the_early_room(engine: Engine) -> None:
     assert not limits.early.admit("spiffe://cofre/a", limit, 1)
 
 
-@pytest.mark.parametrize("per_second", [float("inf"), 1e-320])
+@pytest.mark.parametrize("per_second", [1e308, 1e-320])
 def test_the_early_check_survives_a_rate_at_the_ends_of_the_floats(
     engine: Engine, per_second: float
 ) -> None:
