@@ -106,6 +106,9 @@ def _is_sqlite(path: Path) -> bool:
         return f.read(16) == _SQLITE_MAGIC
 
 
+VALUES_APART = b"\n" * 5
+
+
 def sqlite_values(path: Path) -> tuple[list[str], list[bytes]]:
     """The tokens and every stored value of an SQLite database (with its WAL): text and
     numbers as text, one per line, and blobs as they are. Raw pages are no place for
@@ -136,8 +139,12 @@ def sqlite_values(path: Path) -> tuple[list[str], list[bytes]]:
                 if "tokens" in tables
                 else []
             )
-    # One line each: a line break ends every digit run, so no two values join into one.
-    return tokens, [b"\n".join(lines), b"\n".join(blobs)]
+    # Apart, so that no two values join into one: a line break ends a digit run, and
+    # five of them end a chain too (`leakscan._CHAIN` joins digit groups across up to
+    # four separator bytes: "4111 1111 1111 1111" in one value). With one line break,
+    # a value ending in "...940" glued to the token "5000000270499897" on the next line
+    # read as the test PAN 4050000002704998 (a clean-clone run's findings, session 11).
+    return tokens, [VALUES_APART.join(lines), VALUES_APART.join(blobs)]
 
 
 @dataclass(eq=False)  # a plugin: pluggy keeps it in sets
