@@ -132,6 +132,14 @@ operations = ["key_admin"]
 ALICE, BOB, CAROL = (f"spiffe://cofre/officer-{n}" for n in ("alice", "bob", "carol"))
 
 
+def rotation_of(service: VaultService, engine: Engine, provider: HSMProvider) -> KeyRotation:
+    """A `KeyRotation` of `service`'s keys, retired keys destroyed at once (a new one
+    resumes what the database says another left)."""
+    return KeyRotation(
+        engine, provider, service.keyring, lambda: service.policy, destroy_grace=timedelta(0)
+    )
+
+
 @pytest.fixture
 def rig(
     engine: Engine, rotation_provider: HSMProvider
@@ -141,12 +149,5 @@ def rig(
     policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
     service = VaultService(engine, rotation_provider, policy)
     service.initialize()
-    rotation = KeyRotation(
-        engine,
-        rotation_provider,
-        service.keyring,
-        lambda: service.policy,
-        destroy_grace=timedelta(0),
-    )
-    yield service, rotation
+    yield service, rotation_of(service, engine, rotation_provider)
     service.close()

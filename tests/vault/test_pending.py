@@ -17,6 +17,7 @@ from policies.errors import PolicyDenied
 from policies.loader import parse_policy
 from tests.vault.conftest import LEDGER, PAYMENTS, STRANGER, TEST_POLICY
 from vault.errors import IdempotencyConflict, StorageUnavailable, TokenNotFound
+from vault.models import Pending
 from vault.pan import Pan
 from vault.service import TokenizeRequest, VaultService
 
@@ -28,6 +29,19 @@ def _entries(engine: Engine, action: str) -> list[dict[str, Any]]:
     with engine.connect() as connection:
         payloads = connection.execute(sa.text("SELECT payload FROM audit_entries")).scalars()
         return [e for p in payloads if (e := json.loads(p)).get("action") == action]
+
+
+def _refused_and_audited(
+    pending: Pending[Any], error: type[Exception], engine: Engine, action: str, code: str
+) -> None:
+    """Once committed `pending` is no plain answer; finishing raises `error` and audits
+    one failed `action` entry with `code`."""
+    pending.committed.result(10)
+    assert pending.answer() is None
+    with pytest.raises(error):
+        pending.finish()
+    failed = [e for e in _entries(engine, action) if e["outcome"] == "failed"]
+    assert [e["details"]["error"] for e in failed] == [code]
 
 
 def test_a_tokenize_is_answered_once_committed_as_the_call_would(service: VaultService) -> None:
@@ -47,12 +61,7 @@ def test_a_conflict_is_not_a_plain_answer_and_finishing_raises_and_audits_it(
     pending = service.tokenize_pending(
         PAYMENTS, TokenizeRequest(MC, "card_random", idempotency_key="k1")
     )
-    pending.committed.result(10)
-    assert pending.answer() is None
-    with pytest.raises(IdempotencyConflict):
-        pending.finish()
-    failed = [e for e in _entries(engine, "tokenize") if e["outcome"] == "failed"]
-    assert [e["details"]["error"] for e in failed] == ["idempotency_conflict"]
+    _refused_and_audited(pending, IdempotencyConflict, engine, "tokenize", "idempotency_conflict")
 
 
 def test_a_refusal_before_the_transaction_is_raised_at_once(service: VaultService) -> None:
@@ -76,12 +85,7 @@ def test_detokenize_is_answered_once_committed_and_a_miss_is_finished_and_audite
     only_masked.committed.result(10)
     assert only_masked.finish() == only_masked.answer()
     missing = service.detokenize_pending(LEDGER, "4111110000001111")
-    missing.committed.result(10)
-    assert missing.answer() is None
-    with pytest.raises(TokenNotFound):
-        missing.finish()
-    failed = [e for e in _entries(engine, "detokenize") if e["outcome"] == "failed"]
-    assert [e["details"]["error"] for e in failed] == ["token_not_found"]
+    _refused_and_audited(missing, TokenNotFound, engine, "detokenize", "token_not_found")
 
 
 def test_without_a_committer_a_failed_commit_is_storage_unavailable_and_audited(

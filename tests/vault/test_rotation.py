@@ -17,7 +17,16 @@ from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.loader import parse_policy
-from tests.vault.conftest import ALICE, BOB, CAROL, GETNET, OFFICERS, PAYMENTS, TEST_POLICY
+from tests.vault.conftest import (
+    ALICE,
+    BOB,
+    CAROL,
+    GETNET,
+    OFFICERS,
+    PAYMENTS,
+    TEST_POLICY,
+    rotation_of,
+)
 from vault.ceremony import CeremonyState
 from vault.errors import CeremonyError
 from vault.pan import Pan, luhn_check_digit
@@ -144,13 +153,7 @@ def test_data_key_rotation_under_load(
     worker.start()
     # A "crash" halfway: a new KeyRotation object resumes from what the database says.
     rotation.run_pending(batch=500)
-    resumed = KeyRotation(
-        engine,
-        rotation_provider,
-        service.keyring,
-        lambda: service.policy,
-        destroy_grace=timedelta(0),
-    )
+    resumed = rotation_of(service, engine, rotation_provider)
     _finish(resumed, ceremony.id)
     stop.set()
     worker.join()
@@ -275,7 +278,4 @@ def test_a_node_with_a_stale_active_key_loses_nothing_after_a_data_rotation(
 def _node(engine: Engine, provider: HSMProvider) -> tuple[VaultService, KeyRotation]:
     service = VaultService(engine, provider, _policy())
     service.initialize()
-    rotation = KeyRotation(
-        engine, provider, service.keyring, lambda: service.policy, destroy_grace=timedelta(0)
-    )
-    return service, rotation
+    return service, rotation_of(service, engine, provider)
