@@ -116,18 +116,23 @@ def test_digit_runs_inside_hex_digests_are_noise_but_test_pans_are_not() -> None
     assert len(find_leaks(b"pan=4111111111111111;", [])) == 1
 
 
-def test_two_stored_values_never_read_as_one_number(tmp_path: Path) -> None:
+def test_two_stored_values_never_read_as_one_number() -> None:
     """The chain rule joins digit groups across a few separator bytes ("4111 1111 1111
     1111" in one value); it must not join two columns. A clean-clone run (session 11)
     read a value ending in "...940" and the token after it as the test PAN
     4050000002704998, in an SQLite database and in a PostgreSQL dump."""
     glued, visa = "4050000002704998", "4111111111111111"
-    database = tmp_path / "v.sqlite3"
-    with sqlite3.connect(database) as conn:
-        conn.execute("CREATE TABLE tokens (id TEXT, token TEXT, note TEXT)")
-        conn.execute("INSERT INTO tokens VALUES ('ab-940', '5000000270499897', 'x')")
-        conn.execute("INSERT INTO tokens VALUES ('cd', 't', '4111 1111 1111 1111')")
-    tokens, chunks = sqlite_values(database)
+    # Outside pytest's base temp, as the plant above: the session's own leak scan reads
+    # raw SQLite pages there, where the planted card is found on purpose.
+    with tempfile.TemporaryDirectory() as scratch:
+        database = Path(scratch) / "v.sqlite3"
+        conn = sqlite3.connect(database)
+        with conn:
+            conn.execute("CREATE TABLE tokens (id TEXT, token TEXT, note TEXT)")
+            conn.execute("INSERT INTO tokens VALUES ('ab-940', '5000000270499897', 'x')")
+            conn.execute("INSERT INTO tokens VALUES ('cd', 't', '4111 1111 1111 1111')")
+        conn.close()
+        tokens, chunks = sqlite_values(database)
     found = [h for chunk in chunks for h in find_leaks(chunk, [glued, visa], tokens)]
     assert found == ["test PAN 411111******1111"]
     dump = b"COPY t (id, v) FROM stdin;\nab-940\t5000000270499897\n940\t4111 1111 1111 1111\n"
