@@ -396,9 +396,10 @@ class EarlyRoom:
     It never refuses: only a read does, so nothing is refused that the bucket allows.
     Every call admitted counts, charged or not. What it cannot see is refused by the
     transaction's charge (`charge_rate`, the limit, exact across nodes) after the call's
-    HMAC: other processes' spending, this process's other operations on the bucket
-    (detokenize), and calls admitted but not yet committed when a read was made (at
-    most the process's waiting calls, `api.routes._offload.THREADS`). A refused charge
+    HMAC: other processes' spending, and calls admitted but not yet committed when a
+    read was made (at most the process's waiting calls, `api.routes._offload.THREADS`).
+    Every operation that charges the bucket is admitted here first
+    (`vault.operations._early`), so a spent bucket is refused before the committer. A refused charge
     forgets the identity (`forget`): its next call reads the bucket and is refused
     before any HSM call. So refused calls spend at most about the bucket's room in HMACs
     per process per second."""

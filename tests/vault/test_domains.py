@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select, text
@@ -56,7 +57,7 @@ formats = ["pan_bin6_last4"]
 reveal = "masked"
 
 [identities."spiffe://cofre/limited"]
-operations = ["tokenize"]
+operations = ["tokenize", "delete"]
 formats = ["uuid"]
 rate_limit = { per_second = 0.001, burst = 2 }
 
@@ -335,3 +336,40 @@ def test_another_node_spending_the_bucket_is_refused_by_the_charge_and_then_earl
     finally:
         hsm_provider.observer = previous
         other.close()
+
+
+def test_a_spent_bucket_cannot_make_commit_groups_run_twice_by_revealing(
+    domains: VaultService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attack with one stolen certificate: a caller past its rate limit keeps sending
+    detokenize calls. Each one that reaches the committer is refused by its charge,
+    which rolls back the whole commit group it met and runs every other caller's
+    operation in it again, one savepoint each: the caller's spent limit would double
+    the work of everyone it shares a group with. Refused before the committer, as
+    tokenize is (`_refuse_early`), it cannot."""
+    assert domains._committer is not None
+    reruns: list[int] = []
+    guarded = domains._committer._commit_each_guarded
+
+    def counted(group: list[Any]) -> None:
+        reruns.append(len(group))
+        guarded(group)
+
+    monkeypatch.setattr(domains._committer, "_commit_each_guarded", counted)
+    for _ in range(5):  # the ledger's burst, spent on misses: a miss costs a hit
+        with pytest.raises(TokenNotFound):
+            domains.detokenize_masked(LEDGER, "no-such-token")
+    assert reruns == []
+    for _ in range(20):
+        with pytest.raises(RateLimited):
+            domains.detokenize_masked(LEDGER, "no-such-token")
+        with pytest.raises(RateLimited):
+            domains.detokenize_batch(LEDGER, ["no-such-token", "another"])
+    assert reruns == []
+    # A delete's miss too costs its unit, and is answered without a rerun.
+    for _ in range(2):  # the burst
+        with pytest.raises(TokenNotFound):
+            domains.delete(LIMITED, "no-such-token")
+    with pytest.raises(RateLimited):
+        domains.delete(LIMITED, "no-such-token")
+    assert reruns == []

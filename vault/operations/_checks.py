@@ -12,16 +12,16 @@ from collections.abc import Sequence
 from cofre.redaction import name_holds_pan_like
 from policies.formats import MIN_CANDIDATES, SmallSpace, hidden_candidates, may_converge
 from policies.models import IdentityPolicy
-from vault._core import VaultCore
 from vault.errors import FormatNotApplicable, InvalidMetadata
 from vault.limits import oracle_bucket
 from vault.models import CallContext, TokenizeRequest
+from vault.operations._early import EarlyRate
 from vault.operations._inputs import card_bundle, expiry, validate_metadata
 from vault.operations._items import _guard_kind, _Item
 from vault.tokens import check_applicable
 
 
-class TokenizeChecks(VaultCore):
+class TokenizeChecks(EarlyRate):
     """What tokenize refuses before it spends an HSM call."""
 
     def _check(self, domain: str, request: TokenizeRequest) -> _Item:
@@ -83,13 +83,7 @@ class TokenizeChecks(VaultCore):
         rate limit, a call that alone overfills an oracle bucket), so that refused calls
         cannot spend the HSM's capacity. Charges nothing. The bucket is read at most
         about once a second while it has room (`vault.limits.EarlyRoom`)."""
-        limit, cost = rules.rate_limit, len(requests)
-        if limit is not None and not self._limits.early.admit(ctx.identity, limit, cost):
-            with self._storage(), self._reader.connect() as connection:
-                now = self._clock()  # once connected: others commit charges meanwhile
-                stamp = now.timestamp()
-                room = self._limits.check_rate(connection, ctx.identity, limit, cost, stamp)
-            self._limits.early.note(ctx.identity, limit, room, cost)
+        self._refuse_spent(ctx, rules, len(requests))
         now = self._clock()
         guarded = []
         for request in requests:

@@ -80,6 +80,7 @@ class CaptureOperations(TokenizeOperations):
             origin = normalize_origin(request.origin, allow_http_localhost=allow_http_localhost)
             session_id = new_session_id()
             secret, secret_hash = new_secret()
+            self._refuse_spent(ctx, rules, 1)
 
             def work(connection: Connection) -> datetime:
                 now = self._clock()

@@ -12,12 +12,10 @@ from sqlalchemy import Connection, and_, select, text
 
 from audit.log import AuditEvent, Outcome
 from policies.models import Action
-from vault._core import VaultCore
-from vault.errors import (
-    TokenNotFound,
-)
+from vault.errors import TokenNotFound
 from vault.limits import MAX_WINDOW_SECONDS
 from vault.models import CallContext
+from vault.operations._early import EarlyRate
 from vault.operations.capture import purge_capture_sessions
 from vault.storage.schema import tokens
 
@@ -26,7 +24,7 @@ _PURGE_LOCK_KEY: Final = 0x436F667250
 # cost more Python time than running it.
 
 
-class DeleteOperations(VaultCore):
+class DeleteOperations(EarlyRate):
     """Delete operations of the vault."""
 
     def delete(self, ctx: CallContext, token: str) -> bool:
@@ -37,7 +35,7 @@ class DeleteOperations(VaultCore):
         rules = self._authorize(ctx, Action.DELETE)
         domain = rules.domain_of(ctx.identity)
 
-        def work(connection: Connection) -> bool:
+        def work(connection: Connection) -> bool | TokenNotFound:
             self._charge(connection, ctx, rules)
             row = connection.execute(
                 select(tokens.c.id, tokens.c.deleted_at, tokens.c.domain).where(
@@ -45,7 +43,9 @@ class DeleteOperations(VaultCore):
                 )
             ).first()
             if row is None or row.domain != domain:
-                raise TokenNotFound("no such token")
+                # Returned, not raised: the charge commits (a miss costs what a hit
+                # costs) and the commit group it met does not run again.
+                return TokenNotFound("no such token")
             already = row.deleted_at is not None
             if not already:
                 self._shred(connection, row.id, self._clock())
@@ -62,7 +62,11 @@ class DeleteOperations(VaultCore):
             return not already
 
         with self._audited_refusal(ctx, Action.DELETE):
-            return self._transaction(work)
+            self._refuse_spent(ctx, rules, 1)
+            answer = self._transaction(work)
+            if isinstance(answer, TokenNotFound):
+                raise answer
+            return answer
 
     def purge_expired(self, *, actor: str = "cofre purge", batch: int = 500) -> int:
         """Crypto-shred every expired token (each one audited) and forget rate-limit and

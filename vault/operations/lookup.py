@@ -12,16 +12,16 @@ from sqlalchemy import Connection, select
 from audit.log import Outcome
 from policies.formats import MIN_CANDIDATES, hidden_candidates
 from policies.models import Action
-from vault._core import VaultCore
 from vault.errors import TokenExpired, TokenNotFound, VaultError
 from vault.limits import oracle_bucket
 from vault.models import CallContext, TokenRecord
+from vault.operations._early import EarlyRate
 from vault.pan import Pan
 from vault.storage.database import as_utc
 from vault.storage.schema import tokens
 
 
-class LookupOperations(VaultCore):
+class LookupOperations(EarlyRate):
     """Lookup operations of the vault."""
 
     def lookup(
@@ -38,6 +38,7 @@ class LookupOperations(VaultCore):
         domain = rules.domain_of(ctx.identity)
         with self._audited_refusal(ctx, Action.LOOKUP):
             self._check_luhn(pan)
+            self._refuse_spent(ctx, rules, 1)  # before its HMAC
             fingerprints = self._fingerprints(pan.reveal())
 
             def work(connection: Connection) -> list[TokenRecord]:
@@ -102,6 +103,7 @@ class LookupOperations(VaultCore):
             return self._record(row)
 
         with self._audited_refusal(ctx, Action.METADATA):
+            self._refuse_spent(ctx, rules, 1)
             answer = self._transaction(work)
             if isinstance(answer, VaultError):
                 raise answer

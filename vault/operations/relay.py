@@ -73,6 +73,7 @@ class RelayOperations(TokenizeOperations):
             "upstream": route.upstream.split("/")[2],
         }
         try:
+            self._refuse_spent(ctx, rules, 1)
             outgoing, token_ids = self._transaction(
                 functools.partial(
                     self._reveal_for_relay,

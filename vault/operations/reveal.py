@@ -12,7 +12,6 @@ from sqlalchemy import Connection
 
 from audit.log import DetailValue, Outcome
 from policies.models import Action, Reveal
-from vault._core import VaultCore
 from vault.errors import (
     BatchItemInvalid,
     IntegrityError,
@@ -21,6 +20,7 @@ from vault.errors import (
     VaultError,
 )
 from vault.models import MAX_BATCH, CallContext, Pending, Revealed
+from vault.operations._early import EarlyRate
 
 
 def _unless_refused(raw: list[Revealed] | VaultError) -> list[Revealed] | None:
@@ -29,7 +29,7 @@ def _unless_refused(raw: list[Revealed] | VaultError) -> list[Revealed] | None:
     return None if isinstance(raw, VaultError) else raw
 
 
-class RevealOperations(VaultCore):
+class RevealOperations(EarlyRate):
     """Reveal operations of the vault."""
 
     def _reveal(
@@ -81,6 +81,7 @@ class RevealOperations(VaultCore):
             return out
 
         with self._audited_refusal(ctx, action):
+            self._refuse_spent(ctx, rules, len(token_list))
             submitted = self._submit(work)
 
         def finish() -> list[Revealed]:

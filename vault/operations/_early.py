@@ -1,0 +1,31 @@
+"""The early rate check: a spent rate limit refused before the committer and before any
+HSM call (`EarlyRate._refuse_spent`).
+
+A refused charge inside a commit group rolls the whole group back and runs every other
+caller's operation in it again, one savepoint each; a caller past its limit that
+reached the committer with every call would double the work of everyone it shares
+groups with (issue 21's review: the reveals did, one rerun per refused call).
+"""
+
+from __future__ import annotations
+
+from policies.models import IdentityPolicy
+from vault._core import VaultCore
+from vault.models import CallContext
+
+
+class EarlyRate(VaultCore):
+    """Refuses, before the transaction, a call its rate charge would refuse."""
+
+    def _refuse_spent(self, ctx: CallContext, rules: IdentityPolicy, cost: int) -> None:
+        """Raise `RateLimited` if the caller's bucket lacks `cost` units now; charges
+        nothing (the transaction's charge stays the limit). The bucket is read at most
+        about once a second while it has room (`vault.limits.EarlyRoom`)."""
+        limit = rules.rate_limit
+        if limit is None or self._limits.early.admit(ctx.identity, limit, cost):
+            return
+        with self._storage(), self._reader.connect() as connection:
+            now = self._clock()  # once connected: others commit charges meanwhile
+            stamp = now.timestamp()
+            room = self._limits.check_rate(connection, ctx.identity, limit, cost, stamp)
+        self._limits.early.note(ctx.identity, limit, room, cost)
