@@ -102,6 +102,14 @@ def oracle_bucket(pan: Pan) -> bytes:
     return hashlib.sha256(_BUCKET_CONTEXT + name).digest()[:16]
 
 
+def _quota_exceeded(counter: str, limit: int, day: int, now: datetime) -> QuotaExceeded:
+    midnight = datetime.fromtimestamp(day + _DAY, UTC)
+    return QuotaExceeded(
+        f"the daily {counter} quota of {limit} is used up; it renews at 00:00 UTC",
+        max((midnight - now) / timedelta(seconds=1), 1.0),
+    )
+
+
 def _insert_ignoring_conflict(
     connection: Connection, table: Table, rows: list[dict[str, object]]
 ) -> None:
@@ -182,10 +190,13 @@ class _GroupCharges:
 
 class Limits:
     """The checks. Their state is in the database; `early` only remembers, in this
-    process, what the early rate check last read (`EarlyRoom`)."""
+    process, what the early rate check last read (`EarlyRoom`), and `_quota_left` what
+    a refused quota charge last saw left of a day's quota."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.early = EarlyRoom(clock)
+        # (identity, counter, daily limit) -> (day, units left when a charge was refused)
+        self._quota_left: dict[tuple[str, str, int], tuple[int, int]] = {}
 
     def charge_rate(
         self,
@@ -304,12 +315,35 @@ class Limits:
                     [{"identity": identity, "counter": counter, "window": day, "count": 0}],
                 )
                 continue
+            self._note_quota_left(identity, counter, limit, day, limit - (used or 0))
             break
-        midnight = datetime.fromtimestamp(day + _DAY, UTC)
-        raise QuotaExceeded(
-            f"the daily {counter} quota of {limit} is used up; it renews at 00:00 UTC",
-            max((midnight - now) / timedelta(seconds=1), 1.0),
-        )
+        raise _quota_exceeded(counter, limit, day, now)
+
+    def refuse_spent_quota(
+        self,
+        identity: str,
+        quota: Quota,
+        cost: int,
+        now: datetime,
+        *,
+        counter: str = DETOKENIZE_QUOTA,
+    ) -> None:
+        """Raise `QuotaExceeded` when a charge refused earlier today in this process saw
+        less than `cost` left: a day's count only grows, so `charge_quota` would refuse
+        it too. Before the transaction: a refusal there reruns its whole commit group.
+        Another node's spending meanwhile is refused by the charge, once per process."""
+        day = int(now.timestamp()) // _DAY * _DAY
+        limit = quota.detokenize_per_day
+        seen = self._quota_left.get((identity, counter, limit))
+        if seen is not None and seen[0] == day and cost > seen[1]:
+            raise _quota_exceeded(counter, limit, day, now)
+
+    def _note_quota_left(
+        self, identity: str, counter: str, limit: int, day: int, left: int
+    ) -> None:
+        if len(self._quota_left) > _EARLY_ROOM_ENTRIES:  # identities and reloads: bounded
+            self._quota_left = {k: v for k, v in self._quota_left.items() if v[0] >= day}
+        self._quota_left[(identity, counter, limit)] = (day, max(left, 0))
 
     def watch(
         self,

@@ -15,6 +15,7 @@ from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import RateLimited
 from policies.loader import parse_policy
+from tests.support.groups import in_one_group
 from tests.support.pans import GENERATED
 from vault.errors import (
     BatchItemInvalid,
@@ -28,6 +29,7 @@ from vault.errors import (
 from vault.pan import Pan, luhn_check_digit
 from vault.purge import PurgeWorker
 from vault.service import CallContext, TokenizeRequest, VaultService
+from vault.storage.groupcommit import before_commit
 from vault.storage.schema import tokens
 
 VISA = Pan("4111111111111111")
@@ -373,3 +375,70 @@ def test_a_spent_bucket_cannot_make_commit_groups_run_twice_by_revealing(
     with pytest.raises(RateLimited):
         domains.delete(LIMITED, "no-such-token")
     assert reruns == []
+
+
+def test_a_spent_quota_cannot_make_commit_groups_run_twice(
+    domains: VaultService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above for the daily detokenize quota: once a charge found it used up, this
+    process refuses the identity's reveals before the committer for the rest of the
+    day (a quota only grows used; another node's spending is still refused by the
+    charge). A call that fits what is left still reaches it."""
+    assert domains._committer is not None
+    reruns: list[int] = []
+    guarded = domains._committer._commit_each_guarded
+
+    def counted(group: list[Any]) -> None:
+        reruns.append(len(group))
+        guarded(group)
+
+    monkeypatch.setattr(domains._committer, "_commit_each_guarded", counted)
+    with pytest.raises(BatchItemInvalid):  # 2 of the 3 a day, spent on misses
+        domains.detokenize_batch(LEDGER, ["no-such-token", "another"])
+    with pytest.raises(QuotaExceeded):  # refused by the charge: its group ran again
+        domains.detokenize_batch(LEDGER, ["a", "b"])
+    assert len(reruns) == 1
+    for _ in range(20):
+        with pytest.raises(QuotaExceeded) as refused:
+            domains.detokenize_batch(LEDGER, ["a", "b"])
+        assert refused.value.retry_after > 0
+    assert len(reruns) == 1
+    with pytest.raises(TokenNotFound):  # the last unit left: charged
+        domains.detokenize(LEDGER, "no-such-token")
+    with pytest.raises(QuotaExceeded):
+        domains.detokenize(LEDGER, "no-such-token")
+    assert len(reruns) == 2
+
+
+def test_reveals_in_one_commit_group_charge_their_sum_and_exactly_the_limit_passes(
+    domains: VaultService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reveal's rate charge joins its commit group's sum, made just before the commit
+    (issue 21: charged one by one, each locked the bucket's row until the commit). Over
+    the burst the group runs again charging each call at once: exactly the calls within
+    the limit pass, and each miss costs its unit as alone."""
+    assert domains._committer is not None
+
+    def miss() -> str:
+        try:
+            domains.detokenize_masked(LEDGER, "no-such-token")
+        except (TokenNotFound, RateLimited) as exc:
+            return exc.code
+        return "answered"
+
+    charges: list[int] = []  # the costs charged to the bucket's row
+    real = domains._limits.charge_rate
+
+    def charge_rate(*args: Any, deferrable: bool = False, **kwargs: Any) -> None:
+        if not deferrable or before_commit(args[0]) is None:
+            charges.append(args[3])
+        real(*args, deferrable=deferrable, **kwargs)
+
+    monkeypatch.setattr(domains._limits, "charge_rate", charge_rate)
+    codes = [future.result(30) for future in in_one_group(domains._committer, [miss] * 3)]
+    assert codes == ["token_not_found"] * 3
+    assert charges == [3]  # one charge for the group's three
+    charges.clear()
+    codes = [future.result(30) for future in in_one_group(domains._committer, [miss] * 4)]
+    assert codes == ["token_not_found"] * 2 + ["rate_limited"] * 2  # burst 5: 2 left
+    assert charges == [4, 1, 1, 1, 1]  # the sum refused, then each at once

@@ -17,10 +17,15 @@ from vault.models import CallContext
 class EarlyRate(VaultCore):
     """Refuses, before the transaction, a call its rate charge would refuse."""
 
-    def _refuse_spent(self, ctx: CallContext, rules: IdentityPolicy, cost: int) -> None:
-        """Raise `RateLimited` if the caller's bucket lacks `cost` units now; charges
-        nothing (the transaction's charge stays the limit). The bucket is read at most
-        about once a second while it has room (`vault.limits.EarlyRoom`)."""
+    def _refuse_spent(
+        self, ctx: CallContext, rules: IdentityPolicy, cost: int, *, reveals: int = 0
+    ) -> None:
+        """Raise `RateLimited` if the caller's bucket lacks `cost` units now, or
+        `QuotaExceeded` if its daily detokenize quota is known to lack `reveals`;
+        charges nothing (the transaction's charges stay the limits). The bucket is read
+        at most about once a second while it has room (`vault.limits.EarlyRoom`)."""
+        if reveals and rules.quota is not None:
+            self._limits.refuse_spent_quota(ctx.identity, rules.quota, reveals, self._clock())
         limit = rules.rate_limit
         if limit is None or self._limits.early.admit(ctx.identity, limit, cost):
             return

@@ -73,7 +73,8 @@ class RelayOperations(TokenizeOperations):
             "upstream": route.upstream.split("/")[2],
         }
         try:
-            self._refuse_spent(ctx, rules, 1)
+            reveals = len(route.detokenize) + (0 if route.card is None else 1)
+            self._refuse_spent(ctx, rules, 1, reveals=reveals)
             outgoing, token_ids = self._transaction(
                 functools.partial(
                     self._reveal_for_relay,
