@@ -22,6 +22,7 @@ import contextvars
 import functools
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Final, ParamSpec, TypeVar
@@ -68,10 +69,12 @@ async def answered(begin: Callable[P, Pending[T]], *args: P.args, **kwargs: P.kw
     call = functools.partial(begin, *args, **kwargs)
     started = _executor.submit(context.run, _begun, call)
     try:
-        pending = await asyncio.wrap_future(started)
+        await _done(started)
     except asyncio.CancelledError:
+        started.cancel()  # still queued: it never runs (`_leave` sees it cancelled)
         _leave(started, context)
         raise
+    pending = started.result()  # or raise what `begin` raised
     try:
         await _done(pending.committed)
     except asyncio.CancelledError:
@@ -174,20 +177,50 @@ def drain(timeout: float) -> None:
 
 
 async def _done(future: Future[Any]) -> None:
-    """Wait, on the running loop, until `future` (done in the committer's thread) is
-    done. Cancelling the wait leaves `future` alone: the operation commits anyway, as
-    it did when a thread waited for it."""
+    """Wait, on the running loop, until `future` (done in another thread: the vault
+    call's, the committer's) is done. Cancelling the wait leaves `future` alone: the
+    operation commits anyway, as it did when a thread waited for it."""
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
-
-    def wake(_: Future[Any]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(_release, waiter)
-
-    future.add_done_callback(wake)
+    wakeups = _wakeups.get(loop)
+    if wakeups is None:
+        wakeups = _wakeups[loop] = _Wakeups(loop)
+    future.add_done_callback(lambda _: wakeups.wake(waiter))
     await waiter
 
 
-def _release(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():  # not cancelled meanwhile
-        waiter.set_result(None)
+class _Wakeups:
+    """Wake-ups of one event loop from other threads, many at a time: a commit group
+    finishes every call in it at once, and each `call_soon_threadsafe` writes a byte to
+    the loop's self-pipe (a system call, and the GIL dropped and taken back, in the
+    committer's thread). Waiters due while one call is already scheduled ride on it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)  # not kept alive by its entry in `_wakeups`
+        self._lock = threading.Lock()
+        self._due: list[asyncio.Future[None]] = []
+
+    def wake(self, waiter: asyncio.Future[None]) -> None:
+        """Set `waiter`'s result on its loop, soon (from any thread)."""
+        with self._lock:
+            self._due.append(waiter)
+            if len(self._due) > 1:  # a call scheduled and not run yet takes it along
+                return
+        loop = self._loop()
+        if loop is None:  # the loop is gone: nobody waits
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(self._release)
+
+    def _release(self) -> None:
+        with self._lock:
+            due, self._due = self._due, []
+        for waiter in due:
+            if not waiter.done():  # not cancelled meanwhile
+                waiter.set_result(None)
+
+
+# Each event loop's `_Wakeups` (a worker has one loop; tests start many).
+_wakeups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wakeups] = (
+    weakref.WeakKeyDictionary()
+)

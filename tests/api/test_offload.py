@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 
 import pytest
@@ -161,3 +162,35 @@ def test_waiting_calls_are_counted_until_their_commit() -> None:
 
     asyncio.run(main())
     assert _offload._waiting._value == THREADS  # type: ignore[attr-defined]
+
+
+def test_calls_a_commit_group_finishes_together_wake_the_loop_once() -> None:
+    """A commit group finishes every call in it at once, from the committer's thread;
+    the loop is woken once for all of them (`_offload._Wakeups`), not once each: each
+    wake-up is a byte written to the loop's self-pipe and the GIL handed over."""
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        scheduled: list[object] = []
+        real = loop.call_soon_threadsafe
+
+        def counted(callback: Callable[..., object], *args: object) -> asyncio.Handle:
+            scheduled.append(callback)
+            return real(callback, *args)
+
+        setattr(loop, "call_soon_threadsafe", counted)  # noqa: B010 - a method of this loop only
+        futures: list[Future[None]] = [Future() for _ in range(10)]
+        waits = [asyncio.ensure_future(_offload._done(future)) for future in futures]
+        await asyncio.sleep(0)  # every wait registered
+
+        def commit() -> None:
+            for future in futures:
+                future.set_result(None)
+
+        committer = threading.Thread(target=commit)
+        committer.start()
+        committer.join()  # the loop does not run meanwhile, as under load
+        await asyncio.wait_for(asyncio.gather(*waits), 10)
+        return len(scheduled)
+
+    assert asyncio.run(main()) == 1
