@@ -352,3 +352,6 @@ class QuotaExceeded(Throttled):
     """The identity's daily quota (detokenize) is used up until the next UTC day."""
 
     code = "quota_exceeded"
+    # Set by the charge that refused: (counter, daily limit, day, units it saw left),
+    # for `Limits.learn_quota`; never part of an answer.
+    seen: tuple[str, int, int, int] | None = None

@@ -102,12 +102,17 @@ def oracle_bucket(pan: Pan) -> bytes:
     return hashlib.sha256(_BUCKET_CONTEXT + name).digest()[:16]
 
 
-def _quota_exceeded(counter: str, limit: int, day: int, now: datetime) -> QuotaExceeded:
+def _quota_exceeded(
+    counter: str, limit: int, day: int, now: datetime, left: int | None = None
+) -> QuotaExceeded:
     midnight = datetime.fromtimestamp(day + _DAY, UTC)
-    return QuotaExceeded(
+    refused = QuotaExceeded(
         f"the daily {counter} quota of {limit} is used up; it renews at 00:00 UTC",
         max((midnight - now) / timedelta(seconds=1), 1.0),
     )
+    if left is not None:
+        refused.seen = (counter, limit, day, max(left, 0))
+    return refused
 
 
 def _insert_ignoring_conflict(
@@ -315,9 +320,8 @@ class Limits:
                     [{"identity": identity, "counter": counter, "window": day, "count": 0}],
                 )
                 continue
-            self._note_quota_left(identity, counter, limit, day, limit - (used or 0))
             break
-        raise _quota_exceeded(counter, limit, day, now)
+        raise _quota_exceeded(counter, limit, day, now, left=limit - (used or 0))
 
     def refuse_spent_quota(
         self,
@@ -328,22 +332,29 @@ class Limits:
         *,
         counter: str = DETOKENIZE_QUOTA,
     ) -> None:
-        """Raise `QuotaExceeded` when a charge refused earlier today in this process saw
-        less than `cost` left: a day's count only grows, so `charge_quota` would refuse
-        it too. Before the transaction: a refusal there reruns its whole commit group.
-        Another node's spending meanwhile is refused by the charge, once per process."""
+        """Raise `QuotaExceeded` when a refusal this process learnt today
+        (`learn_quota`) saw less than `cost` left: a day's count only grows, so
+        `charge_quota` would refuse it too. Before the transaction: a refusal there
+        reruns its whole commit group. Another node's spending meanwhile is refused by
+        the charge, once per process."""
         day = int(now.timestamp()) // _DAY * _DAY
         limit = quota.detokenize_per_day
         seen = self._quota_left.get((identity, counter, limit))
         if seen is not None and seen[0] == day and cost > seen[1]:
             raise _quota_exceeded(counter, limit, day, now)
 
-    def _note_quota_left(
-        self, identity: str, counter: str, limit: int, day: int, left: int
-    ) -> None:
+    def learn_quota(self, identity: str, refused: QuotaExceeded) -> None:
+        """Remember what `refused` (a `charge_quota` refusal that reached its caller)
+        saw left of `identity`'s day. Only once it reached the caller: its transaction
+        then committed, so its read held no other operation's charge that a rollback
+        undid (inside a commit group's first run, a refusal is not handed out, and the
+        group runs again)."""
+        if refused.seen is None:
+            return
+        counter, limit, day, left = refused.seen
         if len(self._quota_left) > _EARLY_ROOM_ENTRIES:  # identities and reloads: bounded
             self._quota_left = {k: v for k, v in self._quota_left.items() if v[0] >= day}
-        self._quota_left[(identity, counter, limit)] = (day, max(left, 0))
+        self._quota_left[(identity, counter, limit)] = (day, left)
 
     def watch(
         self,

@@ -8,13 +8,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, text
 
 from policies.errors import RateLimited
-from policies.models import RateLimit
+from policies.models import Quota, RateLimit
+from vault.errors import QuotaExceeded
 from vault.limits import EARLY_ROOM_SECONDS, EarlyRoom, Limits
 from vault.storage.database import create_database_engine, migrate
 from vault.storage.groupcommit import GroupCommitter
@@ -250,3 +252,28 @@ def test_the_early_check_survives_a_rate_at_the_ends_of_the_floats(
     limit = RateLimit(per_second=per_second, burst=3)
     with engine.begin() as c:
         assert 1 <= Limits().check_rate(c, "spiffe://cofre/a", limit, 1, NOW) <= 4
+
+
+def test_a_quota_refusal_is_learnt_only_once_handed_to_its_caller(engine: Engine) -> None:
+    """The charge's read may hold another operation's charge of the same transaction,
+    which a rollback undoes (a commit group's first run, a failed commit): what it saw
+    left is remembered only when the caller gets the refusal (`learn_quota`), its
+    transaction then committed. Learnt, it refuses more than that before the committer,
+    and nothing a new day or another limit would allow."""
+    limits, quota, now = (
+        Limits(),
+        Quota(detokenize_per_day=3),
+        datetime(2026, 12, 2, 12, tzinfo=UTC),
+    )
+    with engine.begin() as c:
+        limits.charge_quota(c, "a", quota, 2, now)
+    with pytest.raises(QuotaExceeded) as refused, engine.begin() as c:
+        limits.charge_quota(c, "a", quota, 2, now)
+    limits.refuse_spent_quota("a", quota, 2, now)  # not learnt: the charge decides
+    limits.learn_quota("a", refused.value)
+    with pytest.raises(QuotaExceeded):
+        limits.refuse_spent_quota("a", quota, 2, now)
+    limits.refuse_spent_quota("a", quota, 1, now)  # 1 left: the charge decides
+    limits.refuse_spent_quota("a", quota, 2, now + timedelta(days=1))
+    limits.refuse_spent_quota("a", Quota(detokenize_per_day=10), 2, now)
+    limits.refuse_spent_quota("b", quota, 2, now)

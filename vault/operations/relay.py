@@ -20,6 +20,7 @@ from policies.models import Action, CardPointers, IdentityPolicy, RelayRoute
 from vault.card import format_expiry
 from vault.errors import (
     IntegrityError,
+    QuotaExceeded,
     RelayBodyInvalid,
     Throttled,
     TokenExpired,
@@ -95,6 +96,8 @@ class RelayOperations(TokenizeOperations):
             Throttled,
         ) as exc:
             # Nothing was revealed (the transaction rolled back): one entry for the refusal.
+            if isinstance(exc, QuotaExceeded):
+                self._limits.learn_quota(ctx.identity, exc)
             details["error"] = exc.code
             self._write_audit(self._audit_event(ctx, Action.RELAY, Outcome.FAILED, details=details))
             raise

@@ -15,6 +15,7 @@ from policies.models import Action, Reveal
 from vault.errors import (
     BatchItemInvalid,
     IntegrityError,
+    QuotaExceeded,
     TokenExpired,
     TokenNotFound,
     VaultError,
@@ -93,7 +94,11 @@ class RevealOperations(EarlyRate):
 
         def finish() -> list[Revealed]:
             with self._audited_refusal(ctx, action):
-                answer = self._settle(submitted, work)
+                try:
+                    answer = self._settle(submitted, work)
+                except QuotaExceeded as refused:
+                    self._limits.learn_quota(ctx.identity, refused)
+                    raise
                 if isinstance(answer, VaultError):
                     raise answer
                 return answer
