@@ -162,6 +162,13 @@ class GroupCommitter:
             self._cond.notify()
         self._thread.join(timeout=10)
 
+    def _take(self, room: int) -> list[_Op]:
+        """Up to `room` operations from the queue, in order."""
+        with self._cond:
+            taken = self._queue[:room]
+            del self._queue[:room]
+        return taken
+
     def _loop(self) -> None:
         while True:
             with self._cond:
@@ -200,6 +207,10 @@ class GroupCommitter:
         with connection:
             try:
                 transaction = connection.begin()
+                # On SQLite, `begin` waited for the writer lock (another worker's group
+                # held it through its fsync): what was queued meanwhile joins this group
+                # rather than wait for the lock and an fsync of its own.
+                group.extend(self._take(self._max_group - len(group)))
                 # The group's audit entries go in one multi-row insert before the
                 # commit (issue 21: one per operation was ~2 of its 7 statements). A
                 # failed flush rolls everything back, and the guarded path, which

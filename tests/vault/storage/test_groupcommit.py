@@ -4,11 +4,13 @@ back alone, nothing is answered before its commit, and a failed commit fails eve
 from __future__ import annotations
 
 import contextvars
+import fcntl
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -509,3 +511,34 @@ def test_a_submitted_operation_is_answered_once_committed_and_cannot_be_cancelle
         assert _rows(engine) == {1}  # committed before it was answered
     finally:
         committer.close()
+
+
+def test_operations_queued_while_the_writer_lock_is_awaited_join_the_group(
+    tmp_path: Path,
+) -> None:
+    """On SQLite a group's `begin` waits for the writer lock while another worker's
+    group holds it through its fsync (issue 21): what is queued meanwhile joins the
+    group, one commit for all, rather than wait for the lock and an fsync of its own.
+    (SQLite only: PostgreSQL's BEGIN waits for nothing.)"""
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'g.sqlite3'}")
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE items (id INTEGER PRIMARY KEY)"))
+    lock_path = str(engine.url.database) + ".writer-lock"
+    other_worker = open(lock_path, "a+")  # noqa: SIM115 - held across the submissions
+    fcntl.flock(other_worker, fcntl.LOCK_EX)
+    statements = Statements(engine)
+    committer = GroupCommitter(engine)
+    try:
+        first = committer.submit(_insert(1))
+        while committer._queue:  # taken as a group of one, now waiting for the lock
+            threading.Event().wait(0.002)
+        later = [committer.submit(_insert(item)) for item in (2, 3, 4)]
+        threading.Event().wait(0.05)
+        fcntl.flock(other_worker, fcntl.LOCK_UN)
+        assert [f.result(10) for f in [first, *later]] == [1, 2, 3, 4]
+        assert statements.commits == 1
+    finally:
+        other_worker.close()
+        committer.close()
+    assert _rows(engine) == {1, 2, 3, 4}
+    engine.dispose()
