@@ -200,8 +200,10 @@ class Limits:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.early = EarlyRoom(clock)
-        # (identity, counter, daily limit) -> (day, units left when a charge was refused)
+        # (identity, counter, daily limit) -> (day, units left when a charge was refused),
+        # oldest first; read and written by request threads (`_quota_lock`).
         self._quota_left: dict[tuple[str, str, int], tuple[int, int]] = {}
+        self._quota_lock = threading.Lock()
 
     def charge_rate(
         self,
@@ -339,7 +341,8 @@ class Limits:
         the charge, once per process."""
         day = int(now.timestamp()) // _DAY * _DAY
         limit = quota.detokenize_per_day
-        seen = self._quota_left.get((identity, counter, limit))
+        with self._quota_lock:
+            seen = self._quota_left.get((identity, counter, limit))
         if seen is not None and seen[0] == day and cost > seen[1]:
             raise _quota_exceeded(counter, limit, day, now)
 
@@ -352,9 +355,12 @@ class Limits:
         if refused.seen is None:
             return
         counter, limit, day, left = refused.seen
-        if len(self._quota_left) > _EARLY_ROOM_ENTRIES:  # identities and reloads: bounded
-            self._quota_left = {k: v for k, v in self._quota_left.items() if v[0] >= day}
-        self._quota_left[(identity, counter, limit)] = (day, left)
+        key = (identity, counter, limit)
+        with self._quota_lock:
+            self._quota_left.pop(key, None)  # back in at the newest end
+            if len(self._quota_left) >= _EARLY_ROOM_ENTRIES:  # bounded: drop the oldest
+                del self._quota_left[next(iter(self._quota_left))]
+            self._quota_left[key] = (day, left)
 
     def watch(
         self,

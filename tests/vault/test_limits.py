@@ -277,3 +277,21 @@ def test_a_quota_refusal_is_learnt_only_once_handed_to_its_caller(engine: Engine
     limits.refuse_spent_quota("a", quota, 2, now + timedelta(days=1))
     limits.refuse_spent_quota("a", Quota(detokenize_per_day=10), 2, now)
     limits.refuse_spent_quota("b", quota, 2, now)
+
+
+def test_learnt_quota_refusals_are_bounded_oldest_first(engine: Engine) -> None:
+    """One entry per identity and limit, at most `_EARLY_ROOM_ENTRIES` of them: a new
+    one drops the oldest (review 12: filtering by day kept every entry of the day and
+    rebuilt the map at each refusal, from request threads)."""
+    limits, quota = Limits(), Quota(detokenize_per_day=1)
+    now = datetime(2026, 12, 2, 12, tzinfo=UTC)
+    with engine.begin() as c:
+        limits.charge_quota(c, "spent", quota, 1, now)
+    with pytest.raises(QuotaExceeded) as refused, engine.begin() as c:
+        limits.charge_quota(c, "spent", quota, 1, now)
+    for index in range(1100):
+        limits.learn_quota(f"identity-{index}", refused.value)
+    assert len(limits._quota_left) == 1024
+    limits.refuse_spent_quota("identity-0", quota, 1, now)  # the oldest: forgotten
+    with pytest.raises(QuotaExceeded):
+        limits.refuse_spent_quota("identity-1099", quota, 1, now)
