@@ -340,6 +340,21 @@ def test_another_node_spending_the_bucket_is_refused_by_the_charge_and_then_earl
         other.close()
 
 
+def _guarded_reruns(service: VaultService, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of each commit group `service`'s committer runs again, one savepoint
+    per operation, from now on."""
+    assert service._committer is not None
+    reruns: list[int] = []
+    guarded = service._committer._commit_each_guarded
+
+    def counted(group: list[Any]) -> None:
+        reruns.append(len(group))
+        guarded(group)
+
+    monkeypatch.setattr(service._committer, "_commit_each_guarded", counted)
+    return reruns
+
+
 def test_a_spent_bucket_cannot_make_commit_groups_run_twice_by_revealing(
     domains: VaultService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -349,15 +364,7 @@ def test_a_spent_bucket_cannot_make_commit_groups_run_twice_by_revealing(
     operation in it again, one savepoint each: the caller's spent limit would double
     the work of everyone it shares a group with. Refused before the committer, as
     tokenize is (`_refuse_early`), it cannot."""
-    assert domains._committer is not None
-    reruns: list[int] = []
-    guarded = domains._committer._commit_each_guarded
-
-    def counted(group: list[Any]) -> None:
-        reruns.append(len(group))
-        guarded(group)
-
-    monkeypatch.setattr(domains._committer, "_commit_each_guarded", counted)
+    reruns = _guarded_reruns(domains, monkeypatch)
     for _ in range(5):  # the ledger's burst, spent on misses: a miss costs a hit
         with pytest.raises(TokenNotFound):
             domains.detokenize_masked(LEDGER, "no-such-token")
@@ -384,15 +391,7 @@ def test_a_spent_quota_cannot_make_commit_groups_run_twice(
     process refuses the identity's reveals before the committer for the rest of the
     day (a quota only grows used; another node's spending is still refused by the
     charge). A call that fits what is left still reaches it."""
-    assert domains._committer is not None
-    reruns: list[int] = []
-    guarded = domains._committer._commit_each_guarded
-
-    def counted(group: list[Any]) -> None:
-        reruns.append(len(group))
-        guarded(group)
-
-    monkeypatch.setattr(domains._committer, "_commit_each_guarded", counted)
+    reruns = _guarded_reruns(domains, monkeypatch)
     with pytest.raises(BatchItemInvalid):  # 2 of the 3 a day, spent on misses
         domains.detokenize_batch(LEDGER, ["no-such-token", "another"])
     with pytest.raises(QuotaExceeded):  # refused by the charge: its group ran again
