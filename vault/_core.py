@@ -331,21 +331,22 @@ class VaultCore:
     ) -> None:
         """Charge `cost` to the caller's rate limit and `reveals` to its daily
         detokenize quota, inside the operation's transaction (a refusal rolls back).
-        `deferrable`: the rate charge may wait for the end of the commit group
-        (`Limits.charge_rate`)."""
-        now = self._clock()
+        `deferrable`: both may wait for the end of the commit group (`Limits`)."""
+        now, identity = self._clock(), ctx.identity
         if rules.rate_limit is not None:
             self._limits.charge_rate(
                 connection,
-                ctx.identity,
+                identity,
                 rules.rate_limit,
                 cost,
                 now.timestamp(),
                 clock=lambda: self._clock().timestamp(),
                 deferrable=deferrable,
             )
-        if reveals and rules.quota is not None:
-            self._limits.charge_quota(connection, ctx.identity, rules.quota, reveals, now)
+        if reveals and (quota := rules.quota) is not None:
+            self._limits.charge_quota(
+                connection, identity, quota, reveals, now, deferrable=deferrable
+            )
 
     def _fingerprint_versions(self) -> list[int]:
         """The fingerprint key versions on the token, newest last (two while a

@@ -158,14 +158,23 @@ def _oracle_suspected(guard: OracleGuard, now: datetime) -> OracleSuspected:
 
 
 class _GroupCharges:
-    """The rate charges of one commit group, summed per identity and bucket, made just
-    before its commit (`vault.storage.groupcommit.before_commit`)."""
+    """The rate and quota charges of one commit group, summed per identity and bucket
+    (or quota), made just before its commit (`vault.storage.groupcommit.before_commit`)."""
 
     def __init__(self, limits: Limits, connection: Connection) -> None:
         self._limits = limits
         self._connection = connection
         # (identity, limit) -> [cost, latest now, clock]
         self._sums: dict[tuple[str, RateLimit], list[Any]] = {}
+        # (identity, quota, counter) -> [cost, latest now]
+        self._quotas: dict[tuple[str, Quota, str], list[Any]] = {}
+
+    def add_quota(
+        self, identity: str, quota: Quota, cost: int, now: datetime, counter: str
+    ) -> None:
+        held = self._quotas.setdefault((identity, quota, counter), [0, now])
+        held[0] += cost
+        held[1] = max(held[1], now)
 
     def add(
         self,
@@ -182,15 +191,23 @@ class _GroupCharges:
 
     def __call__(self) -> None:
         # One order for every group, so two groups' deferred charges lock their buckets
-        # in the same order. Charges made at once (detokenize, relay, capture) still
+        # (and then quotas) in the same order. Charges made at once (relay, capture,
+        # lookup, metadata, delete) still
         # lock in call order: two groups can then deadlock across identities, and
         # PostgreSQL breaks it after deadlock_timeout; the losing group reruns one
         # operation at a time, every outcome right (found in review 7, as before the
         # deferral). GCRA charged `a` then `b` at one instant
         # passes exactly when `a + b` does; the latest instant of the group is used.
-        for identity, limit in sorted(self._sums, key=lambda key: key[0]):
-            cost, now, clock = self._sums[(identity, limit)]
-            self._limits.charge_rate(self._connection, identity, limit, cost, now, clock=clock)
+        identities = sorted({key[0] for key in self._sums} | {key[0] for key in self._quotas})
+        for who in identities:
+            for identity, limit in [key for key in self._sums if key[0] == who]:
+                cost, now, clock = self._sums[(identity, limit)]
+                self._limits.charge_rate(self._connection, identity, limit, cost, now, clock=clock)
+            for identity, quota, counter in [key for key in self._quotas if key[0] == who]:
+                cost, day_now = self._quotas[(identity, quota, counter)]
+                self._limits.charge_quota(
+                    self._connection, identity, quota, cost, day_now, counter=counter
+                )
 
 
 class Limits:
@@ -296,9 +313,21 @@ class Limits:
         now: datetime,
         *,
         counter: str = DETOKENIZE_QUOTA,
+        deferrable: bool = False,
     ) -> None:
         """Count `cost` against `identity`'s daily quota. Raises `QuotaExceeded` (nothing
-        counted) past `quota.detokenize_per_day`, with the seconds to the next UTC day."""
+        counted) past `quota.detokenize_per_day`, with the seconds to the next UTC day.
+
+        `deferrable`: as `charge_rate`'s; a group charges each identity's rate sum, then
+        its quota sum, identities sorted, so every group locks those rows in one order."""
+        steps = before_commit(connection) if deferrable else None
+        if steps is not None:
+            charges = steps.get(_GROUP_CHARGES)
+            if charges is None:
+                charges = steps[_GROUP_CHARGES] = _GroupCharges(self, connection)
+            assert isinstance(charges, _GroupCharges)  # noqa: S101 - only this module sets it
+            charges.add_quota(identity, quota, cost, now, counter)
+            return
         day = int(now.timestamp()) // _DAY * _DAY  # the UTC day's first second
         limit = quota.detokenize_per_day
         key = and_(

@@ -20,6 +20,7 @@ from policies.loader import parse_policy
 from tests.support.groups import in_one_group
 from vault.errors import BatchItemInvalid, QuotaExceeded, TokenNotFound
 from vault.service import CallContext, VaultService
+from vault.storage import rawsql
 from vault.storage.schema import usage_counters
 
 POLICY = """
@@ -30,7 +31,7 @@ rate_limit = { per_second = 0.001, burst = 4 }
 quota = { detokenize_per_day = 4 }
 
 [identities."spiffe://cofre/reader"]
-operations = ["detokenize"]
+operations = ["detokenize", "detokenize_masked"]
 reveal = "masked"
 rate_limit = { per_second = 100, burst = 100 }
 quota = { detokenize_per_day = 1000 }
@@ -50,6 +51,37 @@ def vault(engine: Engine, hsm_provider: HSMProvider) -> Iterator[VaultService]:
     service = _vault(engine, hsm_provider)
     yield service
     service.close()
+
+
+def _is_deadlock(exc: BaseException) -> bool:
+    return getattr(getattr(exc, "orig", exc), "sqlstate", None) == "40P01"
+
+
+@pytest.fixture
+def deadlocks(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every 40P01, from SQLAlchemy's statements (`handle_error`) and from the driver's
+    cursor of `vault.storage.rawsql`, which SQLAlchemy's events never see (the rate
+    charge's UPDATE runs there: review 13 found the first detector blind to it)."""
+    seen: list[str] = []
+
+    def on_error(context: Any) -> None:
+        if _is_deadlock(context.original_exception):
+            seen.append("sqlalchemy")
+
+    original = rawsql._run
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(*args, **kwargs)
+        except Exception as exc:
+            if _is_deadlock(exc):
+                seen.append("rawsql")
+            raise
+
+    monkeypatch.setattr(rawsql, "_run", run)
+    event.listen(engine, "handle_error", on_error)
+    yield seen
+    event.remove(engine, "handle_error", on_error)
 
 
 def _code(call: Callable[[], object]) -> str:
@@ -94,20 +126,13 @@ def test_a_rolled_back_quota_count_never_refuses_the_rest_of_the_day(
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_reveal_charges_lock_the_bucket_before_the_quota_on_every_path(
-    engine: Engine, hsm_provider: HSMProvider
+    engine: Engine, hsm_provider: HSMProvider, deadlocks: list[str]
 ) -> None:
     """A deferred rate charge with an immediate quota charge locked the identity's
     `usage_counters` row at its statement and its `rate_state` row just before COMMIT;
     a group's rerun (and relay) lock them the other way round. Two workers, one in
     each, deadlocked until PostgreSQL's deadlock_timeout broke it."""
     w1, w2 = _vault(engine, hsm_provider), _vault(engine, hsm_provider)
-    deadlocks: list[str] = []
-
-    def seen(context: Any) -> None:
-        if getattr(context.original_exception, "sqlstate", None) == "40P01":
-            deadlocks.append("40P01")
-
-    event.listen(engine, "handle_error", seen)
     try:
         assert _code(lambda: w1.detokenize(READER, "x")) == "token_not_found"  # rows exist
         assert w1._committer is not None
@@ -136,6 +161,57 @@ def test_reveal_charges_lock_the_bucket_before_the_quota_on_every_path(
         assert results[3] == "token_not_found"
         assert deadlocks == []
     finally:
-        event.remove(engine, "handle_error", seen)
+        w1.close()
+        w2.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_full_reveal_and_a_masked_one_of_two_identities_never_deadlock(
+    engine: Engine, hsm_provider: HSMProvider, deadlocks: list[str]
+) -> None:
+    """Review 13: with a quota reveal's rate charged at once (its bucket row locked at
+    the statement) and a masked reveal's deferred (locked just before COMMIT), worker
+    1's group [full reveal by A, masked by B] and worker 2's [full by B, masked by A]
+    each held one bucket row and waited for the other's. Both deferred, the group locks
+    identities in one order, each bucket then its quota."""
+    w1, w2 = _vault(engine, hsm_provider), _vault(engine, hsm_provider)
+    try:
+        for ctx in (LEDGER, READER):  # the rows exist
+            assert _code(lambda ctx=ctx: w1.detokenize(ctx, "x")) == "token_not_found"
+        assert w1._committer is not None
+        assert w2._committer is not None
+        c1, c2 = w1._committer, w2._committer
+        inside1, inside2, go = threading.Event(), threading.Event(), threading.Event()
+
+        def blocker(inside: threading.Event) -> Callable[[Connection], None]:
+            def block(_c: Connection) -> None:
+                inside.set()
+                go.wait(10)
+
+            return block
+
+        first = in_one_group(
+            c1,
+            [
+                _quietly(lambda: w1.detokenize(LEDGER, "a")),
+                _quietly(lambda: c1.run(blocker(inside1))),
+                _quietly(lambda: w1.detokenize_masked(READER, "b")),
+            ],
+        )
+        assert inside1.wait(10)
+        second = in_one_group(
+            c2,
+            [
+                _quietly(lambda: w2.detokenize(READER, "c")),
+                _quietly(lambda: c2.run(blocker(inside2))),
+                _quietly(lambda: w2.detokenize_masked(LEDGER, "d")),
+            ],
+        )
+        assert inside2.wait(10)
+        go.set()
+        results = [future.result(30) for future in first + second]
+        assert [results[i] for i in (0, 2, 3, 5)] == ["token_not_found"] * 4
+        assert deadlocks == []
+    finally:
         w1.close()
         w2.close()

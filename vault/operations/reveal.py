@@ -56,17 +56,13 @@ class RevealOperations(EarlyRate):
             # bucket row until its group's commit, and the other worker's group waited
             # for it (issue 21: ~0.47 ms of lock wait per detokenize on PostgreSQL).
             # Nothing here is sent before the commit; a spent bucket was refused early.
-            # Not with a quota charge: every other path locks the bucket row before the
-            # quota's, and a deferred rate would lock them the other way round (two
-            # workers deadlocked on PostgreSQL, review 12).
-            deferrable = not (reveals and rules.quota is not None)
+            # The quota charge is deferred with it, and the group charges each identity's
+            # bucket then its quota, identities in one order: deferring the rate alone
+            # locked the quota row first (a deadlock with a rerun, review 12), and
+            # charging a quota reveal's rate at once locked buckets in call order (a
+            # deadlock with another worker's deferred charges, review 13).
             self._charge(
-                connection,
-                ctx,
-                rules,
-                cost=len(token_list),
-                reveals=reveals,
-                deferrable=deferrable,
+                connection, ctx, rules, cost=len(token_list), reveals=reveals, deferrable=True
             )
             out, events = [], []
             for index, token in enumerate(token_list):
