@@ -247,12 +247,8 @@ class Limits:
         after the charge is all undone by a rollback and sends nothing anywhere.
         """
         interval, increment, tolerance = _gcra(limit, cost)
-        steps = before_commit(connection) if deferrable else None
-        if steps is not None:
-            charges = steps.get(_GROUP_CHARGES)
-            if charges is None:
-                charges = steps[_GROUP_CHARGES] = _GroupCharges(self, connection)
-            assert isinstance(charges, _GroupCharges)  # noqa: S101 - only this module sets it
+        charges = self._group_charges(connection) if deferrable else None
+        if charges is not None:
             charges.add(identity, limit, cost, now, clock)
             return
         for _ in range(3):
@@ -273,6 +269,18 @@ class Limits:
             self.early.forget(identity)  # its next early check reads the bucket
             raise _rate_limited(limit, max(float(tat), now) + increment - tolerance - now)
         raise RateLimited("rate limit state is contended; retry", interval)  # pragma: no cover
+
+    def _group_charges(self, connection: Connection) -> _GroupCharges | None:
+        """The sums of the commit group `connection` runs in its unguarded run, made
+        just before its commit; None outside one (charge at once)."""
+        steps = before_commit(connection)
+        if steps is None:
+            return None
+        charges = steps.get(_GROUP_CHARGES)
+        if charges is None:
+            charges = steps[_GROUP_CHARGES] = _GroupCharges(self, connection)
+        assert isinstance(charges, _GroupCharges)  # noqa: S101 - only this module sets it
+        return charges
 
     def check_rate(
         self, connection: Connection, identity: str, limit: RateLimit, cost: int, now: float
@@ -320,12 +328,8 @@ class Limits:
 
         `deferrable`: as `charge_rate`'s; a group charges each identity's rate sum, then
         its quota sum, identities sorted, so every group locks those rows in one order."""
-        steps = before_commit(connection) if deferrable else None
-        if steps is not None:
-            charges = steps.get(_GROUP_CHARGES)
-            if charges is None:
-                charges = steps[_GROUP_CHARGES] = _GroupCharges(self, connection)
-            assert isinstance(charges, _GroupCharges)  # noqa: S101 - only this module sets it
+        charges = self._group_charges(connection) if deferrable else None
+        if charges is not None:
             charges.add_quota(identity, quota, cost, now, counter)
             return
         day = int(now.timestamp()) // _DAY * _DAY  # the UTC day's first second
