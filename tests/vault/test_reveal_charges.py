@@ -178,36 +178,33 @@ def test_a_full_reveal_and_a_masked_one_of_two_identities_never_deadlock(
     try:
         for ctx in (LEDGER, READER):  # the rows exist
             assert _code(lambda ctx=ctx: w1.detokenize(ctx, "x")) == "token_not_found"
-        assert w1._committer is not None
-        assert w2._committer is not None
-        c1, c2 = w1._committer, w2._committer
-        inside1, inside2, go = threading.Event(), threading.Event(), threading.Event()
+        go = threading.Event()
 
-        def blocker(inside: threading.Event) -> Callable[[Connection], None]:
+        def held_group(
+            vault: VaultService, full: CallContext, masked: CallContext, token: str
+        ) -> list[Any]:
+            """In `vault`'s committer, one group: a full reveal by `full`, an operation
+            that holds the group inside its transaction, a masked reveal by `masked`."""
+            committer, inside = vault._committer, threading.Event()
+            assert committer is not None
+
             def block(_c: Connection) -> None:
                 inside.set()
                 go.wait(10)
 
-            return block
+            group = in_one_group(
+                committer,
+                [
+                    _quietly(lambda: vault.detokenize(full, token)),
+                    _quietly(lambda: committer.run(block)),
+                    _quietly(lambda: vault.detokenize_masked(masked, token)),
+                ],
+            )
+            assert inside.wait(10)
+            return group
 
-        first = in_one_group(
-            c1,
-            [
-                _quietly(lambda: w1.detokenize(LEDGER, "a")),
-                _quietly(lambda: c1.run(blocker(inside1))),
-                _quietly(lambda: w1.detokenize_masked(READER, "b")),
-            ],
-        )
-        assert inside1.wait(10)
-        second = in_one_group(
-            c2,
-            [
-                _quietly(lambda: w2.detokenize(READER, "c")),
-                _quietly(lambda: c2.run(blocker(inside2))),
-                _quietly(lambda: w2.detokenize_masked(LEDGER, "d")),
-            ],
-        )
-        assert inside2.wait(10)
+        first = held_group(w1, LEDGER, READER, "a")
+        second = held_group(w2, READER, LEDGER, "c")
         go.set()
         results = [future.result(30) for future in first + second]
         assert [results[i] for i in (0, 2, 3, 5)] == ["token_not_found"] * 4
