@@ -12,7 +12,10 @@ import dataclasses
 import typing
 from datetime import UTC, datetime, timedelta
 
-from api.models import CeremonyResponse
+import pytest
+
+from api import models
+from api.models import CeremonyResponse, no_card
 from vault.ceremony import Ceremony
 
 
@@ -43,3 +46,21 @@ def test_a_ceremony_goes_out_unchanged() -> None:
     )
     wire = CeremonyResponse.model_validate(ceremony.as_json())
     assert wire.model_dump() == dataclasses.asdict(ceremony)
+
+
+def test_names_found_clean_are_kept_and_cards_never_are() -> None:
+    # `no_card` keeps the names it found clean (a batch sends one format name a
+    # thousand times); a name holding a card is refused every time and never kept, and
+    # a full set of made-up names is emptied, not grown.
+    card_name = "fmt_4111111111111111"
+    for _ in range(2):
+        with pytest.raises(ValueError, match="card number"):
+            no_card(card_name)
+        assert card_name not in models._CLEAN_NAMES
+    assert no_card("pan_bin6_last4") == "pan_bin6_last4"
+    assert "pan_bin6_last4" in models._CLEAN_NAMES
+    for n in range(models._CLEAN_NAMES_MAX + 10):
+        no_card(f"made_up_{n}")
+    assert len(models._CLEAN_NAMES) <= models._CLEAN_NAMES_MAX
+    with pytest.raises(ValueError, match="card number"):
+        no_card(card_name)

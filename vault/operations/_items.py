@@ -56,6 +56,11 @@ class _Item:
     known_fps: list[bytes]
     guard: tuple[bytes, bytes] | None  # (oracle bucket, item) when the guard counts it
     guards_card: bool  # the guard's item is the card's fingerprint
+    # Drawn before the transaction (`_plan`), used if the item gets a new token: the
+    # draws are random, so when they are made changes nothing, and on SQLite the writer
+    # lock is then not held for them (issue 21). None: drawn in the transaction.
+    candidate: str | None = None
+    token_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,6 +87,11 @@ class TokenizeOperations(TokenizeChecks):
             item.fingerprint, item.fp_version, item.known_fps = fingerprint, fp_version, fps
             if item.guard is not None and item.guards_card:
                 item.guard = (item.guard[0], fingerprint)
+            # FF1's draw is the card's own and costs: it stays for the cards that need
+            # one (an FPE format may converge, answering a stored token instead).
+            if item.spec.type is not FormatType.FPE:
+                item.candidate = self._first_candidate(item.spec, item.request.pan, domain)
+            item.token_id = str(uuid.uuid4())
         return items
 
     def tokenize(self, ctx: CallContext, request: TokenizeRequest) -> TokenRecord:
@@ -282,7 +287,9 @@ class TokenizeOperations(TokenizeChecks):
                 connection, answers, index, item, held=held, now=now
             ):
                 continue
-            fresh[index] = self._first_candidate(item.spec, item.request.pan, domain)
+            fresh[index] = item.candidate or self._first_candidate(
+                item.spec, item.request.pan, domain
+            )
         for index, stored in answers.stored.items():
             if items[index].card.has_details:  # e.g. a reissued card's new expiry
                 self._reseal(connection, stored, items[index].card)
@@ -298,7 +305,8 @@ class TokenizeOperations(TokenizeChecks):
                 format=row["format"],
                 created_at=now,
                 expires_at=row["expires_at"],
-                metadata=json.loads(row["metadata"]),
+                # Most calls carry none: no parse for them (issue 21, per card of a batch).
+                metadata={} if row["metadata"] == "{}" else json.loads(row["metadata"]),
                 existing=False,
             )
             event = self._tokenize_event(ctxs[index], row["id"], row["format"], "new")
@@ -430,7 +438,7 @@ class TokenizeOperations(TokenizeChecks):
         rows = []
         for index, token in fresh.items():
             item = items[index]
-            token_id = str(uuid.uuid4())
+            token_id = item.token_id or str(uuid.uuid4())
             nonce = secrets.token_bytes(12)
             rows.append(
                 (
