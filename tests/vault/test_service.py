@@ -228,6 +228,30 @@ def test_moved_ciphertext_fails_integrity(service: VaultService, engine: Engine)
     assert service.detokenize(GETNET, a.token).pan == VISA
 
 
+def test_every_card_of_a_batch_is_sealed_under_its_own_nonce(
+    service: VaultService, engine: Engine
+) -> None:
+    # A batch's nonces come from one random draw (issue 21): each card still gets its
+    # own twelve bytes, and each opens again to its own card.
+    requests = [TokenizeRequest(_pan(100 + i), "pan_bin6_last4") for i in range(40)]
+    records = service.tokenize_batch(PAYMENTS, requests)
+    with engine.connect() as c:
+        nonces = [
+            bytes(n)
+            for (n,) in c.execute(
+                sa.text("SELECT nonce FROM tokens WHERE id IN :ids").bindparams(
+                    sa.bindparam("ids", expanding=True)
+                ),
+                {"ids": [r.token_id for r in records]},
+            )
+        ]
+    assert len(nonces) == 40
+    assert all(len(n) == 12 for n in nonces)
+    assert len(set(nonces)) == 40
+    revealed = service.detokenize_batch(GETNET, [r.token for r in records])
+    assert [r.pan for r in revealed] == [r.pan for r in requests]
+
+
 def test_batch_all_or_nothing(service: VaultService, engine: Engine) -> None:
     before = _count(engine, "SELECT count(*) FROM tokens")
     requests = [TokenizeRequest(_pan(i), "pan_bin6_last4") for i in range(5)]
