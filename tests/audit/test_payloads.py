@@ -1,0 +1,85 @@
+"""`canonical_payloads` renders a batch's entries once and spells each token id into
+them (issue 21): every entry's bytes must be exactly `canonical_payload`'s, since they
+are the Merkle leaf data `cofre audit verify` rehashes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from audit.log import (
+    AuditEvent,
+    DetailValue,
+    HexDigest,
+    Outcome,
+    canonical_payload,
+    canonical_payloads,
+)
+
+AT = datetime(2026, 12, 2, 11, 0, 0, 123456, tzinfo=UTC)
+
+# Few distinct values, so that entries share their renderings; among them a card number
+# (masked), digits that mask only as a plain string, and values equal across types.
+_texts = st.sampled_from(
+    ["tokenize", "spiffe://cofre/payments", "req-1", "4111111111111111", "", 'a"b\\c', "ç€𝄞"]
+)
+_values = st.one_of(
+    _texts,
+    st.sampled_from([0, 1, True, False, None, 4111111111111111]),
+    st.just(HexDigest("123456789012345678901234")),
+    st.just("123456789012345678901234"),
+)
+_token_ids = st.one_of(
+    st.none(),
+    st.uuids().map(str),
+    st.text(max_size=128),
+    st.just("\x00cofre:token-id\x00"),  # the stand-in itself
+)
+_events = st.builds(
+    AuditEvent,
+    action=_texts,
+    outcome=st.sampled_from(list(Outcome)),
+    actor=_texts,
+    request_id=st.one_of(st.none(), _texts),
+    token_id=_token_ids,
+    key_id=st.one_of(st.none(), st.just("k-1")),
+    details=st.dictionaries(st.sampled_from(["format", "result", "n"]), _values, max_size=3),
+    document=st.one_of(st.none(), st.just("policy 4111111111111111")),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_events, min_size=0, max_size=40))
+def test_a_batch_of_entries_is_rendered_byte_for_byte(events: list[AuditEvent]) -> None:
+    assert canonical_payloads(events, AT) == [canonical_payload(e, AT) for e in events]
+
+
+def test_a_thousand_entries_that_differ_in_their_token_id() -> None:
+    events = [
+        AuditEvent(
+            "tokenize",
+            Outcome.SUCCESS,
+            "spiffe://cofre/payments",
+            "req-1",
+            token_id=f"00000000-0000-4000-8000-{n:012d}",
+            details={"format": "pan_bin6_last4", "result": "new"},
+        )
+        for n in range(1000)
+    ]
+    assert canonical_payloads(events, AT) == [canonical_payload(e, AT) for e in events]
+
+
+def test_values_equal_across_types_are_rendered_each_as_its_own() -> None:
+    # True == 1 and a HexDigest equals the plain string (masked where the digest is
+    # not): one rendering shared between them would write the wrong bytes.
+    digits = "123456789012345678901234"
+    values: list[DetailValue] = [True, 1, HexDigest(digits), digits, False, 0]
+    events = [
+        AuditEvent("probe", Outcome.SUCCESS, "someone", token_id=str(n), details={"n": v})
+        for n, v in enumerate(values * 3)
+    ]
+    payloads = canonical_payloads(events, AT)
+    assert payloads == [canonical_payload(e, AT) for e in events]
+    assert len({p.split('"token_id"')[0] for p in payloads}) == len(values)
