@@ -238,30 +238,39 @@ _SENTINEL_FIELD: Final = '"token_id":' + json.dumps(_SENTINEL, ensure_ascii=Fals
 
 def canonical_payloads(events: Sequence[AuditEvent], at: datetime) -> list[str]:
     """`canonical_payload` of each of `events`, byte for byte. A batch's entries differ
-    only in their token id: those are rendered once, with a stand-in the output cannot
-    otherwise hold (a string's quotes are escaped, so ``"token_id":"..."`` unescaped is
-    the key), and each entry's own id is spelt into it (issue 21: rendering and masking
-    every entry whole was ~15% of a batch's commit, under SQLite's writer lock)."""
+    only in their token id: those are rendered once, with a stand-in for the id, and
+    each entry's own id is spelt into it (issue 21: rendering and masking every entry
+    whole was ~15% of a batch's commit, under SQLite's writer lock). The top-level
+    ``"token_id":`` sorts after every field that could hold the stand-in too (details,
+    document): a rest that holds it anywhere else is rendered whole, every time."""
     if len(events) < _TEMPLATE_MIN:
         return [canonical_payload(event, at) for event in events]
-    templates: dict[tuple[object, ...], tuple[str, str]] = {}
+    templates: dict[tuple[object, ...], tuple[str, str] | None] = {}
     payloads = []
     for event in events:
         # The types too: True == 1, and a HexDigest equals the plain string, which is
-        # masked where the digest is not.
+        # masked where the digest is not (as a value or as a key: review 14).
         fields = (event.action, event.actor, event.request_id, event.key_id, event.document)
         key = (
             *((type(value), value) for value in fields),
-            event.outcome,
-            tuple((k, type(v), v) for k, v in event.details.items()),
+            (type(event.outcome), event.outcome),
+            tuple((type(k), k, type(v), v) for k, v in event.details.items()),
         )
-        template = templates.get(key)
-        if template is None:
+        if key not in templates:
             whole = canonical_payload(dataclasses.replace(event, token_id=_SENTINEL), at)
-            head, found, tail = whole.partition(_SENTINEL_FIELD)
-            if not found:  # cannot happen: the key is always written
-                raise TypeError("the audit entry has no token id field")
-            template = templates[key] = (head + '"token_id":', tail)
+            # The top-level key sorts after every field that could hold the stand-in
+            # (details, document); a second occurrence means a value holds it: no
+            # template for that rest.
+            head, found, tail = whole.rpartition(_SENTINEL_FIELD)
+            templates[key] = (
+                (head + '"token_id":', tail)
+                if found and whole.count(_SENTINEL_FIELD) == 1
+                else None
+            )
+        template = templates[key]
+        if template is None:
+            payloads.append(canonical_payload(event, at))
+            continue
         token_id = json.dumps(_identifier(event.token_id), ensure_ascii=False)
         payloads.append(template[0] + token_id + template[1])
     return payloads

@@ -4,8 +4,10 @@ are the Merkle leaf data `cofre audit verify` rehashes."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -83,3 +85,51 @@ def test_values_equal_across_types_are_rendered_each_as_its_own() -> None:
     payloads = canonical_payloads(events, AT)
     assert payloads == [canonical_payload(e, AT) for e in events]
     assert len({p.split('"token_id"')[0] for p in payloads}) == len(values)
+
+
+def _batch(details: dict[str, DetailValue], n: int = 8) -> list[AuditEvent]:
+    return [
+        AuditEvent("tokenize", Outcome.SUCCESS, "someone", token_id=f"id-{i}", details=details)
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("key", ["token_id", 'x"token_id'])
+def test_a_detail_holding_the_stand_in_is_rendered_whole(key: str) -> None:
+    # Review 14: the stand-in's field also written inside details was found first, and
+    # the id went there.
+    events = _batch({key: "\x00cofre:token-id\x00"})
+    assert canonical_payloads(events, AT) == [canonical_payload(e, AT) for e in events]
+
+
+def test_a_digest_key_never_lends_its_rendering_to_a_card_key() -> None:
+    # Review 14: HexDigest(card) == card, and only the plain string is masked; keyed
+    # without its type, the second entry wrote the card in clear.
+    card = "4111111111111111"
+    events = [
+        AuditEvent(
+            "probe",
+            Outcome.SUCCESS,
+            "someone",
+            token_id=f"id-{i}",
+            details={(HexDigest(card) if i == 0 else card): 1},
+        )
+        for i in range(8)
+    ]
+    payloads = canonical_payloads(events, AT)
+    assert all(card not in p for p in payloads[1:])
+    assert payloads == [canonical_payload(e, AT) for e in events]
+
+
+@pytest.mark.parametrize(
+    "token_id",
+    [None, "", '"', "\\", '\\"', "\x00", "\x1f\u2028\u2029", '","v":2,"x":"', "é€𝄞", "a" * 128],
+)
+def test_odd_token_ids_are_spelt_as_json_spells_them(token_id: str | None) -> None:
+    events = [
+        AuditEvent("t", Outcome.SUCCESS, "a", token_id=t, details={"format": "f"})
+        for t in [token_id] * 4 + ["plain"] * 4
+    ]
+    payloads = canonical_payloads(events, AT)
+    assert payloads == [canonical_payload(e, AT) for e in events]
+    assert all(json.loads(p)["v"] == 1 for p in payloads)
