@@ -18,6 +18,7 @@ from audit.store import AuditStore
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied, RateLimited
+from policies.formats import FormatSpec
 from policies.loader import parse_policy
 from policies.models import RateLimit
 from tests.vault.conftest import GETNET, LEDGER, OFFICER, PAYMENTS, STRANGER, TEST_POLICY
@@ -32,6 +33,7 @@ from vault.errors import (
     TokenNotFound,
 )
 from vault.limits import Limits
+from vault.operations.tokenize import TokenizeOperations
 from vault.pan import Pan, luhn_check_digit, luhn_valid
 from vault.service import TokenizeRequest, VaultService
 from vault.signing import HSMTreeHeadSigner
@@ -250,6 +252,27 @@ def test_every_card_of_a_batch_is_sealed_under_its_own_nonce(
     assert len(set(nonces)) == 40
     revealed = service.detokenize_batch(GETNET, [r.token for r in records])
     assert [r.pan for r in revealed] == [r.pan for r in requests]
+
+
+def test_no_token_equals_a_card_stored_by_the_same_call(
+    service: VaultService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review 14: the held-PAN check read only the store, where the call's own cards are
+    # not yet. Two cards of one bucket in a batch: the first one's draw is forced to be
+    # the second card (a real draw hits 1 in the bucket's size).
+    a, b = [Pan(d) for d in (f"411111{m:06d}1111" for m in range(100)) if luhn_valid(d)][:2]
+    real = TokenizeOperations._first_candidate
+
+    def draw(self: TokenizeOperations, spec: FormatSpec, pan: Pan, domain: str) -> str:
+        return b.reveal() if pan == a else real(self, spec, pan, domain)
+
+    monkeypatch.setattr(TokenizeOperations, "_first_candidate", draw)
+    records = service.tokenize_batch(
+        PAYMENTS, [TokenizeRequest(a, "card_pass"), TokenizeRequest(b, "card_pass")]
+    )
+    assert {r.token for r in records}.isdisjoint({a.reveal(), b.reveal()})
+    revealed = service.detokenize_batch(GETNET, [r.token for r in records])
+    assert [r.pan for r in revealed] == [a, b]
 
 
 def test_batch_all_or_nothing(service: VaultService, engine: Engine) -> None:

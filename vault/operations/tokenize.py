@@ -498,6 +498,9 @@ class TokenizeOperations(TokenizeChecks):
         taken: set[str] = set()
         for start in range(0, len(values), 500):
             taken.update(_taken(connection, values[start : start + 500]))
+        # The cards this call stores are not in the store yet, and a token must equal
+        # none of them either (review 14: a batch of one bucket's cards could).
+        stored = {items[index].request.pan.reveal() for index in fresh}
         used: set[str] = set()
         for index, candidate in list(fresh.items()):
             spec = items[index].spec
@@ -506,10 +509,13 @@ class TokenizeOperations(TokenizeChecks):
             if (
                 candidate in taken
                 or candidate in used
-                or (check_pans and self._is_held_pan(connection, candidate))
+                or (
+                    check_pans
+                    and (candidate in stored or self._is_held_pan(connection, candidate))
+                )
             ):
                 token = self._new_token(
-                    connection, spec, items[index].request.pan, domain, avoid=used
+                    connection, spec, items[index].request.pan, domain, avoid=used | stored
                 )
             fresh[index] = token
             used.add(token)
