@@ -5,6 +5,7 @@ IMMEDIATE until COMMIT or ROLLBACK has returned, never by readers, and across en
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ import pytest
 from sqlalchemy import Engine, inspect, text
 
 from audit.schema import READ_ONLY
+from vault.storage import database
 from vault.storage.database import create_database_engine, migrate, single_read
 from vault.storage.rawsql import fetch_all
 
@@ -112,3 +114,35 @@ def test_a_single_read_leaves_no_autocommit_behind(database_url: str) -> None:
         assert "t_single_read" not in tables
     finally:
         engine.dispose()
+
+
+def test_a_writer_waiting_for_the_lock_looks_often_then_backs_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 21: a single call's commit group holds the writer lock a few milliseconds,
+    so a waiter looks every 0.2 ms for its first 30 ms (polled every 2 ms, the lock sat
+    free between groups); past that (a batch holds it ~150 ms) it backs off to 2 ms.
+    On a simulated clock: no test here waits on wall-clock time."""
+    now = [0.0]
+    pauses: list[float] = []
+    attempts = [0]
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        now[0] += seconds
+
+    def flock(_fd: int, _op: int) -> None:
+        attempts[0] += 1
+        if now[0] < 0.1:  # held by another writer for 100 ms
+            raise BlockingIOError
+
+    monkeypatch.setattr(database.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(database.time, "sleep", sleep)
+    monkeypatch.setattr(database.fcntl, "flock", flock)
+    database._take_writer_lock(0)
+    starts = itertools.accumulate(pauses[:-1], initial=0.0)
+    fast = [p for p, at in zip(pauses, starts, strict=True) if at <= 0.03]
+    assert set(fast) == {0.0002}
+    assert max(pauses) == 0.002
+    assert 0.1 <= now[0] < 0.1 + 0.002 + 1e-9  # taken within one pause of its release
+    assert attempts[0] < 250  # ~150 at 0.2 ms, then ~40 at up to 2 ms
