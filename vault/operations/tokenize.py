@@ -510,8 +510,7 @@ class TokenizeOperations(TokenizeChecks):
                 candidate in taken
                 or candidate in used
                 or (
-                    check_pans
-                    and (candidate in stored or self._is_held_pan(connection, candidate))
+                    check_pans and (candidate in stored or self._is_held_pan(connection, candidate))
                 )
             ):
                 token = self._new_token(
