@@ -504,13 +504,13 @@ class TokenizeOperations(TokenizeChecks):
         used: set[str] = set()
         for index, candidate in list(fresh.items()):
             spec = items[index].spec
-            check_pans = spec.type is not FormatType.UUID and spec.luhn is not LuhnMode.FAIL
             token = candidate
             if (
                 candidate in taken
                 or candidate in used
                 or (
-                    check_pans and (candidate in stored or self._is_held_pan(connection, candidate))
+                    self._may_be_card(spec, candidate)
+                    and (candidate in stored or self._is_held_pan(connection, candidate))
                 )
             ):
                 token = self._new_token(
@@ -536,8 +536,6 @@ class TokenizeOperations(TokenizeChecks):
             )
         else:
             candidates = random_token_candidates(spec, pan)
-        # A token that passes Luhn (or may) must never equal a PAN the vault holds.
-        check_pans = spec.type is not FormatType.UUID and spec.luhn is not LuhnMode.FAIL
         size = 1  # the first candidate is almost always free: try it alone
         while True:
             chunk = [c for _, c in zip(range(size), candidates, strict=False)]
@@ -550,9 +548,20 @@ class TokenizeOperations(TokenizeChecks):
             for candidate in chunk:
                 if candidate in taken or (avoid is not None and candidate in avoid):
                     continue
-                if check_pans and self._is_held_pan(connection, candidate):
+                if self._may_be_card(spec, candidate) and self._is_held_pan(connection, candidate):
                     continue
                 return candidate
+
+    def _may_be_card(self, spec: FormatSpec, candidate: str) -> bool:
+        """Whether the token `candidate` could be a card the vault holds, which it must
+        never equal: one that passes Luhn (or may), or one in a range the policy exempts
+        from Luhn, whose private-label cards fail it (review 15: a ``luhn = "fail"``
+        token keeps such a card's BIN and last four, so it stays in its range)."""
+        if spec.type is FormatType.UUID:
+            return False
+        if spec.luhn is not LuhnMode.FAIL:
+            return True
+        return self._policy.policy.luhn_exempt_prefix(candidate) is not None
 
     def _is_held_pan(self, connection: Connection, candidate: str) -> bool:
         fps = self._fingerprints(candidate)

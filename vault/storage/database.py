@@ -173,8 +173,11 @@ def _take_writer_lock(fd: int) -> None:
     holds the lock ~3-5 ms and the lock is ~80% busy, so a waiter that slept up to 2 ms
     between looks left it free between one group and the next. Past that it backs off
     to 2 ms: a batch of 1,000 holds the lock ~150 ms, and waking every 0.2 ms for that
-    long costs the waiting worker's other threads the GIL. Bounded like the busy
-    timeout: after it, BEGIN IMMEDIATE meets SQLite's own wait and error."""
+    long costs the waiting worker's other threads the GIL. Not fair: a waiter past its
+    fast phase looks less often than a newcomer (review 15), a tail-latency trade-off
+    that sleep jitter keeps from lining up. Bounded by the busy timeout: after it, the
+    caller goes on without this lock and BEGIN IMMEDIATE meets SQLite's own busy wait
+    (the same timeout again) and error."""
     started = time.monotonic()
     deadline = started + SQLITE_BUSY_TIMEOUT_MS / 1000
     pause = 0.0002
