@@ -9,9 +9,17 @@ or a move to another processor.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from api.pki import DEV_IDENTITIES
+from policies.engine import PolicyEngine
+from policies.loader import parse_policy
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from hsm.provider import HSMProvider
+    from vault.service import VaultService
 
 SETTLEMENT_POLICY: Final = """
 [identities."spiffe://cofre/settlement"]
@@ -43,3 +51,12 @@ expiry_year = "/card/expiration_year"
 security_code = "/card/security_code"
 cardholder_name = "/card/cardholder_name"
 """
+
+
+def vault_on(engine: Engine, hsm: HSMProvider, policy: str) -> VaultService:
+    """An initialised `VaultService` on `engine` and `hsm` under the TOML `policy`."""
+    from vault.service import VaultService  # noqa: PLC0415 - kept off this module's import
+
+    vault = VaultService(engine, hsm, PolicyEngine(parse_policy(policy, kind="toml").policy))
+    vault.initialize()
+    return vault

@@ -14,10 +14,9 @@ import pytest
 from sqlalchemy import Connection, Engine, event, select
 
 from hsm.provider import HSMProvider
-from policies.engine import PolicyEngine
 from policies.errors import RateLimited
-from policies.loader import parse_policy
 from tests.support.groups import in_one_group
+from tests.support.policies import vault_on
 from vault.errors import BatchItemInvalid, QuotaExceeded, TokenNotFound
 from vault.service import CallContext, VaultService
 from vault.storage import rawsql
@@ -41,9 +40,7 @@ READER = CallContext("spiffe://cofre/reader", "req-r")
 
 
 def _vault(engine: Engine, hsm: HSMProvider) -> VaultService:
-    vault = VaultService(engine, hsm, PolicyEngine(parse_policy(POLICY, kind="toml").policy))
-    vault.initialize()
-    return vault
+    return vault_on(engine, hsm, POLICY)
 
 
 @pytest.fixture

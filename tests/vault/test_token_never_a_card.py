@@ -16,14 +16,12 @@ import pytest
 from sqlalchemy import Engine, text
 
 from hsm.provider import HSMProvider
-from policies.engine import PolicyEngine
 from policies.formats import FormatSpec
-from policies.loader import parse_policy
+from tests.support.policies import vault_on
 from vault.models import CallContext
 from vault.operations.tokenize import TokenizeOperations
 from vault.pan import Pan, luhn_valid
 from vault.service import TokenizeRequest, VaultService
-from vault.storage.database import create_database_engine, migrate
 
 POLICY = """
 [formats.card_pass]
@@ -50,7 +48,9 @@ STORE = CallContext("spiffe://cofre/store", "req-s")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest) -> Iterator[str]:
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The suite's `database_url`, but in a directory or database of its own, removed
+    without a dump (`tests/vault/conftest.py`'s `engine` opens it)."""
     if request.param == "sqlite":
         with tempfile.TemporaryDirectory() as directory:
             yield f"sqlite:///{Path(directory) / 'cofre.sqlite3'}"
@@ -61,30 +61,16 @@ def url(request: pytest.FixtureRequest) -> Iterator[str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
         yield postgres.sqlalchemy_url(name)
-    finally:  # dropped, not dumped: it holds tokens equal to cards on purpose
+    finally:  # dropped, not dumped: without the fix it holds a token equal to a card
         with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
-def engine(url: str) -> Iterator[Engine]:
-    engine = create_database_engine(url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
-
-
-def _service(engine: Engine, hsm: HSMProvider) -> VaultService:
-    svc = VaultService(engine, hsm, PolicyEngine(parse_policy(POLICY, kind="toml").policy))
-    svc.initialize()
-    return svc
-
-
-@pytest.fixture
 def service(engine: Engine, hsm_provider: HSMProvider) -> Iterator[VaultService]:
-    svc = _service(engine, hsm_provider)
-    yield svc
-    svc.close()
+    vault = vault_on(engine, hsm_provider, POLICY)
+    yield vault
+    vault.close()
 
 
 def _held_tokens_equal_to_cards(service: VaultService, engine: Engine) -> set[str]:
