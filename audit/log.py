@@ -32,11 +32,12 @@ from audit._rows import insert_entries, insert_values
 from audit.errors import AuditWriteFailed
 from audit.schema import audit_entries, audit_queue
 from cofre.dberrors import db_error_name
-from cofre.redaction import mask_pan_like
+from cofre.redaction import MIN_DIGITS, mask_pan_like, mask_pan_values
 
 ENTRY_FORMAT_VERSION: Final = 1
 _MAX_DETAIL_ITEMS: Final = 32
 _MAX_STRING: Final = 512
+_MIN_CARD_INT: Final = 10 ** (MIN_DIGITS - 1)  # the smallest integer with a card's digits
 # A document an entry records whole (the policy text of a load or reload): bounded, and
 # refused rather than cut, since its hash is in the entry too.
 MAX_DOCUMENT: Final = 64 * 1024
@@ -169,7 +170,9 @@ def _clean(value: DetailValue) -> DetailValue:
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
-        return value
+        # An integer long enough to be a card is written masked, as a string, as
+        # `mask_pan_values` writes JSON numbers (review 15: one went out in clear).
+        return value if -_MIN_CARD_INT < value < _MIN_CARD_INT else mask_pan_values(value)
     if isinstance(value, HexDigest):
         return str(value)
     if isinstance(value, str):

@@ -133,3 +133,17 @@ def test_odd_token_ids_are_spelt_as_json_spells_them(token_id: str | None) -> No
     payloads = canonical_payloads(events, AT)
     assert payloads == [canonical_payload(e, AT) for e in events]
     assert all(json.loads(p)["v"] == 1 for p in payloads)
+
+
+def test_an_integer_long_enough_to_be_a_card_is_written_masked() -> None:
+    # Review 15: integer details went out as they were, a card number among them.
+    card = 4111111111111111
+    events = [
+        AuditEvent("probe", Outcome.SUCCESS, "someone", token_id=str(n), details={"n": v})
+        for n, v in enumerate([card, -card, 10**11 - 1, 7, 411111111111] * 2)
+    ]
+    for payloads in (canonical_payloads(events, AT), [canonical_payload(e, AT) for e in events]):
+        assert not any("4111111111111111" in p or "411111111111" in p for p in payloads)
+        values = [json.loads(p)["details"]["n"] for p in payloads]
+        assert values[2:4] == [10**11 - 1, 7]  # fewer digits than a card: kept, as numbers
+        assert all(isinstance(v, str) for v in (values[0], values[1], values[4]))
