@@ -8,8 +8,8 @@ back (fail closed): no operation without its record.
 
 An entry holds time, actor identity, action, outcome, request id, token id or key id and
 small details. It never holds a PAN: every string is passed through
-`cofre.redaction.mask_pan_like` before it is written, as a last line of defence behind
-the callers, who never pass one.
+`cofre.redaction.mask_pan_like`, and every integer of a card's length written masked,
+before it is written, as a last line of defence behind the callers, who never pass one.
 """
 
 from __future__ import annotations
