@@ -29,6 +29,8 @@ from tests.support.softhsm import SoftHSMToken
 # Unlimited rate for the load generators (they send thousands of cards per BIN and last
 # four, which the oracle guard would rightly refuse), and an in-scope identity with full
 # reveal, which the dev policy does not have.
+# `VaultProcess.start`: ready answers in a row, on fresh connections, before a test goes on.
+_READY_IN_A_ROW = 6
 POLICY = (
     DEV_POLICY.replace(
         "per_second = 2000, burst = 4000", "per_second = 1000000, burst = 1000000"
@@ -84,16 +86,23 @@ class VaultProcess:
             )
         self.starts += 1
         deadline = time.monotonic() + timeout
+        ready_in_a_row = 0
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 pytest.fail(f"cofre serve exited:\n{self.log.read_text()[-3000:]}")
             try:
+                # A fresh connection each time, which the kernel hands to any worker:
+                # readiness is a worker's own, and with several workers one ready answer
+                # says nothing of the others (one still opening its HSM session answers
+                # 503 hsm_unavailable), so several in a row are asked for.
                 with self.client() as c:
-                    if c.get(ready_path).status_code == 200:
-                        return
+                    ready = c.get(ready_path).status_code == 200
             except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+                ready = False
+            ready_in_a_row = ready_in_a_row + 1 if ready else 0
+            if ready_in_a_row >= _READY_IN_A_ROW:
+                return
+            time.sleep(0.02 if ready else 0.1)
         pytest.fail("cofre serve did not become ready")
 
     def kill(self) -> None:
