@@ -13,6 +13,9 @@ IN PCI SCOPE.
         ├── CrlExpired          code crl_expired (the CRL is past nextUpdate: readiness fails)
         ├── CrlInvalid          code crl_invalid (the CRL file could not be loaded)
         ├── Draining            code not_ready (a stop signal arrived; finishing in-flight work)
+        ├── WorkerUnready       code worker_unready (another worker of this node has not
+        │                       been ready within the last few seconds: the health
+        │                       listener answers for the whole node)
         └── PKIError            code pki_error (the dev PKI cannot issue or read a certificate)
 """
 
@@ -47,6 +50,10 @@ class CrlInvalid(ApiError):
 
 class Draining(ApiError):
     code = "not_ready"
+
+
+class WorkerUnready(ApiError):
+    code = "worker_unready"
 
 
 class PKIError(ApiError):

@@ -33,7 +33,7 @@ from cofre_cli.wiring import (
     production_checks,
     tls_files,
 )
-from cofre_cli.workers import run_workers, worker_count
+from cofre_cli.workers import NodeReadiness, Stamps, run_workers, worker_count
 from policies.loader import load_policy
 
 _log = structlog.get_logger("cofre.vault")
@@ -72,11 +72,19 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
         raise SystemExit(status)
 
 
-def serve_worker(settings: Settings, index: int | None, *, migrate_schema: bool = False) -> None:
+def serve_worker(
+    settings: Settings,
+    index: int | None,
+    stamps: Stamps | None = None,
+    *,
+    migrate_schema: bool = False,
+) -> None:
     """One serving process: its own runtime (HSM sessions, database pool, group
     committer, sequencer and purge threads) and listeners. `index` is None for a node of
-    one process; a numbered worker shares the API and health ports (SO_REUSEPORT) and
-    serves its own Prometheus listener on the metrics port + `index`."""
+    one process; a numbered worker shares the API and health ports (SO_REUSEPORT),
+    answers the health listener's ``/readyz`` for the whole node through `stamps`
+    (`cofre_cli.workers.NodeReadiness`) and serves its own Prometheus listener on the
+    metrics port + `index`."""
     if index is not None:
         configure_logging(settings.log_level)
         structlog.contextvars.bind_contextvars(worker=index)
@@ -108,7 +116,14 @@ def serve_worker(settings: Settings, index: int | None, *, migrate_schema: bool 
         if watcher is not None:
             check_ready = functools.partial(_with_crl, runtime.check_ready, watcher.check)
         health = None
+        stop_beats: Callable[[], None] = _nothing
         if server.health_port is not None:
+            if index is not None and stamps is not None:
+                # The probe reaches one worker; it answers for all of them. (The mTLS
+                # /readyz stays the worker's own: it answers for the connection's worker.)
+                node = NodeReadiness(stamps, index, check_ready)
+                check_ready = node.check
+                stop_beats = node.start()
             health = build_health_server(
                 check_ready,
                 runtime.readiness,
@@ -143,6 +158,7 @@ def serve_worker(settings: Settings, index: int | None, *, migrate_schema: bool 
                 telemetry=runtime.telemetry,
             )
         finally:
+            stop_beats()
             if capture_server is not None:
                 capture_server.stop()
     finally:
@@ -188,6 +204,10 @@ def _with_crl(check_ready: Callable[[], dict[str, str]], crl: Callable[[], None]
     crl()
     checks["crl"] = "ok"
     return checks
+
+
+def _nothing() -> None:
+    pass
 
 
 def _reload_all(*reloads: Callable[[], object]) -> None:

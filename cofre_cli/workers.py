@@ -18,6 +18,12 @@ forwards SIGTERM and SIGINT (each worker drains as a single process does; a seco
 signal forces) and SIGHUP (reload) to every worker. A worker that ends on its own stops
 the others and the supervisor exits with its status: the orchestrator restarts the node
 whole rather than leave it running short.
+
+Readiness is the node's, not one worker's (`NodeReadiness`): a probe on the shared
+health port reaches whichever worker the kernel picks, so each worker answers ready only
+while every worker has stamped a passing check in the supervisor's shared array within
+the last few seconds. Otherwise a pod whose second worker is still opening its HSM
+session, or is stuck, would be marked ready and half its connections answered 503.
 """
 
 from __future__ import annotations
@@ -28,19 +34,123 @@ import math
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import wait
 from pathlib import Path
 from types import FrameType
+from typing import Final, Protocol
 
 import structlog
 
+from api.errors import WorkerUnready
+from cofre.errors import CofreError
 from cofre.settings import Settings
 
 _log = structlog.get_logger("cofre.workers")
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max ..."
+# Each worker runs its own readiness check this often, and a worker whose last passing
+# check is older than STALE_SECONDS makes the whole node unready. The probe in
+# deploy/k8s looks every 5 s and acts on two failures, so a stuck worker takes the pod
+# out of service within ~15 s, and a slow check (an HSM round trip) never flaps it.
+BEAT_SECONDS: Final = 1.0
+STALE_SECONDS: Final = 5.0
+
+
+class Stamps(Protocol):
+    """The supervisor's shared array (`multiprocessing.RawArray` of doubles): worker
+    N's slot holds the `time.monotonic()` of its last passing check, 0.0 for none.
+    CLOCK_MONOTONIC is one clock for every process of the machine."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int, /) -> float: ...
+    def __setitem__(self, index: int, value: float, /) -> None: ...
+
+
+class NodeReadiness:
+    """Worker `index`'s readiness check made the node's: its own `check` must pass, and
+    every other worker's stamp must be fresh. `beat` (every BEAT_SECONDS, from the
+    thread `start` runs) keeps this worker's stamp fresh whether or not probes reach it;
+    any failing check clears the stamp at once, so a worker that is draining, has lost
+    its HSM session or its database makes the node unready on every worker."""
+
+    def __init__(
+        self,
+        stamps: Stamps,
+        index: int,
+        check: Callable[[], dict[str, str]],
+        *,
+        stale_after: float = STALE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._stamps = stamps
+        self._index = index
+        self._check = check
+        self._stale_after = stale_after
+        self._clock = clock
+
+    def check(self) -> dict[str, str]:
+        """This worker's checks plus ``workers: "N of N ready"``; raises this worker's
+        own failure, else `WorkerUnready` naming the workers whose stamps are stale."""
+        checks = self._stamped_check()
+        now = self._clock()
+        late = [
+            worker
+            for worker in range(len(self._stamps))
+            if worker != self._index and not self._fresh(self._stamps[worker], now)
+        ]
+        if late:
+            raise WorkerUnready(
+                f"worker(s) {late} of this node have not passed a readiness check in the "
+                f"last {self._stale_after:g} s"
+            )
+        count = len(self._stamps)
+        checks["workers"] = f"{count} of {count} ready"
+        return checks
+
+    def beat(self) -> None:
+        """Run this worker's check to refresh (or clear) its stamp; never raises."""
+        try:
+            self._stamped_check()
+        except CofreError:
+            pass  # unready: the stamp is cleared, and a probe's answer carries the code
+        except Exception as exc:  # noqa: BLE001 - a broken check must not end the beat
+            _log.warning("readiness check failed", error=type(exc).__name__)
+
+    def start(self, every: float = BEAT_SECONDS) -> Callable[[], None]:
+        """Beat now and then every `every` seconds on a daemon thread; returns the
+        function that stops it (and clears the stamp: a stopping worker is unready)."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            self.beat()
+            while not stop.wait(every):
+                self.beat()
+
+        thread = threading.Thread(target=loop, name="cofre-node-readiness", daemon=True)
+        thread.start()
+
+        def halt() -> None:
+            stop.set()
+            thread.join(timeout=every + 5)
+            self._stamps[self._index] = 0.0
+
+        return halt
+
+    def _stamped_check(self) -> dict[str, str]:
+        try:
+            checks = self._check()
+        except BaseException:
+            self._stamps[self._index] = 0.0
+            raise
+        self._stamps[self._index] = self._clock()
+        return checks
+
+    def _fresh(self, stamp: float, now: float) -> bool:
+        return stamp > 0.0 and now - stamp <= self._stale_after
 
 
 def worker_count(settings: Settings, cgroup: Path = _CGROUP_CPU_MAX) -> int:
@@ -58,14 +168,17 @@ def worker_count(settings: Settings, cgroup: Path = _CGROUP_CPU_MAX) -> int:
     return max(1, min(cores, math.ceil(int(quota) / int(period))))
 
 
+Target = Callable[[Settings, int, Stamps], None]
+
+
 def _worker(
-    target: Callable[[Settings, int], None], settings: Settings, index: int, supervisor: int
+    target: Target, settings: Settings, index: int, stamps: Stamps, supervisor: int
 ) -> None:
     _die_with(supervisor)
     # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which
     # forwards one SIGTERM; two signals would force the worker out mid-request.
     os.setpgid(0, 0)
-    target(settings, index)
+    target(settings, index, stamps)
 
 
 def _die_with(supervisor: int) -> None:
@@ -79,14 +192,20 @@ def _die_with(supervisor: int) -> None:
         os._exit(1)
 
 
-def run_workers(settings: Settings, count: int, target: Callable[[Settings, int], None]) -> int:
-    """Run `target(settings, index)` in `count` spawned processes until they all end;
-    forward stop and reload signals. Returns the exit status for the node: 0 when every
-    worker stopped cleanly after a stop signal, else the first failed worker's status."""
+def run_workers(settings: Settings, count: int, target: Target) -> int:
+    """Run `target(settings, index, stamps)` in `count` spawned processes until they all
+    end; forward stop and reload signals. `stamps` is the node's shared readiness array
+    (`NodeReadiness`). Returns the exit status for the node: 0 when every worker stopped
+    cleanly after a stop signal, else the first failed worker's status."""
     context = multiprocessing.get_context("spawn")
+    # Shared memory the workers inherit at spawn; no lock: each worker writes only its
+    # own aligned double, and a reader needs no more than one slot's last write.
+    stamps: Stamps = context.RawArray("d", count)
     processes = [
         context.Process(
-            target=_worker, args=(target, settings, i, os.getpid()), name=f"cofre-worker-{i}"
+            target=_worker,
+            args=(target, settings, i, stamps, os.getpid()),
+            name=f"cofre-worker-{i}",
         )
         for i in range(count)
     ]
