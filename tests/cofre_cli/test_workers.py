@@ -8,23 +8,32 @@ readiness is the node's: a stuck worker makes every worker's probe answer fail.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import multiprocessing
 import os
 import signal
 import sqlite3
+import threading
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import structlog
 from sqlalchemy import create_engine
+from structlog.testing import capture_logs
 
 from api.errors import WorkerUnready
+from api.health import HealthApp
 from audit.store import AuditStore
-from cofre.settings import Settings
+from cofre.settings import Settings, load_settings
 from cofre_cli.commands.serve import with_workers
-from cofre_cli.workers import NodeReadiness, worker_count
+from cofre_cli.serving import serve_worker
+from cofre_cli.workers import STALE_SECONDS, NodeReadiness, Stamps, worker_count
 from hsm.errors import HSMUnavailable
 from tests.support.pans import card_number
 from tests.support.postgres import free_port
@@ -264,3 +273,168 @@ def test_a_stuck_worker_makes_the_health_probe_fail_on_every_worker(
         assert in_a_row == 6
     finally:
         vault.stop()
+
+
+# ------------------------------------------------------------------ review 16
+
+
+def test_a_failing_worker_logs_why_once_per_change() -> None:
+    """The operations guide sends the on-call engineer who sees ``worker_unready`` to the
+    failing worker's log: the beat must say there why (once, not every second), and
+    when it recovers. An unready pod gets no traffic, so nothing else would."""
+    clock, stamps = _Clock(), [0.0, 0.0]
+    _, second, broken = _node(stamps, clock)
+    with capture_logs() as logs:
+        second.beat()
+        broken[0] = True
+        for _ in range(3):
+            second.beat()
+        broken[0] = False
+        for _ in range(3):
+            second.beat()
+    assert [(e["event"], e.get("code"), e["log_level"]) for e in logs] == [
+        ("worker unready", "hsm_unavailable", "warning"),
+        ("worker ready again", None, "info"),
+    ]
+    assert logs[0]["error"] == "HSMUnavailable: the session is gone"
+
+
+def test_a_worker_that_stops_beating_is_named_in_the_other_workers_logs() -> None:
+    """A stuck worker cannot log; the workers that answer ``worker_unready`` for it say
+    which one is late, once per change (a worker still starting is not late)."""
+    clock, stamps = _Clock(), [0.0, 0.0]
+    first, second, _ = _node(stamps, clock)
+    with capture_logs() as logs:
+        first.beat()  # worker 1 has not started: not reported
+        second.beat()
+        first.beat()
+        clock.now += 5.5
+        first.beat()
+        first.beat()
+        second.beat()
+        first.beat()
+    assert [(e["event"], e.get("workers"), e["log_level"]) for e in logs] == [
+        ("worker(s) of this node late", [1], "warning"),
+        ("every worker of this node ready again", None, "info"),
+    ]
+
+
+def test_the_beat_logs_as_its_worker() -> None:
+    """Workers share stdout: a line without the worker's index cannot be traced to it.
+    (A thread does not inherit the context the worker bound its index in.)"""
+    stamps = [0.0, 0.0]
+    broken = threading.Event()
+    broken.set()
+
+    def check() -> dict[str, str]:
+        if broken.is_set():
+            raise HSMUnavailable("the session is gone")
+        return {"hsm": "ok"}
+
+    node = NodeReadiness(stamps, 1, check)
+    structlog.contextvars.bind_contextvars(worker=1)
+    try:
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            stop = node.start(every=0.02)
+            try:
+                for _ in range(200):
+                    if logs:
+                        break
+                    time.sleep(0.01)
+            finally:
+                stop()
+    finally:
+        structlog.contextvars.unbind_contextvars("worker")
+    assert logs, "the beat logged nothing"
+    assert all(e.get("worker") == 1 for e in logs), logs
+
+
+def test_a_pass_that_started_before_a_failure_does_not_refresh_the_stamp() -> None:
+    """The probe's thread and the beat run the check at once: a pass that began before
+    the HSM was lost, and ends after the beat found it lost and cleared the stamp, must
+    not stamp the worker ready again."""
+    stamps = [0.0, 0.0]
+    calls = 0
+    first_call_waiting, release = threading.Event(), threading.Event()
+
+    def check() -> dict[str, str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the probe's check: slow, and passes
+            first_call_waiting.set()
+            assert release.wait(10)
+            return {"hsm": "ok"}
+        raise HSMUnavailable("the session is gone")  # the beat's, begun later
+
+    node = NodeReadiness(stamps, 1, check)
+
+    def probe_check() -> None:
+        with contextlib.suppress(WorkerUnready):  # worker 0 never beats here
+            node.check()
+
+    probe = threading.Thread(target=probe_check)
+    probe.start()
+    assert first_call_waiting.wait(10)
+    time.sleep(0.01)  # the beat's check begins strictly later
+    node.beat()
+    assert stamps[1] == 0.0
+    release.set()
+    probe.join(10)
+    assert stamps[1] == 0.0, "a stale pass marked the worker ready after a failure"
+
+
+def _wedgeable_worker(env: dict[str, str], stamps: Stamps) -> None:
+    """Worker 1 of a node, as `cofre serve` runs it, whose health listener blocks its
+    event loop for ``/wedge?SECONDS`` (the stand-in for any handler that blocks it)."""
+    os.environ.update(env)
+    answer = HealthApp.__call__
+
+    async def call(self: HealthApp, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/wedge":
+            time.sleep(float(scope["query_string"]))  # noqa: ASYNC251 - the point
+        await answer(self, scope, receive, send)
+
+    HealthApp.__call__ = call  # type: ignore[method-assign]
+    serve_worker(load_settings(), 1, stamps)
+
+
+def test_a_worker_whose_event_loop_is_stuck_is_not_stamped_ready(
+    tmp_path: Path, softhsm_token: SoftHSMToken
+) -> None:
+    """A worker whose event loop is blocked serves none of its connections (the mTLS
+    and health listeners share that loop) and must go stale like a stopped process:
+    a beat thread that runs the checks beside the loop proves nothing about it."""
+    health_port = free_port()
+    vault = make_vault(tmp_path / "node", softhsm_token, None)
+    vault.env["COFRE_SERVER__HEALTH_PORT"] = str(health_port)
+    migrated = vault.cofre("db", "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    context = multiprocessing.get_context("spawn")
+    stamps = context.RawArray("d", 2)
+    worker = context.Process(target=_wedgeable_worker, args=(vault.env, stamps))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while stamps[1] == 0.0 and time.monotonic() < deadline and worker.is_alive():
+            time.sleep(0.1)
+        assert stamps[1] > 0.0, "worker 1 never passed its checks"
+        wedge = STALE_SECONDS + 4
+        url = f"http://127.0.0.1:{health_port}/wedge?{wedge}"
+        blocked = threading.Thread(target=httpx.get, args=(url,), kwargs={"timeout": 30})
+        blocked.start()
+        time.sleep(0.5)
+        assert _probe(f"http://127.0.0.1:{health_port}/livez") is None  # it is stuck
+        ages = []
+        until = time.monotonic() + wedge - 1
+        while time.monotonic() < until:
+            stamp = stamps[1]
+            ages.append(math.inf if stamp == 0.0 else time.monotonic() - stamp)
+            time.sleep(0.1)
+        blocked.join(30)
+        assert max(ages) > STALE_SECONDS, f"stamped ready while its loop was stuck: {ages}"
+    finally:
+        worker.terminate()
+        worker.join(30)
+        if worker.is_alive():
+            worker.kill()
+            worker.join(10)
