@@ -140,11 +140,13 @@ def run_until_stopped(
     drain_delay: float = 0.0,
     on_reload: Callable[[], object] | None = None,
     telemetry: Telemetry | None = None,
+    on_loop: Callable[[asyncio.AbstractEventLoop], object] | None = None,
 ) -> None:
     """Serve `api` (and `health`) in this thread until SIGTERM or SIGINT, then drain.
     SIGHUP calls `on_reload` (in a worker thread; a failure is logged, the process
     keeps serving what it had). Failed TLS handshakes are logged and counted into
-    `telemetry` (`api.handshake`).
+    `telemetry` (`api.handshake`). `on_loop` is called with the event loop that serves
+    both listeners before they start (a worker's node readiness proves it runs).
 
     Returns once both servers have stopped and the calls of requests cancelled at the
     deadline are finished (their refusals audited; at most `LEFT_CALLS_SECONDS`); the
@@ -159,6 +161,7 @@ def run_until_stopped(
                 drain_delay=drain_delay,
                 on_reload=on_reload,
                 telemetry=telemetry,
+                on_loop=on_loop,
             )
         )
     finally:
@@ -173,8 +176,11 @@ async def _serve(
     drain_delay: float,
     on_reload: Callable[[], object] | None = None,
     telemetry: Telemetry | None = None,
+    on_loop: Callable[[asyncio.AbstractEventLoop], object] | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
+    if on_loop is not None:
+        on_loop(loop)
     observe_handshake_failures(loop, telemetry)
     reload_tasks: set[asyncio.Task[None]] = set()
 

@@ -116,12 +116,13 @@ def serve_worker(
         if watcher is not None:
             check_ready = functools.partial(_with_crl, runtime.check_ready, watcher.check)
         health = None
+        node: NodeReadiness | None = None
         stop_beats: Callable[[], None] = _nothing
         if server.health_port is not None:
             if index is not None and stamps is not None:
                 # The probe reaches one worker; it answers for all of them. (The mTLS
                 # /readyz stays the worker's own: it answers for the connection's worker.)
-                node = NodeReadiness(stamps, index, check_ready)
+                node = NodeReadiness(stamps, index, check_ready, serving_loop=True)
                 check_ready = node.check
                 stop_beats = node.start()
             health = build_health_server(
@@ -156,6 +157,7 @@ def serve_worker(
                 drain_delay=server.drain_delay_seconds,
                 on_reload=functools.partial(_reload_all, *reloads),
                 telemetry=runtime.telemetry,
+                on_loop=node.attach if node is not None else None,
             )
         finally:
             stop_beats()

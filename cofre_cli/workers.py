@@ -22,13 +22,16 @@ whole rather than leave it running short.
 Readiness is the node's, not one worker's (`NodeReadiness`): a probe on the shared
 health port reaches whichever worker the kernel picks, so each worker answers ready only
 while every worker has stamped a passing check in the supervisor's shared array within
-the last few seconds. Otherwise a pod whose second worker is still opening its HSM
-session, or is stuck, would be marked ready and half its connections answered 503.
+the last few seconds (a worker stamps only while its event loop runs). Otherwise a pod
+whose second worker is still opening its HSM session, or is stuck, would be marked
+ready and half its connections answered 503.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import ctypes
 import math
 import multiprocessing
@@ -44,8 +47,8 @@ from typing import Final, Protocol
 
 import structlog
 
-from api.errors import WorkerUnready
-from cofre.errors import CofreError
+from api.errors import Draining, WorkerUnready
+from cofre.background import describe_failure
 from cofre.settings import Settings
 
 _log = structlog.get_logger("cofre.workers")
@@ -75,7 +78,14 @@ class NodeReadiness:
     every other worker's stamp must be fresh. `beat` (every BEAT_SECONDS, from the
     thread `start` runs) keeps this worker's stamp fresh whether or not probes reach it;
     any failing check clears the stamp at once, so a worker that is draining, has lost
-    its HSM session or its database makes the node unready on every worker."""
+    its HSM session or its database makes the node unready on every worker. With
+    `serving_loop`, the beat stamps only while the event loop given to `attach` runs
+    callbacks: a worker whose loop is blocked answers none of its connections (the mTLS
+    and health listeners share it), however well its checks pass in the beat's thread.
+
+    The beat logs, once per change: this worker unready (the failing check's code and
+    why) and ready again, and another worker that was ready going late (a stuck worker
+    cannot say so itself). An unready pod gets no traffic, so nothing else would."""
 
     def __init__(
         self,
@@ -85,23 +95,37 @@ class NodeReadiness:
         *,
         stale_after: float = STALE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        serving_loop: bool = False,
     ) -> None:
         self._stamps = stamps
         self._index = index
         self._check = check
         self._stale_after = stale_after
         self._clock = clock
+        self._needs_loop = serving_loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._halted = threading.Event()
+        self._wake = threading.Event()
+        # The probe's thread and the beat's check at once: the stamp shows the outcome
+        # of the check that started last (a pass begun before a failure is old news).
+        self._lock = threading.Lock()
+        self._decided = -math.inf
+        # The beat's own (one thread): what it last logged.
+        self._failing: str | None = None
+        self._seen_ready: set[int] = set()
+        self._reported_late: list[int] = []
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop that serves this worker's listeners (`serving_loop`); the beat
+        runs at once rather than at its next tick."""
+        self._loop = loop
+        self._wake.set()
 
     def check(self) -> dict[str, str]:
         """This worker's checks plus ``workers: "N of N ready"``; raises this worker's
         own failure, else `WorkerUnready` naming the workers whose stamps are stale."""
         checks = self._stamped_check()
-        now = self._clock()
-        late = [
-            worker
-            for worker in range(len(self._stamps))
-            if worker != self._index and not self._fresh(self._stamps[worker], now)
-        ]
+        late = self._late(self._clock())
         if late:
             raise WorkerUnready(
                 f"worker(s) {late} of this node have not passed a readiness check in the "
@@ -113,44 +137,120 @@ class NodeReadiness:
 
     def beat(self) -> None:
         """Run this worker's check to refresh (or clear) its stamp; never raises."""
+        if self._needs_loop and self._loop is None:
+            self._stamp(self._clock(), 0.0)  # not serving yet: starting, not failing
+            return
         try:
-            self._stamped_check()
-        except CofreError:
-            pass  # unready: the stamp is cleared, and a probe's answer carries the code
+            self._stamped_check(self._serving if self._needs_loop else None)
+        except Draining:
+            return  # a stop signal: the lifecycle logs it, and every worker stops
         except Exception as exc:  # noqa: BLE001 - a broken check must not end the beat
-            _log.warning("readiness check failed", error=type(exc).__name__)
+            self._note(exc)
+        else:
+            self._note(None)
+        self._note_late(self._late(self._clock()))
 
     def start(self, every: float = BEAT_SECONDS) -> Callable[[], None]:
-        """Beat now and then every `every` seconds on a daemon thread; returns the
-        function that stops it (and clears the stamp: a stopping worker is unready)."""
-        stop = threading.Event()
+        """Beat now and then every `every` seconds on a daemon thread (in this thread's
+        context: its log lines carry the worker's index); returns the function that stops
+        it (and clears the stamp: a stopping worker is unready)."""
 
         def loop() -> None:
-            self.beat()
-            while not stop.wait(every):
+            while not self._halted.is_set():
                 self.beat()
+                self._wake.wait(every)
+                self._wake.clear()
 
-        thread = threading.Thread(target=loop, name="cofre-node-readiness", daemon=True)
+        context = contextvars.copy_context()
+        thread = threading.Thread(
+            target=context.run, args=(loop,), name="cofre-node-readiness", daemon=True
+        )
         thread.start()
 
         def halt() -> None:
-            stop.set()
+            self._halted.set()
+            self._wake.set()
             thread.join(timeout=every + 5)
-            self._stamps[self._index] = 0.0
+            with self._lock:
+                self._decided = math.inf  # a check still running stamps nothing
+                self._stamps[self._index] = 0.0
 
         return halt
 
-    def _stamped_check(self) -> dict[str, str]:
+    def _stamped_check(self, then: Callable[[], None] | None = None) -> dict[str, str]:
+        started = self._clock()
         try:
-            checks = self._check()
+            checks = self._check()  # first: a draining worker stops here, unlogged
+            if then is not None:
+                then()
         except BaseException:
-            self._stamps[self._index] = 0.0
+            self._stamp(started, 0.0)
             raise
-        self._stamps[self._index] = self._clock()
+        self._stamp(started, self._clock())
         return checks
+
+    def _stamp(self, started: float, value: float) -> None:
+        with self._lock:
+            if started < self._decided:
+                return
+            self._decided = started
+            self._stamps[self._index] = value
+
+    def _serving(self) -> None:
+        """Return once the attached event loop has run a callback; raise `WorkerUnready`
+        when it does not within the stale time (blocked) or has stopped."""
+        loop = self._loop
+        turned = threading.Event()
+        stopped = WorkerUnready("this worker's event loop is not running")
+        if loop is None:
+            raise stopped
+        try:
+            loop.call_soon_threadsafe(turned.set)
+        except RuntimeError:  # closed
+            raise stopped from None
+        deadline = time.monotonic() + self._stale_after
+        while not turned.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if self._halted.is_set() or time.monotonic() >= deadline:
+                raise WorkerUnready(
+                    f"this worker's event loop has not run for {self._stale_after:g} s"
+                )
+
+    def _late(self, now: float) -> list[int]:
+        return [
+            worker
+            for worker in range(len(self._stamps))
+            if worker != self._index and not self._fresh(self._stamps[worker], now)
+        ]
 
     def _fresh(self, stamp: float, now: float) -> bool:
         return stamp > 0.0 and now - stamp <= self._stale_after
+
+    def _note(self, error: Exception | None) -> None:
+        described = None if error is None else describe_failure(error)
+        if described == self._failing:
+            return
+        self._failing = described
+        if error is None:
+            _log.info("worker ready again")
+        else:
+            _log.warning("worker unready", code=getattr(error, "code", None), error=described)
+
+    def _note_late(self, late: list[int]) -> None:
+        others = set(range(len(self._stamps))) - {self._index}
+        self._seen_ready |= others - set(late)
+        # A worker never seen ready is starting, not late.
+        reported = [worker for worker in late if worker in self._seen_ready]
+        if reported == self._reported_late:
+            return
+        self._reported_late = reported
+        if reported:
+            _log.warning(
+                "worker(s) of this node late",
+                workers=reported,
+                stale_after_seconds=self._stale_after,
+            )
+        else:
+            _log.info("every worker of this node ready again")
 
 
 def worker_count(settings: Settings, cgroup: Path = _CGROUP_CPU_MAX) -> int:
