@@ -36,6 +36,7 @@ import pkcs11.exceptions as p11e
 from pkcs11 import ObjectClass
 from pydantic import SecretStr
 
+from cofre.blocking import may_block, may_wait
 from hsm.errors import (
     HSMAuthFailed,
     HSMKeyNotExtractable,
@@ -82,7 +83,11 @@ _AUTH_ERRORS: Final = (
 def pool_size_for(library: Path, requested: int) -> int:
     """Return the session pool size used for `library`: `requested`, or 1 for SoftHSM2
     loaded directly (it runs without locking under python-pkcs11; see the docstring)."""
-    return 1 if library.name.startswith("libsofthsm2") else max(1, requested)
+    return 1 if _is_softhsm(library) else max(1, requested)
+
+
+def _is_softhsm(library: Path) -> bool:
+    return library.name.startswith("libsofthsm2")
 
 
 class _Pooled:
@@ -115,6 +120,9 @@ class TokenSession:
         self._pin = pin
         self._softhsm_conf = softhsm_conf
         self.pool_size = pool_size_for(library, pool_size)
+        # In-process (SoftHSM2), not a network round trip per call: only then may a call
+        # run on an event loop (`cofre.blocking`; every other library's calls may wait).
+        self.local = _is_softhsm(library)
         self.key_availability_timeout = key_availability_timeout
         self._lib: Any = None
         self._lib_lock = threading.Lock()
@@ -186,6 +194,7 @@ class TokenSession:
         as always when `fresh`)."""
         with self._mutex:
             if self._closed or self._busy >= self.pool_size:
+                may_block()
                 self._wait_for_place()
             self._busy += 1
             if fresh or not self._idle:
@@ -256,6 +265,7 @@ class TokenSession:
             _close_quietly(pooled.session)
 
     def _reinitialize(self) -> None:
+        may_block()
         with self._exclusive():
             self._drop_all()
             with self._lib_lock:
@@ -273,6 +283,8 @@ class TokenSession:
         Kept short on purpose (see `_run_pooled`): this Python runs between two token
         calls, when the CPU's caches hold the token library's work, and each line of it
         costs several times what it does in a loop of its own (bench/levers.md, issue 4)."""
+        if not self.local:
+            may_block()  # a round trip
         observer = self.observer
         started = time.perf_counter() if observer is not None else 0.0
         try:
@@ -302,6 +314,7 @@ class TokenSession:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise refused
+            may_block()
             time.sleep(min(wait, remaining))
             wait = min(wait * 2, _AVAILABILITY_MAX_WAIT_S)
             try:
@@ -321,6 +334,7 @@ class TokenSession:
             broken = False
             try:
                 if pooled is None:
+                    may_block()  # C_OpenSession, and the library's loading and login
                     pooled = _Pooled(self._translate(self._open_session), self._epoch)
                 local.pooled = pooled
                 try:
@@ -331,6 +345,11 @@ class TokenSession:
                 # Forget the keys this session found; look them up again once.
                 if pooled is not None:
                     pooled.objects.clear()
+                if attempt < attempts and not may_wait():
+                    # The retry below opens a session, which may not happen here: the
+                    # call begins again in a thread (`cofre.blocking`), and must start
+                    # on a fresh session as this retry would, not on this one again.
+                    broken = True
                 if attempt == attempts:
                     raise HSMKeyUnavailable(
                         f"token {self._token_label!r} refused a key handle "

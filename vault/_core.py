@@ -31,6 +31,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
 from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
+from cofre.blocking import may_block
 from cofre.dberrors import db_error_name
 from cofre.errors import CofreError
 from hsm.keys import KeyHierarchy, code_epoch_label
@@ -121,6 +122,12 @@ class VaultCore(Fingerprints):
         return self._keyring
 
     @property
+    def hsm_is_local(self) -> bool:
+        """Whether HSM calls are in-process (SoftHSM2), not a network round trip: only
+        then may a tokenize begin on an event loop (`cofre.blocking`)."""
+        return self._provider.local
+
+    @property
     def policy(self) -> PolicyEngine:
         return self._policy
 
@@ -140,6 +147,7 @@ class VaultCore(Fingerprints):
         # The vault may start while the HSM is down; the first call after it comes back
         # creates what is missing.
         if not self._initialized:
+            may_block()
             with self._init_lock:
                 if not self._initialized:
                     self.initialize()
@@ -185,6 +193,7 @@ class VaultCore(Fingerprints):
 
     @contextmanager
     def _storage(self, *, retryable: bool = False) -> Iterator[None]:
+        may_block()  # every database access of a call's start is in one (`cofre.blocking`)
         try:
             yield
         except CofreError:
@@ -220,6 +229,7 @@ class VaultCore(Fingerprints):
         waiting for it (with no committer, run here: the future is done)."""
         if self._committer is not None:
             return self._committer.submit(work, merge)
+        may_block()
         future: Future[T] = Future()
         future.set_running_or_notify_cancel()
         try:

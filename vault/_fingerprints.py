@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from cofre.blocking import may_block
 from hsm.errors import HSMKeyNotFound
 from hsm.keys import KeyKind, key_label
 from hsm.provider import HSMProvider
@@ -39,6 +40,7 @@ class Fingerprints:
         # Bounded: a listing that hangs (a stuck HSM) makes the others wait once the
         # list is 5 s old, rather than serve it indefinitely through a rotation.
         if cached is None or time.monotonic() - self._fp_read > 5.0:
+            may_block()
             self._fp_lock.acquire()
         elif not self._fp_lock.acquire(blocking=False):
             return cached
@@ -46,6 +48,7 @@ class Fingerprints:
             now = time.monotonic()
             versions = self._fp_versions
             if versions is None or now - self._fp_read > 1.0:
+                may_block()  # the listing is a thread's (`cofre.blocking`)
                 versions = self._keyring.registry.versions(KeyKind.FINGERPRINT)
                 if not versions:
                     self._keyring.registry.current_label(KeyKind.FINGERPRINT)  # HSMKeyNotFound

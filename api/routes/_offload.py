@@ -11,7 +11,10 @@ The single-item token routes do not even park that thread for the commit (`answe
 the thread runs the call up to its transaction's submission to the group committer and
 returns; the event loop waits for the commit and answers. Only a call whose
 transaction did not simply succeed (a refusal to audit, a unique-key race to retry)
-hops to a thread again to finish.
+hops to a thread again to finish. The hottest (`answered_on_loop`) skip even the first
+hop while their start need not wait: they begin on the event loop, and only a call that
+would wait (`cofre.blocking`: a database read, an audit entry, a busy HSM session) is
+begun again in a thread.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 
 import structlog
 
+from cofre.blocking import WouldBlock, never_blocking
 from cofre.errors import CofreError
 from vault.models import Pending
 
@@ -65,15 +69,30 @@ async def answered(begin: Callable[P, Pending[T]], *args: P.args, **kwargs: P.kw
     audited there, as the parked thread did before (reviews 11 to 13). `drain` waits
     for those. A `begin` still queued when its request is cancelled never runs (nothing
     spent, nothing to audit)."""
+    return await _answered(functools.partial(begin, *args, **kwargs), here=False)
+
+
+async def answered_on_loop(begin: Callable[P, Pending[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`answered`, with `begin` run here, on the event loop, as long as it need not wait
+    (`cofre.blocking`): a call that would (a database read, an audit entry, a busy HSM
+    session) is run again from its start in a thread, as `answered` runs it. Issue 21:
+    the hop to a thread and back was ~10 context switches a request. Only for calls
+    whose start is checks and in-process work: a detokenize, or a tokenize when the HSM
+    is in-process (`VaultService.hsm_is_local`)."""
+    return await _answered(functools.partial(begin, *args, **kwargs), here=True)
+
+
+async def _answered(call: Callable[[], Pending[T]], *, here: bool) -> T:
     context = contextvars.copy_context()
-    call = functools.partial(begin, *args, **kwargs)
-    started = _executor.submit(context.run, _begun, call)
-    try:
-        await _done(started)
-    except asyncio.CancelledError:
-        started.cancel()  # still queued: it never runs (`_leave` sees it cancelled)
-        _leave(started, context)
-        raise
+    started = _begun_here(call, context) if here else None
+    if started is None:
+        started = _executor.submit(context.run, _begun, call)
+        try:
+            await _done(started)
+        except asyncio.CancelledError:
+            started.cancel()  # still queued: it never runs (`_leave` sees it cancelled)
+            _leave(started, context)
+            raise
     pending = started.result()  # or raise what `begin` raised
     try:
         await _done(pending.committed)
@@ -108,6 +127,34 @@ def _begun(begin: Callable[[], Pending[T]]) -> Pending[T]:
         raise
     pending.committed.add_done_callback(lambda _: _waiting.release())
     return pending
+
+
+def _begun_here(
+    begin: Callable[[], Pending[T]], context: contextvars.Context
+) -> Future[Pending[T]] | None:
+    """`_begun` on this thread (the event loop's), never waiting: None when `begin` would
+    wait (`WouldBlock`: nothing it did needs undoing, `cofre.blocking`) or when `THREADS`
+    calls already wait for their commit; else its `Pending`, or what it raised, as done
+    futures."""
+    if not _waiting.acquire(blocking=False):
+        return None
+    started: Future[Pending[T]] = Future()
+    try:
+        with never_blocking():
+            pending = context.run(begin)
+    except WouldBlock:
+        _waiting.release()
+        return None
+    except Exception as exc:  # noqa: BLE001 - handed on, as the executor's future does
+        _waiting.release()
+        started.set_exception(exc)
+        return started
+    except BaseException:
+        _waiting.release()
+        raise
+    pending.committed.add_done_callback(lambda _: _waiting.release())
+    started.set_result(pending)
+    return started
 
 
 def _leave(started: Future[Pending[Any]], context: contextvars.Context) -> None:

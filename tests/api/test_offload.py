@@ -16,7 +16,8 @@ from concurrent.futures import Future
 import pytest
 
 from api.routes import _offload
-from api.routes._offload import THREADS, answered
+from api.routes._offload import THREADS, answered, answered_on_loop
+from cofre.blocking import may_block
 from cofre.errors import CofreError
 from vault.models import Pending
 
@@ -194,3 +195,82 @@ def test_calls_a_commit_group_finishes_together_wake_the_loop_once() -> None:
         return len(scheduled)
 
     assert asyncio.run(main()) == 1
+
+
+class _Begins:
+    """`begin`s that record the thread each ran on; with `waits`, each would wait
+    (`cofre.blocking.may_block`) before handing over their call."""
+
+    def __init__(self, call: _Call, *, waits: bool) -> None:
+        self.call = call
+        self.waits = waits
+        self.threads: list[int] = []
+
+    def begin(self) -> Pending[str]:
+        self.threads.append(threading.get_ident())
+        if self.waits:
+            may_block()
+        return self.call.begin()
+
+
+def test_a_call_that_need_not_wait_begins_on_the_loop() -> None:
+    call = _Call("tok_4")
+    call.commit()
+    begins = _Begins(call, waits=False)
+
+    async def main() -> tuple[str, int]:
+        return await answered_on_loop(begins.begin), threading.get_ident()
+
+    answer, loop_thread = asyncio.run(main())
+    assert answer == "tok_4"
+    assert begins.threads == [loop_thread]
+    assert _offload._waiting._value == THREADS  # type: ignore[attr-defined]
+
+
+def test_a_call_that_would_wait_begins_again_in_a_thread() -> None:
+    call = _Call("tok_5")
+    call.commit()
+    begins = _Begins(call, waits=True)
+
+    async def main() -> tuple[str, int]:
+        return await answered_on_loop(begins.begin), threading.get_ident()
+
+    answer, loop_thread = asyncio.run(main())
+    assert answer == "tok_5"
+    assert len(begins.threads) == 2
+    assert begins.threads[0] == loop_thread
+    assert begins.threads[1] != loop_thread
+    assert _offload._waiting._value == THREADS  # type: ignore[attr-defined]
+
+
+def test_a_refusal_raised_on_the_loop_reaches_the_caller() -> None:
+    def refused() -> Pending[str]:
+        raise CofreError("refused before the transaction")
+
+    with pytest.raises(CofreError, match="refused before"):
+        asyncio.run(answered_on_loop(refused))
+    assert _offload._waiting._value == THREADS  # type: ignore[attr-defined]
+
+
+def test_with_every_slot_taken_a_call_waits_for_one_in_a_thread_not_on_the_loop() -> None:
+    call = _Call("tok_6")
+    call.commit()
+    begins = _Begins(call, waits=False)
+    for _ in range(THREADS):
+        _offload._waiting.acquire()
+
+    async def main() -> tuple[str, int]:
+        task = asyncio.create_task(answered_on_loop(begins.begin))
+        await asyncio.sleep(0.05)
+        assert begins.threads == []  # its thread waits for a slot; the loop runs on
+        _offload._waiting.release()
+        return await task, threading.get_ident()
+
+    try:
+        answer, loop_thread = asyncio.run(main())
+    finally:
+        for _ in range(THREADS - 1):
+            _offload._waiting.release()
+    assert answer == "tok_6"
+    assert len(begins.threads) == 1
+    assert begins.threads[0] != loop_thread

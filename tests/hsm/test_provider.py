@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap, aes_key_wrap_with_padding
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
+from cofre.blocking import WouldBlock, never_blocking
 from hsm.errors import (
     HSMKeyNotExtractable,
     HSMKeyNotFound,
@@ -301,3 +302,18 @@ def test_wrap_output_is_rfc_5649_and_3394(hsm_provider: HSMProvider) -> None:
     assert hsm_provider._run(lambda s: wrap_known(s, "aes-kw-rfc3394")) == (
         aes_key_wrap(kek_value, key_value)
     )
+
+
+def test_only_an_in_process_hsm_is_called_where_nothing_may_wait(
+    hsm_provider: HSMProvider,
+) -> None:
+    # `cofre.blocking`: SoftHSM2 loaded directly runs in-process; every other library
+    # (the shim stands for CloudHSM) is a round trip per call, which may wait.
+    expected = hsm_provider.hmac_sha256(FP, b"4111111111111111")
+    with never_blocking():
+        if hsm_provider.local:
+            assert hsm_provider.hmac_sha256(FP, b"4111111111111111") == expected
+        else:
+            with pytest.raises(WouldBlock):
+                hsm_provider.hmac_sha256(FP, b"4111111111111111")
+    assert hsm_provider.local == (hsm_provider.pool_size == 1)
