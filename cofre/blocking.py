@@ -24,16 +24,11 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-__all__ = ["WouldBlock", "may_block", "may_wait", "never_blocking"]
+from cofre.errors import WouldBlock
+
+__all__ = ["may_block", "may_wait", "never_blocking"]
 
 _here = threading.local()
-
-
-class WouldBlock(BaseException):
-    """The call would wait here: run it again in a thread. A `BaseException`, not a
-    `CofreError`: it is neither a refusal nor a failure, so nothing on its way may audit,
-    translate or suppress it (``except Exception`` and ``except CofreError`` let it
-    through), and it never reaches a caller of the API."""
 
 
 @contextlib.contextmanager

@@ -14,6 +14,9 @@ IN PCI SCOPE. Every package has its own ``errors.py`` whose classes derive from
     ├── compliance.errors.ComplianceError
     └── infra_pci.errors.InfraError
 
+Outside the tree, and no error: `WouldBlock`, the signal `cofre.blocking` raises where a
+call begun on an event loop would wait (it never reaches a caller).
+
 Rule for every subclass: the message never contains a PAN, a key, or a PIN. Code that
 formats a message from input uses the masked form (`vault.pan.Pan.__str__`).
 """
@@ -35,3 +38,10 @@ class ConfigurationError(CofreError):
     """The settings are incomplete or contradictory (a missing PIN source, a bad path)."""
 
     code = "configuration_error"
+
+
+class WouldBlock(BaseException):
+    """The call would wait here: run it again in a thread (`cofre.blocking`). A
+    `BaseException`, not a `CofreError`: it is neither a refusal nor a failure, so
+    nothing on its way may audit, translate or suppress it (``except Exception`` and
+    ``except CofreError`` let it through), and it never reaches a caller of the API."""

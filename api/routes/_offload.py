@@ -32,8 +32,8 @@ from typing import Any, Final, ParamSpec, TypeVar
 
 import structlog
 
-from cofre.blocking import WouldBlock, never_blocking
-from cofre.errors import CofreError
+from cofre.blocking import never_blocking
+from cofre.errors import CofreError, WouldBlock
 from vault.models import Pending
 
 P = ParamSpec("P")

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from cofre.blocking import WouldBlock, may_block, may_wait, never_blocking
-from cofre.errors import CofreError
+from cofre.blocking import may_block, may_wait, never_blocking
+from cofre.errors import CofreError, WouldBlock
 
 
 def test_may_block_raises_only_inside_never_blocking() -> None:

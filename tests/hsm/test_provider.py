@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap, aes_key_wrap_with_padding
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
-from cofre.blocking import WouldBlock, never_blocking
+from cofre.blocking import never_blocking
+from cofre.errors import WouldBlock
 from hsm.errors import (
     HSMKeyNotExtractable,
     HSMKeyNotFound,

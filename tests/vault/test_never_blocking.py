@@ -15,7 +15,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine, event
 
-from cofre.blocking import WouldBlock, never_blocking
+from cofre.blocking import never_blocking
+from cofre.errors import WouldBlock
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
