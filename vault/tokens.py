@@ -104,6 +104,15 @@ def _enumerate(spec: FormatSpec, pan: str) -> list[str]:
     return candidates
 
 
+def lists_space(spec: FormatSpec, pan_length: int) -> bool:
+    """Whether `random_token_candidates` lists the whole space of a `pan_length`-digit
+    card (up to 10^4 strings, Luhn-checked and shuffled: milliseconds of CPU) instead of
+    drawing candidates."""
+    if spec.type is not FormatType.RANDOM:
+        return False
+    return _space_size(spec, spec.free_digits(pan_length)) <= ENUMERATE_LIMIT
+
+
 def random_token_candidates(spec: FormatSpec, pan: Pan) -> Iterator[str]:
     """Yield candidate tokens for `pan`, best first, and stop when the space is used up.
 
@@ -115,8 +124,7 @@ def random_token_candidates(spec: FormatSpec, pan: Pan) -> Iterator[str]:
         raise ValueError("random_token_candidates needs a random format")
     check_applicable(spec, pan)
     digits = pan.reveal()
-    free = spec.free_digits(len(digits))
-    if _space_size(spec, free) <= ENUMERATE_LIMIT:
+    if lists_space(spec, len(digits)):
         yield from (c for c in _enumerate(spec, digits) if c != digits)
         return
     for _ in range(MAX_RANDOM_DRAWS):
