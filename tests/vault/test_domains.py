@@ -17,6 +17,7 @@ from policies.errors import RateLimited
 from policies.loader import parse_policy
 from tests.support.groups import in_one_group
 from tests.support.pans import GENERATED
+from tests.support.policies import vault_on
 from vault.errors import (
     BatchItemInvalid,
     FormatNotApplicable,
@@ -79,8 +80,7 @@ LIMITED = CallContext("spiffe://cofre/limited", "req-limited")
 
 @pytest.fixture
 def domains(engine: Engine, hsm_provider: HSMProvider) -> Iterator[VaultService]:
-    svc = VaultService(engine, hsm_provider, PolicyEngine(parse_policy(POLICY, kind="toml").policy))
-    svc.initialize()
+    svc = vault_on(engine, hsm_provider, POLICY)
     yield svc
     svc.close()
 

@@ -18,9 +18,8 @@ from sqlalchemy import Engine, event
 from cofre.blocking import never_blocking
 from cofre.errors import WouldBlock
 from hsm.provider import HSMProvider
-from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
-from policies.loader import parse_policy
+from tests.support.policies import vault_on
 from tests.vault.conftest import PAYMENTS, STRANGER, TEST_POLICY
 from vault.errors import FormatNotApplicable
 from vault.models import Pending
@@ -38,8 +37,7 @@ VISA = Pan("4111111111111111")
 
 @pytest.fixture
 def vault(engine: Engine, hsm_provider: HSMProvider) -> Iterator[VaultService]:
-    svc = VaultService(engine, hsm_provider, PolicyEngine(parse_policy(POLICY, kind="toml").policy))
-    svc.initialize()
+    svc = vault_on(engine, hsm_provider, POLICY)
     yield svc
     svc.close()
 
