@@ -48,7 +48,7 @@ from typing import Final, Protocol
 import structlog
 
 from api.errors import Draining, WorkerUnready
-from cofre.background import describe_failure
+from cofre.background import LoopHealth
 from cofre.settings import Settings
 
 _log = structlog.get_logger("cofre.workers")
@@ -86,9 +86,10 @@ class NodeReadiness:
     callbacks: a worker whose loop is blocked answers none of its connections (the mTLS
     and health listeners share it), however well its checks pass in the beat's thread.
 
-    The beat logs, once per change: this worker unready (the failing check's code and
-    why) and ready again, and another worker that was ready going late (a stuck worker
-    cannot say so itself). An unready pod gets no traffic, so nothing else would."""
+    The beat logs, once per change: this worker's check failing and why, and recovering
+    (`cofre.background.LoopHealth`, loop ``node readiness``, as every background loop
+    does), and another worker that was ready going late (a stuck worker cannot say so
+    itself). An unready pod gets no traffic, so nothing else would."""
 
     def __init__(
         self,
@@ -114,7 +115,7 @@ class NodeReadiness:
         self._lock = threading.Lock()
         self._decided = -math.inf
         # The beat's own (one thread): what it last logged.
-        self._failing: str | None = None
+        self._health = LoopHealth("node readiness")
         self._seen_ready: set[int] = set()
         self._reported_late: list[int] = []
 
@@ -148,9 +149,9 @@ class NodeReadiness:
         except Draining:
             return  # a stop signal: the lifecycle logs it, and every worker stops
         except Exception as exc:  # noqa: BLE001 - a broken check must not end the beat
-            self._note(exc)
+            self._health.failed(exc)
         else:
-            self._note(None)
+            self._health.succeeded()
         self._note_late(self._late(self._clock()))
 
     def start(self, every: float = BEAT_SECONDS) -> Callable[[], None]:
@@ -227,16 +228,6 @@ class NodeReadiness:
 
     def _fresh(self, stamp: float, now: float) -> bool:
         return stamp > 0.0 and now - stamp <= self._stale_after
-
-    def _note(self, error: Exception | None) -> None:
-        described = None if error is None else describe_failure(error)
-        if described == self._failing:
-            return
-        self._failing = described
-        if error is None:
-            _log.info("worker ready again")
-        else:
-            _log.warning("worker unready", code=getattr(error, "code", None), error=described)
 
     def _note_late(self, late: list[int]) -> None:
         others = set(range(len(self._stamps))) - {self._index}

@@ -292,9 +292,9 @@ def test_a_failing_worker_logs_why_once_per_change() -> None:
         broken[0] = False
         for _ in range(3):
             second.beat()
-    assert [(e["event"], e.get("code"), e["log_level"]) for e in logs] == [
-        ("worker unready", "hsm_unavailable", "warning"),
-        ("worker ready again", None, "info"),
+    assert [(e["event"], e["loop"], e["log_level"]) for e in logs] == [
+        ("background loop failing", "node readiness", "warning"),
+        ("background loop recovered", "node readiness", "info"),
     ]
     assert logs[0]["error"] == "HSMUnavailable: the session is gone"
 
