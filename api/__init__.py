@@ -9,6 +9,7 @@ verified client certificate, never by a header.
 # an underscore is internal. tests/test_exported_members.py pins this list.
 __all__ = [
     "app",
+    "balance",
     "capture",
     "connections",
     "crl",

@@ -14,6 +14,10 @@ a warning names the peer and the phase. The per-identity cap refuses (closes) a 
 connection beyond `max_connections_per_identity`; its default is far above what a busy
 client's connection pool holds (hundreds of keep-alive connections are normal). A
 certificate that passes TLS but names no identity is capped per certificate.
+
+A worker of several (`cofre serve`) also counts its requests in flight for the node and
+answers one with ``Connection: close`` when it is busier than another worker
+(`api.balance`): the kernel's hash of a handful of connections can leave a worker idle.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 import h11
 import structlog
 
+from api.balance import WorkerLoads
 from api.errors import IdentityMissing
 from api.problems import PROBLEM_JSON, PROBLEMS, TYPE_BASE
 from api.tls import (
@@ -125,6 +131,52 @@ class _Limits:
         transport.close()
 
 
+class _Requests:
+    """A connection's requests in flight, counted in its worker's `WorkerLoads` (the
+    protocol's class attribute ``loads``; None for a node of one process)."""
+
+    def __init__(self, loads: WorkerLoads | None) -> None:
+        self.loads = loads
+        self.open = 0
+
+    def began(self, cycle: Any) -> None:
+        """A request's cycle was created: count it, and have it answered with
+        ``Connection: close`` when this worker should shed a connection."""
+        loads = self.loads
+        if loads is None:
+            return
+        self.open += 1
+        loads.started()
+        if loads.should_close():
+            _close_after_answer(cycle)
+
+    def ended(self, count: int = 1) -> None:
+        loads = self.loads
+        if loads is None:
+            return
+        for _ in range(min(count, self.open)):
+            self.open -= 1
+            loads.finished()
+
+
+def _close_after_answer(cycle: Any) -> None:
+    """Add ``connection: close`` to the answer of `cycle` (uvicorn's request-response
+    cycle of either protocol): both then close the connection once the answer is sent,
+    and the client knows not to send another request on it. The cycle's task is created
+    but has not run yet, so the app is handed this `send`."""
+    send: Callable[[MutableMapping[str, Any]], Awaitable[None]] = cycle.send
+
+    async def closing(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            if not any(name.lower() == b"connection" for name, _ in headers):
+                headers.append((b"connection", b"close"))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    cycle.send = closing
+
+
 class GuardedH11Protocol(TLSIdentityH11Protocol):
     """`TLSIdentityH11Protocol` with read deadlines and the per-identity cap (the class
     attributes are set by `guarded_protocol`)."""
@@ -133,8 +185,10 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
     body_timeout: float = 30.0
     max_connections_per_identity: int = 2000
     max_header_bytes: int = MAX_HEADER_BYTES
+    loads: WorkerLoads | None = None
 
     _guard: _Limits
+    _requests: _Requests
 
     @property
     def cofre_identity(self) -> str | None:
@@ -142,6 +196,7 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self._guard = _Limits(self, type(self))
+        self._requests = _Requests(self.loads)
         super().connection_made(transport)
         if self._guard.admit(transport):
             # A connection that sends nothing is held to the header deadline too.
@@ -162,7 +217,10 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
             self._guard.disarm()
             self.send_400_response("Request head too large.")
             return
+        before = self.cycle
         super().handle_events()
+        if self.cycle is not before and self.cycle is not None:
+            self._requests.began(self.cycle)
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn's own writer sends text/plain; the message is uvicorn's (or ours above).
@@ -175,6 +233,7 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
         self._follow_state()
 
     def on_response_complete(self) -> None:
+        self._requests.ended()  # first: uvicorn may begin the next request in it
         super().on_response_complete()
         # Between requests uvicorn's keep-alive timeout applies; the next request's first
         # byte arms the header deadline again.
@@ -182,6 +241,7 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.disarm()
+        self._requests.ended(self._requests.open)
         super().connection_lost(exc)
 
     def _follow_state(self) -> None:
@@ -206,8 +266,10 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
     body_timeout: float = 30.0
     max_connections_per_identity: int = 2000
     max_header_bytes: int = MAX_HEADER_BYTES
+    loads: WorkerLoads | None = None
 
     _guard: _Limits
+    _requests: _Requests
     _head_bytes: int = 0
     _in_head: bool = False
     _reading: bool = False
@@ -222,6 +284,7 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:
         self._guard = _Limits(self, type(self))
+        self._requests = _Requests(self.loads)
         super().connection_made(transport)
         if self._guard.admit(transport):
             self._guard.arm("headers")
@@ -283,7 +346,10 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
             # Stops the parser before the app sees the request (uvicorn answers the
             # parser error with a 400 of its own, dropped by `send_400_response`).
             raise _HeadTooLarge
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not before:
+            self._requests.began(self.cycle)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -305,8 +371,13 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
         and CR/LF (the request line's method and version aside)."""
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
+    def on_response_complete(self) -> None:
+        self._requests.ended()  # first: uvicorn may begin a pipelined request in it
+        super().on_response_complete()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.disarm()
+        self._requests.ended(self._requests.open)
         super().connection_lost(exc)
 
 
@@ -335,9 +406,11 @@ def guarded_protocol(
     body_timeout: float,
     max_connections_per_identity: int,
     http: str = "httptools",
+    loads: WorkerLoads | None = None,
 ) -> type[GuardedHttpToolsProtocol | GuardedH11Protocol]:
     """The protocol class for uvicorn's ``http=`` setting, with these limits: `http` is
-    ``httptools`` (llhttp, the default) or ``h11`` (pure Python, slower)."""
+    ``httptools`` (llhttp, the default) or ``h11`` (pure Python, slower); `loads` is a
+    worker's slot in its node's requests in flight (`api.balance`), None alone."""
     base: type[GuardedHttpToolsProtocol | GuardedH11Protocol] = (
         GuardedH11Protocol if http == "h11" else GuardedHttpToolsProtocol
     )
@@ -348,5 +421,6 @@ def guarded_protocol(
             "header_timeout": header_timeout,
             "body_timeout": body_timeout,
             "max_connections_per_identity": max_connections_per_identity,
+            "loads": loads,
         },
     )

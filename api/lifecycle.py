@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 import uvicorn
 
+from api.balance import WorkerLoads
 from api.errors import ApiError
 from api.handshake import observe_handshake_failures
 from api.observability import Telemetry
@@ -73,6 +74,10 @@ class ManagedServer(uvicorn.Server):
     # a TLS handshake may take (None: asyncio's default, 60 s).
     handshake_timeout: float | None = None
 
+    # Set by `api.server.build_server` for a worker of several: its slot in the node's
+    # requests in flight (`api.balance`), marked serving while this server listens.
+    loads: WorkerLoads | None = None
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
@@ -87,6 +92,13 @@ class ManagedServer(uvicorn.Server):
             await super().startup(sockets=sockets)
         finally:
             _HANDSHAKE_TIMEOUT.reset(token)
+        if self.loads is not None and self.started:
+            self.loads.listening(True)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.loads is not None:
+            self.loads.listening(False)  # the other workers stop sending it connections
+        await super().shutdown(sockets=sockets)
 
 
 # The handshake timeout of the server being started (a context variable: servers started

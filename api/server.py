@@ -23,6 +23,7 @@ from cryptography import x509
 from fastapi import FastAPI
 
 from api.app import add_ready_check
+from api.balance import WorkerLoads
 from api.connections import guarded_protocol
 from api.crl import CrlWatcher
 from api.errors import ApiError
@@ -96,6 +97,7 @@ def build_server(
     max_connections_per_identity: int = 2000,
     http_protocol: str = "httptools",
     reuse_port: bool = False,
+    loads: WorkerLoads | None = None,
 ) -> ManagedServer:
     """Return a configured (not yet started) uvicorn server for `app`; on stop,
     in-flight requests get `graceful_timeout` seconds (None: as long as they take).
@@ -109,7 +111,9 @@ def build_server(
     is the parser (``httptools`` or ``h11``). With `reuse_port` the server listens on
     its own socket bound
     with SO_REUSEPORT, so several worker processes share the port and the kernel spreads
-    new connections across them (`bind_reuse_port`).
+    new connections across them (`bind_reuse_port`); `loads` is then the worker's slot
+    in the node's requests in flight, which evens the load out when the kernel's spread
+    does not (`api.balance`).
 
     Raises `ApiError` when a TLS file is missing or the port cannot be bound.
     """
@@ -125,6 +129,7 @@ def build_server(
             body_timeout=body_timeout,
             max_connections_per_identity=max_connections_per_identity,
             http=http_protocol,
+            loads=loads,
         ),
         ssl_certfile=str(tls.cert),
         ssl_keyfile=str(tls.key),
@@ -145,6 +150,7 @@ def build_server(
     assert config.ssl is not None  # noqa: S101 - load() builds it from the files above
     harden_server_context(config.ssl, min_version=min_tls_version, crl_check=tls.crl is not None)
     server = ManagedServer(config)
+    server.loads = loads
     # The handshake gets the header deadline too: a peer that never starts TLS is
     # closed as soon as one that never finishes its headers.
     server.handshake_timeout = header_timeout

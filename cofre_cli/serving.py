@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
+from api.balance import Counts, WorkerLoads
 from api.health import build_health_server
 from api.lifecycle import run_until_stopped
 from api.metrics import start_metrics_listener
@@ -76,6 +77,7 @@ def serve_worker(
     settings: Settings,
     index: int | None,
     stamps: Stamps | None = None,
+    loads: Counts | None = None,
     *,
     migrate_schema: bool = False,
 ) -> None:
@@ -83,8 +85,9 @@ def serve_worker(
     committer, sequencer and purge threads) and listeners. `index` is None for a node of
     one process; a numbered worker shares the API and health ports (SO_REUSEPORT),
     answers the health listener's ``/readyz`` for the whole node through `stamps`
-    (`cofre_cli.workers.NodeReadiness`) and serves its own Prometheus listener on the
-    metrics port + `index`."""
+    (`cofre_cli.workers.NodeReadiness`), publishes its requests in flight in `loads` and
+    sheds a connection when busier than another worker (`api.balance`), and serves its
+    own Prometheus listener on the metrics port + `index`."""
     if index is not None:
         configure_logging(settings.log_level)
         structlog.contextvars.bind_contextvars(worker=index)
@@ -110,6 +113,7 @@ def serve_worker(
             max_connections_per_identity=server.max_connections_per_identity,
             http_protocol=server.http_protocol,
             reuse_port=index is not None,
+            loads=None if index is None or loads is None else WorkerLoads(loads, index),
         )
         watcher = api.crl_watcher
         check_ready = runtime.check_ready

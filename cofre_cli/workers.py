@@ -47,6 +47,7 @@ from typing import Final, Protocol
 
 import structlog
 
+from api.balance import Counts, not_listening
 from api.errors import Draining, WorkerUnready
 from cofre.background import LoopHealth
 from cofre.settings import Settings
@@ -262,17 +263,22 @@ def worker_count(settings: Settings, cgroup: Path = _CGROUP_CPU_MAX) -> int:
     return max(1, min(cores, math.ceil(int(quota) / int(period))))
 
 
-Target = Callable[[Settings, int, Stamps], None]
+Target = Callable[[Settings, int, Stamps, Counts], None]
 
 
 def _worker(
-    target: Target, settings: Settings, index: int, stamps: Stamps, supervisor: int
+    target: Target,
+    settings: Settings,
+    index: int,
+    stamps: Stamps,
+    loads: Counts,
+    supervisor: int,
 ) -> None:
     _die_with(supervisor)
     # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which
     # forwards one SIGTERM; two signals would force the worker out mid-request.
     os.setpgid(0, 0)
-    target(settings, index, stamps)
+    target(settings, index, stamps, loads)
 
 
 def _die_with(supervisor: int) -> None:
@@ -287,18 +293,21 @@ def _die_with(supervisor: int) -> None:
 
 
 def run_workers(settings: Settings, count: int, target: Target) -> int:
-    """Run `target(settings, index, stamps)` in `count` spawned processes until they all
-    end; forward stop and reload signals. `stamps` is the node's shared readiness array
-    (`NodeReadiness`). Returns the exit status for the node: 0 when every worker stopped
+    """Run `target(settings, index, stamps, loads)` in `count` spawned processes until
+    they all end; forward stop and reload signals. `stamps` is the node's shared
+    readiness array (`NodeReadiness`), `loads` its requests in flight per worker
+    (`api.balance`). Returns the exit status for the node: 0 when every worker stopped
     cleanly after a stop signal, else the first failed worker's status."""
     context = multiprocessing.get_context("spawn")
     # Shared memory the workers inherit at spawn; no lock: each worker writes only its
     # own aligned double, and a reader needs no more than one slot's last write.
     stamps: Stamps = context.RawArray("d", count)
+    loads: Counts = context.RawArray("l", count)
+    not_listening(loads)
     processes = [
         context.Process(
             target=_worker,
-            args=(target, settings, i, stamps, os.getpid()),
+            args=(target, settings, i, stamps, loads, os.getpid()),
             name=f"cofre-worker-{i}",
         )
         for i in range(count)

@@ -1,0 +1,240 @@
+"""A worker busier than another of its node answers one request with ``Connection:
+close`` so the client's next connection is hashed afresh (`api.balance`), and its count
+of requests in flight follows what its connections do (issue 21: with a handful of
+keep-alive connections the kernel's SO_REUSEPORT hash left one worker of two idle)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from api.balance import COOLDOWN_SECONDS, NOT_LISTENING, WorkerLoads, not_listening
+from api.server import BackgroundServer, TLSFiles, build_server
+from tests.api.conftest import VaultServer
+from tests.support.postgres import free_port
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _loads(counts: list[int], index: int = 0) -> tuple[WorkerLoads, Clock]:
+    clock = Clock()
+    loads = WorkerLoads(counts, index, clock=clock)
+    loads.listening(True)
+    return loads, clock
+
+
+def test_a_new_array_marks_every_worker_not_listening() -> None:
+    counts = [0, 0, 0]
+    not_listening(counts)
+    assert counts == [NOT_LISTENING] * 3
+
+
+def test_the_busier_worker_closes_one_connection_per_cooldown() -> None:
+    counts = [NOT_LISTENING, 0]
+    loads, clock = _loads(counts)
+    loads.started()
+    assert not loads.should_close()  # 1 against 0: even enough
+    loads.started()
+    assert counts == [2, 0]
+    assert loads.should_close()  # 2 against 0
+    loads.started()
+    assert not loads.should_close()  # within the cooldown
+    clock.now += COOLDOWN_SECONDS
+    assert loads.should_close()
+
+
+def test_the_least_busy_worker_is_the_reference() -> None:
+    counts = [NOT_LISTENING, 5, 2, NOT_LISTENING]
+    loads, _ = _loads(counts)
+    for _ in range(3):
+        loads.started()
+    assert not loads.should_close()  # 3 against 2
+    loads.started()
+    assert loads.should_close()  # 4 against 2
+
+
+def test_a_worker_that_does_not_listen_is_left_out() -> None:
+    """The kernel sends a starting or stopped worker nothing: closing connections
+    towards it would only make clients reconnect to the same worker."""
+    counts = [NOT_LISTENING, NOT_LISTENING]
+    loads, _ = _loads(counts)
+    for _ in range(10):
+        loads.started()
+    assert not loads.should_close()
+
+
+def test_a_worker_not_listening_never_closes_and_publishes_nothing() -> None:
+    counts = [NOT_LISTENING, 0]
+    loads = WorkerLoads(counts, 0)
+    loads.started()
+    loads.started()
+    assert counts[0] == NOT_LISTENING
+    assert not loads.should_close()
+    loads.listening(True)
+    assert counts[0] == 2
+    loads.listening(False)
+    assert counts[0] == NOT_LISTENING
+
+
+@given(st.lists(st.booleans(), max_size=60))
+def test_the_published_count_is_what_is_in_flight(steps: list[bool]) -> None:
+    counts = [NOT_LISTENING, 0]
+    loads, _ = _loads(counts)
+    in_flight = 0
+    for start in steps:
+        if start:
+            loads.started()
+            in_flight += 1
+        else:
+            loads.finished()
+            in_flight = max(0, in_flight - 1)
+        assert counts[0] == in_flight
+
+
+# Through a real mutual-TLS listener, both HTTP parsers.
+
+WAIT = 20.0
+PROTOCOLS = pytest.mark.parametrize("http", ["httptools", "h11"])
+
+
+@contextmanager
+def _server(vault: VaultServer, loads: WorkerLoads, http: str) -> Iterator[int]:
+    pki = vault.pki
+    port = free_port()
+    server = BackgroundServer(
+        build_server(
+            vault.runtime.app,
+            "127.0.0.1",
+            port,
+            TLSFiles(cert=pki.server_cert, key=pki.server_key, ca_bundle=pki.ca),
+            http_protocol=http,
+            loads=loads,
+        )
+    )
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop()
+
+
+def _connect(vault: VaultServer, port: int) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=str(vault.pki.ca))
+    context.load_cert_chain(
+        str(vault.pki.client_cert("payments")), str(vault.pki.client_key("payments"))
+    )
+    raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    tls.settimeout(WAIT)
+    return tls
+
+
+def _exchange(conn: ssl.SSLSocket) -> tuple[bytes, bytes]:
+    """Send GET /healthz; the whole answer's head and body."""
+    conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: vault\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += conn.recv(4096)
+    return head.lower(), body
+
+
+def _closed(conn: ssl.SSLSocket) -> bool:
+    try:
+        return conn.recv(1024) == b""
+    except (ConnectionError, ssl.SSLError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def _until(condition: object, seconds: float = WAIT) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@PROTOCOLS
+def test_an_even_worker_keeps_its_connections(vault_server: VaultServer, http: str) -> None:
+    counts = [NOT_LISTENING, 0]
+    loads = WorkerLoads(counts, 0)
+    with _server(vault_server, loads, http) as port:
+        assert _until(lambda: counts[0] == 0)  # serving: published
+        conn = _connect(vault_server, port)
+        try:
+            for _ in range(3):
+                head, _ = _exchange(conn)
+                assert head.startswith(b"http/1.1 200")
+                assert b"connection: close" not in head
+            assert counts[0] == 0
+        finally:
+            conn.close()
+    assert counts[0] == NOT_LISTENING  # stopped: the other workers leave it out
+
+
+@PROTOCOLS
+def test_a_busier_worker_answers_in_full_then_closes(vault_server: VaultServer, http: str) -> None:
+    counts = [NOT_LISTENING, 0]
+    loads = WorkerLoads(counts, 0)
+    with _server(vault_server, loads, http) as port:
+        assert _until(lambda: counts[0] == 0)
+        loads.started()  # another request of this worker's, still running
+        conn = _connect(vault_server, port)
+        try:
+            head, body = _exchange(conn)
+            assert head.startswith(b"http/1.1 200")  # answered first, in full
+            assert b'"status"' in body
+            assert head.count(b"connection: close") == 1
+            assert _closed(conn)
+        finally:
+            conn.close()
+        # The closed connection's request is no longer counted; the other one is.
+        assert _until(lambda: counts[0] == 1)
+        # The cooldown: the next busy request keeps its connection.
+        conn = _connect(vault_server, port)
+        try:
+            head, _ = _exchange(conn)
+            assert b"connection: close" not in head
+        finally:
+            conn.close()
+
+
+@PROTOCOLS
+def test_a_request_cut_off_by_its_client_is_no_longer_counted(
+    vault_server: VaultServer, http: str
+) -> None:
+    counts = [NOT_LISTENING, 0]
+    loads = WorkerLoads(counts, 0)
+    with _server(vault_server, loads, http) as port:
+        assert _until(lambda: counts[0] == 0)
+        conn = _connect(vault_server, port)
+        conn.sendall(
+            b"POST /v1/tokenize HTTP/1.1\r\nHost: vault\r\ncontent-type: application/json\r\n"
+            b'content-length: 100\r\n\r\n{"pan":'
+        )
+        assert _until(lambda: counts[0] == 1)  # the head is in: a request in flight
+        conn.close()
+        assert _until(lambda: counts[0] == 0)
