@@ -1,0 +1,105 @@
+"""The batches that carry a running rotation out: re-encrypt stored PANs under the new
+data key, re-wrap the data keys under the new KEK, fingerprint stored cards again under
+the new fingerprint key.
+
+IN PCI SCOPE, holds keys and card data (a batch decrypts the PANs it moves). A part of
+`vault.rotation.KeyRotation`, kept in a module of its own so that each reads in one
+sitting.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Final
+
+from sqlalchemy import Connection, Row, bindparam, select, update
+
+from hsm.keys import KeyKind, key_label
+from hsm.provider import HSMProvider, WrappedKey
+from vault.card import pan_digits
+from vault.keyring import DataKeyring, KeyState, pan_aad
+from vault.storage.schema import data_keys, tokens
+
+# One statement for a whole batch (executemany); the key_version guard makes a row that
+# another worker already moved a no-op.
+_REENCRYPT: Final = (
+    update(tokens)
+    .where(tokens.c.id == bindparam("row_id"), tokens.c.key_version == bindparam("old"))
+    .values(
+        key_version=bindparam("new"), nonce=bindparam("new_nonce"), ciphertext=bindparam("sealed")
+    )
+)
+
+
+class RotationBatches:
+    """One batch of each rotation kind; `KeyRotation` sets the state these use."""
+
+    _provider: HSMProvider
+    _keyring: DataKeyring
+
+    def _reencrypt(self, connection: Connection, row: Row[Any], batch: int) -> int:
+        old, new = int(row.old_version), int(row.new_version)
+        rows = connection.execute(
+            select(tokens.c.id, tokens.c.token, tokens.c.nonce, tokens.c.ciphertext)
+            .where(tokens.c.key_version == old)
+            .limit(batch)
+        ).all()
+        old_cipher, new_cipher = self._keyring.gcm(old), self._keyring.gcm(new)
+        params = []
+        for item in rows:
+            clear = old_cipher.decrypt(
+                bytes(item.nonce), bytes(item.ciphertext), pan_aad(item.id, item.token, old)
+            )
+            nonce = secrets.token_bytes(12)
+            sealed = new_cipher.encrypt(nonce, clear, pan_aad(item.id, item.token, new))
+            params.append(
+                {"row_id": item.id, "old": old, "new": new, "new_nonce": nonce, "sealed": sealed}
+            )
+        if params:
+            connection.execute(_REENCRYPT, params)
+        return len(rows)
+
+    def _rewrap(self, connection: Connection, row: Row[Any], batch: int) -> int:
+        new_label = key_label(KeyKind.KEK, int(row.new_version))
+        rows = connection.execute(
+            select(data_keys)
+            .where(
+                data_keys.c.kek_label != new_label, data_keys.c.state != KeyState.DESTROYED.value
+            )
+            .limit(batch)
+        ).all()
+        for item in rows:
+            moved = self._provider.rewrap_key(
+                WrappedKey(bytes(item.wrapped), item.wrap_mechanism, item.kek_label), new_label
+            )
+            connection.execute(
+                update(data_keys)
+                .where(data_keys.c.purpose == item.purpose, data_keys.c.version == item.version)
+                .values(
+                    wrapped=moved.wrapped, wrap_mechanism=moved.algorithm, kek_label=moved.kek_label
+                )
+            )
+        return len(rows)
+
+    def _refingerprint(self, connection: Connection, row: Row[Any], batch: int) -> int:
+        old, new = int(row.old_version), int(row.new_version)
+        label = key_label(KeyKind.FINGERPRINT, new)
+        rows = connection.execute(
+            select(tokens)
+            .where(tokens.c.fp_version == old, tokens.c.fingerprint.is_not(None))
+            .limit(batch)
+        ).all()
+        for item in rows:
+            version = int(item.key_version)
+            clear = self._keyring.gcm(version).decrypt(
+                bytes(item.nonce), bytes(item.ciphertext), pan_aad(item.id, item.token, version)
+            )
+            connection.execute(
+                update(tokens)
+                .where(tokens.c.id == item.id)
+                .values(
+                    fingerprint=self._provider.hmac_sha256(label, pan_digits(clear)),
+                    fp_version=new,
+                )
+            )
+        return len(rows)
