@@ -458,6 +458,28 @@ class KeyRotation(RotationBatches):
             self._finish(connection, row)
             return 0
 
+    def _move_late_rows(self, connection: Connection, row: Row[Any]) -> None:
+        """Fingerprint again the rows stored under the old fingerprint key after the
+        migration passed: a tokenize fingerprints its card before its transaction, under
+        the versions its node listed up to a few seconds earlier, so one begun before the
+        rotation can commit under the old version after the last batch moved. The grace
+        period before the destroy is far longer than any call, so by now every such row
+        is in; without this it would keep a fingerprint no key computes any more (its
+        card never converging again, a lookup missing it)."""
+        moved = 0
+        while batch := self._refingerprint(connection, row, BATCH):
+            moved += batch
+        if moved:
+            self._record(
+                "cofre rotation",
+                None,
+                "key.rotation.progress",
+                Outcome.SUCCESS,
+                row.id,
+                {"moved": moved, "late": True},
+                connection,
+            )
+
     def _finish(self, connection: Connection, row: Row[Any]) -> None:
         kind = RotationKind(row.kind)
         now = self._clock()
@@ -505,6 +527,8 @@ class KeyRotation(RotationBatches):
         key_kind = KeyKind.KEK if row.kind == RotationKind.KEK.value else KeyKind.FINGERPRINT
         label = key_label(key_kind, int(row.old_version))
         with self._write() as connection:
+            if key_kind is KeyKind.FINGERPRINT:
+                self._move_late_rows(connection, row)
             if self._provider.has_key(label):
                 self._provider.destroy_key(label)
             connection.execute(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -270,6 +271,45 @@ def test_a_node_with_a_stale_active_key_loses_nothing_after_a_data_rotation(
         there.keyring.wipe_all()  # a restart: only what the database holds is left
         assert there.detokenize(GETNET, fresh.token).pan == _pan(2)
         assert there.detokenize(GETNET, known.token).pan == _pan(1)
+    finally:
+        here.close()
+        there.close()
+
+
+def test_a_card_fingerprinted_under_the_old_key_after_the_migration_is_moved_before_the_destroy(
+    engine: Engine, rotation_provider: HSMProvider
+) -> None:
+    """A tokenize computes its card's fingerprint before its transaction, under the key
+    versions its node listed (cached up to a second, five when the HSM is slow). One
+    that listed them before a fingerprint rotation began can commit its row under the
+    old version after the migration passed: the row would keep a fingerprint no key
+    computes once the old key is destroyed, so the card would never converge again (a
+    second token for it) and a lookup would miss it. The destroy, a grace period later,
+    first moves what is left."""
+    here, rotation = _node(engine, rotation_provider)
+    there, _ = _node(engine, rotation_provider)
+    try:
+        known = here.tokenize(PAYMENTS, TokenizeRequest(_pan(1), "pan_bin6_last4"))
+        stale = there._fingerprint_versions()  # listed before the rotation: old only
+        ceremony = rotation.propose(ALICE, "fingerprint")
+        rotation.approve(BOB, ceremony.id)
+        for _ in range(100):
+            rotation.run_pending()
+            if rotation.status(ALICE, ceremony.id).state == CeremonyState.DESTROY_PENDING:
+                break
+        there._fp_versions, there._fp_read = stale, time.monotonic() + 3600  # still cached
+        late = there.tokenize(PAYMENTS, TokenizeRequest(_pan(2), "pan_bin6_last4"))
+        _finish(rotation, ceremony.id)
+        done = rotation.status(ALICE, ceremony.id)
+        assert not rotation_provider.has_key(f"cofre-fp-v{done.old_version}")
+        with engine.connect() as c:
+            versions = set(c.execute(sa.text("SELECT DISTINCT fp_version FROM tokens")).scalars())
+        assert versions == {done.new_version}
+        here._fp_read = 0.0
+        for pan, record in ((_pan(1), known), (_pan(2), late)):
+            again = here.tokenize(PAYMENTS, TokenizeRequest(pan, "pan_bin6_last4"))
+            assert (again.token, again.existing) == (record.token, True)
+            assert [r.token for r in here.lookup(PAYMENTS, pan)] == [record.token]
     finally:
         here.close()
         there.close()
