@@ -57,8 +57,8 @@ def not_listening(counts: Counts) -> None:
 
 class WorkerLoads:
     """Worker `index`'s slot in the node's `Counts`, kept by its API listener's
-    connections (`api.connections`): `started` and `finished` around each request,
-    `should_close` when a request begins."""
+    connections (`api.connections`): `started` once a request is in whole and
+    `finished` when it is answered, `should_close` as an answer starts."""
 
     def __init__(
         self,
@@ -91,8 +91,8 @@ class WorkerLoads:
         self._publish()
 
     def should_close(self) -> bool:
-        """Whether the request that just began (already `started`) should be answered
-        with ``Connection: close``: this worker holds at least two more requests in
+        """Whether the answer starting (its request already `started`) should carry
+        ``Connection: close``: this worker holds at least two more requests in
         flight than the least busy serving worker, and has not closed one within the
         cooldown."""
         if not self._listening:

@@ -133,48 +133,76 @@ class _Limits:
 
 class _Requests:
     """A connection's requests in flight, counted in its worker's `WorkerLoads` (the
-    protocol's class attribute ``loads``; None for a node of one process)."""
+    protocol's class attribute ``loads``; None for a node of one process): each from
+    when it is in whole (head and body: work the worker now has) until its answer is sent
+    or the connection is lost. A request still being sent is not counted: one
+    certificate could otherwise hold hundreds of them, at no cost until the body
+    deadline, to make a worker look busy and close other clients' connections.
+    `pending` tells whether the connection holds another request behind the one being
+    answered (pipelined)."""
 
-    def __init__(self, loads: WorkerLoads | None) -> None:
+    def __init__(self, loads: WorkerLoads | None, pending: Callable[[], bool]) -> None:
         self.loads = loads
-        self.open = 0
+        self.pending = pending
+        self.counted: list[Any] = []
 
     def began(self, cycle: Any) -> None:
-        """A request's cycle was created: count it, and have it answered with
-        ``Connection: close`` when this worker should shed a connection."""
-        loads = self.loads
-        if loads is None:
-            return
-        self.open += 1
-        loads.started()
-        if loads.should_close():
-            _close_after_answer(cycle)
+        """A request's cycle was created: its answer may close the connection."""
+        if self.loads is not None:
+            _close_when_busier(cycle, self)
 
-    def ended(self, count: int = 1) -> None:
+    def read(self, cycle: Any) -> None:
+        """`cycle`'s request is in whole: count it (once; not when already answered)."""
+        loads = self.loads
+        if loads is None or cycle is None or cycle.response_complete or cycle in self.counted:
+            return
+        self.counted.append(cycle)
+        loads.started()
+
+    def answered(self) -> None:
+        """An answer was sent: uncount its request."""
         loads = self.loads
         if loads is None:
             return
-        for _ in range(min(count, self.open)):
-            self.open -= 1
+        for cycle in [cycle for cycle in self.counted if cycle.response_complete]:
+            self.counted.remove(cycle)
             loads.finished()
 
+    def lost(self) -> None:
+        loads = self.loads
+        if loads is None:
+            return
+        for _ in self.counted:
+            loads.finished()
+        self.counted.clear()
 
-def _close_after_answer(cycle: Any) -> None:
-    """Add ``connection: close`` to the answer of `cycle` (uvicorn's request-response
-    cycle of either protocol): both then close the connection once the answer is sent,
-    and the client knows not to send another request on it. The cycle's task is created
-    but has not run yet, so the app is handed this `send`."""
+    def may_close(self, cycle: Any) -> bool:
+        """Whether `cycle`'s answer, starting, should close the connection: its request
+        is in whole (closing with a body unread makes the kernel reset the connection,
+        which can destroy the answer), nothing was received behind it (it would be
+        dropped unanswered), and this worker should shed a connection now."""
+        assert self.loads is not None  # noqa: S101 - only wrapped with loads
+        return cycle in self.counted and not self.pending() and self.loads.should_close()
+
+
+def _close_when_busier(cycle: Any, requests: _Requests) -> None:
+    """Have the answer of `cycle` (uvicorn's request-response cycle of either protocol)
+    carry ``connection: close`` when `requests` says so as it starts: both protocols
+    then close the connection once the answer is sent, and the client knows not to send
+    another request on it. The cycle's task is created but has not run yet, so the app
+    is handed this `send`."""
     send: Callable[[MutableMapping[str, Any]], Awaitable[None]] = cycle.send
 
-    async def closing(message: MutableMapping[str, Any]) -> None:
+    async def send_or_close(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", []))
-            if not any(name.lower() == b"connection" for name, _ in headers):
-                headers.append((b"connection", b"close"))
-            message = {**message, "headers": headers}
+            if not any(name.lower() == b"connection" for name, _ in headers) and (
+                requests.may_close(cycle)
+            ):
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
         await send(message)
 
-    cycle.send = closing
+    cycle.send = send_or_close
 
 
 class GuardedH11Protocol(TLSIdentityH11Protocol):
@@ -196,7 +224,7 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self._guard = _Limits(self, type(self))
-        self._requests = _Requests(self.loads)
+        self._requests = _Requests(self.loads, lambda: bool(self.conn.trailing_data[0]))
         super().connection_made(transport)
         if self._guard.admit(transport):
             # A connection that sends nothing is held to the header deadline too.
@@ -219,8 +247,11 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
             return
         before = self.cycle
         super().handle_events()
-        if self.cycle is not before and self.cycle is not None:
-            self._requests.began(self.cycle)
+        cycle: Any = self.cycle  # None before the first request
+        if cycle is not before and cycle is not None:
+            self._requests.began(cycle)
+        if cycle is not None and not cycle.more_body:
+            self._requests.read(cycle)
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn's own writer sends text/plain; the message is uvicorn's (or ours above).
@@ -233,7 +264,7 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
         self._follow_state()
 
     def on_response_complete(self) -> None:
-        self._requests.ended()  # first: uvicorn may begin the next request in it
+        self._requests.answered()  # first: uvicorn may begin the next request in it
         super().on_response_complete()
         # Between requests uvicorn's keep-alive timeout applies; the next request's first
         # byte arms the header deadline again.
@@ -241,7 +272,7 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.disarm()
-        self._requests.ended(self._requests.open)
+        self._requests.lost()
         super().connection_lost(exc)
 
     def _follow_state(self) -> None:
@@ -284,7 +315,7 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:
         self._guard = _Limits(self, type(self))
-        self._requests = _Requests(self.loads)
+        self._requests = _Requests(self.loads, lambda: bool(self.pipeline))
         super().connection_made(transport)
         if self._guard.admit(transport):
             self._guard.arm("headers")
@@ -355,6 +386,7 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
         super().on_message_complete()
         self._reading = False
         self._completed = True
+        self._requests.read(self.cycle)
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn's own writer sends text/plain: a parser error (Content-Length with
@@ -372,12 +404,12 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def on_response_complete(self) -> None:
-        self._requests.ended()  # first: uvicorn may begin a pipelined request in it
+        self._requests.answered()  # first: uvicorn may begin a pipelined request in it
         super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.disarm()
-        self._requests.ended(self._requests.open)
+        self._requests.lost()
         super().connection_lost(exc)
 
 

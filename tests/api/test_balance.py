@@ -5,13 +5,16 @@ keep-alive connections the kernel's SO_REUSEPORT hash left one worker of two idl
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from fastapi import FastAPI
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -111,12 +114,14 @@ PROTOCOLS = pytest.mark.parametrize("http", ["httptools", "h11"])
 
 
 @contextmanager
-def _server(vault: VaultServer, loads: WorkerLoads, http: str) -> Iterator[int]:
+def _server(
+    vault: VaultServer, loads: WorkerLoads, http: str, app: FastAPI | None = None
+) -> Iterator[int]:
     pki = vault.pki
     port = free_port()
     server = BackgroundServer(
         build_server(
-            vault.runtime.app,
+            app or vault.runtime.app,
             "127.0.0.1",
             port,
             TLSFiles(cert=pki.server_cert, key=pki.server_key, ca_bundle=pki.ca),
@@ -223,18 +228,149 @@ def test_a_busier_worker_answers_in_full_then_closes(vault_server: VaultServer, 
 
 
 @PROTOCOLS
+def test_a_request_still_being_sent_is_not_counted(vault_server: VaultServer, http: str) -> None:
+    """Until its body is in, a request costs the worker nothing: counted, one
+    certificate's heads with bodies trickled until the body deadline would make a worker
+    look busy at no cost, and have it close other clients' connections (herding them
+    onto whichever worker holds the fewest such requests)."""
+    counts = [NOT_LISTENING, 0]
+    loads = WorkerLoads(counts, 0)
+    with _server(vault_server, loads, http) as port:
+        assert _until(lambda: counts[0] == 0)
+        held = [_connect(vault_server, port) for _ in range(3)]
+        try:
+            for conn in held:
+                conn.sendall(_SLOW_HEAD)
+            client = _connect(vault_server, port)
+            try:
+                head, _ = _exchange(client)
+                assert head.startswith(b"http/1.1 200")
+                assert b"connection: close" not in head
+                assert counts[0] == 0
+            finally:
+                client.close()
+        finally:
+            for conn in held:
+                conn.close()
+        assert _until(lambda: counts[0] == 0)
+
+
+@PROTOCOLS
+def test_pipelined_requests_are_all_answered_before_the_close(
+    vault_server: VaultServer, http: str
+) -> None:
+    """Requests the client already sent behind the one answered with ``Connection:
+    close`` would be dropped unanswered: it is the last one that closes."""
+    counts = [NOT_LISTENING, 0]
+    loads = WorkerLoads(counts, 0)
+    with _server(vault_server, loads, http) as port:
+        assert _until(lambda: counts[0] == 0)
+        loads.started()  # another request of this worker's, still running
+        conn = _connect(vault_server, port)
+        try:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: vault\r\n\r\n" * 2)
+            reader = _Reader(conn)
+            first, _ = reader.answer()
+            second, body = reader.answer()
+            assert first.startswith(b"http/1.1 200")
+            assert b"connection: close" not in first
+            assert second.startswith(b"http/1.1 200")
+            assert b'"status"' in body
+            assert second.count(b"connection: close") == 1
+            assert _closed(conn)
+        finally:
+            conn.close()
+        assert _until(lambda: counts[0] == 1)
+
+
+@PROTOCOLS
+def test_an_answer_given_before_the_body_is_in_keeps_its_connection(
+    vault_server: VaultServer, http: str
+) -> None:
+    """A refusal answered from the head (here 415) while the body is still coming: closing
+    with unread bytes makes the kernel reset the connection, which can destroy the
+    answer before the client reads it (and a client still sending sees a write error,
+    not the refusal)."""
+    counts = [NOT_LISTENING, 0]
+    loads = WorkerLoads(counts, 0)
+    with _server(vault_server, loads, http) as port:
+        assert _until(lambda: counts[0] == 0)
+        loads.started()
+        conn = _connect(vault_server, port)
+        try:
+            conn.sendall(
+                b"POST /v1/tokenize HTTP/1.1\r\nHost: vault\r\ncontent-type: text/plain\r\n"
+                b"content-length: 10\r\n\r\n"
+            )
+            reader = _Reader(conn)
+            head, _ = reader.answer()
+            assert head.startswith(b"http/1.1 415")
+            assert b"connection: close" not in head
+            conn.sendall(b"0123456789")
+            head, _ = _exchange(conn)  # the connection serves on
+            assert head.startswith(b"http/1.1 200")
+        finally:
+            conn.close()
+        assert _until(lambda: counts[0] == 1)
+
+
+@PROTOCOLS
 def test_a_request_cut_off_by_its_client_is_no_longer_counted(
     vault_server: VaultServer, http: str
 ) -> None:
     counts = [NOT_LISTENING, 0]
     loads = WorkerLoads(counts, 0)
-    with _server(vault_server, loads, http) as port:
+    release = threading.Event()
+    app = FastAPI()
+
+    @app.get("/slow")
+    async def slow() -> dict[str, str]:
+        await asyncio.to_thread(release.wait, WAIT)
+        return {"status": "ok"}
+
+    with _server(vault_server, loads, http, app) as port:
         assert _until(lambda: counts[0] == 0)
         conn = _connect(vault_server, port)
-        conn.sendall(
-            b"POST /v1/tokenize HTTP/1.1\r\nHost: vault\r\ncontent-type: application/json\r\n"
-            b'content-length: 100\r\n\r\n{"pan":'
-        )
-        assert _until(lambda: counts[0] == 1)  # the head is in: a request in flight
-        conn.close()
+        try:
+            conn.sendall(b"GET /slow HTTP/1.1\r\nHost: vault\r\n\r\n")
+            assert _until(lambda: counts[0] == 1)  # the whole request is in: in flight
+        finally:
+            conn.close()
         assert _until(lambda: counts[0] == 0)
+        release.set()
+
+
+# A head whose body is never finished.
+_SLOW_HEAD = (
+    b"POST /v1/tokenize HTTP/1.1\r\nHost: vault\r\ncontent-type: application/json\r\n"
+    b'content-length: 100\r\n\r\n{"pan":'
+)
+
+
+class _Reader:
+    """Answers read one after the other from a connection (pipelined answers may share
+    a read); a connection closed before an answer is whole fails the test."""
+
+    def __init__(self, conn: ssl.SSLSocket) -> None:
+        self.conn = conn
+        self.data = b""
+
+    def _more(self) -> None:
+        chunk = self.conn.recv(4096)
+        assert chunk, "the connection was closed before the answer was whole"
+        self.data += chunk
+
+    def answer(self) -> tuple[bytes, bytes]:
+        while b"\r\n\r\n" not in self.data:
+            self._more()
+        head, _, rest = self.data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(rest) < length:
+            self._more()
+            head, _, rest = self.data.partition(b"\r\n\r\n")
+        self.data = rest[length:]
+        return head.lower(), rest[:length]
