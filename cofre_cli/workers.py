@@ -47,7 +47,7 @@ from typing import Final, Protocol
 
 import structlog
 
-from api.balance import Counts, not_listening
+from api.balance import Counts, node_counts
 from api.errors import Draining, WorkerUnready
 from cofre.background import LoopHealth
 from cofre.settings import Settings
@@ -302,8 +302,7 @@ def run_workers(settings: Settings, count: int, target: Target) -> int:
     # Shared memory the workers inherit at spawn; no lock: each worker writes only its
     # own aligned double, and a reader needs no more than one slot's last write.
     stamps: Stamps = context.RawArray("d", count)
-    loads: Counts = context.RawArray("l", count)
-    not_listening(loads)
+    loads = node_counts(context, count)
     processes = [
         context.Process(
             target=_worker,

@@ -18,7 +18,14 @@ from fastapi import FastAPI
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.balance import COOLDOWN_SECONDS, NOT_LISTENING, WorkerLoads, not_listening
+from api.balance import (
+    COOLDOWN_SECONDS,
+    NOT_LISTENING,
+    SLOTS,
+    TAU_SECONDS,
+    WorkerLoads,
+    node_counts,
+)
 from api.server import BackgroundServer, TLSFiles, build_server
 from tests.api.conftest import VaultServer
 from tests.support.postgres import free_port
@@ -32,58 +39,97 @@ class Clock:
         return self.now
 
 
-def _loads(counts: list[int], index: int = 0) -> tuple[WorkerLoads, Clock]:
+def _array(*in_flight: float) -> list[float]:
+    """A node's shared array: each worker's requests in flight (or NOT_LISTENING), on
+    average that many since the clock's start."""
+    return [slot for value in in_flight for slot in (value, max(value, 0.0), Clock().now)]
+
+
+def _loads(counts: list[float], index: int = 0) -> tuple[WorkerLoads, Clock]:
     clock = Clock()
     loads = WorkerLoads(counts, index, clock=clock)
     loads.listening(True)
     return loads, clock
 
 
+def _hold(loads: WorkerLoads, clock: Clock, requests: int, seconds: float) -> None:
+    """`requests` more in flight, held for `seconds`."""
+    for _ in range(requests):
+        loads.started()
+    clock.now += seconds
+
+
 def test_a_new_array_marks_every_worker_not_listening() -> None:
-    counts = [0, 0, 0]
-    not_listening(counts)
-    assert counts == [NOT_LISTENING] * 3
+    class Context:
+        @staticmethod
+        def RawArray(kind: str, size: int) -> list[float]:  # noqa: N802 - multiprocessing's
+            assert kind == "d"
+            return [0.0] * size
+
+    counts = node_counts(Context(), 3)
+    assert counts[::SLOTS] == [NOT_LISTENING] * 3
 
 
-def test_the_busier_worker_closes_one_connection_per_cooldown() -> None:
-    counts = [NOT_LISTENING, 0]
+def test_a_worker_busier_on_average_closes_one_connection_per_cooldown() -> None:
+    counts = _array(NOT_LISTENING, 0)
     loads, clock = _loads(counts)
-    loads.started()
+    _hold(loads, clock, 1, 5 * TAU_SECONDS)
     assert not loads.should_close()  # 1 against 0: even enough
-    loads.started()
-    assert counts == [2, 0]
-    assert loads.should_close()  # 2 against 0
-    loads.started()
+    _hold(loads, clock, 1, 5 * TAU_SECONDS)
+    assert counts[0] == 2
+    assert loads.should_close()  # ~2 against 0
     assert not loads.should_close()  # within the cooldown
     clock.now += COOLDOWN_SECONDS
     assert loads.should_close()
 
 
+def test_a_moment_s_swing_closes_nothing() -> None:
+    """On an evenly spread node the requests in flight swing by a few from moment to
+    moment: a burst that has just arrived does not move the average past the margin."""
+    counts = _array(NOT_LISTENING, 4)
+    loads, clock = _loads(counts)
+    _hold(loads, clock, 4, 5 * TAU_SECONDS)
+    _hold(loads, clock, 4, TAU_SECONDS / 20)  # 8 against 4, for 50 ms
+    assert not loads.should_close()
+    clock.now += 2 * TAU_SECONDS  # and held: the average follows
+    assert loads.should_close()
+
+
+def test_an_idle_worker_s_average_decays_without_it_writing() -> None:
+    """A worker that has had no request for a while publishes nothing; the others see
+    its average fall all the same (from its last count and when it was set)."""
+    counts = _array(NOT_LISTENING, 0)
+    counts[3:6] = [0.0, 6.0, Clock().now]  # was busy, idle since the clock's start
+    loads, clock = _loads(counts)
+    _hold(loads, clock, 2, 0.1)
+    assert not loads.should_close()  # the other's average is still high
+    clock.now += 5 * TAU_SECONDS
+    assert loads.should_close()
+
+
 def test_the_least_busy_worker_is_the_reference() -> None:
-    counts = [NOT_LISTENING, 5, 2, NOT_LISTENING]
-    loads, _ = _loads(counts)
-    for _ in range(3):
-        loads.started()
+    counts = _array(NOT_LISTENING, 5, 2, NOT_LISTENING)
+    loads, clock = _loads(counts)
+    _hold(loads, clock, 3, 5 * TAU_SECONDS)
     assert not loads.should_close()  # 3 against 2
-    loads.started()
+    _hold(loads, clock, 1, 5 * TAU_SECONDS)
     assert loads.should_close()  # 4 against 2
 
 
 def test_a_worker_that_does_not_listen_is_left_out() -> None:
     """The kernel sends a starting or stopped worker nothing: closing connections
     towards it would only make clients reconnect to the same worker."""
-    counts = [NOT_LISTENING, NOT_LISTENING]
-    loads, _ = _loads(counts)
-    for _ in range(10):
-        loads.started()
+    counts = _array(NOT_LISTENING, NOT_LISTENING)
+    loads, clock = _loads(counts)
+    _hold(loads, clock, 10, 5 * TAU_SECONDS)
     assert not loads.should_close()
 
 
 def test_a_worker_not_listening_never_closes_and_publishes_nothing() -> None:
-    counts = [NOT_LISTENING, 0]
-    loads = WorkerLoads(counts, 0)
-    loads.started()
-    loads.started()
+    counts = _array(NOT_LISTENING, 0)
+    clock = Clock()
+    loads = WorkerLoads(counts, 0, clock=clock)
+    _hold(loads, clock, 2, 5 * TAU_SECONDS)
     assert counts[0] == NOT_LISTENING
     assert not loads.should_close()
     loads.listening(True)
@@ -92,12 +138,13 @@ def test_a_worker_not_listening_never_closes_and_publishes_nothing() -> None:
     assert counts[0] == NOT_LISTENING
 
 
-@given(st.lists(st.booleans(), max_size=60))
-def test_the_published_count_is_what_is_in_flight(steps: list[bool]) -> None:
-    counts = [NOT_LISTENING, 0]
-    loads, _ = _loads(counts)
+@given(st.lists(st.tuples(st.booleans(), st.floats(0, 3)), max_size=60))
+def test_the_published_count_is_what_is_in_flight(steps: list[tuple[bool, float]]) -> None:
+    counts = _array(NOT_LISTENING, 0)
+    loads, clock = _loads(counts)
     in_flight = 0
-    for start in steps:
+    for start, seconds in steps:
+        clock.now += seconds
         if start:
             loads.started()
             in_flight += 1
@@ -105,6 +152,7 @@ def test_the_published_count_is_what_is_in_flight(steps: list[bool]) -> None:
             loads.finished()
             in_flight = max(0, in_flight - 1)
         assert counts[0] == in_flight
+        assert 0.0 <= counts[1] <= max(in_flight, 60)  # an average of counts seen
 
 
 # Through a real mutual-TLS listener, both HTTP parsers.
@@ -184,8 +232,8 @@ def _until(condition: object, seconds: float = WAIT) -> bool:
 
 @PROTOCOLS
 def test_an_even_worker_keeps_its_connections(vault_server: VaultServer, http: str) -> None:
-    counts = [NOT_LISTENING, 0]
-    loads = WorkerLoads(counts, 0)
+    counts = _array(NOT_LISTENING, 0)
+    loads = WorkerLoads(counts, 0, tau=1e-6)  # averages follow at once
     with _server(vault_server, loads, http) as port:
         assert _until(lambda: counts[0] == 0)  # serving: published
         conn = _connect(vault_server, port)
@@ -202,8 +250,8 @@ def test_an_even_worker_keeps_its_connections(vault_server: VaultServer, http: s
 
 @PROTOCOLS
 def test_a_busier_worker_answers_in_full_then_closes(vault_server: VaultServer, http: str) -> None:
-    counts = [NOT_LISTENING, 0]
-    loads = WorkerLoads(counts, 0)
+    counts = _array(NOT_LISTENING, 0)
+    loads = WorkerLoads(counts, 0, tau=1e-6)  # averages follow at once
     with _server(vault_server, loads, http) as port:
         assert _until(lambda: counts[0] == 0)
         loads.started()  # another request of this worker's, still running
@@ -233,8 +281,8 @@ def test_a_request_still_being_sent_is_not_counted(vault_server: VaultServer, ht
     certificate's heads with bodies trickled until the body deadline would make a worker
     look busy at no cost, and have it close other clients' connections (herding them
     onto whichever worker holds the fewest such requests)."""
-    counts = [NOT_LISTENING, 0]
-    loads = WorkerLoads(counts, 0)
+    counts = _array(NOT_LISTENING, 0)
+    loads = WorkerLoads(counts, 0, tau=1e-6)  # averages follow at once
     with _server(vault_server, loads, http) as port:
         assert _until(lambda: counts[0] == 0)
         held = [_connect(vault_server, port) for _ in range(3)]
@@ -261,8 +309,8 @@ def test_pipelined_requests_are_all_answered_before_the_close(
 ) -> None:
     """Requests the client already sent behind the one answered with ``Connection:
     close`` would be dropped unanswered: it is the last one that closes."""
-    counts = [NOT_LISTENING, 0]
-    loads = WorkerLoads(counts, 0)
+    counts = _array(NOT_LISTENING, 0)
+    loads = WorkerLoads(counts, 0, tau=1e-6)  # averages follow at once
     with _server(vault_server, loads, http) as port:
         assert _until(lambda: counts[0] == 0)
         loads.started()  # another request of this worker's, still running
@@ -291,8 +339,8 @@ def test_an_answer_given_before_the_body_is_in_keeps_its_connection(
     with unread bytes makes the kernel reset the connection, which can destroy the
     answer before the client reads it (and a client still sending sees a write error,
     not the refusal)."""
-    counts = [NOT_LISTENING, 0]
-    loads = WorkerLoads(counts, 0)
+    counts = _array(NOT_LISTENING, 0)
+    loads = WorkerLoads(counts, 0, tau=1e-6)  # averages follow at once
     with _server(vault_server, loads, http) as port:
         assert _until(lambda: counts[0] == 0)
         loads.started()
@@ -318,8 +366,8 @@ def test_an_answer_given_before_the_body_is_in_keeps_its_connection(
 def test_a_request_cut_off_by_its_client_is_no_longer_counted(
     vault_server: VaultServer, http: str
 ) -> None:
-    counts = [NOT_LISTENING, 0]
-    loads = WorkerLoads(counts, 0)
+    counts = _array(NOT_LISTENING, 0)
+    loads = WorkerLoads(counts, 0, tau=1e-6)  # averages follow at once
     release = threading.Event()
     app = FastAPI()
 
