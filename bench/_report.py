@@ -130,6 +130,13 @@ def _report_costs(results: dict[str, Any], databases: list[str]) -> None:
             print(f"  {name:<10} {op:<10} vault {vault_ms:6.2f}   db {db_ms:6.2f}")
         vault_ms, db_ms = results[name]["batch_cpu_ms"]
         print(f"  {name:<10} {'batch/PAN':<10} vault {vault_ms:6.3f}   db {db_ms:6.3f}")
+    print("\neach worker's share of the vault's CPU (%; an even node is ~100/workers each):")
+    for name in databases:
+        shares = results[name].get("split", {})
+        print(
+            f"  {name:<10} "
+            + "   ".join(f"{load} {'/'.join(map(str, split))}" for load, split in shares.items())
+        )
     if "scale-out" in results:
         print("\nnodes on one PostgreSQL (one worker each), tokenize, 32 connections:")
         print(

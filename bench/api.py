@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -192,6 +192,29 @@ def _workers(server: subprocess.Popen[bytes]) -> list[int]:
     return workers or [server.pid]
 
 
+def _worker_cpu(server: subprocess.Popen[bytes]) -> dict[int, float]:
+    """CPU seconds so far of each worker process of `server`."""
+    return {pid: cpu_seconds([pid]) for pid in _workers(server)}
+
+
+def _split(before: dict[int, float], after: dict[int, float]) -> list[int]:
+    """Each worker's share (%) of the CPU its node's workers spent between two
+    `_worker_cpu` readings: how evenly the node spread the load (`api.balance`)."""
+    spent = [after[pid] - before.get(pid, 0.0) for pid in sorted(after)]
+    total = sum(spent) or 1.0
+    return [round(100 * part / total) for part in spent]
+
+
+_T = TypeVar("_T")
+
+
+def _spread(server: subprocess.Popen[bytes], run: Callable[[], _T]) -> tuple[_T, list[int]]:
+    """`run()`'s result, and each worker's share of the CPU the workers spent in it."""
+    before = _worker_cpu(server)
+    result = run()
+    return result, _split(before, _worker_cpu(server))
+
+
 def _postgres_pids(cluster: PostgresCluster | None) -> list[int]:
     if cluster is None:
         return []
@@ -283,7 +306,10 @@ def _batch_run(
     out: dict[str, Any] = {}
     if profile is not None:
         out["profile"] = _batch_profiled(server, proxy, profile, seconds)
-    batch, vault_pan_ms, db_pan_ms = _batch(server, cluster, proxy, seconds, 500000)
+    (batch, vault_pan_ms, db_pan_ms), split = _spread(
+        server, lambda: _batch(server, cluster, proxy, seconds, 500000)
+    )
+    out["split"] = {"batch": split}
     return out | {"batch": batch, "batch_cpu_ms": (vault_pan_ms, db_pan_ms)}
 
 
@@ -330,7 +356,10 @@ def _run_vault(
             return wrk(running, "tokenize", connections=c, seconds=seconds, args=[str(c * 1000)])
 
         out["tokenize"] = {c: tokenize(c) for c in CONNECTIONS[:-1]}
-        top, vault_ms, db_ms = _with_cpu([server], cluster, lambda: tokenize(32))
+        (top, vault_ms, db_ms), split = _spread(
+            server, lambda: _with_cpu([server], cluster, lambda: tokenize(32))
+        )
+        out["split"] = {"tokenize": split}
         out["tokenize"][32] = top
         out["cpu_ms"] = {"tokenize": (vault_ms, db_ms)}
         tokens = work / "tokens.txt"
@@ -340,10 +369,14 @@ def _run_vault(
             return wrk(running, "detokenize", connections=c, seconds=seconds, args=[str(tokens)])
 
         out["detokenize"] = {c: detokenize(c) for c in CONNECTIONS[:-1]}
-        top, vault_ms, db_ms = _with_cpu([server], cluster, lambda: detokenize(32))
+        (top, vault_ms, db_ms), out["split"]["detokenize"] = _spread(
+            server, lambda: _with_cpu([server], cluster, lambda: detokenize(32))
+        )
         out["detokenize"][32] = top
         out["cpu_ms"]["detokenize"] = (vault_ms, db_ms)
-        batch, vault_pan_ms, db_pan_ms = _batch(server, cluster, proxy, seconds, 500000)
+        (batch, vault_pan_ms, db_pan_ms), out["split"]["batch"] = _spread(
+            server, lambda: _batch(server, cluster, proxy, seconds, 500000)
+        )
         out["batch"], out["batch_cpu_ms"] = batch, (vault_pan_ms, db_pan_ms)
         return out
     finally:
