@@ -102,8 +102,10 @@ class WorkerLoads:
         tau: float = TAU_SECONDS,
         margin: float = MARGIN,
         clock: Callable[[], float] = time.monotonic,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self._counts = counts
+        self._on_close = on_close  # counts each close (the node's metric)
         self._base = SLOTS * index
         self._cooldown = cooldown
         self._tau = tau
@@ -150,6 +152,8 @@ class WorkerLoads:
         if mine < least + self._margin:
             return False
         self._closed_at = now
+        if self._on_close is not None:
+            self._on_close()
         return True
 
     def _move(self, value: int) -> None:

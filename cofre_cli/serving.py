@@ -113,7 +113,7 @@ def serve_worker(
             max_connections_per_identity=server.max_connections_per_identity,
             http_protocol=server.http_protocol,
             reuse_port=index is not None,
-            loads=None if index is None or loads is None else WorkerLoads(loads, index),
+            loads=_balancer(runtime.telemetry, index, loads),
         )
         watcher = api.crl_watcher
         check_ready = runtime.check_ready
@@ -170,6 +170,18 @@ def serve_worker(
     finally:
         runtime.close()
         stop_telemetry()  # after close: its last log lines are exported too
+
+
+def _balancer(telemetry: Telemetry, index: int | None, loads: Counts | None) -> WorkerLoads | None:
+    """Worker `index`'s slot in the node's requests in flight (`api.balance`), its
+    closes counted as ``cofre.connections.rebalanced``; None for a node of one process."""
+    if index is None or loads is None:
+        return None
+    closes = telemetry.meter.create_counter(
+        "cofre.connections.rebalanced",
+        description="Connections closed after an answer to even out the node's workers",
+    )
+    return WorkerLoads(loads, index, on_close=lambda: closes.add(1))
 
 
 def start_telemetry(

@@ -83,6 +83,18 @@ def test_a_worker_busier_on_average_closes_one_connection_per_cooldown() -> None
     assert loads.should_close()
 
 
+def test_each_close_is_counted() -> None:
+    counts = _array(NOT_LISTENING, 0)
+    clock = Clock()
+    closes: list[None] = []
+    loads = WorkerLoads(counts, 0, clock=clock, on_close=lambda: closes.append(None))
+    loads.listening(True)
+    _hold(loads, clock, 3, 5 * TAU_SECONDS)
+    assert loads.should_close()
+    assert not loads.should_close()  # within the cooldown: not closed, not counted
+    assert len(closes) == 1
+
+
 def test_a_moment_s_swing_closes_nothing() -> None:
     """On an evenly spread node the requests in flight swing by a few from moment to
     moment: a burst that has just arrived does not move the average past the margin."""
