@@ -58,8 +58,10 @@ SLOTS: Final = 3
 class Counts(Protocol):
     """The node's shared array (`multiprocessing.RawArray` of doubles, `SLOTS` per
     worker: `node_counts`). Each worker writes only its own slots (from its event loop),
-    so no lock is needed; a reader may see one slot updated before another, which
-    moves an average by a fraction for one look: all a balancing decision needs."""
+    so no lock is needed. A reader may see one slot updated before another (an average
+    older than the moment stored with it), which can make one look wrong by as much as
+    the average moved (review 19): at worst one close that should not have happened,
+    which the cooldown bounds as it bounds every other."""
 
     def __len__(self) -> int: ...
     def __getitem__(self, index: int, /) -> float: ...

@@ -445,15 +445,7 @@ class KeyRotation(RotationBatches):
                     .where(key_ceremonies.c.id == row.id)
                     .values(progress_done=key_ceremonies.c.progress_done + moved)
                 )
-                self._record(
-                    "cofre rotation",
-                    None,
-                    "key.rotation.progress",
-                    Outcome.SUCCESS,
-                    row.id,
-                    {"moved": moved},
-                    connection,
-                )
+                self._progress(connection, row, {"moved": moved})
                 return moved
             self._finish(connection, row)
             return 0
@@ -470,15 +462,15 @@ class KeyRotation(RotationBatches):
         while batch := self._refingerprint(connection, row, BATCH):
             moved += batch
         if moved:
-            self._record(
-                "cofre rotation",
-                None,
-                "key.rotation.progress",
-                Outcome.SUCCESS,
-                row.id,
-                {"moved": moved, "late": True},
-                connection,
-            )
+            self._progress(connection, row, {"moved": moved, "late": True})
+
+    def _progress(
+        self, connection: Connection, row: Row[Any], details: dict[str, DetailValue]
+    ) -> None:
+        self._record(
+            "cofre rotation", None, "key.rotation.progress", Outcome.SUCCESS, row.id, details,
+            connection,
+        )  # fmt: skip
 
     def _finish(self, connection: Connection, row: Row[Any]) -> None:
         kind = RotationKind(row.kind)

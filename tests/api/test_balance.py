@@ -6,7 +6,6 @@ keep-alive connections the kernel's SO_REUSEPORT hash left one worker of two idl
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import threading
 import time
@@ -29,6 +28,7 @@ from api.balance import (
 from api.server import BackgroundServer, TLSFiles, build_server
 from tests.api.conftest import VaultServer
 from tests.support.postgres import free_port
+from tests.support.wire import closed_by_server, mtls_connect, read_response
 
 
 class Clock:
@@ -196,41 +196,30 @@ def _server(
         server.stop()
 
 
+@contextmanager
+def _busier(vault: VaultServer, http: str) -> Iterator[tuple[int, list[float]]]:
+    """A listener of worker 0, serving and already one request busier than worker 1
+    (idle), its averages following at once: its port and the node's array."""
+    counts = _array(NOT_LISTENING, 0)
+    loads = WorkerLoads(counts, 0, tau=1e-6)
+    with _server(vault, loads, http) as port:
+        assert _until(lambda: counts[0] == 0)
+        loads.started()  # another request of this worker's, still running
+        yield port, counts
+
+
 def _connect(vault: VaultServer, port: int) -> ssl.SSLSocket:
-    context = ssl.create_default_context(cafile=str(vault.pki.ca))
-    context.load_cert_chain(
-        str(vault.pki.client_cert("payments")), str(vault.pki.client_key("payments"))
-    )
-    raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-    tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
-    tls.settimeout(WAIT)
-    return tls
+    return mtls_connect(vault.pki, port, timeout=WAIT)
 
 
 def _exchange(conn: ssl.SSLSocket) -> tuple[bytes, bytes]:
-    """Send GET /healthz; the whole answer's head and body."""
+    """Send GET /healthz; the whole answer's head (lower case) and body."""
     conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: vault\r\n\r\n")
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += conn.recv(4096)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":")[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        body += conn.recv(4096)
+    head, body = read_response(conn)
     return head.lower(), body
 
 
-def _closed(conn: ssl.SSLSocket) -> bool:
-    try:
-        return conn.recv(1024) == b""
-    except (ConnectionError, ssl.SSLError):
-        return True
-    except TimeoutError:
-        return False
+_closed = closed_by_server
 
 
 def _until(condition: object, seconds: float = WAIT) -> bool:
@@ -262,11 +251,7 @@ def test_an_even_worker_keeps_its_connections(vault_server: VaultServer, http: s
 
 @PROTOCOLS
 def test_a_busier_worker_answers_in_full_then_closes(vault_server: VaultServer, http: str) -> None:
-    counts = _array(NOT_LISTENING, 0)
-    loads = WorkerLoads(counts, 0, tau=1e-6)  # averages follow at once
-    with _server(vault_server, loads, http) as port:
-        assert _until(lambda: counts[0] == 0)
-        loads.started()  # another request of this worker's, still running
+    with _busier(vault_server, http) as (port, counts):
         conn = _connect(vault_server, port)
         try:
             head, body = _exchange(conn)
@@ -321,11 +306,7 @@ def test_pipelined_requests_are_all_answered_before_the_close(
 ) -> None:
     """Requests the client already sent behind the one answered with ``Connection:
     close`` would be dropped unanswered: it is the last one that closes."""
-    counts = _array(NOT_LISTENING, 0)
-    loads = WorkerLoads(counts, 0, tau=1e-6)  # averages follow at once
-    with _server(vault_server, loads, http) as port:
-        assert _until(lambda: counts[0] == 0)
-        loads.started()  # another request of this worker's, still running
+    with _busier(vault_server, http) as (port, counts):
         conn = _connect(vault_server, port)
         try:
             conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: vault\r\n\r\n" * 2)

@@ -17,6 +17,7 @@ from api.server import BackgroundServer, TLSFiles, build_server
 from tests.api.conftest import VaultServer
 from tests.support.certificates import issue_odd_client
 from tests.support.postgres import free_port
+from tests.support.wire import closed_by_server, mtls_connect, read_response
 
 # Generous: a closed connection shows up at once; only a server that never closes it
 # would make the test wait this long (and fail).
@@ -50,38 +51,15 @@ def _connect(
     *,
     cert: tuple[Path, Path] | None = None,
 ) -> ssl.SSLSocket:
-    context = ssl.create_default_context(cafile=str(vault.pki.ca))
-    cert_path, key_path = cert or (vault.pki.client_cert(name), vault.pki.client_key(name))
-    context.load_cert_chain(str(cert_path), str(key_path))
-    raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-    tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
-    tls.settimeout(WAIT)
-    return tls
+    return mtls_connect(vault.pki, port, name, cert=cert, timeout=WAIT)
 
 
 def _response(conn: ssl.SSLSocket) -> bytes:
-    """One whole HTTP response (status line, headers, Content-Length body)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += conn.recv(4096)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":")[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        body += conn.recv(4096)
-    return head
+    """One whole HTTP response's head."""
+    return read_response(conn)[0]
 
 
-def _closed_by_server(conn: ssl.SSLSocket) -> bool:
-    try:
-        return conn.recv(1024) == b""
-    except (ConnectionError, ssl.SSLError):
-        return True
-    except TimeoutError:
-        return False
+_closed_by_server = closed_by_server
 
 
 PROTOCOLS = pytest.mark.parametrize("http", ["httptools", "h11"])
