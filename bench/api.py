@@ -59,7 +59,14 @@ def _client(pki: DevPKI, url: str) -> httpx.Client:
     return httpx.Client(base_url=url, verify=context, timeout=60)
 
 
-def _wait(pki: DevPKI, url: str, process: subprocess.Popen[bytes]) -> None:
+def _wait(
+    pki: DevPKI, url: str, process: subprocess.Popen[bytes], ready: str | None = None
+) -> None:
+    """Until the server answers a tokenize, and then, given the health listener's
+    `ready` URL, until it answers 200: the node's readiness, every worker serving (what
+    an orchestrator waits for before sending traffic). Without it the load began while a
+    second worker was still opening its HSM session, and its connections all went to
+    the first."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -67,10 +74,18 @@ def _wait(pki: DevPKI, url: str, process: subprocess.Popen[bytes]) -> None:
         try:
             with _client(pki, url) as c:
                 c.post("/v1/tokenize", json={"pan": _pan(0), "format": "pan_bin6_last4"})
+            if ready is None or httpx.get(ready, timeout=10).status_code == 200:
                 return
         except httpx.TransportError:
-            time.sleep(0.3)
+            pass
+        time.sleep(0.3)
     raise SystemExit("server did not start")
+
+
+def _ready_url(config: Path) -> str:
+    """The node's /readyz on the health port `_vault_config` set."""
+    port = config.read_text().split("health_port = ")[1].split()[0]
+    return f"http://127.0.0.1:{port}/readyz"
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -112,7 +127,7 @@ def _vault_config(work: Path, pki: DevPKI, port: int, url_line: str) -> Path:
         f'data_dir = "{work}"\npolicy_file = "{policy}"\nlog_level = "WARNING"\n{url_line}'
         f'[hsm]\ntoken_label = "bench"\npin_file = "{work / "pin"}"\nsofthsm_conf = "{conf}"\n'
         f'[server]\nport = {port}\nca_bundle = "{pki.ca}"\ncert_file = "{pki.server_cert}"\n'
-        f'key_file = "{pki.server_key}"\n'
+        f'key_file = "{pki.server_key}"\nhealth_port = {free_port()}\n'
     )
     (work / "pin").chmod(0o600)
     return config
@@ -341,7 +356,7 @@ def _run_vault(
                 raise SystemExit(f"cofre {' '.join(step)} failed")
         server = _cofre(config, "serve")
         url = f"https://127.0.0.1:{port}"
-        _wait(pki, url, server)
+        _wait(pki, url, server, _ready_url(config))
         proxy = MTLSProxy(pki, port)
         wrk(proxy, "tokenize", connections=8, seconds=2, args=["800000"])  # warm-up
         out: dict[str, Any] = {"workers": len(_workers(server))}
@@ -419,7 +434,12 @@ def _scale_out(tmp: Path, pki: DevPKI, seconds: float, nodes: int = 3) -> dict[i
             while len(servers) < count:
                 config = configs[len(servers)]
                 servers.append(_cofre(config, "serve", extra_env=one_worker))
-                _wait(pki, f"https://127.0.0.1:{ports[len(servers) - 1]}", servers[-1])
+                _wait(
+                    pki,
+                    f"https://127.0.0.1:{ports[len(servers) - 1]}",
+                    servers[-1],
+                    _ready_url(config),
+                )
             proxy = MTLSProxy(pki, ports[0], more_ports=tuple(ports[1:count]))
             try:
                 wrk(proxy, "tokenize", connections=8, seconds=2, args=[str(600000 + count)])
