@@ -72,14 +72,9 @@ def node_counts(context: Any, workers: int) -> Counts:
     """The shared array for `workers` workers, every one not serving yet (the
     supervisor's, before spawning; `context` is its multiprocessing context)."""
     counts: Counts = context.RawArray("d", SLOTS * workers)
-    not_listening(counts)
-    return counts
-
-
-def not_listening(counts: Counts) -> None:
-    """Mark every worker of `counts` as not serving."""
     for index in range(0, len(counts), SLOTS):
         counts[index] = NOT_LISTENING
+    return counts
 
 
 def _decayed(value: float, average: float, since: float, now: float, tau: float) -> float:
