@@ -3,9 +3,10 @@
 Two rules, as the issues ask: every known test PAN, byte for byte (also inside longer
 digit runs), and every standalone 13-19 digit run that passes the Luhn check. Token
 values of ``luhn = "pass"`` formats are Luhn-valid by design; the caller passes them in
-`allowed`. Digit runs inside a long hex word (a SHA-256, a trace id, a certificate
-serial) are hex noise, not decimal data, and one in ten of them passes Luhn by chance:
-the second rule skips them, the first does not.
+`allowed`. Digits inside a long hex word (a SHA-256, a trace id, a certificate serial) or
+a UUID are hex noise, not decimal data, and one in ten of their runs passes Luhn by
+chance: the second rule sets them aside and judges what is left of the run, the first
+rule does not.
 """
 
 from __future__ import annotations
@@ -23,18 +24,47 @@ from vault.pan import luhn_valid
 
 _RUN = re.compile(rb"(?<![0-9])[0-9]{13,}(?![0-9])")
 _HEX_WORD = re.compile(rb"(?<![0-9A-Za-z])(?:0[xX])?[0-9A-Fa-f]{32,}(?![0-9A-Za-z])")
+# No look-ahead: SQLite stores a UUID against the bytes of the next column (a one-byte
+# integer 0x37 reads "7"), and a clean-clone run (session 16) read a UUID's all-digit
+# last group and that byte as the 13-digit Luhn-valid run 9638269944177. The
+# look-behind keeps a card written just before "-xxxx-..." whole.
+_UUID = re.compile(rb"(?<![0-9A-Za-z])[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}")
 _HEX_LETTER = re.compile(rb"[A-Fa-f]")
 
 
 def _hex_words(data: bytes) -> tuple[list[int], list[int]]:
-    """Start and end offsets of the hex words (32+ hex characters, a letter among them)."""
+    """Start and end offsets of the hex words (32+ hex characters) and UUIDs with a
+    letter among them, in order; they do not overlap."""
+    spans = [
+        word.span()
+        for pattern in (_HEX_WORD, _UUID)
+        for word in pattern.finditer(data)
+        if _HEX_LETTER.search(word.group())
+    ]
     starts: list[int] = []
     ends: list[int] = []
-    for word in _HEX_WORD.finditer(data):
-        if _HEX_LETTER.search(word.group()):
-            starts.append(word.start())
-            ends.append(word.end())
+    for start, end in sorted(spans):
+        if ends and start < ends[-1]:
+            ends[-1] = max(ends[-1], end)
+        else:
+            starts.append(start)
+            ends.append(end)
     return starts, ends
+
+
+def _outside(start: int, end: int, starts: list[int], ends: list[int]) -> list[tuple[int, int]]:
+    """The spans of [start, end) that no hex word covers."""
+    spans, at = [], start
+    word = max(bisect_right(starts, start) - 1, 0)
+    while word < len(starts) and starts[word] < end:
+        if ends[word] > at:
+            if starts[word] > at:
+                spans.append((at, starts[word]))
+            at = ends[word]
+        word += 1
+    if at < end:
+        spans.append((at, end))
+    return spans
 
 
 def _mask(digits: str) -> str:
@@ -132,16 +162,14 @@ class LeakScanner:
             return hits
         starts, ends = _hex_words(data)
         for match in _RUN.finditer(data):
-            word = bisect_right(starts, match.start()) - 1
-            if word >= 0 and match.end() <= ends[word]:
-                continue
-            hits.extend(
-                f"Luhn-valid run {_mask(part)} at byte {match.start()}"
-                for part in _unexplained(match.group().decode(), self.allowed, self.lengths)
-                if 13 <= len(part) <= 19
-                and luhn_valid(part)
-                and not (len(part) == 13 and int(part) in _EPOCH_MS)
-            )
+            for start, end in _outside(*match.span(), starts, ends):
+                hits.extend(
+                    f"Luhn-valid run {_mask(part)} at byte {start}"
+                    for part in _unexplained(data[start:end].decode(), self.allowed, self.lengths)
+                    if 13 <= len(part) <= 19
+                    and luhn_valid(part)
+                    and not (len(part) == 13 and int(part) in _EPOCH_MS)
+                )
         return hits
 
     def scan_dump(self, dump: bytes) -> list[str]:

@@ -116,6 +116,22 @@ def test_digit_runs_inside_hex_digests_are_noise_but_test_pans_are_not() -> None
     assert len(find_leaks(b"pan=4111111111111111;", [])) == 1
 
 
+def test_a_uuid_against_the_next_columns_byte_is_noise_but_a_card_beside_it_is_not() -> None:
+    """SQLite writes a UUID and then the next column's bytes: a one-byte integer 55 reads
+    "7". A clean-clone run (session 16) read the WAL's "...-963826994417" + "7" as a
+    13-digit Luhn-valid card. The digits of a UUID are set aside, the rest still judged."""
+    record = b"(\x03U\x0112846223-a2a9-49e8-bbfa-963826994417" + bytes([55]) + b"(\x03"
+    assert find_leaks(record, []) == []
+    after = b"\x0112846223-a2a9-49e8-bbfa-963826994417" + b"4111111111111111\x00"
+    assert find_leaks(after, []) == ["Luhn-valid run 411111******1111 at byte 37"]
+    before = b"\x014111111111111111-a2a9-49e8-bbfa-963826994417\x00"
+    assert len(find_leaks(before, [])) == 1
+    # A digest's digits the same: the run past its end is judged alone.
+    digest = b"ab" + b"cd" * 23 + b"4111111111111111"  # 64 hex characters
+    assert find_leaks(digest + b"\x00", []) == []
+    assert find_leaks(digest + b"\x00" + b"4111111111111111", []) != []
+
+
 def test_two_stored_values_never_read_as_one_number() -> None:
     """The chain rule joins digit groups across a few separator bytes ("4111 1111 1111
     1111" in one value); it must not join two columns. A clean-clone run (session 11)
