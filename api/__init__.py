@@ -8,6 +8,7 @@ verified client certificate, never by a header.
 # The public modules of this package (its rooms); a module whose name starts with
 # an underscore is internal. tests/test_exported_members.py pins this list.
 __all__ = [
+    "accept",
     "app",
     "balance",
     "capture",

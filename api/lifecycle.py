@@ -24,14 +24,16 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Generator
+from ssl import SSLContext
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 import uvicorn
 
+from api.accept import TLSListener, listening_socket
 from api.balance import WorkerLoads
 from api.errors import ApiError
-from api.handshake import observe_handshake_failures
+from api.handshake import handshake_failures, observe_handshake_failures
 from api.observability import Telemetry
 from api.routes._offload import drain as drain_left_calls
 
@@ -71,7 +73,7 @@ class ManagedServer(uvicorn.Server):
     sockets: list[socket.socket] | None = None
 
     # Set by `api.server.build_server` and `api.capture.build_capture_server`: how long
-    # a TLS handshake may take (None: asyncio's default, 60 s).
+    # a TLS handshake may take (None: the loop's default, 60 s).
     handshake_timeout: float | None = None
 
     # Set by `api.server.build_server` for a worker of several: its slot in the node's
@@ -109,19 +111,45 @@ _HANDSHAKE_TIMEOUT: contextvars.ContextVar[float | None] = contextvars.ContextVa
 
 
 def _bound_tls_handshakes(loop: asyncio.AbstractEventLoop) -> None:
-    """Have `loop.create_server` pass the starting server's `handshake_timeout` (once
-    per loop; asyncio's and uvloop's loops both take ``ssl_handshake_timeout``)."""
+    """Have `loop.create_server` serve TLS through `api.accept.TLSListener` (once per
+    loop), with the starting server's `handshake_timeout`: a failed handshake is then
+    reported with its peer (`api.handshake`). A plain listener (health) is the loop's."""
     if getattr(loop, "_cofre_handshake_bound", False):
         return
-    original = loop.create_server
+    # Any: the loop's overloads (host and port, or sock) are passed through as given.
+    original: Any = loop.create_server
 
-    async def create_server(*args: Any, **kwargs: Any) -> asyncio.Server:
-        timeout = _HANDSHAKE_TIMEOUT.get()
-        if timeout is not None and kwargs.get("ssl") is not None:
-            kwargs.setdefault("ssl_handshake_timeout", timeout)
-        return await original(*args, **kwargs)
+    async def create_server(
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        ssl: SSLContext | None = None,
+        sock: socket.socket | None = None,
+        backlog: int = 100,
+        **kwargs: Any,
+    ) -> Any:
+        if ssl is None:
+            return await original(
+                protocol_factory, host, port, sock=sock, backlog=backlog, **kwargs
+            )
+        owns_socket = sock is None
+        if sock is None:
+            sock = listening_socket(host or "0.0.0.0", port or 0)  # noqa: S104 - asyncio's default
+        listener = TLSListener(
+            loop,
+            sock,
+            protocol_factory,
+            ssl,
+            handshake_timeout=_HANDSHAKE_TIMEOUT.get(),
+            report=handshake_failures(loop).report,
+            backlog=backlog,
+            owns_socket=owns_socket,
+        )
+        listener.start()
+        return listener
 
-    loop.create_server = create_server  # type: ignore[method-assign]
+    loop.create_server = create_server  # type: ignore[method-assign,assignment]
     loop._cofre_handshake_bound = True  # type: ignore[attr-defined]
 
 

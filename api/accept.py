@@ -1,0 +1,153 @@
+"""A TLS listener that accepts each connection itself, so a failed handshake has a peer.
+
+IN PCI SCOPE. Neither asyncio's nor uvloop's ``create_server`` tells anyone about a
+failed server-side handshake: a client with a revoked, expired or foreign certificate,
+or a scanner, would leave no trace (an ``ssl.SSLError`` is an ``OSError``, which both
+loops' SSL protocols log only in debug mode, and uvloop's is a compiled class with no
+hook). This listener accepts from its own socket, so it knows the peer address, and
+hands each connection to the loop's public ``connect_accepted_socket`` with the TLS
+context and the handshake deadline; that coroutine raises the handshake's failure. The
+same on both loops; from there on the connection is the loop's, exactly as one its own
+server accepted (TCP_NODELAY, the TLS transport, the app protocol's ``connection_made``
+once the handshake is done).
+
+uvicorn asks the loop for a server (`api.lifecycle.ManagedServer` routes a TLS one
+here) and only needs ``close``, ``wait_closed`` and ``sockets`` of what it gets back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Final
+
+import structlog
+
+__all__ = ["TLSListener", "listening_socket"]
+
+_log = structlog.get_logger("cofre.tls")
+# What asyncio's own server waits before accepting again when the process or the
+# kernel is out of descriptors or memory (`asyncio.constants.ACCEPT_RETRY_DELAY`).
+ACCEPT_RETRY_SECONDS: Final = 1.0
+_OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+Report = Callable[[BaseException, str | None], None]
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket on `host`:`port` (SO_REUSEADDR, as asyncio's server binds),
+    not yet listening. Raises ``OSError`` when it cannot be bound."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class TLSListener:
+    """Accept TCP connections on `sock` and start TLS with `context` on each, within
+    `handshake_timeout` seconds (None: the loop's default, 60 s); `report` is called
+    with each failed handshake's exception and the peer's address. The socket stays the
+    caller's to close (uvicorn closes the sockets it was given) unless `owns_socket`."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        context: ssl.SSLContext,
+        *,
+        handshake_timeout: float | None,
+        report: Report,
+        backlog: int = 100,
+        owns_socket: bool = False,
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._factory = protocol_factory
+        self._context = context
+        self._timeout = handshake_timeout
+        self._report = report
+        self._backlog = backlog
+        self._owns_socket = owns_socket
+        self._serving = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self.sockets = [sock]
+
+    def start(self) -> None:
+        self._sock.setblocking(False)
+        self._sock.listen(self._backlog)
+        self._serving = True
+        self._loop.add_reader(self._sock.fileno(), self._accept)
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    def _accept(self) -> None:
+        # As asyncio's server: up to a backlog's worth per wake-up, so a burst of
+        # connections costs one poll, not one each.
+        for _ in range(self._backlog):
+            try:
+                conn, address = self._sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                # Out of descriptors (or the socket broke): stop reading the socket for
+                # a second rather than spin on a readable socket we cannot accept from.
+                _log.error(
+                    "cannot accept connections",
+                    error=errno.errorcode.get(exc.errno or 0, type(exc).__name__),
+                    retry_seconds=ACCEPT_RETRY_SECONDS,
+                    out_of_resources=exc.errno in _OUT_OF_RESOURCES,
+                )
+                self._loop.remove_reader(self._sock.fileno())
+                self._retry = self._loop.call_later(ACCEPT_RETRY_SECONDS, self._resume)
+                return
+            conn.setblocking(False)
+            peer = address[0] if isinstance(address, tuple) and address else None
+            task = self._loop.create_task(self._handshake(conn, peer))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    def _resume(self) -> None:
+        self._retry = None
+        if self._serving:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+
+    async def _handshake(self, conn: socket.socket, peer: str | None) -> None:
+        try:
+            # The loop owns `conn` from here: it closes it (or detaches it, on uvloop)
+            # when the transport closes, on a failed handshake too, so it is never
+            # closed here (its descriptor number may already be another connection's).
+            await self._loop.connect_accepted_socket(
+                self._factory, conn, ssl=self._context, ssl_handshake_timeout=self._timeout
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is the peer's, and reported
+            self._report(exc, peer)
+
+    def close(self) -> None:
+        """Stop accepting; established connections and handshakes under way go on, as
+        with asyncio's own server."""
+        if not self._serving:
+            return
+        self._serving = False
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        else:
+            self._loop.remove_reader(self._sock.fileno())
+        if self._owns_socket:
+            self._sock.close()
+
+    async def wait_closed(self) -> None:
+        return None
