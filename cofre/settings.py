@@ -226,8 +226,9 @@ class EvidenceSettings(_Section):
     max_period_days: int = Field(default=31, ge=1, le=366)
     # Per identity: a bucket of `burst` exports refilled at `per_hour`; and one export
     # at a time per node.
-    exports_per_hour: float = Field(default=12.0, gt=0)
-    export_burst: int = Field(default=3, ge=1)
+    # The bounds of `policies.models.RateLimit` (one a day to 10^6 a second).
+    exports_per_hour: float = Field(default=12.0, ge=1 / 24, le=3.6e9)
+    export_burst: int = Field(default=3, ge=1, le=1_000_000_000)
 
 
 class KeySettings(_Section):
@@ -310,10 +311,11 @@ class CaptureSettings(_Section):
     # Development only: let a session name an http://localhost origin.
     allow_http_localhost: bool = False
     # Captures per session (brute force of its secret) and per client address.
-    session_per_second: float = Field(default=0.2, gt=0)
-    session_burst: int = Field(default=10, ge=1)
-    address_per_second: float = Field(default=2.0, gt=0)
-    address_burst: int = Field(default=60, ge=1)
+    # The bounds of `policies.models.RateLimit` (one a day to 10^6 a second).
+    session_per_second: float = Field(default=0.2, ge=1 / 86_400, le=1e6)
+    session_burst: int = Field(default=10, ge=1, le=1_000_000_000)
+    address_per_second: float = Field(default=2.0, ge=1 / 86_400, le=1e6)
+    address_burst: int = Field(default=60, ge=1, le=1_000_000_000)
 
     def origin(self) -> str:
         """This listener's public origin."""

@@ -69,8 +69,12 @@ class RateLimit(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    per_second: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-    burst: Annotated[int, Field(ge=1)]
+    # At least one a day, at most a million a second: outside, the bucket's arithmetic
+    # leaves the floats (per_second = 1e-310 made the refusal's Retry-After infinite, a
+    # 500 in its error handler; near 10^9 an interval is a few ulps of the epoch
+    # seconds it is added to). A daily cap on reveals is a `Quota`.
+    per_second: Annotated[float, Field(ge=1 / 86_400, le=1e6, allow_inf_nan=False)]
+    burst: Annotated[int, Field(ge=1, le=1_000_000_000)]
 
 
 class OracleGuard(BaseModel):

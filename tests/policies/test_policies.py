@@ -136,6 +136,16 @@ def test_fpe_on_15_digit_pans_rejected_at_load() -> None:
             "rate_limit = { per_second = inf, burst = 5 }\n",
             "per_second",
         ),
+        (
+            "[identities.'spiffe://x/r']\noperations = ['tokenize']\nformats = ['uuid']\n"
+            "rate_limit = { per_second = 1e-310, burst = 5 }\n",
+            "per_second",
+        ),
+        (
+            "[identities.'spiffe://x/r']\noperations = ['tokenize']\nformats = ['uuid']\n"
+            "rate_limit = { per_second = 1, burst = 1000000000000 }\n",
+            "burst",
+        ),
         ("this is = = not toml", "not valid TOML"),
     ],
 )
