@@ -139,6 +139,15 @@ def _gcra(limit: RateLimit, cost: int) -> tuple[float, float, float]:
     return interval, cost * interval, tolerance
 
 
+def _rounding(now: float, tolerance: float) -> float:
+    """What the bucket's float arithmetic may round against a call: ``tat + increment -
+    now`` is computed at the scale of the epoch seconds (an ulp of 2.4e-7 s today),
+    so a call of exactly the burst on a full bucket could come out a hair above the
+    tolerance and be refused 'retry after 0.00s'. Four ulps of that scale are let
+    through, a few microseconds' credit at most."""
+    return 4 * math.ulp(abs(now) + tolerance)
+
+
 def _rate_limited(limit: RateLimit, retry_after: float) -> RateLimited:
     return RateLimited(
         f"rate limit of {limit.per_second:g}/s (burst {limit.burst}) exceeded; "
@@ -252,7 +261,8 @@ class Limits:
             charges.add(identity, limit, cost, now, clock)
             return
         for _ in range(3):
-            charge = [now, now, increment, identity, now, now, increment, now, tolerance]
+            room = tolerance + _rounding(now, tolerance)
+            charge = [now, now, increment, identity, now, now, increment, now, room]
             if fetch_all(connection, _CHARGE_SQL, charge):
                 return
             rows = fetch_all(connection, _TAT_SQL, [identity])
@@ -294,7 +304,7 @@ class Limits:
         tat = rows[0][0] if rows else None
         # `charge_rate`'s expression, to the last bit: the check must agree with it.
         lead = increment if tat is None else max(float(tat), now) + increment - now
-        if tat is not None and lead > tolerance:
+        if tat is not None and lead > tolerance + _rounding(now, tolerance):
             raise _rate_limited(limit, max(float(tat), now) + increment - tolerance - now)
         # Room for this call and as many more as fit now (an over-count only lets one
         # more call reach the charge, which refuses it); an unbounded rate has its burst.

@@ -245,13 +245,43 @@ def test_a_refused_charge_forgets_the_early_room(engine: Engine) -> None:
     assert not limits.early.admit("spiffe://cofre/a", limit, 1)
 
 
-@pytest.mark.parametrize("per_second", [1e308, 1e-320])
-def test_the_early_check_survives_a_rate_at_the_ends_of_the_floats(
-    engine: Engine, per_second: float
+@pytest.mark.parametrize(("per_second", "burst"), [(7, 3), (70, 1), (30, 7), (7, 1000)])
+def test_a_call_of_exactly_the_burst_passes_at_todays_epoch(
+    engine: Engine, per_second: float, burst: int
 ) -> None:
-    limit = RateLimit(per_second=per_second, burst=3)
+    """``tat + increment - now`` is computed at the scale of epoch seconds; for these
+    limits it came out a few 1e-8 s above the tolerance, and a full-burst call on a
+    full bucket was refused 'retry after 0.00s'. One unit more is still refused."""
+    now = 1_764_720_000.123
+    limits = Limits()
+    limit = RateLimit(per_second=per_second, burst=burst)
     with engine.begin() as c:
-        assert 1 <= Limits().check_rate(c, "spiffe://cofre/a", limit, 1, NOW) <= 4
+        assert limits.check_rate(c, "spiffe://cofre/a", limit, burst, now) == burst
+        limits.charge_rate(c, "spiffe://cofre/a", limit, burst, now)
+    with pytest.raises(RateLimited), engine.begin() as c:
+        limits.check_rate(c, "spiffe://cofre/a", limit, 1, now)
+    with pytest.raises(RateLimited), engine.begin() as c:
+        limits.charge_rate(c, "spiffe://cofre/a", limit, 1, now)
+
+
+@pytest.mark.parametrize(("per_second", "burst"), [(1e6, 1000), (1 / 86_400, 1_000_000_000)])
+def test_a_rate_at_the_ends_of_its_bounds_refuses_with_a_finite_wait(
+    engine: Engine, per_second: float, burst: int
+) -> None:
+    """The policy refuses a rate outside one a day to 10^9 a second (at 1e-310 the
+    refusal's wait was infinite, and its Retry-After a 500); at the bounds the early
+    check, the charge and a refusal still compute."""
+    limit = RateLimit(per_second=per_second, burst=burst)
+    limits = Limits()
+    with engine.begin() as c:
+        assert 1 <= limits.check_rate(c, "spiffe://cofre/a", limit, 1, NOW) <= burst + 1
+        limits.charge_rate(c, "spiffe://cofre/a", limit, burst, NOW)
+    with pytest.raises(RateLimited) as refused, engine.begin() as c:
+        limits.charge_rate(c, "spiffe://cofre/a", limit, 1, NOW)
+    assert 0 < refused.value.retry_after <= 86_401
+    for outside in (1e308, 1e-320, 1 / 86_401, 1e6 + 1):
+        with pytest.raises(ValueError, match="per_second"):
+            RateLimit(per_second=outside, burst=3)
 
 
 def test_a_quota_refusal_is_learnt_only_once_handed_to_its_caller(engine: Engine) -> None:
