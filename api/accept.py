@@ -21,12 +21,12 @@ import asyncio
 import errno
 import socket
 import ssl
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
 import structlog
 
-__all__ = ["TLSListener", "listening_socket"]
+__all__ = ["TLSListener", "listening_socket", "listening_sockets"]
 
 _log = structlog.get_logger("cofre.tls")
 # What asyncio's own server waits before accepting again when the process or the
@@ -38,12 +38,35 @@ Report = Callable[[BaseException, str | None], None]
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """A bound TCP socket on `host`:`port` (SO_REUSEADDR, as asyncio's server binds),
-    not yet listening. Raises ``OSError`` when it cannot be bound."""
+    """A bound TCP socket on `host`:`port`'s first address (SO_REUSEADDR, as asyncio's
+    server binds), not yet listening. Raises ``OSError`` when it cannot be bound."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    return _bound(family, kind, proto, address)
+
+
+def listening_sockets(host: str | None, port: int) -> list[socket.socket]:
+    """Bound TCP sockets on every address of `host` (all interfaces when None or empty)
+    and `port`, not yet listening: what asyncio's and uvloop's ``create_server`` bind.
+    Raises ``OSError`` (and closes any already bound) when one cannot be bound."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sockets.append(_bound(family, kind, proto, address))
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _bound(family: int, kind: int, proto: int, address: tuple[Any, ...]) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # As both loops' servers: "::" is IPv6 only, not every IPv4 address too.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
     except OSError:
         sock.close()
@@ -52,15 +75,16 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 class TLSListener:
-    """Accept TCP connections on `sock` and start TLS with `context` on each, within
-    `handshake_timeout` seconds (None: the loop's default, 60 s); `report` is called
-    with each failed handshake's exception and the peer's address. The socket stays the
-    caller's to close (uvicorn closes the sockets it was given) unless `owns_socket`."""
+    """Accept TCP connections on `sock` (or each of several) and start TLS with
+    `context` on each, within `handshake_timeout` seconds (None: the loop's default,
+    60 s); `report` is called with each failed handshake's exception and the peer's
+    address. The sockets stay the caller's to close (uvicorn closes the sockets it was
+    given) unless `owns_socket`."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
+        sock: socket.socket | Sequence[socket.socket],
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         context: ssl.SSLContext,
         *,
@@ -70,7 +94,6 @@ class TLSListener:
         owns_socket: bool = False,
     ) -> None:
         self._loop = loop
-        self._sock = sock
         self._factory = protocol_factory
         self._context = context
         self._timeout = handshake_timeout
@@ -80,23 +103,32 @@ class TLSListener:
         self._serving = False
         self._retry: asyncio.TimerHandle | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
-        self.sockets = [sock]
+        self.sockets = [sock] if isinstance(sock, socket.socket) else list(sock)
 
     def start(self) -> None:
-        self._sock.setblocking(False)
-        self._sock.listen(self._backlog)
+        for sock in self.sockets:
+            sock.setblocking(False)
+            sock.listen(self._backlog)
         self._serving = True
-        self._loop.add_reader(self._sock.fileno(), self._accept)
+        self._add_readers()
+
+    def _add_readers(self) -> None:
+        for sock in self.sockets:
+            self._loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _remove_readers(self) -> None:
+        for sock in self.sockets:
+            self._loop.remove_reader(sock.fileno())
 
     def is_serving(self) -> bool:
         return self._serving
 
-    def _accept(self) -> None:
+    def _accept(self, sock: socket.socket) -> None:
         # As asyncio's server: up to a backlog's worth per wake-up, so a burst of
         # connections costs one poll, not one each.
         for _ in range(self._backlog):
             try:
-                conn, address = self._sock.accept()
+                conn, address = sock.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
@@ -108,7 +140,9 @@ class TLSListener:
                     retry_seconds=ACCEPT_RETRY_SECONDS,
                     out_of_resources=exc.errno in _OUT_OF_RESOURCES,
                 )
-                self._loop.remove_reader(self._sock.fileno())
+                self._remove_readers()  # all of them, as asyncio's server
+                if self._retry is not None:
+                    self._retry.cancel()
                 self._retry = self._loop.call_later(ACCEPT_RETRY_SECONDS, self._resume)
                 return
             conn.setblocking(False)
@@ -120,7 +154,7 @@ class TLSListener:
     def _resume(self) -> None:
         self._retry = None
         if self._serving:
-            self._loop.add_reader(self._sock.fileno(), self._accept)
+            self._add_readers()
 
     async def _handshake(self, conn: socket.socket, peer: str | None) -> None:
         try:
@@ -145,9 +179,10 @@ class TLSListener:
             self._retry.cancel()
             self._retry = None
         else:
-            self._loop.remove_reader(self._sock.fileno())
+            self._remove_readers()
         if self._owns_socket:
-            self._sock.close()
+            for sock in self.sockets:
+                sock.close()
 
     async def wait_closed(self) -> None:
         return None

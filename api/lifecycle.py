@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 import uvicorn
 
-from api.accept import TLSListener, listening_socket
+from api.accept import TLSListener, listening_sockets
 from api.balance import WorkerLoads
 from api.errors import ApiError
 from api.handshake import handshake_failures, observe_handshake_failures
@@ -133,12 +133,11 @@ def _bound_tls_handshakes(loop: asyncio.AbstractEventLoop) -> None:
             return await original(
                 protocol_factory, host, port, sock=sock, backlog=backlog, **kwargs
             )
+        # Bound by host and port: every address of `host`, as the loop would bind them.
         owns_socket = sock is None
-        if sock is None:
-            sock = listening_socket(host or "0.0.0.0", port or 0)  # noqa: S104 - asyncio's default
         listener = TLSListener(
             loop,
-            sock,
+            listening_sockets(host, port or 0) if sock is None else sock,
             protocol_factory,
             ssl,
             handshake_timeout=_HANDSHAKE_TIMEOUT.get(),

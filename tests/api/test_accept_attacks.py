@@ -1,0 +1,84 @@
+"""`api.accept` against what asyncio's and uvloop's own servers do: the addresses a TLS
+listener binds (`api.lifecycle` routes uvicorn's host and port here)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from typing import Any
+
+import pytest
+import uvloop
+
+from api.accept import listening_socket
+from api.lifecycle import _bound_tls_handshakes
+
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+async def _refused(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    return False
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_a_tls_listener_on_the_ipv6_wildcard_does_not_take_ipv4_too(loop_name: str) -> None:
+    """As both loops' own servers (IPV6_V6ONLY): a listener configured on "::" is not
+    also reachable over IPv4, where other firewall rules may apply."""
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        _bound_tls_handshakes(loop)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server = await loop.create_server(asyncio.Protocol, host="::", port=0, ssl=context)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            assert await _refused("127.0.0.1", port)
+            assert not await _refused("::1", port)
+        finally:
+            server.close()
+
+    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
+        runner.run(body())
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_a_tls_listener_serves_every_address_of_its_host(
+    loop_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host name with an IPv6 and an IPv4 address (Debian's ``localhost``: ::1 first)
+    is served on both, as the loops' own servers do, not on the first one only."""
+    original = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "dual.test":
+            return original(host, port, *args, **kwargs)
+        return original("::1", port, *args, **kwargs) + original("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        _bound_tls_handshakes(loop)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        port = listening_socket("127.0.0.1", 0)
+        free = port.getsockname()[1]
+        port.close()
+        server = await loop.create_server(
+            asyncio.Protocol, host="dual.test", port=free, ssl=context
+        )
+        try:
+            assert sorted(s.family for s in server.sockets) == [socket.AF_INET, socket.AF_INET6]
+            assert not await _refused("127.0.0.1", free)
+            assert not await _refused("::1", free)
+        finally:
+            server.close()
+        assert all(s.fileno() == -1 for s in server.sockets)
+
+    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
+        runner.run(body())
