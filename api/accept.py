@@ -157,17 +157,26 @@ class TLSListener:
             self._add_readers()
 
     async def _handshake(self, conn: socket.socket, peer: str | None) -> None:
+        # Both loops take `conn` over before their first suspension (awaiting the
+        # handshake); this marks whether it came. Once the loop owns `conn` it closes
+        # it (or detaches it, on uvloop) when the transport closes, on a failed
+        # handshake too, so it is not closed here (its descriptor number may already
+        # be another connection's). A failure before that (a check, the protocol
+        # factory, the transport's creation) leaves it ours to close.
+        suspended: list[bool] = []
+        marker = self._loop.call_soon(suspended.append, True)
         try:
-            # The loop owns `conn` from here: it closes it (or detaches it, on uvloop)
-            # when the transport closes, on a failed handshake too, so it is never
-            # closed here (its descriptor number may already be another connection's).
             await self._loop.connect_accepted_socket(
                 self._factory, conn, ssl=self._context, ssl_handshake_timeout=self._timeout
             )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is the peer's, and reported
+            if not suspended:
+                conn.close()
             self._report(exc, peer)
+        finally:
+            marker.cancel()
 
     def close(self) -> None:
         """Stop accepting; established connections and handshakes under way go on, as

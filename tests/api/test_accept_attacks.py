@@ -1,5 +1,6 @@
 """`api.accept` against what asyncio's and uvloop's own servers do: the addresses a TLS
-listener binds (`api.lifecycle` routes uvicorn's host and port here)."""
+listener binds (`api.lifecycle` routes uvicorn's host and port here), and a socket the
+loop never took over."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from api.accept import listening_socket
+from api.accept import TLSListener, listening_socket
 from api.lifecycle import _bound_tls_handshakes
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -79,6 +80,40 @@ def test_a_tls_listener_serves_every_address_of_its_host(
         finally:
             server.close()
         assert all(s.fileno() == -1 for s in server.sockets)
+
+    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
+        runner.run(body())
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_a_socket_the_loop_never_took_over_is_closed_here(loop_name: str) -> None:
+    """``connect_accepted_socket`` can fail before the loop owns the socket (here the
+    protocol factory raises): the listener closes it then, rather than leave it to the
+    garbage collector (an "unclosed socket" ResourceWarning, an error in this suite)."""
+
+    def broken() -> asyncio.Protocol:
+        raise RuntimeError("no protocol")
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        reports: list[str] = []
+        listener = TLSListener(
+            loop,
+            listening_socket("127.0.0.1", 0),
+            broken,
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER),
+            handshake_timeout=5.0,
+            report=lambda exc, peer: reports.append(type(exc).__name__),
+            owns_socket=True,
+        )
+        listener.start()
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", listener.sockets[0].getsockname()[1]
+        )
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
+        writer.close()
+        listener.close()
+        assert reports == ["RuntimeError"]
 
     with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
         runner.run(body())
