@@ -44,6 +44,17 @@ def _client_context(pki: DevPKI, *, certificate: bool) -> ssl.SSLContext:
     return context
 
 
+async def _tls(
+    pki: DevPKI, port: int, *, certificate: bool
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(
+        "127.0.0.1",
+        port,
+        ssl=_client_context(pki, certificate=certificate),
+        server_hostname="localhost",
+    )
+
+
 class _Echo(asyncio.Protocol):
     """Answers each chunk with itself; `made` counts handshakes that completed."""
 
@@ -103,22 +114,12 @@ def test_a_good_client_is_served_and_a_bad_one_is_reported_with_its_peer(
         reports: list[tuple[str, str | None]] = []
         listener = await _listen(pki, reports)
         port = _port(listener)
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1",
-            port,
-            ssl=_client_context(pki, certificate=True),
-            server_hostname="localhost",
-        )
+        reader, writer = await _tls(pki, port, certificate=True)
         writer.write(b"ping")
         assert await reader.readexactly(4) == b"ping"
         writer.close()
         # No client certificate: TLS 1.3 fails it after the client's handshake ends.
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1",
-            port,
-            ssl=_client_context(pki, certificate=False),
-            server_hostname="localhost",
-        )
+        reader, writer = await _tls(pki, port, certificate=False)
         writer.write(b"ping")
         with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
             await reader.readexactly(4)
@@ -237,12 +238,7 @@ def test_out_of_descriptors_pauses_accepting_then_resumes(
             owns_socket=True,
         )
         listener.start()
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1",
-            _port(listener),
-            ssl=_client_context(pki, certificate=True),
-            server_hostname="localhost",
-        )
+        reader, writer = await _tls(pki, _port(listener), certificate=True)
         writer.write(b"ping")
         assert await asyncio.wait_for(reader.readexactly(4), 10) == b"ping"
         writer.close()
