@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from tests.support.leakguard import sqlite_values
-from tests.support.leakscan import find_leaks, find_leaks_in_dump, scan_files
+from tests.support.leakscan import LeakScanner, find_leaks, find_leaks_in_dump, scan_files
 from tests.support.postgres import find_bindir
 from tests.vault.conftest import GETNET, LEDGER, PAYMENTS
 from vault.pan import Pan, luhn_check_digit
@@ -130,6 +130,15 @@ def test_a_uuid_against_the_next_columns_byte_is_noise_but_a_card_beside_it_is_n
     digest = b"ab" + b"cd" * 23 + b"4111111111111111"  # 64 hex characters
     assert find_leaks(digest + b"\x00", []) == []
     assert find_leaks(digest + b"\x00" + b"4111111111111111", []) != []
+
+
+def test_a_number_of_one_repeated_digit_is_looked_for_only_as_a_luhn_valid_run() -> None:
+    zeros = "0000000000000000"
+    pages = b"\x0f0\x0e0\x0d0\x0c0" * 4 + b"\x00" + b"0" * 20 + b"\x01"
+    assert LeakScanner.of([zeros]).known_pans(pages) == []
+    assert find_leaks(b"card " + zeros.encode() + b" end", [zeros]) == [
+        "Luhn-valid run 000000******0000 at byte 5"
+    ]
 
 
 def test_two_stored_values_never_read_as_one_number() -> None:
