@@ -44,15 +44,18 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return _bound(family, kind, proto, address)
 
 
-def listening_sockets(host: str | None, port: int) -> list[socket.socket]:
+def listening_sockets(
+    host: str | None, port: int, *, reuse_port: bool = False
+) -> list[socket.socket]:
     """Bound TCP sockets on every address of `host` (all interfaces when None or empty)
-    and `port`, not yet listening: what asyncio's and uvloop's ``create_server`` bind.
+    and `port`, not yet listening: what asyncio's and uvloop's ``create_server`` bind
+    (with `reuse_port`, SO_REUSEPORT too, as theirs with ``reuse_port=True``).
     Raises ``OSError`` (and closes any already bound) when one cannot be bound."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):
-            sockets.append(_bound(family, kind, proto, address))
+            sockets.append(_bound(family, kind, proto, address, reuse_port=reuse_port))
     except OSError:
         for sock in sockets:
             sock.close()
@@ -60,10 +63,14 @@ def listening_sockets(host: str | None, port: int) -> list[socket.socket]:
     return sockets
 
 
-def _bound(family: int, kind: int, proto: int, address: tuple[Any, ...]) -> socket.socket:
+def _bound(
+    family: int, kind: int, proto: int, address: tuple[Any, ...], *, reuse_port: bool = False
+) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             # As both loops' servers: "::" is IPv6 only, not every IPv4 address too.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)

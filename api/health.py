@@ -103,5 +103,5 @@ def build_health_server(
     )
     server = ManagedServer(config)
     if reuse_port:
-        server.sockets = [bind_reuse_port(host, port)]
+        server.sockets = bind_reuse_port(host, port)
     return server

@@ -152,23 +152,17 @@ def _bound_tls_handshakes(loop: asyncio.AbstractEventLoop) -> None:
     loop._cofre_handshake_bound = True  # type: ignore[attr-defined]
 
 
-def bind_reuse_port(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on `host`:`port` with SO_REUSEPORT: every worker of
+def bind_reuse_port(host: str, port: int) -> list[socket.socket]:
+    """Listening-ready TCP sockets on every address of `host` and `port` with
+    SO_REUSEPORT (IPv6 ones IPv6-only, as the loops' own servers bind): every worker of
     one `cofre serve` binds its own, and the kernel hashes each new connection to one of
     them. (One shared socket would let whichever worker wakes first accept a whole burst
     of keep-alive connections, and keep them.) Only processes of the same user may join
-    the port. Raises `ApiError` when it cannot be bound."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
+    the port. Raises `ApiError` when one cannot be bound."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
+        return listening_sockets(host, port, reuse_port=True)
     except OSError as exc:
-        sock.close()
         raise ApiError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
-    sock.set_inheritable(False)
-    return sock
 
 
 def run_until_stopped(

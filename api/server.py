@@ -155,7 +155,7 @@ def build_server(
     # closed as soon as one that never finishes its headers.
     server.handshake_timeout = header_timeout
     if reuse_port:
-        server.sockets = [bind_reuse_port(host, port)]
+        server.sockets = bind_reuse_port(host, port)
     if tls.crl is not None:
         # The app's guard checks each request against what the watcher loads: a
         # certificate revoked after its connection's handshake is refused on it.

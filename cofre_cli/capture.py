@@ -68,7 +68,7 @@ def start_capture_listener(
         header_timeout=settings.server.header_timeout_seconds,
     )
     if reuse_port:
-        managed.sockets = [bind_reuse_port(capture.host, capture.port)]
+        managed.sockets = bind_reuse_port(capture.host, capture.port)
     server = BackgroundServer(managed)
     server.start()
     _log.info("capture listener started", origin=capture.origin(), host=capture.host)

@@ -13,7 +13,7 @@ import pytest
 import uvloop
 
 from api.accept import TLSListener, listening_socket
-from api.lifecycle import _bound_tls_handshakes
+from api.lifecycle import _bound_tls_handshakes, bind_reuse_port
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
@@ -117,3 +117,34 @@ def test_a_socket_the_loop_never_took_over_is_closed_here(loop_name: str) -> Non
 
     with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
         runner.run(body())
+
+
+def test_workers_sockets_bind_like_the_single_process_listener(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`cofre serve --workers N` binds its own sockets (SO_REUSEPORT, `bind_reuse_port`):
+    they cover every address of the host, the IPv6 ones IPv6-only, as one process's
+    listener does; and a second worker can join the same port."""
+    original = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "dual.test":
+            return original(host, port, *args, **kwargs)
+        return original("::1", port, *args, **kwargs) + original("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    probe = listening_socket("127.0.0.1", 0)
+    free = probe.getsockname()[1]
+    probe.close()
+    first = bind_reuse_port("dual.test", free)
+    second = bind_reuse_port("dual.test", free)
+    wildcard = bind_reuse_port("::", 0)
+    try:
+        assert sorted(s.family for s in first) == [socket.AF_INET, socket.AF_INET6]
+        for sock in (*first, *second, *wildcard):
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+            if sock.family == socket.AF_INET6:
+                assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    finally:
+        for sock in (*first, *second, *wildcard):
+            sock.close()
