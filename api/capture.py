@@ -46,7 +46,9 @@ from starlette.responses import Response
 from api.connections import guarded_protocol
 from api.errors import ApiError
 from api.guard import problem_for
+from api.handshake import HandshakeFailures
 from api.lifecycle import ManagedServer
+from api.observability import Telemetry
 from api.problems import problem
 from cofre.errors import CofreError
 from policies.models import RateLimit
@@ -444,11 +446,13 @@ def build_capture_server(
     log_config: dict[str, Any] | None = None,
     header_timeout: float = 10.0,
     body_timeout: float = 10.0,
+    telemetry: Telemetry | None = None,
 ) -> ManagedServer:
     """A configured (not started) uvicorn server for the capture listener: server TLS
     only (no client certificate is asked for: browsers have none), TLS 1.2 or newer
     with forward-secret AEAD suites, the same handshake and read deadlines as the mTLS
-    listener.
+    listener. Its failed handshakes are logged and, with `telemetry`, counted as the
+    ``capture`` listener's (it runs on a loop of its own).
 
     Raises `ApiError` when a TLS file is missing.
     """
@@ -488,4 +492,5 @@ def build_capture_server(
     context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
     server = ManagedServer(config)
     server.handshake_timeout = header_timeout  # `build_server`'s reason
+    server.handshakes = HandshakeFailures(telemetry, listener="capture")
     return server

@@ -24,9 +24,12 @@ _ATTRIBUTE = "_cofre_handshake_failures"
 
 class HandshakeFailures:
     """Log (``tls handshake failed``) and, with `telemetry`, count
-    (``cofre.tls.handshake_failures`` by reason) each failed handshake."""
+    (``cofre.tls.handshake_failures`` by listener and reason) each failed handshake of
+    `listener` (``mtls``: services; ``capture``: browsers, where scanners of the public
+    internet would drown a revoked service certificate's failures if both were one)."""
 
-    def __init__(self, telemetry: Telemetry | None) -> None:
+    def __init__(self, telemetry: Telemetry | None, listener: str = "mtls") -> None:
+        self._listener = listener
         self._counter = (
             telemetry.meter.create_counter(
                 "cofre.tls.handshake_failures", description="Failed TLS handshakes by reason"
@@ -38,9 +41,9 @@ class HandshakeFailures:
     def report(self, exc: BaseException, peer: str | None) -> None:
         reason = getattr(exc, "reason", None) if isinstance(exc, ssl.SSLError) else None
         reason = str(reason or type(exc).__name__)
-        _log.warning("tls handshake failed", peer=peer, reason=reason)
+        _log.warning("tls handshake failed", listener=self._listener, peer=peer, reason=reason)
         if self._counter is not None:
-            self._counter.add(1, {"reason": reason})
+            self._counter.add(1, {"listener": self._listener, "reason": reason})
 
 
 def observe_handshake_failures(

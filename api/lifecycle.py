@@ -33,7 +33,7 @@ import uvicorn
 from api.accept import TLSListener, listening_sockets
 from api.balance import WorkerLoads
 from api.errors import ApiError
-from api.handshake import handshake_failures, observe_handshake_failures
+from api.handshake import HandshakeFailures, handshake_failures, observe_handshake_failures
 from api.observability import Telemetry
 from api.routes._offload import drain as drain_left_calls
 
@@ -76,6 +76,10 @@ class ManagedServer(uvicorn.Server):
     # a TLS handshake may take (None: the loop's default, 60 s).
     handshake_timeout: float | None = None
 
+    # Set by `api.capture.build_capture_server`: who logs and counts this server's failed
+    # handshakes (None: its loop's, `api.handshake.observe_handshake_failures`).
+    handshakes: HandshakeFailures | None = None
+
     # Set by `api.server.build_server` for a worker of several: its slot in the node's
     # requests in flight (`api.balance`), marked serving while this server listens.
     loads: WorkerLoads | None = None
@@ -90,9 +94,11 @@ class ManagedServer(uvicorn.Server):
         # 60 s, before any of the read deadlines of `api.connections` can start.
         _bound_tls_handshakes(asyncio.get_running_loop())
         token = _HANDSHAKE_TIMEOUT.set(self.handshake_timeout)
+        reporter = _HANDSHAKES.set(self.handshakes)
         try:
             await super().startup(sockets=sockets)
         finally:
+            _HANDSHAKES.reset(reporter)
             _HANDSHAKE_TIMEOUT.reset(token)
         if self.loads is not None and self.started:
             self.loads.listening(True)
@@ -108,12 +114,17 @@ class ManagedServer(uvicorn.Server):
 _HANDSHAKE_TIMEOUT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "cofre_handshake_timeout", default=None
 )
+# And its reporter of failed handshakes, when it has its own.
+_HANDSHAKES: contextvars.ContextVar[HandshakeFailures | None] = contextvars.ContextVar(
+    "cofre_handshakes", default=None
+)
 
 
 def _bound_tls_handshakes(loop: asyncio.AbstractEventLoop) -> None:
     """Have `loop.create_server` serve TLS through `api.accept.TLSListener` (once per
     loop), with the starting server's `handshake_timeout`: a failed handshake is then
-    reported with its peer (`api.handshake`). A plain listener (health) is the loop's."""
+    reported with its peer (`api.handshake`), to the server's `handshakes` or else the
+    loop's. A plain listener (health) is the loop's."""
     if getattr(loop, "_cofre_handshake_bound", False):
         return
     # Any: the loop's overloads (host and port, or sock) are passed through as given.
@@ -141,7 +152,7 @@ def _bound_tls_handshakes(loop: asyncio.AbstractEventLoop) -> None:
             protocol_factory,
             ssl,
             handshake_timeout=_HANDSHAKE_TIMEOUT.get(),
-            report=handshake_failures(loop).report,
+            report=(_HANDSHAKES.get() or handshake_failures(loop)).report,
             backlog=backlog,
             owns_socket=owns_socket,
         )

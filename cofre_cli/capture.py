@@ -14,6 +14,7 @@ import structlog
 
 from api.capture import CaptureState, build_capture_server, create_capture_app
 from api.lifecycle import bind_reuse_port
+from api.observability import Telemetry
 from api.server import BackgroundServer, log_config
 from cofre.errors import ConfigurationError
 from cofre.settings import Settings
@@ -41,12 +42,12 @@ def capture_app(settings: Settings, service: VaultService) -> Any:
 
 
 def start_capture_listener(
-    settings: Settings, app: Any, *, reuse_port: bool = False
+    settings: Settings, app: Any, *, reuse_port: bool = False, telemetry: Telemetry | None = None
 ) -> BackgroundServer | None:
     """Start the capture listener in a thread when `COFRE_CAPTURE__PORT` is set (the
     caller stops it after the mTLS listener has drained); None when it is not. With
     `reuse_port` (a worker of several, `cofre_cli.workers`) on its own SO_REUSEPORT
-    socket, as the API listener.
+    socket, as the API listener; its failed handshakes counted into `telemetry`.
 
     Raises `ConfigurationError` without a certificate for it, `ApiError` when a TLS
     file is missing or the listener does not start.
@@ -66,6 +67,7 @@ def start_capture_listener(
         key=Path(key),
         log_config=log_config(settings.log_level),
         header_timeout=settings.server.header_timeout_seconds,
+        telemetry=telemetry,
     )
     if reuse_port:
         managed.sockets = bind_reuse_port(capture.host, capture.port)

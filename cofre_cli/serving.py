@@ -144,7 +144,7 @@ def serve_worker(
         if watcher is not None:
             reloads.append(watcher.reload)
         capture_server = start_capture_listener(
-            settings, runtime.capture_app, reuse_port=index is not None
+            settings, runtime.capture_app, reuse_port=index is not None, telemetry=runtime.telemetry
         )
         # What start-up built lives as long as the process: frozen out of the cyclic
         # collector's sight, its full collections walk only what requests allocate

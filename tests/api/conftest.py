@@ -150,6 +150,7 @@ def running_vault(
                 capture.port,
                 cert=vault.pki.server_cert,
                 key=vault.pki.server_key,
+                telemetry=vault.runtime.telemetry,
             )
         )
         capture_server.start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -206,6 +207,49 @@ def test_a_peer_that_never_starts_tls_is_closed(capture_vault: VaultServer) -> N
     # A reset is a close all the same; a TimeoutError (still open at 40 s) fails.
     with socket.create_connection(("127.0.0.1", port), timeout=40) as raw:
         assert _closed_by_peer(raw)
+
+
+def test_failed_handshakes_are_logged_and_counted_as_the_capture_listeners(
+    capture_vault: VaultServer,
+) -> None:
+    """The capture listener runs on a loop of its own: its failed handshakes (here plain
+    HTTP to its TLS port) are logged and counted too, labelled ``capture``, apart from
+    the mTLS listener's, where a revoked service certificate must not drown in scans."""
+    assert capture_vault.capture_url is not None
+    port = int(capture_vault.capture_url.rsplit(":", 1)[1])
+    key = ("capture", "HTTP_REQUEST")
+    before = _handshake_failures(capture_vault).get(key, 0)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _closed_by_peer(raw)
+    for _ in range(500):  # the server reports after the client has seen the close
+        counted = _handshake_failures(capture_vault)
+        if counted.get(key, 0) > before:
+            break
+        time.sleep(0.02)
+    assert counted.get(key, 0) == before + 1
+    # The module's other tests fail handshakes too; none is counted as the mTLS one's.
+    assert {listener for listener, _ in counted} == {"capture"}
+    lines = [json.loads(line) for line in capture_vault.logs.getvalue().splitlines() if line]
+    failed = [e for e in lines if e.get("event") == "tls handshake failed"]
+    assert ("capture", "127.0.0.1", "HTTP_REQUEST") in {
+        (e["listener"], e["peer"], e["reason"]) for e in failed
+    }
+    assert {e["listener"] for e in failed} == {"capture"}
+
+
+def _handshake_failures(vault: VaultServer) -> dict[tuple[str, str], int]:
+    data = vault.metrics.get_metrics_data()
+    if data is None:
+        return {}
+    return {
+        (str((p.attributes or {})["listener"]), str((p.attributes or {})["reason"])): int(p.value)
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "cofre.tls.handshake_failures"
+        for p in m.data.data_points  # type: ignore[union-attr]
+    }
 
 
 def _closed_by_peer(raw: socket.socket) -> bool:

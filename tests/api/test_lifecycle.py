@@ -239,9 +239,11 @@ def test_failed_tls_handshakes_are_logged_and_counted(
     finally:
         vault.stop()
     assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 3, counted
+    assert all('listener="mtls"' in line for line in counted), counted
     failures = [e for e in _log_events(vault) if e.get("event") == "tls handshake failed"]
     assert len(failures) == 3
     assert {e["peer"] for e in failures} == {"127.0.0.1"}
+    assert {e["listener"] for e in failures} == {"mtls"}
     reasons = {e["reason"] for e in failures}
     assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in reasons, reasons
     assert any(
