@@ -41,44 +41,55 @@ def listening_socket(host: str, port: int) -> socket.socket:
     """A bound TCP socket on `host`:`port`'s first address (SO_REUSEADDR, as asyncio's
     server binds), not yet listening. Raises ``OSError`` when it cannot be bound."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    return _bound(family, kind, proto, address)
+    sock = socket.socket(family, kind, proto)
+    try:
+        _bind(sock, family, address, reuse_port=False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def listening_sockets(
     host: str | None, port: int, *, reuse_port: bool = False
 ) -> list[socket.socket]:
     """Bound TCP sockets on every address of `host` (all interfaces when None or empty)
-    and `port`, not yet listening: what asyncio's and uvloop's ``create_server`` bind
-    (with `reuse_port`, SO_REUSEPORT too, as theirs with ``reuse_port=True``).
-    Raises ``OSError`` (and closes any already bound) when one cannot be bound."""
+    and `port`, not yet listening: what asyncio's ``create_server`` binds (with
+    `reuse_port`, SO_REUSEPORT too, as its ``reuse_port=True``). As there, an address
+    whose family this kernel cannot open a socket for (IPv6 turned off at boot) is
+    skipped. Raises ``OSError`` naming the address (and closes any already bound) when
+    one cannot be bound, or when no address is left."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):
-            sockets.append(_bound(family, kind, proto, address, reuse_port=reuse_port))
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:
+                continue
+            sockets.append(sock)
+            _bind(sock, family, address, reuse_port=reuse_port)
     except OSError:
         for sock in sockets:
             sock.close()
         raise
+    if not sockets:
+        raise OSError(errno.EAFNOSUPPORT, f"no address of {host!r} can be opened here")
     return sockets
 
 
-def _bound(
-    family: int, kind: int, proto: int, address: tuple[Any, ...], *, reuse_port: bool = False
-) -> socket.socket:
-    sock = socket.socket(family, kind, proto)
+def _bind(sock: socket.socket, family: int, address: tuple[Any, ...], *, reuse_port: bool) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        # As both loops' servers: "::" is IPv6 only, not every IPv4 address too.
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            # As both loops' servers: "::" is IPv6 only, not every IPv4 address too.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    except OSError as exc:
+        # Which of the host's addresses: "localhost" is two, and either may be taken.
+        raise OSError(exc.errno, f"{exc.strerror} on {address[0]}") from None
 
 
 class TLSListener:

@@ -5,6 +5,8 @@ loop never took over."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 import ssl
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 import uvloop
 
 from api.accept import TLSListener, listening_socket
+from api.errors import ApiError
 from api.lifecycle import _bound_tls_handshakes, bind_reuse_port
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -148,3 +151,70 @@ def test_workers_sockets_bind_like_the_single_process_listener(
     finally:
         for sock in (*first, *second, *wildcard):
             sock.close()
+
+
+def test_an_address_family_the_kernel_lacks_is_skipped_as_asyncio_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A kernel booted without IPv6: getaddrinfo still offers "::" for all interfaces.
+    asyncio's create_server (one process's health listener) skips that family; a
+    worker's sockets must too, not keep the node from starting (review 21)."""
+    real = socket.socket
+
+    class NoIPv6(real):  # type: ignore[misc]
+        def __init__(self, family: int = -1, *args: Any, **kwargs: Any) -> None:
+            if family == socket.AF_INET6:
+                raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+            super().__init__(family, *args, **kwargs)
+
+    probe = listening_socket("127.0.0.1", 0)
+    port = probe.getsockname()[1]
+    probe.close()
+
+    async def one_process() -> list[Any]:
+        server = await asyncio.get_running_loop().create_server(
+            asyncio.Protocol, host="", port=port
+        )
+        names = [s.getsockname() for s in server.sockets]
+        server.close()
+        return names
+
+    monkeypatch.setattr(socket, "socket", NoIPv6)
+    try:
+        expected = asyncio.run(one_process())
+        sockets = bind_reuse_port("", port)
+    finally:
+        monkeypatch.setattr(socket, "socket", real)
+    try:
+        assert [s.getsockname() for s in sockets] == expected == [("0.0.0.0", port)]  # noqa: S104
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.mark.parametrize("busy", ["127.0.0.1", "::1"])
+def test_a_taken_address_is_named_and_nothing_of_ours_stays_bound(
+    busy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds one of a host's two addresses: the error says which, no
+    descriptor is left open, and the other address is free again."""
+    original = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "dual.test":
+            return original(host, port, *args, **kwargs)
+        return original("::1", port, *args, **kwargs) + original("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    family = socket.AF_INET6 if ":" in busy else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as foreign:
+        foreign.bind((busy, 0))
+        foreign.listen()
+        port = foreign.getsockname()[1]
+        before = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(ApiError, match=rf"cannot listen on dual\.test:{port} \(.* on {busy}\)"):
+            bind_reuse_port("dual.test", port)
+        assert len(os.listdir("/proc/self/fd")) == before
+        other = "::1" if busy == "127.0.0.1" else "127.0.0.1"
+        with socket.socket(socket.AF_INET6 if ":" in other else socket.AF_INET) as free:
+            free.bind((other, port))
