@@ -296,6 +296,10 @@ class TokenSettings(_Section):
     purge_interval_seconds: float = Field(default=300.0, gt=0, le=86400)
 
 
+# Hosts that mean every interface rather than one address.
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - recognised, not bound here
+
+
 class CaptureSettings(_Section):
     """The capture listener for browsers and apps (hosted card fields): server TLS only
     (a browser has no client certificate); the session's secret and origin stand in."""
@@ -317,11 +321,24 @@ class CaptureSettings(_Section):
     address_per_second: float = Field(default=2.0, ge=1 / 86_400, le=1e6)
     address_burst: int = Field(default=60, ge=1, le=1_000_000_000)
 
+    @model_validator(mode="after")
+    def _reachable_origin(self) -> CaptureSettings:
+        # A wildcard host names no address a browser could reach: the hosted fields'
+        # origin (frame-ancestors, CORS, the session's check) would be https://0.0.0.0.
+        if self.port is not None and self.public_origin is None and self.host in _WILDCARDS:
+            raise ValueError(
+                f"COFRE_CAPTURE__HOST {self.host!r} listens on every interface: set "
+                "COFRE_CAPTURE__PUBLIC_ORIGIN to the origin browsers reach it at"
+            )
+        return self
+
     def origin(self) -> str:
         """This listener's public origin."""
         if self.public_origin is not None:
             return self.public_origin.rstrip("/")
         host = "localhost" if self.host in ("127.0.0.1", "::1", "localhost") else self.host
+        if ":" in host:  # an IPv6 literal is bracketed in a URL (RFC 3986 3.2.2)
+            host = f"[{host}]"
         return f"https://{host}:{self.port}"
 
 

@@ -81,3 +81,35 @@ def test_missing_pin_is_a_clear_error(tmp_path: Path) -> None:
 def test_database_url_defaults_to_sqlite_in_data_dir(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     assert settings.database_url == f"sqlite:///{tmp_path.resolve() / 'cofre.sqlite3'}"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", ""])  # noqa: S104
+def test_a_capture_listener_on_every_interface_needs_its_public_origin(
+    monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    """Browsers cannot reach https://0.0.0.0: the hosted fields' origin would be wrong
+    (and https://:::8444 is not even a URL). A settings error, not a broken checkout."""
+    monkeypatch.setenv("COFRE_CAPTURE__PORT", "8444")
+    monkeypatch.setenv("COFRE_CAPTURE__HOST", host)
+    with pytest.raises(ConfigurationError, match="COFRE_CAPTURE__PUBLIC_ORIGIN"):
+        load_settings()
+    monkeypatch.setenv("COFRE_CAPTURE__PUBLIC_ORIGIN", "https://pay.example/")
+    assert load_settings().capture.origin() == "https://pay.example"
+
+
+@pytest.mark.parametrize(
+    ("host", "origin"),
+    [
+        ("127.0.0.1", "https://localhost:8444"),
+        ("::1", "https://localhost:8444"),
+        ("10.0.0.5", "https://10.0.0.5:8444"),
+        ("fd00::5", "https://[fd00::5]:8444"),
+        ("vault.internal", "https://vault.internal:8444"),
+    ],
+)
+def test_the_capture_origin_of_one_address_is_a_url(
+    monkeypatch: pytest.MonkeyPatch, host: str, origin: str
+) -> None:
+    monkeypatch.setenv("COFRE_CAPTURE__PORT", "8444")
+    monkeypatch.setenv("COFRE_CAPTURE__HOST", host)
+    assert load_settings().capture.origin() == origin
