@@ -74,9 +74,14 @@ def export_event(
     return event_dict
 
 
-def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "INFO", stream: TextIO | None = None, *, worker: int | None = None
+) -> None:
     """Send structlog JSON lines to `stream` (stderr by default). Called by the server at
-    start-up (structlog's configuration is process-wide by design).
+    start-up (structlog's configuration is process-wide by design). A worker of several
+    passes its index: every line of the process carries it, from whichever thread (the
+    committer, sequencer, purge and capture listener threads do not inherit a context
+    variable bound in the main thread).
 
     Each line goes out in one write, newline included: `PrintLoggerFactory` prints the
     line and its newline as two writes, and with PYTHONUNBUFFERED (as containers set it)
@@ -85,6 +90,7 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *([] if worker is None else [_WorkerIndex(worker)]),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             mask_pans,
@@ -97,6 +103,17 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
         logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+class _WorkerIndex:
+    """A structlog processor: the line's ``worker``, unless the event names one."""
+
+    def __init__(self, index: int) -> None:
+        self._index = index
+
+    def __call__(self, _: object, __: str, event: MutableMapping[str, Any]) -> Any:
+        event.setdefault("worker", self._index)
+        return event
 
 
 class SecretsIdGenerator(IdGenerator):

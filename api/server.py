@@ -37,7 +37,12 @@ _log = structlog.get_logger("cofre.tls")
 class MaskingFormatter(logging.Formatter):
     """stdlib log records (uvicorn's own, tracebacks included) as one JSON object per
     line, shaped like structlog's (``timestamp``, ``level``, ``logger``, ``event``), with
-    PANs masked: a log pipeline parses every line of the process the same way."""
+    PANs masked: a log pipeline parses every line of the process the same way. A worker
+    of several names itself in each line, as its structlog lines do."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self._worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -46,17 +51,20 @@ class MaskingFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
+        if self._worker is not None:
+            line["worker"] = self._worker
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return mask_pan_like_or_withhold(json.dumps(line, sort_keys=True))
 
 
-def log_config(level: str) -> dict[str, Any]:
-    """The stdlib logging configuration of uvicorn's loggers (JSON lines on stderr)."""
+def log_config(level: str, *, worker: int | None = None) -> dict[str, Any]:
+    """The stdlib logging configuration of uvicorn's loggers (JSON lines on stderr; a
+    worker of several passes its index)."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"masked": {"()": MaskingFormatter}},
+        "formatters": {"masked": {"()": MaskingFormatter, "worker": worker}},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
@@ -98,6 +106,7 @@ def build_server(
     http_protocol: str = "httptools",
     reuse_port: bool = False,
     loads: WorkerLoads | None = None,
+    worker: int | None = None,
 ) -> ManagedServer:
     """Return a configured (not yet started) uvicorn server for `app`; on stop,
     in-flight requests get `graceful_timeout` seconds (None: as long as they take).
@@ -113,7 +122,7 @@ def build_server(
     with SO_REUSEPORT, so several worker processes share the port and the kernel spreads
     new connections across them (`bind_reuse_port`); `loads` is then the worker's slot
     in the node's requests in flight, which evens the load out when the kernel's spread
-    does not (`api.balance`).
+    does not (`api.balance`), and `worker` its index in uvicorn's log lines.
 
     Raises `ApiError` when a TLS file is missing or the port cannot be bound.
     """
@@ -134,7 +143,7 @@ def build_server(
         ssl_certfile=str(tls.cert),
         ssl_keyfile=str(tls.key),
         ssl_ca_certs=str(tls.ca_bundle),
-        log_config=log_config(log_level),
+        log_config=log_config(log_level, worker=worker),
         access_log=False,
         server_header=False,
         date_header=True,

@@ -42,12 +42,13 @@ def capture_app(settings: Settings, service: VaultService) -> Any:
 
 
 def start_capture_listener(
-    settings: Settings, app: Any, *, reuse_port: bool = False, telemetry: Telemetry | None = None
+    settings: Settings, app: Any, *, worker: int | None = None, telemetry: Telemetry | None = None
 ) -> BackgroundServer | None:
     """Start the capture listener in a thread when `COFRE_CAPTURE__PORT` is set (the
-    caller stops it after the mTLS listener has drained); None when it is not. With
-    `reuse_port` (a worker of several, `cofre_cli.workers`) on its own SO_REUSEPORT
-    socket, as the API listener; its failed handshakes counted into `telemetry`.
+    caller stops it after the mTLS listener has drained); None when it is not. In a
+    `worker` of several (`cofre_cli.workers`) on its own SO_REUSEPORT socket, as the
+    API listener, and named in its log lines; its failed handshakes counted into
+    `telemetry`.
 
     Raises `ConfigurationError` without a certificate for it, `ApiError` when a TLS
     file is missing or the listener does not start.
@@ -65,11 +66,11 @@ def start_capture_listener(
         capture.port,
         cert=Path(cert),
         key=Path(key),
-        log_config=log_config(settings.log_level),
+        log_config=log_config(settings.log_level, worker=worker),
         header_timeout=settings.server.header_timeout_seconds,
         telemetry=telemetry,
     )
-    if reuse_port:
+    if worker is not None:
         managed.sockets = bind_reuse_port(capture.host, capture.port)
     server = BackgroundServer(managed)
     server.start()

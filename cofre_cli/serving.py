@@ -89,8 +89,7 @@ def serve_worker(
     sheds a connection when busier than another worker (`api.balance`), and serves its
     own Prometheus listener on the metrics port + `index`."""
     if index is not None:
-        configure_logging(settings.log_level)
-        structlog.contextvars.bind_contextvars(worker=index)
+        configure_logging(settings.log_level, worker=index)
     server = settings.server
     telemetry, stop_telemetry = start_telemetry(settings, os.environ, worker=index or 0)
     try:
@@ -114,6 +113,7 @@ def serve_worker(
             http_protocol=server.http_protocol,
             reuse_port=index is not None,
             loads=_balancer(runtime.telemetry, index, loads),
+            worker=index,
         )
         watcher = api.crl_watcher
         check_ready = runtime.check_ready
@@ -134,7 +134,7 @@ def serve_worker(
                 runtime.readiness,
                 server.health_host,
                 server.health_port,
-                log_config=log_config(settings.log_level),
+                log_config=log_config(settings.log_level, worker=index),
                 reuse_port=index is not None,
             )
         reloads: list[Callable[[], object]] = [
@@ -144,7 +144,7 @@ def serve_worker(
         if watcher is not None:
             reloads.append(watcher.reload)
         capture_server = start_capture_listener(
-            settings, runtime.capture_app, reuse_port=index is not None, telemetry=runtime.telemetry
+            settings, runtime.capture_app, worker=index, telemetry=runtime.telemetry
         )
         # What start-up built lives as long as the process: frozen out of the cyclic
         # collector's sight, its full collections walk only what requests allocate

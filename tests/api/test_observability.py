@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 
 import pytest
@@ -86,6 +87,27 @@ def test_each_log_line_is_one_write_newline_included() -> None:
         assert write.endswith("\n")
         assert write.count("\n") == 1
         json.loads(write)
+
+
+def test_a_workers_lines_carry_its_index_from_every_thread() -> None:
+    """Workers share one stderr. The committer, sequencer, purge and capture listener
+    log from threads of their own, which do not see a context variable the main thread
+    bound (review 21: the capture listener's lines had no ``worker``)."""
+    saved = structlog.get_config()
+    stream = io.StringIO()
+    try:
+        configure_logging(stream=stream, worker=3)
+        thread = threading.Thread(target=lambda: structlog.get_logger().info("from a thread"))
+        thread.start()
+        thread.join()
+        structlog.get_logger().info("from the main thread")
+    finally:
+        structlog.configure(**saved)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(e["event"], e["worker"]) for e in lines] == [
+        ("from a thread", 3),
+        ("from the main thread", 3),
+    ]
 
 
 def test_requests_are_counted_per_route_method_status_and_code() -> None:

@@ -117,6 +117,11 @@ def test_two_workers_share_the_port_and_sqlite_stays_exact(
         vault.stop()
     assert len(tokens) == 40
     events = [json.loads(line) for line in vault.log.read_text().splitlines() if line.strip()]
+    # Every line a worker wrote names it (its threads' and uvicorn's too); only the
+    # supervisor's own lines do not.
+    supervisor = {"starting", "workers started", "INSECURE setting in effect"}
+    unnamed = {e["event"] for e in events if "worker" not in e}
+    assert unnamed <= supervisor, unnamed
     served_by = {e.get("worker") for e in events if e.get("event") == "request"}
     assert served_by == {0, 1}
     stopped = [e for e in events if e.get("event") == "vault stopped"]
