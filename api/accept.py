@@ -50,6 +50,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+# A kernel without the address family (IPv6 turned off at boot): skipped, as asyncio does.
+_MISSING_FAMILY = frozenset({errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT})
+
+
 def listening_sockets(
     host: str | None, port: int, *, reuse_port: bool = False
 ) -> list[socket.socket]:
@@ -65,8 +69,10 @@ def listening_sockets(
         for family, kind, proto, _, address in dict.fromkeys(infos):
             try:
                 sock = socket.socket(family, kind, proto)
-            except OSError:
-                continue
+            except OSError as exc:
+                if exc.errno in _MISSING_FAMILY:
+                    continue
+                raise
             sockets.append(sock)
             _bind(sock, family, address, reuse_port=reuse_port)
     except OSError:

@@ -218,3 +218,52 @@ def test_a_taken_address_is_named_and_nothing_of_ours_stays_bound(
         other = "::1" if busy == "127.0.0.1" else "127.0.0.1"
         with socket.socket(socket.AF_INET6 if ":" in other else socket.AF_INET) as free:
             free.bind((other, port))
+
+
+def test_an_unknown_host_is_a_clear_api_error() -> None:
+    with pytest.raises(ApiError, match=r"cannot listen on no-such-host\.invalid:8444 \(.+\)"):
+        bind_reuse_port("no-such-host.invalid", 8444)
+
+
+def test_out_of_descriptors_is_not_reported_as_a_missing_address_family(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 22: only a family the kernel lacks (EAFNOSUPPORT) is skipped; a process
+    out of descriptors must say so, not "no address can be opened here"."""
+
+    class NoDescriptors(socket.socket):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(socket, "socket", NoDescriptors)
+    with pytest.raises(ApiError, match="Too many open files"):
+        bind_reuse_port("127.0.0.1", 0)
+
+
+def test_out_of_descriptors_on_one_family_does_not_drop_it_silently(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """localhost is ::1 and 127.0.0.1: running out of descriptors on the second must
+    not leave a worker listening on the first only."""
+    original = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "dual.test":
+            return original(host, port, *args, **kwargs)
+        return original("::1", port, *args, **kwargs) + original("127.0.0.1", port, *args, **kwargs)
+
+    class SecondFails(socket.socket):
+        def __init__(self, family: int = -1, *args: Any, **kwargs: Any) -> None:
+            if family == socket.AF_INET:
+                raise OSError(errno.EMFILE, "Too many open files")
+            super().__init__(family, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "socket", SecondFails)
+    sockets: list[socket.socket] = []
+    try:
+        with pytest.raises(ApiError, match="Too many open files"):
+            sockets = bind_reuse_port("dual.test", 0)
+    finally:
+        for sock in sockets:
+            sock.close()
