@@ -10,7 +10,9 @@ command lines are visible to every user of the machine through ``/proc``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -296,8 +298,22 @@ class TokenSettings(_Section):
     purge_interval_seconds: float = Field(default=300.0, gt=0, le=86400)
 
 
-# Hosts that mean every interface rather than one address.
-_WILDCARDS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - recognised, not bound here
+def _every_interface(host: str) -> bool:
+    """Whether `host` binds every interface: empty, or any spelling of 0.0.0.0 or ::
+    (``0``, ``0x0``, ``0:0:0:0:0:0:0:0``, ``0000::``; getaddrinfo accepts them all)."""
+    if not host:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        pass
+    try:
+        return socket.inet_aton(host) == bytes(4)
+    except OSError:
+        return False
+
+
+_LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 
 
 class CaptureSettings(_Section):
@@ -325,7 +341,7 @@ class CaptureSettings(_Section):
     def _reachable_origin(self) -> CaptureSettings:
         # A wildcard host names no address a browser could reach: the hosted fields'
         # origin (frame-ancestors, CORS, the session's check) would be https://0.0.0.0.
-        if self.port is not None and self.public_origin is None and self.host in _WILDCARDS:
+        if self.port is not None and self.public_origin is None and _every_interface(self.host):
             raise ValueError(
                 f"COFRE_CAPTURE__HOST {self.host!r} listens on every interface: set "
                 "COFRE_CAPTURE__PUBLIC_ORIGIN to the origin browsers reach it at"
@@ -336,10 +352,21 @@ class CaptureSettings(_Section):
         """This listener's public origin."""
         if self.public_origin is not None:
             return self.public_origin.rstrip("/")
-        host = "localhost" if self.host in ("127.0.0.1", "::1", "localhost") else self.host
-        if ":" in host:  # an IPv6 literal is bracketed in a URL (RFC 3986 3.2.2)
-            host = f"[{host}]"
-        return f"https://{host}:{self.port}"
+        host = self.host
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            address = None
+        if host == "localhost" or address in _LOOPBACK:
+            host = "localhost"
+        elif address is not None:
+            # As a browser serialises the origin it sends: RFC 5952's canonical text,
+            # an IPv6 literal bracketed (RFC 3986 3.2.2).
+            host = f"[{address.compressed}]" if address.version == 6 else str(address)
+        else:
+            host = host.lower()  # a browser's Origin spells the host in lower case
+        # ... and leaves out the scheme's default port (RFC 6454 6.1).
+        return f"https://{host}" if self.port == 443 else f"https://{host}:{self.port}"
 
 
 class Settings(BaseSettings):

@@ -113,3 +113,40 @@ def test_the_capture_origin_of_one_address_is_a_url(
     monkeypatch.setenv("COFRE_CAPTURE__PORT", "8444")
     monkeypatch.setenv("COFRE_CAPTURE__HOST", host)
     assert load_settings().capture.origin() == origin
+
+
+# Each binds every interface (getaddrinfo with AI_PASSIVE gives 0.0.0.0 or ::).
+@pytest.mark.parametrize("host", ["0", "0x0", "0:0:0:0:0:0:0:0", "::0", "0000::"])
+def test_every_spelling_of_every_interface_needs_a_public_origin(
+    monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    monkeypatch.setenv("COFRE_CAPTURE__PORT", "8444")
+    monkeypatch.setenv("COFRE_CAPTURE__HOST", host)
+    with pytest.raises(ConfigurationError, match="COFRE_CAPTURE__PUBLIC_ORIGIN"):
+        load_settings()
+
+
+# The hosted fields' frame posts with the Origin header its browser serialises; the
+# listener compares it with origin() as a string (api.capture: origin == own_origin).
+@pytest.mark.parametrize(
+    ("host", "browser_origin"),
+    [
+        ("FD00::5", "https://[fd00::5]:8444"),
+        ("fd00:0:0:0:0:0:0:5", "https://[fd00::5]:8444"),
+        ("0:0:0:0:0:0:0:1", "https://localhost:8444"),
+    ],
+)
+def test_an_ipv6_origin_is_what_the_browser_sends(
+    monkeypatch: pytest.MonkeyPatch, host: str, browser_origin: str
+) -> None:
+    monkeypatch.setenv("COFRE_CAPTURE__PORT", "8444")
+    monkeypatch.setenv("COFRE_CAPTURE__HOST", host)
+    assert load_settings().capture.origin() == browser_origin
+
+
+def test_the_default_https_port_is_not_in_the_origin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A browser's Origin omits the default port and spells a name in lower case
+    (RFC 6454 6.1): the frame's check compares strings (review 22)."""
+    monkeypatch.setenv("COFRE_CAPTURE__PORT", "443")
+    monkeypatch.setenv("COFRE_CAPTURE__HOST", "Pay.Example")
+    assert load_settings().capture.origin() == "https://pay.example"
