@@ -72,6 +72,10 @@ def log_config(level: str, *, worker: int | None = None) -> dict[str, Any]:
                 "stream": "ext://sys.stderr",
             }
         },
+        # Every other stdlib logger (asyncio's exception handler, OpenTelemetry's
+        # exporters, SQLAlchemy): the same JSON line, masked, with the worker; not
+        # Python's last-resort handler (plain text, no mask).
+        "root": {"handlers": ["stderr"], "level": "WARNING"},
         "loggers": {
             "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},
             "uvicorn.error": {"handlers": ["stderr"], "level": level, "propagate": False},

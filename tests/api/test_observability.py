@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import logging.config
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import structlog
@@ -20,6 +26,7 @@ from api.observability import (
     new_meter_provider,
     new_tracer_provider,
 )
+from api.server import MaskingFormatter, log_config
 
 
 def _span(status: int) -> tuple[str, int, dict[str, object]]:
@@ -131,3 +138,101 @@ def test_requests_are_counted_per_route_method_status_and_code() -> None:
         for p in metric.data.data_points
     }
     assert counts == {(200, ""): 2, (429, "rate_limited"): 1}
+
+
+PAN = "4111111111111111"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _structlog_lines(worker: int | None, **event: object) -> list[dict[str, object]]:
+    saved = structlog.get_config()
+    stream = io.StringIO()
+    try:
+        configure_logging(stream=stream, worker=worker)
+        structlog.get_logger("t").info("card " + PAN, **event)
+    finally:
+        structlog.configure(**saved)
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_a_workers_structlog_line_is_still_masked() -> None:
+    (line,) = _structlog_lines(3, card=PAN, nested={"pan": PAN})
+    assert line["worker"] == 3
+    assert PAN not in json.dumps(line)
+
+
+def test_a_single_process_line_has_no_worker() -> None:
+    (line,) = _structlog_lines(None)
+    assert "worker" not in line
+    assert PAN not in json.dumps(line)
+
+
+def test_uvicorns_lines_of_a_worker_name_it_and_are_masked() -> None:
+    config = log_config("INFO", worker=2)
+    formatter = logging.config.DictConfigurator(config).configure_formatter(
+        dict(config["formatters"]["masked"])
+    )
+    assert isinstance(formatter, MaskingFormatter)
+    error = ValueError("bad card " + PAN)
+    record = logging.LogRecord(
+        "uvicorn.error",
+        logging.ERROR,
+        __file__,
+        1,
+        "peer sent %s",
+        (PAN,),
+        (ValueError, error, None),
+    )
+    line = json.loads(formatter.format(record))
+    assert line["worker"] == 2
+    assert PAN not in json.dumps(line)
+    single = json.loads(MaskingFormatter().format(record))
+    assert "worker" not in single
+
+
+# What a worker process configures (serve_worker: configure_logging, then uvicorn's
+# dictConfig of log_config), then stdlib lines from outside uvicorn: asyncio's exception
+# handler (an exception in a protocol callback), OpenTelemetry's exporter failing.
+_WORKER = textwrap.dedent(
+    """
+    import asyncio, logging, logging.config
+    import structlog
+    from api.observability import configure_logging
+    from api.server import log_config
+    configure_logging("INFO", worker=1)
+    logging.config.dictConfig(log_config("INFO", worker=1))
+    structlog.get_logger("cofre.vault").info("vault started")
+    logging.getLogger("uvicorn.error").info("Application startup complete.")
+    loop = asyncio.new_event_loop()
+    loop.call_exception_handler(
+        {"message": "Exception in callback", "exception": ValueError("card PAN")}
+    )
+    loop.close()
+    logging.getLogger("opentelemetry.sdk._shared_internal").error(
+        "Exception while exporting Span batch."
+    )
+    """
+).replace("PAN", PAN)
+
+
+def test_every_line_of_a_worker_is_json_names_it_and_holds_no_pan() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _WORKER],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=ROOT,
+    )
+    assert PAN not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    unnamed = []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            unnamed.append(line)
+            continue
+        if event.get("worker") != 1:
+            unnamed.append(line)
+    assert not unnamed, done.stderr
