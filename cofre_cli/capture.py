@@ -19,9 +19,23 @@ from api.server import BackgroundServer, log_config
 from cofre.errors import ConfigurationError
 from cofre.settings import Settings
 from policies.models import RateLimit
+from vault.capture import normalize_origin
+from vault.errors import InvalidOrigin
 from vault.service import VaultService
 
 _log = structlog.get_logger("cofre.capture")
+
+
+def capture_origin(settings: Settings) -> str:
+    """The capture listener's origin as browsers send it in ``Origin`` (lower case, the
+    default port dropped): the hosted fields' frame and CORS compare it as a string.
+
+    Raises `ConfigurationError` when `COFRE_CAPTURE__PUBLIC_ORIGIN` is not an https
+    origin (a path, a wildcard, http)."""
+    try:
+        return normalize_origin(settings.capture.origin())
+    except InvalidOrigin as exc:
+        raise ConfigurationError(f"COFRE_CAPTURE__PUBLIC_ORIGIN: {exc}") from None
 
 
 def capture_app(settings: Settings, service: VaultService) -> Any:
@@ -30,7 +44,7 @@ def capture_app(settings: Settings, service: VaultService) -> Any:
     return create_capture_app(
         CaptureState(
             service=service,
-            public_origin=capture.origin(),
+            public_origin=capture_origin(settings),
             per_session=RateLimit(
                 per_second=capture.session_per_second, burst=capture.session_burst
             ),
@@ -74,5 +88,5 @@ def start_capture_listener(
         managed.sockets = bind_reuse_port(capture.host, capture.port)
     server = BackgroundServer(managed)
     server.start()
-    _log.info("capture listener started", origin=capture.origin(), host=capture.host)
+    _log.info("capture listener started", origin=capture_origin(settings), host=capture.host)
     return server

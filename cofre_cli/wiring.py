@@ -40,7 +40,7 @@ from audit.sequencer import Sequencer, SequencerThread
 from cofre.errors import CofreError, ConfigurationError
 from cofre.filemodes import refuse_readable_secrets, secure_data_dir
 from cofre.settings import Settings
-from cofre_cli.capture import capture_app
+from cofre_cli.capture import capture_app, capture_origin
 from cofre_cli.key_management import key_management
 from cofre_cli.witnessing import (
     observe_witnesses,
@@ -389,7 +389,7 @@ def build_runtime(
             rotation=rotation,
             evidence=evidence,
             api_docs=settings.server.api_docs,
-            capture_origin=settings.capture.origin() if settings.capture.port else None,
+            capture_origin=capture_origin(settings) if settings.capture.port else None,
             capture_allow_http_localhost=settings.capture.allow_http_localhost,
             officer_mfa=keys.officer_mfa,
             custody=keys.custody,
