@@ -410,7 +410,7 @@ def build_runtime(
         check_ready=check_ready,
         readiness=readiness,
         policy_sha256=loaded.sha256,
-        capture_app=capture_app(settings, service),
+        capture_app=capture_app(settings, service) if settings.capture.port else None,
         publisher_thread=publisher_thread,
     )
 
