@@ -94,6 +94,7 @@ def normalize_origin(text: str, *, allow_http_localhost: bool = False) -> str:
         raise InvalidOrigin("an origin has no user info, path, query or fragment")
     if not host or "*" in text:
         raise InvalidOrigin("an origin names one exact host (no wildcards)")
+    host = _canonical_host(host)
     display_host = f"[{host}]" if ":" in host else host
     if scheme == "http":
         if not (allow_http_localhost and display_host in _LOCAL_HOSTS):
@@ -107,6 +108,24 @@ def normalize_origin(text: str, *, allow_http_localhost: bool = False) -> str:
     default = 443 if scheme == "https" else 80
     suffix = "" if port is None or port == default else f":{port}"
     return f"{scheme}://{display_host}{suffix}"
+
+
+def _canonical_host(host: str) -> str:
+    """`host` as a browser serialises it in ``Origin``: an IP literal in its canonical
+    text (IPv6 per RFC 5952). A zone id, or a name ending in a number (an IPv4 address
+    to a browser, WHATWG URL, in a spelling Python does not parse), is refused."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        last = host.rsplit(".", 1)[-1]
+        if last.isdigit() or last.startswith("0x"):
+            raise InvalidOrigin("an IPv4 origin is written as four decimal numbers") from None
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id is not None:
+            raise InvalidOrigin("an origin's IPv6 address has no zone id")
+        return address.compressed
+    return str(address)
 
 
 def _check_host(host: str) -> None:
