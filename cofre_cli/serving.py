@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
+import logging.config
 import os
 from collections.abc import Callable, Mapping
 
@@ -40,6 +42,16 @@ from policies.loader import load_policy
 _log = structlog.get_logger("cofre.vault")
 
 
+def _configure_logs(level: str, worker: int | None) -> None:
+    """Every line the process writes as masked JSON from its first: structlog's, and
+    the stdlib's root logger and `warnings` (SQLAlchemy's, pydantic's serializer
+    warnings quote the input), before the exporters, the database and the HSM start;
+    uvicorn applies the same `log_config` again when its servers are built."""
+    configure_logging(level, worker=worker)
+    logging.captureWarnings(True)
+    logging.config.dictConfig(log_config(level, worker=worker))
+
+
 def serve(settings: Settings, *, migrate_schema: bool = False, production: bool = True) -> None:
     """Run the vault API (and the health listener, when a port is set) in the foreground
     until SIGTERM or SIGINT, drain (`api.lifecycle`), then wipe the keys and close the
@@ -48,7 +60,7 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
     `cofre db migrate` first, as the owner role). With more than one worker
     (``server.workers``, default one per core) each runs in its own process
     (`cofre_cli.workers`); raises `SystemExit` with the node's status when one failed."""
-    configure_logging(settings.log_level)
+    _configure_logs(settings.log_level, None)
     allowed = production_checks(settings) if production else []
     policy = load_policy(settings.policy_file)
     workers = worker_count(settings)
@@ -89,7 +101,7 @@ def serve_worker(
     sheds a connection when busier than another worker (`api.balance`), and serves its
     own Prometheus listener on the metrics port + `index`."""
     if index is not None:
-        configure_logging(settings.log_level, worker=index)
+        _configure_logs(settings.log_level, index)
     server = settings.server
     telemetry, stop_telemetry = start_telemetry(settings, os.environ, worker=index or 0)
     try:
