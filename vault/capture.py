@@ -61,6 +61,7 @@ _SESSION_ALPHABET: Final = string.ascii_lowercase
 _SESSION_CHARS: Final = frozenset(_SESSION_ALPHABET)
 _SECRET_PREFIX: Final = "cofre_cs_"  # noqa: S105 - a prefix that names the kind, not a secret
 _LOCAL_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
+_HEX_DIGITS: Final = frozenset("0123456789abcdef")
 _HOST_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
 
 
@@ -118,14 +119,34 @@ def _canonical_host(host: str) -> str:
         address = ipaddress.ip_address(host)
     except ValueError:
         last = host.rsplit(".", 1)[-1]
-        if last.isdigit() or last.startswith("0x"):
+        if last.isdigit() or (last.startswith("0x") and set(last[2:]) <= _HEX_DIGITS):
             raise InvalidOrigin("an IPv4 origin is written as four decimal numbers") from None
         return host
     if isinstance(address, ipaddress.IPv6Address):
         if address.scope_id is not None:
             raise InvalidOrigin("an origin's IPv6 address has no zone id")
-        return address.compressed
+        return _ipv6_text(address)
     return str(address)
+
+
+def _ipv6_text(address: ipaddress.IPv6Address) -> str:
+    """WHATWG URL's IPv6 serializer, as browsers write it: eight hex pieces, the first
+    longest run of two or more zero pieces as ``::``, never a dotted IPv4 tail (Python
+    3.13's `IPv6Address.compressed` writes an IPv4-mapped address dotted)."""
+    packed = address.packed
+    pieces = [int.from_bytes(packed[i : i + 2], "big") for i in range(0, 16, 2)]
+    start, length, i = -1, 1, 0
+    while i < 8:
+        j = i
+        while j < 8 and pieces[j] == 0:
+            j += 1
+        if j - i > length:
+            start, length = i, j - i
+        i = max(j, i + 1)
+    text = [f"{piece:x}" for piece in pieces]
+    if start < 0:
+        return ":".join(text)
+    return ":".join(text[:start]) + "::" + ":".join(text[start + length :])
 
 
 def _check_host(host: str) -> None:

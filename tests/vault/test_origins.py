@@ -1,0 +1,75 @@
+"""`vault.capture.normalize_origin` spells an IP literal as a browser's ``Origin`` does
+(the WHATWG URL host serializer) and refuses only what a browser reads as IPv4: the
+hosted fields' checks compare origins as strings."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vault.capture import _ipv6_text, normalize_origin
+from vault.errors import InvalidOrigin
+
+# What Chrome, Firefox and Node (`new URL(o).origin`) give (review 24): IPv6 always in
+# hex pieces, an IPv4-mapped address included (Python 3.13's `compressed` writes it
+# dotted; requires-python allows 3.13).
+BROWSER_SPELLING = [
+    ("https://[::ffff:127.0.0.1]", "https://[::ffff:7f00:1]"),
+    ("https://[::ffff:7f00:1]:8443", "https://[::ffff:7f00:1]:8443"),
+    ("https://[::FFFF:10.0.0.1]", "https://[::ffff:a00:1]"),
+    ("https://[::ffff:0:0]", "https://[::ffff:0:0]"),
+    ("https://[FD00:0:0:0:0:0:0:5]:8444", "https://[fd00::5]:8444"),
+    ("https://[2001:DB8:0:0:1:0:0:1]", "https://[2001:db8::1:0:0:1]"),
+    ("https://[1:0:0:2:0:0:0:3]", "https://[1:0:0:2::3]"),
+    ("https://[1:0:2:3:4:5:6:7]", "https://[1:0:2:3:4:5:6:7]"),
+]
+
+
+@pytest.mark.parametrize(("configured", "browser_sends"), BROWSER_SPELLING)
+def test_an_ipv6_origin_is_spelt_as_browsers_send_it(configured: str, browser_sends: str) -> None:
+    assert normalize_origin(configured) == browser_sends
+
+
+@given(st.integers(min_value=0, max_value=2**128 - 1))
+def test_the_serializer_is_rfc_5952_outside_ipv4_mapped_addresses(value: int) -> None:
+    """WHATWG's serializer and RFC 5952 (Python's `compressed`) agree but for the dotted
+    tail of an IPv4-mapped address, which only newer Pythons write."""
+    address = ipaddress.IPv6Address(value)
+    if address.ipv4_mapped is None:
+        assert _ipv6_text(address) == address.compressed
+    assert ipaddress.IPv6Address(_ipv6_text(address)) == address
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        # "Ends in a number" is the last label all digits, or 0x with hex digits only;
+        # these are names, and browsers send them as they are.
+        "https://shop.0xbox",
+        "https://0xcafe-intranet",
+        "https://pay.0xg",
+        "https://a.123abc",
+    ],
+)
+def test_a_name_whose_last_label_only_looks_numeric_is_a_dns_name(origin: str) -> None:
+    assert normalize_origin(origin) == origin
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://shop.0x",
+        "https://shop.0x1f",
+        "https://a.123",
+        "https://010.0.0.1",
+        "https://10.1",
+        "https://0X7f.0.0.1",
+        "https://[fe80::1%25eth0]",
+    ],
+)
+def test_what_a_browser_reads_as_another_address_is_refused(origin: str) -> None:
+    with pytest.raises(InvalidOrigin):
+        normalize_origin(origin)
