@@ -353,10 +353,14 @@ class CaptureSettings(_Section):
         if self.public_origin is not None:
             return self.public_origin.rstrip("/")
         host = self.host
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
-            address = None
+            try:  # 127.1, 0x7f.0.0.1: the address getaddrinfo binds (as _every_interface)
+                address = ipaddress.IPv4Address(socket.inet_aton(host))
+            except OSError:
+                address = None
         if host == "localhost" or address in _LOOPBACK:
             host = "localhost"
         elif address is not None:

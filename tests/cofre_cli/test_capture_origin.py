@@ -109,3 +109,19 @@ def test_an_idn_or_trailing_dot_origin_is_refused_with_its_setting_named() -> No
 def test_the_default_ipv6_origin_is_canonical() -> None:
     settings = Settings(capture=CaptureSettings.model_validate({"port": 8444, "host": "FD00:0::5"}))
     assert capture_origin(settings) == "https://[fd00::5]:8444"
+
+
+@pytest.mark.parametrize(
+    ("host", "origin"),
+    [
+        ("127.1", "https://localhost:8444"),
+        ("0x7f.0.0.1", "https://localhost:8444"),
+        ("10.1", "https://10.0.0.1:8444"),
+    ],
+)
+def test_a_host_in_another_ipv4_spelling_gets_the_origin_of_the_address_it_binds(
+    host: str, origin: str
+) -> None:
+    """getaddrinfo binds these (as `_every_interface` reads them); the origin is the
+    bound address's, not a start refused for a setting the operator never set."""
+    assert capture_origin(_settings(host=host)) == origin
