@@ -77,8 +77,8 @@ def log_config(level: str, *, worker: int | None = None) -> dict[str, Any]:
         # Python's last-resort handler (plain text, no mask).
         "root": {"handlers": ["stderr"], "level": "WARNING"},
         "loggers": {
-            "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},
-            "uvicorn.error": {"handlers": ["stderr"], "level": level, "propagate": False},
+            "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "uvicorn.error": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
             # Per-request logging is ours (route templates, masked); uvicorn's access log
             # would print raw paths.
             "uvicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},

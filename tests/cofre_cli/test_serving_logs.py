@@ -49,3 +49,18 @@ def test_every_line_of_a_worker_is_masked_json_naming_it_from_the_first() -> Non
     events = [json.loads(line) for line in lines]
     assert [e["worker"] for e in events] == [1] * 5, events
     assert events[0]["event"] == "starting"
+
+
+def test_a_lower_case_log_level_is_accepted() -> None:
+    """COFRE_LOG_LEVEL=info: structlog took it, the stdlib configuration raised (now at
+    the first line of `serve`, before, when uvicorn built its server)."""
+    script = "from cofre_cli.serving import _configure_logs\n_configure_logs('info', None)\n"
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
