@@ -30,6 +30,18 @@ async def _refused(host: str, port: int) -> bool:
     return False
 
 
+def _dual_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resolve ``dual.test`` to ::1 then 127.0.0.1, as Debian resolves ``localhost``."""
+    original = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "dual.test":
+            return original(host, port, *args, **kwargs)
+        return original("::1", port, *args, **kwargs) + original("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
 def test_a_tls_listener_on_the_ipv6_wildcard_does_not_take_ipv4_too(loop_name: str) -> None:
     """As both loops' own servers (IPV6_V6ONLY): a listener configured on "::" is not
@@ -57,14 +69,7 @@ def test_a_tls_listener_serves_every_address_of_its_host(
 ) -> None:
     """A host name with an IPv6 and an IPv4 address (Debian's ``localhost``: ::1 first)
     is served on both, as the loops' own servers do, not on the first one only."""
-    original = socket.getaddrinfo
-
-    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if host != "dual.test":
-            return original(host, port, *args, **kwargs)
-        return original("::1", port, *args, **kwargs) + original("127.0.0.1", port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    _dual_host(monkeypatch)
 
     async def body() -> None:
         loop = asyncio.get_running_loop()
@@ -128,14 +133,7 @@ def test_workers_sockets_bind_like_the_single_process_listener(
     """`cofre serve --workers N` binds its own sockets (SO_REUSEPORT, `bind_reuse_port`):
     they cover every address of the host, the IPv6 ones IPv6-only, as one process's
     listener does; and a second worker can join the same port."""
-    original = socket.getaddrinfo
-
-    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if host != "dual.test":
-            return original(host, port, *args, **kwargs)
-        return original("::1", port, *args, **kwargs) + original("127.0.0.1", port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    _dual_host(monkeypatch)
     probe = listening_socket("127.0.0.1", 0)
     free = probe.getsockname()[1]
     probe.close()
@@ -198,14 +196,7 @@ def test_a_taken_address_is_named_and_nothing_of_ours_stays_bound(
 ) -> None:
     """Another process holds one of a host's two addresses: the error says which, no
     descriptor is left open, and the other address is free again."""
-    original = socket.getaddrinfo
-
-    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if host != "dual.test":
-            return original(host, port, *args, **kwargs)
-        return original("::1", port, *args, **kwargs) + original("127.0.0.1", port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    _dual_host(monkeypatch)
     family = socket.AF_INET6 if ":" in busy else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as foreign:
         foreign.bind((busy, 0))
@@ -245,12 +236,7 @@ def test_out_of_descriptors_on_one_family_does_not_drop_it_silently(
 ) -> None:
     """localhost is ::1 and 127.0.0.1: running out of descriptors on the second must
     not leave a worker listening on the first only."""
-    original = socket.getaddrinfo
-
-    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if host != "dual.test":
-            return original(host, port, *args, **kwargs)
-        return original("::1", port, *args, **kwargs) + original("127.0.0.1", port, *args, **kwargs)
+    _dual_host(monkeypatch)
 
     class SecondFails(socket.socket):
         def __init__(self, family: int = -1, *args: Any, **kwargs: Any) -> None:
@@ -258,7 +244,6 @@ def test_out_of_descriptors_on_one_family_does_not_drop_it_silently(
                 raise OSError(errno.EMFILE, "Too many open files")
             super().__init__(family, *args, **kwargs)
 
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     monkeypatch.setattr(socket, "socket", SecondFails)
     sockets: list[socket.socket] = []
     try:
