@@ -47,6 +47,8 @@ What it leaves alone, in what leaves the vault (not in `holds_pan_like`):
   is refused at the API edge unless it is short plain text, and metadata is checked
   with `holds_pan_like`, which has no exemption. A card glued to a hex word of any
   other length is masked: ``deadbeef`` four times then 16 digits is 48 characters.
+- in JSON values, an `OwnDigest`: a digest Cofre computed itself (a policy file's
+  SHA-256), whole even in the one case in fifty the rule above would mask it.
 
 12 to 19 digits become the first six digits, asterisks and the last four, the most
 PCI DSS 4.0.1 req. 3.4.1 allows to be shown, with fewer leading digits on cards under
@@ -451,11 +453,30 @@ def _int_digits(value: int) -> str:
         return "*" * (MAX_DIGITS + 1)
 
 
+class OwnDigest(str):
+    """A lowercase hex digest Cofre computed itself (a policy file's SHA-256), left whole
+    by `mask_pan_values`: about one SHA-256 in fifty holds a Luhn-valid 13 to 19 digit
+    run by chance, and masking it broke the link from the log line to the file (the
+    `starting` line's ``policy_sha256``). A digest's length and a letter are required,
+    so no card number fits; never wrap input in it."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: str) -> OwnDigest:
+        if len(value) not in _DIGEST_LENGTHS or not _OWN_DIGEST.fullmatch(value):
+            raise TypeError("an OwnDigest is a lowercase hex digest with a letter in it")
+        return super().__new__(cls, value)
+
+
+_OWN_DIGEST: Final = re.compile(r"(?=[0-9a-f]*[a-f])[0-9a-f]+")
+
+
 def mask_pan_values(value: Any) -> Any:
     """Return a copy of the JSON-like `value` (dicts, lists, strings, numbers) with every
-    PAN-like value masked (see the module text). Masked numbers become strings."""
+    PAN-like value masked (see the module text). Masked numbers become strings; an
+    `OwnDigest` is left whole."""
     if isinstance(value, str):
-        return mask_pan_like(value)
+        return value if type(value) is OwnDigest else mask_pan_like(value)
     if isinstance(value, int | float) and not isinstance(value, bool):
         return _mask_number(value)
     if isinstance(value, dict):

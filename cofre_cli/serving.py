@@ -28,6 +28,7 @@ from api.observability import (
 )
 from api.otlp import otlp_from_env
 from api.server import build_server, log_config, reload_server_certificate
+from cofre.redaction import OwnDigest
 from cofre.settings import Settings
 from cofre_cli.capture import start_capture_listener
 from cofre_cli.wiring import (
@@ -69,7 +70,7 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
         mode="production" if production else "dev",
         configuration=settings.redacted(),
         policy_source=policy.source,
-        policy_sha256=policy.sha256,
+        policy_sha256=OwnDigest(policy.sha256),
         workers=workers,
     )
     for name in allowed:

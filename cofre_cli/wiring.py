@@ -39,6 +39,7 @@ from audit.publisher import PublisherThread
 from audit.sequencer import Sequencer, SequencerThread
 from cofre.errors import CofreError, ConfigurationError
 from cofre.filemodes import refuse_readable_secrets, secure_data_dir
+from cofre.redaction import OwnDigest
 from cofre.settings import Settings
 from cofre_cli.capture import capture_app, capture_origin
 from cofre_cli.key_management import key_management
@@ -185,7 +186,7 @@ class Runtime:
             PolicyEngine(loaded.policy), actor="cofre", source=loaded.source, text=loaded.text
         )
         self.policy_sha256 = loaded.sha256
-        _log.info("policy reloaded", source=loaded.source, sha256=loaded.sha256)
+        _log.info("policy reloaded", source=loaded.source, sha256=OwnDigest(loaded.sha256))
         _warn_without_mfa(self.service.policy)
         return True
 
