@@ -211,6 +211,8 @@ def test_opening_a_session_needs_the_capture_operation_and_formats(
         _session(service, formats=())
     with pytest.raises(InvalidOrigin):
         _session(service, origin="http://shop.example")
+    with pytest.raises(InvalidOrigin, match="IPv6"):  # CSP frame-ancestors has no IPv6 form
+        _session(service, origin="https://[2001:db8::1]")
     assert _count(engine, "capture_sessions") == 0
     denied = [e for e in _audit(engine, "capture") if e["outcome"] == "denied"]
     failed = [e for e in _audit(engine, "capture.session.create") if e["outcome"] == "failed"]

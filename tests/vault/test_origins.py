@@ -73,3 +73,18 @@ def test_a_name_whose_last_label_only_looks_numeric_is_a_dns_name(origin: str) -
 def test_what_a_browser_reads_as_another_address_is_refused(origin: str) -> None:
     with pytest.raises(InvalidOrigin):
         normalize_origin(origin)
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://[2001:db8::1]", "https://[::1]:8443", "http://[::1]:8000"]
+)
+def test_a_page_that_frames_the_fields_is_not_named_by_an_ipv6_address(origin: str) -> None:
+    """The session's origin is written into CSP frame-ancestors, whose host-source has no
+    IPv6 form (w3c/webappsec#49): a browser would drop it and no page could frame the
+    fields, so the shop's backend is told at once."""
+    with pytest.raises(InvalidOrigin, match="IPv6"):
+        normalize_origin(origin, allow_http_localhost=True, frame_ancestor=True)
+    assert normalize_origin("https://192.0.2.7:8443", frame_ancestor=True) == (
+        "https://192.0.2.7:8443"
+    )
+    assert normalize_origin("https://[2001:db8::1]") == "https://[2001:db8::1]"

@@ -77,7 +77,9 @@ class CaptureOperations(TokenizeOperations):
             rules = self._authorize(ctx, Action.CAPTURE, token_format=request.formats[0])
             for other in request.formats[1:]:
                 self._authorize(ctx, Action.CAPTURE, token_format=other)
-            origin = normalize_origin(request.origin, allow_http_localhost=allow_http_localhost)
+            origin = normalize_origin(
+                request.origin, allow_http_localhost=allow_http_localhost, frame_ancestor=True
+            )
             session_id = new_session_id()
             secret, secret_hash = new_secret()
             self._refuse_spent(ctx, rules, 1)
