@@ -16,6 +16,7 @@ __all__ = [
     "dberrors",
     "errors",
     "filemodes",
+    "origins",
     "redaction",
     "settings",
 ]

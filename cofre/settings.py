@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from cofre.errors import ConfigurationError
+from cofre.origins import ipv6_text
 
 DEFAULT_SOFTHSM_LIBRARY = Path("/usr/lib/softhsm/libsofthsm2.so")
 
@@ -364,9 +365,9 @@ class CaptureSettings(_Section):
         if host == "localhost" or address in _LOOPBACK:
             host = "localhost"
         elif address is not None:
-            # As a browser serialises the origin it sends: RFC 5952's canonical text,
-            # an IPv6 literal bracketed (RFC 3986 3.2.2).
-            host = f"[{address.compressed}]" if address.version == 6 else str(address)
+            # As a browser serialises the origin it sends (WHATWG URL), an IPv6
+            # literal bracketed (RFC 3986 3.2.2).
+            host = f"[{ipv6_text(address)}]" if address.version == 6 else str(address)
         else:
             host = host.lower()  # a browser's Origin spells the host in lower case
         # ... and leaves out the scheme's default port (RFC 6454 6.1).

@@ -28,6 +28,7 @@ from enum import StrEnum
 from typing import Final
 from urllib.parse import urlsplit
 
+from cofre.origins import ipv6_text
 from vault.errors import CaptureRequestInvalid, InvalidOrigin, InvalidTTL, SecurityCodeNotAllowed
 from vault.models import TokenRecord
 from vault.pan import Pan
@@ -136,28 +137,8 @@ def _canonical_host(host: str) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         if address.scope_id is not None:
             raise InvalidOrigin("an origin's IPv6 address has no zone id")
-        return _ipv6_text(address)
+        return ipv6_text(address)
     return str(address)
-
-
-def _ipv6_text(address: ipaddress.IPv6Address) -> str:
-    """WHATWG URL's IPv6 serializer, as browsers write it: eight hex pieces, the first
-    longest run of two or more zero pieces as ``::``, never a dotted IPv4 tail (Python
-    3.13's `IPv6Address.compressed` writes an IPv4-mapped address dotted)."""
-    packed = address.packed
-    pieces = [int.from_bytes(packed[i : i + 2], "big") for i in range(0, 16, 2)]
-    start, length, i = -1, 1, 0
-    while i < 8:
-        j = i
-        while j < 8 and pieces[j] == 0:
-            j += 1
-        if j - i > length:
-            start, length = i, j - i
-        i = max(j, i + 1)
-    text = [f"{piece:x}" for piece in pieces]
-    if start < 0:
-        return ":".join(text)
-    return ":".join(text[:start]) + "::" + ":".join(text[start + length :])
 
 
 def _check_host(host: str) -> None:

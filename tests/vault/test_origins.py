@@ -4,13 +4,9 @@ hosted fields' checks compare origins as strings."""
 
 from __future__ import annotations
 
-import ipaddress
-
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from vault.capture import _ipv6_text, normalize_origin
+from vault.capture import normalize_origin
 from vault.errors import InvalidOrigin
 
 # What Chrome, Firefox and Node (`new URL(o).origin`) give (review 24): IPv6 always in
@@ -31,16 +27,6 @@ BROWSER_SPELLING = [
 @pytest.mark.parametrize(("configured", "browser_sends"), BROWSER_SPELLING)
 def test_an_ipv6_origin_is_spelt_as_browsers_send_it(configured: str, browser_sends: str) -> None:
     assert normalize_origin(configured) == browser_sends
-
-
-@given(st.integers(min_value=0, max_value=2**128 - 1))
-def test_the_serializer_is_rfc_5952_outside_ipv4_mapped_addresses(value: int) -> None:
-    """WHATWG's serializer and RFC 5952 (Python's `compressed`) agree but for the dotted
-    tail of an IPv4-mapped address, which only newer Pythons write."""
-    address = ipaddress.IPv6Address(value)
-    if address.ipv4_mapped is None:
-        assert _ipv6_text(address) == address.compressed
-    assert ipaddress.IPv6Address(_ipv6_text(address)) == address
 
 
 @pytest.mark.parametrize(
