@@ -366,8 +366,14 @@ class CaptureSettings(_Section):
             host = "localhost"
         elif address is not None:
             # As a browser serialises the origin it sends (WHATWG URL), an IPv6
-            # literal bracketed (RFC 3986 3.2.2).
-            host = f"[{ipv6_text(address)}]" if address.version == 6 else str(address)
+            # literal bracketed (RFC 3986 3.2.2). A zone id is kept (`ipv6_text` drops
+            # it): no browser sends one, and the vault's check refuses it at start
+            # rather than serve an origin no one could reach.
+            if isinstance(address, ipaddress.IPv6Address):
+                zone = "" if address.scope_id is None else f"%{address.scope_id}"
+                host = f"[{ipv6_text(address)}{zone}]"
+            else:
+                host = str(address)
         else:
             host = host.lower()  # a browser's Origin spells the host in lower case
         # ... and leaves out the scheme's default port (RFC 6454 6.1).

@@ -31,11 +31,18 @@ def capture_origin(settings: Settings) -> str:
     default port dropped): the hosted fields' frame and CORS compare it as a string.
 
     Raises `ConfigurationError` when `COFRE_CAPTURE__PUBLIC_ORIGIN` is not an https
-    origin (a path, a wildcard, http)."""
+    origin (a path, a wildcard, http), or, when it is not set, when the one made from
+    `COFRE_CAPTURE__HOST` is not (a name with ``_``, a zone id): naming the setting
+    the operator has to change."""
+    setting = (
+        "COFRE_CAPTURE__PUBLIC_ORIGIN"
+        if settings.capture.public_origin is not None
+        else "COFRE_CAPTURE__HOST (no COFRE_CAPTURE__PUBLIC_ORIGIN is set)"
+    )
     try:
         return normalize_origin(settings.capture.origin())
     except InvalidOrigin as exc:
-        raise ConfigurationError(f"COFRE_CAPTURE__PUBLIC_ORIGIN: {exc}") from None
+        raise ConfigurationError(f"{setting}: {exc}") from None
 
 
 def capture_app(settings: Settings, service: VaultService) -> Any:

@@ -99,6 +99,10 @@ def normalize_origin(
         raise InvalidOrigin("an origin has no user info, path, query or fragment")
     if not host or "*" in text:
         raise InvalidOrigin("an origin names one exact host (no wildcards)")
+    if "[" in parts.netloc and ":" not in host:
+        # urlsplit takes RFC 3986's "IPvFuture" ([v1.name]) and strips the brackets; no
+        # browser parses it, and the caller did not write the name left behind.
+        raise InvalidOrigin("only an IPv6 address is written in brackets")
     host = _canonical_host(host)
     if frame_ancestor and ":" in host:
         # The origin is written into CSP frame-ancestors, whose host-source grammar has

@@ -45,7 +45,8 @@ class CaptureSessionBody(BaseModel):
         str, Field(min_length=1, max_length=255), AfterValidator(_origin_without_card)
     ] = Field(
         description="The exact origin of the page that embeds the hosted fields "
-        "(https://host[:port])."
+        "(https://host[:port]), the host a DNS name or an IPv4 address: it is written "
+        "into CSP frame-ancestors, which cannot name an IPv6 address."
     )
     formats: Annotated[list[FormatName], Field(min_length=1, max_length=8)] = Field(
         description="Token formats a capture may produce; the first is the default."

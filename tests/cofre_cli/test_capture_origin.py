@@ -125,3 +125,12 @@ def test_a_host_in_another_ipv4_spelling_gets_the_origin_of_the_address_it_binds
     """getaddrinfo binds these (as `_every_interface` reads them); the origin is the
     bound address's, not a start refused for a setting the operator never set."""
     assert capture_origin(_settings(host=host)) == origin
+
+
+@pytest.mark.parametrize("host", ["fe80::1%eth0", "vault_1"])
+def test_a_host_that_makes_no_origin_stops_the_start_naming_the_host(host: str) -> None:
+    """Review 25: `ipv6_text` drops a zone id, so the listener started with an origin no
+    browser reaches ([fe80::1]); and the error named COFRE_CAPTURE__PUBLIC_ORIGIN, which
+    the operator never set."""
+    with pytest.raises(ConfigurationError, match="COFRE_CAPTURE__HOST"):
+        capture_origin(_settings(host=host))

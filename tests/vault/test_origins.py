@@ -74,3 +74,11 @@ def test_a_page_that_frames_the_fields_is_not_named_by_an_ipv6_address(origin: s
         "https://192.0.2.7:8443"
     )
     assert normalize_origin("https://[2001:db8::1]") == "https://[2001:db8::1]"
+
+
+@pytest.mark.parametrize("origin", ["https://[v1.shop.example]", "https://[192.0.2.7]:8443"])
+def test_only_an_ipv6_address_is_bracketed(origin: str) -> None:
+    """Review 25: urlsplit takes RFC 3986's IPvFuture and strips the brackets, so the
+    session was stored for https://v1.shop.example, a name the caller never wrote."""
+    with pytest.raises(InvalidOrigin):
+        normalize_origin(origin)
