@@ -21,12 +21,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from api.observability import (
+    EXPORT_LOGGER,
     configure_logging,
+    export_event,
     make_telemetry,
     new_meter_provider,
     new_tracer_provider,
 )
 from api.server import MaskingFormatter, log_config
+from cofre.redaction import OwnDigest
 
 
 def _span(status: int) -> tuple[str, int, dict[str, object]]:
@@ -236,3 +239,37 @@ def test_every_line_of_a_worker_is_json_names_it_and_holds_no_pan() -> None:
         if event.get("worker") != 1:
             unnamed.append(line)
     assert not unnamed, done.stderr
+
+
+def test_the_otlp_copy_of_a_line_keeps_a_digest_the_vault_computed_whole() -> None:
+    """The exported copy is masked again as text; a policy hash with a Luhn-valid window
+    (one in fifty) was masked there while the printed line kept it (session 17)."""
+    unlucky = "6729a94eab2051d6ed2a6ce3c7174832147970651782f7b875aa56b6bfbb2bf4"
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    exporter = logging.getLogger(EXPORT_LOGGER)
+    handler, level = Keep(), exporter.level
+    exporter.addHandler(handler)
+    exporter.setLevel(logging.INFO)
+    try:
+        export_event(
+            None,
+            "info",
+            {
+                "event": "starting",
+                "policy_sha256": OwnDigest(unlucky),
+                "note": f"card 4111111111111111 and {unlucky}",
+            },
+        )
+    finally:
+        exporter.removeHandler(handler)
+        exporter.setLevel(level)
+    [line] = records
+    sent = json.loads(line)
+    assert sent["policy_sha256"] == unlucky
+    assert "4111111111111111" not in line
+    assert unlucky not in sent["note"]  # a plain string holding it is still masked
