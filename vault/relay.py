@@ -10,16 +10,24 @@ system's. Retries happen only for routes declared idempotent.
 
 from __future__ import annotations
 
+import re
 import ssl
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
 from cofre.redaction import mask_pan_values
 from policies.models import RelayRoute
 from vault.errors import RelayBodyInvalid, UpstreamTimeout, UpstreamUnavailable
+
+# How deep a relay body or an upstream's answer may nest. Acquirers' bodies are a few
+# levels deep; Python's recursion (a copy, the masking) gives out near 700 (review 26).
+MAX_DEPTH: Final = 64
+# What stands where the vault withheld a card detail it sent from the answer.
+WITHHELD_DETAIL: Final = "[withheld]"
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,63 @@ def add_pointer(document: Any, pointer: str, value: Any) -> None:
     node[steps[-1]] = value
 
 
+def nested_deeper_than(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether `value` (parsed JSON) has objects or arrays more than `limit` deep;
+    without recursion, so any depth is answered."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def withhold_sent(value: Any, sent: Sequence[str]) -> Any:
+    """`value` (an upstream's answer) with every occurrence of the card details the
+    vault sent (`sent`: the security code, the cardholder's name, the expiry) replaced
+    by `WITHHELD_DETAIL`, wherever the upstream echoed them: a value, a key, inside a
+    message. A digit string is matched as a whole run of digits, a name as whole words
+    in any case; a number whose digits hold one becomes the string. The answer goes
+    to callers outside PCI scope, and acquirers echo requests in their errors."""
+    patterns = [
+        re.compile(rf"(?<![0-9]){re.escape(text)}(?![0-9])")
+        if text.isdigit()
+        else re.compile(rf"(?<!\w){re.escape(text)}(?!\w)", re.IGNORECASE)
+        for text in sent
+        if text
+    ]
+    if not patterns:
+        return value
+
+    def text(item: str) -> str:
+        for pattern in patterns:
+            item = pattern.sub(WITHHELD_DETAIL, item)
+        return item
+
+    def walk(node: Any) -> Any:
+        # Recursion is bounded: `send` refuses an answer deeper than MAX_DEPTH.
+        if isinstance(node, str):
+            return text(node)
+        if isinstance(node, dict):
+            return {text(str(k)): walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if isinstance(node, int | float) and not isinstance(node, bool):
+            shown = text(str(node))
+            if shown != str(node):
+                return shown
+        return node
+
+    return walk(value)
+
+
 def mask_strings(value: Any) -> Any:
     """`value` (a JSON answer) with every PAN-like value masked, in whatever
     representation (`cofre.redaction.mask_pan_values`)."""
@@ -155,6 +220,13 @@ class RelayClient:
                 parsed: Any = response.json()
             except ValueError:
                 parsed = {"body": response.text}
+            if nested_deeper_than(parsed):
+                # The card has gone; the answer cannot be masked safely, so none is
+                # given (the caller's `relay` entry says upstream_unavailable).
+                raise UpstreamUnavailable(
+                    f"the upstream of route {name!r} answered JSON nested deeper than "
+                    f"{MAX_DEPTH} levels"
+                )
             return RelayResult(response.status_code, parsed)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -17,6 +17,7 @@ from hsm.provider import HSMProvider
 from tests.support.fake_acquirer import FakeAcquirer
 from tests.vault.conftest import TEST_POLICY, relay_vault
 from vault.pan import Pan
+from vault.relay import WITHHELD_DETAIL, nested_deeper_than, withhold_sent
 from vault.service import CallContext, TokenizeRequest, VaultService
 
 PAN = "5555555555554444"
@@ -70,3 +71,35 @@ def test_relay_answer_to_an_out_of_scope_adapter_never_holds_the_pan(
     digits = "".join(str(int(c)) for c in text if c.isdecimal())
     leaked = PAN in digits  # kept out of the failure message
     assert not leaked
+
+
+# ------------------------------------------------------------------ the details sent
+def test_the_details_sent_are_withheld_wherever_the_answer_echoes_them() -> None:
+    answer = {
+        "reason": "cvv 739 mismatch; card of ANA SOUZA, exp 11/31",
+        "739": "a key",
+        "code": 739,
+        "amount": 17390,  # the code inside a longer run of digits is another number
+        "ref": "x739",  # after a letter it is still a run of digits of its own: withheld
+        "names": ["Ana Souza", "Anastasia Souzanova"],
+        "ok": True,
+    }
+    out = withhold_sent(answer, ["739", "Ana Souza", "11/31"])
+    text = json.dumps(out)
+    assert "739" not in text.replace("17390", "")
+    assert "souza" not in text.lower().replace("souzanova", "")
+    assert "11/31" not in text
+    assert out["amount"] == 17390
+    assert out["code"] == WITHHELD_DETAIL
+    assert out["names"] == [WITHHELD_DETAIL, "Anastasia Souzanova"]
+    assert out["ok"] is True
+    assert withhold_sent(answer, []) is answer
+
+
+def test_depth_is_measured_without_recursion() -> None:
+    deep: Any = "leaf"
+    for _ in range(100_000):
+        deep = [deep]
+    assert nested_deeper_than(deep)
+    assert not nested_deeper_than({"a": [{"b": 1}]}, limit=3)
+    assert nested_deeper_than({"a": [{"b": 1}]}, limit=2)

@@ -23,7 +23,7 @@ from tests.support.policies import getnet_card_route
 from tests.support.softhsm import destroy_code_epochs
 from tests.vault.conftest import TEST_POLICY, relay_vault
 from vault.card import SecurityCode
-from vault.errors import RelayBodyInvalid, TokenNotFound
+from vault.errors import RelayBodyInvalid, TokenNotFound, UpstreamUnavailable
 from vault.pan import Pan
 from vault.service import CallContext, TokenizeRequest, VaultService
 
@@ -133,6 +133,72 @@ def test_an_echoed_code_never_reaches_the_caller(
     assert "security_code" not in answer.body["card"]
     assert not shows_code(json.dumps(answer.body), CODE)
     assert PAN not in json.dumps(answer.body)
+
+
+@pytest.mark.parametrize("route", ["getnet-authorize", "plain"])
+def test_an_acquirer_echoing_the_request_anywhere_hands_back_no_code_name_or_expiry(
+    relay: VaultService, acquirer: FakeAcquirer, route: str
+) -> None:
+    """Review 26: acquirers echo the request in their errors. Only the code's own
+    pointer was dropped; the code in a message, the name and the expiry elsewhere came
+    back to the adapter, which is outside PCI scope."""
+    token = _card(relay)
+
+    def echo(body: dict[str, Any]) -> tuple[int, Any]:
+        card = body["card"]
+        code = card.get("security_code", "")
+        return 402, {
+            "status": "DECLINED",
+            "reason": f"cvv {code} mismatch for {str(card.get('cardholder_name', '')).upper()}",
+            "request": body,
+            "expiry": {card.get("expiry", "none"): int(card.get("expiry", "0"))},
+            "amount": 1131,  # a number of the expiry's digits inside a longer run stays
+            "order": "o-1",
+        }
+
+    acquirer.answer = echo
+    answer = relay.relay(GETNET, route, _body(token))
+    text = json.dumps(answer.body)
+    assert answer.status == 402
+    assert not shows_code(text, CODE), text
+    assert "ana souza" not in text.lower(), text
+    if route == "plain":  # this route sends the expiry as one value, MMYY
+        assert "1131" not in text.replace('"amount": 1131', ""), text
+    assert PAN not in text
+    assert answer.body["order"] == "o-1"
+    assert answer.body["request"]["amount"] == "10.00"
+
+
+def test_a_body_nested_too_deep_is_refused_before_anything_is_sent(
+    relay: VaultService, engine: Engine, acquirer: FakeAcquirer
+) -> None:
+    """Review 26: ~700 levels made the copy of the body raise RecursionError (a 500)."""
+    token = _card(relay)
+    deep: Any = 1
+    for _ in range(5000):
+        deep = {"x": deep}
+    with pytest.raises(RelayBodyInvalid, match="deeper"):
+        relay.relay(GETNET, "getnet-authorize", {**_body(token), "extra": deep})
+    assert acquirer.received == []
+    assert _codes(engine) == 1
+    [refused] = [e for e in _entries(engine) if e["action"] == "relay"]
+    assert (refused["outcome"], refused["details"]["error"]) == ("failed", "invalid_relay_body")
+
+
+def test_an_answer_nested_too_deep_is_an_audited_upstream_failure(
+    relay: VaultService, engine: Engine, acquirer: FakeAcquirer
+) -> None:
+    """Review 26: the card had gone, then masking a 900-level answer raised
+    RecursionError: a 500, and no `relay` entry for the outcome."""
+    token = _card(relay)
+    deep: Any = 1
+    for _ in range(900):
+        deep = {"x": deep}
+    acquirer.answer = lambda body: (200, {"status": "APPROVED", "echo": deep})
+    with pytest.raises(UpstreamUnavailable, match="deeper"):
+        relay.relay(GETNET, "getnet-authorize", _body(token))
+    [outcome] = [e for e in _entries(engine) if e["action"] == "relay"]
+    assert (outcome["outcome"], outcome["details"]["error"]) == ("failed", "upstream_unavailable")
 
 
 def test_a_token_of_another_domain_gets_nothing(

@@ -31,12 +31,15 @@ from vault.models import CallContext, TokenizeRequest
 from vault.operations.tokenize import TokenizeOperations
 from vault.pan import Pan
 from vault.relay import (
+    MAX_DEPTH,
     RelayResult,
     add_pointer,
     drop_pointer,
     get_pointer,
     mask_strings,
+    nested_deeper_than,
     set_pointer,
+    withhold_sent,
 )
 
 
@@ -74,9 +77,10 @@ class RelayOperations(TokenizeOperations):
             "upstream": route.upstream.split("/")[2],
         }
         try:
+            _refuse_deep(body)
             reveals = len(route.detokenize) + (0 if route.card is None else 1)
             self._refuse_spent(ctx, rules, 1, reveals=reveals)
-            outgoing, token_ids = self._transaction(
+            outgoing, token_ids, sent = self._transaction(
                 functools.partial(
                     self._reveal_for_relay,
                     ctx=ctx,
@@ -111,7 +115,10 @@ class RelayOperations(TokenizeOperations):
             if route.card is not None and route.card.security_code is not None:
                 # An upstream that echoes the code must not hand it to the caller.
                 drop_pointer(result.body, route.card.security_code)
-            answer = self._tokenize_response(ctx, route, result.body)
+            # ... nor anywhere else: errors often echo the whole request (review 26).
+            body = withhold_sent(result.body, sent)
+            del sent
+            answer = self._tokenize_response(ctx, route, body)
         except CofreError as exc:
             details["error"] = exc.code
             self._write_audit(self._audit_event(ctx, Action.RELAY, Outcome.FAILED, details=details))
@@ -130,9 +137,10 @@ class RelayOperations(TokenizeOperations):
         route: RelayRoute,
         body: Any,
         details: Mapping[str, DetailValue],
-    ) -> tuple[Any, list[str]]:
-        """The body to send (a copy, the PANs in place of the tokens) and the revealed
-        token ids, with one `relay.send` entry per revealed token written in the same
+    ) -> tuple[Any, list[str], list[str]]:
+        """The body to send (a copy, the PANs in place of the tokens), the revealed
+        token ids and the card details sent beside a PAN (`withhold_sent` takes them
+        out of the answer), with one `relay.send` entry per revealed token written in the same
         transaction (one without a token id when the route reveals none). Tokens are
         read only from `domains`; the call costs one rate unit and each revealed token
         one unit of the daily detokenize quota."""
@@ -140,6 +148,7 @@ class RelayOperations(TokenizeOperations):
         self._charge(connection, ctx, rules, reveals=len(route.detokenize) + card_reveals)
         outgoing = copy.deepcopy(body)  # the caller's body keeps its tokens
         token_ids: list[str] = []
+        sent: list[str] = []
         events: list[AuditEvent] = []
         for pointer in route.detokenize:
             token = get_pointer(body, pointer)
@@ -159,7 +168,7 @@ class RelayOperations(TokenizeOperations):
             )
         if route.card is not None:
             token_id, event_details = self._put_card(
-                connection, route.card, body, outgoing, domains
+                connection, route.card, body, outgoing, domains, sent_values=sent
             )
             token_ids.append(token_id)
             events.append(
@@ -174,7 +183,7 @@ class RelayOperations(TokenizeOperations):
         if not events:
             events.append(self._audit_event(ctx, "relay.send", Outcome.SUCCESS, details=details))
         self._audit.append_many(connection, events)
-        return outgoing, token_ids
+        return outgoing, token_ids, sent
 
     def _put_card(
         self,
@@ -183,13 +192,18 @@ class RelayOperations(TokenizeOperations):
         body: Any,
         outgoing: Any,
         domains: frozenset[str],
+        *,
+        sent_values: list[str],
     ) -> tuple[str, dict[str, DetailValue]]:
         """Put the card of the token at `card.number` into `outgoing`: the PAN, and the
         expiry, name and held security code where the route names them. The code is
         taken (deleted) in this transaction, the one that writes the `relay.send` entry:
         if that entry is not written, the code stays and nothing is sent; once it is,
         no second call gets the code. Returns the token id and what the entry says
-        (which details went, never their values)."""
+        (which details went, never their values); adds to `sent_values` the code, name
+        and expiry that went. A month or a year alone is not added: two digits would
+        take every such number out of the answer, and neither is card data without the
+        PAN, which the answer never shows."""
         token = get_pointer(body, card.number)
         if not isinstance(token, str):
             raise RelayBodyInvalid(f"the body has no card token at {card.number}")
@@ -226,6 +240,8 @@ class RelayOperations(TokenizeOperations):
                 )
             add_pointer(outgoing, pointer, value)
             sent.append(what)
+            if what in ("security_code", "cardholder_name", "expiry"):
+                sent_values.append(value)
         return row.id, {
             "pointer": card.number[:128],
             "card": ",".join(["number", *sent]),
@@ -274,3 +290,10 @@ class RelayOperations(TokenizeOperations):
         for pointer, token in tokens_at.items():
             set_pointer(masked, pointer, token)
         return masked
+
+
+def _refuse_deep(body: Any) -> None:
+    """Raise `RelayBodyInvalid` for a body nested deeper than `MAX_DEPTH`: copying it
+    (and masking an answer like it) would exhaust Python's recursion, a 500."""
+    if nested_deeper_than(body):
+        raise RelayBodyInvalid(f"the body nests deeper than {MAX_DEPTH} levels")
