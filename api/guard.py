@@ -45,6 +45,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY: Final = 64 * 1024
 MAX_BATCH_BODY: Final = 4 * 1024 * 1024
+# The routes that take MAX_BATCH_BODY: by exact path, so a relay route named "batch"
+# (/v1/relay/batch) keeps the small limit (review 26).
+BATCH_PATHS: Final = frozenset({"/v1/tokenize/batch", "/v1/detokenize/batch"})
 # Liveness and readiness say nothing about card data and are polled every few seconds:
 # served without an identity and not audited (the access log still has them).
 UNAUDITED_PATHS: Final = frozenset({"/healthz", "/readyz"})
@@ -87,7 +90,7 @@ class RequestGuard:
         request_id = _request_id(headers.get("x-request-id", ""))
         scope.setdefault("state", {})["request_id"] = request_id
         audited = self.recorder is not None and scope["path"] not in UNAUDITED_PATHS
-        limit = MAX_BATCH_BODY if scope["path"].endswith("/batch") else MAX_BODY
+        limit = MAX_BATCH_BODY if scope["path"] in BATCH_PATHS else MAX_BODY
         status_holder = {"status": 500}
         started = time.perf_counter()
         started_ns = time.time_ns()

@@ -52,7 +52,7 @@ class CaptureSessionBody(BaseModel):
         description="Token formats a capture may produce; the first is the default."
     )
     ttl_seconds: Annotated[StrictInt, Field(ge=1, le=MAX_TTL_SECONDS)] = DEFAULT_TTL_SECONDS
-    max_uses: Annotated[int, Field(ge=1, le=MAX_USES)] = 1
+    max_uses: Annotated[StrictInt, Field(ge=1, le=MAX_USES)] = 1
     security_code: SessionCodeRule = SessionCodeRule.OPTIONAL
 
 

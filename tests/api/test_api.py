@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
+from api.guard import BATCH_PATHS
 from tests.api.conftest import VaultServer
 
 VISA = "4111111111111111"
@@ -273,6 +275,18 @@ def test_chunked_body_over_the_limit(vault_server: VaultServer) -> None:
             headers={"content-type": "application/json"},
         )
     _problem(response, 413, "payload_too_large")
+
+
+def test_only_the_batch_routes_take_the_batch_body_limit(vault_server: VaultServer) -> None:
+    """Review 26: the limit was chosen by the path's suffix, so 1 MB to a relay route
+    named "batch" was read and parsed before the policy refused it."""
+    body = json.dumps({"card": {"number": "t"}, "pad": "x" * 1_000_000})
+    headers = {"content-type": "application/json"}
+    with vault_server.client("getnet-adapter") as c:
+        for path in ("/v1/relay/anything", "/v1/relay/batch"):
+            _problem(c.post(path, content=body, headers=headers), 413, "payload_too_large")
+    documented = json.loads((Path(__file__).parents[2] / "docs" / "openapi.json").read_text())
+    assert {path for path in documented["paths"] if path.endswith("/batch")} == BATCH_PATHS
 
 
 def test_health_and_readiness(vault_server: VaultServer) -> None:

@@ -465,3 +465,17 @@ def test_no_body_is_a_server_error_or_echoed(
         for value in body.values():
             for digits in re.findall(r"[0-9]{6,}", str(value)):
                 assert digits not in response.text
+
+
+@pytest.mark.parametrize("field", ["max_uses", "ttl_seconds"])
+@pytest.mark.parametrize("value", [True, "1", 1.0])
+def test_a_sessions_numbers_are_json_integers(
+    capture_vault: VaultServer, field: str, value: object
+) -> None:
+    """Review 26: `max_uses` took `true` as 1 (ttl_seconds was already strict)."""
+    with capture_vault.client("payments") as client:
+        response = client.post(
+            "/v1/capture-sessions",
+            json={"origin": SHOP, "formats": ["pan_bin6_last4"], field: value},
+        )
+    _refused(response, 422, "invalid_request")
