@@ -103,3 +103,35 @@ def test_depth_is_measured_without_recursion() -> None:
     assert nested_deeper_than(deep)
     assert not nested_deeper_than({"a": [{"b": 1}]}, limit=3)
     assert nested_deeper_than({"a": [{"b": 1}]}, limit=2)
+
+
+def test_a_code_in_other_digits_or_percent_encoded_withholds_the_whole_string() -> None:
+    """Review 27: fullwidth and Arabic-Indic digits, and "%22%3A%20%227391%22" (the
+    "2" of "%22" made the code no whole run of digits), passed the withholding."""
+    answer = {
+        "m": "cvv \uff17\uff13\uff19\uff11",
+        "n": "\u0667\u0663\u0669\u0661",
+        "u": "https://acq.example/r?req=%7B%22security_code%22%3A%20%227391%22%7D",
+        "p": "cvv+7391+mismatch",
+        "kept": "order 17391, ok",
+    }
+    out = withhold_sent(answer, ["7391"])
+    assert out == {
+        "m": WITHHELD_DETAIL,
+        "n": WITHHELD_DETAIL,
+        "u": WITHHELD_DETAIL,
+        "p": f"cvv+{WITHHELD_DETAIL}+mismatch",
+        "kept": "order 17391, ok",
+    }
+
+
+def test_a_code_with_leading_zeros_is_withheld_as_a_number_drops_them() -> None:
+    out = withhold_sent({"n": 123, "s": "cvv 0123", "t": "00123", "other": 10123}, ["0123"])
+    assert out == {"n": WITHHELD_DETAIL, "s": f"cvv {WITHHELD_DETAIL}", "t": WITHHELD_DETAIL,
+                   "other": 10123}  # fmt: skip
+
+
+def test_withholding_a_key_loses_no_other_member() -> None:
+    """Review 27: {"7391": ..., "[withheld]": ...} became one member."""
+    answer = withhold_sent({"7391": "a", WITHHELD_DETAIL: "b", "x 7391": 1}, ["7391"])
+    assert sorted(answer.values(), key=str) == [1, "a", "b"]

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+import tests.support.fake_acquirer as fake_acquirer_module
 from audit.errors import AuditWriteFailed
 from hsm.provider import HSMProvider
 from tests.support.codes import shows_code
@@ -258,3 +261,127 @@ def test_expiry_layouts(relay: VaultService, acquirer: FakeAcquirer) -> None:
     token = _card(relay, code=None, expiry="2031-02")
     relay.relay(GETNET, "plain", _body(token))
     assert acquirer.received[-1]["card"] == {"number": PAN, "expiry": "0231"}
+
+
+# ------------------------------------------------------------------ review 27: echo shapes
+class _Raw(str):
+    """An answer the fake acquirer sends as it is (not through json.dumps)."""
+
+
+class _JsonShim:
+    loads = staticmethod(json.loads)
+
+    @staticmethod
+    def dumps(payload: Any, *a: Any, **k: Any) -> str:
+        return str(payload) if isinstance(payload, _Raw) else json.dumps(payload, *a, **k)
+
+
+def test_a_code_with_a_leading_zero_echoed_as_a_number_is_withheld(
+    relay: VaultService, acquirer: FakeAcquirer
+) -> None:
+    """Review 27: a code "0123" that the acquirer types as an integer comes back as
+    123: the digit run "0123" is not in "123", so the code reaches getnet-adapter."""
+    token = _card(relay, code="0123")
+
+    def echo(body: dict[str, Any]) -> tuple[int, Any]:
+        code = body["card"]["security_code"]
+        return 402, {"status": "DECLINED", "cvv": int(code), "reason": f"cvv {int(code)} mismatch"}
+
+    acquirer.answer = echo
+    answer = relay.relay(GETNET, "getnet-authorize", _body(token))
+    text = json.dumps(answer.body)
+    assert answer.body["cvv"] != 123, text
+    assert not shows_code(text, "123"), text
+
+
+def test_an_answer_deeper_than_the_json_parser_is_an_audited_upstream_failure(
+    relay: VaultService, engine: Engine, acquirer: FakeAcquirer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 27: json.loads raises RecursionError (not ValueError) past ~1000 levels,
+    before nested_deeper_than looks: a 500 after the card has gone, no `relay` outcome."""
+    monkeypatch.setattr(fake_acquirer_module, "json", _JsonShim)
+    token = _card(relay)
+    acquirer.answer = lambda body: (200, _Raw("[" * 100_000 + "]" * 100_000))
+    with pytest.raises(UpstreamUnavailable):
+        relay.relay(GETNET, "getnet-authorize", _body(token))
+    outcomes = [e for e in _entries(engine) if e["action"] == "relay"]
+    assert [(e["outcome"], e["details"].get("error")) for e in outcomes] == [
+        ("failed", "upstream_unavailable")
+    ]
+
+
+def test_an_answer_exactly_64_deep_passes_and_65_is_refused(
+    relay: VaultService, engine: Engine, acquirer: FakeAcquirer
+) -> None:
+    token = _card(relay)
+    deep: Any = "leaf"
+    for _ in range(64):
+        deep = [deep]
+    acquirer.answer = lambda body: (200, deep)
+    assert relay.relay(GETNET, "getnet-authorize", _body(token)).body == deep
+    token = _card(relay)
+    acquirer.answer = lambda body: (200, [deep])
+    with pytest.raises(UpstreamUnavailable):
+        relay.relay(GETNET, "getnet-authorize", _body(token))
+
+
+def test_a_spaced_pan_in_the_answer_stays_masked_whatever_is_withheld(
+    relay: VaultService, acquirer: FakeAcquirer
+) -> None:
+    """Review 27: withholding ran before the PAN masking; a withheld group took a
+    spaced PAN below the detector: an Amex "3782 822463 10005" whose CID is 3782 comes back
+    with 11 of its 15 digits in clear."""
+    token = _card(relay, code="3782")
+    acquirer.answer = lambda body: (402, {"reason": "card 3782 822463 10005 declined"})
+    answer = relay.relay(GETNET, "getnet-authorize", _body(token))
+    assert "822463" not in json.dumps(answer.body), answer.body
+
+
+def test_a_text_answer_in_an_odd_charset_hides_the_code_and_the_pan(
+    relay: VaultService, acquirer: FakeAcquirer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 27: a non-JSON answer was decoded with the charset the upstream declares
+    (`response.text`). Declared cp500 (EBCDIC), the ASCII bytes of the echo decode to
+    other characters: neither the withholding nor the PAN masking sees them, and the
+    caller gets them back with `.encode("cp500")`."""
+    original = BaseHTTPRequestHandler.send_header
+
+    def send_header(self: Any, keyword: str, value: str) -> None:
+        if keyword.lower() == "content-type":
+            value = "text/plain; charset=cp500"
+        original(self, keyword, value)
+
+    monkeypatch.setattr(BaseHTTPRequestHandler, "send_header", send_header)
+    monkeypatch.setattr(fake_acquirer_module, "json", _JsonShim)
+    token = _card(relay)
+
+    def echo(body: dict[str, Any]) -> tuple[int, Any]:
+        card = body["card"]
+        return 402, _Raw(f"DECLINED card {card['number']} cvv {card['security_code']}")
+
+    acquirer.answer = echo
+    answer = relay.relay(GETNET, "getnet-authorize", _body(token))
+    recovered = answer.body["body"].encode("cp500", "replace").decode("ascii", "replace")
+    assert PAN not in recovered, recovered
+    assert not shows_code(recovered, "7391"), recovered
+
+
+def test_a_url_encoded_echo_hands_back_no_code_name_or_expiry(
+    relay: VaultService, acquirer: FakeAcquirer
+) -> None:
+    """Review 27: an echo percent-encoded in a URL (a 3-D Secure/redirect link carrying
+    the request): "%22" and "%20" end in a digit, so the code after them is not a
+    whole digit run; the name's "%20" is not a space. The PAN masker does see the
+    PAN there; the withholding does not see the code."""
+    token = _card(relay)
+
+    def echo(body: dict[str, Any]) -> tuple[int, Any]:
+        data = quote(json.dumps(body["card"]))
+        return 402, {"status": "DECLINED", "retry_url": f"https://acq.example/retry?req={data}"}
+
+    acquirer.answer = echo
+    answer = relay.relay(GETNET, "getnet-authorize", _body(token))
+    decoded = unquote(json.dumps(answer.body))
+    assert PAN not in decoded
+    assert not shows_code(decoded, "7391"), decoded
+    assert "ana souza" not in decoded.lower(), decoded

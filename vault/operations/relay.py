@@ -116,9 +116,8 @@ class RelayOperations(TokenizeOperations):
                 # An upstream that echoes the code must not hand it to the caller.
                 drop_pointer(result.body, route.card.security_code)
             # ... nor anywhere else: errors often echo the whole request (review 26).
-            body = withhold_sent(result.body, sent)
+            answer = self._tokenize_response(ctx, route, result.body, sent)
             del sent
-            answer = self._tokenize_response(ctx, route, body)
         except CofreError as exc:
             details["error"] = exc.code
             self._write_audit(self._audit_event(ctx, Action.RELAY, Outcome.FAILED, details=details))
@@ -248,11 +247,16 @@ class RelayOperations(TokenizeOperations):
             "security_code": "used" if code is not None else "none",
         }
 
-    def _tokenize_response(self, ctx: CallContext, route: RelayRoute, body: Any) -> Any:
+    def _tokenize_response(
+        self, ctx: CallContext, route: RelayRoute, body: Any, sent: list[str]
+    ) -> Any:
         """`body` with the PANs at the route's `response_tokenize` pointers replaced by
-        tokens, and every other PAN-like value masked. The tokens are put in after the
-        masking: a token of a format that keeps BIN and last four looks like a card to
-        the detector and would otherwise reach the caller unusable."""
+        tokens, every other PAN-like value masked, then the card details in `sent`
+        withheld (`withhold_sent`; after the masking, as a code withheld first could
+        split a spaced PAN the masking then misses). The tokens are put in last: a
+        token of a format that keeps BIN and last four looks like a card to the
+        detector and would otherwise reach the caller unusable, and a digit group of a
+        UUID token could equal a code."""
         tokens_at: dict[str, str] = {}
         for pointer, token_format in route.response_tokenize.items():
             try:
@@ -286,7 +290,7 @@ class RelayOperations(TokenizeOperations):
             )
             set_pointer(body, pointer, None)
             tokens_at[pointer] = record.token
-        masked = mask_strings(body)
+        masked = withhold_sent(mask_strings(body), sent)
         for pointer, token in tokens_at.items():
             set_pointer(masked, pointer, token)
         return masked
