@@ -132,10 +132,9 @@ def withhold_sent(value: Any, sent: Sequence[str]) -> Any:
     optional, as a number drops them), a name as whole words in any case; a number
     whose digits hold one becomes the string. A string that holds one only once
     percent-decoded or with other scripts' digits read as ASCII (fullwidth,
-    Arabic-Indic) is withheld whole. The answer
-    goes to callers outside PCI scope, and acquirers echo requests in their errors.
-    Run it on the masked answer: withholding part of a spaced PAN first would leave the
-    rest for the PAN detector to miss."""
+    Arabic-Indic) is withheld whole. The answer goes to callers outside PCI scope, and
+    acquirers echo requests in their errors. Run it on the masked answer: withholding
+    part of a spaced PAN first would leave the rest for the PAN detector to miss."""
     patterns = [_pattern(text) for text in sent if text]
     if not patterns:
         return value

@@ -139,8 +139,8 @@ class RelayOperations(TokenizeOperations):
     ) -> tuple[Any, list[str], list[str]]:
         """The body to send (a copy, the PANs in place of the tokens), the revealed
         token ids and the card details sent beside a PAN (`withhold_sent` takes them
-        out of the answer), with one `relay.send` entry per revealed token written in the same
-        transaction (one without a token id when the route reveals none). Tokens are
+        out of the answer), with one `relay.send` entry per revealed token written in
+        the same transaction (one without a token id when the route reveals none). Tokens are
         read only from `domains`; the call costs one rate unit and each revealed token
         one unit of the daily detokenize quota."""
         card_reveals = 0 if route.card is None else 1
