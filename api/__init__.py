@@ -29,6 +29,7 @@ __all__ = [
     "otlp",
     "pki",
     "problems",
+    "refusals",
     "routes",
     "server",
     "tls",

@@ -22,6 +22,7 @@ from api.hotroutes import HotRoutes
 from api.models import Problem
 from api.observability import make_telemetry
 from api.problems import PROBLEM_JSON
+from api.refusals import RefusalLimiter
 from api.routes import (
     audit,
     capture_sessions,
@@ -33,6 +34,8 @@ from api.routes import (
     tokens,
 )
 from cofre import __version__
+from policies.errors import PolicyDenied
+from policies.models import RateLimit
 from vault.service import VaultService
 
 _ERRORS: Final[dict[int | str, dict[str, Any]]] = {
@@ -75,10 +78,39 @@ def create_app(state: AppState) -> FastAPI:
     recorder = getattr(state.service, "record", None)
     # Filled by the server's `api.crl.CrlWatcher` when a CRL is configured.
     app.state.revoked_certificates = revoked = RevokedCertificates()
+    # Each caller's refused requests, limited and counted (`api.refusals`); written
+    # out when the vault stops (`flush_refusals`).
+    refusals = None
+    if recorder is not None:
+        refusals = RefusalLimiter(lambda key: _rate_limit(state.service, key), recorder)
+    app.state.refusals = refusals
     # Inside the guard: the hot routes past FastAPI's routing (`api.hotroutes`).
     app.add_middleware(HotRoutes, fastapi=app, routes=tokens.router.routes)
-    app.add_middleware(RequestGuard, telemetry=state.telemetry, recorder=recorder, revoked=revoked)
+    app.add_middleware(
+        RequestGuard,
+        telemetry=state.telemetry,
+        recorder=recorder,
+        revoked=revoked,
+        refusals=refusals,
+    )
     return app
+
+
+def flush_refusals(app: FastAPI | None) -> None:
+    """Write every refusal count of `app` (the API's or the capture listener's) not yet
+    in the audit log (`api.refusals`): called when the vault stops, after the listeners.
+    Raises what the audit write raises."""
+    refusals = getattr(app.state, "refusals", None) if app is not None else None
+    if refusals is not None:
+        refusals.flush(everything=True)
+
+
+def _rate_limit(service: VaultService, identity: str) -> RateLimit | None:
+    """`identity`'s rate limit in the policy in force; None without one."""
+    try:
+        return service.policy.rules_for(identity).rate_limit
+    except PolicyDenied:
+        return None
 
 
 def add_ready_check(app: FastAPI, name: str, check: Callable[[], None]) -> None:

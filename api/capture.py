@@ -50,12 +50,13 @@ from api.handshake import HandshakeFailures
 from api.lifecycle import ManagedServer
 from api.observability import Telemetry
 from api.problems import problem
+from api.refusals import RefusalLimiter, Spent
 from cofre.errors import CofreError
 from policies.models import RateLimit
 from vault.capture import SESSION_ID_LENGTH, CardCapture, SessionCodeRule, is_session_id
 from vault.operations.capture import ANONYMOUS_CAPTURE
 from vault.pan import Pan
-from vault.service import AuditEvent, Outcome, VaultService, request_trail
+from vault.service import AuditEvent, DetailValue, Outcome, VaultService, request_trail
 
 __all__ = [
     "CAPTURE_SCRIPT",
@@ -330,8 +331,21 @@ def create_capture_app(state: CaptureState) -> FastAPI:
             headers={**_headers(), **request.scope["state"].get("cors", {})},
         )
 
-    app.add_middleware(_CaptureGuard, recorder=service.record)
+    # Each client address's refusals, limited and counted as the API's are per identity
+    # (`api.refusals`): anyone on the internet can send this listener requests, and
+    # each refusal was an audit entry. Written out when the vault stops.
+    app.state.refusals = refusals = RefusalLimiter(
+        lambda _: state.per_address,
+        service.record,
+        action="capture.requests_refused",
+        describe=_describe_address,
+    )
+    app.add_middleware(_CaptureGuard, recorder=service.record, refusals=refusals)
     return app
+
+
+def _describe_address(key: str) -> tuple[str, dict[str, DetailValue]]:
+    return ANONYMOUS_CAPTURE, {"client": key[:64]}
 
 
 Scope = MutableMapping[str, Any]
@@ -345,15 +359,19 @@ class _CaptureGuard:
     (route template, status, problem code; never the path's session id or the body),
     and one ``capture.request`` audit entry for every refusal no operation audited
     (a malformed body, an unknown path, a card number that is not digits), written
-    before the response starts (PCI DSS 10.2)."""
+    before the response starts (PCI DSS 10.2). A client address whose refusals pass
+    the per-address limit is answered 429 before anything else, those answers counted
+    (`refusals`, `api.refusals`)."""
 
     def __init__(
         self,
         app: Callable[[Scope, Receive, Send], Awaitable[None]],
         recorder: Callable[[AuditEvent], None] | None = None,
+        refusals: RefusalLimiter | None = None,
     ) -> None:
         self.app = app
         self.recorder = recorder
+        self.refusals = refusals
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -362,14 +380,20 @@ class _CaptureGuard:
         request_id = secrets.token_urlsafe(16)
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
+        refusals, address = self.refusals, str((scope.get("client") or ("unknown",))[0])
+        if refusals is not None and refusals.due():
+            await _flush(refusals)
+        spent = refusals.spent(address) if refusals is not None else None
 
         with request_trail() as trail:
 
             async def send_with_id(message: Message) -> None:
                 if message["type"] == "http.response.start":
-                    status["code"] = message["status"]
-                    if message["status"] >= 400 and not trail:
-                        await self._record_refusal(scope, message["status"], request_id)
+                    code = status["code"] = message["status"]
+                    if refusals is not None and spent is None and 400 <= code < 500:
+                        refusals.charge(address)
+                    if code >= 400 and not trail and (spent is None or spent.audit):
+                        await self._record_refusal(scope, code, request_id)
                     message["headers"] = [
                         *message.get("headers", []),
                         (b"x-request-id", request_id.encode()),
@@ -377,6 +401,8 @@ class _CaptureGuard:
                 await send(message)
 
             rejection = self._reject_early(scope, request_id)
+            if spent is not None:
+                rejection = _refused_too_often(scope, spent, request_id)
             if rejection is not None:
                 await rejection(scope, receive, send_with_id)
             else:
@@ -427,6 +453,7 @@ class _CaptureGuard:
                 "status": status,
                 "code": scope["state"].get("problem_code") or None,
                 "client": str(client[0])[:64],
+                **({"limit": "refusals"} if scope["state"].get("refusals_spent") else {}),
             },
         )
         try:
@@ -434,6 +461,26 @@ class _CaptureGuard:
         except CofreError as exc:
             # The request was refused: nothing to undo; the log line says it.
             _log.error("audit entry not written", code=exc.code, request_id=request_id)
+
+
+def _refused_too_often(scope: Scope, spent: Spent, request_id: str) -> Response:
+    """The 429 for a client address whose refusals passed its limit (`api.refusals`)."""
+    scope["state"]["refusals_spent"] = True
+    return problem_for(
+        scope,
+        "rate_limited",
+        f"too many refused requests from this address; retry after {spent.retry_after:.2f}s",
+        request_id,
+        {**_headers(), "Retry-After": str(max(1, round(spent.retry_after + 0.5)))},
+    )
+
+
+async def _flush(refusals: RefusalLimiter) -> None:
+    """Write the refusal counts that are due (a failure is logged; they are kept)."""
+    try:
+        await run_in_threadpool(refusals.flush)
+    except CofreError as exc:
+        _log.error("refusal counts not written", code=exc.code)
 
 
 def build_capture_server(

@@ -13,7 +13,11 @@ IN PCI SCOPE. In order, for every request but the health probes:
    ends without any entry (401, 422, 404, 405, 413, 415, 429, key-inventory and ceremony
    reads) gets an ``api.request`` entry with its outcome, written before the response
    starts. A 401 names the certificate: subject, serial and SHA-256 fingerprint;
-5. one log line, span and metric (route template only, never the raw path).
+5. **refusals are limited**: each 4xx answer spends a unit of the caller's refusal
+   bucket; while it is empty the caller is answered 429 before anything else, and those
+   answers are counted in the audit log rather than written one by one
+   (`api.refusals`);
+6. one log line, span and metric (route template only, never the raw path).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from api.crl import RevokedCertificates
 from api.errors import CertificateRevoked, IdentityMissing
 from api.observability import Telemetry
 from api.problems import problem
+from api.refusals import RefusalLimiter, Spent, unauthenticated_key
 from api.tls import certificate_summary, identity_from_scope, peer_certificate
 from cofre.errors import CofreError
 from cofre.redaction import name_holds_pan_like
@@ -66,7 +71,7 @@ class _BodyTooLarge(Exception):
 class RequestGuard:
     """Pure ASGI middleware (see the module text). `recorder` writes one audit entry
     durably (None: no audit, for the OpenAPI stub); `revoked` is what the CRL revokes
-    now (None: no CRL)."""
+    now (None: no CRL); `refusals` limits each caller's refusals (None: no limit)."""
 
     def __init__(
         self,
@@ -74,11 +79,13 @@ class RequestGuard:
         telemetry: Telemetry,
         recorder: Callable[[AuditEvent], None] | None = None,
         revoked: RevokedCertificates | None = None,
+        refusals: RefusalLimiter | None = None,
     ) -> None:
         self.app = app
         self.telemetry = telemetry
         self.recorder = recorder
         self.revoked = revoked
+        self.refusals = refusals
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,13 +102,19 @@ class RequestGuard:
         started = time.perf_counter()
         started_ns = time.time_ns()
 
+        if self.refusals is not None and self.refusals.due():
+            await self._flush_refusals(self.refusals)
+        spent: Spent | None = None
+
         with request_trail() as trail:
 
             async def send_with_id(message: Message) -> None:
                 if message["type"] == "http.response.start":
-                    status_holder["status"] = message["status"]
-                    if audited and not trail:
-                        await self._record_outcome(scope, message["status"], request_id)
+                    status = status_holder["status"] = message["status"]
+                    if spent is None and 400 <= status < 500:
+                        self._charge_refusal(scope)
+                    if audited and not trail and (spent is None or spent.audit):
+                        await self._record_outcome(scope, status, request_id)
                     message.setdefault("headers", [])
                     message["headers"] = [
                         *message["headers"],
@@ -112,26 +125,17 @@ class RequestGuard:
             rejection = None
             if scope["path"] not in UNAUDITED_PATHS:
                 rejection = self._authenticate(scope, request_id)
+                spent = self._spent(scope)
+                if spent is not None:
+                    rejection = _refused_too_often(scope, spent, request_id)
             if rejection is None:
                 rejection = self._reject_early(scope, headers, limit, request_id)
             try:
                 if rejection is not None:
                     await rejection(scope, receive, send_with_id)
                 else:
-                    received = 0
-
-                    async def limited_receive() -> Message:
-                        nonlocal received
-                        message = await receive()
-                        if message["type"] == "http.request":
-                            received += len(message.get("body", b""))
-                            if received > limit:
-                                scope["state"]["body_too_large"] = True
-                                raise _BodyTooLarge
-                        return message
-
                     try:
-                        await self.app(scope, limited_receive, send_with_id)
+                        await self.app(scope, _limited(receive, scope, limit), send_with_id)
                     except Exception:
                         # Answered 500 by the server's outermost handler, past this guard.
                         status_holder["status"] = 500
@@ -176,6 +180,8 @@ class RequestGuard:
             "status": status,
             "code": state.get("problem_code") or None,
         }
+        if state.get("refusals_spent"):
+            details["limit"] = "refusals"
         identity = state.get("identity")
         if identity is None:
             pem = peer_certificate(scope)
@@ -201,6 +207,26 @@ class RequestGuard:
             await run_in_threadpool(self.recorder, event)
         except CofreError as exc:
             _log.error("audit entry not written", code=exc.code, request_id=request_id)
+
+    def _spent(self, scope: Scope) -> Spent | None:
+        """The 429's reason when the caller's refusal bucket is empty, else None."""
+        if self.refusals is None or (key := _refusal_key(scope)) is None:
+            return None
+        return self.refusals.spent(key)
+
+    def _charge_refusal(self, scope: Scope) -> None:
+        """The caller was answered a refusal: spend a unit of its refusal bucket."""
+        if self.refusals is None or scope["path"] in UNAUDITED_PATHS:
+            return
+        if (key := _refusal_key(scope)) is not None:
+            self.refusals.charge(key)
+
+    async def _flush_refusals(self, refusals: RefusalLimiter) -> None:
+        """Write the refusal counts that are due (a failure is logged; they are kept)."""
+        try:
+            await run_in_threadpool(refusals.flush)
+        except CofreError as exc:
+            _log.error("refusal counts not written", code=exc.code)
 
     def _record(
         self, scope: Scope, status: int, request_id: str, started_ns: int, elapsed_ms: float
@@ -260,6 +286,47 @@ class RequestGuard:
                 request_id,
             )
         return None
+
+
+def _limited(receive: Receive, scope: Scope, limit: int) -> Receive:
+    """`receive`, raising `_BodyTooLarge` into the app past `limit` bytes of body."""
+    received = 0
+
+    async def limited_receive() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                scope["state"]["body_too_large"] = True
+                raise _BodyTooLarge
+        return message
+
+    return limited_receive
+
+
+def _refusal_key(scope: Scope) -> str | None:
+    """Whose refusal bucket a request spends: its identity, or for a certificate the
+    vault took none from, the certificate's; None without a certificate."""
+    identity = scope["state"].get("identity")
+    if identity is not None:
+        return str(identity)
+    pem = peer_certificate(scope)
+    if pem is None:
+        return None
+    return unauthenticated_key(certificate_summary(pem)[2])
+
+
+def _refused_too_often(scope: Scope, spent: Spent, request_id: str) -> Response:
+    """The 429 for a caller whose refusal bucket is empty (`api.refusals`)."""
+    scope["state"]["refusals_spent"] = True
+    return problem_for(
+        scope,
+        "rate_limited",
+        f"too many refused requests from this caller; retry after {spent.retry_after:.2f}s",
+        request_id,
+        headers={"retry-after": str(max(1, round(spent.retry_after + 0.5)))},
+    )
 
 
 def _request_id(supplied: str) -> str:

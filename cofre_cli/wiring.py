@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from api.app import create_app
+from api.app import create_app, flush_refusals
 from api.dependencies import AppState
 from api.errors import Draining
 from api.lifecycle import Readiness
@@ -193,6 +193,11 @@ class Runtime:
     def close(self) -> None:
         """Stop the workers, wipe every unwrapped data key and close the HSM session."""
         self.readiness.begin_drain()
+        for app in (self.app, self.capture_app):
+            try:  # before the sequencer stops, so its last head covers them
+                flush_refusals(app)
+            except CofreError as exc:
+                _log.error("refusal counts not written", code=exc.code)
         self.purge_worker.stop()
         self.rotation_worker.stop()
         self.sequencer_thread.stop()

@@ -115,9 +115,19 @@ def test_rate_limited_call_is_audited(vault_server: VaultServer) -> None:
             for rid in rids
         ]
     assert 429 in statuses
+    written = []
     for rid, status in zip(rids, statuses, strict=True):
         entries = _entries(vault_server, rid)
+        if (
+            status == 429
+            and not entries
+            and any(e["details"].get("limit") == "refusals" for e in written)
+        ):
+            # Held by its refusal bucket after the first 429 of the episode: counted in
+            # an `api.requests_refused` entry (tests/api/test_refusal_attacks.py).
+            continue
         assert len(entries) == 1, (status, entries)
+        written += entries
         if status == 429:
             assert entries[0]["outcome"] == "denied"
             # Written by the vault (its refusals carry "error") or by the API guard.

@@ -1,0 +1,202 @@
+"""Review 26's attack: one stolen certificate sends request after request that the
+vault refuses (malformed bodies, operations its policy denies, paths that do not
+exist). Each refusal was audited and none was charged to a rate limit, so the
+certificate could grow the audit log as fast as the node answered.
+
+Now a caller's refusals spend a bucket of its own rate limit (`api.refusals`); past it
+every request is answered 429 before any work, and those answers are counted in one
+entry instead of written one by one. Nothing is lost from the log: the entries of
+the caller plus the counts equal the requests it sent.
+
+The bounds below are the bucket's arithmetic for the time the requests took (measured,
+so a slow machine only widens them); nothing passes or fails on the clock alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import hashes
+
+from api.refusals import DEFAULT_REFUSALS, SUMMARY_ACTION
+from cofre.settings import CaptureSettings
+from hsm.provider import HSMProvider
+from tests.api.conftest import VaultServer, running_vault
+from tests.support.certificates import issue_odd_client
+from tests.support.leakguard import record_responses
+from tests.support.postgres import free_port
+from vault.operations.capture import ANONYMOUS_CAPTURE
+
+LIMITED = "spiffe://cofre/limited"  # rate_limit 0.5/s, burst 2 (tests/api/conftest.py)
+STRANGER = "spiffe://cofre/stranger"  # not in the policy: denied everything
+
+
+def _entries(vault: VaultServer, actor: str) -> list[dict[str, Any]]:
+    # The engine is usable after `Runtime.close` disposed of its pool.
+    with vault.runtime.engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT payload FROM audit_entries ORDER BY id")
+        ).scalars()
+        return [e for e in (json.loads(r) for r in rows) if e["actor"] == actor]
+
+
+def _accounted(entries: list[dict[str, Any]]) -> int:
+    """Requests the entries stand for: one each, a count its count."""
+    counts = (SUMMARY_ACTION, "capture.requests_refused")
+    return sum(e["details"]["count"] if e["action"] in counts else 1 for e in entries)
+
+
+def _bad_requests(client: httpx.Client, n: int) -> list[httpx.Response]:
+    """`n` refused requests of three kinds, in turn."""
+    answers = []
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            answer = client.post(
+                "/v1/tokenize", content=b"{not json", headers={"content-type": "application/json"}
+            )
+        elif kind == 1:
+            answer = client.get(f"/v1/no-such-path-{i}")
+        else:
+            answer = client.post("/v1/detokenize", json={"token": "tok_nothing"})
+        answers.append(answer)
+    return answers
+
+
+def _allowed(per_second: float, burst: int, seconds: float) -> int:
+    """Refusals a bucket answers in `seconds`: its burst and its refill, plus one for
+    a unit that came back while a request was in flight."""
+    return burst + math.ceil(seconds * per_second) + 1
+
+
+@pytest.mark.slow
+def test_one_certificate_cannot_flood_the_audit_log_with_refusals(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    with running_vault(tmp_path, hsm_provider) as vault:
+        before = len(_entries(vault, LIMITED))
+        started = time.monotonic()
+        with vault.client("limited") as client:
+            answers = _bad_requests(client, 60)
+        elapsed = time.monotonic() - started
+        during = _entries(vault, LIMITED)[before:]
+
+        codes = [a.json()["code"] for a in answers]
+        refused_alone = [c for c in codes if c != "rate_limited"]
+        # Burst 2 at 0.5/s: a handful answered with their own refusal, the rest 429.
+        assert len(refused_alone) <= _allowed(0.5, 2, elapsed)
+        limited = [a for a in answers if a.json()["code"] == "rate_limited"]
+        assert len(limited) >= 60 - _allowed(0.5, 2, elapsed)
+        for answer in limited:
+            assert answer.status_code == 429
+            assert int(answer.headers["retry-after"]) >= 1
+            assert "refused requests" in answer.json()["detail"]
+        # While it runs: the refusals allowed, and the first 429 of the episode.
+        assert len(during) <= len(refused_alone) + 1
+        opened = [e for e in during if e["details"].get("limit") == "refusals"]
+        assert len(opened) == 1
+        assert opened[0]["outcome"] == "denied"
+
+        # Another identity is not held back by it.
+        with vault.client("payments") as other:
+            answer = other.post("/v1/tokenize", json={"pan": "4111111111111111", "format": "uuid"})
+            assert answer.status_code in (200, 201)
+
+    # Stopping the vault writes the count: every request is in the log.
+    after = _entries(vault, LIMITED)[before:]
+    (summary,) = [e for e in after if e["action"] == SUMMARY_ACTION]
+    assert summary["outcome"] == "denied"
+    assert summary["details"]["count"] == len(limited) - 1
+    assert _accounted(after) == 60
+
+
+@pytest.mark.slow
+def test_an_identity_outside_the_policy_gets_the_default_refusal_limit(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    limit = DEFAULT_REFUSALS
+    with running_vault(tmp_path, hsm_provider) as vault:
+        before = len(_entries(vault, STRANGER))
+        started = time.monotonic()
+        with vault.client("stranger") as client:
+            answers = [
+                client.post("/v1/tokenize", json={"pan": "4111111111111111", "format": "uuid"})
+                for _ in range(60)
+            ]
+        elapsed = time.monotonic() - started
+        denied = [a for a in answers if a.json()["code"] == "policy_denied"]
+        assert len(denied) <= _allowed(limit.per_second, limit.burst, elapsed)
+        assert len(denied) >= limit.burst
+        assert all(a.json()["code"] in ("policy_denied", "rate_limited") for a in answers)
+    assert _accounted(_entries(vault, STRANGER)[before:]) == 60
+
+
+@pytest.mark.slow
+def test_a_certificate_without_an_identity_is_limited_by_its_fingerprint(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    limit = DEFAULT_REFUSALS
+    with running_vault(tmp_path, hsm_provider) as vault:
+        cert, key, parsed = issue_odd_client(vault.pki, tmp_path, "odd", [])
+        fingerprint = parsed.fingerprint(hashes.SHA256()).hex()
+        context = ssl.create_default_context(cafile=str(vault.pki.ca))
+        context.load_cert_chain(str(cert), str(key))
+        before = len(_entries(vault, "unauthenticated"))
+        started = time.monotonic()
+        with httpx.Client(
+            base_url=vault.url,
+            verify=context,
+            timeout=10,
+            event_hooks=record_responses(vault.tmp / "responses.log"),
+        ) as client:
+            answers = [client.get("/v1/keys") for _ in range(40)]
+        elapsed = time.monotonic() - started
+        missing = [a for a in answers if a.json()["code"] == "identity_missing"]
+        assert len(missing) <= _allowed(limit.per_second, limit.burst, elapsed)
+        assert any(a.json()["code"] == "rate_limited" for a in answers)
+    entries = _entries(vault, "unauthenticated")[before:]
+    assert _accounted(entries) == 40
+    (summary,) = [e for e in entries if e["action"] == SUMMARY_ACTION]
+    assert summary["details"]["cert_sha256"] == fingerprint
+
+
+@pytest.mark.slow
+def test_an_anonymous_address_cannot_flood_the_audit_log_through_the_capture_listener(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    """The capture listener takes requests from anyone on the internet; each refusal
+    (an unknown path, a preflight from another origin) was a `capture.request` entry."""
+    capture = CaptureSettings(port=free_port(), address_per_second=0.5, address_burst=5)
+    actions = ("capture.request", "capture.requests_refused")
+    with running_vault(tmp_path, hsm_provider, capture=capture) as vault:
+        before = len([e for e in _entries(vault, ANONYMOUS_CAPTURE) if e["action"] in actions])
+        started = time.monotonic()
+        with vault.capture_client() as client:
+            answers = [
+                client.get(f"/v1/nothing-{i}")
+                if i % 2
+                else client.options("/v1/capture/x", headers={"origin": "https://evil.example"})
+                for i in range(40)
+            ]
+        elapsed = time.monotonic() - started
+        refused_alone = [a for a in answers if a.status_code != 429]
+        assert len(refused_alone) <= _allowed(0.5, 5, elapsed)
+        held = [a for a in answers if a.status_code == 429]
+        assert held
+        for answer in held:
+            assert answer.json()["code"] == "rate_limited"
+            assert int(answer.headers["retry-after"]) >= 1
+            # The listener's own headers on the 429 too.
+            assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    entries = [e for e in _entries(vault, ANONYMOUS_CAPTURE) if e["action"] in actions][before:]
+    assert _accounted(entries) == 40
+    (summary,) = [e for e in entries if e["action"] == "capture.requests_refused"]
+    assert summary["details"]["client"] == "127.0.0.1"

@@ -1,0 +1,227 @@
+"""`api.refusals.RefusalLimiter` on its own, with clocks the test moves: the bucket's
+arithmetic, the episodes and their counts, a failed write, the memory bound. The
+attack against a real vault is tests/api/test_refusal_attacks.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from api import refusals as module
+from api.refusals import (
+    DEFAULT_REFUSALS,
+    SUMMARY_ACTION,
+    SUMMARY_SECONDS,
+    RefusalLimiter,
+    unauthenticated_key,
+)
+from audit.errors import AuditWriteFailed
+from policies.models import RateLimit
+from vault.service import AuditEvent, Outcome
+
+LIMIT = RateLimit(per_second=2.0, burst=3)  # a unit every 0.5 s
+
+
+class _Clocks:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.epoch = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
+
+    def mono(self) -> float:
+        return self.now
+
+    def wall(self) -> datetime:
+        return self.epoch + timedelta(seconds=self.now - 1000.0)
+
+
+def _limiter(
+    written: list[AuditEvent], limits: dict[str, RateLimit] | None = None
+) -> tuple[RefusalLimiter, _Clocks]:
+    clocks = _Clocks()
+    known = {"spiffe://cofre/a": LIMIT} if limits is None else limits
+    limiter = RefusalLimiter(known.get, written.append, clock=clocks.mono, wall=clocks.wall)
+    return limiter, clocks
+
+
+def test_a_caller_never_refused_is_never_held() -> None:
+    limiter, _ = _limiter([])
+    assert limiter.spent("spiffe://cofre/a") is None
+    assert not limiter.due()
+
+
+def test_the_bucket_holds_the_burst_then_one_unit_per_interval() -> None:
+    limiter, clocks = _limiter([])
+    key = "spiffe://cofre/a"
+    for _ in range(LIMIT.burst):
+        assert limiter.spent(key) is None
+        limiter.charge(key)
+    spent = limiter.spent(key)
+    assert spent is not None
+    assert spent.retry_after == pytest.approx(0.5)
+    clocks.now += 0.5
+    assert limiter.spent(key) is None
+    limiter.charge(key)
+    assert limiter.spent(key) is not None
+
+
+def test_an_identity_without_a_rate_limit_gets_the_default() -> None:
+    limiter, _ = _limiter([], limits={})
+    key = "spiffe://cofre/officer"
+    for _ in range(DEFAULT_REFUSALS.burst):
+        assert limiter.spent(key) is None
+        limiter.charge(key)
+    assert limiter.spent(key) is not None
+
+
+def test_an_episode_has_one_entry_then_a_count_per_interval() -> None:
+    written: list[AuditEvent] = []
+    limiter, clocks = _limiter(written)
+    key = "spiffe://cofre/a"
+    for _ in range(LIMIT.burst):
+        limiter.charge(key)
+    first = limiter.spent(key)
+    assert first is not None
+    assert first.audit
+    for _ in range(5):
+        spent = limiter.spent(key)
+        assert spent is not None
+        assert not spent.audit
+    # Not due before the interval: nothing written.
+    limiter.flush()
+    assert written == []
+    clocks.now += SUMMARY_SECONDS
+    assert limiter.due()
+    limiter.flush()
+    (summary,) = written
+    assert summary.action == SUMMARY_ACTION
+    assert summary.outcome is Outcome.DENIED
+    assert summary.actor == key
+    assert summary.details["count"] == 5
+    assert summary.details["first"] == summary.details["last"] == "2026-12-03T09:00:00+00:00"
+    assert summary.details["code"] == "rate_limited"
+    # The episode goes on: a caller still refused is counted, not written one by one.
+    for _ in range(LIMIT.burst + 1):
+        limiter.charge(key)
+    spent = limiter.spent(key)
+    assert spent is not None
+    assert not spent.audit
+    clocks.now += SUMMARY_SECONDS
+    limiter.flush()
+    assert [e.details["count"] for e in written] == [5, 1]
+    # A whole interval without a refused request ends it; the next one is written again.
+    clocks.now += SUMMARY_SECONDS
+    limiter.flush()
+    assert len(written) == 2
+    for _ in range(LIMIT.burst + 1):
+        limiter.charge(key)
+    spent = limiter.spent(key)
+    assert spent is not None
+    assert spent.audit
+
+
+def test_a_count_that_could_not_be_written_is_kept() -> None:
+    failing = True
+    written: list[AuditEvent] = []
+
+    def recorder(event: AuditEvent) -> None:
+        if failing:
+            raise AuditWriteFailed("the audit log is down")
+        written.append(event)
+
+    clocks = _Clocks()
+    limiter = RefusalLimiter(lambda _: LIMIT, recorder, clock=clocks.mono, wall=clocks.wall)
+    key = "spiffe://cofre/a"
+    for _ in range(LIMIT.burst):
+        limiter.charge(key)
+    limiter.spent(key)
+    for _ in range(3):
+        limiter.spent(key)
+    clocks.now += SUMMARY_SECONDS
+    with pytest.raises(AuditWriteFailed):
+        limiter.flush()
+    assert limiter.due()  # tried again at the next request
+    for _ in range(LIMIT.burst + 1):  # the bucket refilled meanwhile
+        limiter.charge(key)
+    assert limiter.spent(key) is not None
+    failing = False
+    limiter.flush()
+    assert [e.details["count"] for e in written] == [4]
+
+
+def test_stopping_writes_every_count() -> None:
+    written: list[AuditEvent] = []
+    limiter, _ = _limiter(written)
+    key = "spiffe://cofre/a"
+    for _ in range(LIMIT.burst):
+        limiter.charge(key)
+    limiter.spent(key)
+    limiter.spent(key)
+    limiter.flush(everything=True)
+    assert [e.details["count"] for e in written] == [1]
+
+
+def test_a_certificate_without_an_identity_is_named_by_its_fingerprint() -> None:
+    written: list[AuditEvent] = []
+    limiter, _ = _limiter(written, limits={})
+    key = unauthenticated_key("ab" * 32)
+    for _ in range(DEFAULT_REFUSALS.burst):
+        limiter.charge(key)
+    limiter.spent(key)
+    limiter.spent(key)
+    limiter.flush(everything=True)
+    (summary,) = written
+    assert summary.actor == "unauthenticated"
+    assert summary.details["cert_sha256"] == "ab" * 32
+
+
+def test_idle_callers_are_forgotten_when_there_are_too_many(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(module, "_MAX_KEYS", 4)
+    limiter, clocks = _limiter([], limits={})
+    for i in range(4):
+        limiter.charge(f"k{i}")
+    limiter.charge("k0")  # still spending: kept
+    clocks.now += 1.5  # k1-k3 full again (one unit of the default each)
+    limiter.charge("k4")
+    assert sorted(limiter._buckets) == ["k0", "k4"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.just(("charge", 0.0)),
+            st.just(("spent", 0.0)),
+            st.just(("flush", 0.0)),
+            st.floats(min_value=0.0, max_value=2 * SUMMARY_SECONDS).map(lambda s: ("wait", s)),
+        ),
+        max_size=200,
+    )
+)
+def test_every_held_request_is_in_an_entry_or_a_count(steps: list[tuple[str, float]]) -> None:
+    """Whatever the order: the 429s the limiter answers equal the entries the guard
+    writes (`audit`) plus the counts it writes, once it has stopped."""
+    written: list[AuditEvent] = []
+    limiter, clocks = _limiter(written)
+    key = "spiffe://cofre/a"
+    held = audited = 0
+    for step, seconds in steps:
+        if step == "charge":
+            limiter.charge(key)
+        elif step == "spent":
+            spent = limiter.spent(key)
+            if spent is not None:
+                held += 1
+                audited += spent.audit
+                assert spent.retry_after > 0
+        elif step == "flush":
+            limiter.flush()
+        else:
+            clocks.now += seconds
+    limiter.flush(everything=True)
+    assert audited + sum(int(e.details["count"] or 0) for e in written) == held
+    assert all(int(e.details["count"] or 0) > 0 for e in written)
