@@ -172,6 +172,74 @@ def withhold_sent(value: Any, sent: Sequence[str]) -> Any:
     return walk(value)
 
 
+# What may be a piece of a card number among an object's values: up to this many
+# digits (a card has 13-19), spaces and hyphens between groups taken out.
+_MAX_PIECE_DIGITS: Final = 18
+_GROUP_SEPARATORS: Final = re.compile(r"[ -]")
+
+
+def withhold_split_pans(value: Any, pans: Sequence[str]) -> Any:
+    """`value` (an upstream's answer) with a PAN the vault sent withheld where the
+    answer splits it over the values of one object (``{"bin": "555555", "rest":
+    "5555554444"}``): in each object, the values that are short runs of digits (strings,
+    their spaces and hyphens taken out, or numbers) are joined in member order, and
+    every one that makes up part of an occurrence of a PAN in `pans` becomes
+    `WITHHELD_DETAIL`. `mask_pan_values` joins the items of a list, not the values of
+    an object: an object's amount, currency, NSU and authorization code often make 13
+    or more digits together, so only the PANs the vault knows it sent are looked for.
+    Run it on the masked answer (a whole PAN is masked there already)."""
+    wanted = [pan for pan in pans if pan]
+    if not wanted:
+        return value
+
+    def walk(node: Any) -> Any:
+        # Recursion is bounded: `send` refuses an answer deeper than MAX_DEPTH.
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        out = {key: walk(item) for key, item in node.items()}
+        pieces = [(key, digits) for key, item in out.items() if (digits := _piece(item))]
+        joined = "".join(digits for _, digits in pieces)
+        for key in _covering(pieces, joined, wanted):
+            out[key] = WITHHELD_DETAIL
+        return out
+
+    return walk(value)
+
+
+def _piece(value: Any) -> str | None:
+    """The ASCII digits of a value that may be a piece of a card number, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value >= 0:
+        text = str(value)
+    elif isinstance(value, str) and len(value) <= 2 * _MAX_PIECE_DIGITS:
+        text = _ascii_digits(_GROUP_SEPARATORS.sub("", value))
+    else:
+        return None
+    fits = 0 < len(text) <= _MAX_PIECE_DIGITS and text.isascii() and text.isdigit()
+    return text if fits else None
+
+
+def _covering(pieces: list[tuple[Any, str]], joined: str, pans: list[str]) -> set[Any]:
+    """The keys of the `pieces` (key, digits; `joined` is their digits in order) that
+    make up part of an occurrence of one of `pans` spread over two or more of them."""
+    hit: set[Any] = set()
+    for pan in pans:
+        start = joined.find(pan)
+        while start != -1:
+            end, offset, covering = start + len(pan), 0, []
+            for key, digits in pieces:
+                if offset < end and offset + len(digits) > start:
+                    covering.append(key)
+                offset += len(digits)
+            if len(covering) > 1:
+                hit.update(covering)
+            start = joined.find(pan, start + 1)
+    return hit
+
+
 def _ascii_digits(text: str) -> str:
     # Every Unicode decimal digit (fullwidth, Arabic-Indic, ...) as its ASCII digit.
     return "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in text)

@@ -17,7 +17,7 @@ from hsm.provider import HSMProvider
 from tests.support.fake_acquirer import FakeAcquirer
 from tests.vault.conftest import TEST_POLICY, relay_vault
 from vault.pan import Pan
-from vault.relay import WITHHELD_DETAIL, nested_deeper_than, withhold_sent
+from vault.relay import WITHHELD_DETAIL, nested_deeper_than, withhold_sent, withhold_split_pans
 from vault.service import CallContext, TokenizeRequest, VaultService
 
 PAN = "5555555555554444"
@@ -57,6 +57,20 @@ SHAPES: dict[str, Any] = {
     "hex word": "a" + PAN + "bcdef0123456789",
     "Arabic-Indic digits": "".join(chr(0x660 + int(d)) for d in PAN),
     "list of 8-digit strings": [PAN[:8], PAN[8:]],
+    # Review 26: the values of one object were not joined (lists were).
+    "object of 8-digit strings": {"a": PAN[:8], "b": PAN[8:]},
+    "object of pieces around other members": {
+        "bin": PAN[:6],
+        "status": "ok",
+        "middle": PAN[6:12],
+        "approved": True,
+        "last": int(PAN[12:]),
+    },
+    "object of spaced groups": {
+        "first": f"{PAN[:4]} {PAN[4:8]}",
+        "rest": f"{PAN[8:12]}-{PAN[12:]}",
+    },
+    "nested object of pieces": {"card": {"one": PAN[:5], "two": PAN[5:10], "three": PAN[10:]}},
 }
 
 
@@ -135,3 +149,32 @@ def test_withholding_a_key_loses_no_other_member() -> None:
     """Review 27: {"7391": ..., "[withheld]": ...} became one member."""
     answer = withhold_sent({"7391": "a", WITHHELD_DETAIL: "b", "x 7391": 1}, ["7391"])
     assert sorted(answer.values(), key=str) == [1, "a", "b"]
+
+
+def test_only_the_pieces_of_a_pan_sent_are_withheld_from_an_object() -> None:
+    """Review 26: an object's values were never joined. Joining them all would take
+    ordinary acquirer fields out together (amount, currency, NSU, authorization code
+    make 13+ digits), so only the PANs the call sent are looked for."""
+    answer = {
+        "amount": 17390,
+        "currency": "986",
+        "nsu": "000123456",
+        "auth": "A1B2C3",
+        "card": {"bin": PAN[:6], "status": "ok", "rest": int(PAN[6:]), "approved": True},
+        "spaced": {"a": f"{PAN[:4]} {PAN[4:8]}", "b": f"{PAN[8:12]}-{PAN[12:]}", "c": "99"},
+    }
+    out = withhold_split_pans(answer, [PAN])
+    assert out["amount"] == 17390
+    assert out["currency"] == "986"
+    assert out["nsu"] == "000123456"
+    assert out["card"] == {
+        "bin": WITHHELD_DETAIL,
+        "status": "ok",
+        "rest": WITHHELD_DETAIL,
+        "approved": True,
+    }
+    assert out["spaced"] == {"a": WITHHELD_DETAIL, "b": WITHHELD_DETAIL, "c": "99"}
+    # Ordinary numbers that join to some other card are left alone.
+    other = {"a": "41111111", "b": "11111111"}
+    assert withhold_split_pans(other, [PAN]) == other
+    assert withhold_split_pans(answer, []) is answer

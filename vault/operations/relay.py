@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
@@ -40,7 +41,17 @@ from vault.relay import (
     nested_deeper_than,
     set_pointer,
     withhold_sent,
+    withhold_split_pans,
 )
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """What a relay call sent upstream that its answer must not give back: the card
+    details sent beside a PAN (`withhold_sent`) and the PANs (`withhold_split_pans`)."""
+
+    details: list[str]
+    pans: list[str]
 
 
 class RelayOperations(TokenizeOperations):
@@ -136,7 +147,7 @@ class RelayOperations(TokenizeOperations):
         route: RelayRoute,
         body: Any,
         details: Mapping[str, DetailValue],
-    ) -> tuple[Any, list[str], list[str]]:
+    ) -> tuple[Any, list[str], _Sent]:
         """The body to send (a copy, the PANs in place of the tokens), the revealed
         token ids and the card details sent beside a PAN (`withhold_sent` takes them
         out of the answer), with one `relay.send` entry per revealed token written in
@@ -148,13 +159,16 @@ class RelayOperations(TokenizeOperations):
         outgoing = copy.deepcopy(body)  # the caller's body keeps its tokens
         token_ids: list[str] = []
         sent: list[str] = []
+        sent_pans: list[str] = []
         events: list[AuditEvent] = []
         for pointer in route.detokenize:
             token = get_pointer(body, pointer)
             if not isinstance(token, str):
                 raise RelayBodyInvalid(f"the body has no token at {pointer}")
             row = self._live_row(connection, token, domains)
-            set_pointer(outgoing, pointer, self._decrypt(row).reveal())
+            pan = self._decrypt(row).reveal()
+            set_pointer(outgoing, pointer, pan)
+            sent_pans.append(pan)
             token_ids.append(row.id)
             events.append(
                 self._audit_event(
@@ -169,6 +183,7 @@ class RelayOperations(TokenizeOperations):
             token_id, event_details = self._put_card(
                 connection, route.card, body, outgoing, domains, sent_values=sent
             )
+            sent_pans.append(get_pointer(outgoing, route.card.number))
             token_ids.append(token_id)
             events.append(
                 self._audit_event(
@@ -182,7 +197,7 @@ class RelayOperations(TokenizeOperations):
         if not events:
             events.append(self._audit_event(ctx, "relay.send", Outcome.SUCCESS, details=details))
         self._audit.append_many(connection, events)
-        return outgoing, token_ids, sent
+        return outgoing, token_ids, _Sent(sent, sent_pans)
 
     def _put_card(
         self,
@@ -248,11 +263,12 @@ class RelayOperations(TokenizeOperations):
         }
 
     def _tokenize_response(
-        self, ctx: CallContext, route: RelayRoute, body: Any, sent: list[str]
+        self, ctx: CallContext, route: RelayRoute, body: Any, sent: _Sent
     ) -> Any:
         """`body` with the PANs at the route's `response_tokenize` pointers replaced by
-        tokens, every other PAN-like value masked, then the card details in `sent`
-        withheld (`withhold_sent`; after the masking, as a code withheld first could
+        tokens, every other PAN-like value masked, then a PAN the call sent split over
+        an object's values withheld (`withhold_split_pans`), then the card details in
+        `sent` (`withhold_sent`; both after the masking, as a code withheld first could
         split a spaced PAN the masking then misses). The tokens are put in last: a
         token of a format that keeps BIN and last four looks like a card to the
         detector and would otherwise reach the caller unusable, and a digit group of a
@@ -290,7 +306,7 @@ class RelayOperations(TokenizeOperations):
             )
             set_pointer(body, pointer, None)
             tokens_at[pointer] = record.token
-        masked = withhold_sent(mask_strings(body), sent)
+        masked = withhold_sent(withhold_split_pans(mask_strings(body), sent.pans), sent.details)
         for pointer, token in tokens_at.items():
             set_pointer(masked, pointer, token)
         return masked
