@@ -21,6 +21,7 @@ from policies.models import Action, CardPointers, IdentityPolicy, RelayRoute
 from vault.card import format_expiry
 from vault.errors import (
     IntegrityError,
+    OracleSuspected,
     QuotaExceeded,
     RelayBodyInvalid,
     Throttled,
@@ -28,7 +29,8 @@ from vault.errors import (
     TokenNotFound,
     VaultError,
 )
-from vault.models import CallContext, TokenizeRequest
+from vault.models import CallContext, TokenizeRequest, TokenRecord
+from vault.operations._items import _Item
 from vault.operations.tokenize import TokenizeOperations
 from vault.pan import Pan
 from vault.relay import (
@@ -127,7 +129,9 @@ class RelayOperations(TokenizeOperations):
                 # An upstream that echoes the code must not hand it to the caller.
                 drop_pointer(result.body, route.card.security_code)
             # ... nor anywhere else: errors often echo the whole request (review 26).
-            answer = self._tokenize_response(ctx, route, result.body, sent)
+            answer = self._tokenize_response(
+                ctx, rules, route, result.body, sent=sent, details=details
+            )
             del sent
         except CofreError as exc:
             details["error"] = exc.code
@@ -262,8 +266,35 @@ class RelayOperations(TokenizeOperations):
             "security_code": "used" if code is not None else "none",
         }
 
+    def _store_answered(
+        self,
+        connection: Connection,
+        *,
+        ctx: CallContext,
+        rules: IdentityPolicy,
+        domain: str,
+        item: _Item,
+    ) -> list[TokenRecord]:
+        """Store the card an upstream answered with (`response_tokenize`) as a tokenize
+        stores it, counted by the oracle guard as a tokenize is: an upstream that echoes
+        what the relay body carried would otherwise tokenize cards of the caller's
+        choosing, compared with a token it holds, without a limit. No rate unit: the
+        relay call paid one, and a token the caller's flow expects would turn masked
+        at the edge of its limit. Raises `OracleSuspected` (nothing stored)."""
+        now = self._clock()
+        if item.guard is not None:
+            self._limits.watch(connection, ctx.identity, rules.oracle_guard, [item.guard], now)
+        return self._store_tokens(connection, ctx, domain, [item], now, batch=False)
+
     def _tokenize_response(
-        self, ctx: CallContext, route: RelayRoute, body: Any, sent: _Sent
+        self,
+        ctx: CallContext,
+        rules: IdentityPolicy,
+        route: RelayRoute,
+        body: Any,
+        *,
+        sent: _Sent,
+        details: dict[str, DetailValue],
     ) -> Any:
         """`body` with the PANs at the route's `response_tokenize` pointers replaced by
         tokens, every other PAN-like value masked, then a PAN the call sent split over
@@ -294,16 +325,17 @@ class RelayOperations(TokenizeOperations):
                 )
             except VaultError:
                 continue  # not a card this format takes: masked below like any other
-            (record,) = self._transaction(
-                functools.partial(
-                    self._store_tokens,
-                    ctx=ctx,
-                    domain=domain,
-                    items=[item],
-                    now=self._clock(),
-                    batch=False,
+            try:
+                (record,) = self._transaction(
+                    functools.partial(
+                        self._store_answered, ctx=ctx, rules=rules, domain=domain, item=item
+                    )
                 )
-            )
+            except OracleSuspected as exc:
+                # The call has gone upstream (an authorization may stand): its answer is
+                # given, this card masked in it like any other PAN.
+                details["response_tokenize"] = exc.code
+                continue
             set_pointer(body, pointer, None)
             tokens_at[pointer] = record.token
         masked = withhold_sent(withhold_split_pans(mask_strings(body), sent.pans), sent.details)
