@@ -129,7 +129,8 @@ def withhold_sent(value: Any, sent: Sequence[str]) -> Any:
     vault sent (`sent`: the security code, the cardholder's name, the expiry) replaced
     by `WITHHELD_DETAIL`, wherever the upstream echoed them: a value, a key, inside a
     message. A digit string is matched as a whole run of digits (a code's leading zeros
-    optional, as a number drops them), a name as whole words in any case; a number
+    optional, as a number drops them), a name as whole words in any case (any
+    whitespace between them, or SURNAME/GIVEN as a magnetic stripe has it); a number
     whose digits hold one becomes the string. A string that holds one only once
     percent-decoded or with other scripts' digits read as ASCII (fullwidth,
     Arabic-Indic) is withheld whole. The answer goes to callers outside PCI scope, and
@@ -250,7 +251,14 @@ def _pattern(text: str) -> re.Pattern[str]:
         digits = text.lstrip("0")
         digits = rf"0*{re.escape(digits)}" if digits else "0+"
         return re.compile(rf"(?<![0-9]){digits}(?![0-9])")
-    return re.compile(rf"(?<!\w){re.escape(text)}(?!\w)", re.IGNORECASE)
+    words = text.split()
+    body = re.escape(text)
+    if len(words) > 1:
+        # Any whitespace between the words, and the magnetic stripe's SURNAME/GIVEN.
+        forward = r"\s+".join(map(re.escape, words))
+        track = re.escape(words[-1]) + r"\s*/\s*" + r"\s+".join(map(re.escape, words[:-1]))
+        body = f"(?:{forward}|{track})"
+    return re.compile(rf"(?<!\w){body}(?!\w)", re.IGNORECASE)
 
 
 def mask_strings(value: Any) -> Any:

@@ -110,6 +110,26 @@ def test_the_details_sent_are_withheld_wherever_the_answer_echoes_them() -> None
     assert withhold_sent(answer, []) is answer
 
 
+def test_a_name_is_withheld_in_the_layouts_cards_and_acquirers_write_it() -> None:
+    """Review 27 left these: the name as a magnetic stripe writes it (SURNAME/GIVEN),
+    and with its spaces doubled or turned into other whitespace."""
+    answer = {
+        "track": "SOUZA/ANA MARIA",
+        "spaced": "holder ANA  MARIA\tSOUZA declined",
+        "slash": "Souza / Ana Maria",
+        "kept": "ANA SOUZAS",
+        "other": "MARIA/ANA SOUZA",
+    }
+    out = withhold_sent(answer, ["Ana Maria Souza"])
+    assert out == {
+        "track": WITHHELD_DETAIL,
+        "spaced": f"holder {WITHHELD_DETAIL} declined",
+        "slash": WITHHELD_DETAIL,
+        "kept": "ANA SOUZAS",
+        "other": "MARIA/ANA SOUZA",
+    }
+
+
 def test_depth_is_measured_without_recursion() -> None:
     deep: Any = "leaf"
     for _ in range(100_000):
