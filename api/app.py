@@ -22,7 +22,7 @@ from api.hotroutes import HotRoutes
 from api.models import Problem
 from api.observability import make_telemetry
 from api.problems import PROBLEM_JSON
-from api.refusals import RefusalLimiter
+from api.refusals import DEFAULT_REFUSALS, RefusalFlusher, RefusalLimiter
 from api.routes import (
     audit,
     capture_sessions,
@@ -35,7 +35,7 @@ from api.routes import (
 )
 from cofre import __version__
 from policies.errors import PolicyDenied
-from policies.models import RateLimit
+from policies.models import RateLimit, Role
 from vault.service import VaultService
 
 _ERRORS: Final[dict[int | str, dict[str, Any]]] = {
@@ -78,12 +78,12 @@ def create_app(state: AppState) -> FastAPI:
     recorder = getattr(state.service, "record", None)
     # Filled by the server's `api.crl.CrlWatcher` when a CRL is configured.
     app.state.revoked_certificates = revoked = RevokedCertificates()
-    # Each caller's refused requests, limited and counted (`api.refusals`); written
-    # out when the vault stops (`flush_refusals`).
+    # Each caller's refused requests, limited and counted (`api.refusals`); the counts
+    # written by a `refusal_flusher`.
     refusals = None
     if recorder is not None:
-        refusals = RefusalLimiter(lambda key: _rate_limit(state.service, key), recorder)
-    app.state.refusals = refusals
+        refusals = RefusalLimiter(lambda key: _refusal_limit(state.service, key), recorder)
+    app.state.refusal_limiters = [] if refusals is None else [refusals]
     # Inside the guard: the hot routes past FastAPI's routing (`api.hotroutes`).
     app.add_middleware(HotRoutes, fastapi=app, routes=tokens.router.routes)
     app.add_middleware(
@@ -96,21 +96,29 @@ def create_app(state: AppState) -> FastAPI:
     return app
 
 
-def flush_refusals(app: FastAPI | None) -> None:
-    """Write every refusal count of `app` (the API's or the capture listener's) not yet
-    in the audit log (`api.refusals`): called when the vault stops, after the listeners.
-    Raises what the audit write raises."""
-    refusals = getattr(app.state, "refusals", None) if app is not None else None
-    if refusals is not None:
-        refusals.flush(everything=True)
+def refusal_flusher(*apps: FastAPI | None) -> RefusalFlusher:
+    """The writer (not started) of the refusal counts of `apps`: the API's and the
+    capture listener's (`api.refusals`)."""
+    return RefusalFlusher(
+        limiter
+        for app in apps
+        if app is not None
+        for limiter in getattr(app.state, "refusal_limiters", [])
+    )
 
 
-def _rate_limit(service: VaultService, identity: str) -> RateLimit | None:
-    """`identity`'s rate limit in the policy in force; None without one."""
+def _refusal_limit(service: VaultService, key: str) -> RateLimit | None:
+    """The refusal limit of the caller `key` (`api.refusals`): an identity's rate limit;
+    without one, `DEFAULT_REFUSALS` for a person (officer, auditor) and none for a
+    service the policy leaves unlimited; `DEFAULT_REFUSALS` for a caller the policy
+    does not know (an identity it lacks, a certificate without one)."""
     try:
-        return service.policy.rules_for(identity).rate_limit
+        rules = service.policy.rules_for(key)
     except PolicyDenied:
-        return None
+        return DEFAULT_REFUSALS
+    if rules.rate_limit is not None:
+        return rules.rate_limit
+    return None if rules.role is Role.SERVICE else DEFAULT_REFUSALS
 
 
 def add_ready_check(app: FastAPI, name: str, check: Callable[[], None]) -> None:

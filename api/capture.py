@@ -50,8 +50,9 @@ from api.handshake import HandshakeFailures
 from api.lifecycle import ManagedServer
 from api.observability import Telemetry
 from api.problems import problem
-from api.refusals import RefusalLimiter, Spent
+from api.refusals import RefusalLimiter, Spent, charged
 from cofre.errors import CofreError
+from cofre.origins import address_key
 from policies.models import RateLimit
 from vault.capture import SESSION_ID_LENGTH, CardCapture, SessionCodeRule, is_session_id
 from vault.operations.capture import ANONYMOUS_CAPTURE
@@ -72,6 +73,10 @@ __all__ = [
 _log = structlog.get_logger("cofre.capture")
 CAPTURE_SCRIPT: Final = "capture.js"
 MAX_BODY: Final = 4096
+# Refusal entries of the whole listener (every address) written one by one before the
+# rest are counted (`api.refusals`): shoppers' mistakes come a few a second at most.
+LISTENER_REFUSALS: Final = RateLimit(per_second=20.0, burst=200)
+LISTENER_KEY: Final = "*"
 # Nothing is loaded but this listener's own script and style; nothing may frame a page
 # unless a session's origin is named (the hosted fields), and forms post nowhere.
 _BASE_CSP: Final = (
@@ -255,7 +260,9 @@ def create_capture_app(state: CaptureState) -> FastAPI:
     @app.get("/v1/hosted-fields/{session_id}")
     def hosted_fields(session_id: SessionPath, request: Request) -> Response:
         """The card inputs of a live session, framed only by the session's origin."""
-        service.charge_rate(f"capture-address {_client_address(request)}", state.per_address)
+        service.charge_rate(
+            f"capture-address {address_key(_client_address(request))}", state.per_address
+        )
         found = service.hosted_fields_session(session_id) if is_session_id(session_id) else None
         if found is None:
             return problem_for(
@@ -331,20 +338,36 @@ def create_capture_app(state: CaptureState) -> FastAPI:
             headers={**_headers(), **request.scope["state"].get("cors", {})},
         )
 
+    _add_guard(app, state)
+    return app
+
+
+def _add_guard(app: FastAPI, state: CaptureState) -> None:
+    """Put `_CaptureGuard` in front of `app`, with its refusal limits."""
+    service = state.service
     # Each client address's refusals, limited and counted as the API's are per identity
     # (`api.refusals`): anyone on the internet can send this listener requests, and
-    # each refusal was an audit entry. Written out when the vault stops.
-    app.state.refusals = refusals = RefusalLimiter(
-        lambda _: state.per_address,
+    # each refusal was an audit entry. And the listener's refusal entries as a whole:
+    # many addresses (a botnet, a /48 of IPv6) are counted past `LISTENER_REFUSALS`.
+    per_address = _refusal_limiter(service, state.per_address)
+    listener = _refusal_limiter(service, LISTENER_REFUSALS)
+    app.state.refusal_limiters = [per_address, listener]
+    app.add_middleware(
+        _CaptureGuard, recorder=service.record, refusals=per_address, listener=listener
+    )
+
+
+def _refusal_limiter(service: VaultService, limit: RateLimit) -> RefusalLimiter:
+    return RefusalLimiter(
+        lambda _: limit,
         service.record,
         action="capture.requests_refused",
         describe=_describe_address,
     )
-    app.add_middleware(_CaptureGuard, recorder=service.record, refusals=refusals)
-    return app
 
 
 def _describe_address(key: str) -> tuple[str, dict[str, DetailValue]]:
+    # "*": the listener as a whole, or addresses forgotten for memory.
     return ANONYMOUS_CAPTURE, {"client": key[:64]}
 
 
@@ -361,17 +384,20 @@ class _CaptureGuard:
     (a malformed body, an unknown path, a card number that is not digits), written
     before the response starts (PCI DSS 10.2). A client address whose refusals pass
     the per-address limit is answered 429 before anything else, those answers counted
-    (`refusals`, `api.refusals`)."""
+    (`refusals`, `api.refusals`); past the `listener`'s limit of refusal entries from
+    all addresses, the rest are counted too, and still answered."""
 
     def __init__(
         self,
         app: Callable[[Scope, Receive, Send], Awaitable[None]],
         recorder: Callable[[AuditEvent], None] | None = None,
         refusals: RefusalLimiter | None = None,
+        listener: RefusalLimiter | None = None,
     ) -> None:
         self.app = app
         self.recorder = recorder
         self.refusals = refusals
+        self.listener = listener
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -380,20 +406,19 @@ class _CaptureGuard:
         request_id = secrets.token_urlsafe(16)
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
-        refusals, address = self.refusals, str((scope.get("client") or ("unknown",))[0])
-        if refusals is not None and refusals.due():
-            await _flush(refusals)
-        spent = refusals.spent(address) if refusals is not None else None
+        address = address_key(str((scope.get("client") or ("unknown",))[0]))
+        spent = self.refusals.spent(address) if self.refusals is not None else None
 
         with request_trail() as trail:
 
             async def send_with_id(message: Message) -> None:
                 if message["type"] == "http.response.start":
                     code = status["code"] = message["status"]
-                    if refusals is not None and spent is None and 400 <= code < 500:
-                        refusals.charge(address)
-                    if code >= 400 and not trail and (spent is None or spent.audit):
-                        await self._record_refusal(scope, code, request_id)
+                    problem = scope["state"].get("problem_code")
+                    if self.refusals is not None and spent is None and charged(code, problem):
+                        self.refusals.charge(address)
+                    if code >= 400 and not trail:
+                        await self._audit_refusal(scope, code, request_id, address, spent)
                     message["headers"] = [
                         *message.get("headers", []),
                         (b"x-request-id", request_id.encode()),
@@ -438,9 +463,31 @@ class _CaptureGuard:
             )
         return None
 
-    async def _record_refusal(self, scope: Scope, status: int, request_id: str) -> None:
-        if self.recorder is None:
+    async def _audit_refusal(
+        self, scope: Scope, status: int, request_id: str, address: str, spent: Spent | None
+    ) -> None:
+        """The refusal's entry: written, or counted when it is a held answer past the
+        first of its episode or the listener is past its limit of refusal entries."""
+        if spent is not None:
+            if (
+                spent.audit
+                and not await self._record_refusal(scope, status, request_id)
+                and self.refusals is not None
+            ):
+                self.refusals.count(address)
             return
+        if self.listener is not None:
+            busy = self.listener.spent(LISTENER_KEY)
+            if busy is not None and not busy.audit:
+                return  # counted
+            if busy is None:
+                self.listener.charge(LISTENER_KEY)
+        await self._record_refusal(scope, status, request_id)
+
+    async def _record_refusal(self, scope: Scope, status: int, request_id: str) -> bool:
+        """Write the refusal's `capture.request` entry; whether it was."""
+        if self.recorder is None:
+            return True
         client = scope.get("client") or ("unknown", 0)
         event = AuditEvent(
             action="capture.request",
@@ -461,6 +508,8 @@ class _CaptureGuard:
         except CofreError as exc:
             # The request was refused: nothing to undo; the log line says it.
             _log.error("audit entry not written", code=exc.code, request_id=request_id)
+            return False
+        return True
 
 
 def _refused_too_often(scope: Scope, spent: Spent, request_id: str) -> Response:
@@ -473,14 +522,6 @@ def _refused_too_often(scope: Scope, spent: Spent, request_id: str) -> Response:
         request_id,
         {**_headers(), "Retry-After": str(max(1, round(spent.retry_after + 0.5)))},
     )
-
-
-async def _flush(refusals: RefusalLimiter) -> None:
-    """Write the refusal counts that are due (a failure is logged; they are kept)."""
-    try:
-        await run_in_threadpool(refusals.flush)
-    except CofreError as exc:
-        _log.error("refusal counts not written", code=exc.code)
 
 
 def build_capture_server(

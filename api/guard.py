@@ -13,10 +13,10 @@ IN PCI SCOPE. In order, for every request but the health probes:
    ends without any entry (401, 422, 404, 405, 413, 415, 429, key-inventory and ceremony
    reads) gets an ``api.request`` entry with its outcome, written before the response
    starts. A 401 names the certificate: subject, serial and SHA-256 fingerprint;
-5. **refusals are limited**: each 4xx answer spends a unit of the caller's refusal
-   bucket; while it is empty the caller is answered 429 before anything else, and those
-   answers are counted in the audit log rather than written one by one
-   (`api.refusals`);
+5. **refusals are limited**: each refusal of a request for what it was (not for what
+   the vault holds) spends a unit of the caller's refusal bucket; while it is empty the
+   caller is answered 429 before anything else, and those answers are counted in the
+   audit log rather than written one by one (`api.refusals`);
 6. one log line, span and metric (route template only, never the raw path).
 """
 
@@ -36,7 +36,7 @@ from api.crl import RevokedCertificates
 from api.errors import CertificateRevoked, IdentityMissing
 from api.observability import Telemetry
 from api.problems import problem
-from api.refusals import RefusalLimiter, Spent, unauthenticated_key
+from api.refusals import RefusalLimiter, Spent, charged, unauthenticated_key
 from api.tls import certificate_summary, identity_from_scope, peer_certificate
 from cofre.errors import CofreError
 from cofre.redaction import name_holds_pan_like
@@ -102,8 +102,6 @@ class RequestGuard:
         started = time.perf_counter()
         started_ns = time.time_ns()
 
-        if self.refusals is not None and self.refusals.due():
-            await self._flush_refusals(self.refusals)
         spent: Spent | None = None
 
         with request_trail() as trail:
@@ -111,10 +109,12 @@ class RequestGuard:
             async def send_with_id(message: Message) -> None:
                 if message["type"] == "http.response.start":
                     status = status_holder["status"] = message["status"]
-                    if spent is None and 400 <= status < 500:
-                        self._charge_refusal(scope)
+                    if spent is None:
+                        self._charge_refusal(scope, status)
                     if audited and not trail and (spent is None or spent.audit):
-                        await self._record_outcome(scope, status, request_id)
+                        written = await self._record_outcome(scope, status, request_id)
+                        if not written and spent is not None:
+                            self._count_held(scope)
                     message.setdefault("headers", [])
                     message["headers"] = [
                         *message["headers"],
@@ -168,9 +168,10 @@ class RequestGuard:
         scope["state"]["identity"] = identity
         return None
 
-    async def _record_outcome(self, scope: Scope, status: int, request_id: str) -> None:
-        """Write the request's one audit entry when nothing else wrote one. A failure is
-        logged: the request was refused or only read, so nothing is undone by it."""
+    async def _record_outcome(self, scope: Scope, status: int, request_id: str) -> bool:
+        """Write the request's one audit entry when nothing else wrote one; whether it
+        was. A failure is logged: the request was refused or only read, so nothing is
+        undone by it."""
         assert self.recorder is not None  # noqa: S101 - checked by the caller
         state = scope["state"]
         route = getattr(scope.get("route"), "path", "unmatched")
@@ -207,6 +208,8 @@ class RequestGuard:
             await run_in_threadpool(self.recorder, event)
         except CofreError as exc:
             _log.error("audit entry not written", code=exc.code, request_id=request_id)
+            return False
+        return True
 
     def _spent(self, scope: Scope) -> Spent | None:
         """The 429's reason when the caller's refusal bucket is empty, else None."""
@@ -214,19 +217,20 @@ class RequestGuard:
             return None
         return self.refusals.spent(key)
 
-    def _charge_refusal(self, scope: Scope) -> None:
-        """The caller was answered a refusal: spend a unit of its refusal bucket."""
+    def _charge_refusal(self, scope: Scope, status: int) -> None:
+        """If the caller was refused for what its request was (`api.refusals.charged`),
+        spend a unit of its refusal bucket."""
         if self.refusals is None or scope["path"] in UNAUDITED_PATHS:
+            return
+        if not charged(status, scope["state"].get("problem_code")):
             return
         if (key := _refusal_key(scope)) is not None:
             self.refusals.charge(key)
 
-    async def _flush_refusals(self, refusals: RefusalLimiter) -> None:
-        """Write the refusal counts that are due (a failure is logged; they are kept)."""
-        try:
-            await run_in_threadpool(refusals.flush)
-        except CofreError as exc:
-            _log.error("refusal counts not written", code=exc.code)
+    def _count_held(self, scope: Scope) -> None:
+        """A held answer's own entry could not be written: count it instead (review 28)."""
+        if self.refusals is not None and (key := _refusal_key(scope)) is not None:
+            self.refusals.count(key)
 
     def _record(
         self, scope: Scope, status: int, request_id: str, started_ns: int, elapsed_ms: float

@@ -1,34 +1,44 @@
-"""Refused requests: limited per identity, and coalesced in the audit log past the limit.
+"""Refused requests: limited per caller, and coalesced in the audit log past the limit.
 
-IN PCI SCOPE. Every refusal (401, 403, 404, 405, 413, 415, 422, 429) gets an audit
-entry, as PCI DSS 10.2.1.4 wants for invalid access attempts, and none was charged to
-the identity's rate limit: a refusal rolls its transaction back, charge included. One
-stolen certificate could write audit entries as fast as a node answers it (review 26:
-60 bad requests from an identity with a burst of 2, no 429, 63 entries). Each is a
-durable write; the log only grows; and when the disk is full the vault stops for every
-caller, since nothing is done that cannot be audited.
+IN PCI SCOPE. Every refusal (401, 403, 404, 405, 413, 415, 422) gets an audit entry, as
+PCI DSS 10.2.1.4 wants for invalid access attempts, and none was charged to a rate
+limit: a refusal rolls its transaction back, charge included. One stolen certificate,
+or anyone on the internet through the capture listener, could write audit entries as
+fast as a node answers (review 26: 60 bad requests from an identity with a burst of 2,
+no 429, 63 entries). Each is a durable write; the log only grows; and when the disk is
+full the vault stops for every caller, since nothing is done that cannot be audited.
 
-So each process keeps, per identity, a second bucket that only refusals spend. It
-holds the identity's own `rate_limit` (an identity without one, or not in the policy:
-`DEFAULT_REFUSALS`):
+So each process keeps, per caller, a bucket that only its refusals spend (`REFUSALS`):
+the answers a request got for what it was, before any work on what the vault holds.
+An unknown path, a method, a body limit or type, a malformed or invalid body, a
+missing or refused certificate, identity or second factor, a policy denial, and a
+caller over a limit of the vault's (rate, quota, oracle guard: each such 429 was an
+entry too). Not a token that is not found, expired or in conflict (409, 410, 404 on a
+known route: the vault answered about what it holds, and those cost a rate unit
+already), nor an upstream's own status through the relay (review 28: charging those
+held a service that missed a few tokens).
 
-- an answer in 400-499 from anything but this bucket spends one unit;
-- while the bucket is empty, every request of the identity is answered 429
-  ``rate_limited`` by the request guard, before its body is read or any work is done,
-  with the time the bucket needs for one unit in ``Retry-After``;
-- the first such answer of an episode has its own audit entry; the next ones are only
-  counted, and one ``api.requests_refused`` entry per identity and `SUMMARY_SECONDS`
-  carries their number and the first and last time. The request ids of those are on
-  the request log lines only (`api.guard`). Counts not yet written are written when a
-  request (health probes included) finds them due, and when the vault stops.
+- The caller is an identity (its `rate_limit`; a person's identity without one,
+  officers and auditors, or one not in the policy: `DEFAULT_REFUSALS`; a service the
+  policy leaves unlimited is not limited here either), a certificate the vault took
+  no identity from (by fingerprint, `DEFAULT_REFUSALS`), or on the capture listener a
+  client address (IPv6 by its /64, which one host holds whole; the address limit).
+- While a caller's bucket is empty, every request of it is answered 429
+  ``rate_limited`` by the guard before its body is read or any work is done, with the
+  time the bucket needs for one unit in ``Retry-After``.
+- The first such answer of an episode has its own audit entry; the next ones are only
+  counted, and one ``api.requests_refused`` (``capture.requests_refused``) entry per
+  caller and `SUMMARY_SECONDS` carries their number and the first and last time, when
+  `RefusalFlusher` finds it due and when the vault stops. Their request ids are on the
+  request log lines only.
+- A process remembers at most `MAX_CALLERS` callers, least recently seen forgotten
+  first; a forgotten caller's count goes to one shared count (actor or client ``*``).
 
-So an identity writes at most its rate limit's worth of refusal entries per process,
-plus one entry per `SUMMARY_SECONDS`, whatever it sends. The bucket is per process,
-not shared through the database: it bounds growth rather than metering, and a shared
-bucket would cost every refusal one more durable write. A node of N workers behind
-a balancer lets N times as much through.
-
-Only answers to a caller are counted: 5xx are the vault's failures, not the caller's.
+So a caller writes at most its limit's worth of refusal entries per process, plus one
+entry per `SUMMARY_SECONDS`. The buckets are per process, not shared through the
+database: they bound growth rather than meter, and a shared bucket would cost every
+refusal one more durable write. A node of N workers behind a balancer lets N times as
+much through.
 """
 
 from __future__ import annotations
@@ -36,36 +46,75 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
+import structlog
+
+from cofre.background import describe_failure
 from policies.models import RateLimit
 from vault.service import AuditEvent, DetailValue, HexDigest, Outcome
 
-# Refusals of an identity without a rate limit (officers, auditors, anyone not in the
-# policy): a person mistyping gets 20 answers in a row, a script one a second.
+# Refusals of a person's identity without a rate limit (officers, auditors) or of a
+# caller the policy does not know: someone mistyping gets 20 answers in a row, a script
+# one a second.
 DEFAULT_REFUSALS: Final = RateLimit(per_second=1.0, burst=20)
-# How often the count of an identity's coalesced refusals is written.
+# The statuses a request's refusal spends a unit with (404 only for a path that does
+# not exist: `charged`).
+REFUSALS: Final = frozenset({400, 401, 403, 405, 413, 415, 422, 429})
+# How often a caller's count of coalesced refusals is written, and how often
+# `RefusalFlusher` looks.
 SUMMARY_SECONDS: Final = 60.0
+FLUSH_EVERY_SECONDS: Final = 5.0
 SUMMARY_ACTION: Final = "api.requests_refused"
 # The key of a certificate the vault could not take an identity from (a 401): this and
 # its SHA-256 fingerprint (`unauthenticated_key`).
 UNAUTHENTICATED: Final = "unauthenticated"
-# Identities remembered per process before the idle ones are forgotten.
-_MAX_KEYS: Final = 4096
+# The key of the count of callers forgotten for memory.
+FORGOTTEN: Final = "*"
+MAX_CALLERS: Final = 4096
+_log = structlog.get_logger("cofre.api")
+
+
+def charged(status: int, code: str | None) -> bool:
+    """Whether an answer of `status` with problem `code` spends a refusal unit (see the
+    module text); an answer without a problem code is not the vault's refusal."""
+    if not code:
+        return False
+    return status in REFUSALS or (status == 404 and code == "not_found")
+
+
+def unauthenticated_key(cert_sha256: str) -> str:
+    """The key of a certificate without an identity, by its SHA-256 fingerprint."""
+    return f"{UNAUTHENTICATED} {cert_sha256}"
+
+
+def describe_caller(key: str) -> tuple[str, dict[str, DetailValue]]:
+    """The actor of an API caller's key, and its certificate's fingerprint for one
+    without an identity (`unauthenticated_key`)."""
+    actor, _, sha256 = key.partition(" ")
+    if actor == UNAUTHENTICATED:
+        return actor, {"cert_sha256": HexDigest(sha256)}
+    return key, {}
 
 
 @dataclass
 class _Episode:
-    """The coalesced refusals of one identity not yet written."""
+    """The coalesced refusals of one caller not yet written."""
 
     count: int = 0
     first: datetime | None = None
     last: datetime | None = None
-    # Monotonic time of the episode's last entry (its first answer, or a summary).
+    # Monotonic time of the episode's last entry (its first answer, or a count).
     written_at: float = 0.0
+
+    def add(self, count: int, first: datetime | None, last: datetime | None) -> None:
+        self.count += count
+        self.first = min(filter(None, (self.first, first)), default=None)
+        self.last = max(filter(None, (self.last, last)), default=None)
 
 
 @dataclass
@@ -78,7 +127,7 @@ class _Bucket:
 
 @dataclass(frozen=True)
 class Spent:
-    """The identity's refusals are over its limit: answer 429 with `retry_after`.
+    """The caller's refusals are over its limit: answer 429 with `retry_after`.
     `audit`: this answer opens an episode and gets its own entry."""
 
     retry_after: float
@@ -86,13 +135,12 @@ class Spent:
 
 
 class RefusalLimiter:
-    """The per-identity refusal buckets of one process (see the module text).
+    """The per-caller refusal buckets of one process (see the module text).
 
-    `limit_for(key)` is the identity's `rate_limit` or None; `recorder` writes one audit
-    entry durably. The guard calls `spent` when a request arrives, `charge` when it is
-    answered with a refusal, and `due` / `flush` to write the counts. A count is written
-    as an `action` entry whose actor and added details `describe(key)` gives (the
-    capture listener counts per client address, as ``capture.requests_refused``)."""
+    `limit_for(key)` is the caller's limit, None for a caller not limited; `recorder`
+    writes one audit entry durably. The guard calls `spent` when a request arrives and
+    `charge` when it was refused (`charged`); `RefusalFlusher` calls `flush`. A count is
+    written as an `action` entry whose actor and added details `describe(key)` gives."""
 
     def __init__(
         self,
@@ -100,23 +148,27 @@ class RefusalLimiter:
         recorder: Callable[[AuditEvent], None],
         *,
         action: str = SUMMARY_ACTION,
-        describe: Callable[[str], tuple[str, dict[str, DetailValue]]] | None = None,
+        describe: Callable[[str], tuple[str, dict[str, DetailValue]]] = describe_caller,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_callers: int = MAX_CALLERS,
     ) -> None:
         self._limit_for = limit_for
         self._recorder = recorder
         self._action = action
-        self._describe = describe or describe_caller
+        self._describe = describe
         self._clock = clock
         self._wall = wall
+        self._max_callers = max_callers
         self._lock = threading.Lock()
-        self._buckets: dict[str, _Bucket] = {}
-        # Monotonic time at which some episode's count is next due (inf: none).
-        self._next_due = math.inf
+        # Least recently charged or held first (`_remember`).
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        # The counts of callers forgotten while they had one.
+        self._forgotten = _Episode()
 
     def spent(self, key: str) -> Spent | None:
-        """None if `key` may be served; else the 429 to answer (counted here)."""
+        """None if `key` may be served; else the 429 to answer (counted here unless it
+        opens an episode)."""
         bucket = self._buckets.get(key)
         if bucket is None:  # the hot path: a caller that was never refused
             return None
@@ -125,83 +177,100 @@ class RefusalLimiter:
             lead = max(bucket.tat, now) + bucket.interval - now
             if lead <= bucket.tolerance:
                 return None
-            episode = bucket.episode
-            if episode is None:
+            self._buckets.move_to_end(key)
+            if bucket.episode is None:
                 bucket.episode = _Episode(written_at=now)
-                self._next_due = min(self._next_due, now + SUMMARY_SECONDS)
                 return Spent(lead - bucket.tolerance, audit=True)
             stamp = self._wall()
-            episode.count += 1
-            episode.first = episode.first or stamp
-            episode.last = stamp
+            bucket.episode.add(1, stamp, stamp)
             return Spent(lead - bucket.tolerance, audit=False)
+
+    def count(self, key: str) -> None:
+        """Count one held answer of `key` that was to have its own entry but could not
+        be written (it is then in the next count)."""
+        stamp = self._wall()
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                self._forgotten.add(1, stamp, stamp)
+                return
+            if bucket.episode is None:
+                bucket.episode = _Episode(written_at=self._clock())
+            bucket.episode.add(1, stamp, stamp)
 
     def charge(self, key: str) -> None:
         """`key` was answered a refusal: spend one unit (its next request may find the
         bucket empty; a charge never refuses what it is charged for)."""
-        limit = self._limit_for(key) or DEFAULT_REFUSALS
+        limit = self._limit_for(key)
+        if limit is None:
+            return
         interval = 1.0 / limit.per_second
         now = self._clock()
         with self._lock:
             bucket = self._buckets.get(key)
             if bucket is None:
-                if len(self._buckets) >= _MAX_KEYS:
-                    self._forget_idle(now)
                 bucket = self._buckets[key] = _Bucket(now, interval, interval * limit.burst)
+                self._forget_beyond(self._max_callers)
+            else:
+                self._buckets.move_to_end(key)
             # A policy reload takes effect at the next charge.
             bucket.interval, bucket.tolerance = interval, interval * limit.burst
             bucket.tat = max(bucket.tat, now) + interval
 
-    def due(self) -> bool:
-        """Whether some count is due to be written (cheap: read on every request)."""
-        return self._clock() >= self._next_due
-
     def flush(self, *, everything: bool = False) -> None:
         """Write the counts that are due (`everything`: all, when the vault stops), one
-        entry per identity. Raises what `recorder` raises; a count it failed to write
-        is kept for the next flush."""
-        for key, episode in self._take(everything=everything):
+        entry per caller. Raises what `recorder` raises; the counts it did not write
+        are kept for the next flush."""
+        taken = self._take(everything=everything)
+        for at, (key, episode) in enumerate(taken):
             try:
                 self._recorder(self._summary(key, episode))
             except BaseException:
-                self._give_back(key, episode)
+                self._give_back(taken[at:])
                 raise
 
     def _take(self, *, everything: bool) -> list[tuple[str, _Episode]]:
         now = self._clock()
         taken: list[tuple[str, _Episode]] = []
         with self._lock:
-            self._next_due = math.inf
+            if self._forgotten.count:
+                taken.append((FORGOTTEN, self._forgotten))
+                self._forgotten = _Episode()
             for key, bucket in self._buckets.items():
                 episode = bucket.episode
-                if episode is None:
-                    continue
-                if not everything and now - episode.written_at < SUMMARY_SECONDS:
-                    self._next_due = min(self._next_due, episode.written_at + SUMMARY_SECONDS)
+                if episode is None or (
+                    not everything and now - episode.written_at < SUMMARY_SECONDS
+                ):
                     continue
                 if episode.count:
-                    taken.append((key, _Episode(episode.count, episode.first, episode.last)))
+                    taken.append((key, episode))
                     bucket.episode = _Episode(written_at=now)
-                    self._next_due = min(self._next_due, now + SUMMARY_SECONDS)
                 else:
-                    # A whole interval without a refused request: the episode is over,
-                    # and the next one's first answer gets its own entry again.
+                    # A whole interval without a held request: the episode is over, and
+                    # the next one's first answer gets its own entry again.
                     bucket.episode = None
         return taken
 
-    def _give_back(self, key: str, episode: _Episode) -> None:
-        """Put back a count that could not be written, due again at once."""
-        now = self._clock()
+    def _give_back(self, episodes: Iterable[tuple[str, _Episode]]) -> None:
+        """Put back counts that could not be written, due again at the next flush."""
         with self._lock:
-            bucket = self._buckets.get(key)
-            if bucket is None:  # pragma: no cover - only idle buckets are forgotten
-                return
-            held = bucket.episode = bucket.episode or _Episode()
-            held.count += episode.count
-            held.first = min(filter(None, (held.first, episode.first)), default=None)
-            held.last = max(filter(None, (held.last, episode.last)), default=None)
-            held.written_at = now - SUMMARY_SECONDS
-            self._next_due = now
+            for key, episode in episodes:
+                bucket = self._buckets.get(key)
+                if bucket is None:
+                    held = self._forgotten
+                else:
+                    held = bucket.episode = bucket.episode or _Episode()
+                    held.written_at = -math.inf
+                held.add(episode.count, episode.first, episode.last)
+
+    def _forget_beyond(self, limit: int) -> None:
+        """Forget the least recently seen callers past `limit` (under the lock); their
+        counts go to the shared count of forgotten callers."""
+        while len(self._buckets) > limit:
+            _, bucket = self._buckets.popitem(last=False)
+            if bucket.episode is not None and bucket.episode.count:
+                episode = bucket.episode
+                self._forgotten.add(episode.count, episode.first, episode.last)
 
     def _summary(self, key: str, episode: _Episode) -> AuditEvent:
         first, last = episode.first, episode.last
@@ -217,25 +286,37 @@ class RefusalLimiter:
         }
         return AuditEvent(action=self._action, outcome=Outcome.DENIED, actor=actor, details=details)
 
-    def _forget_idle(self, now: float) -> None:
-        """Drop the buckets that are full again and hold no count (under the lock)."""
-        for key in [
-            key
-            for key, bucket in self._buckets.items()
-            if bucket.tat <= now and bucket.episode is None
-        ]:
-            del self._buckets[key]
 
+class RefusalFlusher:
+    """Writes the due counts of `limiters` every `FLUSH_EVERY_SECONDS` (review 28: a
+    count waited for the worker's next request, hours on an idle one), in a thread of
+    its own, and every count when stopped. A failure is logged; the counts stay."""
 
-def unauthenticated_key(cert_sha256: str) -> str:
-    """The key of a certificate without an identity, by its SHA-256 fingerprint."""
-    return f"{UNAUTHENTICATED} {cert_sha256}"
+    def __init__(
+        self, limiters: Iterable[RefusalLimiter], interval: float = FLUSH_EVERY_SECONDS
+    ) -> None:
+        self._limiters = list(limiters)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cofre-refusals", daemon=True)
 
+    def start(self) -> None:
+        self._thread.start()
 
-def describe_caller(key: str) -> tuple[str, dict[str, DetailValue]]:
-    """The actor of an API caller's key, and its certificate's fingerprint for one
-    without an identity (`unauthenticated_key`)."""
-    actor, _, sha256 = key.partition(" ")
-    if actor == UNAUTHENTICATED:
-        return actor, {"cert_sha256": HexDigest(sha256)}
-    return key, {}
+    def stop(self) -> None:
+        """Stop the thread, then write every count (before the audit log closes)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        self._flush(everything=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._flush(everything=False)
+
+    def _flush(self, *, everything: bool) -> None:
+        for limiter in self._limiters:
+            try:
+                limiter.flush(everything=everything)
+            except Exception as exc:  # noqa: BLE001 - the counts stay; the thread goes on
+                _log.error("refusal counts not written", error=describe_failure(exc))

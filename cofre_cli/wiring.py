@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from api.app import create_app, flush_refusals
+from api.app import create_app, refusal_flusher
 from api.dependencies import AppState
 from api.errors import Draining
 from api.lifecycle import Readiness
@@ -32,6 +32,7 @@ from api.observability import (
     make_telemetry,
 )
 from api.pki import DEV_CA_COMMON_NAME, certificate_inventory
+from api.refusals import RefusalFlusher
 from api.server import TLSFiles
 from audit.errors import AuditWriteFailed
 from audit.log import AuditEvent, AuditLog, Outcome
@@ -173,6 +174,8 @@ class Runtime:
     # The capture listener's app (hosted card fields; served when a capture port is set).
     capture_app: Any = field(repr=False, default=None)
     publisher_thread: PublisherThread | None = None  # heads -> witnesses, if any
+    # Writes the counts of refused requests held past their limit (`api.refusals`).
+    refusal_flusher: RefusalFlusher | None = None
 
     def reload_policy(self) -> bool:
         """Re-read the policy file and, if its text changed, record it in the audit log
@@ -193,11 +196,9 @@ class Runtime:
     def close(self) -> None:
         """Stop the workers, wipe every unwrapped data key and close the HSM session."""
         self.readiness.begin_drain()
-        for app in (self.app, self.capture_app):
-            try:  # before the sequencer stops, so its last head covers them
-                flush_refusals(app)
-            except CofreError as exc:
-                _log.error("refusal counts not written", code=exc.code)
+        if self.refusal_flusher is not None:
+            # Every count written before the sequencer stops, so its last head covers them.
+            self.refusal_flusher.stop()
         self.purge_worker.stop()
         self.rotation_worker.stop()
         self.sequencer_thread.stop()
@@ -401,6 +402,7 @@ def build_runtime(
             custody=keys.custody,
         )
     )
+    capture, flusher = _capture_and_refusals(settings, service, app)
     return Runtime(
         settings,
         engine,
@@ -416,9 +418,21 @@ def build_runtime(
         check_ready=check_ready,
         readiness=readiness,
         policy_sha256=loaded.sha256,
-        capture_app=capture_app(settings, service) if settings.capture.port else None,
+        capture_app=capture,
         publisher_thread=publisher_thread,
+        refusal_flusher=flusher,
     )
+
+
+def _capture_and_refusals(
+    settings: Settings, service: VaultService, app: Any
+) -> tuple[Any, RefusalFlusher]:
+    """The capture listener's app (None when no capture port is set) and the started
+    writer of both apps' refusal counts (`api.refusals`)."""
+    capture = capture_app(settings, service) if settings.capture.port else None
+    flusher = refusal_flusher(app, capture)
+    flusher.start()
+    return capture, flusher
 
 
 def _evidence_sources(

@@ -26,7 +26,9 @@ import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import hashes
 
+from api.capture import LISTENER_REFUSALS
 from api.refusals import DEFAULT_REFUSALS, SUMMARY_ACTION
+from cofre.origins import address_key
 from cofre.settings import CaptureSettings
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
@@ -200,3 +202,70 @@ def test_an_anonymous_address_cannot_flood_the_audit_log_through_the_capture_lis
     assert _accounted(entries) == 40
     (summary,) = [e for e in entries if e["action"] == "capture.requests_refused"]
     assert summary["details"]["client"] == "127.0.0.1"
+
+
+@pytest.mark.slow
+def test_a_service_the_policy_leaves_unlimited_is_not_held_by_its_misses(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    """Review 28: `settlement` has no rate limit; a few detokenize misses (404, an
+    answer about what the vault holds) held it, and 42 of 175 valid calls got 429."""
+    with running_vault(tmp_path, hsm_provider) as vault:
+        with vault.client("payments") as payments:
+            token = payments.post(
+                "/v1/tokenize", json={"pan": "4111111111111111", "format": "uuid"}
+            ).json()["token"]
+        with vault.client("settlement") as client:
+            statuses = []
+            for i in range(120):
+                missing = i % 4 == 0
+                body = {"token": "00000000-0000-4000-8000-000000000000" if missing else token}
+                statuses.append(client.post("/v1/detokenize", json=body).status_code)
+    assert 429 not in statuses
+    assert statuses.count(404) == 30
+
+
+@pytest.mark.slow
+def test_many_addresses_do_not_flood_the_audit_log_through_the_capture_listener(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    """Review 28: each source address had a fresh burst of audited refusals, and one
+    IPv6 host holds 2^64 (127.0.0.0/8 stands in). Past the listener's limit of refusal
+    entries from all addresses the rest are counted, and still answered as refused."""
+    capture = CaptureSettings(port=free_port(), address_per_second=0.5, address_burst=5)
+    addresses, per_address = 60, 5
+    with running_vault(tmp_path, hsm_provider, capture=capture) as vault:
+        before = len(_entries(vault, ANONYMOUS_CAPTURE))
+        context = ssl.create_default_context(cafile=str(vault.pki.ca))
+        started = time.monotonic()
+        statuses: list[int] = []
+        for a in range(addresses):
+            transport = httpx.HTTPTransport(verify=context, local_address=f"127.0.1.{a + 2}")
+            with httpx.Client(
+                base_url=str(vault.capture_url),
+                transport=transport,
+                timeout=10,
+                event_hooks=record_responses(vault.tmp / "responses.log"),
+            ) as client:
+                statuses += [client.get(f"/v1/nothing-{i}").status_code for i in range(per_address)]
+        elapsed = time.monotonic() - started
+        written = [
+            e
+            for e in _entries(vault, ANONYMOUS_CAPTURE)[before:]
+            if e["action"] == "capture.request"
+        ]
+        assert statuses.count(404) == addresses * per_address  # none held: each within 5
+        wide = LISTENER_REFUSALS
+        assert len(written) <= _allowed(wide.per_second, wide.burst, elapsed)
+    entries = _entries(vault, ANONYMOUS_CAPTURE)[before:]
+    assert _accounted(entries) == addresses * per_address
+    assert any(e["details"].get("client") == "*" for e in entries)
+
+
+def test_an_ipv6_host_is_one_address_for_the_limits() -> None:
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:ffff::9")
+    assert address_key("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
+    assert address_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert address_key("192.0.2.7") == "192.0.2.7"
+    assert address_key("unknown") == "unknown"

@@ -23,6 +23,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, Row, and_, delete, insert, select, update
 
 from audit.log import DetailValue, Outcome
+from cofre.origins import address_key
 from policies.models import Action, RateLimit
 from vault.capture import (
     CaptureResult,
@@ -166,7 +167,7 @@ class CaptureOperations(TokenizeOperations):
         anonymous = CallContext(identity=ANONYMOUS_CAPTURE, request_id=request_id)
         details: dict[str, DetailValue] = {"client": card.client_address[:64]}
         with self._audited_refusal(anonymous, Action.CAPTURE):
-            self.charge_rate(f"capture-address {card.client_address[:64]}", per_address)
+            self.charge_rate(f"capture-address {address_key(card.client_address)}", per_address)
             session = self._session_row(card.session_id)
             if session is None:
                 raise CaptureUnauthorized("unknown capture session or wrong client secret")
