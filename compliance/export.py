@@ -21,6 +21,7 @@ from typing import IO, Any, Final
 from sqlalchemy import Engine, func, or_, select
 
 from audit.heads import SignedTreeHead, TreeHeadSigner
+from audit.log import AuditEvent, AuditLog, Outcome
 from audit.merkle import hash_b64
 from audit.publisher import cosignatures_of, witnessed_note
 from audit.retention import retired_overlapping
@@ -202,16 +203,21 @@ def write_bundle(
         raise ComplianceError("the period's times must carry a time zone")
     if period_to <= period_from:
         raise ComplianceError("the period must end after it starts")
+    # A period cannot claim a future it has not seen: entries written after this export
+    # but dated before its end would belong to no bundle of a chain. It ends at the
+    # latest with the export's own `evidence.cutoff` entry, which the head signed next
+    # covers: so there is always an entry after the period, which the bundle shows as
+    # its end boundary (review 29: without one, entries at the period's end could be
+    # left out unseen).
+    cutoff = _write_cutoff(engine, generator)
+    if cutoff <= period_from:
+        raise ComplianceError("the period must not start in the future")
+    period_to = min(period_to, cutoff)
     sequencer.drain(force_sign=True)
     if publish is not None:
         # The head just signed goes to the witnesses now, so the bundle can carry its
         # cosignatures (a witness that is down leaves an earlier witnessed head, if any).
         publish()
-    # A period cannot claim a future it has not seen: entries written after this export
-    # but dated before its end would belong to no bundle of a chain.
-    period_to = min(period_to, datetime.now(UTC))
-    if period_to <= period_from:
-        raise ComplianceError("the period must not start in the future")
     _refuse_retired(engine, period_from, period_to)
     store = AuditStore(engine)
     reader = engine.execution_options(**READ_ONLY)
@@ -228,13 +234,15 @@ def write_bundle(
     start, end = int(first), int(last) + 1
     if previous_manifest is not None:
         _check_chain_start(json.loads(previous_manifest), start, end)
-    covering = _covering_head(engine, store, end, page_size)
+    # Covering the end boundary too: the first entry after the period.
+    covering = _covering_head(engine, store, end + 1, page_size)
     if covering is None:  # pragma: no cover - drain() signed one
         raise ComplianceError("no signed tree head covers the period yet")
     size = covering.tree_size
     staging = _Staging()
     try:
         _stream_log(staging, store, start=start, end=end, size=size, page_size=page_size)
+        _stage_boundaries(staging, store, start=start, end=end, size=size)
         policy_text = _stream_policy_versions(
             staging, engine, store, start=start, end=end, size=size
         )
@@ -389,6 +397,38 @@ def _stream_log(
         inclusion.jsonl(
             {"index": i, "proof": [hash_b64(h) for h in store.inclusion_proof(i, size)]}
         )
+
+
+def _write_cutoff(engine: Engine, generator: str) -> datetime:
+    """Write the export's ``evidence.cutoff`` entry and return a time at or before the
+    entry's own: the latest end the bundle's period may have."""
+    at = datetime.now(UTC)
+    event = AuditEvent(
+        action="evidence.cutoff",
+        outcome=Outcome.SUCCESS,
+        actor=generator,
+        details={"reason": "an evidence bundle's period ends at the latest here"},
+    )
+    with engine.begin() as connection:
+        AuditLog().append(connection, event)
+    return at
+
+
+def _stage_boundaries(
+    staging: _Staging, store: AuditStore, *, start: int, end: int, size: int
+) -> None:
+    """Stage `audit/boundaries.jsonl`: the entries just outside the period, each with
+    its inclusion proof in the tree of `size`. The one before the first (none when the
+    period starts the log) is dated before the period and the one after the last at or
+    after its end, so the verifier sees that no entry of the period was left out at
+    either end (review 29). An entry retired to the archive is left out: the verifier
+    then names the end it cannot see."""
+    member = staging.member("audit/boundaries.jsonl")
+    for index in (start - 1, end):
+        page = store.entries_page(index, index + 1, 1) if 0 <= index < size else []
+        for _, payload in page:
+            proof = [hash_b64(h) for h in store.inclusion_proof(index, size)]
+            member.jsonl({"index": index, "payload": payload, "proof": proof})
 
 
 def _proof_indices(start: int, end: int) -> Iterator[int]:

@@ -209,13 +209,17 @@ def test_no_evidence_bundle_claims_a_period_whose_entries_were_retired(
     with pytest.raises(ComplianceError, match=rf"audit_entries_p{OLD[1]:%Y%m}, .* were retired"):
         bundle(datetime(OLD[1].year, OLD[1].month, 1, tzinfo=UTC), NOW)
     assert retired_overlapping(pg, datetime(NOW.year, NOW.month, 1, tzinfo=UTC), NOW) == []
-    # The online month still makes a bundle that verifies offline (its entries follow
-    # the retired leaves; the subtrees before them are kept).
+    # The online month still makes a bundle whose entries verify offline (they follow
+    # the retired leaves; the subtrees before them are kept). The entry just before its
+    # first is retired, so the bundle cannot show that nothing of the period precedes
+    # it, and says so; and this synthetic log never loaded a policy.
     made = tmp_path / "bundle.tar.gz"
     made.write_bytes(bundle(datetime(NOW.year, NOW.month, 1, tzinfo=UTC), datetime.now(UTC)))
     report = verify_bundle(made, pem, None, unsafe_no_witnesses=True)
-    # Everything verifies but the policy check: this synthetic log never loaded one.
-    assert report.problems == [
+    assert len(report.problems) == 2, report.problems
+    assert report.problems[0].startswith("audit/boundaries.jsonl: no entry ")
+    assert "before the range" in report.problems[0]
+    assert report.problems[1] == (
         "policy/versions.jsonl: no policy version in force during the period is evidenced"
-    ]
+    )
     assert {"entries", "heads", "signature"} <= report.passed_checks

@@ -5,8 +5,8 @@ IN PCI SCOPE (as evidence), and deliberately standalone: its own distribution
 `cryptography`. It imports nothing of the vault, its HSM code or its database, and uses
 no network; an import-linter contract and a test that runs it from a fresh virtualenv
 keep it that way. `verify.verify_bundle` is the entry point; each family of checks is a
-module of its own (`files`, `heads`, `entries`, `policy`, `custody`, `chain`,
-`witnesses`).
+module of its own (`files`, `heads`, `entries`, `boundaries`, `policy`, `custody`,
+`chain`, `witnesses`).
 """
 
 __version__ = "0.1.0"
@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 # an underscore is internal. tests/test_exported_members.py pins this list.
 __all__ = [
     "__version__",
+    "boundaries",
     "bundle",
     "chain",
     "cli",

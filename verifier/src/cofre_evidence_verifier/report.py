@@ -9,7 +9,9 @@ from typing import Any, Final
 
 # The checks every bundle must pass; a chained bundle (`--previous`) must pass two more,
 # and a bundle that names a previous head must prove it (`previous_head`).
-REQUIRED_CHECKS: Final = frozenset({"signature", "files", "heads", "entries", "policy", "custody"})
+REQUIRED_CHECKS: Final = frozenset(
+    {"signature", "files", "heads", "entries", "boundaries", "policy", "custody"}
+)
 CHAIN_CHECKS: Final = frozenset({"previous", "chain"})
 
 

@@ -8,7 +8,9 @@ it finds (not only the first):
    key, or the one its handovers lead to, `keychain`), and that its checkpoint states its
    size and root (`heads`);
 4. the audit entries: consecutive leaf indices exactly covering the range the manifest
-   claims, each entry's time inside the claimed period (`entries`);
+   claims, each entry's time inside the claimed period (`entries`), and the entries
+   just outside the range in the covering head, dated outside the period on each side,
+   so that nothing of the period is left out at either end (`boundaries`);
 5. the Merkle root recomputed from the entries (and the subtree hashes around them)
    equals the covering signed head's root, and each entry's inclusion proof verifies,
    which names the first entry that was changed, removed or reordered (`entries`);
@@ -42,7 +44,16 @@ from pathlib import Path
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from cofre_evidence_verifier import chain, custody, entries, files, heads, policy, witnesses
+from cofre_evidence_verifier import (
+    boundaries,
+    chain,
+    custody,
+    entries,
+    files,
+    heads,
+    policy,
+    witnesses,
+)
 from cofre_evidence_verifier.bundle import (
     BUNDLE_FORMAT,
     MANIFEST,
@@ -112,6 +123,7 @@ def verify_bundle(
         files.check_files(bundle, manifest, report)
         verified = heads.check_heads(bundle, key_chain, report)
         entries.check_entries(bundle, manifest, verified, report)
+        boundaries.check_boundaries(bundle, manifest, verified, report)
         policy.check_policy(bundle, manifest, verified, report)
         custody.check_custody(bundle, manifest, verified, report)
         if unsafe_no_witnesses:

@@ -1,0 +1,91 @@
+"""Check 4b: no entry of the period is left out at either end of the bundle's range.
+
+The entries check verifies the entries the bundle carries, leaves [first_index,
+end_index), against the covering head; the leaves before and after are in the tree only
+as subtree hashes. A bundle that claimed a later first index or an earlier end would
+leave entries of its period out unseen, and one of no entries would hide a whole day
+(review 29). So the bundle carries the entries just outside its range
+(`audit/boundaries.jsonl`), each with its inclusion proof in the covering head: the one
+before the first, dated before the period (none when the range starts the log), and the
+one after the last, dated at or after the period's end. The exporter ends every period
+at the latest with its own ``evidence.cutoff`` entry, so there always is one after.
+
+Entry times follow leaf order, as the entries check already assumes (an entry of the
+range dated outside the period fails there).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Final
+
+from cofre_evidence_verifier.bundle import Files, Heads, json_lines
+from cofre_evidence_verifier.merkle import included, leaf_hash
+from cofre_evidence_verifier.report import Report
+
+BOUNDARIES: Final = "audit/boundaries.jsonl"
+
+
+def check_boundaries(files: Files, manifest: dict[str, Any], heads: Heads, report: Report) -> None:
+    """Pass `boundaries` when the entries on both sides of the range are in the covering
+    head and dated outside the period, on the right side of it."""
+    claimed, period = manifest.get("entries"), manifest.get("period")
+    covering = manifest.get("covering_head")
+    if not (isinstance(claimed, dict) and isinstance(period, dict) and isinstance(covering, dict)):
+        report.fail("manifest.json: no entries, period or covering head to check the ends by")
+        return
+    start, end = int(claimed.get("first_index", -1)), int(claimed.get("end_index", -1))
+    size = int(covering.get("tree_size", -1))
+    head = heads.get(size)
+    if head is None:
+        report.fail(f"{BOUNDARIES}: the covering head {size} is not a verified head")
+        return
+    root = base64.b64decode(head["root_hash"])
+    rows = {
+        int(row["index"]): row for row in json_lines(files.get(BOUNDARIES, b""), BOUNDARIES, report)
+    }
+    problems = []
+    if start > 0:
+        problems += _outside(rows.get(start - 1), start - 1, size, root, before=str(period["from"]))
+    problems += _outside(rows.get(end), end, size, root, after=str(period["to"]))
+    for problem in problems:
+        report.fail(f"{BOUNDARIES}: {problem}")
+    if not problems:
+        shown = "the log's first entry" if start == 0 else f"entry {start - 1} before it"
+        report.passed(
+            "boundaries",
+            f"nothing of the period is left out: {shown} and entry {end} after it are in "
+            f"signed head {size}, dated outside the period",
+        )
+
+
+def _outside(
+    row: dict[str, Any] | None,
+    index: int,
+    size: int,
+    root: bytes,
+    *,
+    before: str | None = None,
+    after: str | None = None,
+) -> list[str]:
+    """What is wrong with the boundary entry `row` at `index`: it must be in the tree
+    and dated before `before` (or at or after `after`)."""
+    side = "before" if before is not None else "after"
+    if row is None or not 0 <= index < size:
+        return [
+            f"no entry {index} {side} the range with its proof: entries of the period could "
+            f"be left out {side} it"
+        ]
+    payload = str(row["payload"])
+    proof = [base64.b64decode(h) for h in row["proof"]]
+    if not included(leaf_hash(payload.encode("utf-8")), index, size, proof, root):
+        return [f"the inclusion proof of entry {index} fails"]
+    at = json.loads(payload).get("time", "")
+    if not isinstance(at, str):
+        return [f"entry {index} has no time"]
+    if before is not None and not at < before:
+        return [f"entry {index} {side} the range is dated {at}, inside the period"]
+    if after is not None and not at >= after:
+        return [f"entry {index} {side} the range is dated {at}, inside the period"]
+    return []
