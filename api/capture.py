@@ -325,6 +325,9 @@ def create_capture_app(state: CaptureState) -> FastAPI:
             per_session=state.per_session,
             per_address=state.per_address,
             request_id=_request_id(request),
+            # The listener is past its limit of refusal entries: a refusal before the
+            # session is known is counted by the guard, not written (review 30).
+            audit_anonymous=not request.scope["state"].get("quiet_refusals", False),
         )
         answer = CaptureAnswer(
             token=result.token.token,
@@ -408,6 +411,8 @@ class _CaptureGuard:
         status = {"code": 500}
         address = address_key(str((scope.get("client") or ("unknown",))[0]))
         spent = self.refusals.spent(address) if self.refusals is not None else None
+        if self.listener is not None and self.listener.is_spent(LISTENER_KEY):
+            scope["state"]["quiet_refusals"] = True
 
         with request_trail() as trail:
 
@@ -419,6 +424,10 @@ class _CaptureGuard:
                         self.refusals.charge(address)
                     if code >= 400 and not trail:
                         await self._audit_refusal(scope, code, request_id, address, spent)
+                    elif self.listener is not None and 400 <= code < 500:
+                        # Written by the operation itself (a wrong secret, an unknown
+                        # session): it spends the listener's budget all the same.
+                        self.listener.charge(LISTENER_KEY)
                     message["headers"] = [
                         *message.get("headers", []),
                         (b"x-request-id", request_id.encode()),
@@ -477,7 +486,7 @@ class _CaptureGuard:
                 self.refusals.count(address)
             return
         if self.listener is not None:
-            busy = self.listener.spent(LISTENER_KEY)
+            busy = self.listener.spent(LISTENER_KEY, note=address)
             if busy is not None and not busy.audit:
                 return  # counted
             if busy is None:

@@ -76,6 +76,10 @@ UNAUTHENTICATED: Final = "unauthenticated"
 # The key of the count of callers forgotten for memory.
 FORGOTTEN: Final = "*"
 MAX_CALLERS: Final = 4096
+# 404s about what a caller named, not what the vault holds for cards: a path, a key
+# ceremony, an audit proof (review 30: an officer's guesses were free).
+_NOTHING_THERE: Final = frozenset({"not_found", "ceremony_not_found", "proof_invalid"})
+_NOTED: Final = 64
 _log = structlog.get_logger("cofre.api")
 
 
@@ -84,7 +88,7 @@ def charged(status: int, code: str | None) -> bool:
     module text); an answer without a problem code is not the vault's refusal."""
     if not code:
         return False
-    return status in REFUSALS or (status == 404 and code == "not_found")
+    return status in REFUSALS or (status == 404 and code in _NOTHING_THERE)
 
 
 def unauthenticated_key(cert_sha256: str) -> str:
@@ -110,11 +114,30 @@ class _Episode:
     last: datetime | None = None
     # Monotonic time of the episode's last entry (its first answer, or a count).
     written_at: float = 0.0
+    # Who the counted answers went to, when one count covers several (`spent`'s `note`):
+    # at most `_NOTED` of them, the rest under "others".
+    noted: dict[str, int] = field(default_factory=dict)
 
-    def add(self, count: int, first: datetime | None, last: datetime | None) -> None:
+    def add(
+        self,
+        count: int,
+        first: datetime | None,
+        last: datetime | None,
+        noted: dict[str, int] | None = None,
+    ) -> None:
         self.count += count
         self.first = min(filter(None, (self.first, first)), default=None)
         self.last = max(filter(None, (self.last, last)), default=None)
+        for caller, times in (noted or {}).items():
+            who = "others" if caller not in self.noted and len(self.noted) >= _NOTED else caller
+            self.noted[who] = self.noted.get(who, 0) + times
+
+    def shown(self) -> str | None:
+        """The noted callers, most counted first (ten of them), for the entry."""
+        if not self.noted:
+            return None
+        ranked = sorted(self.noted.items(), key=lambda item: (-item[1], item[0]))
+        return ", ".join(f"{who} x{times}" for who, times in ranked[:10])
 
 
 @dataclass
@@ -166,9 +189,9 @@ class RefusalLimiter:
         # The counts of callers forgotten while they had one.
         self._forgotten = _Episode()
 
-    def spent(self, key: str) -> Spent | None:
+    def spent(self, key: str, note: str | None = None) -> Spent | None:
         """None if `key` may be served; else the 429 to answer (counted here unless it
-        opens an episode)."""
+        opens an episode, and noted as `note`'s when one key stands for many)."""
         bucket = self._buckets.get(key)
         if bucket is None:  # the hot path: a caller that was never refused
             return None
@@ -182,8 +205,17 @@ class RefusalLimiter:
                 bucket.episode = _Episode(written_at=now)
                 return Spent(lead - bucket.tolerance, audit=True)
             stamp = self._wall()
-            bucket.episode.add(1, stamp, stamp)
+            bucket.episode.add(1, stamp, stamp, None if note is None else {note: 1})
             return Spent(lead - bucket.tolerance, audit=False)
+
+    def is_spent(self, key: str) -> bool:
+        """Whether `key`'s bucket is empty now (counts nothing)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return False
+        now = self._clock()
+        with self._lock:
+            return max(bucket.tat, now) + bucket.interval - now > bucket.tolerance
 
     def count(self, key: str) -> None:
         """Count one held answer of `key` that was to have its own entry but could not
@@ -261,7 +293,7 @@ class RefusalLimiter:
                 else:
                     held = bucket.episode = bucket.episode or _Episode()
                     held.written_at = -math.inf
-                held.add(episode.count, episode.first, episode.last)
+                held.add(episode.count, episode.first, episode.last, episode.noted)
 
     def _forget_beyond(self, limit: int) -> None:
         """Forget the least recently seen callers past `limit` (under the lock); their
@@ -270,7 +302,7 @@ class RefusalLimiter:
             _, bucket = self._buckets.popitem(last=False)
             if bucket.episode is not None and bucket.episode.count:
                 episode = bucket.episode
-                self._forgotten.add(episode.count, episode.first, episode.last)
+                self._forgotten.add(episode.count, episode.first, episode.last, episode.noted)
 
     def _summary(self, key: str, episode: _Episode) -> AuditEvent:
         first, last = episode.first, episode.last
@@ -284,6 +316,8 @@ class RefusalLimiter:
             "last": last.isoformat() if last else None,
             **described,
         }
+        if (shown := episode.shown()) is not None:
+            details["callers"] = shown
         return AuditEvent(action=self._action, outcome=Outcome.DENIED, actor=actor, details=details)
 
 

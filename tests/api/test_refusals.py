@@ -73,6 +73,8 @@ def test_a_caller_never_refused_is_never_held() -> None:
         (429, "rate_limited", True),
         (429, "oracle_suspected", True),
         (404, "not_found", True),  # a path that does not exist
+        (404, "ceremony_not_found", True),
+        (404, "proof_invalid", True),
         # Review 28: answers about what the vault holds held a service that missed a
         # few tokens; an upstream's own 4xx through the relay has no problem code.
         (404, "token_not_found", False),

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,11 +16,9 @@ import pytest
 from audit.merkle import hash_b64
 from audit.store import AuditStore
 from compliance.export import _blocks
-from hsm.provider import HSMProvider
-from tests.api.conftest import VaultServer, running_vault
+from tests.api.conftest import VaultServer
 from tests.compliance.test_evidence import (
     _entries,
-    _export,
     _members,
     _set_entries,
     _write,
@@ -30,24 +26,6 @@ from tests.compliance.test_evidence import (
 )
 
 PAN = "4111111111111111"
-
-
-@pytest.fixture(scope="module")
-def exported(
-    tmp_path_factory: pytest.TempPathFactory, hsm_provider: HSMProvider
-) -> Iterator[tuple[VaultServer, Path, bytes]]:
-    tmp = tmp_path_factory.mktemp("boundaries")
-    with running_vault(tmp, hsm_provider) as vault:
-        started = datetime.now(UTC) - timedelta(seconds=5)
-        with vault.client("payments") as client:
-            for _ in range(12):
-                body = {"pan": PAN, "format": "uuid"}
-                assert client.post("/v1/tokenize", json=body).status_code in (200, 201)
-        response = _export(vault, started)
-        assert response.status_code == 200, response.text
-        bundle = tmp / "bundle.tar.gz"
-        bundle.write_bytes(response.content)
-        yield vault, bundle, hsm_provider.public_key_pem("cofre-audit-v1")
 
 
 def _forge(vault: VaultServer, files: dict[str, bytes], start: int, end: int, out: Path) -> Path:

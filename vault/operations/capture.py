@@ -16,6 +16,7 @@ IN PCI SCOPE, holds card data. The order of the checks is the defence:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -153,6 +154,7 @@ class CaptureOperations(TokenizeOperations):
         per_session: RateLimit,
         per_address: RateLimit,
         request_id: str = "",
+        audit_anonymous: bool = True,
     ) -> CaptureResult:
         """Tokenize the card of a hosted-fields capture into the session creator's
         domain, spend one use of the session and audit it, in one transaction.
@@ -162,11 +164,15 @@ class CaptureOperations(TokenizeOperations):
         `CaptureSessionExpired`, `CaptureSessionUsed`, `InvalidPan`,
         `FormatNotApplicable`, `SecurityCodeNotAllowed`, `CaptureRequestInvalid`,
         `PolicyDenied` (the creator lost ``capture`` or the format), and what tokenize
-        raises. Every refusal is audited; none stores anything.
+        raises. Every refusal is audited, but with `audit_anonymous` false those before
+        the session is known (the per-address limit, an unknown session): the capture
+        listener then counts them itself, past its limit of refusal entries (review
+        30). None stores anything.
         """
         anonymous = CallContext(identity=ANONYMOUS_CAPTURE, request_id=request_id)
         details: dict[str, DetailValue] = {"client": card.client_address[:64]}
-        with self._audited_refusal(anonymous, Action.CAPTURE):
+        audited = self._audited_refusal(anonymous, Action.CAPTURE)
+        with audited if audit_anonymous else contextlib.nullcontext():
             self.charge_rate(f"capture-address {address_key(card.client_address)}", per_address)
             session = self._session_row(card.session_id)
             if session is None:

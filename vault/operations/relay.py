@@ -93,9 +93,9 @@ class RelayOperations(TokenizeOperations):
             _refuse_deep(body)
             reveals = len(route.detokenize) + (0 if route.card is None else 1)
             self._refuse_spent(ctx, rules, 1, reveals=reveals)
-            outgoing, token_ids, sent = self._transaction(
+            revealed = self._transaction(
                 functools.partial(
-                    self._reveal_for_relay,
+                    self._reveal_or_miss,
                     ctx=ctx,
                     rules=rules,
                     domains=domains,
@@ -104,6 +104,9 @@ class RelayOperations(TokenizeOperations):
                     details=details,
                 )
             )
+            if isinstance(revealed, TokenNotFound | TokenExpired):
+                raise revealed
+            outgoing, token_ids, sent = revealed
         except (
             RelayBodyInvalid,
             TokenNotFound,
@@ -140,6 +143,18 @@ class RelayOperations(TokenizeOperations):
         details["status"] = result.status
         self._write_audit(self._audit_event(ctx, Action.RELAY, Outcome.SUCCESS, details=details))
         return RelayResult(result.status, answer)
+
+    def _reveal_or_miss(
+        self, connection: Connection, **parts: Any
+    ) -> tuple[Any, list[str], _Sent] | TokenNotFound | TokenExpired:
+        """`_reveal_for_relay`, or the miss it raised, returned so that the transaction
+        commits the call's rate charge (review 30: a raised miss rolled it back, so
+        relays of unknown tokens cost nothing and each wrote an entry; detokenize
+        returns its misses the same way)."""
+        try:
+            return self._reveal_for_relay(connection, **parts)
+        except (TokenNotFound, TokenExpired) as exc:
+            return exc
 
     def _reveal_for_relay(
         self,

@@ -12,12 +12,18 @@ at the latest with its own ``evidence.cutoff`` entry, so there always is one aft
 
 Entry times follow leaf order, as the entries check already assumes (an entry of the
 range dated outside the period fails there).
+
+Times are compared as text, which orders them only in the one spelling the vault
+writes (UTC, microseconds, ``Z``): the period must be spelt so, and start before it
+ends (review 30: ``…T09:00:00-01:00`` names the instant of ``…T10:00:00Z`` but sorts
+before it, and an end that sorts before the start let an empty range pass).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any, Final
 
 from cofre_evidence_verifier.bundle import Files, Heads, json_lines
@@ -25,6 +31,13 @@ from cofre_evidence_verifier.merkle import included, leaf_hash
 from cofre_evidence_verifier.report import Report
 
 BOUNDARIES: Final = "audit/boundaries.jsonl"
+# The spelling of every time the vault writes (`compliance.export._entry_time`).
+ENTRY_TIME: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+
+
+def _whole(value: object) -> int | None:
+    """`value` if it is an integer (not a bool, not a float), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def check_boundaries(files: Files, manifest: dict[str, Any], heads: Heads, report: Report) -> None:
@@ -35,20 +48,32 @@ def check_boundaries(files: Files, manifest: dict[str, Any], heads: Heads, repor
     if not (isinstance(claimed, dict) and isinstance(period, dict) and isinstance(covering, dict)):
         report.fail("manifest.json: no entries, period or covering head to check the ends by")
         return
-    start, end = int(claimed.get("first_index", -1)), int(claimed.get("end_index", -1))
-    size = int(covering.get("tree_size", -1))
+    start, end = _whole(claimed.get("first_index")), _whole(claimed.get("end_index"))
+    size = _whole(covering.get("tree_size"))
+    since, until = period.get("from"), period.get("to")
+    if start is None or end is None or size is None:
+        report.fail("manifest.json: the entry range or covering head size is not an integer")
+        return
+    if not (_is_time(since) and _is_time(until) and str(since) < str(until)):
+        report.fail(
+            f"manifest.json: the period {since!r} to {until!r} is not two UTC times "
+            "(YYYY-MM-DDTHH:MM:SS.ffffffZ) in order"
+        )
+        return
     head = heads.get(size)
     if head is None:
         report.fail(f"{BOUNDARIES}: the covering head {size} is not a verified head")
         return
     root = base64.b64decode(head["root_hash"])
     rows = {
-        int(row["index"]): row for row in json_lines(files.get(BOUNDARIES, b""), BOUNDARIES, report)
+        index: row
+        for row in json_lines(files.get(BOUNDARIES, b""), BOUNDARIES, report)
+        if (index := _whole(row.get("index"))) is not None
     }
     problems = []
     if start > 0:
-        problems += _outside(rows.get(start - 1), start - 1, size, root, before=str(period["from"]))
-    problems += _outside(rows.get(end), end, size, root, after=str(period["to"]))
+        problems += _outside(rows.get(start - 1), start - 1, size, root, before=str(since))
+    problems += _outside(rows.get(end), end, size, root, after=str(until))
     for problem in problems:
         report.fail(f"{BOUNDARIES}: {problem}")
     if not problems:
@@ -77,15 +102,20 @@ def _outside(
             f"no entry {index} {side} the range with its proof: entries of the period could "
             f"be left out {side} it"
         ]
-    payload = str(row["payload"])
-    proof = [base64.b64decode(h) for h in row["proof"]]
+    payload, hashes = row.get("payload"), row.get("proof")
+    if not isinstance(payload, str) or not isinstance(hashes, list):
+        return [f"entry {index}: no payload and proof"]
+    proof = [base64.b64decode(str(h)) for h in hashes]
     if not included(leaf_hash(payload.encode("utf-8")), index, size, proof, root):
         return [f"the inclusion proof of entry {index} fails"]
-    at = json.loads(payload).get("time", "")
-    if not isinstance(at, str):
-        return [f"entry {index} has no time"]
-    if before is not None and not at < before:
-        return [f"entry {index} {side} the range is dated {at}, inside the period"]
-    if after is not None and not at >= after:
-        return [f"entry {index} {side} the range is dated {at}, inside the period"]
-    return []
+    parsed = json.loads(payload)
+    at = parsed.get("time") if isinstance(parsed, dict) else None
+    if not _is_time(at):
+        return [f"entry {index} has no time in the vault's spelling"]
+    at = str(at)
+    inside = (before is not None and not at < before) or (after is not None and not at >= after)
+    return [f"entry {index} {side} the range is dated {at}, inside the period"] if inside else []
+
+
+def _is_time(value: object) -> bool:
+    return isinstance(value, str) and ENTRY_TIME.fullmatch(value) is not None
