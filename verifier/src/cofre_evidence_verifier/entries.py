@@ -48,22 +48,44 @@ def rebuild_root(
     return tree.root()
 
 
-def check_entries(files: Files, manifest: dict[str, Any], heads: Heads, report: Report) -> None:
-    """Report gaps, entries outside the period, and a root or proof that fails."""
-    claimed = manifest.get("entries", {})
-    start, end = int(claimed.get("first_index", 0)), int(claimed.get("end_index", 0))
-    size = int(manifest.get("covering_head", {}).get("tree_size", 0))
-    head = heads.get(size)
-    if head is None:
-        report.fail(f"manifest.json: covering head {size} is not among the verified heads")
-        return
-    root = base64.b64decode(head["root_hash"])
+def _range_problem(start: int, end: int, size: int) -> str | None:
+    """What is wrong with the claimed range [start, end) in the covering head's tree of
+    `size` leaves, if anything. An entry at or past `size` is in no signed tree, so
+    nothing else would check it (review 29); the exporter never makes an empty range,
+    and a bundle of no entries proves nothing."""
+    if start < 0:
+        return f"manifest.json: first_index {start} is no leaf index"
+    if end <= start:
+        return (
+            f"manifest.json: the bundle claims no entries (first_index {start}, end_index "
+            f"{end}); an export holds at least one"
+        )
+    if end > size:
+        return (
+            f"manifest.json: entries {max(start, size)}..{end - 1} lie beyond the covering "
+            f"head {size}: they are in no signed tree"
+        )
+    return None
+
+
+def _period_leaves(
+    files: Files, manifest: dict[str, Any], *, start: int, end: int, size: int, report: Report
+) -> dict[int, bytes]:
+    """The leaf hashes of the bundle's entries by index; report each entry outside
+    [start, end), each one missing, and each one outside the period."""
     entries = json_lines(files.get("audit/entries.jsonl", b""), "audit/entries.jsonl", report)
     period = manifest.get("period", {})
     leaves: dict[int, bytes] = {}
     expected = start
     for entry in entries:
         index = int(entry["index"])
+        if not start <= index < end:
+            report.fail(
+                f"audit/entries.jsonl: entry {index} is outside the manifest's range "
+                f"{start}..{end - 1}"
+                + (" (beyond the covering head: in no signed tree)" if index >= size else "")
+            )
+            continue
         if index != expected:
             report.fail(f"audit/entries.jsonl: entry {expected} is missing (next is {index})")
             expected = index
@@ -78,6 +100,25 @@ def check_entries(files: Files, manifest: dict[str, Any], heads: Heads, report: 
             f"audit/entries.jsonl: ends at index {expected}, but the manifest claims "
             f"entries up to {end} (the period was cut short)"
         )
+    return leaves
+
+
+def check_entries(files: Files, manifest: dict[str, Any], heads: Heads, report: Report) -> None:
+    """Report gaps, entries outside the period or the covering head's tree, and a root
+    or proof that fails."""
+    claimed = manifest.get("entries", {})
+    start, end = int(claimed.get("first_index", 0)), int(claimed.get("end_index", 0))
+    size = int(manifest.get("covering_head", {}).get("tree_size", 0))
+    head = heads.get(size)
+    if head is None:
+        report.fail(f"manifest.json: covering head {size} is not among the verified heads")
+        return
+    problem = _range_problem(start, end, size)
+    if problem is not None:
+        report.fail(problem)
+        return
+    root = base64.b64decode(head["root_hash"])
+    leaves = _period_leaves(files, manifest, start=start, end=end, size=size, report=report)
     blocks = {
         (int(b["level"]), int(b["index"])): base64.b64decode(b["hash"])
         for b in json_lines(files.get("audit/subtrees.jsonl", b""))

@@ -1,0 +1,59 @@
+"""Integrity attacks on the offline verifier by an operator who holds the audit key (the
+HSM PIN) but gets witness cosignatures only on the genuine log's checkpoints (review 29).
+Each bundle is signed and witnessed; the verifier must still say FAILED."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cofre_evidence_verifier.note import CosignerKey
+from cofre_evidence_verifier.report import Report
+from cofre_evidence_verifier.verify import verify_bundle
+from tests.support.evidence_bundles import Bundle, build, day_log, payload, witness
+
+
+def _verify(bundle: Bundle, tmp_path: Path, w: CosignerKey) -> Report:
+    return verify_bundle(
+        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=[w.verifier_key()]
+    )
+
+
+def test_a_genuine_bundle_verifies(tmp_path: Path) -> None:
+    w = witness()
+    report = _verify(build(day_log(20), 3, 20, witnesses=[w]), tmp_path, w)
+    assert report.ok, report.problems
+
+
+# --- H1: the entries must lie inside the covering head's tree --------------------------
+def test_entries_beyond_the_covering_head_are_not_accepted(tmp_path: Path) -> None:
+    w = witness()
+    log = day_log(20)
+    # The covering head is the genuine, witnessed head of size 15; entries 15..19 are
+    # made up, in no signed tree.
+    fake = [
+        (i, payload("key.rotation.approve", f"2026-03-01T20:00:{i:02d}.000000Z"))
+        for i in range(15, 20)
+    ]
+    bundle = build(
+        log, 3, 20, size=15, witnesses=[w], entries=[(i, log[i]) for i in range(3, 15)] + fake
+    )
+    report = _verify(bundle, tmp_path, w)
+    assert not report.ok
+    assert any("beyond the covering head" in p for p in report.problems), report.problems
+
+
+def test_an_entry_index_outside_the_tree_fails(tmp_path: Path) -> None:
+    w = witness()
+    log = day_log(20)
+    extra = (25, payload("tokenize", "2026-03-01T21:00:00.000000Z"))
+    bundle = build(log, 3, 20, witnesses=[w], entries=[*((i, log[i]) for i in range(3, 20)), extra])
+    report = _verify(bundle, tmp_path, w)
+    assert not report.ok
+    assert any("entry 25" in p for p in report.problems), report.problems
+
+
+def test_a_bundle_of_no_entries_fails(tmp_path: Path) -> None:
+    w = witness()
+    report = _verify(build(day_log(20), 20, 20, witnesses=[w]), tmp_path, w)
+    assert not report.ok
+    assert any("no entries" in p for p in report.problems), report.problems
