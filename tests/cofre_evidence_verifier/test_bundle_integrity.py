@@ -4,12 +4,18 @@ Each bundle is signed and witnessed; the verifier must still say FAILED."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import pytest
+
+from cofre_evidence_verifier.entries import rebuild_root
+from cofre_evidence_verifier.errors import ProofError
+from cofre_evidence_verifier.merkle import leaf_hash
 from cofre_evidence_verifier.note import CosignerKey
 from cofre_evidence_verifier.report import Report
 from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import Bundle, build, day_log, payload, witness
+from tests.support.evidence_bundles import Bundle, build, day_log, mth, payload, witness
 
 
 def _verify(bundle: Bundle, tmp_path: Path, w: CosignerKey) -> Report:
@@ -57,3 +63,26 @@ def test_a_bundle_of_no_entries_fails(tmp_path: Path) -> None:
     report = _verify(build(day_log(20), 20, 20, witnesses=[w]), tmp_path, w)
     assert not report.ok
     assert any("no entries" in p for p in report.problems), report.problems
+
+
+# --- L1: rebuilding the root is linear in the bundle's size -----------------------------
+def test_rebuilding_the_root_is_not_quadratic() -> None:
+    """N level-0 "subtree" hashes before N entries (a valid, if unusual, encoding of the
+    same tree) cost N^2 steps when each subtree hash was compared with every leaf: at
+    N = 20,000 about 20 s, which an operator can push to hours."""
+    n = 20_000
+    leaves = [leaf_hash(str(i).encode()) for i in range(2 * n)]
+    started = time.perf_counter()
+    root = rebuild_root(
+        {(0, i): leaves[i] for i in range(n)}, {i: leaves[i] for i in range(n, 2 * n)}, 2 * n
+    )
+    assert time.perf_counter() - started < 3
+    assert root == mth(leaves)
+
+
+def test_a_subtree_hash_over_a_leaf_of_the_period_is_refused() -> None:
+    leaves = [leaf_hash(str(i).encode()) for i in range(8)]
+    with pytest.raises(ProofError, match="overlaps"):
+        rebuild_root(
+            {(2, 0): mth(leaves[:4])}, {2: leaves[2], **{i: leaves[i] for i in range(4, 8)}}, 8
+        )

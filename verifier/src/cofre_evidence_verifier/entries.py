@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+from bisect import bisect_left
 from typing import Any
 
 from cofre_evidence_verifier.bundle import Files, Heads, json_lines
@@ -23,6 +24,9 @@ def rebuild_root(
     built it). A leaf of the period is always hashed from its entry: a subtree hash that
     would stand in for one is refused, so an altered entry cannot hide behind its
     original subtree hash. Raises `ProofError` for a position nothing covers."""
+    # Sorted once: whether a subtree overlaps a leaf of the period is then one bisection,
+    # not a scan of every leaf per subtree hash (quadratic in the bundle, review 29).
+    indices = sorted(leaves)
     starting = {
         index << level: (level, value)
         for (level, index), value in blocks.items()
@@ -39,7 +43,8 @@ def rebuild_root(
         level, value = starting[at]
         # Bounded before shifting: a forged level must not cost memory or time.
         end = at + (1 << level) if 0 <= level < size.bit_length() else size + 1
-        if end > size or any(at <= i < end for i in leaves):
+        after = bisect_left(indices, at)
+        if end > size or (after < len(indices) and indices[after] < end):
             raise ProofError(
                 f"the subtree hash at level {level} from leaf {at} overlaps the period's "
                 "entries or the tree's end"
