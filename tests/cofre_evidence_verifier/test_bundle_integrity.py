@@ -86,3 +86,13 @@ def test_a_subtree_hash_over_a_leaf_of_the_period_is_refused() -> None:
         rebuild_root(
             {(2, 0): mth(leaves[:4])}, {2: leaves[2], **{i: leaves[i] for i in range(4, 8)}}, 8
         )
+
+
+# --- L4: the covering root the summary shows is the signed head's -----------------------
+def test_the_covering_root_shown_in_the_summary_is_checked(tmp_path: Path) -> None:
+    w = witness()
+    bundle = build(day_log(20), 3, 20, witnesses=[w])
+    bundle.manifest["covering_head"]["root_hash"] = "A" * 43 + "="
+    report = _verify(bundle, tmp_path, w)
+    assert not report.ok
+    assert any("covering_head.root_hash" in p for p in report.problems), report.problems

@@ -118,6 +118,11 @@ def check_entries(files: Files, manifest: dict[str, Any], heads: Heads, report: 
     if head is None:
         report.fail(f"manifest.json: covering head {size} is not among the verified heads")
         return
+    # The summary shows the manifest's covering root: it must be the signed head's, or
+    # the report would show a root nothing checked (review 29).
+    if manifest.get("covering_head", {}).get("root_hash") != head["root_hash"]:
+        report.fail(f"manifest.json: covering_head.root_hash is not the root of signed head {size}")
+        return
     problem = _range_problem(start, end, size)
     if problem is not None:
         report.fail(problem)
