@@ -4,6 +4,7 @@ Each bundle is signed and witnessed; the verifier must still say FAILED."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from cofre_evidence_verifier.merkle import leaf_hash
 from cofre_evidence_verifier.note import CosignerKey
 from cofre_evidence_verifier.report import Report
 from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import Bundle, build, day_log, mth, payload, witness
+from tests.support.evidence_bundles import Bundle, build, day_log, head_json, mth, payload, witness
 
 
 def _verify(bundle: Bundle, tmp_path: Path, w: CosignerKey) -> Report:
@@ -96,3 +97,27 @@ def test_the_covering_root_shown_in_the_summary_is_checked(tmp_path: Path) -> No
     report = _verify(bundle, tmp_path, w)
     assert not report.ok
     assert any("covering_head.root_hash" in p for p in report.problems), report.problems
+
+
+# --- L3: two signed trees of one size are a fork ----------------------------------------
+def test_two_signed_trees_of_the_same_size_are_a_fork(tmp_path: Path) -> None:
+    """Two heads of the covering size signed by the audit key with different roots: a
+    split view the vault showed someone. The verifier kept the last one by size."""
+    w = witness()
+    bundle = build(day_log(20), 3, 20, witnesses=[w])
+    genuine = bundle.jsonl("audit/heads.jsonl")[0]
+    other = hashlib.sha256(b"the other tree").digest()
+    fork = head_json(bundle.key, genuine["tree_size"], other)
+    bundle.set_jsonl("audit/heads.jsonl", [fork, genuine])
+    report = _verify(bundle, tmp_path, w)
+    assert not report.ok
+    assert any("fork" in p for p in report.problems), report.problems
+
+
+def test_the_same_head_twice_is_no_fork(tmp_path: Path) -> None:
+    w = witness()
+    bundle = build(day_log(20), 3, 20, witnesses=[w])
+    head = bundle.jsonl("audit/heads.jsonl")[0]
+    bundle.set_jsonl("audit/heads.jsonl", [head, head])
+    report = _verify(bundle, tmp_path, w)
+    assert report.ok, report.problems

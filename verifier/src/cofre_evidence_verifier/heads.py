@@ -38,6 +38,7 @@ def read_chain(files: Files, public_key_pem: bytes, report: Report) -> KeyChain:
 def check_heads(files: Files, chain: KeyChain, report: Report) -> Heads:
     """Return the heads that verify, by tree size; report each one that does not."""
     heads: Heads = {}
+    forked: set[int] = set()
     handovers = {handover.size: handover for handover in chain.handovers}
     for head in json_lines(files.get("audit/heads.jsonl", b""), "audit/heads.jsonl", report):
         size = int(head["tree_size"])
@@ -69,6 +70,18 @@ def check_heads(files: Files, chain: KeyChain, report: Report) -> Heads:
                 f"handover at size {size} (the tree both keys signed there): a head "
                 "signed with the old key for another tree"
             )
+            continue
+        # Two signed trees of one size are a fork (the log showed two histories): neither
+        # is kept, so no check can rest on the one that happened to come last.
+        known = heads.get(size)
+        if size in forked or (known is not None and known["root_hash"] != root_b64):
+            if size not in forked:
+                report.fail(
+                    f"audit/heads.jsonl: two signed heads of size {size} with different "
+                    "roots: a fork (equivocation: the log showed two histories)"
+                )
+            forked.add(size)
+            heads.pop(size, None)
             continue
         heads[size] = head
     report.passed("heads", f"{len(heads)} signed tree heads verify")
