@@ -11,12 +11,22 @@ from pathlib import Path
 import pytest
 
 from cofre_evidence_verifier.entries import rebuild_root
-from cofre_evidence_verifier.errors import ProofError
+from cofre_evidence_verifier.errors import NoteError, ProofError
 from cofre_evidence_verifier.merkle import leaf_hash
-from cofre_evidence_verifier.note import CosignerKey
+from cofre_evidence_verifier.note import CosignerKey, NoteSignature, parse_note
 from cofre_evidence_verifier.report import Report
 from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import Bundle, build, day_log, head_json, mth, payload, witness
+from cofre_evidence_verifier.witnesses import read_witness_keys
+from tests.support.evidence_bundles import (
+    AuditKey,
+    Bundle,
+    build,
+    day_log,
+    head_json,
+    mth,
+    payload,
+    witness,
+)
 
 
 def _verify(bundle: Bundle, tmp_path: Path, w: CosignerKey) -> Report:
@@ -121,3 +131,51 @@ def test_the_same_head_twice_is_no_fork(tmp_path: Path) -> None:
     bundle.set_jsonl("audit/heads.jsonl", [head, head])
     report = _verify(bundle, tmp_path, w)
     assert report.ok, report.problems
+
+
+# --- L2: only cosignature/v1 keys are witnesses, and each key counts once ---------------
+def test_one_witness_pinned_twice_is_no_quorum_of_two(tmp_path: Path) -> None:
+    w = witness()
+    bundle = build(day_log(20), 3, 20, witnesses=[w])
+    report = verify_bundle(
+        bundle.write(tmp_path / "b.tar.gz"),
+        bundle.key.pem,
+        witness_keys=[w.verifier_key(), w.verifier_key()],
+        quorum=2,
+    )
+    assert not report.ok
+
+
+def test_one_witness_key_under_two_names_is_no_quorum_of_two(tmp_path: Path) -> None:
+    """A cosignature does not sign its key's name: the same key pinned under a second
+    name verifies a copy of the line relabelled with that name."""
+    w = witness("witness.example/w1")
+    alias = CosignerKey("witness.example/w2", w._private)
+    bundle = build(day_log(20), 3, 20, witnesses=[w])
+    _text, signatures = parse_note(bundle.files["audit/checkpoint.note"])
+    relabelled = NoteSignature(
+        alias.name, alias.verifier_key().key_id, signatures[-1].signature
+    ).line()
+    bundle.files["audit/checkpoint.note"] += relabelled.encode()
+    keys = [w.verifier_key(), alias.verifier_key()]
+    assert verify_bundle(bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=keys).ok
+    report = verify_bundle(tmp_path / "b.tar.gz", bundle.key.pem, witness_keys=keys, quorum=2)
+    assert not report.ok
+    assert any("the same key as" in p for p in report.problems), report.problems
+
+
+def test_the_vaults_own_key_is_not_a_witness(tmp_path: Path) -> None:
+    bundle = build(day_log(20), 3, 20, witnesses=[])  # no cosignature at all
+    report = verify_bundle(
+        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=[bundle.key.vkey()]
+    )
+    assert not report.ok
+    assert any("cosignature/v1" in p for p in report.problems), report.problems
+
+
+def test_only_cosignature_v1_keys_are_read_as_witness_keys() -> None:
+    w = witness()
+    assert read_witness_keys([w.verifier_key().encode()]) == [w.verifier_key()]
+    for vkey in (w.note_verifier_key(), AuditKey().vkey()):
+        with pytest.raises(NoteError, match="cosignature/v1"):
+            read_witness_keys([vkey.encode()])

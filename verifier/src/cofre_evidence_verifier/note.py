@@ -313,16 +313,24 @@ def require_quorum(
     text: str, signatures: Sequence[NoteSignature], witnesses: Sequence[VerifierKey], quorum: int
 ) -> list[Verified]:
     """Return the valid cosignatures of `text` by distinct pinned `witnesses` if there
-    are at least `quorum`. Raises `NoteError` naming each witness that did not count
-    (no cosignature, or one that does not verify: the checkpoint was altered after it
-    was cosigned) when there are fewer, and when no witness key is pinned at all."""
+    are at least `quorum`. Each public key counts once, whatever names it is pinned
+    under. Raises `NoteError` naming each witness that did not count (no cosignature,
+    one that does not verify: the checkpoint was altered after it was cosigned, or a
+    key pinned twice) when there are fewer, and when no witness key is pinned at all."""
     if quorum < 1 or not witnesses:
         raise NoteError(
             "no witness key pinned: nothing but the operator's own key vouches for this log"
         )
     valid: list[Verified] = []
     missing = []
-    for key in witnesses:
+    # A cosignature does not sign its key's name: one key pinned under two names (or
+    # twice) would verify a relabelled copy of its line and count twice (review 29).
+    first: dict[bytes, int] = {}
+    for position, key in enumerate(witnesses):
+        if first.setdefault(key.public, position) != position:
+            same = witnesses[first[key.public]].name
+            missing.append(f"{key.name} is the same key as {same} (counted once)")
+            continue
         mine = [s for s in signatures if key.matches(s)]
         if not mine:
             missing.append(f"{key.name} has no cosignature")

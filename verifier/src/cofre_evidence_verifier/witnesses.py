@@ -20,15 +20,27 @@ from typing import Final
 
 from cofre_evidence_verifier.bundle import Files, Heads
 from cofre_evidence_verifier.errors import NoteError
-from cofre_evidence_verifier.note import VerifierKey, parse_note, require_quorum
+from cofre_evidence_verifier.note import (
+    ALG_COSIGNATURE_V1,
+    VerifierKey,
+    parse_note,
+    require_quorum,
+)
 from cofre_evidence_verifier.report import Report
 
 CHECKPOINT_NOTE: Final = "audit/checkpoint.note"
+_NOT_COSIGNER: Final = "a witness key is a cosignature/v1 key (type 0x04), not"
 
 
 def read_witness_keys(texts: Sequence[str]) -> list[VerifierKey]:
-    """Return the witnesses' verifier keys (one vkey per text). Raises `NoteError`."""
-    return [VerifierKey.parse(text) for text in texts]
+    """Return the witnesses' verifier keys (one vkey per text). Raises `NoteError` for a
+    malformed vkey and for any key that is not a cosignature/v1 key (type 0x04): a plain
+    Ed25519 or the vault's own ECDSA key pinned by mistake must not stand for a witness."""
+    keys = [VerifierKey.parse(text) for text in texts]
+    for key in keys:
+        if key.algorithm != ALG_COSIGNATURE_V1:
+            raise NoteError(f"{_NOT_COSIGNER} {key.name} (type 0x{key.algorithm:02x})")
+    return keys
 
 
 def check_witnesses(
@@ -42,6 +54,13 @@ def check_witnesses(
 ) -> None:
     """Pass `witnesses` when the covering head carries `quorum` valid cosignatures by
     distinct keys among `witness_keys`; otherwise report what is missing by name."""
+    # Only a witness's cosignature/v1 (c2sp.org/tlog-cosignature) proves a witness saw
+    # the head; the vault's own type-0x02 key pinned as a "witness" would vouch for
+    # itself (review 29). Such a key is named and never counted.
+    for key in witness_keys:
+        if key.algorithm != ALG_COSIGNATURE_V1:
+            report.fail(f"{_NOT_COSIGNER} {key.name} (type 0x{key.algorithm:02x}): not counted")
+    witness_keys = [k for k in witness_keys if k.algorithm == ALG_COSIGNATURE_V1]
     covering = manifest.get("covering_head")
     size = int(covering.get("tree_size", -1)) if isinstance(covering, dict) else -1
     head = heads.get(size)
