@@ -64,6 +64,23 @@ def inclusion(leaves: list[bytes], m: int) -> list[bytes]:
     return [*inclusion(leaves[k:], m - k), mth(leaves[:k])]
 
 
+def consistency(leaves: list[bytes], m: int) -> list[bytes]:
+    """RFC 9162 consistency proof from the first `m` leaves (the reference recursion)."""
+
+    def sub(m: int, d: list[bytes], b: bool) -> list[bytes]:
+        n = len(d)
+        if m == n:
+            return [] if b else [mth(d)]
+        k = 1
+        while k * 2 < n:
+            k *= 2
+        if m <= k:
+            return [*sub(m, d[:k], b), mth(d[k:])]
+        return [*sub(m - k, d[k:], False), mth(d[:k])]
+
+    return sub(m, leaves, True)
+
+
 def blocks(start: int, end: int) -> list[tuple[int, int]]:
     """Aligned complete subtrees (level, index) that tile leaves [start, end)."""
     out, position = [], start
@@ -118,6 +135,11 @@ def day_log(n: int = 20, day: str = "2026-03-01") -> list[str]:
         for i in range(1, n)
     ]
     return out
+
+
+def cutoff(time: str = PERIOD[1]) -> str:
+    """The `evidence.cutoff` entry an export writes first: its period ends there."""
+    return payload("evidence.cutoff", time, actor="spiffe://cofre/auditor")
 
 
 @dataclass
@@ -211,7 +233,7 @@ def build(
     from the genuine log."""
     key = key or AuditKey()
     if size is None:
-        log = [*log, payload("evidence.cutoff", PERIOD[1], actor="spiffe://cofre/auditor")]
+        log = [*log, cutoff()]
         size = len(log)
     if period is None:
         period = (
@@ -286,3 +308,46 @@ def build(
 
 def witness(name: str = "witness.example/w1") -> CosignerKey:
     return CosignerKey.generate(name)
+
+
+def chained(
+    log: list[str],
+    split: int,
+    *,
+    key: AuditKey,
+    witnesses: list[CosignerKey],
+    origins: tuple[str, str] = (ORIGIN, ORIGIN),
+) -> tuple[Bundle, Bundle]:
+    """Two bundles of `log` (and a cutoff entry after it) that chain: entries [0,
+    split) covered by the head of size split + 1 (entry `split` is the one after the
+    first period), then [split, len(log)) with the consistency proof between the two
+    heads. `log`'s entry `split` must be the first one at or after 10:00 (`day_log`)."""
+    middle = "2026-03-01T10:00:00.000000Z"
+    full = [*log, cutoff()]
+    first = build(
+        full,
+        0,
+        split,
+        size=split + 1,
+        key=key,
+        witnesses=witnesses,
+        period=(PERIOD[0], middle),
+        origin=origins[0],
+    )
+    second = build(
+        full,
+        split,
+        len(log),
+        size=len(full),
+        key=key,
+        witnesses=witnesses,
+        period=(middle, PERIOD[1]),
+        origin=origins[1],
+    )
+    second.manifest["previous_head"] = first.manifest["covering_head"]
+    leaves = [leaf_hash(p.encode()) for p in full]
+    proof = [b64(h) for h in consistency(leaves, split + 1)]
+    second.files["audit/consistency.json"] = json.dumps(
+        {"size1": split + 1, "size2": len(full), "proof": proof}
+    ).encode()
+    return first, second

@@ -1,12 +1,13 @@
 """Check 7: a bundle's place in the chain. A previous head it names is a prefix of its
 covering head (`check_previous_head`); with the previous bundle at hand, that bundle's
-signature, that this one starts exactly where it ended (`check_chain`), and the
-consistency proof from its covering head (`check_previous`): a rewritten or forked log
-fails here."""
+signature, that it is of the same log (origin), that this one starts exactly where it
+ended (`check_chain`), and the consistency proof from its covering head
+(`check_previous`): a rewritten or forked log fails here."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import tarfile
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from cofre_evidence_verifier.bundle import (
     SIGNATURE,
     Files,
     Heads,
+    json_lines,
     read_bundle,
     signature_verifies,
 )
@@ -95,6 +97,9 @@ def check_previous(
     previous_manifest = json.loads(before[MANIFEST])
     check_chain(previous_manifest, manifest, report)
     old = previous_manifest["covering_head"]
+    _check_same_log(
+        before, previous_manifest, heads.get(int(manifest["covering_head"]["tree_size"])), report
+    )
     if manifest.get("previous_head") != old:
         report.fail(
             "previous_head: this bundle names a previous head that is not the previous "
@@ -134,6 +139,47 @@ def check_previous(
         )
         return
     report.passed("previous", f"consistent with the previous bundle (tree {size1} -> {size2})")
+
+
+def _previous_origin(before: Files, previous_manifest: dict[str, Any]) -> str | None:
+    """The origin of the previous bundle's covering head, from its `audit/heads.jsonl`
+    when that file is the one its signed manifest lists (else None)."""
+    name = "audit/heads.jsonl"
+    data = before.get(name)
+    listed = [f for f in previous_manifest.get("files", []) if f.get("path") == name]
+    if (
+        data is None
+        or len(listed) != 1
+        or hashlib.sha256(data).hexdigest() != listed[0].get("sha256")
+    ):
+        return None
+    size = previous_manifest["covering_head"]["tree_size"]
+    for head in json_lines(data):
+        if head.get("tree_size") == size:
+            return str(head.get("checkpoint", "")).split("\n", 1)[0]
+    return None
+
+
+def _check_same_log(
+    before: Files, previous_manifest: dict[str, Any], head: dict[str, Any] | None, report: Report
+) -> None:
+    """A chain is of one log: the previous bundle's covering head must be a checkpoint of
+    this bundle's log (its origin), or entries of another log would pass for this one's
+    history (the consistency proof does not cover the origin line)."""
+    if head is None:
+        return  # no covering head: reported below
+    origin = str(head["checkpoint"]).split("\n", 1)[0]
+    previous = _previous_origin(before, previous_manifest)
+    if previous is None:
+        report.fail(
+            "previous bundle: its covering head is not in its audit/heads.jsonl as its "
+            "manifest lists it: cannot tell which log it is of"
+        )
+    elif previous != origin:
+        report.fail(
+            f"previous bundle: a bundle of log {previous}, not of log {origin} (a chain is "
+            "of one log)"
+        )
 
 
 def check_chain(before: dict[str, Any], manifest: dict[str, Any], report: Report) -> None:

@@ -1,7 +1,7 @@
 """`cofre-verify`: the verifier's own command, for an auditor without the vault.
 
     cofre-verify BUNDLE --public-key PEM --witness-key VKEY [--witness-key VKEY ...]
-                 [--quorum N] [--previous PREV] [--json] [--html OUT]
+                 [--quorum N] [--origin ORIGIN] [--previous PREV] [--json] [--html OUT]
 
 Exit status 0 when the bundle is VERIFIED, 1 when it is not (every problem is printed),
 2 for a usage error (argparse's convention).
@@ -48,11 +48,26 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="UNSAFE: skip the witness check (only the vault's own key then vouches)",
     )
+    parser.add_argument(
+        "--origin",
+        help="the log's origin you pinned (cofre-audit/<log id>): every checkpoint must be "
+        "of that log",
+    )
     parser.add_argument("--previous", type=Path, help="the previous bundle of the chain")
     parser.add_argument("--json", action="store_true", help="machine-readable report")
     parser.add_argument("--html", type=Path, help="also write a self-contained HTML report")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
+
+
+def valid_origin(origin: str) -> bool:
+    """Whether `origin` can be a checkpoint's origin line (c2sp.org/tlog-checkpoint: not
+    empty, one line); spaces around it would only ever fail to match."""
+    return (
+        bool(origin)
+        and origin == origin.strip()
+        and not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in origin)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,6 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quorum < 1:
         sys.stderr.write("cofre-verify: --quorum must be at least 1\n")
         return 2
+    if args.origin is not None and not valid_origin(args.origin):
+        sys.stderr.write(
+            "cofre-verify: --origin is a checkpoint's first line: not empty, no control "
+            "character, no leading or trailing space\n"
+        )
+        return 2
     report = verify_bundle(
         args.bundle,
         public_key,
@@ -80,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         witness_keys=witness_keys,
         quorum=args.quorum,
         unsafe_no_witnesses=args.unsafe_no_witness,
+        origin=args.origin,
     )
     sys.stdout.write(
         json.dumps(report.as_json(), indent=2) + "\n" if args.json else render_text(report)

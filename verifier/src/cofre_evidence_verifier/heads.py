@@ -1,9 +1,10 @@
 """Check 3: every signed tree head in `audit/heads.jsonl` verifies with the audit key in
 force at its size (`keychain`: the pinned key, or the key a handover in
 `audit/handovers.jsonl` introduced), and its checkpoint text states its own size and
-root. A head at a handover's size must state the handover's origin and root: the new
-key vouches for the old one only up to the tree it saw, so a leaked old key cannot sign
-another tree at that size."""
+root. Every head and handover is a checkpoint of one log: one origin (line 0), the one
+the auditor pinned if they did. A head at a handover's size must state the handover's
+root: the new key vouches for the old one only up to the tree it saw, so a leaked old
+key cannot sign another tree at that size."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import base64
 from cofre_evidence_verifier.bundle import Files, Heads, json_lines, signature_verifies
 from cofre_evidence_verifier.errors import NoteError
 from cofre_evidence_verifier.keychain import KeyChain
+from cofre_evidence_verifier.note import parse_checkpoint
 from cofre_evidence_verifier.report import Report
 
 HANDOVERS = "audit/handovers.jsonl"
@@ -35,16 +37,43 @@ def read_chain(files: Files, public_key_pem: bytes, report: Report) -> KeyChain:
     return chain
 
 
-def check_heads(files: Files, chain: KeyChain, report: Report) -> Heads:
-    """Return the heads that verify, by tree size; report each one that does not."""
+def _handover_origin(chain: KeyChain, origin: str | None, report: Report) -> tuple[str | None, str]:
+    """The log's origin, unless pinned as the handovers state it (their keys bear its
+    name, `keychain`), and where it comes from; report each handover of another log."""
+    source = "the origin pinned"
+    for handover in chain.handovers:
+        if origin is None:
+            origin, source = handover.checkpoint.origin, "the log of the key handovers"
+        elif handover.checkpoint.origin != origin:
+            report.fail(
+                f"{HANDOVERS}: the key handover at size {handover.size} is of log "
+                f"{handover.checkpoint.origin}, not of log {origin} ({source})"
+            )
+    return origin, source
+
+
+def check_heads(
+    files: Files, chain: KeyChain, report: Report, *, origin: str | None = None
+) -> Heads:
+    """Return the heads that verify, by tree size; report each one that does not. Every
+    head, and every handover, must be a checkpoint of one log: `origin` when the auditor
+    pinned it, else the log the handovers or the first head name (the audit key may
+    sign checkpoints of other logs too, which witnesses also cosign: a staging or
+    disaster-recovery log's checkpoints must not stand for this one's)."""
     heads: Heads = {}
     forked: set[int] = set()
     handovers = {handover.size: handover for handover in chain.handovers}
+    origin, source = _handover_origin(chain, origin, report)
     for head in json_lines(files.get("audit/heads.jsonl", b""), "audit/heads.jsonl", report):
         size = int(head["tree_size"])
-        lines = str(head["checkpoint"]).split("\n")
         root_b64 = head["root_hash"]
-        if len(lines) < 3 or lines[1] != str(size) or lines[2] != root_b64:
+        try:
+            checkpoint = parse_checkpoint(str(head["checkpoint"]))
+        except NoteError as exc:
+            report.fail(f"audit/heads.jsonl: head {size}: not a checkpoint ({exc})")
+            continue
+        lines = str(head["checkpoint"]).split("\n")
+        if checkpoint.size != size or lines[2] != root_b64:
             report.fail(
                 f"audit/heads.jsonl: head {size}: checkpoint does not state its size and root"
             )
@@ -60,11 +89,16 @@ def check_heads(files: Files, chain: KeyChain, report: Report) -> Heads:
                 "introduced, or altered)"
             )
             continue
+        if origin is None:  # taken from a head only once its signature verified
+            origin, source = checkpoint.origin, f"the log of head {size}"
+        if checkpoint.origin != origin:
+            report.fail(
+                f"audit/heads.jsonl: head {size}: a checkpoint of log {checkpoint.origin}, "
+                f"not of log {origin} ({source})"
+            )
+            continue
         handover = handovers.get(size)
-        if handover is not None and (
-            lines[0] != handover.checkpoint.origin
-            or base64.b64decode(root_b64) != handover.checkpoint.root
-        ):
+        if handover is not None and base64.b64decode(root_b64) != handover.checkpoint.root:
             report.fail(
                 f"audit/heads.jsonl: head {size}: its root is not the root of the key "
                 f"handover at size {size} (the tree both keys signed there): a head "
@@ -84,5 +118,6 @@ def check_heads(files: Files, chain: KeyChain, report: Report) -> Heads:
             heads.pop(size, None)
             continue
         heads[size] = head
-    report.passed("heads", f"{len(heads)} signed tree heads verify")
+    log = f" of log {origin}" if origin is not None else ""
+    report.passed("heads", f"{len(heads)} signed tree heads{log} verify")
     return heads

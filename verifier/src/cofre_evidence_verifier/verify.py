@@ -5,8 +5,9 @@ it finds (not only the first):
 2. every file listed in the manifest: present, same size, same SHA-256; nothing extra
    (`files`);
 3. every signed tree head's signature, by the audit key in force at its size (the pinned
-   key, or the one its handovers lead to, `keychain`), and that its checkpoint states its
-   size and root (`heads`);
+   key, or the one its handovers lead to, `keychain`), that its checkpoint states its
+   size and root, and that every head and handover is a checkpoint of one log (one
+   origin, the pinned one if given) (`heads`);
 4. the audit entries: consecutive leaf indices exactly covering the range the manifest
    claims, each entry's time inside the claimed period (`entries`), and the entries
    just outside the range in the covering head, dated outside the period on each side,
@@ -75,13 +76,15 @@ def verify_bundle(
     witness_keys: Sequence[VerifierKey] = (),
     quorum: int = 1,
     unsafe_no_witnesses: bool = False,
+    origin: str | None = None,
 ) -> Report:
     """Verify the bundle at `path` (and its chain to the bundle at `previous`); see the
     module docstring. `witness_keys` are the witnesses' pinned cosignature/v1 keys, of
     which `quorum` must have cosigned the covering head; without them the bundle fails
-    unless `unsafe_no_witnesses` (which the report states). Never raises for a bad
-    bundle: every problem is in the returned `Report`, which is `ok` only when every
-    required check passed."""
+    unless `unsafe_no_witnesses` (which the report states). `origin`, when given, is the
+    log's origin the auditor pinned (`cofre-audit/<log id>`): every checkpoint must be
+    of that log. Never raises for a bad bundle: every problem is in the returned
+    `Report`, which is `ok` only when every required check passed."""
     required = REQUIRED_CHECKS | (CHAIN_CHECKS if previous else frozenset())
     report = Report(required=required if unsafe_no_witnesses else required | {"witnesses"})
     try:
@@ -121,7 +124,7 @@ def verify_bundle(
     report.summary = {k: manifest.get(k) for k in SUMMARY_KEYS}
     try:
         files.check_files(bundle, manifest, report)
-        verified = heads.check_heads(bundle, key_chain, report)
+        verified = heads.check_heads(bundle, key_chain, report, origin=origin)
         entries.check_entries(bundle, manifest, verified, report)
         boundaries.check_boundaries(bundle, manifest, verified, report)
         policy.check_policy(bundle, manifest, verified, report)
