@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -52,17 +53,35 @@ class Report:
         }
 
 
+# What a terminal or a viewer acts on instead of showing: C0 and C1 controls (ESC, CSI,
+# carriage return, line feed...), DEL, Unicode line and paragraph separators, and the
+# bidirectional overrides and isolates that reorder the text around them.
+_UNPRINTABLE: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def printable(text: str) -> str:
+    """`text` with every control character, line break and bidirectional override
+    shown as its Python escape (``\\x1b``, ``\\n``, ``\\u202e``): a string from the bundle
+    (a member's name, a log's origin, an exception message) cannot clear the screen,
+    start a line of its own or draw a verdict."""
+    return _UNPRINTABLE.sub(lambda match: ascii(match.group())[1:-1], text)
+
+
 def render_text(report: Report) -> str:
     """The report as a person reads it: VERIFIED or FAILED, the summary, then one line
-    per check passed and per problem."""
+    per check passed and per problem. Every line from the report goes through
+    `printable` (check and problem messages quote the bundle), so the verdict on the
+    first line is the only one."""
     out = io.StringIO()
     out.write(("VERIFIED" if report.ok else "FAILED") + "\n")
     for key, value in report.summary.items():
-        out.write(f"  {key}: {json.dumps(value)}\n")
+        out.write(f"  {printable(key)}: {printable(json.dumps(value))}\n")
     for check in report.checks:
-        out.write(f"  ok    {check}\n")
+        out.write(f"  ok    {printable(check)}\n")
     for problem in report.problems:
-        out.write(f"  FAIL  {problem}\n")
+        out.write(f"  FAIL  {printable(problem)}\n")
     if not report.problems:
         for check in report.missing_checks():
             out.write(f"  FAIL  the {check} check did not run to a verdict\n")
