@@ -10,7 +10,7 @@ import pytest
 
 from cofre_evidence_verifier.cli import main
 from cofre_evidence_verifier.report import Report, printable, render_text
-from tests.support.evidence_bundles import Bundle, build, day_log, witness
+from tests.support.evidence_bundles import Bundle, build, day_log, payload, witness
 
 FORGED = "\x1b[2J\x1b[HVERIFIED\n  ok    every check passed\x1b[8m"
 
@@ -64,3 +64,73 @@ def test_every_line_of_the_text_report_is_printable() -> None:
     text = render_text(report)
     assert text.count("\n") == 4
     assert all(c == "\n" or c.isprintable() for c in text), repr(text)
+
+
+# --- M4: the HTML report ---------------------------------------------------------------
+PAGE_FORGERY = (
+    "1</td></tr></table><style>.badge.fail,li.fail{display:none}</style><h1><span "
+    "class='badge ok'>VERIFIED</span></h1><script>alert(1)</script><table><tr><td>"
+)
+
+
+def _html(tmp_path: Path, bundle: Bundle, keys: list[str], *, resign: bool = True) -> str:
+    out = tmp_path / "report.html"
+    status = main(
+        [str(bundle.write(tmp_path / "b.tar.gz", resign=resign)), *keys, "--html", str(out)]
+    )
+    assert status == 1  # every bundle below FAILS ...
+    return out.read_text(encoding="utf-8")  # ... and its page is written
+
+
+def test_html_report_escapes_every_bundle_value(tmp_path: Path) -> None:
+    bundle, keys = _bundle(tmp_path)
+    heads = bundle.jsonl("audit/heads.jsonl")
+    heads.append({**heads[0], "tree_size": PAGE_FORGERY})
+    heads.append({**heads[0], "key_id": PAGE_FORGERY, "root_hash": PAGE_FORGERY})
+    bundle.set_jsonl("audit/heads.jsonl", heads)
+    entries = bundle.jsonl("audit/entries.jsonl")
+    entries[0]["payload"] = payload(
+        "key.rotation.approve", "2026-03-01T03:00:00.000000Z", key_id=PAGE_FORGERY
+    )
+    bundle.set_jsonl("audit/entries.jsonl", entries)
+    bundle.files["requirements.md"] = f"| a | b |\n|---|---|\n| {PAGE_FORGERY} | x |\n".encode()
+    page = _html(tmp_path, bundle, keys)
+    for tag in ("<script", "<style>.badge", "<span class='badge ok'"):
+        assert tag not in page
+    assert page.count("<table>") == page.count("</table>")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\xff\xfe\n",  # not UTF-8
+        b"not json\n",
+        b'{"tree_size": 20, "timestamp_ms": 1000000000000000000000000000000}\n',
+        b'{"tree_size": 20, "timestamp_ms": -100000000000000000}\n',
+        b'{"tree_size": 20, "timestamp_ms": 1e400}\n',
+        b'{"tree_size": {"a": [1]}, "key_id": null}\n',
+    ],
+)
+def test_html_report_of_a_malformed_heads_file_does_not_crash(
+    tmp_path: Path, content: bytes
+) -> None:
+    bundle, keys = _bundle(tmp_path)
+    bundle.resign()
+    bundle.files["audit/heads.jsonl"] = content
+    assert "FAILED" in _html(tmp_path, bundle, keys, resign=False)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\xff\n",
+        b'{"index": 3, "payload": "{\\"action\\": \\"key.x\\"}"}\n',
+        b'{"index": 3}\n',
+    ],
+)
+def test_html_report_of_malformed_entries_does_not_crash(tmp_path: Path, content: bytes) -> None:
+    bundle, keys = _bundle(tmp_path)
+    bundle.resign()
+    bundle.files["audit/entries.jsonl"] = content
+    bundle.files["requirements.md"] = b"\xff\xfe"
+    assert "FAILED" in _html(tmp_path, bundle, keys, resign=False)
