@@ -151,13 +151,15 @@ class Bundle:
     manifest: dict[str, Any]
     extra_members: list[tuple[str, bytes]] = field(default_factory=list)
 
-    def resign(self) -> None:
-        """List every file in the manifest and sign it again (as the key holder can)."""
-        self.manifest["files"] = [
-            {"path": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
-            for n, d in sorted(self.files.items())
-            if n not in ("manifest.json", "manifest.sig")
-        ]
+    def resign(self, *, listing: bool = True) -> None:
+        """List every file in the manifest (unless not `listing`: the manifest's own
+        `files` then stay) and sign it again (as the key holder can)."""
+        if listing:
+            self.manifest["files"] = [
+                {"path": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+                for n, d in sorted(self.files.items())
+                if n not in ("manifest.json", "manifest.sig")
+            ]
         data = json.dumps(self.manifest, indent=2, sort_keys=True).encode()
         self.files["manifest.json"] = data
         self.files["manifest.sig"] = self.key.sign(data)

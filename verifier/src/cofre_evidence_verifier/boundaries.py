@@ -22,11 +22,18 @@ before it, and an end that sorts before the start let an empty range pass).
 from __future__ import annotations
 
 import base64
-import json
 import re
 from typing import Any, Final
 
-from cofre_evidence_verifier.bundle import Files, Heads, json_lines
+from cofre_evidence_verifier.bundle import (
+    Files,
+    Heads,
+    hash_list,
+    json_lines,
+    json_object,
+    string,
+)
+from cofre_evidence_verifier.errors import MalformedBundle
 from cofre_evidence_verifier.merkle import included, leaf_hash
 from cofre_evidence_verifier.report import Report
 
@@ -102,14 +109,15 @@ def _outside(
             f"no entry {index} {side} the range with its proof: entries of the period could "
             f"be left out {side} it"
         ]
-    payload, hashes = row.get("payload"), row.get("proof")
-    if not isinstance(payload, str) or not isinstance(hashes, list):
-        return [f"entry {index}: no payload and proof"]
-    proof = [base64.b64decode(str(h)) for h in hashes]
-    if not included(leaf_hash(payload.encode("utf-8")), index, size, proof, root):
+    payload = row.get("payload")
+    try:
+        proof = hash_list(row.get("proof"), f"entry {index}: its proof")
+        entry = json_object(string(payload, f"entry {index}: its payload"), f"entry {index}")
+    except MalformedBundle as exc:
+        return [str(exc)]
+    if not included(leaf_hash(str(payload).encode("utf-8")), index, size, proof, root):
         return [f"the inclusion proof of entry {index} fails"]
-    parsed = json.loads(payload)
-    at = parsed.get("time") if isinstance(parsed, dict) else None
+    at = entry.get("time")
     if not _is_time(at):
         return [f"entry {index} has no time in the vault's spelling"]
     at = str(at)

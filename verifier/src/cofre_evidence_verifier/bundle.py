@@ -7,7 +7,11 @@ A bundle is a gzip-compressed tar (`cofre-evidence/1`): the files its signed
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import math
+import re
 import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -16,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from cofre_evidence_verifier.errors import UnsafeBundle
+from cofre_evidence_verifier.errors import MalformedBundle, UnsafeBundle
 
 if TYPE_CHECKING:
     from cofre_evidence_verifier.report import Report
@@ -27,6 +31,11 @@ SIGNATURE: Final = "manifest.sig"
 MAX_FILE: Final = 512 * 1024 * 1024
 # The audit actions that record the policy put in force (with its SHA-256 and text).
 POLICY_ACTIONS: Final = ("policy.load", "policy.reload")
+
+# Deeper than any file of a bundle (an audit entry's details nest a few levels), far
+# below where the standard parser recurses too deep.
+MAX_JSON_DEPTH: Final = 64
+_JSON_SYNTAX: Final = re.compile(r'[\[\]{}"\\]')
 
 Files = dict[str, bytes]
 Heads = dict[int, dict[str, Any]]
@@ -72,15 +81,108 @@ def signature_verifies(public_key_pem: bytes, signature: bytes, message: bytes) 
     return True
 
 
+def _refuse_constant(name: str) -> Any:
+    raise MalformedBundle(f"{name} is not a number a bundle holds")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: as infinite as Infinity
+        raise MalformedBundle(f"{text[:30]} is not a finite number")
+    return value
+
+
+def _too_deep(text: str) -> bool:
+    """Whether `text`'s arrays and objects nest deeper than `MAX_JSON_DEPTH`, counted
+    in one pass without recursion (brackets inside strings do not count). Only the
+    characters that matter are visited, so a long line costs little."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False
+    depth, in_string, escaped = 0, False, -1
+    for match in _JSON_SYNTAX.finditer(text):
+        at, char = match.start(), match.group()
+        if at == escaped:
+            continue
+        if in_string:
+            if char == "\\":
+                escaped = at + 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def load_json(data: str | bytes) -> Any:
+    """The JSON value in `data` (UTF-8). Raises `ValueError` for malformed JSON, and
+    for what the standard parser would accept but a bundle never holds and must not
+    be followed: NaN, Infinity or a number too large for a float (int() of it raises
+    OverflowError) and nesting deeper than `MAX_JSON_DEPTH` (the parser recurses, and
+    raises RecursionError, at about a thousand)."""
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    if _too_deep(text):
+        raise MalformedBundle(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+
+
+def json_object(data: str | bytes, what: str) -> dict[str, Any]:
+    """The JSON object in `data`. Raises `MalformedBundle` (a `ValueError`) naming
+    `what` when it is not one."""
+    try:
+        value = load_json(data)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise MalformedBundle(f"{what} is not a JSON object")
+    return value
+
+
+def integer(value: object, what: str) -> int:
+    """`value` if it is an integer (not a bool, a float or a string). Raises
+    `MalformedBundle` (a `ValueError`) naming `what` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedBundle(f"{what} is not an integer")
+    return value
+
+
+def string(value: object, what: str) -> str:
+    """`value` if it is a string. Raises `MalformedBundle` naming `what` otherwise."""
+    if not isinstance(value, str):
+        raise MalformedBundle(f"{what} is not a string")
+    return value
+
+
+def base64_bytes(value: object, what: str) -> bytes:
+    """The bytes of the base64 string `value`. Raises `MalformedBundle` naming `what`
+    when it is not one."""
+    try:
+        return base64.b64decode(string(value, what), validate=True)
+    except binascii.Error:
+        raise MalformedBundle(f"{what} is not base64") from None
+
+
+def hash_list(value: object, what: str) -> list[bytes]:
+    """The hashes of a proof, a list of base64 strings. Raises `MalformedBundle`."""
+    if not isinstance(value, list):
+        raise MalformedBundle(f"{what} is not a list of base64 hashes")
+    return [base64_bytes(item, what) for item in value]
+
+
 def json_lines(data: bytes, name: str = "", report: Report | None = None) -> list[dict[str, Any]]:
-    """The JSON objects of a JSON-lines file; a malformed line is reported (when a
-    `report` is given) and skipped."""
+    """The JSON objects of a JSON-lines file; a malformed line (see `load_json`) is
+    reported (when a `report` is given) and skipped."""
     out = []
     for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = load_json(line)
         except ValueError:
             value = None
         if isinstance(value, dict):
@@ -88,3 +190,45 @@ def json_lines(data: bytes, name: str = "", report: Report | None = None) -> lis
         elif report is not None:
             report.fail(f"{name}: line {number} is not a JSON object")
     return out
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The manifest's fields the checks read, with the type of each of their members.
+_MANIFEST_FIELDS: Final[dict[str, dict[str, type]]] = {
+    "period": {"from": str, "to": str},
+    "entries": {"first_index": int, "end_index": int},
+    "covering_head": {"tree_size": int, "root_hash": str},
+    "previous_head": {"tree_size": int, "root_hash": str},
+}
+
+
+def manifest_problem(manifest: object) -> str | None:
+    """What makes `manifest` (parsed JSON) no manifest of this format, if anything: its
+    format, and the type of every field the checks read (a manifest of another shape
+    is refused whole, signed or not, before any check relies on it)."""
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        return f"manifest.json: unknown format {repr(found)[:80]}"
+    files = manifest.get("files")
+    if not isinstance(files, list) or not all(
+        isinstance(f, dict)
+        and isinstance(f.get("path"), str)
+        and _is_int(f.get("size"))
+        and isinstance(f.get("sha256"), str)
+        for f in files
+    ):
+        return "manifest.json: files is not a list of {path, size, sha256}"
+    for name, members in _MANIFEST_FIELDS.items():
+        value = manifest.get(name)
+        if name == "previous_head" and value is None:
+            continue
+        if not isinstance(value, dict) or not all(
+            _is_int(value.get(key)) if kind is int else isinstance(value.get(key), kind)
+            for key, kind in members.items()
+        ):
+            shape = ", ".join(f"{key}: {kind.__name__}" for key, kind in members.items())
+            return f"manifest.json: {name} is not an object of {{{shape}}}"
+    return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,13 +18,20 @@ from cofre_evidence_verifier.bundle import (
     SIGNATURE,
     Files,
     Heads,
+    base64_bytes,
+    hash_list,
     json_lines,
+    json_object,
+    load_json,
+    manifest_problem,
     read_bundle,
     signature_verifies,
 )
 from cofre_evidence_verifier.errors import ProofError
 from cofre_evidence_verifier.merkle import verify_consistency
 from cofre_evidence_verifier.report import Report
+
+CONSISTENCY = "audit/consistency.json"
 
 
 def check_previous_head(
@@ -35,20 +41,20 @@ def check_previous_head(
     bundle's consistency proof from one to the other must verify (a previous head the
     log never had cannot pass, whoever signed the manifest)."""
     old = manifest["previous_head"]
-    size1, root1 = int(old["tree_size"]), base64.b64decode(old["root_hash"])
-    size2 = int(manifest["covering_head"]["tree_size"])
+    size1, root1 = old["tree_size"], base64_bytes(old["root_hash"], "previous_head.root_hash")
+    size2 = manifest["covering_head"]["tree_size"]
     head = heads.get(size2)
     if head is None:
         report.fail(f"previous_head: no signed head of size {size2} to prove it against")
         return
-    data = files.get("audit/consistency.json")
+    data = files.get(CONSISTENCY)
     if data is None:
-        report.fail("previous_head: the bundle has no consistency proof (audit/consistency.json)")
+        report.fail(f"previous_head: the bundle has no consistency proof ({CONSISTENCY})")
         return
-    proof = json.loads(data)
-    if int(proof.get("size1", -1)) != size1 or int(proof.get("size2", -1)) != size2:
+    proof = json_object(data, CONSISTENCY)
+    if proof.get("size1") != size1 or proof.get("size2") != size2:
         report.fail(
-            f"previous_head: audit/consistency.json proves {proof.get('size1')} -> "
+            f"previous_head: {CONSISTENCY} proves {proof.get('size1')} -> "
             f"{proof.get('size2')}, the manifest claims {size1} -> {size2}"
         )
         return
@@ -56,7 +62,7 @@ def check_previous_head(
         verify_consistency(
             size1,
             size2,
-            [base64.b64decode(h) for h in proof["proof"]],
+            hash_list(proof.get("proof"), f"{CONSISTENCY}: the proof"),
             root1,
             base64.b64decode(head["root_hash"]),
         )
@@ -71,6 +77,36 @@ def check_previous_head(
     )
 
 
+def _read_previous(
+    previous: Path, public_keys: Sequence[bytes], report: Report
+) -> tuple[Files, dict[str, Any]] | None:
+    """The previous bundle's files and manifest, once its manifest's signature verifies
+    and its shape is a manifest's; else None, reported."""
+    try:
+        before = read_bundle(previous)
+    except (OSError, tarfile.TarError, ValueError) as exc:
+        report.fail(f"cannot read the previous bundle: {exc}")
+        return None
+    # Signed by a key of this bundle's key chain (an older one if the key was rotated
+    # between the two exports).
+    if not any(
+        signature_verifies(pem, before.get(SIGNATURE, b""), before.get(MANIFEST, b""))
+        for pem in public_keys
+    ):
+        report.fail("previous bundle: its manifest signature does not verify")
+        return None
+    # Signed, but by the same hands as this bundle: its shape is checked like this one's.
+    try:
+        previous_manifest = load_json(before[MANIFEST])
+    except ValueError:
+        previous_manifest = None
+    problem = manifest_problem(previous_manifest)
+    if problem is not None or not isinstance(previous_manifest, dict):
+        report.fail(f"previous bundle: {problem}")
+        return None
+    return before, previous_manifest
+
+
 def check_previous(
     files: Files,
     manifest: dict[str, Any],
@@ -81,46 +117,37 @@ def check_previous(
     report: Report,
 ) -> None:
     """Check this bundle against the `previous` bundle file; see the module docstring."""
-    try:
-        before = read_bundle(previous)
-    except (OSError, tarfile.TarError, ValueError) as exc:
-        report.fail(f"cannot read the previous bundle: {exc}")
+    read = _read_previous(previous, public_keys, report)
+    if read is None:
         return
-    # Signed by a key of this bundle's key chain (an older one if the key was rotated
-    # between the two exports).
-    if not any(
-        signature_verifies(pem, before.get(SIGNATURE, b""), before.get(MANIFEST, b""))
-        for pem in public_keys
-    ):
-        report.fail("previous bundle: its manifest signature does not verify")
-        return
-    previous_manifest = json.loads(before[MANIFEST])
+    before, previous_manifest = read
     check_chain(previous_manifest, manifest, report)
     old = previous_manifest["covering_head"]
     _check_same_log(
-        before, previous_manifest, heads.get(int(manifest["covering_head"]["tree_size"])), report
+        before, previous_manifest, heads.get(manifest["covering_head"]["tree_size"]), report
     )
     if manifest.get("previous_head") != old:
         report.fail(
             "previous_head: this bundle names a previous head that is not the previous "
             "bundle's covering head"
         )
-    size1, root1 = int(old["tree_size"]), base64.b64decode(old["root_hash"])
-    size2 = int(manifest["covering_head"]["tree_size"])
+    size1 = old["tree_size"]
+    root1 = base64_bytes(old["root_hash"], "previous bundle: covering_head.root_hash")
+    size2 = manifest["covering_head"]["tree_size"]
     head = heads.get(size2)
     if head is None:
         report.fail(
             f"previous bundle: no verified signed head {size2} to prove consistency against"
         )
         return
-    data = files.get("audit/consistency.json")
+    data = files.get(CONSISTENCY)
     if data is None:
-        report.fail("audit/consistency.json: no consistency proof from the previous bundle")
+        report.fail(f"{CONSISTENCY}: no consistency proof from the previous bundle")
         return
-    proof = json.loads(data)
-    if int(proof.get("size1", -1)) != size1:
+    proof = json_object(data, CONSISTENCY)
+    if proof.get("size1") != size1:
         report.fail(
-            f"audit/consistency.json: proves from size {proof.get('size1')}, but the "
+            f"{CONSISTENCY}: proves from size {proof.get('size1')}, but the "
             f"previous bundle ends at {size1}"
         )
         return
@@ -128,13 +155,13 @@ def check_previous(
         verify_consistency(
             size1,
             size2,
-            [base64.b64decode(h) for h in proof["proof"]],
+            hash_list(proof.get("proof"), f"{CONSISTENCY}: the proof"),
             root1,
             base64.b64decode(head["root_hash"]),
         )
     except ProofError as exc:
         report.fail(
-            f"audit/consistency.json: the log is not an extension of the previous "
+            f"{CONSISTENCY}: the log is not an extension of the previous "
             f"bundle's ({exc}): a rewritten or forked history"
         )
         return
@@ -146,12 +173,8 @@ def _previous_origin(before: Files, previous_manifest: dict[str, Any]) -> str | 
     when that file is the one its signed manifest lists (else None)."""
     name = "audit/heads.jsonl"
     data = before.get(name)
-    listed = [f for f in previous_manifest.get("files", []) if f.get("path") == name]
-    if (
-        data is None
-        or len(listed) != 1
-        or hashlib.sha256(data).hexdigest() != listed[0].get("sha256")
-    ):
+    listed = [f for f in previous_manifest["files"] if f["path"] == name]
+    if data is None or len(listed) != 1 or hashlib.sha256(data).hexdigest() != listed[0]["sha256"]:
         return None
     size = previous_manifest["covering_head"]["tree_size"]
     for head in json_lines(data):
@@ -185,9 +208,10 @@ def _check_same_log(
 def check_chain(before: dict[str, Any], manifest: dict[str, Any], report: Report) -> None:
     """A chained bundle starts exactly where the previous one ended: the entries in
     between would be in neither bundle (a gap), or counted twice (an overlap)."""
-    previous_end = int(before["entries"]["end_index"])
-    start = int(manifest["entries"]["first_index"])
-    end = int(manifest["entries"]["end_index"])
+    # Both manifests' shapes are checked first (`bundle.manifest_problem`).
+    previous_end = before["entries"]["end_index"]
+    start = manifest["entries"]["first_index"]
+    end = manifest["entries"]["end_index"]
     clean = True
     if start > previous_end:
         report.fail(
@@ -201,7 +225,7 @@ def check_chain(before: dict[str, Any], manifest: dict[str, Any], report: Report
             f"previous bundle ends before index {previous_end}, this one starts at {start})"
         )
         clean = False
-    ended, starts = before.get("period", {}).get("to"), manifest.get("period", {}).get("from")
+    ended, starts = before["period"]["to"], manifest["period"]["from"]
     if ended != starts:
         report.fail(
             f"chain: this period starts at {starts}, but the previous one ended at {ended} "

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import tomllib
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
@@ -36,7 +35,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from cofre_evidence_verifier.bundle import Files, Heads, json_lines
+from cofre_evidence_verifier.bundle import (
+    Files,
+    Heads,
+    hash_list,
+    integer,
+    json_lines,
+    json_object,
+    load_json,
+    string,
+)
+from cofre_evidence_verifier.errors import MalformedBundle
 from cofre_evidence_verifier.merkle import included, leaf_hash
 from cofre_evidence_verifier.report import Report
 
@@ -55,14 +64,29 @@ def _policies(files: Files) -> list[tuple[int, dict[str, Any]]]:
     version that does not parse is left out: the policy check reports it)."""
     out = []
     for version in json_lines(files.get("policy/versions.jsonl", b"")):
+        index = version.get("index")
         try:
-            document = json.loads(str(version["payload"])).get("document")
+            document = _entry(version.get("payload")).get("document")
+            # tomllib recurses once per nested array or table, with no bound of its
+            # own: a document nested deeper than the stack is one that does not parse.
             identities = tomllib.loads(str(document)).get("identities", {})
-        except (KeyError, ValueError, AttributeError):
+        except (ValueError, RecursionError):
             continue
-        if isinstance(identities, dict):
-            out.append((int(version["index"]), identities))
+        if isinstance(identities, dict) and isinstance(index, int):
+            out.append((index, identities))
     return sorted(out, key=lambda pair: pair[0])
+
+
+def _entry(payload: object) -> dict[str, Any]:
+    """The audit entry `payload` (a JSON object in a string). Raises `ValueError`."""
+    if not isinstance(payload, str):
+        raise MalformedBundle("an audit entry's payload is not a string")
+    return json_object(payload, "an audit entry")
+
+
+def _details(entry: dict[str, Any]) -> dict[str, Any]:
+    details = entry.get("details")
+    return details if isinstance(details, dict) else {}
 
 
 def _in_force(policies: list[tuple[int, dict[str, Any]]], index: int) -> tuple[int, dict[str, Any]]:
@@ -86,6 +110,13 @@ def _signature_verifies(pem: str, message: bytes, signature: str) -> bool:
     return True
 
 
+def _action(payload: str) -> object:
+    try:
+        return _entry(payload).get("action")
+    except ValueError:
+        return None
+
+
 def _same_key(a: str, b: str) -> bool:
     try:
         return serialization.load_pem_public_key(a.encode()).public_bytes(
@@ -103,10 +134,13 @@ def _proven_entry(
     """The audit entry `record` carries, once proven to be a custody acknowledgement of
     the log; else None and the problem."""
     index, payload, proof = record.get("index"), record.get("payload"), record.get("proof")
-    if not isinstance(index, int) or not isinstance(payload, str) or not isinstance(proof, list):
+    try:
+        index = integer(index, "index")
+        proven = hash_list(proof, "proof")
+        payload = string(payload, "payload")
+    except MalformedBundle:
         return None, f"{where} has no audit entry (index, payload and inclusion proof)"
     where = f"{where} (entry {index})"
-    proven = [base64.b64decode(h) for h in proof]
     if not included(leaf_hash(payload.encode("utf-8")), index, size, proven, root):
         return None, (
             f"{where}: its audit entry is not in the log (the inclusion proof in signed "
@@ -114,7 +148,10 @@ def _proven_entry(
         )
     if index in period and period[index] != payload:
         return None, f"{where}: differs from entry {index} of audit/entries.jsonl"
-    entry = json.loads(payload)
+    try:
+        entry = _entry(payload)
+    except ValueError:
+        entry = {}
     if entry.get("action") != ACKNOWLEDGE or entry.get("outcome") != "success":
         return None, f"{where}: audit entry {index} is not a custody acknowledgement"
     return entry, where
@@ -148,7 +185,7 @@ def _key_problems(
             f"{where}: the statement's role {statement.get('role')!r} is not the "
             f"officer's role in the policy in force (policy entry {policy_index})"
         )
-    details = entry.get("details") or {}
+    details = _details(entry)
     if not _same_key(str(details.get("public_key", "")), registered) or not (
         _signature_verifies(registered, text.encode(), str(details.get("signature", "")))
     ):
@@ -195,7 +232,7 @@ def _check_record(
     problems = []
     if entry.get("actor") != who:
         problems.append(f"{where}: the audit entry was recorded for {entry.get('actor')}")
-    details = entry.get("details") or {}
+    details = _details(entry)
     problems += [
         f"{where}: its {field} differs from the one the audit entry recorded"
         for field in _RECORDED
@@ -203,7 +240,7 @@ def _check_record(
     ]
     text = str(details.get("statement", ""))
     try:
-        statement = json.loads(text)
+        statement = load_json(text)
     except ValueError:
         statement = None
     if not isinstance(statement, dict) or statement.get("type") != STATEMENT_TYPE:
@@ -216,7 +253,7 @@ def _check_record(
         keys = []
     problems += _date_problems(statement, entry, where)
     problems += _key_problems(
-        entry, statement, text=text, where=where, index=int(record["index"]), policies=policies
+        entry, statement, text=text, where=where, index=record["index"], policies=policies
     )
     return problems, ([] if problems else keys)
 
@@ -224,13 +261,13 @@ def _check_record(
 def check_custody(files: Files, manifest: dict[str, Any], heads: Heads, report: Report) -> None:
     """Check every acknowledgement in ``keys/custody.json`` (see the module docstring),
     report each problem, and put the custodians of each key in the report's summary."""
-    size = int(manifest.get("covering_head", {}).get("tree_size", 0))
+    size = manifest["covering_head"]["tree_size"]
     head = heads.get(size)
     if head is None:
         return  # already reported by the entries check
     data = files.get(NAME)
     try:
-        records = json.loads(data) if data is not None else None
+        records = load_json(data) if data is not None else None
     except ValueError:
         records = None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
@@ -238,8 +275,9 @@ def check_custody(files: Files, manifest: dict[str, Any], heads: Heads, report: 
         return
     root = base64.b64decode(head["root_hash"])
     period = {
-        int(e["index"]): str(e["payload"])
+        e["index"]: e["payload"]
         for e in json_lines(files.get("audit/entries.jsonl", b""))
+        if isinstance(e.get("index"), int) and isinstance(e.get("payload"), str)
     }
     policies = _policies(files)
     problems: list[str] = []
@@ -249,11 +287,11 @@ def check_custody(files: Files, manifest: dict[str, Any], heads: Heads, report: 
         problems += found
         for key in keys:
             custodians.setdefault(key, set()).add(str(record.get("identity")))
-    listed = {r.get("index") for r in records}
+    listed = {r.get("index") for r in records if isinstance(r.get("index"), int)}
     problems += [
         f"{NAME}: the custody acknowledgement at entry {index} is missing"
         for index, payload in sorted(period.items())
-        if json.loads(payload).get("action") == ACKNOWLEDGE and index not in listed
+        if _action(payload) == ACKNOWLEDGE and index not in listed
     ]
     report.summary["custodians"] = {k: sorted(v) for k, v in sorted(custodians.items())}
     for problem in problems:

@@ -6,12 +6,19 @@ names the first entry that was changed, removed or reordered."""
 from __future__ import annotations
 
 import base64
-import json
 from bisect import bisect_left
 from typing import Any
 
-from cofre_evidence_verifier.bundle import Files, Heads, json_lines
-from cofre_evidence_verifier.errors import ProofError
+from cofre_evidence_verifier.bundle import (
+    Files,
+    Heads,
+    base64_bytes,
+    hash_list,
+    integer,
+    json_lines,
+    json_object,
+)
+from cofre_evidence_verifier.errors import MalformedBundle, ProofError
 from cofre_evidence_verifier.merkle import CompactRange, included, leaf_hash
 from cofre_evidence_verifier.report import Report
 
@@ -73,17 +80,53 @@ def _range_problem(start: int, end: int, size: int) -> str | None:
     return None
 
 
+def _time(payload: str) -> str | None:
+    """The time of the audit entry `payload`, if it is one (a JSON object with a time)."""
+    try:
+        at = json_object(payload, "an entry").get("time")
+    except ValueError:
+        return None
+    return at if isinstance(at, str) else None
+
+
+def _subtrees_and_proofs(
+    files: Files,
+) -> tuple[dict[tuple[int, int], bytes], dict[int, list[bytes]]]:
+    """The complete-subtree hashes by (level, index) and the inclusion proofs by leaf
+    index. Raises `MalformedBundle` naming a line of the wrong shape."""
+    name = "audit/subtrees.jsonl"
+    blocks = {
+        (
+            integer(b.get("level"), f"{name}: a level"),
+            integer(b.get("index"), f"{name}: an index"),
+        ): base64_bytes(b.get("hash"), f"{name}: a hash")
+        for b in json_lines(files.get(name, b""))
+    }
+    name = "audit/inclusion.jsonl"
+    proofs = {
+        integer(p.get("index"), f"{name}: an index"): hash_list(p.get("proof"), f"{name}: a proof")
+        for p in json_lines(files.get(name, b""))
+    }
+    return blocks, proofs
+
+
 def _period_leaves(
     files: Files, manifest: dict[str, Any], *, start: int, end: int, size: int, report: Report
 ) -> dict[int, bytes]:
     """The leaf hashes of the bundle's entries by index; report each entry outside
     [start, end), each one missing, and each one outside the period."""
     entries = json_lines(files.get("audit/entries.jsonl", b""), "audit/entries.jsonl", report)
-    period = manifest.get("period", {})
+    period = manifest["period"]
     leaves: dict[int, bytes] = {}
     expected = start
     for entry in entries:
-        index = int(entry["index"])
+        index, payload = entry.get("index"), entry.get("payload")
+        if not isinstance(payload, str) or isinstance(index, bool) or not isinstance(index, int):
+            report.fail(
+                "audit/entries.jsonl: a line is not an entry (an integer index and a "
+                "payload string)"
+            )
+            continue
         if not start <= index < end:
             report.fail(
                 f"audit/entries.jsonl: entry {index} is outside the manifest's range "
@@ -94,10 +137,11 @@ def _period_leaves(
         if index != expected:
             report.fail(f"audit/entries.jsonl: entry {expected} is missing (next is {index})")
             expected = index
-        payload = str(entry["payload"])
         leaves[index] = leaf_hash(payload.encode("utf-8"))
-        at = json.loads(payload).get("time", "")
-        if period and not (period["from"] <= at < period["to"]):
+        at = _time(payload)
+        if at is None:
+            report.fail(f"audit/entries.jsonl: entry {index} is not an audit entry with a time")
+        elif not period["from"] <= at < period["to"]:
             report.fail(f"audit/entries.jsonl: entry {index} at {at} is outside the period")
         expected = index + 1
     if expected != end:
@@ -111,16 +155,16 @@ def _period_leaves(
 def check_entries(files: Files, manifest: dict[str, Any], heads: Heads, report: Report) -> None:
     """Report gaps, entries outside the period or the covering head's tree, and a root
     or proof that fails."""
-    claimed = manifest.get("entries", {})
-    start, end = int(claimed.get("first_index", 0)), int(claimed.get("end_index", 0))
-    size = int(manifest.get("covering_head", {}).get("tree_size", 0))
+    # The manifest's shape is checked before any check runs (`bundle.manifest_problem`).
+    start, end = manifest["entries"]["first_index"], manifest["entries"]["end_index"]
+    size = manifest["covering_head"]["tree_size"]
     head = heads.get(size)
     if head is None:
         report.fail(f"manifest.json: covering head {size} is not among the verified heads")
         return
     # The summary shows the manifest's covering root: it must be the signed head's, or
     # the report would show a root nothing checked (review 29).
-    if manifest.get("covering_head", {}).get("root_hash") != head["root_hash"]:
+    if manifest["covering_head"]["root_hash"] != head["root_hash"]:
         report.fail(f"manifest.json: covering_head.root_hash is not the root of signed head {size}")
         return
     problem = _range_problem(start, end, size)
@@ -129,19 +173,16 @@ def check_entries(files: Files, manifest: dict[str, Any], heads: Heads, report: 
         return
     root = base64.b64decode(head["root_hash"])
     leaves = _period_leaves(files, manifest, start=start, end=end, size=size, report=report)
-    blocks = {
-        (int(b["level"]), int(b["index"])): base64.b64decode(b["hash"])
-        for b in json_lines(files.get("audit/subtrees.jsonl", b""))
-    }
+    try:
+        blocks, proofs = _subtrees_and_proofs(files)
+    except MalformedBundle as exc:
+        report.fail(str(exc))
+        return
     try:
         recomputed = rebuild_root(blocks, leaves, size)
     except ProofError as exc:
         report.fail(f"audit/subtrees.jsonl: {exc}")
         return
-    proofs = {
-        int(p["index"]): [base64.b64decode(h) for h in p["proof"]]
-        for p in json_lines(files.get("audit/inclusion.jsonl", b""))
-    }
     first_bad = next(
         (
             i

@@ -7,7 +7,9 @@ have a root of their own. Both are also `ValueError`: a bad bundle is bad input.
     ├── ProofError      (also ValueError)  a Merkle proof or tree does not verify
     ├── NoteError       (also ValueError)  a signed note, checkpoint, vkey or
     │                                      cosignature is malformed or does not verify
-    └── UnsafeBundle    (also ValueError)  the archive cannot be read safely
+    ├── UnsafeBundle    (also ValueError)  the archive cannot be read safely
+    └── MalformedBundle (also ValueError)  a file of the bundle holds a value of the
+                                           wrong type or shape
 """
 
 from __future__ import annotations
@@ -29,3 +31,8 @@ class NoteError(VerifierError, ValueError):
 class UnsafeBundle(VerifierError, ValueError):
     """The bundle holds a link, a device, an absolute or `..` path, an oversized or an
     unreadable member: it is refused before anything in it is used."""
+
+
+class MalformedBundle(VerifierError, ValueError):
+    """A file of the bundle holds JSON the verifier does not follow (too deep, NaN or
+    Infinity), or a value of the wrong type where a check reads it."""

@@ -9,23 +9,44 @@ key cannot sign another tree at that size."""
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from cofre_evidence_verifier.bundle import Files, Heads, json_lines, signature_verifies
 from cofre_evidence_verifier.errors import NoteError
 from cofre_evidence_verifier.keychain import KeyChain
-from cofre_evidence_verifier.note import parse_checkpoint
+from cofre_evidence_verifier.note import ALG_ECDSA, parse_checkpoint
 from cofre_evidence_verifier.report import Report
 
 HANDOVERS = "audit/handovers.jsonl"
+
+
+def _build_chain(public_key_pem: bytes, lines: list[dict[str, Any]]) -> KeyChain:
+    """The key chain of the handover `lines`. Raises `NoteError` when they do not make
+    one of the vault's audit keys."""
+    notes = [line.get("note") for line in lines]
+    for number, note in enumerate(notes, 1):
+        if not isinstance(note, str):
+            raise NoteError(f"handover {number} has no note")
+    chain = KeyChain.build([public_key_pem], [str(note) for note in notes])
+    # The vault's audit key lives in the HSM as ECDSA (type 0x02): a handover to a key
+    # of another type is no rotation of it (and has no PEM to check heads with).
+    for handover in chain.handovers:
+        if {handover.old.algorithm, handover.new.algorithm} != {ALG_ECDSA}:
+            raise NoteError(
+                f"the key handover at size {handover.size} names a key that is not ECDSA "
+                "(type 0x02), as the vault's audit key is"
+            )
+    return chain
 
 
 def read_chain(files: Files, public_key_pem: bytes, report: Report) -> KeyChain:
     """Return the audit key chain from the bundle's handovers anchored at the pinned key.
     When they do not make one, that is reported (the bundle fails) and the chain of the
     pinned key alone is returned, so the other checks still report what they find."""
-    notes = [str(line["note"]) for line in json_lines(files.get(HANDOVERS, b""), HANDOVERS, report)]
     try:
-        chain = KeyChain.build([public_key_pem], notes)
+        chain = _build_chain(
+            public_key_pem, json_lines(files.get(HANDOVERS, b""), HANDOVERS, report)
+        )
     except NoteError as exc:
         report.fail(f"{HANDOVERS}: {exc}")
         return KeyChain.build([public_key_pem], [])
@@ -35,6 +56,23 @@ def read_chain(files: Files, public_key_pem: bytes, report: Report) -> KeyChain:
             "anchored at the pinned key"
         )
     return chain
+
+
+def _is_head(head: dict[str, Any]) -> bool:
+    size = head.get("tree_size")
+    return (
+        isinstance(size, int)
+        and not isinstance(size, bool)
+        and all(isinstance(head.get(k), str) for k in ("checkpoint", "root_hash", "signature"))
+    )
+
+
+def _signature(encoded: str) -> bytes:
+    """The signature bytes, or none (which do not verify) if it is not base64."""
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except ValueError:  # binascii.Error is one
+        return b""
 
 
 def _handover_origin(chain: KeyChain, origin: str | None, report: Report) -> tuple[str | None, str]:
@@ -65,10 +103,15 @@ def check_heads(
     handovers = {handover.size: handover for handover in chain.handovers}
     origin, source = _handover_origin(chain, origin, report)
     for head in json_lines(files.get("audit/heads.jsonl", b""), "audit/heads.jsonl", report):
-        size = int(head["tree_size"])
-        root_b64 = head["root_hash"]
+        size, root_b64 = head.get("tree_size"), head.get("root_hash")
+        if not _is_head(head):
+            report.fail(
+                "audit/heads.jsonl: a line is not a signed head (an integer tree_size; "
+                "checkpoint, root_hash and signature strings)"
+            )
+            continue
         try:
-            checkpoint = parse_checkpoint(str(head["checkpoint"]))
+            checkpoint = parse_checkpoint(head["checkpoint"])
         except NoteError as exc:
             report.fail(f"audit/heads.jsonl: head {size}: not a checkpoint ({exc})")
             continue
@@ -79,9 +122,7 @@ def check_heads(
             )
             continue
         if not signature_verifies(
-            chain.pem_for(size),
-            base64.b64decode(head["signature"]),
-            str(head["checkpoint"]).encode(),
+            chain.pem_for(size), _signature(head["signature"]), head["checkpoint"].encode()
         ):
             report.fail(
                 f"audit/heads.jsonl: head {size}: signature does not verify with "

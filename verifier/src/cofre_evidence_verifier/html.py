@@ -11,7 +11,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cofre_evidence_verifier.bundle import Files, json_lines, read_bundle
+from cofre_evidence_verifier.bundle import Files, json_lines, load_json, read_bundle
 from cofre_evidence_verifier.report import Report, printable
 
 _STYLE = """
@@ -101,7 +101,7 @@ def _bundle_sections(files: Files) -> list[str]:
     for line in json_lines(files.get("audit/entries.jsonl", b"")):
         payload = line.get("payload")
         try:
-            entry = json.loads(payload) if isinstance(payload, str) else None
+            entry = load_json(payload) if isinstance(payload, str) else None
         except ValueError:
             entry = None
         if isinstance(entry, dict) and str(entry.get("action", "")).startswith("key."):

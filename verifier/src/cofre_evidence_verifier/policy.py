@@ -4,12 +4,59 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from typing import Any
 
-from cofre_evidence_verifier.bundle import POLICY_ACTIONS, Files, Heads, json_lines
+from cofre_evidence_verifier.bundle import (
+    POLICY_ACTIONS,
+    Files,
+    Heads,
+    hash_list,
+    integer,
+    json_lines,
+    json_object,
+    string,
+)
+from cofre_evidence_verifier.errors import MalformedBundle
 from cofre_evidence_verifier.merkle import included, leaf_hash
 from cofre_evidence_verifier.report import Report
+
+
+def _versions(lines: list[dict[str, Any]]) -> list[tuple[int, str, list[bytes]]]:
+    """Each version's leaf index, payload and inclusion proof. Raises `MalformedBundle`
+    for a line of another shape."""
+    name = "policy/versions.jsonl"
+    return [
+        (
+            integer(line.get("index"), f"{name}: an index"),
+            string(line.get("payload"), f"{name}: a payload"),
+            hash_list(line.get("proof"), f"{name}: a proof"),
+        )
+        for line in lines
+    ]
+
+
+def _object(payload: str) -> dict[str, Any]:
+    """The audit entry `payload` as an object (empty if it is not one: its inclusion
+    proof or the entries check then fails)."""
+    try:
+        return json_object(payload, "an entry")
+    except ValueError:
+        return {}
+
+
+def _unlisted_changes(files: Files, versions: list[tuple[int, str, list[bytes]]]) -> list[int]:
+    """The indices of the period's policy load/reload entries that are not among the
+    versions, payload for payload."""
+    listed = {index: payload for index, payload, _ in versions}
+    out = []
+    for entry in json_lines(files.get("audit/entries.jsonl", b"")):
+        payload, index = entry.get("payload"), entry.get("index")
+        if not isinstance(payload, str) or not isinstance(index, int):
+            continue  # reported by the entries check
+        changed = _object(payload).get("action") in POLICY_ACTIONS
+        if changed and listed.get(index) != payload:
+            out.append(index)
+    return out
 
 
 def check_policy(files: Files, manifest: dict[str, Any], heads: Heads, report: Report) -> None:
@@ -19,23 +66,27 @@ def check_policy(files: Files, manifest: dict[str, Any], heads: Heads, report: R
     entry; every policy entry of the period is among them; and `policy/policy.toml` is
     the text of the last one. Reports each that does not hold."""
     name = "policy/versions.jsonl"
-    size = int(manifest.get("covering_head", {}).get("tree_size", 0))
+    size = manifest["covering_head"]["tree_size"]
     head = heads.get(size)
     if head is None:
         return  # already reported by the entries check
     root = base64.b64decode(head["root_hash"])
-    start = int(manifest.get("entries", {}).get("first_index", 0))
-    versions = json_lines(files.get(name, b""), name, report)
+    start = manifest["entries"]["first_index"]
+    try:
+        versions = _versions(json_lines(files.get(name, b""), name, report))
+    except MalformedBundle as exc:
+        report.fail(str(exc))
+        return
     if not versions:
         report.fail(f"{name}: no policy version in force during the period is evidenced")
         return
     clean = True
     texts: list[str] = []
-    for version in versions:
-        index, payload = int(version["index"]), str(version["payload"])
-        entry = json.loads(payload)
+    for index, payload, proof in versions:
+        entry = _object(payload)
         text = entry.get("document")
-        digest = entry.get("details", {}).get("sha256")
+        details = entry.get("details")
+        digest = details.get("sha256") if isinstance(details, dict) else None
         if entry.get("action") not in POLICY_ACTIONS or not isinstance(text, str):
             report.fail(f"{name}: entry {index} is not a policy load or reload with its text")
             clean = False
@@ -43,7 +94,6 @@ def check_policy(files: Files, manifest: dict[str, Any], heads: Heads, report: R
         if hashlib.sha256(text.encode("utf-8")).hexdigest() != digest:
             report.fail(f"{name}: entry {index}: the policy text does not match its SHA-256")
             clean = False
-        proof = [base64.b64decode(h) for h in version["proof"]]
         if not included(leaf_hash(payload.encode("utf-8")), index, size, proof, root):
             report.fail(
                 f"{name}: entry {index} is not in the log (its inclusion proof in signed "
@@ -51,20 +101,15 @@ def check_policy(files: Files, manifest: dict[str, Any], heads: Heads, report: R
             )
             clean = False
         texts.append(text)
-    indices = [int(v["index"]) for v in versions]
+    indices = [index for index, _, _ in versions]
     if indices != sorted(set(indices)) or indices[0] > start:
         report.fail(
             f"{name}: no policy version in force at the start of the period (index {start})"
         )
         clean = False
-    entries = json_lines(files.get("audit/entries.jsonl", b""))
-    listed = {int(v["index"]): str(v["payload"]) for v in versions}
-    for entry in entries:
-        payload = str(entry["payload"])
-        changed = json.loads(payload).get("action") in POLICY_ACTIONS
-        if changed and listed.get(int(entry["index"])) != payload:
-            report.fail(f"{name}: the policy change at entry {entry['index']} is missing")
-            clean = False
+    for index in _unlisted_changes(files, versions):
+        report.fail(f"{name}: the policy change at entry {index} is missing")
+        clean = False
     current = files.get("policy/policy.toml", b"").decode("utf-8", "replace")
     if texts and current != texts[-1]:
         report.fail(

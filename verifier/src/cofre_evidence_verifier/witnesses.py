@@ -43,6 +43,15 @@ def read_witness_keys(texts: Sequence[str]) -> list[VerifierKey]:
     return keys
 
 
+def _when(seconds: int) -> str:
+    """A cosignature's time as a person reads it; one past year 9999 as its seconds (a
+    cosignature/v1 timestamp may be up to 2^63)."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat()
+    except (OverflowError, ValueError, OSError):
+        return f"{seconds} s after 1970"
+
+
 def check_witnesses(
     files: Files,
     manifest: dict[str, object],
@@ -93,10 +102,7 @@ def check_witnesses(
             "rolled-back log gets none)"
         )
         return
-    names = ", ".join(
-        f"{v.key.name} at {datetime.fromtimestamp(v.timestamp or 0, UTC).isoformat()}"
-        for v in valid
-    )
+    names = ", ".join(f"{v.key.name} at {_when(v.timestamp or 0)}" for v in valid)
     report.passed(
         "witnesses",
         f"covering head {size} cosigned by {len(valid)} of the {quorum} pinned witnesses "
