@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gzip
 import json
 import math
 import re
 import tarfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -28,7 +30,17 @@ if TYPE_CHECKING:
 BUNDLE_FORMAT: Final = "cofre-evidence/1"
 MANIFEST: Final = "manifest.json"
 SIGNATURE: Final = "manifest.sig"
+# Bounds on what a bundle may make the verifier hold in memory (it keeps every file):
+# one member, all of them decompressed (the tar stream: members, headers, padding), and
+# the number of members. A real bundle's size is its entries file (about 350 bytes an
+# entry; the inclusion proofs are sampled above 5,000 entries), then its heads (340
+# bytes each, one per 10 s or per 1,000 entries: under 100 MB for a 31-day period of
+# 1.5 million entries): a bundle at the per-member cap (about 1.5 million entries)
+# stays well under the total. The exporter writes 21 members at most.
 MAX_FILE: Final = 512 * 1024 * 1024
+MAX_TOTAL: Final = 1024 * 1024 * 1024
+MAX_MEMBERS: Final = 1000
+_CHUNK: Final = 1024 * 1024
 # The audit actions that record the policy put in force (with its SHA-256 and text).
 POLICY_ACTIONS: Final = ("policy.load", "policy.reload")
 
@@ -41,23 +53,51 @@ Files = dict[str, bytes]
 Heads = dict[int, dict[str, Any]]
 
 
+def _check_decompressed_size(path: Path) -> None:
+    """Raise `UnsafeBundle` when the archive decompresses to more than `MAX_TOTAL`
+    bytes, or is no complete gzip stream. Counted in chunks, keeping none: a bomb (a
+    few MB that inflate to gigabytes) costs the time to inflate `MAX_TOTAL`, never the
+    memory."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(_CHUNK):
+                total += len(chunk)
+                if total > MAX_TOTAL:
+                    raise UnsafeBundle(
+                        f"the bundle decompresses to more than {MAX_TOTAL // _CHUNK} MiB"
+                    )
+    except (EOFError, zlib.error) as exc:
+        raise UnsafeBundle(f"not a complete gzip stream ({exc})") from None
+
+
 def read_bundle(path: Path) -> Files:
     """Return the bundle's regular files by name.
 
-    Raises `UnsafeBundle` for links, devices, absolute paths, '..', an oversized or an
-    unreadable member (the file comes from outside), `OSError` or `tarfile.TarError` for
-    a file that is not a readable tar.gz.
+    Raises `UnsafeBundle` for links, devices, absolute paths, '..', a member twice, an
+    oversized or an unreadable member, more than `MAX_MEMBERS` members or more than
+    `MAX_TOTAL` bytes decompressed (the file comes from outside: it is refused before
+    anything in it is kept), `OSError` or `tarfile.TarError` for a file that is not a
+    readable tar.gz.
     """
+    _check_decompressed_size(path)
     files: Files = {}
-    with tarfile.open(path, "r:gz") as archive:
-        for member in archive.getmembers():
+    # Read as a stream, member after member: the archive is inflated once more and
+    # nothing but the members read so far is held.
+    with tarfile.open(path, "r|gz") as archive:
+        for count, member in enumerate(archive, 1):
             name = member.name
+            if count > MAX_MEMBERS:
+                raise UnsafeBundle(f"more than {MAX_MEMBERS} members in the bundle")
             if member.isdir():
                 continue
             if not member.isfile() or name.startswith("/") or ".." in Path(name).parts:
                 raise UnsafeBundle(f"unsafe member in bundle: {name!r}")
             if member.size > MAX_FILE:
                 raise UnsafeBundle(f"member too large: {name!r}")
+            if name in files:
+                # Which copy a reader keeps is up to the reader: refused, not guessed.
+                raise UnsafeBundle(f"member twice in bundle: {name!r}")
             handle = archive.extractfile(member)
             if handle is None:
                 raise UnsafeBundle(f"unreadable member: {name!r}")
