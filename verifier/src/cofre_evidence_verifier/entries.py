@@ -1,7 +1,8 @@
 """Checks 4 and 5: the audit entries are the consecutive leaf indices the manifest
-claims, each inside the period, and the Merkle root rebuilt from them (and the subtree
-hashes around them) is the covering signed head's; each inclusion proof verifies, which
-names the first entry that was changed, removed or reordered."""
+claims (at least one, all inside the covering head's tree), each inside the period, and
+the Merkle root rebuilt from them (and the subtree hashes around them) is the covering
+signed head's, as the manifest states; each inclusion proof verifies, which names the
+first entry that was changed, removed or reordered."""
 
 from __future__ import annotations
 

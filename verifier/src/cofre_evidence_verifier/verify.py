@@ -9,12 +9,14 @@ it finds (not only the first):
    size and root, and that every head and handover is a checkpoint of one log (one
    origin, the pinned one if given) (`heads`);
 4. the audit entries: consecutive leaf indices exactly covering the range the manifest
-   claims, each entry's time inside the claimed period (`entries`), and the entries
-   just outside the range in the covering head, dated outside the period on each side,
-   so that nothing of the period is left out at either end (`boundaries`);
+   claims (not empty, inside the covering head's tree), each entry's time inside the
+   claimed period (`entries`), and the entries just outside the range in the covering
+   head, dated outside the period on each side, so that nothing of the period is left
+   out at either end (`boundaries`);
 5. the Merkle root recomputed from the entries (and the subtree hashes around them)
-   equals the covering signed head's root, and each entry's inclusion proof verifies,
-   which names the first entry that was changed, removed or reordered (`entries`);
+   equals the covering signed head's root (and the manifest's covering root), and each
+   entry's inclusion proof verifies, which names the first entry that was changed,
+   removed or reordered (`entries`);
 6. the policy versions in force during the period (`policy/versions.jsonl`) are policy
    load/reload entries of the log itself (text matching its SHA-256, inclusion proof
    valid), the first one in force at the period's start, and `policy/policy.toml` is
@@ -29,6 +31,11 @@ it finds (not only the first):
 8. the covering head's witnessed checkpoint (`audit/checkpoint.note`) carries a quorum
    of cosignatures by the witness keys the auditor pinned (`witnesses`): the one check
    that the HSM key's holder cannot pass with a rewritten or rolled-back log.
+
+The bundle is hostile input throughout: it is read within fixed bounds (`bundle`), its
+JSON parsed strictly (`bundle.load_json`), the manifest's shape checked before any
+check relies on it (`bundle.manifest_problem`), and whatever else goes wrong is a
+failed report line, never an exception.
 
 A new family of checks is a module of its own with a `check_…(files, manifest, heads,
 report)` function, called from here, whose name is added to `report.required` when it
