@@ -116,7 +116,13 @@ def _period_leaves(
 ) -> dict[int, bytes]:
     """The leaf hashes of the bundle's entries by index; report each entry outside
     [start, end), each one missing, and each one outside the period."""
-    entries = json_lines(files.get("audit/entries.jsonl", b""), "audit/entries.jsonl", report)
+    entries = json_lines(
+        files.get("audit/entries.jsonl", b""),
+        "audit/entries.jsonl",
+        report,
+        # One line more than the range is read, so a stray entry is named.
+        most=end - start + 1,
+    )
     period = manifest["period"]
     leaves: dict[int, bytes] = {}
     expected = start

@@ -102,6 +102,10 @@ def check_policy(files: Files, manifest: dict[str, Any], heads: Heads, report: R
             clean = False
         texts.append(text)
     indices = [index for index, _, _ in versions]
+    end = manifest["entries"]["end_index"]
+    if after := [index for index in indices if index >= end]:
+        # Review 31: a reload from after the period made policy.toml a later text.
+        report.fail(f"{name}: entry {after[0]} is a policy version from after the period")
     if indices != sorted(set(indices)) or indices[0] > start:
         report.fail(
             f"{name}: no policy version in force at the start of the period (index {start})"
