@@ -14,7 +14,14 @@ import pytest
 from cofre_evidence_verifier.bundle import MAX_LINES, json_lines
 from cofre_evidence_verifier.report import MAX_PROBLEMS, Report
 from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import build, day_log, policy_payload, witness
+from tests.support.evidence_bundles import (
+    AuditKey,
+    build,
+    chained,
+    day_log,
+    policy_payload,
+    witness,
+)
 
 PERMISSIVE = '[identities."spiffe://cofre/payments"]\noperations = ["tokenize", "detokenize"]\n'
 STRICT = '[identities."spiffe://cofre/payments"]\noperations = ["tokenize"]\n'
@@ -66,3 +73,23 @@ def test_problems_and_lines_are_bounded() -> None:
     lines = json_lines(b"{}\n" * 10, "x.jsonl", report, most=4)
     assert len(lines) == 4
     assert MAX_LINES >= 1_500_000  # a member of MAX_FILE holds about that many entries
+
+
+def test_a_policy_change_left_out_between_chained_bundles_fails(tmp_path: Path) -> None:
+    """Review 31 (and 29's M1): the second bundle lists the old permissive policy as in
+    force at its start, leaving out the stricter reload made during the first period."""
+    w, key = witness(), AuditKey()
+    log = day_log(20)
+    log[0] = policy_payload("2026-03-01T00:00:00.000000Z", PERMISSIVE)
+    log[8] = policy_payload("2026-03-01T08:00:08.000000Z", STRICT, action="policy.reload")
+    keys = [w.verifier_key()]
+    for listed, ok in (([8], True), ([0], False)):
+        first, second = chained(log, 10, key=key, witnesses=[w], second_policies=listed)
+        report = verify_bundle(
+            second.write(tmp_path / "b.tar.gz"),
+            key.pem,
+            first.write(tmp_path / "a.tar.gz"),
+            witness_keys=keys,
+        )
+        assert report.ok is ok, report.problems
+    assert any("policy change between them" in p for p in report.problems)

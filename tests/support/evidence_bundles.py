@@ -319,6 +319,7 @@ def chained(
     key: AuditKey,
     witnesses: list[CosignerKey],
     origins: tuple[str, str] = (ORIGIN, ORIGIN),
+    second_policies: list[int] | None = None,
 ) -> tuple[Bundle, Bundle]:
     """Two bundles of `log` (and a cutoff entry after it) that chain: entries [0,
     split) covered by the head of size split + 1 (entry `split` is the one after the
@@ -345,6 +346,7 @@ def chained(
         witnesses=witnesses,
         period=(middle, PERIOD[1]),
         origin=origins[1],
+        policy_indices=second_policies,
     )
     second.manifest["previous_head"] = first.manifest["covering_head"]
     leaves = [leaf_hash(p.encode()) for p in full]

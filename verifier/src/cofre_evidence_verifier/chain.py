@@ -31,6 +31,9 @@ from cofre_evidence_verifier.errors import ProofError
 from cofre_evidence_verifier.merkle import verify_consistency
 from cofre_evidence_verifier.report import Report
 
+POLICY_VERSIONS = "policy/versions.jsonl"
+POLICY_TEXT = "policy/policy.toml"
+
 CONSISTENCY = "audit/consistency.json"
 
 
@@ -122,6 +125,7 @@ def check_previous(
         return
     before, previous_manifest = read
     check_chain(previous_manifest, manifest, report)
+    _check_policy_carried(before, files, report)
     old = previous_manifest["covering_head"]
     _check_same_log(
         before, previous_manifest, heads.get(manifest["covering_head"]["tree_size"]), report
@@ -235,4 +239,24 @@ def check_chain(before: dict[str, Any], manifest: dict[str, Any], report: Report
     if clean:
         report.passed(
             "chain", f"starts exactly where the previous bundle ended (index {start}, {starts})"
+        )
+
+
+def _check_policy_carried(before: Files, files: Files, report: Report) -> None:
+    """The policy version this bundle lists as in force at its start must be the one
+    the previous bundle shows in force at its end (its `policy/policy.toml`). One
+    bundle alone cannot show that no reload just before its start was left out
+    (review 29, review 31); two chained ones can."""
+    versions = json_lines(files.get(POLICY_VERSIONS, b""))
+    ended = before.get(POLICY_TEXT)
+    if not versions or ended is None:
+        return  # the policy check reports a bundle without a version in force
+    payload = versions[0].get("payload")
+    entry = load_json(payload) if isinstance(payload, str) else None
+    document = entry.get("document") if isinstance(entry, dict) else None
+    if not isinstance(document, str) or document.encode("utf-8") != ended:
+        report.fail(
+            f"{POLICY_VERSIONS}: the policy listed as in force at the start is not the one "
+            "the previous bundle shows in force at its end (a policy change between them "
+            "was left out)"
         )
