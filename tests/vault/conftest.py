@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -100,6 +101,40 @@ def acquirer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAcquirer]
     acquirer.ca = pki.ca  # type: ignore[attr-defined]
     yield acquirer
     acquirer.stop()
+
+
+def oos_relay_policy(
+    acquirer: FakeAcquirer,
+    identity: str,
+    *,
+    operations: str = '"relay", "detokenize_masked"',
+    limits: str = "",
+    response_tokenize: str = "",
+) -> str:
+    """TEST_POLICY with `identity`, an out-of-scope relayer reading payments' tokens
+    masked, and its route `acq` to `acquirer` detokenizing ``/card/number``; `limits`
+    (TOML lines) go to the identity, `response_tokenize` (a TOML inline table) to the
+    route."""
+    ca: Path = acquirer.ca  # type: ignore[attr-defined]
+    tokenized = f"response_tokenize = {response_tokenize}\n" if response_tokenize else ""
+    return (
+        TEST_POLICY
+        + f"""
+[identities."{identity}"]
+scope = "out"
+operations = [{operations}]
+reveal = "masked"
+read_domains = ["spiffe://cofre/payments"]
+{limits}
+
+[relay_routes.acq]
+upstream = "{acquirer.url}/v1/authorize"
+identities = ["{identity}"]
+detokenize = ["/card/number"]
+{tokenized}ca_bundle = "{ca}"
+timeout_seconds = 5
+"""
+    )
 
 
 @contextmanager

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
 from tests.support.fake_acquirer import FakeAcquirer
-from tests.vault.conftest import TEST_POLICY, relay_vault
+from tests.vault.conftest import oos_relay_policy, relay_vault
 from vault.pan import Pan
 from vault.relay import WITHHELD_DETAIL, nested_deeper_than, withhold_sent, withhold_split_pans
 from vault.service import CallContext, TokenizeRequest, VaultService
@@ -29,24 +28,7 @@ ADAPTER = CallContext("spiffe://cofre/oos-adapter", "req-relay-oos")
 def oos_relay(
     engine: Engine, hsm_provider: HSMProvider, acquirer: FakeAcquirer
 ) -> Iterator[VaultService]:
-    ca: Path = acquirer.ca  # type: ignore[attr-defined]
-    policy = (
-        TEST_POLICY
-        + f"""
-[identities."spiffe://cofre/oos-adapter"]
-scope = "out"
-operations = ["relay", "detokenize_masked"]
-reveal = "masked"
-read_domains = ["spiffe://cofre/payments"]
-
-[relay_routes.acq]
-upstream = "{acquirer.url}/v1/authorize"
-identities = ["spiffe://cofre/oos-adapter"]
-detokenize = ["/card/number"]
-ca_bundle = "{ca}"
-timeout_seconds = 5
-"""
-    )
+    policy = oos_relay_policy(acquirer, ADAPTER.identity)
     with relay_vault(engine, hsm_provider, acquirer, policy) as svc:
         yield svc
 

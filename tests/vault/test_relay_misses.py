@@ -7,7 +7,6 @@ existence for free."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -16,7 +15,7 @@ from sqlalchemy import Engine
 from hsm.provider import HSMProvider
 from policies.errors import RateLimited
 from tests.support.fake_acquirer import FakeAcquirer
-from tests.vault.conftest import TEST_POLICY, relay_vault
+from tests.vault.conftest import oos_relay_policy, relay_vault
 from vault.errors import TokenNotFound
 from vault.service import CallContext, VaultService
 
@@ -27,24 +26,11 @@ RELAYER = CallContext("spiffe://cofre/limited-relayer", "req-review30")
 def limited_relay(
     engine: Engine, hsm_provider: HSMProvider, acquirer: FakeAcquirer
 ) -> Iterator[VaultService]:
-    ca: Path = acquirer.ca  # type: ignore[attr-defined]
-    policy = (
-        TEST_POLICY
-        + f"""
-[identities."spiffe://cofre/limited-relayer"]
-scope = "out"
-operations = ["relay"]
-reveal = "masked"
-read_domains = ["spiffe://cofre/payments"]
-rate_limit = {{ per_second = 0.01, burst = 3 }}
-
-[relay_routes.acq]
-upstream = "{acquirer.url}/v1/authorize"
-identities = ["spiffe://cofre/limited-relayer"]
-detokenize = ["/card/number"]
-ca_bundle = "{ca}"
-timeout_seconds = 5
-"""
+    policy = oos_relay_policy(
+        acquirer,
+        RELAYER.identity,
+        operations='"relay"',
+        limits="rate_limit = { per_second = 0.01, burst = 3 }",
     )
     with relay_vault(engine, hsm_provider, acquirer, policy) as svc:
         yield svc

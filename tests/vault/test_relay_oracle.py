@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +22,7 @@ from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
 from tests.support.fake_acquirer import FakeAcquirer
-from tests.vault.conftest import TEST_POLICY, relay_vault
+from tests.vault.conftest import oos_relay_policy, relay_vault
 from vault.pan import Pan
 from vault.service import CallContext, TokenizeRequest, VaultService
 
@@ -48,25 +47,11 @@ def _guesses(n: int) -> list[str]:
 def guarded_relay(
     engine: Engine, hsm_provider: HSMProvider, acquirer: FakeAcquirer
 ) -> Iterator[VaultService]:
-    ca: Path = acquirer.ca  # type: ignore[attr-defined]
-    policy = (
-        TEST_POLICY
-        + f"""
-[identities."spiffe://cofre/oos-relayer"]
-scope = "out"
-operations = ["relay", "detokenize_masked"]
-reveal = "masked"
-read_domains = ["spiffe://cofre/payments"]
-oracle_guard = {{ max_pans_per_bucket = 3 }}
-
-[relay_routes.acq]
-upstream = "{acquirer.url}/v1/authorize"
-identities = ["spiffe://cofre/oos-relayer"]
-detokenize = ["/card/number"]
-response_tokenize = {{ "/account/number" = "pan_bin6_last4" }}
-ca_bundle = "{ca}"
-timeout_seconds = 5
-"""
+    policy = oos_relay_policy(
+        acquirer,
+        RELAYER.identity,
+        limits="oracle_guard = { max_pans_per_bucket = 3 }",
+        response_tokenize='{ "/account/number" = "pan_bin6_last4" }',
     )
     with relay_vault(engine, hsm_provider, acquirer, policy) as svc:
         yield svc
