@@ -50,6 +50,7 @@ from api.handshake import HandshakeFailures
 from api.lifecycle import ManagedServer
 from api.observability import Telemetry
 from api.problems import problem
+from api.problems import retry_after as retry_after_value
 from api.refusals import RefusalLimiter, Spent, charged
 from cofre.errors import CofreError
 from cofre.origins import address_key
@@ -193,9 +194,9 @@ def create_capture_app(state: CaptureState) -> FastAPI:
     @app.exception_handler(CofreError)
     async def cofre_error(request: Request, exc: CofreError) -> Response:
         headers = _headers()
-        retry_after = getattr(exc, "retry_after", None)
-        if isinstance(retry_after, float | int):
-            headers["Retry-After"] = str(max(1, round(retry_after + 0.5)))
+        wait = getattr(exc, "retry_after", None)
+        if isinstance(wait, float | int):
+            headers["Retry-After"] = retry_after_value(wait)
         headers.update(request.scope["state"].get("cors", {}))
         return problem_for(request.scope, exc.code, str(exc), _request_id(request), headers)
 
@@ -529,7 +530,7 @@ def _refused_too_often(scope: Scope, spent: Spent, request_id: str) -> Response:
         "rate_limited",
         f"too many refused requests from this address; retry after {spent.retry_after:.2f}s",
         request_id,
-        {**_headers(), "Retry-After": str(max(1, round(spent.retry_after + 0.5)))},
+        {**_headers(), "Retry-After": retry_after_value(spent.retry_after)},
     )
 
 

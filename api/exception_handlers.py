@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from api.dependencies import request_id
-from api.problems import problem
+from api.problems import problem, retry_after
 from cofre.errors import CofreError
 from cofre.redaction import mask_pan_like_or_withhold
 from vault.errors import BatchItemInvalid
@@ -29,9 +29,9 @@ async def cofre_error(request: Request, exc: CofreError) -> Response:
     headers: dict[str, str] = {}
     if isinstance(exc, BatchItemInvalid):
         extra = {"item": exc.index, "item_code": exc.item_code}
-    retry_after = getattr(exc, "retry_after", None)  # RateLimited, Throttled
-    if isinstance(retry_after, float | int):
-        headers["Retry-After"] = str(max(1, round(retry_after + 0.5)))
+    wait = getattr(exc, "retry_after", None)  # RateLimited, Throttled
+    if isinstance(wait, float | int):
+        headers["Retry-After"] = retry_after(wait)
     request.scope["state"]["problem_code"] = exc.code
     return problem(
         exc.code,

@@ -35,7 +35,7 @@ from starlette.responses import Response
 from api.crl import RevokedCertificates
 from api.errors import CertificateRevoked, IdentityMissing
 from api.observability import Telemetry
-from api.problems import problem
+from api.problems import problem, retry_after
 from api.refusals import RefusalLimiter, Spent, charged, unauthenticated_key
 from api.tls import certificate_summary, identity_from_scope, peer_certificate
 from cofre.errors import CofreError
@@ -329,7 +329,7 @@ def _refused_too_often(scope: Scope, spent: Spent, request_id: str) -> Response:
         "rate_limited",
         f"too many refused requests from this caller; retry after {spent.retry_after:.2f}s",
         request_id,
-        headers={"retry-after": str(max(1, round(spent.retry_after + 0.5)))},
+        headers={"retry-after": retry_after(spent.retry_after)},
     )
 
 

@@ -111,6 +111,12 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
 }
 
 
+def retry_after(seconds: float) -> str:
+    """The ``Retry-After`` value for a wait of `seconds`: whole seconds, rounded up and
+    at least one (a client that retries at once only meets the same refusal)."""
+    return str(max(1, round(seconds + 0.5)))
+
+
 def problem(
     code: str,
     detail: str | None = None,
