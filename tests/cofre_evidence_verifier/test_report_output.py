@@ -4,6 +4,7 @@ the HTML report escapes every value and renders whatever the bundle holds."""
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -51,10 +52,37 @@ def test_text_report_carries_no_terminal_control_from_the_bundle(
         ("line\u2028sep", "line\\u2028sep"),
         ("\u202eDEIFIREV", "\\u202eDEIFIREV"),
         ("plain, unicode: café", "plain, unicode: café"),
+        # Review 33: invisible characters a list of code points left out.
+        ("arabic\u061cmark", "arabic\\u061cmark"),
+        ("zero\u200bwidth\u200c\u200djoin", "zero\\u200bwidth\\u200c\\u200djoin"),
+        ("word\u2060joiner\u2064", "word\\u2060joiner\\u2064"),
+        ("\ufeffbom", "\\ufeffbom"),
+        ("tag\U000e0041", "tag\\U000e0041"),
+        ("private\ue000use", "private\\ue000use"),
+        ("lone\ud800surrogate", "lone\\ud800surrogate"),
+        ("unassigned\u0378", "unassigned\\u0378"),
+        ("no-break\u00a0space, ½, ẞ, 中文", "no-break\u00a0space, ½, ẞ, 中文"),
     ],
 )
 def test_printable(raw: str, shown: str) -> None:
-    assert printable(raw) == shown
+    # Compared as ASCII: a failure's diff then never carries a lone surrogate, which the
+    # session's output scan (tests/support/leakguard.py) cannot encode.
+    assert ascii(printable(raw)) == ascii(shown)
+
+
+BIDI_CONTROLS = [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C]
+
+
+def test_every_format_character_and_bidi_control_is_shown_escaped() -> None:
+    """Every character of category Cf (zero-width, bidirectional, BOM, tags...) and of
+    the control and separator categories, whatever the Unicode version lists: none
+    reaches the report as itself."""
+    unprintable = {"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"}
+    chars = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) in unprintable]
+    assert {chr(c) for c in BIDI_CONTROLS} <= set(chars)
+    shown = printable("".join(chars))
+    assert shown.isascii(), [c for c in shown if not c.isascii()][:10]
+    assert shown == "".join(ascii(c)[1:-1] for c in chars)
 
 
 def test_every_line_of_the_text_report_is_printable() -> None:
@@ -134,3 +162,18 @@ def test_html_report_of_malformed_entries_does_not_crash(tmp_path: Path, content
     bundle.files["audit/entries.jsonl"] = content
     bundle.files["requirements.md"] = b"\xff\xfe"
     assert "FAILED" in _html(tmp_path, bundle, keys, resign=False)
+
+
+def test_both_reports_show_invisible_characters_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A member name with a zero-width space, a word joiner, a BOM and an Arabic letter
+    mark (review 33): each report names it with the characters visible."""
+    bundle, keys = _bundle(tmp_path)
+    bundle.resign()
+    bundle.extra_members.append(("requirements\u200b.md\u2060\ufeff\u061c", b"x"))
+    page = _html(tmp_path, bundle, keys, resign=False)
+    text = capsys.readouterr().out
+    for report in (text, page):
+        assert "requirements\\u200b.md\\u2060\\ufeff\\u061c" in report
+        assert not {"\u200b", "\u2060", "\ufeff", "\u061c"} & set(report)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -61,20 +61,32 @@ class Report:
         }
 
 
-# What a terminal or a viewer acts on instead of showing: C0 and C1 controls (ESC, CSI,
-# carriage return, line feed...), DEL, Unicode line and paragraph separators, and the
-# bidirectional overrides and isolates that reorder the text around them.
-_UNPRINTABLE: Final = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]"
-)
+# What a terminal or a viewer acts on, or draws as nothing, instead of showing, chosen by
+# Unicode category rather than listed (review 33: a list of code points missed U+061C,
+# U+200B-U+200D, U+2060-U+2064 and U+FEFF, which hide or reorder text around them):
+# controls (Cc: C0, DEL, C1), format characters (Cf: bidirectional marks, overrides and
+# isolates, zero-width characters, the BOM, tags), line and paragraph separators (Zl,
+# Zp), private-use characters (Co, drawn as a font pleases), lone surrogates (Cs) and
+# code points not yet assigned (Cn, which a newer viewer may act on).
+_UNPRINTABLE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"})
+
+
+def _shown(char: str) -> str:
+    """`char` as it is, or as its Python escape when its category is unprintable."""
+    if unicodedata.category(char) in _UNPRINTABLE_CATEGORIES:
+        return ascii(char)[1:-1]
+    return char
 
 
 def printable(text: str) -> str:
-    """`text` with every control character, line break and bidirectional override
-    shown as its Python escape (``\\x1b``, ``\\n``, ``\\u202e``): a string from the bundle
-    (a member's name, a log's origin, an exception message) cannot clear the screen,
-    start a line of its own or draw a verdict."""
-    return _UNPRINTABLE.sub(lambda match: ascii(match.group())[1:-1], text)
+    """`text` with every control, format (invisible or bidirectional) and unassigned
+    character, line break and private-use character shown as its Python escape
+    (``\\x1b``, ``\\n``, ``\\u202e``, ``\\u200b``): a string from the bundle (a member's
+    name, a log's origin, an exception message) cannot clear the screen, start a line of
+    its own, hide a character or draw a verdict."""
+    if text.isascii() and text.isprintable():
+        return text  # the usual case, spared a look at each character
+    return "".join(map(_shown, text))
 
 
 def render_text(report: Report) -> str:
