@@ -15,6 +15,7 @@ import math
 import re
 import tarfile
 import zlib
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -170,16 +171,36 @@ def _too_deep(text: str) -> bool:
     return False
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members as a dict. Raises `MalformedBundle` for a key given twice:
+    the standard parser keeps the last value, another reader (a QSA's tool, the vault's
+    own code in another language) may keep the first, so the two would check different
+    content under one signature (review 33)."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        twice = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise MalformedBundle(
+            f"a JSON object has the key {twice[:40]!r} twice (readers differ on which value counts)"
+        )
+    return value
+
+
 def load_json(data: str | bytes) -> Any:
     """The JSON value in `data` (UTF-8). Raises `ValueError` for malformed JSON, and
-    for what the standard parser would accept but a bundle never holds and must not
-    be followed: NaN, Infinity or a number too large for a float (int() of it raises
-    OverflowError) and nesting deeper than `MAX_JSON_DEPTH` (the parser recurses, and
-    raises RecursionError, at about a thousand)."""
+    `MalformedBundle` (a `ValueError`) for what the standard parser would accept but a
+    bundle never holds and must not be followed: an object with a key twice, NaN,
+    Infinity or a number too large for a float (int() of it raises OverflowError) and
+    nesting deeper than `MAX_JSON_DEPTH` (the parser recurses, and raises
+    RecursionError, at about a thousand)."""
     text = data.decode("utf-8") if isinstance(data, bytes) else data
     if _too_deep(text):
         raise MalformedBundle(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+    return json.loads(
+        text,
+        parse_constant=_refuse_constant,
+        parse_float=_finite,
+        object_pairs_hook=_unique_keys,
+    )
 
 
 def json_object(data: str | bytes, what: str) -> dict[str, Any]:
@@ -187,6 +208,8 @@ def json_object(data: str | bytes, what: str) -> dict[str, Any]:
     `what` when it is not one."""
     try:
         value = load_json(data)
+    except MalformedBundle as exc:  # JSON, but JSON a bundle never holds: say which
+        raise MalformedBundle(f"{what} is not a JSON object a bundle holds: {exc}") from None
     except ValueError:
         value = None
     if not isinstance(value, dict):
@@ -240,14 +263,17 @@ def json_lines(
             break
         if not line.strip():
             continue
+        reason = ""
         try:
             value = load_json(line)
+        except MalformedBundle as exc:  # a key twice, NaN, too deep: named
+            value, reason = None, f" ({exc})"
         except ValueError:
             value = None
         if isinstance(value, dict):
             out.append(value)
         elif report is not None:
-            report.fail(f"{name}: line {number} is not a JSON object")
+            report.fail(f"{name}: line {number} is not a JSON object{reason}")
     return out
 
 

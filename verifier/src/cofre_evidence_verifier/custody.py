@@ -268,6 +268,9 @@ def check_custody(files: Files, manifest: dict[str, Any], heads: Heads, report: 
     data = files.get(NAME)
     try:
         records = load_json(data) if data is not None else None
+    except MalformedBundle as exc:  # a key twice, NaN, too deep: named
+        report.fail(f"{NAME}: not a JSON list of acknowledgements a bundle holds: {exc}")
+        return
     except ValueError:
         records = None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):

@@ -91,22 +91,24 @@ def _time(payload: str) -> str | None:
 
 
 def _subtrees_and_proofs(
-    files: Files,
+    files: Files, report: Report
 ) -> tuple[dict[tuple[int, int], bytes], dict[int, list[bytes]]]:
     """The complete-subtree hashes by (level, index) and the inclusion proofs by leaf
-    index. Raises `MalformedBundle` naming a line of the wrong shape."""
+    index; a line that is no JSON object is reported (a key twice among them: which
+    value a reader keeps is not for the bundle to decide). Raises `MalformedBundle`
+    naming a line of the wrong shape."""
     name = "audit/subtrees.jsonl"
     blocks = {
         (
             integer(b.get("level"), f"{name}: a level"),
             integer(b.get("index"), f"{name}: an index"),
         ): base64_bytes(b.get("hash"), f"{name}: a hash")
-        for b in json_lines(files.get(name, b""))
+        for b in json_lines(files.get(name, b""), name, report)
     }
     name = "audit/inclusion.jsonl"
     proofs = {
         integer(p.get("index"), f"{name}: an index"): hash_list(p.get("proof"), f"{name}: a proof")
-        for p in json_lines(files.get(name, b""))
+        for p in json_lines(files.get(name, b""), name, report)
     }
     return blocks, proofs
 
@@ -181,7 +183,7 @@ def check_entries(files: Files, manifest: dict[str, Any], heads: Heads, report: 
     root = base64.b64decode(head["root_hash"])
     leaves = _period_leaves(files, manifest, start=start, end=end, size=size, report=report)
     try:
-        blocks, proofs = _subtrees_and_proofs(files)
+        blocks, proofs = _subtrees_and_proofs(files, report)
     except MalformedBundle as exc:
         report.fail(str(exc))
         return

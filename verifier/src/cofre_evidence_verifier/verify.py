@@ -33,9 +33,9 @@ it finds (not only the first):
    that the HSM key's holder cannot pass with a rewritten or rolled-back log.
 
 The bundle is hostile input throughout: it is read within fixed bounds (`bundle`), its
-JSON parsed strictly (`bundle.load_json`), the manifest's shape checked before any
-check relies on it (`bundle.manifest_problem`), and whatever else goes wrong is a
-failed report line, never an exception.
+JSON parsed strictly (`bundle.load_json`: no key twice in an object), the manifest's
+shape checked before any check relies on it (`bundle.manifest_problem`), and whatever
+else goes wrong is a failed report line, never an exception.
 
 A new family of checks is a module of its own with a `check_…(files, manifest, heads,
 report)` function, called from here, whose name is added to `report.required` when it
