@@ -284,7 +284,7 @@ def _is_int(value: object) -> bool:
 # The manifest's fields the checks read, with the type of each of their members.
 _MANIFEST_FIELDS: Final[dict[str, dict[str, type]]] = {
     "period": {"from": str, "to": str},
-    "entries": {"first_index": int, "end_index": int},
+    "entries": {"first_index": int, "end_index": int, "count": int},
     "covering_head": {"tree_size": int, "root_hash": str},
     "previous_head": {"tree_size": int, "root_hash": str},
 }
@@ -316,4 +316,23 @@ def manifest_problem(manifest: object) -> str | None:
         ):
             shape = ", ".join(f"{key}: {kind.__name__}" for key, kind in members.items())
             return f"manifest.json: {name} is not an object of {{{shape}}}"
+    # The reports show the count: it must be the range's, which the entries check binds
+    # (review 33: a count nothing checked was shown as the bundle's).
+    entries = manifest["entries"]
+    if entries["count"] != entries["end_index"] - entries["first_index"]:
+        return (
+            f"manifest.json: entries.count {entries['count']} is not the number of entries "
+            f"from first_index to end_index ({entries['end_index'] - entries['first_index']})"
+        )
     return None
+
+
+def checked_summary(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What the reports show of a manifest (of the shape `manifest_problem` accepts):
+    the exporter's signed statements of itself (version, time, identity), and of the
+    period, entries and covering head only the members the checks bind, so that no
+    value the bundle adds beside them is shown as if it were verified."""
+    summary = {key: manifest.get(key) for key in ("vault_version", "generated_at", "generator")}
+    for name in ("period", "entries", "covering_head"):
+        summary[name] = {key: manifest[name][key] for key in _MANIFEST_FIELDS[name]}
+    return summary

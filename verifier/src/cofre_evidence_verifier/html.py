@@ -1,14 +1,14 @@
 """A self-contained HTML page of a verification report, for a QSA's browser.
 
 Standalone like the rest of the verifier: no template engine, every value escaped
-(quotes too), and nothing drawn from the bundle's files but the values that parse.
+(quotes too), and of the bundle's content only what the checks verified (and its
+requirements map, a document of the manifest's listing).
 """
 
 from __future__ import annotations
 
 import html
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 from cofre_evidence_verifier.bundle import Files, json_lines, load_json, read_bundle
@@ -29,19 +29,6 @@ def _e(value: object) -> str:
     every HTML special character, quotes included, escaped (values come from the
     bundle, which may hold markup that would draw its own verdict)."""
     return html.escape(printable(str(value)), quote=True)
-
-
-def _utc(timestamp_ms: object) -> str:
-    """A head's signing time as a person reads it (the bundle keeps milliseconds); a
-    value that is no time is shown as it is."""
-    if isinstance(timestamp_ms, int) and not isinstance(timestamp_ms, bool):
-        try:
-            moment = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
-        except (OverflowError, ValueError, OSError):
-            pass  # out of the platform's range: shown as the number it is
-        else:
-            return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return _e(timestamp_ms)
 
 
 def render_html(report: Report, bundle: Path) -> str:
@@ -69,7 +56,7 @@ def render_html(report: Report, bundle: Path) -> str:
         ]
     parts.append("</ul>")
     try:
-        parts += _bundle_sections(read_bundle(bundle))
+        parts += _bundle_sections(report, read_bundle(bundle))
     except Exception as exc:  # noqa: BLE001 - a page, never a traceback, whatever the file holds
         parts.append(
             f"<p class='fail'>The bundle's files cannot be shown ({_e(type(exc).__name__)}).</p>"
@@ -78,26 +65,35 @@ def render_html(report: Report, bundle: Path) -> str:
     return "\n".join(parts)
 
 
-def _bundle_sections(files: Files) -> list[str]:
-    """The tree-head timeline, the key events and the requirements map, from the lines
-    of the bundle's files that parse and hold values of the expected types (the
-    others are left out: the checks above name them)."""
+def _bundle_sections(report: Report, files: Files) -> list[str]:
+    """The tree-head timeline, the key events and the requirements map: only what the
+    checks verified (the heads whose signatures verified; the key events once the
+    entries recompute the signed root), so the page never shows a value of the bundle
+    as if it had been checked (review 33: unsigned head times and key labels, heads
+    that failed, were drawn in the timeline)."""
     parts = [
-        "<h2>Signed tree heads</h2><table><tr><th>tree size</th><th>signed at (UTC)"
-        "</th><th>key</th><th>root</th></tr>"
+        "<h2>Signed tree heads (verified)</h2><table><tr><th>tree size</th><th>root</th>"
+        "<th>verified with</th></tr>"
     ]
-    for head in json_lines(files.get("audit/heads.jsonl", b"")):
-        size = head.get("tree_size")
-        if isinstance(size, int) and not isinstance(size, bool):
-            parts.append(
-                f"<tr><td>{_e(size)}</td><td>{_utc(head.get('timestamp_ms'))}</td>"
-                f"<td>{_e(head.get('key_id'))}</td><td><code>{_e(head.get('root_hash'))}"
-                "</code></td></tr>"
-            )
-    parts.append(
-        "</table><h2>Key events</h2><table><tr><th>time</th><th>action</th>"
-        "<th>actor</th><th>key</th></tr>"
-    )
+    parts += [
+        f"<tr><td>{_e(size)}</td><td><code>{_e(root)}</code></td><td>{_e(key)}</td></tr>"
+        for size, root, key in report.verified_heads
+    ]
+    parts.append("</table><h2>Key events</h2>")
+    if "entries" in report.passed_checks:
+        parts.append("<table><tr><th>time</th><th>action</th><th>actor</th><th>key</th></tr>")
+        parts += _key_events(files)
+        parts.append("</table>")
+    else:
+        parts.append("<p class='fail'>Not shown: the entries did not verify.</p>")
+    parts.append("<h2>PCI DSS requirements</h2>")
+    parts += _requirements(files.get("requirements.md", b"").decode("utf-8", "replace"))
+    return parts
+
+
+def _key_events(files: Files) -> list[str]:
+    """A table row per key event (`key.*` action) of the bundle's entries."""
+    rows: list[str] = []
     for line in json_lines(files.get("audit/entries.jsonl", b"")):
         payload = line.get("payload")
         try:
@@ -105,13 +101,11 @@ def _bundle_sections(files: Files) -> list[str]:
         except ValueError:
             entry = None
         if isinstance(entry, dict) and str(entry.get("action", "")).startswith("key."):
-            parts.append(
+            rows.append(
                 f"<tr><td>{_e(entry.get('time'))}</td><td>{_e(entry.get('action'))}</td>"
                 f"<td>{_e(entry.get('actor'))}</td><td>{_e(entry.get('key_id'))}</td></tr>"
             )
-    parts.append("</table><h2>PCI DSS requirements</h2>")
-    parts += _requirements(files.get("requirements.md", b"").decode("utf-8", "replace"))
-    return parts
+    return rows
 
 
 def _requirements(markdown: str) -> list[str]:

@@ -28,6 +28,10 @@ class Report:
     summary: dict[str, Any] = field(default_factory=dict)
     required: frozenset[str] = REQUIRED_CHECKS
     passed_checks: set[str] = field(default_factory=set)
+    # The signed tree heads that verified (tree size, root, the key that verified it),
+    # for the HTML timeline: a head of the file that did not verify, and a head's
+    # unsigned fields (its time, its key label), are not shown (review 33).
+    verified_heads: list[tuple[int, str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -64,6 +64,7 @@ from cofre_evidence_verifier import (
 from cofre_evidence_verifier.bundle import (
     MANIFEST,
     SIGNATURE,
+    checked_summary,
     load_json,
     manifest_problem,
     read_bundle,
@@ -71,8 +72,6 @@ from cofre_evidence_verifier.bundle import (
 )
 from cofre_evidence_verifier.note import VerifierKey
 from cofre_evidence_verifier.report import CHAIN_CHECKS, REQUIRED_CHECKS, Report
-
-SUMMARY_KEYS = ("vault_version", "generated_at", "generator", "period", "entries", "covering_head")
 
 
 def verify_bundle(
@@ -162,9 +161,13 @@ def _verify(
     if problem is not None:
         report.fail(problem)
         return
-    report.summary = {k: manifest.get(k) for k in SUMMARY_KEYS}
+    report.summary = checked_summary(manifest)
     files.check_files(bundle, manifest, report)
     verified = heads.check_heads(bundle, key_chain, report, origin=origin)
+    report.verified_heads = [
+        (size, str(head["root_hash"]), key_chain.describe(size))
+        for size, head in sorted(verified.items())
+    ]
     entries.check_entries(bundle, manifest, verified, report)
     boundaries.check_boundaries(bundle, manifest, verified, report)
     policy.check_policy(bundle, manifest, verified, report)
