@@ -120,6 +120,14 @@ def evidence_verify(
             help="UNSAFE: skip the witness check (only the vault's own key then vouches).",
         ),
     ] = False,
+    origin: Annotated[
+        str | None,
+        typer.Option(
+            "--origin",
+            help="The log's origin you pinned (cofre-audit/<log id>): every checkpoint "
+            "must be of that log.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
     html_out: Annotated[
         Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")
@@ -128,6 +136,7 @@ def evidence_verify(
     """Verify a bundle offline (no vault, HSM or network): signatures, file hashes, the
     Merkle tree, proofs. Exit 1 naming each file or entry that is wrong. The same as
     `cofre-verify` from the standalone `cofre-evidence-verifier` package, which it calls."""
+    from cofre_evidence_verifier.cli import valid_origin
     from cofre_evidence_verifier.errors import NoteError
     from cofre_evidence_verifier.html import render_html
     from cofre_evidence_verifier.report import render_text
@@ -139,6 +148,15 @@ def evidence_verify(
     except (OSError, NoteError) as exc:
         typer.echo(f"cannot read a witness key: {exc}", err=True)
         raise typer.Exit(2) from None
+    # The same meaning and the same refusal as cofre-verify's --origin: an origin no
+    # checkpoint can have would only ever fail to match.
+    if origin is not None and not valid_origin(origin):
+        typer.echo(
+            "--origin is a checkpoint's first line: not empty, no control character, no "
+            "leading or trailing space",
+            err=True,
+        )
+        raise typer.Exit(2)
     report = verify_bundle(
         bundle,
         public_key.read_bytes(),
@@ -146,6 +164,7 @@ def evidence_verify(
         witness_keys=keys,
         quorum=quorum,
         unsafe_no_witnesses=unsafe_no_witness,
+        origin=origin,
     )
     typer.echo(json.dumps(report.as_json(), indent=2) if as_json else render_text(report))
     if html_out is not None:
