@@ -22,7 +22,7 @@ from api.hotroutes import HotRoutes
 from api.models import Problem
 from api.observability import make_telemetry
 from api.problems import PROBLEM_JSON
-from api.refusals import DEFAULT_REFUSALS, RefusalFlusher, RefusalLimiter
+from api.refusals import DEFAULT_REFUSALS, PERSON_REQUESTS, RefusalFlusher, RefusalLimiter
 from api.routes import (
     audit,
     capture_sessions,
@@ -82,7 +82,11 @@ def create_app(state: AppState) -> FastAPI:
     # written by a `refusal_flusher`.
     refusals = None
     if recorder is not None:
-        refusals = RefusalLimiter(lambda key: _refusal_limit(state.service, key), recorder)
+        refusals = RefusalLimiter(
+            lambda key: _refusal_limit(state.service, key),
+            recorder,
+            every_request=lambda key: _is_person(state.service, key),
+        )
     app.state.refusal_limiters = [] if refusals is None else [refusals]
     # Inside the guard: the hot routes past FastAPI's routing (`api.hotroutes`).
     app.add_middleware(HotRoutes, fastapi=app, routes=tokens.router.routes)
@@ -109,7 +113,7 @@ def refusal_flusher(*apps: FastAPI | None) -> RefusalFlusher:
 
 def _refusal_limit(service: VaultService, key: str) -> RateLimit | None:
     """The refusal limit of the caller `key` (`api.refusals`): an identity's rate limit;
-    without one, `DEFAULT_REFUSALS` for a person (officer, auditor) and none for a
+    without one, `PERSON_REQUESTS` for a person (officer, auditor) and none for a
     service the policy leaves unlimited; `DEFAULT_REFUSALS` for a caller the policy
     does not know (an identity it lacks, a certificate without one)."""
     try:
@@ -118,7 +122,16 @@ def _refusal_limit(service: VaultService, key: str) -> RateLimit | None:
         return DEFAULT_REFUSALS
     if rules.rate_limit is not None:
         return rules.rate_limit
-    return None if rules.role is Role.SERVICE else DEFAULT_REFUSALS
+    return None if rules.role is Role.SERVICE else PERSON_REQUESTS
+
+
+def _is_person(service: VaultService, key: str) -> bool:
+    """Whether every request of the caller `key` spends its bucket (`api.refusals`):
+    an officer's or auditor's identity."""
+    try:
+        return service.policy.rules_for(key).role is not Role.SERVICE
+    except PolicyDenied:
+        return False
 
 
 def add_ready_check(app: FastAPI, name: str, check: Callable[[], None]) -> None:

@@ -14,9 +14,10 @@ IN PCI SCOPE. In order, for every request but the health probes:
    reads) gets an ``api.request`` entry with its outcome, written before the response
    starts. A 401 names the certificate: subject, serial and SHA-256 fingerprint;
 5. **refusals are limited**: each refusal of a request for what it was (not for what
-   the vault holds) spends a unit of the caller's refusal bucket; while it is empty the
-   caller is answered 429 before anything else, and those answers are counted in the
-   audit log rather than written one by one (`api.refusals`);
+   the vault holds) spends a unit of the caller's refusal bucket, and so does every
+   request of an officer or auditor; while it is empty the caller is answered 429
+   before anything else, and those answers are counted in the audit log rather than
+   written one by one (`api.refusals`);
 6. one log line, span and metric (route template only, never the raw path).
 """
 
@@ -127,7 +128,7 @@ class RequestGuard:
                 rejection = self._authenticate(scope, request_id)
                 spent = self._spent(scope)
                 if spent is not None:
-                    rejection = _refused_too_often(scope, spent, request_id)
+                    rejection = self._refused_too_often(scope, spent, request_id)
             if rejection is None:
                 rejection = self._reject_early(scope, headers, limit, request_id)
             try:
@@ -181,8 +182,8 @@ class RequestGuard:
             "status": status,
             "code": state.get("problem_code") or None,
         }
-        if state.get("refusals_spent"):
-            details["limit"] = "refusals"
+        if limit := state.get("refusals_spent"):
+            details["limit"] = limit
         identity = state.get("identity")
         if identity is None:
             pem = peer_certificate(scope)
@@ -219,13 +220,33 @@ class RequestGuard:
 
     def _charge_refusal(self, scope: Scope, status: int) -> None:
         """If the caller was refused for what its request was (`api.refusals.charged`),
-        spend a unit of its refusal bucket."""
+        or is a person whose every request counts, spend a unit of its bucket."""
         if self.refusals is None or scope["path"] in UNAUDITED_PATHS:
             return
-        if not charged(status, scope["state"].get("problem_code")):
+        if (key := _refusal_key(scope)) is None:
             return
-        if (key := _refusal_key(scope)) is not None:
+        if charged(status, scope["state"].get("problem_code")) or (
+            self.refusals.spends_every_request(key)
+        ):
             self.refusals.charge(key)
+
+    def _refused_too_often(self, scope: Scope, spent: Spent, request_id: str) -> Response:
+        """The 429 for a caller whose refusal bucket is empty (`api.refusals`)."""
+        key = _refusal_key(scope)
+        person = (
+            self.refusals is not None
+            and key is not None
+            and self.refusals.spends_every_request(key)
+        )
+        scope["state"]["refusals_spent"] = "requests" if person else "refusals"
+        what = "requests" if person else "refused requests"
+        return problem_for(
+            scope,
+            "rate_limited",
+            f"too many {what} from this caller; retry after {spent.retry_after:.2f}s",
+            request_id,
+            headers={"retry-after": retry_after(spent.retry_after)},
+        )
 
     def _count_held(self, scope: Scope) -> None:
         """A held answer's own entry could not be written: count it instead (review 28)."""
@@ -319,18 +340,6 @@ def _refusal_key(scope: Scope) -> str | None:
     if pem is None:
         return None
     return unauthenticated_key(certificate_summary(pem)[2])
-
-
-def _refused_too_often(scope: Scope, spent: Spent, request_id: str) -> Response:
-    """The 429 for a caller whose refusal bucket is empty (`api.refusals`)."""
-    scope["state"]["refusals_spent"] = True
-    return problem_for(
-        scope,
-        "rate_limited",
-        f"too many refused requests from this caller; retry after {spent.retry_after:.2f}s",
-        request_id,
-        headers={"retry-after": retry_after(spent.retry_after)},
-    )
 
 
 def _request_id(supplied: str) -> str:

@@ -18,11 +18,18 @@ known route: the vault answered about what it holds, and those cost a rate unit
 already), nor an upstream's own status through the relay (review 28: charging those
 held a service that missed a few tokens).
 
-- The caller is an identity (its `rate_limit`; a person's identity without one,
-  officers and auditors, or one not in the policy: `DEFAULT_REFUSALS`; a service the
-  policy leaves unlimited is not limited here either), a certificate the vault took
-  no identity from (by fingerprint, `DEFAULT_REFUSALS`), or on the capture listener a
-  client address (IPv6 by its /64, which one host holds whole; the address limit).
+- The caller is an identity (its `rate_limit`; one not in the policy:
+  `DEFAULT_REFUSALS`; a service the policy leaves unlimited is not limited here
+  either), a certificate the vault took no identity from (by fingerprint,
+  `DEFAULT_REFUSALS`), or on the capture listener a client address (IPv6 by its /64,
+  which one host holds whole; the address limit).
+- A person's identity (officers, auditors; `every_request`) spends a unit for every
+  request it makes, answered or refused: their reads of the audit log, the key
+  inventory and ceremonies are each an audit entry too, and the vault's rate limits
+  meter only the token operations, so a stolen auditor's certificate could otherwise
+  write entries as fast as a node answers (review 28's F5). Without a `rate_limit` of
+  its own a person gets `PERSON_REQUESTS`: far more than people and their scripts
+  make, far less than a node answers.
 - While a caller's bucket is empty, every request of it is answered 429
   ``rate_limited`` by the guard before its body is read or any work is done, with the
   time the bucket needs for one unit in ``Retry-After``.
@@ -58,10 +65,12 @@ from cofre.background import describe_failure
 from policies.models import RateLimit
 from vault.service import AuditEvent, DetailValue, HexDigest, Outcome
 
-# Refusals of a person's identity without a rate limit (officers, auditors) or of a
-# caller the policy does not know: someone mistyping gets 20 answers in a row, a script
-# one a second.
+# Refusals of a caller the policy does not know: someone mistyping gets 20 answers in
+# a row, a script one a second.
 DEFAULT_REFUSALS: Final = RateLimit(per_second=1.0, burst=20)
+# Every request of a person's identity (officer, auditor) without a rate limit of its
+# own: 300 in a row, then 5 a second, per process.
+PERSON_REQUESTS: Final = RateLimit(per_second=5.0, burst=300)
 # The statuses a request's refusal spends a unit with (404 only for a path that does
 # not exist: `charged`).
 REFUSALS: Final = frozenset({400, 401, 403, 405, 413, 415, 422, 429})
@@ -160,9 +169,11 @@ class Spent:
 class RefusalLimiter:
     """The per-caller refusal buckets of one process (see the module text).
 
-    `limit_for(key)` is the caller's limit, None for a caller not limited; `recorder`
-    writes one audit entry durably. The guard calls `spent` when a request arrives and
-    `charge` when it was refused (`charged`); `RefusalFlusher` calls `flush`. A count is
+    `limit_for(key)` is the caller's limit, None for a caller not limited;
+    `every_request(key)` whether every request of the caller spends a unit, not only
+    its refusals (a person's identity); `recorder` writes one audit entry durably. The
+    guard calls `spent` when a request arrives and `charge` when it was refused
+    (`charged`) or its caller is a person; `RefusalFlusher` calls `flush`. A count is
     written as an `action` entry whose actor and added details `describe(key)` gives."""
 
     def __init__(
@@ -170,6 +181,7 @@ class RefusalLimiter:
         limit_for: Callable[[str], RateLimit | None],
         recorder: Callable[[AuditEvent], None],
         *,
+        every_request: Callable[[str], bool] | None = None,
         action: str = SUMMARY_ACTION,
         describe: Callable[[str], tuple[str, dict[str, DetailValue]]] = describe_caller,
         clock: Callable[[], float] = time.monotonic,
@@ -177,6 +189,7 @@ class RefusalLimiter:
         max_callers: int = MAX_CALLERS,
     ) -> None:
         self._limit_for = limit_for
+        self._every_request = every_request
         self._recorder = recorder
         self._action = action
         self._describe = describe
@@ -207,6 +220,10 @@ class RefusalLimiter:
             stamp = self._wall()
             bucket.episode.add(1, stamp, stamp, None if note is None else {note: 1})
             return Spent(lead - bucket.tolerance, audit=False)
+
+    def spends_every_request(self, key: str) -> bool:
+        """Whether every request of `key` spends a unit, not only its refusals."""
+        return self._every_request is not None and self._every_request(key)
 
     def is_spent(self, key: str) -> bool:
         """Whether `key`'s bucket is empty now (counts nothing)."""

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives import hashes
 
 from api.capture import LISTENER_REFUSALS
-from api.refusals import DEFAULT_REFUSALS, SUMMARY_ACTION
+from api.refusals import DEFAULT_REFUSALS, PERSON_REQUESTS, SUMMARY_ACTION
 from cofre.origins import address_key
 from cofre.settings import CaptureSettings
 from hsm.provider import HSMProvider
@@ -223,6 +223,40 @@ def test_a_service_the_policy_leaves_unlimited_is_not_held_by_its_misses(
                 statuses.append(client.post("/v1/detokenize", json=body).status_code)
     assert 429 not in statuses
     assert statuses.count(404) == 30
+
+
+@pytest.mark.slow
+def test_a_stolen_auditor_certificate_cannot_flood_the_audit_log_with_reads(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    """Review 28's F5: an auditor's (or officer's) reads are each an audit entry, and
+    no rate limit metered them: one stolen certificate wrote entries as fast as the
+    node answered."""
+    limit = PERSON_REQUESTS
+    sent = limit.burst + 100
+    with running_vault(tmp_path, hsm_provider) as vault:
+        before = len(_entries(vault, "spiffe://cofre/auditor"))
+        started = time.monotonic()
+        with vault.client("auditor") as client:
+            answers = [client.get("/v1/audit/head") for _ in range(sent)]
+        elapsed = time.monotonic() - started
+        during = _entries(vault, "spiffe://cofre/auditor")[before:]
+        served = [a for a in answers if a.status_code != 429]
+        assert len(served) <= _allowed(limit.per_second, limit.burst, elapsed)
+        assert len(served) >= limit.burst
+        held = [a for a in answers if a.status_code == 429]
+        for answer in held:
+            assert answer.json()["code"] == "rate_limited"
+            assert "too many requests" in answer.json()["detail"]
+        # The reads served, and the first 429 of the episode.
+        assert len(during) <= len(served) + 1
+        (opened,) = [e for e in during if e["details"].get("limit") == "requests"]
+        assert opened["outcome"] == "denied"
+        # A service is not held back by it.
+        with vault.client("payments") as other:
+            answer = other.post("/v1/tokenize", json={"pan": "4111111111111111", "format": "uuid"})
+            assert answer.status_code in (200, 201)
+    assert _accounted(_entries(vault, "spiffe://cofre/auditor")[before:]) == sent
 
 
 @pytest.mark.slow
