@@ -4,6 +4,10 @@ IN PCI SCOPE. Next to the sequencer, one at a time: a `PublisherThread` sends th
 signed head to every configured witness (c2sp.org/tlog-witness add-checkpoint) with a
 consistency proof from the last size that witness cosigned, verifies each answer
 against the witness's pinned key, and stores the cosignatures (`audit_cosignatures`).
+Before a head the rotated audit key signed, it submits the key's handover checkpoint
+and keeps the witness's cosignature of it too (`audit_handover_cosignatures`): bundles
+carry them, since only the witnesses' cosignature shows an auditor that a handover was
+not one HSM PIN holder's alone (a witness follows only a key its operator pinned).
 It never blocks a write: a witness that is down or refuses is logged, remembered
 (`last_errors`), counted by witness and reason (`failures`: ``unreachable``,
 ``refused``, ``invalid_cosignature``; the ``cofre.audit.witness.publish_failures``
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Final
 
 import structlog
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, Table, func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from audit.errors import InvalidCosignature, NoteError, WitnessRefused
@@ -42,7 +46,7 @@ from audit.note import (
     parse_note,
     parse_signature_lines,
 )
-from audit.schema import READ_ONLY, audit_cosignatures
+from audit.schema import READ_ONLY, audit_cosignatures, audit_handover_cosignatures
 from audit.store import AuditStore
 from cofre.errors import CofreError
 
@@ -84,12 +88,13 @@ class PinnedWitness:
 Submit = Callable[[PinnedWitness, bytes], tuple[int, str, str]]
 
 
-def cosignatures_of(engine: Engine, tree_size: int) -> list[NoteSignature]:
-    """Return the stored cosignatures of the head of `tree_size` as note signatures."""
+def cosignatures_of(
+    engine: Engine, tree_size: int, table: Table = audit_cosignatures
+) -> list[NoteSignature]:
+    """Return the stored cosignatures of the head of `tree_size` (of the handover at
+    `tree_size` with `table` ``audit_handover_cosignatures``) as note signatures."""
     with engine.execution_options(**READ_ONLY).connect() as connection:
-        rows = connection.execute(
-            select(audit_cosignatures).where(audit_cosignatures.c.tree_size == tree_size)
-        ).all()
+        rows = connection.execute(select(table).where(table.c.tree_size == tree_size)).all()
     return [
         NoteSignature(
             str(r.witness), int(r.key_id), int(r.timestamp).to_bytes(8, "big") + bytes(r.signature)
@@ -103,6 +108,18 @@ def witnessed_note(engine: Engine, head: SignedTreeHead, public_key_pem: bytes) 
     cosignature: what a bundle carries and any note verifier opens."""
     lines = "".join(s.line() for s in cosignatures_of(engine, head.tree_size))
     return head_note(head, public_key_pem) + lines
+
+
+def witnessed_handover_notes(engine: Engine, notes: Sequence[str]) -> list[str]:
+    """Return each handover note of `notes` with every stored witness cosignature of it
+    appended (a C2SP signed note: both audit keys' signatures, then the witnesses'),
+    what a bundle carries and any note verifier opens."""
+    witnessed = []
+    for note in notes:
+        size = parse_checkpoint(parse_note(note)[0]).size
+        lines = cosignatures_of(engine, size, audit_handover_cosignatures)
+        witnessed.append(note + "".join(s.line() for s in lines))
+    return witnessed
 
 
 class CheckpointPublisher:
@@ -199,13 +216,20 @@ class CheckpointPublisher:
             ).scalar()
         return 0 if size is None else int(size)
 
-    def _holds_cosignature(self, witness: PinnedWitness, head: SignedTreeHead) -> bool:
-        """Whether a stored cosignature by `witness` verifies on `head` (a stored row
-        for a rewritten head does not: the head is submitted, and refused, again)."""
-        for signature in cosignatures_of(self._engine, head.tree_size):
+    def _holds_cosignature(
+        self,
+        witness: PinnedWitness,
+        tree_size: int,
+        checkpoint: str,
+        table: Table = audit_cosignatures,
+    ) -> bool:
+        """Whether a stored cosignature by `witness` in `table` verifies on the
+        `checkpoint` text at `tree_size` (a stored row for a rewritten head does not:
+        the head is submitted, and refused, again)."""
+        for signature in cosignatures_of(self._engine, tree_size, table):
             if witness.key.matches(signature):
                 try:
-                    witness.key.verify(head.checkpoint, signature.signature)
+                    witness.key.verify(checkpoint, signature.signature)
                 except NoteError:
                     return False
                 return True
@@ -215,7 +239,9 @@ class CheckpointPublisher:
         old = self._known.get(witness.name)
         if old is None:
             old = self._cosigned_size(witness)
-        if old == head.tree_size and self._holds_cosignature(witness, head):
+        if old == head.tree_size and self._holds_cosignature(
+            witness, head.tree_size, head.checkpoint
+        ):
             return "current"
         # The key that signed this head: before a handover's size, the old one.
         note = head_note(
@@ -232,7 +258,7 @@ class CheckpointPublisher:
                 witness, add_checkpoint_body(old, proof, note)
             )
             if status == 200:
-                self._store_cosignatures(witness, head, text)
+                self._store_cosignatures(witness, head.tree_size, head.checkpoint, text)
                 self._known[witness.name] = head.tree_size
                 return f"cosigned {head.tree_size}"
             if status == 409 and content_type.startswith("text/x.tlog.size") and attempt == 0:
@@ -257,50 +283,76 @@ class CheckpointPublisher:
         """Submit each audit key handover (`audit.handover`) the witness has not taken
         yet, in order, before any head the new key signed: a witness pinned to the old
         key follows the handover (signed by both keys) and then cosigns the new key's
-        heads. A witness already past a handover's size has followed it. The witness's
-        cosignature of a handover is not stored: it is not a head's. Raises
-        `WitnessRefused` when the witness refuses a handover."""
+        heads. The witness's cosignature of the handover is verified and stored
+        (`audit_handover_cosignatures`). A witness already past a handover's size has
+        followed it; if its cosignature was not kept then (a vault before migration
+        0011), none can be had now, which is logged. Raises `WitnessRefused` when the
+        witness refuses a handover, `InvalidCosignature` when it answers without a
+        valid cosignature of it."""
         done = self._handed.setdefault(witness.name, set())
         for note in self._store.handover_notes():
-            size = parse_checkpoint(parse_note(note)[0]).size
-            if size in done:
+            text = parse_note(note)[0]
+            size = parse_checkpoint(text).size
+            if size in done or self._holds_cosignature(
+                witness, size, text, audit_handover_cosignatures
+            ):
+                done.add(size)
                 continue
             old = self._known.get(witness.name)
             if old is None:
                 old = self._cosigned_size(witness)
             for attempt in range(2):
                 if old > size:
-                    break  # cosigned a later head: only possible once it followed
+                    # Cosigned a later head: only possible once it followed.
+                    _log.warning(
+                        "no cosignature of the audit key handover kept from this witness",
+                        witness=witness.name,
+                        tree_size=size,
+                    )
+                    break
                 proof = self._store.consistency_proof(old, size) if 0 < old < size else []
-                status, content_type, text = self._submit(
+                status, content_type, answer = self._submit(
                     witness, add_checkpoint_body(old, proof, note)
                 )
                 if status == 200:
+                    self._store_cosignatures(
+                        witness, size, text, answer, audit_handover_cosignatures
+                    )
                     self._known[witness.name] = size
                     _log.info("witness took the audit key handover", witness=witness.name)
                     break
                 if status == 409 and content_type.startswith("text/x.tlog.size") and attempt == 0:
                     try:
-                        old = int(text.strip())
+                        old = int(answer.strip())
                     except ValueError:
                         pass
                     else:
                         continue
                 raise WitnessRefused(
                     f"witness {witness.name} refused the audit key handover at size {size}: "
-                    f"HTTP {status} {text.strip()[:200]}"
+                    f"HTTP {status} {answer.strip()[:200]}"
                 )
             done.add(size)
 
-    def _store_cosignatures(self, witness: PinnedWitness, head: SignedTreeHead, text: str) -> None:
+    def _store_cosignatures(
+        self,
+        witness: PinnedWitness,
+        tree_size: int,
+        checkpoint: str,
+        answer: str,
+        table: Table = audit_cosignatures,
+    ) -> None:
+        """Store in `table` the cosignature by `witness` in its `answer` of the
+        `checkpoint` text at `tree_size`, once verified. Raises `InvalidCosignature`
+        when the answer has none, `NoteError` when it does not verify."""
         rows = []
-        for signature in parse_signature_lines(text):
+        for signature in parse_signature_lines(answer):
             if not witness.key.matches(signature):
                 continue  # another key of the same witness: not pinned, ignored
-            timestamp = witness.key.verify(head.checkpoint, signature.signature)
+            timestamp = witness.key.verify(checkpoint, signature.signature)
             rows.append(
                 {
-                    "tree_size": head.tree_size,
+                    "tree_size": tree_size,
                     "witness": witness.name,
                     "key_id": witness.key.key_id,
                     "timestamp": timestamp,
@@ -312,13 +364,13 @@ class CheckpointPublisher:
         with self._engine.begin() as connection:
             stored = connection.execute(
                 select(func.count()).where(
-                    audit_cosignatures.c.tree_size == head.tree_size,
-                    audit_cosignatures.c.witness == witness.name,
-                    audit_cosignatures.c.key_id == witness.key.key_id,
+                    table.c.tree_size == tree_size,
+                    table.c.witness == witness.name,
+                    table.c.key_id == witness.key.key_id,
                 )
             ).scalar_one()
             if not stored:
-                connection.execute(insert(audit_cosignatures), rows[:1])
+                connection.execute(insert(table), rows[:1])
 
 
 class PublisherThread:

@@ -13,6 +13,9 @@ IN PCI SCOPE.
 - ``audit_heads``: signed tree heads. Append-only.
 - ``audit_cosignatures``: the witnesses' cosignatures (c2sp.org/tlog-cosignature) of
   heads, as their signature lines' parts. Append-only (migration 0007).
+- ``audit_handover_cosignatures``: the witnesses' cosignatures of the audit key's
+  handover checkpoints (``audit_handovers``), kept apart from the heads' (a handover
+  shares its tree size with a head but not its text). Append-only (migration 0011).
 - ``audit_archive``: the sealed segments shipped to object storage by
   `cofre audit archive` (leaf range, object key, SHA-256). Append-only.
 - ``audit_retired``: the monthly ``audit_entries`` partitions dropped from the database
@@ -114,6 +117,20 @@ audit_handovers = Table(
     Column("key_label", String(128), nullable=False),
     Column("note", Text, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False),
+)
+
+# The witnesses' cosignatures (cosignature/v1) of each handover checkpoint, over the
+# handover's whole text (its `cofre-key-handover` line included). A witness cosigns a
+# handover only to a key its operator pinned, so these are what proves to an auditor that
+# a rotation was not one HSM PIN holder's alone (review 29 M3). Append-only.
+audit_handover_cosignatures = Table(
+    "audit_handover_cosignatures",
+    metadata,
+    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
+    Column("witness", String(200), primary_key=True),
+    Column("key_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("timestamp", BigInteger, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
 )
 
 audit_archive = Table(

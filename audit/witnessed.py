@@ -6,6 +6,9 @@ every head. A witness cosigns a head only when it extends the last one it cosign
 every stored cosignature by a pinned witness must verify on its head (a rewritten head
 no longer matches what was cosigned), and the newest head must carry a quorum of them
 (a rewritten or rolled-back log gets no new cosignature: the witness refuses it).
+Every audit key handover must carry the quorum too: its two keys' signatures prove
+only that someone with the HSM PIN signed it, while a witness cosigns a handover only to
+a key its own operator pinned (review 29 M3).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from audit.errors import AuditVerificationFailed, NoteError
 from audit.heads import SignedTreeHead
 from audit.note import VerifierKey, parse_checkpoint, parse_note, require_quorum, verify_note
 from audit.publisher import cosignatures_of
+from audit.schema import audit_handover_cosignatures
 from audit.store import AuditStore
 
 
@@ -26,9 +30,10 @@ def verify_witnessed(
 ) -> int:
     """Return the number of heads with a valid cosignature by a pinned witness. Raises
     `AuditVerificationFailed` naming the head and the witness when a stored cosignature
-    does not verify, or the newest head lacks a quorum."""
+    does not verify, or the newest head or an audit key handover lacks a quorum."""
     if not heads:
         raise AuditVerificationFailed("no signed tree head: nothing was witnessed")
+    _require_witnessed_handovers(engine, witnesses, quorum)
     witnessed = 0
     for head in heads:
         signatures = cosignatures_of(engine, head.tree_size)
@@ -56,6 +61,28 @@ def verify_witnessed(
             "rolled-back log, or the witnesses have not been reached yet)"
         ) from None
     return witnessed
+
+
+def _require_witnessed_handovers(
+    engine: Engine, witnesses: Sequence[VerifierKey], quorum: int
+) -> None:
+    """Raise `AuditVerificationFailed` naming the first audit key handover that lacks
+    `quorum` valid stored cosignatures by the pinned `witnesses`."""
+    for note in AuditStore(engine).handover_notes():
+        size = None
+        try:
+            text = parse_note(note)[0]
+            size = parse_checkpoint(text).size
+            stored = cosignatures_of(engine, size, audit_handover_cosignatures)
+            require_quorum(text, stored, witnesses, quorum)
+        except NoteError as exc:
+            at = "" if size is None else f" at size {size}"
+            raise AuditVerificationFailed(
+                f"the audit key handover{at} is not witnessed: {exc} (a witness cosigns a "
+                "handover only to a key its operator pinned; until then, or for a handover "
+                "to a key no witness operator pinned, it proves only that someone with the "
+                "HSM PIN signed it)"
+            ) from None
 
 
 def check_witness_view(

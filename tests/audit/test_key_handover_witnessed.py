@@ -17,11 +17,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from audit.errors import AuditVerificationFailed
 from audit.handover import hold_sequencer_lock, record_handover, sign_handover
 from audit.heads import log_origin, log_verifier_key
 from audit.log import AuditEvent, AuditLog, Outcome
-from audit.note import VerifierKey
-from audit.publisher import CheckpointPublisher, PinnedWitness
+from audit.note import VerifierKey, parse_note, require_quorum
+from audit.publisher import (
+    CheckpointPublisher,
+    PinnedWitness,
+    cosignatures_of,
+    witnessed_handover_notes,
+)
+from audit.schema import audit_handover_cosignatures
 from audit.sequencer import Sequencer
 from audit.store import AuditStore
 from audit.witnessed import verify_witnessed
@@ -97,3 +104,44 @@ def test_witness_follows_the_published_handover(engine: Engine, witness: Witness
         engine, [PinnedWitness(witness.url, pinned)], NEW.public_key_pem, submit
     )
     assert again.publish_once()[pinned.name] == "current"
+
+
+def test_the_witness_cosignature_of_the_handover_is_kept(
+    engine: Engine, witness: WitnessProcess
+) -> None:
+    """Review 29 M3: the publisher stores the witness's cosignature of the handover
+    checkpoint (not only of heads), which bundles carry; `cofre audit verify` requires
+    the quorum on every handover, so one no witness took fails it by name."""
+
+    def submit(pinned: PinnedWitness, body: bytes) -> tuple[int, str, str]:
+        answer = submit_checkpoint(pinned.url, body)
+        return answer.status, answer.content_type, answer.text
+
+    pinned = VerifierKey.parse(witness.vkey)
+    publisher = CheckpointPublisher(
+        engine, [PinnedWitness(witness.url, pinned)], NEW.public_key_pem, submit
+    )
+    _append(engine, 3, "a")
+    Sequencer(engine, OLD).drain()
+    store = AuditStore(engine)
+    head = store.latest_head()
+    assert head is not None
+    with engine.begin() as connection:
+        hold_sequencer_lock(connection)
+        record_handover(connection, head.tree_size, NEW.key_id, sign_handover(head, OLD, NEW))
+    # Before the witness took it: the handover is unwitnessed, and the live check says so.
+    with pytest.raises(AuditVerificationFailed, match=f"handover at size {head.tree_size} is not"):
+        verify_witnessed(engine, store.heads(), [pinned], 1)
+    witness.trust_key(log_verifier_key(log_origin("cofre"), NEW.public_key_pem()).encode())
+    _append(engine, 2, "b")
+    Sequencer(engine, NEW).drain()
+    assert publisher.publish_once()[pinned.name].startswith("cosigned")
+    (stored,) = cosignatures_of(engine, head.tree_size, audit_handover_cosignatures)
+    (note,) = witnessed_handover_notes(engine, store.handover_notes())
+    text, signatures = parse_note(note)
+    assert stored in signatures
+    assert "cofre-key-handover " in text
+    require_quorum(text, signatures, [pinned], 1)
+    # The witness cosigned the handover, then the new key's head (never the old head
+    # at the handover's size, which it first saw as the handover).
+    assert verify_witnessed(engine, store.heads(), [pinned], 1) == 1
