@@ -23,7 +23,7 @@ from sqlalchemy import Engine, func, or_, select
 from audit.heads import SignedTreeHead, TreeHeadSigner
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.merkle import hash_b64
-from audit.publisher import cosignatures_of, witnessed_note
+from audit.publisher import cosignatures_of, witnessed_handover_notes, witnessed_note
 from audit.retention import retired_overlapping
 from audit.schema import READ_ONLY, audit_entries, audit_leaves
 from audit.sequencer import Sequencer
@@ -313,8 +313,10 @@ def _stage_keys(
     witnessed note."""
     staging.add("audit/public_key.pem", current_key)
     # Every handover of the audit key (signed by both keys, each naming its public
-    # keys): the verifier follows them from the key the auditor pinned.
-    handovers = store.handover_notes()
+    # keys): the verifier follows them from the key the auditor pinned. Each carries
+    # the witnesses' cosignatures of it, which a verifier requiring witnesses demands:
+    # both keys' signatures prove only that someone with the HSM PIN signed it.
+    handovers = witnessed_handover_notes(engine, store.handover_notes())
     if handovers:
         staging.add(
             "audit/handovers.jsonl",

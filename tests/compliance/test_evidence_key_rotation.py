@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,15 +19,19 @@ import pytest
 from sqlalchemy import Engine
 
 from audit.handover import hold_sequencer_lock, record_handover, sign_handover
-from audit.heads import SignedTreeHead, checkpoint_text
+from audit.heads import SignedTreeHead, checkpoint_text, log_origin, log_verifier_key
 from audit.log import AuditEvent, AuditLog, Outcome
+from audit.note import VerifierKey, parse_note, require_quorum
+from audit.publisher import CheckpointPublisher, PinnedWitness
 from audit.sequencer import Sequencer
 from audit.store import AuditStore
 from cofre_evidence_verifier.verify import verify_bundle
 from compliance.export import EvidenceSources, write_bundle
 from tests.support.signers import SoftSigner
+from tests.support.witness_process import WitnessProcess
 from vault.policy_record import policy_event
 from vault.storage.database import create_database_engine, migrate
+from witness.client import submit_checkpoint
 
 SOURCES = EvidenceSources(
     key_inventory=dict, ceremonies=list, settings={}, tls_settings={}, certificates=[]
@@ -51,7 +55,13 @@ def _append(engine: Engine, count: int, tag: str) -> None:
             )
 
 
-def _export(engine: Engine, signer: SoftSigner, since: datetime, out: Path) -> Path:
+def _export(
+    engine: Engine,
+    signer: SoftSigner,
+    since: datetime,
+    out: Path,
+    publish: Callable[[], object] | None = None,
+) -> Path:
     with out.open("wb") as handle:
         write_bundle(
             engine,
@@ -62,6 +72,7 @@ def _export(engine: Engine, signer: SoftSigner, since: datetime, out: Path) -> P
             generator="auditor",
             period_from=since,
             period_to=datetime.now(UTC) + timedelta(minutes=1),
+            publish=publish,
         )
     return out
 
@@ -165,3 +176,62 @@ def test_a_head_at_the_handover_size_must_be_the_handover_tree(
     assert not report.ok
     wanted = f"head {head.tree_size}: its root is not the root of the key handover at size"
     assert any(wanted in p for p in report.problems), report.problems
+
+
+def test_a_witnessed_rotation_ships_the_handover_cosignature(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Review 29 M3: the publisher keeps the witness's cosignature of the handover
+    checkpoint and the bundle carries it (a cosignature line of the handover's note),
+    so a verifier requiring witnesses follows the rotation."""
+    old, new = (SoftSigner(f"cofre-audit-v{n}") for n in (1, 2))
+    process = WitnessProcess(
+        tmp_path / "witness", [log_verifier_key(log_origin("cofre"), old.public_key_pem()).encode()]
+    )
+    process.start()
+    try:
+        pinned = VerifierKey.parse(process.vkey)
+        current = [old]
+
+        def submit(witness: PinnedWitness, body: bytes) -> tuple[int, str, str]:
+            answer = submit_checkpoint(witness.url, body)
+            return answer.status, answer.content_type, answer.text
+
+        def current_key() -> bytes:  # what the vault's signer answers: the key now
+            return current[0].public_key_pem()
+
+        publisher = CheckpointPublisher(
+            engine, [PinnedWitness(process.url, pinned)], current_key, submit
+        )
+        since = datetime.now(UTC) - timedelta(seconds=1)
+        with engine.begin() as connection:
+            AuditLog().append(
+                connection, policy_event("policy.load", actor="cofre", source="t", text="# p\n")
+            )
+        _append(engine, 6, "a")
+        Sequencer(engine, old).drain()
+        publisher.publish_once()
+        head = AuditStore(engine).latest_head()
+        assert head is not None
+        with engine.begin() as connection:
+            hold_sequencer_lock(connection)
+            record_handover(connection, head.tree_size, new.key_id, sign_handover(head, old, new))
+        current[0] = new
+        process.trust_key(log_verifier_key(log_origin("cofre"), new.public_key_pem()).encode())
+        _append(engine, 5, "b")
+        Sequencer(engine, new).drain()
+        assert publisher.publish_once()[pinned.name].startswith("cosigned")
+        bundle = _export(engine, new, since, tmp_path / "b.tar.gz", publish=publisher.publish_once)
+    finally:
+        process.stop()
+    with tarfile.open(bundle, "r:gz") as archive:
+        member = archive.extractfile("audit/handovers.jsonl")
+        assert member is not None
+        (line,) = member.read().decode().splitlines()
+    text, signatures = parse_note(json.loads(line)["note"])
+    assert [s.name for s in signatures] == ["cofre-audit/cofre"] * 2 + [pinned.name]
+    require_quorum(text, signatures, [pinned], 1)
+    report = verify_bundle(bundle, old.public_key_pem(), witness_keys=[pinned])
+    assert report.ok, report.problems
+    wanted = f"key handover at size {head.tree_size} cosigned by 1 of the 1"
+    assert any(wanted in check for check in report.checks), report.checks
