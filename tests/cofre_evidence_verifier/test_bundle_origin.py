@@ -4,15 +4,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from cofre_evidence_verifier.cli import main
-from cofre_evidence_verifier.keychain import handover_note, handover_text
 from cofre_evidence_verifier.merkle import leaf_hash
-from cofre_evidence_verifier.note import Checkpoint, VerifierKey
+from cofre_evidence_verifier.note import VerifierKey
 from cofre_evidence_verifier.verify import verify_bundle
 from tests.support.evidence_bundles import (
     ORIGIN,
@@ -20,8 +18,10 @@ from tests.support.evidence_bundles import (
     build,
     chained,
     day_log,
+    handover,
     head_json,
     mth,
+    set_handovers,
     witness,
 )
 
@@ -61,22 +61,13 @@ def test_heads_of_one_bundle_share_one_origin(tmp_path: Path) -> None:
 
 def _rotated(tmp_path: Path, handover_origin: str) -> tuple[Path, AuditKey, VerifierKey]:
     """A bundle whose heads after size 5 are signed by a new key, with the handover
-    from the old key at size 5 made under `handover_origin`."""
+    from the old key at size 5 made under `handover_origin` (which the witness took)."""
     w = witness()
     log = day_log(20)
     old, new = AuditKey(), AuditKey()
-    root5 = mth([leaf_hash(p.encode()) for p in log[:5]])
-    at = Checkpoint(handover_origin, 5, root5)
-    text = handover_text(at, old.vkey(handover_origin), new.vkey(handover_origin))
-    note = handover_note(
-        text,
-        old.vkey(handover_origin),
-        old.sign(text.encode()),
-        new.vkey(handover_origin),
-        new.sign(text.encode()),
-    )
+    note = handover(old, new, log, 5, cosigners=[w], origin=handover_origin)
     bundle = build(log, 3, 20, key=new, witnesses=[w])
-    bundle.files["audit/handovers.jsonl"] = (json.dumps({"note": note}) + "\n").encode()
+    set_handovers(bundle, [note])
     return bundle.write(tmp_path / "b.tar.gz"), old, w.verifier_key()
 
 

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -21,6 +22,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from cofre_evidence_verifier.keychain import handover_note, handover_text
 from cofre_evidence_verifier.merkle import leaf_hash, node_hash
 from cofre_evidence_verifier.note import (
     Checkpoint,
@@ -310,6 +312,33 @@ def build(
 
 def witness(name: str = "witness.example/w1") -> CosignerKey:
     return CosignerKey.generate(name)
+
+
+def handover(
+    old: AuditKey,
+    new: AuditKey,
+    log: list[str],
+    size: int,
+    *,
+    cosigners: Sequence[CosignerKey] = (),
+    origin: str = ORIGIN,
+    timestamp: int = 1_772_300_000,
+) -> str:
+    """The handover note from `old` to `new` at the genuine head of `size` of `log`,
+    signed by both keys (whoever holds the HSM PIN can make one to a key of their own),
+    then one cosignature line by each of `cosigners`: the witnesses that took it, which
+    an honest witness does only for a new key its operator pinned."""
+    root = mth([leaf_hash(p.encode()) for p in log[:size]])
+    text = handover_text(Checkpoint(origin, size, root), old.vkey(origin), new.vkey(origin))
+    note = handover_note(
+        text, old.vkey(origin), old.sign(text.encode()), new.vkey(origin), new.sign(text.encode())
+    )
+    return note + "".join(w.cosign(text, timestamp).line() for w in cosigners)
+
+
+def set_handovers(bundle: Bundle, notes: Sequence[str]) -> None:
+    """Put `notes` in the bundle's `audit/handovers.jsonl`, as the export does."""
+    bundle.set_jsonl("audit/handovers.jsonl", [{"note": note} for note in notes])
 
 
 def chained(

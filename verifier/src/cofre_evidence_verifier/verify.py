@@ -28,9 +28,11 @@ it finds (not only the first):
    where the previous one ended, by leaf index and by time (no entry in neither bundle
    or in both); and the consistency proof from its last signed head to this bundle's
    (a rewritten, forked log fails here) (`chain`);
-8. the covering head's witnessed checkpoint (`audit/checkpoint.note`) carries a quorum
-   of cosignatures by the witness keys the auditor pinned (`witnesses`): the one check
-   that the HSM key's holder cannot pass with a rewritten or rolled-back log.
+8. the covering head's witnessed checkpoint (`audit/checkpoint.note`), and every audit
+   key handover of the chain (`audit/handovers.jsonl`), carries a quorum of
+   cosignatures by the witness keys the auditor pinned (`witnesses`): the one check
+   that the HSM key's holder cannot pass with a rewritten or rolled-back log, or with a
+   handover to a key of their own.
 
 The bundle is hostile input throughout: it is read within fixed bounds (`bundle`), its
 JSON parsed strictly (`bundle.load_json`: no key twice in an object), the manifest's
@@ -179,7 +181,13 @@ def _verify(
         )
     else:
         witnesses.check_witnesses(
-            bundle, manifest, verified, witness_keys=witness_keys, quorum=quorum, report=report
+            bundle,
+            manifest,
+            verified,
+            witness_keys=witness_keys,
+            quorum=quorum,
+            report=report,
+            handovers=key_chain.handovers,
         )
     if manifest.get("previous_head") is not None:
         # A bundle that names a previous head is OK only once that head is proven.
