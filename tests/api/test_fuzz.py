@@ -110,7 +110,9 @@ def test_stateful_sequences_never_fail_the_server(vault_server: VaultServer) -> 
             if case.path in ("/v1/tokenize", "/v1/lookup"):
                 _make_plausible(case.body, examples[-1])
             elif case.path == "/v1/tokenize/batch" and isinstance(case.body, dict):
-                for item in case.body.get("items") or []:
+                items = case.body.get("items")
+                # Generated bodies break the schema too ({"items": 669}): left as they are.
+                for item in items if isinstance(items, list) else []:
                     _make_plausible(item, examples[-1])
 
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
