@@ -51,7 +51,7 @@ from api.lifecycle import ManagedServer
 from api.observability import Telemetry
 from api.problems import problem
 from api.problems import retry_after as retry_after_value
-from api.refusals import RefusalLimiter, Spent, charged
+from api.refusals import NOTHING_HELD, RefusalLimiter, Spent, charged
 from cofre.errors import CofreError
 from cofre.origins import address_key
 from policies.models import RateLimit
@@ -78,6 +78,7 @@ MAX_BODY: Final = 4096
 # rest are counted (`api.refusals`): shoppers' mistakes come a few a second at most.
 LISTENER_REFUSALS: Final = RateLimit(per_second=20.0, burst=200)
 LISTENER_KEY: Final = "*"
+_HELD_BACK: Final = "too many refused requests, or requests in flight, from this address"
 # Nothing is loaded but this listener's own script and style; nothing may frame a page
 # unless a session's origin is named (the hosted fields), and forms post nowhere.
 _BASE_CSP: Final = (
@@ -411,7 +412,8 @@ class _CaptureGuard:
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
         address = address_key(str((scope.get("client") or ("unknown",))[0]))
-        spent = self.refusals.spent(address) if self.refusals is not None else None
+        # A unit held while the request is in flight (review 35).
+        spent, admitted = self.refusals.admit(address) if self.refusals else (None, NOTHING_HELD)
         if self.listener is not None and self.listener.is_spent(LISTENER_KEY):
             scope["state"]["quiet_refusals"] = True
 
@@ -421,6 +423,7 @@ class _CaptureGuard:
                 if message["type"] == "http.response.start":
                     code = status["code"] = message["status"]
                     problem = scope["state"].get("problem_code")
+                    admitted.release()
                     if self.refusals is not None and spent is None and charged(code, problem):
                         self.refusals.charge(address)
                     if code >= 400 and not trail:
@@ -438,10 +441,13 @@ class _CaptureGuard:
             rejection = self._reject_early(scope, request_id)
             if spent is not None:
                 rejection = _refused_too_often(scope, spent, request_id)
-            if rejection is not None:
-                await rejection(scope, receive, send_with_id)
-            else:
-                await self.app(scope, receive, send_with_id)
+            try:
+                if rejection is not None:
+                    await rejection(scope, receive, send_with_id)
+                else:
+                    await self.app(scope, receive, send_with_id)
+            finally:
+                admitted.release()  # if it ended without an answer (disconnect, error)
         route = getattr(scope.get("route"), "path", "unmatched")
         _log.info(
             "capture request",
@@ -528,7 +534,7 @@ def _refused_too_often(scope: Scope, spent: Spent, request_id: str) -> Response:
     return problem_for(
         scope,
         "rate_limited",
-        f"too many refused requests from this address; retry after {spent.retry_after:.2f}s",
+        f"{_HELD_BACK}; retry after {spent.retry_after:.2f}s",
         request_id,
         {**_headers(), "Retry-After": retry_after_value(spent.retry_after)},
     )

@@ -37,7 +37,14 @@ from api.crl import RevokedCertificates
 from api.errors import CertificateRevoked, IdentityMissing
 from api.observability import Telemetry
 from api.problems import problem, retry_after
-from api.refusals import RefusalLimiter, Spent, charged, unauthenticated_key
+from api.refusals import (
+    NOTHING_HELD,
+    Admission,
+    RefusalLimiter,
+    Spent,
+    charged,
+    unauthenticated_key,
+)
 from api.tls import certificate_summary, identity_from_scope, peer_certificate
 from cofre.errors import CofreError
 from cofre.redaction import name_holds_pan_like
@@ -104,12 +111,14 @@ class RequestGuard:
         started_ns = time.time_ns()
 
         spent: Spent | None = None
+        admitted = NOTHING_HELD  # the caller's unit it holds while in flight (review 35)
 
         with request_trail() as trail:
 
             async def send_with_id(message: Message) -> None:
                 if message["type"] == "http.response.start":
                     status = status_holder["status"] = message["status"]
+                    admitted.release()
                     if spent is None:
                         self._charge_refusal(scope, status)
                     if audited and not trail and (spent is None or spent.audit):
@@ -126,7 +135,7 @@ class RequestGuard:
             rejection = None
             if scope["path"] not in UNAUDITED_PATHS:
                 rejection = self._authenticate(scope, request_id)
-                spent = self._spent(scope)
+                spent, admitted = self._admit(scope)
                 if spent is not None:
                     rejection = self._refused_too_often(scope, spent, request_id)
             if rejection is None:
@@ -145,6 +154,7 @@ class RequestGuard:
                             await self._record_outcome(scope, 500, request_id)
                         raise
             finally:
+                admitted.release()  # if it ended without an answer (disconnect, error)
                 self._record(
                     scope,
                     status_holder["status"],
@@ -212,11 +222,12 @@ class RequestGuard:
             return False
         return True
 
-    def _spent(self, scope: Scope) -> Spent | None:
-        """The 429's reason when the caller's refusal bucket is empty, else None."""
+    def _admit(self, scope: Scope) -> tuple[Spent | None, Admission]:
+        """The 429's reason when the caller's refusal bucket is empty, else None and the
+        unit the request holds until it is answered."""
         if self.refusals is None or (key := _refusal_key(scope)) is None:
-            return None
-        return self.refusals.spent(key)
+            return None, NOTHING_HELD
+        return self.refusals.admit(key)
 
     def _charge_refusal(self, scope: Scope, status: int) -> None:
         """If the caller was refused for what its request was (`api.refusals.charged`),
@@ -239,7 +250,7 @@ class RequestGuard:
             and self.refusals.spends_every_request(key)
         )
         scope["state"]["refusals_spent"] = "requests" if person else "refusals"
-        what = "requests" if person else "refused requests"
+        what = "requests" if person else "refused requests, or requests in flight,"
         return problem_for(
             scope,
             "rate_limited",

@@ -172,8 +172,9 @@ class RefusalLimiter:
     `limit_for(key)` is the caller's limit, None for a caller not limited;
     `every_request(key)` whether every request of the caller spends a unit, not only
     its refusals (a person's identity); `recorder` writes one audit entry durably. The
-    guard calls `spent` when a request arrives and `charge` when it was refused
-    (`charged`) or its caller is a person; `RefusalFlusher` calls `flush`. A count is
+    guard calls `enter` when a request arrives, and when it is answered `leave`, then
+    `charge` if it was refused (`charged`) or its caller is a person; `RefusalFlusher`
+    calls `flush`. A count is
     written as an `action` entry whose actor and added details `describe(key)` gives."""
 
     def __init__(
@@ -201,6 +202,10 @@ class RefusalLimiter:
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         # The counts of callers forgotten while they had one.
         self._forgotten = _Episode()
+        # Requests of each caller let in by `enter` and not answered yet. Touched only
+        # by the event loop of the listener the limiter serves, like the hot path of
+        # `spent`; none are kept for a caller with none in flight.
+        self._in_flight: dict[str, int] = {}
 
     def spent(self, key: str, note: str | None = None) -> Spent | None:
         """None if `key` may be served; else the 429 to answer (counted here unless it
@@ -213,13 +218,62 @@ class RefusalLimiter:
             lead = max(bucket.tat, now) + bucket.interval - now
             if lead <= bucket.tolerance:
                 return None
-            self._buckets.move_to_end(key)
-            if bucket.episode is None:
-                bucket.episode = _Episode(written_at=now)
-                return Spent(lead - bucket.tolerance, audit=True)
-            stamp = self._wall()
-            bucket.episode.add(1, stamp, stamp, None if note is None else {note: 1})
-            return Spent(lead - bucket.tolerance, audit=False)
+            return self._held(key, bucket, lead - bucket.tolerance, now, note)
+
+    def enter(self, key: str) -> Spent | None:
+        """`spent` for a request that arrives, which then holds a unit until `leave`:
+        requests in flight together may each end refused, so each needs a unit of its
+        own. Review 35: 60 requests whose bodies came only after all their heads were
+        read all passed a bucket of 2, since a unit was spent only at each answer."""
+        held = self._in_flight.get(key, 0)
+        if not held and key not in self._buckets:
+            self._in_flight[key] = 1  # the hot path: alone, and never refused
+            return None
+        limit = self._limit_for(key)
+        if limit is None:
+            self._in_flight[key] = held + 1
+            return None
+        now = self._clock()
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                interval = 1.0 / limit.per_second
+                bucket = _Bucket(now, interval, interval * limit.burst)
+            lead = max(bucket.tat, now) + (held + 1) * bucket.interval - now
+            if lead <= bucket.tolerance:
+                self._in_flight[key] = held + 1
+                return None
+            if key not in self._buckets:
+                self._buckets[key] = bucket
+                self._forget_beyond(self._max_callers)
+            return self._held(key, bucket, lead - bucket.tolerance, now, None)
+
+    def admit(self, key: str) -> tuple[Spent | None, Admission]:
+        """`enter`, with the unit the request then holds as an `Admission` to release."""
+        spent = self.enter(key)
+        return spent, NOTHING_HELD if spent is not None else Admission(self, key)
+
+    def leave(self, key: str) -> None:
+        """A request `enter` let in was answered (or ended): its unit is free again, to
+        be spent by `charge` if the answer was a refusal."""
+        held = self._in_flight.get(key, 0)
+        if held > 1:
+            self._in_flight[key] = held - 1
+        else:
+            self._in_flight.pop(key, None)
+
+    def _held(
+        self, key: str, bucket: _Bucket, retry_after: float, now: float, note: str | None
+    ) -> Spent:
+        """The 429 of a caller held back (the lock is held): the first of an episode is
+        written, the rest counted."""
+        self._buckets.move_to_end(key)
+        if bucket.episode is None:
+            bucket.episode = _Episode(written_at=now)
+            return Spent(retry_after, audit=True)
+        stamp = self._wall()
+        bucket.episode.add(1, stamp, stamp, None if note is None else {note: 1})
+        return Spent(retry_after, audit=False)
 
     def spends_every_request(self, key: str) -> bool:
         """Whether every request of `key` spends a unit, not only its refusals."""
@@ -336,6 +390,25 @@ class RefusalLimiter:
         if (shown := episode.shown()) is not None:
             details["callers"] = shown
         return AuditEvent(action=self._action, outcome=Outcome.DENIED, actor=actor, details=details)
+
+
+class Admission:
+    """The unit a request let in holds while in flight (`RefusalLimiter.admit`):
+    `release` gives it back, once, when the request is answered or ends."""
+
+    __slots__ = ("_key", "_limiter")
+
+    def __init__(self, limiter: RefusalLimiter | None, key: str) -> None:
+        self._limiter, self._key = limiter, key
+
+    def release(self) -> None:
+        if self._limiter is not None:
+            self._limiter.leave(self._key)
+            self._limiter = None
+
+
+# What a request refused on arrival, or not limited at all, holds.
+NOTHING_HELD: Final = Admission(None, "")
 
 
 class RefusalFlusher:

@@ -52,7 +52,7 @@ from cofre.dberrors import db_error_name
 
 MANIFEST_FORMAT: Final = "cofre-audit-segment-manifest"
 DEFAULT_MAX_ENTRIES: Final = 1_000_000
-_RANGE: Final = re.compile(r"(\d+)-(\d+)\.json$")
+_RANGE: Final = re.compile(r"([0-9]+)-([0-9]+)\.json$")  # ASCII: int() reads other digits
 
 
 class ObjectStore(Protocol):

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, text
 
 DEFAULT_PARTITION: Final = "audit_entries_default"
 MONTHS_AHEAD: Final = 3
-_NAME: Final = re.compile(r"^audit_entries_p(\d{4})(\d{2})$")
+_NAME: Final = re.compile(r"^audit_entries_p([0-9]{4})([0-9]{2})$")
 
 ENSURE_FUNCTION_SQL: Final = r"""
 CREATE OR REPLACE FUNCTION cofre_audit_ensure_partitions(

@@ -324,3 +324,42 @@ def test_every_held_request_is_in_an_entry_or_a_count(steps: list[tuple[str, flo
     limiter.flush(everything=True)
     assert audited + sum(int(e.details["count"] or 0) for e in written) == held
     assert all(int(e.details["count"] or 0) > 0 for e in written)
+
+
+def test_requests_in_flight_each_hold_a_unit() -> None:
+    """Review 35: each request let in holds a unit until it is answered, so requests
+    in flight together cannot all be refused from one unit."""
+    limiter, clocks = _limiter([])
+    key = "spiffe://cofre/a"  # burst 3
+    assert [limiter.enter(key) for _ in range(LIMIT.burst)] == [None] * LIMIT.burst
+    held = limiter.enter(key)
+    assert held is not None  # the fourth at once: the episode opens
+    assert held.audit
+    # Answered: two were refused (charged), one was not.
+    for charge in (True, True, False):
+        limiter.leave(key)
+        if charge:
+            limiter.charge(key)
+    assert limiter.enter(key) is None  # the unit the third did not spend
+    assert limiter.enter(key) is not None
+    limiter.leave(key)
+    clocks.now += 1.0 / LIMIT.per_second  # a unit comes back
+    assert limiter.enter(key) is None
+
+
+def test_an_unlimited_caller_is_never_held_for_its_requests_in_flight() -> None:
+    limiter = RefusalLimiter(lambda _key: None, [].append)
+    assert all(limiter.enter("spiffe://cofre/unlimited") is None for _ in range(10_000))
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=40))
+@settings(max_examples=60, deadline=None)
+def test_leaving_every_request_leaves_nothing_in_flight(charges: list[bool]) -> None:
+    limiter, _ = _limiter([], {"k": RateLimit(per_second=1.0, burst=100)})
+    for _ in charges:
+        assert limiter.enter("k") is None
+    for charge in charges:
+        limiter.leave("k")
+        if charge:
+            limiter.charge("k")
+    assert not limiter._in_flight  # the bound this test is about

@@ -38,8 +38,11 @@ from cofre_evidence_verifier.merkle import included, leaf_hash
 from cofre_evidence_verifier.report import Report
 
 BOUNDARIES: Final = "audit/boundaries.jsonl"
-# The spelling of every time the vault writes (`compliance.export._entry_time`).
-ENTRY_TIME: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+# The spelling of every time the vault writes (`compliance.export._entry_time`). ASCII
+# digits only: a str pattern's \d takes any Unicode digit, and times are compared as
+# text, so an Arabic-Indic zero (sorting after "9") moved a period's start by hours
+# while it read the same (review 35).
+ENTRY_TIME: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 
 
 def _whole(value: object) -> int | None:
