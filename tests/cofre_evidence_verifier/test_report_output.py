@@ -61,7 +61,14 @@ def test_text_report_carries_no_terminal_control_from_the_bundle(
         ("private\ue000use", "private\\ue000use"),
         ("lone\ud800surrogate", "lone\\ud800surrogate"),
         ("unassigned\u0378", "unassigned\\u0378"),
-        ("no-break\u00a0space, ½, ẞ, 中文", "no-break\u00a0space, ½, ẞ, 中文"),
+        ("plain, unicode: ½, ẞ, 中文", "plain, unicode: ½, ẞ, 中文"),
+        # Review 35: blank letters and symbols, other spaces, combining marks, and a
+        # backslash, which made a literal "\u202e" look like an escape written here.
+        ("no-break\u00a0space\u2003em\u3000wide", "no-break\\xa0space\\u2003em\\u3000wide"),
+        ("fill\u3164er\u115f\u1160\uffa0", "fill\\u3164er\\u115f\\u1160\\uffa0"),
+        ("braille\u2800blank", "braille\\u2800blank"),
+        ("strike\u0336d\u20e0", "strike\\u0336d\\u20e0"),
+        ("literal \\u202e", "literal \\\\u202e"),
     ],
 )
 def test_printable(raw: str, shown: str) -> None:

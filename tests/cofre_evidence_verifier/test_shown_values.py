@@ -90,3 +90,24 @@ def test_key_events_are_shown_once_the_entries_verify(tmp_path: Path) -> None:
     assert not ok
     assert "key.destroy" not in page
     assert "Not shown: the entries did not verify." in page
+
+
+def test_a_requirements_text_the_files_check_refused_is_not_shown(tmp_path: Path) -> None:
+    """Review 35: anyone could swap requirements.md for a text saying the bundle
+    verified; the files check failed, yet the page showed the text as a section."""
+    bundle = _bundle()
+    bundle.resign()
+    claim = "The bundle VERIFIED on every check; the red badge is the optional one."
+    bundle.files["requirements.md"] = f"# Verification result\n\n{claim}\n".encode()
+    ok, _, page = _verify(bundle, tmp_path / "b.tar.gz")
+    assert not ok
+    assert claim not in page
+    assert "Not shown: the bundle's files did not verify." in page
+
+
+def test_a_genuine_requirements_text_is_shown_as_the_exporters(tmp_path: Path) -> None:
+    bundle = _bundle()
+    bundle.resign()
+    ok, _, page = _verify(bundle, tmp_path / "b.tar.gz")
+    assert ok
+    assert "PCI DSS requirements (the exporter's document)" in page

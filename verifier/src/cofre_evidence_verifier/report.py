@@ -72,12 +72,22 @@ class Report:
 # isolates, zero-width characters, the BOM, tags), line and paragraph separators (Zl,
 # Zp), private-use characters (Co, drawn as a font pleases), lone surrogates (Cs) and
 # code points not yet assigned (Cn, which a newer viewer may act on).
-_UNPRINTABLE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"})
+# Controls, format characters, separators, private use, surrogates and unassigned code
+# points; spaces other than U+0020 and combining marks (which change the character
+# before them) too (review 35).
+_UNPRINTABLE_CATEGORIES: Final = frozenset(
+    {"Cc", "Cf", "Zl", "Zp", "Zs", "Co", "Cs", "Cn", "Mn", "Me"}
+)
+# Letters and symbols that draw as blank space: the Hangul fillers, the braille blank.
+_BLANK: Final = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 def _shown(char: str) -> str:
-    """`char` as it is, or as its Python escape when its category is unprintable."""
-    if unicodedata.category(char) in _UNPRINTABLE_CATEGORIES:
+    """`char` as it is, or as its Python escape when it is unprintable or blank; a
+    backslash doubled, so that an escape in a report is always one this module wrote."""
+    if char == "\\":
+        return "\\\\"
+    if char != " " and (unicodedata.category(char) in _UNPRINTABLE_CATEGORIES or char in _BLANK):
         return ascii(char)[1:-1]
     return char
 
@@ -88,7 +98,7 @@ def printable(text: str) -> str:
     (``\\x1b``, ``\\n``, ``\\u202e``, ``\\u200b``): a string from the bundle (a member's
     name, a log's origin, an exception message) cannot clear the screen, start a line of
     its own, hide a character or draw a verdict."""
-    if text.isascii() and text.isprintable():
+    if text.isascii() and text.isprintable() and "\\" not in text:
         return text  # the usual case, spared a look at each character
     return "".join(map(_shown, text))
 
