@@ -3,21 +3,37 @@
 IN PCI SCOPE (it runs in the vault process), but it serves no card data and needs no
 identity: Kubernetes' kubelet cannot present a client certificate, so the probes cannot
 reach the mTLS listener's health routes. Nothing else is routed here, no request body
-is read, and a failing check answers with its stable code only (never its message),
-so an unauthenticated caller learns which subsystem is down and nothing more.
+is read, and a check answers with its stable code only (never its message: a passing
+check's text may name a witness's internal address, review 34), so an unauthenticated
+caller learns which subsystem is down and nothing more.
+
+Anyone who can reach the port can open connections (review 34: 40 idle ones, sending
+nothing, filled uvicorn's concurrency limit of 32 and the probes got 503, so the pod was
+taken out of service, then restarted). A connection must send its request head within
+`HEAD_SECONDS` (`api.connections`), the number of connections is not capped here, and
+`/readyz` runs its checks (HSM key listing, database reads) at most once per
+`READY_CACHE_SECONDS`, however many probes arrive: a flood of probes costs the serving
+worker next to nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Final
 
 import uvicorn
 
+from api.connections import guarded_protocol
 from api.lifecycle import ManagedServer, Readiness, bind_reuse_port
 from cofre.errors import CofreError
+
+# A probe sends its whole request at once.
+HEAD_SECONDS: Final = 2.0
+# How long one run of the readiness checks answers every probe.
+READY_CACHE_SECONDS: Final = 1.0
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -29,9 +45,18 @@ class HealthApp:
     """A minimal ASGI app: GET/HEAD ``/livez`` (the event loop answers) and ``/readyz``
     (not draining, and `check_ready` passes: HSM, database, audit sequencer)."""
 
-    def __init__(self, check_ready: Callable[[], dict[str, str]], readiness: Readiness) -> None:
+    def __init__(
+        self,
+        check_ready: Callable[[], dict[str, str]],
+        readiness: Readiness,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._check_ready = check_ready
         self._readiness = readiness
+        self._clock = clock
+        # The last run of the checks (its time and answer), or the one under way.
+        self._last: tuple[float, tuple[int, dict[str, Any]]] | None = None
+        self._running: asyncio.Future[tuple[int, dict[str, Any]]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,11 +75,27 @@ class HealthApp:
     async def _ready(self) -> tuple[int, dict[str, Any]]:
         if self._readiness.draining:
             return 503, {"status": "draining"}
+        if self._last is not None and self._clock() - self._last[0] < READY_CACHE_SECONDS:
+            return self._last[1]
+        if self._running is None:  # the probes that arrive meanwhile share this run
+            self._running = asyncio.ensure_future(self._run_checks())
+        running = self._running
+        try:
+            return await asyncio.shield(running)
+        finally:
+            if self._running is running and running.done():
+                self._running = None
+
+    async def _run_checks(self) -> tuple[int, dict[str, Any]]:
+        started = self._clock()
         try:
             checks = await asyncio.to_thread(self._check_ready)
         except CofreError as exc:
-            return 503, {"status": "unready", "code": exc.code}
-        return 200, {"status": "ready", "checks": checks}
+            answer: tuple[int, dict[str, Any]] = (503, {"status": "unready", "code": exc.code})
+        else:
+            answer = (200, {"status": "ready", "checks": dict.fromkeys(checks, "ok")})
+        self._last = (started, answer)
+        return answer
 
 
 async def _answer(send: Send, status: int, body: dict[str, Any], method: str) -> None:
@@ -93,13 +134,20 @@ def build_health_server(
         server_header=False,
         lifespan="off",
         timeout_keep_alive=5,
+        # A head within HEAD_SECONDS of the connection (or of the last answer); no
+        # client certificates here, so no per-identity cap either.
+        http=guarded_protocol(
+            header_timeout=HEAD_SECONDS,
+            body_timeout=HEAD_SECONDS,
+            max_connections_per_identity=1,
+        ),
         # No forwarded header is trusted (uvicorn trusts X-Forwarded-For from loopback
         # by default): the client address is the TCP peer's, never text a caller chose.
         proxy_headers=False,
         forwarded_allow_ips=[],
-        # Probes are tiny; refuse anything that looks like a real workload.
-        limit_concurrency=32,
-        h11_max_incomplete_event_size=8192,
+        # No cap on connections: a cap is what idle connections filled (the module
+        # text); each is closed unless its head comes in time.
+        limit_concurrency=None,
     )
     server = ManagedServer(config)
     if reuse_port:

@@ -86,6 +86,31 @@ def test_health_listener_answers_probes_without_identity(
         vault.stop()
 
 
+def test_idle_connections_to_the_health_port_do_not_fail_the_probes(
+    tmp_path: Path, softhsm_token: SoftHSMToken
+) -> None:
+    """Review 34: any pod may reach the health port. 40 connections that sent nothing
+    filled uvicorn's limit of 32 and the kubelet's probes got 503: out of service, then
+    restarted. Connections are not capped there now, and one that sends no request
+    head in time is closed."""
+    vault = make_vault(tmp_path / "node", softhsm_token, None)
+    health_port = free_port()
+    vault.env["COFRE_SERVER__HEALTH_PORT"] = str(health_port)
+    vault.start()
+    held: list[socket.socket] = []
+    try:
+        held = [socket.create_connection(("127.0.0.1", health_port)) for _ in range(40)]
+        base = f"http://127.0.0.1:{health_port}"
+        assert httpx.get(base + "/livez", timeout=10).status_code == 200
+        assert httpx.get(base + "/readyz", timeout=10).status_code == 200
+        held[0].settimeout(60)
+        assert held[0].recv(1) == b""  # closed by the vault, not by this test
+    finally:
+        for idle in held:
+            idle.close()
+        vault.stop()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_drains_then_exits_zero(
     tmp_path: Path,
