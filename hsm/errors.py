@@ -11,6 +11,7 @@ never a PIN or key material.
         ├── HSMKeyNotFound            code hsm_key_not_found
         ├── HSMMechanismUnsupported   code hsm_mechanism_unsupported
         ├── HSMKeyNotExtractable      code hsm_key_not_extractable (the token refused export)
+        ├── HSMTokenInService         code hsm_token_in_service (selftest on a serving token)
         └── HSMOperationFailed        code hsm_operation_failed (bad wrapped key, bad input)
 """
 
@@ -55,3 +56,10 @@ class HSMKeyNotExtractable(HSMError):
 
 class HSMOperationFailed(HSMError):
     code = "hsm_operation_failed"
+
+
+class HSMTokenInService(HSMError):
+    """`cofre hsm selftest` was pointed at a token that already holds Cofre's keys: its
+    temporary keys would be keys the registry does not know, on a token in service."""
+
+    code = "hsm_token_in_service"

@@ -5,6 +5,12 @@ key, an EC P-256 signing key, labelled ``cofre-selftest-*`` so the key hierarchy
 mistakes them for its own), checks that they behave (wrap/unwrap/rewrap, HMAC, ECDSA),
 measures each operation's latency and rate, and destroys the keys whatever happened.
 It reports timings and pass/fail only, never key material.
+
+It refuses a token that already holds Cofre's keys (`HSMTokenInService`): every serving
+node's `/readyz` fails while a key the registry does not know is on its token (review
+34: 14 of 16 probes answered `503 hsm_key_unregistered` during one run), and an
+interrupted run would leave them there. A node added to a fleet uses a token already
+proven; `cofre hsm status` reads it without creating anything.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hsm.errors import HSMError
+from hsm.errors import HSMError, HSMTokenInService
 from hsm.provider import HSMProvider, wipe
 
 
@@ -111,6 +117,26 @@ def _measure(name: str, call: Callable[[], object], count: int, threads: int) ->
         threads=threads,
         per_second_threads=round(parallel, 1),
     )
+
+
+SELFTEST_PREFIX = "cofre-selftest-"
+
+
+def refuse_serving_token(provider: HSMProvider) -> None:
+    """Raise `HSMTokenInService` if the token holds Cofre's own keys (see the module text)."""
+    serving = sorted(
+        {
+            key.label
+            for key in provider.list_keys()
+            if key.label.startswith("cofre-") and not key.label.startswith(SELFTEST_PREFIX)
+        }
+    )
+    if serving:
+        raise HSMTokenInService(
+            f"the token holds Cofre's keys ({', '.join(serving[:4])}"
+            f"{', …' if len(serving) > 4 else ''}): the selftest runs before the first "
+            "`cofre hsm init`, never on a token in service (docs/cloudhsm.md)"
+        )
 
 
 def run_selftest(provider: HSMProvider, *, count: int = 200, threads: int = 0) -> SelftestReport:

@@ -105,10 +105,11 @@ def hsm_selftest(
     templates, wrap/unwrap/rewrap, HMAC and sign with them, measure each operation's
     latency and rate, destroy them. Exit status 1 when any check fails."""
     from hsm.provider import provider_from_settings
-    from hsm.selftest import render_table, run_selftest
+    from hsm.selftest import refuse_serving_token, render_table, run_selftest
 
     provider = provider_from_settings(cli_settings().hsm)
     try:
+        refuse_serving_token(provider)
         report = run_selftest(provider, count=count, threads=threads)
     finally:
         provider.close()

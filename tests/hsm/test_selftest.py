@@ -10,8 +10,10 @@ import sys
 
 import pytest
 
+from hsm.errors import HSMTokenInService
 from hsm.provider import HSMProvider
-from hsm.selftest import render_table, run_selftest
+from hsm.selftest import refuse_serving_token, render_table, run_selftest
+from hsm.softhsm import init_softhsm_token
 from tests.support.cloudhsm_shim import CloudHSMShim
 from tests.support.softhsm import SoftHSMToken
 
@@ -33,21 +35,19 @@ def test_selftest_passes_and_cleans_up(hsm_provider: HSMProvider) -> None:
     assert "selftest PASSED" in render_table(report)
 
 
-@pytest.mark.parametrize("backend", ["softhsm2", "cloudhsm-shim"])
-def test_cli_selftest_json(
-    backend: str, softhsm_token: SoftHSMToken, cloudhsm_shim: CloudHSMShim
-) -> None:
+def _selftest_cli(
+    softhsm_token: SoftHSMToken, label: str, shim: CloudHSMShim | None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
     env.update(
-        COFRE_HSM__TOKEN_LABEL=softhsm_token.label,
+        COFRE_HSM__TOKEN_LABEL=label,
         COFRE_HSM__PIN=softhsm_token.user_pin,
         COFRE_HSM__SOFTHSM_CONF=str(softhsm_token.conf),
     )
-    if backend == "cloudhsm-shim":
-        env.update(cloudhsm_shim.env())
-        env["COFRE_HSM__LIBRARY"] = str(cloudhsm_shim.library)
-        env["COFRE_HSM__TOKEN_LABEL"] = softhsm_token.label + "-shim"
-    result = subprocess.run(
+    if shim is not None:
+        env.update(shim.env())
+        env["COFRE_HSM__LIBRARY"] = str(shim.library)
+    return subprocess.run(
         [sys.executable, "-m", "cofre_cli", "hsm", "selftest", "--json", "--count", "5"],
         env=env,
         capture_output=True,
@@ -55,6 +55,17 @@ def test_cli_selftest_json(
         timeout=120,
         check=False,
     )
+
+
+@pytest.mark.parametrize("backend", ["softhsm2", "cloudhsm-shim"])
+def test_cli_selftest_json(
+    backend: str, softhsm_token: SoftHSMToken, cloudhsm_shim: CloudHSMShim
+) -> None:
+    # A token not yet initialised: the selftest runs before `cofre hsm init`.
+    label = f"{softhsm_token.label}-{'sts' if backend == 'cloudhsm-shim' else 'sth'}"
+    init_softhsm_token(softhsm_token.conf, label, softhsm_token.so_pin, softhsm_token.user_pin)
+    shim = cloudhsm_shim if backend == "cloudhsm-shim" else None
+    result = _selftest_cli(softhsm_token, label, shim)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["passed"] is True
@@ -63,3 +74,17 @@ def test_cli_selftest_json(
     )
     assert report["wrap_mechanism"] == expected
     assert softhsm_token.user_pin not in result.stdout + result.stderr
+
+
+def test_the_selftest_refuses_a_token_in_service(
+    softhsm_token: SoftHSMToken, hsm_provider: HSMProvider
+) -> None:
+    """Review 34: run on the token a vault serves from, its temporary keys were keys the
+    registry did not know, and every node's /readyz failed while it ran."""
+    before = {k.label for k in hsm_provider.list_keys()}
+    with pytest.raises(HSMTokenInService):
+        refuse_serving_token(hsm_provider)
+    result = _selftest_cli(softhsm_token, softhsm_token.label, None)
+    assert result.returncode == 1
+    assert "error [hsm_token_in_service]" in result.stderr
+    assert {k.label for k in hsm_provider.list_keys()} == before
