@@ -6,6 +6,7 @@ IN PCI SCOPE (wiring).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import logging
@@ -17,7 +18,7 @@ import structlog
 
 from api.balance import Counts, WorkerLoads
 from api.health import build_health_server
-from api.lifecycle import run_until_stopped
+from api.lifecycle import claim_port, run_until_stopped
 from api.metrics import start_metrics_listener
 from api.observability import (
     Telemetry,
@@ -75,13 +76,14 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
     )
     for name in allowed:
         _log.warning("INSECURE setting in effect", setting=f"COFRE_INSECURE__{name.upper()}")
-    if workers == 1:
-        serve_worker(settings, None, migrate_schema=migrate_schema)
-        return
-    if migrate_schema:
-        # Once, here, before the workers open the store.
-        open_database(settings, run_migrations=True).dispose()
-    status = run_workers(settings, workers, serve_worker)
+    with contextlib.closing(claim_port(settings.server.host, settings.server.port)):
+        if workers == 1:
+            serve_worker(settings, None, migrate_schema=migrate_schema)
+            return
+        if migrate_schema:
+            # Once, here, before the workers open the store.
+            open_database(settings, run_migrations=True).dispose()
+        status = run_workers(settings, workers, serve_worker)
     if status:
         raise SystemExit(status)
 

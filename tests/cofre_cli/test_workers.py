@@ -451,3 +451,23 @@ def test_a_worker_whose_event_loop_is_stuck_is_not_stamped_ready(
         if worker.is_alive():
             worker.kill()
             worker.join(10)
+
+
+def test_a_second_node_on_the_same_port_is_refused(
+    tmp_path: Path, softhsm_token: SoftHSMToken
+) -> None:
+    """Review 34: workers bind with SO_REUSEPORT, so a second `cofre serve` of the same
+    user on the same port started too, and the kernel split the connections between two
+    vaults with different stores (20 tokens in each of 40). It now stops at once."""
+    first = make_vault(tmp_path / "a", softhsm_token, None)
+    second = make_vault(tmp_path / "b", softhsm_token, None, port=first.port)
+    for vault in (first, second):
+        vault.env["COFRE_SERVER__WORKERS"] = "2"
+    first.start()
+    try:
+        assert second.cofre("db", "migrate").returncode == 0
+        result = second.cofre("serve")
+    finally:
+        first.stop()
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{first.port}" in result.stderr + result.stdout
