@@ -4,10 +4,13 @@ kubernetes-validate, then held to the properties the vault's lifecycle relies on
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import subprocess
 import sys
 import tomllib
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,56 @@ def test_dockerfile_is_slim_debian_non_root_and_hash_pinned() -> None:
     assert "--require-hashes" in "\n".join(lines)
     assert not any(line.startswith("ADD ") for line in lines)
     assert 'ENTRYPOINT ["cofre"]' in lines
+
+
+def _build_stage() -> list[str]:
+    """The build stage's instructions, continuation lines joined."""
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines()]
+    start = lines.index("FROM debian:bookworm-slim AS build")
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("FROM "))
+    return lines[start + 1 : end]
+
+
+def _first_party_imports(package: Path, first_party: set[str]) -> set[str]:
+    names: set[str] = set()
+    for module in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names & first_party
+
+
+def test_the_image_copies_and_installs_every_package_the_vault_imports() -> None:
+    """Every first-party package a shipped package imports is in the image: a package of
+    this distribution is copied before `pip install .`, one of another distribution of
+    this repository (verifier/) is copied and installed too (review 34: the image could
+    not start, audit/ imports cofre_evidence_verifier and witness/ was never copied)."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    first_party = set(pyproject["tool"]["importlinter"]["root_packages"])
+    shipped = {
+        d.name
+        for d in ROOT.iterdir()
+        if (d / "__init__.py").is_file() and any(fnmatch(d.name, p) for p in include)
+    }
+    build = _build_stage()
+    copied = {m[1]: m[2] for line in build if (m := re.fullmatch(r"COPY (\S+) \./(\S*)", line))}
+    installs = [line for line in build if "pip install" in line and "-r " not in line]
+    installed = {word for line in installs for word in line.split() if word.startswith(".")}
+    assert "." in installed
+    imported = set().union(*(_first_party_imports(ROOT / name, first_party) for name in shipped))
+    assert {"cofre", "witness", "cofre_evidence_verifier"} <= imported
+    for name in sorted(imported):
+        if name in shipped:
+            assert copied.get(name) == name, f"the Dockerfile does not COPY {name}"
+            continue
+        (source,) = ROOT.glob(f"*/src/{name}/__init__.py")
+        distribution = source.parents[2].name
+        assert copied.get(distribution) == distribution, f"no COPY {distribution} ({name})"
+        assert f"./{distribution}" in installed, f"{distribution} ({name}) is not installed"
 
 
 @pytest.mark.parametrize("version", VERSIONS)
