@@ -56,6 +56,9 @@ _log = structlog.get_logger("cofre.workers")
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max ..."
+# cgroup v1 (still the default of some node images): cpu.cfs_quota_us ("-1": no limit)
+# and cpu.cfs_period_us in the cpu controller's directory.
+_CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 # Each worker runs its own readiness check this often, and a worker whose last passing
 # check is older than STALE_SECONDS makes the whole node unready. The probe in
 # deploy/k8s looks every 5 s and acts on two failures, so a stuck worker takes the pod
@@ -248,19 +251,31 @@ class NodeReadiness:
             _log.info("every worker of this node ready again")
 
 
-def worker_count(settings: Settings, cgroup: Path = _CGROUP_CPU_MAX) -> int:
+def worker_count(
+    settings: Settings, cgroup: Path = _CGROUP_CPU_MAX, cgroup_v1: Path = _CGROUP_V1_CPU
+) -> int:
     """``server.workers``, or the CPU cores this process may run on: its affinity, capped
-    by its cgroup's CPU quota (a pod limited to 2 CPUs on a 64-core host gets 2)."""
+    by its cgroup's CPU quota (a pod limited to 2 CPUs on a 64-core host gets 2), read
+    from cgroup v2's `cgroup` file, else from cgroup v1's `cgroup_v1` directory. With no
+    quota (a pod with no CPU limit) that is every core of the host: set `server.workers`."""
     if settings.server.workers is not None:
         return settings.server.workers
-    cores = len(os.sched_getaffinity(0))
+    cores = max(1, len(os.sched_getaffinity(0)))
     try:
         quota, period = cgroup.read_text(encoding="ascii").split()[:2]
     except (OSError, ValueError):
-        return max(1, cores)
-    if quota == "max":
-        return max(1, cores)
-    return max(1, min(cores, math.ceil(int(quota) / int(period))))
+        try:
+            quota = (cgroup_v1 / "cpu.cfs_quota_us").read_text(encoding="ascii").strip()
+            period = (cgroup_v1 / "cpu.cfs_period_us").read_text(encoding="ascii").strip()
+        except OSError:
+            return cores
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except ValueError:  # v2's "max", or a file this code does not understand
+        return cores
+    if quota_us <= 0 or period_us <= 0:  # v1's "-1": no limit
+        return cores
+    return max(1, min(cores, math.ceil(quota_us / period_us)))
 
 
 Target = Callable[[Settings, int, Stamps, Counts], None]

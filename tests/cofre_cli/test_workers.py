@@ -45,9 +45,10 @@ def test_the_default_is_one_worker_per_core_and_the_setting_wins(tmp_path: Path)
     cores = len(os.sched_getaffinity(0))
     unlimited = tmp_path / "cpu.max"
     unlimited.write_text("max 100000\n")
-    assert worker_count(Settings(), unlimited) == cores
-    assert worker_count(Settings(), tmp_path / "no-cgroup-v2") == cores
-    assert worker_count(Settings(server={"workers": 3}), unlimited) == 3
+    no_v1 = tmp_path / "no-cgroup-v1"
+    assert worker_count(Settings(), unlimited, no_v1) == cores
+    assert worker_count(Settings(), tmp_path / "no-cgroup-v2", no_v1) == cores
+    assert worker_count(Settings(server={"workers": 3}), unlimited, no_v1) == 3
 
 
 def test_the_workers_option_overrides_the_setting() -> None:
@@ -63,6 +64,26 @@ def test_the_default_follows_the_cgroup_cpu_quota(tmp_path: Path) -> None:
     assert worker_count(Settings(), quota) == 1
     quota.write_text(f"{100000 * 64} 100000\n")  # more than the cores: the cores
     assert worker_count(Settings(), quota) == len(os.sched_getaffinity(0))
+
+
+def test_the_default_follows_a_cgroup_v1_cpu_quota(tmp_path: Path) -> None:
+    """With no cgroup v2 `cpu.max` (a v1 node), the cpu controller's CFS quota caps the
+    count, and "-1" (no limit) leaves every core (review 34)."""
+    cores = len(os.sched_getaffinity(0))
+    v1 = tmp_path / "cpu"
+    v1.mkdir()
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    (v1 / "cpu.cfs_quota_us").write_text("50000\n")  # half a CPU: still one worker
+    assert worker_count(Settings(), tmp_path / "no-cpu.max", v1) == 1
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert worker_count(Settings(), tmp_path / "no-cpu.max", v1) == cores
+    (v1 / "cpu.cfs_quota_us").write_text(f"{100000 * 64}\n")
+    assert worker_count(Settings(), tmp_path / "no-cpu.max", v1) == cores
+    # v2 wins where both exist (a hybrid host).
+    v2 = tmp_path / "cpu.max"
+    v2.write_text("max 100000\n")
+    (v1 / "cpu.cfs_quota_us").write_text("50000\n")
+    assert worker_count(Settings(), v2, v1) == cores
 
 
 def _children(pid: int) -> list[int]:
@@ -267,7 +288,7 @@ def test_a_stuck_worker_makes_the_health_probe_fail_on_every_worker(
         _until_ready(url)
         answers = [_probe(url) for _ in range(8)]
         assert all(a is not None and a[0] == 200 for a in answers), answers
-        assert all(a[1]["checks"]["workers"] == "ok" for a in answers if a)  # type: ignore[index]
+        assert all(a[1]["checks"]["workers"] == "2 of 2 ready" for a in answers if a)  # type: ignore[index]
         os.kill(workers[1], signal.SIGSTOP)  # stuck: it neither answers nor beats
         try:
             deadline = time.monotonic() + 30
