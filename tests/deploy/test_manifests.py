@@ -5,6 +5,7 @@ kubernetes-validate, then held to the properties the vault's lifecycle relies on
 from __future__ import annotations
 
 import ast
+import math
 import os
 import re
 import subprocess
@@ -27,6 +28,8 @@ TARGETS = ["base", "overlays/staging", "overlays/production"]
 # The oldest Kubernetes the manifests promise (the native preStop `sleep` is beta and on
 # by default from 1.30) and the newest the schemas ship.
 VERSIONS = ["1.30.0", "1.37.0"]
+# A worker's memory budget: ~120 MiB RSS measured after load (review 34), doubled.
+WORKER_MEMORY_MIB = 256
 
 
 def _objects(target: str) -> dict[str, dict[str, Any]]:
@@ -150,6 +153,37 @@ def test_deployment_drains_and_probes_as_the_vault_expects(target: str) -> None:
     assert objects["PodDisruptionBudget/cofre"]["spec"]["selector"]["matchLabels"] == selector
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(server["metrics_port"])
+
+
+def _cpus(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def _mebibytes(quantity: str) -> int:
+    units = {"Mi": 1, "Gi": 1024}
+    return int(quantity[:-2]) * units[quantity[-2:]]
+
+
+def _workers(vault: dict[str, Any]) -> int:
+    env = {e["name"]: e.get("value") for e in vault.get("env", [])}
+    return int(env["COFRE_SERVER__WORKERS"])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_worker_count_is_explicit_and_fits_the_pod(target: str) -> None:
+    """With no CPU limit the cgroup quota is "max" and the default worker count is every
+    core of the host (16+ workers against a 2 Gi limit, 20 database connections each:
+    review 34): the Deployment sets it, one worker per requested CPU, within the memory
+    limit."""
+    objects = _objects(target)
+    (vault,) = pod_spec(objects["Deployment/cofre"])["containers"]
+    workers = _workers(vault)
+    resources = vault["resources"]
+    assert workers == math.ceil(_cpus(resources["requests"]["cpu"]))
+    if "cpu" in resources["limits"]:
+        assert workers <= math.ceil(_cpus(resources["limits"]["cpu"]))
+    # The supervisor holds no key and little memory; count it as a worker anyway.
+    assert _mebibytes(resources["limits"]["memory"]) >= (workers + 1) * WORKER_MEMORY_MIB
 
 
 @pytest.mark.parametrize("target", TARGETS)
