@@ -134,10 +134,9 @@ def test_deployment_drains_and_probes_as_the_vault_expects(target: str) -> None:
     pod = pod_spec(deployment)
     (vault,) = pod["containers"]
     ports = {p["name"]: p["containerPort"] for p in vault["ports"]}
-    assert ports == {
+    assert {k: v for k, v in ports.items() if not k.startswith("metrics")} == {
         "mtls": server["port"],
         "health": server["health_port"],
-        "metrics": server["metrics_port"],
     }
     for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
         assert vault[probe]["httpGet"] == {"path": path, "port": "health"}
@@ -151,8 +150,6 @@ def test_deployment_drains_and_probes_as_the_vault_expects(target: str) -> None:
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert anti["labelSelector"]["matchLabels"] == selector
     assert objects["PodDisruptionBudget/cofre"]["spec"]["selector"]["matchLabels"] == selector
-    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == str(server["metrics_port"])
 
 
 def _cpus(quantity: str) -> float:
@@ -184,6 +181,38 @@ def test_the_worker_count_is_explicit_and_fits_the_pod(target: str) -> None:
         assert workers <= math.ceil(_cpus(resources["limits"]["cpu"]))
     # The supervisor holds no key and little memory; count it as a worker anyway.
     assert _mebibytes(resources["limits"]["memory"]) >= (workers + 1) * WORKER_MEMORY_MIB
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_worker_metrics_port_is_declared_and_reachable(target: str) -> None:
+    """Worker N serves /metrics on metrics_port + N: each is a named container port (one
+    scrape target each) and the monitoring namespace may reach it (review 34: only
+    worker 0's was)."""
+    objects = _objects(target)
+    metrics = _config(objects)["server"]["metrics_port"]
+    (vault,) = pod_spec(objects["Deployment/cofre"])["containers"]
+    workers = _workers(vault)
+    declared = {p["name"]: p["containerPort"] for p in vault["ports"]}
+    expected = {"metrics" if n == 0 else f"metrics-{n}": metrics + n for n in range(workers)}
+    assert {k: v for k, v in declared.items() if k.startswith("metrics")} == expected
+    ingress = objects["NetworkPolicy/cofre"]["spec"]["ingress"]
+    (monitoring,) = [
+        rule
+        for rule in ingress
+        if any(
+            peer.get("namespaceSelector", {})
+            .get("matchLabels", {})
+            .get("kubernetes.io/metadata.name")
+            == "monitoring"
+            for peer in rule.get("from", [])
+        )
+    ]
+    allowed = [(p["port"], p.get("endPort", p["port"])) for p in monitoring["ports"]]
+    for port in expected.values():
+        assert any(low <= port <= high for low, high in allowed), port
+    annotations = objects["Deployment/cofre"]["spec"]["template"]["metadata"]["annotations"]
+    # One port annotation would collapse every worker's target onto worker 0's port.
+    assert "prometheus.io/port" not in annotations
 
 
 @pytest.mark.parametrize("target", TARGETS)
