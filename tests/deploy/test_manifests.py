@@ -237,6 +237,21 @@ def test_a_rollout_fits_one_vault_per_node(target: str) -> None:
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_the_api_is_open_to_the_adapter_tier_namespaces_only(target: str) -> None:
+    """A pod label anyone with a namespace can set is not enough (review 34): the mTLS
+    port also needs a namespace label that only cluster admins set (docs/operations.md)."""
+    objects = _objects(target)
+    ingress = objects["NetworkPolicy/cofre"]["spec"]["ingress"]
+    (api,) = [rule for rule in ingress if any(p["port"] == 8443 for p in rule["ports"])]
+    assert api["from"]
+    for peer in api["from"]:
+        namespaces = peer["namespaceSelector"]["matchLabels"]
+        assert namespaces == {"cofre.dev/adapter-tier": "true"}
+        assert peer["podSelector"]["matchLabels"] == {"cofre.dev/client": "true"}
+    assert "`cofre.dev/adapter-tier`" in (ROOT / "docs" / "operations.md").read_text()
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_pods_are_locked_down(target: str) -> None:
     objects = _objects(target)
     for name in ("Deployment/cofre", "Job/cofre-migrate"):
