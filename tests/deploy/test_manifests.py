@@ -5,6 +5,7 @@ kubernetes-validate, then held to the properties the vault's lifecycle relies on
 from __future__ import annotations
 
 import ast
+import ipaddress
 import math
 import os
 import re
@@ -249,6 +250,37 @@ def test_the_api_is_open_to_the_adapter_tier_namespaces_only(target: str) -> Non
         assert namespaces == {"cofre.dev/adapter-tier": "true"}
         assert peer["podSelector"]["matchLabels"] == {"cofre.dev/client": "true"}
     assert "`cofre.dev/adapter-tier`" in (ROOT / "docs" / "operations.md").read_text()
+
+
+def _egress_443(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        rule
+        for rule in policy["egress"]
+        if any(p["port"] <= 443 <= p.get("endPort", p["port"]) for p in rule["ports"])
+    ]
+
+
+def _allows(rules: list[dict[str, Any]], address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    for rule in rules:
+        for peer in rule["to"]:
+            block = peer.get("ipBlock")
+            if block is None or ip not in ipaddress.ip_network(block["cidr"]):
+                continue
+            if not any(ip in ipaddress.ip_network(e) for e in block.get("except", [])):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_relays_and_witnesses_reach_outside_hosts_on_443(target: str) -> None:
+    """The relay calls public acquirer hosts and witnesses belong to other parties: 443
+    must reach outside the cluster (review 34: only the VPC's range was allowed), but not
+    the node's metadata service nor another private range."""
+    rules = _egress_443(_objects(target)["NetworkPolicy/cofre"]["spec"])
+    assert _allows(rules, "93.184.215.14")  # any public address
+    for private in ("169.254.169.254", "172.20.0.10", "192.168.1.1", "100.64.0.1"):
+        assert not _allows(rules, private), private
 
 
 @pytest.mark.parametrize("target", TARGETS)
