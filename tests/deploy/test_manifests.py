@@ -284,6 +284,24 @@ def test_relays_and_witnesses_reach_outside_hosts_on_443(target: str) -> None:
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_exports_stage_on_disk_of_a_documented_size(target: str) -> None:
+    """An evidence export stages about twice a 31-day bundle in $TMPDIR: a 64 Mi memory
+    emptyDir could not hold it and counted against the memory limit (review 34)."""
+    pod = pod_spec(_objects(target)["Deployment/cofre"])
+    (vault,) = pod["containers"]
+    tmp = "/tmp"  # noqa: S108 - the path the pod mounts, not a file this test writes
+    (mount,) = [m for m in vault["volumeMounts"] if m["mountPath"] == tmp]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert "medium" not in volume["emptyDir"]  # disk, not the pod's memory
+    size = volume["emptyDir"]["sizeLimit"]
+    # Twice the 1 GiB a verifier accepts for a whole bundle (docs/auditor-guide.md).
+    assert _mebibytes(size) >= 2 * 1024
+    requests = vault["resources"]["requests"]
+    assert _mebibytes(requests["ephemeral-storage"]) >= _mebibytes(size)
+    assert f"`sizeLimit: {size}`" in (ROOT / "docs" / "operations.md").read_text()
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_pods_are_locked_down(target: str) -> None:
     objects = _objects(target)
     for name in ("Deployment/cofre", "Job/cofre-migrate"):
