@@ -8,6 +8,7 @@ production HSM (see docs/key-ceremony.md for CloudHSM).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 from dataclasses import dataclass
@@ -107,12 +108,24 @@ def ensure_dev_environment(data_dir: Path, port: int = 8443) -> DevEnvironment:
     Raises `hsm.errors.HSMUnavailable` when softhsm2-util is missing or fails.
     """
     data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # One set-up at a time (review 34: three first runs at once made two officer-alice
+    # tokens, and every later run failed on "more than one token labelled"). The lock
+    # is released when its file is closed, however the process ends.
+    lock = os.open(data_dir / ".setup-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure(data_dir, port)
+    finally:
+        os.close(lock)
+
+
+def _ensure(data_dir: Path, port: int) -> DevEnvironment:
     hsm_dir = data_dir / "hsm"
     config_file = data_dir / CONFIG_NAME
     conf = hsm_dir / "softhsm2.conf"
     user_pin_file = hsm_dir / "user-pin"
     created = not user_pin_file.is_file()
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if created:
         hsm_dir.mkdir(exist_ok=True, mode=0o700)
         write_softhsm_conf(conf, hsm_dir / "tokens")

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,16 @@ def test_dev_officers_get_their_own_tokens(tmp_path: Path) -> None:
     # A second run of the dev environment creates nothing and keeps the keys.
     again = ensure_dev_environment(tmp_path / "dev", port=18443)
     assert load_policy(again.data_dir / "policy.toml").policy == policy
+
+
+@pytest.mark.hsm
+def test_first_runs_at_once_set_up_one_environment(tmp_path: Path) -> None:
+    """Review 34: three first `cofre dev` runs at once made two officer-alice tokens,
+    and every later run failed on "more than one token labelled 'officer-alice'"."""
+    data_dir = tmp_path / "dev"
+    with ThreadPoolExecutor(3) as pool:
+        runs = [pool.submit(ensure_dev_environment, data_dir, 18443) for _ in range(3)]
+        made = [run.result() for run in runs]
+    assert sum(env.created for env in made) == 1
+    again = ensure_dev_environment(data_dir, port=18443)  # raised before
+    assert not again.created
