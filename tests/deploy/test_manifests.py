@@ -273,6 +273,15 @@ def _allows(rules: list[dict[str, Any]], address: str) -> bool:
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_the_health_port_is_left_to_the_node(target: str) -> None:
+    """Review 34: any pod of any namespace could reach the unauthenticated health port;
+    the kubelet's probes come from the node, which a NetworkPolicy always allows."""
+    for rule in _objects(target)["NetworkPolicy/cofre"]["spec"]["ingress"]:
+        assert rule.get("from"), f"a rule open to every pod: {rule}"
+        assert all(p["port"] != 8080 for p in rule.get("ports", [])), rule
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_relays_and_witnesses_reach_outside_hosts_on_443(target: str) -> None:
     """The relay calls public acquirer hosts and witnesses belong to other parties: 443
     must reach outside the cluster (review 34: only the VPC's range was allowed), but not
