@@ -25,6 +25,7 @@ import socket
 import threading
 from collections.abc import Callable, Generator
 from ssl import SSLContext
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
@@ -45,6 +46,9 @@ _log = structlog.get_logger("cofre.lifecycle")
 # (`api.routes._offload.drain`): their commits, then their refusals' audit entries.
 LEFT_CALLS_SECONDS: Final = 10.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Stop and reload signals that arrived before `run_until_stopped` took them over, in
+# order (`defer_signals`).
+_deferred: list[signal.Signals] = []
 
 
 class Readiness:
@@ -194,6 +198,29 @@ def claim_port(host: str, port: int) -> socket.socket:
     return claim
 
 
+def defer_signals() -> None:
+    """Record SIGTERM, SIGINT and SIGHUP from now until `run_until_stopped` takes them
+    over, then unblock them (a worker is started with them blocked,
+    `cofre_cli.workers`): a stop that arrives while the process builds its runtime is
+    acted on once it would serve (it stops without serving), a reload is done then.
+    Their default action would have killed the process half-started (review 34). A
+    second stop signal before then ends the process at once, as during the drain."""
+
+    def record(signum: int, _frame: FrameType | None) -> None:
+        if signum in STOP_SIGNALS and any(early in STOP_SIGNALS for early in _deferred):
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        _deferred.append(signal.Signals(signum))
+
+    for signum in _HELD_SIGNALS:
+        signal.signal(signum, record)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
+
+
+_HELD_SIGNALS: Final = (*STOP_SIGNALS, signal.SIGHUP)
+
+
 def run_until_stopped(
     api: ManagedServer,
     health: ManagedServer | None,
@@ -280,12 +307,16 @@ async def _serve(
         loop.add_signal_handler(signum, on_signal, signum)
     if on_reload is not None:
         loop.add_signal_handler(signal.SIGHUP, on_hangup, on_reload)
+    stopped_early = _replay_deferred(on_hangup, on_reload)
     health_task = (
-        loop.create_task(health.serve(sockets=health.sockets)) if health is not None else None
+        loop.create_task(health.serve(sockets=health.sockets))
+        if health is not None and not stopped_early
+        else None
     )
     try:
-        await api.serve(sockets=api.sockets)
-        _log.info("api listener stopped", forced=api.force_exit)
+        if not stopped_early:
+            await api.serve(sockets=api.sockets)
+            _log.info("api listener stopped", forced=api.force_exit)
     finally:
         readiness.begin_drain()
         if health is not None and health_task is not None:
@@ -297,3 +328,22 @@ async def _serve(
             loop.remove_signal_handler(signal.SIGHUP)
         if api.crl_watcher is not None:
             api.crl_watcher.stop()
+
+
+def _replay_deferred(
+    on_hangup: Callable[[Callable[[], object]], None], on_reload: Callable[[], object] | None
+) -> bool:
+    """Act on the signals `defer_signals` recorded (the loop's handlers now take new
+    ones): returns whether a stop arrived (the process then stops without serving);
+    else a reload asked meanwhile is done now (what start-up read may predate it)."""
+    deferred = list(_deferred)
+    _deferred.clear()
+    stops = [signum.name for signum in deferred if signum in STOP_SIGNALS]
+    if stops:
+        _log.info("stop asked during start: stopping without serving", signal=stops[0])
+        return True
+    if signal.SIGHUP in deferred:
+        _log.info("reload asked during start: reloading now", signal="SIGHUP")
+        if on_reload is not None:
+            on_hangup(on_reload)
+    return False

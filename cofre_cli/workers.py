@@ -15,9 +15,12 @@ to integrate.
 
 This process, the supervisor, holds no key, opens no session and serves nothing. It
 forwards SIGTERM and SIGINT (each worker drains as a single process does; a second
-signal forces) and SIGHUP (reload) to every worker. A worker that ends on its own stops
-the others and the supervisor exits with its status: the orchestrator restarts the node
-whole rather than leave it running short.
+signal forces) and SIGHUP (reload) to every worker. A stop that arrives while it is
+still starting workers starts no more and reaches every worker started; a worker
+holds the signals it gets before it serves (`api.lifecycle.defer_signals`): a stop
+then ends it without serving, a reload is done once it serves. A worker that ends on
+its own stops the others and the supervisor exits with its status: the orchestrator
+restarts the node whole rather than leave it running short.
 
 Readiness is the node's, not one worker's (`NodeReadiness`): a probe on the shared
 health port reaches whichever worker the kernel picks, so each worker answers ready only
@@ -41,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import wait
+from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
 from typing import Final, Protocol
@@ -49,6 +53,7 @@ import structlog
 
 from api.balance import Counts, node_counts
 from api.errors import Draining, WorkerUnready
+from api.lifecycle import defer_signals
 from cofre.background import LoopHealth
 from cofre.settings import Settings
 
@@ -289,6 +294,9 @@ def _worker(
     loads: Counts,
     supervisor: int,
 ) -> None:
+    # First: the supervisor started this process with the stop and reload signals
+    # blocked; from here they are recorded, and acted on once it serves.
+    defer_signals()
     _die_with(supervisor)
     # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which
     # forwards one SIGTERM; two signals would force the worker out mid-request.
@@ -326,23 +334,30 @@ def run_workers(settings: Settings, count: int, target: Target) -> int:
         )
         for i in range(count)
     ]
-    stopping = False
+    stops = 0  # stop signals received (each forwarded to every worker once)
+    told = [0] * count  # of them, sent to each worker so far
+
+    def tell_workers() -> None:
+        for index, process in enumerate(processes):
+            while process.pid is not None and process.exitcode is None and told[index] < stops:
+                told[index] += 1
+                os.kill(process.pid, signal.SIGTERM)
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        if signum != signal.SIGHUP:
-            stopping = True
-        for process in processes:
-            if process.pid is not None and process.exitcode is None:
-                os.kill(process.pid, signal.SIGTERM if signum == signal.SIGINT else signum)
+        nonlocal stops
+        if signum == signal.SIGHUP:
+            for process in processes:
+                if process.pid is not None and process.exitcode is None:
+                    os.kill(process.pid, signal.SIGHUP)
+            return
+        stops += 1
+        tell_workers()
 
     previous = {signum: signal.signal(signum, forward) for signum in _FORWARDED}
     status = 0
     try:
-        for process in processes:
-            process.start()
-        _log.info("workers started", workers=count, pids=[p.pid for p in processes])
-        running = list(processes)
+        running = _start(processes, lambda: stops > 0)
+        tell_workers()  # a stop that arrived while the last one started
         while running:
             wait([p.sentinel for p in running])
             for process in [p for p in running if p.exitcode is not None]:
@@ -350,7 +365,7 @@ def run_workers(settings: Settings, count: int, target: Target) -> int:
                 code = process.exitcode or 0
                 if code != 0 and status == 0:
                     status = code if code > 0 else 128 - code
-                if not stopping:
+                if not stops:
                     _log.error(
                         "a worker ended on its own: stopping the node",
                         worker=process.name,
@@ -362,3 +377,31 @@ def run_workers(settings: Settings, count: int, target: Target) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return status
+
+
+def _start(processes: list[SpawnProcess], stopping: Callable[[], bool]) -> list[SpawnProcess]:
+    """Start `processes` in order until `stopping()`; return those started. Each starts
+    with the forwarded signals blocked, here and in the child it spawns (a child
+    inherits its parent's signal mask across the exec): a signal for the node waits in
+    this process until the worker's pid is known, and in the worker until it has its
+    handlers (`api.lifecycle.defer_signals`, `_worker`). Without, a SIGTERM or SIGHUP
+    reaching a worker still importing killed it by the signal's default action (143 or
+    129 for the node), and a worker started after a stop never heard of it (review 34)."""
+    started: list[SpawnProcess] = []
+    for process in processes:
+        if stopping():
+            _log.warning(
+                "stop asked while the workers start: no more are started",
+                started=len(started),
+                workers=len(processes),
+            )
+            break
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        started.append(process)
+    else:
+        _log.info("workers started", workers=len(processes), pids=[p.pid for p in processes])
+    return started
