@@ -190,7 +190,7 @@ class TLSListener:
         suspended: list[bool] = []
         marker = self._loop.call_soon(suspended.append, True)
         try:
-            await self._loop.connect_accepted_socket(
+            transport, _ = await self._loop.connect_accepted_socket(
                 self._factory, conn, ssl=self._context, ssl_handshake_timeout=self._timeout
             )
         except asyncio.CancelledError:
@@ -199,12 +199,16 @@ class TLSListener:
             if not suspended:
                 conn.close()
             self._report(exc, peer)
+            return
         finally:
             marker.cancel()
+        if not self._serving:
+            _closing_late(transport)
 
     def close(self) -> None:
-        """Stop accepting; established connections and handshakes under way go on, as
-        with asyncio's own server."""
+        """Stop accepting; established connections go on, as with asyncio's own server.
+        A handshake under way goes on too, but its connection is then shut down as the
+        server's shutdown did the others (`_closing_late`)."""
         if not self._serving:
             return
         self._serving = False
@@ -219,3 +223,19 @@ class TLSListener:
 
     async def wait_closed(self) -> None:
         return None
+
+
+def _closing_late(transport: asyncio.BaseTransport) -> None:
+    """Shut down a connection whose handshake ended after the listener closed: uvicorn's
+    shutdown told each connection it had then to close (``shutdown``: an idle one closes
+    at once, one with a request under way answers it with ``Connection: close``), and
+    this one it never saw. Served keep-alive, it held the drain to its timeout, and its
+    requests in flight at the deadline were cancelled with a plain-text 500 while the
+    vault committed them (review 34). A protocol without ``shutdown`` is closed. (The
+    app's protocol is the transport's: uvloop's ``connect_accepted_socket`` returns its
+    own TLS protocol with the transport, asyncio's the app's.)"""
+    shutdown = getattr(transport.get_protocol(), "shutdown", None)
+    if callable(shutdown):
+        shutdown()
+    else:
+        transport.close()

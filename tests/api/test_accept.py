@@ -6,13 +6,14 @@ listener's thread, the test servers): real sockets, real TLS, the dev PKI.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import uvloop
@@ -200,6 +201,53 @@ def test_close_stops_accepting_and_closes_a_socket_it_owns(loop_name: str, pki: 
         assert listener.sockets[0].fileno() == -1
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", port)
+
+    _run(loop_name, body)
+
+
+class _Shutdown(_Echo):
+    """`_Echo` with uvicorn's protocols' ``shutdown`` (a server's shutdown calls it on
+    each connection): an idle connection closes."""
+
+    shut: ClassVar[list[_Shutdown]] = []
+
+    def shutdown(self) -> None:
+        type(self).shut.append(self)
+        self.transport.close()
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_a_handshake_that_ends_after_close_gets_its_connection_shut_down(
+    loop_name: str, pki: DevPKI
+) -> None:
+    """A connection accepted before the listener closed (a drain began) whose handshake
+    ends after: the server's shutdown never saw it, so the listener shuts it down as the
+    server did the others. Served keep-alive, it held the drain to its timeout and had
+    its last requests cancelled (review 34)."""
+
+    async def body() -> None:
+        _Shutdown.shut.clear()
+        loop = asyncio.get_running_loop()
+        listener = TLSListener(
+            loop,
+            listening_socket("127.0.0.1", 0),
+            _Shutdown,
+            _server_context(pki),
+            handshake_timeout=10.0,
+            report=lambda exc, peer: None,
+            owns_socket=True,
+        )
+        listener.start()
+        raw = socket.create_connection(("127.0.0.1", _port(listener)))  # no ClientHello yet
+        await _until(lambda: bool(listener._handshakes))  # accepted: handshaking
+        listener.close()
+        reader, writer = await asyncio.open_connection(
+            sock=raw, ssl=_client_context(pki, certificate=True), server_hostname="localhost"
+        )
+        await _until(lambda: len(_Shutdown.shut) == 1)
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            assert await reader.read() == b""  # closed by the server
+        writer.close()
 
     _run(loop_name, body)
 
