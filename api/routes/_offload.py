@@ -44,6 +44,9 @@ T = TypeVar("T")
 # token calls wait for their commit (`_begun`).
 THREADS: Final = 40
 _executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="cofre-vault-call")
+# Relays wait on their upstream (up to a route's timeout, 60 s): their own threads, so
+# a slow acquirer cannot starve the token calls.
+_relays = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="cofre-relay")
 _waiting = threading.BoundedSemaphore(THREADS)
 # The calls cancelled requests left, until finished (`_leave`, `drain`).
 _left: set[Future[None]] = set()
@@ -112,6 +115,20 @@ async def _answered(call: Callable[[], Pending[T]], *, here: bool) -> T:
             done = _tracked()
             finishing.add_done_callback(lambda _: done())
         raise
+
+
+async def kept(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`in_thread` for a call that must finish even when its request is cancelled (a
+    relay: the upstream may already have the card), on the relays' threads: counted by
+    `drain` from its submission until it returns, so a stopping worker releases the
+    vault (and the relay's HTTP clients) only after it, and its audit entry records
+    what the upstream answered. Review 34: a relay cut by the drain was recorded as
+    ``upstream_unavailable`` after the acquirer approved."""
+    context = contextvars.copy_context()
+    call = _relays.submit(functools.partial(context.run, function, *args, **kwargs))
+    done = _tracked()
+    call.add_done_callback(lambda _: done())  # run, failed, or cancelled still queued
+    return await asyncio.wrap_future(call)
 
 
 def _begun(begin: Callable[[], Pending[T]]) -> Pending[T]:
@@ -209,8 +226,9 @@ def _tracked() -> Callable[[], None]:
 
 def drain(timeout: float) -> None:
     """Wait up to `timeout` seconds for the calls cancelled requests left to finish
-    (their refusals' audit entries). Call it once the server stopped and before the
-    vault is released; what is left then is logged."""
+    (their refusals' audit entries) and for the relays still running (`kept`). Call it
+    once the server stopped and before the vault is released; what is left then is
+    logged."""
     deadline = time.monotonic() + timeout
     while True:
         with _left_lock:
