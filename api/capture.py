@@ -412,7 +412,6 @@ class _CaptureGuard:
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
         address = address_key(str((scope.get("client") or ("unknown",))[0]))
-        # A unit held while the request is in flight (review 35).
         spent, admitted = self.refusals.admit(address) if self.refusals else (None, NOTHING_HELD)
         if self.listener is not None and self.listener.is_spent(LISTENER_KEY):
             scope["state"]["quiet_refusals"] = True
@@ -424,10 +423,11 @@ class _CaptureGuard:
                     code = status["code"] = message["status"]
                     problem = scope["state"].get("problem_code")
                     admitted.release()
+                    held = spent  # or a refusal past the limit (`RefusalLimiter.charge`)
                     if self.refusals is not None and spent is None and charged(code, problem):
-                        self.refusals.charge(address)
+                        held = self.refusals.charge(address, hold=code >= 400 and not trail)
                     if code >= 400 and not trail:
-                        await self._audit_refusal(scope, code, request_id, address, spent)
+                        await self._audit_refusal(scope, code, request_id, address, held)
                     elif self.listener is not None and 400 <= code < 500:
                         # Written by the operation itself (a wrong secret, an unknown
                         # session): it spends the listener's budget all the same.
@@ -465,7 +465,7 @@ class _CaptureGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         length = headers.get("content-length", "")
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if not length.isdigit() or int(length) > MAX_BODY:
+        if not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY:
             return problem_for(
                 scope,
                 "payload_too_large",

@@ -119,11 +119,11 @@ class RequestGuard:
                 if message["type"] == "http.response.start":
                     status = status_holder["status"] = message["status"]
                     admitted.release()
-                    if spent is None:
-                        self._charge_refusal(scope, status)
-                    if audited and not trail and (spent is None or spent.audit):
+                    writes = audited and not trail
+                    held = spent or self._charge_refusal(scope, status, writes=writes)
+                    if writes and (held is None or held.audit):
                         written = await self._record_outcome(scope, status, request_id)
-                        if not written and spent is not None:
+                        if not written and held is not None:
                             self._count_held(scope)
                     message.setdefault("headers", [])
                     message["headers"] = [
@@ -229,17 +229,19 @@ class RequestGuard:
             return None, NOTHING_HELD
         return self.refusals.admit(key)
 
-    def _charge_refusal(self, scope: Scope, status: int) -> None:
+    def _charge_refusal(self, scope: Scope, status: int, *, writes: bool) -> Spent | None:
         """If the caller was refused for what its request was (`api.refusals.charged`),
-        or is a person whose every request counts, spend a unit of its bucket."""
+        or is a person whose every request counts, spend a unit of its bucket. A refusal
+        past the limit whose entry this guard `writes` is held (`RefusalLimiter.charge`):
+        the `Spent` then says whether its entry is written or counted."""
         if self.refusals is None or scope["path"] in UNAUDITED_PATHS:
-            return
+            return None
         if (key := _refusal_key(scope)) is None:
-            return
-        if charged(status, scope["state"].get("problem_code")) or (
-            self.refusals.spends_every_request(key)
-        ):
-            self.refusals.charge(key)
+            return None
+        refused = charged(status, scope["state"].get("problem_code"))
+        if refused or self.refusals.spends_every_request(key):
+            return self.refusals.charge(key, hold=refused and writes)
+        return None
 
     def _refused_too_often(self, scope: Scope, spent: Spent, request_id: str) -> Response:
         """The 429 for a caller whose refusal bucket is empty (`api.refusals`)."""
@@ -305,7 +307,7 @@ class RequestGuard:
             return None
         length = headers.get("content-length")
         if length is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):  # "²".isdigit(), int("²") raises
                 return problem_for(scope, "invalid_request", "bad Content-Length", request_id)
             if int(length) > limit:
                 return problem_for(

@@ -221,31 +221,26 @@ class RefusalLimiter:
             return self._held(key, bucket, lead - bucket.tolerance, now, note)
 
     def enter(self, key: str) -> Spent | None:
-        """`spent` for a request that arrives, which then holds a unit until `leave`:
-        requests in flight together may each end refused, so each needs a unit of its
-        own. Review 35: 60 requests whose bodies came only after all their heads were
-        read all passed a bucket of 2, since a unit was spent only at each answer."""
+        """`spent` for a request that arrives, which is then in flight until `leave`.
+        While the caller is in debt (refused within its limit's last units), each of
+        its requests in flight counts as a unit it may yet spend: review 35 sent 60
+        heads, then their malformed bodies, and all 60 passed a bucket of 2, since a
+        unit was spent only at each answer. A caller that is not in debt is not held
+        for its concurrency (review 36: a service at 80% of its rate behind a slow
+        upstream got 429s it had never earned); the first wave of a caller's refusals
+        is bounded at the answer instead (`charge`'s `hold`)."""
         held = self._in_flight.get(key, 0)
-        if not held and key not in self._buckets:
-            self._in_flight[key] = 1  # the hot path: alone, and never refused
-            return None
-        limit = self._limit_for(key)
-        if limit is None:
+        bucket = self._buckets.get(key)
+        if bucket is None:  # the hot path: never refused (or forgotten)
             self._in_flight[key] = held + 1
             return None
         now = self._clock()
         with self._lock:
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                interval = 1.0 / limit.per_second
-                bucket = _Bucket(now, interval, interval * limit.burst)
-            lead = max(bucket.tat, now) + (held + 1) * bucket.interval - now
+            waiting = held if bucket.tat > now else 0
+            lead = max(bucket.tat, now) + (waiting + 1) * bucket.interval - now
             if lead <= bucket.tolerance:
                 self._in_flight[key] = held + 1
                 return None
-            if key not in self._buckets:
-                self._buckets[key] = bucket
-                self._forget_beyond(self._max_callers)
             return self._held(key, bucket, lead - bucket.tolerance, now, None)
 
     def admit(self, key: str) -> tuple[Spent | None, Admission]:
@@ -301,12 +296,16 @@ class RefusalLimiter:
                 bucket.episode = _Episode(written_at=self._clock())
             bucket.episode.add(1, stamp, stamp)
 
-    def charge(self, key: str) -> None:
-        """`key` was answered a refusal: spend one unit (its next request may find the
-        bucket empty; a charge never refuses what it is charged for)."""
+    def charge(self, key: str, *, hold: bool = False) -> Spent | None:
+        """`key` was answered a refusal (or is a person, `every_request`): spend one unit
+        (its next request may find the bucket empty; a charge never refuses what it is
+        charged for). With `hold`, for a refusal whose entry the caller's guard is
+        about to write: if the unit was not there, the entry is held as a 429's would
+        be (the `Spent` returned: its own entry opens an episode, the rest counted),
+        so requests let in together cannot write more than the limit allows."""
         limit = self._limit_for(key)
         if limit is None:
-            return
+            return None
         interval = 1.0 / limit.per_second
         now = self._clock()
         with self._lock:
@@ -318,7 +317,11 @@ class RefusalLimiter:
                 self._buckets.move_to_end(key)
             # A policy reload takes effect at the next charge.
             bucket.interval, bucket.tolerance = interval, interval * limit.burst
+            lead = max(bucket.tat, now) + interval - now
             bucket.tat = max(bucket.tat, now) + interval
+            if hold and lead > bucket.tolerance:
+                return self._held(key, bucket, lead - bucket.tolerance, now, None)
+            return None
 
     def flush(self, *, everything: bool = False) -> None:
         """Write the counts that are due (`everything`: all, when the vault stops), one

@@ -246,7 +246,7 @@ def _status(sock: ssl.SSLSocket) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["httptools", "h11"])
-def test_requests_in_flight_together_each_need_a_unit(
+def test_requests_in_flight_together_write_at_most_their_limit(
     tmp_path: Path, hsm_provider: HSMProvider, protocol: str
 ) -> None:
     """Review 35: the bucket was looked at when a request's head arrived and spent only
@@ -272,10 +272,10 @@ def test_requests_in_flight_together_each_need_a_unit(
         for sock in socks:
             sock.close()
         during = _entries(vault, LIMITED)[before:]
-    refused_alone = [s for s in statuses if s != 429]
-    assert len(refused_alone) <= _allowed(0.5, 2, elapsed), statuses
-    # The refusals let in, and the first 429 of the episode.
-    assert len(during) <= len(refused_alone) + 1
+    # Let in together (the caller was not in debt), refused at their answers: the
+    # entries written are the limit's, and the first past it; the rest are counted.
+    assert set(statuses) <= {400, 429}, statuses
+    assert len(during) <= _allowed(0.5, 2, elapsed) + 1, len(during)
     assert _accounted(_entries(vault, LIMITED)[before:]) == sent
 
 
