@@ -94,6 +94,8 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "key_cryptoperiod_overdue": (503, "A key in use is past its cryptoperiod"),
     "hsm_mechanism_unsupported": (503, "The HSM lacks a mechanism the vault needs"),
     "hsm_key_not_extractable": (503, "The HSM refused to export a key"),
+    # `cofre hsm selftest` only: it refuses a token that already serves a vault.
+    "hsm_token_in_service": (409, "The HSM token already holds Cofre's keys"),
     "hsm_operation_failed": (503, "The HSM refused the operation"),
     "audit_error": (503, "The audit log failed"),
     "audit_verification_failed": (503, "The audit log does not verify"),
