@@ -531,13 +531,9 @@ class _CaptureGuard:
 def _refused_too_often(scope: Scope, spent: Spent, request_id: str) -> Response:
     """The 429 for a client address whose refusals passed its limit (`api.refusals`)."""
     scope["state"]["refusals_spent"] = True
-    return problem_for(
-        scope,
-        "rate_limited",
-        f"{_HELD_BACK}; retry after {spent.retry_after:.2f}s",
-        request_id,
-        {**_headers(), "Retry-After": retry_after_value(spent.retry_after)},
-    )
+    detail = f"{_HELD_BACK}; retry after {spent.retry_after:.2f}s"
+    headers = {**_headers(), "Retry-After": retry_after_value(spent.retry_after)}
+    return problem_for(scope, "rate_limited", detail, request_id, headers)
 
 
 def build_capture_server(
@@ -582,6 +578,7 @@ def build_capture_server(
         date_header=True,
         timeout_keep_alive=15,
         lifespan="off",
+        ws="none",  # an upgrade would pass the guard unaudited (review 36)
         # No forwarded header is trusted (uvicorn trusts X-Forwarded-For from loopback
         # by default): the client address is the TCP peer's, never text a caller chose.
         proxy_headers=False,

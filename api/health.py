@@ -133,6 +133,9 @@ def build_health_server(
         access_log=False,
         server_header=False,
         lifespan="off",
+        # No WebSocket: nothing here speaks it, and an upgrade would bypass the guard
+        # (no identity, no limit, no entry) or log an error per try (review 36).
+        ws="none",
         timeout_keep_alive=5,
         # A head within HEAD_SECONDS of the connection (or of the last answer); no
         # client certificates here, so no per-identity cap either.

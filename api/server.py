@@ -153,6 +153,9 @@ def build_server(
         date_header=True,
         timeout_keep_alive=30,
         lifespan="off",
+        # No WebSocket: nothing here speaks it, and an upgrade would bypass the guard
+        # (no identity, no limit, no entry) or log an error per try (review 36).
+        ws="none",
         timeout_graceful_shutdown=graceful_timeout,
         # No forwarded header is trusted (uvicorn trusts X-Forwarded-For from loopback
         # by default): the client address is the TCP peer's, never text a caller chose.

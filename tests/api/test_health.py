@@ -9,7 +9,7 @@ import asyncio
 import json
 from typing import Any
 
-from api.health import READY_CACHE_SECONDS, HealthApp
+from api.health import READY_CACHE_SECONDS, HealthApp, build_health_server
 from api.lifecycle import Readiness
 from vault.errors import StorageUnavailable
 
@@ -68,3 +68,10 @@ def test_a_probe_learns_check_names_and_codes_only() -> None:
     now[0] += READY_CACHE_SECONDS
     status, body = asyncio.run(_probe(app))
     assert (status, body) == (503, {"status": "unready", "code": "storage_unavailable"})
+
+
+def test_the_health_listener_speaks_no_websocket() -> None:
+    """Review 36: an upgrade reached the app as a websocket scope, which it never
+    completes: an ERROR line per try, from anyone who can reach the port."""
+    server = build_health_server(dict, Readiness(), "127.0.0.1", 1)
+    assert server.config.ws == "none"
