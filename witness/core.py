@@ -13,7 +13,11 @@ key must also have been pinned beforehand by the witness's operator (`cofre witn
 trust-key`, kept in the state), as transparency-dev witnesses pin each log's keys in
 their own configuration: the old audit key lives on the vault's HSM, so one holder of
 its PIN could sign a handover to a key of their own; a log's key change is a witness
-operator's decision, not the log's alone.
+operator's decision, not the log's alone. Every other checkpoint with a handover line is
+refused, unless it is the very handover the witness followed, submitted again (review
+36): a cosignature of a handover says the witness followed that key change, so one from
+another key to the key trusted now, or the retired key's handover moved to a later
+size, must not get one.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final
+from typing import Final, NoReturn
 
 from audit.errors import NoteError, ProofError
 from audit.merkle import EMPTY_ROOT, verify_consistency
@@ -34,6 +38,7 @@ from audit.note import (
     HANDOVER_EXTENSION,
     Checkpoint,
     CosignerKey,
+    Handover,
     VerifierKey,
     parse_checkpoint,
     parse_handover,
@@ -43,6 +48,7 @@ from audit.note import verify_note as verify_note_signatures
 from witness.errors import (
     CheckpointConflict,
     HandoverNotPinned,
+    HandoverRefused,
     InconsistentCheckpoint,
     NoValidSignature,
     OldSizeInvalid,
@@ -88,6 +94,17 @@ def parse_request(body: bytes) -> tuple[int, list[bytes], str]:
         except (binascii.Error, ValueError):
             raise RequestMalformed("a consistency proof line is not base64") from None
     return int(size_text), proof, note
+
+
+def _same_handover(one: Handover, other: Handover) -> bool:
+    """Whether `one` and `other` hand the same key over to the same key at the same tree
+    (signatures aside: a resubmission may carry them in another order)."""
+    return (
+        one.size == other.size
+        and one.checkpoint.root == other.checkpoint.root
+        and one.old == other.old
+        and one.new == other.new
+    )
 
 
 class Witness:
@@ -188,23 +205,32 @@ class Witness:
     def _check_handover(
         self, origin: str, note: str, checkpoint: Checkpoint, keys: list[VerifierKey]
     ) -> bool:
-        """Return True when `note` is a key handover this witness may follow: signed by
-        both keys it names, from a key the witness trusts now, to a key its operator
-        pinned. Return False for a plain checkpoint. Raises `NoValidSignature` for a
-        forged handover, `HandoverNotPinned` for one to a key the operator did not pin."""
+        """Return True when `note` is a key handover this witness may follow now: signed
+        by both keys it names, from the key the witness trusts now, to a key the log
+        never had and the witness's operator pinned. Return False for a plain checkpoint
+        and for the handover the witness followed already, submitted again (same size,
+        root, old and new key). Raises `NoValidSignature` for a forged handover,
+        `HandoverRefused` for any other handover (from a key not trusted now, or to a
+        key the log had before, the current one included), `HandoverNotPinned` for one to
+        a key the operator did not pin."""
         if not any(line.startswith(HANDOVER_EXTENSION + " ") for line in checkpoint.extensions):
             return False
         try:
             handover = parse_handover(note)
         except NoteError as exc:
             raise NoValidSignature(f"{origin}: {exc}") from None
-        if handover.new in keys:
-            return False  # taken already (submitted again): a checkpoint like any other
+        followed = [parse_handover(n) for n in self._state.handovers(origin)]
+        if any(_same_handover(handover, before) for before in followed):
+            return False  # the one it followed, submitted again: a checkpoint like any other
+        # Review 36: a handover's signatures and a trusted new key are not enough. A
+        # handover from another key to the key trusted now (a PIN holder's own key), or
+        # the retired key's handover to the current key at another size, would get a
+        # cosignature a verifier reads as the witness having followed that key chain.
         if handover.old not in keys:
-            raise NoValidSignature(
-                f"{origin}: the key handover at size {handover.size} starts from a key this "
-                "witness does not trust for the log"
-            )
+            self._refuse(origin, handover, "starts from a key this witness does not trust now")
+        had = [*self._logs[origin], *(h.old for h in followed), *(h.new for h in followed)]
+        if handover.new in had:
+            self._refuse(origin, handover, "hands over to a key the log had already")
         if not self._pinned(origin, handover.new):
             _log.error(
                 "REFUSED KEY HANDOVER: %s at size %d hands over to %s, a key this "
@@ -220,6 +246,23 @@ class Witness:
                 f"current key stays trusted. New key: {handover.new.encode()}"
             )
         return True
+
+    @staticmethod
+    def _refuse(origin: str, handover: Handover, reason: str) -> NoReturn:
+        """Log and raise `HandoverRefused` for `handover`, which `reason` describes."""
+        _log.error(
+            "REFUSED KEY HANDOVER: %s at size %d from %s to %s %s, and it is not the "
+            "handover this witness followed",
+            origin,
+            handover.size,
+            handover.old.encode(),
+            handover.new.encode(),
+            reason,
+        )
+        raise HandoverRefused(
+            f"{origin}: key handover at size {handover.size} refused: it {reason}, and it "
+            "is not the handover this witness followed; the current key stays trusted"
+        )
 
     def _pinned(self, origin: str, key: VerifierKey) -> bool:
         """Whether the operator pinned `key` for `origin` (compared as keys, not text)."""

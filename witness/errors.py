@@ -7,6 +7,8 @@ CofreError
     ├── UnknownLog              404  no log with this origin is configured
     ├── NoValidSignature        403  no valid signature by the log's key
     ├── HandoverNotPinned       403  a key handover to a key the operator did not pin
+    ├── HandoverRefused         403  a key handover not from the key trusted now, or
+    │                                to a key the log had before, and not the one followed
     ├── CheckpointConflict      409  the old size is not the last cosigned size
     ├── InconsistentCheckpoint  422  bad proof, same size other root, bad empty tree
     ├── WitnessStateFailed      500  the witness's own state file failed
@@ -51,6 +53,17 @@ class HandoverNotPinned(WitnessError):
     HSM PIN holder) must not be able to move the witness to a key of their choosing."""
 
     code = "witness_handover_not_pinned"
+    status = 403
+
+
+class HandoverRefused(WitnessError):
+    """A key handover that is neither the one the witness followed (submitted again) nor
+    a new one from the key it trusts now to a key the log never had (review 36): a PIN
+    holder's handover from their own key to the current one, or the retired key's
+    handover to the current key moved to a later size, would otherwise be cosigned and
+    make a verifier take a key chain the witness never followed."""
+
+    code = "witness_handover_refused"
     status = 403
 
 
