@@ -119,3 +119,14 @@ def test_without_handovers_the_pinned_key_signs_everything() -> None:
     chain = KeyChain.build([key.pem], [])
     assert chain.pem_for(1) == chain.pem_for(10**6) == key.pem
     assert chain.describe(5) == "the pinned audit key"
+
+
+def test_a_chain_back_to_a_key_it_had_is_refused() -> None:
+    """Review 36: K1->K2, K2->K1, K1->K2 links up, but it revives the retired K1 (and
+    hands K1 over to K2 twice): a rotation always introduces a fresh key."""
+    one, two = _Key(), _Key()
+    notes = [_handover(one, two, 10), _handover(two, one, 20), _handover(one, two, 30)]
+    with pytest.raises(NoteError, match="hands over to a key the chain had before"):
+        KeyChain.build([two.pem], notes)
+    with pytest.raises(NoteError, match="at size 20 hands over to a key the chain had"):
+        KeyChain.build([one.pem], notes[:2])

@@ -16,9 +16,11 @@ N are signed by the old key, every head after N by the new one.
 
 A verifier starts from the key it pinned out of band. With no handover that key signs
 every head. With handovers, they must form one chain (each starts from the key the one
-before introduced, at a growing size, each signed by both of its keys) and the pinned
-key must be one of the chain's keys: pinning the old key, the chain leads to the new
-one; pinning the new key, the handover signed by it vouches for the old one. A head
+before introduced, at a growing size, each signed by both of its keys, each to a key the
+chain never had before) and the pinned key must be one of the chain's keys: pinning the
+old key, the chain leads to the new one; pinning the new key, the handover signed by it
+vouches for the old one (only as far as the witnesses that cosigned the handover are
+Cofre witnesses: see `cofre_evidence_verifier.witnesses`). A head
 signed by a key the chain did not introduce for its size fails, naming the head, and a
 handover signed by only one of its keys is no handover at all (an operator holding the
 HSM PIN who makes a key and signs with it has no signature by the old key to show).
@@ -174,7 +176,16 @@ class KeyChain:
                     f"the key handover at size {after.size} does not start from the key "
                     f"introduced at size {before.size} (a broken key chain)"
                 )
-        keys += [h.new.public for h in handovers]
+        for handover in handovers:
+            # Review 36: a rotation always introduces a fresh key. A handover to a key the
+            # chain had before (the same pair handing over twice, or back to a retired
+            # key) would let that key sign again for heads after it was retired.
+            if handover.new.public in keys:
+                raise NoteError(
+                    f"the key handover at size {handover.size} hands over to a key the chain "
+                    f"had before (key ID {handover.new.key_id:08x}): a retired key revived"
+                )
+            keys.append(handover.new.public)
         if not any(anchor in keys for anchor in anchors):
             raise NoteError(
                 "none of the pinned audit keys is on the log's key chain (key IDs "

@@ -19,7 +19,11 @@ handover checkpoint only to a new key its own operator pinned (`cofre witness
 trust-key`): that cosignature (over the whole checkpoint, its ``cofre-key-handover``
 line included, as c2sp.org/tlog-cosignature specifies) is the one thing the PIN holder
 cannot make. The bundle carries it as cosignature lines of the handover's note in
-`audit/handovers.jsonl`.
+`audit/handovers.jsonl`. It also cosigns no other handover than the one it followed
+(review 36: not one from another key to the key it trusts now). A generic cosignature/v1
+witness pinned to a key cosigns every checkpoint that key signs and ignores extension
+lines, so its cosignature of a handover says nothing of the key change: auditors pin
+Cofre witnesses and, when they can, the chain's first key (docs/auditor-guide.md).
 
 It fails closed: with no witness key pinned the bundle is not VERIFIED (the caller may
 skip it only by name, `unsafe_no_witnesses`, and the report says so).
