@@ -186,14 +186,16 @@ def claim_port(host: str, port: int) -> socket.socket:
     with SO_REUSEPORT, so a second node of the same user on the same port would start
     without "address in use" and the kernel would split connections between two vaults
     (review 34: 40 tokens, 20 in each store). The claim is an abstract Unix socket named
-    by the address: one per network namespace. Raises `ApiError` when it is held."""
+    by the port: one per network namespace. Raises `ApiError` when it is held."""
     claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        claim.bind(f"\0cofre-serve {host}:{port}")
+        # By port alone: "localhost", "127.1" and "0.0.0.0" are other spellings of
+        # addresses that share it (review 37 split connections over four vaults so).
+        claim.bind(f"\0cofre-serve :{port}")
     except OSError:
         claim.close()
         raise ApiError(
-            f"cannot listen on {host}:{port} (another cofre serve on this host holds it)"
+            f"cannot listen on {host}:{port} (another cofre serve on this host holds the port)"
         ) from None
     return claim
 
@@ -326,6 +328,10 @@ async def _serve(
             loop.remove_signal_handler(signum)
         if on_reload is not None:
             loop.remove_signal_handler(signal.SIGHUP)
+        # The drain goes on (calls left, relays, the capture listener, the key wipe):
+        # a reload asked now is ignored, not SIGHUP's default action, which killed the
+        # worker half-drained (review 37).
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         if api.crl_watcher is not None:
             api.crl_watcher.stop()
 

@@ -346,6 +346,8 @@ def run_workers(settings: Settings, count: int, target: Target) -> int:
     def forward(signum: int, _frame: FrameType | None) -> None:
         nonlocal stops
         if signum == signal.SIGHUP:
+            if stops:  # stopping: nothing to reload (review 37)
+                return
             for process in processes:
                 if process.pid is not None and process.exitcode is None:
                     os.kill(process.pid, signal.SIGHUP)

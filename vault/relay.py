@@ -310,6 +310,14 @@ class RelayClient:
                         f"the upstream of route {name!r} is unreachable ({type(exc).__name__})"
                     ) from None
                 continue
+            except RuntimeError:
+                # httpx's "client has been closed": the vault closed its clients while
+                # stopping. The card may have gone: raised as the vault's own error, so
+                # the relay's outcome entry is written (review 37: none was).
+                raise UpstreamUnavailable(
+                    f"the relay of route {name!r} was cut as the vault stopped: the "
+                    "upstream's answer is unknown"
+                ) from None
             if response.status_code >= 500:
                 if attempt < attempts:
                     continue
