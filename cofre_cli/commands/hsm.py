@@ -103,7 +103,8 @@ def hsm_selftest(
 ) -> None:
     """The go-live check (docs/cloudhsm.md): create temporary keys with the production
     templates, wrap/unwrap/rewrap, HMAC and sign with them, measure each operation's
-    latency and rate, destroy them. Exit status 1 when any check fails."""
+    latency and rate, destroy them. Exit status 1 when any check fails. Run it before
+    `cofre hsm init`: it refuses a token that already holds Cofre's keys."""
     from hsm.provider import provider_from_settings
     from hsm.selftest import refuse_serving_token, render_table, run_selftest
 
