@@ -29,7 +29,7 @@ async def cofre_error(request: Request, exc: CofreError) -> Response:
     headers: dict[str, str] = {}
     if isinstance(exc, BatchItemInvalid):
         extra = {"item": exc.index, "item_code": exc.item_code}
-    wait = getattr(exc, "retry_after", None)  # RateLimited, Throttled
+    wait = getattr(exc, "retry_after", None)  # RateLimited, Throttled, UpstreamBusy
     if isinstance(wait, float | int):
         headers["Retry-After"] = retry_after(wait)
     request.scope["state"]["problem_code"] = exc.code

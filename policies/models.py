@@ -247,10 +247,14 @@ class RelayRoute(BaseModel):
     response_tokenize: dict[Annotated[str, Field(pattern=r"^(/[^/]*)+$")], str] = Field(
         default_factory=dict
     )
+    # The whole relay's bound: every retry and the answer's last byte within it.
     timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
     retries: Annotated[int, Field(ge=0, le=3)] = 0
     idempotent: bool = False
     ca_bundle: str | None = None
+    # Relays to this route under way at once per vault process; past it, 503
+    # upstream_busy at once (a slow upstream holds its own places, not every route's).
+    max_in_flight: Annotated[int, Field(ge=1, le=64)] = 16
 
     @model_validator(mode="after")
     def _card_number_once(self) -> Self:

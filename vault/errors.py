@@ -26,6 +26,7 @@ and kind, or by the masked form.
         ├── RelayBodyInvalid        (also ValueError)  code invalid_relay_body
         ├── UpstreamTimeout                            code upstream_timeout
         ├── UpstreamUnavailable                        code upstream_unavailable
+        ├── UpstreamBusy                               code upstream_busy (503, retry_after)
         ├── StorageUnavailable                         code storage_unavailable
         ├── InvalidInput            (also ValueError)  code invalid_request
         │   └── SchemaMismatch                         code schema_mismatch
@@ -202,6 +203,18 @@ class UpstreamUnavailable(VaultError):
     """The upstream could not be reached, or answered with a server error."""
 
     code = "upstream_unavailable"
+
+
+class UpstreamBusy(VaultError):
+    """The route has as many relays waiting on its upstream in this process as it
+    allows (its `max_in_flight`): nothing was revealed or sent; `retry_after` is the
+    seconds to wait."""
+
+    code = "upstream_busy"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class SchemaMismatch(StorageUnavailable):

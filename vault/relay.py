@@ -10,26 +10,32 @@ system's. Retries happen only for routes declared idempotent.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import ssl
 import threading
+import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote_plus
 
+import httpcore
 import httpx
 
 from cofre.redaction import mask_pan_values
 from policies.models import RelayRoute
-from vault.errors import RelayBodyInvalid, UpstreamTimeout, UpstreamUnavailable
+from vault.errors import RelayBodyInvalid, UpstreamBusy, UpstreamTimeout, UpstreamUnavailable
 
 # How deep a relay body or an upstream's answer may nest. Acquirers' bodies are a few
 # levels deep; Python's recursion (a copy, the masking) gives out near 700 (review 26).
 MAX_DEPTH: Final = 64
 # What stands where the vault withheld a card detail it sent from the answer.
 WITHHELD_DETAIL: Final = "[withheld]"
+# The most of an upstream's answer the vault reads (decoded). Acquirers answer a few KB.
+MAX_ANSWER_BYTES: Final = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -267,12 +273,124 @@ def mask_strings(value: Any) -> Any:
     return mask_pan_values(value)
 
 
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every step (a read, a write, the TLS handshake) waits at most
+    what is left of the relay under way in the calling thread (`_DeadlineBackend`)."""
+
+    def __init__(self, stream: httpcore.NetworkStream, backend: _DeadlineBackend) -> None:
+        self._stream = stream
+        self._backend = backend
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._backend.cut(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._backend.cut(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        cut = self._backend.cut(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._stream.start_tls(ssl_context, server_hostname, cut), self._backend
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's own network backend, with each step's timeout cut to what is left of
+    the relay the calling thread runs (`until`). httpx's timeouts are per step: an
+    upstream that trickles its answer a byte at a time, each within the step's limit,
+    held a relay thread (and the caller) for as long as it liked (review 37). The name
+    lookup is the one step not bounded here (`getaddrinfo` takes no timeout)."""
+
+    def __init__(self) -> None:
+        self._backend = httpcore.SyncBackend()
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def until(self, deadline: float) -> Iterator[None]:
+        """Bound this thread's network steps by `deadline` (`time.monotonic`)."""
+        self._local.deadline = deadline
+        try:
+            yield
+        finally:
+            self._local.deadline = None
+
+    def cut(self, timeout: float | None, late: type[Exception]) -> float:
+        """`timeout` cut to what is left before this thread's deadline; raises `late`
+        (httpcore's timeout of the step, which httpx maps to its own) once none is."""
+        deadline: float | None = getattr(self._local, "deadline", None)
+        if deadline is None:
+            if timeout is None:
+                raise late("a relay step without a deadline")
+            return timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise late("the relay's deadline has passed")
+        return left if timeout is None else min(timeout, left)
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        cut = self.cut(timeout, httpcore.ConnectTimeout)
+        stream = self._backend.connect_tcp(host, port, cut, local_address, socket_options)
+        return _DeadlineStream(stream, self)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:  # pragma: no cover - routes are https URLs
+        raise httpcore.ConnectError("a relay goes to an https URL, not a Unix socket")
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
 class RelayClient:
-    """HTTP clients per route (kept for connection reuse), and the call itself."""
+    """HTTP clients per route (kept for connection reuse), the call itself, and each
+    route's count of relays in flight (`slot`)."""
 
     def __init__(self) -> None:
         self._clients: dict[str, httpx.Client] = {}
         self._lock = threading.Lock()
+        self._backend = _DeadlineBackend()
+        self._in_flight: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def slot(self, name: str, route: RelayRoute) -> Iterator[None]:
+        """Hold one of the route's `max_in_flight` places for a relay, or raise
+        `UpstreamBusy` at once when this process has that many relays to the route
+        under way. Review 37: every route shared one pool of relay threads, so an
+        upstream that answers slowly (or not at all, up to its timeout) took them all,
+        and every other route's relays waited behind it; now it takes its own places
+        only."""
+        with self._lock:
+            held = self._in_flight.get(name, 0)
+            if held >= route.max_in_flight:
+                raise UpstreamBusy(
+                    f"route {name!r} has {route.max_in_flight} relays waiting on its "
+                    "upstream already",
+                    retry_after=1.0,
+                )
+            self._in_flight[name] = held + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight[name] -= 1
 
     def _client(self, name: str, route: RelayRoute) -> httpx.Client:
         with self._lock:
@@ -282,49 +400,62 @@ class RelayClient:
                 if route.ca_bundle:
                     verify = ssl.create_default_context(cafile=route.ca_bundle)
                 client = httpx.Client(
-                    verify=verify, timeout=route.timeout_seconds, follow_redirects=False
+                    verify=verify,
+                    timeout=route.timeout_seconds,
+                    follow_redirects=False,
+                    # Plain bytes: a compressed answer is read whole when decoded.
+                    headers={"accept-encoding": "identity"},
                 )
+                _bound_by(client, self._backend)
                 self._clients[name] = client
             return client
 
     def send(self, name: str, route: RelayRoute, body: Any) -> RelayResult:
         """Send `body` (with PANs) to the route's upstream; return its status and body.
 
+        The whole call, retries and the answer's last byte included, takes at most the
+        route's `timeout_seconds`; an answer is read up to `MAX_ANSWER_BYTES`.
+
         Raises `UpstreamTimeout` or `UpstreamUnavailable` (after the allowed retries).
         """
         client = self._client(name, route)
         attempts = 1 + route.retries
-        for attempt in range(1, attempts + 1):
-            try:
-                response = client.request(route.method, route.upstream, json=body)
-            except httpx.TimeoutException:
-                if attempt == attempts:
-                    raise UpstreamTimeout(
-                        f"the upstream of route {name!r} did not answer within "
-                        f"{route.timeout_seconds:g}s"
-                    ) from None
-                continue
-            except httpx.HTTPError as exc:
-                if attempt == attempts:
-                    raise UpstreamUnavailable(
-                        f"the upstream of route {name!r} is unreachable ({type(exc).__name__})"
-                    ) from None
-                continue
-            except RuntimeError:
-                # httpx's "client has been closed": the vault closed its clients while
-                # stopping. The card may have gone: raised as the vault's own error, so
-                # the relay's outcome entry is written (review 37: none was).
-                raise UpstreamUnavailable(
-                    f"the relay of route {name!r} was cut as the vault stopped: the "
-                    "upstream's answer is unknown"
-                ) from None
-            if response.status_code >= 500:
-                if attempt < attempts:
+        deadline = time.monotonic() + route.timeout_seconds
+        late = UpstreamTimeout(
+            f"the upstream of route {name!r} did not answer within {route.timeout_seconds:g}s"
+        )
+        with self._backend.until(deadline):
+            for attempt in range(1, attempts + 1):
+                try:
+                    with client.stream(route.method, route.upstream, json=body) as response:
+                        content = _read_answer(name, response)
+                except httpx.TimeoutException:
+                    if attempt == attempts or time.monotonic() >= deadline:
+                        raise late from None
                     continue
-                raise UpstreamUnavailable(
-                    f"the upstream of route {name!r} answered {response.status_code}"
-                )
-            return RelayResult(response.status_code, _answer(name, response))
+                except httpx.HTTPError as exc:
+                    if time.monotonic() >= deadline:
+                        raise late from None
+                    if attempt == attempts:
+                        raise UpstreamUnavailable(
+                            f"the upstream of route {name!r} is unreachable ({type(exc).__name__})"
+                        ) from None
+                    continue
+                except RuntimeError:
+                    # httpx's "client has been closed": the vault closed its clients while
+                    # stopping. The card may have gone: raised as the vault's own error, so
+                    # the relay's outcome entry is written (review 37: none was).
+                    raise UpstreamUnavailable(
+                        f"the relay of route {name!r} was cut as the vault stopped: the "
+                        "upstream's answer is unknown"
+                    ) from None
+                if response.status_code >= 500:
+                    if attempt < attempts and time.monotonic() < deadline:
+                        continue
+                    raise UpstreamUnavailable(
+                        f"the upstream of route {name!r} answered {response.status_code}"
+                    )
+                return RelayResult(response.status_code, _answer(name, content))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
@@ -334,19 +465,49 @@ class RelayClient:
             self._clients.clear()
 
 
-def _answer(name: str, response: httpx.Response) -> Any:
+def _bound_by(client: httpx.Client, backend: _DeadlineBackend) -> None:
+    """Have every connection pool of `client` (its own, and a proxy's from the
+    environment, `HTTPS_PROXY`) open its connections through `backend`. httpx has no
+    public way to give a pool a network backend; a version that moved it is refused
+    here, before anything is sent, rather than relaying without a deadline."""
+    for transport in [client._transport, *client._mounts.values()]:
+        if transport is None:
+            continue
+        pool: Any = getattr(transport, "_pool", None)
+        if not hasattr(pool, "_network_backend"):
+            raise UpstreamUnavailable("this httpx cannot bound a relay by its deadline")
+        pool._network_backend = backend
+
+
+def _read_answer(name: str, response: httpx.Response) -> bytes:
+    """The answer's body, at most `MAX_ANSWER_BYTES` once decoded, else
+    `UpstreamUnavailable` (the card has gone, but an answer that large is no acquirer's,
+    and reading it whole would hold it all in memory)."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise UpstreamUnavailable(
+                f"the upstream of route {name!r} answered more than {MAX_ANSWER_BYTES} bytes"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _answer(name: str, content: bytes) -> Any:
     """The upstream's answer as JSON, or its text as ``{"body": ...}``. Raises
     `UpstreamUnavailable` for JSON nested deeper than `MAX_DEPTH` (or than the parser
     goes): the card has gone, but such an answer cannot be masked, so none is given
     (the caller's `relay` entry says upstream_unavailable)."""
     try:
-        parsed: Any = response.json()
+        parsed: Any = json.loads(content)
     except RecursionError:
         parsed, deep = None, True
     except ValueError:
         # As UTF-8 whatever charset it declares: decoded as cp500 (EBCDIC), an ASCII
         # echo of the card passed the masking unseen (review 27).
-        return {"body": response.content.decode("utf-8", "replace")}
+        return {"body": content.decode("utf-8", "replace")}
     else:
         deep = nested_deeper_than(parsed)
     if deep:

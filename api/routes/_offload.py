@@ -45,8 +45,11 @@ T = TypeVar("T")
 THREADS: Final = 40
 _executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="cofre-vault-call")
 # Relays wait on their upstream (up to a route's timeout, 60 s): their own threads, so
-# a slow acquirer cannot starve the token calls.
-_relays = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="cofre-relay")
+# a slow acquirer cannot starve the token calls. Each route holds at most its
+# `max_in_flight` of them (16 by default, `vault.relay.RelayClient.slot`): eight routes
+# whose upstreams all stall still leave a thread for a relay's refusal.
+RELAY_THREADS: Final = 129
+_relays = ThreadPoolExecutor(max_workers=RELAY_THREADS, thread_name_prefix="cofre-relay")
 _waiting = threading.BoundedSemaphore(THREADS)
 # The calls cancelled requests left, until finished (`_leave`, `drain`).
 _left: set[Future[None]] = set()

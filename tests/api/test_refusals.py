@@ -84,6 +84,8 @@ def test_a_caller_never_refused_is_never_held() -> None:
         (422, None, False),
         (400, "", False),
         (503, "storage_unavailable", False),
+        (503, "upstream_busy", True),  # a relay route full: refused at once, audited
+        (502, "upstream_unavailable", False),
     ],
 )
 def test_only_refusals_of_the_request_itself_spend_a_unit(

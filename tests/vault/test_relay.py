@@ -5,7 +5,10 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ from audit.errors import AuditWriteFailed
 from hsm.provider import HSMProvider
 from tests.support.fake_acquirer import FakeAcquirer
 from tests.vault.conftest import TEST_POLICY, relay_vault
-from vault.errors import UpstreamUnavailable
+from vault.errors import UpstreamBusy, UpstreamUnavailable
 from vault.pan import Pan, luhn_check_digit
 from vault.service import CallContext, TokenizeRequest, VaultService
 
@@ -190,3 +193,66 @@ def test_response_tokenize_stores_each_cards_fingerprint(
         ).all()
     assert len(rows) == 2
     assert all(len(bytes(fp)) == 32 and version >= 1 for fp, version in rows), rows
+
+
+def test_a_route_with_its_relays_all_waiting_refuses_the_next_at_once(
+    engine: Engine, hsm_provider: HSMProvider, acquirer: FakeAcquirer
+) -> None:
+    """Review 37: one pool of relay threads served every route, so an upstream that
+    stalls took them all and every other route's relays queued behind it. A route holds
+    at most `max_in_flight` relays under way per process; the next is refused at once
+    (503 upstream_busy, audited), nothing revealed or sent, and the places come back."""
+    ca: Path = acquirer.ca  # type: ignore[attr-defined]
+    policy = (
+        TEST_POLICY
+        + f"""
+[identities."spiffe://cofre/relayer"]
+operations = ["relay", "detokenize"]
+reveal = "full"
+read_domains = ["spiffe://cofre/payments"]
+
+[relay_routes.acq]
+upstream = "{acquirer.url}/v1/authorize"
+identities = ["spiffe://cofre/relayer"]
+detokenize = ["/card/number"]
+ca_bundle = "{ca}"
+timeout_seconds = 30
+max_in_flight = 2
+"""
+    )
+    release = threading.Event()
+
+    def stall(body: dict[str, Any]) -> tuple[int, Any]:
+        release.wait(30)
+        return 200, {"status": "APPROVED"}
+
+    with relay_vault(engine, hsm_provider, acquirer, policy) as service:
+        token, _ = _token(service)
+        acquirer.answer = stall
+        body = {"card": {"number": token}}
+        with ThreadPoolExecutor(2) as pool:
+            stalled = [pool.submit(service.relay, RELAYER, "acq", body) for _ in range(2)]
+            for _ in range(300):
+                if len(acquirer.received) == 2:
+                    break
+                time.sleep(0.05)
+            try:
+                with pytest.raises(UpstreamBusy) as refused:
+                    service.relay(RELAYER, "acq", body)
+            finally:
+                release.set()
+            assert [call.result(30).status for call in stalled] == [200, 200]
+        assert refused.value.retry_after > 0
+        assert len(acquirer.received) == 2
+        entries = _relay_entries(engine)
+        assert sorted((e["action"], e["outcome"]) for e in entries) == [
+            ("relay", "failed"),
+            ("relay", "success"),
+            ("relay", "success"),
+            ("relay.send", "success"),
+            ("relay.send", "success"),
+        ]
+        (busy,) = [e for e in entries if e["outcome"] == "failed"]
+        assert busy["details"]["error"] == "upstream_busy"
+        acquirer.answer = None
+        assert service.relay(RELAYER, "acq", body).status == 200  # the places came back

@@ -6,6 +6,7 @@ IN PCI SCOPE, holds card data.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from vault.errors import (
     Throttled,
     TokenExpired,
     TokenNotFound,
+    UpstreamBusy,
     VaultError,
 )
 from vault.models import CallContext, TokenizeRequest, TokenRecord
@@ -69,8 +71,9 @@ class RelayOperations(TokenizeOperations):
         (upstream status or error code) is a second `relay` entry.
 
         Raises `PolicyDenied` (unknown route, or not this identity's), `RelayBodyInvalid`,
-        `TokenNotFound`, `TokenExpired`, `AuditWriteFailed`, `StorageUnavailable` (nothing
-        sent), `UpstreamTimeout`, `UpstreamUnavailable`.
+        `TokenNotFound`, `TokenExpired`, `UpstreamBusy` (the route's `max_in_flight`
+        relays are under way), `AuditWriteFailed`, `StorageUnavailable` (nothing sent),
+        `UpstreamTimeout`, `UpstreamUnavailable`.
         """
         rules = self._authorize(ctx, Action.RELAY)
         domains = self._policy.readable_domains(ctx.identity)
@@ -89,60 +92,70 @@ class RelayOperations(TokenizeOperations):
             "route": route_name,
             "upstream": route.upstream.split("/")[2],
         }
-        try:
-            _refuse_deep(body)
-            reveals = len(route.detokenize) + (0 if route.card is None else 1)
-            self._refuse_spent(ctx, rules, 1, reveals=reveals)
-            revealed = self._transaction(
-                functools.partial(
-                    self._reveal_or_miss,
-                    ctx=ctx,
-                    rules=rules,
-                    domains=domains,
-                    route=route,
-                    body=body,
-                    details=details,
+        with contextlib.ExitStack() as held:
+            try:
+                _refuse_deep(body)
+                reveals = len(route.detokenize) + (0 if route.card is None else 1)
+                self._refuse_spent(ctx, rules, 1, reveals=reveals)
+                # A place among the route's relays under way, held until its answer.
+                held.enter_context(self._relay_client.slot(route_name, route))
+                revealed = self._transaction(
+                    functools.partial(
+                        self._reveal_or_miss,
+                        ctx=ctx,
+                        rules=rules,
+                        domains=domains,
+                        route=route,
+                        body=body,
+                        details=details,
+                    )
                 )
+                if isinstance(revealed, TokenNotFound | TokenExpired):
+                    raise revealed
+                outgoing, token_ids, sent = revealed
+            except (
+                RelayBodyInvalid,
+                TokenNotFound,
+                TokenExpired,
+                IntegrityError,
+                RateLimited,
+                Throttled,
+                UpstreamBusy,
+            ) as exc:
+                # Nothing was revealed (the transaction rolled back): one entry for the refusal.
+                if isinstance(exc, QuotaExceeded):
+                    self._limits.learn_quota(ctx.identity, exc)
+                details["error"] = exc.code
+                self._write_audit(
+                    self._audit_event(ctx, Action.RELAY, Outcome.FAILED, details=details)
+                )
+                raise
+            # Only now, with the reveal durable in the audit log, does a byte go upstream. A
+            # failure to write it (AuditWriteFailed, StorageUnavailable) raised above: fail
+            # closed, nothing was sent.
+            details["tokens"] = len(token_ids)
+            try:
+                result = self._relay_client.send(route_name, route, outgoing)
+                del outgoing
+                if route.card is not None and route.card.security_code is not None:
+                    # An upstream that echoes the code must not hand it to the caller.
+                    drop_pointer(result.body, route.card.security_code)
+                # ... nor anywhere else: errors often echo the whole request (review 26).
+                answer = self._tokenize_response(
+                    ctx, rules, route, result.body, sent=sent, details=details
+                )
+                del sent
+            except CofreError as exc:
+                details["error"] = exc.code
+                self._write_audit(
+                    self._audit_event(ctx, Action.RELAY, Outcome.FAILED, details=details)
+                )
+                raise
+            details["status"] = result.status
+            self._write_audit(
+                self._audit_event(ctx, Action.RELAY, Outcome.SUCCESS, details=details)
             )
-            if isinstance(revealed, TokenNotFound | TokenExpired):
-                raise revealed
-            outgoing, token_ids, sent = revealed
-        except (
-            RelayBodyInvalid,
-            TokenNotFound,
-            TokenExpired,
-            IntegrityError,
-            RateLimited,
-            Throttled,
-        ) as exc:
-            # Nothing was revealed (the transaction rolled back): one entry for the refusal.
-            if isinstance(exc, QuotaExceeded):
-                self._limits.learn_quota(ctx.identity, exc)
-            details["error"] = exc.code
-            self._write_audit(self._audit_event(ctx, Action.RELAY, Outcome.FAILED, details=details))
-            raise
-        # Only now, with the reveal durable in the audit log, does a byte go upstream. A
-        # failure to write it (AuditWriteFailed, StorageUnavailable) raised above: fail
-        # closed, nothing was sent.
-        details["tokens"] = len(token_ids)
-        try:
-            result = self._relay_client.send(route_name, route, outgoing)
-            del outgoing
-            if route.card is not None and route.card.security_code is not None:
-                # An upstream that echoes the code must not hand it to the caller.
-                drop_pointer(result.body, route.card.security_code)
-            # ... nor anywhere else: errors often echo the whole request (review 26).
-            answer = self._tokenize_response(
-                ctx, rules, route, result.body, sent=sent, details=details
-            )
-            del sent
-        except CofreError as exc:
-            details["error"] = exc.code
-            self._write_audit(self._audit_event(ctx, Action.RELAY, Outcome.FAILED, details=details))
-            raise
-        details["status"] = result.status
-        self._write_audit(self._audit_event(ctx, Action.RELAY, Outcome.SUCCESS, details=details))
-        return RelayResult(result.status, answer)
+            return RelayResult(result.status, answer)
 
     def _reveal_or_miss(
         self, connection: Connection, **parts: Any
