@@ -23,6 +23,7 @@ IN PCI SCOPE. In order, for every request but the health probes:
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -145,7 +146,9 @@ class RequestGuard:
                     await rejection(scope, receive, send_with_id)
                 else:
                     try:
-                        await self.app(scope, _limited(receive, scope, limit), send_with_id)
+                        await _interruptible(
+                            self.app, scope, _limited(receive, scope, limit), send_with_id
+                        )
                     except Exception:
                         # Answered 500 by the server's outermost handler, past this guard.
                         status_holder["status"] = 500
@@ -367,6 +370,33 @@ def _request_id(supplied: str) -> str:
     ):
         return supplied
     return secrets.token_urlsafe(16)
+
+
+async def _interruptible(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run `app`; if its task is cancelled before it began its answer (uvicorn cancels
+    the requests still in flight at the drain deadline), answer 503
+    ``request_interrupted`` and close the connection. Review 34: the request got
+    uvicorn's plain-text 500 while the vault went on to finish its call (`api.routes.
+    _offload`: a tokenize may commit, a relay reach its upstream), so the problem says
+    it may have been done. The cancellation ends here: the answer is what it was for.
+    `api.lifecycle` waits for these answers before the event loop closes."""
+    began = False
+
+    async def sending(message: Message) -> None:
+        nonlocal began
+        began = began or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await app(scope, receive, sending)
+    except asyncio.CancelledError:
+        if began:
+            raise
+        detail = "the vault stopped before it could answer: the request may have been done"
+        headers = {"connection": "close"}
+        request_id = scope["state"]["request_id"]
+        answer = problem_for(scope, "request_interrupted", detail, request_id, headers=headers)
+        await answer(scope, receive, send)
 
 
 def problem_for(

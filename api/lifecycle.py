@@ -45,6 +45,9 @@ _log = structlog.get_logger("cofre.lifecycle")
 # How long a stopping worker waits for the calls of requests cancelled at the deadline
 # (`api.routes._offload.drain`): their commits, then their refusals' audit entries.
 LEFT_CALLS_SECONDS: Final = 10.0
+# How long it waits for the requests cancelled at the deadline to answer (an audit
+# entry each, then ``request_interrupted``: `_interrupted_answered`).
+INTERRUPTED_SECONDS: Final = 5.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Stop and reload signals that arrived before `run_until_stopped` took them over, in
 # order (`defer_signals`).
@@ -318,7 +321,7 @@ async def _serve(
     try:
         if not stopped_early:
             await api.serve(sockets=api.sockets)
-            _log.info("api listener stopped", forced=api.force_exit)
+            await _interrupted_answered(api)
     finally:
         readiness.begin_drain()
         if health is not None and health_task is not None:
@@ -334,6 +337,16 @@ async def _serve(
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         if api.crl_watcher is not None:
             api.crl_watcher.stop()
+
+
+async def _interrupted_answered(api: ManagedServer) -> None:
+    """Wait (at most `INTERRUPTED_SECONDS`) for the requests uvicorn cancelled at the
+    drain deadline to send their ``request_interrupted`` answers (`api.guard`: each
+    writes its audit entry first). `asyncio.run` cancels what is left when `_serve`
+    returns, and a request cancelled again there got uvicorn's plain-text 500."""
+    if api.server_state.tasks and not api.force_exit:
+        await asyncio.wait(set(api.server_state.tasks), timeout=INTERRUPTED_SECONDS)
+    _log.info("api listener stopped", forced=api.force_exit)
 
 
 def _replay_deferred(

@@ -86,6 +86,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "evidence_unavailable": (503, "The evidence cannot be read from the database"),
     "data_key_missing": (503, "The vault's data keys are not set up"),
     "not_ready": (503, "The vault is not ready"),
+    "request_interrupted": (503, "The vault stopped before it could answer"),
     "worker_unready": (503, "Another worker of this node is not ready"),
     "crl_expired": (503, "The certificate revocation list has expired"),
     "crl_invalid": (503, "The certificate revocation list could not be loaded"),

@@ -170,6 +170,49 @@ def test_stop_signal_drains_then_exits_zero(
     assert row[0] == 2
 
 
+def test_a_request_still_in_flight_at_the_drain_deadline_gets_a_problem_answer(
+    tmp_path: Path, softhsm_token: SoftHSMToken, pg_database: str
+) -> None:
+    """Review 34: uvicorn cancels the requests still in flight at the drain deadline,
+    and a cancelled request was answered with its plain-text 500 while the vault went on
+    to finish the call. It gets a 503 problem (`request_interrupted`: it may have been
+    done) and the connection is closed; the node still exits 0."""
+    vault, _ = _vault(tmp_path, softhsm_token, pg_database)
+    vault.env["COFRE_SERVER__DRAIN_TIMEOUT_SECONDS"] = "1"
+    vault.start()
+    assert vault.process is not None
+    dsn = pg_database.replace("postgresql+psycopg://", "postgresql://", 1)
+    answer: dict[str, httpx.Response] = {}
+
+    def tokenize() -> None:
+        with vault.client() as client:
+            answer["r"] = client.post(
+                "/v1/tokenize", json={"pan": card_number("4", 7), "format": "pan_bin6_last4"}
+            )
+
+    try:
+        with vault.client() as client:  # the data key exists before the lock is taken
+            assert client.post(
+                "/v1/tokenize", json={"pan": card_number("4", 6), "format": "uuid"}
+            ).is_success
+        with psycopg.connect(dsn) as locker:
+            locker.execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
+            in_flight = threading.Thread(target=tokenize)
+            in_flight.start()
+            _wait_for_blocked_backend(dsn)
+            vault.process.send_signal(signal.SIGTERM)
+            in_flight.join(timeout=60)  # answered at the deadline, the lock still held
+            locker.rollback()
+        response = answer["r"]
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "request_interrupted"
+        assert response.headers["connection"] == "close"
+        assert vault.process.wait(timeout=60) == 0
+    finally:
+        vault.stop()
+
+
 def _with_metrics(vault: VaultProcess) -> int:
     """Two workers, each with its Prometheus listener: the returned port and the next."""
     metrics_port = _free_port_pair()

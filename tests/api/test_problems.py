@@ -43,6 +43,8 @@ HANDLER_CODES = {
     # Answered by `api.connections` for what the HTTP parser refuses.
     "malformed_http_request",
     "request_head_too_large",
+    # Answered by `api.guard` for a request cancelled at the drain deadline.
+    "request_interrupted",
 }
 
 
