@@ -111,6 +111,30 @@ def test_idle_connections_to_the_health_port_do_not_fail_the_probes(
         vault.stop()
 
 
+def _hold_a_tokenize(
+    vault: VaultProcess, dsn: str, locker: psycopg.Connection[object]
+) -> tuple[threading.Thread, dict[str, httpx.Response]]:
+    """A tokenize request held in flight by `locker`'s lock on the tokens table (its
+    answer in the dict returned once the thread ends); the data key exists before."""
+    with vault.client() as client:
+        assert client.post(
+            "/v1/tokenize", json={"pan": card_number("4", 6), "format": "uuid"}
+        ).is_success
+    answer: dict[str, httpx.Response] = {}
+
+    def tokenize() -> None:
+        with vault.client() as client:
+            answer["r"] = client.post(
+                "/v1/tokenize", json={"pan": card_number("4", 7), "format": "pan_bin6_last4"}
+            )
+
+    locker.execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
+    in_flight = threading.Thread(target=tokenize)
+    in_flight.start()
+    _wait_for_blocked_backend(dsn)
+    return in_flight, answer
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_drains_then_exits_zero(
     tmp_path: Path,
@@ -122,24 +146,9 @@ def test_stop_signal_drains_then_exits_zero(
     vault.start()
     assert vault.process is not None
     dsn = pg_database.replace("postgresql+psycopg://", "postgresql://", 1)
-    answer: dict[str, httpx.Response] = {}
-
-    def tokenize() -> None:
-        with vault.client() as client:
-            answer["r"] = client.post(
-                "/v1/tokenize", json={"pan": card_number("4", 7), "format": "pan_bin6_last4"}
-            )
-
     try:
-        with vault.client() as client:  # the data key exists before the lock is taken
-            assert client.post(
-                "/v1/tokenize", json={"pan": card_number("4", 6), "format": "uuid"}
-            ).is_success
         with psycopg.connect(dsn) as locker:
-            locker.execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
-            in_flight = threading.Thread(target=tokenize)
-            in_flight.start()
-            _wait_for_blocked_backend(dsn)
+            in_flight, answer = _hold_a_tokenize(vault, dsn, locker)
             vault.process.send_signal(signum)
             # Readiness fails first, while the request is still in flight...
             with httpx.Client(base_url=health, timeout=10) as probe:
@@ -182,24 +191,9 @@ def test_a_request_still_in_flight_at_the_drain_deadline_gets_a_problem_answer(
     vault.start()
     assert vault.process is not None
     dsn = pg_database.replace("postgresql+psycopg://", "postgresql://", 1)
-    answer: dict[str, httpx.Response] = {}
-
-    def tokenize() -> None:
-        with vault.client() as client:
-            answer["r"] = client.post(
-                "/v1/tokenize", json={"pan": card_number("4", 7), "format": "pan_bin6_last4"}
-            )
-
     try:
-        with vault.client() as client:  # the data key exists before the lock is taken
-            assert client.post(
-                "/v1/tokenize", json={"pan": card_number("4", 6), "format": "uuid"}
-            ).is_success
         with psycopg.connect(dsn) as locker:
-            locker.execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
-            in_flight = threading.Thread(target=tokenize)
-            in_flight.start()
-            _wait_for_blocked_backend(dsn)
+            in_flight, answer = _hold_a_tokenize(vault, dsn, locker)
             vault.process.send_signal(signal.SIGTERM)
             in_flight.join(timeout=60)  # answered at the deadline, the lock still held
             locker.rollback()

@@ -14,7 +14,26 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from policies.models import RelayRoute
 from vault.pan import luhn_valid
+
+
+def plain_route(port: int, **changes: object) -> RelayRoute:
+    """A relay route to plain HTTP on 127.0.0.1:`port` (a test's raw upstream; the
+    policy itself takes only https, hence `model_construct`), with `changes`."""
+    route = RelayRoute.model_construct(
+        upstream=f"http://127.0.0.1:{port}/auth",
+        method="POST",
+        identities=frozenset({"spiffe://cofre/getnet-adapter"}),
+        detokenize=(),
+        card=None,
+        response_tokenize={},
+        timeout_seconds=1.0,
+        retries=0,
+        idempotent=False,
+        ca_bundle=None,
+    )
+    return route.model_copy(update=changes)
 
 
 @dataclass

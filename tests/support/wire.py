@@ -30,9 +30,9 @@ def mtls_connect(
     return tls
 
 
-def read_response(conn: ssl.SSLSocket) -> tuple[bytes, bytes]:
-    """One whole HTTP response with a Content-Length body: its head (status line and
-    headers) and its body."""
+def read_response(conn: socket.socket) -> tuple[bytes, bytes]:
+    """One whole HTTP message with a Content-Length body (an answer, or the request a
+    test's upstream reads): its head (start line and headers) and its body."""
     data = b""
     while b"\r\n\r\n" not in data:
         data += conn.recv(4096)

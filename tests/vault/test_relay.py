@@ -29,12 +29,11 @@ PAYMENTS = CallContext("spiffe://cofre/payments", "req-payments")
 RELAYER = CallContext("spiffe://cofre/relayer", "req-relay-1")
 
 
-@pytest.fixture
-def relay_service(
-    engine: Engine, hsm_provider: HSMProvider, acquirer: FakeAcquirer
-) -> Iterator[VaultService]:
+def _policy(acquirer: FakeAcquirer, route: str) -> str:
+    """TEST_POLICY with the relayer and route `acq` to `acquirer`, its other settings
+    (TOML lines) `route`."""
     ca: Path = acquirer.ca  # type: ignore[attr-defined]
-    policy = (
+    return (
         TEST_POLICY
         + f"""
 [identities."spiffe://cofre/relayer"]
@@ -46,12 +45,19 @@ read_domains = ["spiffe://cofre/payments"]
 upstream = "{acquirer.url}/v1/authorize"
 identities = ["spiffe://cofre/relayer"]
 detokenize = ["/card/number"]
-response_tokenize = {{ "/card/number" = "pan_bin6_last4" }}
 ca_bundle = "{ca}"
-timeout_seconds = 5
+{route}
 """
     )
-    with relay_vault(engine, hsm_provider, acquirer, policy) as svc:
+
+
+@pytest.fixture
+def relay_service(
+    engine: Engine, hsm_provider: HSMProvider, acquirer: FakeAcquirer
+) -> Iterator[VaultService]:
+    route = """response_tokenize = { "/card/number" = "pan_bin6_last4" }
+timeout_seconds = 5"""
+    with relay_vault(engine, hsm_provider, acquirer, _policy(acquirer, route)) as svc:
         yield svc
 
 
@@ -202,24 +208,7 @@ def test_a_route_with_its_relays_all_waiting_refuses_the_next_at_once(
     stalls took them all and every other route's relays queued behind it. A route holds
     at most `max_in_flight` relays under way per process; the next is refused at once
     (503 upstream_busy, audited), nothing revealed or sent, and the places come back."""
-    ca: Path = acquirer.ca  # type: ignore[attr-defined]
-    policy = (
-        TEST_POLICY
-        + f"""
-[identities."spiffe://cofre/relayer"]
-operations = ["relay", "detokenize"]
-reveal = "full"
-read_domains = ["spiffe://cofre/payments"]
-
-[relay_routes.acq]
-upstream = "{acquirer.url}/v1/authorize"
-identities = ["spiffe://cofre/relayer"]
-detokenize = ["/card/number"]
-ca_bundle = "{ca}"
-timeout_seconds = 30
-max_in_flight = 2
-"""
-    )
+    policy = _policy(acquirer, "timeout_seconds = 30\nmax_in_flight = 2")
     release = threading.Event()
 
     def stall(body: dict[str, Any]) -> tuple[int, Any]:

@@ -10,24 +10,8 @@ import threading
 import time
 
 from cofre.errors import CofreError
-from policies.models import RelayRoute
+from tests.support.fake_acquirer import plain_route
 from vault.relay import RelayClient
-
-
-def _route(port: int) -> RelayRoute:
-    # model_construct: plain HTTP for the test upstream (the policy requires https)
-    return RelayRoute.model_construct(
-        upstream=f"http://127.0.0.1:{port}/auth",
-        method="POST",
-        identities=frozenset({"spiffe://cofre/getnet-adapter"}),
-        detokenize=(),
-        card=None,
-        response_tokenize={},
-        timeout_seconds=1.0,
-        retries=0,
-        idempotent=False,
-        ca_bundle=None,
-    )
 
 
 def test_a_relay_cut_by_the_close_at_the_drain_bound_still_raises_a_cofre_error() -> None:
@@ -48,7 +32,9 @@ def test_a_relay_cut_by_the_close_at_the_drain_bound_still_raises_a_cofre_error(
             filler.connect(("127.0.0.1", port))
         fillers.append(filler)
     time.sleep(0.3)
-    route = _route(port).model_copy(update={"method": "PUT", "retries": 1, "timeout_seconds": 2.0})
+    route = plain_route(port).model_copy(
+        update={"method": "PUT", "retries": 1, "timeout_seconds": 2.0}
+    )
     client = RelayClient()
     raised: list[BaseException] = []
 

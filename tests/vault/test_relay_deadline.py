@@ -18,11 +18,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from policies.models import RelayRoute
+from tests.support.fake_acquirer import plain_route
+from tests.support.wire import read_response
 from vault.errors import UpstreamTimeout, UpstreamUnavailable
 from vault.relay import MAX_ANSWER_BYTES, RelayClient
 
-Handler = Callable[[socket.socket], None]
+Handler = Callable[[socket.socket], object]
 
 
 class _Upstream:
@@ -47,7 +48,7 @@ class _Upstream:
 
     def _run(self, connection: socket.socket) -> None:
         try:
-            _read_request(connection)
+            read_response(connection)
             self._handler(connection)
         except OSError:
             pass  # the relay hung up: what the deadline is for
@@ -57,20 +58,6 @@ class _Upstream:
     def close(self) -> None:
         self._stop.set()
         self._server.close()
-
-
-def _read_request(connection: socket.socket) -> None:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += connection.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":")[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        body += connection.recv(65536)
 
 
 @pytest.fixture
@@ -84,23 +71,6 @@ def upstream() -> Iterator[Callable[[Handler], _Upstream]]:
     yield start
     for server in started:
         server.close()
-
-
-def _route(port: int, **changes: object) -> RelayRoute:
-    # model_construct: plain HTTP for the test upstream (the policy requires https)
-    route = RelayRoute.model_construct(
-        upstream=f"http://127.0.0.1:{port}/auth",
-        method="POST",
-        identities=frozenset({"spiffe://cofre/getnet-adapter"}),
-        detokenize=(),
-        card=None,
-        response_tokenize={},
-        timeout_seconds=1.0,
-        retries=0,
-        idempotent=False,
-        ca_bundle=None,
-    )
-    return route.model_copy(update=changes)
 
 
 def _trickle(data: bytes, every: float) -> Handler:
@@ -127,7 +97,7 @@ def test_an_answer_trickled_a_byte_at_a_time_is_cut_at_the_routes_timeout(
 
     server = upstream(handler)
     with pytest.raises(UpstreamTimeout):
-        RelayClient().send("acq", _route(server.port), {"amount": 1})
+        RelayClient().send("acq", plain_route(server.port), {"amount": 1})
 
 
 def test_a_status_line_trickled_a_byte_at_a_time_is_cut_at_the_routes_timeout(
@@ -136,7 +106,7 @@ def test_a_status_line_trickled_a_byte_at_a_time_is_cut_at_the_routes_timeout(
     answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
     server = upstream(_trickle(answer, 0.1))  # 7 s for the whole answer
     with pytest.raises(UpstreamTimeout):
-        RelayClient().send("acq", _route(server.port), {"amount": 1})
+        RelayClient().send("acq", plain_route(server.port), {"amount": 1})
 
 
 def test_retries_share_the_routes_timeout(upstream: Callable[[Handler], _Upstream]) -> None:
@@ -144,7 +114,7 @@ def test_retries_share_the_routes_timeout(upstream: Callable[[Handler], _Upstrea
     whole timeout, so no retry starts (each had the full timeout again before)."""
     hang = threading.Event()
     server = upstream(lambda connection: hang.wait(10))
-    route = _route(server.port, method="PUT", retries=3, timeout_seconds=1.0)
+    route = plain_route(server.port, method="PUT", retries=3, timeout_seconds=1.0)
     try:
         with pytest.raises(UpstreamTimeout):
             RelayClient().send("acq", route, {"amount": 1})
@@ -161,10 +131,11 @@ def test_a_retry_after_a_quick_failure_still_happens(
     def handler(connection: socket.socket) -> None:
         calls.append(1)
         status = b"503 Service Unavailable" if len(calls) == 1 else b"200 OK"
-        connection.sendall(b"HTTP/1.1 " + status + b"\r\ncontent-length: 2\r\n\r\n{}")
+        head = b"HTTP/1.1 " + status + b"\r\nconnection: close\r\ncontent-length: 2\r\n\r\n"
+        connection.sendall(head + b"{}")  # closed: the retry opens a new connection
 
     server = upstream(handler)
-    route = _route(server.port, method="PUT", retries=1, timeout_seconds=5.0)
+    route = plain_route(server.port, method="PUT", retries=1, timeout_seconds=5.0)
     result = RelayClient().send("acq", route, {"amount": 1})
     assert result.status == 200
     assert len(calls) == 2
@@ -180,7 +151,7 @@ def test_an_answer_larger_than_the_bound_is_refused(
 
     server = upstream(handler)
     with pytest.raises(UpstreamUnavailable, match="more than"):
-        RelayClient().send("acq", _route(server.port, timeout_seconds=10.0), {"amount": 1})
+        RelayClient().send("acq", plain_route(server.port, timeout_seconds=10.0), {"amount": 1})
 
 
 def test_a_compressed_answer_is_bounded_once_decoded(
@@ -197,7 +168,7 @@ def test_a_compressed_answer_is_bounded_once_decoded(
 
     server = upstream(handler)
     with pytest.raises(UpstreamUnavailable, match="more than"):
-        RelayClient().send("acq", _route(server.port, timeout_seconds=10.0), {"amount": 1})
+        RelayClient().send("acq", plain_route(server.port, timeout_seconds=10.0), {"amount": 1})
 
 
 def test_the_relay_asks_for_an_uncompressed_answer(
@@ -213,7 +184,7 @@ def test_the_relay_asks_for_an_uncompressed_answer(
 
     server = Recording(lambda connection: None)
     try:
-        RelayClient().send("acq", _route(server.port), {"amount": 1})
+        RelayClient().send("acq", plain_route(server.port), {"amount": 1})
     finally:
         server.close()
     assert b"accept-encoding: identity" in seen[0].lower()
