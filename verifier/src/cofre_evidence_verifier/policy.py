@@ -20,6 +20,10 @@ from cofre_evidence_verifier.errors import MalformedBundle
 from cofre_evidence_verifier.merkle import included, leaf_hash
 from cofre_evidence_verifier.report import Report
 
+# What a vault writes before it loads its first policy: `cofre hsm init` and a first
+# `cofre serve` create and register its keys. Nothing in them is done under a policy.
+SET_UP_ACTIONS = frozenset({"key.create", "key.register"})
+
 
 def _versions(lines: list[dict[str, Any]]) -> list[tuple[int, str, list[bytes]]]:
     """Each version's leaf index, payload and inclusion proof. Raises `MalformedBundle`
@@ -59,12 +63,29 @@ def _unlisted_changes(files: Files, versions: list[tuple[int, str, list[bytes]]]
     return out
 
 
+def _set_up_before(files: Files, first: int) -> bool:
+    """Whether the log's entries 0 to `first` - 1 are all in the bundle and all the
+    keys' set-up (`SET_UP_ACTIONS`): the log began before any policy was loaded, so none
+    was in force at its first entry, and none needed to be (review 41: every bundle of
+    a vault's first day failed)."""
+    seen = set()
+    for entry in json_lines(files.get("audit/entries.jsonl", b"")):
+        payload, index = entry.get("payload"), entry.get("index")
+        if not isinstance(index, int) or index >= first:
+            continue
+        if not isinstance(payload, str) or _object(payload).get("action") not in SET_UP_ACTIONS:
+            return False
+        seen.add(index)
+    return seen == set(range(first))
+
+
 def check_policy(files: Files, manifest: dict[str, Any], heads: Heads, report: Report) -> None:
     """Each version in `policy/versions.jsonl` is a `policy.load`/`policy.reload` entry
     whose text matches its SHA-256 and whose inclusion proof verifies against the
     covering head; the one in force at the start is at or before the period's first
-    entry; every policy entry of the period is among them; and `policy/policy.toml` is
-    the text of the last one. Reports each that does not hold."""
+    entry (or the period starts the log, and only the keys' set-up comes before the
+    first: `_set_up_before`); every policy entry of the period is among them; and
+    `policy/policy.toml` is the text of the last one. Reports each that does not hold."""
     name = "policy/versions.jsonl"
     size = manifest["covering_head"]["tree_size"]
     head = heads.get(size)
@@ -106,7 +127,8 @@ def check_policy(files: Files, manifest: dict[str, Any], heads: Heads, report: R
     if after := [index for index in indices if index >= end]:
         # Review 31: a reload from after the period made policy.toml a later text.
         report.fail(f"{name}: entry {after[0]} is a policy version from after the period")
-    if indices != sorted(set(indices)) or indices[0] > start:
+    log_began_unpoliced = start == 0 and _set_up_before(files, indices[0])
+    if indices != sorted(set(indices)) or (indices[0] > start and not log_began_unpoliced):
         report.fail(
             f"{name}: no policy version in force at the start of the period (index {start})"
         )
@@ -122,8 +144,13 @@ def check_policy(files: Files, manifest: dict[str, Any], heads: Heads, report: R
         )
         clean = False
     if clean:
+        before = (
+            f"; entries 0-{indices[0] - 1}, before the first, set the keys up"
+            if indices[0] > start
+            else ""
+        )
         report.passed(
             "policy",
             f"{len(versions)} policy versions in force during the period are log entries "
-            "with matching SHA-256 and valid inclusion proofs",
+            f"with matching SHA-256 and valid inclusion proofs{before}",
         )

@@ -1,0 +1,67 @@
+"""A bundle that starts at the log's first entry (an auditor's first day): the vault set
+its keys up (audited) before it loaded its first policy, so no policy was in force at
+index 0, and none could be (review 41: every such bundle failed verification)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cofre.settings import Settings
+from cofre_cli.wiring import open_database, record_key_creation
+from cofre_evidence_verifier import policy
+from hsm.keys import KeyHierarchy, KeyKind
+from hsm.provider import HSMProvider
+from tests.api.conftest import running_vault
+from tests.compliance.test_evidence import _export, verify_bundle
+
+
+def _first_actions(bundle: Path) -> list[str]:
+    with tarfile.open(bundle, "r:gz") as archive:
+        member = archive.extractfile("audit/entries.jsonl")
+        assert member is not None
+        lines = member.read().decode().splitlines()
+    return [json.loads(json.loads(line)["payload"])["action"] for line in lines]
+
+
+def test_a_bundle_from_the_logs_first_entry_verifies(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    # As `cofre hsm init` does before the first `cofre serve`: the keys' creation is
+    # audited (and registered) before any policy is loaded.
+    engine = open_database(Settings(data_dir=tmp_path), run_migrations=True)
+    labels = [KeyHierarchy(hsm_provider).current_label(kind) for kind in KeyKind]
+    record_key_creation(engine, hsm_provider, labels, actor="cofre hsm init")
+    engine.dispose()
+    with running_vault(tmp_path, hsm_provider) as vault:
+        with vault.client("payments") as client:
+            body = {"pan": "4111111111111111", "format": "uuid"}
+            assert client.post("/v1/tokenize", json=body).status_code in (200, 201)
+        since = datetime.now(UTC) - timedelta(days=30)  # before the vault began
+        response = _export(vault, since)
+        assert response.status_code == 200, response.text
+        bundle = tmp_path / "first.tar.gz"
+        bundle.write_bytes(response.content)
+        actions = _first_actions(bundle)
+        report = verify_bundle(bundle, hsm_provider.public_key_pem("cofre-audit-v1"))
+    assert actions[:2] == ["key.create", "key.register"], actions  # keys set up first
+    assert report.problems == [], report.problems
+
+
+def _entries(*actions: str) -> dict[str, bytes]:
+    lines = [
+        json.dumps({"index": i, "payload": json.dumps({"action": action})})
+        for i, action in enumerate(actions)
+    ]
+    return {"audit/entries.jsonl": "\n".join(lines).encode()}
+
+
+def test_only_the_keys_set_up_may_come_before_the_first_policy() -> None:
+    assert policy._set_up_before(_entries("key.create", "key.register", "policy.load"), 2)
+    # A token operation, or any other entry, needs a policy in force.
+    assert not policy._set_up_before(_entries("key.create", "tokenize", "policy.load"), 2)
+    assert not policy._set_up_before(_entries("key.create", "api.request", "policy.load"), 2)
+    # Every entry before the first policy must be in the bundle.
+    assert not policy._set_up_before(_entries("key.create", "key.register"), 3)
