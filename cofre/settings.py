@@ -13,9 +13,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -473,12 +474,43 @@ def _read_secret_file(path: Path, what: str) -> str:
     return text
 
 
+# ``COFRE_*`` variables that are not `Settings`: the file itself, the officer's identity
+# for the CLI's ``--as``, and other programs' (the witness, the infrastructure
+# declaration, the CloudHSM-behaviour shim, the test suite's PostgreSQL).
+OTHER_VARIABLES: Final = frozenset({"COFRE_CONFIG", "COFRE_OFFICER", "COFRE_PG_BINDIR"})
+OTHER_PREFIXES: Final = ("COFRE_WITNESS_", "COFRE_INFRA_", "COFRE_SHIM_", "COFRE_TEST_")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """The ``COFRE_*`` names in `environ` that are no setting: pydantic-settings ignores
+    a top-level name it does not know (``COFRE_POLICYFILE``, ``COFRE_HSM_PIN_FILE`` for
+    ``COFRE_HSM__PIN_FILE``), so a typo left the setting at its default in silence
+    (review 41). Names are read case-insensitively, as pydantic-settings reads them."""
+    fields = {f"COFRE_{name.upper()}" for name in Settings.model_fields}
+    unknown = []
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith("COFRE_") or upper in OTHER_VARIABLES:
+            continue
+        if upper.startswith(OTHER_PREFIXES) or upper.split("__", 1)[0] in fields:
+            continue
+        unknown.append(name)
+    return sorted(unknown)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Return the settings from the environment and ``COFRE_CONFIG``.
 
     Raises `ConfigurationError` with pydantic's explanation when they do not validate
-    (the explanation never includes a secret value: inputs are hidden).
+    (the explanation never includes a secret value: inputs are hidden), and for a
+    ``COFRE_*`` variable that is no setting (`unknown_variables`).
     """
+    if unknown := unknown_variables(os.environ):
+        raise ConfigurationError(
+            f"unknown environment variable {', '.join(unknown)}: not a setting (nested "
+            "settings take two underscores, COFRE_HSM__PIN_FILE; see the README's "
+            "configuration table)"
+        )
     try:
         return Settings(**overrides)
     except ValidationError as exc:

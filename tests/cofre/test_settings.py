@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr
 
 from cofre.errors import ConfigurationError
-from cofre.settings import HSMSettings, Settings, load_settings
+from cofre.settings import HSMSettings, Settings, load_settings, unknown_variables
 
 PIN = "pin-that-must-not-show-9182"
 
@@ -150,3 +150,32 @@ def test_the_default_https_port_is_not_in_the_origin(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("COFRE_CAPTURE__PORT", "443")
     monkeypatch.setenv("COFRE_CAPTURE__HOST", "Pay.Example")
     assert load_settings().capture.origin() == "https://pay.example"
+
+
+@pytest.mark.parametrize(
+    "name", ["COFRE_POLICYFILE", "COFRE_HSM_PIN_FILE", "cofre_databse__url", "COFRE_TYPO"]
+)
+def test_a_variable_that_is_no_setting_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Review 41: pydantic-settings ignores a top-level name it does not know, so a typo
+    left its setting at the default without a word."""
+    monkeypatch.setenv(name, "1")
+    with pytest.raises(ConfigurationError, match="unknown environment variable"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "COFRE_HSM__TOKEN_LABEL",
+        "cofre_log_level",
+        "COFRE_OFFICER",
+        "COFRE_WITNESS_PORT",
+        "COFRE_INFRA_REGION",
+        "COFRE_SHIM_LATENCY_US",
+        "COFRE_TEST_PG_DSN",
+    ],
+)
+def test_settings_and_other_programs_variables_pass(name: str) -> None:
+    assert unknown_variables({name: "1"}) == []
