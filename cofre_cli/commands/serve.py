@@ -5,13 +5,19 @@ IN PCI SCOPE (wiring).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import typer
 
 from cofre.settings import Settings
 from cofre_cli._shared import cli_settings, fail_cleanly
+
+# What the vault creates is its own: the store, the policy, the dev token and PKI, an
+# export's staging files. Review 41: `cofre dev` made them with the shell's umask (0644)
+# and its next step warned of "permissions tightened" on files it had just written.
+PRIVATE_UMASK: Final = 0o077
 
 _WORKERS = typer.Option(
     "--workers",
@@ -54,6 +60,7 @@ def dev_command(
     from hsm.keys import KeyHierarchy
     from hsm.provider import provider_from_settings
 
+    os.umask(PRIVATE_UMASK)
     env = ensure_dev_environment(data_dir, port=port)
     typer.echo(("created" if env.created else "reusing") + f" dev environment in {env.data_dir}")
     settings = with_workers(dev_settings(env), workers)
@@ -98,7 +105,8 @@ def dev_command(
         f"{_relative(env.data_dir / 'policy.toml')}. Ctrl-C stops the vault.\n\n"
         f"A local witness ({witness.url}, key {_relative(witness.directory)}/witness.vkey) "
         "cosigns every signed tree head; check the log as an auditor would with\n"
-        f"  cofre audit verify --witness-key {_relative(witness.directory)}/witness.vkey\n"
+        f"  {_config_prefix(env.config_file)}cofre audit verify "
+        f"--witness-key {_relative(witness.directory)}/witness.vkey\n"
     )
     try:
         serve(settings, migrate_schema=True, production=False)
@@ -117,6 +125,17 @@ def _start_witness(data_dir: Path, settings: Any, provider: Any) -> Any:
     return start_dev_witness(data_dir, vkey)
 
 
+def _config_prefix(config_file: Path) -> str:
+    """``COFRE_CONFIG=...`` for a command to run beside this vault, unless the CLI finds
+    its configuration by itself (`cofre_cli._shared.DEV_CONFIG` from here). Review 41:
+    with another ``--data-dir`` the printed command checked the default vault's log."""
+    from cofre_cli._shared import DEV_CONFIG
+
+    if DEV_CONFIG.is_file() and DEV_CONFIG.resolve() == config_file.resolve():
+        return ""
+    return f"COFRE_CONFIG={_relative(config_file)} "
+
+
 def _relative(path: Path) -> str:
     try:
         return str(path.relative_to(Path.cwd()))
@@ -131,6 +150,7 @@ def serve_command(workers: Annotated[int | None, _WORKERS] = None) -> None:
     allows them, and never migrates the schema: run `cofre db migrate` first)."""
     from cofre_cli.serving import serve
 
+    os.umask(PRIVATE_UMASK)
     serve(with_workers(cli_settings(), workers))
 
 

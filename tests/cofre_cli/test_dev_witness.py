@@ -60,6 +60,11 @@ def test_make_run_exercises_witnessed_checkpoints(tmp_path: Path) -> None:
         dev.send_signal(signal.SIGTERM)
         output, _ = dev.communicate(timeout=60)
     assert "A local witness" in output
+    # Another data directory than the CLI finds by itself: the hint names its config.
+    assert f"COFRE_CONFIG={data_dir / 'cofre.toml'} cofre audit verify" in output
+    # What `cofre dev` creates is private from the start (review 41: a warning listed
+    # the files it had just written 0644 and then tightened).
+    assert "permissions tightened" not in output
     # The witness is its own key and state, beside (never inside) the vault's files.
     assert (data_dir / "witness" / "witness.key").stat().st_mode & 0o077 == 0
     assert (data_dir / "witness" / "state.sqlite3").exists()
