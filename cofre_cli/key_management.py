@@ -42,7 +42,8 @@ def key_management(
         lambda: service.policy,
         proposal_ttl=timedelta(hours=settings.keys.proposal_ttl_hours),
         destroy_grace=timedelta(seconds=settings.keys.destroy_grace_seconds),
-        cryptoperiods=lambda: [p.as_json() for p in periods.assess()],
+        # Fresh: an officer reads what is in use now (readiness reads the cached one).
+        cryptoperiods=lambda: [p.as_json() for p in periods.assess(fresh=True)],
     )
     return KeyManagement(
         rotation=rotation,

@@ -62,6 +62,11 @@ def _check_planted(vault: VaultServer) -> None:
             time.sleep(0.1)
         inventory = c.get("/v1/admin/keys").json()
     assert {k["kek"] for k in inventory["data_keys"]} == {"cofre-kek-v1"}
+    # The inventory lists the keys in use now, not a minute ago (review 41: the retired
+    # data keys stayed on its period lines after the rotation completed).
+    in_use = {p["key"] for p in inventory["cryptoperiods"]}
+    assert {"pan_gcm-v2", "ff1-v2"} <= in_use, in_use
+    assert not {"pan_gcm-v1", "ff1-v1"} & in_use, in_use
     flagged = {k["label"]: k["registered"] for k in inventory["token_keys"]}
     assert flagged[PLANTED] is False
     assert flagged["cofre-kek-v1"] is True
