@@ -61,6 +61,23 @@ def audit_vkey() -> None:
     typer.echo(log_verifier_key(log_origin(settings.audit.log_id), pem).encode())
 
 
+@audit_app.command("public-key")
+@fail_cleanly
+def audit_public_key(
+    out: Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Print the PEM public key of the audit log's current signing key (the HSM's newest
+    audit key, as `vkey` and `export` use): what an auditor pins with `--public-key`
+    (`cofre audit verify`, `cofre evidence verify`). Give it out of band."""
+    from cofre_cli.wiring import audit_signer, open_hsm
+
+    pem = audit_signer(open_hsm(cli_settings())).public_key_pem()
+    if out is None:
+        typer.echo(pem.decode(), nl=False)
+    else:
+        out.write_bytes(pem)
+
+
 @audit_app.command("prove")
 @fail_cleanly
 def audit_prove(
