@@ -159,7 +159,14 @@ def audit_verify(
     ] = False,
 ) -> None:
     """Recompute the whole tree from the stored entries and check it against every signed
-    tree head and signature. Exits 1 naming the first bad leaf index."""
+    tree head and signature (following audit key handovers from the key given), and the
+    witnesses' cosignatures. Exits 1 naming the first bad leaf index, head or witness.
+
+    Witnesses: every stored cosignature by a --witness-key must verify, the newest head
+    and every audit key handover must carry --quorum of them, and each configured
+    witness among them is asked whether it has cosigned a checkpoint the log no longer
+    holds (one it cannot reach is a warning). Without --witness-key it fails
+    (--unsafe-no-witness: the vault's own key alone)."""
     from audit.errors import AuditVerificationFailed
     from audit.store import AuditStore
     from cofre_cli.wiring import audit_signer, open_database, open_hsm
