@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, Row, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, func, insert, select, text, update
 
 from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
 from audit.schema import READ_ONLY
@@ -50,6 +50,10 @@ from vault.storage.database import as_utc
 from vault.storage.schema import data_keys, key_approvals, key_ceremonies, tokens
 
 BATCH: Final = 500
+# The transaction-scoped advisory lock that serialises ceremony writes (propose, approve,
+# cancel) across the nodes of one PostgreSQL: "CofreK". SQLite's BEGIN IMMEDIATE already
+# keeps writers apart.
+_CEREMONY_LOCK_KEY: Final = 0x436F6672654B
 
 
 class _SelfApproval(Exception):
@@ -136,6 +140,17 @@ class KeyRotation(RotationBatches):
         with self._write() as own:
             self._audit.append(own, event)
 
+    @staticmethod
+    def _serialize(connection: Connection) -> None:
+        """Hold the ceremony lock for the rest of `connection`'s transaction. Without it
+        two nodes proposing at once both read "none open" and both insert (PostgreSQL,
+        READ COMMITTED), and two approvals at once each count the approvals without the
+        other's (review 38)."""
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CEREMONY_LOCK_KEY}
+            )
+
     def _needed(self) -> int:
         return self._policy().policy.key_approvals_required - 1
 
@@ -188,6 +203,7 @@ class KeyRotation(RotationBatches):
         now = self._clock()
         ceremony_id = str(uuid.uuid4())
         with self._write() as connection:
+            self._serialize(connection)
             open_states = [CeremonyState.PENDING.value, CeremonyState.RUNNING.value]
             for row in connection.execute(
                 select(key_ceremonies).where(
@@ -238,6 +254,7 @@ class KeyRotation(RotationBatches):
 
     def _approve(self, identity: str, ceremony_id: str, request_id: str | None) -> Ceremony:
         with self._write() as connection:
+            self._serialize(connection)
             row = self._load(connection, ceremony_id)
             view = self._view(connection, row)
             if view.state != CeremonyState.PENDING:
@@ -267,6 +284,7 @@ class KeyRotation(RotationBatches):
     def cancel(self, identity: str, ceremony_id: str, request_id: str | None = None) -> Ceremony:
         self._officer(identity, request_id or "")
         with self._write() as connection:
+            self._serialize(connection)
             view = self._view(connection, self._load(connection, ceremony_id))
             if view.state != CeremonyState.PENDING:
                 raise CeremonyError(f"ceremony {ceremony_id} is {view.state}: too late to cancel")
@@ -323,6 +341,20 @@ class KeyRotation(RotationBatches):
     # ------------------------------------------------------------------ execution
     def _start(self, connection: Connection, row: Row[Any], approver: str) -> None:
         kind = RotationKind(row.kind)
+        running = connection.execute(
+            select(key_ceremonies.c.id).where(
+                key_ceremonies.c.kind == kind.value,
+                key_ceremonies.c.state == CeremonyState.RUNNING.value,
+                key_ceremonies.c.id != row.id,
+            )
+        ).first()
+        if running is not None:
+            # Two at once would each retire the key in use, and the first to finish
+            # erases the key the other is still moving records off (review 38).
+            raise CeremonyError(
+                f"a {kind.value} rotation is already running ({running.id}): approve this "
+                "one after it completes"
+            )
         if kind is RotationKind.AUDIT:  # one step, with a handover: its own module
             audit_key = AuditKeyRotation(
                 self._provider, self._keyring.registry, self._audit, self._clock
