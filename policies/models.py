@@ -317,6 +317,7 @@ class Policy(BaseModel):
                 raise ValueError(f"identity {identity!r} may tokenize but names no format")
             if Action.CAPTURE in rules.operations and not rules.formats:
                 raise ValueError(f"identity {identity!r} may capture but names no format")
+        self._mfa_keys_distinct()
         for name, route in self.relay_routes.items():
             for identity in route.identities:
                 relayer = self.identities.get(identity)
@@ -329,6 +330,24 @@ class Policy(BaseModel):
                     f"relay route {name!r} names unknown formats {sorted(unknown_formats)}"
                 )
         return self
+
+    def _mfa_keys_distinct(self) -> None:
+        """Refuse one token key registered for two identities (compared by its public
+        point, however the PEM is written): dual control counts identities, and the
+        second factor would then prove only that one person holds one token (review 38)."""
+        holders: dict[tuple[int, int], str] = {}
+        for identity, rules in self.identities.items():
+            if rules.mfa_public_key is None:
+                continue
+            key = load_pem_public_key(rules.mfa_public_key.encode())
+            assert isinstance(key, ec.EllipticCurvePublicKey)  # noqa: S101 - checked above
+            numbers = key.public_numbers()
+            point = (numbers.x, numbers.y)
+            if (other := holders.setdefault(point, identity)) != identity:
+                raise ValueError(
+                    f"identities {other!r} and {identity!r} register the same "
+                    "mfa_public_key: each person's token key belongs to one identity"
+                )
 
     def luhn_exempt_prefix(self, digits: str) -> str | None:
         """The name of the Luhn exemption that covers `digits`, or None."""
