@@ -169,7 +169,15 @@ class KeyRegistry:
         found = []
         for label, identity in on_token.items():
             parsed = parse_key_label(label)
-            if parsed is not None and parsed[0] == kind and identity == registry.get(label):
+            # `identity` is None for a label whose objects are not one key, and so is
+            # `registry.get` for a label never recorded: never take one for the other
+            # (review 38: a key pair planted beside a key made it "registered").
+            if (
+                parsed is not None
+                and parsed[0] == kind
+                and identity is not None
+                and identity == registry.get(label)
+            ):
                 found.append(parsed[1])
         return sorted(found)
 
