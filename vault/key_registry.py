@@ -49,16 +49,35 @@ class KeyIdentity:
         return {"label": self.label, "cka_id": self.cka_id, "check": self.check}
 
 
+def can_leave_the_token(key: KeyInfo) -> bool:
+    """Whether secret or private key `key` is, or ever was, readable or extractable
+    (public halves never count). Every key Cofre makes is sensitive and never
+    extractable; one that is not was made or imported with the PIN outside Cofre. An
+    attribute the token does not report (``None``) counts only for the two it must."""
+    if key.object_class == "PUBLIC_KEY":
+        return False
+    return (
+        key.sensitive is not True
+        or key.extractable is not False
+        or key.always_sensitive is False
+        or key.never_extractable is False
+    )
+
+
 def token_identities(keys: list[KeyInfo]) -> dict[str, KeyIdentity | None]:
     """Each label on the token with its identity; ``None`` when the label's objects do
-    not make one key (two secret keys under one label, halves with different ids)."""
+    not make one key (two secret keys under one label, halves with different ids) or
+    the key can leave the token (`can_leave_the_token`): such a key is never adopted,
+    registered or used (review 38)."""
     by_label: dict[str, list[KeyInfo]] = defaultdict(list)
     for key in keys:
         by_label[key.label].append(key)
     out: dict[str, KeyIdentity | None] = {}
     for label, objects in by_label.items():
         classes = sorted(o.object_class for o in objects)
-        if classes == ["SECRET_KEY"]:
+        if any(can_leave_the_token(o) for o in objects):
+            out[label] = None
+        elif classes == ["SECRET_KEY"]:
             out[label] = KeyIdentity(label, objects[0].key_id, objects[0].key_check)
         elif classes == ["PRIVATE_KEY", "PUBLIC_KEY"] and len({o.key_id for o in objects}) == 1:
             public = next(o for o in objects if o.object_class == "PUBLIC_KEY")
@@ -122,7 +141,9 @@ class KeyRegistry:
         """
         identity = token_identities(self._provider.list_keys()).get(label)
         if identity is None:
-            raise KeyNotRegistered(f"{label!r} is not exactly one key on the token")
+            raise KeyNotRegistered(
+                f"{label!r} is not exactly one key on the token, sensitive and never extractable"
+            )
         self._audit.append(
             connection,
             AuditEvent(
