@@ -116,6 +116,14 @@ class KeyRotation(RotationBatches):
             self._record(identity, request_id, "key.admin", Outcome.DENIED, None, {})
             raise
 
+    def _is_officer(self, identity: str) -> bool:
+        """Whether the policy in force grants `identity` key administration."""
+        try:
+            self._policy().authorize(identity, Action.KEY_ADMIN)
+        except PolicyDenied:
+            return False
+        return True
+
     def _record(  # noqa: PLR0917 - mirrors the audit entry's fields, in order
         self,
         actor: str,
@@ -263,6 +271,14 @@ class KeyRotation(RotationBatches):
                 raise _SelfApproval
             if identity in view.approvers:
                 return view  # approving twice does not count twice
+            if not self._is_officer(row.proposer):
+                raise CeremonyError(
+                    f"ceremony {ceremony_id} was proposed by {row.proposer}, whom the policy "
+                    "no longer grants key administration: cancel it"
+                )
+            # Only approvals by officers the policy still grants key administration
+            # count (review 38: one removed keeps no say).
+            standing = [a for a in view.approvers if self._is_officer(a)]
             connection.execute(
                 insert(key_approvals).values(
                     ceremony_id=ceremony_id, officer=identity, approved_at=self._clock()
@@ -274,10 +290,10 @@ class KeyRotation(RotationBatches):
                 "key.rotation.approve",
                 Outcome.SUCCESS,
                 ceremony_id,
-                {"approvals": len(view.approvers) + 1},
+                {"approvals": len(standing) + 1},
                 connection,
             )
-            if len(view.approvers) + 1 >= self._needed():
+            if len(standing) + 1 >= self._needed():
                 self._start(connection, row, identity)
             return self._view(connection, self._load(connection, ceremony_id))
 
