@@ -74,11 +74,18 @@ class AuditKeyRotation:
             ),
         )
 
-    def rotate(self, connection: Connection, row: Row[Any], approver: str) -> None:
+    def rotate(
+        self,
+        connection: Connection,
+        row: Row[Any],
+        approver: str,
+        created: list[str] | None = None,
+    ) -> None:
         """Create the new audit key, sign and store the handover, complete ceremony
-        `row`, all in `connection`'s transaction. Raises `CeremonyError` when there is
-        no signed head yet, the stored handovers or the newest head do not verify, or the
-        next label is already on the token."""
+        `row`, all in `connection`'s transaction; the new key's label is added to
+        `created` (the caller destroys it if the transaction fails). Raises
+        `CeremonyError` when there is no signed head yet, the stored handovers or the
+        newest head do not verify, or the next label is already on the token."""
         hold_sequencer_lock(connection)
         signer = HSMTreeHeadSigner(self._provider, registry=self._registry)
         try:
@@ -99,6 +106,8 @@ class AuditKeyRotation:
                 "registry: investigate and destroy it, then approve again"
             )
         KeyHierarchy(self._provider).create(KeyKind.AUDIT, newest + 1)
+        if created is not None:
+            created.append(new_label)
         self._registry.register(
             connection, new_label, actor=approver, how=f"created by key ceremony {row.id}"
         )

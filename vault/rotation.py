@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -35,6 +35,7 @@ from sqlalchemy import Connection, Engine, Row, func, insert, select, text, upda
 from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
 from audit.schema import READ_ONLY
 from cofre.dberrors import database_errors_as
+from cofre.errors import CofreError
 from hsm.keys import KeyHierarchy, KeyKind, key_label
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
@@ -245,8 +246,9 @@ class KeyRotation(RotationBatches):
         """Approve as `identity`. The proposer cannot approve; a second approval by the
         same officer changes nothing. At quorum the rotation starts."""
         self._officer(identity, request_id or "")
+        created: list[str] = []
         try:
-            return self._approve(identity, ceremony_id, request_id)
+            return self._approve(identity, ceremony_id, request_id, created)
         except _SelfApproval:
             # Recorded in a transaction of its own: the refused approval's transaction
             # rolls back, and the denial must not go with it.
@@ -259,8 +261,32 @@ class KeyRotation(RotationBatches):
                 {"reason": "the proposer cannot approve"},
             )
             raise CeremonyError("the proposer cannot approve their own request") from None
+        except BaseException:
+            self._discard_unrecorded(created)
+            raise
 
-    def _approve(self, identity: str, ceremony_id: str, request_id: str | None) -> Ceremony:
+    def _discard_unrecorded(self, labels: list[str]) -> None:
+        """Destroy the keys a failed approval made on the token, once the registry shows
+        its transaction did not commit. Left on the token, each would fail every node's
+        readiness (an unregistered key) and refuse every later approval of its kind
+        (review 38). A registry that cannot be read leaves them (readiness names them):
+        a key whose transaction did commit is never destroyed here."""
+        if not labels:
+            return
+        try:
+            registered = self._keyring.registry.registered(fresh=True)
+        except CofreError:
+            return
+        for label in labels:
+            if label in registered:
+                continue
+            with suppress(CofreError):
+                if self._provider.has_key(label):
+                    self._provider.destroy_key(label)
+
+    def _approve(
+        self, identity: str, ceremony_id: str, request_id: str | None, created: list[str]
+    ) -> Ceremony:
         with self._write() as connection:
             self._serialize(connection)
             row = self._load(connection, ceremony_id)
@@ -294,7 +320,7 @@ class KeyRotation(RotationBatches):
                 connection,
             )
             if len(standing) + 1 >= self._needed():
-                self._start(connection, row, identity)
+                self._start(connection, row, identity, created)
             return self._view(connection, self._load(connection, ceremony_id))
 
     def cancel(self, identity: str, ceremony_id: str, request_id: str | None = None) -> Ceremony:
@@ -355,7 +381,11 @@ class KeyRotation(RotationBatches):
         return inventory
 
     # ------------------------------------------------------------------ execution
-    def _start(self, connection: Connection, row: Row[Any], approver: str) -> None:
+    def _start(
+        self, connection: Connection, row: Row[Any], approver: str, created: list[str]
+    ) -> None:
+        """Start approved ceremony `row` in `connection`'s transaction; each token key it
+        makes is added to `created` (destroyed if the transaction fails)."""
         kind = RotationKind(row.kind)
         running = connection.execute(
             select(key_ceremonies.c.id).where(
@@ -375,7 +405,7 @@ class KeyRotation(RotationBatches):
             audit_key = AuditKeyRotation(
                 self._provider, self._keyring.registry, self._audit, self._clock
             )
-            return audit_key.rotate(connection, row, approver)
+            return audit_key.rotate(connection, row, approver, created)
         if kind is RotationKind.DATA:
             old, new = self._new_data_keys(connection)
             total = int(
@@ -396,6 +426,7 @@ class KeyRotation(RotationBatches):
                     "registry: investigate and destroy it, then approve again"
                 )
             self._hierarchy.create(key_kind, new)
+            created.append(label)
             self._keyring.registry.register(
                 connection, label, actor=approver, how=f"created by key ceremony {row.id}"
             )
