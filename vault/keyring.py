@@ -282,6 +282,22 @@ class DataKeyring:
             self._gcm.pop(version, None)
             self._ff1.pop(version, None)
 
+    def forget_destroyed(self, destroyed: list[tuple[KeyPurpose, int]]) -> None:
+        """Wipe and drop every cached form of the data keys `destroyed` (purpose,
+        version): a rotation finished in another process erased them there, and this
+        one must not keep them in clear until it restarts (review 38)."""
+        with self._lock:
+            for purpose, version in destroyed:
+                clear = self._clear.pop((purpose, version), None)
+                if clear is not None:
+                    wipe(clear)
+                if purpose is KeyPurpose.PAN_GCM:
+                    self._gcm.pop(version, None)
+                else:
+                    self._ff1.pop(version, None)
+                if self._active.get(purpose) == version:
+                    del self._active[purpose]
+
     def wipe_all(self) -> None:
         """Overwrite and forget every unwrapped key (shutdown, rotation)."""
         with self._lock:

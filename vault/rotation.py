@@ -502,6 +502,16 @@ class KeyRotation(RotationBatches):
                         )
                     )
                 ).all()
+                destroyed = [
+                    (KeyPurpose(purpose), int(version))
+                    for purpose, version in connection.execute(
+                        select(data_keys.c.purpose, data_keys.c.version).where(
+                            data_keys.c.state == KeyState.DESTROYED.value
+                        )
+                    )
+                ]
+            # A data key another process destroyed leaves this one's memory too.
+            self._keyring.forget_destroyed(destroyed)
             for row in running:
                 if row.state == CeremonyState.DESTROY_PENDING.value:
                     self._destroy_if_due(row)
