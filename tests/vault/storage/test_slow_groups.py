@@ -1,0 +1,113 @@
+"""A PostgreSQL slower than the statement timeout fails a commit group's calls with a
+503 after about the timeout, not after the timeout once per call (review 39).
+
+A group's first, unguarded run fails on the timeout and the group runs again with a
+savepoint per operation (`vault.storage.groupcommit`). Each of its operations then met
+the slow statement in turn, so the last of a group of N was answered after N + 1
+timeouts (128 x 5 s at the defaults: over ten minutes), and every other call of the
+worker, whatever its identity, waited behind the one writer thread meanwhile."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy import Engine, text
+
+from cofre.errors import CofreError
+from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
+from policies.loader import parse_policy
+from tests.support.pans import card_number
+from tests.vault.conftest import LEDGER, PAYMENTS, TEST_POLICY
+from vault.pan import Pan
+from vault.service import TokenizeRequest, VaultService
+from vault.storage.database import create_database_engine
+
+TIMEOUT_MS = 400
+CALLS = 16
+
+
+@pytest.fixture
+def slow_vault(
+    database_url: str, engine: Engine, hsm_provider: HSMProvider
+) -> Iterator[VaultService]:
+    """A vault whose statements time out after `TIMEOUT_MS`."""
+    bounded = create_database_engine(database_url, statement_timeout_ms=TIMEOUT_MS)
+    policy = PolicyEngine(parse_policy(TEST_POLICY, kind="toml").policy)
+    service = VaultService(bounded, hsm_provider, policy)
+    service.initialize()
+    yield service
+    service.close()
+    bounded.dispose()
+
+
+def _tokens(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(text("SELECT count(*) FROM tokens")).scalar_one())
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_slow_database_fails_a_group_after_a_timeout_not_one_per_call(
+    slow_vault: VaultService, engine: Engine
+) -> None:
+    stored = slow_vault.tokenize(PAYMENTS, TokenizeRequest(Pan(card_number("6", 1)), "uuid"))
+    with engine.begin() as c:  # every token insert now takes longer than the timeout
+        c.execute(
+            text(
+                "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$"
+            )
+        )
+        c.execute(
+            text("CREATE TRIGGER slow BEFORE INSERT ON tokens FOR EACH ROW EXECUTE FUNCTION slow()")
+        )
+    before = _tokens(engine)
+    answers: list[tuple[str, float]] = []
+    lock = threading.Lock()
+    started = time.monotonic()
+
+    def call(name: str, run: Callable[[], object]) -> None:
+        try:
+            run()
+            code = "ok"
+        except CofreError as exc:
+            code = exc.code
+        with lock:
+            answers.append((f"{name}:{code}", time.monotonic() - started))
+
+    threads = [
+        threading.Thread(
+            target=call,
+            args=(
+                "tokenize",
+                lambda i=i: slow_vault.tokenize(
+                    PAYMENTS, TokenizeRequest(Pan(card_number("6", 100 + i)), "uuid")
+                ),
+            ),
+        )
+        for i in range(CALLS)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    # Another identity's read, which meets no slow statement, queued behind them.
+    reader = threading.Thread(
+        target=call, args=("detokenize", lambda: slow_vault.detokenize(LEDGER, stored.token))
+    )
+    reader.start()
+    for thread in [*threads, reader]:
+        thread.join(120)
+
+    timeout = TIMEOUT_MS / 1000
+    assert len(answers) == CALLS + 1
+    assert {name for name, _ in answers if name.startswith("tokenize")} == {
+        "tokenize:storage_unavailable"
+    }
+    assert _tokens(engine) == before  # nothing written
+    slowest = max(elapsed for _, elapsed in answers)
+    # Two groups at most (the first call may be alone), each failing after its
+    # unguarded run's timeout and one guarded timeout: about 4 timeouts, not 17.
+    assert slowest < 6 * timeout + 1.0, sorted(answers, key=lambda a: a[1])
