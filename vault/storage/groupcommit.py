@@ -18,6 +18,14 @@ bucket) can likewise be left to the end of the unguarded run (`before_commit`): 
 is then locked from just before the commit, not from the group's first operation, so a
 second worker's group waits for this one's COMMIT only, and the group charges it once.
 
+A database too slow for its statement timeout (or a lock held past its lock timeout)
+would otherwise be met again by every operation of the guarded run, one after another:
+the last caller of a group of N answered after N + 1 timeouts, and every call of the
+worker queued behind the one writer thread meanwhile (review 39). So once an operation
+of the guarded run fails on such a timeout, the operations after it in the group are not
+run: they fail with that database error (503, nothing written) and those before it keep
+their answers.
+
 Operations of one kind may also run together (`Merge`): in the unguarded run, the
 operations of a group that share a merge key are handed to one function, which does in
 a few statements what each would do in several (single tokenize calls of one identity
@@ -42,6 +50,23 @@ from audit.log import HeldNotes, deferred_appends, notes_on_commit, release_note
 T = TypeVar("T")
 MAX_GROUP: Final = 128
 _BEFORE_COMMIT: Final = "cofre.before_commit"
+# PostgreSQL's query_canceled (statement_timeout) and lock_not_available (lock_timeout).
+_TIMEOUT_SQLSTATES: Final = frozenset({"57014", "55P03"})
+
+
+def _timeout_of(exc: BaseException) -> BaseException | None:
+    """The database error behind `exc` when it is a statement or lock timeout, else None.
+    Looks through the chain: an edge that translated it (`AuditWriteFailed`, raised
+    ``from None``) still holds it as its context."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        original = getattr(current, "orig", None)
+        if getattr(original, "sqlstate", None) in _TIMEOUT_SQLSTATES:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def before_commit(connection: Connection) -> dict[str, Callable[[], None]] | None:
@@ -243,10 +268,14 @@ class GroupCommitter:
     def _commit_each_guarded(self, group: list[_Op]) -> None:
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         held: HeldNotes = []
+        timed_out: BaseException | None = None  # the timeout that ends the run (above)
         try:
             with self._engine.begin() as connection, notes_on_commit(connection, held):
                 for op in group:
                     work, future = op.work, op.future
+                    if timed_out is not None:
+                        outcomes.append((future, None, timed_out))
+                        continue
                     if len(group) == 1:
                         # Alone: no savepoint needed, the transaction is the operation's.
                         outcomes.append((future, work(connection), None))
@@ -259,6 +288,7 @@ class GroupCommitter:
                         savepoint.rollback()
                         del held[mark:]  # its entries rolled back with it
                         outcomes.append((future, None, exc))
+                        timed_out = _timeout_of(exc)
                     else:
                         savepoint.commit()
                         outcomes.append((future, result, None))
