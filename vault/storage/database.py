@@ -21,12 +21,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from vault.storage import schema_version
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+_SQLITE_READONLY = 8  # the primary result code (the extended ones add high bits)
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -136,6 +137,17 @@ def _configure_sqlite(engine: Engine) -> None:
         fd = writer_locks.pop(id(dbapi_connection), None)
         if fd is not None:
             os.close(fd)  # releases the lock if a failed connection still held it
+
+    @event.listens_for(engine, "handle_error")
+    def _read_only_connection(context: ExceptionContext) -> None:
+        # A connection SQLite opened while the file could not be written (permissions,
+        # a read-only mount, an immutable flag) stays read-only after the file can be
+        # written again, and one that met such a fault may too: drop it, and the pool's
+        # older ones, as a dead connection is dropped, so the store recovers by itself
+        # once the file is writable (review 39).
+        code = getattr(context.original_exception, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF == _SQLITE_READONLY:
+            context.is_disconnect = True
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:

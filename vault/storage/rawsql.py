@@ -7,8 +7,9 @@ time under load). The oracle guard's statements and the free-token check run her
 instead, on the same connection and in the same transaction: plain SQL with ``?``
 placeholders (rewritten for the driver's style), parameters the drivers take as they
 are (str, int, bytes: nothing that SQLAlchemy stores in a format of its own, such as
-datetimes on SQLite). A driver error is raised as SQLAlchemy's exception for it, so
-callers translate it exactly as before (a unique-key race is still an
+datetimes on SQLite). A driver error is raised as SQLAlchemy's exception for it
+(through SQLAlchemy's own error handling, so a connection it leaves useless is dropped
+from the pool), so callers translate it exactly as before (a unique-key race is still an
 `IntegrityError`, which `vault._core` retries).
 """
 
@@ -20,7 +21,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from sqlalchemy import Column, Connection, Dialect, LargeBinary, Table
-from sqlalchemy.exc import DBAPIError
 
 
 @functools.lru_cache(maxsize=256)
@@ -61,9 +61,13 @@ def _run(
     try:
         cursor.execute(statement, params)
     except dialect.loaded_dbapi.Error as exc:
-        raise DBAPIError.instance(
-            statement, params, exc, dialect.loaded_dbapi.Error, dialect=dialect
-        ) from None
+        # Through SQLAlchemy's own handling, as its statements' errors go (no cursor: the
+        # shared one stays open): the same exception, the engine's `handle_error`
+        # listeners, and a connection that error leaves useless (a dead one, SQLite's
+        # read-only one: `vault.storage.database`) invalidated with the pool's older
+        # ones. Review 39: raised here without it, the connection went back to the pool
+        # and failed every operation that drew it.
+        connection._handle_dbapi_exception(exc, statement, params, None, None)
     if fetch:
         return cursor.fetchall()
     return cursor.rowcount if count else None
