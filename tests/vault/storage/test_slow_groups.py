@@ -50,11 +50,12 @@ def _tokens(engine: Engine) -> int:
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("slow_table", ["tokens", "audit_queue"])
 def test_a_slow_database_fails_a_group_after_a_timeout_not_one_per_call(
-    slow_vault: VaultService, engine: Engine
+    slow_vault: VaultService, engine: Engine, slow_table: str
 ) -> None:
     stored = slow_vault.tokenize(PAYMENTS, TokenizeRequest(Pan(card_number("6", 1)), "uuid"))
-    with engine.begin() as c:  # every token insert now takes longer than the timeout
+    with engine.begin() as c:  # every insert into it now takes longer than the timeout
         c.execute(
             text(
                 "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
@@ -62,7 +63,10 @@ def test_a_slow_database_fails_a_group_after_a_timeout_not_one_per_call(
             )
         )
         c.execute(
-            text("CREATE TRIGGER slow BEFORE INSERT ON tokens FOR EACH ROW EXECUTE FUNCTION slow()")
+            text(
+                f"CREATE TRIGGER slow BEFORE INSERT ON {slow_table} FOR EACH ROW"
+                " EXECUTE FUNCTION slow()"
+            )
         )
     before = _tokens(engine)
     answers: list[tuple[str, float]] = []
@@ -103,8 +107,9 @@ def test_a_slow_database_fails_a_group_after_a_timeout_not_one_per_call(
 
     timeout = TIMEOUT_MS / 1000
     assert len(answers) == CALLS + 1
-    assert {name for name, _ in answers if name.startswith("tokenize")} == {
-        "tokenize:storage_unavailable"
+    assert {name for name, _ in answers if name.startswith("tokenize")} <= {
+        "tokenize:storage_unavailable",  # 503
+        "tokenize:audit_unavailable",  # 503: the slow insert was the audit entry's
     }
     assert _tokens(engine) == before  # nothing written
     slowest = max(elapsed for _, elapsed in answers)
