@@ -42,6 +42,7 @@ from vault.operations._statements import (
     _HELD,
     _convergent_records,
     _held_fingerprints,
+    _keys_used_elsewhere,
     _rows_by_idempotency_key,
     _taken,
 )
@@ -241,9 +242,23 @@ class TokenizeOperations(TokenizeChecks):
         """The `IdempotencyConflict` (or its batch item error) the call would raise, or
         None; writes nothing."""
         by_key = _rows_by_idempotency_key(connection, domain, items)
+        new_keys = [
+            key
+            for item in items
+            if (key := item.request.idempotency_key) is not None and key not in by_key
+        ]
+        elsewhere = _keys_used_elsewhere(connection, ctx.identity, domain, sorted(set(new_keys)))
         scratch = _Answers([ctx] * len(items), [None] * len(items))
         try:
-            for index in range(len(items)):
+            for index, item in enumerate(items):
+                if item.request.idempotency_key in elsewhere:
+                    raise self._item_error(
+                        IdempotencyConflict(
+                            "this idempotency key was used by this identity in another token domain"
+                        ),
+                        index,
+                        batch=batch,
+                    )
                 self._answer_by_key(scratch, index, items, by_key, batch=batch)
         except (IdempotencyConflict, BatchItemInvalid) as exc:
             return exc

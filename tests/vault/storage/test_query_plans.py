@@ -19,6 +19,7 @@ from vault.operations._statements import (
     _ANY_CONVERGENT_PG,
     _BY_IDEMPOTENCY_PG,
     _CONVERGENT_PG,
+    _KEYS_ELSEWHERE,
     _TAKEN_PG,
     _TAKEN_SQL,
 )
@@ -102,6 +103,17 @@ def test_the_convergence_probe_searches_the_fingerprint_index(
         condition = plan.split("Index Cond:")[-1]
         assert all(f"{column} =" in condition for column in ("domain", "format")), plan
         assert "fingerprint" in condition, plan
+
+
+@pytest.mark.parametrize("keys", [1, 500])
+def test_the_keys_used_in_another_domain_are_searched_through_the_owner_key_index(
+    engine: Engine, keys: int
+) -> None:
+    sent = [f"order-{i}" for i in range(keys)]
+    params: list[object] = ["spiffe://cofre/payments", *sent, "spiffe://cofre/shop"]
+    with engine.begin() as connection:
+        plan = _plan(connection, _KEYS_ELSEWHERE, params, keys)
+    _assert_indexed(plan, "tokens")
 
 
 @pytest.mark.parametrize("sql", [_TAT_SQL, _CHARGE_SQL])
