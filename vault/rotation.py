@@ -26,21 +26,21 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, Row, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Row, func, insert, select, update
 
 from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
 from audit.schema import READ_ONLY
 from cofre.dberrors import database_errors_as
-from cofre.errors import CofreError
 from hsm.keys import KeyHierarchy, KeyKind, key_label
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.models import Action
+from vault._ceremony_guards import discard_unrecorded, hold_ceremony_lock, refuse_a_second_run
 from vault._rotation_batches import RotationBatches
 from vault.audit_rotation import AuditKeyRotation
 from vault.ceremony import Ceremony, CeremonyState, RotationKind
@@ -51,10 +51,6 @@ from vault.storage.database import as_utc
 from vault.storage.schema import data_keys, key_approvals, key_ceremonies, tokens
 
 BATCH: Final = 500
-# The transaction-scoped advisory lock that serialises ceremony writes (propose, approve,
-# cancel) across the nodes of one PostgreSQL: "CofreK". SQLite's BEGIN IMMEDIATE already
-# keeps writers apart.
-_CEREMONY_LOCK_KEY: Final = 0x436F6672654B
 
 
 class _SelfApproval(Exception):
@@ -149,17 +145,6 @@ class KeyRotation(RotationBatches):
         with self._write() as own:
             self._audit.append(own, event)
 
-    @staticmethod
-    def _serialize(connection: Connection) -> None:
-        """Hold the ceremony lock for the rest of `connection`'s transaction. Without it
-        two nodes proposing at once both read "none open" and both insert (PostgreSQL,
-        READ COMMITTED), and two approvals at once each count the approvals without the
-        other's (review 38)."""
-        if connection.dialect.name == "postgresql":
-            connection.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CEREMONY_LOCK_KEY}
-            )
-
     def _needed(self) -> int:
         return self._policy().policy.key_approvals_required - 1
 
@@ -212,7 +197,7 @@ class KeyRotation(RotationBatches):
         now = self._clock()
         ceremony_id = str(uuid.uuid4())
         with self._write() as connection:
-            self._serialize(connection)
+            hold_ceremony_lock(connection)
             open_states = [CeremonyState.PENDING.value, CeremonyState.RUNNING.value]
             for row in connection.execute(
                 select(key_ceremonies).where(
@@ -262,33 +247,14 @@ class KeyRotation(RotationBatches):
             )
             raise CeremonyError("the proposer cannot approve their own request") from None
         except BaseException:
-            self._discard_unrecorded(created)
+            discard_unrecorded(self._keyring.registry, self._provider, created)
             raise
-
-    def _discard_unrecorded(self, labels: list[str]) -> None:
-        """Destroy the keys a failed approval made on the token, once the registry shows
-        its transaction did not commit. Left on the token, each would fail every node's
-        readiness (an unregistered key) and refuse every later approval of its kind
-        (review 38). A registry that cannot be read leaves them (readiness names them):
-        a key whose transaction did commit is never destroyed here."""
-        if not labels:
-            return
-        try:
-            registered = self._keyring.registry.registered(fresh=True)
-        except CofreError:
-            return
-        for label in labels:
-            if label in registered:
-                continue
-            with suppress(CofreError):
-                if self._provider.has_key(label):
-                    self._provider.destroy_key(label)
 
     def _approve(
         self, identity: str, ceremony_id: str, request_id: str | None, created: list[str]
     ) -> Ceremony:
         with self._write() as connection:
-            self._serialize(connection)
+            hold_ceremony_lock(connection)
             row = self._load(connection, ceremony_id)
             view = self._view(connection, row)
             if view.state != CeremonyState.PENDING:
@@ -326,7 +292,7 @@ class KeyRotation(RotationBatches):
     def cancel(self, identity: str, ceremony_id: str, request_id: str | None = None) -> Ceremony:
         self._officer(identity, request_id or "")
         with self._write() as connection:
-            self._serialize(connection)
+            hold_ceremony_lock(connection)
             view = self._view(connection, self._load(connection, ceremony_id))
             if view.state != CeremonyState.PENDING:
                 raise CeremonyError(f"ceremony {ceremony_id} is {view.state}: too late to cancel")
@@ -387,20 +353,7 @@ class KeyRotation(RotationBatches):
         """Start approved ceremony `row` in `connection`'s transaction; each token key it
         makes is added to `created` (destroyed if the transaction fails)."""
         kind = RotationKind(row.kind)
-        running = connection.execute(
-            select(key_ceremonies.c.id).where(
-                key_ceremonies.c.kind == kind.value,
-                key_ceremonies.c.state == CeremonyState.RUNNING.value,
-                key_ceremonies.c.id != row.id,
-            )
-        ).first()
-        if running is not None:
-            # Two at once would each retire the key in use, and the first to finish
-            # erases the key the other is still moving records off (review 38).
-            raise CeremonyError(
-                f"a {kind.value} rotation is already running ({running.id}): approve this "
-                "one after it completes"
-            )
+        refuse_a_second_run(connection, kind, row.id)
         if kind is RotationKind.AUDIT:  # one step, with a handover: its own module
             audit_key = AuditKeyRotation(
                 self._provider, self._keyring.registry, self._audit, self._clock
