@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import tracemalloc
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -203,3 +204,26 @@ def test_a_stalled_acquirers_routes_leave_other_routes_a_relay_thread(
         return answered
 
     assert asyncio.run(scenario()), "the healthy route's relay waited for a relay thread"
+
+
+def test_an_answer_in_a_coding_the_vault_cannot_read_is_refused(
+    upstream: Callable[[Handler], _Upstream],
+) -> None:
+    """With the fix: an answer the vault cannot decode (brotli, zstd, anything else) it
+    cannot mask either; httpx passed an unknown coding through as if plain, and decoded
+    brotli or zstd unbounded where their packages are installed."""
+    server = upstream(
+        _answer_with(b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\n", b"\x8b\x00\x80{}\x03")
+    )
+    with pytest.raises(UpstreamUnavailable, match="content coding"):
+        RelayClient().send("acq", _route(server.port, timeout_seconds=5.0), {"amount": 1})
+
+
+def test_a_raw_deflate_answer_is_still_read(upstream: Callable[[Handler], _Upstream]) -> None:
+    """With the fix: ``deflate`` as zlib or as raw deflate, as httpx read it."""
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    raw = packer.compress(b'{"status": "APPROVED"}') + packer.flush()
+    for body in (zlib.compress(b'{"status": "APPROVED"}'), raw):
+        server = upstream(_answer_with(b"HTTP/1.1 200 OK\r\ncontent-encoding: deflate\r\n", body))
+        result = RelayClient().send("acq", _route(server.port, timeout_seconds=5.0), {"a": 1})
+        assert result.body == {"status": "APPROVED"}
