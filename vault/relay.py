@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import socket
 import ssl
 import threading
 import time
@@ -308,10 +309,11 @@ class _DeadlineStream(httpcore.NetworkStream):
 
 class _DeadlineBackend(httpcore.NetworkBackend):
     """httpcore's own network backend, with each step's timeout cut to what is left of
-    the relay the calling thread runs (`until`). httpx's timeouts are per step: an
-    upstream that trickles its answer a byte at a time, each within the step's limit,
-    held a relay thread (and the caller) for as long as it liked (review 37). The name
-    lookup is the one step not bounded here (`getaddrinfo` takes no timeout)."""
+        the relay the calling thread runs (`until`). httpx's timeouts are per step: an
+        upstream that trickles its answer a byte at a time, each within the step's limit,
+        held a relay thread (and the caller) for as long as it liked (review 37). The name
+        lookup is the one step not bounded here (`getaddrinfo` takes no timeout); each address
+    it gives is tried within what is left."""
 
     def __init__(self) -> None:
         self._backend = httpcore.SyncBackend()
@@ -347,9 +349,26 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        cut = self.cut(timeout, httpcore.ConnectTimeout)
-        stream = self._backend.connect_tcp(host, port, cut, local_address, socket_options)
-        return _DeadlineStream(stream, self)
+        # The name's addresses one by one, each within what is left: given the whole
+        # step's time once, `socket.create_connection` gave it to every address (a dead
+        # AAAA beside the A held the relay twice its timeout; review 40).
+        self.cut(timeout, httpcore.ConnectTimeout)
+        try:
+            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        failure: Exception = httpcore.ConnectError(f"{host!r} has no address")
+        for *_, address in addresses:
+            cut = self.cut(timeout, httpcore.ConnectTimeout)
+            try:
+                stream = self._backend.connect_tcp(
+                    str(address[0]), int(address[1]), cut, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+                continue
+            return _DeadlineStream(stream, self)
+        raise failure
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
