@@ -16,9 +16,11 @@ caller over a limit of the vault's (rate, quota, oracle guard: each such 429 was
 entry too). Not a token that is not found, expired or in conflict (409, 410, 404 on a
 known route: the vault answered about what it holds, and those cost a rate unit
 already), nor an upstream's own status through the relay (review 28: charging those
-held a service that missed a few tokens). A relay refused at once because its route
-has `max_in_flight` relays under way (503 ``upstream_busy``) is one: it costs no rate
-unit and writes an entry.
+held a service that missed a few tokens), nor a relay refused at once because its route
+has `max_in_flight` relays under way (503 ``upstream_busy``): it costs a rate unit, as
+a relay does (review 40: charged here, one put a caller in debt while its relays waited
+on the stalled upstream, and each of them then counted against it, every route held
+back).
 
 - The caller is an identity (its `rate_limit`; one not in the policy:
   `DEFAULT_REFUSALS`; a service the policy leaves unlimited is not limited here
@@ -99,8 +101,6 @@ def charged(status: int, code: str | None) -> bool:
     module text); an answer without a problem code is not the vault's refusal."""
     if not code:
         return False
-    if code == "upstream_busy":  # a relay route full: at once, nothing revealed
-        return True
     return status in REFUSALS or (status == 404 and code in _NOTHING_THERE)
 
 

@@ -84,7 +84,7 @@ def test_a_caller_never_refused_is_never_held() -> None:
         (422, None, False),
         (400, "", False),
         (503, "storage_unavailable", False),
-        (503, "upstream_busy", True),  # a relay route full: refused at once, audited
+        (503, "upstream_busy", False),  # a relay route full: costs a rate unit instead
         (502, "upstream_unavailable", False),
     ],
 )

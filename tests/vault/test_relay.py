@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from audit.errors import AuditWriteFailed
 from hsm.provider import HSMProvider
+from policies.errors import RateLimited
 from tests.support.fake_acquirer import FakeAcquirer
 from tests.vault.conftest import TEST_POLICY, relay_vault
 from vault.errors import UpstreamBusy, UpstreamUnavailable
@@ -245,3 +246,61 @@ def test_a_route_with_its_relays_all_waiting_refuses_the_next_at_once(
         assert busy["details"]["error"] == "upstream_busy"
         acquirer.answer = None
         assert service.relay(RELAYER, "acq", body).status == 200  # the places came back
+
+
+def test_a_busy_route_costs_its_caller_a_rate_unit(
+    engine: Engine, hsm_provider: HSMProvider, acquirer: FakeAcquirer
+) -> None:
+    """Review 40: a relay refused upstream_busy costs a rate unit, as a relay does, with
+    its entry in the same transaction: the entries such refusals write stay within the
+    caller's rate limit (they were charged to the API's refusal bucket instead, which
+    held a caller with relays waiting on a stalled upstream back from every route)."""
+    ca: Path = acquirer.ca  # type: ignore[attr-defined]
+    policy = (
+        TEST_POLICY
+        + f"""
+[identities."spiffe://cofre/relayer"]
+operations = ["relay", "detokenize"]
+reveal = "full"
+read_domains = ["spiffe://cofre/payments"]
+rate_limit = {{ per_second = 0.01, burst = 3 }}
+
+[relay_routes.acq]
+upstream = "{acquirer.url}/v1/authorize"
+identities = ["spiffe://cofre/relayer"]
+detokenize = ["/card/number"]
+ca_bundle = "{ca}"
+timeout_seconds = 30
+max_in_flight = 1
+"""
+    )
+    release = threading.Event()
+
+    def stall(body: dict[str, Any]) -> tuple[int, Any]:
+        release.wait(30)
+        return 200, {"status": "APPROVED"}
+
+    with relay_vault(engine, hsm_provider, acquirer, policy) as service:
+        token, _ = _token(service)
+        acquirer.answer = stall
+        body = {"card": {"number": token}}
+        with ThreadPoolExecutor(1) as pool:
+            stalled = pool.submit(service.relay, RELAYER, "acq", body)
+            for _ in range(300):
+                if acquirer.received:
+                    break
+                time.sleep(0.05)
+            try:
+                refused = []
+                for _ in range(3):
+                    with pytest.raises((UpstreamBusy, RateLimited)) as caught:
+                        service.relay(RELAYER, "acq", body)
+                    refused.append(caught.value.code)
+            finally:
+                release.set()
+            assert stalled.result(30).status == 200
+        assert refused == ["upstream_busy", "upstream_busy", "rate_limited"]
+        errors = sorted(
+            e["details"]["error"] for e in _relay_entries(engine) if e["outcome"] == "failed"
+        )
+        assert errors == ["rate_limited", "upstream_busy", "upstream_busy"]

@@ -98,7 +98,11 @@ class RelayOperations(TokenizeOperations):
                 reveals = len(route.detokenize) + (0 if route.card is None else 1)
                 self._refuse_spent(ctx, rules, 1, reveals=reveals)
                 # A place among the route's relays under way, held until its answer.
-                held.enter_context(self._relay_client.slot(route_name, route))
+                try:
+                    held.enter_context(self._relay_client.slot(route_name, route))
+                except UpstreamBusy as busy:
+                    self._refuse_busy(ctx, rules, busy, details)
+                    raise
                 revealed = self._transaction(
                     functools.partial(
                         self._reveal_or_miss,
@@ -120,7 +124,6 @@ class RelayOperations(TokenizeOperations):
                 IntegrityError,
                 RateLimited,
                 Throttled,
-                UpstreamBusy,
             ) as exc:
                 # Nothing was revealed (the transaction rolled back): one entry for the refusal.
                 if isinstance(exc, QuotaExceeded):
@@ -156,6 +159,30 @@ class RelayOperations(TokenizeOperations):
                 self._audit_event(ctx, Action.RELAY, Outcome.SUCCESS, details=details)
             )
             return RelayResult(result.status, answer)
+
+    def _refuse_busy(
+        self,
+        ctx: CallContext,
+        rules: IdentityPolicy,
+        busy: UpstreamBusy,
+        details: Mapping[str, DetailValue],
+    ) -> None:
+        """Charge a relay refused `busy` one unit of the caller's rate limit, as a relay
+        costs, with its `relay` entry in the same transaction. Raises `RateLimited`
+        (nothing written; the caller audits that refusal instead). Review 40: charged to
+        the caller's refusal bucket instead, one busy refusal put a caller in debt there,
+        and then every request it had in flight (its relays waiting on the stalled
+        upstream that filled the route) counted against it: its next call to any route,
+        within its rate limit, was held back 429."""
+        event = self._audit_event(
+            ctx, Action.RELAY, Outcome.FAILED, details={**details, "error": busy.code}
+        )
+
+        def refuse(connection: Connection) -> None:
+            self._charge(connection, ctx, rules)
+            self._audit.append_many(connection, [event])
+
+        self._transaction(refuse)
 
     def _reveal_or_miss(
         self, connection: Connection, **parts: Any
