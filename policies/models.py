@@ -8,7 +8,7 @@ certificate, for example ``spiffe://cofre/payments``.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal, Self
+from typing import Annotated, Final, Literal, Self
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -284,6 +284,13 @@ class LuhnExemption(BaseModel):
     description: str = ""
 
 
+# The places of every relay route together (`RelayRoute.max_in_flight`): each is a relay
+# thread of a vault process (`api.routes._offload.RELAY_THREADS` is one more, for the
+# refusals), so an upstream that stalls takes its own routes' threads, never another
+# route's (review 40: three routes of 64 took all 129, and every other relay queued).
+MAX_RELAY_PLACES: Final = 128
+
+
 class Policy(BaseModel):
     """The whole policy. The empty policy (no identities) denies everything."""
 
@@ -318,6 +325,13 @@ class Policy(BaseModel):
             if Action.CAPTURE in rules.operations and not rules.formats:
                 raise ValueError(f"identity {identity!r} may capture but names no format")
         self._mfa_keys_distinct()
+        places = sum(route.max_in_flight for route in self.relay_routes.values())
+        if places > MAX_RELAY_PLACES:
+            raise ValueError(
+                f"relay routes hold {places} places together (their max_in_flight), more "
+                f"than the {MAX_RELAY_PLACES} relay threads of a vault process: lower some "
+                "routes' max_in_flight"
+            )
         for name, route in self.relay_routes.items():
             for identity in route.identities:
                 relayer = self.identities.get(identity)

@@ -34,6 +34,7 @@ import structlog
 
 from cofre.blocking import never_blocking
 from cofre.errors import CofreError, WouldBlock
+from policies.models import MAX_RELAY_PLACES
 from vault.models import Pending
 
 P = ParamSpec("P")
@@ -46,9 +47,10 @@ THREADS: Final = 40
 _executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="cofre-vault-call")
 # Relays wait on their upstream (up to a route's timeout, 60 s): their own threads, so
 # a slow acquirer cannot starve the token calls. Each route holds at most its
-# `max_in_flight` of them (16 by default, `vault.relay.RelayClient.slot`): eight routes
-# whose upstreams all stall still leave a thread for a relay's refusal.
-RELAY_THREADS: Final = 129
+# `max_in_flight` of them (16 by default, `vault.relay.RelayClient.slot`), and a policy's
+# routes at most `MAX_RELAY_PLACES` together: every route whose upstream stalls still
+# leaves the others their places, and a thread for a relay's refusal.
+RELAY_THREADS: Final = MAX_RELAY_PLACES + 1
 _relays = ThreadPoolExecutor(max_workers=RELAY_THREADS, thread_name_prefix="cofre-relay")
 _waiting = threading.BoundedSemaphore(THREADS)
 # The calls cancelled requests left, until finished (`_leave`, `drain`).

@@ -18,7 +18,7 @@ import pytest
 from api.routes import _offload
 from policies.errors import PolicyError
 from policies.loader import parse_policy
-from policies.models import RelayRoute
+from policies.models import MAX_RELAY_PLACES, RelayRoute
 from tests.vault.conftest import TEST_POLICY
 from tests.vault.test_relay_deadline import Handler, _route, _Upstream, upstream
 from vault.errors import UpstreamTimeout, UpstreamUnavailable
@@ -227,3 +227,26 @@ def test_a_raw_deflate_answer_is_still_read(upstream: Callable[[Handler], _Upstr
         server = upstream(_answer_with(b"HTTP/1.1 200 OK\r\ncontent-encoding: deflate\r\n", body))
         result = RelayClient().send("acq", _route(server.port, timeout_seconds=5.0), {"a": 1})
         assert result.body == {"status": "APPROVED"}
+
+
+def test_a_policy_gives_its_routes_at_most_a_relay_thread_each() -> None:
+    """With the fix: routes' places beyond the relay threads are refused at load (the
+    reload keeps the policy in force); as many as there are threads for load."""
+    assert _three_routes_of_64() is None
+    relayer = """
+[identities."spiffe://cofre/relayer"]
+operations = ["relay", "detokenize_masked"]
+read_domains = ["spiffe://cofre/payments"]
+"""
+    routes = "".join(
+        f"""
+[relay_routes.r{n}]
+upstream = "https://acquirer.example/{n}"
+identities = ["spiffe://cofre/relayer"]
+detokenize = ["/card/number"]
+"""
+        for n in range(MAX_RELAY_PLACES // 16)
+    )
+    loaded = parse_policy(TEST_POLICY + relayer + routes, kind="toml").policy.relay_routes
+    assert sum(route.max_in_flight for route in loaded.values()) == MAX_RELAY_PLACES
+    assert _offload.RELAY_THREADS > MAX_RELAY_PLACES
