@@ -27,6 +27,15 @@ from vault.relay import MAX_ANSWER_BYTES, RelayClient, RelayResult
 __all__ = ["upstream"]  # the fixture, imported for the tests here
 
 
+def _send(route: RelayRoute) -> RelayResult:
+    """`route`'s relay of a small body, its client closed after (no socket left open)."""
+    client = RelayClient()
+    try:
+        return client.send("acq", route, {"amount": 1})
+    finally:
+        client.close()
+
+
 def _answer_with(head: bytes, body: bytes) -> Handler:
     def handler(connection: socket.socket) -> None:
         connection.sendall(head + b"content-length: %d\r\n\r\n" % len(body) + body)
@@ -71,7 +80,7 @@ def test_an_answer_exactly_at_the_bound_is_read(
         _answer_with(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\n", gzip.compress(body))
     )
     for server in (plain, packed):
-        result = RelayClient().send("acq", _route(server.port, timeout_seconds=10.0), {"a": 1})
+        result = _send(_route(server.port, timeout_seconds=10.0))
         assert result.status == 200
         assert len(result.body["pad"]) == MAX_ANSWER_BYTES - 11
 
@@ -117,7 +126,7 @@ def test_each_address_of_the_upstream_shares_the_routes_timeout(
     started = time.monotonic()
     try:
         with pytest.raises(UpstreamTimeout):
-            RelayClient().send("acq", route, {"amount": 1})
+            _send(route)
     finally:
         for server, fillers in holes:
             for filler in fillers:
@@ -216,7 +225,7 @@ def test_an_answer_in_a_coding_the_vault_cannot_read_is_refused(
         _answer_with(b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\n", b"\x8b\x00\x80{}\x03")
     )
     with pytest.raises(UpstreamUnavailable, match="content coding"):
-        RelayClient().send("acq", _route(server.port, timeout_seconds=5.0), {"amount": 1})
+        _send(_route(server.port, timeout_seconds=5.0))
 
 
 def test_a_raw_deflate_answer_is_still_read(upstream: Callable[[Handler], _Upstream]) -> None:
@@ -225,7 +234,7 @@ def test_a_raw_deflate_answer_is_still_read(upstream: Callable[[Handler], _Upstr
     raw = packer.compress(b'{"status": "APPROVED"}') + packer.flush()
     for body in (zlib.compress(b'{"status": "APPROVED"}'), raw):
         server = upstream(_answer_with(b"HTTP/1.1 200 OK\r\ncontent-encoding: deflate\r\n", body))
-        result = RelayClient().send("acq", _route(server.port, timeout_seconds=5.0), {"a": 1})
+        result = _send(_route(server.port, timeout_seconds=5.0))
         assert result.body == {"status": "APPROVED"}
 
 
