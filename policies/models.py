@@ -288,7 +288,8 @@ class LuhnExemption(BaseModel):
 # thread of a vault process (`api.routes._offload.RELAY_THREADS` is one more, for the
 # refusals), so an upstream that stalls takes its own routes' threads, never another
 # route's (review 40: three routes of 64 took all 129, and every other relay queued).
-MAX_RELAY_PLACES: Final = 128
+# Sixteen routes at the default 16; threads are started only as relays need them.
+MAX_RELAY_PLACES: Final = 256
 
 
 class Policy(BaseModel):

@@ -19,8 +19,9 @@ from api.routes import _offload
 from policies.errors import PolicyError
 from policies.loader import parse_policy
 from policies.models import MAX_RELAY_PLACES, RelayRoute
+from tests.support.fake_acquirer import plain_route as _route
 from tests.vault.conftest import TEST_POLICY
-from tests.vault.test_relay_deadline import Handler, _route, _Upstream, upstream
+from tests.vault.test_relay_deadline import Handler, _Upstream, upstream
 from vault.errors import UpstreamTimeout, UpstreamUnavailable
 from vault.relay import MAX_ANSWER_BYTES, RelayClient, RelayResult
 
@@ -144,9 +145,10 @@ def stalled() -> Iterator[_Upstream]:
     server.close()
 
 
-def _three_routes_of_64() -> dict[str, RelayRoute] | None:
-    """An acquirer's authorize, capture and refund routes at `max_in_flight` 64 (the
-    most a route may have), as a policy loads them; None if it refuses them."""
+def _routes_of_64() -> dict[str, RelayRoute] | None:
+    """Acquirers' routes (authorize, capture, refund, ...) at `max_in_flight` 64 (the
+    most a route may have), one more than the relay threads hold, as a policy loads
+    them; None if it refuses them."""
     routes = "".join(
         f"""
 [relay_routes.acq-{name}]
@@ -155,7 +157,7 @@ identities = ["spiffe://cofre/relayer"]
 detokenize = ["/card/number"]
 max_in_flight = 64
 """
-        for name in ("authorize", "capture", "refund")
+        for name in range(MAX_RELAY_PLACES // 64 + 1)
     )
     relayer = """
 [identities."spiffe://cofre/relayer"]
@@ -181,7 +183,7 @@ def test_a_stalled_acquirers_routes_leave_other_routes_a_relay_thread(
     out; so does every other relay call, refusals included, the queue unbounded. The
     three routes' relays all wait on the stalled upstream, then one relay goes to a
     healthy upstream: it must be answered while they wait (or the policy refused)."""
-    loaded = _three_routes_of_64()
+    loaded = _routes_of_64()
     if loaded is None:
         return  # the policy cannot give routes more places than there are relay threads
     healthy = upstream(_answer_with(b"HTTP/1.1 200 OK\r\n", b"{}"))
@@ -241,7 +243,7 @@ def test_a_raw_deflate_answer_is_still_read(upstream: Callable[[Handler], _Upstr
 def test_a_policy_gives_its_routes_at_most_a_relay_thread_each() -> None:
     """With the fix: routes' places beyond the relay threads are refused at load (the
     reload keeps the policy in force); as many as there are threads for load."""
-    assert _three_routes_of_64() is None
+    assert _routes_of_64() is None
     relayer = """
 [identities."spiffe://cofre/relayer"]
 operations = ["relay", "detokenize_masked"]
