@@ -309,11 +309,11 @@ class _DeadlineStream(httpcore.NetworkStream):
 
 class _DeadlineBackend(httpcore.NetworkBackend):
     """httpcore's own network backend, with each step's timeout cut to what is left of
-        the relay the calling thread runs (`until`). httpx's timeouts are per step: an
-        upstream that trickles its answer a byte at a time, each within the step's limit,
-        held a relay thread (and the caller) for as long as it liked (review 37). The name
-        lookup is the one step not bounded here (`getaddrinfo` takes no timeout); each address
-    it gives is tried within what is left."""
+    the relay the calling thread runs (`until`). httpx's timeouts are per step: an
+    upstream that trickles its answer a byte at a time, each within the step's limit,
+    held a relay thread (and the caller) for as long as it liked (review 37). The name
+    lookup is the one step not bounded here (`getaddrinfo` takes no timeout); each
+    address it gives is tried within what is left."""
 
     def __init__(self) -> None:
         self._backend = httpcore.SyncBackend()
