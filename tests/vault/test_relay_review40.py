@@ -21,20 +21,11 @@ from policies.loader import parse_policy
 from policies.models import MAX_RELAY_PLACES, RelayRoute
 from tests.support.fake_acquirer import plain_route as _route
 from tests.vault.conftest import TEST_POLICY
-from tests.vault.test_relay_deadline import Handler, _Upstream, upstream
+from tests.vault.test_relay_deadline import Handler, _send, _Upstream, upstream
 from vault.errors import UpstreamTimeout, UpstreamUnavailable
 from vault.relay import MAX_ANSWER_BYTES, RelayClient, RelayResult
 
 __all__ = ["upstream"]  # the fixture, imported for the tests here
-
-
-def _send(route: RelayRoute) -> RelayResult:
-    """`route`'s relay of a small body, its client closed after (no socket left open)."""
-    client = RelayClient()
-    try:
-        return client.send("acq", route, {"amount": 1})
-    finally:
-        client.close()
 
 
 def _answer_with(head: bytes, body: bytes) -> Handler:
