@@ -58,3 +58,39 @@ def test_a_dead_first_address_leaves_the_next_one_time_to_answer(
         server.close()
     assert result.status == 200
     assert result.body == {"ok": True}
+
+
+@pytest.mark.parametrize(
+    "coding", [b"br", b"zstd"], ids=["brotli", "zstd"]
+)
+def test_a_server_error_in_a_coding_the_vault_does_not_read_is_still_retried(
+    upstream: Callable[[Handler], _Upstream], coding: bytes
+) -> None:
+    """A route with retries tries again after a 5xx, whatever its body: the vault never
+    uses a server error's body. Since review 40 the body is read and decoded before the
+    status is looked at, so a 503 whose body is in a coding the vault does not read
+    (a proxy's or load balancer's error page, compressed as it likes) ends the relay
+    upstream_unavailable at once, the retry the route asks for never made (httpx
+    skipped a coding it did not know, and retried)."""
+    calls: list[int] = []
+
+    def handler(connection: socket.socket) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            head = b"HTTP/1.1 503 Service Unavailable\r\ncontent-encoding: " + coding
+            body = b"\x0b\x02\x80overloaded\x03"
+        else:
+            head, body = b"HTTP/1.1 200 OK\r\ncontent-type: application/json", b"{}"
+        connection.sendall(
+            head + b"\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+        )
+
+    server = upstream(handler)
+    route = _route(server.port, method="PUT", retries=1, timeout_seconds=5.0)
+    client = RelayClient()
+    try:
+        result = client.send("acq", route, {"amount": 1})
+    finally:
+        client.close()
+    assert result.status == 200
+    assert len(calls) == 2
