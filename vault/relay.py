@@ -452,7 +452,11 @@ class RelayClient:
             for attempt in range(1, attempts + 1):
                 try:
                     with client.stream(route.method, route.upstream, json=body) as response:
-                        content = _read_answer(name, response)
+                        # A server error's body is never used (retried, or refused by
+                        # its status): not read, so it cannot end the relay before its
+                        # retry (review 42).
+                        failed = response.status_code >= 500
+                        content = b"" if failed else _read_answer(name, response)
                 except httpx.TimeoutException:
                     if attempt == attempts or time.monotonic() >= deadline:
                         raise late from None
