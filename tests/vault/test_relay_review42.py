@@ -60,9 +60,7 @@ def test_a_dead_first_address_leaves_the_next_one_time_to_answer(
     assert result.body == {"ok": True}
 
 
-@pytest.mark.parametrize(
-    "coding", [b"br", b"zstd"], ids=["brotli", "zstd"]
-)
+@pytest.mark.parametrize("coding", [b"br", b"zstd"], ids=["brotli", "zstd"])
 def test_a_server_error_in_a_coding_the_vault_does_not_read_is_still_retried(
     upstream: Callable[[Handler], _Upstream], coding: bytes
 ) -> None:
