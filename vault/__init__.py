@@ -29,6 +29,7 @@ __all__ = [
     "policy_record",
     "purge",
     "relay",
+    "relay_client",
     "rotation",
     "rotation_worker",
     "sad",

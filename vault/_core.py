@@ -57,9 +57,7 @@ from vault.limits import Limits
 from vault.models import CallContext, TokenRecord
 from vault.pan import Pan
 from vault.policy_record import policy_event
-from vault.relay import (
-    RelayClient,
-)
+from vault.relay_client import RelayClient
 from vault.security_codes import MAX_TTL as MAX_CODE_TTL
 from vault.security_codes import HeldCodes
 from vault.storage.database import as_utc, single_read

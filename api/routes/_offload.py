@@ -47,7 +47,7 @@ THREADS: Final = 40
 _executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="cofre-vault-call")
 # Relays wait on their upstream (up to a route's timeout, 60 s): their own threads, so
 # a slow acquirer cannot starve the token calls. Each route holds at most its
-# `max_in_flight` of them (16 by default, `vault.relay.RelayClient.slot`), and a policy's
+# `max_in_flight` of them (16 by default, `vault.relay_client.RelayClient.slot`), and a policy's
 # routes at most `MAX_RELAY_PLACES` together: every route whose upstream stalls still
 # leaves the others their places, and a thread for a relay's refusal.
 RELAY_THREADS: Final = MAX_RELAY_PLACES + 1

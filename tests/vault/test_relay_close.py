@@ -11,7 +11,7 @@ import time
 
 from cofre.errors import CofreError
 from tests.support.fake_acquirer import plain_route
-from vault.relay import RelayClient
+from vault.relay_client import RelayClient
 
 
 def test_a_relay_cut_by_the_close_at_the_drain_bound_still_raises_a_cofre_error() -> None:

@@ -22,7 +22,8 @@ from policies.models import RelayRoute
 from tests.support.fake_acquirer import plain_route
 from tests.support.wire import read_response
 from vault.errors import UpstreamTimeout, UpstreamUnavailable
-from vault.relay import MAX_ANSWER_BYTES, RelayClient, RelayResult
+from vault.relay import RelayResult
+from vault.relay_client import MAX_ANSWER_BYTES, RelayClient
 
 Handler = Callable[[socket.socket], object]
 

@@ -23,7 +23,8 @@ from tests.support.fake_acquirer import plain_route as _route
 from tests.vault.conftest import TEST_POLICY
 from tests.vault.test_relay_deadline import Handler, _send, _Upstream, upstream
 from vault.errors import UpstreamTimeout, UpstreamUnavailable
-from vault.relay import MAX_ANSWER_BYTES, RelayClient, RelayResult
+from vault.relay import RelayResult
+from vault.relay_client import MAX_ANSWER_BYTES, RelayClient
 
 __all__ = ["upstream"]  # the fixture, imported for the tests here
 

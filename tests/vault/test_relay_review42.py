@@ -12,7 +12,7 @@ import pytest
 from tests.support.fake_acquirer import plain_route as _route
 from tests.vault.test_relay_deadline import Handler, _Upstream, upstream
 from tests.vault.test_relay_review40 import _blackhole
-from vault.relay import RelayClient
+from vault.relay_client import RelayClient
 
 __all__ = ["upstream"]  # the fixture, imported for the tests here
 

@@ -1,0 +1,352 @@
+"""The relay's call to its upstream: HTTP clients per route, each call within its
+route's deadline and places, the answer read bounded.
+
+IN PCI SCOPE, holds card data: the body with PANs exists only in this process's memory
+between detokenizing and sending. Upstreams are fixed per route in the policy (the
+caller names a route, never a URL); TLS is verified against the route's CA bundle or the
+system's. Retries happen only for routes declared idempotent. Moved out of
+`vault.relay`, unchanged, so that each reads in one sitting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import ssl
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from typing import Any, Final
+
+import httpcore
+import httpx
+
+from policies.models import RelayRoute
+from vault.errors import UpstreamBusy, UpstreamTimeout, UpstreamUnavailable
+from vault.relay import MAX_DEPTH, RelayResult, nested_deeper_than
+
+# The most of an upstream's answer the vault reads (decoded). Acquirers answer a few KB.
+MAX_ANSWER_BYTES: Final = 1 << 20
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every step (a read, a write, the TLS handshake) waits at most
+    what is left of the relay under way in the calling thread (`_DeadlineBackend`)."""
+
+    def __init__(self, stream: httpcore.NetworkStream, backend: _DeadlineBackend) -> None:
+        self._stream = stream
+        self._backend = backend
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._backend.cut(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._backend.cut(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        cut = self._backend.cut(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._stream.start_tls(ssl_context, server_hostname, cut), self._backend
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's own network backend, with each step's timeout cut to what is left of
+    the relay the calling thread runs (`until`). httpx's timeouts are per step: an
+    upstream that trickles its answer a byte at a time, each within the step's limit,
+    held a relay thread (and the caller) for as long as it liked (review 37). The name
+    lookup is the one step not bounded here (`getaddrinfo` takes no timeout); each
+    address it gives is tried within what is left."""
+
+    def __init__(self) -> None:
+        self._backend = httpcore.SyncBackend()
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def until(self, deadline: float) -> Iterator[None]:
+        """Bound this thread's network steps by `deadline` (`time.monotonic`)."""
+        self._local.deadline = deadline
+        try:
+            yield
+        finally:
+            self._local.deadline = None
+
+    def cut(self, timeout: float | None, late: type[Exception]) -> float:
+        """`timeout` cut to what is left before this thread's deadline; raises `late`
+        (httpcore's timeout of the step, which httpx maps to its own) once none is."""
+        deadline: float | None = getattr(self._local, "deadline", None)
+        if deadline is None:
+            if timeout is None:
+                raise late("a relay step without a deadline")
+            return timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise late("the relay's deadline has passed")
+        return left if timeout is None else min(timeout, left)
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        # The name's addresses one by one, each within what is left: given the whole
+        # step's time once, `socket.create_connection` gave it to every address (a dead
+        # AAAA beside the A held the relay twice its timeout; review 40).
+        self.cut(timeout, httpcore.ConnectTimeout)
+        try:
+            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        failure: Exception = httpcore.ConnectError(f"{host!r} has no address")
+        for index, (*_, address) in enumerate(addresses):
+            cut = self.cut(timeout, httpcore.ConnectTimeout)
+            # Each address but the last gets its share of what is left, never all of
+            # it: a first address that never answers (a dead AAAA) took the whole
+            # deadline, and the live one after it was never tried (review 42).
+            cut /= len(addresses) - index
+            try:
+                stream = self._backend.connect_tcp(
+                    str(address[0]), int(address[1]), cut, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+                continue
+            return _DeadlineStream(stream, self)
+        raise failure
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:  # pragma: no cover - routes are https URLs
+        raise httpcore.ConnectError("a relay goes to an https URL, not a Unix socket")
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class RelayClient:
+    """HTTP clients per route (kept for connection reuse), the call itself, and each
+    route's count of relays in flight (`slot`)."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, httpx.Client] = {}
+        self._lock = threading.Lock()
+        self._backend = _DeadlineBackend()
+        self._in_flight: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def slot(self, name: str, route: RelayRoute) -> Iterator[None]:
+        """Hold one of the route's `max_in_flight` places for a relay, or raise
+        `UpstreamBusy` at once when this process has that many relays to the route
+        under way. Review 37: every route shared one pool of relay threads, so an
+        upstream that answers slowly (or not at all, up to its timeout) took them all,
+        and every other route's relays waited behind it; now it takes its own places
+        only."""
+        with self._lock:
+            held = self._in_flight.get(name, 0)
+            if held >= route.max_in_flight:
+                raise UpstreamBusy(
+                    f"route {name!r} has {route.max_in_flight} relays waiting on its "
+                    "upstream already",
+                    retry_after=1.0,
+                )
+            self._in_flight[name] = held + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight[name] -= 1
+
+    def _client(self, name: str, route: RelayRoute) -> httpx.Client:
+        with self._lock:
+            client = self._clients.get(name)
+            if client is None:
+                verify: Any = True
+                if route.ca_bundle:
+                    verify = ssl.create_default_context(cafile=route.ca_bundle)
+                client = httpx.Client(
+                    verify=verify,
+                    timeout=route.timeout_seconds,
+                    follow_redirects=False,
+                    # Plain bytes: a compressed answer is read whole when decoded.
+                    headers={"accept-encoding": "identity"},
+                )
+                _bound_by(client, self._backend)
+                self._clients[name] = client
+            return client
+
+    def send(self, name: str, route: RelayRoute, body: Any) -> RelayResult:
+        """Send `body` (with PANs) to the route's upstream; return its status and body.
+
+        The whole call, retries and the answer's last byte included, takes at most the
+        route's `timeout_seconds`; an answer is read up to `MAX_ANSWER_BYTES`.
+
+        Raises `UpstreamTimeout` or `UpstreamUnavailable` (after the allowed retries).
+        """
+        client = self._client(name, route)
+        attempts = 1 + route.retries
+        deadline = time.monotonic() + route.timeout_seconds
+        late = UpstreamTimeout(
+            f"the upstream of route {name!r} did not answer within {route.timeout_seconds:g}s"
+        )
+        with self._backend.until(deadline):
+            for attempt in range(1, attempts + 1):
+                try:
+                    with client.stream(route.method, route.upstream, json=body) as response:
+                        # A server error's body is never used (retried, or refused by
+                        # its status): not read, so it cannot end the relay before its
+                        # retry (review 42).
+                        failed = response.status_code >= 500
+                        content = b"" if failed else _read_answer(name, response)
+                except httpx.TimeoutException:
+                    if attempt == attempts or time.monotonic() >= deadline:
+                        raise late from None
+                    continue
+                except httpx.HTTPError as exc:
+                    if time.monotonic() >= deadline:
+                        raise late from None
+                    if attempt == attempts:
+                        raise UpstreamUnavailable(
+                            f"the upstream of route {name!r} is unreachable ({type(exc).__name__})"
+                        ) from None
+                    continue
+                except RuntimeError:
+                    # httpx's "client has been closed": the vault closed its clients while
+                    # stopping. The card may have gone: raised as the vault's own error, so
+                    # the relay's outcome entry is written (review 37: none was).
+                    raise UpstreamUnavailable(
+                        f"the relay of route {name!r} was cut as the vault stopped: the "
+                        "upstream's answer is unknown"
+                    ) from None
+                if response.status_code >= 500:
+                    if attempt < attempts and time.monotonic() < deadline:
+                        continue
+                    raise UpstreamUnavailable(
+                        f"the upstream of route {name!r} answered {response.status_code}"
+                    )
+                return RelayResult(response.status_code, _answer(name, content))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+
+def _bound_by(client: httpx.Client, backend: _DeadlineBackend) -> None:
+    """Have every connection pool of `client` (its own, and a proxy's from the
+    environment, `HTTPS_PROXY`) open its connections through `backend`. httpx has no
+    public way to give a pool a network backend; a version that moved it is refused
+    here, before anything is sent, rather than relaying without a deadline."""
+    for transport in [client._transport, *client._mounts.values()]:
+        if transport is None:
+            continue
+        pool: Any = getattr(transport, "_pool", None)
+        if not hasattr(pool, "_network_backend"):
+            raise UpstreamUnavailable("this httpx cannot bound a relay by its deadline")
+        pool._network_backend = backend
+
+
+# The content codings an answer may come in despite the relay asking for none: zlib's
+# window bits for each (deflate is tried as zlib, then raw, as httpx does).
+_CODINGS: Final = {
+    "gzip": zlib.MAX_WBITS | 16,
+    "x-gzip": zlib.MAX_WBITS | 16,
+    "deflate": zlib.MAX_WBITS,
+}
+
+
+def _read_answer(name: str, response: httpx.Response) -> bytes:
+    """The answer's body, at most `MAX_ANSWER_BYTES` once decoded, else
+    `UpstreamUnavailable` (the card has gone, but an answer that large is no acquirer's,
+    and reading it whole would hold it all in memory). Read raw and decoded here, each
+    coding's output bounded: httpx decodes each chunk it reads whole, so a few hundred
+    bytes of ``content-encoding: gzip, gzip`` took gigabytes (review 40). A coding
+    other than gzip or deflate is refused: an answer the vault cannot read, it cannot
+    mask."""
+    codings = [
+        coding.strip().lower()
+        for value in response.headers.get_list("content-encoding")
+        for coding in value.split(",")
+    ]
+    codings = [coding for coding in codings if coding and coding != "identity"]
+    # A compressed answer of incompressible bytes is a little larger than it decodes to.
+    bound = 2 * MAX_ANSWER_BYTES if codings else MAX_ANSWER_BYTES
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_raw():
+        size += len(chunk)
+        if size > bound:
+            raise _too_large(name)
+        chunks.append(chunk)
+    content = b"".join(chunks)
+    del chunks
+    for coding in reversed(codings):
+        content = _decode(name, content, coding, bound)
+    if len(content) > MAX_ANSWER_BYTES:
+        raise _too_large(name)
+    return content
+
+
+def _decode(name: str, data: bytes, coding: str, bound: int) -> bytes:
+    """`data` decoded from `coding`, at most `bound` bytes of it, else `UpstreamUnavailable`."""
+    wbits = _CODINGS.get(coding)
+    if wbits is None:
+        # Not named: the header is the upstream's, and the message goes to the caller.
+        raise UpstreamUnavailable(
+            f"the upstream of route {name!r} answered in a content coding the vault does not read"
+        )
+    for bits in (wbits, -zlib.MAX_WBITS) if coding == "deflate" else (wbits,):
+        decoder = zlib.decompressobj(bits)
+        try:
+            decoded = decoder.decompress(data, bound + 1)
+        except zlib.error:
+            continue
+        if len(decoded) > bound or decoder.unconsumed_tail:
+            raise _too_large(name)
+        return decoded
+    raise UpstreamUnavailable(f"the upstream of route {name!r} answered a body it did not encode")
+
+
+def _too_large(name: str) -> UpstreamUnavailable:
+    return UpstreamUnavailable(
+        f"the upstream of route {name!r} answered more than {MAX_ANSWER_BYTES} bytes"
+    )
+
+
+def _answer(name: str, content: bytes) -> Any:
+    """The upstream's answer as JSON, or its text as ``{"body": ...}``. Raises
+    `UpstreamUnavailable` for JSON nested deeper than `MAX_DEPTH` (or than the parser
+    goes): the card has gone, but such an answer cannot be masked, so none is given
+    (the caller's `relay` entry says upstream_unavailable)."""
+    try:
+        parsed: Any = json.loads(content)
+    except RecursionError:
+        parsed, deep = None, True
+    except ValueError:
+        # As UTF-8 whatever charset it declares: decoded as cp500 (EBCDIC), an ASCII
+        # echo of the card passed the masking unseen (review 27).
+        return {"body": content.decode("utf-8", "replace")}
+    else:
+        deep = nested_deeper_than(parsed)
+    if deep:
+        raise UpstreamUnavailable(
+            f"the upstream of route {name!r} answered JSON nested deeper than {MAX_DEPTH} levels"
+        )
+    return parsed
