@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import ssl
 import threading
@@ -29,6 +30,14 @@ from vault.relay import MAX_DEPTH, RelayResult, nested_deeper_than
 
 # The most of an upstream's answer the vault reads (decoded). Acquirers answer a few KB.
 MAX_ANSWER_BYTES: Final = 1 << 20
+# The most JSON values and object keys an answer may hold. 1 MiB of ``[{"a":1},...]`` is
+# ~130,000 objects: parsed and masked, ~70 MiB of Python objects for one relay, and a
+# process holds up to 256 relays at once (review 40). Acquirers answer tens to hundreds.
+MAX_ANSWER_VALUES: Final = 20_000
+# A JSON string, or the rest of the text from an unclosed one: it matches at every quote
+# it starts from, so removing strings stays linear in the text's length.
+_CONTAINER: Final = re.compile(rb"[ \t\r\n]*[\[{]")
+_JSON_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.|\\\Z)*+(?:"|\Z)', re.DOTALL)
 
 
 class _DeadlineStream(httpcore.NetworkStream):
@@ -335,6 +344,10 @@ def _answer(name: str, content: bytes) -> Any:
     `UpstreamUnavailable` for JSON nested deeper than `MAX_DEPTH` (or than the parser
     goes): the card has gone, but such an answer cannot be masked, so none is given
     (the caller's `relay` entry says upstream_unavailable)."""
+    if _values_over(content, MAX_ANSWER_VALUES):
+        raise UpstreamUnavailable(
+            f"the upstream of route {name!r} answered JSON of more than {MAX_ANSWER_VALUES} values"
+        )
     try:
         parsed: Any = json.loads(content)
     except RecursionError:
@@ -350,3 +363,26 @@ def _answer(name: str, content: bytes) -> Any:
             f"the upstream of route {name!r} answered JSON nested deeper than {MAX_DEPTH} levels"
         )
     return parsed
+
+
+def _values_over(content: bytes, limit: int) -> bool:
+    """Whether `content`, when it is a JSON array or object, may hold more than `limit`
+    values and keys: each but the first follows a ``[``, ``{``, ``,`` or ``:`` outside a
+    string. Counted before parsing, which is what costs the memory (`MAX_ANSWER_VALUES`),
+    string by string, so that the count holds no copy of the answer and stops at the
+    bound; a text that is not JSON is answered as text, and a scalar is one value."""
+    if _CONTAINER.match(content) is None:
+        return False
+    if _structural(content) <= limit:  # the usual answer: no need to look at strings
+        return False
+    seen, start = 0, 0
+    for string in _JSON_STRING.finditer(content):
+        seen += _structural(content[start : string.start()])
+        if seen > limit:
+            return True
+        start = string.end()
+    return seen + _structural(content[start:]) > limit
+
+
+def _structural(text: bytes) -> int:
+    return text.count(b"[") + text.count(b"{") + text.count(b",") + text.count(b":")

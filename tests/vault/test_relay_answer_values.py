@@ -1,0 +1,90 @@
+"""Review 40's residual: a 1 MiB JSON answer of small objects or arrays parsed and
+masked into ~70 MiB of Python objects for one relay (``[{"a":1},...]`` is ~130,000
+objects), and a process holds up to 256 relays at once. The relay now counts an
+answer's values before it parses it. Upstreams are raw sockets, as in
+`test_relay_deadline`."""
+
+from __future__ import annotations
+
+import json
+import socket
+import tracemalloc
+from collections.abc import Callable
+
+import pytest
+
+from tests.support.fake_acquirer import plain_route as _route
+from tests.vault.test_relay_deadline import Handler, _Upstream, upstream
+from vault.errors import UpstreamUnavailable
+from vault.relay_client import MAX_ANSWER_BYTES, MAX_ANSWER_VALUES, RelayClient, _values_over
+
+__all__ = ["upstream"]  # the fixture, imported for the tests here
+
+
+def _json_answer(body: bytes) -> Handler:
+    def handler(connection: socket.socket) -> None:
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        connection.sendall(head + b"content-length: %d\r\n\r\n" % len(body) + body)
+
+    return handler
+
+
+def test_an_answer_of_many_small_values_is_refused_before_it_is_parsed(
+    upstream: Callable[[Handler], _Upstream],
+) -> None:
+    """Under the byte bound, over the value bound: 502 (the card has gone to the
+    upstream, but its answer is not parsed), holding little more than the answer."""
+    unit = b'{"a":1},'
+    body = b"[" + unit * (MAX_ANSWER_BYTES // len(unit) - 1) + b"1]"
+    assert len(body) <= MAX_ANSWER_BYTES
+    server = upstream(_json_answer(body))
+    client = RelayClient()
+    tracemalloc.start()
+    try:
+        with pytest.raises(UpstreamUnavailable, match="values"):
+            client.send("acq", _route(server.port, timeout_seconds=10.0), {"amount": 1})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        client.close()
+    # Parsed, this answer alone was ~70 MiB (review 40); the bound is a few copies of it.
+    assert peak < 8 * MAX_ANSWER_BYTES
+
+
+def test_an_answer_within_the_value_bound_is_answered_whole(
+    upstream: Callable[[Handler], _Upstream],
+) -> None:
+    answer = [{"a": i} for i in range(MAX_ANSWER_VALUES // 3)]
+    server = upstream(_json_answer(json.dumps(answer).encode()))
+    client = RelayClient()
+    try:
+        result = client.send("acq", _route(server.port, timeout_seconds=10.0), {"amount": 1})
+    finally:
+        client.close()
+    assert result.body == answer
+
+
+def test_separators_inside_strings_are_not_values() -> None:
+    """A long text in one string (a receipt, a base64 blob with commas) is one value."""
+    text = b'{"receipt": "' + b"a, b: [c], {d}; " * 20_000 + b'"}'
+    assert not _values_over(text, MAX_ANSWER_VALUES)
+    # An escaped quote does not end the string.
+    assert not _values_over(b'["' + b'\\", ' * 30_000 + b'"]', MAX_ANSWER_VALUES)
+
+
+def test_only_arrays_and_objects_are_counted() -> None:
+    """A text that is not JSON is answered as text (``{"body": ...}``), and a scalar is
+    one value whatever it holds."""
+    assert not _values_over(b"a,b," * 30_000, MAX_ANSWER_VALUES)
+    assert _values_over(b"  [" + b"1," * 30_000 + b"1]", MAX_ANSWER_VALUES)
+    assert _values_over(b'{"k":' + b"[]," * 30_000 + b"[]}", MAX_ANSWER_VALUES)
+
+
+def test_an_unclosed_string_is_scanned_once() -> None:
+    """Text that does not close its string (not JSON) still has its strings removed in
+    one pass: a pattern that failed at an unclosed quote would start again at each of
+    the quotes inside it, quadratic in the text."""
+    text = b'["' + b'\\"' * 300_000 + b"\\"
+    assert not _values_over(text, MAX_ANSWER_VALUES)
+    many_strings = b'["' + b'",' * 300_000  # ["", ",", ... unclosed: many values
+    assert _values_over(many_strings, MAX_ANSWER_VALUES)
