@@ -9,6 +9,9 @@ groups with (issue 21's review: the reveals did, one rerun per refused call).
 
 from __future__ import annotations
 
+import contextlib
+
+from cofre.errors import CofreError
 from policies.models import IdentityPolicy
 from vault._core import VaultCore
 from vault.models import CallContext
@@ -34,3 +37,16 @@ class EarlyRate(VaultCore):
             stamp = now.timestamp()
             room = self._limits.check_rate(connection, ctx.identity, limit, cost, stamp)
         self._limits.early.note(ctx.identity, limit, room, cost)
+
+    def _charge_refused(self, ctx: CallContext, rules: IdentityPolicy, cost: int) -> None:
+        """Charge `cost` units for a call refused in its transaction after its HSM work
+        (the oracle guard's refusal, which rolls back the call's own charge), in a
+        transaction of its own: a refused batch of 1,000 cards had spent 1,000 HMACs
+        for nothing and could be sent again at once (the batch review). A bucket that
+        lacks the units is left as it is: the early check refuses its next call."""
+        limit = rules.rate_limit
+        if limit is None:
+            return
+        with contextlib.suppress(CofreError), self._storage(), self._engine.begin() as connection:
+            now = self._clock().timestamp()
+            self._limits.charge_rate(connection, ctx.identity, limit, cost, now)

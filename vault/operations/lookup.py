@@ -12,7 +12,7 @@ from sqlalchemy import Connection, select
 from audit.log import Outcome
 from policies.formats import MIN_CANDIDATES, hidden_candidates
 from policies.models import Action
-from vault.errors import TokenExpired, TokenNotFound, VaultError
+from vault.errors import OracleSuspected, TokenExpired, TokenNotFound, VaultError
 from vault.limits import oracle_bucket
 from vault.models import CallContext, TokenRecord
 from vault.operations._early import EarlyRate
@@ -72,7 +72,11 @@ class LookupOperations(EarlyRate):
                 )
                 return [self._record(r) for r in rows]
 
-            return self._transaction(work)
+            try:
+                return self._transaction(work)
+            except OracleSuspected:  # after its HMAC: costs its unit all the same
+                self._charge_refused(ctx, rules, 1)
+                raise
 
     def _guessable_only_widely(self, token_format: str, pan_length: int) -> bool:
         """Whether lookup may answer a token of `token_format` for a card of

@@ -30,6 +30,7 @@ from policies.models import Action, IdentityPolicy
 from vault.errors import (
     BatchItemInvalid,
     IdempotencyConflict,
+    OracleSuspected,
     TokenSpaceExhausted,
     VaultError,
 )
@@ -178,7 +179,11 @@ class TokenizeOperations(TokenizeChecks):
 
         def finish() -> list[TokenRecord]:
             with self._audited_refusal(ctx, action):
-                answer = self._settle(submitted, work, merge)
+                try:
+                    answer = self._settle(submitted, work, merge)
+                except OracleSuspected:  # after its HMACs: costs its units all the same
+                    self._charge_refused(ctx, rules, len(items))
+                    raise
                 if isinstance(answer, VaultError):
                     raise answer
                 return answer

@@ -1,0 +1,104 @@
+"""Batch tokenize, idempotency keys, lookup and delete, attacked from one stolen client
+certificate of the payment service (the batch review).
+
+Each test is the attack as its holder would run it, and what stops it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine
+
+from hsm.provider import HSMProvider
+from policies.errors import RateLimited
+from tests.support.pans import GENERATED, card_number
+from tests.support.policies import vault_on
+from vault.errors import OracleSuspected
+from vault.pan import Pan, luhn_check_digit
+from vault.service import CallContext, TokenizeRequest, VaultService
+
+POLICY = """
+[identities."spiffe://cofre/payments"]
+operations = ["tokenize", "detokenize_masked", "lookup", "metadata", "delete"]
+formats = ["pan_bin6_last4", "pan_fpe", "uuid"]
+reveal = "masked"
+# No refill meanwhile: every unit a call spends stays spent for the test.
+rate_limit = { per_second = 0.001, burst = 2010 }
+oracle_guard = { max_pans_per_bucket = 10 }
+
+[identities."spiffe://cofre/looker"]
+operations = ["tokenize", "lookup"]
+formats = ["pan_bin6_last4"]
+rate_limit = { per_second = 0.001, burst = 12 }
+oracle_guard = { max_pans_per_bucket = 10 }
+"""
+PAYMENTS = CallContext("spiffe://cofre/payments", "req-batch-review")
+LOOKER = CallContext("spiffe://cofre/looker", "req-batch-review-lookup")
+
+
+@pytest.fixture
+def vault(engine: Engine, hsm_provider: HSMProvider) -> Iterator[VaultService]:
+    svc = vault_on(engine, hsm_provider, POLICY)
+    yield svc
+    svc.close()
+
+
+def _bucket(count: int) -> list[str]:
+    """`count` different 16-digit cards of one BIN and last four (411111...0006)."""
+    bodies = (f"411111{i:06d}000" for i in range(100 * count))
+    cards = [b + luhn_check_digit(b) for b in bodies if luhn_check_digit(b) == "6"][:count]
+    GENERATED.update(cards)  # the session's leak scan looks for them byte for byte
+    return cards
+
+
+@pytest.mark.hsm
+def test_a_batch_the_oracle_guard_refuses_still_costs_its_rate(vault: VaultService) -> None:
+    """A batch of 999 cards of any buckets and one new card of a bucket the guard has
+    filled is refused 429 oracle_suspected, but only in its transaction, after the
+    fingerprints of all 1,000 cards (HSM HMACs) and their first candidates: the refusal
+    rolled the rate charge back with everything else, so the call was free and could be
+    sent without end (a burst of 2,010 admitted five such batches and would admit any
+    number: 5,000 HMACs, each refusal one unit of the per-process refusal bucket). A
+    refused guess now costs its units like a served one, so the burst bounds the HSM
+    work a stolen certificate can make the vault do."""
+    bucket = _bucket(15)
+    for card in bucket[:10]:  # the guard's limit: a busy merchant's day, or the attacker's
+        vault.tokenize(PAYMENTS, TokenizeRequest(Pan(card), "pan_bin6_last4"))
+    filler = [card_number("5", serial) for serial in range(999)]  # one card per bucket
+    fingerprinted: list[int] = []
+    prints = vault._card_prints
+
+    def counted(pans: list[str]) -> object:
+        fingerprinted.append(len(pans))
+        return prints(pans)
+
+    vault._card_prints = counted  # type: ignore[method-assign]
+    outcomes: list[str] = []
+    for guess in bucket[10:]:
+        batch = [TokenizeRequest(Pan(card), "pan_bin6_last4") for card in [*filler, guess]]
+        try:
+            vault.tokenize_batch(PAYMENTS, batch)
+            outcomes.append("served")
+        except (OracleSuspected, RateLimited) as refused:
+            outcomes.append(refused.code)
+    # 10 units for the bucket, then 1,000 for each refused batch: the third finds none.
+    assert outcomes == ["oracle_suspected", "oracle_suspected"] + ["rate_limited"] * 3
+    assert sum(fingerprinted) == 2000
+
+
+@pytest.mark.hsm
+def test_a_lookup_the_oracle_guard_refuses_still_costs_its_rate(vault: VaultService) -> None:
+    """The same for lookup: refused after its HMAC, its charge rolled back, so guesses
+    past the guard were free for the bucket; now each costs its unit."""
+    bucket = _bucket(15)
+    for card in bucket[:10]:
+        vault.tokenize(LOOKER, TokenizeRequest(Pan(card), "pan_bin6_last4"))
+    outcomes: list[str] = []
+    for guess in bucket[10:]:
+        try:
+            vault.lookup(LOOKER, Pan(guess))
+            outcomes.append("served")
+        except (OracleSuspected, RateLimited) as refused:
+            outcomes.append(refused.code)
+    assert outcomes == ["oracle_suspected", "oracle_suspected"] + ["rate_limited"] * 3
