@@ -31,6 +31,9 @@ from vault.pan import Pan, luhn_sum, luhn_valid
 
 # How many random draws before declaring a bucket full, for spaces too large to list.
 MAX_RANDOM_DRAWS: Final = 64
+# How many FF1 tokens one card may be given in one domain, the first and its re-issues
+# (`FpeTokenizer.candidates`): one more each time its token is deleted or expires.
+FPE_REISSUES: Final = 1024
 # Spaces at most this large are listed in full (in random order) instead of sampled.
 ENUMERATE_LIMIT: Final = 4096
 _SYSTEM_RANDOM: Final = secrets.SystemRandom()
@@ -188,6 +191,16 @@ class FpeTokenizer:
         choice = int(walked[:-1] or "0") % 9
         _apply_luhn(digits, position, LuhnMode.FAIL, choice)
         return "".join(digits)
+
+    def candidates(self, spec: FormatSpec, pan: Pan, *, domain: str) -> Iterator[str]:
+        """`pan`'s FF1 token in `domain`, then its re-issues: the same under the tweak
+        of `domain` and a re-issue number (after a NUL, which no domain name holds).
+        A deleted or expired token's row keeps its value, so a card whose token was
+        shredded needs another one (the batch review: it got 409
+        token_space_exhausted for good); a re-issue decrypts under its own tweak."""
+        yield self.encrypt(spec, pan, domain=domain)
+        for reissue in range(1, FPE_REISSUES):
+            yield self.encrypt(spec, pan, domain=f"{domain}\x00{reissue}")
 
     def decrypt(self, spec: FormatSpec, token: str, *, domain: str) -> Pan:
         """Return the PAN whose token under `spec` in `domain` is `token`.

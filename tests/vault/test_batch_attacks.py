@@ -6,12 +6,15 @@ Each test is the attack as its holder would run it, and what stops it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
 from policies.errors import RateLimited
+from policies.loader import parse_policy
 from tests.support.pans import GENERATED, card_number
 from tests.support.policies import vault_on
 from vault.errors import OracleSuspected
@@ -102,3 +105,42 @@ def test_a_lookup_the_oracle_guard_refuses_still_costs_its_rate(vault: VaultServ
         except (OracleSuspected, RateLimited) as refused:
             outcomes.append(refused.code)
     assert outcomes == ["oracle_suspected", "oracle_suspected"] + ["rate_limited"] * 3
+
+
+@pytest.mark.hsm
+def test_a_deleted_fpe_token_does_not_lock_its_card_out(vault: VaultService) -> None:
+    """An FF1 token is its card's one FF1 output in the domain, and a deleted token's
+    tombstone keeps its value: tokenizing the card again after a delete drew that value
+    again, found it taken, and had no other candidate, so the card was refused 409
+    token_space_exhausted in `pan_fpe` for good. A re-issue takes the FF1 output under
+    the next tweak instead."""
+    card = card_number("4000", 271828)
+    first = vault.tokenize(PAYMENTS, TokenizeRequest(Pan(card), "pan_fpe"))
+    assert vault.delete(PAYMENTS, first.token) is True
+    again = vault.tokenize(PAYMENTS, TokenizeRequest(Pan(card), "pan_fpe"))
+    assert again.token != first.token
+    assert again.existing is False
+    assert vault.delete(PAYMENTS, again.token) is True
+    third = vault.tokenize(PAYMENTS, TokenizeRequest(Pan(card), "pan_fpe"))
+    assert third.token not in {first.token, again.token}
+    assert vault.detokenize_masked(PAYMENTS, third.token).masked.endswith(card[-4:])
+
+
+@pytest.mark.hsm
+def test_an_expired_fpe_token_is_replaced(engine: Engine, hsm_provider: HSMProvider) -> None:
+    """The same through expiry: convergence shreds the expired token and the card gets
+    a new one, except in an FF1 format, where the new one was the tombstone's value."""
+    now = [datetime.now(UTC)]
+    policy = PolicyEngine(parse_policy(POLICY, kind="toml").policy)
+    svc = VaultService(engine, hsm_provider, policy, clock=lambda: now[0])
+    svc.initialize()
+    try:
+        card = card_number("4000", 314159)
+        request = TokenizeRequest(Pan(card), "pan_fpe", ttl_seconds=60)
+        first = svc.tokenize(PAYMENTS, request)
+        now[0] += timedelta(seconds=61)
+        again = svc.tokenize(PAYMENTS, request)
+        assert again.token != first.token
+        assert again.existing is False
+    finally:
+        svc.close()

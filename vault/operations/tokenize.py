@@ -556,11 +556,10 @@ class TokenizeOperations(TokenizeChecks):
     ) -> str:
         if spec.type is FormatType.UUID:
             candidates: Iterator[str] = iter([uuid_token(), uuid_token(), uuid_token()])
-        elif spec.type is FormatType.FPE:
+        elif spec.type is FormatType.FPE:  # the card's FF1 token, then its re-issues
             version = self._keyring.active_version(KeyPurpose.FF1)
-            candidates = iter(
-                [FpeTokenizer(self._keyring.ff1(version)).encrypt(spec, pan, domain=domain)]
-            )
+            fpe = FpeTokenizer(self._keyring.ff1(version))
+            candidates = fpe.candidates(spec, pan, domain=domain)
         else:
             candidates = random_token_candidates(spec, pan)
         size = 1  # the first candidate is almost always free: try it alone
