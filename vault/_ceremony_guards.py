@@ -2,16 +2,21 @@
 
 IN PCI SCOPE (key management). `vault.rotation` calls these: the ceremony lock that
 serialises ceremony writes across nodes, the refusal to start a rotation while another
-of its kind runs, and the clean-up of the token keys a failed approval made.
+of its kind runs, and the clean-up of the token keys a failed approval made (never of
+one its transaction may have recorded: review 42).
 """
 
 from __future__ import annotations
 
+import time
 from contextlib import suppress
 from typing import Final
 
-from sqlalchemy import Connection, select, text
+import structlog
+from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
+from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
 from cofre.errors import CofreError
 from hsm.provider import HSMProvider
 from vault.ceremony import CeremonyState, RotationKind
@@ -23,6 +28,7 @@ from vault.storage.schema import key_ceremonies
 # cancel) across the nodes of one PostgreSQL: "CofreK". SQLite's BEGIN IMMEDIATE already
 # keeps writers apart.
 _CEREMONY_LOCK_KEY: Final = 0x436F6672654B
+_log = structlog.get_logger("cofre.vault")
 
 
 def hold_ceremony_lock(connection: Connection) -> None:
@@ -52,21 +58,118 @@ def refuse_a_second_run(connection: Connection, kind: RotationKind, ceremony_id:
         )
 
 
-def discard_unrecorded(registry: KeyRegistry, provider: HSMProvider, labels: list[str]) -> None:
-    """Destroy the keys a failed approval made on the token, once the registry shows its
-    transaction did not commit. Left on the token, each would fail every node's readiness
-    (an unregistered key) and refuse every later approval of its kind (review 38). A
-    registry that cannot be read leaves them (readiness names them): a key whose
-    transaction did commit is never destroyed here."""
-    if not labels:
+class ApprovalKeys:
+    """The token keys one approval made (`labels`), and whether its COMMIT was sent.
+
+    A failure before the COMMIT rolled the transaction back: its keys were never
+    recorded. A failure during the COMMIT (the connection lost once it was sent) leaves
+    the outcome open on PostgreSQL: the server may have committed, or be committing
+    still, where a fresh read does not see it yet (review 42). `transaction` is then what
+    settles it: PostgreSQL's id of the approval's transaction."""
+
+    def __init__(self, officer: str, ceremony_id: str, request_id: str | None) -> None:
+        self.officer, self.ceremony_id, self.request_id = officer, ceremony_id, request_id
+        self.labels: list[str] = []
+        self.committing = False
+        self.transaction: int | None = None
+
+    def before_commit(self, connection: Connection) -> None:
+        """Call as the transaction's last step: from here a failure may be its COMMIT's."""
+        if self.labels and connection.dialect.name == "postgresql":
+            self.transaction = int(connection.execute(text("SELECT txid_current()")).scalar_one())
+        self.committing = True
+
+
+# How long a failed approval waits for a COMMIT whose answer it lost to settle on the
+# server before it leaves the keys on the token (an officer's request, so seconds).
+SETTLE_SECONDS: float = 3.0
+
+
+def _commit_outcome(engine: Engine, transaction: int | None) -> str | None:
+    """The outcome of `transaction` as PostgreSQL knows it (`txid_status`, on a fresh
+    connection): "committed" or "aborted", asked again for up to `SETTLE_SECONDS` while
+    it is "in progress"; None when it stays open or cannot be asked."""
+    if transaction is None:
+        return None
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        status = None
+        with suppress(SQLAlchemyError), engine.connect() as connection:
+            status = connection.execute(
+                text("SELECT txid_status(CAST(:xid AS bigint))"), {"xid": transaction}
+            ).scalar_one_or_none()
+        if status in {"committed", "aborted"} or time.monotonic() >= deadline:
+            return status
+        time.sleep(0.1)
+
+
+def discard_unrecorded(
+    registry: KeyRegistry,
+    provider: HSMProvider,
+    keys: ApprovalKeys,
+    engine: Engine,
+    audit: AuditLog,
+) -> None:
+    """Destroy the keys a failed approval made on the token, once it is known they were
+    never recorded. Left on the token, each would fail every node's readiness (an
+    unregistered key) and refuse every later approval of its kind (review 38).
+
+    Known when the failure came before the COMMIT was sent, or on PostgreSQL when the
+    server says the transaction aborted; then only keys a fresh read of the registry does
+    not show go. A COMMIT whose outcome is not known (connection lost, the server still
+    committing or unreachable) leaves them: a key whose transaction committed is never
+    destroyed (review 42). A `key.rotation.keys_left` audit entry and a warning name
+    keys left (readiness does too while they are unrecorded, for an operator)."""
+    if not keys.labels:
         return
+    if keys.committing and engine.dialect.name != "sqlite":
+        # SQLite is in process: once its COMMIT has failed and the connection is reset,
+        # the file holds the outcome and a fresh read shows it.
+        outcome = _commit_outcome(engine, keys.transaction)
+        if outcome == "committed":
+            _log.warning("key ceremony approval committed though its client saw an error")
+            return
+        if outcome != "aborted":
+            _leave(keys, engine, audit, "the outcome of the approval's commit is unknown")
+            return
     try:
         registered = registry.registered(fresh=True)
     except CofreError:
+        _leave(keys, engine, audit, "the key registry could not be read")
         return
-    for label in labels:
+    for label in keys.labels:
         if label in registered:
             continue
         with suppress(CofreError):
             if provider.has_key(label):
                 provider.destroy_key(label)
+                _log.info("key ceremony key destroyed: never recorded", label=label)
+
+
+def _leave(keys: ApprovalKeys, engine: Engine, audit: AuditLog, reason: str) -> None:
+    """Record that `keys` stay on the token: a warning, and an audit entry when the
+    database takes one (it may be what failed)."""
+    # `transaction` is what an operator asks PostgreSQL about (`txid_status`) before
+    # destroying one (docs/key-ceremony.md).
+    _log.warning(
+        "key ceremony keys left on the token",
+        labels=keys.labels,
+        reason=reason,
+        ceremony=keys.ceremony_id,
+        transaction=keys.transaction,
+    )
+    details: dict[str, DetailValue] = {
+        "labels": ",".join(keys.labels),
+        "reason": reason,
+        "transaction": keys.transaction,
+    }
+    event = AuditEvent(
+        action="key.rotation.keys_left",
+        outcome=Outcome.FAILED,
+        actor=keys.officer,
+        request_id=keys.request_id,
+        key_id=keys.ceremony_id,
+        details=details,
+    )
+    with suppress(CofreError, SQLAlchemyError), engine.begin() as connection:
+        audit.append(connection, event)

@@ -40,7 +40,12 @@ from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.models import Action
-from vault._ceremony_guards import discard_unrecorded, hold_ceremony_lock, refuse_a_second_run
+from vault._ceremony_guards import (
+    ApprovalKeys,
+    discard_unrecorded,
+    hold_ceremony_lock,
+    refuse_a_second_run,
+)
 from vault._rotation_batches import RotationBatches
 from vault.audit_rotation import AuditKeyRotation
 from vault.ceremony import Ceremony, CeremonyState, RotationKind
@@ -231,9 +236,9 @@ class KeyRotation(RotationBatches):
         """Approve as `identity`. The proposer cannot approve; a second approval by the
         same officer changes nothing. At quorum the rotation starts."""
         self._officer(identity, request_id or "")
-        created: list[str] = []
+        keys = ApprovalKeys(identity, ceremony_id, request_id)
         try:
-            return self._approve(identity, ceremony_id, request_id, created)
+            return self._approve(identity, ceremony_id, request_id, keys)
         except _SelfApproval:
             # Recorded in a transaction of its own: the refused approval's transaction
             # rolls back, and the denial must not go with it.
@@ -247,11 +252,12 @@ class KeyRotation(RotationBatches):
             )
             raise CeremonyError("the proposer cannot approve their own request") from None
         except BaseException:
-            discard_unrecorded(self._keyring.registry, self._provider, created)
+            registry = self._keyring.registry
+            discard_unrecorded(registry, self._provider, keys, self._engine, self._audit)
             raise
 
     def _approve(
-        self, identity: str, ceremony_id: str, request_id: str | None, created: list[str]
+        self, identity: str, ceremony_id: str, request_id: str | None, keys: ApprovalKeys
     ) -> Ceremony:
         with self._write() as connection:
             hold_ceremony_lock(connection)
@@ -286,8 +292,10 @@ class KeyRotation(RotationBatches):
                 connection,
             )
             if len(standing) + 1 >= self._needed():
-                self._start(connection, row, identity, created)
-            return self._view(connection, self._load(connection, ceremony_id))
+                self._start(connection, row, identity, keys.labels)
+            view = self._view(connection, self._load(connection, ceremony_id))
+            keys.before_commit(connection)  # last: a failure from here may be its COMMIT's
+            return view
 
     def cancel(self, identity: str, ceremony_id: str, request_id: str | None = None) -> Ceremony:
         self._officer(identity, request_id or "")
