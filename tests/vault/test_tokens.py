@@ -12,7 +12,7 @@ from policies.formats import BUILTIN_FORMATS, Dedup, FormatSpec, FormatType, Luh
 from vault.errors import FormatNotApplicable, InvalidPan
 from vault.fpe.ff1 import FF1
 from vault.pan import Pan, luhn_check_digit, luhn_valid
-from vault.tokens import FpeTokenizer, random_token_candidates, uuid_token
+from vault.tokens import DRAWS_BEFORE_LISTING, FpeTokenizer, random_token_candidates, uuid_token
 
 
 @st.composite
@@ -95,8 +95,14 @@ def test_small_space_is_enumerated_then_exhausted() -> None:
     )
     pan = Pan("411111001111")
     candidates = list(random_token_candidates(spec, pan))
-    # 2 free digits, Luhn pass: 10 tokens, less the PAN itself if it passes.
-    assert len(candidates) == len(set(candidates)) == (9 if pan.luhn_valid() else 10)
+    # 2 free digits, Luhn pass: 10 tokens, less the PAN itself if it passes. A few draws
+    # first (`DRAWS_BEFORE_LISTING`), then the whole space listed once, in random order.
+    space = 9 if pan.luhn_valid() else 10
+    listed = candidates[-space:]
+    assert len(candidates) <= space + DRAWS_BEFORE_LISTING
+    assert len(set(listed)) == space
+    assert set(candidates) == set(listed)
+    assert pan.reveal() not in candidates
     assert all(luhn_valid(c) for c in candidates)
 
 

@@ -20,7 +20,6 @@ from typing import Any, Final
 from sqlalchemy import Connection, Row
 
 from audit.log import AuditEvent, Outcome
-from cofre.blocking import may_block, may_wait
 from policies.formats import (
     FormatSpec,
     FormatType,
@@ -54,7 +53,6 @@ from vault.storage.rawsql import insert_many
 from vault.storage.schema import tokens
 from vault.tokens import (
     FpeTokenizer,
-    lists_space,
     random_token_candidates,
     uuid_token,
 )
@@ -86,11 +84,6 @@ class TokenizeOperations(TokenizeChecks):
                 items.append(self._check(domain, request))
             except VaultError as exc:
                 raise self._item_error(exc, index, batch=batch) from None
-        if not may_wait() and any(lists_space(i.spec, len(i.request.pan)) for i in items):
-            # A small space's first candidate is drawn from a list of all of it, ~3 ms of
-            # CPU for a 13-digit card (18 ms in a `luhn = "pass"` format): never on the
-            # event loop, and known before any HMAC is spent (`cofre.blocking`).
-            may_block()
         prints, fp_version, known = self._card_prints([i.request.pan.reveal() for i in items])
         for item, fingerprint, fps in zip(items, prints, known, strict=True):
             item.fingerprint, item.fp_version, item.known_fps = fingerprint, fp_version, fps
