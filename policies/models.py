@@ -255,6 +255,10 @@ class RelayRoute(BaseModel):
     # Relays to this route under way at once per vault process; past it, 503
     # upstream_busy at once (a slow upstream holds its own places, not every route's).
     max_in_flight: Annotated[int, Field(ge=1, le=64)] = 16
+    # Of those, what one identity may hold at once (`share_of`): by default, on a route
+    # of several identities, all but a quarter, so that one stolen certificate with a
+    # slow upstream call leaves the others places (review 40).
+    max_in_flight_per_identity: Annotated[int, Field(ge=1, le=64)] | None = None
 
     @model_validator(mode="after")
     def _card_number_once(self) -> Self:
@@ -263,6 +267,26 @@ class RelayRoute(BaseModel):
             if taken:
                 raise ValueError(f"{sorted(taken)} is both a detokenize pointer and a card pointer")
         return self
+
+    @model_validator(mode="after")
+    def _share_within_places(self) -> Self:
+        share = self.max_in_flight_per_identity
+        if share is not None and share > self.max_in_flight:
+            raise ValueError(
+                f"max_in_flight_per_identity ({share}) is more than the route's "
+                f"max_in_flight ({self.max_in_flight})"
+            )
+        return self
+
+    def share_of(self) -> int:
+        """The most of this route's places one identity holds at once: its
+        `max_in_flight_per_identity`, else every place when one identity may use the
+        route, else all but a quarter of them (at least one)."""
+        if self.max_in_flight_per_identity is not None:
+            return self.max_in_flight_per_identity
+        if len(self.identities) <= 1:
+            return self.max_in_flight
+        return max(1, self.max_in_flight - max(1, self.max_in_flight // 4))
 
     @model_validator(mode="after")
     def _retry_only_idempotent(self) -> Self:

@@ -157,15 +157,18 @@ class RelayClient:
         self._lock = threading.Lock()
         self._backend = _DeadlineBackend()
         self._in_flight: dict[str, int] = {}
+        self._held_by: dict[tuple[str, str], int] = {}  # (route, identity) -> places held
 
     @contextlib.contextmanager
-    def slot(self, name: str, route: RelayRoute) -> Iterator[None]:
-        """Hold one of the route's `max_in_flight` places for a relay, or raise
-        `UpstreamBusy` at once when this process has that many relays to the route
-        under way. Review 37: every route shared one pool of relay threads, so an
-        upstream that answers slowly (or not at all, up to its timeout) took them all,
-        and every other route's relays waited behind it; now it takes its own places
-        only."""
+    def slot(self, name: str, route: RelayRoute, identity: str) -> Iterator[None]:
+        """Hold one of the route's `max_in_flight` places for a relay of `identity`, or
+        raise `UpstreamBusy` at once when this process has that many relays to the
+        route under way, or `identity` its share of them (`RelayRoute.share_of`).
+        Review 37: every route shared one pool of relay threads, so an upstream that
+        answers slowly (or not at all, up to its timeout) took them all, and every other
+        route's relays waited behind it; now it takes its own places only. Review 40:
+        one identity could take all of a route's places from the others."""
+        mine = (name, identity)
         with self._lock:
             held = self._in_flight.get(name, 0)
             if held >= route.max_in_flight:
@@ -174,12 +177,23 @@ class RelayClient:
                     "upstream already",
                     retry_after=1.0,
                 )
+            share = route.share_of()
+            if self._held_by.get(mine, 0) >= share:
+                raise UpstreamBusy(
+                    f"this identity has {share} relays waiting on route {name!r}'s "
+                    "upstream already, its share of the route's places",
+                    retry_after=1.0,
+                )
             self._in_flight[name] = held + 1
+            self._held_by[mine] = self._held_by.get(mine, 0) + 1
         try:
             yield
         finally:
             with self._lock:
                 self._in_flight[name] -= 1
+                self._held_by[mine] -= 1
+                if not self._held_by[mine]:
+                    del self._held_by[mine]  # identities come and go: no entry left behind
 
     def _client(self, name: str, route: RelayRoute) -> httpx.Client:
         with self._lock:

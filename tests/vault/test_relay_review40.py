@@ -184,7 +184,7 @@ def test_a_stalled_acquirers_routes_leave_other_routes_a_relay_thread(
     routes = {name: route.model_copy(update=plain) for name, route in loaded.items()}
 
     def relay(name: str, route: RelayRoute) -> RelayResult:
-        with client.slot(name, route):
+        with client.slot(name, route, "spiffe://cofre/relayer"):
             return client.send(name, route, {"amount": 1})
 
     async def scenario() -> bool:

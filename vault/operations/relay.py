@@ -99,7 +99,7 @@ class RelayOperations(TokenizeOperations):
                 self._refuse_spent(ctx, rules, 1, reveals=reveals)
                 # A place among the route's relays under way, held until its answer.
                 try:
-                    held.enter_context(self._relay_client.slot(route_name, route))
+                    held.enter_context(self._relay_client.slot(route_name, route, ctx.identity))
                 except UpstreamBusy as busy:
                     self._refuse_busy(ctx, rules, busy, details)
                     raise
