@@ -18,7 +18,7 @@ import ssl
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 import httpcore
@@ -30,6 +30,9 @@ from vault.relay import MAX_DEPTH, RelayResult, nested_deeper_than
 
 # The most of an upstream's answer the vault reads (decoded). Acquirers answer a few KB.
 MAX_ANSWER_BYTES: Final = 1 << 20
+# Name lookups under way at once per process (`_DeadlineBackend._addresses`): a resolver
+# that hangs holds one each until it gives up, never a relay.
+MAX_LOOKUPS: Final = 32
 # The most JSON values and object keys an answer may hold. 1 MiB of ``[{"a":1},...]`` is
 # ~130,000 objects: parsed and masked, ~70 MiB of Python objects for one relay, and a
 # process holds up to 256 relays at once (review 40). Acquirers answer tens to hundreds.
@@ -77,12 +80,14 @@ class _DeadlineBackend(httpcore.NetworkBackend):
     the relay the calling thread runs (`until`). httpx's timeouts are per step: an
     upstream that trickles its answer a byte at a time, each within the step's limit,
     held a relay thread (and the caller) for as long as it liked (review 37). The name
-    lookup is the one step not bounded here (`getaddrinfo` takes no timeout); each
-    address it gives is tried within what is left."""
+    lookup is waited for within the deadline too (`_addresses`), and each address it
+    gives is tried within what is left."""
 
     def __init__(self) -> None:
         self._backend = httpcore.SyncBackend()
         self._local = threading.local()
+        self._lookups = threading.BoundedSemaphore(MAX_LOOKUPS)
+        self._resolve: Callable[..., list[Any]] = socket.getaddrinfo  # a test's stand-in
 
     @contextlib.contextmanager
     def until(self, deadline: float) -> Iterator[None]:
@@ -117,11 +122,7 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         # The name's addresses one by one, each within what is left: given the whole
         # step's time once, `socket.create_connection` gave it to every address (a dead
         # AAAA beside the A held the relay twice its timeout; review 40).
-        self.cut(timeout, httpcore.ConnectTimeout)
-        try:
-            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
+        addresses = self._addresses(host, port, timeout)
         failure: Exception = httpcore.ConnectError(f"{host!r} has no address")
         for index, (*_, address) in enumerate(addresses):
             cut = self.cut(timeout, httpcore.ConnectTimeout)
@@ -138,6 +139,36 @@ class _DeadlineBackend(httpcore.NetworkBackend):
                 continue
             return _DeadlineStream(stream, self)
         raise failure
+
+    def _addresses(self, host: str, port: int, timeout: float | None) -> list[Any]:
+        """`getaddrinfo` of `host`, waited for until this thread's deadline. It takes no
+        timeout of its own, and a resolver that does not answer held the relay for its
+        retries (resolv.conf's timeout times attempts, per name server) past the route's
+        `timeout_seconds` (review 40). The lookup runs in a daemon thread of its own,
+        left to finish when the relay gives up on it; at most `MAX_LOOKUPS` run at once,
+        so a hung resolver costs threads up to that, never relays."""
+        if not self._lookups.acquire(timeout=self.cut(timeout, httpcore.ConnectTimeout)):
+            raise httpcore.ConnectTimeout(f"no lookup of {host!r} could start in time")
+        done, found = threading.Event(), list[Any]()
+
+        def lookup() -> None:
+            try:
+                found.append(self._resolve(host, port, type=socket.SOCK_STREAM))
+            except Exception as exc:  # noqa: BLE001 - handed to the relay's thread
+                found.append(exc)
+            finally:
+                self._lookups.release()
+                done.set()
+
+        threading.Thread(target=lookup, name="cofre-relay-lookup", daemon=True).start()
+        if not done.wait(self.cut(timeout, httpcore.ConnectTimeout)):
+            raise httpcore.ConnectTimeout(f"the lookup of {host!r} outlasted the relay")
+        result = found[0]
+        if isinstance(result, OSError):
+            raise httpcore.ConnectError(str(result)) from result
+        if isinstance(result, Exception):
+            raise result
+        return list(result)
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
