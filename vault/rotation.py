@@ -501,15 +501,19 @@ class KeyRotation(RotationBatches):
             return 0
 
     def _move_late_rows(self, connection: Connection, row: Row[Any]) -> None:
-        """Fingerprint again the rows stored under the old fingerprint key after the
-        migration passed: a tokenize fingerprints its card before its transaction, under
-        the versions its node listed up to a few seconds earlier, so one begun before the
-        rotation can commit under the old version after the last batch moved. The grace
-        period before the destroy is far longer than any call, so by now every such row
-        is in; without this it would keep a fingerprint no key computes any more (its
-        card never converging again, a lookup missing it)."""
+        """Move again what was written under the old key after the migration passed,
+        before it is destroyed. A tokenize fingerprints its card before its transaction,
+        under the versions its node listed up to a few seconds earlier, so one begun
+        before the rotation can commit under the old version after the last batch moved;
+        without this it would keep a fingerprint no key computes any more (its card never
+        converging again, a lookup missing it). A data key can be wrapped under the old
+        KEK the same way (a data rotation approved on a node whose registry still named
+        it current): destroyed, it took every token under that data key (review 38's
+        backstop). The grace period is far longer than any call: by now all are in."""
+        kek = row.kind == RotationKind.KEK.value
+        step = self._rewrap if kek else self._refingerprint
         moved = 0
-        while batch := self._refingerprint(connection, row, BATCH):
+        while batch := step(connection, row, BATCH):
             moved += batch
         if moved:
             self._progress(connection, row, {"moved": moved, "late": True})
@@ -569,8 +573,7 @@ class KeyRotation(RotationBatches):
         key_kind = KeyKind.KEK if row.kind == RotationKind.KEK.value else KeyKind.FINGERPRINT
         label = key_label(key_kind, int(row.old_version))
         with self._write() as connection:
-            if key_kind is KeyKind.FINGERPRINT:
-                self._move_late_rows(connection, row)
+            self._move_late_rows(connection, row)
             if self._provider.has_key(label):
                 self._provider.destroy_key(label)
             connection.execute(

@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from audit.sequencer import Sequencer
 from audit.store import AuditStore
+from hsm.models import WrappedKey
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
@@ -319,3 +320,52 @@ def _node(engine: Engine, provider: HSMProvider) -> tuple[VaultService, KeyRotat
     service = VaultService(engine, provider, _policy())
     service.initialize()
     return service, rotation_of(service, engine, provider)
+
+
+def test_a_data_key_wrapped_under_the_old_kek_after_the_migration_is_moved_before_the_destroy(
+    rig: tuple[VaultService, KeyRotation], rotation_provider: HSMProvider, engine: Engine
+) -> None:
+    """Review 38's backstop. A data key can be wrapped under the old KEK after the
+    migration's last batch: a data rotation approved on a node whose registry still
+    named the old KEK current (a rotation of another kind runs alongside). The old KEK
+    was destroyed regardless, and that data key, with every token under it, could
+    never be unwrapped again. The destroy now moves such keys first, as a fingerprint
+    rotation moves its late rows."""
+    service, rotation = rig
+    record = service.tokenize(PAYMENTS, TokenizeRequest(_pan(8), "pan_bin6_last4"))
+    ceremony = rotation.propose(ALICE, "kek")
+    rotation.approve(CAROL, ceremony.id)
+    for _ in range(10_000):
+        if rotation.status(ALICE, ceremony.id).state == CeremonyState.DESTROY_PENDING:
+            break
+        rotation.run_pending()
+    else:
+        raise AssertionError("the migration did not finish")
+    status = rotation.status(ALICE, ceremony.id)
+    old, new = f"cofre-kek-v{status.old_version}", f"cofre-kek-v{status.new_version}"
+    data_keys = sa.table(
+        "data_keys",
+        sa.column("wrapped"),
+        sa.column("wrap_mechanism"),
+        sa.column("kek_label"),
+        sa.column("purpose"),
+        sa.column("version"),
+    )
+    with engine.begin() as connection:  # a late write under the old KEK
+        late = connection.execute(sa.select(data_keys).where(data_keys.c.kek_label == new)).first()
+        assert late is not None
+        back = rotation_provider.rewrap_key(
+            WrappedKey(bytes(late.wrapped), late.wrap_mechanism, late.kek_label), old
+        )
+        connection.execute(
+            sa.update(data_keys)
+            .where(data_keys.c.purpose == late.purpose, data_keys.c.version == late.version)
+            .values(wrapped=back.wrapped, wrap_mechanism=back.algorithm, kek_label=old)
+        )
+    _finish(rotation, ceremony.id)
+    assert not rotation_provider.has_key(old)
+    with engine.connect() as connection:
+        labels = set(connection.execute(sa.select(data_keys.c.kek_label)).scalars())
+    assert labels == {new}
+    service.keyring.wipe_all()  # unwrap every data key again, under the KEK left
+    assert service.detokenize(GETNET, record.token).pan == _pan(8)
