@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, Engine, insert, select
 
 from audit.schema import READ_ONLY
-from hsm.keys import KeyKind
+from hsm.keys import KeyKind, parse_key_label
 from hsm.provider import HSMProvider, WrappedKey, wipe
 from vault.errors import DataKeyMissing
 from vault.fpe.ff1 import FF1
@@ -238,6 +238,19 @@ class DataKeyring:
             ).first()
         if row is None:
             raise DataKeyMissing(f"data key {purpose.value} v{version} does not exist")
+        # Only under a KEK the registry records (review 38): the row's label is the
+        # database's word, and a KEK of someone's making beside ours would otherwise open
+        # a data key of their making, which every new card would then be sealed under.
+        parsed = parse_key_label(str(row.kek_label))
+        if (
+            parsed is None
+            or parsed[0] is not KeyKind.KEK
+            or (parsed[1] not in self.registry.versions(KeyKind.KEK))
+        ):
+            raise DataKeyMissing(
+                f"data key {purpose.value} v{version} is wrapped under {row.kek_label!r}, "
+                "which is not a registered KEK on the token"
+            )
         clear = self._provider.unwrap_key(
             WrappedKey(bytes(row.wrapped), str(row.wrap_mechanism), str(row.kek_label))
         )

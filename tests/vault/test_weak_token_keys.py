@@ -15,6 +15,7 @@ fingerprint key."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,8 +29,10 @@ from hsm.keys import KeyHierarchy, KeyKind, key_label
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
-from tests.vault.conftest import OFFICERS, TEST_POLICY
-from vault.service import VaultService
+from tests.vault.conftest import OFFICERS, PAYMENTS, TEST_POLICY
+from vault.errors import DataKeyMissing
+from vault.pan import Pan
+from vault.service import TokenizeRequest, VaultService
 
 
 @pytest.fixture
@@ -87,3 +90,36 @@ def test_a_planted_extractable_kek_is_never_adopted_nor_used(
         assert planted_kek not in service.keyring.registry.registered()
     finally:
         service.close()
+
+
+def test_a_data_key_row_naming_an_unregistered_kek_is_never_unwrapped(
+    engine: Engine, rotation_provider: HSMProvider
+) -> None:
+    """Review 38's last: the keyring unwrapped a data key under whatever KEK label its
+    database row named. A holder of the PIN and of write access to the database makes a
+    KEK of their own on the token (sensitive or not: it is never registered) and a data
+    key under it, and points the active data key's row at them: the vault then seals
+    every new card under a data key of the attacker's making, while readiness only
+    warns about an unregistered key. A data key is now unwrapped only under a KEK the
+    registry records, as every other key is used."""
+    policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
+    service = VaultService(engine, rotation_provider, policy)
+    service.initialize()
+    try:
+        rogue = key_label(
+            KeyKind.KEK, KeyHierarchy(rotation_provider).versions(KeyKind.KEK)[-1] + 7
+        )
+        rotation_provider.generate_kek(rogue)
+        planted = rotation_provider.generate_wrapped_key(rogue)
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text("UPDATE data_keys SET wrapped = :w, wrap_mechanism = :m, kek_label = :k"),
+                {"w": planted.wrapped, "m": planted.algorithm, "k": rogue},
+            )
+        service.keyring.wipe_all()  # unwrap again, from the rows as they are now
+        with pytest.raises(DataKeyMissing, match="not a registered KEK"):
+            service.tokenize(PAYMENTS, TokenizeRequest(Pan("4111111111111111"), "pan_bin6_last4"))
+    finally:
+        service.close()
+        with contextlib.suppress(CofreError):
+            rotation_provider.destroy_key(rogue)
