@@ -55,6 +55,9 @@ _DAY: Final = 86400
 # The longest guard window a policy may set (policies.models.OracleGuard): rows are kept
 # at least this long so that no live window loses its memory.
 MAX_WINDOW_SECONDS: Final = 31 * _DAY
+# How long past its time a rate bucket is kept (it is full again then, as if it had no
+# row): an hour of margin for the nodes' clocks.
+RATE_KEEP_SECONDS: Final = 3600
 _BUCKET_CONTEXT: Final = b"cofre oracle bucket v1\x00"
 _GROUP_CHARGES: Final = "rate charges"
 
@@ -462,9 +465,17 @@ class Limits:
             insert_rows(connection, _WATCH_INTO, rows, then="ON CONFLICT DO NOTHING")
 
     def purge_windows(self, connection: Connection, now: datetime, *, keep_seconds: int) -> int:
-        """Delete guard rows and counters older than `keep_seconds`; return how many."""
+        """Delete guard rows and counters older than `keep_seconds`, and rate buckets
+        that are full again (`RATE_KEEP_SECONDS` past their time); return how many."""
+        # A bucket whose theoretical arrival time has passed charges exactly as a bucket
+        # without a row (the charge and the check take max(tat, now)), so forgetting it
+        # changes no answer. Without this every key ever charged was kept for ever: each
+        # client address (IPv6 /64) anyone on the internet sent the capture listener, and
+        # each capture session, one row each (the capture review).
+        stale = now.timestamp() - RATE_KEEP_SECONDS
+        removed = connection.execute(delete(rate_state).where(rate_state.c.tat < stale)).rowcount
         horizon = int(now.timestamp()) - max(keep_seconds, MAX_WINDOW_SECONDS)
-        removed = connection.execute(
+        removed += connection.execute(
             delete(usage_counters).where(usage_counters.c.window < horizon)
         ).rowcount
         removed += connection.execute(
