@@ -43,6 +43,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from api._capture_body import framed_within, limited
 from api.connections import guarded_protocol
 from api.errors import ApiError
 from api.guard import problem_for
@@ -225,6 +226,7 @@ def create_capture_app(state: CaptureState) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+        code = "payload_too_large" if request.scope["state"].get("body_too_large") else code
         return problem_for(request.scope, code, "", _request_id(request), _headers())
 
     @app.exception_handler(Exception)
@@ -445,7 +447,7 @@ class _CaptureGuard:
                 if rejection is not None:
                     await rejection(scope, receive, send_with_id)
                 else:
-                    await self.app(scope, receive, send_with_id)
+                    await self.app(scope, limited(receive, scope["state"], MAX_BODY), send_with_id)
             finally:
                 admitted.release()  # if it ended without an answer (disconnect, error)
         route = getattr(scope.get("route"), "path", "unmatched")
@@ -463,9 +465,8 @@ class _CaptureGuard:
         if scope["method"] != "POST":
             return None
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        length = headers.get("content-length", "")
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY:
+        if not framed_within(headers, MAX_BODY):
             return problem_for(
                 scope,
                 "payload_too_large",

@@ -1,0 +1,53 @@
+"""The capture listener's body bound, kept on the bytes that arrive (the capture review).
+
+IN PCI SCOPE, sees card data in transit (the body it counts is the card). The capture
+guard refused a body whose ``Content-Length`` passed the bound, but the listener's
+parser (h11) frames a request that carries ``Transfer-Encoding: chunked`` as well by
+its chunks: a body of any size announced as 100 bytes was read whole into memory and
+parsed, by anyone on the internet. So a body must come with ``Content-Length`` alone,
+within the bound, and the bytes the app reads are counted against it all the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+
+__all__ = ["framed_within", "limited"]
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+
+
+class _BodyTooLarge(Exception):
+    """Raised into the app past the bound; ``body_too_large`` is then set in the scope's
+    state, and the listener answers 413 ``payload_too_large``."""
+
+
+def framed_within(headers: Mapping[str, str], limit: int) -> bool:
+    """Whether a request's `headers` (lower-case names) frame its body by a
+    ``Content-Length`` of at most `limit` bytes and by nothing else."""
+    length = headers.get("content-length", "")
+    return (
+        "transfer-encoding" not in headers
+        and length.isascii()
+        and length.isdigit()
+        and int(length) <= limit
+    )
+
+
+def limited(receive: Receive, state: MutableMapping[str, Any], limit: int) -> Receive:
+    """`receive`, raising `_BodyTooLarge` into the app past `limit` bytes of body."""
+    received = 0
+
+    async def limited_receive() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                state["body_too_large"] = True
+                raise _BodyTooLarge
+        return message
+
+    return limited_receive
