@@ -80,11 +80,15 @@ def _race(nodes: tuple[VaultService, VaultService], session: CaptureSession) -> 
     return outcomes
 
 
-def test_two_nodes_capturing_one_single_use_session_at_once_capture_once(
-    nodes: tuple[VaultService, VaultService], engine: Engine
+@pytest.mark.parametrize("apart", [True, False], ids=["two-nodes", "one-node"])
+def test_two_captures_of_one_single_use_session_at_once_capture_once(
+    nodes: tuple[VaultService, VaultService], engine: Engine, apart: bool
 ) -> None:
+    """Two nodes, or two threads of one node (whose commit group may take both into one
+    transaction): one capture, the other refused 409."""
+    pair = nodes if apart else (nodes[0], nodes[0])
     for _ in range(5):
-        outcomes = _race(nodes, _session(nodes[0]))
+        outcomes = _race(pair, _session(nodes[0]))
         assert len(outcomes) == 2
         refused = [o for o in outcomes if isinstance(o, CaptureSessionUsed)]
         assert len(refused) == 1, [type(o).__name__ for o in outcomes]
