@@ -389,12 +389,15 @@ def _answer(name: str, content: bytes) -> Any:
     `UpstreamUnavailable` for JSON nested deeper than `MAX_DEPTH` (or than the parser
     goes): the card has gone, but such an answer cannot be masked, so none is given
     (the caller's `relay` entry says upstream_unavailable)."""
-    if _values_over(content, MAX_ANSWER_VALUES):
+    # Counted and parsed as the same UTF-8: `json.loads` reads bytes after a UTF-8 BOM
+    # and in UTF-16 or UTF-32 too, which the count did not see as JSON (review 43).
+    utf8 = _as_utf8(content)
+    if _values_over(utf8, MAX_ANSWER_VALUES):
         raise UpstreamUnavailable(
             f"the upstream of route {name!r} answered JSON of more than {MAX_ANSWER_VALUES} values"
         )
     try:
-        parsed: Any = json.loads(content)
+        parsed: Any = json.loads(utf8)
     except RecursionError:
         parsed, deep = None, True
     except ValueError:
@@ -408,6 +411,19 @@ def _answer(name: str, content: bytes) -> Any:
             f"the upstream of route {name!r} answered JSON nested deeper than {MAX_DEPTH} levels"
         )
     return parsed
+
+
+def _as_utf8(content: bytes) -> bytes:
+    """`content` in UTF-8 without a BOM, decoded as `json.loads` would decode it (the
+    encoding told from its first bytes); as it is when that fails (`json.loads` then
+    refuses it too, and it is answered as text)."""
+    encoding = json.detect_encoding(content)
+    if encoding == "utf-8":
+        return content
+    try:
+        return content.decode(encoding, "surrogatepass").encode("utf-8", "surrogatepass")
+    except UnicodeError:
+        return content
 
 
 def _values_over(content: bytes, limit: int) -> bool:

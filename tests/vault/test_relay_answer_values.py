@@ -16,7 +16,13 @@ import pytest
 from tests.support.fake_acquirer import plain_route as _route
 from tests.vault.test_relay_deadline import Handler, _Upstream, upstream
 from vault.errors import UpstreamUnavailable
-from vault.relay_client import MAX_ANSWER_BYTES, MAX_ANSWER_VALUES, RelayClient, _values_over
+from vault.relay_client import (
+    MAX_ANSWER_BYTES,
+    MAX_ANSWER_VALUES,
+    RelayClient,
+    _answer,
+    _values_over,
+)
 
 __all__ = ["upstream"]  # the fixture, imported for the tests here
 
@@ -88,3 +94,37 @@ def test_an_unclosed_string_is_scanned_once() -> None:
     assert not _values_over(text, MAX_ANSWER_VALUES)
     many_strings = b'["' + b'",' * 300_000  # ["", ",", ... unclosed: many values
     assert _values_over(many_strings, MAX_ANSWER_VALUES)
+
+
+def _many_values() -> str:
+    # A first string holding U+0122: in UTF-16-LE its bytes are 22 01, a quote to a byte
+    # scan, which then took every separator after it for the inside of a string.
+    return '["\u0122",' + '{"a":1},' * MAX_ANSWER_VALUES + "1]"
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        pytest.param(b"\xef\xbb\xbf" + _many_values().encode(), id="utf-8-bom"),
+        pytest.param(_many_values().encode("utf-16"), id="utf-16-bom"),
+        pytest.param(_many_values().encode("utf-16-be"), id="utf-16-be"),
+        pytest.param(_many_values().encode("utf-16-le"), id="utf-16-le"),
+        pytest.param(_many_values().encode("utf-32-le"), id="utf-32-le"),
+    ],
+)
+def test_an_answer_in_any_encoding_json_reads_is_counted(encoded: bytes) -> None:
+    """`json.loads` reads bytes after a UTF-8 BOM and in UTF-16 or UTF-32 (it tells
+    them from the first bytes): each such answer is counted as it is parsed. Before, a
+    BOM or a leading NUL was no container to the count, and the answer was parsed whole."""
+    assert len(json.loads(encoded)) > MAX_ANSWER_VALUES  # what the relay parsed before
+    with pytest.raises(UpstreamUnavailable, match="values"):
+        _answer("acq", encoded)
+
+
+def test_an_answer_in_utf_16_within_the_bound_is_parsed_as_before() -> None:
+    answer = {"status": "approved", "note": "caf\u00e9 \u0122", "items": [1, 2, 3]}
+    for encoding in ("utf-8-sig", "utf-16", "utf-16-be", "utf-32"):
+        assert _answer("acq", json.dumps(answer, ensure_ascii=False).encode(encoding)) == answer
+    # Not JSON: its text as before, decoded as UTF-8 whatever it looks like (review 27).
+    text = "4111 1111".encode("utf-16-le")
+    assert _answer("acq", text) == {"body": text.decode("utf-8", "replace")}
