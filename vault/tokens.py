@@ -31,9 +31,9 @@ from vault.pan import Pan, luhn_sum, luhn_valid
 
 # How many random draws before declaring a bucket full, for spaces too large to list.
 MAX_RANDOM_DRAWS: Final = 64
-# How many FF1 tokens one card may be given in one domain, the first and its re-issues
-# (`FpeTokenizer.candidates`): one more each time its token is deleted or expires.
-FPE_REISSUES: Final = 1024
+# How many re-issues of a card's FF1 token are tried, each under a random re-issue
+# number, before its BIN/last-four bucket is declared full (`FpeTokenizer.candidates`).
+FPE_REISSUES: Final = MAX_RANDOM_DRAWS
 # Spaces at most this large are listed in full (in random order) once this many draws
 # from them met tokens already issued.
 ENUMERATE_LIMIT: Final = 4096
@@ -206,13 +206,18 @@ class FpeTokenizer:
 
     def candidates(self, spec: FormatSpec, pan: Pan, *, domain: str) -> Iterator[str]:
         """`pan`'s FF1 token in `domain`, then its re-issues: the same under the tweak
-        of `domain` and a re-issue number (after a NUL, which no domain name holds).
-        A deleted or expired token's row keeps its value, so a card whose token was
-        shredded needs another one (the batch review: it got 409
-        token_space_exhausted for good); a re-issue decrypts under its own tweak."""
+        of `domain` and a random re-issue number (after a NUL, which no domain name
+        holds). A deleted or expired token's row keeps its value, so a card whose token
+        was shredded needs another one (the batch review: it got 409
+        token_space_exhausted for good). Numbered 1, 2, 3... they were each taken by
+        the card's own earlier tombstones in turn, so the k-th re-issue computed k+1
+        tokens in the commit group's transaction, and none was left after 1,023
+        (review 43); a random one is almost always free. Nothing decrypts a token: a
+        re-issue is found by its fingerprint, as the first one is."""
         yield self.encrypt(spec, pan, domain=domain)
-        for reissue in range(1, FPE_REISSUES):
-            yield self.encrypt(spec, pan, domain=f"{domain}\x00{reissue}")
+        for _ in range(FPE_REISSUES):
+            reissue = secrets.randbits(64)
+            yield self.encrypt(spec, pan, domain=f"{domain}\x00{reissue:016x}")
 
     def decrypt(self, spec: FormatSpec, token: str, *, domain: str) -> Pan:
         """Return the PAN whose token under `spec` in `domain` is `token`.

@@ -5,23 +5,27 @@ Each test is the attack as its holder would run it, and what stops it."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert
 
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import RateLimited
-from policies.formats import FormatSpec
+from policies.formats import BUILTIN_FORMATS, FormatSpec
 from policies.loader import parse_policy
 from tests.support.pans import GENERATED, card_number
 from tests.support.policies import vault_on
 from vault import tokens as tokens_module
 from vault.errors import OracleSuspected
+from vault.keyring import KeyPurpose
 from vault.pan import Pan, luhn_check_digit
 from vault.service import CallContext, TokenizeRequest, VaultService
+from vault.storage.schema import tokens
 
 POLICY = """
 [identities."spiffe://cofre/payments"]
@@ -176,3 +180,68 @@ def test_short_cards_never_have_their_token_space_listed_to_draw_one(
         len(r.token) == 13 and r.token[-4:] == c[-4:] for r, c in zip(issued, cards, strict=True)
     )
     assert listed == [0]
+
+
+@pytest.mark.hsm
+def test_a_card_reissued_many_times_costs_what_its_first_reissue_did(
+    vault: VaultService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 43: a re-issue tried the card's FF1 outputs under re-issue numbers 1, 2, 3...
+    in turn, each taken by one of its own tombstones, so its k-th re-issue computed k+1
+    FF1 tokens (cycle-walked) and looked each up, in the commit group's transaction: the
+    1,000th cost ~0.4 s of the committer's CPU for one rate unit. Counted, not timed."""
+    card = card_number("4000", 161803)
+    request = TokenizeRequest(Pan(card), "pan_fpe")
+    for _ in range(30):
+        assert vault.delete(PAYMENTS, vault.tokenize(PAYMENTS, request).token) is True
+    computed = [0]
+    encrypt = tokens_module.FpeTokenizer.encrypt
+
+    def counted(self: tokens_module.FpeTokenizer, *args: Any, **kwargs: Any) -> str:
+        computed[0] += 1
+        return encrypt(self, *args, **kwargs)
+
+    monkeypatch.setattr(tokens_module.FpeTokenizer, "encrypt", counted)
+    vault.tokenize(PAYMENTS, request)
+    assert computed[0] <= 4  # the first candidate (twice) and a re-issue or two
+
+
+@pytest.mark.hsm
+def test_a_card_with_1024_earlier_fpe_tokens_still_gets_one(
+    vault: VaultService, engine: Engine
+) -> None:
+    """Review 43: re-issues were numbered 1 to 1,023 and then none was left: a card whose
+    token expired or was deleted 1,024 times (a short TTL retokenized daily: under three
+    years) was refused 409 token_space_exhausted for good again. Its earlier tokens'
+    tombstones are written here directly, as the re-issues then numbered them."""
+    card = card_number("4000", 141421)
+    vault.tokenize(PAYMENTS, TokenizeRequest(Pan(card_number("4000", 100001)), "pan_fpe"))
+    keyring = vault.keyring
+    fpe = tokens_module.FpeTokenizer(keyring.ff1(keyring.active_version(KeyPurpose.FF1)))
+    spec = BUILTIN_FORMATS["pan_fpe"]
+    domain = PAYMENTS.identity
+    earlier = {fpe.encrypt(spec, Pan(card), domain=domain)}
+    earlier.update(
+        fpe.encrypt(spec, Pan(card), domain=f"{domain}\x00{reissue}") for reissue in range(1, 1024)
+    )
+    now = datetime.now(UTC)
+    with engine.begin() as connection:
+        connection.execute(
+            insert(tokens),
+            [
+                {
+                    "id": str(uuid.uuid4()),
+                    "token": value,
+                    "format": "pan_fpe",
+                    "convergent": True,
+                    "owner": domain,
+                    "domain": domain,
+                    "created_at": now,
+                    "deleted_at": now,
+                }
+                for value in sorted(earlier)
+            ],
+        )
+    again = vault.tokenize(PAYMENTS, TokenizeRequest(Pan(card), "pan_fpe"))
+    assert again.token not in earlier
+    assert vault.detokenize_masked(PAYMENTS, again.token).masked.endswith(card[-4:])

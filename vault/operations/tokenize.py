@@ -558,7 +558,7 @@ class TokenizeOperations(TokenizeChecks):
         size = 1  # the first candidate is almost always free: try it alone
         while True:
             chunk = [c for _, c in zip(range(size), candidates, strict=False)]
-            size = _CANDIDATE_CHUNK
+            size = 2 if spec.type is FormatType.FPE else _CANDIDATE_CHUNK  # a walk each
             if not chunk:
                 raise TokenSpaceExhausted(
                     "every token of this format for this BIN and last four is taken"
