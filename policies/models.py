@@ -343,6 +343,9 @@ class Policy(BaseModel):
                     f"identity {identity!r} must be a certificate SAN URI "
                     "(spiffe://..., urn:..., https://...)"
                 )
+            if any("\x00" in d for d in {rules.domain_of(identity), *rules.read_domains}):
+                # An FF1 re-issue's tweak is a domain, a NUL and a number (review 43).
+                raise ValueError(f"identity {identity!r} names a token domain with a NUL")
             if unknown := rules.formats - known:
                 raise ValueError(f"identity {identity!r} names unknown formats {sorted(unknown)}")
             if Action.TOKENIZE in rules.operations and not rules.formats:

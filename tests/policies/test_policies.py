@@ -176,6 +176,24 @@ read_domains = ["spiffe://cofre/payments"]
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        '[identities."spiffe://cofre/a"]\ndomain = "books\\u00001"\n',
+        '[identities."spiffe://cofre/a"]\nread_domains = ["books\\u0000"]\n',
+        '[identities."spiffe://cofre/a\\u00001"]\noperations = ["tokenize"]\n'
+        'formats = ["pan_fpe"]\n',
+    ],
+)
+def test_a_token_domain_holds_no_nul(text: str) -> None:
+    """Review 43: an FF1 re-issue's tweak is its domain, a NUL and a re-issue number
+    (`vault.tokens.FpeTokenizer.candidates`), which holds apart from every domain's own
+    tweak only if no domain holds a NUL; nothing refused one (nor an identity, which is
+    its own domain by default), and PostgreSQL cannot store one either."""
+    with pytest.raises(PolicyInvalid, match="NUL"):
+        parse_policy(text, kind="toml")
+
+
+@pytest.mark.parametrize(
     ("operations", "reveal", "fragment"),
     [
         ('["tokenize"]', "none", "may not call tokenize"),
