@@ -548,6 +548,7 @@ def build_capture_server(
     header_timeout: float = 10.0,
     body_timeout: float = 10.0,
     telemetry: Telemetry | None = None,
+    max_connections_per_address: int = 256,  # a carrier's NAT holds many shoppers
 ) -> ManagedServer:
     """A configured (not started) uvicorn server for the capture listener: server TLS
     only (no client certificate is asked for: browsers have none), TLS 1.2 or newer
@@ -567,7 +568,8 @@ def build_capture_server(
         http=guarded_protocol(
             header_timeout=header_timeout,
             body_timeout=body_timeout,
-            max_connections_per_identity=1,  # unused: no client certificates here
+            max_connections_per_identity=max_connections_per_address,
+            by_address=True,  # no client certificates here
             # Browsers, not a hot path: the parser its tests were written against.
             http="h11",
         ),

@@ -41,6 +41,7 @@ from api.tls import (
     identity_from_pem,
     tls_extension,
 )
+from cofre.origins import address_key
 
 _log = structlog.get_logger("cofre.api.connections")
 # What uvicorn's h11 allows for a request head (``h11_max_incomplete_event_size``).
@@ -82,23 +83,30 @@ class _Limits:
         self.protocol = protocol
         self.limits = limits
         self.identity: str | None = None
+        self.key: str | None = None  # what the cap counts the connection as
         self.deadline: asyncio.TimerHandle | None = None
         self.phase = ""
 
     def admit(self, transport: Any) -> bool:
         """Note the connection's identity; False (and the connection closed) when the
-        identity already holds its share of connections."""
-        self.identity = _identity(transport)
-        if self.identity is not None:
+        identity already holds its share of connections. Where clients have no
+        certificate (the capture listener, `by_address`), the share is per client
+        address (IPv6 by its /64): one host's slow connections, each within the read
+        deadlines, were bounded by nothing else (the capture review)."""
+        self.identity = self.key = _identity(transport)
+        if self.key is None and self.limits.by_address:
+            peer = transport.get_extra_info("peername")
+            self.key = f"address {address_key(str(peer[0]))}" if peer else None
+        if self.key is not None:
             same = sum(
                 1
                 for other in self.protocol.connections
-                if getattr(other, "cofre_identity", None) == self.identity
+                if getattr(other, "cofre_connection_key", None) == self.key
             )
             if same > self.limits.max_connections_per_identity:
                 _log.warning(
                     "connection refused: too many connections for this identity",
-                    identity=self.identity,
+                    identity=self.key,
                     limit=self.limits.max_connections_per_identity,
                 )
                 transport.close()
@@ -212,6 +220,7 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections_per_identity: int = 2000
+    by_address: bool = False
     max_header_bytes: int = MAX_HEADER_BYTES
     loads: WorkerLoads | None = None
 
@@ -221,6 +230,10 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
     @property
     def cofre_identity(self) -> str | None:
         return self._guard.identity
+
+    @property
+    def cofre_connection_key(self) -> str | None:
+        return self._guard.key
 
     def connection_made(self, transport: Any) -> None:
         self._guard = _Limits(self, type(self))
@@ -296,6 +309,7 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections_per_identity: int = 2000
+    by_address: bool = False
     max_header_bytes: int = MAX_HEADER_BYTES
     loads: WorkerLoads | None = None
 
@@ -312,6 +326,10 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
     @property
     def cofre_identity(self) -> str | None:
         return self._guard.identity
+
+    @property
+    def cofre_connection_key(self) -> str | None:
+        return self._guard.key
 
     def connection_made(self, transport: Any) -> None:
         self._guard = _Limits(self, type(self))
@@ -439,10 +457,12 @@ def guarded_protocol(
     max_connections_per_identity: int,
     http: str = "httptools",
     loads: WorkerLoads | None = None,
+    by_address: bool = False,
 ) -> type[GuardedHttpToolsProtocol | GuardedH11Protocol]:
     """The protocol class for uvicorn's ``http=`` setting, with these limits: `http` is
     ``httptools`` (llhttp, the default) or ``h11`` (pure Python, slower); `loads` is a
-    worker's slot in its node's requests in flight (`api.balance`), None alone."""
+    worker's slot in its node's requests in flight (`api.balance`), None alone;
+    `by_address` caps a connection without a certificate per client address."""
     base: type[GuardedHttpToolsProtocol | GuardedH11Protocol] = (
         GuardedH11Protocol if http == "h11" else GuardedHttpToolsProtocol
     )
@@ -453,6 +473,7 @@ def guarded_protocol(
             "header_timeout": header_timeout,
             "body_timeout": body_timeout,
             "max_connections_per_identity": max_connections_per_identity,
+            "by_address": by_address,
             "loads": loads,
         },
     )

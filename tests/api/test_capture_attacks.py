@@ -8,13 +8,18 @@ import json
 import socket
 import ssl
 from collections.abc import Iterator, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from api._capture_body import framed_within
+from api.capture import build_capture_server
+from api.server import BackgroundServer
 from tests.api.conftest import VaultServer
 from tests.api.test_capture_listener import SHOP, VISA, _session, _tokens, capture_vault
+from tests.support.postgres import free_port
+from tests.support.wire import closed_by_server, read_response
 
 __all__ = ["capture_vault"]  # the fixture, imported for the tests here
 
@@ -140,3 +145,45 @@ def test_a_body_is_framed_by_a_small_content_length_alone(
     headers: dict[str, str], framed: bool
 ) -> None:
     assert framed_within(headers, 4096) is framed
+
+
+def _browser(port: int, ca: Path, source: str) -> ssl.SSLSocket:
+    """A TLS connection to the capture port from `source` (any 127/8 address)."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=20, source_address=(source, 0))
+    return ssl.create_default_context(cafile=str(ca)).wrap_socket(raw, server_hostname="localhost")
+
+
+def test_one_address_holds_at_most_its_share_of_capture_connections(
+    capture_vault: VaultServer,
+) -> None:
+    """The capture review's trade-off 1: with no client certificates the per-identity
+    cap counted nothing here, so one host's slow connections (each within the 10 s read
+    deadlines, opened again and again) were bounded by nothing but its sockets. A
+    client address (IPv6 by its /64) now holds at most its share; another address is
+    still served."""
+    port = free_port()
+    server = BackgroundServer(
+        build_capture_server(
+            capture_vault.runtime.capture_app,
+            "127.0.0.1",
+            port,
+            cert=capture_vault.pki.server_cert,
+            key=capture_vault.pki.server_key,
+            header_timeout=60,
+            max_connections_per_address=2,
+        )
+    )
+    server.start()
+    held = [_browser(port, capture_vault.pki.ca, "127.0.0.1") for _ in range(2)]
+    try:
+        third = _browser(port, capture_vault.pki.ca, "127.0.0.1")
+        assert closed_by_server(third)
+        third.close()
+        other = _browser(port, capture_vault.pki.ca, "127.0.0.2")
+        other.sendall(b"GET /v1/capture.js HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert read_response(other)[0].startswith(b"HTTP/1.1 200")
+        other.close()
+    finally:
+        for conn in held:
+            conn.close()
+        server.stop()
