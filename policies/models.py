@@ -114,6 +114,12 @@ class IdentityPolicy(BaseModel):
     # level, masked reveal, metadata, relay). Its own domain is always readable.
     read_domains: frozenset[Annotated[str, Field(min_length=1, max_length=255)]] = frozenset()
     scope: Scope = Scope.IN
+    # The shop origins it may open capture sessions for (compared as browsers spell
+    # them); unset, any. A stolen certificate could otherwise host the vault's card
+    # fields on a page of its own choosing (the capture review).
+    capture_origins: (
+        frozenset[Annotated[str, Field(pattern=r"^https?://[^/\s?#]+$", max_length=300)]] | None
+    ) = None
     oracle_guard: OracleGuard = Field(default_factory=OracleGuard)
     quota: Quota | None = None
     # The officer's second factor (PCI DSS 8.4.1, 8.4.2): the PEM public key of the EC

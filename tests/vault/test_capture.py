@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
-from policies.errors import PolicyDenied, RateLimited
+from policies.errors import PolicyDenied, PolicyError, RateLimited
 from policies.loader import parse_policy
 from policies.models import RateLimit
 from vault.capture import (
@@ -377,3 +377,46 @@ def test_a_capture_tokenizes_into_the_creators_domain_and_is_audited(
     with engine.connect() as connection:
         uses = connection.execute(sa.text("SELECT uses FROM capture_sessions")).scalar_one()
     assert uses == 2
+
+
+def test_an_identity_opens_sessions_only_for_its_policys_origins(
+    engine: Engine, hsm_provider: HSMProvider, clock: list[datetime]
+) -> None:
+    """The capture review's trade-off 5: a stolen certificate of the shop's backend
+    could open sessions for any origin, and so host the vault's card fields on a page
+    of its own choosing, tokenizing into the shop's domain. A policy's
+    `capture_origins` now names the origins an identity may open sessions for,
+    compared as browsers spell them (upper case and ``:443`` are the same origin)."""
+    listed = POLICY.replace(
+        'reveal = "masked"\n',
+        'reveal = "masked"\ncapture_origins = ["https://Shop.Example:443"]\n',
+        1,
+    )
+    svc = VaultService(
+        engine, hsm_provider, PolicyEngine(parse_policy(listed, kind="toml").policy),
+        clock=lambda: clock[0],
+    )  # fmt: skip
+    svc.initialize()
+    try:
+        assert _session(svc).origin == SHOP
+        with pytest.raises(PolicyDenied, match="origin"):
+            _session(svc, origin="https://shop.example.evil.example")
+        with pytest.raises(PolicyDenied, match="origin"):
+            _session(svc, origin="https://other-shop.example")
+    finally:
+        svc.close()
+    assert _count(engine, "capture_sessions") == 1
+    denied = [e for e in _audit(engine, "capture") if e["outcome"] == "denied"]
+    assert [e["details"]["origin"] for e in denied] == [
+        "https://shop.example.evil.example",
+        "https://other-shop.example",
+    ]
+
+
+@pytest.mark.parametrize("origin", ["shop.example", "https://shop.example/pay", "ftp://shop"])
+def test_a_policy_names_capture_origins_as_origins(origin: str) -> None:
+    listed = POLICY.replace(
+        'reveal = "masked"\n', f'reveal = "masked"\ncapture_origins = ["{origin}"]\n', 1
+    )
+    with pytest.raises(PolicyError, match="capture_origins"):
+        parse_policy(listed, kind="toml")

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Row, and_, delete, insert, select, update
 
 from audit.log import DetailValue, Outcome
 from cofre.origins import address_key
+from policies.errors import PolicyDenied
 from policies.models import Action, RateLimit
 from vault.capture import (
     CaptureResult,
@@ -45,6 +46,7 @@ from vault.errors import (
     CaptureSessionExpired,
     CaptureSessionUsed,
     CaptureUnauthorized,
+    InvalidOrigin,
     OriginNotAllowed,
 )
 from vault.models import CallContext, TokenizeRequest, TokenRecord
@@ -82,6 +84,15 @@ class CaptureOperations(TokenizeOperations):
             origin = normalize_origin(
                 request.origin, allow_http_localhost=allow_http_localhost, frame_ancestor=True
             )
+            if rules.capture_origins is not None and origin not in _allowed(
+                rules.capture_origins, allow_http_localhost
+            ):
+                reason = "this identity may not open capture sessions for that origin"
+                details: dict[str, DetailValue] = {"reason": reason, "origin": origin}
+                self._write_audit(
+                    self._audit_event(ctx, Action.CAPTURE, Outcome.DENIED, details=details)
+                )
+                raise PolicyDenied(reason)
             session_id = new_session_id()
             secret, secret_hash = new_secret()
             self._refuse_spent(ctx, rules, 1)
@@ -275,3 +286,17 @@ def purge_capture_sessions(connection: Connection, now: datetime) -> int:
         delete(capture_sessions).where(capture_sessions.c.expires_at < now - timedelta(hours=1))
     ).rowcount
     return int(removed)
+
+
+def _allowed(origins: frozenset[str], allow_http_localhost: bool) -> set[str]:
+    """A policy's `capture_origins` as `normalize_origin` spells them; one it refuses is
+    no origin a session could name, and is left out."""
+    allowed = set()
+    for origin in origins:
+        with contextlib.suppress(InvalidOrigin):
+            allowed.add(
+                normalize_origin(
+                    origin, allow_http_localhost=allow_http_localhost, frame_ancestor=True
+                )
+            )
+    return allowed
