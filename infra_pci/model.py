@@ -20,6 +20,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MANAGED_TAG = "cofre:managed"
 ENVIRONMENT_TAG = "cofre:environment"
 ROLE_TAG = "cofre:role"
+# Where a peered VPC's subnets can be: RFC 1918 and the shared range EKS custom
+# networking gives pods. An allowed source outside them is a public address.
+PRIVATE_RANGES = tuple(
+    ipaddress.IPv4Network(c)
+    for c in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
 
 
 class PciEnvironment(BaseSettings):
@@ -60,6 +66,14 @@ class PciEnvironment(BaseSettings):
             network = ipaddress.ip_network(cidr)
             if network.prefixlen == 0:
                 raise ValueError("0.0.0.0/0 can never be an allowed source")
+            # 128.0.0.0/1 is half the internet and overlaps no VPC (infra review).
+            if not isinstance(network, ipaddress.IPv4Network) or not any(
+                network.subnet_of(r) for r in PRIVATE_RANGES
+            ):
+                raise ValueError(
+                    f"allowed source {cidr} is not a private IPv4 range (RFC 1918 or "
+                    "100.64.0.0/10): the callers are subnets of the peered VPC"
+                )
             if network.overlaps(vpc):
                 raise ValueError(f"allowed source {cidr} overlaps the PCI VPC")
         return self

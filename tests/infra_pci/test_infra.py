@@ -150,6 +150,10 @@ def test_aws_errors_are_translated(aws: AWS) -> None:
     ("kwargs", "message"),
     [
         ({"allowed_source_cidrs": ("0.0.0.0/0",)}, "never be an allowed source"),
+        # Half the internet does not overlap the VPC and its prefix is not 0 (infra review).
+        ({"allowed_source_cidrs": ("128.0.0.0/1",)}, "private"),
+        ({"allowed_source_cidrs": ("8.8.8.0/24",)}, "private"),
+        ({"allowed_source_cidrs": ("fd00::/8",)}, "private"),
         ({"allowed_source_cidrs": ("10.1.0.0/24",)}, "overlaps"),
         ({"subnet_cidrs": ("10.2.1.0/24", "10.1.2.0/24", "10.1.3.0/24")}, "outside"),
         ({"availability_zones": ("a", "a", "b")}, "different AZs"),
