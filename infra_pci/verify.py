@@ -3,15 +3,21 @@
 IN PCI SCOPE. Each rule has a stable name that the report and the tests use:
 
 - ``no-internet-gateway``: no internet gateway attached to the PCI VPC;
-- ``no-internet-route``: no route to 0.0.0.0/0 or ::/0 (internet or NAT gateway) in any
-  route table of the PCI VPC;
-- ``no-open-ingress``: no security group rule admits 0.0.0.0/0;
-- ``no-open-egress``: no security group allows egress to 0.0.0.0/0;
+- ``no-internet-route``: no route of the PCI VPC to a public address (0.0.0.0/0, and
+  also 0.0.0.0/1 + 128.0.0.0/1 or any range beyond the private ones), whatever the target;
+- ``no-open-ingress``: no security group rule admits a public address;
+- ``no-open-egress``: no security group allows egress to a public address;
 - ``vault-ingress-whitelist``: the vault group admits only the vault port, only from the
   declared peer CIDRs;
-- ``flow-logs``: flow logs capture all traffic of the VPC;
-- ``peering-routes``: routes over the peering reach only the allowed sources (PCI side)
-  and only the vault subnets (main side);
+- ``no-outside-ingress``: no security group of the PCI VPC admits a source outside the
+  VPC (a CIDR, another VPC's group, a prefix list), but the vault group's port from the
+  allowed sources: the adapter tier is routed to the vault subnets, where RDS and the
+  HSM ENIs live too, and must reach nothing there but the vault;
+- ``flow-logs``: flow logs capture all traffic of the VPC and deliver it (an ACTIVE flow
+  log whose role cannot write has DeliverLogsStatus FAILED);
+- ``peering-routes``: the PCI VPC routes nowhere but itself and, over the managed
+  peering, the allowed sources (no VPN, transit gateway or other peering); the main
+  side's routes over the peering reach only the vault subnets;
 - ``vpc-endpoints``: an interface endpoint exists for every AWS API the vault calls;
 - ``cloudhsm-three-azs``: the CloudHSM cluster has HSMs in three Availability Zones.
 """
@@ -23,10 +29,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra_pci.aws import AwsClients, aws_errors
-from infra_pci.model import PciEnvironment
+from infra_pci.model import PRIVATE_RANGES, PciEnvironment
 from infra_pci.provision import PciProvisioner, State
 
-OPEN = ("0.0.0.0/0", "::/0")
+# Address space that is not the internet; a range reaching beyond it is open.
+_PRIVATE: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+    *PRIVATE_RANGES,
+    ipaddress.IPv6Network("fc00::/7"),
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,33 @@ def _ranges(permission: dict[str, Any]) -> list[str]:
     return [r["CidrIp"] for r in permission.get("IpRanges", [])] + [
         r["CidrIpv6"] for r in permission.get("Ipv6Ranges", [])
     ]
+
+
+_ROUTE_TARGETS = (
+    "VpcPeeringConnectionId",
+    "GatewayId",
+    "TransitGatewayId",
+    "NatGatewayId",
+    "NetworkInterfaceId",
+    "InstanceId",
+    "EgressOnlyInternetGatewayId",
+    "LocalGatewayId",
+    "CarrierGatewayId",
+    "CoreNetworkArn",
+)
+
+
+def _open(cidr: str | None) -> bool:
+    """Whether `cidr` holds a public address: 0.0.0.0/0, and also 0.0.0.0/1 with
+    128.0.0.0/1 (together the same thing, and no string match sees them)."""
+    if not cidr:
+        return False
+    return not any(_within(cidr, private) for private in _PRIVATE)
+
+
+def _within(cidr: str, outer: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    network = ipaddress.ip_network(cidr, strict=False)
+    return network.version == outer.version and network.subnet_of(outer)  # type: ignore[arg-type]
 
 
 def verify(env: PciEnvironment, clients: AwsClients) -> list[Finding]:
@@ -78,6 +115,7 @@ def verify(env: PciEnvironment, clients: AwsClients) -> list[Finding]:
         _open_rules(groups, "IpPermissions", "no-open-ingress"),
         _open_rules(groups, "IpPermissionsEgress", "no-open-egress"),
         _vault_ingress(env, state, groups),
+        _outside_ingress(env, state, groups),
         _flow_logs(flow_logs),
         _peering(env, state, tables, peer_tables),
         _endpoints(env, state),
@@ -91,7 +129,7 @@ def _internet_routes(tables: list[dict[str, Any]]) -> Finding:
         f" via {r.get('GatewayId') or r.get('NatGatewayId') or r.get('VpcPeeringConnectionId')}"
         for t in tables
         for r in t.get("Routes", [])
-        if (r.get("DestinationCidrBlock") in OPEN or r.get("DestinationIpv6CidrBlock") in OPEN)
+        if _open(r.get("DestinationCidrBlock")) or _open(r.get("DestinationIpv6CidrBlock"))
     ]
     return Finding("no-internet-route", not bad, "; ".join(bad) or "no default route")
 
@@ -101,7 +139,7 @@ def _open_rules(groups: list[dict[str, Any]], key: str, rule: str) -> Finding:
         f"{g['GroupId']} ({g.get('GroupName')})"
         for g in groups
         for p in g.get(key, [])
-        if any(c in OPEN for c in _ranges(p))
+        if any(_open(c) for c in _ranges(p))
     ]
     return Finding(rule, not bad, "; ".join(sorted(set(bad))) or "none")
 
@@ -132,17 +170,55 @@ def _vault_ingress(env: PciEnvironment, state: State, groups: list[dict[str, Any
     )
 
 
+def _outside_ingress(env: PciEnvironment, state: State, groups: list[dict[str, Any]]) -> Finding:
+    vpc = ipaddress.ip_network(env.vpc_cidr)
+    inside = {g["GroupId"] for g in groups}
+    vault = state.security_groups.get("vault")
+    allowed = set(env.allowed_source_cidrs)
+    bad = []
+    for group in groups:
+        for permission in group.get("IpPermissions", []):
+            vault_port = (
+                group["GroupId"] == vault
+                and permission.get("IpProtocol") == "tcp"
+                and permission.get("FromPort") == permission.get("ToPort") == env.vault_port
+            )
+            sources = [
+                c
+                for c in _ranges(permission)
+                if not _within(c, vpc) and not (vault_port and c in allowed)
+            ]
+            sources += [
+                p["GroupId"]
+                for p in permission.get("UserIdGroupPairs", [])
+                if p.get("GroupId") not in inside
+            ]
+            sources += [p["PrefixListId"] for p in permission.get("PrefixListIds", [])]
+            bad += [
+                f"{group['GroupId']} ({group.get('GroupName')}): {permission.get('IpProtocol')} "
+                f"{permission.get('FromPort')}-{permission.get('ToPort')} from {source}"
+                for source in sources
+            ]
+    return Finding(
+        "no-outside-ingress",
+        not bad,
+        "; ".join(bad) or f"only tcp/{env.vault_port} of the vault group from outside the VPC",
+    )
+
+
 def _flow_logs(flow_logs: list[dict[str, Any]]) -> Finding:
     active = [
         f
         for f in flow_logs
         if f.get("FlowLogStatus", "ACTIVE") == "ACTIVE" and f.get("TrafficType") == "ALL"
     ]
-    return Finding(
-        "flow-logs",
-        bool(active),
-        "capturing ALL traffic" if active else "no active flow log for ALL traffic",
-    )
+    delivering = [f for f in active if f.get("DeliverLogsStatus", "SUCCESS") != "FAILED"]
+    if delivering:
+        return Finding("flow-logs", True, "capturing ALL traffic")
+    if active:
+        errors = sorted({str(f.get("DeliverLogsErrorMessage", "")) for f in active})
+        return Finding("flow-logs", False, f"delivery FAILED: {', '.join(errors)}")
+    return Finding("flow-logs", False, "no active flow log for ALL traffic")
 
 
 def _peering(
@@ -156,10 +232,17 @@ def _peering(
     vault = [ipaddress.ip_network(c) for c in env.subnet_cidrs]
     for table in tables:
         for route in table.get("Routes", []):
-            if route.get("VpcPeeringConnectionId") and route.get("DestinationCidrBlock"):
-                net = ipaddress.ip_network(route["DestinationCidrBlock"])
-                if not any(net.subnet_of(a) for a in allowed):  # type: ignore[arg-type]
-                    bad.append(f"PCI side routes {net} over the peering")
+            destination = route.get("DestinationCidrBlock") or route.get("DestinationIpv6CidrBlock")
+            if not destination or route.get("GatewayId") == "local":
+                continue
+            net = ipaddress.ip_network(destination)
+            peering = route.get("VpcPeeringConnectionId")
+            if peering is None or peering != state.peering_id:
+                # A VPN or transit gateway, an ENI, another peering: a way out of the CDE.
+                target = next((route[k] for k in _ROUTE_TARGETS if route.get(k)), "?")
+                bad.append(f"PCI side routes {net} via {target}")
+            elif not any(net.subnet_of(a) for a in allowed):  # type: ignore[arg-type]
+                bad.append(f"PCI side routes {net} over the peering")
     for table in peer_tables:
         for route in table.get("Routes", []):
             if route.get("VpcPeeringConnectionId") == state.peering_id and route.get(

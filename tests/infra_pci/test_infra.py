@@ -38,7 +38,7 @@ def test_plan_apply_idempotent_verify(aws: AWS, env: PciEnvironment) -> None:
     assert again == []
     findings = verify(env, clients)
     assert all(f.ok for f in findings), [str(f) for f in findings]
-    assert len(findings) == 9
+    assert len(findings) == 10
 
 
 def _applied(aws: AWS, env: PciEnvironment) -> tuple[AwsClients, PciProvisioner]:
@@ -162,3 +162,149 @@ def test_aws_errors_are_translated(aws: AWS) -> None:
 def test_declaration_rejects_unsafe_networks(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PciEnvironment(**kwargs)  # type: ignore[arg-type]
+
+
+def _half_internet() -> list[dict[str, str]]:
+    return [{"CidrIp": "0.0.0.0/1"}, {"CidrIp": "128.0.0.0/1"}]
+
+
+def test_half_internet_rules_and_routes_are_open(aws: AWS, env: PciEnvironment) -> None:
+    """0.0.0.0/1 and 128.0.0.0/1 together are 0.0.0.0/0: matching the string "0.0.0.0/0"
+    let both past no-open-ingress, no-open-egress and no-internet-route (infra review)."""
+    clients, provisioner = _applied(aws, env)
+    state = provisioner.discover()
+    endpoints = state.security_groups["endpoints"]
+    clients.ec2.authorize_security_group_ingress(
+        GroupId=endpoints,
+        IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "IpRanges": _half_internet()}
+        ],
+    )
+    clients.ec2.authorize_security_group_egress(
+        GroupId=endpoints, IpPermissions=[{"IpProtocol": "-1", "IpRanges": _half_internet()}]
+    )
+    igw = clients.ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    for half in ("0.0.0.0/1", "128.0.0.0/1"):
+        clients.ec2.create_route(
+            RouteTableId=state.route_table_id, DestinationCidrBlock=half, GatewayId=igw
+        )
+    assert {"no-open-ingress", "no-open-egress", "no-internet-route"} <= _failed(env, clients)
+
+
+def test_database_and_hsm_reachable_only_from_inside_the_vpc(
+    aws: AWS, env: PciEnvironment, main_vpc: str
+) -> None:
+    """The adapter tier's subnets are routed to the vault subnets, where RDS and the HSM
+    ENIs live too: a database or HSM group admitting the main VPC lets the out-of-scope
+    tier reach them past the vault (infra review: no rule looked beyond 0.0.0.0/0)."""
+    clients, provisioner = _applied(aws, env)
+    state = provisioner.discover()
+    ec2 = clients.ec2
+
+    def group(name: str) -> str:
+        group_id: str = ec2.create_security_group(
+            GroupName=name, Description=name, VpcId=state.vpc_id
+        )["GroupId"]
+        ec2.revoke_security_group_egress(
+            GroupId=group_id,
+            IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}],
+        )
+        return group_id
+
+    # As CloudHSM and an operator's RDS set them up: from inside the VPC only.
+    hsm, database = group("cloudhsm-cluster-sg"), group("rds")
+    ec2.authorize_security_group_ingress(
+        GroupId=hsm,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 2223,
+                "ToPort": 2225,
+                "UserIdGroupPairs": [{"GroupId": hsm}],
+            }
+        ],
+    )
+    ec2.authorize_security_group_ingress(
+        GroupId=database,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 5432,
+                "ToPort": 5432,
+                "UserIdGroupPairs": [{"GroupId": state.security_groups["vault"]}],
+                "IpRanges": [{"CidrIp": env.subnet_cidrs[0]}],
+            }
+        ],
+    )
+    assert _failed(env, clients) == set()
+    adapters = ec2.create_security_group(GroupName="adapters", Description="a", VpcId=main_vpc)
+    ec2.authorize_security_group_ingress(
+        GroupId=database,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 5432,
+                "ToPort": 5432,
+                "IpRanges": [{"CidrIp": "10.0.0.0/8"}],
+            }
+        ],
+    )
+    ec2.authorize_security_group_ingress(
+        GroupId=hsm,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 2223,
+                "ToPort": 2225,
+                "UserIdGroupPairs": [{"GroupId": adapters["GroupId"]}],
+            }
+        ],
+    )
+    findings = {f.rule: f for f in verify(env, clients)}
+    assert not findings["no-outside-ingress"].ok
+    assert "10.0.0.0/8" in findings["no-outside-ingress"].detail
+    assert adapters["GroupId"] in findings["no-outside-ingress"].detail
+
+
+def test_flow_logs_that_deliver_nothing(aws: AWS, env: PciEnvironment) -> None:
+    """A flow log whose role cannot write (the placeholder role ARN, a deleted log group)
+    is ACTIVE and delivers nothing: DeliverLogsStatus FAILED (infra review)."""
+    clients, provisioner = _applied(aws, env)
+    state = provisioner.discover()
+    clients.ec2.delete_flow_logs(FlowLogIds=[state.flow_log_id])
+    clients.ec2.create_flow_logs(
+        ResourceIds=[state.vpc_id],
+        ResourceType="VPC",
+        TrafficType="ALL",
+        LogDestinationType="cloud-watch-logs",
+        LogGroupName="/cofre/pci/no-such-group",
+        DeliverLogsPermissionArn=env.flow_log_role_arn,
+    )
+    (flow_log,) = clients.ec2.describe_flow_logs(
+        Filters=[{"Name": "resource-id", "Values": [state.vpc_id]}]
+    )["FlowLogs"]
+    assert (flow_log["FlowLogStatus"], flow_log["DeliverLogsStatus"]) == ("ACTIVE", "FAILED")
+    assert "flow-logs" in _failed(env, clients)
+
+
+@pytest.mark.parametrize("target", ["vpn-gateway", "transit-gateway"])
+def test_pci_side_routes_leave_only_over_the_peering(
+    aws: AWS, env: PciEnvironment, target: str
+) -> None:
+    """A route to a private range through a VPN or transit gateway is a path out of the
+    CDE that no rule saw: peering-routes looked only at routes over a peering."""
+    clients, provisioner = _applied(aws, env)
+    state = provisioner.discover()
+    ec2 = clients.ec2
+    if target == "vpn-gateway":
+        gateway = ec2.create_vpn_gateway(Type="ipsec.1")["VpnGateway"]["VpnGatewayId"]
+        ec2.attach_vpn_gateway(VpcId=state.vpc_id, VpnGatewayId=gateway)
+        via: dict[str, str] = {"GatewayId": gateway}
+    else:
+        via = {
+            "TransitGatewayId": ec2.create_transit_gateway()["TransitGateway"]["TransitGatewayId"]
+        }
+    ec2.create_route(
+        RouteTableId=state.route_table_id, DestinationCidrBlock="192.168.0.0/16", **via
+    )
+    assert "peering-routes" in _failed(env, clients)
