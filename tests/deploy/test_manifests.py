@@ -384,3 +384,51 @@ def test_every_referenced_secret_and_configmap_is_documented() -> None:
                 )
                 if ref and ref != "cofre-config":
                     assert f"`{ref}`" in docs, f"{target}: {ref} is not in docs/operations.md"
+
+
+def _selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    wanted = policy["spec"]["podSelector"].get("matchLabels", {})
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_cde_namespace_denies_what_no_policy_allows(target: str) -> None:
+    """Infra review: only pods labelled `app.kubernetes.io/name: cofre` had a policy, so any
+    other pod in the CDE namespace (a debug pod, an archive CronJob) was open both ways."""
+    policies = [o for o in _objects(target).values() if o["kind"] == "NetworkPolicy"]
+    deny = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"] == {}
+        and sorted(p["spec"]["policyTypes"]) == ["Egress", "Ingress"]
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+    ]
+    assert deny, "no default-deny NetworkPolicy in the namespace"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_migration_job_reaches_only_dns_and_the_database(target: str) -> None:
+    """Infra review: the Job holding the owner role's URL shared the vault's policy, so it
+    could reach any public address on 443 and was open to the adapter tier on 8443."""
+    objects = _objects(target)
+    labels = objects["Job/cofre-migrate"]["spec"]["template"]["metadata"]["labels"]
+    policies = [o for o in objects.values() if o["kind"] == "NetworkPolicy"]
+    selecting = [p for p in policies if _selects(p, labels)]
+    assert selecting
+    for policy in selecting:
+        spec = policy["spec"]
+        assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+        assert not spec.get("ingress"), policy["metadata"]["name"]
+        ports = {
+            (p["port"], p.get("endPort", p["port"]))
+            for r in spec.get("egress", [])
+            for p in r["ports"]
+        }
+        assert ports <= {(53, 53), (5432, 5432)}, policy["metadata"]["name"]
+    vault = objects["NetworkPolicy/cofre"]["spec"]
+    (database,) = [r for r in vault["egress"] if any(p["port"] == 5432 for p in r["ports"])]
+    migrate = objects["NetworkPolicy/cofre-migrate"]["spec"]["egress"]
+    assert [r["to"] for r in migrate if any(p["port"] == 5432 for p in r["ports"])] == [
+        database["to"]
+    ]
