@@ -241,7 +241,7 @@ def _peering(
                 # A VPN or transit gateway, an ENI, another peering: a way out of the CDE.
                 target = next((route[k] for k in _ROUTE_TARGETS if route.get(k)), "?")
                 bad.append(f"PCI side routes {net} via {target}")
-            elif not any(net.subnet_of(a) for a in allowed):  # type: ignore[arg-type]
+            elif not any(_within(destination, a) for a in allowed):
                 bad.append(f"PCI side routes {net} over the peering")
     for table in peer_tables:
         for route in table.get("Routes", []):
