@@ -71,6 +71,9 @@ from vault.storage.schema_version import check_schema, migrate
 _log = structlog.get_logger("cofre.vault")
 
 
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
 def database_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
     """An engine for the configured store: URL and password from settings or their
     files, or an RDS IAM token per new connection (`COFRE_DATABASE__IAM_AUTH`)."""
@@ -85,6 +88,14 @@ def database_engine(settings: Settings, *, pool_size: int | None = None) -> Engi
             raise ConfigurationError(
                 "RDS IAM authentication needs COFRE_DATABASE__IAM_REGION and a URL naming "
                 "the host and the user"
+            )
+        # The token is a bearer credential for 15 minutes: sent over a connection whose
+        # server is not verified (psycopg's default sslmode is "prefer"), anyone in the
+        # path could take it (the infra review). Loopback is the development exception.
+        if parsed.query.get("sslmode") != "verify-full" and parsed.host not in _LOOPBACK:
+            raise ConfigurationError(
+                "RDS IAM authentication sends a bearer token: the database URL must say "
+                "sslmode=verify-full (and sslrootcert=<the RDS CA bundle>)"
             )
         password_provider = rds_auth_token_provider(
             parsed.host, parsed.port or 5432, parsed.username, database.iam_region

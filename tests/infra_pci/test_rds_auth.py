@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from moto import mock_aws
 from sqlalchemy import event
 
+from cofre.errors import ConfigurationError
 from cofre.settings import Settings
 from cofre_cli.wiring import database_engine
 from infra_pci.errors import CredentialsMissing
@@ -67,3 +68,29 @@ def test_missing_credentials_fail_clearly(monkeypatch: pytest.MonkeyPatch) -> No
     provider = rds_auth_token_provider("db.internal", 5432, "cofre_vault", "eu-west-1")
     with pytest.raises(CredentialsMissing):
         provider()
+
+
+@pytest.mark.parametrize(
+    ("query", "refused"),
+    [
+        ("", True),
+        ("?sslmode=require", True),
+        ("?sslmode=prefer", True),
+        ("?sslmode=verify-full", False),
+    ],
+)
+def test_an_iam_token_goes_only_over_a_verified_server(
+    aws: None, query: str, refused: bool
+) -> None:
+    """The infra review: the 15-minute token is a bearer credential, and psycopg's default
+    sslmode ("prefer") lets anyone in the path who answers without TLS, or with a
+    certificate of its own, take it. Only the docs asked for verify-full."""
+    url = f"postgresql://cofre_vault@db.internal:5432/cofre{query}"
+    settings = Settings.model_validate(
+        {"database": {"url": url, "iam_auth": True, "iam_region": "eu-west-1"}}
+    )
+    if refused:
+        with pytest.raises(ConfigurationError, match="verify-full"):
+            database_engine(settings)
+    else:
+        database_engine(settings).dispose()  # made, not connected
