@@ -432,3 +432,18 @@ def test_the_migration_job_reaches_only_dns_and_the_database(target: str) -> Non
     assert [r["to"] for r in migrate if any(p["port"] == 5432 for p in r["ports"])] == [
         database["to"]
     ]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_migration_job_gets_no_aws_identity(target: str) -> None:
+    """Infra review: the Job ran as the vault's service account, which production
+    annotates for IRSA, so it received AWS credentials (rds-db:connect as the vault's
+    user) it never uses: it connects with the owner role's URL."""
+    objects = _objects(target)
+    job = pod_spec(objects["Job/cofre-migrate"])
+    vault = pod_spec(objects["Deployment/cofre"])
+    assert job["serviceAccountName"] != vault["serviceAccountName"]
+    account = objects[f"ServiceAccount/{job['serviceAccountName']}"]
+    assert not account["metadata"].get("annotations")
+    assert account["automountServiceAccountToken"] is False
+    assert job["automountServiceAccountToken"] is False
