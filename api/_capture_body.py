@@ -37,7 +37,8 @@ def framed_within(headers: Mapping[str, str], limit: int) -> bool:
 
 
 def limited(receive: Receive, state: MutableMapping[str, Any], limit: int) -> Receive:
-    """`receive`, raising `_BodyTooLarge` into the app past `limit` bytes of body."""
+    """`receive`, raising `_BodyTooLarge` into the app past `limit` bytes of body. The
+    mTLS listener's guard bounds its bodies with this too (`api.guard`)."""
     received = 0
 
     async def limited_receive() -> Message:

@@ -34,6 +34,7 @@ import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from api._capture_body import limited
 from api.crl import RevokedCertificates
 from api.errors import CertificateRevoked, IdentityMissing
 from api.observability import Telemetry
@@ -70,11 +71,6 @@ _LONG_DIGITS: Final = re.compile(r"[0-9]{9,}")
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 _DENIED_STATUSES: Final = frozenset({401, 403, 429})
 _log = structlog.get_logger("cofre.api")
-
-
-class _BodyTooLarge(Exception):
-    """Raised into the app when a streamed body passes the limit; the handlers see
-    ``body_too_large`` in the scope state and answer 413 ``payload_too_large``."""
 
 
 class RequestGuard:
@@ -147,7 +143,7 @@ class RequestGuard:
                 else:
                     try:
                         await _interruptible(
-                            self.app, scope, _limited(receive, scope, limit), send_with_id
+                            self.app, scope, limited(receive, scope["state"], limit), send_with_id
                         )
                     except Exception:
                         # Answered 500 by the server's outermost handler, past this guard.
@@ -327,23 +323,6 @@ class RequestGuard:
                 request_id,
             )
         return None
-
-
-def _limited(receive: Receive, scope: Scope, limit: int) -> Receive:
-    """`receive`, raising `_BodyTooLarge` into the app past `limit` bytes of body."""
-    received = 0
-
-    async def limited_receive() -> Message:
-        nonlocal received
-        message = await receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                scope["state"]["body_too_large"] = True
-                raise _BodyTooLarge
-        return message
-
-    return limited_receive
 
 
 def _refusal_key(scope: Scope) -> str | None:
