@@ -163,8 +163,12 @@ class IdentityPolicy(BaseModel):
                 f"{', '.join(sorted(extra))} belong to security officers or auditors; "
                 "set role accordingly"
             )
-        if Action.DETOKENIZE in self.operations and self.reveal is Reveal.NONE:
-            raise ValueError("detokenize needs reveal 'full' or 'masked'")
+        # A masked reveal shows a card's BIN and last four (more than a `pan_last4`
+        # token does): it is a reveal, granted by `reveal` like a full one, never by the
+        # operation alone (the reveal review: reveal = "none" answered masked PANs).
+        for reveals in (Action.DETOKENIZE, Action.DETOKENIZE_MASKED):
+            if reveals in self.operations and self.reveal is Reveal.NONE:
+                raise ValueError(f"{reveals.value} needs reveal 'full' or 'masked'")
         if self.scope is Scope.OUT:
             # Outside PCI scope nothing may hold a clear PAN: tokenizing means sending
             # one, lookup means sending one, a full reveal means receiving one.

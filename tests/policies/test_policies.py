@@ -163,6 +163,7 @@ def test_domains_default_to_the_identity() -> None:
         """
 [identities."spiffe://cofre/ledger"]
 operations = ["detokenize_masked"]
+reveal = "masked"
 domain = "books"
 read_domains = ["spiffe://cofre/payments"]
 """,
@@ -266,3 +267,19 @@ def test_builtin_formats() -> None:
     assert min(BUILTIN_FORMATS["pan_bin8_last4"].pan_lengths) == 16
     with pytest.raises(ValueError, match="on_small_space must be 'refuse'"):
         FormatSpec(type=FormatType.FPE, on_small_space="random")
+
+
+@pytest.mark.parametrize("operation", ["detokenize", "detokenize_masked"])
+def test_a_masked_reveal_needs_reveal_masked_or_full(operation: str) -> None:
+    """The reveal review: an identity with ``detokenize_masked`` and reveal "none" (the
+    default) got masked PANs (BIN and last four) although its policy reveals nothing.
+    A masked reveal is a reveal: refused at load, the reload keeping the policy in force."""
+    for scope in ("in", "out"):
+        text = f"""
+[identities."spiffe://cofre/ledger"]
+scope = "{scope}"
+operations = ["{operation}"]
+"""
+        with pytest.raises(PolicyInvalid, match=f"{operation} needs reveal 'full' or 'masked'"):
+            parse_policy(text, kind="toml")
+        parse_policy(text + 'reveal = "masked"\n', kind="toml")

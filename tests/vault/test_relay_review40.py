@@ -239,6 +239,7 @@ def test_a_policy_gives_its_routes_at_most_a_relay_thread_each() -> None:
     relayer = """
 [identities."spiffe://cofre/relayer"]
 operations = ["relay", "detokenize_masked"]
+reveal = "masked"
 read_domains = ["spiffe://cofre/payments"]
 """
     routes = "".join(
