@@ -389,6 +389,51 @@ def test_failed_audit_write_returns_no_token(service: VaultService, engine: Engi
     assert _count(engine, "SELECT count(*) FROM tokens") == before
 
 
+def _break_audit(engine: Engine) -> None:
+    if engine.dialect.name == "sqlite":
+        ddl = (
+            "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_entries "
+            "BEGIN SELECT RAISE(ABORT, 'no space'); END"
+        )
+    else:
+        ddl = "ALTER TABLE audit_entries ADD CONSTRAINT fail_audit CHECK (false) NOT VALID"
+    with engine.begin() as c:
+        c.execute(sa.text(ddl))
+
+
+@pytest.mark.parametrize(
+    "call",
+    ["detokenize", "detokenize_masked", "detokenize_batch", "token_info", "lookup", "delete"],
+)
+def test_nothing_is_answered_or_changed_when_the_audit_entry_cannot_be_written(
+    service: VaultService, engine: Engine, call: str
+) -> None:
+    """Fail closed on every read and delete, not only tokenize: no PAN (full or masked),
+    no record, no lookup hit and no deletion without its audit entry."""
+    pan = _pan(78)
+    token = service.tokenize(PAYMENTS, TokenizeRequest(pan, "pan_bin6_last4")).token
+    _break_audit(engine)
+    tokens = _count(engine, "SELECT count(*) FROM tokens")
+    calls = {
+        "detokenize": lambda: service.detokenize(GETNET, token),
+        "detokenize_masked": lambda: service.detokenize_masked(PAYMENTS, token),
+        "detokenize_batch": lambda: service.detokenize_batch(GETNET, [token]),
+        "token_info": lambda: service.token_info(PAYMENTS, token),
+        "lookup": lambda: service.lookup(PAYMENTS, pan),
+        "delete": lambda: service.delete(PAYMENTS, token),
+    }
+    with pytest.raises(AuditWriteFailed):
+        calls[call]()
+    assert _count(engine, "SELECT count(*) FROM tokens") == tokens
+    with engine.begin() as c:
+        c.execute(
+            sa.text("DROP TRIGGER fail_audit")
+            if engine.dialect.name == "sqlite"
+            else sa.text("ALTER TABLE audit_entries DROP CONSTRAINT fail_audit")
+        )
+    assert service.detokenize(GETNET, token).pan == pan
+
+
 def test_convergent_concurrency(service: VaultService, engine: Engine) -> None:
     """8 threads x 500 convergent tokenize calls over the same 50 PANs: 50 tokens and
     4,000 audit entries."""
