@@ -50,9 +50,6 @@ class Reveal(StrEnum):
 
 _OFFICER_ACTIONS = frozenset({Action.KEY_ADMIN, Action.AUDIT_READ, Action.EVIDENCE_EXPORT})
 _AUDITOR_ACTIONS = frozenset({Action.AUDIT_READ, Action.EVIDENCE_EXPORT})
-_CARD_DATA_ACTIONS = frozenset(
-    {Action.TOKENIZE, Action.DETOKENIZE, Action.LOOKUP, Action.RELAY, Action.DELETE}
-)
 _PAN_HOLDING_ACTIONS = frozenset({Action.TOKENIZE, Action.LOOKUP})
 
 
@@ -141,6 +138,16 @@ class IdentityPolicy(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _reveals_need_a_reveal_level(self) -> Self:
+        # A masked reveal shows a card's BIN and last four (more than a `pan_last4`
+        # token does): it is a reveal, granted by `reveal` like a full one, never by the
+        # operation alone (the reveal review: reveal = "none" answered masked PANs).
+        for reveals in (Action.DETOKENIZE, Action.DETOKENIZE_MASKED):
+            if reveals in self.operations and self.reveal is Reveal.NONE:
+                raise ValueError(f"{reveals.value} needs reveal 'full' or 'masked'")
+        return self
+
+    @model_validator(mode="after")
     def _separation_of_duties(self) -> Self:
         if self.role is Role.SECURITY_OFFICER:
             if self.reveal is Reveal.FULL:
@@ -148,11 +155,16 @@ class IdentityPolicy(BaseModel):
                     "security officers never get full reveal (split duties, PCI DSS 3.6.1.2, "
                     "7.2): give full reveal to a service identity instead"
                 )
-            if extra := self.operations & _CARD_DATA_ACTIONS:
+            # Everything but the officer's own actions: a masked reveal, metadata or a
+            # capture session is card data too (split duties: the people who hold the
+            # keys see no cards, PCI DSS 3.6.1.2, 7.2; the reveal review).
+            if extra := self.operations - _OFFICER_ACTIONS:
                 raise ValueError(
                     f"security officers manage keys and read the audit log; they may not "
                     f"call {', '.join(sorted(extra))}"
                 )
+            if self.reveal is not Reveal.NONE:
+                raise ValueError("security officers see no card data: reveal must be 'none'")
         if self.role is Role.AUDITOR:
             if extra := self.operations - _AUDITOR_ACTIONS:
                 raise ValueError(f"auditors may not call {', '.join(sorted(extra))}")
@@ -163,12 +175,6 @@ class IdentityPolicy(BaseModel):
                 f"{', '.join(sorted(extra))} belong to security officers or auditors; "
                 "set role accordingly"
             )
-        # A masked reveal shows a card's BIN and last four (more than a `pan_last4`
-        # token does): it is a reveal, granted by `reveal` like a full one, never by the
-        # operation alone (the reveal review: reveal = "none" answered masked PANs).
-        for reveals in (Action.DETOKENIZE, Action.DETOKENIZE_MASKED):
-            if reveals in self.operations and self.reveal is Reveal.NONE:
-                raise ValueError(f"{reveals.value} needs reveal 'full' or 'masked'")
         if self.scope is Scope.OUT:
             # Outside PCI scope nothing may hold a clear PAN: tokenizing means sending
             # one, lookup means sending one, a full reveal means receiving one.

@@ -123,6 +123,21 @@ def test_fpe_on_15_digit_pans_rejected_at_load() -> None:
             "may not call detokenize",
         ),
         (
+            "[identities.'spiffe://x/o']\nrole = 'security_officer'\n"
+            "operations = ['key_admin', 'detokenize_masked']\nreveal = 'masked'\n",
+            "may not call detokenize_masked",
+        ),
+        (
+            "[identities.'spiffe://x/o']\nrole = 'security_officer'\n"
+            "operations = ['key_admin', 'metadata', 'capture']\n",
+            "may not call capture, metadata",
+        ),
+        (
+            "[identities.'spiffe://x/o']\nrole = 'security_officer'\n"
+            "operations = ['key_admin']\nreveal = 'masked'\n",
+            "officers see no card data",
+        ),
+        (
             "[identities.'spiffe://x/a']\nrole = 'auditor'\noperations = ['tokenize']\n"
             "formats = ['uuid']\n",
             "auditors may not call tokenize",
