@@ -78,7 +78,12 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
 
 
 def _write_cert(path: Path, cert: x509.Certificate) -> None:
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    # 0600 like the key, whatever the umask: the PKI lives in the data directory, which
+    # every start tightens to 0600 and warns about each file it had to (`cofre pki
+    # issue-client` ran with the shell's umask, so the next `make run` warned).
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _now() -> dt.datetime:
