@@ -75,6 +75,14 @@ class _DeadlineStream(httpcore.NetworkStream):
         return self._stream.get_extra_info(info)
 
 
+class _Lookup:
+    """One name lookup under way, which every relay to that name waits for."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: list[Any] | Exception = []
+
+
 class _DeadlineBackend(httpcore.NetworkBackend):
     """httpcore's own network backend, with each step's timeout cut to what is left of
     the relay the calling thread runs (`until`). httpx's timeouts are per step: an
@@ -88,6 +96,8 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._local = threading.local()
         self._lookups = threading.BoundedSemaphore(MAX_LOOKUPS)
         self._resolve: Callable[..., list[Any]] = socket.getaddrinfo  # a test's stand-in
+        self._pending_lock = threading.Lock()
+        self._pending: dict[tuple[str, int], _Lookup] = {}  # lookups under way, by name
 
     @contextlib.contextmanager
     def until(self, deadline: float) -> Iterator[None]:
@@ -146,29 +156,58 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         retries (resolv.conf's timeout times attempts, per name server) past the route's
         `timeout_seconds` (review 40). The lookup runs in a daemon thread of its own,
         left to finish when the relay gives up on it; at most `MAX_LOOKUPS` run at once,
-        so a hung resolver costs threads up to that, never relays."""
-        if not self._lookups.acquire(timeout=self.cut(timeout, httpcore.ConnectTimeout)):
-            raise httpcore.ConnectTimeout(f"no lookup of {host!r} could start in time")
-        done, found = threading.Event(), list[Any]()
-
-        def lookup() -> None:
-            try:
-                found.append(self._resolve(host, port, type=socket.SOCK_STREAM))
-            except Exception as exc:  # noqa: BLE001 - handed to the relay's thread
-                found.append(exc)
-            finally:
-                self._lookups.release()
-                done.set()
-
-        threading.Thread(target=lookup, name="cofre-relay-lookup", daemon=True).start()
-        if not done.wait(self.cut(timeout, httpcore.ConnectTimeout)):
+        so a hung resolver costs threads up to that, never relays. Relays to a name
+        whose lookup is under way wait for that one, never start another: one route's
+        hung name took every lookup place relay by relay, and every other route's
+        relays then timed out waiting for one (the attack review)."""
+        key = (host, port)
+        with self._pending_lock:
+            lookup = self._pending.get(key)
+            starts = lookup is None
+            if lookup is None:
+                lookup = self._pending[key] = _Lookup()
+        if starts:
+            self._start_lookup(key, lookup, timeout)
+        if not lookup.done.wait(self.cut(timeout, httpcore.ConnectTimeout)):
             raise httpcore.ConnectTimeout(f"the lookup of {host!r} outlasted the relay")
-        result = found[0]
+        result = lookup.result
         if isinstance(result, OSError):
             raise httpcore.ConnectError(str(result)) from result
         if isinstance(result, Exception):
             raise result
         return list(result)
+
+    def _start_lookup(self, key: tuple[str, int], lookup: _Lookup, timeout: float | None) -> None:
+        host, port = key
+
+        def finish(result: list[Any] | Exception) -> None:
+            with self._pending_lock:
+                if self._pending.get(key) is lookup:
+                    del self._pending[key]  # the next relay to the name looks it up again
+            lookup.result = result
+            lookup.done.set()
+
+        try:
+            started = self._lookups.acquire(timeout=self.cut(timeout, httpcore.ConnectTimeout))
+        except httpcore.ConnectTimeout as late:
+            finish(late)
+            raise
+        if not started:
+            finish(httpcore.ConnectTimeout(f"no lookup of {host!r} could start in time"))
+            return
+
+        def run() -> None:
+            try:
+                found: list[Any] | Exception = list(
+                    self._resolve(host, port, type=socket.SOCK_STREAM)
+                )
+            except Exception as exc:  # noqa: BLE001 - handed to the relays' threads
+                found = exc
+            finally:
+                self._lookups.release()
+            finish(found)
+
+        threading.Thread(target=run, name="cofre-relay-lookup", daemon=True).start()
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None

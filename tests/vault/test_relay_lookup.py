@@ -23,7 +23,7 @@ __all__ = ["upstream"]  # the fixture, imported for the tests here
 
 class _HungResolver:
     """`getaddrinfo` that waits for `release` (at most 30 s, so that an unbounded relay
-    ends the test with a wrong answer, not a hang), then answers as the system's."""
+    ends the test with a wrong answer, not a hang), then answers 127.0.0.1 for any name."""
 
     def __init__(self) -> None:
         self.release = threading.Event()
@@ -32,7 +32,7 @@ class _HungResolver:
     def __call__(self, host: str, port: int, **kwargs: Any) -> list[Any]:
         self.calls += 1
         self.release.wait(30)
-        return socket.getaddrinfo(host, port, **kwargs)
+        return socket.getaddrinfo("127.0.0.1", port, **kwargs)
 
 
 @pytest.fixture
@@ -65,15 +65,19 @@ def test_a_lookup_that_hangs_ends_with_the_routes_timeout(
 def test_hung_lookups_take_threads_up_to_a_bound_never_relays(
     upstream: Callable[[Handler], _Upstream], hung: _HungResolver
 ) -> None:
-    """Past `MAX_LOOKUPS` hung lookups the next relay does not start another: it waits
-    for one within its own deadline. Once the resolver answers, relays go through."""
+    """Past `MAX_LOOKUPS` hung lookups (of as many names: relays to one name wait for
+    its one lookup, `tests/vault/test_relay_lookup_attacks.py`) the next relay does not
+    start another: it waits for one within its own deadline. Once the resolver
+    answers, relays go through."""
     server = upstream(_ok)
     client = RelayClient()
     client._backend._resolve = hung
     try:
-        for _ in range(MAX_LOOKUPS + 3):
+        for n in range(MAX_LOOKUPS + 3):
+            route = _route(server.port, timeout_seconds=0.2)
+            route = route.model_copy(update={"upstream": f"http://n{n}.invalid:{server.port}/"})
             with pytest.raises(UpstreamTimeout):
-                client.send("acq", _route(server.port, timeout_seconds=0.2), {"amount": 1})
+                client.send("acq", route, {"amount": 1})
         assert hung.calls == MAX_LOOKUPS
         hung.release.set()
         result = client.send("acq", _route(server.port, timeout_seconds=10.0), {"amount": 1})
