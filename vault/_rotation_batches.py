@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Row, bindparam, select, update
 from hsm.keys import KeyKind, key_label
 from hsm.provider import HSMProvider, WrappedKey
 from vault.card import pan_digits
+from vault.errors import DataKeyMissing
 from vault.keyring import DataKeyring, KeyState, pan_aad
 from vault.storage.schema import data_keys, tokens
 
@@ -68,7 +69,21 @@ class RotationBatches:
             )
             .limit(batch)
         ).all()
+        # Only from a KEK the registry records, as the keyring unwraps (review 38): the
+        # row's label is the database's word, and a data key a holder of the PIN wrapped
+        # under a KEK of their own came out under the genuine new one, which the keyring
+        # then opened like any other (the attack review). Such a row stops the rotation
+        # (readiness names the unregistered KEK); nothing is re-wrapped from it.
+        registered = {
+            key_label(KeyKind.KEK, v) for v in self._keyring.registry.versions(KeyKind.KEK)
+        }
         for item in rows:
+            if item.kek_label not in registered:
+                raise DataKeyMissing(
+                    f"data key {item.purpose} v{item.version} is wrapped under "
+                    f"{item.kek_label!r}, which is not a registered KEK on the token: "
+                    "not re-wrapped"
+                )
             moved = self._provider.rewrap_key(
                 WrappedKey(bytes(item.wrapped), item.wrap_mechanism, item.kek_label), new_label
             )
