@@ -449,6 +449,13 @@ def _answer(name: str, content: bytes) -> Any:
         raise UpstreamUnavailable(
             f"the upstream of route {name!r} answered JSON nested deeper than {MAX_DEPTH} levels"
         )
+    try:
+        # What `json.loads` takes and JSON cannot say (NaN, Infinity, 1e999, a lone
+        # surrogate's escape) failed the caller's answer at its rendering: a 500 after
+        # the card had gone upstream (the attack review). Such an answer is no JSON.
+        json.dumps(parsed, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except ValueError:
+        return {"body": content.decode("utf-8", "replace")}
     return parsed
 
 
