@@ -89,6 +89,14 @@ def database_engine(settings: Settings, *, pool_size: int | None = None) -> Engi
                 "RDS IAM authentication needs COFRE_DATABASE__IAM_REGION and a URL naming "
                 "the host and the user"
             )
+        # libpq connects to a `host`/`hostaddr` in the query over the URL's own host:
+        # the token would be minted for one server and sent, unverified past the
+        # loopback exception below, to another (the attack review).
+        if overrides := sorted({"host", "hostaddr"} & set(parsed.query)):
+            raise ConfigurationError(
+                "RDS IAM authentication: name the database host in the URL itself, "
+                f"not in its query ({', '.join(overrides)})"
+            )
         # The token is a bearer credential for 15 minutes: sent over a connection whose
         # server is not verified (psycopg's default sslmode is "prefer"), anyone in the
         # path could take it (the infra review). Loopback is the development exception.

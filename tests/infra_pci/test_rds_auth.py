@@ -94,3 +94,23 @@ def test_an_iam_token_goes_only_over_a_verified_server(
             database_engine(settings)
     else:
         database_engine(settings).dispose()  # made, not connected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://cofre_vault@localhost:5432/cofre?host=db.evil.example",
+        "postgresql://cofre_vault@localhost:5432/cofre?hostaddr=203.0.113.7",
+        "postgresql://cofre_vault@db.internal:5432/cofre?sslmode=verify-full&host=10.9.9.9",
+    ],
+)
+def test_an_iam_token_goes_to_the_host_the_url_names(aws: None, url: str) -> None:
+    """The attack review: libpq takes `host`/`hostaddr` from the query over the URL's
+    host, so a loopback URL (the development exception to verify-full) with
+    ``?host=<remote>`` sent the token unverified elsewhere, and the token was minted
+    for a host it never went to."""
+    settings = Settings.model_validate(
+        {"database": {"url": url, "iam_auth": True, "iam_region": "eu-west-1"}}
+    )
+    with pytest.raises(ConfigurationError, match="host"):
+        database_engine(settings)
