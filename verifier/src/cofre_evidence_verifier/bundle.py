@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 import json
 import math
 import re
@@ -59,20 +58,37 @@ Heads = dict[int, dict[str, Any]]
 
 def _check_decompressed_size(path: Path) -> None:
     """Raise `UnsafeBundle` when the archive decompresses to more than `MAX_TOTAL`
-    bytes, or is no complete gzip stream. Counted in chunks, keeping none: a bomb (a
-    few MB that inflate to gigabytes) costs the time to inflate `MAX_TOTAL`, never the
-    memory."""
+    bytes, is no complete gzip stream, or has anything after its one gzip stream.
+    Counted in chunks, keeping none: a bomb (a few MB that inflate to gigabytes) costs
+    the time to inflate `MAX_TOTAL`, never the memory.
+
+    One stream only: `tarfile`'s stream reader stops at the end of the first gzip
+    member, while `gzip`, GNU tar and the auditor's `tar -xzf` read every member of a
+    concatenated file, so a second member would hold files the auditor unpacks and the
+    checks never saw (the exporter writes one stream)."""
     total = 0
-    try:
-        with gzip.open(path, "rb") as stream:
-            while chunk := stream.read(_CHUNK):
-                total += len(chunk)
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # one gzip member
+    with path.open("rb") as raw:
+        try:
+            while not inflater.eof:
+                chunk = inflater.unconsumed_tail or raw.read(_CHUNK)
+                inflated = len(inflater.decompress(chunk, _CHUNK))
+                if not chunk and not inflated:
+                    break  # the file ended inside the stream
+                total += inflated
                 if total > MAX_TOTAL:
                     raise UnsafeBundle(
                         f"the bundle decompresses to more than {MAX_TOTAL // _CHUNK} MiB"
                     )
-    except (EOFError, zlib.error) as exc:
-        raise UnsafeBundle(f"not a complete gzip stream ({exc})") from None
+        except zlib.error as exc:
+            raise UnsafeBundle(f"not a complete gzip stream ({exc})") from None
+        if not inflater.eof:
+            raise UnsafeBundle("not a complete gzip stream (it ends early)")
+        if inflater.unused_data or raw.read(1):
+            raise UnsafeBundle(
+                "data after the bundle's gzip stream (a second gzip member, which other "
+                "tools unpack and this verifier would not read)"
+            )
 
 
 def read_bundle(path: Path) -> Files:
