@@ -28,6 +28,7 @@ from cofre_evidence_verifier.bundle import (
     signature_verifies,
 )
 from cofre_evidence_verifier.errors import ProofError
+from cofre_evidence_verifier.files import check_files
 from cofre_evidence_verifier.merkle import verify_consistency
 from cofre_evidence_verifier.report import Report
 
@@ -106,6 +107,15 @@ def _read_previous(
     problem = manifest_problem(previous_manifest)
     if problem is not None or not isinstance(previous_manifest, dict):
         report.fail(f"previous bundle: {problem}")
+        return None
+    # What is read of it (its policy.toml, its heads) must be what it signed: only the
+    # signature was checked, so a replaced or removed policy.toml hid a reload left out
+    # of this bundle (the policy carried across the chain, below).
+    listed = Report()
+    check_files(before, previous_manifest, listed)
+    if listed.problems:
+        for problem in listed.problems:
+            report.fail(f"previous bundle: {problem}")
         return None
     return before, previous_manifest
 
