@@ -51,6 +51,14 @@ POLICY_ACTIONS: Final = ("policy.load", "policy.reload")
 # Deeper than any file of a bundle (an audit entry's details nest a few levels), far
 # below where the standard parser recurses too deep.
 MAX_JSON_DEPTH: Final = 64
+# Arrays and objects: each costs the parser 56 to 200 bytes, from two bytes of JSON
+# (``[{},{},…]`` held 25 times its size: a manifest at the member cap, 13 GB). One
+# document may hold `MAX_JSON_CONTAINERS` (the largest a vault writes, its custody
+# file, holds a few per custodian), the lines of one JSON-lines file
+# `MAX_LINES_BRACKETS` brackets in all, strings included (an audit entry's line holds
+# about three: at the member cap, about 5 million).
+MAX_JSON_CONTAINERS: Final = 1_000_000
+MAX_LINES_BRACKETS: Final = 4 * MAX_LINES
 _JSON_SYNTAX: Final = re.compile(r'[\[\]{}"\\]')
 
 Files = dict[str, bytes]
@@ -161,13 +169,14 @@ def _finite(text: str) -> float:
     return value
 
 
-def _too_deep(text: str) -> bool:
-    """Whether `text`'s arrays and objects nest deeper than `MAX_JSON_DEPTH`, counted
+def _too_deep(text: str) -> str | None:
+    """What makes `text` too costly to parse, if anything: arrays and objects nested
+    deeper than `MAX_JSON_DEPTH`, or more than `MAX_JSON_CONTAINERS` of them, counted
     in one pass without recursion (brackets inside strings do not count). Only the
     characters that matter are visited, so a long line costs little."""
     if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
-        return False
-    depth, in_string, escaped = 0, False, -1
+        return None
+    depth, containers, in_string, escaped = 0, 0, False, -1
     for match in _JSON_SYNTAX.finditer(text):
         at, char = match.start(), match.group()
         if at == escaped:
@@ -181,11 +190,14 @@ def _too_deep(text: str) -> bool:
             in_string = True
         elif char in "[{":
             depth += 1
+            containers += 1
             if depth > MAX_JSON_DEPTH:
-                return True
+                return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+            if containers > MAX_JSON_CONTAINERS:
+                return f"JSON of more than {MAX_JSON_CONTAINERS} arrays and objects"
         elif char in "]}":
             depth -= 1
-    return False
+    return None
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -210,8 +222,8 @@ def load_json(data: str | bytes) -> Any:
     nesting deeper than `MAX_JSON_DEPTH` (the parser recurses, and raises
     RecursionError, at about a thousand)."""
     text = data.decode("utf-8") if isinstance(data, bytes) else data
-    if _too_deep(text):
-        raise MalformedBundle(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    if (problem := _too_deep(text)) is not None:
+        raise MalformedBundle(problem)
     return json.loads(
         text,
         parse_constant=_refuse_constant,
@@ -287,10 +299,19 @@ def json_lines(
     reported and read no further (review 31: a 3 MB file of ``{}`` lines held 158 MB
     once parsed)."""
     out: list[dict[str, Any]] = []
+    brackets = 0
     for number, line in enumerate(_lines(data), 1):
         if number > most:
             if report is not None:
                 report.fail(f"{name}: more than the {most} lines it can hold")
+            break
+        brackets += line.count(b"[") + line.count(b"{")
+        if brackets > MAX_LINES_BRACKETS:
+            if report is not None:
+                report.fail(
+                    f"{name}: more than the {MAX_LINES_BRACKETS} arrays and objects it can "
+                    f"hold (line {number})"
+                )
             break
         if not line.strip():
             continue
