@@ -45,6 +45,12 @@ MAX_TOTAL: Final = 1024 * 1024 * 1024
 MAX_LINES: Final = 2_000_000
 MAX_MEMBERS: Final = 1000
 _CHUNK: Final = 1024 * 1024
+# A member's name: relative, ASCII letters, digits, '.', '_' and '-' between single
+# slashes, no '.' or '..' component, as the exporter writes them. Any other spelling
+# (`./x`, `a//x`, `a/./x`, `a\\x`) names, on the auditor's disk, a file another
+# member may also name, and `tar -xzf` keeps the later one: the checks would read one
+# copy and the auditor the other.
+_MEMBER_NAME: Final = re.compile(r"(?!\.\.?(/|$))[A-Za-z0-9_.-]+(/(?!\.\.?(/|$))[A-Za-z0-9_.-]+)*")
 # The audit actions that record the policy put in force (with its SHA-256 and text).
 POLICY_ACTIONS: Final = ("policy.load", "policy.reload")
 
@@ -103,7 +109,8 @@ def _check_decompressed_size(path: Path) -> None:
 def read_bundle(path: Path) -> Files:
     """Return the bundle's regular files by name.
 
-    Raises `UnsafeBundle` for links, devices, absolute paths, '..', a member twice, an
+    Raises `UnsafeBundle` for links, devices, a name not spelt as the exporter spells
+    them (`_MEMBER_NAME`: no absolute path, no '..'), a member twice (in any case), an
     oversized or an unreadable member, more than `MAX_MEMBERS` members or more than
     `MAX_TOTAL` bytes decompressed (the file comes from outside: it is refused before
     anything in it is kept), `OSError` or `tarfile.TarError` for a file that is not a
@@ -111,6 +118,7 @@ def read_bundle(path: Path) -> Files:
     """
     _check_decompressed_size(path)
     files: Files = {}
+    seen: set[str] = set()
     total = 0
     # Read as a stream, member after member: the archive is inflated once more and
     # nothing but the members read so far is held.
@@ -125,16 +133,19 @@ def read_bundle(path: Path) -> Files:
             # `isfile`, and reading it fills its holes with zeros the compressed size
             # never showed (review 31: 265 bytes held 16 MiB).
             regular = member.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and not member.issparse()
-            if not regular or name.startswith("/") or ".." in Path(name).parts:
-                raise UnsafeBundle(f"unsafe member in bundle: {name!r}")
+            if not regular or _MEMBER_NAME.fullmatch(name) is None:
+                # Quoted as it is: the reports escape what a terminal would act on.
+                raise UnsafeBundle(f"unsafe member in bundle: '{name}'")
             if member.size > MAX_FILE:
                 raise UnsafeBundle(f"member too large: {name!r}")
             total += member.size
             if total > MAX_TOTAL:
                 raise UnsafeBundle(f"more than {MAX_TOTAL // 2**20} MiB in the bundle's files")
-            if name in files:
-                # Which copy a reader keeps is up to the reader: refused, not guessed.
+            if name.casefold() in seen:
+                # Which copy a reader keeps is up to the reader: refused, not guessed. A
+                # case-insensitive disk (macOS, Windows) writes both names to one file.
                 raise UnsafeBundle(f"member twice in bundle: {name!r}")
+            seen.add(name.casefold())
             handle = archive.extractfile(member)
             if handle is None:
                 raise UnsafeBundle(f"unreadable member: {name!r}")
