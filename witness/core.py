@@ -17,7 +17,11 @@ operator's decision, not the log's alone. Every other checkpoint with a handover
 refused, unless it is the very handover the witness followed, submitted again (review
 36): a cosignature of a handover says the witness followed that key change, so one from
 another key to the key trusted now, or the retired key's handover moved to a later
-size, must not get one.
+size, must not get one. All these checks are made against the handovers read once before the
+storing transaction, which re-reads them and refuses the checkpoint (`HandoverRaced`,
+"submit it again") if another submission, or another witness process on the same state
+file, took a handover meanwhile: two handovers from one key to two pinned keys, or a
+checkpoint of the key a handover just retired, are never both stored.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from audit.note import verify_note as verify_note_signatures
 from witness.errors import (
     CheckpointConflict,
     HandoverNotPinned,
+    HandoverRaced,
     HandoverRefused,
     InconsistentCheckpoint,
     NoValidSignature,
@@ -150,7 +155,10 @@ class Witness:
         pinned = self._logs.get(origin)
         if pinned is None:
             raise UnknownLog(f"no log with origin {origin[:100]!r} is configured")
-        keys, since = self._current_keys(origin, pinned)
+        # Read once: the signature check, the handover check and the storing
+        # transaction (which refuses if they changed meanwhile) see the same handovers.
+        seen = self._state.handovers(origin)
+        keys, since = self._current_keys(pinned, seen)
         try:
             verify_note_signatures(text, signatures, keys)
         except NoteError as exc:
@@ -160,7 +168,7 @@ class Witness:
             checkpoint = parse_checkpoint(text)
         except NoteError as exc:
             raise RequestMalformed(f"{origin}: {exc}") from None
-        handover = self._check_handover(origin, note, checkpoint, keys)
+        handover = self._check_handover(origin, note, checkpoint, keys, seen)
         if old_size > checkpoint.size:
             raise OldSizeInvalid(
                 f"{origin}: old size {old_size} is above the checkpoint's {checkpoint.size}"
@@ -182,7 +190,17 @@ class Witness:
             )
             return Cosigned(checkpoint.size, checkpoint.root, served)
 
-        self._state.update(origin, decide, handover=note if handover else None)
+        try:
+            self._state.update(
+                origin, decide, handovers_seen=seen, handover=note if handover else None
+            )
+        except HandoverRaced:
+            _log.warning(
+                "refused %s at size %d: a key handover was taken while it was checked",
+                origin,
+                checkpoint.size,
+            )
+            raise
         if handover:
             _log.warning(
                 "accepted the audit key handover of %s at size %d", origin, checkpoint.size
@@ -190,36 +208,43 @@ class Witness:
         _log.info("cosigned %s at size %d", origin, checkpoint.size)
         return cosignature.line()
 
+    @staticmethod
     def _current_keys(
-        self, origin: str, pinned: list[VerifierKey]
+        pinned: list[VerifierKey], notes: list[str]
     ) -> tuple[list[VerifierKey], int | None]:
-        """The keys that sign `origin`'s checkpoints now, and the size of the handover
-        that introduced them (None: the pinned keys). After a handover only the new key
-        counts: the old one, which may have leaked, signs nothing more."""
-        notes = self._state.handovers(origin)
+        """The keys that sign the log's checkpoints now, given the `pinned` keys and
+        the handover `notes` followed, and the size of the handover that introduced them
+        (None: the pinned keys). After a handover only the new key counts: the old one,
+        which may have leaked, signs nothing more."""
         if not notes:
             return pinned, None
         last = parse_handover(notes[-1])
         return [last.new], last.size
 
     def _check_handover(
-        self, origin: str, note: str, checkpoint: Checkpoint, keys: list[VerifierKey]
+        self,
+        origin: str,
+        note: str,
+        checkpoint: Checkpoint,
+        keys: list[VerifierKey],
+        seen: list[str],
     ) -> bool:
         """Return True when `note` is a key handover this witness may follow now: signed
-        by both keys it names, from the key the witness trusts now, to a key the log
-        never had and the witness's operator pinned. Return False for a plain checkpoint
-        and for the handover the witness followed already, submitted again (same size,
-        root, old and new key). Raises `NoValidSignature` for a forged handover,
-        `HandoverRefused` for any other handover (from a key not trusted now, or to a
-        key the log had before, the current one included), `HandoverNotPinned` for one to
-        a key the operator did not pin."""
+        by both keys it names, from the key the witness trusts now (`keys`), to a key the
+        log never had and the witness's operator pinned. Return False for a plain
+        checkpoint and for the handover the witness followed already (`seen`, the
+        handover notes the caller read), submitted again (same size, root, old and new
+        key). Raises `NoValidSignature` for a forged handover, `HandoverRefused` for any
+        other handover (from a key not trusted now, or to a key the log had before, the
+        current one included), `HandoverNotPinned` for one to a key the operator did not
+        pin. `WitnessState.update` refuses to store the checkpoint if `seen` changed."""
         if not any(line.startswith(HANDOVER_EXTENSION + " ") for line in checkpoint.extensions):
             return False
         try:
             handover = parse_handover(note)
         except NoteError as exc:
             raise NoValidSignature(f"{origin}: {exc}") from None
-        followed = [parse_handover(n) for n in self._state.handovers(origin)]
+        followed = [parse_handover(n) for n in seen]
         if any(_same_handover(handover, before) for before in followed):
             return False  # the one it followed, submitted again: a checkpoint like any other
         # Review 36: a handover's signatures and a trusted new key are not enough. A

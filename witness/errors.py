@@ -9,6 +9,8 @@ CofreError
     ├── HandoverNotPinned       403  a key handover to a key the operator did not pin
     ├── HandoverRefused         403  a key handover not from the key trusted now, or
     │                                to a key the log had before, and not the one followed
+    ├── HandoverRaced           403  the log's key changed (a handover was stored) while
+    │                                this checkpoint was checked: submit it again
     ├── CheckpointConflict      409  the old size is not the last cosigned size
     ├── InconsistentCheckpoint  422  bad proof, same size other root, bad empty tree
     ├── WitnessStateFailed      500  the witness's own state file failed
@@ -64,6 +66,19 @@ class HandoverRefused(WitnessError):
     make a verifier take a key chain the witness never followed."""
 
     code = "witness_handover_refused"
+    status = 403
+
+
+class HandoverRaced(WitnessError):
+    """The handovers the checkpoint was checked against (which key signs now, which
+    handover was followed) changed before it was stored: another submission, or another
+    witness process on the same state file, stored a handover meanwhile. Storing it
+    anyway could follow two handovers from one key, or cosign a checkpoint of the key
+    just retired. Not a 409: in tlog-witness a 409 names the witness's size
+    (text/x.tlog.size), which a submitter would retry from. Submitted again, the
+    checkpoint is checked against the key trusted now."""
+
+    code = "witness_handover_raced"
     status = 403
 
 

@@ -4,7 +4,9 @@ its own SQLite file (no other database, nothing of the vault's).
 
 The check of the old size and the write of the new checkpoint happen in one
 ``BEGIN IMMEDIATE`` transaction, as tlog-witness requires: two submissions racing cannot
-roll the stored size back.
+roll the stored size back. The same transaction re-reads the handovers the checkpoint's
+signature and handover line were checked against: two submissions (or two witness
+processes on one file) cannot both be stored against a key one of them just retired.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from witness.errors import WitnessStateFailed
+from witness.errors import HandoverRaced, WitnessStateFailed
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -78,9 +80,12 @@ class WitnessState:
         """Return the audit key handover notes this witness accepted for `origin`, in
         order of size (`Witness` follows them to the log's current key)."""
         with self._lock, self._errors():
-            rows = self._db.execute(
-                "SELECT note FROM handovers WHERE origin = ? ORDER BY size", (origin,)
-            ).fetchall()
+            return self._handovers(origin)
+
+    def _handovers(self, origin: str) -> list[str]:
+        rows = self._db.execute(
+            "SELECT note FROM handovers WHERE origin = ? ORDER BY size", (origin,)
+        ).fetchall()
         return [str(row[0]) for row in rows]
 
     def pin_key(self, origin: str, vkey: str) -> bool:
@@ -105,14 +110,24 @@ class WitnessState:
         origin: str,
         decide: Callable[[Cosigned | None], Cosigned],
         *,
+        handovers_seen: Sequence[str],
         handover: str | None = None,
     ) -> Cosigned:
         """Atomically read the state of `origin`, call `decide` with it (which raises to
         refuse), and store what it returns (with the key `handover` note it accepted, if
-        any, in the same transaction). Returns the stored value."""
+        any, in the same transaction). Returns the stored value.
+
+        `handovers_seen` are the handover notes (`handovers`) the caller checked the
+        checkpoint against, read before this transaction: the key that signs now and
+        the handovers followed come from them. Raises `HandoverRaced`, storing nothing,
+        when the handovers stored now differ (another submission or process took a
+        handover meanwhile)."""
         with self._lock, self._errors():
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                # BEGIN IMMEDIATE holds the write lock from here: no handover can be
+                # stored between this read and the write below.
+                self._refuse_if_changed(origin, handovers_seen)
                 row = self._db.execute(
                     "SELECT size, root, note FROM checkpoints WHERE origin = ?", (origin,)
                 ).fetchone()
@@ -134,6 +149,14 @@ class WitnessState:
                 raise
             self._db.execute("COMMIT")
         return new
+
+    def _refuse_if_changed(self, origin: str, seen: Sequence[str]) -> None:
+        """Raise `HandoverRaced` when `origin`'s stored handovers are not `seen`."""
+        if self._handovers(origin) != list(seen):
+            raise HandoverRaced(
+                f"{origin}: the log's key changed (a key handover was taken) while this "
+                "checkpoint was checked; submit it again"
+            )
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
