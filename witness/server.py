@@ -7,6 +7,8 @@ threading HTTP server: no web framework, nothing shared with the vault's API.
     GET  /healthz                 "ok"
 
 TLS is optional (the protocol allows either); give a certificate and key to serve HTTPS.
+Each read from a client times out (`READ_TIMEOUT`) and closes its connection, so clients
+that connect and go silent cannot hold the listener's threads.
 Configuration is files only (`WitnessConfig`): the Ed25519 key is read from a file,
 never from the command line.
 """
@@ -20,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from audit.errors import NoteError
 from audit.note import CosignerKey, VerifierKey
@@ -31,6 +33,11 @@ from witness.state import WitnessState
 
 _log = logging.getLogger("cofre.witness")
 _ORIGIN_PATH = re.compile(r"^/([0-9a-f]{64})/checkpoint$")
+# Seconds the witness waits on each read from a client (request line, headers, body).
+# Without a timeout a client that connects and sends nothing, or only part of its body,
+# holds a handler thread for good (slowloris); enough of them exhaust the process. An
+# honest submitter (the vault's publisher) sends its few KB at once: 30 s is ample.
+READ_TIMEOUT: Final = 30.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,9 @@ class _Handler(BaseHTTPRequestHandler):
     witness: ClassVar[Witness]
     server_version = "cofre-witness"
     protocol_version = "HTTP/1.1"
+    # StreamRequestHandler sets it on the connection's socket; a read that times out
+    # ends the connection (BaseHTTPRequestHandler.handle_one_request).
+    timeout = READ_TIMEOUT
 
     def log_message(self, format: str, *args: object) -> None:
         _log.info("%s %s", self.address_string(), format % args)
@@ -134,9 +144,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class WitnessServer:
-    """A running witness: `start()` binds and serves in a thread, `stop()` ends it."""
+    """A running witness: `start()` binds and serves in a thread, `stop()` ends it.
+    `read_timeout` bounds each read from a client (`READ_TIMEOUT`; tests make it short)."""
 
-    def __init__(self, config: WitnessConfig) -> None:
+    def __init__(self, config: WitnessConfig, *, read_timeout: float = READ_TIMEOUT) -> None:
         self.config = config
         # The key signs for the witness: a copy readable by anyone is a key anyone holds.
         refuse_readable_secrets(
@@ -145,7 +156,7 @@ class WitnessServer:
         key, logs = read_key(config.key_file), read_logs(config.logs_file)
         self._state = WitnessState(config.state_file)
         witness = Witness(key, logs, self._state)
-        handler = type("WitnessHandler", (_Handler,), {"witness": witness})
+        handler = type("WitnessHandler", (_Handler,), {"witness": witness, "timeout": read_timeout})
         self.witness = witness
         self._http = ThreadingHTTPServer((config.host, config.port), handler)
         self._http.daemon_threads = True

@@ -1,0 +1,84 @@
+"""The witness's listener does not let a client hold a connection by saying nothing
+(slowloris): each read from a client has a timeout (`READ_TIMEOUT`), after which the
+connection is closed. Before the fix the handler had none: a client that connected
+and sent nothing, or part of a body, held a thread for as long as it liked."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from audit.note import CosignerKey
+from witness.server import READ_TIMEOUT, WitnessConfig, WitnessServer
+
+# How long the test waits for the server to close a connection before calling it held
+# open: a guard against a hang, far above the 1 s read timeout the tests give the server.
+GUARD = 20.0
+
+
+def _config(directory: Path) -> WitnessConfig:
+    key_file = directory / "witness.key"
+    key_file.write_text(CosignerKey.generate("witness.test/w1").encode() + "\n")
+    key_file.chmod(0o600)
+    logs_file = directory / "logs.vkeys"
+    log_key = CosignerKey.generate("log.example").verifier_key()
+    logs_file.write_text(log_key.encode() + "\n")
+    return WitnessConfig(key_file, directory / "state.sqlite3", logs_file, port=0)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[WitnessServer]:
+    running = WitnessServer(_config(tmp_path), read_timeout=1.0)
+    running.start()
+    yield running
+    running.stop()
+
+
+def _closed_by_server(connection: socket.socket) -> bool:
+    """Whether the server closes `connection` (end of file) with nothing to say first."""
+    connection.settimeout(GUARD)
+    try:
+        return connection.recv(1024) == b""
+    except TimeoutError:
+        return False  # still open after the guard: the server is waiting for good
+    finally:
+        connection.close()
+
+
+def test_the_witness_times_out_reads_by_default(tmp_path: Path) -> None:
+    running = WitnessServer(_config(tmp_path))
+    running.start()  # stop() waits for the serving loop to end: it must have begun
+    try:
+        assert running._http.RequestHandlerClass.timeout == READ_TIMEOUT == 30
+    finally:
+        running.stop()
+
+
+def test_a_silent_connection_is_closed(server: WitnessServer) -> None:
+    silent = socket.create_connection(("127.0.0.1", server.port))
+    assert _closed_by_server(silent)
+
+
+def test_a_connection_that_sends_part_of_its_body_is_closed(server: WitnessServer) -> None:
+    partial = socket.create_connection(("127.0.0.1", server.port))
+    partial.sendall(
+        b"POST /add-checkpoint HTTP/1.1\r\nHost: w\r\nContent-Length: 100\r\n\r\nold 0\n"
+    )
+    assert _closed_by_server(partial)
+
+
+def test_the_witness_answers_while_a_silent_connection_waits(server: WitnessServer) -> None:
+    silent = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=GUARD) as client:
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := client.recv(1024):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert answer.endswith(b"ok\n")
+    finally:
+        silent.close()
