@@ -7,8 +7,9 @@ threading HTTP server: no web framework, nothing shared with the vault's API.
     GET  /healthz                 "ok"
 
 TLS is optional (the protocol allows either); give a certificate and key to serve HTTPS.
-Each read from a client times out (`READ_TIMEOUT`) and closes its connection, so clients
-that connect and go silent cannot hold the listener's threads.
+Each read from a client, and its TLS handshake, times out (`READ_TIMEOUT`) and closes its
+connection, so clients that connect and go silent cannot hold the listener's threads; the
+handshake runs in the connection's thread, so they cannot stop the accepting one either.
 Configuration is files only (`WitnessConfig`): the Ed25519 key is read from a file,
 never from the command line.
 """
@@ -84,6 +85,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         _log.info("%s %s", self.address_string(), format % args)
+
+    def handle(self) -> None:
+        # The TLS handshake runs here, in this connection's thread and under its read
+        # timeout, not in accept(): there it would run in the one thread that accepts
+        # connections, and a client that connected and sent nothing would stop the
+        # whole witness (`WitnessServer` wraps with do_handshake_on_connect=False).
+        if isinstance(self.connection, ssl.SSLSocket):
+            try:
+                self.connection.do_handshake()
+            except OSError as exc:  # ssl.SSLError, a timeout, a reset
+                _log.info("%s TLS handshake failed: %s", self.address_string(), exc)
+                self.close_connection = True
+                return
+        super().handle()
 
     def _answer(self, status: int, body: str = "", content_type: str = "text/plain") -> None:
         data = body.encode()
@@ -165,7 +180,10 @@ class WitnessServer:
                 raise RequestMalformed("a TLS certificate needs its key")
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(config.tls_cert, config.tls_key)
-            self._http.socket = context.wrap_socket(self._http.socket, server_side=True)
+            # The handshake is the handler's (`_Handler.handle`), never the accept loop's.
+            self._http.socket = context.wrap_socket(
+                self._http.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread: threading.Thread | None = None
 
     @property

@@ -6,11 +6,15 @@ and sent nothing, or part of a body, held a thread for as long as it liked."""
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 
+from api.pki import ensure_dev_pki
 from audit.note import CosignerKey
 from witness.server import READ_TIMEOUT, WitnessConfig, WitnessServer
 
@@ -82,3 +86,25 @@ def test_the_witness_answers_while_a_silent_connection_waits(server: WitnessServ
         assert answer.endswith(b"ok\n")
     finally:
         silent.close()
+
+
+def test_a_silent_connection_does_not_stop_a_tls_witness(tmp_path: Path) -> None:
+    """With TLS, the handshake ran in accept(), in the one thread that accepts
+    connections and without a timeout: one client that connected and sent nothing
+    stopped the whole witness. It runs in the connection's thread now, under the read
+    timeout."""
+    pki = ensure_dev_pki(tmp_path / "pki", identities=())
+    config = replace(_config(tmp_path), tls_cert=pki.server_cert, tls_key=pki.server_key)
+    running = WitnessServer(config, read_timeout=1.0)
+    running.start()
+    silent = socket.create_connection(("127.0.0.1", running.port))
+    try:
+        verify = ssl.create_default_context(cafile=str(pki.ca))
+        answer = httpx.get(
+            f"https://127.0.0.1:{running.port}/healthz", verify=verify, timeout=GUARD
+        )
+        assert answer.status_code == 200
+        assert _closed_by_server(silent)
+    finally:
+        silent.close()  # else a stuck accept loop would never see stop()
+        running.stop()
