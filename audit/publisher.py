@@ -18,7 +18,11 @@ reason (a refusal does not write an entry per retry: each entry makes a new head
 A witness that answers 409 names the size it last cosigned; the publisher retries once
 from there. When that size is beyond this log's, or the proof from it does not verify
 (422), the witness has seen another history: the log was rolled back (a restore) or
-forked, and the head stays unwitnessed, which every verifier then reports.
+forked, and the head stays unwitnessed, which every verifier then reports. The size a
+409 names is a hint for that one retry only, never remembered: an answer that lied
+(a forged 409 naming a size beyond the log's) would otherwise stop the publisher from
+submitting to the witness again, or skip a key handover for good. What the publisher
+remembers of a witness comes from its 200 answers and the cosignatures stored.
 """
 
 from __future__ import annotations
@@ -141,6 +145,8 @@ class CheckpointPublisher:
         self._public_key_pem = public_key_pem
         self._submit = submit
         self._lock = threading.Lock()
+        # The size each witness last cosigned, as its verified 200 answers showed (never
+        # a 409's size: see the module docstring); else read from `_cosigned_size`.
         self._known: dict[str, int] = {}
         # The audit key handovers each witness has taken, by size (`_publish_handovers`).
         self._handed: dict[str, set[int]] = {}
@@ -266,8 +272,7 @@ class CheckpointPublisher:
                     old = int(text.strip())
                 except ValueError:
                     break
-                self._known[witness.name] = old
-                continue
+                continue  # a hint for this retry, not kept: a 409 proves nothing
             if status == 422:
                 raise WitnessRefused(
                     f"witness {witness.name} refused head {head.tree_size} as inconsistent "
@@ -286,7 +291,10 @@ class CheckpointPublisher:
         heads. The witness's cosignature of the handover is verified and stored
         (`audit_handover_cosignatures`). A witness already past a handover's size has
         followed it; if its cosignature was not kept then (a vault before migration
-        0011), none can be had now, which is logged. Raises `WitnessRefused` when the
+        0011), none can be had now, which is logged. Only a size the publisher knows
+        (stored cosignatures, a 200 answer) counts as past: when only a 409 claims the
+        witness is past a handover, that is logged and the handover left to the next
+        cycle (the heads are still submitted). Raises `WitnessRefused` when the
         witness refuses a handover, `InvalidCosignature` when it answers without a
         valid cosignature of it."""
         done = self._handed.setdefault(witness.name, set())
@@ -301,7 +309,18 @@ class CheckpointPublisher:
             old = self._known.get(witness.name)
             if old is None:
                 old = self._cosigned_size(witness)
+            hinted = False  # whether `old` is a 409's size rather than one we know
             for attempt in range(2):
+                if old > size and hinted:
+                    # Unproven (a 409 may be forged): not taken as done, tried next cycle.
+                    _log.warning(
+                        "witness says it is past the audit key handover, without its "
+                        "cosignature of it; retried next cycle",
+                        witness=witness.name,
+                        tree_size=size,
+                        witness_size=old,
+                    )
+                    return
                 if old > size:
                     # Cosigned a later head: only possible once it followed.
                     _log.warning(
@@ -327,6 +346,7 @@ class CheckpointPublisher:
                     except ValueError:
                         pass
                     else:
+                        hinted = True
                         continue
                 raise WitnessRefused(
                     f"witness {witness.name} refused the audit key handover at size {size}: "
