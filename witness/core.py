@@ -253,6 +253,14 @@ class Witness:
         # cosignature a verifier reads as the witness having followed that key chain.
         if handover.old not in keys:
             self._refuse(origin, handover, "starts from a key this witness does not trust now")
+        if any(before.size == handover.size for before in followed):
+            # A second handover at one size (same root, so consistent) would replace
+            # the record of the first, which this witness cosigned (one row per size).
+            self._refuse(
+                origin,
+                handover,
+                "is a second at one size: this witness already followed a handover at this size",
+            )
         had = [*self._logs[origin], *(h.old for h in followed), *(h.new for h in followed)]
         if handover.new in had:
             self._refuse(origin, handover, "hands over to a key the log had already")

@@ -96,3 +96,19 @@ def test_a_handover_back_to_a_key_the_log_had_is_refused(state: WitnessState) ->
     with pytest.raises(HandoverRefused, match="a key the log had already"):
         live.add_checkpoint(add_checkpoint_body(5, consistency(leaves[:10], 5), back))
     assert len(state.handovers(ORIGIN)) == 1
+
+
+def test_a_second_handover_at_the_size_of_the_followed_one_is_refused(
+    state: WitnessState,
+) -> None:
+    """A handover from the new key to a third pinned key at the same size (same root,
+    so consistent) was followed, and its row replaced the first's (one row per size):
+    the witness forgot the handover it had cosigned. The log hands its key over at most
+    once per size."""
+    k1, k2, k3, log = AuditKey(), AuditKey(), AuditKey(), day_log(20)
+    live = _rotated(state, k1, k2, log)
+    first = state.handovers(ORIGIN)
+    state.pin_key(ORIGIN, k3.vkey().encode())
+    with pytest.raises(HandoverRefused, match="already followed a handover at this size"):
+        live.add_checkpoint(add_checkpoint_body(5, [], handover(k2, k3, log, 5)))
+    assert state.handovers(ORIGIN) == first
