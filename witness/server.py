@@ -185,12 +185,14 @@ class WitnessServer:
                 self._http.socket, server_side=True, do_handshake_on_connect=False
             )
         self._thread: threading.Thread | None = None
+        self._serving = False  # shutdown() waits for a serving loop: none, it never returned
 
     @property
     def port(self) -> int:
         return int(self._http.server_address[1])
 
     def serve_forever(self) -> None:
+        self._serving = True
         self._http.serve_forever()
 
     def start(self) -> None:
@@ -199,6 +201,7 @@ class WitnessServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._http.shutdown()
+        if self._serving:
+            self._http.shutdown()
         self._http.server_close()
         self._state.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -108,3 +109,12 @@ def test_a_silent_connection_does_not_stop_a_tls_witness(tmp_path: Path) -> None
     finally:
         silent.close()  # else a stuck accept loop would never see stop()
         running.stop()
+
+
+def test_a_witness_never_started_stops_at_once(tmp_path: Path) -> None:
+    """`stop()` waited for a serving loop that never began (the witness review)."""
+    running = WitnessServer(_config(tmp_path))
+    stopper = threading.Thread(target=running.stop, daemon=True)
+    stopper.start()
+    stopper.join(20)
+    assert not stopper.is_alive()
