@@ -297,3 +297,16 @@ def test_a_cosignature_dated_past_year_9999_is_shown_as_seconds(tmp_path: Path) 
     )
     assert report.ok, report.problems
     assert any(f"at {1 << 62} s after 1970" in c for c in report.checks), report.checks
+
+
+def test_a_manifest_listing_one_path_twice_is_refused(tmp_path: Path) -> None:
+    """The verifier kept the last of two listings of one path, while the guide's
+    `sha256sum -c` checks both: the two tools must not disagree on what was signed
+    (the verifier review). The key holder re-signs the manifest here."""
+    bundle = _bundle()
+    listed = bundle.manifest["files"]
+    first = next(f for f in listed if f["path"] == "policy/policy.toml")
+    listed.insert(0, {**first, "sha256": "0" * 64})
+    bundle.resign(listing=False)
+    report = _run(bundle, tmp_path, resign=False)
+    assert any("more than once" in p for p in report.problems), report.problems

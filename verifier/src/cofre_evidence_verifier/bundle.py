@@ -369,6 +369,13 @@ def manifest_problem(manifest: object) -> str | None:
         for f in files
     ):
         return "manifest.json: files is not a list of {path, size, sha256}"
+    # One listing a path: the verifier read the last, `sha256sum -c` checks every one
+    # (the verifier review: two tools must not disagree on what the key signed).
+    seen: set[str] = set()
+    for listed in files:
+        if listed["path"] in seen:
+            return f"manifest.json: {listed['path'][:200]} is listed more than once"
+        seen.add(listed["path"])
     for name, members in _MANIFEST_FIELDS.items():
         value = manifest.get(name)
         if name == "previous_head" and value is None:
