@@ -19,6 +19,7 @@ from cofre_evidence_verifier.note import (
     open_note,
     parse_checkpoint,
     parse_note,
+    require_quorum,
 )
 from tests.support.vectors import c2sp_notes
 
@@ -141,3 +142,18 @@ def test_malformed_checkpoints_are_refused(text: str) -> None:
 def test_malformed_notes_are_refused(note: str) -> None:
     with pytest.raises(NoteError):
         parse_note(note)
+
+
+def test_a_bogus_cosignature_line_first_does_not_hide_the_valid_one() -> None:
+    """The verifier review: only a witness's first line was tried, so a line under its
+    name and ID put first (a copy from another checkpoint, a 4-byte ID collision) made
+    a genuinely witnessed note fail. Every line is tried; none forged passes."""
+    w = VECTORS["witness"]
+    witness = CosignerKey.parse(w["witness_skey"])
+    text = parse_note(w["next"])[0]
+    moved = witness.cosign(parse_note(w["init"])[0], 1679315147)
+    genuine = witness.cosign(text, 1679315148)
+    valid = require_quorum(text, [moved, genuine], [witness.verifier_key()], 1)
+    assert [v.timestamp for v in valid] == [1679315148]
+    with pytest.raises(NoteError, match="does not verify"):
+        require_quorum(text, [moved, moved], [witness.verifier_key()], 1)

@@ -335,9 +335,16 @@ def require_quorum(
         if not mine:
             missing.append(f"{key.name} has no cosignature")
             continue
-        try:
-            valid.append(Verified(key, key.verify(text, mine[0].signature), mine[0]))
-        except NoteError:
+        # Every line under the key's name and ID, not only the first: a bogus line put
+        # first (or another key's line whose 4-byte ID collides) hid a valid one (the
+        # verifier review). A note has at most MAX_SIGNATURES lines.
+        for line in mine:
+            try:
+                valid.append(Verified(key, key.verify(text, line.signature), line))
+            except NoteError:
+                continue
+            break
+        else:
             missing.append(f"{key.name}'s cosignature does not verify (altered checkpoint)")
     if len(valid) < quorum:
         raise NoteError(
