@@ -59,11 +59,15 @@ def dev_command(
     )
     from hsm.keys import KeyHierarchy
     from hsm.provider import provider_from_settings
+    from policies.loader import load_policy
 
     os.umask(PRIVATE_UMASK)
     env = ensure_dev_environment(data_dir, port=port)
     typer.echo(("created" if env.created else "reusing") + f" dev environment in {env.data_dir}")
     settings = with_workers(dev_settings(env), workers)
+    # An edited policy that does not load fails here, before the banner says the vault
+    # listens (it never would: the workers refuse it too).
+    load_policy(settings.policy_file)
     provider = provider_from_settings(settings.hsm)
     created = KeyHierarchy(provider).initialize()
     # A laptop convenience: `cofre dev` migrates whatever database it is given.
