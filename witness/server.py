@@ -10,6 +10,10 @@ TLS is optional (the protocol allows either); give a certificate and key to serv
 Each read from a client, and its TLS handshake, times out (`READ_TIMEOUT`) and closes its
 connection, so clients that connect and go silent cannot hold the listener's threads; the
 handshake runs in the connection's thread, so they cannot stop the accepting one either.
+At most `MAX_CONNECTIONS` connections are handled at once, and `MAX_PER_ADDRESS` from one
+IP address: a connection over either is closed unanswered, with no thread started, and
+counted (`cofre_witness_connections_refused_total`), so clients that open connections by
+the thousand cannot have a thread each and exhaust the process.
 Configuration is files only (`WitnessConfig`): the Ed25519 key is read from a file,
 never from the command line.
 """
@@ -20,10 +24,11 @@ import logging
 import re
 import ssl
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 from audit.errors import NoteError
 from audit.note import CosignerKey, VerifierKey
@@ -39,6 +44,14 @@ _ORIGIN_PATH = re.compile(r"^/([0-9a-f]{64})/checkpoint$")
 # holds a handler thread for good (slowloris); enough of them exhaust the process. An
 # honest submitter (the vault's publisher) sends its few KB at once: 30 s is ample.
 READ_TIMEOUT: Final = 30.0
+# Connections handled at once; each has a thread. The read timeout alone does not bound
+# them: a client that sends a byte every 29 s, over thousands of connections, would get
+# thousands of threads. A witness serves a handful of logs' publishers and monitors, each
+# with a connection or two open at a time: 64 is ample, and bounds the threads and memory.
+MAX_CONNECTIONS: Final = 64
+# Of those, connections from one IP address, so one client cannot take every place and
+# shut the logs' publishers out.
+MAX_PER_ADDRESS: Final = 16
 
 
 @dataclass(frozen=True)
@@ -75,8 +88,89 @@ def read_key(path: Path) -> CosignerKey:
     return CosignerKey.parse(path.read_text(encoding="utf-8"))
 
 
+class _ConnectionLimit:
+    """Counts the connections being handled, in total and by IP address; `admit` says
+    whether one more may be, `release` ends one admitted (exactly once each)."""
+
+    LIMITS: Final = ("max_connections", "max_per_address")
+
+    def __init__(self, total: int, per_address: int) -> None:
+        if total < 1 or per_address < 1:
+            raise ValueError("connection limits must be at least 1")
+        self.total, self.per_address = total, per_address
+        self._lock = threading.Lock()
+        self._open = 0
+        self._by_address: Counter[str] = Counter()
+        self._refused: Counter[str] = Counter()  # by the limit that refused
+        self._refusing = False  # whether the last connection was refused (logged once)
+
+    def admit(self, address: str) -> str | None:
+        """Count a connection from `address` in, or return the limit that refuses it."""
+        with self._lock:
+            if self._open >= self.total:
+                limit = "max_connections"
+            elif self._by_address[address] >= self.per_address:
+                limit = "max_per_address"
+            else:
+                self._open += 1
+                self._by_address[address] += 1
+                self._refusing = False
+                return None
+            self._refused[limit] += 1
+            first, self._refusing = not self._refusing, True
+        if first:  # once per run of refusals: a flood must not flood the log too
+            _log.warning("%s: connection limit reached (%s), closing new ones", address, limit)
+        return limit
+
+    def release(self, address: str) -> None:
+        with self._lock:
+            self._open -= 1
+            self._by_address[address] -= 1
+            if not self._by_address[address]:
+                del self._by_address[address]  # else an entry for every address ever seen
+
+    def counts(self) -> tuple[int, dict[str, int]]:
+        """The connections being handled, and those refused by each limit."""
+        with self._lock:
+            return self._open, {limit: self._refused[limit] for limit in self.LIMITS}
+
+
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """`ThreadingHTTPServer` that starts a connection's thread only if `limit` admits it,
+    and otherwise closes the connection at once."""
+
+    daemon_threads = True
+    limit: _ConnectionLimit
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        address = str(client_address[0])
+        if self.limit.admit(address) is not None:
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the thread
+        except BaseException:
+            self.limit.release(address)  # no thread: none will release it
+            raise  # the accept loop logs it and closes the connection
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # ThreadingMixIn's, with the release: whether the handler returned, raised, or
+        # gave up on a TLS handshake, once, and before the close, so that a client that
+        # sees its connection closed finds the place free.
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - as ThreadingMixIn: logged, the connection closed
+            self.handle_error(request, client_address)
+        finally:
+            try:
+                self.limit.release(str(client_address[0]))
+            finally:
+                self.shutdown_request(request)
+
+
 class _Handler(BaseHTTPRequestHandler):
     witness: ClassVar[Witness]
+    connections: ClassVar[_ConnectionLimit]
     server_version = "cofre-witness"
     protocol_version = "HTTP/1.1"
     # StreamRequestHandler sets it on the connection's socket; a read that times out
@@ -155,15 +249,38 @@ class _Handler(BaseHTTPRequestHandler):
         ]
         for outcome, count in sorted(self.witness.counts.items()):
             out.append(f'cofre_witness_requests_total{{outcome="{outcome}"}} {count}')
+        open_now, refused = self.connections.counts()
+        out += [
+            "# HELP cofre_witness_connections_refused_total connections closed unanswered,"
+            " by the limit they were over",
+            "# TYPE cofre_witness_connections_refused_total counter",
+            *(
+                f'cofre_witness_connections_refused_total{{limit="{limit}"}} {count}'
+                for limit, count in refused.items()
+            ),
+            "# HELP cofre_witness_connections_open connections being handled",
+            "# TYPE cofre_witness_connections_open gauge",
+            f"cofre_witness_connections_open {open_now}",
+        ]
         return "\n".join(out) + "\n"
 
 
 class WitnessServer:
     """A running witness: `start()` binds and serves in a thread, `stop()` ends it.
-    `read_timeout` bounds each read from a client (`READ_TIMEOUT`; tests make it short)."""
+    `read_timeout` bounds each read from a client (`READ_TIMEOUT`; tests make it short),
+    `max_connections` and `max_per_address` the connections handled at once, in all and
+    from one IP address (`MAX_CONNECTIONS`, `MAX_PER_ADDRESS`; tests make them small)."""
 
-    def __init__(self, config: WitnessConfig, *, read_timeout: float = READ_TIMEOUT) -> None:
+    def __init__(
+        self,
+        config: WitnessConfig,
+        *,
+        read_timeout: float = READ_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+        max_per_address: int = MAX_PER_ADDRESS,
+    ) -> None:
         self.config = config
+        limit = _ConnectionLimit(max_connections, max_per_address)
         # The key signs for the witness: a copy readable by anyone is a key anyone holds.
         refuse_readable_secrets(
             [("witness key file", config.key_file), ("TLS private key", config.tls_key)]
@@ -171,10 +288,14 @@ class WitnessServer:
         key, logs = read_key(config.key_file), read_logs(config.logs_file)
         self._state = WitnessState(config.state_file)
         witness = Witness(key, logs, self._state)
-        handler = type("WitnessHandler", (_Handler,), {"witness": witness, "timeout": read_timeout})
+        handler = type(
+            "WitnessHandler",
+            (_Handler,),
+            {"witness": witness, "connections": limit, "timeout": read_timeout},
+        )
         self.witness = witness
-        self._http = ThreadingHTTPServer((config.host, config.port), handler)
-        self._http.daemon_threads = True
+        self._http = _BoundedHTTPServer((config.host, config.port), handler)
+        self._http.limit = limit
         if config.tls_cert is not None:
             if config.tls_key is None:
                 raise RequestMalformed("a TLS certificate needs its key")
