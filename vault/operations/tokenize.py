@@ -30,6 +30,7 @@ from vault.errors import (
     BatchItemInvalid,
     IdempotencyConflict,
     OracleSuspected,
+    TokenExpired,
     TokenSpaceExhausted,
     VaultError,
 )
@@ -258,7 +259,7 @@ class TokenizeOperations(TokenizeChecks):
                         batch=batch,
                     )
                 self._answer_by_key(scratch, index, items, by_key, batch=batch)
-        except (IdempotencyConflict, BatchItemInvalid) as exc:
+        except (IdempotencyConflict, TokenExpired, BatchItemInvalid) as exc:
             return exc
         return None
 
@@ -372,7 +373,8 @@ class TokenizeOperations(TokenizeChecks):
     ) -> bool:
         """Answer item `index` from its idempotency key if the key was used before (in
         the store or earlier in this call); raise `IdempotencyConflict` if it was used
-        for another card or format. Returns whether the item is answered."""
+        for another card or format, `TokenExpired` if its token has expired. Returns
+        whether the item is answered."""
         item = items[index]
         key = item.request.idempotency_key
         if key is None:
@@ -396,6 +398,10 @@ class TokenizeOperations(TokenizeChecks):
                 batch=batch,
             )
         if previous is not None:
+            if (expires := as_utc(previous.expires_at)) is not None and expires <= self._clock():
+                # Gone for every reveal: never handed out (or resealed) as a live token.
+                error = TokenExpired("this idempotency key's token has expired: use a new key")
+                raise self._item_error(error, index, batch=batch)
             answers.answer(self, index, previous, "idempotent")
         else:
             answers.same(index, earlier, answers.how.get(earlier, "idempotent"))

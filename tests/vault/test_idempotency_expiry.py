@@ -1,0 +1,92 @@
+"""An idempotency key whose token has expired (review tok, F1).
+
+Every other path treats a token past its `ttl_seconds` as gone: detokenize and metadata
+answer `410 token_expired`, and a convergent tokenize shreds it and issues a new token.
+A retry with the idempotency key that made it answered the dead token as a success
+(`200`, `"existing": true`, an `expires_at` in the past), so a client retrying a
+timed-out call was handed a token every reveal refuses, and the card details (expiry,
+name) and security code the retry carried were sealed into and held for that dead
+token until the purge shredded it. The key's answer must say the token expired."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine
+
+from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
+from policies.loader import parse_policy
+from tests.support.pans import card_number
+from tests.vault.conftest import LEDGER, PAYMENTS, TEST_POLICY
+from vault.errors import BatchItemInvalid, TokenExpired
+from vault.pan import Pan
+from vault.service import TokenizeRequest, VaultService
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def vault(engine: Engine, hsm_provider: HSMProvider, clock: Clock) -> Iterator[VaultService]:
+    service = VaultService(
+        engine,
+        hsm_provider,
+        PolicyEngine(parse_policy(TEST_POLICY, kind="toml").policy),
+        clock=clock,
+    )
+    service.initialize()
+    yield service
+    service.close()
+
+
+@pytest.mark.parametrize("token_format", ["card_random", "pan_bin6_last4"])
+def test_a_retry_with_the_key_of_an_expired_token_is_not_answered_that_token(
+    vault: VaultService, clock: Clock, token_format: str
+) -> None:
+    card = card_number("400000", 881_001 if token_format == "card_random" else 881_002)
+    key = f"order-expiring-{token_format}"
+    first = vault.tokenize(
+        PAYMENTS,
+        TokenizeRequest(pan=Pan(card), format=token_format, idempotency_key=key, ttl_seconds=60),
+    )
+    clock.now += timedelta(seconds=120)
+    with pytest.raises(TokenExpired):
+        vault.detokenize(LEDGER, first.token)
+
+    with pytest.raises(TokenExpired):
+        vault.tokenize(
+            PAYMENTS,
+            TokenizeRequest(pan=Pan(card), format=token_format, idempotency_key=key),
+        )
+    with pytest.raises(BatchItemInvalid) as refused:
+        vault.tokenize_batch(
+            PAYMENTS,
+            [TokenizeRequest(pan=Pan(card), format=token_format, idempotency_key=key)],
+        )
+    assert (refused.value.index, refused.value.item_code) == (0, "token_expired")
+
+
+def test_a_retry_with_the_key_of_a_live_token_still_answers_it(
+    vault: VaultService, clock: Clock
+) -> None:
+    card = card_number("400000", 881_003)
+    request = TokenizeRequest(
+        pan=Pan(card), format="card_random", idempotency_key="order-live", ttl_seconds=60
+    )
+    first = vault.tokenize(PAYMENTS, request)
+    clock.now += timedelta(seconds=30)
+    again = vault.tokenize(PAYMENTS, request)
+    assert (again.token, again.existing) == (first.token, True)
