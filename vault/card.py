@@ -55,6 +55,8 @@ _EARTH_LAG: Final = timedelta(hours=12)
 _CARD_FACE = re.compile(r"(0[1-9]|1[0-2])/([0-9]{2})")
 _ISO_MONTH = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 _DIGIT_RUN = re.compile(r"[0-9]{3,}")
+# What may stand between the digits of one run in a name: anything but a letter.
+_NOT_ALNUM = re.compile(r"[\W_]+")
 _BUNDLE_VERSION: Final = 1
 
 
@@ -90,7 +92,8 @@ def normalize_cardholder_name(text: object) -> str | None:
     it is blank.
 
     Raises `InvalidCardholderName` for a non-string, a name over `MAX_NAME_LENGTH`
-    characters, control or format characters, a run of three or more digits, or text
+    characters, control or format characters, a run of three or more digits (only a
+    letter between two digits breaks a run), or text
     that looks like sensitive authentication data. Messages never repeat the input.
     """
     if not isinstance(text, str):
@@ -111,7 +114,8 @@ def normalize_cardholder_name(text: object) -> str | None:
     # NFKC folds full-width and other compatibility digits to ASCII: a card number or a
     # security code cannot hide in the name in another script's digits.
     folded = unicodedata.normalize("NFKC", name)
-    if _DIGIT_RUN.search(folded) or any(
+    # Digits with spaces or punctuation between them are one run (`4 1 1 1 …`, `7-3-7`).
+    if _DIGIT_RUN.search(_NOT_ALNUM.sub("", folded)) or any(
         unicodedata.category(char) == "Nd" and not char.isascii() for char in folded
     ):
         raise InvalidCardholderName(
