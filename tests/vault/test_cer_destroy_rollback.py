@@ -1,0 +1,87 @@
+"""Review cer: the destroy step of a KEK rotation re-wraps late data keys and destroys
+the old KEK on the token in one database transaction. The destroy cannot be rolled
+back: when that transaction then fails (its audit entry, its COMMIT), the re-wraps roll
+back and the late data key stays wrapped under a KEK no token holds any more, taking
+every token under it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from audit.log import AuditEvent
+from hsm.models import WrappedKey
+from hsm.provider import HSMProvider
+from tests.vault.conftest import ALICE, CAROL, GETNET, PAYMENTS
+from vault.ceremony import CeremonyState
+from vault.pan import Pan, luhn_check_digit
+from vault.rotation import KeyRotation
+from vault.service import TokenizeRequest, VaultService
+
+_DATA_KEYS = sa.table(
+    "data_keys",
+    sa.column("wrapped"),
+    sa.column("wrap_mechanism"),
+    sa.column("kek_label"),
+    sa.column("purpose"),
+    sa.column("version"),
+)
+
+
+def _pan(i: int) -> Pan:
+    body = f"5{i:014d}"
+    return Pan(body + luhn_check_digit(body))
+
+
+def test_a_failed_destroy_step_never_leaves_a_data_key_under_a_destroyed_kek(
+    rig: tuple[VaultService, KeyRotation],
+    rotation_provider: HSMProvider,
+    engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service, rotation = rig
+    record = service.tokenize(PAYMENTS, TokenizeRequest(_pan(8), "pan_bin6_last4"))
+    ceremony = rotation.propose(ALICE, "kek")
+    rotation.approve(CAROL, ceremony.id)
+    for _ in range(10_000):
+        if rotation.status(ALICE, ceremony.id).state == CeremonyState.DESTROY_PENDING:
+            break
+        rotation.run_pending()
+    status = rotation.status(ALICE, ceremony.id)
+    old, new = f"cofre-kek-v{status.old_version}", f"cofre-kek-v{status.new_version}"
+    with engine.begin() as connection:  # a late write under the old KEK
+        late = connection.execute(
+            sa.select(_DATA_KEYS).where(_DATA_KEYS.c.kek_label == new)
+        ).first()
+        assert late is not None
+        back = rotation_provider.rewrap_key(
+            WrappedKey(bytes(late.wrapped), late.wrap_mechanism, late.kek_label), old
+        )
+        connection.execute(
+            sa.update(_DATA_KEYS)
+            .where(_DATA_KEYS.c.purpose == late.purpose, _DATA_KEYS.c.version == late.version)
+            .values(wrapped=back.wrapped, wrap_mechanism=back.algorithm, kek_label=old)
+        )
+    append = rotation._audit.append
+
+    def failing(connection: Any, event: AuditEvent) -> Any:
+        if event.action == "key.destroy":  # the database fails at the last step
+            raise sa.exc.OperationalError("INSERT", {}, Exception("connection lost"))
+        return append(connection, event)
+
+    monkeypatch.setattr(rotation._audit, "append", failing)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - whichever error the outage is
+        rotation.run_pending()
+    monkeypatch.setattr(rotation._audit, "append", append)
+    with engine.connect() as connection:
+        labels = set(connection.execute(sa.select(_DATA_KEYS.c.kek_label)).scalars())
+    assert all(rotation_provider.has_key(label) for label in labels), (
+        f"data keys wrapped under {labels}, token holds {old}: {rotation_provider.has_key(old)}"
+    )
+    for _ in range(100):
+        rotation.run_pending()
+    service.keyring.wipe_all()
+    assert service.detokenize(GETNET, record.token).pan == _pan(8)
