@@ -166,7 +166,12 @@ class Custody:
             data = json.loads(statement)
         except ValueError:
             raise CustodyStatementInvalid("the statement is not JSON") from None
-        if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        if not isinstance(data, dict):
+            raise CustodyStatementInvalid("the statement is not a custody statement")
+        keys = data.get("keys")
+        # Strings only: the statement rebuilt to compare sorts them as a set (review cer:
+        # a list or a number among them was a TypeError, a 500).
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise CustodyStatementInvalid("the statement is not a custody statement")
         return data
 
