@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import time
 from contextlib import suppress
-from typing import Final
+from typing import Any, Final
 
 import structlog
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, Row, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
 from cofre.errors import CofreError
 from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
+from policies.errors import PolicyDenied
+from policies.models import Action
 from vault.ceremony import CeremonyState, RotationKind
 from vault.errors import CeremonyError
+from vault.httpsig import jwk_thumbprint
 from vault.key_registry import KeyRegistry
-from vault.storage.schema import key_ceremonies
+from vault.storage.schema import key_approvals, key_ceremonies
 
 # The transaction-scoped advisory lock that serialises ceremony writes (propose, approve,
 # cancel) across the nodes of one PostgreSQL: "CofreK". SQLite's BEGIN IMMEDIATE already
@@ -38,6 +42,52 @@ def hold_ceremony_lock(connection: Connection) -> None:
     (review 38)."""
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CEREMONY_LOCK_KEY})
+
+
+def is_officer(policy: PolicyEngine, identity: str, keyid: str | None = None) -> bool:
+    """Whether `policy` grants `identity` key administration and still registers `keyid`,
+    the thumbprint of the MFA key that signed its ceremony action (None: an action that
+    did not come through the API's second factor). A key replaced in the policy (a token
+    lost or stolen) loses the say of what it signed, as a removed officer does (review
+    cer: a proposal signed by a stolen token ran on one other officer's approval)."""
+    try:
+        rules = policy.authorize(identity, Action.KEY_ADMIN)
+    except PolicyDenied:
+        return False
+    if keyid is None:
+        return True
+    registered = rules.mfa_public_key
+    return registered is not None and jwk_thumbprint(registered.encode()) == keyid
+
+
+def standing_approvals(
+    connection: Connection, policy: PolicyEngine, row: Row[Any], identity: str
+) -> list[str] | None:
+    """The other officers whose approvals of ceremony `row` count under `policy` before
+    `identity` approves it, or None when `identity` already did (it counts once). Only
+    officers the policy still grants key administration, with the MFA key that signed
+    their action, count (review 38: one removed keeps no say). Raises `CeremonyError`
+    when the proposer no longer counts, or when `identity`'s approval was signed by a
+    key replaced since (the row stays: the vault's role may not delete approvals)."""
+    given = connection.execute(
+        select(key_approvals.c.officer, key_approvals.c.keyid).where(
+            key_approvals.c.ceremony_id == row.id
+        )
+    )
+    approvals: dict[str, str | None] = dict(given.all())
+    if identity in approvals:
+        if is_officer(policy, identity, approvals[identity]):
+            return None
+        raise CeremonyError(
+            "your approval was signed by an MFA key the policy no longer registers: "
+            "cancel the ceremony and propose again"
+        )
+    if not is_officer(policy, row.proposer, row.proposer_keyid):
+        raise CeremonyError(
+            f"ceremony {row.id} was proposed by {row.proposer}, whom the policy no longer "
+            "grants key administration, or with an MFA key it no longer registers: cancel it"
+        )
+    return [a for a, keyid in approvals.items() if is_officer(policy, a, keyid)]
 
 
 def refuse_a_second_run(connection: Connection, kind: RotationKind, ceremony_id: str) -> None:
@@ -67,8 +117,11 @@ class ApprovalKeys:
     still, where a fresh read does not see it yet (review 42). `transaction` is then what
     settles it: PostgreSQL's id of the approval's transaction."""
 
-    def __init__(self, officer: str, ceremony_id: str, request_id: str | None) -> None:
+    def __init__(
+        self, officer: str, ceremony_id: str, request_id: str | None, keyid: str | None = None
+    ) -> None:
         self.officer, self.ceremony_id, self.request_id = officer, ceremony_id, request_id
+        self.keyid = keyid  # the MFA key that signed the approval (review cer)
         self.labels: list[str] = []
         self.committing = False
         self.transaction: int | None = None

@@ -45,6 +45,7 @@ from vault._ceremony_guards import (
     discard_unrecorded,
     hold_ceremony_lock,
     refuse_a_second_run,
+    standing_approvals,
 )
 from vault._rotation_batches import RotationBatches
 from vault.audit_rotation import AuditKeyRotation
@@ -118,14 +119,6 @@ class KeyRotation(RotationBatches):
             self._record(identity, request_id, "key.admin", Outcome.DENIED, None, {})
             raise
 
-    def _is_officer(self, identity: str) -> bool:
-        """Whether the policy in force grants `identity` key administration."""
-        try:
-            self._policy().authorize(identity, Action.KEY_ADMIN)
-        except PolicyDenied:
-            return False
-        return True
-
     def _record(  # noqa: PLR0917 - mirrors the audit entry's fields, in order
         self,
         actor: str,
@@ -191,9 +184,12 @@ class KeyRotation(RotationBatches):
         )
 
     # ------------------------------------------------------------------ ceremony
-    def propose(self, identity: str, kind: str, request_id: str | None = None) -> Ceremony:
-        """Open a rotation proposal. Raises `PolicyDenied` for a non-officer,
-        `CeremonyError` for an unknown kind or while another rotation of it is open."""
+    def propose(
+        self, identity: str, kind: str, request_id: str | None = None, *, keyid: str | None = None
+    ) -> Ceremony:
+        """Open a rotation proposal (`keyid`: the MFA key that signed it). Raises
+        `PolicyDenied` for a non-officer, `CeremonyError` for an unknown kind or while
+        another rotation of it is open."""
         self._officer(identity, request_id or "")
         try:
             rotation = RotationKind(kind)
@@ -217,6 +213,7 @@ class KeyRotation(RotationBatches):
                     kind=rotation.value,
                     state=CeremonyState.PENDING.value,
                     proposer=identity,
+                    proposer_keyid=keyid,
                     created_at=now,
                     expires_at=now + self._ttl,
                 )
@@ -232,11 +229,19 @@ class KeyRotation(RotationBatches):
             )
             return self._view(connection, self._load(connection, ceremony_id))
 
-    def approve(self, identity: str, ceremony_id: str, request_id: str | None = None) -> Ceremony:
-        """Approve as `identity`. The proposer cannot approve; a second approval by the
-        same officer changes nothing. At quorum the rotation starts."""
+    def approve(
+        self,
+        identity: str,
+        ceremony_id: str,
+        request_id: str | None = None,
+        *,
+        keyid: str | None = None,
+    ) -> Ceremony:
+        """Approve as `identity` (`keyid`: the MFA key that signed it). The proposer cannot
+        approve; a second approval by the same officer changes nothing. At quorum the
+        rotation starts."""
         self._officer(identity, request_id or "")
-        keys = ApprovalKeys(identity, ceremony_id, request_id)
+        keys = ApprovalKeys(identity, ceremony_id, request_id, keyid)
         try:
             return self._approve(identity, ceremony_id, request_id, keys)
         except _SelfApproval:
@@ -267,19 +272,15 @@ class KeyRotation(RotationBatches):
                 raise CeremonyError(f"ceremony {ceremony_id} is {view.state}, not pending")
             if identity == row.proposer:
                 raise _SelfApproval
-            if identity in view.approvers:
+            standing = standing_approvals(connection, self._policy(), row, identity)
+            if standing is None:
                 return view  # approving twice does not count twice
-            if not self._is_officer(row.proposer):
-                raise CeremonyError(
-                    f"ceremony {ceremony_id} was proposed by {row.proposer}, whom the policy "
-                    "no longer grants key administration: cancel it"
-                )
-            # Only approvals by officers the policy still grants key administration
-            # count (review 38: one removed keeps no say).
-            standing = [a for a in view.approvers if self._is_officer(a)]
             connection.execute(
                 insert(key_approvals).values(
-                    ceremony_id=ceremony_id, officer=identity, approved_at=self._clock()
+                    ceremony_id=ceremony_id,
+                    officer=identity,
+                    approved_at=self._clock(),
+                    keyid=keys.keyid,
                 )
             )
             self._record(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from api.dependencies import AppState, Caller, CeremonyPath, State
 from api.errors import ApiError
@@ -20,6 +20,13 @@ router = APIRouter()
 # Every ceremony action carries the officer's second factor (PCI DSS 8.4.1): a signature
 # by their own token key over the request (`api.mfa`). Reads do not.
 _MFA = [require_officer_mfa(Action.KEY_ADMIN)]
+
+
+def _mfa_keyid(request: Request) -> str | None:
+    """The thumbprint of the MFA key that signed this request (`api.mfa`): a proposal or
+    approval counts only while the policy still registers it (review cer)."""
+    keyid = request.scope.get("state", {}).get("mfa_keyid")
+    return keyid if isinstance(keyid, str) else None
 
 
 def _rotation(state: AppState) -> KeyRotation:
@@ -50,10 +57,14 @@ def list_rotations(caller: Caller, state: State) -> list[CeremonyResponse]:
     tags=["keys"],
     dependencies=_MFA,
 )
-def propose_rotation(body: RotationRequest, caller: Caller, state: State) -> CeremonyResponse:
+def propose_rotation(
+    body: RotationRequest, caller: Caller, state: State, request: Request
+) -> CeremonyResponse:
     """Propose a rotation (kek, data or fingerprint); it runs after other officers
     approve it (dual control, enforced here)."""
-    ceremony = _rotation(state).propose(caller.identity, body.kind, caller.request_id)
+    ceremony = _rotation(state).propose(
+        caller.identity, body.kind, caller.request_id, keyid=_mfa_keyid(request)
+    )
     return CeremonyResponse.model_validate(ceremony.as_json())
 
 
@@ -72,10 +83,13 @@ def rotation_status(ceremony_id: CeremonyPath, caller: Caller, state: State) -> 
     tags=["keys"],
     dependencies=_MFA,
 )
-def approve_rotation(ceremony_id: CeremonyPath, caller: Caller, state: State) -> CeremonyResponse:
-    return CeremonyResponse.model_validate(
-        _rotation(state).approve(caller.identity, ceremony_id, caller.request_id).as_json()
+def approve_rotation(
+    ceremony_id: CeremonyPath, caller: Caller, state: State, request: Request
+) -> CeremonyResponse:
+    ceremony = _rotation(state).approve(
+        caller.identity, ceremony_id, caller.request_id, keyid=_mfa_keyid(request)
     )
+    return CeremonyResponse.model_validate(ceremony.as_json())
 
 
 @router.post(

@@ -122,6 +122,8 @@ key_ceremonies = Table(
     Column("destroy_after", DateTime(timezone=True), nullable=True),
     Column("completed_at", DateTime(timezone=True), nullable=True),
     Column("detail", Text, nullable=False, server_default=""),
+    # The thumbprint of the MFA key that signed the proposal (None: not through the API).
+    Column("proposer_keyid", String(64), nullable=True),
 )
 
 key_approvals = Table(
@@ -130,6 +132,7 @@ key_approvals = Table(
     Column("ceremony_id", String(36), ForeignKey("key_ceremonies.id"), primary_key=True),
     Column("officer", String(255), primary_key=True),
     Column("approved_at", DateTime(timezone=True), nullable=False),
+    Column("keyid", String(64), nullable=True),  # the approval's MFA key, as above
 )
 
 # Rate limits as GCRA (the generic cell rate algorithm): one "theoretical arrival time"
