@@ -43,3 +43,10 @@ def test_odd_keys_are_an_invalid_statement_not_a_500(custody: Custody, keys: lis
     )
     with pytest.raises(CustodyStatementInvalid):
         custody.acknowledge(ALICE, statement, "AAAA")
+
+
+def test_a_deeply_nested_statement_is_invalid_not_a_500(custody: Custody) -> None:
+    """2,000 nested arrays fit the 4,096 characters a statement may have and exceed the
+    JSON parser's recursion limit: `RecursionError`, no `ValueError`, was a 500."""
+    with pytest.raises(CustodyStatementInvalid):
+        custody.acknowledge(ALICE, "[" * 2000 + "]" * 2000, "AAAA")
