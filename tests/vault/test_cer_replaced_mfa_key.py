@@ -1,0 +1,57 @@
+"""Review cer: a ceremony action counts only while the MFA key that signed it is still
+the officer's registered key. With ``key_approvals_required = 3``, an approval signed by
+a token since replaced in the policy no longer counts toward the quorum, and the same
+token registered again under a second identity cannot count twice."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import Engine
+
+from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
+from policies.loader import parse_policy
+from tests.vault.conftest import ALICE, BOB, CAROL, OFFICERS, TEST_POLICY, rotation_of
+from vault.ceremony import CeremonyState
+from vault.errors import CeremonyError
+from vault.httpsig import jwk_thumbprint
+from vault.service import VaultService
+
+
+def _pem() -> str:
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def _policy(keys: dict[str, str]) -> PolicyEngine:
+    text = "key_approvals_required = 3\n" + TEST_POLICY + OFFICERS
+    for identity, pem in keys.items():
+        head = f'[identities."{identity}"]\n'
+        text = text.replace(head, f'{head}mfa_public_key = """{pem}"""\n')
+    return PolicyEngine(parse_policy(text, kind="toml").policy)
+
+
+def test_an_approval_by_a_replaced_mfa_key_no_longer_counts(
+    engine: Engine, rotation_provider: HSMProvider
+) -> None:
+    keys = {ALICE: _pem(), BOB: _pem(), CAROL: _pem()}
+    policy = [_policy(keys)]
+    service = VaultService(engine, rotation_provider, policy[0])
+    service.initialize()
+    try:
+        rotation = rotation_of(service, engine, rotation_provider)
+        rotation._policy = lambda: policy[0]
+        thumb = {identity: jwk_thumbprint(pem.encode()) for identity, pem in keys.items()}
+        ceremony = rotation.propose(ALICE, "fingerprint", keyid=thumb[ALICE])
+        rotation.approve(BOB, ceremony.id, keyid=thumb[BOB])
+        policy[0] = _policy({**keys, BOB: _pem()})  # Bob's token reported stolen
+        view = rotation.approve(CAROL, ceremony.id, keyid=thumb[CAROL])
+        assert view.state == CeremonyState.PENDING
+        with pytest.raises(CeremonyError, match="no longer registers"):
+            rotation.approve(BOB, ceremony.id, keyid=thumb[BOB])
+    finally:
+        service.close()
