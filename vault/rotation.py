@@ -580,11 +580,13 @@ class KeyRotation(RotationBatches):
         if self._provider.has_key(label):
             self._provider.destroy_key(label)
         with self._write() as connection:
-            connection.execute(
+            done = connection.execute(  # once: every node's worker may be here (review cer)
                 update(key_ceremonies)
-                .where(key_ceremonies.c.id == row.id)
+                .where(key_ceremonies.c.id == row.id, key_ceremonies.c.state == row.state)
                 .values(state=CeremonyState.COMPLETED.value, completed_at=self._clock())
             )
+            if done.rowcount != 1:
+                return
             self._record(
                 "cofre rotation",
                 None,

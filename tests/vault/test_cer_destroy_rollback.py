@@ -20,6 +20,7 @@ from vault.ceremony import CeremonyState
 from vault.pan import Pan, luhn_check_digit
 from vault.rotation import KeyRotation
 from vault.service import TokenizeRequest, VaultService
+from vault.storage.schema import key_ceremonies
 
 _DATA_KEYS = sa.table(
     "data_keys",
@@ -85,3 +86,30 @@ def test_a_failed_destroy_step_never_leaves_a_data_key_under_a_destroyed_kek(
         rotation.run_pending()
     service.keyring.wipe_all()
     assert service.detokenize(GETNET, record.token).pan == _pan(8)
+
+
+def test_two_nodes_destroying_one_old_key_record_one_destroy(
+    rig: tuple[VaultService, KeyRotation], engine: Engine
+) -> None:
+    """Every node's rotation worker runs `run_pending`; two that read the ceremony
+    `destroy_pending` at once each marked it completed and each wrote `key.destroy`: the
+    evidence showed the key destroyed twice, by two passes of one ceremony."""
+    _, rotation = rig
+    ceremony = rotation.propose(ALICE, "fingerprint")
+    rotation.approve(CAROL, ceremony.id)
+    for _ in range(10_000):
+        if rotation.status(ALICE, ceremony.id).state == CeremonyState.DESTROY_PENDING:
+            break
+        rotation.run_pending()
+    with engine.connect() as connection:
+        row = connection.execute(
+            sa.select(key_ceremonies).where(key_ceremonies.c.id == ceremony.id)
+        ).one()
+    rotation._destroy_if_due(row)  # one node
+    rotation._destroy_if_due(row)  # another, which read the row before the first finished
+    with engine.connect() as connection:
+        destroys = connection.execute(
+            sa.text("SELECT COUNT(*) FROM audit_entries WHERE payload LIKE :p"),
+            {"p": '%"action":"key.destroy"%'},
+        ).scalar_one()
+    assert destroys == 1
