@@ -224,7 +224,7 @@ class KeyRotation(RotationBatches):
                 "key.rotation.propose",
                 Outcome.SUCCESS,
                 ceremony_id,
-                {"kind": rotation.value, "approvals_needed": self._needed()},
+                {"kind": rotation.value, "approvals_needed": self._needed(), "keyid": keyid},
                 connection,
             )
             return self._view(connection, self._load(connection, ceremony_id))
@@ -289,7 +289,7 @@ class KeyRotation(RotationBatches):
                 "key.rotation.approve",
                 Outcome.SUCCESS,
                 ceremony_id,
-                {"approvals": len(standing) + 1},
+                {"approvals": len(standing) + 1, "keyid": keys.keyid},
                 connection,
             )
             if len(standing) + 1 >= self._needed():

@@ -5,7 +5,10 @@ token registered again under a second identity cannot count twice."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine
@@ -53,5 +56,40 @@ def test_an_approval_by_a_replaced_mfa_key_no_longer_counts(
         assert view.state == CeremonyState.PENDING
         with pytest.raises(CeremonyError, match="no longer registers"):
             rotation.approve(BOB, ceremony.id, keyid=thumb[BOB])
+    finally:
+        service.close()
+
+
+def test_the_audit_log_names_the_mfa_key_behind_each_proposal_and_approval(
+    engine: Engine, rotation_provider: HSMProvider
+) -> None:
+    """The evidence of dual control: which token key signed each ceremony action, so an
+    auditor can check that two distinct second factors took part (and which were
+    replaced since). The entries named only the identities."""
+    keys = {ALICE: _pem(), BOB: _pem(), CAROL: _pem()}
+    service = VaultService(engine, rotation_provider, _policy(keys))
+    service.initialize()
+    try:
+        rotation = rotation_of(service, engine, rotation_provider)
+        thumb = {identity: jwk_thumbprint(pem.encode()) for identity, pem in keys.items()}
+        ceremony = rotation.propose(ALICE, "fingerprint", keyid=thumb[ALICE])
+        rotation.approve(BOB, ceremony.id, keyid=thumb[BOB])
+        with engine.connect() as connection:
+            payloads = [
+                json.loads(p)
+                for p in connection.execute(
+                    sa.text("SELECT payload FROM audit_entries WHERE payload LIKE :p"),
+                    {"p": '%"action":"key.rotation.%'},
+                ).scalars()
+            ]
+        named = {
+            (e["action"], e["actor"]): e["details"].get("keyid")
+            for e in payloads
+            if e["action"] in {"key.rotation.propose", "key.rotation.approve"}
+        }
+        assert named == {
+            ("key.rotation.propose", ALICE): thumb[ALICE],
+            ("key.rotation.approve", BOB): thumb[BOB],
+        }
     finally:
         service.close()
