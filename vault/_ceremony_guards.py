@@ -121,7 +121,7 @@ class ApprovalKeys:
         self, officer: str, ceremony_id: str, request_id: str | None, keyid: str | None = None
     ) -> None:
         self.officer, self.ceremony_id, self.request_id = officer, ceremony_id, request_id
-        self.keyid = keyid  # the MFA key that signed the approval (review cer)
+        self.keyid = keyid  # the MFA key that signed the approval (the ceremony review)
         self.labels: list[str] = []
         self.committing = False
         self.transaction: int | None = None

@@ -164,12 +164,12 @@ class Custody:
             raise CustodyStatementInvalid("the statement is too long")
         try:
             data = json.loads(statement)
-        except (ValueError, RecursionError):  # deep nesting fits the length (review cer)
+        except (ValueError, RecursionError):  # deep nesting fits the length (the ceremony review)
             raise CustodyStatementInvalid("the statement is not JSON") from None
         if not isinstance(data, dict):
             raise CustodyStatementInvalid("the statement is not a custody statement")
         keys = data.get("keys")
-        # Strings only: the statement rebuilt to compare sorts them as a set (review cer:
+        # Strings only: the statement rebuilt to compare sorts them as a set (the ceremony review:
         # a list or a number among them was a TypeError, a 500).
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise CustodyStatementInvalid("the statement is not a custody statement")

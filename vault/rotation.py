@@ -574,13 +574,13 @@ class KeyRotation(RotationBatches):
         key_kind = KeyKind.KEK if row.kind == RotationKind.KEK.value else KeyKind.FINGERPRINT
         label = key_label(key_kind, int(row.old_version))
         # The late rows' moves commit before the destroy, which no rollback undoes: in
-        # one transaction a failure after it left them under a key gone (review cer).
+        # one transaction a failure after it left them under a key gone (the ceremony review).
         with self._write() as connection:
             self._move_late_rows(connection, row)
         if self._provider.has_key(label):
             self._provider.destroy_key(label)
         with self._write() as connection:
-            done = connection.execute(  # once: every node's worker may be here (review cer)
+            done = connection.execute(  # once: every node's worker may get here
                 update(key_ceremonies)
                 .where(key_ceremonies.c.id == row.id, key_ceremonies.c.state == row.state)
                 .values(state=CeremonyState.COMPLETED.value, completed_at=self._clock())

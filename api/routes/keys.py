@@ -24,7 +24,7 @@ _MFA = [require_officer_mfa(Action.KEY_ADMIN)]
 
 def _mfa_keyid(request: Request) -> str | None:
     """The thumbprint of the MFA key that signed this request (`api.mfa`): a proposal or
-    approval counts only while the policy still registers it (review cer)."""
+    approval counts only while the policy still registers it (the ceremony review)."""
     keyid = request.scope.get("state", {}).get("mfa_keyid")
     return keyid if isinstance(keyid, str) else None
 

@@ -1,4 +1,4 @@
-"""The MFA key behind each key ceremony proposal and approval (review cer).
+"""The MFA key behind each key ceremony proposal and approval (the ceremony review).
 
 Revision ID: 0012
 Revises: 0011
