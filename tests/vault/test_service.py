@@ -373,22 +373,6 @@ def test_a_charge_that_waited_behind_a_later_one_is_judged_at_its_clock(engine: 
         limits.charge_rate(connection, "who", limit, 990, t + 1.5, clock=lambda: t + 1.5)
 
 
-def test_failed_audit_write_returns_no_token(service: VaultService, engine: Engine) -> None:
-    if engine.dialect.name == "sqlite":
-        ddl = (
-            "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_entries "
-            "BEGIN SELECT RAISE(ABORT, 'no space'); END"
-        )
-    else:
-        ddl = "ALTER TABLE audit_entries ADD CONSTRAINT fail_audit CHECK (false) NOT VALID"
-    with engine.begin() as c:
-        c.execute(sa.text(ddl))
-    before = _count(engine, "SELECT count(*) FROM tokens")
-    with pytest.raises(AuditWriteFailed):
-        service.tokenize(PAYMENTS, TokenizeRequest(_pan(77), "pan_bin6_last4"))
-    assert _count(engine, "SELECT count(*) FROM tokens") == before
-
-
 def _break_audit(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
         ddl = (
@@ -399,6 +383,14 @@ def _break_audit(engine: Engine) -> None:
         ddl = "ALTER TABLE audit_entries ADD CONSTRAINT fail_audit CHECK (false) NOT VALID"
     with engine.begin() as c:
         c.execute(sa.text(ddl))
+
+
+def test_failed_audit_write_returns_no_token(service: VaultService, engine: Engine) -> None:
+    _break_audit(engine)
+    before = _count(engine, "SELECT count(*) FROM tokens")
+    with pytest.raises(AuditWriteFailed):
+        service.tokenize(PAYMENTS, TokenizeRequest(_pan(77), "pan_bin6_last4"))
+    assert _count(engine, "SELECT count(*) FROM tokens") == before
 
 
 @pytest.mark.parametrize(
