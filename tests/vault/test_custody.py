@@ -89,3 +89,24 @@ def test_non_officers_are_denied(custody: Custody) -> None:
     with pytest.raises(PolicyDenied):
         custody.statement_for("spiffe://cofre/payments")
     assert ACKNOWLEDGE == "key.custody.acknowledge"
+
+
+# The ceremony review: a statement whose ``keys`` holds something other than strings (a
+# list, an object, a number beside a string) raised a `TypeError` while the vault built
+# the statement to compare with: a 500 on an admin endpoint, where the contract is 422.
+@pytest.mark.parametrize("keys", [[["cofre-kek-v1"]], [{"a": 1}], [1, "cofre-kek-v1"], [None]])
+def test_odd_keys_are_an_invalid_statement_not_a_500(custody: Custody, keys: list[object]) -> None:
+    statement = json.dumps(
+        {"date": datetime.now(UTC).date().isoformat(), "keys": keys, "type": "x"},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    with pytest.raises(CustodyStatementInvalid):
+        custody.acknowledge(ALICE, statement, "AAAA")
+
+
+def test_a_deeply_nested_statement_is_invalid_not_a_500(custody: Custody) -> None:
+    """2,000 nested arrays fit the 4,096 characters a statement may have and exceed the
+    JSON parser's recursion limit: `RecursionError`, no `ValueError`, was a 500."""
+    with pytest.raises(CustodyStatementInvalid):
+        custody.acknowledge(ALICE, "[" * 2000 + "]" * 2000, "AAAA")
