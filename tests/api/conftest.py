@@ -41,6 +41,7 @@ from cofre.settings import (
 from cofre_cli.devenv import DEV_POLICY
 from cofre_cli.wiring import Runtime, build_runtime
 from hsm.provider import HSMProvider
+from tests.support.fake_acquirer import FakeAcquirer, running_acquirer
 from tests.support.leakguard import record_responses
 from tests.support.leakscan import json_strings
 from tests.support.officers import policy_with, software_officers
@@ -246,3 +247,10 @@ def vault_server(
 ) -> Iterator[VaultServer]:
     with running_vault(tmp_path_factory.mktemp("api"), hsm_provider) as vault:
         yield vault
+
+
+@pytest.fixture
+def acquirer(tmp_path: Path) -> Iterator[FakeAcquirer]:
+    """An acquirer behind server TLS for the relay tests; its CA is `acquirer.ca`."""
+    with running_acquirer(tmp_path / "acquirer-pki") as acquirer:
+        yield acquirer

@@ -11,29 +11,17 @@ every relay to it into a 500 with no problem+json, after the card had gone upstr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from api.pki import ensure_dev_pki, issue_client
+from api.pki import issue_client
 from hsm.provider import HSMProvider
 from tests.api.conftest import running_vault
 from tests.support.fake_acquirer import FakeAcquirer
 
 VISA = "4111111111111111"
-
-
-@pytest.fixture
-def acquirer(tmp_path: Path) -> Iterator[FakeAcquirer]:
-    pki = ensure_dev_pki(tmp_path / "acquirer-pki", identities=("payments",))
-    acquirer = FakeAcquirer(cert=pki.server_cert, key=pki.server_key)
-    acquirer.start()
-    acquirer.ca = pki.ca  # type: ignore[attr-defined]
-    yield acquirer
-    acquirer.stop()
 
 
 def _policy(acquirer: FakeAcquirer) -> str:

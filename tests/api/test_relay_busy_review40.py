@@ -12,28 +12,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from api.pki import ensure_dev_pki, issue_client
+from api.pki import issue_client
 from hsm.provider import HSMProvider
 from tests.api.conftest import running_vault
 from tests.support.fake_acquirer import FakeAcquirer
 
 VISA = "4111111111111111"
-
-
-@pytest.fixture
-def acquirer(tmp_path: Path) -> Iterator[FakeAcquirer]:
-    pki = ensure_dev_pki(tmp_path / "acquirer-pki", identities=("payments",))
-    acquirer = FakeAcquirer(cert=pki.server_cert, key=pki.server_key)
-    acquirer.start()
-    acquirer.ca = pki.ca  # type: ignore[attr-defined]
-    yield acquirer
-    acquirer.stop()
 
 
 def _policy(acquirer: FakeAcquirer) -> str:

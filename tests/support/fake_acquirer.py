@@ -8,12 +8,14 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from api.pki import ensure_dev_pki
 from policies.models import RelayRoute
 from vault.pan import luhn_valid
 
@@ -108,3 +110,15 @@ class FakeAcquirer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+@contextmanager
+def running_acquirer(directory: Path) -> Iterator[FakeAcquirer]:
+    """A `FakeAcquirer` behind server TLS, its certificate from a dev PKI made in
+    `directory`; its CA, for a relay route's ``ca_bundle``, is `acquirer.ca`."""
+    pki = ensure_dev_pki(directory, identities=("payments",))
+    acquirer = FakeAcquirer(cert=pki.server_cert, key=pki.server_key)
+    acquirer.start()
+    acquirer.ca = pki.ca  # type: ignore[attr-defined]
+    yield acquirer
+    acquirer.stop()

@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from api.pki import ensure_dev_pki
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
 from tests.support.cloudhsm_shim import HSM_BACKENDS, provider_for
-from tests.support.fake_acquirer import FakeAcquirer
+from tests.support.fake_acquirer import FakeAcquirer, running_acquirer
 from vault.rotation import KeyRotation
 from vault.service import CallContext, VaultService
 from vault.storage.database import create_database_engine, migrate
@@ -95,12 +94,8 @@ def service(engine: Engine, hsm_provider: HSMProvider) -> Iterator[VaultService]
 @pytest.fixture(scope="module")
 def acquirer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAcquirer]:
     """An acquirer behind server TLS for the relay tests; its CA is `acquirer.ca`."""
-    pki = ensure_dev_pki(tmp_path_factory.mktemp("relay-pki"), identities=("payments",))
-    acquirer = FakeAcquirer(cert=pki.server_cert, key=pki.server_key)
-    acquirer.start()
-    acquirer.ca = pki.ca  # type: ignore[attr-defined]
-    yield acquirer
-    acquirer.stop()
+    with running_acquirer(tmp_path_factory.mktemp("relay-pki")) as acquirer:
+        yield acquirer
 
 
 def oos_relay_policy(
