@@ -6,13 +6,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from hsm.models import WrappedKey
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
 from tests.support.cloudhsm_shim import HSM_BACKENDS, provider_for
 from tests.support.fake_acquirer import FakeAcquirer, running_acquirer
+from vault.ceremony import CeremonyState
 from vault.rotation import KeyRotation
 from vault.service import CallContext, VaultService
 from vault.storage.database import create_database_engine, migrate
@@ -168,6 +171,48 @@ def rotation_of(service: VaultService, engine: Engine, provider: HSMProvider) ->
     return KeyRotation(
         engine, provider, service.keyring, lambda: service.policy, destroy_grace=timedelta(0)
     )
+
+
+DATA_KEYS = sa.table(
+    "data_keys",
+    sa.column("wrapped"),
+    sa.column("wrap_mechanism"),
+    sa.column("kek_label"),
+    sa.column("purpose"),
+    sa.column("version"),
+)
+
+
+def until_destroy_pending(rotation: KeyRotation, ceremony_id: str) -> bool:
+    """Run `rotation`'s pending work until ceremony `ceremony_id` waits to destroy its
+    old key; whether it got there."""
+    for _ in range(10_000):
+        if rotation.status(ALICE, ceremony_id).state == CeremonyState.DESTROY_PENDING:
+            return True
+        rotation.run_pending()
+    return False
+
+
+def wrap_a_data_key_late(
+    engine: Engine, provider: HSMProvider, rotation: KeyRotation, ceremony_id: str
+) -> tuple[str, str]:
+    """A late write under the old KEK of KEK rotation `ceremony_id`, waiting to destroy
+    it: one data key the migration moved goes back under the old KEK. Returns the old
+    and the new KEK's labels."""
+    status = rotation.status(ALICE, ceremony_id)
+    old, new = f"cofre-kek-v{status.old_version}", f"cofre-kek-v{status.new_version}"
+    with engine.begin() as connection:
+        late = connection.execute(sa.select(DATA_KEYS).where(DATA_KEYS.c.kek_label == new)).first()
+        assert late is not None
+        back = provider.rewrap_key(
+            WrappedKey(bytes(late.wrapped), late.wrap_mechanism, late.kek_label), old
+        )
+        connection.execute(
+            sa.update(DATA_KEYS)
+            .where(DATA_KEYS.c.purpose == late.purpose, DATA_KEYS.c.version == late.version)
+            .values(wrapped=back.wrapped, wrap_mechanism=back.algorithm, kek_label=old)
+        )
+    return old, new
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from sqlalchemy import Engine
 
 from audit.sequencer import Sequencer
 from audit.store import AuditStore
-from hsm.models import WrappedKey
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
@@ -23,11 +22,14 @@ from tests.vault.conftest import (
     ALICE,
     BOB,
     CAROL,
+    DATA_KEYS,
     GETNET,
     OFFICERS,
     PAYMENTS,
     TEST_POLICY,
     rotation_of,
+    until_destroy_pending,
+    wrap_a_data_key_late,
 )
 from vault.ceremony import CeremonyState
 from vault.errors import CeremonyError
@@ -335,37 +337,13 @@ def test_a_data_key_wrapped_under_the_old_kek_after_the_migration_is_moved_befor
     record = service.tokenize(PAYMENTS, TokenizeRequest(_pan(8), "pan_bin6_last4"))
     ceremony = rotation.propose(ALICE, "kek")
     rotation.approve(CAROL, ceremony.id)
-    for _ in range(10_000):
-        if rotation.status(ALICE, ceremony.id).state == CeremonyState.DESTROY_PENDING:
-            break
-        rotation.run_pending()
-    else:
+    if not until_destroy_pending(rotation, ceremony.id):
         raise AssertionError("the migration did not finish")
-    status = rotation.status(ALICE, ceremony.id)
-    old, new = f"cofre-kek-v{status.old_version}", f"cofre-kek-v{status.new_version}"
-    data_keys = sa.table(
-        "data_keys",
-        sa.column("wrapped"),
-        sa.column("wrap_mechanism"),
-        sa.column("kek_label"),
-        sa.column("purpose"),
-        sa.column("version"),
-    )
-    with engine.begin() as connection:  # a late write under the old KEK
-        late = connection.execute(sa.select(data_keys).where(data_keys.c.kek_label == new)).first()
-        assert late is not None
-        back = rotation_provider.rewrap_key(
-            WrappedKey(bytes(late.wrapped), late.wrap_mechanism, late.kek_label), old
-        )
-        connection.execute(
-            sa.update(data_keys)
-            .where(data_keys.c.purpose == late.purpose, data_keys.c.version == late.version)
-            .values(wrapped=back.wrapped, wrap_mechanism=back.algorithm, kek_label=old)
-        )
+    old, new = wrap_a_data_key_late(engine, rotation_provider, rotation, ceremony.id)
     _finish(rotation, ceremony.id)
     assert not rotation_provider.has_key(old)
     with engine.connect() as connection:
-        labels = set(connection.execute(sa.select(data_keys.c.kek_label)).scalars())
+        labels = set(connection.execute(sa.select(DATA_KEYS.c.kek_label)).scalars())
     assert labels == {new}
     service.keyring.wipe_all()  # unwrap every data key again, under the KEK left
     assert service.detokenize(GETNET, record.token).pan == _pan(8)

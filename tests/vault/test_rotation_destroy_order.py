@@ -13,23 +13,20 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from audit.log import AuditEvent
-from hsm.models import WrappedKey
 from hsm.provider import HSMProvider
-from tests.vault.conftest import ALICE, CAROL, GETNET, PAYMENTS
-from vault.ceremony import CeremonyState
+from tests.vault.conftest import (
+    ALICE,
+    CAROL,
+    DATA_KEYS,
+    GETNET,
+    PAYMENTS,
+    until_destroy_pending,
+    wrap_a_data_key_late,
+)
 from vault.pan import Pan, luhn_check_digit
 from vault.rotation import KeyRotation
 from vault.service import TokenizeRequest, VaultService
 from vault.storage.schema import key_ceremonies
-
-_DATA_KEYS = sa.table(
-    "data_keys",
-    sa.column("wrapped"),
-    sa.column("wrap_mechanism"),
-    sa.column("kek_label"),
-    sa.column("purpose"),
-    sa.column("version"),
-)
 
 
 def _pan(i: int) -> Pan:
@@ -47,25 +44,8 @@ def test_a_failed_destroy_step_never_leaves_a_data_key_under_a_destroyed_kek(
     record = service.tokenize(PAYMENTS, TokenizeRequest(_pan(8), "pan_bin6_last4"))
     ceremony = rotation.propose(ALICE, "kek")
     rotation.approve(CAROL, ceremony.id)
-    for _ in range(10_000):
-        if rotation.status(ALICE, ceremony.id).state == CeremonyState.DESTROY_PENDING:
-            break
-        rotation.run_pending()
-    status = rotation.status(ALICE, ceremony.id)
-    old, new = f"cofre-kek-v{status.old_version}", f"cofre-kek-v{status.new_version}"
-    with engine.begin() as connection:  # a late write under the old KEK
-        late = connection.execute(
-            sa.select(_DATA_KEYS).where(_DATA_KEYS.c.kek_label == new)
-        ).first()
-        assert late is not None
-        back = rotation_provider.rewrap_key(
-            WrappedKey(bytes(late.wrapped), late.wrap_mechanism, late.kek_label), old
-        )
-        connection.execute(
-            sa.update(_DATA_KEYS)
-            .where(_DATA_KEYS.c.purpose == late.purpose, _DATA_KEYS.c.version == late.version)
-            .values(wrapped=back.wrapped, wrap_mechanism=back.algorithm, kek_label=old)
-        )
+    until_destroy_pending(rotation, ceremony.id)
+    old, _ = wrap_a_data_key_late(engine, rotation_provider, rotation, ceremony.id)
     append = rotation._audit.append
 
     def failing(connection: Any, event: AuditEvent) -> Any:
@@ -78,7 +58,7 @@ def test_a_failed_destroy_step_never_leaves_a_data_key_under_a_destroyed_kek(
         rotation.run_pending()
     monkeypatch.setattr(rotation._audit, "append", append)
     with engine.connect() as connection:
-        labels = set(connection.execute(sa.select(_DATA_KEYS.c.kek_label)).scalars())
+        labels = set(connection.execute(sa.select(DATA_KEYS.c.kek_label)).scalars())
     assert all(rotation_provider.has_key(label) for label in labels), (
         f"data keys wrapped under {labels}, token holds {old}: {rotation_provider.has_key(old)}"
     )
@@ -97,10 +77,7 @@ def test_two_nodes_destroying_one_old_key_record_one_destroy(
     _, rotation = rig
     ceremony = rotation.propose(ALICE, "fingerprint")
     rotation.approve(CAROL, ceremony.id)
-    for _ in range(10_000):
-        if rotation.status(ALICE, ceremony.id).state == CeremonyState.DESTROY_PENDING:
-            break
-        rotation.run_pending()
+    until_destroy_pending(rotation, ceremony.id)
     with engine.connect() as connection:
         row = connection.execute(
             sa.select(key_ceremonies).where(key_ceremonies.c.id == ceremony.id)
