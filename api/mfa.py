@@ -36,6 +36,8 @@ def require_officer_mfa(action: Action) -> Any:
             method=request.method,
             path=raw_path.decode("latin-1"),
             query=request.scope.get("query_string", b"").decode("latin-1"),
+            # Host among them: the @authority the signature covers, which must be
+            # one of this vault's own names (`vault.officer_mfa`).
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
         )

@@ -62,7 +62,9 @@ KeyOpt = Annotated[Path | None, typer.Option("--key", help="Client key (PEM).")]
 
 def officer_signature(keyid: str, sign: Callable[[bytes], bytes]) -> Any:
     """An httpx auth that signs every request but GETs as RFC 9421 requires
-    (`vault.httpsig`): the officer's second factor, `sign` being their token's key."""
+    (`vault.httpsig`): the officer's second factor, `sign` being their token's key. The
+    signature covers the ``Host`` header the request is sent with (``@authority``): it
+    is good for that vault only."""
     import secrets
     import time
 
@@ -82,6 +84,8 @@ def officer_signature(keyid: str, sign: Callable[[bytes], bytes]) -> Any:
                         path,
                         query,
                         request.content,
+                        # The vault it is sent to, as the Host header names it.
+                        authority=request.headers["host"],
                         keyid=keyid,
                         nonce=secrets.token_urlsafe(18),
                         created=int(time.time()),

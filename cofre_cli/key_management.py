@@ -6,8 +6,10 @@ IN PCI SCOPE (wiring). Split from `cofre_cli.wiring` so each stays a readable si
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import Engine
 
@@ -15,7 +17,7 @@ from cofre.settings import Settings
 from hsm.provider import HSMProvider
 from vault.cryptoperiod import CryptoperiodMonitor, monitor_from_settings
 from vault.custody import Custody
-from vault.officer_mfa import OfficerMfa
+from vault.officer_mfa import OfficerMfa, server_names
 from vault.rotation import KeyRotation
 from vault.service import VaultService
 
@@ -26,6 +28,29 @@ class KeyManagement:
     periods: CryptoperiodMonitor
     officer_mfa: OfficerMfa
     custody: Custody
+
+
+def own_authorities(cert_file: Path | None) -> Callable[[], frozenset[str]]:
+    """The names of the vault's own TLS certificate (`server_names`), which officers sign
+    requests for: read again when the file changes (a renewal, put in force by SIGHUP).
+    No certificate configured, or one that cannot be read: no name, so every officer
+    signature is refused (``mfa_invalid``), never accepted for any authority."""
+    cache: dict[tuple[int, int], frozenset[str]] = {}
+
+    def names() -> frozenset[str]:
+        if cert_file is None:
+            return frozenset()
+        try:
+            stat = cert_file.stat()
+            version = (stat.st_mtime_ns, stat.st_size)
+            if version not in cache:
+                cache.clear()
+                cache[version] = server_names(cert_file.read_bytes())
+            return cache[version]
+        except (OSError, ValueError):
+            return frozenset()
+
+    return names
 
 
 def key_management(
@@ -48,6 +73,10 @@ def key_management(
     return KeyManagement(
         rotation=rotation,
         periods=periods,
-        officer_mfa=OfficerMfa(engine, lambda: service.policy),
+        officer_mfa=OfficerMfa(
+            engine,
+            lambda: service.policy,
+            authorities=own_authorities(settings.server.cert_file),
+        ),
         custody=Custody(engine, service.keyring.registry, lambda: service.policy),
     )

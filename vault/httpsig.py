@@ -6,10 +6,15 @@ that signs bytes (the officer's PKCS#11 token, `cofre_cli`), the verifier a publ
 (`vault.officer_mfa`). Only the subset Cofre sends is accepted, parsed strictly:
 
     Content-Digest: sha-256=:<base64 SHA-256 of the body>:
-    Signature-Input: cofre=("@method" "@path" "@query" "content-digest");created=<unix>;
-        nonce="<random>";keyid="<RFC 7638 thumbprint>";alg="ecdsa-p256-sha256";
-        tag="cofre-officer-mfa"
+    Signature-Input: cofre=("@method" "@authority" "@path" "@query" "content-digest");
+        created=<unix>;nonce="<random>";keyid="<RFC 7638 thumbprint>";
+        alg="ecdsa-p256-sha256";tag="cofre-officer-mfa"
     Signature: cofre=:<base64 of r||s, 64 bytes>:
+
+``@authority`` (section 2.2.3) binds the request to the vault it was meant for: the
+``Host`` header as sent, normalised (host lower-case, the default port 443 omitted). A
+request signed for a staging vault does not verify with another ``Host``, and the vault
+refuses an authority that is not its own (`vault.officer_mfa`).
 
 The signature base is built as RFC 9421 section 2.5 says: one line per covered component,
 ``"name": value``, then ``"@signature-params": `` and the parameters exactly as the
@@ -41,7 +46,7 @@ from vault.errors import OfficerMfaInvalid, OfficerMfaRequired
 LABEL: Final = "cofre"
 ALGORITHM: Final = "ecdsa-p256-sha256"
 TAG: Final = "cofre-officer-mfa"
-COVERED: Final = ("@method", "@path", "@query", "content-digest")
+COVERED: Final = ("@method", "@authority", "@path", "@query", "content-digest")
 _P256_BYTES: Final = 32
 
 # Only what `sign_request` writes: a single member, these components in this order, then
@@ -56,12 +61,20 @@ _SIGNATURE: Final = re.compile(
     r"^(?P<label>[a-z][a-z0-9_-]{0,31})=:(?P<value>[A-Za-z0-9+/=]{1,200}):$"
 )
 _DIGEST: Final = re.compile(r"^sha-256=:(?P<value>[A-Za-z0-9+/=]{44}):$")
+# An authority (RFC 3986 3.2.2, 3.2.3) as Cofre's vaults are named: a DNS name or IPv4
+# address, or an IPv6 address in brackets, then an optional port. No userinfo, no
+# percent-encoding, no IPvFuture: a Host header holding one is refused, not interpreted.
+_AUTHORITY: Final = re.compile(
+    r"^(?P<host>[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]{2,45}\])"
+    r"(?::(?P<port>[0-9]{1,5}))?$"
+)
+_DEFAULT_PORT: Final = "443"  # https: Cofre's listeners speak nothing else
 
 
 @dataclass(frozen=True, slots=True)
 class HttpRequest:
     """What a signature covers, as the server received it: `query` without its ``?``,
-    header names lower-case."""
+    header names lower-case (``host`` among them: the ``@authority``)."""
 
     method: str
     path: str
@@ -119,10 +132,32 @@ def der_to_raw(der: bytes) -> bytes:
     return r.to_bytes(_P256_BYTES, "big") + s.to_bytes(_P256_BYTES, "big")
 
 
-def _components(method: str, path: str, query: str, digest: str) -> list[tuple[str, str]]:
-    # RFC 9421 2.2.6 and 2.2.7: an empty path is "/", the query keeps its "?", an absent
-    # query is "?" alone.
-    return list(zip(COVERED, (method.upper(), path or "/", f"?{query}", digest), strict=True))
+def normalize_authority(authority: str) -> str:
+    """`authority` (a ``Host`` header value) as RFC 9421 2.2.3 covers it: the host
+    lower-case, the default port (443) omitted. Raises `OfficerMfaInvalid` when it is not
+    a plain ``host[:port]``."""
+    parsed = _AUTHORITY.match(authority.lower())
+    if parsed is None:
+        raise OfficerMfaInvalid("the Host header is missing or not a plain host[:port]")
+    port = parsed["port"]
+    return parsed["host"] if port in (None, _DEFAULT_PORT) else f"{parsed['host']}:{port}"
+
+
+def authority_host(authority: str) -> str:
+    """The host of a normalised `authority`, without its port or an IPv6 address's
+    brackets."""
+    if authority.startswith("["):
+        return authority[1 : authority.index("]")]
+    return authority.partition(":")[0]
+
+
+def _components(
+    method: str, authority: str, path: str, query: str, digest: str
+) -> list[tuple[str, str]]:
+    # RFC 9421 2.2.3, 2.2.6 and 2.2.7: the authority normalised, an empty path is "/",
+    # the query keeps its "?", an absent query is "?" alone.
+    values = (method.upper(), normalize_authority(authority), path or "/", f"?{query}", digest)
+    return list(zip(COVERED, values, strict=True))
 
 
 def sign_request(
@@ -131,6 +166,7 @@ def sign_request(
     query: str,
     body: bytes,
     *,
+    authority: str,
     keyid: str,
     nonce: str,
     created: int,
@@ -138,13 +174,14 @@ def sign_request(
 ) -> dict[str, str]:
     """The headers that sign a request: ``Content-Digest``, ``Signature-Input`` and
     ``Signature``. `sign` returns a raw r||s ECDSA P-256 signature over SHA-256 of its
-    argument; `query` is the query string without its ``?``."""
+    argument; `query` is the query string without its ``?``; `authority` is the ``Host``
+    header the request is sent with (the vault it is meant for)."""
     digest = content_digest(body)
     names = " ".join(f'"{c}"' for c in COVERED)
     params = (
         f'({names});created={created};nonce="{nonce}";keyid="{keyid}";alg="{ALGORITHM}";tag="{TAG}"'
     )
-    base = signature_base(_components(method, path, query, digest), params)
+    base = signature_base(_components(method, authority, path, query, digest), params)
     signature = base64.b64encode(sign(base)).decode()
     return {
         "content-digest": digest,
@@ -208,9 +245,12 @@ def verify_ecdsa_p256(public_pem: bytes, base: bytes, raw_signature: bytes) -> N
 
 def verify_request(signed: RequestSignature, request: HttpRequest, public_pem: bytes) -> None:
     """Check `signed` over `request`: its ``Content-Digest`` header is the body's and the
-    signature verifies under `public_pem`. Raises `OfficerMfaInvalid`."""
+    signature verifies under `public_pem` (with the ``Host`` header as ``@authority``;
+    whether that authority is the vault's own is `vault.officer_mfa`'s check). Raises
+    `OfficerMfaInvalid`."""
     sent = request.headers.get("content-digest", "")
     if _DIGEST.match(sent) is None or sent != content_digest(request.body):
         raise OfficerMfaInvalid("Content-Digest is missing or is not the body's SHA-256")
-    components = _components(request.method, request.path, request.query, sent)
+    authority = request.headers.get("host", "")
+    components = _components(request.method, authority, request.path, request.query, sent)
     verify_ecdsa_p256(public_pem, signature_base(components, signed.params), signed.signature)

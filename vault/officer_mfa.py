@@ -4,17 +4,23 @@ action and evidence export is signed by a key in the officer's own PKCS#11 token
 IN PCI SCOPE (authentication). The client certificate is the first factor (something
 held, as a file); the token key, usable only after the token's PIN, adds something held
 in hardware and something known. The request signature is RFC 9421 (`vault.httpsig`)
-over the method, path, query and ``Content-Digest`` of the body, with ``created``,
-``nonce`` and ``keyid``. The vault checks, in order:
+over the method, authority (``Host``), path, query and ``Content-Digest`` of the body,
+with ``created``, ``nonce`` and ``keyid``. The vault checks, in order:
 
 1. the identity has a registered key (``mfa_public_key`` in the policy) when the policy
    grants it the action at all (a caller the policy denies is left to the operation's own
    denial, so that refusal keeps its code);
 2. the headers parse, and ``keyid`` is the thumbprint of *this identity's* key (another
    officer's token cannot stand in);
-3. ``created`` is within the window around the vault's clock;
-4. the body's digest matches and the signature verifies;
-5. the nonce was never used: it is stored once (a primary key), in its own transaction,
+3. the signed ``@authority`` is this vault's: its host is a name in the vault's own TLS
+   certificate (`server_names`; exact names, no wildcard). Nonces are per vault database,
+   so without this a request signed for a staging vault, where the same officer and key
+   are registered, could be sent to production within the window. The port is not
+   compared: a certificate names none, and the port an officer dials (a load balancer's
+   443) need not be the one the node listens on; it is signed all the same;
+4. ``created`` is within the window around the vault's clock;
+5. the body's digest matches and the signature verifies;
+6. the nonce was never used: it is stored once (a primary key), in its own transaction,
    so a replay is refused on every node.
 
 Every refusal raises an `OfficerMfaError` with its own code; the API answers it as
@@ -23,11 +29,13 @@ problem+json and the request guard writes the request's audit entry with that co
 
 from __future__ import annotations
 
+import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from cryptography import x509
 from sqlalchemy import Engine, delete, insert
 from sqlalchemy.exc import IntegrityError
 
@@ -40,7 +48,14 @@ from vault.errors import (
     OfficerMfaReplayed,
     StorageUnavailable,
 )
-from vault.httpsig import HttpRequest, jwk_thumbprint, parse_signature, verify_request
+from vault.httpsig import (
+    HttpRequest,
+    authority_host,
+    jwk_thumbprint,
+    normalize_authority,
+    parse_signature,
+    verify_request,
+)
 from vault.storage.schema import officer_request_nonces
 
 WINDOW_SECONDS: Final = 300
@@ -57,19 +72,46 @@ def identities_without_mfa(policy: PolicyEngine) -> list[str]:
     )
 
 
+def server_names(certificate_pem: bytes) -> frozenset[str]:
+    """The DNS names (lower-case) and IP addresses (canonical text) a server certificate's
+    subjectAltName lists: the authorities officers may sign for. Empty when it has none."""
+    certificate = x509.load_pem_x509_certificate(certificate_pem)
+    try:
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return frozenset()
+    names = {name.lower() for name in sans.value.get_values_for_type(x509.DNSName)}
+    names |= {str(address) for address in sans.value.get_values_for_type(x509.IPAddress)}
+    return frozenset(names)
+
+
+def _names(host: str, own: Collection[str]) -> bool:
+    """Whether `host` is one of `own` (`server_names`): an IP address by value, a DNS name
+    exactly. A wildcard name is not honoured: ``*.vault.example`` would name the staging
+    vault too, which is what the check is for."""
+    try:
+        return str(ipaddress.ip_address(host)) in own
+    except ValueError:
+        return host in own
+
+
 class OfficerMfa:
-    """Checks officers' request signatures against the keys the policy registers."""
+    """Checks officers' request signatures against the keys the policy registers, for
+    requests signed for one of `authorities` (the vault's own names, `server_names`; read
+    at each check, so a renewed certificate's names count once its file is in place)."""
 
     def __init__(
         self,
         engine: Engine,
         policy: Callable[[], PolicyEngine],
         *,
+        authorities: Callable[[], Collection[str]],
         window_seconds: int = WINDOW_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine = engine
         self._policy = policy
+        self._authorities = authorities
         self._window = window_seconds
         self._clock = clock
 
@@ -99,6 +141,7 @@ class OfficerMfa:
             raise OfficerMfaInvalid(
                 f"the signature's keyid is not the key registered for {identity}"
             )
+        self._check_authority(request.headers.get("host", ""))
         now = self._clock()
         if abs(now - signed.created) > self._window:
             raise OfficerMfaInvalid(
@@ -108,6 +151,17 @@ class OfficerMfa:
         verify_request(signed, request, public)
         self._claim(signed.nonce, identity, signed.keyid, signed.created)
         return signed.keyid
+
+    def _check_authority(self, host_header: str) -> None:
+        """Raise `OfficerMfaInvalid` unless the signed authority is this vault's."""
+        authority = normalize_authority(host_header)
+        own = self._authorities()
+        if not _names(authority_host(authority), own):
+            raise OfficerMfaInvalid(
+                f"the request was signed for {authority}, which is not this vault "
+                f"(its certificate names {', '.join(sorted(own)) or 'nothing'}): sign for "
+                "the vault you send to"
+            )
 
     def _claim(self, nonce: str, identity: str, keyid: str, created: int) -> None:
         """Store the nonce once. Raises `OfficerMfaReplayed` when it is already there."""

@@ -194,7 +194,8 @@ def _start_server(
         if database_url is None
         else DatabaseSettings.model_validate({"url": database_url}),
         audit=audit or AuditSettings(sign_every_entries=50, sign_every_seconds=1.0),
-        server=ServerSettings(api_docs=api_docs),
+        # Its names are the authorities officers sign for (vault.officer_mfa).
+        server=ServerSettings(api_docs=api_docs, cert_file=pki.server_cert),
         # Suites export many bundles in a row; the export rate limit has its own test.
         evidence=evidence or EvidenceSettings(export_burst=1000),
         capture=capture or CaptureSettings(),

@@ -25,13 +25,17 @@ def _rid() -> str:
     return "rid-" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(16))
 
 
-def _signed(name: str, path: str, body: bytes, **overrides: Any) -> dict[str, str]:
+def _signed(
+    vault: VaultServer, name: str, path: str, body: bytes, **overrides: Any
+) -> dict[str, str]:
     officer = software_officers()[name]
     return sign_request(
         "POST",
         path,
         "",
         body,
+        # The Host the client sends: this vault's address (its certificate names it).
+        authority=overrides.get("authority", httpx.URL(vault.url).netloc.decode()),
         keyid=overrides.get("keyid", officer.keyid),
         nonce=overrides.get("nonce", secrets.token_urlsafe(18)),
         created=int(time.time()),
@@ -89,7 +93,7 @@ def test_stolen_certificate_without_the_token_key(vault_server: VaultServer) -> 
 
 def test_replayed_signature(vault_server: VaultServer) -> None:
     body = b'{"kind":"fingerprint"}'
-    headers = _signed("officer-alice", ROTATIONS, body)
+    headers = _signed(vault_server, "officer-alice", ROTATIONS, body)
     first, _ = _post(vault_server, "officer-alice", ROTATIONS, body, headers)
     assert first.status_code == 201, first.text
     with vault_server.client("officer-alice") as alice:
@@ -99,19 +103,19 @@ def test_replayed_signature(vault_server: VaultServer) -> None:
 
 
 def test_signature_over_a_different_body(vault_server: VaultServer) -> None:
-    headers = _signed("officer-alice", ROTATIONS, b'{"kind":"data"}')
+    headers = _signed(vault_server, "officer-alice", ROTATIONS, b'{"kind":"data"}')
     response, rid = _post(vault_server, "officer-alice", ROTATIONS, b'{"kind":"kek"}', headers)
     _refused(vault_server, response, rid, "mfa_invalid")
 
 
 def test_signature_by_another_officers_key(vault_server: VaultServer) -> None:
     body = b'{"kind":"data"}'
-    headers = _signed("officer-bob", ROTATIONS, body)
+    headers = _signed(vault_server, "officer-bob", ROTATIONS, body)
     response, rid = _post(vault_server, "officer-alice", ROTATIONS, body, headers)
     _refused(vault_server, response, rid, "mfa_invalid")
     # Bob's key claiming Alice's keyid.
     alice_keyid = software_officers()["officer-alice"].keyid
-    headers = _signed("officer-bob", ROTATIONS, body, keyid=alice_keyid)
+    headers = _signed(vault_server, "officer-bob", ROTATIONS, body, keyid=alice_keyid)
     response, rid = _post(vault_server, "officer-alice", ROTATIONS, body, headers)
     _refused(vault_server, response, rid, "mfa_invalid")
 
@@ -128,3 +132,19 @@ def test_signed_by_the_officers_token_key_passes(vault_server: VaultServer) -> N
         proposed = alice.post(ROTATIONS, json={"kind": "fingerprint"})
         assert proposed.status_code == 201, proposed.text
         assert alice.post(f"{ROTATIONS}/{proposed.json()['id']}/cancel").status_code == 200
+
+
+def test_signed_for_another_vault_is_refused(vault_server: VaultServer) -> None:
+    # Alice's token signs a proposal for the staging vault; whoever sees that request (a
+    # staging operator, a request log) sends it here within the clock window. This vault's
+    # nonces never saw it, and the same identity and key are registered: only the
+    # authority it was signed for (Host, not a name in this vault's certificate) tells.
+    rid = _rid()
+    with vault_server.client("officer-alice") as alice:
+        response = alice.post(
+            ROTATIONS,
+            json={"kind": "fingerprint"},
+            headers={"host": "staging.vault.example", "x-request-id": rid},
+        )
+    _refused(vault_server, response, rid, "mfa_invalid")
+    assert "staging.vault.example" in response.json()["detail"]

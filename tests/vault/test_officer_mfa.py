@@ -10,12 +10,15 @@ from __future__ import annotations
 import base64
 import secrets
 import time
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine
 
+from api.pki import ensure_dev_pki
+from cofre_cli.key_management import own_authorities
 from policies.engine import PolicyEngine
 from policies.errors import PolicyInvalid
 from policies.loader import parse_policy
@@ -37,11 +40,15 @@ from vault.httpsig import (
     signature_base,
     verify_ecdsa_p256,
 )
-from vault.officer_mfa import OfficerMfa, identities_without_mfa
+from vault.officer_mfa import OfficerMfa, identities_without_mfa, server_names
 
 ALICE, BOB, CAROL = (f"spiffe://cofre/officer-{n}" for n in ("alice", "bob", "carol"))
 PATH = "/v1/admin/keys/rotations"
 BODY = b'{"kind":"data"}'
+# The vault's own names (what its TLS certificate lists), and the host officers send to.
+OWN = frozenset({"vault.example", "10.0.0.7", "2001:db8::7"})
+HOST = "vault.example:8443"
+STAGING = "staging.vault.example"
 
 
 class Officer:
@@ -64,17 +71,21 @@ class Officer:
         path: str = PATH,
         created: int | None = None,
         keyid: str | None = None,
+        authority: str = HOST,
     ) -> dict[str, str]:
-        return sign_request(
+        headers = sign_request(
             "POST",
             path,
             "",
             body,
+            authority=authority,
             keyid=keyid or self.keyid,
             nonce=secrets.token_urlsafe(18),
             created=int(time.time()) if created is None else created,
             sign=self.sign,
         )
+        # The Host header the request is sent with (the signer covers it as @authority).
+        return {"host": authority, **headers}
 
 
 def _request(headers: dict[str, str], body: bytes = BODY, path: str = PATH) -> HttpRequest:
@@ -104,7 +115,7 @@ def mfa(engine: Engine, officers: dict[str, Officer]) -> OfficerMfa:
     text += extra + f'\n[identities."{CAROL}"]\nrole = "security_officer"\n'
     text += 'operations = ["key_admin"]\n'
     policy = PolicyEngine(parse_policy(text, kind="toml").policy)
-    return OfficerMfa(engine, lambda: policy)
+    return OfficerMfa(engine, lambda: policy, authorities=lambda: OWN)
 
 
 # ------------------------------------------------------------------ published vectors
@@ -146,7 +157,7 @@ def test_replayed_signature_is_refused(
         mfa.verify(ALICE, Action.KEY_ADMIN, _request(headers))
     assert caught.value.code == "mfa_replayed"
     # On another node too: the nonce is in the shared database.
-    other_node = OfficerMfa(engine, mfa._policy)
+    other_node = OfficerMfa(engine, mfa._policy, authorities=lambda: OWN)
     with pytest.raises(OfficerMfaReplayed):
         other_node.verify(ALICE, Action.KEY_ADMIN, _request(headers))
 
@@ -174,12 +185,103 @@ def test_signature_by_another_officers_key(mfa: OfficerMfa, officers: dict[str, 
         mfa.verify(ALICE, Action.KEY_ADMIN, _request(claimed))
 
 
+# ------------------------------------------------------------------ the vault it was for
+def test_signed_for_another_vault_is_refused(mfa: OfficerMfa, officers: dict[str, Officer]) -> None:
+    # Alice signed for staging, where the same identity and key are registered; a staging
+    # operator (or a request log) sends it here in the window. Its nonce is new here.
+    headers = officers[ALICE].headers(authority=STAGING)
+    with pytest.raises(OfficerMfaInvalid, match=f"signed for {STAGING}, which is not") as caught:
+        mfa.verify(ALICE, Action.KEY_ADMIN, _request(headers))
+    assert caught.value.code == "mfa_invalid"
+    # Rewriting the Host header to this vault's breaks the signature.
+    with pytest.raises(OfficerMfaInvalid, match="does not verify"):
+        mfa.verify(ALICE, Action.KEY_ADMIN, _request({**headers, "host": HOST}))
+    # Not a name of this vault's, whatever the port.
+    for host in (f"{STAGING}:8443", "vault.example.evil", "10.0.0.8", "[2001:db8::8]:8443"):
+        with pytest.raises(OfficerMfaInvalid, match="not this vault"):
+            mfa.verify(ALICE, Action.KEY_ADMIN, _request(officers[ALICE].headers(authority=host)))
+
+
+def test_signature_without_the_authority_is_refused(
+    mfa: OfficerMfa, officers: dict[str, Officer]
+) -> None:
+    # Genuinely signed, by the profile before @authority was covered (an old CLI).
+    old = ("@method", "@path", "@query", "content-digest")
+    digest = content_digest(BODY)
+    names = " ".join(f'"{c}"' for c in old)
+    params = (
+        f"({names});"
+        f'created={int(time.time())};nonce="{secrets.token_urlsafe(18)}";'
+        f'keyid="{officers[ALICE].keyid}";alg="ecdsa-p256-sha256";tag="cofre-officer-mfa"'
+    )
+    base = signature_base(list(zip(old, ("POST", PATH, "?", digest), strict=True)), params)
+    headers = {
+        "host": HOST,
+        "content-digest": digest,
+        "signature-input": f"cofre={params}",
+        "signature": f"cofre=:{base64.b64encode(officers[ALICE].sign(base)).decode()}:",
+    }
+    with pytest.raises(OfficerMfaInvalid, match="@authority"):
+        mfa.verify(ALICE, Action.KEY_ADMIN, _request(headers))
+    # Without a Host header at all, nothing says which vault it was for.
+    signed = officers[ALICE].headers()
+    with pytest.raises(OfficerMfaInvalid, match="Host"):
+        mfa.verify(
+            ALICE, Action.KEY_ADMIN, _request({k: v for k, v in signed.items() if k != "host"})
+        )
+
+
+@pytest.mark.parametrize(
+    ("sent", "signed"),
+    [
+        ("vault.example", "vault.example"),
+        ("vault.example:8443", "vault.example:8443"),
+        # Another port of a name of ours: the port is signed, not compared (a load
+        # balancer's 443 in front of the node's 8443).
+        ("vault.example:9443", "vault.example:9443"),
+        # RFC 9421 2.2.3: the host lower-case, the default port omitted, on both sides.
+        ("VAULT.Example:443", "vault.example"),
+        ("10.0.0.7:8443", "10.0.0.7:8443"),
+        ("[2001:DB8:0::7]:8443", "[2001:db8:0::7]:8443"),
+    ],
+)
+def test_the_vaults_own_authorities_pass(
+    mfa: OfficerMfa, officers: dict[str, Officer], sent: str, signed: str
+) -> None:
+    headers = officers[ALICE].headers(authority=signed)
+    request = _request({**headers, "host": sent})
+    assert mfa.verify(ALICE, Action.KEY_ADMIN, request) == officers[ALICE].keyid
+
+
+def test_the_vaults_names_are_its_certificates(tmp_path: Path) -> None:
+    pki = ensure_dev_pki(tmp_path / "pki")
+    # The dev server certificate names localhost and 127.0.0.1 (api/pki.py).
+    assert server_names(pki.server_cert.read_bytes()) == {"localhost", "127.0.0.1"}
+    names = own_authorities(pki.server_cert)
+    assert names() == {"localhost", "127.0.0.1"}
+    # No certificate, or one that cannot be read: no name, every signature refused.
+    assert own_authorities(None)() == frozenset()
+    assert own_authorities(tmp_path / "absent.pem")() == frozenset()
+    (tmp_path / "garbage.pem").write_text("not a certificate")
+    assert own_authorities(tmp_path / "garbage.pem")() == frozenset()
+
+
+def test_a_wildcard_name_is_not_honoured(
+    engine: Engine, mfa: OfficerMfa, officers: dict[str, Officer]
+) -> None:
+    # *.vault.example would name the staging vault as well as this one.
+    wildcard = OfficerMfa(engine, mfa._policy, authorities=lambda: frozenset({"*.vault.example"}))
+    headers = officers[ALICE].headers(authority=STAGING)
+    with pytest.raises(OfficerMfaInvalid, match="not this vault"):
+        wildcard.verify(ALICE, Action.KEY_ADMIN, _request(headers))
+
+
 def test_stale_or_future_signatures(
     engine: Engine, mfa: OfficerMfa, officers: dict[str, Officer]
 ) -> None:
     # The vault's clock is fixed here: the window is judged on it, not on the wall clock.
     now = 1_800_000_000
-    fixed = OfficerMfa(engine, mfa._policy, clock=lambda: float(now))
+    fixed = OfficerMfa(engine, mfa._policy, authorities=lambda: OWN, clock=lambda: float(now))
     for skew in (-301, 301):
         headers = officers[ALICE].headers(created=now + skew)
         with pytest.raises(OfficerMfaInvalid, match="created"):
