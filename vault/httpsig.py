@@ -64,9 +64,9 @@ _DIGEST: Final = re.compile(r"^sha-256=:(?P<value>[A-Za-z0-9+/=]{44}):$")
 # An authority (RFC 3986 3.2.2, 3.2.3) as Cofre's vaults are named: a DNS name or IPv4
 # address, or an IPv6 address in brackets, then an optional port. No userinfo, no
 # percent-encoding, no IPvFuture: a Host header holding one is refused, not interpreted.
-_AUTHORITY: Final = re.compile(
-    r"^(?P<host>[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]{2,45}\])"
-    r"(?::(?P<port>[0-9]{1,5}))?$"
+_AUTHORITY: Final = re.compile(  # fullmatch: "$" would let a trailing newline through
+    r"(?P<host>[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]{2,45}\])"
+    r"(?::(?P<port>[0-9]{1,5}))?"
 )
 _DEFAULT_PORT: Final = "443"  # https: Cofre's listeners speak nothing else
 
@@ -136,7 +136,7 @@ def normalize_authority(authority: str) -> str:
     """`authority` (a ``Host`` header value) as RFC 9421 2.2.3 covers it: the host
     lower-case, the default port (443) omitted. Raises `OfficerMfaInvalid` when it is not
     a plain ``host[:port]``."""
-    parsed = _AUTHORITY.match(authority.lower())
+    parsed = _AUTHORITY.fullmatch(authority.lower())
     if parsed is None:
         raise OfficerMfaInvalid("the Host header is missing or not a plain host[:port]")
     port = parsed["port"]

@@ -223,6 +223,11 @@ def test_signature_without_the_authority_is_refused(
     }
     with pytest.raises(OfficerMfaInvalid, match="@authority"):
         mfa.verify(ALICE, Action.KEY_ADMIN, _request(headers))
+    # A Host that is not a plain host[:port] is refused, not interpreted.
+    for host in ("vault.example\n", "user@vault.example", "vault.example:84:43", "[fe80::1%25e]"):
+        signed = officers[ALICE].headers()
+        with pytest.raises(OfficerMfaInvalid, match="Host"):
+            mfa.verify(ALICE, Action.KEY_ADMIN, _request({**signed, "host": host}))
     # Without a Host header at all, nothing says which vault it was for.
     signed = officers[ALICE].headers()
     with pytest.raises(OfficerMfaInvalid, match="Host"):
