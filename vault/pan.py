@@ -17,7 +17,8 @@ from vault.errors import InvalidPan
 
 MIN_LENGTH: Final = 12
 MAX_LENGTH: Final = 19
-_ASCII_DIGITS: Final = frozenset("0123456789")
+# d -> 2d, less 9 when over 9: the Luhn doubling of a digit, as characters.
+_DOUBLED: Final = str.maketrans("0123456789", "0246813579")
 # The normaliser strips only the two separators people and card readers actually print.
 _SEPARATORS: Final = str.maketrans("", "", " -")
 
@@ -34,16 +35,12 @@ def luhn_valid(digits: str) -> bool:
 
 def luhn_sum(digits: str) -> int:
     """Return the Luhn sum of ASCII `digits`, check digit included (valid iff ``% 10 == 0``)."""
-    total = 0
-    # Double every second digit counting from the right, the check digit being first.
-    for position, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if position % 2 == 1:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total
+    # Every second digit from the right (the check digit is first) doubled, less 9 when
+    # over 9: done by a table on the digit characters, then the digits summed as bytes.
+    # A loop over the characters was ~6% of a batch's CPU (issue 21); the same sums
+    # (tests/vault/test_pan.py checks them against the loop).
+    chars = (digits[-1::-2] + digits[-2::-2].translate(_DOUBLED)).encode("ascii")
+    return sum(chars) - 48 * len(chars)
 
 
 def luhn_check_digit(payload: str) -> str:
@@ -52,9 +49,11 @@ def luhn_check_digit(payload: str) -> str:
 
 
 def _is_ascii_digits(text: str) -> bool:
-    # str.isdigit() accepts full-width and Arabic-Indic digits, and superscripts; a PAN
-    # must be exactly the ten ASCII code points.
-    return bool(text) and all(char in _ASCII_DIGITS for char in text)
+    # str.isdigit() alone accepts full-width and Arabic-Indic digits, and superscripts;
+    # a PAN must be exactly the ten ASCII code points, the only ASCII ones it accepts
+    # (a test pins it over every code point). A loop over the characters was ~3% of a
+    # batch's CPU (issue 21).
+    return text.isascii() and text.isdigit()
 
 
 class Pan:

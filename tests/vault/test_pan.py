@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 
 from cofre.errors import CofreError
 from policies.formats import MIN_CANDIDATES
-from vault.pan import MAX_LENGTH, MIN_LENGTH, InvalidPan, Pan, luhn_check_digit, luhn_valid
+from vault.pan import (
+    MAX_LENGTH,
+    MIN_LENGTH,
+    InvalidPan,
+    Pan,
+    luhn_check_digit,
+    luhn_sum,
+    luhn_valid,
+)
 
 VISA = "4111111111111111"
 
@@ -144,6 +152,33 @@ def _luhn_reference(digits: str) -> bool:
 @given(st.text(alphabet="0123456789", min_size=2, max_size=40))
 def test_luhn_matches_reference(digits: str) -> None:
     assert luhn_valid(digits) == _luhn_reference(digits)
+
+
+@given(st.text(alphabet="0123456789", min_size=1, max_size=40))
+def test_luhn_sum_is_the_sum_of_the_doubled_and_plain_digits(digits: str) -> None:
+    # The sum itself, not only its validity: token candidates are made from it.
+    doubled = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9]
+    reference = sum(
+        doubled[int(char)] if position % 2 else int(char)
+        for position, char in enumerate(reversed(digits))
+    )
+    assert luhn_sum(digits) == reference
+
+
+def test_only_the_ten_ascii_digits_make_a_pan() -> None:
+    # Every code point that is ASCII or that Python counts as a digit or a number: only
+    # 0-9 pass (full-width, Arabic-Indic, superscript and other digits are refused).
+    for code in range(0x110000):
+        char = chr(code)
+        if not (code < 128 or char.isdigit() or char.isnumeric()):
+            continue
+        text = "411111111111111" + char
+        if char in "0123456789":
+            assert Pan(text).reveal() == text
+            continue
+        with pytest.raises(InvalidPan):
+            Pan(text)
+        assert not luhn_valid("41111111111111" + char + "1")
 
 
 @given(st.text(alphabet="0123456789", min_size=1, max_size=30))
