@@ -56,30 +56,44 @@ def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(by_alias=True), media_type="application/json")
 
 
+def _token_fields(record: TokenRecord) -> dict[str, object]:
+    """`record` as `TokenResponse`'s fields."""
+    return {
+        "token": record.token,
+        "token_id": record.token_id,
+        "format": record.format,
+        "created_at": record.created_at,
+        "expires_at": record.expires_at,
+        "metadata": dict(record.metadata),
+        "existing": record.existing,
+    }
+
+
 def _token_response(record: TokenRecord) -> TokenResponse:
-    return TokenResponse(
-        token=record.token,
-        token_id=record.token_id,
-        format=record.format,
-        created_at=record.created_at,
-        expires_at=record.expires_at,
-        metadata=dict(record.metadata),
-        existing=record.existing,
-    )
+    return TokenResponse.model_validate(_token_fields(record))
+
+
+def _detokenized_fields(revealed: Revealed) -> dict[str, object]:
+    """`revealed` as `DetokenizeResponse`'s fields: the PAN in full only when the vault
+    revealed it (`Revealed.pan`), else its masked form."""
+    if revealed.pan is not None:
+        return {
+            "token": revealed.token,
+            "pan": revealed.pan.reveal(),
+            "reveal": "full",
+            "expiry": revealed.expiry,
+            "cardholder_name": revealed.cardholder_name,
+        }
+    return {
+        "token": revealed.token,
+        "pan": revealed.masked,
+        "reveal": "masked",
+        "expiry": revealed.expiry,
+    }
 
 
 def _detokenized(revealed: Revealed) -> DetokenizeResponse:
-    if revealed.pan is not None:
-        return DetokenizeResponse(
-            token=revealed.token,
-            pan=revealed.pan.reveal(),
-            reveal="full",
-            expiry=revealed.expiry,
-            cardholder_name=revealed.cardholder_name,
-        )
-    return DetokenizeResponse(
-        token=revealed.token, pan=revealed.masked, reveal="masked", expiry=revealed.expiry
-    )
+    return DetokenizeResponse.model_validate(_detokenized_fields(revealed))
 
 
 def _service_request(item: TokenizeRequest, pan: Pan) -> ServiceTokenizeRequest:
@@ -107,16 +121,12 @@ async def tokenize(body: TokenizeRequest, http: Request) -> Response:
 
 
 @router.post("/v1/tokenize/batch", response_model=TokenizeBatchResponse, tags=["tokens"])
-async def tokenize_batch(
-    body: TokenizeBatchRequest, caller: Caller, state: State
-) -> TokenizeBatchResponse:
+async def tokenize_batch(body: TokenizeBatchRequest, caller: Caller, state: State) -> Response:
     """Tokenize up to 1,000 PANs, all or nothing; results in request order."""
     return await in_thread(_tokenize_batch, body, caller, state)
 
 
-def _tokenize_batch(
-    body: TokenizeBatchRequest, caller: Caller, state: State
-) -> TokenizeBatchResponse:
+def _tokenize_batch(body: TokenizeBatchRequest, caller: Caller, state: State) -> Response:
     requests = []
     for index, item in enumerate(body.items):
         try:
@@ -124,7 +134,11 @@ def _tokenize_batch(
         except CofreError as exc:
             raise BatchItemInvalid(index, exc.code, str(exc)) from None
     records = state.service.tokenize_batch(caller, requests)
-    return TokenizeBatchResponse(results=[_token_response(r) for r in records])
+    # Validated in one call from the fields, and answered as its JSON here: a model per
+    # item, then FastAPI's second validation and its encoding on the event loop, were
+    # ~13 ms of CPU per 1,000 items against ~3 (issue 21).
+    answer = {"results": [_token_fields(r) for r in records]}
+    return _json(TokenizeBatchResponse.model_validate(answer))
 
 
 @router.post("/v1/detokenize", response_model=DetokenizeResponse, tags=["tokens"])
@@ -136,12 +150,16 @@ async def detokenize(body: DetokenizeRequest, http: Request) -> Response:
 
 
 @router.post("/v1/detokenize/batch", response_model=DetokenizeBatchResponse, tags=["tokens"])
-async def detokenize_batch(
-    body: DetokenizeBatchRequest, caller: Caller, state: State
-) -> DetokenizeBatchResponse:
+async def detokenize_batch(body: DetokenizeBatchRequest, caller: Caller, state: State) -> Response:
     """Detokenize up to 1,000 tokens, all or nothing; results in request order."""
-    revealed = await in_thread(state.service.detokenize_batch, caller, body.tokens)
-    return DetokenizeBatchResponse(results=[_detokenized(r) for r in revealed])
+    return await in_thread(_detokenize_batch, body, caller, state)
+
+
+def _detokenize_batch(body: DetokenizeBatchRequest, caller: Caller, state: State) -> Response:
+    revealed = state.service.detokenize_batch(caller, body.tokens)
+    # As `_tokenize_batch` answers.
+    answer = {"results": [_detokenized_fields(r) for r in revealed]}
+    return _json(DetokenizeBatchResponse.model_validate(answer))
 
 
 @router.post("/v1/detokenize-masked", response_model=MaskedResponse, tags=["tokens"])
