@@ -66,6 +66,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "api_error": (503, "This node cannot serve that"),
     "token_space_exhausted": (409, "No free token left for this BIN and last four"),
     "token_expired": (410, "The token has expired"),
+    "token_deleted": (410, "The token was deleted"),
     "payload_too_large": (413, "The request body is too large"),
     "unsupported_media_type": (415, "Send application/json"),
     "rate_limited": (429, "Rate limit exceeded"),

@@ -9,6 +9,7 @@ and kind, or by the masked form.
         ├── FPEError                (also ValueError)  code invalid_fpe_input
         ├── TokenNotFound                              code token_not_found
         ├── TokenExpired                               code token_expired
+        ├── TokenDeleted                               code token_deleted
         ├── TokenSpaceExhausted                        code token_space_exhausted
         ├── FormatNotApplicable                        code format_not_applicable
         ├── IntegrityError                             code integrity_error
@@ -87,6 +88,12 @@ class TokenNotFound(VaultError):
 
 class TokenExpired(VaultError):
     code = "token_expired"
+
+
+class TokenDeleted(VaultError):
+    """An idempotency key's token was deleted: a retry with the key is not answered it."""
+
+    code = "token_deleted"
 
 
 class TokenSpaceExhausted(VaultError):

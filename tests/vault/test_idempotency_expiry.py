@@ -21,7 +21,7 @@ from policies.engine import PolicyEngine
 from policies.loader import parse_policy
 from tests.support.pans import card_number
 from tests.vault.conftest import LEDGER, PAYMENTS, TEST_POLICY
-from vault.errors import BatchItemInvalid, TokenExpired
+from vault.errors import BatchItemInvalid, TokenDeleted, TokenExpired
 from vault.pan import Pan
 from vault.service import TokenizeRequest, VaultService
 
@@ -90,3 +90,55 @@ def test_a_retry_with_the_key_of_a_live_token_still_answers_it(
     clock.now += timedelta(seconds=30)
     again = vault.tokenize(PAYMENTS, request)
     assert (again.token, again.existing) == (first.token, True)
+
+
+@pytest.mark.parametrize("token_format", ["card_random", "pan_bin6_last4"])
+def test_the_key_of_an_expired_token_still_says_expired_after_the_purge(
+    vault: VaultService, clock: Clock, token_format: str
+) -> None:
+    # The purge shreds an expired token (its fingerprint goes with the ciphertext): the
+    # retry could no longer be matched to its card and was answered 409 "used for
+    # another PAN", for good.
+    card = card_number("400000", 881_004 if token_format == "card_random" else 881_005)
+    key = f"order-purged-{token_format}"
+    vault.tokenize(
+        PAYMENTS,
+        TokenizeRequest(pan=Pan(card), format=token_format, idempotency_key=key, ttl_seconds=60),
+    )
+    clock.now += timedelta(seconds=120)
+    assert vault.purge_expired() >= 1
+
+    with pytest.raises(TokenExpired):
+        vault.tokenize(
+            PAYMENTS, TokenizeRequest(pan=Pan(card), format=token_format, idempotency_key=key)
+        )
+    with pytest.raises(BatchItemInvalid) as refused:
+        vault.tokenize_batch(
+            PAYMENTS,
+            [TokenizeRequest(pan=Pan(card), format=token_format, idempotency_key=key)],
+        )
+    assert (refused.value.index, refused.value.item_code) == (0, "token_expired")
+
+
+@pytest.mark.parametrize("token_format", ["card_random", "pan_bin6_last4"])
+def test_the_key_of_a_deleted_token_says_deleted(vault: VaultService, token_format: str) -> None:
+    # Deleting shreds the token: a retry with its key met a row without a fingerprint
+    # and was answered 409 "used for another PAN" whatever card it sent, for good.
+    card = card_number("400000", 881_006 if token_format == "card_random" else 881_007)
+    key = f"order-deleted-{token_format}"
+    first = vault.tokenize(
+        PAYMENTS, TokenizeRequest(pan=Pan(card), format=token_format, idempotency_key=key)
+    )
+    assert vault.delete(PAYMENTS, first.token)
+
+    for sent in (card, card_number("400000", 881_008)):  # the card, or any other
+        with pytest.raises(TokenDeleted):
+            vault.tokenize(
+                PAYMENTS, TokenizeRequest(pan=Pan(sent), format=token_format, idempotency_key=key)
+            )
+    with pytest.raises(BatchItemInvalid) as refused:
+        vault.tokenize_batch(
+            PAYMENTS,
+            [TokenizeRequest(pan=Pan(card), format=token_format, idempotency_key=key)],
+        )
+    assert (refused.value.index, refused.value.item_code) == (0, "token_deleted")

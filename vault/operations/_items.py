@@ -19,7 +19,9 @@ from policies.formats import (
     may_converge,
 )
 from vault.card import CardBundle
+from vault.errors import TokenDeleted, TokenExpired
 from vault.models import CallContext, TokenizeRequest, TokenRecord
+from vault.storage.database import as_utc
 
 if TYPE_CHECKING:
     from sqlalchemy import Row
@@ -107,3 +109,13 @@ class _Answers:
         """Item `index` gets what item `earlier` got; its audit result is `result`."""
         self.same_as[index] = (earlier, result)
         self.how[index] = result
+
+
+def gone(row: Any) -> TokenExpired | TokenDeleted:
+    """Why a shredded token (`row`) is not answered to its idempotency key: the purge
+    shreds it once expired, a delete at any time. Its fingerprint went with it, so the
+    retry's card cannot be matched (it was answered 409 "another PAN", for good)."""
+    ends, shredded = as_utc(row.expires_at), as_utc(row.deleted_at)
+    if ends is not None and shredded is not None and ends <= shredded:
+        return TokenExpired("this idempotency key's token has expired: use a new key")
+    return TokenDeleted("this idempotency key's token was deleted: use a new key")

@@ -30,6 +30,7 @@ from vault.errors import (
     BatchItemInvalid,
     IdempotencyConflict,
     OracleSuspected,
+    TokenDeleted,
     TokenExpired,
     TokenSpaceExhausted,
     VaultError,
@@ -38,7 +39,7 @@ from vault.keyring import KeyPurpose, pan_aad
 from vault.models import MAX_BATCH, CallContext, Pending, TokenizeRequest, TokenRecord
 from vault.operations._checks import TokenizeChecks
 from vault.operations._inputs import expiry
-from vault.operations._items import _Answers, _Call, _Item
+from vault.operations._items import _Answers, _Call, _Item, gone
 from vault.operations._statements import (
     _HELD,
     _convergent_records,
@@ -259,7 +260,7 @@ class TokenizeOperations(TokenizeChecks):
                         batch=batch,
                     )
                 self._answer_by_key(scratch, index, items, by_key, batch=batch)
-        except (IdempotencyConflict, TokenExpired, BatchItemInvalid) as exc:
+        except (IdempotencyConflict, TokenExpired, TokenDeleted, BatchItemInvalid) as exc:
             return exc
         return None
 
@@ -380,6 +381,8 @@ class TokenizeOperations(TokenizeChecks):
         if key is None:
             return False
         previous = by_key.get(key)
+        if previous is not None and previous.deleted_at is not None:  # no card left to match
+            raise self._item_error(gone(previous), index, batch=batch)
         earlier = answers.first_with_key.setdefault(key, index)
         if previous is not None:
             same = previous.fingerprint in item.known_fps and previous.format == item.request.format
