@@ -11,9 +11,9 @@ Each read from a client, and its TLS handshake, times out (`READ_TIMEOUT`) and c
 connection, so clients that connect and go silent cannot hold the listener's threads; the
 handshake runs in the connection's thread, so they cannot stop the accepting one either.
 At most `MAX_CONNECTIONS` connections are handled at once, and `MAX_PER_ADDRESS` from one
-IP address: a connection over either is closed unanswered, with no thread started, and
-counted (`cofre_witness_connections_refused_total`), so clients that open connections by
-the thousand cannot have a thread each and exhaust the process.
+IP address (IPv6 by its /64): a connection over either is closed unanswered, with no
+thread started, and counted (`cofre_witness_connections_refused_total`), so clients that
+open connections by the thousand cannot have a thread each and exhaust the process.
 Configuration is files only (`WitnessConfig`): the Ed25519 key is read from a file,
 never from the command line.
 """
@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Final
 from audit.errors import NoteError
 from audit.note import CosignerKey, VerifierKey
 from cofre.filemodes import refuse_readable_secrets
+from cofre.origins import address_key
 from witness.core import MAX_BODY, Witness
 from witness.errors import CheckpointConflict, RequestMalformed, WitnessError
 from witness.state import WitnessState
@@ -105,7 +106,10 @@ class _ConnectionLimit:
         self._refusing = False  # whether the last connection was refused (logged once)
 
     def admit(self, address: str) -> str | None:
-        """Count a connection from `address` in, or return the limit that refuses it."""
+        """Count a connection from `address` in, or return the limit that refuses it. An
+        IPv6 address counts by its /64 (`address_key`, as the vault's listeners count
+        one): a host holds a whole /64, and a count per address gave it 2^64 budgets."""
+        address = address_key(address)
         with self._lock:
             if self._open >= self.total:
                 limit = "max_connections"
@@ -123,6 +127,7 @@ class _ConnectionLimit:
         return limit
 
     def release(self, address: str) -> None:
+        address = address_key(address)
         with self._lock:
             self._open -= 1
             self._by_address[address] -= 1

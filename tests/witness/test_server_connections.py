@@ -18,7 +18,7 @@ import pytest
 
 from api.pki import ensure_dev_pki
 from tests.witness.test_server_timeout import _config
-from witness.server import MAX_CONNECTIONS, MAX_PER_ADDRESS, WitnessServer
+from witness.server import MAX_CONNECTIONS, MAX_PER_ADDRESS, WitnessServer, _ConnectionLimit
 
 # How long the test waits on the server; far below the read timeout the servers here
 # are given, so that a connection closed within it was refused, not timed out.
@@ -174,3 +174,21 @@ def test_a_failed_tls_handshake_gives_its_place_back(tmp_path: Path) -> None:
         assert answer.status_code == 200
     finally:
         running.stop()
+
+
+def test_an_ipv6_host_counts_as_its_64_not_per_address() -> None:
+    # A host is given a whole /64: counted per address, one client stepping through its
+    # addresses had a budget per address and took every place (as review 28 found for
+    # the capture listener, whose rule this is).
+    limit = _ConnectionLimit(total=64, per_address=2)
+    assert limit.admit("2001:db8:0:7::1") is None
+    assert limit.admit("2001:db8:0:7::2") is None
+    assert limit.admit("2001:db8:0:7:ffff::3") == "max_per_address"
+    assert limit.admit("2001:db8:0:8::1") is None  # the next /64: another host
+    # An IPv4 address mapped into IPv6 is that IPv4 address.
+    assert limit.admit("192.0.2.7") is None
+    assert limit.admit("::ffff:192.0.2.7") is None
+    assert limit.admit("192.0.2.7") == "max_per_address"
+    limit.release("2001:db8:0:7::2")  # released under the key it was counted under
+    assert limit.admit("2001:db8:0:7::9") is None
+    assert limit.counts()[0] == 5
