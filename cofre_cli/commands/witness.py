@@ -67,6 +67,22 @@ def witness_serve(
     port: Annotated[int, typer.Option(envvar="COFRE_WITNESS_PORT")] = 7380,
     tls_cert: Annotated[Path | None, typer.Option(envvar="COFRE_WITNESS_TLS_CERT")] = None,
     tls_key: Annotated[Path | None, typer.Option(envvar="COFRE_WITNESS_TLS_KEY")] = None,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            envvar="COFRE_WITNESS_MAX_CONNECTIONS",
+            min=1,
+            help="Connections handled at once; more are closed unanswered.",
+        ),
+    ] = 64,
+    max_per_address: Annotated[
+        int,
+        typer.Option(
+            envvar="COFRE_WITNESS_MAX_PER_ADDRESS",
+            min=1,
+            help="Connections handled at once from one IP address (IPv6: one /64).",
+        ),
+    ] = 16,
 ) -> None:
     """Serve add-checkpoint (c2sp.org/tlog-witness) until SIGTERM or Ctrl-C."""
     import logging
@@ -77,7 +93,9 @@ def witness_serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         server = WitnessServer(
-            WitnessConfig(key_file, state, logs, host, port, tls_cert=tls_cert, tls_key=tls_key)
+            WitnessConfig(key_file, state, logs, host, port, tls_cert=tls_cert, tls_key=tls_key),
+            max_connections=max_connections,
+            max_per_address=max_per_address,
         )
     except (OSError, NoteError) as exc:
         typer.echo(f"error: {exc}", err=True)

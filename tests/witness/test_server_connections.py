@@ -17,6 +17,8 @@ import httpx
 import pytest
 
 from api.pki import ensure_dev_pki
+from tests.support.vectors import c2sp_notes
+from tests.support.witness_process import WitnessProcess
 from tests.witness.test_server_timeout import _config
 from witness.server import MAX_CONNECTIONS, MAX_PER_ADDRESS, WitnessServer, _ConnectionLimit
 
@@ -192,3 +194,23 @@ def test_an_ipv6_host_counts_as_its_64_not_per_address() -> None:
     limit.release("2001:db8:0:7::2")  # released under the key it was counted under
     assert limit.admit("2001:db8:0:7::9") is None
     assert limit.counts()[0] == 5
+
+
+def test_the_caps_are_set_on_the_command_line(tmp_path: Path) -> None:
+    log_vkey = c2sp_notes()["witness"]["log_vkey"]
+    # An operator behind a NAT of many publishers, or one with a single monitor, sets
+    # them without code (`cofre witness serve --max-per-address`, or its environment
+    # variable); the defaults are the module's.
+    assert (MAX_CONNECTIONS, MAX_PER_ADDRESS) == (64, 16)  # the CLI's defaults repeat them
+    process = WitnessProcess(tmp_path, [log_vkey], extra_args=["--max-per-address", "1"])
+    process.start()
+    try:
+        port = int(process.url.rsplit(":", 1)[1].split("/", 1)[0])
+        held = socket.create_connection(("127.0.0.1", port), timeout=GUARD)
+        try:
+            second = socket.create_connection(("127.0.0.1", port), timeout=GUARD)
+            assert _refused(second)  # the second from this address: closed at once
+        finally:
+            held.close()
+    finally:
+        process.stop()
