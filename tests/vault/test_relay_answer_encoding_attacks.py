@@ -62,3 +62,28 @@ def test_an_echo_in_utf16_text_hands_back_no_code_nor_name(
     assert not shows_code(text, CODE), text
     assert "ANA SOUZA" not in text.upper(), text
     assert PAN not in text
+
+
+@pytest.mark.parametrize("where", ["value", "key"])
+def test_an_echo_with_nuls_inside_json_strings_hands_back_no_code_nor_name(
+    relay: VaultService, acquirer: FakeAcquirer, where: str
+) -> None:
+    """The same echo as JSON whose strings carry the NULs (``\\u0000`` escapes, as a
+    service that copied UTF-16 text into its JSON error writes them): the strings are
+    parsed with a NUL between each character, and the withholding matched whole runs."""
+    token = _card(relay)
+
+    def echo(body: dict[str, object]) -> tuple[int, object]:
+        card = body["card"]
+        assert isinstance(card, dict)
+        code, name = card.get("security_code"), str(card.get("cardholder_name", "")).upper()
+        spread = "\x00".join(f"cvv {code} mismatch for {name}")
+        if where == "key":
+            return 402, {"status": "DECLINED", spread: True}
+        return 402, {"status": "DECLINED", "reason": spread}
+
+    acquirer.answer = echo
+    answer = relay.relay(GETNET, "getnet-authorize", _body(token))
+    text = json.dumps(answer.body, ensure_ascii=False).replace("\x00", "").replace("\\u0000", "")
+    assert not shows_code(text, CODE), text
+    assert "ANA SOUZA" not in text.upper(), text
