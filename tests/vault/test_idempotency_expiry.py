@@ -21,7 +21,7 @@ from policies.engine import PolicyEngine
 from policies.loader import parse_policy
 from tests.support.pans import card_number
 from tests.vault.conftest import LEDGER, PAYMENTS, TEST_POLICY
-from vault.errors import BatchItemInvalid, TokenDeleted, TokenExpired
+from vault.errors import BatchItemInvalid, TokenDeleted, TokenExpired, VaultError
 from vault.pan import Pan
 from vault.service import TokenizeRequest, VaultService
 
@@ -52,6 +52,18 @@ def vault(engine: Engine, hsm_provider: HSMProvider, clock: Clock) -> Iterator[V
     service.close()
 
 
+def _retry_is_refused(
+    vault: VaultService, card: str, token_format: str, key: str, error: type[VaultError]
+) -> None:
+    """A retry with `key` raises `error` alone, and in a batch is its item's code."""
+    request = TokenizeRequest(pan=Pan(card), format=token_format, idempotency_key=key)
+    with pytest.raises(error):
+        vault.tokenize(PAYMENTS, request)
+    with pytest.raises(BatchItemInvalid) as refused:
+        vault.tokenize_batch(PAYMENTS, [request])
+    assert (refused.value.index, refused.value.item_code) == (0, error.code)
+
+
 @pytest.mark.parametrize("token_format", ["card_random", "pan_bin6_last4"])
 def test_a_retry_with_the_key_of_an_expired_token_is_not_answered_that_token(
     vault: VaultService, clock: Clock, token_format: str
@@ -66,17 +78,7 @@ def test_a_retry_with_the_key_of_an_expired_token_is_not_answered_that_token(
     with pytest.raises(TokenExpired):
         vault.detokenize(LEDGER, first.token)
 
-    with pytest.raises(TokenExpired):
-        vault.tokenize(
-            PAYMENTS,
-            TokenizeRequest(pan=Pan(card), format=token_format, idempotency_key=key),
-        )
-    with pytest.raises(BatchItemInvalid) as refused:
-        vault.tokenize_batch(
-            PAYMENTS,
-            [TokenizeRequest(pan=Pan(card), format=token_format, idempotency_key=key)],
-        )
-    assert (refused.value.index, refused.value.item_code) == (0, "token_expired")
+    _retry_is_refused(vault, card, token_format, key, TokenExpired)
 
 
 def test_a_retry_with_the_key_of_a_live_token_still_answers_it(
@@ -108,16 +110,7 @@ def test_the_key_of_an_expired_token_still_says_expired_after_the_purge(
     clock.now += timedelta(seconds=120)
     assert vault.purge_expired() >= 1
 
-    with pytest.raises(TokenExpired):
-        vault.tokenize(
-            PAYMENTS, TokenizeRequest(pan=Pan(card), format=token_format, idempotency_key=key)
-        )
-    with pytest.raises(BatchItemInvalid) as refused:
-        vault.tokenize_batch(
-            PAYMENTS,
-            [TokenizeRequest(pan=Pan(card), format=token_format, idempotency_key=key)],
-        )
-    assert (refused.value.index, refused.value.item_code) == (0, "token_expired")
+    _retry_is_refused(vault, card, token_format, key, TokenExpired)
 
 
 @pytest.mark.parametrize("token_format", ["card_random", "pan_bin6_last4"])
@@ -132,13 +125,4 @@ def test_the_key_of_a_deleted_token_says_deleted(vault: VaultService, token_form
     assert vault.delete(PAYMENTS, first.token)
 
     for sent in (card, card_number("400000", 881_008)):  # the card, or any other
-        with pytest.raises(TokenDeleted):
-            vault.tokenize(
-                PAYMENTS, TokenizeRequest(pan=Pan(sent), format=token_format, idempotency_key=key)
-            )
-    with pytest.raises(BatchItemInvalid) as refused:
-        vault.tokenize_batch(
-            PAYMENTS,
-            [TokenizeRequest(pan=Pan(card), format=token_format, idempotency_key=key)],
-        )
-    assert (refused.value.index, refused.value.item_code) == (0, "token_deleted")
+        _retry_is_refused(vault, sent, token_format, key, TokenDeleted)
