@@ -35,18 +35,20 @@ def own_authorities(cert_file: Path | None) -> Callable[[], frozenset[str]]:
     requests for: read again when the file changes (a renewal, put in force by SIGHUP).
     No certificate configured, or one that cannot be read: no name, so every officer
     signature is refused (``mfa_invalid``), never accepted for any authority."""
-    cache: dict[tuple[int, int], frozenset[str]] = {}
+    # Keyed on the file's bytes, not its mtime and size: a renewal that keeps both (a
+    # copy that preserves times, two writes in one clock tick, a certificate of the same
+    # length) must not keep a dropped name. A few KiB read per officer request.
+    cache: dict[bytes, frozenset[str]] = {}
 
     def names() -> frozenset[str]:
         if cert_file is None:
             return frozenset()
         try:
-            stat = cert_file.stat()
-            version = (stat.st_mtime_ns, stat.st_size)
-            if version not in cache:
+            pem = cert_file.read_bytes()
+            if pem not in cache:
                 cache.clear()
-                cache[version] = server_names(cert_file.read_bytes())
-            return cache[version]
+                cache[pem] = server_names(pem)
+            return cache[pem]
         except (OSError, ValueError):
             return frozenset()
 

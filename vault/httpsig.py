@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -137,10 +138,22 @@ def normalize_authority(authority: str) -> str:
     lower-case, the default port (443) omitted. Raises `OfficerMfaInvalid` when it is not
     a plain ``host[:port]``."""
     parsed = _AUTHORITY.fullmatch(authority.lower())
-    if parsed is None:
+    if parsed is None or not _ip_literal(parsed["host"]):
         raise OfficerMfaInvalid("the Host header is missing or not a plain host[:port]")
     port = parsed["port"]
     return parsed["host"] if port in (None, _DEFAULT_PORT) else f"{parsed['host']}:{port}"
+
+
+def _ip_literal(host: str) -> bool:
+    """Whether `host` is not in brackets, or holds an IPv6 address there (RFC 3986 3.2.2:
+    ``[10.0.0.7]`` or ``[:::7]`` is no IP-literal, and is refused, not read as an IP)."""
+    if not host.startswith("["):
+        return True
+    try:
+        ipaddress.IPv6Address(host[1:-1])
+    except ValueError:
+        return False
+    return True
 
 
 def authority_host(authority: str) -> str:
