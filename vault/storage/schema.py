@@ -124,6 +124,9 @@ key_ceremonies = Table(
     Column("detail", Text, nullable=False, server_default=""),
     # The thumbprint of the MFA key that signed the proposal (None: not through the API).
     Column("proposer_keyid", String(64), nullable=True),
+    # The signed request that proposed it, as verified (`vault.approval_proof`): a
+    # proposal counts only while it verifies under the proposer's registered MFA key.
+    Column("proposer_proof", Text, nullable=True),
 )
 
 key_approvals = Table(
@@ -133,6 +136,7 @@ key_approvals = Table(
     Column("officer", String(255), primary_key=True),
     Column("approved_at", DateTime(timezone=True), nullable=False),
     Column("keyid", String(64), nullable=True),  # the approval's MFA key, as above
+    Column("proof", Text, nullable=True),  # the approval's signed request, as above
 )
 
 # Rate limits as GCRA (the generic cell rate algorithm): one "theoretical arrival time"

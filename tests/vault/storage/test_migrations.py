@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, inspect, text
 
 from vault.storage.database import create_database_engine, migrate
 from vault.storage.schema_version import MIGRATIONS
@@ -52,3 +52,40 @@ def test_0003_relabels_wrap_mechanisms_as_algorithms(engine: Engine) -> None:
         (2, "aes-kwp-rfc5649"),
         (3, "aes-kw-rfc3394"),
     ]
+
+
+def test_0013_adds_the_ceremony_proofs_and_keeps_the_rows(engine: Engine) -> None:
+    """Additive: the proofs of older rows are NULL (such an approval counts no more for an
+    officer with an MFA key: review appr), and a downgrade to 0012 drops the columns."""
+    _upgrade(engine, "0012")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO key_ceremonies (id, kind, state, proposer, created_at, "
+                "expires_at, proposer_keyid) VALUES ('c1', 'kek', 'pending', 'alice', "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 'k-alice')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO key_approvals (ceremony_id, officer, approved_at, keyid) "
+                "VALUES ('c1', 'bob', CURRENT_TIMESTAMP, 'k-bob')"
+            )
+        )
+    migrate(engine)
+    with engine.connect() as connection:
+        ceremony = connection.execute(
+            text("SELECT proposer_keyid, proposer_proof FROM key_ceremonies")
+        ).one()
+        approval = connection.execute(text("SELECT keyid, proof FROM key_approvals")).one()
+    assert tuple(ceremony) == ("k-alice", None)
+    assert tuple(approval) == ("k-bob", None)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0012")
+    with engine.connect() as connection:
+        columns = {c["name"] for c in inspect(connection).get_columns("key_approvals")}
+        assert "proof" not in columns
+        assert connection.execute(text("SELECT keyid FROM key_approvals")).scalar_one() == "k-bob"
