@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from api.dependencies import app_state, call_context
 from api.errors import ApiError
 from policies.models import Action
+from vault.approval_proof import SignedAction
 from vault.httpsig import HttpRequest
 
 
@@ -49,6 +50,9 @@ def require_officer_mfa(action: Action) -> Any:
         keyid = await run_in_threadpool(verifier.verify, caller.identity, action, signed)
         if keyid is not None:
             request.scope["state"]["mfa_keyid"] = keyid
+            # Stored with a ceremony's proposal or approval, verified again whenever its
+            # approvals are counted (`vault.approval_proof`).
+            request.scope["state"]["mfa_proof"] = SignedAction.of(signed)
 
     dependency: Callable[[Request], Awaitable[None]] = verify
     return Depends(dependency)

@@ -104,7 +104,7 @@ def _our_modules() -> list[ModuleType]:
 def test_errors_live_in_their_packages_errors_py() -> None:
     """Every `CofreError` is in its package's errors.py, where its tree is drawn; an
     exception class defined anywhere else is private (a signal that never leaves its
-    module, like `vault.rotation._SelfApproval`)."""
+    module, like `api.connections._HeadTooLarge`)."""
     misplaced = []
     for module in _our_modules():
         if module.__name__.rsplit(".", 1)[-1] == "errors":

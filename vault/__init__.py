@@ -8,6 +8,7 @@ leaves only through `Pan.reveal()`.
 # The public modules of this package (its rooms); a module whose name starts with
 # an underscore is internal. tests/test_exported_members.py pins this list.
 __all__ = [
+    "approval_proof",
     "audit_rotation",
     "capture",
     "card",

@@ -22,8 +22,9 @@ from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.models import Action
+from vault.approval_proof import approval_problem, proposal_problem
 from vault.ceremony import CeremonyState, RotationKind
-from vault.errors import CeremonyError
+from vault.errors import CeremonyError, CeremonyRefused
 from vault.httpsig import jwk_thumbprint
 from vault.key_registry import KeyRegistry
 from vault.storage.schema import key_approvals, key_ceremonies
@@ -60,21 +61,63 @@ def is_officer(policy: PolicyEngine, identity: str, keyid: str | None = None) ->
     return registered is not None and jwk_thumbprint(registered.encode()) == keyid
 
 
+def unproven(
+    policy: PolicyEngine, row: Row[Any], approvals: dict[str, str | None], *, unsigned: bool
+) -> list[str]:
+    """Which of ceremony `row`'s proposal and `approvals` (officer: stored proof) lack a
+    proof that the officer's token signed them, each with why (`vault.approval_proof`).
+    With `unsigned` (in-process callers in tests only), an officer the policy registers
+    no MFA key for needs none; the server's own wiring never sets it, and such an officer
+    cannot act through the API at all."""
+
+    def registered(officer: str) -> bytes | None:
+        rules = policy.policy.identities.get(officer)
+        key = None if rules is None else rules.mfa_public_key
+        return None if key is None else key.encode()
+
+    found = []
+    actions = [
+        ("proposal", row.proposer, row.proposer_proof),
+        *(("approval", officer, proof) for officer, proof in approvals.items()),
+    ]
+    for action, officer, proof in actions:
+        pem = registered(officer)
+        if pem is None:
+            problem = None if unsigned else "the policy registers no MFA key for them"
+        elif action == "proposal":
+            problem = proposal_problem(proof, pem, row.id, row.kind)
+        else:
+            problem = approval_problem(proof, pem, row.id)
+        if problem is not None:
+            found.append(f"the {action} by {officer}: {problem}")
+    return found
+
+
 def standing_approvals(
-    connection: Connection, policy: PolicyEngine, row: Row[Any], identity: str
+    connection: Connection,
+    policy: PolicyEngine,
+    row: Row[Any],
+    keys: ApprovalKeys,
+    *,
+    unsigned: bool = False,
 ) -> list[str] | None:
     """The other officers whose approvals of ceremony `row` count under `policy` before
-    `identity` approves it, or None when `identity` already did (it counts once). Only
-    officers the policy still grants key administration, with the MFA key that signed
+    `keys.officer` approves it, or None when that officer already did (it counts once).
+    Only officers the policy still grants key administration, with the MFA key that signed
     their action, count (review 38: one removed keeps no say). Raises `CeremonyError`
-    when the proposer no longer counts, or when `identity`'s approval was signed by a
-    key replaced since (the row stays: the vault's role may not delete approvals)."""
+    when the proposer no longer counts, or when the officer's approval was signed by a
+    key replaced since (the row stays: the vault's role may not delete approvals), and
+    `CeremonyRefused` when the proposal or a counted approval (this one included) has no
+    stored proof that the officer's token signed it for this ceremony (review appr: rows
+    written straight into the database)."""
+    identity = keys.officer
     given = connection.execute(
-        select(key_approvals.c.officer, key_approvals.c.keyid).where(
+        select(key_approvals.c.officer, key_approvals.c.keyid, key_approvals.c.proof).where(
             key_approvals.c.ceremony_id == row.id
         )
-    )
-    approvals: dict[str, str | None] = dict(given.all())
+    ).all()
+    approvals: dict[str, str | None] = {officer: keyid for officer, keyid, _ in given}
+    proofs: dict[str, str | None] = {officer: proof for officer, _, proof in given}
     if identity in approvals:
         if is_officer(policy, identity, approvals[identity]):
             return None
@@ -87,7 +130,21 @@ def standing_approvals(
             f"ceremony {row.id} was proposed by {row.proposer}, whom the policy no longer "
             "grants key administration, or with an MFA key it no longer registers: cancel it"
         )
-    return [a for a, keyid in approvals.items() if is_officer(policy, a, keyid)]
+    # Never the proposer's own (a row the vault refuses to write: review appr).
+    standing = [
+        a for a, keyid in approvals.items() if a != row.proposer and is_officer(policy, a, keyid)
+    ]
+    counted = {a: proofs[a] for a in standing} | {identity: keys.proof}
+    problems = unproven(policy, row, counted, unsigned=unsigned)
+    if problems:
+        reason = "; ".join(problems)
+        raise CeremonyRefused(
+            f"ceremony {row.id} counts only actions its officers' tokens signed for it, and "
+            f"these were not: {reason}. Cancel it, and find out how they got into the "
+            "database",
+            reason=f"not signed by the officer's token: {reason}",
+        )
+    return standing
 
 
 def refuse_a_second_run(connection: Connection, kind: RotationKind, ceremony_id: str) -> None:
@@ -118,10 +175,16 @@ class ApprovalKeys:
     settles it: PostgreSQL's id of the approval's transaction."""
 
     def __init__(
-        self, officer: str, ceremony_id: str, request_id: str | None, keyid: str | None = None
+        self,
+        officer: str,
+        ceremony_id: str,
+        request_id: str | None,
+        keyid: str | None = None,
+        proof: str | None = None,
     ) -> None:
         self.officer, self.ceremony_id, self.request_id = officer, ceremony_id, request_id
         self.keyid = keyid  # the MFA key that signed the approval (the ceremony review)
+        self.proof = proof  # the signed request, stored (`vault.approval_proof`)
         self.labels: list[str] = []
         self.committing = False
         self.transaction: int | None = None

@@ -12,13 +12,13 @@ from __future__ import annotations
 import secrets
 from typing import Any, Final
 
-from sqlalchemy import Connection, Row, bindparam, select, update
+from sqlalchemy import Connection, Row, bindparam, func, select, update
 
 from hsm.keys import KeyKind, key_label
 from hsm.provider import HSMProvider, WrappedKey
 from vault.card import pan_digits
 from vault.errors import DataKeyMissing
-from vault.keyring import DataKeyring, KeyState, pan_aad
+from vault.keyring import DataKeyring, KeyPurpose, KeyState, pan_aad
 from vault.storage.schema import data_keys, tokens
 
 # One statement for a whole batch (executemany); the key_version guard makes a row that
@@ -37,6 +37,30 @@ class RotationBatches:
 
     _provider: HSMProvider
     _keyring: DataKeyring
+
+    def _new_data_keys(self, connection: Connection) -> tuple[int, int]:
+        """Start a data rotation: a new version of each data key, the active ones
+        retiring. Returns the old and new versions."""
+        kek = self._keyring.registry.current_label(KeyKind.KEK)
+        old = int(
+            connection.execute(
+                select(func.max(data_keys.c.version)).where(
+                    data_keys.c.purpose == KeyPurpose.PAN_GCM.value
+                )
+            ).scalar_one()
+        )
+        new = old + 1
+        for purpose in KeyPurpose:
+            connection.execute(
+                update(data_keys)
+                .where(
+                    data_keys.c.purpose == purpose.value, data_keys.c.state == KeyState.ACTIVE.value
+                )
+                .values(state=KeyState.RETIRING.value)
+            )
+            self._keyring.create_version(connection, purpose, new, kek)
+        self._keyring.refresh()
+        return old, new
 
     def _reencrypt(self, connection: Connection, row: Row[Any], batch: int) -> int:
         old, new = int(row.old_version), int(row.new_version)

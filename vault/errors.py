@@ -33,6 +33,7 @@ and kind, or by the masked form.
         │   └── SchemaMismatch                         code schema_mismatch
         ├── DataKeyMissing                             code data_key_missing
         ├── CeremonyError                              code ceremony_invalid
+        │   └── CeremonyRefused                        code ceremony_invalid (audited)
         ├── CeremonyNotFound                           code ceremony_not_found
         ├── KeyNotRegistered                           code hsm_key_unregistered
         ├── KeyCryptoperiodOverdue                     code key_cryptoperiod_overdue
@@ -241,6 +242,16 @@ class CeremonyError(VaultError):
     """A key ceremony cannot do that now (self-approval, expired, another one open)."""
 
     code = "ceremony_invalid"
+
+
+class CeremonyRefused(CeremonyError):
+    """A ceremony action refused inside its transaction (a self-approval, an action with
+    no proof its officer's token signed it): `KeyRotation.approve` records the denial,
+    with `reason`, in a transaction of its own, as the refused one rolls back."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class CeremonyNotFound(VaultError):

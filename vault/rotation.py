@@ -48,19 +48,16 @@ from vault._ceremony_guards import (
     standing_approvals,
 )
 from vault._rotation_batches import RotationBatches
+from vault.approval_proof import SignedAction
 from vault.audit_rotation import AuditKeyRotation
 from vault.ceremony import Ceremony, CeremonyState, RotationKind
-from vault.errors import CeremonyError, CeremonyNotFound, StorageUnavailable
+from vault.errors import CeremonyError, CeremonyNotFound, CeremonyRefused, StorageUnavailable
 from vault.key_inventory import code_epochs, describe_keys, record_counts
 from vault.keyring import DataKeyring, KeyPurpose, KeyState
 from vault.storage.database import as_utc
 from vault.storage.schema import data_keys, key_approvals, key_ceremonies, tokens
 
 BATCH: Final = 500
-
-
-class _SelfApproval(Exception):
-    """The proposer tried to approve: raised inside the transaction, audited outside."""
 
 
 class KeyRotation(RotationBatches):
@@ -78,8 +75,12 @@ class KeyRotation(RotationBatches):
         destroy_grace: timedelta = timedelta(days=7),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         cryptoperiods: Callable[[], list[dict[str, Any]]] | None = None,
+        unsigned_officers_count: bool = False,
     ) -> None:
         self._engine = engine
+        # Tests' in-process callers only: count the actions of officers with no MFA key
+        # registered without a signed proof (`vault._ceremony_guards.unproven`).
+        self._unsigned = unsigned_officers_count
         # The keys in use against their cryptoperiods (`vault.cryptoperiod`), listed in
         # the inventory officers and evidence bundles see.
         self._cryptoperiods = cryptoperiods
@@ -185,9 +186,16 @@ class KeyRotation(RotationBatches):
 
     # ------------------------------------------------------------------ ceremony
     def propose(
-        self, identity: str, kind: str, request_id: str | None = None, *, keyid: str | None = None
+        self,
+        identity: str,
+        kind: str,
+        request_id: str | None = None,
+        *,
+        keyid: str | None = None,
+        proof: SignedAction | None = None,
     ) -> Ceremony:
-        """Open a rotation proposal (`keyid`: the MFA key that signed it). Raises
+        """Open a rotation proposal (`keyid`, `proof`: the MFA key that signed it, and the
+        signed request, `vault.approval_proof`: the id derives from it). Raises
         `PolicyDenied` for a non-officer, `CeremonyError` for an unknown kind or while
         another rotation of it is open."""
         self._officer(identity, request_id or "")
@@ -196,7 +204,7 @@ class KeyRotation(RotationBatches):
         except ValueError:
             raise CeremonyError("kind must be data, kek, fingerprint or audit") from None
         now = self._clock()
-        ceremony_id = str(uuid.uuid4())
+        ceremony_id = str(uuid.uuid4()) if proof is None else proof.ceremony_id()
         with self._write() as connection:
             hold_ceremony_lock(connection)
             open_states = [CeremonyState.PENDING.value, CeremonyState.RUNNING.value]
@@ -214,6 +222,7 @@ class KeyRotation(RotationBatches):
                     state=CeremonyState.PENDING.value,
                     proposer=identity,
                     proposer_keyid=keyid,
+                    proposer_proof=None if proof is None else proof.to_json(),
                     created_at=now,
                     expires_at=now + self._ttl,
                 )
@@ -236,26 +245,24 @@ class KeyRotation(RotationBatches):
         request_id: str | None = None,
         *,
         keyid: str | None = None,
+        proof: SignedAction | None = None,
     ) -> Ceremony:
-        """Approve as `identity` (`keyid`: the MFA key that signed it). The proposer cannot
-        approve; a second approval by the same officer changes nothing. At quorum the
-        rotation starts."""
+        """Approve as `identity` (`keyid`, `proof`: the MFA key that signed it and the
+        signed request). The proposer cannot approve; a second approval by the same
+        officer changes nothing. At quorum of proven actions the rotation starts."""
         self._officer(identity, request_id or "")
-        keys = ApprovalKeys(identity, ceremony_id, request_id, keyid)
+        proven = None if proof is None else proof.to_json()
+        keys = ApprovalKeys(identity, ceremony_id, request_id, keyid, proven)
         try:
             return self._approve(identity, ceremony_id, request_id, keys)
-        except _SelfApproval:
+        except CeremonyRefused as refused:
             # Recorded in a transaction of its own: the refused approval's transaction
             # rolls back, and the denial must not go with it.
+            details: dict[str, DetailValue] = {"reason": refused.reason}
             self._record(
-                identity,
-                request_id,
-                "key.rotation.approve",
-                Outcome.DENIED,
-                ceremony_id,
-                {"reason": "the proposer cannot approve"},
+                identity, request_id, "key.rotation.approve", Outcome.DENIED, ceremony_id, details
             )
-            raise CeremonyError("the proposer cannot approve their own request") from None
+            raise
         except BaseException:
             registry = self._keyring.registry
             discard_unrecorded(registry, self._provider, keys, self._engine, self._audit)
@@ -271,8 +278,10 @@ class KeyRotation(RotationBatches):
             if view.state != CeremonyState.PENDING:
                 raise CeremonyError(f"ceremony {ceremony_id} is {view.state}, not pending")
             if identity == row.proposer:
-                raise _SelfApproval
-            standing = standing_approvals(connection, self._policy(), row, identity)
+                refusal = "the proposer cannot approve their own request"
+                raise CeremonyRefused(refusal, reason="the proposer cannot approve")
+            policy = self._policy()
+            standing = standing_approvals(connection, policy, row, keys, unsigned=self._unsigned)
             if standing is None:
                 return view  # approving twice does not count twice
             connection.execute(
@@ -281,6 +290,7 @@ class KeyRotation(RotationBatches):
                     officer=identity,
                     approved_at=self._clock(),
                     keyid=keys.keyid,
+                    proof=keys.proof,
                 )
             )
             self._record(
@@ -427,28 +437,6 @@ class KeyRotation(RotationBatches):
             {"kind": kind.value, "old_version": old, "new_version": new, "records": total},
             connection,
         )
-
-    def _new_data_keys(self, connection: Connection) -> tuple[int, int]:
-        kek = self._keyring.registry.current_label(KeyKind.KEK)
-        old = int(
-            connection.execute(
-                select(func.max(data_keys.c.version)).where(
-                    data_keys.c.purpose == KeyPurpose.PAN_GCM.value
-                )
-            ).scalar_one()
-        )
-        new = old + 1
-        for purpose in KeyPurpose:
-            connection.execute(
-                update(data_keys)
-                .where(
-                    data_keys.c.purpose == purpose.value, data_keys.c.state == KeyState.ACTIVE.value
-                )
-                .values(state=KeyState.RETIRING.value)
-            )
-            self._keyring.create_version(connection, purpose, new, kek)
-        self._keyring.refresh()
-        return old, new
 
     def run_pending(self, batch: int = BATCH) -> int:
         """Advance every running rotation by one batch (and destroy old keys whose grace

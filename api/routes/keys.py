@@ -14,6 +14,7 @@ from api.errors import ApiError
 from api.mfa import require_officer_mfa
 from api.models import CeremonyResponse, RotationRequest
 from policies.models import Action
+from vault.approval_proof import SignedAction
 from vault.rotation import KeyRotation
 
 router = APIRouter()
@@ -27,6 +28,14 @@ def _mfa_keyid(request: Request) -> str | None:
     approval counts only while the policy still registers it (the ceremony review)."""
     keyid = request.scope.get("state", {}).get("mfa_keyid")
     return keyid if isinstance(keyid, str) else None
+
+
+def _mfa_proof(request: Request) -> SignedAction | None:
+    """The signed request itself (`api.mfa`), stored with the proposal or approval: the
+    proof that the officer's token signed it, checked again when approvals are counted
+    (`vault.approval_proof`)."""
+    proof = request.scope.get("state", {}).get("mfa_proof")
+    return proof if isinstance(proof, SignedAction) else None
 
 
 def _rotation(state: AppState) -> KeyRotation:
@@ -63,7 +72,11 @@ def propose_rotation(
     """Propose a rotation (kek, data or fingerprint); it runs after other officers
     approve it (dual control, enforced here)."""
     ceremony = _rotation(state).propose(
-        caller.identity, body.kind, caller.request_id, keyid=_mfa_keyid(request)
+        caller.identity,
+        body.kind,
+        caller.request_id,
+        keyid=_mfa_keyid(request),
+        proof=_mfa_proof(request),
     )
     return CeremonyResponse.model_validate(ceremony.as_json())
 
@@ -87,7 +100,11 @@ def approve_rotation(
     ceremony_id: CeremonyPath, caller: Caller, state: State, request: Request
 ) -> CeremonyResponse:
     ceremony = _rotation(state).approve(
-        caller.identity, ceremony_id, caller.request_id, keyid=_mfa_keyid(request)
+        caller.identity,
+        ceremony_id,
+        caller.request_id,
+        keyid=_mfa_keyid(request),
+        proof=_mfa_proof(request),
     )
     return CeremonyResponse.model_validate(ceremony.as_json())
 

@@ -26,7 +26,10 @@ from audit.witnessed import check_witness_view, verify_witnessed
 from cofre.settings import AuditSettings, WitnessSettings
 from hsm.provider import HSMProvider
 from tests.api.conftest import running_vault
+from tests.support.officers import signed_approval, signed_proposal, software_officers
 from tests.support.witness_process import WitnessProcess
+from vault.ceremony import Ceremony
+from vault.rotation import KeyRotation
 from vault.signing import HSMTreeHeadSigner
 
 PAN = "4111111111111111"
@@ -57,6 +60,17 @@ def _pin_once_refused(
     _until(handover_refused, "the witness to refuse the unpinned handover")
     assert publisher.failures[(pinned.name, "refused")] >= 1
     witness.trust_key(log_verifier_key(log_origin("cofre"), new_pem).encode())
+
+
+def _rotate_the_audit_key(rotation: KeyRotation) -> Ceremony:
+    """Alice proposes, Bob approves: in process, with the proofs the API would store
+    (`vault.approval_proof`)."""
+    officers = software_officers()
+    proposal = signed_proposal(officers["officer-alice"], "audit")
+    ceremony = rotation.propose(ALICE, "audit", proof=proposal)
+    return rotation.approve(
+        BOB, ceremony.id, proof=signed_approval(officers["officer-bob"], ceremony.id)
+    )
 
 
 def test_a_witness_pinned_to_the_old_key_follows_the_rotation(
@@ -91,8 +105,7 @@ def test_a_witness_pinned_to_the_old_key_follows_the_rotation(
             _until(witnessed, "the first cosigned head")
             assert runtime.sequencer.signer.public_key_pem() == old_pem
 
-            ceremony = runtime.rotation.propose(ALICE, "audit")
-            done = runtime.rotation.approve(BOB, ceremony.id)
+            done = _rotate_the_audit_key(runtime.rotation)
             assert done.state == "completed"
             new_pem = runtime.sequencer.signer.public_key_pem()
             assert new_pem != old_pem

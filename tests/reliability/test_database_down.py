@@ -45,7 +45,9 @@ def test_database_stopped_under_rotation_audit_reads_and_export(
     policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
     service = VaultService(engine, rotation_provider, policy)
     service.initialize()
-    rotation = KeyRotation(engine, rotation_provider, service.keyring, lambda: policy)
+    rotation = KeyRotation(
+        engine, rotation_provider, service.keyring, lambda: policy, unsigned_officers_count=True
+    )
     sequencer = Sequencer(engine, HSMTreeHeadSigner(hsm_provider))
     ceremony = rotation.propose(ALICE, "data")
     sequencer.drain(force_sign=True)

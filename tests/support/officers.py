@@ -15,7 +15,10 @@ Two kinds, for two harnesses:
 from __future__ import annotations
 
 import functools
+import json
+import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +30,8 @@ from cofre_cli._shared import officer_signature
 from cofre_cli.devenv import with_mfa_keys
 from cofre_cli.officer_token import DEV_OFFICERS, OfficerToken, TokenSigner, init_key
 from tests.support.softhsm import SoftHSMToken, officer_token_label
-from vault.httpsig import der_to_raw, jwk_thumbprint
+from vault.approval_proof import PROPOSALS, SignedAction, approval_path
+from vault.httpsig import HttpRequest, der_to_raw, jwk_thumbprint, sign_request
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,11 @@ def _software(name: str) -> SigningOfficer:
         jwk_thumbprint(pem),
         lambda data: der_to_raw(key.sign(data, ec.ECDSA(hashes.SHA256()))),
     )
+
+
+def new_software_officer(name: str) -> SigningOfficer:
+    """An officer `name` (``spiffe://cofre/<name>``) with a fresh in-memory key."""
+    return _software(name)
 
 
 @functools.cache
@@ -116,3 +125,33 @@ def cli_env(token: SoftHSMToken) -> dict[str, str]:
 def policy_with(policy: str, officers: dict[str, SigningOfficer]) -> str:
     """`policy` with each officer's public key registered as their second factor."""
     return with_mfa_keys(policy, {name: o.pem for name, o in officers.items()})
+
+
+def signed_action(
+    officer: SigningOfficer, path: str, body: bytes = b"", *, authority: str = "localhost"
+) -> SignedAction:
+    """A ``POST`` of `body` to `path` signed by `officer`'s key as their client signs it
+    (`cofre_cli._shared.officer_signature`), kept as the vault stores it: for in-process
+    ceremony callers, whose actions count only with such a proof (`vault.approval_proof`)."""
+    headers = sign_request(
+        "POST",
+        path,
+        "",
+        body,
+        authority=authority,
+        keyid=officer.keyid,
+        nonce=secrets.token_urlsafe(18),
+        created=int(time.time()),
+        sign=officer.sign,
+    )
+    return SignedAction.of(HttpRequest("POST", path, "", {"host": authority, **headers}, body))
+
+
+def signed_proposal(officer: SigningOfficer, kind: str) -> SignedAction:
+    """`officer`'s signed proposal of a `kind` rotation (the API's body)."""
+    return signed_action(officer, PROPOSALS, json.dumps({"kind": kind}).encode())
+
+
+def signed_approval(officer: SigningOfficer, ceremony_id: str) -> SignedAction:
+    """`officer`'s signed approval of ceremony `ceremony_id`."""
+    return signed_action(officer, approval_path(ceremony_id))

@@ -55,7 +55,13 @@ def rig(
     policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
     service = VaultService(engine, rotation_provider, policy)
     service.initialize()
-    rotation = KeyRotation(engine, rotation_provider, service.keyring, lambda: service.policy)
+    rotation = KeyRotation(
+        engine,
+        rotation_provider,
+        service.keyring,
+        lambda: service.policy,
+        unsigned_officers_count=True,
+    )
     # What `cofre serve` wires: the registry and the database (the handovers).
     signer = HSMTreeHeadSigner(rotation_provider, registry=service.keyring.registry, engine=engine)
     yield service, rotation, signer

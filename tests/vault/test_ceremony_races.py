@@ -52,6 +52,7 @@ def vault_and_rotation(
         service.keyring,
         lambda: service.policy,
         destroy_grace=timedelta(0),
+        unsigned_officers_count=True,
     )
     yield service, rotation
     service.close()

@@ -16,6 +16,12 @@ from sqlalchemy import Engine
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
+from tests.support.officers import (
+    SigningOfficer,
+    new_software_officer,
+    signed_approval,
+    signed_proposal,
+)
 from tests.vault.conftest import ALICE, BOB, CAROL, OFFICERS, TEST_POLICY, rotation_of
 from vault.ceremony import CeremonyState
 from vault.errors import CeremonyError
@@ -30,6 +36,11 @@ def _pem() -> str:
     ).decode()
 
 
+def _officers() -> dict[str, SigningOfficer]:
+    """Alice, Bob and Carol with a token key each: their actions carry signed proofs."""
+    return {i: new_software_officer(i.rpartition("/")[2]) for i in (ALICE, BOB, CAROL)}
+
+
 def _policy(keys: dict[str, str]) -> PolicyEngine:
     text = "key_approvals_required = 3\n" + TEST_POLICY + OFFICERS
     for identity, pem in keys.items():
@@ -41,7 +52,8 @@ def _policy(keys: dict[str, str]) -> PolicyEngine:
 def test_an_approval_by_a_replaced_mfa_key_no_longer_counts(
     engine: Engine, rotation_provider: HSMProvider
 ) -> None:
-    keys = {ALICE: _pem(), BOB: _pem(), CAROL: _pem()}
+    officers = _officers()
+    keys = {identity: officer.pem for identity, officer in officers.items()}
     policy = [_policy(keys)]
     service = VaultService(engine, rotation_provider, policy[0])
     service.initialize()
@@ -49,13 +61,16 @@ def test_an_approval_by_a_replaced_mfa_key_no_longer_counts(
         rotation = rotation_of(service, engine, rotation_provider)
         rotation._policy = lambda: policy[0]
         thumb = {identity: jwk_thumbprint(pem.encode()) for identity, pem in keys.items()}
-        ceremony = rotation.propose(ALICE, "fingerprint", keyid=thumb[ALICE])
-        rotation.approve(BOB, ceremony.id, keyid=thumb[BOB])
+        proposal = signed_proposal(officers[ALICE], "fingerprint")
+        ceremony = rotation.propose(ALICE, "fingerprint", keyid=thumb[ALICE], proof=proposal)
+        bob = signed_approval(officers[BOB], ceremony.id)
+        rotation.approve(BOB, ceremony.id, keyid=thumb[BOB], proof=bob)
         policy[0] = _policy({**keys, BOB: _pem()})  # Bob's token reported stolen
-        view = rotation.approve(CAROL, ceremony.id, keyid=thumb[CAROL])
+        carol = signed_approval(officers[CAROL], ceremony.id)
+        view = rotation.approve(CAROL, ceremony.id, keyid=thumb[CAROL], proof=carol)
         assert view.state == CeremonyState.PENDING
         with pytest.raises(CeremonyError, match="no longer registers"):
-            rotation.approve(BOB, ceremony.id, keyid=thumb[BOB])
+            rotation.approve(BOB, ceremony.id, keyid=thumb[BOB], proof=bob)
     finally:
         service.close()
 
@@ -66,14 +81,17 @@ def test_the_audit_log_names_the_mfa_key_behind_each_proposal_and_approval(
     """The evidence of dual control: which token key signed each ceremony action, so an
     auditor can check that two distinct second factors took part (and which were
     replaced since). The entries named only the identities."""
-    keys = {ALICE: _pem(), BOB: _pem(), CAROL: _pem()}
+    officers = _officers()
+    keys = {identity: officer.pem for identity, officer in officers.items()}
     service = VaultService(engine, rotation_provider, _policy(keys))
     service.initialize()
     try:
         rotation = rotation_of(service, engine, rotation_provider)
         thumb = {identity: jwk_thumbprint(pem.encode()) for identity, pem in keys.items()}
-        ceremony = rotation.propose(ALICE, "fingerprint", keyid=thumb[ALICE])
-        rotation.approve(BOB, ceremony.id, keyid=thumb[BOB])
+        proposal = signed_proposal(officers[ALICE], "fingerprint")
+        ceremony = rotation.propose(ALICE, "fingerprint", keyid=thumb[ALICE], proof=proposal)
+        bob = signed_approval(officers[BOB], ceremony.id)
+        rotation.approve(BOB, ceremony.id, keyid=thumb[BOB], proof=bob)
         with engine.connect() as connection:
             payloads = [
                 json.loads(p)

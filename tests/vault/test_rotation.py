@@ -106,6 +106,7 @@ def test_proposals_expire(
         service.keyring,
         lambda: service.policy,
         proposal_ttl=timedelta(seconds=-1),
+        unsigned_officers_count=True,
     )
     ceremony = short.propose(ALICE, "kek")
     assert short.status(ALICE, ceremony.id).state == "expired"

@@ -51,7 +51,12 @@ def test_kek_rotation_waits_for_the_new_key(
             )
         ]
         rotation = KeyRotation(
-            engine, provider, service.keyring, lambda: service.policy, destroy_grace=timedelta(0)
+            engine,
+            provider,
+            service.keyring,
+            lambda: service.policy,
+            destroy_grace=timedelta(0),
+            unsigned_officers_count=True,
         )
         ceremony = rotation.propose(ALICE, "kek")
         assert rotation.approve(BOB, ceremony.id).state == "running"

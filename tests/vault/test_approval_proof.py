@@ -1,0 +1,53 @@
+"""The stored proof of a ceremony action (`vault.approval_proof`), checked without a
+database: what a database writer can and cannot make of one (review appr)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tests.support.officers import new_software_officer, signed_approval, signed_proposal
+from vault.approval_proof import SignedAction, approval_path, approval_problem, proposal_problem
+
+CEREMONY = "2b0f7e0c-0d3a-4c51-8f5e-9d1c6a7b8e90"
+
+
+def test_a_genuine_approval_verifies_and_names_its_ceremony() -> None:
+    bob = new_software_officer("officer-bob")
+    stored = signed_approval(bob, CEREMONY).to_json()
+    assert approval_problem(stored, bob.pem.encode(), CEREMONY) is None
+    assert SignedAction.from_json(stored) == SignedAction.from_json(stored)
+    other = "0c6f3a8e-1111-4a2b-9c3d-4e5f6a7b8c9d"
+    assert "not this ceremony's approval" in str(approval_problem(stored, bob.pem.encode(), other))
+    # Another officer's registered key does not verify it.
+    carol = new_software_officer("officer-carol")
+    assert "does not verify" in str(approval_problem(stored, carol.pem.encode(), CEREMONY))
+
+
+def test_an_approval_edited_to_name_another_ceremony_does_not_verify() -> None:
+    bob = new_software_officer("officer-bob")
+    other = "0c6f3a8e-1111-4a2b-9c3d-4e5f6a7b8c9d"
+    genuine = signed_approval(bob, other)
+    edited = dataclasses.replace(genuine, path=approval_path(CEREMONY)).to_json()
+    assert "does not verify" in str(approval_problem(edited, bob.pem.encode(), CEREMONY))
+
+
+def test_missing_or_unreadable_proofs_do_not_count() -> None:
+    pem = new_software_officer("officer-bob").pem.encode()
+    assert "no signature" in str(approval_problem(None, pem, CEREMONY))
+    for junk in ("", "[]", '{"method": "POST"}', "not json"):
+        assert "not readable" in str(approval_problem(junk, pem, CEREMONY))
+
+
+def test_a_proposal_names_its_ceremony_and_kind() -> None:
+    alice = new_software_officer("officer-alice")
+    proposal = signed_proposal(alice, "kek")
+    pem = alice.pem.encode()
+    ceremony = proposal.ceremony_id()
+    assert proposal_problem(proposal.to_json(), pem, ceremony, "kek") is None
+    assert "another ceremony" in str(proposal_problem(proposal.to_json(), pem, CEREMONY, "kek"))
+    assert "not a data one" in str(proposal_problem(proposal.to_json(), pem, ceremony, "data"))
+    # An approval is not a proposal.
+    approval = signed_approval(alice, ceremony).to_json()
+    assert "not a proposal" in str(proposal_problem(approval, pem, ceremony, "kek"))
+    # Two proposals of the same kind open two ceremonies.
+    assert signed_proposal(alice, "kek").ceremony_id() != ceremony
