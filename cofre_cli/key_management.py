@@ -62,6 +62,9 @@ def key_management(
     those cryptoperiods, the officers' MFA verifier and key custody, all reading the
     policy in force from `service`."""
     periods = monitor_from_settings(settings.keys, engine, service.keyring)
+    # The vault's own names: officers sign for them, and each counted ceremony action's
+    # stored signature must name one (`vault.approval_proof`).
+    authorities = own_authorities(settings.server.cert_file)
     rotation = KeyRotation(
         engine,
         provider,
@@ -71,6 +74,7 @@ def key_management(
         destroy_grace=timedelta(seconds=settings.keys.destroy_grace_seconds),
         # Fresh: an officer reads what is in use now (readiness reads the cached one).
         cryptoperiods=lambda: [p.as_json() for p in periods.assess(fresh=True)],
+        authorities=authorities,
     )
     return KeyManagement(
         rotation=rotation,
@@ -78,7 +82,7 @@ def key_management(
         officer_mfa=OfficerMfa(
             engine,
             lambda: service.policy,
-            authorities=own_authorities(settings.server.cert_file),
+            authorities=authorities,
         ),
         custody=Custody(engine, service.keyring.registry, lambda: service.policy),
     )

@@ -9,6 +9,7 @@ one its transaction may have recorded: review 42).
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from contextlib import suppress
 from typing import Any, Final
 
@@ -62,13 +63,19 @@ def is_officer(policy: PolicyEngine, identity: str, keyid: str | None = None) ->
 
 
 def unproven(
-    policy: PolicyEngine, row: Row[Any], approvals: dict[str, str | None], *, unsigned: bool
+    policy: PolicyEngine,
+    row: Row[Any],
+    approvals: dict[str, str | None],
+    *,
+    unsigned: bool,
+    authorities: Collection[str] | None = None,
 ) -> list[str]:
     """Which of ceremony `row`'s proposal and `approvals` (officer: stored proof) lack a
     proof that the officer's token signed them, each with why (`vault.approval_proof`).
     With `unsigned` (in-process callers in tests only), an officer the policy registers
     no MFA key for needs none; the server's own wiring never sets it, and such an officer
-    cannot act through the API at all."""
+    cannot act through the API at all. With `authorities` (the vault's own names), each
+    must have been signed for one of them."""
 
     def registered(officer: str) -> bytes | None:
         rules = policy.policy.identities.get(officer)
@@ -85,9 +92,9 @@ def unproven(
         if pem is None:
             problem = None if unsigned else "the policy registers no MFA key for them"
         elif action == "proposal":
-            problem = proposal_problem(proof, pem, row.id, row.kind)
+            problem = proposal_problem(proof, pem, row.id, row.kind, authorities)
         else:
-            problem = approval_problem(proof, pem, row.id)
+            problem = approval_problem(proof, pem, row.id, authorities)
         if problem is not None:
             found.append(f"the {action} by {officer}: {problem}")
     return found
@@ -100,6 +107,7 @@ def standing_approvals(
     keys: ApprovalKeys,
     *,
     unsigned: bool = False,
+    authorities: Collection[str] | None = None,
 ) -> list[str] | None:
     """The other officers whose approvals of ceremony `row` count under `policy` before
     `keys.officer` approves it, or None when that officer already did (it counts once).
@@ -135,7 +143,7 @@ def standing_approvals(
         a for a, keyid in approvals.items() if a != row.proposer and is_officer(policy, a, keyid)
     ]
     counted = {a: proofs[a] for a in standing} | {identity: keys.proof}
-    problems = unproven(policy, row, counted, unsigned=unsigned)
+    problems = unproven(policy, row, counted, unsigned=unsigned, authorities=authorities)
     if problems:
         reason = "; ".join(problems)
         raise CeremonyRefused(

@@ -17,6 +17,10 @@ MFA key and name this ceremony:
   and the ceremony's id is derived from the proposal's signature (`ceremony_id`), so a
   proposal proof copied to another ceremony's row names another id.
 
+When the vault knows its own names (`vault.officer_mfa.server_names`), the signed
+``@authority`` must still be one of them: a ceremony copied whole from a staging vault
+where the same officers' keys are registered does not count here.
+
 Nonce and time window are not checked again: they were at submission, and an approval
 may be a day old. A database writer cannot forge a proof (it needs the officer's token)
 nor move one to another ceremony; what it can still do is drop or corrupt rows, which
@@ -30,11 +34,19 @@ import binascii
 import hashlib
 import json
 import uuid
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Final
 
 from vault.errors import OfficerMfaError
-from vault.httpsig import HttpRequest, parse_signature, verify_request
+from vault.httpsig import (
+    HttpRequest,
+    authority_host,
+    normalize_authority,
+    parse_signature,
+    verify_request,
+)
+from vault.officer_mfa import names_host
 
 PROPOSALS: Final = "/v1/admin/keys/rotations"  # the API's route (api.routes.keys)
 _HEADERS: Final = ("host", "content-digest", "signature-input", "signature")
@@ -111,8 +123,11 @@ class SignedAction:
         return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
-def _verified(stored: str | None, public_pem: bytes) -> SignedAction | str:
-    """The stored proof when its signature verifies under `public_pem`, else why not."""
+def _verified(
+    stored: str | None, public_pem: bytes, authorities: Collection[str] | None
+) -> SignedAction | str:
+    """The stored proof when its signature verifies under `public_pem` and was signed for
+    one of `authorities` (None: not checked), else why not."""
     if stored is None:
         return "it carries no signature by the officer's token (not made through the API)"
     try:
@@ -123,16 +138,24 @@ def _verified(stored: str | None, public_pem: bytes) -> SignedAction | str:
         return "its stored signature is not readable"
     except OfficerMfaError as error:
         return f"its stored signature does not verify under the registered MFA key ({error})"
+    if authorities is not None:
+        authority = normalize_authority(action.authority)
+        if not names_host(authority_host(authority), authorities):
+            return f"it was signed for {authority}, not this vault"
     return action
 
 
 def proposal_problem(
-    stored: str | None, public_pem: bytes, ceremony_id: str, kind: str
+    stored: str | None,
+    public_pem: bytes,
+    ceremony_id: str,
+    kind: str,
+    authorities: Collection[str] | None = None,
 ) -> str | None:
     """Why the stored proposal proof does not prove that the officer whose key is
-    `public_pem` proposed this ceremony (`ceremony_id`, a `kind` rotation); None when it
-    does."""
-    action = _verified(stored, public_pem)
+    `public_pem` proposed this ceremony (`ceremony_id`, a `kind` rotation) to this vault
+    (one of `authorities`, when given); None when it does."""
+    action = _verified(stored, public_pem, authorities)
     if isinstance(action, str):
         return action
     if (action.method, action.path, action.query) != ("POST", PROPOSALS, ""):
@@ -148,10 +171,16 @@ def proposal_problem(
     return None
 
 
-def approval_problem(stored: str | None, public_pem: bytes, ceremony_id: str) -> str | None:
+def approval_problem(
+    stored: str | None,
+    public_pem: bytes,
+    ceremony_id: str,
+    authorities: Collection[str] | None = None,
+) -> str | None:
     """Why the stored approval proof does not prove that the officer whose key is
-    `public_pem` approved ceremony `ceremony_id`; None when it does."""
-    action = _verified(stored, public_pem)
+    `public_pem` approved ceremony `ceremony_id` on this vault (one of `authorities`, when
+    given); None when it does."""
+    action = _verified(stored, public_pem, authorities)
     if isinstance(action, str):
         return action
     if action.method != "POST" or action.path != approval_path(ceremony_id) or action.query:

@@ -85,7 +85,7 @@ def server_names(certificate_pem: bytes) -> frozenset[str]:
     return frozenset(names)
 
 
-def _names(host: str, own: Collection[str]) -> bool:
+def names_host(host: str, own: Collection[str]) -> bool:
     """Whether `host` is one of `own` (`server_names`): an IP address by value, a DNS name
     exactly. A wildcard name is not honoured: ``*.vault.example`` would name the staging
     vault too, which is what the check is for."""
@@ -156,7 +156,7 @@ class OfficerMfa:
         """Raise `OfficerMfaInvalid` unless the signed authority is this vault's."""
         authority = normalize_authority(host_header)
         own = self._authorities()
-        if not _names(authority_host(authority), own):
+        if not names_host(authority_host(authority), own):
             raise OfficerMfaInvalid(
                 f"the request was signed for {authority}, which is not this vault "
                 f"(its certificate names {', '.join(sorted(own)) or 'nothing'}): sign for "

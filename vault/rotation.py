@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -76,11 +76,13 @@ class KeyRotation(RotationBatches):
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         cryptoperiods: Callable[[], list[dict[str, Any]]] | None = None,
         unsigned_officers_count: bool = False,
+        authorities: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self._engine = engine
         # Tests' in-process callers only: count the actions of officers with no MFA key
         # registered without a signed proof (`vault._ceremony_guards.unproven`).
         self._unsigned = unsigned_officers_count
+        self._authorities = authorities  # the vault's own names, as `vault.officer_mfa`'s
         # The keys in use against their cryptoperiods (`vault.cryptoperiod`), listed in
         # the inventory officers and evidence bundles see.
         self._cryptoperiods = cryptoperiods
@@ -280,8 +282,10 @@ class KeyRotation(RotationBatches):
             if identity == row.proposer:
                 refusal = "the proposer cannot approve their own request"
                 raise CeremonyRefused(refusal, reason="the proposer cannot approve")
-            policy = self._policy()
-            standing = standing_approvals(connection, policy, row, keys, unsigned=self._unsigned)
+            own = None if self._authorities is None else self._authorities()
+            standing = standing_approvals(
+                connection, self._policy(), row, keys, unsigned=self._unsigned, authorities=own
+            )
             if standing is None:
                 return view  # approving twice does not count twice
             connection.execute(

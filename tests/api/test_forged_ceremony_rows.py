@@ -24,6 +24,7 @@ from tests.support.officers import (
     SigningOfficer,
     new_software_officer,
     signed_approval,
+    signed_proposal,
     software_officers,
 )
 from vault.storage.schema import key_approvals, key_ceremonies
@@ -196,6 +197,38 @@ def test_a_proposal_written_into_the_database_does_not_count(vault_server: Vault
         assert (approved.status_code, state) == (409, "pending"), approved.text
         assert "the proposal by spiffe://cofre/officer-bob" in approved.json()["detail"]
         assert any("officer-bob" in reason for reason in _denials(vault_server, ceremony))
+    finally:
+        with vault_server.client("officer-alice") as alice:
+            alice.post(f"{ROTATIONS}/{ceremony}/cancel")
+
+
+def test_a_ceremony_copied_from_a_staging_vault_does_not_count(vault_server: VaultServer) -> None:
+    """Bob really proposed a rotation on a staging vault where the same officers' keys are
+    registered; the operator copies that ceremony's row, proof and all, into this one's
+    database, and Alice approves it here."""
+    bob = _bob()
+    proposal = signed_proposal(bob, "fingerprint", authority="vault.staging.example")
+    ceremony = proposal.ceremony_id()
+    now = datetime.now(UTC)
+    with vault_server.runtime.engine.begin() as connection:
+        connection.execute(
+            sa.insert(key_ceremonies).values(
+                id=ceremony,
+                kind="fingerprint",
+                state="pending",
+                proposer=BOB,
+                proposer_keyid=bob.keyid,
+                proposer_proof=proposal.to_json(),
+                created_at=now,
+                expires_at=now.replace(year=now.year + 1),
+            )
+        )
+    try:
+        with vault_server.client("officer-alice") as alice:
+            approved = alice.post(f"{ROTATIONS}/{ceremony}/approve")
+            state = alice.get(f"{ROTATIONS}/{ceremony}").json()["state"]
+        assert (approved.status_code, state) == (409, "pending"), approved.text
+        assert "signed for vault.staging.example, not this vault" in approved.json()["detail"]
     finally:
         with vault_server.client("officer-alice") as alice:
             alice.post(f"{ROTATIONS}/{ceremony}/cancel")

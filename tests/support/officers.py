@@ -147,11 +147,16 @@ def signed_action(
     return SignedAction.of(HttpRequest("POST", path, "", {"host": authority, **headers}, body))
 
 
-def signed_proposal(officer: SigningOfficer, kind: str) -> SignedAction:
+def signed_proposal(
+    officer: SigningOfficer, kind: str, *, authority: str = "localhost"
+) -> SignedAction:
     """`officer`'s signed proposal of a `kind` rotation (the API's body)."""
-    return signed_action(officer, PROPOSALS, json.dumps({"kind": kind}).encode())
+    body = json.dumps({"kind": kind}).encode()
+    return signed_action(officer, PROPOSALS, body, authority=authority)
 
 
-def signed_approval(officer: SigningOfficer, ceremony_id: str) -> SignedAction:
+def signed_approval(
+    officer: SigningOfficer, ceremony_id: str, *, authority: str = "localhost"
+) -> SignedAction:
     """`officer`'s signed approval of ceremony `ceremony_id`."""
-    return signed_action(officer, approval_path(ceremony_id))
+    return signed_action(officer, approval_path(ceremony_id), authority=authority)

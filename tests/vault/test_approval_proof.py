@@ -51,3 +51,13 @@ def test_a_proposal_names_its_ceremony_and_kind() -> None:
     assert "not a proposal" in str(proposal_problem(approval, pem, ceremony, "kek"))
     # Two proposals of the same kind open two ceremonies.
     assert signed_proposal(alice, "kek").ceremony_id() != ceremony
+
+
+def test_a_proof_counts_only_for_the_vault_it_was_signed_for() -> None:
+    """A ceremony copied whole from a staging vault where the same keys are registered."""
+    bob = new_software_officer("officer-bob")
+    stored = signed_approval(bob, CEREMONY, authority="vault.staging.example").to_json()
+    pem = bob.pem.encode()
+    assert approval_problem(stored, pem, CEREMONY, {"vault.staging.example"}) is None
+    refused = approval_problem(stored, pem, CEREMONY, {"vault.example", "10.0.0.1"})
+    assert refused == "it was signed for vault.staging.example, not this vault"
