@@ -27,19 +27,25 @@ from enum import StrEnum
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 
 from audit.schema import READ_ONLY, audit_entries
 from cofre.dberrors import database_errors_as
 from cofre.settings import KeySettings
 from hsm.keys import KeyKind, key_label
 from vault.errors import KeyCryptoperiodOverdue, StorageUnavailable
-from vault.key_registry import REGISTER, KeyRegistry
+from vault.key_registry import REGISTER_RECORDS, KeyRegistry
 from vault.keyring import DataKeyring, KeyState
 from vault.storage.database import as_utc
 
 _log = structlog.get_logger("cofre.vault")
 _CACHE_SECONDS: Final = 60.0
+# Through migration 0014's partial index (`vault.key_registry.REGISTER_RECORDS`).
+_REGISTERED: Final = (
+    select(audit_entries.c.payload, audit_entries.c.created_at)
+    .where(text(REGISTER_RECORDS))
+    .order_by(audit_entries.c.id)
+)
 
 
 class PeriodState(StrEnum):
@@ -136,14 +142,9 @@ class CryptoperiodMonitor:
 
     def _registered_at(self) -> dict[str, datetime]:
         """When each token label was (last) registered, from the audit log."""
-        query = (
-            select(audit_entries.c.payload, audit_entries.c.created_at)
-            .where(audit_entries.c.payload.startswith(f'{{"action":"{REGISTER}",'))
-            .order_by(audit_entries.c.id)
-        )
         out: dict[str, datetime] = {}
         with self._reader.connect() as connection:
-            for payload, created_at in connection.execute(query).all():
+            for payload, created_at in connection.execute(_REGISTERED).all():
                 label = str(json.loads(payload).get("details", {}).get("label", ""))
                 out[label] = as_utc(created_at) or created_at
         return out

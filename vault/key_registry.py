@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from audit.log import AuditEvent, AuditLog, Outcome
@@ -34,6 +34,17 @@ from hsm.provider import HSMProvider
 from vault.errors import KeyNotRegistered, StorageUnavailable
 
 REGISTER: Final = "key.register"
+# The registry's records in the log, as the predicate of migration 0014's partial index
+# (``ix_audit_entries_key_register``). SQLite and PostgreSQL use a partial index only
+# for a query that carries its predicate word for word, so this is that text, never a
+# bound parameter: with `startswith(...)` each read scanned the whole audit log, once a
+# second per worker on the tokenize path (the fingerprint key list), 26 ms a read at
+# 200,000 entries and growing with the log (issue 21's PostgreSQL statement profile).
+# Canonical payloads sort their keys, so "action" is always first.
+REGISTER_RECORDS: Final = """payload LIKE '{"action":"key.register",%'"""
+_RECORDS: Final = (
+    select(audit_entries.c.payload).where(text(REGISTER_RECORDS)).order_by(audit_entries.c.id)
+)
 _REFRESH_SECONDS: Final = 1.0
 
 
@@ -109,12 +120,6 @@ class KeyRegistry:
             return dict(self._cache)
 
     def _read(self, connection: Connection | None = None) -> dict[str, KeyIdentity]:
-        # Canonical payloads sort their keys, so "action" is always first.
-        query = (
-            select(audit_entries.c.payload)
-            .where(audit_entries.c.payload.startswith(f'{{"action":"{REGISTER}",'))
-            .order_by(audit_entries.c.id)
-        )
         if connection is None:
             # A read-only connection: on SQLite it must not queue behind a writer (the
             # registry is consulted from inside the vault's own write transactions).
@@ -128,7 +133,7 @@ class KeyRegistry:
                     f"the key registry is unavailable ({db_error_name(exc)})"
                 ) from None
         out: dict[str, KeyIdentity] = {}
-        for payload in connection.execute(query).scalars():
+        for payload in connection.execute(_RECORDS).scalars():
             details = json.loads(payload).get("details", {})
             label = str(details.get("label", ""))
             out[label] = KeyIdentity(label, details.get("cka_id"), details.get("check"))

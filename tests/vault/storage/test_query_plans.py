@@ -11,8 +11,10 @@ noticing: the bench would, hours later. The plan is pinned here instead (no timi
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Select
 
+from vault.cryptoperiod import _REGISTERED
+from vault.key_registry import _RECORDS
 from vault.limits import _CHARGE_SQL, _SEEN_SQL, _SEEN_THEN_WATCH_SQL, _TAT_SQL
 from vault.operations._statements import (
     _ANY_CONVERGENT,
@@ -217,3 +219,29 @@ def test_several_values_are_searched_one_by_one_on_a_grown_table(pg_database: st
     # 21's note): only the first two are pinned to no filtering.
     for plan in (plans[0], plans[2]):
         assert "Rows Removed by Filter" not in plan, plan
+
+
+@pytest.mark.parametrize("query", [_RECORDS, _REGISTERED], ids=["registry", "cryptoperiods"])
+def test_the_key_registry_records_are_read_through_their_partial_index(
+    engine: Engine, query: Select[tuple[object, ...]]
+) -> None:
+    """The registry reads its records once a second per worker, on the tokenize path: a
+    scan of `audit_entries` there grew with the log (issue 21). Only the partial index
+    of migration 0014 can serve the read, and it holds those records alone: reading it
+    whole (SQLite's "SCAN ... USING INDEX") is reading them, not the log."""
+    with engine.begin() as connection:
+        # Compiled for the driver's paramstyle (psycopg's "%%" is its "%").
+        sql = str(query.compile(dialect=connection.dialect))
+        plan = _plan(connection, sql, [], 0)
+        names = {"ix_audit_entries_key_register"}
+        if connection.dialect.name == "postgresql":  # each partition's copy of the index
+            names |= set(
+                connection.exec_driver_sql(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                    " WHERE i.inhparent = 'ix_audit_entries_key_register'::regclass"
+                ).scalars()
+            )
+    assert "Seq Scan" not in plan, plan
+    reads = [s for s in plan.splitlines() if "SCAN audit_entries" in s or "Index Scan" in s]
+    assert reads, plan
+    assert all(any(name in step for name in names) for step in reads), plan
