@@ -16,8 +16,7 @@ import httpx
 import sqlalchemy as sa
 
 from tests.api.conftest import VaultServer
-from tests.support.officers import software_officers
-from vault.httpsig import sign_request
+from tests.support.officers import signature_headers, software_officers
 
 ROTATIONS = "/v1/admin/keys/rotations"
 EVIDENCE_BODY = {"from": "2001-01-01T00:00:00Z", "to": "2001-01-02T00:00:00Z"}
@@ -30,18 +29,14 @@ def _rid() -> str:
 def _signed(
     vault: VaultServer, name: str, path: str, body: bytes, **overrides: Any
 ) -> dict[str, str]:
-    officer = software_officers()[name]
-    return sign_request(
-        "POST",
+    return signature_headers(
+        software_officers()[name],
         path,
-        "",
         body,
         # The Host the client sends: this vault's address (its certificate names it).
         authority=overrides.get("authority", httpx.URL(vault.url).netloc.decode()),
-        keyid=overrides.get("keyid", officer.keyid),
-        nonce=overrides.get("nonce", secrets.token_urlsafe(18)),
-        created=int(time.time()),
-        sign=officer.sign,
+        keyid=overrides.get("keyid"),
+        nonce=overrides.get("nonce"),
     )
 
 

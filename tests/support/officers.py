@@ -127,23 +127,38 @@ def policy_with(policy: str, officers: dict[str, SigningOfficer]) -> str:
     return with_mfa_keys(policy, {name: o.pem for name, o in officers.items()})
 
 
-def signed_action(
-    officer: SigningOfficer, path: str, body: bytes = b"", *, authority: str = "localhost"
-) -> SignedAction:
-    """A ``POST`` of `body` to `path` signed by `officer`'s key as their client signs it
-    (`cofre_cli._shared.officer_signature`), kept as the vault stores it: for in-process
-    ceremony callers, whose actions count only with such a proof (`vault.approval_proof`)."""
-    headers = sign_request(
+def signature_headers(
+    officer: SigningOfficer,
+    path: str,
+    body: bytes,
+    *,
+    authority: str,
+    keyid: str | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
+    """The RFC 9421 headers of a ``POST`` of `body` to `path` signed now by `officer`'s
+    key as their client signs it (`cofre_cli._shared.officer_signature`); a test may
+    name another `keyid` or replay a `nonce`."""
+    return sign_request(
         "POST",
         path,
         "",
         body,
         authority=authority,
-        keyid=officer.keyid,
-        nonce=secrets.token_urlsafe(18),
+        keyid=officer.keyid if keyid is None else keyid,
+        nonce=secrets.token_urlsafe(18) if nonce is None else nonce,
         created=int(time.time()),
         sign=officer.sign,
     )
+
+
+def signed_action(
+    officer: SigningOfficer, path: str, body: bytes = b"", *, authority: str = "localhost"
+) -> SignedAction:
+    """A ``POST`` of `body` to `path` signed by `officer`'s key, kept as the vault stores
+    it: for in-process ceremony callers, whose actions count only with such a proof
+    (`vault.approval_proof`)."""
+    headers = signature_headers(officer, path, body, authority=authority)
     return SignedAction.of(HttpRequest("POST", path, "", {"host": authority, **headers}, body))
 
 
