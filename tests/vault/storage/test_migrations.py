@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
+import psycopg
 import pytest
 from alembic import command
 from alembic.config import Config
@@ -89,3 +92,43 @@ def test_0013_adds_the_ceremony_proofs_and_keeps_the_rows(engine: Engine) -> Non
         columns = {c["name"] for c in inspect(connection).get_columns("key_approvals")}
         assert "proof" not in columns
         assert connection.execute(text("SELECT keyid FROM key_approvals")).scalar_one() == "k-bob"
+
+
+def test_0014s_index_built_ahead_as_the_operations_guide_says_is_adopted(
+    pg_database: str,
+) -> None:
+    """docs/operations.md tells operators of a large audit log to build 0014's index on
+    each partition concurrently before migrating; the migration must then attach those
+    (PostgreSQL matches them by definition) rather than build a second set."""
+    engine = create_database_engine(pg_database)
+    try:
+        _upgrade(engine, "0013")
+        guide = (Path(__file__).resolve().parents[3] / "docs" / "operations.md").read_text()
+        match = re.search(r"<!-- key-register-index -->\s*```sql\n(.*?)```", guide, re.DOTALL)
+        assert match, "docs/operations.md lost its key-register-index SQL block"
+        recipe = "\n".join(
+            line for line in match.group(1).splitlines() if not line.startswith("--")
+        )
+        dsn = pg_database.replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            parts = [
+                str(name)
+                for (name,) in connection.execute(
+                    "SELECT inhrelid::regclass::text FROM pg_inherits"
+                    " WHERE inhparent = 'audit_entries'::regclass"
+                )
+            ]
+            for part in parts:  # CONCURRENTLY: outside a transaction, no parameters
+                connection.execute(recipe.replace("audit_entries_p202612", part).encode())
+        migrate(engine)
+        with psycopg.connect(dsn) as connection:
+            children = {
+                str(name)
+                for (name,) in connection.execute(
+                    "SELECT inhrelid::regclass::text FROM pg_inherits"
+                    " WHERE inhparent = 'ix_audit_entries_key_register'::regclass"
+                )
+            }
+        assert children == {f"{part}_key_register" for part in parts}
+    finally:
+        engine.dispose()
