@@ -5,6 +5,7 @@ IN PCI SCOPE (wiring).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -90,10 +91,37 @@ def keys_rotate(
 @keys_app.command("approve")
 @fail_cleanly
 def keys_approve(
-    ceremony_id: str, officer: Officer = "officer-bob", cert: CertOpt = None, key: KeyOpt = None
+    ceremony_id: str,
+    officer: Officer = "officer-bob",
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            help="The rotation you mean to approve (kek, data, fingerprint or audit): "
+            "nothing is signed when the ceremony is another kind.",
+        ),
+    ] = None,
 ) -> None:
-    """Approve a proposal (you cannot approve your own)."""
-    _decide(ceremony_id, "approve", officer, cert, key)
+    """Approve a proposal (you cannot approve your own). Shows the ceremony first; at a
+    terminal, asks before signing unless --kind names what it is."""
+    with admin_client(officer, cert, key) as client:
+        path = f"/v1/admin/keys/rotations/{ceremony_id}"
+        # What the officer's token is about to sign for: an id alone says nothing of the
+        # rotation behind it (the ceremony review: `keys approve` signed blind).
+        shown = admin_call(client, "GET", path)
+        _show_ceremony(shown)
+        if kind is not None and kind != shown["kind"]:
+            typer.echo(
+                f"error: ceremony {ceremony_id} rotates the {shown['kind']} key, not the "
+                f"{kind} key: not approved",
+                err=True,
+            )
+            raise typer.Exit(1)
+        if kind is None and sys.stdin.isatty() and not typer.confirm("Approve it?"):
+            raise typer.Exit(1)
+        _show_ceremony(admin_call(client, "POST", f"{path}/approve"))
 
 
 @keys_app.command("cancel")

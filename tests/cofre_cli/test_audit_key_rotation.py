@@ -47,7 +47,14 @@ def test_two_officers_rotate_the_audit_key(vault: VaultProcess, tmp_path: Path) 
     own = vault.cofre("keys", "approve", ceremony, "--as", "officer-alice")
     assert own.returncode == 1
     assert "proposer cannot approve" in own.stderr
-    approved = vault.cofre("keys", "approve", ceremony, "--as", "officer-bob")
+    # Bob means to approve a KEK rotation: shown what this id is, he signs nothing.
+    wrong = vault.cofre("keys", "approve", ceremony, "--kind", "kek", "--as", "officer-bob")
+    assert wrong.returncode == 1
+    assert "audit rotation, pending" in wrong.stdout
+    assert "rotates the audit key, not the kek key: not approved" in wrong.stderr
+    status = vault.cofre("keys", "status", ceremony, "--as", "officer-bob")
+    assert "approved by nobody yet" in status.stdout, status.stdout
+    approved = vault.cofre("keys", "approve", ceremony, "--kind", "audit", "--as", "officer-bob")
     assert approved.returncode == 0, approved.stderr
     assert "audit rotation, completed" in approved.stdout
 
