@@ -207,6 +207,7 @@ class CeremonyResponse(_Strict):
     proposer: str
     approvers: list[str]
     approvals_needed: int
+    approvals_counting: list[str]
     created_at: datetime
     expires_at: datetime
     old_version: int | None

@@ -9,7 +9,7 @@ one its transaction may have recorded: review 42).
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from contextlib import suppress
 from typing import Any, Final
 
@@ -98,6 +98,34 @@ def unproven(
         if problem is not None:
             found.append(f"the {action} by {officer}: {problem}")
     return found
+
+
+def counting_now(
+    policy: PolicyEngine,
+    row: Row[Any],
+    given: Sequence[Sequence[Any]],
+    *,
+    unsigned: bool,
+    authorities: Collection[str] | None = None,
+) -> list[str]:
+    """Which of ceremony `row`'s approvers (`given`: officer, key id, stored proof, in
+    order) would count if it were counted now, as `standing_approvals` counts them: not
+    the proposer, still an officer with the key that signed, and a proof that key signed
+    this ceremony's approval. The officers' view, so that a ceremony shows "2 of 2" only
+    when two approvals count (the ceremony review: the status listed every row)."""
+    out = []
+    for officer, keyid, proof in given:
+        if officer == row.proposer or not is_officer(policy, officer, keyid):
+            continue
+        rules = policy.policy.identities.get(officer)
+        key = None if rules is None else rules.mfa_public_key
+        if key is None:
+            counts = unsigned
+        else:
+            counts = approval_problem(proof, key.encode(), row.id, authorities) is None
+        if counts:
+            out.append(officer)
+    return out
 
 
 def standing_approvals(

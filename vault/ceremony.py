@@ -36,6 +36,9 @@ class Ceremony:
     proposer: str
     approvers: list[str]
     approvals_needed: int
+    # Of `approvers`, those whose approval counts as the policy stands now (pending
+    # ceremonies; for the others, who approved it: it already ran or never will).
+    approvals_counting: list[str]
     created_at: datetime
     expires_at: datetime
     old_version: int | None

@@ -42,6 +42,7 @@ from policies.errors import PolicyDenied
 from policies.models import Action
 from vault._ceremony_guards import (
     ApprovalKeys,
+    counting_now,
     discard_unrecorded,
     hold_ceremony_lock,
     refuse_a_second_run,
@@ -158,17 +159,23 @@ class KeyRotation(RotationBatches):
         return row
 
     def _view(self, connection: Connection, row: Row[Any]) -> Ceremony:
-        approvers = list(
-            connection.execute(
-                select(key_approvals.c.officer)
-                .where(key_approvals.c.ceremony_id == row.id)
-                .order_by(key_approvals.c.approved_at)
-            ).scalars()
-        )
+        approvals = key_approvals.c
+        given = connection.execute(
+            select(approvals.officer, approvals.keyid, approvals.proof)
+            .where(approvals.ceremony_id == row.id)
+            .order_by(approvals.approved_at)
+        ).all()
+        approvers = [officer for officer, _, _ in given]
+        counting = approvers
         state = row.state
         expires = as_utc(row.expires_at)
         if state == CeremonyState.PENDING and expires is not None and expires <= self._clock():
             state = CeremonyState.EXPIRED.value
+        elif state == CeremonyState.PENDING:
+            own = None if self._authorities is None else self._authorities()
+            counting = counting_now(
+                self._policy(), row, given, unsigned=self._unsigned, authorities=own
+            )
         return Ceremony(
             id=row.id,
             kind=row.kind,
@@ -176,6 +183,7 @@ class KeyRotation(RotationBatches):
             proposer=row.proposer,
             approvers=approvers,
             approvals_needed=self._needed(),
+            approvals_counting=counting,
             created_at=as_utc(row.created_at) or row.created_at,
             expires_at=expires or row.expires_at,
             old_version=row.old_version,

@@ -21,11 +21,15 @@ keys_app = typer.Typer(
 
 def _show_ceremony(data: dict[str, Any]) -> None:
     typer.echo(f"ceremony {data['id']}: {data['kind']} rotation, {data['state']}")
+    counting = data["approvals_counting"]
     typer.echo(
         f"  proposed by {data['proposer']}; approved by "
         f"{', '.join(data['approvers']) or 'nobody yet'} "
-        f"({len(data['approvers'])}/{data['approvals_needed']} approvals needed)"
+        f"({len(counting)}/{data['approvals_needed']} approvals needed)"
     )
+    stale = [a for a in data["approvers"] if a not in counting]
+    if stale:  # replaced MFA key, officer removed, or a row its officer never signed
+        typer.echo(f"  not counting now: {', '.join(stale)}")
     if data["new_version"] is not None:
         typer.echo(
             f"  version {data['old_version']} -> {data['new_version']}; progress "

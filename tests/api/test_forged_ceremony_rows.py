@@ -124,6 +124,9 @@ def test_an_approval_written_into_the_database_does_not_count(
     ceremony = _propose(vault_server, "fingerprint")
     _write_approval(vault_server, ceremony, BOB, keyid=None if keyid == "none" else _bob().keyid)
     with _carol(vault_server, three_officers) as carol:
+        # The officers' view lists the row, and does not count it.
+        shown = carol.get(f"{ROTATIONS}/{ceremony}").json()
+        assert (shown["approvers"], shown["approvals_counting"]) == ([BOB], [])
         detail = _refused(vault_server, carol, ceremony)
     assert "no signature by the officer's token" in detail
 
@@ -149,7 +152,9 @@ def test_a_genuine_approval_copied_from_another_ceremony_does_not_count(
     """Bob really approved ceremony X; the operator copies his row, proof and all, to Y."""
     other = _propose(vault_server, "kek")
     with vault_server.client("officer-bob") as bob:
-        assert bob.post(f"{ROTATIONS}/{other}/approve").status_code == 200
+        approved = bob.post(f"{ROTATIONS}/{other}/approve")
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["approvals_counting"] == [BOB]  # a genuine approval counts
     with vault_server.runtime.engine.connect() as connection:
         genuine = connection.execute(
             sa.select(key_approvals.c.keyid, key_approvals.c.proof).where(

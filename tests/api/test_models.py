@@ -35,6 +35,7 @@ def test_a_ceremony_goes_out_unchanged() -> None:
         proposer="spiffe://cofre/officer-alice",
         approvers=["spiffe://cofre/officer-bob"],
         approvals_needed=1,
+        approvals_counting=["spiffe://cofre/officer-bob"],
         created_at=now,
         expires_at=now + timedelta(hours=24),
         old_version=1,
