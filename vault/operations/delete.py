@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Final
 
-from sqlalchemy import Connection, and_, select, text
+from sqlalchemy import Connection, and_, bindparam, select, text
 
 from audit.log import AuditEvent, Outcome
 from policies.models import Action
@@ -22,6 +22,19 @@ from vault.storage.schema import tokens
 _PURGE_LOCK_KEY: Final = 0x436F667250
 # The hot path's statements, built once: building and cache-keying a statement per call
 # cost more Python time than running it.
+# The purge's read of expired live tokens, through migration 0015's partial index
+# (``ix_tokens_live_expires_at``, whose predicate ``deleted_at IS NULL`` this carries):
+# a purged token keeps its row and its expiry, so through the plain expiry index every
+# run walked every token ever purged first (a cost growing for ever). In its order, oldest
+# expiry first: without it PostgreSQL's planner, taking the two conditions as
+# independent, expected 500 matches early in a sequential scan and read the whole table
+# (1.1 M rows, 134 ms, to find none: the live tokens are the ones not yet expired).
+_EXPIRED_LIVE: Final = (
+    select(tokens.c.id)
+    .where(and_(tokens.c.expires_at <= bindparam("now"), tokens.c.deleted_at.is_(None)))
+    .order_by(tokens.c.expires_at)
+    .limit(bindparam("batch"))
+)
 
 
 class DeleteOperations(EarlyRate):
@@ -91,13 +104,7 @@ class DeleteOperations(EarlyRate):
                     self._limits.purge_windows(connection, now, keep_seconds=MAX_WINDOW_SECONDS)
                     purge_capture_sessions(connection, now)
                 rows = (
-                    connection.execute(
-                        select(tokens.c.id)
-                        .where(and_(tokens.c.expires_at <= now, tokens.c.deleted_at.is_(None)))
-                        .limit(batch)
-                    )
-                    .scalars()
-                    .all()
+                    connection.execute(_EXPIRED_LIVE, {"now": now, "batch": batch}).scalars().all()
                 )
                 for token_id in rows:
                     self._shred(connection, token_id, now)

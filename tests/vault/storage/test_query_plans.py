@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import Connection, Engine, Select
+from sqlalchemy.dialects import sqlite
 
 from vault.cryptoperiod import _REGISTERED
 from vault.key_registry import _RECORDS
@@ -25,6 +26,7 @@ from vault.operations._statements import (
     _TAKEN_PG,
     _TAKEN_SQL,
 )
+from vault.operations.delete import _EXPIRED_LIVE
 from vault.storage.database import create_database_engine, migrate
 from vault.storage.rawsql import fetch_all
 
@@ -245,3 +247,66 @@ def test_the_key_registry_records_are_read_through_their_partial_index(
     reads = [s for s in plan.splitlines() if "SCAN audit_entries" in s or "Index Scan" in s]
     assert reads, plan
     assert all(any(name in step for name in names) for step in reads), plan
+
+
+def test_the_purge_reads_expired_tokens_through_the_live_expiry_index(engine: Engine) -> None:
+    """The purge worker runs every few minutes on every node. A purged token keeps its
+    row and its expiry (crypto-shredded, `deleted_at` set), so a read through the plain
+    expiry index walked every token ever purged before the first one left to purge,
+    and all of them when none was: a cost growing for ever. Only migration 0015's
+    partial index, of the live tokens alone, may serve it; the plain one shows as a
+    search too, so the index is named."""
+    # "?" placeholders, as `_plan` takes on both databases; the date only the planner
+    # sees, as text (the plan does not depend on it).
+    compiled = _EXPIRED_LIVE.compile(dialect=sqlite.dialect())
+    values = {"now": "2026-12-04 00:00:00+00", "batch": 500}
+    params: list[object] = [values.get(name, 0) for name in compiled.positiontup or ()]
+    with engine.begin() as connection:
+        plan = _plan(connection, str(compiled), params, 0)
+    _assert_indexed(plan, "tokens")
+    assert "ix_tokens_live_expires_at" in plan, plan
+    assert "ix_tokens_expires_at" not in plan.replace("ix_tokens_live_expires_at", ""), plan
+
+
+def test_the_purge_finds_nothing_to_purge_without_reading_the_purged(pg_database: str) -> None:
+    """With the planner's statistics of a real vault (most rows purged, their expiry
+    past; the live ones not yet expired) and sequential scans allowed, the purge reads
+    the live expiry index alone, never the purged rows: PostgreSQL once read the whole
+    table (a Seq Scan, the two conditions taken as independent) or every purged row
+    (through the plain expiry index) at each run, to find nothing."""
+    engine = create_database_engine(pg_database)  # the planner's statistics: PostgreSQL's
+    compiled = _EXPIRED_LIVE.compile(dialect=sqlite.dialect())
+    params: list[object] = [
+        {"now": "2026-12-04 00:00:00+00", "batch": 500}.get(name, 0)
+        for name in compiled.positiontup or ()
+    ]
+    try:
+        migrate(engine)
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO tokens (id, token, format, convergent, fp_version, metadata,"
+                " owner, domain, created_at, expires_at, deleted_at)"
+                " SELECT 'p' || i, 'p' || i, 'pan', false, 1, '{}', 'o', 'd',"
+                " timestamptz '2025-06-01', timestamptz '2026-11-30' - i * interval '1 minute',"
+                " timestamptz '2026-12-01' FROM generate_series(1, 20000) AS i"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO tokens (id, token, format, convergent, fp_version, metadata,"
+                " owner, domain, created_at, expires_at)"
+                " SELECT 'l' || i, 'l' || i, 'pan', false, 1, '{}', 'o', 'd',"
+                " timestamptz '2026-12-01', timestamptz '2027-01-01' + i * interval '1 minute'"
+                " FROM generate_series(1, 2000) AS i"
+            )
+            connection.exec_driver_sql("ANALYZE tokens")
+            plan = "\n".join(
+                str(row[0])
+                for row in fetch_all(
+                    connection, "EXPLAIN (ANALYZE, BUFFERS) " + str(compiled), params
+                )
+            )
+            connection.rollback()
+    finally:
+        engine.dispose()
+    assert "Seq Scan" not in plan, plan
+    assert "ix_tokens_live_expires_at" in plan, plan
+    assert "Rows Removed by Filter" not in plan, plan
