@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from audit.note import VerifierKey
-from audit.schema import READ_ONLY, audit_cosignatures
+from audit.publisher import newest_cosigned
+from audit.schema import READ_ONLY
 from audit.store import AuditStore
 
 
@@ -40,23 +41,11 @@ class WitnessLag:
 
 
 def _cosigned_sizes(engine: Engine, keys: Sequence[VerifierKey]) -> dict[str, int]:
-    """The newest tree size each witness key cosigned (0 for none). Read newest first
-    along the primary key (tree size first): cheap on every scrape and readiness probe
-    however long the log, as a current witness's newest row is among the last."""
-    sizes = {}
+    """The newest tree size each witness key cosigned (0 for none), one index probe each
+    (`NEWEST_COSIGNED`): cheap on every scrape and readiness probe however long the log
+    and however far a witness trails."""
     with engine.execution_options(**READ_ONLY).connect() as connection:
-        for key in keys:
-            size = connection.execute(
-                select(audit_cosignatures.c.tree_size)
-                .where(
-                    audit_cosignatures.c.witness == key.name,
-                    audit_cosignatures.c.key_id == key.key_id,
-                )
-                .order_by(audit_cosignatures.c.tree_size.desc())
-                .limit(1)
-            ).scalar()
-            sizes[key.name] = 0 if size is None else int(size)
-    return sizes
+        return {key.name: newest_cosigned(connection, key.name, key.key_id) for key in keys}
 
 
 def witness_lag(
