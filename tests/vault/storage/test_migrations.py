@@ -132,3 +132,39 @@ def test_0014s_index_built_ahead_as_the_operations_guide_says_is_adopted(
         assert children == {f"{part}_key_register" for part in parts}
     finally:
         engine.dispose()
+
+
+def test_0015_and_0016s_indexes_built_ahead_as_the_operations_guide_says_are_kept(
+    pg_database: str,
+) -> None:
+    """docs/operations.md tells operators of a large database to build 0015's and 0016's
+    indexes concurrently before migrating; the migrations must then keep those, valid
+    and alone, rather than fail or build a second one."""
+    engine = create_database_engine(pg_database)
+    try:
+        _upgrade(engine, "0014")
+        guide = (Path(__file__).resolve().parents[3] / "docs" / "operations.md").read_text()
+        match = re.search(r"<!-- live-expiry-index -->\s*```sql\n(.*?)```", guide, re.DOTALL)
+        assert match, "docs/operations.md lost its live-expiry-index SQL block"
+        dsn = pg_database.replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            for statement in match.group(1).split(";"):
+                if statement.strip():  # CONCURRENTLY: outside a transaction, one at a time
+                    connection.execute(statement.encode())
+        migrate(engine)
+        with psycopg.connect(dsn) as connection:
+            indexes = connection.execute(
+                "SELECT c.relname, i.indisvalid, pg_get_indexdef(i.indexrelid)"
+                " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " WHERE i.indrelid IN ('tokens'::regclass, 'audit_cosignatures'::regclass)"
+            ).fetchall()
+    finally:
+        engine.dispose()
+    built = {str(name): (valid, str(definition)) for name, valid, definition in indexes}
+    assert built["ix_tokens_live_expires_at"][0] is True
+    assert "WHERE (deleted_at IS NULL)" in built["ix_tokens_live_expires_at"][1]
+    assert built["ix_audit_cosignatures_witness"][0] is True
+    expiry = [d for _, d in built.values() if "(expires_at)" in d and "deleted_at IS NULL" in d]
+    assert len(expiry) == 1, built
+    by_witness = [d for _, d in built.values() if "(witness, key_id, tree_size)" in d]
+    assert len(by_witness) == 1, built
