@@ -10,17 +10,15 @@ from typing import Final
 from cofre_cli.devenv import DEV_POLICY
 from hsm.softhsm import init_softhsm_token, write_softhsm_conf
 
-# No rate limit, an oracle guard far above what a load sends per BIN and last four
-# (thousands of cards per bucket are load, not a guessing attack), and `detokenize`
-# (masked: payments' reveal stays "masked") for the detokenize load.
-LOAD_POLICY: Final = (
-    DEV_POLICY.replace("per_second = 2000, burst = 4000", "per_second = 1000000, burst = 1000000")
-    .replace("max_pans_per_bucket = 10,", "max_pans_per_bucket = 100000,")
-    .replace(
-        'operations = ["tokenize", "detokenize_masked", "lookup"',
-        'operations = ["tokenize", "detokenize", "detokenize_masked", "lookup"',
-        1,
-    )
+# No rate limit, and `detokenize` (masked: payments' reveal stays "masked") for the
+# detokenize load. The oracle guard stays at its default (10 cards a BIN and last four a
+# day): the loads spread their cards over BINs (`bench/wrk/pan.lua`), as traffic does.
+LOAD_POLICY: Final = DEV_POLICY.replace(
+    "per_second = 2000, burst = 4000", "per_second = 1000000, burst = 1000000"
+).replace(
+    'operations = ["tokenize", "detokenize_masked", "lookup"',
+    'operations = ["tokenize", "detokenize", "detokenize_masked", "lookup"',
+    1,
 )
 
 

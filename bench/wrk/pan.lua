@@ -1,7 +1,13 @@
 -- Shared by the wrk scripts: a fresh Luhn-valid 16-digit Visa-range PAN for each call.
--- The 15-digit body is "4", six digits of (run offset + thread number) and an
--- eight-digit per-thread counter, so no two requests of one run (and, with distinct
+-- The 15-digit body is "4", a per-thread counter's eight digits reversed and six digits
+-- of (run offset + thread number), so no two requests of one run (and, with distinct
 -- offsets, of two runs) send the same card: every tokenize creates a token.
+-- Reversed, the counter's fastest digits make the BIN, so consecutive cards fall in
+-- different BINs as a merchant's traffic does, and each BIN + last four (the oracle
+-- guard's bucket) gets about one card a run. With the counter in the middle digits, as
+-- before, a thread sent all its cards in one BIN over ~1,000 last fours: a guessing
+-- attack's shape, which the guard at its default refuses after 10 cards a bucket, and
+-- which made the guard read back every card already in a bucket (thousands a batch).
 
 local function luhn_digit(body)
   local sum, double = 0, true
@@ -24,7 +30,7 @@ function M.maker(offset, thread_id)
   local group = string.format("%06d", (offset + thread_id) % 1000000)
   return function()
     counter = counter + 1
-    local body = "4" .. group .. string.format("%08d", counter % 100000000)
+    local body = "4" .. string.format("%08d", counter % 100000000):reverse() .. group
     return body .. luhn_digit(body)
   end
 end
