@@ -21,7 +21,11 @@ keys_app = typer.Typer(
 
 def _show_ceremony(data: dict[str, Any]) -> None:
     typer.echo(f"ceremony {data['id']}: {data['kind']} rotation, {data['state']}")
-    counting = data["approvals_counting"]
+    # An older vault's answer has no approvals_counting: show every approval, and say so.
+    counting = data.get("approvals_counting")
+    if counting is None:
+        typer.echo("  (this vault does not say which approvals count: upgrade it)")
+        counting = data["approvers"]
     typer.echo(
         f"  proposed by {data['proposer']}; approved by "
         f"{', '.join(data['approvers']) or 'nobody yet'} "
