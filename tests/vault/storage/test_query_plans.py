@@ -10,6 +10,8 @@ noticing: the bench would, hours later. The plan is pinned here instead (no timi
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy import Connection, Engine, Select
 from sqlalchemy.dialects import sqlite
@@ -269,36 +271,27 @@ def test_the_purge_reads_expired_tokens_through_the_live_expiry_index(engine: En
     assert "ix_tokens_expires_at" not in plan.replace("ix_tokens_live_expires_at", ""), plan
 
 
-def test_the_purge_finds_nothing_to_purge_without_reading_the_purged(pg_database: str) -> None:
-    """With the planner's statistics of a real vault (most rows purged, their expiry
-    past; the live ones not yet expired) and sequential scans allowed, the purge reads
-    the live expiry index alone, never the purged rows: PostgreSQL once read the whole
-    table (a Seq Scan, the two conditions taken as independent) or every purged row
-    (through the plain expiry index) at each run, to find nothing."""
-    engine = create_database_engine(pg_database)  # the planner's statistics: PostgreSQL's
-    compiled = _EXPIRED_LIVE.compile(dialect=sqlite.dialect())
-    params: list[object] = [
-        {"now": "2026-12-04 00:00:00+00", "batch": 500}.get(name, 0)
-        for name in compiled.positiontup or ()
-    ]
+def _plan_on_a_grown_table(
+    pg_database: str,
+    query: Select[Any],
+    values: dict[str, object],
+    table: str,
+    fill: list[str],
+) -> str:
+    """The executed plan of `query` with `values` on PostgreSQL, sequential scans
+    allowed, after the `fill` statements and ANALYZE of `table`: the planner's
+    statistics of a real vault rather than of an empty table."""
+    engine = create_database_engine(pg_database)
+    # "?" placeholders in order, as `fetch_all` takes on both databases; the statement's
+    # own values (SQLite's LIMIT and OFFSET) as compiled.
+    compiled = query.compile(dialect=sqlite.dialect())
+    params = [values.get(name, compiled.params.get(name)) for name in compiled.positiontup or ()]
     try:
         migrate(engine)
         with engine.begin() as connection:
-            connection.exec_driver_sql(
-                "INSERT INTO tokens (id, token, format, convergent, fp_version, metadata,"
-                " owner, domain, created_at, expires_at, deleted_at)"
-                " SELECT 'p' || i, 'p' || i, 'pan', false, 1, '{}', 'o', 'd',"
-                " timestamptz '2025-06-01', timestamptz '2026-11-30' - i * interval '1 minute',"
-                " timestamptz '2026-12-01' FROM generate_series(1, 20000) AS i"
-            )
-            connection.exec_driver_sql(
-                "INSERT INTO tokens (id, token, format, convergent, fp_version, metadata,"
-                " owner, domain, created_at, expires_at)"
-                " SELECT 'l' || i, 'l' || i, 'pan', false, 1, '{}', 'o', 'd',"
-                " timestamptz '2026-12-01', timestamptz '2027-01-01' + i * interval '1 minute'"
-                " FROM generate_series(1, 2000) AS i"
-            )
-            connection.exec_driver_sql("ANALYZE tokens")
+            for statement in fill:
+                connection.exec_driver_sql(statement)
+            connection.exec_driver_sql(f"ANALYZE {table}")
             plan = "\n".join(
                 str(row[0])
                 for row in fetch_all(
@@ -308,6 +301,33 @@ def test_the_purge_finds_nothing_to_purge_without_reading_the_purged(pg_database
             connection.rollback()
     finally:
         engine.dispose()
+    return plan
+
+
+def test_the_purge_finds_nothing_to_purge_without_reading_the_purged(pg_database: str) -> None:
+    """With the planner's statistics of a real vault (most rows purged, their expiry
+    past; the live ones not yet expired) and sequential scans allowed, the purge reads
+    the live expiry index alone, never the purged rows: PostgreSQL once read the whole
+    table (a Seq Scan, the two conditions taken as independent) or every purged row
+    (through the plain expiry index) at each run, to find nothing."""
+    plan = _plan_on_a_grown_table(
+        pg_database,
+        _EXPIRED_LIVE,
+        {"now": "2026-12-04 00:00:00+00", "batch": 500},
+        "tokens",
+        [
+            "INSERT INTO tokens (id, token, format, convergent, fp_version, metadata,"
+            " owner, domain, created_at, expires_at, deleted_at)"
+            " SELECT 'p' || i, 'p' || i, 'pan', false, 1, '{}', 'o', 'd',"
+            " timestamptz '2025-06-01', timestamptz '2026-11-30' - i * interval '1 minute',"
+            " timestamptz '2026-12-01' FROM generate_series(1, 20000) AS i",
+            "INSERT INTO tokens (id, token, format, convergent, fp_version, metadata,"
+            " owner, domain, created_at, expires_at)"
+            " SELECT 'l' || i, 'l' || i, 'pan', false, 1, '{}', 'o', 'd',"
+            " timestamptz '2026-12-01', timestamptz '2027-01-01' + i * interval '1 minute'"
+            " FROM generate_series(1, 2000) AS i",
+        ],
+    )
     assert "Seq Scan" not in plan, plan
     assert "ix_tokens_live_expires_at" in plan, plan
     assert "Rows Removed by Filter" not in plan, plan
@@ -332,27 +352,16 @@ def test_a_witness_that_never_cosigned_costs_no_walk_of_the_others(pg_database: 
     """With the planner's statistics of a real log (one witness's 20,000 cosignatures)
     and sequential scans allowed, asking after a pinned witness with none reads no row:
     PostgreSQL walked the primary key backwards through all of them."""
-    engine = create_database_engine(pg_database)
-    compiled = NEWEST_COSIGNED.compile(dialect=sqlite.dialect())
-    values: dict[str, object] = {"witness": "silent", "key_id": 7}
-    params = [values.get(name, 1) for name in compiled.positiontup or ()]
-    try:
-        migrate(engine)
-        with engine.begin() as connection:
-            connection.exec_driver_sql(
-                "INSERT INTO audit_cosignatures (tree_size, witness, key_id, timestamp, signature)"
-                " SELECT i, 'busy', 1, 1764806400 + i, '\\x00' FROM generate_series(1, 20000) AS i"
-            )
-            connection.exec_driver_sql("ANALYZE audit_cosignatures")
-            plan = "\n".join(
-                str(row[0])
-                for row in fetch_all(
-                    connection, "EXPLAIN (ANALYZE, BUFFERS) " + str(compiled), params
-                )
-            )
-            connection.rollback()
-    finally:
-        engine.dispose()
+    plan = _plan_on_a_grown_table(
+        pg_database,
+        NEWEST_COSIGNED,
+        {"witness": "silent", "key_id": 7},
+        "audit_cosignatures",
+        [
+            "INSERT INTO audit_cosignatures (tree_size, witness, key_id, timestamp, signature)"
+            " SELECT i, 'busy', 1, 1764806400 + i, '\\x00' FROM generate_series(1, 20000) AS i"
+        ],
+    )
     assert "Seq Scan" not in plan, plan
     assert "ix_audit_cosignatures_witness" in plan, plan
     assert "Rows Removed by Filter" not in plan, plan
