@@ -62,6 +62,27 @@ def is_officer(policy: PolicyEngine, identity: str, keyid: str | None = None) ->
     return registered is not None and jwk_thumbprint(registered.encode()) == keyid
 
 
+def _problem(
+    policy: PolicyEngine,
+    row: Row[Any],
+    action: str,
+    officer: str,
+    proof: str | None,
+    *,
+    unsigned: bool,
+    authorities: Collection[str] | None,
+) -> str | None:
+    """Why `officer`'s `action` ("proposal" or "approval") of ceremony `row` lacks a
+    proof that their token signed it, or None when it has one (see `unproven`)."""
+    rules = policy.policy.identities.get(officer)
+    key = None if rules is None else rules.mfa_public_key
+    if key is None:
+        return None if unsigned else "the policy registers no MFA key for them"
+    if action == "proposal":
+        return proposal_problem(proof, key.encode(), row.id, row.kind, authorities)
+    return approval_problem(proof, key.encode(), row.id, authorities)
+
+
 def unproven(
     policy: PolicyEngine,
     row: Row[Any],
@@ -76,28 +97,27 @@ def unproven(
     no MFA key for needs none; the server's own wiring never sets it, and such an officer
     cannot act through the API at all. With `authorities` (the vault's own names), each
     must have been signed for one of them."""
-
-    def registered(officer: str) -> bytes | None:
-        rules = policy.policy.identities.get(officer)
-        key = None if rules is None else rules.mfa_public_key
-        return None if key is None else key.encode()
-
     found = []
     actions = [
         ("proposal", row.proposer, row.proposer_proof),
         *(("approval", officer, proof) for officer, proof in approvals.items()),
     ]
     for action, officer, proof in actions:
-        pem = registered(officer)
-        if pem is None:
-            problem = None if unsigned else "the policy registers no MFA key for them"
-        elif action == "proposal":
-            problem = proposal_problem(proof, pem, row.id, row.kind, authorities)
-        else:
-            problem = approval_problem(proof, pem, row.id, authorities)
+        problem = _problem(
+            policy, row, action, officer, proof, unsigned=unsigned, authorities=authorities
+        )
         if problem is not None:
             found.append(f"the {action} by {officer}: {problem}")
     return found
+
+
+def _standing(policy: PolicyEngine, row: Row[Any], approvals: dict[str, str | None]) -> list[str]:
+    """The approvers in `approvals` (officer: key id that signed) who still count under
+    `policy`: granted key administration with that MFA key, and never the proposer (a
+    row the vault refuses to write: review appr; one removed keeps no say: review 38)."""
+    return [
+        a for a, keyid in approvals.items() if a != row.proposer and is_officer(policy, a, keyid)
+    ]
 
 
 def counting_now(
@@ -109,23 +129,26 @@ def counting_now(
     authorities: Collection[str] | None = None,
 ) -> list[str]:
     """Which of ceremony `row`'s approvers (`given`: officer, key id, stored proof, in
-    order) would count if it were counted now, as `standing_approvals` counts them: not
-    the proposer, still an officer with the key that signed, and a proof that key signed
-    this ceremony's approval. The officers' view, so that a ceremony shows "2 of 2" only
-    when two approvals count (the ceremony review: the status listed every row)."""
-    out = []
-    for officer, keyid, proof in given:
-        if officer == row.proposer or not is_officer(policy, officer, keyid):
-            continue
-        rules = policy.policy.identities.get(officer)
-        key = None if rules is None else rules.mfa_public_key
-        if key is None:
-            counts = unsigned
-        else:
-            counts = approval_problem(proof, key.encode(), row.id, authorities) is None
-        if counts:
-            out.append(officer)
-    return out
+    order) would count if it were counted now, by `standing_approvals`' own checks: still
+    standing, and a proof that their key signed this ceremony's approval. The officers'
+    view, so that a ceremony shows "2 of 2" only when two approvals count (the ceremony
+    review: the status listed every row)."""
+    proofs = {officer: proof for officer, _, proof in given}
+    standing = _standing(policy, row, {officer: keyid for officer, keyid, _ in given})
+    return [
+        officer
+        for officer in standing
+        if _problem(
+            policy,
+            row,
+            "approval",
+            officer,
+            proofs[officer],
+            unsigned=unsigned,
+            authorities=authorities,
+        )
+        is None
+    ]
 
 
 def standing_approvals(
@@ -166,10 +189,7 @@ def standing_approvals(
             f"ceremony {row.id} was proposed by {row.proposer}, whom the policy no longer "
             "grants key administration, or with an MFA key it no longer registers: cancel it"
         )
-    # Never the proposer's own (a row the vault refuses to write: review appr).
-    standing = [
-        a for a, keyid in approvals.items() if a != row.proposer and is_officer(policy, a, keyid)
-    ]
+    standing = _standing(policy, row, approvals)
     counted = {a: proofs[a] for a in standing} | {identity: keys.proof}
     problems = unproven(policy, row, counted, unsigned=unsigned, authorities=authorities)
     if problems:
