@@ -577,8 +577,8 @@ class KeyRotation(RotationBatches):
         # one transaction a failure after it left them under a key gone (the ceremony review).
         with self._write() as connection:
             self._move_late_rows(connection, row)
-        if self._provider.has_key(label):
-            self._provider.destroy_key(label)
+        # Fail closed: the entry, then the destroy, in the transaction marking it done (a
+        # failed commit after it leaves the ceremony pending: the next pass records it).
         with self._write() as connection:
             done = connection.execute(  # once: every node's worker may get here
                 update(key_ceremonies)
@@ -596,3 +596,5 @@ class KeyRotation(RotationBatches):
                 {"ceremony": row.id},
                 connection,
             )
+            if self._provider.has_key(label):
+                self._provider.destroy_key(label)

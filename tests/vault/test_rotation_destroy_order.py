@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from audit.log import AuditEvent
+from hsm.keys import KeyKind, key_label
 from hsm.provider import HSMProvider
 from tests.vault.conftest import (
     ALICE,
@@ -23,6 +24,7 @@ from tests.vault.conftest import (
     until_destroy_pending,
     wrap_a_data_key_late,
 )
+from vault.ceremony import CeremonyState
 from vault.pan import Pan, luhn_check_digit
 from vault.rotation import KeyRotation
 from vault.service import TokenizeRequest, VaultService
@@ -84,6 +86,54 @@ def test_two_nodes_destroying_one_old_key_record_one_destroy(
         ).one()
     rotation._destroy_if_due(row)  # one node
     rotation._destroy_if_due(row)  # another, which read the row before the first finished
+    with engine.connect() as connection:
+        destroys = connection.execute(
+            sa.text("SELECT COUNT(*) FROM audit_entries WHERE payload LIKE :p"),
+            {"p": '%"action":"key.destroy"%'},
+        ).scalar_one()
+    assert destroys == 1
+
+
+@pytest.mark.parametrize("kind", ["kek", "fingerprint"])
+def test_a_destroy_whose_audit_entry_cannot_be_written_does_not_happen(
+    rig: tuple[VaultService, KeyRotation],
+    rotation_provider: HSMProvider,
+    engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
+    """Fail closed: the old key was destroyed on the token first and its `key.destroy`
+    entry written afterwards, so an audit log that refused the entry left a key gone
+    with no record of it until a later pass (and none if the ceremony was then changed).
+    Now the entry is written first, in the transaction that marks the ceremony done,
+    and the key is destroyed only once it is in."""
+    _, rotation = rig
+    ceremony = rotation.propose(ALICE, kind)
+    rotation.approve(CAROL, ceremony.id)
+    assert until_destroy_pending(rotation, ceremony.id)
+    with engine.connect() as connection:
+        old = int(
+            connection.execute(
+                sa.select(key_ceremonies.c.old_version).where(key_ceremonies.c.id == ceremony.id)
+            ).scalar_one()
+        )
+    label = key_label(KeyKind.KEK if kind == "kek" else KeyKind.FINGERPRINT, old)
+    append = rotation._audit.append
+
+    def refusing(connection: Any, event: AuditEvent) -> Any:
+        if event.action == "key.destroy":
+            raise sa.exc.OperationalError("INSERT", {}, Exception("audit log unavailable"))
+        return append(connection, event)
+
+    monkeypatch.setattr(rotation._audit, "append", refusing)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - whichever error the outage is
+        rotation.run_pending()
+    assert rotation_provider.has_key(label), "destroyed with no audit entry for it"
+    assert rotation.status(ALICE, ceremony.id).state == CeremonyState.DESTROY_PENDING
+    monkeypatch.setattr(rotation._audit, "append", append)
+    rotation.run_pending()
+    assert not rotation_provider.has_key(label)
+    assert rotation.status(ALICE, ceremony.id).state == CeremonyState.COMPLETED
     with engine.connect() as connection:
         destroys = connection.execute(
             sa.text("SELECT COUNT(*) FROM audit_entries WHERE payload LIKE :p"),
