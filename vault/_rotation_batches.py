@@ -17,9 +17,12 @@ from sqlalchemy import Connection, Row, bindparam, func, select, update
 from hsm.keys import KeyKind, key_label
 from hsm.provider import HSMProvider, WrappedKey
 from vault.card import pan_digits
+from vault.ceremony import RotationKind
 from vault.errors import DataKeyMissing
 from vault.keyring import DataKeyring, KeyPurpose, KeyState, pan_aad
 from vault.storage.schema import data_keys, tokens
+
+BATCH: Final = 500  # rows a rotation moves per transaction
 
 # One statement for a whole batch (executemany); the key_version guard makes a row that
 # another worker already moved a no-op.
@@ -142,3 +145,21 @@ class RotationBatches:
                 )
             )
         return len(rows)
+
+    def _move_late_rows(self, connection: Connection, row: Row[Any]) -> int:
+        """Move again what was written under the old key after the migration passed,
+        before it is destroyed. A tokenize fingerprints its card before its transaction,
+        under the versions its node listed up to a few seconds earlier, so one begun
+        before the rotation can commit under the old version after the last batch moved;
+        without this it would keep a fingerprint no key computes any more (its card never
+        converging again, a lookup missing it). A data key can be wrapped under the old
+        KEK the same way (a data rotation approved on a node whose registry still named
+        it current): destroyed, it took every token under that data key (review 38's
+        backstop). The grace period is far longer than any call: by now all are in.
+        Returns the rows moved."""
+        kek = row.kind == RotationKind.KEK.value
+        step = self._rewrap if kek else self._refingerprint
+        moved = 0
+        while batch := step(connection, row, BATCH):
+            moved += batch
+        return moved

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, func, insert, select, update
 
@@ -48,7 +48,7 @@ from vault._ceremony_guards import (
     refuse_a_second_run,
     standing_approvals,
 )
-from vault._rotation_batches import RotationBatches
+from vault._rotation_batches import BATCH, RotationBatches
 from vault.approval_proof import SignedAction
 from vault.audit_rotation import AuditKeyRotation
 from vault.ceremony import Ceremony, CeremonyState, RotationKind
@@ -57,8 +57,6 @@ from vault.key_inventory import code_epochs, describe_keys, record_counts
 from vault.keyring import DataKeyring, KeyPurpose, KeyState
 from vault.storage.database import as_utc
 from vault.storage.schema import data_keys, key_approvals, key_ceremonies, tokens
-
-BATCH: Final = 500
 
 
 class KeyRotation(RotationBatches):
@@ -501,24 +499,6 @@ class KeyRotation(RotationBatches):
             self._finish(connection, row)
             return 0
 
-    def _move_late_rows(self, connection: Connection, row: Row[Any]) -> None:
-        """Move again what was written under the old key after the migration passed,
-        before it is destroyed. A tokenize fingerprints its card before its transaction,
-        under the versions its node listed up to a few seconds earlier, so one begun
-        before the rotation can commit under the old version after the last batch moved;
-        without this it would keep a fingerprint no key computes any more (its card never
-        converging again, a lookup missing it). A data key can be wrapped under the old
-        KEK the same way (a data rotation approved on a node whose registry still named
-        it current): destroyed, it took every token under that data key (review 38's
-        backstop). The grace period is far longer than any call: by now all are in."""
-        kek = row.kind == RotationKind.KEK.value
-        step = self._rewrap if kek else self._refingerprint
-        moved = 0
-        while batch := step(connection, row, BATCH):
-            moved += batch
-        if moved:
-            self._progress(connection, row, {"moved": moved, "late": True})
-
     def _progress(
         self, connection: Connection, row: Row[Any], details: dict[str, DetailValue]
     ) -> None:
@@ -576,7 +556,8 @@ class KeyRotation(RotationBatches):
         # The late rows' moves commit before the destroy, which no rollback undoes: in
         # one transaction a failure after it left them under a key gone (the ceremony review).
         with self._write() as connection:
-            self._move_late_rows(connection, row)
+            if moved := self._move_late_rows(connection, row):
+                self._progress(connection, row, {"moved": moved, "late": True})
         # Fail closed: the entry, then the destroy, in the transaction marking it done (a
         # failed commit after it leaves the ceremony pending: the next pass records it).
         with self._write() as connection:
