@@ -71,6 +71,7 @@ def _problem(
     *,
     unsigned: bool,
     authorities: Collection[str] | None,
+    signed_since: int | None = None,
 ) -> str | None:
     """Why `officer`'s `action` ("proposal" or "approval") of ceremony `row` lacks a
     proof that their token signed it, or None when it has one (see `unproven`)."""
@@ -79,7 +80,9 @@ def _problem(
     if key is None:
         return None if unsigned else "the policy registers no MFA key for them"
     if action == "proposal":
-        return proposal_problem(proof, key.encode(), row.id, row.kind, authorities)
+        return proposal_problem(
+            proof, key.encode(), row.id, row.kind, authorities, signed_since=signed_since
+        )
     return approval_problem(proof, key.encode(), row.id, authorities)
 
 
@@ -90,13 +93,15 @@ def unproven(
     *,
     unsigned: bool,
     authorities: Collection[str] | None = None,
+    signed_since: int | None = None,
 ) -> list[str]:
     """Which of ceremony `row`'s proposal and `approvals` (officer: stored proof) lack a
     proof that the officer's token signed them, each with why (`vault.approval_proof`).
     With `unsigned` (in-process callers in tests only), an officer the policy registers
     no MFA key for needs none; the server's own wiring never sets it, and such an officer
     cannot act through the API at all. With `authorities` (the vault's own names), each
-    must have been signed for one of them."""
+    must have been signed for one of them; with `signed_since` (Unix seconds), the
+    proposal must have been signed then or later (a past ceremony replayed)."""
     found = []
     actions = [
         ("proposal", row.proposer, row.proposer_proof),
@@ -104,7 +109,14 @@ def unproven(
     ]
     for action, officer, proof in actions:
         problem = _problem(
-            policy, row, action, officer, proof, unsigned=unsigned, authorities=authorities
+            policy,
+            row,
+            action,
+            officer,
+            proof,
+            unsigned=unsigned,
+            authorities=authorities,
+            signed_since=signed_since,
         )
         if problem is not None:
             found.append(f"the {action} by {officer}: {problem}")
@@ -159,6 +171,7 @@ def standing_approvals(
     *,
     unsigned: bool = False,
     authorities: Collection[str] | None = None,
+    signed_since: int | None = None,
 ) -> list[str] | None:
     """The other officers whose approvals of ceremony `row` count under `policy` before
     `keys.officer` approves it, or None when that officer already did (it counts once).
@@ -168,7 +181,8 @@ def standing_approvals(
     key replaced since (the row stays: the vault's role may not delete approvals), and
     `CeremonyRefused` when the proposal or a counted approval (this one included) has no
     stored proof that the officer's token signed it for this ceremony (review appr: rows
-    written straight into the database)."""
+    written straight into the database), or its proposal was signed before `signed_since`
+    (Unix seconds: a past ceremony written back as pending)."""
     identity = keys.officer
     given = connection.execute(
         select(key_approvals.c.officer, key_approvals.c.keyid, key_approvals.c.proof).where(
@@ -191,7 +205,9 @@ def standing_approvals(
         )
     standing = _standing(policy, row, approvals)
     counted = {a: proofs[a] for a in standing} | {identity: keys.proof}
-    problems = unproven(policy, row, counted, unsigned=unsigned, authorities=authorities)
+    problems = unproven(
+        policy, row, counted, unsigned=unsigned, authorities=authorities, signed_since=signed_since
+    )
     if problems:
         reason = "; ".join(problems)
         raise CeremonyRefused(

@@ -21,10 +21,14 @@ When the vault knows its own names (`vault.officer_mfa.server_names`), the signe
 ``@authority`` must still be one of them: a ceremony copied whole from a staging vault
 where the same officers' keys are registered does not count here.
 
-Nonce and time window are not checked again: they were at submission, and an approval
-may be a day old. A database writer cannot forge a proof (it needs the officer's token)
-nor move one to another ceremony; what it can still do is drop or corrupt rows, which
-only stops a ceremony (docs/threat-model.md).
+The nonce and the time window are not checked again: they were at submission, and an
+approval may be a day old. But a proposal counts only within its life from the time its
+officer's token signed it (the signed ``created``: `proposal_problem`'s `signed_since`),
+not from the row's ``expires_at``, which a database writer can move: otherwise a past
+ceremony written back as pending, its genuine proofs and all, would make its proposer
+one of today's two officers. A database writer cannot forge a proof (it needs the
+officer's token) nor move one to another ceremony; what it can still do is drop or
+corrupt rows, which only stops a ceremony (docs/threat-model.md).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import json
 import uuid
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Final
 
 from vault.errors import OfficerMfaError
@@ -151,10 +156,13 @@ def proposal_problem(
     ceremony_id: str,
     kind: str,
     authorities: Collection[str] | None = None,
+    *,
+    signed_since: int | None = None,
 ) -> str | None:
     """Why the stored proposal proof does not prove that the officer whose key is
     `public_pem` proposed this ceremony (`ceremony_id`, a `kind` rotation) to this vault
-    (one of `authorities`, when given); None when it does."""
+    (one of `authorities`, when given), signed at `signed_since` (Unix seconds) or later
+    when given; None when it does."""
     action = _verified(stored, public_pem, authorities)
     if isinstance(action, str):
         return action
@@ -168,6 +176,11 @@ def proposal_problem(
         proposed = None
     if proposed != kind:
         return f"it proposed a {proposed} rotation, not a {kind} one"
+    if signed_since is not None:
+        created = parse_signature(action.request().headers).created
+        if created < signed_since:
+            at = datetime.fromtimestamp(created, UTC).isoformat(timespec="seconds")
+            return f"it was signed at {at}, longer ago than a proposal lives"
     return None
 
 

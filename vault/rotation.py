@@ -55,6 +55,7 @@ from vault.ceremony import Ceremony, CeremonyState, RotationKind
 from vault.errors import CeremonyError, CeremonyNotFound, CeremonyRefused, StorageUnavailable
 from vault.key_inventory import code_epochs, describe_keys, record_counts
 from vault.keyring import DataKeyring, KeyPurpose, KeyState
+from vault.officer_mfa import WINDOW_SECONDS
 from vault.storage.database import as_utc
 from vault.storage.schema import data_keys, key_approvals, key_ceremonies, tokens
 
@@ -289,8 +290,16 @@ class KeyRotation(RotationBatches):
                 refusal = "the proposer cannot approve their own request"
                 raise CeremonyRefused(refusal, reason="the proposer cannot approve")
             own = None if self._authorities is None else self._authorities()
+            # A proposal lives `ttl` from its signature (give or take the MFA window).
+            since = int((self._clock() - self._ttl).timestamp()) - WINDOW_SECONDS
             standing = standing_approvals(
-                connection, self._policy(), row, keys, unsigned=self._unsigned, authorities=own
+                connection,
+                self._policy(),
+                row,
+                keys,
+                unsigned=self._unsigned,
+                authorities=own,
+                signed_since=since,
             )
             if standing is None:
                 return view  # approving twice does not count twice

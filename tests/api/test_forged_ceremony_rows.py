@@ -228,3 +228,21 @@ def test_a_ceremony_copied_from_a_staging_vault_does_not_count(vault_server: Vau
     ):
         detail = _refused(vault_server, alice, ceremony)
     assert "signed for vault.staging.example, not this vault" in detail
+
+
+def test_a_past_ceremony_replayed_does_not_count(vault_server: VaultServer) -> None:
+    """Bob really proposed a rotation here two days ago; it expired (or ran). The
+    operator writes it back as pending with a fresh expiry, his genuine proof and all, and
+    asks Alice to approve: her approval and Bob's old proposal would make two officers
+    where only one acts today. A proposal counts only within its life from when its
+    officer's token signed it (the signed ``created``, which the database cannot move)."""
+    two_days_ago = int(datetime.now(UTC).timestamp()) - 2 * 86_400
+    proposal = signed_proposal(_bob(), "fingerprint", created=two_days_ago)
+    ceremony = proposal.ceremony_id()
+    with (
+        _written_proposal(vault_server, ceremony, proposer_proof=proposal.to_json()),
+        vault_server.client("officer-alice") as alice,
+    ):
+        detail = _refused(vault_server, alice, ceremony)
+    assert "the proposal by spiffe://cofre/officer-bob" in detail
+    assert "longer ago than a proposal lives" in detail

@@ -135,10 +135,12 @@ def signature_headers(
     authority: str,
     keyid: str | None = None,
     nonce: str | None = None,
+    created: int | None = None,
 ) -> dict[str, str]:
-    """The RFC 9421 headers of a ``POST`` of `body` to `path` signed now by `officer`'s
-    key as their client signs it (`cofre_cli._shared.officer_signature`); a test may
-    name another `keyid` or replay a `nonce`."""
+    """The RFC 9421 headers of a ``POST`` of `body` to `path` signed now (or at
+    `created`) by `officer`'s key as their client signs it
+    (`cofre_cli._shared.officer_signature`); a test may name another `keyid` or replay
+    a `nonce`."""
     return sign_request(
         "POST",
         path,
@@ -147,27 +149,33 @@ def signature_headers(
         authority=authority,
         keyid=officer.keyid if keyid is None else keyid,
         nonce=secrets.token_urlsafe(18) if nonce is None else nonce,
-        created=int(time.time()),
+        created=int(time.time()) if created is None else created,
         sign=officer.sign,
     )
 
 
 def signed_action(
-    officer: SigningOfficer, path: str, body: bytes = b"", *, authority: str = "localhost"
+    officer: SigningOfficer,
+    path: str,
+    body: bytes = b"",
+    *,
+    authority: str = "localhost",
+    created: int | None = None,
 ) -> SignedAction:
     """A ``POST`` of `body` to `path` signed by `officer`'s key, kept as the vault stores
     it: for in-process ceremony callers, whose actions count only with such a proof
     (`vault.approval_proof`)."""
-    headers = signature_headers(officer, path, body, authority=authority)
+    headers = signature_headers(officer, path, body, authority=authority, created=created)
     return SignedAction.of(HttpRequest("POST", path, "", {"host": authority, **headers}, body))
 
 
 def signed_proposal(
-    officer: SigningOfficer, kind: str, *, authority: str = "localhost"
+    officer: SigningOfficer, kind: str, *, authority: str = "localhost", created: int | None = None
 ) -> SignedAction:
-    """`officer`'s signed proposal of a `kind` rotation (the API's body)."""
+    """`officer`'s signed proposal of a `kind` rotation (the API's body), signed now or
+    at `created`."""
     body = json.dumps({"kind": kind}).encode()
-    return signed_action(officer, PROPOSALS, body, authority=authority)
+    return signed_action(officer, PROPOSALS, body, authority=authority, created=created)
 
 
 def signed_approval(
