@@ -6,7 +6,8 @@ IN PCI SCOPE.
 - ``audit_entries``: the log's content, one canonical-JSON entry per row, written in the
   same transaction as the operation it records. Append-only.
 - ``audit_queue``: entries written but not yet integrated into the tree (the Trillian
-  "unsequenced" queue). The sequencer deletes from it; it is not part of the log.
+  "unsequenced" queue), each with its entry's ``created_at`` (the partition it is in).
+  The sequencer deletes from it; it is not part of the log.
 - ``audit_leaves``: leaf index -> entry, assigned by the sequencer. Append-only.
 - ``audit_nodes``: the hash of every complete subtree (level, index), so proofs cost
   O(log n) lookups. Append-only; a cache that `cofre audit verify` never trusts.
@@ -68,6 +69,9 @@ audit_queue = Table(
     "audit_queue",
     metadata,
     Column("entry_id", _BigId, ForeignKey("audit_entries.id"), primary_key=True),
+    # The entry's own created_at (migration 0017), so that on PostgreSQL the sequencer
+    # reads it from its partition alone. NULL for a row queued by code before 0017.
+    Column("created_at", DateTime(timezone=True), nullable=True),
 )
 
 audit_leaves = Table(

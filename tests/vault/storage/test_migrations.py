@@ -94,6 +94,38 @@ def test_0013_adds_the_ceremony_proofs_and_keeps_the_rows(engine: Engine) -> Non
         assert connection.execute(text("SELECT keyid FROM key_approvals")).scalar_one() == "k-bob"
 
 
+def test_0017_adds_the_queued_entries_time_and_keeps_the_queue(engine: Engine) -> None:
+    """Additive: rows queued before it keep their place with no time (NULL: the sequencer
+    reads those by id alone), and a downgrade to 0016 drops the column and keeps them."""
+    _upgrade(engine, "0016")
+    with engine.begin() as connection:
+        # 0001 creates the queue from today's metadata; a queue made at 0016 had no time.
+        connection.execute(text("ALTER TABLE audit_queue DROP COLUMN created_at"))
+        connection.execute(
+            text(
+                "INSERT INTO audit_entries (payload, created_at) "
+                "VALUES ('{}', CURRENT_TIMESTAMP), ('{}', CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(text("INSERT INTO audit_queue (entry_id) SELECT id FROM audit_entries"))
+    migrate(engine)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT entry_id, created_at FROM audit_queue ORDER BY entry_id")
+        ).all()
+    assert [created_at for _, created_at in rows] == [None, None]
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0016")
+    with engine.connect() as connection:
+        columns = {c["name"] for c in inspect(connection).get_columns("audit_queue")}
+        assert "created_at" not in columns
+        kept = connection.execute(text("SELECT entry_id FROM audit_queue ORDER BY entry_id"))
+        assert [entry_id for (entry_id,) in kept] == [entry_id for entry_id, _ in rows]
+
+
 def test_0014s_index_built_ahead_as_the_operations_guide_says_is_adopted(
     pg_database: str,
 ) -> None:
