@@ -55,25 +55,31 @@ def insert_values(
             run(sql, params)
 
 
-def insert_entries(
+def insert_queued_entries(
     connection: Connection, rows: Sequence[tuple[str, datetime]]
 ) -> list[tuple[int, str]]:
-    """Insert entries (payload, created_at) on the transaction's cursor and return the
-    (id, payload) of each, in no particular order (SQLite promises none for RETURNING).
+    """Insert entries (payload, created_at) and queue each for the sequencer with the
+    created_at written for it, on the transaction's cursor, and return the (id, payload)
+    of each, in no particular order (SQLite promises none for RETURNING). The queue's
+    time is what the database returned for that very row, never matched up in Python:
+    a queue row whose time is not its entry's would never be read (`queued_entries`).
     SQLAlchemy's executemany with RETURNING processed every row's parameters and result
     in Python: ~26 ms of the committer's CPU for a batch's 1,000 entries (issue 21). On
     PostgreSQL the columns go as two arrays through ``unnest``, in binary (``%b``:
     psycopg's text array format escapes each payload's quotes with a regex in Python,
-    which cost more than SQLAlchemy's way); on SQLite as a multi-row ``VALUES``, the time
-    in SQLAlchemy's own text format for it (what it reads back)."""
+    which cost more than SQLAlchemy's way), and the queue rows are written by the same
+    statement from its RETURNING (a time read back into Python costs ~0.5 ms of CPU per
+    1,000); on SQLite as a multi-row ``VALUES``, the time in SQLAlchemy's own text format
+    for it (what it reads back, and what goes into the queue as it is)."""
     if not rows:
         return []
     dialect = connection.dialect
     written: list[tuple[int, str]] = []
+    queued: list[tuple[object, ...]] = []
     with _cursor(connection) as run:
         if dialect.name == "postgresql":
             payloads, times = (list(column) for column in zip(*rows, strict=True))
-            written += run(_PG_INSERT_ENTRIES, (payloads, times), fetch=True)
+            written += run(_PG_INSERT_QUEUED_ENTRIES, (payloads, times), fetch=True)
             return written
         process = audit_entries.c.created_at.type._cached_bind_processor(dialect)
         per = _MAX_PARAMETERS // 2
@@ -85,36 +91,62 @@ def insert_entries(
                 for value in (payload, at if process is None else process(at))
             )
             marks = ", ".join(["(?, ?)"] * len(chunk))
-            written += run(
+            for entry_id, payload, at in run(
                 f"INSERT INTO audit_entries (payload, created_at) VALUES {marks} "  # noqa: S608
-                "RETURNING id, payload",
+                "RETURNING id, payload, created_at",
                 params,
                 fetch=True,
-            )
+            ):
+                written.append((entry_id, payload))
+                queued.append((entry_id, at))
+    insert_values(connection, "audit_queue (entry_id, created_at)", queued, ("int8", "timestamptz"))
     return written
 
 
-_PG_INSERT_ENTRIES: Final = (
-    "INSERT INTO audit_entries (payload, created_at) "
-    "SELECT * FROM unnest(%b::text[], %b::timestamptz[]) RETURNING id, payload"
+# One statement: the queue rows are the entries' RETURNING, each with its own time.
+_PG_INSERT_QUEUED_ENTRIES: Final = (
+    "WITH written AS (INSERT INTO audit_entries (payload, created_at) "
+    "SELECT * FROM unnest(%b::text[], %b::timestamptz[]) RETURNING id, payload, created_at), "
+    "queued AS (INSERT INTO audit_queue (entry_id, created_at) "
+    "SELECT id, created_at FROM written) "
+    "SELECT id, payload FROM written"
 )
 
 
-# The queue's entries in order, with the payload each leaf hashes. `%s` is psycopg's
-# placeholder, `?` sqlite3's.
+# The queue's entries in order, with the payload each leaf hashes, on SQLite (sqlite3's
+# `?` placeholder): one table, where the entry is found by id.
 _QUEUED: Final = (
     "SELECT q.entry_id, e.payload FROM audit_queue q "
-    "JOIN audit_entries e ON e.id = q.entry_id ORDER BY q.entry_id LIMIT {mark}"
+    "JOIN audit_entries e ON e.id = q.entry_id ORDER BY q.entry_id LIMIT ?"
+)
+# On PostgreSQL each entry is read from its own partition. The join's key then holds
+# the partition key, but PostgreSQL, costing a join as if every partition were read,
+# hashed the whole online log for it (as it did for the join by id alone): only a nested
+# loop over the queue prunes at run time, with each row's time, to one partition. A
+# LATERAL subquery with a LIMIT is not flattened into a join, so a nested loop is the
+# only plan there is, whatever the statistics (one row at most either way: the first
+# arm's key is the primary key, the second's id comes from a sequence). A row queued by
+# code before migration 0017 has no time (NULL, which prunes the first arm to nothing):
+# the second arm reads it by id, in every partition, and its LIMIT keeps its filter one
+# check per row, not one per partition.
+_QUEUED_PG: Final = (
+    "SELECT q.entry_id, e.payload FROM audit_queue q CROSS JOIN LATERAL ("
+    "SELECT payload FROM (SELECT payload FROM audit_entries e "
+    "WHERE e.id = q.entry_id AND e.created_at = q.created_at LIMIT 1) dated "
+    "UNION ALL SELECT payload FROM (SELECT payload FROM audit_entries e "
+    "WHERE e.id = q.entry_id LIMIT 1) undated WHERE q.created_at IS NULL"
+    ") e ORDER BY q.entry_id LIMIT %s"
 )
 
 
 def queued_entries(connection: Connection, limit: int) -> list[tuple[int, str]]:
     """The first `limit` queued entries as (entry id, payload), in entry id order: the
     sequencer's read, on the transaction's cursor (a SQLAlchemy row per entry cost more
-    than the read itself for a batch's 1,000 entries)."""
-    mark = "%s" if connection.dialect.name == "postgresql" else "?"
+    than the read itself for a batch's 1,000 entries). A queued id whose entry is not
+    found is passed over, as an inner join does."""
+    sql = _QUEUED_PG if connection.dialect.name == "postgresql" else _QUEUED
     with _cursor(connection) as run:
-        rows = run(_QUEUED.format(mark=mark), (limit,), fetch=True)
+        rows = run(sql, (limit,), fetch=True)
     return [(int(entry_id), str(payload)) for entry_id, payload in rows]
 
 

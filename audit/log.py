@@ -28,7 +28,7 @@ from typing import Final
 from sqlalchemy import Connection, insert
 from sqlalchemy.exc import SQLAlchemyError
 
-from audit._rows import insert_entries, insert_values
+from audit._rows import insert_queued_entries
 from audit.errors import AuditWriteFailed
 from audit.schema import audit_entries, audit_queue
 from cofre.dberrors import db_error_name
@@ -297,7 +297,8 @@ class AuditLog:
             entry_id = connection.execute(
                 _INSERT_ENTRY, {"payload": payload, "created_at": now}
             ).scalar_one()
-            connection.execute(_INSERT_QUEUED, {"entry_id": entry_id})
+            # The entry's own time, so that the sequencer reads it from its partition.
+            connection.execute(_INSERT_QUEUED, {"entry_id": entry_id, "created_at": now})
         except SQLAlchemyError as exc:
             raise AuditWriteFailed(
                 f"the audit entry could not be written ({db_error_name(exc)}); "
@@ -307,8 +308,9 @@ class AuditLog:
         return int(entry_id)
 
     def append_many(self, connection: Connection, events: Sequence[AuditEvent]) -> None:
-        """Insert `events` in `connection`'s transaction, in one round trip each for the
-        entries and the queue (batches). Raises `AuditWriteFailed` like `append`.
+        """Insert `events` in `connection`'s transaction, in one round trip for the entries
+        and the queue on PostgreSQL, one each on SQLite (batches). Raises
+        `AuditWriteFailed` like `append`.
 
         Inside `deferred_appends` on `connection`, the rows are only queued (their
         payloads made now) and written by its flush, with every other operation's of the
@@ -334,14 +336,13 @@ _DEFERRED: Final = "cofre_audit_deferred_rows"
 
 
 def _insert_rows(connection: Connection, rows: Sequence[tuple[str, datetime]]) -> list[int]:
-    """Write `rows` (payload, time: one multi-row insert per table, on the transaction's
-    cursor) and return their ids, in order."""
+    """Write `rows` (payload, time), each queued with its time (`insert_queued_entries`:
+    multi-row inserts on the transaction's cursor), and return their ids, in order."""
     try:
         # With no order asked of RETURNING: SQLite promises none (asking SQLAlchemy for
         # one made it insert a batch row by row there, issue 21), so the ids are
         # matched to the rows by payload below.
-        written = insert_entries(connection, rows)
-        insert_values(connection, "audit_queue (entry_id)", [(i,) for i, _ in written], ("int8",))
+        written = insert_queued_entries(connection, rows)
     except SQLAlchemyError as exc:
         raise AuditWriteFailed(
             f"the audit entry could not be written ({db_error_name(exc)}); the operation is refused"
@@ -357,14 +358,15 @@ def _insert_rows(connection: Connection, rows: Sequence[tuple[str, datetime]]) -
 @contextmanager
 def deferred_appends(connection: Connection) -> Iterator[Callable[[], None]]:
     """While the block runs, `AuditLog.append_many` on `connection` queues its rows;
-    the function it yields writes them all in one multi-row insert (one per 'entries'
-    and 'queue'), and must be called before the transaction commits. The group
-    committer runs the operations of a group this way: one insert for the group, not
-    one per operation (issue 21). Rows not flushed when the block ends are dropped, so
-    a block that ends without its flush must roll back; a failed flush raises
-    `AuditWriteFailed` and so must roll back too (fail closed: the operations of the
-    transaction do not happen). Each entry id is noted in the trail of the context
-    that appended it (held until the commit inside `notes_on_commit`)."""
+    the function it yields writes them all in one multi-row insert (entries and queue
+    together on PostgreSQL, one each on SQLite), and must be called before the
+    transaction commits. The group committer runs the operations of a group this way:
+    one insert for the group, not one per operation (issue 21). Rows not flushed when
+    the block ends are dropped, so a block that ends without its flush must roll back;
+    a failed flush raises `AuditWriteFailed` and so must roll back too (fail closed:
+    the operations of the transaction do not happen). Each entry id is noted in the
+    trail of the context that appended it (held until the commit inside
+    `notes_on_commit`)."""
     pending: _Pending = []
     connection.info[_DEFERRED] = pending
 

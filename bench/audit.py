@@ -75,7 +75,10 @@ def _bulk_fill(engine: Engine, start: int, count: int) -> None:
                 .scalars()
                 .all()
             )
-            connection.execute(insert(audit_queue), [{"entry_id": i} for i in ids])
+            # Each with its entry's time, as the vault queues them (migration 0017).
+            connection.execute(
+                insert(audit_queue), [{"entry_id": i, "created_at": now} for i in ids]
+            )
 
 
 def _time_proofs(store: AuditStore, size: int, samples: int = 50) -> tuple[float, float]:

@@ -245,13 +245,13 @@ def test_a_group_writes_its_audit_entries_in_one_insert(
     driver's cursor, where SQLAlchemy's execute events do not see it.)"""
     migrate(engine)
     inserts: list[int] = []
-    insert_entries = audit._rows.insert_entries
+    insert_entries = audit._rows.insert_queued_entries
 
     def counted(connection: Connection, rows: Sequence[tuple[str, datetime]]) -> Any:
         inserts.append(len(rows))
         return insert_entries(connection, rows)
 
-    monkeypatch.setattr("audit.log.insert_entries", counted)
+    monkeypatch.setattr("audit.log.insert_queued_entries", counted)
     committer = GroupCommitter(engine)
     try:
         futures = _group_with_trails(committer, [_audited(i) for i in range(1, 9)])
