@@ -10,7 +10,7 @@ token) calls `may_block()` first; on a thread inside `never_blocking()` it raise
 `WouldBlock`, and the caller runs the whole call again, from its start, in a thread.
 
 So what a call does before its first such place must be safe to do twice: checks, and
-counts that only make a later check stricter (`vault.limits.EarlyRoom`'s admitted
+counts that only make a later check stricter (`vault._early_room.EarlyRoom`'s admitted
 units). Nothing before it writes, audits or charges.
 
 The flag is the thread's own (a `threading.local`, not a context variable): the work a

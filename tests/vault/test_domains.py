@@ -311,7 +311,7 @@ def test_another_node_spending_the_bucket_is_refused_by_the_charge_and_then_earl
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The early check admits calls against its last read of the bucket for up to a
-    second (`vault.limits.EarlyRoom`): what another node spent meanwhile is refused by
+    second (`vault._early_room.EarlyRoom`): what another node spent meanwhile is refused by
     the transaction's charge, the limit itself exact across nodes; that call spent its
     HMAC, and the next one reads the bucket and is refused before any HSM call."""
     other = VaultService(

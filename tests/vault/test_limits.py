@@ -16,8 +16,9 @@ from sqlalchemy import Connection, Engine, text
 
 from policies.errors import RateLimited
 from policies.models import Quota, RateLimit
+from vault._early_room import EARLY_ROOM_SECONDS, EarlyRoom
 from vault.errors import QuotaExceeded
-from vault.limits import EARLY_ROOM_SECONDS, EarlyRoom, Limits
+from vault.limits import Limits
 from vault.storage.database import create_database_engine, migrate
 from vault.storage.groupcommit import GroupCommitter
 
@@ -310,7 +311,7 @@ def test_a_quota_refusal_is_learnt_only_once_handed_to_its_caller(engine: Engine
 
 
 def test_learnt_quota_refusals_are_bounded_oldest_first(engine: Engine) -> None:
-    """One entry per identity and limit, at most `_EARLY_ROOM_ENTRIES` of them: a new
+    """One entry per identity and limit, at most `EARLY_ROOM_ENTRIES` of them: a new
     one drops the oldest (review 12: filtering by day kept every entry of the day and
     rebuilt the map at each refusal, from request threads)."""
     limits, quota = Limits(), Quota(detokenize_per_day=1)

@@ -82,7 +82,7 @@ class TokenizeChecks(EarlyRate):
         """Refuse before any HSM call what the transaction would refuse anyway (a spent
         rate limit, a call that alone overfills an oracle bucket), so that refused calls
         cannot spend the HSM's capacity. Charges nothing. The bucket is read at most
-        about once a second while it has room (`vault.limits.EarlyRoom`)."""
+        about once a second while it has room (`vault._early_room.EarlyRoom`)."""
         self._refuse_spent(ctx, rules, len(requests))
         now = self._clock()
         guarded = []

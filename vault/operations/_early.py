@@ -26,7 +26,7 @@ class EarlyRate(VaultCore):
         """Raise `RateLimited` if the caller's bucket lacks `cost` units now, or
         `QuotaExceeded` if its daily detokenize quota is known to lack `reveals`;
         charges nothing (the transaction's charges stay the limits). The bucket is read
-        at most about once a second while it has room (`vault.limits.EarlyRoom`)."""
+        at most about once a second while it has room (`vault._early_room.EarlyRoom`)."""
         if reveals and rules.quota is not None:
             self._limits.refuse_spent_quota(ctx.identity, rules.quota, reveals, self._clock())
         limit = rules.rate_limit
