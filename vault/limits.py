@@ -18,6 +18,9 @@ one limit, not N.
 - **The oracle guard** remembers, per identity, BIN/last-four bucket and window, which
   distinct PANs (by their HMAC fingerprint) were sent where the answer depends on what
   the vault holds. Past the policy's limit the call is refused with `OracleSuspected`.
+  A call counts the distinct PANs of the window under way and of the one before it, so
+  no span of the window's length admits more than the limit (fixed windows alone let
+  the limit through at the end of one window and again at the start of the next).
   The check is a read, then an insert, and a transaction sees only committed rows and
   its own: N nodes checking one bucket at the same instant (a batch or a group commit
   each) can each admit up to the limit, N times it in one race, which
@@ -53,8 +56,10 @@ __all__ = ["DETOKENIZE_QUOTA", "MAX_WINDOW_SECONDS", "Limits", "oracle_bucket"]
 
 DETOKENIZE_QUOTA: Final = "detokenize"
 _DAY: Final = 86400
-# The longest guard window a policy may set (policies.models.OracleGuard): rows are kept
-# at least this long so that no live window loses its memory.
+# The longest guard window a policy may set (policies.models.OracleGuard). The guard
+# reads the window before the one under way too, which began up to twice this long ago:
+# its rows are kept that long (`purge_windows`), so that no window still read loses its
+# memory.
 MAX_WINDOW_SECONDS: Final = 31 * _DAY
 # How long past its time a rate bucket is kept (it is full again then, as if it had no
 # row): an hour of margin for the nodes' clocks.
@@ -76,9 +81,13 @@ _CHARGE_SQL: Final = (
 # The bucket's read, on the driver's cursor too (`check_rate` runs before every tokenize).
 _TAT_SQL: Final = "SELECT tat FROM rate_state WHERE identity = ?"
 # The same on SQLite and PostgreSQL; "window" is quoted, a keyword in both. Another
-# node may insert the same row first: its row is as good as ours.
+# node may insert the same row first: its row is as good as ours. The read takes the
+# window under way and the one before it (`Limits.watch`) as one range of the primary
+# key, from the earlier window's first second: a row of a later window (another node's
+# clock a little ahead at a boundary) is a card sent too, and counts.
 _SEEN_SQL: Final = (
-    'SELECT bucket, item FROM oracle_watch WHERE identity = ? AND "window" = ? AND bucket IN (?*)'
+    'SELECT bucket, "window", item FROM oracle_watch'
+    ' WHERE identity = ? AND "window" >= ? AND bucket IN (?*)'
 )
 _WATCH_INTO: Final = 'oracle_watch (identity, bucket, "window", item)'
 # PostgreSQL only (SQLite has no INSERT in a WITH): `_SEEN_SQL` and the insert at once,
@@ -89,9 +98,10 @@ _WATCH_INTO: Final = 'oracle_watch (identity, bucket, "window", item)'
 # row of the identity's window whenever the table had grown much since its statistics
 # (`vault.operations._statements._TAKEN_PG` says more).
 _SEEN_THEN_WATCH_SQL: Final = (
-    "WITH seen AS (SELECT sent.bucket, held.item FROM unnest(%b::bytea[]) AS sent(bucket)"
-    " CROSS JOIN LATERAL (SELECT item FROM oracle_watch WHERE identity = %s"
-    ' AND "window" = %s AND bucket = sent.bucket OFFSET 0) AS held),'
+    'WITH seen AS (SELECT sent.bucket, held."window", held.item'
+    " FROM unnest(%b::bytea[]) AS sent(bucket)"
+    ' CROSS JOIN LATERAL (SELECT "window", item FROM oracle_watch WHERE identity = %s'
+    ' AND "window" >= %s AND bucket = sent.bucket OFFSET 0) AS held),'
     ' watched AS (INSERT INTO oracle_watch (identity, bucket, "window", item) SELECT %s, b, %s, i'
     " FROM unnest(%b::bytea[], %b::bytea[]) AS sent(b, i) ON CONFLICT DO NOTHING)"
     " SELECT * FROM seen"
@@ -160,13 +170,49 @@ def _rate_limited(limit: RateLimit, retry_after: float) -> RateLimited:
     )
 
 
-def _oracle_suspected(guard: OracleGuard, now: datetime) -> OracleSuspected:
-    window = int(now.timestamp()) // guard.window_seconds * guard.window_seconds
+def _window_of(guard: OracleGuard, now: datetime) -> int:
+    """The first second of the guard's window under way at `now`: windows are named by
+    their first second, so that one purge horizon fits all."""
+    return int(now.timestamp()) // guard.window_seconds * guard.window_seconds
+
+
+def _read_until(guard: OracleGuard, window: int) -> int:
+    """The first second at which `Limits.watch` no longer reads a row of `window`: the
+    start of the first window whose previous one begins after it (for a window of the
+    current length, the end of the window after it)."""
+    size = guard.window_seconds
+    return ((window + size) // size + 1) * size
+
+
+def _clears_at(
+    guard: OracleGuard, seen: dict[bytes, int], sent: set[bytes], now: datetime
+) -> float | None:
+    """When a call sending `sent` to a bucket whose rows read now are `seen` (each item's
+    latest window) would pass, if nothing else is sent meanwhile: once few enough of the
+    other items are still read for `sent` to fit. None if it never would (`sent` alone
+    is over the limit)."""
+    room = guard.max_pans_per_bucket - len(sent)
+    if room < 0:
+        return None
+    # Sent again, an item counts once whatever it was seen in; the others count until
+    # their rows stop being read, the latest first.
+    until = sorted((_read_until(guard, w) for i, w in seen.items() if i not in sent), reverse=True)
+    return float(until[room]) if room < len(until) else now.timestamp()
+
+
+def _oracle_suspected(
+    guard: OracleGuard, now: datetime, clears_at: float | None = None
+) -> OracleSuspected:
+    # Retry-After: when the call would pass (`_clears_at`). A call that alone sends more
+    # than the limit to one bucket never will: it is told the end of the window under
+    # way, as before, a pause for a client that retries and no promise.
+    if clears_at is None:
+        clears_at = float(_window_of(guard, now) + guard.window_seconds)
     return OracleSuspected(
         f"more than {guard.max_pans_per_bucket} different card numbers with one BIN and "
         f"last four in {guard.window_seconds}s: refused as a suspected guessing attack "
         "(the policy's oracle_guard sets the limit)",
-        max(window + guard.window_seconds - now.timestamp(), 1.0),
+        max(clears_at - now.timestamp(), 1.0),
     )
 
 
@@ -318,8 +364,9 @@ class Limits:
     @staticmethod
     def check_call_buckets(guard: OracleGuard, pans: Iterable[Pan], now: datetime) -> None:
         """Raise `OracleSuspected` when one call alone sends more different cards of one
-        bucket than the guard allows in a whole window (checked on the digits, before
-        any HSM call; `watch` counts them against the window in the transaction)."""
+        bucket than the guard allows in any span of its window's length (checked on the
+        digits, before any HSM call; `watch` counts them with the cards already seen,
+        in the transaction, and would refuse such a call at any time)."""
         per_bucket: dict[bytes, set[str]] = {}
         for pan in pans:
             per_bucket.setdefault(oracle_bucket(pan), set()).add(pan.reveal())
@@ -419,14 +466,27 @@ class Limits:
     ) -> None:
         """Record each (bucket, item) pair `identity` sent; raise `OracleSuspected`
         when a bucket would hold more than the guard's limit of distinct items in the
-        current window (the caller's transaction, rolled back on the raise, then
-        records nothing; on PostgreSQL the rows are written before the check)."""
-        # Windows are named by their first second, so that one purge horizon fits all.
-        window = int(now.timestamp()) // guard.window_seconds * guard.window_seconds
+        current window and the one before it together (the caller's transaction,
+        rolled back on the raise, then records nothing; on PostgreSQL the rows are
+        written before the check).
+
+        Counting the window before too is the strict form of a sliding window: every
+        span of `window_seconds` ending now lies within those two windows, so no such
+        span admits more than the limit, where fixed windows admitted the limit in the
+        last seconds of one window and again in the first of the next. The weighted
+        sliding-window counter (the earlier window's count scaled by how much of it the
+        span still covers) was not taken: guesses sent at the very end of the earlier
+        window count for almost nothing by the end of the next, so it still admits
+        nearly twice the limit in one span, the attack's own shape. The price: a bucket
+        filled stays full until its rows leave the read, one to two windows later."""
+        window = _window_of(guard, now)
+        previous = window - guard.window_seconds
         wanted: dict[bytes, set[bytes]] = {}
         for bucket, item in items:
             wanted.setdefault(bucket, set()).add(item)
-        seen_by_bucket: dict[bytes, set[bytes]] = {}
+        # bucket -> item -> the latest window it was seen in (an item may have a row in
+        # both windows read).
+        seen_by_bucket: dict[bytes, dict[bytes, int]] = {}
         buckets = list(wanted)
         # One query per 500 buckets, not one per bucket: a batch of 1,000 cards spans
         # about as many buckets (issue 21: a thousand SELECTs per batch).
@@ -445,23 +505,36 @@ class Limits:
                 params = [
                     chunk,
                     identity,
-                    window,
+                    previous,
                     identity,
                     window,
                     [b for b, _ in sent],
                     [item for _, item in sent],
                 ]
             else:
-                sql, in_list, params = _SEEN_SQL, len(chunk), [identity, window, *chunk]
-            for bucket, item in fetch_all(connection, sql, params, in_list=in_list):
-                seen_by_bucket.setdefault(bytes(bucket), set()).add(bytes(item))
+                sql, in_list, params = _SEEN_SQL, len(chunk), [identity, previous, *chunk]
+            for bucket, seen_in, item in fetch_all(connection, sql, params, in_list=in_list):
+                held = seen_by_bucket.setdefault(bytes(bucket), {})
+                held[bytes(item)] = max(int(seen_in), held.get(bytes(item), int(seen_in)))
         rows: list[tuple[str, bytes, int, bytes]] = []
+        refused: list[float | None] = []
         for bucket, new_items in wanted.items():
-            seen = seen_by_bucket.get(bucket, set())
-            fresh = new_items - seen
-            if len(seen) + len(fresh) > guard.max_pans_per_bucket:
-                raise _oracle_suspected(guard, now)
-            rows.extend((identity, bucket, window, item) for item in fresh)
+            seen = seen_by_bucket.get(bucket, {})
+            # A card seen in either window is no new guess: the union counts.
+            if len(seen.keys() | new_items) > guard.max_pans_per_bucket:
+                refused.append(_clears_at(guard, seen, new_items, now))
+                continue
+            # A card seen only in the window before gets a row in this one too: sent
+            # now, it must still count through the next window.
+            rows.extend(
+                (identity, bucket, window, item)
+                for item in new_items
+                if seen.get(item, previous) < window
+            )
+        if refused:
+            # The call passes once every bucket it overfills does.
+            clears = None if None in refused else max(r for r in refused if r is not None)
+            raise _oracle_suspected(guard, now, clears)
         if not both:
             insert_rows(connection, _WATCH_INTO, rows, then="ON CONFLICT DO NOTHING")
 
@@ -479,7 +552,10 @@ class Limits:
         removed += connection.execute(
             delete(usage_counters).where(usage_counters.c.window < horizon)
         ).rowcount
+        # The guard reads the window before the one under way as well (`watch`): for
+        # the longest window that one began up to two window lengths ago.
+        watched = int(now.timestamp()) - max(keep_seconds, 2 * MAX_WINDOW_SECONDS)
         removed += connection.execute(
-            delete(oracle_watch).where(oracle_watch.c.window < horizon)
+            delete(oracle_watch).where(oracle_watch.c.window < watched)
         ).rowcount
         return int(removed)

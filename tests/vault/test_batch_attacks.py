@@ -114,6 +114,49 @@ def test_a_lookup_the_oracle_guard_refuses_still_costs_its_rate(vault: VaultServ
 
 
 @pytest.mark.hsm
+def test_guesses_either_side_of_midnight_are_one_days_guesses(
+    engine: Engine, hsm_provider: HSMProvider
+) -> None:
+    """The guard's windows were fixed UTC days: ten guesses of one BIN and last four in
+    the last seconds of a day and ten more in the first seconds of the next were all
+    answered, twice the day's limit in twenty seconds (the security review's residual).
+    The day before counts with the day under way, by tokenize and lookup alike."""
+    midnight = datetime(2026, 12, 3, tzinfo=UTC)
+    now = [midnight - timedelta(seconds=10)]
+    policy = PolicyEngine(parse_policy(POLICY, kind="toml").policy)
+    svc = VaultService(engine, hsm_provider, policy, clock=lambda: now[0])
+    svc.initialize()
+    try:
+        bucket = _bucket(20)
+        for card in bucket[:10]:
+            svc.tokenize(PAYMENTS, TokenizeRequest(Pan(card), "pan_bin6_last4"))
+            now[0] += timedelta(seconds=1)
+        assert now[0] == midnight
+        outcomes: list[str] = []
+        waits: list[float] = []
+        for card in bucket[10:]:
+            now[0] += timedelta(seconds=1)
+            try:
+                if len(outcomes) % 2:
+                    svc.lookup(PAYMENTS, Pan(card))
+                else:
+                    svc.tokenize(PAYMENTS, TokenizeRequest(Pan(card), "pan_bin6_last4"))
+                outcomes.append("served")
+            except OracleSuspected as refused:
+                outcomes.append(refused.code)
+                waits.append(refused.retry_after)
+        assert outcomes == ["oracle_suspected"] * 10
+        # Honest: the day before stops counting when the day under way ends.
+        assert waits == [pytest.approx(86_400 - s) for s in range(1, 11)]
+        # A card the day before saw is no new guess.
+        assert svc.tokenize(PAYMENTS, TokenizeRequest(Pan(bucket[0]), "pan_bin6_last4")).existing
+        now[0] = midnight + timedelta(days=1)
+        svc.tokenize(PAYMENTS, TokenizeRequest(Pan(bucket[10]), "pan_bin6_last4"))
+    finally:
+        svc.close()
+
+
+@pytest.mark.hsm
 def test_a_deleted_fpe_token_does_not_lock_its_card_out(vault: VaultService) -> None:
     """An FF1 token is its card's one FF1 output in the domain, and a deleted token's
     tombstone keeps its value: tokenizing the card again after a delete drew that value

@@ -1,10 +1,12 @@
 """Rate charges inside commit groups (issue 21), on the real databases: a group charges
 each identity once, after its operations' work and just before its commit; a refused sum
 reruns the group one charge at a time, so exactly the operations within the limit pass;
-and two committers (two workers) on one database grant the burst and no more."""
+and two committers (two workers) on one database grant the burst and no more. Then the
+oracle guard's window, attacked across a window boundary with the clock in hand."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -12,13 +14,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, text
 
 from policies.errors import RateLimited
-from policies.models import Quota, RateLimit
+from policies.models import OracleGuard, Quota, RateLimit
 from vault._early_room import EARLY_ROOM_SECONDS, EarlyRoom
-from vault.errors import QuotaExceeded
-from vault.limits import Limits
+from vault.errors import OracleSuspected, QuotaExceeded
+from vault.limits import MAX_WINDOW_SECONDS, Limits
 from vault.storage.database import create_database_engine, migrate
 from vault.storage.groupcommit import GroupCommitter
 
@@ -326,3 +330,154 @@ def test_learnt_quota_refusals_are_bounded_oldest_first(engine: Engine) -> None:
     limits.refuse_spent_quota("identity-0", quota, 1, now)  # the oldest: forgotten
     with pytest.raises(QuotaExceeded):
         limits.refuse_spent_quota("identity-1099", quota, 1, now)
+
+
+# ------------------------------------------------------------------ the oracle guard's span
+GUARD = OracleGuard(max_pans_per_bucket=10, window_seconds=86_400)
+# A window boundary: the default windows are UTC days, named by their first second.
+BOUNDARY = datetime(2026, 12, 3, tzinfo=UTC)
+BUCKET = b"\x01" * 16  # one BIN and last four, hashed (`oracle_bucket`)
+
+
+def _card(n: int) -> bytes:
+    """The guard's item for the n-th guess: a PAN's HMAC fingerprint stands in."""
+    return n.to_bytes(4, "big") * 8
+
+
+def _refusal(
+    engine: Engine,
+    limits: Limits,
+    guard: OracleGuard,
+    sent: list[tuple[bytes, int]],
+    now: datetime,
+    *,
+    identity: str = "spiffe://cofre/guessing",
+) -> OracleSuspected | None:
+    """One guarded call sending `sent` (bucket, n-th card) at `now`, in its own
+    transaction: the refusal, or None when the guard let it through (its rows committed)."""
+    try:
+        with engine.begin() as c:
+            limits.watch(c, identity, guard, [(b, _card(n)) for b, n in sent], now)
+    except OracleSuspected as refused:
+        return refused
+    return None
+
+
+def _watched(
+    engine: Engine, limits: Limits, cards: list[int], now: datetime, guard: OracleGuard = GUARD
+) -> OracleSuspected | None:
+    """`_refusal` of a call sending `cards` of `BUCKET`."""
+    return _refusal(engine, limits, guard, [(BUCKET, n) for n in cards], now)
+
+
+def test_guesses_either_side_of_a_window_boundary_count_together(engine: Engine) -> None:
+    """The attack on fixed windows: the limit's ten guesses in the last seconds of one
+    window, ten more in the first seconds of the next. Every one was admitted, twenty
+    middle digits tried in twenty seconds where the policy allows ten a day."""
+    limits = Limits()
+    for n in range(10):
+        assert _watched(engine, limits, [n], BOUNDARY - timedelta(seconds=10 - n)) is None
+    after = [
+        n
+        for n in range(10, 20)
+        if _watched(engine, limits, [n], BOUNDARY + timedelta(seconds=n - 9)) is None
+    ]
+    assert after == []
+    # A card already seen, on either side of the boundary, is no new guess.
+    assert _watched(engine, limits, [0, 9], BOUNDARY + timedelta(seconds=30)) is None
+    # The refusal says when the call would pass: once the cards of the window before
+    # the boundary no longer count, at the end of the window after it.
+    refused = _watched(engine, limits, [20], BOUNDARY + timedelta(hours=1))
+    assert isinstance(refused, OracleSuspected)
+    assert refused.code == "oracle_suspected"
+    assert refused.retry_after == pytest.approx(86_400 - 3600)
+    assert _watched(engine, limits, [20], BOUNDARY + timedelta(days=1)) is None
+
+
+def test_a_batch_across_the_boundary_is_refused_as_a_whole(engine: Engine) -> None:
+    """Six guesses before the boundary, then a batch of six new ones after it: twelve in
+    the span, refused, and nothing of it recorded: four of them pass, not a fifth."""
+    limits = Limits()
+    assert _watched(engine, limits, list(range(6)), BOUNDARY - timedelta(seconds=1)) is None
+    refused = _watched(engine, limits, list(range(6, 12)), BOUNDARY + timedelta(seconds=1))
+    assert isinstance(refused, OracleSuspected)
+    assert _watched(engine, limits, list(range(6, 10)), BOUNDARY + timedelta(seconds=2)) is None
+    assert _watched(engine, limits, [10], BOUNDARY + timedelta(seconds=3)) is not None
+
+
+def test_a_purge_keeps_the_window_before_for_the_longest_guard(engine: Engine) -> None:
+    """A 31-day guard reads the window before the one under way, which began up to 62
+    days ago: the purge, which kept 31 days, would have forgotten its ten cards."""
+    guard = OracleGuard(max_pans_per_bucket=10, window_seconds=MAX_WINDOW_SECONDS)
+    first = datetime.fromtimestamp(
+        1_764_720_000 // MAX_WINDOW_SECONDS * MAX_WINDOW_SECONDS + 1, UTC
+    )
+    limits = Limits()
+    assert _watched(engine, limits, list(range(10)), first, guard) is None
+    late = first + timedelta(seconds=2 * MAX_WINDOW_SECONDS - 2)  # the next window's end
+    with engine.begin() as c:
+        limits.purge_windows(c, late, keep_seconds=MAX_WINDOW_SECONDS)
+    assert _watched(engine, limits, [10], late, guard) is not None
+    # Once no window read holds them, the purge takes them.
+    with engine.begin() as c:
+        assert limits.purge_windows(c, late + timedelta(days=62), keep_seconds=0) >= 10
+
+
+_BUCKETS = (b"\x01" * 16, b"\x02" * 16)
+_CALL = st.tuples(
+    st.integers(0, 150),  # seconds since the call before
+    st.lists(st.tuples(st.sampled_from(_BUCKETS), st.integers(0, 7)), min_size=1, max_size=4),
+)
+_EXAMPLES = itertools.count()
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    limit=st.integers(1, 5),
+    start=st.integers(0, 119),
+    calls=st.lists(_CALL, min_size=1, max_size=14),
+)
+def test_no_span_of_a_window_admits_more_than_the_limit(
+    engine: Engine, limit: int, start: int, calls: list[tuple[int, list[tuple[bytes, int]]]]
+) -> None:
+    """Any calls at any times: in no span of `window_seconds` (ends included) does a
+    bucket admit more than the limit of distinct cards. A refusal's Retry-After is the
+    moment the same call would pass if nothing else were sent, and the vault agrees
+    with a plain model of the rule (the cards of this window and the one before it)."""
+    guard = OracleGuard(max_pans_per_bucket=limit, window_seconds=60)
+    size = guard.window_seconds
+    identity = f"spiffe://cofre/property-{next(_EXAMPLES)}"
+    limits = Limits()
+    admitted: list[tuple[int, bytes, int]] = []  # (second, bucket, card)
+
+    def model_admits(sent: list[tuple[bytes, int]], at: int) -> bool:
+        read_from = at // size * size - size
+        for bucket in {b for b, _ in sent}:
+            held = {c for t, b, c in admitted if b == bucket and t // size * size >= read_from}
+            if len(held | {c for b, c in sent if b == bucket}) > limit:
+                return False
+        return True
+
+    at = int(BOUNDARY.timestamp()) // size * size + start
+    for gap, sent in calls:
+        at += gap
+        expected = model_admits(sent, at)
+        when = datetime.fromtimestamp(at, UTC)
+        refused = _refusal(engine, limits, guard, sent, when, identity=identity)
+        assert (refused is None) == expected
+        if refused is None:
+            admitted.extend((at, bucket, card) for bucket, card in sent)
+        elif all(len({c for b, c in sent if b == bucket}) <= limit for bucket in _BUCKETS):
+            # The first second the model lets the same call through: the rule changes
+            # only at window boundaries.
+            boundaries = range(at // size * size + size, at + 3 * size, size)
+            passes = next(t for t in [at, *boundaries] if model_admits(sent, t))
+            assert at + refused.retry_after == max(passes, at + 1)
+    for end, _, _ in admitted:
+        for bucket in _BUCKETS:
+            span = {c for t, b, c in admitted if b == bucket and end - size <= t <= end}
+            assert len(span) <= limit
