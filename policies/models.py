@@ -79,7 +79,9 @@ class OracleGuard(BaseModel):
     `window_seconds`, per identity, for every call whose answer depends on what the
     vault holds (convergent tokenize, lookup, idempotent retries) and for every fresh
     token in a small token space. Guessing a PAN from its token means trying many PANs
-    of one bucket; real traffic rarely has more than a few."""
+    of one bucket; real traffic rarely has more than a few. The vault counts the window
+    under way with the one before it (`vault.limits.Limits.watch`), so the limit holds
+    in every span of `window_seconds`, across a window's end too."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
