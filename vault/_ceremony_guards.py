@@ -139,12 +139,28 @@ def counting_now(
     *,
     unsigned: bool,
     authorities: Collection[str] | None = None,
+    signed_since: int | None = None,
 ) -> list[str]:
     """Which of ceremony `row`'s approvers (`given`: officer, key id, stored proof, in
     order) would count if it were counted now, by `standing_approvals`' own checks: still
-    standing, and a proof that their key signed this ceremony's approval. The officers'
-    view, so that a ceremony shows "2 of 2" only when two approvals count (the ceremony
-    review: the status listed every row)."""
+    standing, and a proof that their key signed this ceremony's approval; none when the
+    proposal itself no longer stands (its officer removed or their key replaced, its
+    proof missing, not theirs or signed before `signed_since`), where approving is
+    refused whatever was approved before. The officers' view, so that a ceremony shows
+    "2 of 2" only when two approvals count (the ceremony review: the status listed every
+    row)."""
+    proposal = _problem(
+        policy,
+        row,
+        "proposal",
+        row.proposer,
+        row.proposer_proof,
+        unsigned=unsigned,
+        authorities=authorities,
+        signed_since=signed_since,
+    )
+    if proposal is not None or not is_officer(policy, row.proposer, row.proposer_keyid):
+        return []
     proofs = {officer: proof for officer, _, proof in given}
     standing = _standing(policy, row, {officer: keyid for officer, keyid, _ in given})
     return [

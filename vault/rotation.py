@@ -146,6 +146,11 @@ class KeyRotation(RotationBatches):
         with self._write() as own:
             self._audit.append(own, event)
 
+    def _proposed_since(self) -> int:
+        """The earliest signed `created` a proposal still counts with (Unix seconds): a
+        proposal lives `ttl` from its officer's signature, give or take the MFA window."""
+        return int((self._clock() - self._ttl).timestamp()) - WINDOW_SECONDS
+
     def _needed(self) -> int:
         return self._policy().policy.key_approvals_required - 1
 
@@ -173,7 +178,12 @@ class KeyRotation(RotationBatches):
         elif state == CeremonyState.PENDING:
             own = None if self._authorities is None else self._authorities()
             counting = counting_now(
-                self._policy(), row, given, unsigned=self._unsigned, authorities=own
+                self._policy(),
+                row,
+                given,
+                unsigned=self._unsigned,
+                authorities=own,
+                signed_since=self._proposed_since(),
             )
         return Ceremony(
             id=row.id,
@@ -290,8 +300,6 @@ class KeyRotation(RotationBatches):
                 refusal = "the proposer cannot approve their own request"
                 raise CeremonyRefused(refusal, reason="the proposer cannot approve")
             own = None if self._authorities is None else self._authorities()
-            # A proposal lives `ttl` from its signature (give or take the MFA window).
-            since = int((self._clock() - self._ttl).timestamp()) - WINDOW_SECONDS
             standing = standing_approvals(
                 connection,
                 self._policy(),
@@ -299,7 +307,7 @@ class KeyRotation(RotationBatches):
                 keys,
                 unsigned=self._unsigned,
                 authorities=own,
-                signed_since=since,
+                signed_since=self._proposed_since(),
             )
             if standing is None:
                 return view  # approving twice does not count twice

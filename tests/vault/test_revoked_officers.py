@@ -73,3 +73,24 @@ def test_a_proposal_by_an_officer_since_removed_never_runs(
     assert after.state == CeremonyState.PENDING, (
         "a rotation proposed by an officer the policy no longer knows ran on one approval"
     )
+
+
+@pytest.mark.parametrize("rotation_provider", ["softhsm2"], indirect=True)
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_view_counts_nothing_once_the_proposer_no_longer_stands(
+    rig: tuple[VaultService, KeyRotation], engine: Engine, rotation_provider: HSMProvider
+) -> None:
+    """The officers' view must say what the executor would decide: with the proposer
+    removed from the policy, approving is refused whatever was approved before, so no
+    approval counts (the ceremony review's residual: the view showed Bob's counting)."""
+    service, rotation = rig
+    full = "key_approvals_required = 3\n" + TEST_POLICY + OFFICERS + _DAVE
+    service.replace_policy(_policy(full), actor="test", source="test")
+    ceremony = rotation.propose(ALICE, "kek")
+    assert rotation.approve(BOB, ceremony.id).approvals_counting == [BOB]
+    service.replace_policy(_policy(_without(ALICE, full)), actor="test", source="test")
+    view = rotation.status(BOB, ceremony.id)
+    assert view.approvers == [BOB]
+    assert view.approvals_counting == []
+    with pytest.raises(CeremonyError):
+        rotation.approve(CAROL, ceremony.id)
