@@ -83,11 +83,13 @@ _TAT_SQL: Final = "SELECT tat FROM rate_state WHERE identity = ?"
 # The same on SQLite and PostgreSQL; "window" is quoted, a keyword in both. Another
 # node may insert the same row first: its row is as good as ours. The read takes the
 # window under way and the one before it (`Limits.watch`) as one range of the primary
-# key, from the earlier window's first second: a row of a later window (another node's
-# clock a little ahead at a boundary) is a card sent too, and counts.
+# key, from the earlier window's first second to the next window's: a row of the next
+# window (another node's clock a little ahead at a boundary) is a card sent too, and
+# counts; rows further ahead (a node's clock days ahead, or written by hand) are not
+# read, or they would keep a bucket full until their far window passed (review 26).
 _SEEN_SQL: Final = (
     'SELECT bucket, "window", item FROM oracle_watch'
-    ' WHERE identity = ? AND "window" >= ? AND bucket IN (?*)'
+    ' WHERE identity = ? AND "window" BETWEEN ? AND ? AND bucket IN (?*)'
 )
 _WATCH_INTO: Final = 'oracle_watch (identity, bucket, "window", item)'
 # PostgreSQL only (SQLite has no INSERT in a WITH): `_SEEN_SQL` and the insert at once,
@@ -101,7 +103,7 @@ _SEEN_THEN_WATCH_SQL: Final = (
     'WITH seen AS (SELECT sent.bucket, held."window", held.item'
     " FROM unnest(%b::bytea[]) AS sent(bucket)"
     ' CROSS JOIN LATERAL (SELECT "window", item FROM oracle_watch WHERE identity = %s'
-    ' AND "window" >= %s AND bucket = sent.bucket OFFSET 0) AS held),'
+    ' AND "window" BETWEEN %s AND %s AND bucket = sent.bucket OFFSET 0) AS held),'
     ' watched AS (INSERT INTO oracle_watch (identity, bucket, "window", item) SELECT %s, b, %s, i'
     " FROM unnest(%b::bytea[], %b::bytea[]) AS sent(b, i) ON CONFLICT DO NOTHING)"
     " SELECT * FROM seen"
@@ -481,6 +483,7 @@ class Limits:
         filled stays full until its rows leave the read, one to two windows later."""
         window = _window_of(guard, now)
         previous = window - guard.window_seconds
+        ahead = window + guard.window_seconds  # the last window read (`_SEEN_SQL`)
         wanted: dict[bytes, set[bytes]] = {}
         for bucket, item in items:
             wanted.setdefault(bucket, set()).add(item)
@@ -506,13 +509,15 @@ class Limits:
                     chunk,
                     identity,
                     previous,
+                    ahead,
                     identity,
                     window,
                     [b for b, _ in sent],
                     [item for _, item in sent],
                 ]
             else:
-                sql, in_list, params = _SEEN_SQL, len(chunk), [identity, previous, *chunk]
+                probe = [identity, previous, ahead, *chunk]
+                sql, in_list, params = _SEEN_SQL, len(chunk), probe
             for bucket, seen_in, item in fetch_all(connection, sql, params, in_list=in_list):
                 held = seen_by_bucket.setdefault(bytes(bucket), {})
                 held[bytes(item)] = max(int(seen_in), held.get(bytes(item), int(seen_in)))

@@ -82,10 +82,10 @@ def test_the_oracle_guard_reads_its_buckets_through_the_primary_key(
     sent = [bytes([i % 256, i // 256]) * 8 for i in range(buckets)]
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
-            params: list[object] = [sent, identity, 20_000, identity, 20_000, sent, sent]
+            params: list[object] = [sent, identity, 20_000, 40_000, identity, 30_000, sent, sent]
             plan = _plan(connection, _SEEN_THEN_WATCH_SQL, params, 0)
         else:
-            plan = _plan(connection, _SEEN_SQL, [identity, 20_000, *sent], buckets)
+            plan = _plan(connection, _SEEN_SQL, [identity, 20_000, 40_000, *sent], buckets)
     _assert_indexed(plan, "oracle_watch")
 
 
@@ -199,7 +199,10 @@ def test_several_values_are_searched_one_by_one_on_a_grown_table(pg_database: st
             sent = [bytes([i]) * 16 for i in range(7)]
             fps = [bytes([i]) * 32 for i in range(7)]
             statements: list[tuple[str, list[object]]] = [
-                (_SEEN_THEN_WATCH_SQL, [sent, identity, window, identity, window, sent, sent]),
+                (
+                    _SEEN_THEN_WATCH_SQL,
+                    [sent, identity, window, window, identity, window, sent, sent],
+                ),
                 (_ANY_CONVERGENT_PG, [fps, identity, "pan_bin6_last4"]),
                 (_TAKEN_PG, [[f"x{i}" for i in range(7)]]),
                 # The rows of the fingerprints found, and of idempotency keys sent.
