@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Sequence
 from contextlib import suppress
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import structlog
@@ -28,6 +29,7 @@ from vault.ceremony import CeremonyState, RotationKind
 from vault.errors import CeremonyError, CeremonyRefused
 from vault.httpsig import jwk_thumbprint
 from vault.key_registry import KeyRegistry
+from vault.officer_mfa import WINDOW_SECONDS
 from vault.storage.schema import key_approvals, key_ceremonies
 
 # The transaction-scoped advisory lock that serialises ceremony writes (propose, approve,
@@ -71,7 +73,7 @@ def _problem(
     *,
     unsigned: bool,
     authorities: Collection[str] | None,
-    signed_since: int | None = None,
+    signed_within: tuple[int, int] | None = None,
 ) -> str | None:
     """Why `officer`'s `action` ("proposal" or "approval") of ceremony `row` lacks a
     proof that their token signed it, or None when it has one (see `unproven`)."""
@@ -81,7 +83,7 @@ def _problem(
         return None if unsigned else "the policy registers no MFA key for them"
     if action == "proposal":
         return proposal_problem(
-            proof, key.encode(), row.id, row.kind, authorities, signed_since=signed_since
+            proof, key.encode(), row.id, row.kind, authorities, signed_within=signed_within
         )
     return approval_problem(proof, key.encode(), row.id, authorities)
 
@@ -93,15 +95,15 @@ def unproven(
     *,
     unsigned: bool,
     authorities: Collection[str] | None = None,
-    signed_since: int | None = None,
+    signed_within: tuple[int, int] | None = None,
 ) -> list[str]:
     """Which of ceremony `row`'s proposal and `approvals` (officer: stored proof) lack a
     proof that the officer's token signed them, each with why (`vault.approval_proof`).
     With `unsigned` (in-process callers in tests only), an officer the policy registers
     no MFA key for needs none; the server's own wiring never sets it, and such an officer
     cannot act through the API at all. With `authorities` (the vault's own names), each
-    must have been signed for one of them; with `signed_since` (Unix seconds), the
-    proposal must have been signed then or later (a past ceremony replayed)."""
+    must have been signed for one of them; with `signed_within` (first and last Unix
+    second), the proposal must have been signed within it (a past ceremony replayed)."""
     found = []
     actions = [
         ("proposal", row.proposer, row.proposer_proof),
@@ -116,7 +118,7 @@ def unproven(
             proof,
             unsigned=unsigned,
             authorities=authorities,
-            signed_since=signed_since,
+            signed_within=signed_within,
         )
         if problem is not None:
             found.append(f"the {action} by {officer}: {problem}")
@@ -139,13 +141,13 @@ def counting_now(
     *,
     unsigned: bool,
     authorities: Collection[str] | None = None,
-    signed_since: int | None = None,
+    signed_within: tuple[int, int] | None = None,
 ) -> list[str]:
     """Which of ceremony `row`'s approvers (`given`: officer, key id, stored proof, in
     order) would count if it were counted now, by `standing_approvals`' own checks: still
     standing, and a proof that their key signed this ceremony's approval; none when the
     proposal itself no longer stands (its officer removed or their key replaced, its
-    proof missing, not theirs or signed before `signed_since`), where approving is
+    proof missing, not theirs or signed outside `signed_within`), where approving is
     refused whatever was approved before. The officers' view, so that a ceremony shows
     "2 of 2" only when two approvals count (the ceremony review: the status listed every
     row)."""
@@ -157,7 +159,7 @@ def counting_now(
         row.proposer_proof,
         unsigned=unsigned,
         authorities=authorities,
-        signed_since=signed_since,
+        signed_within=signed_within,
     )
     if proposal is not None or not is_officer(policy, row.proposer, row.proposer_keyid):
         return []
@@ -187,7 +189,7 @@ def standing_approvals(
     *,
     unsigned: bool = False,
     authorities: Collection[str] | None = None,
-    signed_since: int | None = None,
+    signed_within: tuple[int, int] | None = None,
 ) -> list[str] | None:
     """The other officers whose approvals of ceremony `row` count under `policy` before
     `keys.officer` approves it, or None when that officer already did (it counts once).
@@ -197,8 +199,8 @@ def standing_approvals(
     key replaced since (the row stays: the vault's role may not delete approvals), and
     `CeremonyRefused` when the proposal or a counted approval (this one included) has no
     stored proof that the officer's token signed it for this ceremony (review appr: rows
-    written straight into the database), or its proposal was signed before `signed_since`
-    (Unix seconds: a past ceremony written back as pending)."""
+    written straight into the database), or its proposal was signed outside
+    `signed_within` (a past ceremony written back as pending)."""
     identity = keys.officer
     given = connection.execute(
         select(key_approvals.c.officer, key_approvals.c.keyid, key_approvals.c.proof).where(
@@ -222,17 +224,29 @@ def standing_approvals(
     standing = _standing(policy, row, approvals)
     counted = {a: proofs[a] for a in standing} | {identity: keys.proof}
     problems = unproven(
-        policy, row, counted, unsigned=unsigned, authorities=authorities, signed_since=signed_since
+        policy,
+        row,
+        counted,
+        unsigned=unsigned,
+        authorities=authorities,
+        signed_within=signed_within,
     )
     if problems:
         reason = "; ".join(problems)
         raise CeremonyRefused(
-            f"ceremony {row.id} counts only actions its officers' tokens signed for it, and "
-            f"these were not: {reason}. Cancel it, and find out how they got into the "
-            "database",
-            reason=f"not signed by the officer's token: {reason}",
+            f"ceremony {row.id} counts only actions its officers' tokens signed for it, "
+            f"within its life, and these were not: {reason}. Cancel it, and find out how "
+            "they got into the database",
+            reason=f"no valid signature by the officer's token: {reason}",
         )
     return standing
+
+
+def proposal_life(now: datetime, ttl: timedelta) -> tuple[int, int]:
+    """The first and last signed ``created`` a proposal counts with at `now` (Unix
+    seconds): it lives `ttl` from its officer's signature, give or take the MFA window."""
+    at = int(now.timestamp())
+    return at - int(ttl.total_seconds()) - WINDOW_SECONDS, at + WINDOW_SECONDS
 
 
 def refuse_a_second_run(connection: Connection, kind: RotationKind, ceremony_id: str) -> None:

@@ -23,7 +23,7 @@ where the same officers' keys are registered does not count here.
 
 The nonce and the time window are not checked again: they were at submission, and an
 approval may be a day old. But a proposal counts only within its life from the time its
-officer's token signed it (the signed ``created``: `proposal_problem`'s `signed_since`),
+officer's token signed it (the signed ``created``: `proposal_problem`'s `signed_within`),
 not from the row's ``expires_at``, which a database writer can move: otherwise a past
 ceremony written back as pending, its genuine proofs and all, would make its proposer
 one of today's two officers. A database writer cannot forge a proof (it needs the
@@ -157,12 +157,12 @@ def proposal_problem(
     kind: str,
     authorities: Collection[str] | None = None,
     *,
-    signed_since: int | None = None,
+    signed_within: tuple[int, int] | None = None,
 ) -> str | None:
     """Why the stored proposal proof does not prove that the officer whose key is
     `public_pem` proposed this ceremony (`ceremony_id`, a `kind` rotation) to this vault
-    (one of `authorities`, when given), signed at `signed_since` (Unix seconds) or later
-    when given; None when it does."""
+    (one of `authorities`, when given), signed within `signed_within` (first and last
+    Unix second, when given); None when it does."""
     action = _verified(stored, public_pem, authorities)
     if isinstance(action, str):
         return action
@@ -176,12 +176,36 @@ def proposal_problem(
         proposed = None
     if proposed != kind:
         return f"it proposed a {proposed} rotation, not a {kind} one"
-    if signed_since is not None:
-        created = parse_signature(action.request().headers).created
-        if created < signed_since:
-            at = datetime.fromtimestamp(created, UTC).isoformat(timespec="seconds")
-            return f"it was signed at {at}, longer ago than a proposal lives"
+    if signed_within is not None:
+        return outside_life(action, signed_within)
     return None
+
+
+def outside_life(action: SignedAction, signed_within: tuple[int, int]) -> str | None:
+    """Why proposal `action` no longer counts by the time its officer's token signed it
+    (its ``created``, which no database writer can move; review 26: a past ceremony
+    written back as pending, or one signed for a time to come), or None."""
+    created = parse_signature(action.request().headers).created
+    at = datetime.fromtimestamp(created, UTC).isoformat(timespec="seconds")
+    first, last = signed_within
+    if created < first:
+        return f"its proposal was signed at {at}, longer ago than a proposal lives"
+    if created > last:
+        return f"its proposal was signed for {at}, a time still to come"
+    return None
+
+
+def proposal_expired(stored: str | None, signed_within: tuple[int, int]) -> bool:
+    """Whether the stored proposal proof `stored` is readable and was signed outside
+    `signed_within`: the ceremony's life is over whatever its row's ``expires_at`` says
+    (the officers' view shows it expired, as approving it is refused)."""
+    if stored is None:
+        return False
+    try:
+        action = SignedAction.from_json(stored)
+        return outside_life(action, signed_within) is not None
+    except (ValueError, OfficerMfaError):
+        return False
 
 
 def approval_problem(

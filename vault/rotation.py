@@ -45,17 +45,17 @@ from vault._ceremony_guards import (
     counting_now,
     discard_unrecorded,
     hold_ceremony_lock,
+    proposal_life,
     refuse_a_second_run,
     standing_approvals,
 )
 from vault._rotation_batches import BATCH, RotationBatches
-from vault.approval_proof import SignedAction
+from vault.approval_proof import SignedAction, proposal_expired
 from vault.audit_rotation import AuditKeyRotation
 from vault.ceremony import Ceremony, CeremonyState, RotationKind
 from vault.errors import CeremonyError, CeremonyNotFound, CeremonyRefused, StorageUnavailable
 from vault.key_inventory import code_epochs, describe_keys, record_counts
 from vault.keyring import DataKeyring, KeyPurpose, KeyState
-from vault.officer_mfa import WINDOW_SECONDS
 from vault.storage.database import as_utc
 from vault.storage.schema import data_keys, key_approvals, key_ceremonies, tokens
 
@@ -146,11 +146,6 @@ class KeyRotation(RotationBatches):
         with self._write() as own:
             self._audit.append(own, event)
 
-    def _proposed_since(self) -> int:
-        """The earliest signed `created` a proposal still counts with (Unix seconds): a
-        proposal lives `ttl` from its officer's signature, give or take the MFA window."""
-        return int((self._clock() - self._ttl).timestamp()) - WINDOW_SECONDS
-
     def _needed(self) -> int:
         return self._policy().policy.key_approvals_required - 1
 
@@ -173,7 +168,11 @@ class KeyRotation(RotationBatches):
         counting = approvers
         state = row.state
         expires = as_utc(row.expires_at)
-        if state == CeremonyState.PENDING and expires is not None and expires <= self._clock():
+        life = proposal_life(self._clock(), self._ttl)  # signed: the row's expiry can move
+        if state == CeremonyState.PENDING and (
+            (expires is not None and expires <= self._clock())
+            or proposal_expired(row.proposer_proof, life)
+        ):
             state = CeremonyState.EXPIRED.value
         elif state == CeremonyState.PENDING:
             own = None if self._authorities is None else self._authorities()
@@ -183,7 +182,7 @@ class KeyRotation(RotationBatches):
                 given,
                 unsigned=self._unsigned,
                 authorities=own,
-                signed_since=self._proposed_since(),
+                signed_within=life,
             )
         return Ceremony(
             id=row.id,
@@ -307,7 +306,7 @@ class KeyRotation(RotationBatches):
                 keys,
                 unsigned=self._unsigned,
                 authorities=own,
-                signed_since=self._proposed_since(),
+                signed_within=proposal_life(self._clock(), self._ttl),
             )
             if standing is None:
                 return view  # approving twice does not count twice

@@ -235,7 +235,8 @@ def test_a_past_ceremony_replayed_does_not_count(vault_server: VaultServer) -> N
     operator writes it back as pending with a fresh expiry, his genuine proof and all, and
     asks Alice to approve: her approval and Bob's old proposal would make two officers
     where only one acts today. A proposal counts only within its life from when its
-    officer's token signed it (the signed ``created``, which the database cannot move)."""
+    officer's token signed it (the signed ``created``, which the database cannot move):
+    the officers see it expired (review 26: it showed pending), and approving is refused."""
     two_days_ago = int(datetime.now(UTC).timestamp()) - 2 * 86_400
     proposal = signed_proposal(_bob(), "fingerprint", created=two_days_ago)
     ceremony = proposal.ceremony_id()
@@ -243,6 +244,11 @@ def test_a_past_ceremony_replayed_does_not_count(vault_server: VaultServer) -> N
         _written_proposal(vault_server, ceremony, proposer_proof=proposal.to_json()),
         vault_server.client("officer-alice") as alice,
     ):
-        detail = _refused(vault_server, alice, ceremony)
-    assert "the proposal by spiffe://cofre/officer-bob" in detail
-    assert "longer ago than a proposal lives" in detail
+        assert alice.get(f"{ROTATIONS}/{ceremony}").json()["state"] == "expired"
+        approved = alice.post(f"{ROTATIONS}/{ceremony}/approve")
+        state = alice.get(f"{ROTATIONS}/{ceremony}").json()["state"]
+    assert (approved.status_code, approved.json()["code"], state) == (
+        409,
+        "ceremony_invalid",
+        "expired",
+    ), approved.text

@@ -4,9 +4,21 @@ database: what a database writer can and cannot make of one (review appr)."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
-from tests.support.officers import new_software_officer, signed_approval, signed_proposal
-from vault.approval_proof import SignedAction, approval_path, approval_problem, proposal_problem
+from tests.support.officers import (
+    new_software_officer,
+    signed_approval,
+    signed_proposal,
+    software_officers,
+)
+from vault.approval_proof import (
+    SignedAction,
+    approval_path,
+    approval_problem,
+    proposal_expired,
+    proposal_problem,
+)
 
 CEREMONY = "2b0f7e0c-0d3a-4c51-8f5e-9d1c6a7b8e90"
 
@@ -61,3 +73,24 @@ def test_a_proof_counts_only_for_the_vault_it_was_signed_for() -> None:
     assert approval_problem(stored, pem, CEREMONY, {"vault.staging.example"}) is None
     refused = approval_problem(stored, pem, CEREMONY, {"vault.example", "10.0.0.1"})
     assert refused == "it was signed for vault.staging.example, not this vault"
+
+
+def test_a_proposal_counts_only_within_its_signed_life() -> None:
+    """Review 26: bounded on both sides by its signed ``created``: a past ceremony
+    written back as pending, and one signed for a time still to come (a client clock
+    days ahead: the vault refused it at submission, but the signature is genuine)."""
+    officer = software_officers()["officer-bob"]
+    now = int(time.time())
+    life = (now - 86_400 - 300, now + 300)
+    for created, problem in [
+        (now - 2 * 86_400, "longer ago than a proposal lives"),
+        (now + 3 * 86_400, "a time still to come"),
+        (now, None),
+    ]:
+        proposal = signed_proposal(officer, "kek", created=created)
+        found = proposal_problem(
+            proposal.to_json(), officer.pem.encode(), proposal.ceremony_id(), "kek",
+            signed_within=life,
+        )  # fmt: skip
+        assert (found is None) if problem is None else (problem in str(found)), found
+        assert proposal_expired(proposal.to_json(), life) is (problem is not None)
