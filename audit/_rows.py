@@ -128,13 +128,16 @@ _QUEUED: Final = (
 # arm's key is the primary key, the second's id comes from a sequence). A row queued by
 # code before migration 0017 has no time (NULL, which prunes the first arm to nothing):
 # the second arm reads it by id, in every partition, and its LIMIT keeps its filter one
-# check per row, not one per partition.
+# check per row, not one per partition. The second arm runs for any row the first
+# does not find, not only NULL ones: the outer LIMIT 1 stops the UNION ALL after the
+# first arm's row, and a queue row whose time is not its entry's (written by hand, or a
+# bug) is then still found by id, where it was passed over for ever (review 26).
 _QUEUED_PG: Final = (
     "SELECT q.entry_id, e.payload FROM audit_queue q CROSS JOIN LATERAL ("
     "SELECT payload FROM (SELECT payload FROM audit_entries e "
     "WHERE e.id = q.entry_id AND e.created_at = q.created_at LIMIT 1) dated "
     "UNION ALL SELECT payload FROM (SELECT payload FROM audit_entries e "
-    "WHERE e.id = q.entry_id LIMIT 1) undated WHERE q.created_at IS NULL"
+    "WHERE e.id = q.entry_id LIMIT 1) undated LIMIT 1"
     ") e ORDER BY q.entry_id LIMIT %s"
 )
 

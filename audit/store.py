@@ -314,11 +314,20 @@ class AuditStore:
             finally:
                 result.close()
             queued = self._queued(connection)
+            orphan = self._orphan(connection)
         missing_heads = [h.tree_size for h in heads if h.tree_size > count]
         if missing_heads:
             raise AuditVerificationFailed(
                 f"signed tree head {missing_heads[0]} covers entries beyond the {count} stored: "
                 f"entries from leaf index {count} were removed",
+                count,
+            )
+        if orphan is not None:
+            # Its operation was answered (entry and queue row commit together), yet it
+            # will never be in the tree: its queue row was removed (review 26).
+            raise AuditVerificationFailed(
+                f"audit entry {orphan} is neither in the tree nor queued for it: its leaf or "
+                "queue row was removed, so it is not logged",
                 count,
             )
         return VerifyReport(
@@ -380,6 +389,21 @@ class AuditStore:
                 )
             )
             return {int(r.idx): bytes(r.hash) for r in rows}
+
+    @staticmethod
+    def _orphan(connection: Connection) -> int | None:
+        """The first online entry with neither a leaf nor a queue row, if any. One
+        statement, so one snapshot: the sequencer moves an entry from the queue to the
+        tree in one transaction."""
+        leaf = select(audit_leaves.c.entry_id).where(audit_leaves.c.entry_id == audit_entries.c.id)
+        queued = select(audit_queue.c.entry_id).where(audit_queue.c.entry_id == audit_entries.c.id)
+        found = connection.execute(
+            select(audit_entries.c.id)
+            .where(~leaf.exists(), ~queued.exists())
+            .order_by(audit_entries.c.id)
+            .limit(1)
+        ).scalar()
+        return None if found is None else int(found)
 
     @staticmethod
     def _queued(connection: Connection) -> int:
