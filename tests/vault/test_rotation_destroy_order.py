@@ -140,3 +140,45 @@ def test_a_destroy_whose_audit_entry_cannot_be_written_does_not_happen(
             {"p": '%"action":"key.destroy"%'},
         ).scalar_one()
     assert destroys == 1
+
+
+@pytest.mark.parametrize("kind", ["kek", "fingerprint"])
+def test_rev26_a_commit_failing_after_the_destroy_is_recorded_by_the_next_pass(
+    rig: tuple[VaultService, KeyRotation],
+    rotation_provider: HSMProvider,
+    engine: Engine,
+    kind: str,
+) -> None:
+    """Review 26, 2ba38ae: the destroy now runs inside the transaction that records it.
+    If that transaction's COMMIT fails after the token destroyed the key, the ceremony
+    must stay destroy_pending (not lost) and the next pass complete it with one
+    `key.destroy` entry and no second destroy. (Expected to hold.)"""
+    _, rotation = rig
+    ceremony = rotation.propose(ALICE, kind)
+    rotation.approve(CAROL, ceremony.id)
+    assert until_destroy_pending(rotation, ceremony.id)
+    destroyed: list[str] = []
+    real = rotation_provider.destroy_key
+
+    def then_fails(label: str) -> None:
+        real(label)
+        destroyed.append(label)
+        if len(destroyed) == 1:  # the token is done; the COMMIT that follows fails
+            raise sa.exc.OperationalError("COMMIT", {}, Exception("connection lost"))
+
+    rotation_provider.destroy_key = then_fails  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Exception):  # noqa: B017, PT011
+            rotation.run_pending()
+        assert rotation.status(ALICE, ceremony.id).state == CeremonyState.DESTROY_PENDING
+        rotation.run_pending()
+    finally:
+        del rotation_provider.destroy_key
+    assert rotation.status(ALICE, ceremony.id).state == CeremonyState.COMPLETED
+    assert len(destroyed) == 1
+    with engine.connect() as connection:
+        destroys = connection.execute(
+            sa.text("SELECT COUNT(*) FROM audit_entries WHERE payload LIKE :p"),
+            {"p": '%"action":"key.destroy"%'},
+        ).scalar_one()
+    assert destroys == 1
