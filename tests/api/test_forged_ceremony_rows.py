@@ -205,6 +205,22 @@ def _written_proposal(vault_server: VaultServer, ceremony: str, **row: Any) -> I
             alice.post(f"{ROTATIONS}/{ceremony}/cancel")
 
 
+@contextmanager
+def bobs_proposal_written(
+    vault_server: VaultServer, **signed: Any
+) -> Iterator[tuple[str, httpx.Client]]:
+    """Bob's genuine fingerprint proposal, signed with `signed` (`signed_proposal`'s
+    keywords: another vault's authority, a `created` in the past or to come), written
+    in by the operator; yields its ceremony id and Alice's client."""
+    proposal = signed_proposal(_bob(), "fingerprint", **signed)
+    ceremony = proposal.ceremony_id()
+    with (
+        _written_proposal(vault_server, ceremony, proposer_proof=proposal.to_json()),
+        vault_server.client("officer-alice") as alice,
+    ):
+        yield ceremony, alice
+
+
 def test_a_proposal_written_into_the_database_does_not_count(vault_server: VaultServer) -> None:
     """Two officers required: the operator writes a proposal by Bob, Alice approves it."""
     ceremony = "6f1c2a51-5d0e-4f6b-9a51-3f4f0d7a2c11"
@@ -220,12 +236,8 @@ def test_a_ceremony_copied_from_a_staging_vault_does_not_count(vault_server: Vau
     """Bob really proposed a rotation on a staging vault where the same officers' keys are
     registered; the operator copies that ceremony's row, proof and all, into this one's
     database, and Alice approves it here."""
-    proposal = signed_proposal(_bob(), "fingerprint", authority="vault.staging.example")
-    ceremony = proposal.ceremony_id()
-    with (
-        _written_proposal(vault_server, ceremony, proposer_proof=proposal.to_json()),
-        vault_server.client("officer-alice") as alice,
-    ):
+    staging = "vault.staging.example"
+    with bobs_proposal_written(vault_server, authority=staging) as (ceremony, alice):
         detail = _refused(vault_server, alice, ceremony)
     assert "signed for vault.staging.example, not this vault" in detail
 
@@ -238,12 +250,7 @@ def test_a_past_ceremony_replayed_does_not_count(vault_server: VaultServer) -> N
     officer's token signed it (the signed ``created``, which the database cannot move):
     the officers see it expired (review 26: it showed pending), and approving is refused."""
     two_days_ago = int(datetime.now(UTC).timestamp()) - 2 * 86_400
-    proposal = signed_proposal(_bob(), "fingerprint", created=two_days_ago)
-    ceremony = proposal.ceremony_id()
-    with (
-        _written_proposal(vault_server, ceremony, proposer_proof=proposal.to_json()),
-        vault_server.client("officer-alice") as alice,
-    ):
+    with bobs_proposal_written(vault_server, created=two_days_ago) as (ceremony, alice):
         assert alice.get(f"{ROTATIONS}/{ceremony}").json()["state"] == "expired"
         approved = alice.post(f"{ROTATIONS}/{ceremony}/approve")
         state = alice.get(f"{ROTATIONS}/{ceremony}").json()["state"]

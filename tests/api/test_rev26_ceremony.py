@@ -8,11 +8,9 @@ from datetime import UTC, datetime
 from tests.api.conftest import VaultServer
 from tests.api.test_forged_ceremony_rows import (
     ROTATIONS,
-    _bob,
     _denials,
-    _written_proposal,
+    bobs_proposal_written,
 )
-from tests.support.officers import signed_proposal
 
 
 def test_a_proposal_signed_for_the_future_counts_only_within_its_life(
@@ -25,12 +23,7 @@ def test_a_proposal_signed_for_the_future_counts_only_within_its_life(
     runs a rotation Bob's token signed for no ceremony the vault ever accepted. The
     check should bound `created` on both sides (within the MFA window of now at most)."""
     three_days_ahead = int(datetime.now(UTC).timestamp()) + 3 * 86_400
-    proposal = signed_proposal(_bob(), "fingerprint", created=three_days_ahead)
-    ceremony = proposal.ceremony_id()
-    with (
-        _written_proposal(vault_server, ceremony, proposer_proof=proposal.to_json()),
-        vault_server.client("officer-alice") as alice,
-    ):
+    with bobs_proposal_written(vault_server, created=three_days_ahead) as (ceremony, alice):
         approved = alice.post(f"{ROTATIONS}/{ceremony}/approve")
         assert approved.status_code == 409, (
             f"a proposal signed three days ahead counted: {approved.json().get('state')}"
@@ -47,12 +40,7 @@ def test_the_officers_view_of_a_replayed_ceremony_agrees_with_the_approval(
     the approval does (expired, or invalid, once its signed life is over). The denial it
     audits also says "not signed by the officer's token", of a proposal that was."""
     two_days_ago = int(datetime.now(UTC).timestamp()) - 2 * 86_400
-    proposal = signed_proposal(_bob(), "fingerprint", created=two_days_ago)
-    ceremony = proposal.ceremony_id()
-    with (
-        _written_proposal(vault_server, ceremony, proposer_proof=proposal.to_json()),
-        vault_server.client("officer-alice") as alice,
-    ):
+    with bobs_proposal_written(vault_server, created=two_days_ago) as (ceremony, alice):
         refused = alice.post(f"{ROTATIONS}/{ceremony}/approve")
         assert refused.status_code == 409
         shown = alice.get(f"{ROTATIONS}/{ceremony}").json()

@@ -5,7 +5,6 @@ not hold today."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -15,17 +14,8 @@ from policies.models import OracleGuard
 from tests.vault.test_limits import BOUNDARY, BUCKET, GUARD, _card, _watched
 from vault.errors import OracleSuspected
 from vault.limits import Limits
-from vault.storage.database import create_database_engine, migrate
 
 IDENTITY = "spiffe://cofre/guessing"  # `_refusal`'s identity
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_database_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 def _row_at(engine: Engine, window: int, n: int) -> None:

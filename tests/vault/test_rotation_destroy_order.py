@@ -36,6 +36,17 @@ def _pan(i: int) -> Pan:
     return Pan(body + luhn_check_digit(body))
 
 
+def _destroys(engine: Engine) -> int:
+    """How many `key.destroy` entries the audit log holds."""
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                sa.text("SELECT COUNT(*) FROM audit_entries WHERE payload LIKE :p"),
+                {"p": '%"action":"key.destroy"%'},
+            ).scalar_one()
+        )
+
+
 def test_a_failed_destroy_step_never_leaves_a_data_key_under_a_destroyed_kek(
     rig: tuple[VaultService, KeyRotation],
     rotation_provider: HSMProvider,
@@ -86,12 +97,7 @@ def test_two_nodes_destroying_one_old_key_record_one_destroy(
         ).one()
     rotation._destroy_if_due(row)  # one node
     rotation._destroy_if_due(row)  # another, which read the row before the first finished
-    with engine.connect() as connection:
-        destroys = connection.execute(
-            sa.text("SELECT COUNT(*) FROM audit_entries WHERE payload LIKE :p"),
-            {"p": '%"action":"key.destroy"%'},
-        ).scalar_one()
-    assert destroys == 1
+    assert _destroys(engine) == 1
 
 
 @pytest.mark.parametrize("kind", ["kek", "fingerprint"])
@@ -134,12 +140,7 @@ def test_a_destroy_whose_audit_entry_cannot_be_written_does_not_happen(
     rotation.run_pending()
     assert not rotation_provider.has_key(label)
     assert rotation.status(ALICE, ceremony.id).state == CeremonyState.COMPLETED
-    with engine.connect() as connection:
-        destroys = connection.execute(
-            sa.text("SELECT COUNT(*) FROM audit_entries WHERE payload LIKE :p"),
-            {"p": '%"action":"key.destroy"%'},
-        ).scalar_one()
-    assert destroys == 1
+    assert _destroys(engine) == 1
 
 
 @pytest.mark.parametrize("kind", ["kek", "fingerprint"])
@@ -176,9 +177,4 @@ def test_rev26_a_commit_failing_after_the_destroy_is_recorded_by_the_next_pass(
         del rotation_provider.destroy_key
     assert rotation.status(ALICE, ceremony.id).state == CeremonyState.COMPLETED
     assert len(destroyed) == 1
-    with engine.connect() as connection:
-        destroys = connection.execute(
-            sa.text("SELECT COUNT(*) FROM audit_entries WHERE payload LIKE :p"),
-            {"p": '%"action":"key.destroy"%'},
-        ).scalar_one()
-    assert destroys == 1
+    assert _destroys(engine) == 1
