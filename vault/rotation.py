@@ -293,8 +293,9 @@ class KeyRotation(RotationBatches):
             hold_ceremony_lock(connection)
             row = self._load(connection, ceremony_id)
             view = self._view(connection, row)
-            if view.state != CeremonyState.PENDING:
-                raise CeremonyError(f"ceremony {ceremony_id} is {view.state}, not pending")
+            if view.state != CeremonyState.PENDING:  # audited: a replay's one trace
+                refusal = f"ceremony {ceremony_id} is {view.state}, not pending"
+                raise CeremonyRefused(refusal, reason=f"the ceremony is {view.state}")
             if identity == row.proposer:
                 refusal = "the proposer cannot approve their own request"
                 raise CeremonyRefused(refusal, reason="the proposer cannot approve")

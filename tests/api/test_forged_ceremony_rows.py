@@ -259,3 +259,16 @@ def test_a_past_ceremony_replayed_does_not_count(vault_server: VaultServer) -> N
         "ceremony_invalid",
         "expired",
     ), approved.text
+
+
+def test_approving_a_replayed_ceremony_is_recorded_as_a_denial(vault_server: VaultServer) -> None:
+    """The replay above is refused before anything is counted, and the refusal was an
+    error only: the log held no `key.rotation.approve` denial, so the one trace of an
+    operator's replay (an officer asked to approve a ceremony the vault shows expired)
+    never reached the evidence. A refused approval of a ceremony that is not pending is
+    an access attempt refused (PCI DSS 10.2.1.4) and is recorded with its reason."""
+    two_days_ago = int(datetime.now(UTC).timestamp()) - 2 * 86_400
+    with bobs_proposal_written(vault_server, created=two_days_ago) as (ceremony, alice):
+        approved = alice.post(f"{ROTATIONS}/{ceremony}/approve")
+    assert approved.status_code == 409, approved.text
+    assert _denials(vault_server, ceremony) == ["the ceremony is expired"]
