@@ -44,6 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from api._capture_body import framed_within, limited
+from api._capture_headers import BASE_CSP, cors_headers, security_headers
 from api.connections import guarded_protocol
 from api.errors import ApiError
 from api.guard import problem_for
@@ -80,20 +81,6 @@ MAX_BODY: Final = 4096
 LISTENER_REFUSALS: Final = RateLimit(per_second=20.0, burst=200)
 LISTENER_KEY: Final = "*"
 _HELD_BACK: Final = "too many refused requests, or requests in flight, from this address"
-# Nothing is loaded but this listener's own script and style; nothing may frame a page
-# unless a session's origin is named (the hosted fields), and forms post nowhere.
-_BASE_CSP: Final = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'none'; font-src 'none'; base-uri 'none'; form-action 'none'"
-)
-_SECURITY_HEADERS: Final = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-    "Strict-Transport-Security": "max-age=31536000",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
-}
 _ASSET_TYPES: Final = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
@@ -146,10 +133,6 @@ class CaptureAnswer(BaseModel):
     expiry: str | None
 
 
-def _headers(csp: str = _BASE_CSP + "; frame-ancestors 'none'") -> dict[str, str]:
-    return {**_SECURITY_HEADERS, "Content-Security-Policy": csp}
-
-
 def _request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
 
@@ -171,16 +154,6 @@ def _hosted_fields_page(session_id: str, parent_origin: str, code: SessionCodeRu
     )
 
 
-def _cors(origin: str) -> dict[str, str]:
-    return {
-        "Access-Control-Allow-Origin": origin,
-        "Access-Control-Allow-Methods": "POST",
-        "Access-Control-Allow-Headers": "content-type",
-        "Access-Control-Max-Age": "60",
-        "Vary": "Origin",
-    }
-
-
 def create_capture_app(state: CaptureState) -> FastAPI:
     """Return the capture listener's app for `state`."""
     app = FastAPI(
@@ -195,7 +168,7 @@ def create_capture_app(state: CaptureState) -> FastAPI:
 
     @app.exception_handler(CofreError)
     async def cofre_error(request: Request, exc: CofreError) -> Response:
-        headers = _headers()
+        headers = security_headers()
         wait = getattr(exc, "retry_after", None)
         if isinstance(wait, float | int):
             headers["Retry-After"] = retry_after_value(wait)
@@ -220,19 +193,21 @@ def create_capture_app(state: CaptureState) -> FastAPI:
             "the request does not match the schema (see errors: where and which rule)",
             request_id=_request_id(request),
             extra={"errors": errors},
-            headers={**_headers(), **request.scope["state"].get("cors", {})},
+            headers={**security_headers(), **request.scope["state"].get("cors", {})},
         )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
         code = "payload_too_large" if request.scope["state"].get("body_too_large") else code
-        return problem_for(request.scope, code, "", _request_id(request), _headers())
+        return problem_for(request.scope, code, "", _request_id(request), security_headers())
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         _log.error("unexpected error", error=type(exc).__name__, request_id=_request_id(request))
-        return problem_for(request.scope, "internal_error", "", _request_id(request), _headers())
+        return problem_for(
+            request.scope, "internal_error", "", _request_id(request), security_headers()
+        )
 
     @app.get("/v1/capture.js")
     def capture_script() -> Response:
@@ -240,7 +215,7 @@ def create_capture_app(state: CaptureState) -> FastAPI:
         # Any page may load it (it holds nothing secret); `crossorigin="anonymous"`,
         # which SRI needs for a script of another origin, needs this CORS header.
         headers = {
-            **_headers(),
+            **security_headers(),
             "Cache-Control": "public, max-age=300",
             "Access-Control-Allow-Origin": "*",
             "Cross-Origin-Resource-Policy": "cross-origin",
@@ -248,7 +223,7 @@ def create_capture_app(state: CaptureState) -> FastAPI:
         return Response(asset(CAPTURE_SCRIPT), media_type=_ASSET_TYPES[".js"], headers=headers)
 
     def own_asset(filename: str, suffix: str) -> Response:
-        headers = {**_headers(), "Cache-Control": "public, max-age=300"}
+        headers = {**security_headers(), "Cache-Control": "public, max-age=300"}
         return Response(asset(filename), media_type=_ASSET_TYPES[suffix], headers=headers)
 
     @app.get("/v1/hosted-fields.js")
@@ -274,14 +249,14 @@ def create_capture_app(state: CaptureState) -> FastAPI:
                 "not_found",
                 "no live capture session with this id",
                 _request_id(request),
-                _headers(),
+                security_headers(),
             )
         origin, code = found
-        csp = f"{_BASE_CSP}; frame-ancestors {origin}"
+        csp = f"{BASE_CSP}; frame-ancestors {origin}"
         return Response(
             _hosted_fields_page(session_id, origin, code),
             media_type="text/html; charset=utf-8",
-            headers=_headers(csp),
+            headers=security_headers(csp),
         )
 
     @app.options("/v1/capture/{session_id}")
@@ -295,9 +270,9 @@ def create_capture_app(state: CaptureState) -> FastAPI:
                 "origin_not_allowed",
                 "this origin may not use the capture session",
                 _request_id(request),
-                _headers(),
+                security_headers(),
             )
-        return Response(status_code=204, headers={**_headers(), **_cors(origin)})
+        return Response(status_code=204, headers={**security_headers(), **cors_headers(origin)})
 
     @app.post("/v1/capture/{session_id}", response_model=CaptureAnswer)
     async def capture(session_id: SessionPath, body: CardBody, request: Request) -> Response:
@@ -342,7 +317,7 @@ def create_capture_app(state: CaptureState) -> FastAPI:
         return Response(
             answer.model_dump_json().encode(),
             media_type="application/json",
-            headers={**_headers(), **request.scope["state"].get("cors", {})},
+            headers={**security_headers(), **request.scope["state"].get("cors", {})},
         )
 
     _add_guard(app, state)
@@ -472,11 +447,15 @@ class _CaptureGuard:
                 "payload_too_large",
                 f"send a body of at most {MAX_BODY} bytes, with Content-Length",
                 request_id,
-                _headers(),
+                security_headers(),
             )
         if content_type != "application/json":
             return problem_for(
-                scope, "unsupported_media_type", "send application/json", request_id, _headers()
+                scope,
+                "unsupported_media_type",
+                "send application/json",
+                request_id,
+                security_headers(),
             )
         return None
 
@@ -533,7 +512,7 @@ def _refused_too_often(scope: Scope, spent: Spent, request_id: str) -> Response:
     """The 429 for a client address whose refusals passed its limit (`api.refusals`)."""
     scope["state"]["refusals_spent"] = True
     detail = f"{_HELD_BACK}; retry after {spent.retry_after:.2f}s"
-    headers = {**_headers(), "Retry-After": retry_after_value(spent.retry_after)}
+    headers = {**security_headers(), "Retry-After": retry_after_value(spent.retry_after)}
     return problem_for(scope, "rate_limited", detail, request_id, headers)
 
 
