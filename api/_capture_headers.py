@@ -1,5 +1,6 @@
 """The capture listener's response headers: the strict CSP and security headers every
-answer carries, and the CORS headers an answer to a session's own origin carries.
+answer carries, and the CORS headers an answer to a session's own origin carries (and
+to no other origin: `readable_by`).
 
 IN PCI SCOPE (the capture listener receives card data).
 """
@@ -8,7 +9,18 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["BASE_CSP", "SECURITY_HEADERS", "cors_headers", "security_headers"]
+from cofre.errors import CofreError
+from vault.capture import is_session_id
+from vault.service import VaultService
+
+__all__ = [
+    "BASE_CSP",
+    "SECURITY_HEADERS",
+    "bound_origin",
+    "cors_headers",
+    "readable_by",
+    "security_headers",
+]
 
 # Nothing is loaded but this listener's own script and style; nothing may frame a page
 # unless a session's origin is named (the hosted fields), and forms post nowhere.
@@ -38,3 +50,22 @@ def cors_headers(origin: str) -> dict[str, str]:
         "Access-Control-Max-Age": "60",
         "Vary": "Origin",
     }
+
+
+def bound_origin(service: VaultService, session_id: str) -> str | None:
+    """The origin `session_id` is bound to, or None (no such session, or the database
+    unreachable: then no origin may read the answer)."""
+    if not is_session_id(session_id):
+        return None
+    try:
+        return service.capture_session_origin(session_id)
+    except CofreError:
+        return None
+
+
+def readable_by(origin: str | None, bound: str | None) -> dict[str, str]:
+    """The CORS headers that let `origin` read a capture's answer: none unless it is
+    the session's `bound` origin (a refusal to another origin stays unreadable to it)."""
+    if origin is None or origin != bound:
+        return {}
+    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}

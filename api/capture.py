@@ -44,7 +44,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from api._capture_body import framed_within, limited
-from api._capture_headers import BASE_CSP, cors_headers, security_headers
+from api._capture_headers import (
+    BASE_CSP,
+    bound_origin,
+    cors_headers,
+    readable_by,
+    security_headers,
+)
 from api.connections import guarded_protocol
 from api.errors import ApiError
 from api.guard import problem_for
@@ -164,7 +170,6 @@ def create_capture_app(state: CaptureState) -> FastAPI:
         redirect_slashes=False,
     )
     service = state.service
-    own_origin = state.public_origin
 
     @app.exception_handler(CofreError)
     async def cofre_error(request: Request, exc: CofreError) -> Response:
@@ -277,15 +282,19 @@ def create_capture_app(state: CaptureState) -> FastAPI:
     @app.post("/v1/capture/{session_id}", response_model=CaptureAnswer)
     async def capture(session_id: SessionPath, body: CardBody, request: Request) -> Response:
         """Tokenize the card under the session; answer token, masked number, expiry."""
-        origin = request.headers.get("origin")
-        frame = origin == own_origin
-        if origin is not None and not frame:
-            # The answer may be read by the session's origin only; the vault refuses
-            # any other origin before it looks at the card.
-            request.scope["state"]["cors"] = {
-                "Access-Control-Allow-Origin": origin,
-                "Vary": "Origin",
-            }
+        return await _capture(state, session_id, body, request)
+
+    _add_guard(app, state)
+    return app
+
+
+async def _capture(
+    state: CaptureState, session_id: str, body: CardBody, request: Request
+) -> Response:
+    origin = request.headers.get("origin")
+    frame = origin == state.public_origin
+    scope_state = request.scope["state"]
+    try:
         card = CardCapture(
             session_id=session_id,
             secret=body.secret,
@@ -299,29 +308,36 @@ def create_capture_app(state: CaptureState) -> FastAPI:
             frame=frame,
         )
         result = await run_in_threadpool(
-            service.capture_card,
+            state.service.capture_card,
             card,
             per_session=state.per_session,
             per_address=state.per_address,
             request_id=_request_id(request),
             # The listener is past its limit of refusal entries: a refusal before the
             # session is known is counted by the guard, not written (review 30).
-            audit_anonymous=not request.scope["state"].get("quiet_refusals", False),
+            audit_anonymous=not scope_state.get("quiet_refusals", False),
         )
-        answer = CaptureAnswer(
-            token=result.token.token,
-            format=result.token.format,
-            masked_pan=result.masked,
-            expiry=result.expiry,
-        )
-        return Response(
-            answer.model_dump_json().encode(),
-            media_type="application/json",
-            headers={**security_headers(), **request.scope["state"].get("cors", {})},
-        )
-
-    _add_guard(app, state)
-    return app
+    except CofreError:
+        # A refusal is readable by the session's own origin only: echoing any origin
+        # let a phishing page read why the vault refused it (the capture review). The
+        # session is looked up again: a refusal may come before its origin is checked.
+        if origin is not None and not frame:
+            bound = await run_in_threadpool(bound_origin, state.service, session_id)
+            scope_state["cors"] = readable_by(origin, bound)
+        raise
+    # The capture passed the session's origin check (or came from the fields' own page).
+    scope_state["cors"] = readable_by(origin, None if frame else origin)
+    answer = CaptureAnswer(
+        token=result.token.token,
+        format=result.token.format,
+        masked_pan=result.masked,
+        expiry=result.expiry,
+    )
+    return Response(
+        answer.model_dump_json().encode(),
+        media_type="application/json",
+        headers={**security_headers(), **scope_state["cors"]},
+    )
 
 
 def _add_guard(app: FastAPI, state: CaptureState) -> None:

@@ -19,7 +19,14 @@ from cofre.settings import Settings, load_settings
 from cofre_cli.officer_token import create_dev_tokens
 from hsm.softhsm import init_softhsm_token, write_softhsm_conf
 
-DEV_POLICY = """\
+# Payments' capture origins: the local pages the dev vault's `allow_http_localhost` admits.
+_DEV_CAPTURE_ORIGINS = """\
+# The shop pages it may open capture sessions for (a policy granting "capture" must name
+# them): your local checkout page's origin; the dev vault allows http on localhost only.
+capture_origins = ["http://localhost:3000", "http://127.0.0.1:3000"]
+"""
+
+_DEV_POLICY_TEMPLATE = """\
 # The development policy written by `cofre dev`. Identities are the SAN URIs of the dev
 # client certificates in pki/clients/. An identity not listed here is denied everything.
 #
@@ -35,7 +42,7 @@ description = "Payment service: tokenizes cards, sees only masked PANs"
 # "capture": opens hosted-fields sessions for the shop's checkout page (docs/capture.md);
 # the card then goes from the shopper's browser straight to the vault.
 operations = ["tokenize", "detokenize_masked", "lookup", "metadata", "delete", "capture"]
-formats = ["pan_bin6_last4", "pan_bin8_last4", "pan_last4", "pan_fpe", "uuid"]
+{capture_origins}formats = ["pan_bin6_last4", "pan_bin8_last4", "pan_last4", "pan_fpe", "uuid"]
 reveal = "masked"
 rate_limit = { per_second = 2000, burst = 4000 }
 # At most 10 different cards of one BIN and last four a day: real traffic has a few, a
@@ -82,6 +89,10 @@ operations = ["key_admin", "audit_read", "evidence_export"]
 role = "auditor"
 operations = ["audit_read", "evidence_export"]
 """
+DEV_POLICY = _DEV_POLICY_TEMPLATE.replace("{capture_origins}", _DEV_CAPTURE_ORIGINS)
+# The dev policy as `cofre dev` wrote it before a policy granting capture had to name its
+# origins: such a file, never edited, is rewritten (the vault would refuse to load it).
+_DEV_POLICY_WITHOUT_ORIGINS = _DEV_POLICY_TEMPLATE.replace("{capture_origins}", "")
 
 DEV_TOKEN_LABEL = "cofre-dev"  # noqa: S105 - a token label, not a secret
 CONFIG_NAME = "cofre.toml"
@@ -160,9 +171,15 @@ def _ensure(data_dir: Path, port: int) -> DevEnvironment:
     )
     # Each dev officer and the auditor get a token of their own, whose key the policy
     # registers as their second factor (a policy still exactly as an older `cofre dev`
-    # wrote it, without keys, is rewritten; an edited one is left alone).
+    # wrote it, without keys or without capture origins, is rewritten; an edited one is
+    # left alone, and the vault refuses to load it if it grants capture without origins).
     keys = create_dev_tokens(data_dir, config_file)
-    if not policy.exists() or policy.read_text(encoding="utf-8") == DEV_POLICY:
+    as_written_before = {
+        DEV_POLICY,
+        _DEV_POLICY_WITHOUT_ORIGINS,
+        with_mfa_keys(_DEV_POLICY_WITHOUT_ORIGINS, keys),
+    }
+    if not policy.exists() or policy.read_text(encoding="utf-8") in as_written_before:
         policy.write_text(with_mfa_keys(DEV_POLICY, keys), encoding="utf-8")
     return DevEnvironment(data_dir, config_file, created=created)
 

@@ -114,8 +114,9 @@ class IdentityPolicy(BaseModel):
     read_domains: frozenset[Annotated[str, Field(min_length=1, max_length=255)]] = frozenset()
     scope: Scope = Scope.IN
     # The shop origins it may open capture sessions for (compared as browsers spell
-    # them); unset, any. A stolen certificate could otherwise host the vault's card
-    # fields on a page of its own choosing (the capture review).
+    # them); an identity with ``capture`` must name at least one (`Policy` refuses it
+    # otherwise): a stolen certificate could otherwise host the vault's card fields on
+    # a page of its own choosing (the capture review).
     capture_origins: (
         frozenset[Annotated[str, Field(pattern=r"^https?://[^/\s?#]+$", max_length=300)]] | None
     ) = None
@@ -195,6 +196,31 @@ class IdentityPolicy(BaseModel):
     def domain_of(self, identity: str) -> str:
         """This identity's token domain (its own URI unless the policy names one)."""
         return self.domain or identity
+
+
+def _check_identity(identity: str, rules: IdentityPolicy, known: set[str]) -> None:
+    """Refuse what one identity's rules get wrong against the policy (`known` formats)."""
+    if not identity.startswith(("spiffe://", "urn:", "https://")):
+        raise ValueError(
+            f"identity {identity!r} must be a certificate SAN URI "
+            "(spiffe://..., urn:..., https://...)"
+        )
+    if any("\x00" in d for d in {rules.domain_of(identity), *rules.read_domains}):
+        # An FF1 re-issue's tweak is a domain, a NUL and a number (review 43).
+        raise ValueError(f"identity {identity!r} names a token domain with a NUL")
+    if unknown := rules.formats - known:
+        raise ValueError(f"identity {identity!r} names unknown formats {sorted(unknown)}")
+    if Action.TOKENIZE in rules.operations and not rules.formats:
+        raise ValueError(f"identity {identity!r} may tokenize but names no format")
+    if Action.CAPTURE in rules.operations and not rules.formats:
+        raise ValueError(f"identity {identity!r} may capture but names no format")
+    if Action.CAPTURE in rules.operations and not rules.capture_origins:
+        # Fail closed: no list was "any origin", and a stolen certificate of the
+        # shop's backend then hosted the genuine card fields on a phishing page.
+        raise ValueError(
+            f"identity {identity!r} may capture but names no capture_origins: "
+            "list the shop origins (https://host[:port]) it opens sessions for"
+        )
 
 
 JsonPointer = Annotated[str, Field(pattern=r"^(/[^/]*)+$", max_length=256)]
@@ -356,20 +382,7 @@ class Policy(BaseModel):
             raise ValueError(f"format names {sorted(clash)} are built in; choose other names")
         known = set(BUILTIN_FORMATS) | set(self.formats)
         for identity, rules in self.identities.items():
-            if not identity.startswith(("spiffe://", "urn:", "https://")):
-                raise ValueError(
-                    f"identity {identity!r} must be a certificate SAN URI "
-                    "(spiffe://..., urn:..., https://...)"
-                )
-            if any("\x00" in d for d in {rules.domain_of(identity), *rules.read_domains}):
-                # An FF1 re-issue's tweak is a domain, a NUL and a number (review 43).
-                raise ValueError(f"identity {identity!r} names a token domain with a NUL")
-            if unknown := rules.formats - known:
-                raise ValueError(f"identity {identity!r} names unknown formats {sorted(unknown)}")
-            if Action.TOKENIZE in rules.operations and not rules.formats:
-                raise ValueError(f"identity {identity!r} may tokenize but names no format")
-            if Action.CAPTURE in rules.operations and not rules.formats:
-                raise ValueError(f"identity {identity!r} may capture but names no format")
+            _check_identity(identity, rules, known)
         self._mfa_keys_distinct()
         places = sum(route.max_in_flight for route in self.relay_routes.values())
         if places > MAX_RELAY_PLACES:

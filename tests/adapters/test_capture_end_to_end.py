@@ -116,7 +116,12 @@ def checkout(
     acquirer.start()
     routes = getnet_card_route(acquirer.url, pki.ca)
     capture = CaptureSettings(port=free_port(), allow_http_localhost=True)
-    with running_vault(vault_dir, code_provider, extra_policy=routes, capture=capture) as vault:
+    # The shop's page origin is in the policy: payments opens sessions for it alone.
+    shop_port = free_port()
+    origins = (f"http://localhost:{shop_port}",)
+    with running_vault(
+        vault_dir, code_provider, extra_policy=routes, capture=capture, capture_origins=origins
+    ) as vault:
         assert vault.capture_url is not None
         with (
             _client(vault.pki, vault.url, "payments") as payments_client,
@@ -131,6 +136,7 @@ def checkout(
                 payments=payments,
                 capture_origin=vault.capture_url,
                 capture_script_integrity=sri_hash(asset(CAPTURE_SCRIPT)),
+                port=shop_port,
             )
             shop.start()
             try:

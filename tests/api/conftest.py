@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +45,12 @@ from tests.support.fake_acquirer import FakeAcquirer, running_acquirer
 from tests.support.leakguard import record_responses
 from tests.support.leakscan import json_strings
 from tests.support.officers import policy_with, software_officers
-from tests.support.policies import SETTLEMENT_POLICY, TEST_IDENTITIES
+from tests.support.policies import (
+    SETTLEMENT_POLICY,
+    TEST_CAPTURE_ORIGINS,
+    TEST_IDENTITIES,
+    with_capture_origins,
+)
 from tests.support.postgres import free_port
 
 LIMITED = """
@@ -126,6 +131,7 @@ def running_vault(
     capture: CaptureSettings | None = None,
     audit: AuditSettings | None = None,
     http_protocol: str = "httptools",
+    capture_origins: Sequence[str] = TEST_CAPTURE_ORIGINS,
 ) -> Iterator[VaultServer]:
     """A vault server for the duration of the block; its telemetry is saved at the end.
     With `capture` (its port is picked here) the capture listener runs beside it."""
@@ -140,6 +146,7 @@ def running_vault(
         capture=capture,
         audit=audit,
         http_protocol=http_protocol,
+        capture_origins=capture_origins,
     )
     capture_server = None
     if capture is not None:
@@ -178,6 +185,7 @@ def _start_server(
     capture: CaptureSettings | None = None,
     audit: AuditSettings | None = None,
     http_protocol: str = "httptools",
+    capture_origins: Sequence[str] = TEST_CAPTURE_ORIGINS,
 ) -> tuple[VaultServer, BackgroundServer]:
     pki = ensure_dev_pki(tmp / "pki", identities=TEST_IDENTITIES)
     issue_client(pki, "stranger")
@@ -185,7 +193,13 @@ def _start_server(
     other = ensure_dev_pki(tmp / "other-pki", identities=("payments",))
     policy = tmp / "policy.toml"
     policy.write_text(
-        policy_with(DEV_POLICY + LIMITED + SETTLEMENT_POLICY + extra_policy, software_officers())
+        policy_with(
+            with_capture_origins(DEV_POLICY, capture_origins)
+            + LIMITED
+            + SETTLEMENT_POLICY
+            + extra_policy,
+            software_officers(),
+        )
     )
     settings = Settings(
         data_dir=tmp,

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from api.capture import CAPTURE_SCRIPT, asset, sri_hash
 from cofre.settings import CaptureSettings
 from hsm.provider import HSMProvider
+from policies.errors import PolicyDenied, PolicyInvalid
 from tests.api.conftest import VaultServer, running_vault
 from tests.support.codes import shows_code
 from tests.support.postgres import free_port
@@ -33,6 +34,7 @@ VISA = "4111111111111111"
 LUHN_BAD = "4111111111111112"
 SHOP = "https://shop.example"
 PAYMENTS = CallContext("spiffe://cofre/payments", "req-test")
+UNKNOWN_SESSION = "cs_" + "q" * 32  # the shape of a session id, of no session
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +94,51 @@ def test_a_capture_from_another_origin_is_refused(capture_vault: VaultServer) ->
     for origin in ("https://evil.example", None):
         response = _post(capture_vault, session, origin=origin)
         _refused(response, 403, "origin_not_allowed")
-        assert "access-control-allow-origin" not in response.headers or (
-            response.headers["access-control-allow-origin"] == origin
-        )
+        assert "access-control-allow-origin" not in response.headers
     assert _tokens(capture_vault) == before
+
+
+def test_a_refusal_to_another_origin_is_not_readable_by_it(capture_vault: VaultServer) -> None:
+    """The capture review's CORS gap: a refusal carried `Access-Control-Allow-Origin`
+    echoing whatever origin asked, so a page of another origin (a phishing checkout)
+    could read why the vault refused it: which sessions exist, which are spent, whether
+    its guess of a secret was the one refused. CORS headers go only to the session's own
+    origin, on every answer; the refusals stay problem+json with their codes."""
+    evil = "https://evil.example"
+    live = _session(capture_vault)
+    spent = _session(capture_vault)
+    assert _post(capture_vault, spent).status_code == 200
+    refusals = [
+        (_post(capture_vault, live, origin=evil), 403, "origin_not_allowed"),
+        (_post(capture_vault, live, origin=evil, secret="cofre_cs_wrong"), 401,
+         "capture_unauthorized"),
+        (_post(capture_vault, spent, origin=evil), 403, "origin_not_allowed"),
+        (_post(capture_vault, UNKNOWN_SESSION, origin=evil, secret="cofre_cs_x"), 401,
+         "capture_unauthorized"),
+        (_post(capture_vault, live, {"number": LUHN_BAD}, origin=evil), 403,
+         "origin_not_allowed"),
+        # Refused before the vault sees the session: not a number at all.
+        (_post(capture_vault, live, {"number": "4111-x"}, origin=evil), 422, "invalid_pan"),
+    ]  # fmt: skip
+    for response, status, code in refusals:
+        _refused(response, status, code)
+        cors = {k for k in response.headers if k.lower().startswith("access-control-")}
+        assert cors == set(), (code, cors)
+    # The session's own origin still reads its refusals (and its preflight passes).
+    own = _post(capture_vault, spent)
+    _refused(own, 409, "capture_session_used")
+    assert own.headers["access-control-allow-origin"] == SHOP
+    wrong = _post(capture_vault, live, secret="cofre_cs_wrong")
+    _refused(wrong, 401, "capture_unauthorized")
+    assert wrong.headers["access-control-allow-origin"] == SHOP
+    with capture_vault.capture_client() as client:
+        for session_id in (live.session_id, spent.session_id, UNKNOWN_SESSION):
+            preflight = client.options(
+                f"/v1/capture/{session_id}",
+                headers={"origin": evil, "access-control-request-method": "POST"},
+            )
+            _refused(preflight, 403, "origin_not_allowed")
+            assert not any(k.lower().startswith("access-control-") for k in preflight.headers)
 
 
 def test_the_preflight_answers_only_the_sessions_origin(capture_vault: VaultServer) -> None:
@@ -479,3 +522,28 @@ def test_a_sessions_numbers_are_json_integers(
             json={"origin": SHOP, "formats": ["pan_bin6_last4"], field: value},
         )
     _refused(response, 422, "invalid_request")
+
+
+def test_a_reload_that_drops_capture_origins_keeps_the_policy_in_force(
+    capture_vault: VaultServer,
+) -> None:
+    """A policy edited to grant `capture` without `capture_origins` is refused on reload
+    as at start (`PolicyInvalid` naming the identity, logged by the SIGHUP handler):
+    the policy in force stays, and with it the origins it names."""
+    runtime = capture_vault.runtime
+    policy_file = runtime.settings.policy_file
+    assert policy_file is not None
+    original = policy_file.read_text()
+    in_force = runtime.policy_sha256
+    edited = re.sub(r"(?m)^capture_origins = .*\n", "", original) + "# edited\n"
+    try:
+        policy_file.write_text(edited)
+        with pytest.raises(PolicyInvalid, match=r"'spiffe://cofre/payments'.*capture_origins"):
+            runtime.reload_policy()
+        assert runtime.policy_sha256 == in_force
+        assert _session(capture_vault).origin == SHOP
+        with pytest.raises(PolicyDenied, match="origin"):
+            _session(capture_vault, origin="https://evil.example")
+    finally:
+        policy_file.write_text(original)
+    assert runtime.reload_policy() is False  # the file is the policy in force again

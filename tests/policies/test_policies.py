@@ -298,3 +298,25 @@ operations = ["{operation}"]
         with pytest.raises(PolicyInvalid, match=f"{operation} needs reveal 'full' or 'masked'"):
             parse_policy(text, kind="toml")
         parse_policy(text + 'reveal = "masked"\n', kind="toml")
+
+
+@pytest.mark.parametrize("origins", ["", "capture_origins = []\n"])
+def test_a_policy_that_grants_capture_names_its_origins(origins: str) -> None:
+    """The capture review's origins gap: an identity with ``capture`` and no
+    ``capture_origins`` could open sessions for any origin, so a stolen certificate of
+    the shop's backend hosted the vault's genuine card fields on a phishing page. Such
+    a policy is refused at load, naming the identity (the officer learns it when the
+    policy loads, not when a shopper checks out); an empty list names no origin."""
+    text = f"""
+[identities."spiffe://cofre/shop-backend"]
+scope = "out"
+operations = ["capture"]
+formats = ["uuid"]
+{origins}"""
+    with pytest.raises(PolicyInvalid, match=r"'spiffe://cofre/shop-backend'.*capture_origins"):
+        parse_policy(text, kind="toml")
+    named = text.replace(origins, "") + 'capture_origins = ["https://shop.example"]\n'
+    rules = parse_policy(named, kind="toml").policy.identities["spiffe://cofre/shop-backend"]
+    assert rules.capture_origins == frozenset({"https://shop.example"})
+    # Without `capture`, no origin is needed (nothing to bind).
+    parse_policy('[identities."spiffe://cofre/x"]\noperations = ["metadata"]\n', kind="toml")

@@ -8,6 +8,9 @@ or a move to another processor.
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -30,6 +33,24 @@ read_domains = ["spiffe://cofre/payments"]
 """
 
 TEST_IDENTITIES: Final = (*DEV_IDENTITIES, "settlement")
+
+# The shop pages the tests' vaults let payments open capture sessions for: the dev
+# policy's local pages and the tests' shop (a policy granting capture names them).
+TEST_CAPTURE_ORIGINS: Final = (
+    "http://localhost:3000",
+    "http://127.0.0.1:3000",
+    "https://shop.example",
+)
+
+
+def with_capture_origins(policy: str, origins: Iterable[str]) -> str:
+    """`policy` (the dev policy, whose payments identity is the one that captures) with
+    its `capture_origins` list replaced by `origins`."""
+    line = f"capture_origins = {json.dumps(sorted(origins))}\n"
+    replaced, count = re.subn(r"(?m)^capture_origins = .*\n", lambda _: line, policy)
+    if count != 1:
+        raise ValueError(f"the policy names capture_origins {count} times, not once")
+    return replaced
 
 
 def getnet_card_route(acquirer_url: str, ca: Path) -> str:

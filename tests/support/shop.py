@@ -138,7 +138,8 @@ class Shop:
                 answer = shop.pay(token)
                 self._send(200, "application/json", json.dumps(answer).encode())
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # On the port it was given (its origin is in the vault's policy), else any.
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

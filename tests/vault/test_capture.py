@@ -18,7 +18,7 @@ from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied, PolicyError, RateLimited
 from policies.loader import parse_policy
-from policies.models import RateLimit
+from policies.models import Policy, RateLimit
 from vault.capture import (
     CaptureSession,
     CaptureSessionRequest,
@@ -58,6 +58,7 @@ scope = "out"
 operations = ["capture", "detokenize_masked"]
 formats = ["pan_bin6_last4", "uuid", "no_code"]
 reveal = "masked"
+capture_origins = ["https://shop.example"]
 
 [identities."spiffe://cofre/ledger"]
 operations = ["detokenize_masked"]
@@ -388,9 +389,8 @@ def test_an_identity_opens_sessions_only_for_its_policys_origins(
     `capture_origins` now names the origins an identity may open sessions for,
     compared as browsers spell them (upper case and ``:443`` are the same origin)."""
     listed = POLICY.replace(
-        'reveal = "masked"\n',
-        'reveal = "masked"\ncapture_origins = ["https://Shop.Example:443"]\n',
-        1,
+        'capture_origins = ["https://shop.example"]',
+        'capture_origins = ["https://Shop.Example:443"]',
     )
     svc = VaultService(
         engine, hsm_provider, PolicyEngine(parse_policy(listed, kind="toml").policy),
@@ -416,7 +416,46 @@ def test_an_identity_opens_sessions_only_for_its_policys_origins(
 @pytest.mark.parametrize("origin", ["shop.example", "https://shop.example/pay", "ftp://shop"])
 def test_a_policy_names_capture_origins_as_origins(origin: str) -> None:
     listed = POLICY.replace(
-        'reveal = "masked"\n', f'reveal = "masked"\ncapture_origins = ["{origin}"]\n', 1
+        'capture_origins = ["https://shop.example"]', f'capture_origins = ["{origin}"]'
     )
     with pytest.raises(PolicyError, match="capture_origins"):
         parse_policy(listed, kind="toml")
+
+
+def test_an_identity_without_capture_origins_opens_no_session(
+    engine: Engine, hsm_provider: HSMProvider, clock: list[datetime]
+) -> None:
+    """The loader refuses `capture` without `capture_origins`; a policy that reached
+    the vault without that check (built in code, not loaded) still opens no session:
+    no list is no origin, refused 403 `policy_denied` and audited, never "any"."""
+    loaded = parse_policy(POLICY, kind="toml").policy
+    payments = loaded.identities[PAYMENTS.identity].model_copy(update={"capture_origins": None})
+    unchecked = Policy.model_construct(
+        **{**dict(loaded), "identities": {**loaded.identities, PAYMENTS.identity: payments}}
+    )
+    svc = VaultService(engine, hsm_provider, PolicyEngine(unchecked), clock=lambda: clock[0])
+    svc.initialize()
+    try:
+        with pytest.raises(PolicyDenied, match="origin"):
+            _session(svc)
+    finally:
+        svc.close()
+    assert _count(engine, "capture_sessions") == 0
+    denied = [e for e in _audit(engine, "capture") if e["outcome"] == "denied"]
+    assert [e["details"]["origin"] for e in denied] == [SHOP]
+
+
+def test_the_origin_a_session_is_bound_to_is_known_live_or_not(
+    service: VaultService, clock: list[datetime]
+) -> None:
+    """What the listener asks before it lets an origin read a refusal (CORS): the
+    session's origin, also once it is spent or expired (its page reads why), and none
+    for a session the vault does not know."""
+    spent = _session(service)
+    _capture(service, _card(spent))
+    expired = _session(service, ttl_seconds=60)
+    clock[0] += timedelta(minutes=2)
+    assert service.capture_session_origin(spent.session_id) == SHOP
+    assert service.capture_session_origin(expired.session_id) == SHOP
+    assert service.capture_session_origin("cs_" + "q" * 32) is None
+    assert service.capture_session_origin("not a session id") is None

@@ -72,9 +72,9 @@ class CaptureOperations(TokenizeOperations):
         """Open a capture session for `request.origin`, bound to the caller's token
         domain; the answer carries the client secret, which is not kept (only its hash).
 
-        Raises `PolicyDenied` (no ``capture``, or a format the caller may not use),
-        `InvalidOrigin`, `InvalidTTL`, `CaptureRequestInvalid`, `RateLimited`,
-        `StorageUnavailable`, `AuditWriteFailed`.
+        Raises `PolicyDenied` (no ``capture``, a format the caller may not use, or an
+        origin not in its ``capture_origins``), `InvalidOrigin`, `InvalidTTL`,
+        `CaptureRequestInvalid`, `RateLimited`, `StorageUnavailable`, `AuditWriteFailed`.
         """
         with self._audited_refusal(ctx, CREATE_SESSION):
             request.check()
@@ -84,9 +84,9 @@ class CaptureOperations(TokenizeOperations):
             origin = normalize_origin(
                 request.origin, allow_http_localhost=allow_http_localhost, frame_ancestor=True
             )
-            if rules.capture_origins is not None and origin not in _allowed(
-                rules.capture_origins, allow_http_localhost
-            ):
+            # The policy refuses `capture` without origins; a missing list is still
+            # no origin here (fail closed), never "any".
+            if origin not in _allowed(rules.capture_origins or frozenset(), allow_http_localhost):
                 reason = "this identity may not open capture sessions for that origin"
                 details: dict[str, DetailValue] = {"reason": reason, "origin": origin}
                 self._write_audit(
@@ -157,6 +157,13 @@ class CaptureOperations(TokenizeOperations):
         if expires is None or expires <= self._clock():
             return None
         return str(row.origin), SessionCodeRule(row.security_code)
+
+    def capture_session_origin(self, session_id: str) -> str | None:
+        """The origin a known session is bound to, live or not, or None for no such
+        session: the only origin that may read the listener's answers about it (CORS).
+        Needs no secret: the session's own page names it. Raises `StorageUnavailable`."""
+        row = self._session_row(session_id)
+        return None if row is None else str(row.origin)
 
     def capture_card(
         self,
