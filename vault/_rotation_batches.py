@@ -43,15 +43,15 @@ class RotationBatches:
 
     def _new_data_keys(self, connection: Connection) -> tuple[int, int]:
         """Start a data rotation: a new version of each data key, the active ones
-        retiring. Returns the old and new versions."""
+        retiring. Returns the old and new versions (old 0 on a vault that has created
+        no data key yet: it creates them at its first call, and this makes version 1)."""
         kek = self._keyring.registry.current_label(KeyKind.KEK)
-        old = int(
-            connection.execute(
-                select(func.max(data_keys.c.version)).where(
-                    data_keys.c.purpose == KeyPurpose.PAN_GCM.value
-                )
-            ).scalar_one()
-        )
+        newest = connection.execute(
+            select(func.max(data_keys.c.version)).where(
+                data_keys.c.purpose == KeyPurpose.PAN_GCM.value
+            )
+        ).scalar_one()
+        old = 0 if newest is None else int(newest)
         new = old + 1
         for purpose in KeyPurpose:
             connection.execute(

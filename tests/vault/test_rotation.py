@@ -348,3 +348,25 @@ def test_a_data_key_wrapped_under_the_old_kek_after_the_migration_is_moved_befor
     assert labels == {new}
     service.keyring.wipe_all()  # unwrap every data key again, under the KEK left
     assert service.detokenize(GETNET, record.token).pan == _pan(8)
+
+
+def test_a_data_rotation_before_the_first_data_key_starts(
+    engine: Engine, rotation_provider: HSMProvider
+) -> None:
+    """A vault creates its data keys at its first call (the HSM may be down when it
+    starts); officers who rotate the data keys of a vault that has served no call yet
+    got a 500 (a TypeError on the missing version). The rotation starts from no version
+    and creates the first ones, and the vault then seals under them."""
+    policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
+    service = VaultService(engine, rotation_provider, policy)
+    try:
+        service.keyring.registry.adopt_if_empty(actor="test")  # what a start does
+        rotation = rotation_of(service, engine, rotation_provider)
+        ceremony = rotation.propose(ALICE, "data")
+        assert rotation.approve(BOB, ceremony.id).state in {"running", "completed"}
+        body = "5" + "1" * 14
+        pan = Pan(body + luhn_check_digit(body))
+        record = service.tokenize(PAYMENTS, TokenizeRequest(pan, "pan_bin6_last4"))
+        assert service.detokenize(GETNET, record.token).pan == pan
+    finally:
+        service.close()
