@@ -99,8 +99,13 @@ class Sequencer:
     def signer(self) -> TreeHeadSigner:
         return self._signer
 
-    def _lock(self, connection: Connection) -> bool:
+    def _lock(self, connection: Connection, *, wait: bool) -> bool:
         if connection.dialect.name == "postgresql":
+            if wait:
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY}
+                )
+                return True
             return bool(
                 connection.execute(
                     text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY}
@@ -108,17 +113,20 @@ class Sequencer:
             )
         return True
 
-    def run_once(self, *, batch: int = DEFAULT_BATCH, force_sign: bool = False) -> int:
+    def run_once(
+        self, *, batch: int = DEFAULT_BATCH, force_sign: bool = False, wait: bool = False
+    ) -> int:
         """Integrate up to `batch` queued entries and sign a head if one is due (or if
         `force_sign` and the tree grew since the last head). Returns how many entries
-        were integrated (0 when another node holds the sequencer lock).
+        were integrated (0 when another node holds the sequencer lock, unless `wait`:
+        then it waits for that node's batch to end).
 
         Raises `AuditWriteFailed` when the database or the signer fails.
         """
         self._maintain_partitions()
         try:
             with self._engine.begin() as connection:
-                if not self._lock(connection):
+                if not self._lock(connection, wait=wait):
                     return 0
                 count = self._integrate(connection, batch)
                 self._sign_if_due(connection, force=force_sign)
@@ -148,14 +156,18 @@ class Sequencer:
             self.partition_error = None
 
     def drain(self, *, force_sign: bool = True) -> int:
-        """Integrate everything queued, then sign a head for the final size."""
+        """Integrate everything queued, then sign a head for the final size. Waits for
+        the sequencer lock: an evidence export drains before it looks for a head over
+        its cut-off entry, and while another node's sequencer (or this node's own
+        thread) held the lock a drain that gave up signed nothing, so the export found
+        no head over the period or not even its entries (PostgreSQL)."""
         total = 0
         while True:
-            count = self.run_once(force_sign=False)
+            count = self.run_once(force_sign=False, wait=True)
             total += count
             if count < DEFAULT_BATCH:
                 break
-        self.run_once(force_sign=force_sign)
+        self.run_once(force_sign=force_sign, wait=True)
         return total
 
     def _integrate(self, connection: Connection, batch: int) -> int:
