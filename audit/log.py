@@ -38,8 +38,10 @@ ENTRY_FORMAT_VERSION: Final = 1
 _MAX_DETAIL_ITEMS: Final = 32
 _MAX_STRING: Final = 512
 _MIN_CARD_INT: Final = 10 ** (MIN_DIGITS - 1)  # the smallest integer with a card's digits
-# A document an entry records whole (the policy text of a load or reload): bounded, and
-# refused rather than cut, since its hash is in the entry too.
+# A document an entry records whole (the policy text of a load or reload, whose hash is
+# in the entry too; the officer's signed request of a key ceremony's proposal or
+# approval, which the evidence verifier checks again): bounded, and refused rather than
+# cut, since a cut one would no longer verify.
 MAX_DOCUMENT: Final = 64 * 1024
 # Built once: every operation appends, and building a statement per call costs more
 # Python time than running it.
@@ -141,7 +143,8 @@ class AuditEvent:
     token_id: str | None = None
     key_id: str | None = None
     details: Mapping[str, DetailValue] = field(default_factory=dict)
-    # Written only when set, so entries without one keep their exact bytes.
+    # Written only when set, so entries without one keep their exact bytes: a policy
+    # text, or a ceremony action's signed request (`vault.approval_proof`).
     document: str | None = None
 
 

@@ -9,6 +9,7 @@ without the vault.
 # an underscore is internal. tests/test_exported_members.py pins this list.
 __all__ = [
     "custody",
+    "dual_control",
     "errors",
     "export",
 ]

@@ -32,6 +32,7 @@ from cofre import __version__
 from cofre.dberrors import database_errors_as
 from cofre_evidence_verifier.bundle import BUNDLE_FORMAT, MANIFEST, POLICY_ACTIONS, SIGNATURE
 from compliance.custody import custody_json
+from compliance.dual_control import dual_control_json
 from compliance.errors import ChainBroken, ComplianceError, EvidenceUnavailable
 
 ALL_PROOFS_UP_TO: Final = 5000
@@ -250,6 +251,11 @@ def write_bundle(
         _stage_sources(staging, sources, period_from=period_from, period_to=period_to)
         # Each acknowledgement with its audit entry and inclusion proof (`compliance.custody`).
         staging.add("keys/custody.json", custody_json(engine, store, sources.custody(), size))
+        # Each rotation's start, proposal and approvals (`compliance.dual_control`).
+        staging.add(
+            "keys/dual_control.json",
+            dual_control_json(engine, store, start=start, end=end, size=size),
+        )
         staging.add("policy/policy.toml", policy_text.encode())
         previous = None
         if previous_manifest is not None:

@@ -131,7 +131,10 @@ class KeyRotation(RotationBatches):
         key_id: str | None,
         details: dict[str, DetailValue],
         connection: Connection | None = None,
+        proof: str | None = None,
     ) -> None:
+        # A counted proposal's or approval's signed request is the entry's document, whole
+        # (a detail would be cut at 512 characters): the offline verifier re-checks it.
         event = AuditEvent(
             action=action,
             outcome=outcome,
@@ -139,6 +142,7 @@ class KeyRotation(RotationBatches):
             request_id=request_id,
             key_id=key_id,
             details=details,
+            document=proof,
         )
         if connection is not None:
             self._audit.append(connection, event)
@@ -223,6 +227,7 @@ class KeyRotation(RotationBatches):
             raise CeremonyError("kind must be data, kek, fingerprint or audit") from None
         now = self._clock()
         ceremony_id = str(uuid.uuid4()) if proof is None else proof.ceremony_id()
+        proven = None if proof is None else proof.to_json()
         with self._write() as connection:
             hold_ceremony_lock(connection)
             open_states = [CeremonyState.PENDING.value, CeremonyState.RUNNING.value]
@@ -240,7 +245,7 @@ class KeyRotation(RotationBatches):
                     state=CeremonyState.PENDING.value,
                     proposer=identity,
                     proposer_keyid=keyid,
-                    proposer_proof=None if proof is None else proof.to_json(),
+                    proposer_proof=proven,
                     created_at=now,
                     expires_at=now + self._ttl,
                 )
@@ -253,6 +258,7 @@ class KeyRotation(RotationBatches):
                 ceremony_id,
                 {"kind": rotation.value, "approvals_needed": self._needed(), "keyid": keyid},
                 connection,
+                proven,
             )
             return self._view(connection, self._load(connection, ceremony_id))
 
@@ -328,6 +334,7 @@ class KeyRotation(RotationBatches):
                 ceremony_id,
                 {"approvals": len(standing) + 1, "keyid": keys.keyid},
                 connection,
+                keys.proof,
             )
             if len(standing) + 1 >= self._needed():
                 self._start(connection, row, identity, keys.labels)
@@ -348,14 +355,9 @@ class KeyRotation(RotationBatches):
                 .values(state=CeremonyState.CANCELLED.value)
             )
             self._record(
-                identity,
-                request_id,
-                "key.rotation.cancel",
-                Outcome.SUCCESS,
-                ceremony_id,
-                {},
+                identity, request_id, "key.rotation.cancel", Outcome.SUCCESS, ceremony_id, {},
                 connection,
-            )
+            )  # fmt: skip
             return self._view(connection, self._load(connection, ceremony_id))
 
     def status(self, identity: str, ceremony_id: str) -> Ceremony:

@@ -209,6 +209,24 @@ def test_custody_file_of_the_wrong_shape(tmp_path: Path, custody: bytes) -> None
     _run(bundle, tmp_path)
 
 
+@pytest.mark.parametrize(
+    "records",
+    [
+        b"[1]",
+        b"{}",
+        b'[{"index": 3, "payload": "[]", "proof": []}]',
+        b'[{"index": "3", "payload": 3, "proof": "x"}]',
+        DEEP.encode(),
+        b"\xff",
+    ],
+)
+def test_dual_control_file_of_the_wrong_shape(tmp_path: Path, records: bytes) -> None:
+    bundle = _bundle()
+    bundle.files["keys/dual_control.json"] = records
+    report = _run(bundle, tmp_path)
+    assert any("keys/dual_control.json" in p for p in report.problems), report.problems
+
+
 def test_previous_bundle_with_a_list_period(tmp_path: Path) -> None:
     # --previous: the previous manifest is checked for its signature, then for its shape.
     w, key = witness(), AuditKey()

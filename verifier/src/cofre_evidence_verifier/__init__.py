@@ -6,7 +6,7 @@ IN PCI SCOPE (as evidence), and deliberately standalone: its own distribution
 no network; an import-linter contract and a test that runs it from a fresh virtualenv
 keep it that way. `verify.verify_bundle` is the entry point; each family of checks is a
 module of its own (`files`, `heads`, `entries`, `boundaries`, `policy`, `custody`,
-`chain`, `witnesses`).
+`dual_control`, `chain`, `witnesses`).
 """
 
 __version__ = "0.1.0"
@@ -20,6 +20,7 @@ __all__ = [
     "chain",
     "cli",
     "custody",
+    "dual_control",
     "entries",
     "errors",
     "files",
@@ -30,6 +31,7 @@ __all__ = [
     "note",
     "policy",
     "report",
+    "request_signature",
     "verify",
     "witnesses",
 ]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import tomllib
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
@@ -47,6 +46,7 @@ from cofre_evidence_verifier.bundle import (
 )
 from cofre_evidence_verifier.errors import MalformedBundle
 from cofre_evidence_verifier.merkle import included, leaf_hash
+from cofre_evidence_verifier.policy import in_force, policy_documents
 from cofre_evidence_verifier.report import Report
 
 NAME: Final = "keys/custody.json"
@@ -62,19 +62,11 @@ _RECORDED: Final = ("statement", "signature", "public_key")
 def _policies(files: Files) -> list[tuple[int, dict[str, Any]]]:
     """The identities of each policy version the bundle carries, by leaf index (a
     version that does not parse is left out: the policy check reports it)."""
-    out = []
-    for version in json_lines(files.get("policy/versions.jsonl", b"")):
-        index = version.get("index")
-        try:
-            document = _entry(version.get("payload")).get("document")
-            # tomllib recurses once per nested array or table, with no bound of its
-            # own: a document nested deeper than the stack is one that does not parse.
-            identities = tomllib.loads(str(document)).get("identities", {})
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(identities, dict) and isinstance(index, int):
-            out.append((index, identities))
-    return sorted(out, key=lambda pair: pair[0])
+    return [
+        (index, identities)
+        for index, document in policy_documents(files)
+        if isinstance(identities := document.get("identities", {}), dict)
+    ]
 
 
 def _entry(payload: object) -> dict[str, Any]:
@@ -87,11 +79,6 @@ def _entry(payload: object) -> dict[str, Any]:
 def _details(entry: dict[str, Any]) -> dict[str, Any]:
     details = entry.get("details")
     return details if isinstance(details, dict) else {}
-
-
-def _in_force(policies: list[tuple[int, dict[str, Any]]], index: int) -> tuple[int, dict[str, Any]]:
-    earlier = [pair for pair in policies if pair[0] <= index]
-    return earlier[-1] if earlier else policies[0]
 
 
 def _signature_verifies(pem: str, message: bytes, signature: str) -> bool:
@@ -171,7 +158,7 @@ def _key_problems(
     actor = entry.get("actor")
     if not policies:
         return [f"{where}: no policy version in the bundle registers {actor}'s key"]
-    policy_index, identities = _in_force(policies, index)
+    policy_index, identities = in_force(policies, index)
     rules = identities.get(str(actor), {})
     registered = rules.get("mfa_public_key") if isinstance(rules, dict) else None
     if not isinstance(registered, str):

@@ -7,6 +7,9 @@ have a root of their own. Both are also `ValueError`: a bad bundle is bad input.
     ├── ProofError      (also ValueError)  a Merkle proof or tree does not verify
     ├── NoteError       (also ValueError)  a signed note, checkpoint, vkey or
     │                                      cosignature is malformed or does not verify
+    ├── SignedRequestError (also ValueError)  an officer's signed request (a key
+    │                                      ceremony action) is unreadable or does not
+    │                                      verify
     ├── UnsafeBundle    (also ValueError)  the archive cannot be read safely
     └── MalformedBundle (also ValueError)  a file of the bundle holds a value of the
                                            wrong type or shape
@@ -26,6 +29,11 @@ class ProofError(VerifierError, ValueError):
 class NoteError(VerifierError, ValueError):
     """A signed note, checkpoint, verifier key or cosignature is malformed or does not
     verify (c2sp.org/signed-note, tlog-checkpoint, tlog-cosignature)."""
+
+
+class SignedRequestError(VerifierError, ValueError):
+    """An officer's signed request, stored with a key ceremony's proposal or approval,
+    is not readable or its RFC 9421 signature does not verify (`request_signature`)."""
 
 
 class UnsafeBundle(VerifierError, ValueError):

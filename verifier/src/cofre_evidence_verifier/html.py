@@ -55,6 +55,7 @@ def render_html(report: Report, bundle: Path) -> str:
             for c in report.missing_checks()
         ]
     parts.append("</ul>")
+    parts += _dual_control(report)
     try:
         parts += _bundle_sections(report, read_bundle(bundle))
     except Exception as exc:  # noqa: BLE001 - a page, never a traceback, whatever the file holds
@@ -63,6 +64,32 @@ def render_html(report: Report, bundle: Path) -> str:
         )
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _dual_control(report: Report) -> list[str]:
+    """A row per key ceremony the dual control check looked at (`dual_control`): its
+    officers as the check counted them, and whether it proved the quorum."""
+    ceremonies = report.summary.get("dual_control")
+    if not isinstance(ceremonies, list) or not ceremonies:
+        return []
+    parts = [
+        "<h2>Key rotations under dual control</h2><table><tr><th>ceremony</th><th>kind</th>"
+        "<th>start entry</th><th>proposer</th><th>approvers</th><th>officers</th>"
+        "<th>signed for</th><th>verdict</th></tr>"
+    ]
+    for c in ceremonies:
+        proven = c.get("proven") is True
+        verdict = "proven" if proven else "NOT PROVEN (see the problems above)"
+        parts.append(
+            f"<tr><td><code>{_e(c.get('ceremony'))}</code></td><td>{_e(c.get('kind'))}</td>"
+            f"<td>{_e(c.get('start_entry'))}</td><td>{_e(c.get('proposer') or '-')}</td>"
+            f"<td>{_e(', '.join(map(str, c.get('approvers') or [])) or '-')}</td>"
+            f"<td>{_e(c.get('officers'))} of {_e(c.get('required'))}</td>"
+            f"<td>{_e(', '.join(map(str, c.get('signed_for') or [])) or '-')}</td>"
+            f"<td class='{'ok' if proven else 'fail'}'>{_e(verdict)}</td></tr>"
+        )
+    parts.append("</table>")
+    return parts
 
 
 def _bundle_sections(report: Report, files: Files) -> list[str]:

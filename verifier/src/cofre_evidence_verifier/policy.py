@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import tomllib
 from typing import Any
 
 from cofre_evidence_verifier.bundle import (
@@ -23,6 +24,34 @@ from cofre_evidence_verifier.report import Report
 # What a vault writes before it loads its first policy: `cofre hsm init` and a first
 # `cofre serve` create and register its keys. Nothing in them is done under a policy.
 SET_UP_ACTIONS = frozenset({"key.create", "key.register"})
+
+
+def policy_documents(files: Files) -> list[tuple[int, dict[str, Any]]]:
+    """Each policy version the bundle carries (``policy/versions.jsonl``) as its leaf
+    index and parsed document, oldest first; a version that does not parse is left out
+    (`check_policy` reports it). What the custody and dual control checks read the
+    officers' registered MFA keys from."""
+    out = []
+    for version in json_lines(files.get("policy/versions.jsonl", b"")):
+        index, payload = version.get("index"), version.get("payload")
+        if not isinstance(index, int) or not isinstance(payload, str):
+            continue
+        try:
+            # tomllib recurses once per nested array or table, with no bound of its
+            # own: a document nested deeper than the stack is one that does not parse.
+            document = tomllib.loads(str(_object(payload).get("document")))
+        except (ValueError, RecursionError):
+            continue
+        out.append((index, document))
+    return sorted(out, key=lambda pair: pair[0])
+
+
+def in_force(documents: list[tuple[int, dict[str, Any]]], index: int) -> tuple[int, dict[str, Any]]:
+    """The policy version of `documents` (not empty) in force at leaf `index`: the last
+    one at or before it, or the first when the entry is older than every one (the
+    policy in force at the period's start)."""
+    earlier = [pair for pair in documents if pair[0] <= index]
+    return earlier[-1] if earlier else documents[0]
 
 
 def _versions(lines: list[dict[str, Any]]) -> list[tuple[int, str, list[bytes]]]:

@@ -24,6 +24,10 @@ it finds (not only the first):
    the key custodians' acknowledgements (`keys/custody.json`) are log entries too
    (inclusion proof valid), signed by each officer's MFA key registered in the policy
    in force; the report lists the custodians of each key (`custody`);
+   every key rotation started in the period (and each audit key handover's ceremony)
+   was proposed and approved by the policy's quorum of distinct officers, each by a
+   request their registered MFA key signed for that ceremony, as the log's entries
+   record them; the report lists each ceremony (`dual_control`);
 7. with a previous bundle: its manifest's signature; that this bundle starts exactly
    where the previous one ended, by leaf index and by time (no entry in neither bundle
    or in both); and the consistency proof from its last signed head to this bundle's
@@ -57,6 +61,7 @@ from cofre_evidence_verifier import (
     boundaries,
     chain,
     custody,
+    dual_control,
     entries,
     files,
     heads,
@@ -174,6 +179,7 @@ def _verify(
     boundaries.check_boundaries(bundle, manifest, verified, report)
     policy.check_policy(bundle, manifest, verified, report)
     custody.check_custody(bundle, manifest, verified, report)
+    dual_control.check_dual_control(bundle, manifest, verified, report)
     if unsafe_no_witnesses:
         report.checks.append(
             "UNSAFE: witness cosignatures not checked; only the vault's own key vouches "

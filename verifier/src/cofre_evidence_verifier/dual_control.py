@@ -1,0 +1,475 @@
+"""Check 7b: every key rotation started in the period ran under dual control, proven by
+the officers' own signatures (PCI DSS 3.6.1.2, 3.7.6), not by what the database says.
+
+The vault counts a ceremony's proposal and approvals only while each is a request its
+officer's token signed for that ceremony (``vault/approval_proof.py``), and it logs
+each counted request whole: the ``document`` of the ``key.rotation.propose`` and
+``key.rotation.approve`` entries. An operator who holds the database and the HSM PIN
+can write any entry into the log (the vault's key signs it), but cannot sign for an
+officer. So for each ceremony a ``key.rotation.start`` entry of the period names (and
+the ceremony each ``audit.key.handover`` entry of the period belongs to), this check
+re-does the vault's count offline:
+
+- the proposal and approval entries are log entries: the period's own, or records of
+  ``keys/dual_control.json`` (index, canonical payload, inclusion proof in the
+  covering head), since a ceremony may have been proposed before the period began;
+- the proposal's signed request verifies (`request_signature`) under the
+  ``mfa_public_key`` of its officer in the policy in force at the start (taken from
+  ``policy/versions.jsonl``, which the policy check proves are log entries), is
+  ``POST /v1/admin/keys/rotations`` proposing the started kind, derives this
+  ceremony's id, and was signed within a proposal's life before the start (the
+  vault's ``proposal_ttl_hours`` from ``config/settings.json``, 24 hours without it,
+  plus the 300-second MFA window);
+- each approval's verifies under its officer's registered key, is ``POST
+  /v1/admin/keys/rotations/<ceremony>/approve``, and was signed after the proposal
+  (give or take the window) and before the start;
+- every officer counted holds ``key_admin`` in that policy; the proposer never
+  approves; an officer who approved twice counts once; and the proposer plus the
+  distinct proven approvers reach the policy's ``key_approvals_required``.
+
+A rotation whose entries carry no signed request (logged before the vault kept them, or
+by an in-process caller that counted unsigned officers) is **not proven**, and fails
+the bundle like any other claim the log makes and cannot show. The report's summary
+lists each ceremony (``dual_control``): its officers, the quorum and the vaults
+(``@authority``) the requests were signed for, which the auditor compares with the
+vault's own name.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from cofre_evidence_verifier.bundle import (
+    Files,
+    Heads,
+    hash_list,
+    integer,
+    json_lines,
+    json_object,
+    load_json,
+    string,
+)
+from cofre_evidence_verifier.errors import MalformedBundle, SignedRequestError
+from cofre_evidence_verifier.merkle import included, leaf_hash
+from cofre_evidence_verifier.policy import in_force, policy_documents
+from cofre_evidence_verifier.report import Report
+from cofre_evidence_verifier.request_signature import (
+    PROPOSALS,
+    Signed,
+    SignedRequest,
+    approval_path,
+    verify_signed_request,
+)
+
+NAME: Final = "keys/dual_control.json"
+PROPOSE: Final = "key.rotation.propose"
+APPROVE: Final = "key.rotation.approve"
+START: Final = "key.rotation.start"
+HANDOVER: Final = "audit.key.handover"
+KEY_ADMIN: Final = "key_admin"
+# The vault's MFA window (`vault.officer_mfa.WINDOW_SECONDS`): how far a signature's
+# `created` may be from the vault's clock when it is accepted.
+WINDOW_SECONDS: Final = 300
+DEFAULT_PROPOSAL_TTL_HOURS: Final = 24.0
+DEFAULT_APPROVALS_REQUIRED: Final = 2
+_NOT_SIGNED: Final = (
+    "its entry carries no request signed by the officer's token (logged before the vault "
+    "kept them, or by an unsigned in-process caller): dual control is not proven"
+)
+
+
+def _entry(payload: str) -> dict[str, Any]:
+    try:
+        return json_object(payload, "an audit entry")
+    except ValueError:
+        return {}
+
+
+def _details(entry: dict[str, Any]) -> dict[str, Any]:
+    details = entry.get("details")
+    return details if isinstance(details, dict) else {}
+
+
+def _time(entry: dict[str, Any]) -> int | None:
+    """The entry's time as a Unix second (None when it does not parse)."""
+    try:
+        at = datetime.fromisoformat(str(entry.get("time")).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp())
+
+
+def _is(entry: dict[str, Any], action: str) -> bool:
+    return entry.get("action") == action and entry.get("outcome") == "success"
+
+
+def _log(files: Files, size: int, root: bytes, problems: list[str]) -> dict[int, dict[str, Any]]:
+    """The period's entries and the records of `NAME` proven to be entries of the log,
+    by leaf index (each record that is not is a problem)."""
+    period = {
+        e["index"]: e["payload"]
+        for e in json_lines(files.get("audit/entries.jsonl", b""))
+        if isinstance(e.get("index"), int) and isinstance(e.get("payload"), str)
+    }
+    pool = {index: _entry(payload) for index, payload in period.items()}
+    data = files.get(NAME)
+    if data is None:
+        return pool
+    try:
+        records = load_json(data)
+    except ValueError as exc:
+        problems.append(f"{NAME}: not a JSON list of audit entries: {exc}")
+        return pool
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        problems.append(f"{NAME}: not a JSON list of audit entries")
+        return pool
+    for record in records:
+        try:
+            index = integer(record.get("index"), f"{NAME}: an index")
+            payload = string(record.get("payload"), f"{NAME}: a payload")
+            proof = hash_list(record.get("proof"), f"{NAME}: a proof")
+        except MalformedBundle as exc:
+            problems.append(str(exc))
+            continue
+        if not included(leaf_hash(payload.encode("utf-8")), index, size, proof, root):
+            problems.append(
+                f"{NAME}: entry {index} is not in the log (its inclusion proof in signed "
+                f"head {size} fails; removed or altered entry)"
+            )
+        elif index in period and period[index] != payload:
+            problems.append(f"{NAME}: entry {index} differs from audit/entries.jsonl")
+        else:
+            pool[index] = _entry(payload)
+    return pool
+
+
+@dataclass
+class _Ceremony:
+    """What the check found of one ceremony."""
+
+    id: str
+    kind: str
+    start: int
+    problems: list[str] = field(default_factory=list)
+    proposer: str | None = None
+    approvers: list[str] = field(default_factory=list)
+    authorities: set[str] = field(default_factory=set)
+    required: int = DEFAULT_APPROVALS_REQUIRED
+
+    def fail(self, problem: str) -> None:
+        self.problems.append(
+            f"dual control: ceremony {self.id} ({self.kind} rotation started at entry "
+            f"{self.start}): {problem}"
+        )
+
+    def summary(self) -> dict[str, Any]:
+        officers = len(self.approvers) + (self.proposer is not None)
+        return {
+            "ceremony": self.id,
+            "kind": self.kind,
+            "start_entry": self.start,
+            "proposer": self.proposer,
+            "approvers": self.approvers,
+            "officers": officers,
+            "required": self.required,
+            "signed_for": sorted(self.authorities),
+            "proven": not self.problems,
+        }
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every ceremony's check reads: the log's proven entries, the policy versions
+    and the proposal life."""
+
+    pool: dict[int, dict[str, Any]]
+    policies: list[tuple[int, dict[str, Any]]]
+    ttl_seconds: int
+
+
+def _verified(
+    ceremony: _Ceremony,
+    what: str,
+    entry: dict[str, Any],
+    identities: dict[str, Any],
+    policy_index: int,
+) -> tuple[SignedRequest, Signed] | None:
+    """The signed request `entry` (`what`: "proposal" or "approval") carries, once it
+    verifies under its officer's registered MFA key in the policy in force, over the
+    method, path and query that action signs (`_target`); else None, with the problem
+    reported on `ceremony`."""
+    officer = str(entry.get("actor"))
+    rules = identities.get(officer)
+    rules = rules if isinstance(rules, dict) else {}
+    operations = rules.get("operations")
+    key = rules.get("mfa_public_key")
+    where = f"the {what} by {officer}"
+    if not isinstance(operations, list) or KEY_ADMIN not in operations:
+        ceremony.fail(
+            f"{where} does not count: {officer} is not a security officer with "
+            f"{KEY_ADMIN} in the policy in force (policy entry {policy_index})"
+        )
+        return None
+    document = entry.get("document")
+    if not isinstance(document, str):
+        ceremony.fail(f"{where} does not count: {_NOT_SIGNED}")
+        return None
+    if not isinstance(key, str):
+        ceremony.fail(
+            f"{where} does not count: the policy in force (policy entry {policy_index}) "
+            f"registers no MFA key for {officer}"
+        )
+        return None
+    target = _target(what, ceremony.id)
+    try:
+        request = SignedRequest.from_json(document)
+    except SignedRequestError as exc:
+        ceremony.fail(f"{where} does not count: {exc}")
+        return None
+    try:
+        signed = verify_signed_request(request, key, target)
+    except SignedRequestError as exc:
+        stored = (request.method, request.path, request.query)
+        if stored != target and not _masked_form(stored, target):
+            wanted = "a proposal" if what == "proposal" else "this ceremony's approval"
+            query = f"?{stored[2]}" if stored[2] else ""
+            ceremony.fail(
+                f"{where} does not count: its request is {stored[0]} {stored[1]}{query}, "
+                f"not {wanted}"
+            )
+        else:
+            ceremony.fail(
+                f"{where} does not count: its signed request does not verify under "
+                f"{officer}'s registered MFA key (policy entry {policy_index}): {exc}"
+            )
+        return None
+    ceremony.authorities.add(signed.authority)
+    return request, signed
+
+
+def _target(what: str, ceremony_id: str) -> tuple[str, str, str]:
+    """The method, path and query a proposal or an approval of `ceremony_id` signs."""
+    return ("POST", PROPOSALS if what == "proposal" else approval_path(ceremony_id), "")
+
+
+def _masked_form(stored: tuple[str, str, str], target: tuple[str, str, str]) -> bool:
+    """Whether `stored` is `target` as the audit log's PAN mask wrote it: same length,
+    differing only where `stored` shows an asterisk or a masked digit (a ceremony id
+    whose last group is twelve decimal digits is shown ``123456******7890``)."""
+    if stored[0] != target[0] or stored[2] != target[2] or len(stored[1]) != len(target[1]):
+        return False
+    return all(a in {b, "*"} for a, b in zip(stored[1], target[1], strict=True))
+
+
+def _at(unix: int) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds")
+
+
+def _check_proposal(
+    ceremony: _Ceremony,
+    context: _Context,
+    identities: dict[str, Any],
+    policy_index: int,
+    started: int,
+) -> tuple[str | None, int | None, int | None]:
+    """The proposer, their signature's ``created`` and the proposal's index, when the
+    ceremony's one proposal is proven (the proposer and index are returned in any case
+    when there is one)."""
+    found = [
+        (index, entry)
+        for index, entry in sorted(context.pool.items())
+        if index < ceremony.start and _is(entry, PROPOSE) and entry.get("key_id") == ceremony.id
+    ]
+    if not found:
+        ceremony.fail("no proposal of it is in the bundle (a start nobody proposed)")
+        return None, None, None
+    if len(found) > 1:
+        ceremony.fail(f"it was proposed {len(found)} times (entries {[i for i, _ in found]})")
+    index, entry = found[0]
+    proposer = str(entry.get("actor"))
+    verified = _verified(ceremony, "proposal", entry, identities, policy_index)
+    if verified is None:
+        return proposer, None, index
+    request, signed = verified
+    where = f"the proposal by {proposer} does not count"
+    if request.ceremony_id() != ceremony.id:
+        ceremony.fail(f"{where}: it signed the proposal of another ceremony")
+    elif (kind := request.proposed_kind()) != ceremony.kind:
+        ceremony.fail(f"{where}: it proposed a {kind} rotation, not a {ceremony.kind} one")
+    elif signed.created < started - context.ttl_seconds - WINDOW_SECONDS:
+        ceremony.fail(
+            f"{where}: it was signed at {_at(signed.created)}, longer ago than a proposal "
+            f"lives ({context.ttl_seconds // 3600} h) before the start at {_at(started)}"
+        )
+    elif signed.created > started + WINDOW_SECONDS:
+        ceremony.fail(f"{where}: it was signed at {_at(signed.created)}, after the start")
+    else:
+        return proposer, signed.created, index
+    return proposer, None, index
+
+
+def _approval_problem(
+    ceremony: _Ceremony,
+    request: SignedRequest,
+    signed: Signed,
+    proposed_at: int | None,
+    started: int,
+) -> str | None:
+    """Why a verified approval does not count for `ceremony` (proposed at `proposed_at`,
+    started at `started`, Unix seconds), or None: it must be this ceremony's approval,
+    signed after the proposal and before the start (give or take the MFA window)."""
+    if proposed_at is not None and signed.created < proposed_at - WINDOW_SECONDS:
+        return f"it was signed at {_at(signed.created)}, before the proposal"
+    if signed.created > started + WINDOW_SECONDS:
+        return f"it was signed at {_at(signed.created)}, after the start"
+    return None
+
+
+def _check_ceremony(ceremony: _Ceremony, context: _Context, started: int) -> None:
+    """Re-do the vault's count of `ceremony`'s officers; see the module docstring."""
+    if not context.policies:
+        ceremony.fail("no policy version in the bundle registers its officers")
+        return
+    policy_index, document = in_force(context.policies, ceremony.start)
+    required = document.get("key_approvals_required", DEFAULT_APPROVALS_REQUIRED)
+    ceremony.required = required if isinstance(required, int) and required >= 2 else 2
+    identities = document.get("identities")
+    identities = identities if isinstance(identities, dict) else {}
+    proposer, proposed_at, first = _check_proposal(
+        ceremony, context, identities, policy_index, started
+    )
+    if proposed_at is not None:
+        ceremony.proposer = proposer
+    seen: dict[str, int] = {}
+    for index, entry in sorted(context.pool.items()):
+        if not (first is not None and first < index < ceremony.start):
+            continue
+        if not _is(entry, APPROVE) or entry.get("key_id") != ceremony.id:
+            continue
+        officer = str(entry.get("actor"))
+        if officer == proposer:
+            ceremony.fail(f"the proposer approved their own ceremony (entry {index}): not counted")
+            continue
+        if officer in seen:
+            ceremony.fail(
+                f"{officer} approved twice (entries {seen[officer]} and {index}): counts once"
+            )
+            continue
+        seen[officer] = index
+        verified = _verified(ceremony, "approval", entry, identities, policy_index)
+        if verified is None:
+            continue
+        problem = _approval_problem(ceremony, *verified, proposed_at, started)
+        if problem is None:
+            ceremony.approvers.append(officer)
+        else:
+            ceremony.fail(f"the approval by {officer} (entry {index}) does not count: {problem}")
+    officers = len(ceremony.approvers) + (ceremony.proposer is not None)
+    if officers < ceremony.required:
+        ceremony.fail(
+            f"{officers} of the {ceremony.required} officers the policy in force (policy "
+            f"entry {policy_index}) requires are proven (the proposer and distinct "
+            "approvers, each by a request their token signed)"
+        )
+
+
+def _ceremonies(
+    pool: dict[int, dict[str, Any]], period: set[int], problems: list[str]
+) -> dict[str, int]:
+    """The ceremonies to check, by id, with their start's index: each started in the
+    period, and each an audit key handover of the period belongs to (its start, the
+    last audit rotation started before it by the same officer to the key it hands over
+    to, may be just before the period)."""
+    out: dict[str, int] = {}
+    for index in sorted(period):
+        entry = pool.get(index, {})
+        if _is(entry, START):
+            ceremony = str(entry.get("key_id"))
+            if ceremony in out:
+                problems.append(
+                    f"dual control: ceremony {ceremony} was started twice (entries "
+                    f"{out[ceremony]} and {index})"
+                )
+                continue
+            out[ceremony] = index
+        elif _is(entry, HANDOVER):
+            new_key = str(_details(entry).get("new_key"))
+            starts = [
+                i
+                for i, e in sorted(pool.items())
+                if i < index
+                and _is(e, START)
+                and e.get("actor") == entry.get("actor")
+                and _details(e).get("kind") == "audit"
+                and f"cofre-audit-v{_details(e).get('new_version')}" == new_key
+            ]
+            if not starts:
+                problems.append(
+                    f"dual control: the audit key handover at entry {index} (to {new_key}) "
+                    "belongs to no key ceremony started in the bundle: its dual control is "
+                    "not proven"
+                )
+            else:
+                out.setdefault(str(pool[starts[-1]].get("key_id")), starts[-1])
+    return out
+
+
+def _proposal_ttl_seconds(files: Files) -> int:
+    """The vault's proposal life (its ``keys.proposal_ttl_hours`` setting, as the bundle's
+    ``config/settings.json`` states it; 24 hours when it does not)."""
+    try:
+        settings = load_json(files.get("config/settings.json", b"{}"))
+        hours = settings["keys"]["proposal_ttl_hours"]
+    except (ValueError, KeyError, TypeError):
+        hours = DEFAULT_PROPOSAL_TTL_HOURS
+    if isinstance(hours, bool) or not isinstance(hours, int | float) or not 0 < hours < 1e6:
+        hours = DEFAULT_PROPOSAL_TTL_HOURS
+    return int(hours * 3600)
+
+
+def check_dual_control(
+    files: Files, manifest: dict[str, Any], heads: Heads, report: Report
+) -> None:
+    """Check that every rotation started in the period was proposed and approved by the
+    policy's quorum of distinct officers, each by a request their registered MFA key
+    signed for that ceremony (see the module docstring); report each problem, and each
+    ceremony in the report's summary (``dual_control``)."""
+    size = manifest["covering_head"]["tree_size"]
+    head = heads.get(size)
+    if head is None:
+        return  # already reported by the entries check
+    root = base64.b64decode(head["root_hash"])
+    problems: list[str] = []
+    pool = _log(files, size, root, problems)
+    first, end = manifest["entries"]["first_index"], manifest["entries"]["end_index"]
+    period = {index for index in pool if first <= index < end}
+    context = _Context(pool, policy_documents(files), _proposal_ttl_seconds(files))
+    checked = []
+    for ceremony_id, start in _ceremonies(pool, period, problems).items():
+        entry = pool[start]
+        ceremony = _Ceremony(ceremony_id, str(_details(entry).get("kind")), start)
+        started = _time(entry)
+        if started is None:
+            ceremony.fail("its start entry's time does not parse")
+        else:
+            _check_ceremony(ceremony, context, started)
+        problems += ceremony.problems
+        checked.append(ceremony)
+    report.summary["dual_control"] = [c.summary() for c in checked]
+    for problem in problems:
+        report.fail(problem)
+    if not problems:
+        named = "; ".join(
+            f"{c.id} ({c.kind}): {c.proposer} proposed, {', '.join(c.approvers)} approved "
+            f"({len(c.approvers) + 1} of {c.required} officers)"
+            for c in checked
+        )
+        report.passed(
+            "dual_control",
+            f"dual control: {len(checked)} key rotations started in the period, each "
+            "proposed and approved by the policy's quorum of distinct officers with "
+            f"requests their registered MFA keys signed for it{': ' + named if named else ''}",
+        )
