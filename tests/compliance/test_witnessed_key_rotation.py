@@ -153,6 +153,8 @@ def test_a_witness_pinned_to_the_old_key_follows_the_rotation(
                 capture_output=True, text=True, timeout=120, check=False,
             )  # fmt: skip
             assert checked.returncode == 0, checked.stdout + checked.stderr
-            assert "handover" in checked.stdout
+            # The handover's ceremony was dual-controlled, from the officers' signatures.
+            for shown in ("handover", "dual control: 1 key rotation started", done.id):
+                assert shown in checked.stdout
     finally:
         witness.stop()

@@ -1,4 +1,4 @@
-"""Check 7b: every key rotation started in the period ran under dual control, proven by
+"""Check 6c: every key rotation started in the period ran under dual control, proven by
 the officers' own signatures (PCI DSS 3.6.1.2, 3.7.6), not by what the database says.
 
 The vault counts a ceremony's proposal and approvals only while each is a request its
@@ -13,6 +13,9 @@ re-does the vault's count offline:
 - the proposal and approval entries are log entries: the period's own, or records of
   ``keys/dual_control.json`` (index, canonical payload, inclusion proof in the
   covering head), since a ceremony may have been proposed before the period began;
+- each signature is checked over the method, path and query its action signs, not the
+  stored ones: the log's PAN mask hides a ceremony id's last group when it is twelve
+  decimal digits, and a stored request naming another action is named as such;
 - the proposal's signed request verifies (`request_signature`) under the
   ``mfa_public_key`` of its officer in the policy in force at the start (taken from
   ``policy/versions.jsonl``, which the policy check proves are log entries), is
@@ -469,7 +472,8 @@ def check_dual_control(
         )
         report.passed(
             "dual_control",
-            f"dual control: {len(checked)} key rotations started in the period, each "
+            f"dual control: {len(checked)} key rotation{'' if len(checked) == 1 else 's'} "
+            "started in the period, each "
             "proposed and approved by the policy's quorum of distinct officers with "
             f"requests their registered MFA keys signed for it{': ' + named if named else ''}",
         )
