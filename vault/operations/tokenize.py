@@ -13,17 +13,15 @@ import dataclasses
 import json
 import secrets
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import Connection, Row
 
 from audit.log import AuditEvent, Outcome
 from policies.formats import (
-    FormatSpec,
     FormatType,
-    LuhnMode,
 )
 from policies.models import Action, IdentityPolicy
 from vault.errors import (
@@ -32,34 +30,23 @@ from vault.errors import (
     OracleSuspected,
     TokenDeleted,
     TokenExpired,
-    TokenSpaceExhausted,
     VaultError,
 )
 from vault.keyring import KeyPurpose, pan_aad
 from vault.models import MAX_BATCH, CallContext, Pending, TokenizeRequest, TokenRecord
-from vault.operations._checks import TokenizeChecks
+from vault.operations._candidates import TokenCandidates
 from vault.operations._inputs import expiry
 from vault.operations._items import _Answers, _Call, _Item, gone
 from vault.operations._statements import (
-    _HELD,
     _convergent_records,
     _held_fingerprints,
     _keys_used_elsewhere,
     _rows_by_idempotency_key,
-    _taken,
 )
-from vault.pan import Pan
 from vault.storage.database import as_utc
 from vault.storage.groupcommit import Merge
 from vault.storage.rawsql import insert_many
 from vault.storage.schema import tokens
-from vault.tokens import (
-    FpeTokenizer,
-    random_token_candidates,
-    uuid_token,
-)
-
-_CANDIDATE_CHUNK: Final = 64
 
 
 def _unless_refused(raw: list[TokenRecord] | VaultError) -> list[TokenRecord] | None:
@@ -68,7 +55,7 @@ def _unless_refused(raw: list[TokenRecord] | VaultError) -> list[TokenRecord] | 
     return None if isinstance(raw, VaultError) else raw
 
 
-class TokenizeOperations(TokenizeChecks):
+class TokenizeOperations(TokenCandidates):
     """Tokenize operations of the vault."""
 
     def _plan(
@@ -509,88 +496,3 @@ class TokenizeOperations(TokenizeChecks):
             token_id=token_id,
             details={"format": token_format, "result": result},
         )
-
-    def _first_candidate(self, spec: FormatSpec, pan: Pan, domain: str) -> str:
-        if spec.type is FormatType.UUID:
-            return uuid_token()
-        if spec.type is FormatType.FPE:
-            version = self._keyring.active_version(KeyPurpose.FF1)
-            return FpeTokenizer(self._keyring.ff1(version)).encrypt(spec, pan, domain=domain)
-        return next(random_token_candidates(spec, pan))
-
-    def _settle_candidates(
-        self, connection: Connection, fresh: dict[int, str], items: Sequence[_Item], domain: str
-    ) -> None:
-        """Replace every candidate that is taken (in the store or earlier in the call)
-        or that equals a held PAN, one by one; the rest were checked in one query."""
-        values = list(fresh.values())
-        taken: set[str] = set()
-        for start in range(0, len(values), 500):
-            taken.update(_taken(connection, values[start : start + 500]))
-        # The cards this call stores are not in the store yet, and a token must equal
-        # none of them either (review 14: a batch of one bucket's cards could).
-        stored = {items[index].request.pan.reveal() for index in fresh}
-        used: set[str] = set()
-        for index, candidate in list(fresh.items()):
-            spec = items[index].spec
-            token = candidate
-            if (
-                candidate in taken
-                or candidate in used
-                or (
-                    self._may_be_card(spec, candidate)
-                    and (candidate in stored or self._is_held_pan(connection, candidate))
-                )
-            ):
-                token = self._new_token(
-                    connection, spec, items[index].request.pan, domain, avoid=used | stored
-                )
-            fresh[index] = token
-            used.add(token)
-
-    def _new_token(
-        self,
-        connection: Connection,
-        spec: FormatSpec,
-        pan: Pan,
-        domain: str,
-        avoid: set[str] | None = None,
-    ) -> str:
-        if spec.type is FormatType.UUID:
-            candidates: Iterator[str] = iter([uuid_token(), uuid_token(), uuid_token()])
-        elif spec.type is FormatType.FPE:  # the card's FF1 token, then its re-issues
-            version = self._keyring.active_version(KeyPurpose.FF1)
-            fpe = FpeTokenizer(self._keyring.ff1(version))
-            candidates = fpe.candidates(spec, pan, domain=domain)
-        else:
-            candidates = random_token_candidates(spec, pan)
-        size = 1  # the first candidate is almost always free: try it alone
-        while True:
-            chunk = [c for _, c in zip(range(size), candidates, strict=False)]
-            size = 2 if spec.type is FormatType.FPE else _CANDIDATE_CHUNK  # a walk each
-            if not chunk:
-                raise TokenSpaceExhausted(
-                    "every token of this format for this BIN and last four is taken"
-                )
-            taken = _taken(connection, chunk)
-            for candidate in chunk:
-                if candidate in taken or (avoid is not None and candidate in avoid):
-                    continue
-                if self._may_be_card(spec, candidate) and self._is_held_pan(connection, candidate):
-                    continue
-                return candidate
-
-    def _may_be_card(self, spec: FormatSpec, candidate: str) -> bool:
-        """Whether the token `candidate` could be a card the vault holds, which it must
-        never equal: one that passes Luhn (or may), or one in a range the policy exempts
-        from Luhn, whose private-label cards fail it (review 15: a ``luhn = "fail"``
-        token keeps such a card's BIN and last four, so it stays in its range)."""
-        if spec.type is FormatType.UUID:
-            return False
-        if spec.luhn is not LuhnMode.FAIL:
-            return True
-        return self._policy.policy.luhn_exempt_prefix(candidate) is not None
-
-    def _is_held_pan(self, connection: Connection, candidate: str) -> bool:
-        fps = self._fingerprints(candidate)
-        return connection.execute(_HELD, {"fps": fps}).first() is not None
