@@ -11,6 +11,10 @@ IN PCI SCOPE, holds card data, encrypted only:
 - ``rate_state``, ``usage_counters``, ``oracle_watch``: rate limits, daily quotas and
   the tokenize-oracle guard, in the database so that every node enforces one limit.
   They hold identities, counts and HMAC fingerprints, never a PAN.
+- ``idempotency_keys``: which token each idempotency key answers, for the keys a token
+  row cannot hold (a key first answered by convergence: the card's token was made by
+  an earlier call, and one token may answer many keys). Keys, identities and token
+  ids, never a PAN.
 - ``capture_sessions``: short-lived hosted-fields sessions (`vault.capture`): the shop's
   origin, the formats, the creating identity and domain, and the SHA-256 of the client
   secret (never the secret). No card data.
@@ -40,6 +44,7 @@ from audit.schema import metadata
 __all__ = [
     "capture_sessions",
     "data_keys",
+    "idempotency_keys",
     "key_approvals",
     "key_ceremonies",
     "metadata",
@@ -88,6 +93,23 @@ tokens = Table(
     Index("ix_tokens_fingerprint", "fingerprint"),
     Index("ix_tokens_key_version", "key_version"),
     Index("ix_tokens_expires_at", "expires_at"),
+)
+
+# An idempotency key's answer (review tok, F2). A token row holds the key of the call
+# that made it (older code reads keys there alone); every key the vault answers is
+# recorded here too, in the transaction of its first answer, so a key answered by
+# convergence is held like one that made a token. The primary key makes two concurrent
+# first uses of one key in a domain meet (the loser runs again and finds the winner's);
+# an identity keeps a key once across domains, as on the token rows.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("domain", String(255), primary_key=True),
+    Column("idempotency_key", String(128), primary_key=True),
+    Column("owner", String(255), nullable=False),
+    Column("token_id", String(36), ForeignKey("tokens.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("owner", "idempotency_key", name="uq_idempotency_keys_owner"),
 )
 
 data_keys = Table(

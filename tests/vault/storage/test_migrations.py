@@ -126,6 +126,51 @@ def test_0017_adds_the_queued_entries_time_and_keeps_the_queue(engine: Engine) -
         assert [entry_id for (entry_id,) in kept] == [entry_id for entry_id, _ in rows]
 
 
+def test_0018_adds_the_idempotency_keys_and_keeps_the_keys_on_token_rows(engine: Engine) -> None:
+    """Additive: the keys older code wrote stay on their token rows (read there still,
+    nothing is copied), code at 0017 may run against it (a rolling upgrade), and a
+    downgrade to 0017 drops the table alone."""
+    _upgrade(engine, "0017")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO tokens (id, token, format, convergent, metadata, owner, domain,"
+                " idempotency_key, created_at) VALUES ('t1', 'tok-1', 'uuid', false, '{}',"
+                " 'payments', 'payments', 'order-1', CURRENT_TIMESTAMP)"
+            )
+        )
+    migrate(engine)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM idempotency_keys")).scalar() == 0
+        kept = connection.execute(text("SELECT idempotency_key FROM tokens")).scalar_one()
+        assert kept == "order-1"
+        compatible = connection.execute(text("SELECT min_code_revision FROM cofre_schema"))
+        assert compatible.scalar_one() == "0017"
+        table = inspect(connection)
+        assert table.get_pk_constraint("idempotency_keys")["constrained_columns"] == [
+            "domain",
+            "idempotency_key",
+        ]
+        unique = table.get_unique_constraints("idempotency_keys")
+        assert [u["column_names"] for u in unique] == [["owner", "idempotency_key"]]
+        connection.execute(
+            text(
+                "INSERT INTO idempotency_keys VALUES"
+                " ('payments', 'order-2', 'payments', 't1', CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.rollback()
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0017")
+    with engine.connect() as connection:
+        assert not inspect(connection).has_table("idempotency_keys")
+        kept = connection.execute(text("SELECT idempotency_key FROM tokens")).scalar_one()
+        assert kept == "order-1"
+
+
 def test_0014s_index_built_ahead_as_the_operations_guide_says_is_adopted(
     pg_database: str,
 ) -> None:
