@@ -1,4 +1,4 @@
-"""An idempotency key first answered by convergence is never recorded (review tok, F2).
+"""An idempotency key first answered by convergence is recorded (review tok, F2).
 
 docs/api.md: "the same key from the same caller returns the same token; reused for
 another PAN it is `409 idempotency_conflict`". When the key's first call is answered by
@@ -7,9 +7,9 @@ sent again with another card is answered `200` with that card's new token, which
 holds the key, and the first caller's own retry of its successful call is then `409`.
 So whoever in the domain learns or guesses a key (order numbers) can take it over and
 turn the owner's retries into conflicts, and a `200` or `409` for a probe tells whether
-the key's card was held before. Left unfixed (recording the key on a row another call
-made meets `UniqueConstraint("owner", "idempotency_key")`, review 39): pinned here as a
-strict xfail until the key is recorded."""
+the key's card was held before. Recording the key on a row another call made meets
+`UniqueConstraint("owner", "idempotency_key")` (review 39): every key's first answer is
+recorded in ``idempotency_keys`` instead (migration 0018), in its transaction."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from vault.pan import Pan
 from vault.service import TokenizeRequest, VaultService
 
 
-@pytest.mark.xfail(strict=True, reason="F2: a key answered by convergence is not recorded")
 def test_a_key_first_answered_by_convergence_still_refuses_another_card(
     service: VaultService,
 ) -> None:

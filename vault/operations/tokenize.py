@@ -35,13 +35,13 @@ from vault.errors import (
 from vault.keyring import KeyPurpose, pan_aad
 from vault.models import MAX_BATCH, CallContext, Pending, TokenizeRequest, TokenRecord
 from vault.operations._candidates import TokenCandidates
+from vault.operations._idempotency import KeyedRows, keyed_rows, record_keys
 from vault.operations._inputs import expiry
 from vault.operations._items import _Answers, _Call, _Item, gone
 from vault.operations._statements import (
     _convergent_records,
     _held_fingerprints,
     _keys_used_elsewhere,
-    _rows_by_idempotency_key,
 )
 from vault.storage.database import as_utc
 from vault.storage.groupcommit import Merge
@@ -141,10 +141,12 @@ class TokenizeOperations(TokenCandidates):
 
             def work(connection: Connection) -> list[TokenRecord] | VaultError:
                 now = self._clock()
-                conflict = self._charged(connection, ctx, rules, domain, items, now, batch=batch)
-                if conflict is not None:
-                    return conflict
-                stored = self._store_tokens(connection, ctx, domain, items, now, batch=batch)
+                keyed = self._charged(connection, ctx, rules, domain, items, now, batch=batch)
+                if isinstance(keyed, VaultError):
+                    return keyed
+                stored = self._store_tokens(
+                    connection, ctx, domain, items, now, batch=batch, keyed=keyed
+                )
                 if within is not None:
                     within(connection, stored)
                 return stored
@@ -182,10 +184,13 @@ class TokenizeOperations(TokenCandidates):
         ctx, rules, domain = calls[0].ctx, calls[0].rules, calls[0].domain
         items = [call.item for call in calls]
         now = self._clock()
-        if conflict := self._charged(connection, ctx, rules, domain, items, now, batch=True):
-            raise conflict  # answered alone: a conflict commits its charge
+        keyed = self._charged(connection, ctx, rules, domain, items, now, batch=True)
+        if isinstance(keyed, VaultError):
+            raise keyed  # answered alone: a conflict commits its charge
         ctxs = [call.ctx for call in calls]
-        results, events = self._answer_items(connection, ctxs, domain, items, now, batch=True)
+        results, events = self._answer_items(
+            connection, ctxs, domain, items, now, batch=True, keyed=keyed
+        )
         for index, (context, _) in enumerate(parts):  # in its context: its own trail
             own = [event for item, event in events if item == index]
             context.run(self._audit.append_many, connection, own)
@@ -201,9 +206,9 @@ class TokenizeOperations(TokenCandidates):
         now: datetime,
         *,
         batch: bool,
-    ) -> VaultError | None:
+    ) -> KeyedRows | VaultError:
         """Charge the call's items to its rate limit and oracle guard; the idempotency
-        conflict it would be answered (`_key_conflict`), or None."""
+        conflict it would be answered (`_key_conflict`), or what its keys answer."""
         # Charged with the rest of its commit group just before the commit (the bucket's
         # row locked for the commit only, issue 21); what follows is all undone if that
         # charge is refused, and the early check already refused a spent bucket before
@@ -215,7 +220,8 @@ class TokenizeOperations(TokenCandidates):
         # A wrong guess sent with a known idempotency key is answered 409: that answer
         # must cost its charge and its guard count like a right one, so the conflict
         # commits them (and nothing else) instead of rolling back.
-        return self._key_conflict(connection, ctx, domain, items, batch=batch)
+        keyed = keyed_rows(connection, ctx.identity, domain, items)
+        return self._key_conflict(connection, ctx, domain, items, keyed, batch=batch) or keyed
 
     def _key_conflict(
         self,
@@ -223,18 +229,22 @@ class TokenizeOperations(TokenCandidates):
         ctx: CallContext,
         domain: str,
         items: Sequence[_Item],
+        keyed: KeyedRows,
         *,
         batch: bool,
     ) -> VaultError | None:
         """The `IdempotencyConflict` (or its batch item error) the call would raise, or
         None; writes nothing."""
-        by_key = _rows_by_idempotency_key(connection, domain, items)
+        by_key = keyed.by_key
         new_keys = [
             key
             for item in items
             if (key := item.request.idempotency_key) is not None and key not in by_key
         ]
-        elsewhere = _keys_used_elsewhere(connection, ctx.identity, domain, sorted(set(new_keys)))
+        recorded_elsewhere = keyed.elsewhere.intersection(new_keys)
+        elsewhere = recorded_elsewhere | _keys_used_elsewhere(
+            connection, ctx.identity, domain, sorted(set(new_keys) - recorded_elsewhere)
+        )
         scratch = _Answers([ctx] * len(items), [None] * len(items))
         try:
             for index, item in enumerate(items):
@@ -260,12 +270,16 @@ class TokenizeOperations(TokenCandidates):
         now: datetime,
         *,
         batch: bool,
+        keyed: KeyedRows | None = None,
     ) -> list[TokenRecord]:
         """Answer every item inside one transaction and audit it: an idempotent retry or
         a convergent hit answers the stored token; everything else gets a new one. A
-        handful of statements for the whole call, not a few per item."""
+        handful of statements for the whole call, not a few per item. `keyed`: what the
+        items' keys answer, when the call read it already (`_charged`)."""
+        if keyed is None:
+            keyed = keyed_rows(connection, ctx.identity, domain, items)
         results, events = self._answer_items(
-            connection, [ctx] * len(items), domain, items, now, batch=batch
+            connection, [ctx] * len(items), domain, items, now, batch=batch, keyed=keyed
         )
         codes = [(item.request.security_code, item.code_epoch) for item in items]
         audited = [event for _, event in events]
@@ -282,11 +296,12 @@ class TokenizeOperations(TokenCandidates):
         now: datetime,
         *,
         batch: bool,
+        keyed: KeyedRows,
     ) -> tuple[list[TokenRecord], list[tuple[int, AuditEvent]]]:
         """`_store_tokens` but the audit: every item's record, and the entries to write,
-        each with its item's index."""
+        each with its item's index. Records each key used first here with its answer."""
         answers = _Answers(ctxs, [None] * len(items))
-        by_key = _rows_by_idempotency_key(connection, domain, items)
+        by_key = keyed.by_key
         held = self._convergent_rows(connection, domain, items)
         fresh: dict[int, str] = {}  # item index -> candidate token
         for index, item in enumerate(items):
@@ -326,6 +341,7 @@ class TokenizeOperations(TokenCandidates):
             answers.results[index] = dataclasses.replace(first, existing=True)
             event = self._tokenize_event(ctxs[index], first.token_id, first.format, result)
             answers.events.append((index, event))
+        record_keys(connection, domain, ctxs, answers.results, answers.first_with_key, keyed, now)
         return [r for r in answers.results if r is not None], answers.events
 
     @staticmethod

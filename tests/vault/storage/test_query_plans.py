@@ -22,6 +22,7 @@ from audit.publisher import NEWEST_COSIGNED
 from vault.cryptoperiod import _REGISTERED
 from vault.key_registry import _RECORDS
 from vault.limits import _CHARGE_SQL, _SEEN_SQL, _SEEN_THEN_WATCH_SQL, _TAT_SQL
+from vault.operations._idempotency import _RECORDED, _RECORDED_PG
 from vault.operations._statements import (
     _ANY_CONVERGENT,
     _ANY_CONVERGENT_PG,
@@ -123,6 +124,29 @@ def test_the_keys_used_in_another_domain_are_searched_through_the_owner_key_inde
     with engine.begin() as connection:
         plan = _plan(connection, _KEYS_ELSEWHERE, params, keys)
     _assert_indexed(plan, "tokens")
+
+
+@pytest.mark.parametrize("keys", [1, 500])
+def test_the_recorded_keys_are_searched_through_their_two_keys(engine: Engine, keys: int) -> None:
+    """The keys sent, recorded in the domain (primary key) or by the caller in another
+    domain (the owner's unique index), each with its token row (by id)."""
+    sent = [f"order-{i}" for i in range(keys)]
+    domain, owner = "spiffe://cofre/shop", "spiffe://cofre/payments"
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            params: list[object] = [sent, domain, owner, domain]
+            plan = _plan(connection, f"SELECT * FROM {_RECORDED_PG}", params, 0)
+        else:
+            params = [*sent, domain, owner]
+            plan = _plan(connection, f"SELECT * FROM {_RECORDED}", params, keys)
+    assert "Seq Scan" not in plan, plan
+    assert "SCAN " not in plan.replace("INDEX SCAN", ""), plan
+    if "SEARCH" in plan:  # SQLite names a constraint's index by number: by its columns
+        wanted = ["(domain=? AND idempotency_key=?)", "(owner=? AND idempotency_key=?)", "(id=?)"]
+    else:
+        wanted = ["pk_idempotency_keys", "uq_idempotency_keys_owner", "pk_tokens"]
+        assert "Filter" not in plan.replace("Filter: ((domain)::text <>", ""), plan
+    assert all(index in plan for index in wanted), plan
 
 
 @pytest.mark.parametrize("sql", [_TAT_SQL, _CHARGE_SQL])
