@@ -216,16 +216,21 @@ def test_luhn_failures_are_refused(oracle_service: tuple[VaultService, Engine]) 
 
 @pytest.mark.hsm
 @pytest.mark.parametrize("batch", [False, True], ids=["singles", "batch"])
+@pytest.mark.parametrize("first", ["new", "converged"])
 def test_idempotency_conflicts_count_against_the_guard(
-    oracle_service: tuple[VaultService, Engine], batch: bool
+    oracle_service: tuple[VaultService, Engine], batch: bool, first: str
 ) -> None:
     """The owner knows the key it tokenized a card with: a guess sent with that key is
     answered 409 idempotency_conflict when wrong and with the token when right. A
     conflict rolled back the guard's rows (and the rate charge) with it, so guesses were
-    never counted: 45 wrong guesses then the card, over mTLS against `cofre dev`."""
+    never counted: 45 wrong guesses then the card, over mTLS against `cofre dev`. A key
+    first answered by convergence (the card held already) was recorded nowhere: the
+    first guess took it (review tok, F2)."""
     service, _ = oracle_service
     card = victim_card(16)
     key = f"order-{secrets.token_hex(4)}"
+    if first == "converged":
+        service.tokenize(VICTIM, TokenizeRequest(Pan(card), "pan_bin6_last4"))
     service.tokenize(VICTIM, TokenizeRequest(Pan(card), "pan_bin6_last4", idempotency_key=key))
     guesses = [g for g in itertools.islice(candidates(card, 6, 4), 50) if g != card]
     guesses.append(card)
