@@ -248,18 +248,25 @@ def _forget_recorded_keys(engine: Engine) -> None:
         connection.execute(sa.text("DELETE FROM idempotency_keys"))
 
 
+@pytest.mark.parametrize("token_format", ["card_random", FORMAT])
 def test_a_key_on_a_token_row_written_by_older_code_still_answers_and_conflicts(
-    service: VaultService, engine: Engine
+    service: VaultService, engine: Engine, token_format: str
 ) -> None:
-    card, other = _cards(882_701)
-    made = service.tokenize(PAYMENTS, _request(card, "order-old"))
+    """A format that never converges (``dedup = "random"``) answers a retry from its key
+    alone; a convergent one from the key too, and would from the card."""
+    card, other = _cards(882_701 if token_format == FORMAT else 882_751)
+    made = service.tokenize(PAYMENTS, TokenizeRequest(Pan(card), token_format, idempotency_key="o"))
     _forget_recorded_keys(engine)
-    again = service.tokenize(PAYMENTS, _request(card, "order-old"))
+    retry = TokenizeRequest(Pan(card), token_format, idempotency_key="o")
+    again = service.tokenize(PAYMENTS, retry)
     assert (again.token, again.existing) == (made.token, True)
+    (in_batch,) = service.tokenize_batch(PAYMENTS, [retry])
+    assert in_batch.token == made.token
+    guess = TokenizeRequest(Pan(other), token_format, idempotency_key="o")
     with pytest.raises(IdempotencyConflict):
-        service.tokenize(PAYMENTS, _request(other, "order-old"))
+        service.tokenize(PAYMENTS, guess)
     with pytest.raises(BatchItemInvalid):
-        service.tokenize_batch(PAYMENTS, [_request(other, "order-old")])
+        service.tokenize_batch(PAYMENTS, [guess])
 
 
 def test_a_new_tokens_key_stays_on_its_row_for_older_nodes(
