@@ -92,8 +92,8 @@ class _Answers:
     results: list[TokenRecord | None]
     events: list[tuple[int, AuditEvent]] = field(default_factory=list)
     same_as: dict[int, tuple[int, str]] = field(default_factory=dict)  # -> (earlier, result)
-    # item -> its result if not a new row: a later item with its key gets the same (a
-    # key the earlier one did not store, answering by convergence, answers nothing).
+    # item -> its result if not a new row: a later item with its key is audited the same
+    # (a key first answered by convergence is recorded, not held on the token's row).
     how: dict[int, str] = field(default_factory=dict)
     first_with_key: dict[str, int] = field(default_factory=dict)
     first_for: dict[tuple[str, bytes], int] = field(default_factory=dict)
