@@ -1,17 +1,25 @@
 """How a browser spells a host in the ``Origin`` header it sends, and what a
 per-address limit counts a client address as.
 
-IN PCI SCOPE (the hosted fields compare origins as strings). Here, below the settings
-and the vault, so that the capture listener's default origin (`cofre.settings`) and
-the origins the vault checks (`vault.capture.normalize_origin`) are spelt by one rule,
-and the listener's and the vault's per-address limits key an address alike.
+IN PCI SCOPE (the hosted fields compare origins as strings). Here, below the settings,
+the policies and the vault, so that the capture listener's default origin
+(`cofre.settings`), the `capture_origins` the policy loader checks and the origins the
+vault checks (`vault.capture.normalize_origin`, which raises `InvalidOrigin` where
+`normalize_origin` here raises `ValueError`) are spelt by one rule, and the listener's
+and the vault's per-address limits key an address alike.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from typing import Final
+from urllib.parse import urlsplit
 
-__all__ = ["address_key", "ipv6_text"]
+__all__ = ["address_key", "ipv6_text", "normalize_origin"]
+
+_LOCAL_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
+_HEX_DIGITS: Final = frozenset("0123456789abcdef")
+_HOST_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
 
 
 def address_key(host: str) -> str:
@@ -48,3 +56,89 @@ def ipv6_text(address: ipaddress.IPv6Address) -> str:
     if start < 0:
         return ":".join(text)
     return ":".join(text[:start]) + "::" + ":".join(text[start + length :])
+
+
+def normalize_origin(
+    text: str, *, allow_http_localhost: bool = False, frame_ancestor: bool = False
+) -> str:
+    """Return `text` as an exact web origin, ``scheme://host[:port]`` (lower case, the
+    default port dropped).
+
+    Raises `ValueError` for anything else: a path, query, fragment or user info, a
+    wildcard, ``null``, a scheme other than https (http only for localhost, and only
+    when `allow_http_localhost`, a development setting), a host that is not a DNS name
+    or an IP literal; with `frame_ancestor` (a page that frames the hosted fields), an
+    IPv6 literal.
+    """
+    if not 1 <= len(text) <= 255 or text != text.strip():
+        raise ValueError("an origin is 'https://host[:port]', at most 255 characters")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ValueError("the origin is not a URL with a valid port") from None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError("an origin has no user info, path, query or fragment")
+    if not host or "*" in text:
+        raise ValueError("an origin names one exact host (no wildcards)")
+    if "[" in parts.netloc and ":" not in host:
+        # urlsplit takes RFC 3986's "IPvFuture" ([v1.name]) and strips the brackets; no
+        # browser parses it, and the caller did not write the name left behind.
+        raise ValueError("only an IPv6 address is written in brackets")
+    host = _canonical_host(host)
+    if frame_ancestor and ":" in host:
+        # The origin is written into CSP frame-ancestors, whose host-source grammar has
+        # no IPv6 literal (w3c/webappsec#49): a browser drops the source and no page
+        # could frame the fields. Refused here, where the shop's backend sees why.
+        raise ValueError(
+            "a page that frames the hosted fields is named by a DNS name or an IPv4 "
+            "address: CSP frame-ancestors cannot name an IPv6 address"
+        )
+    display_host = f"[{host}]" if ":" in host else host
+    if scheme == "http":
+        if not (allow_http_localhost and display_host in _LOCAL_HOSTS):
+            raise ValueError(
+                "the origin must use https (http only for localhost with the development "
+                "setting COFRE_CAPTURE__ALLOW_HTTP_LOCALHOST)"
+            )
+    elif scheme != "https":
+        raise ValueError("the origin must use https")
+    _check_host(host)
+    default = 443 if scheme == "https" else 80
+    suffix = "" if port is None or port == default else f":{port}"
+    return f"{scheme}://{display_host}{suffix}"
+
+
+def _canonical_host(host: str) -> str:
+    """`host` as a browser serialises it in ``Origin``: an IP literal in its canonical
+    text (IPv6 per RFC 5952). A zone id, or a name ending in a number (an IPv4 address
+    to a browser, WHATWG URL, in a spelling Python does not parse), is refused."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        last = host.rsplit(".", 1)[-1]
+        if last.isdigit() or (last.startswith("0x") and set(last[2:]) <= _HEX_DIGITS):
+            raise ValueError("an IPv4 origin is written as four decimal numbers") from None
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id is not None:
+            raise ValueError("an origin's IPv6 address has no zone id")
+        return ipv6_text(address)
+    return str(address)
+
+
+def _check_host(host: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return
+    labels = host.split(".")
+    if not set(host) <= _HOST_CHARS or any(
+        not 1 <= len(label) <= 63 or label.startswith("-") or label.endswith("-")
+        for label in labels
+    ):
+        raise ValueError("the origin's host is not a DNS name (use its punycode form)")

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import secrets
 import string
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Final
-from urllib.parse import urlsplit
 
-from cofre.origins import ipv6_text
+from cofre import origins
 from vault.errors import CaptureRequestInvalid, InvalidOrigin, InvalidTTL, SecurityCodeNotAllowed
 from vault.models import TokenRecord
 from vault.pan import Pan
@@ -61,9 +59,6 @@ SESSION_ID_LENGTH: Final = 35
 _SESSION_ALPHABET: Final = string.ascii_lowercase
 _SESSION_CHARS: Final = frozenset(_SESSION_ALPHABET)
 _SECRET_PREFIX: Final = "cofre_cs_"  # noqa: S105 - a prefix that names the kind, not a secret
-_LOCAL_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
-_HEX_DIGITS: Final = frozenset("0123456789abcdef")
-_HOST_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
 
 
 class SessionCodeRule(StrEnum):
@@ -78,86 +73,18 @@ def normalize_origin(
     text: str, *, allow_http_localhost: bool = False, frame_ancestor: bool = False
 ) -> str:
     """Return `text` as an exact web origin, ``scheme://host[:port]`` (lower case, the
-    default port dropped).
+    default port dropped): `cofre.origins.normalize_origin`, the one rule the policy
+    loader checks `capture_origins` by too.
 
-    Raises `InvalidOrigin` for anything else: a path, query, fragment or user info, a
-    wildcard, ``null``, a scheme other than https (http only for localhost, and only
-    when `allow_http_localhost`, a development setting), a host that is not a DNS name
-    or an IP literal; with `frame_ancestor` (a page that frames the hosted fields), an
-    IPv6 literal.
+    Raises `InvalidOrigin` for anything else (what `cofre.origins.normalize_origin`
+    refuses, with its reason).
     """
-    if not 1 <= len(text) <= 255 or text != text.strip():
-        raise InvalidOrigin("an origin is 'https://host[:port]', at most 255 characters")
     try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
-        raise InvalidOrigin("the origin is not a URL with a valid port") from None
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
-        raise InvalidOrigin("an origin has no user info, path, query or fragment")
-    if not host or "*" in text:
-        raise InvalidOrigin("an origin names one exact host (no wildcards)")
-    if "[" in parts.netloc and ":" not in host:
-        # urlsplit takes RFC 3986's "IPvFuture" ([v1.name]) and strips the brackets; no
-        # browser parses it, and the caller did not write the name left behind.
-        raise InvalidOrigin("only an IPv6 address is written in brackets")
-    host = _canonical_host(host)
-    if frame_ancestor and ":" in host:
-        # The origin is written into CSP frame-ancestors, whose host-source grammar has
-        # no IPv6 literal (w3c/webappsec#49): a browser drops the source and no page
-        # could frame the fields. Refused here, where the shop's backend sees why.
-        raise InvalidOrigin(
-            "a page that frames the hosted fields is named by a DNS name or an IPv4 "
-            "address: CSP frame-ancestors cannot name an IPv6 address"
+        return origins.normalize_origin(
+            text, allow_http_localhost=allow_http_localhost, frame_ancestor=frame_ancestor
         )
-    display_host = f"[{host}]" if ":" in host else host
-    if scheme == "http":
-        if not (allow_http_localhost and display_host in _LOCAL_HOSTS):
-            raise InvalidOrigin(
-                "the origin must use https (http only for localhost with the development "
-                "setting COFRE_CAPTURE__ALLOW_HTTP_LOCALHOST)"
-            )
-    elif scheme != "https":
-        raise InvalidOrigin("the origin must use https")
-    _check_host(host)
-    default = 443 if scheme == "https" else 80
-    suffix = "" if port is None or port == default else f":{port}"
-    return f"{scheme}://{display_host}{suffix}"
-
-
-def _canonical_host(host: str) -> str:
-    """`host` as a browser serialises it in ``Origin``: an IP literal in its canonical
-    text (IPv6 per RFC 5952). A zone id, or a name ending in a number (an IPv4 address
-    to a browser, WHATWG URL, in a spelling Python does not parse), is refused."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        last = host.rsplit(".", 1)[-1]
-        if last.isdigit() or (last.startswith("0x") and set(last[2:]) <= _HEX_DIGITS):
-            raise InvalidOrigin("an IPv4 origin is written as four decimal numbers") from None
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.scope_id is not None:
-            raise InvalidOrigin("an origin's IPv6 address has no zone id")
-        return ipv6_text(address)
-    return str(address)
-
-
-def _check_host(host: str) -> None:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
-        return
-    labels = host.split(".")
-    if not set(host) <= _HOST_CHARS or any(
-        not 1 <= len(label) <= 63 or label.startswith("-") or label.endswith("-")
-        for label in labels
-    ):
-        raise InvalidOrigin("the origin's host is not a DNS name (use its punycode form)")
+    except ValueError as exc:
+        raise InvalidOrigin(str(exc)) from None
 
 
 def new_session_id() -> str:
