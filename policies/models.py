@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cofre.origins import normalize_origin
 from policies.formats import BUILTIN_FORMATS, FormatSpec
 
 
@@ -221,6 +222,17 @@ def _check_identity(identity: str, rules: IdentityPolicy, known: set[str]) -> No
             f"identity {identity!r} may capture but names no capture_origins: "
             "list the shop origins (https://host[:port]) it opens sessions for"
         )
+    for origin in sorted(rules.capture_origins or ()):
+        # As the vault compares them (`vault.operations.capture`): an entry it would
+        # drop names no session, and the operator learns it here, not from a checkout
+        # that fails. http is let through for localhost only (the dev setting).
+        try:
+            normalize_origin(origin, allow_http_localhost=True, frame_ancestor=True)
+        except ValueError as exc:
+            raise ValueError(
+                f"identity {identity!r} names capture_origins entry {origin!r}, which no "
+                f"browser sends: {exc}"
+            ) from None
 
 
 JsonPointer = Annotated[str, Field(pattern=r"^(/[^/]*)+$", max_length=256)]
