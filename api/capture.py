@@ -267,6 +267,10 @@ def create_capture_app(state: CaptureState) -> FastAPI:
     @app.options("/v1/capture/{session_id}")
     def capture_preflight(session_id: SessionPath, request: Request) -> Response:
         """CORS preflight: only the session's own origin is answered."""
+        # Charged before the session is read, as the fields' page is (review 27).
+        service.charge_rate(
+            f"capture-address {address_key(_client_address(request))}", state.per_address
+        )
         origin = request.headers.get("origin")
         found = service.hosted_fields_session(session_id) if is_session_id(session_id) else None
         if origin is None or found is None or found[0] != origin:
