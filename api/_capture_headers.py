@@ -9,14 +9,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from cofre.errors import CofreError
-from vault.capture import is_session_id
-from vault.service import VaultService
-
 __all__ = [
     "BASE_CSP",
     "SECURITY_HEADERS",
-    "bound_origin",
     "cors_headers",
     "readable_by",
     "security_headers",
@@ -52,20 +47,10 @@ def cors_headers(origin: str) -> dict[str, str]:
     }
 
 
-def bound_origin(service: VaultService, session_id: str) -> str | None:
-    """The origin `session_id` is bound to, or None (no such session, or the database
-    unreachable: then no origin may read the answer)."""
-    if not is_session_id(session_id):
-        return None
-    try:
-        return service.capture_session_origin(session_id)
-    except CofreError:
-        return None
-
-
 def readable_by(origin: str | None, bound: str | None) -> dict[str, str]:
     """The CORS headers that let `origin` read a capture's answer: none unless it is
-    the session's `bound` origin (a refusal to another origin stays unreadable to it)."""
+    the session's `bound` origin (a refusal to another origin stays unreadable to it;
+    a refusal with no `bound` origin, to every origin)."""
     if origin is None or origin != bound:
         return {}
     return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}

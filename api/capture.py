@@ -44,13 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from api._capture_body import framed_within, limited
-from api._capture_headers import (
-    BASE_CSP,
-    bound_origin,
-    cors_headers,
-    readable_by,
-    security_headers,
-)
+from api._capture_headers import BASE_CSP, cors_headers, readable_by, security_headers
 from api.connections import guarded_protocol
 from api.errors import ApiError
 from api.guard import problem_for
@@ -63,7 +57,13 @@ from api.refusals import NOTHING_HELD, RefusalLimiter, Spent, charged
 from cofre.errors import CofreError
 from cofre.origins import address_key
 from policies.models import RateLimit
-from vault.capture import SESSION_ID_LENGTH, CardCapture, SessionCodeRule, is_session_id
+from vault.capture import (
+    SESSION_ID_LENGTH,
+    CardCapture,
+    SessionCodeRule,
+    is_session_id,
+    refusal_origin,
+)
 from vault.operations.capture import ANONYMOUS_CAPTURE
 from vault.pan import Pan
 from vault.service import AuditEvent, DetailValue, Outcome, VaultService, request_trail
@@ -321,13 +321,13 @@ async def _capture(
             # session is known is counted by the guard, not written (review 30).
             audit_anonymous=not scope_state.get("quiet_refusals", False),
         )
-    except CofreError:
-        # A refusal is readable by the session's own origin only: echoing any origin
-        # let a phishing page read why the vault refused it (the capture review). The
-        # session is looked up again: a refusal may come before its origin is checked.
-        if origin is not None and not frame:
-            bound = await run_in_threadpool(bound_origin, state.service, session_id)
-            scope_state["cors"] = readable_by(origin, bound)
+    except CofreError as exc:
+        # Readable by the session's own origin only (the capture review), and only once
+        # its secret matched, as the vault marks the refusal: an unknown session, a wrong
+        # secret, a limit or a card refused here are one answer to every origin, and no
+        # session is read again for it (review 27).
+        if not frame:
+            scope_state["cors"] = readable_by(origin, refusal_origin(exc))
         raise
     # The capture passed the session's origin check (or came from the fields' own page).
     scope_state["cors"] = readable_by(origin, None if frame else origin)

@@ -21,12 +21,15 @@ import hashlib
 import hmac
 import secrets
 import string
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Final
 
 from cofre import origins
+from cofre.errors import CofreError
 from vault.errors import CaptureRequestInvalid, InvalidOrigin, InvalidTTL, SecurityCodeNotAllowed
 from vault.models import TokenRecord
 from vault.pan import Pan
@@ -47,6 +50,8 @@ __all__ = [
     "new_secret",
     "new_session_id",
     "normalize_origin",
+    "readable_by_session_origin",
+    "refusal_origin",
     "secret_matches",
 ]
 
@@ -59,6 +64,8 @@ SESSION_ID_LENGTH: Final = 35
 _SESSION_ALPHABET: Final = string.ascii_lowercase
 _SESSION_CHARS: Final = frozenset(_SESSION_ALPHABET)
 _SECRET_PREFIX: Final = "cofre_cs_"  # noqa: S105 - a prefix that names the kind, not a secret
+# The attribute a capture's refusal carries once the session's secret matched.
+_SESSION_ORIGIN: Final = "cofre_capture_session_origin"
 
 
 class SessionCodeRule(StrEnum):
@@ -85,6 +92,26 @@ def normalize_origin(
         )
     except ValueError as exc:
         raise InvalidOrigin(str(exc)) from None
+
+
+@contextmanager
+def readable_by_session_origin(origin: str) -> Iterator[None]:
+    """Mark each `CofreError` raised inside as a refusal the session's own `origin` may
+    read (`refusal_origin`). Entered only once the session's secret matched: what is
+    refused before (an unknown session, a wrong secret, a rate limit) is one answer to
+    every origin, and nothing of the session leaks to a guess (review 27)."""
+    try:
+        yield
+    except CofreError as exc:
+        setattr(exc, _SESSION_ORIGIN, origin)
+        raise
+
+
+def refusal_origin(exc: BaseException) -> str | None:
+    """The origin of the session whose secret matched before `exc` was raised, the one
+    origin that may read the refusal (CORS), or None: no origin may."""
+    origin = getattr(exc, _SESSION_ORIGIN, None)
+    return origin if isinstance(origin, str) else None
 
 
 def new_session_id() -> str:

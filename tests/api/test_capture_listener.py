@@ -124,13 +124,15 @@ def test_a_refusal_to_another_origin_is_not_readable_by_it(capture_vault: VaultS
         _refused(response, status, code)
         cors = {k for k in response.headers if k.lower().startswith("access-control-")}
         assert cors == set(), (code, cors)
-    # The session's own origin still reads its refusals (and its preflight passes).
+    # The session's own origin still reads its refusals once the secret matched (and
+    # its preflight passes); a wrong secret is the unknown session's answer to every
+    # origin, its own included (review 27).
     own = _post(capture_vault, spent)
     _refused(own, 409, "capture_session_used")
     assert own.headers["access-control-allow-origin"] == SHOP
     wrong = _post(capture_vault, live, secret="cofre_cs_wrong")
     _refused(wrong, 401, "capture_unauthorized")
-    assert wrong.headers["access-control-allow-origin"] == SHOP
+    assert "access-control-allow-origin" not in wrong.headers
     with capture_vault.capture_client() as client:
         for session_id in (live.session_id, spent.session_id, UNKNOWN_SESSION):
             preflight = client.options(

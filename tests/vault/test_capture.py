@@ -25,6 +25,7 @@ from vault.capture import (
     CardCapture,
     SessionCodeRule,
     normalize_origin,
+    refusal_origin,
 )
 from vault.errors import (
     CaptureRequestInvalid,
@@ -445,17 +446,37 @@ def test_an_identity_without_capture_origins_opens_no_session(
     assert [e["details"]["origin"] for e in denied] == [SHOP]
 
 
-def test_the_origin_a_session_is_bound_to_is_known_live_or_not(
+def test_a_refusal_names_the_sessions_origin_only_once_its_secret_matched(
     service: VaultService, clock: list[datetime]
 ) -> None:
-    """What the listener asks before it lets an origin read a refusal (CORS): the
-    session's origin, also once it is spent or expired (its page reads why), and none
-    for a session the vault does not know."""
+    """What the listener lets an origin read a refusal by (CORS), with no second read
+    of the session (review 27): the session's origin on a refusal raised once the
+    secret matched (spent, expired, another origin, a card the vault refuses), none on
+    one before (an unknown session, a wrong or missing secret, a rate limit)."""
     spent = _session(service)
     _capture(service, _card(spent))
+    live = _session(service)
     expired = _session(service, ttl_seconds=60)
     clock[0] += timedelta(minutes=2)
-    assert service.capture_session_origin(spent.session_id) == SHOP
-    assert service.capture_session_origin(expired.session_id) == SHOP
-    assert service.capture_session_origin("cs_" + "q" * 32) is None
-    assert service.capture_session_origin("not a session id") is None
+    after = [
+        (_card(spent), CaptureSessionUsed),
+        (_card(expired), CaptureSessionExpired),
+        (_card(live, origin="https://evil.example"), OriginNotAllowed),
+        (_card(live, pan=Pan(LUHN_BAD)), InvalidPan),
+    ]
+    for card, error in after:
+        with pytest.raises(error) as refused:
+            _capture(service, card)
+        assert refusal_origin(refused.value) == SHOP, error
+    unknown = _card(live, session_id="cs_" + "q" * 32)
+    before = [_card(spent, secret="cofre_cs_x"), _card(live, secret=None), unknown]
+    for card in before:
+        with pytest.raises(CaptureUnauthorized) as refused:
+            _capture(service, card)
+        assert refusal_origin(refused.value) is None
+    fresh, once = _session(service), RateLimit(per_second=0.001, burst=1)
+    with pytest.raises(CaptureUnauthorized):
+        _capture(service, _card(fresh, secret="cofre_cs_x"), once)
+    with pytest.raises(RateLimited) as limited:  # the right secret, past the limit
+        _capture(service, _card(fresh), once)
+    assert refusal_origin(limited.value) is None

@@ -12,6 +12,11 @@ IN PCI SCOPE, holds card data. The order of the checks is the defence:
 4. then the card (Luhn, the format, the security code rule): refused before any write;
 5. the token is stored, the session spent (one conditional UPDATE) and the capture
    audited in one transaction: a refused or failed capture stores nothing.
+
+A refusal from 3 on carries the session's origin (`vault.capture.refusal_origin`), the
+one origin the capture listener lets read it; one before carries none, so no origin
+tells an unknown session from a wrong secret, and the listener never reads the session
+again to decide (review 27).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from vault.capture import (
     new_secret,
     new_session_id,
     normalize_origin,
+    readable_by_session_origin,
     secret_matches,
 )
 from vault.card import SecurityCode, normalize_expiry
@@ -158,13 +164,6 @@ class CaptureOperations(TokenizeOperations):
             return None
         return str(row.origin), SessionCodeRule(row.security_code)
 
-    def capture_session_origin(self, session_id: str) -> str | None:
-        """The origin a known session is bound to, live or not, or None for no such
-        session: the only origin that may read the listener's answers about it (CORS).
-        Needs no secret: the session's own page names it. Raises `StorageUnavailable`."""
-        row = self._session_row(session_id)
-        return None if row is None else str(row.origin)
-
     def capture_card(
         self,
         card: CardCapture,
@@ -185,7 +184,8 @@ class CaptureOperations(TokenizeOperations):
         raises. Every refusal is audited, but with `audit_anonymous` false those before
         the session is known (the per-address limit, an unknown session): the capture
         listener then counts them itself, past its limit of refusal entries (review
-        30). None stores anything.
+        30). None stores anything. A refusal raised once the secret matched carries the
+        session's origin (`vault.capture.refusal_origin`).
         """
         anonymous = CallContext(identity=ANONYMOUS_CAPTURE, request_id=request_id)
         details: dict[str, DetailValue] = {"client": card.client_address[:64]}
@@ -199,6 +199,20 @@ class CaptureOperations(TokenizeOperations):
         details["session"] = str(session.id)
         with self._audited_refusal(owner, Action.CAPTURE):
             self.charge_rate(f"capture-session {session.id}", per_session)
+            if not secret_matches(card.secret, session.secret_hash):
+                raise CaptureUnauthorized("unknown capture session or wrong client secret")
+        with readable_by_session_origin(str(session.origin)):
+            return self._capture_checked(card, owner, session, details)
+
+    def _capture_checked(
+        self,
+        card: CardCapture,
+        owner: CallContext,
+        session: Row[Any],
+        details: dict[str, DetailValue],
+    ) -> CaptureResult:
+        """`capture_card` once the secret matched."""
+        with self._audited_refusal(owner, Action.CAPTURE):
             token_format = self._check_session(card, session)
             code = None if not card.security_code else SecurityCode(card.security_code)
 
@@ -228,10 +242,8 @@ class CaptureOperations(TokenizeOperations):
             ).first()
 
     def _check_session(self, card: CardCapture, session: Row[Any]) -> str:
-        """Check the session's secret, origin, expiry, uses and rules against `card`;
-        return the token format to use. Raises the refusal."""
-        if not secret_matches(card.secret, session.secret_hash):
-            raise CaptureUnauthorized("unknown capture session or wrong client secret")
+        """Check the session's origin, expiry, uses and rules against `card` (its secret
+        matched); return the token format to use. Raises the refusal."""
         if not card.frame and card.origin != session.origin:
             raise OriginNotAllowed("this capture session is bound to another origin")
         expires = as_utc(session.expires_at)
