@@ -480,3 +480,29 @@ def test_a_refusal_names_the_sessions_origin_only_once_its_secret_matched(
     with pytest.raises(RateLimited) as limited:  # the right secret, past the limit
         _capture(service, _card(fresh), once)
     assert refusal_origin(limited.value) is None
+
+
+def test_a_session_whose_origin_the_policy_no_longer_names_captures_nothing(
+    service: VaultService, engine: Engine
+) -> None:
+    """Review 27: an origin taken out of `capture_origins` (a reload) stops the sessions
+    already open for it, with the right secret and from its own origin: 403
+    `policy_denied`, audited with the session and the origin, nothing stored, and not
+    marked readable by the origin (the shop no longer vouches for it)."""
+    session = _session(service)
+    moved = POLICY.replace(
+        f'capture_origins = ["{SHOP}"]', 'capture_origins = ["https://pay.example"]'
+    )
+    assert moved != POLICY
+    service.replace_policy(
+        PolicyEngine(parse_policy(moved, kind="toml").policy), actor="test", source="test"
+    )
+    tokens = _count(engine, "tokens")
+    with pytest.raises(PolicyDenied, match="no longer names") as refused:
+        _capture(service, _card(session))
+    assert refusal_origin(refused.value) is None
+    assert _count(engine, "tokens") == tokens
+    denied = [e for e in _audit(engine, "capture") if e["outcome"] == "denied"]
+    assert [(e["details"]["session"], e["details"]["origin"]) for e in denied] == [
+        (session.session_id, SHOP)
+    ]

@@ -8,12 +8,14 @@ IN PCI SCOPE, holds card data. The order of the checks is the defence:
    secret is bounded by the per-session and per-address limits);
 2. a missing or wrong secret and an unknown session are one answer
    (`CaptureUnauthorized`): nothing about the session leaks to a guess;
-3. then the origin, the expiry and the uses left;
-4. then the card (Luhn, the format, the security code rule): refused before any write;
-5. the token is stored, the session spent (one conditional UPDATE) and the capture
+3. then the creator's current policy must still name the session's origin (a reload
+   may have taken it out since the session opened): else 403 `policy_denied`, audited;
+4. then the origin, the expiry and the uses left;
+5. then the card (Luhn, the format, the security code rule): refused before any write;
+6. the token is stored, the session spent (one conditional UPDATE) and the capture
    audited in one transaction: a refused or failed capture stores nothing.
 
-A refusal from 3 on carries the session's origin (`vault.capture.refusal_origin`), the
+A refusal from 4 on carries the session's origin (`vault.capture.refusal_origin`), the
 one origin the capture listener lets read it; one before carries none, so no origin
 tells an unknown session from a wrong secret, and the listener never reads the session
 again to decide (review 27).
@@ -180,12 +182,13 @@ class CaptureOperations(TokenizeOperations):
         (unknown session, missing or wrong secret), `OriginNotAllowed`,
         `CaptureSessionExpired`, `CaptureSessionUsed`, `InvalidPan`,
         `FormatNotApplicable`, `SecurityCodeNotAllowed`, `CaptureRequestInvalid`,
-        `PolicyDenied` (the creator lost ``capture`` or the format), and what tokenize
-        raises. Every refusal is audited, but with `audit_anonymous` false those before
-        the session is known (the per-address limit, an unknown session): the capture
-        listener then counts them itself, past its limit of refusal entries (review
-        30). None stores anything. A refusal raised once the secret matched carries the
-        session's origin (`vault.capture.refusal_origin`).
+        `PolicyDenied` (the creator lost ``capture`` or the format, or its policy no
+        longer names the session's origin), and what tokenize raises. Every refusal is
+        audited, but with `audit_anonymous` false those before the session is known (the
+        per-address limit, an unknown session): the capture listener then counts them
+        itself, past its limit of refusal entries (review 30). None stores anything. A
+        refusal raised once the secret matched and the policy still names the session's
+        origin carries that origin (`vault.capture.refusal_origin`).
         """
         anonymous = CallContext(identity=ANONYMOUS_CAPTURE, request_id=request_id)
         details: dict[str, DetailValue] = {"client": card.client_address[:64]}
@@ -201,6 +204,8 @@ class CaptureOperations(TokenizeOperations):
             self.charge_rate(f"capture-session {session.id}", per_session)
             if not secret_matches(card.secret, session.secret_hash):
                 raise CaptureUnauthorized("unknown capture session or wrong client secret")
+        # Not readable by the origin either: the shop no longer vouches for it.
+        self._refuse_a_dropped_origin(owner, session, details)
         with readable_by_session_origin(str(session.origin)):
             return self._capture_checked(card, owner, session, details)
 
@@ -211,7 +216,7 @@ class CaptureOperations(TokenizeOperations):
         session: Row[Any],
         details: dict[str, DetailValue],
     ) -> CaptureResult:
-        """`capture_card` once the secret matched."""
+        """`capture_card` once the secret matched and the origin is still allowed."""
         with self._audited_refusal(owner, Action.CAPTURE):
             token_format = self._check_session(card, session)
             code = None if not card.security_code else SecurityCode(card.security_code)
@@ -232,6 +237,24 @@ class CaptureOperations(TokenizeOperations):
         record = pending.finish()[0]
         shown = None if card.expiry is None else normalize_expiry(card.expiry, self._clock())
         return CaptureResult(token=record, masked=card.pan.masked(), expiry=shown)
+
+    def _refuse_a_dropped_origin(
+        self, owner: CallContext, session: Row[Any], details: dict[str, DetailValue]
+    ) -> None:
+        """Raise `PolicyDenied` (audited, as the refusal to open such a session is) when
+        the creator's current policy no longer names the session's origin: an operator
+        who takes a phishing origin out of `capture_origins` and reloads stops the
+        sessions already open for it too (review 27)."""
+        rules = self._authorize(owner, Action.CAPTURE)
+        # The session's origin passed the vault's http-localhost setting when it opened;
+        # here only whether the list still names it counts.
+        listed = _allowed(rules.capture_origins or frozenset(), allow_http_localhost=True)
+        if str(session.origin) in listed:
+            return
+        reason = "the policy no longer names this capture session's origin"
+        denied = {**details, "reason": reason, "origin": str(session.origin)}
+        self._write_audit(self._audit_event(owner, Action.CAPTURE, Outcome.DENIED, details=denied))
+        raise PolicyDenied(reason)
 
     def _session_row(self, session_id: str) -> Row[Any] | None:
         if not is_session_id(session_id):
