@@ -11,6 +11,7 @@ import json
 import ssl
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,6 +35,7 @@ EVIL = "https://evil.example"
 PAYMENTS = CallContext("spiffe://cofre/payments", "req-rev27")
 UNKNOWN_SESSION = "cs_" + "z" * 32  # the shape of a session id, of no session
 ADDRESS_BURST = 4
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 @pytest.fixture(scope="module")
@@ -223,23 +225,35 @@ def test_finding_preflights_are_charged_to_the_client_address(tight_vault: Vault
     assert 429 in statuses, statuses
 
 
-def test_finding_the_sessions_page_can_read_that_its_session_ended_as_documented(
+def test_finding_a_cross_origin_page_cannot_read_that_its_session_ended_as_documented(
     tight_vault: VaultServer,
 ) -> None:
-    """docs/capture.md: the session's origin reads refusals "also once the session is
-    spent or expired, so your page can read `capture_session_used` or
+    """docs/capture.md said the session's origin reads refusals "also once the session
+    is spent or expired, so your page can read `capture_session_used` or
     `capture_session_expired`". A cross-origin JSON POST is preceded by a preflight, and
     the preflight of a spent or expired session is 403 without CORS: the browser never
     sends the POST, and the page sees a network error, not the code (unless a preflight
-    of the same URL passed in the last 60 s, `Access-Control-Max-Age`)."""
+    of the same URL passed in the last 60 s, `Access-Control-Max-Age`).
+
+    Rewritten (review 27 F5): a browser cannot do what the docs promised, and answering
+    that preflight would tell a session from an unknown one to any page that knows its
+    id and origin (F1 again). So this pins what the corrected docs state: the preflight
+    of an ended session is the unknown session's answer, and the docs say a
+    cross-origin page cannot read that its session ended."""
     spent = _spent(tight_vault)
     expired = _session(tight_vault)
     _expire(tight_vault, expired)
     with _client(tight_vault, "127.0.0.15") as client:
-        for session in (spent, expired):
-            preflight = _preflight(client, session.session_id, SHOP)
-            assert preflight.status_code == 204, (session.session_id, preflight.text)
-            assert _cors(preflight)["access-control-allow-origin"] == SHOP
+        answers = {
+            session_id: _answer(_preflight(client, session_id, SHOP))
+            for session_id in (spent.session_id, expired.session_id, UNKNOWN_SESSION)
+        }
+    assert answers[UNKNOWN_SESSION] == (403, "origin_not_allowed", {})
+    assert answers[spent.session_id] == answers[UNKNOWN_SESSION]
+    assert answers[expired.session_id] == answers[UNKNOWN_SESSION]
+    docs = " ".join((DOCS / "capture.md").read_text().split())
+    assert "so your page can read `capture_session_used`" not in docs
+    assert "**cannot read that its session ended**" in docs
 
 
 def test_finding_cancelling_a_ceremony_that_is_not_pending_is_recorded(
