@@ -41,6 +41,27 @@ class RotationBatches:
     _provider: HSMProvider
     _keyring: DataKeyring
 
+    @staticmethod
+    def _rows_to_move(connection: Connection, kind: RotationKind, old: int) -> int:
+        """What a rotation of `kind` off version `old` moves, counted as it starts: the
+        PANs under the old data key, the data keys not destroyed (re-wrapped under the
+        new KEK), or the stored fingerprints under the old fingerprint key."""
+        if kind is RotationKind.DATA:
+            query = select(func.count()).select_from(tokens).where(tokens.c.key_version == old)
+        elif kind is RotationKind.KEK:
+            query = (
+                select(func.count())
+                .select_from(data_keys)
+                .where(data_keys.c.state != KeyState.DESTROYED.value)
+            )
+        else:
+            query = (
+                select(func.count())
+                .select_from(tokens)
+                .where(tokens.c.fp_version == old, tokens.c.fingerprint.is_not(None))
+            )
+        return int(connection.execute(query).scalar_one())
+
     def _new_data_keys(self, connection: Connection) -> tuple[int, int]:
         """Start a data rotation: a new version of each data key, the active ones
         retiring. Returns the old and new versions (old 0 on a vault that has created

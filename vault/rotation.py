@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, insert, select, update
 
 from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
 from audit.schema import READ_ONLY
@@ -57,7 +57,7 @@ from vault.errors import CeremonyError, CeremonyNotFound, CeremonyRefused, Stora
 from vault.key_inventory import code_epochs, describe_keys, record_counts
 from vault.keyring import DataKeyring, KeyPurpose, KeyState
 from vault.storage.database import as_utc
-from vault.storage.schema import data_keys, key_approvals, key_ceremonies, tokens
+from vault.storage.schema import data_keys, key_approvals, key_ceremonies
 
 
 class KeyRotation(RotationBatches):
@@ -409,11 +409,6 @@ class KeyRotation(RotationBatches):
             return audit_key.rotate(connection, row, approver, created)
         if kind is RotationKind.DATA:
             old, new = self._new_data_keys(connection)
-            total = int(
-                connection.execute(
-                    select(func.count()).select_from(tokens).where(tokens.c.key_version == old)
-                ).scalar_one()
-            )
         else:
             key_kind = KeyKind.KEK if kind is RotationKind.KEK else KeyKind.FINGERPRINT
             old = self._keyring.registry.versions(key_kind)[-1]
@@ -431,22 +426,7 @@ class KeyRotation(RotationBatches):
             self._keyring.registry.register(
                 connection, label, actor=approver, how=f"created by key ceremony {row.id}"
             )
-            if kind is RotationKind.KEK:
-                total = int(
-                    connection.execute(
-                        select(func.count())
-                        .select_from(data_keys)
-                        .where(data_keys.c.state != KeyState.DESTROYED.value)
-                    ).scalar_one()
-                )
-            else:
-                total = int(
-                    connection.execute(
-                        select(func.count())
-                        .select_from(tokens)
-                        .where(tokens.c.fp_version == old, tokens.c.fingerprint.is_not(None))
-                    ).scalar_one()
-                )
+        total = self._rows_to_move(connection, kind, old)
         connection.execute(
             update(key_ceremonies)
             .where(key_ceremonies.c.id == row.id)
