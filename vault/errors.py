@@ -246,8 +246,9 @@ class CeremonyError(VaultError):
 
 class CeremonyRefused(CeremonyError):
     """A ceremony action refused inside its transaction (a self-approval, an action with
-    no proof its officer's token signed it): `KeyRotation.approve` records the denial,
-    with `reason`, in a transaction of its own, as the refused one rolls back."""
+    no proof its officer's token signed it, an approval or cancel of a ceremony that is
+    not pending): `KeyRotation.approve` and `cancel` record the denial, with `reason`, in
+    a transaction of its own, as the refused one rolls back."""
 
     def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)

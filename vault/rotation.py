@@ -343,12 +343,27 @@ class KeyRotation(RotationBatches):
             return view
 
     def cancel(self, identity: str, ceremony_id: str, request_id: str | None = None) -> Ceremony:
+        """Cancel pending ceremony `ceremony_id` as `identity`. One that is not pending is
+        refused (`CeremonyRefused`) and the denial recorded, as an approval of it is."""
         self._officer(identity, request_id or "")
+        try:
+            return self._cancel(identity, ceremony_id, request_id)
+        except CeremonyRefused as refused:
+            # In a transaction of its own, as `approve`'s: the officer cancelling the
+            # replayed ceremony the vault shows expired leaves this trace (review 27).
+            details: dict[str, DetailValue] = {"reason": refused.reason}
+            self._record(
+                identity, request_id, "key.rotation.cancel", Outcome.DENIED, ceremony_id, details
+            )
+            raise
+
+    def _cancel(self, identity: str, ceremony_id: str, request_id: str | None) -> Ceremony:
         with self._write() as connection:
             hold_ceremony_lock(connection)
             view = self._view(connection, self._load(connection, ceremony_id))
-            if view.state != CeremonyState.PENDING:
-                raise CeremonyError(f"ceremony {ceremony_id} is {view.state}: too late to cancel")
+            if view.state != CeremonyState.PENDING:  # audited, as an approval's
+                refusal = f"ceremony {ceremony_id} is {view.state}: too late to cancel"
+                raise CeremonyRefused(refusal, reason=f"the ceremony is {view.state}")
             connection.execute(
                 update(key_ceremonies)
                 .where(key_ceremonies.c.id == ceremony_id)
