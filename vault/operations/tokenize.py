@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row
+from sqlalchemy import ColumnElement, Connection, Row, select, update
 
 from audit.log import AuditEvent, Outcome
 from policies.formats import (
@@ -435,6 +435,8 @@ class TokenizeOperations(TokenCandidates):
             expires = as_utc(found.expires_at)
             if expires is None or expires > now:
                 answers.answer(self, index, found, "convergent")
+                if expires is not None:
+                    self._outlive(connection, answers, index, item, now)
                 return True
             self._shred(connection, found.id, now)
             purge = self._audit_event(
@@ -452,6 +454,39 @@ class TokenizeOperations(TokenCandidates):
             answers.same(index, earlier, "convergent")
             return True
         return False
+
+    @staticmethod
+    def _outlive(
+        connection: Connection, answers: _Answers, index: int, item: _Item, now: datetime
+    ) -> None:
+        """Make the expiring token item `index` was just answered live as long as the
+        item asks (`ttl_seconds`, none: for ever), never shorter: a caller asking for a
+        token for good was handed one about to expire, and lost the card at the purge.
+        The UPDATE's condition keeps it monotonic against a stale read or another call;
+        the extension is in the item's audit entry (`expires_at`)."""
+        record = answers.results[index]
+        assert record is not None  # noqa: S101 - `answers.answer` set it
+        wanted = expiry(now, item.request.ttl_seconds)
+        ends = as_utc(record.expires_at)
+        if ends is None or (wanted is not None and wanted <= ends):
+            return
+        sooner: ColumnElement[bool] = tokens.c.expires_at.is_not(None)
+        if wanted is not None:
+            sooner = sooner & (tokens.c.expires_at < wanted)
+        done = connection.execute(
+            update(tokens).where(tokens.c.id == record.token_id, sooner).values(expires_at=wanted)
+        ).rowcount
+        if not done:  # another call made it live longer still
+            stored = connection.execute(
+                select(tokens.c.expires_at).where(tokens.c.id == record.token_id)
+            ).scalar_one()
+            answers.results[index] = dataclasses.replace(record, expires_at=as_utc(stored))
+            return
+        answers.results[index] = dataclasses.replace(record, expires_at=wanted)
+        at, event = answers.events[-1]  # the hit's own entry (`_Answers.answer`)
+        until = "never" if wanted is None else wanted.isoformat()
+        details = {**event.details, "expires_at": until}
+        answers.events[-1] = (at, dataclasses.replace(event, details=details))
 
     def _new_rows(  # noqa: PLR0917 - the call's parts, in the order _store_tokens has them
         self,
