@@ -21,6 +21,7 @@ __all__ = [
     "cli",
     "custody",
     "dual_control",
+    "dual_control_log",
     "entries",
     "errors",
     "files",

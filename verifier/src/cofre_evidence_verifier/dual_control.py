@@ -45,18 +45,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from cofre_evidence_verifier.bundle import (
-    Files,
-    Heads,
-    hash_list,
-    integer,
-    json_lines,
-    json_object,
-    load_json,
-    string,
+from cofre_evidence_verifier.bundle import Files, Heads, load_json
+from cofre_evidence_verifier.dual_control_log import (
+    APPROVE,
+    PROPOSE,
+    ceremonies_to_check,
+    entry_details,
+    entry_time,
+    proven_entries,
+    succeeded,
 )
-from cofre_evidence_verifier.errors import MalformedBundle, SignedRequestError
-from cofre_evidence_verifier.merkle import included, leaf_hash
+from cofre_evidence_verifier.errors import SignedRequestError
 from cofre_evidence_verifier.policy import in_force, policy_documents
 from cofre_evidence_verifier.report import Report
 from cofre_evidence_verifier.request_signature import (
@@ -67,11 +66,6 @@ from cofre_evidence_verifier.request_signature import (
     verify_signed_request,
 )
 
-NAME: Final = "keys/dual_control.json"
-PROPOSE: Final = "key.rotation.propose"
-APPROVE: Final = "key.rotation.approve"
-START: Final = "key.rotation.start"
-HANDOVER: Final = "audit.key.handover"
 KEY_ADMIN: Final = "key_admin"
 # The vault's MFA window (`vault.officer_mfa.WINDOW_SECONDS`): how far a signature's
 # `created` may be from the vault's clock when it is accepted.
@@ -82,71 +76,6 @@ _NOT_SIGNED: Final = (
     "its entry carries no request signed by the officer's token (logged before the vault "
     "kept them, or by an unsigned in-process caller): dual control is not proven"
 )
-
-
-def _entry(payload: str) -> dict[str, Any]:
-    try:
-        return json_object(payload, "an audit entry")
-    except ValueError:
-        return {}
-
-
-def _details(entry: dict[str, Any]) -> dict[str, Any]:
-    details = entry.get("details")
-    return details if isinstance(details, dict) else {}
-
-
-def _time(entry: dict[str, Any]) -> int | None:
-    """The entry's time as a Unix second (None when it does not parse)."""
-    try:
-        at = datetime.fromisoformat(str(entry.get("time")).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp())
-
-
-def _is(entry: dict[str, Any], action: str) -> bool:
-    return entry.get("action") == action and entry.get("outcome") == "success"
-
-
-def _log(files: Files, size: int, root: bytes, problems: list[str]) -> dict[int, dict[str, Any]]:
-    """The period's entries and the records of `NAME` proven to be entries of the log,
-    by leaf index (each record that is not is a problem)."""
-    period = {
-        e["index"]: e["payload"]
-        for e in json_lines(files.get("audit/entries.jsonl", b""))
-        if isinstance(e.get("index"), int) and isinstance(e.get("payload"), str)
-    }
-    pool = {index: _entry(payload) for index, payload in period.items()}
-    data = files.get(NAME)
-    if data is None:
-        return pool
-    try:
-        records = load_json(data)
-    except ValueError as exc:
-        problems.append(f"{NAME}: not a JSON list of audit entries: {exc}")
-        return pool
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        problems.append(f"{NAME}: not a JSON list of audit entries")
-        return pool
-    for record in records:
-        try:
-            index = integer(record.get("index"), f"{NAME}: an index")
-            payload = string(record.get("payload"), f"{NAME}: a payload")
-            proof = hash_list(record.get("proof"), f"{NAME}: a proof")
-        except MalformedBundle as exc:
-            problems.append(str(exc))
-            continue
-        if not included(leaf_hash(payload.encode("utf-8")), index, size, proof, root):
-            problems.append(
-                f"{NAME}: entry {index} is not in the log (its inclusion proof in signed "
-                f"head {size} fails; removed or altered entry)"
-            )
-        elif index in period and period[index] != payload:
-            problems.append(f"{NAME}: entry {index} differs from audit/entries.jsonl")
-        else:
-            pool[index] = _entry(payload)
-    return pool
 
 
 @dataclass
@@ -284,7 +213,9 @@ def _check_proposal(
     found = [
         (index, entry)
         for index, entry in sorted(context.pool.items())
-        if index < ceremony.start and _is(entry, PROPOSE) and entry.get("key_id") == ceremony.id
+        if index < ceremony.start
+        and succeeded(entry, PROPOSE)
+        and entry.get("key_id") == ceremony.id
     ]
     if not found:
         ceremony.fail("no proposal of it is in the bundle (a start nobody proposed)")
@@ -350,7 +281,7 @@ def _check_ceremony(ceremony: _Ceremony, context: _Context, started: int) -> Non
     for index, entry in sorted(context.pool.items()):
         if not (first is not None and first < index < ceremony.start):
             continue
-        if not _is(entry, APPROVE) or entry.get("key_id") != ceremony.id:
+        if not succeeded(entry, APPROVE) or entry.get("key_id") != ceremony.id:
             continue
         officer = str(entry.get("actor"))
         if officer == proposer:
@@ -379,47 +310,6 @@ def _check_ceremony(ceremony: _Ceremony, context: _Context, started: int) -> Non
         )
 
 
-def _ceremonies(
-    pool: dict[int, dict[str, Any]], period: set[int], problems: list[str]
-) -> dict[str, int]:
-    """The ceremonies to check, by id, with their start's index: each started in the
-    period, and each an audit key handover of the period belongs to (its start, the
-    last audit rotation started before it by the same officer to the key it hands over
-    to, may be just before the period)."""
-    out: dict[str, int] = {}
-    for index in sorted(period):
-        entry = pool.get(index, {})
-        if _is(entry, START):
-            ceremony = str(entry.get("key_id"))
-            if ceremony in out:
-                problems.append(
-                    f"dual control: ceremony {ceremony} was started twice (entries "
-                    f"{out[ceremony]} and {index})"
-                )
-                continue
-            out[ceremony] = index
-        elif _is(entry, HANDOVER):
-            new_key = str(_details(entry).get("new_key"))
-            starts = [
-                i
-                for i, e in sorted(pool.items())
-                if i < index
-                and _is(e, START)
-                and e.get("actor") == entry.get("actor")
-                and _details(e).get("kind") == "audit"
-                and f"cofre-audit-v{_details(e).get('new_version')}" == new_key
-            ]
-            if not starts:
-                problems.append(
-                    f"dual control: the audit key handover at entry {index} (to {new_key}) "
-                    "belongs to no key ceremony started in the bundle: its dual control is "
-                    "not proven"
-                )
-            else:
-                out.setdefault(str(pool[starts[-1]].get("key_id")), starts[-1])
-    return out
-
-
 def _proposal_ttl_seconds(files: Files) -> int:
     """The vault's proposal life (its ``keys.proposal_ttl_hours`` setting, as the bundle's
     ``config/settings.json`` states it; 24 hours when it does not)."""
@@ -446,15 +336,15 @@ def check_dual_control(
         return  # already reported by the entries check
     root = base64.b64decode(head["root_hash"])
     problems: list[str] = []
-    pool = _log(files, size, root, problems)
+    pool = proven_entries(files, size, root, problems)
     first, end = manifest["entries"]["first_index"], manifest["entries"]["end_index"]
     period = {index for index in pool if first <= index < end}
     context = _Context(pool, policy_documents(files), _proposal_ttl_seconds(files))
     checked = []
-    for ceremony_id, start in _ceremonies(pool, period, problems).items():
+    for ceremony_id, start in ceremonies_to_check(pool, period, problems).items():
         entry = pool[start]
-        ceremony = _Ceremony(ceremony_id, str(_details(entry).get("kind")), start)
-        started = _time(entry)
+        ceremony = _Ceremony(ceremony_id, str(entry_details(entry).get("kind")), start)
+        started = entry_time(entry)
         if started is None:
             ceremony.fail("its start entry's time does not parse")
         else:

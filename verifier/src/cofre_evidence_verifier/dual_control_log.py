@@ -1,0 +1,139 @@
+"""The audit entries check 6c (`cofre_evidence_verifier.dual_control`) reads: the
+period's entries and the records of ``keys/dual_control.json`` proven to be entries of
+the log, and the ceremonies to check (each started in the period, and each an audit key
+handover of the period belongs to).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from cofre_evidence_verifier.bundle import (
+    Files,
+    hash_list,
+    integer,
+    json_lines,
+    json_object,
+    load_json,
+    string,
+)
+from cofre_evidence_verifier.errors import MalformedBundle
+from cofre_evidence_verifier.merkle import included, leaf_hash
+
+NAME: Final = "keys/dual_control.json"
+PROPOSE: Final = "key.rotation.propose"
+APPROVE: Final = "key.rotation.approve"
+START: Final = "key.rotation.start"
+HANDOVER: Final = "audit.key.handover"
+
+
+def audit_entry(payload: str) -> dict[str, Any]:
+    """The audit entry `payload` as an object (empty when it is not one)."""
+    try:
+        return json_object(payload, "an audit entry")
+    except ValueError:
+        return {}
+
+
+def entry_details(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry's ``details`` (empty when it has none)."""
+    details = entry.get("details")
+    return details if isinstance(details, dict) else {}
+
+
+def entry_time(entry: dict[str, Any]) -> int | None:
+    """The entry's time as a Unix second (None when it does not parse)."""
+    try:
+        at = datetime.fromisoformat(str(entry.get("time")).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp())
+
+
+def succeeded(entry: dict[str, Any], action: str) -> bool:
+    """Whether `entry` is a successful `action`."""
+    return entry.get("action") == action and entry.get("outcome") == "success"
+
+
+def proven_entries(
+    files: Files, size: int, root: bytes, problems: list[str]
+) -> dict[int, dict[str, Any]]:
+    """The period's entries and the records of `NAME` proven to be entries of the log,
+    by leaf index (each record that is not is a problem)."""
+    period = {
+        e["index"]: e["payload"]
+        for e in json_lines(files.get("audit/entries.jsonl", b""))
+        if isinstance(e.get("index"), int) and isinstance(e.get("payload"), str)
+    }
+    pool = {index: audit_entry(payload) for index, payload in period.items()}
+    data = files.get(NAME)
+    if data is None:
+        return pool
+    try:
+        records = load_json(data)
+    except ValueError as exc:
+        problems.append(f"{NAME}: not a JSON list of audit entries: {exc}")
+        return pool
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        problems.append(f"{NAME}: not a JSON list of audit entries")
+        return pool
+    for record in records:
+        try:
+            index = integer(record.get("index"), f"{NAME}: an index")
+            payload = string(record.get("payload"), f"{NAME}: a payload")
+            proof = hash_list(record.get("proof"), f"{NAME}: a proof")
+        except MalformedBundle as exc:
+            problems.append(str(exc))
+            continue
+        if not included(leaf_hash(payload.encode("utf-8")), index, size, proof, root):
+            problems.append(
+                f"{NAME}: entry {index} is not in the log (its inclusion proof in signed "
+                f"head {size} fails; removed or altered entry)"
+            )
+        elif index in period and period[index] != payload:
+            problems.append(f"{NAME}: entry {index} differs from audit/entries.jsonl")
+        else:
+            pool[index] = audit_entry(payload)
+    return pool
+
+
+def ceremonies_to_check(
+    pool: dict[int, dict[str, Any]], period: set[int], problems: list[str]
+) -> dict[str, int]:
+    """The ceremonies to check, by id, with their start's index: each started in the
+    period, and each an audit key handover of the period belongs to (its start, the
+    last audit rotation started before it by the same officer to the key it hands over
+    to, may be just before the period)."""
+    out: dict[str, int] = {}
+    for index in sorted(period):
+        entry = pool.get(index, {})
+        if succeeded(entry, START):
+            ceremony = str(entry.get("key_id"))
+            if ceremony in out:
+                problems.append(
+                    f"dual control: ceremony {ceremony} was started twice (entries "
+                    f"{out[ceremony]} and {index})"
+                )
+                continue
+            out[ceremony] = index
+        elif succeeded(entry, HANDOVER):
+            new_key = str(entry_details(entry).get("new_key"))
+            starts = [
+                i
+                for i, e in sorted(pool.items())
+                if i < index
+                and succeeded(e, START)
+                and e.get("actor") == entry.get("actor")
+                and entry_details(e).get("kind") == "audit"
+                and f"cofre-audit-v{entry_details(e).get('new_version')}" == new_key
+            ]
+            if not starts:
+                problems.append(
+                    f"dual control: the audit key handover at entry {index} (to {new_key}) "
+                    "belongs to no key ceremony started in the bundle: its dual control is "
+                    "not proven"
+                )
+            else:
+                out.setdefault(str(pool[starts[-1]].get("key_id")), starts[-1])
+    return out
