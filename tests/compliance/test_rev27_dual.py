@@ -450,6 +450,8 @@ def test_a_proposal_signed_for_the_proposals_path_only(vault: VaultServer, tmp_p
 # ----------------------------------------------------------------------- the drain's wait
 
 
+# The advisory lock is PostgreSQL's: the test runs there only (selected, not skipped).
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_drain_waiting_for_a_held_sequencer_lock_ends_within_the_statement_timeout(
     vault: VaultServer,
 ) -> None:
@@ -457,8 +459,7 @@ def test_a_drain_waiting_for_a_held_sequencer_lock_ends_within_the_statement_tim
     by another session (a node stuck mid-batch), the drain must not hang; the 5 s
     statement timeout ends the wait with an error the export reports."""
     engine = vault.runtime.engine
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the advisory lock is PostgreSQL's")
+    assert engine.dialect.name == "postgresql"
     outcome: list[object] = []
     with engine.connect() as holder:
         holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": SEQUENCER_LOCK_KEY})
