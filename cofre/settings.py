@@ -235,10 +235,17 @@ class EvidenceSettings(_Section):
     export_burst: int = Field(default=3, ge=1, le=1_000_000_000)
 
 
+# The longest a rotation proposal may live (7 days). The offline verifier's check 6c
+# never trusts a longer life whatever a bundle's config/settings.json says (review 27
+# A3: an unbounded life let a past ceremony's genuine signatures start a rotation
+# today); `cofre_evidence_verifier.dual_control.MAX_PROPOSAL_TTL_HOURS` is this number.
+MAX_PROPOSAL_TTL_HOURS: Final = 168
+
+
 class KeySettings(_Section):
     """Key ceremonies."""
 
-    proposal_ttl_hours: float = Field(default=24.0, gt=0)
+    proposal_ttl_hours: float = Field(default=24.0, gt=0, le=MAX_PROPOSAL_TTL_HOURS)
     # How long an old KEK or fingerprint key stays on the token after migration, before
     # it is destroyed (a window to roll back from backups).
     destroy_grace_seconds: float = Field(default=7 * 24 * 3600, ge=0)

@@ -8,7 +8,14 @@ import pytest
 from pydantic import SecretStr
 
 from cofre.errors import ConfigurationError
-from cofre.settings import HSMSettings, Settings, load_settings, unknown_variables
+from cofre.settings import (
+    MAX_PROPOSAL_TTL_HOURS,
+    HSMSettings,
+    Settings,
+    load_settings,
+    unknown_variables,
+)
+from cofre_evidence_verifier import dual_control
 
 PIN = "pin-that-must-not-show-9182"
 
@@ -179,3 +186,17 @@ def test_a_variable_that_is_no_setting_is_refused(
 )
 def test_settings_and_other_programs_variables_pass(name: str) -> None:
     assert unknown_variables({name: "1"}) == []
+
+
+def test_a_proposal_life_longer_than_seven_days_is_refused_at_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 27 A3: the proposal life is bounded (168 h), and the bound is the
+    evidence verifier's too (it imports nothing of the vault, so the number is kept
+    in both and pinned equal here)."""
+    assert MAX_PROPOSAL_TTL_HOURS == dual_control.MAX_PROPOSAL_TTL_HOURS == 168
+    monkeypatch.setenv("COFRE_KEYS__PROPOSAL_TTL_HOURS", "168")
+    assert load_settings().keys.proposal_ttl_hours == 168
+    monkeypatch.setenv("COFRE_KEYS__PROPOSAL_TTL_HOURS", "169")
+    with pytest.raises(ConfigurationError, match=r"keys\.proposal_ttl_hours.*168"):
+        load_settings()

@@ -22,7 +22,8 @@ re-does the vault's count offline:
   ``POST /v1/admin/keys/rotations`` proposing the started kind, derives this
   ceremony's id, and was signed within a proposal's life before the start (the
   vault's ``proposal_ttl_hours`` from ``config/settings.json``, 24 hours without it,
-  plus the 300-second MFA window);
+  never more than the vault's bound of 168 hours whatever the file says, plus the
+  300-second MFA window; the life used is in the report's summary);
 - each approval's verifies under its officer's registered key, is ``POST
   /v1/admin/keys/rotations/<ceremony>/approve``, and was signed after the proposal
   (give or take the window) and before the start;
@@ -71,6 +72,10 @@ KEY_ADMIN: Final = "key_admin"
 # `created` may be from the vault's clock when it is accepted.
 WINDOW_SECONDS: Final = 300
 DEFAULT_PROPOSAL_TTL_HOURS: Final = 24.0
+# The vault's bound on `keys.proposal_ttl_hours` (`cofre.settings.MAX_PROPOSAL_TTL_HOURS`,
+# 7 days): the bundle's config/settings.json is the exporter's to write, so a longer
+# life it states is never used (review 27 A3).
+MAX_PROPOSAL_TTL_HOURS: Final = 168
 DEFAULT_APPROVALS_REQUIRED: Final = 2
 _NOT_SIGNED: Final = (
     "its entry carries no request signed by the officer's token (logged before the vault "
@@ -236,7 +241,8 @@ def _check_proposal(
     elif signed.created < started - context.ttl_seconds - WINDOW_SECONDS:
         ceremony.fail(
             f"{where}: it was signed at {_at(signed.created)}, longer ago than a proposal "
-            f"lives ({context.ttl_seconds // 3600} h) before the start at {_at(started)}"
+            f"lives ({context.ttl_seconds / 3600:g} h, at most {MAX_PROPOSAL_TTL_HOURS} h "
+            f"whatever the bundle's settings say) before the start at {_at(started)}"
         )
     elif signed.created > started + WINDOW_SECONDS:
         ceremony.fail(f"{where}: it was signed at {_at(signed.created)}, after the start")
@@ -310,17 +316,18 @@ def _check_ceremony(ceremony: _Ceremony, context: _Context, started: int) -> Non
         )
 
 
-def _proposal_ttl_seconds(files: Files) -> int:
-    """The vault's proposal life (its ``keys.proposal_ttl_hours`` setting, as the bundle's
-    ``config/settings.json`` states it; 24 hours when it does not)."""
+def _proposal_ttl_hours(files: Files) -> float:
+    """The proposal life to check against, in hours: the vault's ``keys.proposal_ttl_hours``
+    as the bundle's ``config/settings.json`` states it (24 hours when it does not), never
+    more than `MAX_PROPOSAL_TTL_HOURS` whatever it says."""
     try:
         settings = load_json(files.get("config/settings.json", b"{}"))
         hours = settings["keys"]["proposal_ttl_hours"]
     except (ValueError, KeyError, TypeError):
         hours = DEFAULT_PROPOSAL_TTL_HOURS
-    if isinstance(hours, bool) or not isinstance(hours, int | float) or not 0 < hours < 1e6:
+    if isinstance(hours, bool) or not isinstance(hours, int | float) or not hours > 0:
         hours = DEFAULT_PROPOSAL_TTL_HOURS
-    return int(hours * 3600)
+    return float(min(hours, MAX_PROPOSAL_TTL_HOURS))
 
 
 def check_dual_control(
@@ -339,7 +346,9 @@ def check_dual_control(
     pool = proven_entries(files, size, root, problems)
     first, end = manifest["entries"]["first_index"], manifest["entries"]["end_index"]
     period = {index for index in pool if first <= index < end}
-    context = _Context(pool, policy_documents(files), _proposal_ttl_seconds(files))
+    hours = _proposal_ttl_hours(files)
+    report.summary["dual_control_proposal_ttl_hours"] = hours
+    context = _Context(pool, policy_documents(files), int(hours * 3600))
     checked = []
     for ceremony_id, start in ceremonies_to_check(pool, period, problems).items():
         entry = pool[start]
@@ -365,5 +374,6 @@ def check_dual_control(
             f"dual control: {len(checked)} key rotation{'' if len(checked) == 1 else 's'} "
             "started in the period, each "
             "proposed and approved by the policy's quorum of distinct officers with "
-            f"requests their registered MFA keys signed for it{': ' + named if named else ''}",
+            f"requests their registered MFA keys signed for it, the proposal within "
+            f"{hours:g} h of the start{': ' + named if named else ''}",
         )
