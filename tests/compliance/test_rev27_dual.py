@@ -171,6 +171,27 @@ def test_a_second_start_of_a_ceremony_started_before_the_period_fails(
     assert _listed(report)[ceremony]["proven"] is False
 
 
+def test_a_start_long_after_the_approval_completing_the_quorum_fails(
+    vault: VaultServer, tmp_path: Path
+) -> None:
+    """A1, the exporter's half: the operator leaves the first start of a ceremony out
+    of the bundle (here, never written) and starts it again later. The vault starts a
+    rotation in the transaction of the approval that completes its quorum, so a start
+    more than the MFA window (300 s) after that approval's signature is not its."""
+    officers = software_officers()
+    now = int(time.time())
+    proposal = signed_proposal(officers["officer-alice"], "kek", created=now - 600)
+    ceremony = proposal.ceremony_id()
+    approval = signed_action(officers["officer-bob"], approval_path(ceremony), created=now - 400)
+    since = datetime.now(UTC)
+    _write(vault, "key.rotation.propose", ALICE, ceremony, {"kind": "kek"}, proposal.to_json())
+    _write(vault, "key.rotation.approve", BOB, ceremony, {"approvals": 1}, approval.to_json())
+    _start(vault, ceremony, "kek", 2)
+    report = _verify(_export(vault, since, tmp_path / "late.tar.gz"), vault)
+    assert not report.ok
+    assert any("completing its quorum" in p for p in report.problems), report.problems
+
+
 def test_a_handover_is_tied_to_the_ceremony_it_names_not_to_a_later_start(
     vault: VaultServer, tmp_path: Path
 ) -> None:

@@ -27,6 +27,11 @@ re-does the vault's count offline:
 - each approval's verifies under its officer's registered key, is ``POST
   /v1/admin/keys/rotations/<ceremony>/approve``, and was signed after the proposal
   (give or take the window) and before the start;
+- the start is the one rotation the approvals began: no other start of the ceremony is
+  in the bundle (the period's entries or the records), and the approval completing the
+  quorum (the last counted: the quorum is at least 2, so an approval always completes
+  it, never the proposal) was signed within the MFA window before the start, since the
+  vault starts a rotation in that approval's own transaction (review 27 A1);
 - every officer counted holds ``key_admin`` in that policy; the proposer never
   approves; an officer who approved twice counts once; and the proposer plus the
   distinct proven approvers reach the policy's ``key_approvals_required``.
@@ -50,6 +55,7 @@ from cofre_evidence_verifier.bundle import Files, Heads, load_json
 from cofre_evidence_verifier.dual_control_log import (
     APPROVE,
     PROPOSE,
+    START,
     ceremonies_to_check,
     entry_details,
     entry_time,
@@ -268,21 +274,20 @@ def _approval_problem(
     return None
 
 
-def _check_ceremony(ceremony: _Ceremony, context: _Context, started: int) -> None:
-    """Re-do the vault's count of `ceremony`'s officers; see the module docstring."""
-    if not context.policies:
-        ceremony.fail("no policy version in the bundle registers its officers")
-        return
-    policy_index, document = in_force(context.policies, ceremony.start)
-    required = document.get("key_approvals_required", DEFAULT_APPROVALS_REQUIRED)
-    ceremony.required = required if isinstance(required, int) and required >= 2 else 2
-    identities = document.get("identities")
-    identities = identities if isinstance(identities, dict) else {}
-    proposer, proposed_at, first = _check_proposal(
-        ceremony, context, identities, policy_index, started
-    )
-    if proposed_at is not None:
-        ceremony.proposer = proposer
+def _count_approvals(  # noqa: PLR0917 - what the proposal check found, in order
+    ceremony: _Ceremony,
+    context: _Context,
+    identities: dict[str, Any],
+    policy_index: int,
+    proposal: tuple[str | None, int | None, int | None],
+    started: int,
+) -> list[tuple[int, int]]:
+    """Count `ceremony`'s approvals logged after its `proposal` (proposer, signed at,
+    index) and before its start (`started`, Unix seconds): each counted officer is
+    added to ``ceremony.approvers``, each that does not count is reported. Returns the
+    counted approvals' leaf indexes and signing times, oldest entry first."""
+    proposer, proposed_at, first = proposal
+    counted: list[tuple[int, int]] = []
     seen: dict[str, int] = {}
     for index, entry in sorted(context.pool.items()):
         if not (first is not None and first < index < ceremony.start):
@@ -305,8 +310,61 @@ def _check_ceremony(ceremony: _Ceremony, context: _Context, started: int) -> Non
         problem = _approval_problem(ceremony, *verified, proposed_at, started)
         if problem is None:
             ceremony.approvers.append(officer)
+            counted.append((index, verified[1].created))
         else:
             ceremony.fail(f"the approval by {officer} (entry {index}) does not count: {problem}")
+    return counted
+
+
+def _check_start(
+    ceremony: _Ceremony, context: _Context, counted: list[tuple[int, int]], started: int
+) -> None:
+    """Fail `ceremony` unless its start is the one rotation its approvals began (review
+    27 A1): no other start of it is in the bundle (the period's entries or the
+    exporter's records), and the approval completing its quorum (the last counted one:
+    the policy's quorum is at least 2, so an approval always completes it) was signed
+    within the MFA window before the start. The vault starts a rotation in the
+    transaction of the approval that completes its quorum, so a genuine start is that
+    close to it; a start written later reuses approvals that were spent, even when the
+    exporter leaves the first start out."""
+    others = [
+        index
+        for index, entry in sorted(context.pool.items())
+        if index != ceremony.start
+        and succeeded(entry, START)
+        and entry.get("key_id") == ceremony.id
+    ]
+    if others:
+        ceremony.fail(
+            f"the bundle holds another start of it (entries {others}): its approvals "
+            "started one rotation, not two"
+        )
+    if counted:
+        index, created = counted[-1]
+        if created < started - WINDOW_SECONDS:
+            ceremony.fail(
+                f"the approval completing its quorum (entry {index}) was signed at "
+                f"{_at(created)}, more than {WINDOW_SECONDS} s before the start at "
+                f"{_at(started)}: the vault starts a rotation with the approval that "
+                "completes its quorum, so this start is not that approval's"
+            )
+
+
+def _check_ceremony(ceremony: _Ceremony, context: _Context, started: int) -> None:
+    """Re-do the vault's count of `ceremony`'s officers; see the module docstring."""
+    if not context.policies:
+        ceremony.fail("no policy version in the bundle registers its officers")
+        return
+    policy_index, document = in_force(context.policies, ceremony.start)
+    required = document.get("key_approvals_required", DEFAULT_APPROVALS_REQUIRED)
+    ceremony.required = required if isinstance(required, int) and required >= 2 else 2
+    identities = document.get("identities")
+    identities = identities if isinstance(identities, dict) else {}
+    proposal = _check_proposal(ceremony, context, identities, policy_index, started)
+    if proposal[1] is not None:
+        ceremony.proposer = proposal[0]
+    counted = _count_approvals(ceremony, context, identities, policy_index, proposal, started)
+    _check_start(ceremony, context, counted, started)
     officers = len(ceremony.approvers) + (ceremony.proposer is not None)
     if officers < ceremony.required:
         ceremony.fail(
