@@ -287,6 +287,29 @@ def test_a_policy_reload_entry_registering_the_operators_key_for_an_officer_fail
         )
     report = _verify(_export(vault, since, tmp_path / "policy.tar.gz"), vault)
     assert not report.ok, "Bob's key swapped for the operator's in a written reload: VERIFIED"
+    assert any(f"{BOB}'s mfa_public_key" in p for p in report.problems), report.problems
+
+
+def test_a_reload_in_the_period_that_leaves_the_ceremony_s_officers_alone_is_proven(
+    vault: VaultServer, tmp_path: Path
+) -> None:
+    """No false failure from the A4 fix: a real reload in the period that registers a
+    third officer (not counted in the ceremony) changes nothing 6c relies on."""
+    runtime = vault.runtime
+    policy_file = runtime.settings.policy_file
+    assert policy_file is not None
+    carol = new_software_officer("officer-carol")
+    since = datetime.now(UTC)
+    policy_file.write_text(
+        policy_file.read_text()
+        + f'\n[identities."{CAROL}"]\nrole = "security_officer"\noperations = ["key_admin"]\n'
+        + f'mfa_public_key = """\n{carol.pem.strip()}\n"""\n'
+    )
+    assert runtime.reload_policy()
+    ceremony = _genuine(vault, "kek", 2)
+    report = _verify(_export(vault, since, tmp_path / "reload.tar.gz"), vault)
+    assert report.ok, report.problems
+    assert _listed(report)[ceremony]["proven"] is True
 
 
 # ------------------------------------------------------------------- documented bounds

@@ -32,6 +32,11 @@ re-does the vault's count offline:
   quorum (the last counted: the quorum is at least 2, so an approval always completes
   it, never the proposal) was signed within the MFA window before the start, since the
   vault starts a rotation in that approval's own transaction (review 27 A1);
+- the policy in force at the start says the same, of each counted officer's MFA key,
+  role and ``key_admin`` and of ``key_approvals_required``, as the one in force at the
+  earlier of the period's start and the proposal: a policy version is a log entry the
+  operator can write, so a key registered in between is not proven to be the
+  officer's (review 27 A4; the lasting fix, registrations the officers sign, is left);
 - every officer counted holds ``key_admin`` in that policy; the proposer never
   approves; an officer who approved twice counts once; and the proposer plus the
   distinct proven approvers reach the policy's ``key_approvals_required``.
@@ -131,6 +136,7 @@ class _Context:
     pool: dict[int, dict[str, Any]]
     policies: list[tuple[int, dict[str, Any]]]
     ttl_seconds: int
+    period_first: int
 
 
 def _verified(
@@ -350,6 +356,66 @@ def _check_start(
             )
 
 
+def _officer_terms(identities: dict[str, Any], officer: str) -> dict[str, object]:
+    """What a policy says of `officer` that decides whether their signature counts: their
+    registered MFA key, their role and whether they hold ``key_admin``."""
+    rules = identities.get(officer)
+    rules = rules if isinstance(rules, dict) else {}
+    operations = rules.get("operations")
+    return {
+        "mfa_public_key": rules.get("mfa_public_key"),
+        "role": rules.get("role"),
+        KEY_ADMIN: isinstance(operations, list) and KEY_ADMIN in operations,
+    }
+
+
+def _check_policy_unchanged(
+    ceremony: _Ceremony,
+    context: _Context,
+    proposal_index: int | None,
+    in_force_at_start: tuple[int, dict[str, Any]],
+) -> None:
+    """Fail `ceremony` when the policy in force at its start differs, for a counted
+    officer's MFA key, role or ``key_admin``, or for ``key_approvals_required``, from the
+    one in force at the earlier of the period's start and its proposal (review 27 A4).
+
+    Policy versions are log entries the operator can write (a ``policy.reload`` the
+    vault never loaded), so a key registered between those points may be the
+    operator's, and is not proven to be the officer's. The earlier point is taken so a
+    change made after the proposal was logged (the proposal was signed within the MFA
+    window before it) is seen even when the proposal predates the period, and a change
+    made in the period before the proposal is seen too; a change made before both is
+    not seen here (the bundle of the period that holds it lists it)."""
+    policy_index, document = in_force_at_start
+    since = context.period_first
+    if proposal_index is not None:
+        since = min(since, proposal_index)
+    # The version in force before the earlier entry (a version logged as the period's
+    # first entry is a change in the period).
+    base_index, base = in_force(context.policies, since - 1)
+    if base_index == policy_index:
+        return
+    changes = []
+    before = base.get("key_approvals_required", DEFAULT_APPROVALS_REQUIRED)
+    after = document.get("key_approvals_required", DEFAULT_APPROVALS_REQUIRED)
+    if before != after:
+        changes.append(f"key_approvals_required {before!r} -> {after!r}")
+    old, new = base.get("identities"), document.get("identities")
+    old, new = (old if isinstance(old, dict) else {}), (new if isinstance(new, dict) else {})
+    officers = [o for o in [ceremony.proposer, *ceremony.approvers] if o is not None]
+    for officer in officers:
+        was, now = _officer_terms(old, officer), _officer_terms(new, officer)
+        changes += [f"{officer}'s {name}" for name in was if was[name] != now[name]]
+    if changes:
+        ceremony.fail(
+            f"the policy in force at its start (policy entry {policy_index}) changed "
+            f"{'; '.join(changes)} from the one in force at the period's start or its "
+            f"proposal, whichever is earlier (policy entry {base_index}): a policy version "
+            "is a log entry the operator can write, so the officers' own confirmation of "
+            "the change is needed (docs/auditor-guide.md, check 6c)"
+        )
+
+
 def _check_ceremony(ceremony: _Ceremony, context: _Context, started: int) -> None:
     """Re-do the vault's count of `ceremony`'s officers; see the module docstring."""
     if not context.policies:
@@ -365,6 +431,7 @@ def _check_ceremony(ceremony: _Ceremony, context: _Context, started: int) -> Non
         ceremony.proposer = proposal[0]
     counted = _count_approvals(ceremony, context, identities, policy_index, proposal, started)
     _check_start(ceremony, context, counted, started)
+    _check_policy_unchanged(ceremony, context, proposal[2], (policy_index, document))
     officers = len(ceremony.approvers) + (ceremony.proposer is not None)
     if officers < ceremony.required:
         ceremony.fail(
@@ -406,7 +473,7 @@ def check_dual_control(
     period = {index for index in pool if first <= index < end}
     hours = _proposal_ttl_hours(files)
     report.summary["dual_control_proposal_ttl_hours"] = hours
-    context = _Context(pool, policy_documents(files), int(hours * 3600))
+    context = _Context(pool, policy_documents(files), int(hours * 3600), first)
     checked = []
     for ceremony_id, start in ceremonies_to_check(pool, period, problems).items():
         entry = pool[start]
