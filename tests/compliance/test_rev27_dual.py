@@ -221,6 +221,29 @@ def test_a_handover_is_tied_to_the_ceremony_it_names_not_to_a_later_start(
     )
 
 
+def test_a_handover_naming_a_ceremony_nobody_ran_is_not_proven_by_another(
+    vault: VaultServer, tmp_path: Path
+) -> None:
+    """A2 without a second start: Alice and Bob's audit rotation to v3 started before
+    the period; in the period the operator writes a handover to cofre-audit-v3 naming a
+    ceremony nobody ran. The handover is linked by the ceremony it names, so the real
+    ceremony's signatures do not prove it."""
+    ceremony = _genuine(vault, "audit", 3)
+    since = datetime.now(UTC)
+    time.sleep(0.01)
+    details: dict[str, DetailValue] = {
+        "ceremony": "9e8d7c6b-5a49-4382-9170-6f5e4d3c2b1a",
+        "old_key": "cofre-audit-v2",
+        "new_key": "cofre-audit-v3",
+        "tree_size": 1,
+    }
+    _write(vault, "audit.key.handover", BOB, "cofre-audit-v3", details)
+    report = _verify(_export(vault, since, tmp_path / "named.tar.gz"), vault)
+    assert not report.ok
+    assert ceremony not in _listed(report)
+    assert any("no start of the ceremony it names" in p for p in report.problems), report.problems
+
+
 def test_a_proposal_life_from_the_bundle_s_settings_does_not_revive_an_old_ceremony(
     vault: VaultServer, tmp_path: Path
 ) -> None:

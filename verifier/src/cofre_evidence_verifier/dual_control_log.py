@@ -98,13 +98,79 @@ def proven_entries(
     return pool
 
 
+def _masks(shown: str, ceremony_id: str) -> bool:
+    """Whether `shown` is `ceremony_id` as the log's PAN mask may write it in a detail:
+    same length, differing only where `shown` has an asterisk."""
+    return len(shown) == len(ceremony_id) and all(
+        a in {b, "*"} for a, b in zip(shown, ceremony_id, strict=True)
+    )
+
+
+def _hands_over_to(start: dict[str, Any], new_key: str) -> bool:
+    """Whether `start` is an audit rotation to the key `new_key` names."""
+    details = entry_details(start)
+    return details.get("kind") == "audit" and new_key == (
+        f"cofre-audit-v{details.get('new_version')}"
+    )
+
+
+def handover_start(pool: dict[int, dict[str, Any]], index: int) -> tuple[int | None, str]:
+    """The index of the start of the ceremony the audit key handover at `index` belongs
+    to, or None with the reason (review 27 A2).
+
+    The vault writes a handover's ``key.rotation.start`` and ``audit.key.handover`` in one
+    transaction (`vault.audit_rotation`), the handover naming its ceremony in
+    ``details.ceremony``. That id is what links them: the start must be one of it, an
+    audit rotation to the version the handover hands over to, logged before it. A
+    detail is written through the log's PAN mask, which hides a ceremony id whose
+    groups make a run of card-length digits (``…-****-**70-12******9012``); then the
+    start must match the shown id where it is not masked, be by the handover's officer,
+    to the same version, and be logged within a second before the handover (the same
+    transaction), and only one start may fit."""
+    entry = pool[index]
+    details = entry_details(entry)
+    new_key, named = str(details.get("new_key")), details.get("ceremony")
+    if isinstance(named, str) and "*" not in named:
+        starts = [
+            i for i, e in sorted(pool.items()) if succeeded(e, START) and e.get("key_id") == named
+        ]
+        if not starts:
+            return None, f"no start of the ceremony it names ({named}) is in the bundle"
+        first = starts[0]
+        if first > index or not _hands_over_to(pool[first], new_key):
+            return None, (
+                f"the ceremony it names ({named}) started at entry {first} is not an audit "
+                f"rotation to {new_key} logged before it"
+            )
+        return first, ""
+    at = entry_time(entry)
+    fits = [
+        i
+        for i, e in sorted(pool.items())
+        if i < index
+        and succeeded(e, START)
+        and _hands_over_to(e, new_key)
+        and e.get("actor") == entry.get("actor")
+        and (not isinstance(named, str) or _masks(named, str(e.get("key_id"))))
+        and at is not None
+        and (started := entry_time(e)) is not None
+        and 0 <= at - started <= 1
+    ]
+    if len(fits) != 1:
+        shown = named if isinstance(named, str) else "no ceremony"
+        return None, (
+            f"it names {shown}, and {len(fits)} audit rotation starts to {new_key} by its "
+            "officer were logged within the second before it (one is needed)"
+        )
+    return fits[0], ""
+
+
 def ceremonies_to_check(
     pool: dict[int, dict[str, Any]], period: set[int], problems: list[str]
 ) -> dict[str, int]:
     """The ceremonies to check, by id, with their start's index: each started in the
-    period, and each an audit key handover of the period belongs to (its start, the
-    last audit rotation started before it by the same officer to the key it hands over
-    to, may be just before the period)."""
+    period, and each an audit key handover of the period belongs to (`handover_start`;
+    its start may be just before the period)."""
     out: dict[str, int] = {}
     for index in sorted(period):
         entry = pool.get(index, {})
@@ -113,22 +179,14 @@ def ceremonies_to_check(
             # ceremony's own check (`dual_control._check_start`).
             out.setdefault(str(entry.get("key_id")), index)
         elif succeeded(entry, HANDOVER):
-            new_key = str(entry_details(entry).get("new_key"))
-            starts = [
-                i
-                for i, e in sorted(pool.items())
-                if i < index
-                and succeeded(e, START)
-                and e.get("actor") == entry.get("actor")
-                and entry_details(e).get("kind") == "audit"
-                and f"cofre-audit-v{entry_details(e).get('new_version')}" == new_key
-            ]
-            if not starts:
+            start, why = handover_start(pool, index)
+            if start is None:
+                new_key = entry_details(entry).get("new_key")
                 problems.append(
                     f"dual control: the audit key handover at entry {index} (to {new_key}) "
-                    "belongs to no key ceremony started in the bundle: its dual control is "
-                    "not proven"
+                    f"belongs to no key ceremony started in the bundle ({why}): its dual "
+                    "control is not proven"
                 )
             else:
-                out.setdefault(str(pool[starts[-1]].get("key_id")), starts[-1])
+                out.setdefault(str(pool[start].get("key_id")), start)
     return out
