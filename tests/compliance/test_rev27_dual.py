@@ -25,9 +25,9 @@ from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
 from audit.sequencer import SEQUENCER_LOCK_KEY
 from cofre.errors import CofreError
 from cofre_evidence_verifier.report import Report
-from cofre_evidence_verifier.verify import verify_bundle
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
+from tests.compliance.test_dual_control_evidence import _export, _verify
 from tests.support.officers import (
     new_software_officer,
     signed_action,
@@ -93,23 +93,6 @@ def _genuine(vault: VaultServer, kind: str = "kek", new_version: int = 2) -> str
     _write(vault, "key.rotation.approve", BOB, ceremony, {"approvals": 1}, approval.to_json())
     _start(vault, ceremony, kind, new_version)
     return ceremony
-
-
-def _export(vault: VaultServer, since: datetime, out: Path) -> Path:
-    body = {
-        "from": since.isoformat(),
-        "to": (datetime.now(UTC) + timedelta(seconds=5)).isoformat(),
-    }
-    with vault.client("auditor") as c:
-        response = c.post("/v1/evidence", json=body)
-    assert response.status_code == 200, response.text
-    out.write_bytes(response.content)
-    return out
-
-
-def _verify(bundle: Path, vault: VaultServer) -> Report:
-    key = vault.runtime.sequencer.signer.public_key_pem()
-    return verify_bundle(bundle, key, unsafe_no_witnesses=True)
 
 
 def _members(bundle: Path) -> dict[str, bytes]:
