@@ -27,15 +27,12 @@ import base64
 import hashlib
 import html
 import secrets
-import ssl
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path as FilePath
 from typing import Annotated, Any, Final
 
 import structlog
-import uvicorn
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,12 +42,8 @@ from starlette.responses import Response
 
 from api._capture_body import framed_within, limited
 from api._capture_headers import BASE_CSP, cors_headers, readable_by, security_headers
-from api.connections import guarded_protocol
-from api.errors import ApiError
+from api._capture_server import build_capture_server
 from api.guard import problem_for
-from api.handshake import HandshakeFailures
-from api.lifecycle import ManagedServer
-from api.observability import Telemetry
 from api.problems import problem
 from api.problems import retry_after as retry_after_value
 from api.refusals import NOTHING_HELD, RefusalLimiter, Spent, charged
@@ -534,66 +527,3 @@ def _refused_too_often(scope: Scope, spent: Spent, request_id: str) -> Response:
     detail = f"{_HELD_BACK}; retry after {spent.retry_after:.2f}s"
     headers = {**security_headers(), "Retry-After": retry_after_value(spent.retry_after)}
     return problem_for(scope, "rate_limited", detail, request_id, headers)
-
-
-def build_capture_server(
-    app: FastAPI,
-    host: str,
-    port: int,
-    *,
-    cert: FilePath,
-    key: FilePath,
-    log_config: dict[str, Any] | None = None,
-    header_timeout: float = 10.0,
-    body_timeout: float = 10.0,
-    telemetry: Telemetry | None = None,
-    max_connections_per_address: int = 256,  # a carrier's NAT holds many shoppers
-) -> ManagedServer:
-    """A configured (not started) uvicorn server for the capture listener: server TLS
-    only (no client certificate is asked for: browsers have none), TLS 1.2 or newer
-    with forward-secret AEAD suites, the same handshake and read deadlines as the mTLS
-    listener. Its failed handshakes are logged and, with `telemetry`, counted as the
-    ``capture`` listener's (it runs on a loop of its own).
-
-    Raises `ApiError` when a TLS file is missing.
-    """
-    for path in (cert, key):
-        if not path.is_file():
-            raise ApiError(f"TLS file not found: {path}")
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        http=guarded_protocol(
-            header_timeout=header_timeout,
-            body_timeout=body_timeout,
-            max_connections_per_identity=max_connections_per_address,
-            by_address=True,  # no client certificates here
-            # Browsers, not a hot path: the parser its tests were written against.
-            http="h11",
-        ),
-        ssl_certfile=str(cert),
-        ssl_keyfile=str(key),
-        log_config=log_config,
-        access_log=False,
-        server_header=False,
-        date_header=True,
-        timeout_keep_alive=15,
-        lifespan="off",
-        ws="none",  # an upgrade would pass the guard unaudited (review 36)
-        # No forwarded header is trusted (uvicorn trusts X-Forwarded-For from loopback
-        # by default): the client address is the TCP peer's, never text a caller chose.
-        proxy_headers=False,
-        forwarded_allow_ips=[],
-    )
-    config.load()
-    context = config.ssl
-    assert context is not None  # noqa: S101 - load() builds it from the files above
-    context.verify_mode = ssl.CERT_NONE
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
-    server = ManagedServer(config)
-    server.handshake_timeout = header_timeout  # `build_server`'s reason
-    server.handshakes = HandshakeFailures(telemetry, listener="capture")
-    return server

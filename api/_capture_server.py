@@ -1,0 +1,85 @@
+"""The capture listener's server: uvicorn over server TLS only, with the mTLS listener's
+deadlines (`api.capture` re-exports `build_capture_server`).
+
+IN PCI SCOPE (the capture listener receives card data).
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path as FilePath
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from api.connections import guarded_protocol
+from api.errors import ApiError
+from api.handshake import HandshakeFailures
+from api.lifecycle import ManagedServer
+from api.observability import Telemetry
+
+__all__ = ["build_capture_server"]
+
+
+def build_capture_server(
+    app: FastAPI,
+    host: str,
+    port: int,
+    *,
+    cert: FilePath,
+    key: FilePath,
+    log_config: dict[str, Any] | None = None,
+    header_timeout: float = 10.0,
+    body_timeout: float = 10.0,
+    telemetry: Telemetry | None = None,
+    max_connections_per_address: int = 256,  # a carrier's NAT holds many shoppers
+) -> ManagedServer:
+    """A configured (not started) uvicorn server for the capture listener: server TLS
+    only (no client certificate is asked for: browsers have none), TLS 1.2 or newer
+    with forward-secret AEAD suites, the same handshake and read deadlines as the mTLS
+    listener. Its failed handshakes are logged and, with `telemetry`, counted as the
+    ``capture`` listener's (it runs on a loop of its own).
+
+    Raises `ApiError` when a TLS file is missing.
+    """
+    for path in (cert, key):
+        if not path.is_file():
+            raise ApiError(f"TLS file not found: {path}")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=guarded_protocol(
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            max_connections_per_identity=max_connections_per_address,
+            by_address=True,  # no client certificates here
+            # Browsers, not a hot path: the parser its tests were written against.
+            http="h11",
+        ),
+        ssl_certfile=str(cert),
+        ssl_keyfile=str(key),
+        log_config=log_config,
+        access_log=False,
+        server_header=False,
+        date_header=True,
+        timeout_keep_alive=15,
+        lifespan="off",
+        ws="none",  # an upgrade would pass the guard unaudited (review 36)
+        # No forwarded header is trusted (uvicorn trusts X-Forwarded-For from loopback
+        # by default): the client address is the TCP peer's, never text a caller chose.
+        proxy_headers=False,
+        forwarded_allow_ips=[],
+    )
+    config.load()
+    context = config.ssl
+    assert context is not None  # noqa: S101 - load() builds it from the files above
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
+    server = ManagedServer(config)
+    server.handshake_timeout = header_timeout  # `build_server`'s reason
+    server.handshakes = HandshakeFailures(telemetry, listener="capture")
+    return server
