@@ -30,7 +30,7 @@ import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypedDict
 
 import structlog
 from fastapi import FastAPI, Path, Request
@@ -100,12 +100,16 @@ def sri_hash(data: bytes) -> str:
 @dataclass
 class CaptureState:
     """What the capture listener uses: the vault, its own public origin (where the
-    hosted fields live) and the rate limits."""
+    hosted fields live), the rate limits and whether http loopback origins are
+    allowed."""
 
     service: VaultService
     public_origin: str
     per_session: RateLimit
     per_address: RateLimit
+    # The development setting as it is now (not as it was when a session opened): a
+    # session's http://localhost origin is refused once a restart turned it off.
+    allow_http_localhost: bool = False
 
 
 class CardBody(BaseModel):
@@ -141,6 +145,22 @@ def _client_address(request: Request) -> str:
     # header handling off). Behind a load balancer, configure it to keep the client
     # address (PROXY protocol) rather than trusting a forwarded header here.
     return request.client.host if request.client is not None else "unknown"
+
+
+class _Now(TypedDict):
+    allow_http_localhost: bool
+    client_address: str
+    request_id: str
+
+
+def _now(state: CaptureState, request: Request) -> _Now:
+    """What `hosted_fields_session` asks "is the session's origin allowed now" with, and
+    names in the audit entry of a refusal."""
+    return _Now(
+        allow_http_localhost=state.allow_http_localhost,
+        client_address=_client_address(request),
+        request_id=_request_id(request),
+    )
 
 
 def _hosted_fields_page(session_id: str, parent_origin: str, code: SessionCodeRule) -> bytes:
@@ -240,7 +260,13 @@ def create_capture_app(state: CaptureState) -> FastAPI:
         service.charge_rate(
             f"capture-address {address_key(_client_address(request))}", state.per_address
         )
-        found = service.hosted_fields_session(session_id) if is_session_id(session_id) else None
+        # Refused (403 policy_denied, audited) when the session's origin is not allowed
+        # now, as its capture is: the page no longer shows the fields to that origin.
+        found = (
+            service.hosted_fields_session(session_id, **_now(state, request))
+            if is_session_id(session_id)
+            else None
+        )
         if found is None:
             return problem_for(
                 request.scope,
@@ -265,7 +291,13 @@ def create_capture_app(state: CaptureState) -> FastAPI:
             f"capture-address {address_key(_client_address(request))}", state.per_address
         )
         origin = request.headers.get("origin")
-        found = service.hosted_fields_session(session_id) if is_session_id(session_id) else None
+        # Only the session's own origin reaches the check that its origin is allowed
+        # now (403 policy_denied, audited, no CORS); any other is an unknown session.
+        found = (
+            service.hosted_fields_session(session_id, origin=origin, **_now(state, request))
+            if origin is not None and is_session_id(session_id)
+            else None
+        )
         if origin is None or found is None or found[0] != origin:
             return problem_for(
                 request.scope,
@@ -313,6 +345,7 @@ async def _capture(
             # The listener is past its limit of refusal entries: a refusal before the
             # session is known is counted by the guard, not written (review 30).
             audit_anonymous=not scope_state.get("quiet_refusals", False),
+            allow_http_localhost=state.allow_http_localhost,
         )
     except CofreError as exc:
         # Readable by the session's own origin only (the capture review), and only once

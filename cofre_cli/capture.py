@@ -58,6 +58,7 @@ def capture_app(settings: Settings, service: VaultService) -> Any:
             per_address=RateLimit(
                 per_second=capture.address_per_second, burst=capture.address_burst
             ),
+            allow_http_localhost=capture.allow_http_localhost,
         )
     )
 

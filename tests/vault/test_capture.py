@@ -506,3 +506,56 @@ def test_a_session_whose_origin_the_policy_no_longer_names_captures_nothing(
     assert [(e["details"]["session"], e["details"]["origin"]) for e in denied] == [
         (session.session_id, SHOP)
     ]
+
+
+def test_a_session_whose_origin_is_not_allowed_now_serves_neither_page_nor_capture(
+    service: VaultService, engine: Engine
+) -> None:
+    """An http://localhost session opened with the development setting on: the page,
+    the preflight and the capture ask with the setting as it is now (off by default,
+    fail closed), each refusal audited with the session and the origin; with the
+    setting on they serve. An origin the policy dropped is refused by the page too."""
+    local = "http://localhost:3000"
+    named = POLICY.replace(
+        f'capture_origins = ["{SHOP}"]', f'capture_origins = ["{SHOP}", "{local}"]'
+    )
+    service.replace_policy(
+        PolicyEngine(parse_policy(named, kind="toml").policy), actor="test", source="test"
+    )
+    request = CaptureSessionRequest(origin=local, formats=("pan_bin6_last4",))
+    session = service.create_capture_session(PAYMENTS, request, allow_http_localhost=True)
+    shop = _session(service)
+    rule = SessionCodeRule.OPTIONAL
+    assert service.hosted_fields_session(session.session_id, allow_http_localhost=True) == (
+        local,
+        rule,
+    )
+    tokens = _count(engine, "tokens")
+    with pytest.raises(PolicyDenied, match="development setting"):
+        service.hosted_fields_session(session.session_id)
+    with pytest.raises(PolicyDenied, match="development setting"):
+        service.hosted_fields_session(session.session_id, origin=local)
+    with pytest.raises(PolicyDenied, match="development setting") as refused:
+        _capture(service, _card(session, origin=local))
+    assert refusal_origin(refused.value) is None
+    assert _count(engine, "tokens") == tokens
+    # Another origin's preflight is an unknown session's answer: nothing is checked.
+    assert service.hosted_fields_session(session.session_id, origin=SHOP) is None
+    denied = [e for e in _audit(engine, "capture") if e["outcome"] == "denied"]
+    assert [(e["details"]["session"], e["details"]["origin"]) for e in denied] == [
+        (session.session_id, local)
+    ] * 3
+    assert [e["details"].get("request") for e in denied] == ["hosted_fields", "preflight", None]
+    service.capture_card(
+        _card(session, origin=local),
+        per_session=GENEROUS,
+        per_address=GENEROUS,
+        allow_http_localhost=True,
+    )
+    service.replace_policy(
+        PolicyEngine(parse_policy(POLICY.replace(SHOP, "https://pay.example"), kind="toml").policy),
+        actor="test",
+        source="test",
+    )
+    with pytest.raises(PolicyDenied, match="no longer names"):
+        service.hosted_fields_session(shop.session_id)

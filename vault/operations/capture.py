@@ -8,8 +8,11 @@ IN PCI SCOPE, holds card data. The order of the checks is the defence:
    secret is bounded by the per-session and per-address limits);
 2. a missing or wrong secret and an unknown session are one answer
    (`CaptureUnauthorized`): nothing about the session leaks to a guess;
-3. then the creator's current policy must still name the session's origin (a reload
-   may have taken it out since the session opened): else 403 `policy_denied`, audited;
+3. then the session's origin must still be allowed now: the creator's current policy
+   names it (a reload may have taken it out since the session opened) and the current
+   settings take its form (``http`` only with the development setting, which a restart
+   may have turned off): else 403 `policy_denied`, audited. The fields' page and the
+   preflight ask the same (`hosted_fields_session`);
 4. then the origin, the expiry and the uses left;
 5. then the card (Luhn, the format, the security code rule): refused before any write;
 6. the token is stored, the session spent (one conditional UPDATE) and the capture
@@ -153,17 +156,41 @@ class CaptureOperations(TokenizeOperations):
             secret=secret,
         )
 
-    def hosted_fields_session(self, session_id: str) -> tuple[str, SessionCodeRule] | None:
+    def hosted_fields_session(
+        self,
+        session_id: str,
+        *,
+        origin: str | None = None,
+        allow_http_localhost: bool = False,
+        client_address: str = "unknown",
+        request_id: str = "",
+    ) -> tuple[str, SessionCodeRule] | None:
         """The origin a live session with captures left is bound to (the only one that
-        may frame its hosted fields) and its security-code rule, or None. Needs no
-        secret: it tells nothing the session's own page does not show. Raises
-        `StorageUnavailable`."""
+        may frame its hosted fields) and its security-code rule, or None; with `origin`
+        (a preflight's ``Origin``), None too when the session is bound to another, so
+        only the session's own origin reaches the check below. Needs no secret: it tells
+        nothing the session's own page does not show. One read of the session.
+
+        Raises `PolicyDenied` (audited ``capture`` denied, naming `client_address` and
+        `request`) when the session's origin is not allowed now: its creator's policy
+        no longer names it, or `allow_http_localhost` (the current setting) no longer
+        takes an ``http`` origin (`_refuse_an_origin_not_allowed_now`); and
+        `StorageUnavailable`, `AuditWriteFailed`."""
         row = self._session_row(session_id)
         if row is None or row.uses >= row.max_uses:
             return None
         expires = as_utc(row.expires_at)
         if expires is None or expires <= self._clock():
             return None
+        if origin is not None and origin != row.origin:
+            return None
+        owner = CallContext(identity=str(row.owner), request_id=request_id)
+        details: dict[str, DetailValue] = {
+            "client": client_address[:64],
+            "session": str(row.id),
+            "request": "preflight" if origin is not None else "hosted_fields",
+        }
+        self._refuse_an_origin_not_allowed_now(owner, row, details, allow_http_localhost)
         return str(row.origin), SessionCodeRule(row.security_code)
 
     def capture_card(
@@ -174,6 +201,7 @@ class CaptureOperations(TokenizeOperations):
         per_address: RateLimit,
         request_id: str = "",
         audit_anonymous: bool = True,
+        allow_http_localhost: bool = False,
     ) -> CaptureResult:
         """Tokenize the card of a hosted-fields capture into the session creator's
         domain, spend one use of the session and audit it, in one transaction.
@@ -182,13 +210,15 @@ class CaptureOperations(TokenizeOperations):
         (unknown session, missing or wrong secret), `OriginNotAllowed`,
         `CaptureSessionExpired`, `CaptureSessionUsed`, `InvalidPan`,
         `FormatNotApplicable`, `SecurityCodeNotAllowed`, `CaptureRequestInvalid`,
-        `PolicyDenied` (the creator lost ``capture`` or the format, or its policy no
-        longer names the session's origin), and what tokenize raises. Every refusal is
-        audited, but with `audit_anonymous` false those before the session is known (the
-        per-address limit, an unknown session): the capture listener then counts them
-        itself, past its limit of refusal entries (review 30). None stores anything. A
-        refusal raised once the secret matched and the policy still names the session's
-        origin carries that origin (`vault.capture.refusal_origin`).
+        `PolicyDenied` (the creator lost ``capture`` or the format, or the session's
+        origin is not allowed now: its policy no longer names it, or
+        `allow_http_localhost`, the setting as it is now, no longer takes it), and what
+        tokenize raises. Every refusal is audited, but with `audit_anonymous` false
+        those before the session is known (the per-address limit, an unknown session):
+        the capture listener then counts them itself, past its limit of refusal entries
+        (review 30). None stores anything. A refusal raised once the secret matched and
+        the session's origin is still allowed carries that origin
+        (`vault.capture.refusal_origin`).
         """
         anonymous = CallContext(identity=ANONYMOUS_CAPTURE, request_id=request_id)
         details: dict[str, DetailValue] = {"client": card.client_address[:64]}
@@ -205,7 +235,7 @@ class CaptureOperations(TokenizeOperations):
             if not secret_matches(card.secret, session.secret_hash):
                 raise CaptureUnauthorized("unknown capture session or wrong client secret")
         # Not readable by the origin either: the shop no longer vouches for it.
-        self._refuse_a_dropped_origin(owner, session, details)
+        self._refuse_an_origin_not_allowed_now(owner, session, details, allow_http_localhost)
         with readable_by_session_origin(str(session.origin)):
             return self._capture_checked(card, owner, session, details)
 
@@ -238,20 +268,33 @@ class CaptureOperations(TokenizeOperations):
         shown = None if card.expiry is None else normalize_expiry(card.expiry, self._clock())
         return CaptureResult(token=record, masked=card.pan.masked(), expiry=shown)
 
-    def _refuse_a_dropped_origin(
-        self, owner: CallContext, session: Row[Any], details: dict[str, DetailValue]
+    def _refuse_an_origin_not_allowed_now(
+        self,
+        owner: CallContext,
+        session: Row[Any],
+        details: dict[str, DetailValue],
+        allow_http_localhost: bool,
     ) -> None:
         """Raise `PolicyDenied` (audited, as the refusal to open such a session is) when
-        the creator's current policy no longer names the session's origin: an operator
-        who takes a phishing origin out of `capture_origins` and reloads stops the
-        sessions already open for it too (review 27)."""
+        the session's origin is not one a session could be opened for now: the
+        creator's current policy no longer names it (an operator who takes a phishing
+        origin out of `capture_origins` and reloads stops the sessions already open for
+        it too, review 27), or it is an ``http`` origin and the vault now runs without
+        the development setting that admitted it (a session opened before a restart
+        with the setting off). The capture, its preflight and its fields' page ask it
+        alike; no read of the database (the policy and the setting are in memory)."""
         rules = self._authorize(owner, Action.CAPTURE)
-        # The session's origin passed the vault's http-localhost setting when it opened;
-        # here only whether the list still names it counts.
-        listed = _allowed(rules.capture_origins or frozenset(), allow_http_localhost=True)
-        if str(session.origin) in listed:
+        named = rules.capture_origins or frozenset()
+        # `_allowed` drops the entries the current setting refuses (http), so one
+        # membership test asks both questions, as opening a session does.
+        if str(session.origin) in _allowed(named, allow_http_localhost):
             return
         reason = "the policy no longer names this capture session's origin"
+        if str(session.origin) in _allowed(named, allow_http_localhost=True):
+            reason = (
+                "this capture session's http origin needs the development setting "
+                "COFRE_CAPTURE__ALLOW_HTTP_LOCALHOST, which is now off"
+            )
         denied = {**details, "reason": reason, "origin": str(session.origin)}
         self._write_audit(self._audit_event(owner, Action.CAPTURE, Outcome.DENIED, details=denied))
         raise PolicyDenied(reason)
