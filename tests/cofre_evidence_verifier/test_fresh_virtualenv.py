@@ -9,13 +9,11 @@ lock installed it, and installed with `pip --no-index --find-links`.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,6 +23,7 @@ import pytest
 
 from hsm.provider import HSMProvider
 from tests.api.conftest import running_vault
+from tests.support.vault_evidence import export_bundle, members, write_members
 from tests.support.wheels import wheel_from_installed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,17 +91,7 @@ def real_bundle(
         with vault.client("payments") as c:
             for pan in PANS:
                 assert c.post("/v1/tokenize", json={"pan": pan, "format": "uuid"}).is_success
-        with vault.client("auditor") as c:
-            response = c.post(
-                "/v1/evidence",
-                json={
-                    "from": since.isoformat(),
-                    "to": (datetime.now(UTC) + timedelta(seconds=5)).isoformat(),
-                },
-            )
-        assert response.status_code == 200, response.text
-        bundle = tmp / "bundle.tar.gz"
-        bundle.write_bytes(response.content)
+        bundle = export_bundle(vault, since, tmp / "bundle.tar.gz")
         key = tmp / "audit.pem"
         key.write_bytes(hsm_provider.public_key_pem("cofre-audit-v1"))
         yield bundle, key
@@ -158,22 +147,10 @@ def test_a_tampered_bundle_fails_in_the_fresh_virtualenv_naming_the_file(
     auditor_env: Path, real_bundle: tuple[Path, Path], tmp_path: Path
 ) -> None:
     bundle, key = real_bundle
-    with tarfile.open(bundle, "r:gz") as archive:
-        files = {
-            m.name: archive.extractfile(m).read()  # type: ignore[union-attr]
-            for m in archive.getmembers()
-            if m.isfile()
-        }
+    files = members(bundle)
     # One byte added to the key inventory, as an insider hiding a key would edit it.
     files["keys/inventory.json"] = files["keys/inventory.json"].replace(b"{", b"{ ", 1)
-    tampered = tmp_path / "tampered.tar.gz"
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    tampered.write_bytes(buffer.getvalue())
+    tampered = write_members(tmp_path / "tampered.tar.gz", files)
     result = _run(
         [auditor_env / "cofre-verify", tampered, "--public-key", key, "--unsafe-no-witness"],
         tmp_path,

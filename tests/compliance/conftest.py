@@ -10,7 +10,7 @@ import pytest
 
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
-from tests.compliance.test_evidence import _export
+from tests.support.vault_evidence import export_response
 
 PAN = "4111111111111111"
 
@@ -26,8 +26,15 @@ def exported(
             for _ in range(12):
                 body = {"pan": PAN, "format": "uuid"}
                 assert client.post("/v1/tokenize", json=body).status_code in (200, 201)
-        response = _export(vault, started)
+        response = export_response(vault, started)
         assert response.status_code == 200, response.text
         bundle = tmp / "bundle.tar.gz"
         bundle.write_bytes(response.content)
         yield vault, bundle, hsm_provider.public_key_pem("cofre-audit-v1")
+
+
+@pytest.fixture
+def vault(tmp_path: Path, hsm_provider: HSMProvider, database_url: str) -> Iterator[VaultServer]:
+    """A vault of its own for each test, on SQLite and on PostgreSQL (`database_url`)."""
+    with running_vault(tmp_path / "vault", hsm_provider, database_url) as server:
+        yield server

@@ -8,12 +8,9 @@ so only the custody check stands between the forgery and VERIFIED."""
 from __future__ import annotations
 
 import base64
-import hashlib
-import io
 import json
 import subprocess
 import sys
-import tarfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,13 +18,19 @@ from typing import Any
 
 import pytest
 
-from audit.log import AuditEvent, AuditLog, Outcome
+from audit.log import DetailValue
 from cofre_evidence_verifier.custody import STATEMENT_DATE_SKEW as VERIFIER_DATE_SKEW
-from cofre_evidence_verifier.report import Report, render_text
-from cofre_evidence_verifier.verify import verify_bundle
+from cofre_evidence_verifier.report import render_text
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
-from tests.support.officers import software_officers
+from tests.support.officers import SigningOfficer, software_officers
+from tests.support.vault_evidence import (
+    export_bundle,
+    members,
+    resigned,
+    verify_by_vault_key,
+    write_entry,
+)
 from vault.custody import ACKNOWLEDGE, STATEMENT_DATE_SKEW, custody_statement
 
 ALICE = "spiffe://cofre/officer-alice"
@@ -48,16 +51,6 @@ def _acknowledge(vault: VaultServer, name: str) -> dict[str, Any]:
     return recorded
 
 
-def _export(vault: VaultServer, since: datetime, out: Path) -> Path:
-    until = datetime.now(UTC) + timedelta(seconds=5)
-    body = {"from": since.isoformat(), "to": until.isoformat()}
-    with vault.client("auditor") as c:
-        response = c.post("/v1/evidence", json=body)
-    assert response.status_code == 200, response.text
-    out.write_bytes(response.content)
-    return out
-
-
 @pytest.fixture(scope="module")
 def acknowledged(
     tmp_path_factory: pytest.TempPathFactory, hsm_provider: HSMProvider
@@ -71,21 +64,7 @@ def acknowledged(
             ).is_success
         _acknowledge(vault, "officer-alice")
         _acknowledge(vault, "officer-bob")
-        yield vault, _export(vault, started, tmp / "genuine.tar.gz"), started
-
-
-def _verify(bundle: Path, vault: VaultServer) -> Report:
-    key = vault.runtime.sequencer.signer.public_key_pem()
-    return verify_bundle(bundle, key, unsafe_no_witnesses=True)
-
-
-def _members(bundle: Path) -> dict[str, bytes]:
-    with tarfile.open(bundle, "r:gz") as archive:
-        return {
-            m.name: archive.extractfile(m).read()  # type: ignore[union-attr]
-            for m in archive.getmembers()
-            if m.isfile()
-        }
+        yield vault, export_bundle(vault, started, tmp / "genuine.tar.gz"), started
 
 
 def _forge(
@@ -96,24 +75,9 @@ def _forge(
 ) -> Path:
     """`bundle` with keys/custody.json changed by `change`, its manifest re-hashed and
     re-signed with the vault's own audit key (the HSM PIN holder can do that)."""
-    files = _members(bundle)
-    files["keys/custody.json"] = json.dumps(
-        change(json.loads(files["keys/custody.json"])), indent=2
-    ).encode()
-    manifest = json.loads(files["manifest.json"])
-    for listed in manifest["files"]:
-        data = files[listed["path"]]
-        listed["size"], listed["sha256"] = len(data), hashlib.sha256(data).hexdigest()
-    files["manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    files["manifest.sig"] = vault.runtime.sequencer.signer.sign(files["manifest.json"])
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    out.write_bytes(buffer.getvalue())
-    return out
+    records = json.loads(members(bundle)["keys/custody.json"])
+    forged = json.dumps(change(records), indent=2).encode()
+    return resigned(vault, bundle, out, {"keys/custody.json": forged})
 
 
 def _alice(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -121,18 +85,30 @@ def _alice(records: list[dict[str, Any]]) -> dict[str, Any]:
     return record
 
 
+def _log_acknowledgement(vault: VaultServer, statement: str, signer: SigningOfficer) -> None:
+    """Alice's acknowledgement of `statement`, signed by `signer`, written straight into
+    the audit log as the vault records one (whoever can write to the database can)."""
+    details: dict[str, DetailValue] = {
+        "statement": statement,
+        "signature": base64.b64encode(signer.sign(statement.encode())).decode(),
+        "keyid": signer.keyid,
+        "public_key": signer.pem,
+    }
+    write_entry(vault, ACKNOWLEDGE, ALICE, None, details)
+
+
 def test_genuine_acknowledgements_verify_and_name_the_custodians(
     acknowledged: tuple[VaultServer, Path, datetime],
 ) -> None:
     vault, bundle, _ = acknowledged
-    report = _verify(bundle, vault)
+    report = verify_by_vault_key(bundle, vault)
     assert report.ok, report.problems
     assert report.summary["custodians"] == {key: [ALICE, BOB] for key in KEYS}
     assert "custody" in report.passed_checks
     text = render_text(report)
     assert "custodians" in text
     assert "officer-bob" in text
-    records = json.loads(_members(bundle)["keys/custody.json"])
+    records = json.loads(members(bundle)["keys/custody.json"])
     assert [json.loads(r["payload"])["action"] for r in records] == [ACKNOWLEDGE] * 2
 
 
@@ -192,7 +168,7 @@ def test_tampered_acknowledgement_fails_naming_it(
     expected: str,
 ) -> None:
     vault, bundle, _ = acknowledged
-    report = _verify(_forge(vault, bundle, tmp_path / "forged.tar.gz", change), vault)
+    report = verify_by_vault_key(_forge(vault, bundle, tmp_path / "forged.tar.gz", change), vault)
     assert not report.ok
     assert "custody" in report.missing_checks()
     assert any(p.startswith("keys/custody.json: ") and expected in p for p in report.problems), (
@@ -209,20 +185,9 @@ def test_acknowledgement_the_log_holds_but_someone_else_signed(
     the database) with Bob's signature over Alice's statement: the log vouches for it,
     the officer's registered key does not."""
     vault, bundle, started = acknowledged
-    genuine = _alice(json.loads(_members(bundle)["keys/custody.json"]))
-    bob = software_officers()["officer-bob"]
-    details = {
-        "statement": genuine["statement"],
-        "signature": base64.b64encode(bob.sign(genuine["statement"].encode())).decode(),
-        "keyid": bob.keyid,
-        "public_key": bob.pem,
-    }
-    with vault.runtime.engine.begin() as connection:
-        AuditLog().append(
-            connection,
-            AuditEvent(action=ACKNOWLEDGE, outcome=Outcome.SUCCESS, actor=ALICE, details=details),
-        )
-    report = _verify(_export(vault, started, tmp_path / "later.tar.gz"), vault)
+    genuine = _alice(json.loads(members(bundle)["keys/custody.json"]))
+    _log_acknowledgement(vault, genuine["statement"], software_officers()["officer-bob"])
+    report = verify_by_vault_key(export_bundle(vault, started, tmp_path / "later.tar.gz"), vault)
     assert not report.ok
     assert any(
         "signature does not verify under spiffe://cofre/officer-alice's registered MFA key" in p
@@ -241,22 +206,11 @@ def test_an_old_acknowledgement_replayed_into_the_log_fails(
     the verifier fails it too, with the vault's own bound."""
     vault, bundle, started = acknowledged
     assert STATEMENT_DATE_SKEW == VERIFIER_DATE_SKEW
-    genuine = json.loads(_alice(json.loads(_members(bundle)["keys/custody.json"]))["statement"])
+    genuine = json.loads(_alice(json.loads(members(bundle)["keys/custody.json"]))["statement"])
     old = (datetime.now(UTC) - timedelta(days=3)).date()
     statement = custody_statement(ALICE, genuine["role"], genuine["keys"], old).decode()
-    alice = software_officers()["officer-alice"]
-    details = {
-        "statement": statement,
-        "signature": base64.b64encode(alice.sign(statement.encode())).decode(),
-        "keyid": alice.keyid,
-        "public_key": alice.pem,
-    }
-    with vault.runtime.engine.begin() as connection:
-        AuditLog().append(
-            connection,
-            AuditEvent(action=ACKNOWLEDGE, outcome=Outcome.SUCCESS, actor=ALICE, details=details),
-        )
-    report = _verify(_export(vault, started, tmp_path / "replayed.tar.gz"), vault)
+    _log_acknowledgement(vault, statement, software_officers()["officer-alice"])
+    report = verify_by_vault_key(export_bundle(vault, started, tmp_path / "replayed.tar.gz"), vault)
     assert not report.ok
     assert any(
         p.startswith(f"keys/custody.json: the acknowledgement by {ALICE}")

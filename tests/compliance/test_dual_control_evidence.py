@@ -13,27 +13,29 @@ SoftHSM2 token, on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import json
-import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
+from audit.log import DetailValue
 from cofre_evidence_verifier.html import render_html
 from cofre_evidence_verifier.report import Report, render_text
-from cofre_evidence_verifier.verify import verify_bundle
-from hsm.provider import HSMProvider
-from tests.api.conftest import VaultServer, running_vault
+from tests.api.conftest import VaultServer
 from tests.support.officers import (
     SigningOfficer,
     signed_action,
     signed_approval,
     signed_proposal,
     software_officers,
+)
+from tests.support.vault_evidence import (
+    export_bundle,
+    members,
+    verify_by_vault_key,
+    write_entry,
+    write_handover,
 )
 from vault.approval_proof import SignedAction, approval_path
 
@@ -42,54 +44,14 @@ ROTATIONS = "/v1/admin/keys/rotations"
 PAN = "4111111111111111"
 
 
-@pytest.fixture
-def vault(tmp_path: Path, hsm_provider: HSMProvider, database_url: str) -> Iterator[VaultServer]:
-    with running_vault(tmp_path / "vault", hsm_provider, database_url) as server:
-        yield server
-
-
 def _officer(name: str) -> SigningOfficer:
     return software_officers()[name]
 
 
-def _export(vault: VaultServer, since: datetime, out: Path) -> Path:
-    body = {
-        "from": since.isoformat(),
-        "to": (datetime.now(UTC) + timedelta(seconds=5)).isoformat(),
-    }
-    with vault.client("auditor") as c:
-        response = c.post("/v1/evidence", json=body)
-    assert response.status_code == 200, response.text
-    out.write_bytes(response.content)
-    return out
-
-
-def _verify(bundle: Path, vault: VaultServer) -> Report:
-    key = vault.runtime.sequencer.signer.public_key_pem()
-    return verify_bundle(bundle, key, unsafe_no_witnesses=True)
-
-
-def _write(
-    vault: VaultServer,
-    action: str,
-    actor: str,
-    ceremony: str,
-    details: dict[str, DetailValue],
-    *,
-    proof: SignedAction | None = None,
-) -> None:
-    """What the operator can do: write an audit entry, in the vault's own format (the
-    proposal or approval's signed request as the entry's document), into the log."""
-    event = AuditEvent(
-        action=action,
-        outcome=Outcome.SUCCESS,
-        actor=actor,
-        key_id=ceremony,
-        details=details,
-        document=None if proof is None else proof.to_json(),
-    )
-    with vault.runtime.engine.begin() as connection:
-        AuditLog().append(connection, event)
+def _stored(proof: SignedAction | None) -> str | None:
+    """A proposal or approval's signed request as its audit entry stores it (none: an
+    entry with no proof, as the operator or a vault before the proofs wrote it)."""
+    return None if proof is None else proof.to_json()
 
 
 def _rotation(
@@ -110,31 +72,25 @@ def _rotation(
             if proposal is not None
             else "5b8e0f6a-3c2d-4e1f-9a7b-2c3d4e5f6a7b"
         )
-    _write(vault, "key.rotation.propose", proposer, ceremony, {"kind": kind}, proof=proposal)
+    write_entry(
+        vault, "key.rotation.propose", proposer, ceremony, {"kind": kind}, _stored(proposal)
+    )
     for n, (officer, proof) in enumerate(approvals, 1):
-        _write(vault, "key.rotation.approve", officer, ceremony, {"approvals": n}, proof=proof)
+        approve: dict[str, DetailValue] = {"approvals": n}
+        write_entry(vault, "key.rotation.approve", officer, ceremony, approve, _stored(proof))
     start: dict[str, DetailValue] = {"kind": kind, "old_version": 1, "new_version": 2, "records": 0}
-    _write(
+    write_entry(
         vault, "key.rotation.start", approvals[-1][0] if approvals else proposer, ceremony, start
     )
     return ceremony
 
 
 def _failed(vault: VaultServer, since: datetime, out: Path, *expected: str) -> Report:
-    report = _verify(_export(vault, since, out), vault)
+    report = verify_by_vault_key(export_bundle(vault, since, out), vault)
     assert not report.ok, "a rotation without proven dual control was VERIFIED"
     for text in expected:
         assert any(text in p for p in report.problems), (text, report.problems)
     return report
-
-
-def _members(bundle: Path) -> dict[str, bytes]:
-    with tarfile.open(bundle, "r:gz") as archive:
-        return {
-            m.name: archive.extractfile(m).read()  # type: ignore[union-attr]
-            for m in archive.getmembers()
-            if m.isfile()
-        }
 
 
 def _ceremonies(report: Report) -> dict[str, dict[str, Any]]:
@@ -157,8 +113,8 @@ def test_a_rotation_run_through_the_api_is_proven_offline(
     since = datetime.now(UTC)
     with vault.client("officer-bob") as c:
         assert c.post(f"{ROTATIONS}/{ceremony}/approve").status_code == 200
-    bundle = _export(vault, since, tmp_path / "genuine.tar.gz")
-    report = _verify(bundle, vault)
+    bundle = export_bundle(vault, since, tmp_path / "genuine.tar.gz")
+    report = verify_by_vault_key(bundle, vault)
     assert report.ok, report.problems
     found = _ceremonies(report)[ceremony]
     assert found["proposer"] == ALICE
@@ -168,7 +124,7 @@ def test_a_rotation_run_through_the_api_is_proven_offline(
     assert ceremony in render_text(report)
     assert ceremony in render_html(report, bundle)
     # The proposal, from before the period, came with its entry and inclusion proof.
-    records = json.loads(_members(bundle)["keys/dual_control.json"])
+    records = json.loads(members(bundle)["keys/dual_control.json"])
     assert any(ceremony in r["payload"] and "rotation.propose" in r["payload"] for r in records)
 
 
@@ -182,7 +138,7 @@ def test_entries_written_like_the_vault_s_with_genuine_signatures_verify(
     proposal = signed_proposal(_officer("officer-alice"), "kek")
     ceremony = proposal.ceremony_id()
     _rotation(vault, proposal, [(BOB, signed_approval(_officer("officer-bob"), ceremony))])
-    report = _verify(_export(vault, since, tmp_path / "control.tar.gz"), vault)
+    report = verify_by_vault_key(export_bundle(vault, since, tmp_path / "control.tar.gz"), vault)
     assert report.ok, report.problems
     assert _ceremonies(report)[ceremony]["proven"] is True
 
@@ -199,10 +155,10 @@ def test_a_ceremony_id_the_log_masks_is_still_proven(vault: VaultServer, tmp_pat
     ceremony = proposal.ceremony_id()
     since = datetime.now(UTC)
     _rotation(vault, proposal, [(BOB, signed_approval(bob, ceremony))])
-    bundle = _export(vault, since, tmp_path / "masked.tar.gz")
-    entries = _members(bundle)["audit/entries.jsonl"].decode()
+    bundle = export_bundle(vault, since, tmp_path / "masked.tar.gz")
+    entries = members(bundle)["audit/entries.jsonl"].decode()
     assert ceremony.rsplit("-", 1)[1] not in entries.replace(f'\\"key_id\\":\\"{ceremony}', "")
-    report = _verify(bundle, vault)
+    report = verify_by_vault_key(bundle, vault)
     assert report.ok, report.problems
     assert _ceremonies(report)[ceremony]["approvers"] == [BOB]
 
@@ -303,7 +259,7 @@ def test_a_rotation_without_any_proof_is_not_proven(vault: VaultServer, tmp_path
 def test_a_start_with_no_proposal_at_all_fails(vault: VaultServer, tmp_path: Path) -> None:
     since = datetime.now(UTC)
     start: dict[str, DetailValue] = {"kind": "kek", "old_version": 1, "new_version": 2}
-    _write(vault, "key.rotation.start", BOB, "7d3f2a1b-0c9e-4d8f-a6b5-c4d3e2f1a0b9", start)
+    write_entry(vault, "key.rotation.start", BOB, "7d3f2a1b-0c9e-4d8f-a6b5-c4d3e2f1a0b9", start)
     _failed(vault, since, tmp_path / "bare.tar.gz", "no proposal")
 
 
@@ -311,13 +267,8 @@ def test_an_audit_key_handover_needs_a_proven_ceremony(vault: VaultServer, tmp_p
     """The audit-key handover entry (what moves the auditor's pinned key on) names its
     ceremony: one with no started ceremony in the bundle is not dual-controlled."""
     since = datetime.now(UTC)
-    details: dict[str, DetailValue] = {
-        "ceremony": "9e8d7c6b-5a49-4382-9170-6f5e4d3c2b1a",
-        "old_key": "cofre-audit-v1",
-        "new_key": "cofre-audit-v2",
-        "tree_size": 1,
-    }
-    _write(vault, "audit.key.handover", BOB, "cofre-audit-v2", details)
+    ceremony = "9e8d7c6b-5a49-4382-9170-6f5e4d3c2b1a"
+    write_handover(vault, BOB, "cofre-audit-v1", "cofre-audit-v2", ceremony)
     _failed(vault, since, tmp_path / "handover.tar.gz", "handover")
 
 

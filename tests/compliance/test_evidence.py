@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import re
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -29,19 +26,20 @@ from audit.merkle import leaf_hash
 from cofre_evidence_verifier import chain, policy
 from cofre_evidence_verifier.html import render_html
 from cofre_evidence_verifier.report import Report, render_text
-from cofre_evidence_verifier.verify import verify_bundle as verify_witnessed_bundle
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.support.leakscan import find_leaks
+from tests.support.vault_evidence import (
+    audit_entries,
+    export_response,
+    members,
+    set_audit_entries,
+    verify_unwitnessed,
+    write_members,
+)
 
 PANS = ["4111111111111111", "5555555555554444", "4000000000000002"]
 HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
-
-
-def verify_bundle(path: Path, key: bytes, previous: Path | None = None) -> Report:
-    """The checks these tests are about; the witness check has its own tests
-    (test_witnessed_evidence.py), with a witness process these vaults do not run."""
-    return verify_witnessed_bundle(path, key, previous, unsafe_no_witnesses=True)
 
 
 @pytest.fixture(scope="module")
@@ -72,57 +70,18 @@ def day(
             while c.get(f"/v1/admin/keys/rotations/{ceremony}").json()["state"] != "completed":
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-        response = _export(vault, started)
+        response = export_response(vault, started)
         assert response.status_code == 200, response.text
         bundle = tmp / "day1.tar.gz"
         bundle.write_bytes(response.content)
         yield vault, bundle, hsm_provider.public_key_pem("cofre-audit-v1")
 
 
-def _export(
-    vault: VaultServer,
-    since: datetime | str,
-    previous_head: object | None = None,
-    previous_end_index: int | None = None,
-) -> httpx.Response:
-    """POST /v1/evidence as the auditor, for `since` until a little after now."""
-    body: dict[str, object] = {
-        "from": since if isinstance(since, str) else since.isoformat(),
-        "to": (datetime.now(UTC) + timedelta(seconds=5)).isoformat(),
-    }
-    if previous_head is not None:
-        body["previous_head"] = previous_head
-    if previous_end_index is not None:
-        body["previous_end_index"] = previous_end_index
-    with vault.client("auditor") as c:
-        return c.post("/v1/evidence", json=body)
-
-
-def _members(bundle: Path) -> dict[str, bytes]:
-    with tarfile.open(bundle, "r:gz") as archive:
-        return {
-            m.name: archive.extractfile(m).read()
-            for m in archive.getmembers()  # type: ignore[union-attr]
-            if m.isfile()
-        }
-
-
-def _write(path: Path, files: dict[str, bytes]) -> Path:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    path.write_bytes(buffer.getvalue())
-    return path
-
-
 def test_day_of_traffic_verifies(day: tuple[VaultServer, Path, bytes]) -> None:
     _, bundle, public_key = day
-    report = verify_bundle(bundle, public_key)
+    report = verify_unwitnessed(bundle, public_key)
     assert report.ok, report.problems
-    files = _members(bundle)
+    files = members(bundle)
     for name in (
         "manifest.json",
         "manifest.sig",
@@ -157,7 +116,7 @@ def test_day_of_traffic_verifies(day: tuple[VaultServer, Path, bytes]) -> None:
 
 def test_no_pan_in_the_bundle(day: tuple[VaultServer, Path, bytes]) -> None:
     _, bundle, _ = day
-    files = _members(bundle)
+    files = members(bundle)
     for name, raw in files.items():
         if name.endswith(".sig"):
             continue
@@ -201,54 +160,44 @@ def _strings(value: object) -> list[str]:
 )
 def test_one_byte_changed(day: tuple[VaultServer, Path, bytes], tmp_path: Path, name: str) -> None:
     _, bundle, public_key = day
-    files = _members(bundle)
+    files = members(bundle)
     data = bytearray(files[name])
     data[len(data) // 2] ^= 0x01
     files[name] = bytes(data)
-    report = verify_bundle(_write(tmp_path / "b.tar.gz", files), public_key)
+    report = verify_unwitnessed(write_members(tmp_path / "b.tar.gz", files), public_key)
     assert not report.ok
     assert any(p.startswith(f"{name}:") for p in report.problems), report.problems
 
 
 def test_manifest_changed(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> None:
     _, bundle, public_key = day
-    files = _members(bundle)
+    files = members(bundle)
     files["manifest.json"] = files["manifest.json"].replace(b'"generator"', b'"generatoR"')
-    report = verify_bundle(_write(tmp_path / "b.tar.gz", files), public_key)
+    report = verify_unwitnessed(write_members(tmp_path / "b.tar.gz", files), public_key)
     assert any(p.startswith("manifest.sig:") for p in report.problems)
 
 
 def test_file_removed(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> None:
     _, bundle, public_key = day
-    files = _members(bundle)
+    files = members(bundle)
     del files["keys/ceremonies.json"]
-    report = verify_bundle(_write(tmp_path / "b.tar.gz", files), public_key)
+    report = verify_unwitnessed(write_members(tmp_path / "b.tar.gz", files), public_key)
     assert (
         "keys/ceremonies.json: listed in the manifest but missing from the bundle"
         in report.problems
     )
 
 
-def _entries(files: dict[str, bytes]) -> list[dict[str, object]]:
-    return [json.loads(line) for line in files["audit/entries.jsonl"].decode().splitlines()]
-
-
-def _set_entries(files: dict[str, bytes], entries: list[dict[str, object]]) -> None:
-    files["audit/entries.jsonl"] = "".join(
-        json.dumps(e, sort_keys=True) + "\n" for e in entries
-    ).encode()
-
-
 def test_entry_removed_from_the_middle(
     day: tuple[VaultServer, Path, bytes], tmp_path: Path
 ) -> None:
     _, bundle, public_key = day
-    files = _members(bundle)
-    entries = _entries(files)
+    files = members(bundle)
+    entries = audit_entries(files)
     middle = len(entries) // 2
     gone = entries.pop(middle)
-    _set_entries(files, entries)
-    report = verify_bundle(_write(tmp_path / "b.tar.gz", files), public_key)
+    set_audit_entries(files, entries)
+    report = verify_unwitnessed(write_members(tmp_path / "b.tar.gz", files), public_key)
     assert (
         f"audit/entries.jsonl: entry {gone['index']} is missing (next is "
         f"{int(gone['index']) + 1})" in report.problems
@@ -257,15 +206,15 @@ def test_entry_removed_from_the_middle(
 
 def test_two_entries_swapped(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> None:
     _, bundle, public_key = day
-    files = _members(bundle)
-    entries = _entries(files)
+    files = members(bundle)
+    entries = audit_entries(files)
     i = len(entries) // 2
     entries[i]["payload"], entries[i + 1]["payload"] = (
         entries[i + 1]["payload"],
         entries[i]["payload"],
     )
-    _set_entries(files, entries)
-    report = verify_bundle(_write(tmp_path / "b.tar.gz", files), public_key)
+    set_audit_entries(files, entries)
+    report = verify_unwitnessed(write_members(tmp_path / "b.tar.gz", files), public_key)
     assert any(f"first bad entry: index {entries[i]['index']}" in p for p in report.problems), (
         report.problems
     )
@@ -273,7 +222,7 @@ def test_two_entries_swapped(day: tuple[VaultServer, Path, bytes], tmp_path: Pat
 
 def test_head_signed_by_another_key(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> None:
     _, bundle, public_key = day
-    files = _members(bundle)
+    files = members(bundle)
     other = ec.generate_private_key(ec.SECP256R1())
     heads = [json.loads(line) for line in files["audit/heads.jsonl"].decode().splitlines()]
     for head in heads:
@@ -281,21 +230,21 @@ def test_head_signed_by_another_key(day: tuple[VaultServer, Path, bytes], tmp_pa
             other.sign(head["checkpoint"].encode(), ec.ECDSA(hashes.SHA256()))
         ).decode()
     files["audit/heads.jsonl"] = "".join(json.dumps(h) + "\n" for h in heads).encode()
-    report = verify_bundle(_write(tmp_path / "b.tar.gz", files), public_key)
+    report = verify_unwitnessed(write_members(tmp_path / "b.tar.gz", files), public_key)
     assert any(
         "signed by another key" in p and p.startswith("audit/heads.jsonl") for p in report.problems
     ), report.problems
     # And with the forger's key, the manifest itself does not verify.
     forged = other.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-    assert not verify_bundle(bundle, forged).ok
+    assert not verify_unwitnessed(bundle, forged).ok
 
 
 def test_period_cut_short(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> None:
     _, bundle, public_key = day
-    files = _members(bundle)
-    entries = _entries(files)
-    _set_entries(files, entries[:-3])
-    report = verify_bundle(_write(tmp_path / "b.tar.gz", files), public_key)
+    files = members(bundle)
+    entries = audit_entries(files)
+    set_audit_entries(files, entries[:-3])
+    report = verify_unwitnessed(write_members(tmp_path / "b.tar.gz", files), public_key)
     assert any("the period was cut short" in p for p in report.problems), report.problems
 
 
@@ -303,12 +252,12 @@ def test_chain_and_fork(
     day: tuple[VaultServer, Path, bytes], tmp_path: Path, hsm_provider: HSMProvider
 ) -> None:
     vault, first, public_key = day
-    manifest = json.loads(_members(first)["manifest.json"])
+    manifest = json.loads(members(first)["manifest.json"])
     head = manifest["covering_head"]
     with vault.client("payments") as c:
         c.post("/v1/tokenize", json={"pan": "4000000000000010", "format": "pan_last4"})
     # Chained as `cofre evidence export --previous` does: from where the previous ended.
-    response = _export(
+    response = export_response(
         vault,
         manifest["period"]["to"],
         previous_head=head,
@@ -317,7 +266,7 @@ def test_chain_and_fork(
     assert response.status_code == 200, response.text
     second = tmp_path / "day2.tar.gz"
     second.write_bytes(response.content)
-    report = verify_bundle(second, public_key, previous=first)
+    report = verify_unwitnessed(second, public_key, previous=first)
     assert report.ok, report.problems
     assert any("consistent with the previous bundle" in c for c in report.checks)
     # A second vault with its own history, signed by the same HSM key: a fork. It will
@@ -328,7 +277,7 @@ def test_chain_and_fork(
         with forked_vault.client("payments") as c:
             for pan in PANS:
                 c.post("/v1/tokenize", json={"pan": pan, "format": "uuid"})
-        fork = _export(forked_vault, since, previous_head=head)
+        fork = export_response(forked_vault, since, previous_head=head)
     assert fork.status_code == 422, fork.text
     assert "not a tree head this log signed" in fork.json()["detail"]
 
@@ -337,7 +286,7 @@ def test_chain_with_a_gap_fails(day: tuple[VaultServer, Path, bytes], tmp_path: 
     """The reviewer's finding: bundle B chained to A started after A ended, and the
     full-PAN detokenizes in between were in neither bundle, yet the chain verified."""
     vault, first, public_key = day
-    manifest = json.loads(_members(first)["manifest.json"])
+    manifest = json.loads(members(first)["manifest.json"])
     with vault.client("payments") as c:
         token = c.post("/v1/tokenize", json={"pan": PANS[1], "format": "pan_last4"}).json()
     with vault.client("settlement") as c:
@@ -348,7 +297,7 @@ def test_chain_with_a_gap_fails(day: tuple[VaultServer, Path, bytes], tmp_path: 
     later = datetime.now(UTC)
     head = manifest["covering_head"]
     # The vault refuses to build a chained bundle that would leave a gap ...
-    refused = _export(
+    refused = export_response(
         vault, later, previous_head=head, previous_end_index=manifest["entries"]["end_index"]
     )
     assert refused.status_code == 422, refused.text
@@ -356,8 +305,8 @@ def test_chain_with_a_gap_fails(day: tuple[VaultServer, Path, bytes], tmp_path: 
     assert "in neither bundle" in refused.json()["detail"]
     # ... and a bundle that leaves one anyway (not told where A ended) fails verification.
     gapped = tmp_path / "gapped.tar.gz"
-    gapped.write_bytes(_export(vault, later, previous_head=head).content)
-    report = verify_bundle(gapped, public_key, previous=first)
+    gapped.write_bytes(export_response(vault, later, previous_head=head).content)
+    report = verify_unwitnessed(gapped, public_key, previous=first)
     assert not report.ok
     end = manifest["entries"]["end_index"]
     assert any(
@@ -368,18 +317,18 @@ def test_chain_with_a_gap_fails(day: tuple[VaultServer, Path, bytes], tmp_path: 
 
 def test_chain_with_an_overlap_fails(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> None:
     vault, first, public_key = day
-    manifest = json.loads(_members(first)["manifest.json"])
+    manifest = json.loads(members(first)["manifest.json"])
     head = manifest["covering_head"]
     start = manifest["period"]["from"]
-    refused = _export(
+    refused = export_response(
         vault, start, previous_head=head, previous_end_index=manifest["entries"]["end_index"]
     )
     assert refused.status_code == 422, refused.text
     assert refused.json()["code"] == "evidence_chain_broken"
     assert "in both bundles" in refused.json()["detail"]
     overlapping = tmp_path / "overlap.tar.gz"
-    overlapping.write_bytes(_export(vault, start, previous_head=head).content)
-    report = verify_bundle(overlapping, public_key, previous=first)
+    overlapping.write_bytes(export_response(vault, start, previous_head=head).content)
+    report = verify_unwitnessed(overlapping, public_key, previous=first)
     assert not report.ok
     first_index = manifest["entries"]["first_index"]
     assert any(
@@ -406,30 +355,30 @@ def test_bundle_has_the_policy_in_force_not_the_file_on_disk(
         )
         policy_file.write_text(edited)
         first = tmp_path / "a.tar.gz"
-        first.write_bytes(_export(vault, since).content)
-        files = _members(first)
+        first.write_bytes(export_response(vault, since).content)
+        files = members(first)
         assert files["policy/policy.toml"].decode() == running
         versions = [json.loads(line) for line in files["policy/versions.jsonl"].splitlines()]
         assert [json.loads(v["payload"])["action"] for v in versions] == ["policy.load"]
         loaded = json.loads(versions[0]["payload"])
         assert loaded["document"] == running
         assert loaded["details"]["sha256"] == hashlib.sha256(running.encode()).hexdigest()
-        report = verify_bundle(first, public_key)
+        report = verify_unwitnessed(first, public_key)
         assert report.ok, report.problems
         assert any("policy versions in force" in c for c in report.checks)
         # A reload puts the edit in force, and the log records it (hash and text).
         assert vault.runtime.reload_policy() is True
         assert vault.runtime.reload_policy() is False  # unchanged: nothing recorded
         second = tmp_path / "b.tar.gz"
-        second.write_bytes(_export(vault, since).content)
-        files = _members(second)
+        second.write_bytes(export_response(vault, since).content)
+        files = members(second)
         versions = [json.loads(line) for line in files["policy/versions.jsonl"].splitlines()]
         assert [json.loads(v["payload"])["action"] for v in versions] == [
             "policy.load",
             "policy.reload",
         ]
         assert files["policy/policy.toml"].decode() == edited
-        report = verify_bundle(second, public_key)
+        report = verify_unwitnessed(second, public_key)
         assert report.ok, report.problems
 
 
@@ -466,9 +415,9 @@ def test_cli_verify(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> Non
         ).stdout
     )
     assert as_json["ok"] is True
-    files = _members(bundle)
+    files = members(bundle)
     files["requirements.md"] += b"x"
-    bad = _write(tmp_path / "bad.tar.gz", files)
+    bad = write_members(tmp_path / "bad.tar.gz", files)
     result = subprocess.run(
         [
             sys.executable,
@@ -561,12 +510,12 @@ def test_html_report_renders_in_a_browser(
     tampered bundle's report shows red and names the problem."""
     _, bundle, public_key = day
     good = tmp_path / "good.html"
-    good.write_text(render_html(verify_bundle(bundle, public_key), bundle))
-    files = _members(bundle)
+    good.write_text(render_html(verify_unwitnessed(bundle, public_key), bundle))
+    files = members(bundle)
     files["requirements.md"] += b"x"
-    bad_bundle = _write(tmp_path / "bad.tar.gz", files)
+    bad_bundle = write_members(tmp_path / "bad.tar.gz", files)
     bad = tmp_path / "bad.html"
-    bad.write_text(render_html(verify_bundle(bad_bundle, public_key), bad_bundle))
+    bad.write_text(render_html(verify_unwitnessed(bad_bundle, public_key), bad_bundle))
 
     image, dom = _screenshot(good, tmp_path / "good.png")
     colours = _colours(image)
@@ -600,7 +549,7 @@ def test_a_check_that_never_runs_fails_the_report(
 ) -> None:
     _, bundle, public_key = day
     monkeypatch.setattr(policy, "check_policy", lambda *args, **kwargs: None)
-    report = verify_bundle(bundle, public_key)
+    report = verify_unwitnessed(bundle, public_key)
     assert report.problems == []
     assert not report.ok
     assert report.missing_checks() == ["policy"]
@@ -614,7 +563,7 @@ def test_previous_bundle_without_a_verified_head_fails(
     """The previous-bundle check used to return silently when this bundle's covering head
     was not among the verified heads: now it fails."""
     _, bundle, public_key = day
-    files = _members(bundle)
+    files = members(bundle)
     manifest = json.loads(files["manifest.json"])
     report = Report(required=frozenset({"previous"}))
     chain.check_previous(files, manifest, {}, bundle, public_keys=[public_key], report=report)
@@ -629,18 +578,18 @@ def test_altered_entry_behind_its_original_subtree_hash(
     the root would still recompute: the verifier hashes every entry of the period and
     refuses a subtree hash that stands in for one."""
     _, bundle, public_key = day
-    files = _members(bundle)
-    entries = _entries(files)
+    files = members(bundle)
+    entries = audit_entries(files)
     target = entries[len(entries) // 2]
     original = leaf_hash(str(target["payload"]).encode("utf-8"))
     target["payload"] = str(target["payload"]).replace('"outcome"', '"outcom3"')
-    _set_entries(files, entries)
+    set_audit_entries(files, entries)
     files["audit/subtrees.jsonl"] += (
         json.dumps(
             {"level": 0, "index": target["index"], "hash": base64.b64encode(original).decode()}
         )
         + "\n"
     ).encode()
-    report = verify_bundle(_write(tmp_path / "b.tar.gz", files), public_key)
+    report = verify_unwitnessed(write_members(tmp_path / "b.tar.gz", files), public_key)
     assert not report.ok
     assert any("does not match signed head" in p for p in report.problems), report.problems

@@ -17,12 +17,12 @@ from audit.merkle import hash_b64
 from audit.store import AuditStore
 from compliance.export import _blocks
 from tests.api.conftest import VaultServer
-from tests.compliance.test_evidence import (
-    _entries,
-    _members,
-    _set_entries,
-    _write,
-    verify_bundle,
+from tests.support.vault_evidence import (
+    audit_entries,
+    members,
+    set_audit_entries,
+    verify_unwitnessed,
+    write_members,
 )
 
 PAN = "4111111111111111"
@@ -34,7 +34,9 @@ def _forge(vault: VaultServer, files: dict[str, bytes], start: int, end: int, ou
     and re-signed with the genuine audit key."""
     manifest = json.loads(files["manifest.json"])
     size = int(manifest["covering_head"]["tree_size"])
-    _set_entries(files, [e for e in _entries(files) if start <= int(str(e["index"])) < end])
+    set_audit_entries(
+        files, [e for e in audit_entries(files) if start <= int(str(e["index"])) < end]
+    )
     store = AuditStore(vault.runtime.engine)
     wanted = _blocks(0, start) + _blocks(end, size)
     nodes = store.subtree_hashes(set(wanted))
@@ -59,7 +61,7 @@ def _forge(vault: VaultServer, files: dict[str, bytes], start: int, end: int, ou
     ]
     files["manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True).encode()
     files["manifest.sig"] = vault.runtime.sequencer.signer.sign(files["manifest.json"])
-    return _write(out, files)
+    return write_members(out, files)
 
 
 def _range(files: dict[str, bytes]) -> tuple[int, int]:
@@ -69,7 +71,7 @@ def _range(files: dict[str, bytes]) -> tuple[int, int]:
 
 def test_the_genuine_bundle_shows_both_ends(exported: tuple[VaultServer, Path, bytes]) -> None:
     _, bundle, public_key = exported
-    report = verify_bundle(bundle, public_key)
+    report = verify_unwitnessed(bundle, public_key)
     assert report.ok, report.problems
     assert any("nothing of the period is left out" in line for line in report.checks)
 
@@ -79,12 +81,12 @@ def test_entries_of_the_period_left_out_are_seen(
     exported: tuple[VaultServer, Path, bytes], tmp_path: Path, where: str
 ) -> None:
     vault, bundle, public_key = exported
-    files = _members(bundle)
+    files = members(bundle)
     start, end = _range(files)
     # A re-cut bundle keeps the genuine boundaries file; the one that would fit the new
     # range is of entries dated inside the period, which fails the same way.
     cut = {"start": (start + 4, end), "end": (start, end - 4), "all": (start + 6, start + 6)}
     forged = _forge(vault, files, *cut[where], tmp_path / "forged.tar.gz")
-    report = verify_bundle(forged, public_key)
+    report = verify_unwitnessed(forged, public_key)
     assert not report.ok
     assert any(p.startswith("audit/boundaries.jsonl") for p in report.problems), report.problems

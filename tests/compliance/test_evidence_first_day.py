@@ -15,7 +15,7 @@ from cofre_evidence_verifier import policy
 from hsm.keys import KeyHierarchy, KeyKind
 from hsm.provider import HSMProvider
 from tests.api.conftest import running_vault
-from tests.compliance.test_evidence import _export, verify_bundle
+from tests.support.vault_evidence import export_response, verify_unwitnessed
 
 
 def _first_actions(bundle: Path) -> list[str]:
@@ -40,12 +40,12 @@ def test_a_bundle_from_the_logs_first_entry_verifies(
             body = {"pan": "4111111111111111", "format": "uuid"}
             assert client.post("/v1/tokenize", json=body).status_code in (200, 201)
         since = datetime.now(UTC) - timedelta(days=30)  # before the vault began
-        response = _export(vault, since)
+        response = export_response(vault, since)
         assert response.status_code == 200, response.text
         bundle = tmp_path / "first.tar.gz"
         bundle.write_bytes(response.content)
         actions = _first_actions(bundle)
-        report = verify_bundle(bundle, hsm_provider.public_key_pem("cofre-audit-v1"))
+        report = verify_unwitnessed(bundle, hsm_provider.public_key_pem("cofre-audit-v1"))
     assert actions[:2] == ["key.create", "key.register"], actions  # keys set up first
     assert report.problems == [], report.problems
 

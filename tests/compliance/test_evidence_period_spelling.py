@@ -19,8 +19,14 @@ from audit.merkle import hash_b64
 from audit.store import AuditStore
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
-from tests.compliance.test_evidence import _entries, _export, _members, _write, verify_bundle
 from tests.compliance.test_evidence_boundaries import _forge, _range
+from tests.support.vault_evidence import (
+    audit_entries,
+    export_response,
+    members,
+    verify_unwitnessed,
+    write_members,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +45,7 @@ def two_seconds(
                 if not burst:
                     time.sleep(2.2)
         time.sleep(2.2)
-        response = _export(vault, started)
+        response = export_response(vault, started)
         assert response.status_code == 200, response.text
         bundle = tmp / "bundle.tar.gz"
         bundle.write_bytes(response.content)
@@ -77,11 +83,11 @@ def test_offset_spelled_end_hides_the_periods_last_entries(
     two_seconds: tuple[VaultServer, Path, bytes], tmp_path: Path
 ) -> None:
     vault, bundle, public_key = two_seconds
-    files = _members(bundle)
+    files = members(bundle)
     manifest = json.loads(files["manifest.json"])
     start, end = _range(files)
     size = int(manifest["covering_head"]["tree_size"])
-    times = {int(e["index"]): _time(str(e["payload"])) for e in _entries(files)}
+    times = {int(e["index"]): _time(str(e["payload"])) for e in audit_entries(files)}
     # The second burst: the first entry more than a second after the one before it.
     cut = next(
         i
@@ -96,7 +102,7 @@ def test_offset_spelled_end_hides_the_periods_last_entries(
     files["manifest.json"] = json.dumps(manifest).encode()
     files["audit/boundaries.jsonl"] = _boundaries(vault, [start - 1, cut], size)
     forged = _forge(vault, files, start, cut, tmp_path / "forged.tar.gz")
-    report = verify_bundle(forged, public_key)
+    report = verify_unwitnessed(forged, public_key)
     # The forged manifest names exactly the genuine period, yet entries cut..end-1 of
     # it are not in the bundle.
     assert not report.ok, f"VERIFIED with entries {cut}..{end - 1} left out: {report.checks}"
@@ -107,7 +113,7 @@ def test_offset_spelled_period_with_no_entries_verifies(
     tmp_path: Path,
 ) -> None:
     vault, bundle, public_key = exported
-    files = _members(bundle)
+    files = members(bundle)
     manifest = json.loads(files["manifest.json"])
     start, end = _range(files)
     size = int(manifest["covering_head"]["tree_size"])
@@ -119,7 +125,7 @@ def test_offset_spelled_period_with_no_entries_verifies(
     files["manifest.json"] = json.dumps(manifest).encode()
     files["audit/boundaries.jsonl"] = _boundaries(vault, [start - 1, start], size)
     forged = _forge(vault, files, start, start, tmp_path / "forged.tar.gz")
-    report = verify_bundle(forged, public_key)
+    report = verify_unwitnessed(forged, public_key)
     assert not report.ok, f"VERIFIED with all {end - start} entries left out: {report.checks}"
 
 
@@ -128,8 +134,8 @@ def test_infinite_index_in_boundaries_is_a_verdict_not_a_crash(
     tmp_path: Path,
 ) -> None:
     _vault, bundle, public_key = exported
-    files = _members(bundle)
+    files = members(bundle)
     files["audit/boundaries.jsonl"] = b'{"index": 1e400, "payload": "{}", "proof": []}\n'
-    tampered = _write(tmp_path / "tampered.tar.gz", files)
-    report = verify_bundle(tampered, public_key)  # raised OverflowError on main
+    tampered = write_members(tmp_path / "tampered.tar.gz", files)
+    report = verify_unwitnessed(tampered, public_key)  # raised OverflowError on main
     assert not report.ok

@@ -8,26 +8,20 @@ property. Real SoftHSM2 token, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import tarfile
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
+from audit.log import AuditLog, DetailValue
 from audit.sequencer import SEQUENCER_LOCK_KEY
 from cofre.errors import CofreError
 from cofre_evidence_verifier.report import Report
-from hsm.provider import HSMProvider
-from tests.api.conftest import VaultServer, running_vault
-from tests.compliance.test_dual_control_evidence import _export, _verify
+from tests.api.conftest import VaultServer
 from tests.support.officers import (
     new_software_officer,
     signed_action,
@@ -35,39 +29,20 @@ from tests.support.officers import (
     signed_proposal,
     software_officers,
 )
+
+# The evidence helpers under the short names this file's tests were written with.
+from tests.support.vault_evidence import export_bundle as _export
+from tests.support.vault_evidence import members as _members
+from tests.support.vault_evidence import resigned as _resigned
+from tests.support.vault_evidence import verify_by_vault_key as _verify
+from tests.support.vault_evidence import write_entry as _write
+from tests.support.vault_evidence import write_handover as _write_handover
 from vault.approval_proof import PROPOSALS, approval_path
 from vault.policy_record import policy_event
 
 ALICE, BOB = "spiffe://cofre/officer-alice", "spiffe://cofre/officer-bob"
 CAROL = "spiffe://cofre/officer-carol"
 ROTATIONS = "/v1/admin/keys/rotations"
-
-
-@pytest.fixture
-def vault(tmp_path: Path, hsm_provider: HSMProvider, database_url: str) -> Iterator[VaultServer]:
-    with running_vault(tmp_path / "vault", hsm_provider, database_url) as server:
-        yield server
-
-
-def _write(  # noqa: PLR0917 - an entry's parts, in the order AuditEvent has them
-    vault: VaultServer,
-    action: str,
-    actor: str,
-    key_id: str | None,
-    details: dict[str, DetailValue],
-    document: str | None = None,
-) -> None:
-    """What the operator can do: an audit entry in the vault's own format, in the log."""
-    event = AuditEvent(
-        action=action,
-        outcome=Outcome.SUCCESS,
-        actor=actor,
-        key_id=key_id,
-        details=details,
-        document=document,
-    )
-    with vault.runtime.engine.begin() as connection:
-        AuditLog().append(connection, event)
 
 
 def _start(
@@ -82,6 +57,14 @@ def _start(
     _write(vault, "key.rotation.start", actor, ceremony, details)
 
 
+def _write_ceremony(vault: VaultServer, ceremony: str, proposal: str, approval: str) -> None:
+    """A kek ceremony's entries as the vault writes them: Alice's proposal and Bob's
+    approval (their stored signed requests, as given) and the start to version 2."""
+    _write(vault, "key.rotation.propose", ALICE, ceremony, {"kind": "kek"}, proposal)
+    _write(vault, "key.rotation.approve", BOB, ceremony, {"approvals": 1}, approval)
+    _start(vault, ceremony, "kek", 2)
+
+
 def _genuine(vault: VaultServer, kind: str = "kek", new_version: int = 2) -> str:
     """A ceremony the officers really ran: Alice's signed proposal, Bob's signed
     approval and its start, written as the vault writes them. Returns its id."""
@@ -93,36 +76,6 @@ def _genuine(vault: VaultServer, kind: str = "kek", new_version: int = 2) -> str
     _write(vault, "key.rotation.approve", BOB, ceremony, {"approvals": 1}, approval.to_json())
     _start(vault, ceremony, kind, new_version)
     return ceremony
-
-
-def _members(bundle: Path) -> dict[str, bytes]:
-    with tarfile.open(bundle, "r:gz") as archive:
-        return {
-            m.name: archive.extractfile(m).read()  # type: ignore[union-attr]
-            for m in archive.getmembers()
-            if m.isfile()
-        }
-
-
-def _resigned(vault: VaultServer, bundle: Path, out: Path, change: dict[str, bytes]) -> Path:
-    """`bundle` with the files of `change` replaced, its manifest re-hashed and re-signed
-    with the vault's own audit key (the HSM PIN holder can)."""
-    files = _members(bundle)
-    files.update(change)
-    manifest = json.loads(files["manifest.json"])
-    for listed in manifest["files"]:
-        data = files[listed["path"]]
-        listed["size"], listed["sha256"] = len(data), hashlib.sha256(data).hexdigest()
-    files["manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    files["manifest.sig"] = vault.runtime.sequencer.signer.sign(files["manifest.json"])
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    out.write_bytes(buffer.getvalue())
-    return out
 
 
 def _listed(report: Report) -> dict[str, dict[str, object]]:
@@ -167,9 +120,7 @@ def test_a_start_long_after_the_approval_completing_the_quorum_fails(
     ceremony = proposal.ceremony_id()
     approval = signed_action(officers["officer-bob"], approval_path(ceremony), created=now - 400)
     since = datetime.now(UTC)
-    _write(vault, "key.rotation.propose", ALICE, ceremony, {"kind": "kek"}, proposal.to_json())
-    _write(vault, "key.rotation.approve", BOB, ceremony, {"approvals": 1}, approval.to_json())
-    _start(vault, ceremony, "kek", 2)
+    _write_ceremony(vault, ceremony, proposal.to_json(), approval.to_json())
     report = _verify(_export(vault, since, tmp_path / "late.tar.gz"), vault)
     assert not report.ok
     assert any("completing its quorum" in p for p in report.problems), report.problems
@@ -189,13 +140,8 @@ def test_a_handover_is_tied_to_the_ceremony_it_names_not_to_a_later_start(
     _start(vault, ceremony, "audit", 3)  # the operator's
     since = datetime.now(UTC)
     time.sleep(0.01)
-    details: dict[str, DetailValue] = {
-        "ceremony": "9e8d7c6b-5a49-4382-9170-6f5e4d3c2b1a",  # none the officers ran
-        "old_key": "cofre-audit-v2",
-        "new_key": "cofre-audit-v3",
-        "tree_size": 1,
-    }
-    _write(vault, "audit.key.handover", BOB, "cofre-audit-v3", details)
+    nobody_ran = "9e8d7c6b-5a49-4382-9170-6f5e4d3c2b1a"
+    _write_handover(vault, BOB, "cofre-audit-v2", "cofre-audit-v3", nobody_ran)
     report = _verify(_export(vault, since, tmp_path / "handover.tar.gz"), vault)
     listed = _listed(report)
     assert ceremony not in listed or listed[ceremony]["proven"] is False, (
@@ -214,13 +160,8 @@ def test_a_handover_naming_a_ceremony_nobody_ran_is_not_proven_by_another(
     ceremony = _genuine(vault, "audit", 3)
     since = datetime.now(UTC)
     time.sleep(0.01)
-    details: dict[str, DetailValue] = {
-        "ceremony": "9e8d7c6b-5a49-4382-9170-6f5e4d3c2b1a",
-        "old_key": "cofre-audit-v2",
-        "new_key": "cofre-audit-v3",
-        "tree_size": 1,
-    }
-    _write(vault, "audit.key.handover", BOB, "cofre-audit-v3", details)
+    ceremony_named = "9e8d7c6b-5a49-4382-9170-6f5e4d3c2b1a"
+    _write_handover(vault, BOB, "cofre-audit-v2", "cofre-audit-v3", ceremony_named)
     report = _verify(_export(vault, since, tmp_path / "named.tar.gz"), vault)
     assert not report.ok
     assert ceremony not in _listed(report)
@@ -241,9 +182,7 @@ def test_a_proposal_life_from_the_bundle_s_settings_does_not_revive_an_old_cerem
     ceremony = proposal.ceremony_id()
     approval = signed_action(officers["officer-bob"], approval_path(ceremony), created=old + 60)
     since = datetime.now(UTC)
-    _write(vault, "key.rotation.propose", ALICE, ceremony, {"kind": "kek"}, proposal.to_json())
-    _write(vault, "key.rotation.approve", BOB, ceremony, {"approvals": 1}, approval.to_json())
-    _start(vault, ceremony, "kek", 2)
+    _write_ceremony(vault, ceremony, proposal.to_json(), approval.to_json())
     bundle = _export(vault, since, tmp_path / "old.tar.gz")
     assert not _verify(bundle, vault).ok  # the control: 24 h by the vault's settings
     settings = json.loads(_members(bundle)["config/settings.json"])
@@ -284,9 +223,7 @@ def test_a_policy_reload_entry_registering_the_operators_key_for_an_officer_fail
     proposal = signed_proposal(software_officers()["officer-alice"], "kek")
     ceremony = proposal.ceremony_id()
     approval = signed_approval(mallory, ceremony)  # "Bob", with the operator's key
-    _write(vault, "key.rotation.propose", ALICE, ceremony, {"kind": "kek"}, proposal.to_json())
-    _write(vault, "key.rotation.approve", BOB, ceremony, {"approvals": 1}, approval.to_json())
-    _start(vault, ceremony, "kek", 2)
+    _write_ceremony(vault, ceremony, proposal.to_json(), approval.to_json())
     with vault.runtime.engine.begin() as connection:
         AuditLog().append(
             connection, policy_event("policy.reload", actor="cofre", source=source, text=genuine)
@@ -359,9 +296,7 @@ def test_a_rogue_officer_s_far_future_signature_is_reported_not_a_crash(
         officers["officer-bob"], approval_path(ceremony), created=99_999_999_999
     )
     since = datetime.now(UTC)
-    _write(vault, "key.rotation.propose", ALICE, ceremony, {"kind": "kek"}, proposal.to_json())
-    _write(vault, "key.rotation.approve", BOB, ceremony, {"approvals": 1}, approval.to_json())
-    _start(vault, ceremony, "kek", 2)
+    _write_ceremony(vault, ceremony, proposal.to_json(), approval.to_json())
     report = _verify(_export(vault, since, tmp_path / "future.tar.gz"), vault)
     assert not report.ok
     assert any("after the start" in p for p in report.problems), "\n".join(report.problems)
@@ -381,9 +316,7 @@ def test_duplicate_keys_in_a_stored_request_do_not_move_its_signature(
     assert stored.endswith("}")
     doubled = stored[:-1] + f', "path": "{approval_path(ceremony)}"}}'
     since = datetime.now(UTC)
-    _write(vault, "key.rotation.propose", ALICE, ceremony, {"kind": "kek"}, proposal.to_json())
-    _write(vault, "key.rotation.approve", BOB, ceremony, {"approvals": 1}, doubled)
-    _start(vault, ceremony, "kek", 2)
+    _write_ceremony(vault, ceremony, proposal.to_json(), doubled)
     report = _verify(_export(vault, since, tmp_path / "dup.tar.gz"), vault)
     assert not report.ok
     assert _listed(report)[ceremony]["proven"] is False
@@ -476,9 +409,7 @@ def test_a_genuine_proposal_cannot_open_a_ceremony_of_another_id(
     ceremony = "3f1e2d3c-4b5a-4697-8887-766554433221"
     approval = signed_approval(officers["officer-bob"], ceremony)
     since = datetime.now(UTC)
-    _write(vault, "key.rotation.propose", ALICE, ceremony, {"kind": "kek"}, proposal.to_json())
-    _write(vault, "key.rotation.approve", BOB, ceremony, {"approvals": 1}, approval.to_json())
-    _start(vault, ceremony, "kek", 2)
+    _write_ceremony(vault, ceremony, proposal.to_json(), approval.to_json())
     report = _verify(_export(vault, since, tmp_path / "id.tar.gz"), vault)
     assert not report.ok
     assert any("another ceremony" in p for p in report.problems), report.problems
@@ -493,9 +424,7 @@ def test_a_proposal_signed_for_the_proposals_path_only(vault: VaultServer, tmp_p
     ceremony = wrong.ceremony_id()
     approval = signed_approval(officers["officer-bob"], ceremony)
     since = datetime.now(UTC)
-    _write(vault, "key.rotation.propose", ALICE, ceremony, {"kind": "kek"}, wrong.to_json())
-    _write(vault, "key.rotation.approve", BOB, ceremony, {"approvals": 1}, approval.to_json())
-    _start(vault, ceremony, "kek", 2)
+    _write_ceremony(vault, ceremony, wrong.to_json(), approval.to_json())
     assert not _verify(_export(vault, since, tmp_path / "p.tar.gz"), vault).ok
 
 
