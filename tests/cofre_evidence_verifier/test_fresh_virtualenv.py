@@ -23,7 +23,7 @@ import pytest
 
 from hsm.provider import HSMProvider
 from tests.api.conftest import running_vault
-from tests.support.vault_evidence import export_bundle, members, write_members
+from tests.support.vault_evidence import export_to, members, write_members
 from tests.support.wheels import wheel_from_installed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,7 +91,7 @@ def real_bundle(
         with vault.client("payments") as c:
             for pan in PANS:
                 assert c.post("/v1/tokenize", json={"pan": pan, "format": "uuid"}).is_success
-        bundle = export_bundle(vault, since, tmp / "bundle.tar.gz")
+        bundle = export_to(vault, since, tmp / "bundle.tar.gz")
         key = tmp / "audit.pem"
         key.write_bytes(hsm_provider.public_key_pem("cofre-audit-v1"))
         yield bundle, key

@@ -25,7 +25,7 @@ from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.support.officers import SigningOfficer, software_officers
 from tests.support.vault_evidence import (
-    export_bundle,
+    export_to,
     members,
     resigned,
     verify_by_vault_key,
@@ -64,7 +64,7 @@ def acknowledged(
             ).is_success
         _acknowledge(vault, "officer-alice")
         _acknowledge(vault, "officer-bob")
-        yield vault, export_bundle(vault, started, tmp / "genuine.tar.gz"), started
+        yield vault, export_to(vault, started, tmp / "genuine.tar.gz"), started
 
 
 def _forge(
@@ -187,7 +187,7 @@ def test_acknowledgement_the_log_holds_but_someone_else_signed(
     vault, bundle, started = acknowledged
     genuine = _alice(json.loads(members(bundle)["keys/custody.json"]))
     _log_acknowledgement(vault, genuine["statement"], software_officers()["officer-bob"])
-    report = verify_by_vault_key(export_bundle(vault, started, tmp_path / "later.tar.gz"), vault)
+    report = verify_by_vault_key(export_to(vault, started, tmp_path / "later.tar.gz"), vault)
     assert not report.ok
     assert any(
         "signature does not verify under spiffe://cofre/officer-alice's registered MFA key" in p
@@ -210,7 +210,7 @@ def test_an_old_acknowledgement_replayed_into_the_log_fails(
     old = (datetime.now(UTC) - timedelta(days=3)).date()
     statement = custody_statement(ALICE, genuine["role"], genuine["keys"], old).decode()
     _log_acknowledgement(vault, statement, software_officers()["officer-alice"])
-    report = verify_by_vault_key(export_bundle(vault, started, tmp_path / "replayed.tar.gz"), vault)
+    report = verify_by_vault_key(export_to(vault, started, tmp_path / "replayed.tar.gz"), vault)
     assert not report.ok
     assert any(
         p.startswith(f"keys/custody.json: the acknowledgement by {ALICE}")

@@ -31,7 +31,7 @@ from tests.support.officers import (
     software_officers,
 )
 from tests.support.vault_evidence import (
-    export_bundle,
+    export_to,
     members,
     verify_by_vault_key,
     write_entry,
@@ -86,7 +86,7 @@ def _rotation(
 
 
 def _failed(vault: VaultServer, since: datetime, out: Path, *expected: str) -> Report:
-    report = verify_by_vault_key(export_bundle(vault, since, out), vault)
+    report = verify_by_vault_key(export_to(vault, since, out), vault)
     assert not report.ok, "a rotation without proven dual control was VERIFIED"
     for text in expected:
         assert any(text in p for p in report.problems), (text, report.problems)
@@ -113,7 +113,7 @@ def test_a_rotation_run_through_the_api_is_proven_offline(
     since = datetime.now(UTC)
     with vault.client("officer-bob") as c:
         assert c.post(f"{ROTATIONS}/{ceremony}/approve").status_code == 200
-    bundle = export_bundle(vault, since, tmp_path / "genuine.tar.gz")
+    bundle = export_to(vault, since, tmp_path / "genuine.tar.gz")
     report = verify_by_vault_key(bundle, vault)
     assert report.ok, report.problems
     found = _ceremonies(report)[ceremony]
@@ -138,7 +138,7 @@ def test_entries_written_like_the_vault_s_with_genuine_signatures_verify(
     proposal = signed_proposal(_officer("officer-alice"), "kek")
     ceremony = proposal.ceremony_id()
     _rotation(vault, proposal, [(BOB, signed_approval(_officer("officer-bob"), ceremony))])
-    report = verify_by_vault_key(export_bundle(vault, since, tmp_path / "control.tar.gz"), vault)
+    report = verify_by_vault_key(export_to(vault, since, tmp_path / "control.tar.gz"), vault)
     assert report.ok, report.problems
     assert _ceremonies(report)[ceremony]["proven"] is True
 
@@ -155,7 +155,7 @@ def test_a_ceremony_id_the_log_masks_is_still_proven(vault: VaultServer, tmp_pat
     ceremony = proposal.ceremony_id()
     since = datetime.now(UTC)
     _rotation(vault, proposal, [(BOB, signed_approval(bob, ceremony))])
-    bundle = export_bundle(vault, since, tmp_path / "masked.tar.gz")
+    bundle = export_to(vault, since, tmp_path / "masked.tar.gz")
     entries = members(bundle)["audit/entries.jsonl"].decode()
     assert ceremony.rsplit("-", 1)[1] not in entries.replace(f'\\"key_id\\":\\"{ceremony}', "")
     report = verify_by_vault_key(bundle, vault)

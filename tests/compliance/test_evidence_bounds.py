@@ -4,9 +4,7 @@ rate-limited."""
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,18 +16,11 @@ import sqlalchemy as sa
 
 from cofre.settings import EvidenceSettings
 from cofre_evidence_verifier.bundle import read_bundle
-from cofre_evidence_verifier.report import Report
-from cofre_evidence_verifier.verify import verify_bundle as verify_witnessed_bundle
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
+from tests.support.vault_evidence import verify_unwitnessed, write_members
 
 PAN = "4111111111111111"
-
-
-def verify_bundle(path: Path, key: bytes, previous: Path | None = None) -> Report:
-    """The checks these tests are about; the witness check has its own tests
-    (test_witnessed_evidence.py), with a witness process these vaults do not run."""
-    return verify_witnessed_bundle(path, key, previous, unsafe_no_witnesses=True)
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +78,7 @@ def _rewrite(bundle: Path, out: Path, change: dict[str, bytes | None]) -> Path:
             files.pop(name, None)
         else:
             files[name] = data
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    out.write_bytes(buffer.getvalue())
-    return out
+    return write_members(out, dict(sorted(files.items())))
 
 
 def test_verifier_proves_the_previous_head(vault: VaultServer, tmp_path: Path) -> None:
@@ -107,7 +91,7 @@ def test_verifier_proves_the_previous_head(vault: VaultServer, tmp_path: Path) -
     vault.runtime.sequencer.drain(force_sign=True)
     second = _write(vault, _export(vault, who="officer-bob", previous_head=previous))
     key = _public_key(vault)
-    report = verify_bundle(second, key)
+    report = verify_unwitnessed(second, key)
     assert report.ok, report.problems
     signer = vault.runtime.sequencer.signer
     manifest = json.loads(read_bundle(second)["manifest.json"])
@@ -122,7 +106,7 @@ def test_verifier_proves_the_previous_head(vault: VaultServer, tmp_path: Path) -
             tmp_path / "forged.tar.gz",
             {"manifest.json": data, "manifest.sig": signer.sign(data)},
         )
-        report = verify_bundle(tampered, key)
+        report = verify_unwitnessed(tampered, key)
         assert not report.ok
         assert any("previous_head" in p for p in report.problems), report.problems
 

@@ -31,7 +31,7 @@ from tests.support.officers import (
 )
 
 # The evidence helpers under the short names this file's tests were written with.
-from tests.support.vault_evidence import export_bundle as _export
+from tests.support.vault_evidence import export_to as _export
 from tests.support.vault_evidence import members as _members
 from tests.support.vault_evidence import resigned as _resigned
 from tests.support.vault_evidence import verify_by_vault_key as _verify

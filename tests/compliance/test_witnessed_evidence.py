@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import Engine, insert, select
 
@@ -26,12 +25,12 @@ from audit.note import VerifierKey
 from audit.publisher import CheckpointPublisher, PinnedWitness
 from audit.schema import audit_cosignatures, audit_entries, audit_leaves, audit_queue
 from audit.sequencer import Sequencer
-from cofre.settings import AuditSettings, WitnessSettings
 from cofre_evidence_verifier.verify import verify_bundle
 from compliance.export import EvidenceSources, export_bundle
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
-from tests.support.witness_process import WitnessProcess
+from tests.support.vault_evidence import export_to
+from tests.support.witness_process import WitnessProcess, witnessed_audit
 from vault.signing import HSMTreeHeadSigner
 from vault.storage.database import create_database_engine, migrate
 from witness.client import submit_checkpoint
@@ -47,12 +46,7 @@ def witnessed(
     pem = HSMTreeHeadSigner(hsm_provider).public_key_pem()
     witness = WitnessProcess(tmp / "witness", [log_verifier_key(log_origin("cofre"), pem).encode()])
     witness.start()
-    audit = AuditSettings(
-        sign_every_entries=50,
-        sign_every_seconds=1.0,
-        witnesses=(WitnessSettings(url=witness.url, vkey=witness.vkey),),
-        publish_interval_seconds=0.2,
-    )
+    audit = witnessed_audit(witness)
     try:
         with running_vault(tmp / "vault", hsm_provider, audit=audit) as vault:
             with vault.client("payments") as c:
@@ -66,16 +60,8 @@ def witnessed(
 
 
 def _export(vault: VaultServer, name: str) -> Path:
-    body = {
-        "from": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
-        "to": (datetime.now(UTC) + timedelta(seconds=5)).isoformat(),
-    }
-    with vault.client("auditor") as c:
-        response: httpx.Response = c.post("/v1/evidence", json=body)
-    assert response.status_code == 200, response.text
-    path = vault.tmp / name
-    path.write_bytes(response.content)
-    return path
+    """The last hour's bundle, written to `name` in the vault's directory."""
+    return export_to(vault, datetime.now(UTC) - timedelta(hours=1), vault.tmp / name)
 
 
 def _files(vault: VaultServer, witness: WitnessProcess) -> tuple[Path, Path]:

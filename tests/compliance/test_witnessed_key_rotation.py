@@ -23,11 +23,10 @@ from audit.note import VerifierKey
 from audit.publisher import PublisherThread
 from audit.store import AuditStore
 from audit.witnessed import check_witness_view, verify_witnessed
-from cofre.settings import AuditSettings, WitnessSettings
 from hsm.provider import HSMProvider
 from tests.api.conftest import running_vault
 from tests.support.officers import signed_approval, signed_proposal, software_officers
-from tests.support.witness_process import WitnessProcess
+from tests.support.witness_process import WitnessProcess, witnessed_audit
 from vault.ceremony import Ceremony
 from vault.rotation import KeyRotation
 from vault.signing import HSMTreeHeadSigner
@@ -82,12 +81,7 @@ def test_a_witness_pinned_to_the_old_key_follows_the_rotation(
     )
     witness.start()
     pinned = VerifierKey.parse(witness.vkey)
-    audit = AuditSettings(
-        sign_every_entries=50,
-        sign_every_seconds=1.0,
-        witnesses=(WitnessSettings(url=witness.url, vkey=witness.vkey),),
-        publish_interval_seconds=0.2,
-    )
+    audit = witnessed_audit(witness)
     try:
         with running_vault(tmp_path / "vault", rotation_provider, audit=audit) as vault:
             runtime = vault.runtime

@@ -41,7 +41,7 @@ def export_response(
         return c.post("/v1/evidence", json=body)
 
 
-def export_bundle(vault: VaultServer, since: datetime, out: Path) -> Path:
+def export_to(vault: VaultServer, since: datetime, out: Path) -> Path:
     """The bundle for `since` until a little after now, written to `out`."""
     response = export_response(vault, since)
     assert response.status_code == 200, response.text

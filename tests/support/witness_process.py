@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from audit.note import CosignerKey
+from cofre.settings import AuditSettings, WitnessSettings
 
 _LISTENING = re.compile(r"listening on (https?://[0-9.a-z]+:[0-9]+)")
 
@@ -119,3 +120,14 @@ class WitnessProcess:
             _, rest = self.process.communicate()
         self.output.append(rest or "")
         self.process = None
+
+
+def witnessed_audit(witness: WitnessProcess) -> AuditSettings:
+    """A test vault's audit settings with `witness` pinned: a head signed every second
+    (or 50 entries) and published to it every 0.2 s, so a test waits little for either."""
+    return AuditSettings(
+        sign_every_entries=50,
+        sign_every_seconds=1.0,
+        witnesses=(WitnessSettings(url=witness.url, vkey=witness.vkey),),
+        publish_interval_seconds=0.2,
+    )
