@@ -7,10 +7,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.support.vault_evidence import export_response
+from vault.storage.database import create_database_engine, migrate
 
 PAN = "4111111111111111"
 
@@ -38,3 +40,12 @@ def vault(tmp_path: Path, hsm_provider: HSMProvider, database_url: str) -> Itera
     """A vault of its own for each test, on SQLite and on PostgreSQL (`database_url`)."""
     with running_vault(tmp_path / "vault", hsm_provider, database_url) as server:
         yield server
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A migrated database of its own for each test, on SQLite and on PostgreSQL."""
+    engine = create_database_engine(database_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()

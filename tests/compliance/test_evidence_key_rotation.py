@@ -11,11 +11,10 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import Engine
 
 from audit.handover import hold_sequencer_lock, record_handover, sign_handover
@@ -30,20 +29,11 @@ from compliance.export import EvidenceSources, write_bundle
 from tests.support.signers import SoftSigner
 from tests.support.witness_process import WitnessProcess
 from vault.policy_record import policy_event
-from vault.storage.database import create_database_engine, migrate
 from witness.client import submit_checkpoint
 
 SOURCES = EvidenceSources(
     key_inventory=dict, ceremonies=list, settings={}, tls_settings={}, certificates=[]
 )
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_database_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 def _append(engine: Engine, count: int, tag: str) -> None:
@@ -53,6 +43,36 @@ def _append(engine: Engine, count: int, tag: str) -> None:
                 connection,
                 AuditEvent(action="tokenize", outcome=Outcome.SUCCESS, actor=f"{tag}-{i}"),
             )
+
+
+def _load_policy(engine: Engine) -> None:
+    """A policy load at the log's start, so the bundle has a policy in force."""
+    with engine.begin() as connection:
+        AuditLog().append(
+            connection, policy_event("policy.load", actor="cofre", source="t", text="# p\n")
+        )
+
+
+def _hand_over(engine: Engine, head: SignedTreeHead, old: SoftSigner, new: SoftSigner) -> None:
+    """Record the handover from `old`'s key to `new`'s at `head`, as the rotation does."""
+    with engine.begin() as connection:
+        hold_sequencer_lock(connection)
+        record_handover(connection, head.tree_size, new.key_id, sign_handover(head, old, new))
+
+
+def _rotated_log(engine: Engine, old: SoftSigner, new: SoftSigner) -> SignedTreeHead:
+    """A log across an audit-key rotation: a policy load and 6 entries signed by `old`,
+    the handover to `new` at that head, then 5 entries signed by `new`. Returns the head
+    handed over at."""
+    _load_policy(engine)
+    _append(engine, 6, "a")
+    Sequencer(engine, old).drain()
+    head = AuditStore(engine).latest_head()
+    assert head is not None
+    _hand_over(engine, head, old, new)
+    _append(engine, 5, "b")
+    Sequencer(engine, new).drain()
+    return head
 
 
 def _export(
@@ -91,19 +111,7 @@ def _rewrite(bundle: Path, out: Path, name: str, data: bytes) -> Path:
 def test_bundle_across_a_rotation_verifies_from_either_key(engine: Engine, tmp_path: Path) -> None:
     old, new, rogue = (SoftSigner(f"cofre-audit-v{n}") for n in (1, 2, 3))
     since = datetime.now(UTC) - timedelta(seconds=1)
-    with engine.begin() as connection:
-        AuditLog().append(
-            connection, policy_event("policy.load", actor="cofre", source="t", text="# p\n")
-        )
-    _append(engine, 6, "a")
-    Sequencer(engine, old).drain()
-    head = AuditStore(engine).latest_head()
-    assert head is not None
-    with engine.begin() as connection:
-        hold_sequencer_lock(connection)
-        record_handover(connection, head.tree_size, new.key_id, sign_handover(head, old, new))
-    _append(engine, 5, "b")
-    Sequencer(engine, new).drain()
+    _rotated_log(engine, old, new)
     bundle = _export(engine, new, since, tmp_path / "b.tar.gz")
     for pinned in (old, new):
         report = verify_bundle(bundle, pinned.public_key_pem(), unsafe_no_witnesses=True)
@@ -145,19 +153,7 @@ def test_a_head_at_the_handover_size_must_be_the_handover_tree(
     up to the handover's, so a leaked old key signed another tree at that very size."""
     old, new = (SoftSigner(f"cofre-audit-v{n}") for n in (1, 2))
     since = datetime.now(UTC) - timedelta(seconds=1)
-    with engine.begin() as connection:
-        AuditLog().append(
-            connection, policy_event("policy.load", actor="cofre", source="t", text="# p\n")
-        )
-    _append(engine, 6, "a")
-    Sequencer(engine, old).drain()
-    head = AuditStore(engine).latest_head()
-    assert head is not None
-    with engine.begin() as connection:
-        hold_sequencer_lock(connection)
-        record_handover(connection, head.tree_size, new.key_id, sign_handover(head, old, new))
-    _append(engine, 5, "b")
-    Sequencer(engine, new).drain()
+    head = _rotated_log(engine, old, new)
     bundle = _export(engine, new, since, tmp_path / "b.tar.gz")
     with tarfile.open(bundle, "r:gz") as source:
         member = source.extractfile("audit/heads.jsonl")
@@ -204,18 +200,13 @@ def test_a_witnessed_rotation_ships_the_handover_cosignature(
             engine, [PinnedWitness(process.url, pinned)], current_key, submit
         )
         since = datetime.now(UTC) - timedelta(seconds=1)
-        with engine.begin() as connection:
-            AuditLog().append(
-                connection, policy_event("policy.load", actor="cofre", source="t", text="# p\n")
-            )
+        _load_policy(engine)
         _append(engine, 6, "a")
         Sequencer(engine, old).drain()
         publisher.publish_once()
         head = AuditStore(engine).latest_head()
         assert head is not None
-        with engine.begin() as connection:
-            hold_sequencer_lock(connection)
-            record_handover(connection, head.tree_size, new.key_id, sign_handover(head, old, new))
+        _hand_over(engine, head, old, new)
         current[0] = new
         process.trust_key(log_verifier_key(log_origin("cofre"), new.public_key_pem()).encode())
         _append(engine, 5, "b")

@@ -16,7 +16,6 @@ import os
 import tarfile
 import tempfile
 import tracemalloc
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,21 +31,12 @@ from compliance.export import EvidenceSources, export_bundle, write_bundle
 from hsm.provider import HSMProvider
 from vault.policy_record import policy_event
 from vault.signing import HSMTreeHeadSigner
-from vault.storage.database import create_database_engine, migrate
 
 N = 200
 PAGE = 100
 SOURCES = EvidenceSources(
     key_inventory=dict, ceremonies=list, settings={}, tls_settings={}, certificates=[]
 )
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_database_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 def _append(engine: Engine, count: int, first: int) -> None:
