@@ -305,6 +305,12 @@ class TokenSettings(_Section):
     # How often every node tries to purge expired tokens; one node at a time does it
     # (a database lock elects it, as for the audit sequencer).
     purge_interval_seconds: float = Field(default=300.0, gt=0, le=86400)
+    # How long an idempotency key answers a retry before it is forgotten (the purge
+    # removes its record; a key a token row carries stays that token's). A day, as
+    # Stripe and Basis Theory; the bounds are `vault.limits`' (MIN_/MAX_IDEMPOTENCY_WINDOW):
+    # at least an hour of retries, at most a week of records (the table's size is the
+    # rate limit times this).
+    idempotency_key_ttl_hours: float = Field(default=24.0, ge=1, le=168)
 
 
 def _every_interface(host: str) -> bool:

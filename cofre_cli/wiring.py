@@ -318,7 +318,12 @@ def build_runtime(
         )
     provider = provider or open_hsm(settings)
     loaded = load_policy(settings.policy_file)
-    service = VaultService(engine, provider, PolicyEngine(loaded.policy))
+    service = VaultService(
+        engine,
+        provider,
+        PolicyEngine(loaded.policy),
+        idempotency_window=timedelta(hours=settings.tokens.idempotency_key_ttl_hours),
+    )
     _record_start(service, loaded)
     sequencer = Sequencer(
         engine,

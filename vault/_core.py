@@ -53,7 +53,7 @@ from vault.errors import (
     VaultError,
 )
 from vault.keyring import DataKeyring, KeyPurpose, pan_aad
-from vault.limits import Limits
+from vault.limits import IDEMPOTENCY_WINDOW, MAX_IDEMPOTENCY_WINDOW, MIN_IDEMPOTENCY_WINDOW, Limits
 from vault.models import CallContext, TokenRecord
 from vault.pan import Pan
 from vault.policy_record import policy_event
@@ -92,6 +92,7 @@ class VaultCore(Fingerprints):
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         group_commit: bool = True,
         security_code_ttl: timedelta = MAX_CODE_TTL,
+        idempotency_window: timedelta = IDEMPOTENCY_WINDOW,
     ) -> None:
         self._engine = engine
         # Built once (`execution_options` makes a new engine proxy at every call); one
@@ -103,6 +104,10 @@ class VaultCore(Fingerprints):
         self._policy = policy
         self._audit = audit or AuditLog()
         self._clock = clock
+        if not MIN_IDEMPOTENCY_WINDOW <= idempotency_window <= MAX_IDEMPOTENCY_WINDOW:
+            raise ValueError("the idempotency key window is 1 to 168 hours")
+        # How long an idempotency key's record answers (`vault.operations._idempotency`).
+        self._key_window = idempotency_window
         self._keyring = DataKeyring(engine, provider)
         self._codes = HeldCodes(
             engine, provider, self._keyring.registry, self._audit, ttl=security_code_ttl

@@ -52,7 +52,15 @@ from vault.storage.groupcommit import before_commit
 from vault.storage.rawsql import fetch_all, insert_rows
 from vault.storage.schema import oracle_watch, rate_state, usage_counters
 
-__all__ = ["DETOKENIZE_QUOTA", "MAX_WINDOW_SECONDS", "Limits", "oracle_bucket"]
+__all__ = [
+    "DETOKENIZE_QUOTA",
+    "IDEMPOTENCY_WINDOW",
+    "MAX_IDEMPOTENCY_WINDOW",
+    "MAX_WINDOW_SECONDS",
+    "MIN_IDEMPOTENCY_WINDOW",
+    "Limits",
+    "oracle_bucket",
+]
 
 DETOKENIZE_QUOTA: Final = "detokenize"
 _DAY: Final = 86400
@@ -64,6 +72,12 @@ MAX_WINDOW_SECONDS: Final = 31 * _DAY
 # How long past its time a rate bucket is kept (it is full again then, as if it had no
 # row): an hour of margin for the nodes' clocks.
 RATE_KEEP_SECONDS: Final = 3600
+# How long an idempotency key's record answers, then is forgotten (review 27: kept for
+# ever, one card sent with N keys added N rows). A day by default, as Stripe and Basis
+# Theory keep theirs; `cofre.settings.TokenSettings.idempotency_key_ttl_hours` bounds.
+IDEMPOTENCY_WINDOW: Final = timedelta(hours=24)
+MIN_IDEMPOTENCY_WINDOW: Final = timedelta(hours=1)
+MAX_IDEMPOTENCY_WINDOW: Final = timedelta(hours=168)
 _BUCKET_CONTEXT: Final = b"cofre oracle bucket v1\x00"
 _GROUP_CHARGES: Final = "rate charges"
 

@@ -15,8 +15,11 @@ tokens_app = typer.Typer(help="Token lifecycle: purge expired tokens.", no_args_
 @tokens_app.command("purge")
 @fail_cleanly
 def tokens_purge() -> None:
-    """Crypto-shred every expired token now (each one audited). Every running node also
+    """Crypto-shred every expired token now (each one audited) and forget idempotency
+    keys older than `COFRE_TOKENS__IDEMPOTENCY_KEY_TTL_HOURS`. Every running node also
     does this by itself every `COFRE_TOKENS__PURGE_INTERVAL_SECONDS`, one at a time."""
+    from datetime import timedelta
+
     from cofre_cli.wiring import open_database, open_hsm
     from policies.engine import PolicyEngine
     from policies.loader import load_policy
@@ -26,7 +29,8 @@ def tokens_purge() -> None:
     engine = open_database(settings)
     provider = open_hsm(settings)
     policy = PolicyEngine(load_policy(settings.policy_file).policy)
-    service = VaultService(engine, provider, policy, group_commit=False)
+    window = timedelta(hours=settings.tokens.idempotency_key_ttl_hours)
+    service = VaultService(engine, provider, policy, group_commit=False, idempotency_window=window)
     try:
         count = service.purge_expired(actor="cofre tokens purge")
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from cofre.settings import (
     unknown_variables,
 )
 from cofre_evidence_verifier import dual_control
+from vault.limits import MAX_IDEMPOTENCY_WINDOW, MIN_IDEMPOTENCY_WINDOW
 
 PIN = "pin-that-must-not-show-9182"
 
@@ -200,3 +202,20 @@ def test_a_proposal_life_longer_than_seven_days_is_refused_at_load(
     monkeypatch.setenv("COFRE_KEYS__PROPOSAL_TTL_HOURS", "169")
     with pytest.raises(ConfigurationError, match=r"keys\.proposal_ttl_hours.*168"):
         load_settings()
+
+
+def test_the_idempotency_key_window_is_a_day_by_default_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 27: records of idempotency keys are forgotten after this window; an hour
+    at least (retries), a week at most (the table's size is the rate limit times it),
+    the bounds the vault itself checks."""
+    assert load_settings().tokens.idempotency_key_ttl_hours == 24
+    assert timedelta(hours=1) == MIN_IDEMPOTENCY_WINDOW
+    assert timedelta(hours=168) == MAX_IDEMPOTENCY_WINDOW
+    for bad in ("0.5", "169"):
+        monkeypatch.setenv("COFRE_TOKENS__IDEMPOTENCY_KEY_TTL_HOURS", bad)
+        with pytest.raises(ConfigurationError, match=r"tokens\.idempotency_key_ttl_hours"):
+            load_settings()
+    monkeypatch.setenv("COFRE_TOKENS__IDEMPOTENCY_KEY_TTL_HOURS", "168")
+    assert load_settings().tokens.idempotency_key_ttl_hours == 168

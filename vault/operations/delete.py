@@ -16,6 +16,7 @@ from vault.errors import TokenNotFound
 from vault.limits import MAX_WINDOW_SECONDS
 from vault.models import CallContext
 from vault.operations._early import EarlyRate
+from vault.operations._idempotency import forget_keys
 from vault.operations.capture import purge_capture_sessions
 from vault.storage.schema import tokens
 
@@ -82,8 +83,9 @@ class DeleteOperations(EarlyRate):
             return answer
 
     def purge_expired(self, *, actor: str = "cofre purge", batch: int = 500) -> int:
-        """Crypto-shred every expired token (each one audited) and forget rate-limit and
-        oracle-guard windows that have ended; return how many tokens were shredded.
+        """Crypto-shred every expired token (each one audited), forget rate-limit and
+        oracle-guard windows that have ended and idempotency keys recorded before the
+        window (`forget_keys`); return how many tokens were shredded.
 
         On PostgreSQL one node at a time purges: each batch runs under a
         transaction-scoped advisory lock, and a node that does not get it stops (the
@@ -93,12 +95,7 @@ class DeleteOperations(EarlyRate):
             now = self._clock()
 
             def work(connection: Connection, now: datetime = now, first: bool = not total) -> int:
-                if (
-                    connection.dialect.name == "postgresql"
-                    and not connection.execute(
-                        text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _PURGE_LOCK_KEY}
-                    ).scalar()
-                ):
+                if not _purge_lock(connection):
                     return -1  # another node holds the purge
                 if first:
                     self._limits.purge_windows(connection, now, keep_seconds=MAX_WINDOW_SECONDS)
@@ -125,4 +122,32 @@ class DeleteOperations(EarlyRate):
                 return total
             total += count
             if count < batch:
+                self._forget_keys(batch)
                 return total
+
+    def _forget_keys(self, batch: int) -> None:
+        """Remove the idempotency key records older than the window, `batch` a
+        transaction (each holds its rows' locks for one short DELETE), until none is
+        left or another node took the purge. Not audited: a record holds no card data,
+        and the tokenize entries that answered each key stay in the log."""
+        cutoff = self._clock() - self._key_window
+
+        def work(connection: Connection) -> int:
+            if not _purge_lock(connection):
+                return -1
+            return forget_keys(connection, cutoff, batch)
+
+        while self._transaction(work) == batch:
+            pass
+
+
+def _purge_lock(connection: Connection) -> bool:
+    """Whether this node may purge now: on PostgreSQL, whether it got the purge's
+    transaction-scoped advisory lock (one node at a time); elsewhere always."""
+    if connection.dialect.name != "postgresql":
+        return True
+    return bool(
+        connection.execute(
+            text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _PURGE_LOCK_KEY}
+        ).scalar()
+    )

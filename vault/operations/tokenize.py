@@ -220,7 +220,7 @@ class TokenizeOperations(TokenCandidates):
         # A wrong guess sent with a known idempotency key is answered 409: that answer
         # must cost its charge and its guard count like a right one, so the conflict
         # commits them (and nothing else) instead of rolling back.
-        keyed = keyed_rows(connection, ctx.identity, domain, items)
+        keyed = keyed_rows(connection, ctx.identity, domain, items, now - self._key_window)
         return self._key_conflict(connection, ctx, domain, items, keyed, batch=batch) or keyed
 
     def _key_conflict(
@@ -277,7 +277,7 @@ class TokenizeOperations(TokenCandidates):
         handful of statements for the whole call, not a few per item. `keyed`: what the
         items' keys answer, when the call read it already (`_charged`)."""
         if keyed is None:
-            keyed = keyed_rows(connection, ctx.identity, domain, items)
+            keyed = keyed_rows(connection, ctx.identity, domain, items, now - self._key_window)
         results, events = self._answer_items(
             connection, [ctx] * len(items), domain, items, now, batch=batch, keyed=keyed
         )
@@ -341,7 +341,10 @@ class TokenizeOperations(TokenCandidates):
             answers.results[index] = dataclasses.replace(first, existing=True)
             event = self._tokenize_event(ctxs[index], first.token_id, first.format, result)
             answers.events.append((index, event))
-        record_keys(connection, domain, ctxs, answers.results, answers.first_with_key, keyed, now)
+        since = now - self._key_window
+        record_keys(
+            connection, domain, ctxs, answers.results, answers.first_with_key, keyed, now, since
+        )
         return [r for r in answers.results if r is not None], answers.events
 
     @staticmethod

@@ -82,10 +82,10 @@ def fetch_all(
     return rows
 
 
-def execute(connection: Connection, sql: str, params: Sequence[Any]) -> int:
-    """Run the UPDATE or DELETE `sql` (``?`` placeholders); the number of rows it
-    changed."""
-    changed: int = _run(connection, sql, tuple(params), in_list=0, fetch=False, count=True)
+def execute(connection: Connection, sql: str, params: Sequence[Any], *, in_list: int = 0) -> int:
+    """Run the UPDATE or DELETE `sql` (``?`` placeholders, ``(?*)`` as in `fetch_all`);
+    the number of rows it changed."""
+    changed: int = _run(connection, sql, tuple(params), in_list=in_list, fetch=False, count=True)
     return changed
 
 

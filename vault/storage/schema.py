@@ -100,7 +100,8 @@ tokens = Table(
 # recorded here too, in the transaction of its first answer, so a key answered by
 # convergence is held like one that made a token. The primary key makes two concurrent
 # first uses of one key in a domain meet (the loser runs again and finds the winner's);
-# an identity keeps a key once across domains, as on the token rows.
+# an identity keeps a key once across domains, as on the token rows. A record answers
+# for a window (24 h by default), then the purge removes it (review 27).
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,
@@ -110,6 +111,8 @@ idempotency_keys = Table(
     Column("token_id", String(36), ForeignKey("tokens.id"), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("owner", "idempotency_key", name="uq_idempotency_keys_owner"),
+    # The purge forgets the oldest records past the window first (migration 0019).
+    Index("ix_idempotency_keys_created_at", "created_at"),
 )
 
 data_keys = Table(

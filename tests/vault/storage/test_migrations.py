@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 
 from vault.storage.database import create_database_engine, migrate
@@ -144,8 +145,10 @@ def test_0018_adds_the_idempotency_keys_and_keeps_the_keys_on_token_rows(engine:
         assert connection.execute(text("SELECT count(*) FROM idempotency_keys")).scalar() == 0
         kept = connection.execute(text("SELECT idempotency_key FROM tokens")).scalar_one()
         assert kept == "order-1"
-        compatible = connection.execute(text("SELECT min_code_revision FROM cofre_schema"))
-        assert compatible.scalar_one() == "0017"
+        # Code at 0017 may run against 0018 (0019 then asks for 0018: its own test).
+        script = ScriptDirectory(str(MIGRATIONS)).get_revision("0018")
+        assert script is not None
+        assert script.module.min_code_revision == "0017"
         table = inspect(connection)
         assert table.get_pk_constraint("idempotency_keys")["constrained_columns"] == [
             "domain",
@@ -169,6 +172,33 @@ def test_0018_adds_the_idempotency_keys_and_keeps_the_keys_on_token_rows(engine:
         assert not inspect(connection).has_table("idempotency_keys")
         kept = connection.execute(text("SELECT idempotency_key FROM tokens")).scalar_one()
         assert kept == "order-1"
+
+
+def test_0019_indexes_the_records_by_age_and_lets_the_vault_forget_them(engine: Engine) -> None:
+    """Additive: the purge's index on ``created_at`` and, on PostgreSQL, DELETE for the
+    vault's role (review 27: records were read and added, never removed); code at 0018
+    may run against it; a downgrade to 0018 drops the index and takes DELETE back."""
+    _upgrade(engine, "0018")
+    migrate(engine)
+    postgresql = engine.dialect.name == "postgresql"
+    may_delete = "SELECT has_table_privilege('cofre_app', 'idempotency_keys', 'DELETE')"
+    with engine.connect() as connection:
+        compatible = connection.execute(text("SELECT min_code_revision FROM cofre_schema"))
+        assert compatible.scalar_one() == "0018"
+        indexes = {i["name"] for i in inspect(connection).get_indexes("idempotency_keys")}
+        assert "ix_idempotency_keys_created_at" in indexes
+        if postgresql:
+            assert connection.execute(text(may_delete)).scalar_one()
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0018")
+    with engine.connect() as connection:
+        indexes = {i["name"] for i in inspect(connection).get_indexes("idempotency_keys")}
+        assert "ix_idempotency_keys_created_at" not in indexes
+        if postgresql:
+            assert not connection.execute(text(may_delete)).scalar_one()
 
 
 def test_0014s_index_built_ahead_as_the_operations_guide_says_is_adopted(
