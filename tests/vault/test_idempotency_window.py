@@ -12,7 +12,8 @@ PostgreSQL (the `service` / `engine` fixtures)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,9 +24,13 @@ from sqlalchemy import Engine, event
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
+from tests.support.groups import in_one_group
 from tests.support.pans import card_number
 from tests.vault.conftest import PAYMENTS, TEST_POLICY
+from tests.vault.test_idempotency_after_domain_change import MOVED
+from tests.vault.test_rev27_idem import POLICY, SHOP_B
 from vault.errors import IdempotencyConflict, TokenDeleted
+from vault.models import CallContext, TokenRecord
 from vault.pan import Pan
 from vault.service import TokenizeRequest, VaultService
 
@@ -215,3 +220,66 @@ def test_the_window_is_the_setting_s(
     assert _records(engine, "win-hour") == 0
     other = card_number("400000", 886_702)
     assert hourly.tokenize(PAYMENTS, _request(other, "win-hour")).token
+
+
+def test_a_stale_record_in_the_caller_s_old_domain_neither_refuses_nor_fails(
+    service: VaultService, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A policy moved payments to another domain: within the window its key recorded in
+    the old domain is 409 there (as before); after it the key is recorded in the new
+    domain (the old record, which the owner's unique index still held, is removed
+    first: no 500)."""
+    token, held = _converged(service, 886_801, "win-moved")
+    service.replace_policy(
+        PolicyEngine(parse_policy(MOVED, kind="toml").policy), actor="ops", source="test"
+    )
+    with pytest.raises(IdempotencyConflict):
+        service.tokenize(PAYMENTS, _request(held, "win-moved"))
+    _at(monkeypatch, service, WINDOW + timedelta(minutes=1))
+    moved = service.tokenize(PAYMENTS, _request(held, "win-moved"))
+    assert moved.token != token  # a new domain: an unrelated token
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT domain FROM idempotency_keys WHERE idempotency_key = 'win-moved'")
+        ).all()
+    assert [domain for (domain,) in rows] == ["spiffe://cofre/shop"]
+
+
+@pytest.fixture
+def shared(engine: Engine, hsm_provider: HSMProvider) -> Iterator[VaultService]:
+    """Payments and shop-b in one domain (review 27's policy)."""
+    service = VaultService(
+        engine, hsm_provider, PolicyEngine(parse_policy(POLICY, kind="toml").policy)
+    )
+    service.initialize()
+    yield service
+    service.close()
+
+
+def test_two_identities_reclaiming_one_stale_key_in_one_commit_group_meet(
+    shared: VaultService, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the window, payments and shop-b send the forgotten key with two cards in one
+    commit group: both remove the stale record, one records the key, the other meets it
+    (its transaction runs again and finds it): one answered, one 409, one record."""
+    assert shared._committer is not None
+    _, held = _converged(shared, 886_901, "win-race")
+    other = card_number("400000", 886_902)
+    _at(monkeypatch, shared, WINDOW + timedelta(minutes=1))
+
+    def call(ctx: CallContext, card: str) -> Callable[[], TokenRecord]:
+        return lambda: shared.tokenize(ctx, _request(card, "win-race"))
+
+    futures: list[Future[TokenRecord]] = in_one_group(
+        shared._committer, [call(PAYMENTS, held), call(SHOP_B, other)]
+    )
+    outcomes: list[object] = []
+    for future in futures:
+        try:
+            outcomes.append(future.result(30))
+        except Exception as exc:  # noqa: BLE001 - kept for the assertions
+            outcomes.append(exc)
+    answered = [o for o in outcomes if isinstance(o, TokenRecord)]
+    refused = [o for o in outcomes if isinstance(o, IdempotencyConflict)]
+    assert (len(answered), len(refused)) == (1, 1), outcomes
+    assert _records(engine, "win-race") == 1
