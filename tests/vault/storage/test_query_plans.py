@@ -11,6 +11,7 @@ noticing: the bench would, hours later. The plan is pinned here instead (no timi
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from audit.publisher import NEWEST_COSIGNED
 from vault.cryptoperiod import _REGISTERED
 from vault.key_registry import _RECORDS
 from vault.limits import _CHARGE_SQL, _SEEN_SQL, _SEEN_THEN_WATCH_SQL, _TAT_SQL
-from vault.operations._idempotency import _RECORDED, _RECORDED_PG
+from vault.operations._idempotency import _FORGET, _RECORDED, _RECORDED_PG
 from vault.operations._statements import (
     _ANY_CONVERGENT,
     _ANY_CONVERGENT_PG,
@@ -147,6 +148,21 @@ def test_the_recorded_keys_are_searched_through_their_two_keys(engine: Engine, k
         wanted = ["pk_idempotency_keys", "uq_idempotency_keys_owner", "pk_tokens"]
         assert "Filter" not in plan.replace("Filter: ((domain)::text <>", ""), plan
     assert all(index in plan for index in wanted), plan
+
+
+def test_the_purge_forgets_idempotency_keys_through_their_age_index(engine: Engine) -> None:
+    """Review 27: each batch the purge forgets is found through migration 0019's index on
+    ``created_at``, oldest first, and deleted by primary key: never a scan of the young
+    records (a lock held as long as the table is large)."""
+    sql = _FORGET.text.replace(":cutoff", "?").replace(":batch", "?")
+    with engine.begin() as connection:
+        # SQLite compares SQLAlchemy's text form; PostgreSQL a timestamp.
+        cutoff: object = "2026-01-01 00:00:00.000000"
+        if connection.dialect.name == "postgresql":
+            cutoff = datetime(2026, 1, 1, tzinfo=UTC)
+        plan = _plan(connection, sql, [cutoff, 500], 0)
+    assert "ix_idempotency_keys_created_at" in plan, plan
+    _assert_indexed(plan, "idempotency_keys")
 
 
 @pytest.mark.parametrize("sql", [_TAT_SQL, _CHARGE_SQL])
