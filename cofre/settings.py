@@ -16,7 +16,7 @@ import socket
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -141,6 +141,13 @@ class ServerSettings(_Section):
     cert_file: Path | None = None
     key_file: Path | None = None
     crl_file: Path | None = None
+    # The ports officers' signed requests may name in their Host (`@authority`,
+    # vault.officer_mfa): the port they dial. None: 443 (a load balancer or proxy on the
+    # standard port) and `port`. Set it when officers come in by another port (a
+    # port-forward, a proxy on 9443), or to one port when two vaults share a host name.
+    officer_ports: list[Annotated[int, Field(ge=1, le=65535)]] | None = Field(
+        default=None, min_length=1
+    )
     # Read deadlines for a request (headers, then body), and the most connections one
     # client identity may hold open (a busy client's pool holds hundreds).
     header_timeout_seconds: float = Field(default=10.0, gt=0, le=600)

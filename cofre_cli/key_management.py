@@ -17,7 +17,7 @@ from cofre.settings import Settings
 from hsm.provider import HSMProvider
 from vault.cryptoperiod import CryptoperiodMonitor, monitor_from_settings
 from vault.custody import Custody
-from vault.officer_mfa import OfficerMfa, server_names
+from vault.officer_mfa import OfficerMfa, officer_ports, server_names
 from vault.rotation import KeyRotation
 from vault.service import VaultService
 
@@ -83,6 +83,7 @@ def key_management(
             engine,
             lambda: service.policy,
             authorities=authorities,
+            ports=officer_ports(settings.server.port, settings.server.officer_ports),
         ),
         custody=Custody(engine, service.keyring.registry, lambda: service.policy),
     )

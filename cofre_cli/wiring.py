@@ -43,7 +43,7 @@ from cofre.filemodes import refuse_readable_secrets, secure_data_dir
 from cofre.redaction import OwnDigest
 from cofre.settings import Settings
 from cofre_cli.capture import capture_app, capture_origin
-from cofre_cli.key_management import key_management
+from cofre_cli.key_management import key_management, own_authorities
 from cofre_cli.witnessing import (
     observe_witnesses,
     start_audit_workers,
@@ -59,7 +59,7 @@ from policies.loader import LoadedPolicy, load_policy
 from policies.models import RateLimit
 from vault.cryptoperiod import CryptoperiodMonitor
 from vault.key_registry import KeyRegistry
-from vault.officer_mfa import identities_without_mfa
+from vault.officer_mfa import identities_without_mfa, officer_ports
 from vault.purge import PurgeWorker
 from vault.rotation import KeyRotation
 from vault.rotation_worker import RotationWorker
@@ -485,6 +485,9 @@ def _evidence_sources(
         certificates=certificate_inventory([p for p in cert_paths if p.is_file()]),
         custody=custody,
         security_codes=security_codes,
+        # The names officers sign for, as `vault.officer_mfa` reads them (check 6c).
+        officer_authorities=own_authorities(server.cert_file),
+        officer_ports=officer_ports(server.port, server.officer_ports),
     )
 
 

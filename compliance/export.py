@@ -12,7 +12,7 @@ import hashlib
 import json
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +30,13 @@ from audit.sequencer import Sequencer
 from audit.store import AuditStore
 from cofre import __version__
 from cofre.dberrors import database_errors_as
-from cofre_evidence_verifier.bundle import BUNDLE_FORMAT, MANIFEST, POLICY_ACTIONS, SIGNATURE
+from cofre_evidence_verifier.bundle import (
+    BUNDLE_FORMAT,
+    MANIFEST,
+    OFFICER_AUTHORITIES,
+    POLICY_ACTIONS,
+    SIGNATURE,
+)
 from compliance.custody import custody_json
 from compliance.dual_control import dual_control_json
 from compliance.errors import ChainBroken, ComplianceError, EvidenceUnavailable
@@ -42,6 +48,10 @@ PAGE: Final = 1000
 # Policy entries carry the whole policy text: fewer per page.
 _POLICY_PAGE: Final = 50
 _NO_LIMIT: Final = 2**63 - 1
+AUTHORITIES_SOURCE: Final = (
+    "the subjectAltName of the vault's TLS certificate at export: the hosts an officer's "
+    "signed @authority must name, on one of the ports (443 when a Host names none)"
+)
 _TEMPLATE: Final = Path(__file__).with_name("requirements.md.tmpl")
 
 
@@ -59,6 +69,13 @@ class EvidenceSources:
     # Card security codes held, used and expired in [from, to) (PCI DSS 3.3.1, 3.3.2):
     # counts only, never a code (`VaultService.security_code_counts`).
     security_codes: Callable[[datetime, datetime], dict[str, int]] | None = None
+    # The names the vault takes as its own when it checks an officer's signed
+    # `@authority` (`vault.officer_mfa.server_names` of its TLS certificate): the offline
+    # verifier compares each ceremony's signed authority with them, or with the names
+    # the auditor pins (the exporter writes this file, so the pin is the trust anchor).
+    officer_authorities: Callable[[], Collection[str]] | None = None
+    # The ports those requests may name (`vault.officer_mfa.officer_ports`).
+    officer_ports: Collection[int] | None = None
 
 
 def _blocks(start: int, end: int) -> list[tuple[int, int]]:
@@ -344,6 +361,14 @@ def _stage_sources(
     staging.add("config/settings.json", json.dumps(sources.settings, indent=2).encode())
     staging.add("tls/settings.json", json.dumps(sources.tls_settings, indent=2).encode())
     staging.add("tls/certificates.json", json.dumps(sources.certificates, indent=2).encode())
+    if sources.officer_authorities is not None:
+        names: dict[str, Any] = {
+            "names": sorted(sources.officer_authorities()),
+            "source": AUTHORITIES_SOURCE,
+        }
+        if sources.officer_ports is not None:
+            names["ports"] = sorted(sources.officer_ports)
+        staging.add(OFFICER_AUTHORITIES, json.dumps(names, indent=2).encode())
     if sources.security_codes is not None:
         staging.add(
             "security_codes/counts.json",

@@ -164,6 +164,12 @@ def authority_host(authority: str) -> str:
     return authority.partition(":")[0]
 
 
+def authority_port(authority: str) -> int:
+    """The port of a normalised `authority`: 443 when it names none."""
+    _, _, port = authority.rpartition("]")[2].partition(":")
+    return int(port or _DEFAULT_PORT)
+
+
 def _components(
     method: str, authority: str, path: str, query: str, digest: str
 ) -> list[tuple[str, str]]:

@@ -15,9 +15,10 @@ with ``created``, ``nonce`` and ``keyid``. The vault checks, in order:
 3. the signed ``@authority`` is this vault's: its host is a name in the vault's own TLS
    certificate (`server_names`; exact names, no wildcard). Nonces are per vault database,
    so without this a request signed for a staging vault, where the same officer and key
-   are registered, could be sent to production within the window. The port is not
-   compared: a certificate names none, and the port an officer dials (a load balancer's
-   443) need not be the one the node listens on; it is signed all the same;
+   are registered, could be sent to production within the window. Its port is one the
+   vault is reached by (`ports`: ``server.officer_ports``, by default 443, a load
+   balancer's or proxy's, and the node's own listening port), so a vault sharing its
+   host name on another port (staging on ``vault.example:9443``) is told apart;
 4. ``created`` is within the window around the vault's clock;
 5. the body's digest matches and the signature verifies;
 6. the nonce was never used: it is stored once (a primary key), in its own transaction,
@@ -51,6 +52,7 @@ from vault.errors import (
 from vault.httpsig import (
     HttpRequest,
     authority_host,
+    authority_port,
     jwk_thumbprint,
     normalize_authority,
     parse_signature,
@@ -85,6 +87,14 @@ def server_names(certificate_pem: bytes) -> frozenset[str]:
     return frozenset(names)
 
 
+def officer_ports(listening: int, configured: Collection[int] | None) -> frozenset[int]:
+    """The ports an officer's signed ``@authority`` may name: `configured`
+    (``server.officer_ports``) when set, else 443 (a load balancer or proxy on the
+    standard port, which officers' ``Host`` then omits) and the node's own `listening`
+    port (officers dialling it directly, as ``cofre keys`` does by default)."""
+    return frozenset(configured) if configured else frozenset({443, listening})
+
+
 def names_host(host: str, own: Collection[str]) -> bool:
     """Whether `host` is one of `own` (`server_names`): an IP address by value, a DNS name
     exactly. A wildcard name is not honoured: ``*.vault.example`` would name the staging
@@ -106,12 +116,16 @@ class OfficerMfa:
         policy: Callable[[], PolicyEngine],
         *,
         authorities: Callable[[], Collection[str]],
+        ports: Collection[int] | None = None,
         window_seconds: int = WINDOW_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine = engine
         self._policy = policy
         self._authorities = authorities
+        # The ports officers reach the vault by (None: not compared; the server's
+        # wiring always gives them, `officer_ports`).
+        self._ports = None if ports is None else frozenset(ports)
         self._window = window_seconds
         self._clock = clock
 
@@ -161,6 +175,13 @@ class OfficerMfa:
                 f"the request was signed for {authority}, which is not this vault "
                 f"(its certificate names {', '.join(sorted(own)) or 'nothing'}): sign for "
                 "the vault you send to"
+            )
+        port = authority_port(authority)
+        if self._ports is not None and port not in self._ports:
+            raise OfficerMfaInvalid(
+                f"the request was signed for {authority}, port {port}, which is not a port "
+                f"this vault is reached by ({', '.join(map(str, sorted(self._ports)))}): "
+                "sign for the address you send to (the vault's COFRE_SERVER__OFFICER_PORTS)"
             )
 
     def _claim(self, nonce: str, identity: str, keyid: str, created: int) -> None:

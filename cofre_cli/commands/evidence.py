@@ -128,6 +128,15 @@ def evidence_verify(
             "must be of that log.",
         ),
     ] = None,
+    authority: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--authority",
+            help="The vault's own name (host or host:port) you pinned: every officer "
+            "signature of a key ceremony must be for one of them (repeatable; without it, "
+            "the names the bundle records, which its exporter wrote).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
     html_out: Annotated[
         Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")
@@ -140,6 +149,7 @@ def evidence_verify(
     from cofre_evidence_verifier.errors import NoteError
     from cofre_evidence_verifier.html import render_html
     from cofre_evidence_verifier.report import render_text
+    from cofre_evidence_verifier.vault_names import parse_name
     from cofre_evidence_verifier.verify import verify_bundle
     from cofre_evidence_verifier.witnesses import read_witness_keys
 
@@ -157,6 +167,12 @@ def evidence_verify(
             err=True,
         )
         raise typer.Exit(2)
+    for name in authority or []:
+        try:
+            parse_name(name)
+        except ValueError as exc:
+            typer.echo(f"--authority: {exc}", err=True)
+            raise typer.Exit(2) from None
     report = verify_bundle(
         bundle,
         public_key.read_bytes(),
@@ -165,6 +181,7 @@ def evidence_verify(
         quorum=quorum,
         unsafe_no_witnesses=unsafe_no_witness,
         origin=origin,
+        authorities=authority or None,
     )
     typer.echo(json.dumps(report.as_json(), indent=2) if as_json else render_text(report))
     if html_out is not None:

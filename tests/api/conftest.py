@@ -201,6 +201,7 @@ def _start_server(
             software_officers(),
         )
     )
+    port = free_port()
     settings = Settings(
         data_dir=tmp,
         policy_file=policy,
@@ -208,8 +209,9 @@ def _start_server(
         if database_url is None
         else DatabaseSettings.model_validate({"url": database_url}),
         audit=audit or AuditSettings(sign_every_entries=50, sign_every_seconds=1.0),
-        # Its names are the authorities officers sign for (vault.officer_mfa).
-        server=ServerSettings(api_docs=api_docs, cert_file=pki.server_cert),
+        # Its names, and the port it listens on, are the authorities officers sign for
+        # (vault.officer_mfa).
+        server=ServerSettings(api_docs=api_docs, cert_file=pki.server_cert, port=port),
         # Suites export many bundles in a row; the export rate limit has its own test.
         evidence=evidence or EvidenceSettings(export_burst=1000),
         capture=capture or CaptureSettings(),
@@ -226,7 +228,6 @@ def _start_server(
         telemetry=make_telemetry(tracer_provider, new_meter_provider([metrics])),
         sequencer_interval=0.05,
     )
-    port = free_port()
     server = BackgroundServer(
         build_server(
             runtime.app,

@@ -19,9 +19,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from api.pki import ensure_dev_pki
+from cofre.settings import ServerSettings
 from cofre_cli.key_management import own_authorities
 from policies.engine import PolicyEngine
 from policies.errors import PolicyInvalid
@@ -45,7 +47,7 @@ from vault.httpsig import (
     signature_base,
     verify_ecdsa_p256,
 )
-from vault.officer_mfa import OfficerMfa, identities_without_mfa, server_names
+from vault.officer_mfa import OfficerMfa, identities_without_mfa, officer_ports, server_names
 
 ALICE, BOB, CAROL = (f"spiffe://cofre/officer-{n}" for n in ("alice", "bob", "carol"))
 PATH = "/v1/admin/keys/rotations"
@@ -407,3 +409,40 @@ def test_policy_refuses_a_key_that_is_not_p256() -> None:
 def test_identities_without_a_key_are_named(mfa: OfficerMfa) -> None:
     # The vault warns about them at start and on reload: their actions are refused.
     assert identities_without_mfa(mfa._policy()) == [CAROL]
+
+
+# ------------------------------------------------------------------ the signed port
+def test_the_signed_port_must_be_one_the_vault_is_reached_by(
+    engine: Engine, mfa: OfficerMfa, officers: dict[str, Officer]
+) -> None:
+    """By default 443 (a load balancer) and the listening port; a port-forward's or a
+    proxy's port only when configured (`server.officer_ports`), and then only those."""
+    default = OfficerMfa(
+        engine, mfa._policy, authorities=lambda: OWN, ports=officer_ports(8443, None)
+    )
+    for host in ("vault.example", "vault.example:443", "vault.example:8443", "[2001:db8::7]"):
+        default.verify(ALICE, Action.KEY_ADMIN, _request(officers[ALICE].headers(authority=host)))
+    for host in ("vault.example:9443", "10.0.0.7:18443", "[2001:db8::7]:9443"):
+        with pytest.raises(OfficerMfaInvalid, match="not a port this vault is reached by"):
+            default.verify(
+                ALICE, Action.KEY_ADMIN, _request(officers[ALICE].headers(authority=host))
+            )
+    forwarded = OfficerMfa(
+        engine, mfa._policy, authorities=lambda: OWN, ports=officer_ports(8443, [18443])
+    )
+    forwarded.verify(
+        ALICE, Action.KEY_ADMIN, _request(officers[ALICE].headers(authority="10.0.0.7:18443"))
+    )
+    for host in ("vault.example", "vault.example:8443"):
+        with pytest.raises(OfficerMfaInvalid, match="port"):
+            forwarded.verify(
+                ALICE, Action.KEY_ADMIN, _request(officers[ALICE].headers(authority=host))
+            )
+
+
+def test_officer_ports_setting_is_validated() -> None:
+    assert ServerSettings().officer_ports is None
+    assert ServerSettings(officer_ports=[443]).officer_ports == [443]
+    for bad in ([], [0], [65536]):
+        with pytest.raises(ValidationError):
+            ServerSettings(officer_ports=bad)

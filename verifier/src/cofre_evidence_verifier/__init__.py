@@ -33,6 +33,7 @@ __all__ = [
     "policy",
     "report",
     "request_signature",
+    "vault_names",
     "verify",
     "witnesses",
 ]

@@ -53,6 +53,8 @@ _CHUNK: Final = 1024 * 1024
 _MEMBER_NAME: Final = re.compile(r"(?!\.\.?(/|$))[A-Za-z0-9_.-]+(/(?!\.\.?(/|$))[A-Za-z0-9_.-]+)*")
 # The audit actions that record the policy put in force (with its SHA-256 and text).
 POLICY_ACTIONS: Final = ("policy.load", "policy.reload")
+# The names the vault took as its own for officers' signed @authority (check 6c).
+OFFICER_AUTHORITIES: Final = "keys/officer_authorities.json"
 
 # Deeper than any file of a bundle (an audit entry's details nest a few levels), far
 # below where the standard parser recurses too deep.

@@ -1,7 +1,8 @@
 """`cofre-verify`: the verifier's own command, for an auditor without the vault.
 
     cofre-verify BUNDLE --public-key PEM --witness-key VKEY [--witness-key VKEY ...]
-                 [--quorum N] [--origin ORIGIN] [--previous PREV] [--json] [--html OUT]
+                 [--quorum N] [--origin ORIGIN] [--authority NAME ...] [--previous PREV]
+                 [--json] [--html OUT]
 
 Exit status 0 when the bundle is VERIFIED, 1 when it is not (every problem is printed),
 2 for a usage error (argparse's convention).
@@ -19,6 +20,7 @@ from cofre_evidence_verifier import __version__
 from cofre_evidence_verifier.errors import NoteError
 from cofre_evidence_verifier.html import render_html
 from cofre_evidence_verifier.report import render_text
+from cofre_evidence_verifier.vault_names import parse_name
 from cofre_evidence_verifier.verify import verify_bundle
 from cofre_evidence_verifier.witnesses import read_witness_keys
 
@@ -52,6 +54,15 @@ def _parser() -> argparse.ArgumentParser:
         "--origin",
         help="the log's origin you pinned (cofre-audit/<log id>): every checkpoint must be "
         "of that log",
+    )
+    parser.add_argument(
+        "--authority",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="the vault's own name (host or host:port) you pinned: every officer signature "
+        "of a key ceremony must be for one of them (repeatable; without it, the names the "
+        "bundle records, which its exporter wrote)",
     )
     parser.add_argument("--previous", type=Path, help="the previous bundle of the chain")
     parser.add_argument("--json", action="store_true", help="machine-readable report")
@@ -94,6 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "character, no leading or trailing space\n"
         )
         return 2
+    for name in args.authority or ():
+        try:
+            parse_name(name)
+        except ValueError as exc:
+            sys.stderr.write(f"cofre-verify: --authority: {exc}\n")
+            return 2
     report = verify_bundle(
         args.bundle,
         public_key,
@@ -102,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quorum=args.quorum,
         unsafe_no_witnesses=args.unsafe_no_witness,
         origin=args.origin,
+        authorities=args.authority,
     )
     sys.stdout.write(
         json.dumps(report.as_json(), indent=2) + "\n" if args.json else render_text(report)

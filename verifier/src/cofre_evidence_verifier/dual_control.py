@@ -45,13 +45,16 @@ A rotation whose entries carry no signed request (logged before the vault kept t
 by an in-process caller that counted unsigned officers) is **not proven**, and fails
 the bundle like any other claim the log makes and cannot show. The report's summary
 lists each ceremony (``dual_control``): its officers, the quorum and the vaults
-(``@authority``) the requests were signed for, which the auditor compares with the
-vault's own name.
+(``@authority``) the requests were signed for. Each counted request must have been
+signed for one of the vault's own names (`vault_names`): the names the auditor pins, or
+else those the bundle records (``dual_control_vault_names`` in the summary says which),
+so a ceremony run on a staging vault with the same officers' keys does not count.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -77,6 +80,7 @@ from cofre_evidence_verifier.request_signature import (
     approval_path,
     verify_signed_request,
 )
+from cofre_evidence_verifier.vault_names import VaultNames, vault_names
 
 KEY_ADMIN: Final = "key_admin"
 # The vault's MFA window (`vault.officer_mfa.WINDOW_SECONDS`): how far a signature's
@@ -137,19 +141,21 @@ class _Context:
     policies: list[tuple[int, dict[str, Any]]]
     ttl_seconds: int
     period_first: int
+    names: VaultNames  # what each signed @authority must name
 
 
-def _verified(
+def _verified(  # noqa: PLR0911, PLR0917 - one return per reason a signature does not count
     ceremony: _Ceremony,
     what: str,
     entry: dict[str, Any],
     identities: dict[str, Any],
     policy_index: int,
+    names: VaultNames,
 ) -> tuple[SignedRequest, Signed] | None:
     """The signed request `entry` (`what`: "proposal" or "approval") carries, once it
     verifies under its officer's registered MFA key in the policy in force, over the
-    method, path and query that action signs (`_target`); else None, with the problem
-    reported on `ceremony`."""
+    method, path and query that action signs (`_target`), signed for one of the vault's
+    `names`; else None, with the problem reported on `ceremony`."""
     officer = str(entry.get("actor"))
     rules = identities.get(officer)
     rules = rules if isinstance(rules, dict) else {}
@@ -196,6 +202,10 @@ def _verified(
             )
         return None
     ceremony.authorities.add(signed.authority)
+    problem = names.problem(signed.authority)
+    if problem is not None:
+        ceremony.fail(f"{where} does not count: {problem}")
+        return None
     return request, signed
 
 
@@ -241,7 +251,7 @@ def _check_proposal(
         ceremony.fail(f"it was proposed {len(found)} times (entries {[i for i, _ in found]})")
     index, entry = found[0]
     proposer = str(entry.get("actor"))
-    verified = _verified(ceremony, "proposal", entry, identities, policy_index)
+    verified = _verified(ceremony, "proposal", entry, identities, policy_index, context.names)
     if verified is None:
         return proposer, None, index
     request, signed = verified
@@ -310,7 +320,7 @@ def _count_approvals(  # noqa: PLR0917 - what the proposal check found, in order
             )
             continue
         seen[officer] = index
-        verified = _verified(ceremony, "approval", entry, identities, policy_index)
+        verified = _verified(ceremony, "approval", entry, identities, policy_index, context.names)
         if verified is None:
             continue
         problem = _approval_problem(ceremony, *verified, proposed_at, started)
@@ -456,12 +466,19 @@ def _proposal_ttl_hours(files: Files) -> float:
 
 
 def check_dual_control(
-    files: Files, manifest: dict[str, Any], heads: Heads, report: Report
+    files: Files,
+    manifest: dict[str, Any],
+    heads: Heads,
+    report: Report,
+    *,
+    authorities: Sequence[str] | None = None,
 ) -> None:
     """Check that every rotation started in the period was proposed and approved by the
     policy's quorum of distinct officers, each by a request their registered MFA key
-    signed for that ceremony (see the module docstring); report each problem, and each
-    ceremony in the report's summary (``dual_control``)."""
+    signed for that ceremony and for this vault (one of `authorities`, the names the
+    auditor pinned, else of the names the bundle records: `vault_names`); see the module
+    docstring. Report each problem, and each ceremony in the report's summary
+    (``dual_control``)."""
     size = manifest["covering_head"]["tree_size"]
     head = heads.get(size)
     if head is None:
@@ -473,7 +490,9 @@ def check_dual_control(
     period = {index for index in pool if first <= index < end}
     hours = _proposal_ttl_hours(files)
     report.summary["dual_control_proposal_ttl_hours"] = hours
-    context = _Context(pool, policy_documents(files), int(hours * 3600), first)
+    names = vault_names(files, authorities, problems)
+    report.summary["dual_control_vault_names"] = names.summary()
+    context = _Context(pool, policy_documents(files), int(hours * 3600), first, names)
     checked = []
     for ceremony_id, start in ceremonies_to_check(pool, period, problems).items():
         entry = pool[start]
@@ -491,14 +510,16 @@ def check_dual_control(
     if not problems:
         named = "; ".join(
             f"{c.id} ({c.kind}): {c.proposer} proposed, {', '.join(c.approvers)} approved "
-            f"({len(c.approvers) + 1} of {c.required} officers)"
+            f"({len(c.approvers) + 1} of {c.required} officers), signed for "
+            f"{', '.join(sorted(c.authorities))}"
             for c in checked
         )
+        vault = f", for the vault's names {names.source}" if checked else ""
         report.passed(
             "dual_control",
             f"dual control: {len(checked)} key rotation{'' if len(checked) == 1 else 's'} "
             "started in the period, each "
             "proposed and approved by the policy's quorum of distinct officers with "
             f"requests their registered MFA keys signed for it, the proposal within "
-            f"{hours:g} h of the start{': ' + named if named else ''}",
+            f"{hours:g} h of the start{vault}{': ' + named if named else ''}",
         )

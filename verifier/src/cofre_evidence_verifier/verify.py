@@ -90,13 +90,16 @@ def verify_bundle(
     quorum: int = 1,
     unsafe_no_witnesses: bool = False,
     origin: str | None = None,
+    authorities: Sequence[str] | None = None,
 ) -> Report:
     """Verify the bundle at `path` (and its chain to the bundle at `previous`); see the
     module docstring. `witness_keys` are the witnesses' pinned cosignature/v1 keys, of
     which `quorum` must have cosigned the covering head; without them the bundle fails
     unless `unsafe_no_witnesses` (which the report states). `origin`, when given, is the
     log's origin the auditor pinned (`cofre-audit/<log id>`): every checkpoint must be
-    of that log. Never raises for a bad bundle: every problem is in the returned
+    of that log. `authorities`, when given, are the vault's names the auditor pinned:
+    every counted officer signature must be for one of them (check 6c; without them,
+    the names the bundle records). Never raises for a bad bundle: every problem is in the returned
     `Report`, which is `ok` only when every required check passed."""
     required = REQUIRED_CHECKS | (CHAIN_CHECKS if previous else frozenset())
     report = Report(required=required if unsafe_no_witnesses else required | {"witnesses"})
@@ -110,6 +113,7 @@ def verify_bundle(
             quorum=quorum,
             unsafe_no_witnesses=unsafe_no_witnesses,
             origin=origin,
+            authorities=authorities,
         )
     except Exception as exc:  # noqa: BLE001 - every byte of a bundle is hostile: a verdict, not a traceback
         # Content the checks did not expect (a type, a missing member, a value out of
@@ -131,6 +135,7 @@ def _verify(
     quorum: int,
     unsafe_no_witnesses: bool,
     origin: str | None,
+    authorities: Sequence[str] | None = None,
 ) -> None:
     """Run every check into `report` (see `verify_bundle`); may raise on content that
     no check expected."""
@@ -179,7 +184,7 @@ def _verify(
     boundaries.check_boundaries(bundle, manifest, verified, report)
     policy.check_policy(bundle, manifest, verified, report)
     custody.check_custody(bundle, manifest, verified, report)
-    dual_control.check_dual_control(bundle, manifest, verified, report)
+    dual_control.check_dual_control(bundle, manifest, verified, report, authorities=authorities)
     if unsafe_no_witnesses:
         report.checks.append(
             "UNSAFE: witness cosignatures not checked; only the vault's own key vouches "
