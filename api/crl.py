@@ -96,6 +96,12 @@ class RevokedCertificates:
         dates = [n for _, n, _ in self._by_source.values() if n is not None]
         return min(dates) if dates else None
 
+    def revokes(self, pem: str) -> bool:
+        """Whether the certificate `pem` is revoked (an officer's, stored with a key
+        ceremony action: `vault._ceremony_guards.revoked_officers`)."""
+        pairs = self._pairs
+        return bool(pairs) and _issuer_and_serial(pem) in pairs
+
     def check(self, pem: str | None) -> None:
         """Raise `CertificateRevoked` when the certificate `pem` is revoked."""
         pairs = self._pairs

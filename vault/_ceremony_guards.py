@@ -9,7 +9,7 @@ one its transaction may have recorded: review 42).
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -25,7 +25,7 @@ from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.models import Action
 from vault.approval_proof import approval_problem, proposal_problem
-from vault.ceremony import CeremonyState, RotationKind
+from vault.ceremony import CeremonyState, OfficerCertificate, RotationKind
 from vault.errors import CeremonyError, CeremonyRefused
 from vault.httpsig import jwk_thumbprint
 from vault.key_registry import KeyRegistry
@@ -222,6 +222,15 @@ def standing_approvals(
             "grants key administration, or with an MFA key it no longer registers: cancel it"
         )
     standing = _standing(policy, row, approvals)
+    if keys.certificate is not None and (
+        revoked := revoked_officers(connection, row, standing, keys.certificate.revoked)
+    ):
+        reason = "; ".join(revoked)
+        raise CeremonyRefused(
+            f"ceremony {row.id} takes no approval while the certificate of an officer who "
+            f"acted in it is revoked: {reason}. Cancel it and propose again",
+            reason=f"an officer's certificate is revoked: {reason}",
+        )
     counted = {a: proofs[a] for a in standing} | {identity: keys.proof}
     problems = unproven(
         policy,
@@ -240,6 +249,35 @@ def standing_approvals(
             reason=f"no valid signature by the officer's token: {reason}",
         )
     return standing
+
+
+def revoked_officers(
+    connection: Connection, row: Row[Any], standing: list[str], revoked: Callable[[str], bool]
+) -> list[str]:
+    """Who, of ceremony `row`'s proposer and its counted approvers (`standing`), acted with
+    a client certificate the CRL in force now revokes (or one stored unreadable), each
+    with why. An officer who leaves has their certificate revoked: their pending
+    proposal or approval must not carry a rotation after it (PCI DSS 8.2.6, 3.6.1.2). A
+    NULL certificate (before migration 0020, an in-process caller) is not checked."""
+    stored = dict(
+        connection.execute(
+            select(key_approvals.c.officer, key_approvals.c.certificate).where(
+                key_approvals.c.ceremony_id == row.id, key_approvals.c.officer.in_(standing)
+            )
+        ).all()
+    )
+    acted = [(f"the proposer {row.proposer}", row.proposer_certificate)]
+    acted += [(f"the approver {officer}", stored.get(officer)) for officer in standing]
+    found = []
+    for who, pem in acted:
+        if pem is None:
+            continue
+        try:
+            if revoked(pem):
+                found.append(f"{who}'s certificate is revoked")
+        except ValueError:
+            found.append(f"the certificate stored for {who} is not readable")
+    return found
 
 
 def proposal_life(now: datetime, ttl: timedelta) -> tuple[int, int]:
@@ -276,15 +314,17 @@ class ApprovalKeys:
     still, where a fresh read does not see it yet (review 42). `transaction` is then what
     settles it: PostgreSQL's id of the approval's transaction."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - an approval's parts, in the order they are known
         self,
         officer: str,
         ceremony_id: str,
         request_id: str | None,
         keyid: str | None = None,
         proof: str | None = None,
+        certificate: OfficerCertificate | None = None,
     ) -> None:
         self.officer, self.ceremony_id, self.request_id = officer, ceremony_id, request_id
+        self.certificate = certificate  # the approval's client certificate, and the CRL
         self.keyid = keyid  # the MFA key that signed the approval (the ceremony review)
         self.proof = proof  # the signed request, stored (`vault.approval_proof`)
         self.labels: list[str] = []

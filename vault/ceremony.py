@@ -6,6 +6,7 @@ runs ceremonies and returns these.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -54,3 +55,14 @@ class Ceremony:
             if isinstance(value, datetime):
                 out[key] = value.isoformat()
         return out
+
+
+@dataclass(frozen=True)
+class OfficerCertificate:
+    """The client certificate (PEM) an officer's ceremony action came with, stored with
+    it, and what says whether the CRL in force now revokes a certificate (the API's
+    `api.crl.RevokedCertificates.revokes`; it raises `ValueError` for one it cannot
+    read)."""
+
+    pem: str | None
+    revoked: Callable[[str], bool]

@@ -52,7 +52,7 @@ from vault._ceremony_guards import (
 from vault._rotation_batches import BATCH, RotationBatches
 from vault.approval_proof import SignedAction, proposal_expired
 from vault.audit_rotation import AuditKeyRotation
-from vault.ceremony import Ceremony, CeremonyState, RotationKind
+from vault.ceremony import Ceremony, CeremonyState, OfficerCertificate, RotationKind
 from vault.errors import CeremonyError, CeremonyNotFound, CeremonyRefused, StorageUnavailable
 from vault.key_inventory import code_epochs, describe_keys, record_counts
 from vault.keyring import DataKeyring, KeyPurpose, KeyState
@@ -215,6 +215,7 @@ class KeyRotation(RotationBatches):
         *,
         keyid: str | None = None,
         proof: SignedAction | None = None,
+        certificate: str | None = None,  # the client certificate (PEM) it came with
     ) -> Ceremony:
         """Open a rotation proposal (`keyid`, `proof`: the MFA key that signed it, and the
         signed request, `vault.approval_proof`: the id derives from it). Raises
@@ -246,6 +247,7 @@ class KeyRotation(RotationBatches):
                     proposer=identity,
                     proposer_keyid=keyid,
                     proposer_proof=proven,
+                    proposer_certificate=certificate,
                     created_at=now,
                     expires_at=now + self._ttl,
                 )
@@ -270,13 +272,14 @@ class KeyRotation(RotationBatches):
         *,
         keyid: str | None = None,
         proof: SignedAction | None = None,
+        certificate: OfficerCertificate | None = None,
     ) -> Ceremony:
         """Approve as `identity` (`keyid`, `proof`: the MFA key that signed it and the
         signed request). The proposer cannot approve; a second approval by the same
         officer changes nothing. At quorum of proven actions the rotation starts."""
         self._officer(identity, request_id or "")
         proven = None if proof is None else proof.to_json()
-        keys = ApprovalKeys(identity, ceremony_id, request_id, keyid, proven)
+        keys = ApprovalKeys(identity, ceremony_id, request_id, keyid, proven, certificate)
         try:
             return self._approve(identity, ceremony_id, request_id, keys)
         except CeremonyRefused as refused:
@@ -324,6 +327,7 @@ class KeyRotation(RotationBatches):
                     approved_at=self._clock(),
                     keyid=keys.keyid,
                     proof=keys.proof,
+                    certificate=keys.certificate and keys.certificate.pem,
                 )
             )
             self._record(

@@ -13,8 +13,10 @@ from api.dependencies import AppState, Caller, CeremonyPath, State
 from api.errors import ApiError
 from api.mfa import require_officer_mfa
 from api.models import CeremonyResponse, RotationRequest
+from api.tls import peer_certificate
 from policies.models import Action
 from vault.approval_proof import SignedAction
+from vault.ceremony import OfficerCertificate
 from vault.rotation import KeyRotation
 
 router = APIRouter()
@@ -36,6 +38,12 @@ def _mfa_proof(request: Request) -> SignedAction | None:
     (`vault.approval_proof`)."""
     proof = request.scope.get("state", {}).get("mfa_proof")
     return proof if isinstance(proof, SignedAction) else None
+
+
+def _certificate(request: Request) -> str | None:
+    """The client certificate (PEM) this request came with, stored with a proposal or
+    approval: while the CRL revokes it, the ceremony takes no approval."""
+    return peer_certificate(request.scope)
 
 
 def _rotation(state: AppState) -> KeyRotation:
@@ -77,6 +85,7 @@ def propose_rotation(
         caller.request_id,
         keyid=_mfa_keyid(request),
         proof=_mfa_proof(request),
+        certificate=_certificate(request),
     )
     return CeremonyResponse.model_validate(ceremony.as_json())
 
@@ -105,6 +114,10 @@ def approve_rotation(
         caller.request_id,
         keyid=_mfa_keyid(request),
         proof=_mfa_proof(request),
+        # Checked with the CRL in force now, as each request's own certificate is.
+        certificate=OfficerCertificate(
+            _certificate(request), request.app.state.revoked_certificates.revokes
+        ),
     )
     return CeremonyResponse.model_validate(ceremony.as_json())
 

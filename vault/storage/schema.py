@@ -152,6 +152,9 @@ key_ceremonies = Table(
     # The signed request that proposed it, as verified (`vault.approval_proof`): a
     # proposal counts only while it verifies under the proposer's registered MFA key.
     Column("proposer_proof", Text, nullable=True),
+    # The client certificate (PEM) the proposal came with: while the CRL revokes it, the
+    # ceremony takes no approval (migration 0020, `vault._ceremony_guards`).
+    Column("proposer_certificate", Text, nullable=True),
 )
 
 key_approvals = Table(
@@ -162,6 +165,7 @@ key_approvals = Table(
     Column("approved_at", DateTime(timezone=True), nullable=False),
     Column("keyid", String(64), nullable=True),  # the approval's MFA key, as above
     Column("proof", Text, nullable=True),  # the approval's signed request, as above
+    Column("certificate", Text, nullable=True),  # its client certificate, as above
 )
 
 # Rate limits as GCRA (the generic cell rate algorithm): one "theoretical arrival time"

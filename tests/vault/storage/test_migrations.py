@@ -275,3 +275,45 @@ def test_0015_and_0016s_indexes_built_ahead_as_the_operations_guide_says_are_kep
     assert len(expiry) == 1, built
     by_witness = [d for _, d in built.values() if "(witness, key_id, tree_size)" in d]
     assert len(by_witness) == 1, built
+
+
+def test_0020_adds_the_ceremony_certificates_and_keeps_the_rows(engine: Engine) -> None:
+    """Additive: older rows keep a NULL certificate (not checked against the CRL), and a
+    downgrade to 0019 drops the columns and keeps the rows."""
+    _upgrade(engine, "0019")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO key_ceremonies (id, kind, state, proposer, created_at, "
+                "expires_at, proposer_keyid) VALUES ('c1', 'data', 'pending', 'alice', "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 'k-alice')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO key_approvals (ceremony_id, officer, approved_at, keyid) "
+                "VALUES ('c1', 'bob', CURRENT_TIMESTAMP, 'k-bob')"
+            )
+        )
+    migrate(engine)
+    with engine.connect() as connection:
+        ceremony = connection.execute(
+            text("SELECT proposer_keyid, proposer_certificate FROM key_ceremonies")
+        ).one()
+        approval = connection.execute(text("SELECT keyid, certificate FROM key_approvals")).one()
+        compatible = connection.execute(text("SELECT min_code_revision FROM cofre_schema"))
+        assert compatible.scalar_one() == "0018"  # a rolling upgrade from 0018 or 0019
+    assert tuple(ceremony) == ("k-alice", None)
+    assert tuple(approval) == ("k-bob", None)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0019")
+    with engine.connect() as connection:
+        for table, column in (
+            ("key_ceremonies", "proposer_certificate"),
+            ("key_approvals", "certificate"),
+        ):
+            assert column not in {c["name"] for c in inspect(connection).get_columns(table)}
+        assert connection.execute(text("SELECT keyid FROM key_approvals")).scalar_one() == "k-bob"
