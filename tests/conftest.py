@@ -26,6 +26,7 @@ from tests.support.cloudhsm_shim import (
     activate,
     build_shim,
 )
+from tests.support.keyguard import shared_token_keys
 from tests.support.leakguard import LeakGuard, dump_database, install_leak_guard
 from tests.support.postgres import (
     PostgresCluster,
@@ -50,11 +51,32 @@ def leak_guard(
 
 
 @pytest.fixture(scope="session")
-def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> SoftHSMToken:
+def softhsm_token(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SoftHSMToken]:
     """A fresh SoftHSM2 token in this session's temp dir, with Cofre's hierarchy on it."""
     token = create_token(tmp_path_factory.mktemp("softhsm"))
-    KeyHierarchy(provider_from_settings(token.settings())).initialize()
-    return token
+    watcher = provider_from_settings(token.settings())
+    KeyHierarchy(watcher).initialize()
+    shared_token_keys(request.config).watch("shared", watcher)
+    yield token
+    watcher.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_token_unchanged(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each module: the shared tokens hold the Cofre keys they held before it
+    (tests/support/keyguard.py). A module that rotates or leaves a key there fails
+    here, by name, instead of a later module failing on what it finds."""
+    yield
+    changes = shared_token_keys(request.config).changes()
+    if changes:
+        pytest.fail(
+            f"{request.node.nodeid} changed the Cofre keys of a token the session shares "
+            f"({'; '.join(changes)}): rotate on `rotation_provider` / "
+            "`shim_rotation_provider`, or destroy what the module made",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -115,10 +137,11 @@ def _shim_provider(token: SoftHSMToken, shim: CloudHSMShim, suffix: str) -> HSMP
 
 @pytest.fixture(scope="session")
 def shim_provider(
-    softhsm_token: SoftHSMToken, cloudhsm_shim: CloudHSMShim
+    request: pytest.FixtureRequest, softhsm_token: SoftHSMToken, cloudhsm_shim: CloudHSMShim
 ) -> Iterator[HSMProvider]:
     """A provider through the shim, on the shim's own token."""
     provider = _shim_provider(softhsm_token, cloudhsm_shim, "-shim")
+    shared_token_keys(request.config).watch("shim", provider)
     yield provider
     provider.close()
 

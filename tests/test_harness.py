@@ -102,3 +102,23 @@ def test_session_leak_scan_fails_a_run_whose_tests_all_pass() -> None:
         result.stdout
     )
     assert "4111111111111111" not in result.stdout  # findings are reported masked
+
+
+@pytest.mark.hsm  # the child's guard watches its own session token
+def test_a_module_that_changes_the_shared_token_s_keys_fails_by_name() -> None:
+    result = _run_probe(
+        "-p",
+        "no:randomly",
+        "tests/harness_probe/probe_keys.py",
+        "tests/harness_probe/probe_keys_after.py",
+        env=dict(os.environ),
+    )
+    assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout
+    assert "2 passed, 1 error" in result.stdout
+    assert "ERROR at teardown of test_rotates_the_shared_token_s_key_encryption_key" in (
+        result.stdout
+    )
+    assert (
+        "tests/harness_probe/probe_keys.py changed the Cofre keys of a token the session "
+        "shares (shared token: added ['cofre-kek-v2'], removed nothing)"
+    ) in result.stdout
