@@ -28,6 +28,7 @@ from vault.storage.database import create_database_engine
 
 TIMEOUT_MS = 400
 CALLS = 16
+_BUCKETS = 256  # per-connection counters, by backend pid: collisions are rare and add little
 
 
 @pytest.fixture
@@ -56,10 +57,21 @@ def test_a_slow_database_fails_a_group_after_a_timeout_not_one_per_call(
 ) -> None:
     stored = slow_vault.tokenize(PAYMENTS, TokenizeRequest(Pan(card_number("6", 1)), "uuid"))
     with engine.begin() as c:  # every insert into it now takes longer than the timeout
+        # Each slow insert counts itself first, on a sequence of its connection's own
+        # (by backend pid, in _BUCKETS): `nextval` is not rolled back with the timed-out
+        # transaction, so the largest count is how many timeouts one connection met one
+        # after another, which the test judges instead of the wall clock.
         c.execute(
             text(
-                "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$"
+                f"DO $$ BEGIN FOR i IN 0..{_BUCKETS - 1} LOOP"
+                " EXECUTE format('CREATE SEQUENCE slow_hits_%s', i); END LOOP; END $$"
+            )
+        )
+        c.execute(
+            text(
+                "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                f" PERFORM nextval(format('slow_hits_%s', pg_backend_pid() % {_BUCKETS}));"
+                " PERFORM pg_sleep(2); RETURN NEW; END $$"
             )
         )
         c.execute(
@@ -69,9 +81,8 @@ def test_a_slow_database_fails_a_group_after_a_timeout_not_one_per_call(
             )
         )
     before = _tokens(engine)
-    answers: list[tuple[str, float]] = []
+    answers: list[str] = []
     lock = threading.Lock()
-    started = time.monotonic()
 
     def call(name: str, run: Callable[[], object]) -> None:
         try:
@@ -80,7 +91,7 @@ def test_a_slow_database_fails_a_group_after_a_timeout_not_one_per_call(
         except CofreError as exc:
             code = exc.code
         with lock:
-            answers.append((f"{name}:{code}", time.monotonic() - started))
+            answers.append(f"{name}:{code}")
 
     threads = [
         threading.Thread(
@@ -105,14 +116,22 @@ def test_a_slow_database_fails_a_group_after_a_timeout_not_one_per_call(
     for thread in [*threads, reader]:
         thread.join(120)
 
-    timeout = TIMEOUT_MS / 1000
     assert len(answers) == CALLS + 1
-    assert {name for name, _ in answers if name.startswith("tokenize")} <= {
+    assert {name for name in answers if name.startswith("tokenize")} <= {
         "tokenize:storage_unavailable",  # 503
         "tokenize:audit_unavailable",  # 503: the slow insert was the audit entry's
     }
     assert _tokens(engine) == before  # nothing written
-    slowest = max(elapsed for _, elapsed in answers)
-    # Two groups at most (the first call may be alone), each failing after its
-    # unguarded run's timeout and one guarded timeout: about 4 timeouts, not 17.
-    assert slowest < 6 * timeout + 1.0, sorted(answers, key=lambda a: a[1])
+    with engine.connect() as c:
+        hits = max(
+            int(c.execute(text(f"SELECT last_value FROM slow_hits_{i}")).scalar_one())
+            for i in range(_BUCKETS)
+        )
+    # The writer's connection: two or three groups (the first call may be alone, the
+    # read may come in a group of its own), each failing after its unguarded run's
+    # timeout and one guarded timeout, about 4 to 6 timeouts in a row; each call's own
+    # audit of its failure meets the slow queue on a connection of its own, side by side.
+    # One timeout per call in the writer, as before review 39, is at least CALLS + 1.
+    # (This was a bound on the slowest answer's seconds, which a loaded CI machine broke
+    # at 4.1 s: no test passes or fails on the wall clock.)
+    assert hits < CALLS, f"one connection met the timeout {hits} times for {CALLS + 1} calls"
