@@ -113,14 +113,15 @@ def test_export_memory_does_not_grow_with_the_period(
     # The bundle grew about tenfold (entries, heads, inclusion proofs) ...
     assert large_files["audit/entries.jsonl"] > 9 * small_files["audit/entries.jsonl"]
     assert grown > 1_000_000
-    # ... while the export's peak grew by less than a quarter of that growth, and stays
-    # below the size of the bundle itself. What it holds is one page of rows and
-    # fixed-size buffers; the residual growth measured here (about 15%: some 130 bytes
+    # ... while the export's peak grew by less than half of that growth, and stays below
+    # the size of the bundle itself. What it holds is one page of rows and fixed-size
+    # buffers; the residual growth measured here (15-26% across full runs: some 130 bytes
     # per inclusion-proof query, from the database layer's per-query objects, not bundle
-    # data) stops at the proof cap (5,000, then a sample of about 1,000). A builder that
-    # holds the bundle, as before, peaks above the bundle's size and grows by at least
-    # as much as the bundle does.
-    assert large_peak - small_peak < grown / 4, (small_peak, large_peak, grown)
+    # data, and whatever the collector had not freed yet) stops at the proof cap (5,000,
+    # then a sample of about 1,000). A builder that holds the bundle, as before, peaks
+    # above the bundle's size and grows by at least as much as the bundle does, so half
+    # still tells the two apart (a quarter failed one full run at 26%).
+    assert large_peak - small_peak < grown / 2, (small_peak, large_peak, grown)
     assert large_peak < large_size, (large_peak, large_size)
     # No witness runs here: the opt-out is named (witnessing is tested elsewhere).
     report = verify_bundle(tmp_path / "l.tar.gz", signer.public_key_pem(), unsafe_no_witnesses=True)
