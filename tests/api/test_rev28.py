@@ -1,0 +1,199 @@
+"""Review 28: one stolen client certificate of each non-officer identity of the dev
+policy (payments, store, ledger, getnet-adapter, auditor) against the real app (real
+mutual TLS, a real vault, a fake acquirer for the relay).
+
+A test named ``test_finding_...`` shows a gap and FAILS on the reviewed main (its
+docstring: severity, what the attacker gains, the fix suggested); the others pin a
+property that held when probed."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from api.pki import issue_client
+from hsm.provider import HSMProvider
+from tests.api.conftest import VaultServer, running_vault
+from tests.support.fake_acquirer import FakeAcquirer
+
+VISA = "4111111111111111"
+MASTERCARD = "5555555555554444"
+AMEX = "378282246310005"
+JSON = {"content-type": "application/json"}
+
+
+def _rid() -> str:
+    # Letters only: a caller's id with a long digit run is replaced by the vault's own.
+    return "rid-" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(16))
+
+
+def _entries(vault: VaultServer, request_id: str) -> list[dict[str, Any]]:
+    with vault.runtime.engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT payload FROM audit_entries WHERE payload LIKE :p ORDER BY id"),
+            {"p": f'%"request_id":"{request_id}"%'},
+        ).scalars()
+        return [json.loads(r) for r in rows]
+
+
+def _relay_policy(acquirer: FakeAcquirer) -> str:
+    ca: Path = acquirer.ca  # type: ignore[attr-defined]
+    return f"""
+[relay_routes.acq]
+identities = ["spiffe://cofre/getnet-adapter"]
+upstream = "{acquirer.url}/v1/authorize"
+detokenize = ["/card/number"]
+ca_bundle = "{ca}"
+"""
+
+
+@pytest.fixture
+def relay_vault(
+    tmp_path: Path, hsm_provider: HSMProvider, acquirer: FakeAcquirer
+) -> Iterator[tuple[VaultServer, FakeAcquirer]]:
+    """A vault whose getnet-adapter (scope out) may relay to a fake acquirer that
+    records what it receives and answers ``{"status": "APPROVED"}``."""
+    received: list[Any] = []
+
+    def answer(body: Any) -> tuple[int, Any]:
+        received.append(body)
+        return 200, {"status": "APPROVED"}
+
+    acquirer.answer = answer
+    acquirer.received = received  # type: ignore[attr-defined]
+    with running_vault(tmp_path, hsm_provider, extra_policy=_relay_policy(acquirer)) as vault:
+        issue_client(vault.pki, "getnet-adapter")
+        yield vault, acquirer
+
+
+# --- R28-1: odd JSON in a relay *request* body is a 500 after the card was revealed ----
+
+ODD_REQUEST_VALUES = {
+    "NaN": "NaN",
+    "Infinity": "Infinity",
+    "1e999": "1e999",
+    "lone surrogate": '"\\ud800"',
+}
+
+
+@pytest.mark.parametrize("odd", list(ODD_REQUEST_VALUES))
+def test_finding_odd_json_in_a_relay_request_is_a_500_after_the_reveal(
+    relay_vault: tuple[VaultServer, FakeAcquirer], odd: str
+) -> None:
+    """R28-1, Medium. ``json.loads`` (FastAPI's, and the hot routes') takes ``NaN``,
+    ``Infinity``, ``1e999`` and a lone surrogate escape; the relay body is a free
+    ``dict[str, Any]``, so they reach `vault.operations.relay.relay`, which detokenizes
+    the card and commits the ``relay.send`` reveal entry (and, on a card route, deletes
+    the held security code) and only then has httpx encode the outgoing body
+    (``json.dumps(allow_nan=False)``, then UTF-8), which raises ``ValueError`` /
+    ``UnicodeEncodeError``: not a `CofreError`, so the relay's outcome entry is never
+    written and the caller gets ``500 internal_error`` (review 43 fixed the same values
+    in the upstream's *answer*, not in the request). What a holder of the adapter's
+    certificate (out of PCI scope) gains: a 500 at will on the relay route, and an audit
+    trail that shows the card revealed for a relay with no outcome (PCI DSS 10.2.1:
+    nothing says whether it went upstream). Fix: refuse such a body before the reveal
+    (``422 invalid_relay_body``: parse relay bodies with ``parse_constant`` raising and
+    reject lone surrogates, or check ``json.dumps(body, allow_nan=False)
+    .encode("utf-8")`` in `_refuse_deep`), and answer any non-`CofreError` of `send`
+    with an audited outcome (``upstream_unavailable``)."""
+    vault, acquirer = relay_vault
+    with vault.client("payments") as payments:
+        token = payments.post("/v1/tokenize", json={"pan": VISA, "format": "pan_last4"}).json()[
+            "token"
+        ]
+    rid = _rid()
+    body = '{"card": {"number": "%s"}, "amount": %s}' % (token, ODD_REQUEST_VALUES[odd])
+    with vault.client("getnet-adapter") as adapter:
+        try:
+            relayed = adapter.post(
+                "/v1/relay/acq", content=body, headers={**JSON, "x-request-id": rid}
+            )
+            status = relayed.status_code
+        except httpx.HTTPError:  # dropped without an answer
+            status = 500
+    entries = _entries(vault, rid)
+    revealed = [e for e in entries if e.get("action") == "relay.send"]
+    outcomes = [e for e in entries if e.get("action") == "relay"]
+    assert acquirer.received == []  # type: ignore[attr-defined]
+    # The finding: a 500, and a reveal with no outcome.
+    assert status != 500, (status, [(e["action"], e["outcome"]) for e in entries])
+    assert not revealed or outcomes, entries
+
+
+def test_a_relay_body_of_odd_json_with_no_token_place_is_refused(
+    relay_vault: tuple[VaultServer, FakeAcquirer],
+) -> None:
+    """Holds: a relay body whose token place is missing, not a string or nested past 64
+    levels is 422 ``invalid_relay_body`` (problem+json) before any reveal; a token of no
+    readable domain, or 10,000 digits long, is 404 ``token_not_found``."""
+    vault, acquirer = relay_vault
+    bodies = {
+        '{"card": "x"}': 422,
+        '{"card": {"number": 4111111111111111}}': 422,
+        "{}": 422,
+        '{"card": {"number": "tok"}, "x": %s1%s}' % ("[" * 200, "]" * 200): 422,
+        '{"card": {"number": "4111110000001111"}}': 404,
+        '{"card": {"number": "%s"}}' % ("4" * 10_000): 404,
+    }
+    with vault.client("getnet-adapter") as adapter:
+        for body, expected in bodies.items():
+            refused = adapter.post("/v1/relay/acq", content=body, headers=JSON)
+            assert refused.status_code == expected, (body[:40], refused.text)
+            assert refused.headers["content-type"] == "application/problem+json"
+    assert acquirer.received == []  # type: ignore[attr-defined]
+
+
+# --- R28-2: a batch's later item for the same card gets the earlier item's short life ---
+
+
+def test_finding_a_batch_hands_a_token_for_good_that_expires_with_an_earlier_item(
+    vault_server: VaultServer,
+) -> None:
+    """R28-2, Low. 6e891dd made a convergent hit live at least as long as the call asks
+    (a caller asking for a token for good was handed one about to expire, stored it and
+    lost the card at the purge), but only for a hit on a *stored* token
+    (`_answer_convergent` -> `_outlive`). Two items of one batch (or, the same path, two
+    calls merged in one commit group) with the same card: the later item is answered
+    by `_Answers.same` with the token the earlier item creates, whose ``expires_at`` is
+    the earlier item's ``ttl_seconds``. A batch ``[card ttl 60, card for good]`` answers
+    the second item a token that the purge shreds a minute later, which docs/api.md
+    says cannot happen ("That token lives at least as long as the call asks"). No
+    attacker gain beyond the domain's own callers; the harm is a lost card on file.
+    Fix: a fresh row's ``expires_at`` is the longest life any item converging on it
+    asks (None wins), or run `_outlive` for items answered by `same`."""
+    with vault_server.client("payments") as client:
+        answer = client.post(
+            "/v1/tokenize/batch",
+            json={
+                "items": [
+                    {"pan": MASTERCARD, "format": "pan_bin6_last4", "ttl_seconds": 60},
+                    {"pan": MASTERCARD, "format": "pan_bin6_last4"},
+                ]
+            },
+        )
+        assert answer.status_code == 200, answer.text
+        first, second = answer.json()["results"]
+        assert first["token"] == second["token"]
+        stored = client.get(f"/v1/tokens/{second['token']}").json()
+    assert second["expires_at"] is None, second
+    assert stored["expires_at"] is None, stored
+
+
+def test_a_later_call_for_good_extends_a_stored_token(vault_server: VaultServer) -> None:
+    """Holds (6e891dd): a single call for good on a card whose stored token expires is
+    answered that token with no expiry."""
+    with vault_server.client("payments") as client:
+        first = client.post(
+            "/v1/tokenize", json={"pan": AMEX, "format": "uuid", "ttl_seconds": 60}
+        ).json()
+        again = client.post("/v1/tokenize", json={"pan": AMEX, "format": "uuid"}).json()
+    if first["token"] == again["token"]:  # uuid converges only where the space allows
+        assert again["expires_at"] is None, again
