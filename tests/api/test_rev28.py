@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import secrets
+import statistics
 import string
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,7 +115,7 @@ def test_finding_odd_json_in_a_relay_request_is_a_500_after_the_reveal(
             "token"
         ]
     rid = _rid()
-    body = '{"card": {"number": "%s"}, "amount": %s}' % (token, ODD_REQUEST_VALUES[odd])
+    body = '{"card": {"number": "' + token + '"}, "amount": ' + ODD_REQUEST_VALUES[odd] + "}"
     with vault.client("getnet-adapter") as adapter:
         try:
             relayed = adapter.post(
@@ -141,9 +144,9 @@ def test_a_relay_body_of_odd_json_with_no_token_place_is_refused(
         '{"card": "x"}': 422,
         '{"card": {"number": 4111111111111111}}': 422,
         "{}": 422,
-        '{"card": {"number": "tok"}, "x": %s1%s}' % ("[" * 200, "]" * 200): 422,
+        '{"card": {"number": "tok"}, "x": ' + "[" * 200 + "1" + "]" * 200 + "}": 422,
         '{"card": {"number": "4111110000001111"}}': 404,
-        '{"card": {"number": "%s"}}' % ("4" * 10_000): 404,
+        '{"card": {"number": "' + "4" * 10_000 + '"}}': 404,
     }
     with vault.client("getnet-adapter") as adapter:
         for body, expected in bodies.items():
@@ -211,7 +214,9 @@ def capture_vault(
     tmp_path_factory: pytest.TempPathFactory, hsm_provider: HSMProvider
 ) -> Iterator[VaultServer]:
     settings = CaptureSettings(port=free_port())
-    with running_vault(tmp_path_factory.mktemp("rev28cap"), hsm_provider, capture=settings) as vault:
+    with running_vault(
+        tmp_path_factory.mktemp("rev28cap"), hsm_provider, capture=settings
+    ) as vault:
         yield vault
 
 
@@ -293,10 +298,107 @@ def test_a_capture_answers_the_shoppers_own_expiry_not_the_stored_one(
     the shop holds it)."""
     card = "4000000000000044"
     with capture_vault.client("payments") as shop:
-        shop.post(
-            "/v1/tokenize", json={"pan": card, "format": "pan_bin6_last4", "expiry": "03/29"}
-        )
+        shop.post("/v1/tokenize", json={"pan": card, "format": "pan_bin6_last4", "expiry": "03/29"})
     captured = _shopper_captures(capture_vault, {"number": card})
     assert captured.status_code == 200, captured.text
     assert captured.json()["expiry"] is None
     assert set(captured.json()) == {"token", "format", "masked_pan", "expiry"}
+
+
+# --- R28-4: one rate unit buys ~100 ms of the PAN detector on the worker's event loop --
+
+# Digits in groups of one or two, joined by the loose separators (space, comma, hyphen):
+# no 12-19 digit Luhn-valid window, so the value is accepted, but every chain is long
+# and `_card_windows` / `_luhn_window` run ~1,300 Luhn checks per 256-character value.
+SLOW_VALUE = ("- 92,9" * 60)[:256]
+PLAIN_VALUE = "x" * 256
+
+
+def _best_of(client: httpx.Client, value: str, card: str, rounds: int = 20) -> float:
+    metadata = {f"k{index:02d}" + "x" * 50: value for index in range(16)}
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        answer = client.post(
+            "/v1/tokenize", json={"pan": card, "format": "uuid", "metadata": metadata}
+        )
+        best = min(best, time.perf_counter() - started)
+        assert answer.status_code == 200, answer.text
+    return best
+
+
+def test_finding_metadata_shaped_for_the_pan_detector_buys_many_units_of_work(
+    vault_server: VaultServer,
+) -> None:
+    """R28-4, Medium. `validate_metadata` runs `metadata_holds_pan_like` on each of the
+    16 keys and values; for a value of digit groups joined by the loose separators
+    (``"- 92,9"`` repeated to 256 characters, which holds no Luhn-valid window and is
+    accepted) it makes ~1,300 pure-Python Luhn checks (`_card_windows`, then
+    `_luhn_window`): ~3-5 ms a value, 50-140 ms a call, against ~3 ms for a call with
+    plain metadata. A single tokenize runs those checks on the worker's event loop
+    (`answered_on_loop`: "what runs on the loop is checks and one HMAC", docs/
+    threat-model.md), so each such call stalls every connection of that worker for its
+    length, for one rate unit: ~10-20 calls a second (of payments' 2,000) keep a
+    worker's loop busy; a 4 MiB batch of ~780 such items is ~60 s of GIL-held CPU in one
+    request for 780 units. Any identity with tokenize (payments, store) can do it.
+    Fix: make the metadata check linear with a small constant (one pass over the digits
+    between letters, with the Luhn sums of every window kept incrementally instead of
+    re-summing each window), or bound the digits a value may hold (e.g. at most 11 digits
+    per value, or per chain, since metadata is not a place for numbers that long), and
+    run a call whose metadata is large off the event loop."""
+    with vault_server.client("payments") as client:
+        plain = _best_of(client, PLAIN_VALUE, "4000000000000051")
+        slow = _best_of(client, SLOW_VALUE, "4000000000000051")
+    # The best of 20 calls each: a unit should buy about the same work whatever the
+    # metadata (the threat model's "a rate unit buys about the same work").
+    assert slow <= 4 * plain + 0.010, f"plain {plain * 1e3:.1f} ms, shaped {slow * 1e3:.1f} ms"
+
+
+def _reveals(vault: VaultServer, token: str, rounds: int = 40) -> list[float]:
+    times = []
+    with vault.client("ledger") as ledger:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            answer = ledger.post("/v1/detokenize-masked", json={"token": token})
+            times.append(time.perf_counter() - started)
+            assert answer.status_code == 200, answer.text
+    return times
+
+
+def test_finding_another_identitys_calls_wait_behind_shaped_metadata(
+    vault_server: VaultServer,
+) -> None:
+    """R28-4 (the same finding, its effect on others). Two payments connections sending
+    tokenize calls with `SLOW_VALUE` metadata one after another (a few dozen calls a
+    second, far inside payments' rate limit) make the ledger's masked reveals on the same
+    worker wait: median ~2 ms before, ~120 ms during, when probed. Fix: as above."""
+    with vault_server.client("payments") as payments:
+        token = payments.post(
+            "/v1/tokenize", json={"pan": "4000000000000069", "format": "pan_bin6_last4"}
+        ).json()["token"]
+    _reveals(vault_server, token, rounds=5)  # warm
+    before = statistics.median(_reveals(vault_server, token))
+    stop = threading.Event()
+    metadata = {f"k{index:02d}" + "x" * 50: SLOW_VALUE for index in range(16)}
+
+    def attack() -> None:
+        with vault_server.client("payments") as payments:
+            while not stop.is_set():
+                payments.post(
+                    "/v1/tokenize",
+                    json={"pan": "4000000000000051", "format": "uuid", "metadata": metadata},
+                )
+
+    attackers = [threading.Thread(target=attack) for _ in range(2)]
+    for attacker in attackers:
+        attacker.start()
+    try:
+        time.sleep(0.3)
+        during = statistics.median(_reveals(vault_server, token))
+    finally:
+        stop.set()
+        for attacker in attackers:
+            attacker.join()
+    assert during <= 5 * before + 0.020, (
+        f"before {before * 1e3:.1f} ms, during {during * 1e3:.1f} ms"
+    )
