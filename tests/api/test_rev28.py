@@ -65,15 +65,8 @@ def relay_vault(
     tmp_path: Path, hsm_provider: HSMProvider, acquirer: FakeAcquirer
 ) -> Iterator[tuple[VaultServer, FakeAcquirer]]:
     """A vault whose getnet-adapter (scope out) may relay to a fake acquirer that
-    records what it receives and answers ``{"status": "APPROVED"}``."""
-    received: list[Any] = []
-
-    def answer(body: Any) -> tuple[int, Any]:
-        received.append(body)
-        return 200, {"status": "APPROVED"}
-
-    acquirer.answer = answer
-    acquirer.received = received  # type: ignore[attr-defined]
+    records what it receives (`received`) and answers ``{"status": "APPROVED"}``."""
+    acquirer.answer = lambda body: (200, {"status": "APPROVED"})
     with running_vault(tmp_path, hsm_provider, extra_policy=_relay_policy(acquirer)) as vault:
         issue_client(vault.pki, "getnet-adapter")
         yield vault, acquirer
@@ -127,7 +120,7 @@ def test_finding_odd_json_in_a_relay_request_is_a_500_after_the_reveal(
     entries = _entries(vault, rid)
     revealed = [e for e in entries if e.get("action") == "relay.send"]
     outcomes = [e for e in entries if e.get("action") == "relay"]
-    assert acquirer.received == []  # type: ignore[attr-defined]
+    assert acquirer.received == []
     # The finding: a 500, and a reveal with no outcome.
     assert status != 500, (status, [(e["action"], e["outcome"]) for e in entries])
     assert not revealed or outcomes, entries
@@ -153,7 +146,7 @@ def test_a_relay_body_of_odd_json_with_no_token_place_is_refused(
             refused = adapter.post("/v1/relay/acq", content=body, headers=JSON)
             assert refused.status_code == expected, (body[:40], refused.text)
             assert refused.headers["content-type"] == "application/problem+json"
-    assert acquirer.received == []  # type: ignore[attr-defined]
+    assert acquirer.received == []
 
 
 # --- R28-2: a batch's later item for the same card gets the earlier item's short life ---
