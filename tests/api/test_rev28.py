@@ -395,3 +395,35 @@ def test_finding_another_identitys_calls_wait_behind_shaped_metadata(
     assert during <= 5 * before + 0.020, (
         f"before {before * 1e3:.1f} ms, during {during * 1e3:.1f} ms"
     )
+
+
+def _relay_time(adapter: httpx.Client, token: str, text: str, rounds: int = 5) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        relayed = adapter.post("/v1/relay/acq", json={"card": {"number": token}, "note": text})
+        best = min(best, time.perf_counter() - started)
+        assert relayed.status_code == 200, relayed.text
+    return best
+
+
+def test_finding_an_echoed_relay_body_shaped_for_the_pan_detector_costs_a_third_of_a_second(
+    relay_vault: tuple[VaultServer, FakeAcquirer],
+) -> None:
+    """R28-4 (the same root cause, through the relay). Acquirers' errors often echo the
+    request (docs/threat-model.md); the vault masks every string of the answer with the
+    PAN detector. The getnet-adapter (out of PCI scope) sends ~60 KiB of `SLOW_VALUE`
+    text beside the token: the echo costs ~0.3 s of the detector per relay (one rate
+    unit), against a few ms for plain text; a hostile upstream's 1 MiB answer ~5 s.
+    Fix: as above (a linear detector)."""
+    vault, acquirer = relay_vault
+    acquirer.answer = lambda body: (200, {"echo": body.get("note", "")})
+    with vault.client("payments") as payments:
+        token = payments.post("/v1/tokenize", json={"pan": VISA, "format": "pan_last4"}).json()[
+            "token"
+        ]
+    shaped = (SLOW_VALUE * 240)[:60_000]
+    with vault.client("getnet-adapter") as adapter:
+        plain = _relay_time(adapter, token, "x" * 60_000)
+        slow = _relay_time(adapter, token, shaped)
+    assert slow <= 4 * plain + 0.020, f"plain {plain * 1e3:.1f} ms, shaped {slow * 1e3:.1f} ms"
