@@ -427,3 +427,33 @@ def test_finding_an_echoed_relay_body_shaped_for_the_pan_detector_costs_a_third_
         plain = _relay_time(adapter, token, "x" * 60_000)
         slow = _relay_time(adapter, token, shaped)
     assert slow <= 4 * plain + 0.020, f"plain {plain * 1e3:.1f} ms, shaped {slow * 1e3:.1f} ms"
+
+
+def _batch_time(client: httpx.Client, value: str, items: int) -> tuple[float, httpx.Response]:
+    metadata = {f"k{index:02d}" + "x" * 50: value for index in range(16)}
+    batch = [{"pan": "4000000000000051", "format": "uuid", "metadata": metadata}] * items
+    batch.append({"pan": "4000000000000052", "format": "uuid"})  # Luhn-invalid: refused
+    started = time.perf_counter()
+    refused = client.post("/v1/tokenize/batch", json={"items": batch}, timeout=120)
+    return time.perf_counter() - started, refused
+
+
+def test_finding_a_refused_batch_spends_the_detector_on_every_item_for_no_unit(
+    vault_server: VaultServer,
+) -> None:
+    """R28-4 (the same root cause, for free). `_plan` checks every item (metadata
+    included) before the transaction that charges the rate limit, and stops at the first
+    invalid one: a batch of N items with `SLOW_VALUE` metadata whose LAST item is
+    Luhn-invalid is refused ``422 batch_item_invalid`` after N items' detector work and
+    charges no rate unit (a refusal rolls back; it spends one unit of the refusal
+    bucket). 40 items: ~2-3 s of the worker's CPU for one refusal; ~780 items (4 MiB):
+    ~60 s. Fix: as above; and charge a refused batch by the items checked before the
+    refusal (or check the cheap fields of every item before any metadata)."""
+    with vault_server.client("payments") as client:
+        plain, refused_plain = _batch_time(client, PLAIN_VALUE, 40)
+        slow, refused = _batch_time(client, SLOW_VALUE, 40)
+    for answer in (refused_plain, refused):
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["code"] == "batch_item_invalid"
+        assert answer.json()["item"] == 40
+    assert slow <= 4 * plain + 0.050, f"plain {plain * 1e3:.1f} ms, shaped {slow * 1e3:.1f} ms"
