@@ -22,7 +22,6 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from api.pki import issue_client
 from cofre.settings import CaptureSettings
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
@@ -68,7 +67,6 @@ def relay_vault(
     records what it receives (`received`) and answers ``{"status": "APPROVED"}``."""
     acquirer.answer = lambda body: (200, {"status": "APPROVED"})
     with running_vault(tmp_path, hsm_provider, extra_policy=_relay_policy(acquirer)) as vault:
-        issue_client(vault.pki, "getnet-adapter")
         yield vault, acquirer
 
 
@@ -457,3 +455,87 @@ def test_finding_a_refused_batch_spends_the_detector_on_every_item_for_no_unit(
         assert answer.json()["code"] == "batch_item_invalid"
         assert answer.json()["item"] == 40
     assert slow <= 4 * plain + 0.050, f"plain {plain * 1e3:.1f} ms, shaped {slow * 1e3:.1f} ms"
+
+
+# --- What held -------------------------------------------------------------------------
+
+ODD_BODIES = {
+    "a 5,000-digit integer": '{"pan": "4111111111111111", "format": "uuid", "ttl_seconds": '
+    + "9" * 5000
+    + "}",
+    "1e400": '{"pan": "4111111111111111", "format": "uuid", "ttl_seconds": 1e400}',
+    "NaN": '{"pan": "4111111111111111", "format": "uuid", "ttl_seconds": NaN}',
+    "lone surrogate in a name": '{"pan": "4111111111111111", "format": "uuid", '
+    '"cardholder_name": "Ana \\ud800"}',
+    "lone surrogate in metadata": '{"pan": "4111111111111111", "format": "uuid", '
+    '"metadata": {"\\ud800": "a"}}',
+    "fullwidth digits": '{"pan": "\\uff14\\uff11\\uff11\\uff11\\uff11\\uff11\\uff11\\uff11'
+    '\\uff11\\uff11\\uff11\\uff11\\uff11\\uff11\\uff11\\uff11", "format": "uuid"}',
+    "Arabic-Indic digits": '{"pan": "\\u0664\\u0661\\u0661\\u0661\\u0661\\u0661\\u0661'
+    '\\u0661\\u0661\\u0661\\u0661\\u0661\\u0661\\u0661\\u0661\\u0661", "format": "uuid"}',
+    "a number for the card": '{"pan": 4111111111111111, "format": "uuid"}',
+    "null": "null",
+    "nested 30,000 deep": "[" * 30_000 + "]" * 30_000,
+}
+
+
+def test_odd_bodies_on_the_token_routes_are_problems_never_500s(vault_server: VaultServer) -> None:
+    """Holds: huge integers, NaN, 1e400, lone surrogates in any field, non-ASCII digits,
+    a number for a string, ``null`` and deep nesting are 400/413/422 problem+json on the
+    single, hot and batch routes, and on the media types FastAPI parses (``+json``)."""
+    with vault_server.client("payments") as client:
+        for name, body in ODD_BODIES.items():
+            for path, media in (
+                ("/v1/tokenize", "application/json"),
+                ("/v1/tokenize", "application/vnd.cofre+json"),
+                ("/v1/lookup", "application/json"),
+                ("/v1/detokenize-masked", "application/json"),
+                ("/v1/tokenize/batch", "application/json"),
+            ):
+                answer = client.post(path, content=body, headers={"content-type": media})
+                assert answer.status_code in {400, 413, 422}, (name, path, answer.text)
+                assert answer.headers["content-type"] == "application/problem+json"
+
+
+def test_another_domains_token_is_answered_as_one_that_does_not_exist(
+    vault_server: VaultServer,
+) -> None:
+    """Holds: a token of the store's domain is, to payments, ledger and getnet-adapter
+    (whose `read_domains` name payments only), the same 404 ``token_not_found`` as a
+    token that never existed, on every read route they have; payments' own token is read
+    by the store (its `read_domains`), masked."""
+    with vault_server.client("store") as store:
+        theirs = store.post("/v1/tokenize", json={"pan": VISA, "format": "uuid"}).json()["token"]
+    with vault_server.client("payments") as payments:
+        ours = payments.post("/v1/tokenize", json={"pan": AMEX, "format": "pan_bin6_last4"})
+    never = "9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d"
+    reads = {
+        "payments": [
+            ("POST", "/v1/detokenize-masked"),
+            ("GET", "/v1/tokens/"),
+            ("DELETE", "/v1/tokens/"),
+        ],
+        "ledger": [
+            ("POST", "/v1/detokenize"),
+            ("POST", "/v1/detokenize-masked"),
+            ("GET", "/v1/tokens/"),
+        ],
+        "getnet-adapter": [("POST", "/v1/detokenize-masked")],
+    }
+    for name, routes in reads.items():
+        with vault_server.client(name) as client:
+            for method, path in routes:
+                seen = []
+                for token in (theirs, never):
+                    if method == "POST":
+                        answer = client.post(path, json={"token": token})
+                    else:
+                        answer = client.request(method, path + token)
+                    body = answer.json()
+                    body.pop("request_id")
+                    seen.append((answer.status_code, body))
+                assert seen[0] == seen[1], (name, path, seen)
+                assert seen[0][0] == 404
+    with vault_server.client("store") as store:
+        shown = store.post("/v1/detokenize-masked", json={"token": ours.json()["token"]})
+    assert shown.json()["masked_pan"] == "37828******0005"
