@@ -539,3 +539,27 @@ def test_another_domains_token_is_answered_as_one_that_does_not_exist(
     with vault_server.client("store") as store:
         shown = store.post("/v1/detokenize-masked", json={"token": ours.json()["token"]})
     assert shown.json()["masked_pan"] == "37828******0005"
+
+
+def test_a_security_code_refused_in_metadata_reaches_neither_audit_nor_logs(
+    vault_server: VaultServer,
+) -> None:
+    """Holds: a code riding in a metadata key (``cvv_7391``) or value (``cvv: 2648``) is
+    refused ``422 sensitive_authentication_data``; the refusal's audit entry carries the
+    error code only and no log line holds the code (the key is echoed to its own sender
+    in the problem's detail, nowhere else)."""
+    rid = _rid()
+    with vault_server.client("payments") as client:
+        for metadata in ({"cvv_7391": "x"}, {"note": "cvv: 2648"}, {"pin.5937": "z"}):
+            refused = client.post(
+                "/v1/tokenize",
+                json={"pan": VISA, "format": "uuid", "metadata": metadata},
+                headers={"x-request-id": rid},
+            )
+            assert refused.status_code == 422
+            assert refused.json()["code"] == "sensitive_authentication_data"
+    entries = json.dumps(_entries(vault_server, rid))
+    logs = vault_server.logs.getvalue()
+    for code in ("7391", "2648", "5937"):
+        assert code not in entries
+        assert code not in logs
