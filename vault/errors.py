@@ -198,7 +198,8 @@ class BatchItemInvalid(VaultError, ValueError):
 
 
 class RelayBodyInvalid(VaultError, ValueError):
-    """A relay body lacks a token where the route expects one (or is not JSON)."""
+    """A relay body lacks a token where the route expects one, or is not JSON the relay
+    can send (NaN, an infinite number, an unpaired surrogate)."""
 
     code = "invalid_relay_body"
 

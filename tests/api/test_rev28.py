@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
-import statistics
 import string
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,11 +78,14 @@ ODD_REQUEST_VALUES = {
 
 
 @pytest.mark.parametrize("odd", list(ODD_REQUEST_VALUES))
-def test_finding_odd_json_in_a_relay_request_is_a_500_after_the_reveal(
+def test_odd_json_in_a_relay_request_is_refused_before_the_reveal(
     relay_vault: tuple[VaultServer, FakeAcquirer], odd: str
 ) -> None:
-    """R28-1, Medium. ``json.loads`` (FastAPI's, and the hot routes') takes ``NaN``,
-    ``Infinity``, ``1e999`` and a lone surrogate escape; the relay body is a free
+    """R28-1, Medium (fixed: refused ``422 invalid_relay_body`` before any reveal, and
+    any failure of the send that is not the vault's own is audited as
+    ``upstream_unavailable``, tests/vault/test_relay_send_failures.py). ``json.loads``
+    (FastAPI's, and the hot routes') takes ``NaN``, ``Infinity``, ``1e999`` and a lone
+    surrogate escape; the relay body is a free
     ``dict[str, Any]``, so they reach `vault.operations.relay.relay`, which detokenizes
     the card and commits the ``relay.send`` reveal entry (and, on a card route, deletes
     the held security code) and only then has httpx encode the outgoing body
@@ -108,20 +108,20 @@ def test_finding_odd_json_in_a_relay_request_is_a_500_after_the_reveal(
     rid = _rid()
     body = '{"card": {"number": "' + token + '"}, "amount": ' + ODD_REQUEST_VALUES[odd] + "}"
     with vault.client("getnet-adapter") as adapter:
-        try:
-            relayed = adapter.post(
-                "/v1/relay/acq", content=body, headers={**JSON, "x-request-id": rid}
-            )
-            status = relayed.status_code
-        except httpx.HTTPError:  # dropped without an answer
-            status = 500
+        relayed = adapter.post("/v1/relay/acq", content=body, headers={**JSON, "x-request-id": rid})
+        status = relayed.status_code
     entries = _entries(vault, rid)
     revealed = [e for e in entries if e.get("action") == "relay.send"]
     outcomes = [e for e in entries if e.get("action") == "relay"]
     assert acquirer.received == []
-    # The finding: a 500, and a reveal with no outcome.
-    assert status != 500, (status, [(e["action"], e["outcome"]) for e in entries])
-    assert not revealed or outcomes, entries
+    # The finding was a 500, and a reveal with no outcome.
+    assert status == 422, (status, [(e["action"], e["outcome"]) for e in entries])
+    assert relayed.json()["code"] == "invalid_relay_body"
+    assert relayed.headers["content-type"] == "application/problem+json"
+    assert not revealed
+    assert [(e["outcome"], e["details"]["error"]) for e in outcomes] == [
+        ("failed", "invalid_relay_body")
+    ]
 
 
 def test_a_relay_body_of_odd_json_with_no_token_place_is_refused(
@@ -296,165 +296,37 @@ def test_a_capture_answers_the_shoppers_own_expiry_not_the_stored_one(
     assert set(captured.json()) == {"token", "format", "masked_pan", "expiry"}
 
 
-# --- R28-4: one rate unit buys ~100 ms of the PAN detector on the worker's event loop --
+# --- R28-4: one rate unit bought ~100 ms of the PAN detector on the worker's event loop -
 
 # Digits in groups of one or two, joined by the loose separators (space, comma, hyphen):
-# no 12-19 digit Luhn-valid window, so the value is accepted, but every chain is long
-# and `_card_windows` / `_luhn_window` run ~1,300 Luhn checks per 256-character value.
+# no 12-19 digit Luhn-valid window, so the value is accepted, but every chain is long:
+# `_card_windows` / `_luhn_window` ran ~1,300 Luhn checks per 256-character value (3-5 ms
+# a value, 16 a call on the event loop; a 60 KiB echoed relay answer 0.3 s). The review's
+# timed tests are replaced by counted ones (the house rule: never pass or fail on the
+# clock): tests/cofre/test_redaction_linear.py counts the detector's Luhn work, now linear
+# in the text (at most ~9 reads a character), and proves it answers as the old rule did.
 SLOW_VALUE = ("- 92,9" * 60)[:256]
-PLAIN_VALUE = "x" * 256
 
 
-def _best_of(client: httpx.Client, value: str, card: str, rounds: int = 20) -> float:
-    metadata = {f"k{index:02d}" + "x" * 50: value for index in range(16)}
-    best = float("inf")
-    for _ in range(rounds):
-        started = time.perf_counter()
-        answer = client.post(
-            "/v1/tokenize", json={"pan": card, "format": "uuid", "metadata": metadata}
-        )
-        best = min(best, time.perf_counter() - started)
-        assert answer.status_code == 200, answer.text
-    return best
-
-
-def test_finding_metadata_shaped_for_the_pan_detector_buys_many_units_of_work(
+def test_metadata_shaped_for_the_pan_detector_is_accepted_and_a_batch_of_it_refused_whole(
     vault_server: VaultServer,
 ) -> None:
-    """R28-4, Medium. `validate_metadata` runs `metadata_holds_pan_like` on each of the
-    16 keys and values; for a value of digit groups joined by the loose separators
-    (``"- 92,9"`` repeated to 256 characters, which holds no Luhn-valid window and is
-    accepted) it makes ~1,300 pure-Python Luhn checks (`_card_windows`, then
-    `_luhn_window`): ~3-5 ms a value, 50-140 ms a call, against ~3 ms for a call with
-    plain metadata. A single tokenize runs those checks on the worker's event loop
-    (`answered_on_loop`: "what runs on the loop is checks and one HMAC", docs/
-    threat-model.md), so each such call stalls every connection of that worker for its
-    length, for one rate unit: ~10-20 calls a second (of payments' 2,000) keep a
-    worker's loop busy; a 4 MiB batch of ~780 such items is ~60 s of GIL-held CPU in one
-    request for 780 units. Any identity with tokenize (payments, store) can do it.
-    Fix: make the metadata check linear with a small constant (one pass over the digits
-    between letters, with the Luhn sums of every window kept incrementally instead of
-    re-summing each window), or bound the digits a value may hold (e.g. at most 11 digits
-    per value, or per chain, since metadata is not a place for numbers that long), and
-    run a call whose metadata is large off the event loop."""
-    with vault_server.client("payments") as client:
-        plain = _best_of(client, PLAIN_VALUE, "4000000000000051")
-        slow = _best_of(client, SLOW_VALUE, "4000000000000051")
-    # The best of 20 calls each: a unit should buy about the same work whatever the
-    # metadata (the threat model's "a rate unit buys about the same work").
-    assert slow <= 4 * plain + 0.010, f"plain {plain * 1e3:.1f} ms, shaped {slow * 1e3:.1f} ms"
-
-
-def _reveals(vault: VaultServer, token: str, rounds: int = 40) -> list[float]:
-    times = []
-    with vault.client("ledger") as ledger:
-        for _ in range(rounds):
-            started = time.perf_counter()
-            answer = ledger.post("/v1/detokenize-masked", json={"token": token})
-            times.append(time.perf_counter() - started)
-            assert answer.status_code == 200, answer.text
-    return times
-
-
-def test_finding_another_identitys_calls_wait_behind_shaped_metadata(
-    vault_server: VaultServer,
-) -> None:
-    """R28-4 (the same finding, its effect on others). Two payments connections sending
-    tokenize calls with `SLOW_VALUE` metadata one after another (a few dozen calls a
-    second, far inside payments' rate limit) make the ledger's masked reveals on the same
-    worker wait: median ~2 ms before, ~120 ms during, when probed. Fix: as above."""
-    with vault_server.client("payments") as payments:
-        token = payments.post(
-            "/v1/tokenize", json={"pan": "4000000000000069", "format": "pan_bin6_last4"}
-        ).json()["token"]
-    _reveals(vault_server, token, rounds=5)  # warm
-    before = statistics.median(_reveals(vault_server, token))
-    stop = threading.Event()
+    """R28-4 (what the API answers, unchanged by the linear detector): the shaped value is
+    no card, so it is stored; a batch of 40 items carrying it whose last item is
+    Luhn-invalid is refused ``422 batch_item_invalid`` at item 40. The refusal costs the
+    detector's work on the 40 items, now linear in the body (bounded by its size)."""
     metadata = {f"k{index:02d}" + "x" * 50: SLOW_VALUE for index in range(16)}
-
-    def attack() -> None:
-        with vault_server.client("payments") as payments:
-            while not stop.is_set():
-                payments.post(
-                    "/v1/tokenize",
-                    json={"pan": "4000000000000051", "format": "uuid", "metadata": metadata},
-                )
-
-    attackers = [threading.Thread(target=attack) for _ in range(2)]
-    for attacker in attackers:
-        attacker.start()
-    try:
-        time.sleep(0.3)
-        during = statistics.median(_reveals(vault_server, token))
-    finally:
-        stop.set()
-        for attacker in attackers:
-            attacker.join()
-    assert during <= 5 * before + 0.020, (
-        f"before {before * 1e3:.1f} ms, during {during * 1e3:.1f} ms"
-    )
-
-
-def _relay_time(adapter: httpx.Client, token: str, text: str, rounds: int = 5) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        started = time.perf_counter()
-        relayed = adapter.post("/v1/relay/acq", json={"card": {"number": token}, "note": text})
-        best = min(best, time.perf_counter() - started)
-        assert relayed.status_code == 200, relayed.text
-    return best
-
-
-def test_finding_an_echoed_relay_body_shaped_for_the_pan_detector_costs_a_third_of_a_second(
-    relay_vault: tuple[VaultServer, FakeAcquirer],
-) -> None:
-    """R28-4 (the same root cause, through the relay). Acquirers' errors often echo the
-    request (docs/threat-model.md); the vault masks every string of the answer with the
-    PAN detector. The getnet-adapter (out of PCI scope) sends ~60 KiB of `SLOW_VALUE`
-    text beside the token: the echo costs ~0.3 s of the detector per relay (one rate
-    unit), against a few ms for plain text; a hostile upstream's 1 MiB answer ~5 s.
-    Fix: as above (a linear detector)."""
-    vault, acquirer = relay_vault
-    acquirer.answer = lambda body: (200, {"echo": body.get("note", "")})
-    with vault.client("payments") as payments:
-        token = payments.post("/v1/tokenize", json={"pan": VISA, "format": "pan_last4"}).json()[
-            "token"
-        ]
-    shaped = (SLOW_VALUE * 240)[:60_000]
-    with vault.client("getnet-adapter") as adapter:
-        plain = _relay_time(adapter, token, "x" * 60_000)
-        slow = _relay_time(adapter, token, shaped)
-    assert slow <= 4 * plain + 0.020, f"plain {plain * 1e3:.1f} ms, shaped {slow * 1e3:.1f} ms"
-
-
-def _batch_time(client: httpx.Client, value: str, items: int) -> tuple[float, httpx.Response]:
-    metadata = {f"k{index:02d}" + "x" * 50: value for index in range(16)}
-    batch = [{"pan": "4000000000000051", "format": "uuid", "metadata": metadata}] * items
+    batch = [{"pan": "4000000000000051", "format": "uuid", "metadata": metadata}] * 40
     batch.append({"pan": "4000000000000052", "format": "uuid"})  # Luhn-invalid: refused
-    started = time.perf_counter()
-    refused = client.post("/v1/tokenize/batch", json={"items": batch}, timeout=120)
-    return time.perf_counter() - started, refused
-
-
-def test_finding_a_refused_batch_spends_the_detector_on_every_item_for_no_unit(
-    vault_server: VaultServer,
-) -> None:
-    """R28-4 (the same root cause, for free). `_plan` checks every item (metadata
-    included) before the transaction that charges the rate limit, and stops at the first
-    invalid one: a batch of N items with `SLOW_VALUE` metadata whose LAST item is
-    Luhn-invalid is refused ``422 batch_item_invalid`` after N items' detector work and
-    charges no rate unit (a refusal rolls back; it spends one unit of the refusal
-    bucket). 40 items: ~2-3 s of the worker's CPU for one refusal; ~780 items (4 MiB):
-    ~60 s. Fix: as above; and charge a refused batch by the items checked before the
-    refusal (or check the cheap fields of every item before any metadata)."""
     with vault_server.client("payments") as client:
-        plain, refused_plain = _batch_time(client, PLAIN_VALUE, 40)
-        slow, refused = _batch_time(client, SLOW_VALUE, 40)
-    for answer in (refused_plain, refused):
-        assert answer.status_code == 422, answer.text
-        assert answer.json()["code"] == "batch_item_invalid"
-        assert answer.json()["item"] == 40
-    assert slow <= 4 * plain + 0.050, f"plain {plain * 1e3:.1f} ms, shaped {slow * 1e3:.1f} ms"
+        stored = client.post(
+            "/v1/tokenize", json={"pan": "4000000000000051", "format": "uuid", "metadata": metadata}
+        )
+        refused = client.post("/v1/tokenize/batch", json={"items": batch}, timeout=120)
+    assert stored.status_code == 200, stored.text
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["code"] == "batch_item_invalid"
+    assert refused.json()["item"] == 40
 
 
 # --- What held -------------------------------------------------------------------------

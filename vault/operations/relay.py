@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from vault.errors import (
     TokenExpired,
     TokenNotFound,
     UpstreamBusy,
+    UpstreamUnavailable,
     VaultError,
 )
 from vault.models import CallContext, TokenizeRequest, TokenRecord
@@ -138,7 +140,7 @@ class RelayOperations(TokenizeOperations):
             # closed, nothing was sent.
             details["tokens"] = len(token_ids)
             try:
-                result = self._relay_client.send(route_name, route, outgoing)
+                result = _send(self._relay_client.send, route_name, route, outgoing)
                 del outgoing
                 if route.card is not None and route.card.security_code is not None:
                     # An upstream that echoes the code must not hand it to the caller.
@@ -401,6 +403,39 @@ class RelayOperations(TokenizeOperations):
 
 def _refuse_deep(body: Any) -> None:
     """Raise `RelayBodyInvalid` for a body nested deeper than `MAX_DEPTH`: copying it
-    (and masking an answer like it) would exhaust Python's recursion, a 500."""
+    (and masking an answer like it) would exhaust Python's recursion, a 500; or for one
+    that cannot be sent as JSON.
+
+    Review 28 (R28-1): the parser takes ``NaN``, ``Infinity``, ``1e999`` (read as an
+    infinite float) and a lone surrogate escape (``"\\ud800"``), which httpx then fails to
+    encode (``allow_nan=False``, UTF-8) after the card was revealed and the
+    ``relay.send`` entry committed: a 500 with no outcome entry. Encoded here as httpx
+    encodes it, before any reveal; the PANs and card details put in later are plain
+    digits and text. The cost is one encoding of a body the API already bounds in size."""
     if nested_deeper_than(body):
         raise RelayBodyInvalid(f"the body nests deeper than {MAX_DEPTH} levels")
+    try:
+        json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (ValueError, TypeError):  # UnicodeEncodeError is a ValueError
+        raise RelayBodyInvalid(
+            "the body cannot be sent as JSON: it holds NaN, an infinite number or an "
+            "unpaired surrogate"
+        ) from None
+
+
+def _send(
+    send: Callable[[str, RelayRoute, Any], RelayResult], name: str, route: RelayRoute, body: Any
+) -> RelayResult:
+    """`send(name, route, body)`, with any failure that is not the vault's own error
+    raised as `UpstreamUnavailable`: the card was revealed and its ``relay.send`` entry
+    committed, so the relay's outcome must be audited, never a bare 500 (review 28: an
+    encoding error of httpx was one). Whether the upstream got anything is unknown."""
+    try:
+        return send(name, route, body)
+    except CofreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - audited as the relay's outcome, then raised
+        raise UpstreamUnavailable(
+            f"the relay of route {name!r} failed ({type(exc).__name__}): the upstream's "
+            "answer is unknown"
+        ) from None
