@@ -455,15 +455,23 @@ class VaultCore(Fingerprints):
             ) from None
         return CardBundle.open(clear)
 
-    def _reseal(self, connection: Connection, row: Row[Any], card: CardBundle) -> None:
-        """Store `card` (new details over the row's stored ones) in the row, sealed
-        under the active PAN data key with a fresh nonce."""
+    def _reseal(
+        self, connection: Connection, row: Row[Any], card: CardBundle, *, replace: bool = True
+    ) -> None:
+        """Store `card` in the row, sealed under the active PAN data key with a fresh
+        nonce: its details over the row's stored ones, or with `replace` false only
+        those the row lacks (`CardBundle.filled_into`; no write when that is none)."""
+        older = self._open_card(row)
+        if replace:
+            merged = card.merged_over(older)
+        else:
+            merged = card.filled_into(older, self._clock())
+            if merged == older:
+                return
         version = self._keyring.sealing_version(connection, KeyPurpose.PAN_GCM)
         nonce = secrets.token_bytes(12)
         sealed = self._keyring.gcm(version).encrypt(
-            nonce,
-            card.merged_over(self._open_card(row)).seal(),
-            pan_aad(row.id, row.token, version),
+            nonce, merged.seal(), pan_aad(row.id, row.token, version)
         )
         connection.execute(
             update(tokens)

@@ -198,6 +198,23 @@ class CardBundle:
             cardholder_name=self.cardholder_name or older.cardholder_name,
         )
 
+    def filled_into(self, older: CardBundle, now: datetime) -> CardBundle:
+        """`older` (the same card stored before) with what it lacks taken from this
+        bundle: a stored name and expiry stay, but one whose expiry has passed (`now`)
+        takes this one (the card reissued under its number: the stored expiry cannot
+        pay). What a capture, sent by a shopper, may change on the shop's token (R28-3)."""
+        kept = older.expiry
+        if kept is not None and self.expiry is not None:
+            try:
+                normalize_expiry(kept, now)
+            except CardExpired:
+                kept = None
+        return CardBundle(
+            pan=self.pan,
+            expiry=kept or self.expiry,
+            cardholder_name=older.cardholder_name or self.cardholder_name,
+        )
+
     def seal(self) -> bytes:
         """Return the plaintext to encrypt (see the module text for both layouts)."""
         if not self.has_details:

@@ -2,8 +2,8 @@
 batch's later item for the same card, and a shopper's capture of a card the shop
 already holds as a token.
 
-A test named ``test_finding_...`` shows a gap and FAILS on the reviewed main (its
-docstring: severity, what the attacker gains, the fix suggested); the others pin a
+Each finding's test failed on the reviewed main and passes with its fix (fix28b): its
+docstring keeps the severity, what the attacker gained and the fix; the others pin a
 property that held when probed."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ AMEX = "378282246310005"
 # --- R28-2: a batch's later item for the same card gets the earlier item's short life ---
 
 
-def test_finding_a_batch_hands_a_token_for_good_that_expires_with_an_earlier_item(
+def test_a_batch_item_for_good_gets_a_token_for_good_after_an_earlier_expiring_item(
     vault_server: VaultServer,
 ) -> None:
     """R28-2, Low. 6e891dd made a convergent hit live at least as long as the call asks
@@ -38,8 +38,8 @@ def test_finding_a_batch_hands_a_token_for_good_that_expires_with_an_earlier_ite
     the second item a token that the purge shreds a minute later, which docs/api.md
     says cannot happen ("That token lives at least as long as the call asks"). No
     attacker gain beyond the domain's own callers; the harm is a lost card on file.
-    Fix: a fresh row's ``expires_at`` is the longest life any item converging on it
-    asks (None wins), or run `_outlive` for items answered by `same`."""
+    Fixed: a new token lives as long as the longest life any item converging on it
+    asks (None wins), a stored one too (`TokenizeOperations._lives`)."""
     with vault_server.client("payments") as client:
         answer = client.post(
             "/v1/tokenize/batch",
@@ -103,7 +103,7 @@ def _shopper_captures(vault: VaultServer, card: dict[str, str]) -> httpx.Respons
         )
 
 
-def test_finding_a_shoppers_capture_makes_the_shops_expiring_token_permanent(
+def test_a_shoppers_capture_leaves_the_shops_expiring_token_to_expire(
     capture_vault: VaultServer,
 ) -> None:
     """R28-3a, Low. A capture asks no lifetime (a session has no ``ttl_seconds``), and
@@ -113,9 +113,8 @@ def test_finding_a_shoppers_capture_makes_the_shops_expiring_token_permanent(
     checkout sessions (a shopper, no certificate: the cardholder paying again, or a
     card thief) silently turns it into a token kept for good: the shop's retention
     choice (PCI DSS 3.2.1) is overridden by an untrusted party, and the shop is not
-    told (the capture answer has no ``expires_at``). Fix: a capture, which asks no
-    life, never extends a hit (or the session carries the life its tokens get, set by
-    the shop's backend)."""
+    told (the capture answer has no ``expires_at``). Fixed: a capture, which asks no
+    life, never extends a hit (docs/capture.md, "A card the shop already holds")."""
     card = "4000000000000028"
     with capture_vault.client("payments") as shop:
         kept = shop.post(
@@ -130,7 +129,7 @@ def test_finding_a_shoppers_capture_makes_the_shops_expiring_token_permanent(
     assert stored["expires_at"] is not None, stored
 
 
-def test_finding_a_shoppers_capture_rewrites_the_shops_stored_card_details(
+def test_a_shoppers_capture_keeps_the_shops_stored_card_details(
     capture_vault: VaultServer,
 ) -> None:
     """R28-3b, Low. "New details replace the stored ones" (docs/api.md, for a caller of
@@ -140,7 +139,8 @@ def test_finding_a_shoppers_capture_rewrites_the_shops_stored_card_details(
     later relays send to the acquirer (declines, or a name of the attacker's choosing
     on the shop's card on file). The shop's backend never sees it happen. Fix: a
     capture fills in missing details of an existing token but never replaces stored
-    ones (or captures never converge on tokens the backend made)."""
+    ones. Fixed so (an expiry that has passed gives way: the card reissued under its
+    number; docs/capture.md, "A card the shop already holds")."""
     card = "4000000000000036"
     with capture_vault.client("payments") as shop:
         kept = shop.post(

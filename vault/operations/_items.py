@@ -7,8 +7,9 @@ IN PCI SCOPE: an item holds the card.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from policies.formats import (
@@ -63,6 +64,10 @@ class _Item:
     # lock is then not held for them (issue 21). None: drawn in the transaction.
     candidate: str | None = None
     token_id: str | None = None
+    # What a hit on a stored token may change on it: its life (`_outlive`) and its card
+    # details. A capture (a shopper, not the shop's backend) changes neither (R28-3).
+    extends: bool = True
+    replaces_details: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,17 +103,48 @@ class _Answers:
     first_with_key: dict[str, int] = field(default_factory=dict)
     first_for: dict[tuple[str, bytes], int] = field(default_factory=dict)
     stored: dict[int, Row[Any]] = field(default_factory=dict)  # item -> row it answers
+    entry: dict[int, int] = field(default_factory=dict)  # item -> its tokenize entry's place
+    # item -> the life its ask gave the token it got (None: for good), for its entry.
+    extended: dict[int, datetime | None] = field(default_factory=dict)
 
     def answer(self, service: TokenizeOperations, index: int, row: Row[Any], result: str) -> None:
         self.results[index] = service._record(row, existing=True)
         self.stored[index], self.how[index] = row, result
-        event = service._tokenize_event(self.ctxs[index], row.id, row.format, result)
+        self.add(index, service._tokenize_event(self.ctxs[index], row.id, row.format, result))
+
+    def add(self, index: int, event: AuditEvent) -> None:
+        """Item `index`'s tokenize entry."""
+        self.entry[index] = len(self.events)
         self.events.append((index, event))
+
+    def root(self, index: int) -> int:
+        """The item whose token item `index` was answered (itself unless `same`)."""
+        while index in self.same_as:
+            index = self.same_as[index][0]
+        return index
+
+    def note_extensions(self) -> None:
+        """Write into each extending item's entry until when its ask made the token
+        live (`details.expires_at`: an ISO time or ``never``)."""
+        for index, until in self.extended.items():
+            at = self.entry[index]
+            event = self.events[at][1]
+            shown = "never" if until is None else until.isoformat()
+            self.events[at] = (
+                index,
+                replace(event, details={**event.details, "expires_at": shown}),
+            )
 
     def same(self, index: int, earlier: int, result: str) -> None:
         """Item `index` gets what item `earlier` got; its audit result is `result`."""
         self.same_as[index] = (earlier, result)
         self.how[index] = result
+
+
+def longest(lives: Iterable[datetime | None]) -> datetime | None:
+    """The longest of lives (None: for ever)."""
+    ends = list(lives)
+    return None if None in ends else max(end for end in ends if end is not None)
 
 
 def gone(row: Any) -> TokenExpired | TokenDeleted:

@@ -263,7 +263,11 @@ class CaptureOperations(TokenizeOperations):
             cardholder_name=card.name,
             security_code=code,
         )
-        pending = self._tokenize(owner, [request], batch=False, action=Action.CAPTURE, within=spend)
+        # A capture asks no life of its own: a new token is kept until deleted, and one
+        # the shop holds keeps its expiry and details (`shopper`, R28-3).
+        pending = self._tokenize(
+            owner, [request], batch=False, action=Action.CAPTURE, within=spend, shopper=True
+        )
         record = pending.finish()[0]
         shown = None if card.expiry is None else normalize_expiry(card.expiry, self._clock())
         return CaptureResult(token=record, masked=card.pan.masked(), expiry=shown)

@@ -37,7 +37,7 @@ from vault.models import MAX_BATCH, CallContext, Pending, TokenizeRequest, Token
 from vault.operations._candidates import TokenCandidates
 from vault.operations._idempotency import KeyedRows, keyed_rows, record_keys
 from vault.operations._inputs import expiry
-from vault.operations._items import _Answers, _Call, _Item, gone
+from vault.operations._items import _Answers, _Call, _Item, gone, longest
 from vault.operations._statements import (
     _convergent_records,
     _held_fingerprints,
@@ -125,12 +125,16 @@ class TokenizeOperations(TokenCandidates):
         batch: bool,
         action: Action = Action.TOKENIZE,
         within: Callable[[Connection, list[TokenRecord]], None] | None = None,
+        shopper: bool = False,
     ) -> Pending[list[TokenRecord]]:
         """The one tokenize path, up to its transaction's submission (`Pending`; its
         `finish()` is the synchronous call): a single call is a batch of one. `action` is
         what the caller's policy must allow (a hosted capture tokenizes under
         ``capture``); `within` runs in the same transaction after the tokens are stored
-        (a capture spends its session there: if it raises, nothing is stored)."""
+        (a capture spends its session there: if it raises, nothing is stored). With
+        `shopper` (a capture: a card from a browser, no certificate) a hit on a stored
+        token changes neither its life nor the details it holds, but fills in missing
+        ones (R28-3): the shop's backend decides those, not whoever holds the card."""
         with self._audited_refusal(ctx, action):
             rules = self._authorize(ctx, action, token_format=requests[0].format)
             domain = rules.domain_of(ctx.identity)
@@ -138,6 +142,9 @@ class TokenizeOperations(TokenCandidates):
                 self._authorize(ctx, action, token_format=other)
             self._refuse_early(ctx, rules, requests)
             items = self._plan(domain, requests, batch=batch)
+            if shopper:
+                for item in items:
+                    item.extends = item.replaces_details = False
 
             def work(connection: Connection) -> list[TokenRecord] | VaultError:
                 now = self._clock()
@@ -316,10 +323,13 @@ class TokenizeOperations(TokenCandidates):
             )
         for index, stored in answers.stored.items():
             if items[index].card.has_details:  # e.g. a reissued card's new expiry
-                self._reseal(connection, stored, items[index].card)
+                self._reseal(
+                    connection, stored, items[index].card, replace=items[index].replaces_details
+                )
+        lives = self._lives(connection, answers, items, fresh, now)
         if fresh:
             self._settle_candidates(connection, fresh, items, domain)
-        indexed_rows = self._new_rows(connection, ctxs[0], domain, items, fresh, now)
+        indexed_rows = self._new_rows(connection, ctxs[0], domain, items, fresh, now, lives)
         if indexed_rows:
             insert_many(connection, tokens, [row for _, row in indexed_rows])
         for index, row in indexed_rows:
@@ -333,14 +343,14 @@ class TokenizeOperations(TokenCandidates):
                 metadata={} if row["metadata"] == "{}" else json.loads(row["metadata"]),
                 existing=False,
             )
-            event = self._tokenize_event(ctxs[index], row["id"], row["format"], "new")
-            answers.events.append((index, event))
+            answers.add(index, self._tokenize_event(ctxs[index], row["id"], row["format"], "new"))
         for index, (source, result) in answers.same_as.items():  # the same PAN or key
             first = answers.results[source]
             assert first is not None  # noqa: S101 - every source was answered above
             answers.results[index] = dataclasses.replace(first, existing=True)
             event = self._tokenize_event(ctxs[index], first.token_id, first.format, result)
-            answers.events.append((index, event))
+            answers.add(index, event)
+        answers.note_extensions()
         since = now - self._key_window
         record_keys(
             connection, domain, ctxs, answers.results, answers.first_with_key, keyed, now, since
@@ -437,9 +447,7 @@ class TokenizeOperations(TokenCandidates):
         if found is not None:
             expires = as_utc(found.expires_at)
             if expires is None or expires > now:
-                answers.answer(self, index, found, "convergent")
-                if expires is not None:
-                    self._outlive(connection, answers, index, item, now)
+                answers.answer(self, index, found, "convergent")  # its life: `_lives`
                 return True
             self._shred(connection, found.id, now)
             purge = self._audit_event(
@@ -458,18 +466,59 @@ class TokenizeOperations(TokenCandidates):
             return True
         return False
 
+    def _lives(
+        self,
+        connection: Connection,
+        answers: _Answers,
+        items: Sequence[_Item],
+        fresh: Mapping[int, str],
+        now: datetime,
+    ) -> dict[int, datetime | None]:
+        """Make every token this call's items converge on live as long as the longest
+        life any of them asks (`ttl_seconds`, none: for ever), never shorter: a caller
+        asking for a token for good was handed one about to expire, and lost the card at
+        the purge (6e891dd for a stored token; R28-2 for one an earlier item of the same
+        call makes: a batch, or single calls merged in one commit group). Extends stored
+        tokens (`_outlive`) and returns the life of each new token, by its item. An
+        idempotent answer asks nothing (a retry alone changes no life), nor does an item
+        that may not extend (a capture, R28-3). The item whose ask set the life has it
+        in its entry (`details.expires_at`)."""
+        askers: dict[int, list[int]] = {}  # the item a token is made or found for -> askers
+        for index, item in enumerate(items):
+            root = answers.root(index)
+            if index != root:
+                asks = answers.same_as[index][1] == "convergent" and item.extends
+            else:
+                asks = index in fresh or (answers.how.get(index) == "convergent" and item.extends)
+            if asks:
+                askers.setdefault(root, []).append(index)
+        lives: dict[int, datetime | None] = {}
+        for root, indices in askers.items():
+            wanted = {index: expiry(now, items[index].request.ttl_seconds) for index in indices}
+            life = longest(wanted.values())
+            asker = next(index for index in indices if wanted[index] == life)
+            if root in fresh:
+                lives[root] = life
+                if asker != root:
+                    answers.extended[asker] = life
+            else:
+                self._outlive(connection, answers, root, life, asker)
+        return lives
+
     @staticmethod
     def _outlive(
-        connection: Connection, answers: _Answers, index: int, item: _Item, now: datetime
+        connection: Connection,
+        answers: _Answers,
+        index: int,
+        wanted: datetime | None,
+        asker: int,
     ) -> None:
-        """Make the expiring token item `index` was just answered live as long as the
-        item asks (`ttl_seconds`, none: for ever), never shorter: a caller asking for a
-        token for good was handed one about to expire, and lost the card at the purge.
-        The UPDATE's condition keeps it monotonic against a stale read or another call;
-        the extension is in the item's audit entry (`expires_at`)."""
+        """Make the stored token item `index` was answered live until `wanted` (None:
+        for ever) if it would expire sooner, never shorter. The UPDATE's condition keeps
+        it monotonic against a stale read or another call; the extension is in the
+        entry of `asker`, the item that asked it."""
         record = answers.results[index]
         assert record is not None  # noqa: S101 - `answers.answer` set it
-        wanted = expiry(now, item.request.ttl_seconds)
         ends = as_utc(record.expires_at)
         if ends is None or (wanted is not None and wanted <= ends):
             return
@@ -486,10 +535,7 @@ class TokenizeOperations(TokenCandidates):
             answers.results[index] = dataclasses.replace(record, expires_at=as_utc(stored))
             return
         answers.results[index] = dataclasses.replace(record, expires_at=wanted)
-        at, event = answers.events[-1]  # the hit's own entry (`_Answers.answer`)
-        until = "never" if wanted is None else wanted.isoformat()
-        details = {**event.details, "expires_at": until}
-        answers.events[-1] = (at, dataclasses.replace(event, details=details))
+        answers.extended[asker] = wanted
 
     def _new_rows(  # noqa: PLR0917 - the call's parts, in the order _store_tokens has them
         self,
@@ -499,6 +545,7 @@ class TokenizeOperations(TokenCandidates):
         items: Sequence[_Item],
         fresh: Mapping[int, str],
         now: datetime,
+        lives: Mapping[int, datetime | None],
     ) -> list[tuple[int, dict[str, Any]]]:
         if not fresh:  # every card answered by a stored token: no key needed
             return []
@@ -534,7 +581,7 @@ class TokenizeOperations(TokenCandidates):
                         "domain": domain,
                         "idempotency_key": item.request.idempotency_key,
                         "created_at": now,
-                        "expires_at": expiry(now, item.request.ttl_seconds),
+                        "expires_at": lives[index],
                     },
                 )
             )
