@@ -114,7 +114,7 @@ def test_a_shoppers_capture_leaves_the_shops_expiring_token_to_expire(
     card thief) silently turns it into a token kept for good: the shop's retention
     choice (PCI DSS 3.2.1) is overridden by an untrusted party, and the shop is not
     told (the capture answer has no ``expires_at``). Fixed: a capture, which asks no
-    life, never extends a hit (docs/capture.md, "A card the shop already holds")."""
+    life, never extends a hit (docs/capture.md, "A card your domain already holds")."""
     card = "4000000000000028"
     with capture_vault.client("payments") as shop:
         kept = shop.post(
@@ -140,7 +140,7 @@ def test_a_shoppers_capture_keeps_the_shops_stored_card_details(
     on the shop's card on file). The shop's backend never sees it happen. Fix: a
     capture fills in missing details of an existing token but never replaces stored
     ones. Fixed so (an expiry that has passed gives way: the card reissued under its
-    number; docs/capture.md, "A card the shop already holds")."""
+    number; docs/capture.md, "A card your domain already holds")."""
     card = "4000000000000036"
     with capture_vault.client("payments") as shop:
         kept = shop.post(
