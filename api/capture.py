@@ -151,6 +151,7 @@ class _Now(TypedDict):
     allow_http_localhost: bool
     client_address: str
     request_id: str
+    audit: bool
 
 
 def _now(state: CaptureState, request: Request) -> _Now:
@@ -160,6 +161,10 @@ def _now(state: CaptureState, request: Request) -> _Now:
         allow_http_localhost=state.allow_http_localhost,
         client_address=_client_address(request),
         request_id=_request_id(request),
+        # The page and the preflight need no secret, so their refusals are anonymous
+        # ones: past the listener's limit of refusal entries they are counted, not
+        # written, as the capture's are (`_CaptureGuard`, review 28b C1).
+        audit=not request.scope["state"].get("quiet_refusals", False),
     )
 
 

@@ -164,6 +164,7 @@ class CaptureOperations(TokenizeOperations):
         allow_http_localhost: bool = False,
         client_address: str = "unknown",
         request_id: str = "",
+        audit: bool = True,
     ) -> tuple[str, SessionCodeRule] | None:
         """The origin a live session with captures left is bound to (the only one that
         may frame its hosted fields) and its security-code rule, or None; with `origin`
@@ -174,7 +175,9 @@ class CaptureOperations(TokenizeOperations):
         Raises `PolicyDenied` (audited ``capture`` denied, naming `client_address` and
         `request`) when the session's origin is not allowed now: its creator's policy
         no longer names it, or `allow_http_localhost` (the current setting) no longer
-        takes an ``http`` origin (`_refuse_an_origin_not_allowed_now`); and
+        takes an ``http`` origin (`_refuse_an_origin_not_allowed_now`); with `audit`
+        false it writes no entry (the capture listener past its limit of refusal
+        entries counts it instead: the page needs no secret, review 28b C1); and
         `StorageUnavailable`, `AuditWriteFailed`."""
         row = self._session_row(session_id)
         if row is None or row.uses >= row.max_uses:
@@ -190,7 +193,9 @@ class CaptureOperations(TokenizeOperations):
             "session": str(row.id),
             "request": "preflight" if origin is not None else "hosted_fields",
         }
-        self._refuse_an_origin_not_allowed_now(owner, row, details, allow_http_localhost)
+        self._refuse_an_origin_not_allowed_now(
+            owner, row, details, allow_http_localhost, audit=audit
+        )
         return str(row.origin), SessionCodeRule(row.security_code)
 
     def capture_card(
@@ -278,6 +283,8 @@ class CaptureOperations(TokenizeOperations):
         session: Row[Any],
         details: dict[str, DetailValue],
         allow_http_localhost: bool,
+        *,
+        audit: bool = True,
     ) -> None:
         """Raise `PolicyDenied` (audited, as the refusal to open such a session is) when
         the session's origin is not one a session could be opened for now: the
@@ -286,8 +293,10 @@ class CaptureOperations(TokenizeOperations):
         it too, review 27), or it is an ``http`` origin and the vault now runs without
         the development setting that admitted it (a session opened before a restart
         with the setting off). The capture, its preflight and its fields' page ask it
-        alike; no read of the database (the policy and the setting are in memory)."""
-        rules = self._authorize(owner, Action.CAPTURE)
+        alike; no read of the database (the policy and the setting are in memory).
+        With `audit` false neither this denial nor a lost ``capture`` grant writes an
+        entry (`hosted_fields_session`)."""
+        rules = self._authorize(owner, Action.CAPTURE, audited=audit)
         named = rules.capture_origins or frozenset()
         # `_allowed` drops the entries the current setting refuses (http), so one
         # membership test asks both questions, as opening a session does.
@@ -299,8 +308,10 @@ class CaptureOperations(TokenizeOperations):
                 "this capture session's http origin needs the development setting "
                 "COFRE_CAPTURE__ALLOW_HTTP_LOCALHOST, which is now off"
             )
-        denied = {**details, "reason": reason, "origin": str(session.origin)}
-        self._write_audit(self._audit_event(owner, Action.CAPTURE, Outcome.DENIED, details=denied))
+        if audit:
+            denied = {**details, "reason": reason, "origin": str(session.origin)}
+            event = self._audit_event(owner, Action.CAPTURE, Outcome.DENIED, details=denied)
+            self._write_audit(event)
         raise PolicyDenied(reason)
 
     def _session_row(self, session_id: str) -> Row[Any] | None:
