@@ -76,13 +76,20 @@ def identities_without_mfa(policy: PolicyEngine) -> list[str]:
 
 def server_names(certificate_pem: bytes) -> frozenset[str]:
     """The DNS names (lower-case) and IP addresses (canonical text) a server certificate's
-    subjectAltName lists: the authorities officers may sign for. Empty when it has none."""
+    subjectAltName lists: the authorities officers may sign for. Empty when it has none.
+    A wildcard name is left out: `names_host` never honours one, and evidence bundles
+    record these names for the offline verifier, which reads only hosts (review 28b V1:
+    a ``*.vault.example`` beside ``vault.example`` voided the whole record)."""
     certificate = x509.load_pem_x509_certificate(certificate_pem)
     try:
         sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return frozenset()
-    names = {name.lower() for name in sans.value.get_values_for_type(x509.DNSName)}
+    names = {
+        name.lower()
+        for name in sans.value.get_values_for_type(x509.DNSName)
+        if not name.startswith("*")
+    }
     names |= {str(address) for address in sans.value.get_values_for_type(x509.IPAddress)}
     return frozenset(names)
 

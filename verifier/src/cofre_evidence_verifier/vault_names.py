@@ -108,7 +108,10 @@ class VaultNames:
                 f"vault ({OFFICER_AUTHORITIES}) and the auditor pinned none: pin the "
                 "vault's name with --authority"
             )
-        host, port = parse_name(authority)
+        try:
+            host, port = parse_name(authority)
+        except ValueError as exc:  # a port of 0 or past 65535 (review 28b V2)
+            return f"it was signed for {authority}, which names no vault: {exc}"
         port = port or _DEFAULT_PORT
         for own_host, own_port in self.names:
             if own_host == host and own_port in {None, port}:
@@ -131,7 +134,9 @@ def vault_names(files: Files, pinned: Sequence[str] | None, problems: list[str])
     if recorded is None:
         return VaultNames(None, "none", None)
     try:
-        parsed = [parse_name(n) for n in recorded]
+        # A wildcard no vault matches (`vault.officer_mfa.names_host`); exporters before
+        # review 28b V1 recorded one beside the certificate's other names.
+        parsed = [parse_name(n) for n in recorded if not n.startswith("*.")]
         ports = _recorded_ports(files)
         if ports is not None:
             parsed = [(host, str(p)) for host, _ in parsed for p in ports]
