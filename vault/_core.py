@@ -483,17 +483,24 @@ class VaultCore(Fingerprints):
         self,
         connection: Connection,
         ctx: CallContext,
-        codes: Sequence[tuple[SecurityCode | None, int | None]],
+        codes: Sequence[tuple[SecurityCode | None, int | None, bool]],
         records: Sequence[TokenRecord],
         now: datetime,
     ) -> list[AuditEvent]:
         """Hold each item's security code (with its key epoch) for the token it got,
-        replacing any code that token held; return the audit entries that say so (never
-        the code)."""
+        replacing any code that token held, unless the item may not replace (its third
+        part false: a shopper's capture, which fills in only what a stored token lacks,
+        review 28b T1); return the audit entries that say so (never the code)."""
         events = []
-        for (code, epoch), record in zip(codes, records, strict=True):
+        for (code, epoch, replaces), record in zip(codes, records, strict=True):
             if code is None or epoch is None:
                 continue
+            if (
+                not replaces
+                and record.existing
+                and self._codes.holds(connection, record.token_id, now)
+            ):
+                continue  # the code the shop's backend holds for its next relay stays
             self._codes.hold(
                 connection,
                 token_id=record.token_id,

@@ -194,6 +194,14 @@ class HeldCodes:
         if replaced:
             self.count(connection, now, EXPIRED, replaced)
 
+    def holds(self, connection: Connection, token_id: str, now: datetime) -> bool:
+        """Whether the token holds a code that has not expired."""
+        row = connection.execute(
+            select(security_codes.c.expires_at).where(security_codes.c.token_id == token_id)
+        ).first()
+        expires = None if row is None else as_utc(row.expires_at) or row.expires_at
+        return expires is not None and expires > now
+
     def take(
         self, connection: Connection, *, token_id: str, token: str, now: datetime
     ) -> SecurityCode | None:

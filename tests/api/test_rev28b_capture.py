@@ -30,7 +30,7 @@ def vault(
         yield v
 
 
-def test_page_loads_of_a_dropped_origins_session_write_entries_past_the_listeners_limit(
+def test_page_loads_of_a_dropped_origins_session_write_no_entries_past_the_listeners_limit(
     vault: VaultServer,
 ) -> None:
     """R28b-C1, severity medium (audit-log flooding by an unauthenticated client).

@@ -98,7 +98,7 @@ def _held(service: VaultService, engine: Engine, token_id: str, token: str) -> s
     return None if code is None else code.reveal()
 
 
-def test_a_shoppers_capture_replaces_the_security_code_the_shop_holds(
+def test_a_shoppers_capture_keeps_the_security_code_the_shop_holds(
     service: VaultService, engine: Engine
 ) -> None:
     """R28b-T1, severity low (needs the card number; integrity of what the shop holds).

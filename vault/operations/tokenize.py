@@ -288,7 +288,7 @@ class TokenizeOperations(TokenCandidates):
         results, events = self._answer_items(
             connection, [ctx] * len(items), domain, items, now, batch=batch, keyed=keyed
         )
-        codes = [(item.request.security_code, item.code_epoch) for item in items]
+        codes = [(i.request.security_code, i.code_epoch, i.replaces_details) for i in items]
         audited = [event for _, event in events]
         audited += self._hold_codes(connection, ctx, codes, results, now)
         self._audit.append_many(connection, audited)
