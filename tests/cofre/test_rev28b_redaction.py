@@ -1,8 +1,9 @@
 """Review 28b (attacker): the linear PAN detector (`_luhn_sums`, review 28) against the
 one it replaced, on shapes a generic Hypothesis strategy rarely draws: other scripts'
 digits, 19- and 20-digit windows, separators at a window's edges, leading zeros, long
-runs of short groups. The old `_luhn_window` and `_card_windows` are copied here from
-5e6ef7a verbatim; every public entry point must answer the same with either."""
+runs of short groups. The old `_luhn_window` and `_card_windows` (as of 5e6ef7a, kept
+verbatim in `test_redaction_linear`) are the reference; every public entry point must
+answer the same with either."""
 
 from __future__ import annotations
 
@@ -12,42 +13,14 @@ import pytest
 
 from cofre import redaction
 from cofre.redaction import (
-    MAX_DIGITS,
     MIN_DIGITS,
     holds_pan_like,
     luhn_valid,
     mask_pan_like,
     metadata_holds_pan_like,
 )
-
-
-def _old_luhn_window(digits: str, minimum: int = MIN_DIGITS) -> bool:
-    for length in range(minimum, min(MAX_DIGITS, len(digits)) + 1):
-        for start in range(len(digits) - length + 1):
-            if luhn_valid(digits[start : start + length]):
-                return True
-    return False
-
-
-def _old_card_windows(groups: list[str]) -> list[tuple[int, int]]:
-    windows: list[tuple[int, int]] = []
-    first = 0
-    while first < len(groups):
-        digits = ""
-        found = None
-        for last in range(first, len(groups)):
-            digits += groups[last]
-            if len(digits) > MAX_DIGITS:
-                break
-            if len(digits) >= MIN_DIGITS and digits[0] != "0" and luhn_valid(digits):
-                found = last + 1
-                break
-        if found is None:
-            first += 1
-        else:
-            windows.append((first, found))
-            first = found
-    return windows
+from tests.cofre.test_redaction_linear import old_card_windows as _old_card_windows
+from tests.cofre.test_redaction_linear import old_luhn_window as _old_luhn_window
 
 
 class _Stream:
