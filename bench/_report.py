@@ -60,24 +60,37 @@ def report(results: dict[str, Any], databases: list[str], seconds: float) -> Non
             f"p99 {batch.p99_ms:.0f} ms, errors {batch.errors}"
         )
     _report_costs(results, databases)
-    print("\ngoals (issue 21), ratios against bare measured in this run:")
+    print(
+        "\ngoals (issue 21), ratios against bare measured in this run (each single-call "
+        "line against bare's runs just before and just after it, averaged):"
+    )
     ref = bare[32]
     for name in databases:
         data = results[name]
         for op in ("tokenize", "detokenize"):
-            r: Result = data[op][32]
-            share = r.req_per_s / ref.req_per_s
-            p99 = r.p99_ms / ref.p99_ms
+            figure: Result = data[op][32]
+            around = data.get("bracket", {}).get(op, [])
+            rate, tail = _reference(around, ref)
+            share = figure.req_per_s / rate
+            p99 = figure.p99_ms / tail
             print(
-                f"  {op:<10} {name:<10} 32 conns: {r.req_per_s:,.0f} req/s = {share:.0%} "
-                f"of bare {ref.req_per_s:,.0f} (goal >= 50%) {_verdict(share >= GOAL_SHARE)}"
+                f"  {op:<10} {name:<10} 32 conns: {figure.req_per_s:,.0f} req/s = {share:.0%} "
+                f"of bare {rate:,.0f} (goal >= 50%) {_verdict(share >= GOAL_SHARE)}"
             )
             print(
-                f"  {op:<10} {name:<10} 32 conns: p99 {r.p99_ms:.1f} ms = {p99:.2f}x "
-                f"bare's {ref.p99_ms:.1f} ms (goal <= 2x) {_verdict(p99 <= GOAL_P99)}"
+                f"  {op:<10} {name:<10} 32 conns: p99 {figure.p99_ms:.1f} ms = {p99:.2f}x "
+                f"bare's {tail:.1f} ms (goal <= 2x) {_verdict(p99 <= GOAL_P99)}"
             )
+            if around:
+                print(
+                    f"  {'':<10} {name:<10} bare just before and after: "
+                    + ", ".join(f"{b.req_per_s:,.0f} req/s p99 {b.p99_ms:.1f} ms" for b in around)
+                    + f" (at the run's start: {ref.req_per_s:,.0f}, p99 {ref.p99_ms:.1f} ms)"
+                )
         batch = data["batch"]
-        times = batch.req_per_s * 1000 / ref.req_per_s
+        # Against bare's runs around this database's single-call figures, the nearest.
+        single, _ = _reference([b for runs in data.get("bracket", {}).values() for b in runs], ref)
+        times = batch.req_per_s * 1000 / single
         print(
             f"  batch      {name:<10} {batch.req_per_s * 1000:,.0f} PANs/s = {times:.1f}x "
             f"bare's single req/s (goal >= 6x) {_verdict(times >= GOAL_BATCH)}"
@@ -86,10 +99,10 @@ def report(results: dict[str, Any], databases: list[str], seconds: float) -> Non
         # busy with nothing but the vault and its database (the load generator and
         # haproxy take their share too, so the real budget is smaller).
         cores = len(os.sched_getaffinity(0))
-        budget = cores * 1000 / (GOAL_BATCH * ref.req_per_s)
+        budget = cores * 1000 / (GOAL_BATCH * single)
         vault_ms, db_ms = data["batch_cpu_ms"]
         print(
-            f"  {'':<10} {name:<10} 6x is {GOAL_BATCH * ref.req_per_s:,.0f} PANs/s: at most "
+            f"  {'':<10} {name:<10} 6x is {GOAL_BATCH * single:,.0f} PANs/s: at most "
             f"{budget:.3f} ms of CPU per PAN on {cores} cores; this run spent "
             f"{vault_ms + db_ms:.3f} (vault {vault_ms:.3f} + db {db_ms:.3f})"
         )
@@ -100,6 +113,18 @@ def report(results: dict[str, Any], databases: list[str], seconds: float) -> Non
         for r in results[name][op].values()
     )
     print(f"  failed requests in the vault runs: {errors}")
+
+
+def _reference(around: list[Result], start: Result) -> tuple[float, float]:
+    """Bare's req/s and p99 to compare a figure with: the mean of its runs just before
+    and just after the figure when there are some (`bench.api._bracketed`), else the
+    run's first measurement at 32 connections."""
+    if not around:
+        return start.req_per_s, start.p99_ms
+    return (
+        sum(b.req_per_s for b in around) / len(around),
+        sum(b.p99_ms for b in around) / len(around),
+    )
 
 
 def report_batch(results: dict[str, Any], databases: list[str]) -> None:
