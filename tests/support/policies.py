@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -19,6 +20,8 @@ from policies.engine import PolicyEngine
 from policies.loader import parse_policy
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from sqlalchemy import Engine
 
     from hsm.provider import HSMProvider
@@ -81,3 +84,18 @@ def vault_on(engine: Engine, hsm: HSMProvider, policy: str) -> VaultService:
     vault = VaultService(engine, hsm, PolicyEngine(parse_policy(policy, kind="toml").policy))
     vault.initialize()
     return vault
+
+
+@contextmanager
+def clocked_vault_on(
+    engine: Engine, hsm: HSMProvider, policy: str, clock: list[datetime]
+) -> Iterator[VaultService]:
+    """An initialised `VaultService` on `engine` and `hsm` under the TOML `policy`, whose
+    clock reads `clock[0]` (the test moves it); closed when the block ends."""
+    from vault.service import VaultService  # noqa: PLC0415 - kept off this module's import
+
+    policy_engine = PolicyEngine(parse_policy(policy, kind="toml").policy)
+    svc = VaultService(engine, hsm, policy_engine, clock=lambda: clock[0])
+    svc.initialize()
+    yield svc
+    svc.close()

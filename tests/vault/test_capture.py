@@ -19,6 +19,7 @@ from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied, PolicyError, RateLimited
 from policies.loader import parse_policy
 from policies.models import Policy, RateLimit
+from tests.support.policies import clocked_vault_on
 from vault.capture import (
     CaptureSession,
     CaptureSessionRequest,
@@ -79,11 +80,8 @@ def clock() -> list[datetime]:
 def service(
     engine: Engine, hsm_provider: HSMProvider, clock: list[datetime]
 ) -> Iterator[VaultService]:
-    policy = PolicyEngine(parse_policy(POLICY, kind="toml").policy)
-    svc = VaultService(engine, hsm_provider, policy, clock=lambda: clock[0])
-    svc.initialize()
-    yield svc
-    svc.close()
+    with clocked_vault_on(engine, hsm_provider, POLICY, clock) as svc:
+        yield svc
 
 
 def _session(service: VaultService, **changes: Any) -> CaptureSession:

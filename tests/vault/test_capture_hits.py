@@ -17,9 +17,8 @@ import pytest
 from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
-from policies.engine import PolicyEngine
-from policies.loader import parse_policy
 from policies.models import RateLimit
+from tests.support.policies import clocked_vault_on
 from tests.vault.test_convergent_expiry import _stored_expiry
 from vault.capture import CaptureResult, CaptureSessionRequest, CardCapture
 from vault.pan import Pan
@@ -53,11 +52,8 @@ def clock() -> list[datetime]:
 def service(
     engine: Engine, hsm_provider: HSMProvider, clock: list[datetime]
 ) -> Iterator[VaultService]:
-    policy = PolicyEngine(parse_policy(POLICY, kind="toml").policy)
-    svc = VaultService(engine, hsm_provider, policy, clock=lambda: clock[0])
-    svc.initialize()
-    yield svc
-    svc.close()
+    with clocked_vault_on(engine, hsm_provider, POLICY, clock) as svc:
+        yield svc
 
 
 def _shopper_captures(service: VaultService, pan: str, **card: str) -> CaptureResult:
