@@ -28,6 +28,7 @@ from tests.api.conftest import VaultServer, running_vault
 from tests.support.leakguard import record_responses
 from tests.support.policies import TEST_CAPTURE_ORIGINS, with_capture_origins
 from tests.support.postgres import free_port
+from tests.support.statements import capture_session_reads
 from vault.capture import CaptureSession, CaptureSessionRequest
 from vault.service import CallContext
 
@@ -144,23 +145,6 @@ def _uses(vault: VaultServer, session_id: str) -> int:
         )
 
 
-@contextmanager
-def _session_reads(vault: VaultServer) -> Iterator[list[str]]:
-    """The SELECTs of `capture_sessions` the vault runs inside the block."""
-    seen: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "capture_sessions" in statement:
-            seen.append(statement)
-
-    engine = vault.runtime.engine
-    sa.event.listen(engine, "before_cursor_execute", note)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", note)
-
-
 # ------------------------------------------------- 1. an origin the policy dropped
 def test_the_page_of_a_session_whose_origin_the_policy_dropped_is_refused(
     vault: VaultServer,
@@ -170,7 +154,7 @@ def test_the_page_of_a_session_whose_origin_the_policy_dropped_is_refused(
     and only the final POST was refused. Now 403 `policy_denied`, audited as the
     capture is (creator, session, origin, reason), with one read of the session."""
     with _dropped_session(vault) as session, _client(vault, "127.0.8.1") as client:
-        with _session_reads(vault) as reads:
+        with capture_session_reads(vault.runtime.engine) as reads:
             page = _page(client, session.session_id)
         assert _refusal(page) == (403, "policy_denied", {}), page.text
         assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
@@ -193,7 +177,7 @@ def test_the_preflight_of_a_session_whose_origin_the_policy_dropped_is_refused(
     then sent the card. Now 403 `policy_denied` without CORS, audited; one read of the
     session, charged to the address before it."""
     with _dropped_session(vault) as session, _client(vault, "127.0.8.2") as client:
-        with _session_reads(vault) as reads:
+        with capture_session_reads(vault.runtime.engine) as reads:
             answer = _preflight(client, session.session_id, PHISHING)
         assert _refusal(answer) == (403, "policy_denied", {}), answer.text
         assert len(reads) == 1

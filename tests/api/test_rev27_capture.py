@@ -26,6 +26,7 @@ from tests.api.test_forged_ceremony_rows import ROTATIONS, bobs_proposal_written
 from tests.support.leakguard import record_responses
 from tests.support.policies import TEST_CAPTURE_ORIGINS, with_capture_origins
 from tests.support.postgres import free_port
+from tests.support.statements import capture_session_reads
 from vault.capture import CaptureSession, CaptureSessionRequest
 from vault.service import CallContext
 
@@ -125,18 +126,8 @@ def _expire(vault: VaultServer, session: CaptureSession) -> None:
 @pytest.fixture
 def session_reads(tight_vault: VaultServer) -> Iterator[list[str]]:
     """The SELECTs of `capture_sessions` the vault runs while the test does."""
-    seen: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "capture_sessions" in statement:
-            seen.append(statement)
-
-    engine = tight_vault.runtime.engine
-    sa.event.listen(engine, "before_cursor_execute", note)
-    try:
+    with capture_session_reads(tight_vault.runtime.engine) as seen:
         yield seen
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", note)
 
 
 # ---------------------------------------------------------------- findings (fail now)
