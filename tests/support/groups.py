@@ -5,11 +5,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import Connection
 
+from vault.errors import IdempotencyConflict
+from vault.models import TokenRecord
 from vault.storage.groupcommit import GroupCommitter
+
+if TYPE_CHECKING:
+    from vault.models import CallContext
+    from vault.service import TokenizeRequest, VaultService
 
 T = TypeVar("T")
 
@@ -38,3 +44,31 @@ def in_one_group(committer: GroupCommitter, calls: Sequence[Callable[[], T]]) ->
     first.result(10)
     holder.shutdown(wait=True)
     return futures
+
+
+def one_answered_one_409_in_one_group(
+    service: VaultService, calls: Sequence[tuple[CallContext, TokenizeRequest]]
+) -> None:
+    """Tokenize each of `calls` (a caller and its request, two sending one idempotency
+    key) with `service` in one commit group, in this order (`in_one_group`).
+
+    Raises `AssertionError` unless one call is answered and one refused 409
+    (`IdempotencyConflict`): never both answered, never a 500."""
+    committer = service._committer
+    assert committer is not None
+
+    def call(ctx: CallContext, request: TokenizeRequest) -> Callable[[], TokenRecord]:
+        return lambda: service.tokenize(ctx, request)
+
+    futures: list[Future[TokenRecord]] = in_one_group(
+        committer, [call(ctx, request) for ctx, request in calls]
+    )
+    outcomes: list[object] = []
+    for future in futures:
+        try:
+            outcomes.append(future.result(30))
+        except Exception as exc:  # noqa: BLE001 - kept for the assertions
+            outcomes.append(exc)
+    answered = [o for o in outcomes if isinstance(o, TokenRecord)]
+    refused = [o for o in outcomes if isinstance(o, IdempotencyConflict)]
+    assert (len(answered), len(refused)) == (1, 1), outcomes

@@ -12,8 +12,7 @@ PostgreSQL (the `service` / `engine` fixtures)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,13 +23,12 @@ from sqlalchemy import Engine, event
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
-from tests.support.groups import in_one_group
+from tests.support.groups import one_answered_one_409_in_one_group
 from tests.support.pans import card_number
 from tests.vault.conftest import PAYMENTS, TEST_POLICY
 from tests.vault.test_idempotency_after_domain_change import MOVED
 from tests.vault.test_rev27_idem import POLICY, SHOP_B
 from vault.errors import IdempotencyConflict, TokenDeleted
-from vault.models import CallContext, TokenRecord
 from vault.pan import Pan
 from vault.service import TokenizeRequest, VaultService
 
@@ -266,20 +264,7 @@ def test_two_identities_reclaiming_one_stale_key_in_one_commit_group_meet(
     _, held = _converged(shared, 886_901, "win-race")
     other = card_number("400000", 886_902)
     _at(monkeypatch, shared, WINDOW + timedelta(minutes=1))
-
-    def call(ctx: CallContext, card: str) -> Callable[[], TokenRecord]:
-        return lambda: shared.tokenize(ctx, _request(card, "win-race"))
-
-    futures: list[Future[TokenRecord]] = in_one_group(
-        shared._committer, [call(PAYMENTS, held), call(SHOP_B, other)]
+    one_answered_one_409_in_one_group(
+        shared, [(PAYMENTS, _request(held, "win-race")), (SHOP_B, _request(other, "win-race"))]
     )
-    outcomes: list[object] = []
-    for future in futures:
-        try:
-            outcomes.append(future.result(30))
-        except Exception as exc:  # noqa: BLE001 - kept for the assertions
-            outcomes.append(exc)
-    answered = [o for o in outcomes if isinstance(o, TokenRecord)]
-    refused = [o for o in outcomes if isinstance(o, IdempotencyConflict)]
-    assert (len(answered), len(refused)) == (1, 1), outcomes
     assert _records(engine, "win-race") == 1

@@ -8,8 +8,7 @@ confirm a property. Real SoftHSM2 token (and the CloudHSM shim), SQLite and Post
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,7 +18,7 @@ from sqlalchemy import Engine
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
-from tests.support.groups import in_one_group
+from tests.support.groups import one_answered_one_409_in_one_group
 from tests.support.pans import card_number
 from tests.vault.conftest import PAYMENTS, TEST_POLICY
 from vault.errors import (
@@ -104,22 +103,9 @@ def test_two_identities_of_one_domain_racing_one_key_in_one_commit_group(
     shared.tokenize(PAYMENTS, _request(held, None))
     key = f"order-two-ids-{converging_first}"
     first, second = (held, other) if converging_first else (other, held)
-
-    def call(ctx: CallContext, card: str) -> Callable[[], TokenRecord]:
-        return lambda: shared.tokenize(ctx, _request(card, key))
-
-    futures: list[Future[TokenRecord]] = in_one_group(
-        shared._committer, [call(PAYMENTS, first), call(SHOP_B, second)]
+    one_answered_one_409_in_one_group(
+        shared, [(PAYMENTS, _request(first, key)), (SHOP_B, _request(second, key))]
     )
-    outcomes: list[object] = []
-    for future in futures:
-        try:
-            outcomes.append(future.result(30))
-        except Exception as exc:  # noqa: BLE001 - kept for the assertions
-            outcomes.append(exc)
-    answered = [o for o in outcomes if isinstance(o, TokenRecord)]
-    refused = [o for o in outcomes if isinstance(o, IdempotencyConflict)]
-    assert (len(answered), len(refused)) == (1, 1), outcomes
     assert len(_recorded(engine, key)) == 1
 
 
