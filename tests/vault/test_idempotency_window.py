@@ -25,6 +25,7 @@ from policies.engine import PolicyEngine
 from policies.loader import parse_policy
 from tests.support.groups import one_answered_one_409_in_one_group
 from tests.support.pans import card_number
+from tests.support.policies import vault_on
 from tests.vault.conftest import PAYMENTS, TEST_POLICY
 from tests.vault.test_idempotency_after_domain_change import MOVED
 from tests.vault.test_rev27_idem import POLICY, SHOP_B
@@ -246,10 +247,7 @@ def test_a_stale_record_in_the_caller_s_old_domain_neither_refuses_nor_fails(
 @pytest.fixture
 def shared(engine: Engine, hsm_provider: HSMProvider) -> Iterator[VaultService]:
     """Payments and shop-b in one domain (review 27's policy)."""
-    service = VaultService(
-        engine, hsm_provider, PolicyEngine(parse_policy(POLICY, kind="toml").policy)
-    )
-    service.initialize()
+    service = vault_on(engine, hsm_provider, POLICY)
     yield service
     service.close()
 

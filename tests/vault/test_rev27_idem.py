@@ -16,10 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
-from policies.engine import PolicyEngine
-from policies.loader import parse_policy
 from tests.support.groups import one_answered_one_409_in_one_group
 from tests.support.pans import card_number
+from tests.support.policies import vault_on
 from tests.vault.conftest import PAYMENTS, TEST_POLICY
 from vault.errors import (
     BatchItemInvalid,
@@ -52,10 +51,7 @@ POLICY = TEST_POLICY.replace(
 def shared(engine: Engine, hsm_provider: HSMProvider) -> Iterator[VaultService]:
     """A vault whose payments domain has a second identity (shop-b, the default oracle
     guard of 10 cards per bucket) and a third identity in a domain of its own."""
-    service = VaultService(
-        engine, hsm_provider, PolicyEngine(parse_policy(POLICY, kind="toml").policy)
-    )
-    service.initialize()
+    service = vault_on(engine, hsm_provider, POLICY)
     yield service
     service.close()
 

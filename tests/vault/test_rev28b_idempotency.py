@@ -13,9 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
-from policies.engine import PolicyEngine
-from policies.loader import parse_policy
 from tests.support.pans import card_number
+from tests.support.policies import vault_on
 from tests.vault.conftest import PAYMENTS
 from tests.vault.test_rev27_idem import POLICY, SHOP_B
 from vault.errors import IdempotencyConflict
@@ -32,10 +31,7 @@ def _request(card: str, key: str | None) -> TokenizeRequest:
 @pytest.fixture
 def shared(engine: Engine, hsm_provider: HSMProvider) -> Iterator[VaultService]:
     """Payments and shop-b in one domain (review 27's policy)."""
-    service = VaultService(
-        engine, hsm_provider, PolicyEngine(parse_policy(POLICY, kind="toml").policy)
-    )
-    service.initialize()
+    service = vault_on(engine, hsm_provider, POLICY)
     yield service
     service.close()
 
