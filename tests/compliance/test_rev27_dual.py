@@ -26,6 +26,7 @@ from tests.support.officers import (
     new_software_officer,
     signed_action,
     signed_approval,
+    signed_kek_ceremony,
     signed_proposal,
     software_officers,
 )
@@ -262,15 +263,10 @@ def test_a_ceremony_signed_for_another_vault_fails(vault: VaultServer, tmp_path:
     """The staging ceremony's signed @authority is compared with the vault's names the
     bundle records (tests/compliance/test_vault_names_evidence.py: with the auditor's
     pin too, which the operator cannot edit)."""
-    officers = software_officers()
     staging = "staging.vault.example"
-    proposal = signed_proposal(officers["officer-alice"], "kek", authority=staging)
-    ceremony = proposal.ceremony_id()
-    approval = signed_approval(officers["officer-bob"], ceremony, authority=staging)
+    ceremony, proposal, approval = signed_kek_ceremony(authority=staging)
     since = datetime.now(UTC)
-    _write(vault, "key.rotation.propose", ALICE, ceremony, {"kind": "kek"}, proposal.to_json())
-    _write(vault, "key.rotation.approve", BOB, ceremony, {"approvals": 1}, approval.to_json())
-    _start(vault, ceremony, "kek", 2)
+    _write_ceremony(vault, ceremony, proposal.to_json(), approval.to_json())
     report = _verify(_export(vault, since, tmp_path / "staging.tar.gz"), vault)
     assert _listed(report)[ceremony]["signed_for"] == [staging]
     assert not report.ok
@@ -324,10 +320,7 @@ def test_leaving_a_ceremony_s_records_out_only_fails_it(vault: VaultServer, tmp_
     """The exporter chooses the records from before the period, but a start of the
     period is among its proven entries: with the proposal and approval left out of
     keys/dual_control.json (the operator's choice) the ceremony is not proven."""
-    officers = software_officers()
-    proposal = signed_proposal(officers["officer-alice"], "kek")
-    ceremony = proposal.ceremony_id()
-    approval = signed_approval(officers["officer-bob"], ceremony)
+    ceremony, proposal, approval = signed_kek_ceremony()
     _write(vault, "key.rotation.propose", ALICE, ceremony, {"kind": "kek"}, proposal.to_json())
     _write(vault, "key.rotation.approve", BOB, ceremony, {"approvals": 1}, approval.to_json())
     since = datetime.now(UTC)

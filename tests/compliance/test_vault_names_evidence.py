@@ -22,11 +22,10 @@ from cofre_evidence_verifier.cli import main as cofre_verify
 from cofre_evidence_verifier.report import Report
 from cofre_evidence_verifier.verify import verify_bundle
 from tests.api.conftest import VaultServer
-from tests.compliance.test_rev27_dual import ALICE, BOB, _genuine, _start
-from tests.support.officers import signed_approval, signed_proposal, software_officers
+from tests.compliance.test_rev27_dual import _genuine, _write_ceremony
+from tests.support.officers import signed_kek_ceremony
 from tests.support.vault_evidence import export_to as _export
 from tests.support.vault_evidence import members as _members
-from tests.support.vault_evidence import write_entry as _write
 from tests.support.vault_evidence import write_members
 
 NAMES = "keys/officer_authorities.json"
@@ -41,13 +40,8 @@ def _verify(bundle: Path, vault: VaultServer, pinned: list[str] | None = None) -
 def _staging_ceremony(vault: VaultServer) -> str:
     """What the operator copies: Alice's proposal and Bob's approval, signed by their
     genuine tokens for the staging vault, and a start, written into production's log."""
-    officers = software_officers()
-    proposal = signed_proposal(officers["officer-alice"], "kek", authority=STAGING)
-    ceremony = proposal.ceremony_id()
-    approval = signed_approval(officers["officer-bob"], ceremony, authority=STAGING)
-    _write(vault, "key.rotation.propose", ALICE, ceremony, {"kind": "kek"}, proposal.to_json())
-    _write(vault, "key.rotation.approve", BOB, ceremony, {"approvals": 1}, approval.to_json())
-    _start(vault, ceremony, "kek", 2)
+    ceremony, proposal, approval = signed_kek_ceremony(authority=STAGING)
+    _write_ceremony(vault, ceremony, proposal.to_json(), approval.to_json())
     return ceremony
 
 
@@ -183,15 +177,10 @@ def test_a_ceremony_signed_for_another_port_of_the_vault_s_host_fails(
 ) -> None:
     """Staging on the same host name, another port: the bundle records the ports the
     vault is reached by, as the vault compares them."""
-    officers = software_officers()
     staging = "localhost:9443"
-    proposal = signed_proposal(officers["officer-alice"], "kek", authority=staging)
-    ceremony = proposal.ceremony_id()
-    approval = signed_approval(officers["officer-bob"], ceremony, authority=staging)
+    ceremony, proposal, approval = signed_kek_ceremony(authority=staging)
     since = datetime.now(UTC)
-    _write(vault, "key.rotation.propose", ALICE, ceremony, {"kind": "kek"}, proposal.to_json())
-    _write(vault, "key.rotation.approve", BOB, ceremony, {"approvals": 1}, approval.to_json())
-    _start(vault, ceremony, "kek", 2)
+    _write_ceremony(vault, ceremony, proposal.to_json(), approval.to_json())
     report = _verify(_export(vault, since, tmp_path / "b.tar.gz"), vault)
     assert not report.ok
     assert "signed for localhost:9443, not this vault" in _problems(report)

@@ -183,3 +183,14 @@ def signed_approval(
 ) -> SignedAction:
     """`officer`'s signed approval of ceremony `ceremony_id`."""
     return signed_action(officer, approval_path(ceremony_id), authority=authority)
+
+
+def signed_kek_ceremony(*, authority: str = "localhost") -> tuple[str, SignedAction, SignedAction]:
+    """Alice's signed proposal of a kek rotation and Bob's signed approval of it, both
+    signed for `authority` (the vault's name in their signatures) with their software
+    keys: the ceremony's id, the proposal and the approval."""
+    officers = software_officers()
+    proposal = signed_proposal(officers["officer-alice"], "kek", authority=authority)
+    ceremony = proposal.ceremony_id()
+    approval = signed_approval(officers["officer-bob"], ceremony, authority=authority)
+    return ceremony, proposal, approval
