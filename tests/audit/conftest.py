@@ -8,16 +8,14 @@ from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
 from infra_pci.objectstore import S3ObjectStore
+from tests.support.databases import migrated_engine
 from vault.signing import HSMTreeHeadSigner
-from vault.storage.database import create_database_engine, migrate
 
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_database_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
+    with migrated_engine(database_url) as engine:
+        yield engine
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
+from tests.support.databases import migrated_engine
 from tests.support.vault_evidence import export_response
-from vault.storage.database import create_database_engine, migrate
 
 PAN = "4111111111111111"
 
@@ -45,7 +45,5 @@ def vault(tmp_path: Path, hsm_provider: HSMProvider, database_url: str) -> Itera
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     """A migrated database of its own for each test, on SQLite and on PostgreSQL."""
-    engine = create_database_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
+    with migrated_engine(database_url) as engine:
+        yield engine

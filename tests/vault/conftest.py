@@ -14,11 +14,11 @@ from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
 from tests.support.cloudhsm_shim import HSM_BACKENDS, provider_for
+from tests.support.databases import migrated_engine
 from tests.support.fake_acquirer import FakeAcquirer, running_acquirer
 from vault.ceremony import CeremonyState
 from vault.rotation import KeyRotation
 from vault.service import CallContext, VaultService
-from vault.storage.database import create_database_engine, migrate
 
 TEST_POLICY = """
 [formats.card_random]
@@ -79,10 +79,8 @@ def rotation_provider(request: pytest.FixtureRequest) -> HSMProvider:
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_database_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
+    with migrated_engine(database_url) as engine:
+        yield engine
 
 
 @pytest.fixture
