@@ -10,7 +10,6 @@ and re-sign a bundle's manifest with the HSM key. The names the bundle records
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ from tests.compliance.test_rev27_dual import _genuine, _write_ceremony
 from tests.support.officers import signed_kek_ceremony
 from tests.support.vault_evidence import export_to as _export
 from tests.support.vault_evidence import members as _members
-from tests.support.vault_evidence import write_members
+from tests.support.vault_evidence import resign_manifest, write_members
 
 NAMES = "keys/officer_authorities.json"
 STAGING = "staging.vault.example"
@@ -57,11 +56,7 @@ def _rebuilt(vault: VaultServer, bundle: Path, out: Path, change: dict[str, byte
             manifest["files"] = [f for f in manifest["files"] if f["path"] != name]
         else:
             files[name] = data
-    for listed in manifest["files"]:
-        data = files[listed["path"]]
-        listed["size"], listed["sha256"] = len(data), hashlib.sha256(data).hexdigest()
-    files["manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    files["manifest.sig"] = vault.runtime.sequencer.signer.sign(files["manifest.json"])
+    resign_manifest(vault, files, manifest)
     return write_members(out, files)
 
 

@@ -13,6 +13,7 @@ import json
 import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -94,17 +95,23 @@ def set_audit_entries(files: dict[str, bytes], entries: list[dict[str, object]])
     ).encode()
 
 
-def resigned(vault: VaultServer, bundle: Path, out: Path, change: dict[str, bytes]) -> Path:
-    """`bundle` with the files of `change` replaced, its manifest re-hashed and re-signed
-    with the vault's own audit key (the HSM PIN holder can)."""
-    files = members(bundle)
-    files.update(change)
-    manifest = json.loads(files["manifest.json"])
+def resign_manifest(vault: VaultServer, files: dict[str, bytes], manifest: dict[str, Any]) -> None:
+    """Put `manifest` into `files` as the bundle's manifest.json, each file it lists
+    re-hashed from `files`, and its manifest.sig signed with the vault's own audit key
+    (the HSM PIN holder can)."""
     for listed in manifest["files"]:
         data = files[listed["path"]]
         listed["size"], listed["sha256"] = len(data), hashlib.sha256(data).hexdigest()
     files["manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True).encode()
     files["manifest.sig"] = vault.runtime.sequencer.signer.sign(files["manifest.json"])
+
+
+def resigned(vault: VaultServer, bundle: Path, out: Path, change: dict[str, bytes]) -> Path:
+    """`bundle` with the files of `change` replaced, its manifest re-hashed and re-signed
+    with the vault's own audit key (the HSM PIN holder can)."""
+    files = members(bundle)
+    files.update(change)
+    resign_manifest(vault, files, json.loads(files["manifest.json"]))
     return write_members(out, files)
 
 
