@@ -18,6 +18,7 @@ from api.crl import RevokedCertificates
 from api.dependencies import AppState
 from api.exception_handlers import add_exception_handlers
 from api.guard import RequestGuard
+from api.health import ReadyProbes
 from api.hotroutes import HotRoutes
 from api.models import Problem
 from api.observability import make_telemetry
@@ -69,6 +70,8 @@ def create_app(state: AppState) -> FastAPI:
     # Routes reach it through `api.dependencies.State`.
     app.state.cofre = state
     app.state.ready_checks = []
+    # The mTLS `/readyz`'s runs of the checks, metered per certificate (review 29).
+    app.state.ready_probes = ReadyProbes(lambda: _ready_checks(app, state))
     add_exception_handlers(app)
     # The order of the routers is the order of the paths in the OpenAPI document.
     for area in (tokens, capture_sessions, relay, keys, custody, evidence, audit, health):
@@ -132,6 +135,17 @@ def _is_person(service: VaultService, key: str) -> bool:
         return service.policy.rules_for(key).role is not Role.SERVICE
     except PolicyDenied:
         return False
+
+
+def _ready_checks(app: FastAPI, state: AppState) -> dict[str, str]:
+    """Every readiness check of `app`: check name -> "ok" (or a note); raises the
+    `CofreError` of the first failing one."""
+    checks = state.check_ready()
+    # Checks added after the app was built (`add_ready_check`).
+    for name, check in app.state.ready_checks:
+        check()
+        checks[name] = "ok"
+    return checks
 
 
 def add_ready_check(app: FastAPI, name: str, check: Callable[[], None]) -> None:

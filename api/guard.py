@@ -1,6 +1,7 @@
 """The request guard: the ASGI middleware every request passes first.
 
-IN PCI SCOPE. In order, for every request but the health probes:
+IN PCI SCOPE. In order, for every request but the health probes (which are checked
+against the CRL in force only, and neither audited nor limited unless refused by it):
 
 1. a request id (the caller's, if it cannot be a card number; else ours);
 2. **authentication**: the identity from the verified client certificate, before any
@@ -129,12 +130,9 @@ class RequestGuard:
                     ]
                 await send(message)
 
-            rejection = None
-            if scope["path"] not in UNAUDITED_PATHS:
-                rejection = self._authenticate(scope, request_id)
-                spent, admitted = self._admit(scope)
-                if spent is not None:
-                    rejection = self._refused_too_often(scope, spent, request_id)
+            rejection, spent, admitted = self._gate(scope, request_id)
+            # A health probe refused (its certificate revoked) is audited like every 401.
+            audited = audited or (rejection is not None and self.recorder is not None)
             if rejection is None:
                 rejection = self._reject_early(scope, headers, limit, request_id)
             try:
@@ -162,10 +160,36 @@ class RequestGuard:
                     (time.perf_counter() - started) * 1000,
                 )
 
+    def _gate(
+        self, scope: Scope, request_id: str
+    ) -> tuple[Response | None, Spent | None, Admission]:
+        """The answer that refuses the request before the app (None: none), the 429's
+        reason if it is one, and the unit of the caller's bucket the request holds."""
+        if scope["path"] in UNAUDITED_PATHS:
+            # The probes need no identity, but a certificate revoked since its
+            # connection's handshake is refused there too (review 29: its open
+            # connection kept probing, with no end).
+            return self._refuse_revoked(scope, request_id), None, NOTHING_HELD
+        rejection = self._authenticate(scope, request_id)
+        spent, admitted = self._admit(scope)
+        if spent is not None:
+            rejection = self._refused_too_often(scope, spent, request_id)
+        return rejection, spent, admitted
+
     def _authenticate(self, scope: Scope, request_id: str) -> Response | None:
         """Put the caller's identity in the scope state, or return the 401 to answer."""
         try:
             identity = identity_from_scope(scope)
+        except IdentityMissing as exc:
+            return problem_for(scope, exc.code, str(exc), request_id)
+        if (revoked := self._refuse_revoked(scope, request_id)) is not None:
+            return revoked
+        scope["state"]["identity"] = identity
+        return None
+
+    def _refuse_revoked(self, scope: Scope, request_id: str) -> Response | None:
+        """The 401 to answer when the CRL in force revokes the connection's certificate."""
+        try:
             if self.revoked is not None:
                 self.revoked.check(peer_certificate(scope))
         except CertificateRevoked as exc:
@@ -173,9 +197,6 @@ class RequestGuard:
             # the holder again (a pooled keep-alive connection lives for hours).
             headers = {"connection": "close"}
             return problem_for(scope, exc.code, str(exc), request_id, headers=headers)
-        except IdentityMissing as exc:
-            return problem_for(scope, exc.code, str(exc), request_id)
-        scope["state"]["identity"] = identity
         return None
 
     async def _record_outcome(self, scope: Scope, status: int, request_id: str) -> bool:

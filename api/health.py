@@ -19,8 +19,11 @@ worker next to nothing.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
@@ -34,6 +37,11 @@ from cofre.errors import CofreError
 HEAD_SECONDS: Final = 2.0
 # How long one run of the readiness checks answers every probe.
 READY_CACHE_SECONDS: Final = 1.0
+# The mTLS listener's `/readyz` (`ReadyProbes`): the probes each certificate has run
+# the checks for it, then how many a second; how many certificates are remembered.
+PROBE_BURST: Final = 10
+PROBE_PER_SECOND: Final = 1.0
+PROBE_CALLERS: Final = 4096
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -112,6 +120,73 @@ async def _answer(send: Send, status: int, body: dict[str, Any], method: str) ->
         }
     )
     await send({"type": "http.response.body", "body": b"" if method == "HEAD" else payload})
+
+
+class ReadyProbes:
+    """The mTLS listener's `/readyz`: runs of `check` (every readiness check) metered per
+    client certificate, and shared.
+
+    That route has no identity, no policy, no refusal bucket and no audit entry (its
+    callers are load balancers), so until review 29 any certificate the CA issued, one
+    whose identity the policy does not know too, could run the checks (an HSM call on
+    the token's session, database reads, the key registry's HSM key listing) as often
+    as it could send, unmetered and unrecorded. Now each certificate runs them itself
+    for `PROBE_BURST` probes, then `PROBE_PER_SECOND`; its other probes are answered
+    with the newest run's answer (whosever it was), and probes that wait while a run is
+    under way share it. A probe at a prober's pace is always answered from a run of its
+    own, so a failure shows at once; a caller probing faster sees it at most a second
+    late. Callers are keyed by certificate, not identity, so each of an identity's
+    certificates has its own allowance: `PROBE_CALLERS` are remembered, the least
+    recently seen forgotten first."""
+
+    def __init__(
+        self, check: Callable[[], dict[str, str]], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._check = check
+        self.clock = clock
+        self._lock = threading.Lock()  # the allowances and the newest answer
+        self._running = threading.Lock()  # one run at a time
+        self._allowances: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._runs = 0
+        self._last: dict[str, str] | CofreError | None = None
+
+    def answer(self, certificate: str | None) -> dict[str, str]:
+        """The checks' answer for a probe over a connection of `certificate` (its PEM);
+        raises the `CofreError` of the first failing check."""
+        with self._lock:
+            own = self._spend(hashlib.sha256((certificate or "").encode()).hexdigest())
+            last, runs = self._last, self._runs
+        if not own and last is not None:
+            return _answered(last)
+        with self._running:
+            with self._lock:
+                if self._runs != runs and self._last is not None:
+                    return _answered(self._last)  # a run ended while this one waited
+            result: dict[str, str] | CofreError
+            try:
+                result = self._check()
+            except CofreError as exc:
+                result = exc
+            with self._lock:
+                self._last, self._runs = result, self._runs + 1
+        return _answered(result)
+
+    def _spend(self, key: str) -> bool:
+        """Whether the certificate `key` may have a run of its own now (spends it)."""
+        now = self.clock()
+        tokens, at = self._allowances.pop(key, (float(PROBE_BURST), now))
+        tokens = min(float(PROBE_BURST), tokens + max(0.0, now - at) * PROBE_PER_SECOND)
+        own = tokens >= 1.0
+        self._allowances[key] = (tokens - 1.0 if own else tokens, now)
+        while len(self._allowances) > PROBE_CALLERS:
+            self._allowances.popitem(last=False)
+        return own
+
+
+def _answered(result: dict[str, str] | CofreError) -> dict[str, str]:
+    if isinstance(result, CofreError):
+        raise result.with_traceback(None)
+    return dict(result)
 
 
 def build_health_server(

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from api.dependencies import State
+from api.health import ReadyProbes
 from api.models import HealthResponse
+from api.tls import peer_certificate
 
 router = APIRouter()
 
@@ -20,12 +21,9 @@ def healthz() -> HealthResponse:
 
 
 @router.get("/readyz", response_model=HealthResponse, tags=["health"])
-def readyz(request: Request, state: State) -> HealthResponse:
+def readyz(request: Request) -> HealthResponse:
     """HSM session works, database reachable, audit sequencer alive, CRL (when
     configured) loaded and not expired."""
-    checks = state.check_ready()
-    # Checks added after the app was built (`api.app.add_ready_check`).
-    for name, check in request.app.state.ready_checks:
-        check()
-        checks[name] = "ok"
-    return HealthResponse(status="ready", checks=checks)
+    # Metered per certificate and shared (`api.health.ReadyProbes`, review 29).
+    probes: ReadyProbes = request.app.state.ready_probes
+    return HealthResponse(status="ready", checks=probes.answer(peer_certificate(request.scope)))

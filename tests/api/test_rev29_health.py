@@ -1,0 +1,200 @@
+"""Review 29: the mTLS listener's health routes, attacked with one stolen client
+certificate at a time. `/healthz` and `/readyz` are served without an identity and
+without an audit entry (docs/api.md), so they were the one place a certificate's
+requests met neither its policy, its refusal bucket nor the CRL of open connections.
+
+A test named ``test_finding_...`` FAILED on the reviewed main (its docstring: severity,
+what the attacker gained, the fix)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import json
+import secrets
+import socket
+import ssl
+import string
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from api.health import PROBE_BURST, PROBE_PER_SECOND
+from api.pki import DevPKI, revoke_clients
+from hsm.provider import HSMProvider
+from tests.api.conftest import VaultServer, running_vault
+
+PROBES = 60
+
+
+def _connect(vault: VaultServer, name: str) -> ssl.SSLSocket:
+    """One mutual-TLS connection with `name`'s certificate, kept open by the caller."""
+    context = ssl.create_default_context(cafile=str(vault.pki.ca))
+    context.load_cert_chain(str(vault.pki.client_cert(name)), str(vault.pki.client_key(name)))
+    host, port = vault.url.removeprefix("https://").split(":")
+    raw = socket.create_connection((host, int(port)), timeout=10)
+    return context.wrap_socket(raw, server_hostname=host)
+
+
+def _get(sock: ssl.SSLSocket, path: str, request_id: str = "") -> http.client.HTTPResponse:
+    """GET `path` on `sock` (keep-alive) and read the whole answer."""
+    rid = f"X-Request-Id: {request_id}\r\n" if request_id else ""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: vault\r\n{rid}\r\n".encode())
+    response = http.client.HTTPResponse(sock)  # type: ignore[arg-type]
+    response.begin()
+    response.body = response.read()  # type: ignore[attr-defined]
+    return response
+
+
+def _rid() -> str:
+    return "rid-" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(16))
+
+
+@pytest.fixture
+def hsm_checks(vault_server: VaultServer, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times readiness called the HSM (its health check, a C_GenerateRandom on
+    the token's session), counted on the vault's own provider; and readiness's clock
+    held still, so what is counted does not depend on how fast the machine is."""
+    provider = vault_server.runtime.provider
+    calls = [0]
+    real = provider.health_check
+
+    def counted() -> None:
+        calls[0] += 1
+        real()
+
+    monkeypatch.setattr(provider, "health_check", counted)
+    now = [1000.0]
+    probes = getattr(vault_server.runtime.app.state, "ready_probes", None)
+    if probes is not None:  # the fix's; the reviewed main had no such thing to hold
+        monkeypatch.setattr(probes, "clock", lambda: now[0])
+    return calls
+
+
+def test_finding_a_flood_of_readiness_probes_is_not_a_flood_of_hsm_and_database_calls(
+    vault_server: VaultServer, hsm_checks: list[int]
+) -> None:
+    """Medium (fixed). Any certificate the CA issued, also one whose identity the policy
+    does not know (every other request of such a caller is refused, 20 then one a
+    second), could send `/readyz` without end: each ran every readiness check (an HSM
+    call on the token's one session, a database round trip, the key registry's HSM key
+    listing, the witness lag query) and wrote nothing anywhere but the access log, where
+    it is not metered either. 60 probes were 60 HSM calls; at ~4 ms of a worker's HSM
+    and database each, a few connections kept a node's one SoftHSM2 session busy for
+    every tokenize of every other caller, with no trace in the audit log. Now each
+    caller (identity, or certificate) runs the checks itself for a burst of probes, then
+    once a second; its other probes get the newest run's answer."""
+    with _connect(vault_server, "stranger") as sock:
+        answers = [_get(sock, "/readyz") for _ in range(PROBES)]
+    assert {a.status for a in answers} == {200}
+    assert {json.loads(a.body)["status"] for a in answers} == {"ready"}  # type: ignore[attr-defined]
+    # The burst (`api.health.PROBE_BURST`, 10), however many probes: the clock stands still.
+    assert hsm_checks[0] <= 10, hsm_checks[0]
+
+
+def test_a_flooding_caller_leaves_other_callers_their_own_fresh_probes(
+    vault_server: VaultServer, hsm_checks: list[int]
+) -> None:
+    """The allowance is each caller's: one certificate that spends its own burst does
+    not make another's probe (a load balancer's) answer from an old run."""
+    with _connect(vault_server, "limited") as sock:
+        for _ in range(PROBES):
+            assert _get(sock, "/readyz").status == 200
+    assert hsm_checks[0] == PROBE_BURST
+    with _connect(vault_server, "ledger") as sock:
+        assert _get(sock, "/readyz").status == 200
+    assert hsm_checks[0] == PROBE_BURST + 1
+
+
+def test_a_callers_allowance_comes_back_with_time(
+    vault_server: VaultServer, hsm_checks: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probes = vault_server.runtime.app.state.ready_probes
+    now = [5000.0]
+    monkeypatch.setattr(probes, "clock", lambda: now[0])
+    with _connect(vault_server, "store") as sock:
+        for _ in range(PROBES):
+            _get(sock, "/readyz")
+        assert hsm_checks[0] == PROBE_BURST
+        now[0] += 3 / PROBE_PER_SECOND
+        for _ in range(PROBES):
+            _get(sock, "/readyz")
+    assert hsm_checks[0] == PROBE_BURST + 3
+
+
+def _crl(pki: DevPKI, out: Path) -> Path:
+    """An empty CRL by `pki`'s CA issued a day ago (tests/api/test_crl.py says why)."""
+    ca_cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    now = dt.datetime.now(dt.UTC)
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - dt.timedelta(days=1))
+        .next_update(now + dt.timedelta(days=7))
+        .sign(ca_key, hashes.SHA256())
+    )
+    out.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    return out
+
+
+def _entries(vault: VaultServer, request_id: str) -> list[dict[str, Any]]:
+    with vault.runtime.engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT payload FROM audit_entries WHERE payload LIKE :p ORDER BY id"),
+            {"p": f'%"request_id":"{request_id}"%'},
+        ).scalars()
+        return [json.loads(r) for r in rows]
+
+
+def _closed_by_peer(sock: ssl.SSLSocket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except (ssl.SSLError, ConnectionError):
+        return True
+
+
+@pytest.mark.parametrize("path", ["/readyz", "/healthz"])
+def test_finding_a_revoked_certificates_open_connection_is_refused_on_the_health_routes_too(
+    tmp_path: Path, hsm_provider: HSMProvider, path: str
+) -> None:
+    """Low (fixed). Revocation takes effect on the next request of an open keep-alive
+    connection (docs/threat-model.md, boundary 1), except on the health routes, where
+    the guard skipped authentication and with it the CRL check: a certificate revoked
+    while its pooled connection was open kept that connection, and with it `/readyz`'s
+    HSM and database calls, for as long as it kept sending (the keep-alive timeout is
+    re-armed by every request). Now a revoked certificate is refused there too: 401
+    ``certificate_revoked``, audited with the certificate's name, connection closed."""
+    crl_path = tmp_path / "crl.pem"
+    crl: Callable[[DevPKI], Path] = lambda pki: _crl(pki, crl_path)  # noqa: E731
+    with running_vault(tmp_path, hsm_provider, crl=crl) as vault:
+        assert vault.crl_watcher is not None
+        cert = x509.load_pem_x509_certificate(vault.pki.client_cert("payments").read_bytes())
+        with _connect(vault, "payments") as sock:
+            assert _get(sock, path).status == 200
+            revoke_clients(vault.pki, ["payments"], crl_path)
+            assert vault.crl_watcher.reload_if_changed()
+            rid = _rid()
+            after = _get(sock, path, rid)
+            assert after.status == 401, after.body  # type: ignore[attr-defined]
+            assert json.loads(after.body)["code"] == "certificate_revoked"  # type: ignore[attr-defined]
+            assert after.will_close
+            assert _closed_by_peer(sock)
+        (entry,) = _entries(vault, rid)
+        assert (entry["action"], entry["outcome"], entry["actor"]) == (
+            "api.request",
+            "denied",
+            "unauthenticated",
+        )
+        assert entry["details"]["code"] == "certificate_revoked"
+        assert entry["details"]["cert_sha256"] == cert.fingerprint(hashes.SHA256()).hex()
+        # Another certificate's probes on the same vault are answered as before.
+        with _connect(vault, "ledger") as sock:
+            assert _get(sock, path).status == 200
