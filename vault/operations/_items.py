@@ -7,6 +7,7 @@ IN PCI SCOPE: an item holds the card.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -44,6 +45,12 @@ def _guard_kind(spec: FormatSpec, request: TokenizeRequest) -> str | None:
     return None
 
 
+def shoppers_bucket(bucket: bytes) -> bytes:
+    """The oracle guard's bucket that counts hosted captures of the cards of `bucket`
+    (`_Item.as_shoppers`): one of its own, beside the creator's calls' (review 29)."""
+    return hashlib.sha256(b"cofre-oracle-shoppers\x00" + bucket).digest()[:16]
+
+
 @dataclass(slots=True)
 class _Item:
     """One checked tokenize item and what storing it needs (fingerprints: see _tokenize)."""
@@ -68,6 +75,18 @@ class _Item:
     # details. A capture (a shopper, not the shop's backend) changes neither (R28-3).
     extends: bool = True
     replaces_details: bool = True
+
+    def as_shoppers(self) -> None:
+        """Make this item a hosted capture's (a shopper's card, from a browser): a hit
+        on a stored token changes neither its life nor its details (R28-3), and the
+        oracle guard counts it in the captures' bucket (`shoppers_bucket`), not with
+        the session creator's own calls. Counted together (until review 29), anyone
+        who could load the shop's checkout 11 times filled the creator's bucket of a
+        card's BIN and last four, and the shop's backend was refused every new card of
+        it for a day or two; now shoppers can fill only the captures' count."""
+        self.extends = self.replaces_details = False
+        if self.guard is not None:
+            self.guard = (shoppers_bucket(self.guard[0]), self.guard[1])
 
 
 @dataclass(frozen=True, slots=True)

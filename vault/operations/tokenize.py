@@ -144,7 +144,7 @@ class TokenizeOperations(TokenCandidates):
             items = self._plan(domain, requests, batch=batch)
             if shopper:
                 for item in items:
-                    item.extends = item.replaces_details = False
+                    item.as_shoppers()  # R28-3; its own oracle count (review 29)
 
             def work(connection: Connection) -> list[TokenRecord] | VaultError:
                 now = self._clock()
