@@ -44,6 +44,7 @@ from api._capture_body import framed_within, limited
 from api._capture_headers import BASE_CSP, cors_headers, readable_by, security_headers
 from api._capture_server import build_capture_server
 from api.guard import problem_for
+from api.observability import method_name
 from api.problems import problem
 from api.problems import retry_after as retry_after_value
 from api.refusals import NOTHING_HELD, RefusalLimiter, Spent, charged
@@ -479,7 +480,7 @@ class _CaptureGuard:
         route = getattr(scope.get("route"), "path", "unmatched")
         _log.info(
             "capture request",
-            method=scope["method"],
+            method=method_name(scope["method"]),
             route=route,
             status=status["code"],
             code=scope["state"].get("problem_code") or None,
@@ -542,7 +543,7 @@ class _CaptureGuard:
             actor=ANONYMOUS_CAPTURE,
             request_id=request_id,
             details={
-                "method": scope["method"],
+                "method": method_name(scope["method"]),
                 "route": getattr(scope.get("route"), "path", "unmatched"),
                 "status": status,
                 "code": scope["state"].get("problem_code") or None,

@@ -38,7 +38,7 @@ from starlette.responses import Response
 from api._capture_body import limited
 from api.crl import RevokedCertificates
 from api.errors import CertificateRevoked, IdentityMissing
-from api.observability import Telemetry
+from api.observability import Telemetry, method_name
 from api.problems import problem, retry_after
 from api.refusals import (
     NOTHING_HELD,
@@ -207,7 +207,7 @@ class RequestGuard:
         state = scope["state"]
         route = getattr(scope.get("route"), "path", "unmatched")
         details: dict[str, DetailValue] = {
-            "method": scope["method"],
+            "method": method_name(scope["method"]),
             "route": route,
             "status": status,
             "code": state.get("problem_code") or None,
@@ -293,14 +293,15 @@ class RequestGuard:
         template = getattr(route, "path", "unmatched")
         code = scope["state"].get("problem_code", "")
         identity = scope["state"].get("identity", "")
-        attributes = {"route": template, "method": scope["method"], "status": status, "code": code}
-        self.telemetry.count_request(template, scope["method"], status, code)
+        method = method_name(scope["method"])
+        attributes = {"route": template, "method": method, "status": status, "code": code}
+        self.telemetry.count_request(template, method, status, code)
         self.telemetry.latency.record(elapsed_ms, attributes)
         self.telemetry.request_span(
-            f"{scope['method']} {template}",
+            f"{method} {template}",
             started_ns,
             {
-                "http.request.method": scope["method"],
+                "http.request.method": method,
                 "http.route": template,
                 "http.response.status_code": status,
                 "cofre.request_id": request_id,
@@ -310,7 +311,7 @@ class RequestGuard:
         )
         _log.info(
             "request",
-            method=scope["method"],
+            method=method,
             route=template,
             status=status,
             code=code or None,
