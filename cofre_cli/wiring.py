@@ -79,6 +79,11 @@ def database_engine(settings: Settings, *, pool_size: int | None = None) -> Engi
     files, or an RDS IAM token per new connection (`COFRE_DATABASE__IAM_AUTH`)."""
     database = settings.database
     url = settings.database_url
+    if database.url is None and database.url_file is None:
+        # The default store is a file in the data directory. `cofre db migrate` and
+        # `db status` come here without `open_database`, so on a fresh machine SQLite
+        # could not create the file and the command failed with a bare OperationalError.
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     password_provider = None
     if database.iam_auth:
         from infra_pci.rds_auth import rds_auth_token_provider

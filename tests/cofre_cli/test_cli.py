@@ -223,3 +223,23 @@ def test_dev_with_a_broken_policy_fails_before_saying_it_listens(tmp_path: Path)
     assert broken.returncode != 0
     assert "listens" not in broken.stdout
     assert "policy" in broken.stdout + broken.stderr
+
+
+def test_db_migrate_makes_a_fresh_data_dir(tmp_path: Path) -> None:
+    # README, "CLI": `cofre db migrate` brings the schema to this version; with no
+    # database URL the store is a SQLite file in COFRE_DATA_DIR. On a fresh machine the
+    # directory did not exist and the command failed with an opaque
+    # `storage_unavailable ... OperationalError`, where every other command makes it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COFRE_")}
+    data_dir = tmp_path / "fresh" / "data"
+    env["COFRE_DATA_DIR"] = str(data_dir)
+    status = run("db", "status", env=env, cwd=tmp_path)
+    assert status.returncode == 1
+    assert status.stderr.startswith("error [schema_mismatch]: the database has no Cofre schema")
+    migrated = run("db", "migrate", env=env, cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.startswith("migrated the schema from empty to ")
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    status = run("db", "status", env=env, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith("schema at revision ")
