@@ -353,7 +353,10 @@ def audit_partitions(
 
     engine = open_database(cli_settings())
     try:
-        with database_errors_as(StorageUnavailable, "the audit partitions"), engine.begin() as c:
+        with (
+            database_errors_as(StorageUnavailable, "the audit partition list"),
+            engine.begin() as c,
+        ):
             made = ensure_partitions(c) if ensure else 0
             partitions = monthly_partitions(c)
             in_default = default_partition_rows(c)

@@ -139,6 +139,32 @@ def test_an_entry_for_a_month_without_partition_lands_in_the_default(
         engine.dispose()
 
 
+def test_app_role_lists_the_partitions_and_counts_the_default_one(pg_database: str) -> None:
+    # docs/operations.md: `cofre audit ...` runs as the vault's role (a member of
+    # cofre_app), `cofre audit partitions --ensure` included. Counting the default
+    # partition read it by name, which only the owner may: the listing failed with
+    # `InsufficientPrivilege` for the role the runbook names.
+    engine = create_database_engine(pg_database)
+    migrate(engine)
+    try:
+        now = datetime.now(UTC)
+        ahead = datetime(now.year + (now.month + 5) // 12, (now.month + 5) % 12 + 1, 2, tzinfo=UTC)
+        behind = datetime(now.year - 2, now.month, 2, tzinfo=UTC)
+        append_at(engine, now, 3)  # this month's partition
+        append_at(engine, ahead, 2)  # past the partitions made ahead: the default one
+        append_at(engine, behind, 1)  # before the first partition: the default one too
+        with engine.begin() as connection:
+            owner_count = default_partition_rows(connection)
+        assert owner_count == 3
+        with engine.begin() as connection:
+            connection.execute(sa.text("SET LOCAL ROLE cofre_app"))
+            assert ensure_partitions(connection) == 0
+            assert default_partition_rows(connection) == owner_count
+            assert any(p.range_from <= now < p.range_to for p in monthly_partitions(connection))
+    finally:
+        engine.dispose()
+
+
 def test_app_role_makes_partitions_ahead_but_cannot_drop_or_truncate_them(
     pg_database: str,
 ) -> None:
