@@ -289,7 +289,7 @@ def audit_export(
 
     settings = cli_settings()
     pem = audit_signer(open_hsm(settings)).public_key_pem()
-    lines = 0
+    lines = 1  # the public key's line, then every entry and head
     with out.open("w", encoding="utf-8") as handle:
         handle.write(json.dumps({"type": "public_key", "pem": pem.decode()}) + "\n")
         for line in AuditStore(open_database(settings)).export():

@@ -107,9 +107,12 @@ def test_audit_commands_verify_and_catch_tampering(tmp_path: Path) -> None:
     assert len(proof["inclusion_proof"]) == 4
     assert proof["root_hash"] == head["root_hash"]
     out = tmp_path / "export.jsonl"
-    assert run("audit", "export", "--out", str(out), env=env).returncode == 0
+    exported = run("audit", "export", "--out", str(out), env=env)
+    assert exported.returncode == 0, exported.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["type"] for r in records] == ["public_key"] + ["entry"] * 9 + ["head"] * heads
+    # The count it prints is the file's: the public key line is a record too.
+    assert exported.stdout == f"wrote {len(records)} records to {out}\n"
 
     db = sqlite3.connect(data_dir / "cofre.sqlite3")
     db.execute("DROP TRIGGER audit_entries_no_update")
