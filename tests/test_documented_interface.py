@@ -1,0 +1,197 @@
+"""What the README and docs/ tell a reader to type exists: every `COFRE_*` variable they
+name is one some program reads, every `cofre ...` command they show is a command of the
+CLI and takes the options shown after it, and the README's tables list every setting and
+every command with its options.
+
+A newcomer, an on-call engineer, an officer and an auditor each followed the documents
+literally (session 29); these pin the facts they tripped over, so a renamed option or a
+new setting without its row fails here instead of in someone's runbook.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from pydantic import BaseModel
+
+from cofre.settings import OTHER_PREFIXES, OTHER_VARIABLES, Settings, unknown_variables
+from cofre_cli.main import app
+from infra_pci.model import PciEnvironment
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _setting_names(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, bool]]:
+    """(`COFRE_...` name, is a leaf) for every field, nested sections with `__`."""
+    for name, field in model.model_fields.items():
+        full = prefix + name.upper()
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield full, False
+            yield from _setting_names(annotation, full + "__")
+        else:
+            yield full, True
+
+
+SETTINGS = dict(_setting_names(Settings, "COFRE_"))
+LEAF_SETTINGS = {name for name, leaf in SETTINGS.items() if leaf}
+
+
+def _commands() -> dict[str, Any]:
+    """'cofre group command' (or 'cofre command') -> its click command."""
+    found: dict[str, Any] = {}
+
+    def walk(command: Any, path: list[str]) -> None:
+        subcommands = getattr(command, "commands", None)
+        if subcommands is None:
+            found[" ".join(["cofre", *path])] = command
+            return
+        if path:
+            found[" ".join(["cofre", *path])] = command
+        for name, sub in subcommands.items():
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+COMMANDS = _commands()
+
+
+def _options(command: Any) -> set[str]:
+    """The long options of a command; of a group, those of any of its commands."""
+    if hasattr(command, "commands"):
+        return set().union(*(_options(sub) for sub in command.commands.values()))
+    return {o for p in command.params for o in p.opts if o.startswith("--")} | {"--help"}
+
+
+def _known_variables() -> set[str]:
+    names = set(SETTINGS) | set(OTHER_VARIABLES)
+    for command in COMMANDS.values():
+        for param in getattr(command, "params", []):
+            envvar = getattr(param, "envvar", None)
+            names.update([envvar] if isinstance(envvar, str) else envvar or [])
+    names.update(f"COFRE_INFRA_{field.upper()}" for field in PciEnvironment.model_fields)
+    shim = (ROOT / "tests" / "support" / "cloudhsm_shim.c").read_text(encoding="utf-8")
+    names.update(re.findall(r'getenv\("(COFRE_[A-Z0-9_]+)"\)', shim))
+    conftest = (ROOT / "tests" / "conftest.py").read_text(encoding="utf-8")
+    names.update(re.findall(r"\b(COFRE_TEST_[A-Z0-9_]+)\b", conftest))
+    return names
+
+
+KNOWN_VARIABLES = _known_variables()
+# README, "Configuration": "`COFRE_HSM_PIN_FILE` for `COFRE_HSM__PIN_FILE`".
+MISSPELT_ON_PURPOSE = {"COFRE_HSM_PIN_FILE"}
+
+
+def _variables_in(text: str) -> Iterator[str]:
+    """Every `COFRE_...` name written out in `text`, with the README table's shorthands
+    (`COFRE_SERVER__HOST` / `__PORT`, `COFRE_KEYS__CRYPTOPERIOD_KEK_DAYS` /
+    `_DATA_DAYS`) expanded."""
+    yield from re.findall(r"\bCOFRE_[A-Z0-9_]*[A-Z0-9]\b", text)
+    for line in text.splitlines():
+        cell = line.split("|")[1] if line.startswith("| `COFRE_") else ""
+        items = re.findall(r"`([A-Z0-9_]+)`", cell)
+        for item in items[1:]:
+            if item.startswith("__"):
+                yield items[0].split("__")[0] + item
+            elif item.startswith("_"):
+                yield "_".join(items[0].split("_")[: -item.count("_")]) + item
+
+
+def _documented_variables() -> Iterator[tuple[str, str]]:
+    for path in DOCUMENTS:
+        for name in _variables_in(path.read_text(encoding="utf-8")):
+            yield path.name, name
+
+
+@pytest.mark.parametrize(("document", "name"), sorted(set(_documented_variables())), ids=str)
+def test_every_documented_variable_is_read_by_something(document: str, name: str) -> None:
+    # Settings (whole sections too: `COFRE_KEYS__…`), the CLI's own variables, the
+    # witness's and infra's, the CloudHSM shim's and the suite's.
+    if name.startswith(OTHER_PREFIXES) and name.endswith("_"):
+        return  # a prefix named as such (`COFRE_INFRA_*`)
+    if name in MISSPELT_ON_PURPOSE:
+        # The README's example of a typo the CLI stops at: it must still be one.
+        assert unknown_variables({name: "x"}) == [name]
+        return
+    assert name in KNOWN_VARIABLES, f"{document} names {name}, which nothing reads"
+
+
+def test_the_readme_configuration_table_lists_every_setting() -> None:
+    table = README[README.index("## Configuration") : README.index("## CLI")]
+    missing = sorted(LEAF_SETTINGS - set(_variables_in(table)))
+    assert missing == [], f"settings without a row in the README's table: {missing}"
+
+
+# `kubectl -n cofre ...` and paths such as `cofre-audit/...` are not the CLI.
+_INVOCATION = re.compile(r"(?<![\w/.-])(?<!-n )cofre((?: [a-z][a-z-]*){1,2})([^`|\n#]*)")
+
+
+def _documented_invocations() -> Iterator[tuple[str, int, str, str]]:
+    for path in DOCUMENTS:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for match in _INVOCATION.finditer(line):
+                yield path.name, number, match.group(1).split(), match.group(2)
+
+
+def _resolve(words: list[str]) -> tuple[str | None, list[str]]:
+    """The longest 'cofre ...' command the words start with, and the words left."""
+    for size in (2, 1):
+        name = " ".join(["cofre", *words[:size]])
+        if name in COMMANDS:
+            return name, words[size:]
+    return None, words
+
+
+def test_every_documented_command_exists_with_its_options() -> None:
+    problems = []
+    for document, number, words, rest in _documented_invocations():
+        name, left = _resolve(words)
+        where = f"{document}:{number}: cofre {' '.join(words)}"
+        if name is None:
+            problems.append(f"{where}: no such command")
+            continue
+        command = COMMANDS[name]
+        if hasattr(command, "commands") and left and left[0] not in command.commands:
+            problems.append(f"{where}: {name} has no command {left[0]!r}")
+            continue
+        shown = re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", " ".join([*left, rest]))
+        problems.extend(
+            f"{where}: {name} takes no {option}"
+            for option in shown
+            if option not in _options(command)
+        )
+    assert problems == []
+
+
+def test_the_readme_cli_table_lists_every_command_and_option() -> None:
+    section = README[README.index("## CLI") : README.index("## The API in one table")]
+    rows = [line for line in section.splitlines() if line.startswith("| `cofre")]
+    problems = []
+    for name, command in COMMANDS.items():
+        if hasattr(command, "commands"):
+            continue
+        group, _, leaf = name.rpartition(" ")
+        # A row names the command whole or in a `list|rotate|...` alternation.
+        mine = [
+            row
+            for row in rows
+            if name in row or (group != "cofre" and group in row and re.search(rf"\b{leaf}\b", row))
+        ]
+        if not mine:
+            problems.append(f"{name}: no row")
+            continue
+        problems.extend(
+            f"{name}: {option} not in its row"
+            for option in sorted(_options(command) - {"--help"})
+            if not any(option in row for row in mine)
+        )
+    assert problems == []
