@@ -131,6 +131,60 @@ def test_the_readme_configuration_table_lists_every_setting() -> None:
     assert missing == [], f"settings without a row in the README's table: {missing}"
 
 
+def _defaults(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, object]]:
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _defaults(annotation, prefix + name.upper() + "__")
+        else:
+            yield prefix + name.upper(), field.default
+
+
+def _as_written(value: object) -> str | None:
+    """A default as the README writes it: `false`, `5` for 5.0, `1.3` for TLS 1.3."""
+    if value is None or value == ():
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(getattr(value, "value", value))
+
+
+def test_the_readme_configuration_table_states_the_defaults() -> None:
+    # Each row's default cell: one value per name ("`127.0.0.1` / `8443`"), or one for
+    # all; a value is a literal in backticks (a parenthesis may follow: "(`true` in
+    # `cofre dev`)"), or "unset"/"none"; other words describe a computed default
+    # ("`https://localhost:PORT` on loopback, ...") and are not compared.
+    defaults = dict(_defaults(Settings, "COFRE_"))
+    table = README[README.index("## Configuration") : README.index("## CLI")]
+    compared, problems = 0, []
+    for line in table.splitlines():
+        if not line.startswith("| `COFRE_"):
+            continue
+        name_cell, default_cell = line.split("|")[1:3]
+        names = list(_variables_in(f"|{name_cell}|"))
+        names = [n for n in dict.fromkeys(names) if n in defaults]
+        parts = [part.strip() for part in default_cell.split(" / ")]
+        if len(parts) == 1:
+            parts *= len(names)
+        if len(parts) != len(names):
+            continue
+        for name, part in zip(names, parts, strict=True):
+            literal = re.fullmatch(r"`([^`]*)`(?: \(.*\))?", part)
+            if literal is not None:
+                written: str | None = literal.group(1)
+            elif part.startswith(("unset", "none")):
+                written = None
+            else:
+                continue
+            compared += 1
+            if written != _as_written(defaults[name]):
+                problems.append(f"{name}: README says {written}, the code {defaults[name]!r}")
+    assert problems == []
+    assert compared > 60  # the table is still read
+
+
 # `kubectl -n cofre ...` and paths such as `cofre-audit/...` are not the CLI.
 _INVOCATION = re.compile(r"(?<![\w/.-])(?<!-n )cofre((?: [a-z][a-z-]*){1,2})([^`|\n#]*)")
 
