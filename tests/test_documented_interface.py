@@ -19,6 +19,7 @@ import pytest
 import typer
 from pydantic import BaseModel
 
+from api.problems import PROBLEMS
 from cofre.settings import OTHER_PREFIXES, OTHER_VARIABLES, Settings, unknown_variables
 from cofre_cli.main import app
 from infra_pci.model import PciEnvironment
@@ -248,4 +249,58 @@ def test_the_readme_cli_table_lists_every_command_and_option() -> None:
             for option in sorted(_options(command) - {"--help"})
             if not any(option in row for row in mine)
         )
+    assert problems == []
+
+
+# Codes in api.problems.PROBLEMS that no API answer carries: the base classes' (never
+# raised themselves) and those of commands outside the API (the CLI, the witness, the
+# AWS control plane, the policy loader at start). The audit proof routes answer
+# `not_found` for a `proof_invalid`.
+NOT_ANSWERED_BY_THE_API = {
+    "api_error",
+    "audit_error",
+    "capture_error",
+    "cofre_error",
+    "hsm_error",
+    "infra_error",
+    "pki_error",
+    "policy_error",
+    "throttled",
+    "vault_error",
+    "audit_archive_failed",
+    "audit_retention_refused",
+    "audit_verification_failed",
+    "aws_call_failed",
+    "aws_credentials_missing",
+    "configuration_error",
+    "hsm_token_in_service",
+    "peer_vpc_not_found",
+    "policy_invalid",
+    "proof_invalid",
+    "schema_mismatch",
+    "witness_cosignature_invalid",
+    "witness_refused",
+}
+
+
+def test_the_api_error_table_lists_every_code_with_its_status() -> None:
+    text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    table = text[text.index("| status | codes |") : text.index("Validation errors list")]
+    documented: dict[str, set[str]] = {}
+    for line in table.splitlines()[2:]:
+        if line.startswith("|"):
+            statuses, codes = line.split("|")[1], "|".join(line.split("|")[2:])
+            for code in re.findall(r"`([a-z][a-z0-9_]+)`", codes):
+                documented.setdefault(code, set()).update(s.strip() for s in statuses.split("/"))
+    assert set(PROBLEMS) >= NOT_ANSWERED_BY_THE_API
+    problems = [
+        f"{code} ({status}) is not in docs/api.md's error table"
+        for code, (status, _) in sorted(PROBLEMS.items())
+        if code not in documented and code not in NOT_ANSWERED_BY_THE_API
+    ]
+    problems += [
+        f"{code}: docs/api.md says {sorted(documented[code])}, the code {status}"
+        for code, (status, _) in sorted(PROBLEMS.items())
+        if code in documented and str(status) not in documented[code]
+    ]
     assert problems == []
