@@ -1,7 +1,8 @@
 """What the README and docs/ tell a reader to type exists: every `COFRE_*` variable they
-name is one some program reads, every `cofre ...` command they show is a command of the
-CLI and takes the options shown after it, and the README's tables list every setting and
-every command with its options.
+name is one some program reads, every `cofre ...` and `cofre-verify ...` command they
+show exists and takes the options shown after it, the README's tables list every
+setting (with its default) and every command with its options, and docs/api.md's error
+table every problem code the API answers, with its status.
 
 A newcomer, an on-call engineer, an officer and an auditor each followed the documents
 literally (session 29); these pin the facts they tripped over, so a renamed option or a
@@ -11,6 +12,8 @@ new setting without its row fails here instead of in someone's runbook.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -303,4 +306,33 @@ def test_the_api_error_table_lists_every_code_with_its_status() -> None:
         for code, (status, _) in sorted(PROBLEMS.items())
         if code in documented and str(status) not in documented[code]
     ]
+    assert problems == []
+
+
+def _verifier_options() -> set[str]:
+    shown = subprocess.run(
+        [sys.executable, "-m", "cofre_evidence_verifier", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", shown))
+
+
+def test_the_offline_verifier_takes_the_documented_options() -> None:
+    # docs/auditor-guide.md: "`cofre evidence verify` takes the same arguments" as
+    # `cofre-verify`, and each `cofre-verify ...` line shows options it takes.
+    verifier = _verifier_options()
+    assert _options(COMMANDS["cofre evidence verify"]) == verifier - {"--version"}
+    problems = []
+    for path in DOCUMENTS:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for rest in re.findall(r"(?<![\w/.-])cofre-verify\b([^`|\n#]*)", line):
+                shown = re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest)
+                problems.extend(
+                    f"{path.name}:{number}: cofre-verify takes no {option}"
+                    for option in shown
+                    if option not in verifier
+                )
     assert problems == []
