@@ -42,15 +42,15 @@ from policies.errors import PolicyDenied
 from policies.models import Action
 from vault._ceremony_guards import (
     ApprovalKeys,
-    counting_now,
     discard_unrecorded,
     hold_ceremony_lock,
     proposal_life,
     refuse_a_second_run,
     standing_approvals,
 )
+from vault._ceremony_view import ceremony_view
 from vault._rotation_batches import BATCH, RotationBatches
-from vault.approval_proof import SignedAction, proposal_expired
+from vault.approval_proof import SignedAction
 from vault.audit_rotation import AuditKeyRotation
 from vault.ceremony import Ceremony, CeremonyState, OfficerCertificate, RotationKind
 from vault.errors import CeremonyError, CeremonyNotFound, CeremonyRefused, StorageUnavailable
@@ -162,48 +162,15 @@ class KeyRotation(RotationBatches):
         return row
 
     def _view(self, connection: Connection, row: Row[Any]) -> Ceremony:
-        approvals = key_approvals.c
-        given = connection.execute(
-            select(approvals.officer, approvals.keyid, approvals.proof)
-            .where(approvals.ceremony_id == row.id)
-            .order_by(approvals.approved_at)
-        ).all()
-        approvers = [officer for officer, _, _ in given]
-        counting = approvers
-        state = row.state
-        expires = as_utc(row.expires_at)
-        life = proposal_life(self._clock(), self._ttl)  # signed: the row's expiry can move
-        if state == CeremonyState.PENDING and (
-            (expires is not None and expires <= self._clock())
-            or proposal_expired(row.proposer_proof, life)
-        ):
-            state = CeremonyState.EXPIRED.value
-        elif state == CeremonyState.PENDING:
-            own = None if self._authorities is None else self._authorities()
-            counting = counting_now(
-                self._policy(),
-                row,
-                given,
-                unsigned=self._unsigned,
-                authorities=own,
-                signed_within=life,
-            )
-        return Ceremony(
-            id=row.id,
-            kind=row.kind,
-            state=state,
-            proposer=row.proposer,
-            approvers=approvers,
-            approvals_needed=self._needed(),
-            approvals_counting=counting,
-            created_at=as_utc(row.created_at) or row.created_at,
-            expires_at=expires or row.expires_at,
-            old_version=row.old_version,
-            new_version=row.new_version,
-            progress_done=row.progress_done,
-            progress_total=row.progress_total,
-            destroy_after=as_utc(row.destroy_after),
-            completed_at=as_utc(row.completed_at),
+        return ceremony_view(
+            connection,
+            row,
+            policy=self._policy(),
+            now=self._clock(),
+            ttl=self._ttl,
+            needed=self._needed(),
+            unsigned=self._unsigned,
+            authorities=None if self._authorities is None else self._authorities(),
         )
 
     # ------------------------------------------------------------------ ceremony

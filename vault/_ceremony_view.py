@@ -1,0 +1,77 @@
+"""The view of a key ceremony an officer sees (`vault.rotation.KeyRotation`'s status,
+list and the answers of its actions).
+
+IN PCI SCOPE (key management): reads a ceremony's rows; holds no key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Row, select
+
+from policies.engine import PolicyEngine
+from vault._ceremony_guards import counting_now, proposal_life
+from vault.approval_proof import proposal_expired
+from vault.ceremony import Ceremony, CeremonyState
+from vault.storage.database import as_utc
+from vault.storage.schema import key_approvals
+
+
+def ceremony_view(
+    connection: Connection,
+    row: Row[Any],
+    *,
+    policy: PolicyEngine,
+    now: datetime,
+    ttl: timedelta,
+    needed: int,
+    unsigned: bool,
+    authorities: Collection[str] | None,
+) -> Ceremony:
+    """Ceremony `row` as officers see it at `now`: a pending one past its life (its row's
+    expiry or its signed proposal's `ttl`) is expired, and of its approvers, those whose
+    approval would count under `policy` (`counting_now`)."""
+    approvals = key_approvals.c
+    given = connection.execute(
+        select(approvals.officer, approvals.keyid, approvals.proof)
+        .where(approvals.ceremony_id == row.id)
+        .order_by(approvals.approved_at)
+    ).all()
+    approvers = [officer for officer, _, _ in given]
+    counting = approvers
+    state = row.state
+    expires = as_utc(row.expires_at)
+    life = proposal_life(now, ttl)  # signed: the row's expiry can move
+    if state == CeremonyState.PENDING and (
+        (expires is not None and expires <= now) or proposal_expired(row.proposer_proof, life)
+    ):
+        state = CeremonyState.EXPIRED.value
+    elif state == CeremonyState.PENDING:
+        counting = counting_now(
+            policy,
+            row,
+            given,
+            unsigned=unsigned,
+            authorities=authorities,
+            signed_within=life,
+        )
+    return Ceremony(
+        id=row.id,
+        kind=row.kind,
+        state=state,
+        proposer=row.proposer,
+        approvers=approvers,
+        approvals_needed=needed,
+        approvals_counting=counting,
+        created_at=as_utc(row.created_at) or row.created_at,
+        expires_at=expires or row.expires_at,
+        old_version=row.old_version,
+        new_version=row.new_version,
+        progress_done=row.progress_done,
+        progress_total=row.progress_total,
+        destroy_after=as_utc(row.destroy_after),
+        completed_at=as_utc(row.completed_at),
+    )
