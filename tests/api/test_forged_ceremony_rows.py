@@ -37,6 +37,15 @@ ALICE, BOB, CAROL = (f"spiffe://cofre/officer-{n}" for n in ("alice", "bob", "ca
 @pytest.fixture
 def three_officers(vault_server: VaultServer) -> Iterator[SigningOfficer]:
     """Carol as a third officer, and three officers required (two approvals)."""
+    with third_officer(vault_server) as carol:
+        yield carol
+
+
+@contextmanager
+def third_officer(vault_server: VaultServer) -> Iterator[SigningOfficer]:
+    """Carol as a third officer of `vault_server`, and three officers required (two
+    approvals), until the block ends: then its pending ceremonies are cancelled and its
+    policy is restored."""
     runtime = vault_server.runtime
     policy_file = runtime.settings.policy_file
     assert policy_file is not None
