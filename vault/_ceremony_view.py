@@ -6,14 +6,14 @@ IN PCI SCOPE (key management): reads a ceremony's rows; holds no key.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Row, select
 
 from policies.engine import PolicyEngine
-from vault._ceremony_guards import counting_now, proposal_life
+from vault._ceremony_guards import counting_now, proposal_life, revoked_officers
 from vault.approval_proof import proposal_expired
 from vault.ceremony import Ceremony, CeremonyState
 from vault.storage.database import as_utc
@@ -30,10 +30,14 @@ def ceremony_view(
     needed: int,
     unsigned: bool,
     authorities: Collection[str] | None,
+    revoked: Callable[[str], bool] | None = None,
 ) -> Ceremony:
     """Ceremony `row` as officers see it at `now`: a pending one past its life (its row's
     expiry or its signed proposal's `ttl`) is expired, and of its approvers, those whose
-    approval would count under `policy` (`counting_now`)."""
+    approval would count under `policy` (`counting_now`). Given `revoked` (the CRL in
+    force), none counts while the proposer or a counted approver acted with a revoked
+    certificate, since the ceremony then takes no approval (`revoked_officers`): the
+    officers see it before one of them tries (session 29)."""
     approvals = key_approvals.c
     given = connection.execute(
         select(approvals.officer, approvals.keyid, approvals.proof)
@@ -58,6 +62,8 @@ def ceremony_view(
             authorities=authorities,
             signed_within=life,
         )
+        if revoked is not None and revoked_officers(connection, row, counting, revoked):
+            counting = []
     return Ceremony(
         id=row.id,
         kind=row.kind,

@@ -161,7 +161,9 @@ class KeyRotation(RotationBatches):
             raise CeremonyNotFound(f"no key ceremony {ceremony_id}")
         return row
 
-    def _view(self, connection: Connection, row: Row[Any]) -> Ceremony:
+    def _view(
+        self, connection: Connection, row: Row[Any], revoked: Callable[[str], bool] | None = None
+    ) -> Ceremony:
         return ceremony_view(
             connection,
             row,
@@ -171,6 +173,7 @@ class KeyRotation(RotationBatches):
             needed=self._needed(),
             unsigned=self._unsigned,
             authorities=None if self._authorities is None else self._authorities(),
+            revoked=revoked,
         )
 
     # ------------------------------------------------------------------ ceremony
@@ -346,22 +349,29 @@ class KeyRotation(RotationBatches):
             )  # fmt: skip
             return self._view(connection, self._load(connection, ceremony_id))
 
-    def status(self, identity: str, ceremony_id: str) -> Ceremony:
+    def status(
+        self, identity: str, ceremony_id: str, revoked: Callable[[str], bool] | None = None
+    ) -> Ceremony:
+        """Ceremony `ceremony_id` as officer `identity` sees it; with `revoked` (the CRL in
+        force), a pending one counts no approval while an officer who acted in it is
+        revoked, as approving it is refused then."""
         self._officer(identity, "")
         with self._read() as connection:
-            return self._view(connection, self._load(connection, ceremony_id))
+            return self._view(connection, self._load(connection, ceremony_id), revoked)
 
-    def list_ceremonies(self, identity: str) -> list[Ceremony]:
+    def list_ceremonies(
+        self, identity: str, revoked: Callable[[str], bool] | None = None
+    ) -> list[Ceremony]:
         self._officer(identity, "")
-        return self.ceremonies()
+        return self.ceremonies(revoked)
 
-    def ceremonies(self) -> list[Ceremony]:
+    def ceremonies(self, revoked: Callable[[str], bool] | None = None) -> list[Ceremony]:
         """Every ceremony (for evidence bundles; callers authorise)."""
         with self._read() as connection:
             rows = connection.execute(
                 select(key_ceremonies).order_by(key_ceremonies.c.created_at)
             ).all()
-            return [self._view(connection, row) for row in rows]
+            return [self._view(connection, row, revoked) for row in rows]
 
     def inventory(self, identity: str) -> dict[str, Any]:
         """Keys on the token and data keys in the database, with how many records each

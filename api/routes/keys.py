@@ -5,6 +5,7 @@ IN PCI SCOPE. Never key material: attributes, states and counts only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -46,6 +47,12 @@ def _certificate(request: Request) -> str | None:
     return peer_certificate(request.scope)
 
 
+def _revoked(request: Request) -> Callable[[str], bool]:
+    """Whether the CRL in force now revokes a stored certificate (PEM)."""
+    revokes: Callable[[str], bool] = request.app.state.revoked_certificates.revokes
+    return revokes
+
+
 def _rotation(state: AppState) -> KeyRotation:
     if state.rotation is None:
         raise ApiError("key administration is not enabled on this node")
@@ -60,10 +67,11 @@ def key_inventory(caller: Caller, state: State) -> dict[str, Any]:
 
 
 @router.get("/v1/admin/keys/rotations", response_model=list[CeremonyResponse], tags=["keys"])
-def list_rotations(caller: Caller, state: State) -> list[CeremonyResponse]:
+def list_rotations(caller: Caller, state: State, request: Request) -> list[CeremonyResponse]:
+    # Counted with the CRL in force, as an approval would be (`_revoked`).
     return [
         CeremonyResponse.model_validate(c.as_json())
-        for c in _rotation(state).list_ceremonies(caller.identity)
+        for c in _rotation(state).list_ceremonies(caller.identity, _revoked(request))
     ]
 
 
@@ -93,9 +101,11 @@ def propose_rotation(
 @router.get(
     "/v1/admin/keys/rotations/{ceremony_id}", response_model=CeremonyResponse, tags=["keys"]
 )
-def rotation_status(ceremony_id: CeremonyPath, caller: Caller, state: State) -> CeremonyResponse:
+def rotation_status(
+    ceremony_id: CeremonyPath, caller: Caller, state: State, request: Request
+) -> CeremonyResponse:
     return CeremonyResponse.model_validate(
-        _rotation(state).status(caller.identity, ceremony_id).as_json()
+        _rotation(state).status(caller.identity, ceremony_id, _revoked(request)).as_json()
     )
 
 
@@ -115,9 +125,7 @@ def approve_rotation(
         keyid=_mfa_keyid(request),
         proof=_mfa_proof(request),
         # Checked with the CRL in force now, as each request's own certificate is.
-        certificate=OfficerCertificate(
-            _certificate(request), request.app.state.revoked_certificates.revokes
-        ),
+        certificate=OfficerCertificate(_certificate(request), _revoked(request)),
     )
     return CeremonyResponse.model_validate(ceremony.as_json())
 

@@ -21,6 +21,7 @@ from api.pki import revoke_clients
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.api.test_crl import _crl
+from tests.api.test_forged_ceremony_rows import BOB, _carol, third_officer
 
 ROTATIONS = "/v1/admin/keys/rotations"
 
@@ -88,3 +89,39 @@ def test_a_ceremony_whose_officers_are_not_revoked_still_runs(
             approved = bob.post(f"{ROTATIONS}/{proposed.json()['id']}/approve")
         assert approved.status_code == 200, approved.text
         assert approved.json()["state"] == "running"
+
+
+def test_the_officers_view_counts_no_approval_while_the_proposer_is_revoked(
+    tmp_path: Path, hsm_provider: HSMProvider, database_url: str
+) -> None:
+    """Three officers required: Bob's approval counts, then Alice (the proposer) is
+    revoked. The ceremony takes no approval from then on, and the status and the list
+    say so before anyone tries: no approval counts (session 29; before, the view showed
+    Bob's approval counting until Carol's approval was refused)."""
+    crl_path = tmp_path / "crl.pem"
+    with (
+        running_vault(
+            tmp_path / "vault", hsm_provider, database_url, crl=lambda p: _crl(p, crl_path)
+        ) as vault,
+        third_officer(vault) as carol_key,
+    ):
+        assert vault.crl_watcher is not None
+        with vault.client("officer-alice") as alice:
+            proposed = alice.post(ROTATIONS, json={"kind": "data"})
+        assert proposed.status_code == 201, proposed.text
+        ceremony = proposed.json()["id"]
+        with vault.client("officer-bob") as bob:
+            approved = bob.post(f"{ROTATIONS}/{ceremony}/approve")
+            assert approved.status_code == 200, approved.text
+            assert approved.json()["approvals_counting"] == [BOB]
+            revoke_clients(vault.pki, ["officer-alice"], crl_path)
+            assert vault.crl_watcher.reload_if_changed()
+            status = bob.get(f"{ROTATIONS}/{ceremony}").json()
+            listed = [c for c in bob.get(ROTATIONS).json() if c["id"] == ceremony]
+        assert (status["state"], status["approvers"]) == ("pending", [BOB])
+        assert status["approvals_counting"] == []
+        assert [c["approvals_counting"] for c in listed] == [[]]
+        with _carol(vault, carol_key) as carol:
+            refused = carol.post(f"{ROTATIONS}/{ceremony}/approve")
+        assert refused.status_code == 409, refused.text
+        assert "officer-alice's certificate is revoked" in refused.json()["detail"]
