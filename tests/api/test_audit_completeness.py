@@ -5,9 +5,7 @@ certificate rules (one URI SAN, no CA, clientAuth) that decide a 401."""
 from __future__ import annotations
 
 import json
-import secrets
 import ssl
-import string
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from cryptography.hazmat.primitives import hashes
 
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
+from tests.support.audit_trail import new_request_id, request_entries
 from tests.support.certificates import issue_odd_client
 from tests.support.leakguard import record_responses
 from tests.support.postgres import free_port
@@ -36,20 +35,6 @@ def _client(vault: VaultServer, cert: Path, key: Path) -> httpx.Client:
     )
 
 
-def _entries(vault: VaultServer, request_id: str) -> list[dict[str, Any]]:
-    with vault.runtime.engine.connect() as connection:
-        rows = connection.execute(
-            sa.text("SELECT payload FROM audit_entries WHERE payload LIKE :p ORDER BY id"),
-            {"p": f'%"request_id":"{request_id}"%'},
-        ).scalars()
-        return [json.loads(r) for r in rows]
-
-
-def _rid() -> str:
-    # Letters only: a caller's id with a long digit run is replaced by the vault's own.
-    return "rid-" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(16))
-
-
 _REFUSED = {
     "two URI SANs": (["spiffe://cofre/payments", "spiffe://cofre/getnet-adapter"], {}),
     "CA:TRUE leaf": (["spiffe://cofre/payments"], {"ca": True}),
@@ -65,7 +50,7 @@ def test_refused_certificate_is_401_and_audited_by_name(
     uris, options = _REFUSED[case]
     code = "identity_ambiguous" if len(uris) > 1 else "identity_missing"
     cert_path, key_path, cert = issue_odd_client(vault_server.pki, tmp_path, "odd", uris, **options)
-    rid = _rid()
+    rid = new_request_id()
     with _client(vault_server, cert_path, key_path) as client:
         # Authentication comes before validation: a bad body still gets 401, not 422.
         response = client.post(
@@ -75,7 +60,7 @@ def test_refused_certificate_is_401_and_audited_by_name(
         )
     assert response.status_code == 401
     assert response.json()["code"] == code
-    (entry,) = _entries(vault_server, rid)
+    (entry,) = request_entries(vault_server.runtime.engine, rid)
     assert entry["action"] == "api.request"
     assert entry["outcome"] == "denied"
     assert entry["actor"] == "unauthenticated"
@@ -88,13 +73,13 @@ def test_refused_certificate_is_401_and_audited_by_name(
 
 
 def test_validation_error_is_audited_with_the_caller(vault_server: VaultServer) -> None:
-    rid = _rid()
+    rid = new_request_id()
     with vault_server.client("payments") as client:
         response = client.post(
             "/v1/tokenize", json={"pan": VISA, "format": 7}, headers={"x-request-id": rid}
         )
     assert response.status_code == 422
-    (entry,) = _entries(vault_server, rid)
+    (entry,) = request_entries(vault_server.runtime.engine, rid)
     assert (entry["action"], entry["outcome"], entry["actor"]) == (
         "api.request",
         "failed",
@@ -106,7 +91,7 @@ def test_validation_error_is_audited_with_the_caller(vault_server: VaultServer) 
 
 
 def test_rate_limited_call_is_audited(vault_server: VaultServer) -> None:
-    rids = [_rid() for _ in range(6)]
+    rids = [new_request_id() for _ in range(6)]
     with vault_server.client("limited") as client:
         statuses = [
             client.post(
@@ -117,7 +102,7 @@ def test_rate_limited_call_is_audited(vault_server: VaultServer) -> None:
     assert 429 in statuses
     written = []
     for rid, status in zip(rids, statuses, strict=True):
-        entries = _entries(vault_server, rid)
+        entries = request_entries(vault_server.runtime.engine, rid)
         if (
             status == 429
             and not entries
@@ -138,16 +123,16 @@ def test_rate_limited_call_is_audited(vault_server: VaultServer) -> None:
 def test_key_inventory_and_ceremony_reads_are_audited(vault_server: VaultServer) -> None:
     with vault_server.client("officer-alice") as client:
         for path in ("/v1/admin/keys", "/v1/admin/keys/rotations"):
-            rid = _rid()
+            rid = new_request_id()
             assert client.get(path, headers={"x-request-id": rid}).status_code == 200
-            (entry,) = _entries(vault_server, rid)
+            (entry,) = request_entries(vault_server.runtime.engine, rid)
             assert entry["outcome"] == "success"
             assert entry["actor"] == "spiffe://cofre/officer-alice"
             assert entry["details"]["route"] == path
 
 
 def test_failed_evidence_export_is_recorded_as_failed(vault_server: VaultServer) -> None:
-    rid = _rid()
+    rid = new_request_id()
     with vault_server.client("auditor") as client:
         response = client.post(
             "/v1/evidence",
@@ -155,7 +140,7 @@ def test_failed_evidence_export_is_recorded_as_failed(vault_server: VaultServer)
             headers={"x-request-id": rid},
         )
     assert response.status_code == 422
-    entries = _entries(vault_server, rid)
+    entries = request_entries(vault_server.runtime.engine, rid)
     assert [(e["action"], e["outcome"]) for e in entries] == [
         ("evidence.read", "success"),
         ("evidence.export", "failed"),
@@ -175,9 +160,9 @@ def test_every_request_leaves_exactly_one_entry(vault_server: VaultServer) -> No
     ]
     with vault_server.client("payments") as client:
         for method, path, body in calls:
-            rid = _rid()
+            rid = new_request_id()
             response = client.request(method, path, json=body, headers={"x-request-id": rid})
-            entries = _entries(vault_server, rid)
+            entries = request_entries(vault_server.runtime.engine, rid)
             assert len(entries) == 1, (method, path, response.status_code, entries)
 
 
@@ -216,7 +201,7 @@ timeout_seconds = 2
                     " EXECUTE FUNCTION refuse_at_commit()"
                 )
             )
-        rid = _rid()
+        rid = new_request_id()
         with vault.client("getnet-adapter") as client:
             response = client.post(
                 "/v1/relay/getnet-down",
@@ -224,6 +209,6 @@ timeout_seconds = 2
                 headers={"x-request-id": rid},
             )
         assert response.status_code == 503, response.text
-        entries = _entries(vault, rid)
+        entries = request_entries(vault.runtime.engine, rid)
         assert [(e["action"], e["outcome"]) for e in entries] == [("api.request", "failed")]
         assert entries[0]["details"]["status"] == 503

@@ -7,16 +7,12 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
-import secrets
 import socket
 import ssl
-import string
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,6 +23,7 @@ from api.errors import CertificateRevoked, CrlInvalid
 from api.pki import DevPKI, ensure_dev_pki, revoke_clients
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
+from tests.support.audit_trail import new_request_id, request_entries
 
 PROBLEM = "application/problem+json"
 VISA = "4111111111111111"
@@ -198,19 +195,6 @@ def _closed_by_peer(sock: ssl.SSLSocket) -> bool:
         return True
 
 
-def _entries(vault: VaultServer, request_id: str) -> list[dict[str, Any]]:
-    with vault.runtime.engine.connect() as connection:
-        rows = connection.execute(
-            sa.text("SELECT payload FROM audit_entries WHERE payload LIKE :p ORDER BY id"),
-            {"p": f'%"request_id":"{request_id}"%'},
-        ).scalars()
-        return [json.loads(r) for r in rows]
-
-
-def _rid() -> str:
-    return "rid-" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(16))
-
-
 @pytest.mark.parametrize("http", ["httptools", "h11"])
 def test_revocation_refuses_the_open_keep_alive_connection(
     tmp_path: Path, hsm_provider: HSMProvider, http: str
@@ -226,14 +210,14 @@ def test_revocation_refuses_the_open_keep_alive_connection(
         assert vault.crl_watcher is not None
         cert = x509.load_pem_x509_certificate(vault.pki.client_cert("payments").read_bytes())
         with _connect(vault, "payments") as sock:
-            before = _tokenize(sock, _rid())
+            before = _tokenize(sock, new_request_id())
             assert before.status == 200, before.body  # type: ignore[attr-defined]
             assert not before.will_close
 
             revoke_clients(vault.pki, ["payments"], crl_path)
             assert vault.crl_watcher.reload_if_changed()
 
-            rid = _rid()
+            rid = new_request_id()
             after = _tokenize(sock, rid)
             assert after.status == 401
             assert after.getheader("content-type", "").startswith(PROBLEM)
@@ -243,7 +227,7 @@ def test_revocation_refuses_the_open_keep_alive_connection(
             assert after.will_close
             assert _closed_by_peer(sock)
 
-        (entry,) = _entries(vault, rid)
+        (entry,) = request_entries(vault.runtime.engine, rid)
         assert (entry["action"], entry["outcome"], entry["actor"]) == (
             "api.request",
             "denied",
@@ -317,14 +301,14 @@ def test_revocation_by_the_second_ca_refuses_its_open_connection(
         host, port = vault.url.removeprefix("https://").split(":")
         raw = socket.create_connection((host, int(port)), timeout=10)
         with context.wrap_socket(raw, server_hostname=host) as sock:
-            before = _tokenize(sock, _rid())
+            before = _tokenize(sock, new_request_id())
             assert before.status == 200, before.body  # type: ignore[attr-defined]
 
             revoked = revoke_clients(second, ["payments"], tmp_path / "second.pem")
             _crls(crl_path, tmp_path / "first.pem", revoked)
             assert vault.crl_watcher.reload_if_changed()
 
-            after = _tokenize(sock, _rid())
+            after = _tokenize(sock, new_request_id())
             assert after.status == 401
             assert json.loads(after.body)["code"] == "certificate_revoked"  # type: ignore[attr-defined]
             assert _closed_by_peer(sock)
@@ -334,6 +318,6 @@ def test_revocation_by_the_second_ca_refuses_its_open_connection(
             pytest.raises((ssl.SSLError, ConnectionError)),
             context.wrap_socket(raw, server_hostname=host) as fresh,
         ):
-            _tokenize(fresh, _rid())
+            _tokenize(fresh, new_request_id())
         with vault.client("payments") as c:
             assert c.get("/healthz").status_code == 200

@@ -9,36 +9,19 @@ property that held when probed."""
 from __future__ import annotations
 
 import json
-import secrets
-import string
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
+from tests.support.audit_trail import new_request_id, request_entries
 from tests.support.fake_acquirer import FakeAcquirer
 
 VISA = "4111111111111111"
 AMEX = "378282246310005"
 JSON = {"content-type": "application/json"}
-
-
-def _rid() -> str:
-    # Letters only: a caller's id with a long digit run is replaced by the vault's own.
-    return "rid-" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(16))
-
-
-def _entries(vault: VaultServer, request_id: str) -> list[dict[str, Any]]:
-    with vault.runtime.engine.connect() as connection:
-        rows = connection.execute(
-            sa.text("SELECT payload FROM audit_entries WHERE payload LIKE :p ORDER BY id"),
-            {"p": f'%"request_id":"{request_id}"%'},
-        ).scalars()
-        return [json.loads(r) for r in rows]
 
 
 def _relay_policy(acquirer: FakeAcquirer) -> str:
@@ -101,12 +84,12 @@ def test_odd_json_in_a_relay_request_is_refused_before_the_reveal(
         token = payments.post("/v1/tokenize", json={"pan": VISA, "format": "pan_last4"}).json()[
             "token"
         ]
-    rid = _rid()
+    rid = new_request_id()
     body = '{"card": {"number": "' + token + '"}, "amount": ' + ODD_REQUEST_VALUES[odd] + "}"
     with vault.client("getnet-adapter") as adapter:
         relayed = adapter.post("/v1/relay/acq", content=body, headers={**JSON, "x-request-id": rid})
         status = relayed.status_code
-    entries = _entries(vault, rid)
+    entries = request_entries(vault.runtime.engine, rid)
     revealed = [e for e in entries if e.get("action") == "relay.send"]
     outcomes = [e for e in entries if e.get("action") == "relay"]
     assert acquirer.received == []
@@ -267,7 +250,7 @@ def test_a_security_code_refused_in_metadata_reaches_neither_audit_nor_logs(
     refused ``422 sensitive_authentication_data``; the refusal's audit entry carries the
     error code only and no log line holds the code (the key is echoed to its own sender
     in the problem's detail, nowhere else)."""
-    rid = _rid()
+    rid = new_request_id()
     with vault_server.client("payments") as client:
         for metadata in ({"cvv_7391": "x"}, {"note": "cvv: 2648"}, {"pin.5937": "z"}):
             refused = client.post(
@@ -277,7 +260,7 @@ def test_a_security_code_refused_in_metadata_reaches_neither_audit_nor_logs(
             )
             assert refused.status_code == 422
             assert refused.json()["code"] == "sensitive_authentication_data"
-    entries = json.dumps(_entries(vault_server, rid))
+    entries = json.dumps(request_entries(vault_server.runtime.engine, rid))
     logs = vault_server.logs.getvalue()
     for code in ("7391", "2648", "5937"):
         assert code not in entries

@@ -11,16 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
-import secrets
 import socket
 import ssl
-import string
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -29,6 +25,7 @@ from api.health import PROBE_BURST, PROBE_PER_SECOND
 from api.pki import DevPKI, revoke_clients
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
+from tests.support.audit_trail import new_request_id, request_entries
 
 PROBES = 60
 
@@ -50,10 +47,6 @@ def _get(sock: ssl.SSLSocket, path: str, request_id: str = "") -> http.client.HT
     response.begin()
     response.body = response.read()  # type: ignore[attr-defined]
     return response
-
-
-def _rid() -> str:
-    return "rid-" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(16))
 
 
 @pytest.fixture
@@ -145,15 +138,6 @@ def _crl(pki: DevPKI, out: Path) -> Path:
     return out
 
 
-def _entries(vault: VaultServer, request_id: str) -> list[dict[str, Any]]:
-    with vault.runtime.engine.connect() as connection:
-        rows = connection.execute(
-            sa.text("SELECT payload FROM audit_entries WHERE payload LIKE :p ORDER BY id"),
-            {"p": f'%"request_id":"{request_id}"%'},
-        ).scalars()
-        return [json.loads(r) for r in rows]
-
-
 def _closed_by_peer(sock: ssl.SSLSocket) -> bool:
     try:
         return sock.recv(1) == b""
@@ -181,13 +165,13 @@ def test_finding_a_revoked_certificates_open_connection_is_refused_on_the_health
             assert _get(sock, path).status == 200
             revoke_clients(vault.pki, ["payments"], crl_path)
             assert vault.crl_watcher.reload_if_changed()
-            rid = _rid()
+            rid = new_request_id()
             after = _get(sock, path, rid)
             assert after.status == 401, after.body  # type: ignore[attr-defined]
             assert json.loads(after.body)["code"] == "certificate_revoked"  # type: ignore[attr-defined]
             assert after.will_close
             assert _closed_by_peer(sock)
-        (entry,) = _entries(vault, rid)
+        (entry,) = request_entries(vault.runtime.engine, rid)
         assert (entry["action"], entry["outcome"], entry["actor"]) == (
             "api.request",
             "denied",

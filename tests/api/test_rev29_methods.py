@@ -17,11 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
 from cofre.settings import CaptureSettings
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
+from tests.support.audit_trail import new_request_id, request_entries
 from tests.support.postgres import free_port
 
 CARD = "5555555555554444"  # sent as a method: a token h11 takes (digits are token chars)
@@ -71,19 +71,6 @@ def _metric_methods(vault: VaultServer) -> set[str]:
     return found
 
 
-def _entries(vault: VaultServer, request_id: str) -> list[dict[str, Any]]:
-    with vault.runtime.engine.connect() as connection:
-        rows = connection.execute(
-            sa.text("SELECT payload FROM audit_entries WHERE payload LIKE :p ORDER BY id"),
-            {"p": f'%"request_id":"{request_id}"%'},
-        ).scalars()
-        return [json.loads(r) for r in rows]
-
-
-def _rid() -> str:
-    return "rid-" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(16))
-
-
 def test_finding_made_up_methods_do_not_grow_the_request_metric_without_bound(
     h11_vault: VaultServer,
 ) -> None:
@@ -124,7 +111,7 @@ def test_finding_a_card_number_sent_as_the_method_is_kept_nowhere(
     span_methods = {str((s.attributes or {}).get("http.request.method")) for s in spans}
     in_span = CARD in span_methods or any(CARD in s.name for s in spans)
     assert not in_span
-    entries = [e for rid in rids for e in _entries(h11_vault, rid)]
+    entries = [e for rid in rids for e in request_entries(h11_vault.runtime.engine, rid)]
     assert [e["details"]["method"] for e in entries] == [OTHER, OTHER]
     logged = [
         json.loads(line)
@@ -137,11 +124,11 @@ def test_finding_a_card_number_sent_as_the_method_is_kept_nowhere(
 
 def test_known_methods_are_recorded_as_they_are(h11_vault: VaultServer) -> None:
     """Holds: the nine methods keep their names (a 405 names the method refused)."""
-    rid = _rid()
+    rid = new_request_id()
     with h11_vault.client("payments") as client:
         assert (
             client.request("PATCH", "/v1/tokenize", headers={"x-request-id": rid}).status_code
             == 405
         )
-    (entry,) = _entries(h11_vault, rid)
+    (entry,) = request_entries(h11_vault.runtime.engine, rid)
     assert entry["details"]["method"] == "PATCH"

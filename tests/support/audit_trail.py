@@ -1,0 +1,28 @@
+"""A test request's own audit entries: a request id that the vault keeps as sent, and
+the entries written under it."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+
+def new_request_id() -> str:
+    """A fresh `x-request-id`. Letters only: a caller's id with a long digit run is
+    replaced by the vault's own."""
+    return "rid-" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(16))
+
+
+def request_entries(engine: Engine, rid: str) -> list[dict[str, Any]]:
+    """The audit entries written under request id `rid`, oldest first (decoded)."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT payload FROM audit_entries WHERE payload LIKE :p ORDER BY id"),
+            {"p": f'%"request_id":"{rid}"%'},
+        ).scalars()
+        return [json.loads(r) for r in rows]
