@@ -265,6 +265,17 @@ def vault_server(
         yield vault
 
 
+@pytest.fixture(scope="module")
+def capture_vault(
+    tmp_path_factory: pytest.TempPathFactory, hsm_provider: HSMProvider
+) -> Iterator[VaultServer]:
+    """A vault with its capture listener on, the default capture settings (a module
+    that needs others defines its own)."""
+    settings = CaptureSettings(port=free_port())
+    with running_vault(tmp_path_factory.mktemp("cap"), hsm_provider, capture=settings) as vault:
+        yield vault
+
+
 @pytest.fixture
 def acquirer(tmp_path: Path) -> Iterator[FakeAcquirer]:
     """An acquirer behind server TLS for the relay tests; its CA is `acquirer.ca`."""

@@ -8,15 +8,9 @@ property that held when probed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
-import pytest
 
-from cofre.settings import CaptureSettings
-from hsm.provider import HSMProvider
-from tests.api.conftest import VaultServer, running_vault
-from tests.support.postgres import free_port
+from tests.api.conftest import VaultServer
 
 MASTERCARD = "5555555555554444"
 AMEX = "378282246310005"
@@ -73,17 +67,6 @@ def test_a_later_call_for_good_extends_a_stored_token(vault_server: VaultServer)
 # --- R28-3: a shopper's capture rewrites the shop's stored token (life and details) ----
 
 SHOP = "https://shop.example"
-
-
-@pytest.fixture(scope="module")
-def capture_vault(
-    tmp_path_factory: pytest.TempPathFactory, hsm_provider: HSMProvider
-) -> Iterator[VaultServer]:
-    settings = CaptureSettings(port=free_port())
-    with running_vault(
-        tmp_path_factory.mktemp("rev28cap"), hsm_provider, capture=settings
-    ) as vault:
-        yield vault
 
 
 def _shopper_captures(vault: VaultServer, card: dict[str, str]) -> httpx.Response:

@@ -7,18 +7,12 @@ what the attacker gained, the fix); the other pins a property that held."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
-import pytest
 
-from cofre.settings import CaptureSettings
-from hsm.provider import HSMProvider
-from tests.api.conftest import VaultServer, running_vault
-from tests.support.postgres import free_port
+from tests.api.conftest import VaultServer
+from tests.api.test_rev28_tokens import _shopper_captures
 from vault.pan import luhn_valid
 
-SHOP = "https://shop.example"
 LIMIT = 10  # the dev policy's payments: oracle_guard.max_pans_per_bucket
 
 
@@ -27,34 +21,6 @@ def _cards(bin6: str, last4: str, n: int) -> list[str]:
     what a guesser, or an attacker filling the bucket, sends."""
     cards = (f"{bin6}{middle:06d}{last4}" for middle in range(10**6))
     return [card for card, _ in zip((c for c in cards if luhn_valid(c)), range(n), strict=False)]
-
-
-@pytest.fixture(scope="module")
-def capture_vault(
-    tmp_path_factory: pytest.TempPathFactory, hsm_provider: HSMProvider
-) -> Iterator[VaultServer]:
-    settings = CaptureSettings(port=free_port())
-    with running_vault(
-        tmp_path_factory.mktemp("rev29cap"), hsm_provider, capture=settings
-    ) as vault:
-        yield vault
-
-
-def _shopper_captures(vault: VaultServer, number: str) -> httpx.Response:
-    """What any visitor of the shop's checkout can do: the page load makes the shop's
-    backend open a session (over mTLS), and the browser posts a card with its secret."""
-    with vault.client("payments") as shop:
-        opened = shop.post(
-            "/v1/capture-sessions", json={"origin": SHOP, "formats": ["pan_bin6_last4"]}
-        )
-    assert opened.status_code == 201, opened.text
-    session = opened.json()
-    with vault.capture_client() as browser:
-        return browser.post(
-            f"/v1/capture/{session['session_id']}",
-            json={"secret": session["client_secret"], "number": number},
-            headers={"origin": SHOP},
-        )
 
 
 def _shop_tokenizes(vault: VaultServer, number: str) -> httpx.Response:
@@ -78,10 +44,10 @@ def test_finding_shoppers_cannot_fill_the_shops_own_oracle_guard(
     only the captures' count, and the backend's calls keep theirs."""
     cards = _cards("510510", "5100", LIMIT + 2)
     for card in cards[:LIMIT]:
-        captured = _shopper_captures(capture_vault, card)
+        captured = _shopper_captures(capture_vault, {"number": card})
         assert captured.status_code == 200, captured.text
     # Captures of the bucket are now refused: that count is the shoppers' (see the docs).
-    refused = _shopper_captures(capture_vault, cards[LIMIT])
+    refused = _shopper_captures(capture_vault, {"number": cards[LIMIT]})
     assert (refused.status_code, refused.json()["code"]) == (429, "oracle_suspected")
     # The shop's backend still tokenizes a new card of the bucket (the customer's).
     answer = _shop_tokenizes(capture_vault, cards[LIMIT + 1])
@@ -100,5 +66,5 @@ def test_the_shops_own_calls_still_meet_the_guard_apart_from_captures(
         assert _shop_tokenizes(capture_vault, card).status_code == 200
     refused = _shop_tokenizes(capture_vault, cards[LIMIT])
     assert (refused.status_code, refused.json()["code"]) == (429, "oracle_suspected")
-    captured = _shopper_captures(capture_vault, cards[LIMIT + 1])
+    captured = _shopper_captures(capture_vault, {"number": cards[LIMIT + 1]})
     assert captured.status_code == 200, captured.text

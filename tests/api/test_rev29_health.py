@@ -8,35 +8,24 @@ what the attacker gained, the fix)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import http.client
 import json
-import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes
 
 from api.health import PROBE_BURST, PROBE_PER_SECOND
 from api.pki import DevPKI, revoke_clients
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
+from tests.api.test_crl import _closed_by_peer, _connect, _crl
 from tests.support.audit_trail import new_request_id, request_entries
 
 PROBES = 60
-
-
-def _connect(vault: VaultServer, name: str) -> ssl.SSLSocket:
-    """One mutual-TLS connection with `name`'s certificate, kept open by the caller."""
-    context = ssl.create_default_context(cafile=str(vault.pki.ca))
-    context.load_cert_chain(str(vault.pki.client_cert(name)), str(vault.pki.client_key(name)))
-    host, port = vault.url.removeprefix("https://").split(":")
-    raw = socket.create_connection((host, int(port)), timeout=10)
-    return context.wrap_socket(raw, server_hostname=host)
 
 
 def _get(sock: ssl.SSLSocket, path: str, request_id: str = "") -> http.client.HTTPResponse:
@@ -119,30 +108,6 @@ def test_a_callers_allowance_comes_back_with_time(
         for _ in range(PROBES):
             _get(sock, "/readyz")
     assert hsm_checks[0] == PROBE_BURST + 3
-
-
-def _crl(pki: DevPKI, out: Path) -> Path:
-    """An empty CRL by `pki`'s CA issued a day ago (tests/api/test_crl.py says why)."""
-    ca_cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
-    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    now = dt.datetime.now(dt.UTC)
-    crl = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca_cert.subject)
-        .last_update(now - dt.timedelta(days=1))
-        .next_update(now + dt.timedelta(days=7))
-        .sign(ca_key, hashes.SHA256())
-    )
-    out.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-    return out
-
-
-def _closed_by_peer(sock: ssl.SSLSocket) -> bool:
-    try:
-        return sock.recv(1) == b""
-    except (ssl.SSLError, ConnectionError):
-        return True
 
 
 @pytest.mark.parametrize("path", ["/readyz", "/healthz"])
