@@ -25,6 +25,10 @@ class Action(StrEnum):
     LOOKUP = "lookup"
     METADATA = "metadata"
     DELETE = "delete"
+    # Change a token's metadata, life or card details (a reissued card's new expiry),
+    # never its card number: a card-on-file backend holds only the token. Holds no PAN,
+    # so it is allowed outside PCI scope.
+    UPDATE = "update"
     RELAY = "relay"
     # Open a short-lived capture session for a shop's page (hosted card fields): the
     # caller never holds the card, the browser sends it to the vault's capture

@@ -82,6 +82,25 @@ class TokenizeRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenUpdate:
+    """What to change on a stored token (`VaultService.update`); never its PAN nor a
+    security code. Each part left at its default leaves that part as it is:
+
+    - `metadata`: replaces the token's metadata (checked as tokenize checks it);
+    - `ttl_seconds` with `sets_ttl`: the token expires `ttl_seconds` from the update;
+      `ttl_seconds` None makes it permanent (tokenize's default without a TTL);
+    - `expiry`, `cardholder_name`: replace the sealed card details, checked and
+      normalised as tokenize does (a blank name is the same as none: it changes
+      nothing)."""
+
+    metadata: Mapping[str, str] | None = None
+    ttl_seconds: int | None = None
+    sets_ttl: bool = False
+    expiry: str | None = None
+    cardholder_name: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class AuditInclusionProof:
     """Entry `index` of the audit log (its canonical JSON), its RFC 9162 leaf hash and
     the inclusion proof of that leaf in the tree of `tree_size` entries."""

@@ -1,5 +1,5 @@
 """The vault service: tokenize, detokenize, lookup, metadata, delete, batches, relay,
-purge. A small facade over one module per operation (`vault/operations/`).
+purge, update. A small facade over one module per operation (`vault/operations/`).
 
 IN PCI SCOPE, holds card data. The only code that turns a `Pan` into stored ciphertext
 and back. Every public method authorises, works and audits in one transaction, and fails
@@ -8,8 +8,9 @@ closed (the contract is spelled out in `vault/_core.py`).
 Where each operation lives: `vault/operations/tokenize.py` (tokenize, batches, domains,
 convergence, the oracle guard), `capture.py` (hosted capture sessions), `reveal.py`
 (detokenize, masked, batches), `lookup.py` (lookup, metadata), `relay.py`, `delete.py`
-(delete, purge), `audit_access.py`; what they share (transaction, audit, authorisation,
-limits, fingerprints) is in `vault/_core.py`.
+(delete, purge), `update.py` (a token's metadata, life and card details),
+`audit_access.py`; what they share (transaction, audit, authorisation, limits,
+fingerprints) is in `vault/_core.py`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from __future__ import annotations
 # whether an operation already wrote one: part of the facade, so the API (api -> vault,
 # policies) needs no import of the audit package.
 from audit.log import AuditEvent, DetailValue, HexDigest, Outcome, request_trail
-from vault.models import MAX_BATCH, CallContext, Revealed, TokenizeRequest, TokenRecord
+from vault.models import (
+    MAX_BATCH,
+    CallContext,
+    Revealed,
+    TokenizeRequest,
+    TokenRecord,
+    TokenUpdate,
+)
 from vault.operations._inputs import validate_metadata
 from vault.operations.audit_access import AuditAccessOperations
 from vault.operations.capture import CaptureOperations
@@ -27,6 +35,7 @@ from vault.operations.delete import DeleteOperations
 from vault.operations.lookup import LookupOperations
 from vault.operations.relay import RelayOperations
 from vault.operations.reveal import RevealOperations
+from vault.operations.update import UpdateOperations
 
 __all__ = [
     "MAX_BATCH",
@@ -37,6 +46,7 @@ __all__ = [
     "Outcome",
     "Revealed",
     "TokenRecord",
+    "TokenUpdate",
     "TokenizeRequest",
     "VaultService",
     "request_trail",
@@ -50,6 +60,7 @@ class VaultService(
     RevealOperations,
     LookupOperations,
     DeleteOperations,
+    UpdateOperations,
     AuditAccessOperations,
     SecurityCodeOperations,
 ):
