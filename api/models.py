@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     StrictInt,
     StringConstraints,
+    model_validator,
 )
 
 from cofre.redaction import name_holds_pan_like
@@ -90,6 +91,38 @@ class TokenizeRequest(_Strict):
         description="3-4 digits, held once for the next relay call (an hour at most), "
         "never answered by any detokenize",
     )
+
+
+class TokenUpdateRequest(_Strict):
+    """What `PATCH /v1/tokens/{token}` changes: at least one part. Never a PAN nor a
+    security code (unknown fields are refused, 422 ``invalid_request``)."""
+
+    metadata: Metadata | None = Field(
+        default=None, max_length=16, description="Replaces the token's metadata"
+    )
+    ttl_seconds: Annotated[StrictInt, Field(ge=1, le=316_224_000)] | None = Field(
+        default=None,
+        description="The token expires this long after the update; null makes it "
+        "permanent (as a token tokenized without a TTL)",
+    )
+    expiry: Annotated[Text, StringConstraints(max_length=16)] | None = Field(
+        default=None, description="The card's new expiry: MM/YY or YYYY-MM"
+    )
+    cardholder_name: Annotated[Text, StringConstraints(max_length=256)] | None = Field(
+        default=None, description="At most 64 characters after normalising; no digit runs"
+    )
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> TokenUpdateRequest:
+        given = self.model_fields_set
+        if not given:
+            raise ValueError("name at least one of metadata, ttl_seconds, expiry, cardholder_name")
+        # Only a TTL has a meaning for null (for ever); a null detail or metadata would
+        # read as "remove it", which an update does not do.
+        for name in ("metadata", "expiry", "cardholder_name"):
+            if name in given and getattr(self, name) is None:
+                raise ValueError(f"{name} may not be null")
+        return self
 
 
 class TokenResponse(_Strict):

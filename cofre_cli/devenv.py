@@ -26,6 +26,22 @@ _DEV_CAPTURE_ORIGINS = """\
 capture_origins = ["http://localhost:3000", "http://127.0.0.1:3000"]
 """
 
+# Payments is the shop's backend: it tokenizes, opens capture sessions and, holding only
+# tokens, updates a reissued card's expiry (`update`).
+_PAYMENTS_OPERATIONS = """\
+# "capture": opens hosted-fields sessions for the shop's checkout page (docs/capture.md);
+# the card then goes from the shopper's browser straight to the vault. "update": the
+# shop's backend holds only the token, so a reissued card's new expiry (Visa Account
+# Updater, Mastercard ABU) reaches the stored card through PATCH /v1/tokens/{token}.
+operations = [
+    "tokenize", "detokenize_masked", "lookup", "metadata", "delete", "capture", "update"
+]"""
+# As `cofre dev` wrote them before payments was granted `update`.
+_PAYMENTS_OPERATIONS_BEFORE_UPDATE = """\
+# "capture": opens hosted-fields sessions for the shop's checkout page (docs/capture.md);
+# the card then goes from the shopper's browser straight to the vault.
+operations = ["tokenize", "detokenize_masked", "lookup", "metadata", "delete", "capture"]"""
+
 _DEV_POLICY_TEMPLATE = """\
 # The development policy written by `cofre dev`. Identities are the SAN URIs of the dev
 # client certificates in pki/clients/. An identity not listed here is denied everything.
@@ -39,9 +55,7 @@ version = 1
 
 [identities."spiffe://cofre/payments"]
 description = "Payment service: tokenizes cards, sees only masked PANs"
-# "capture": opens hosted-fields sessions for the shop's checkout page (docs/capture.md);
-# the card then goes from the shopper's browser straight to the vault.
-operations = ["tokenize", "detokenize_masked", "lookup", "metadata", "delete", "capture"]
+{payments_operations}
 {capture_origins}formats = ["pan_bin6_last4", "pan_bin8_last4", "pan_last4", "pan_fpe", "uuid"]
 reveal = "masked"
 rate_limit = { per_second = 2000, burst = 4000 }
@@ -89,10 +103,20 @@ operations = ["key_admin", "audit_read", "evidence_export"]
 role = "auditor"
 operations = ["audit_read", "evidence_export"]
 """
-DEV_POLICY = _DEV_POLICY_TEMPLATE.replace("{capture_origins}", _DEV_CAPTURE_ORIGINS)
-# The dev policy as `cofre dev` wrote it before a policy granting capture had to name its
-# origins: such a file, never edited, is rewritten (the vault would refuse to load it).
-_DEV_POLICY_WITHOUT_ORIGINS = _DEV_POLICY_TEMPLATE.replace("{capture_origins}", "")
+
+
+def _dev_policy(*, origins: bool, update: bool) -> str:
+    """The dev policy, as this version writes it (both true) or as an older one did."""
+    operations = _PAYMENTS_OPERATIONS if update else _PAYMENTS_OPERATIONS_BEFORE_UPDATE
+    return _DEV_POLICY_TEMPLATE.replace("{payments_operations}", operations).replace(
+        "{capture_origins}", _DEV_CAPTURE_ORIGINS if origins else ""
+    )
+
+
+# The dev policy as `cofre dev` writes it. One it wrote before a policy granting capture
+# had to name its origins (the vault would refuse to load it), or before payments was
+# granted `update`, is rewritten when never edited (`ensure_dev_environment`).
+DEV_POLICY = _dev_policy(origins=True, update=True)
 
 DEV_TOKEN_LABEL = "cofre-dev"  # noqa: S105 - a token label, not a secret
 CONFIG_NAME = "cofre.toml"
@@ -174,11 +198,15 @@ def _ensure(data_dir: Path, port: int) -> DevEnvironment:
     # wrote it, without keys or without capture origins, is rewritten; an edited one is
     # left alone, and the vault refuses to load it if it grants capture without origins).
     keys = create_dev_tokens(data_dir, config_file)
-    as_written_before = {
-        DEV_POLICY,
-        _DEV_POLICY_WITHOUT_ORIGINS,
-        with_mfa_keys(_DEV_POLICY_WITHOUT_ORIGINS, keys),
-    }
+    # Every version without its origins or its `update` grant, untouched, with or
+    # without the officers' keys.
+    older = [
+        _dev_policy(origins=origins, update=update)
+        for origins in (False, True)
+        for update in (False, True)
+        if not (origins and update)
+    ]
+    as_written_before = {DEV_POLICY, *older, *(with_mfa_keys(text, keys) for text in older)}
     if not policy.exists() or policy.read_text(encoding="utf-8") in as_written_before:
         policy.write_text(with_mfa_keys(DEV_POLICY, keys), encoding="utf-8")
     return DevEnvironment(data_dir, config_file, created=created)

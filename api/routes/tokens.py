@@ -1,4 +1,5 @@
-"""Routes of the `tokens` area: tokenize, detokenize, lookup, token metadata, delete.
+"""Routes of the `tokens` area: tokenize, detokenize, lookup, token metadata, update,
+delete.
 
 IN PCI SCOPE. A PAN arrives in a request model and is wrapped in `vault.pan.Pan` at
 once; a response carries it in clear only from `detokenize` to a caller whose policy
@@ -25,13 +26,14 @@ from api.models import (
     TokenizeBatchResponse,
     TokenizeRequest,
     TokenResponse,
+    TokenUpdateRequest,
 )
 from api.routes._offload import answered, answered_on_loop, in_thread
 from cofre.errors import CofreError
 from vault.card import SecurityCode
 from vault.errors import BatchItemInvalid
 from vault.pan import Pan
-from vault.service import Revealed, TokenRecord
+from vault.service import Revealed, TokenRecord, TokenUpdate
 from vault.service import TokenizeRequest as ServiceTokenizeRequest
 
 router = APIRouter()
@@ -186,6 +188,22 @@ def lookup(body: LookupRequest, caller: Caller, state: State) -> LookupResponse:
 def token_metadata(token: TokenPath, caller: Caller, state: State) -> TokenResponse:
     """A token's format, dates and metadata (never the PAN)."""
     return _token_response(state.service.token_info(caller, token))
+
+
+@router.patch("/v1/tokens/{token}", response_model=TokenResponse, tags=["tokens"])
+def update_token(
+    token: TokenPath, body: TokenUpdateRequest, caller: Caller, state: State
+) -> TokenResponse:
+    """Change a token's metadata, life or card details (a reissued card's new expiry):
+    never its PAN. Answers the token as `GET /v1/tokens/{token}` does."""
+    change = TokenUpdate(
+        metadata=body.metadata,
+        ttl_seconds=body.ttl_seconds,
+        sets_ttl="ttl_seconds" in body.model_fields_set,
+        expiry=body.expiry,
+        cardholder_name=body.cardholder_name,
+    )
+    return _token_response(state.service.update(caller, token, change))
 
 
 @router.delete("/v1/tokens/{token}", response_model=DeleteResponse, tags=["tokens"])

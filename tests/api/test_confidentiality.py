@@ -47,6 +47,7 @@ def _calls(token: str) -> list[tuple[str, str, Any]]:
         ("POST", "/v1/detokenize-masked", {"token": token}),
         ("POST", "/v1/lookup", {"pan": VISA}),
         ("GET", f"/v1/tokens/{token}", None),
+        ("PATCH", f"/v1/tokens/{token}", {"expiry": "03/30", "metadata": {"o": "1"}}),
         ("DELETE", f"/v1/tokens/{token}", None),
         ("POST", "/v1/capture-sessions", {"origin": "https://shop.example", "formats": ["uuid"]}),
         ("POST", "/v1/relay/getnet-authorize", {"card": {"number": token}}),
