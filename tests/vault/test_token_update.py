@@ -34,8 +34,9 @@ from sqlalchemy import Engine
 from audit.errors import AuditWriteFailed
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
-from policies.errors import PolicyDenied, RateLimited
+from policies.errors import PolicyDenied, PolicyInvalid, RateLimited
 from policies.loader import parse_policy
+from policies.models import Action
 from tests.vault.conftest import GETNET, LEDGER, PAYMENTS, TEST_POLICY
 from tests.vault.test_service import _break_audit
 from vault.errors import (
@@ -472,3 +473,16 @@ def test_an_update_racing_a_delete_never_revives_the_token(
     finally:
         one.close()
         two.close()
+
+
+# ------------------------------------------------------------------ the policy
+def test_update_is_a_service_operation_that_holds_no_pan() -> None:
+    """A shop's backend outside PCI scope may be granted it (it sends no PAN and gets
+    none); officers and auditors may not (split duties: card data is not theirs)."""
+    shop = '[identities."spiffe://cofre/shop"]\nscope = "out"\noperations = ["update"]\n'
+    rules = parse_policy(shop, kind="toml").policy.identities["spiffe://cofre/shop"]
+    assert rules.operations == {Action.UPDATE}
+    for role in ("security_officer", "auditor"):
+        text = f'[identities."spiffe://cofre/o"]\nrole = "{role}"\noperations = ["update"]\n'
+        with pytest.raises(PolicyInvalid, match="update"):
+            parse_policy(text, kind="toml")
