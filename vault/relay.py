@@ -10,9 +10,12 @@ values, any PAN-like value); `vault.relay_client` is the call itself.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import html
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote_plus
@@ -239,6 +242,133 @@ def _covering(pieces: list[tuple[Any, str]], joined: str, pans: list[str]) -> se
                 hit.update(covering)
             start = joined.find(pan, start + 1)
     return hit
+
+
+# A word that may be base64 (standard or URL-safe alphabet): long enough to hold the
+# 13 digits of the shortest card (20 characters), and a JSON escape of one character.
+_BASE64_WORD: Final = re.compile(r"[A-Za-z0-9+/_-]{20,}={0,2}")
+_JSON_ESCAPE: Final = re.compile(r"\\u([0-9A-Fa-f]{4})")
+_NOT_ASCII_DIGIT: Final = re.compile(r"[^0-9]")
+
+
+def withhold_echoed_pans(value: Any, pans: Sequence[str]) -> Any:
+    """`value` (an upstream's answer, masked) with an echo of a PAN in `pans` (the
+    numbers the vault sent) withheld in whatever shape the PAN detector does not know
+    (review 29b): a text (a value, a key, a number) whose digits read a sent PAN in
+    order, as it is or once decoded (percent, HTML entities, JSON escapes, base64
+    words), becomes `WITHHELD_DETAIL` whole; so does every text of a sent PAN spread
+    over several, its digits read in document order (keys and values, at any depth).
+    Every character with a digit value counts (superscripts and circled digits too),
+    every other character is skipped: groups spread by any separator, letters or tags
+    read as the number. Only the numbers the call sent are looked for, so the amounts
+    and codes of an answer are never joined into a card by chance (a sent PAN's 13-19
+    digits in order)."""
+    wanted = [pan for pan in pans if pan]
+    if not wanted:
+        return value
+
+    def echoes(text: str) -> bool:
+        return any(pan in _digits_of(shape) for shape in _decodings(text) for pan in wanted)
+
+    alone = _replace_texts(value, lambda _index, text: WITHHELD_DETAIL if echoes(text) else None)
+    # A sent PAN spread over several texts: their digits, joined in document order.
+    spans: list[tuple[int, int]] = []
+    joined: list[str] = []
+    offset = 0
+
+    def note(index: int, text: str) -> None:
+        nonlocal offset
+        digits = _digits_of(text)
+        spans.append((offset, offset + len(digits)))
+        joined.append(digits)
+        offset += len(digits)
+
+    _replace_texts(alone, note)
+    everything = "".join(joined)
+    spread: set[int] = set()
+    for pan in wanted:
+        start = everything.find(pan)
+        while start != -1:
+            end = start + len(pan)
+            over = [i for i, (s, e) in enumerate(spans) if s < e and s < end and e > start]
+            if len(over) > 1:
+                spread.update(over)
+            start = everything.find(pan, start + 1)
+    if not spread:
+        return alone
+    return _replace_texts(alone, lambda index, _text: WITHHELD_DETAIL if index in spread else None)
+
+
+def _replace_texts(value: Any, replace: Callable[[int, str], str | None]) -> Any:
+    """`value` with each text (string, key, number as written) given to
+    `replace(index, text)` in document order, and replaced by what it answers (None:
+    kept). Recursion is bounded: `send` refuses an answer deeper than MAX_DEPTH."""
+    counter = [0]
+
+    def visit(text: str) -> str | None:
+        index = counter[0]
+        counter[0] += 1
+        return replace(index, text)
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            shown = visit(node)
+            return node if shown is None else shown
+        if isinstance(node, dict):
+            out: dict[Any, Any] = {}
+            for k, v in node.items():
+                shown = visit(str(k))
+                key = k if shown is None else shown
+                while key in out:  # two members withheld to one name: keep both
+                    key = f"{key}'"
+                out[key] = walk(v)
+            return out
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if isinstance(node, int | float) and not isinstance(node, bool):
+            shown = visit(str(node))
+            return node if shown is None else shown
+        return node
+
+    return walk(value)
+
+
+def _digits_of(text: str) -> str:
+    """The digits of `text` in order, each character with a digit value as its ASCII
+    digit (fullwidth, Arabic-Indic, superscript, circled), everything else left out."""
+    if text.isascii():
+        return _NOT_ASCII_DIGIT.sub("", text)
+    return "".join(str(d) for c in text if (d := unicodedata.digit(c, None)) is not None)
+
+
+def _decodings(text: str) -> Iterator[str]:
+    """`text`, and what it reads as once decoded the ways an echo is written."""
+    yield text
+    if "%" in text or "+" in text:
+        yield unquote_plus(text)
+    if "&" in text:
+        yield html.unescape(text)
+    if "\\" in text:
+        yield _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+    compact = "".join(text.split())  # base64 wrapped over lines (MIME's 76 columns)
+    for source in (text, compact) if compact != text else (text,):
+        for word in _BASE64_WORD.findall(source):
+            decoded = _base64(word)
+            if decoded is not None:
+                yield decoded
+
+
+def _base64(word: str) -> str | None:
+    """`word` decoded as base64 (either alphabet, padding optional), as Latin-1 text."""
+    standard = word.rstrip("=").replace("-", "+").replace("_", "/")
+    if len(standard) % 4 == 1:
+        standard = standard[:-1]  # a stray character: its bits make no byte
+    try:
+        return base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True).decode(
+            "latin-1"
+        )
+    except (binascii.Error, ValueError):
+        return None
 
 
 def _ascii_digits(text: str) -> str:

@@ -46,6 +46,7 @@ from vault.relay import (
     mask_strings,
     nested_deeper_than,
     set_pointer,
+    withhold_echoed_pans,
     withhold_sent,
     withhold_split_pans,
 )
@@ -54,7 +55,8 @@ from vault.relay import (
 @dataclass(frozen=True)
 class _Sent:
     """What a relay call sent upstream that its answer must not give back: the card
-    details sent beside a PAN (`withhold_sent`) and the PANs (`withhold_split_pans`)."""
+    details sent beside a PAN (`withhold_sent`) and the PANs (`withhold_split_pans`,
+    `withhold_echoed_pans`)."""
 
     details: list[str]
     pans: list[str]
@@ -355,7 +357,8 @@ class RelayOperations(TokenizeOperations):
     ) -> Any:
         """`body` with the PANs at the route's `response_tokenize` pointers replaced by
         tokens, every other PAN-like value masked, then a PAN the call sent split over
-        an object's values withheld (`withhold_split_pans`), then the card details in
+        an object's values withheld (`withhold_split_pans`), or echoed in a shape the
+        detector does not know (`withhold_echoed_pans`), then the card details in
         `sent` (`withhold_sent`; both after the masking, as a code withheld first could
         split a spaced PAN the masking then misses). The tokens are put in last: a
         token of a format that keeps BIN and last four looks like a card to the
@@ -395,7 +398,9 @@ class RelayOperations(TokenizeOperations):
                 continue
             set_pointer(body, pointer, None)
             tokens_at[pointer] = record.token
-        masked = withhold_sent(withhold_split_pans(mask_strings(body), sent.pans), sent.details)
+        masked = withhold_split_pans(mask_strings(body), sent.pans)
+        # An echo of a sent number in a shape the detector does not know (review 29b).
+        masked = withhold_sent(withhold_echoed_pans(masked, sent.pans), sent.details)
         for pointer, token in tokens_at.items():
             set_pointer(masked, pointer, token)
         return masked

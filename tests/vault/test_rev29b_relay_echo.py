@@ -1,0 +1,142 @@
+"""Review 29b: an upstream's echo of the card number the relay sent, in the shapes the
+PAN detector does not know, reaching the relaying adapter (out of PCI scope, which must
+never receive a PAN).
+
+The detector (`cofre.redaction`) sees the shapes it knows and docs/threat-model.md lists
+those it does not (base64, HTML entities, letters or tags between groups, ...). But the
+relay is not guessing: it knows the numbers it put in the body, so an echo of one of them
+can be found in any shape whose digits, once decoded, read the number in order.
+
+A test named ``test_finding_...`` FAILED on the reviewed main (its docstring: severity,
+what the attacker gained, the fix)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import json
+import re
+import unicodedata
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+
+from tests.support.fake_acquirer import FakeAcquirer
+from tests.vault.test_relay_card import GETNET, PAN, _body, _card, relay
+from vault.service import VaultService
+
+__all__ = ["relay"]  # the fixture, imported for the tests here
+
+_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _groups(pan: str, joint: str) -> str:
+    return joint.join(pan[i : i + 4] for i in range(0, len(pan), 4))
+
+
+# What an upstream answers, given the body it received: each an echo of the number.
+ECHOES: dict[str, Any] = {
+    # A gateway's debug field: the raw request, base64 (SOAP and XML services do this).
+    "base64 of the request": lambda got: {
+        "status": "DECLINED",
+        "raw_request": base64.b64encode(json.dumps(got).encode()).decode(),
+    },
+    "base64 of the number": lambda got: {"pan_b64": base64.b64encode(_pan(got).encode()).decode()},
+    "json escapes in text": lambda got: {
+        "reason": "bad card " + "".join(f"\\u{ord(c):04x}" for c in _pan(got))
+    },
+    "html hex entities": lambda got: {"html": "".join(f"&#x{ord(c):x};" for c in _pan(got))},
+    "superscript digits": lambda got: {"reason": _pan(got).translate(_SUPERSCRIPT)},
+    "mixed separators": lambda got: {
+        "reason": f"card {_pan(got)[:4]} {_pan(got)[4:8]}-"
+        f"{_pan(got)[8:12]}.{_pan(got)[12:]} refused"
+    },
+    "wide spacing": lambda got: {"reason": _groups(_pan(got), " " * 10)},
+    "tags between groups": lambda got: {
+        "xml": "".join(f"<g>{_pan(got)[i : i + 4]}</g>" for i in range(0, 16, 4))
+    },
+    "split across nested objects": lambda got: {
+        "a": {"n": _pan(got)[:8]},
+        "b": {"n": _pan(got)[8:]},
+    },
+    "split across keys": lambda got: {"seen": {_pan(got)[:8]: "a", _pan(got)[8:]: "b"}},
+    "percent-encoded spaces": lambda got: {"q": _groups(_pan(got), "%20")},
+}
+
+
+def _pan(got: dict[str, Any]) -> str:
+    return str(got["card"]["number"])
+
+
+def _leaves(node: Any) -> list[str]:
+    """Every key and value of a JSON answer, as text, in document order."""
+    if isinstance(node, dict):
+        return [text for k, v in node.items() for text in (str(k), *_leaves(v))]
+    if isinstance(node, list):
+        return [text for item in node for text in _leaves(item)]
+    return [str(node)]
+
+
+def _digits(text: str) -> str:
+    return "".join(str(d) for c in text if (d := unicodedata.digit(c, None)) is not None)
+
+
+def _readable(text: str) -> list[str]:
+    """`text` and what an adapter would decode it into."""
+    out = [text, html.unescape(text), unquote(text)]
+    out.append(re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), text))
+    for word in re.findall(r"[A-Za-z0-9+/=]{16,}", text):
+        with contextlib.suppress(ValueError):
+            out.append(base64.b64decode(word, validate=True).decode("latin-1"))
+    return out
+
+
+def _shows_pan(answer: Any, pan: str) -> bool:
+    leaves = _leaves(answer)
+    if pan in _digits("".join(leaves)):
+        return True
+    return any(pan in _digits(shape) for leaf in leaves for shape in _readable(leaf))
+
+
+@pytest.mark.parametrize("shape", sorted(ECHOES))
+def test_finding_an_echo_of_the_sent_number_in_any_shape_is_withheld(
+    relay: VaultService, acquirer: FakeAcquirer, shape: str
+) -> None:
+    """Medium (fixed). An acquirer that echoes the request (a debug field with the raw
+    request in base64, an error text with the card's groups spread or escaped, the
+    card's halves in two objects) handed the card number to getnet-adapter, a service
+    outside PCI scope, in clear once decoded: the relay masked what the PAN detector
+    recognises and withheld the details it sent (code, name, expiry) in any shape, but
+    the number only where the detector saw it or split over one object's values. Now
+    every text of the answer (keys and values) whose digits read a number the call
+    sent, as it is or once decoded (percent, HTML entities, JSON escapes, base64), is
+    withheld whole, and so are the texts a sent number is spread over, in document
+    order (`vault.relay.withhold_echoed_pans`)."""
+    token = _card(relay)
+    echo = ECHOES[shape]
+    acquirer.answer = lambda got: (402, echo(got))
+    answer = relay.relay(GETNET, "plain", _body(token))
+    assert acquirer.received[-1]["card"]["number"] == PAN
+    assert not _shows_pan(answer.body, PAN), answer.body
+
+
+def test_an_answer_without_the_number_keeps_its_digits(
+    relay: VaultService, acquirer: FakeAcquirer
+) -> None:
+    """What is not the number stays: amounts, codes, a base64 nonce, a reference whose
+    digits hold no sent number."""
+    token = _card(relay)
+    nonce = base64.b64encode(b"0123456789abcdef0123").decode()
+    answer_body = {
+        "status": "APPROVED",
+        "amount": 1000,
+        "nsu": "000123456",
+        "authorization_code": "A1B2C3",
+        "nonce": nonce,
+        "reference": "order 2031-777",
+    }
+    acquirer.answer = lambda got: (200, answer_body)
+    answer = relay.relay(GETNET, "plain", _body(token))
+    assert answer.body == answer_body
