@@ -122,6 +122,10 @@ async def _answer(send: Send, status: int, body: dict[str, Any], method: str) ->
     await send({"type": "http.response.body", "body": b"" if method == "HEAD" else payload})
 
 
+# A run of the readiness checks: its answer, or the error of the first failing one.
+_Result = dict[str, str] | CofreError
+
+
 class ReadyProbes:
     """The mTLS listener's `/readyz`: runs of `check` (every readiness check) metered per
     client certificate, and shared.
@@ -132,44 +136,61 @@ class ReadyProbes:
     the token's session, database reads, the key registry's HSM key listing) as often
     as it could send, unmetered and unrecorded. Now each certificate runs them itself
     for `PROBE_BURST` probes, then `PROBE_PER_SECOND`; its other probes are answered
-    with the newest run's answer (whosever it was), and probes that wait while a run is
-    under way share it. A probe at a prober's pace is always answered from a run of its
-    own, so a failure shows at once; a caller probing faster sees it at most a second
-    late. Callers are keyed by certificate, not identity, so each of an identity's
-    certificates has its own allowance: `PROBE_CALLERS` are remembered, the least
-    recently seen forgotten first."""
+    with the newest run's answer (whosever it was) while that run began at most
+    `READY_CACHE_SECONDS` ago, and otherwise share a run as `HealthApp`'s probes do:
+    the run under way, or one they start (so their runs are at most one per
+    `READY_CACHE_SECONDS`, however many certificates send them). A probe at a prober's
+    pace is always answered from a run of its own or one under way, so a failure shows
+    at once; any answer is at most `READY_CACHE_SECONDS` older than its probe, or comes
+    from a run under way when the probe came. Until review 29b a metered probe got the
+    newest answer however old, without waiting for a slow run (a database past its pool
+    timeout, an HSM that does not answer): the "ready" of before the failure, for as
+    long as that run took. The probes wait for a run on the event loop (the run alone
+    holds a thread): a probe with an allowance used to wait for the run under way in
+    the worker's thread pool, so one certificate's burst held 10 of its 40 threads for
+    as long as a run was slow. Callers are keyed by certificate, not identity, so each
+    of an identity's certificates has its own allowance: `PROBE_CALLERS` are
+    remembered, the least recently seen forgotten first."""
 
     def __init__(
         self, check: Callable[[], dict[str, str]], clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._check = check
         self.clock = clock
-        self._lock = threading.Lock()  # the allowances and the newest answer
-        self._running = threading.Lock()  # one run at a time
+        self._lock = threading.Lock()  # the allowances (one loop per worker; tests may have more)
         self._allowances: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        self._runs = 0
-        self._last: dict[str, str] | CofreError | None = None
+        # The newest run's answer and when it began; the run under way, with its loop.
+        self._last: tuple[float, dict[str, str] | CofreError] | None = None
+        self._running: tuple[asyncio.AbstractEventLoop, asyncio.Future[_Result]] | None = None
 
-    def answer(self, certificate: str | None) -> dict[str, str]:
+    async def answer(self, certificate: str | None) -> dict[str, str]:
         """The checks' answer for a probe over a connection of `certificate` (its PEM);
         raises the `CofreError` of the first failing check."""
         with self._lock:
             own = self._spend(hashlib.sha256((certificate or "").encode()).hexdigest())
-            last, runs = self._last, self._runs
-        if not own and last is not None:
-            return _answered(last)
-        with self._running:
-            with self._lock:
-                if self._runs != runs and self._last is not None:
-                    return _answered(self._last)  # a run ended while this one waited
-            result: dict[str, str] | CofreError
-            try:
-                result = self._check()
-            except CofreError as exc:
-                result = exc
-            with self._lock:
-                self._last, self._runs = result, self._runs + 1
-        return _answered(result)
+        last = self._last
+        if not own and last is not None and self.clock() - last[0] < READY_CACHE_SECONDS:
+            return _answered(last[1])
+        loop = asyncio.get_running_loop()
+        running = self._running
+        if running is None or running[0] is not loop or running[1].done():
+            running = self._running = (loop, asyncio.ensure_future(self._run()))
+        try:
+            return _answered(await asyncio.shield(running[1]))
+        finally:
+            if self._running is running and running[1].done():
+                self._running = None
+
+    async def _run(self) -> _Result:
+        """One run of the checks, in a thread; its answer becomes the newest."""
+        started = self.clock()
+        result: _Result
+        try:
+            result = await asyncio.to_thread(self._check)
+        except CofreError as exc:
+            result = exc
+        self._last = (started, result)
+        return result
 
     def _spend(self, key: str) -> bool:
         """Whether the certificate `key` may have a run of its own now (spends it)."""
@@ -183,7 +204,7 @@ class ReadyProbes:
         return own
 
 
-def _answered(result: dict[str, str] | CofreError) -> dict[str, str]:
+def _answered(result: _Result) -> dict[str, str]:
     if isinstance(result, CofreError):
         raise result.with_traceback(None)
     return dict(result)

@@ -21,9 +21,11 @@ def healthz() -> HealthResponse:
 
 
 @router.get("/readyz", response_model=HealthResponse, tags=["health"])
-def readyz(request: Request) -> HealthResponse:
+async def readyz(request: Request) -> HealthResponse:
     """HSM session works, database reachable, audit sequencer alive, CRL (when
     configured) loaded and not expired."""
-    # Metered per certificate and shared (`api.health.ReadyProbes`, review 29).
+    # Metered per certificate and shared (`api.health.ReadyProbes`, review 29); waits
+    # for a run on the event loop, not in a thread of the pool (review 29b).
     probes: ReadyProbes = request.app.state.ready_probes
-    return HealthResponse(status="ready", checks=probes.answer(peer_certificate(request.scope)))
+    checks = await probes.answer(peer_certificate(request.scope))
+    return HealthResponse(status="ready", checks=checks)
