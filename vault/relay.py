@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote_plus
 
-from cofre.redaction import mask_pan_values
+from cofre.redaction import MASK_TRAILING, luhn_valid, mask_pan_values, masked_leading
 from vault.errors import RelayBodyInvalid
 
 # How deep a relay body or an upstream's answer may nest. Acquirers' bodies are a few
@@ -187,12 +187,13 @@ def withhold_split_pans(value: Any, pans: Sequence[str]) -> Any:
     answer splits it over the values of one object (``{"bin": "555555", "rest":
     "5555554444"}``): in each object, the values that are short runs of digits (strings,
     their spaces and hyphens taken out, or numbers) are joined in member order, and
-    every one that makes up part of an occurrence of a PAN in `pans` becomes
+    every one that makes up part of an occurrence of a PAN in `pans`, or of any number
+    that looks like one as far as its masked reveal shows (`_shown_shapes`), becomes
     `WITHHELD_DETAIL`. `mask_pan_values` joins the items of a list, not the values of
     an object: an object's amount, currency, NSU and authorization code often make 13
     or more digits together, so only the PANs the vault knows it sent are looked for.
     Run it on the masked answer (a whole PAN is masked there already)."""
-    wanted = [pan for pan in pans if pan]
+    wanted = _shown_shapes(pans)
     if not wanted:
         return value
 
@@ -226,22 +227,51 @@ def _piece(value: Any) -> str | None:
     return text if fits else None
 
 
-def _covering(pieces: list[tuple[Any, str]], joined: str, pans: list[str]) -> set[Any]:
+def _covering(
+    pieces: list[tuple[Any, str]], joined: str, pans: list[tuple[re.Pattern[str], int]]
+) -> set[Any]:
     """The keys of the `pieces` (key, digits; `joined` is their digits in order) that
-    make up part of an occurrence of one of `pans` spread over two or more of them."""
+    make up part of an occurrence of one of `pans` (`_shown_shapes`) spread over two or
+    more of them."""
     hit: set[Any] = set()
-    for pan in pans:
-        start = joined.find(pan)
-        while start != -1:
-            end, offset, covering = start + len(pan), 0, []
-            for key, digits in pieces:
-                if offset < end and offset + len(digits) > start:
-                    covering.append(key)
-                offset += len(digits)
-            if len(covering) > 1:
-                hit.update(covering)
-            start = joined.find(pan, start + 1)
+    for start, end in _occurrences(joined, pans):
+        offset, covering = 0, []
+        for key, digits in pieces:
+            if offset < end and offset + len(digits) > start:
+                covering.append(key)
+            offset += len(digits)
+        if len(covering) > 1:
+            hit.update(covering)
     return hit
+
+
+def _shown_shapes(pans: Sequence[str]) -> list[tuple[re.Pattern[str], int]]:
+    """For each PAN sent, a pattern of the digit strings that look like it as far as
+    its masked reveal shows (its length, leading digits and last four: what the caller
+    may know), and its length. The withholding looks for these, not for the PAN: an
+    answer that changed only when a text was the card would tell a caller who wrote
+    guesses into the fields an acquirer echoes which guess was the card (review 29b)."""
+    shapes = []
+    for pan in {pan for pan in pans if pan}:
+        lead = masked_leading(len(pan))
+        hidden = len(pan) - lead - MASK_TRAILING
+        shown = rf"{re.escape(pan[:lead])}[0-9]{{{hidden}}}{re.escape(pan[-MASK_TRAILING:])}"
+        shapes.append((re.compile(f"(?={shown})"), len(pan)))  # overlapping starts
+    return shapes
+
+
+def _occurrences(
+    digits: str, shapes: list[tuple[re.Pattern[str], int]]
+) -> Iterator[tuple[int, int]]:
+    """Where in `digits` a Luhn-valid string of one of `shapes` starts and ends. Luhn:
+    a guess worth writing is a card, and an acquirer's answer that lays out the card's
+    BIN, a six-digit code and its last four in a row (a layout of what it charged) then
+    keeps them nine times in ten."""
+    for pattern, length in shapes:
+        for match in pattern.finditer(digits):
+            start = match.start()
+            if luhn_valid(digits[start : start + length]):
+                yield start, start + length
 
 
 # A word that may be base64 (standard or URL-safe alphabet): long enough to hold the
@@ -260,15 +290,18 @@ def withhold_echoed_pans(value: Any, pans: Sequence[str]) -> Any:
     over several, its digits read in document order (keys and values, at any depth).
     Every character with a digit value counts (superscripts and circled digits too),
     every other character is skipped: groups spread by any separator, letters or tags
-    read as the number. Only the numbers the call sent are looked for, so the amounts
-    and codes of an answer are never joined into a card by chance (a sent PAN's 13-19
-    digits in order)."""
-    wanted = [pan for pan in pans if pan]
+    read as the number. What is looked for is any number that looks like a sent PAN as
+    far as its masked reveal shows (`_shown_shapes`: the answer must not tell a guess
+    the caller had echoed from the card), never other cards, so the amounts and codes of
+    an answer are not joined into a card by chance."""
+    wanted = _shown_shapes(pans)
     if not wanted:
         return value
 
     def echoes(text: str) -> bool:
-        return any(pan in _digits_of(shape) for shape in _decodings(text) for pan in wanted)
+        return any(
+            next(_occurrences(_digits_of(shape), wanted), None) for shape in _decodings(text)
+        )
 
     alone = _replace_texts(value, lambda _index, text: WITHHELD_DETAIL if echoes(text) else None)
     # A sent PAN spread over several texts: their digits, joined in document order.
@@ -286,14 +319,10 @@ def withhold_echoed_pans(value: Any, pans: Sequence[str]) -> Any:
     _replace_texts(alone, note)
     everything = "".join(joined)
     spread: set[int] = set()
-    for pan in wanted:
-        start = everything.find(pan)
-        while start != -1:
-            end = start + len(pan)
-            over = [i for i, (s, e) in enumerate(spans) if s < e and s < end and e > start]
-            if len(over) > 1:
-                spread.update(over)
-            start = everything.find(pan, start + 1)
+    for start, end in _occurrences(everything, wanted):
+        over = [i for i, (s, e) in enumerate(spans) if s < e and s < end and e > start]
+        if len(over) > 1:
+            spread.update(over)
     if not spread:
         return alone
     return _replace_texts(alone, lambda index, _text: WITHHELD_DETAIL if index in spread else None)

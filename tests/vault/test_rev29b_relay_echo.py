@@ -25,6 +25,8 @@ import pytest
 
 from tests.support.fake_acquirer import FakeAcquirer
 from tests.vault.test_relay_card import GETNET, PAN, _body, _card, relay
+from vault.pan import luhn_valid
+from vault.relay import WITHHELD_DETAIL
 from vault.service import VaultService
 
 __all__ = ["relay"]  # the fixture, imported for the tests here
@@ -140,3 +142,64 @@ def test_an_answer_without_the_number_keeps_its_digits(
     acquirer.answer = lambda got: (200, answer_body)
     answer = relay.relay(GETNET, "plain", _body(token))
     assert answer.body == answer_body
+
+
+def _other_card(pan: str) -> str:
+    """A Luhn-valid card with `pan`'s BIN and last four (what its masked reveal shows)
+    and another middle: a guess of an adapter that holds `pan`'s token."""
+    for middle in range(10**6):
+        guess = f"{pan[:6]}{middle:06d}{pan[-4:]}"
+        if guess != pan and luhn_valid(guess):
+            return guess
+    raise AssertionError("no other card")
+
+
+# How an adapter writes a guess into fields it knows the acquirer echoes (an order id,
+# a merchant reference): shapes the echo withholding reads and the detector does not.
+GUESSES: dict[str, Any] = {
+    "one field, letters between groups": lambda guess: {"order_id": _groups(guess, "x")},
+    "two fields": lambda guess: {"order_id": guess[:8], "merchant_ref": guess[8:]},
+}
+
+
+@pytest.mark.parametrize("shape", sorted(GUESSES))
+def test_finding_an_echoed_guess_is_answered_the_same_whether_or_not_it_is_the_card(
+    relay: VaultService, acquirer: FakeAcquirer, shape: str
+) -> None:
+    """Medium (fixed). The withholding answered whether a text read a number the call
+    sent, so it answered whether a guess was the card: an adapter (outside PCI scope)
+    that may relay a token and knows its masked reveal (BIN and last four) wrote a guess
+    into the fields the acquirer echoes (two short fields, withheld only when they made
+    up the card, since review 26; one field with letters between the groups, since the
+    withholding of echoes above) and read `[withheld]` for the card, the guess as sent
+    for any other. One relay a guess, among the 10^5 Luhn-valid cards of a BIN and last
+    four: under getnet-adapter's daily quota of a million. Now an echo is withheld when
+    its digits read any number with a sent card's length, shown leading digits and last
+    four (`cofre.redaction.masked_leading`): what the masked reveal already shows, so the
+    answer is the same for every guess."""
+    token = _card(relay)
+    write = GUESSES[shape]
+    acquirer.answer = lambda got: (
+        200,
+        {k: got[k] for k in ("order_id", "merchant_ref") if k in got},
+    )
+    answers = []
+    for guess in (PAN, _other_card(PAN)):
+        body = {**_body(token), **write(guess)}
+        answers.append(relay.relay(GETNET, "plain", body).body)
+    # The card's echo is withheld (the finding above), and so must any other guess's
+    # be: a guess shown as sent would say it was not the card.
+    assert all(set(a.values()) == {WITHHELD_DETAIL} for a in answers), answers
+
+
+def test_a_bin_a_six_digit_code_and_a_last_four_in_a_row_are_kept(
+    relay: VaultService, acquirer: FakeAcquirer
+) -> None:
+    """What an acquirer answers about the card it charged, in this order, reads like a
+    card of the sent one's shape: kept unless those digits together pass the Luhn check
+    (a guess an adapter writes is a Luhn-valid card; nine in ten such answers are not)."""
+    token = _card(relay)
+    code = next(f"{n:06d}" for n in range(10**6) if not luhn_valid(f"{PAN[:6]}{n:06d}{PAN[-4:]}"))
+    layout = {"first_six": PAN[:6], "authorization_code": code, "last_four": PAN[-4:]}
+    acquirer.answer = lambda got: (200, {"card": layout})
+    assert relay.relay(GETNET, "plain", _body(token)).body == {"card": layout}
