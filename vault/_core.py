@@ -523,16 +523,22 @@ class VaultCore(Fingerprints):
             )
         return events
 
-    def _shred(self, connection: Connection, token_id: str, now: datetime) -> None:
-        self._codes.discard(connection, token_id, now)
-        connection.execute(
-            update(tokens)
-            .where(tokens.c.id == token_id)
-            .values(
-                ciphertext=None,
-                nonce=None,
-                fingerprint=None,
-                key_version=None,
-                deleted_at=now,
+    def _shred(
+        self, connection: Connection, token_id: str, now: datetime, *, expired: bool = False
+    ) -> bool:
+        """Erase the row's card (ciphertext, nonce, fingerprint) and its held code;
+        whether it did. `expired`: only while the row is live and its life has ended at
+        `now` (the purge): its read took no lock, and an update or a convergent tokenize
+        that lengthened the life may have committed since. PostgreSQL checks these
+        conditions again on the row that write left (review 29c)."""
+        shred = update(tokens).where(tokens.c.id == token_id)
+        if expired:
+            shred = shred.where(tokens.c.deleted_at.is_(None), tokens.c.expires_at <= now)
+        done = connection.execute(
+            shred.values(
+                ciphertext=None, nonce=None, fingerprint=None, key_version=None, deleted_at=now
             )
-        )
+        ).rowcount
+        if done:
+            self._codes.discard(connection, token_id, now)
+        return bool(done)

@@ -90,21 +90,28 @@ class DeleteOperations(EarlyRate):
         On PostgreSQL one node at a time purges: each batch runs under a
         transaction-scoped advisory lock, and a node that does not get it stops (the
         holder is already purging). Raises `StorageUnavailable`."""
-        total = 0
+        total, first = 0, True
         while True:
             now = self._clock()
 
-            def work(connection: Connection, now: datetime = now, first: bool = not total) -> int:
+            def work(
+                connection: Connection, now: datetime = now, first: bool = first
+            ) -> tuple[int, int]:
                 if not _purge_lock(connection):
-                    return -1  # another node holds the purge
+                    return -1, 0  # another node holds the purge
                 if first:
                     self._limits.purge_windows(connection, now, keep_seconds=MAX_WINDOW_SECONDS)
                     purge_capture_sessions(connection, now)
                 rows = (
                     connection.execute(_EXPIRED_LIVE, {"now": now, "batch": batch}).scalars().all()
                 )
+                shredded = 0
                 for token_id in rows:
-                    self._shred(connection, token_id, now)
+                    # Read without a lock: a row made to live longer since (an update, a
+                    # convergent tokenize) is left, and gets no entry (review 29c).
+                    if not self._shred(connection, token_id, now, expired=True):
+                        continue
+                    shredded += 1
                     self._audit.append(
                         connection,
                         AuditEvent(
@@ -115,12 +122,13 @@ class DeleteOperations(EarlyRate):
                             details={"reason": "expired"},
                         ),
                     )
-                return len(rows)
+                return len(rows), shredded
 
-            count = self._transaction(work)
+            count, shredded = self._transaction(work)
+            first = False
             if count < 0:
                 return total
-            total += count
+            total += shredded
             if count < batch:
                 self._forget_keys(batch)
                 return total

@@ -1,0 +1,81 @@
+"""Review 29c: an attack review of token update (`VaultService.update`,
+PATCH /v1/tokens/{token}) as the holder of a stolen certificate granted ``update``.
+
+A test named ``test_finding_...`` FAILED on the reviewed branch (its docstring: what
+went wrong, the fix). The others are regression tests of attacks that found nothing.
+
+The races need two transactions in flight at once, which only PostgreSQL has (a SQLite
+write transaction excludes every other, so the interleavings below cannot happen there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine
+
+from hsm.provider import HSMProvider
+from tests.support.databases import migrated_engine
+from tests.vault.conftest import GETNET, PAYMENTS
+from tests.vault.test_token_update import (
+    NOW,
+    Clock,
+    _Calls,
+    _card,
+    _entries,
+    _Held,
+    _row,
+    _vault,
+)
+from vault.service import TokenRecord, TokenUpdate
+
+
+@pytest.fixture
+def pg_engine(pg_database: str) -> Iterator[Engine]:
+    with migrated_engine(pg_database) as engine:
+        yield engine
+
+
+def _purges(engine: Engine) -> list[str]:
+    return _entries(engine, "purge")
+
+
+def test_finding_the_purge_never_shreds_a_token_an_update_made_live_longer(
+    pg_engine: Engine, hsm_provider: HSMProvider
+) -> None:
+    """An update that makes a token permanent just before its life ends, and a purge on
+    another node that read the expired token just before the update committed: the
+    update was answered ``expires_at: null`` (and audited so), then the purge's write,
+    which waited on the update's row lock, shredded the token all the same (its UPDATE
+    named the row by id alone, and PostgreSQL re-checks only that after the wait): the
+    shop lost the card it had just been told is kept for ever. The same held for a
+    convergent tokenize that extends a token (`_outlive`). Fix: the purge shreds a row
+    only while it is still live and expired (its UPDATE carries both conditions, which
+    PostgreSQL checks again on the row the update left), and writes no entry for a row
+    it left."""
+    updater, purger = Clock(), Clock()
+    one, two = _vault(pg_engine, hsm_provider, updater), _vault(pg_engine, hsm_provider, purger)
+    try:
+        token = _card(one, ttl_seconds=60, expiry="03/27")
+        updater.now = NOW + timedelta(seconds=30)  # live when the update reads it
+        purger.now = NOW + timedelta(seconds=61)  # expired when the purge reads it
+        held, calls = _Held(pg_engine, token), _Calls()
+        calls.start(lambda: one.update(PAYMENTS, token, TokenUpdate(sets_ttl=True)))
+        held.waiters(1)
+        calls.start(two.purge_expired)
+        held.waiters(2)  # the purge read the row and waits to shred it
+        held.release()
+        updated, purged = calls.join()
+        assert isinstance(updated, TokenRecord), updated
+        assert updated.expires_at is None
+        assert purged == 0
+        row = _row(pg_engine, token)
+        assert (row.deleted_at, row.expires_at) == (None, None)
+        assert row.ciphertext is not None
+        assert one.detokenize(GETNET, token).expiry == "2027-03"
+        assert _purges(pg_engine) == []
+    finally:
+        one.close()
+        two.close()
