@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
@@ -29,6 +30,7 @@ from tests.vault.test_token_update import (
     _row,
     _vault,
 )
+from vault.errors import TokenNotFound
 from vault.service import TokenRecord, TokenUpdate
 
 
@@ -79,3 +81,31 @@ def test_finding_the_purge_never_shreds_a_token_an_update_made_live_longer(
     finally:
         one.close()
         two.close()
+
+
+def test_finding_an_update_that_waited_past_the_tokens_end_does_not_revive_it(
+    pg_engine: Engine, hsm_provider: HSMProvider
+) -> None:
+    """The update read the clock before it waited for the row's lock, and judged the
+    token live by that time: a token whose life ended while the update waited (behind
+    another node's write of the row) was given a new life, permanent here, though it was
+    expired when the update got it (every reveal answered it expired a moment before).
+    Fix: the row is judged, and its new life counted, from the time the update holds the
+    row's lock."""
+    clock = Clock()
+    vault = _vault(pg_engine, hsm_provider, clock)
+    try:
+        token = _card(vault, ttl_seconds=60)
+        held, calls = _Held(pg_engine, token), _Calls()
+        calls.start(lambda: vault.update(PAYMENTS, token, TokenUpdate(sets_ttl=True)))
+        held.waiters(1)
+        clock.now = NOW + timedelta(seconds=61)  # the token's life ends meanwhile
+        held.release()
+        (answer,) = calls.join()
+        assert isinstance(answer, TokenNotFound), answer
+        assert _row(pg_engine, token).expires_at is not None
+        with pg_engine.connect() as c:
+            payloads = c.execute(sa.text("SELECT payload FROM audit_entries")).scalars().all()
+        assert not any('"expires_at":"never"' in p for p in payloads)
+    finally:
+        vault.close()

@@ -78,12 +78,12 @@ class UpdateOperations(EarlyRate):
             self._refuse_spent(ctx, rules, 1)
 
             def work(connection: Connection) -> TokenRecord | TokenNotFound:
-                now = self._clock()
                 self._charge(connection, ctx, rules)
-                row = self._row_to_update(connection, token, domain, now)
-                if row is None:
+                found = self._row_to_update(connection, token, domain)
+                if found is None:
                     # Returned, not raised: the charge commits (a miss costs a unit).
                     return TokenNotFound("no such token")
+                row, now = found
                 return self._apply(connection, ctx, row, checked, now)
 
             answer = self._transaction(work)
@@ -131,18 +131,21 @@ class UpdateOperations(EarlyRate):
         )
 
     def _row_to_update(
-        self, connection: Connection, token: str, domain: str, now: datetime
-    ) -> Row[Any] | None:
+        self, connection: Connection, token: str, domain: str
+    ) -> tuple[Row[Any], datetime] | None:
         """The live row of `token` in `domain`, locked until the commit (PostgreSQL's
-        ``FOR UPDATE``; SQLite's transactions are serialised by ``BEGIN IMMEDIATE``), or
-        None. Locked, a concurrent update or delete of the row waits for this commit,
-        and this read waits for theirs and then sees the row as they left it: a shredded
-        row is None here, never sealed again."""
+        ``FOR UPDATE``; SQLite's transactions are serialised by ``BEGIN IMMEDIATE``), and
+        the time it was judged live at, or None. Locked, a concurrent update or delete
+        of the row waits for this commit, and this read waits for theirs and then sees
+        the row as they left it: a shredded row is None here, never sealed again. The
+        time is read once the lock is held: read before, a token whose life ended while
+        this waited was judged live and given a new one (review 29c)."""
         if not 1 <= len(token) <= 64:
             return None
         row = connection.execute(
             select(tokens).where(tokens.c.token == token).with_for_update()
         ).first()
+        now = self._clock()
         if (
             row is None
             or row.domain != domain
@@ -153,7 +156,7 @@ class UpdateOperations(EarlyRate):
         expires = as_utc(row.expires_at)
         if expires is not None and expires <= now:
             return None
-        return row
+        return row, now
 
     def _apply(
         self,
