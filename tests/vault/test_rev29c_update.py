@@ -18,10 +18,13 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
+from policies.loader import parse_policy
 from tests.support.databases import migrated_engine
-from tests.vault.conftest import GETNET, PAYMENTS
+from tests.vault.conftest import ALICE, BOB, GETNET, OFFICERS, PAYMENTS, rotation_of
 from tests.vault.test_token_update import (
     NOW,
+    POLICY,
     Clock,
     _Calls,
     _card,
@@ -30,8 +33,10 @@ from tests.vault.test_token_update import (
     _row,
     _vault,
 )
+from vault.ceremony import CeremonyState
 from vault.errors import TokenNotFound
-from vault.service import TokenRecord, TokenUpdate
+from vault.pan import Pan
+from vault.service import TokenRecord, TokenUpdate, VaultService
 
 
 @pytest.fixture
@@ -107,5 +112,52 @@ def test_finding_an_update_that_waited_past_the_tokens_end_does_not_revive_it(
         with pg_engine.connect() as c:
             payloads = c.execute(sa.text("SELECT payload FROM audit_entries")).scalars().all()
         assert not any('"expires_at":"never"' in p for p in payloads)
+    finally:
+        vault.close()
+
+
+def test_an_update_during_a_data_rotation_is_kept_and_leaves_no_card_under_the_old_key(
+    engine: Engine, rotation_provider: HSMProvider
+) -> None:
+    """An update reseals under the active data key, which a running data rotation has
+    made the new one. One token is updated before any batch (the update moves it, and
+    no batch counts it), one while a batch has read it under the old key and waits to
+    write it (PostgreSQL: the batch's write, guarded by the old version, then finds it
+    moved and leaves it; on SQLite the two run one after the other). Every card ends
+    under the new key with the details its last write gave it, the rotation completes,
+    and its progress never counts past what it set out to move (a row the update moved
+    is counted at most once, by the batch that read it)."""
+    policy = PolicyEngine(parse_policy(POLICY + OFFICERS, kind="toml").policy)
+    vault = VaultService(engine, rotation_provider, policy)
+    vault.initialize()
+    try:
+        rotation = rotation_of(vault, engine, rotation_provider)
+        raced, early, untouched = (
+            _card(vault, pan=Pan(pan), expiry="03/27", cardholder_name="ZOE A")
+            for pan in ("4111111111111111", "5555555555554444", "4000056655665556")
+        )
+        ceremony = rotation.propose(ALICE, "data")
+        assert rotation.approve(BOB, ceremony.id).state == CeremonyState.RUNNING
+        vault.update(PAYMENTS, early, TokenUpdate(expiry="05/31"))
+        held, calls = _Held(engine, raced), _Calls()
+        calls.start(lambda: vault.update(PAYMENTS, raced, TokenUpdate(expiry="03/30")))
+        held.waiters(1)
+        calls.start(rotation.run_pending)
+        held.waiters(2)  # the batch read the row under the old key and waits to write it
+        held.release()
+        assert not any(isinstance(result, Exception) for result in calls.join())
+        for _ in range(100):
+            if rotation.status(ALICE, ceremony.id).state == CeremonyState.COMPLETED:
+                break
+            rotation.run_pending()
+        status = rotation.status(ALICE, ceremony.id)
+        assert status.state == CeremonyState.COMPLETED
+        assert status.progress_done <= status.progress_total == 3
+        with engine.connect() as c:
+            versions = set(c.execute(sa.text("SELECT key_version FROM tokens")).scalars())
+        assert versions == {status.new_version}
+        for token, expiry in ((raced, "2030-03"), (early, "2031-05"), (untouched, "2027-03")):
+            revealed = vault.detokenize(GETNET, token)
+            assert (revealed.expiry, revealed.cardholder_name) == (expiry, "ZOE A")
     finally:
         vault.close()
