@@ -34,7 +34,7 @@ from tests.vault.test_token_update import (
     _vault,
 )
 from vault.ceremony import CeremonyState
-from vault.errors import TokenNotFound
+from vault.errors import InvalidInput, TokenNotFound
 from vault.pan import Pan
 from vault.service import TokenRecord, TokenUpdate, VaultService
 
@@ -159,5 +159,25 @@ def test_an_update_during_a_data_rotation_is_kept_and_leaves_no_card_under_the_o
         for token, expiry in ((raced, "2030-03"), (early, "2031-05"), (untouched, "2027-03")):
             revealed = vault.detokenize(GETNET, token)
             assert (revealed.expiry, revealed.cardholder_name) == (expiry, "ZOE A")
+    finally:
+        vault.close()
+
+
+def test_finding_an_update_that_changes_nothing_is_refused_not_audited_as_done(
+    engine: Engine, hsm_provider: HSMProvider
+) -> None:
+    """A body whose only part is a blank cardholder name (which changes nothing: a
+    stored name is not removed) was answered 200 and audited ``token.update`` success
+    with ``fields: ""``: an entry saying the token was updated when nothing was written.
+    Fix: an update whose parts all change nothing is refused as an empty one is
+    (`InvalidInput`, 422 ``invalid_request``), audited failed."""
+    vault = _vault(engine, hsm_provider, Clock())
+    try:
+        token = _card(vault, cardholder_name="ZOE A")
+        for blank in ("", "   ", "\u3000"):
+            with pytest.raises(InvalidInput):
+                vault.update(PAYMENTS, token, TokenUpdate(cardholder_name=blank))
+        assert not any('"outcome":"success"' in e for e in _entries(engine))
+        assert vault.detokenize(GETNET, token).cardholder_name == "ZOE A"
     finally:
         vault.close()

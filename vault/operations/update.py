@@ -118,7 +118,7 @@ class UpdateOperations(EarlyRate):
             )
         if change.sets_ttl:
             expiry(now, change.ttl_seconds)  # raises InvalidTTL
-        return _Checked(
+        checked = _Checked(
             metadata=None if change.metadata is None else validate_metadata(change.metadata),
             sets_ttl=change.sets_ttl,
             ttl_seconds=change.ttl_seconds,
@@ -129,6 +129,11 @@ class UpdateOperations(EarlyRate):
                 else normalize_cardholder_name(change.cardholder_name)
             ),
         )
+        if not checked.fields:
+            # A blank name alone changes nothing (a stored name is not removed): refused
+            # as an empty update is, not audited as an update done (review 29c).
+            raise InvalidInput("this update changes nothing: a blank name removes no name")
+        return checked
 
     def _row_to_update(
         self, connection: Connection, token: str, domain: str
