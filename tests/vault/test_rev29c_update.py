@@ -25,6 +25,7 @@ from tests.vault.conftest import ALICE, BOB, GETNET, OFFICERS, PAYMENTS, rotatio
 from tests.vault.test_token_update import (
     NOW,
     POLICY,
+    VISA,
     Clock,
     _Calls,
     _card,
@@ -36,7 +37,7 @@ from tests.vault.test_token_update import (
 from vault.ceremony import CeremonyState
 from vault.errors import InvalidInput, TokenNotFound
 from vault.pan import Pan
-from vault.service import TokenRecord, TokenUpdate, VaultService
+from vault.service import TokenizeRequest, TokenRecord, TokenUpdate, VaultService
 
 
 @pytest.fixture
@@ -179,5 +180,27 @@ def test_finding_an_update_that_changes_nothing_is_refused_not_audited_as_done(
                 vault.update(PAYMENTS, token, TokenUpdate(cardholder_name=blank))
         assert not any('"outcome":"success"' in e for e in _entries(engine))
         assert vault.detokenize(GETNET, token).cardholder_name == "ZOE A"
+    finally:
+        vault.close()
+
+
+def test_a_later_keyed_retry_with_details_replaces_what_an_update_set(
+    engine: Engine, hsm_provider: HSMProvider
+) -> None:
+    """A bound, documented in the threat model: a tokenize of the card that carries an
+    expiry or a name replaces the stored ones (a reissued card's new expiry), and so does
+    an idempotent retry within the key window, even of a request first sent before an
+    update. The retry is answered the token as it stands (the update's metadata and
+    life), and its entry names it."""
+    vault = _vault(engine, hsm_provider, Clock())
+    try:
+        request = TokenizeRequest(
+            pan=VISA, format="card_random", idempotency_key="order-1", expiry="03/27"
+        )
+        token = vault.tokenize(PAYMENTS, request).token
+        vault.update(PAYMENTS, token, TokenUpdate(expiry="03/30", metadata={"o": "2"}))
+        again = vault.tokenize(PAYMENTS, request)
+        assert (again.token, again.metadata) == (token, {"o": "2"})
+        assert vault.detokenize(GETNET, token).expiry == "2027-03"
     finally:
         vault.close()
