@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from typing import Any
 
@@ -23,16 +22,11 @@ from audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from tests.support.vectors import rfc9162_cases
-
-
-def _b(value: str | None) -> bytes:
-    return base64.b64decode(value) if value else b""
-
-
-def _proof(case: dict[str, Any]) -> list[bytes]:
-    return [_b(p) for p in case["proof"] or []]
-
+from tests.support.vectors import (
+    check_rfc9162_consistency,
+    check_rfc9162_inclusion,
+    rfc9162_cases,
+)
 
 INCLUSION = rfc9162_cases("inclusion")
 CONSISTENCY = rfc9162_cases("consistency")
@@ -45,30 +39,12 @@ def test_vectors_loaded() -> None:
 
 @pytest.mark.parametrize(("name", "case"), INCLUSION, ids=[n for n, _ in INCLUSION])
 def test_inclusion_vectors(name: str, case: dict[str, Any]) -> None:
-    def run() -> None:
-        verify_inclusion(
-            _b(case["leafHash"]), case["leafIdx"], case["treeSize"], _proof(case), _b(case["root"])
-        )
-
-    if case["wantErr"]:
-        with pytest.raises(ProofError):
-            run()
-    else:
-        run()
+    check_rfc9162_inclusion(case, verify_inclusion, ProofError)
 
 
 @pytest.mark.parametrize(("name", "case"), CONSISTENCY, ids=[n for n, _ in CONSISTENCY])
 def test_consistency_vectors(name: str, case: dict[str, Any]) -> None:
-    def run() -> None:
-        verify_consistency(
-            case["size1"], case["size2"], _proof(case), _b(case["root1"]), _b(case["root2"])
-        )
-
-    if case["wantErr"]:
-        with pytest.raises(ProofError):
-            run()
-    else:
-        run()
+    check_rfc9162_consistency(case, verify_consistency, ProofError)
 
 
 def test_rfc_hashing() -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 
@@ -25,6 +29,38 @@ def rfc9162_cases(kind: str) -> list[tuple[str, dict[str, Any]]]:
         (str(path.relative_to(root)), json.loads(path.read_text(encoding="utf-8")))
         for path in sorted(root.rglob("*.json"))
     ]
+
+
+def _b64(value: str | None) -> bytes:
+    return base64.b64decode(value) if value else b""
+
+
+def check_rfc9162_inclusion(
+    case: dict[str, Any], verify: Callable[..., object], error: type[Exception]
+) -> None:
+    """Run one transparency-dev inclusion vector through `verify` (the vault's prover
+    package or the standalone verifier): it passes, or raises `error` where the vector
+    wants an error."""
+    proof = [_b64(p) for p in case["proof"] or []]
+    args = (_b64(case["leafHash"]), case["leafIdx"], case["treeSize"], proof, _b64(case["root"]))
+    if case["wantErr"]:
+        with pytest.raises(error):
+            verify(*args)
+    else:
+        verify(*args)
+
+
+def check_rfc9162_consistency(
+    case: dict[str, Any], verify: Callable[..., object], error: type[Exception]
+) -> None:
+    """`check_rfc9162_inclusion` for a consistency vector."""
+    proof = [_b64(p) for p in case["proof"] or []]
+    args = (case["size1"], case["size2"], proof, _b64(case["root1"]), _b64(case["root2"]))
+    if case["wantErr"]:
+        with pytest.raises(error):
+            verify(*args)
+    else:
+        verify(*args)
 
 
 def c2sp_notes() -> dict[str, Any]:
