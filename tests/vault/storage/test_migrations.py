@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -24,12 +24,40 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def _upgrade(engine: Engine, revision: str) -> None:
+def _alembic(engine: Engine, step: Callable[[Config, str], None], revision: str) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+        step(config, revision)
+
+
+def _upgrade(engine: Engine, revision: str) -> None:
+    _alembic(engine, command.upgrade, revision)
+
+
+def _downgrade(engine: Engine, revision: str) -> None:
+    _alembic(engine, command.downgrade, revision)
+
+
+def _ceremony_approved_by_bob(engine: Engine, kind: str) -> None:
+    """A pending ceremony 'c1' proposed by alice and approved by bob, in the columns
+    every revision since 0012 has."""
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO key_ceremonies (id, kind, state, proposer, created_at, "
+                "expires_at, proposer_keyid) VALUES ('c1', :kind, 'pending', 'alice', "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 'k-alice')"
+            ),
+            {"kind": kind},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO key_approvals (ceremony_id, officer, approved_at, keyid) "
+                "VALUES ('c1', 'bob', CURRENT_TIMESTAMP, 'k-bob')"
+            )
+        )
 
 
 def test_0003_relabels_wrap_mechanisms_as_algorithms(engine: Engine) -> None:
@@ -62,20 +90,7 @@ def test_0013_adds_the_ceremony_proofs_and_keeps_the_rows(engine: Engine) -> Non
     """Additive: the proofs of older rows are NULL (such an approval counts no more for an
     officer with an MFA key: review appr), and a downgrade to 0012 drops the columns."""
     _upgrade(engine, "0012")
-    with engine.begin() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO key_ceremonies (id, kind, state, proposer, created_at, "
-                "expires_at, proposer_keyid) VALUES ('c1', 'kek', 'pending', 'alice', "
-                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 'k-alice')"
-            )
-        )
-        connection.execute(
-            text(
-                "INSERT INTO key_approvals (ceremony_id, officer, approved_at, keyid) "
-                "VALUES ('c1', 'bob', CURRENT_TIMESTAMP, 'k-bob')"
-            )
-        )
+    _ceremony_approved_by_bob(engine, "kek")
     migrate(engine)
     with engine.connect() as connection:
         ceremony = connection.execute(
@@ -84,11 +99,7 @@ def test_0013_adds_the_ceremony_proofs_and_keeps_the_rows(engine: Engine) -> Non
         approval = connection.execute(text("SELECT keyid, proof FROM key_approvals")).one()
     assert tuple(ceremony) == ("k-alice", None)
     assert tuple(approval) == ("k-bob", None)
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0012")
+    _downgrade(engine, "0012")
     with engine.connect() as connection:
         columns = {c["name"] for c in inspect(connection).get_columns("key_approvals")}
         assert "proof" not in columns
@@ -115,11 +126,7 @@ def test_0017_adds_the_queued_entries_time_and_keeps_the_queue(engine: Engine) -
             text("SELECT entry_id, created_at FROM audit_queue ORDER BY entry_id")
         ).all()
     assert [created_at for _, created_at in rows] == [None, None]
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0016")
+    _downgrade(engine, "0016")
     with engine.connect() as connection:
         columns = {c["name"] for c in inspect(connection).get_columns("audit_queue")}
         assert "created_at" not in columns
@@ -163,11 +170,7 @@ def test_0018_adds_the_idempotency_keys_and_keeps_the_keys_on_token_rows(engine:
             )
         )
         connection.rollback()
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0017")
+    _downgrade(engine, "0017")
     with engine.connect() as connection:
         assert not inspect(connection).has_table("idempotency_keys")
         kept = connection.execute(text("SELECT idempotency_key FROM tokens")).scalar_one()
@@ -189,11 +192,7 @@ def test_0019_indexes_the_records_by_age_and_lets_the_vault_forget_them(engine: 
         assert "ix_idempotency_keys_created_at" in indexes
         if postgresql:
             assert connection.execute(text(may_delete)).scalar_one()
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0018")
+    _downgrade(engine, "0018")
     with engine.connect() as connection:
         indexes = {i["name"] for i in inspect(connection).get_indexes("idempotency_keys")}
         assert "ix_idempotency_keys_created_at" not in indexes
@@ -281,20 +280,7 @@ def test_0020_adds_the_ceremony_certificates_and_keeps_the_rows(engine: Engine) 
     """Additive: older rows keep a NULL certificate (not checked against the CRL), and a
     downgrade to 0019 drops the columns and keeps the rows."""
     _upgrade(engine, "0019")
-    with engine.begin() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO key_ceremonies (id, kind, state, proposer, created_at, "
-                "expires_at, proposer_keyid) VALUES ('c1', 'data', 'pending', 'alice', "
-                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 'k-alice')"
-            )
-        )
-        connection.execute(
-            text(
-                "INSERT INTO key_approvals (ceremony_id, officer, approved_at, keyid) "
-                "VALUES ('c1', 'bob', CURRENT_TIMESTAMP, 'k-bob')"
-            )
-        )
+    _ceremony_approved_by_bob(engine, "data")
     migrate(engine)
     with engine.connect() as connection:
         ceremony = connection.execute(
@@ -305,11 +291,7 @@ def test_0020_adds_the_ceremony_certificates_and_keeps_the_rows(engine: Engine) 
         assert compatible.scalar_one() == "0018"  # a rolling upgrade from 0018 or 0019
     assert tuple(ceremony) == ("k-alice", None)
     assert tuple(approval) == ("k-bob", None)
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0019")
+    _downgrade(engine, "0019")
     with engine.connect() as connection:
         for table, column in (
             ("key_ceremonies", "proposer_certificate"),
