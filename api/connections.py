@@ -52,6 +52,9 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 # answers are RFC 9457 problems with a stable code like every other refusal.
 MALFORMED: Final = "malformed_http_request"
 HEAD_TOO_LARGE: Final = "request_head_too_large"
+# A chunked request's framing and trailers may take the head bound, plus one byte for
+# every 64 of body (a client streaming in chunks of a few hundred bytes): review 30b.
+_FRAMING_PER_BODY: Final = 64
 
 
 def _problem_400(code: str) -> bytes:
@@ -322,6 +325,11 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
     _read_size: int = 0
     _began: bool = False
     _completed: bool = False
+    # The request's body bytes, and the bytes of its body phase that were not body
+    # (chunk-size lines, chunk extensions, the trailer section): review 30b.
+    _body_bytes: int = 0
+    _body_in_read: int = 0
+    _framing: int = 0
 
     @property
     def cofre_identity(self) -> str | None:
@@ -341,10 +349,26 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         self._read_size = len(data)
         self._began = self._completed = False
+        in_body = self._reading and not self._in_head
+        self._body_in_read = 0
         super().data_received(data)
         if self.transport.is_closing():
             self._guard.disarm()
             return
+        if in_body and not self._began and not self._completed:
+            # A read wholly within one request's body: what llhttp did not hand over as
+            # body is framing. uvicorn appends every trailer field to the request's
+            # headers and httptools joins a field's value across reads by copying it,
+            # so without this bound a chunked request's trailers grew the worker's
+            # memory (and its copying) until the body deadline (review 30b).
+            self._framing += len(data) - self._body_in_read
+            if self._framing > self.max_header_bytes + self._body_bytes // _FRAMING_PER_BODY:
+                _log.warning(
+                    "request refused: chunk framing or trailers too large",
+                    limit=self.max_header_bytes,
+                )
+                self._refuse_mid_body()
+                return
         if self._in_head:
             # A head still open after this read: all of the read is head (or CR/LF
             # before it) unless a request ended in it first; then only what the parser
@@ -381,7 +405,12 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading = self._in_head = self._began = True
-        self._head_bytes = 0
+        self._head_bytes = self._body_bytes = self._framing = 0
+
+    def on_body(self, body: bytes) -> None:
+        self._body_in_read += len(body)
+        self._body_bytes += len(body)
+        super().on_body(body)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -415,6 +444,21 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
             code = HEAD_TOO_LARGE if "too large" in msg else MALFORMED
             self.transport.write(_problem_400(code))
             self.transport.close()
+
+    def _refuse_mid_body(self) -> None:
+        """Refuse the request being read: its 400 unless its answer has begun (the app
+        may answer before reading the body: then only the connection is closed), and
+        the connection closed, as the body deadline closes it (the app sees a
+        disconnect)."""
+        self._guard.disarm()
+        cycle: Any = self.cycle
+        if cycle is not None and not cycle.response_started:
+            # As uvicorn marks a lost connection: the app's sends are dropped and its
+            # next read of the body is a disconnect; this answer is the only one.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self.transport.write(_problem_400(HEAD_TOO_LARGE))
+        self.transport.close()
 
     def _head_size(self) -> int:
         """The head parsed so far as sent: the target, and each header with its ": "

@@ -1,0 +1,193 @@
+"""Review 30b: a chunked request's trailer section and chunk framing were bounded by
+nothing but the body deadline on the llhttp listeners (the mTLS API by default, and the
+plain-HTTP health listener).
+
+uvicorn's httptools protocol appends every trailer field llhttp reports to the
+request's header list, and httptools joins a field's value across reads by copying it
+(`bytes +=`); neither the 16 KiB head bound (counted while the head is open) nor the
+body limit (the ASGI body the app reads) saw those bytes. So one connection of a
+stolen certificate could send, within the 30 s body deadline, a small JSON chunk and
+then megabytes of trailer fields: each 5-byte field (``a:b``) a tuple of two bytes
+objects, about 26 times its size in the worker's memory, up to 2,000 connections per
+identity per worker; or one trailer value megabytes long, copied whole at every read
+on the worker's event loop (quadratic). The request was then answered ``200``.
+
+Now a request's framing beyond its body (chunk-size lines, chunk extensions, the
+trailer section) counts against the head bound plus a sixty-fourth of the body it
+carried: past it the request is refused ``400 request_head_too_large`` and the
+connection closed, as h11 (which buffers a trailer section at most 16 KiB) already did.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from api.health import build_health_server
+from api.lifecycle import Readiness
+from api.server import BackgroundServer
+from hsm.provider import HSMProvider
+from tests.api.conftest import VaultServer, running_vault
+from tests.support.audit_trail import new_request_id, request_entries
+from tests.support.postgres import free_port
+
+BODY = b'{"pan": "4111111111111111", "format": "uuid"}'
+# What an attacker sends after the last chunk: well past every bound the vault sets.
+ATTACK_BYTES = 1024 * 1024
+
+
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def vault(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    hsm_provider: HSMProvider,
+) -> Iterator[tuple[VaultServer, str]]:
+    """A vault on each HTTP parser, and the parser's name."""
+    with running_vault(
+        tmp_path_factory.mktemp("trailers"), hsm_provider, http_protocol=request.param
+    ) as vault:
+        yield vault, request.param
+
+
+def _connect(vault: VaultServer, name: str = "payments") -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=str(vault.pki.ca))
+    context.load_cert_chain(str(vault.pki.client_cert(name)), str(vault.pki.client_key(name)))
+    host, port = vault.url.removeprefix("https://").rsplit(":", 1)
+    raw = socket.create_connection((host, int(port)), timeout=30)
+    return context.wrap_socket(raw, server_hostname="localhost")
+
+
+def _chunked_head(path: str = "/v1/tokenize", method: str = "POST", rid: str = "") -> bytes:
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n".encode()
+        + (f"x-request-id: {rid}\r\n".encode() if rid else b"")
+        + b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}".encode() + b"\r\n" + data + b"\r\n"
+
+
+def _send_flood(sock: socket.socket, start: bytes, piece: bytes, end: bytes) -> None:
+    """Send `start`, then `piece` until ATTACK_BYTES went or the vault closed, then
+    `end` (if it still reads)."""
+    try:
+        sock.sendall(start)
+        for _ in range(ATTACK_BYTES // len(piece)):
+            sock.sendall(piece)
+        sock.sendall(end)
+    except OSError:
+        pass  # closed by the vault: what the fix does
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, object]]:
+    """The status and JSON body of the first answer read (a bounded wait: a hang fails)."""
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data or len(data) < _length(data):
+            more = sock.recv(65536)
+            if not more:
+                break
+            data += more
+    except OSError:
+        pass
+    assert data, "no answer"
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body[: _length(data) - len(head) - 4] or b"{}")
+
+
+def _length(data: bytes) -> int:
+    head, sep, _ = data.partition(b"\r\n\r\n")
+    if not sep:
+        return 1 << 30
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(head) + 4 + int(value)
+    return len(data)
+
+
+SHAPES = {
+    # Many small trailer fields: each a tuple of two bytes objects in the header list.
+    "many trailer fields": (b"0\r\n", b"a:b\r\n" * 64, b"\r\n"),
+    # One trailer value megabytes long: httptools copies it whole at every read.
+    "one long trailer value": (b"0\r\nx-long: ", b"v" * 4096, b"\r\n\r\n"),
+    # A chunk extension megabytes long, then the last chunk.
+    "one long chunk extension": (b"1;ext=", b"e" * 4096, b"\r\n \r\n0\r\n\r\n"),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_a_flood_after_the_body_is_refused_as_a_head_too_large(
+    vault: tuple[VaultServer, str], shape: str
+) -> None:
+    server, protocol = vault
+    start, piece, end = SHAPES[shape]
+    rid = new_request_id()
+    with _connect(server) as sock:
+        _send_flood(sock, _chunked_head(rid=rid) + _chunk(BODY) + start, piece, end)
+        status, problem = _answer(sock)
+    # The app had the request (its head was whole): it leaves its entry, a refusal.
+    # (It saw the body end early, so the entry says malformed_json: a bound.)
+    for _ in range(200):  # a bounded wait: only a hang fails
+        if entries := request_entries(server.runtime.engine, rid):
+            break
+        time.sleep(0.05)
+    assert [(e["action"], e["outcome"], e["details"]["status"]) for e in entries] == [
+        ("api.request", "failed", 400)
+    ]
+    # h11 refuses a trailer section past its 16 KiB buffer as a parser error.
+    assert status == 400, problem
+    assert problem.get("code") in {"request_head_too_large", "malformed_http_request"}, problem
+    if protocol == "httptools":
+        assert problem.get("code") == "request_head_too_large", problem
+
+
+def test_a_chunked_body_in_small_chunks_with_a_few_trailers_is_still_answered(
+    vault: tuple[VaultServer, str],
+) -> None:
+    """What a real client may send: the body in 64-byte chunks, two trailer fields."""
+    body = b'{"pan": "4111111111111111", "format": "uuid", "metadata": {"order": "%s"}}' % (
+        b"o" * 200
+    )
+    chunks = b"".join(_chunk(body[i : i + 64]) for i in range(0, len(body), 64))
+    with _connect(vault[0]) as sock:
+        sock.sendall(_chunked_head() + chunks + b"0\r\nx-checksum: abc\r\nx-other: d\r\n\r\n")
+        status, answer = _answer(sock)
+    assert status == 200, answer
+
+
+@pytest.fixture(scope="module")
+def health_url() -> Iterator[tuple[str, int]]:
+    port = free_port()
+    server = BackgroundServer(build_health_server(dict, Readiness(), "127.0.0.1", port))
+    server.start()
+    try:
+        yield "127.0.0.1", port
+    finally:
+        server.stop()
+
+
+def test_the_health_listener_bounds_trailers_too(health_url: tuple[str, int]) -> None:
+    """The plain-HTTP health port (no certificate, no identity) runs llhttp as well. Its
+    app answers before reading a body, so the flood cannot change that answer: the
+    connection is closed instead, and a request pipelined behind the flood is never
+    answered (before, the flood was read whole and the next request answered too)."""
+    start, piece, end = SHAPES["many trailer fields"]
+    again = b"GET /livez HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    with socket.create_connection(health_url, timeout=30) as sock:
+        _send_flood(sock, _chunked_head("/livez", "GET") + _chunk(b"x") + start, piece, end + again)
+        received = b""
+        try:
+            while more := sock.recv(65536):  # until the listener closes (keep-alive: 5 s)
+                received += more
+        except OSError:
+            pass
+    assert received.count(b"HTTP/1.1 ") == 1, received
