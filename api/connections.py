@@ -53,8 +53,8 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 MALFORMED: Final = "malformed_http_request"
 HEAD_TOO_LARGE: Final = "request_head_too_large"
 # A chunked request's framing and trailers may take the head bound, plus one byte for
-# every 64 of body (a client streaming in chunks of a few hundred bytes): review 30b.
-_FRAMING_PER_BODY: Final = 64
+# every 16 of body (chunks of 128 bytes or more never reach it): review 30b.
+_FRAMING_PER_BODY: Final = 16
 
 
 def _problem_400(code: str) -> bytes:
@@ -408,8 +408,11 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
         self._head_bytes = self._body_bytes = self._framing = 0
 
     def on_body(self, body: bytes) -> None:
-        self._body_in_read += len(body)
-        self._body_bytes += len(body)
+        # Only body the app may still read is body: once its answer is complete uvicorn
+        # drops the rest, which then counts as framing (it buys no trailer allowance).
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._body_in_read += len(body)
+            self._body_bytes += len(body)
         super().on_body(body)
 
     def on_headers_complete(self) -> None:
