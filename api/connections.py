@@ -410,7 +410,8 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         # Only body the app may still read is body: once its answer is complete uvicorn
         # drops the rest, which then counts as framing (it buys no trailer allowance).
-        if self.cycle is not None and not self.cycle.response_complete:
+        cycle: Any = self.cycle  # None before the first request
+        if cycle is not None and not cycle.response_complete:
             self._body_in_read += len(body)
             self._body_bytes += len(body)
         super().on_body(body)
