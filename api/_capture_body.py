@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-__all__ = ["framed_within", "limited"]
+__all__ = ["declared_length", "framed_within", "limited"]
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -24,16 +24,26 @@ class _BodyTooLarge(Exception):
     state, and the listener answers 413 ``payload_too_large``."""
 
 
+# Past any body a listener takes (and past what llhttp's 64-bit length holds).
+_LONGEST_LENGTH = 1 << 64
+
+
+def declared_length(text: str) -> int | None:
+    """The length a ``Content-Length`` value `text` declares; None unless it is ASCII
+    digits. Read by its digits, leading zeros dropped: llhttp passes any number of
+    them, and `int()` raises past 4,300 digits (review 30b: a 500 before the request's
+    identity, bucket or audit entry). Beyond 20 significant digits: `_LONGEST_LENGTH`."""
+    if not (text.isascii() and text.isdigit()):  # "²".isdigit(), int("²") raises
+        return None
+    digits = text.lstrip("0")
+    return int(digits or "0") if len(digits) <= 20 else _LONGEST_LENGTH
+
+
 def framed_within(headers: Mapping[str, str], limit: int) -> bool:
     """Whether a request's `headers` (lower-case names) frame its body by a
     ``Content-Length`` of at most `limit` bytes and by nothing else."""
-    length = headers.get("content-length", "")
-    return (
-        "transfer-encoding" not in headers
-        and length.isascii()
-        and length.isdigit()
-        and int(length) <= limit
-    )
+    length = declared_length(headers.get("content-length", ""))
+    return "transfer-encoding" not in headers and length is not None and length <= limit
 
 
 def limited(receive: Receive, state: MutableMapping[str, Any], limit: int) -> Receive:

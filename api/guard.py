@@ -35,7 +35,7 @@ import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from api._capture_body import limited
+from api._capture_body import declared_length, limited
 from api.crl import RevokedCertificates
 from api.errors import CertificateRevoked, IdentityMissing
 from api.observability import Telemetry, method_name
@@ -326,15 +326,15 @@ class RequestGuard:
     ) -> Response | None:
         if scope["method"] not in _BODY_METHODS:
             return None
-        length = headers.get("content-length")
-        if length is not None:
-            if not (length.isascii() and length.isdigit()):  # "²".isdigit(), int("²") raises
+        text = headers.get("content-length")
+        if text is not None:
+            if (length := declared_length(text)) is None:
                 return problem_for(scope, "invalid_request", "bad Content-Length", request_id)
-            if int(length) > limit:
+            if length > limit:
                 return problem_for(
                     scope, "payload_too_large", f"the body may be at most {limit} bytes", request_id
                 )
-            if int(length) == 0:
+            if length == 0:
                 return None
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json" and not content_type.endswith("+json"):
