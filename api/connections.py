@@ -330,6 +330,7 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
     _body_bytes: int = 0
     _body_in_read: int = 0
     _framing: int = 0
+    _head_fields: int = 0  # the request's header fields before its trailers
 
     @property
     def cofre_identity(self) -> str | None:
@@ -361,12 +362,10 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
             # headers and httptools joins a field's value across reads by copying it,
             # so without this bound a chunked request's trailers grew the worker's
             # memory (and its copying) until the body deadline (review 30b).
+            # (A read that ends the request is measured by its trailer fields instead,
+            # in `on_message_complete`.)
             self._framing += len(data) - self._body_in_read
-            if self._framing > self.max_header_bytes + self._body_bytes // _FRAMING_PER_BODY:
-                _log.warning(
-                    "request refused: chunk framing or trailers too large",
-                    limit=self.max_header_bytes,
-                )
+            if self._framing > self._framing_room():
                 self._refuse_mid_body()
                 return
         if self._in_head:
@@ -408,11 +407,13 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
         self._head_bytes = self._body_bytes = self._framing = 0
 
     def on_body(self, body: bytes) -> None:
-        # Only body the app may still read is body: once its answer is complete uvicorn
-        # drops the rest, which then counts as framing (it buys no trailer allowance).
+        # Body is never framing; but only body the app may still read buys framing
+        # room: once its answer is complete uvicorn drops the rest (read on, as before,
+        # until the message ends or the body deadline: closing with it unsent could
+        # reset the connection before the client reads its answer).
+        self._body_in_read += len(body)
         cycle: Any = self.cycle  # None before the first request
         if cycle is not None and not cycle.response_complete:
-            self._body_in_read += len(body)
             self._body_bytes += len(body)
         super().on_body(body)
 
@@ -428,12 +429,19 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
             # Stops the parser before the app sees the request (uvicorn answers the
             # parser error with a 400 of its own, dropped by `send_400_response`).
             raise _HeadTooLarge
+        self._head_fields = len(self.headers)
         before = self.cycle
         super().on_headers_complete()
         if self.cycle is not before:
             self._requests.began(self.cycle)
 
     def on_message_complete(self) -> None:
+        # Trailer fields that came in the read ending the request (`data_received`
+        # measures the reads before it): uvicorn appended them to the headers.
+        trailers = self.headers[self._head_fields :]
+        if sum(len(name) + len(value) + 4 for name, value in trailers) > self._framing_room():
+            self._refuse_mid_body()
+            raise _HeadTooLarge  # stops the parser: a request behind it is not read
         super().on_message_complete()
         self._reading = False
         self._completed = True
@@ -449,11 +457,16 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
             self.transport.write(_problem_400(code))
             self.transport.close()
 
+    def _framing_room(self) -> int:
+        """How many bytes of framing and trailers the request being read may send."""
+        return self.max_header_bytes + self._body_bytes // _FRAMING_PER_BODY
+
     def _refuse_mid_body(self) -> None:
         """Refuse the request being read: its 400 unless its answer has begun (the app
         may answer before reading the body: then only the connection is closed), and
         the connection closed, as the body deadline closes it (the app sees a
         disconnect)."""
+        _log.warning("request refused: chunk framing or trailers too large")
         self._guard.disarm()
         cycle: Any = self.cycle
         if cycle is not None and not cycle.response_started:
