@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, Row, bindparam, select
 
 from vault.operations._items import _Item
 from vault.storage.rawsql import fetch_all, fetch_records
@@ -90,6 +90,28 @@ def _convergent_records(
         return fetch_records(connection, tokens, "true", params, source=_CONVERGENT_PG)
     params = [domain, token_format, *fps]
     return fetch_records(connection, tokens, _CONVERGENT_WHERE, params, in_list=len(fps))
+
+
+def _convergent_rows(
+    connection: Connection, domain: str, items: Sequence[_Item]
+) -> dict[tuple[str, bytes], Row[Any]]:
+    # Under any fingerprint key version a row may carry (two while one migrates); an
+    # item answers only from a token of its own format.
+    by_format: dict[str, set[bytes]] = {}
+    for item in items:
+        if item.convergent:
+            by_format.setdefault(item.request.format, set()).update(item.known_fps)
+    held: dict[tuple[str, bytes], Row[Any]] = {}
+    for token_format, fps in sorted(by_format.items()):
+        wanted = sorted(fps)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            found = _held_fingerprints(connection, domain, token_format, chunk)
+            if not found:
+                continue
+            for row in _convergent_records(connection, domain, token_format, found):
+                held[(row.format, bytes(row.fingerprint))] = row
+    return held
 
 
 _BY_IDEMPOTENCY_WHERE: Final = "domain = ? AND idempotency_key IN (?*)"

@@ -38,11 +38,7 @@ from vault.operations._candidates import TokenCandidates
 from vault.operations._idempotency import KeyedRows, keyed_rows, record_keys
 from vault.operations._inputs import expiry
 from vault.operations._items import _Answers, _Call, _Item, gone, longest
-from vault.operations._statements import (
-    _convergent_records,
-    _held_fingerprints,
-    _keys_used_elsewhere,
-)
+from vault.operations._statements import _convergent_rows, _keys_used_elsewhere
 from vault.storage.database import as_utc
 from vault.storage.groupcommit import Merge
 from vault.storage.rawsql import insert_many
@@ -309,7 +305,7 @@ class TokenizeOperations(TokenCandidates):
         each with its item's index. Records each key used first here with its answer."""
         answers = _Answers(ctxs, [None] * len(items))
         by_key = keyed.by_key
-        held = self._convergent_rows(connection, domain, items)
+        held = _convergent_rows(connection, domain, items)
         fresh: dict[int, str] = {}  # item index -> candidate token
         for index, item in enumerate(items):
             if self._answer_by_key(answers, index, items, by_key, batch=batch):
@@ -356,28 +352,6 @@ class TokenizeOperations(TokenCandidates):
             connection, domain, ctxs, answers.results, answers.first_with_key, keyed, now, since
         )
         return [r for r in answers.results if r is not None], answers.events
-
-    @staticmethod
-    def _convergent_rows(
-        connection: Connection, domain: str, items: Sequence[_Item]
-    ) -> dict[tuple[str, bytes], Row[Any]]:
-        # Under any fingerprint key version a row may carry (two while one migrates); an
-        # item answers only from a token of its own format.
-        by_format: dict[str, set[bytes]] = {}
-        for item in items:
-            if item.convergent:
-                by_format.setdefault(item.request.format, set()).update(item.known_fps)
-        held: dict[tuple[str, bytes], Row[Any]] = {}
-        for token_format, fps in sorted(by_format.items()):
-            wanted = sorted(fps)
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
-                found = _held_fingerprints(connection, domain, token_format, chunk)
-                if not found:
-                    continue
-                for row in _convergent_records(connection, domain, token_format, found):
-                    held[(row.format, bytes(row.fingerprint))] = row
-        return held
 
     def _answer_by_key(
         self,
