@@ -412,7 +412,8 @@ class TokenizeOperations(TokenCandidates):
     ) -> bool:
         """Answer a convergent item from the token its card already has in the domain
         (or from the same card earlier in this call). An expired token is shredded and
-        the item gets a new one. Returns whether the item is answered."""
+        the item gets a new one (`_replace_expired`). Returns whether the item is
+        answered."""
         token_format = item.request.format
         found = next(
             (held[(token_format, fp)] for fp in item.known_fps if (token_format, fp) in held),
@@ -420,25 +421,50 @@ class TokenizeOperations(TokenCandidates):
         )
         if found is not None:
             expires = as_utc(found.expires_at)
-            if expires is None or expires > now:
+            if expires is not None and expires <= now:
+                found = self._replace_expired(connection, answers, index, found, now)
+                for fp in item.known_fps:  # a later item of the card: as this one
+                    if found is None:
+                        held.pop((token_format, fp), None)
+                    elif (token_format, fp) in held:
+                        held[(token_format, fp)] = found
+            if found is not None:
                 answers.answer(self, index, found, "convergent")  # its life: `_lives`
                 return True
-            self._shred(connection, found.id, now)
-            purge = self._audit_event(
-                answers.ctxs[index],
-                "purge",
-                Outcome.SUCCESS,
-                token_id=found.id,
-                details={"reason": "expired, replaced by a new token"},
-            )
-            answers.events.append((index, purge))
-            for fp in item.known_fps:
-                held.pop((token_format, fp), None)
         earlier = answers.first_for.setdefault((token_format, item.fingerprint), index)
         if earlier != index:
             answers.same(index, earlier, "convergent")
             return True
         return False
+
+    def _replace_expired(
+        self, connection: Connection, answers: _Answers, index: int, row: Row[Any], now: datetime
+    ) -> Row[Any] | None:
+        """Shred `row`, the card's token read expired without a lock, audited in item
+        `index`'s entries; None: the item gets a new token. Made live since on another
+        node (an update, an `_outlive`: review 29c's race, for the purge), the row is
+        returned as it now stands for the item to answer: the card's one convergent
+        token in the domain, its holder told it lives (nor could a new one be stored
+        beside it). Shredded since (a purge, a delete): a new token, and no entry."""
+        if not self._shred(connection, row.id, now, expired=True):
+            # Locked (PostgreSQL): as it stays until the commit.
+            row = connection.execute(
+                select(tokens).where(tokens.c.id == row.id).with_for_update()
+            ).one()
+            if row.deleted_at is not None:
+                return None
+            if (ends := as_utc(row.expires_at)) is None or ends > now:
+                return row
+            self._shred(connection, row.id, now)  # a shorter life, ended too
+        purge = self._audit_event(
+            answers.ctxs[index],
+            "purge",
+            Outcome.SUCCESS,
+            token_id=row.id,
+            details={"reason": "expired, replaced by a new token"},
+        )
+        answers.events.append((index, purge))
+        return None
 
     def _lives(
         self,
