@@ -90,12 +90,17 @@ def card_bundle(request: TokenizeRequest, spec: FormatSpec, now: datetime) -> Ca
             raise SecurityCodeForbidden(
                 f"format {request.format!r} forbids a security code: send the card without it"
             )
-    return CardBundle(
-        pan=request.pan,
-        expiry=None if request.expiry is None else normalize_expiry(request.expiry, now),
-        cardholder_name=(
-            None
-            if request.cardholder_name is None
-            else normalize_cardholder_name(request.cardholder_name)
-        ),
+    card_expiry, name = card_details(request.expiry, request.cardholder_name, now)
+    return CardBundle(pan=request.pan, expiry=card_expiry, cardholder_name=name)
+
+
+def card_details(
+    card_expiry: str | None, cardholder_name: str | None, now: datetime
+) -> tuple[str | None, str | None]:
+    """The card's expiry and cardholder name as stored, each None when not sent (a
+    blank name too): what tokenize and update (`vault.operations.update`) both take.
+    Raises `InvalidExpiry`, `CardExpired`, `InvalidCardholderName`."""
+    return (
+        None if card_expiry is None else normalize_expiry(card_expiry, now),
+        None if cardholder_name is None else normalize_cardholder_name(cardholder_name),
     )

@@ -21,11 +21,11 @@ from sqlalchemy import Connection, Row, select, update
 from audit.log import AuditEvent, DetailValue, Outcome
 from policies.errors import PolicyDenied
 from policies.models import Action, IdentityPolicy
-from vault.card import CardBundle, normalize_cardholder_name, normalize_expiry
+from vault.card import CardBundle
 from vault.errors import InvalidInput, TokenNotFound
 from vault.models import CallContext, TokenRecord, TokenUpdate
 from vault.operations._early import EarlyRate
-from vault.operations._inputs import expiry, validate_metadata
+from vault.operations._inputs import card_details, expiry, validate_metadata
 from vault.storage.database import as_utc
 from vault.storage.schema import tokens
 
@@ -118,16 +118,14 @@ class UpdateOperations(EarlyRate):
             )
         if change.sets_ttl:
             expiry(now, change.ttl_seconds)  # raises InvalidTTL
+        metadata = None if change.metadata is None else validate_metadata(change.metadata)
+        card_expiry, name = card_details(change.expiry, change.cardholder_name, now)
         checked = _Checked(
-            metadata=None if change.metadata is None else validate_metadata(change.metadata),
+            metadata=metadata,
             sets_ttl=change.sets_ttl,
             ttl_seconds=change.ttl_seconds,
-            card_expiry=None if change.expiry is None else normalize_expiry(change.expiry, now),
-            cardholder_name=(
-                None
-                if change.cardholder_name is None
-                else normalize_cardholder_name(change.cardholder_name)
-            ),
+            card_expiry=card_expiry,
+            cardholder_name=name,
         )
         if not checked.fields:
             # A blank name alone changes nothing (a stored name is not removed): refused
