@@ -147,6 +147,22 @@ def test_bad_bodies_are_problems_and_change_nothing(vault: VaultServer) -> None:
 
 
 # ------------------------------------------------------------------ the interface
+def test_a_late_keyed_retry_does_not_undo_an_update(vault: VaultServer) -> None:
+    """The shop's first tokenize timed out on its side, the card was reissued and
+    updated, then the shop's retry of that first call arrived: a retry with its
+    idempotency key is a replay (the token as it stands), so the reissued card's expiry
+    stays. Before, the retry resealed the expiry it carried, the old one, and the
+    card's next authorisations were declined until the shop sent the new one again."""
+    first = {**CARD, "idempotency_key": "order-late", "expiry": "03/27"}
+    token = _tokenize(vault, **first)
+    answer = _call(vault, "payments", "PATCH", f"/v1/tokens/{token}", {"expiry": "03/30"})
+    assert answer.status_code == 200, answer.text
+    retry = _call(vault, "payments", "POST", "/v1/tokenize", {**CARD, **first})
+    assert (retry.status_code, retry.json()["token"]) == (200, token)
+    full = _call(vault, "settlement", "POST", "/v1/detokenize", {"token": token}).json()
+    assert (full["pan"], full["expiry"]) == (PAN, "2030-03")
+
+
 def test_a_reissued_cards_new_expiry_over_the_api(vault: VaultServer) -> None:
     token = _tokenize(vault, expiry="03/27", cardholder_name="Zoe Doe", metadata={"o": "1"})
     answer = _call(vault, "payments", "PATCH", f"/v1/tokens/{token}", {"expiry": "03/30"})

@@ -163,14 +163,16 @@ def test_a_reissued_card_gets_its_new_expiry_on_the_same_token(cards: VaultServi
     # A call without details leaves them as they are.
     cards.tokenize(PAYMENTS, TokenizeRequest(MC, "pan_bin6_last4"))
     assert cards.detokenize(GETNET, first.token).expiry == "2030-05"
-    # So does an idempotent retry that sends them again.
+    # So does a retry with the first call's idempotency key, whatever it carries: a
+    # replay, never a write (a late one would undo a later update, session 30).
     keyed = cards.tokenize(
         PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4", idempotency_key="k", expiry="02/28")
     )
-    cards.tokenize(
+    again = cards.tokenize(
         PAYMENTS, TokenizeRequest(VISA, "pan_bin6_last4", idempotency_key="k", expiry="02/29")
     )
-    assert cards.detokenize(GETNET, keyed.token).expiry == "2029-02"
+    assert again.token == keyed.token
+    assert cards.detokenize(GETNET, keyed.token).expiry == "2028-02"
 
 
 def test_batches_carry_bundles(cards: VaultService) -> None:

@@ -184,14 +184,13 @@ def test_finding_an_update_that_changes_nothing_is_refused_not_audited_as_done(
         vault.close()
 
 
-def test_a_later_keyed_retry_with_details_replaces_what_an_update_set(
+def test_a_later_keyed_retry_leaves_what_an_update_set(
     engine: Engine, hsm_provider: HSMProvider
 ) -> None:
-    """A bound, documented in the threat model: a tokenize of the card that carries an
-    expiry or a name replaces the stored ones (a reissued card's new expiry), and so does
-    an idempotent retry within the key window, even of a request first sent before an
-    update. The retry is answered the token as it stands (the update's metadata and
-    life), and its entry names it."""
+    """Review 29c left this as a bound; session 30 closed it: a retry with a call's
+    idempotency key is a replay, so a late retry of a request first sent before an
+    update no longer puts the old expiry back. It is answered the token as it stands
+    (the update's metadata and life), and changes none of it."""
     vault = _vault(engine, hsm_provider, Clock())
     try:
         request = TokenizeRequest(
@@ -201,6 +200,6 @@ def test_a_later_keyed_retry_with_details_replaces_what_an_update_set(
         vault.update(PAYMENTS, token, TokenUpdate(expiry="03/30", metadata={"o": "2"}))
         again = vault.tokenize(PAYMENTS, request)
         assert (again.token, again.metadata) == (token, {"o": "2"})
-        assert vault.detokenize(GETNET, token).expiry == "2027-03"
+        assert vault.detokenize(GETNET, token).expiry == "2030-03"
     finally:
         vault.close()

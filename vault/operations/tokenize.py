@@ -318,7 +318,8 @@ class TokenizeOperations(TokenCandidates):
                 item.spec, item.request.pan, domain
             )
         for index, stored in answers.stored.items():
-            if items[index].card.has_details:  # e.g. a reissued card's new expiry
+            # A reissued card's new expiry; never a keyed retry's: a replay (session 30).
+            if items[index].card.has_details and answers.how[index] != "idempotent":
                 self._reseal(
                     connection, stored, items[index].card, replace=items[index].replaces_details
                 )
