@@ -41,6 +41,7 @@ from cofre_evidence_verifier.heads import HANDOVERS
 from cofre_evidence_verifier.keychain import Handover
 from cofre_evidence_verifier.note import (
     ALG_COSIGNATURE_V1,
+    NoteSignature,
     VerifierKey,
     parse_note,
     require_quorum,
@@ -60,6 +61,30 @@ def read_witness_keys(texts: Sequence[str]) -> list[VerifierKey]:
         if key.algorithm != ALG_COSIGNATURE_V1:
             raise NoteError(f"{_NOT_COSIGNER} {key.name} (type 0x{key.algorithm:02x})")
     return keys
+
+
+def minority_quorum(witness_keys: Sequence[VerifierKey], quorum: int) -> str | None:
+    """What is wrong with requiring `quorum` of the distinct `witness_keys`, if it is
+    not more than half of them (review 30), else None.
+
+    Two quorums of the pinned witnesses must share one, or each of two histories can
+    meet one: the vault's operator decides which witnesses the publisher reaches, so
+    they can keep some behind (or never submit to them), rewrite the log past the last
+    head those cosigned, re-sign it with the HSM key and have them cosign the rewrite,
+    which extends what they saw. The witnesses that saw the genuine log refuse it, but
+    with 1 of 2 pinned the lagging one is enough. Each public key counts once, as in
+    `require_quorum`."""
+    distinct = len({key.public for key in witness_keys})
+    if not witness_keys or 2 * quorum > distinct:
+        return None  # none pinned: `require_quorum` names it
+    return (
+        f"a quorum of {quorum} of the {distinct} witnesses pinned is not more than half of "
+        "them: two sets of witnesses that share none could each cosign another history "
+        "of the log (a split view: the operator keeps some witnesses behind and has them "
+        "cosign a rewrite); require a majority (--quorum "
+        f"{distinct // 2 + 1}), or all of them (--quorum {distinct}), or pin only the "
+        "witnesses you mean to require"
+    )
 
 
 def _when(seconds: int) -> str:
@@ -103,6 +128,35 @@ def _check_handovers(
     return None if len(said) < len(handovers) else "".join(said)
 
 
+def _covering_note(
+    files: Files, heads: Heads, size: int, report: Report
+) -> tuple[str, list[NoteSignature]] | None:
+    """The text and signatures of `audit/checkpoint.note` if it is the covering head
+    `size`'s checkpoint as a signed note; else None, reported."""
+    head = heads.get(size)
+    if head is None:
+        report.fail(f"{CHECKPOINT_NOTE}: the covering head {size} is not a verified head")
+        return None
+    data = files.get(CHECKPOINT_NOTE)
+    if data is None:
+        report.fail(
+            f"{CHECKPOINT_NOTE}: missing: the bundle carries no witnessed checkpoint, so "
+            "nothing but the vault's own key vouches for its log"
+        )
+        return None
+    try:
+        text, signatures = parse_note(data)
+    except NoteError as exc:
+        report.fail(f"{CHECKPOINT_NOTE}: not a signed note: {exc}")
+        return None
+    if text != str(head["checkpoint"]):
+        report.fail(
+            f"{CHECKPOINT_NOTE}: its checkpoint is not the covering head {size}'s checkpoint"
+        )
+        return None
+    return text, signatures
+
+
 def check_witnesses(
     files: Files,
     manifest: dict[str, object],
@@ -123,30 +177,17 @@ def check_witnesses(
         if key.algorithm != ALG_COSIGNATURE_V1:
             report.fail(f"{_NOT_COSIGNER} {key.name} (type 0x{key.algorithm:02x}): not counted")
     witness_keys = [k for k in witness_keys if k.algorithm == ALG_COSIGNATURE_V1]
+    problem = minority_quorum(witness_keys, quorum)
+    if problem is not None:
+        report.fail(problem)
+        return
     handovers_said = _check_handovers(handovers, witness_keys, quorum, report)
     covering = manifest.get("covering_head")
     size = int(covering.get("tree_size", -1)) if isinstance(covering, dict) else -1
-    head = heads.get(size)
-    if head is None:
-        report.fail(f"{CHECKPOINT_NOTE}: the covering head {size} is not a verified head")
+    note = _covering_note(files, heads, size, report)
+    if note is None:
         return
-    data = files.get(CHECKPOINT_NOTE)
-    if data is None:
-        report.fail(
-            f"{CHECKPOINT_NOTE}: missing: the bundle carries no witnessed checkpoint, so "
-            "nothing but the vault's own key vouches for its log"
-        )
-        return
-    try:
-        text, signatures = parse_note(data)
-    except NoteError as exc:
-        report.fail(f"{CHECKPOINT_NOTE}: not a signed note: {exc}")
-        return
-    if text != str(head["checkpoint"]):
-        report.fail(
-            f"{CHECKPOINT_NOTE}: its checkpoint is not the covering head {size}'s checkpoint"
-        )
-        return
+    text, signatures = note
     try:
         valid = require_quorum(text, signatures, witness_keys, quorum)
     except NoteError as exc:
