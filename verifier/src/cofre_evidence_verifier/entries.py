@@ -2,7 +2,9 @@
 claims (at least one, all inside the covering head's tree), each inside the period, and
 the Merkle root rebuilt from them (and the subtree hashes around them) is the covering
 signed head's, as the manifest states; each inclusion proof verifies, which names the
-first entry that was changed, removed or reordered."""
+first entry that was changed, removed or reordered. Each signed head whose size lies
+within the period's entries must be a prefix of the covering head (review 30): one that
+is not is a head of another history, named and dropped from the verified heads."""
 
 from __future__ import annotations
 
@@ -24,6 +26,15 @@ from cofre_evidence_verifier.merkle import CompactRange, included, leaf_hash
 from cofre_evidence_verifier.report import Report
 
 
+def _starting(blocks: dict[tuple[int, int], bytes], size: int) -> dict[int, tuple[int, bytes]]:
+    """The subtree hashes by the leaf each starts at (one per leaf: the last given)."""
+    return {
+        index << level: (level, value)
+        for (level, index), value in blocks.items()
+        if 0 <= level < size.bit_length() and 0 <= index < size
+    }
+
+
 def rebuild_root(
     blocks: dict[tuple[int, int], bytes], leaves: dict[int, bytes], size: int
 ) -> bytes:
@@ -35,11 +46,7 @@ def rebuild_root(
     # Sorted once: whether a subtree overlaps a leaf of the period is then one bisection,
     # not a scan of every leaf per subtree hash (quadratic in the bundle, review 29).
     indices = sorted(leaves)
-    starting = {
-        index << level: (level, value)
-        for (level, index), value in blocks.items()
-        if 0 <= level < size.bit_length() and 0 <= index < size
-    }
+    starting = _starting(blocks, size)
     tree = CompactRange()
     while tree.size < size:
         at = tree.size
@@ -59,6 +66,63 @@ def rebuild_root(
             )
         tree.append_subtree(level, value)
     return tree.root()
+
+
+def prefix_roots(
+    blocks: dict[tuple[int, int], bytes],
+    leaves: dict[int, bytes],
+    start: int,
+    size: int,
+    sizes: set[int],
+) -> dict[int, bytes]:
+    """The root of the first `n` leaves for each `n` of `sizes` from `start` up to the
+    last of the period's consecutive `leaves`, in the tree of `size` leaves: the
+    complete-subtree hashes before `start` that `rebuild_root` takes (the same ones,
+    so a root it verified vouches for them), then the period's leaves one by one.
+    Raises `ProofError` when they do not cover the leaves before `start` exactly."""
+    starting = _starting(blocks, size)
+    tree = CompactRange()
+    while tree.size < start:
+        level, value = starting.get(tree.size, (-1, b""))
+        if level < 0 or tree.size + (1 << level) > start:
+            raise ProofError(f"no subtree hash covering leaf {tree.size} alone")
+        tree.append_subtree(level, value)
+    roots = {start: tree.root()} if start in sizes else {}
+    while tree.size in leaves:
+        tree.append(leaves[tree.size])
+        if tree.size in sizes:
+            roots[tree.size] = tree.root()
+    return roots
+
+
+def _check_period_heads(
+    blocks: dict[tuple[int, int], bytes],
+    leaves: dict[int, bytes],
+    *,
+    start: int,
+    covering: int,
+    heads: Heads,
+    report: Report,
+) -> None:
+    """Report, and drop from `heads`, each signed head whose size lies within the
+    period's entries and whose root is not the root of that many leaves of the covering
+    head's tree (review 30): the HSM key signs any tree, so such a head is a fork, not
+    one of this log's heads, whatever its signature says. Heads outside the period's
+    entries cannot be computed from the bundle and stay as check 3 left them."""
+    sizes = {size for size in heads if size != covering}
+    try:
+        roots = prefix_roots(blocks, leaves, start, covering, sizes)
+    except ProofError:
+        return  # the root check names what does not cover
+    for size, root in sorted(roots.items()):
+        if base64.b64decode(heads[size]["root_hash"]) != root:
+            report.fail(
+                f"audit/heads.jsonl: head {size} is not a prefix of the covering head "
+                f"{covering}: its root is not the root of the first {size} entries of the "
+                "log the bundle proves (a head of another history, signed with the audit "
+                "key: a fork)"
+            )
+            heads.pop(size)
 
 
 def _range_problem(start: int, end: int, size: int) -> str | None:
@@ -200,6 +264,8 @@ def check_entries(files: Files, manifest: dict[str, Any], heads: Heads, report: 
         ),
         None,
     )
+    if recomputed == root:
+        _check_period_heads(blocks, leaves, start=start, covering=size, heads=heads, report=report)
     if recomputed != root:
         where = f"; first bad entry: index {first_bad}" if first_bad is not None else ""
         report.fail(

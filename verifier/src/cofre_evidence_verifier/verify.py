@@ -16,7 +16,8 @@ it finds (not only the first):
 5. the Merkle root recomputed from the entries (and the subtree hashes around them)
    equals the covering signed head's root (and the manifest's covering root), and each
    entry's inclusion proof verifies, which names the first entry that was changed,
-   removed or reordered (`entries`);
+   removed or reordered, and each head of a size within the period's entries is a
+   prefix of the covering head (`entries`);
 6. the policy versions in force during the period (`policy/versions.jsonl`) are policy
    load/reload entries of the log itself (text matching its SHA-256, inclusion proof
    valid), the first one in force at the period's start, and `policy/policy.toml` is
@@ -33,8 +34,8 @@ it finds (not only the first):
    or in both); and the consistency proof from its last signed head to this bundle's
    (a rewritten, forked log fails here) (`chain`);
 8. the covering head's witnessed checkpoint (`audit/checkpoint.note`), and every audit
-   key handover of the chain (`audit/handovers.jsonl`), carries a quorum of
-   cosignatures by the witness keys the auditor pinned (`witnesses`): the one check
+   key handover of the chain (`audit/handovers.jsonl`), carries a quorum, more than
+   half, of cosignatures by the witness keys the auditor pinned (`witnesses`): the one check
    that the HSM key's holder cannot pass with a rewritten or rolled-back log, or with a
    handover to a key of their own.
 
@@ -176,11 +177,12 @@ def _verify(
     report.summary = checked_summary(manifest)
     files.check_files(bundle, manifest, report)
     verified = heads.check_heads(bundle, key_chain, report, origin=origin)
+    # Drops each head of the period that is not a prefix of the covering head.
+    entries.check_entries(bundle, manifest, verified, report)
     report.verified_heads = [
         (size, str(head["root_hash"]), key_chain.describe(size))
         for size, head in sorted(verified.items())
     ]
-    entries.check_entries(bundle, manifest, verified, report)
     boundaries.check_boundaries(bundle, manifest, verified, report)
     policy.check_policy(bundle, manifest, verified, report)
     custody.check_custody(bundle, manifest, verified, report)
