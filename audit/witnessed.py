@@ -19,7 +19,14 @@ from sqlalchemy import Engine
 
 from audit.errors import AuditVerificationFailed, NoteError
 from audit.heads import SignedTreeHead
-from audit.note import VerifierKey, parse_checkpoint, parse_note, require_quorum, verify_note
+from audit.note import (
+    VerifierKey,
+    minority_quorum,
+    parse_checkpoint,
+    parse_note,
+    require_quorum,
+    verify_note,
+)
 from audit.publisher import cosignatures_of
 from audit.schema import audit_handover_cosignatures
 from audit.store import AuditStore
@@ -33,6 +40,11 @@ def verify_witnessed(
     does not verify, or the newest head or an audit key handover lacks a quorum."""
     if not heads:
         raise AuditVerificationFailed("no signed tree head: nothing was witnessed")
+    # The operator chooses which witnesses the publisher reaches: with a minority
+    # quorum one kept behind cosigns a rewrite (review 30).
+    problem = minority_quorum(witnesses, quorum)
+    if problem is not None:
+        raise AuditVerificationFailed(problem)
     _require_witnessed_handovers(engine, witnesses, quorum)
     witnessed = 0
     for head in heads:

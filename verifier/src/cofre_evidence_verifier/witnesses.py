@@ -43,6 +43,7 @@ from cofre_evidence_verifier.note import (
     ALG_COSIGNATURE_V1,
     NoteSignature,
     VerifierKey,
+    minority_quorum,
     parse_note,
     require_quorum,
 )
@@ -61,30 +62,6 @@ def read_witness_keys(texts: Sequence[str]) -> list[VerifierKey]:
         if key.algorithm != ALG_COSIGNATURE_V1:
             raise NoteError(f"{_NOT_COSIGNER} {key.name} (type 0x{key.algorithm:02x})")
     return keys
-
-
-def minority_quorum(witness_keys: Sequence[VerifierKey], quorum: int) -> str | None:
-    """What is wrong with requiring `quorum` of the distinct `witness_keys`, if it is
-    not more than half of them (review 30), else None.
-
-    Two quorums of the pinned witnesses must share one, or each of two histories can
-    meet one: the vault's operator decides which witnesses the publisher reaches, so
-    they can keep some behind (or never submit to them), rewrite the log past the last
-    head those cosigned, re-sign it with the HSM key and have them cosign the rewrite,
-    which extends what they saw. The witnesses that saw the genuine log refuse it, but
-    with 1 of 2 pinned the lagging one is enough. Each public key counts once, as in
-    `require_quorum`."""
-    distinct = len({key.public for key in witness_keys})
-    if not witness_keys or 2 * quorum > distinct:
-        return None  # none pinned: `require_quorum` names it
-    return (
-        f"a quorum of {quorum} of the {distinct} witnesses pinned is not more than half of "
-        "them: two sets of witnesses that share none could each cosign another history "
-        "of the log (a split view: the operator keeps some witnesses behind and has them "
-        "cosign a rewrite); require a majority (--quorum "
-        f"{distinct // 2 + 1}), or all of them (--quorum {distinct}), or pin only the "
-        "witnesses you mean to require"
-    )
 
 
 def _when(seconds: int) -> str:
