@@ -23,7 +23,7 @@ from sqlalchemy import Engine, func, or_, select
 from audit.heads import SignedTreeHead, TreeHeadSigner
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.merkle import hash_b64
-from audit.publisher import cosignatures_of, witnessed_handover_notes, witnessed_note
+from audit.publisher import witnessed_handover_notes, witnessed_note
 from audit.retention import retired_overlapping
 from audit.schema import READ_ONLY, audit_entries, audit_leaves
 from audit.sequencer import Sequencer
@@ -37,6 +37,7 @@ from cofre_evidence_verifier.bundle import (
     POLICY_ACTIONS,
     SIGNATURE,
 )
+from compliance._covering import covering_head
 from compliance.custody import custody_json
 from compliance.dual_control import dual_control_json
 from compliance.errors import ChainBroken, ComplianceError, EvidenceUnavailable
@@ -47,7 +48,6 @@ SAMPLE: Final = 1000
 PAGE: Final = 1000
 # Policy entries carry the whole policy text: fewer per page.
 _POLICY_PAGE: Final = 50
-_NO_LIMIT: Final = 2**63 - 1
 AUTHORITIES_SOURCE: Final = (
     "the subjectAltName of the vault's TLS certificate at export: the hosts an officer's "
     "signed @authority must name, on one of the ports (443 when a Host names none)"
@@ -253,7 +253,7 @@ def write_bundle(
     if previous_manifest is not None:
         _check_chain_start(json.loads(previous_manifest), start, end)
     # Covering the end boundary too: the first entry after the period.
-    covering = _covering_head(engine, store, end + 1, page_size)
+    covering = covering_head(engine, store, end + 1, page_size)
     if covering is None:  # pragma: no cover - drain() signed one
         raise ComplianceError("no signed tree head covers the period yet")
     size = covering.tree_size
@@ -382,22 +382,6 @@ def _stage_sources(
                 sort_keys=True,
             ).encode(),
         )
-
-
-def _covering_head(
-    engine: Engine, store: AuditStore, end: int, page_size: int
-) -> SignedTreeHead | None:
-    """The first head that covers leaves [0, end) and that witnesses cosigned, else the
-    first that covers them; heads are read in keyset pages."""
-    first = None
-    above = end - 1
-    while page := store.heads_page(above, _NO_LIMIT, page_size):
-        first = first or page[0]
-        for head in page:
-            if cosignatures_of(engine, head.tree_size):
-                return head
-        above = page[-1].tree_size
-    return first
 
 
 def _stream_log(
