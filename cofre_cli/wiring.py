@@ -493,6 +493,7 @@ def _evidence_sources(
         # The names officers sign for, as `vault.officer_mfa` reads them (check 6c).
         officer_authorities=own_authorities(server.cert_file),
         officer_ports=officer_ports(server.port, server.officer_ports),
+        witness_quorum=settings.audit.witness_quorum,
     )
 
 

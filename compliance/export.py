@@ -76,6 +76,8 @@ class EvidenceSources:
     officer_authorities: Callable[[], Collection[str]] | None = None
     # The ports those requests may name (`vault.officer_mfa.officer_ports`).
     officer_ports: Collection[int] | None = None
+    # Cosignatures the covering head should carry (`COFRE_AUDIT__WITNESS_QUORUM`).
+    witness_quorum: int = 1
 
 
 def _blocks(start: int, end: int) -> list[tuple[int, int]]:
@@ -253,7 +255,7 @@ def write_bundle(
     if previous_manifest is not None:
         _check_chain_start(json.loads(previous_manifest), start, end)
     # Covering the end boundary too: the first entry after the period.
-    covering = covering_head(engine, store, end + 1, page_size)
+    covering = covering_head(engine, store, end + 1, page_size, quorum=sources.witness_quorum)
     if covering is None:  # pragma: no cover - drain() signed one
         raise ComplianceError("no signed tree head covers the period yet")
     size = covering.tree_size
