@@ -197,10 +197,31 @@ class AuditSettings(_Section):
     # COFRE_AUDIT__WITNESSES='[{"url": "...", "vkey": "..."}]' or [[audit.witnesses]].
     witnesses: tuple[WitnessSettings, ...] = ()
     # Cosignatures a head needs to count as witnessed (readiness, export's choice of
-    # covering head); auditors set their own with `--quorum`.
-    witness_quorum: int = Field(default=1, ge=1)
+    # covering head); auditors set their own with `--quorum`. Unset: more than half of
+    # the witnesses (`quorum`).
+    witness_quorum: int | None = Field(default=None, ge=1)
     # How often the publisher looks for a head its witnesses have not cosigned yet.
     publish_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
+
+    @property
+    def quorum(self) -> int:
+        """`witness_quorum`, or more than half of the distinct witnesses (1 for none)."""
+        if self.witness_quorum is not None:
+            return self.witness_quorum
+        return len({w.vkey for w in self.witnesses}) // 2 + 1
+
+    @model_validator(mode="after")
+    def _a_majority(self) -> AuditSettings:
+        # Every evidence verifier refuses a quorum of half the witnesses or fewer (a
+        # witness the operator keeps behind cosigns a rewrite: review 30); a vault set
+        # so would prefer, for its exports, heads those verifiers then refuse.
+        distinct = len({w.vkey for w in self.witnesses})
+        if self.witness_quorum is not None and 2 * self.witness_quorum <= distinct:
+            raise ValueError(
+                f"witness_quorum {self.witness_quorum} is not more than half of the "
+                f"{distinct} witnesses: set it to {distinct // 2 + 1} or more, or unset it"
+            )
+        return self
 
 
 class ArchiveSettings(_Section):

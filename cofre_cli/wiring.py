@@ -349,7 +349,7 @@ def build_runtime(
         service,
         periods,
         publisher=publisher_thread,
-        quorum=settings.audit.witness_quorum,
+        quorum=settings.audit.quorum,
     )
 
     def check_ready() -> dict[str, str]:
@@ -367,7 +367,7 @@ def build_runtime(
         # With witnesses: "ok", or how far their quorum trails (never fails readiness).
         return (
             checks
-            | witness_checks(publisher_thread, settings.audit.witness_quorum)
+            | witness_checks(publisher_thread, settings.audit.quorum)
             | _background_checks(purge_worker, worker)
         )
 
@@ -493,7 +493,7 @@ def _evidence_sources(
         # The names officers sign for, as `vault.officer_mfa` reads them (check 6c).
         officer_authorities=own_authorities(server.cert_file),
         officer_ports=officer_ports(server.port, server.officer_ports),
-        witness_quorum=settings.audit.witness_quorum,
+        witness_quorum=settings.audit.quorum,
     )
 
 

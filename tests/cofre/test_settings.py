@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -219,3 +220,28 @@ def test_the_idempotency_key_window_is_a_day_by_default_and_bounded(
             load_settings()
     monkeypatch.setenv("COFRE_TOKENS__IDEMPOTENCY_KEY_TTL_HOURS", "168")
     assert load_settings().tokens.idempotency_key_ttl_hours == 168
+
+
+def _witnesses(n: int) -> str:
+    return json.dumps([{"url": f"https://w{i}.example", "vkey": f"w{i}+0+key"} for i in range(n)])
+
+
+def test_the_witness_quorum_is_a_majority_by_default_and_a_minority_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 30: every evidence verifier refuses a quorum of half the pinned witnesses
+    or fewer (a witness the operator keeps behind cosigns a rewrite), so the vault's own
+    quorum (readiness, the head an export covers) is more than half of its witnesses
+    unless set, and a setting of half or fewer is refused at start."""
+    for n, majority in ((0, 1), (1, 1), (2, 2), (3, 2), (4, 3)):
+        monkeypatch.setenv("COFRE_AUDIT__WITNESSES", _witnesses(n))
+        assert load_settings().audit.quorum == majority
+    monkeypatch.setenv("COFRE_AUDIT__WITNESSES", _witnesses(2))
+    monkeypatch.setenv("COFRE_AUDIT__WITNESS_QUORUM", "1")
+    with pytest.raises(ConfigurationError, match=r"not more than half of the 2 witnesses"):
+        load_settings()
+    monkeypatch.setenv("COFRE_AUDIT__WITNESS_QUORUM", "2")
+    assert load_settings().audit.quorum == 2
+    monkeypatch.setenv("COFRE_AUDIT__WITNESSES", _witnesses(1))
+    monkeypatch.setenv("COFRE_AUDIT__WITNESS_QUORUM", "1")
+    assert load_settings().audit.quorum == 1
