@@ -8,26 +8,44 @@
  * so that the code path Cofre runs on CloudHSM is exercised in every test run. Where
  * AWS names no error code, the code chosen here is ours (see docs/cloudhsm.md).
  *
- * What it changes, and nothing else:
+ * What it changes, and nothing else (docs/cloudhsm.md, section 4, tabulates each with its
+ * source and says which error codes are AWS's and which are ours):
+ *  - Mechanisms: only those on SDK 5's list (pkcs11-mechanisms.html) are offered or
+ *    accepted; any other is refused with CKR_MECHANISM_INVALID (ours).
+ *  - Functions absent from SDK 5's list of PKCS#11 calls (pkcs11-apis.html), such as
+ *    C_CopyObject, C_SetAttributeValue, C_SeedRandom or C_DigestKey, answer
+ *    CKR_FUNCTION_NOT_SUPPORTED (ours: the PKCS#11 code for a function not offered).
+ *  - Data limits: CKM_SHA256_HMAC over more than 16,288 bytes (mechanism table, footnote 2)
+ *    and CKM_AES_GCM C_Encrypt/C_Decrypt over more than 16 KB (ki-pkcs11-sdk.html,
+ *    ki-pkcs11-8) fail with CKR_DATA_LEN_RANGE (ours); multi-part AES-GCM answers
+ *    CKR_MECHANISM_INVALID (AWS's, ki-pkcs11-8); multi-part CKM_ECDSA ("single-part
+ *    operations only") CKR_MECHANISM_INVALID (ours). The refused operation is ended.
  *  - AES key wrap only under the vendor numbers CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD
  *    (0x80002109, RFC 3394) and _ZERO_PAD (0x8000216F, RFC 5649), forwarded to
  *    SoftHSM2's 0x2109 / 0x210A. The standard 0x2109/0x210A/0x210B are absent from the
  *    mechanism list and refused (CKR_MECHANISM_INVALID).
  *  - AES-GCM encryption: the HSM picks the IV. The caller's pIv must be 12 zero bytes;
  *    the module writes its IV back into pIv (CKR_MECHANISM_PARAM_INVALID otherwise).
- *  - Generic-secret templates holding CKA_ENCRYPT, CKA_DECRYPT, CKA_WRAP or CKA_UNWRAP
- *    are refused with CKR_ATTRIBUTE_TYPE_INVALID (SDK 5 attribute table marks them
- *    unsupported). Empty CKA_ID or CKA_LABEL in a key template: CKR_ATTRIBUTE_VALUE_INVALID.
- *  - Read-only sessions are refused (SDK 5 opens read-write only): CKR_SESSION_READ_ONLY.
+ *  - Templates (attr-errors.html, pkcs11-attributes-interpreting.html): generic secrets
+ *    holding CKA_ENCRYPT, CKA_DECRYPT, CKA_WRAP or CKA_UNWRAP (unsupported for that key
+ *    type) answer CKR_TEMPLATE_INCONSISTENT, AWS's code for an attribute CloudHSM does
+ *    not support; CKA_LOCAL (read-only, "R") answers CKR_ATTRIBUTE_READ_ONLY (AWS's);
+ *    CKA_PRIVATE or CKA_MODIFIABLE set to false (footnote 1: "must be explicitly set
+ *    only to the default value", True) answer CKR_ATTRIBUTE_VALUE_INVALID (ours). Empty
+ *    CKA_ID or CKA_LABEL: CKR_ATTRIBUTE_VALUE_INVALID (ours).
+ *  - Read-only sessions are refused with CKR_FUNCTION_FAILED (AWS's, ki-pkcs11-13).
  *  - C_Initialize(NULL) asks SoftHSM2 for OS locking (CKF_OS_LOCKING_OK), as a networked
  *    library that serves many threads would lock for itself.
  *  - COFRE_SHIM_LATENCY_US: microseconds slept before every forwarded call (the network
  *    round trip to a cluster).
- *  - COFRE_SHIM_KEY_AVAILABILITY_MS: a new token key is refused (CKR_KEY_HANDLE_INVALID)
- *    for this long after creation, as a key not yet on a quorum of HSMs.
+ *  - COFRE_SHIM_KEY_AVAILABILITY_MS: a new token key is refused (CKR_KEY_HANDLE_INVALID,
+ *    ours) for this long after creation, as a key not yet on a quorum of HSMs
+ *    (working-client-sync.html: "any attempt to create or use a token key will fail").
+ *    Crypto calls are refused; with COFRE_SHIM_GATE_ATTRIBUTES=1 (or configure's third
+ *    argument) reading the new key's attributes is refused too: our reading of "use".
  *  - COFRE_SHIM_TARGET: the module to forward to (default SoftHSM2's).
- *  - cofre_shim_configure(latency_us, availability_ms): the tests' way to change both
- *    at run time in a process that already loaded the shim.
+ *  - cofre_shim_configure(latency_us, availability_ms, gate_attributes): the tests' way
+ *    to change these at run time in a process that already loaded the shim.
  *
  * Built by the test harness (tests/support/cloudhsm_shim.py) into the pytest temp dir:
  *   gcc -shared -fPIC -O2 -I/usr/include/p11-kit-1 cloudhsm_shim.c -o ... -ldl -lpthread
@@ -47,6 +65,33 @@
 #define STD_WRAP_PAD 0x210AUL
 #define STD_WRAP_KWP 0x210BUL
 #define MAX_PENDING_KEYS 256
+/* pkcs11-mechanisms.html, footnote 2 (maximum data size): CKM_SHA256_HMAC. */
+#define HMAC_SHA256_MAX_DATA 16288UL
+/* ki-pkcs11-sdk.html, ki-pkcs11-8: C_Encrypt/C_Decrypt buffers with CKM_AES_GCM. */
+#define GCM_MAX_DATA 16384UL
+#define OP_SLOTS 1024 /* limits.html: 1,024 sessions per application */
+
+/* SDK 5's mechanism list (pkcs11-mechanisms.html), as numbers SoftHSM2 can serve (the
+ * vendor AES wraps are mapped below; CKM_CLOUDHSM_AES_GCM has no SoftHSM2 twin). */
+static const CK_MECHANISM_TYPE sdk5_mechanisms[] = {
+    /* generate key and key pair */
+    CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_RSA_X9_31_KEY_PAIR_GEN, CKM_EC_KEY_PAIR_GEN,
+    CKM_GENERIC_SECRET_KEY_GEN, CKM_AES_KEY_GEN, CKM_DES3_KEY_GEN,
+    /* sign and verify */
+    CKM_RSA_X_509, CKM_RSA_PKCS, CKM_RSA_PKCS_PSS, CKM_SHA1_RSA_PKCS, CKM_SHA224_RSA_PKCS,
+    CKM_SHA256_RSA_PKCS, CKM_SHA384_RSA_PKCS, CKM_SHA512_RSA_PKCS, CKM_SHA1_RSA_PKCS_PSS,
+    CKM_SHA224_RSA_PKCS_PSS, CKM_SHA256_RSA_PKCS_PSS, CKM_SHA384_RSA_PKCS_PSS,
+    CKM_SHA512_RSA_PKCS_PSS, CKM_ECDSA, CKM_ECDSA_SHA1, CKM_ECDSA_SHA224, CKM_ECDSA_SHA256,
+    CKM_ECDSA_SHA384, CKM_ECDSA_SHA512, CKM_SHA_1_HMAC, CKM_SHA224_HMAC, CKM_SHA256_HMAC,
+    CKM_SHA384_HMAC, CKM_SHA512_HMAC, CKM_AES_CMAC,
+    /* digest */
+    CKM_SHA_1, CKM_SHA224, CKM_SHA256, CKM_SHA384, CKM_SHA512,
+    /* encrypt and decrypt */
+    CKM_RSA_PKCS_OAEP, CKM_AES_ECB, CKM_AES_CTR, CKM_AES_CBC, CKM_AES_CBC_PAD, CKM_AES_GCM,
+    CKM_DES3_ECB, CKM_DES3_CBC, CKM_DES3_CBC_PAD,
+    /* derive ("ECDH with KDF"), wrap and unwrap */
+    CKM_ECDH1_DERIVE, CKM_RSA_AES_KEY_WRAP,
+};
 
 static CK_FUNCTION_LIST_PTR real;
 static CK_FUNCTION_LIST shim;
@@ -54,6 +99,14 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 static CK_RV load_error = CKR_OK;
 static long latency_us;
 static long availability_ms;
+static int gate_attributes;
+
+/* The mechanism of the sign / encrypt / decrypt operation each session has open, for
+ * the data limits above. Indexed by handle; a slot holding another handle means "not
+ * recorded", so a collision can only let a call through, never refuse one. */
+static struct { CK_SESSION_HANDLE s; CK_MECHANISM_TYPE sign, enc, dec; } ops[OP_SLOTS];
+static pthread_mutex_t ops_lock = PTHREAD_MUTEX_INITIALIZER;
+#define NO_OP ((CK_MECHANISM_TYPE)-1)
 
 /* Token keys created less than availability_ms ago: (handle, ready-at in ms). */
 static struct { CK_OBJECT_HANDLE handle; long long ready_at; } pending[MAX_PENDING_KEYS];
@@ -97,6 +150,37 @@ static int key_available(CK_OBJECT_HANDLE handle) {
     return ok;
 }
 
+static int in_sdk5_list(CK_MECHANISM_TYPE type) {
+    for (size_t i = 0; i < sizeof sdk5_mechanisms / sizeof sdk5_mechanisms[0]; i++)
+        if (sdk5_mechanisms[i] == type) return 1;
+    return 0;
+}
+
+/* Record (or, with NO_OP, clear) session s's open operation of one kind. */
+enum op_kind { OP_SIGN, OP_ENC, OP_DEC };
+static void op_set(CK_SESSION_HANDLE s, enum op_kind kind, CK_MECHANISM_TYPE mech) {
+    pthread_mutex_lock(&ops_lock);
+    size_t i = s % OP_SLOTS;
+    if (ops[i].s != s) {
+        ops[i].s = s;
+        ops[i].sign = ops[i].enc = ops[i].dec = NO_OP;
+    }
+    if (kind == OP_SIGN) ops[i].sign = mech;
+    if (kind == OP_ENC) ops[i].enc = mech;
+    if (kind == OP_DEC) ops[i].dec = mech;
+    pthread_mutex_unlock(&ops_lock);
+}
+
+static CK_MECHANISM_TYPE op_get(CK_SESSION_HANDLE s, enum op_kind kind) {
+    CK_MECHANISM_TYPE mech = NO_OP;
+    pthread_mutex_lock(&ops_lock);
+    size_t i = s % OP_SLOTS;
+    if (ops[i].s == s)
+        mech = kind == OP_SIGN ? ops[i].sign : kind == OP_ENC ? ops[i].enc : ops[i].dec;
+    pthread_mutex_unlock(&ops_lock);
+    return mech;
+}
+
 static int is_standard_wrap(CK_MECHANISM_TYPE type) {
     return type == STD_WRAP || type == STD_WRAP_PAD || type == STD_WRAP_KWP;
 }
@@ -107,7 +191,8 @@ static CK_RV translate(CK_MECHANISM_PTR in, CK_MECHANISM *out) {
     *out = *in;
     if (is_standard_wrap(in->mechanism)) return CKR_MECHANISM_INVALID;
     if (in->mechanism == VENDOR_WRAP_NO_PAD) out->mechanism = STD_WRAP;
-    if (in->mechanism == VENDOR_WRAP_ZERO_PAD) out->mechanism = STD_WRAP_PAD;
+    else if (in->mechanism == VENDOR_WRAP_ZERO_PAD) out->mechanism = STD_WRAP_PAD;
+    else if (!in_sdk5_list(in->mechanism)) return CKR_MECHANISM_INVALID;
     return CKR_OK;
 }
 
@@ -122,6 +207,11 @@ static int attr_true(CK_ATTRIBUTE_PTR tpl, CK_ULONG n, CK_ATTRIBUTE_TYPE type) {
     return a && a->pValue && a->ulValueLen == sizeof(CK_BBOOL) && *(CK_BBOOL *)a->pValue;
 }
 
+static int attr_false(CK_ATTRIBUTE_PTR tpl, CK_ULONG n, CK_ATTRIBUTE_TYPE type) {
+    CK_ATTRIBUTE_PTR a = find_attr(tpl, n, type);
+    return a && a->pValue && a->ulValueLen == sizeof(CK_BBOOL) && !*(CK_BBOOL *)a->pValue;
+}
+
 /* SDK 5's attribute rules, as far as Cofre's templates reach them. */
 static CK_RV check_template(CK_ATTRIBUTE_PTR tpl, CK_ULONG n, int generic_secret) {
     if (tpl == NULL && n > 0) return CKR_ARGUMENTS_BAD;
@@ -133,8 +223,14 @@ static CK_RV check_template(CK_ATTRIBUTE_PTR tpl, CK_ULONG n, int generic_secret
         static const CK_ATTRIBUTE_TYPE unsupported[] = {CKA_ENCRYPT, CKA_DECRYPT, CKA_WRAP,
                                                         CKA_UNWRAP};
         for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++)
-            if (find_attr(tpl, n, unsupported[i])) return CKR_ATTRIBUTE_TYPE_INVALID;
+            if (find_attr(tpl, n, unsupported[i])) return CKR_TEMPLATE_INCONSISTENT;
     }
+    /* "R": read-only, set by the HSM (attribute tables); attr-errors.html's code. */
+    if (find_attr(tpl, n, CKA_LOCAL)) return CKR_ATTRIBUTE_READ_ONLY;
+    /* Footnote 1: partially supported, "must be explicitly set only to the default
+     * value" (True). The code is ours. */
+    if (attr_false(tpl, n, CKA_PRIVATE) || attr_false(tpl, n, CKA_MODIFIABLE))
+        return CKR_ATTRIBUTE_VALUE_INVALID;
     CK_ATTRIBUTE_PTR id = find_attr(tpl, n, CKA_ID);
     CK_ATTRIBUTE_PTR label = find_attr(tpl, n, CKA_LABEL);
     if ((id && id->ulValueLen == 0) || (label && label->ulValueLen == 0))
@@ -172,7 +268,7 @@ static CK_RV shim_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list,
     for (CK_ULONG i = 0; i < n; i++) {
         if (all[i] == STD_WRAP) has_wrap = 1;
         if (all[i] == STD_WRAP_PAD) has_pad = 1;
-        if (!is_standard_wrap(all[i])) all[kept++] = all[i];
+        if (in_sdk5_list(all[i])) all[kept++] = all[i];
     }
     if (has_wrap) all[kept++] = VENDOR_WRAP_NO_PAD;
     if (has_pad) all[kept++] = VENDOR_WRAP_ZERO_PAD;
@@ -194,16 +290,17 @@ static CK_RV shim_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list,
 static CK_RV shim_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type,
                                    CK_MECHANISM_INFO_PTR info) {
     delay();
-    if (is_standard_wrap(type)) return CKR_MECHANISM_INVALID;
     if (type == VENDOR_WRAP_NO_PAD) type = STD_WRAP;
-    if (type == VENDOR_WRAP_ZERO_PAD) type = STD_WRAP_PAD;
+    else if (type == VENDOR_WRAP_ZERO_PAD) type = STD_WRAP_PAD;
+    else if (!in_sdk5_list(type)) return CKR_MECHANISM_INVALID;
     return real->C_GetMechanismInfo(slot, type, info);
 }
 
 static CK_RV shim_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app,
                               CK_NOTIFY notify, CK_SESSION_HANDLE_PTR session) {
     delay();
-    if (!(flags & CKF_RW_SESSION)) return CKR_SESSION_READ_ONLY;
+    /* ki-pkcs11-13: "the call will fail with the error CKR_FUNCTION_FAILED". */
+    if (!(flags & CKF_RW_SESSION)) return CKR_FUNCTION_FAILED;
     return real->C_OpenSession(slot, flags, app, notify, session);
 }
 
@@ -247,10 +344,12 @@ static CK_RV shim_GenerateKeyPair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech,
                                   CK_ULONG npriv, CK_OBJECT_HANDLE_PTR pub_key,
                                   CK_OBJECT_HANDLE_PTR priv_key) {
     delay();
-    CK_RV rv = check_template(pub, npub, 0);
+    CK_MECHANISM m;
+    CK_RV rv = translate(mech, &m);
+    if (rv == CKR_OK) rv = check_template(pub, npub, 0);
     if (rv == CKR_OK) rv = check_template(priv, npriv, 0);
     if (rv != CKR_OK) return rv;
-    rv = real->C_GenerateKeyPair(s, mech, pub, npub, priv, npriv, pub_key, priv_key);
+    rv = real->C_GenerateKeyPair(s, &m, pub, npub, priv, npriv, pub_key, priv_key);
     if (rv == CKR_OK && attr_true(priv, npriv, CKA_TOKEN)) remember_new_key(*priv_key);
     return rv;
 }
@@ -279,7 +378,9 @@ static CK_RV shim_EncryptInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJ
         rv = real->C_GenerateRandom(s, p->pIv, 12);
         if (rv != CKR_OK) return rv;
     }
-    return real->C_EncryptInit(s, &m, key);
+    rv = real->C_EncryptInit(s, &m, key);
+    op_set(s, OP_ENC, rv == CKR_OK ? m.mechanism : NO_OP);
+    return rv;
 }
 
 static CK_RV shim_DecryptInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
@@ -288,13 +389,144 @@ static CK_RV shim_DecryptInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJ
     CK_RV rv = translate(mech, &m);
     if (rv != CKR_OK) return rv;
     if (!key_available(key)) return CKR_KEY_HANDLE_INVALID;
-    return real->C_DecryptInit(s, &m, key);
+    rv = real->C_DecryptInit(s, &m, key);
+    op_set(s, OP_DEC, rv == CKR_OK ? m.mechanism : NO_OP);
+    return rv;
 }
 
 static CK_RV shim_SignInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
     delay();
+    CK_MECHANISM m;
+    CK_RV rv = translate(mech, &m);
+    if (rv != CKR_OK) return rv;
     if (!key_available(key)) return CKR_KEY_HANDLE_INVALID;
-    return real->C_SignInit(s, mech, key);
+    rv = real->C_SignInit(s, &m, key);
+    op_set(s, OP_SIGN, rv == CKR_OK ? m.mechanism : NO_OP);
+    return rv;
+}
+
+static CK_RV shim_VerifyInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
+    delay();
+    CK_MECHANISM m;
+    CK_RV rv = translate(mech, &m);
+    if (rv != CKR_OK) return rv;
+    if (!key_available(key)) return CKR_KEY_HANDLE_INVALID;
+    return real->C_VerifyInit(s, &m, key);
+}
+
+static CK_RV shim_DigestInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech) {
+    delay();
+    CK_MECHANISM m;
+    CK_RV rv = translate(mech, &m);
+    if (rv != CKR_OK) return rv;
+    return real->C_DigestInit(s, &m);
+}
+
+static CK_RV shim_DeriveKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE base,
+                            CK_ATTRIBUTE_PTR tpl, CK_ULONG n, CK_OBJECT_HANDLE_PTR key) {
+    delay();
+    CK_MECHANISM m;
+    CK_RV rv = translate(mech, &m);
+    if (rv == CKR_OK) rv = check_template(tpl, n, 0);
+    if (rv != CKR_OK) return rv;
+    if (!key_available(base)) return CKR_KEY_HANDLE_INVALID;
+    return real->C_DeriveKey(s, &m, base, tpl, n, key);
+}
+
+/* ------------------------------------------------------------------ data limits
+ * A refused call must end the operation, as a failed C_Sign / C_Encrypt does in
+ * PKCS#11: each refusal below finishes it in SoftHSM2 into a scratch buffer that is
+ * thrown away, so the session can start its next operation. */
+static void end_sign(CK_SESSION_HANDLE s) {
+    CK_BYTE zero[64] = {0}, out[1024];
+    CK_ULONG len = sizeof out;
+    (void)real->C_Sign(s, zero, 32, out, &len);
+    op_set(s, OP_SIGN, NO_OP);
+}
+
+static void end_crypt(CK_SESSION_HANDLE s, enum op_kind kind) {
+    CK_BYTE zero[32] = {0}, out[64];
+    CK_ULONG len = sizeof out;
+    if (kind == OP_ENC) (void)real->C_Encrypt(s, zero, 0, out, &len);
+    else (void)real->C_Decrypt(s, zero, 16, out, &len); /* fails its tag: ended */
+    op_set(s, kind, NO_OP);
+}
+
+static CK_RV shim_Sign(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR o,
+                       CK_ULONG_PTR ol) {
+    delay();
+    if (op_get(s, OP_SIGN) == CKM_SHA256_HMAC && l > HMAC_SHA256_MAX_DATA) {
+        end_sign(s);
+        return CKR_DATA_LEN_RANGE;
+    }
+    CK_RV rv = real->C_Sign(s, d, l, o, ol);
+    if (!(rv == CKR_BUFFER_TOO_SMALL || (rv == CKR_OK && o == NULL))) op_set(s, OP_SIGN, NO_OP);
+    return rv;
+}
+
+static CK_RV shim_SignUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l) {
+    delay();
+    if (op_get(s, OP_SIGN) == CKM_ECDSA) { /* "CKM_ECDSA – single-part operations only" */
+        end_sign(s);
+        return CKR_MECHANISM_INVALID;
+    }
+    return real->C_SignUpdate(s, d, l);
+}
+
+static CK_RV shim_Encrypt(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR o,
+                          CK_ULONG_PTR ol) {
+    delay();
+    if (op_get(s, OP_ENC) == CKM_AES_GCM && l > GCM_MAX_DATA) {
+        end_crypt(s, OP_ENC);
+        return CKR_DATA_LEN_RANGE;
+    }
+    CK_RV rv = real->C_Encrypt(s, d, l, o, ol);
+    if (!(rv == CKR_BUFFER_TOO_SMALL || (rv == CKR_OK && o == NULL))) op_set(s, OP_ENC, NO_OP);
+    return rv;
+}
+
+static CK_RV shim_Decrypt(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR o,
+                          CK_ULONG_PTR ol) {
+    delay();
+    if (op_get(s, OP_DEC) == CKM_AES_GCM && l > GCM_MAX_DATA) {
+        end_crypt(s, OP_DEC);
+        return CKR_DATA_LEN_RANGE;
+    }
+    CK_RV rv = real->C_Decrypt(s, d, l, o, ol);
+    if (!(rv == CKR_BUFFER_TOO_SMALL || (rv == CKR_OK && o == NULL))) op_set(s, OP_DEC, NO_OP);
+    return rv;
+}
+
+/* ki-pkcs11-8: "We return CKR_MECHANISM_INVALID for the C_EncryptUpdate and
+ * C_DecryptUpdate API operations" with CKM_AES_GCM. */
+static CK_RV shim_EncryptUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR o,
+                                CK_ULONG_PTR ol) {
+    delay();
+    if (op_get(s, OP_ENC) == CKM_AES_GCM) {
+        end_crypt(s, OP_ENC);
+        return CKR_MECHANISM_INVALID;
+    }
+    return real->C_EncryptUpdate(s, d, l, o, ol);
+}
+
+static CK_RV shim_DecryptUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR o,
+                                CK_ULONG_PTR ol) {
+    delay();
+    if (op_get(s, OP_DEC) == CKM_AES_GCM) {
+        end_crypt(s, OP_DEC);
+        return CKR_MECHANISM_INVALID;
+    }
+    return real->C_DecryptUpdate(s, d, l, o, ol);
+}
+
+/* Reading a not-yet-available key's attributes, refused only when gate_attributes is
+ * set: AWS says a new key cannot be "used" before it reaches its quorum and does not
+ * say whether reading its attributes is a use (our reading; the code is ours). */
+static CK_RV shim_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t,
+                                    CK_ULONG n) {
+    delay();
+    if (gate_attributes && !key_available(o)) return CKR_KEY_HANDLE_INVALID;
+    return real->C_GetAttributeValue(s, o, t, n);
 }
 
 /* SDK 5's list of supported PKCS#11 calls has no C_CopyObject (pkcs11-apis.html). */
@@ -302,6 +534,57 @@ static CK_RV shim_CopyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_ATTRI
                              CK_ULONG n, CK_OBJECT_HANDLE_PTR copy) {
     (void)s; (void)obj; (void)tpl; (void)n; (void)copy;
     delay();
+    return CKR_FUNCTION_NOT_SUPPORTED;
+}
+
+/* Every other call absent from SDK 5's list (pkcs11-apis.html). Their arguments are
+ * never read. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+#define NOT_IN_SDK5(name, params) \
+    static CK_RV shim_##name params { \
+        delay();                       \
+        return CKR_FUNCTION_NOT_SUPPORTED; \
+    }
+
+NOT_IN_SDK5(InitToken, (CK_SLOT_ID a, CK_UTF8CHAR_PTR b, CK_ULONG c, CK_UTF8CHAR_PTR d))
+NOT_IN_SDK5(InitPIN, (CK_SESSION_HANDLE a, CK_UTF8CHAR_PTR b, CK_ULONG c))
+NOT_IN_SDK5(SetPIN, (CK_SESSION_HANDLE a, CK_UTF8CHAR_PTR b, CK_ULONG c, CK_UTF8CHAR_PTR d,
+                     CK_ULONG e))
+NOT_IN_SDK5(GetOperationState, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG_PTR c))
+NOT_IN_SDK5(SetOperationState, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c,
+                                CK_OBJECT_HANDLE d, CK_OBJECT_HANDLE e))
+NOT_IN_SDK5(GetObjectSize, (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ULONG_PTR c))
+NOT_IN_SDK5(SetAttributeValue, (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c,
+                                CK_ULONG d))
+NOT_IN_SDK5(SignRecoverInit, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c))
+NOT_IN_SDK5(SignRecover, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d,
+                          CK_ULONG_PTR e))
+NOT_IN_SDK5(VerifyRecoverInit, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c))
+NOT_IN_SDK5(VerifyRecover, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d,
+                            CK_ULONG_PTR e))
+NOT_IN_SDK5(DigestEncryptUpdate, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d,
+                                  CK_ULONG_PTR e))
+NOT_IN_SDK5(DecryptDigestUpdate, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d,
+                                  CK_ULONG_PTR e))
+NOT_IN_SDK5(SignEncryptUpdate, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d,
+                                CK_ULONG_PTR e))
+NOT_IN_SDK5(DecryptVerifyUpdate, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d,
+                                  CK_ULONG_PTR e))
+NOT_IN_SDK5(SeedRandom, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c))
+NOT_IN_SDK5(GetFunctionStatus, (CK_SESSION_HANDLE a))
+NOT_IN_SDK5(CancelFunction, (CK_SESSION_HANDLE a))
+NOT_IN_SDK5(WaitForSlotEvent, (CK_FLAGS a, CK_SLOT_ID_PTR b, CK_VOID_PTR c))
+#pragma GCC diagnostic pop
+
+/* Not in the list either; it ends the digest C_DigestInit opened, as a failed call in
+ * an operation does (python-pkcs11 counts on that). */
+static CK_RV shim_DigestKey(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key) {
+    (void)key;
+    delay();
+    CK_BYTE out[128];
+    CK_ULONG len = sizeof out;
+    (void)real->C_DigestFinal(s, out, &len);
     return CKR_FUNCTION_NOT_SUPPORTED;
 }
 
@@ -320,18 +603,10 @@ DELAYED(GetSessionInfo, (CK_SESSION_HANDLE s, CK_SESSION_INFO_PTR i), (s, i))
 DELAYED(Login, (CK_SESSION_HANDLE s, CK_USER_TYPE u, CK_UTF8CHAR_PTR p, CK_ULONG l), (s, u, p, l))
 DELAYED(Logout, (CK_SESSION_HANDLE s), (s))
 DELAYED(DestroyObject, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o), (s, o))
-DELAYED(GetAttributeValue, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n),
-        (s, o, t, n))
 DELAYED(FindObjectsInit, (CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n), (s, t, n))
 DELAYED(FindObjects, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR o, CK_ULONG m, CK_ULONG_PTR c),
         (s, o, m, c))
 DELAYED(FindObjectsFinal, (CK_SESSION_HANDLE s), (s))
-DELAYED(Encrypt, (CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR o, CK_ULONG_PTR ol),
-        (s, d, l, o, ol))
-DELAYED(Decrypt, (CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR o, CK_ULONG_PTR ol),
-        (s, d, l, o, ol))
-DELAYED(Sign, (CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR o, CK_ULONG_PTR ol),
-        (s, d, l, o, ol))
 DELAYED(GenerateRandom, (CK_SESSION_HANDLE s, CK_BYTE_PTR r, CK_ULONG l), (s, r, l))
 
 static void load(void) {
@@ -341,6 +616,9 @@ static void load(void) {
     latency_us = latency ? strtol(latency, NULL, 10) : 0;
     const char *availability = getenv("COFRE_SHIM_KEY_AVAILABILITY_MS");
     availability_ms = availability ? strtol(availability, NULL, 10) : 0;
+    const char *gate = getenv("COFRE_SHIM_GATE_ATTRIBUTES");
+    gate_attributes = gate != NULL && strcmp(gate, "1") == 0;
+    for (size_t i = 0; i < OP_SLOTS; i++) ops[i].sign = ops[i].enc = ops[i].dec = NO_OP;
     void *module = dlopen(target, RTLD_NOW | RTLD_LOCAL);
     if (module == NULL) {
         load_error = CKR_GENERAL_ERROR;
@@ -364,7 +642,33 @@ static void load(void) {
     shim.C_EncryptInit = shim_EncryptInit;
     shim.C_DecryptInit = shim_DecryptInit;
     shim.C_SignInit = shim_SignInit;
+    shim.C_VerifyInit = shim_VerifyInit;
+    shim.C_DigestInit = shim_DigestInit;
+    shim.C_DeriveKey = shim_DeriveKey;
+    shim.C_SignUpdate = shim_SignUpdate;
+    shim.C_EncryptUpdate = shim_EncryptUpdate;
+    shim.C_DecryptUpdate = shim_DecryptUpdate;
     shim.C_CopyObject = shim_CopyObject;
+    shim.C_InitToken = shim_InitToken;
+    shim.C_InitPIN = shim_InitPIN;
+    shim.C_SetPIN = shim_SetPIN;
+    shim.C_GetOperationState = shim_GetOperationState;
+    shim.C_SetOperationState = shim_SetOperationState;
+    shim.C_GetObjectSize = shim_GetObjectSize;
+    shim.C_SetAttributeValue = shim_SetAttributeValue;
+    shim.C_DigestKey = shim_DigestKey;
+    shim.C_SignRecoverInit = shim_SignRecoverInit;
+    shim.C_SignRecover = shim_SignRecover;
+    shim.C_VerifyRecoverInit = shim_VerifyRecoverInit;
+    shim.C_VerifyRecover = shim_VerifyRecover;
+    shim.C_DigestEncryptUpdate = shim_DigestEncryptUpdate;
+    shim.C_DecryptDigestUpdate = shim_DecryptDigestUpdate;
+    shim.C_SignEncryptUpdate = shim_SignEncryptUpdate;
+    shim.C_DecryptVerifyUpdate = shim_DecryptVerifyUpdate;
+    shim.C_SeedRandom = shim_SeedRandom;
+    shim.C_GetFunctionStatus = shim_GetFunctionStatus;
+    shim.C_CancelFunction = shim_CancelFunction;
+    shim.C_WaitForSlotEvent = shim_WaitForSlotEvent;
     shim.C_GetSlotList = shim_GetSlotList;
     shim.C_GetSlotInfo = shim_GetSlotInfo;
     shim.C_GetTokenInfo = shim_GetTokenInfo;
@@ -383,11 +687,12 @@ static void load(void) {
     shim.C_GenerateRandom = shim_GenerateRandom;
 }
 
-/* Test control, not PKCS#11: change the latency and key-availability window at run time
+/* Test control, not PKCS#11: change the latency, key-availability window and attribute gate at run time
  * (the harness calls it through ctypes on the already loaded module). */
-void cofre_shim_configure(long new_latency_us, long new_availability_ms) {
+void cofre_shim_configure(long new_latency_us, long new_availability_ms, int new_gate) {
     pthread_once(&once, load);
     latency_us = new_latency_us;
+    gate_attributes = new_gate;
     pthread_mutex_lock(&pending_lock);
     availability_ms = new_availability_ms;
     memset(pending, 0, sizeof pending); /* keys created before now are available */

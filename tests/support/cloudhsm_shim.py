@@ -37,12 +37,15 @@ class CloudHSMShim:
     library: Path
     target: Path
 
-    def env(self, latency_us: int = 0, key_availability_ms: int = 0) -> dict[str, str]:
+    def env(
+        self, latency_us: int = 0, key_availability_ms: int = 0, gate_attributes: bool = False
+    ) -> dict[str, str]:
         """The environment a process needs to load this shim (forwarding to `target`)."""
         return {
             "COFRE_SHIM_TARGET": str(self.target),
             "COFRE_SHIM_LATENCY_US": str(latency_us),
             "COFRE_SHIM_KEY_AVAILABILITY_MS": str(key_availability_ms),
+            "COFRE_SHIM_GATE_ATTRIBUTES": "1" if gate_attributes else "0",
         }
 
 
@@ -85,11 +88,18 @@ def build_shim(dest: Path) -> CloudHSMShim:
     return CloudHSMShim(library=library, target=target)
 
 
-def configure(shim: CloudHSMShim, *, latency_us: int = 0, key_availability_ms: int = 0) -> None:
-    """Change the loaded shim's latency and key-availability window in this process."""
+def configure(
+    shim: CloudHSMShim,
+    *,
+    latency_us: int = 0,
+    key_availability_ms: int = 0,
+    gate_attributes: bool = False,
+) -> None:
+    """Change the loaded shim's latency and key-availability window in this process;
+    with `gate_attributes` a key inside the window also refuses attribute reads."""
     module = ctypes.CDLL(str(shim.library))  # the same module python-pkcs11 loaded
-    module.cofre_shim_configure.argtypes = [ctypes.c_long, ctypes.c_long]
-    module.cofre_shim_configure(latency_us, key_availability_ms)
+    module.cofre_shim_configure.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_int]
+    module.cofre_shim_configure(latency_us, key_availability_ms, int(gate_attributes))
 
 
 def activate(shim: CloudHSMShim, **env: int) -> None:

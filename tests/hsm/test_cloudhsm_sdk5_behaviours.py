@@ -1,0 +1,200 @@
+"""SDK 5 behaviours the CloudHSM-behaviour shim encodes (docs/cloudhsm.md, section 4,
+table "SDK 5 against SoftHSM2"), and what the vault does under each: fail closed with
+an `hsm.errors` class, or work. Each shim behaviour cites AWS's page in
+tests/support/cloudhsm_shim.c; where AWS names no error code the shim's is ours.
+
+The shim is our reading of AWS's documentation, not CloudHSM."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pkcs11.exceptions as p11e
+import pytest
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.mechanisms import GCMParams
+
+from hsm.errors import HSMMechanismUnsupported, HSMOperationFailed
+from hsm.keys import KeyHierarchy, KeyKind
+from hsm.provider import REQUIRED_MECHANISMS, HSMProvider
+
+HMAC_LIMIT = 16_288  # pkcs11-mechanisms.html, footnote 2, CKM_SHA256_HMAC
+GCM_LIMIT = 16_384  # ki-pkcs11-sdk.html, ki-pkcs11-8: "cannot exceed 16 KB"
+PAN = b"4111111111111111"
+
+
+def _aes_session_key(session: Any, **template: Any) -> Any:
+    """An AES session key; `template` names attributes (``EXTRACTABLE=True``)."""
+    return session.generate_key(
+        KeyType.AES,
+        256,
+        id=secrets.token_bytes(8),
+        label="sdk5-probe",
+        store=False,
+        template={Attribute[name]: value for name, value in template.items()},
+    )
+
+
+# ------------------------------------------------------------------ templates
+def test_unsupported_attribute_in_a_template_is_template_inconsistent(
+    shim_provider: HSMProvider,
+) -> None:
+    """attr-errors.html: an attribute CloudHSM does not support for the key type answers
+    CKR_TEMPLATE_INCONSISTENT (CKA_ENCRYPT on a generic secret)."""
+
+    def generate(session: Any) -> None:
+        with pytest.raises(p11e.TemplateInconsistent):
+            session.generate_key(
+                KeyType.GENERIC_SECRET,
+                256,
+                id=b"x",
+                label="gs-encrypt",
+                store=False,
+                mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
+                template={Attribute.ENCRYPT: False},
+            )
+
+    shim_provider._run(generate)
+
+
+def test_read_only_attribute_in_a_template_is_refused(shim_provider: HSMProvider) -> None:
+    """CKA_LOCAL is "R" in SDK 5's tables; attr-errors.html: CKR_ATTRIBUTE_READ_ONLY."""
+
+    def generate(session: Any) -> None:
+        with pytest.raises(p11e.AttributeReadOnly):
+            _aes_session_key(session, LOCAL=True)
+
+    shim_provider._run(generate)
+
+
+def test_private_and_modifiable_only_take_their_default(shim_provider: HSMProvider) -> None:
+    """Footnote 1 of the attribute tables: CKA_PRIVATE and CKA_MODIFIABLE "must be
+    explicitly set only to the default value" (True); Cofre's templates send True."""
+
+    def generate(session: Any) -> None:
+        for attribute in ("PRIVATE", "MODIFIABLE"):
+            with pytest.raises(p11e.AttributeValueInvalid):
+                _aes_session_key(session, **{attribute: False})
+
+    shim_provider._run(generate)
+
+
+def test_read_only_sessions_fail_with_function_failed(shim_provider: HSMProvider) -> None:
+    """ki-pkcs11-13: C_OpenSession without CKF_RW_SESSION fails with CKR_FUNCTION_FAILED."""
+
+    def open_read_only(session: Any) -> None:
+        with pytest.raises(p11e.FunctionFailed):
+            session.token.open(rw=False)
+
+    shim_provider._run(open_read_only)
+
+
+# ------------------------------------------------------------------ functions
+def test_functions_absent_from_sdk5_are_not_supported(shim_provider: HSMProvider) -> None:
+    """pkcs11-apis.html lists the calls SDK 5 has; C_SetAttributeValue, C_SeedRandom,
+    C_DigestKey, C_CopyObject are not among them. Cofre calls none of them except
+    C_CopyObject, whose refusal it handles (test_cloudhsm_shim.py)."""
+
+    def probe(session: Any) -> None:
+        key = _aes_session_key(session, EXTRACTABLE=True)
+        try:
+            with pytest.raises(p11e.FunctionNotSupported):
+                key[Attribute.LABEL] = "renamed"
+            with pytest.raises(p11e.FunctionNotSupported):
+                session.seed_random(b"entropy")
+            with pytest.raises(p11e.FunctionNotSupported):
+                session.digest(key, mechanism=Mechanism.SHA256)
+            with pytest.raises(p11e.FunctionNotSupported):
+                key.copy({Attribute.TOKEN: False})
+        finally:
+            key.destroy()
+
+    shim_provider._run(probe)
+
+
+# ------------------------------------------------------------------ mechanisms
+def test_mechanisms_outside_sdk5_are_neither_offered_nor_accepted(
+    shim_provider: HSMProvider,
+) -> None:
+    """pkcs11-mechanisms.html: no EdDSA, no MD5, no AES-MAC; Cofre needs none of them."""
+    offered = shim_provider.mechanism_ids()
+    assert set(REQUIRED_MECHANISMS.values()) <= offered
+    md5 = Mechanism(0x210)  # python-pkcs11 0.10 spells it `_MD5`
+    absent = {Mechanism.EC_EDWARDS_KEY_PAIR_GEN, Mechanism.EDDSA, md5}
+    assert not offered & {int(m) for m in absent}
+    with pytest.raises(HSMMechanismUnsupported):
+        shim_provider._run(lambda s: s.digest(b"data", mechanism=md5))
+
+
+# ------------------------------------------------------------------ data limits
+def test_hmac_over_the_sdk5_limit_fails_closed_and_the_session_goes_on(
+    hsm_provider: HSMProvider,
+) -> None:
+    """Footnote 2: CKM_SHA256_HMAC takes at most 16,288 bytes. A longer message fails as
+    `HSMOperationFailed` on the shim (a PAN is 19 bytes at most: Cofre never gets
+    near it), and the sessions stay usable: the refused operation was ended."""
+    label = KeyHierarchy(hsm_provider).current_label(KeyKind.FINGERPRINT)
+    assert len(hsm_provider.hmac_sha256(label, bytes(HMAC_LIMIT))) == 32
+    if hsm_provider.pool_size > 1:  # the shim
+        for _ in range(hsm_provider.pool_size + 1):
+            with pytest.raises(HSMOperationFailed, match="DataLenRange"):
+                hsm_provider.hmac_sha256(label, bytes(HMAC_LIMIT + 1))
+    for _ in range(hsm_provider.pool_size + 1):
+        assert len(hsm_provider.hmac_sha256(label, PAN)) == 32
+
+
+@pytest.fixture
+def aead_label(hsm_provider: HSMProvider) -> Iterator[str]:
+    label = f"sdk5-aead-{secrets.token_hex(3)}"
+    hsm_provider.generate_aead_key(label)
+    yield label
+    hsm_provider.destroy_key(label)
+
+
+def test_gcm_over_16_kb_fails_closed_and_the_session_goes_on(
+    hsm_provider: HSMProvider, aead_label: str
+) -> None:
+    """ki-pkcs11-8: C_Encrypt/C_Decrypt buffers with CKM_AES_GCM cannot exceed 16 KB.
+    Cofre seals security codes (a few bytes) only."""
+    iv, sealed = hsm_provider.aead_encrypt(aead_label, bytes(GCM_LIMIT), b"aad")
+    if hsm_provider.pool_size > 1:  # the shim
+        with pytest.raises(HSMOperationFailed):  # aead_decrypt: "failed authentication"
+            hsm_provider.aead_decrypt(aead_label, iv, sealed, b"aad")  # 16 KB + tag
+        for _ in range(hsm_provider.pool_size + 1):
+            with pytest.raises(HSMOperationFailed, match="DataLenRange"):
+                hsm_provider.aead_encrypt(aead_label, bytes(GCM_LIMIT + 1), b"aad")
+    else:
+        assert hsm_provider.aead_decrypt(aead_label, iv, sealed, b"aad") == bytes(GCM_LIMIT)
+    for _ in range(hsm_provider.pool_size + 1):
+        iv, sealed = hsm_provider.aead_encrypt(aead_label, b"123", b"aad")
+        assert hsm_provider.aead_decrypt(aead_label, iv, sealed, b"aad") == b"123"
+
+
+def test_multipart_gcm_and_ecdsa_are_refused(shim_provider: HSMProvider) -> None:
+    """ki-pkcs11-8: multi-part AES-GCM answers CKR_MECHANISM_INVALID; CKM_ECDSA is
+    "single-part operations only". Cofre makes single-part calls (bytes, never an
+    iterable, reach python-pkcs11)."""
+    audit = KeyHierarchy(shim_provider).current_label(KeyKind.AUDIT)
+
+    def multipart(session: Any) -> None:
+        key = _aes_session_key(session)
+        try:
+            with pytest.raises(p11e.MechanismInvalid):
+                # The shim's GCM takes a zero IV buffer and writes its own there.
+                params = GCMParams(cast(bytes, bytearray(12)), b"", 128)
+                list(
+                    key.encrypt(
+                        [b"a" * 16, b"b" * 16], mechanism=Mechanism.AES_GCM, mechanism_param=params
+                    )
+                )
+        finally:
+            key.destroy()
+        signer = session.get_key(ObjectClass.PRIVATE_KEY, label=audit)
+        with pytest.raises(p11e.MechanismInvalid):
+            signer.sign([bytes(16), bytes(16)], mechanism=Mechanism.ECDSA)
+        assert len(signer.sign(bytes(32), mechanism=Mechanism.ECDSA)) == 64
+
+    shim_provider._run(multipart)
+    assert len(shim_provider.sign(audit, b"tree head")) > 64
