@@ -19,14 +19,16 @@ under one key would break GCM.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+from collections.abc import Callable
 from typing import Any, Final, cast
 
 import pkcs11.exceptions as p11e
 from pkcs11 import Attribute, KeyType, Mechanism
 from pkcs11.mechanisms import GCMParams
 
-from hsm.errors import HSMOperationFailed
+from hsm.errors import HSMError, HSMKeyNotFound, HSMKeyUnavailable, HSMOperationFailed
 from hsm.mechanisms import new_key_id, usage_template
 from hsm.models import KeyInfo
 from hsm.session import TokenSession
@@ -49,6 +51,41 @@ class AeadOperations(TokenSession):
     def _describe_key(self, obj: Any) -> KeyInfo:  # pragma: no cover - HSMProvider's
         raise NotImplementedError
 
+    def describe_key(self, label: str) -> KeyInfo:  # pragma: no cover - HSMProvider's
+        raise NotImplementedError
+
+    def destroy_key(self, label: str) -> None:  # pragma: no cover - HSMProvider's
+        raise NotImplementedError
+
+    def _create_key(self, label: str, make: Callable[[Any], object]) -> KeyInfo:
+        """Run `make(session)`, which creates the token key `label`, exactly once; then
+        return the new key's `KeyInfo`.
+
+        The creation is never retried: a retry after a lost reply could make the key
+        twice, and a second run finds the label taken. Reading the new key is retried
+        like any call: on CloudHSM a new token key may be refused until a quorum of HSMs
+        has it (docs/cloudhsm.md; python-pkcs11 reads the key's CKA_CLASS as soon as
+        it exists, so the refusal can come from inside `make`, after the key was
+        made). A key still refused after `key_availability_timeout` is destroyed again
+        where the token lets us (the destroy waits the same way) and `HSMKeyUnavailable`
+        is raised, so that the caller does not leave a half-made key behind.
+        """
+        refused: HSMKeyUnavailable | None = None
+        try:
+            self._run(make, retry=False)
+        except HSMKeyUnavailable as exc:  # made, then refused when python-pkcs11 read it
+            refused = exc
+        try:
+            return self.describe_key(label)
+        except HSMKeyNotFound:
+            if refused is not None:
+                raise refused from None
+            raise
+        except HSMKeyUnavailable:
+            with contextlib.suppress(HSMError):
+                self.destroy_key(label)
+            raise
+
     def generate_aead_key(self, label: str) -> KeyInfo:
         """Create an AES-256 token key usable only to encrypt and decrypt: sensitive,
         never extractable, so destroying it makes its ciphertexts unrecoverable.
@@ -70,9 +107,9 @@ class AeadOperations(TokenSession):
         Raises `HSMOperationFailed` when `label` is taken.
         """
 
-        def generate(session: Any) -> KeyInfo:
+        def generate(session: Any) -> None:
             self._refuse_duplicate(session, label)
-            key = session.generate_key(
+            session.generate_key(
                 KeyType.AES,
                 256,
                 id=new_key_id(),
@@ -86,10 +123,8 @@ class AeadOperations(TokenSession):
                     Attribute.EXTRACTABLE: False,
                 },
             )
-            return self._describe_key(key)
 
-        # Not retried: a retry after a lost reply could create the key twice.
-        return self._run(generate, retry=False)
+        return self._create_key(label, generate)
 
     def aead_encrypt(self, label: str, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
         """Return (IV, ciphertext with its 16-byte tag) of `plaintext` under token key

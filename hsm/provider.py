@@ -240,9 +240,9 @@ class HSMProvider(AeadOperations):
         Raises `HSMOperationFailed` when `label` is taken.
         """
 
-        def generate(session: Any) -> KeyInfo:
+        def generate(session: Any) -> None:
             self._refuse_duplicate(session, label)
-            key = session.generate_key(
+            session.generate_key(
                 KeyType.GENERIC_SECRET,
                 256,
                 id=new_key_id(),
@@ -257,9 +257,8 @@ class HSMProvider(AeadOperations):
                     Attribute.EXTRACTABLE: False,
                 },
             )
-            return self._describe(key)
 
-        return self._run(generate, retry=False)
+        return self._create_key(label, generate)
 
     def generate_signing_key(self, label: str) -> KeyInfo:
         """Create an EC P-256 key pair on the token; the private half is sensitive and never
@@ -268,7 +267,7 @@ class HSMProvider(AeadOperations):
         Raises `HSMOperationFailed` when `label` is taken.
         """
 
-        def generate(session: Any) -> KeyInfo:
+        def generate(session: Any) -> None:
             self._refuse_duplicate(session, label)
             params = session.create_domain_parameters(
                 KeyType.EC,
@@ -286,16 +285,15 @@ class HSMProvider(AeadOperations):
                 public={Attribute.TOKEN: True, Attribute.VERIFY: True},
             )
             # Both halves share one fresh CKA_ID, as PKCS#11 convention pairs them.
-            _public, private = params.generate_keypair(
+            params.generate_keypair(
                 id=new_key_id(),
                 label=label,
                 store=True,
                 public_template=public_template,
                 private_template=private_template,
             )
-            return self._describe(private)
 
-        return self._run(generate, retry=False)
+        return self._create_key(label, generate)
 
     def destroy_key(self, label: str) -> None:
         """Destroy every object labelled `label` on the token (both halves of a key pair).

@@ -297,6 +297,10 @@ class TokenSession:
             try:
                 return self._run_pooled(operation, retry=retry)
             except HSMKeyUnavailable as refused:
+                if not retry:
+                    # Never run an operation that must not be repeated twice (a key
+                    # creation: the refusal may come after the key was made).
+                    raise
                 return self._run_waiting_for_keys(operation, retry=retry, refused=refused)
         except WouldBlock:
             # Not a call of its own: it is made again in a thread and timed there (a

@@ -16,9 +16,10 @@ import pytest
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.mechanisms import GCMParams
 
-from hsm.errors import HSMMechanismUnsupported, HSMOperationFailed
+from hsm.errors import HSMKeyUnavailable, HSMMechanismUnsupported, HSMOperationFailed
 from hsm.keys import KeyHierarchy, KeyKind
 from hsm.provider import REQUIRED_MECHANISMS, HSMProvider
+from tests.support.cloudhsm_shim import CloudHSMShim, configure
 
 HMAC_LIMIT = 16_288  # pkcs11-mechanisms.html, footnote 2, CKM_SHA256_HMAC
 GCM_LIMIT = 16_384  # ki-pkcs11-sdk.html, ki-pkcs11-8: "cannot exceed 16 KB"
@@ -198,3 +199,61 @@ def test_multipart_gcm_and_ecdsa_are_refused(shim_provider: HSMProvider) -> None
 
     shim_provider._run(multipart)
     assert len(shim_provider.sign(audit, b"tree head")) > 64
+
+
+# ------------------------------------------------------------------ key availability
+@pytest.fixture
+def gated_new_keys(cloudhsm_shim: CloudHSMShim) -> Iterator[None]:
+    """New token keys refused for 300 ms, attribute reads included (our reading of
+    "use", working-client-sync.html)."""
+    configure(cloudhsm_shim, key_availability_ms=300, gate_attributes=True)
+    yield
+    configure(cloudhsm_shim)
+
+
+@pytest.mark.usefixtures("gated_new_keys")
+@pytest.mark.parametrize("kind", ["kek", "fp", "audit", "aead"])
+def test_a_new_key_is_created_once_and_described_after_waiting(
+    shim_provider: HSMProvider, kind: str
+) -> None:
+    """Creating a key is not retried (it could make two); reading its attributes is
+    (`describe_key`). A refused read must not re-run the creation: the second run
+    found the label taken and failed with "already exists" though the key was made."""
+    label = f"cofre-sdk5-{kind}-{secrets.token_hex(3)}"
+    make = {
+        "kek": shim_provider.generate_kek,
+        "fp": shim_provider.generate_hmac_key,
+        "audit": shim_provider.generate_signing_key,
+        "aead": shim_provider.generate_aead_key,
+    }[kind]
+    try:
+        info = make(label)
+        assert info.label == label
+        assert info.sensitive is True
+        assert info.extractable is False
+    finally:
+        if shim_provider.has_key(label):
+            shim_provider.destroy_key(label)
+
+
+def test_a_new_key_that_stays_unreadable_fails_as_unavailable(
+    cloudhsm_shim: CloudHSMShim, shim_provider: HSMProvider
+) -> None:
+    """A key made but not readable within `key_availability_timeout` fails the creation
+    as `HSMKeyUnavailable` (503), not as "already exists" and not twice: one key is on
+    the token. (`_create_key` then tries to destroy it, waiting the same timeout; here
+    the window outlasts that too, so it stays, one key, until the window ends.)"""
+    label = f"cofre-sdk5-late-{secrets.token_hex(3)}"
+    timeout = shim_provider.key_availability_timeout
+    configure(cloudhsm_shim, key_availability_ms=60_000, gate_attributes=True)
+    shim_provider.key_availability_timeout = 0
+    try:
+        with pytest.raises(HSMKeyUnavailable):
+            shim_provider.generate_hmac_key(label)
+    finally:
+        configure(cloudhsm_shim)
+        shim_provider.key_availability_timeout = timeout
+    try:
+        assert [k.label for k in shim_provider.list_keys()].count(label) == 1
+    finally:
+        shim_provider.destroy_key(label)

@@ -76,3 +76,51 @@ def test_kek_rotation_waits_for_the_new_key(
             assert service.detokenize(GETNET, token).pan == pan
     finally:
         service.close()
+
+
+@pytest.fixture
+def gated_new_keys(cloudhsm_shim: CloudHSMShim) -> Iterator[None]:
+    """New token keys refused for 300 ms, reading their attributes included (our reading
+    of AWS's "use"; the provider waits up to its default 5 s)."""
+    configure(cloudhsm_shim, key_availability_ms=300, gate_attributes=True)
+    yield
+    configure(cloudhsm_shim)
+
+
+@pytest.mark.usefixtures("gated_new_keys")
+def test_kek_rotation_creates_its_key_once_while_the_key_is_unreadable(
+    engine: Engine, shim_rotation_provider: HSMProvider
+) -> None:
+    """The ceremony's new KEK cannot be read at first: approving waits for it instead of
+    re-running the creation (which found its own key and failed "already exists")."""
+    provider = shim_rotation_provider
+    policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
+    service = VaultService(engine, provider, policy)
+    service.initialize()
+    try:
+        pans = [_pan(910_000 + i) for i in range(5)]
+        tokens = [
+            r.token
+            for r in service.tokenize_batch(
+                PAYMENTS, [TokenizeRequest(p, "pan_bin6_last4") for p in pans]
+            )
+        ]
+        rotation = KeyRotation(
+            engine,
+            provider,
+            service.keyring,
+            lambda: service.policy,
+            destroy_grace=timedelta(0),
+            unsigned_officers_count=True,
+        )
+        ceremony = rotation.propose(ALICE, "kek")
+        assert rotation.approve(BOB, ceremony.id).state == "running"
+        for _ in range(100):
+            if rotation.status(ALICE, ceremony.id).state == "completed":
+                break
+            rotation.run_pending()
+        assert rotation.status(ALICE, ceremony.id).state == "completed"
+        for pan, token in zip(pans, tokens, strict=True):
+            assert service.detokenize(GETNET, token).pan == pan
+    finally:
+        service.close()
