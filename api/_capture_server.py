@@ -18,6 +18,7 @@ from api.errors import ApiError
 from api.handshake import HandshakeFailures
 from api.lifecycle import ManagedServer
 from api.observability import Telemetry
+from api.tls import CAPTURE_MIN_TLS_VERSION, TLS12_CIPHERS
 
 __all__ = ["build_capture_server"]
 
@@ -76,9 +77,11 @@ def build_capture_server(
     context = config.ssl
     assert context is not None  # noqa: S101 - load() builds it from the files above
     context.verify_mode = ssl.CERT_NONE
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.minimum_version = (
+        ssl.TLSVersion.TLSv1_2 if CAPTURE_MIN_TLS_VERSION == "1.2" else ssl.TLSVersion.TLSv1_3
+    )
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
+    context.set_ciphers(TLS12_CIPHERS)
     server = ManagedServer(config)
     server.handshake_timeout = header_timeout  # `build_server`'s reason
     server.handshakes = HandshakeFailures(telemetry, listener="capture")

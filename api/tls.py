@@ -36,6 +36,12 @@ ASGIApp = Callable[
 ]
 
 _TLS_VERSIONS: Final = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+# The TLS 1.2 suites both listeners offer (forward secrecy, AEAD only; TLS 1.3's suites
+# are all AEAD and not set here). Named once so that the evidence bundle's
+# `tls/settings.json` states what the listeners are given (`cofre_cli.wiring`).
+TLS12_CIPHERS: Final = "ECDHE+AESGCM:ECDHE+CHACHA20"
+# The capture listener's floor: browsers, some of which cannot do TLS 1.3 yet.
+CAPTURE_MIN_TLS_VERSION: Final = "1.2"
 
 
 def tls_extension(ssl_object: ssl.SSLObject | None) -> dict[str, Any] | None:
@@ -168,6 +174,6 @@ def harden_server_context(
         ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     )
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
+    context.set_ciphers(TLS12_CIPHERS)
     if crl_check:
         context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF

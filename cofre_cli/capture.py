@@ -16,6 +16,7 @@ from api.capture import CaptureState, build_capture_server, create_capture_app
 from api.lifecycle import bind_reuse_port
 from api.observability import Telemetry
 from api.server import BackgroundServer, log_config
+from api.tls import CAPTURE_MIN_TLS_VERSION, TLS12_CIPHERS
 from cofre.errors import ConfigurationError
 from cofre.settings import Settings
 from policies.models import RateLimit
@@ -98,3 +99,32 @@ def start_capture_listener(
     server.start()
     _log.info("capture listener started", origin=capture_origin(settings), host=capture.host)
     return server
+
+
+def capture_tls_evidence(settings: Settings) -> dict[str, str] | None:
+    """What an evidence bundle's `tls/settings.json` says of the capture listener (None
+    when none is configured): it is the listener where cards cross the internet (PCI
+    DSS 4.2.1), so its floor, the absence of client certificates and its certificate
+    are stated beside the mTLS listener's, from the values `api.capture` is given."""
+    capture = settings.capture
+    if capture.port is None:
+        return None
+    cert = capture.cert_file or settings.server.cert_file
+    return {
+        "origin": capture.origin(),
+        "min_tls_version": CAPTURE_MIN_TLS_VERSION,
+        "client_certificates": "none (browsers): a session's secret and origin stand in",
+        "ciphers": f"{TLS12_CIPHERS} (TLS 1.2); TLS 1.3 suites",
+        "certificate": "" if cert is None else str(cert),
+        "compression": "off",
+        "renegotiation": "off",
+    }
+
+
+def capture_certificate(settings: Settings) -> Path | None:
+    """The capture origin's own certificate file, when it has one apart from the mTLS
+    listener's (which the evidence lists already)."""
+    capture = settings.capture
+    if capture.port is None or capture.cert_file is None:
+        return None
+    return Path(capture.cert_file)

@@ -34,6 +34,7 @@ from api.observability import (
 from api.pki import DEV_CA_COMMON_NAME, certificate_inventory
 from api.refusals import RefusalFlusher
 from api.server import TLSFiles
+from api.tls import TLS12_CIPHERS
 from audit.errors import AuditWriteFailed
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.publisher import PublisherThread
@@ -42,7 +43,12 @@ from cofre.errors import CofreError, ConfigurationError
 from cofre.filemodes import refuse_readable_secrets, secure_data_dir
 from cofre.redaction import OwnDigest
 from cofre.settings import Settings
-from cofre_cli.capture import capture_app, capture_origin
+from cofre_cli.capture import (
+    capture_app,
+    capture_certificate,
+    capture_origin,
+    capture_tls_evidence,
+)
 from cofre_cli.key_management import key_management, own_authorities
 from cofre_cli.witnessing import (
     observe_witnesses,
@@ -475,6 +481,8 @@ def _evidence_sources(
     clients = settings.data_dir / "pki" / "clients"
     if clients.is_dir():
         cert_paths += sorted(p for p in clients.glob("*.pem") if not p.name.endswith("-key.pem"))
+    if (capture_cert := capture_certificate(settings)) is not None:
+        cert_paths.append(capture_cert)
     return EvidenceSources(
         key_inventory=rotation.key_inventory,
         ceremonies=lambda: [c.as_json() for c in rotation.ceremonies()],
@@ -483,9 +491,11 @@ def _evidence_sources(
             "min_tls_version": server.min_tls_version.value,
             "client_certificates": "required (CERT_REQUIRED), verified against the CA bundle",
             "crl_checking": "leaf" if server.crl_file else "off (no CRL configured)",
-            "ciphers": "ECDHE+AESGCM:ECDHE+CHACHA20 (TLS 1.2); TLS 1.3 suites",
+            "ciphers": f"{TLS12_CIPHERS} (TLS 1.2); TLS 1.3 suites",
             "compression": "off",
             "renegotiation": "off",
+            # Where cards cross the internet: stated too (4.2.1; the QSA review).
+            "capture_listener": capture_tls_evidence(settings),
         },
         certificates=certificate_inventory([p for p in cert_paths if p.is_file()]),
         custody=custody,

@@ -1,0 +1,97 @@
+"""The TLS evidence of a bundle covers every listener that receives a card (the QSA
+review of session 30, docs/pci-tokenization.md). PCI DSS v4.0.1 4.2.1 asks for strong
+cryptography where a PAN crosses an open, public network, and 4.2.1.1 for an inventory
+of the trusted keys and certificates that protect it. The capture listener is the one
+listener where cards arrive over the internet (shoppers' browsers), yet a bundle's
+`tls/settings.json` described only the mTLS listener (its TLS 1.3 floor and client
+certificates, neither of which the capture listener has) and `tls/certificates.json`
+left out the capture origin's own certificate."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from cofre.settings import CaptureSettings
+from hsm.provider import HSMProvider
+from tests.api.conftest import running_vault
+from tests.support.postgres import free_port
+from tests.support.vault_evidence import export_response, members
+
+CAPTURE_HOST = "cards.shop-vault.example"
+
+
+def _capture_certificate(tmp: Path) -> tuple[Path, Path]:
+    """A certificate of the capture origin, apart from the mTLS listener's (as
+    `COFRE_CAPTURE__CERT_FILE` names one in production: a public CA's)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CAPTURE_HOST)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(CAPTURE_HOST)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "capture.pem", tmp / "capture-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def test_the_capture_listener_and_its_certificate_are_in_the_tls_evidence(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    (tmp_path / "capture").mkdir()
+    cert, key = _capture_certificate(tmp_path / "capture")
+    capture = CaptureSettings(port=free_port(), cert_file=cert, key_file=key)
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+    with running_vault(tmp_path, hsm_provider, capture=capture) as vault:
+        response = export_response(vault, started)
+    assert response.status_code == 200, response.text
+    bundle = tmp_path / "bundle.tar.gz"
+    bundle.write_bytes(response.content)
+    files = members(bundle)
+
+    tls = json.loads(files["tls/settings.json"])
+    listener = tls["capture_listener"]
+    assert listener["origin"] == capture.origin()
+    assert listener["min_tls_version"] == "1.2"  # browsers: what `api.capture` sets
+    assert listener["client_certificates"].startswith("none")
+    assert listener["ciphers"] == tls["ciphers"]
+    assert listener["certificate"] == str(cert)
+
+    inventory = json.loads(files["tls/certificates.json"])
+    (entry,) = [c for c in inventory if c["file"] == str(cert)]
+    assert entry["san"] == CAPTURE_HOST
+
+
+def test_without_a_capture_listener_the_evidence_names_none(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+    with running_vault(tmp_path, hsm_provider) as vault:
+        response = export_response(vault, started)
+    assert response.status_code == 200, response.text
+    bundle = tmp_path / "bundle.tar.gz"
+    bundle.write_bytes(response.content)
+    tls = json.loads(members(bundle)["tls/settings.json"])
+    assert tls["capture_listener"] is None
