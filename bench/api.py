@@ -156,9 +156,8 @@ def _cofre(
         **os.environ,
         **(extra_env or {}),
         "COFRE_CONFIG": str(config),
-        # Production checks refuse SQLite and the dev PKI; the bench allows both, loudly.
-        "COFRE_INSECURE__ALLOW_SQLITE": "true",
-        "COFRE_INSECURE__ALLOW_DEV_PKI": "true",
+        # Production checks refuse SQLite, the dev PKI and SoftHSM2; the bench allows them.
+        **{f"COFRE_INSECURE__ALLOW_{n}": "true" for n in ("SQLITE", "DEV_PKI", "SOFTWARE_HSM")},
     }
     return subprocess.Popen([sys.executable, "-m", "cofre_cli", *argv], env=env, **kwargs)
 

@@ -325,6 +325,8 @@ class InsecureSettings(_Section):
     allow_sqlite: bool = False
     allow_empty_policy: bool = False
     allow_dev_pki: bool = False
+    # SoftHSM2 keeps its keys in files under the PIN: no secure cryptographic device.
+    allow_software_hsm: bool = False
 
 
 class TokenSettings(_Section):

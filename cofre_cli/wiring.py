@@ -59,6 +59,7 @@ from cofre_cli.witnessing import (
 from compliance.errors import ComplianceError
 from compliance.export import EvidenceSources, export_bundle
 from hsm.provider import HSMProvider, provider_from_settings
+from hsm.session import is_softhsm
 from policies.engine import PolicyEngine
 from policies.errors import RateLimited
 from policies.loader import LoadedPolicy, load_policy
@@ -524,7 +525,8 @@ def tls_files(settings: Settings) -> TLSFiles:
 def production_checks(settings: Settings) -> list[str]:
     """Return the insecure allowances in effect, after refusing (`ConfigurationError`)
     what production must not run with: SQLite, a missing or empty policy (it would
-    deny everything while looking healthy), the dev PKI."""
+    deny everything while looking healthy), the dev PKI, SoftHSM2 (whose keys are files
+    under the PIN, while every document and the evidence say "in the HSM")."""
     allow = settings.insecure
     refused: list[str] = []
     allowed: list[str] = []
@@ -561,6 +563,12 @@ def production_checks(settings: Settings) -> list[str]:
         allow.allow_dev_pki,
         "allow_dev_pki",
         "the client CA bundle is the dev PKI's",
+    )
+    judge(
+        is_softhsm(settings.hsm.library),
+        allow.allow_software_hsm,
+        "allow_software_hsm",
+        f"the PKCS#11 library {settings.hsm.library} is SoftHSM2, a software token, not an HSM",
     )
     if refused:
         raise ConfigurationError("refusing to serve in production: " + "; ".join(refused))

@@ -84,10 +84,13 @@ _AUTH_ERRORS: Final = (
 def pool_size_for(library: Path, requested: int) -> int:
     """Return the session pool size used for `library`: `requested`, or 1 for SoftHSM2
     loaded directly (it runs without locking under python-pkcs11; see the docstring)."""
-    return 1 if _is_softhsm(library) else max(1, requested)
+    return 1 if is_softhsm(library) else max(1, requested)
 
 
-def _is_softhsm(library: Path) -> bool:
+def is_softhsm(library: Path) -> bool:
+    """Whether `library` is SoftHSM2 loaded directly (by its file name, ``libsofthsm2``):
+    a software token, pooled as one session here and refused by `cofre serve` unless
+    ``COFRE_INSECURE__ALLOW_SOFTWARE_HSM`` is set (it is no secure cryptographic device)."""
     return library.name.startswith("libsofthsm2")
 
 
@@ -123,7 +126,7 @@ class TokenSession:
         self.pool_size = pool_size_for(library, pool_size)
         # In-process (SoftHSM2), not a network round trip per call: only then may a call
         # run on an event loop (`cofre.blocking`; every other library's calls may wait).
-        self.local = _is_softhsm(library)
+        self.local = is_softhsm(library)
         self.key_availability_timeout = key_availability_timeout
         self._lib: Any = None
         self._lib_lock = threading.Lock()

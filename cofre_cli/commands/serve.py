@@ -150,8 +150,8 @@ def _relative(path: Path) -> str:
 @fail_cleanly
 def serve_command(workers: Annotated[int | None, _WORKERS] = None) -> None:
     """Run the vault API over mutual TLS with the configured settings (production: it
-    refuses SQLite, a missing or empty policy and the dev PKI unless COFRE_INSECURE__*
-    allows them, and never migrates the schema: run `cofre db migrate` first)."""
+    refuses SQLite, a missing or empty policy, the dev PKI and SoftHSM2 unless
+    COFRE_INSECURE__* allows them, and never migrates the schema: run `cofre db migrate` first)."""
     from cofre_cli.serving import serve
 
     os.umask(PRIVATE_UMASK)

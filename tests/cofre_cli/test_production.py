@@ -1,5 +1,5 @@
 """`cofre serve` is production: it refuses what looks healthy but is not (SQLite, a
-missing or empty policy, the dev PKI) unless told otherwise, and logs the redacted
+missing or empty policy, the dev PKI, SoftHSM2) unless told otherwise, and logs the redacted
 effective configuration and the policy's hash at start. `cofre dev` writes a config
 file the operator commands can use, port included."""
 
@@ -18,7 +18,11 @@ import pytest
 from tests.support.softhsm import SoftHSMToken
 from tests.support.vault_process import VaultProcess, make_vault
 
-INSECURE = ("COFRE_INSECURE__ALLOW_SQLITE", "COFRE_INSECURE__ALLOW_DEV_PKI")
+INSECURE = (
+    "COFRE_INSECURE__ALLOW_SQLITE",
+    "COFRE_INSECURE__ALLOW_DEV_PKI",
+    "COFRE_INSECURE__ALLOW_SOFTWARE_HSM",
+)
 
 
 def _strict(vault: VaultProcess) -> None:
@@ -45,6 +49,20 @@ def test_serve_refuses_sqlite_missing_policy_and_dev_pki(
     assert "polcy.toml does not exist" in said
     assert "the client CA bundle is the dev PKI's" in said
     assert "COFRE_INSECURE__ALLOW_SQLITE=true" in said
+
+
+def test_serve_refuses_softhsm2_a_software_token(
+    tmp_path: Path, softhsm_token: SoftHSMToken
+) -> None:
+    """SoftHSM2 keeps its "non-extractable" keys in files encrypted under the PIN: no
+    secure cryptographic device, so the KEK, fingerprint and audit keys would be as
+    safe as a file and its PIN, while every document (and the evidence) says "in the
+    HSM" (PCI DSS 3.6.1.2; the QSA review of session 30, docs/pci-tokenization.md F2)."""
+    vault = make_vault(tmp_path / "node", softhsm_token, None)
+    _strict(vault)
+    said = _refusal(vault)
+    assert "is SoftHSM2, a software token, not an HSM" in said
+    assert "COFRE_INSECURE__ALLOW_SOFTWARE_HSM=true" in said
 
 
 def test_serve_refuses_a_policy_that_names_nobody(
@@ -77,7 +95,7 @@ def test_serve_logs_redacted_configuration_and_policy_hash(
     warned = [
         line["setting"] for line in lines if line.get("event") == "INSECURE setting in effect"
     ]
-    assert warned == ["COFRE_INSECURE__ALLOW_DEV_PKI"]
+    assert warned == ["COFRE_INSECURE__ALLOW_DEV_PKI", "COFRE_INSECURE__ALLOW_SOFTWARE_HSM"]
     text = vault.log.read_text()
     assert softhsm_token.user_pin not in text
     assert "postgres@" not in text  # the database URL never reaches a log
@@ -126,4 +144,5 @@ def test_insecure_allowances_are_settings_not_secrets(value: str) -> None:
         "allow_sqlite": True,
         "allow_empty_policy": False,
         "allow_dev_pki": False,
+        "allow_software_hsm": False,
     }

@@ -168,6 +168,8 @@ def make_vault(
             "COFRE_EVIDENCE__EXPORT_BURST": "1000",
             # The suite's PKI is the dev PKI; `cofre serve` refuses it unless told.
             "COFRE_INSECURE__ALLOW_DEV_PKI": "true",
+            # And the suite's HSM is SoftHSM2, a software token `cofre serve` refuses too.
+            "COFRE_INSECURE__ALLOW_SOFTWARE_HSM": "true",
             # One process: these tests count rows, entries and log lines right after the
             # vault answers readiness, which one worker of several answering says nothing
             # of the others' start-up writes. Several workers: tests/cofre_cli/
