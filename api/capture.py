@@ -60,7 +60,7 @@ from vault.capture import (
 )
 from vault.operations.capture import ANONYMOUS_CAPTURE
 from vault.pan import Pan
-from vault.service import AuditEvent, DetailValue, Outcome, VaultService, request_trail
+from vault.service import AuditEvent, DetailValue, Outcome, Source, VaultService, request_trail
 
 __all__ = [
     "CAPTURE_SCRIPT",
@@ -550,6 +550,7 @@ class _CaptureGuard:
                 "client": str(client[0])[:64],
                 **({"limit": "refusals"} if scope["state"].get("refusals_spent") else {}),
             },
+            source=Source(address=str(client[0])) if client[0] != "unknown" else None,
         )
         try:
             await run_in_threadpool(self.recorder, event)

@@ -17,7 +17,7 @@ from pydantic import AfterValidator
 
 from api.models import NAME_CHARS, NO_CONTROL, EvidenceRequest, no_card
 from api.observability import Telemetry
-from api.tls import identity_from_scope
+from api.tls import identity_from_scope, source_from_scope
 from vault.custody import Custody
 from vault.officer_mfa import OfficerMfa
 from vault.rotation import KeyRotation
@@ -59,11 +59,16 @@ def request_id(request: Request) -> str:
 
 
 def call_context(request: Request) -> CallContext:
-    """The caller: identity from the TLS connection, request id from the guard."""
+    """The caller: identity and source (address, certificate) from the TLS connection,
+    request id from the guard."""
     state = request.scope.setdefault("state", {})
     identity = state.get("identity") or identity_from_scope(request.scope)
     state["identity"] = identity
-    return CallContext(identity=identity, request_id=request_id(request))
+    return CallContext(
+        identity=identity,
+        request_id=request_id(request),
+        source=source_from_scope(request.scope),
+    )
 
 
 # The dependencies are `async def` though they never await: FastAPI runs a plain `def`

@@ -48,7 +48,12 @@ from api.refusals import (
     charged,
     unauthenticated_key,
 )
-from api.tls import certificate_summary, identity_from_scope, peer_certificate
+from api.tls import (
+    certificate_summary,
+    identity_from_scope,
+    peer_certificate,
+    source_from_scope,
+)
 from cofre.errors import CofreError
 from cofre.redaction import name_holds_pan_like
 from vault.service import AuditEvent, DetailValue, HexDigest, Outcome, request_trail
@@ -234,6 +239,7 @@ class RequestGuard:
             actor=identity or "unauthenticated",
             request_id=request_id,
             details=details,
+            source=source_from_scope(scope),
         )
         try:
             await run_in_threadpool(self.recorder, event)

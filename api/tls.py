@@ -18,6 +18,7 @@ certificate has no identity, whatever it sends.
 from __future__ import annotations
 
 import functools
+import hashlib
 import ssl
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
@@ -29,6 +30,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.errors import IdentityAmbiguous, IdentityMissing
+from vault.service import HexDigest, Source
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[
@@ -63,12 +65,31 @@ def tls_extension(ssl_object: ssl.SSLObject | None) -> dict[str, Any] | None:
     }
 
 
+# Where `with_tls_extension` keeps the connection's `Source` in the TLS extension (a
+# key of Cofre's own: the ASGI extension has no place for it).
+SOURCE_KEY: Final = "cofre_source"
+
+
+def connection_source(ssl_object: ssl.SSLObject, peername: Any) -> Source:
+    """A connection's origination for its audit entries: the TCP peer's address (a load
+    balancer's, behind one: no ``X-Forwarded-For`` is believed, anyone can send one)
+    and the SHA-256 of the client certificate's DER, as the entry of a refused
+    certificate names it (``cert_sha256``)."""
+    der = ssl_object.getpeercert(binary_form=True)
+    address = str(peername[0]) if isinstance(peername, tuple) and peername else None
+    certificate = HexDigest(hashlib.sha256(der).hexdigest()) if der else None
+    return Source(address=address, certificate=certificate)
+
+
 def with_tls_extension(app: ASGIApp, transport: Any) -> ASGIApp:
     """`app`, putting the connection's ASGI TLS extension into every request's scope
-    (read once per connection: the certificate cannot change on it)."""
-    extension = tls_extension(transport.get_extra_info("ssl_object"))
+    (read once per connection: the certificate cannot change on it), with the
+    connection's `Source` (hashed once per connection, not per request: issue 21)."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    extension = tls_extension(ssl_object)
     if extension is None:
         return app
+    extension[SOURCE_KEY] = connection_source(ssl_object, transport.get_extra_info("peername"))
 
     async def with_tls(scope: Scope, receive: Any, send: Any) -> None:
         scope.setdefault("extensions", {})["tls"] = extension
@@ -99,6 +120,13 @@ def peer_certificate(scope: Scope) -> str | None:
     tls = (scope.get("extensions") or {}).get("tls") or {}
     chain = tls.get("client_cert_chain") or []
     return str(chain[0]) if chain else None
+
+
+def source_from_scope(scope: Scope) -> Source | None:
+    """The connection's `Source` (`with_tls_extension`), or None without TLS."""
+    tls = (scope.get("extensions") or {}).get("tls") or {}
+    source = tls.get(SOURCE_KEY)
+    return source if isinstance(source, Source) else None
 
 
 def identity_from_scope(scope: Scope) -> str:

@@ -66,6 +66,32 @@ class HexDigest(str):
 
 
 DetailValue = str | int | bool | None
+_MAX_ADDRESS: Final = 64  # an IPv6 address with a zone is under 64 characters
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where an API request came from (PCI DSS 10.2.2, "origination"): the TCP peer's
+    address and the SHA-256 fingerprint of the client certificate it presented. Built
+    once per connection (`api.tls`) and the same object passed to every entry of it: a
+    batch's 1,000 entries share one. The address is the immediate peer (a load
+    balancer's, behind one); no forwarded header is believed. The fingerprint is a
+    `HexDigest` (computed by Cofre, written exactly: the entry of a refused
+    certificate names its ``cert_sha256`` the same way, so the two can be matched)."""
+
+    address: str | None = None
+    certificate: HexDigest | None = None
+
+    def payload(self) -> dict[str, str]:
+        body: dict[str, str] = {}
+        if self.address is not None:
+            body["address"] = _masked(self.address[:_MAX_ADDRESS])
+        if self.certificate is not None:
+            if not isinstance(self.certificate, HexDigest):
+                raise TypeError("a source's certificate is a HexDigest")
+            body["certificate"] = str(self.certificate)
+        return body
+
 
 # The entry ids written on behalf of the request being served, when the API opened a
 # trail for it (`request_trail`): the API writes one entry itself for a request that
@@ -146,6 +172,9 @@ class AuditEvent:
     # Written only when set, so entries without one keep their exact bytes: a policy
     # text, or a ceremony action's signed request (`vault.approval_proof`).
     document: str | None = None
+    # Written only when set, like `document`: the origination of an API request. CLI
+    # actions, the sequencer and the vault's own jobs have none.
+    source: Source | None = None
 
 
 # Short strings `mask_pan_like` left as they were. An operation's entries repeat the
@@ -230,6 +259,8 @@ def canonical_payload(event: AuditEvent, at: datetime) -> str:
         if len(event.document) > MAX_DOCUMENT:
             raise TypeError(f"audit documents are at most {MAX_DOCUMENT} characters")
         body["document"] = mask_pan_like(event.document)
+    if event.source is not None and (source := event.source.payload()):
+        body["source"] = source
     return json.dumps(
         body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
@@ -259,6 +290,7 @@ def canonical_payloads(events: Sequence[AuditEvent], at: datetime) -> list[str]:
         fields = (event.action, event.actor, event.request_id, event.key_id, event.document)
         key = (
             *((type(value), value) for value in fields),
+            event.source,  # frozen, compared by value: one object for a whole batch
             (type(event.outcome), event.outcome),
             tuple((type(k), k, type(v), v) for k, v in event.details.items()),
         )

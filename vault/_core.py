@@ -300,6 +300,7 @@ class VaultCore(Fingerprints):
                     actor=ctx.identity,
                     request_id=ctx.request_id,
                     details=details,
+                    source=ctx.source,
                 )
             )
             raise
@@ -377,6 +378,7 @@ class VaultCore(Fingerprints):
             request_id=ctx.request_id,
             token_id=token_id,
             details=dict(details or {}),
+            source=ctx.source,  # the call's one object: a batch's entries share it
         )
 
     def charge_rate(self, key: str, limit: RateLimit, cost: int = 1) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Generic, TypeVar
 
+from audit.log import Source
 from vault.card import SecurityCode
 from vault.pan import Pan
 
@@ -19,10 +20,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class CallContext:
-    """Who is calling (the SAN URI of the verified client certificate) and the request."""
+    """Who is calling (the SAN URI of the verified client certificate) and the request;
+    `source`, where it came from (the peer's address and certificate fingerprint), goes
+    to every audit entry of the call (PCI DSS 10.2.2; None for the CLI's own calls)."""
 
     identity: str
     request_id: str
+    source: Source | None = None
 
 
 @dataclass(frozen=True, slots=True)

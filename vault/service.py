@@ -18,7 +18,7 @@ from __future__ import annotations
 # The audit entry a caller hands to `VaultService.record`, and the context that tells it
 # whether an operation already wrote one: part of the facade, so the API (api -> vault,
 # policies) needs no import of the audit package.
-from audit.log import AuditEvent, DetailValue, HexDigest, Outcome, request_trail
+from audit.log import AuditEvent, DetailValue, HexDigest, Outcome, Source, request_trail
 from vault.models import (
     MAX_BATCH,
     CallContext,
@@ -45,6 +45,7 @@ __all__ = [
     "HexDigest",
     "Outcome",
     "Revealed",
+    "Source",
     "TokenRecord",
     "TokenUpdate",
     "TokenizeRequest",

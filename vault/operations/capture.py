@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Row, and_, delete, insert, select, update
 
-from audit.log import DetailValue, Outcome
+from audit.log import DetailValue, Outcome, Source
 from cofre.origins import address_key
 from policies.errors import PolicyDenied
 from policies.models import Action, RateLimit
@@ -187,7 +187,9 @@ class CaptureOperations(TokenizeOperations):
             return None
         if origin is not None and origin != row.origin:
             return None
-        owner = CallContext(identity=str(row.owner), request_id=request_id)
+        owner = CallContext(
+            identity=str(row.owner), request_id=request_id, source=_source(client_address)
+        )
         details: dict[str, DetailValue] = {
             "client": client_address[:64],
             "session": str(row.id),
@@ -225,7 +227,8 @@ class CaptureOperations(TokenizeOperations):
         the session's origin is still allowed carries that origin
         (`vault.capture.refusal_origin`).
         """
-        anonymous = CallContext(identity=ANONYMOUS_CAPTURE, request_id=request_id)
+        source = _source(card.client_address)
+        anonymous = CallContext(identity=ANONYMOUS_CAPTURE, request_id=request_id, source=source)
         details: dict[str, DetailValue] = {"client": card.client_address[:64]}
         audited = self._audited_refusal(anonymous, Action.CAPTURE)
         with audited if audit_anonymous else contextlib.nullcontext():
@@ -233,7 +236,7 @@ class CaptureOperations(TokenizeOperations):
             session = self._session_row(card.session_id)
             if session is None:
                 raise CaptureUnauthorized("unknown capture session or wrong client secret")
-        owner = CallContext(identity=str(session.owner), request_id=request_id)
+        owner = CallContext(identity=str(session.owner), request_id=request_id, source=source)
         details["session"] = str(session.id)
         with self._audited_refusal(owner, Action.CAPTURE):
             self.charge_rate(f"capture-session {session.id}", per_session)
@@ -377,6 +380,12 @@ class CaptureOperations(TokenizeOperations):
                 },
             ),
         )
+
+
+def _source(address: str) -> Source | None:
+    """A browser's origination: its address (no client certificate on the capture
+    listener), in every entry of its capture, refusals included."""
+    return Source(address=address) if address and address != "unknown" else None
 
 
 def purge_capture_sessions(connection: Connection, now: datetime) -> int:
