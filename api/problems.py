@@ -111,6 +111,8 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "pki_error": (500, "The vault's PKI is misconfigured"),
     "infra_error": (500, "Infrastructure error"),
     "aws_call_failed": (502, "An AWS call failed"),
+    # `cofre audit archive` only: the bucket cannot keep the total retention.
+    "archive_bucket_unfit": (503, "The audit archive bucket cannot keep the audit retention"),
     "aws_credentials_missing": (500, "No AWS credentials"),
     "peer_vpc_not_found": (500, "The peer VPC does not exist"),
 }

@@ -5,6 +5,7 @@ IN PCI SCOPE.
     CofreError
     └── InfraError
         ├── AwsCallFailed          an AWS API call failed (service, operation, AWS code)
+        ├── ArchiveBucketUnfit     the audit archive bucket cannot keep the total retention
         ├── CredentialsMissing     no AWS credentials or region
         └── PeerVpcNotFound        the declared peer VPC does not exist
 """
@@ -20,6 +21,13 @@ class InfraError(CofreError):
 
 class AwsCallFailed(InfraError):
     code = "aws_call_failed"
+
+
+class ArchiveBucketUnfit(InfraError):
+    """No Object Lock on the audit archive bucket, or a lifecycle rule expiring the
+    archive before `COFRE_ARCHIVE__TOTAL_RETENTION_MONTHS` (PCI DSS 10.5.1)."""
+
+    code = "archive_bucket_unfit"
 
 
 class CredentialsMissing(InfraError):

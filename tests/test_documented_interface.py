@@ -270,6 +270,7 @@ NOT_ANSWERED_BY_THE_API = {
     "policy_error",
     "throttled",
     "vault_error",
+    "archive_bucket_unfit",
     "audit_archive_failed",
     "audit_retention_refused",
     "audit_verification_failed",

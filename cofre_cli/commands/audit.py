@@ -385,17 +385,21 @@ def audit_partitions(
 def audit_archive(bucket: BucketOpt = None, prefix: PrefixOpt = None) -> None:
     """Ship every signed leaf not archived yet to the bucket as sealed segments (with
     their signed heads and a manifest each); record and audit each. Idempotent."""
-    from audit.archive import archive_log
+    from audit.archive import archive_log, normalize_prefix
     from cofre_cli.wiring import open_database
 
     settings = cli_settings()
     objects = _object_store(settings, bucket)
+    key_prefix = settings.archive.prefix if prefix is None else prefix
+    # PCI DSS 10.5.1, fail closed: nothing is shipped to a bucket that cannot keep it
+    # for the total retention; what is shipped is locked that long.
+    objects.require_retention(settings.archive.total_retention_months, normalize_prefix(key_prefix))
     engine = open_database(settings)
     try:
         segments = archive_log(
             engine,
             objects,
-            prefix=settings.archive.prefix if prefix is None else prefix,
+            prefix=key_prefix,
             max_entries=settings.archive.segment_max_entries,
         )
     finally:

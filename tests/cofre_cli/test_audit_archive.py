@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from audit.archive import segment_key
 from audit.partitions import ensure_partitions
 from audit.store import AuditStore
 from cofre_cli.main import app
-from infra_pci.objectstore import S3ObjectStore
+from infra_pci.objectstore import S3ObjectStore, add_months
 from tests.audit.conftest import BUCKET, s3, signer
 from tests.audit.test_archive import sequence
 from tests.audit.test_partitions import append_at
@@ -75,6 +76,13 @@ def test_archive_verify_and_retire_from_the_command_line(
     assert code == 0, err
     assert "archived leaves 0..7 as cofre-audit/segments/0-8.jsonl.gz" in out
     assert out.endswith("archived 2 segments\n")
+    # PCI DSS 10.5.1: each object is locked for COFRE_ARCHIVE__TOTAL_RETENTION_MONTHS.
+    for key in ("cofre-audit/segments/0-8.jsonl.gz", "cofre-audit/manifests/8-15.json"):
+        head = s3._client.head_object(Bucket=BUCKET, Key=key)
+        assert head["ObjectLockMode"] == "COMPLIANCE"
+        # Upload time + 12 calendar months; the hour's slack only absorbs a slow run.
+        expected = add_months(head["LastModified"], 12)
+        assert abs(head["ObjectLockRetainUntilDate"] - expected) < timedelta(hours=1)
 
     saved = tmp_path / "last-head.json"
     code, out, err = cofre(
@@ -130,3 +138,60 @@ def test_archive_verify_and_retire_from_the_command_line(
     assert err == (
         "FAILED: archived segment 8-15 is missing: no object cofre-audit/segments/8-15.jsonl.gz\n"
     )
+
+
+def test_archive_refuses_a_bucket_that_cannot_keep_the_retention(
+    pg: Engine,
+    signer: HSMTreeHeadSigner,
+    s3: S3ObjectStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fail closed: without Object Lock, or with a lifecycle rule that expires the
+    archive before COFRE_ARCHIVE__TOTAL_RETENTION_MONTHS, nothing is shipped or recorded."""
+    config = tmp_path / "cofre.toml"
+    config.write_text("", encoding="utf-8")
+    plain = "cofre-audit-no-lock"
+    s3._client.create_bucket(Bucket=plain)
+    for name, value in {
+        "COFRE_CONFIG": str(config),
+        "COFRE_DATA_DIR": str(tmp_path / "data"),
+        "COFRE_DATABASE__URL": pg.url.render_as_string(hide_password=False),
+        "COFRE_ARCHIVE__BUCKET": plain,
+        "COFRE_ARCHIVE__TOTAL_RETENTION_MONTHS": "13",
+    }.items():
+        monkeypatch.setenv(name, value)
+    append_at(pg, NOW, 3)
+    sequence(pg, signer)
+    runner = CliRunner()
+
+    result = runner.invoke(app, ["audit", "archive"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"error [archive_bucket_unfit]: bucket {plain} has no S3 Object Lock: it cannot keep "
+        "the audit archive for COFRE_ARCHIVE__TOTAL_RETENTION_MONTHS=13 months"
+    )
+    assert "Contents" not in s3._client.list_objects_v2(Bucket=plain)
+
+    s3._client.put_bucket_lifecycle_configuration(
+        Bucket=BUCKET,
+        LifecycleConfiguration={
+            "Rules": [
+                {
+                    "ID": "too-short",
+                    "Status": "Enabled",
+                    "Filter": {"Prefix": "cofre-audit/"},
+                    "Expiration": {"Days": 366},
+                }
+            ]
+        },
+    )
+    result = runner.invoke(app, ["audit", "archive", "--bucket", BUCKET])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"error [archive_bucket_unfit]: bucket {BUCKET}: lifecycle rule too-short expires "
+        "cofre-audit/ objects after 366 days, before COFRE_ARCHIVE__TOTAL_RETENTION_MONTHS=13"
+    )
+    assert "Contents" not in s3._client.list_objects_v2(Bucket=BUCKET)
+    with pg.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM audit_archive")).scalar() == 0
