@@ -229,9 +229,10 @@ class ArchiveSettings(_Section):
     online (PCI DSS 10.5.1: twelve months kept, the last three immediately available).
 
     S3 credentials are never settings: boto3's default chain (IRSA, instance profile,
-    ``AWS_*`` variables). `total_retention_months` is what the bucket's lifecycle rule
-    and Object Lock retention must implement (docs/operations.md); Cofre checks the
-    numbers are consistent, the bucket enforces them.
+    ``AWS_*`` variables). `total_retention_months` is what `cofre audit archive` locks
+    each object it puts for (S3 Object Lock, compliance mode, from its upload), after
+    refusing a bucket without Object Lock or with a lifecycle rule expiring the archive
+    sooner (`infra_pci.objectstore`); the bucket enforces the lock.
     """
 
     bucket: str | None = None
