@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -63,7 +63,7 @@ from hsm.session import is_softhsm
 from policies.engine import PolicyEngine
 from policies.errors import RateLimited
 from policies.loader import LoadedPolicy, load_policy
-from policies.models import RateLimit
+from policies.models import RateLimit, RelayRoute
 from vault.cryptoperiod import CryptoperiodMonitor
 from vault.key_registry import KeyRegistry
 from vault.officer_mfa import identities_without_mfa, officer_ports
@@ -416,6 +416,7 @@ def build_runtime(
                 rotation,
                 keys.custody.acknowledgements,
                 service.security_code_counts,
+                lambda: service.policy.policy.relay_routes,
             ),
             generator=ctx.identity,
             period_from=request.period_from,
@@ -476,6 +477,7 @@ def _evidence_sources(
     rotation: KeyRotation,
     custody: Callable[[], list[dict[str, Any]]],
     security_codes: Callable[[datetime, datetime], dict[str, int]] | None = None,
+    relay_routes: Callable[[], Mapping[str, RelayRoute]] = dict,
 ) -> EvidenceSources:
     server = settings.server
     cert_paths = [Path(p) for p in (server.ca_bundle, server.cert_file) if p is not None]
@@ -505,6 +507,7 @@ def _evidence_sources(
         officer_authorities=own_authorities(server.cert_file),
         officer_ports=officer_ports(server.port, server.officer_ports),
         witness_quorum=settings.audit.quorum,
+        relay_routes=relay_routes,  # the policy in force at export, not at start
     )
 
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import tarfile
 import tempfile
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,9 +38,11 @@ from cofre_evidence_verifier.bundle import (
     SIGNATURE,
 )
 from compliance._covering import covering_head
+from compliance._relay_cas import relay_ca_inventory
 from compliance.custody import custody_json
 from compliance.dual_control import dual_control_json
 from compliance.errors import ChainBroken, ComplianceError, EvidenceUnavailable
+from policies.models import RelayRoute
 
 ALL_PROOFS_UP_TO: Final = 5000
 SAMPLE: Final = 1000
@@ -78,6 +80,9 @@ class EvidenceSources:
     officer_ports: Collection[int] | None = None
     # Cosignatures the covering head should carry (`COFRE_AUDIT__WITNESS_QUORUM`).
     witness_quorum: int = 1
+    # The policy in force's relay routes, read at export: their CA bundles join
+    # `certificates` (4.2.1.1; `compliance._relay_cas`).
+    relay_routes: Callable[[], Mapping[str, RelayRoute]] = dict
 
 
 def _blocks(start: int, end: int) -> list[tuple[int, int]]:
@@ -362,7 +367,8 @@ def _stage_sources(
     staging.add("keys/ceremonies.json", json.dumps(sources.ceremonies(), indent=2).encode())
     staging.add("config/settings.json", json.dumps(sources.settings, indent=2).encode())
     staging.add("tls/settings.json", json.dumps(sources.tls_settings, indent=2).encode())
-    staging.add("tls/certificates.json", json.dumps(sources.certificates, indent=2).encode())
+    certificates = sources.certificates + relay_ca_inventory(sources.relay_routes())
+    staging.add("tls/certificates.json", json.dumps(certificates, indent=2).encode())
     if sources.officer_authorities is not None:
         names: dict[str, Any] = {
             "names": sorted(sources.officer_authorities()),

@@ -10,6 +10,7 @@ left out the capture origin's own certificate."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from pathlib import Path
 
@@ -95,3 +96,87 @@ def test_without_a_capture_listener_the_evidence_names_none(
     bundle.write_bytes(response.content)
     tls = json.loads(members(bundle)["tls/settings.json"])
     assert tls["capture_listener"] is None
+
+
+def _ca_pem(common_name: str) -> bytes:
+    """A self-signed CA certificate, as an acquirer's private CA would be."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+RELAYER = """
+[identities."spiffe://cofre/checkout"]
+description = "A relaying service"
+scope = "out"
+operations = ["relay"]
+"""
+
+
+def _route(name: str, ca: Path) -> str:
+    return f"""
+[relay_routes.{name}]
+identities = ["spiffe://cofre/checkout"]
+upstream = "https://{name}.acquirer.example/v1/authorize"
+detokenize = ["/card/number"]
+ca_bundle = "{ca}"
+"""
+
+
+def test_relay_routes_ca_bundles_of_the_policy_in_force_are_in_the_inventory(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    """4.2.1.1 (finding F8): the CAs the vault trusts when it sends PANs to acquirers
+    (each relay route's `ca_bundle`) are listed, every certificate of a bundle, from the
+    policy in force at export, not the one the vault started with."""
+    (tmp_path / "cas").mkdir()
+    first, second, gone = (tmp_path / "cas" / f"{n}.pem" for n in ("first", "second", "gone"))
+    first.write_bytes(_ca_pem("First Acquirer CA"))
+    second.write_bytes(_ca_pem("Second Acquirer Root") + _ca_pem("Second Acquirer Issuing"))
+    gone.write_bytes(_ca_pem("Gone Acquirer CA"))
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+    with running_vault(
+        tmp_path, hsm_provider, extra_policy=RELAYER + _route("acq", first)
+    ) as vault:
+        policy = vault.runtime.settings.policy_file
+        assert policy is not None
+        text = policy.read_text(encoding="utf-8").replace(str(first), str(second))
+        policy.write_text(text + _route("old", gone), encoding="utf-8")
+        assert vault.runtime.reload_policy()
+        gone.unlink()  # the relay would fail on it too: the evidence says so
+        response = export_response(vault, started)
+    assert response.status_code == 200, response.text
+    bundle = tmp_path / "bundle.tar.gz"
+    bundle.write_bytes(response.content)
+    inventory = json.loads(members(bundle)["tls/certificates.json"])
+
+    relayed = [c for c in inventory if "relay_route" in c]
+    assert [(c["relay_route"], c["file"], c.get("subject")) for c in relayed] == [
+        ("acq", str(second), "CN=Second Acquirer Root"),
+        ("acq", str(second), "CN=Second Acquirer Issuing"),
+        ("old", str(gone), None),
+    ]
+    root = relayed[0]
+    assert root["upstream"] == "https://acq.acquirer.example/v1/authorize"
+    assert root["issuer"] == "CN=Second Acquirer Root"
+    cert = x509.load_pem_x509_certificates(second.read_bytes())[0]
+    assert root["not_after"] == cert.not_valid_after_utc.isoformat()
+    assert root["serial"] == ":".join(
+        f"{b:02x}" for b in cert.serial_number.to_bytes(20, "big").lstrip(b"\0")
+    )
+    der = cert.public_bytes(serialization.Encoding.DER)
+    assert root["sha256"] == hashlib.sha256(der).hexdigest()
+    assert relayed[2]["error"] == "cannot read the CA bundle (FileNotFoundError)"
+    assert not [c for c in inventory if c["file"] == str(first)]
