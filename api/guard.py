@@ -116,7 +116,7 @@ class RequestGuard:
         spent: Spent | None = None
         admitted = NOTHING_HELD  # the caller's unit it holds while in flight (review 35)
 
-        with request_trail() as trail:
+        with request_trail(source_from_scope(scope)) as trail:
 
             async def send_with_id(message: Message) -> None:
                 if message["type"] == "http.response.start":

@@ -97,20 +97,30 @@ class Source:
 # trail for it (`request_trail`): the API writes one entry itself for a request that
 # ended without any (a rejection before any operation ran).
 _TRAIL: ContextVar[list[int] | None] = ContextVar("cofre_audit_trail", default=None)
+# The origination of the request being served, for the entries made in its context
+# that were not handed one (`AuditEvent.source`).
+_SOURCE: ContextVar[Source | None] = ContextVar("cofre_audit_source", default=None)
+
+
+def _request_source() -> Source | None:
+    return _SOURCE.get()
 
 
 @contextmanager
-def request_trail() -> Iterator[list[int]]:
+def request_trail(source: Source | None = None) -> Iterator[list[int]]:
     """Collect, for the duration of the block, the ids of the entries appended in this
     context (and in contexts copied from it: worker threads, the group committer).
     On a connection inside `notes_on_commit` (the group committer's) an id is recorded
     only once its transaction committed; elsewhere one may be recorded for a transaction
-    that later rolls back."""
+    that later rolls back. Entries made in this context without a `source` of their
+    own get `source` (the request's origination, PCI DSS 10.2.2)."""
     trail: list[int] = []
     token = _TRAIL.set(trail)
+    source_token = _SOURCE.set(source)
     try:
         yield trail
     finally:
+        _SOURCE.reset(source_token)
         _TRAIL.reset(token)
 
 
@@ -173,8 +183,10 @@ class AuditEvent:
     # text, or a ceremony action's signed request (`vault.approval_proof`).
     document: str | None = None
     # Written only when set, like `document`: the origination of an API request. CLI
-    # actions, the sequencer and the vault's own jobs have none.
-    source: Source | None = None
+    # actions, the sequencer and the vault's own jobs have none. Unless given, the
+    # request's being served (`request_trail`): an officer's ceremony step or custody
+    # acknowledgement is made without a `CallContext`, and is an API request's too.
+    source: Source | None = field(default_factory=_request_source)
 
 
 # Short strings `mask_pan_like` left as they were. An operation's entries repeat the

@@ -150,3 +150,19 @@ def test_capture_entries_name_the_browsers_address(capture_vault: VaultServer) -
     for entry in entries:
         assert entry["source"] == {"address": "127.0.0.1"}, entry
         assert "10.9.9.9" not in json.dumps(entry)
+
+
+def test_an_entry_made_without_a_call_context_names_the_request_source(
+    vault_server: VaultServer,
+) -> None:
+    """Officer routes (key ceremonies, custody, the key inventory) write their entries
+    without a `CallContext`: they take the source of the request being served from its
+    trail. Here a service's certificate asks for the key inventory and is denied."""
+    with vault_server.client("payments") as client:
+        assert client.get("/v1/admin/keys").status_code == 403
+    with vault_server.runtime.engine.connect() as c:
+        payloads = c.execute(sa.text("SELECT payload FROM audit_entries ORDER BY id")).scalars()
+        denied = [json.loads(p) for p in payloads if '"action":"key.admin"' in p]
+    assert denied
+    assert denied[-1]["outcome"] == "denied"
+    assert denied[-1]["source"] == _source(vault_server, "payments")
