@@ -57,9 +57,10 @@ class AeadOperations(TokenSession):
     def destroy_key(self, label: str) -> None:  # pragma: no cover - HSMProvider's
         raise NotImplementedError
 
-    def _create_key(self, label: str, make: Callable[[Any], object]) -> KeyInfo:
-        """Run `make(session)`, which creates the token key `label`, exactly once; then
-        return the new key's `KeyInfo`.
+    def _create_key(self, label: str, make: Callable[[Any, bytes], object]) -> KeyInfo:
+        """Run `make(session, key_id)`, which creates the token key `label` with CKA_ID
+        `key_id`, exactly once, unless `label` is taken; then return the new key's
+        `KeyInfo`.
 
         The creation is never retried: a retry after a lost reply could make the key
         twice, and a second run finds the label taken. Reading the new key is retried
@@ -67,14 +68,31 @@ class AeadOperations(TokenSession):
         has it (docs/cloudhsm.md; python-pkcs11 reads the key's CKA_CLASS as soon as
         it exists, so the refusal can come from inside `make`, after the key was
         made). A key still refused after `key_availability_timeout` is destroyed again
-        where the token lets us (the destroy waits the same way) and `HSMKeyUnavailable`
-        is raised, so that the caller does not leave a half-made key behind.
+        where the token lets us (the destroy waits the same way; only the object with
+        `key_id`) and `HSMKeyUnavailable` is raised, so that the caller does not leave
+        a half-made key behind.
+
+        A refusal in the duplicate check, before `make` runs, is raised as it is:
+        nothing was made, and the key refused is another's with the label (another node
+        made it a moment ago). Taken for "made, then refused", that key was answered as
+        the new one, or destroyed (review 30c).
         """
+        key_id = new_key_id()
+        making = False
+
+        def create(session: Any) -> None:
+            nonlocal making
+            self._refuse_duplicate(session, label)
+            making = True
+            make(session, key_id)
+
         refused: HSMKeyUnavailable | None = None
         try:
-            self._run(make, retry=False)
-        except HSMKeyUnavailable as exc:  # made, then refused when python-pkcs11 read it
-            refused = exc
+            self._run(create, retry=False)
+        except HSMKeyUnavailable as exc:
+            if not making:
+                raise
+            refused = exc  # made, then refused when python-pkcs11 read it
         try:
             return self.describe_key(label)
         except HSMKeyNotFound:
@@ -83,8 +101,20 @@ class AeadOperations(TokenSession):
             raise
         except HSMKeyUnavailable:
             with contextlib.suppress(HSMError):
-                self.destroy_key(label)
+                self._destroy_made(label, key_id)
             raise
+
+    def _destroy_made(self, label: str, key_id: bytes) -> None:
+        """Destroy the objects labelled `label` with CKA_ID `key_id`: the key (or pair)
+        `_create_key` made, never another labelled so (another node's, made between
+        the duplicate check and this key)."""
+
+        def destroy(session: Any) -> None:
+            for obj in list(session.get_objects({Attribute.LABEL: label, Attribute.ID: key_id})):
+                obj.destroy()
+            self._forget_keys()
+
+        self._run(destroy)
 
     def generate_aead_key(self, label: str) -> KeyInfo:
         """Create an AES-256 token key usable only to encrypt and decrypt: sensitive,
@@ -107,12 +137,11 @@ class AeadOperations(TokenSession):
         Raises `HSMOperationFailed` when `label` is taken.
         """
 
-        def generate(session: Any) -> None:
-            self._refuse_duplicate(session, label)
+        def generate(session: Any, key_id: bytes) -> None:
             session.generate_key(
                 KeyType.AES,
                 256,
-                id=new_key_id(),
+                id=key_id,
                 label=label,
                 store=True,
                 template={

@@ -240,12 +240,11 @@ class HSMProvider(AeadOperations):
         Raises `HSMOperationFailed` when `label` is taken.
         """
 
-        def generate(session: Any) -> None:
-            self._refuse_duplicate(session, label)
+        def generate(session: Any, key_id: bytes) -> None:
             session.generate_key(
                 KeyType.GENERIC_SECRET,
                 256,
-                id=new_key_id(),
+                id=key_id,
                 label=label,
                 store=True,
                 mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
@@ -267,8 +266,7 @@ class HSMProvider(AeadOperations):
         Raises `HSMOperationFailed` when `label` is taken.
         """
 
-        def generate(session: Any) -> None:
-            self._refuse_duplicate(session, label)
+        def generate(session: Any, key_id: bytes) -> None:
             params = session.create_domain_parameters(
                 KeyType.EC,
                 {Attribute.EC_PARAMS: encode_named_curve_parameters(_P256_OID)},
@@ -286,7 +284,7 @@ class HSMProvider(AeadOperations):
             )
             # Both halves share one fresh CKA_ID, as PKCS#11 convention pairs them.
             params.generate_keypair(
-                id=new_key_id(),
+                id=key_id,
                 label=label,
                 store=True,
                 public_template=public_template,

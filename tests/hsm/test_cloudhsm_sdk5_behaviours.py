@@ -7,6 +7,8 @@ The shim is our reading of AWS's documentation, not CloudHSM."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import secrets
 from collections.abc import Iterator
 from typing import Any, cast
@@ -257,3 +259,39 @@ def test_a_new_key_that_stays_unreadable_fails_as_unavailable(
         assert [k.label for k in shim_provider.list_keys()].count(label) == 1
     finally:
         shim_provider.destroy_key(label)
+
+
+@pytest.mark.parametrize("kind", ["kek", "fp", "audit"])
+def test_a_taken_label_still_unavailable_is_never_answered_as_a_new_key(
+    cloudhsm_shim: CloudHSMShim, shim_provider: HSMProvider, kind: str
+) -> None:
+    """Review 30c: a creation whose label is taken by a key another node made a moment
+    ago (not yet on a quorum of HSMs: its attributes are refused) failed inside the
+    duplicate check, before anything was made; `_create_key` took that refusal for
+    "made, then refused", waited for the other key and answered it as the new key (or,
+    still refused, destroyed every key with the label: the other node's). The check's
+    refusal is the caller's: nothing was made, the other key stays, untouched."""
+    label = f"cofre-sdk5-taken-{kind}-{secrets.token_hex(3)}"
+    make = {
+        "kek": shim_provider.generate_kek,
+        "fp": shim_provider.generate_hmac_key,
+        "audit": shim_provider.generate_signing_key,
+    }[kind]
+    configure(cloudhsm_shim, key_availability_ms=300, gate_attributes=True)
+    try:
+        with contextlib.suppress(HSMKeyUnavailable):  # python-pkcs11 reads it at once
+            shim_provider._run(
+                lambda session: session.generate_key(
+                    KeyType.AES, 256, id=b"other-node", label=label, store=True
+                ),
+                retry=False,
+            )
+        with pytest.raises((HSMOperationFailed, HSMKeyUnavailable)):
+            make(label)
+    finally:
+        configure(cloudhsm_shim)
+        ids = [k.key_id for k in shim_provider.list_keys() if k.label == label]
+        if ids:
+            shim_provider.destroy_key(label)
+    # The other node's key: neither answered as the new one, destroyed nor doubled.
+    assert ids == [base64.b64encode(b"other-node").decode()]
