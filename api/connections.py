@@ -53,8 +53,11 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 MALFORMED: Final = "malformed_http_request"
 HEAD_TOO_LARGE: Final = "request_head_too_large"
 # A chunked request's framing and trailers may take the head bound, plus one byte for
-# every 16 of body (chunks of 128 bytes or more never reach it): review 30b.
+# every 16 of body (review 30b), beyond each chunk's own size line (review 30c).
 _FRAMING_PER_BODY: Final = 16
+# A head's bytes beyond its target and fields: the space after the method,
+# " HTTP/1.1\r\n", and the blank line that ends it.
+_REQUEST_LINE_REST: Final = 14
 
 
 def _problem_400(code: str) -> bytes:
@@ -331,6 +334,9 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
     _body_in_read: int = 0
     _framing: int = 0
     _head_fields: int = 0  # the request's header fields before its trailers
+    # Each chunk's own size line, credited to the framing room (review 30c).
+    _chunk_body: int = 0
+    _chunk_credit: int = 0
 
     @property
     def cofre_identity(self) -> str | None:
@@ -356,18 +362,9 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
         if self.transport.is_closing():
             self._guard.disarm()
             return
-        if in_body and not self._began and not self._completed:
-            # A read wholly within one request's body: what llhttp did not hand over as
-            # body is framing. uvicorn appends every trailer field to the request's
-            # headers and httptools joins a field's value across reads by copying it,
-            # so without this bound a chunked request's trailers grew the worker's
-            # memory (and its copying) until the body deadline (review 30b).
-            # (A read that ends the request is measured by its trailer fields instead,
-            # in `on_message_complete`.)
-            self._framing += len(data) - self._body_in_read
-            if self._framing > self._framing_room():
-                self._refuse_mid_body()
-                return
+        if self._reading and not self._in_head and self._framing_exceeded(data, in_body):
+            self._refuse_mid_body()
+            return
         if self._in_head:
             # A head still open after this read: all of the read is head (or CR/LF
             # before it) unless a request ended in it first; then only what the parser
@@ -401,10 +398,35 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
             # extend it. While an answer is pending, its keep-alive timer follows.)
             self._guard.arm("headers")
 
+    def _framing_exceeded(self, data: bytes, in_body: bool) -> bool:
+        """Count the framing in `data`, a read that left a request in its body (which
+        `in_body` it was in before); whether the request's framing is past its room."""
+        if in_body and not self._began and not self._completed:
+            # A read wholly within one request's body: what llhttp did not hand over as
+            # body is framing. uvicorn appends every trailer field to the request's
+            # headers and httptools joins a field's value across reads by copying it,
+            # so without this bound a chunked request's trailers grew the worker's
+            # memory (and its copying) until the body deadline (review 30b).
+            # (A read that ends the request is measured by its trailer fields instead,
+            # in `on_message_complete`.)
+            self._framing += len(data) - self._body_in_read
+        elif self._began and self._reading and not self._in_head:
+            # A read that began a request and left it in its body: what followed its
+            # head. Measured by nothing before review 30c: a read's worth of trailer
+            # fields (up to 256 KiB) was held until the body deadline. (A request that
+            # began behind one this read ended is measured by its stored fields only.)
+            after = self._trailer_size()
+            if not self._completed:
+                head = self._head_size(self._head_fields) + len(self.parser.get_method())
+                after = len(data) - head - _REQUEST_LINE_REST - self._body_in_read
+            self._framing += max(0, after)
+        return self._framing > self._framing_room()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading = self._in_head = self._began = True
         self._head_bytes = self._body_bytes = self._framing = 0
+        self._chunk_body = self._chunk_credit = 0
 
     def on_body(self, body: bytes) -> None:
         # Body is never framing; but only body the app may still read buys framing
@@ -412,10 +434,23 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
         # until the message ends or the body deadline: closing with it unsent could
         # reset the connection before the client reads its answer).
         self._body_in_read += len(body)
-        cycle: Any = self.cycle  # None before the first request
-        if cycle is not None and not cycle.response_complete:
+        self._chunk_body += len(body)
+        if self._app_reads():
             self._body_bytes += len(body)
         super().on_body(body)
+
+    def on_chunk_header(self) -> None:
+        self._chunk_body = 0
+
+    def on_chunk_complete(self) -> None:
+        # A chunk's size line is the framing every chunked client sends: credited, so
+        # that a body streamed in small chunks (a JSON encoder's fragments, a few bytes
+        # each) is not refused as a head too large (review 30c). llhttp keeps nothing
+        # of it; only what goes beyond it (extensions, leading zeros, trailers) takes
+        # the room. Not once the answer is complete: that body is dropped.
+        if self._chunk_body and self._app_reads():
+            self._chunk_credit += len(f"{self._chunk_body:x}") + 4
+        self._chunk_body = 0
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -438,8 +473,7 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
     def on_message_complete(self) -> None:
         # Trailer fields that came in the read ending the request (`data_received`
         # measures the reads before it): uvicorn appended them to the headers.
-        trailers = self.headers[self._head_fields :]
-        if sum(len(name) + len(value) + 4 for name, value in trailers) > self._framing_room():
+        if self._trailer_size() > self._framing_room() - self._chunk_credit:
             self._refuse_mid_body()
             raise _HeadTooLarge  # stops the parser: a request behind it is not read
         super().on_message_complete()
@@ -459,7 +493,16 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
 
     def _framing_room(self) -> int:
         """How many bytes of framing and trailers the request being read may send."""
-        return self.max_header_bytes + self._body_bytes // _FRAMING_PER_BODY
+        return self.max_header_bytes + self._body_bytes // _FRAMING_PER_BODY + self._chunk_credit
+
+    def _app_reads(self) -> bool:
+        """Whether the app may still read the request's body (its answer incomplete)."""
+        cycle: Any = self.cycle  # None before the first request
+        return cycle is not None and not cycle.response_complete
+
+    def _trailer_size(self) -> int:
+        """The trailer fields uvicorn appended to the request's headers, as sent."""
+        return sum(len(name) + len(value) + 4 for name, value in self.headers[self._head_fields :])
 
     def _refuse_mid_body(self) -> None:
         """Refuse the request being read: its 400 unless its answer has begun (the app
@@ -477,10 +520,12 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
             self.transport.write(_problem_400(HEAD_TOO_LARGE))
         self.transport.close()
 
-    def _head_size(self) -> int:
-        """The head parsed so far as sent: the target, and each header with its ": "
-        and CR/LF (the request line's method and version aside)."""
-        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+    def _head_size(self, fields: int | None = None) -> int:
+        """The head parsed so far as sent: the target, and each header (the first
+        `fields`, or all) with its ": " and CR/LF (the request line's method and version
+        aside)."""
+        headers = self.headers[:fields]
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in headers)
 
     def on_response_complete(self) -> None:
         self._requests.answered()  # first: uvicorn may begin a pipelined request in it

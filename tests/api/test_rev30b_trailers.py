@@ -248,3 +248,47 @@ def test_the_health_listener_bounds_trailers_too(health_url: tuple[str, int]) ->
         except OSError:
             pass
     assert received.count(b"HTTP/1.1 ") == 1, received
+
+
+def test_a_full_batch_streamed_in_a_json_encoders_fragments_is_answered(
+    vault: tuple[VaultServer, str],
+) -> None:
+    """Review 30c: a client that streams its body as its JSON encoder yields it (requests
+    or httpx given `json.JSONEncoder().iterencode(...)`: one chunk per fragment, mostly
+    1 to 20 bytes) sends more chunk-size lines than body for a 1,000-item batch (about
+    51 KB of them for 47 KB of body); the bound, a sixteenth of the body past the head
+    bound, refused it as a head too large. A chunk's own size line is not what the bound
+    is for (llhttp keeps nothing of it): only the framing beyond it, and trailers."""
+    items = [{"pan": "4111111111111111", "format": "uuid"}] * 1000
+    fragments = json.JSONEncoder().iterencode({"items": items})
+    chunks = b"".join(_chunk(fragment.encode()) for fragment in fragments)
+    with _connect(vault[0]) as sock:
+        sock.sendall(_chunked_head("/v1/tokenize/batch"))
+        for start in range(0, len(chunks), 4096):  # as it streams: reads within the body
+            sock.sendall(chunks[start : start + 4096])
+        sock.sendall(b"0\r\n\r\n")
+        status, answer = _answer(sock)
+    assert status == 200, answer
+
+
+def test_trailers_in_the_read_that_begins_the_request_are_measured_too(
+    vault: tuple[VaultServer, str],
+) -> None:
+    """Review 30c: a read that begins a request was measured only for its head. Its
+    head, a chunk, then up to a read's worth (256 KiB) of trailer fields, and no end:
+    uvicorn held every field (about 26 times its size) until the body deadline closed
+    the connection, unanswered; per connection of the identity's 2,000. Now those
+    fields count in the read that brought them: refused at once."""
+    server, protocol = vault
+    trailers = b"0\r\n" + b"a:b\r\n" * (28 * 1024 // 5)  # one read, past the 16 KiB
+    with _connect(server) as sock:
+        with contextlib.suppress(OSError):  # closed by the vault
+            sock.sendall(_chunked_head() + _chunk(BODY) + trailers)
+        if protocol == "h11":  # parses (and drops) a trailer section that came whole
+            with contextlib.suppress(OSError):
+                sock.sendall(b"\r\n")
+        status, problem = _answer(sock)
+    if protocol == "httptools":
+        assert (status, problem.get("code")) == (400, "request_head_too_large"), problem
+    else:
+        assert status in {200, 400}, problem
