@@ -32,7 +32,11 @@ def declared_length(text: str) -> int | None:
     """The length a ``Content-Length`` value `text` declares; None unless it is ASCII
     digits. Read by its digits, leading zeros dropped: llhttp passes any number of
     them, and `int()` raises past 4,300 digits (review 30b: a 500 before the request's
-    identity, bucket or audit entry). Beyond 20 significant digits: `_LONGEST_LENGTH`."""
+    identity, bucket or audit entry). Beyond 20 significant digits: `_LONGEST_LENGTH`.
+    Whitespace around the digits is dropped as llhttp drops it (RFC 9110's optional
+    whitespace; llhttp hands the value on with its trailing part): refused before
+    review 30c, a length both parsers read the same."""
+    text = text.strip(" \t")
     if not (text.isascii() and text.isdigit()):  # "²".isdigit(), int("²") raises
         return None
     digits = text.lstrip("0")

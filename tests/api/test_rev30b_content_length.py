@@ -56,6 +56,20 @@ def test_a_long_length_over_the_limit_is_payload_too_large(vault_server: VaultSe
     assert entry["details"]["code"] == "payload_too_large"
 
 
+@pytest.mark.parametrize("space", [b" ", b"\t", b" \t "])
+def test_a_length_with_trailing_whitespace_is_read_as_llhttp_reads_it(
+    vault_server: VaultServer, space: bytes
+) -> None:
+    """Review 30c: llhttp takes ``Content-Length: 45 `` (optional whitespace after a
+    field value, RFC 9110 5.5) as 45 and hands the value on with its whitespace; the
+    guard, reading ASCII digits only, refused the request ``422 invalid_request`` that
+    the parser had framed. Fail closed, never a smuggle, but a refusal of a length both
+    read the same: the guard now drops the whitespace the parser dropped."""
+    rid = new_request_id()
+    status, answer = _send(vault_server, str(len(BODY)).encode() + space, BODY, rid)
+    assert status == 200, answer
+
+
 def test_no_traceback_was_logged(vault_server: VaultServer) -> None:
     """Run last in this module: nothing above logged an error."""
     lines = [json.loads(line) for line in vault_server.logs.getvalue().splitlines() if line]
@@ -69,6 +83,9 @@ def test_no_traceback_was_logged(vault_server: VaultServer) -> None:
         ("0" * 5000 + "9" * 5000, False),
         ("0" * 5000, True),
         ("²", False),
+        ("12 \t", True),
+        ("+12", False),
+        ("12,12", False),
     ],
 )
 def test_the_capture_listener_reads_a_long_length_too(length: str, framed: bool) -> None:
