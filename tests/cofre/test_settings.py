@@ -223,7 +223,9 @@ def test_the_idempotency_key_window_is_a_day_by_default_and_bounded(
 
 
 def _witnesses(n: int) -> str:
-    return json.dumps([{"url": f"https://w{i}.example", "vkey": f"w{i}+0+key"} for i in range(n)])
+    # Distinct key material each: the vault counts witnesses by key (review 30c).
+    keys = [{"url": f"https://w{i}.example", "vkey": f"w{i}+0+key{i}"} for i in range(n)]
+    return json.dumps(keys)
 
 
 def test_the_witness_quorum_is_a_majority_by_default_and_a_minority_is_refused(
@@ -244,4 +246,24 @@ def test_the_witness_quorum_is_a_majority_by_default_and_a_minority_is_refused(
     assert load_settings().audit.quorum == 2
     monkeypatch.setenv("COFRE_AUDIT__WITNESSES", _witnesses(1))
     monkeypatch.setenv("COFRE_AUDIT__WITNESS_QUORUM", "1")
+    assert load_settings().audit.quorum == 1
+
+
+def test_the_witness_quorum_counts_a_key_pinned_under_two_names_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 30c: the vault counted its witnesses by their vkey text, every verifier
+    (`require_quorum`, `minority_quorum`) by their public key: one witness's key listed
+    under two names (or with a stray space) made a default quorum of 2 that its one key
+    can never meet (the vault never witnessed, exports never covered), and refused a
+    `witness_quorum` of 1 that is all of it."""
+    key = "AQ" + "A" * 42 + "="  # the same key material under both names
+    same = [{"url": "https://a.example", "vkey": f"w{i}+0000000{i}+{key}"} for i in (1, 2)]
+    monkeypatch.setenv("COFRE_AUDIT__WITNESSES", json.dumps(same))
+    assert load_settings().audit.quorum == 1
+    monkeypatch.setenv("COFRE_AUDIT__WITNESS_QUORUM", "1")
+    assert load_settings().audit.quorum == 1
+    spaced = [{"url": "https://a.example", "vkey": v} for v in ("w1+0+k", " w1+0+k ")]
+    monkeypatch.delenv("COFRE_AUDIT__WITNESS_QUORUM")
+    monkeypatch.setenv("COFRE_AUDIT__WITNESSES", json.dumps(spaced))
     assert load_settings().audit.quorum == 1
