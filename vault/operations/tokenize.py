@@ -317,12 +317,11 @@ class TokenizeOperations(TokenCandidates):
             fresh[index] = item.candidate or self._first_candidate(
                 item.spec, item.request.pan, domain
             )
-        for index, stored in answers.stored.items():
-            # A reissued card's new expiry; never a keyed retry's: a replay (session 30).
-            if items[index].card.has_details and answers.how[index] != "idempotent":
-                self._reseal(
-                    connection, stored, items[index].card, replace=items[index].replaces_details
-                )
+        for index, item in enumerate(items):  # a keyed retry is a replay (sessions 30, 30c)
+            if answers.how.get(index) == "idempotent":  # (its item is never merged: plain)
+                item.code_epoch = None  # no code held (`_hold_codes`), no details resealed
+            elif (stored := answers.stored.get(index)) is not None and item.card.has_details:
+                self._reseal(connection, stored, item.card, replace=item.replaces_details)
         lives = self._lives(connection, answers, items, fresh, now)
         if fresh:
             self._settle_candidates(connection, fresh, items, domain)
