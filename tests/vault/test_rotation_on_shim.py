@@ -18,6 +18,7 @@ from policies.loader import parse_policy
 from tests.support.cloudhsm_shim import CloudHSMShim, configure
 from tests.vault.conftest import GETNET, PAYMENTS, TEST_POLICY
 from tests.vault.test_rotation import ALICE, BOB, OFFICERS, _pan
+from vault.pan import Pan
 from vault.rotation import KeyRotation
 from vault.service import TokenizeRequest, VaultService
 
@@ -35,29 +36,51 @@ def unavailable_new_keys(
     shim_rotation_provider.key_availability_timeout = timeout
 
 
+def _vault(engine: Engine, provider: HSMProvider) -> VaultService:
+    policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
+    service = VaultService(engine, provider, policy)
+    service.initialize()
+    return service
+
+
+def _cards(service: VaultService, first: int, count: int) -> dict[str, Pan]:
+    """`count` cards tokenized in one batch: token -> PAN."""
+    pans = [_pan(first + i) for i in range(count)]
+    records = service.tokenize_batch(PAYMENTS, [TokenizeRequest(p, "pan_bin6_last4") for p in pans])
+    return {r.token: pan for r, pan in zip(records, pans, strict=True)}
+
+
+def _rotation(engine: Engine, provider: HSMProvider, service: VaultService) -> KeyRotation:
+    return KeyRotation(
+        engine,
+        provider,
+        service.keyring,
+        lambda: service.policy,
+        destroy_grace=timedelta(0),
+        unsigned_officers_count=True,
+    )
+
+
+def _completed(rotation: KeyRotation, ceremony_id: str) -> bool:
+    for _ in range(100):
+        if rotation.status(ALICE, ceremony_id).state == "completed":
+            return True
+        rotation.run_pending()
+    return rotation.status(ALICE, ceremony_id).state == "completed"
+
+
+def _all_revealed(service: VaultService, cards: dict[str, Pan]) -> bool:
+    return all(service.detokenize(GETNET, token).pan == pan for token, pan in cards.items())
+
+
 def test_kek_rotation_waits_for_the_new_key(
     engine: Engine, cloudhsm_shim: CloudHSMShim, unavailable_new_keys: HSMProvider
 ) -> None:
     provider = unavailable_new_keys
-    policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
-    service = VaultService(engine, provider, policy)
-    service.initialize()
+    service = _vault(engine, provider)
     try:
-        pans = [_pan(900_000 + i) for i in range(20)]
-        tokens = [
-            r.token
-            for r in service.tokenize_batch(
-                PAYMENTS, [TokenizeRequest(p, "pan_bin6_last4") for p in pans]
-            )
-        ]
-        rotation = KeyRotation(
-            engine,
-            provider,
-            service.keyring,
-            lambda: service.policy,
-            destroy_grace=timedelta(0),
-            unsigned_officers_count=True,
-        )
+        cards = _cards(service, 900_000, 20)
+        rotation = _rotation(engine, provider, service)
         ceremony = rotation.propose(ALICE, "kek")
         assert rotation.approve(BOB, ceremony.id).state == "running"
         # The new KEK exists but the token refuses it: the batch fails, 503-class.
@@ -67,13 +90,8 @@ def test_kek_rotation_waits_for_the_new_key(
         assert rotation.status(ALICE, ceremony.id).progress_done == 0
         # The key reaches its quorum; the same ceremony resumes and finishes.
         configure(cloudhsm_shim)
-        for _ in range(100):
-            if rotation.status(ALICE, ceremony.id).state == "completed":
-                break
-            rotation.run_pending()
-        assert rotation.status(ALICE, ceremony.id).state == "completed"
-        for pan, token in zip(pans, tokens, strict=True):
-            assert service.detokenize(GETNET, token).pan == pan
+        assert _completed(rotation, ceremony.id)
+        assert _all_revealed(service, cards)
     finally:
         service.close()
 
@@ -94,33 +112,13 @@ def test_kek_rotation_creates_its_key_once_while_the_key_is_unreadable(
     """The ceremony's new KEK cannot be read at first: approving waits for it instead of
     re-running the creation (which found its own key and failed "already exists")."""
     provider = shim_rotation_provider
-    policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
-    service = VaultService(engine, provider, policy)
-    service.initialize()
+    service = _vault(engine, provider)
     try:
-        pans = [_pan(910_000 + i) for i in range(5)]
-        tokens = [
-            r.token
-            for r in service.tokenize_batch(
-                PAYMENTS, [TokenizeRequest(p, "pan_bin6_last4") for p in pans]
-            )
-        ]
-        rotation = KeyRotation(
-            engine,
-            provider,
-            service.keyring,
-            lambda: service.policy,
-            destroy_grace=timedelta(0),
-            unsigned_officers_count=True,
-        )
+        cards = _cards(service, 910_000, 5)
+        rotation = _rotation(engine, provider, service)
         ceremony = rotation.propose(ALICE, "kek")
         assert rotation.approve(BOB, ceremony.id).state == "running"
-        for _ in range(100):
-            if rotation.status(ALICE, ceremony.id).state == "completed":
-                break
-            rotation.run_pending()
-        assert rotation.status(ALICE, ceremony.id).state == "completed"
-        for pan, token in zip(pans, tokens, strict=True):
-            assert service.detokenize(GETNET, token).pan == pan
+        assert _completed(rotation, ceremony.id)
+        assert _all_revealed(service, cards)
     finally:
         service.close()
