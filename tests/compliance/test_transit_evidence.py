@@ -15,13 +15,12 @@ import json
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from cofre.settings import CaptureSettings
 from hsm.provider import HSMProvider
 from tests.api.conftest import running_vault
+from tests.support.certificates import self_signed, write_pair
 from tests.support.postgres import free_port
 from tests.support.vault_evidence import export_response, members
 
@@ -31,31 +30,9 @@ CAPTURE_HOST = "cards.shop-vault.example"
 def _capture_certificate(tmp: Path) -> tuple[Path, Path]:
     """A certificate of the capture origin, apart from the mTLS listener's (as
     `COFRE_CAPTURE__CERT_FILE` names one in production: a public CA's)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CAPTURE_HOST)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(CAPTURE_HOST)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "capture.pem", tmp / "capture-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
+    san = x509.SubjectAlternativeName([x509.DNSName(CAPTURE_HOST)])
+    cert, key = self_signed(CAPTURE_HOST, san, days=1, critical=False)
+    return write_pair(tmp, "capture", cert, key)
 
 
 def test_the_capture_listener_and_its_certificate_are_in_the_tls_evidence(
@@ -100,20 +77,8 @@ def test_without_a_capture_listener_the_evidence_names_none(
 
 def _ca_pem(common_name: str) -> bytes:
     """A self-signed CA certificate, as an acquirer's private CA would be."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    ca = x509.BasicConstraints(ca=True, path_length=None)
+    cert, _ = self_signed(common_name, ca, days=30, critical=True)
     return cert.public_bytes(serialization.Encoding.PEM)
 
 

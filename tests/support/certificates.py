@@ -50,6 +50,38 @@ def issue_odd_client(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )
     cert = builder.sign(ca_key, hashes.SHA256())
+    cert_path, key_path = write_pair(tmp, name, cert, key)
+    return cert_path, key_path, cert
+
+
+def self_signed(
+    common_name: str, extension: x509.ExtensionType, *, days: int, critical: bool
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed P-256 certificate of `common_name` with one `extension`, valid from
+    five minutes ago for `days` days (a public CA's server certificate, an acquirer's
+    private CA: what the vault names, not what it trusts)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(extension, critical=critical)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def write_pair(
+    tmp: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> tuple[Path, Path]:
+    """`cert` and its unencrypted `key` as PEM files `tmp/name.pem` and
+    `tmp/name-key.pem` (the key readable by its owner only)."""
     cert_path, key_path = tmp / f"{name}.pem", tmp / f"{name}-key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
@@ -59,4 +91,5 @@ def issue_odd_client(
             serialization.NoEncryption(),
         )
     )
-    return cert_path, key_path, cert
+    key_path.chmod(0o600)
+    return cert_path, key_path
