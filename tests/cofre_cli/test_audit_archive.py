@@ -39,6 +39,23 @@ def pg(pg_database: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+def _archive_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg: Engine, bucket: str, **archive: str
+) -> None:
+    """The environment `cofre audit ...` reads: an empty config file, `pg`, `bucket`,
+    and `archive`'s COFRE_ARCHIVE__* settings."""
+    config = tmp_path / "cofre.toml"
+    config.write_text("", encoding="utf-8")
+    for name, value in {
+        "COFRE_CONFIG": str(config),
+        "COFRE_DATA_DIR": str(tmp_path / "data"),
+        "COFRE_DATABASE__URL": pg.url.render_as_string(hide_password=False),
+        "COFRE_ARCHIVE__BUCKET": bucket,
+        **{f"COFRE_ARCHIVE__{key}": v for key, v in archive.items()},
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
 def test_archive_verify_and_retire_from_the_command_line(
     pg: Engine,
     signer: HSMTreeHeadSigner,
@@ -46,18 +63,9 @@ def test_archive_verify_and_retire_from_the_command_line(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config = tmp_path / "cofre.toml"
-    config.write_text("", encoding="utf-8")
+    _archive_settings(monkeypatch, tmp_path, pg, BUCKET, SEGMENT_MAX_ENTRIES="8")
     pem = tmp_path / "audit.pem"
     pem.write_bytes(signer.public_key_pem())
-    for name, value in {
-        "COFRE_CONFIG": str(config),
-        "COFRE_DATA_DIR": str(tmp_path / "data"),
-        "COFRE_DATABASE__URL": pg.url.render_as_string(hide_password=False),
-        "COFRE_ARCHIVE__BUCKET": BUCKET,
-        "COFRE_ARCHIVE__SEGMENT_MAX_ENTRIES": "8",
-    }.items():
-        monkeypatch.setenv(name, value)
     runner = CliRunner()
 
     def cofre(*args: str) -> tuple[int, str, str]:
@@ -149,18 +157,9 @@ def test_archive_refuses_a_bucket_that_cannot_keep_the_retention(
 ) -> None:
     """Fail closed: without Object Lock, or with a lifecycle rule that expires the
     archive before COFRE_ARCHIVE__TOTAL_RETENTION_MONTHS, nothing is shipped or recorded."""
-    config = tmp_path / "cofre.toml"
-    config.write_text("", encoding="utf-8")
     plain = "cofre-audit-no-lock"
     s3._client.create_bucket(Bucket=plain)
-    for name, value in {
-        "COFRE_CONFIG": str(config),
-        "COFRE_DATA_DIR": str(tmp_path / "data"),
-        "COFRE_DATABASE__URL": pg.url.render_as_string(hide_password=False),
-        "COFRE_ARCHIVE__BUCKET": plain,
-        "COFRE_ARCHIVE__TOTAL_RETENTION_MONTHS": "13",
-    }.items():
-        monkeypatch.setenv(name, value)
+    _archive_settings(monkeypatch, tmp_path, pg, plain, TOTAL_RETENTION_MONTHS="13")
     append_at(pg, NOW, 3)
     sequence(pg, signer)
     runner = CliRunner()
