@@ -350,19 +350,23 @@ class KeyRotation(RotationBatches):
             return self._view(connection, self._load(connection, ceremony_id))
 
     def status(
-        self, identity: str, ceremony_id: str, revoked: Callable[[str], bool] | None = None
+        self,
+        identity: str,
+        ceremony_id: str,
+        revoked: Callable[[str], bool] | None = None,
+        request_id: str = "",
     ) -> Ceremony:
         """Ceremony `ceremony_id` as officer `identity` sees it; with `revoked` (the CRL in
         force), a pending one counts no approval while an officer who acted in it is
         revoked, as approving it is refused then."""
-        self._officer(identity, "")
+        self._officer(identity, request_id)
         with self._read() as connection:
             return self._view(connection, self._load(connection, ceremony_id), revoked)
 
     def list_ceremonies(
-        self, identity: str, revoked: Callable[[str], bool] | None = None
+        self, identity: str, revoked: Callable[[str], bool] | None = None, request_id: str = ""
     ) -> list[Ceremony]:
-        self._officer(identity, "")
+        self._officer(identity, request_id)
         return self.ceremonies(revoked)
 
     def ceremonies(self, revoked: Callable[[str], bool] | None = None) -> list[Ceremony]:
@@ -373,10 +377,11 @@ class KeyRotation(RotationBatches):
             ).all()
             return [self._view(connection, row, revoked) for row in rows]
 
-    def inventory(self, identity: str) -> dict[str, Any]:
+    def inventory(self, identity: str, request_id: str = "") -> dict[str, Any]:
         """Keys on the token and data keys in the database, with how many records each
-        data key still protects. Never key material."""
-        self._officer(identity, "")
+        data key still protects. Never key material. A denial's entry carries
+        `request_id`, as every other entry of an API request does."""
+        self._officer(identity, request_id)
         return self.key_inventory()
 
     def key_inventory(self) -> dict[str, Any]:

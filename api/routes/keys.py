@@ -63,7 +63,7 @@ def _rotation(state: AppState) -> KeyRotation:
 def key_inventory(caller: Caller, state: State) -> dict[str, Any]:
     """Token keys and data keys, their attributes, states and how many records each
     still protects (security officers). Never key material."""
-    return _rotation(state).inventory(caller.identity)
+    return _rotation(state).inventory(caller.identity, caller.request_id)
 
 
 @router.get("/v1/admin/keys/rotations", response_model=list[CeremonyResponse], tags=["keys"])
@@ -71,7 +71,9 @@ def list_rotations(caller: Caller, state: State, request: Request) -> list[Cerem
     # Counted with the CRL in force, as an approval would be (`_revoked`).
     return [
         CeremonyResponse.model_validate(c.as_json())
-        for c in _rotation(state).list_ceremonies(caller.identity, _revoked(request))
+        for c in _rotation(state).list_ceremonies(
+            caller.identity, _revoked(request), caller.request_id
+        )
     ]
 
 
@@ -105,7 +107,9 @@ def rotation_status(
     ceremony_id: CeremonyPath, caller: Caller, state: State, request: Request
 ) -> CeremonyResponse:
     return CeremonyResponse.model_validate(
-        _rotation(state).status(caller.identity, ceremony_id, _revoked(request)).as_json()
+        _rotation(state)
+        .status(caller.identity, ceremony_id, _revoked(request), caller.request_id)
+        .as_json()
     )
 
 
