@@ -6,7 +6,6 @@ there. The shim is our reading of AWS's documentation, not CloudHSM."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 
 import pytest
 from sqlalchemy import Engine
@@ -16,7 +15,7 @@ from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
 from tests.support.cloudhsm_shim import CloudHSMShim, configure
-from tests.vault.conftest import GETNET, PAYMENTS, TEST_POLICY
+from tests.vault.conftest import GETNET, PAYMENTS, TEST_POLICY, rotation_of
 from tests.vault.test_rotation import ALICE, BOB, OFFICERS, _pan
 from vault.pan import Pan
 from vault.rotation import KeyRotation
@@ -50,17 +49,6 @@ def _cards(service: VaultService, first: int, count: int) -> dict[str, Pan]:
     return {r.token: pan for r, pan in zip(records, pans, strict=True)}
 
 
-def _rotation(engine: Engine, provider: HSMProvider, service: VaultService) -> KeyRotation:
-    return KeyRotation(
-        engine,
-        provider,
-        service.keyring,
-        lambda: service.policy,
-        destroy_grace=timedelta(0),
-        unsigned_officers_count=True,
-    )
-
-
 def _completed(rotation: KeyRotation, ceremony_id: str) -> bool:
     for _ in range(100):
         if rotation.status(ALICE, ceremony_id).state == "completed":
@@ -80,7 +68,7 @@ def test_kek_rotation_waits_for_the_new_key(
     service = _vault(engine, provider)
     try:
         cards = _cards(service, 900_000, 20)
-        rotation = _rotation(engine, provider, service)
+        rotation = rotation_of(service, engine, provider)
         ceremony = rotation.propose(ALICE, "kek")
         assert rotation.approve(BOB, ceremony.id).state == "running"
         # The new KEK exists but the token refuses it: the batch fails, 503-class.
@@ -115,7 +103,7 @@ def test_kek_rotation_creates_its_key_once_while_the_key_is_unreadable(
     service = _vault(engine, provider)
     try:
         cards = _cards(service, 910_000, 5)
-        rotation = _rotation(engine, provider, service)
+        rotation = rotation_of(service, engine, provider)
         ceremony = rotation.propose(ALICE, "kek")
         assert rotation.approve(BOB, ceremony.id).state == "running"
         assert _completed(rotation, ceremony.id)
