@@ -94,6 +94,23 @@ def is_softhsm(library: Path) -> bool:
     return library.name.startswith("libsofthsm2")
 
 
+def load_library(library: Path, softhsm_conf: Path | None) -> Any:
+    """Return python-pkcs11's (initialised) library object for `library`, with SoftHSM2
+    pointed at `softhsm_conf` when one is set. Raises `HSMUnavailable`."""
+    if softhsm_conf is not None:
+        # SoftHSM reads SOFTHSM2_CONF once, when python-pkcs11 first loads the library
+        # in this process (it caches one library object per path).
+        os.environ["SOFTHSM2_CONF"] = str(softhsm_conf)
+    if not library.is_file():
+        raise HSMUnavailable(f"PKCS#11 library not found: {library}")
+    try:
+        return pkcs11.lib(str(library))
+    except (RuntimeError, OSError, p11e.PKCS11Error) as exc:
+        raise HSMUnavailable(
+            f"cannot load PKCS#11 library {library}: {type(exc).__name__}"
+        ) from None
+
+
 class _Pooled:
     """One open session and the key objects found on it (handles are per session)."""
 
@@ -152,24 +169,10 @@ class TokenSession:
         return f"HSMProvider(library={str(self._library_path)!r}, token={self._token_label!r})"
 
     # ------------------------------------------------------------------ session
-    def _load_library(self) -> Any:
-        if self._softhsm_conf is not None:
-            # SoftHSM reads SOFTHSM2_CONF once, when python-pkcs11 first loads the library
-            # in this process (it caches one library object per path).
-            os.environ["SOFTHSM2_CONF"] = str(self._softhsm_conf)
-        if not self._library_path.is_file():
-            raise HSMUnavailable(f"PKCS#11 library not found: {self._library_path}")
-        try:
-            return pkcs11.lib(str(self._library_path))
-        except (RuntimeError, OSError, p11e.PKCS11Error) as exc:
-            raise HSMUnavailable(
-                f"cannot load PKCS#11 library {self._library_path}: {type(exc).__name__}"
-            ) from None
-
     def _open_session(self) -> Any:
         with self._lib_lock:
             if self._lib is None:
-                self._lib = self._load_library()
+                self._lib = load_library(self._library_path, self._softhsm_conf)
             lib = self._lib
         try:
             token = lib.get_token(token_label=self._token_label)
