@@ -31,11 +31,11 @@ from api.otlp import otlp_from_env
 from api.server import build_server, log_config, reload_server_certificate
 from cofre.redaction import OwnDigest
 from cofre.settings import Settings
+from cofre_cli._production import production_checks
 from cofre_cli.capture import start_capture_listener
 from cofre_cli.wiring import (
     build_runtime,
     open_database,
-    production_checks,
     tls_files,
 )
 from cofre_cli.workers import NodeReadiness, Stamps, run_workers, worker_count
