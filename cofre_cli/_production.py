@@ -14,7 +14,8 @@ from cryptography.x509.oid import NameOID
 from api.pki import DEV_CA_COMMON_NAME
 from cofre.errors import ConfigurationError
 from cofre.settings import Settings
-from hsm.session import is_softhsm
+from hsm.errors import HSMUnavailable
+from hsm.session import is_softhsm, library_identity, says_softhsm
 from policies.loader import load_policy
 
 
@@ -22,7 +23,8 @@ def production_checks(settings: Settings) -> list[str]:
     """Return the insecure allowances in effect, after refusing (`ConfigurationError`)
     what production must not run with: SQLite, a missing or empty policy (it would
     deny everything while looking healthy), the dev PKI, SoftHSM2 (whose keys are files
-    under the PIN, while every document and the evidence say "in the HSM")."""
+    under the PIN, while every document and the evidence say "in the HSM"), known by its
+    file name or by what the loaded library says about itself (`_software_token`)."""
     allow = settings.insecure
     refused: list[str] = []
     allowed: list[str] = []
@@ -60,15 +62,39 @@ def production_checks(settings: Settings) -> list[str]:
         "allow_dev_pki",
         "the client CA bundle is the dev PKI's",
     )
-    judge(
-        is_softhsm(settings.hsm.library),
-        allow.allow_software_hsm,
-        "allow_software_hsm",
-        f"the PKCS#11 library {settings.hsm.library} is SoftHSM2, a software token, not an HSM",
-    )
+    software = _software_token(settings, allowed_anyway=allow.allow_software_hsm)
+    judge(software is not None, allow.allow_software_hsm, "allow_software_hsm", software or "")
     if refused:
         raise ConfigurationError("refusing to serve in production: " + "; ".join(refused))
     return allowed
+
+
+def _software_token(settings: Settings, *, allowed_anyway: bool) -> str | None:
+    """Why `settings.hsm.library` is taken for a software token, or None.
+
+    By its file name first (known without loading it), then by what the loaded library
+    says about itself and its token (`hsm.session.library_identity`): a copy of SoftHSM2
+    under another name still calls itself SoftHSM. A library that cannot be loaded or
+    initialised cannot be told from one and is refused too, unless software tokens are
+    allowed anyway (then there is nothing to refuse, and nothing to warn of)."""
+    hsm = settings.hsm
+    if is_softhsm(hsm.library):
+        return f"the PKCS#11 library {hsm.library} is SoftHSM2, a software token, not an HSM"
+    try:
+        identity = library_identity(hsm.library, hsm.softhsm_conf, hsm.token_label)
+    except HSMUnavailable as exc:
+        if allowed_anyway:
+            return None
+        return (
+            f"cannot read what the PKCS#11 library says about itself ({exc}), so it "
+            "cannot be told from a software token"
+        )
+    if says_softhsm(identity):
+        return (
+            f"the PKCS#11 library {hsm.library} says it is SoftHSM ({identity.describe()}), "
+            "a software token, not an HSM"
+        )
+    return None
 
 
 def _holds_dev_ca(ca_bundle: Path | None) -> bool:

@@ -53,3 +53,28 @@ class TokenInfo:
     manufacturer: str
     model: str
     serial: str
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryIdentity:
+    """What a loaded PKCS#11 library says about itself (``C_GetInfo``) and about the
+    slot and token Cofre uses (``C_GetSlotInfo``, ``C_GetTokenInfo``; empty when no
+    token has the configured label). A library may say anything: this names the
+    product, it proves nothing."""
+
+    manufacturer: str
+    description: str
+    slot_manufacturer: str = ""
+    token_manufacturer: str = ""
+    token_model: str = ""
+
+    def describe(self) -> str:
+        """The non-empty fields, as ``name 'value'`` pairs for a message."""
+        fields = (
+            ("manufacturer", self.manufacturer),
+            ("description", self.description),
+            ("slot manufacturer", self.slot_manufacturer),
+            ("token manufacturer", self.token_manufacturer),
+            ("token model", self.token_model),
+        )
+        return ", ".join(f"{name} {value!r}" for name, value in fields if value)

@@ -48,6 +48,7 @@ from hsm.errors import (
     HSMUnavailable,
 )
 from hsm.mechanisms import WrapMechanisms
+from hsm.models import LibraryIdentity
 
 T = TypeVar("T")
 
@@ -71,6 +72,10 @@ _KEY_HANDLE_ERRORS: Final = (p11e.ObjectHandleInvalid, p11e.KeyHandleInvalid)
 # Backoff while waiting for a key to become available: first wait, growth, ceiling.
 _AVAILABILITY_FIRST_WAIT_S: Final = 0.02
 _AVAILABILITY_MAX_WAIT_S: Final = 0.5
+# What SoftHSM2 calls itself: manufacturer "SoftHSM" (C_GetInfo), "SoftHSM project"
+# (slot and token), model "SoftHSM v2". Its library description, "Implementation of
+# PKCS11", names no product and is not read.
+_SOFTHSM_NAME: Final = "softhsm"
 _AUTH_ERRORS: Final = (
     p11e.PinIncorrect,
     p11e.PinInvalid,
@@ -90,8 +95,22 @@ def pool_size_for(library: Path, requested: int) -> int:
 def is_softhsm(library: Path) -> bool:
     """Whether `library` is SoftHSM2 loaded directly (by its file name, ``libsofthsm2``):
     a software token, pooled as one session here and refused by `cofre serve` unless
-    ``COFRE_INSECURE__ALLOW_SOFTWARE_HSM`` is set (it is no secure cryptographic device)."""
+    ``COFRE_INSECURE__ALLOW_SOFTWARE_HSM`` is set (it is no secure cryptographic device).
+    Known before loading; `says_softhsm` reads what a loaded library says instead."""
     return library.name.startswith("libsofthsm2")
+
+
+def says_softhsm(identity: LibraryIdentity) -> bool:
+    """Whether a loaded library names SoftHSM as its maker or its token's model: what
+    SoftHSM2 answers under any file name, and what the tests' CloudHSM shim passes
+    through from the SoftHSM2 it forwards to. A library that lies passes."""
+    named = (
+        identity.manufacturer,
+        identity.slot_manufacturer,
+        identity.token_manufacturer,
+        identity.token_model,
+    )
+    return any(_SOFTHSM_NAME in field.casefold() for field in named)
 
 
 def load_library(library: Path, softhsm_conf: Path | None) -> Any:
@@ -109,6 +128,37 @@ def load_library(library: Path, softhsm_conf: Path | None) -> Any:
         raise HSMUnavailable(
             f"cannot load PKCS#11 library {library}: {type(exc).__name__}"
         ) from None
+
+
+def library_identity(library: Path, softhsm_conf: Path | None, token_label: str) -> LibraryIdentity:
+    """Load `library` as the vault would (`load_library`) and return what it says about
+    itself and about the slot and token labelled `token_label` (the token's fields stay
+    empty when the token cannot be listed now: a networked HSM may be down at start).
+
+    Then the library is finalised (``C_Finalize``), so that a `cofre serve` supervisor
+    holds no client connection of its own to a networked HSM; python-pkcs11 initialises
+    it again at its next use. Call it before anything else in the process uses
+    `library`. Raises `HSMUnavailable` when the library cannot be loaded or initialised,
+    or does not answer ``C_GetInfo``."""
+    lib = load_library(library, softhsm_conf)
+    try:
+        found: tuple[str, str, str] = ("", "", "")
+        with contextlib.suppress(p11e.PKCS11Error):
+            for slot in lib.get_slots(token_present=True):
+                token = slot.get_token()
+                if token.label == token_label:
+                    found = (slot.manufacturer_id, token.manufacturer_id, token.model)
+                    break
+        return LibraryIdentity(
+            manufacturer=lib.manufacturer_id,
+            description=lib.library_description,
+            slot_manufacturer=found[0],
+            token_manufacturer=found[1],
+            token_model=found[2],
+        )
+    finally:
+        with contextlib.suppress(p11e.PKCS11Error):
+            lib.finalize()
 
 
 class _Pooled:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -15,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from cofre.settings import DEFAULT_SOFTHSM_LIBRARY
+from hsm.session import pool_size_for
+from tests.support.cloudhsm_shim import CloudHSMShim
 from tests.support.softhsm import SoftHSMToken
 from tests.support.vault_process import VaultProcess, make_vault
 
@@ -63,6 +67,82 @@ def test_serve_refuses_softhsm2_a_software_token(
     said = _refusal(vault)
     assert "is SoftHSM2, a software token, not an HSM" in said
     assert "COFRE_INSECURE__ALLOW_SOFTWARE_HSM=true" in said
+
+
+def test_serve_refuses_softhsm2_under_another_file_name(
+    tmp_path: Path, softhsm_token: SoftHSMToken
+) -> None:
+    """A copy of libsofthsm2.so under a neutral name (a container's ``libvendor.so``)
+    passed the file-name check and served from a software token (review 31). The check
+    now also reads what the loaded library says about itself: C_GetInfo's manufacturer
+    and description, and the configured token's manufacturer and model."""
+    renamed = tmp_path / "libvendor.so"
+    shutil.copyfile(DEFAULT_SOFTHSM_LIBRARY, renamed)
+    vault = make_vault(tmp_path / "node", softhsm_token, None)
+    _strict(vault)
+    vault.env["COFRE_HSM__LIBRARY"] = str(renamed)
+    said = _refusal(vault)  # SQLite is refused too: the vault never starts here
+    assert f"the PKCS#11 library {renamed} says it is SoftHSM" in said
+    assert "token model 'SoftHSM v2'" in said
+    assert "a software token, not an HSM" in said
+    assert "COFRE_INSECURE__ALLOW_SOFTWARE_HSM=true" in said
+
+
+def test_an_allowed_renamed_softhsm2_is_warned_of_and_serves(
+    tmp_path: Path, softhsm_token: SoftHSMToken
+) -> None:
+    """With the allowance, the renamed copy is named as an insecure setting in effect,
+    and the vault serves from it: reading the library's identity finalised it, and the
+    provider initialises it again (the same process, the same library object)."""
+    renamed = tmp_path / "libvendor.so"
+    shutil.copyfile(DEFAULT_SOFTHSM_LIBRARY, renamed)
+    vault = make_vault(tmp_path / "node", softhsm_token, None)
+    vault.env["COFRE_HSM__LIBRARY"] = str(renamed)
+    vault.start()
+    try:
+        with vault.client() as client:
+            answer = client.post(
+                "/v1/tokenize", json={"pan": "4111111111111111", "format": "pan_bin6_last4"}
+            )
+        assert answer.status_code == 200, answer.text
+    finally:
+        vault.stop()
+    lines = [json.loads(line) for line in vault.log.read_text().splitlines() if line.strip()]
+    warned = [
+        line["setting"] for line in lines if line.get("event") == "INSECURE setting in effect"
+    ]
+    assert "COFRE_INSECURE__ALLOW_SOFTWARE_HSM" in warned
+
+
+def test_serve_refuses_the_cloudhsm_shim_which_is_softhsm2_underneath(
+    tmp_path: Path, softhsm_token: SoftHSMToken, cloudhsm_shim: CloudHSMShim
+) -> None:
+    """The tests' CloudHSM-behaviour shim forwards to SoftHSM2 and passes C_GetInfo and
+    the slot and token information through unchanged: its keys are SoftHSM2's files, so
+    `cofre serve` refuses it like SoftHSM2 itself (only the test rigs that set
+    COFRE_INSECURE__ALLOW_SOFTWARE_HSM may serve from it)."""
+    vault = make_vault(tmp_path / "node", softhsm_token, None)
+    _strict(vault)
+    vault.env.update(cloudhsm_shim.env())
+    vault.env["COFRE_HSM__LIBRARY"] = str(cloudhsm_shim.library)
+    said = _refusal(vault)
+    assert f"the PKCS#11 library {cloudhsm_shim.library} says it is SoftHSM" in said
+    assert "COFRE_INSECURE__ALLOW_SOFTWARE_HSM=true" in said
+    # The session pool still goes by file name: the shim locks for itself and is pooled.
+    assert pool_size_for(cloudhsm_shim.library, 8) == 8
+
+
+def test_serve_refuses_a_library_it_cannot_identify(
+    tmp_path: Path, softhsm_token: SoftHSMToken
+) -> None:
+    """A library that cannot be loaded cannot be told from a software token: refused,
+    where before it passed the file-name check and the vault started unready."""
+    vault = make_vault(tmp_path / "node", softhsm_token, None)
+    _strict(vault)
+    vault.env["COFRE_HSM__LIBRARY"] = str(tmp_path / "libvendor.so")  # no such file
+    said = _refusal(vault)
+    assert "cannot read what the PKCS#11 library says about itself" in said
+    assert f"PKCS#11 library not found: {tmp_path / 'libvendor.so'}" in said
 
 
 def test_serve_refuses_a_policy_that_names_nobody(
