@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import structlog
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
@@ -17,6 +18,8 @@ from cofre.settings import Settings
 from hsm.errors import HSMUnavailable
 from hsm.session import is_softhsm, library_identity, says_softhsm
 from policies.loader import load_policy
+
+_log = structlog.get_logger("cofre.vault")
 
 
 def production_checks(settings: Settings) -> list[str]:
@@ -74,9 +77,14 @@ def _software_token(settings: Settings, *, allowed_anyway: bool) -> str | None:
 
     By its file name first (known without loading it), then by what the loaded library
     says about itself and its token (`hsm.session.library_identity`): a copy of SoftHSM2
-    under another name still calls itself SoftHSM. A library that cannot be loaded or
-    initialised cannot be told from one and is refused too, unless software tokens are
-    allowed anyway (then there is nothing to refuse, and nothing to warn of)."""
+    under another name still calls itself SoftHSM. A library file that is not there
+    cannot be told from one and is refused too, unless software tokens are allowed
+    anyway (then there is nothing to refuse, and nothing to warn of). One that is there
+    but cannot be loaded or initialised now is judged by its name alone, with a
+    warning: a networked HSM's library may fail to initialise while its cluster is
+    down, and the vault then starts unready (its readiness names the HSM) rather than
+    exiting, so that a cluster outage at a rollout does not put every pod in a restart
+    loop; such a library serves nothing until it initialises, as the vault's own."""
     hsm = settings.hsm
     if is_softhsm(hsm.library):
         return f"the PKCS#11 library {hsm.library} is SoftHSM2, a software token, not an HSM"
@@ -84,6 +92,13 @@ def _software_token(settings: Settings, *, allowed_anyway: bool) -> str | None:
         identity = library_identity(hsm.library, hsm.softhsm_conf, hsm.token_label)
     except HSMUnavailable as exc:
         if allowed_anyway:
+            return None
+        if hsm.library.is_file():
+            _log.warning(
+                "PKCS#11 library not identified: judged by its file name alone",
+                library=str(hsm.library),
+                reason=str(exc),
+            )
             return None
         return (
             f"cannot read what the PKCS#11 library says about itself ({exc}), so it "

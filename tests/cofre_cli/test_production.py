@@ -226,3 +226,28 @@ def test_insecure_allowances_are_settings_not_secrets(value: str) -> None:
         "allow_dev_pki": False,
         "allow_software_hsm": False,
     }
+
+
+def test_a_library_that_is_there_but_does_not_initialise_is_judged_by_its_name(
+    tmp_path: Path, softhsm_token: SoftHSMToken
+) -> None:
+    """A networked HSM's library may fail C_Initialize while its cluster is down: the
+    vault then starts unready, as it did before the identity check, rather than exit
+    (a cluster outage at a rollout would otherwise put every pod in a restart loop).
+    Here a renamed SoftHSM2 whose configuration file is missing: only the other
+    problems of this strict set-up are named, and a warning says why."""
+    renamed = tmp_path / "libvendor.so"
+    shutil.copyfile(DEFAULT_SOFTHSM_LIBRARY, renamed)
+    vault = make_vault(tmp_path / "node", softhsm_token, None)
+    _strict(vault)
+    vault.env["COFRE_HSM__LIBRARY"] = str(renamed)
+    vault.env["COFRE_HSM__SOFTHSM_CONF"] = str(tmp_path / "missing.conf")
+    result = vault.cofre("serve")
+    assert result.returncode == 1, result.stderr
+    warning, refusal = result.stderr.splitlines()[-2:]
+    assert json.loads(warning)["event"] == (
+        "PKCS#11 library not identified: judged by its file name alone"
+    )
+    assert refusal.startswith("error [configuration_error]: refusing to serve in production")
+    assert "PKCS#11 library" not in refusal  # SQLite, the policy and the dev PKI only
+    assert "COFRE_INSECURE__ALLOW_SOFTWARE_HSM" not in refusal
