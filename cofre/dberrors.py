@@ -16,12 +16,36 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cofre.errors import CofreError
 
+# PostgreSQL refuses a new connection with a FATAL message and no SQLSTATE the driver
+# keeps (psycopg raises a bare OperationalError), so a stopped server, an exhausted
+# connection limit and a refused password all read "OperationalError" in the log. These
+# known causes are named instead, from a fixed list: the message itself is never echoed.
+_CONNECTION_FAILURES: tuple[tuple[str, str], ...] = (
+    ("too many clients", "too many connections"),
+    ("remaining connection slots are reserved", "too many connections"),
+    ("too many connections for", "too many connections"),
+    ("Connection refused", "connection refused"),
+    ("the database system is starting up", "database starting up"),
+    ("the database system is shutting down", "database shutting down"),
+    ("the database system is in recovery mode", "database in recovery"),
+    ("authentication failed", "authentication failed"),
+    ("timeout expired", "connect timeout"),
+)
+
 
 def db_error_name(exc: Exception) -> str:
-    """The driver's error class name behind a SQLAlchemy error, for messages: it names
-    what failed without echoing SQL parameters (which could hold anything)."""
+    """The driver's error class name behind a SQLAlchemy error, for messages, followed
+    by the cause when a new connection was refused for a known one (e.g.
+    ``OperationalError: too many connections``): it names what failed without echoing
+    SQL parameters (which could hold anything)."""
     original = getattr(exc, "orig", None)
-    return type(original if original is not None else exc).__name__
+    name = type(original if original is not None else exc).__name__
+    text = str(original if original is not None else exc)
+    if text.startswith("connection failed"):
+        for marker, cause in _CONNECTION_FAILURES:
+            if marker in text:
+                return f"{name}: {cause}"
+    return name
 
 
 @contextmanager

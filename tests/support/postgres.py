@@ -57,6 +57,8 @@ class PostgresCluster:
     port: int
     bindir: Path
     durable: bool = False
+    # A fault test exhausts a small limit (tests/reliability/test_oncall_faults.py).
+    max_connections: int = 200
     _as_postgres: list[str] = field(default_factory=list)
 
     @property
@@ -79,7 +81,7 @@ class PostgresCluster:
         )
 
     @classmethod
-    def create(cls, *, durable: bool = False) -> PostgresCluster:
+    def create(cls, *, durable: bool = False, max_connections: int = 200) -> PostgresCluster:
         """initdb a new cluster in a fresh temp dir (not started)."""
         bindir = find_bindir()
         base = Path(tempfile.mkdtemp(prefix="cofre-pg-"))
@@ -88,7 +90,12 @@ class PostgresCluster:
             shutil.chown(base, "postgres", "postgres")
             as_postgres = ["runuser", "-u", "postgres", "--"]
         cluster = cls(
-            base=base, port=free_port(), bindir=bindir, durable=durable, _as_postgres=as_postgres
+            base=base,
+            port=free_port(),
+            bindir=bindir,
+            durable=durable,
+            max_connections=max_connections,
+            _as_postgres=as_postgres,
         )
         result = cluster._run(
             str(bindir / "initdb"),
@@ -108,7 +115,8 @@ class PostgresCluster:
         return cluster
 
     def start(self) -> None:
-        options = f"-k {self.base} -p {self.port} -h 127.0.0.1 -c max_connections=200"
+        options = f"-k {self.base} -p {self.port} -h 127.0.0.1"
+        options += f" -c max_connections={self.max_connections}"
         if not self.durable:
             # A throwaway cluster: durability is not under test here. Crash tests pass
             # durable=True and keep PostgreSQL's defaults.
