@@ -23,9 +23,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
 from typing import Final
 
+import structlog
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -34,7 +36,7 @@ from audit.errors import AuditWriteFailed
 from audit.heads import SignedTreeHead, TreeHeadSigner, sign_tree_head
 from audit.merkle import CompactRange, leaf_hash
 from audit.partitions import ensure_partitions
-from audit.schema import audit_heads, audit_leaves, audit_nodes
+from audit.schema import audit_heads, audit_leaves, audit_nodes, audit_queue
 from cofre.background import LoopHealth
 from cofre.dberrors import db_error_name
 
@@ -44,6 +46,8 @@ _ADVISORY_LOCK_KEY: Final = 0x436F667265  # "Cofre"
 SEQUENCER_LOCK_KEY: Final = _ADVISORY_LOCK_KEY
 DEFAULT_BATCH: Final = 5000
 PARTITION_CHECK_SECONDS: Final = 3600.0
+
+_log = structlog.get_logger("cofre.audit.sequencer")
 
 
 def load_compact_range(connection: Connection, size: int) -> CompactRange:
@@ -170,6 +174,25 @@ class Sequencer:
         self.run_once(force_sign=force_sign, wait=True)
         return total
 
+    def queue_age(self) -> float | None:
+        """How many seconds the oldest entry still queued has waited, by this node's
+        clock (None when nothing is queued, or only rows queued before migration 0017,
+        which carry no time). Raises `AuditWriteFailed` when the queue cannot be read."""
+        try:
+            with self._engine.connect() as connection:
+                oldest = connection.execute(
+                    select(audit_queue.c.created_at).order_by(audit_queue.c.entry_id).limit(1)
+                ).scalar()
+        except SQLAlchemyError as exc:
+            raise AuditWriteFailed(
+                f"the audit queue could not be read ({db_error_name(exc)})"
+            ) from None
+        if oldest is None:
+            return None
+        if oldest.tzinfo is None:  # SQLite hands the stored UTC time back naive
+            oldest = oldest.replace(tzinfo=UTC)
+        return self._clock() - float(oldest.timestamp())
+
     def _integrate(self, connection: Connection, batch: int) -> int:
         queued = queued_entries(connection, batch)
         if not queued:
@@ -246,12 +269,25 @@ class SequencerThread:
     the database five times a second, 3-16% of a worker's GIL time, and on SQLite
     every poll took the writer lock from the group committer). The kernel releases
     the lock when the leader's process dies, and a standby takes over at its next
-    tick. Across nodes, the database's own lock elects as before."""
+    tick. Across nodes, the database's own lock elects as before.
+
+    A sequencer that runs but integrates nothing fails no tick: on PostgreSQL a node
+    that hung inside its sequencing transaction (stopped, paused, cut off before
+    PostgreSQL notices) keeps the lock, and every other node finds it taken and returns.
+    `queue_check` names that stall once the oldest queued entry has waited
+    `queue_stall_seconds`."""
 
     def __init__(
-        self, sequencer: Sequencer, interval: float = 0.2, *, node_lock: Path | None = None
+        self,
+        sequencer: Sequencer,
+        interval: float = 0.2,
+        *,
+        node_lock: Path | None = None,
+        queue_stall_seconds: float = 60.0,
     ) -> None:
         self._sequencer = sequencer
+        self._queue_stall_seconds = queue_stall_seconds
+        self._stalled = False
         self._interval = interval
         self._node_lock = node_lock
         self._lock_fd: int | None = None
@@ -304,6 +340,29 @@ class SequencerThread:
 
     def alive(self) -> bool:
         return self._thread.is_alive() and self.last_error is None
+
+    def queue_check(self) -> str:
+        """ "ok", or that queued entries wait for integration, when the oldest has waited
+        `queue_stall_seconds`. Informs, never fails readiness: each operation's entry is
+        durably queued in the operation's own transaction, and a lock held by one hung
+        node would fail every node's readiness at once. Logs ``audit queue stalled`` when
+        the stall starts and ``audit queue drained`` when it ends. Raises
+        `AuditWriteFailed` when the queue cannot be read."""
+        age = self._sequencer.queue_age()
+        stalled = age is not None and age >= self._queue_stall_seconds
+        if stalled != self._stalled:
+            self._stalled = stalled
+            if stalled:
+                _log.warning("audit queue stalled", oldest_queued_seconds=round(age or 0.0))
+            else:
+                _log.info("audit queue drained")
+        if not stalled:
+            return "ok"
+        return (
+            f"entries queued {round(age or 0.0)} s ago are not yet integrated: the "
+            "sequencer lock is held elsewhere (a hung node) or the sequencer cannot keep "
+            "up (docs/operations.md, Incident: audit queue stalled)"
+        )
 
     def _loop(self) -> None:
         try:

@@ -209,6 +209,8 @@ class AuditSettings(_Section):
     witness_quorum: int | None = Field(default=None, ge=1)
     # How often the publisher looks for a head its witnesses have not cosigned yet.
     publish_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
+    # How long the oldest queued entry may wait before readiness names the stall.
+    queue_stall_seconds: float = Field(default=60.0, gt=0)
 
     @property
     def quorum(self) -> int:

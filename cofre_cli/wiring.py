@@ -364,7 +364,7 @@ def build_runtime(
             raise AuditWriteFailed(
                 f"the audit sequencer is not running ({thread.last_error or 'stopped'})"
             )
-        checks["audit_sequencer"] = "ok"
+        checks["audit_sequencer"] = thread.queue_check()
         # "ok", or the expiring and overdue keys named with their code; raises only when
         # COFRE_KEYS__OVERDUE_FAILS_READINESS is set.
         checks["key_cryptoperiods"] = periods.check()

@@ -70,7 +70,12 @@ def start_audit_workers(
     settings: Settings, engine: Engine, sequencer: Sequencer, interval: float
 ) -> tuple[SequencerThread, PublisherThread | None]:
     """Start the sequencer's thread and, with witnesses configured, the publisher's."""
-    thread = SequencerThread(sequencer, interval=interval, node_lock=node_lock_path(engine))
+    thread = SequencerThread(
+        sequencer,
+        interval=interval,
+        node_lock=node_lock_path(engine),
+        queue_stall_seconds=settings.audit.queue_stall_seconds,
+    )
     thread.start()
     return thread, start_publisher(settings, engine, sequencer)
 
