@@ -30,6 +30,7 @@ import os
 import re
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,12 +65,16 @@ class RevokedCertificates:
     reference assignment, atomic for the event loop's readers); empty when no CRL is
     configured."""
 
-    __slots__ = ("_by_source", "_pairs")
+    __slots__ = ("_by_source", "_earliest", "_expiry", "_pairs")
 
     def __init__(self) -> None:
         self._pairs: frozenset[_Revoked] = frozenset()
         # Per source, the newest CRL's lastUpdate, nextUpdate and revoked serials.
         self._by_source: dict[_Source, tuple[datetime, datetime | None, frozenset[int]]] = {}
+        # Per issuer name, the nextUpdate of its CRL in force, and the earliest of them
+        # as a timestamp (`check`'s fast path: no date is built before it passes).
+        self._expiry: dict[bytes, datetime] = {}
+        self._earliest = float("inf")
 
     def merge(self, crls: list[tuple[_Source, x509.CertificateRevocationList]]) -> None:
         """Take each CRL unless its source's loaded one is newer: OpenSSL prefers the
@@ -89,6 +94,12 @@ class RevokedCertificates:
         self._pairs = frozenset(
             (issuer, serial) for (issuer, _), (_, _, s) in by_source.items() for serial in s
         )
+        expiry: dict[bytes, datetime] = {}
+        for (issuer, _), (_, next_update, _) in by_source.items():
+            if next_update is not None:
+                expiry[issuer] = min(next_update, expiry.get(issuer, next_update))
+        self._expiry = expiry
+        self._earliest = min((n.timestamp() for n in expiry.values()), default=float("inf"))
 
     def next_update(self) -> datetime | None:
         """The earliest nextUpdate of the CRLs in force: past it, OpenSSL refuses the
@@ -103,10 +114,26 @@ class RevokedCertificates:
         return bool(pairs) and _issuer_and_serial(pem) in pairs
 
     def check(self, pem: str | None) -> None:
-        """Raise `CertificateRevoked` when the certificate `pem` is revoked."""
+        """Raise `CertificateRevoked` when the certificate `pem` is revoked, and
+        `CrlExpired` when its CA's CRL in force is past its nextUpdate.
+
+        OpenSSL refuses the handshake itself then, unless an older CRL of that CA,
+        loaded earlier and still before its own nextUpdate, is in its store: it falls
+        back to that one (the best-scored CRL, not the newest), and the clients of an
+        expired CRL were served again (found by tests/reliability/test_crl_faults.py)."""
+        if pem is None:
+            return
         pairs = self._pairs
-        if pairs and pem is not None and _issuer_and_serial(pem) in pairs:
+        if pairs and _issuer_and_serial(pem) in pairs:
             raise CertificateRevoked("the client certificate has been revoked")
+        if time.time() < self._earliest:
+            return
+        expiry = self._expiry.get(_issuer_and_serial(pem)[0])
+        if expiry is not None and expiry <= datetime.now(UTC):
+            raise CrlExpired(
+                f"the CRL of this certificate's CA expired at {expiry.isoformat()}; "
+                "every client certificate it issued is refused until a new one is installed"
+            )
 
 
 def _load_crls(data: bytes) -> list[x509.CertificateRevocationList]:

@@ -37,7 +37,7 @@ from starlette.responses import Response
 
 from api._capture_body import declared_length, limited
 from api.crl import RevokedCertificates
-from api.errors import CertificateRevoked, IdentityMissing
+from api.errors import CertificateRevoked, CrlExpired, IdentityMissing
 from api.observability import Telemetry, method_name
 from api.problems import problem, retry_after
 from api.refusals import (
@@ -193,13 +193,15 @@ class RequestGuard:
         return None
 
     def _refuse_revoked(self, scope: Scope, request_id: str) -> Response | None:
-        """The 401 to answer when the CRL in force revokes the connection's certificate."""
+        """The 401 to answer when the CRL in force revokes the connection's certificate,
+        or the 503 when that CRL has expired."""
         try:
             if self.revoked is not None:
                 self.revoked.check(peer_certificate(scope))
-        except CertificateRevoked as exc:
-            # The handshake passed before the revocation: the connection must not serve
-            # the holder again (a pooled keep-alive connection lives for hours).
+        except (CertificateRevoked, CrlExpired) as exc:
+            # The handshake passed before the revocation (or the expiry): the connection
+            # must not serve the holder again (a pooled keep-alive connection lives for
+            # hours).
             headers = {"connection": "close"}
             return problem_for(scope, exc.code, str(exc), request_id, headers=headers)
         return None

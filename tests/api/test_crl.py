@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from api.crl import CrlWatcher
-from api.errors import CertificateRevoked, CrlInvalid
+from api.errors import CertificateRevoked, CrlExpired, CrlInvalid
 from api.pki import DevPKI, ensure_dev_pki, revoke_clients
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
@@ -161,6 +161,37 @@ def test_every_crl_of_the_file_is_taken_and_none_goes_backwards(tmp_path: Path) 
         watcher.revoked.check(third_cert)
         with pytest.raises(CertificateRevoked):
             watcher.revoked.check(first_cert)
+
+
+def test_an_expired_crl_refuses_the_requests_of_its_cas_clients(tmp_path: Path) -> None:
+    """Past its nextUpdate a CA's CRL refuses that CA's clients at the request too:
+    OpenSSL's handshake check falls back to an older CRL still valid in its store
+    (tests/reliability/test_crl_faults.py), so the guard does not rely on it. (Keyed by
+    the issuer's name: two CAs of one name are not supported with a CRL, see
+    docs/operations.md.)"""
+    pki = ensure_dev_pki(tmp_path / "pki", identities=("payments",))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_verify_locations(cafile=str(pki.ca))
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    now = dt.datetime.now(dt.UTC)
+    expired = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(x509.load_pem_x509_certificate(pki.ca.read_bytes()).subject)
+        .last_update(now - dt.timedelta(days=2))
+        .next_update(now - dt.timedelta(days=1))
+        .sign(ca_key, hashes.SHA256())
+    )
+    crl_path = tmp_path / "crl.pem"
+    crl_path.write_bytes(expired.public_bytes(serialization.Encoding.PEM))
+    watcher = CrlWatcher(crl_path, context)
+    watcher.reload()
+    with pytest.raises(CrlExpired):
+        watcher.revoked.check(pki.client_cert("payments").read_text())
+    watcher.revoked.check(None)  # no certificate: the identity check refuses it
+    _crl(pki, crl_path)  # a newer CRL, valid a week: served again
+    watcher.reload()
+    watcher.revoked.check(pki.client_cert("payments").read_text())
 
 
 def _connect(vault: VaultServer, name: str) -> ssl.SSLSocket:
