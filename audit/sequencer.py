@@ -221,11 +221,15 @@ class Sequencer:
         if size == 0 or size <= last_size:
             return None
         now_ms = int(self._clock() * 1000)
+        # Time since the last head in either direction: a clock stepped back (NTP, a VM
+        # resumed) made it negative, and no head was signed by time until the clock
+        # caught up again, an hour for a step of an hour. The next head then carries the
+        # earlier time; heads are ordered by tree size, never by timestamp.
         due = (
             force
             or size - last_size >= self._sign_every_entries
             or last is None
-            or now_ms - int(last.timestamp_ms) >= self._sign_every_seconds * 1000
+            or abs(now_ms - int(last.timestamp_ms)) >= self._sign_every_seconds * 1000
         )
         if not due:
             return None

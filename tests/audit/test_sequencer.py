@@ -11,7 +11,7 @@ from sqlalchemy import Engine, create_engine, func, select
 
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.merkle import leaf_hash, root_hash
-from audit.schema import audit_entries, audit_leaves, audit_nodes, audit_queue
+from audit.schema import audit_entries, audit_heads, audit_leaves, audit_nodes, audit_queue
 from audit.sequencer import (
     Sequencer,
     SequencerThread,
@@ -120,3 +120,30 @@ def test_a_large_integration_stores_the_tree_the_entries_make(
     assert stored == root_hash([leaf_hash(p.encode("utf-8")) for p in payloads])
     # Every complete subtree is stored: 6000 // 2**level of them at each level.
     assert nodes == sum(6000 >> level for level in range(13))
+
+
+def _head_sizes(engine: Engine) -> list[int]:
+    with engine.connect() as connection:
+        return [int(s) for s in connection.execute(select(audit_heads.c.tree_size)).scalars()]
+
+
+def test_a_clock_stepped_back_does_not_hold_heads_back(
+    engine: Engine, signer: HSMTreeHeadSigner
+) -> None:
+    """NTP steps a node's clock back an hour (a VM resumed, a bad time source fixed):
+    its sequencer compared the time since the last head with the wall clock, found it
+    negative, and signed no head by time for that hour (only every
+    `sign_every_entries`), so a quiet vault's entries went an hour without a head
+    covering them (no evidence, witness lag growing)."""
+    now = [1_800_000_000.0]
+    sequencer = Sequencer(
+        engine, signer, sign_every_entries=1000, sign_every_seconds=10, clock=lambda: now[0]
+    )
+    _queue(engine, 1)
+    sequencer.run_once()
+    assert _head_sizes(engine) == [1]
+    now[0] -= 3600
+    _queue(engine, 1)
+    now[0] += 11  # a head's interval later, by the node's new clock
+    sequencer.run_once()
+    assert sorted(_head_sizes(engine)) == [1, 2]
