@@ -26,8 +26,9 @@ class GetnetRoutingAdapter:
     """Sends authorizations to Getnet through the vault's relay: the card travels as a
     token to the vault, which puts the card in (the PAN, and the expiry, the name and
     the security code held for the token where the route's ``card`` pointers say) and
-    calls the acquirer. This adapter never sees a card number, an expiry it did not get
-    masked, or a code; a second authorization with the same token carries no code."""
+    calls the acquirer. This adapter never sees a card number, an expiry (a reveal to an
+    identity outside PCI scope carries none, review 31) or a code; a second
+    authorization with the same token carries no code."""
 
     route = "getnet-authorize"
 

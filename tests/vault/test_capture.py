@@ -317,7 +317,9 @@ def test_an_expired_card_or_a_name_hiding_digits_is_refused(
     assert _count(engine, "tokens") == 0
     result = _capture(service, _card(session, expiry="2030-01", name="Ana  Souza"))
     assert result.expiry == "2030-01"
-    assert service.detokenize_masked(PAYMENTS, result.token.token).expiry == "2030-01"
+    # Stored, but not answered to this shop's backend: it is outside PCI scope, and a
+    # capture answers anyone typing a card number the token (review 31, R31-1).
+    assert service.detokenize_masked(PAYMENTS, result.token.token).expiry is None
 
 
 def test_guessing_a_secret_is_rate_limited_per_session(

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from sqlalchemy import Connection
 
 from audit.log import DetailValue, Outcome
-from policies.models import Action, Reveal
+from policies.models import Action, Reveal, Scope
 from vault.errors import (
     BatchItemInvalid,
     IntegrityError,
@@ -49,6 +49,11 @@ class RevealOperations(EarlyRate):
         reveal = Reveal.MASKED if masked_only else rules.reveal
         domains = self._policy.readable_domains(ctx.identity)
         reveals = len(token_list) if action is Action.DETOKENIZE else 0
+        # Outside PCI scope no expiry (review 31, R31-1): a hosted capture answers anyone
+        # holding a card number the token the shop's domain holds for it, so an adapter
+        # that read that token's expiry joined a full PAN to its expiry outside scope.
+        # The relay still puts it into the acquirer's request, inside the vault.
+        shows_expiry = rules.scope is Scope.IN
 
         def work(connection: Connection) -> list[Revealed] | VaultError:
             # The rate charge joins its commit group's sum, made just before the commit
@@ -86,7 +91,7 @@ class RevealOperations(EarlyRate):
                         token=token,
                         masked=card.pan.masked(),
                         pan=card.pan if reveal is Reveal.FULL else None,
-                        expiry=card.expiry,
+                        expiry=card.expiry if shows_expiry else None,
                         cardholder_name=card.cardholder_name if reveal is Reveal.FULL else None,
                     )
                 )

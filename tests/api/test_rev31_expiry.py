@@ -1,0 +1,113 @@
+"""Review 31, finding R31-1 (Medium): the adapter tier's stolen certificate plus any
+visit to the shop's checkout turns a card number the attacker holds into the card's
+stored expiry (and tells whether the shop holds the card).
+
+The steps, each one allowed alone: (1) the attacker, holding a card number but not its
+expiry (a BIN attack, a skimmed list), loads the shop's checkout and types the number
+into the hosted fields; the capture is answered the token the shop's domain already
+holds for that card (convergence, docs/capture.md), and, on purpose, the expiry the
+shopper typed, never the stored one; (2) with the out-of-scope adapter's certificate
+(`getnet-adapter`, which may read payments' tokens masked) the attacker reads that token
+masked: the answer carried the expiry the shop stored. A full PAN and its expiry, put
+together outside PCI scope, is what the capture answer was built not to give. An expiry
+that differs from the one typed (or any, when none was typed) also says the shop held
+the card. Before: the masked answer gave every caller the expiry. Fixed: an identity
+outside PCI scope (`scope = "out"`) is answered `"expiry": null` by every reveal; the
+relay still puts the expiry into the acquirer's request inside the vault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from api.pki import issue_client
+from cofre.settings import CaptureSettings
+from hsm.provider import HSMProvider
+from tests.api.conftest import VaultServer, running_vault
+from tests.support.postgres import free_port
+
+SHOP = "https://shop.example"
+
+# Outside PCI scope, with every reveal route a policy may give it there.
+READER = """
+[identities."spiffe://cofre/checkout"]
+scope = "out"
+operations = ["detokenize", "detokenize_masked", "metadata"]
+reveal = "masked"
+read_domains = ["spiffe://cofre/payments"]
+"""
+
+
+@pytest.fixture(scope="module")
+def vault(
+    tmp_path_factory: pytest.TempPathFactory, hsm_provider: HSMProvider
+) -> Iterator[VaultServer]:
+    settings = CaptureSettings(port=free_port())
+    tmp = tmp_path_factory.mktemp("rev31x")
+    with running_vault(tmp, hsm_provider, extra_policy=READER, capture=settings) as v:
+        issue_client(v.pki, "checkout")
+        yield v
+
+
+def _shopper_captures(vault: VaultServer, card: dict[str, str]) -> httpx.Response:
+    """Any visitor of the shop's checkout: the shop's backend opens a session for the
+    page, the browser posts a card with its secret (no certificate)."""
+    with vault.client("payments") as shop:
+        opened = shop.post(
+            "/v1/capture-sessions", json={"origin": SHOP, "formats": ["pan_bin6_last4"]}
+        )
+    assert opened.status_code == 201, opened.text
+    session = opened.json()
+    with vault.capture_client() as browser:
+        return browser.post(
+            f"/v1/capture/{session['session_id']}",
+            json={"secret": session["client_secret"], **card},
+            headers={"origin": SHOP},
+        )
+
+
+@pytest.mark.parametrize("typed", [{"expiry": "01/30"}, {}])
+def test_a_capture_and_the_adapters_masked_read_do_not_give_a_held_cards_expiry(
+    vault: VaultServer, typed: dict[str, str]
+) -> None:
+    card = "4000002500003155" if typed else "4000000000003220"
+    with vault.client("payments") as shop:
+        kept = shop.post(
+            "/v1/tokenize", json={"pan": card, "format": "pan_bin6_last4", "expiry": "07/31"}
+        )
+    assert kept.status_code == 200, kept.text
+    captured = _shopper_captures(vault, {"number": card, **typed})
+    assert captured.status_code == 200, captured.text
+    token = captured.json()["token"]
+    assert token == kept.json()["token"]  # the shop's token, as designed
+    with vault.client("getnet-adapter") as adapter:
+        masked = adapter.post("/v1/detokenize-masked", json={"token": token})
+    assert masked.status_code == 200, masked.text
+    assert masked.json()["expiry"] is None, masked.json()
+    with vault.client("checkout") as reader:
+        answers = [
+            reader.post("/v1/detokenize", json={"token": token}),
+            reader.post("/v1/detokenize-masked", json={"token": token}),
+            reader.post("/v1/detokenize/batch", json={"tokens": [token]}),
+        ]
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    assert answers[0].json()["expiry"] is None
+    assert answers[1].json()["expiry"] is None
+    assert all(item["expiry"] is None for item in answers[2].json()["results"])
+
+
+def test_in_scope_readers_still_see_the_expiry(vault: VaultServer) -> None:
+    """The shop's own services (in scope) keep the expiry in their masked answers."""
+    card = "5200828282828210"
+    with vault.client("payments") as shop:
+        token = shop.post(
+            "/v1/tokenize", json={"pan": card, "format": "pan_bin6_last4", "expiry": "07/31"}
+        ).json()["token"]
+        own = shop.post("/v1/detokenize-masked", json={"token": token}).json()
+    with vault.client("ledger") as ledger:
+        read = ledger.post("/v1/detokenize", json={"token": token}).json()
+    assert own["expiry"] == "2031-07"
+    assert read["expiry"] == "2031-07"
