@@ -151,7 +151,10 @@ class DetokenizeResponse(_Strict):
     token: str
     pan: str = Field(description="The PAN, or its masked form when reveal is 'masked'")
     reveal: Literal["full", "masked"]
-    expiry: str | None = Field(default=None, description="YYYY-MM, when the token has one")
+    expiry: str | None = Field(
+        default=None,
+        description="YYYY-MM, when the token has one; null to an identity outside PCI scope",
+    )
     cardholder_name: str | None = Field(
         default=None, description="Only when reveal is 'full' and the token has one"
     )
@@ -160,7 +163,10 @@ class DetokenizeResponse(_Strict):
 class MaskedResponse(_Strict):
     token: str
     masked_pan: str
-    expiry: str | None = Field(default=None, description="YYYY-MM, when the token has one")
+    expiry: str | None = Field(
+        default=None,
+        description="YYYY-MM, when the token has one; null to an identity outside PCI scope",
+    )
 
 
 class DetokenizeBatchRequest(_Strict):
