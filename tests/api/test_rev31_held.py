@@ -352,3 +352,44 @@ def test_an_idempotency_conflict_in_a_batch_counts_against_the_oracle_guard(
             body = answer.json()
             codes.append(body.get("item_code") or body.get("code"))
     assert "oracle_suspected" in codes, codes
+
+
+def test_guesses_spread_over_endpoints_and_formats_meet_one_guard(
+    rig: tuple[VaultServer, FakeAcquirer],
+) -> None:
+    """The holder of payments' certificate spreads guesses of one BIN and last four over
+    single calls, a batch, lookups, an idempotency key and every convergent format: they
+    meet one count, so the 11th different card is refused wherever it is sent."""
+    vault, _ = rig
+    card = "4485275742308327"
+    guesses = _bucket_guesses(card, 12)
+    with vault.client("payments") as payments:
+        sent = [
+            payments.post("/v1/tokenize", json={"pan": guesses[0], "format": "pan_bin6_last4"}),
+            payments.post("/v1/tokenize", json={"pan": guesses[1], "format": "pan_fpe"}),
+            payments.post("/v1/tokenize", json={"pan": guesses[2], "format": "uuid"}),
+            payments.post("/v1/lookup", json={"pan": guesses[3]}),
+            payments.post("/v1/lookup", json={"pan": guesses[4], "format": "pan_last4"}),
+            payments.post(
+                "/v1/tokenize/batch",
+                json={"items": [{"pan": g, "format": "pan_bin6_last4"} for g in guesses[5:8]]},
+            ),
+            payments.post(
+                "/v1/tokenize",
+                json={"pan": guesses[8], "format": "pan_bin6_last4", "idempotency_key": "r31-g"},
+            ),
+            payments.post("/v1/lookup", json={"pan": guesses[9], "format": "pan_fpe"}),
+        ]
+        assert [a.status_code for a in sent] == [200] * len(sent), [a.text for a in sent]
+        # Cards already counted are no new guesses, on any route.
+        again = payments.post("/v1/lookup", json={"pan": guesses[0], "format": "pan_bin6_last4"})
+        assert again.status_code == 200, again.text
+        past = [
+            payments.post("/v1/tokenize", json={"pan": guesses[10], "format": "pan_last4"}),
+            payments.post("/v1/lookup", json={"pan": guesses[10]}),
+            payments.post(
+                "/v1/tokenize/batch",
+                json={"items": [{"pan": guesses[11], "format": "pan_bin6_last4"}]},
+            ),
+        ]
+    assert [a.json()["code"] for a in past] == ["oracle_suspected"] * 3, [a.text for a in past]
