@@ -176,6 +176,41 @@ def withhold_sent(value: Any, sent: Sequence[str]) -> Any:
     return walk(value)
 
 
+def withhold_month_year(value: Any, pairs: Sequence[tuple[str, Sequence[str]]]) -> Any:
+    """`value` (an upstream's answer) with both members of any object that holds the
+    month and the year of an expiry the vault sent apart (`pairs`: the month "MM" and
+    the year as "YY" and "YYYY", strings or numbers, leading zeros optional) replaced by
+    `WITHHELD_DETAIL`. Alone, two digits are too common to withhold (`withhold_sent`);
+    together in one object they are the card's expiry echoed, as an acquirer that
+    echoes the request's card object does, and the caller may be outside PCI scope,
+    where a card number joined to its expiry must not arrive (review 31, R31-1)."""
+    if not pairs:
+        return value
+
+    def same(member: Any, digits: str) -> bool:
+        if isinstance(member, bool) or not isinstance(member, int | str):
+            return False
+        text = str(member).strip()
+        return text.isascii() and text.isdigit() and len(text) <= 4 and int(text) == int(digits)
+
+    def walk(node: Any) -> Any:
+        # Recursion is bounded: `send` refuses an answer deeper than MAX_DEPTH.
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: walk(v) for k, v in node.items()}
+        for month, years in pairs:
+            months = [k for k, v in out.items() if same(v, month)]
+            found = [k for k, v in out.items() if any(same(v, y) for y in years)]
+            if any(m != y for m in months for y in found):
+                for k in {*months, *found}:
+                    out[k] = WITHHELD_DETAIL
+        return out
+
+    return walk(value)
+
+
 # What may be a piece of a card number among an object's values: up to this many
 # digits (a card has 13-19), spaces and hyphens between groups taken out.
 _MAX_PIECE_DIGITS: Final = 18

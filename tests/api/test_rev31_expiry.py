@@ -13,12 +13,16 @@ together outside PCI scope, is what the capture answer was built not to give. An
 that differs from the one typed (or any, when none was typed) also says the shop held
 the card. Before: the masked answer gave every caller the expiry. Fixed: an identity
 outside PCI scope (`scope = "out"`) is answered `"expiry": null` by every reveal; the
-relay still puts the expiry into the acquirer's request inside the vault.
+relay still puts the expiry into the acquirer's request inside the vault. The same
+token relayed through `getnet-authorize`, which sends month and year apart, gave the
+expiry back from an acquirer that echoes the card object (two digits alone were never
+withheld): both are now withheld from an object of the answer that holds the pair.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +31,8 @@ from api.pki import issue_client
 from cofre.settings import CaptureSettings
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
+from tests.support.fake_acquirer import FakeAcquirer, running_acquirer
+from tests.support.policies import getnet_card_route
 from tests.support.postgres import free_port
 
 SHOP = "https://shop.example"
@@ -42,14 +48,23 @@ read_domains = ["spiffe://cofre/payments"]
 
 
 @pytest.fixture(scope="module")
-def vault(
+def rig(
     tmp_path_factory: pytest.TempPathFactory, hsm_provider: HSMProvider
-) -> Iterator[VaultServer]:
+) -> Iterator[tuple[VaultServer, FakeAcquirer]]:
     settings = CaptureSettings(port=free_port())
     tmp = tmp_path_factory.mktemp("rev31x")
-    with running_vault(tmp, hsm_provider, extra_policy=READER, capture=settings) as v:
-        issue_client(v.pki, "checkout")
-        yield v
+    with running_acquirer(tmp / "acquirer-pki") as acquirer:
+        route = getnet_card_route(acquirer.url, acquirer.ca)  # type: ignore[attr-defined]
+        with running_vault(
+            tmp / "vault", hsm_provider, extra_policy=READER + route, capture=settings
+        ) as v:
+            issue_client(v.pki, "checkout")
+            yield v, acquirer
+
+
+@pytest.fixture
+def vault(rig: tuple[VaultServer, FakeAcquirer]) -> VaultServer:
+    return rig[0]
 
 
 def _shopper_captures(vault: VaultServer, card: dict[str, str]) -> httpx.Response:
@@ -111,3 +126,45 @@ def test_in_scope_readers_still_see_the_expiry(vault: VaultServer) -> None:
         read = ledger.post("/v1/detokenize", json={"token": token}).json()
     assert own["expiry"] == "2031-07"
     assert read["expiry"] == "2031-07"
+
+
+def test_an_acquirer_echoing_the_card_object_gives_the_adapter_no_expiry(
+    rig: tuple[VaultServer, FakeAcquirer],
+) -> None:
+    """R31-1 through the relay: `getnet-authorize` sends the expiry as month and year
+    apart, which were never withheld (two digits alone are too common), so an acquirer
+    that echoes the request's card object handed the adapter the stored expiry of the
+    card a capture mapped to the token. Withheld now where one object holds both."""
+    vault, acquirer = rig
+    card = "4000000000001091"
+    with vault.client("payments") as shop:
+        kept = shop.post(
+            "/v1/tokenize", json={"pan": card, "format": "pan_bin6_last4", "expiry": "07/31"}
+        )
+    assert kept.status_code == 200, kept.text
+    captured = _shopper_captures(vault, {"number": card})
+    token = captured.json()["token"]
+
+    def echo(body: dict[str, Any]) -> tuple[int, Any]:
+        sent = body["card"]
+        year = int(sent["expiration_year"])
+        return 200, {
+            "status": "APPROVED",
+            "card": dict(sent),
+            "as_numbers": {"m": int(sent["expiration_month"]), "y": 2000 + year},
+            "amount": {"value": 7, "installments": 1},  # one digit of a month alone stays
+        }
+
+    acquirer.answer = echo
+    with vault.client("getnet-adapter") as adapter:
+        relayed = adapter.post(
+            "/v1/relay/getnet-authorize",
+            json={"card": {"number": token}, "amount": "0.00", "order_id": "r31"},
+        )
+    assert relayed.status_code == 200, relayed.text
+    assert acquirer.received[-1]["card"]["expiration_month"] == "07"
+    answer = relayed.json()
+    assert answer["card"].get("expiration_month") in (None, "[withheld]"), answer
+    assert answer["card"].get("expiration_year") in (None, "[withheld]"), answer
+    assert answer["as_numbers"] == {"m": "[withheld]", "y": "[withheld]"}, answer
+    assert answer["amount"] == {"value": 7, "installments": 1}

@@ -47,6 +47,7 @@ from vault.relay import (
     nested_deeper_than,
     set_pointer,
     withhold_echoed_pans,
+    withhold_month_year,
     withhold_sent,
     withhold_split_pans,
 )
@@ -60,6 +61,8 @@ class _Sent:
 
     details: list[str]
     pans: list[str]
+    # An expiry sent as month and year apart: ("MM", ("YY", "YYYY")), each sent card's.
+    month_years: list[tuple[str, tuple[str, str]]]
 
 
 class RelayOperations(TokenizeOperations):
@@ -223,6 +226,7 @@ class RelayOperations(TokenizeOperations):
         token_ids: list[str] = []
         sent: list[str] = []
         sent_pans: list[str] = []
+        month_years: list[tuple[str, tuple[str, str]]] = []
         events: list[AuditEvent] = []
         for pointer in route.detokenize:
             token = get_pointer(body, pointer)
@@ -244,7 +248,13 @@ class RelayOperations(TokenizeOperations):
             )
         if route.card is not None:
             token_id, event_details = self._put_card(
-                connection, route.card, body, outgoing, domains, sent_values=sent
+                connection,
+                route.card,
+                body,
+                outgoing,
+                domains,
+                sent_values=sent,
+                month_years=month_years,
             )
             sent_pans.append(get_pointer(outgoing, route.card.number))
             token_ids.append(token_id)
@@ -260,7 +270,7 @@ class RelayOperations(TokenizeOperations):
         if not events:
             events.append(self._audit_event(ctx, "relay.send", Outcome.SUCCESS, details=details))
         self._audit.append_many(connection, events)
-        return outgoing, token_ids, _Sent(sent, sent_pans)
+        return outgoing, token_ids, _Sent(sent, sent_pans, month_years)
 
     def _put_card(
         self,
@@ -271,6 +281,7 @@ class RelayOperations(TokenizeOperations):
         domains: frozenset[str],
         *,
         sent_values: list[str],
+        month_years: list[tuple[str, tuple[str, str]]],
     ) -> tuple[str, dict[str, DetailValue]]:
         """Put the card of the token at `card.number` into `outgoing`: the PAN, and the
         expiry, name and held security code where the route names them. The code is
@@ -279,8 +290,8 @@ class RelayOperations(TokenizeOperations):
         no second call gets the code. Returns the token id and what the entry says
         (which details went, never their values); adds to `sent_values` the code, name
         and expiry that went. A month or a year alone is not added: two digits would
-        take every such number out of the answer, and neither is card data without the
-        PAN, which the answer never shows."""
+        take every such number out of the answer; sent apart, the pair goes to
+        `month_years`, withheld where one object of the answer holds both (R31-1)."""
         token = get_pointer(body, card.number)
         if not isinstance(token, str):
             raise RelayBodyInvalid(f"the body has no card token at {card.number}")
@@ -319,6 +330,9 @@ class RelayOperations(TokenizeOperations):
             sent.append(what)
             if what in ("security_code", "cardholder_name", "expiry"):
                 sent_values.append(value)
+        if bundle.expiry is not None and {"expiry_month", "expiry_year"} <= set(sent):
+            year = format_expiry(bundle.expiry, "YYYY")
+            month_years.append((format_expiry(bundle.expiry, "MM"), (year[-2:], year)))
         return row.id, {
             "pointer": card.number[:128],
             "card": ",".join(["number", *sent]),
@@ -401,6 +415,7 @@ class RelayOperations(TokenizeOperations):
         masked = withhold_split_pans(mask_strings(body), sent.pans)
         # An echo of a sent number in a shape the detector does not know (review 29b).
         masked = withhold_sent(withhold_echoed_pans(masked, sent.pans), sent.details)
+        masked = withhold_month_year(masked, sent.month_years)
         for pointer, token in tokens_at.items():
             set_pointer(masked, pointer, token)
         return masked
