@@ -8,6 +8,7 @@ one its transaction may have recorded: review 42).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Collection, Sequence
 from contextlib import suppress
@@ -19,6 +20,7 @@ from sqlalchemy import Connection, Engine, Row, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
+from audit.schema import audit_entries
 from cofre.errors import CofreError
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
@@ -287,10 +289,44 @@ def proposal_life(now: datetime, ttl: timedelta) -> tuple[int, int]:
     return at - int(ttl.total_seconds()) - WINDOW_SECONDS, at + WINDOW_SECONDS
 
 
-def refuse_a_second_run(connection: Connection, kind: RotationKind, ceremony_id: str) -> None:
+# How far before a ceremony's life `refuse_a_second_run` looks for its start: the start
+# entry's time is its node's clock, which may be behind the one that counts the life.
+_START_SKEW: Final = timedelta(days=1)
+_START_RECORDS: Final = '{"action":"key.rotation.start",'
+
+
+def _started(connection: Connection, ceremony_id: str, since: datetime) -> bool:
+    """Whether the audit log holds a start of `ceremony_id` written since `since`."""
+    payload = audit_entries.c.payload
+    found = connection.execute(
+        select(payload).where(
+            audit_entries.c.created_at >= since - _START_SKEW,  # PostgreSQL: its partitions
+            payload.startswith(_START_RECORDS, autoescape=True),
+            payload.contains(f'"key_id":{json.dumps(ceremony_id)}', autoescape=True),
+        )
+    ).scalars()
+    return any(json.loads(entry).get("key_id") == ceremony_id for entry in found)
+
+
+def refuse_a_second_run(
+    connection: Connection, kind: RotationKind, ceremony_id: str, since: datetime
+) -> None:
     """Raise `CeremonyError` when a rotation of `kind` other than `ceremony_id` runs: two
     at once would each retire the key in use, and the first to finish erases the key the
-    other is still moving records off (review 38)."""
+    other is still moving records off (review 38). Raise `CeremonyRefused` when
+    `ceremony_id` itself already started (the audit log holds its `key.rotation.start`
+    since `since`, the first moment a proposal still in its life could have been signed):
+    a ceremony runs once. Its rows are the database's, and a writer who set one that ran
+    back to pending and deleted its last approval had one officer's approval start a
+    second rotation on a proposal of the day before (session 31); the log's entries are
+    what that writer cannot take back unseen."""
+    if _started(connection, ceremony_id, since):
+        raise CeremonyRefused(
+            f"ceremony {ceremony_id} already started (the audit log holds its "
+            "key.rotation.start): a ceremony runs once. Cancel it, and find out how it "
+            "came to be pending again",
+            reason="the ceremony already started",
+        )
     running = connection.execute(
         select(key_ceremonies.c.id).where(
             key_ceremonies.c.kind == kind.value,
