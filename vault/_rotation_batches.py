@@ -93,6 +93,8 @@ class RotationBatches:
             .where(tokens.c.key_version == old)
             .limit(batch)
         ).all()
+        if not rows:  # done; and a rotation from no data key (v0) has no cipher to ask for
+            return 0
         old_cipher, new_cipher = self._keyring.gcm(old), self._keyring.gcm(new)
         params = []
         for item in rows:
