@@ -402,7 +402,7 @@ class KeyRotation(RotationBatches):
         """Start approved ceremony `row` in `connection`'s transaction; each token key it
         makes is added to `created` (destroyed if the transaction fails)."""
         kind = RotationKind(row.kind)
-        refuse_a_second_run(connection, kind, row.id, self._clock() - self._ttl)
+        refuse_a_second_run(connection, kind, row.id)
         if kind is RotationKind.AUDIT:  # one step, with a handover: its own module
             audit_key = AuditKeyRotation(
                 self._provider, self._keyring.registry, self._audit, self._clock

@@ -200,18 +200,26 @@ def test_0019_indexes_the_records_by_age_and_lets_the_vault_forget_them(engine: 
             assert not connection.execute(text(may_delete)).scalar_one()
 
 
-def test_0014s_index_built_ahead_as_the_operations_guide_says_is_adopted(
-    pg_database: str,
+@pytest.mark.parametrize(
+    ("block", "before", "index"),
+    [
+        ("key-register-index", "0013", "key_register"),
+        ("rotation-start-index", "0020", "rotation_start"),
+    ],
+)
+def test_audit_log_indexes_built_ahead_as_the_operations_guide_says_are_adopted(
+    pg_database: str, block: str, before: str, index: str
 ) -> None:
-    """docs/operations.md tells operators of a large audit log to build 0014's index on
-    each partition concurrently before migrating; the migration must then attach those
-    (PostgreSQL matches them by definition) rather than build a second set."""
+    """docs/operations.md tells operators of a large audit log to build 0014's and
+    0021's indexes on each partition concurrently before migrating; the migration must
+    then attach those (PostgreSQL matches them by definition) rather than build a second
+    set."""
     engine = create_database_engine(pg_database)
     try:
-        _upgrade(engine, "0013")
+        _upgrade(engine, before)
         guide = (Path(__file__).resolve().parents[3] / "docs" / "operations.md").read_text()
-        match = re.search(r"<!-- key-register-index -->\s*```sql\n(.*?)```", guide, re.DOTALL)
-        assert match, "docs/operations.md lost its key-register-index SQL block"
+        match = re.search(rf"<!-- {block} -->\s*```sql\n(.*?)```", guide, re.DOTALL)
+        assert match, f"docs/operations.md lost its {block} SQL block"
         recipe = "\n".join(
             line for line in match.group(1).splitlines() if not line.startswith("--")
         )
@@ -232,10 +240,10 @@ def test_0014s_index_built_ahead_as_the_operations_guide_says_is_adopted(
                 str(name)
                 for (name,) in connection.execute(
                     "SELECT inhrelid::regclass::text FROM pg_inherits"
-                    " WHERE inhparent = 'ix_audit_entries_key_register'::regclass"
+                    f" WHERE inhparent = 'ix_audit_entries_{index}'::regclass"
                 )
             }
-        assert children == {f"{part}_key_register" for part in parts}
+        assert children == {f"{part}_{index}" for part in parts}
     finally:
         engine.dispose()
 

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import sqlite
 
 from audit._rows import _QUEUED_PG
 from audit.publisher import NEWEST_COSIGNED
+from vault._ceremony_guards import starts_of
 from vault.cryptoperiod import _REGISTERED
 from vault.key_registry import _RECORDS
 from vault.limits import _CHARGE_SQL, _SEEN_SQL, _SEEN_THEN_WATCH_SQL, _TAT_SQL
@@ -289,6 +290,29 @@ def test_the_key_registry_records_are_read_through_their_partial_index(
                 connection.exec_driver_sql(
                     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
                     " WHERE i.inhparent = 'ix_audit_entries_key_register'::regclass"
+                ).scalars()
+            )
+    assert "Seq Scan" not in plan, plan
+    reads = [s for s in plan.splitlines() if "SCAN audit_entries" in s or "Index Scan" in s]
+    assert reads, plan
+    assert all(any(name in step for name in names) for step in reads), plan
+
+
+def test_a_ceremonys_start_records_are_read_through_their_partial_index(engine: Engine) -> None:
+    """The approval that completes a ceremony's quorum reads the log's start records to
+    refuse a ceremony that already ran (session 31). Only migration 0021's partial index
+    can serve it without a scan of the audit log: months of entries on a busy vault,
+    inside the approval's transaction."""
+    query = starts_of("c-0123456789abcdef")
+    with engine.begin() as connection:
+        sql = str(query.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
+        plan = _plan(connection, sql, [], 0)
+        names = {"ix_audit_entries_rotation_start"}
+        if connection.dialect.name == "postgresql":  # each partition's copy of the index
+            names |= set(
+                connection.exec_driver_sql(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                    " WHERE i.inhparent = 'ix_audit_entries_rotation_start'::regclass"
                 ).scalars()
             )
     assert "Seq Scan" not in plan, plan
