@@ -296,7 +296,7 @@ def proposal_life(now: datetime, ttl: timedelta) -> tuple[int, int]:
 START_RECORDS: Final = """payload LIKE '{"action":"key.rotation.start",%'"""
 
 
-def starts_of(ceremony_id: str) -> Select[tuple[str]]:
+def starts_of(ceremony_id: str) -> Select[Any]:
     """The read of the start records naming `ceremony_id` (a few records a year)."""
     payload = audit_entries.c.payload
     return select(payload).where(
