@@ -4,12 +4,15 @@ module stays readable in one sitting. They read tokens only, never a PAN in clea
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Row, bindparam, select
+from sqlalchemy import ColumnElement, Connection, Row, bindparam, select, update
 
-from vault.operations._items import _Item
+from vault.operations._items import _Answers, _Item
+from vault.storage.database import as_utc
 from vault.storage.rawsql import fetch_all, fetch_records
 from vault.storage.schema import tokens
 
@@ -155,3 +158,35 @@ def _keys_used_elsewhere(
         return set()
     rows = fetch_all(connection, _KEYS_ELSEWHERE, [owner, *keys, domain], in_list=len(keys))
     return {key for (key,) in rows}
+
+
+def _outlive(
+    connection: Connection,
+    answers: _Answers,
+    index: int,
+    wanted: datetime | None,
+    asker: int,
+) -> None:
+    """Make the stored token item `index` was answered live until `wanted` (None:
+    for ever) if it would expire sooner, never shorter. The UPDATE's condition keeps
+    it monotonic against a stale read or another call; the extension is in the
+    entry of `asker`, the item that asked it."""
+    record = answers.results[index]
+    assert record is not None  # noqa: S101 - `answers.answer` set it
+    ends = as_utc(record.expires_at)
+    if ends is None or (wanted is not None and wanted <= ends):
+        return
+    sooner: ColumnElement[bool] = tokens.c.expires_at.is_not(None)
+    if wanted is not None:
+        sooner = sooner & (tokens.c.expires_at < wanted)
+    done = connection.execute(
+        update(tokens).where(tokens.c.id == record.token_id, sooner).values(expires_at=wanted)
+    ).rowcount
+    if not done:  # another call made it live longer still
+        stored = connection.execute(
+            select(tokens.c.expires_at).where(tokens.c.id == record.token_id)
+        ).scalar_one()
+        answers.results[index] = dataclasses.replace(record, expires_at=as_utc(stored))
+        return
+    answers.results[index] = dataclasses.replace(record, expires_at=wanted)
+    answers.extended[asker] = wanted

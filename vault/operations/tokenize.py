@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, select, update
+from sqlalchemy import Connection, Row, select
 
 from audit.log import AuditEvent, Outcome
 from policies.formats import (
@@ -38,7 +38,7 @@ from vault.operations._candidates import TokenCandidates
 from vault.operations._idempotency import KeyedRows, keyed_rows, record_keys
 from vault.operations._inputs import expiry
 from vault.operations._items import _Answers, _Call, _Item, gone, longest
-from vault.operations._statements import _convergent_rows, _keys_used_elsewhere
+from vault.operations._statements import _convergent_rows, _keys_used_elsewhere, _outlive
 from vault.storage.database import as_utc
 from vault.storage.groupcommit import Merge
 from vault.storage.rawsql import insert_many
@@ -502,40 +502,8 @@ class TokenizeOperations(TokenCandidates):
                 if asker != root:
                     answers.extended[asker] = life
             else:
-                self._outlive(connection, answers, root, life, asker)
+                _outlive(connection, answers, root, life, asker)
         return lives
-
-    @staticmethod
-    def _outlive(
-        connection: Connection,
-        answers: _Answers,
-        index: int,
-        wanted: datetime | None,
-        asker: int,
-    ) -> None:
-        """Make the stored token item `index` was answered live until `wanted` (None:
-        for ever) if it would expire sooner, never shorter. The UPDATE's condition keeps
-        it monotonic against a stale read or another call; the extension is in the
-        entry of `asker`, the item that asked it."""
-        record = answers.results[index]
-        assert record is not None  # noqa: S101 - `answers.answer` set it
-        ends = as_utc(record.expires_at)
-        if ends is None or (wanted is not None and wanted <= ends):
-            return
-        sooner: ColumnElement[bool] = tokens.c.expires_at.is_not(None)
-        if wanted is not None:
-            sooner = sooner & (tokens.c.expires_at < wanted)
-        done = connection.execute(
-            update(tokens).where(tokens.c.id == record.token_id, sooner).values(expires_at=wanted)
-        ).rowcount
-        if not done:  # another call made it live longer still
-            stored = connection.execute(
-                select(tokens.c.expires_at).where(tokens.c.id == record.token_id)
-            ).scalar_one()
-            answers.results[index] = dataclasses.replace(record, expires_at=as_utc(stored))
-            return
-        answers.results[index] = dataclasses.replace(record, expires_at=wanted)
-        answers.extended[asker] = wanted
 
     def _new_rows(  # noqa: PLR0917 - the call's parts, in the order _store_tokens has them
         self,
