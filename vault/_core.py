@@ -532,10 +532,13 @@ class VaultCore(Fingerprints):
         whether it did. `expired`: only while the row is live and its life has ended at
         `now` (the purge): its read took no lock, and an update or a convergent tokenize
         that lengthened the life may have committed since. PostgreSQL checks these
-        conditions again on the row that write left (review 29c)."""
-        shred = update(tokens).where(tokens.c.id == token_id)
+        conditions again on the row that write left (review 29c). A row shredded already
+        is left as it is, and False (a delete and the purge, or two deletes, that read it
+        live at once: the second wrote the tombstone again and said it shredded it,
+        session 31)."""
+        shred = update(tokens).where(tokens.c.id == token_id, tokens.c.deleted_at.is_(None))
         if expired:
-            shred = shred.where(tokens.c.deleted_at.is_(None), tokens.c.expires_at <= now)
+            shred = shred.where(tokens.c.expires_at <= now)
         done = connection.execute(
             shred.values(
                 ciphertext=None, nonce=None, fingerprint=None, key_version=None, deleted_at=now

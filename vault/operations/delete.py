@@ -60,9 +60,11 @@ class DeleteOperations(EarlyRate):
                 # Returned, not raised: the charge commits (a miss costs what a hit
                 # costs) and the commit group it met does not run again.
                 return TokenNotFound("no such token")
-            already = row.deleted_at is not None
-            if not already:
-                self._shred(connection, row.id, self._clock())
+            # Read without a lock: shredded since by another delete or the purge, the
+            # row is left and this delete says so (`_shred`).
+            already = row.deleted_at is not None or not self._shred(
+                connection, row.id, self._clock()
+            )
             self._audit.append(
                 connection,
                 self._audit_event(
