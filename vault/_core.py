@@ -72,6 +72,13 @@ _TRANSACTION_ATTEMPTS: Final = 5
 _RETRYABLE_SQLSTATES: Final = frozenset({"40P01", "40001"})  # deadlock, serialization
 
 
+class StaleRead(Exception):
+    """A token row a transaction read without a lock, and then wrote or answered, was
+    changed by another transaction first (a delete, the purge, an update): the
+    transaction is undone and runs again (`_settle`), reading the row as it now is.
+    Never reaches a caller."""
+
+
 def _raise_input_error(exc: SQLDataError) -> None:
     """Raise `InvalidInput` when `exc` is PostgreSQL refusing a NUL in a string (psycopg
     says so before sending; in an array PostgreSQL answers 22021): the caller's input."""
@@ -257,6 +264,11 @@ class VaultCore(Fingerprints):
                 if attempt == _TRANSACTION_ATTEMPTS:
                     raise StorageUnavailable(
                         "the token store kept refusing the write (unique conflicts)"
+                    ) from None
+            except StaleRead:
+                if attempt == _TRANSACTION_ATTEMPTS:
+                    raise StorageUnavailable(
+                        "the token kept changing under the call (concurrent writes)"
                     ) from None
             except DBAPIError as exc:
                 # Two nodes' group commits can deadlock on each other's rows; PostgreSQL
@@ -462,7 +474,11 @@ class VaultCore(Fingerprints):
     ) -> None:
         """Store `card` in the row, sealed under the active PAN data key with a fresh
         nonce: its details over the row's stored ones, or with `replace` false only
-        those the row lacks (`CardBundle.filled_into`; no write when that is none)."""
+        those the row lacks (`CardBundle.filled_into`; no write when that is none).
+        Written only over the sealing `row` holds (its nonce): a row read without a lock
+        and sealed again, or shredded, since (PostgreSQL re-checks the condition on the
+        row that write left) raises `StaleRead`: merged over stale details it lost
+        another call's, and over a shredded row it put the card back (session 31)."""
         older = self._open_card(row)
         if replace:
             merged = card.merged_over(older)
@@ -475,11 +491,13 @@ class VaultCore(Fingerprints):
         sealed = self._keyring.gcm(version).encrypt(
             nonce, merged.seal(), pan_aad(row.id, row.token, version)
         )
-        connection.execute(
+        done = connection.execute(
             update(tokens)
-            .where(tokens.c.id == row.id)
+            .where(tokens.c.id == row.id, tokens.c.nonce == row.nonce)
             .values(key_version=version, nonce=nonce, ciphertext=sealed)
-        )
+        ).rowcount
+        if not done:
+            raise StaleRead
 
     def _hold_codes(
         self,

@@ -5,12 +5,14 @@ module stays readable in one sitting. They read tokens only, never a PAN in clea
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import ColumnElement, Connection, Row, bindparam, select, update
 
+from vault._core import StaleRead
 from vault.operations._items import _Answers, _Item
 from vault.storage.database import as_utc
 from vault.storage.rawsql import fetch_all, fetch_records
@@ -190,3 +192,48 @@ def _outlive(
         return
     answers.results[index] = dataclasses.replace(record, expires_at=wanted)
     answers.extended[asker] = wanted
+
+
+# The stored tokens a call answers, read again just before its audit entries are
+# written, share-locked until the commit (PostgreSQL). One statement for the call (a
+# merged group's calls: one for them all), and only for a call answered from the store.
+_ANSWERED_PG: Final = (
+    "SELECT id, deleted_at, expires_at, metadata FROM tokens WHERE id = ANY(%b::text[])"
+    " ORDER BY id FOR SHARE"
+)
+
+
+def _confirm_answers(connection: Connection, answers: _Answers) -> None:
+    """Make sure every stored token `answers` hands out (a convergent hit, an
+    idempotent retry) is answered as it stands at the commit. Their reads took no lock:
+    another node may have deleted, purged or updated a token since, and the call then
+    answered a shredded token after its delete was answered (its entry after the
+    delete's, its life made longer on the tombstone) or a life or metadata an update
+    had replaced (session 31). Share-locked here, a delete, purge or update of the row
+    that has not committed waits for this commit; one that committed first is seen:
+    a shredded row, or a life now shorter than the one answered (an update shortened
+    it after the read the call's extension was decided on), raises `StaleRead` (the
+    call runs again: a new token, or its key's `TokenDeleted`); metadata changed, or a
+    longer life, is answered as it now is. SQLite: nothing to do, its write transaction
+    excludes every other from the read to the commit."""
+    if connection.dialect.name != "postgresql":
+        return
+    answered = {
+        index: record
+        for index, record in enumerate(answers.results)
+        if record is not None and index in answers.stored
+    }
+    if not answered:
+        return
+    ids = sorted({record.token_id for record in answered.values()})
+    rows = {row[0]: row for row in fetch_all(connection, _ANSWERED_PG, [ids])}
+    for index, record in answered.items():
+        row = rows.get(record.token_id)
+        if row is None or row[1] is not None:
+            raise StaleRead
+        ends, told = as_utc(row[2]), as_utc(record.expires_at)
+        if ends is not None and (told is None or ends < told):
+            raise StaleRead
+        metadata = json.loads(row[3] or "{}")
+        if (ends, metadata) != (told, record.metadata):
+            answers.results[index] = dataclasses.replace(record, expires_at=ends, metadata=metadata)

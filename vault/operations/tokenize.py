@@ -38,7 +38,12 @@ from vault.operations._candidates import TokenCandidates
 from vault.operations._idempotency import KeyedRows, keyed_rows, record_keys
 from vault.operations._inputs import expiry
 from vault.operations._items import _Answers, _Call, _Item, gone, longest
-from vault.operations._statements import _convergent_rows, _keys_used_elsewhere, _outlive
+from vault.operations._statements import (
+    _confirm_answers,
+    _convergent_rows,
+    _keys_used_elsewhere,
+    _outlive,
+)
 from vault.storage.database import as_utc
 from vault.storage.groupcommit import Merge
 from vault.storage.rawsql import insert_many
@@ -317,12 +322,18 @@ class TokenizeOperations(TokenCandidates):
             fresh[index] = item.candidate or self._first_candidate(
                 item.spec, item.request.pan, domain
             )
+        resealed: set[str] = set()
         for index, item in enumerate(items):  # a keyed retry is a replay (sessions 30, 30c)
             if answers.how.get(index) == "idempotent":  # (its item is never merged: plain)
                 item.code_epoch = None  # no code held (`_hold_codes`), no details resealed
             elif (stored := answers.stored.get(index)) is not None and item.card.has_details:
+                if stored.id in resealed:  # a batch's card again: over its earlier reseal
+                    again = select(tokens).where(tokens.c.id == stored.id)
+                    stored = connection.execute(again).one()
                 self._reseal(connection, stored, item.card, replace=item.replaces_details)
+                resealed.add(stored.id)
         lives = self._lives(connection, answers, items, fresh, now)
+        _confirm_answers(connection, answers)  # as they stand at the commit (session 31)
         if fresh:
             self._settle_candidates(connection, fresh, items, domain)
         indexed_rows = self._new_rows(connection, ctxs[0], domain, items, fresh, now, lives)
