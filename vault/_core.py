@@ -430,15 +430,24 @@ class VaultCore(Fingerprints):
             existing=existing,
         )
 
-    def _live_row(self, connection: Connection, token: str, domains: frozenset[str]) -> Row[Any]:
+    def _live_row(
+        self, connection: Connection, token: str, domains: frozenset[str], *, shared: bool = False
+    ) -> Row[Any]:
         """The live row of `token` in one of `domains`. A token of another domain is
         answered exactly as a token that does not exist: no answer tells a caller what
-        another domain holds."""
+        another domain holds. `shared`: on PostgreSQL, share-locked until the commit (a
+        reveal: a delete or purge of the row then waits for the answer's commit, and one
+        that committed first is seen; without it a reveal read the row, the delete was
+        answered, and the PAN was answered after it, session 31). SQLite's write
+        transactions exclude each other already."""
         if not 1 <= len(token) <= 64:
             raise TokenNotFound("no such token")
         # On the driver's cursor (`vault.storage.rawsql`): every detokenize reads it in
         # the committer.
-        found = fetch_records(connection, tokens, "token = ?", [token])
+        where = "token = ?"
+        if shared and connection.dialect.name == "postgresql":
+            where += " FOR SHARE"
+        found = fetch_records(connection, tokens, where, [token])
         row: Row[Any] | None = found[0] if found else None
         if (
             row is None

@@ -72,7 +72,7 @@ class RevealOperations(EarlyRate):
             out, events = [], []
             for index, token in enumerate(token_list):
                 try:
-                    row = self._live_row(connection, token, domains)
+                    row = self._live_row(connection, token, domains, shared=True)
                     card = self._open_card(row)
                 except (TokenNotFound, TokenExpired, IntegrityError) as exc:
                     # Returned, not raised: the charge commits. A miss costs what a hit
