@@ -159,9 +159,17 @@ class RotationBatches:
             clear = self._keyring.gcm(version).decrypt(
                 bytes(item.nonce), bytes(item.ciphertext), pan_aad(item.id, item.token, version)
             )
+            # Only over the fingerprint read (PostgreSQL re-checks it on the row a write
+            # that held the row left): a delete shreds the row's fingerprint with its
+            # card, and written by the id alone the new one came back on the tombstone,
+            # the card's convergent token for good (session 31).
             connection.execute(
                 update(tokens)
-                .where(tokens.c.id == item.id)
+                .where(
+                    tokens.c.id == item.id,
+                    tokens.c.fp_version == old,
+                    tokens.c.fingerprint == item.fingerprint,
+                )
                 .values(
                     fingerprint=self._provider.hmac_sha256(label, pan_digits(clear)),
                     fp_version=new,
