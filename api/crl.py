@@ -43,11 +43,16 @@ from api.errors import CertificateRevoked, CrlExpired, CrlInvalid
 
 _log = structlog.get_logger("cofre.api.crl")
 _Stamp = tuple[int, int, int]
-# A revoked certificate as a CRL names it: its issuer's DER-encoded name and its serial.
-_Revoked = tuple[bytes, int]
-# Whose CRL: the issuer's DER-encoded name and the DER public key of the trusted CA that
-# signed it (two CAs can share a name; neither's CRL may displace the other's).
-_Source = tuple[bytes, bytes]
+# An issuer's name by value: each RDN's (OID, value) pairs, whatever string types encode
+# them. The DER bytes were the key before (review 31b): a CRL whose issuer name says the
+# CA's subject in another string type is taken (`cryptography` compares names by value,
+# OpenSSL by canonical form), and the per-request checks missed its certificates.
+_Issuer = tuple[frozenset[tuple[str, str | bytes]], ...]
+# A revoked certificate as a CRL names it: its issuer's name and its serial.
+_Revoked = tuple[_Issuer, int]
+# Whose CRL: the issuer's name and the DER public key of the trusted CA that signed it
+# (two CAs can share a name; neither's CRL may displace the other's).
+_Source = tuple[_Issuer, bytes]
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)
 
 
@@ -56,7 +61,12 @@ def _issuer_and_serial(pem: str) -> _Revoked:
     # Memoized like `api.tls.identity_from_pem`: the same certificate on every request of
     # its connection, never parsed again.
     cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
-    return (cert.issuer.public_bytes(), cert.serial_number)
+    return (_issuer_key(cert.issuer), cert.serial_number)
+
+
+def _issuer_key(name: x509.Name) -> _Issuer:
+    """`name` by value, as `x509.Name` compares names (its string types left out)."""
+    return tuple(frozenset((a.oid.dotted_string, a.value) for a in rdn) for rdn in name.rdns)
 
 
 class RevokedCertificates:
@@ -73,7 +83,7 @@ class RevokedCertificates:
         self._by_source: dict[_Source, tuple[datetime, datetime | None, frozenset[int]]] = {}
         # Per issuer name, the nextUpdate of its CRL in force, and the earliest of them
         # as a timestamp (`check`'s fast path: no date is built before it passes).
-        self._expiry: dict[bytes, datetime] = {}
+        self._expiry: dict[_Issuer, datetime] = {}
         self._earliest = float("inf")
 
     def merge(self, crls: list[tuple[_Source, x509.CertificateRevocationList]]) -> None:
@@ -94,7 +104,7 @@ class RevokedCertificates:
         self._pairs = frozenset(
             (issuer, serial) for (issuer, _), (_, _, s) in by_source.items() for serial in s
         )
-        expiry: dict[bytes, datetime] = {}
+        expiry: dict[_Issuer, datetime] = {}
         for (issuer, _), (_, next_update, _) in by_source.items():
             if next_update is not None:
                 expiry[issuer] = min(next_update, expiry.get(issuer, next_update))
@@ -134,6 +144,14 @@ class RevokedCertificates:
                 f"the CRL of this certificate's CA expired at {expiry.isoformat()}; "
                 "every client certificate it issued is refused until a new one is installed"
             )
+
+
+def _is_delta(crl: x509.CertificateRevocationList) -> bool:
+    try:
+        crl.extensions.get_extension_for_class(x509.DeltaCRLIndicator)
+    except x509.ExtensionNotFound:
+        return False
+    return True
 
 
 def _load_crls(data: bytes) -> list[x509.CertificateRevocationList]:
@@ -192,7 +210,10 @@ class CrlWatcher:
                 self._error = str(exc) if isinstance(exc, CrlInvalid) else type(exc).__name__
                 _log.error("CRL not loaded", file=str(self.path), error=self._error)
                 return
-            self.revoked.merge(sourced)
+            # A delta CRL is no CRL in force: OpenSSL never takes one for a base CRL (nor
+            # uses deltas without X509_V_FLAG_USE_DELTAS), and merged as its issuer's
+            # newest it took the base's revocations and expiry out of `check` (review 31b).
+            self.revoked.merge([(s, crl) for s, crl in sourced if not _is_delta(crl)])
             self._error = None
             self._next_update = self.revoked.next_update()
             for crl in crls:
@@ -201,6 +222,7 @@ class CrlWatcher:
                     file=str(self.path),
                     issuer=crl.issuer.rfc4514_string(),
                     revoked=len(crl),
+                    delta=_is_delta(crl),
                     next_update=n.isoformat() if (n := crl.next_update_utc) else None,
                 )
 
@@ -216,7 +238,7 @@ class CrlWatcher:
                         serialization.Encoding.DER,
                         serialization.PublicFormat.SubjectPublicKeyInfo,
                     )
-                    return (crl.issuer.public_bytes(), key)
+                    return (_issuer_key(crl.issuer), key)
             except TypeError:  # a key type CRLs cannot be signed with
                 continue
         raise CrlInvalid("not signed by a trusted CA")
