@@ -55,6 +55,9 @@ class HSMSettings(_Section):
     # How long a call waits, retrying with backoff, for a key the token refuses as not
     # yet available (a new CloudHSM key syncing to a quorum of HSMs); then 503.
     key_availability_timeout_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Refuse a library that says it is SoftHSM whenever a session opens: `cofre serve`
+    # sets it unless COFRE_INSECURE__ALLOW_SOFTWARE_HSM is (cofre_cli/_production.py).
+    refuse_software_token: bool = False
 
     def read_pin(self) -> SecretStr:
         """Return the user PIN from `pin` or `pin_file`.

@@ -72,6 +72,17 @@ def production_checks(settings: Settings) -> list[str]:
     return allowed
 
 
+def refusing_software_tokens(settings: Settings) -> Settings:
+    """`settings` with its HSM providers refusing a library that says it is SoftHSM
+    whenever a session opens, unless software tokens are allowed. `_software_token`
+    judges a library that does not initialise at start by its name alone, and
+    SoftHSM2 under another name whose token directory came later served (review 31b)."""
+    if settings.insecure.allow_software_hsm:
+        return settings
+    hsm = settings.hsm.model_copy(update={"refuse_software_token": True})
+    return settings.model_copy(update={"hsm": hsm})
+
+
 def _software_token(settings: Settings, *, allowed_anyway: bool) -> str | None:
     """Why `settings.hsm.library` is taken for a software token, or None.
 

@@ -31,7 +31,7 @@ from api.otlp import otlp_from_env
 from api.server import build_server, log_config, reload_server_certificate
 from cofre.redaction import OwnDigest
 from cofre.settings import Settings
-from cofre_cli._production import production_checks
+from cofre_cli._production import production_checks, refusing_software_tokens
 from cofre_cli.capture import start_capture_listener
 from cofre_cli.wiring import (
     build_runtime,
@@ -64,6 +64,8 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
     (`cofre_cli.workers`); raises `SystemExit` with the node's status when one failed."""
     _configure_logs(settings.log_level, None)
     allowed = production_checks(settings) if production else []
+    if production:
+        settings = refusing_software_tokens(settings)
     policy = load_policy(settings.policy_file)
     workers = worker_count(settings)
     _log.info(

@@ -562,4 +562,5 @@ def provider_from_settings(settings: HSMSettings) -> HSMProvider:
         softhsm_conf=settings.softhsm_conf,
         pool_size=settings.session_pool_size,
         key_availability_timeout=settings.key_availability_timeout_seconds,
+        refuse_software=settings.refuse_software_token,
     )

@@ -185,8 +185,12 @@ class TokenSession:
         *,
         pool_size: int = 1,
         key_availability_timeout: float = 5.0,
+        refuse_software: bool = False,
     ) -> None:
         self._library_path = library
+        # `cofre serve` without the software-token allowance: a library that says it is
+        # SoftHSM is refused whenever a session opens (`_refuse_a_software_token`).
+        self._refuse_software = refuse_software
         self._token_label = token_label
         self._pin = pin
         self._softhsm_conf = softhsm_conf
@@ -234,6 +238,8 @@ class TokenSession:
             raise HSMUnavailable(
                 f"more than one token labelled {self._token_label!r}; labels must be unique"
             ) from None
+        if self._refuse_software:
+            self._refuse_a_software_token(lib, token)
         pin = self._pin.get_secret_value()
         try:
             return token.open(rw=True, user_pin=pin)
@@ -245,6 +251,25 @@ class TokenSession:
             raise HSMAuthFailed(
                 f"token {self._token_label!r} refused the user PIN ({type(exc).__name__})"
             ) from None
+
+    def _refuse_a_software_token(self, lib: Any, token: Any) -> None:
+        """Raise `HSMUnavailable` when `lib` or `token` says it is SoftHSM. `cofre serve`
+        judges a library that does not initialise at start by its file name alone (a
+        networked HSM's cluster may be down), and SoftHSM2 under another name whose
+        token directory came later initialised here and served (review 31b)."""
+        identity = LibraryIdentity(
+            manufacturer=lib.manufacturer_id,
+            description=lib.library_description,
+            slot_manufacturer=token.slot.manufacturer_id,
+            token_manufacturer=token.manufacturer_id,
+            token_model=token.model,
+        )
+        if says_softhsm(identity):
+            raise HSMUnavailable(
+                f"the PKCS#11 library {self._library_path} says it is SoftHSM "
+                f"({identity.describe()}), a software token, not an HSM: `cofre serve` "
+                "refuses it (or set COFRE_INSECURE__ALLOW_SOFTWARE_HSM=true)"
+            )
 
     def _borrow(self, *, fresh: bool = False) -> _Pooled | None:
         """Wait for a free place in the pool; return an idle session, or None (open one,
