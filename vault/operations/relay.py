@@ -12,7 +12,7 @@ import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Connection
 
@@ -51,6 +51,11 @@ from vault.relay import (
     withhold_sent,
     withhold_split_pans,
 )
+
+# The layouts of an expiry the vault sent (whole or as month and year apart) that are
+# withheld from the answer whatever layout it went in; MMYY only when it went so, as four
+# digits alone are too common.
+_ECHOED_LAYOUTS: Final = ("MM/YY", "MM/YYYY", "YYYY-MM")
 
 
 @dataclass(frozen=True)
@@ -289,9 +294,10 @@ class RelayOperations(TokenizeOperations):
         if that entry is not written, the code stays and nothing is sent; once it is,
         no second call gets the code. Returns the token id and what the entry says
         (which details went, never their values); adds to `sent_values` the code, name
-        and expiry that went. A month or a year alone is not added: two digits would
-        take every such number out of the answer; sent apart, the pair goes to
-        `month_years`, withheld where one object of the answer holds both (R31-1)."""
+        and expiry that went, and the expiry in `_ECHOED_LAYOUTS` too. A month or a year
+        alone is not added: two digits would take every such number out of the answer;
+        sent apart, the pair goes to `month_years`, withheld where one object of the
+        answer holds both (R31-1)."""
         token = get_pointer(body, card.number)
         if not isinstance(token, str):
             raise RelayBodyInvalid(f"the body has no card token at {card.number}")
@@ -330,9 +336,14 @@ class RelayOperations(TokenizeOperations):
             sent.append(what)
             if what in ("security_code", "cardholder_name", "expiry"):
                 sent_values.append(value)
-        if bundle.expiry is not None and {"expiry_month", "expiry_year"} <= set(sent):
+        apart = {"expiry_month", "expiry_year"} <= set(sent)
+        if bundle.expiry is not None and apart:
             year = format_expiry(bundle.expiry, "YYYY")
             month_years.append((format_expiry(bundle.expiry, "MM"), (year[-2:], year)))
+        if bundle.expiry is not None and (apart or "expiry" in sent):
+            # Acquirers echo an expiry in a layout of their own: one sent apart came back
+            # as "07/31" in one string, one sent "MM/YY" as "2031-07" (review 31b).
+            sent_values.extend(format_expiry(bundle.expiry, x) for x in _ECHOED_LAYOUTS)
         return row.id, {
             "pointer": card.number[:128],
             "card": ",".join(["number", *sent]),
