@@ -94,6 +94,9 @@ class Sequencer:
         self._clock = clock
         self._partitions_due = 0.0
         self.partition_error: str | None = None
+        # The last head's tree size and when, by this node's clock, it was first seen:
+        # the interval between heads is measured here (`_sign_if_due`).
+        self._seen: tuple[int, float] | None = None
 
     @property
     def log_id(self) -> str:
@@ -220,16 +223,24 @@ class Sequencer:
         last_size = 0 if last is None else int(last.tree_size)
         if size == 0 or size <= last_size:
             return None
-        now_ms = int(self._clock() * 1000)
+        now = self._clock()
+        now_ms = int(now * 1000)
+        if self._seen is None or self._seen[0] != last_size:
+            # First seen now: its own time if that is past by this clock, else now. Another
+            # node's clock may be ahead, and the interval is measured on this one's.
+            since = now if last is None else min(now, int(last.timestamp_ms) / 1000)
+            self._seen = (last_size, since)
         # Time since the last head in either direction: a clock stepped back (NTP, a VM
         # resumed) made it negative, and no head was signed by time until the clock
         # caught up again, an hour for a step of an hour. The next head then carries the
-        # earlier time; heads are ordered by tree size, never by timestamp.
+        # earlier time; heads are ordered by tree size, never by timestamp. Measured from
+        # when this node first saw the head (review 31b): from the head's own time, two
+        # nodes with clocks apart by the interval, leading in turn, signed on every tick.
         due = (
             force
             or size - last_size >= self._sign_every_entries
             or last is None
-            or abs(now_ms - int(last.timestamp_ms)) >= self._sign_every_seconds * 1000
+            or abs(now - self._seen[1]) >= self._sign_every_seconds
         )
         if not due:
             return None
@@ -245,6 +256,7 @@ class Sequencer:
                 signature=head.signature,
             )
         )
+        self._seen = (size, now)  # its own head: seen when signed
         return head
 
 
