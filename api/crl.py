@@ -89,7 +89,9 @@ class RevokedCertificates:
     def merge(self, crls: list[tuple[_Source, x509.CertificateRevocationList]]) -> None:
         """Take each CRL unless its source's loaded one is newer: OpenSSL prefers the
         newest CRL of an issuer and never forgets one. Two of the same lastUpdate are
-        united (fail closed: which one OpenSSL picks is not ours to guess)."""
+        united (fail closed: which one OpenSSL picks is not ours to guess), their
+        revocations and the earlier nextUpdate (review 31b: the one listed last was
+        kept, and the other's expiry never checked)."""
         by_source = dict(self._by_source)
         for source, crl in crls:
             serials = frozenset(revoked.serial_number for revoked in crl)
@@ -97,9 +99,12 @@ class RevokedCertificates:
             loaded = by_source.get(source)
             if loaded is not None and loaded[0] > last:
                 continue
+            next_update = crl.next_update_utc
             if loaded is not None and loaded[0] == last:
                 serials |= loaded[2]
-            by_source[source] = (last, crl.next_update_utc, serials)
+                if loaded[1] is not None:
+                    next_update = min(loaded[1], next_update or loaded[1])
+            by_source[source] = (last, next_update, serials)
         self._by_source = by_source
         self._pairs = frozenset(
             (issuer, serial) for (issuer, _), (_, _, s) in by_source.items() for serial in s

@@ -139,3 +139,34 @@ def test_a_delta_crl_beside_its_base_does_not_take_the_base_revocations_away(
     watcher.check()
     with pytest.raises(CertificateRevoked):
         watcher.revoked.check(payments)
+
+
+def test_of_two_crls_of_one_lastupdate_the_earlier_nextupdate_is_in_force(
+    tmp_path: Path,
+) -> None:
+    """Two CRLs of one CA with the same lastUpdate are united (fail closed: which one
+    OpenSSL picks is not ours to guess), but the nextUpdate kept was the one listed
+    last: with that one still valid, the other's expiry was never checked."""
+    pki = ensure_dev_pki(tmp_path / "pki", identities=("payments",))
+    ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    last = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=2)
+
+    def crl(next_days: int) -> bytes:
+        return (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca.subject)
+            .last_update(last)
+            .next_update(last + dt.timedelta(days=next_days))
+            .sign(key, hashes.SHA256())
+            .public_bytes(serialization.Encoding.PEM)
+        )
+
+    path = tmp_path / "crl.pem"
+    path.write_bytes(crl(1) + crl(30))  # the first expired a day ago
+    watcher = _watcher(pki, path)
+    with pytest.raises(CrlExpired):
+        watcher.check()
+    with pytest.raises(CrlExpired):
+        watcher.revoked.check(pki.client_cert("payments").read_text())
