@@ -29,6 +29,7 @@ import functools
 import os
 import re
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -151,6 +152,16 @@ class RevokedCertificates:
             )
 
 
+def _load_into(context: ssl.SSLContext, crls: list[x509.CertificateRevocationList]) -> None:
+    """Load `crls` into `context` (through a temporary file: ``cadata`` takes no CRL)."""
+    if not crls:
+        return
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem") as out:
+        out.write(b"".join(crl.public_bytes(serialization.Encoding.PEM) for crl in crls))
+        out.flush()
+        context.load_verify_locations(cafile=out.name)
+
+
 def _is_delta(crl: x509.CertificateRevocationList) -> bool:
     try:
         crl.extensions.get_extension_for_class(x509.DeltaCRLIndicator)
@@ -210,14 +221,19 @@ class CrlWatcher:
             try:
                 crls = _load_crls(self.path.read_bytes())
                 sourced = [(self._trusted_source(crl), crl) for crl in crls]
-                self._context.load_verify_locations(cafile=str(self.path))
+                bases = [crl for crl in crls if not _is_delta(crl)]
+                if len(bases) == len(crls):
+                    self._context.load_verify_locations(cafile=str(self.path))
+                else:
+                    _load_into(self._context, bases)
             except (OSError, ValueError, ssl.SSLError, CrlInvalid) as exc:
                 self._error = str(exc) if isinstance(exc, CrlInvalid) else type(exc).__name__
                 _log.error("CRL not loaded", file=str(self.path), error=self._error)
                 return
-            # A delta CRL is no CRL in force: OpenSSL never takes one for a base CRL (nor
-            # uses deltas without X509_V_FLAG_USE_DELTAS), and merged as its issuer's
-            # newest it took the base's revocations and expiry out of `check` (review 31b).
+            # A delta CRL is not used (review 31b): merged as its issuer's newest it took
+            # the base's revocations and expiry out of `check`, and in OpenSSL's store
+            # (3.0, no X509_V_FLAG_USE_DELTAS) a newer delta beside its base let a
+            # certificate the base revokes complete new handshakes.
             self.revoked.merge([(s, crl) for s, crl in sourced if not _is_delta(crl)])
             self._error = None
             self._next_update = self.revoked.next_update()

@@ -15,7 +15,9 @@ Fixed: the issuer is keyed by its value, as the CRL was taken.
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import ssl
+import threading
 from pathlib import Path
 
 import pytest
@@ -68,12 +70,53 @@ def _crl(pki: DevPKI, path: Path, revoked: tuple[int, ...], *, next_days: int) -
     return path
 
 
-def _watcher(pki: DevPKI, crl: Path) -> CrlWatcher:
+def _server_context(pki: DevPKI) -> ssl.SSLContext:
+    """A server context checking client certificates against the CRL, as the vault's."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(pki.server_cert), str(pki.server_key))
     context.load_verify_locations(cafile=str(pki.ca))
-    watcher = CrlWatcher(crl, context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return context
+
+
+def _watcher(pki: DevPKI, crl: Path, context: ssl.SSLContext | None = None) -> CrlWatcher:
+    watcher = CrlWatcher(crl, context or _server_context(pki))
     watcher.reload()
     return watcher
+
+
+def _handshake_error(server: ssl.SSLContext, pki: DevPKI, name: str) -> str | None:
+    """One mutual-TLS handshake of `name`'s certificate with `server`: the server's
+    verification error, or None when it passed."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    errors: list[str | None] = []
+
+    def accept() -> None:
+        connection, _ = listener.accept()
+        try:
+            with server.wrap_socket(connection, server_side=True) as tls:
+                tls.recv(1)
+            errors.append(None)
+        except (ssl.SSLError, OSError) as exc:
+            errors.append(type(exc).__name__ + ": " + str(exc))
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    client = ssl.create_default_context(cafile=str(pki.ca))
+    client.check_hostname = False
+    client.load_cert_chain(str(pki.client_cert(name)), str(pki.client_key(name)))
+    try:
+        raw = socket.create_connection(listener.getsockname(), timeout=10)
+        with client.wrap_socket(raw) as tls:
+            tls.sendall(b"x")
+            tls.recv(1)
+    except (ssl.SSLError, OSError):
+        pass
+    thread.join(timeout=10)  # a bound against a hang only
+    listener.close()
+    assert errors, "the handshake did not finish"
+    return errors[0]
 
 
 def test_a_revocation_in_a_reencoded_issuer_name_refuses_the_open_connection(
@@ -103,9 +146,9 @@ def test_a_delta_crl_beside_its_base_does_not_take_the_base_revocations_away(
 ) -> None:
     """A PKI that publishes a delta CRL beside its base (both in the file): the delta,
     newer, replaced the base in the per-request check, whose revocations and expiry it
-    then lacked; OpenSSL never takes a delta for a base CRL (nor uses deltas at all
-    without ``X509_V_FLAG_USE_DELTAS``), so the handshake went on refusing the base's
-    revocations while an open connection of a revoked certificate was served."""
+    then lacked; and OpenSSL 3.0 (no ``X509_V_FLAG_USE_DELTAS``), with the delta in its
+    store, completed new handshakes of a certificate the base revokes. Deltas are now
+    kept out of both."""
     pki = ensure_dev_pki(tmp_path / "pki", identities=("payments",))
     payments = pki.client_cert("payments").read_text()
     serial = x509.load_pem_x509_certificate(payments.encode()).serial_number
@@ -135,10 +178,16 @@ def test_a_delta_crl_beside_its_base_does_not_take_the_base_revocations_away(
 
     path = tmp_path / "crl.pem"
     path.write_bytes(crl(2) + crl(1, x509.DeltaCRLIndicator(8)))
-    watcher = _watcher(pki, path)
+    context = _server_context(pki)
+    watcher = _watcher(pki, path, context)
     watcher.check()
     with pytest.raises(CertificateRevoked):
         watcher.revoked.check(payments)
+    # OpenSSL 3.0 with the delta in its store completed the handshake of a certificate
+    # the base revokes; the delta is kept out of it.
+    refused = _handshake_error(context, pki, "payments")
+    assert refused is not None
+    assert "certificate revoked" in refused, refused
 
 
 def test_of_two_crls_of_one_lastupdate_the_earlier_nextupdate_is_in_force(
