@@ -43,6 +43,11 @@
  *    (working-client-sync.html: "any attempt to create or use a token key will fail").
  *    Crypto calls are refused; with COFRE_SHIM_GATE_ATTRIBUTES=1 (or configure's third
  *    argument) reading the new key's attributes is refused too: our reading of "use".
+ *  - COFRE_SHIM_FAULT_FILE: a control file, read on every call, that makes chosen calls
+ *    fail with CKR_DEVICE_ERROR, CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED or
+ *    CKR_TOKEN_NOT_PRESENT, as a client sees when its connection to an HSM drops or an
+ *    HSM is replaced (section "faults" below; the codes and what they do to sessions
+ *    are our choice: docs/cloudhsm.md, "When the HSM fails"). Tests only.
  *  - COFRE_SHIM_TARGET: the module to forward to (default SoftHSM2's).
  *  - cofre_shim_configure(latency_us, availability_ms, gate_attributes): the tests' way
  *    to change these at run time in a process that already loaded the shim.
@@ -53,6 +58,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -238,6 +244,217 @@ static CK_RV check_template(CK_ATTRIBUTE_PTR tpl, CK_ULONG n, int generic_secret
     return CKR_OK;
 }
 
+/* ------------------------------------------------------------------ faults (tests only)
+ * COFRE_SHIM_FAULT_FILE names a control file read on every call of the functions below,
+ * so a test can switch a fault on and off while a vault runs in another process. Up to
+ * four lines, one rule each (the first that applies to a call answers it), "CODE COUNT
+ * FUNCTIONS":
+ *   CODE       DEVICE_ERROR, SESSION_HANDLE_INVALID, SESSION_CLOSED or TOKEN_NOT_PRESENT
+ *   COUNT      how many calls fail (then none, until the file changes), or * for every
+ *              call until the file is emptied or removed
+ *   FUNCTIONS  comma-separated names from fn_names (e.g. C_Sign,C_SignInit), or *
+ * What a lost connection does to the client's sessions is our choice (docs/cloudhsm.md,
+ * "When the HSM fails"): SESSION_HANDLE_INVALID and SESSION_CLOSED kill the session the
+ * call was made on; TOKEN_NOT_PRESENT kills every session and ends the login (an HSM
+ * replaced); DEVICE_ERROR kills nothing. A killed session answers
+ * CKR_SESSION_HANDLE_INVALID to every later call, C_CloseSession included; it is kept
+ * open in SoftHSM2 until that C_CloseSession, so its handle is never handed out again
+ * while the application still holds it. The shim writes "<injected> <zombies> <live>" to
+ * FILE.report after each change: faults injected since the file last changed, killed
+ * sessions the application has not closed yet, and live sessions it holds open. A file it
+ * cannot parse injects nothing and reports "malformed". */
+enum fn {
+    FN_NONE, FN_OPEN_SESSION, FN_LOGIN, FN_FIND_OBJECTS_INIT, FN_FIND_OBJECTS,
+    FN_FIND_OBJECTS_FINAL, FN_SIGN_INIT, FN_SIGN, FN_ENCRYPT_INIT, FN_ENCRYPT,
+    FN_ENCRYPT_UPDATE, FN_DECRYPT_INIT, FN_DECRYPT, FN_DECRYPT_UPDATE, FN_WRAP_KEY,
+    FN_UNWRAP_KEY, FN_GENERATE_RANDOM, FN_GET_ATTRIBUTE_VALUE, FN_COUNT
+};
+static const char *const fn_names[FN_COUNT] = {
+    "", "C_OpenSession", "C_Login", "C_FindObjectsInit", "C_FindObjects",
+    "C_FindObjectsFinal", "C_SignInit", "C_Sign", "C_EncryptInit", "C_Encrypt",
+    "C_EncryptUpdate", "C_DecryptInit", "C_Decrypt", "C_DecryptUpdate", "C_WrapKey",
+    "C_UnwrapKey", "C_GenerateRandom", "C_GetAttributeValue",
+};
+static const struct { const char *name; CK_RV rv; } fault_codes[] = {
+    {"DEVICE_ERROR", CKR_DEVICE_ERROR},
+    {"SESSION_HANDLE_INVALID", CKR_SESSION_HANDLE_INVALID},
+    {"SESSION_CLOSED", CKR_SESSION_CLOSED},
+    {"TOKEN_NOT_PRESENT", CKR_TOKEN_NOT_PRESENT},
+};
+#define FAULT_LINE_MAX 512
+#define FAULT_TEXT_MAX 2048
+#define FAULT_RULES 4
+static const char *fault_file;
+static pthread_mutex_t fault_lock = PTHREAD_MUTEX_INITIALIZER;
+static char fault_text[FAULT_TEXT_MAX];
+static struct {
+    CK_RV rv;
+    long left;         /* calls still to fail; -1: every call */
+    unsigned long fns; /* bit i: fn_names[i] fails */
+} rules[FAULT_RULES];
+static long fault_injected;
+static int fault_malformed;
+
+/* Sessions the shim has seen open, by handle: live, or killed by a fault (a zombie). */
+enum { S_FREE, S_LIVE, S_DEAD };
+static struct { CK_SESSION_HANDLE s; int state; } sessions[OP_SLOTS];
+
+static long sessions_locked(int state) {
+    long n = 0;
+    for (int i = 0; i < OP_SLOTS; i++) n += sessions[i].state == state;
+    return n;
+}
+
+static void fault_report_locked(void) {
+    char path[FAULT_LINE_MAX + 16];
+    snprintf(path, sizeof path, "%s.report", fault_file);
+    char tmp[FAULT_LINE_MAX + 32];
+    snprintf(tmp, sizeof tmp, "%s.report.tmp", fault_file);
+    FILE *out = fopen(tmp, "w");
+    if (out == NULL) return;
+    if (fault_malformed) fprintf(out, "malformed\n");
+    else
+        fprintf(out, "%ld %ld %ld\n", fault_injected, sessions_locked(S_DEAD),
+                sessions_locked(S_LIVE));
+    fclose(out);
+    rename(tmp, path); /* a reader sees the old report or the new one, never half */
+}
+
+/* One rule from one line; 0 when the line is malformed. */
+static int fault_parse_rule(char *line, int r) {
+    char code[64], count[32], fns[FAULT_LINE_MAX];
+    if (sscanf(line, "%63s %31s %511s", code, count, fns) != 3) return 0;
+    for (size_t i = 0; i < sizeof fault_codes / sizeof fault_codes[0]; i++)
+        if (strcmp(code, fault_codes[i].name) == 0) rules[r].rv = fault_codes[i].rv;
+    if (rules[r].rv == CKR_OK) return 0;
+    if (strcmp(count, "*") == 0) rules[r].left = -1;
+    else {
+        char *end;
+        rules[r].left = strtol(count, &end, 10);
+        if (*end != '\0' || rules[r].left <= 0) return 0;
+    }
+    for (char *save = NULL, *name = strtok_r(fns, ",", &save); name != NULL;
+         name = strtok_r(NULL, ",", &save)) {
+        int found = 0;
+        for (int i = 1; i < FN_COUNT; i++)
+            if (strcmp(name, "*") == 0 || strcmp(name, fn_names[i]) == 0) {
+                rules[r].fns |= 1UL << i;
+                found = 1;
+            }
+        if (!found) return 0;
+    }
+    return 1;
+}
+
+static void fault_parse_locked(char *text) {
+    memset(rules, 0, sizeof rules);
+    fault_injected = 0;
+    fault_malformed = 0;
+    int r = 0;
+    for (char *save = NULL, *line = strtok_r(text, "\n", &save); line != NULL;
+         line = strtok_r(NULL, "\n", &save)) {
+        if (r == FAULT_RULES || !fault_parse_rule(line, r++)) {
+            memset(rules, 0, sizeof rules);
+            fault_malformed = 1;
+            return;
+        }
+    }
+}
+
+/* Kill session s (or, with s == 0, every live one): later calls on it are refused. */
+static void kill_sessions_locked(CK_SESSION_HANDLE s) {
+    for (int i = 0; i < OP_SLOTS; i++)
+        if (sessions[i].state == S_LIVE && (s == 0 || sessions[i].s == s))
+            sessions[i].state = S_DEAD;
+}
+
+/* The fault to answer for a call of `f` on session s (0 before a session exists). */
+static CK_RV fault_for(enum fn f, CK_SESSION_HANDLE s) {
+    if (fault_file == NULL) return CKR_OK;
+    char text[FAULT_TEXT_MAX];
+    size_t n = 0;
+    FILE *in = fopen(fault_file, "r");
+    if (in != NULL) {
+        n = fread(text, 1, sizeof text - 1, in);
+        fclose(in);
+    }
+    text[n] = '\0';
+    CK_RV rv = CKR_OK;
+    pthread_mutex_lock(&fault_lock);
+    if (strcmp(text, fault_text) != 0) {
+        memcpy(fault_text, text, n + 1);
+        fault_parse_locked(text); /* tokenises its copy */
+        fault_report_locked();
+    }
+    for (int r = 0; f != FN_NONE && rv == CKR_OK && r < FAULT_RULES; r++) {
+        if (rules[r].rv == CKR_OK || rules[r].left == 0 || !(rules[r].fns & (1UL << f)))
+            continue;
+        rv = rules[r].rv;
+        if (rules[r].left > 0) rules[r].left--;
+    }
+    if (rv != CKR_OK) {
+        fault_injected++;
+        int logout = 0;
+        if (rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED) {
+            if (s != 0) kill_sessions_locked(s);
+        } else if (rv == CKR_TOKEN_NOT_PRESENT) {
+            kill_sessions_locked(0);
+            logout = 1;
+        }
+        /* The login ends with the HSM: logging out through any session ends it for the
+         * application (PKCS#11), and the zombies keep their handles reserved. */
+        for (int i = 0; logout && i < OP_SLOTS; i++)
+            if (sessions[i].state == S_DEAD) {
+                (void)real->C_Logout(sessions[i].s);
+                break;
+            }
+        fault_report_locked();
+    }
+    pthread_mutex_unlock(&fault_lock);
+    return rv;
+}
+
+static int session_dead(CK_SESSION_HANDLE s) {
+    if (fault_file == NULL) return 0;
+    pthread_mutex_lock(&fault_lock);
+    int i = (int)(s % OP_SLOTS);
+    int dead = sessions[i].state == S_DEAD && sessions[i].s == s;
+    pthread_mutex_unlock(&fault_lock);
+    return dead;
+}
+
+static void session_opened(CK_SESSION_HANDLE s) {
+    if (fault_file == NULL) return;
+    pthread_mutex_lock(&fault_lock);
+    int i = (int)(s % OP_SLOTS);
+    sessions[i].s = s;
+    sessions[i].state = S_LIVE;
+    fault_report_locked();
+    pthread_mutex_unlock(&fault_lock);
+}
+
+/* Forget session s once closed; a zombie is closed in SoftHSM2 now (see above). */
+static int session_closed(CK_SESSION_HANDLE s) {
+    if (fault_file == NULL) return 0;
+    pthread_mutex_lock(&fault_lock);
+    int i = (int)(s % OP_SLOTS);
+    int dead = sessions[i].s == s && sessions[i].state == S_DEAD;
+    if (sessions[i].s == s) sessions[i].state = S_FREE;
+    fault_report_locked();
+    pthread_mutex_unlock(&fault_lock);
+    return dead;
+}
+
+/* Every call on a session starts here: the network's latency, then a dead session's
+ * refusal, then any fault the control file asks for. */
+#define ENTER(f, s)                                                     \
+    do {                                                                \
+        delay();                                                        \
+        if (session_dead(s)) return CKR_SESSION_HANDLE_INVALID;        \
+        CK_RV fault_ = fault_for((f), (s));                             \
+        if (fault_ != CKR_OK) return fault_;                            \
+    } while (0)
+
 /* ------------------------------------------------------------------ overrides */
 static CK_RV shim_Initialize(CK_VOID_PTR args) {
     if (args == NULL) {
@@ -301,12 +518,16 @@ static CK_RV shim_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app,
     delay();
     /* ki-pkcs11-13: "the call will fail with the error CKR_FUNCTION_FAILED". */
     if (!(flags & CKF_RW_SESSION)) return CKR_FUNCTION_FAILED;
-    return real->C_OpenSession(slot, flags, app, notify, session);
+    CK_RV rv = fault_for(FN_OPEN_SESSION, 0);
+    if (rv != CKR_OK) return rv;
+    rv = real->C_OpenSession(slot, flags, app, notify, session);
+    if (rv == CKR_OK && session != NULL) session_opened(*session);
+    return rv;
 }
 
 static CK_RV shim_WrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE wrapping,
                           CK_OBJECT_HANDLE key, CK_BYTE_PTR out, CK_ULONG_PTR out_len) {
-    delay();
+    ENTER(FN_WRAP_KEY, s);
     CK_MECHANISM m;
     CK_RV rv = translate(mech, &m);
     if (rv != CKR_OK) return rv;
@@ -317,7 +538,7 @@ static CK_RV shim_WrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_
 static CK_RV shim_UnwrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech,
                             CK_OBJECT_HANDLE unwrapping, CK_BYTE_PTR wrapped, CK_ULONG wrapped_len,
                             CK_ATTRIBUTE_PTR tpl, CK_ULONG n, CK_OBJECT_HANDLE_PTR key) {
-    delay();
+    ENTER(FN_UNWRAP_KEY, s);
     CK_MECHANISM m;
     CK_RV rv = translate(mech, &m);
     if (rv != CKR_OK) return rv;
@@ -328,7 +549,7 @@ static CK_RV shim_UnwrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech,
 
 static CK_RV shim_GenerateKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR tpl,
                               CK_ULONG n, CK_OBJECT_HANDLE_PTR key) {
-    delay();
+    ENTER(FN_NONE, s);
     CK_MECHANISM m;
     CK_RV rv = translate(mech, &m);
     if (rv != CKR_OK) return rv;
@@ -343,7 +564,7 @@ static CK_RV shim_GenerateKeyPair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech,
                                   CK_ATTRIBUTE_PTR pub, CK_ULONG npub, CK_ATTRIBUTE_PTR priv,
                                   CK_ULONG npriv, CK_OBJECT_HANDLE_PTR pub_key,
                                   CK_OBJECT_HANDLE_PTR priv_key) {
-    delay();
+    ENTER(FN_NONE, s);
     CK_MECHANISM m;
     CK_RV rv = translate(mech, &m);
     if (rv == CKR_OK) rv = check_template(pub, npub, 0);
@@ -356,14 +577,14 @@ static CK_RV shim_GenerateKeyPair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech,
 
 static CK_RV shim_CreateObject(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR tpl, CK_ULONG n,
                                CK_OBJECT_HANDLE_PTR obj) {
-    delay();
+    ENTER(FN_NONE, s);
     CK_RV rv = check_template(tpl, n, 0);
     if (rv != CKR_OK) return rv;
     return real->C_CreateObject(s, tpl, n, obj);
 }
 
 static CK_RV shim_EncryptInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
-    delay();
+    ENTER(FN_ENCRYPT_INIT, s);
     CK_MECHANISM m;
     CK_RV rv = translate(mech, &m);
     if (rv != CKR_OK) return rv;
@@ -384,7 +605,7 @@ static CK_RV shim_EncryptInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJ
 }
 
 static CK_RV shim_DecryptInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
-    delay();
+    ENTER(FN_DECRYPT_INIT, s);
     CK_MECHANISM m;
     CK_RV rv = translate(mech, &m);
     if (rv != CKR_OK) return rv;
@@ -395,7 +616,7 @@ static CK_RV shim_DecryptInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJ
 }
 
 static CK_RV shim_SignInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
-    delay();
+    ENTER(FN_SIGN_INIT, s);
     CK_MECHANISM m;
     CK_RV rv = translate(mech, &m);
     if (rv != CKR_OK) return rv;
@@ -406,7 +627,7 @@ static CK_RV shim_SignInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT
 }
 
 static CK_RV shim_VerifyInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
-    delay();
+    ENTER(FN_NONE, s);
     CK_MECHANISM m;
     CK_RV rv = translate(mech, &m);
     if (rv != CKR_OK) return rv;
@@ -415,7 +636,7 @@ static CK_RV shim_VerifyInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJE
 }
 
 static CK_RV shim_DigestInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech) {
-    delay();
+    ENTER(FN_NONE, s);
     CK_MECHANISM m;
     CK_RV rv = translate(mech, &m);
     if (rv != CKR_OK) return rv;
@@ -424,7 +645,7 @@ static CK_RV shim_DigestInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech) {
 
 static CK_RV shim_DeriveKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE base,
                             CK_ATTRIBUTE_PTR tpl, CK_ULONG n, CK_OBJECT_HANDLE_PTR key) {
-    delay();
+    ENTER(FN_NONE, s);
     CK_MECHANISM m;
     CK_RV rv = translate(mech, &m);
     if (rv == CKR_OK) rv = check_template(tpl, n, 0);
@@ -454,7 +675,7 @@ static void end_crypt(CK_SESSION_HANDLE s, enum op_kind kind) {
 
 static CK_RV shim_Sign(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR o,
                        CK_ULONG_PTR ol) {
-    delay();
+    ENTER(FN_SIGN, s);
     if (op_get(s, OP_SIGN) == CKM_SHA256_HMAC && l > HMAC_SHA256_MAX_DATA) {
         end_sign(s);
         return CKR_DATA_LEN_RANGE;
@@ -465,7 +686,7 @@ static CK_RV shim_Sign(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_P
 }
 
 static CK_RV shim_SignUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l) {
-    delay();
+    ENTER(FN_NONE, s);
     if (op_get(s, OP_SIGN) == CKM_ECDSA) { /* "CKM_ECDSA – single-part operations only" */
         end_sign(s);
         return CKR_MECHANISM_INVALID;
@@ -475,7 +696,7 @@ static CK_RV shim_SignUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l) {
 
 static CK_RV shim_Encrypt(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR o,
                           CK_ULONG_PTR ol) {
-    delay();
+    ENTER(FN_ENCRYPT, s);
     if (op_get(s, OP_ENC) == CKM_AES_GCM && l > GCM_MAX_DATA) {
         end_crypt(s, OP_ENC);
         return CKR_DATA_LEN_RANGE;
@@ -487,7 +708,7 @@ static CK_RV shim_Encrypt(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYT
 
 static CK_RV shim_Decrypt(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR o,
                           CK_ULONG_PTR ol) {
-    delay();
+    ENTER(FN_DECRYPT, s);
     if (op_get(s, OP_DEC) == CKM_AES_GCM && l > GCM_MAX_DATA) {
         end_crypt(s, OP_DEC);
         return CKR_DATA_LEN_RANGE;
@@ -501,7 +722,7 @@ static CK_RV shim_Decrypt(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYT
  * C_DecryptUpdate API operations" with CKM_AES_GCM. */
 static CK_RV shim_EncryptUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR o,
                                 CK_ULONG_PTR ol) {
-    delay();
+    ENTER(FN_ENCRYPT_UPDATE, s);
     if (op_get(s, OP_ENC) == CKM_AES_GCM) {
         end_crypt(s, OP_ENC);
         return CKR_MECHANISM_INVALID;
@@ -511,7 +732,7 @@ static CK_RV shim_EncryptUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, 
 
 static CK_RV shim_DecryptUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR o,
                                 CK_ULONG_PTR ol) {
-    delay();
+    ENTER(FN_DECRYPT_UPDATE, s);
     if (op_get(s, OP_DEC) == CKM_AES_GCM) {
         end_crypt(s, OP_DEC);
         return CKR_MECHANISM_INVALID;
@@ -524,7 +745,7 @@ static CK_RV shim_DecryptUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, 
  * say whether reading its attributes is a use (our reading; the code is ours). */
 static CK_RV shim_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t,
                                     CK_ULONG n) {
-    delay();
+    ENTER(FN_GET_ATTRIBUTE_VALUE, s);
     if (gate_attributes && !key_available(o)) return CKR_KEY_HANDLE_INVALID;
     return real->C_GetAttributeValue(s, o, t, n);
 }
@@ -598,16 +819,46 @@ static CK_RV shim_DigestKey(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key) {
 DELAYED(GetSlotList, (CK_BBOOL p, CK_SLOT_ID_PTR l, CK_ULONG_PTR c), (p, l, c))
 DELAYED(GetSlotInfo, (CK_SLOT_ID s, CK_SLOT_INFO_PTR i), (s, i))
 DELAYED(GetTokenInfo, (CK_SLOT_ID s, CK_TOKEN_INFO_PTR i), (s, i))
-DELAYED(CloseSession, (CK_SESSION_HANDLE s), (s))
-DELAYED(GetSessionInfo, (CK_SESSION_HANDLE s, CK_SESSION_INFO_PTR i), (s, i))
-DELAYED(Login, (CK_SESSION_HANDLE s, CK_USER_TYPE u, CK_UTF8CHAR_PTR p, CK_ULONG l), (s, u, p, l))
-DELAYED(Logout, (CK_SESSION_HANDLE s), (s))
-DELAYED(DestroyObject, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o), (s, o))
-DELAYED(FindObjectsInit, (CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n), (s, t, n))
-DELAYED(FindObjects, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR o, CK_ULONG m, CK_ULONG_PTR c),
-        (s, o, m, c))
-DELAYED(FindObjectsFinal, (CK_SESSION_HANDLE s), (s))
-DELAYED(GenerateRandom, (CK_SESSION_HANDLE s, CK_BYTE_PTR r, CK_ULONG l), (s, r, l))
+/* Calls on a session: refused on a killed one, and faulted when the control file says. */
+#define ON_SESSION(name, f, params, args) \
+    static CK_RV shim_##name params {     \
+        ENTER(f, s);                      \
+        return real->C_##name args;       \
+    }
+
+ON_SESSION(GetSessionInfo, FN_NONE, (CK_SESSION_HANDLE s, CK_SESSION_INFO_PTR i), (s, i))
+ON_SESSION(Login, FN_LOGIN, (CK_SESSION_HANDLE s, CK_USER_TYPE u, CK_UTF8CHAR_PTR p, CK_ULONG l),
+           (s, u, p, l))
+ON_SESSION(Logout, FN_NONE, (CK_SESSION_HANDLE s), (s))
+ON_SESSION(DestroyObject, FN_NONE, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o), (s, o))
+ON_SESSION(FindObjectsInit, FN_FIND_OBJECTS_INIT, (CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t,
+           CK_ULONG n), (s, t, n))
+ON_SESSION(FindObjects, FN_FIND_OBJECTS, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR o,
+           CK_ULONG m, CK_ULONG_PTR c), (s, o, m, c))
+ON_SESSION(FindObjectsFinal, FN_FIND_OBJECTS_FINAL, (CK_SESSION_HANDLE s), (s))
+ON_SESSION(GenerateRandom, FN_GENERATE_RANDOM, (CK_SESSION_HANDLE s, CK_BYTE_PTR r,
+           CK_ULONG l), (s, r, l))
+ON_SESSION(SignFinal, FN_NONE, (CK_SESSION_HANDLE s, CK_BYTE_PTR o, CK_ULONG_PTR l), (s, o, l))
+ON_SESSION(EncryptFinal, FN_NONE, (CK_SESSION_HANDLE s, CK_BYTE_PTR o, CK_ULONG_PTR l),
+           (s, o, l))
+ON_SESSION(DecryptFinal, FN_NONE, (CK_SESSION_HANDLE s, CK_BYTE_PTR o, CK_ULONG_PTR l),
+           (s, o, l))
+ON_SESSION(Verify, FN_NONE, (CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR g,
+           CK_ULONG gl), (s, d, l, g, gl))
+ON_SESSION(VerifyUpdate, FN_NONE, (CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l), (s, d, l))
+ON_SESSION(VerifyFinal, FN_NONE, (CK_SESSION_HANDLE s, CK_BYTE_PTR g, CK_ULONG l), (s, g, l))
+ON_SESSION(Digest, FN_NONE, (CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, CK_BYTE_PTR o,
+           CK_ULONG_PTR ol), (s, d, l, o, ol))
+ON_SESSION(DigestUpdate, FN_NONE, (CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l), (s, d, l))
+ON_SESSION(DigestFinal, FN_NONE, (CK_SESSION_HANDLE s, CK_BYTE_PTR o, CK_ULONG_PTR l), (s, o, l))
+
+/* A killed session is closed in SoftHSM2 only now, and the call answers as on a dead one. */
+static CK_RV shim_CloseSession(CK_SESSION_HANDLE s) {
+    delay();
+    int dead = session_closed(s);
+    CK_RV rv = real->C_CloseSession(s);
+    return dead ? CKR_SESSION_HANDLE_INVALID : rv;
+}
 
 static void load(void) {
     const char *target = getenv("COFRE_SHIM_TARGET");
@@ -616,6 +867,8 @@ static void load(void) {
     latency_us = latency ? strtol(latency, NULL, 10) : 0;
     const char *availability = getenv("COFRE_SHIM_KEY_AVAILABILITY_MS");
     availability_ms = availability ? strtol(availability, NULL, 10) : 0;
+    const char *faults = getenv("COFRE_SHIM_FAULT_FILE");
+    fault_file = faults != NULL && *faults != '\0' ? faults : NULL;
     const char *gate = getenv("COFRE_SHIM_GATE_ATTRIBUTES");
     gate_attributes = gate != NULL && strcmp(gate, "1") == 0;
     for (size_t i = 0; i < OP_SLOTS; i++) ops[i].sign = ops[i].enc = ops[i].dec = NO_OP;
@@ -685,6 +938,15 @@ static void load(void) {
     shim.C_Decrypt = shim_Decrypt;
     shim.C_Sign = shim_Sign;
     shim.C_GenerateRandom = shim_GenerateRandom;
+    shim.C_SignFinal = shim_SignFinal;
+    shim.C_EncryptFinal = shim_EncryptFinal;
+    shim.C_DecryptFinal = shim_DecryptFinal;
+    shim.C_Verify = shim_Verify;
+    shim.C_VerifyUpdate = shim_VerifyUpdate;
+    shim.C_VerifyFinal = shim_VerifyFinal;
+    shim.C_Digest = shim_Digest;
+    shim.C_DigestUpdate = shim_DigestUpdate;
+    shim.C_DigestFinal = shim_DigestFinal;
 }
 
 /* Test control, not PKCS#11: change the latency, key-availability window and attribute gate at run time

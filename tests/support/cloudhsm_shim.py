@@ -16,8 +16,10 @@ import ctypes
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import pytest
 
@@ -38,15 +40,128 @@ class CloudHSMShim:
     target: Path
 
     def env(
-        self, latency_us: int = 0, key_availability_ms: int = 0, gate_attributes: bool = False
+        self,
+        latency_us: int = 0,
+        key_availability_ms: int = 0,
+        gate_attributes: bool = False,
+        fault_file: Path | None = None,
     ) -> dict[str, str]:
-        """The environment a process needs to load this shim (forwarding to `target`)."""
+        """The environment a process needs to load this shim (forwarding to `target`);
+        with `fault_file`, calls fail as that control file says (`ShimFaults`)."""
         return {
             "COFRE_SHIM_TARGET": str(self.target),
             "COFRE_SHIM_LATENCY_US": str(latency_us),
             "COFRE_SHIM_KEY_AVAILABILITY_MS": str(key_availability_ms),
             "COFRE_SHIM_GATE_ATTRIBUTES": "1" if gate_attributes else "0",
+            "COFRE_SHIM_FAULT_FILE": str(fault_file) if fault_file is not None else "",
         }
+
+
+# What `ShimFaults.inject` may ask for (cloudhsm_shim.c, section "faults"): the codes a
+# client sees when its connection to an HSM drops or an HSM is replaced, and the calls
+# that can fail with them.
+FAULT_CODES: Final = (
+    "DEVICE_ERROR",
+    "SESSION_HANDLE_INVALID",
+    "SESSION_CLOSED",
+    "TOKEN_NOT_PRESENT",
+)
+FAULT_FUNCTIONS: Final = frozenset(
+    {
+        "C_OpenSession",
+        "C_Login",
+        "C_FindObjectsInit",
+        "C_FindObjects",
+        "C_FindObjectsFinal",
+        "C_SignInit",
+        "C_Sign",
+        "C_EncryptInit",
+        "C_Encrypt",
+        "C_EncryptUpdate",
+        "C_DecryptInit",
+        "C_Decrypt",
+        "C_DecryptUpdate",
+        "C_WrapKey",
+        "C_UnwrapKey",
+        "C_GenerateRandom",
+        "C_GetAttributeValue",
+    }
+)
+
+
+class MalformedFault(RuntimeError):
+    """The shim could not parse its control file (it injects nothing then)."""
+
+
+@dataclass(frozen=True)
+class FaultReport:
+    """What the shim reports: faults injected since the file last changed, sessions it
+    killed that the application has not closed yet, and live sessions it holds open."""
+
+    injected: int
+    zombies: int
+    live: int
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One rule of the shim's control file: the next `count` calls of `functions` (every
+    call, with None) fail with CKR_`code`."""
+
+    code: str
+    functions: tuple[str, ...]
+    count: int | None = None
+
+    def line(self) -> str:
+        names = sorted(set(self.functions))
+        if self.code not in FAULT_CODES:
+            raise ValueError(f"unknown fault code {self.code!r}")
+        if not names or not set(names) <= FAULT_FUNCTIONS | {"*"}:
+            raise ValueError(f"unknown PKCS#11 functions {sorted(set(names) - FAULT_FUNCTIONS)}")
+        if self.count is not None and self.count <= 0:
+            raise ValueError("count must be positive")
+        return f"{self.code} {'*' if self.count is None else self.count} {','.join(names)}\n"
+
+
+@dataclass(frozen=True)
+class ShimFaults:
+    """The control file of a shim loaded with `CloudHSMShim.env(fault_file=...)`, read by
+    the shim on every call, in this process or another. Test-only."""
+
+    path: Path
+
+    def inject(self, code: str, functions: Iterable[str], count: int | None = None) -> None:
+        """Make the next `count` calls of `functions` ("*": all of `FAULT_FUNCTIONS`;
+        every call while on, with None) fail with CKR_`code`."""
+        self.set(Fault(code, tuple(functions), count))
+
+    def set(self, *faults: Fault) -> None:
+        """Replace the shim's rules with `faults` (at most four; for each call the first
+        that applies answers it)."""
+        if not 0 < len(faults) <= 4:
+            raise ValueError("one to four faults")
+        self._write("".join(fault.line() for fault in faults))
+
+    def clear(self) -> None:
+        """Switch every fault off."""
+        self._write("")
+
+    def report(self) -> FaultReport:
+        """The shim's last report (zeros before it has read the file once)."""
+        try:
+            text = self.path.with_name(self.path.name + ".report").read_text()
+        except FileNotFoundError:
+            return FaultReport(0, 0, 0)
+        if text.strip() == "malformed":
+            raise MalformedFault(self.path.read_text())
+        injected, zombies, live = text.split()
+        return FaultReport(int(injected), int(zombies), int(live))
+
+    def _write(self, line: str) -> None:
+        # Replaced whole, so the shim never reads half a line.
+        partial = self.path.with_name(self.path.name + ".tmp")
+        partial.write_text(line)
+        partial.replace(self.path)
 
 
 def build_shim(dest: Path) -> CloudHSMShim:
