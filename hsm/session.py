@@ -38,6 +38,7 @@ from pydantic import SecretStr
 
 from cofre.blocking import may_block, may_wait
 from cofre.errors import WouldBlock
+from hsm._login import UserLogin
 from hsm.errors import (
     HSMAuthFailed,
     HSMKeyNotExtractable,
@@ -200,6 +201,7 @@ class TokenSession:
         self.local = is_softhsm(library)
         self.key_availability_timeout = key_availability_timeout
         self._lib: Any = None
+        self._login: UserLogin | None = None
         self._lib_lock = threading.Lock()
         # The pool: one plain lock (cheap to take in C, see `_run_pooled`) and a condition
         # on it for the threads that wait, either for a place in the pool or, while
@@ -240,17 +242,26 @@ class TokenSession:
             ) from None
         if self._refuse_software:
             self._refuse_a_software_token(lib, token)
-        pin = self._pin.get_secret_value()
+        # Opened without the PIN and logged in apart (`hsm._login` says why): a session
+        # whose login fails is closed here, and closing one never logs the others out.
+        session = token.open(rw=True)
         try:
-            return token.open(rw=True, user_pin=pin)
-        except p11e.UserAlreadyLoggedIn:
-            # Login is per application: another session of this process (a pooled one, or
-            # another provider's) already logged this token in, and all share that login.
-            return token.open(rw=True)
+            with self._lib_lock:
+                if self._login is None:
+                    self._login = UserLogin(self._library_path)
+                login = self._login
+            # Login is per application: when another session of this process (a pooled
+            # one, or another provider's) already logged the token in, this is a no-op.
+            login.login(session.handle, self._pin.get_secret_value())
         except _AUTH_ERRORS as exc:
+            _close_quietly(session)
             raise HSMAuthFailed(
                 f"token {self._token_label!r} refused the user PIN ({type(exc).__name__})"
             ) from None
+        except BaseException:
+            _close_quietly(session)
+            raise
+        return session
 
     def _refuse_a_software_token(self, lib: Any, token: Any) -> None:
         """Raise `HSMUnavailable` when `lib` or `token` says it is SoftHSM. `cofre serve`
