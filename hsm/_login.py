@@ -69,8 +69,13 @@ class UserLogin:
     """``C_Login`` as the crypto user for sessions of the module at `library`."""
 
     def __init__(self, library: Path) -> None:
-        module = ctypes.CDLL(str(library))
-        get_function_list = module.C_GetFunctionList
+        try:
+            module = ctypes.CDLL(str(library))
+            get_function_list = module.C_GetFunctionList
+        except (OSError, AttributeError):
+            # Loaded a moment ago by python-pkcs11, so gone since (a library replaced
+            # under a running vault): the caller's "session lost", retried and then 503.
+            raise p11e.GeneralError() from None
         get_function_list.restype = ctypes.c_ulong
         get_function_list.argtypes = [ctypes.POINTER(ctypes.POINTER(_FunctionList))]
         functions = ctypes.POINTER(_FunctionList)()
