@@ -19,6 +19,9 @@ Recovery. A call that fails because the session, token or library went away drop
 session, retries once on a fresh one, and when the retry fails too re-initialises the
 library (after every other call on it has finished) and raises `HSMUnavailable`; the next
 call tries again. Nothing is cached across a re-initialisation except configuration.
+Sessions open without the PIN and log in apart (`hsm._login`), so a session whose login
+fails is closed, and closing one never logs the others out (docs/cloudhsm.md, "When the
+HSM fails"; tests/reliability/test_hsm_faults.py).
 """
 
 from __future__ import annotations
