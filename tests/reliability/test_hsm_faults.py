@@ -22,7 +22,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.support.cloudhsm_shim import CloudHSMShim, Fault, FaultReport, ShimFaults
+from tests.support.cloudhsm_shim import (
+    CloudHSMShim,
+    Fault,
+    FaultReport,
+    MalformedFault,
+    ShimFaults,
+)
 from tests.support.pans import card_number
 from tests.support.softhsm import SoftHSMToken
 from tests.support.vault_process import VaultProcess, make_vault
@@ -76,6 +82,18 @@ class Served:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def _on_shim(
+    tmp_path: Path, token: SoftHSMToken, shim: CloudHSMShim, database_url: str
+) -> tuple[VaultProcess, ShimFaults]:
+    faults = ShimFaults(tmp_path / "faults")
+    faults.clear()
+    vault = make_vault(tmp_path / "v", token, database_url)
+    vault.env.update(shim.env(fault_file=faults.path))
+    vault.env["COFRE_HSM__LIBRARY"] = str(shim.library)
+    vault.env["COFRE_HSM__SESSION_POOL_SIZE"] = str(POOL_SIZE)
+    return vault, faults
+
+
 @pytest.fixture
 def served(
     tmp_path: Path,
@@ -83,12 +101,7 @@ def served(
     cloudhsm_shim: CloudHSMShim,
     pg_database: str,
 ) -> Iterator[Served]:
-    faults = ShimFaults(tmp_path / "faults")
-    faults.clear()
-    vault = make_vault(tmp_path / "v", softhsm_token, pg_database)
-    vault.env.update(cloudhsm_shim.env(fault_file=faults.path))
-    vault.env["COFRE_HSM__LIBRARY"] = str(cloudhsm_shim.library)
-    vault.env["COFRE_HSM__SESSION_POOL_SIZE"] = str(POOL_SIZE)
+    vault, faults = _on_shim(tmp_path, softhsm_token, cloudhsm_shim, pg_database)
     vault.start()
     state = Served(vault, faults, pg_database)
     with vault.client() as payments:
@@ -263,3 +276,60 @@ def _assert_sessions_closed(report: FaultReport) -> None:
     # already had, would count toward CloudHSM's 1,024 per application (limits.html).
     assert report.zombies == 0, report
     assert report.live <= POOL_SIZE, report
+
+
+# The calls that make, wrap and unwrap data keys: a vault meets them when it starts with
+# no data key in memory (and in key rotations), not under steady load.
+DATA_KEYS = ("C_WrapKey", "C_UnwrapKey", "C_EncryptInit", "C_Encrypt", "C_DecryptInit", "C_Decrypt")
+
+
+@pytest.mark.parametrize("code", ["DEVICE_ERROR", "SESSION_HANDLE_INVALID"])
+def test_the_hsm_failing_from_the_start(
+    tmp_path: Path,
+    softhsm_token: SoftHSMToken,
+    cloudhsm_shim: CloudHSMShim,
+    pg_database: str,
+    code: str,
+) -> None:
+    """The vault starts while its data keys cannot be made or unwrapped: alive, not
+    ready, 503 for the calls that need them, and serving once the HSM answers."""
+    vault, faults = _on_shim(tmp_path, softhsm_token, cloudhsm_shim, pg_database)
+    faults.set(Fault(code, DATA_KEYS))
+    vault.start(ready_path="/healthz")
+    try:
+        served = Served(vault, faults, pg_database)
+        outcomes = Outcomes()
+        with vault.client() as payments:
+            for _ in range(3):
+                outcomes.record("tokenize", served.tokenize(payments))
+        assert faults.report().injected > 0
+        assert {status for _, status, _ in outcomes.answers} == {503}
+        assert outcomes.unexpected() == []
+        ready = _ready(served)
+        assert ready.status_code == 503
+        faults.clear()
+        with vault.client() as payments:
+            first = served.tokenize(payments)
+        assert first.status_code == 200, first.text
+        served.tokens.append(first.json()["token"])
+        failures, after = _recovered(served)
+        assert after.unexpected() == []
+        assert failures == 0, after.answers
+        assert _unaudited(pg_database) == (0, 0)
+        _assert_sessions_closed(faults.report())
+    finally:
+        vault.stop()
+
+
+def test_the_knob_refuses_what_it_cannot_parse(served: Served) -> None:
+    """A typo in the control file injects nothing and says so, rather than letting a
+    fault test pass on a fault that never happened."""
+    served.faults.path.write_text("DEVICE_EROR * C_Sign\n")
+    with served.vault.client() as payments:
+        assert served.tokenize(payments).status_code == 200
+    with pytest.raises(MalformedFault):
+        served.faults.report()
+    with pytest.raises(ValueError, match="unknown PKCS#11 functions"):
+        served.faults.inject("DEVICE_ERROR", ["C_Digest"])
+    with pytest.raises(ValueError, match="unknown fault code"):
+        served.faults.inject("PIN_INCORRECT", ["C_Login"])
