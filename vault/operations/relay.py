@@ -237,7 +237,9 @@ class RelayOperations(TokenizeOperations):
             token = get_pointer(body, pointer)
             if not isinstance(token, str):
                 raise RelayBodyInvalid(f"the body has no token at {pointer}")
-            row = self._live_row(connection, token, domains)
+            # Share-locked as a detokenize's (session 31): a delete on another node waits
+            # for this `relay.send` entry's commit, and one that came first is seen.
+            row = self._live_row(connection, token, domains, shared=True)
             pan = self._decrypt(row).reveal()
             set_pointer(outgoing, pointer, pan)
             sent_pans.append(pan)
@@ -301,7 +303,7 @@ class RelayOperations(TokenizeOperations):
         token = get_pointer(body, card.number)
         if not isinstance(token, str):
             raise RelayBodyInvalid(f"the body has no card token at {card.number}")
-        row = self._live_row(connection, token, domains)
+        row = self._live_row(connection, token, domains, shared=True)  # as above
         bundle = self._open_card(row)
         set_pointer(outgoing, card.number, bundle.pan.reveal())
         details = card.details()
