@@ -8,6 +8,7 @@ one its transaction may have recorded: review 42).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -19,17 +20,17 @@ import structlog
 from sqlalchemy import Connection, Engine, Row, Select, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
+from audit.log import AuditEvent, AuditLog, DetailValue, HexDigest, Outcome
 from audit.schema import audit_entries
 from cofre.errors import CofreError
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.models import Action
-from vault.approval_proof import approval_problem, proposal_problem
+from vault.approval_proof import SignedAction, approval_problem, proposal_problem
 from vault.ceremony import CeremonyState, OfficerCertificate, RotationKind
-from vault.errors import CeremonyError, CeremonyRefused
-from vault.httpsig import jwk_thumbprint
+from vault.errors import CeremonyError, CeremonyRefused, OfficerMfaError
+from vault.httpsig import jwk_thumbprint, parse_signature
 from vault.key_registry import KeyRegistry
 from vault.officer_mfa import WINDOW_SECONDS
 from vault.storage.schema import key_approvals, key_ceremonies
@@ -305,27 +306,86 @@ def starts_of(ceremony_id: str) -> Select[Any]:
     )
 
 
+def _proposal_starts(proposal: str) -> Select[Any]:
+    """The read of the start records of ceremonies proposed by `proposal`
+    (`proposal_digest`), through the same partial index."""
+    payload = audit_entries.c.payload
+    return select(payload).where(
+        text(START_RECORDS),
+        payload.contains(f'"proposal":{json.dumps(proposal)}', autoescape=True),
+    )
+
+
+def proposal_digest(row: Row[Any]) -> HexDigest | None:
+    """The SHA-256 of what the officer's token signed when proposing ceremony `row`
+    (its signature parameters: created, nonce, key id), or None for a ceremony with no
+    readable proposal proof (in-process callers in tests; an unreadable proof never
+    counts). Not the ceremony id, which derives from the ``Signature`` header as sent:
+    its label lies outside the signature base, an ECDSA (r, s) verifies as (r, n - s),
+    and base64 leaves spare bits, so a database writer made other ids of one signed
+    proposal that all verified (session 31's review). The parameters are covered by the
+    signature: no copy of the proof changes them."""
+    if row.proposer_proof is None:
+        return None
+    try:
+        action = SignedAction.from_json(row.proposer_proof)
+        params = parse_signature(action.request().headers).params
+    except (ValueError, OfficerMfaError):
+        return None
+    return HexDigest(hashlib.sha256(b"cofre proposal\x00" + params.encode()).hexdigest())
+
+
+def proposal_mark(row: Row[Any]) -> dict[str, DetailValue]:
+    """What ceremony `row`'s `key.rotation.start` entry adds to its details: its
+    `proposal_digest`, which `refuse_a_second_run` looks for, when it has one."""
+    proposal = proposal_digest(row)
+    return {} if proposal is None else {"proposal": proposal}
+
+
 def _started(connection: Connection, ceremony_id: str) -> bool:
     """Whether the audit log holds a start of `ceremony_id`."""
     found = connection.execute(starts_of(ceremony_id)).scalars()
     return any(json.loads(entry).get("key_id") == ceremony_id for entry in found)
 
 
-def refuse_a_second_run(connection: Connection, kind: RotationKind, ceremony_id: str) -> None:
-    """Raise `CeremonyError` when a rotation of `kind` other than `ceremony_id` runs: two
+def _proposal_started(connection: Connection, proposal: str) -> bool:
+    """Whether the audit log holds a start of a ceremony proposed by `proposal`."""
+    found = connection.execute(_proposal_starts(proposal)).scalars()
+    return any(
+        (json.loads(entry).get("details") or {}).get("proposal") == proposal for entry in found
+    )
+
+
+def refuse_a_second_run(
+    connection: Connection, kind: RotationKind, row: Row[Any]
+) -> dict[str, DetailValue]:
+    """Raise `CeremonyError` when a rotation of `kind` other than ceremony `row` runs: two
     at once would each retire the key in use, and the first to finish erases the key the
-    other is still moving records off (review 38). Raise `CeremonyRefused` when
-    `ceremony_id` itself already started (the audit log holds its `key.rotation.start`):
-    a ceremony runs once. Its rows are the database's, and a writer who set one that ran
-    back to pending and deleted its last approval had one officer's approval start a
-    second rotation on a proposal of the day before (session 31); the log's entries are
-    what that writer cannot take back unseen."""
+    other is still moving records off (review 38). Raise `CeremonyRefused` when `row`
+    itself already started (the audit log holds its `key.rotation.start`), or another
+    ceremony of its signed proposal did: a ceremony runs once. Its rows are the
+    database's, and a writer who set one that ran back to pending and deleted its last
+    approval had one officer's approval start a second rotation on a proposal of the day
+    before (session 31); one who copied it to a new row under another id of the same
+    signed proposal did the same (`proposal_digest`, session 31's review). The log's
+    entries are what that writer cannot take back unseen. Returns the `proposal_mark`
+    the start entry must carry for the next such check to find it."""
+    ceremony_id = row.id
     if _started(connection, ceremony_id):
         raise CeremonyRefused(
             f"ceremony {ceremony_id} already started (the audit log holds its "
             "key.rotation.start): a ceremony runs once. Cancel it, and find out how it "
             "came to be pending again",
             reason="the ceremony already started",
+        )
+    proposal = proposal_digest(row)
+    if proposal is not None and _proposal_started(connection, proposal):
+        raise CeremonyRefused(
+            f"ceremony {ceremony_id}'s proposal already started a ceremony (the audit "
+            "log holds a key.rotation.start of the proposal its officer's token signed): "
+            "a proposal runs once. Cancel it, and find out how a copy of a ceremony came "
+            "to be pending",
+            reason="its proposal already started a ceremony",
         )
     running = connection.execute(
         select(key_ceremonies.c.id).where(
@@ -339,6 +399,7 @@ def refuse_a_second_run(connection: Connection, kind: RotationKind, ceremony_id:
             f"a {kind.value} rotation is already running ({running.id}): approve this "
             "one after it completes"
         )
+    return proposal_mark(row)
 
 
 class ApprovalKeys:

@@ -42,6 +42,7 @@ from audit.schema import audit_heads
 from audit.sequencer import load_compact_range, tree_size
 from hsm.keys import KeyHierarchy, KeyKind, key_label, parse_key_label
 from hsm.provider import HSMProvider
+from vault._ceremony_guards import proposal_mark
 from vault.ceremony import CeremonyState
 from vault.errors import CeremonyError
 from vault.key_registry import KeyRegistry
@@ -133,7 +134,8 @@ class AuditKeyRotation:
             approver,
             "key.rotation.start",
             row.id,
-            {"kind": "audit", "old_version": parsed[1], "new_version": newest + 1, "records": 0},
+            {"kind": "audit", "old_version": parsed[1], "new_version": newest + 1, "records": 0}
+            | proposal_mark(row),  # the start's proposal, looked for by the next start
         )
         self._event(
             connection,

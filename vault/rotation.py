@@ -402,7 +402,7 @@ class KeyRotation(RotationBatches):
         """Start approved ceremony `row` in `connection`'s transaction; each token key it
         makes is added to `created` (destroyed if the transaction fails)."""
         kind = RotationKind(row.kind)
-        refuse_a_second_run(connection, kind, row.id)
+        mark = refuse_a_second_run(connection, kind, row)  # the start record's mark
         if kind is RotationKind.AUDIT:  # one step, with a handover: its own module
             audit_key = AuditKeyRotation(
                 self._provider, self._keyring.registry, self._audit, self._clock
@@ -444,7 +444,7 @@ class KeyRotation(RotationBatches):
             "key.rotation.start",
             Outcome.SUCCESS,
             row.id,
-            {"kind": kind.value, "old_version": old, "new_version": new, "records": total},
+            {"kind": kind.value, "old_version": old, "new_version": new, "records": total, **mark},
             connection,
         )
 
