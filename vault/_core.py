@@ -436,18 +436,32 @@ class VaultCore(Fingerprints):
         """The live row of `token` in one of `domains`. A token of another domain is
         answered exactly as a token that does not exist: no answer tells a caller what
         another domain holds. `shared`: on PostgreSQL, share-locked until the commit (a
-        reveal: a delete or purge of the row then waits for the answer's commit, and one
-        that committed first is seen; without it a reveal read the row, the delete was
-        answered, and the PAN was answered after it, session 31). SQLite's write
-        transactions exclude each other already."""
+        reveal, a relay: a delete or purge of the row then waits for the answer's commit,
+        and one that committed first is seen; without it a reveal read the row, the
+        delete was answered, and the PAN was answered after it, session 31). Only a row
+        it answers: the lock is taken by a read that finds the row live in `domains`,
+        and a miss is told from the row read without one (locked by the read itself, a
+        miss on another domain's token held its owner's update, and one on an expired
+        token held the purge's batch, until the caller's commit: session 31's review).
+        SQLite's write transactions exclude each other already."""
         if not 1 <= len(token) <= 64:
             raise TokenNotFound("no such token")
         # On the driver's cursor (`vault.storage.rawsql`): every detokenize reads it in
         # the committer.
-        where = "token = ?"
-        if shared and connection.dialect.name == "postgresql":
-            where += " FOR SHARE"
-        found = fetch_records(connection, tokens, where, [token])
+        locking = shared and bool(domains) and connection.dialect.name == "postgresql"
+        if locking:
+            found = fetch_records(
+                connection,
+                tokens,
+                "token = ? AND domain IN (?*) AND deleted_at IS NULL AND ciphertext IS NOT"
+                " NULL AND (expires_at IS NULL OR expires_at > ?) FOR SHARE",
+                [token, *sorted(domains), self._clock()],
+                in_list=len(domains),
+            )
+            if found:
+                live: Row[Any] = found[0]
+                return live
+        found = fetch_records(connection, tokens, "token = ?", [token])
         row: Row[Any] | None = found[0] if found else None
         if (
             row is None
@@ -459,6 +473,8 @@ class VaultCore(Fingerprints):
         expires = as_utc(row.expires_at)
         if expires is not None and expires <= self._clock():
             raise TokenExpired("this token has expired")
+        if locking:
+            raise StaleRead  # made live between the two reads: read it again, locked
         return row
 
     def _decrypt(self, row: Row[Any]) -> Pan:
