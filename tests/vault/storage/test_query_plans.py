@@ -20,7 +20,7 @@ from sqlalchemy.dialects import sqlite
 
 from audit._rows import _QUEUED_PG
 from audit.publisher import NEWEST_COSIGNED
-from vault._ceremony_guards import starts_of
+from vault._ceremony_guards import _proposal_starts, starts_of
 from vault.cryptoperiod import _REGISTERED
 from vault.key_registry import _RECORDS
 from vault.limits import _CHARGE_SQL, _SEEN_SQL, _SEEN_THEN_WATCH_SQL, _TAT_SQL
@@ -298,12 +298,18 @@ def test_the_key_registry_records_are_read_through_their_partial_index(
     assert all(any(name in step for name in names) for step in reads), plan
 
 
-def test_a_ceremonys_start_records_are_read_through_their_partial_index(engine: Engine) -> None:
+@pytest.mark.parametrize(
+    "query",
+    [starts_of("c-0123456789abcdef"), _proposal_starts("0123456789abcdef" * 4)],
+    ids=["by-ceremony", "by-proposal"],
+)
+def test_a_ceremonys_start_records_are_read_through_their_partial_index(
+    engine: Engine, query: Select[Any]
+) -> None:
     """The approval that completes a ceremony's quorum reads the log's start records to
-    refuse a ceremony that already ran (session 31). Only migration 0021's partial index
-    can serve it without a scan of the audit log: months of entries on a busy vault,
-    inside the approval's transaction."""
-    query = starts_of("c-0123456789abcdef")
+    refuse a ceremony, or a signed proposal, that already ran (session 31 and its
+    review). Only migration 0021's partial index can serve it without a scan of the
+    audit log: months of entries on a busy vault, inside the approval's transaction."""
     with engine.begin() as connection:
         sql = str(query.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
         plan = _plan(connection, sql, [], 0)
