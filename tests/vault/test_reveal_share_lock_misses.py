@@ -25,7 +25,15 @@ from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
 from tests.vault.conftest import GETNET, PAYMENTS
-from tests.vault.test_token_lifecycle_races import _done_or_waiting, _HeldBucket, _Nodes
+from tests.vault.test_token_lifecycle_races import (
+    ERASER,
+    _answered_before_its_end,
+    _done_or_waiting,
+    _HeldBucket,
+    _node,
+    _Nodes,
+    _trail,
+)
 from tests.vault.test_token_update import NOW, SHOP2, VISA, _Calls, _row
 from vault.errors import TokenExpired, TokenNotFound
 from vault.service import TokenizeRequest, TokenRecord, TokenUpdate
@@ -98,4 +106,40 @@ def test_finding_a_miss_on_an_expired_token_holds_no_lock_on_it(
         if engine.dialect.name == "postgresql":
             assert first, "the purge waited on a reveal that missed"
     finally:
+        nodes.close()
+
+
+def test_bound_overlapping_reveals_keep_a_waiting_delete_behind_them(
+    engine: Engine, hsm_provider: HSMProvider
+) -> None:
+    """A bound, not a finding (docs/threat-model.md): PostgreSQL does not queue a share
+    lock behind a writer that waits on the row. A reveal holds its token's row; a delete
+    on another node waits for it; a reveal of the token on a third node is not queued
+    behind the delete but shares the first one's lock, so the delete waits for both.
+    Reveals that overlap without a gap keep the delete waiting up to its statement
+    bound. What holds: the delete comes after every reveal it waited for, in the
+    answers and in the audit log."""
+    nodes = _Nodes(engine, hsm_provider)
+    third = _node(engine, hsm_provider, nodes.clocks[0])
+    try:
+        first = nodes.one.tokenize(PAYMENTS, TokenizeRequest(VISA, "card_random"))
+        nodes.one.detokenize(GETNET, first.token)  # GETNET's bucket, to hold
+        held, calls = _HeldBucket(engine, GETNET.identity), _Calls()
+        calls.start(lambda: nodes.one.detokenize(GETNET, first.token))
+        held.waiters(1)
+        calls.start(lambda: nodes.two.delete(ERASER, first.token))
+        _done_or_waiting(engine, calls, 1, 2)
+        calls.start(lambda: third.detokenize(GETNET, first.token))
+        _done_or_waiting(engine, calls, 2, 3)
+        held.release()
+        revealed, deleted, again = calls.join()
+        assert deleted is True, deleted
+        trail = _trail(engine, first.token_id)
+        _answered_before_its_end(trail)
+        if engine.dialect.name == "postgresql":  # the second not queued behind the delete
+            assert getattr(revealed, "pan", None) == VISA, revealed
+            assert getattr(again, "pan", None) == VISA, again
+            assert [a for a, _ in trail[-3:]] == ["detokenize", "detokenize", "delete"], trail
+    finally:
+        third.close()
         nodes.close()
