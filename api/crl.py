@@ -1,12 +1,15 @@
 """The client-certificate revocation list: loaded into the live TLS context when its file
 changes (polled) or on SIGHUP, and checked for expiry by readiness.
 
-IN PCI SCOPE. OpenSSL refuses every client once the CRL it holds is past its
-``nextUpdate`` (CRL checking fails closed), which looked from outside like an outage
-with no reason given. Here the reason is named: `/readyz` fails with ``crl_expired``
-and the log says which CRL expired when. A CRL added to a context cannot be taken out
-again; a newer CRL of the same issuer is preferred by OpenSSL, and revocations only
-ever grow, so loading the new file into the live context is enough for new handshakes.
+IN PCI SCOPE. OpenSSL refuses new handshakes once the only CRL it holds of a CA is
+past its ``nextUpdate`` (CRL checking fails closed), which looked from outside like an
+outage with no reason given. Here the reason is named: `/readyz` fails with
+``crl_expired`` and the log says which CRL expired when. A CRL added to a context
+cannot be taken out again, and OpenSSL picks the best-scored CRL of an issuer, not the
+newest: with an older one still in date in its store it falls back to that one. So the
+request guard refuses every request of a CA whose CRL in force has expired (503
+``crl_expired``, `RevokedCertificates.check`), whatever OpenSSL fell back to; delta
+CRLs are kept out of both (session 31).
 
 The context is consulted only at the handshake, and a pooled keep-alive connection lives
 for hours: a certificate revoked after its connection opened would keep working on it.
