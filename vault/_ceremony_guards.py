@@ -295,6 +295,9 @@ def proposal_life(now: datetime, ttl: timedelta) -> tuple[int, int]:
 # query that carries its predicate, and without it the read scanned the audit log (on a
 # busy vault, months of entries) inside the approval that completes a quorum.
 START_RECORDS: Final = """payload LIKE '{"action":"key.rotation.start",%'"""
+# The cancel records' predicate, that of migration 0021's other partial index
+# (``ix_audit_entries_rotation_cancel``), for the same reason.
+CANCEL_RECORDS: Final = """payload LIKE '{"action":"key.rotation.cancel",%'"""
 
 
 def starts_of(ceremony_id: str) -> Select[Any]:
@@ -314,6 +317,31 @@ def _proposal_starts(proposal: str) -> Select[Any]:
         text(START_RECORDS),
         payload.contains(f'"proposal":{json.dumps(proposal)}', autoescape=True),
     )
+
+
+def cancels_of(ceremony_id: str, proposal: str | None) -> Select[Any]:
+    """The read of the cancel records naming ceremony `ceremony_id` or, when it has one,
+    its signed `proposal` (a few a year, through migration 0021's cancel index)."""
+    payload = audit_entries.c.payload
+    named = payload.contains(f'"key_id":{json.dumps(ceremony_id)}', autoescape=True)
+    if proposal is not None:
+        named = named | payload.contains(f'"proposal":{json.dumps(proposal)}', autoescape=True)
+    return select(payload).where(text(CANCEL_RECORDS), named)
+
+
+def _cancelled(connection: Connection, ceremony_id: str, proposal: str | None) -> bool:
+    """Whether the audit log holds a cancel of `ceremony_id`, or of a ceremony of its
+    signed `proposal`, that took effect (a denied cancel changed nothing)."""
+    for entry in connection.execute(cancels_of(ceremony_id, proposal)).scalars():
+        record = json.loads(entry)
+        if record.get("outcome") != Outcome.SUCCESS.value:
+            continue
+        details = record.get("details") or {}
+        if record.get("key_id") == ceremony_id or (
+            proposal is not None and details.get("proposal") == proposal
+        ):
+            return True
+    return False
 
 
 def proposal_digest(row: Row[Any]) -> HexDigest | None:
@@ -379,6 +407,16 @@ def refuse_a_second_run(
             reason="the ceremony already started",
         )
     proposal = proposal_digest(row)
+    if _cancelled(connection, ceremony_id, proposal):
+        # Set back to pending from cancelled by a database writer: an officer's cancel
+        # would otherwise be overridden by the one approval still missing (session 31).
+        raise CeremonyRefused(
+            f"ceremony {ceremony_id} was cancelled (the audit log holds its "
+            "key.rotation.cancel, or one of another ceremony of its signed proposal): a "
+            "cancelled ceremony never starts. Propose again, and find out how it came to "
+            "be pending",
+            reason="the ceremony was cancelled",
+        )
     if proposal is not None and _proposal_started(connection, proposal):
         raise CeremonyRefused(
             f"ceremony {ceremony_id}'s proposal already started a ceremony (the audit "

@@ -45,6 +45,7 @@ from vault._ceremony_guards import (
     discard_unrecorded,
     hold_ceremony_lock,
     proposal_life,
+    proposal_mark,
     refuse_a_second_run,
     standing_approvals,
 )
@@ -343,9 +344,9 @@ class KeyRotation(RotationBatches):
                 .where(key_ceremonies.c.id == ceremony_id)
                 .values(state=CeremonyState.CANCELLED.value)
             )
-            self._record(
-                identity, request_id, "key.rotation.cancel", Outcome.SUCCESS, ceremony_id, {},
-                connection,
+            self._record(  # the proposal's mark, looked for by a start (session 31)
+                identity, request_id, "key.rotation.cancel", Outcome.SUCCESS, ceremony_id,
+                proposal_mark(self._load(connection, ceremony_id)), connection,
             )  # fmt: skip
             return self._view(connection, self._load(connection, ceremony_id))
 

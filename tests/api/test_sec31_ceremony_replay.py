@@ -96,3 +96,35 @@ def test_a_ceremony_that_ran_is_not_run_again_within_its_life(
         assert (again.status_code, again.json()["code"]) == (409, "ceremony_invalid"), again.text
         assert "already started" in again.json()["detail"]
         assert _denials(vault, ceremony) == ["the ceremony already started"]
+
+
+def test_a_cancelled_ceremony_written_back_as_pending_does_not_start(
+    tmp_path: Path, hsm_provider: HSMProvider, database_url: str
+) -> None:
+    """Alice proposed and then cancelled a data rotation; within its life the operator
+    wrote the row back as pending, and Bob's approval alone overrode Alice's cancel
+    (rev31c's report named it, untested). The vault now also looks for the ceremony's
+    `key.rotation.cancel` in the log (its id, or its signed proposal's mark) and
+    refuses, 409 ``ceremony_invalid``, audited."""
+    with running_vault(tmp_path / "vault", hsm_provider, database_url) as vault:
+        with vault.client() as payments:
+            sealed = payments.post("/v1/tokenize", json={"pan": VISA, "format": "pan_bin6_last4"})
+        assert sealed.status_code in {200, 201}, sealed.text
+        with vault.client("officer-alice") as alice:
+            proposed = alice.post(ROTATIONS, json={"kind": "data"})
+            assert proposed.status_code == 201, proposed.text
+            ceremony = proposed.json()["id"]
+            cancelled = alice.post(f"{ROTATIONS}/{ceremony}/cancel")
+            assert cancelled.status_code == 200, cancelled.text
+        with vault.runtime.engine.begin() as connection:
+            connection.execute(
+                sa.update(key_ceremonies)
+                .where(key_ceremonies.c.id == ceremony)
+                .values(state="pending")
+            )
+        with vault.client("officer-bob") as bob:
+            again = bob.post(f"{ROTATIONS}/{ceremony}/approve")
+        assert _starts(vault, ceremony) == 0, f"cancelled ceremony {ceremony} started"
+        assert (again.status_code, again.json()["code"]) == (409, "ceremony_invalid"), again.text
+        assert "was cancelled" in again.json()["detail"]
+        assert _denials(vault, ceremony) == ["the ceremony was cancelled"]

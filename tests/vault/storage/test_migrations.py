@@ -205,6 +205,7 @@ def test_0019_indexes_the_records_by_age_and_lets_the_vault_forget_them(engine: 
     [
         ("key-register-index", "0013", "key_register"),
         ("rotation-start-index", "0020", "rotation_start"),
+        ("rotation-start-index", "0020", "rotation_cancel"),
     ],
 )
 def test_audit_log_indexes_built_ahead_as_the_operations_guide_says_are_adopted(
@@ -233,7 +234,8 @@ def test_audit_log_indexes_built_ahead_as_the_operations_guide_says_are_adopted(
                 )
             ]
             for part in parts:  # CONCURRENTLY: outside a transaction, no parameters
-                connection.execute(recipe.replace("audit_entries_p202612", part).encode())
+                for statement in filter(str.strip, recipe.split(";")):  # one at a time
+                    connection.execute(statement.replace("audit_entries_p202612", part).encode())
         migrate(engine)
         with psycopg.connect(dsn) as connection:
             children = {

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import sqlite
 
 from audit._rows import _QUEUED_PG
 from audit.publisher import NEWEST_COSIGNED
-from vault._ceremony_guards import _proposal_starts, starts_of
+from vault._ceremony_guards import _proposal_starts, cancels_of, starts_of
 from vault.cryptoperiod import _REGISTERED
 from vault.key_registry import _RECORDS
 from vault.limits import _CHARGE_SQL, _SEEN_SQL, _SEEN_THEN_WATCH_SQL, _TAT_SQL
@@ -299,26 +299,34 @@ def test_the_key_registry_records_are_read_through_their_partial_index(
 
 
 @pytest.mark.parametrize(
-    "query",
-    [starts_of("c-0123456789abcdef"), _proposal_starts("0123456789abcdef" * 4)],
-    ids=["by-ceremony", "by-proposal"],
+    ("query", "index"),
+    [
+        (starts_of("c-0123456789abcdef"), "ix_audit_entries_rotation_start"),
+        (_proposal_starts("0123456789abcdef" * 4), "ix_audit_entries_rotation_start"),
+        (
+            cancels_of("c-0123456789abcdef", "0123456789abcdef" * 4),
+            "ix_audit_entries_rotation_cancel",
+        ),
+    ],
+    ids=["by-ceremony", "by-proposal", "cancels"],
 )
-def test_a_ceremonys_start_records_are_read_through_their_partial_index(
-    engine: Engine, query: Select[Any]
+def test_a_ceremonys_start_and_cancel_records_are_read_through_their_partial_index(
+    engine: Engine, query: Select[Any], index: str
 ) -> None:
-    """The approval that completes a ceremony's quorum reads the log's start records to
-    refuse a ceremony, or a signed proposal, that already ran (session 31 and its
-    review). Only migration 0021's partial index can serve it without a scan of the
-    audit log: months of entries on a busy vault, inside the approval's transaction."""
+    """The approval that completes a ceremony's quorum reads the log's start and cancel
+    records to refuse a ceremony, or a signed proposal, that already ran or was
+    cancelled (session 31 and its review). Only migration 0021's partial indexes can
+    serve it without a scan of the audit log: months of entries on a busy vault, inside
+    the approval's transaction."""
     with engine.begin() as connection:
         sql = str(query.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
         plan = _plan(connection, sql, [], 0)
-        names = {"ix_audit_entries_rotation_start"}
+        names = {index}
         if connection.dialect.name == "postgresql":  # each partition's copy of the index
             names |= set(
                 connection.exec_driver_sql(
                     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-                    " WHERE i.inhparent = 'ix_audit_entries_rotation_start'::regclass"
+                    f" WHERE i.inhparent = '{index}'::regclass"
                 ).scalars()
             )
     assert "Seq Scan" not in plan, plan
