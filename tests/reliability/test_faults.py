@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.support.audit_trail import tokens_and_audited
 from tests.support.pans import card_number
 from tests.support.postgres import PostgresCluster
 from tests.support.softhsm import SoftHSMToken
@@ -25,20 +26,7 @@ def _pan(i: int) -> str:
     return card_number("6", i)
 
 
-def _counts(url: str) -> tuple[int, int]:
-    engine = create_database_engine(url)
-    try:
-        with engine.connect() as c:
-            tokens = c.execute(sa.text("SELECT count(*) FROM tokens")).scalar_one()
-            audited = c.execute(
-                sa.text(
-                    "SELECT count(*) FROM tokens t WHERE EXISTS (SELECT 1 FROM audit_entries a "
-                    "WHERE a.payload LIKE '%' || t.id || '%')"
-                )
-            ).scalar_one()
-    finally:
-        engine.dispose()
-    return int(tokens), int(audited)
+_counts = tokens_and_audited
 
 
 @pytest.fixture

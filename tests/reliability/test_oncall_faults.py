@@ -11,14 +11,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import sqlalchemy as sa
 
+from tests.support.audit_trail import tokens_and_audited
 from tests.support.leakguard import LeakGuard, dump_database
 from tests.support.pans import card_number
 from tests.support.postgres import PostgresCluster
 from tests.support.softhsm import SoftHSMToken
 from tests.support.vault_process import make_vault
-from vault.storage.database import create_database_engine
 
 PROBLEM = "application/problem+json"
 # A cluster small enough to fill: the vault's pools, our fillers, nothing else.
@@ -29,21 +28,7 @@ def _pan(i: int) -> str:
     return card_number("5", i)
 
 
-def _counts(url: str) -> tuple[int, int]:
-    """Stored tokens, and how many of them an audit entry names."""
-    engine = create_database_engine(url)
-    try:
-        with engine.connect() as c:
-            tokens = c.execute(sa.text("SELECT count(*) FROM tokens")).scalar_one()
-            audited = c.execute(
-                sa.text(
-                    "SELECT count(*) FROM tokens t WHERE EXISTS (SELECT 1 FROM audit_entries a "
-                    "WHERE a.payload LIKE '%' || t.id || '%')"
-                )
-            ).scalar_one()
-    finally:
-        engine.dispose()
-    return int(tokens), int(audited)
+_counts = tokens_and_audited
 
 
 @pytest.fixture

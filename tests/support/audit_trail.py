@@ -11,6 +11,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from vault.storage.database import create_database_engine
+
 
 def new_request_id() -> str:
     """A fresh `x-request-id`. Letters only: a caller's id with a long digit run is
@@ -26,3 +28,21 @@ def request_entries(engine: Engine, rid: str) -> list[dict[str, Any]]:
             {"p": f'%"request_id":"{rid}"%'},
         ).scalars()
         return [json.loads(r) for r in rows]
+
+
+def tokens_and_audited(url: str) -> tuple[int, int]:
+    """In the database at `url`: the stored tokens, and how many of them an audit entry
+    names (equal when no token was written without its entry)."""
+    engine = create_database_engine(url)
+    try:
+        with engine.connect() as c:
+            tokens = c.execute(sa.text("SELECT count(*) FROM tokens")).scalar_one()
+            audited = c.execute(
+                sa.text(
+                    "SELECT count(*) FROM tokens t WHERE EXISTS (SELECT 1 FROM audit_entries a "
+                    "WHERE a.payload LIKE '%' || t.id || '%')"
+                )
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return int(tokens), int(audited)

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
 from tests.support.fake_acquirer import FakeAcquirer
+from tests.support.locks import HeldRow
 from tests.support.policies import vault_on
 from tests.support.softhsm import destroy_code_epochs
 from tests.vault.conftest import TEST_POLICY, relay_vault
@@ -31,7 +31,7 @@ from tests.vault.test_token_lifecycle_races import (
     _done_or_waiting,
     _trail,
 )
-from tests.vault.test_token_update import _Calls, _waiting_on_locks
+from tests.vault.test_token_update import _Calls
 from vault.card import SecurityCode
 from vault.errors import TokenNotFound
 from vault.pan import Pan
@@ -82,28 +82,16 @@ def nodes(
     destroy_code_epochs(rotation_provider)
 
 
-class _HeldCode:
+class _HeldCode(HeldRow):
     """The held security code of `token_id` locked by another session (PostgreSQL) until
     `release`: a relay taking it waits there, after its reads of the route's tokens."""
 
     def __init__(self, engine: Engine, token_id: str) -> None:
-        self.engine = engine
-        self.connection = engine.connect()
-        if engine.dialect.name == "postgresql":
-            self.connection.begin()
-            self.connection.execute(
-                sa.text("SELECT token_id FROM security_codes WHERE token_id = :i FOR UPDATE"),
-                {"i": token_id},
-            ).one()
-
-    def waiters(self, count: int) -> None:
-        if self.engine.dialect.name == "postgresql":
-            _waiting_on_locks(self.engine, count)
-
-    def release(self) -> None:
-        if self.engine.dialect.name == "postgresql":
-            self.connection.rollback()
-        self.connection.close()
+        super().__init__(
+            engine,
+            "SELECT token_id FROM security_codes WHERE token_id = :i FOR UPDATE",
+            {"i": token_id},
+        )
 
 
 def test_finding_a_relay_never_sends_a_pan_after_its_delete(

@@ -25,6 +25,7 @@ from sqlalchemy import Engine
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
+from tests.support.locks import HeldRow
 from tests.vault.conftest import ALICE, BOB, GETNET, PAYMENTS
 from tests.vault.test_token_update import (
     NOW,
@@ -34,7 +35,6 @@ from tests.vault.test_token_update import (
     _Calls,
     _Held,
     _row,
-    _waiting_on_locks,
 )
 from vault.ceremony import CeremonyState
 from vault.errors import TokenDeleted, TokenNotFound
@@ -85,29 +85,15 @@ class _Nodes:
         self.two.close()
 
 
-class _HeldBucket:
+class _HeldBucket(HeldRow):
     """The rate-limit bucket of `identity` locked by another session (PostgreSQL) until
     `release`: a call of that identity waits at its charge, which a commit group makes
     just before its commit, after every read of the call."""
 
     def __init__(self, engine: Engine, identity: str) -> None:
-        self.engine = engine
-        self.connection = engine.connect()
-        if engine.dialect.name == "postgresql":
-            self.connection.begin()
-            self.connection.execute(
-                sa.text("SELECT tat FROM rate_state WHERE identity = :i FOR UPDATE"),
-                {"i": identity},
-            ).one()
-
-    def waiters(self, count: int) -> None:
-        if self.engine.dialect.name == "postgresql":
-            _waiting_on_locks(self.engine, count)
-
-    def release(self) -> None:
-        if self.engine.dialect.name == "postgresql":
-            self.connection.rollback()
-        self.connection.close()
+        super().__init__(
+            engine, "SELECT tat FROM rate_state WHERE identity = :i FOR UPDATE", {"i": identity}
+        )
 
 
 def _done_or_waiting(engine: Engine, calls: _Calls, index: int, count: int) -> None:

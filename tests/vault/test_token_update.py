@@ -21,8 +21,6 @@ Attacks first. What a stolen certificate granted ``update`` can and cannot do:
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +35,7 @@ from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied, PolicyInvalid, RateLimited
 from policies.loader import parse_policy
 from policies.models import Action
+from tests.support.locks import Calls, HeldRow, waiting_on_locks
 from tests.vault.conftest import GETNET, LEDGER, PAYMENTS, TEST_POLICY
 from tests.vault.test_service import _break_audit
 from vault.errors import (
@@ -315,74 +314,18 @@ def test_the_audit_entry_names_the_parts_never_their_values(
 
 
 # ------------------------------------------------------------------ races
-def _waiting_on_locks(engine: Engine, count: int) -> None:
-    """Wait until `count` sessions of this database wait on a lock (bounded: fails only
-    on a hang)."""
-    deadline = time.monotonic() + 30
-    while True:
-        with engine.connect() as c:
-            waiting = c.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND datname = current_database()"
-                )
-            ).scalar_one()
-        if waiting >= count:
-            return
-        assert time.monotonic() < deadline, f"{waiting} of {count} sessions came to the lock"
-        time.sleep(0.01)
+_waiting_on_locks = waiting_on_locks
+_Calls = Calls
 
 
-class _Calls:
-    """Calls run each in its own thread; `join` waits for them (bounded: fails only on
-    a hang) and returns what each answered or raised."""
-
-    def __init__(self) -> None:
-        self.threads: list[threading.Thread] = []
-        self.results: list[object] = []
-
-    def start(self, call: Callable[[], object]) -> None:
-        index = len(self.results)
-        self.results.append(None)
-
-        def run() -> None:
-            try:
-                self.results[index] = call()
-            except Exception as exc:  # noqa: BLE001 - the test reads it
-                self.results[index] = exc
-
-        thread = threading.Thread(target=run)
-        self.threads.append(thread)
-        thread.start()
-
-    def join(self) -> list[object]:
-        for thread in self.threads:
-            thread.join(timeout=60)
-            assert not thread.is_alive()
-        return self.results
-
-
-class _Held:
+class _Held(HeldRow):
     """The token's row locked by another session (PostgreSQL), or the whole store held
     by a writer (SQLite), until `release`."""
 
     def __init__(self, engine: Engine, token: str) -> None:
-        self.engine = engine
-        self.connection = engine.connect()
-        if engine.dialect.name == "postgresql":
-            self.connection.begin()
-            self.connection.execute(
-                sa.text("SELECT id FROM tokens WHERE token = :t FOR UPDATE"), {"t": token}
-            )
-
-    def waiters(self, count: int) -> None:
-        if self.engine.dialect.name == "postgresql":
-            _waiting_on_locks(self.engine, count)
-
-    def release(self) -> None:
-        if self.engine.dialect.name == "postgresql":
-            self.connection.rollback()
-        self.connection.close()
+        super().__init__(
+            engine, "SELECT id FROM tokens WHERE token = :t FOR UPDATE", {"t": token}, one=False
+        )
 
 
 def test_two_nodes_updating_one_token_both_apply(

@@ -1,0 +1,90 @@
+"""Forcing the order of two calls on PostgreSQL without sleeps: a row locked by another
+session until released (the call that reaches it waits there), a count of the sessions
+waiting on a lock, and calls run each in its own thread. On SQLite, whose write
+transactions exclude each other, the lock is not taken and the calls run in turn."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+
+def waiting_on_locks(engine: Engine, count: int) -> None:
+    """Wait until `count` sessions of this database wait on a lock (bounded: fails only
+    on a hang)."""
+    deadline = time.monotonic() + 30
+    while True:
+        with engine.connect() as c:
+            waiting = c.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"
+                )
+            ).scalar_one()
+        if waiting >= count:
+            return
+        assert time.monotonic() < deadline, f"{waiting} of {count} sessions came to the lock"
+        time.sleep(0.01)
+
+
+class Calls:
+    """Calls run each in its own thread; `join` waits for them (bounded: fails only on
+    a hang) and returns what each answered or raised."""
+
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+        self.results: list[object] = []
+
+    def start(self, call: Callable[[], object]) -> None:
+        index = len(self.results)
+        self.results.append(None)
+
+        def run() -> None:
+            try:
+                self.results[index] = call()
+            except Exception as exc:  # noqa: BLE001 - the test reads it
+                self.results[index] = exc
+
+        thread = threading.Thread(target=run)
+        self.threads.append(thread)
+        thread.start()
+
+    def join(self) -> list[object]:
+        for thread in self.threads:
+            thread.join(timeout=60)
+            assert not thread.is_alive()
+        return self.results
+
+
+class HeldRow:
+    """The row `select_for_update` names, locked by another session (PostgreSQL) until
+    `release`; with `one`, the row must exist."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        select_for_update: str,
+        params: Mapping[str, object],
+        *,
+        one: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.connection = engine.connect()
+        if engine.dialect.name == "postgresql":
+            self.connection.begin()
+            found = self.connection.execute(sa.text(select_for_update), dict(params))
+            if one:
+                found.one()
+
+    def waiters(self, count: int) -> None:
+        if self.engine.dialect.name == "postgresql":
+            waiting_on_locks(self.engine, count)
+
+    def release(self) -> None:
+        if self.engine.dialect.name == "postgresql":
+            self.connection.rollback()
+        self.connection.close()
