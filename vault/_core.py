@@ -46,6 +46,7 @@ from vault.errors import (
     IntegrityError,
     InvalidInput,
     InvalidPan,
+    StaleRead,
     StorageUnavailable,
     Throttled,
     TokenExpired,
@@ -70,13 +71,6 @@ _TRANSACTION_ATTEMPTS: Final = 5
 
 
 _RETRYABLE_SQLSTATES: Final = frozenset({"40P01", "40001"})  # deadlock, serialization
-
-
-class StaleRead(Exception):
-    """A token row a transaction read without a lock, and then wrote or answered, was
-    changed by another transaction first (a delete, the purge, an update): the
-    transaction is undone and runs again (`_settle`), reading the row as it now is.
-    Never reaches a caller."""
 
 
 def _raise_input_error(exc: SQLDataError) -> None:

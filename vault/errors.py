@@ -29,6 +29,7 @@ and kind, or by the masked form.
         ├── UpstreamUnavailable                        code upstream_unavailable
         ├── UpstreamBusy                               code upstream_busy (503, retry_after)
         ├── StorageUnavailable                         code storage_unavailable
+        │   └── StaleRead                              (internal: the call runs again)
         ├── InvalidInput            (also ValueError)  code invalid_request
         │   └── SchemaMismatch                         code schema_mismatch
         ├── DataKeyMissing                             code data_key_missing
@@ -117,6 +118,14 @@ class IntegrityError(VaultError):
 
 class StorageUnavailable(VaultError):
     code = "storage_unavailable"
+
+
+class StaleRead(StorageUnavailable):
+    """A token row a transaction read without a lock, and then wrote or answered, was
+    changed by another transaction first (a delete, the purge, an update): the
+    transaction is undone and runs again (`VaultCore._settle`), reading the row as it
+    now is. Internal: after the last attempt the caller gets a `StorageUnavailable`,
+    and a `StaleRead` that escaped would be answered as one (503)."""
 
 
 class InvalidInput(VaultError, ValueError):

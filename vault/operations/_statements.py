@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from sqlalchemy import ColumnElement, Connection, Row, bindparam, select, update
 
-from vault._core import StaleRead
+from vault.errors import StaleRead
 from vault.operations._items import _Answers, _Item
 from vault.storage.database import as_utc
 from vault.storage.rawsql import fetch_all, fetch_records
