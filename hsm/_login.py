@@ -91,6 +91,11 @@ class UserLogin:
         fine (it is per application). Raises the `pkcs11.exceptions` class of the
         module's answer (ctypes releases the GIL for the call)."""
         secret = pin.encode()
+        # ctypes passes the bytes' own buffer (no copy). Both names go before anything is
+        # raised: an exception keeps this frame, and error reporters and debuggers print
+        # its locals (`HSMAuthFailed` keeps the refused login's error as its context).
+        del pin
         rv = self._login(handle, _CKU_USER, secret, len(secret))
+        del secret
         if rv not in (_CKR_OK, _CKR_USER_ALREADY_LOGGED_IN):
             raise _LOGIN_ERRORS.get(rv, p11e.GeneralError)()
