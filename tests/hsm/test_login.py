@@ -13,14 +13,18 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pkcs11.exceptions as p11e
+import pytest
+
 from cofre.settings import DEFAULT_SOFTHSM_LIBRARY
 from hsm._login import UserLogin
 from hsm.provider import HSMProvider
-from tests.support.cloudhsm_shim import CloudHSMShim, Fault, ShimFaults
+from tests.support.cloudhsm_shim import PKCS11_INCLUDE, CloudHSMShim, Fault, ShimFaults
 from tests.support.softhsm import SoftHSMToken, create_token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,3 +131,54 @@ def test_the_login_called_is_the_modules_c_login() -> None:
     called = ctypes.cast(login._login, ctypes.c_void_p).value
     assert called is not None
     assert called == ctypes.cast(exported, ctypes.c_void_p).value
+
+
+# A module whose function list has no C_Login (or no list at all): what a stub, a
+# half-implemented or a 3.x-only module may hand back from C_GetFunctionList.
+_HOLLOW_MODULE = r"""
+#include <stddef.h>
+#include <p11-kit/pkcs11.h>
+static CK_FUNCTION_LIST hollow = {{2, 40}};
+CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {
+#ifdef NO_LIST
+    (void)list;
+    return CKR_GENERAL_ERROR;
+#else
+    *list = &hollow;
+    return CKR_OK;
+#endif
+}
+"""
+
+
+def _hollow_module(directory: Path, *defines: str) -> Path:
+    gcc = shutil.which("gcc")
+    assert gcc is not None, "gcc is needed: run `make test-deps`"
+    source = directory / "hollow.c"
+    source.write_text(_HOLLOW_MODULE)
+    library = directory / f"libhollow{''.join(defines)}.so"
+    subprocess.run(
+        [
+            gcc,
+            "-shared",
+            "-fPIC",
+            f"-I{PKCS11_INCLUDE}",
+            *(f"-D{d}" for d in defines),
+            str(source),
+            "-o",
+            str(library),
+        ],
+        check=True,
+        timeout=120,
+    )
+    return library
+
+
+def test_a_module_without_c_login_is_a_pkcs11_error(tmp_path: Path) -> None:
+    """A function list whose C_Login slot is empty, or no list at all, is a PKCS#11
+    failure (the pool's "session lost": retried, then 503), never a TypeError that
+    escapes the pool's translation as a 500, and never a call through a null pointer."""
+    with pytest.raises(p11e.PKCS11Error):
+        UserLogin(_hollow_module(tmp_path))
+    with pytest.raises(p11e.PKCS11Error):
+        UserLogin(_hollow_module(tmp_path, "NO_LIST"))
