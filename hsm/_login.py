@@ -82,9 +82,14 @@ class UserLogin:
         rv = get_function_list(ctypes.byref(functions))
         if rv != _CKR_OK or ctypes.cast(functions, ctypes.c_void_p).value is None:
             raise _LOGIN_ERRORS.get(rv, p11e.GeneralError)()
+        address = functions.contents.functions[_C_LOGIN_INDEX]
+        if address is None:
+            # No C_Login in the list (a stub or half-done module): a PKCS#11 failure the
+            # pool retries and answers 503 for, not a TypeError that escapes it as a 500.
+            raise p11e.GeneralError()
         # The module stays loaded while python-pkcs11 holds it; so does `module` here.
         self._module = module
-        self._login = _C_LOGIN(functions.contents.functions[_C_LOGIN_INDEX])
+        self._login = _C_LOGIN(address)
 
     def login(self, handle: int, pin: str) -> None:
         """Log session `handle`'s application in as the user; a login already held is
