@@ -182,3 +182,23 @@ def test_a_module_without_c_login_is_a_pkcs11_error(tmp_path: Path) -> None:
         UserLogin(_hollow_module(tmp_path))
     with pytest.raises(p11e.PKCS11Error):
         UserLogin(_hollow_module(tmp_path, "NO_LIST"))
+
+
+def test_a_refused_pin_is_not_tried_again(
+    softhsm_token: SoftHSMToken, cloudhsm_shim: CloudHSMShim, shim_provider: HSMProvider
+) -> None:
+    """CloudHSM locks a crypto user out after five refused logins, on every node, until a
+    crypto officer resets the password. A node deployed with a stale PIN, called by
+    eight threads, must not spend them: each call fails `HSMAuthFailed`, and a node with
+    the right PIN still logs in afterwards (the shim's COFRE_SHIM_LOGIN_LOCKOUT)."""
+    assert shim_provider.has_key("cofre-fp-v1")
+    result = _probe(
+        "lockout",
+        str(cloudhsm_shim.library),
+        str(softhsm_token.conf),
+        softhsm_token.label + "-shim",
+        softhsm_token.user_pin,
+        "stale-" + softhsm_token.user_pin,
+        env={**cloudhsm_shim.env(), "COFRE_SHIM_LOGIN_LOCKOUT": "5"},
+    )
+    assert result == {"wrong": {"HSMAuthFailed": 24}, "right": "ok"}

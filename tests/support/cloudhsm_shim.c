@@ -48,6 +48,9 @@
  *    CKR_TOKEN_NOT_PRESENT, as a client sees when its connection to an HSM drops or an
  *    HSM is replaced (section "faults" below; the codes and what they do to sessions
  *    are our choice: docs/cloudhsm.md, "When the HSM fails"). Tests only.
+ *  - COFRE_SHIM_LOGIN_LOCKOUT: after this many refused PINs in a row, C_Login answers
+ *    CKR_PIN_LOCKED (ours) to every PIN, as AWS locks a crypto user out after five
+ *    (key_mgmt_util-loginHSM.html). Off unless set; tests only.
  *  - COFRE_SHIM_TARGET: the module to forward to (default SoftHSM2's).
  *  - cofre_shim_configure(latency_us, availability_ms, gate_attributes): the tests' way
  *    to change these at run time in a process that already loaded the shim.
@@ -827,8 +830,29 @@ DELAYED(GetTokenInfo, (CK_SLOT_ID s, CK_TOKEN_INFO_PTR i), (s, i))
     }
 
 ON_SESSION(GetSessionInfo, FN_NONE, (CK_SESSION_HANDLE s, CK_SESSION_INFO_PTR i), (s, i))
-ON_SESSION(Login, FN_LOGIN, (CK_SESSION_HANDLE s, CK_USER_TYPE u, CK_UTF8CHAR_PTR p, CK_ULONG l),
-           (s, u, p, l))
+/* COFRE_SHIM_LOGIN_LOCKOUT=N (0 or unset: off): after N refused PINs in a row, every
+ * C_Login answers CKR_PIN_LOCKED, the right PIN's too, until this process ends. AWS: "If
+ * you exceed five incorrect login attempts, your account is locked out" until a crypto
+ * officer resets the password (key_mgmt_util-loginHSM.html); the code is ours. A login
+ * the module takes as already held checks no PIN and counts for nothing. */
+static long lockout_after;
+static long logins_refused;
+static pthread_mutex_t lockout_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static CK_RV shim_Login(CK_SESSION_HANDLE s, CK_USER_TYPE u, CK_UTF8CHAR_PTR p, CK_ULONG l) {
+    ENTER(FN_LOGIN, s);
+    if (lockout_after <= 0) return real->C_Login(s, u, p, l);
+    pthread_mutex_lock(&lockout_lock);
+    int locked = logins_refused >= lockout_after;
+    pthread_mutex_unlock(&lockout_lock);
+    if (locked) return CKR_PIN_LOCKED;
+    CK_RV rv = real->C_Login(s, u, p, l);
+    pthread_mutex_lock(&lockout_lock);
+    if (rv == CKR_PIN_INCORRECT) logins_refused++;
+    else if (rv == CKR_OK) logins_refused = 0;
+    pthread_mutex_unlock(&lockout_lock);
+    return rv;
+}
 ON_SESSION(Logout, FN_NONE, (CK_SESSION_HANDLE s), (s))
 ON_SESSION(DestroyObject, FN_NONE, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o), (s, o))
 ON_SESSION(FindObjectsInit, FN_FIND_OBJECTS_INIT, (CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t,
@@ -867,6 +891,8 @@ static void load(void) {
     latency_us = latency ? strtol(latency, NULL, 10) : 0;
     const char *availability = getenv("COFRE_SHIM_KEY_AVAILABILITY_MS");
     availability_ms = availability ? strtol(availability, NULL, 10) : 0;
+    const char *lockout = getenv("COFRE_SHIM_LOGIN_LOCKOUT");
+    lockout_after = lockout ? strtol(lockout, NULL, 10) : 0;
     const char *faults = getenv("COFRE_SHIM_FAULT_FILE");
     fault_file = faults != NULL && *faults != '\0' ? faults : NULL;
     const char *gate = getenv("COFRE_SHIM_GATE_ATTRIBUTES");

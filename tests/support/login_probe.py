@@ -6,6 +6,7 @@ the login and kill sessions. Prints one JSON object.
     python -m tests.support.login_probe wrong-pin LIBRARY CONF LABEL PIN
     python -m tests.support.login_probe race LIBRARY CONF LABEL PIN THREADS CALLS
     python -m tests.support.login_probe reinit LIBRARY CONF LABEL PIN FAULT_FILE
+    python -m tests.support.login_probe lockout LIBRARY CONF LABEL PIN REFUSED_PIN
 """
 
 from __future__ import annotations
@@ -142,10 +143,48 @@ def reinit(library: str, conf: str, label: str, pin: str, fault_file: str) -> di
     return {"steps": steps}
 
 
+def lockout(library: str, conf: str, label: str, pin: str, refused: str) -> dict[str, object]:
+    """A node configured with a PIN the HSM refuses, called by eight threads at once, three
+    calls each; then a node with the right PIN (the shim's lockout counts for the whole
+    process, as CloudHSM's does for the crypto user on every node)."""
+    wrong = _provider(library, conf, label, refused, 4)
+    outcomes: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def work() -> None:
+        start.wait(timeout=60)
+        for _ in range(3):
+            try:
+                wrong.hmac_sha256(LABEL, b"probe")
+                outcome = "ok"
+            except Exception as exc:  # counted; the test says which may be
+                outcome = type(exc).__name__
+            with lock:
+                outcomes[outcome] += 1
+
+    workers = [threading.Thread(target=work) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    wrong.close()
+    right = _provider(library, conf, label, pin, 1)
+    try:
+        right.hmac_sha256(LABEL, b"probe")
+        after = "ok"
+    except Exception as exc:  # recorded; the test says which may be
+        after = f"{type(exc).__name__}: {exc}"
+    right.close()
+    return {"wrong": dict(outcomes), "right": after}
+
+
 def main(argv: list[str]) -> None:
     mode, library, conf, label, pin, *rest = argv
     if mode == "wrong-pin":
         result = wrong_pin(library, conf, label, pin)
+    elif mode == "lockout":
+        result = lockout(library, conf, label, pin, rest[0])
     elif mode == "reinit":
         result = reinit(library, conf, label, pin, rest[0])
     else:
