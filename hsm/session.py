@@ -205,6 +205,10 @@ class TokenSession:
         self.key_availability_timeout = key_availability_timeout
         self._lib: Any = None
         self._login: UserLogin | None = None
+        # One login at a time, and none after the token refused this PIN (the error's
+        # name): CloudHSM locks the crypto user out after five refusals, on every node.
+        self._login_lock = threading.Lock()
+        self._pin_refused: str | None = None
         self._lib_lock = threading.Lock()
         # The pool: one plain lock (cheap to take in C, see `_run_pooled`) and a condition
         # on it for the threads that wait, either for a place in the pool or, while
@@ -245,6 +249,7 @@ class TokenSession:
             ) from None
         if self._refuse_software:
             self._refuse_a_software_token(lib, token)
+        self._check_pin_not_refused()
         # Opened without the PIN and logged in apart (`hsm._login` says why): a session
         # whose login fails is closed here, and closing one never logs the others out.
         session = token.open(rw=True)
@@ -253,18 +258,32 @@ class TokenSession:
                 if self._login is None:
                     self._login = UserLogin(self._library_path)
                 login = self._login
-            # Login is per application: when another session of this process (a pooled
-            # one, or another provider's) already logged the token in, this is a no-op.
-            login.login(session.handle, self._pin.get_secret_value())
-        except _AUTH_ERRORS as exc:
-            _close_quietly(session)
-            raise HSMAuthFailed(
-                f"token {self._token_label!r} refused the user PIN ({type(exc).__name__})"
-            ) from None
+            with self._login_lock:
+                self._check_pin_not_refused()
+                try:
+                    # Login is per application: when another session of this process (a
+                    # pooled one, or another provider's) already logged the token in,
+                    # this is a no-op.
+                    login.login(session.handle, self._pin.get_secret_value())
+                except _AUTH_ERRORS as exc:
+                    self._pin_refused = type(exc).__name__
         except BaseException:
             _close_quietly(session)
             raise
+        if self._pin_refused is not None:
+            _close_quietly(session)
+            self._check_pin_not_refused()
         return session
+
+    def _check_pin_not_refused(self) -> None:
+        """Raise `HSMAuthFailed` once the token refused this PIN: never try it again
+        (each try counts toward the HSM's lockout); the PIN is read at start, so a new
+        one, or a password a crypto officer reset, takes a restart."""
+        if self._pin_refused is not None:
+            raise HSMAuthFailed(
+                f"token {self._token_label!r} refused the user PIN ({self._pin_refused}); "
+                "not tried again until the vault restarts"
+            )
 
     def _refuse_a_software_token(self, lib: Any, token: Any) -> None:
         """Raise `HSMUnavailable` when `lib` or `token` says it is SoftHSM. `cofre serve`
