@@ -16,6 +16,7 @@ import json
 import sys
 import threading
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -71,6 +72,11 @@ def _frames_holding(exc: BaseException, secret: str) -> list[str]:
     return holding
 
 
+def _mac_and_find(provider: HSMProvider) -> bool:
+    provider.hmac_sha256(LABEL, b"probe")
+    return provider.has_key(LABEL)
+
+
 def wrong_pin(library: str, conf: str, label: str, pin: str) -> dict[str, object]:
     provider = _provider(library, conf, label, pin, 1)
     try:
@@ -80,8 +86,18 @@ def wrong_pin(library: str, conf: str, label: str, pin: str) -> dict[str, object
     return {"error": None, "holding": []}
 
 
+def _outcome(call: Callable[[], bool]) -> str:
+    """ "ok"; "key-invisible" when `call` finds no private key (a session that lost its
+    login sees none); else the name of what it raised (every kind: the test judges)."""
+    try:
+        seen = call()
+    except Exception as exc:  # noqa: BLE001 - counted by kind; the test says which may be
+        return type(exc).__name__
+    return "ok" if seen else "key-invisible"
+
+
 def race(
-    library: str, conf: str, label: str, pin: str, threads: int, calls: int
+    library: str, conf: str, label: str, pin: str, *, threads: int, calls: int
 ) -> dict[str, object]:
     """`threads` threads start at once on a pool of `threads // 2` sessions of a
     logged-out token and make `calls` calls each; then, the faults spent, one more each."""
@@ -93,12 +109,7 @@ def race(
     again = threading.Barrier(threads)
 
     def call(into: collections.Counter[str]) -> None:
-        try:
-            provider.hmac_sha256(LABEL, b"probe")
-            # A session that lost its login finds no private key: False here.
-            outcome = "ok" if provider.has_key(LABEL) else "key-invisible"
-        except Exception as exc:  # every kind is counted; the test says which may be
-            outcome = type(exc).__name__
+        outcome = _outcome(lambda: _mac_and_find(provider))
         with lock:
             into[outcome] += 1
 
@@ -127,11 +138,7 @@ def reinit(library: str, conf: str, label: str, pin: str, fault_file: str) -> di
     steps: list[str] = []
 
     def step() -> None:
-        try:
-            provider.hmac_sha256(LABEL, b"probe")
-            steps.append("ok" if provider.has_key(LABEL) else "key-invisible")
-        except Exception as exc:  # recorded; the test says which may be
-            steps.append(type(exc).__name__)
+        steps.append(_outcome(lambda: _mac_and_find(provider)))
 
     step()
     faults.inject("TOKEN_NOT_PRESENT", ["*"])
@@ -155,11 +162,7 @@ def lockout(library: str, conf: str, label: str, pin: str, refused: str) -> dict
     def work() -> None:
         start.wait(timeout=60)
         for _ in range(3):
-            try:
-                wrong.hmac_sha256(LABEL, b"probe")
-                outcome = "ok"
-            except Exception as exc:  # counted; the test says which may be
-                outcome = type(exc).__name__
+            outcome = _outcome(lambda: _mac_and_find(wrong))
             with lock:
                 outcomes[outcome] += 1
 
@@ -170,11 +173,7 @@ def lockout(library: str, conf: str, label: str, pin: str, refused: str) -> dict
         worker.join(timeout=120)
     wrong.close()
     right = _provider(library, conf, label, pin, 1)
-    try:
-        right.hmac_sha256(LABEL, b"probe")
-        after = "ok"
-    except Exception as exc:  # recorded; the test says which may be
-        after = f"{type(exc).__name__}: {exc}"
+    after = _outcome(lambda: _mac_and_find(right))
     right.close()
     return {"wrong": dict(outcomes), "right": after}
 
@@ -188,8 +187,8 @@ def main(argv: list[str]) -> None:
     elif mode == "reinit":
         result = reinit(library, conf, label, pin, rest[0])
     else:
-        result = race(library, conf, label, pin, int(rest[0]), int(rest[1]))
-    print(json.dumps(result))
+        result = race(library, conf, label, pin, threads=int(rest[0]), calls=int(rest[1]))
+    sys.stdout.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":
