@@ -47,11 +47,14 @@ def _probe(*args: str, env: dict[str, str] | None = None) -> dict[str, object]:
     return parsed
 
 
-def test_a_refused_pin_is_left_in_no_frame(tmp_path: Path) -> None:
+def test_a_refused_pin_is_left_in_no_frame(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The PIN a token refused (often a near miss of the right one, or the one before a
     change) is in no frame's locals reachable from `HSMAuthFailed`: not in its traceback,
     nor in that of the PKCS#11 error it replaced, which error reporters and debuggers
     that show locals would print."""
+    # `create_token` points this process's SOFTHSM2_CONF at the new token: put back
+    # afterwards, or every later test (and vault process) saw this one's (CI, session 31).
+    monkeypatch.setenv("SOFTHSM2_CONF", os.environ.get("SOFTHSM2_CONF", ""))
     token = create_token(tmp_path / "softhsm")
     refused = "not-" + token.user_pin
     result = _probe(
