@@ -556,7 +556,11 @@ class _CaptureGuard:
             await run_in_threadpool(self.recorder, event)
         except CofreError as exc:
             # The request was refused: nothing to undo; the log line says it.
-            _log.error("audit entry not written", code=exc.code, request_id=request_id)
+            # The cause too (a fixed text naming the driver error, `db_error_name`): the
+            # on-call reads why from the log, not only from readiness (session 31).
+            _log.error(
+                "audit entry not written", code=exc.code, detail=str(exc), request_id=request_id
+            )
             return False
         return True
 

@@ -246,7 +246,11 @@ class RequestGuard:
         try:
             await run_in_threadpool(self.recorder, event)
         except CofreError as exc:
-            _log.error("audit entry not written", code=exc.code, request_id=request_id)
+            # The cause too (a fixed text naming the driver error, `db_error_name`): the
+            # on-call reads why from the log, not only from readiness (session 31).
+            _log.error(
+                "audit entry not written", code=exc.code, detail=str(exc), request_id=request_id
+            )
             return False
         return True
 
