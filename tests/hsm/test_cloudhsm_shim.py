@@ -4,7 +4,9 @@ SoftHSM2. The shim is our reading of AWS's SDK 5 documentation, not CloudHSM."""
 from __future__ import annotations
 
 import ctypes
+import itertools
 import secrets
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +17,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 
 from hsm.errors import HSMKeyUnavailable, HSMOperationFailed
 from hsm.mechanisms import CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD, CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD
-from hsm.provider import HSMProvider, provider_from_settings
+from hsm.provider import HMAC_CHUNK, HSMProvider, provider_from_settings
 from tests.support.cloudhsm_shim import CloudHSMShim, configure
 from tests.support.softhsm import SoftHSMToken
 
@@ -68,6 +70,36 @@ def test_hmac_many_uses_the_token_key_where_keys_cannot_be_copied(
         assert macs == [shim_provider.hmac_sha256(label, m) for m in messages]
         assert shim_provider._copy_refused
     finally:
+        shim_provider.destroy_key(label)
+
+
+def test_a_batch_s_hmac_chunks_run_side_by_side_on_a_networked_hsm(
+    shim_provider: HSMProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every HMAC on CloudHSM is round trips (three through python-pkcs11), so a batch's
+    chunks run on several pooled sessions at once: one after another, 1,000 cards at
+    1 ms a call took ~3.8 s (bench/levers.md, session 32). The first two chunks to look
+    the key up wait for each other; run one at a time, the first would wait alone until
+    the barrier's timeout (a bound on a hang, not a timing)."""
+    label = f"shim-fp-{secrets.token_hex(3)}"
+    shim_provider.generate_hmac_key(label)
+    met = threading.Barrier(2, timeout=20)
+    arrivals = itertools.count()
+    find = shim_provider._find_secret
+
+    def meeting(session: Any, name: str) -> Any:
+        if next(arrivals) < 2:
+            met.wait()
+        return find(session, name)
+
+    messages = [f"41111111{i:08d}".encode() for i in range(3 * HMAC_CHUNK + 5)]
+    try:
+        monkeypatch.setattr(shim_provider, "_find_secret", meeting)
+        macs = shim_provider.hmac_sha256_many(label, messages)
+        monkeypatch.undo()
+        assert macs == [shim_provider.hmac_sha256(label, m) for m in messages]
+    finally:
+        monkeypatch.undo()
         shim_provider.destroy_key(label)
 
 
