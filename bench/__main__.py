@@ -30,6 +30,7 @@ SCRIPTS = [
         ["bench.api", "--seconds", "10", "--plot", PLOT, "--profile", PROFILES],
     ),
     ("Networked HSM: 1 ms per call through the CloudHSM shim (issue 19)", ["bench.hsm_latency"]),
+    ("Networked HSM: a batch's fingerprints through the CloudHSM shim", ["bench.hsm_batch"]),
 ]
 
 
