@@ -23,73 +23,28 @@ import ctypes
 from pathlib import Path
 from typing import Final
 
-import pkcs11.exceptions as p11e
+from hsm._native import C_LOGIN, CKR_OK, ModuleFunctions, error_for
 
-# PKCS#11 return values a login may answer, as python-pkcs11's exceptions (its own
-# mapping is not importable); anything else is taken as the device failing.
-_CKR_OK: Final = 0x0
 _CKR_USER_ALREADY_LOGGED_IN: Final = 0x100
+# The answers a login names as python-pkcs11 would; any other is taken as the device
+# failing (`GeneralError`: the pool's "session lost", retried, then 503).
+_LOGIN_ANSWERS: Final = frozenset(
+    {0x02, 0x05, 0x06, 0x30, 0x31, 0x32, 0xA0, 0xA1, 0xA2, 0xA3, 0xA4, 0xB0, 0xB3, 0xE0, 0xE1}
+    | {0x101, 0x102}
+)
 _CKU_USER: Final = 1
-_LOGIN_ERRORS: Final[dict[int, type[p11e.PKCS11Error]]] = {
-    0x02: p11e.HostMemory,
-    0x05: p11e.GeneralError,
-    0x06: p11e.FunctionFailed,
-    0x30: p11e.DeviceError,
-    0x31: p11e.DeviceMemory,
-    0x32: p11e.DeviceRemoved,
-    0xA0: p11e.PinIncorrect,
-    0xA1: p11e.PinInvalid,
-    0xA2: p11e.PinLenRange,
-    0xA3: p11e.PinExpired,
-    0xA4: p11e.PinLocked,
-    0xB0: p11e.SessionClosed,
-    0xB3: p11e.SessionHandleInvalid,
-    0xE0: p11e.TokenNotPresent,
-    0xE1: p11e.TokenNotRecognised,
-    0x101: p11e.UserNotLoggedIn,
-    0x102: p11e.UserPinNotInitialized,
-}
-# CK_FUNCTION_LIST: a CK_VERSION (two bytes, padded to a pointer), then one pointer per
-# function in the standard's order; C_Login is the 19th.
-_C_LOGIN_INDEX: Final = 18
+_CKR_GENERAL_ERROR: Final = 0x05
 _C_LOGIN = ctypes.CFUNCTYPE(
     ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong
 )
-
-
-class _FunctionList(ctypes.Structure):
-    _fields_ = [
-        ("major", ctypes.c_ubyte),
-        ("minor", ctypes.c_ubyte),
-        ("functions", ctypes.c_void_p * (_C_LOGIN_INDEX + 1)),
-    ]
 
 
 class UserLogin:
     """``C_Login`` as the crypto user for sessions of the module at `library`."""
 
     def __init__(self, library: Path) -> None:
-        try:
-            module = ctypes.CDLL(str(library))
-            get_function_list = module.C_GetFunctionList
-        except (OSError, AttributeError):
-            # Loaded a moment ago by python-pkcs11, so gone since (a library replaced
-            # under a running vault): the caller's "session lost", retried and then 503.
-            raise p11e.GeneralError() from None
-        get_function_list.restype = ctypes.c_ulong
-        get_function_list.argtypes = [ctypes.POINTER(ctypes.POINTER(_FunctionList))]
-        functions = ctypes.POINTER(_FunctionList)()
-        rv = get_function_list(ctypes.byref(functions))
-        if rv != _CKR_OK or ctypes.cast(functions, ctypes.c_void_p).value is None:
-            raise _LOGIN_ERRORS.get(rv, p11e.GeneralError)()
-        address = functions.contents.functions[_C_LOGIN_INDEX]
-        if address is None:
-            # No C_Login in the list (a stub or half-done module): a PKCS#11 failure the
-            # pool retries and answers 503 for, not a TypeError that escapes it as a 500.
-            raise p11e.GeneralError()
-        # The module stays loaded while python-pkcs11 holds it; so does `module` here.
-        self._module = module
-        self._login = _C_LOGIN(address)
+        self._functions = ModuleFunctions(library)
+        self._login = self._functions.function(C_LOGIN, _C_LOGIN)
 
     def login(self, handle: int, pin: str) -> None:
         """Log session `handle`'s application in as the user; a login already held is
@@ -102,5 +57,5 @@ class UserLogin:
         del pin
         rv = self._login(handle, _CKU_USER, secret, len(secret))
         del secret
-        if rv not in (_CKR_OK, _CKR_USER_ALREADY_LOGGED_IN):
-            raise _LOGIN_ERRORS.get(rv, p11e.GeneralError)()
+        if rv not in (CKR_OK, _CKR_USER_ALREADY_LOGGED_IN):
+            raise error_for(rv if rv in _LOGIN_ANSWERS else _CKR_GENERAL_ERROR)
