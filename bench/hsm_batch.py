@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from bench._setup import bench_token
-from hsm.provider import HMAC_CHUNK, HSMProvider
+from hsm._hmac import HMAC_CHUNK
+from hsm.provider import HSMProvider
 from tests.support.cloudhsm_shim import build_shim, configure
 
 LATENCY_US = 1000

@@ -8,10 +8,7 @@ of `hsm.models`; it raises only `hsm.errors` classes.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 import pkcs11.exceptions as p11e
@@ -23,9 +20,8 @@ from pkcs11.util.ec import (
     encode_named_curve_parameters,
 )
 
-from cofre.blocking import may_block
 from cofre.settings import HSMSettings
-from hsm.aead import AeadOperations
+from hsm._hmac import HmacOperations
 from hsm.errors import (
     HSMKeyNotFound,
     HSMOperationFailed,
@@ -39,7 +35,6 @@ from hsm.mechanisms import (
     usage_template,
 )
 from hsm.models import KeyInfo, TokenInfo, WrappedKey
-from hsm.session import CONNECTION_ERRORS
 
 __all__ = [
     "REQUIRED_MECHANISMS",
@@ -53,19 +48,6 @@ __all__ = [
 ]
 
 _P256_OID: Final = "1.2.840.10045.3.1.7"
-# HMACs per session borrow in `hmac_sha256_many`: the pool's bookkeeping (gate, borrow,
-# key lookup, give-back, latency record) is paid once per chunk instead of once per
-# message, and a pool of one (SoftHSM2) is never held for a whole batch of 1,000 while
-# single calls wait.
-HMAC_CHUNK: Final = 64
-# A chunk of at least this many messages MACs under a session copy of the key
-# (`HSMProvider._session_copy`): the copy and its destruction cost about as much as six
-# HMACs under the token key on SoftHSM2.
-_COPY_FROM: Final = 16
-# The label of those copies. Session objects are visible to every session of the
-# process (SoftHSM2), so a copy under the key's own label would be a second key by that
-# name to a lookup on another pooled session while it lives.
-_COPY_LABEL: Final = "cofre-hmac-chunk-copy"
 
 
 # The mechanisms Cofre needs, by name, for `cofre hsm status`.
@@ -85,18 +67,13 @@ def _attr(obj: Any, attribute: Attribute) -> Any:
         return None
 
 
-class HSMProvider(AeadOperations):
+class HSMProvider(HmacOperations):
     """A PKCS#11 token reached through one library, logged in as the crypto user.
 
     Construction touches nothing; the first call opens the library and logs in. Every
     public method raises `HSMUnavailable` (or its subclass `HSMAuthFailed`) when the
     token cannot be reached, and the other `hsm.errors` classes as documented.
     """
-
-    # Set once the token cannot copy keys at all (`_session_copy`); HMACs then use the
-    # key. `_uncopyable`: labels of keys the token refused to copy (CKA_COPYABLE false).
-    _copy_refused: bool = False
-    _uncopyable: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------ inspection
     def health_check(self) -> None:
@@ -427,89 +404,6 @@ class HSMProvider(AeadOperations):
         return self._run(export)
 
     # ------------------------------------------------------------------ HMAC and signing
-    def hmac_sha256(self, label: str, data: bytes) -> bytes:
-        """Return HMAC-SHA256 of `data` under the token's secret key `label` (32 bytes)."""
-
-        def mac(session: Any) -> bytes:
-            key = self._find_secret(session, label)
-            return bytes(key.sign(data, mechanism=Mechanism.SHA256_HMAC))
-
-        return self._run(mac, name="hmac")
-
-    def hmac_sha256_many(self, label: str, messages: Sequence[bytes]) -> list[bytes]:
-        """HMAC-SHA256 of each of `messages` under the token's secret key `label`, in
-        order: what `hmac_sha256` returns for each, with one session borrow per
-        `HMAC_CHUNK` messages. The key stays in the token: each message is still one
-        ``C_SignInit`` + ``C_Sign`` there (PKCS#11 2.40 has no call that MACs several
-        messages; 3.0's message-based signing is in neither SoftHSM2 nor python-pkcs11).
-        A chunk whose session is lost is rerun whole on a fresh one (an HMAC is
-        idempotent). On a networked HSM the chunks run side by side (`_hmac_width`);
-        the first error of any chunk is raised, and nothing is returned."""
-        if len(messages) == 1:  # a single tokenize: the same call (and metric) as ever
-            return [self.hmac_sha256(label, messages[0])]
-
-        def macs(session: Any, chunk: Sequence[bytes]) -> list[bytes]:
-            key = self._find_secret(session, label)
-            copy = self._session_copy(key, label) if len(chunk) >= _COPY_FROM else None
-            signer = key if copy is None else copy
-            try:
-                return [bytes(signer.sign(m, mechanism=Mechanism.SHA256_HMAC)) for m in chunk]
-            finally:
-                if copy is not None:
-                    with contextlib.suppress(p11e.PKCS11Error):
-                        copy.destroy()  # a lost session takes its objects with it
-
-        def run(chunk: Sequence[bytes]) -> list[bytes]:
-            return self._run(lambda session: macs(session, chunk), name="hmac_many")
-
-        chunks = [messages[at : at + HMAC_CHUNK] for at in range(0, len(messages), HMAC_CHUNK)]
-        width = self._hmac_width(len(chunks))
-        if width == 1:
-            return [mac for chunk in chunks for mac in run(chunk)]
-        # A networked HSM (CloudHSM): every HMAC is round trips, so a batch's chunks run
-        # side by side on several pooled sessions (bench/levers.md, session 32: 1,000
-        # HMACs at 1 ms a call took ~3.8 s one chunk after another).
-        may_block()  # the calling thread's own rule; the chunks' threads cannot see it
-        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="cofre-hmac") as pool:
-            return [mac for done in pool.map(run, chunks) for mac in done]
-
-    def _hmac_width(self, chunks: int) -> int:
-        """How many of a batch's HMAC chunks run at once: one where each call is
-        in-process (SoftHSM2: the chunks would only share the cores) or inside a
-        session this thread already holds (a pool of one would wait for itself); on a
-        networked HSM, up to half the pool, so single calls still find sessions."""
-        if self.local or chunks < 2 or getattr(self._local, "pooled", None) is not None:
-            return 1
-        return max(1, min(chunks, self.pool_size // 2))
-
-    def _session_copy(self, key: Any, label: str) -> Any | None:
-        """A session object copy of the token key `key` for one chunk of HMACs, or None
-        where the token cannot copy it (CloudHSM's SDK 5 has no ``C_CopyObject``).
-
-        Why: SoftHSM2's file object store re-reads a token object's file (open, lock,
-        read, close) at every ``C_SignInit`` on it, about half the CPU of an HMAC; a
-        session object lives in memory. The copy is made in the token by
-        ``C_CopyObject`` with ``CKA_TOKEN`` false and a label of its own: PKCS#11 keeps
-        it sensitive and non-extractable like the key (a copy cannot weaken those), its
-        value never leaves the token, and the caller destroys it after the chunk (a
-        lost session destroys it too). The token key is looked up and copied again for
-        every chunk, so a destroyed key stops working as before."""
-        if self._copy_refused or label in self._uncopyable:
-            return None
-        try:
-            return key.copy({Attribute.TOKEN: False, Attribute.LABEL: _COPY_LABEL})
-        except CONNECTION_ERRORS:
-            raise  # the session or token is gone: rebuilt and retried like any call
-        except p11e.FunctionNotSupported:  # CloudHSM SDK 5: no C_CopyObject at all
-            self._copy_refused = True
-            return None
-        except p11e.PKCS11Error:
-            # This key may not be copied (CKR_ACTION_PROHIBITED for CKA_COPYABLE false,
-            # which python-pkcs11 0.10 raises as a bare PKCS11Error) or the template is
-            # refused: MAC under the key, and do not ask again for it.
-            self._uncopyable = self._uncopyable | {label}
-            return None
-
     def sign(self, label: str, data: bytes) -> bytes:
         """Return a DER-encoded ECDSA P-256 signature over SHA-256(`data`).
 

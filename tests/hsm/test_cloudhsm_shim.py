@@ -15,9 +15,10 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 
+from hsm._hmac import HMAC_CHUNK
 from hsm.errors import HSMKeyUnavailable, HSMOperationFailed
 from hsm.mechanisms import CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD, CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD
-from hsm.provider import HMAC_CHUNK, HSMProvider, provider_from_settings
+from hsm.provider import HSMProvider, provider_from_settings
 from tests.support.cloudhsm_shim import CloudHSMShim, configure
 from tests.support.softhsm import SoftHSMToken
 

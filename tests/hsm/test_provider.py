@@ -17,12 +17,13 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from cofre.blocking import never_blocking
 from cofre.errors import WouldBlock
+from hsm._hmac import HMAC_CHUNK
 from hsm.errors import (
     HSMKeyNotExtractable,
     HSMKeyNotFound,
     HSMOperationFailed,
 )
-from hsm.provider import HMAC_CHUNK, HSMProvider, WrappedKey, wipe
+from hsm.provider import HSMProvider, WrappedKey, wipe
 
 KEK = "cofre-kek-v1"
 FP = "cofre-fp-v1"
