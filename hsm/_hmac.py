@@ -8,14 +8,17 @@ token.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Final
 
 import pkcs11.exceptions as p11e
-from pkcs11 import Attribute, Mechanism
+from pkcs11 import Attribute
 
 from cofre.blocking import may_block
+from hsm._native import C_SIGN, C_SIGN_INIT, CKR_OK, ModuleFunctions, error_for
 from hsm.aead import AeadOperations
 from hsm.session import CONNECTION_ERRORS
 
@@ -34,8 +37,78 @@ _COPY_FROM: Final = 16
 _COPY_LABEL: Final = "cofre-hmac-chunk-copy"
 
 
+# PKCS#11 2.40: CKM_SHA256_HMAC, and an output buffer larger than its 32 bytes.
+_CKM_SHA256_HMAC: Final = 0x251
+_CKR_BUFFER_TOO_SMALL: Final = 0x150
+_MAC_BUFFER: Final = 64
+
+
+class _Mechanism(ctypes.Structure):
+    _fields_ = [
+        ("mechanism", ctypes.c_ulong),
+        ("parameter", ctypes.c_void_p),
+        ("parameter_len", ctypes.c_ulong),
+    ]
+
+
+_C_SIGN_INIT = ctypes.CFUNCTYPE(
+    ctypes.c_ulong, ctypes.c_ulong, ctypes.POINTER(_Mechanism), ctypes.c_ulong
+)
+_C_SIGN = ctypes.CFUNCTYPE(
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+    ctypes.POINTER(ctypes.c_ulong),
+)
+
+
+class _DirectHmac:
+    """``C_SignInit`` and one ``C_Sign`` into a buffer of HMAC-SHA256's size, through the
+    module's own function list (`hsm._native`).
+
+    Why not python-pkcs11's ``Key.sign``: it calls ``C_Sign`` twice every time, first
+    with no buffer to ask the output's length (0.10, `update_resizing_output`). On a
+    networked HSM each call may be a round trip, so an HMAC cost three where two do
+    (tests/hsm/test_cloudhsm_shim.py counts them through the shim). Errors are raised as
+    python-pkcs11 raises them, so the pool translates and retries them the same way."""
+
+    def __init__(self, library: Path) -> None:
+        functions = ModuleFunctions(library)
+        self._sign_init = functions.function(C_SIGN_INIT, _C_SIGN_INIT)
+        self._sign = functions.function(C_SIGN, _C_SIGN)
+        self._mechanism = _Mechanism(_CKM_SHA256_HMAC, None, 0)  # read-only: shared
+
+    def sha256(self, session: int, key: int, data: bytes) -> bytes:
+        """HMAC-SHA256 of `data` under the key object `key` on session `session`."""
+        rv = self._sign_init(session, ctypes.byref(self._mechanism), key)
+        if rv != CKR_OK:
+            raise error_for(rv, p11e.PKCS11Error)
+        out = ctypes.create_string_buffer(_MAC_BUFFER)
+        length = ctypes.c_ulong(_MAC_BUFFER)
+        rv = self._sign(session, data, len(data), out, ctypes.byref(length))
+        if rv == _CKR_BUFFER_TOO_SMALL:
+            # The operation stays open on the session (PKCS#11 5.12): never reuse it.
+            raise p11e.GeneralError()
+        if rv != CKR_OK:
+            raise error_for(rv, p11e.PKCS11Error)
+        return out.raw[: length.value]
+
+
 class HmacOperations(AeadOperations):
     """HMACs under token keys (`hsm.provider.HSMProvider`'s base)."""
+
+    _direct: _DirectHmac | None = None
+
+    def _direct_hmac(self) -> _DirectHmac:
+        direct = self._direct
+        if direct is None:
+            with self._lib_lock:
+                if self._direct is None:
+                    self._direct = _DirectHmac(self._library_path)
+                direct = self._direct
+        return direct
 
     # Set once the token cannot copy keys at all (`_session_copy`); HMACs then use the
     # key. `_uncopyable`: labels of keys the token refused to copy (CKA_COPYABLE false).
@@ -47,7 +120,7 @@ class HmacOperations(AeadOperations):
 
         def mac(session: Any) -> bytes:
             key = self._find_secret(session, label)
-            return bytes(key.sign(data, mechanism=Mechanism.SHA256_HMAC))
+            return self._direct_hmac().sha256(session.handle, key.handle, data)
 
         return self._run(mac, name="hmac")
 
@@ -55,8 +128,9 @@ class HmacOperations(AeadOperations):
         """HMAC-SHA256 of each of `messages` under the token's secret key `label`, in
         order: what `hmac_sha256` returns for each, with one session borrow per
         `HMAC_CHUNK` messages. The key stays in the token: each message is still one
-        ``C_SignInit`` + ``C_Sign`` there (PKCS#11 2.40 has no call that MACs several
-        messages; 3.0's message-based signing is in neither SoftHSM2 nor python-pkcs11).
+        ``C_SignInit`` + ``C_Sign`` there (`_DirectHmac`; PKCS#11 2.40 has no call that
+        MACs several messages; 3.0's message-based signing is in neither SoftHSM2 nor
+        python-pkcs11).
         A chunk whose session is lost is rerun whole on a fresh one (an HMAC is
         idempotent). On a networked HSM the chunks run side by side (`_hmac_width`);
         the first error of any chunk is raised, and nothing is returned."""
@@ -67,8 +141,10 @@ class HmacOperations(AeadOperations):
             key = self._find_secret(session, label)
             copy = self._session_copy(key, label) if len(chunk) >= _COPY_FROM else None
             signer = key if copy is None else copy
+            direct = self._direct_hmac()
             try:
-                return [bytes(signer.sign(m, mechanism=Mechanism.SHA256_HMAC)) for m in chunk]
+                sha256, session_handle, key_handle = direct.sha256, session.handle, signer.handle
+                return [sha256(session_handle, key_handle, m) for m in chunk]
             finally:
                 if copy is not None:
                     with contextlib.suppress(p11e.PKCS11Error):

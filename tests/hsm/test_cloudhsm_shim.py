@@ -19,7 +19,7 @@ from hsm._hmac import HMAC_CHUNK
 from hsm.errors import HSMKeyUnavailable, HSMOperationFailed
 from hsm.mechanisms import CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD, CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD
 from hsm.provider import HSMProvider, provider_from_settings
-from tests.support.cloudhsm_shim import CloudHSMShim, configure
+from tests.support.cloudhsm_shim import CloudHSMShim, configure, round_trips
 from tests.support.softhsm import SoftHSMToken
 
 STANDARD_WRAP = {0x2109, 0x210A, 0x210B}
@@ -70,6 +70,38 @@ def test_hmac_many_uses_the_token_key_where_keys_cannot_be_copied(
         macs = shim_provider.hmac_sha256_many(label, messages)
         assert macs == [shim_provider.hmac_sha256(label, m) for m in messages]
         assert shim_provider._copy_refused
+    finally:
+        shim_provider.destroy_key(label)
+
+
+def test_an_hmac_is_two_round_trips(
+    shim_provider: HSMProvider, cloudhsm_shim: CloudHSMShim
+) -> None:
+    """On a networked HSM every PKCS#11 call may be a round trip: an HMAC is
+    ``C_SignInit`` and one ``C_Sign`` into a buffer of the known size. python-pkcs11
+    asks the length with a first ``C_Sign`` every time (three round trips a card)."""
+    label = f"shim-fp-{secrets.token_hex(3)}"
+    shim_provider.generate_hmac_key(label)
+    messages = [f"41111111{i:08d}".encode() for i in range(2 * HMAC_CHUNK)]
+    chunks = len(messages) // HMAC_CHUNK
+    try:
+        shim_provider.hmac_sha256(label, messages[0])  # the key's handle is found and kept
+        before = round_trips(cloudhsm_shim)
+        one = shim_provider.hmac_sha256(label, messages[1])
+        assert round_trips(cloudhsm_shim) - before == 2
+        for _ in range(2):  # sessions opened and logged in, the key found on each
+            shim_provider.hmac_sha256_many(label, messages)
+        before = round_trips(cloudhsm_shim)
+        many = shim_provider.hmac_sha256_many(label, messages)
+        # Two a card, and at most one key lookup (three calls) per chunk's session.
+        assert round_trips(cloudhsm_shim) - before <= 2 * len(messages) + 3 * chunks
+        assert many[1] == one
+
+        def python_pkcs11(session: Any) -> list[bytes]:
+            key = shim_provider._find_secret(session, label)
+            return [bytes(key.sign(m, mechanism=Mechanism.SHA256_HMAC)) for m in messages]
+
+        assert many == shim_provider._run(python_pkcs11)
     finally:
         shim_provider.destroy_key(label)
 

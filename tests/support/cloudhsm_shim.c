@@ -53,7 +53,8 @@
  *    (key_mgmt_util-loginHSM.html). Off unless set; tests only.
  *  - COFRE_SHIM_TARGET: the module to forward to (default SoftHSM2's).
  *  - cofre_shim_configure(latency_us, availability_ms, gate_attributes): the tests' way
- *    to change these at run time in a process that already loaded the shim.
+ *    to change these at run time in a process that already loaded the shim;
+ *    cofre_shim_round_trips(): how many calls it has sent as round trips so far.
  *
  * Built by the test harness (tests/support/cloudhsm_shim.py) into the pytest temp dir:
  *   gcc -shared -fPIC -O2 -I/usr/include/p11-kit-1 cloudhsm_shim.c -o ... -ldl -lpthread
@@ -127,7 +128,11 @@ static long long now_ms(void) {
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Calls forwarded as round trips (each pays `latency_us`), for cofre_shim_round_trips. */
+static long round_trips;
+
 static void delay(void) {
+    __atomic_add_fetch(&round_trips, 1, __ATOMIC_RELAXED);
     if (latency_us > 0) {
         struct timespec ts = {latency_us / 1000000, (latency_us % 1000000) * 1000};
         nanosleep(&ts, NULL);
@@ -985,6 +990,11 @@ void cofre_shim_configure(long new_latency_us, long new_availability_ms, int new
     availability_ms = new_availability_ms;
     memset(pending, 0, sizeof pending); /* keys created before now are available */
     pthread_mutex_unlock(&pending_lock);
+}
+
+/* Test control, not PKCS#11: how many calls this process has sent as round trips. */
+long cofre_shim_round_trips(void) {
+    return __atomic_load_n(&round_trips, __ATOMIC_RELAXED);
 }
 
 CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {

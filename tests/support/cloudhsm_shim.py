@@ -217,6 +217,14 @@ def configure(
     module.cofre_shim_configure(latency_us, key_availability_ms, int(gate_attributes))
 
 
+def round_trips(shim: CloudHSMShim) -> int:
+    """How many PKCS#11 calls the loaded shim has sent as round trips in this process
+    (each pays its latency): what a networked HSM charges per operation."""
+    module = ctypes.CDLL(str(shim.library))
+    module.cofre_shim_round_trips.restype = ctypes.c_long
+    return int(module.cofre_shim_round_trips())
+
+
 def activate(shim: CloudHSMShim, **env: int) -> None:
     """Set this process's environment for the shim; must precede its first load."""
     os.environ.update(shim.env(**env))
