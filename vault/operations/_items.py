@@ -23,6 +23,7 @@ from policies.formats import (
 from vault.card import CardBundle
 from vault.errors import TokenDeleted, TokenExpired
 from vault.models import CallContext, TokenizeRequest, TokenRecord
+from vault.operations._inputs import expiry
 from vault.storage.database import as_utc
 
 if TYPE_CHECKING:
@@ -164,6 +165,16 @@ def longest(lives: Iterable[datetime | None]) -> datetime | None:
     """The longest of lives (None: for ever)."""
     ends = list(lives)
     return None if None in ends else max(end for end in ends if end is not None)
+
+
+def longest_ask(
+    items: Sequence[_Item], indices: Sequence[int], now: datetime
+) -> tuple[int, datetime | None]:
+    """The first of items `indices` that asks the longest life (its `ttl_seconds` from
+    `now`; none: for ever), and that life (`TokenizeOperations._lives`)."""
+    wanted = {index: expiry(now, items[index].request.ttl_seconds) for index in indices}
+    life = longest(wanted.values())
+    return next(index for index in indices if wanted[index] == life), life
 
 
 def gone(row: Any) -> TokenExpired | TokenDeleted:

@@ -36,8 +36,7 @@ from vault.keyring import KeyPurpose, pan_aad
 from vault.models import MAX_BATCH, CallContext, Pending, TokenizeRequest, TokenRecord
 from vault.operations._candidates import TokenCandidates
 from vault.operations._idempotency import KeyedRows, keyed_rows, record_keys
-from vault.operations._inputs import expiry
-from vault.operations._items import _Answers, _Call, _Item, gone, longest
+from vault.operations._items import _Answers, _Call, _Item, gone, longest_ask
 from vault.operations._statements import (
     _confirm_answers,
     _convergent_rows,
@@ -505,9 +504,7 @@ class TokenizeOperations(TokenCandidates):
                 askers.setdefault(root, []).append(index)
         lives: dict[int, datetime | None] = {}
         for root, indices in askers.items():
-            wanted = {index: expiry(now, items[index].request.ttl_seconds) for index in indices}
-            life = longest(wanted.values())
-            asker = next(index for index in indices if wanted[index] == life)
+            asker, life = longest_ask(items, indices, now)
             if root in fresh:
                 lives[root] = life
                 if asker != root:
