@@ -172,6 +172,8 @@ def longest_ask(
 ) -> tuple[int, datetime | None]:
     """The first of items `indices` that asks the longest life (its `ttl_seconds` from
     `now`; none: for ever), and that life (`TokenizeOperations._lives`)."""
+    if len(indices) == 1:  # most tokens of a batch: ~1 us less per card (issue 21)
+        return indices[0], expiry(now, items[indices[0]].request.ttl_seconds)
     wanted = {index: expiry(now, items[index].request.ttl_seconds) for index in indices}
     life = longest(wanted.values())
     return next(index for index in indices if wanted[index] == life), life
