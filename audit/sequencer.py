@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import Final
@@ -46,6 +47,11 @@ _ADVISORY_LOCK_KEY: Final = 0x436F667265  # "Cofre"
 SEQUENCER_LOCK_KEY: Final = _ADVISORY_LOCK_KEY
 DEFAULT_BATCH: Final = 5000
 PARTITION_CHECK_SECONDS: Final = 3600.0
+# The queue's depth is counted up to this many rows: a scrape reads at most that much of
+# the queue's primary key however long a stall lasts (a reading of the cap means "at
+# least"; the oldest entry's age is what the stall alert reads).
+QUEUE_DEPTH_CAP: Final = 100_000
+QUEUE_READING_REUSE_SECONDS: Final = 1.0
 
 _log = structlog.get_logger("cofre.audit.sequencer")
 
@@ -65,6 +71,16 @@ def load_compact_range(connection: Connection, size: int) -> CompactRange:
     if len(border) != len(wanted):
         raise AuditWriteFailed("the stored tree is missing nodes on its right border")
     return CompactRange(size, border)
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """The audit queue as one statement saw it: `depth` entries wait for integration
+    (at most `QUEUE_DEPTH_CAP`), the oldest for `oldest_seconds` (None: nothing queued,
+    or only rows from before migration 0017, which carry no time)."""
+
+    depth: int
+    oldest_seconds: float | None
 
 
 def tree_size(connection: Connection) -> int:
@@ -177,24 +193,32 @@ class Sequencer:
         self.run_once(force_sign=force_sign, wait=True)
         return total
 
-    def queue_age(self) -> float | None:
-        """How many seconds the oldest entry still queued has waited, by this node's
-        clock (None when nothing is queued, or only rows queued before migration 0017,
-        which carry no time). Raises `AuditWriteFailed` when the queue cannot be read."""
+    def queue_state(self) -> QueueState:
+        """How many entries wait for integration (counted up to `QUEUE_DEPTH_CAP`) and
+        how many seconds the oldest has waited, by this node's clock (None when nothing
+        is queued, or only rows queued before migration 0017, which carry no time). One
+        statement over the queue's primary key, never the log: readiness and every
+        metrics scrape run it. Raises `AuditWriteFailed` when the queue cannot be read."""
+        capped = select(audit_queue.c.entry_id).limit(QUEUE_DEPTH_CAP).subquery()
+        oldest = select(audit_queue.c.created_at).order_by(audit_queue.c.entry_id).limit(1)
         try:
             with self._engine.connect() as connection:
-                oldest = connection.execute(
-                    select(audit_queue.c.created_at).order_by(audit_queue.c.entry_id).limit(1)
-                ).scalar()
+                row = connection.execute(
+                    select(
+                        select(func.count()).select_from(capped).scalar_subquery(),
+                        oldest.scalar_subquery(),
+                    )
+                ).one()
         except SQLAlchemyError as exc:
             raise AuditWriteFailed(
                 f"the audit queue could not be read ({db_error_name(exc)})"
             ) from None
-        if oldest is None:
-            return None
-        if oldest.tzinfo is None:  # SQLite hands the stored UTC time back naive
-            oldest = oldest.replace(tzinfo=UTC)
-        return self._clock() - float(oldest.timestamp())
+        depth, created = int(row[0]), row[1]
+        if created is None:
+            return QueueState(depth, None)
+        if created.tzinfo is None:  # SQLite hands the stored UTC time back naive
+            created = created.replace(tzinfo=UTC)
+        return QueueState(depth, self._clock() - float(created.timestamp()))
 
     def _integrate(self, connection: Connection, batch: int) -> int:
         queued = queued_entries(connection, batch)
@@ -304,6 +328,8 @@ class SequencerThread:
         self._sequencer = sequencer
         self._queue_stall_seconds = queue_stall_seconds
         self._stalled = False
+        self._stall_lock = threading.Lock()
+        self._last_reading: tuple[float, QueueState] | None = None
         self._interval = interval
         self._node_lock = node_lock
         self._lock_fd: int | None = None
@@ -361,24 +387,40 @@ class SequencerThread:
         """ "ok", or that queued entries wait for integration, when the oldest has waited
         `queue_stall_seconds`. Informs, never fails readiness: each operation's entry is
         durably queued in the operation's own transaction, and a lock held by one hung
-        node would fail every node's readiness at once. Logs ``audit queue stalled`` when
-        the stall starts and ``audit queue drained`` when it ends. Raises
-        `AuditWriteFailed` when the queue cannot be read."""
-        age = self._sequencer.queue_age()
-        stalled = age is not None and age >= self._queue_stall_seconds
-        if stalled != self._stalled:
-            self._stalled = stalled
-            if stalled:
-                _log.warning("audit queue stalled", oldest_queued_seconds=round(age or 0.0))
-            else:
-                _log.info("audit queue drained")
-        if not stalled:
+        node would fail every node's readiness at once. Raises `AuditWriteFailed` when
+        the queue cannot be read."""
+        age = self.queue_state().oldest_seconds
+        if age is None or age < self._queue_stall_seconds:
             return "ok"
         return (
-            f"entries queued {round(age or 0.0)} s ago are not yet integrated: the "
+            f"entries queued {round(age)} s ago are not yet integrated: the "
             "sequencer lock is held elsewhere (a hung node) or the sequencer cannot keep "
             "up (docs/operations.md, Incident: audit queue stalled)"
         )
+
+    def queue_state(self) -> QueueState:
+        """The queue's depth and its oldest entry's age (`Sequencer.queue_state`), for
+        readiness and the metrics alike. Logs ``audit queue stalled`` when the oldest
+        has waited `queue_stall_seconds` and ``audit queue drained`` when that ends, once
+        per change whichever of the two read it. A reading younger than
+        `QUEUE_READING_REUSE_SECONDS` is answered again: the two gauges of one scrape
+        and a readiness probe beside it cost one statement. Raises `AuditWriteFailed` when the queue
+        cannot be read."""
+        with self._stall_lock:
+            last = self._last_reading
+        if last is not None and time.monotonic() - last[0] < QUEUE_READING_REUSE_SECONDS:
+            return last[1]
+        state = self._sequencer.queue_state()
+        age = state.oldest_seconds
+        stalled = age is not None and age >= self._queue_stall_seconds
+        with self._stall_lock:  # readiness and a scrape may read at once
+            changed, self._stalled = stalled != self._stalled, stalled
+            self._last_reading = (time.monotonic(), state)
+        if changed and stalled:
+            _log.warning("audit queue stalled", oldest_queued_seconds=round(age or 0.0))
+        elif changed:
+            _log.info("audit queue drained")
+        return state
 
     def _loop(self) -> None:
         try:

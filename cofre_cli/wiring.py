@@ -49,6 +49,7 @@ from cofre_cli.capture import (
 )
 from cofre_cli.key_management import key_management, own_authorities
 from cofre_cli.witnessing import (
+    observe_audit_queue,
     observe_witnesses,
     start_audit_workers,
     stop_publisher,
@@ -261,17 +262,20 @@ def _observe(
     service: VaultService,
     periods: CryptoperiodMonitor,
     *,
+    sequencer: SequencerThread,
     publisher: PublisherThread | None,
     quorum: int,
 ) -> Telemetry:
     """Feed the HSM's latency, the key registry's stray count, the keys' cryptoperiod
-    states and the witness publisher's failures and lag into `telemetry`."""
+    states, the audit queue and the witness publisher's failures and lag into
+    `telemetry`."""
     provider.observer = lambda operation, ms: telemetry.hsm_latency.record(
         ms, {"operation": operation}
     )
     telemetry.observe_unregistered_keys(lambda: len(service.keyring.registry.unregistered()))
     telemetry.observe_key_cryptoperiods(lambda: {s.value: n for s, n in periods.counts().items()})
     telemetry.observe_security_codes(service.security_code_counts)
+    observe_audit_queue(telemetry.meter, sequencer)
     observe_witnesses(telemetry.meter, publisher, quorum)
     return telemetry
 
@@ -352,6 +356,7 @@ def build_runtime(
         provider,
         service,
         periods,
+        sequencer=thread,
         publisher=publisher_thread,
         quorum=settings.audit.quorum,
     )

@@ -23,7 +23,7 @@ from audit.publisher import (
     PinnedWitness,
     PublisherThread,
 )
-from audit.sequencer import Sequencer, SequencerThread, node_lock_path
+from audit.sequencer import QueueState, Sequencer, SequencerThread, node_lock_path
 from audit.store import AuditStore
 from audit.witness_lag import witness_lag
 from audit.witnessed import check_witness_view
@@ -173,6 +173,41 @@ def observe_witnesses(meter: Meter, thread: PublisherThread | None, quorum: int)
         unit="s",
         callbacks=[lags("seconds")],
         description="how long the oldest head not yet cosigned has waited (0: current)",
+    )
+
+
+def observe_audit_queue(meter: Meter, thread: SequencerThread) -> None:
+    """Report the audit queue at each metrics collection (`SequencerThread.queue_state`,
+    one statement for both gauges; docs/operations.md, "What to watch"):
+
+    - ``cofre.audit.queue.depth``: entries written but not yet integrated into the tree
+      (counted up to `QUEUE_DEPTH_CAP`);
+    - ``cofre.audit.queue.oldest_seconds``: how long the oldest of them has waited (0
+      when none waits). Above ``COFRE_AUDIT__QUEUE_STALL_SECONDS`` readiness names a
+      stall; this is what an alert reads, since readiness never fails on it.
+
+    The queue is the database's, so every node (and every worker) reports the same
+    values. Skipped while the database cannot answer."""
+
+    def observe(pick: Callable[[QueueState], float]) -> Callable[..., Iterable[Observation]]:
+        def callback(_options: CallbackOptions) -> Iterable[Observation]:
+            try:
+                return [Observation(pick(thread.queue_state()))]
+            except CofreError:
+                return []
+
+        return callback
+
+    meter.create_observable_gauge(
+        "cofre.audit.queue.depth",
+        callbacks=[observe(lambda state: state.depth)],
+        description="audit entries written but not yet integrated into the tree",
+    )
+    meter.create_observable_gauge(
+        "cofre.audit.queue.oldest_seconds",
+        unit="s",
+        callbacks=[observe(lambda state: state.oldest_seconds or 0.0)],
+        description="how long the oldest audit entry not yet integrated has waited (0: none)",
     )
 
 
