@@ -15,8 +15,9 @@ from cryptography.x509.oid import NameOID
 from api.pki import DEV_CA_COMMON_NAME
 from cofre.errors import ConfigurationError
 from cofre.settings import Settings
+from cofre_cli._library_probe import bounded_library_identity
 from hsm.errors import HSMUnavailable
-from hsm.session import is_softhsm, library_identity, says_softhsm
+from hsm.session import is_softhsm, says_softhsm
 from policies.loader import load_policy
 
 _log = structlog.get_logger("cofre.vault")
@@ -87,7 +88,8 @@ def _software_token(settings: Settings, *, allowed_anyway: bool) -> str | None:
     """Why `settings.hsm.library` is taken for a software token, or None.
 
     By its file name first (known without loading it), then by what the loaded library
-    says about itself and its token (`hsm.session.library_identity`): a copy of SoftHSM2
+    says about itself and its token (`hsm.session.library_identity`, asked in a child
+    process that is killed after `IDENTITY_BOUND_SECONDS`): a copy of SoftHSM2
     under another name still calls itself SoftHSM. A library file that is not there
     cannot be told from one and is refused too, unless software tokens are allowed
     anyway (then there is nothing to refuse, and nothing to warn of). One that is there
@@ -95,12 +97,14 @@ def _software_token(settings: Settings, *, allowed_anyway: bool) -> str | None:
     warning: a networked HSM's library may fail to initialise while its cluster is
     down, and the vault then starts unready (its readiness names the HSM) rather than
     exiting, so that a cluster outage at a rollout does not put every pod in a restart
-    loop; such a library serves nothing until it initialises, as the vault's own."""
+    loop; such a library serves nothing until it initialises, as the vault's own. One
+    whose ``C_Initialize`` hangs is judged the same way at the bound, so the node still
+    listens (unready) rather than wait before any listener with no line saying why."""
     hsm = settings.hsm
     if is_softhsm(hsm.library):
         return f"the PKCS#11 library {hsm.library} is SoftHSM2, a software token, not an HSM"
     try:
-        identity = library_identity(hsm.library, hsm.softhsm_conf, hsm.token_label)
+        identity = bounded_library_identity(hsm.library, hsm.softhsm_conf, hsm.token_label)
     except HSMUnavailable as exc:
         if allowed_anyway:
             return None

@@ -41,6 +41,7 @@ from cofre.errors import CofreError, ConfigurationError
 from cofre.filemodes import refuse_readable_secrets, secure_data_dir
 from cofre.redaction import OwnDigest
 from cofre.settings import Settings
+from cofre_cli._library_probe import IDENTITY_BOUND_SECONDS
 from cofre_cli.capture import (
     capture_app,
     capture_certificate,
@@ -238,14 +239,32 @@ class Runtime:
         _log.info("vault stopped", data_keys="wiped", hsm_session="closed")
 
 
-def _record_start(service: VaultService, loaded: LoadedPolicy) -> None:
+def _record_start(service: VaultService, loaded: LoadedPolicy, library: Path) -> None:
     """Put in the log what this process starts with, before any request is served."""
     service.record_policy_load(actor="cofre", source=loaded.source, text=loaded.text)
     _warn_without_mfa(service.policy)
-    with contextlib.suppress(CofreError):
-        # The first start adopts the token's keys into the empty key registry before the
-        # sequencer signs (if the HSM is down, the first request or readiness check does).
-        service.keyring.registry.adopt_if_empty()
+    adopted = threading.Event()
+
+    def adopt() -> None:
+        with contextlib.suppress(CofreError):
+            # The first start adopts the token's keys into the empty key registry before
+            # the sequencer signs (if the HSM is down, the first request or readiness
+            # check does).
+            service.keyring.registry.adopt_if_empty()
+        adopted.set()
+
+    # Waited for up to the start-up check's bound, in a thread: a library whose
+    # C_Initialize hangs (a networked HSM's cluster that does not answer) held the
+    # worker here, before any listener. Past the bound the node listens, unready; the
+    # thread carries on once the HSM answers.
+    threading.Thread(target=adopt, name="cofre-key-adoption", daemon=True).start()
+    if not adopted.wait(IDENTITY_BOUND_SECONDS):
+        _log.warning(
+            "PKCS#11 library not answering at start: listening, unready until it does",
+            library=str(library),
+            reason=f"C_Initialize or the key listing has not returned in "
+            f"{IDENTITY_BOUND_SECONDS:g} s",
+        )
 
 
 def _warn_without_mfa(policy: PolicyEngine) -> None:
@@ -337,7 +356,7 @@ def build_runtime(
         PolicyEngine(loaded.policy),
         idempotency_window=timedelta(hours=settings.tokens.idempotency_key_ttl_hours),
     )
-    _record_start(service, loaded)
+    _record_start(service, loaded, settings.hsm.library)
     sequencer = Sequencer(
         engine,
         HSMTreeHeadSigner(provider, registry=service.keyring.registry, engine=engine),

@@ -47,7 +47,9 @@
  *    fail with CKR_DEVICE_ERROR, CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED or
  *    CKR_TOKEN_NOT_PRESENT, as a client sees when its connection to an HSM drops or an
  *    HSM is replaced (section "faults" below; the codes and what they do to sessions
- *    are our choice: docs/cloudhsm.md, "When the HSM fails"). Tests only.
+ *    are our choice: docs/cloudhsm.md, "When the HSM fails"). Tests only. While a file
+ *    of the same name plus ".hang-initialize" exists, C_Initialize waits for it to go
+ *    (a client whose cluster does not answer).
  *  - COFRE_SHIM_LOGIN_LOCKOUT: after this many refused PINs in a row, C_Login answers
  *    CKR_PIN_LOCKED (ours) to every PIN, as AWS locks a crypto user out after five
  *    (key_mgmt_util-loginHSM.html). Off unless set; tests only.
@@ -66,6 +68,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <p11-kit/pkcs11.h>
 
@@ -463,8 +466,20 @@ static int session_closed(CK_SESSION_HANDLE s) {
         if (fault_ != CKR_OK) return fault_;                            \
     } while (0)
 
+/* While FILE.hang-initialize exists (FILE: COFRE_SHIM_FAULT_FILE), C_Initialize waits
+ * for it to go, polling every 50 ms: a client whose cluster does not answer, which may
+ * hang there rather than fail (docs/cloudhsm.md, "When the HSM fails"). Tests only. */
+static void hang_while_asked(void) {
+    if (fault_file == NULL) return;
+    char path[FAULT_LINE_MAX + 32];
+    snprintf(path, sizeof path, "%s.hang-initialize", fault_file);
+    struct timespec ts = {0, 50 * 1000000L};
+    while (access(path, F_OK) == 0) nanosleep(&ts, NULL);
+}
+
 /* ------------------------------------------------------------------ overrides */
 static CK_RV shim_Initialize(CK_VOID_PTR args) {
+    hang_while_asked();
     if (args == NULL) {
         CK_C_INITIALIZE_ARGS locking;
         memset(&locking, 0, sizeof locking);

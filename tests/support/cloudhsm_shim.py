@@ -143,8 +143,22 @@ class ShimFaults:
         self._write("".join(fault.line() for fault in faults))
 
     def clear(self) -> None:
-        """Switch every fault off."""
+        """Switch every fault off (a hanging ``C_Initialize`` too)."""
         self._write("")
+        self.answer_initialize()
+
+    def hang_initialize(self) -> None:
+        """Make every ``C_Initialize`` wait, in any process that loads the shim, until
+        `answer_initialize`: a CloudHSM client whose cluster does not answer."""
+        self._hang_file.touch()
+
+    def answer_initialize(self) -> None:
+        """Let every waiting and later ``C_Initialize`` go on."""
+        self._hang_file.unlink(missing_ok=True)
+
+    @property
+    def _hang_file(self) -> Path:
+        return self.path.with_name(self.path.name + ".hang-initialize")
 
     def report(self) -> FaultReport:
         """The shim's last report (zeros before it has read the file once)."""
