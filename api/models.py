@@ -255,6 +255,9 @@ class CeremonyResponse(_Strict):
     progress_total: int
     destroy_after: datetime | None
     completed_at: datetime | None
+    # Why an approval would be refused (409 ceremony_invalid) though the ceremony shows
+    # pending: the audit log holds its start or its cancel. None when approvable.
+    approval_refused: str | None = None
 
 
 class HeadRef(_Strict):

@@ -384,23 +384,16 @@ def _proposal_started(connection: Connection, proposal: str) -> bool:
     )
 
 
-def refuse_a_second_run(
-    connection: Connection, kind: RotationKind, row: Row[Any]
-) -> dict[str, DetailValue]:
-    """Raise `CeremonyError` when a rotation of `kind` other than ceremony `row` runs: two
-    at once would each retire the key in use, and the first to finish erases the key the
-    other is still moving records off (review 38). Raise `CeremonyRefused` when `row`
-    itself already started (the audit log holds its `key.rotation.start`), or another
-    ceremony of its signed proposal did: a ceremony runs once. Its rows are the
-    database's, and a writer who set one that ran back to pending and deleted its last
-    approval had one officer's approval start a second rotation on a proposal of the day
-    before (session 31); one who copied it to a new row under another id of the same
-    signed proposal did the same (`proposal_digest`, session 31's review). The log's
-    entries are what that writer cannot take back unseen. Returns the `proposal_mark`
-    the start entry must carry for the next such check to find it."""
+def replay_refusal(connection: Connection, row: Row[Any]) -> CeremonyRefused | None:
+    """The refusal a start of ceremony `row` meets because it already ran, or None: the
+    audit log holds its `key.rotation.start`, a cancel of it (or of a ceremony of its
+    signed proposal), or a start of another ceremony of its signed proposal. The one
+    check `refuse_a_second_run` raises and the officers' view shows
+    (`vault._ceremony_view`), so that a ceremony the vault would refuse never shows as
+    waiting for an approval (session 32)."""
     ceremony_id = row.id
     if _started(connection, ceremony_id):
-        raise CeremonyRefused(
+        return CeremonyRefused(
             f"ceremony {ceremony_id} already started (the audit log holds its "
             "key.rotation.start): a ceremony runs once. Cancel it, and find out how it "
             "came to be pending again",
@@ -410,7 +403,7 @@ def refuse_a_second_run(
     if _cancelled(connection, ceremony_id, proposal):
         # Set back to pending from cancelled by a database writer: an officer's cancel
         # would otherwise be overridden by the one approval still missing (session 31).
-        raise CeremonyRefused(
+        return CeremonyRefused(
             f"ceremony {ceremony_id} was cancelled (the audit log holds its "
             "key.rotation.cancel, or one of another ceremony of its signed proposal): a "
             "cancelled ceremony never starts. Propose again, and find out how it came to "
@@ -418,18 +411,39 @@ def refuse_a_second_run(
             reason="the ceremony was cancelled",
         )
     if proposal is not None and _proposal_started(connection, proposal):
-        raise CeremonyRefused(
+        return CeremonyRefused(
             f"ceremony {ceremony_id}'s proposal already started a ceremony (the audit "
             "log holds a key.rotation.start of the proposal its officer's token signed): "
             "a proposal runs once. Cancel it, and find out how a copy of a ceremony came "
             "to be pending",
             reason="its proposal already started a ceremony",
         )
+    return None
+
+
+def refuse_a_second_run(
+    connection: Connection, kind: RotationKind, row: Row[Any]
+) -> dict[str, DetailValue]:
+    """Raise `CeremonyError` when a rotation of `kind` other than ceremony `row` runs: two
+    at once would each retire the key in use, and the first to finish erases the key the
+    other is still moving records off (review 38). Raise `CeremonyRefused` when `row`
+    itself already started (the audit log holds its `key.rotation.start`), was
+    cancelled, or another ceremony of its signed proposal started (`replay_refusal`):
+    a ceremony runs once. Its rows are the database's, and a writer who set one that ran
+    back to pending and deleted its last approval had one officer's approval start a
+    second rotation on a proposal of the day before (session 31); one who copied it to a
+    new row under another id of the same signed proposal did the same
+    (`proposal_digest`, session 31's review). The log's entries are what that writer
+    cannot take back unseen. Returns the `proposal_mark` the start entry must carry for
+    the next such check to find it."""
+    refusal = replay_refusal(connection, row)
+    if refusal is not None:
+        raise refusal
     running = connection.execute(
         select(key_ceremonies.c.id).where(
             key_ceremonies.c.kind == kind.value,
             key_ceremonies.c.state == CeremonyState.RUNNING.value,
-            key_ceremonies.c.id != ceremony_id,
+            key_ceremonies.c.id != row.id,
         )
     ).first()
     if running is not None:

@@ -13,7 +13,12 @@ from typing import Any
 from sqlalchemy import Connection, Row, select
 
 from policies.engine import PolicyEngine
-from vault._ceremony_guards import counting_now, proposal_life, revoked_officers
+from vault._ceremony_guards import (
+    counting_now,
+    proposal_life,
+    replay_refusal,
+    revoked_officers,
+)
 from vault.approval_proof import proposal_expired
 from vault.ceremony import Ceremony, CeremonyState
 from vault.storage.database import as_utc
@@ -37,7 +42,9 @@ def ceremony_view(
     approval would count under `policy` (`counting_now`). Given `revoked` (the CRL in
     force), none counts while the proposer or a counted approver acted with a revoked
     certificate, since the ceremony then takes no approval (`revoked_officers`): the
-    officers see it before one of them tries (session 29)."""
+    officers see it before one of them tries (session 29). A pending ceremony the audit
+    log shows already started or cancelled (`replay_refusal`, the approval's own check)
+    counts nobody and carries why in `approval_refused` (session 32)."""
     approvals = key_approvals.c
     given = connection.execute(
         select(approvals.officer, approvals.keyid, approvals.proof)
@@ -47,6 +54,7 @@ def ceremony_view(
     approvers = [officer for officer, _, _ in given]
     counting = approvers
     state = row.state
+    refused: str | None = None
     expires = as_utc(row.expires_at)
     life = proposal_life(now, ttl)  # signed: the row's expiry can move
     if state == CeremonyState.PENDING and (
@@ -64,6 +72,12 @@ def ceremony_view(
         )
         if revoked is not None and revoked_officers(connection, row, counting, revoked):
             counting = []
+        # A ceremony the log shows already started or cancelled takes no approval: say
+        # so, and why, with the approval's own check (three reads of the log through
+        # migration 0021's partial indexes, for pending ceremonies only).
+        replayed = replay_refusal(connection, row)
+        if replayed is not None:
+            refused, counting = replayed.reason, []
     return Ceremony(
         id=row.id,
         kind=row.kind,
@@ -80,4 +94,5 @@ def ceremony_view(
         progress_total=row.progress_total,
         destroy_after=as_utc(row.destroy_after),
         completed_at=as_utc(row.completed_at),
+        approval_refused=refused,
     )

@@ -48,6 +48,10 @@ class Ceremony:
     progress_total: int
     destroy_after: datetime | None
     completed_at: datetime | None
+    # Why an approval of this pending ceremony would be refused although its row says
+    # pending (the audit log shows it already started or cancelled: a row written back),
+    # None otherwise.
+    approval_refused: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)

@@ -31,6 +31,9 @@ def _show_ceremony(data: dict[str, Any]) -> None:
         f"{', '.join(data['approvers']) or 'nobody yet'} "
         f"({len(counting)}/{data['approvals_needed']} approvals needed)"
     )
+    refused = data.get("approval_refused")
+    if refused:  # the audit log shows it already started or cancelled: a row written back
+        typer.echo(f"  NOT APPROVABLE: {refused}; cancel it (docs/key-ceremony.md)")
     stale = [a for a in data["approvers"] if a not in counting]
     if stale:  # replaced MFA key, officer removed, or a row its officer never signed
         typer.echo(f"  not counting now: {', '.join(stale)}")
