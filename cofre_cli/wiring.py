@@ -7,7 +7,6 @@ next to the CLI (import-linter allows the top layer to import every package).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 from collections.abc import Callable, Mapping
@@ -244,13 +243,18 @@ def _record_start(service: VaultService, loaded: LoadedPolicy, library: Path) ->
     service.record_policy_load(actor="cofre", source=loaded.source, text=loaded.text)
     _warn_without_mfa(service.policy)
     adopted = threading.Event()
+    failed: list[BaseException] = []
 
     def adopt() -> None:
-        with contextlib.suppress(CofreError):
+        try:
             # The first start adopts the token's keys into the empty key registry before
             # the sequencer signs (if the HSM is down, the first request or readiness
             # check does).
             service.keyring.registry.adopt_if_empty()
+        except CofreError:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - raised in the starting thread below
+            failed.append(exc)
         adopted.set()
 
     # Waited for up to the start-up check's bound, in a thread: a library whose
@@ -265,6 +269,8 @@ def _record_start(service: VaultService, loaded: LoadedPolicy, library: Path) ->
             reason=f"C_Initialize or the key listing has not returned in "
             f"{IDENTITY_BOUND_SECONDS:g} s",
         )
+    elif failed:
+        raise failed[0]  # as when it ran in this thread: anything but a Cofre error stops
 
 
 def _warn_without_mfa(policy: PolicyEngine) -> None:
