@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -185,9 +186,40 @@ def _load_crls(data: bytes) -> list[x509.CertificateRevocationList]:
     return [x509.load_pem_x509_crl(m.group(0)) for m in blocks]
 
 
+@dataclass(frozen=True)
+class CrlFacts:
+    """What identifies a CRL put in force (for its audit entry): its issuer, CRL number
+    (None when it has none), thisUpdate and nextUpdate (ISO 8601, UTC), how many serials
+    it revokes, and whether it is a delta CRL (loaded, never used: `reload`)."""
+
+    issuer: str
+    number: int | None
+    this_update: str
+    next_update: str | None
+    revoked: int
+    delta: bool
+
+
+def _facts(crl: x509.CertificateRevocationList) -> CrlFacts:
+    try:
+        number: int | None = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        number = None
+    return CrlFacts(
+        issuer=crl.issuer.rfc4514_string(),
+        number=number,
+        this_update=crl.last_update_utc.isoformat(),
+        next_update=n.isoformat() if (n := crl.next_update_utc) else None,
+        revoked=len(crl),
+        delta=_is_delta(crl),
+    )
+
+
 class CrlWatcher:
     """Keeps `context`'s CRL, and `revoked` (for connections already open), in step
-    with the file at `path`."""
+    with the file at `path`. With `record_changes`, each CRL put in force that this
+    process has not recorded yet is handed to the recorder once (the audit entry, PCI
+    DSS 10.2.1.5): not at every poll, not again when the same CRL is loaded again."""
 
     def __init__(
         self,
@@ -207,6 +239,10 @@ class CrlWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._in_force: frozenset[CrlFacts] = frozenset()
+        self._recorded: set[CrlFacts] = set()
+        self._recorder: Callable[[CrlFacts], None] | None = None
+        self._record_lock = threading.Lock()  # the poll thread and SIGHUP both record
 
     def _read_stamp(self) -> _Stamp | None:
         try:
@@ -240,6 +276,7 @@ class CrlWatcher:
             self.revoked.merge([(s, crl) for s, crl in sourced if not _is_delta(crl)])
             self._error = None
             self._next_update = self.revoked.next_update()
+            self._in_force = frozenset(_facts(crl) for crl in crls)
             for crl in crls:
                 _log.info(
                     "CRL loaded",
@@ -249,6 +286,32 @@ class CrlWatcher:
                     delta=_is_delta(crl),
                     next_update=n.isoformat() if (n := crl.next_update_utc) else None,
                 )
+        self._record_pending()
+
+    def record_changes(self, recorder: Callable[[CrlFacts], None]) -> None:
+        """From now on hand each CRL put in force and not yet recorded to `recorder`,
+        starting with those in force now. A recorder that raises is logged, and the CRL
+        is handed to it again at the next poll (the CRL stays in force meanwhile:
+        refusing a newer revocation list would keep revoked certificates working)."""
+        self._recorder = recorder
+        self._record_pending()
+
+    def _record_pending(self) -> None:
+        recorder = self._recorder
+        if recorder is None:
+            return
+        with self._record_lock:
+            for facts in sorted(self._in_force - self._recorded, key=repr):
+                try:
+                    recorder(facts)
+                except Exception as exc:  # noqa: BLE001 - retried at the next poll
+                    _log.error(
+                        "CRL load not recorded in the audit log; retried at the next check",
+                        issuer=facts.issuer,
+                        error=getattr(exc, "code", type(exc).__name__),
+                    )
+                    return
+                self._recorded.add(facts)
 
     def _trusted_source(self, crl: x509.CertificateRevocationList) -> _Source:
         """The source of `crl`: raise `CrlInvalid` unless a CA of the context signed it."""
@@ -297,7 +360,8 @@ class CrlWatcher:
 
         def loop() -> None:
             while not self._stop.wait(interval):
-                self.reload_if_changed()
+                if not self.reload_if_changed():
+                    self._record_pending()
 
         self._thread = threading.Thread(target=loop, name="cofre-crl", daemon=True)
         self._thread.start()

@@ -9,6 +9,7 @@ script, the tests and the bench do. The base every package may import is `cofre`
 # The public modules of this package (its rooms); a module whose name starts with
 # an underscore is internal. tests/test_exported_members.py pins this list.
 __all__ = [
+    "audit_trail",
     "capture",
     "commands",
     "devenv",

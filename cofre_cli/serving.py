@@ -33,6 +33,7 @@ from api.server import build_server, log_config, reload_server_certificate
 from cofre.redaction import OwnDigest
 from cofre.settings import Settings
 from cofre_cli._production import production_checks, refusing_software_tokens
+from cofre_cli.audit_trail import crl_recorder
 from cofre_cli.capture import start_capture_listener
 from cofre_cli.wiring import (
     build_runtime,
@@ -140,6 +141,8 @@ def serve_worker(
         watcher = api.crl_watcher
         check_ready = runtime.check_ready
         if watcher is not None:
+            # PCI DSS 10.2.1.5: each CRL this process puts in force, once (finding F6).
+            watcher.record_changes(crl_recorder(runtime.service.record, str(watcher.path)))
             check_ready = functools.partial(_with_crl, runtime.check_ready, watcher.check)
         health = None
         node: NodeReadiness | None = None

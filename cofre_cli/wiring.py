@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -41,6 +41,7 @@ from cofre.filemodes import refuse_readable_secrets, secure_data_dir
 from cofre.redaction import OwnDigest
 from cofre.settings import Settings
 from cofre_cli._library_probe import IDENTITY_BOUND_SECONDS
+from cofre_cli.audit_trail import process_details, record_stop
 from cofre_cli.capture import (
     capture_app,
     capture_certificate,
@@ -65,6 +66,7 @@ from policies.models import RateLimit, RelayRoute
 from vault.cryptoperiod import CryptoperiodMonitor
 from vault.key_registry import KeyRegistry
 from vault.officer_mfa import identities_without_mfa, officer_ports
+from vault.policy_record import policy_event
 from vault.purge import PurgeWorker
 from vault.rotation import KeyRotation
 from vault.rotation_worker import RotationWorker
@@ -230,6 +232,9 @@ class Runtime:
             self.refusal_flusher.stop()
         self.purge_worker.stop()
         self.rotation_worker.stop()
+        # PCI DSS 10.2.1.6: the stop of the process whose start `_record_start` wrote,
+        # after its last operation and before the sequencer's last head.
+        record_stop(self.service.record)
         self.sequencer_thread.stop()
         stop_publisher(self.publisher_thread)
         self.service.close()
@@ -240,7 +245,10 @@ class Runtime:
 
 def _record_start(service: VaultService, loaded: LoadedPolicy, library: Path) -> None:
     """Put in the log what this process starts with, before any request is served."""
-    service.record_policy_load(actor="cofre", source=loaded.source, text=loaded.text)
+    # Naming the process (host, pid), as its `process.stop` will: the start of a process
+    # with no stop after it is one that did not stop cleanly.
+    start = policy_event("policy.load", actor="cofre", source=loaded.source, text=loaded.text)
+    service.record(replace(start, details={**start.details, **process_details()}))
     _warn_without_mfa(service.policy)
     adopted = threading.Event()
     failed: list[BaseException] = []

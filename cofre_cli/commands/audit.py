@@ -39,9 +39,12 @@ def audit_sequence() -> None:
 def audit_head() -> None:
     """Print the latest signed tree head as JSON (size, root, time, key, signature)."""
     from audit.store import AuditStore
+    from cofre_cli.audit_trail import record_cli_read
     from cofre_cli.wiring import open_database
 
-    head = AuditStore(open_database(cli_settings())).latest_head()
+    engine = open_database(cli_settings())
+    record_cli_read(engine, "cofre audit head", "head")
+    head = AuditStore(engine).latest_head()
     if head is None:
         typer.echo("no signed tree head yet", err=True)
         raise typer.Exit(1)
@@ -94,9 +97,19 @@ def audit_prove(
     proof), checked against the recomputed root before it is printed."""
     from audit.merkle import hash_b64, leaf_hash, verify_consistency, verify_inclusion
     from audit.store import AuditStore
+    from cofre_cli.audit_trail import record_cli_read
     from cofre_cli.wiring import open_database
 
-    store = AuditStore(open_database(cli_settings()))
+    engine = open_database(cli_settings())
+    record_cli_read(
+        engine,
+        "cofre audit prove",
+        "inclusion proof",
+        index=index,
+        size=size,
+        from_size=consistency_from,
+    )
+    store = AuditStore(engine)
     tree_size = size if size is not None else store.size()
     entry = store.entry(index)
     proof = store.inclusion_proof(index, tree_size)
@@ -169,6 +182,7 @@ def audit_verify(
     (--unsafe-no-witness: the vault's own key alone)."""
     from audit.errors import AuditVerificationFailed
     from audit.store import AuditStore
+    from cofre_cli.audit_trail import record_cli_read
     from cofre_cli.wiring import audit_signer, open_database, open_hsm
 
     settings = cli_settings()
@@ -178,6 +192,8 @@ def audit_verify(
         pem = audit_signer(open_hsm(settings)).public_key_pem()
     engine = open_database(settings)
     try:
+        # Before the read, like every read of the log; unwritable, nothing is verified.
+        record_cli_read(engine, "cofre audit verify", "verify")
         store = AuditStore(engine)
         report = store.verify(pem)
         if kept_head is not None:
@@ -285,14 +301,18 @@ def audit_export(
     """Write every entry (with leaf hash), every signed head and the audit public key as
     JSON lines, for offline verification."""
     from audit.store import AuditStore
+    from cofre_cli.audit_trail import record_cli_read
     from cofre_cli.wiring import audit_signer, open_database, open_hsm
 
     settings = cli_settings()
     pem = audit_signer(open_hsm(settings)).public_key_pem()
+    engine = open_database(settings)
+    # Before the file is opened: a read that cannot be recorded leaves no file.
+    record_cli_read(engine, "cofre audit export", "export", out=str(out)[:256])
     lines = 1  # the public key's line, then every entry and head
     with out.open("w", encoding="utf-8") as handle:
         handle.write(json.dumps({"type": "public_key", "pem": pem.decode()}) + "\n")
-        for line in AuditStore(open_database(settings)).export():
+        for line in AuditStore(engine).export():
             handle.write(line + "\n")
             lines += 1
     typer.echo(f"wrote {lines} records to {out}")
@@ -484,10 +504,12 @@ def _check_online_continues(settings: Any, archived: Any) -> None:
     from audit.errors import AuditVerificationFailed
     from audit.merkle import verify_consistency
     from audit.store import AuditStore
+    from cofre_cli.audit_trail import record_cli_read
     from cofre_cli.wiring import open_database
 
     engine = open_database(settings)
     try:
+        record_cli_read(engine, "cofre audit verify-archive", "archive continuity")
         store = AuditStore(engine)
         stored = store.head_at(archived.tree_size)
         if stored is None or stored.root_hash != archived.root_hash:
