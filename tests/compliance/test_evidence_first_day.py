@@ -65,3 +65,12 @@ def test_only_the_keys_set_up_may_come_before_the_first_policy() -> None:
     assert not policy._set_up_before(_entries("key.create", "api.request", "policy.load"), 2)
     # Every entry before the first policy must be in the bundle.
     assert not policy._set_up_before(_entries("key.create", "key.register"), 3)
+
+
+def test_a_cli_read_of_the_log_before_the_first_start_needs_no_policy() -> None:
+    """Finding F6: `cofre audit verify` (or head, prove, export) run between `cofre hsm
+    init` and the first `cofre serve` writes an `audit_read` entry before any policy is
+    loaded; the CLI reads under no policy, so the first day's bundle still verifies."""
+    assert policy._set_up_before(
+        _entries("key.create", "key.register", "audit_read", "policy.load"), 3
+    )
