@@ -117,7 +117,8 @@ def test_archive_verify_and_retire_from_the_command_line(
         "audit", "verify-archive", "--public-key", str(pem), "--from-head", str(saved)
     )
     assert code == 0, err
-    # After leaf 15: the two segments' `audit.archive` entries, and one
+    # After leaf 15: the two segments' `audit.archive` entries, the `audit_read` of
+    # `verify-archive --online` (its read of the database's heads, finding F6), and one
     # `audit.partition.retire` per partition dropped (the empty ones too).
     with pg.connect() as connection:
         actions = [
@@ -129,12 +130,13 @@ def test_archive_verify_and_retire_from_the_command_line(
                 )
             ).scalars()
         ]
-    assert actions == ["audit.archive"] * 2 + ["audit.partition.retire"] * 3
-    assert out.startswith("OK: 1 segments, 5 entries verified, last archived head size 20")
+    assert actions == ["audit.archive"] * 2 + ["audit_read"] + ["audit.partition.retire"] * 3
+    # Leaves 15..20: the five above and the `--online` read's own entry.
+    assert out.startswith("OK: 1 segments, 6 entries verified, last archived head size 21")
     assert AuditStore(pg).verify(signer.public_key_pem()).online_from == 15
     code, out, err = cofre("audit", "verify", "--public-key", str(pem), "--unsafe-no-witness")
     assert code == 0, err
-    assert out.startswith("OK: 20 entries, ")
+    assert out.startswith("OK: 21 entries, ")
     assert out.endswith(
         "; leaves 0..14 were retired to the archive (check them with "
         "`cofre audit verify-archive`)\n"
