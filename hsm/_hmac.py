@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -161,8 +162,26 @@ class HmacOperations(AeadOperations):
         # side by side on several pooled sessions (bench/levers.md, session 32: 1,000
         # HMACs at 1 ms a call took ~3.8 s one chunk after another).
         may_block()  # the calling thread's own rule; the chunks' threads cannot see it
+        # Once a chunk failed, no chunk starts: the batch raises anyway, and each chunk
+        # that meets a failing HSM costs two sessions and a re-initialisation (a
+        # reconnection). `pool.map` cancels the chunks not started only when the caller
+        # reaches the failed chunk in order, after every earlier one ended (review 32).
+        # A chunk skipped here never reaches the result: the failed one raises first or
+        # later in order, and no chunk is skipped unless one failed.
+        failed = threading.Event()
+
+        def run_unless_failed(chunk: Sequence[bytes]) -> list[bytes]:
+            if failed.is_set():
+                return []
+            try:
+                return run(chunk)
+            except BaseException:
+                failed.set()
+                raise
+
         with ThreadPoolExecutor(max_workers=width, thread_name_prefix="cofre-hmac") as pool:
-            return [mac for done in pool.map(run, chunks) for mac in done]
+            done = list(pool.map(run_unless_failed, chunks))
+        return [mac for macs in done for mac in macs]
 
     def _hmac_width(self, chunks: int) -> int:
         """How many of a batch's HMAC chunks run at once: one where each call is
