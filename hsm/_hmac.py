@@ -82,13 +82,21 @@ class _DirectHmac:
         self._mechanism = _Mechanism(_CKM_SHA256_HMAC, None, 0)  # read-only: shared
 
     def sha256(self, session: int, key: int, data: bytes) -> bytes:
-        """HMAC-SHA256 of `data` under the key object `key` on session `session`."""
+        """HMAC-SHA256 of `data` (bytes, or any bytes-like object) under the key object
+        `key` on session `session`."""
+        # Everything that can raise in Python happens before ``C_SignInit``: once it
+        # succeeds, an exception before ``C_Sign`` (ctypes refusing a bytearray or a str
+        # as ``c_char_p``) would leave the operation open on a session the pool keeps as
+        # sound, and every later signature on it would fail ``CKR_OPERATION_ACTIVE``
+        # (review 32). ``bytes(data)`` is `data` itself for bytes; a str raises here.
+        message = bytes(data)
+        out = ctypes.create_string_buffer(_MAC_BUFFER)
+        length = ctypes.c_ulong(_MAC_BUFFER)
+        size = len(message)
         rv = self._sign_init(session, ctypes.byref(self._mechanism), key)
         if rv != CKR_OK:
             raise error_for(rv, p11e.PKCS11Error)
-        out = ctypes.create_string_buffer(_MAC_BUFFER)
-        length = ctypes.c_ulong(_MAC_BUFFER)
-        rv = self._sign(session, data, len(data), out, ctypes.byref(length))
+        rv = self._sign(session, message, size, out, ctypes.byref(length))
         if rv == _CKR_BUFFER_TOO_SMALL:
             # The operation stays open on the session (PKCS#11 5.12): never reuse it.
             raise p11e.GeneralError()

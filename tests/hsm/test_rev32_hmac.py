@@ -492,3 +492,31 @@ def test_a_parallel_batch_under_a_new_key_s_availability_window(
         assert macs == [provider.hmac_sha256(label, m) for m in MESSAGES]
     finally:
         provider.destroy_key(label)
+
+
+@pytest.mark.parametrize(
+    "data", [bytearray(b"4111"), memoryview(b"4111"), "4111"], ids=["bytearray", "view", "str"]
+)
+def test_a_message_ctypes_refuses_leaves_no_operation_open(
+    hsm_provider: HSMProvider, data: Any
+) -> None:
+    """``C_SignInit`` succeeded, then ctypes refused the message for ``C_Sign`` (a
+    bytearray, or a str, which python-pkcs11's ``Key.sign`` encoded): the signing
+    operation stayed open on a session that went back to the pool as sound, and every
+    later HMAC and ECDSA signature on it failed (``CKR_OPERATION_ACTIVE``) until a
+    restart; on SoftHSM2, the only session. A bytes-like message is MACed as its bytes,
+    a str is refused before the operation starts; either way the next calls work."""
+    expected = hsm_provider.hmac_sha256(LABEL, b"4111")
+    for call in (
+        lambda: [hsm_provider.hmac_sha256(LABEL, data)],
+        lambda: hsm_provider.hmac_sha256_many(LABEL, [b"4111", data]),
+        lambda: hsm_provider.hmac_sha256_many(LABEL, [b"4111"] * 20 + [data]),
+    ):
+        if isinstance(data, str):
+            with pytest.raises(TypeError):
+                call()
+        else:
+            assert call()[-1] == expected
+        assert hsm_provider.hmac_sha256(LABEL, b"4111") == expected
+        assert hsm_provider.hmac_sha256_many(LABEL, [b"4111"] * 20) == [expected] * 20
+        assert hsm_provider.sign("cofre-audit-v1", b"entry")  # ECDSA: C_SignInit too
