@@ -51,6 +51,9 @@ _ERRORS: Final[dict[int, type[p11e.PKCS11Error]]] = {
     0x101: p11e.UserNotLoggedIn,
     0x102: p11e.UserPinNotInitialized,
 }
+# What a module that cannot hand over its function list may answer and is named as
+# python-pkcs11 names it (PKCS#11 2.40, C_GetFunctionList); all are "session lost".
+_MODULE_FAILURES: Final = frozenset({0x02, 0x05, 0x06})
 # CK_FUNCTION_LIST: a CK_VERSION (two bytes, padded to a pointer), then one pointer per
 # function in the standard's order (PKCS#11 2.40, section 5.16). Only as far as the
 # highest index used here is declared; the module's list is longer.
@@ -89,7 +92,9 @@ class ModuleFunctions:
         functions = ctypes.POINTER(_FunctionList)()
         rv = get_function_list(ctypes.byref(functions))
         if rv != CKR_OK or ctypes.cast(functions, ctypes.c_void_p).value is None:
-            raise error_for(rv)
+            # The module failing whatever it says (even CKR_ARGUMENTS_BAD, for a pointer
+            # that is right): the callers' "session lost", as before this module existed.
+            raise error_for(rv) if rv in _MODULE_FAILURES else p11e.GeneralError()
         # The module stays loaded while python-pkcs11 holds it; so does `module` here.
         self._module = module
         self._functions = functions

@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
@@ -23,10 +24,18 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from cofre.blocking import never_blocking
 from cofre.errors import WouldBlock
 from cofre.settings import DEFAULT_SOFTHSM_LIBRARY
-from hsm._hmac import _COPY_LABEL, HMAC_CHUNK
+from hsm._hmac import _COPY_LABEL, HMAC_CHUNK, _DirectHmac
+from hsm._login import UserLogin
 from hsm.errors import HSMKeyNotFound, HSMOperationFailed
 from hsm.provider import HSMProvider, provider_from_settings
-from tests.support.cloudhsm_shim import CloudHSMShim, ShimFaults, configure, round_trips
+from hsm.session import CONNECTION_ERRORS
+from tests.support.cloudhsm_shim import (
+    PKCS11_INCLUDE,
+    CloudHSMShim,
+    ShimFaults,
+    configure,
+    round_trips,
+)
 from tests.support.softhsm import SoftHSMToken
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -520,3 +529,36 @@ def test_a_message_ctypes_refuses_leaves_no_operation_open(
         assert hsm_provider.hmac_sha256(LABEL, b"4111") == expected
         assert hsm_provider.hmac_sha256_many(LABEL, [b"4111"] * 20) == [expected] * 20
         assert hsm_provider.sign("cofre-audit-v1", b"entry")  # ECDSA: C_SignInit too
+
+
+# A module whose C_GetFunctionList refuses with one of the answers PKCS#11 2.40 allows it.
+_REFUSING_MODULE = r"""
+#include <p11-kit/pkcs11.h>
+CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {
+    (void)list;
+    return LIST_RV;
+}
+"""
+
+
+@pytest.mark.parametrize("rv", [0x02, 0x05, 0x06, 0x07])
+def test_a_module_that_hands_no_function_list_is_a_lost_session(tmp_path: Path, rv: int) -> None:
+    """Before `hsm._native`, a ``C_GetFunctionList`` that failed was the login's "device
+    failing" whatever it answered: the pool's lost session (retried, then 503). The
+    refactor said no behaviour change, but mapped it through the whole return-value
+    table: ``CKR_ARGUMENTS_BAD`` became `ArgumentsBad`, "the token refused the
+    operation", never retried, for a login and now for every HMAC too."""
+    gcc = shutil.which("gcc")
+    assert gcc is not None, "gcc is needed: run `make test-deps`"
+    source = tmp_path / "refusing.c"
+    source.write_text(_REFUSING_MODULE)
+    library = tmp_path / f"librefusing{rv}.so"
+    define = f"-DLIST_RV={rv:#x}UL"
+    subprocess.run(
+        [gcc, "-shared", "-fPIC", f"-I{PKCS11_INCLUDE}", define, str(source), "-o", str(library)],
+        check=True,
+        timeout=120,
+    )
+    for make in (UserLogin, _DirectHmac):
+        with pytest.raises(CONNECTION_ERRORS):
+            make(library)
