@@ -442,10 +442,28 @@ def test_a_batch_inside_never_blocking_raises_before_any_call(
     thread or call (the loop reruns the whole call in a thread)."""
     provider = shim_pools(8)
     provider.hmac_sha256(LABEL, b"warm")  # a session is idle: only the rule can refuse
-    threads, calls = threading.active_count(), round_trips(cloudhsm_shim)
-    with never_blocking(), pytest.raises(WouldBlock):
+    started: list[str] = []
+
+    def note_thread(*_: object) -> None:  # the first call in every new thread
+        started.append(threading.current_thread().name)
+        sys.setprofile(None)
+
+    calls = round_trips(cloudhsm_shim)
+    threading.setprofile(note_thread)
+    try:
+        with never_blocking(), pytest.raises(WouldBlock):
+            provider.hmac_sha256_many(LABEL, MESSAGES)
+    finally:
+        threading.setprofile(None)
+    assert [name for name in started if name.startswith("cofre-hmac")] == []
+    assert round_trips(cloudhsm_shim) == calls
+    # The same batch off the loop does start the chunks' threads (the hook sees them).
+    threading.setprofile(note_thread)
+    try:
         provider.hmac_sha256_many(LABEL, MESSAGES)
-    assert (threading.active_count(), round_trips(cloudhsm_shim)) == (threads, calls)
+    finally:
+        threading.setprofile(None)
+    assert any(name.startswith("cofre-hmac") for name in started)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4])
