@@ -42,6 +42,7 @@ _COPY_LABEL: Final = "cofre-hmac-chunk-copy"
 _CKM_SHA256_HMAC: Final = 0x251
 _CKR_BUFFER_TOO_SMALL: Final = 0x150
 _MAC_BUFFER: Final = 64
+_MAC_BYTES: Final = 32
 
 
 class _Mechanism(ctypes.Structure):
@@ -102,7 +103,11 @@ class _DirectHmac:
             raise p11e.GeneralError()
         if rv != CKR_OK:
             raise error_for(rv, p11e.PKCS11Error)
-        return out.raw[: length.value]
+        if length.value != _MAC_BYTES:
+            # Not an HMAC-SHA256: a short one would give many cards one fingerprint, and
+            # a convergent tokenize another card's token ("the token refused it").
+            raise p11e.PKCS11Error()
+        return out.raw[:_MAC_BYTES]
 
 
 class HmacOperations(AeadOperations):
