@@ -11,11 +11,9 @@ called is the module's ``C_Login``."""
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pkcs11.exceptions as p11e
@@ -25,26 +23,12 @@ from cofre.settings import DEFAULT_SOFTHSM_LIBRARY
 from hsm._login import UserLogin
 from hsm.provider import HSMProvider
 from tests.support.cloudhsm_shim import PKCS11_INCLUDE, CloudHSMShim, Fault, ShimFaults
+from tests.support.probes import run_probe
 from tests.support.softhsm import SoftHSMToken, create_token
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _probe(*args: str, env: dict[str, str] | None = None) -> dict[str, object]:
-    environment = {**os.environ, **(env or {})}
-    environment["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "verifier" / "src")])
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.support.login_probe", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,  # a hang, never a duration
-        check=False,
-        env=environment,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    parsed: dict[str, object] = json.loads(result.stdout.splitlines()[-1])
-    return parsed
+    return run_probe("tests.support.login_probe", *args, env=env)
 
 
 def test_a_refused_pin_is_left_in_no_frame(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

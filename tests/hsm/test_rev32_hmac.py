@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
-import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -36,26 +34,12 @@ from tests.support.cloudhsm_shim import (
     configure,
     round_trips,
 )
+from tests.support.probes import run_probe
 from tests.support.softhsm import SoftHSMToken
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _probe(*args: str, env: dict[str, str]) -> dict[str, object]:
-    environment = {**os.environ, **env}
-    environment["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "verifier" / "src")])
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.support.hmac_probe", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,  # a hang, never a duration
-        check=False,
-        env=environment,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    parsed: dict[str, object] = json.loads(result.stdout.splitlines()[-1])
-    return parsed
+def _probe(*args: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    return run_probe("tests.support.hmac_probe", *args, env=env, timeout=600)
 
 
 def _batch_under(

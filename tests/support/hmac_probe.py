@@ -15,30 +15,13 @@ import sys
 import threading
 from pathlib import Path
 
-from pydantic import SecretStr
-
-from cofre.settings import HSMSettings
 from hsm import _hmac
 from hsm.keys import KeyKind, key_label
-from hsm.provider import HSMProvider, provider_from_settings
 from tests.support.cloudhsm_shim import ShimFaults
+from tests.support.probes import probe_provider
 
 LABEL = key_label(KeyKind.FINGERPRINT, 1)
 BATCH = 1000
-
-
-def _provider(library: str, conf: str, label: str, pin: str, pool: int) -> HSMProvider:
-    return provider_from_settings(
-        HSMSettings.model_validate(
-            {
-                "library": Path(library),
-                "token_label": label,
-                "pin": SecretStr(pin),
-                "softhsm_conf": Path(conf),
-                "session_pool_size": pool,
-            }
-        )
-    )
 
 
 def _bounded(call: object, timeout: float = 120) -> tuple[str, object]:
@@ -78,7 +61,7 @@ def batch(
     injected and holds open once the provider is closed."""
     faults = ShimFaults(Path(fault_file))
     faults.clear()
-    provider = _provider(library, conf, label, pin, pool)
+    provider = probe_provider(library, conf, label, pin, pool)
     messages = [f"5{i:015d}".encode() for i in range(BATCH)]
     expected = [provider.hmac_sha256(LABEL, m) for m in messages[:: BATCH // 10]]
     faults.inject(code, functions, count)
@@ -110,10 +93,10 @@ def refused_pin(library: str, conf: str, label: str, pin: str, refused: str) -> 
     chunks at once), then a node with the right PIN makes one HMAC (the shim's lockout
     counts refusals for the whole process, as CloudHSM's does for the crypto user)."""
     messages = [f"5{i:015d}".encode() for i in range(BATCH)]
-    wrong = _provider(library, conf, label, refused, 8)
+    wrong = probe_provider(library, conf, label, refused, 8)
     kinds = [_bounded(lambda: wrong.hmac_sha256_many(LABEL, messages))[0] for _ in range(2)]
     wrong.close()
-    right = _provider(library, conf, label, pin, 1)
+    right = probe_provider(library, conf, label, pin, 1)
     after = _bounded(lambda: len(right.hmac_sha256(LABEL, b"probe")))[0]
     right.close()
     return {"wrong": kinds, "right": after}
@@ -123,7 +106,7 @@ def small_buffer(library: str, conf: str, label: str, pin: str) -> dict[str, obj
     """``C_Sign`` answers ``CKR_BUFFER_TOO_SMALL`` (a buffer made smaller than the MAC):
     the operation stays open on that session, so the session must be dropped; with the
     buffer right again the next HMAC must work, not meet ``CKR_OPERATION_ACTIVE``."""
-    provider = _provider(library, conf, label, pin, 1)
+    provider = probe_provider(library, conf, label, pin, 1)
     expected = provider.hmac_sha256(LABEL, b"probe")
     right = _hmac._MAC_BUFFER
     _hmac._MAC_BUFFER = 16  # type: ignore[misc]

@@ -19,29 +19,13 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import SecretStr
-
-from cofre.settings import HSMSettings
 from hsm.errors import HSMAuthFailed
 from hsm.keys import KeyKind, key_label
-from hsm.provider import HSMProvider, provider_from_settings
+from hsm.provider import HSMProvider
 from tests.support.cloudhsm_shim import ShimFaults
+from tests.support.probes import probe_provider
 
 LABEL = key_label(KeyKind.FINGERPRINT, 1)
-
-
-def _provider(library: str, conf: str, label: str, pin: str, pool: int) -> HSMProvider:
-    return provider_from_settings(
-        HSMSettings.model_validate(
-            {
-                "library": Path(library),
-                "token_label": label,
-                "pin": SecretStr(pin),
-                "softhsm_conf": Path(conf),
-                "session_pool_size": pool,
-            }
-        )
-    )
 
 
 def _frames_holding(exc: BaseException, secret: str) -> list[str]:
@@ -78,7 +62,7 @@ def _mac_and_find(provider: HSMProvider) -> bool:
 
 
 def wrong_pin(library: str, conf: str, label: str, pin: str) -> dict[str, object]:
-    provider = _provider(library, conf, label, pin, 1)
+    provider = probe_provider(library, conf, label, pin, 1)
     try:
         provider.hmac_sha256(LABEL, b"probe")
     except HSMAuthFailed as exc:
@@ -101,7 +85,7 @@ def race(
 ) -> dict[str, object]:
     """`threads` threads start at once on a pool of `threads // 2` sessions of a
     logged-out token and make `calls` calls each; then, the faults spent, one more each."""
-    provider = _provider(library, conf, label, pin, max(1, threads // 2))
+    provider = probe_provider(library, conf, label, pin, max(1, threads // 2))
     outcomes: collections.Counter[str] = collections.Counter()
     after: collections.Counter[str] = collections.Counter()
     lock = threading.Lock()
@@ -133,7 +117,7 @@ def race(
 def reinit(library: str, conf: str, label: str, pin: str, fault_file: str) -> dict[str, object]:
     """Logged in, then the HSM gone long enough for the pool to re-initialise the library
     (``C_Finalize``, ``C_Initialize``), then back: does the login cached before it work?"""
-    provider = _provider(library, conf, label, pin, 2)
+    provider = probe_provider(library, conf, label, pin, 2)
     faults = ShimFaults(Path(fault_file))
     steps: list[str] = []
 
@@ -154,7 +138,7 @@ def lockout(library: str, conf: str, label: str, pin: str, refused: str) -> dict
     """A node configured with a PIN the HSM refuses, called by eight threads at once, three
     calls each; then a node with the right PIN (the shim's lockout counts for the whole
     process, as CloudHSM's does for the crypto user on every node)."""
-    wrong = _provider(library, conf, label, refused, 4)
+    wrong = probe_provider(library, conf, label, refused, 4)
     outcomes: collections.Counter[str] = collections.Counter()
     lock = threading.Lock()
     start = threading.Barrier(8)
@@ -172,7 +156,7 @@ def lockout(library: str, conf: str, label: str, pin: str, refused: str) -> dict
     for worker in workers:
         worker.join(timeout=120)
     wrong.close()
-    right = _provider(library, conf, label, pin, 1)
+    right = probe_provider(library, conf, label, pin, 1)
     after = _outcome(lambda: _mac_and_find(right))
     right.close()
     return {"wrong": dict(outcomes), "right": after}
