@@ -15,7 +15,10 @@ import typer
 from cofre_cli._shared import cli_settings, fail_cleanly
 
 audit_app = typer.Typer(
-    help="The tamper-evident audit log: signed heads, proofs, verification, export.",
+    help="The tamper-evident audit log: signed heads, proofs, verification, export. "
+    "Reads of the log (head, prove, verify, export, verify-archive --online) write an "
+    "audit_read entry first and read nothing if it cannot be written (run them against "
+    "the primary database).",
     no_args_is_help=True,
 )
 
