@@ -90,7 +90,8 @@ def dev_command(
     # over to (a production witness's operator does, out of band: docs/key-ceremony.md).
     witness.pin_handovers_from(database_engine(settings))
     provider.close()
-    settings = dev_settings(env)  # now with the witness in COFRE_AUDIT__WITNESSES
+    # Now with the witness in COFRE_AUDIT__WITNESSES, and still the `--workers` asked for.
+    settings = with_workers(dev_settings(env), workers)
     pki = DevPKI(env.data_dir / "pki")
     rel = _relative(pki.root)
     # A well-known test card number, assembled here so no source file carries one.
