@@ -1,5 +1,5 @@
 """`cofre serve`'s start-up question to the PKCS#11 library (what it says about itself,
-`hsm.session.library_identity`), asked in a child process with a bound.
+`hsm.library.library_identity`), asked in a child process with a bound.
 
 IN PCI SCOPE (wiring).
 
@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Final
 
 from hsm.errors import HSMUnavailable
+from hsm.library import library_identity
 from hsm.models import LibraryIdentity
-from hsm.session import library_identity
 
 # Long enough for a networked HSM's client to reach its cluster, short enough that a
 # node whose library hangs still listens (unready) well inside a liveness probe's
@@ -41,7 +41,7 @@ def bounded_library_identity(
     seconds: float = IDENTITY_BOUND_SECONDS,
 ) -> LibraryIdentity:
     """What `library` says about itself and the token labelled `token_label`
-    (`hsm.session.library_identity`), asked in a child process. Raises `HSMUnavailable`
+    (`hsm.library.library_identity`), asked in a child process. Raises `HSMUnavailable`
     when the library cannot be loaded or initialised, or when it has not answered within
     `seconds` (the child is killed: ``C_Initialize`` hung)."""
     command = [

@@ -17,7 +17,7 @@ from cofre.errors import ConfigurationError
 from cofre.settings import Settings
 from cofre_cli._library_probe import bounded_library_identity
 from hsm.errors import HSMUnavailable
-from hsm.session import is_softhsm, says_softhsm
+from hsm.library import is_softhsm, says_softhsm
 from policies.loader import load_policy
 
 _log = structlog.get_logger("cofre.vault")
@@ -88,7 +88,7 @@ def _software_token(settings: Settings, *, allowed_anyway: bool) -> str | None:
     """Why `settings.hsm.library` is taken for a software token, or None.
 
     By its file name first (known without loading it), then by what the loaded library
-    says about itself and its token (`hsm.session.library_identity`, asked in a child
+    says about itself and its token (`hsm.library.library_identity`, asked in a child
     process that is killed after `IDENTITY_BOUND_SECONDS`): a copy of SoftHSM2
     under another name still calls itself SoftHSM. A library file that is not there
     cannot be told from one and is refused too, unless software tokens are allowed

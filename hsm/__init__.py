@@ -11,6 +11,7 @@ __all__ = [
     "aead",
     "errors",
     "keys",
+    "library",
     "mechanisms",
     "models",
     "provider",

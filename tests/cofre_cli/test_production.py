@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cofre.settings import DEFAULT_SOFTHSM_LIBRARY
-from hsm.session import pool_size_for
+from hsm.library import pool_size_for
 from tests.support.cloudhsm_shim import CloudHSMShim
 from tests.support.softhsm import SoftHSMToken
 from tests.support.vault_process import VaultProcess, make_vault
