@@ -77,7 +77,9 @@ class HSMProvider(HmacOperations):
 
     # ------------------------------------------------------------------ inspection
     def health_check(self) -> None:
-        """Return when the token answers a trivial call; raise `HSMUnavailable` otherwise."""
+        """Return when the token answers a trivial call; raise `HSMUnavailable` otherwise,
+        at once while the library's ``C_Initialize`` has not returned (`check_answering`)."""
+        self.check_answering()
         self._run(lambda session: session.generate_random(64), name="health")
 
     def token_info(self) -> TokenInfo:

@@ -130,6 +130,9 @@ class TokenSession:
         self._login_lock = threading.Lock()
         self._pin_refused: str | None = None
         self._lib_lock = threading.Lock()
+        # Threads in (or waiting for) a ``C_Initialize`` (`_initializing`): a readiness
+        # check answers unready at once while there are any (`check_answering`).
+        self._initializing_count = 0
         # The pool: one plain lock (cheap to take in C, see `_run_pooled`) and a condition
         # on it for the threads that wait, either for a place in the pool or, while
         # `_exclusive` holds the pool alone, for it to end; `_waiting` counts them so that
@@ -153,10 +156,12 @@ class TokenSession:
 
     # ------------------------------------------------------------------ session
     def _open_session(self) -> Any:
-        with self._lib_lock:
-            if self._lib is None:
-                self._lib = load_library(self._library_path, self._softhsm_conf)
-            lib = self._lib
+        lib = self._lib
+        if lib is None:
+            with self._initializing(), self._lib_lock:
+                if self._lib is None:
+                    self._lib = load_library(self._library_path, self._softhsm_conf)
+                lib = self._lib
         try:
             token = lib.get_token(token_label=self._token_label)
         except p11e.NoSuchToken:
@@ -194,6 +199,29 @@ class TokenSession:
             _close_quietly(session)
             self._check_pin_not_refused()
         return session
+
+    @contextlib.contextmanager
+    def _initializing(self) -> Iterator[None]:
+        """Count this thread among those in (or waiting for) the library's
+        ``C_Initialize``, which a networked HSM's client may never return from."""
+        with self._mutex:
+            self._initializing_count += 1
+        try:
+            yield
+        finally:
+            with self._mutex:
+                self._initializing_count -= 1
+
+    def check_answering(self) -> None:
+        """Raise `HSMUnavailable` at once while a thread is in (or waits for) the
+        library's ``C_Initialize``. A readiness check asks this first: waiting for the
+        library's lock (or the pool) behind a ``C_Initialize`` that hangs left `/readyz`
+        unanswered, so the kubelet's probe timed out instead of reading 503 (session 33)."""
+        if self._initializing_count:
+            raise HSMUnavailable(
+                f"PKCS#11 library not answering: C_Initialize of {self._library_path} "
+                "has not returned (its HSM or cluster may be unreachable)"
+            )
 
     def _check_pin_not_refused(self) -> None:
         """Raise `HSMAuthFailed` once the token refused this PIN: never try it again
@@ -308,7 +336,8 @@ class TokenSession:
                 self._wrap = None
                 if self._lib is not None:
                     try:
-                        self._lib.reinitialize()
+                        with self._initializing():
+                            self._lib.reinitialize()
                     except p11e.PKCS11Error:
                         self._lib = None
 
