@@ -12,10 +12,17 @@ and the vault's per-address limits key an address alike.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Final
 from urllib.parse import urlsplit
 
-__all__ = ["address_key", "ipv6_text", "normalize_origin"]
+__all__ = [
+    "LOOPBACK_ADDRESSES",
+    "address_key",
+    "every_interface",
+    "ipv6_text",
+    "normalize_origin",
+]
 
 _LOCAL_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
 _HEX_DIGITS: Final = frozenset("0123456789abcdef")
@@ -142,3 +149,21 @@ def _check_host(host: str) -> None:
         for label in labels
     ):
         raise ValueError("the origin's host is not a DNS name (use its punycode form)")
+
+
+def every_interface(host: str) -> bool:
+    """Whether `host` binds every interface: empty, or any spelling of 0.0.0.0 or ::
+    (``0``, ``0x0``, ``0:0:0:0:0:0:0:0``, ``0000::``; getaddrinfo accepts them all)."""
+    if not host:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        pass
+    try:
+        return socket.inet_aton(host) == bytes(4)
+    except OSError:
+        return False
+
+
+LOOPBACK_ADDRESSES: Final = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))

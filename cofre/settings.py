@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from cofre.errors import ConfigurationError
-from cofre.origins import ipv6_text
+from cofre.origins import LOOPBACK_ADDRESSES, every_interface, ipv6_text
 
 DEFAULT_SOFTHSM_LIBRARY = Path("/usr/lib/softhsm/libsofthsm2.so")
 
@@ -364,24 +364,6 @@ class TokenSettings(_Section):
     idempotency_key_ttl_hours: float = Field(default=24.0, ge=1, le=168)
 
 
-def _every_interface(host: str) -> bool:
-    """Whether `host` binds every interface: empty, or any spelling of 0.0.0.0 or ::
-    (``0``, ``0x0``, ``0:0:0:0:0:0:0:0``, ``0000::``; getaddrinfo accepts them all)."""
-    if not host:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        pass
-    try:
-        return socket.inet_aton(host) == bytes(4)
-    except OSError:
-        return False
-
-
-_LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
-
-
 class CaptureSettings(_Section):
     """The capture listener for browsers and apps (hosted card fields): server TLS only
     (a browser has no client certificate); the session's secret and origin stand in."""
@@ -407,7 +389,7 @@ class CaptureSettings(_Section):
     def _reachable_origin(self) -> CaptureSettings:
         # A wildcard host names no address a browser could reach: the hosted fields'
         # origin (frame-ancestors, CORS, the session's check) would be https://0.0.0.0.
-        if self.port is not None and self.public_origin is None and _every_interface(self.host):
+        if self.port is not None and self.public_origin is None and every_interface(self.host):
             raise ValueError(
                 f"COFRE_CAPTURE__HOST {self.host!r} listens on every interface: set "
                 "COFRE_CAPTURE__PUBLIC_ORIGIN to the origin browsers reach it at"
@@ -423,11 +405,11 @@ class CaptureSettings(_Section):
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
-            try:  # 127.1, 0x7f.0.0.1: the address getaddrinfo binds (as _every_interface)
+            try:  # 127.1, 0x7f.0.0.1: the address getaddrinfo binds (as every_interface)
                 address = ipaddress.IPv4Address(socket.inet_aton(host))
             except OSError:
                 address = None
-        if host == "localhost" or address in _LOOPBACK:
+        if host == "localhost" or address in LOOPBACK_ADDRESSES:
             host = "localhost"
         elif address is not None:
             # As a browser serialises the origin it sends (WHATWG URL), an IPv6

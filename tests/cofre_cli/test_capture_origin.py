@@ -122,7 +122,7 @@ def test_the_default_ipv6_origin_is_canonical() -> None:
 def test_a_host_in_another_ipv4_spelling_gets_the_origin_of_the_address_it_binds(
     host: str, origin: str
 ) -> None:
-    """getaddrinfo binds these (as `_every_interface` reads them); the origin is the
+    """getaddrinfo binds these (as `cofre.origins.every_interface` reads them); the origin is the
     bound address's, not a start refused for a setting the operator never set."""
     assert capture_origin(_settings(host=host)) == origin
 
