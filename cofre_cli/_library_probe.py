@@ -27,18 +27,13 @@ from hsm.errors import HSMUnavailable
 from hsm.library import library_identity
 from hsm.models import LibraryIdentity
 
-# Long enough for a networked HSM's client to reach its cluster, short enough that a
-# node whose library hangs still listens (unready) well inside a liveness probe's
-# patience (deploy/k8s gives the first probe 30 s).
-IDENTITY_BOUND_SECONDS: Final = 15.0
-
 
 def bounded_library_identity(
     library: Path,
     softhsm_conf: Path | None,
     token_label: str,
     *,
-    seconds: float = IDENTITY_BOUND_SECONDS,
+    seconds: float,
 ) -> LibraryIdentity:
     """What `library` says about itself and the token labelled `token_label`
     (`hsm.library.library_identity`), asked in a child process. Raises `HSMUnavailable`

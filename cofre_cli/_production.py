@@ -89,7 +89,7 @@ def _software_token(settings: Settings, *, allowed_anyway: bool) -> str | None:
 
     By its file name first (known without loading it), then by what the loaded library
     says about itself and its token (`hsm.library.library_identity`, asked in a child
-    process that is killed after `IDENTITY_BOUND_SECONDS`): a copy of SoftHSM2
+    process that is killed after ``COFRE_HSM__INIT_TIMEOUT_SECONDS``): a copy of SoftHSM2
     under another name still calls itself SoftHSM. A library file that is not there
     cannot be told from one and is refused too, unless software tokens are allowed
     anyway (then there is nothing to refuse, and nothing to warn of). One that is there
@@ -104,7 +104,9 @@ def _software_token(settings: Settings, *, allowed_anyway: bool) -> str | None:
     if is_softhsm(hsm.library):
         return f"the PKCS#11 library {hsm.library} is SoftHSM2, a software token, not an HSM"
     try:
-        identity = bounded_library_identity(hsm.library, hsm.softhsm_conf, hsm.token_label)
+        identity = bounded_library_identity(
+            hsm.library, hsm.softhsm_conf, hsm.token_label, seconds=hsm.init_timeout_seconds
+        )
     except HSMUnavailable as exc:
         if allowed_anyway:
             return None

@@ -40,7 +40,6 @@ from cofre.errors import CofreError, ConfigurationError
 from cofre.filemodes import refuse_readable_secrets, secure_data_dir
 from cofre.redaction import OwnDigest
 from cofre.settings import Settings
-from cofre_cli._library_probe import IDENTITY_BOUND_SECONDS
 from cofre_cli.audit_trail import process_details, record_stop
 from cofre_cli.capture import (
     capture_app,
@@ -243,7 +242,7 @@ class Runtime:
         _log.info("vault stopped", data_keys="wiped", hsm_session="closed")
 
 
-def _record_start(service: VaultService, loaded: LoadedPolicy, library: Path) -> None:
+def _record_start(service: VaultService, loaded: LoadedPolicy, settings: Settings) -> None:
     """Put in the log what this process starts with, before any request is served."""
     # Naming the process (host, pid), as its `process.stop` will: the start of a process
     # with no stop after it is one that did not stop cleanly.
@@ -265,17 +264,17 @@ def _record_start(service: VaultService, loaded: LoadedPolicy, library: Path) ->
             failed.append(exc)
         adopted.set()
 
-    # Waited for up to the start-up check's bound, in a thread: a library whose
-    # C_Initialize hangs (a networked HSM's cluster that does not answer) held the
-    # worker here, before any listener. Past the bound the node listens, unready; the
-    # thread carries on once the HSM answers.
+    # Waited for up to the start-up check's bound (COFRE_HSM__INIT_TIMEOUT_SECONDS), in
+    # a thread: a library whose C_Initialize hangs (a networked HSM's cluster that does
+    # not answer) held the worker here, before any listener. Past the bound the node
+    # listens, unready; the thread carries on once the HSM answers.
     threading.Thread(target=adopt, name="cofre-key-adoption", daemon=True).start()
-    if not adopted.wait(IDENTITY_BOUND_SECONDS):
+    bound = settings.hsm.init_timeout_seconds
+    if not adopted.wait(bound):
         _log.warning(
             "PKCS#11 library not answering at start: listening, unready until it does",
-            library=str(library),
-            reason=f"C_Initialize or the key listing has not returned in "
-            f"{IDENTITY_BOUND_SECONDS:g} s",
+            library=str(settings.hsm.library),
+            reason=f"C_Initialize or the key listing has not returned in {bound:g} s",
         )
     elif failed:
         raise failed[0]  # as when it ran in this thread: anything but a Cofre error stops
@@ -370,7 +369,7 @@ def build_runtime(
         PolicyEngine(loaded.policy),
         idempotency_window=timedelta(hours=settings.tokens.idempotency_key_ttl_hours),
     )
-    _record_start(service, loaded, settings.hsm.library)
+    _record_start(service, loaded, settings)
     sequencer = Sequencer(
         engine,
         HSMTreeHeadSigner(provider, registry=service.keyring.registry, engine=engine),

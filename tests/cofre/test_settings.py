@@ -267,3 +267,24 @@ def test_the_witness_quorum_counts_a_key_pinned_under_two_names_once(
     monkeypatch.delenv("COFRE_AUDIT__WITNESS_QUORUM")
     monkeypatch.setenv("COFRE_AUDIT__WITNESSES", json.dumps(spaced))
     assert load_settings().audit.quorum == 1
+
+
+def test_the_pkcs11_start_up_bound_is_a_setting_of_15_seconds_by_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``COFRE_HSM__INIT_TIMEOUT_SECONDS`` (session 33; a constant before): how long
+    `cofre serve` waits for the PKCS#11 library's ``C_Initialize`` at start before it
+    listens unready. From the environment or the file; a bound that is not a positive
+    number is refused at load."""
+    assert HSMSettings().init_timeout_seconds == 15.0
+    monkeypatch.setenv("COFRE_HSM__INIT_TIMEOUT_SECONDS", "40")
+    assert load_settings().hsm.init_timeout_seconds == 40.0
+    monkeypatch.delenv("COFRE_HSM__INIT_TIMEOUT_SECONDS")
+    config = tmp_path / "cofre.toml"
+    config.write_text("[hsm]\ninit_timeout_seconds = 2.5\n", encoding="utf-8")
+    monkeypatch.setenv("COFRE_CONFIG", str(config))
+    assert load_settings().hsm.init_timeout_seconds == 2.5
+    for refused in ("0", "-1", "nan", "inf", "soon"):
+        monkeypatch.setenv("COFRE_HSM__INIT_TIMEOUT_SECONDS", refused)
+        with pytest.raises(ConfigurationError, match=r"hsm\.init_timeout_seconds"):
+            load_settings()

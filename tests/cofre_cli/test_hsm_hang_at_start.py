@@ -53,6 +53,8 @@ def test_a_hanging_c_initialize_at_start_still_listens_unready_and_says_why(
     vault.env["COFRE_HSM__LIBRARY"] = str(cloudhsm_shim.library)
     health_port = free_port()
     vault.env["COFRE_SERVER__HEALTH_PORT"] = str(health_port)
+    # The start-up bound (15 s by default), shorter here: both waits name it.
+    vault.env["COFRE_HSM__INIT_TIMEOUT_SECONDS"] = "3"
     health = f"http://127.0.0.1:{health_port}"
     migrated = vault.cofre("db", "migrate")
     assert migrated.returncode == 0, migrated.stderr
@@ -95,6 +97,7 @@ def test_a_hanging_c_initialize_at_start_still_listens_unready_and_says_why(
         assert warnings, "no log line says why the HSM was not identified"
         assert warnings[0]["library"] == str(cloudhsm_shim.library)
         assert "C_Initialize" in warnings[0]["reason"], warnings[0]
+        assert all(" 3 s" in w["reason"] for w in warnings), warnings
         # The HSM answers: the node becomes ready by itself, without a restart.
         faults.answer_initialize()
         deadline = time.monotonic() + READY_BOUND
@@ -127,6 +130,7 @@ def test_the_production_check_judges_a_hanging_library_by_its_name_and_says_so(
                 "library": cloudhsm_shim.library,
                 "token_label": softhsm_token.label,
                 "softhsm_conf": softhsm_token.conf,
+                "init_timeout_seconds": 2,
             }
         }
     )
@@ -144,3 +148,4 @@ def test_the_production_check_judges_a_hanging_library_by_its_name_and_says_so(
     [warning] = [e for e in logs if e["event"].startswith("PKCS#11 library not")]
     assert warning["library"] == str(cloudhsm_shim.library)
     assert "did not answer C_Initialize" in warning["reason"], warning
+    assert "within 2 s" in warning["reason"], warning  # COFRE_HSM__INIT_TIMEOUT_SECONDS
