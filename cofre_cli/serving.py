@@ -13,6 +13,7 @@ import logging
 import logging.config
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Final
 
 import structlog
@@ -29,7 +30,8 @@ from api.observability import (
     new_tracer_provider,
 )
 from api.otlp import otlp_from_env
-from api.server import build_server, log_config, reload_server_certificate
+from api.server import TLSFiles, build_server, log_config, reload_server_certificate
+from cofre.errors import ConfigurationError
 from cofre.redaction import OwnDigest
 from cofre.settings import Settings
 from cofre_cli._production import production_checks, refusing_software_tokens
@@ -38,7 +40,6 @@ from cofre_cli.capture import start_capture_listener
 from cofre_cli.wiring import (
     build_runtime,
     open_database,
-    tls_files,
 )
 from cofre_cli.workers import NodeReadiness, Stamps, run_workers, worker_count
 from policies.loader import load_policy
@@ -269,3 +270,17 @@ def _reload_all(*reloads: Callable[[], object]) -> None:
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+def tls_files(settings: Settings) -> TLSFiles:
+    server = settings.server
+    if server.cert_file is None or server.key_file is None or server.ca_bundle is None:
+        raise ConfigurationError(
+            "set COFRE_SERVER__CERT_FILE, COFRE_SERVER__KEY_FILE and COFRE_SERVER__CA_BUNDLE"
+        )
+    return TLSFiles(
+        cert=Path(server.cert_file),
+        key=Path(server.key_file),
+        ca_bundle=Path(server.ca_bundle),
+        crl=server.crl_file,
+    )

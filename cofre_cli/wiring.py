@@ -30,7 +30,6 @@ from api.observability import (
 )
 from api.pki import certificate_inventory
 from api.refusals import RefusalFlusher
-from api.server import TLSFiles
 from api.tls import TLS12_CIPHERS
 from audit.errors import AuditWriteFailed
 from audit.log import AuditEvent, AuditLog, Outcome
@@ -542,18 +541,4 @@ def _evidence_sources(
         officer_ports=officer_ports(server.port, server.officer_ports),
         witness_quorum=settings.audit.quorum,
         relay_routes=relay_routes,  # the policy in force at export, not at start
-    )
-
-
-def tls_files(settings: Settings) -> TLSFiles:
-    server = settings.server
-    if server.cert_file is None or server.key_file is None or server.ca_bundle is None:
-        raise ConfigurationError(
-            "set COFRE_SERVER__CERT_FILE, COFRE_SERVER__KEY_FILE and COFRE_SERVER__CA_BUNDLE"
-        )
-    return TLSFiles(
-        cert=Path(server.cert_file),
-        key=Path(server.key_file),
-        ca_bundle=Path(server.ca_bundle),
-        crl=server.crl_file,
     )
