@@ -243,6 +243,7 @@ class CrlWatcher:
         self._recorded: set[CrlFacts] = set()
         self._recorder: Callable[[CrlFacts], None] | None = None
         self._record_lock = threading.Lock()  # the poll thread and SIGHUP both record
+        self._closed = False  # `stop`: nothing is recorded after it
 
     def _read_stamp(self) -> _Stamp | None:
         try:
@@ -301,6 +302,8 @@ class CrlWatcher:
         if recorder is None:
             return
         with self._record_lock:
+            if self._closed:
+                return
             for facts in sorted(self._in_force - self._recorded, key=repr):
                 try:
                     recorder(facts)
@@ -367,6 +370,13 @@ class CrlWatcher:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop polling and recording. Once this returns no CRL is handed to the
+        recorder again (one being recorded has been), whatever thread reloads (the
+        poll's, if the join below gives up, or SIGHUP's): the stop's ``process.stop``
+        entry is written after this, and a ``crl.load`` after it would show the
+        process at work once it said it had stopped (session 33)."""
         self._stop.set()
+        with self._record_lock:
+            self._closed = True
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -35,7 +35,6 @@ from cofre.errors import ConfigurationError
 from cofre.redaction import OwnDigest
 from cofre.settings import Settings
 from cofre_cli._production import production_checks, refusing_software_tokens
-from cofre_cli.audit_trail import crl_recorder
 from cofre_cli.capture import start_capture_listener
 from cofre_cli.wiring import (
     build_runtime,
@@ -143,7 +142,7 @@ def serve_worker(
         check_ready = runtime.check_ready
         if watcher is not None:
             # PCI DSS 10.2.1.5: each CRL this process puts in force, once (finding F6).
-            watcher.record_changes(crl_recorder(runtime.service.record, str(watcher.path)))
+            runtime.record_crl_changes(watcher)
             check_ready = functools.partial(_with_crl, runtime.check_ready, watcher.check)
         health = None
         node: NodeReadiness | None = None

@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from api.app import create_app, refusal_flusher
+from api.crl import CrlWatcher
 from api.dependencies import AppState
 from api.errors import Draining
 from api.lifecycle import Readiness
@@ -39,7 +40,7 @@ from cofre.errors import CofreError, ConfigurationError
 from cofre.filemodes import refuse_readable_secrets, secure_data_dir
 from cofre.redaction import OwnDigest
 from cofre.settings import Settings
-from cofre_cli.audit_trail import process_details, record_stop
+from cofre_cli.audit_trail import crl_recorder, process_details, record_stop
 from cofre_cli.capture import (
     capture_app,
     capture_certificate,
@@ -205,6 +206,7 @@ class Runtime:
     publisher_thread: PublisherThread | None = None  # heads -> witnesses, if any
     # Writes the counts of refused requests held past their limit (`api.refusals`).
     refusal_flusher: RefusalFlusher | None = None
+    crl_watcher: CrlWatcher | None = None  # the mTLS listener's, once it records (serve)
 
     def reload_policy(self) -> bool:
         """Re-read the policy file and, if its text changed, record it in the audit log
@@ -222,6 +224,12 @@ class Runtime:
         _warn_without_mfa(self.service.policy)
         return True
 
+    def record_crl_changes(self, watcher: CrlWatcher) -> None:
+        """PCI DSS 10.2.1.5: each CRL `watcher` puts in force is a ``crl.load`` entry
+        (finding F6), until `close` stops it, before ``process.stop``."""
+        watcher.record_changes(crl_recorder(self.service.record, str(watcher.path)))
+        self.crl_watcher = watcher
+
     def close(self) -> None:
         """Stop the workers, wipe every unwrapped data key and close the HSM session."""
         self.readiness.begin_drain()
@@ -230,6 +238,8 @@ class Runtime:
             self.refusal_flusher.stop()
         self.purge_worker.stop()
         self.rotation_worker.stop()
+        if self.crl_watcher is not None:
+            self.crl_watcher.stop()  # its last `crl.load` before `process.stop`
         # PCI DSS 10.2.1.6: the stop of the process whose start `_record_start` wrote,
         # after its last operation and before the sequencer's last head.
         record_stop(self.service.record)
