@@ -9,8 +9,6 @@ that does not initialise, and the node listens, unready, until the HSM answers
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -60,13 +58,8 @@ def test_a_hanging_c_initialize_at_start_still_listens_unready_and_says_why(
     assert migrated.returncode == 0, migrated.stderr
     faults.hang_initialize()
     try:
-        with vault.log.open("ab") as out:
-            vault.process = subprocess.Popen(
-                [sys.executable, "-m", "cofre_cli", "serve"],
-                env=vault.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        vault.spawn()  # not `start`: it would wait for a readiness that does not come
+        assert vault.process is not None
         deadline = time.monotonic() + LISTENING_BOUND
         while (live := _answer(health, "/livez")) is None:
             assert vault.process.poll() is None, vault.log.read_text()[-3000:]

@@ -77,14 +77,8 @@ class VaultProcess:
         migrated = self.cofre("db", "migrate")
         if migrated.returncode != 0:
             pytest.fail(f"cofre db migrate failed: {migrated.stderr}")
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "cofre_cli", "serve"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.starts += 1
+        self.spawn()
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         ready_in_a_row = 0
         while time.monotonic() < deadline:
@@ -104,6 +98,19 @@ class VaultProcess:
                 return
             time.sleep(0.02 if ready else 0.1)
         pytest.fail("cofre serve did not become ready")
+
+    def spawn(self) -> None:
+        """Start `cofre serve` (its output appended to `log`) and return at once: no
+        migration, no wait for readiness, for a test that watches a start `start`
+        would wait on (one that listens unready, or never listens)."""
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cofre_cli", "serve"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.starts += 1
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
