@@ -34,6 +34,7 @@ from api.server import TLSFiles, build_server, log_config, reload_server_certifi
 from cofre.errors import ConfigurationError
 from cofre.redaction import OwnDigest
 from cofre.settings import Settings
+from cofre_cli._listeners import check_listener_ports
 from cofre_cli._production import production_checks, refusing_software_tokens
 from cofre_cli.capture import start_capture_listener
 from cofre_cli.wiring import (
@@ -74,6 +75,7 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
         settings = refusing_software_tokens(settings)
     policy = load_policy(settings.policy_file)
     workers = worker_count(settings)
+    check_listener_ports(settings, workers)
     _log.info(
         "starting",
         mode="production" if production else "dev",

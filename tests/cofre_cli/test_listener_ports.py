@@ -1,0 +1,93 @@
+"""Two listeners of one node on one port are refused before anything binds.
+
+Session 33: a worker binds the mTLS, health and capture ports with SO_REUSEPORT, so
+`COFRE_SERVER__HEALTH_PORT` set to `COFRE_SERVER__PORT` did not fail with "address in
+use": the kernel took both listeners and split the connections between them, some
+clients' TLS handshakes reaching the plain-HTTP health listener. Worker N's metrics
+listener is on `COFRE_SERVER__METRICS_PORT` + N, a range that can cover another port.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cofre.errors import ConfigurationError
+from cofre.settings import Settings
+from cofre_cli._listeners import check_listener_ports
+from tests.support.softhsm import SoftHSMToken
+from tests.support.vault_process import make_vault
+
+_CLASHES: list[tuple[dict[str, Any], dict[str, Any], int, list[str]]] = [
+    (
+        {"port": 9443, "health_port": 9443},
+        {},
+        1,
+        ["COFRE_SERVER__HEALTH_PORT and COFRE_SERVER__PORT are both 9443"],
+    ),
+    ({"port": 9443}, {"port": 9443}, 1, ["COFRE_CAPTURE__PORT and COFRE_SERVER__PORT"]),
+    (
+        {"port": 9443, "health_port": 9490, "metrics_port": 9489},
+        {},
+        2,
+        ["COFRE_SERVER__METRICS_PORT + 1 (worker 1's metrics) and COFRE_SERVER__HEALTH_PORT"],
+    ),
+    (
+        {"port": 9443, "metrics_port": 9440},
+        {"port": 9441},
+        4,
+        [
+            "COFRE_SERVER__METRICS_PORT + 1 (worker 1's metrics) and COFRE_CAPTURE__PORT",
+            "COFRE_SERVER__METRICS_PORT + 3 (worker 3's metrics) and COFRE_SERVER__PORT",
+        ],
+    ),
+    ({"port": 9443, "metrics_port": 65535}, {}, 2, ["past the last TCP port"]),
+]
+
+
+@pytest.mark.parametrize(("server", "capture", "workers", "named"), _CLASHES)
+def test_listeners_on_one_port_are_refused_naming_the_settings(
+    server: dict[str, Any], capture: dict[str, Any], workers: int, named: list[str]
+) -> None:
+    settings = Settings(server=server, capture=capture)
+    with pytest.raises(ConfigurationError) as refused:
+        check_listener_ports(settings, workers)
+    for words in named:
+        assert words in str(refused.value)
+
+
+def test_distinct_ports_pass_and_one_worker_uses_one_metrics_port() -> None:
+    check_listener_ports(Settings(), 8)
+    spread = Settings(
+        server={"port": 9443, "health_port": 9444, "metrics_port": 9445}, capture={"port": 9453}
+    )
+    check_listener_ports(spread, 8)  # metrics on 9445-9452
+    # Worker 0 alone sits on the metrics port itself: the next port is free for another.
+    check_listener_ports(
+        Settings(server={"port": 9443, "metrics_port": 9444, "health_port": 9445}), 1
+    )
+
+
+@pytest.mark.hsm
+def test_cofre_serve_refuses_a_health_port_on_the_mtls_port(
+    tmp_path: Path, softhsm_token: SoftHSMToken
+) -> None:
+    vault = make_vault(tmp_path / "node", softhsm_token, None)
+    vault.env.update({"COFRE_SERVER__WORKERS": "2", "COFRE_SERVER__HEALTH_PORT": str(vault.port)})
+    assert vault.cofre("db", "migrate").returncode == 0
+    # A vault that starts serving never exits by itself: the bound only ends a hang.
+    served = subprocess.run(
+        [sys.executable, "-m", "cofre_cli", "serve"],
+        env=vault.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert served.returncode == 1, served.stderr[-2000:]
+    assert "error [configuration_error]" in served.stderr
+    assert "COFRE_SERVER__HEALTH_PORT and COFRE_SERVER__PORT are both" in served.stderr
