@@ -67,10 +67,32 @@ def test_only_the_keys_set_up_may_come_before_the_first_policy() -> None:
     assert not policy._set_up_before(_entries("key.create", "key.register"), 3)
 
 
+def _log(*entries: tuple[str, str]) -> dict[str, bytes]:
+    """Entries of (action, actor), indexed from 0."""
+    lines = [
+        json.dumps({"index": i, "payload": json.dumps({"action": action, "actor": actor})})
+        for i, (action, actor) in enumerate(entries)
+    ]
+    return {"audit/entries.jsonl": "\n".join(lines).encode()}
+
+
+KEYS_SET_UP = (("key.create", "cofre hsm init"), ("key.register", "cofre hsm init"))
+
+
 def test_a_cli_read_of_the_log_before_the_first_start_needs_no_policy() -> None:
     """Finding F6: `cofre audit verify` (or head, prove, export) run between `cofre hsm
     init` and the first `cofre serve` writes an `audit_read` entry before any policy is
     loaded; the CLI reads under no policy, so the first day's bundle still verifies."""
-    assert policy._set_up_before(
-        _entries("key.create", "key.register", "audit_read", "policy.load"), 3
-    )
+    read = ("audit_read", "cofre audit verify")
+    assert policy._set_up_before(_log(*KEYS_SET_UP, read, ("policy.load", "cofre")), 3)
+
+
+def test_only_a_cli_read_comes_before_the_first_policy() -> None:
+    """Review of session 32: the API reads the log under a policy (its `audit_read` is an
+    authorised operation of a certificate identity), and every serving process writes
+    its `policy.load` before it serves. An API `audit_read` before the log's first policy
+    load is a request served under a policy the log does not show (a load entry lost or
+    removed): the first-day check must not take it for set-up, as it takes the CLI's."""
+    for actor in ("payments", "auditor", "", "cofre", "cofre auditverify"):
+        files = _log(*KEYS_SET_UP, ("audit_read", actor), ("policy.load", "cofre"))
+        assert not policy._set_up_before(files, 3), actor

@@ -26,6 +26,10 @@ from cofre_evidence_verifier.report import Report
 # `cofre audit head|prove|verify|export` (each an `audit_read` entry, finding F6).
 # Nothing in them is done under a policy.
 SET_UP_ACTIONS = frozenset({"key.create", "key.register", "audit_read"})
+# An `audit_read` is set-up only as the CLI's (its actor the command): the API's is an
+# operation a policy authorised, and a process serves only after its `policy.load`
+# (review of session 32: one before the first load is a load the log lost).
+CLI_READ_ACTOR = "cofre audit "
 
 
 def policy_documents(files: Files) -> list[tuple[int, dict[str, Any]]]:
@@ -94,6 +98,13 @@ def _unlisted_changes(files: Files, versions: list[tuple[int, str, list[bytes]]]
     return out
 
 
+def _is_set_up(entry: dict[str, Any]) -> bool:
+    action, actor = entry.get("action"), entry.get("actor")
+    if action == "audit_read":
+        return isinstance(actor, str) and actor.startswith(CLI_READ_ACTOR)
+    return action in SET_UP_ACTIONS
+
+
 def _set_up_before(files: Files, first: int) -> bool:
     """Whether the log's entries 0 to `first` - 1 are all in the bundle and all the
     keys' set-up (`SET_UP_ACTIONS`): the log began before any policy was loaded, so none
@@ -104,7 +115,7 @@ def _set_up_before(files: Files, first: int) -> bool:
         payload, index = entry.get("payload"), entry.get("index")
         if not isinstance(index, int) or index >= first:
             continue
-        if not isinstance(payload, str) or _object(payload).get("action") not in SET_UP_ACTIONS:
+        if not isinstance(payload, str) or not _is_set_up(_object(payload)):
             return False
         seen.add(index)
     return seen == set(range(first))
