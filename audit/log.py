@@ -199,9 +199,20 @@ _UNMASKED_MAX: Final = 4096
 _UNMASKED_LEN: Final = 128
 
 
+def _encodable(text: str) -> str:
+    """`text` as UTF-8 can carry it: a lone surrogate (a file name's undecodable byte
+    as Python hands it over, e.g. `cofre audit export --out`) spelt as its escape. The
+    entry's bytes are its Merkle leaf: a string UTF-8 cannot encode left the CLI with
+    a traceback instead of its entry (review of session 32)."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _masked(text: str) -> str:
     if text in _UNMASKED:
         return text
+    text = _encodable(text)
     masked = mask_pan_like(text)
     if masked == text and len(text) <= _UNMASKED_LEN:
         if len(_UNMASKED) >= _UNMASKED_MAX:
@@ -270,7 +281,7 @@ def canonical_payload(event: AuditEvent, at: datetime) -> str:
     if event.document is not None:
         if len(event.document) > MAX_DOCUMENT:
             raise TypeError(f"audit documents are at most {MAX_DOCUMENT} characters")
-        body["document"] = mask_pan_like(event.document)
+        body["document"] = mask_pan_like(_encodable(event.document))
     if event.source is not None and (source := event.source.payload()):
         body["source"] = source
     return json.dumps(

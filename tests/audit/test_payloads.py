@@ -147,3 +147,26 @@ def test_an_integer_long_enough_to_be_a_card_is_written_masked() -> None:
         values = [json.loads(p)["details"]["n"] for p in payloads]
         assert values[2:4] == [10**11 - 1, 7]  # fewer digits than a card: kept, as numbers
         assert all(isinstance(v, str) for v in (values[0], values[1], values[4]))
+
+
+def test_every_string_an_entry_takes_is_encodable_as_utf8() -> None:
+    """Review of session 32: a Linux file name's undecodable byte reaches an entry as a
+    lone surrogate (`cofre audit export --out`); its canonical payload, the leaf's
+    bytes, must still be UTF-8 (it raised UnicodeEncodeError), and distinct names stay
+    distinct. The document is held to the same."""
+    names = ["\udcff", "\ud800x", "a\udcff" + "4111" + "1" * 12, "ç€𝄞"]
+    payloads = set()
+    for name in names:
+        event = AuditEvent(
+            action="audit_read",
+            outcome=Outcome.SUCCESS,
+            actor=name,
+            details={name: name},
+            document=name,
+        )
+        payload = canonical_payload(event, AT)
+        raw = payload.encode("utf-8")  # strict
+        assert ("4111" + "1" * 12).encode() not in raw
+        payloads.add(payload)
+        assert canonical_payloads([event] * 8, AT) == [payload] * 8
+    assert len(payloads) == len(names)
