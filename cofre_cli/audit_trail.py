@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import pwd
+import stat
 from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
 
 import structlog
 from sqlalchemy import Engine
@@ -19,7 +22,8 @@ from api.crl import CrlFacts
 from audit.errors import AuditWriteFailed
 from audit.log import AuditEvent, AuditLog, DetailValue, HexDigest, Outcome
 from cofre.dberrors import database_errors_as
-from cofre.errors import CofreError
+from cofre.errors import CofreError, ConfigurationError
+from cofre.redaction import mask_pan_like
 
 _log = structlog.get_logger("cofre.vault")
 
@@ -70,6 +74,36 @@ def record_cli_read(engine: Engine, command: str, what: str, **details: DetailVa
         engine.begin() as connection,
     ):
         AuditLog().append(connection, event)
+
+
+def private_export(path: Path) -> TextIO:
+    """`path` opened to write a copy of the log, readable by this user alone (0600
+    whatever the umask): not through a symbolic link, not a file another user owns, only
+    a regular file. A copy of the log is read access to it (PCI DSS 10.3.1): any other
+    account that could read the copy, or had planted the file or a link to one of its
+    own, would read the log with no `audit_read` of its own (review of session 32).
+    Raises `ConfigurationError` (naming no path: it is the operator's text)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        descriptor = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
+    try:
+        found = os.fstat(descriptor)
+        if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
+            raise ConfigurationError("the --out file is not a regular file of this user's")
+        os.fchmod(descriptor, 0o600)  # before a byte of the log is in it
+        os.ftruncate(descriptor, 0)
+        return os.fdopen(descriptor, "w", encoding="utf-8")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def shown_path(path: Path) -> str:
+    """`path` as the command may print it: card-like digits masked (the operator's text,
+    and a command's output often ends up in a log) and undecodable bytes escaped."""
+    return mask_pan_like(str(path).encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def stop_event() -> AuditEvent:

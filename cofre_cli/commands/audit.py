@@ -304,21 +304,21 @@ def audit_export(
     """Write every entry (with leaf hash), every signed head and the audit public key as
     JSON lines, for offline verification."""
     from audit.store import AuditStore
-    from cofre_cli.audit_trail import record_cli_read
+    from cofre_cli.audit_trail import private_export, record_cli_read, shown_path
     from cofre_cli.wiring import audit_signer, open_database, open_hsm
 
     settings = cli_settings()
     pem = audit_signer(open_hsm(settings)).public_key_pem()
     engine = open_database(settings)
     # Before the file is opened: a read that cannot be recorded leaves no file.
-    record_cli_read(engine, "cofre audit export", "export", out=str(out)[:256])
+    record_cli_read(engine, "cofre audit export", "export", out=str(out.absolute())[:256])
     lines = 1  # the public key's line, then every entry and head
-    with out.open("w", encoding="utf-8") as handle:
+    with private_export(out) as handle:
         handle.write(json.dumps({"type": "public_key", "pem": pem.decode()}) + "\n")
         for line in AuditStore(engine).export():
             handle.write(line + "\n")
             lines += 1
-    typer.echo(f"wrote {lines} records to {out}")
+    typer.echo(f"wrote {lines} records to {shown_path(out)}")
 
 
 # ------------------------------------------------------------------ growth: archive

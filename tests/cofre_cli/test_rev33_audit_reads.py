@@ -1,0 +1,123 @@
+"""Review of session 32's CLI reads of the audit log (finding F6): what an operator's
+shell account puts into an `audit_read` entry through the command line, and what the
+copy of the log `cofre audit export` leaves on the host.
+
+Real `cofre serve` and `cofre audit` processes, a copy of the suite's SoftHSM token,
+SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from tests.support.softhsm import SoftHSMToken
+from tests.support.vault_process import VaultProcess, make_vault
+
+# A Luhn-valid test card number, assembled so the source holds none in one piece.
+PAN = "4111" + "1" * 12
+
+
+def _reads(url: str) -> list[tuple[bytes, dict[str, Any]]]:
+    """Every `audit_read` entry written: its stored bytes and the parsed entry."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT payload FROM audit_entries ORDER BY id"))
+            payloads = [row[0] for row in rows]
+    finally:
+        engine.dispose()
+    out = []
+    for payload in payloads:
+        raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        entry = json.loads(raw)
+        if entry["action"] == "audit_read":
+            out.append((raw, entry))
+    return out
+
+
+@contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    """The umask the `cofre` child inherits: a host's usual 022, not the suite's own."""
+    before = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
+def _vault(tmp_path: Path, token: SoftHSMToken, url: str) -> VaultProcess:
+    vault = make_vault(tmp_path / "node", token, url)
+    vault.start()
+    vault.stop()
+    assert vault.cofre("audit", "sequence").returncode == 0
+    return vault
+
+
+def test_an_export_path_holds_no_card_and_keeps_the_log_verifiable(
+    tmp_path: Path, softhsm_token: SoftHSMToken, database_url: str
+) -> None:
+    """The `out` an operator gives is written into the entry: a card number in it is
+    masked (held), and a name that is not UTF-8 (any bytes a Linux file name may hold,
+    which Python hands over as lone surrogates) neither crashes the command with a
+    traceback nor leaves an entry the log cannot hash (before: UnicodeEncodeError)."""
+    vault = _vault(tmp_path, softhsm_token, database_url)
+    out = Path(os.fsdecode(os.fsencode(tmp_path) + b"/\xff-" + PAN.encode() + b".jsonl"))
+    done = vault.cofre("audit", "export", "--out", str(out))
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert PAN not in done.stdout  # nor in what it prints (a job's output is logged)
+    raw, entry = _reads(database_url)[-1]
+    assert PAN.encode() not in raw
+    assert entry["details"]["out"].startswith(str(tmp_path) + "/")  # where the copy went
+    raw.decode("utf-8", errors="strict")
+    assert vault.cofre("audit", "sequence").returncode == 0
+    verified = vault.cofre("audit", "verify", "--unsafe-no-witness")
+    assert verified.returncode == 0, verified.stderr[-2000:]
+
+
+def test_an_export_is_readable_by_its_owner_only(
+    tmp_path: Path, softhsm_token: SoftHSMToken, database_url: str
+) -> None:
+    """PCI DSS 10.3.1: the export is a copy of the whole log. Written with the host's
+    umask it was readable by every account on the host, each of which then read the
+    log with no `audit_read` of its own; now it is 0600 whatever the umask."""
+    vault = _vault(tmp_path, softhsm_token, database_url)
+    out = tmp_path / "export.jsonl"
+    with _umask(0o022):
+        done = vault.cofre("audit", "export", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    # A file left there before, readable by all, is made the owner's alone too.
+    out.chmod(0o644)
+    with _umask(0o022):
+        assert vault.cofre("audit", "export", "--out", str(out)).returncode == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_an_export_does_not_follow_a_link_planted_for_it(
+    tmp_path: Path, softhsm_token: SoftHSMToken, database_url: str
+) -> None:
+    """Another account that plants a symbolic link where the operator exports (a shared
+    directory) to a file it can read gets the log copied into it: the export refuses
+    a link, cleanly (exit 1, no traceback), and writes nothing through it. A missing
+    directory is the same clean refusal (before: a traceback)."""
+    vault = _vault(tmp_path, softhsm_token, database_url)
+    target = tmp_path / "theirs.jsonl"
+    target.write_text("")
+    target.chmod(0o666)
+    link = tmp_path / "export.jsonl"
+    link.symlink_to(target)
+    for out in (link, tmp_path / "missing" / "export.jsonl"):
+        done = vault.cofre("audit", "export", "--out", str(out))
+        assert done.returncode == 1, (out, done.stdout, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert "error [" in done.stderr
+    assert target.read_text() == ""
