@@ -29,6 +29,9 @@ it finds (not only the first):
    was proposed and approved by the policy's quorum of distinct officers, each by a
    request their registered MFA key signed for that ceremony, as the log's entries
    record them; the report lists each ceremony (`dual_control`);
+   the period's process starts and graceful stops, naming each start with no stop
+   after it and each stop with no start before it (`lifecycle`: no verdict, for the
+   auditor to ask about);
 7. with a previous bundle: its manifest's signature; that this bundle starts exactly
    where the previous one ended, by leaf index and by time (no entry in neither bundle
    or in both); and the consistency proof from its last signed head to this bundle's
@@ -66,6 +69,7 @@ from cofre_evidence_verifier import (
     entries,
     files,
     heads,
+    lifecycle,
     policy,
     witnesses,
 )
@@ -187,6 +191,7 @@ def _verify(
     policy.check_policy(bundle, manifest, verified, report)
     custody.check_custody(bundle, manifest, verified, report)
     dual_control.check_dual_control(bundle, manifest, verified, report, authorities=authorities)
+    lifecycle.check_lifecycle(bundle, report)
     if unsafe_no_witnesses:
         report.checks.append(
             "UNSAFE: witness cosignatures not checked; only the vault's own key vouches "
