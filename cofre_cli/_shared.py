@@ -15,6 +15,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import typer
 
 from cofre.errors import CofreError, ConfigurationError
+from cofre.redaction import mask_pan_like_or_withhold
 from cofre.settings import Settings, load_settings
 
 P = ParamSpec("P")
@@ -25,14 +26,16 @@ DEV_CONFIG = Path(".cofre-dev") / "cofre.toml"
 
 def fail_cleanly(func: Callable[P, R]) -> Callable[P, R]:
     """Turn a `CofreError` into one line on stderr and exit status 1 (no traceback: a
-    traceback's locals could hold a secret)."""
+    traceback's locals could hold a secret), masked as the API masks a problem's detail:
+    a message may repeat what the operator typed (`cofre audit prove --index`), and a
+    command's output is often kept in a job's log (review of session 32)."""
 
     @wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except CofreError as exc:
-            typer.echo(f"error [{exc.code}]: {exc}", err=True)
+            typer.echo(f"error [{exc.code}]: {mask_pan_like_or_withhold(str(exc))}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper

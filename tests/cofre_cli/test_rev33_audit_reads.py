@@ -121,3 +121,22 @@ def test_an_export_does_not_follow_a_link_planted_for_it(
         assert "Traceback" not in done.stderr, done.stderr[-2000:]
         assert "error [" in done.stderr
     assert target.read_text() == ""
+
+
+def test_a_card_number_typed_as_an_index_is_not_repeated(
+    tmp_path: Path, softhsm_token: SoftHSMToken, database_url: str
+) -> None:
+    """`cofre audit prove` records `index`, `size` and `from_size` in its entry (held:
+    integers of a card's length are written masked) and then fails on an index or size
+    the log does not have: its error repeated the number in clear on stderr, which a
+    job's output keeps (the API masks the same message in its problem body)."""
+    vault = _vault(tmp_path, softhsm_token, database_url)
+    for option in ("--index", "--size"):
+        args = ["--index", "0", option, PAN] if option == "--size" else [option, PAN]
+        done = vault.cofre("audit", "prove", *args)
+        assert done.returncode == 1, (option, done.stdout, done.stderr[-2000:])
+        assert "error [" in done.stderr
+        assert PAN not in done.stderr + done.stdout, option
+        raw, entry = _reads(database_url)[-1]
+        assert PAN.encode() not in raw
+        assert entry["details"]["what"] == "inclusion proof"
