@@ -5,7 +5,6 @@ IN PCI SCOPE (wiring).
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -186,6 +185,7 @@ def audit_verify(
     from audit.errors import AuditVerificationFailed
     from audit.store import AuditStore
     from cofre_cli.audit_trail import record_cli_read
+    from cofre_cli.commands._audit_checks import check_kept_head, check_witnesses
     from cofre_cli.wiring import audit_signer, open_database, open_hsm
 
     settings = cli_settings()
@@ -200,8 +200,8 @@ def audit_verify(
         store = AuditStore(engine)
         report = store.verify(pem)
         if kept_head is not None:
-            _check_kept_head(store, kept_head, pem)
-        witnessed = _check_witnesses(
+            check_kept_head(store, kept_head, pem)
+        witnessed = check_witnesses(
             store, witness_key or [], quorum, unsafe_no_witness, settings=settings, pem=pem
         )
     except AuditVerificationFailed as exc:
@@ -229,71 +229,6 @@ def audit_verify(
             else ""
         )
     )
-
-
-def _check_witnesses(
-    store: Any, files: list[Path], quorum: int, unsafe: bool, *, settings: Any, pem: bytes
-) -> int | None:
-    """Return how many stored cosignatures verify (None when no key is pinned and
-    `unsafe`). Raises `AuditVerificationFailed` when one fails, the newest head lacks
-    `quorum`, no key is pinned (fail closed), or a configured witness has cosigned a
-    checkpoint this log no longer holds (asked live: a restore before any new write)."""
-    from audit.errors import AuditVerificationFailed, NoteError
-    from audit.note import VerifierKey
-    from audit.witnessed import verify_witnessed
-    from cofre_cli.witnessing import ask_witnesses
-
-    if not files:
-        if unsafe:
-            return None
-        raise AuditVerificationFailed(
-            "no witness key pinned (--witness-key): nothing but the operator's own key "
-            "vouches for this log, and its holder can rewrite it; pass the witnesses' "
-            "keys, or --unsafe-no-witness to check the operator's signatures alone"
-        )
-    try:
-        keys = [VerifierKey.parse(path.read_text(encoding="utf-8")) for path in files]
-    except (OSError, NoteError) as exc:
-        raise AuditVerificationFailed(f"cannot read a witness key: {exc}") from None
-    for warning in ask_witnesses(settings, store, keys, pem):
-        typer.echo(warning, err=True)
-    return verify_witnessed(store.engine, store.heads(), keys, quorum)
-
-
-def _check_kept_head(store: Any, path: Path, pem: bytes) -> None:
-    """Raise `AuditVerificationFailed` unless the log still contains the signed head in
-    `path`: same entries up to its size, hence the same root."""
-    from audit.errors import AuditVerificationFailed
-    from audit.heads import SignedTreeHead, verify_tree_head
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        head = SignedTreeHead(
-            tree_size=int(data["tree_size"]),
-            root_hash=base64.b64decode(data["root_hash"]),
-            timestamp_ms=int(data["timestamp_ms"]),
-            key_id=str(data["key_id"]),
-            checkpoint=str(data["checkpoint"]),
-            signature=base64.b64decode(data["signature"]),
-        )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise AuditVerificationFailed(
-            f"cannot read the kept head {path} ({type(exc).__name__})"
-        ) from None
-    verify_tree_head(head, store.key_chain(pem).pem_for(head.tree_size))
-    size = store.size()
-    if size < head.tree_size:
-        raise AuditVerificationFailed(
-            f"the log has {size} entries, fewer than the {head.tree_size} of the kept head: "
-            f"entries {size} to {head.tree_size - 1} were removed (a restore from an older "
-            "backup, or tampering)"
-        )
-    if store.root_at(head.tree_size) != head.root_hash:
-        raise AuditVerificationFailed(
-            f"the log's first {head.tree_size} entries do not hash to the kept head's root: "
-            "the log was rewritten or forked (a restore from an older backup followed by "
-            "new entries, or tampering)"
-        )
 
 
 @audit_app.command("export")
