@@ -90,14 +90,15 @@ def private_export(path: Path) -> TextIO:
         raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
     try:
         found = os.fstat(descriptor)
-        if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
-            raise ConfigurationError("the --out file is not a regular file of this user's")
-        os.fchmod(descriptor, 0o600)  # before a byte of the log is in it
-        os.ftruncate(descriptor, 0)
-        return os.fdopen(descriptor, "w", encoding="utf-8")
-    except BaseException:
+        if stat.S_ISREG(found.st_mode) and found.st_uid == os.geteuid():
+            os.fchmod(descriptor, 0o600)  # before a byte of the log is in it
+            os.ftruncate(descriptor, 0)
+            return os.fdopen(descriptor, "w", encoding="utf-8")
+    except OSError as exc:
         os.close(descriptor)
-        raise
+        raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
+    os.close(descriptor)
+    raise ConfigurationError("the --out file is not a regular file of this user's")
 
 
 def shown_path(path: Path) -> str:
