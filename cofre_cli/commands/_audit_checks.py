@@ -1,6 +1,6 @@
 """The checks of `cofre audit verify` beyond the tree itself: the witnesses'
 cosignatures and a signed head kept outside the database (moved from
-`cofre_cli.commands.audit`).
+`cofre_cli.commands.audit`), and the public key file it is given.
 
 IN PCI SCOPE (wiring).
 """
@@ -13,6 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
+from cofre.errors import ConfigurationError
+
+
+def read_pem(path: Path) -> bytes:
+    """The public key file `path` (--public-key); `ConfigurationError` when it cannot be
+    read (it was a traceback: review of session 32)."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read --public-key ({exc.strerror})") from None
 
 
 def check_witnesses(

@@ -13,6 +13,8 @@ import typer
 
 from cofre_cli._shared import cli_settings, fail_cleanly
 
+MAX_LEAF = 2**62  # the API's bound on a leaf index or tree size (api/routes/audit.py)
+
 audit_app = typer.Typer(
     help="The tamper-evident audit log: signed heads, proofs, verification, export. "
     "Reads of the log (head, prove, verify, export, verify-archive --online) write an "
@@ -86,13 +88,23 @@ def audit_public_key(
 @audit_app.command("prove")
 @fail_cleanly
 def audit_prove(
-    index: Annotated[int, typer.Option("--index", help="Leaf index of the entry.")],
+    # Bounded as the API bounds them: a number past what the database holds was a
+    # driver's OverflowError and a traceback, after the read's entry (review of session 32).
+    index: Annotated[
+        int, typer.Option("--index", min=0, max=MAX_LEAF, help="Leaf index of the entry.")
+    ],
     size: Annotated[
-        int | None, typer.Option("--size", help="Tree size (default: the whole tree).")
+        int | None,
+        typer.Option("--size", min=1, max=MAX_LEAF, help="Tree size (default: the whole tree)."),
     ] = None,
     consistency_from: Annotated[
         int | None,
-        typer.Option("--from-size", help="Also prove consistency from this earlier size."),
+        typer.Option(
+            "--from-size",
+            min=1,
+            max=MAX_LEAF,
+            help="Also prove consistency from this earlier size.",
+        ),
     ] = None,
 ) -> None:
     """Print an inclusion proof for entry INDEX (and, with --from-size, a consistency
@@ -185,12 +197,12 @@ def audit_verify(
     from audit.errors import AuditVerificationFailed
     from audit.store import AuditStore
     from cofre_cli.audit_trail import record_cli_read
-    from cofre_cli.commands._audit_checks import check_kept_head, check_witnesses
+    from cofre_cli.commands._audit_checks import check_kept_head, check_witnesses, read_pem
     from cofre_cli.wiring import audit_signer, open_database, open_hsm
 
     settings = cli_settings()
     if public_key is not None:
-        pem = public_key.read_bytes()
+        pem = read_pem(public_key)
     else:
         pem = audit_signer(open_hsm(settings)).public_key_pem()
     engine = open_database(settings)
@@ -285,10 +297,11 @@ def _object_store(settings: Any, bucket: str | None) -> Any:
 
 
 def _public_key_pem(settings: Any, path: Path | None) -> bytes:
+    from cofre_cli.commands._audit_checks import read_pem
     from cofre_cli.wiring import audit_signer, open_hsm
 
     if path is not None:
-        return path.read_bytes()
+        return read_pem(path)
     return audit_signer(open_hsm(settings)).public_key_pem()
 
 

@@ -140,3 +140,26 @@ def test_a_card_number_typed_as_an_index_is_not_repeated(
         raw, entry = _reads(database_url)[-1]
         assert PAN.encode() not in raw
         assert entry["details"]["what"] == "inclusion proof"
+
+
+def test_an_out_of_range_number_or_a_missing_key_file_is_a_clean_refusal(
+    tmp_path: Path, softhsm_token: SoftHSMToken, database_url: str
+) -> None:
+    """Error paths of the reads: an index past what the database can hold wrote its
+    entry and then left the command with a traceback (OverflowError from the driver);
+    a --public-key that cannot be read did too (FileNotFoundError). Each is now refused
+    before any read, as the API bounds the same numbers (0 to 2**62)."""
+    vault = _vault(tmp_path, softhsm_token, database_url)
+    before = len(_reads(database_url))
+    huge = str(2**63)
+    for args in (
+        ("audit", "prove", "--index", huge),
+        ("audit", "prove", "--index", "0", "--size", huge),
+        ("audit", "prove", "--index", "0", "--from-size", huge),
+        ("audit", "prove", "--index", "-1"),
+        ("audit", "verify", "--unsafe-no-witness", "--public-key", str(tmp_path / "none.pem")),
+    ):
+        done = vault.cofre(*args)
+        assert done.returncode in (1, 2), (args, done.stdout, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr, (args, done.stderr[-2000:])
+    assert len(_reads(database_url)) == before  # nothing was read, nothing recorded
