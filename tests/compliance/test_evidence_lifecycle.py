@@ -19,9 +19,7 @@ def _files(*entries: tuple[str, Any, Any]) -> dict[str, bytes]:
         json.dumps(
             {
                 "index": 10 + i,
-                "payload": json.dumps(
-                    {"action": action, "details": {"host": host, "pid": pid}}
-                ),
+                "payload": json.dumps({"action": action, "details": {"host": host, "pid": pid}}),
             }
         )
         for i, (action, host, pid) in enumerate(entries)
