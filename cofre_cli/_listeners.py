@@ -12,10 +12,13 @@ only once the worker count is known, hence here rather than in the settings.
 
 from __future__ import annotations
 
+import contextlib
+
+from api.lifecycle import claim_port
 from cofre.errors import ConfigurationError
 from cofre.settings import Settings
 
-__all__ = ["check_listener_ports"]
+__all__ = ["check_listener_ports", "claim_listener_ports"]
 
 
 def _listeners(settings: Settings, workers: int) -> list[tuple[str, int]]:
@@ -52,3 +55,31 @@ def check_listener_ports(settings: Settings, workers: int) -> None:
             "two listeners of this node would share a port (the kernel would split their "
             "connections): " + "; ".join(clashes)
         )
+
+
+def claim_listener_ports(settings: Settings, workers: int) -> contextlib.ExitStack:
+    """Hold the claim (`api.lifecycle.claim_port`) of every port this node listens on,
+    not only the mTLS one: another node of the same user with its health or capture
+    port on one of these (both SO_REUSEPORT) would start, and the kernel would split
+    that port's connections between the two nodes. Close the stack to let them go.
+    Raises `ApiError` naming the port another `cofre serve` holds."""
+    claims = contextlib.ExitStack()
+    try:
+        for _, port in _listeners(settings, workers):
+            claims.enter_context(contextlib.closing(claim_port(_host(settings, port), port)))
+    except BaseException:
+        claims.close()
+        raise
+    return claims
+
+
+def _host(settings: Settings, port: int) -> str:
+    """The host a port is listened on, for the refusal's text."""
+    server = settings.server
+    if port == server.health_port:
+        return server.health_host
+    if port == settings.capture.port:
+        return settings.capture.host
+    if port == server.port:
+        return server.host
+    return server.metrics_host

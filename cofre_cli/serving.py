@@ -6,7 +6,6 @@ IN PCI SCOPE (wiring).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import logging
@@ -20,7 +19,7 @@ import structlog
 
 from api.balance import Counts, WorkerLoads
 from api.health import build_health_server
-from api.lifecycle import claim_port, run_until_stopped
+from api.lifecycle import run_until_stopped
 from api.metrics import start_metrics_listener
 from api.observability import (
     Telemetry,
@@ -34,7 +33,7 @@ from api.server import TLSFiles, build_server, log_config, reload_server_certifi
 from cofre.errors import ConfigurationError
 from cofre.redaction import OwnDigest
 from cofre.settings import Settings
-from cofre_cli._listeners import check_listener_ports
+from cofre_cli._listeners import check_listener_ports, claim_listener_ports
 from cofre_cli._production import production_checks, refusing_software_tokens
 from cofre_cli.capture import start_capture_listener
 from cofre_cli.wiring import (
@@ -86,7 +85,7 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
     )
     for name in allowed:
         _log.warning("INSECURE setting in effect", setting=f"COFRE_INSECURE__{name.upper()}")
-    with contextlib.closing(claim_port(settings.server.host, settings.server.port)):
+    with claim_listener_ports(settings, workers):
         if workers == 1:
             serve_worker(settings, None, migrate_schema=migrate_schema)
             return

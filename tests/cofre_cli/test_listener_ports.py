@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
+from api.errors import ApiError
 from cofre.errors import ConfigurationError
 from cofre.settings import Settings
-from cofre_cli._listeners import check_listener_ports
+from cofre_cli._listeners import check_listener_ports, claim_listener_ports
+from tests.support.postgres import free_port
 from tests.support.softhsm import SoftHSMToken
 from tests.support.vault_process import make_vault
 
@@ -91,3 +93,45 @@ def test_cofre_serve_refuses_a_health_port_on_the_mtls_port(
     assert served.returncode == 1, served.stderr[-2000:]
     assert "error [configuration_error]" in served.stderr
     assert "COFRE_SERVER__HEALTH_PORT and COFRE_SERVER__PORT are both" in served.stderr
+
+
+def test_every_listener_port_is_claimed_while_the_node_runs() -> None:
+    health, metrics = free_port(), free_port()
+    node = Settings(server={"port": free_port(), "health_port": health, "metrics_port": metrics})
+    other = Settings(server={"port": free_port(), "health_port": metrics})
+    with claim_listener_ports(node, 1):
+        with pytest.raises(ApiError, match=f":{metrics} .another cofre serve"):
+            claim_listener_ports(other, 1)
+        # The refused node let go of what it had claimed before the clash.
+        claim_listener_ports(Settings(server={"port": other.server.port}), 1).close()
+    claim_listener_ports(other, 1).close()  # free again once the node stops
+
+
+@pytest.mark.hsm
+def test_a_second_node_on_the_first_node_s_health_port_is_refused(
+    tmp_path: Path, softhsm_token: SoftHSMToken
+) -> None:
+    # Session 33: with several workers (health listeners on SO_REUSEPORT) the second
+    # node started and the kernel split the probes between the two nodes, each
+    # answering for itself; with one worker it died of a traceback (address in use).
+    on_health = {"COFRE_SERVER__WORKERS": "2", "COFRE_SERVER__HEALTH_PORT": str(free_port())}
+    first = make_vault(tmp_path / "first", softhsm_token, None)
+    first.env.update(on_health)
+    first.start()
+    try:
+        second = make_vault(tmp_path / "second", softhsm_token, None)
+        second.env.update(on_health)
+        assert second.cofre("db", "migrate").returncode == 0
+        served = subprocess.run(
+            [sys.executable, "-m", "cofre_cli", "serve"],
+            env=second.env,
+            capture_output=True,
+            text=True,
+            timeout=120,  # a node that serves never exits by itself: only a hang ends here
+            check=False,
+        )
+    finally:
+        first.stop()
+    assert served.returncode == 1, served.stderr[-2000:]
+    health = on_health["COFRE_SERVER__HEALTH_PORT"]
+    assert f":{health} (another cofre serve on this host holds the port)" in served.stderr
