@@ -3,9 +3,7 @@ and the vault's heads get cosigned: `cofre audit verify --witness-key` passes.""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,26 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.dev import clean_env, start_dev
+
 COFRE = [sys.executable, "-m", "cofre_cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.mark.hsm  # `cofre dev` creates a SoftHSM2 token
 def test_make_run_exercises_witnessed_checkpoints(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
+    env = clean_env()
     data_dir = tmp_path / "dev"
-    dev = subprocess.Popen(
-        [*COFRE, "dev", "--data-dir", str(data_dir), "--port", str(_free_port())],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    dev = start_dev(data_dir, env)
     try:
         vkey = data_dir / "witness" / "witness.vkey"
         env["COFRE_CONFIG"] = str(data_dir / "cofre.toml")

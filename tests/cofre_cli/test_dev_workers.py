@@ -6,49 +6,22 @@ settings to add the local witness, so the dev vault always ran one worker per co
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from cofre.settings import Settings
 from cofre_cli.workers import worker_count
-
-COFRE = [sys.executable, "-m", "cofre_cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.support.dev import clean_env, start_dev
 
 
 @pytest.mark.hsm  # `cofre dev` creates a SoftHSM2 token
 def test_cofre_dev_serves_with_the_workers_it_is_given(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
     # A count other than the default, so that dropping the option shows.
     default = worker_count(Settings())
     wanted = 1 if default != 1 else 2
-    dev = subprocess.Popen(
-        [
-            *COFRE,
-            "dev",
-            "--data-dir",
-            str(tmp_path / "dev"),
-            "--port",
-            str(_free_port()),
-            "--workers",
-            str(wanted),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    dev = start_dev(tmp_path / "dev", clean_env(), "--workers", str(wanted))
     starting = None
     try:
         assert dev.stdout is not None
