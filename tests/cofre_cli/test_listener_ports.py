@@ -9,8 +9,6 @@ listener is on `COFRE_SERVER__METRICS_PORT` + N, a range that can cover another 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,15 +79,8 @@ def test_cofre_serve_refuses_a_health_port_on_the_mtls_port(
     vault = make_vault(tmp_path / "node", softhsm_token, None)
     vault.env.update({"COFRE_SERVER__WORKERS": "2", "COFRE_SERVER__HEALTH_PORT": str(vault.port)})
     assert vault.cofre("db", "migrate").returncode == 0
-    # A vault that starts serving never exits by itself: the bound only ends a hang.
-    served = subprocess.run(
-        [sys.executable, "-m", "cofre_cli", "serve"],
-        env=vault.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    # A vault that starts serving never exits by itself: `cofre`'s bound ends a hang.
+    served = vault.cofre("serve")
     assert served.returncode == 1, served.stderr[-2000:]
     assert "error [configuration_error]" in served.stderr
     assert "COFRE_SERVER__HEALTH_PORT and COFRE_SERVER__PORT are both" in served.stderr
@@ -122,14 +113,7 @@ def test_a_second_node_on_the_first_node_s_health_port_is_refused(
         second = make_vault(tmp_path / "second", softhsm_token, None)
         second.env.update(on_health)
         assert second.cofre("db", "migrate").returncode == 0
-        served = subprocess.run(
-            [sys.executable, "-m", "cofre_cli", "serve"],
-            env=second.env,
-            capture_output=True,
-            text=True,
-            timeout=120,  # a node that serves never exits by itself: only a hang ends here
-            check=False,
-        )
+        served = second.cofre("serve")  # one that serves: its bound ends the hang
     finally:
         first.stop()
     assert served.returncode == 1, served.stderr[-2000:]
