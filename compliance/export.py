@@ -21,7 +21,6 @@ from typing import IO, Any, Final
 from sqlalchemy import Engine, func, or_, select
 
 from audit.heads import SignedTreeHead, TreeHeadSigner
-from audit.log import AuditEvent, AuditLog, Outcome
 from audit.merkle import hash_b64
 from audit.publisher import witnessed_handover_notes, witnessed_note
 from audit.retention import retired_overlapping
@@ -38,6 +37,7 @@ from cofre_evidence_verifier.bundle import (
     SIGNATURE,
 )
 from compliance._covering import covering_head
+from compliance._cutoff import write_cutoff
 from compliance._relay_cas import relay_ca_inventory
 from compliance.custody import custody_json
 from compliance.dual_control import dual_control_json
@@ -234,7 +234,7 @@ def write_bundle(
     # covers: so there is always an entry after the period, which the bundle shows as
     # its end boundary (review 29: without one, entries at the period's end could be
     # left out unseen).
-    cutoff = _write_cutoff(engine, generator)
+    cutoff = write_cutoff(engine, generator)
     if cutoff <= period_from:
         raise ComplianceError("the period must not start in the future")
     period_to = min(period_to, cutoff)
@@ -422,21 +422,6 @@ def _stream_log(
         inclusion.jsonl(
             {"index": i, "proof": [hash_b64(h) for h in store.inclusion_proof(i, size)]}
         )
-
-
-def _write_cutoff(engine: Engine, generator: str) -> datetime:
-    """Write the export's ``evidence.cutoff`` entry and return a time at or before the
-    entry's own: the latest end the bundle's period may have."""
-    at = datetime.now(UTC)
-    event = AuditEvent(
-        action="evidence.cutoff",
-        outcome=Outcome.SUCCESS,
-        actor=generator,
-        details={"reason": "an evidence bundle's period ends at the latest here"},
-    )
-    with engine.begin() as connection:
-        AuditLog().append(connection, event)
-    return at
 
 
 def _stage_boundaries(
