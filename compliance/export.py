@@ -37,7 +37,7 @@ from cofre_evidence_verifier.bundle import (
     SIGNATURE,
 )
 from compliance._covering import covering_head
-from compliance._cutoff import write_cutoff
+from compliance._cutoff import sign_over_cutoff, write_cutoff
 from compliance._relay_cas import relay_ca_inventory
 from compliance.custody import custody_json
 from compliance.dual_control import dual_control_json
@@ -238,7 +238,7 @@ def write_bundle(
     if cutoff <= period_from:
         raise ComplianceError("the period must not start in the future")
     period_to = min(period_to, cutoff)
-    sequencer.drain(force_sign=True)
+    sign_over_cutoff(sequencer)
     if publish is not None:
         # The head just signed goes to the witnesses now, so the bundle can carry its
         # cosignatures (a witness that is down leaves an earlier witnessed head, if any).
