@@ -66,7 +66,9 @@ class LoopHealth:
             if self._error is None:
                 return
             since, self._error, self._since = self._since, None, None
-        _log.info("background loop recovered", loop=self._loop, failing_since=since)
+        # ISO 8601 as readiness gives it: the JSON renderer would write a datetime's repr.
+        when = since.isoformat(timespec="seconds") if since is not None else None
+        _log.info("background loop recovered", loop=self._loop, failing_since=when)
 
     def check(self) -> str:
         """ "ok", or since when it fails and why (for a readiness check that informs but

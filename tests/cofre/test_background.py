@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime
 
 from sqlalchemy.exc import OperationalError
 from structlog.testing import capture_logs
@@ -43,3 +44,17 @@ def test_a_database_error_is_named_by_its_driver_class_without_its_statement() -
     assert describe_failure(error) == "OperationalError"
     assert "secret-parameter" not in describe_failure(error)
     assert describe_failure(ValueError("anything at all")) == "ValueError"
+
+
+def test_recovered_line_gives_when_failing_began_as_iso_8601() -> None:
+    """The JSON log rendered the datetime with repr, `datetime.datetime(2026, 12, 5, …)`,
+    which no log pipeline parses as a time (drill of session 33)."""
+    health = LoopHealth("key rotation")
+    with capture_logs() as logs:
+        health.failed(_Refused("the key store is unavailable"))
+        since = health.check().removeprefix("failing since ").split(": ")[0]
+        health.succeeded()
+    recovered = logs[-1]
+    assert recovered["event"] == "background loop recovered"
+    assert isinstance(recovered["failing_since"], str)
+    assert datetime.fromisoformat(recovered["failing_since"]) == datetime.fromisoformat(since)
