@@ -40,6 +40,7 @@ from pydantic import SecretStr
 from cofre.blocking import may_block, may_wait
 from cofre.errors import WouldBlock
 from hsm._login import UserLogin
+from hsm._pool import _close_quietly, _KeyHandleRefused, _Pooled, _SessionLost
 from hsm.errors import (
     HSMAuthFailed,
     HSMKeyNotExtractable,
@@ -83,17 +84,6 @@ _AUTH_ERRORS: Final = (
     p11e.PinExpired,
     p11e.UserPinNotInitialized,
 )
-
-
-class _Pooled:
-    """One open session and the key objects found on it (handles are per session)."""
-
-    __slots__ = ("epoch", "objects", "session")
-
-    def __init__(self, session: Any, epoch: int) -> None:
-        self.session = session
-        self.objects: dict[tuple[str, int], Any] = {}
-        self.epoch = epoch
 
 
 class TokenSession:
@@ -503,25 +493,3 @@ class TokenSession:
         """Close every session. The provider reopens them on the next call."""
         with self._exclusive():
             self._drop_all()
-
-
-class _SessionLost(Exception):
-    """The session, token or library went away during a call (retried, then translated)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
-
-
-class _KeyHandleRefused(Exception):
-    """The token refused a key or object handle (retried on a fresh lookup)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
-
-
-def _close_quietly(session: Any) -> None:
-    # A failing close means the session is already gone, which is why we are dropping it.
-    with contextlib.suppress(p11e.PKCS11Error):
-        session.close()
