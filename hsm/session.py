@@ -100,6 +100,7 @@ class TokenSession:
         pool_size: int = 1,
         key_availability_timeout: float = 5.0,
         refuse_software: bool = False,
+        init_timeout: float = 15.0,
     ) -> None:
         self._library_path = library
         # `cofre serve` without the software-token allowance: a library that says it is
@@ -123,6 +124,11 @@ class TokenSession:
         # Threads in (or waiting for) a ``C_Initialize`` (`_initializing`): a readiness
         # check answers unready at once while there are any (`check_answering`).
         self._initializing_count = 0
+        # A readiness check never loads the library in its own thread (`_load_bounded`):
+        # the load it started, while it runs, and how long a check waits for it
+        # (``COFRE_HSM__INIT_TIMEOUT_SECONDS``).
+        self._loading: _Load | None = None
+        self.init_timeout = init_timeout
         # The pool: one plain lock (cheap to take in C, see `_run_pooled`) and a condition
         # on it for the threads that wait, either for a place in the pool or, while
         # `_exclusive` holds the pool alone, for it to end; `_waiting` counts them so that
@@ -148,10 +154,13 @@ class TokenSession:
     def _open_session(self) -> Any:
         lib = self._lib
         if lib is None:
-            with self._initializing(), self._lib_lock:
-                if self._lib is None:
-                    self._lib = load_library(self._library_path, self._softhsm_conf)
-                lib = self._lib
+            if getattr(self._local, "bounded", False):
+                lib = self._load_bounded()
+            else:
+                with self._initializing(), self._lib_lock:
+                    if self._lib is None:
+                        self._lib = load_library(self._library_path, self._softhsm_conf)
+                    lib = self._lib
         try:
             token = lib.get_token(token_label=self._token_label)
         except p11e.NoSuchToken:
@@ -212,6 +221,64 @@ class TokenSession:
                 f"PKCS#11 library not answering: C_Initialize of {self._library_path} "
                 "has not returned (its HSM or cluster may be unreachable)"
             )
+
+    def check_bounded(self, operation: Callable[[Any], T], *, name: str) -> T:
+        """`_run(operation)` for a readiness check: it never loads the library in this
+        thread. When nothing had loaded it (at start, or after a failed
+        re-initialisation, with only probes arriving on an unready node), the check
+        called ``C_Initialize`` itself; a networked HSM's client that hangs there held
+        that check, and every later one waited behind it (session 33)."""
+        self.check_answering()
+        self._local.bounded = True
+        try:
+            return self._run(operation, name=name)
+        finally:
+            self._local.bounded = False
+
+    def _load_bounded(self) -> Any:
+        """Return the loaded library, loading it in a background thread (or joining the
+        load one already runs) and waiting at most `init_timeout` seconds; past that,
+        raise `HSMUnavailable`. The load goes on, counted in `_initializing_count`, so
+        later checks answer at once (`check_answering`) until ``C_Initialize`` returns."""
+        with self._mutex:
+            load = self._loading
+            if load is None:
+                load = self._loading = _Load()
+                # Counted before the thread starts: a check that comes next answers at once.
+                self._initializing_count += 1
+                threading.Thread(
+                    target=self._load_in_background,
+                    args=(load,),
+                    name="cofre-hsm-load",
+                    daemon=True,
+                ).start()
+        if not load.done.wait(self.init_timeout):
+            raise HSMUnavailable(
+                f"PKCS#11 library not answering: C_Initialize of {self._library_path} "
+                f"has not returned in {self.init_timeout:g} s (its HSM or cluster may be "
+                "unreachable)"
+            )
+        if load.failure is not None:
+            raise load.failure
+        return load.lib
+
+    def _load_in_background(self, load: _Load) -> None:
+        try:
+            with self._lib_lock:
+                if self._lib is None:
+                    self._lib = load_library(self._library_path, self._softhsm_conf)
+                load.lib = self._lib
+        except HSMUnavailable as exc:
+            load.failure = exc
+        except BaseException as exc:  # noqa: BLE001 - reported to the waiting check
+            load.failure = HSMUnavailable(
+                f"cannot load PKCS#11 library {self._library_path}: {type(exc).__name__}"
+            )
+        finally:
+            with self._mutex:
+                self._initializing_count -= 1
+                self._loading = None
+            load.done.set()
 
     def _check_pin_not_refused(self) -> None:
         """Raise `HSMAuthFailed` once the token refused this PIN: never try it again
@@ -493,3 +560,14 @@ class TokenSession:
         """Close every session. The provider reopens them on the next call."""
         with self._exclusive():
             self._drop_all()
+
+
+class _Load:
+    """A library load a readiness check started (`TokenSession._load_bounded`)."""
+
+    __slots__ = ("done", "failure", "lib")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.lib: Any = None
+        self.failure: HSMUnavailable | None = None
