@@ -8,6 +8,7 @@ IN PCI SCOPE (wiring).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import stat
@@ -76,29 +77,65 @@ def record_cli_read(engine: Engine, command: str, what: str, **details: DetailVa
         AuditLog().append(connection, event)
 
 
-def private_export(path: Path) -> TextIO:
+def private_export(path: Path, record: Callable[[], None]) -> TextIO:
     """`path` opened to write a copy of the log, readable by this user alone (0600
     whatever the umask): not through a symbolic link, not a file another user owns, only
     a regular file. A copy of the log is read access to it (PCI DSS 10.3.1): any other
     account that could read the copy, or had planted the file or a link to one of its
     own, would read the log with no `audit_read` of its own (review of session 32).
-    Raises `ConfigurationError` (naming no path: it is the operator's text)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        descriptor = os.open(path, flags, 0o600)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
+
+    `record()` (the read's `audit_read` entry) is called once the file is open and
+    checked, before it is emptied or a byte of the log is in it: a path that is refused
+    (a FIFO planted there, whose open waited for a reader for good after the entry was
+    written: session 33) is refused unrecorded, and a read that cannot be recorded
+    leaves the file as it was (or none, when this call created it).
+    Raises `ConfigurationError` (naming no path: it is the operator's text), or what
+    `record` raises."""
+    descriptor, created = _open_for_export(path)
     try:
         found = os.fstat(descriptor)
-        if stat.S_ISREG(found.st_mode) and found.st_uid == os.geteuid():
-            os.fchmod(descriptor, 0o600)  # before a byte of the log is in it
-            os.ftruncate(descriptor, 0)
-            return os.fdopen(descriptor, "w", encoding="utf-8")
     except OSError as exc:
         os.close(descriptor)
         raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
-    os.close(descriptor)
-    raise ConfigurationError("the --out file is not a regular file of this user's")
+    if not (stat.S_ISREG(found.st_mode) and found.st_uid == os.geteuid()):
+        os.close(descriptor)  # never one this call created: that is a regular file of ours
+        raise ConfigurationError("the --out file is not a regular file of this user's")
+    try:
+        # Blocking again, for the writes (O_NONBLOCK only kept the open from waiting).
+        os.set_blocking(descriptor, True)
+        os.fchmod(descriptor, 0o600)  # before a byte of the log is in it
+        record()
+        os.ftruncate(descriptor, 0)
+        return os.fdopen(descriptor, "w", encoding="utf-8")
+    except BaseException as exc:
+        os.close(descriptor)
+        if created:
+            _remove_created(path, found)
+        if isinstance(exc, OSError):
+            raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
+        raise
+
+
+def _open_for_export(path: Path) -> tuple[int, bool]:
+    """Open `path` to write, never waiting (O_NONBLOCK: a FIFO with no reader fails
+    ENXIO at once instead of blocking the open) and never through a link; return the
+    descriptor and whether this call created the file."""
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        try:
+            return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600), True
+        except FileExistsError:
+            return os.open(path, flags), False
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
+
+
+def _remove_created(path: Path, created: os.stat_result) -> None:
+    """Remove the (empty) file `_open_for_export` created, if `path` still names it."""
+    with contextlib.suppress(OSError):
+        now = path.lstat()
+        if (now.st_dev, now.st_ino) == (created.st_dev, created.st_ino):
+            path.unlink()
 
 
 def shown_path(path: Path) -> str:

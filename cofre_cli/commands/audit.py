@@ -257,10 +257,14 @@ def audit_export(
     settings = cli_settings()
     pem = audit_signer(open_hsm(settings)).public_key_pem()
     engine = open_database(settings)
-    # Before the file is opened: a read that cannot be recorded leaves no file.
-    record_cli_read(engine, "cofre audit export", "export", out=str(out.absolute())[:256])
+    # Recorded once the file is open and checked (a FIFO or a link is refused unread),
+    # before a byte of the log is in it; a read that cannot be recorded leaves no file.
+    recorded = out.absolute()
     lines = 1  # the public key's line, then every entry and head
-    with private_export(out) as handle:
+    with private_export(
+        out,
+        lambda: record_cli_read(engine, "cofre audit export", "export", out=str(recorded)[:256]),
+    ) as handle:
         handle.write(json.dumps({"type": "public_key", "pem": pem.decode()}) + "\n")
         for line in AuditStore(engine).export():
             handle.write(line + "\n")

@@ -8,16 +8,22 @@ SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import create_engine, text
 
+from audit.errors import AuditWriteFailed
+from cofre_cli.audit_trail import private_export
 from tests.support.softhsm import SoftHSMToken
 from tests.support.vault_process import VaultProcess, make_vault
 
@@ -163,3 +169,78 @@ def test_an_out_of_range_number_or_a_missing_key_file_is_a_clean_refusal(
         assert done.returncode in (1, 2), (args, done.stdout, done.stderr[-2000:])
         assert "Traceback" not in done.stderr, (args, done.stderr[-2000:])
     assert len(_reads(database_url)) == before  # nothing was read, nothing recorded
+
+
+# Far above what an export takes: the bound fails only on a hang.
+HANG_BOUND = 120.0
+
+
+def _cofre_bounded(vault: VaultProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """`vault.cofre(*args)`, failing the test (not hanging it) when the command hangs."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "cofre_cli", *args],
+            env=vault.env,
+            capture_output=True,
+            text=True,
+            timeout=HANG_BOUND,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"cofre {' '.join(args)} hung") from None
+
+
+def test_a_fifo_planted_for_the_export_is_refused_before_the_read(
+    tmp_path: Path, softhsm_token: SoftHSMToken, database_url: str
+) -> None:
+    """A FIFO planted where the operator exports (a shared directory): with no reader,
+    the export's open waited for one for good, after its `audit_read` entry was written
+    (session 33); with a reader (another account's process), the copy would stream to
+    it. Both are refused cleanly (exit 1) before the read, so nothing is recorded as
+    read and nothing is written into the FIFO."""
+    vault = _vault(tmp_path, softhsm_token, database_url)
+    before = len(_reads(database_url))
+    fifo = tmp_path / "export.jsonl"
+    os.mkfifo(fifo, 0o666)
+    done = _cofre_bounded(vault, "audit", "export", "--out", str(fifo))
+    assert done.returncode == 1, (done.stdout, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "error [configuration_error]" in done.stderr, done.stderr[-2000:]
+    # A reader waiting on the FIFO (opened without blocking, as a planted one might be).
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        done = _cofre_bounded(vault, "audit", "export", "--out", str(fifo))
+        assert done.returncode == 1, (done.stdout, done.stderr[-2000:])
+        assert "not a regular file" in done.stderr, done.stderr[-2000:]
+        with contextlib.suppress(BlockingIOError):
+            assert os.read(reader, 1 << 16) == b""  # nothing streamed to the reader
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert len(_reads(database_url)) == before  # refused before the entry
+
+
+def test_a_read_that_cannot_be_recorded_leaves_the_export_path_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """The entry is now written once the file is open and checked: when it cannot be
+    written, a file the export created is removed, and one that was there keeps its
+    bytes (it is emptied only after the entry)."""
+
+    def refuse() -> None:
+        raise AuditWriteFailed("the audit log refused the entry")
+
+    created = tmp_path / "new.jsonl"
+    with pytest.raises(AuditWriteFailed):
+        private_export(created, refuse)
+    assert not created.exists()
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text("before\n")
+    with pytest.raises(AuditWriteFailed):
+        private_export(kept, refuse)
+    assert kept.read_text() == "before\n"
+    written: list[str] = []
+    with private_export(kept, lambda: written.append(kept.read_text())) as handle:
+        handle.write("after\n")
+    assert written == ["before\n"]  # recorded before the file was emptied
+    assert kept.read_text() == "after\n"
