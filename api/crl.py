@@ -58,6 +58,10 @@ _Revoked = tuple[_Issuer, int]
 # Whose CRL: the issuer's name and the DER public key of the trusted CA that signed it
 # (two CAs can share a name; neither's CRL may displace the other's).
 _Source = tuple[_Issuer, bytes]
+# CRLs replaced before their `crl.load` entry was written that still wait for it
+# (`CrlWatcher._left_unrecorded`): bounded, as the audit log may refuse writes for long
+# while a CA publishes; past it each one is logged as never recorded.
+MAX_UNRECORDED_CRLS = 16
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)
 
 
@@ -241,6 +245,9 @@ class CrlWatcher:
         self._thread: threading.Thread | None = None
         self._in_force: frozenset[CrlFacts] = frozenset()
         self._recorded: set[CrlFacts] = set()
+        # CRLs that were in force and left it before their entry was written, oldest
+        # first: still recorded (their revocations were in force; session 33).
+        self._left_unrecorded: dict[CrlFacts, None] = {}
         self._recorder: Callable[[CrlFacts], None] | None = None
         self._record_lock = threading.Lock()  # the poll thread and SIGHUP both record
         self._closed = False  # `stop`: nothing is recorded after it
@@ -277,7 +284,8 @@ class CrlWatcher:
             self.revoked.merge([(s, crl) for s, crl in sourced if not _is_delta(crl)])
             self._error = None
             self._next_update = self.revoked.next_update()
-            self._in_force = frozenset(_facts(crl) for crl in crls)
+            left, self._in_force = self._in_force, frozenset(_facts(crl) for crl in crls)
+            self._keep_unrecorded(left - self._in_force)
             for crl in crls:
                 _log.info(
                     "CRL loaded",
@@ -293,9 +301,21 @@ class CrlWatcher:
         """From now on hand each CRL put in force and not yet recorded to `recorder`,
         starting with those in force now. A recorder that raises is logged, and the CRL
         is handed to it again at the next poll (the CRL stays in force meanwhile:
-        refusing a newer revocation list would keep revoked certificates working)."""
+        refusing a newer revocation list would keep revoked certificates working), even
+        once a newer file has replaced it: its revocations were in force (session 33;
+        at most `MAX_UNRECORDED_CRLS` wait so, oldest first, before those in force)."""
         self._recorder = recorder
         self._record_pending()
+
+    def _keep_unrecorded(self, left: frozenset[CrlFacts]) -> None:
+        """Keep the CRLs in `left` (no longer in force) that have no entry yet waiting for
+        one, up to `MAX_UNRECORDED_CRLS`: the oldest are kept, each past it is logged."""
+        with self._record_lock:
+            for facts in sorted(left - self._recorded - self._left_unrecorded.keys(), key=repr):
+                if len(self._left_unrecorded) < MAX_UNRECORDED_CRLS:
+                    self._left_unrecorded[facts] = None
+                    continue
+                _never_recorded(facts, "too many waiting for an entry")
 
     def _record_pending(self) -> None:
         recorder = self._recorder
@@ -304,7 +324,11 @@ class CrlWatcher:
         with self._record_lock:
             if self._closed:
                 return
-            for facts in sorted(self._in_force - self._recorded, key=repr):
+            waiting = list(self._left_unrecorded)
+            waiting += sorted(
+                self._in_force - self._recorded - self._left_unrecorded.keys(), key=repr
+            )
+            for facts in waiting:
                 try:
                     recorder(facts)
                 except Exception as exc:  # noqa: BLE001 - retried at the next poll
@@ -315,6 +339,7 @@ class CrlWatcher:
                     )
                     return
                 self._recorded.add(facts)
+                self._left_unrecorded.pop(facts, None)
 
     def _trusted_source(self, crl: x509.CertificateRevocationList) -> _Source:
         """The source of `crl`: raise `CrlInvalid` unless a CA of the context signed it."""
@@ -378,5 +403,20 @@ class CrlWatcher:
         self._stop.set()
         with self._record_lock:
             self._closed = True
+            if self._recorder is not None:
+                unrecorded = [*self._left_unrecorded, *(self._in_force - self._recorded)]
+                for facts in dict.fromkeys(unrecorded):
+                    _never_recorded(facts, "the process stopped before its entry was written")
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def _never_recorded(facts: CrlFacts, why: str) -> None:
+    """Log a CRL that was in force and will have no ``crl.load`` entry (the log's gap,
+    named for the operator)."""
+    _log.error(
+        f"CRL load never recorded in the audit log: {why}",
+        issuer=facts.issuer,
+        crl_number=None if facts.number is None else format(facts.number, "x"),
+        this_update=facts.this_update,
+    )
