@@ -151,3 +151,24 @@ def test_crls_waiting_for_their_entry_are_bounded_and_the_oldest_is_kept(
     refusing[0] = False
     watcher.reload()
     assert recorded == [*range(1, MAX_UNRECORDED_CRLS + 1), published]
+
+
+def test_a_crl_still_waiting_for_its_entry_at_stop_is_logged_as_never_recorded(
+    tmp_path: Path,
+) -> None:
+    """`stop` ends recording (a `crl.load` after `process.stop` is refused), so a CRL
+    whose entry was refused until then will have none: the vault's log names it, the
+    one replaced and the one in force alike."""
+    pki, watcher = _watcher(tmp_path)
+
+    def refuse(facts: CrlFacts) -> None:
+        raise AuditWriteFailed("the database refused")
+
+    watcher.record_changes(refuse)
+    for number in (1, 2):
+        watcher.path.write_bytes(_numbered_crl(pki, number, tmp_path / f"{number}.pem"))
+        watcher.reload()
+    with capture_logs() as logs:
+        watcher.stop()
+    never = [e for e in logs if e["event"].startswith("CRL load never recorded")]
+    assert [e["crl_number"] for e in never] == ["1", "2"]
