@@ -101,18 +101,22 @@ def start_dev_witness(data_dir: Path, log_vkey: str, timeout: float = 30) -> Dev
     if stderr is None:  # pragma: no cover - stderr=PIPE always gives one
         raise ConfigurationError("the dev witness has no stderr")
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = stderr.readline()
-        if not line:
-            break
-        found = _LISTENING.search(line)
-        if found:
-            # Keep reading its log (stderr) so the pipe never fills: into a file.
-            _drain_to(stderr, directory / "witness.log")
-            os.environ["COFRE_AUDIT__WITNESSES"] = json.dumps(
-                [{"url": found.group(1), "vkey": vkey}]
-            )
-            return DevWitness(process, found.group(1), vkey, directory)
+    try:
+        while time.monotonic() < deadline:
+            line = stderr.readline()
+            if not line:
+                break
+            found = _LISTENING.search(line)
+            if found:
+                # Keep reading its log (stderr) so the pipe never fills: into a file.
+                _drain_to(stderr, directory / "witness.log")
+                os.environ["COFRE_AUDIT__WITNESSES"] = json.dumps(
+                    [{"url": found.group(1), "vkey": vkey}]
+                )
+                return DevWitness(process, found.group(1), vkey, directory)
+    except BaseException:
+        process.kill()  # a stop (SystemExit, KeyboardInterrupt) while it starts: not left behind
+        raise
     process.kill()
     raise ConfigurationError("the dev witness did not start (see `cofre witness serve`)")
 

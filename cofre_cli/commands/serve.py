@@ -6,6 +6,7 @@ IN PCI SCOPE (wiring).
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Annotated, Any, Final
 
@@ -85,6 +86,10 @@ def dev_command(
         typer.echo("ready: " + ", ".join(f"{k} {v}" for k, v in checks.items()))
         typer.echo(f"config: COFRE_CONFIG={env.config_file}")
         return
+    # Until the vault's own signal handling takes over (`serve`), a SIGTERM would end
+    # this process by its default action, past the `finally` that stops the witness:
+    # the witness was left running (session 33). As SystemExit, the `finally` runs.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     witness = _start_witness(env.data_dir, settings, provider)
     # Dev plays the witness operator too: it pins the key each audit key rotation hands
     # over to (a production witness's operator does, out of band: docs/key-ceremony.md).
@@ -117,6 +122,10 @@ def dev_command(
         serve(settings, migrate_schema=True, production=False)
     finally:
         witness.stop()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _start_witness(data_dir: Path, settings: Any, provider: Any) -> Any:
