@@ -246,7 +246,14 @@ def audit_verify(
 @audit_app.command("export")
 @fail_cleanly
 def audit_export(
-    out: Annotated[Path, typer.Option("--out", help="File to write (JSON lines).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="File to write (JSON lines): created 0600, or a regular file of yours; "
+            "never a link, pipe or device.",
+        ),
+    ],
 ) -> None:
     """Write every entry (with leaf hash), every signed head and the audit public key as
     JSON lines, for offline verification."""
