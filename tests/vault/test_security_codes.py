@@ -7,6 +7,7 @@ once every code under it has expired."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -88,13 +89,24 @@ def test_no_reveal_answers_a_code_and_none_is_stored_in_clear(
         *vault.detokenize_batch(GETNET, [record.token]),
     ):
         fields = [getattr(revealed, name) for name in revealed.__slots__]
-        assert "7373" not in repr(fields)
+        assert not any(_holds_code(repr(value)) for value in fields)
         assert not any(isinstance(value, SecurityCode) for value in fields)
     with engine.connect() as c:
         for table in ("tokens", "security_codes", "audit_entries", "security_code_epochs"):
             for row in c.execute(sa.text(f"SELECT * FROM {table}")):
-                stored = b"".join(v if isinstance(v, bytes) else repr(v).encode() for v in row)
-                assert b"7373" not in stored, table
+                for value in row:
+                    text = value.decode("latin-1") if isinstance(value, bytes) else repr(value)
+                    assert not _holds_code(text), table
+
+
+# The code on its own, not four digits inside a longer run: a random card_random token,
+# an entry's time ("15:19:34.737372", a clean-clone CI of session 33) or a base64 key
+# check may hold "7373" by chance; the code stored or answered in clear stands alone.
+_CODE_ALONE = re.compile(r"(?<![0-9A-Za-z+/])7373(?![0-9A-Za-z+/])")
+
+
+def _holds_code(text: str) -> bool:
+    return _CODE_ALONE.search(text) is not None
 
 
 def test_a_code_opens_only_for_its_own_token(vault: VaultService, engine: Engine) -> None:
