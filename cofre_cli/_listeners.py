@@ -21,16 +21,21 @@ from cofre.settings import Settings
 __all__ = ["check_listener_ports", "claim_listener_ports"]
 
 
-def _listeners(settings: Settings, workers: int) -> list[tuple[str, int]]:
+def _listeners(settings: Settings, workers: int) -> list[tuple[str, str, int]]:
+    """(setting, host, port) of each listener of this node with `workers` workers."""
     server = settings.server
-    ports = [("COFRE_SERVER__PORT", server.port)]
+    ports = [("COFRE_SERVER__PORT", server.host, server.port)]
     if server.health_port is not None:
-        ports.append(("COFRE_SERVER__HEALTH_PORT", server.health_port))
+        ports.append(("COFRE_SERVER__HEALTH_PORT", server.health_host, server.health_port))
     if settings.capture.port is not None:
-        ports.append(("COFRE_CAPTURE__PORT", settings.capture.port))
+        ports.append(("COFRE_CAPTURE__PORT", settings.capture.host, settings.capture.port))
     if server.metrics_port is not None:
         ports += [
-            (f"COFRE_SERVER__METRICS_PORT + {n} (worker {n}'s metrics)", server.metrics_port + n)
+            (
+                f"COFRE_SERVER__METRICS_PORT + {n} (worker {n}'s metrics)",
+                server.metrics_host,
+                server.metrics_port + n,
+            )
             for n in range(workers)
         ]
     return ports
@@ -43,7 +48,7 @@ def check_listener_ports(settings: Settings, workers: int) -> None:
     spellings of addresses that share one."""
     seen: dict[int, str] = {}
     clashes: list[str] = []
-    for name, port in _listeners(settings, workers):
+    for name, _, port in _listeners(settings, workers):
         if port > 65535:
             clashes.append(f"{name} is {port}, past the last TCP port")
         elif port in seen:
@@ -65,21 +70,9 @@ def claim_listener_ports(settings: Settings, workers: int) -> contextlib.ExitSta
     Raises `ApiError` naming the port another `cofre serve` holds."""
     claims = contextlib.ExitStack()
     try:
-        for _, port in _listeners(settings, workers):
-            claims.enter_context(contextlib.closing(claim_port(_host(settings, port), port)))
+        for _, host, port in _listeners(settings, workers):
+            claims.enter_context(contextlib.closing(claim_port(host, port)))
     except BaseException:
         claims.close()
         raise
     return claims
-
-
-def _host(settings: Settings, port: int) -> str:
-    """The host a port is listened on, for the refusal's text."""
-    server = settings.server
-    if port == server.health_port:
-        return server.health_host
-    if port == settings.capture.port:
-        return settings.capture.host
-    if port == server.port:
-        return server.host
-    return server.metrics_host
