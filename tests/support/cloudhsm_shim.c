@@ -15,9 +15,9 @@
  *  - Functions absent from SDK 5's list of PKCS#11 calls (pkcs11-apis.html), such as
  *    C_CopyObject, C_SetAttributeValue, C_SeedRandom or C_DigestKey, answer
  *    CKR_FUNCTION_NOT_SUPPORTED (ours: the PKCS#11 code for a function not offered).
- *  - Data limits: CKM_SHA256_HMAC over more than 16,288 bytes (mechanism table, footnote 2)
- *    and CKM_AES_GCM C_Encrypt/C_Decrypt over more than 16 KB (ki-pkcs11-sdk.html,
- *    ki-pkcs11-8) fail with CKR_DATA_LEN_RANGE (ours); multi-part AES-GCM answers
+ *  - Data limits: CKM_SHA256_HMAC over more than 16,288 bytes and CKM_AES_GCM
+ *    C_Encrypt/C_Decrypt over more than 16,224 bytes (mechanism table, "Maximum data
+ *    size for each mechanism"; ki-pkcs11-8 says "16 KB") fail with CKR_DATA_LEN_RANGE (ours); multi-part AES-GCM answers
  *    CKR_MECHANISM_INVALID (AWS's, ki-pkcs11-8); multi-part CKM_ECDSA ("single-part
  *    operations only") CKR_MECHANISM_INVALID (ours). The refused operation is ended.
  *  - AES key wrap only under the vendor numbers CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD
@@ -80,8 +80,10 @@
 #define MAX_PENDING_KEYS 256
 /* pkcs11-mechanisms.html, footnote 2 (maximum data size): CKM_SHA256_HMAC. */
 #define HMAC_SHA256_MAX_DATA 16288UL
-/* ki-pkcs11-sdk.html, ki-pkcs11-8: C_Encrypt/C_Decrypt buffers with CKM_AES_GCM. */
-#define GCM_MAX_DATA 16384UL
+/* pkcs11-mechanisms.html, "Maximum data size for each mechanism": CKM_AES_GCM 16,224
+ * bytes per C_Encrypt/C_Decrypt buffer (ki-pkcs11-8 rounds it to "16 KB"; until session
+ * 34 the shim let 16,384 through). */
+#define GCM_MAX_DATA 16224UL
 #define OP_SLOTS 1024 /* limits.html: 1,024 sessions per application */
 
 /* SDK 5's mechanism list (pkcs11-mechanisms.html), as numbers SoftHSM2 can serve (the
