@@ -50,13 +50,15 @@ __all__ = [
 _P256_OID: Final = "1.2.840.10045.3.1.7"
 
 
-# The mechanisms Cofre needs, by name, for `cofre hsm status`.
+# The mechanisms Cofre calls, by name, for `cofre hsm status` (key wrap is resolved
+# apart, `hsm.mechanisms`). AES_GCM seals security codes in the token (`hsm.aead`).
 REQUIRED_MECHANISMS: Final[dict[str, int]] = {
     "AES_KEY_GEN": int(Mechanism.AES_KEY_GEN),
     "GENERIC_SECRET_KEY_GEN": int(Mechanism.GENERIC_SECRET_KEY_GEN),
     "SHA256_HMAC": int(Mechanism.SHA256_HMAC),
     "EC_KEY_PAIR_GEN": int(Mechanism.EC_KEY_PAIR_GEN),
     "ECDSA": int(Mechanism.ECDSA),
+    "AES_GCM": int(Mechanism.AES_GCM),
 }
 
 

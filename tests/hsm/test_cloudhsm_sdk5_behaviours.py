@@ -134,6 +134,22 @@ def test_mechanisms_outside_sdk5_are_neither_offered_nor_accepted(
         shim_provider._run(lambda s: s.digest(b"data", mechanism=md5))
 
 
+def test_hsm_status_lists_every_mechanism_the_vault_calls(shim_provider: HSMProvider) -> None:
+    """Session 34: `cofre hsm status` (REQUIRED_MECHANISMS) left out AES_GCM, which
+    security codes run in the token (`hsm/aead.py`), so a token without it looked
+    ready. Key wrap is resolved apart (`hsm.mechanisms`) and shown on its own line."""
+    used = {
+        Mechanism.AES_KEY_GEN,
+        Mechanism.GENERIC_SECRET_KEY_GEN,
+        Mechanism.SHA256_HMAC,
+        Mechanism.EC_KEY_PAIR_GEN,
+        Mechanism.ECDSA,
+        Mechanism.AES_GCM,
+    }
+    assert {int(m) for m in used} == set(REQUIRED_MECHANISMS.values())
+    assert set(REQUIRED_MECHANISMS.values()) <= shim_provider.mechanism_ids()
+
+
 # ------------------------------------------------------------------ data limits
 def test_hmac_over_the_sdk5_limit_fails_closed_and_the_session_goes_on(
     hsm_provider: HSMProvider,
