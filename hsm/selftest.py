@@ -1,8 +1,9 @@
 """`cofre hsm selftest`: what an operator runs against a token before go-live.
 
 IN PCI SCOPE. Creates temporary keys with the *production* templates (a KEK, an HMAC
-key, an EC P-256 signing key, labelled ``cofre-selftest-*`` so the key hierarchy never
-mistakes them for its own), checks that they behave (wrap/unwrap/rewrap, HMAC, ECDSA),
+key, an EC P-256 signing key, a security-code AES-GCM key, labelled ``cofre-selftest-*``
+so the key hierarchy never mistakes them for its own), checks that they behave
+(wrap/unwrap/rewrap, HMAC, ECDSA, AES-GCM with the IV the token picks on CloudHSM),
 measures each operation's latency and rate, and destroys the keys whatever happened.
 It reports timings and pass/fail only, never key material.
 
@@ -165,6 +166,7 @@ def run_selftest(provider: HSMProvider, *, count: int = 200, threads: int = 0) -
     suffix = secrets.token_hex(4)
     kek, kek2 = f"cofre-selftest-kek-{suffix}", f"cofre-selftest-kek2-{suffix}"
     mac, signer = f"cofre-selftest-fp-{suffix}", f"cofre-selftest-audit-{suffix}"
+    sealer = f"cofre-selftest-csc-{suffix}"
     created: list[str] = []
     try:
         creators: list[tuple[str, Callable[[str], object]]] = [
@@ -172,12 +174,14 @@ def run_selftest(provider: HSMProvider, *, count: int = 200, threads: int = 0) -
             (kek2, provider.generate_kek),
             (mac, provider.generate_hmac_key),
             (signer, provider.generate_signing_key),
+            (sealer, provider.generate_aead_key),
         ]
         for label, create in creators:
             if _check(report, f"create {label.split('-')[2]} key", partial(create, label)):
                 created.append(label)
         if report.passed:
             _functional_checks(report, provider, keks=(kek, kek2), mac=mac, signer=signer)
+            _check(report, "AES-GCM seal and open", partial(_aead_checks, provider, sealer))
         if report.passed:
             wrapped = provider.generate_wrapped_key(kek)
             message = b"cofre selftest"
@@ -187,6 +191,7 @@ def run_selftest(provider: HSMProvider, *, count: int = 200, threads: int = 0) -
                 ("rewrap (KEK rotation)", lambda: provider.rewrap_key(wrapped, kek2)),
                 ("hmac-sha256", lambda: provider.hmac_sha256(mac, message)),
                 ("ecdsa-p256 sign", lambda: provider.sign(signer, message)),
+                ("aes-gcm seal (codes)", lambda: provider.aead_encrypt(sealer, b"1", b"")),
             ):
                 report.timings.append(_measure(name, call, count, threads))
     except HSMError as exc:
@@ -202,6 +207,22 @@ def _destroy(provider: HSMProvider, label: str) -> None:
     provider.destroy_key(label)
     if provider.has_key(label):
         raise HSMError(f"{label} is still on the token")
+
+
+def _aead_checks(provider: HSMProvider, label: str) -> None:
+    # Security codes: CloudHSM writes its own IV into the caller's buffer (hsm.aead), so
+    # two seals must differ in IV, open to the same bytes, and refuse another AAD.
+    (iv, sealed), (iv2, _) = (
+        provider.aead_encrypt(label, b"123", b"t"),
+        provider.aead_encrypt(label, b"123", b"t"),
+    )
+    if iv == iv2 or provider.aead_decrypt(label, iv, sealed, b"t") != b"123":
+        raise HSMError("AES-GCM does not round-trip with a fresh IV per seal")
+    try:
+        provider.aead_decrypt(label, iv, sealed, b"other")
+    except HSMError:
+        return
+    raise HSMError("AES-GCM opened a code under another token's AAD")
 
 
 def _check(report: SelftestReport, name: str, call: Callable[[], object]) -> bool:
