@@ -183,7 +183,7 @@ def keys_acknowledge_custody(
     yes: Annotated[bool, typer.Option("--yes", help="Sign without asking.")] = False,
 ) -> None:
     """Sign, with your own token key, that you are a custodian of the keys Cofre uses and
-    accept the responsibilities (PCI DSS 3.6.1.2, 3.7.8). The vault checks it and records
+    accept the responsibilities (PCI DSS 3.7.8). The vault checks it and records
     it in the audit log; evidence bundles carry it."""
     import base64
 
