@@ -29,6 +29,7 @@ HMAC_LIMIT = 16_288  # CKM_SHA256_HMAC
 # is the exact and the smaller figure, so the shim holds to it (session 34).
 GCM_LIMIT = 16_224
 PAN = b"4111111111111111"
+SESSIONS_PER_APPLICATION = 1_024  # limits.html
 
 
 def _aes_session_key(session: Any, **template: Any) -> Any:
@@ -95,6 +96,30 @@ def test_read_only_sessions_fail_with_function_failed(shim_provider: HSMProvider
             session.token.open(rw=False)
 
     shim_provider._run(open_read_only)
+
+
+def test_an_application_gets_at_most_1024_sessions(shim_provider: HSMProvider) -> None:
+    """limits.html: "Maximum number of PKCS#11 sessions per application: 1,024" (SDK 5:
+    an application is one client connection). Until session 34 the shim let any number
+    open, so a session leak (review 31's login leak) only showed in its report. Over the
+    limit it answers CKR_SESSION_COUNT (ours: AWS names no code); a closed session frees
+    its place."""
+
+    def exhaust(session: Any) -> None:
+        opened: list[Any] = []
+        try:
+            with pytest.raises(p11e.SessionCount):
+                while len(opened) <= SESSIONS_PER_APPLICATION:  # kept even when one fails
+                    opened.append(session.token.open(rw=True))
+            assert 0 < len(opened) < SESSIONS_PER_APPLICATION  # the pool holds the rest
+            opened.pop().close()
+            opened.append(session.token.open(rw=True))
+        finally:
+            for extra in opened:
+                extra.close()
+
+    shim_provider._run(exhaust)
+    assert shim_provider.token_info().token_label  # the pool still serves
 
 
 # ------------------------------------------------------------------ functions

@@ -34,6 +34,9 @@
  *    only to the default value", True) answer CKR_ATTRIBUTE_VALUE_INVALID (ours). Empty
  *    CKA_ID or CKA_LABEL: CKR_ATTRIBUTE_VALUE_INVALID (ours).
  *  - Read-only sessions are refused with CKR_FUNCTION_FAILED (AWS's, ki-pkcs11-13).
+ *  - At most 1,024 sessions open per process, an SDK 5 application (limits.html); one
+ *    more answers CKR_SESSION_COUNT (ours). Closing one, C_CloseAllSessions or
+ *    C_Finalize frees places.
  *  - C_Initialize(NULL) asks SoftHSM2 for OS locking (CKF_OS_LOCKING_OK), as a networked
  *    library that serves many threads would lock for itself.
  *  - COFRE_SHIM_LATENCY_US: microseconds slept before every forwarded call (the network
@@ -85,6 +88,7 @@
  * 34 the shim let 16,384 through). */
 #define GCM_MAX_DATA 16224UL
 #define OP_SLOTS 1024 /* limits.html: 1,024 sessions per application */
+#define SDK5_MAX_SESSIONS 1024L /* limits.html: "PKCS#11 sessions per application" */
 
 /* SDK 5's mechanism list (pkcs11-mechanisms.html), as numbers SoftHSM2 can serve (the
  * vendor AES wraps are mapped below; CKM_CLOUDHSM_AES_GCM has no SoftHSM2 twin). */
@@ -538,6 +542,10 @@ static CK_RV shim_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type,
     return real->C_GetMechanismInfo(slot, type, info);
 }
 
+/* Sessions this application holds open, for limits.html's 1,024. A place is taken
+ * before the call and given back if it fails, so racing opens never pass the limit. */
+static long open_sessions;
+
 static CK_RV shim_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app,
                               CK_NOTIFY notify, CK_SESSION_HANDLE_PTR session) {
     delay();
@@ -545,8 +553,26 @@ static CK_RV shim_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app,
     if (!(flags & CKF_RW_SESSION)) return CKR_FUNCTION_FAILED;
     CK_RV rv = fault_for(FN_OPEN_SESSION, 0);
     if (rv != CKR_OK) return rv;
+    if (__atomic_add_fetch(&open_sessions, 1, __ATOMIC_SEQ_CST) > SDK5_MAX_SESSIONS) {
+        __atomic_sub_fetch(&open_sessions, 1, __ATOMIC_SEQ_CST);
+        return CKR_SESSION_COUNT;
+    }
     rv = real->C_OpenSession(slot, flags, app, notify, session);
+    if (rv != CKR_OK) __atomic_sub_fetch(&open_sessions, 1, __ATOMIC_SEQ_CST);
     if (rv == CKR_OK && session != NULL) session_opened(*session);
+    return rv;
+}
+
+static CK_RV shim_CloseAllSessions(CK_SLOT_ID slot) {
+    delay();
+    CK_RV rv = real->C_CloseAllSessions(slot);
+    if (rv == CKR_OK) __atomic_store_n(&open_sessions, 0, __ATOMIC_SEQ_CST); /* one slot */
+    return rv;
+}
+
+static CK_RV shim_Finalize(CK_VOID_PTR reserved) {
+    CK_RV rv = real->C_Finalize(reserved);
+    if (rv == CKR_OK) __atomic_store_n(&open_sessions, 0, __ATOMIC_SEQ_CST);
     return rv;
 }
 
@@ -903,6 +929,7 @@ static CK_RV shim_CloseSession(CK_SESSION_HANDLE s) {
     delay();
     int dead = session_closed(s);
     CK_RV rv = real->C_CloseSession(s);
+    if (rv == CKR_OK) __atomic_sub_fetch(&open_sessions, 1, __ATOMIC_SEQ_CST);
     return dead ? CKR_SESSION_HANDLE_INVALID : rv;
 }
 
@@ -932,6 +959,8 @@ static void load(void) {
     }
     shim = *real;
     shim.C_Initialize = shim_Initialize;
+    shim.C_Finalize = shim_Finalize;
+    shim.C_CloseAllSessions = shim_CloseAllSessions;
     shim.C_GetMechanismList = shim_GetMechanismList;
     shim.C_GetMechanismInfo = shim_GetMechanismInfo;
     shim.C_OpenSession = shim_OpenSession;
