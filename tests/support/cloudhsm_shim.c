@@ -17,9 +17,10 @@
  *    CKR_FUNCTION_NOT_SUPPORTED (ours: the PKCS#11 code for a function not offered).
  *  - Data limits: CKM_SHA256_HMAC over more than 16,288 bytes and CKM_AES_GCM
  *    C_Encrypt/C_Decrypt over more than 16,224 bytes (mechanism table, "Maximum data
- *    size for each mechanism"; ki-pkcs11-8 says "16 KB") fail with CKR_DATA_LEN_RANGE (ours); multi-part AES-GCM answers
- *    CKR_MECHANISM_INVALID (AWS's, ki-pkcs11-8); multi-part CKM_ECDSA ("single-part
- *    operations only") CKR_MECHANISM_INVALID (ours). The refused operation is ended.
+ *    size for each mechanism"; ki-pkcs11-8 says "16 KB") fail with CKR_DATA_LEN_RANGE
+ *    (ours); multi-part AES-GCM answers CKR_MECHANISM_INVALID (AWS's, ki-pkcs11-8);
+ *    multi-part CKM_ECDSA ("single-part operations only") CKR_MECHANISM_INVALID (ours).
+ *    The refused operation is ended.
  *  - AES key wrap only under the vendor numbers CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD
  *    (0x80002109, RFC 3394) and _ZERO_PAD (0x8000216F, RFC 5649), forwarded to
  *    SoftHSM2's 0x2109 / 0x210A. The standard 0x2109/0x210A/0x210B are absent from the
@@ -55,7 +56,7 @@
  *    (a client whose cluster does not answer).
  *  - COFRE_SHIM_LOGIN_LOCKOUT: after this many refused PINs in a row, C_Login answers
  *    CKR_PIN_LOCKED (ours) to every PIN, as AWS locks a crypto user out after five
- *    (key_mgmt_util-loginHSM.html). Off unless set; tests only.
+ *    (cloudhsm_cli-login.html; key_mgmt_util-loginHSM.html). Off unless set; tests only.
  *  - COFRE_SHIM_TARGET: the module to forward to (default SoftHSM2's).
  *  - cofre_shim_configure(latency_us, availability_ms, gate_attributes): the tests' way
  *    to change these at run time in a process that already loaded the shim;
@@ -880,9 +881,10 @@ DELAYED(GetTokenInfo, (CK_SLOT_ID s, CK_TOKEN_INFO_PTR i), (s, i))
 ON_SESSION(GetSessionInfo, FN_NONE, (CK_SESSION_HANDLE s, CK_SESSION_INFO_PTR i), (s, i))
 /* COFRE_SHIM_LOGIN_LOCKOUT=N (0 or unset: off): after N refused PINs in a row, every
  * C_Login answers CKR_PIN_LOCKED, the right PIN's too, until this process ends. AWS: "If
- * you exceed five incorrect login attempts, your account is locked out" until a crypto
- * officer resets the password (key_mgmt_util-loginHSM.html); the code is ours. A login
- * the module takes as already held checks no PIN and counts for nothing. */
+ * you exceed five incorrect login attempts, your account is locked out" until an admin
+ * resets the password (cloudhsm_cli-login.html; SDK 3: key_mgmt_util-loginHSM.html); the
+ * code is ours. A login the module takes as already held checks no PIN and counts for
+ * nothing. */
 static long lockout_after;
 static long logins_refused;
 static pthread_mutex_t lockout_lock = PTHREAD_MUTEX_INITIALIZER;
