@@ -45,6 +45,7 @@ class State:
     flow_log_id: str | None = None
     peering_id: str | None = None
     cluster_id: str | None = None
+    cluster_mode: str | None = None  # FIPS or NON_FIPS, fixed when the cluster is made
     hsm_azs: list[str] = field(default_factory=list)
     default_group_open: bool = True
 
@@ -123,6 +124,7 @@ class PciProvisioner:
                     "DELETE_IN_PROGRESS",
                 ):
                     state.cluster_id = cluster["ClusterId"]
+                    state.cluster_mode = cluster.get("Mode")
                     state.hsm_azs = sorted(
                         h["AvailabilityZone"]
                         for h in cluster.get("Hsms", [])
@@ -403,8 +405,12 @@ class PciProvisioner:
         env = self.env
         with aws_errors("creating the CloudHSM cluster"):
             if state.cluster_id is None:
+                # FIPS mode, explicitly: the mode can never change once the cluster
+                # exists (cluster-hsm-types.html), and PCI DSS 3.6.1.2 wants the keys in
+                # a validated secure cryptographic device. `verify` checks it.
                 cluster = self.cloudhsm.create_cluster(
                     HsmType=env.hsm_type,
+                    Mode="FIPS",
                     SubnetIds=list(state.subnets.values()),
                     TagList=[
                         {"Key": t["Key"], "Value": t["Value"]}
@@ -412,6 +418,7 @@ class PciProvisioner:
                     ],
                 )["Cluster"]
                 state.cluster_id = cluster["ClusterId"]
+                state.cluster_mode = cluster.get("Mode", "FIPS")
             for az in env.availability_zones:
                 while state.hsm_azs.count(az) < env.hsms_per_az:
                     self.cloudhsm.create_hsm(ClusterId=state.cluster_id, AvailabilityZone=az)

@@ -19,7 +19,9 @@ IN PCI SCOPE. Each rule has a stable name that the report and the tests use:
   peering, the allowed sources (no VPN, transit gateway or other peering); the main
   side's routes over the peering reach only the vault subnets;
 - ``vpc-endpoints``: an interface endpoint exists for every AWS API the vault calls;
-- ``cloudhsm-three-azs``: the CloudHSM cluster has HSMs in three Availability Zones.
+- ``cloudhsm-three-azs``: the CloudHSM cluster has HSMs in three Availability Zones;
+- ``cloudhsm-fips-mode``: the cluster runs in FIPS mode (set when it was created, never
+  changed after: cluster-hsm-types.html), so its keys live in a FIPS-validated module.
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ def verify(env: PciEnvironment, clients: AwsClients) -> list[Finding]:
         _peering(env, state, tables, peer_tables),
         _endpoints(env, state),
         _cluster(env, state),
+        _cluster_mode(state),
     ]
 
 
@@ -275,3 +278,13 @@ def _cluster(env: PciEnvironment, state: State) -> Finding:
         ok,
         f"{state.cluster_id}: HSMs in {', '.join(sorted(zones)) or 'no AZ'}",
     )
+
+
+def _cluster_mode(state: State) -> Finding:
+    if state.cluster_id is None:
+        return Finding("cloudhsm-fips-mode", False, "no CloudHSM cluster")
+    ok = state.cluster_mode == "FIPS"
+    detail = f"{state.cluster_id}: mode {state.cluster_mode or 'not reported'}"
+    if not ok:
+        detail += " (a mode cannot be changed: make a FIPS cluster and move the keys)"
+    return Finding("cloudhsm-fips-mode", ok, detail)

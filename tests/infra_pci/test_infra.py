@@ -38,7 +38,9 @@ def test_plan_apply_idempotent_verify(aws: AWS, env: PciEnvironment) -> None:
     assert again == []
     findings = verify(env, clients)
     assert all(f.ok for f in findings), [str(f) for f in findings]
-    assert len(findings) == 10
+    assert len(findings) == 11
+    (cluster,) = clients.cloudhsm.describe_clusters()["Clusters"]
+    assert cluster["Mode"] == "FIPS"
 
 
 def _applied(aws: AWS, env: PciEnvironment) -> tuple[AwsClients, PciProvisioner]:
@@ -123,6 +125,31 @@ def test_hsm_lost_in_one_az(aws: AWS, env: PciEnvironment) -> None:
     stubs.hsms[cluster] = stubs.hsms[cluster][:2]
     assert "cloudhsm-three-azs" in _failed(env, clients)
     assert [c.kind for c in provisioner.plan() if c.action == "+"] == ["cloudhsm-hsm"]
+
+
+def test_a_cluster_not_in_fips_mode_fails_verify(aws: AWS, env: PciEnvironment) -> None:
+    """Session 34: `apply` created the hsm2m.medium cluster without a mode, and `verify`
+    never looked at it. A cluster's mode is set at creation and never changes
+    (cluster-hsm-types.html); a QSA asks for the FIPS 140 validated mode (PCI DSS
+    3.6.1.2, keys in a secure cryptographic device). A NON_FIPS cluster carrying the
+    environment's tags is adopted by `apply`, so only `verify` can say so."""
+    clients, _ = aws
+    provisioner = PciProvisioner(env, clients)
+    provisioner.apply()
+    state = provisioner.discover()
+    assert state.cluster_id is not None
+    subnets = list(state.subnets.values())
+    tags = clients.cloudhsm.describe_clusters()["Clusters"][0]["TagList"]
+    stubs = aws[1]
+    hsms = stubs.hsms.pop(state.cluster_id)
+    clients.cloudhsm.delete_cluster(ClusterId=state.cluster_id)
+    other = clients.cloudhsm.create_cluster(
+        HsmType=env.hsm_type, SubnetIds=subnets, Mode="NON_FIPS", TagList=tags
+    )["Cluster"]["ClusterId"]
+    stubs.hsms[other] = hsms
+    failed = {f.rule: f.detail for f in verify(env, clients) if not f.ok}
+    assert set(failed) == {"cloudhsm-fips-mode"}
+    assert "NON_FIPS" in failed["cloudhsm-fips-mode"]
 
 
 def test_destroy_removes_only_what_it_tagged(aws: AWS, env: PciEnvironment, main_vpc: str) -> None:
