@@ -124,7 +124,11 @@ class PciProvisioner:
                     "DELETE_IN_PROGRESS",
                 ):
                     state.cluster_id = cluster["ClusterId"]
-                    state.cluster_mode = cluster.get("Mode")
+                    # hsm1.medium exists only in FIPS mode, and its clusters (all made
+                    # before June 2024) may report no mode (cluster-hsm-types.html).
+                    state.cluster_mode = (
+                        "FIPS" if cluster.get("HsmType") == "hsm1.medium" else cluster.get("Mode")
+                    )
                     state.hsm_azs = sorted(
                         h["AvailabilityZone"]
                         for h in cluster.get("Hsms", [])

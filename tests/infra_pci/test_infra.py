@@ -152,6 +152,27 @@ def test_a_cluster_not_in_fips_mode_fails_verify(aws: AWS, env: PciEnvironment) 
     assert "NON_FIPS" in failed["cloudhsm-fips-mode"]
 
 
+def test_verify_takes_an_hsm1_cluster_reporting_no_mode_as_fips(
+    aws: AWS, env: PciEnvironment, main_vpc: str
+) -> None:
+    """Clusters made before June 2024 are hsm1.medium, every one FIPS, and may report
+    no mode (cluster-hsm-types.html): `verify` must not fail them for it."""
+    clients, _ = aws
+    provisioner = PciProvisioner(env, clients)
+    provisioner.apply()
+    state = provisioner.discover()
+    assert state.cluster_id is not None
+    tags = clients.cloudhsm.describe_clusters()["Clusters"][0]["TagList"]
+    stubs = aws[1]
+    hsms = stubs.hsms.pop(state.cluster_id)
+    clients.cloudhsm.delete_cluster(ClusterId=state.cluster_id)
+    other = clients.cloudhsm.create_cluster(
+        HsmType="hsm1.medium", SubnetIds=list(state.subnets.values()), TagList=tags
+    )["Cluster"]
+    stubs.hsms[other["ClusterId"]] = hsms
+    assert PciProvisioner(env, clients).discover().cluster_mode == "FIPS"
+
+
 def test_destroy_removes_only_what_it_tagged(aws: AWS, env: PciEnvironment, main_vpc: str) -> None:
     clients, provisioner = _applied(aws, env)
     removed = provisioner.destroy()
