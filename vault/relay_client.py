@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import socket
 import ssl
@@ -19,6 +20,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 import httpcore
@@ -223,7 +225,7 @@ class RelayClient:
     route's count of relays in flight (`slot`)."""
 
     def __init__(self) -> None:
-        self._clients: dict[str, httpx.Client] = {}
+        self._clients: dict[str, _Pooled] = {}
         self._lock = threading.Lock()
         self._backend = _DeadlineBackend()
         self._in_flight: dict[str, int] = {}
@@ -265,23 +267,37 @@ class RelayClient:
                 if not self._held_by[mine]:
                     del self._held_by[mine]  # identities come and go: no entry left behind
 
-    def _client(self, name: str, route: RelayRoute) -> httpx.Client:
+    @contextlib.contextmanager
+    def _client(self, name: str, route: RelayRoute) -> Iterator[httpx.Client]:
+        """The route's client, built for the route as it stands (`_trust_of`), held for
+        the block. Review 34: built once per route name, a route's TLS trust was read at
+        its first relay and kept: a policy reload that changed its `ca_bundle`, or a
+        bundle replaced in place, was never in force, and the card kept going to an
+        upstream the policy no longer trusted. A client whose route changed is closed
+        once its last relay is done (closed under a relay, it would cut that relay)."""
+        trust = _trust_of(route)
         with self._lock:
-            client = self._clients.get(name)
-            if client is None:
-                verify: Any = True
-                if route.ca_bundle:
-                    verify = ssl.create_default_context(cafile=route.ca_bundle)
-                client = httpx.Client(
-                    verify=verify,
-                    timeout=route.timeout_seconds,
-                    follow_redirects=False,
-                    # Plain bytes: a compressed answer is read whole when decoded.
-                    headers={"accept-encoding": "identity"},
-                )
-                _bound_by(client, self._backend)
-                self._clients[name] = client
-            return client
+            pooled = self._clients.get(name)
+            if pooled is None or pooled.trust != trust:
+                if pooled is not None:
+                    self._retire(pooled)
+                pooled = self._clients[name] = _Pooled(_new_client(route, self._backend), trust)
+            pooled.users += 1
+        try:
+            yield pooled.client
+        finally:
+            with self._lock:
+                pooled.users -= 1
+                if pooled.retired and not pooled.users:
+                    pooled.client.close()
+
+    @staticmethod
+    def _retire(pooled: _Pooled) -> None:
+        """Close `pooled` now if no relay uses it, else when its last one is done.
+        Called with the lock held."""
+        pooled.retired = True
+        if not pooled.users:
+            pooled.client.close()
 
     def send(self, name: str, route: RelayRoute, body: Any) -> RelayResult:
         """Send `body` (with PANs) to the route's upstream; return its status and body.
@@ -291,13 +307,12 @@ class RelayClient:
 
         Raises `UpstreamTimeout` or `UpstreamUnavailable` (after the allowed retries).
         """
-        client = self._client(name, route)
         attempts = 1 + route.retries
         deadline = time.monotonic() + route.timeout_seconds
         late = UpstreamTimeout(
             f"the upstream of route {name!r} did not answer within {route.timeout_seconds:g}s"
         )
-        with self._backend.until(deadline):
+        with self._client(name, route) as client, self._backend.until(deadline):
             for attempt in range(1, attempts + 1):
                 try:
                     with client.stream(route.method, route.upstream, json=body) as response:
@@ -337,9 +352,48 @@ class RelayClient:
 
     def close(self) -> None:
         with self._lock:
-            for client in self._clients.values():
-                client.close()
+            for pooled in self._clients.values():
+                pooled.client.close()
             self._clients.clear()
+
+
+@dataclass
+class _Pooled:
+    """A route's client, the trust it was built with (`_trust_of`), the relays using it
+    and whether a newer one replaced it."""
+
+    client: httpx.Client
+    trust: tuple[Any, ...]
+    users: int = 0
+    retired: bool = False
+
+
+def _trust_of(route: RelayRoute) -> tuple[Any, ...]:
+    """What a route's client is built from: its CA bundle, the bundle file as it is on
+    disk now (a `stat` per relay; replaced in place, it is read again) and its step
+    timeout. A bundle that cannot be read is built from, and fails, closed."""
+    signature: tuple[int, ...] | None = None
+    if route.ca_bundle:
+        with contextlib.suppress(OSError):
+            found = os.stat(route.ca_bundle)
+            signature = (found.st_dev, found.st_ino, found.st_mtime_ns, found.st_size)
+    return (route.ca_bundle, signature, route.timeout_seconds)
+
+
+def _new_client(route: RelayRoute, backend: _DeadlineBackend) -> httpx.Client:
+    """A client for `route`: TLS verified against its `ca_bundle`, else httpx's default."""
+    verify: Any = True
+    if route.ca_bundle:
+        verify = ssl.create_default_context(cafile=route.ca_bundle)
+    client = httpx.Client(
+        verify=verify,
+        timeout=route.timeout_seconds,
+        follow_redirects=False,
+        # Plain bytes: a compressed answer is read whole when decoded.
+        headers={"accept-encoding": "identity"},
+    )
+    _bound_by(client, backend)
+    return client
 
 
 def _bound_by(client: httpx.Client, backend: _DeadlineBackend) -> None:
