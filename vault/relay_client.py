@@ -381,10 +381,16 @@ def _trust_of(route: RelayRoute) -> tuple[Any, ...]:
 
 
 def _new_client(route: RelayRoute, backend: _DeadlineBackend) -> httpx.Client:
-    """A client for `route`: TLS verified against its `ca_bundle`, else httpx's default."""
-    verify: Any = True
+    """A client for `route`: TLS verified against its `ca_bundle`, else httpx's
+    (certifi's) public CAs, never a CA file named in the environment (`SSL_CERT_FILE`,
+    `SSL_CERT_DIR`, which httpx honours by default): trust is the policy's alone
+    (review 34: an egress proxy's interception CA set there for the host's other tools
+    made the relay hand the card to that proxy). An egress proxy from `HTTPS_PROXY`
+    is still used: the TLS to the upstream runs through its tunnel, verified as above."""
     if route.ca_bundle:
         verify = ssl.create_default_context(cafile=route.ca_bundle)
+    else:
+        verify = httpx.create_ssl_context(trust_env=False)
     client = httpx.Client(
         verify=verify,
         timeout=route.timeout_seconds,

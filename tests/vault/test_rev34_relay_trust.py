@@ -88,3 +88,19 @@ def test_a_ca_bundle_replaced_in_place_is_in_force_for_the_next_relay(
     finally:
         client.close()
     assert len(acquirer.received) == 1
+
+
+def test_a_route_without_a_bundle_ignores_ca_files_named_in_the_environment(
+    acquirers: tuple[FakeAcquirer, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    acquirer, _ = acquirers
+    # An interception proxy's CA, set for the host's other tools.
+    monkeypatch.setenv("SSL_CERT_FILE", str(acquirer.ca))  # type: ignore[attr-defined]
+    monkeypatch.setenv("SSL_CERT_DIR", str(Path(acquirer.ca).parent))  # type: ignore[attr-defined]
+    client = RelayClient()
+    try:
+        with pytest.raises(UpstreamUnavailable):
+            client.send("acq", _route(acquirer, None), _card())
+    finally:
+        client.close()
+    assert acquirer.received == []
