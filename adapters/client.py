@@ -65,6 +65,8 @@ class CofreClient:
                 str(problem.get("detail") or problem.get("title")),
                 problem.get("request_id"),
             )
+        if not response.content:
+            return response.status_code, None  # 204, 205, 304 relayed: no body
         return response.status_code, response.json()
 
     def detokenize_masked(self, token: str) -> str:
@@ -73,7 +75,8 @@ class CofreClient:
 
     def relay(self, route: str, body: dict[str, Any]) -> tuple[int, Any]:
         """Have the vault send `body` (tokens in it) to the route's upstream; return the
-        upstream's status and its body as the vault returns it (PANs tokenized/masked)."""
+        upstream's status and its body as the vault returns it (PANs tokenized/masked),
+        None for a status without a body (204, 205, 304)."""
         return self._call("POST", f"/v1/relay/{route}", body)
 
     def create_capture_session(

@@ -47,12 +47,15 @@ class GetnetRoutingAdapter:
                 "order_id": order_id,
             },
         )
-        card = (body.get("card") or {}) if isinstance(body, dict) else {}
+        # No body (a 204 relayed) or not an object: nothing approved, nothing to read.
+        answer = body if isinstance(body, dict) else {}
+        card = answer.get("card")
+        card = card if isinstance(card, dict) else {}
         return Authorization(
-            approved=status == 200 and body.get("status") == "APPROVED",
-            authorization_code=body.get("authorization_code"),
+            approved=status == 200 and answer.get("status") == "APPROVED",
+            authorization_code=answer.get("authorization_code"),
             card_token=card.get("number"),
-            raw=body,
+            raw=answer,
         )
 
 
