@@ -52,6 +52,8 @@ class _DeadlineStream(httpcore.NetworkStream):
     def __init__(self, stream: httpcore.NetworkStream, backend: _DeadlineBackend) -> None:
         self._stream = stream
         self._backend = backend
+        # Bytes came after an answer (`_drop_if_more_came`): never used for another relay.
+        self.spent = False
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return self._stream.read(max_bytes, self._backend.cut(timeout, httpcore.ReadTimeout))
@@ -74,6 +76,8 @@ class _DeadlineStream(httpcore.NetworkStream):
         )
 
     def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable" and self.spent:
+            return True  # what httpcore asks before reusing a connection: it drops it
         return self._stream.get_extra_info(info)
 
 
@@ -321,6 +325,7 @@ class RelayClient:
                         # retry (review 42).
                         failed = response.status_code >= 500
                         content = b"" if failed else _read_answer(name, response)
+                        _drop_if_more_came(client, response)
                 except httpx.TimeoutException:
                     if attempt == attempts or time.monotonic() >= deadline:
                         raise late from None
@@ -402,15 +407,39 @@ def _new_client(route: RelayRoute, backend: _DeadlineBackend) -> httpx.Client:
     return client
 
 
+def _drop_if_more_came(client: httpx.Client, response: httpx.Response) -> None:
+    """Have `client` never reuse the connection `response` came on when the upstream
+    sent bytes past its end (read with it, they wait in h11's buffer). Review 34: they
+    were parsed as the answer to the route's next relay, another caller's, which then
+    got what the upstream made of this relay's request (an echo of this card's code
+    and name, which the vault withholds only from this relay's answer). When httpx's
+    pool cannot be read to tell, the connection is dropped all the same."""
+    found = response.extensions.get("network_stream")
+    if not isinstance(found, _DeadlineStream):
+        return
+    stream: _DeadlineStream = found
+    for pool in _pools(client):
+        for connection in list(getattr(pool, "connections", ())):
+            http11 = getattr(connection, "_connection", None)
+            if getattr(http11, "_network_stream", None) is stream:
+                pending = getattr(getattr(http11, "_h11_state", None), "trailing_data", None)
+                if isinstance(pending, tuple) and pending[0] == b"":
+                    return
+    stream.spent = True
+
+
+def _pools(client: httpx.Client) -> list[Any]:
+    """The connection pools of `client`'s transports (its own, and a proxy's)."""
+    transports = [client._transport, *client._mounts.values()]
+    return [getattr(transport, "_pool", None) for transport in transports if transport]
+
+
 def _bound_by(client: httpx.Client, backend: _DeadlineBackend) -> None:
     """Have every connection pool of `client` (its own, and a proxy's from the
     environment, `HTTPS_PROXY`) open its connections through `backend`. httpx has no
     public way to give a pool a network backend; a version that moved it is refused
     here, before anything is sent, rather than relaying without a deadline."""
-    for transport in [client._transport, *client._mounts.values()]:
-        if transport is None:
-            continue
-        pool: Any = getattr(transport, "_pool", None)
+    for pool in _pools(client):
         if not hasattr(pool, "_network_backend"):
             raise UpstreamUnavailable("this httpx cannot bound a relay by its deadline")
         pool._network_backend = backend

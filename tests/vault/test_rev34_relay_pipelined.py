@@ -1,0 +1,125 @@
+"""Review 34: an answer an upstream sent ahead, behind the answer to the relay under way
+(in the same bytes, on a kept-alive connection), was taken by the route's *next* relay
+as its own answer: the next caller (another identity, another card) got what the
+upstream made of the earlier request, and the vault withheld from it only what the
+next relay had sent (its security code, name, expiry, PAN shapes), not the earlier
+card's; a `response_tokenize` pointer in it tokenized the earlier card into the next
+caller's domain. A load balancer or a framework that writes a second response after an
+error (often an echo of the request) does this without meaning to. A connection with
+bytes left after its answer is now never used again."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.fake_acquirer import plain_route
+from vault.relay_client import RelayClient
+
+SENT_AHEAD = {"status": "DECLINED", "echo": "cvv 7391 for ANA SOUZA"}
+
+
+def _answer(payload: object) -> bytes:
+    body = json.dumps(payload).encode()
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    return head + b"content-length: %d\r\n\r\n" % len(body) + body
+
+
+def _read_request(connection: socket.socket) -> None:
+    """One request with a Content-Length body; EOFError once the relay hangs up."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += _received(connection)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += _received(connection)
+
+
+def _received(connection: socket.socket) -> bytes:
+    chunk = connection.recv(4096)
+    if not chunk:
+        raise EOFError
+    return chunk
+
+
+class _AheadUpstream:
+    """Plain HTTP; answers each request with its number, and (`ahead`) the first one
+    with a second answer sent ahead in the same bytes."""
+
+    def __init__(self, *, ahead: bool) -> None:
+        self._ahead = ahead
+        self.connections = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self.requests = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._run, args=(connection,), daemon=True).start()
+
+    def _run(self, connection: socket.socket) -> None:
+        with connection:
+            while True:
+                try:
+                    _read_request(connection)
+                except (OSError, EOFError):
+                    return
+                with self._lock:
+                    self.requests += 1
+                    number = self.requests
+                ahead = _answer(SENT_AHEAD) if self._ahead and number == 1 else b""
+                try:
+                    connection.sendall(_answer({"request": number}) + ahead)
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def _relay_twice(upstream: _AheadUpstream) -> tuple[object, object]:
+    route = plain_route(upstream.port, timeout_seconds=10.0)
+    client = RelayClient()
+    try:
+        first = client.send("acq", route, {"card": {"number": "4111111111111111"}})
+        second = client.send("acq", route, {"card": {"number": "5555555555554444"}})
+    finally:
+        client.close()
+    return first.body, second.body
+
+
+@pytest.fixture
+def upstream(request: pytest.FixtureRequest) -> Iterator[_AheadUpstream]:
+    server = _AheadUpstream(ahead=request.param)
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("upstream", [True], indirect=True)
+def test_an_answer_sent_ahead_is_never_the_next_relays_answer(upstream: _AheadUpstream) -> None:
+    assert _relay_twice(upstream) == ({"request": 1}, {"request": 2})
+    assert upstream.connections == 2
+
+
+@pytest.mark.parametrize("upstream", [False], indirect=True)
+def test_a_connection_with_nothing_past_its_answer_is_still_reused(
+    upstream: _AheadUpstream,
+) -> None:
+    assert _relay_twice(upstream) == ({"request": 1}, {"request": 2})
+    assert upstream.connections == 1
