@@ -230,6 +230,7 @@ class RelayClient:
 
     def __init__(self) -> None:
         self._clients: dict[str, _Pooled] = {}
+        self._retired: list[_Pooled] = []  # replaced, closed when their last relay ends
         self._lock = threading.Lock()
         self._backend = _DeadlineBackend()
         self._in_flight: dict[str, int] = {}
@@ -293,14 +294,18 @@ class RelayClient:
             with self._lock:
                 pooled.users -= 1
                 if pooled.retired and not pooled.users:
+                    self._retired.remove(pooled)
                     pooled.client.close()
 
-    @staticmethod
-    def _retire(pooled: _Pooled) -> None:
-        """Close `pooled` now if no relay uses it, else when its last one is done.
-        Called with the lock held."""
+    def _retire(self, pooled: _Pooled) -> None:
+        """Close `pooled` now if no relay uses it, else when its last one is done (or
+        at `close`). Called with the lock held."""
+        if pooled.retired:
+            return  # retired already (its successor failed to build)
         pooled.retired = True
-        if not pooled.users:
+        if pooled.users:
+            self._retired.append(pooled)
+        else:
             pooled.client.close()
 
     def send(self, name: str, route: RelayRoute, body: Any) -> RelayResult:
@@ -357,7 +362,8 @@ class RelayClient:
 
     def close(self) -> None:
         with self._lock:
-            for pooled in self._clients.values():
+            # Replaced clients a relay still holds too: `close` is the vault stopping.
+            for pooled in [*self._clients.values(), *self._retired]:
                 pooled.client.close()
             self._clients.clear()
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from policies.models import RelayRoute
-from tests.support.fake_acquirer import FakeAcquirer, running_acquirer
+from tests.support.fake_acquirer import FakeAcquirer, plain_route, running_acquirer
 from vault.errors import UpstreamUnavailable
 from vault.relay_client import RelayClient
 
@@ -104,3 +104,17 @@ def test_a_route_without_a_bundle_ignores_ca_files_named_in_the_environment(
     finally:
         client.close()
     assert acquirer.received == []
+
+
+def test_the_vaults_close_also_closes_a_replaced_client_a_relay_still_holds() -> None:
+    """`close` (the vault stopping, at the drain bound) cuts every relay's client; one
+    replaced by a route's change while a relay still held it was left open, so that
+    relay's retries went on past the bound."""
+    client = RelayClient()
+    before = plain_route(9, timeout_seconds=5.0)
+    with client._client("acq", before) as held:
+        with client._client("acq", before.model_copy(update={"timeout_seconds": 6.0})):
+            pass
+        assert not held.is_closed  # a relay still uses it
+        client.close()
+        assert held.is_closed
