@@ -1,0 +1,108 @@
+"""deploy/k8s: the files the kubelet puts in a pod, as the process that reads them sees
+them. Secret and ConfigMap volumes are written by the kubelet, owned by root; the
+process runs as user 10001. Whether it can read them is decided by the volume's mode
+and the pod's `fsGroup`, which no schema check looks at."""
+
+from __future__ import annotations
+
+import stat
+from typing import Any
+
+import pytest
+
+from tests.deploy.test_manifests import K8S, TARGETS
+from tests.support.kustomize import pod_spec, render
+
+# The image's `USER 10001:10001` (deploy/Dockerfile), when the pod names no user.
+IMAGE_UID = 10001
+# A Secret or ConfigMap volume without `defaultMode`.
+DEFAULT_MODE = 0o644
+# What the kubelet adds to a read-only volume's files when the pod has an `fsGroup`
+# (pkg/volume/volume_linux.go, `roMask`), after making that group the files' group.
+FS_GROUP_READ = 0o440
+
+
+def _identity(pod: dict[str, Any], container: dict[str, Any]) -> tuple[int, set[int]]:
+    """The process's user and groups: the container's context over the pod's, the
+    image's user when neither names one; `fsGroup` and `supplementalGroups` are extra
+    groups of every container."""
+    pod_context = pod.get("securityContext", {})
+    context = {**pod_context, **container.get("securityContext", {})}
+    uid = int(context.get("runAsUser", IMAGE_UID))
+    groups = {int(context.get("runAsGroup", IMAGE_UID))}
+    groups |= {int(g) for g in pod_context.get("supplementalGroups", [])}
+    if "fsGroup" in pod_context:
+        groups.add(int(pod_context["fsGroup"]))
+    return uid, groups
+
+
+def _files(pod: dict[str, Any], volume: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(key, mode, group) of each file a Secret or ConfigMap volume holds, as the kubelet
+    writes it: owner root, group the pod's `fsGroup` (else root), mode the item's or
+    the volume's `defaultMode`, plus group read under an `fsGroup`
+    (kubernetes/kubernetes#57923, #81089)."""
+    source = volume.get("secret") or volume.get("configMap") or {}
+    fs_group = pod.get("securityContext", {}).get("fsGroup")
+    mode = int(source.get("defaultMode", DEFAULT_MODE))
+    items = source.get("items") or [{"key": "*", "path": "*"}]
+    files = []
+    for item in items:
+        item_mode = int(item.get("mode", mode))
+        if fs_group is None:
+            files.append((item["key"], item_mode, 0))
+        else:
+            files.append((item["key"], item_mode | FS_GROUP_READ, int(fs_group)))
+    return files
+
+
+def _readable(mode: int, group: int, uid: int, groups: set[int]) -> bool:
+    if uid == 0 or mode & stat.S_IROTH:
+        return True
+    return group in groups and bool(mode & stat.S_IRGRP)
+
+
+def _mounted_volumes(obj: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any], str]]:
+    pod = pod_spec(obj)
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    return [
+        (container, volumes[mount["name"]], mount["mountPath"])
+        for container in [*pod["containers"], *pod.get("initContainers", [])]
+        for mount in container.get("volumeMounts", [])
+        if {"secret", "configMap"} & set(volumes[mount["name"]])
+    ]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_mounted_secret_and_config_file_is_readable_by_the_process(target: str) -> None:
+    """Drill 34: the migration Job mounted its Secret (the owner role's URL) with
+    `defaultMode: 0400` and no `fsGroup`, so the file was root's alone and `cofre db
+    migrate`, as user 10001, could not read it: the Job failed on every first install
+    and every upgrade, and `cofre serve`, which never migrates, refused the schema."""
+    for name, obj in {
+        f"{o['kind']}/{o['metadata']['name']}": o for o in render(K8S / target)
+    }.items():
+        if obj["kind"] not in ("Deployment", "Job"):
+            continue
+        pod = pod_spec(obj)
+        for container, volume, path in _mounted_volumes(obj):
+            uid, groups = _identity(pod, container)
+            for key, mode, group in _files(pod, volume):
+                assert _readable(mode, group, uid, groups), (
+                    f"{target} {name}: {path}/{key} is mode {mode:04o}, group {group}: "
+                    f"user {uid} (groups {sorted(groups)}) cannot read it"
+                )
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_no_mounted_secret_is_readable_by_every_user(target: str) -> None:
+    """`cofre serve` refuses a PIN file or TLS key that other users can read
+    (`cofre.filemodes.refuse_readable_secrets`): a Secret volume must not be `o+r`."""
+    for obj in render(K8S / target):
+        if obj["kind"] not in ("Deployment", "Job"):
+            continue
+        pod = pod_spec(obj)
+        for _container, volume, path in _mounted_volumes(obj):
+            if "secret" not in volume:
+                continue
+            for key, mode, _group in _files(pod, volume):
+                assert not mode & stat.S_IROTH, f"{target}: {path}/{key} is mode {mode:04o}"
