@@ -19,7 +19,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from api.lifecycle import LEFT_CALLS_SECONDS
+from api.lifecycle import INTERRUPTED_SECONDS, LEFT_CALLS_SECONDS
 from cofre.settings import load_settings
 from tests.support.kustomize import pod_spec, render
 
@@ -30,9 +30,10 @@ TARGETS = ["base", "overlays/staging", "overlays/production"]
 # The oldest Kubernetes the manifests promise (the native preStop `sleep` is beta and on
 # by default from 1.30) and the newest the schemas ship.
 VERSIONS = ["1.30.0", "1.37.0"]
-# After preStop, the drain and the calls cancelled at its deadline: wiping the data keys,
-# the HSM logout and the last telemetry flush need time of their own before SIGKILL.
-SHUTDOWN_MARGIN_SECONDS = 10
+# After preStop, the drain, the interrupted requests' answers and the calls cancelled at
+# its deadline: wiping the data keys, the HSM logout and the last telemetry flush need
+# time of their own before SIGKILL (docs/operations.md "Stopping and draining": 15 s).
+SHUTDOWN_MARGIN_SECONDS = 15
 # A worker's memory budget: ~120 MiB RSS measured after load (review 34), doubled.
 WORKER_MEMORY_MIB = 256
 
@@ -147,9 +148,11 @@ def test_deployment_drains_and_probes_as_the_vault_expects(target: str) -> None:
         assert vault[probe]["httpGet"] == {"path": path, "port": "health"}
     pre_stop = vault["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert server["drain_delay_seconds"] == 0  # the preStop hook does the waiting
-    # preStop, the drain, the vault calls cancelled at its deadline (api.lifecycle), then
-    # key wipe, HSM logout and telemetry flush (review 34: 45 = 10 + 25 + 10 left none).
-    stop = pre_stop + server["drain_timeout_seconds"] + LEFT_CALLS_SECONDS
+    # preStop, the drain, the answers of the requests cancelled at its deadline and their
+    # vault calls (api.lifecycle), then key wipe, HSM logout and telemetry flush (review
+    # 34: 45 = 10 + 25 + 10 left none; drill 34: the 5 s of answers were left out, so the
+    # documented 15 s of margin were 10).
+    stop = pre_stop + server["drain_timeout_seconds"] + INTERRUPTED_SECONDS + LEFT_CALLS_SECONDS
     assert pod["terminationGracePeriodSeconds"] >= stop + SHUTDOWN_MARGIN_SECONDS
     assert deployment["spec"]["replicas"] >= 2
     selector = deployment["spec"]["selector"]["matchLabels"]
