@@ -5,12 +5,14 @@ and the pod's `fsGroup`, which no schema check looks at."""
 
 from __future__ import annotations
 
+import re
 import stat
+from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
 
-from tests.deploy.test_manifests import K8S, TARGETS
+from tests.deploy.test_manifests import K8S, ROOT, TARGETS
 from tests.support.kustomize import pod_spec, render
 
 # The image's `USER 10001:10001` (deploy/Dockerfile), when the pod names no user.
@@ -106,3 +108,33 @@ def test_no_mounted_secret_is_readable_by_every_user(target: str) -> None:
                 continue
             for key, mode, _group in _files(pod, volume):
                 assert not mode & stat.S_IROTH, f"{target}: {path}/{key} is mode {mode:04o}"
+
+
+def _documented_keys(docs: str, secret: str) -> set[str]:
+    """The keys docs/operations.md's table of objects to create lists for `secret`."""
+    (row,) = [line for line in docs.splitlines() if line.startswith(f"| Secret `{secret}` |")]
+    return set(re.findall(r"`([^`]+)`", row.split("|")[2]))
+
+
+def test_every_documented_ca_file_is_in_a_documented_secret() -> None:
+    """Drill 34: docs/operations.md told production to verify RDS with
+    `sslrootcert=/etc/cofre/tls/rds-ca.pem`, but its table had no `rds-ca.pem` in
+    `cofre-tls` (what is mounted there), so a cluster built from it had no such file and
+    every connection failed; nor could the migration Job, which mounts only its own
+    Secret, verify the server with that path."""
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    paths = set(re.findall(r"sslrootcert=(/[^`&)\s]+)", docs))
+    assert paths
+    mounts = {
+        (mount, volume["secret"]["secretName"])
+        for obj in render(K8S / "overlays/production")
+        if obj["kind"] in ("Deployment", "Job")
+        for _container, volume, mount in _mounted_volumes(obj)
+        if "secret" in volume
+    }
+    for path in sorted(paths):
+        file = PurePosixPath(path)
+        secrets = [secret for mount, secret in mounts if PurePosixPath(mount) == file.parent]
+        assert secrets, f"{path}: no Secret is mounted at {file.parent}"
+        for secret in secrets:
+            assert file.name in _documented_keys(docs, secret), f"{path}: not a key of {secret}"
