@@ -450,3 +450,40 @@ def test_the_migration_job_gets_no_aws_identity(target: str) -> None:
     assert not account["metadata"].get("annotations")
     assert account["automountServiceAccountToken"] is False
     assert job["automountServiceAccountToken"] is False
+
+
+def _image_env() -> dict[str, str]:
+    """The runtime stage's ENV (deploy/Dockerfile), continuation lines joined."""
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    stage = text.split("AS runtime\n", 1)[1].split("\nFROM ", 1)[0]
+    pairs = [line.removeprefix("ENV ") for line in stage.splitlines() if line.startswith("ENV ")]
+    return dict(re.findall(r"(\w+)=(\S+)", " ".join(pairs)))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_config_file_is_what_the_pod_runs_with(
+    target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image's ENV sets listeners and the data directory, and a variable beats
+    COFRE_CONFIG's file (cofre.settings): a port changed in the ConfigMap alone would be
+    overridden in silence, the container ports and probes pointing at the file's. So
+    the image's values, the pod's env and the ConfigMap must agree, and the data
+    directory must be a mounted volume (the root filesystem is read-only)."""
+    objects = _objects(target)
+    text = objects["ConfigMap/cofre-config"]["data"]["cofre.toml"]
+    config = tmp_path / "cofre.toml"
+    config.write_text(text)
+    pod = pod_spec(objects["Deployment/cofre"])
+    (vault,) = pod["containers"]
+    for key in [k for k in os.environ if k.startswith("COFRE_")]:
+        monkeypatch.delenv(key)
+    image = {k: v for k, v in _image_env().items() if k.startswith("COFRE_")}
+    for key, value in {**image, **{e["name"]: e["value"] for e in vault["env"]}}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("COFRE_CONFIG", str(config))
+    server = load_settings().server
+    wanted = tomllib.loads(text)["server"]
+    for name in ("host", "port", "health_host", "health_port", "metrics_host", "metrics_port"):
+        assert getattr(server, name) == wanted[name], f"{name}: the image's ENV wins"
+    mounts = {m["mountPath"] for m in vault["volumeMounts"]}
+    assert image["COFRE_DATA_DIR"] in mounts
