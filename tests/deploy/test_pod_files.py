@@ -146,13 +146,17 @@ def test_the_cloudhsm_client_logs_where_a_read_only_root_can() -> None:
     read-only root filesystem, and docs/operations.md had the client configuration made
     with `configure-pkcs11 -a <HSM IP>` alone. Made with `--log-type term` it logs to
     the container's output; otherwise /opt/cloudhsm/run must be a writable mount."""
-    objects = {f"{o['kind']}/{o['metadata']['name']}": o for o in render(K8S / "overlays/production")}
+    objects = {
+        f"{o['kind']}/{o['metadata']['name']}": o for o in render(K8S / "overlays/production")
+    }
     (vault,) = pod_spec(objects["Deployment/cofre"])["containers"]
     assert vault["securityContext"]["readOnlyRootFilesystem"] is True
     if any(m["mountPath"] == "/opt/cloudhsm/run" for m in vault["volumeMounts"]):
         return
     docs = (ROOT / "docs" / "operations.md").read_text()
-    (row,) = [line for line in docs.splitlines() if line.startswith("| ConfigMap `cloudhsm-pkcs11` |")]
+    (row,) = [
+        line for line in docs.splitlines() if line.startswith("| ConfigMap `cloudhsm-pkcs11` |")
+    ]
     commands = re.findall(r"`(configure-pkcs11 [^`]*)`", row)
     assert commands
     assert all("--log-type term" in command for command in commands), commands
