@@ -22,6 +22,7 @@ import pytest
 from api.lifecycle import INTERRUPTED_SECONDS, LEFT_CALLS_SECONDS
 from cofre.settings import load_settings
 from tests.support.kustomize import pod_spec, render
+from witness.server import WitnessConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -487,3 +488,24 @@ def test_the_config_file_is_what_the_pod_runs_with(
         assert getattr(server, name) == wanted[name], f"{name}: the image's ENV wins"
     mounts = {m["mountPath"] for m in vault["volumeMounts"]}
     assert image["COFRE_DATA_DIR"] in mounts
+
+
+def test_the_witness_this_repository_ships_is_reachable_or_its_port_documented() -> None:
+    """Drill 34: `cofre witness serve` listens on 7380 by default, and the vault's egress
+    allows public addresses on 443 only: a witness run as docs/operations.md shows was
+    unreachable from the cluster (the publisher failing, never readiness), and the
+    Kubernetes section did not say to open its port."""
+    port = WitnessConfig.__dataclass_fields__["port"].default
+    assert isinstance(port, int)
+    for target in TARGETS:
+        egress = _objects(target)["NetworkPolicy/cofre"]["spec"]["egress"]
+        public = [
+            rule
+            for rule in egress
+            if any(p["port"] <= port <= p.get("endPort", p["port"]) for p in rule["ports"])
+        ]
+        if _allows(public, "93.184.215.14"):
+            continue
+        docs = (ROOT / "docs" / "operations.md").read_text()
+        section = docs.split("## Deploy on Kubernetes", 1)[1].split("\n### ", 1)[0]
+        assert f"`cofre witness serve` listens on {port}" in section, target
