@@ -509,3 +509,37 @@ def test_the_witness_this_repository_ships_is_reachable_or_its_port_documented()
         docs = (ROOT / "docs" / "operations.md").read_text()
         section = docs.split("## Deploy on Kubernetes", 1)[1].split("\n### ", 1)[0]
         assert f"`cofre witness serve` listens on {port}" in section, target
+
+
+MIGRATE_SELECTOR = "app.kubernetes.io/component=migrate"
+
+
+def test_an_upgrade_migrates_before_the_rollout_starts() -> None:
+    """Drill 34: the Upgrade steps applied the whole overlay and then waited for the Job,
+    so the Deployment rolled at once: with `maxSurge: 0` an old pod stopped, its new
+    replacement refused the older schema (`schema_mismatch`) and restarted in back-off
+    for as long as the migration ran. The Job (with what it needs) is applied alone
+    first, by its label, and waited for."""
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    upgrade = docs.split("### Upgrade\n", 1)[1].split("\n**Upgrade note", 1)[0]
+    commands = [line.strip() for line in upgrade.splitlines() if "kubectl" in line]
+    applies = [i for i, c in enumerate(commands) if "kubectl apply -k" in c]
+    (wait,) = [i for i, c in enumerate(commands) if "condition=complete job/cofre-migrate" in c]
+    assert applies
+    assert f"-l {MIGRATE_SELECTOR}" in commands[applies[0]]
+    assert applies[0] < wait < applies[-1]
+    assert "-l " not in commands[applies[-1]]
+    key, value = MIGRATE_SELECTOR.split("=")
+    for target in TARGETS:
+        selected = {
+            name
+            for name, obj in _objects(target).items()
+            if obj["metadata"].get("labels", {}).get(key) == value
+        }
+        job = pod_spec(_objects(target)["Job/cofre-migrate"])
+        assert {
+            "Job/cofre-migrate",
+            f"ServiceAccount/{job['serviceAccountName']}",
+            "NetworkPolicy/cofre-migrate",
+        } <= selected, target
+        assert not any(name.startswith("Deployment/") for name in selected)
