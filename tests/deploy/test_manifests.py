@@ -543,3 +543,33 @@ def test_an_upgrade_migrates_before_the_rollout_starts() -> None:
             "NetworkPolicy/cofre-migrate",
         } <= selected, target
         assert not any(name.startswith("Deployment/") for name in selected)
+
+
+# Start-up past the HSM's two bounded waits: imports, the database, the listeners.
+START_MARGIN_SECONDS = 30
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_startup_probe_outwaits_the_hsm_start_bound(
+    target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The health listener opens only after the library's identity check and each
+    worker's first key adoption, each bounded by COFRE_HSM__INIT_TIMEOUT_SECONDS
+    (cofre.settings): the startup probe must wait longer than both, or a slow CloudHSM
+    client restarts the pod before it could listen unready."""
+    objects = _objects(target)
+    config = tmp_path / "cofre.toml"
+    config.write_text(objects["ConfigMap/cofre-config"]["data"]["cofre.toml"])
+    (vault,) = pod_spec(objects["Deployment/cofre"])["containers"]
+    for key in [k for k in os.environ if k.startswith("COFRE_")]:
+        monkeypatch.delenv(key)
+    for env in vault["env"]:
+        monkeypatch.setenv(env["name"], env["value"])
+    monkeypatch.setenv("COFRE_CONFIG", str(config))
+    bound = load_settings().hsm.init_timeout_seconds
+    probe = vault["startupProbe"]
+    assert probe["httpGet"] == {"path": "/livez", "port": "health"}
+    patience = (
+        probe.get("initialDelaySeconds", 0) + probe["periodSeconds"] * probe["failureThreshold"]
+    )
+    assert patience >= 2 * bound + START_MARGIN_SECONDS
