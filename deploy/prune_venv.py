@@ -82,12 +82,15 @@ def installed() -> set[str]:
 
 def main(argv: list[str]) -> int:
     (root,) = argv
-    remove = sorted(installed() - closure([root]))
-    if remove:
-        subprocess.run(  # noqa: S603 - this interpreter's pip, names from its own metadata
-            [sys.executable, "-m", "pip", "uninstall", "--yes", "--quiet", *remove],
-            check=True,
-        )
+    remove = installed() - closure([root])
+    # pip last and alone: it stashes the files it removes, and a pip uninstalling itself
+    # among others could miss a module of its own it has not imported yet.
+    for batch in (sorted(remove - {"pip"}), sorted(remove & {"pip"})):
+        if batch:
+            subprocess.run(  # noqa: S603 - this interpreter's pip, names from its metadata
+                [sys.executable, "-m", "pip", "uninstall", "--yes", "--quiet", *batch],
+                check=True,
+            )
     return 0
 
 

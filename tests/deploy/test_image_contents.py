@@ -234,3 +234,48 @@ def test_every_shipped_module_imports_without_what_the_image_removes() -> None:
         env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'verifier' / 'src'}"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _names(python: Path) -> set[str]:
+    listing = subprocess.run(
+        [
+            python,
+            "-c",
+            "import importlib.metadata as m; print(*(d.name for d in m.distributions()))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return set(listing.stdout.split())
+
+
+def test_the_prune_keeps_the_closure_and_uninstalls_the_rest_pip_last(tmp_path: Path) -> None:
+    """`prune_venv.py` run as the Dockerfile runs it, in a fresh virtualenv (pip and
+    setuptools seeded offline by ensurepip) holding a root that needs setuptools, and
+    pip only under an extra nobody asked for."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    (site,) = (venv / "lib").glob("python3.*/site-packages")
+    info = site / "demo_root-1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: demo-root\nVersion: 1\n"
+        "Requires-Dist: setuptools\nRequires-Dist: pip ; extra == 'tools'\n"
+    )
+    (info / "RECORD").write_text("demo_root-1.dist-info/METADATA,,\n")
+    assert {"pip", "setuptools", "demo-root"} <= _names(python)
+    subprocess.run([python, DEPLOY / "prune_venv.py", "demo-root"], check=True, timeout=300)
+    assert _names(python) == {"demo-root", "setuptools"}
+    assert not (venv / "bin" / "pip").exists()
+    # A root that is not installed stops the build rather than emptying the venv.
+    refused = subprocess.run(
+        [python, DEPLOY / "prune_venv.py", "cofre-vault"],
+        capture_output=True,
+        check=False,
+        timeout=300,
+    )
+    assert refused.returncode != 0
+    assert _names(python) == {"demo-root", "setuptools"}
