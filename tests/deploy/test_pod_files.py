@@ -160,3 +160,26 @@ def test_the_cloudhsm_client_logs_where_a_read_only_root_can() -> None:
     commands = re.findall(r"`(configure-pkcs11 [^`]*)`", row)
     assert commands
     assert all("--log-type term" in command for command in commands), commands
+
+
+# What `kubectl exec` finds on the runtime image's PATH: dash (Essential: every Debian
+# image has it), the venv's `cofre` and Debian's python3. Not `kill`: procps (priority
+# important) is in no slim image, and the Dockerfile installs python3 and ca-certificates
+# only, neither of which pulls it in.
+IMAGE_PROGRAMS = {"sh", "cofre", "python3"}
+
+
+def test_every_documented_exec_runs_a_program_the_image_has() -> None:
+    """Drill 34: docs/operations.md reloaded a pod with `kubectl exec deploy/cofre --
+    kill -HUP 1`; the image has no `kill` program (the shell's builtin is one, through
+    `sh -c`), so the certificate rotation's reload failed with "executable file not
+    found"."""
+    documents = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    programs = [
+        (document.name, match.group(1))
+        for document in documents
+        for match in re.finditer(r"kubectl[^`\n]* exec [^`\n]*?-- (\S+)", document.read_text())
+    ]
+    assert programs
+    for document, program in programs:
+        assert program in IMAGE_PROGRAMS, f"{document}: `kubectl exec … -- {program}`"
