@@ -5,13 +5,16 @@ and the pod's `fsGroup`, which no schema check looks at."""
 
 from __future__ import annotations
 
+import os
 import re
 import stat
-from pathlib import PurePosixPath
+import tomllib
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 
+from cofre.settings import load_settings
 from tests.deploy.test_manifests import K8S, ROOT, TARGETS
 from tests.support.kustomize import pod_spec, render
 
@@ -183,3 +186,29 @@ def test_every_documented_exec_runs_a_program_the_image_has() -> None:
     assert programs
     for document, program in programs:
         assert program in IMAGE_PROGRAMS, f"{document}: `kubectl exec … -- {program}`"
+
+
+def test_the_cloudhsm_overlay_names_the_cloudhsm_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drill 34: the production overlay loads the CloudHSM library but kept the base's
+    `token_label = "cofre"` (SoftHSM's); Client SDK 5 has one slot whose token is
+    labelled `hsm1` (docs/cloudhsm.md), and the vault finds its token by label only, so
+    production could never open a session."""
+    objects = {
+        f"{o['kind']}/{o['metadata']['name']}": o for o in render(K8S / "overlays/production")
+    }
+    config = tmp_path / "cofre.toml"
+    config.write_text(objects["ConfigMap/cofre-config"]["data"]["cofre.toml"])
+    (vault,) = pod_spec(objects["Deployment/cofre"])["containers"]
+    for key in [k for k in os.environ if k.startswith("COFRE_")]:
+        monkeypatch.delenv(key)
+    for env in vault["env"]:
+        monkeypatch.setenv(env["name"], env["value"])
+    monkeypatch.setenv("COFRE_CONFIG", str(config))
+    hsm = load_settings().hsm
+    cloudhsm = (ROOT / "docs" / "cloudhsm.md").read_text()
+    (block,) = re.findall(r"```toml\n(\[hsm\].*?)```", cloudhsm, re.S)
+    documented = tomllib.loads(block)["hsm"]
+    assert str(hsm.library) == documented["library"]
+    assert hsm.token_label == documented["token_label"]
