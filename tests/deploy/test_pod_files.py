@@ -212,3 +212,18 @@ def test_the_cloudhsm_overlay_names_the_cloudhsm_token(
     documented = tomllib.loads(block)["hsm"]
     assert str(hsm.library) == documented["library"]
     assert hsm.token_label == documented["token_label"]
+
+
+def test_a_settings_change_is_documented_to_need_a_restart() -> None:
+    """Drill 34: cofre.toml is mounted by subPath, which the kubelet never updates, and
+    settings are read at start; `kubectl apply -k` after editing the ConfigMap leaves the
+    pod template as it was, so nothing restarts and the change never takes effect.
+    docs/operations.md did not say so."""
+    objects = {f"{o['kind']}/{o['metadata']['name']}": o for o in render(K8S / "base")}
+    (vault,) = pod_spec(objects["Deployment/cofre"])["containers"]
+    (mount,) = [m for m in vault["volumeMounts"] if m["mountPath"] == "/etc/cofre/cofre.toml"]
+    assert "subPath" in mount
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    section = docs.split("## Deploy on Kubernetes", 1)[1].split("\n### ", 1)[0]
+    assert "`cofre-config`" in section
+    assert "kubectl -n cofre rollout restart deployment/cofre" in section
