@@ -33,9 +33,7 @@ ready and half its connections answered 503.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
-import ctypes
 import math
 import multiprocessing
 import os
@@ -56,10 +54,10 @@ from api.errors import Draining, WorkerUnready
 from api.lifecycle import defer_signals
 from cofre.background import LoopHealth
 from cofre.settings import Settings
+from cofre_cli._parent import die_with
 
 _log = structlog.get_logger("cofre.workers")
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max ..."
 # cgroup v1 (still the default of some node images): cpu.cfs_quota_us ("-1": no limit)
 # and cpu.cfs_period_us in the cpu controller's directory.
@@ -297,22 +295,11 @@ def _worker(
     # First: the supervisor started this process with the stop and reload signals
     # blocked; from here they are recorded, and acted on once it serves.
     defer_signals()
-    _die_with(supervisor)
+    die_with(supervisor)
     # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which
     # forwards one SIGTERM; two signals would force the worker out mid-request.
     os.setpgid(0, 0)
     target(settings, index, stamps, loads)
-
-
-def _die_with(supervisor: int) -> None:
-    """Have the kernel SIGKILL this worker when the supervisor dies (Linux
-    ``PR_SET_PDEATHSIG``): a supervisor killed outright (OOM killer, SIGKILL) must not
-    leave orphans serving the port, and to its workers it is the same crash (nothing
-    was answered before its commit)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != supervisor:  # it died before the request took effect
-        os._exit(1)
 
 
 def run_workers(settings: Settings, count: int, target: Target) -> int:
