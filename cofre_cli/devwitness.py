@@ -91,6 +91,8 @@ def start_dev_witness(data_dir: Path, log_vkey: str, timeout: float = 30) -> Dev
             *(sys.executable, "-m", "cofre_cli", "witness", "serve", "--port", "0"),
             *("--state", str(directory / "state.sqlite3")),
             *("--logs", str(directory / "logs.vkeys")),
+            # Ends when this process does, by any signal (`cofre_cli._parent.die_with`).
+            *("--parent-pid", str(os.getpid())),
         ],
         env=env,
         stdout=subprocess.DEVNULL,

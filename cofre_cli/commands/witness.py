@@ -83,9 +83,24 @@ def witness_serve(
             help="Connections handled at once from one IP address (IPv6: one /64).",
         ),
     ] = 16,
+    parent_pid: Annotated[
+        int | None,
+        typer.Option(
+            hidden=True,
+            help="End when this process (the caller, `cofre dev`) ends, by any signal.",
+        ),
+    ] = None,
 ) -> None:
     """Serve add-checkpoint (c2sp.org/tlog-witness) until SIGTERM or Ctrl-C."""
     import logging
+
+    if parent_pid is not None:
+        # `cofre dev`'s witness: a `cofre dev` killed outright (SIGKILL, the OOM killer)
+        # stops nothing, and its witness held its port and state file for good (session
+        # 33's note). First thing, so that no moment of the witness outlives it.
+        from cofre_cli._parent import die_with
+
+        die_with(parent_pid, signal.SIGTERM)
 
     from audit.errors import NoteError
     from witness.server import WitnessConfig, WitnessServer

@@ -1,9 +1,12 @@
-"""`cofre dev` stopped by SIGTERM while it starts takes its local witness with it.
+"""`cofre dev` stopped by SIGTERM while it starts, or killed outright, takes its local
+witness with it.
 
 Session 33: a SIGTERM after the witness had started and before the vault's own signal
 handling took over killed `cofre dev` by the signal's default action, so its `finally`
 never stopped the witness: every such stop (a test's, an IDE's, `timeout`'s) left a
-`cofre witness serve` process running, holding its port and state file."""
+`cofre witness serve` process running, holding its port and state file. Session 34: a
+SIGKILL (the OOM killer, `kill -9`) runs no `finally` at all; the witness now asks the
+kernel for a signal when `cofre dev` dies (Linux ``PR_SET_PDEATHSIG``)."""
 
 from __future__ import annotations
 
@@ -41,24 +44,28 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.hsm  # `cofre dev` creates a SoftHSM2 token
-def test_a_sigterm_during_start_stops_the_witness(tmp_path: Path) -> None:
-    data_dir = tmp_path / "dev"
+def _stop_once_starting(data_dir: Path, stop: signal.Signals) -> list[int]:
+    """Start `cofre dev`, send it `stop` as soon as the vault says it starts (after the
+    witness, before serving), wait for it to end; return its witnesses' pids."""
     dev = start_dev(data_dir, clean_env(), "--workers", "1")
     witnesses: list[int] = []
     try:
         assert dev.stdout is not None
-        # Stopped as soon as the vault says it starts: after the witness, before serving.
         for line in dev.stdout:
             if line.startswith("{") and '"event": "starting"' in line:
                 break
         witnesses = _witnesses_of(data_dir)
         assert witnesses, "cofre dev started no witness"
     finally:
-        dev.send_signal(signal.SIGTERM)
+        dev.send_signal(stop)
         dev.communicate(timeout=120)
-    # Bounded: only a witness left behind runs this out.
-    for _ in range(200):
+    return witnesses
+
+
+def _assert_gone(witnesses: list[int]) -> None:
+    """Wait for `witnesses` to end (bounded: only a witness left behind runs it out);
+    kill and name any left."""
+    for _ in range(600):
         if not any(_alive(pid) for pid in witnesses):
             break
         time.sleep(0.1)
@@ -66,3 +73,14 @@ def test_a_sigterm_during_start_stops_the_witness(tmp_path: Path) -> None:
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert left == [], "the witness outlived cofre dev"
+
+
+@pytest.mark.hsm  # `cofre dev` creates a SoftHSM2 token
+def test_a_sigterm_during_start_stops_the_witness(tmp_path: Path) -> None:
+    _assert_gone(_stop_once_starting(tmp_path / "dev", signal.SIGTERM))
+
+
+@pytest.mark.hsm
+def test_a_sigkill_of_cofre_dev_ends_the_witness(tmp_path: Path) -> None:
+    """No `finally` runs on SIGKILL: the kernel's parent-death signal ends the witness."""
+    _assert_gone(_stop_once_starting(tmp_path / "dev", signal.SIGKILL))
