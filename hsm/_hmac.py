@@ -20,8 +20,8 @@ from pkcs11 import Attribute
 
 from cofre.blocking import may_block
 from hsm._native import C_SIGN, C_SIGN_INIT, CKR_OK, ModuleFunctions, error_for
+from hsm._pool import CONNECTION_ERRORS
 from hsm.aead import AeadOperations
-from hsm.session import CONNECTION_ERRORS
 
 # HMACs per session borrow in `hmac_sha256_many`: the pool's bookkeeping (gate, borrow,
 # key lookup, give-back, latency record) is paid once per chunk instead of once per

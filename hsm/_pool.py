@@ -1,5 +1,6 @@
 """The session pool's small parts (moved out of `hsm.session`): one pooled session, the
-two failures `hsm.session` retries, and closing a session that may already be gone.
+two failures `hsm.session` retries, closing a session that may already be gone, and the
+translation of every PKCS#11 error into `hsm.errors` (or one of those two).
 
 IN PCI SCOPE.
 """
@@ -7,9 +8,42 @@ IN PCI SCOPE.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Final
 
 import pkcs11.exceptions as p11e
+
+from hsm.errors import (
+    HSMAuthFailed,
+    HSMKeyNotExtractable,
+    HSMMechanismUnsupported,
+    HSMOperationFailed,
+)
+
+# Failures after which the session (and maybe the library) must be rebuilt.
+CONNECTION_ERRORS: Final = (
+    p11e.SessionClosed,
+    p11e.SessionHandleInvalid,
+    p11e.DeviceRemoved,
+    p11e.DeviceError,
+    p11e.TokenNotPresent,
+    p11e.TokenNotRecognised,
+    p11e.GeneralError,
+    p11e.UserNotLoggedIn,
+    p11e.FunctionFailed,
+    p11e.DeviceMemory,
+    p11e.HostMemory,
+)
+# A handle the token no longer (or not yet) honours: a key found earlier and since
+# destroyed, or a new CloudHSM key not yet on a quorum of HSMs. The session is fine.
+_KEY_HANDLE_ERRORS: Final = (p11e.ObjectHandleInvalid, p11e.KeyHandleInvalid)
+_AUTH_ERRORS: Final = (
+    p11e.PinIncorrect,
+    p11e.PinInvalid,
+    p11e.PinLenRange,
+    p11e.PinLocked,
+    p11e.PinExpired,
+    p11e.UserPinNotInitialized,
+)
 
 
 class _Pooled:
@@ -43,3 +77,22 @@ def _close_quietly(session: Any) -> None:
     # A failing close means the session is already gone, which is why we are dropping it.
     with contextlib.suppress(p11e.PKCS11Error):
         session.close()
+
+
+def _translated(exc: p11e.PKCS11Error, token_label: str) -> Exception:
+    """The exception that stands for PKCS#11 error `exc` (`hsm.errors`, or one of this
+    module's `_SessionLost` and `_KeyHandleRefused`)."""
+    if isinstance(exc, _AUTH_ERRORS):
+        return HSMAuthFailed(f"token {token_label!r} refused the user PIN ({type(exc).__name__})")
+    if isinstance(exc, CONNECTION_ERRORS):
+        return _SessionLost(type(exc).__name__)
+    if isinstance(exc, _KEY_HANDLE_ERRORS):
+        return _KeyHandleRefused(type(exc).__name__)
+    if isinstance(exc, p11e.MechanismInvalid):
+        return HSMMechanismUnsupported(
+            f"token {token_label!r} does not support a mechanism this "
+            f"operation needs ({type(exc).__name__})"
+        )
+    if isinstance(exc, (p11e.AttributeSensitive, p11e.KeyUnextractable)):
+        return HSMKeyNotExtractable(f"the token refused to export the key ({type(exc).__name__})")
+    return HSMOperationFailed(f"the token refused the operation ({type(exc).__name__})")

@@ -40,13 +40,18 @@ from pydantic import SecretStr
 from cofre.blocking import may_block, may_wait
 from cofre.errors import WouldBlock
 from hsm._login import UserLogin
-from hsm._pool import _close_quietly, _KeyHandleRefused, _Pooled, _SessionLost
+from hsm._pool import (
+    _AUTH_ERRORS,
+    _close_quietly,
+    _KeyHandleRefused,
+    _Pooled,
+    _SessionLost,
+    _translated,
+)
 from hsm.errors import (
     HSMAuthFailed,
-    HSMKeyNotExtractable,
     HSMKeyNotFound,
     HSMKeyUnavailable,
-    HSMMechanismUnsupported,
     HSMOperationFailed,
     HSMUnavailable,
 )
@@ -56,34 +61,9 @@ from hsm.models import LibraryIdentity
 
 T = TypeVar("T")
 
-# Failures after which the session (and maybe the library) must be rebuilt.
-CONNECTION_ERRORS: Final = (
-    p11e.SessionClosed,
-    p11e.SessionHandleInvalid,
-    p11e.DeviceRemoved,
-    p11e.DeviceError,
-    p11e.TokenNotPresent,
-    p11e.TokenNotRecognised,
-    p11e.GeneralError,
-    p11e.UserNotLoggedIn,
-    p11e.FunctionFailed,
-    p11e.DeviceMemory,
-    p11e.HostMemory,
-)
-# A handle the token no longer (or not yet) honours: a key found earlier and since
-# destroyed, or a new CloudHSM key not yet on a quorum of HSMs. The session is fine.
-_KEY_HANDLE_ERRORS: Final = (p11e.ObjectHandleInvalid, p11e.KeyHandleInvalid)
 # Backoff while waiting for a key to become available: first wait, growth, ceiling.
 _AVAILABILITY_FIRST_WAIT_S: Final = 0.02
 _AVAILABILITY_MAX_WAIT_S: Final = 0.5
-_AUTH_ERRORS: Final = (
-    p11e.PinIncorrect,
-    p11e.PinInvalid,
-    p11e.PinLenRange,
-    p11e.PinLocked,
-    p11e.PinExpired,
-    p11e.UserPinNotInitialized,
-)
 
 
 class TokenSession:
@@ -470,7 +450,7 @@ class TokenSession:
                 try:
                     return operation(pooled.session)
                 except p11e.PKCS11Error as exc:
-                    raise self._translated(exc) from None
+                    raise _translated(exc, self._token_label) from None
             except _KeyHandleRefused as refused:
                 # Forget the keys this session found; look them up again once.
                 if pooled is not None:
@@ -504,29 +484,7 @@ class TokenSession:
         try:
             return call()
         except p11e.PKCS11Error as exc:
-            raise self._translated(exc) from None
-
-    def _translated(self, exc: p11e.PKCS11Error) -> Exception:
-        """The exception that stands for PKCS#11 error `exc` (`hsm.errors`, or one of this
-        module's retried `_SessionLost` and `_KeyHandleRefused`)."""
-        if isinstance(exc, _AUTH_ERRORS):
-            return HSMAuthFailed(
-                f"token {self._token_label!r} refused the user PIN ({type(exc).__name__})"
-            )
-        if isinstance(exc, CONNECTION_ERRORS):
-            return _SessionLost(type(exc).__name__)
-        if isinstance(exc, _KEY_HANDLE_ERRORS):
-            return _KeyHandleRefused(type(exc).__name__)
-        if isinstance(exc, p11e.MechanismInvalid):
-            return HSMMechanismUnsupported(
-                f"token {self._token_label!r} does not support a mechanism this "
-                f"operation needs ({type(exc).__name__})"
-            )
-        if isinstance(exc, (p11e.AttributeSensitive, p11e.KeyUnextractable)):
-            return HSMKeyNotExtractable(
-                f"the token refused to export the key ({type(exc).__name__})"
-            )
-        return HSMOperationFailed(f"the token refused the operation ({type(exc).__name__})")
+            raise _translated(exc, self._token_label) from None
 
     def _find(self, session: Any, label: str, object_class: ObjectClass) -> Any:
         pooled: _Pooled | None = getattr(self._local, "pooled", None)

@@ -24,9 +24,9 @@ from cofre.errors import WouldBlock
 from cofre.settings import DEFAULT_SOFTHSM_LIBRARY
 from hsm._hmac import _COPY_LABEL, HMAC_CHUNK, _DirectHmac
 from hsm._login import UserLogin
+from hsm._pool import CONNECTION_ERRORS
 from hsm.errors import HSMKeyNotFound, HSMOperationFailed
 from hsm.provider import HSMProvider, provider_from_settings
-from hsm.session import CONNECTION_ERRORS
 from tests.support.cloudhsm_shim import (
     PKCS11_INCLUDE,
     CloudHSMShim,
