@@ -80,9 +80,8 @@ class HSMProvider(HmacOperations):
     # ------------------------------------------------------------------ inspection
     def health_check(self) -> None:
         """Return when the token answers a trivial call; raise `HSMUnavailable` otherwise,
-        at once while the library's ``C_Initialize`` has not returned (`check_answering`),
-        and after at most `init_timeout` seconds when this check had to load the library
-        (`check_bounded`)."""
+        at once while the library is not loaded or is being loaded or re-initialised
+        (`check_bounded`: the check leaves that work to a background thread)."""
         self.check_bounded(lambda session: session.generate_random(64), name="health")
 
     def token_info(self) -> TokenInfo:
@@ -482,5 +481,4 @@ def provider_from_settings(settings: HSMSettings) -> HSMProvider:
         pool_size=settings.session_pool_size,
         key_availability_timeout=settings.key_availability_timeout_seconds,
         refuse_software=settings.refuse_software_token,
-        init_timeout=settings.init_timeout_seconds,
     )

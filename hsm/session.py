@@ -64,6 +64,10 @@ T = TypeVar("T")
 # Backoff while waiting for a key to become available: first wait, growth, ceiling.
 _AVAILABILITY_FIRST_WAIT_S: Final = 0.02
 _AVAILABILITY_MAX_WAIT_S: Final = 0.5
+# How long a readiness check waits for the library's load it handed to a background
+# thread: enough for a library that loads (or fails) at once to answer this check, and
+# far inside a probe's timeout (docs/operations.md, "The HSM bounds and the probes").
+READY_LOAD_WAIT_SECONDS: Final = 0.5
 
 
 class TokenSession:
@@ -80,7 +84,6 @@ class TokenSession:
         pool_size: int = 1,
         key_availability_timeout: float = 5.0,
         refuse_software: bool = False,
-        init_timeout: float = 15.0,
     ) -> None:
         self._library_path = library
         # `cofre serve` without the software-token allowance: a library that says it is
@@ -101,14 +104,14 @@ class TokenSession:
         self._login_lock = threading.Lock()
         self._pin_refused: str | None = None
         self._lib_lock = threading.Lock()
-        # Threads in (or waiting for) a ``C_Initialize`` (`_initializing`): a readiness
-        # check answers unready at once while there are any (`check_answering`).
+        # Threads in (or waiting for) a ``C_Initialize`` (`_initializing`), or loading or
+        # re-initialising the library for a readiness check (`_in_background`): a check
+        # answers unready at once while there are any (`check_answering`).
         self._initializing_count = 0
-        # A readiness check never loads the library in its own thread (`_load_bounded`):
-        # the load it started, while it runs, and how long a check waits for it
-        # (``COFRE_HSM__INIT_TIMEOUT_SECONDS``).
-        self._loading: _Load | None = None
-        self.init_timeout = init_timeout
+        # The background thread a readiness check handed that work to, while it runs, and
+        # how the last one failed (what a check says once it has ended).
+        self._background: threading.Thread | None = None
+        self._background_failure: HSMUnavailable | None = None
         # The pool: one plain lock (cheap to take in C, see `_run_pooled`) and a condition
         # on it for the threads that wait, either for a place in the pool or, while
         # `_exclusive` holds the pool alone, for it to end; `_waiting` counts them so that
@@ -135,12 +138,10 @@ class TokenSession:
         lib = self._lib
         if lib is None:
             if getattr(self._local, "bounded", False):
-                lib = self._load_bounded()
+                lib = self._load_for_check()
             else:
-                with self._initializing(), self._lib_lock:
-                    if self._lib is None:
-                        self._lib = load_library(self._library_path, self._softhsm_conf)
-                    lib = self._lib
+                with self._initializing():
+                    lib = self._load()
         try:
             token = lib.get_token(token_label=self._token_label)
         except p11e.NoSuchToken:
@@ -197,17 +198,22 @@ class TokenSession:
         library's lock (or the pool) behind a ``C_Initialize`` that hangs left `/readyz`
         unanswered, so the kubelet's probe timed out instead of reading 503 (session 33)."""
         if self._initializing_count:
-            raise HSMUnavailable(
-                f"PKCS#11 library not answering: C_Initialize of {self._library_path} "
-                "has not returned (its HSM or cluster may be unreachable)"
-            )
+            raise self._not_answering()
+
+    def _not_answering(self) -> HSMUnavailable:
+        return HSMUnavailable(
+            f"PKCS#11 library not answering: C_Initialize of {self._library_path} "
+            "has not returned (its HSM or cluster may be unreachable)"
+        )
 
     def check_bounded(self, operation: Callable[[Any], T], *, name: str) -> T:
-        """`_run(operation)` for a readiness check: it never loads the library in this
-        thread. When nothing had loaded it (at start, or after a failed
-        re-initialisation, with only probes arriving on an unready node), the check
-        called ``C_Initialize`` itself; a networked HSM's client that hangs there held
-        that check, and every later one waited behind it (session 33)."""
+        """`_run(operation)` for a readiness check, which never waits for the library: it
+        never loads or re-initialises it in this thread (`_in_background`), nor waits for
+        the pool while a re-initialisation holds it. A check that loaded the library
+        itself hung in a networked HSM client's ``C_Initialize`` (session 33), one that
+        waited for the load up to COFRE_HSM__INIT_TIMEOUT_SECONDS outlasted the probe's
+        timeout, and one whose own call failed twice re-initialised it in its thread
+        (session 34)."""
         self.check_answering()
         self._local.bounded = True
         try:
@@ -215,50 +221,58 @@ class TokenSession:
         finally:
             self._local.bounded = False
 
-    def _load_bounded(self) -> Any:
-        """Return the loaded library, loading it in a background thread (or joining the
-        load one already runs) and waiting at most `init_timeout` seconds; past that,
-        raise `HSMUnavailable`. The load goes on, counted in `_initializing_count`, so
-        later checks answer at once (`check_answering`) until ``C_Initialize`` returns."""
+    def _load(self) -> Any:
+        """The library, loaded (``C_Initialize``) unless it was. Raises `HSMUnavailable`."""
+        with self._lib_lock:
+            if self._lib is None:
+                self._lib = load_library(self._library_path, self._softhsm_conf)
+            return self._lib
+
+    def _load_for_check(self) -> Any:
+        """The library for a readiness check: loaded in a background thread
+        (`_in_background`) that the check waits for at most `READY_LOAD_WAIT_SECONDS`,
+        well inside a probe's timeout (deploy/k8s: 3 s). Raises `HSMUnavailable`: how the
+        load failed, or that it has not returned (it goes on; a later check finds the
+        library loaded)."""
+        self._in_background(self._load).join(READY_LOAD_WAIT_SECONDS)
         with self._mutex:
-            load = self._loading
-            if load is None:
-                load = self._loading = _Load()
+            lib, running, failure = self._lib, self._background, self._background_failure
+        if lib is not None:
+            return lib
+        if running is None and failure is not None:
+            raise HSMUnavailable(str(failure))  # fresh: raised again, one would chain
+        raise self._not_answering()
+
+    def _in_background(self, work: Callable[[], object]) -> threading.Thread:
+        """Start `work` (loading or re-initialising the library, for a readiness check)
+        in a background thread unless one runs; return the thread that runs. It counts in
+        `_initializing_count` from now until it ends, so that later checks answer at once
+        (`check_answering`) and the node is ready once it has worked."""
+        with self._mutex:
+            if self._background is None:
                 # Counted before the thread starts: a check that comes next answers at once.
                 self._initializing_count += 1
-                threading.Thread(
-                    target=self._load_in_background,
-                    args=(load,),
-                    name="cofre-hsm-load",
-                    daemon=True,
-                ).start()
-        if not load.done.wait(self.init_timeout):
-            raise HSMUnavailable(
-                f"PKCS#11 library not answering: C_Initialize of {self._library_path} "
-                f"has not returned in {self.init_timeout:g} s (its HSM or cluster may be "
-                "unreachable)"
-            )
-        if load.failure is not None:
-            raise load.failure
-        return load.lib
+                self._background = threading.Thread(
+                    target=self._background_work, args=(work,), name="cofre-hsm-load", daemon=True
+                )
+                self._background.start()
+            return self._background
 
-    def _load_in_background(self, load: _Load) -> None:
+    def _background_work(self, work: Callable[[], object]) -> None:
+        failure = None
         try:
-            with self._lib_lock:
-                if self._lib is None:
-                    self._lib = load_library(self._library_path, self._softhsm_conf)
-                load.lib = self._lib
+            work()
         except HSMUnavailable as exc:
-            load.failure = exc
-        except BaseException as exc:  # noqa: BLE001 - reported to the waiting check
-            load.failure = HSMUnavailable(
+            failure = exc
+        except BaseException as exc:  # noqa: BLE001 - reported to the next check
+            failure = HSMUnavailable(
                 f"cannot load PKCS#11 library {self._library_path}: {type(exc).__name__}"
             )
         finally:
             with self._mutex:
                 self._initializing_count -= 1
-                self._loading = None
-            load.done.set()
+                self._background = None
+                self._background_failure = failure
 
     def _check_pin_not_refused(self) -> None:
         """Raise `HSMAuthFailed` once the token refused this PIN: never try it again
@@ -294,6 +308,9 @@ class TokenSession:
         as always when `fresh`)."""
         with self._mutex:
             if self._closed or self._busy >= self.pool_size:
+                if self._closed and getattr(self._local, "bounded", False):
+                    # A readiness check: never behind a re-initialisation (or a stop).
+                    raise self._not_answering()
                 may_block()
                 self._wait_for_place()
             self._busy += 1
@@ -377,6 +394,14 @@ class TokenSession:
                             self._lib.reinitialize()
                     except p11e.PKCS11Error:
                         self._lib = None
+
+    def _recover(self) -> None:
+        """Re-initialise the library after a call failed twice; for a readiness check's
+        own call in a background thread (`_in_background`): it may hang there too."""
+        if getattr(self._local, "bounded", False):
+            self._in_background(self._reinitialize)
+        else:
+            self._reinitialize()
 
     def _run(self, operation: Callable[[Any], T], *, retry: bool = True, name: str = "call") -> T:
         """Run `operation(session)` on a pooled session, translating every PKCS#11 error.
@@ -477,7 +502,7 @@ class TokenSession:
                 self._give_back(pooled, broken=broken)
             if attempt == attempts:
                 if attempts > 1:
-                    self._reinitialize()
+                    self._recover()
                 raise HSMUnavailable(f"token {self._token_label!r} is not reachable ({failure})")
 
     def _translate(self, call: Callable[[], T]) -> T:
@@ -518,14 +543,3 @@ class TokenSession:
         """Close every session. The provider reopens them on the next call."""
         with self._exclusive():
             self._drop_all()
-
-
-class _Load:
-    """A library load a readiness check started (`TokenSession._load_bounded`)."""
-
-    __slots__ = ("done", "failure", "lib")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.lib: Any = None
-        self.failure: HSMUnavailable | None = None

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from hsm.errors import HSMAuthFailed, HSMUnavailable
 from hsm.provider import HSMProvider
-from tests.support.softhsm import SoftHSMToken
+from tests.support.softhsm import SoftHSMToken, settled_health_check
 
 WRONG_PIN_PROBE = """
 import sys
@@ -24,9 +24,10 @@ from pathlib import Path
 from pydantic import SecretStr
 from hsm.provider import HSMProvider
 from hsm.errors import HSMError
+from tests.support.softhsm import settled_health_check
 p = HSMProvider(Path(sys.argv[1]), sys.argv[2], SecretStr(sys.stdin.read()), Path(sys.argv[3]))
 try:
-    p.health_check()
+    settled_health_check(p)
 except HSMError as exc:
     print(type(exc).__name__, exc.code, exc, sep="|")
 else:
@@ -67,7 +68,7 @@ def test_missing_library(softhsm_token: SoftHSMToken) -> None:
         Path("/nonexistent/libpkcs11.so"), softhsm_token.label, SecretStr(softhsm_token.user_pin)
     )
     with pytest.raises(HSMUnavailable, match="library not found") as info:
-        provider.health_check()
+        settled_health_check(provider)
     assert softhsm_token.user_pin not in str(info.value)
 
 
@@ -76,7 +77,7 @@ def test_not_a_library(softhsm_token: SoftHSMToken, tmp_path: Path) -> None:
     fake.write_bytes(b"not an ELF file")
     provider = HSMProvider(fake, softhsm_token.label, SecretStr(softhsm_token.user_pin))
     with pytest.raises(HSMUnavailable, match="cannot load"):
-        provider.health_check()
+        settled_health_check(provider)
 
 
 def test_missing_token(softhsm_token: SoftHSMToken, hsm_provider: HSMProvider) -> None:

@@ -1,12 +1,20 @@
 """Run by tests/hsm/test_readiness_hang.py in a process of its own, so that the CloudHSM
 shim reads its fault file when it loads: readiness checks (`HSMProvider.health_check`,
-what `/readyz` asks) while the library is not loaded, nothing else is loading it, and
-its ``C_Initialize`` hangs. Prints one JSON object.
+what `/readyz` asks) while the library's ``C_Initialize`` hangs. Prints one JSON object.
 
-    python -m tests.support.readiness_probe LIBRARY CONF LABEL PIN FAULT_FILE
+    python -m tests.support.readiness_probe LIBRARY CONF LABEL PIN FAULT_FILE SCENARIO
+
+SCENARIO ``start``: the library is not loaded and nothing else is loading it (the test
+made the fault file hang ``C_Initialize`` before this process loaded the shim).
+SCENARIO ``reinit``: the node was ready; then every ``C_GenerateRandom`` (the check's own
+call) fails with a lost connection, so the check's call fails twice, which
+re-initialises the library, and ``C_Initialize`` hangs.
 
 Each check runs in a thread joined with a bound, so that a check that hangs is reported
 ("hung") rather than hanging the probe: the bound fails only on a hang.
+COFRE_HSM__INIT_TIMEOUT_SECONDS is set far above it: a check that waits for the load it
+started (as before session 34) is a check that hangs, to a probe with a timeout of a few
+seconds (deploy/k8s: 3 s).
 """
 
 from __future__ import annotations
@@ -21,15 +29,16 @@ from pydantic import SecretStr
 
 from cofre.settings import HSMSettings
 from hsm.errors import HSMUnavailable
-from hsm.provider import provider_from_settings
+from hsm.provider import HSMProvider, provider_from_settings
 from tests.support.cloudhsm_shim import ShimFaults
 
-# Far above the check's own bound (COFRE_HSM__INIT_TIMEOUT_SECONDS, 1 s here).
 HANG_BOUND = 60.0
 READY_BOUND = 120.0
+INIT_TIMEOUT = 600
 
 
-def main(library: str, conf: str, label: str, pin: str, fault_file: str) -> None:
+def main(argv: list[str]) -> None:
+    library, conf, label, pin, fault_file, scenario = argv
     provider = provider_from_settings(
         HSMSettings.model_validate(
             {
@@ -38,35 +47,46 @@ def main(library: str, conf: str, label: str, pin: str, fault_file: str) -> None
                 "pin": SecretStr(pin),
                 "softhsm_conf": Path(conf),
                 "session_pool_size": 2,
-                "init_timeout_seconds": 1,
+                "init_timeout_seconds": INIT_TIMEOUT,
             }
         )
     )
-
-    def check() -> str:
-        outcome: list[str] = []
-
-        def run() -> None:
-            try:
-                provider.health_check()
-                outcome.append("ok")
-            except HSMUnavailable as exc:
-                outcome.append(f"HSMUnavailable: {exc}")
-
-        checking = threading.Thread(target=run, daemon=True)
-        checking.start()
-        checking.join(HANG_BOUND)
-        return outcome[0] if outcome else "hung"
-
-    # C_Initialize hangs (the test made the file before this process loaded the shim).
-    steps = [check(), check()]
-    ShimFaults(Path(fault_file)).answer_initialize()
-    deadline = time.monotonic() + READY_BOUND
-    while (last := check()) != "ok" and time.monotonic() < deadline:
-        time.sleep(0.1)
-    steps.append(last)
+    faults = ShimFaults(Path(fault_file))
+    steps: list[str] = []
+    if scenario == "reinit":
+        steps.append(_until_ready(provider))
+        faults.hang_initialize()
+        faults.inject("DEVICE_ERROR", ["C_GenerateRandom"])
+    # The check that meets the hang, then one while it lasts.
+    steps += [_check(provider), _check(provider)]
+    faults.clear()
+    steps.append(_until_ready(provider))
     sys.stdout.write(json.dumps({"steps": steps}) + "\n")
 
 
+def _check(provider: HSMProvider) -> str:
+    outcome: list[str] = []
+
+    def run() -> None:
+        try:
+            provider.health_check()
+            outcome.append("ok")
+        except HSMUnavailable as exc:
+            outcome.append(f"HSMUnavailable: {exc}")
+
+    checking = threading.Thread(target=run, daemon=True)
+    checking.start()
+    checking.join(HANG_BOUND)
+    return outcome[0] if outcome else "hung"
+
+
+def _until_ready(provider: HSMProvider) -> str:
+    """Checks until one passes (bounded), the last one's answer."""
+    deadline = time.monotonic() + READY_BOUND
+    while (last := _check(provider)) != "ok" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return last
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:6])
+    main(sys.argv[1:7])

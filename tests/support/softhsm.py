@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import SecretStr
 
 from cofre.settings import DEFAULT_SOFTHSM_LIBRARY, HSMSettings
+from hsm.errors import HSMUnavailable
 from hsm.keys import parse_code_epoch_label
 from hsm.provider import HSMProvider
 from hsm.softhsm import init_softhsm_token, write_softhsm_conf
@@ -80,3 +82,24 @@ def destroy_code_epochs(provider: HSMProvider) -> None:
     for key in provider.list_keys():
         if parse_code_epoch_label(key.label) is not None and provider.has_key(key.label):
             provider.destroy_key(key.label)
+
+
+# A bound on waiting for a library's load to end: fails only on a hang.
+LOAD_BOUND = 120.0
+
+
+def settled_health_check(provider: HSMProvider) -> None:
+    """`provider.health_check()`, repeated while it answers that the library's load has
+    not returned: a readiness check waits only briefly for the load it hands to a
+    background thread (session 34), so a fresh provider's first check may answer that
+    before the load's own outcome. Raises what the check raises then."""
+    deadline = time.monotonic() + LOAD_BOUND
+    while True:
+        try:
+            provider.health_check()
+        except HSMUnavailable as exc:
+            if "PKCS#11 library not answering" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        else:
+            return
