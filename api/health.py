@@ -42,6 +42,13 @@ READY_CACHE_SECONDS: Final = 1.0
 PROBE_BURST: Final = 10
 PROBE_PER_SECOND: Final = 1.0
 PROBE_CALLERS: Final = 4096
+# The readiness checks that inform without failing readiness: "ok", or what fails (the
+# node still serves). A ready node's answer here shows every check as "ok" and names
+# these when they fail (session 34): without the names, nothing on this port told the
+# on-call engineer of a stalled audit queue or a failing purge.
+INFORMATIONAL_CHECKS: Final = frozenset(
+    {"audit_sequencer", "key_cryptoperiods", "audit_witnesses", "token_purge", "key_rotation"}
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -51,7 +58,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 class HealthApp:
     """A minimal ASGI app: GET/HEAD ``/livez`` (the event loop answers) and ``/readyz``
-    (not draining, and `check_ready` passes: HSM, database, audit sequencer)."""
+    (not draining, and `check_ready` passes: HSM, database, audit sequencer). A ready
+    answer names the failing `INFORMATIONAL_CHECKS` in ``informational_failing``."""
 
     def __init__(
         self,
@@ -101,9 +109,22 @@ class HealthApp:
         except CofreError as exc:
             answer: tuple[int, dict[str, Any]] = (503, {"status": "unready", "code": exc.code})
         else:
-            answer = (200, {"status": "ready", "checks": dict.fromkeys(checks, "ok")})
+            answer = (
+                200,
+                {
+                    "status": "ready",
+                    "checks": dict.fromkeys(checks, "ok"),
+                    # Names only, as for a failing check (its text is not for this port).
+                    "informational_failing": informational_failing(checks),
+                },
+            )
         self._last = (started, answer)
         return answer
+
+
+def informational_failing(checks: dict[str, str]) -> list[str]:
+    """The names, sorted, of the `INFORMATIONAL_CHECKS` in `checks` that are not "ok"."""
+    return sorted(n for n, note in checks.items() if n in INFORMATIONAL_CHECKS and note != "ok")
 
 
 async def _answer(send: Send, status: int, body: dict[str, Any], method: str) -> None:

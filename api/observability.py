@@ -317,6 +317,26 @@ class Telemetry:
             description="card security codes held, used and expired (totals), held now",
         )
 
+    def observe_informational_checks(self, checks: Callable[[], Mapping[str, str]]) -> None:
+        """Report `checks()` (the readiness checks that inform without failing readiness:
+        name -> "ok" or what fails) as `cofre.readiness.informational_failing`, one series
+        per ``check``: 1 while it fails, 0 when "ok". A ready node's health port shows
+        them as "ok" (docs/operations.md); this is where a failing one shows. Skipped
+        while the database cannot answer."""
+
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            try:
+                notes = checks()
+            except CofreError:
+                return []
+            return [Observation(int(note != "ok"), {"check": n}) for n, note in notes.items()]
+
+        self.meter.create_observable_gauge(
+            "cofre.readiness.informational_failing",
+            callbacks=[observe],
+            description="1 while a readiness check that informs (never fails readiness) fails",
+        )
+
 
 def make_telemetry(
     tracer_provider: TracerProvider | None = None, meter_provider: MeterProvider | None = None

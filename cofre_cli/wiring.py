@@ -306,10 +306,11 @@ def _observe(
     sequencer: SequencerThread,
     publisher: PublisherThread | None,
     quorum: int,
+    informational: Callable[[], dict[str, str]],
 ) -> Telemetry:
     """Feed the HSM's latency, the key registry's stray count, the keys' cryptoperiod
-    states, the audit queue and the witness publisher's failures and lag into
-    `telemetry`."""
+    states, the audit queue, the witness publisher's failures and lag, and which of the
+    `informational` readiness checks fail into `telemetry`."""
     provider.observer = lambda operation, ms: telemetry.hsm_latency.record(
         ms, {"operation": operation}
     )
@@ -318,6 +319,8 @@ def _observe(
     telemetry.observe_security_codes(service.security_code_counts)
     observe_audit_queue(telemetry.meter, sequencer)
     observe_witnesses(telemetry.meter, publisher, quorum)
+    # A ready node's health port shows these as "ok" (its body only names them).
+    telemetry.observe_informational_checks(informational)
     return telemetry
 
 
@@ -392,6 +395,19 @@ def build_runtime(
     worker = RotationWorker(rotation, interval=min(0.5, sequencer_interval * 2))
     worker.start()
     purge_worker = _start_purge_worker(service, settings)
+
+    def informational() -> dict[str, str]:
+        """The checks that inform, never failing readiness (`api.health.INFORMATIONAL_CHECKS`):
+        "ok", or what fails."""
+        return (
+            # The queue's oldest entry; the expiring and overdue keys named with their code
+            # (raises only when COFRE_KEYS__OVERDUE_FAILS_READINESS is set).
+            {"audit_sequencer": thread.queue_check(), "key_cryptoperiods": periods.check()}
+            # With witnesses: how far their quorum trails.
+            | witness_checks(publisher_thread, settings.audit.quorum)
+            | _background_checks(purge_worker, worker)
+        )
+
     telemetry = _observe(
         telemetry or make_telemetry(),
         provider,
@@ -400,6 +416,7 @@ def build_runtime(
         sequencer=thread,
         publisher=publisher_thread,
         quorum=settings.audit.quorum,
+        informational=informational,
     )
 
     def check_ready() -> dict[str, str]:
@@ -410,16 +427,7 @@ def build_runtime(
             raise AuditWriteFailed(
                 f"the audit sequencer is not running ({thread.last_error or 'stopped'})"
             )
-        checks["audit_sequencer"] = thread.queue_check()
-        # "ok", or the expiring and overdue keys named with their code; raises only when
-        # COFRE_KEYS__OVERDUE_FAILS_READINESS is set.
-        checks["key_cryptoperiods"] = periods.check()
-        # With witnesses: "ok", or how far their quorum trails (never fails readiness).
-        return (
-            checks
-            | witness_checks(publisher_thread, settings.audit.quorum)
-            | _background_checks(purge_worker, worker)
-        )
+        return checks | informational()
 
     bounds = settings.evidence
     export_rate = RateLimit(per_second=bounds.exports_per_hour / 3600, burst=bounds.export_burst)

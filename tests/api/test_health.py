@@ -63,7 +63,12 @@ def test_a_probe_learns_check_names_and_codes_only() -> None:
     app = HealthApp(checks, Readiness(), clock=lambda: now[0])
     status, body = asyncio.run(_probe(app))
     assert status == 200
-    assert body == {"status": "ready", "checks": {"database": "ok", "audit_witnesses": "ok"}}
+    # A failing informational check is named, its text (an internal address) never shown.
+    assert body == {
+        "status": "ready",
+        "checks": {"database": "ok", "audit_witnesses": "ok"},
+        "informational_failing": ["audit_witnesses"],
+    }
     checks.failing = True
     now[0] += READY_CACHE_SECONDS
     status, body = asyncio.run(_probe(app))
