@@ -8,11 +8,19 @@ connections between them. With `COFRE_SERVER__HEALTH_PORT` equal to
 listener and some kubelet probes the TLS one (session 33). Worker N's metrics listener
 is on `COFRE_SERVER__METRICS_PORT` + N, a range that can cover another listener's port
 only once the worker count is known, hence here rather than in the settings.
+
+Two listeners on one port number do not meet when their hosts are two different IP
+addresses, neither a wildcard: the kernel hands a connection to the socket bound to its
+destination address (a health listener on 10.0.0.5:9000 and metrics on 127.0.0.1:9000,
+session 34; by port alone until then). A wildcard covers every address, and a host name
+("localhost") or an address's other spelling ("127.1", which `ipaddress` does not read)
+may be the other's address: those still clash.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 
 from api.lifecycle import claim_port
 from cofre.errors import ConfigurationError
@@ -41,20 +49,40 @@ def _listeners(settings: Settings, workers: int) -> list[tuple[str, str, int]]:
     return ports
 
 
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The one address `host` names, or None when it may name more (a wildcard) or any
+    (a host name, or a spelling `ipaddress` does not read, such as "127.1")."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1 on a dual-stack socket
+    return None if address.is_unspecified else address
+
+
+def _apart(host: str, other: str) -> bool:
+    """Whether listeners on `host` and `other` never share a connection on one port."""
+    first, second = _address(host), _address(other)
+    return first is not None and second is not None and first != second
+
+
 def check_listener_ports(settings: Settings, workers: int) -> None:
     """Raise `ConfigurationError` naming the settings when two of the node's listeners
-    (with `workers` metrics listeners) would share a port. By port alone, whatever the
-    hosts, as `api.lifecycle.claim_port` judges: "0.0.0.0", "localhost" and "127.1" are
-    spellings of addresses that share one."""
-    seen: dict[int, str] = {}
+    (with `workers` metrics listeners) would share a port: the same port number on hosts
+    that are not two different IP addresses, neither a wildcard (`_apart`)."""
+    seen: dict[int, list[tuple[str, str]]] = {}
     clashes: list[str] = []
-    for name, _, port in _listeners(settings, workers):
+    for name, host, port in _listeners(settings, workers):
         if port > 65535:
             clashes.append(f"{name} is {port}, past the last TCP port")
-        elif port in seen:
-            clashes.append(f"{name} and {seen[port]} are both {port}")
-        else:
-            seen[port] = name
+            continue
+        clashes += [
+            f"{name} and {other} are both {port}"
+            for other, other_host in seen.get(port, [])
+            if not _apart(host, other_host)
+        ]
+        seen.setdefault(port, []).append((name, host))
     if clashes:
         raise ConfigurationError(
             "two listeners of this node would share a port (the kernel would split their "
@@ -67,11 +95,16 @@ def claim_listener_ports(settings: Settings, workers: int) -> contextlib.ExitSta
     not only the mTLS one: another node of the same user with its health or capture
     port on one of these (both SO_REUSEPORT) would start, and the kernel would split
     that port's connections between the two nodes. Close the stack to let them go.
-    Raises `ApiError` naming the port another `cofre serve` holds."""
+    Each port once: this node's listeners on two addresses of one port
+    (`check_listener_ports`) share its claim, which stays by port number alone against
+    other nodes. Raises `ApiError` naming the port another `cofre serve` holds."""
     claims = contextlib.ExitStack()
+    claimed: set[int] = set()
     try:
         for _, host, port in _listeners(settings, workers):
-            claims.enter_context(contextlib.closing(claim_port(host, port)))
+            if port not in claimed:
+                claims.enter_context(contextlib.closing(claim_port(host, port)))
+                claimed.add(port)
     except BaseException:
         claims.close()
         raise

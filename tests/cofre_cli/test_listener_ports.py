@@ -5,6 +5,12 @@ Session 33: a worker binds the mTLS, health and capture ports with SO_REUSEPORT,
 use": the kernel took both listeners and split the connections between them, some
 clients' TLS handshakes reaching the plain-HTTP health listener. Worker N's metrics
 listener is on `COFRE_SERVER__METRICS_PORT` + N, a range that can cover another port.
+
+Session 34: listeners were judged by port alone, so a health listener on 10.0.0.5:9000
+and metrics on 127.0.0.1:9000 were refused though the kernel keeps them apart (a
+connection reaches the socket bound to its destination address). Two listeners may now
+share a port when their hosts are two different IP addresses, neither a wildcard; a
+wildcard, a host name or an address's other spelling ("127.1") still clashes.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from api.errors import ApiError
@@ -46,6 +53,34 @@ _CLASHES: list[tuple[dict[str, Any], dict[str, Any], int, list[str]]] = [
         ],
     ),
     ({"port": 9443, "metrics_port": 65535}, {}, 2, ["past the last TCP port"]),
+    # One of them on every address (IPv4 or IPv6 wildcard) covers the other's.
+    (
+        {"port": 9443, "host": "0.0.0.0", "health_host": "10.0.0.5", "health_port": 9443},  # noqa: S104 - never bound: the check refuses it
+        {},
+        1,
+        ["COFRE_SERVER__HEALTH_PORT and COFRE_SERVER__PORT are both 9443"],
+    ),
+    (
+        {"port": 9443, "host": "10.0.0.5", "metrics_host": "::", "metrics_port": 9443},
+        {},
+        1,
+        ["(worker 0's metrics) and COFRE_SERVER__PORT"],
+    ),
+    # The same address, spelt twice; a host name or a short form, which may be it.
+    (
+        {"port": 9443, "host": "::1", "health_host": "0:0:0:0:0:0:0:1", "health_port": 9443},
+        {},
+        1,
+        ["COFRE_SERVER__HEALTH_PORT and COFRE_SERVER__PORT"],
+    ),
+    (
+        {"port": 9443, "host": "127.0.0.1", "health_host": "::ffff:127.0.0.1", "health_port": 9443},
+        {},
+        1,
+        ["COFRE_SERVER__HEALTH_PORT and COFRE_SERVER__PORT"],
+    ),
+    ({"port": 9443, "host": "localhost"}, {"host": "127.0.0.2", "port": 9443}, 1, ["CAPTURE"]),
+    ({"port": 9443, "host": "127.1"}, {"host": "127.0.0.2", "port": 9443}, 1, ["CAPTURE"]),
 ]
 
 
@@ -70,6 +105,53 @@ def test_distinct_ports_pass_and_one_worker_uses_one_metrics_port() -> None:
     check_listener_ports(
         Settings(server={"port": 9443, "metrics_port": 9444, "health_port": 9445}), 1
     )
+
+
+def test_two_addresses_may_share_a_port() -> None:
+    """Session 33's note: health on 10.0.0.5:9000 and metrics on 127.0.0.1:9000 were
+    refused; the kernel keeps two sockets on two addresses apart."""
+    split = Settings(
+        server={
+            "port": 9443,
+            "health_host": "10.0.0.5",
+            "health_port": 9000,
+            "metrics_host": "127.0.0.1",
+            "metrics_port": 9000,
+        },
+        capture={"host": "fd00::5", "port": 9000},
+    )
+    check_listener_ports(split, 1)
+    # A node claims each of its ports once, whatever number of its listeners use it.
+    claim_listener_ports(split, 1).close()
+
+
+@pytest.mark.hsm
+def test_cofre_serve_listens_on_two_addresses_of_one_port(
+    tmp_path: Path, softhsm_token: SoftHSMToken
+) -> None:
+    """A real node: the health listener on 127.0.0.2 and worker 0's metrics on
+    127.0.0.1, one port number; each answers on its own address."""
+    vault = make_vault(tmp_path / "node", softhsm_token, None)
+    shared = free_port()
+    vault.env.update(
+        {
+            "COFRE_SERVER__WORKERS": "1",
+            "COFRE_SERVER__HEALTH_HOST": "127.0.0.2",
+            "COFRE_SERVER__HEALTH_PORT": str(shared),
+            "COFRE_SERVER__METRICS_HOST": "127.0.0.1",
+            "COFRE_SERVER__METRICS_PORT": str(shared),
+        }
+    )
+    vault.start()
+    try:
+        ready = httpx.get(f"http://127.0.0.2:{shared}/readyz", timeout=30)
+        metrics = httpx.get(f"http://127.0.0.1:{shared}/metrics", timeout=30)
+    finally:
+        vault.stop()
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["status"] == "ready"
+    assert metrics.status_code == 200
+    assert "cofre_" in metrics.text
 
 
 @pytest.mark.hsm
