@@ -15,13 +15,20 @@ once it does (tests/support/cloudhsm_shim.c's ``.hang-initialize``)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
+from hsm.errors import HSMUnavailable
+from hsm.provider import HSMProvider
 from tests.support.cloudhsm_shim import CloudHSMShim, ShimFaults
 from tests.support.probes import run_probe
-from tests.support.softhsm import SoftHSMToken
+from tests.support.softhsm import SoftHSMToken, settled_health_check
+
+# A bound on a check that should answer at once: fails only on a hang.
+HANG_BOUND = 60.0
 
 _NOT_ANSWERING = "HSMUnavailable: PKCS#11 library not answering"
 
@@ -63,3 +70,37 @@ def test_a_readiness_check_never_waits_on_a_hanging_c_initialize(
     assert first.startswith(meets_the_hang), first
     assert second.startswith(_NOT_ANSWERING), second
     assert last == "ok", result
+
+
+def test_a_readiness_check_never_waits_behind_a_re_initialisation(
+    softhsm_token: SoftHSMToken,
+) -> None:
+    """While another call re-initialises the library (it holds the session pool alone
+    until ``C_Finalize`` and ``C_Initialize`` return, which a networked HSM's client may
+    never do) a readiness check answers at once instead of waiting for the pool."""
+    provider = HSMProvider(
+        softhsm_token.library,
+        softhsm_token.label,
+        SecretStr(softhsm_token.user_pin),
+        softhsm_token.conf,
+    )
+    settled_health_check(provider)
+    outcome: list[str] = []
+
+    def check() -> None:
+        try:
+            provider.health_check()
+            outcome.append("ok")
+        except HSMUnavailable as exc:
+            outcome.append(str(exc))
+
+    # White-box: hold the pool as `_reinitialize` does, for as long as the test likes.
+    with provider._exclusive():
+        checking = threading.Thread(target=check, daemon=True)
+        checking.start()
+        checking.join(HANG_BOUND)
+    checking.join(HANG_BOUND)  # a check that waited for the pool ends once it is free
+    assert outcome, "the check hung"
+    assert outcome[0].startswith("PKCS#11 library not answering"), outcome
+    settled_health_check(provider)  # and the next check, with the pool free, passes
+    provider.close()
