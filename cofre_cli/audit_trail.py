@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -78,64 +79,65 @@ def record_cli_read(engine: Engine, command: str, what: str, **details: DetailVa
 
 
 def private_export(path: Path, record: Callable[[], None]) -> TextIO:
-    """`path` opened to write a copy of the log, readable by this user alone (0600
-    whatever the umask): not through a symbolic link, not a file another user owns, only
-    a regular file. A copy of the log is read access to it (PCI DSS 10.3.1): any other
-    account that could read the copy, or had planted the file or a link to one of its
-    own, would read the log with no `audit_read` of its own (review of session 32).
+    """A new file, readable by this user alone (0600 whatever the umask), opened to write
+    a copy of the log and put in `path`'s place: never written through a symbolic link,
+    and refused when `path` is anything but absent or a regular file of this user's. A
+    copy of the log is read access to it (PCI DSS 10.3.1): any other account that could
+    read the copy, or had planted the file or a link to one of its own, would read the
+    log with no `audit_read` of its own (review of session 32). Never the file already
+    there, even one of ours: a mode change does not take back a descriptor another
+    account opened while it was readable, nor a hard link to it (review of session 33).
 
-    `record()` (the read's `audit_read` entry) is called once the file is open and
-    checked, before it is emptied or a byte of the log is in it: a path that is refused
-    (a FIFO planted there, whose open waited for a reader for good after the entry was
+    `record()` (the read's `audit_read` entry) is called once the new file is made and
+    before it takes the name or a byte of the log is in it: a path that is refused (a
+    FIFO planted there, whose open waited for a reader for good after the entry was
     written: session 33) is refused unrecorded, and a read that cannot be recorded
-    leaves the file as it was (or none, when this call created it).
-    Raises `ConfigurationError` (naming no path: it is the operator's text), or what
-    `record` raises."""
-    descriptor, created = _open_for_export(path)
+    leaves the path as it was. The new file is made in `path`'s directory, which must
+    be writable. Raises `ConfigurationError` (naming no path: it is the operator's
+    text), or what `record` raises."""
+    _check_replaceable(path)
+    temporary = path.parent / f".cofre-export-{secrets.token_hex(8)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        found = os.fstat(descriptor)
+        descriptor = os.open(temporary, flags, 0o600)
     except OSError as exc:
-        os.close(descriptor)
         raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
-    if not (stat.S_ISREG(found.st_mode) and found.st_uid == os.geteuid()):
-        os.close(descriptor)  # never one this call created: that is a regular file of ours
-        raise ConfigurationError("the --out file is not a regular file of this user's")
+    made: os.stat_result | None = None
     try:
-        # Blocking again, for the writes (O_NONBLOCK only kept the open from waiting).
-        os.set_blocking(descriptor, True)
-        os.fchmod(descriptor, 0o600)  # before a byte of the log is in it
+        made = os.fstat(descriptor)
+        os.fchmod(descriptor, 0o600)  # the umask may have taken the owner's bits
         record()
-        os.ftruncate(descriptor, 0)
+        # In a shared (sticky) directory, a name another account took since the check
+        # above cannot be replaced: EPERM, refused. A directory there is EISDIR.
+        os.rename(temporary, path)
         return os.fdopen(descriptor, "w", encoding="utf-8")
     except BaseException as exc:
         os.close(descriptor)
-        if created:
-            _remove_created(path, found)
+        _remove_made(temporary, made)
         if isinstance(exc, OSError):
             raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
         raise
 
 
-def _open_for_export(path: Path) -> tuple[int, bool]:
-    """Open `path` to write, never waiting (O_NONBLOCK: a FIFO with no reader fails
-    ENXIO at once instead of blocking the open) and never through a link; return the
-    descriptor and whether this call created the file."""
-    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+def _check_replaceable(path: Path) -> None:
+    """Raise `ConfigurationError` unless `path` is absent or a regular file of this
+    user's (by `lstat`: a link is refused, not followed)."""
     try:
-        try:
-            return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600), True
-        except FileExistsError:
-            return os.open(path, flags), False
+        found = path.lstat()
+    except FileNotFoundError:
+        return
     except OSError as exc:
         raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
+    if not (stat.S_ISREG(found.st_mode) and found.st_uid == os.geteuid()):
+        raise ConfigurationError("the --out file is not a regular file of this user's")
 
 
-def _remove_created(path: Path, created: os.stat_result) -> None:
-    """Remove the (empty) file `_open_for_export` created, if `path` still names it."""
+def _remove_made(temporary: Path, made: os.stat_result | None) -> None:
+    """Remove the new file `private_export` made, if `temporary` still names it."""
     with contextlib.suppress(OSError):
-        now = path.lstat()
-        if (now.st_dev, now.st_ino) == (created.st_dev, created.st_ino):
-            path.unlink()
+        now = temporary.lstat()
+        if made is not None and (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino):
+            temporary.unlink()
 
 
 def shown_path(path: Path) -> str:
