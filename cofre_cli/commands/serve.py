@@ -91,34 +91,36 @@ def dev_command(
     # the witness was left running (session 33). As SystemExit, the `finally` runs.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     witness = _start_witness(env.data_dir, settings, provider)
-    # Dev plays the witness operator too: it pins the key each audit key rotation hands
-    # over to (a production witness's operator does, out of band: docs/key-ceremony.md).
-    witness.pin_handovers_from(database_engine(settings))
-    provider.close()
-    # Now with the witness in COFRE_AUDIT__WITNESSES, and still the `--workers` asked for.
-    settings = with_workers(dev_settings(env), workers)
-    pki = DevPKI(env.data_dir / "pki")
-    rel = _relative(pki.root)
-    # A well-known test card number, assembled here so no source file carries one.
-    test_pan = "4111" + "1" * 12
-    typer.echo(
-        f"\nThe vault listens on https://{settings.server.host}:{settings.server.port}. "
-        "Tokenize a test card as the 'payments' service:\n\n"
-        f"  curl --cacert {rel}/ca.pem --cert {rel}/clients/payments.pem "
-        f"--key {rel}/clients/payments-key.pem \\\n"
-        "    -H 'content-type: application/json' "
-        f'-d \'{{"pan": "{test_pan}", "format": "pan_bin6_last4"}}\' \\\n'
-        f"    https://{settings.server.host}:{settings.server.port}/v1/tokenize\n\n"
-        f"Hosted card fields for a shop page (docs/capture.md): the capture listener is "
-        f"{settings.capture.origin()}.\n"
-        f"Other identities' certificates are in {rel}/clients/; the policy is "
-        f"{_relative(env.data_dir / 'policy.toml')}. Ctrl-C stops the vault.\n\n"
-        f"A local witness ({witness.url}, key {_relative(witness.directory)}/witness.vkey) "
-        "cosigns every signed tree head; check the log as an auditor would with\n"
-        f"  {_config_prefix(env.config_file)}cofre audit verify "
-        f"--witness-key {_relative(witness.directory)}/witness.vkey\n"
-    )
+    # From here on the witness runs: every way out stops it (a SIGTERM while the
+    # banner is printed or the handovers are pinned too, review of session 33).
     try:
+        # Dev plays the witness operator too: it pins the key each audit key rotation hands
+        # over to (a production witness's operator does, out of band: docs/key-ceremony.md).
+        witness.pin_handovers_from(database_engine(settings))
+        provider.close()
+        # Now with the witness in COFRE_AUDIT__WITNESSES, and still the `--workers` asked for.
+        settings = with_workers(dev_settings(env), workers)
+        pki = DevPKI(env.data_dir / "pki")
+        rel = _relative(pki.root)
+        # A well-known test card number, assembled here so no source file carries one.
+        test_pan = "4111" + "1" * 12
+        typer.echo(
+            f"\nThe vault listens on https://{settings.server.host}:{settings.server.port}. "
+            "Tokenize a test card as the 'payments' service:\n\n"
+            f"  curl --cacert {rel}/ca.pem --cert {rel}/clients/payments.pem "
+            f"--key {rel}/clients/payments-key.pem \\\n"
+            "    -H 'content-type: application/json' "
+            f'-d \'{{"pan": "{test_pan}", "format": "pan_bin6_last4"}}\' \\\n'
+            f"    https://{settings.server.host}:{settings.server.port}/v1/tokenize\n\n"
+            f"Hosted card fields for a shop page (docs/capture.md): the capture listener is "
+            f"{settings.capture.origin()}.\n"
+            f"Other identities' certificates are in {rel}/clients/; the policy is "
+            f"{_relative(env.data_dir / 'policy.toml')}. Ctrl-C stops the vault.\n\n"
+            f"A local witness ({witness.url}, key {_relative(witness.directory)}/witness.vkey) "
+            "cosigns every signed tree head; check the log as an auditor would with\n"
+            f"  {_config_prefix(env.config_file)}cofre audit verify "
+            f"--witness-key {_relative(witness.directory)}/witness.vkey\n"
+        )
         serve(settings, migrate_schema=True, production=False)
     finally:
         witness.stop()
