@@ -203,10 +203,18 @@ def _encodable(text: str) -> str:
     """`text` as UTF-8 can carry it: a lone surrogate (a file name's undecodable byte
     as Python hands it over, e.g. `cofre audit export --out`) spelt as its escape. The
     entry's bytes are its Merkle leaf: a string UTF-8 cannot encode left the CLI with
-    a traceback instead of its entry (review of session 32)."""
+    a traceback instead of its entry (review of session 32). Such a text is masked as
+    it came before it is escaped (the caller masks the escaped text again): an escape's
+    last hex digits glue to the digits after it (``\\ud800NNNN NNNNNN NNNNN``), the
+    card's first group is then no longer the card's, and it went in clear (review of
+    session 33)."""
     if text.isascii():
         return text
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return mask_pan_like(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _masked(text: str) -> str:

@@ -142,8 +142,11 @@ def _remove_made(temporary: Path, made: os.stat_result | None) -> None:
 
 def shown_path(path: Path) -> str:
     """`path` as the command may print it: card-like digits masked (the operator's text,
-    and a command's output often ends up in a log) and undecodable bytes escaped."""
-    return mask_pan_like(str(path).encode("utf-8", "backslashreplace").decode("utf-8"))
+    and a command's output often ends up in a log) and undecodable bytes escaped. Masked
+    before the escapes too: an escape's last digits glue to a card's first group after
+    it, which the masking then no longer sees (review of session 33)."""
+    escaped = mask_pan_like(str(path)).encode("utf-8", "backslashreplace").decode("utf-8")
+    return mask_pan_like(escaped)
 
 
 def stop_event() -> AuditEvent:
