@@ -56,10 +56,10 @@ class HSMSettings(_Section):
     # yet available (a new CloudHSM key syncing to a quorum of HSMs); then 503.
     key_availability_timeout_seconds: float = Field(default=5.0, ge=0, le=300)
     # How long `cofre serve` waits at start for the library's C_Initialize (its identity
-    # check, then each worker's first key adoption) before it listens, unready: long
-    # enough for a networked HSM's client to reach its cluster, short enough that twice
-    # it is well inside the startup probe's patience (deploy/k8s: 60 probes 2 s apart).
-    init_timeout_seconds: float = Field(default=15.0, gt=0, allow_inf_nan=False)
+    # check, then each worker's first key adoption) before it listens, unready: twice it is
+    # well inside the startup probe's patience (deploy/k8s: 60 probes 2 s apart). At
+    # most an hour: past time_t, the waits on it raised OverflowError (review 33).
+    init_timeout_seconds: float = Field(default=15.0, gt=0, le=3600, allow_inf_nan=False)
     # Refuse a library that says it is SoftHSM whenever a session opens: `cofre serve`
     # sets it unless COFRE_INSECURE__ALLOW_SOFTWARE_HSM is (cofre_cli/_production.py).
     refuse_software_token: bool = False
