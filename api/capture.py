@@ -40,7 +40,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from api._capture_body import framed_within, limited
+from api._capture_body import limited
+from api._capture_framing import reject_early
 from api._capture_headers import BASE_CSP, cors_headers, readable_by, security_headers
 from api._capture_server import build_capture_server
 from api.guard import problem_for
@@ -467,7 +468,7 @@ class _CaptureGuard:
                     ]
                 await send(message)
 
-            rejection = self._reject_early(scope, request_id)
+            rejection = reject_early(scope, request_id, MAX_BODY)
             if spent is not None:
                 rejection = _refused_too_often(scope, spent, request_id)
             try:
@@ -486,30 +487,6 @@ class _CaptureGuard:
             code=scope["state"].get("problem_code") or None,
             request_id=request_id,
         )
-
-    @staticmethod
-    def _reject_early(scope: Scope, request_id: str) -> Response | None:
-        if scope["method"] != "POST":
-            return None
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if not framed_within(headers, MAX_BODY):
-            return problem_for(
-                scope,
-                "payload_too_large",
-                f"send a body of at most {MAX_BODY} bytes, with Content-Length",
-                request_id,
-                security_headers(),
-            )
-        if content_type != "application/json":
-            return problem_for(
-                scope,
-                "unsupported_media_type",
-                "send application/json",
-                request_id,
-                security_headers(),
-            )
-        return None
 
     async def _audit_refusal(
         self, scope: Scope, status: int, request_id: str, address: str, spent: Spent | None
