@@ -51,8 +51,10 @@ def framed_within(headers: Mapping[str, str], limit: int) -> bool:
 
 
 def limited(receive: Receive, state: MutableMapping[str, Any], limit: int) -> Receive:
-    """`receive`, raising `_BodyTooLarge` into the app past `limit` bytes of body. The
-    mTLS listener's guard bounds its bodies with this too (`api.guard`)."""
+    """`receive`, raising `_BodyTooLarge` into the app past `limit` bytes of body, and
+    setting ``body_read`` in `state` once the body was read whole
+    (`api._capture_framing.closing`). The mTLS listener's guard bounds its bodies with
+    this too (`api.guard`)."""
     received = 0
 
     async def limited_receive() -> Message:
@@ -63,6 +65,8 @@ def limited(receive: Receive, state: MutableMapping[str, Any], limit: int) -> Re
             if received > limit:
                 state["body_too_large"] = True
                 raise _BodyTooLarge
+            if not message.get("more_body", False):
+                state["body_read"] = True
         return message
 
     return limited_receive

@@ -1,23 +1,47 @@
 """The capture listener's refusals of a request for how its body is framed, before the
-app reads it (`api.capture._CaptureGuard`).
+app reads it, and the connections it ends after an answer (`api.capture._CaptureGuard`).
 
-IN PCI SCOPE (the capture listener receives card data).
+IN PCI SCOPE (the capture listener receives card data). Review 34: a request with both
+``Content-Length`` and ``Transfer-Encoding`` was answered and its connection kept, and
+h11 framed it by its chunks. A proxy or balancer in front that frames it by its length
+(the CL.TE desync) then forwards the bytes after the chunks inside this request, while
+the listener reads them as the next request, ahead of the next shopper's on that
+proxy's pooled connection: request smuggling. RFC 9112 6.1 says a server MUST close the
+connection after answering such a request. The same held for a body the listener
+answered without reading (a refusal before the app, a page or a preflight sent with a
+body, a ``100-continue`` whose body never came): the bytes after the answer were
+parsed by a framing the peer may not share. So the answer to a request that carries
+``Transfer-Encoding`` (no browser sends one here), or whose announced body was not read
+whole, ends the connection (`closing`).
 """
 
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, Final
 
 from starlette.responses import Response
 
-from api._capture_body import framed_within
+from api._capture_body import declared_length, framed_within
 from api._capture_headers import security_headers
 from api.guard import problem_for
 
-__all__ = ["reject_early"]
+__all__ = ["closing", "reject_early"]
 
 Scope = MutableMapping[str, Any]
+_CLOSE: Final = (b"connection", b"close")
+
+
+def closing(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The ``Connection: close`` header when the answer to the request of `scope` must
+    end its connection: it carries ``Transfer-Encoding``, or it announced a body
+    (a ``Content-Length`` other than 0) that was not read whole (``body_read``, set by
+    `api._capture_body.limited`). Else nothing: a browser's capture keeps its
+    connection."""
+    names = {name.lower(): value for name, value in scope["headers"]}
+    length = declared_length(names.get(b"content-length", b"").decode("latin-1"))
+    unread = bool(length) and not scope["state"].get("body_read", False)
+    return [_CLOSE] if b"transfer-encoding" in names or unread else []
 
 
 def reject_early(scope: Scope, request_id: str, limit: int) -> Response | None:

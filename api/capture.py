@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from api._capture_body import limited
-from api._capture_framing import reject_early
+from api._capture_framing import closing, reject_early
 from api._capture_headers import BASE_CSP, cors_headers, readable_by, security_headers
 from api._capture_server import build_capture_server
 from api.guard import problem_for
@@ -465,6 +465,7 @@ class _CaptureGuard:
                     message["headers"] = [
                         *message.get("headers", []),
                         (b"x-request-id", request_id.encode()),
+                        *closing(scope),  # review 34: no bytes left for the next request
                     ]
                 await send(message)
 
