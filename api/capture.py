@@ -129,6 +129,14 @@ class CardBody(BaseModel):
     format: Annotated[str | None, Field(min_length=1, max_length=64)] = None
 
 
+# What a validation error may name: the schema's fields, never a key the caller chose.
+_NAMED: Final = frozenset({"body", "path", "session_id", *CardBody.model_fields})
+
+
+def _named(part: object) -> bool:
+    return isinstance(part, int) or part in _NAMED  # an int: a position in the body
+
+
 class CaptureAnswer(BaseModel):
     """A capture's answer: the token, its format, the masked number and the expiry."""
 
@@ -202,9 +210,13 @@ def create_capture_app(state: CaptureState) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        # Only where and which rule: never the input, never pydantic's message.
+        # Only where and which rule: never the input, never pydantic's message, never a
+        # field's name the schema does not know (review 34: it is the caller's text).
         errors = [
-            {"loc": [str(p) for p in err.get("loc", ())][:4], "type": str(err.get("type"))}
+            {
+                "loc": [str(p) if _named(p) else "?" for p in err.get("loc", ())][:4],
+                "type": str(err.get("type")),
+            }
             for err in exc.errors()
         ][:10]
         code = (
