@@ -257,6 +257,23 @@ def test_a_card_without_details_sends_the_number_only(
     assert acquirer.received[-1]["card"] == {"number": PAN}
 
 
+def test_a_relay_whose_route_sends_no_code_leaves_the_code_held(
+    relay: VaultService, engine: Engine, acquirer: FakeAcquirer
+) -> None:
+    """A bound (review 34, docs/capture.md): a code is taken by the first relay whose
+    route names a `security_code` pointer, not by any relay of the token. A relay
+    through a route without one (a fraud check or 3-D Secure before the authorization
+    needs the code kept) leaves it sealed, and the next relay through a route that
+    sends codes, within the code's hour, carries it."""
+    token = _card(relay)
+    relay.relay(GETNET, "plain", _body(token))
+    assert "security_code" not in acquirer.received[-1]["card"]
+    assert _codes(engine) == 1
+    relay.relay(GETNET, "getnet-authorize", _body(token))
+    assert acquirer.received[-1]["card"]["security_code"] == CODE
+    assert _codes(engine) == 0
+
+
 def test_expiry_layouts(relay: VaultService, acquirer: FakeAcquirer) -> None:
     token = _card(relay, code=None, expiry="2031-02")
     relay.relay(GETNET, "plain", _body(token))
