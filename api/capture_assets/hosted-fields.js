@@ -109,6 +109,10 @@
     }
   });
 
+  // The page leaves (another page, a link, the tab closed): the browser may keep it
+  // whole for Back (its back/forward cache), the typed card with it (review 34).
+  // "pagehide", not "unload": it leaves the cache usable.
+  window.addEventListener("pagehide", function () { clearCard(); name.value = ""; });
   form.addEventListener("submit", function (event) { event.preventDefault(); submit(); });
   form.addEventListener("input", function () { tell({ type: "change", complete: complete() }); });
   expiry.addEventListener("input", function () {

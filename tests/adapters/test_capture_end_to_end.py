@@ -296,3 +296,28 @@ def test_the_fields_refuse_a_luhn_invalid_card_and_the_shop_gets_an_error(
     browser.find_element(By.ID, "pay").click()
     assert _result(browser, ("error",)) == "error invalid_pan"
     assert len(shop.tokens) == paid
+
+
+def test_finding_a_card_typed_and_left_is_not_there_after_back(
+    checkout: Checkout, browser: webdriver.Chrome
+) -> None:
+    """Low (fixed, review 34). A shopper who types a card and leaves the checkout
+    without paying (another page, a link) left it in the fields: Chromium keeps the
+    page whole in its back/forward cache (no-store on the fields' frame does not stop
+    it, only on the top page), and Back showed the number, expiry, security code and
+    name typed, to whoever pressed it next on a shared device, with the card held in
+    the browser's memory meanwhile. The fields now empty their inputs as the page is
+    hidden (``pagehide``, which keeps the cache usable, unlike ``unload``)."""
+    browser.get(checkout.shop.url + "/")
+    typed = {"number": CARD, "expiry": EXPIRY, "security_code": CODE, "name": "Ana Souza"}
+    _type_card(browser, typed)
+    browser.get(checkout.vault.capture_url + "/v1/capture.js")  # away, no payment
+    browser.back()
+    frame = WebDriverWait(browser, STEP_TIMEOUT).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#card iframe")
+    )
+    browser.switch_to.frame(frame)
+    # Which fields still hold what was typed (their names only: never the card).
+    left = [field for field in typed if browser.find_element(By.ID, field).get_attribute("value")]
+    browser.switch_to.default_content()
+    assert left == []
