@@ -237,8 +237,12 @@ def test_a_rollout_fits_one_vault_per_node(target: str) -> None:
     assert anti["labelSelector"]["matchLabels"] == selector
     rolling = deployment["spec"]["strategy"]["rollingUpdate"]
     assert rolling["maxSurge"] == 0
-    budget = objects["PodDisruptionBudget/cofre"]["spec"]["maxUnavailable"]
-    assert 1 <= rolling["maxUnavailable"] <= budget < deployment["spec"]["replicas"]
+    budget = objects["PodDisruptionBudget/cofre"]["spec"]
+    assert (
+        1 <= rolling["maxUnavailable"] <= budget["maxUnavailable"] < deployment["spec"]["replicas"]
+    )
+    # An unready pod never holds the budget against a node drain.
+    assert budget["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 @pytest.mark.parametrize("target", TARGETS)
