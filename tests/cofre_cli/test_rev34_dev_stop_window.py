@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cofre_cli.test_dev_stop import _alive, _witnesses_of
-from tests.support.dev import clean_env
+from tests.support.dev import assert_gone, clean_env, witnesses_of
 from tests.support.postgres import free_port
 
 _F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), named from Python 3.10 on some builds
@@ -83,7 +82,7 @@ def test_a_sigterm_while_the_banner_waits_stops_the_witness(tmp_path: Path) -> N
         for _ in range(6000):  # bounded: only a dev that never starts its witness ends it
             with contextlib.suppress(BlockingIOError):
                 drained.append(os.read(read_end, 1 << 16))
-            witnesses = _witnesses_of(data_dir)
+            witnesses = witnesses_of(data_dir)
             if witnesses or dev.poll() is not None:
                 break
             time.sleep(0.05)
@@ -103,14 +102,7 @@ def test_a_sigterm_while_the_banner_waits_stops_the_witness(tmp_path: Path) -> N
         dev.wait(timeout=120)
         reader.join(timeout=120)
         os.close(read_end)
-    for _ in range(200):  # bounded: only a witness left behind runs this out
-        if not any(_alive(pid) for pid in witnesses):
-            break
-        time.sleep(0.1)
-    left = [pid for pid in witnesses if _alive(pid)]
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert left == [], "the witness outlived cofre dev"
+    assert_gone(witnesses)
 
 
 def _read_all(descriptor: int) -> bytes:

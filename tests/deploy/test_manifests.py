@@ -21,7 +21,7 @@ import pytest
 
 from api.lifecycle import INTERRUPTED_SECONDS, LEFT_CALLS_SECONDS
 from cofre.settings import load_settings
-from tests.support.kustomize import pod_spec, render
+from tests.support.kustomize import pod_settings, pod_spec, render
 from witness.server import WitnessConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -562,15 +562,8 @@ def test_the_startup_probe_outwaits_the_hsm_start_bound(
     (cofre.settings): the startup probe must wait longer than both, or a slow CloudHSM
     client restarts the pod before it could listen unready."""
     objects = _objects(target)
-    config = tmp_path / "cofre.toml"
-    config.write_text(objects["ConfigMap/cofre-config"]["data"]["cofre.toml"])
+    bound = pod_settings(objects, tmp_path, monkeypatch).hsm.init_timeout_seconds
     (vault,) = pod_spec(objects["Deployment/cofre"])["containers"]
-    for key in [k for k in os.environ if k.startswith("COFRE_")]:
-        monkeypatch.delenv(key)
-    for env in vault["env"]:
-        monkeypatch.setenv(env["name"], env["value"])
-    monkeypatch.setenv("COFRE_CONFIG", str(config))
-    bound = load_settings().hsm.init_timeout_seconds
     probe = vault["startupProbe"]
     assert probe["httpGet"] == {"path": "/livez", "port": "health"}
     patience = (

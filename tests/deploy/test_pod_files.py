@@ -5,7 +5,6 @@ and the pod's `fsGroup`, which no schema check looks at."""
 
 from __future__ import annotations
 
-import os
 import re
 import stat
 import tomllib
@@ -14,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from cofre.settings import load_settings
 from tests.deploy.test_manifests import K8S, ROOT, TARGETS
-from tests.support.kustomize import pod_spec, render
+from tests.support.kustomize import pod_settings, pod_spec, render
 
 # The image's `USER 10001:10001` (deploy/Dockerfile), when the pod names no user.
 IMAGE_UID = 10001
@@ -198,15 +196,7 @@ def test_the_cloudhsm_overlay_names_the_cloudhsm_token(
     objects = {
         f"{o['kind']}/{o['metadata']['name']}": o for o in render(K8S / "overlays/production")
     }
-    config = tmp_path / "cofre.toml"
-    config.write_text(objects["ConfigMap/cofre-config"]["data"]["cofre.toml"])
-    (vault,) = pod_spec(objects["Deployment/cofre"])["containers"]
-    for key in [k for k in os.environ if k.startswith("COFRE_")]:
-        monkeypatch.delenv(key)
-    for env in vault["env"]:
-        monkeypatch.setenv(env["name"], env["value"])
-    monkeypatch.setenv("COFRE_CONFIG", str(config))
-    hsm = load_settings().hsm
+    hsm = pod_settings(objects, tmp_path, monkeypatch).hsm
     cloudhsm = (ROOT / "docs" / "cloudhsm.md").read_text()
     (block,) = re.findall(r"```toml\n(\[hsm\].*?)```", cloudhsm, re.S)
     documented = tomllib.loads(block)["hsm"]

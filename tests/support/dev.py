@@ -4,13 +4,15 @@ caller's, a private data directory and a free mTLS port, its output on a text pi
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.support.postgres import free_port
 
-__all__ = ["clean_env", "start_dev"]
+__all__ = ["alive", "assert_gone", "clean_env", "start_dev", "witnesses_of"]
 
 
 def clean_env() -> dict[str, str]:
@@ -38,3 +40,41 @@ def start_dev(data_dir: Path, env: dict[str, str], *options: str) -> subprocess.
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def witnesses_of(data_dir: Path) -> list[int]:
+    """The pids of `cofre witness serve` processes using `data_dir`'s witness state."""
+    state = str(data_dir / "witness" / "state.sqlite3").encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"witness\0serve" in cmdline and state in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def assert_gone(witnesses: list[int]) -> None:
+    """Wait for `witnesses` to end (bounded: only a witness left behind runs it out);
+    kill and name any left."""
+    for _ in range(600):
+        if not any(alive(pid) for pid in witnesses):
+            break
+        time.sleep(0.1)
+    left = [pid for pid in witnesses if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], "the witness outlived cofre dev"

@@ -8,10 +8,14 @@ any kustomization field it does not implement, so it cannot silently drift."""
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+
+from cofre.settings import Settings, load_settings
 
 SUPPORTED = {"apiVersion", "kind", "resources", "namespace", "images", "patches"}
 # Strategic-merge keys of the list fields the overlays patch (others are replaced).
@@ -92,3 +96,19 @@ def _containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
     spec: dict[str, Any] = obj["spec"]["template"]["spec"]
     return spec
+
+
+def pod_settings(
+    objects: dict[str, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """The settings the vault container of rendered `objects` (keyed `Kind/name`) loads:
+    its ConfigMap's `cofre.toml` and its `env`, and no COFRE_ variable of this process."""
+    config = tmp_path / "cofre.toml"
+    config.write_text(objects["ConfigMap/cofre-config"]["data"]["cofre.toml"])
+    (vault,) = pod_spec(objects["Deployment/cofre"])["containers"]
+    for key in [k for k in os.environ if k.startswith("COFRE_")]:
+        monkeypatch.delenv(key)
+    for env in vault["env"]:
+        monkeypatch.setenv(env["name"], env["value"])
+    monkeypatch.setenv("COFRE_CONFIG", str(config))
+    return load_settings()
