@@ -250,8 +250,9 @@ def audit_export(
         Path,
         typer.Option(
             "--out",
-            help="File to write (JSON lines): created 0600, or a regular file of yours; "
-            "never a link, pipe or device.",
+            help="File to write (JSON lines): a new 0600 file, renamed into place (an "
+            "existing regular file of yours is replaced, never written into); never a "
+            "link, pipe or device.",
         ),
     ],
 ) -> None:
