@@ -28,6 +28,7 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from cofre._secret_file import _read_secret_file
 from cofre.errors import ConfigurationError
 from cofre.origins import LOOPBACK_ADDRESSES, every_interface, ipv6_text
 
@@ -513,16 +514,6 @@ class Settings(BaseSettings):
         if self.database.url is not None:
             data["database"]["url"] = "**********"
         return data
-
-
-def _read_secret_file(path: Path, what: str) -> str:
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read the {what} file {path}: {exc.strerror}") from None
-    if not text:
-        raise ConfigurationError(f"the {what} file {path} is empty")
-    return text
 
 
 # ``COFRE_*`` variables that are not `Settings`: the file itself, the officer's identity
