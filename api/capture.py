@@ -23,13 +23,9 @@ database (`vault.limits`), so every node shares them.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import html
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from importlib import resources
 from typing import Annotated, Any, Final, TypedDict
 
 import structlog
@@ -40,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from api._capture_assets import _hosted_fields_page, asset, sri_hash
 from api._capture_body import limited
 from api._capture_framing import closing, reject_early
 from api._capture_headers import BASE_CSP, cors_headers, readable_by, security_headers
@@ -55,7 +52,6 @@ from policies.models import RateLimit
 from vault.capture import (
     SESSION_ID_LENGTH,
     CardCapture,
-    SessionCodeRule,
     is_session_id,
     refusal_origin,
 )
@@ -87,16 +83,6 @@ _ASSET_TYPES: Final = {
     ".css": "text/css; charset=utf-8",
 }
 SessionPath = Annotated[str, Path(min_length=1, max_length=SESSION_ID_LENGTH + 8)]
-
-
-def asset(name: str) -> bytes:
-    """The bytes of a served asset (api/capture_assets/NAME)."""
-    return resources.files("api").joinpath("capture_assets", name).read_bytes()
-
-
-def sri_hash(data: bytes) -> str:
-    """The Subresource Integrity value of `data` (``sha384-`` and base64)."""
-    return "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode()
 
 
 @dataclass
@@ -175,16 +161,6 @@ def _now(state: CaptureState, request: Request) -> _Now:
         # ones: past the listener's limit of refusal entries they are counted, not
         # written, as the capture's are (`_CaptureGuard`, review 28b C1).
         audit=not request.scope["state"].get("quiet_refusals", False),
-    )
-
-
-def _hosted_fields_page(session_id: str, parent_origin: str, code: SessionCodeRule) -> bytes:
-    template = asset("hosted-fields.html").decode()
-    return (
-        template.replace("{{PARENT_ORIGIN}}", html.escape(parent_origin, quote=True))
-        .replace("{{SESSION}}", html.escape(session_id, quote=True))
-        .replace("{{SECURITY_CODE}}", code.value)
-        .encode()
     )
 
 

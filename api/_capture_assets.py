@@ -1,0 +1,36 @@
+"""The capture listener's served assets and the hosted fields' page (`api.capture`
+re-exports `asset` and `sri_hash`).
+
+IN PCI SCOPE (the capture listener receives card data).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+from importlib import resources
+
+from vault.capture import SessionCodeRule
+
+__all__ = ["asset", "sri_hash"]
+
+
+def asset(name: str) -> bytes:
+    """The bytes of a served asset (api/capture_assets/NAME)."""
+    return resources.files("api").joinpath("capture_assets", name).read_bytes()
+
+
+def sri_hash(data: bytes) -> str:
+    """The Subresource Integrity value of `data` (``sha384-`` and base64)."""
+    return "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode()
+
+
+def _hosted_fields_page(session_id: str, parent_origin: str, code: SessionCodeRule) -> bytes:
+    template = asset("hosted-fields.html").decode()
+    return (
+        template.replace("{{PARENT_ORIGIN}}", html.escape(parent_origin, quote=True))
+        .replace("{{SESSION}}", html.escape(session_id, quote=True))
+        .replace("{{SECURITY_CODE}}", code.value)
+        .encode()
+    )
