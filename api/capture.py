@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, TypedDict
 
 import structlog
@@ -41,6 +41,7 @@ from api._capture_body import limited
 from api._capture_framing import closing, reject_early
 from api._capture_headers import BASE_CSP, cors_headers, readable_by, security_headers
 from api._capture_server import build_capture_server
+from api._capture_slots import CaptureSlots
 from api.guard import problem_for
 from api.observability import method_name
 from api.problems import problem
@@ -88,8 +89,8 @@ SessionPath = Annotated[str, Path(min_length=1, max_length=SESSION_ID_LENGTH + 8
 @dataclass
 class CaptureState:
     """What the capture listener uses: the vault, its own public origin (where the
-    hosted fields live), the rate limits and whether http loopback origins are
-    allowed."""
+    hosted fields live), the rate limits, whether http loopback origins are allowed
+    and the listener's share of the database pool (`api._capture_slots`)."""
 
     service: VaultService
     public_origin: str
@@ -98,6 +99,7 @@ class CaptureState:
     # The development setting as it is now (not as it was when a session opened): a
     # session's http://localhost origin is refused once a restart turned it off.
     allow_http_localhost: bool = False
+    slots: CaptureSlots = field(default_factory=lambda: CaptureSlots(10))  # pool_size's
 
 
 class CardBody(BaseModel):
@@ -252,16 +254,17 @@ def create_capture_app(state: CaptureState) -> FastAPI:
     @app.get("/v1/hosted-fields/{session_id}")
     def hosted_fields(session_id: SessionPath, request: Request) -> Response:
         """The card inputs of a live session, framed only by the session's origin."""
-        service.charge_rate(
-            f"capture-address {address_key(_client_address(request))}", state.per_address
-        )
-        # Refused (403 policy_denied, audited) when the session's origin is not allowed
-        # now, as its capture is: the page no longer shows the fields to that origin.
-        found = (
-            service.hosted_fields_session(session_id, **_now(state, request))
-            if is_session_id(session_id)
-            else None
-        )
+        with state.slots.place():
+            service.charge_rate(
+                f"capture-address {address_key(_client_address(request))}", state.per_address
+            )
+            # Refused (403 policy_denied, audited) when the session's origin is not allowed
+            # now, as its capture is: the page no longer shows the fields to that origin.
+            found = (
+                service.hosted_fields_session(session_id, **_now(state, request))
+                if is_session_id(session_id)
+                else None
+            )
         if found is None:
             return problem_for(
                 request.scope,
@@ -281,18 +284,19 @@ def create_capture_app(state: CaptureState) -> FastAPI:
     @app.options("/v1/capture/{session_id}")
     def capture_preflight(session_id: SessionPath, request: Request) -> Response:
         """CORS preflight: only the session's own origin is answered."""
-        # Charged before the session is read, as the fields' page is (review 27).
-        service.charge_rate(
-            f"capture-address {address_key(_client_address(request))}", state.per_address
-        )
         origin = request.headers.get("origin")
-        # Only the session's own origin reaches the check that its origin is allowed
-        # now (403 policy_denied, audited, no CORS); any other is an unknown session.
-        found = (
-            service.hosted_fields_session(session_id, origin=origin, **_now(state, request))
-            if origin is not None and is_session_id(session_id)
-            else None
-        )
+        # Charged before the session is read, as the fields' page is (review 27).
+        with state.slots.place():
+            service.charge_rate(
+                f"capture-address {address_key(_client_address(request))}", state.per_address
+            )
+            # Only the session's own origin reaches the check that its origin is allowed
+            # now (403 policy_denied, audited, no CORS); any other is an unknown session.
+            found = (
+                service.hosted_fields_session(session_id, origin=origin, **_now(state, request))
+                if origin is not None and is_session_id(session_id)
+                else None
+            )
         if origin is None or found is None or found[0] != origin:
             return problem_for(
                 request.scope,
@@ -331,17 +335,18 @@ async def _capture(
             security_code=body.security_code,
             frame=frame,
         )
-        result = await run_in_threadpool(
-            state.service.capture_card,
-            card,
-            per_session=state.per_session,
-            per_address=state.per_address,
-            request_id=_request_id(request),
-            # The listener is past its limit of refusal entries: a refusal before the
-            # session is known is counted by the guard, not written (review 30).
-            audit_anonymous=not scope_state.get("quiet_refusals", False),
-            allow_http_localhost=state.allow_http_localhost,
-        )
+        with state.slots.place():  # 503 capture_busy at once, to every origin alike
+            result = await run_in_threadpool(
+                state.service.capture_card,
+                card,
+                per_session=state.per_session,
+                per_address=state.per_address,
+                request_id=_request_id(request),
+                # The listener is past its limit of refusal entries: a refusal before the
+                # session is known is counted by the guard, not written (review 30).
+                audit_anonymous=not scope_state.get("quiet_refusals", False),
+                allow_http_localhost=state.allow_http_localhost,
+            )
     except CofreError as exc:
         # Readable by the session's own origin only (the capture review), and only once
         # its secret matched, as the vault marks the refusal: an unknown session, a wrong
@@ -376,7 +381,11 @@ def _add_guard(app: FastAPI, state: CaptureState) -> None:
     listener = _refusal_limiter(service, LISTENER_REFUSALS)
     app.state.refusal_limiters = [per_address, listener]
     app.add_middleware(
-        _CaptureGuard, recorder=service.record, refusals=per_address, listener=listener
+        _CaptureGuard,
+        recorder=service.record,
+        refusals=per_address,
+        listener=listener,
+        slots=state.slots,
     )
 
 
@@ -408,7 +417,9 @@ class _CaptureGuard:
     before the response starts (PCI DSS 10.2). A client address whose refusals pass
     the per-address limit is answered 429 before anything else, those answers counted
     (`refusals`, `api.refusals`); past the `listener`'s limit of refusal entries from
-    all addresses, the rest are counted too, and still answered."""
+    all addresses, the rest are counted too, and still answered. A ``capture_busy`` (no
+    place left in the listener's share of the pool, `slots`) is always counted in the
+    listener's count, never written; so is a refusal entry that finds no place."""
 
     def __init__(
         self,
@@ -416,8 +427,10 @@ class _CaptureGuard:
         recorder: Callable[[AuditEvent], None] | None = None,
         refusals: RefusalLimiter | None = None,
         listener: RefusalLimiter | None = None,
+        slots: CaptureSlots | None = None,
     ) -> None:
         self.app = app
+        self.slots = slots or CaptureSlots(10)
         self.recorder = recorder
         self.refusals = refusals
         self.listener = listener
@@ -444,7 +457,9 @@ class _CaptureGuard:
                     held = spent  # or a refusal past the limit (`RefusalLimiter.charge`)
                     if self.refusals is not None and spent is None and charged(code, problem):
                         held = self.refusals.charge(address, hold=code >= 400 and not trail)
-                    if code >= 400 and not trail:
+                    if problem == "capture_busy" and self.listener is not None:
+                        self.listener.count(LISTENER_KEY)  # shed load: never one entry each
+                    elif code >= 400 and not trail:
                         await self._audit_refusal(scope, code, request_id, address, held)
                     elif self.listener is not None and 400 <= code < 500:
                         # Written by the operation itself (a wrong secret, an unknown
@@ -496,7 +511,8 @@ class _CaptureGuard:
                 return  # counted
             if busy is None:
                 self.listener.charge(LISTENER_KEY)
-        await self._record_refusal(scope, status, request_id)
+        if not await self._record_refusal(scope, status, request_id) and self.listener:
+            self.listener.count(LISTENER_KEY)  # not written: in the listener's count
 
     async def _record_refusal(self, scope: Scope, status: int, request_id: str) -> bool:
         """Write the refusal's `capture.request` entry; whether it was."""
@@ -519,7 +535,8 @@ class _CaptureGuard:
             source=Source(address=str(client[0])) if client[0] != "unknown" else None,
         )
         try:
-            await run_in_threadpool(self.recorder, event)
+            with self.slots.place():  # an entry's write is the listener's work too
+                await run_in_threadpool(self.recorder, event)
         except CofreError as exc:
             # The request was refused: nothing to undo; the log line says it.
             # The cause too (a fixed text naming the driver error, `db_error_name`): the

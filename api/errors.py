@@ -16,6 +16,8 @@ IN PCI SCOPE.
         ├── WorkerUnready       code worker_unready (another worker of this node has not
         │                       been ready within the last few seconds: the health
         │                       listener answers for the whole node)
+        ├── CaptureBusy         code capture_busy (the capture listener's share of the
+        │                       database pool is in use: `retry_after` seconds)
         └── PKIError            code pki_error (the dev PKI cannot issue or read a certificate)
 """
 
@@ -54,6 +56,18 @@ class Draining(ApiError):
 
 class WorkerUnready(ApiError):
     code = "worker_unready"
+
+
+class CaptureBusy(ApiError):
+    """The capture listener has as many database operations under way in this process
+    as its share of the pool allows (`COFRE_CAPTURE__MAX_IN_FLIGHT`): nothing was done;
+    `retry_after` is the seconds to wait."""
+
+    code = "capture_busy"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PKIError(ApiError):

@@ -78,6 +78,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "upstream_unavailable": (502, "The upstream could not be reached or failed"),
     "upstream_timeout": (504, "The upstream did not answer in time"),
     "upstream_busy": (503, "The route has as many relays under way as it allows"),
+    "capture_busy": (503, "The capture listener is busy; retry shortly"),
     "witness_refused": (502, "A witness refused to cosign the checkpoint"),
     "witness_cosignature_invalid": (502, "A witness answered without a valid cosignature"),
     "hsm_unavailable": (503, "The HSM is unavailable"),

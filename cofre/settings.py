@@ -390,6 +390,10 @@ class CaptureSettings(_Section):
     session_burst: int = Field(default=10, ge=1, le=1_000_000_000)
     address_per_second: float = Field(default=2.0, ge=1 / 86_400, le=1e6)
     address_burst: int = Field(default=60, ge=1, le=1_000_000_000)
+    # Database operations the listener runs at once per worker process; the rest are
+    # answered 503 capture_busy. None: `database.pool_size`, half the pool (which holds
+    # as many again), so anonymous traffic never holds the mTLS API's connections.
+    max_in_flight: int | None = Field(default=None, ge=1, le=400)
 
     @model_validator(mode="after")
     def _reachable_origin(self) -> CaptureSettings:

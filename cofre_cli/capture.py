@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from api._capture_slots import CaptureSlots
 from api.capture import CaptureState, build_capture_server, create_capture_app
 from api.lifecycle import bind_reuse_port
 from api.observability import Telemetry
@@ -46,8 +47,30 @@ def capture_origin(settings: Settings) -> str:
         raise ConfigurationError(f"{setting}: {exc}") from None
 
 
-def capture_app(settings: Settings, service: VaultService) -> Any:
-    """The capture listener's ASGI app for `service`, with the configured limits."""
+def capture_places(settings: Settings) -> int:
+    """The capture listener's share of its worker's database pool: the database
+    operations it runs at once (`COFRE_CAPTURE__MAX_IN_FLIGHT`, by default
+    `pool_size`, half of a pool that holds as many again).
+
+    Raises `ConfigurationError` for a share that leaves the mTLS API no connection."""
+    pool = 2 * settings.database.pool_size  # `vault.storage.database`: max_overflow too
+    places = settings.capture.max_in_flight or settings.database.pool_size
+    if places >= pool:
+        raise ConfigurationError(
+            f"COFRE_CAPTURE__MAX_IN_FLIGHT {places} leaves the mTLS API none of the "
+            f"{pool} database connections of a worker: set it below {pool}"
+        )
+    return places
+
+
+def capture_app(
+    settings: Settings, service: VaultService, telemetry: Telemetry | None = None
+) -> Any:
+    """The capture listener's ASGI app for `service`, with the configured limits and
+    share of the database pool (its refusals for want of a place counted into
+    `telemetry`).
+
+    Raises `ConfigurationError` as `capture_places` does."""
     capture = settings.capture
     return create_capture_app(
         CaptureState(
@@ -60,6 +83,7 @@ def capture_app(settings: Settings, service: VaultService) -> Any:
                 per_second=capture.address_per_second, burst=capture.address_burst
             ),
             allow_http_localhost=capture.allow_http_localhost,
+            slots=CaptureSlots(capture_places(settings), telemetry),
         )
     )
 

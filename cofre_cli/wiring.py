@@ -490,7 +490,7 @@ def build_runtime(
             custody=keys.custody,
         )
     )
-    capture, flusher = _capture_and_refusals(settings, service, app)
+    capture, flusher = _capture_and_refusals(settings, service, app, telemetry)
     return Runtime(
         settings,
         engine,
@@ -513,11 +513,11 @@ def build_runtime(
 
 
 def _capture_and_refusals(
-    settings: Settings, service: VaultService, app: Any
+    settings: Settings, service: VaultService, app: Any, telemetry: Telemetry
 ) -> tuple[Any, RefusalFlusher]:
     """The capture listener's app (None when no capture port is set) and the started
     writer of both apps' refusal counts (`api.refusals`)."""
-    capture = capture_app(settings, service) if settings.capture.port else None
+    capture = capture_app(settings, service, telemetry) if settings.capture.port else None
     flusher = refusal_flusher(app, capture)
     flusher.start()
     return capture, flusher

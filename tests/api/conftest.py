@@ -132,6 +132,7 @@ def running_vault(
     audit: AuditSettings | None = None,
     http_protocol: str = "httptools",
     capture_origins: Sequence[str] = TEST_CAPTURE_ORIGINS,
+    database: DatabaseSettings | None = None,
 ) -> Iterator[VaultServer]:
     """A vault server for the duration of the block; its telemetry is saved at the end.
     With `capture` (its port is picked here) the capture listener runs beside it."""
@@ -147,6 +148,7 @@ def running_vault(
         audit=audit,
         http_protocol=http_protocol,
         capture_origins=capture_origins,
+        database=database,
     )
     capture_server = None
     if capture is not None:
@@ -186,6 +188,7 @@ def _start_server(
     audit: AuditSettings | None = None,
     http_protocol: str = "httptools",
     capture_origins: Sequence[str] = TEST_CAPTURE_ORIGINS,
+    database: DatabaseSettings | None = None,
 ) -> tuple[VaultServer, BackgroundServer]:
     pki = ensure_dev_pki(tmp / "pki", identities=TEST_IDENTITIES)
     issue_client(pki, "stranger")
@@ -205,7 +208,9 @@ def _start_server(
     settings = Settings(
         data_dir=tmp,
         policy_file=policy,
-        database=DatabaseSettings()
+        database=database
+        if database is not None
+        else DatabaseSettings()
         if database_url is None
         else DatabaseSettings.model_validate({"url": database_url}),
         audit=audit or AuditSettings(sign_every_entries=50, sign_every_seconds=1.0),
