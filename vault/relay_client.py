@@ -285,7 +285,7 @@ class RelayClient:
             pooled = self._clients.get(name)
             if pooled is None or pooled.trust != trust:
                 if pooled is not None:
-                    self._retire(pooled)
+                    self._retire(self._clients.pop(name))
                 pooled = self._clients[name] = _Pooled(_new_client(route, self._backend), trust)
             pooled.users += 1
         try:
@@ -299,9 +299,9 @@ class RelayClient:
 
     def _retire(self, pooled: _Pooled) -> None:
         """Close `pooled` now if no relay uses it, else when its last one is done (or
-        at `close`). Called with the lock held."""
-        if pooled.retired:
-            return  # retired already (its successor failed to build)
+        at `close`). Called with the lock held, `pooled` out of the route's place: left
+        there when its successor failed to build (an unreadable bundle), it was handed
+        closed to relays whose trust matched it again (review 34b)."""
         pooled.retired = True
         if pooled.users:
             self._retired.append(pooled)
