@@ -57,4 +57,3 @@ def test_a_route_whose_new_bundle_failed_to_load_relays_again_once_reverted(
     finally:
         client.close()
     assert len(acquirer.received) == 2
-
