@@ -13,7 +13,7 @@ import os
 import pwd
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -78,7 +78,9 @@ def record_cli_read(engine: Engine, command: str, what: str, **details: DetailVa
         AuditLog().append(connection, event)
 
 
-def private_export(path: Path, record: Callable[[], None]) -> TextIO:
+def private_export(
+    path: Path, record: Callable[[], None]
+) -> contextlib.AbstractContextManager[TextIO]:
     """A new file, readable by this user alone (0600 whatever the umask), opened to write
     a copy of the log and put in `path`'s place: never written through a symbolic link,
     and refused when `path` is anything but absent or a regular file of this user's. A
@@ -89,12 +91,16 @@ def private_export(path: Path, record: Callable[[], None]) -> TextIO:
     account opened while it was readable, nor a hard link to it (review of session 33).
 
     `record()` (the read's `audit_read` entry) is called once the new file is made and
-    before it takes the name or a byte of the log is in it: a path that is refused (a
-    FIFO planted there, whose open waited for a reader for good after the entry was
-    written: session 33) is refused unrecorded, and a read that cannot be recorded
-    leaves the path as it was. The new file is made in `path`'s directory, which must
-    be writable. Raises `ConfigurationError` (naming no path: it is the operator's
-    text), or what `record` raises."""
+    before a byte of the log is in it: a path that is refused (a FIFO planted there,
+    whose open waited for a reader for good after the entry was written: session 33) is
+    refused unrecorded, and a read that cannot be recorded leaves the path as it was.
+    The new file is made in `path`'s directory, which must be writable, and takes the
+    name when the returned block ends without an error, the copy whole and synced: one
+    that fails (the database gone midway, a full disk, ^C) leaves the path as it was and
+    removes the new file (review 34b: renamed before the copy was written, it left a
+    partial copy in place of the previous one). Raises `ConfigurationError` (naming no
+    path: it is the operator's text), or what `record` raises; the block raises
+    `ConfigurationError` when the file cannot be written or take the name."""
     _check_replaceable(path)
     temporary = path.parent / f".cofre-export-{secrets.token_hex(8)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -107,12 +113,31 @@ def private_export(path: Path, record: Callable[[], None]) -> TextIO:
         made = os.fstat(descriptor)
         os.fchmod(descriptor, 0o600)  # the umask may have taken the owner's bits
         record()
-        # In a shared (sticky) directory, a name another account took since the check
-        # above cannot be replaced: EPERM, refused. A directory there is EISDIR.
-        os.rename(temporary, path)
-        return os.fdopen(descriptor, "w", encoding="utf-8")
+        handle = os.fdopen(descriptor, "w", encoding="utf-8")
     except BaseException as exc:
         os.close(descriptor)
+        _remove_made(temporary, made)
+        if isinstance(exc, OSError):
+            raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
+        raise
+    return _into_place(handle, temporary, path, made)
+
+
+@contextlib.contextmanager
+def _into_place(
+    handle: TextIO, temporary: Path, path: Path, made: os.stat_result
+) -> Iterator[TextIO]:
+    """`handle` (the new file `temporary`) for the block; then, the copy whole, the file
+    in `path`'s place. On any error, the new file removed and `path` left as it was."""
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        # In a shared (sticky) directory, a name another account took since the check
+        # cannot be replaced: EPERM, refused. A directory there is EISDIR.
+        os.rename(temporary, path)
+    except BaseException as exc:
         _remove_made(temporary, made)
         if isinstance(exc, OSError):
             raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
