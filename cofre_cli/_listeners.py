@@ -14,7 +14,8 @@ addresses, neither a wildcard: the kernel hands a connection to the socket bound
 destination address (a health listener on 10.0.0.5:9000 and metrics on 127.0.0.1:9000,
 session 34; by port alone until then). A wildcard covers every address, and a host name
 ("localhost") or an address's other spelling ("127.1", which `ipaddress` does not read)
-may be the other's address: those still clash.
+may be the other's address: those still clash, as does an IPv6 address with a zone
+("fe80::1%eth0" and "fe80::1%2" may be one; review 34b).
 """
 
 from __future__ import annotations
@@ -51,10 +52,13 @@ def _listeners(settings: Settings, workers: int) -> list[tuple[str, str, int]]:
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The one address `host` names, or None when it may name more (a wildcard) or any
-    (a host name, or a spelling `ipaddress` does not read, such as "127.1")."""
+    (a host name, a spelling `ipaddress` does not read, such as "127.1", or an IPv6 zone:
+    "%eth0" and "%2" may be one interface, which `ipaddress` compares as text)."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1 on a dual-stack socket

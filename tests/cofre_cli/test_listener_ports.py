@@ -81,6 +81,14 @@ _CLASHES: list[tuple[dict[str, Any], dict[str, Any], int, list[str]]] = [
     ),
     ({"port": 9443, "host": "localhost"}, {"host": "127.0.0.2", "port": 9443}, 1, ["CAPTURE"]),
     ({"port": 9443, "host": "127.1"}, {"host": "127.0.0.2", "port": 9443}, 1, ["CAPTURE"]),
+    # Review 34b: a link-local address with its zone by name and by index (lo is 1) is
+    # one socket address; `ipaddress` compares the zones' text, and let both bind.
+    (
+        {"port": 9443, "host": "fe80::1%lo", "health_host": "fe80::1%1", "health_port": 9443},
+        {},
+        1,
+        ["COFRE_SERVER__HEALTH_PORT and COFRE_SERVER__PORT"],
+    ),
 ]
 
 
