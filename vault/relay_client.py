@@ -299,9 +299,8 @@ class RelayClient:
 
     def _retire(self, pooled: _Pooled) -> None:
         """Close `pooled` now if no relay uses it, else when its last one is done (or
-        at `close`). Called with the lock held, `pooled` out of the route's place: left
-        there when its successor failed to build (an unreadable bundle), it was handed
-        closed to relays whose trust matched it again (review 34b)."""
+        at `close`). Called with the lock held, `pooled` out of the route's place (left
+        there, a failed rebuild handed it closed to later relays; review 34b)."""
         pooled.retired = True
         if pooled.users:
             self._retired.append(pooled)
@@ -392,16 +391,17 @@ def _trust_of(route: RelayRoute) -> tuple[Any, ...]:
 
 
 def _new_client(route: RelayRoute, backend: _DeadlineBackend) -> httpx.Client:
-    """A client for `route`: TLS verified against its `ca_bundle`, else httpx's
-    (certifi's) public CAs, never a CA file named in the environment (`SSL_CERT_FILE`,
-    `SSL_CERT_DIR`, which httpx honours by default): trust is the policy's alone
-    (review 34: an egress proxy's interception CA set there for the host's other tools
-    made the relay hand the card to that proxy). An egress proxy from `HTTPS_PROXY`
-    is still used: the TLS to the upstream runs through its tunnel, verified as above."""
+    """A client for `route`: TLS verified against its `ca_bundle`, else certifi's public
+    CAs, never a CA file the environment names (`SSL_CERT_FILE`, `SSL_CERT_DIR`; review
+    34: an egress proxy's interception CA set there for other tools got the card), its
+    TLS secrets never in `SSLKEYLOGFILE`'s file (both contexts honour it: with a capture
+    of the egress, it read the card; review 34b). An egress proxy from `HTTPS_PROXY` is
+    still used: the TLS to the upstream runs through its tunnel, verified as above."""
     if route.ca_bundle:
         verify = ssl.create_default_context(cafile=route.ca_bundle)
     else:
         verify = httpx.create_ssl_context(trust_env=False)
+    verify.keylog_filename = None  # type: ignore[assignment] # typeshed says str only
     client = httpx.Client(
         verify=verify,
         timeout=route.timeout_seconds,
