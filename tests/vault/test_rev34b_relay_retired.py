@@ -48,9 +48,9 @@ def test_a_route_whose_new_bundle_failed_to_load_relays_again_once_reverted(
     client = RelayClient()
     try:
         assert client.send("acq", good, _card()).status == 200
-        # A reload names a bundle that is not there (yet): refused (an OSError here,
+        # A reload names a bundle that is not there (yet): refused (FileNotFoundError here,
         # which `vault.operations.relay._send` answers as UpstreamUnavailable).
-        with pytest.raises(OSError):
+        with pytest.raises(FileNotFoundError):
             client.send("acq", _route(acquirer, str(tmp_path / "missing.pem")), _card())
         # Reverted: the route's trust is the first one again, and it relays.
         assert client.send("acq", good, _card()).status == 200
