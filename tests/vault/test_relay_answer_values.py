@@ -15,14 +15,9 @@ import pytest
 
 from tests.support.fake_acquirer import plain_route as _route
 from tests.vault.test_relay_deadline import Handler, _Upstream, upstream
+from vault._relay_answer import MAX_ANSWER_BYTES, MAX_ANSWER_VALUES, answer_of, values_over
 from vault.errors import UpstreamUnavailable
-from vault.relay_client import (
-    MAX_ANSWER_BYTES,
-    MAX_ANSWER_VALUES,
-    RelayClient,
-    _answer,
-    _values_over,
-)
+from vault.relay_client import RelayClient
 
 __all__ = ["upstream"]  # the fixture, imported for the tests here
 
@@ -73,17 +68,17 @@ def test_an_answer_within_the_value_bound_is_answered_whole(
 def test_separators_inside_strings_are_not_values() -> None:
     """A long text in one string (a receipt, a base64 blob with commas) is one value."""
     text = b'{"receipt": "' + b"a, b: [c], {d}; " * 20_000 + b'"}'
-    assert not _values_over(text, MAX_ANSWER_VALUES)
+    assert not values_over(text, MAX_ANSWER_VALUES)
     # An escaped quote does not end the string.
-    assert not _values_over(b'["' + b'\\", ' * 30_000 + b'"]', MAX_ANSWER_VALUES)
+    assert not values_over(b'["' + b'\\", ' * 30_000 + b'"]', MAX_ANSWER_VALUES)
 
 
 def test_only_arrays_and_objects_are_counted() -> None:
     """A text that is not JSON is answered as text (``{"body": ...}``), and a scalar is
     one value whatever it holds."""
-    assert not _values_over(b"a,b," * 30_000, MAX_ANSWER_VALUES)
-    assert _values_over(b"  [" + b"1," * 30_000 + b"1]", MAX_ANSWER_VALUES)
-    assert _values_over(b'{"k":' + b"[]," * 30_000 + b"[]}", MAX_ANSWER_VALUES)
+    assert not values_over(b"a,b," * 30_000, MAX_ANSWER_VALUES)
+    assert values_over(b"  [" + b"1," * 30_000 + b"1]", MAX_ANSWER_VALUES)
+    assert values_over(b'{"k":' + b"[]," * 30_000 + b"[]}", MAX_ANSWER_VALUES)
 
 
 def test_an_unclosed_string_is_scanned_once() -> None:
@@ -91,9 +86,9 @@ def test_an_unclosed_string_is_scanned_once() -> None:
     one pass: a pattern that failed at an unclosed quote would start again at each of
     the quotes inside it, quadratic in the text."""
     text = b'["' + b'\\"' * 300_000 + b"\\"
-    assert not _values_over(text, MAX_ANSWER_VALUES)
+    assert not values_over(text, MAX_ANSWER_VALUES)
     many_strings = b'["' + b'",' * 300_000  # ["", ",", ... unclosed: many values
-    assert _values_over(many_strings, MAX_ANSWER_VALUES)
+    assert values_over(many_strings, MAX_ANSWER_VALUES)
 
 
 def _many_values() -> str:
@@ -118,14 +113,14 @@ def test_an_answer_in_any_encoding_json_reads_is_counted(encoded: bytes) -> None
     BOM or a leading NUL was no container to the count, and the answer was parsed whole."""
     assert len(json.loads(encoded)) > MAX_ANSWER_VALUES  # what the relay parsed before
     with pytest.raises(UpstreamUnavailable, match="values"):
-        _answer("acq", encoded)
+        answer_of("acq", encoded)
 
 
 def test_an_answer_in_utf_16_within_the_bound_is_parsed_as_before() -> None:
     answer = {"status": "approved", "note": "caf\u00e9 \u0122", "items": [1, 2, 3]}
     for encoding in ("utf-8-sig", "utf-16", "utf-16-be", "utf-32"):
-        assert _answer("acq", json.dumps(answer, ensure_ascii=False).encode(encoding)) == answer
+        assert answer_of("acq", json.dumps(answer, ensure_ascii=False).encode(encoding)) == answer
     # Not JSON: its text as before, decoded as UTF-8 whatever it looks like (review 27),
     # without NULs (tests/vault/test_relay_answer_encoding_attacks.py).
     text = "4111 1111".encode("utf-16-le")
-    assert _answer("acq", text) == {"body": "4111 1111"}
+    assert answer_of("acq", text) == {"body": "4111 1111"}

@@ -21,9 +21,10 @@ import pytest
 from policies.models import RelayRoute
 from tests.support.fake_acquirer import plain_route
 from tests.support.wire import read_response
+from vault._relay_answer import MAX_ANSWER_BYTES
 from vault.errors import UpstreamTimeout, UpstreamUnavailable
 from vault.relay import RelayResult
-from vault.relay_client import MAX_ANSWER_BYTES, RelayClient
+from vault.relay_client import RelayClient
 
 Handler = Callable[[socket.socket], object]
 

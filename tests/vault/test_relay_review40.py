@@ -22,9 +22,10 @@ from policies.models import MAX_RELAY_PLACES, RelayRoute
 from tests.support.fake_acquirer import plain_route as _route
 from tests.vault.conftest import TEST_POLICY
 from tests.vault.test_relay_deadline import Handler, _send, _Upstream, upstream
+from vault._relay_answer import MAX_ANSWER_BYTES
 from vault.errors import UpstreamTimeout, UpstreamUnavailable
 from vault.relay import RelayResult
-from vault.relay_client import MAX_ANSWER_BYTES, RelayClient
+from vault.relay_client import RelayClient
 
 __all__ = ["upstream"]  # the fixture, imported for the tests here
 
