@@ -35,7 +35,7 @@ from cofre.redaction import OwnDigest
 from cofre.settings import Settings
 from cofre_cli._listeners import check_listener_ports, claim_listener_ports
 from cofre_cli._production import production_checks, refusing_software_tokens
-from cofre_cli.capture import start_capture_listener
+from cofre_cli.capture import capture_places, start_capture_listener
 from cofre_cli.wiring import (
     build_runtime,
     open_database,
@@ -75,6 +75,9 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
     policy = load_policy(settings.policy_file)
     workers = worker_count(settings)
     check_listener_ports(settings, workers)
+    if settings.capture.port:
+        # Here, not only in each worker: there a refusal was a traceback per worker.
+        capture_places(settings)
     _log.info(
         "starting",
         mode="production" if production else "dev",

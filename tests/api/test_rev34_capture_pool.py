@@ -33,6 +33,8 @@ from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.api.test_refusal_attacks import _entries
 from tests.support.postgres import free_port
+from tests.support.softhsm import SoftHSMToken
+from tests.support.vault_process import make_vault
 from vault.capture import CaptureSessionRequest
 from vault.operations.capture import ANONYMOUS_CAPTURE
 from vault.service import CallContext
@@ -173,3 +175,28 @@ def test_the_share_defaults_to_half_the_pool_and_must_leave_the_api_some(tmp_pat
     assert share(max_in_flight=15) == 15
     with pytest.raises(ConfigurationError, match="COFRE_CAPTURE__MAX_IN_FLIGHT 16"):
         share(max_in_flight=16)
+
+
+@pytest.mark.hsm
+def test_cofre_serve_refuses_too_large_a_share_before_any_worker_starts(
+    tmp_path: Path, softhsm_token: SoftHSMToken
+) -> None:
+    """Session 34's walk: with several workers (production's case) the check ran in each
+    worker, after the node had started them: each printed a traceback and the node
+    stopped because a worker ended, never with the `error [configuration_error]` line
+    the docs promise. It is checked before any worker now, as the listeners' ports are."""
+    vault = make_vault(tmp_path / "node", softhsm_token, None)
+    vault.env.update(
+        {
+            "COFRE_SERVER__WORKERS": "2",
+            "COFRE_CAPTURE__PORT": str(free_port()),
+            "COFRE_DATABASE__POOL_SIZE": "4",
+            "COFRE_CAPTURE__MAX_IN_FLIGHT": "8",
+        }
+    )
+    assert vault.cofre("db", "migrate").returncode == 0
+    served = vault.cofre("serve")  # `cofre`'s bound ends a hang
+    assert served.returncode == 1, served.stderr[-2000:]
+    assert "error [configuration_error]" in served.stderr, served.stderr[-2000:]
+    assert "COFRE_CAPTURE__MAX_IN_FLIGHT 8" in served.stderr
+    assert "workers started" not in served.stderr + served.stdout
