@@ -6,6 +6,7 @@ messages (which never repeat input) and are passed through the PAN masker anyway
 
 from __future__ import annotations
 
+import math
 from typing import Any, Final
 
 from starlette.responses import JSONResponse
@@ -122,7 +123,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
 def retry_after(seconds: float) -> str:
     """The ``Retry-After`` value for a wait of `seconds`: whole seconds, rounded up and
     at least one (a client that retries at once only meets the same refusal)."""
-    return str(max(1, round(seconds + 0.5)))
+    return str(max(1, math.ceil(seconds)))
 
 
 def problem(

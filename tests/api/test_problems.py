@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib
 
-from api.problems import PROBLEMS
+import pytest
+
+from api.problems import PROBLEMS, retry_after
 from cofre.errors import CofreError
 
 # Errors live in their package's errors.py (tests/test_architecture.py). The witness is
@@ -80,3 +82,13 @@ def test_every_error_code_has_a_problem() -> None:
         "aws_credentials_missing",
         "peer_vpc_not_found",
     }
+
+
+@pytest.mark.parametrize(
+    ("seconds", "header"),
+    [(0.0, "1"), (0.2, "1"), (1.0, "1"), (1.2, "2"), (2.0, "2"), (2.5, "3"), (3.0, "3")],
+)
+def test_retry_after_is_the_wait_rounded_up_to_whole_seconds(seconds: float, header: str) -> None:
+    # Session 34's walk: round(seconds + 0.5) rounds half to even, so a wait of 1 s
+    # (capture_busy's) said 2 and one of 3 s said 4, while 2 s said 2.
+    assert retry_after(seconds) == header
