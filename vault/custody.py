@@ -128,7 +128,6 @@ class Custody:
                 "the signature does not verify under your registered MFA key"
             ) from None
         record: dict[str, Any] = {
-            "statement": statement,
             "signature": signature,
             "keyid": jwk_thumbprint(public),
             "public_key": public.decode(),
@@ -145,9 +144,13 @@ class Custody:
                     actor=identity,
                     request_id=request_id,
                     details=record,
+                    # The entry's document, recorded whole: a detail string is cut at
+                    # 512 characters, and a statement naming nine key versions or more
+                    # is longer (session 34: its cut copy could never verify).
+                    document=statement,
                 ),
             )
-        return {"identity": identity, **record}
+        return {"identity": identity, "statement": statement, **record}
 
     def _day(self, data: dict[str, Any]) -> date:
         try:
@@ -197,6 +200,9 @@ class Custody:
                     "identity": entry.get("actor"),
                     "at": entry.get("time"),
                     **entry.get("details", {}),
+                    # Since session 34 the entry's document; before, a detail (whole
+                    # only when it was 512 characters or fewer).
+                    **({"statement": entry["document"]} if "document" in entry else {}),
                 }
             )
         return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 import pytest
 from sqlalchemy import Engine
@@ -110,3 +111,28 @@ def test_a_deeply_nested_statement_is_invalid_not_a_500(custody: Custody) -> Non
     JSON parser's recursion limit: `RecursionError`, no `ValueError`, was a 500."""
     with pytest.raises(CustodyStatementInvalid):
         custody.acknowledge(ALICE, "[" * 2000 + "]" * 2000, "AAAA")
+
+
+class _ManyKeys:
+    """A registry of twelve Cofre key versions (a year of rotations): only what
+    `Custody` asks of the registry, so the statement grows past an audit detail's 512
+    characters without twelve keys on the shared token."""
+
+    LABELS: Final = [f"cofre-kek-v{n}" for n in range(1, 13)]
+
+    def registered(self, *, fresh: bool = False) -> dict[str, object]:
+        return dict.fromkeys(self.LABELS)
+
+
+def test_a_long_statement_is_recorded_whole(custody: Custody, engine: Engine) -> None:
+    """Session 34: the statement went into the entry as a detail string, which the audit
+    log cuts at 512 characters; with nine key versions or more the recorded statement was
+    cut, so neither its signature nor the evidence verifier's check could hold, and the
+    officer's acknowledgement was lost for good in the append-only log."""
+    alice = software_officers()["officer-alice"]
+    long = Custody(engine, _ManyKeys(), custody._policy)  # type: ignore[arg-type]
+    statement = long.statement_for(ALICE)
+    assert len(statement) > 512
+    long.acknowledge(ALICE, statement, _sign(alice, statement.encode()))
+    [listed] = long.acknowledgements()
+    assert listed["statement"] == statement

@@ -77,8 +77,13 @@ def _entry(payload: object) -> dict[str, Any]:
 
 
 def _details(entry: dict[str, Any]) -> dict[str, Any]:
+    """An acknowledgement entry's details, its statement included: the entry's document
+    since session 34 (recorded whole), a detail before (cut at 512 characters)."""
     details = entry.get("details")
-    return details if isinstance(details, dict) else {}
+    out = dict(details) if isinstance(details, dict) else {}
+    if "document" in entry:
+        out["statement"] = entry["document"]
+    return out
 
 
 def _signature_verifies(pem: str, message: bytes, signature: str) -> bool:
