@@ -14,6 +14,23 @@ from typing import Any
 
 
 class RotationKind(StrEnum):
+    """What a rotation rotates (`vault.rotation`).
+
+    Kinds:
+
+    - ``data``: a new PAN data key (and FF1 key) becomes active at once; a background job
+      re-encrypts stored PANs in batches. Each batch moves rows off the old version and
+      counts them in the same transaction, so a crash mid-batch rolls both back and a resumed
+      job never re-encrypts a row twice. When no row uses the old version it is retired and
+      its wrapped bytes are erased.
+    - ``kek``: a new KEK is generated in the HSM and every data key is re-wrapped under it
+      inside the HSM; the old KEK is destroyed on the token after the grace period.
+    - ``fingerprint``: a new HMAC key; lookups and convergence use both keys while a job
+      recomputes stored fingerprints; then the old key is destroyed on the token.
+    - ``audit``: a new audit signing key and a handover checkpoint signed by both keys
+      (`vault.audit_rotation`).
+    """
+
     DATA = "data"
     KEK = "kek"
     FINGERPRINT = "fingerprint"
