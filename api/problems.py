@@ -56,6 +56,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "idempotency_conflict": (409, "Idempotency key reused for another request"),
     "ceremony_invalid": (409, "The key ceremony cannot do that now"),
     "ceremony_not_found": (404, "No such key ceremony"),
+    "custody_not_acknowledged": (409, "Acknowledge key custody before a key ceremony"),
     "capture_error": (422, "The capture cannot be served"),
     "invalid_capture_request": (422, "The capture session request is not valid"),
     "invalid_origin": (422, "Not an exact https origin"),

@@ -148,5 +148,11 @@ def admin_call(client: Any, method: str, path: str, body: Any = None) -> Any:
         typer.echo(
             f"error [{data.get('code')}]: {data.get('detail') or data.get('title')}", err=True
         )
+        if data.get("code") == "custody_not_acknowledged":  # PCI DSS 3.7.8
+            typer.echo(
+                "  sign the key custody statement first: cofre keys acknowledge-custody "
+                "--as YOUR-NAME (docs/key-ceremony.md)",
+                err=True,
+            )
         raise typer.Exit(1)
     return data

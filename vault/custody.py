@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.schema import READ_ONLY, audit_entries
@@ -181,28 +181,32 @@ class Custody:
     def acknowledgements(self) -> list[dict[str, Any]]:
         """Every acknowledgement recorded, oldest first (for evidence bundles): who, when,
         the statement, its signature and the key that made it."""
-        query = (
-            select(audit_entries.c.id, audit_entries.c.payload)
-            .where(audit_entries.c.payload.startswith(f'{{"action":"{ACKNOWLEDGE}",'))
-            .order_by(audit_entries.c.id)
-        )
         with (
             database_errors_as(StorageUnavailable, "the audit log"),
             self._engine.execution_options(**READ_ONLY).connect() as connection,
         ):
-            rows = connection.execute(query).all()
-        out = []
-        for entry_id, payload in rows:
-            entry = json.loads(payload)
-            out.append(
-                {
-                    "entry_id": int(entry_id),
-                    "identity": entry.get("actor"),
-                    "at": entry.get("time"),
-                    **entry.get("details", {}),
-                    # Since session 34 the entry's document; before, a detail (whole
-                    # only when it was 512 characters or fewer).
-                    **({"statement": entry["document"]} if "document" in entry else {}),
-                }
-            )
-        return out
+            return recorded(connection)
+
+
+def recorded(connection: Connection) -> list[dict[str, Any]]:
+    """The acknowledgements the audit log on `connection` holds, oldest first."""
+    query = (
+        select(audit_entries.c.id, audit_entries.c.payload)
+        .where(audit_entries.c.payload.startswith(f'{{"action":"{ACKNOWLEDGE}",'))
+        .order_by(audit_entries.c.id)
+    )
+    out = []
+    for entry_id, payload in connection.execute(query).all():
+        entry = json.loads(payload)
+        out.append(
+            {
+                "entry_id": int(entry_id),
+                "identity": entry.get("actor"),
+                "at": entry.get("time"),
+                **entry.get("details", {}),
+                # Since session 34 the entry's document; before, a detail (whole
+                # only when it was 512 characters or fewer).
+                **({"statement": entry["document"]} if "document" in entry else {}),
+            }
+        )
+    return out

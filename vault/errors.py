@@ -265,6 +265,14 @@ class CeremonyRefused(CeremonyError):
         self.reason = reason or message
 
 
+class CustodyNotAcknowledged(CeremonyRefused):
+    """A proposal or an approval of a key ceremony by an officer with no acknowledgement
+    of the custody statement in force (PCI DSS 3.7.8; `vault._custody_gate`): refused
+    and audited as denied, like every ceremony refusal."""
+
+    code = "custody_not_acknowledged"
+
+
 class CeremonyNotFound(VaultError):
     code = "ceremony_not_found"
 

@@ -38,6 +38,7 @@ from vault._ceremony_guards import (
     standing_approvals,
 )
 from vault._ceremony_view import ceremony_view
+from vault._custody_gate import custody_refusal
 from vault._rotation_batches import BATCH, RotationBatches
 from vault.approval_proof import SignedAction
 from vault.audit_rotation import AuditKeyRotation
@@ -111,6 +112,14 @@ class KeyRotation(RotationBatches):
             self._record(identity, request_id, "key.admin", Outcome.DENIED, None, {})
             raise
 
+    def _custodian(self, who: str, request_id: str | None, action: str, key: str | None) -> None:
+        """Refuse `action` by an officer with no custody acknowledgement (`vault._custody_gate`)."""
+        with self._read() as connection:
+            refusal = custody_refusal(connection, self._policy(), who, unsigned=self._unsigned)
+        if refusal is not None:
+            self._record(who, request_id, action, Outcome.DENIED, key, {"reason": refusal.reason})
+            raise refusal
+
     def _record(  # noqa: PLR0917 - mirrors the audit entry's fields, in order
         self,
         actor: str,
@@ -181,6 +190,7 @@ class KeyRotation(RotationBatches):
         `PolicyDenied` for a non-officer, `CeremonyError` for an unknown kind or while
         another rotation of it is open."""
         self._officer(identity, request_id or "")
+        self._custodian(identity, request_id, "key.rotation.propose", None)
         try:
             rotation = RotationKind(kind)
         except ValueError:
@@ -237,6 +247,7 @@ class KeyRotation(RotationBatches):
         signed request). The proposer cannot approve; a second approval by the same
         officer changes nothing. At quorum of proven actions the rotation starts."""
         self._officer(identity, request_id or "")
+        self._custodian(identity, request_id, "key.rotation.approve", ceremony_id)
         proven = None if proof is None else proof.to_json()
         keys = ApprovalKeys(identity, ceremony_id, request_id, keyid, proven, certificate)
         try:

@@ -41,6 +41,7 @@ from cofre.settings import (
 from cofre_cli.devenv import DEV_POLICY
 from cofre_cli.wiring import Runtime, build_runtime
 from hsm.provider import HSMProvider
+from tests.support.custody import acknowledge_custody
 from tests.support.fake_acquirer import FakeAcquirer, running_acquirer
 from tests.support.leakguard import record_responses
 from tests.support.leakscan import json_strings
@@ -52,6 +53,9 @@ from tests.support.policies import (
     with_capture_origins,
 )
 from tests.support.postgres import free_port
+
+# The dev policy's security officers: they acknowledge key custody as each vault starts.
+OFFICERS = ("officer-alice", "officer-bob")
 
 LIMITED = """
 [identities."spiffe://cofre/limited"]
@@ -133,9 +137,12 @@ def running_vault(
     http_protocol: str = "httptools",
     capture_origins: Sequence[str] = TEST_CAPTURE_ORIGINS,
     database: DatabaseSettings | None = None,
+    custodians: Sequence[str] = OFFICERS,
 ) -> Iterator[VaultServer]:
     """A vault server for the duration of the block; its telemetry is saved at the end.
-    With `capture` (its port is picked here) the capture listener runs beside it."""
+    With `capture` (its port is picked here) the capture listener runs beside it. The
+    officers in `custodians` acknowledge key custody first, as they must before a key
+    ceremony (PCI DSS 3.7.8; `vault._custody_gate`)."""
     vault, server = _start_server(
         tmp,
         provider,
@@ -166,6 +173,9 @@ def running_vault(
         capture_server.start()
         vault.capture_url = capture.origin()
     try:
+        for name in custodians:
+            with vault.client(name) as officer:
+                acknowledge_custody(officer, software_officers()[name])
         yield vault
     finally:
         if capture_server is not None:

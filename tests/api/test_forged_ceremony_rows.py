@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from api.pki import issue_client
 from tests.api.conftest import VaultServer
+from tests.support.custody import acknowledge_custody
 from tests.support.officers import (
     SigningOfficer,
     new_software_officer,
@@ -59,6 +60,9 @@ def third_officer(vault_server: VaultServer) -> Iterator[SigningOfficer]:
         + f'operations = ["key_admin"]\nmfa_public_key = """\n{carol.pem.strip()}\n"""\n'
     )
     assert runtime.reload_policy()
+    with vault_server.client("officer-carol", signed=False) as client:
+        client.auth = carol.auth()
+        acknowledge_custody(client, carol)  # as every officer must (PCI DSS 3.7.8)
     try:
         yield carol
     finally:

@@ -104,6 +104,7 @@ def _cofre(served: Outage, *args: str) -> subprocess.CompletedProcess[str]:
 def test_key_rotation_from_the_cli(serve_process: Outage) -> None:
     serve_process.library_link.symlink_to(DEFAULT_SOFTHSM_LIBRARY)
     token = _tokenize(serve_process).json()["token"]
+    serve_process.vault.acknowledge_custody()
     denied = _cofre(serve_process, "keys", "rotate", "--kind", "data", "--as", "payments")
     assert denied.returncode == 1
     assert "policy_denied" in denied.stderr

@@ -40,6 +40,13 @@ def test_two_officers_rotate_the_audit_key(vault: VaultProcess, tmp_path: Path) 
     old_pem = tmp_path / "old.pem"
     old_pem.write_bytes(_public_key(vault, tmp_path / "before.jsonl"))
 
+    # PCI DSS 3.7.8: no ceremony before the officer acknowledges key custody, and the
+    # CLI says how to.
+    unacknowledged = vault.cofre("keys", "rotate", "--kind", "audit", "--as", "officer-alice")
+    assert unacknowledged.returncode == 1
+    assert "error [custody_not_acknowledged]" in unacknowledged.stderr
+    assert "cofre keys acknowledge-custody --as" in unacknowledged.stderr
+    vault.acknowledge_custody()
     proposed = vault.cofre("keys", "rotate", "--kind", "audit", "--as", "officer-alice")
     assert proposed.returncode == 0, proposed.stderr
     assert "audit rotation, pending" in proposed.stdout

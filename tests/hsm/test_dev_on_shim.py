@@ -21,6 +21,7 @@ import pytest
 from api.pki import DevPKI, ensure_dev_pki
 from cofre_cli.devenv import DEV_POLICY
 from tests.support.cloudhsm_shim import CloudHSMShim
+from tests.support.custody import acknowledge_custody
 from tests.support.leakguard import record_responses
 from tests.support.officers import policy_with, software_officers
 from tests.support.pans import card_number
@@ -93,6 +94,9 @@ def dev_on_shim(
                 pass
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
+        for name in ("officer-alice", "officer-bob"):  # before any ceremony (PCI DSS 3.7.8)
+            with vault.client(name) as officer:
+                acknowledge_custody(officer, software_officers()[name])
         yield vault
     finally:
         process.send_signal(signal.SIGINT)

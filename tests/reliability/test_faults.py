@@ -224,6 +224,7 @@ def test_postgres_stopped_under_keys_audit_and_evidence(
     answers 503 problem+json with a storage or audit code (never 500 internal_error), and
     answers again once the database is back."""
     vault, cluster = vault_on_pg
+    vault.acknowledge_custody()  # before the ceremony (PCI DSS 3.7.8)
     with vault.client("officer-alice") as officer:
         ceremony = officer.post("/v1/admin/keys/rotations", json={"kind": "data"})
         assert ceremony.status_code == 201, ceremony.text

@@ -99,6 +99,14 @@ class VaultProcess:
             time.sleep(0.02 if ready else 0.1)
         pytest.fail("cofre serve did not become ready")
 
+    def acknowledge_custody(self, *names: str) -> None:
+        """`names` (default: the policy's two officers) sign the key custody statement on
+        their own tokens through the CLI, as officers must before a key ceremony (PCI DSS
+        3.7.8; `vault._custody_gate`)."""
+        for name in names or ("officer-alice", "officer-bob"):
+            signed = self.cofre("keys", "acknowledge-custody", "--as", name, "--yes")
+            assert signed.returncode == 0, signed.stderr
+
     def spawn(self) -> None:
         """Start `cofre serve` (its output appended to `log`) and return at once: no
         migration, no wait for readiness, for a test that watches a start `start`

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
+from tests.support.custody import acknowledge_in_process
 from tests.support.officers import (
     SigningOfficer,
     new_software_officer,
@@ -57,6 +58,7 @@ def test_an_approval_by_a_replaced_mfa_key_no_longer_counts(
     policy = [_policy(keys)]
     service = VaultService(engine, rotation_provider, policy[0])
     service.initialize()
+    acknowledge_in_process(engine, service, policy[0], officers)
     try:
         rotation = rotation_of(service, engine, rotation_provider)
         rotation._policy = lambda: policy[0]
@@ -85,6 +87,7 @@ def test_the_audit_log_names_the_mfa_key_behind_each_proposal_and_approval(
     keys = {identity: officer.pem for identity, officer in officers.items()}
     service = VaultService(engine, rotation_provider, _policy(keys))
     service.initialize()
+    acknowledge_in_process(engine, service, service.policy, officers)
     try:
         rotation = rotation_of(service, engine, rotation_provider)
         thumb = {identity: jwk_thumbprint(pem.encode()) for identity, pem in keys.items()}

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, create_engine, insert, select
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
+from tests.support.custody import acknowledge_in_process
 from tests.support.officers import new_software_officer, signed_approval, signed_proposal
 from tests.vault.conftest import ALICE, BOB, CAROL, OFFICERS, TEST_POLICY, rotation_of
 from vault._ceremony_guards import revoked_officers
@@ -81,6 +82,7 @@ def test_the_view_counts_no_approval_while_an_approver_is_revoked(
     policy = PolicyEngine(parse_policy(text, kind="toml").policy)
     service = VaultService(engine, rotation_provider, policy)
     service.initialize()
+    acknowledge_in_process(engine, service, policy, officers)
     try:
         rotation = rotation_of(service, engine, rotation_provider)
         rotation._policy = lambda: policy
