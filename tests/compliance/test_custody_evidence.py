@@ -244,3 +244,27 @@ def test_both_command_line_verifiers_name_the_forged_acknowledgement(
         assert good.returncode == 0, good.stdout + good.stderr
         assert "custodians:" in good.stdout
 
+
+def test_the_report_names_a_ceremony_action_by_an_officer_who_never_acknowledged(
+    acknowledged: tuple[VaultServer, Path, datetime], tmp_path: Path
+) -> None:
+    """PCI DSS 3.7.8 from the bundle: a line counts the period's key ceremony proposals
+    and approvals and names any by an officer with no acknowledgement before it. The
+    vault refuses those now (`custody_not_acknowledged`); Mallory's is written straight
+    into the log, as only the database's writer (or an older vault) could."""
+    vault, _, started = acknowledged
+    with vault.client("officer-alice") as alice:  # acknowledged in the fixture
+        proposed = alice.post("/v1/admin/keys/rotations", json={"kind": "fingerprint"})
+        assert proposed.status_code == 201, proposed.text
+        cancelled = alice.post(f"/v1/admin/keys/rotations/{proposed.json()['id']}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+    mallory = "spiffe://cofre/officer-mallory"
+    write_entry(vault, "key.rotation.propose", mallory, "c-1", {"kind": "kek"})
+    report = verify_by_vault_key(export_to(vault, started, tmp_path / "actors.tar.gz"), vault)
+    [named] = report.summary["ceremony_actions_without_custody"]
+    assert named.startswith(f"{mallory} (key.rotation.propose, entry "), named
+    assert any(
+        line.startswith("2 key ceremony proposals and approvals in the period, 1 by an officer")
+        and mallory in line
+        for line in report.checks
+    ), report.checks

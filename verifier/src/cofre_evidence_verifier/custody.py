@@ -55,6 +55,9 @@ STATEMENT_TYPE: Final = "cofre-key-custody/v1"
 # How far the statement's date may be from its entry's (UTC) day: the vault's
 # `vault.custody.STATEMENT_DATE_SKEW`, which it enforces at submission.
 STATEMENT_DATE_SKEW: Final = timedelta(days=1)
+# The ceremony actions a custodian takes (`vault.rotation`): counted only after an
+# acknowledgement of custody by their officer.
+_CEREMONY_ACTIONS: Final = frozenset({"key.rotation.propose", "key.rotation.approve"})
 # What the record repeats from its audit entry's details.
 _RECORDED: Final = ("statement", "signature", "public_key")
 
@@ -250,6 +253,34 @@ def _check_record(
     return problems, ([] if problems else keys)
 
 
+def _ceremony_actors(
+    period: dict[int, str], since: dict[str, int], size: int, report: Report
+) -> None:
+    """A report line (not a verdict: a period before the vault refused them may hold
+    some) on whether each counted key ceremony proposal or approval of the period was by
+    an officer who had acknowledged custody before it (PCI DSS 3.7.8; the vault refuses
+    the others since `custody_not_acknowledged`)."""
+    actions = []
+    for index, payload in sorted(period.items()):
+        try:
+            entry = _entry(payload)
+        except ValueError:
+            continue
+        if entry.get("action") in _CEREMONY_ACTIONS and entry.get("outcome") == "success":
+            actions.append((index, str(entry.get("actor")), str(entry.get("action"))))
+    without = [f"{who} ({what}, entry {i})" for i, who, what in actions if since.get(who, size) > i]
+    report.summary["ceremony_actions_without_custody"] = without
+    report.checks.append(
+        f"{len(actions)} key ceremony proposals and approvals in the period, "
+        + (
+            f"{len(without)} by an officer with no custody acknowledgement before it: "
+            + "; ".join(without)
+            if without
+            else "each by an officer who had acknowledged key custody before it"
+        )
+    )
+
+
 def check_custody(files: Files, manifest: dict[str, Any], heads: Heads, report: Report) -> None:
     """Check every acknowledgement in ``keys/custody.json`` (see the module docstring),
     report each problem, and put the custodians of each key in the report's summary."""
@@ -277,11 +308,15 @@ def check_custody(files: Files, manifest: dict[str, Any], heads: Heads, report: 
     policies = _policies(files)
     problems: list[str] = []
     custodians: dict[str, set[str]] = {}
+    since: dict[str, int] = {}  # each officer's first sound acknowledgement (its entry)
     for record in records:
         found, keys = _check_record(record, size=size, root=root, period=period, policies=policies)
         problems += found
         for key in keys:
             custodians.setdefault(key, set()).add(str(record.get("identity")))
+        if keys:
+            who = str(record.get("identity"))
+            since[who] = min(since.get(who, size), int(record["index"]))
     listed = {r.get("index") for r in records if isinstance(r.get("index"), int)}
     problems += [
         f"{NAME}: the custody acknowledgement at entry {index} is missing"
@@ -289,6 +324,7 @@ def check_custody(files: Files, manifest: dict[str, Any], heads: Heads, report: 
         if _action(payload) == ACKNOWLEDGE and index not in listed
     ]
     report.summary["custodians"] = {k: sorted(v) for k, v in sorted(custodians.items())}
+    _ceremony_actors(period, since, size, report)
     for problem in problems:
         report.fail(problem)
     if not problems:
