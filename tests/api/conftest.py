@@ -41,7 +41,7 @@ from cofre.settings import (
 from cofre_cli.devenv import DEV_POLICY
 from cofre_cli.wiring import Runtime, build_runtime
 from hsm.provider import HSMProvider
-from tests.support.custody import acknowledge_custody
+from tests.support.custody import acknowledge_in_process
 from tests.support.fake_acquirer import FakeAcquirer, running_acquirer
 from tests.support.leakguard import record_responses
 from tests.support.leakscan import json_strings
@@ -173,9 +173,11 @@ def running_vault(
         capture_server.start()
         vault.capture_url = capture.origin()
     try:
-        for name in custodians:
-            with vault.client(name) as officer:
-                acknowledge_custody(officer, software_officers()[name])
+        # In process, not over mTLS: a vault started with a CRL that refuses everyone
+        # (an expired one) or an officer's certificate takes no request.
+        runtime = vault.runtime
+        officers = {f"spiffe://cofre/{name}": software_officers()[name] for name in custodians}
+        acknowledge_in_process(runtime.engine, runtime.service, runtime.service.policy, officers)
         yield vault
     finally:
         if capture_server is not None:
