@@ -18,7 +18,7 @@ import httpx
 
 from api.pki import issue_client
 from hsm.provider import HSMProvider
-from tests.api.conftest import running_vault
+from tests.api.conftest import VaultServer, running_vault
 from tests.support.fake_acquirer import FakeAcquirer
 
 VISA = "4111111111111111"
@@ -42,6 +42,16 @@ ca_bundle = "{ca}"
 """
 
 
+def relay_card(vault: VaultServer) -> dict[str, str]:
+    """A relay body's card: a VISA tokenized by `payments`, with a certificate issued to
+    `checkout`, the relaying identity of `_policy`'s route."""
+    issue_client(vault.pki, "checkout")
+    with vault.client("payments") as client:
+        tokenized = client.post("/v1/tokenize", json={"pan": VISA, "format": "pan_last4"})
+    assert tokenized.status_code == 200, tokenized.text
+    return {"number": tokenized.json()["token"]}
+
+
 ODD_VALUES: dict[str, Any] = {
     "nan": float("nan"),
     "infinity": float("inf"),
@@ -62,11 +72,7 @@ def test_odd_json_in_an_upstreams_answer_is_never_a_500(
 
     acquirer.answer = answer
     with running_vault(tmp_path, hsm_provider, extra_policy=_policy(acquirer)) as vault:
-        issue_client(vault.pki, "checkout")
-        with vault.client("payments") as client:
-            tokenized = client.post("/v1/tokenize", json={"pan": VISA, "format": "pan_last4"})
-        assert tokenized.status_code == 200, tokenized.text
-        card = {"number": tokenized.json()["token"]}
+        card = relay_card(vault)
         answers: dict[str, tuple[int, str | None]] = {}
         for name in ODD_VALUES:
             which.append(name)

@@ -15,12 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from api.pki import issue_client
 from hsm.provider import HSMProvider
 from tests.api.conftest import running_vault
+from tests.api.test_relay_answer_encoding_attacks import relay_card
 from tests.support.fake_acquirer import FakeAcquirer
-
-VISA = "4111111111111111"
 
 
 def _policy(acquirer: FakeAcquirer) -> str:
@@ -67,11 +65,7 @@ def test_a_stalled_route_does_not_hold_its_caller_back_from_a_healthy_one(
 
     acquirer.answer = answer
     with running_vault(tmp_path, hsm_provider, extra_policy=_policy(acquirer)) as vault:
-        issue_client(vault.pki, "checkout")
-        with vault.client("payments") as client:
-            tokenized = client.post("/v1/tokenize", json={"pan": VISA, "format": "pan_last4"})
-        assert tokenized.status_code == 200, tokenized.text
-        card = {"number": tokenized.json()["token"]}
+        card = relay_card(vault)
         held: list[int] = []
 
         def hold() -> None:

@@ -7,24 +7,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from api.pki import issue_client
 from hsm.provider import HSMProvider
 from tests.api.conftest import running_vault
-from tests.api.test_relay_answer_encoding_attacks import _policy
+from tests.api.test_relay_answer_encoding_attacks import _policy, relay_card
 from tests.support.fake_acquirer import FakeAcquirer
-
-VISA = "4111111111111111"
 
 
 def test_a_reload_that_changes_a_routes_ca_bundle_is_in_force_for_its_next_relay(
     tmp_path: Path, hsm_provider: HSMProvider, acquirer: FakeAcquirer
 ) -> None:
     with running_vault(tmp_path, hsm_provider, extra_policy=_policy(acquirer)) as vault:
-        issue_client(vault.pki, "checkout")
-        with vault.client("payments") as client:
-            tokenized = client.post("/v1/tokenize", json={"pan": VISA, "format": "pan_last4"})
-        assert tokenized.status_code == 200, tokenized.text
-        body = {"card": {"number": tokenized.json()["token"]}}
+        body = {"card": relay_card(vault)}
         with vault.client("checkout") as checkout:
             assert checkout.post("/v1/relay/acq", json=body).status_code == 200
         # The route now trusts another CA only (the acquirer's was compromised).

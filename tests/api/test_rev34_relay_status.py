@@ -17,13 +17,11 @@ import pytest
 
 from adapters.client import CofreClient
 from adapters.services import GetnetRoutingAdapter
-from api.pki import issue_client
 from hsm.provider import HSMProvider
 from tests.api.conftest import running_vault
-from tests.api.test_relay_answer_encoding_attacks import _policy
+from tests.api.test_relay_answer_encoding_attacks import _policy, relay_card
 from tests.support.fake_acquirer import FakeAcquirer
 
-VISA = "4111111111111111"
 BODILESS = (204, 205, 304)
 
 
@@ -40,11 +38,7 @@ def test_an_upstream_status_without_a_body_is_relayed_without_one(
 
     acquirer.answer = answer
     with running_vault(tmp_path, hsm_provider, extra_policy=_policy(acquirer)) as vault:
-        issue_client(vault.pki, "checkout")
-        with vault.client("payments") as client:
-            tokenized = client.post("/v1/tokenize", json={"pan": VISA, "format": "pan_last4"})
-        assert tokenized.status_code == 200, tokenized.text
-        card = {"number": tokenized.json()["token"]}
+        card = relay_card(vault)
         answers: dict[int, tuple[int, bytes]] = {}
         for code in BODILESS:
             status.append(code)
