@@ -32,10 +32,12 @@ def mtls_connect(
 
 def read_response(conn: socket.socket) -> tuple[bytes, bytes]:
     """One whole HTTP message with a Content-Length body (an answer, or the request a
-    test's upstream reads): its head (start line and headers) and its body."""
+    test's upstream reads): its head (start line and headers) and its body. Raises
+    `EOFError` when the peer closes before the message is whole (a loop on an empty
+    read would spin for good)."""
     data = b""
     while b"\r\n\r\n" not in data:
-        data += conn.recv(4096)
+        data += _received(conn)
     head, _, body = data.partition(b"\r\n\r\n")
     length = next(
         int(line.split(b":")[1])
@@ -43,8 +45,15 @@ def read_response(conn: socket.socket) -> tuple[bytes, bytes]:
         if line.lower().startswith(b"content-length:")
     )
     while len(body) < length:
-        body += conn.recv(4096)
+        body += _received(conn)
     return head, body
+
+
+def _received(conn: socket.socket) -> bytes:
+    chunk = conn.recv(4096)
+    if not chunk:
+        raise EOFError
+    return chunk
 
 
 def closed_by_server(conn: ssl.SSLSocket) -> bool:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.fake_acquirer import plain_route
+from tests.support.wire import read_response
 from vault.relay_client import RelayClient
 
 SENT_AHEAD = {"status": "DECLINED", "echo": "cvv 7391 for ANA SOUZA"}
@@ -27,28 +28,6 @@ def _answer(payload: object) -> bytes:
     body = json.dumps(payload).encode()
     head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
     return head + b"content-length: %d\r\n\r\n" % len(body) + body
-
-
-def _read_request(connection: socket.socket) -> None:
-    """One request with a Content-Length body; EOFError once the relay hangs up."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += _received(connection)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":")[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        body += _received(connection)
-
-
-def _received(connection: socket.socket) -> bytes:
-    chunk = connection.recv(4096)
-    if not chunk:
-        raise EOFError
-    return chunk
 
 
 class _AheadUpstream:
@@ -77,7 +56,7 @@ class _AheadUpstream:
         with connection:
             while True:
                 try:
-                    _read_request(connection)
+                    read_response(connection)
                 except (OSError, EOFError):
                     return
                 with self._lock:
