@@ -7,6 +7,7 @@ runs as the unprivileged ``postgres`` user, through runuser (README, Tests).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -44,9 +45,32 @@ def find_bindir() -> Path:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing on 127.0.0.1 listens on, drawn below the kernel's ephemeral range.
+
+    A port the kernel hands out for port 0 is in that range (32768-60999 here), where
+    any outgoing connection the suite makes meanwhile (to PostgreSQL, to a vault, from
+    another xdist worker) may take it as its local port before the test binds it:
+    session 34's CIs met `Address already in use` twice that way. Drawn with `secrets`,
+    not `random`: pytest-randomly seeds `random` alike in every worker."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = 10_000 + secrets.randbelow(low - 10_000) if low > 11_000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, or in TIME_WAIT: draw again
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free port below the ephemeral range after 200 draws")
+
+
+def _ephemeral_low() -> int:
+    """The lowest port of the kernel's ephemeral range (Linux), else IANA's 49152."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49_152
 
 
 @dataclass
