@@ -48,10 +48,10 @@ def free_port() -> int:
     """A port nothing on 127.0.0.1 listens on, drawn below the kernel's ephemeral range.
 
     A port the kernel hands out for port 0 is in that range (32768-60999 here), where
-    any outgoing connection the suite makes meanwhile (to PostgreSQL, to a vault, from
-    another xdist worker) may take it as its local port before the test binds it:
-    session 34's CIs met `Address already in use` twice that way. Drawn with `secrets`,
-    not `random`: pytest-randomly seeds `random` alike in every worker."""
+    any outgoing connection the suite makes meanwhile (to PostgreSQL, to a vault, a
+    relay's) may take it as its local port before the test binds it: session 34's CIs
+    met `Address already in use` twice that way. Drawn with `secrets`, not `random`:
+    pytest-randomly reseeds `random` for every test."""
     low = _ephemeral_low()
     for _ in range(200):
         port = 10_000 + secrets.randbelow(low - 10_000) if low > 11_000 else 0
