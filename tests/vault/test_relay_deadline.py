@@ -20,6 +20,7 @@ import pytest
 
 from policies.models import RelayRoute
 from tests.support.fake_acquirer import plain_route
+from tests.support.tcp import ThreadedTcpServer
 from tests.support.wire import read_response
 from vault._relay_answer import MAX_ANSWER_BYTES
 from vault.errors import UpstreamTimeout, UpstreamUnavailable
@@ -29,25 +30,12 @@ from vault.relay_client import RelayClient
 Handler = Callable[[socket.socket], object]
 
 
-class _Upstream:
+class _Upstream(ThreadedTcpServer):
     """A plain-TCP upstream that runs `handler` on each connection it accepts."""
 
     def __init__(self, handler: Handler) -> None:
-        self.connections = 0
         self._handler = handler
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._server.getsockname()[1])
-        self._stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                connection, _ = self._server.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._run, args=(connection,), daemon=True).start()
+        super().__init__()
 
     def _run(self, connection: socket.socket) -> None:
         try:
@@ -57,10 +45,6 @@ class _Upstream:
             pass  # the relay hung up: what the deadline is for
         finally:
             connection.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._server.close()
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.fake_acquirer import plain_route
+from tests.support.tcp import ThreadedTcpServer
 from tests.support.wire import read_response
 from vault.relay_client import RelayClient
 
@@ -30,27 +31,15 @@ def _answer(payload: object) -> bytes:
     return head + b"content-length: %d\r\n\r\n" % len(body) + body
 
 
-class _AheadUpstream:
+class _AheadUpstream(ThreadedTcpServer):
     """Plain HTTP; answers each request with its number, and (`ahead`) the first one
     with a second answer sent ahead in the same bytes."""
 
     def __init__(self, *, ahead: bool) -> None:
         self._ahead = ahead
-        self.connections = 0
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._server.getsockname()[1])
         self.requests = 0
         self._lock = threading.Lock()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                connection, _ = self._server.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._run, args=(connection,), daemon=True).start()
+        super().__init__()
 
     def _run(self, connection: socket.socket) -> None:
         with connection:
@@ -67,9 +56,6 @@ class _AheadUpstream:
                     connection.sendall(_answer({"request": number}) + ahead)
                 except OSError:
                     return
-
-    def close(self) -> None:
-        self._server.close()
 
 
 def _relay_twice(upstream: _AheadUpstream) -> tuple[object, object]:
