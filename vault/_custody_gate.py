@@ -30,12 +30,13 @@ import binascii
 import json
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from policies.engine import PolicyEngine
 from vault.custody import STATEMENT_TEXT, STATEMENT_TYPE, recorded
-from vault.errors import CustodyNotAcknowledged, OfficerMfaInvalid
+from vault.errors import CeremonyNotFound, CustodyNotAcknowledged, OfficerMfaInvalid
 from vault.httpsig import jwk_thumbprint, verify_ecdsa_p256
+from vault.storage.schema import key_ceremonies
 
 HINT = "run `cofre keys acknowledge-custody` (POST /v1/admin/keys/custody) first"
 
@@ -59,13 +60,27 @@ def _in_force(record: dict[str, Any], identity: str, role: str, public: bytes) -
 
 
 def custody_refusal(
-    connection: Connection, policy: PolicyEngine, identity: str, *, unsigned: bool
+    connection: Connection,
+    policy: PolicyEngine,
+    identity: str,
+    unsigned: bool,
+    ceremony: str | None = None,
 ) -> CustodyNotAcknowledged | None:
     """Why officer `identity` may not propose or approve a key ceremony for want of an
     acknowledgement of key custody in force (read on `connection`), or None. With
     `unsigned` (in-process callers in tests only, as for `vault._ceremony_guards.unproven`)
     an officer the policy registers no MFA key for needs none: such an officer can sign
-    nothing and cannot act through the API at all."""
+    nothing and cannot act through the API at all.
+
+    Raises `CeremonyNotFound` first when `ceremony` (the one an approval names) is no
+    ceremony's id, as the approval itself would: the id is the caller's text (any 64
+    characters), and the refusal's audit entry names it as its ``key_id``, which the
+    log keeps as written, since its ids are the vault's own (review 35: a card number
+    pasted as the id was kept in the append-only log in clear)."""
+    if ceremony is not None:
+        known = select(key_ceremonies.c.id).where(key_ceremonies.c.id == ceremony)
+        if connection.execute(known).first() is None:
+            raise CeremonyNotFound(f"no key ceremony {ceremony}")
     rules = policy.policy.identities.get(identity)
     key = None if rules is None else rules.mfa_public_key
     if rules is None or key is None:

@@ -115,7 +115,7 @@ class KeyRotation(RotationBatches):
     def _custodian(self, who: str, request_id: str | None, action: str, key: str | None) -> None:
         """Refuse `action` by an officer with no custody acknowledgement (`vault._custody_gate`)."""
         with self._read() as connection:
-            refusal = custody_refusal(connection, self._policy(), who, unsigned=self._unsigned)
+            refusal = custody_refusal(connection, self._policy(), who, self._unsigned, key)
         if refusal is not None:
             self._record(who, request_id, action, Outcome.DENIED, key, {"reason": refusal.reason})
             raise refusal
