@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine, select
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.schema import READ_ONLY, audit_entries
 from cofre.dberrors import database_errors_as
+from cofre.redaction import mask_pan_like
 from hsm.keys import parse_key_label
 from policies.engine import PolicyEngine
 from policies.models import Action
@@ -127,6 +128,16 @@ class Custody:
             raise CustodyStatementInvalid(
                 "the signature does not verify under your registered MFA key"
             ) from None
+        if mask_pan_like(statement) != statement:
+            # The log masks card-like digits in all it records (`audit.log`): recorded
+            # so, the statement is not the one signed, the verifier fails it for good
+            # and the custody gate never takes it (review 35: an identity with an
+            # employee number of 12 digits).
+            raise CustodyStatementInvalid(
+                "the audit log masks 12 digits or more in a row, which this officer's "
+                "identity holds: recorded so, the statement would not be the one signed "
+                "(give the officer an identity without them)"
+            )
         record: dict[str, Any] = {
             "signature": signature,
             "keyid": jwk_thumbprint(public),

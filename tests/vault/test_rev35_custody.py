@@ -1,0 +1,63 @@
+"""Review 35 (attack review of session 34's custody gate): an officer whose identity holds
+twelve digits or more in a row (an employee number: ``urn:corp:officer:000123456789``).
+
+The audit log masks card-like digits in everything it records (`audit.log`), the
+custody statement (the entry's document) and the actor included. Such an officer's
+acknowledgement was accepted and recorded masked: a statement their signature does not
+cover, which the offline verifier fails for good (check 6b, an append-only log) and the
+custody gate never takes as in force, so the officer, told their acknowledgement was
+recorded, was refused every ceremony action all the same. The vault now refuses that
+acknowledgement (422 ``custody_statement_invalid``, nothing recorded) and says why.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from sqlalchemy import Engine
+
+from policies.engine import PolicyEngine
+from policies.loader import parse_policy
+from tests.support.officers import SigningOfficer, new_software_officer
+from tests.vault.conftest import ALICE, TEST_POLICY
+from vault._custody_gate import custody_refusal
+from vault.custody import Custody
+from vault.errors import CustodyStatementInvalid
+from vault.service import VaultService
+
+NUMBERED = "urn:corp:officer:000123456789"
+
+
+def _policy(officer: SigningOfficer) -> PolicyEngine:
+    head = f'[identities."{ALICE}"]\n'
+    text = TEST_POLICY.replace(
+        head, f'[identities."{NUMBERED}"]\nmfa_public_key = """{officer.pem}"""\n'
+    )
+    return PolicyEngine(parse_policy(text, kind="toml").policy)
+
+
+def test_an_acknowledgement_the_log_would_mask_is_refused_not_recorded_unverifiable(
+    engine: Engine, service: VaultService
+) -> None:
+    officer = new_software_officer("officer-numbered")
+    policy = _policy(officer)
+    service.keyring.registry.adopt_if_empty()
+    custody = Custody(engine, service.keyring.registry, lambda: policy)
+    statement = custody.statement_for(NUMBERED)
+    signature = base64.b64encode(officer.sign(statement.encode())).decode()
+    refused: CustodyStatementInvalid | None = None
+    try:
+        custody.acknowledge(NUMBERED, statement, signature)
+    except CustodyStatementInvalid as exc:
+        refused = exc
+    if refused is None:
+        recorded = [a["statement"] for a in custody.acknowledgements()]
+        with engine.connect() as connection:
+            gate = custody_refusal(connection, policy, NUMBERED, unsigned=False)
+        pytest.fail(
+            f"recorded as {recorded}, not the statement signed ({statement}); "
+            f"the gate then says: {gate}"
+        )
+    assert "identity" in str(refused)
+    assert custody.acknowledgements() == []
