@@ -369,12 +369,16 @@ class _Pooled:
 def _trust_of(route: RelayRoute) -> tuple[Any, ...]:
     """What a route's client is built from: its CA bundle, the bundle file as it is on
     disk now (a `stat` per relay; replaced in place, it is read again) and its step
-    timeout. A bundle that cannot be read is built from, and fails, closed."""
+    timeout. A bundle that cannot be read is built from, and fails, closed. Its change
+    time too: a bundle rewritten in place at its old size with its modification time
+    kept (``cp -p``, ``touch -r``) looked unchanged, and the card went on over the old
+    trust (review 35); no user tool sets the change time."""
     signature: tuple[int, ...] | None = None
     if route.ca_bundle:
         with contextlib.suppress(OSError):
             found = os.stat(route.ca_bundle)
-            signature = (found.st_dev, found.st_ino, found.st_mtime_ns, found.st_size)
+            signature = (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
+            signature += (found.st_ctime_ns,)
     return (route.ca_bundle, signature, route.timeout_seconds)
 
 
