@@ -67,6 +67,29 @@ def custody_statement(identity: str, role: str, keys: list[str], on: date) -> by
     )
 
 
+_FIELDS: Final = frozenset({"type", "identity", "role", "keys", "date", "text"})
+
+
+def is_custody_statement(text: str) -> bool:
+    """Whether `text` is a custody statement as `custody_statement` makes one: canonical
+    JSON of its six fields, this `STATEMENT_TYPE` and `STATEMENT_TEXT`. The only text an
+    officer's token signs for `cofre keys acknowledge-custody`: that key is also their
+    second factor, and review 35 had a vault node its operator controls send an
+    approval's signature base as "the statement", which the token signed, a proof of an
+    approval the officer never saw (`vault.approval_proof`). No signature base is JSON."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(data, dict) or set(data) != _FIELDS:
+        return False
+    if data["type"] != STATEMENT_TYPE or data["text"] != STATEMENT_TEXT:
+        return False
+    # `canonical` writes ASCII: the text must be those very bytes (an unpaired surrogate,
+    # which has no UTF-8, is not).
+    return canonical(data) == text.encode("utf-8", "surrogatepass")
+
+
 class Custody:
     """Records and lists custodians' signed acknowledgements."""
 

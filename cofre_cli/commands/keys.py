@@ -190,12 +190,19 @@ def keys_acknowledge_custody(
     from cofre.errors import ConfigurationError
     from cofre_cli._shared import cli_settings
     from cofre_cli.officer_token import find_token, signer_for
+    from vault.custody import is_custody_statement
 
     token = find_token(cli_settings(), officer)
     if token is None:
         raise ConfigurationError(f"no token for {officer}: the statement is signed with it")
     with admin_client(officer, cert, key) as client:
         statement = admin_call(client, "GET", "/v1/admin/keys/custody/statement")["statement"]
+        if not isinstance(statement, str) or not is_custody_statement(statement):
+            # The token key is the officer's second factor too: signing what a vault node
+            # sends would sign a ceremony action for whoever controls it (review 35).
+            raise ConfigurationError(
+                "the vault sent something that is not a key custody statement: not signed"
+            )
         typer.echo(statement)
         if not yes and not typer.confirm("Sign this statement with your token?"):
             raise typer.Exit(1)

@@ -8,11 +8,15 @@ cover, which the offline verifier fails for good (check 6b, an append-only log) 
 custody gate never takes as in force, so the officer, told their acknowledgement was
 recorded, was refused every ceremony action all the same. The vault now refuses that
 acknowledgement (422 ``custody_statement_invalid``, nothing recorded) and says why.
+
+And what the officer's CLI agrees to sign with that token key (`is_custody_statement`).
 """
 
 from __future__ import annotations
 
 import base64
+import json
+from datetime import date
 
 import pytest
 from sqlalchemy import Engine
@@ -22,7 +26,7 @@ from policies.loader import parse_policy
 from tests.support.officers import SigningOfficer, new_software_officer
 from tests.vault.conftest import ALICE, TEST_POLICY
 from vault._custody_gate import custody_refusal
-from vault.custody import Custody
+from vault.custody import Custody, canonical, custody_statement, is_custody_statement
 from vault.errors import CustodyStatementInvalid
 from vault.service import VaultService
 
@@ -61,3 +65,28 @@ def test_an_acknowledgement_the_log_would_mask_is_refused_not_recorded_unverifia
         )
     assert "identity" in str(refused)
     assert custody.acknowledgements() == []
+
+
+def test_only_a_canonical_custody_statement_is_one(custody_text: str) -> None:
+    """What `cofre keys acknowledge-custody` agrees to sign (`is_custody_statement`;
+    the CLI attack: tests/cofre_cli/test_rev35_custody_signing.py)."""
+    assert is_custody_statement(custody_text)
+    data = json.loads(custody_text)
+    others = [
+        '"@method": POST\n"@authority": vault.example\n"@path": /v1/admin/keys/rotations',
+        json.dumps(data, indent=1),
+        canonical({**data, "extra": 1}).decode(),
+        canonical({**data, "type": "cofre-key-custody/v0"}).decode(),
+        canonical({**data, "text": "I look after some keys."}).decode(),
+        custody_text.replace("}", ',"identity":"x"}'),
+        custody_text.replace('"date"', '"da\\u0074e"'),
+        "[" * 5000,
+    ]
+    assert [text for text in others if is_custody_statement(text)] == []
+
+
+@pytest.fixture
+def custody_text() -> str:
+    return custody_statement(
+        ALICE, "security_officer", ["cofre-kek-v1"], date(2026, 12, 5)
+    ).decode()
