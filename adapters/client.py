@@ -33,14 +33,30 @@ class CaptureSession:
     capture_origin: str | None
 
 
+def _mtls_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """The adapter's TLS to the vault: the vault verified against `ca` only (never a CA
+    file the environment names), its name checked, TLS 1.2 or newer, the adapter's own
+    certificate, and no key log. `ssl.create_default_context` wrote every session
+    secret to the file ``SSLKEYLOGFILE`` names (review 35: with a capture, the
+    adapter's requests and the vault's answers, the tokens among them, read in clear);
+    `ssl.SSLContext` reads no environment. `cofre.tls.client_context`'s rules, copied:
+    this tier imports nothing of the vault's."""
+    # PROTOCOL_TLS_CLIENT: CERT_REQUIRED and check_hostname are its defaults.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.load_verify_locations(cafile=str(ca))
+    context.load_cert_chain(str(cert), str(key))
+    return context
+
+
 class CofreClient:
     """The vault's API, as this adapter's identity (its certificate's URI SAN)."""
 
     def __init__(
         self, base_url: str, *, cert: Path, key: Path, ca: Path, timeout: float = 15.0
     ) -> None:
-        context = ssl.create_default_context(cafile=str(ca))
-        context.load_cert_chain(str(cert), str(key))
+        context = _mtls_context(cert, key, ca)
         self._http = httpx.Client(base_url=base_url, verify=context, timeout=timeout)
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ not retry against localhost forever. ``OTEL_EXPORTER_OTLP_PROTOCOL`` picks
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -30,6 +31,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from api._otlp_session import otlp_session
 from api.observability import EXPORT_LOGGER
 from cofre.errors import ConfigurationError
 
@@ -65,7 +67,7 @@ def _protocol(signal: str, environ: Mapping[str, str]) -> str:
     return protocol
 
 
-def _exporter(signal: str, protocol: str) -> Any:
+def _exporter(signal: str, protocol: str, environ: Mapping[str, str]) -> Any:
     # Imported on demand: the gRPC stack loads only when it is asked for.
     if protocol == "grpc":
         if signal == "traces":
@@ -90,18 +92,29 @@ def _exporter(signal: str, protocol: str) -> Any:
             OTLPSpanExporter as HTTPSpanExporter,
         )
 
-        return HTTPSpanExporter()
+        return HTTPSpanExporter(session=_session(signal, environ))
     if signal == "metrics":
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415
             OTLPMetricExporter as HTTPMetricExporter,
         )
 
-        return HTTPMetricExporter()
+        return HTTPMetricExporter(session=_session(signal, environ))
     from opentelemetry.exporter.otlp.proto.http._log_exporter import (  # noqa: PLC0415
         OTLPLogExporter as HTTPLogExporter,
     )
 
-    return HTTPLogExporter()
+    return HTTPLogExporter(session=_session(signal, environ))
+
+
+def _session(signal: str, environ: Mapping[str, str]) -> Any:
+    """The OTLP/HTTP exporters' session: no key log, and no CA file from the
+    environment but the collector's own (`api._otlp_session`, review 35)."""
+    try:
+        return otlp_session(signal, environ)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(
+            f"the OTLP collector's CA file cannot be loaded ({type(exc).__name__})"
+        ) from None
 
 
 _SEVERITY: Final = {
@@ -161,16 +174,16 @@ def otlp_from_env(environ: Mapping[str, str]) -> OtlpExport:
     export = OtlpExport()
     if _wanted("traces", environ):
         export.span_processor = BatchSpanProcessor(
-            _exporter("traces", _protocol("traces", environ))
+            _exporter("traces", _protocol("traces", environ), environ)
         )
     if _wanted("metrics", environ):
         export.metric_reader = PeriodicExportingMetricReader(
-            _exporter("metrics", _protocol("metrics", environ))
+            _exporter("metrics", _protocol("metrics", environ), environ)
         )
     if _wanted("logs", environ):
         provider = LoggerProvider()
         provider.add_log_record_processor(
-            BatchLogRecordProcessor(_exporter("logs", _protocol("logs", environ)))
+            BatchLogRecordProcessor(_exporter("logs", _protocol("logs", environ), environ))
         )
         handler = _ExportHandler(provider)
         logger = logging.getLogger(EXPORT_LOGGER)

@@ -19,4 +19,5 @@ __all__ = [
     "origins",
     "redaction",
     "settings",
+    "tls",
 ]

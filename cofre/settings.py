@@ -192,7 +192,7 @@ class WitnessSettings(_Section):
     url: str = Field(min_length=1)
     # Its cosignature/v1 verifier key, pinned: a cosignature by any other key is ignored.
     vkey: str = Field(min_length=1)
-    # For an https URL whose certificate is not under the system's CAs.
+    # For an https URL whose certificate is not under certifi's public CAs.
     ca_file: Path | None = None
 
 

@@ -101,10 +101,9 @@ def officer_signature(keyid: str, sign: Callable[[bytes], bytes]) -> Any:
 
 
 def admin_client(officer: str, cert: Path | None, key: Path | None) -> Any:
-    import ssl
-
     import httpx
 
+    from cofre.tls import client_context
     from cofre_cli.officer_token import find_token, signer_for
     from hsm.errors import HSMAuthFailed, HSMKeyNotFound, HSMUnavailable
 
@@ -117,8 +116,9 @@ def admin_client(officer: str, cert: Path | None, key: Path | None) -> Any:
     for path in (cert, key, ca):
         if not Path(path).is_file():
             raise ConfigurationError(f"not found: {path}")
-    context = ssl.create_default_context(cafile=str(ca))
-    context.load_cert_chain(str(cert), str(key))
+    # Not `ssl.create_default_context`: it writes the session secrets (the signed
+    # requests, what the vault answers) to the file SSLKEYLOGFILE names (review 35).
+    context = client_context(ca, cert=cert, key=key)
     url = f"https://{settings.server.host}:{settings.server.port}"
     # The second factor: NAME's own token signs ceremony actions and exports. Without a
     # token the request goes unsigned and the vault refuses what needs MFA.

@@ -23,6 +23,7 @@ from typing import Any, Final
 import httpcore
 import httpx
 
+from cofre.tls import client_context
 from policies.models import RelayRoute
 from vault._relay_answer import answer_of, read_answer
 from vault.errors import UpstreamBusy, UpstreamTimeout, UpstreamUnavailable
@@ -389,13 +390,10 @@ def _new_client(route: RelayRoute, backend: _DeadlineBackend) -> httpx.Client:
     TLS secrets never in `SSLKEYLOGFILE`'s file (both contexts honour it: with a capture
     of the egress, it read the card; review 34b). An egress proxy from `HTTPS_PROXY` is
     still used: the TLS to the upstream runs through its tunnel, verified as above."""
-    if route.ca_bundle:
-        verify = ssl.create_default_context(cafile=route.ca_bundle)
-    else:
-        verify = httpx.create_ssl_context(trust_env=False)
-    verify.keylog_filename = None  # type: ignore[assignment] # typeshed says str only
     client = httpx.Client(
-        verify=verify,
+        # Review 35: `cofre.tls`'s context, which never opens SSLKEYLOGFILE's file at
+        # all (review 34b's turned the key log off after `ssl` had opened it).
+        verify=client_context(route.ca_bundle or None),
         timeout=route.timeout_seconds,
         follow_redirects=False,
         # Plain bytes: a compressed answer is read whole when decoded.

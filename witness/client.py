@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from cofre.tls import client_context
 from witness.errors import WitnessUnreachable
 
 
@@ -24,9 +25,12 @@ class WitnessAnswer:
     text: str
 
 
-def _trust(ca_file: Path | None) -> ssl.SSLContext | bool:
-    """The system's CAs, or only `ca_file` for a witness with a private CA."""
-    return ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else True
+def _trust(ca_file: Path | None) -> ssl.SSLContext:
+    """Only `ca_file` for a witness with a private CA, else certifi's public CAs: never
+    a CA file the environment names (``SSL_CERT_FILE``, ``SSL_CERT_DIR``, which httpx's
+    own context read: an interception proxy's CA there answered for the witness), and
+    no key log (`cofre.tls`; review 35)."""
+    return client_context(ca_file)
 
 
 def submit_checkpoint(

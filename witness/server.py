@@ -34,6 +34,7 @@ from audit.errors import NoteError
 from audit.note import CosignerKey, VerifierKey
 from cofre.filemodes import refuse_readable_secrets
 from cofre.origins import address_key
+from cofre.tls import server_context
 from witness.core import MAX_BODY, Witness
 from witness.errors import CheckpointConflict, RequestMalformed, WitnessError
 from witness.state import WitnessState
@@ -304,8 +305,9 @@ class WitnessServer:
         if config.tls_cert is not None:
             if config.tls_key is None:
                 raise RequestMalformed("a TLS certificate needs its key")
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(config.tls_cert, config.tls_key)
+            # Not `ssl.create_default_context`: it writes the session secrets to the
+            # file SSLKEYLOGFILE names (review 35).
+            context = server_context(config.tls_cert, config.tls_key)
             # The handshake is the handler's (`_Handler.handle`), never the accept loop's.
             self._http.socket = context.wrap_socket(
                 self._http.socket, server_side=True, do_handshake_on_connect=False
