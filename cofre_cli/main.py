@@ -6,6 +6,7 @@ IN PCI SCOPE (wiring). Secrets are never options: the HSM PIN comes from
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -70,6 +71,11 @@ def _root(
     ] = False,
 ) -> None:
     """Cofre: a PCI-DSS tokenization vault."""
+    # Review 35: the TLS contexts Cofre makes write no key log (`cofre.tls`), but a
+    # library's own do (botocore's: the STS credentials behind RDS IAM tokens, the audit
+    # archive's object store), copying SSLKEYLOGFILE into theirs. Dropped before any
+    # command runs, so neither they nor the processes this one starts see it.
+    os.environ.pop("SSLKEYLOGFILE", None)
 
 
 def main() -> None:
