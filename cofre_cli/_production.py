@@ -1,5 +1,6 @@
 """`cofre serve`'s production checks: what it refuses to serve with unless an insecure
-allowance says otherwise (SQLite, a missing or empty policy, the dev PKI, SoftHSM2).
+allowance says otherwise (SQLite, a missing or empty policy, the dev PKI, SoftHSM2),
+and a database reached over the network without verifying it (no allowance).
 
 IN PCI SCOPE (wiring).
 """
@@ -11,6 +12,7 @@ from pathlib import Path
 import structlog
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from sqlalchemy.engine import make_url
 
 from api.pki import DEV_CA_COMMON_NAME
 from cofre.errors import ConfigurationError
@@ -25,7 +27,8 @@ _log = structlog.get_logger("cofre.vault")
 
 def production_checks(settings: Settings) -> list[str]:
     """Return the insecure allowances in effect, after refusing (`ConfigurationError`)
-    what production must not run with: SQLite, a missing or empty policy (it would
+    what production must not run with: SQLite, a PostgreSQL server reached over the
+    network and not verified (`_unverified_database`), a missing or empty policy (it would
     deny everything while looking healthy), the dev PKI, SoftHSM2 (whose keys are files
     under the PIN, while every document and the evidence say "in the HSM"), known by its
     file name or by what the loaded library says about itself (`_software_token`)."""
@@ -66,6 +69,9 @@ def production_checks(settings: Settings) -> list[str]:
         "allow_dev_pki",
         "the client CA bundle is the dev PKI's",
     )
+    unverified = _unverified_database(settings.database_url)
+    if unverified is not None:
+        refused.append(unverified)
     software = _software_token(settings, allowed_anyway=allow.allow_software_hsm)
     judge(software is not None, allow.allow_software_hsm, "allow_software_hsm", software or "")
     if refused:
@@ -127,6 +133,35 @@ def _software_token(settings: Settings, *, allowed_anyway: bool) -> str | None:
             "a software token, not an HSM"
         )
     return None
+
+
+_LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1"})
+
+
+def _unverified_database(url: str) -> str | None:
+    """Why the PostgreSQL URL `url` leaves the server it reaches over the network
+    unverified, or None. Review 35: only RDS IAM authentication required
+    ``sslmode=verify-full``; psycopg's default (``prefer``) checks no certificate and
+    falls back to clear text, so anyone in the path read and changed the store and the
+    audit log. ``verify-full`` without ``sslrootcert`` (or with ``system``) trusts the
+    CA file ``PGSSLROOTCERT`` or OpenSSL's ``SSL_CERT_FILE`` names, not a pinned one.
+    Loopback and a Unix socket are no network path. No allowance: a vault whose
+    database answers for anyone in the path is not one to serve, even for a demo."""
+    if not url.startswith("postgresql"):
+        return None
+    parsed = make_url(url)
+    named = [parsed.host or "", *(str(parsed.query.get(key, "")) for key in ("host", "hostaddr"))]
+    hosts = {h.strip("[]") for value in named for h in value.split(",")}
+    remote = sorted(h for h in hosts if h not in _LOCAL_HOSTS and not h.startswith("/"))
+    if not remote:
+        return None
+    pinned = str(parsed.query.get("sslrootcert", "")) not in {"", "system"}
+    if parsed.query.get("sslmode") == "verify-full" and pinned:
+        return None
+    return (
+        f"the database URL does not verify {', '.join(remote)}: add "
+        "sslmode=verify-full&sslrootcert=<the database CA's file> to it"
+    )
 
 
 def _holds_dev_ca(ca_bundle: Path | None) -> bool:
