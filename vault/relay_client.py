@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -295,6 +295,26 @@ class RelayClient:
             self._retired.append(pooled)
         else:
             pooled.client.close()
+
+    def retire_stale(self, routes: Mapping[str, RelayRoute]) -> None:
+        """Retire (`_retire`) the client of each route `routes` (the policy now in force)
+        no longer has, or has with another trust (`_trust_of`). Review 35: only a
+        route's next relay retired its client, and a route a reload removed has none,
+        so its connections to an upstream the policy no longer names stayed open until
+        the vault stopped."""
+        with self._lock:
+            built = dict(self._clients)
+        # Outside the lock: `_trust_of` reads the bundle files' `stat`.
+        stale = {
+            name: pooled
+            for name, pooled in built.items()
+            if name not in routes or _trust_of(routes[name]) != pooled.trust
+        }
+        with self._lock:
+            for name, pooled in stale.items():
+                # A relay may have replaced it meanwhile: only the client judged goes.
+                if self._clients.get(name) is pooled:
+                    self._retire(self._clients.pop(name))
 
     def send(self, name: str, route: RelayRoute, body: Any) -> RelayResult:
         """Send `body` (with PANs) to the route's upstream; return its status and body.

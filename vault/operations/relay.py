@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 
 from audit.log import AuditEvent, DetailValue, Outcome
 from cofre.errors import CofreError
+from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied, RateLimited
 from policies.models import Action, CardPointers, IdentityPolicy, RelayRoute
 from vault.card import format_expiry
@@ -72,6 +73,15 @@ class _Sent:
 
 class RelayOperations(TokenizeOperations):
     """Relay operations of the vault."""
+
+    def replace_policy(
+        self, policy: PolicyEngine, *, actor: str, source: str, text: str | None = None
+    ) -> None:
+        """`VaultCore.replace_policy`, then the relay clients of the routes the new
+        policy removed, or whose trust it changed, retired at once (review 35: kept
+        open, with their connections, until the vault stopped)."""
+        super().replace_policy(policy, actor=actor, source=source, text=text)
+        self._relay_client.retire_stale(policy.policy.relay_routes)
 
     def relay(self, ctx: CallContext, route_name: str, body: Any) -> RelayResult:
         """Send `body` to the route's upstream with the tokens at the route's pointers
