@@ -25,18 +25,24 @@ import json
 import os
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from adapters.client import CofreClient
+from adapters.errors import AdapterError
 from api.otlp import otlp_from_env
 from api.pki import DevPKI, ensure_dev_pki
 from audit.note import CosignerKey
 from cofre_cli._shared import admin_client
+from policies.models import RelayRoute
+from tests.support.certificates import issue_odd_client
 from tests.support.tls_peer import TlsPeer, key_log_secrets, running_peer
+from vault.errors import UpstreamUnavailable
+from vault.relay_client import RelayClient
 from witness.client import latest_checkpoint, submit_checkpoint
 from witness.errors import WitnessUnreachable
 from witness.server import WitnessConfig, WitnessServer
@@ -210,3 +216,64 @@ def test_the_otlp_exporter_ignores_ca_bundles_the_environment_names(
     with running_peer(pki, content_type="application/x-protobuf", body=b"") as peer:
         _export_one_span(peer, monkeypatch, **extra)
         assert peer.received == []
+
+
+@pytest.fixture
+def misnamed_peer(pki: DevPKI, tmp_path: Path) -> Iterator[TlsPeer]:
+    """A peer whose certificate the trusted CA issued, for a name that is not the one
+    dialled (127.0.0.1): only the hostname check refuses it."""
+    cert, key, _ = issue_odd_client(
+        pki, tmp_path, "misnamed", ["spiffe://cofre/misnamed"], client_auth=False
+    )
+    with running_peer(pki, cert=cert, key=key, body=b"{}") as peer:
+        yield peer
+
+
+def _refused(call: Callable[[], object]) -> None:
+    with pytest.raises((AdapterError, httpx.HTTPError, WitnessUnreachable, UpstreamUnavailable)):
+        call()
+
+
+def test_every_client_checks_the_peers_name(
+    pki: DevPKI, misnamed_peer: TlsPeer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pin: each client context verifies the name it dials, not only the chain."""
+    adapter = pki.client_cert("getnet-adapter"), pki.client_key("getnet-adapter")
+    with CofreClient(misnamed_peer.url, cert=adapter[0], key=adapter[1], ca=pki.ca) as client:
+        _refused(lambda: client.detokenize_masked("tok_rev35"))
+    _refused(lambda: submit_checkpoint(misnamed_peer.url, b"checkpoint", ca_file=pki.ca))
+    relay = RelayClient()
+    route = RelayRoute(
+        upstream=f"{misnamed_peer.url}/v1/authorize",
+        identities=frozenset({"spiffe://cofre/getnet-adapter"}),
+        ca_bundle=str(pki.ca),
+        timeout_seconds=10,
+    )
+    try:
+        _refused(lambda: relay.send("misnamed", route, {"amount": "1.00"}))
+    finally:
+        relay.close()
+    config = tmp_path / "cofre.toml"
+    config.write_text("")
+    for name, value in {
+        "COFRE_CONFIG": str(config),
+        "COFRE_DATA_DIR": str(tmp_path / "data"),
+        "COFRE_SERVER__HOST": "127.0.0.1",
+        "COFRE_SERVER__PORT": str(misnamed_peer.port),
+        "COFRE_SERVER__CA_BUNDLE": str(pki.ca),
+    }.items():
+        monkeypatch.setenv(name, value)
+    officer = admin_client(
+        "officer-alice", pki.client_cert("officer-alice"), pki.client_key("officer-alice")
+    )
+    try:
+        _refused(lambda: officer.get("/v1/keys"))
+    finally:
+        officer.close()
+    _export_one_span(
+        misnamed_peer,
+        monkeypatch,
+        OTEL_EXPORTER_OTLP_CERTIFICATE=str(pki.ca),
+        OTEL_EXPORTER_OTLP_TIMEOUT="2",
+    )
+    assert misnamed_peer.received == []

@@ -25,6 +25,10 @@ class TlsPeer:
     status: int = 200
     content_type: str = "application/json"
     body: bytes = b"{}"
+    # Another certificate and key than the PKI's server pair (a name the client dials
+    # is not on it, say).
+    cert: Path | None = None
+    key: Path | None = None
     # (method, path) of each request that arrived whole.
     received: list[tuple[str, str]] = field(default_factory=list)
     port: int = 0
@@ -48,7 +52,9 @@ class TlsPeer:
             do_GET = do_POST = _answer  # noqa: N815 - BaseHTTPRequestHandler's names
 
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(str(self.pki.server_cert), str(self.pki.server_key))
+        context.load_cert_chain(
+            str(self.cert or self.pki.server_cert), str(self.key or self.pki.server_key)
+        )
         if self.client_ca is not None:
             context.verify_mode = ssl.CERT_REQUIRED
             context.load_verify_locations(cafile=str(self.client_ca))
