@@ -9,6 +9,8 @@ and every span and log line were read on the way). This session's connections us
 context of `cofre.tls.client_context`: the collector's CA that
 ``OTEL_EXPORTER_OTLP_[SIGNAL_]CERTIFICATE`` names, else certifi's, and no key log. An
 ``HTTPS_PROXY`` is still used: a CONNECT tunnel, the TLS to the collector inside it.
+A session from ``OTEL_PYTHON_EXPORTER_OTLP_HTTP_<SIGNAL>_CREDENTIAL_PROVIDER`` is not:
+it would bring TLS of its own.
 """
 
 from __future__ import annotations

@@ -199,6 +199,22 @@ def test_the_otlp_exporter_writes_no_key_log(
     assert key_log_secrets(keylog) == []
 
 
+def test_the_otlp_exporter_still_presents_its_client_certificate(
+    pki: DevPKI, mtls_peer: TlsPeer, keylog: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collector that asks for mutual TLS gets the exporter's certificate, through the
+    context `api._otlp_session` gives every connection."""
+    _export_one_span(
+        mtls_peer,
+        monkeypatch,
+        OTEL_EXPORTER_OTLP_CERTIFICATE=str(pki.ca),
+        OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE=str(pki.client_cert("getnet-adapter")),
+        OTEL_EXPORTER_OTLP_CLIENT_KEY=str(pki.client_key("getnet-adapter")),
+    )
+    assert mtls_peer.received == [("POST", "/v1/traces")]
+    assert key_log_secrets(keylog) == []
+
+
 @pytest.mark.parametrize("pinned", [False, True])
 def test_the_otlp_exporter_ignores_ca_bundles_the_environment_names(
     pinned: bool, pki: DevPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
