@@ -1,5 +1,5 @@
-"""The TLS contexts Cofre builds itself: as a client (the officers' CLI, the witness
-client, the OTLP exporter) and as a server (the witness).
+"""The TLS contexts Cofre builds itself: as a client (the relay, the officers' CLI, the
+witness client, the OTLP/HTTP exporter) and as a server (the witness).
 
 IN PCI SCOPE. Each context verifies its peer's certificate and name, speaks TLS 1.2 or
 newer, trusts the CA file its configuration names (else certifi's public CAs), never a
@@ -10,8 +10,8 @@ leftover, a base image's default), every session secret of the process went in c
 to the file it names, and with a capture of the traffic anyone who read it read the
 officers' MFA-signed requests and what they returned (review 35). The contexts are
 made with `ssl.SSLContext` itself, which reads no environment, so no such file is even
-created. The relay's contexts (`vault.relay_client`) follow the same rules; the
-adapter tier's (`adapters.client`) copies them, as it imports nothing of ours.
+created. The adapter tier's context (`adapters.client`) copies these rules, as it
+imports nothing of ours; uvicorn makes the vault's listeners' with `ssl.SSLContext` too.
 """
 
 from __future__ import annotations
