@@ -11,12 +11,14 @@ within the bound, and the bytes the app reads are counted against it all the sam
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["declared_length", "framed_within", "limited"]
+__all__ = ["closing", "declared_length", "framed_within", "limited"]
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
+Scope = MutableMapping[str, Any]
+_CLOSE: Final = (b"connection", b"close")
 
 
 class _BodyTooLarge(Exception):
@@ -52,9 +54,8 @@ def framed_within(headers: Mapping[str, str], limit: int) -> bool:
 
 def limited(receive: Receive, state: MutableMapping[str, Any], limit: int) -> Receive:
     """`receive`, raising `_BodyTooLarge` into the app past `limit` bytes of body, and
-    setting ``body_read`` in `state` once the body was read whole
-    (`api._capture_framing.closing`). The mTLS listener's guard bounds its bodies with
-    this too (`api.guard`)."""
+    setting ``body_read`` in `state` once the body was read whole (`closing`). The
+    mTLS listener's guard bounds its bodies with this too (`api.guard`)."""
     received = 0
 
     async def limited_receive() -> Message:
@@ -70,3 +71,15 @@ def limited(receive: Receive, state: MutableMapping[str, Any], limit: int) -> Re
         return message
 
     return limited_receive
+
+
+def closing(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The ``Connection: close`` header when the answer to the request of `scope` must
+    end its connection: it carries ``Transfer-Encoding``, or it announced a body
+    (a ``Content-Length`` other than 0) that was not read whole (``body_read``, set by
+    `limited`). Else nothing: a browser's capture keeps its
+    connection."""
+    names = {name.lower(): value for name, value in scope["headers"]}
+    length = declared_length(names.get(b"content-length", b"").decode("latin-1"))
+    unread = bool(length) and not scope["state"].get("body_read", False)
+    return [_CLOSE] if b"transfer-encoding" in names or unread else []

@@ -12,36 +12,23 @@ answered without reading (a refusal before the app, a page or a preflight sent w
 body, a ``100-continue`` whose body never came): the bytes after the answer were
 parsed by a framing the peer may not share. So the answer to a request that carries
 ``Transfer-Encoding`` (no browser sends one here), or whose announced body was not read
-whole, ends the connection (`closing`).
+whole, ends the connection (`api._capture_body.closing`).
 """
 
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from typing import Any, Final
+from typing import Any
 
 from starlette.responses import Response
 
-from api._capture_body import declared_length, framed_within
+from api._capture_body import framed_within
 from api._capture_headers import security_headers
 from api.guard import problem_for
 
-__all__ = ["closing", "reject_early"]
+__all__ = ["reject_early"]
 
 Scope = MutableMapping[str, Any]
-_CLOSE: Final = (b"connection", b"close")
-
-
-def closing(scope: Scope) -> list[tuple[bytes, bytes]]:
-    """The ``Connection: close`` header when the answer to the request of `scope` must
-    end its connection: it carries ``Transfer-Encoding``, or it announced a body
-    (a ``Content-Length`` other than 0) that was not read whole (``body_read``, set by
-    `api._capture_body.limited`). Else nothing: a browser's capture keeps its
-    connection."""
-    names = {name.lower(): value for name, value in scope["headers"]}
-    length = declared_length(names.get(b"content-length", b"").decode("latin-1"))
-    unread = bool(length) and not scope["state"].get("body_read", False)
-    return [_CLOSE] if b"transfer-encoding" in names or unread else []
 
 
 def reject_early(scope: Scope, request_id: str, limit: int) -> Response | None:

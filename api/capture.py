@@ -37,8 +37,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from api._capture_assets import _hosted_fields_page, asset, sri_hash
-from api._capture_body import limited
-from api._capture_framing import closing, reject_early
+from api._capture_body import closing, limited
+from api._capture_framing import reject_early
 from api._capture_headers import BASE_CSP, cors_headers, readable_by, security_headers
 from api._capture_server import build_capture_server
 from api._capture_slots import CaptureSlots
