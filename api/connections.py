@@ -22,7 +22,6 @@ answers one with ``Connection: close`` when it is busier than another worker
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -31,17 +30,10 @@ from typing import Any, Final
 import h11
 import structlog
 
+from api._connection_limits import ConnectionLimits
 from api.balance import WorkerLoads
-from api.errors import IdentityMissing
 from api.problems import PROBLEM_JSON, PROBLEMS, TYPE_BASE
-from api.tls import (
-    TLSIdentityH11Protocol,
-    TLSIdentityHttpToolsProtocol,
-    certificate_summary,
-    identity_from_pem,
-    tls_extension,
-)
-from cofre.origins import address_key
+from api.tls import TLSIdentityH11Protocol, TLSIdentityHttpToolsProtocol
 
 _log = structlog.get_logger("cofre.api.connections")
 # What uvicorn's h11 allows for a request head (``h11_max_incomplete_event_size``).
@@ -78,71 +70,6 @@ def _problem_400(code: str) -> bytes:
 class _HeadTooLarge(Exception):
     """Stops llhttp inside a callback (a signal that never leaves this module: httptools
     wraps it in the parser error that uvicorn answers)."""
-
-
-class _Limits:
-    """The per-identity cap and the read deadline, for either protocol class (the
-    protocol passes itself: uvicorn's ``connections``, ``loop``, ``transport`` and
-    ``client``)."""
-
-    def __init__(self, protocol: Any, limits: type[Any]) -> None:
-        self.protocol = protocol
-        self.limits = limits
-        self.identity: str | None = None
-        self.key: str | None = None  # what the cap counts the connection as
-        self.deadline: asyncio.TimerHandle | None = None
-        self.phase = ""
-
-    def admit(self, transport: Any) -> bool:
-        """Note the connection's identity; False (and the connection closed) when the
-        identity already holds its share of connections. Where clients have no
-        certificate (the capture listener, `by_address`), the share is per client
-        address (IPv6 by its /64): one host's slow connections, each within the read
-        deadlines, were bounded by nothing else (the capture review)."""
-        self.identity = self.key = _identity(transport)
-        if self.key is None and self.limits.by_address:
-            peer = transport.get_extra_info("peername")
-            self.key = f"address {address_key(str(peer[0]))}" if peer else None
-        if self.key is not None:
-            same = sum(
-                1
-                for other in self.protocol.connections
-                if getattr(other, "cofre_connection_key", None) == self.key
-            )
-            if same > self.limits.max_connections_per_identity:
-                _log.warning(
-                    "connection refused: too many connections for this identity",
-                    identity=self.key,
-                    limit=self.limits.max_connections_per_identity,
-                )
-                transport.close()
-                return False
-        return True
-
-    def arm(self, phase: str) -> None:
-        self.disarm()
-        seconds = self.limits.header_timeout if phase == "headers" else self.limits.body_timeout
-        self.phase = phase
-        self.deadline = self.protocol.loop.call_later(seconds, self._expire, phase)
-
-    def disarm(self) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-        self.deadline, self.phase = None, ""
-
-    def _expire(self, phase: str) -> None:
-        self.deadline, self.phase = None, ""
-        transport = self.protocol.transport
-        if transport.is_closing():
-            return
-        client = self.protocol.client
-        _log.warning(
-            "connection closed: request not read in time",
-            phase=phase,
-            identity=self.identity,
-            peer=f"{client[0]}:{client[1]}" if client else None,
-        )
-        transport.close()
 
 
 class _Requests:
@@ -230,7 +157,7 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
     max_header_bytes: int = MAX_HEADER_BYTES
     loads: WorkerLoads | None = None
 
-    _guard: _Limits
+    _guard: ConnectionLimits
     _requests: _Requests
 
     @property
@@ -242,7 +169,7 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
         return self._guard.key
 
     def connection_made(self, transport: Any) -> None:
-        self._guard = _Limits(self, type(self))
+        self._guard = ConnectionLimits(self, type(self))
         self._requests = _Requests(self.loads, lambda: bool(self.conn.trailing_data[0]))
         super().connection_made(transport)
         if self._guard.admit(transport):
@@ -319,7 +246,7 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
     max_header_bytes: int = MAX_HEADER_BYTES
     loads: WorkerLoads | None = None
 
-    _guard: _Limits
+    _guard: ConnectionLimits
     _requests: _Requests
     _head_bytes: int = 0
     _in_head: bool = False
@@ -347,7 +274,7 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
         return self._guard.key
 
     def connection_made(self, transport: Any) -> None:
-        self._guard = _Limits(self, type(self))
+        self._guard = ConnectionLimits(self, type(self))
         self._requests = _Requests(self.loads, lambda: bool(self.pipeline))
         super().connection_made(transport)
         if self._guard.admit(transport):
@@ -540,20 +467,6 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
 def _answered(cycle: Any) -> bool:
     """No request, or its answer sent (uvicorn's ``cycle`` is None before the first)."""
     return cycle is None or bool(cycle.response_complete)
-
-
-def _identity(transport: Any) -> str | None:
-    extension = tls_extension(transport.get_extra_info("ssl_object"))
-    chain = (extension or {}).get("client_cert_chain") or []
-    if not chain:
-        return None
-    try:
-        return identity_from_pem(chain[0])
-    except IdentityMissing:
-        # Answered 401 by the app, but the connection is held all the same: capped per
-        # certificate (its SHA-256 fingerprint), or one such certificate would open
-        # connections without bound.
-        return "unidentified:" + certificate_summary(chain[0])[2]
 
 
 def guarded_protocol(
