@@ -21,6 +21,7 @@ __all__ = [
     "address_key",
     "every_interface",
     "ipv6_text",
+    "listener_origin",
     "normalize_origin",
 ]
 
@@ -167,3 +168,32 @@ def every_interface(host: str) -> bool:
 
 
 LOOPBACK_ADDRESSES: Final = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+
+
+def listener_origin(host: str, port: int | None) -> str:
+    """The https origin browsers see a listener on `host`:`port` at (``localhost`` for a
+    loopback address; moved from `cofre.settings.CaptureSettings.origin`)."""
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        try:  # 127.1, 0x7f.0.0.1: the address getaddrinfo binds (as every_interface)
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            address = None
+    if host == "localhost" or address in LOOPBACK_ADDRESSES:
+        host = "localhost"
+    elif address is not None:
+        # As a browser serialises the origin it sends (WHATWG URL), an IPv6
+        # literal bracketed (RFC 3986 3.2.2). A zone id is kept (`ipv6_text` drops
+        # it): no browser sends one, and the vault's check refuses it at start
+        # rather than serve an origin no one could reach.
+        if isinstance(address, ipaddress.IPv6Address):
+            zone = "" if address.scope_id is None else f"%{address.scope_id}"
+            host = f"[{ipv6_text(address)}{zone}]"
+        else:
+            host = str(address)
+    else:
+        host = host.lower()  # a browser's Origin spells the host in lower case
+    # ... and leaves out the scheme's default port (RFC 6454 6.1).
+    return f"https://{host}" if port == 443 else f"https://{host}:{port}"

@@ -10,9 +10,7 @@ command lines are visible to every user of the machine through ``/proc``.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -30,7 +28,7 @@ from sqlalchemy.exc import ArgumentError
 
 from cofre._secret_file import _read_secret_file
 from cofre.errors import ConfigurationError
-from cofre.origins import LOOPBACK_ADDRESSES, every_interface, ipv6_text
+from cofre.origins import every_interface, listener_origin
 
 DEFAULT_SOFTHSM_LIBRARY = Path("/usr/lib/softhsm/libsofthsm2.so")
 
@@ -410,31 +408,7 @@ class CaptureSettings(_Section):
         """This listener's public origin."""
         if self.public_origin is not None:
             return self.public_origin.rstrip("/")
-        host = self.host
-        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            try:  # 127.1, 0x7f.0.0.1: the address getaddrinfo binds (as every_interface)
-                address = ipaddress.IPv4Address(socket.inet_aton(host))
-            except OSError:
-                address = None
-        if host == "localhost" or address in LOOPBACK_ADDRESSES:
-            host = "localhost"
-        elif address is not None:
-            # As a browser serialises the origin it sends (WHATWG URL), an IPv6
-            # literal bracketed (RFC 3986 3.2.2). A zone id is kept (`ipv6_text` drops
-            # it): no browser sends one, and the vault's check refuses it at start
-            # rather than serve an origin no one could reach.
-            if isinstance(address, ipaddress.IPv6Address):
-                zone = "" if address.scope_id is None else f"%{address.scope_id}"
-                host = f"[{ipv6_text(address)}{zone}]"
-            else:
-                host = str(address)
-        else:
-            host = host.lower()  # a browser's Origin spells the host in lower case
-        # ... and leaves out the scheme's default port (RFC 6454 6.1).
-        return f"https://{host}" if self.port == 443 else f"https://{host}:{self.port}"
+        return listener_origin(self.host, self.port)
 
 
 class Settings(BaseSettings):
