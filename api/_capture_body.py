@@ -77,8 +77,9 @@ def closing(scope: Scope) -> list[tuple[bytes, bytes]]:
     """The ``Connection: close`` header when the answer to the request of `scope` must
     end its connection: it carries ``Transfer-Encoding``, or it announced a body
     (a ``Content-Length`` other than 0) that was not read whole (``body_read``, set by
-    `limited`). Else nothing: a browser's capture keeps its
-    connection."""
+    `limited`). Else nothing: a browser's capture, and an API client's request
+    whose body was read, keep their connection. Both listeners' guards call it
+    (`api.capture`, `api.guard`: session 35)."""
     names = {name.lower(): value for name, value in scope["headers"]}
     length = declared_length(names.get(b"content-length", b"").decode("latin-1"))
     unread = bool(length) and not scope["state"].get("body_read", False)

@@ -19,7 +19,9 @@ against the CRL in force only, and neither audited nor limited unless refused by
    request of an officer or auditor; while it is empty the caller is answered 429
    before anything else, and those answers are counted in the audit log rather than
    written one by one (`api.refusals`);
-6. one log line, span and metric (route template only, never the raw path).
+6. one log line, span and metric (route template only, never the raw path);
+7. an answer to a request whose announced body was not read whole, or that carried
+   ``Transfer-Encoding``, ends its connection (`_closing`, session 35).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from api._capture_body import declared_length, limited
+from api._capture_body import closing, declared_length, limited
 from api.crl import RevokedCertificates
 from api.errors import CertificateRevoked, CrlExpired, IdentityMissing
 from api.observability import Telemetry, method_name
@@ -128,10 +130,11 @@ class RequestGuard:
                         written = await self._record_outcome(scope, status, request_id)
                         if not written and held is not None:
                             self._count_held(scope)
-                    message.setdefault("headers", [])
+                    headers = message.setdefault("headers", [])
                     message["headers"] = [
-                        *message["headers"],
+                        *headers,
                         (b"x-request-id", request_id.encode()),
+                        *_closing(scope, headers),
                     ]
                 await send(message)
 
@@ -369,6 +372,22 @@ def _refusal_key(scope: Scope) -> str | None:
     if pem is None:
         return None
     return unauthenticated_key(certificate_summary(pem)[2])
+
+
+def _closing(scope: Scope, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """`api._capture_body.closing` for the mTLS listener, unless the answer's `headers`
+    already name the connection (a revoked certificate's, an interrupted request's).
+    Session 35: a proxy in front (the adapter tier, haproxy's ``http-reuse``) sends
+    many clients' requests down one connection; an answer with the body unread (413,
+    415, a refusal before the app, a route that reads none, ``Expect: 100-continue``
+    whose body never comes) or a request with ``Transfer-Encoding`` left the bytes
+    after it to a framing the proxy may not share: the next request, another client's,
+    was read as this one's body (request smuggling, as review 34 found on the capture
+    listener)."""
+    close = closing(scope)
+    if close and any(name.lower() == b"connection" for name, _ in headers):
+        return []
+    return close
 
 
 def _request_id(supplied: str) -> str:
