@@ -22,6 +22,16 @@
   var secret = null;
   var busy = false;
   var done = false;
+  // A capture the vault refused before it did anything (its share of the database in
+  // use, 503 capture_busy; a rate limit, 429 rate_limited) is sent again after the
+  // Retry-After it names, the card kept in the fields: at most RETRY_ATTEMPTS tries,
+  // their waits RETRY_BUDGET_SECONDS together at most (a longer Retry-After is not
+  // waited for). Nothing else is sent again: after a network error or any other answer
+  // the vault may have taken the card, and a second capture is no replay (it spends
+  // another use of the session, or is refused capture_session_used, the token lost).
+  var RETRY_ATTEMPTS = 4;
+  var RETRY_BUDGET_SECONDS = 10;
+  var retryTimer = null;
 
   if (codeRule === "forbidden") {
     document.getElementById("code-field").classList.add("hidden");
@@ -66,28 +76,60 @@
     if (busy || done || secret === null) { return; }
     busy = true;
     statusLine.textContent = "";
+    send(1, 0);
+  }
+
+  function cardBody() {
     var body = { secret: secret, number: digits(number.value) };
     if (expiry.value.trim()) { body.expiry = expiry.value.trim(); }
     if (codeRule !== "forbidden" && code.value.trim()) { body.security_code = code.value.trim(); }
     if (name.value.trim()) { body.name = name.value.trim(); }
+    return body;
+  }
+
+  // Whole seconds only (the vault sends them); an HTTP date or nothing: one second.
+  function retryAfter(response) {
+    var text = (response.headers.get("retry-after") || "").trim();
+    return /^[0-9]{1,5}$/.test(text) ? Math.max(1, Number(text)) : 1;
+  }
+
+  function refusedBeforeWork(status, answer) {
+    return (status === 503 && answer.code === "capture_busy") ||
+      (status === 429 && answer.code === "rate_limited");
+  }
+
+  function send(attempt, waited) {
     fetch("/v1/capture/" + session, {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify(body),
+      body: JSON.stringify(cardBody()),
       credentials: "omit",
       cache: "no-store",
       referrerPolicy: "no-referrer"
     }).then(function (response) {
-      return response.json().then(function (answer) { return { ok: response.ok, answer: answer }; });
+      return response.json().then(function (answer) {
+        return { ok: response.ok, status: response.status, answer: answer, wait: retryAfter(response) };
+      });
     }).then(function (result) {
-      busy = false;
       var answer = result.answer || {};
       if (result.ok) {
+        busy = false;
         done = true;
         clearCard();
         tell({ type: "token", token: answer.token, format: answer.format,
                masked_pan: answer.masked_pan, expiry: answer.expiry });
+      } else if (refusedBeforeWork(result.status, answer) && attempt < RETRY_ATTEMPTS &&
+                 waited + result.wait <= RETRY_BUDGET_SECONDS) {
+        statusLine.textContent = "The card service is busy: trying again in " + result.wait +
+          " s (" + attempt + " of " + (RETRY_ATTEMPTS - 1) + ")";
+        // A little spread, so the shoppers refused in one spike do not all come back at once.
+        retryTimer = window.setTimeout(function () {
+          retryTimer = null;
+          statusLine.textContent = "Trying again";
+          send(attempt + 1, waited + result.wait);
+        }, result.wait * 1000 + Math.floor(Math.random() * 500));
       } else {
+        busy = false;
         statusLine.textContent = answer.title || "The card was not accepted";
         tell({ type: "error", code: answer.code, title: answer.title, status: answer.status });
       }
@@ -112,7 +154,17 @@
   // The page leaves (another page, a link, the tab closed): the browser may keep it
   // whole for Back (its back/forward cache), the typed card with it (review 34).
   // "pagehide", not "unload": it leaves the cache usable.
-  window.addEventListener("pagehide", function () { clearCard(); name.value = ""; });
+  // A retry waiting is dropped with the card: nothing is sent from a page left.
+  window.addEventListener("pagehide", function () {
+    if (retryTimer !== null) {
+      window.clearTimeout(retryTimer);
+      retryTimer = null;
+      busy = false;
+      statusLine.textContent = "";
+    }
+    clearCard();
+    name.value = "";
+  });
   form.addEventListener("submit", function (event) { event.preventDefault(); submit(); });
   form.addEventListener("input", function () { tell({ type: "change", complete: complete() }); });
   expiry.addEventListener("input", function () {
