@@ -35,12 +35,16 @@ def build_capture_server(
     body_timeout: float = 10.0,
     telemetry: Telemetry | None = None,
     max_connections_per_address: int = 256,  # a carrier's NAT holds many shoppers
+    max_connections: int = 1024,
 ) -> ManagedServer:
     """A configured (not started) uvicorn server for the capture listener: server TLS
     only (no client certificate is asked for: browsers have none), TLS 1.2 or newer
     with forward-secret AEAD suites, the same handshake and read deadlines as the mTLS
     listener. Its failed handshakes are logged and, with `telemetry`, counted as the
-    ``capture`` listener's (it runs on a loop of its own).
+    ``capture`` listener's (it runs on a loop of its own). It holds at most
+    `max_connections_per_address` connections of a client address (IPv6: of a /64) and
+    `max_connections` in all: it shares its process's file descriptors with the mTLS
+    listener (session 35).
 
     Raises `ApiError` when a TLS file is missing.
     """
@@ -56,6 +60,7 @@ def build_capture_server(
             body_timeout=body_timeout,
             max_connections_per_identity=max_connections_per_address,
             by_address=True,  # no client certificates here
+            max_connections=max_connections,
             # Browsers, not a hot path: the parser its tests were written against.
             http="h11",
         ),

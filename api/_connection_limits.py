@@ -39,7 +39,14 @@ class ConnectionLimits:
         identity already holds its share of connections. Where clients have no
         certificate (the capture listener, `by_address`), the share is per client
         address (IPv6 by its /64): one host's slow connections, each within the read
-        deadlines, were bounded by nothing else (the capture review)."""
+        deadlines, were bounded by nothing else (the capture review). A listener with
+        ``max_connections`` (the capture listener's) holds no more in all: from many
+        addresses, they took the process's file descriptors, the mTLS API's too."""
+        total = self.limits.max_connections  # the listener's in all (session 35)
+        if total is not None and len(self.protocol.connections) > total:
+            _log.warning("connection refused: the listener holds its most", limit=total)
+            transport.close()
+            return False
         self.identity = self.key = _identity(transport)
         if self.key is None and self.limits.by_address:
             peer = transport.get_extra_info("peername")

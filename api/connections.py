@@ -153,6 +153,7 @@ class GuardedH11Protocol(TLSIdentityH11Protocol):
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections_per_identity: int = 2000
+    max_connections: int | None = None
     by_address: bool = False
     max_header_bytes: int = MAX_HEADER_BYTES
     loads: WorkerLoads | None = None
@@ -242,6 +243,7 @@ class GuardedHttpToolsProtocol(TLSIdentityHttpToolsProtocol):
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections_per_identity: int = 2000
+    max_connections: int | None = None
     by_address: bool = False
     max_header_bytes: int = MAX_HEADER_BYTES
     loads: WorkerLoads | None = None
@@ -477,11 +479,13 @@ def guarded_protocol(
     http: str = "httptools",
     loads: WorkerLoads | None = None,
     by_address: bool = False,
+    max_connections: int | None = None,
 ) -> type[GuardedHttpToolsProtocol | GuardedH11Protocol]:
     """The protocol class for uvicorn's ``http=`` setting, with these limits: `http` is
     ``httptools`` (llhttp, the default) or ``h11`` (pure Python, slower); `loads` is a
     worker's slot in its node's requests in flight (`api.balance`), None alone;
-    `by_address` caps a connection without a certificate per client address."""
+    `by_address` caps a connection without a certificate per client address, and
+    `max_connections` the listener's connections in all (None: no such cap)."""
     base: type[GuardedHttpToolsProtocol | GuardedH11Protocol] = (
         GuardedH11Protocol if http == "h11" else GuardedHttpToolsProtocol
     )
@@ -493,6 +497,7 @@ def guarded_protocol(
             "body_timeout": body_timeout,
             "max_connections_per_identity": max_connections_per_identity,
             "by_address": by_address,
+            "max_connections": max_connections,
             "loads": loads,
         },
     )

@@ -392,6 +392,10 @@ class CaptureSettings(_Section):
     # answered 503 capture_busy. None: `database.pool_size`, half the pool (which holds
     # as many again), so anonymous traffic never holds the mTLS API's connections.
     max_in_flight: int | None = Field(default=None, ge=1, le=400)
+    # Connections the listener holds at once per worker process (at most half the
+    # process's open files: `cofre_cli.capture.capture_connections`); past it a new one
+    # is closed at once. Anonymous connections never take the mTLS API's descriptors.
+    max_connections: int = Field(default=1024, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _reachable_origin(self) -> CaptureSettings:

@@ -7,6 +7,7 @@ mTLS listener, in the same process (`cofre serve`, `cofre dev`), when
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,18 @@ def capture_places(settings: Settings) -> int:
     return places
 
 
+def capture_connections(settings: Settings, open_files: int | None = None) -> int:
+    """The capture listener's connections at once per worker process:
+    `COFRE_CAPTURE__MAX_CONNECTIONS`, or half the process's soft limit of open files
+    (`open_files`; by default read from the process) when that is less. Each connection
+    is a descriptor of the process the mTLS listener, the database pool and the HSM
+    share (session 35): anonymous ones never take more than half."""
+    if open_files is None:
+        open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        open_files = 1 << 30 if open_files == resource.RLIM_INFINITY else open_files
+    return max(1, min(settings.capture.max_connections, open_files // 2))
+
+
 def capture_app(
     settings: Settings, service: VaultService, telemetry: Telemetry | None = None
 ) -> Any:
@@ -116,6 +129,7 @@ def start_capture_listener(
         log_config=log_config(settings.log_level, worker=worker),
         header_timeout=settings.server.header_timeout_seconds,
         telemetry=telemetry,
+        max_connections=capture_connections(settings),
     )
     if worker is not None:
         managed.sockets = bind_reuse_port(capture.host, capture.port)
