@@ -130,11 +130,11 @@ class RequestGuard:
                         written = await self._record_outcome(scope, status, request_id)
                         if not written and held is not None:
                             self._count_held(scope)
-                    headers = message.setdefault("headers", [])
+                    answer = message.setdefault("headers", [])
                     message["headers"] = [
-                        *headers,
+                        *answer,
                         (b"x-request-id", request_id.encode()),
-                        *_closing(scope, headers),
+                        *_closing(scope, headers, limit, answer),
                     ]
                 await send(message)
 
@@ -374,20 +374,35 @@ def _refusal_key(scope: Scope) -> str | None:
     return unauthenticated_key(certificate_summary(pem)[2])
 
 
-def _closing(scope: Scope, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """`api._capture_body.closing` for the mTLS listener, unless the answer's `headers`
-    already name the connection (a revoked certificate's, an interrupted request's).
-    Session 35: a proxy in front (the adapter tier, haproxy's ``http-reuse``) sends
-    many clients' requests down one connection; an answer with the body unread (413,
-    415, a refusal before the app, a route that reads none, ``Expect: 100-continue``
-    whose body never comes) or a request with ``Transfer-Encoding`` left the bytes
-    after it to a framing the proxy may not share: the next request, another client's,
-    was read as this one's body (request smuggling, as review 34 found on the capture
-    listener)."""
+def _closing(
+    scope: Scope, request: dict[str, str], limit: int, answer: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """`api._capture_body.closing` for the mTLS listener (session 35: a proxy in front,
+    the adapter tier or haproxy's ``http-reuse``, sends many clients' requests down one
+    connection; an answer with the body unread or a request with ``Transfer-Encoding``
+    left the bytes after it to a framing the proxy may not share, and the next request,
+    another client's, was read as this one's body), with two exceptions. Nothing when
+    the `answer` already names the connection (a revoked certificate's, an interrupted
+    request's). And nothing for a body the parser reads on and drops by the same
+    framing as any proxy: a ``POST``, ``PUT`` or ``PATCH`` framed by a ``Content-Length``
+    within the guard's `limit` alone, sent without ``Expect: 100-continue`` (so its body
+    comes whatever the answer): closing with its bytes still arriving makes the kernel
+    reset the connection, which can destroy the answer before the client reads it
+    (tests/api/test_balance.py). A body over the limit (413, not read on), a
+    ``100-continue`` whose body may never come, and a body where a method has none
+    (a probe's) still close."""
     close = closing(scope)
-    if close and any(name.lower() == b"connection" for name, _ in headers):
+    if not close or any(name.lower() == b"connection" for name, _ in answer):
         return []
-    return close
+    length = declared_length(request.get("content-length", ""))
+    drained = (
+        scope["method"] in _BODY_METHODS
+        and "transfer-encoding" not in request
+        and "100-continue" not in request.get("expect", "").lower()
+        and length is not None
+        and length <= limit
+    )
+    return [] if drained else close
 
 
 def _request_id(supplied: str) -> str:

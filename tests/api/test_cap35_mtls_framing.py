@@ -9,9 +9,13 @@ haproxy with ``http-reuse always``). The API answered 413 (a body over its limit
 no body, all without reading the body, and kept the connection: with ``Expect:
 100-continue`` the client never sends that body, so the next request on the
 connection (another client's, through the proxy) was read as its bytes, and whatever
-of it went past the announced length as a request of its own. The h11 parser also
-answered a request with both ``Content-Length`` and ``Transfer-Encoding`` and kept the
-connection (framed by its chunks, where a proxy may frame it by its length).
+of it went past the announced length as a request of its own; a probe sent with a body
+(a method some proxies frame without one) and a chunked request were kept too. The h11
+parser also answered a request with both ``Content-Length`` and ``Transfer-Encoding``
+and kept the connection (framed by its chunks, where a proxy may frame it by its
+length). What stays open: a request whose body was read, and a ``POST`` whose body
+within the limit, framed by its length alone and sent without ``Expect``, comes
+whatever the answer (the parser drops it by that framing).
 
 Raw HTTP/1.1 over real mutual TLS, on both parsers the API runs with. A connection that
 stays open is seen by a bounded read ending (a hang's bound, never a judgement of time);
@@ -86,12 +90,7 @@ def _named(*cases: tuple[str, bytes, bytes | None]) -> list[Any]:
             _head("POST", "/v1/tokenize", _JSON, "Content-Length: 70000") + b'{"pan": "41',
             b"HTTP/1.1 413",
         ),
-        # 415, refused before its body was read.
-        (
-            "not-json",
-            _head("POST", "/v1/tokenize", "Content-Type: text/plain", "Content-Length: 2") + b"{}",
-            b"HTTP/1.1 415",
-        ),
+        # 415, refused before its body was read, whose body may never come.
         (
             "not-json-expect",
             _head(
@@ -155,6 +154,11 @@ def test_finding_an_answer_with_its_body_unread_or_framed_ambiguously_ends_the_c
             "Expect: 100-continue",
         )
         + _TOKENIZE,
+        # Refused before its body was read, but a body within the limit, framed by its
+        # length alone and sent whatever the answer: the parser reads it on and drops it
+        # by the framing any proxy uses. Kept: closing with its bytes still arriving
+        # would reset the connection and could destroy the answer (test_balance).
+        _head("POST", "/v1/tokenize", "Content-Type: text/plain", "Content-Length: 2") + b"{}",
         # A body refused after it was read whole (422): kept.
         _head("POST", "/v1/tokenize", _JSON, "Content-Length: 2") + b"{}",
         _head("POST", "/v1/tokenize", _JSON, "Content-Length: 0"),

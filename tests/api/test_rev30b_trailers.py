@@ -216,8 +216,10 @@ def test_body_sent_after_the_answer_buys_no_trailer_allowance(
                 received += more
         except OSError:
             pass
-    # h11 takes a trailer section that arrives whole in one read (then drops it).
-    assert received.count(b"HTTP/1.1 ") == (2 if protocol == "h11" else 1), received
+    # h11 takes a trailer section that arrives whole in one read (then drops it), but
+    # since session 35 an answer to a chunked request ends its connection on both
+    # parsers (`api.guard._closing`): the request behind is never answered either way.
+    assert received.count(b"HTTP/1.1 ") == 1, (protocol, received)
 
 
 @pytest.fixture(scope="module")
