@@ -51,8 +51,7 @@ def _listener(vault: VaultServer, **limits: int) -> Iterator[int]:
             port,
             cert=vault.pki.server_cert,
             key=vault.pki.server_key,
-            header_timeout=60,
-            **limits,  # type: ignore[arg-type]
+            **{"header_timeout": 60, **limits},  # type: ignore[arg-type]
         )
     )
     server.start()
@@ -115,3 +114,33 @@ def test_the_listener_takes_at_most_half_the_processs_descriptors(tmp_path: Path
     assert bound(1_048_576, max_connections=20_000) == 20_000
     assert bound(1024) == 512
     assert bound(1024, max_connections=100) == 100
+
+
+def test_a_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_deadline(
+    capture_vault: VaultServer,
+) -> None:
+    """Header slowloris (pins a property that held): a client that keeps sending its
+    request head one byte at a time is closed at the header deadline counted from the
+    head's first byte, not pushed back by each byte. The test sends until the listener
+    closes, or until a bound far past the deadline (a hang, never a judgement of time)."""
+    ca = capture_vault.pki.ca
+    head = b"GET /v1/capture.js HTTP/1.1\r\nHost: localhost\r\n" + b"x-slow: " + b"a" * 4000
+    with _listener(capture_vault, header_timeout=1) as port:
+        conn = _browser(port, ca, "127.0.0.5")
+        conn.settimeout(0.1)
+        closed = False
+        try:
+            for byte in head:  # 4,000 bytes at 0.1 s or more each: 400 s at the least
+                try:
+                    conn.sendall(bytes([byte]))
+                    if conn.recv(1024) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    continue
+                except (ConnectionError, ssl.SSLError):
+                    closed = True
+                    break
+        finally:
+            conn.close()
+    assert closed
