@@ -15,6 +15,7 @@ is closed at once, and the mTLS API keeps the rest."""
 
 from __future__ import annotations
 
+import resource
 import socket
 import ssl
 from collections.abc import Iterator
@@ -114,6 +115,11 @@ def test_the_listener_takes_at_most_half_the_processs_descriptors(tmp_path: Path
     assert bound(1_048_576, max_connections=20_000) == 20_000
     assert bound(1024) == 512
     assert bound(1024, max_connections=100) == 100
+    # Read from this process when not given.
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    settings = Settings(data_dir=tmp_path, capture=CaptureSettings(max_connections=10**6))
+    expected = 10**6 if soft == resource.RLIM_INFINITY else min(10**6, soft // 2)
+    assert capture_connections(settings) == expected
 
 
 def test_a_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_deadline(
