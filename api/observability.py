@@ -13,9 +13,10 @@ import logging
 import secrets
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TextIO
+from typing import Any, Final, Generic, TextIO, TypeVar
 
 import structlog
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
@@ -211,6 +212,46 @@ def new_meter_provider(readers: Sequence[MetricReader] = ()) -> SDKMeterProvider
     return SDKMeterProvider(metric_readers=list(readers), exemplar_filter=AlwaysOffExemplarFilter())
 
 
+# How long one run of a gauge's callback that reads the HSM or the database answers
+# every collection (`OncePer`). Session 35: each GET of the unauthenticated metrics port
+# listed the HSM's keys and counted the security codes table, once per GET however many
+# scrapers asked at once; now a flood of scrapes costs one run per this many seconds.
+METRIC_CALLBACK_SECONDS: Final = 5.0
+
+T = TypeVar("T")
+
+
+class OncePer(Generic[T]):
+    """`read`, run at most once per `seconds`: until then each call answers what the
+    last run answered (its `CofreError` too: an HSM that is down is not asked again by
+    every scraper). One run at a time: callers arriving during a run wait for it."""
+
+    def __init__(
+        self,
+        read: Callable[[], T],
+        seconds: float = METRIC_CALLBACK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read = read
+        self._seconds = seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: tuple[float, T | CofreError] | None = None
+
+    def __call__(self) -> T:
+        with self._lock:
+            now = self._clock()
+            if self._last is None or now - self._last[0] >= self._seconds:
+                try:
+                    self._last = (now, self._read())
+                except CofreError as exc:
+                    self._last = (now, exc)
+            answer = self._last[1]
+        if isinstance(answer, CofreError):
+            raise answer
+        return answer
+
+
 @dataclass
 class Telemetry:
     """The tracer and the instruments the app records into."""
@@ -267,7 +308,9 @@ class Telemetry:
     def observe_unregistered_keys(self, count: Callable[[], int]) -> None:
         """Report `count()` as `cofre.hsm.unregistered_keys` at each collection: keys on
         the HSM that are not in the key registry (never used; alert on > 0). Skipped
-        while the HSM or database cannot answer."""
+        while the HSM or database cannot answer. Run at most once per
+        `METRIC_CALLBACK_SECONDS`: it lists the HSM's keys."""
+        count = OncePer(count)
 
         def observe(_options: CallbackOptions) -> Iterable[Observation]:
             try:
@@ -303,7 +346,9 @@ class Telemetry:
         """Report `counts()` as `cofre.security_codes`, one series per ``count``:
         ``held``, ``used``, ``expired`` (totals since the vault's database began) and
         ``held_now``. Counts only, never a code. Skipped while the database cannot
-        answer."""
+        answer. Run at most once per `METRIC_CALLBACK_SECONDS`: ``held_now`` counts a
+        whole table."""
+        counts = OncePer(counts)
 
         def observe(_options: CallbackOptions) -> Iterable[Observation]:
             try:
@@ -322,7 +367,9 @@ class Telemetry:
         name -> "ok" or what fails) as `cofre.readiness.informational_failing`, one series
         per ``check``: 1 while it fails, 0 when "ok". A ready node's health port shows
         them as "ok" (docs/operations.md); this is where a failing one shows. Skipped
-        while the database cannot answer."""
+        while the database cannot answer. Run at most once per
+        `METRIC_CALLBACK_SECONDS`: the checks read the database."""
+        checks = OncePer(checks)
 
         def observe(_options: CallbackOptions) -> Iterable[Observation]:
             try:

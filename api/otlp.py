@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -192,3 +194,29 @@ def otlp_from_env(environ: Mapping[str, str]) -> OtlpExport:
         logger.propagate = False  # exported only, never printed twice
         export.logger_provider, export._handler = provider, handler
     return export
+
+
+# How long a stopping vault waits for its last spans, metrics and log lines to leave,
+# all signals together. Session 35: with a collector that accepts connections and never
+# answers, each signal's flush waited out the SDK's own limits (its export timeout,
+# ``OTEL_EXPORTER_OTLP_TIMEOUT``, per batch, up to 30 s per signal), one signal after
+# another: about 90 s, past the pod's termination grace period (deploy/k8s gives the
+# key wipe, the HSM logout and this flush 15 s), so every stop ended in SIGKILL.
+TELEMETRY_STOP_SECONDS: Final = 5.0
+
+
+def stop_within(seconds: float, stops: Mapping[str, Callable[[], None]]) -> list[str]:
+    """Run each of `stops` (by name) at once, each in a daemon thread, and wait for
+    them at most `seconds` in all. Returns the names of those still running (their
+    unsent telemetry is lost when the process exits; the SDK's exit hooks find them
+    already shut down and return at once)."""
+    threads = {
+        name: threading.Thread(target=stop, name=f"cofre-stop-{name}", daemon=True)
+        for name, stop in stops.items()
+    }
+    for thread in threads.values():
+        thread.start()
+    deadline = time.monotonic() + seconds
+    for thread in threads.values():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [name for name, thread in threads.items() if thread.is_alive()]

@@ -28,7 +28,7 @@ from api.observability import (
     new_meter_provider,
     new_tracer_provider,
 )
-from api.otlp import otlp_from_env
+from api.otlp import TELEMETRY_STOP_SECONDS, otlp_from_env, stop_within
 from api.server import TLSFiles, build_server, log_config, reload_server_certificate
 from cofre.errors import ConfigurationError
 from cofre.redaction import OwnDigest
@@ -241,12 +241,18 @@ def start_telemetry(
         tracer_provider.add_span_processor(otlp.span_processor)
 
     def stop() -> None:
-        tracer_provider.shutdown()
-        if stop_metrics is not None:
-            stop_metrics()
-        else:
-            meter_provider.shutdown()
-        otlp.shutdown()
+        # All signals at once, within one budget: a collector that never answers
+        # must not hold the stop past the pod's grace period (`api.otlp.stop_within`).
+        late = stop_within(
+            TELEMETRY_STOP_SECONDS,
+            {
+                "traces": tracer_provider.shutdown,
+                "metrics": stop_metrics or meter_provider.shutdown,
+                "logs": otlp.shutdown,
+            },
+        )
+        if late:
+            _log.warning("telemetry export cut short", signals=late, seconds=TELEMETRY_STOP_SECONDS)
 
     return make_telemetry(tracer_provider, meter_provider), stop
 

@@ -1,0 +1,154 @@
+"""Session 35, telemetry reviewed as an attacker and an on-call engineer would: the
+Prometheus port and the OTLP export of a real `cofre serve` process.
+
+- The metrics port is plain HTTP with no identity (any pod of the monitoring namespace
+  reaches it, and nothing there is in PCI scope). Each scrape ran the gauges'
+  callbacks: an HSM key listing and database reads (a full count of the security codes
+  among them), once per GET, however many scrapers asked at once; and an idle
+  connection held a thread of the vault process for as long as it stayed open.
+- A collector that accepts connections and never answers (a black hole: a node gone
+  behind a load balancer, a full queue) made the last telemetry flush of a stopping
+  vault wait out the SDK's own limits, one signal after another: past the pod's
+  termination grace period, so the kubelet killed every stop.
+
+Counts, not clocks: the waits below are bounded and fail only on a hang.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.pans import card_number
+from tests.support.postgres import free_port
+from tests.support.softhsm import SoftHSMToken
+from tests.support.vault_process import VaultProcess, make_vault
+
+# More than the listener serves at once (`api.metrics.MAX_SCRAPE_CONNECTIONS`).
+IDLE_CONNECTIONS = 100
+_HSM_CALLS = re.compile(r'^cofre_hsm_duration_milliseconds_count\{[^}]*\}\s+(\S+)$', re.M)
+
+
+@pytest.fixture
+def metered(tmp_path: Path, softhsm_token: SoftHSMToken) -> Iterator[tuple[VaultProcess, int]]:
+    vault = make_vault(tmp_path / "node", softhsm_token, None)
+    port = free_port()
+    vault.env["COFRE_SERVER__METRICS_PORT"] = str(port)
+    vault.start()
+    try:
+        yield vault, port
+    finally:
+        vault.stop()
+
+
+def _scrape(port: int) -> str:
+    for _ in range(600):  # the listener binds as the worker starts; bounded, not timed
+        try:
+            response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30)
+        except httpx.TransportError:
+            time.sleep(0.05)
+            continue
+        assert response.status_code == 200, response.text
+        return response.text
+    pytest.fail("the metrics listener never answered")
+
+
+def _hsm_calls(text: str) -> float:
+    """Every HSM call the node has timed (all operations), from one scrape."""
+    return sum(float(value) for value in _HSM_CALLS.findall(text))
+
+
+def test_finding_a_flood_of_scrapes_does_not_make_a_flood_of_hsm_calls(
+    metered: tuple[VaultProcess, int],
+) -> None:
+    """40 scrapes in a row: before, 40 HSM key listings (one per GET, by anyone who
+    can reach the port); now the callbacks that touch the HSM or the database run at
+    most once per `METRIC_CALLBACK_SECONDS`, however many scrapers ask. The bound
+    below fails only if 40 scrapes took minutes."""
+    _, port = metered
+    scrapes = 40
+    before = _hsm_calls(_scrape(port))
+    for _ in range(scrapes):
+        _scrape(port)
+    after = _hsm_calls(_scrape(port))
+    assert after - before < scrapes / 4, (before, after)
+
+
+def test_finding_idle_connections_to_the_metrics_port_are_closed(
+    metered: tuple[VaultProcess, int],
+) -> None:
+    """More idle connections than the listener serves at once, each sending nothing:
+    each is closed by the listener (before, each held a thread of the vault for as long
+    as it stayed open), and a scrape is answered while they are held."""
+    vault, port = metered
+    _scrape(port)
+    idle = [
+        socket.create_connection(("127.0.0.1", port), timeout=60)
+        for _ in range(IDLE_CONNECTIONS)
+    ]
+    try:
+        answered = False
+        for _ in range(200):  # bounded: fails only if every attempt was refused
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30)
+            except httpx.TransportError:
+                time.sleep(0.1)  # the held places free as their connections time out
+                continue
+            if response.status_code == 200:
+                answered = True
+                break
+        assert answered, "no scrape answered while idle connections were held"
+        for conn in idle:
+            try:
+                # The listener's close reads as b"" (or a reset); a hang reads as the
+                # 60 s timeout above, and fails.
+                assert conn.recv(1) == b""
+            except ConnectionResetError:
+                pass
+    finally:
+        for conn in idle:
+            conn.close()
+    assert vault.process is not None and vault.process.poll() is None
+
+
+def test_finding_a_black_holed_collector_does_not_hold_a_stopping_vault(
+    tmp_path: Path, softhsm_token: SoftHSMToken
+) -> None:
+    """A collector that takes the connection and never answers, with a 60 s export
+    timeout (``OTEL_EXPORTER_OTLP_TIMEOUT``, the operator's to set): the vault stops
+    within its own telemetry budget. Before, each signal's flush waited out the SDK's
+    30 s, one after another (about 90 s: killed by the kubelet at the 65 s grace
+    period). The bound fails only when the stop waits on the collector."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # accepted by the kernel, never answered
+    vault = make_vault(tmp_path / "node", softhsm_token, None)
+    vault.env.update(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{hole.getsockname()[1]}",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "60",
+            "OTEL_TRACES_SAMPLER": "always_on",
+            "COFRE_LOG_LEVEL": "INFO",
+        }
+    )
+    try:
+        vault.start()
+        with vault.client() as client:
+            for i in range(5):
+                made = client.post(
+                    "/v1/tokenize", json={"pan": card_number("4", 700 + i), "format": "uuid"}
+                )
+                assert made.status_code == 200, made.text
+        assert vault.process is not None
+        vault.process.terminate()
+        assert vault.process.wait(timeout=45) == 0
+        assert "telemetry export cut short" in vault.log.read_text(errors="replace")
+    finally:
+        vault.stop()
+        hole.close()
