@@ -16,8 +16,10 @@ Counts, not clocks: the waits below are bounded and fail only on a hang.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,14 +27,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api.observability import OncePer
+from api.otlp import stop_within
 from tests.support.pans import card_number
 from tests.support.postgres import free_port
 from tests.support.softhsm import SoftHSMToken
 from tests.support.vault_process import VaultProcess, make_vault
+from vault.errors import StorageUnavailable
 
 # More than the listener serves at once (`api.metrics.MAX_SCRAPE_CONNECTIONS`).
 IDLE_CONNECTIONS = 100
-_HSM_CALLS = re.compile(r'^cofre_hsm_duration_milliseconds_count\{[^}]*\}\s+(\S+)$', re.M)
+_HSM_CALLS = re.compile(r"^cofre_hsm_duration_milliseconds_count\{[^}]*\}\s+(\S+)$", re.M)
 
 
 @pytest.fixture
@@ -89,8 +94,7 @@ def test_finding_idle_connections_to_the_metrics_port_are_closed(
     vault, port = metered
     _scrape(port)
     idle = [
-        socket.create_connection(("127.0.0.1", port), timeout=60)
-        for _ in range(IDLE_CONNECTIONS)
+        socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(IDLE_CONNECTIONS)
     ]
     try:
         answered = False
@@ -105,16 +109,15 @@ def test_finding_idle_connections_to_the_metrics_port_are_closed(
                 break
         assert answered, "no scrape answered while idle connections were held"
         for conn in idle:
-            try:
-                # The listener's close reads as b"" (or a reset); a hang reads as the
-                # 60 s timeout above, and fails.
+            # The listener's close reads as b"" (or a reset); a hang reads as the
+            # 60 s timeout above, and fails.
+            with contextlib.suppress(ConnectionResetError):
                 assert conn.recv(1) == b""
-            except ConnectionResetError:
-                pass
     finally:
         for conn in idle:
             conn.close()
-    assert vault.process is not None and vault.process.poll() is None
+    assert vault.process is not None
+    assert vault.process.poll() is None
 
 
 def test_finding_a_black_holed_collector_does_not_hold_a_stopping_vault(
@@ -152,3 +155,75 @@ def test_finding_a_black_holed_collector_does_not_hold_a_stopping_vault(
     finally:
         vault.stop()
         hole.close()
+
+
+def test_a_gauge_callback_runs_once_per_interval_its_failure_too() -> None:
+    """`OncePer` with a clock the test moves: one run answers every call within the
+    interval, a `CofreError` included (an HSM that is down is not asked by every
+    scraper), and the next interval runs it again."""
+    now = [100.0]
+    runs: list[int] = []
+
+    def read() -> int:
+        runs.append(1)
+        if len(runs) == 2:
+            raise StorageUnavailable("the database is down")
+        return len(runs)
+
+    once = OncePer(read, seconds=5.0, clock=lambda: now[0])
+    assert [once(), once(), once()] == [1, 1, 1]
+    now[0] += 5.0
+    for _ in range(3):
+        with pytest.raises(StorageUnavailable):
+            once()
+    now[0] += 5.0
+    assert once() == 3
+    assert len(runs) == 3
+
+
+def test_concurrent_collections_share_one_run() -> None:
+    """Scrapes arriving during a run wait for it and take its answer."""
+    entered, release = threading.Event(), threading.Event()
+    runs: list[int] = []
+
+    def read() -> int:
+        runs.append(1)
+        entered.set()
+        assert release.wait(60)
+        return 7
+
+    once = OncePer(read, seconds=5.0)
+    answers: list[int] = []
+    threads = [threading.Thread(target=lambda: answers.append(once())) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    assert entered.wait(60)
+    release.set()
+    for thread in threads:
+        thread.join(60)
+    assert answers == [7] * 8
+    assert runs == [1]
+
+
+def test_stop_within_runs_every_stop_at_once_and_names_the_late() -> None:
+    """Two stops that each wait for the other finish only if they run at once (before,
+    the signals stopped one after another); a stop still running at the budget's end is
+    named. The 60 s bound fails only on a hang."""
+    first, second = threading.Event(), threading.Event()
+
+    def traces() -> None:
+        first.set()
+        assert second.wait(60)
+
+    def logs() -> None:
+        second.set()
+        assert first.wait(60)
+
+    assert stop_within(60.0, {"traces": traces, "logs": logs}) == []
+    stuck = threading.Event()
+
+    def metrics() -> None:
+        stuck.wait(60)
+
+    assert stop_within(0.0, {"metrics": metrics}) == ["metrics"]
+    stuck.set()
