@@ -227,3 +227,42 @@ def test_stop_within_runs_every_stop_at_once_and_names_the_late() -> None:
 
     assert stop_within(0.0, {"metrics": metrics}) == ["metrics"]
     stuck.set()
+
+
+def _handshake_failures(port: int) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in _scrape(port).splitlines()
+        if line.startswith("cofre_tls_handshake_failures_total{")
+    )
+
+
+def test_finding_a_flood_of_failed_handshakes_is_counted_not_logged_one_line_each(
+    metered: tuple[VaultProcess, int],
+) -> None:
+    """Anyone who reaches the mTLS port (no certificate needed) sends plain HTTP 200
+    times: each is a failed handshake, counted. Before, each was also a log line of its
+    own (a log flood at the rate of the attacker's connections, and the log's cost on
+    the event loop); now one line per listener and reason per
+    `api.handshake.LOG_EVERY_SECONDS`, naming how many were not logged. The bound fails
+    only if the 200 took minutes."""
+    vault, port = metered
+    attempts = 200
+    before = _handshake_failures(port)
+    for _ in range(attempts):
+        with socket.create_connection(("127.0.0.1", vault.port), timeout=30) as raw:
+            raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            with contextlib.suppress(ConnectionResetError):
+                while raw.recv(4096):
+                    pass
+    for _ in range(600):  # the server counts after the client has seen the close
+        if _handshake_failures(port) - before >= attempts:
+            break
+        time.sleep(0.05)
+    assert _handshake_failures(port) - before == attempts
+    lines = [
+        line
+        for line in vault.log.read_text(errors="replace").splitlines()
+        if '"tls handshake failed"' in line and '"HTTP_REQUEST"' in line
+    ]
+    assert len(lines) < attempts / 4, len(lines)
