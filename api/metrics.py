@@ -1,8 +1,8 @@
 """``/metrics`` for Prometheus scraping, on a port of its own.
 
 IN PCI SCOPE (it runs in the vault process). It exposes the OpenTelemetry instruments of
-`api.observability` (requests by route template, status, code and identity; latency;
-HSM call latency), which never hold a PAN, a token or a raw path, plus the Python
+`api.observability` (requests by route template, method, status and code, never by
+identity; latency; HSM call latency), which never hold a PAN, a token or a raw path, plus the Python
 process's own gauges. Plain HTTP, no identity: put it behind the NetworkPolicy that only
 lets the monitoring namespace in (deploy/k8s).
 

@@ -208,8 +208,15 @@ def new_tracer_provider() -> SDKTracerProvider:
 
 def new_meter_provider(readers: Sequence[MetricReader] = ()) -> SDKMeterProvider:
     """A meter provider without exemplars: exemplar sampling draws from the shared
-    `random` module on every measurement, and links metrics to traces we do not need."""
-    return SDKMeterProvider(metric_readers=list(readers), exemplar_filter=AlwaysOffExemplarFilter())
+    `random` module on every measurement, and links metrics to traces we do not need.
+    Its owner shuts it down (`cofre serve` does, within `api.otlp.TELEMETRY_STOP_SECONDS`):
+    the SDK's exit hook called it a second time after a stop cut short, and logged
+    "shutdown can only be called once" as the process's last line."""
+    return SDKMeterProvider(
+        metric_readers=list(readers),
+        exemplar_filter=AlwaysOffExemplarFilter(),
+        shutdown_on_exit=False,
+    )
 
 
 # How long one run of a gauge's callback that reads the HSM or the database answers
