@@ -67,6 +67,10 @@ class _DeadlineReader:
         data: bytes = self._raw.read(size)
         return data
 
+    def close(self) -> None:
+        """Close the reader (socketserver's `finish` does, after each request)."""
+        self._raw.close()
+
 
 class _ScrapeHandler(WSGIRequestHandler):
     """wsgiref's handler, silent, with the head's deadline."""
