@@ -269,3 +269,57 @@ def test_finding_a_flood_of_failed_handshakes_is_counted_not_logged_one_line_eac
         if '"tls handshake failed"' in line and '"HTTP_REQUEST"' in line
     ]
     assert len(lines) < attempts / 4, len(lines)
+
+
+def _distinct_requests(vault: VaultProcess, round_: int) -> None:
+    """Requests whose every caller-chosen value is new: paths, a token, a format name,
+    a relay route, an idempotency key, a request id, a header's name and value, a JSON
+    key, a card number with separators in the path and in a header."""
+    pan = card_number("4", 900 + round_)
+    spaced = " ".join(pan[i : i + 4] for i in range(0, 16, 4))
+    with vault.client() as client:
+        for n in range(10):
+            tag = f"r{round_}n{n}"
+            headers = {
+                "x-request-id": f"id-{tag}",
+                f"x-made-up-{tag}": pan,
+                "x-card": spaced,
+                "idempotency-key": f"key-{tag}",
+            }
+            client.get(f"/v1/tokens/tok-{tag}", headers=headers)
+            client.get(f"/nowhere/{tag}/{spaced}", headers=headers)
+            client.post(
+                "/v1/tokenize",
+                json={"pan": pan, "format": f"fmt-{tag}", f"key-{tag}": 1},
+                headers=headers,
+            )
+            client.post(f"/v1/relay/route-{tag}", json={"a": tag}, headers=headers)
+            client.post(
+                "/v1/tokenize/batch",
+                json={"items": [{"pan": pan, "format": f"fmt-{tag}"}] * 3},
+                headers=headers,
+            )
+
+
+def test_caller_chosen_values_never_become_metric_labels(
+    metered: tuple[VaultProcess, int],
+) -> None:
+    """A guard, not a finding (main already held): requests whose every caller-chosen
+    value is new leave none of those values in `/metrics` (its labels are route
+    templates, known methods, statuses and codes: a bounded set, however many distinct
+    values arrive), and no card number either."""
+    vault, port = metered
+    _distinct_requests(vault, 1)
+    _distinct_requests(vault, 2)
+    scraped = _scrape(port)
+    assert "cofre_http_requests_total{" in scraped
+    for chosen in ("r1n", "r2n", "tok-", "fmt-", "route-", "nowhere", "key-", "x-made-up"):
+        assert chosen not in scraped, chosen
+    # The card as it was sent, whole or in groups (the scrape's floats hold Luhn-valid
+    # digit runs by chance: the scan's second rule is not for this text).
+    for round_ in (1, 2):
+        pan = card_number("4", 900 + round_)
+        spaced = " ".join(pan[i : i + 4] for i in range(0, 16, 4))
+        assert pan not in scraped
+        assert spaced not in scraped
+        assert spaced.replace(" ", "%20") not in scraped
