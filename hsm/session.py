@@ -48,6 +48,7 @@ from hsm._pool import (
     _SessionLost,
     _translated,
 )
+from hsm._readiness import ReadinessChecks
 from hsm.errors import (
     HSMAuthFailed,
     HSMKeyNotFound,
@@ -64,13 +65,9 @@ T = TypeVar("T")
 # Backoff while waiting for a key to become available: first wait, growth, ceiling.
 _AVAILABILITY_FIRST_WAIT_S: Final = 0.02
 _AVAILABILITY_MAX_WAIT_S: Final = 0.5
-# How long a readiness check waits for the library's load it handed to a background
-# thread: enough for a library that loads (or fails) at once to answer this check, and
-# far inside a probe's timeout (docs/operations.md, "The HSM bounds and the probes").
-READY_LOAD_WAIT_SECONDS: Final = 0.5
 
 
-class TokenSession:
+class TokenSession(ReadinessChecks):
     """The session side of `hsm.provider.HSMProvider`: library, login, session pool,
     recovery, and the translation of every PKCS#11 error into `hsm.errors`."""
 
@@ -180,99 +177,12 @@ class TokenSession:
             self._check_pin_not_refused()
         return session
 
-    @contextlib.contextmanager
-    def _initializing(self) -> Iterator[None]:
-        """Count this thread among those in (or waiting for) the library's
-        ``C_Initialize``, which a networked HSM's client may never return from."""
-        with self._mutex:
-            self._initializing_count += 1
-        try:
-            yield
-        finally:
-            with self._mutex:
-                self._initializing_count -= 1
-
-    def check_answering(self) -> None:
-        """Raise `HSMUnavailable` at once while a thread is in (or waits for) the
-        library's ``C_Initialize``. A readiness check asks this first: waiting for the
-        library's lock (or the pool) behind a ``C_Initialize`` that hangs left `/readyz`
-        unanswered, so the kubelet's probe timed out instead of reading 503 (session 33)."""
-        if self._initializing_count:
-            raise self._not_answering()
-
-    def _not_answering(self) -> HSMUnavailable:
-        return HSMUnavailable(
-            f"PKCS#11 library not answering: C_Initialize of {self._library_path} "
-            "has not returned (its HSM or cluster may be unreachable)"
-        )
-
-    def check_bounded(self, operation: Callable[[Any], T], *, name: str) -> T:
-        """`_run(operation)` for a readiness check, which never waits for the library: it
-        never loads or re-initialises it in this thread (`_in_background`), nor waits for
-        the pool while a re-initialisation holds it. A check that loaded the library
-        itself hung in a networked HSM client's ``C_Initialize`` (session 33), one that
-        waited for the load up to COFRE_HSM__INIT_TIMEOUT_SECONDS outlasted the probe's
-        timeout, and one whose own call failed twice re-initialised it in its thread
-        (session 34)."""
-        self.check_answering()
-        self._local.bounded = True
-        try:
-            return self._run(operation, name=name)
-        finally:
-            self._local.bounded = False
-
     def _load(self) -> Any:
         """The library, loaded (``C_Initialize``) unless it was. Raises `HSMUnavailable`."""
         with self._lib_lock:
             if self._lib is None:
                 self._lib = load_library(self._library_path, self._softhsm_conf)
             return self._lib
-
-    def _load_for_check(self) -> Any:
-        """The library for a readiness check: loaded in a background thread
-        (`_in_background`) that the check waits for at most `READY_LOAD_WAIT_SECONDS`,
-        well inside a probe's timeout (deploy/k8s: 3 s). Raises `HSMUnavailable`: how the
-        load failed, or that it has not returned (it goes on; a later check finds the
-        library loaded)."""
-        self._in_background(self._load).join(READY_LOAD_WAIT_SECONDS)
-        with self._mutex:
-            lib, running, failure = self._lib, self._background, self._background_failure
-        if lib is not None:
-            return lib
-        if running is None and failure is not None:
-            raise HSMUnavailable(str(failure))  # fresh: raised again, one would chain
-        raise self._not_answering()
-
-    def _in_background(self, work: Callable[[], object]) -> threading.Thread:
-        """Start `work` (loading or re-initialising the library, for a readiness check)
-        in a background thread unless one runs; return the thread that runs. It counts in
-        `_initializing_count` from now until it ends, so that later checks answer at once
-        (`check_answering`) and the node is ready once it has worked."""
-        with self._mutex:
-            if self._background is None:
-                # Counted before the thread starts: a check that comes next answers at once.
-                self._initializing_count += 1
-                self._background = threading.Thread(
-                    target=self._background_work, args=(work,), name="cofre-hsm-load", daemon=True
-                )
-                self._background.start()
-            return self._background
-
-    def _background_work(self, work: Callable[[], object]) -> None:
-        failure = None
-        try:
-            work()
-        except HSMUnavailable as exc:
-            failure = exc
-        except BaseException as exc:  # noqa: BLE001 - reported to the next check
-            failure = HSMUnavailable(
-                f"cannot load PKCS#11 library {self._library_path}: {type(exc).__name__}"
-            )
-        finally:
-            with self._mutex:
-                self._initializing_count -= 1
-                self._background = None
-                self._background_failure = failure
 
     def _check_pin_not_refused(self) -> None:
         """Raise `HSMAuthFailed` once the token refused this PIN: never try it again
