@@ -50,7 +50,8 @@
  *  - COFRE_SHIM_FAULT_FILE: a control file, read on every call, that makes chosen calls
  *    fail with CKR_DEVICE_ERROR, CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED or
  *    CKR_TOKEN_NOT_PRESENT, as a client sees when its connection to an HSM drops or an
- *    HSM is replaced (section "faults" below; the codes and what they do to sessions
+ *    HSM is replaced, or black-hole (HANG: a connection that stops answering) until
+ *    the file changes (section "faults" below; the codes and what they do to sessions
  *    are our choice: docs/cloudhsm.md, "When the HSM fails"). Tests only. While a file
  *    of the same name plus ".hang-initialize" exists, C_Initialize waits for it to go
  *    (a client whose cluster does not answer).
@@ -267,7 +268,9 @@ static CK_RV check_template(CK_ATTRIBUTE_PTR tpl, CK_ULONG n, int generic_secret
  * so a test can switch a fault on and off while a vault runs in another process. Up to
  * four lines, one rule each (the first that applies to a call answers it), "CODE COUNT
  * FUNCTIONS":
- *   CODE       DEVICE_ERROR, SESSION_HANDLE_INVALID, SESSION_CLOSED or TOKEN_NOT_PRESENT
+ *   CODE       DEVICE_ERROR, SESSION_HANDLE_INVALID, SESSION_CLOSED or TOKEN_NOT_PRESENT;
+ *              or HANG: the call black-holes (a connection that stops answering without
+ *              closing) until the file changes, then goes on as if nothing happened
  *   COUNT      how many calls fail (then none, until the file changes), or * for every
  *              call until the file is emptied or removed
  *   FUNCTIONS  comma-separated names from fn_names (e.g. C_Sign,C_SignInit), or *
@@ -293,11 +296,14 @@ static const char *const fn_names[FN_COUNT] = {
     "C_EncryptUpdate", "C_DecryptInit", "C_Decrypt", "C_DecryptUpdate", "C_WrapKey",
     "C_UnwrapKey", "C_GenerateRandom", "C_GetAttributeValue",
 };
+/* Not a PKCS#11 code: the call black-holes (see fault_for). */
+#define RV_HANG ((CK_RV)0xFFFFFFFEUL)
 static const struct { const char *name; CK_RV rv; } fault_codes[] = {
     {"DEVICE_ERROR", CKR_DEVICE_ERROR},
     {"SESSION_HANDLE_INVALID", CKR_SESSION_HANDLE_INVALID},
     {"SESSION_CLOSED", CKR_SESSION_CLOSED},
     {"TOKEN_NOT_PRESENT", CKR_TOKEN_NOT_PRESENT},
+    {"HANG", RV_HANG},
 };
 #define FAULT_LINE_MAX 512
 #define FAULT_TEXT_MAX 2048
@@ -386,6 +392,23 @@ static void kill_sessions_locked(CK_SESSION_HANDLE s) {
             sessions[i].state = S_DEAD;
 }
 
+/* Wait, polling every 20 ms, while the control file still reads `text`. */
+static void hang_until_changed(const char *text) {
+    struct timespec ts = {0, 20 * 1000000L};
+    char now[FAULT_TEXT_MAX];
+    for (;;) {
+        nanosleep(&ts, NULL);
+        size_t n = 0;
+        FILE *in = fopen(fault_file, "r");
+        if (in != NULL) {
+            n = fread(now, 1, sizeof now - 1, in);
+            fclose(in);
+        }
+        now[n] = '\0';
+        if (strcmp(now, text) != 0) return;
+    }
+}
+
 /* The fault to answer for a call of `f` on session s (0 before a session exists). */
 static CK_RV fault_for(enum fn f, CK_SESSION_HANDLE s) {
     if (fault_file == NULL) return CKR_OK;
@@ -409,6 +432,17 @@ static CK_RV fault_for(enum fn f, CK_SESSION_HANDLE s) {
             continue;
         rv = rules[r].rv;
         if (rules[r].left > 0) rules[r].left--;
+    }
+    if (rv == RV_HANG) {
+        /* Counted (the report shows a call is hanging), then held outside the lock, so
+         * other calls go on, until the control file changes. */
+        fault_injected++;
+        fault_report_locked();
+        char held[FAULT_TEXT_MAX]; /* the file as read: `text` was tokenised if parsed */
+        memcpy(held, fault_text, sizeof held);
+        pthread_mutex_unlock(&fault_lock);
+        hang_until_changed(held);
+        return CKR_OK;
     }
     if (rv != CKR_OK) {
         fault_injected++;

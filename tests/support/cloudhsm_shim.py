@@ -59,12 +59,14 @@ class CloudHSMShim:
 
 # What `ShimFaults.inject` may ask for (cloudhsm_shim.c, section "faults"): the codes a
 # client sees when its connection to an HSM drops or an HSM is replaced, and the calls
-# that can fail with them.
+# that can fail with them; or HANG (`ShimFaults.hang`): the call black-holes, as on a
+# connection that stops answering without closing, until the control file changes.
 FAULT_CODES: Final = (
     "DEVICE_ERROR",
     "SESSION_HANDLE_INVALID",
     "SESSION_CLOSED",
     "TOKEN_NOT_PRESENT",
+    "HANG",
 )
 FAULT_FUNCTIONS: Final = frozenset(
     {
@@ -134,6 +136,12 @@ class ShimFaults:
         """Make the next `count` calls of `functions` ("*": all of `FAULT_FUNCTIONS`;
         every call while on, with None) fail with CKR_`code`."""
         self.set(Fault(code, tuple(functions), count))
+
+    def hang(self, functions: Iterable[str], count: int | None = None) -> None:
+        """Make the next `count` calls of `functions` (every call, with None) hang until
+        the control file changes (`clear`, or any other rule); then each goes on and
+        answers as the token does. `report().injected` counts the calls that hung."""
+        self.set(Fault("HANG", tuple(functions), count))
 
     def set(self, *faults: Fault) -> None:
         """Replace the shim's rules with `faults` (at most four; for each call the first
