@@ -8,6 +8,7 @@ IN PCI SCOPE.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Final
 
 import pkcs11.exceptions as p11e
@@ -71,6 +72,23 @@ class _KeyHandleRefused(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name
+
+
+class _PoolAnswering(Exception):
+    """A readiness check found every session busy and the token answering their calls
+    meanwhile (`hsm.session`): the HSM works, so the check passes without a call."""
+
+
+class _CheckCall:
+    """The readiness check's own call, run in a thread of its own (`hsm.session`): when
+    it started, whether it has ended, and how it failed (None: it passed)."""
+
+    __slots__ = ("done", "failure", "started")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.done = threading.Event()
+        self.failure: BaseException | None = None
 
 
 def _close_quietly(session: Any) -> None:

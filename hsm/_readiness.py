@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from cofre.blocking import may_block
+from hsm._pool import _CheckCall, _PoolAnswering
 from hsm.errors import HSMUnavailable
 
 T = TypeVar("T")
@@ -20,6 +23,13 @@ T = TypeVar("T")
 # thread: enough for a library that loads (or fails) at once to answer this check, and
 # far inside a probe's timeout (docs/operations.md, "The HSM bounds and the probes").
 READY_LOAD_WAIT_SECONDS: Final = 0.5
+# How long a readiness check waits for a free session when every one is busy (then a
+# pool whose calls answered meanwhile is ready, one whose calls did not is not:
+# `hsm.session.TokenSession._wait_bounded`), and for its own call, which runs in a
+# thread of its own (session 35): both far inside a probe's timeout (deploy/k8s: 3 s),
+# so `/readyz` answers whatever the HSM's connection does.
+READY_POOL_WAIT_SECONDS: Final = 0.5
+READY_CALL_WAIT_SECONDS: Final = 2.0
 
 
 class ReadinessChecks:
@@ -32,6 +42,7 @@ class ReadinessChecks:
     _initializing_count: int
     _background: threading.Thread | None
     _background_failure: HSMUnavailable | None
+    _check_call: _CheckCall | None
 
     if TYPE_CHECKING:
 
@@ -67,20 +78,54 @@ class ReadinessChecks:
             "has not returned (its HSM or cluster may be unreachable)"
         )
 
-    def check_bounded(self, operation: Callable[[Any], T], *, name: str) -> T:
+    def check_bounded(self, operation: Callable[[Any], object], *, name: str) -> None:
         """`_run(operation)` for a readiness check, which never waits for the library: it
         never loads or re-initialises it in this thread (`_in_background`), nor waits for
         the pool while a re-initialisation holds it. A check that loaded the library
         itself hung in a networked HSM client's ``C_Initialize`` (session 33), one that
         waited for the load up to COFRE_HSM__INIT_TIMEOUT_SECONDS outlasted the probe's
         timeout, and one whose own call failed twice re-initialised it in its thread
-        (session 34)."""
+        (session 34). Session 35: a pool whose every session is busy is waited for at
+        most `READY_POOL_WAIT_SECONDS`, and passes if its calls answered meanwhile
+        (`_wait_bounded`); the call runs in a thread of its own, waited for at most
+        `READY_CALL_WAIT_SECONDS` from its start. Checks that come while it runs share
+        it; once it is late they answer unready at once and start no other, so a hung
+        connection holds one thread and one session, however many probes arrive."""
         self.check_answering()
+        may_block()
+        with self._mutex:
+            call = self._check_call
+            if call is None:
+                call = self._check_call = _CheckCall(time.monotonic())
+                threading.Thread(
+                    target=self._check_work,
+                    args=(call, operation, name),
+                    name="cofre-hsm-check",
+                    daemon=True,
+                ).start()
+        if not call.done.wait(max(0.0, call.started + READY_CALL_WAIT_SECONDS - time.monotonic())):
+            late = time.monotonic() - call.started
+            raise HSMUnavailable(
+                f"the token has not answered a readiness check's call in {late:.1f} s (its "
+                "HSM or the connection to it may hang); checks answer unready, with no call "
+                "of their own, until it does"
+            )
+        if call.failure is not None:
+            raise call.failure
+
+    def _check_work(self, call: _CheckCall, operation: Callable[[Any], object], name: str) -> None:
+        """The readiness check's call, in its own thread (`check_bounded`)."""
         self._local.bounded = True
         try:
-            return self._run(operation, name=name)
+            self._run(operation, name=name)
+        except _PoolAnswering:
+            pass  # every session busy, and their calls answered: the HSM works
+        except BaseException as exc:  # noqa: BLE001 - raised in the checking threads
+            call.failure = exc
         finally:
-            self._local.bounded = False
+            with self._mutex:
+                self._check_call = None
+            call.done.set()
 
     def _load_for_check(self) -> Any:
         """The library for a readiness check: loaded in a background thread

@@ -39,11 +39,14 @@ from pydantic import SecretStr
 
 from cofre.blocking import may_block, may_wait
 from cofre.errors import WouldBlock
+from hsm import _readiness
 from hsm._login import UserLogin
 from hsm._pool import (
     _AUTH_ERRORS,
+    _CheckCall,
     _close_quietly,
     _KeyHandleRefused,
+    _PoolAnswering,
     _Pooled,
     _SessionLost,
     _translated,
@@ -109,6 +112,11 @@ class TokenSession(ReadinessChecks):
         # how the last one failed (what a check says once it has ended).
         self._background: threading.Thread | None = None
         self._background_failure: HSMUnavailable | None = None
+        # The readiness check's own call while it runs: at most one (`check_bounded`).
+        self._check_call: _CheckCall | None = None
+        # Calls the token answered (sessions given back unbroken): what a readiness check
+        # on a pool with every session busy takes as the HSM working (`_wait_bounded`).
+        self._answers = 0
         # The pool: one plain lock (cheap to take in C, see `_run_pooled`) and a condition
         # on it for the threads that wait, either for a place in the pool or, while
         # `_exclusive` holds the pool alone, for it to end; `_waiting` counts them so that
@@ -218,11 +226,11 @@ class TokenSession(ReadinessChecks):
         as always when `fresh`)."""
         with self._mutex:
             if self._closed or self._busy >= self.pool_size:
-                if self._closed and getattr(self._local, "bounded", False):
-                    # A readiness check: never behind a re-initialisation (or a stop).
-                    raise self._not_answering()
-                may_block()
-                self._wait_for_place()
+                if getattr(self._local, "bounded", False):
+                    self._wait_bounded()  # a readiness check
+                else:
+                    may_block()
+                    self._wait_for_place()
             self._busy += 1
             if fresh or not self._idle:
                 return None
@@ -241,6 +249,32 @@ class TokenSession(ReadinessChecks):
         finally:
             self._waiting -= 1
 
+    def _wait_bounded(self) -> None:
+        """`_wait_for_place` for a readiness check: never behind a re-initialisation (or a
+        stop), and for at most `READY_POOL_WAIT_SECONDS`. Every session busy is evidence of
+        a working HSM only while their calls answer: raises `_PoolAnswering` once one has
+        (ready), `HSMUnavailable` if none has by then. Until session 35 the check waited
+        for a place with no bound, behind calls a hung connection never answers."""
+        seen = self._answers
+        deadline = time.monotonic() + _readiness.READY_POOL_WAIT_SECONDS
+        self._waiting += 1
+        try:
+            while self._closed or self._busy >= self.pool_size:
+                if self._closed:
+                    raise self._not_answering()
+                if self._answers != seen:
+                    raise _PoolAnswering
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise HSMUnavailable(
+                        f"every HSM session is busy ({self.pool_size}) and none answered in "
+                        f"{_readiness.READY_POOL_WAIT_SECONDS:g} s (the HSM or its "
+                        "connection may hang)"
+                    )
+                self._freed.wait(remaining)
+        finally:
+            self._waiting -= 1
+
     def _give_back(self, pooled: _Pooled | None, *, broken: bool) -> None:
         if broken:
             # A lost session usually means the token or the connection was reset, so the
@@ -256,6 +290,7 @@ class TokenSession(ReadinessChecks):
             self._busy -= 1
             if pooled is not None and not broken:
                 self._idle.append(pooled)
+                self._answers += 1
             if self._waiting:
                 # All: the waiters are borrowers and maybe one `_exclusive` waiting for the
                 # pool to empty; waking only that one could strand a borrower.
