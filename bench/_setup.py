@@ -42,7 +42,7 @@ def bench_token(work: Path) -> Path:
     ``softhsm2.conf`` (the user PIN is in ``work / "pin"``)."""
     conf = work / "softhsm2.conf"
     write_softhsm_conf(conf, work / "tokens")
-    pin = secrets.token_urlsafe(12)
+    pin = "bench-cu:" + secrets.token_urlsafe(12)  # CloudHSM's shape: the shim needs it
     init_softhsm_token(conf, "bench", so_pin=secrets.token_urlsafe(12), user_pin=pin)
     (work / "pin").write_text(pin)
     return conf

@@ -19,7 +19,7 @@ from cofre.errors import ConfigurationError
 from cofre.settings import Settings
 from cofre_cli._library_probe import bounded_library_identity
 from hsm.errors import HSMUnavailable
-from hsm.library import is_softhsm, says_softhsm
+from hsm.library import cloudhsm_pin_problem, is_softhsm, says_softhsm
 from policies.loader import load_policy
 
 _log = structlog.get_logger("cofre.vault")
@@ -74,9 +74,23 @@ def production_checks(settings: Settings) -> list[str]:
         refused.append(unverified)
     software = _software_token(settings, allowed_anyway=allow.allow_software_hsm)
     judge(software is not None, allow.allow_software_hsm, "allow_software_hsm", software or "")
+    # No allowance: such a PIN cannot log in (and is never sent, `hsm.session`).
+    pin_problem = _cloudhsm_pin_problem(settings)
+    if pin_problem is not None:
+        refused.append(pin_problem)
     if refused:
         raise ConfigurationError("refusing to serve in production: " + "; ".join(refused))
     return allowed
+
+
+def _cloudhsm_pin_problem(settings: Settings) -> str | None:
+    """`hsm.library.cloudhsm_pin_problem` for the configured PIN (a PIN that cannot be
+    read is said where the HSM is first used, as before)."""
+    try:
+        pin = settings.hsm.read_pin()
+    except ConfigurationError:
+        return None
+    return cloudhsm_pin_problem(settings.hsm.library, pin.get_secret_value())
 
 
 def refusing_software_tokens(settings: Settings) -> Settings:

@@ -165,7 +165,9 @@ def _ensure(data_dir: Path, port: int) -> DevEnvironment:
         hsm_dir.mkdir(exist_ok=True, mode=0o700)
         write_softhsm_conf(conf, hsm_dir / "tokens")
         so_pin = secrets.token_urlsafe(18)
-        user_pin = secrets.token_urlsafe(18)
+        # AWS CloudHSM's shape, <CU user name>:<password> (pkcs11-pin.html): SoftHSM2
+        # takes any PIN, and the dev vault also runs on the CloudHSM-behaviour shim.
+        user_pin = "cofre-dev:" + secrets.token_urlsafe(18)
         init_softhsm_token(conf, DEV_TOKEN_LABEL, so_pin=so_pin, user_pin=user_pin)
         _write_secret(hsm_dir / "so-pin", so_pin)
         _write_secret(user_pin_file, user_pin)

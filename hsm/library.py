@@ -37,6 +37,29 @@ def is_softhsm(library: Path) -> bool:
     return library.name.startswith("libsofthsm2")
 
 
+def cloudhsm_pin_problem(library: Path, pin: str) -> str | None:
+    """Why `pin` cannot log in to `library` if that is AWS CloudHSM's PKCS#11 library
+    (its file name says ``cloudhsm``, as ``libcloudhsm_pkcs11.so`` does), else None.
+    SDK 5 takes the PIN as ``<CU user name>:<password>`` (pkcs11-pin.html); a bare
+    password fails there, and is not sent: each refused PIN counts toward the crypto
+    user's lockout. Never says the PIN, only that it has no ``:``."""
+    if "cloudhsm" not in library.name.casefold() or ":" in pin:
+        return None
+    return (
+        f"the HSM PIN has no ':', and the PKCS#11 library {library} is AWS CloudHSM's, "
+        f"which takes <CU user name>:<password> (docs/cloudhsm.md, section 3): set "
+        "COFRE_HSM__PIN or the pin_file to the crypto user's name, a ':' and its password"
+    )
+
+
+def pin_hint(pin: str) -> str:
+    """What to add to a refused PIN's error: SDK 5's PIN shape when `pin` lacks it (any
+    library: CloudHSM's may be installed under another name). Never the PIN."""
+    if ":" in pin:
+        return ""
+    return "; the PIN has no ':' (AWS CloudHSM takes <CU user name>:<password>)"
+
+
 def says_softhsm(identity: LibraryIdentity) -> bool:
     """Whether a loaded library names SoftHSM as its maker or its token's model: what
     SoftHSM2 answers under any file name, and what the tests' CloudHSM shim passes

@@ -59,7 +59,14 @@ from hsm.errors import (
     HSMOperationFailed,
     HSMUnavailable,
 )
-from hsm.library import is_softhsm, load_library, pool_size_for, says_softhsm
+from hsm.library import (
+    cloudhsm_pin_problem,
+    is_softhsm,
+    load_library,
+    pin_hint,
+    pool_size_for,
+    says_softhsm,
+)
 from hsm.mechanisms import WrapMechanisms
 from hsm.models import LibraryIdentity
 
@@ -140,6 +147,10 @@ class TokenSession(ReadinessChecks):
 
     # ------------------------------------------------------------------ session
     def _open_session(self) -> Any:
+        # Before the library and any C_Login: a PIN CloudHSM cannot take is never sent.
+        problem = cloudhsm_pin_problem(self._library_path, self._pin.get_secret_value())
+        if problem is not None:
+            raise HSMAuthFailed(problem)
         lib = self._lib
         if lib is None:
             if getattr(self._local, "bounded", False):
@@ -198,8 +209,9 @@ class TokenSession(ReadinessChecks):
         one, or a password a crypto officer reset, takes a restart."""
         if self._pin_refused is not None:
             raise HSMAuthFailed(
-                f"token {self._token_label!r} refused the user PIN ({self._pin_refused}); "
-                "not tried again until the vault restarts"
+                f"token {self._token_label!r} refused the user PIN ({self._pin_refused}"
+                f"{pin_hint(self._pin.get_secret_value())}); not tried again until the vault "
+                "restarts"
             )
 
     def _refuse_a_software_token(self, lib: Any, token: Any) -> None:

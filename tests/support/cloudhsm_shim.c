@@ -55,6 +55,8 @@
  *    are our choice: docs/cloudhsm.md, "When the HSM fails"). Tests only. While a file
  *    of the same name plus ".hang-initialize" exists, C_Initialize waits for it to go
  *    (a client whose cluster does not answer).
+ *  - C_Login as the user with a PIN that is not "<CU user name>:<password>" (no ':';
+ *    pkcs11-pin.html) answers CKR_PIN_INCORRECT (our assumption: AWS names no code).
  *  - COFRE_SHIM_LOGIN_LOCKOUT: after this many refused PINs in a row, C_Login answers
  *    CKR_PIN_LOCKED (ours) to every PIN, as AWS locks a crypto user out after five
  *    (cloudhsm_cli-login.html; key_mgmt_util-loginHSM.html). Off unless set; tests only.
@@ -923,8 +925,17 @@ static long lockout_after;
 static long logins_refused;
 static pthread_mutex_t lockout_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* pkcs11-pin.html: SDK 5's PIN is "<CU_user_name>:<password>". AWS names no code for a
+ * PIN without the ':'; CKR_PIN_INCORRECT is our assumption (docs/cloudhsm.md). Such a
+ * PIN names no user, so it counts toward no lockout here. A well-shaped PIN is passed
+ * to SoftHSM2 whole: its one user's PIN is the tests' "<name>:<password>". */
+static int pin_has_user(CK_UTF8CHAR_PTR p, CK_ULONG l) {
+    return p != NULL && l > 0 && memchr(p, ':', l) != NULL;
+}
+
 static CK_RV shim_Login(CK_SESSION_HANDLE s, CK_USER_TYPE u, CK_UTF8CHAR_PTR p, CK_ULONG l) {
     ENTER(FN_LOGIN, s);
+    if (u == CKU_USER && !pin_has_user(p, l)) return CKR_PIN_INCORRECT;
     if (lockout_after <= 0) return real->C_Login(s, u, p, l);
     pthread_mutex_lock(&lockout_lock);
     int locked = logins_refused >= lockout_after;

@@ -56,7 +56,9 @@ def create_token(base: Path, label: str | None = None) -> SoftHSMToken:
         conf=conf,
         token_dir=token_dir,
         label=label or f"cofre-test-{secrets.token_hex(4)}",
-        user_pin=secrets.token_urlsafe(12),
+        # SDK 5's shape, <CU user name>:<password>: the CloudHSM shim refuses a PIN
+        # without the ":" (pkcs11-pin.html), and both backends take this one.
+        user_pin="cofre-cu:" + secrets.token_urlsafe(12),
         so_pin=secrets.token_urlsafe(12),
     )
     init_softhsm_token(conf, token.label, so_pin=token.so_pin, user_pin=token.user_pin)
