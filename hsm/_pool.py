@@ -80,14 +80,17 @@ class _PoolAnswering(Exception):
 
 
 class _CheckCall:
-    """The readiness check's own call, run in a thread of its own (`hsm.session`): when
-    it started, whether it has ended, and how it failed (None: it passed)."""
+    """The readiness check's own call, run in a thread of its own (`hsm.session`): which
+    call (its name), when it started, whether it has ended, and its result or how it
+    failed (result None: every session was busy with calls that answered)."""
 
-    __slots__ = ("done", "failure", "started")
+    __slots__ = ("done", "failure", "name", "result", "started")
 
-    def __init__(self, started: float) -> None:
+    def __init__(self, name: str, started: float) -> None:
+        self.name = name
         self.started = started
         self.done = threading.Event()
+        self.result: object = None
         self.failure: BaseException | None = None
 
 

@@ -78,7 +78,7 @@ class ReadinessChecks:
             "has not returned (its HSM or cluster may be unreachable)"
         )
 
-    def check_bounded(self, operation: Callable[[Any], object], *, name: str) -> None:
+    def check_bounded(self, operation: Callable[[Any], object], *, name: str) -> object:
         """`_run(operation)` for a readiness check, which never waits for the library: it
         never loads or re-initialises it in this thread (`_in_background`), nor waits for
         the pool while a re-initialisation holds it. A check that loaded the library
@@ -90,34 +90,43 @@ class ReadinessChecks:
         (`_wait_bounded`); the call runs in a thread of its own, waited for at most
         `READY_CALL_WAIT_SECONDS` from its start. Checks that come while it runs share
         it; once it is late they answer unready at once and start no other, so a hung
-        connection holds one thread and one session, however many probes arrive."""
+        connection holds one thread and one session, however many probes arrive. Returns
+        what `operation` returned, or None when every session was busy with calls that
+        answered (no call made)."""
         self.check_answering()
         may_block()
-        with self._mutex:
-            call = self._check_call
-            if call is None:
-                call = self._check_call = _CheckCall(time.monotonic())
-                threading.Thread(
-                    target=self._check_work,
-                    args=(call, operation, name),
-                    name="cofre-hsm-check",
-                    daemon=True,
-                ).start()
-        if not call.done.wait(max(0.0, call.started + READY_CALL_WAIT_SECONDS - time.monotonic())):
-            late = time.monotonic() - call.started
-            raise HSMUnavailable(
-                f"the token has not answered a readiness check's call in {late:.1f} s (its "
-                "HSM or the connection to it may hang); checks answer unready, with no call "
-                "of their own, until it does"
-            )
-        if call.failure is not None:
-            raise call.failure
+        while True:
+            with self._mutex:
+                call = self._check_call
+                if call is None:
+                    call = self._check_call = _CheckCall(name, time.monotonic())
+                    threading.Thread(
+                        target=self._check_work,
+                        args=(call, operation, name),
+                        name="cofre-hsm-check",
+                        daemon=True,
+                    ).start()
+            if not call.done.wait(
+                max(0.0, call.started + READY_CALL_WAIT_SECONDS - time.monotonic())
+            ):
+                break
+            if call.name == name:
+                if call.failure is not None:
+                    raise call.failure
+                return call.result
+            # Another kind of check's call, ended in time: now this one's.
+        late = time.monotonic() - call.started
+        raise HSMUnavailable(
+            f"the token has not answered a readiness check's call in {late:.1f} s (its "
+            "HSM or the connection to it may hang); checks answer unready, with no call "
+            "of their own, until it does"
+        )
 
     def _check_work(self, call: _CheckCall, operation: Callable[[Any], object], name: str) -> None:
         """The readiness check's call, in its own thread (`check_bounded`)."""
         self._local.bounded = True
         try:
-            self._run(operation, name=name)
+            call.result = self._run(operation, name=name)
         except _PoolAnswering:
             pass  # every session busy, and their calls answered: the HSM works
         except BaseException as exc:  # noqa: BLE001 - raised in the checking threads

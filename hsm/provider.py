@@ -25,6 +25,7 @@ from hsm._hmac import HmacOperations
 from hsm.errors import (
     HSMKeyNotFound,
     HSMOperationFailed,
+    HSMUnavailable,
 )
 from hsm.mechanisms import (
     WrapAlgorithm,
@@ -76,6 +77,9 @@ class HSMProvider(HmacOperations):
     public method raises `HSMUnavailable` (or its subclass `HSMAuthFailed`) when the
     token cannot be reached, and the other `hsm.errors` classes as documented.
     """
+
+    # The last key listing a readiness check made (`list_keys_for_check`).
+    _checked_listing: list[KeyInfo] | None = None
 
     # ------------------------------------------------------------------ inspection
     def health_check(self) -> None:
@@ -129,16 +133,30 @@ class HSMProvider(HmacOperations):
     def list_keys(self) -> list[KeyInfo]:
         """Return every key object on the token, Cofre's or not, sorted by label."""
 
-        def read(session: Any) -> list[KeyInfo]:
-            infos = [
-                self._describe(obj)
-                for cls in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
-                # Token objects only: a batch's short-lived session copies are not keys.
-                for obj in session.get_objects({Attribute.CLASS: cls, Attribute.TOKEN: True})
-            ]
-            return sorted(infos, key=lambda info: (info.label, info.object_class))
+        return self._run(self._listing)
 
-        return self._run(read)
+    def _listing(self, session: Any) -> list[KeyInfo]:
+        infos = [
+            self._describe(obj)
+            for cls in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
+            # Token objects only: a batch's short-lived session copies are not keys.
+            for obj in session.get_objects({Attribute.CLASS: cls, Attribute.TOKEN: True})
+        ]
+        return sorted(infos, key=lambda info: (info.label, info.object_class))
+
+    def list_keys_for_check(self) -> list[KeyInfo]:
+        """`list_keys` for a readiness check (the key registry's), bounded as
+        `health_check` is (`check_bounded`): raises `HSMUnavailable` rather than wait on
+        a busy pool or a hung call (session 35; it waited with no bound before). When
+        every session is busy with calls that answer, the last listing a check made
+        (the next check that gets a session lists again); none yet: `HSMUnavailable`."""
+        listed = self.check_bounded(self._listing, name="key listing")
+        if isinstance(listed, list):
+            self._checked_listing = listed
+            return listed
+        if self._checked_listing is None:
+            raise HSMUnavailable("every HSM session is busy: the token's keys not listed yet")
+        return list(self._checked_listing)
 
     def describe_key(self, label: str) -> KeyInfo:
         """Return the attributes of the secret or private key `label`.

@@ -216,12 +216,14 @@ class KeyRegistry:
             )
         return f"cofre-{kind.value}-v{versions[-1]}"
 
-    def unregistered(self) -> list[str]:
-        """Labels of keys on the token that are not in the registry as they are."""
+    def unregistered(self, listed: list[KeyInfo] | None = None) -> list[str]:
+        """Labels of keys on the token (`listed`, or the token's listing now) that are not
+        in the registry as they are."""
         registry = self.registered()
+        keys = self._provider.list_keys() if listed is None else listed
         return sorted(
             label
-            for label, identity in token_identities(self._provider.list_keys()).items()
+            for label, identity in token_identities(keys).items()
             if identity is None or registry.get(label) != identity
         )
 
@@ -229,7 +231,9 @@ class KeyRegistry:
         """Return if every key on the token is registered. Raises `KeyNotRegistered`
         naming the others (readiness fails with its own code)."""
         self.adopt_if_empty()
-        stray = self.unregistered()
+        # Bounded as the HSM's readiness check is: never waits on a busy pool or a hung
+        # call (session 35), so /readyz answers whatever the HSM's connection does.
+        stray = self.unregistered(self._provider.list_keys_for_check())
         if stray:
             raise KeyNotRegistered(
                 "keys on the token that are not in Cofre's key registry (never used; "

@@ -58,6 +58,8 @@ def test_a_pool_held_by_calls_that_never_answer_is_unready_and_the_check_returns
     for answer in checks:
         assert str(answer).startswith("HSMUnavailable: every HSM session is busy"), result
         assert "none answered" in str(answer), result
+    # The key registry's listing, which readiness runs next, is bounded the same way.
+    assert str(result["listing"]).startswith("HSMUnavailable: every HSM session is busy"), result
     assert result["ready_after"] == "ok", result
 
 
@@ -66,6 +68,8 @@ def test_a_pool_busy_with_calls_that_answer_is_ready(
 ) -> None:
     result = _probe(tmp_path, softhsm_token, cloudhsm_shim, "busy-answering", latency_us=5000)
     assert result["checks"] == ["ok"] * 5, result
+    assert str(result["listing_idle"]).startswith("ok: "), result
+    assert result["listing"] == result["listing_idle"], result
     assert result["ready_after"] == "ok", result
 
 

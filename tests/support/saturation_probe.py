@@ -62,11 +62,16 @@ def main(argv: list[str]) -> None:
             workers = _listing(provider, stop, threads=2)
             _wait(lambda: faults.report().injected >= 2)  # both sessions held
             result["checks"] = [_check(provider) for _ in range(3)]
+            result["listing"] = _registry_listing(provider)
         elif scenario == "busy-answering":
             for name in ("READY_POOL_WAIT_SECONDS", "READY_CALL_WAIT_SECONDS"):
                 setattr(hsm._readiness, name, READY_BOUND)
+            # The node's readiness listed the keys while it was idle (a node is ready
+            # before traffic arrives); a busy pool's check reuses that listing.
+            result["listing_idle"] = _registry_listing(provider)
             workers = _listing(provider, stop, threads=4)
             result["checks"] = [_check(provider) for _ in range(5)]
+            result["listing"] = _registry_listing(provider)
         elif scenario == "call-hung":
             faults.hang(["C_GenerateRandom"])
             result["checks"] = [_check(provider) for _ in range(3)]
@@ -117,6 +122,24 @@ def _check(provider: HSMProvider) -> str:
     checking = threading.Thread(target=run, daemon=True)
     checking.start()
     checking.join(HANG_BOUND)
+    return outcome[0] if outcome else "hung"
+
+
+def _registry_listing(provider: HSMProvider) -> str:
+    """The key registry's listing for readiness (`list_keys_for_check`; before session 35
+    it was `list_keys`, unbounded), in a thread joined with the hang bound."""
+    listing = getattr(provider, "list_keys_for_check", provider.list_keys)
+    outcome: list[str] = []
+
+    def run() -> None:
+        try:
+            outcome.append(f"ok: {len(listing())} keys")
+        except HSMUnavailable as exc:
+            outcome.append(f"HSMUnavailable: {exc}")
+
+    listing_thread = threading.Thread(target=run, daemon=True)
+    listing_thread.start()
+    listing_thread.join(HANG_BOUND)
     return outcome[0] if outcome else "hung"
 
 
