@@ -34,6 +34,11 @@ CONNECTION_ERRORS: Final = (
     p11e.DeviceMemory,
     p11e.HostMemory,
 )
+# What a busy (throttled) CloudHSM answers once the SDK's own retries are spent
+# (troubleshoot-hsm-throttling.html): a call is dropped and retried as on a lost
+# session, but the library is not re-initialised for it, which would add load where
+# the HSM asks for less (`hsm.session`). Also what SDK 5 answers for a read-only session.
+BUSY_ERRORS: Final = frozenset({"FunctionFailed"})
 # A handle the token no longer (or not yet) honours: a key found earlier and since
 # destroyed, or a new CloudHSM key not yet on a quorum of HSMs. The session is fine.
 _KEY_HANDLE_ERRORS: Final = (p11e.ObjectHandleInvalid, p11e.KeyHandleInvalid)

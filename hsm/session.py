@@ -43,6 +43,7 @@ from hsm import _readiness
 from hsm._login import UserLogin
 from hsm._pool import (
     _AUTH_ERRORS,
+    BUSY_ERRORS,
     _CheckCall,
     _close_quietly,
     _KeyHandleRefused,
@@ -458,7 +459,7 @@ class TokenSession(ReadinessChecks):
                 local.pooled = None
                 self._give_back(pooled, broken=broken)
             if attempt == attempts:
-                if attempts > 1:
+                if attempts > 1 and failure not in BUSY_ERRORS:
                     self._recover()
                 raise HSMUnavailable(f"token {self._token_label!r} is not reachable ({failure})")
 

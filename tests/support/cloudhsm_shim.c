@@ -50,7 +50,8 @@
  *  - COFRE_SHIM_FAULT_FILE: a control file, read on every call, that makes chosen calls
  *    fail with CKR_DEVICE_ERROR, CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED or
  *    CKR_TOKEN_NOT_PRESENT, as a client sees when its connection to an HSM drops or an
- *    HSM is replaced, or black-hole (HANG: a connection that stops answering) until
+ *    HSM is replaced, or CKR_FUNCTION_FAILED, a busy (throttled) HSM
+ *    (troubleshoot-hsm-throttling.html), or black-hole (HANG: a connection that stops answering) until
  *    the file changes (section "faults" below; the codes and what they do to sessions
  *    are our choice: docs/cloudhsm.md, "When the HSM fails"). Tests only. While a file
  *    of the same name plus ".hang-initialize" exists, C_Initialize waits for it to go
@@ -270,7 +271,9 @@ static CK_RV check_template(CK_ATTRIBUTE_PTR tpl, CK_ULONG n, int generic_secret
  * so a test can switch a fault on and off while a vault runs in another process. Up to
  * four lines, one rule each (the first that applies to a call answers it), "CODE COUNT
  * FUNCTIONS":
- *   CODE       DEVICE_ERROR, SESSION_HANDLE_INVALID, SESSION_CLOSED or TOKEN_NOT_PRESENT;
+ *   CODE       DEVICE_ERROR, SESSION_HANDLE_INVALID, SESSION_CLOSED, TOKEN_NOT_PRESENT,
+ *              FUNCTION_FAILED (AWS's code for a busy, throttled HSM after the SDK's own
+ *              retries: troubleshoot-hsm-throttling.html; kills nothing);
  *              or HANG: the call black-holes (a connection that stops answering without
  *              closing) until the file changes, then goes on as if nothing happened
  *   COUNT      how many calls fail (then none, until the file changes), or * for every
@@ -305,6 +308,7 @@ static const struct { const char *name; CK_RV rv; } fault_codes[] = {
     {"SESSION_HANDLE_INVALID", CKR_SESSION_HANDLE_INVALID},
     {"SESSION_CLOSED", CKR_SESSION_CLOSED},
     {"TOKEN_NOT_PRESENT", CKR_TOKEN_NOT_PRESENT},
+    {"FUNCTION_FAILED", CKR_FUNCTION_FAILED},
     {"HANG", RV_HANG},
 };
 #define FAULT_LINE_MAX 512
@@ -521,8 +525,12 @@ static void hang_while_asked(void) {
 }
 
 /* ------------------------------------------------------------------ overrides */
+/* C_Initialize calls that returned, for cofre_shim_initializations (tests only). */
+static long initializations;
+
 static CK_RV shim_Initialize(CK_VOID_PTR args) {
     hang_while_asked();
+    __atomic_add_fetch(&initializations, 1, __ATOMIC_RELAXED);
     if (args == NULL) {
         CK_C_INITIALIZE_ARGS locking;
         memset(&locking, 0, sizeof locking);
@@ -1083,6 +1091,12 @@ void cofre_shim_configure(long new_latency_us, long new_availability_ms, int new
     availability_ms = new_availability_ms;
     memset(pending, 0, sizeof pending); /* keys created before now are available */
     pthread_mutex_unlock(&pending_lock);
+}
+
+/* Test control, not PKCS#11: how many C_Initialize calls this process has made (a
+ * re-initialisation of the library shows as one more). */
+long cofre_shim_initializations(void) {
+    return __atomic_load_n(&initializations, __ATOMIC_RELAXED);
 }
 
 /* Test control, not PKCS#11: how many calls this process has sent as round trips. */

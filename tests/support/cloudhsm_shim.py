@@ -58,14 +58,16 @@ class CloudHSMShim:
 
 
 # What `ShimFaults.inject` may ask for (cloudhsm_shim.c, section "faults"): the codes a
-# client sees when its connection to an HSM drops or an HSM is replaced, and the calls
-# that can fail with them; or HANG (`ShimFaults.hang`): the call black-holes, as on a
-# connection that stops answering without closing, until the control file changes.
+# client sees when its connection to an HSM drops or an HSM is replaced, or a busy
+# (throttled) HSM's FUNCTION_FAILED, and the calls that can fail with them; or HANG
+# (`ShimFaults.hang`): the call black-holes, as on a connection that stops answering
+# without closing, until the control file changes.
 FAULT_CODES: Final = (
     "DEVICE_ERROR",
     "SESSION_HANDLE_INVALID",
     "SESSION_CLOSED",
     "TOKEN_NOT_PRESENT",
+    "FUNCTION_FAILED",
     "HANG",
 )
 FAULT_FUNCTIONS: Final = frozenset(
@@ -245,6 +247,14 @@ def round_trips(shim: CloudHSMShim) -> int:
     module = ctypes.CDLL(str(shim.library))
     module.cofre_shim_round_trips.restype = ctypes.c_long
     return int(module.cofre_shim_round_trips())
+
+
+def initializations(library: Path) -> int:
+    """How many ``C_Initialize`` calls the shim at `library`, loaded in this process, has
+    made: one per load, and one more per re-initialisation of the library."""
+    module = ctypes.CDLL(str(library))
+    module.cofre_shim_initializations.restype = ctypes.c_long
+    return int(module.cofre_shim_initializations())
 
 
 def activate(shim: CloudHSMShim, **env: int) -> None:
