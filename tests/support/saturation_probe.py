@@ -58,6 +58,9 @@ def main(argv: list[str]) -> None:
     workers: list[threading.Thread] = []
     try:
         if scenario == "busy-hung":
+            # Nothing answers until cleared, so the pool wait's outcome is fixed; the
+            # call's bound is raised so that it can only fail on a hang.
+            hsm._readiness.READY_CALL_WAIT_SECONDS = READY_BOUND  # type: ignore[misc]
             faults.hang(["C_FindObjectsInit"])
             workers = _listing(provider, stop, threads=2)
             _wait(lambda: faults.report().injected >= 2)  # both sessions held
