@@ -12,10 +12,8 @@ import binascii
 import json
 import math
 import re
-import tarfile
-import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -23,6 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from cofre_evidence_verifier import _ustar
 from cofre_evidence_verifier.errors import MalformedBundle, UnsafeBundle
 
 if TYPE_CHECKING:
@@ -44,13 +43,14 @@ MAX_TOTAL: Final = 1024 * 1024 * 1024
 # (about 350 bytes each), far below what a file of tiny lines would parse to.
 MAX_LINES: Final = 2_000_000
 MAX_MEMBERS: Final = 1000
-_CHUNK: Final = 1024 * 1024
 # A member's name: relative, ASCII letters, digits, '.', '_' and '-' between single
 # slashes, no '.' or '..' component, as the exporter writes them. Any other spelling
 # (`./x`, `a//x`, `a/./x`, `a\\x`) names, on the auditor's disk, a file another
 # member may also name, and `tar -xzf` keeps the later one: the checks would read one
-# copy and the auditor the other.
-_MEMBER_NAME: Final = re.compile(r"(?!\.\.?(/|$))[A-Za-z0-9_.-]+(/(?!\.\.?(/|$))[A-Za-z0-9_.-]+)*")
+# copy and the auditor the other. No component ends with '.' either (review 35): Windows
+# drops a trailing dot, so `entries.jsonl.` is `entries.jsonl` to its file APIs (and
+# '.' and '..' end with one).
+_MEMBER_NAME: Final = re.compile(r"[A-Za-z0-9_.-]*[A-Za-z0-9_-](/[A-Za-z0-9_.-]*[A-Za-z0-9_-])*")
 # The audit actions that record the policy put in force (with its SHA-256 and text).
 POLICY_ACTIONS: Final = ("policy.load", "policy.reload")
 # The names the vault took as its own for officers' signed @authority (check 6c).
@@ -73,85 +73,44 @@ Files = dict[str, bytes]
 Heads = dict[int, dict[str, Any]]
 
 
-def _check_decompressed_size(path: Path) -> None:
-    """Raise `UnsafeBundle` when the archive decompresses to more than `MAX_TOTAL`
-    bytes, is no complete gzip stream, or has anything after its one gzip stream.
-    Counted in chunks, keeping none: a bomb (a few MB that inflate to gigabytes) costs
-    the time to inflate `MAX_TOTAL`, never the memory.
+def _checked(seen: set[str]) -> Callable[[str, int], None]:
+    """The check of each member's name and size before its data is read (`_ustar`):
+    spelt as the exporter spells it (`_MEMBER_NAME`), not over `MAX_FILE`, not twice (in
+    any case)."""
 
-    One stream only: `tarfile`'s stream reader stops at the end of the first gzip
-    member, while `gzip`, GNU tar and the auditor's `tar -xzf` read every member of a
-    concatenated file, so a second member would hold files the auditor unpacks and the
-    checks never saw (the exporter writes one stream)."""
-    total = 0
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # one gzip member
-    with path.open("rb") as raw:
-        try:
-            while not inflater.eof:
-                chunk = inflater.unconsumed_tail or raw.read(_CHUNK)
-                inflated = len(inflater.decompress(chunk, _CHUNK))
-                if not chunk and not inflated:
-                    break  # the file ended inside the stream
-                total += inflated
-                if total > MAX_TOTAL:
-                    raise UnsafeBundle(
-                        f"the bundle decompresses to more than {MAX_TOTAL // _CHUNK} MiB"
-                    )
-        except zlib.error as exc:
-            raise UnsafeBundle(f"not a complete gzip stream ({exc})") from None
-        if not inflater.eof:
-            raise UnsafeBundle("not a complete gzip stream (it ends early)")
-        if inflater.unused_data or raw.read(1):
-            raise UnsafeBundle(
-                "data after the bundle's gzip stream (a second gzip member, which other "
-                "tools unpack and this verifier would not read)"
-            )
+    def check(name: str, size: int) -> None:
+        if _MEMBER_NAME.fullmatch(name) is None:
+            # Quoted as it is: the reports escape what a terminal would act on.
+            raise UnsafeBundle(f"unsafe member in bundle: '{name}'")
+        if size > MAX_FILE:
+            raise UnsafeBundle(f"member too large: {name!r}")
+        if name.casefold() in seen:
+            # Which copy a reader keeps is up to the reader: refused, not guessed. A
+            # case-insensitive disk (macOS, Windows) writes both names to one file.
+            raise UnsafeBundle(f"member twice in bundle: {name!r}")
+        seen.add(name.casefold())
+
+    return check
 
 
 def read_bundle(path: Path) -> Files:
-    """Return the bundle's regular files by name.
+    """Return the bundle's files by name.
 
-    Raises `UnsafeBundle` for links, devices, a name not spelt as the exporter spells
-    them (`_MEMBER_NAME`: no absolute path, no '..'), a member twice (in any case), an
-    oversized or an unreadable member, more than `MAX_MEMBERS` members or more than
-    `MAX_TOTAL` bytes decompressed (the file comes from outside: it is refused before
-    anything in it is kept), `OSError` or `tarfile.TarError` for a file that is not a
-    readable tar.gz.
+    The archive is read as the exporter writes it (`_ustar`: plain POSIX ustar members
+    in one gzip stream, zero blocks to the end; review 35) and walked twice: first
+    keeping nothing, so that anything else (a link, a directory, an extended header, a
+    header other tools read otherwise, a mode tar would restore, data after the end)
+    and more than `MAX_MEMBERS` members or `MAX_TOTAL` bytes decompressed is refused
+    (`UnsafeBundle`) before anything in it is kept, as are a name not spelt as the
+    exporter spells it (`_MEMBER_NAME`: no absolute path, no '..'), a member twice (in
+    any case) and one over `MAX_FILE`. Then its files are read. Raises `OSError` for a
+    file that cannot be read.
     """
-    _check_decompressed_size(path)
-    files: Files = {}
-    seen: set[str] = set()
-    total = 0
-    # Read as a stream, member after member: the archive is inflated once more and
-    # nothing but the members read so far is held.
-    with tarfile.open(path, "r|gz") as archive:
-        for count, member in enumerate(archive, 1):
-            name = member.name
-            if count > MAX_MEMBERS:
-                raise UnsafeBundle(f"more than {MAX_MEMBERS} members in the bundle")
-            if member.isdir():
-                continue
-            # Plain files only: a sparse member (GNU or PAX) is a regular file to
-            # `isfile`, and reading it fills its holes with zeros the compressed size
-            # never showed (review 31: 265 bytes held 16 MiB).
-            regular = member.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and not member.issparse()
-            if not regular or _MEMBER_NAME.fullmatch(name) is None:
-                # Quoted as it is: the reports escape what a terminal would act on.
-                raise UnsafeBundle(f"unsafe member in bundle: '{name}'")
-            if member.size > MAX_FILE:
-                raise UnsafeBundle(f"member too large: {name!r}")
-            total += member.size
-            if total > MAX_TOTAL:
-                raise UnsafeBundle(f"more than {MAX_TOTAL // 2**20} MiB in the bundle's files")
-            if name.casefold() in seen:
-                # Which copy a reader keeps is up to the reader: refused, not guessed. A
-                # case-insensitive disk (macOS, Windows) writes both names to one file.
-                raise UnsafeBundle(f"member twice in bundle: {name!r}")
-            seen.add(name.casefold())
-            handle = archive.extractfile(member)
-            if handle is None:
-                raise UnsafeBundle(f"unreadable member: {name!r}")
-            files[name] = handle.read()
+    for keep in (False, True):
+        walk = _ustar.members(
+            path, limit=MAX_TOTAL, max_members=MAX_MEMBERS, keep=keep, check=_checked(set())
+        )
+        files = dict(walk)
     return files
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -88,7 +87,7 @@ def _read_previous(
     and its shape is a manifest's; else None, reported."""
     try:
         before = read_bundle(previous)
-    except (OSError, tarfile.TarError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         report.fail(f"cannot read the previous bundle: {exc}")
         return None
     # Signed by a key of this bundle's key chain (an older one if the key was rotated

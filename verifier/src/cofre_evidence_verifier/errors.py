@@ -38,7 +38,8 @@ class SignedRequestError(VerifierError, ValueError):
 
 class UnsafeBundle(VerifierError, ValueError):
     """The bundle holds a link, a device, an absolute or `..` path, an oversized or an
-    unreadable member: it is refused before anything in it is used."""
+    unreadable member, or any tar construct other than the exporter's plain ustar files
+    (review 35): it is refused before anything in it is used."""
 
 
 class MalformedBundle(VerifierError, ValueError):
