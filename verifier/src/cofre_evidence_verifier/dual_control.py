@@ -64,11 +64,12 @@ from cofre_evidence_verifier.dual_control_log import (
     APPROVE,
     PROPOSE,
     START,
+    Index,
     ceremonies_to_check,
     entry_details,
     entry_time,
+    index_pool,
     proven_entries,
-    succeeded,
 )
 from cofre_evidence_verifier.errors import SignedRequestError
 from cofre_evidence_verifier.policy import in_force, policy_documents
@@ -138,6 +139,7 @@ class _Context:
     and the proposal life."""
 
     pool: dict[int, dict[str, Any]]
+    by: Index  # the pool's ceremony entries by action and ceremony (`index_pool`)
     policies: list[tuple[int, dict[str, Any]]]
     ttl_seconds: int
     period_first: int
@@ -238,11 +240,9 @@ def _check_proposal(
     ceremony's one proposal is proven (the proposer and index are returned in any case
     when there is one)."""
     found = [
-        (index, entry)
-        for index, entry in sorted(context.pool.items())
+        (index, context.pool[index])
+        for index in context.by.get((PROPOSE, ceremony.id), [])
         if index < ceremony.start
-        and succeeded(entry, PROPOSE)
-        and entry.get("key_id") == ceremony.id
     ]
     if not found:
         ceremony.fail("no proposal of it is in the bundle (a start nobody proposed)")
@@ -305,11 +305,10 @@ def _count_approvals(  # noqa: PLR0917 - what the proposal check found, in order
     proposer, proposed_at, first = proposal
     counted: list[tuple[int, int]] = []
     seen: dict[str, int] = {}
-    for index, entry in sorted(context.pool.items()):
+    for index in context.by.get((APPROVE, ceremony.id), []):
         if not (first is not None and first < index < ceremony.start):
             continue
-        if not succeeded(entry, APPROVE) or entry.get("key_id") != ceremony.id:
-            continue
+        entry = context.pool[index]
         officer = str(entry.get("actor"))
         if officer == proposer:
             ceremony.fail(f"the proposer approved their own ceremony (entry {index}): not counted")
@@ -343,13 +342,8 @@ def _check_start(
     transaction of the approval that completes its quorum, so a genuine start is that
     close to it; a start written later reuses approvals that were spent, even when the
     exporter leaves the first start out."""
-    others = [
-        index
-        for index, entry in sorted(context.pool.items())
-        if index != ceremony.start
-        and succeeded(entry, START)
-        and entry.get("key_id") == ceremony.id
-    ]
+    starts = context.by.get((START, ceremony.id), [])
+    others = [index for index in starts if index != ceremony.start]
     if others:
         ceremony.fail(
             f"the bundle holds another start of it (entries {others}): its approvals "
@@ -492,9 +486,10 @@ def check_dual_control(
     report.summary["dual_control_proposal_ttl_hours"] = hours
     names = vault_names(files, authorities, problems)
     report.summary["dual_control_vault_names"] = names.summary()
-    context = _Context(pool, policy_documents(files), int(hours * 3600), first, names)
+    by = index_pool(pool)
+    context = _Context(pool, by, policy_documents(files), int(hours * 3600), first, names)
     checked = []
-    for ceremony_id, start in ceremonies_to_check(pool, period, problems).items():
+    for ceremony_id, start in ceremonies_to_check(pool, by, period, problems).items():
         entry = pool[start]
         ceremony = _Ceremony(ceremony_id, str(entry_details(entry).get("kind")), start)
         started = entry_time(entry)

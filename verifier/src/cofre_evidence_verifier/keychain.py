@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import pairwise
 from typing import Final
 
@@ -204,14 +205,21 @@ class KeyChain:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
 
-    def pems(self) -> list[bytes]:
-        """Every key of the chain as PEM, oldest first."""
-        return [
+    @cached_property
+    def _pems(self) -> tuple[bytes, ...]:
+        # Once per chain: `pem_for` is asked for every signed head, and converting every
+        # key of a chain of MAX_HANDOVERS for each of a hostile bundle's two million
+        # heads took most of an hour (review 35).
+        return tuple(
             serialization.load_der_public_key(k).public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
             for k in self.keys
-        ]
+        )
+
+    def pems(self) -> list[bytes]:
+        """Every key of the chain as PEM, oldest first."""
+        return list(self._pems)
 
     def index_for(self, size: int) -> int:
         """The position in `keys` of the key that signs heads of `size`: the old key up
@@ -223,7 +231,7 @@ class KeyChain:
 
     def pem_for(self, size: int) -> bytes:
         """The PEM public key that must have signed the head of tree size `size`."""
-        return self.pems()[self.index_for(size)]
+        return self._pems[self.index_for(size)]
 
     def describe(self, size: int) -> str:
         """Name the key in force at `size` for an error message."""
