@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from cofre_evidence_verifier.boundaries import ENTRY_TIME
 from cofre_evidence_verifier.bundle import (
     Files,
     Heads,
@@ -60,6 +61,8 @@ STATEMENT_DATE_SKEW: Final = timedelta(days=1)
 _CEREMONY_ACTIONS: Final = frozenset({"key.rotation.propose", "key.rotation.approve"})
 # What the record repeats from its audit entry's details.
 _RECORDED: Final = ("statement", "signature", "public_key")
+# The period's entries (first index, end index) and times (from, to).
+_Span = tuple[int, int, str, str]
 
 
 def _policies(files: Files) -> list[tuple[int, dict[str, Any]]]:
@@ -208,6 +211,31 @@ def _date_problems(statement: dict[str, Any], entry: dict[str, Any], where: str)
     return []
 
 
+def _order_problems(entry: dict[str, Any], index: int, span: _Span, where: str) -> list[str]:
+    """Whether an entry outside the period is dated on its side of it (review 35).
+
+    Entry times follow leaf order (the entries and boundaries checks rely on it), but
+    only the period's own entries are checked against it: an acknowledgement entry
+    written after the period and dated a year back, with an officer's genuine statement
+    of then, met the statement-date check and passed as current. One after the period
+    may not be dated before the period began, one before it not after it ended (a
+    margin of the period's length for clocks of several nodes)."""
+    start, end, since, until = span
+    at = entry.get("time")
+    if start <= index < end:
+        return []  # the period's own: the entries check holds it to the period
+    if not isinstance(at, str) or ENTRY_TIME.fullmatch(at) is None:
+        return [f"{where}: its entry's time is not in the vault's spelling"]
+    if index >= end and at < since:
+        return [
+            f"{where}: its entry, logged after the period, is dated {at}, before the period "
+            "began: an old acknowledgement replayed into the log"
+        ]
+    if index < start and at >= until:
+        return [f"{where}: its entry, logged before the period, is dated {at}, after it ended"]
+    return []
+
+
 def _check_record(
     record: dict[str, Any],
     *,
@@ -215,6 +243,7 @@ def _check_record(
     root: bytes,
     period: dict[int, str],
     policies: list[tuple[int, dict[str, Any]]],
+    span: _Span,
 ) -> tuple[list[str], list[str]]:
     """The problems of one acknowledgement, and the keys it makes its officer custodian
     of (none unless it has no problem)."""
@@ -246,6 +275,7 @@ def _check_record(
     if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
         problems.append(f"{where}: the statement names no key")
         keys = []
+    problems += _order_problems(entry, record["index"], span, where)
     problems += _date_problems(statement, entry, where)
     problems += _key_problems(
         entry, statement, text=text, where=where, index=record["index"], policies=policies
@@ -306,11 +336,19 @@ def check_custody(files: Files, manifest: dict[str, Any], heads: Heads, report: 
         if isinstance(e.get("index"), int) and isinstance(e.get("payload"), str)
     }
     policies = _policies(files)
+    span = (
+        manifest["entries"]["first_index"],
+        manifest["entries"]["end_index"],
+        str(manifest["period"]["from"]),
+        str(manifest["period"]["to"]),
+    )
     problems: list[str] = []
     custodians: dict[str, set[str]] = {}
     since: dict[str, int] = {}  # each officer's first sound acknowledgement (its entry)
     for record in records:
-        found, keys = _check_record(record, size=size, root=root, period=period, policies=policies)
+        found, keys = _check_record(
+            record, size=size, root=root, period=period, policies=policies, span=span
+        )
         problems += found
         for key in keys:
             custodians.setdefault(key, set()).add(str(record.get("identity")))
