@@ -146,7 +146,6 @@ def evidence_verify(
     Merkle tree, proofs. Exit 1 naming each file or entry that is wrong. The same as
     `cofre-verify` from the standalone `cofre-evidence-verifier` package, which it calls."""
     from cofre_evidence_verifier.cli import valid_origin
-    from cofre_evidence_verifier.errors import NoteError
     from cofre_evidence_verifier.html import render_html
     from cofre_evidence_verifier.report import render_text
     from cofre_evidence_verifier.vault_names import parse_name
@@ -155,8 +154,13 @@ def evidence_verify(
 
     try:
         keys = read_witness_keys([p.read_text(encoding="utf-8") for p in witness_key or []])
-    except (OSError, NoteError) as exc:
+    except (OSError, ValueError) as exc:  # a NoteError, or a file that is not UTF-8
         typer.echo(f"cannot read a witness key: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        public_pem = public_key.read_bytes()
+    except OSError as exc:
+        typer.echo(f"cannot read the public key: {exc}", err=True)
         raise typer.Exit(2) from None
     # The same meaning and the same refusal as cofre-verify's --origin: an origin no
     # checkpoint can have would only ever fail to match.
@@ -175,7 +179,7 @@ def evidence_verify(
             raise typer.Exit(2) from None
     report = verify_bundle(
         bundle,
-        public_key.read_bytes(),
+        public_pem,
         previous,
         witness_keys=keys,
         quorum=quorum,
@@ -185,6 +189,10 @@ def evidence_verify(
     )
     typer.echo(json.dumps(report.as_json(), indent=2) if as_json else render_text(report))
     if html_out is not None:
-        html_out.write_text(render_html(report, bundle), encoding="utf-8")
+        try:
+            html_out.write_text(render_html(report, bundle), encoding="utf-8")
+        except OSError as exc:  # the verdict above stands; the page is not written
+            typer.echo(f"cannot write the HTML report: {exc}", err=True)
+            raise typer.Exit(2) from None
     if not report.ok:
         raise typer.Exit(1)

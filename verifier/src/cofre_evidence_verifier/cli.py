@@ -17,9 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cofre_evidence_verifier import __version__
-from cofre_evidence_verifier.errors import NoteError
 from cofre_evidence_verifier.html import render_html
-from cofre_evidence_verifier.report import render_text
+from cofre_evidence_verifier.report import Report, render_text
 from cofre_evidence_verifier.vault_names import parse_name
 from cofre_evidence_verifier.verify import verify_bundle
 from cofre_evidence_verifier.witnesses import read_witness_keys
@@ -93,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         witness_keys = read_witness_keys(
             [path.read_text(encoding="utf-8") for path in args.witness_key]
         )
-    except (OSError, NoteError) as exc:
+    except (OSError, ValueError) as exc:  # a NoteError, or a file that is not UTF-8
         sys.stderr.write(f"cofre-verify: cannot read a witness key: {exc}\n")
         return 2
     if args.quorum < 1:
@@ -124,9 +123,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.write(
         json.dumps(report.as_json(), indent=2) + "\n" if args.json else render_text(report)
     )
-    if args.html is not None:
-        args.html.write_text(render_html(report, args.bundle), encoding="utf-8")
-    return 0 if report.ok else 1
+    if args.html is not None and not _wrote_html(args.html, report, args.bundle):
+        report_status = 2
+    else:
+        report_status = 0 if report.ok else 1
+    return report_status
+
+
+def _wrote_html(out: Path, report: Report, bundle: Path) -> bool:
+    """Write the HTML report to `out`; False, said on stderr, when it cannot be (the
+    verdict already printed stands)."""
+    try:
+        out.write_text(render_html(report, bundle), encoding="utf-8")
+    except OSError as exc:
+        sys.stderr.write(f"cofre-verify: cannot write the HTML report: {exc}\n")
+        return False
+    return True
 
 
 if __name__ == "__main__":
