@@ -59,6 +59,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_public_key,
+)
+
 from cofre_evidence_verifier.bundle import Files, Heads, load_json
 from cofre_evidence_verifier.dual_control_log import (
     APPROVE,
@@ -290,6 +297,19 @@ def _approval_problem(
     return None
 
 
+def _token(identities: dict[str, Any], officer: str) -> bytes | None:
+    """The public key (SPKI DER, however its PEM is written) `officer` registers in
+    `identities`, or None. Review 35: dual control counted identities, and a policy
+    logged by the operator (one the vault never loaded) registered one key for two."""
+    rules = identities.get(officer)
+    pem = rules.get("mfa_public_key") if isinstance(rules, dict) else None
+    try:
+        key = load_pem_public_key(str(pem).encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
 def _count_approvals(  # noqa: PLR0917 - what the proposal check found, in order
     ceremony: _Ceremony,
     context: _Context,
@@ -305,6 +325,10 @@ def _count_approvals(  # noqa: PLR0917 - what the proposal check found, in order
     proposer, proposed_at, first = proposal
     counted: list[tuple[int, int]] = []
     seen: dict[str, int] = {}
+    # Each counted officer's registered token, by its key: one token is one person.
+    holders: dict[bytes, str] = {}
+    if proposer is not None and (proposer_token := _token(identities, proposer)) is not None:
+        holders[proposer_token] = proposer
     for index in context.by.get((APPROVE, ceremony.id), []):
         if not (first is not None and first < index < ceremony.start):
             continue
@@ -323,7 +347,16 @@ def _count_approvals(  # noqa: PLR0917 - what the proposal check found, in order
         if verified is None:
             continue
         problem = _approval_problem(ceremony, *verified, proposed_at, started)
+        token = _token(identities, officer)
+        if problem is None and token is not None and token in holders:
+            problem = (
+                f"{officer} and {holders[token]} have the same registered MFA key: one "
+                "token signed both (the vault refuses a policy that registers one key for "
+                "two identities, review 38)"
+            )
         if problem is None:
+            if token is not None:
+                holders[token] = officer
             ceremony.approvers.append(officer)
             counted.append((index, verified[1].created))
         else:
