@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from cofre.redaction import mask_pan_like
 from policies.errors import PolicyInvalid
 from policies.models import Policy
 
@@ -48,7 +49,9 @@ def parse_policy(text: str, *, kind: str, source: str = "<string>") -> LoadedPol
             f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
             for err in exc.errors(include_input=False)
         )
-        raise PolicyInvalid(f"policy {source} is invalid: {problems}") from None
+        # Masked as the log and the terminal would mask it, here where it is made: a
+        # field error's location is an identity's key, and some checks quote a name.
+        raise PolicyInvalid(f"policy {source} is invalid: {mask_pan_like(problems)}") from None
     return LoadedPolicy(policy, source, hashlib.sha256(text.encode()).hexdigest(), text)
 
 

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cofre.origins import normalize_origin
+from cofre.redaction import mask_pan_like
 from policies.formats import BUILTIN_FORMATS, FormatSpec
 
 
@@ -201,6 +202,33 @@ class IdentityPolicy(BaseModel):
     def domain_of(self, identity: str) -> str:
         """This identity's token domain (its own URI unless the policy names one)."""
         return self.domain or identity
+
+
+def _recorded_as_written(identities: list[str]) -> None:
+    """Refuse an identity the audit log would record otherwise than written: the log
+    masks card-like digits (12 or more in a row, `cofre.redaction.mask_pan_like`) in all
+    it records, the actor included, and spells a lone surrogate as its escape (review
+    35). Such an identity's entries would not identify it (PCI DSS 10.2.2), two officers
+    masked alike would be one to the verifier's dual control checks, and the policy's own
+    `policy.load` entry, its text masked, would not match its SHA-256 (check 6). Named by
+    its position, and as the log would show it: never the run in clear."""
+    for position, identity in enumerate(identities, start=1):
+        try:
+            identity.encode("utf-8")
+            masked = mask_pan_like(identity)
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"identity {position} of {len(identities)} in [identities] holds a "
+                "character UTF-8 cannot carry: the audit log would record it escaped"
+            ) from None
+        if masked != identity:
+            raise ValueError(
+                f"identity {position} of {len(identities)} in [identities] (as the audit "
+                f"log would record it: {masked!r}) holds 12 digits or more in a row, which "
+                "the audit log masks in every entry it records, the actor included: its "
+                "entries would not name it. Give it a name without such a run (an employee "
+                "number split, or fewer digits) and issue its certificate for that name"
+            )
 
 
 def _check_identity(identity: str, rules: IdentityPolicy, known: set[str]) -> None:
@@ -397,6 +425,8 @@ class Policy(BaseModel):
         if clash := set(self.formats) & set(BUILTIN_FORMATS):
             raise ValueError(f"format names {sorted(clash)} are built in; choose other names")
         known = set(BUILTIN_FORMATS) | set(self.formats)
+        # First: the other checks quote the identity, and this one's run must not be.
+        _recorded_as_written(list(self.identities))
         for identity, rules in self.identities.items():
             _check_identity(identity, rules, known)
         self._mfa_keys_distinct()

@@ -31,14 +31,20 @@ from vault.errors import CustodyStatementInvalid
 from vault.service import VaultService
 
 NUMBERED = "urn:corp:officer:000123456789"
+PLACEHOLDER = "urn:corp:officer:numbered"
 
 
 def _policy(officer: SigningOfficer) -> PolicyEngine:
     head = f'[identities."{ALICE}"]\n'
     text = TEST_POLICY.replace(
-        head, f'[identities."{NUMBERED}"]\nmfa_public_key = """{officer.pem}"""\n'
+        head, f'[identities."{PLACEHOLDER}"]\nmfa_public_key = """{officer.pem}"""\n'
     )
-    return PolicyEngine(parse_policy(text, kind="toml").policy)
+    policy = parse_policy(text, kind="toml").policy
+    # The loader refuses such an identity (review 35, tests/policies/
+    # test_rev35_masked_identities.py); the custody check stays for a policy built
+    # otherwise, so the identity is put in past the loader's validation.
+    renamed = {NUMBERED if k == PLACEHOLDER else k: v for k, v in policy.identities.items()}
+    return PolicyEngine(policy.model_copy(update={"identities": renamed}))
 
 
 def test_an_acknowledgement_the_log_would_mask_is_refused_not_recorded_unverifiable(
