@@ -59,7 +59,8 @@ def test_a_reload_to_the_policy_is_refused_and_the_old_one_stays(
     try:
         # Payments may tokenize now; the new text also takes that away (so a reload that
         # went through would show), and names the numbered identity.
-        policy.write_text(original.replace(TOKENIZE, TOKENIZE.replace('"tokenize", ', ""), 1) + OFFICER)
+        untokenizing = TOKENIZE.replace('"tokenize", ', "")
+        policy.write_text(original.replace(TOKENIZE, untokenizing, 1) + OFFICER)
         assert vault.process is not None
         vault.process.send_signal(signal.SIGHUP)
         failed = _reload_failed(vault)

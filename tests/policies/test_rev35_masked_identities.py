@@ -64,7 +64,7 @@ def test_other_runs_the_log_masks_are_refused(identity: str) -> None:
 
 def test_a_yaml_policy_is_refused_alike() -> None:
     text = f'identities:\n  "spiffe://cofre/payments":\n    operations: [lookup]\n  "{NUMBERED}":\n'
-    text += '    role: security_officer\n    operations: [key_admin]\n'
+    text += "    role: security_officer\n    operations: [key_admin]\n"
     assert "identity 2 of 2" in _refusal(text, kind="yaml")
 
 
