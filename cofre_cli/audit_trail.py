@@ -9,10 +9,15 @@ IN PCI SCOPE (wiring).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pwd
+import re
 import secrets
+import signal
 import stat
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
@@ -33,6 +38,10 @@ _log = structlog.get_logger("cofre.vault")
 # for an auditor to query, whichever way the log was read.
 AUDIT_READ = "audit_read"
 PROCESS_STOP = "process.stop"
+# The new file an export writes beside its name until the copy is whole (`private_export`).
+EXPORT_PREFIX = ".cofre-export-"
+_EXPORT_TEMPORARY = re.compile(rf"{re.escape(EXPORT_PREFIX)}[0-9a-f]{{16}}\.tmp")
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def process_details() -> dict[str, DetailValue]:
@@ -100,9 +109,29 @@ def private_export(
     removes the new file (review 34b: renamed before the copy was written, it left a
     partial copy in place of the previous one). Raises `ConfigurationError` (naming no
     path: it is the operator's text), or what `record` raises; the block raises
-    `ConfigurationError` when the file cannot be written or take the name."""
-    _check_replaceable(path)
-    temporary = path.parent / f".cofre-export-{secrets.token_hex(8)}.tmp"
+    `ConfigurationError` when the file cannot be written or take the name.
+
+    Until the block ends, SIGTERM and SIGINT end the process through that clean-up
+    (`_stops_raise`); the new file is held locked, and an export first removes the ones
+    earlier runs left in the directory (a SIGKILL runs nothing: `_remove_stale`, review
+    35: they accumulated, each a partial copy of the log an operator might take for an
+    export)."""
+    stops = contextlib.ExitStack()
+    stops.enter_context(_stops_raise())
+    try:
+        _check_replaceable(path)
+        _remove_stale(path.parent, time.time())
+        handle, temporary, made = _new_file(path, record)
+    except BaseException:
+        stops.close()
+        raise
+    return _into_place(handle, temporary, path, made, stops)
+
+
+def _new_file(path: Path, record: Callable[[], None]) -> tuple[TextIO, Path, os.stat_result]:
+    """The new file beside `path`, 0600 and locked (an export under way: `_remove_stale`
+    leaves it), once `record()` is done."""
+    temporary = path.parent / f"{EXPORT_PREFIX}{secrets.token_hex(8)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         descriptor = os.open(temporary, flags, 0o600)
@@ -112,6 +141,7 @@ def private_export(
     try:
         made = os.fstat(descriptor)
         os.fchmod(descriptor, 0o600)  # the umask may have taken the owner's bits
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         record()
         handle = os.fdopen(descriptor, "w", encoding="utf-8")
     except BaseException as exc:
@@ -120,28 +150,98 @@ def private_export(
         if isinstance(exc, OSError):
             raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
         raise
-    return _into_place(handle, temporary, path, made)
+    return handle, temporary, made
 
 
 @contextlib.contextmanager
 def _into_place(
-    handle: TextIO, temporary: Path, path: Path, made: os.stat_result
+    handle: TextIO, temporary: Path, path: Path, made: os.stat_result, stops: contextlib.ExitStack
 ) -> Iterator[TextIO]:
     """`handle` (the new file `temporary`) for the block; then, the copy whole, the file
-    in `path`'s place. On any error, the new file removed and `path` left as it was."""
+    in `path`'s place. On any error, the new file removed and `path` left as it was.
+    `stops` (the signal handling) is closed last."""
+    with stops:
+        try:
+            with handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+                # In a shared (sticky) directory, a name another account took since the
+                # check cannot be replaced: EPERM, refused. A directory there is EISDIR.
+                # Renamed while still open, so locked: another export's `_remove_stale`
+                # never takes a whole copy for a partial one.
+                os.rename(temporary, path)
+        except BaseException as exc:
+            _remove_made(temporary, made)
+            if isinstance(exc, OSError):
+                raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
+            raise
+
+
+@contextlib.contextmanager
+def _stops_raise() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT raise `SystemExit` (128 + the signal), so
+    that the export's clean-up runs (SIGTERM's default action ends the process with
+    none); the first one puts both signals back to their default action, so a second
+    one ends a clean-up that hangs. A signal the process ignores stays ignored. Only the
+    main thread may set handlers: elsewhere, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+
+    def stop(signum: int, _frame: object) -> None:
+        for each in _STOP_SIGNALS:
+            signal.signal(each, signal.SIG_DFL)
+        raise SystemExit(128 + signum)
+
+    for signum, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(signum, stop)
     try:
-        with handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        # In a shared (sticky) directory, a name another account took since the check
-        # cannot be replaced: EPERM, refused. A directory there is EISDIR.
-        os.rename(temporary, path)
-    except BaseException as exc:
-        _remove_made(temporary, made)
-        if isinstance(exc, OSError):
-            raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
-        raise
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+def _remove_stale(directory: Path, started: float) -> None:
+    """Remove from `directory` the new files exports left (`private_export`: killed, so
+    nothing removed them): only names of that form, regular files of this user's (by
+    `lstat`: a link is never followed), last written before `started` (this run) and
+    locked by no export under way. Best effort: a file that cannot be judged is left."""
+    try:
+        names = [e.name for e in os.scandir(directory) if _EXPORT_TEMPORARY.fullmatch(e.name)]
+    except OSError:
+        return
+    removed = 0
+    for name in names:
+        with contextlib.suppress(OSError):
+            removed += _remove_if_stale(directory / name, started)
+    if removed:
+        _log.info("removed partial exports left by earlier runs", count=removed)
+
+
+def _remove_if_stale(candidate: Path, started: float) -> bool:
+    found = candidate.lstat()
+    if not (
+        stat.S_ISREG(found.st_mode) and found.st_uid == os.geteuid() and found.st_mtime < started
+    ):
+        return False
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    descriptor = os.open(candidate, flags)
+    try:
+        opened = os.fstat(descriptor)
+        if (opened.st_dev, opened.st_ino) != (found.st_dev, found.st_ino):
+            return False
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # an export under way holds it
+        _remove_made(candidate, opened)
+        return True
+    finally:
+        os.close(descriptor)
 
 
 def _check_replaceable(path: Path) -> None:
