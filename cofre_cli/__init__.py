@@ -14,6 +14,7 @@ __all__ = [
     "commands",
     "devenv",
     "devwitness",
+    "informational",
     "key_management",
     "main",
     "officer_token",

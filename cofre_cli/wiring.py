@@ -47,13 +47,13 @@ from cofre_cli.capture import (
     capture_origin,
     capture_tls_evidence,
 )
+from cofre_cli.informational import informational_checks
 from cofre_cli.key_management import key_management, own_authorities
 from cofre_cli.witnessing import (
     observe_audit_queue,
     observe_witnesses,
     start_audit_workers,
     stop_publisher,
-    witness_checks,
 )
 from compliance.errors import ComplianceError
 from compliance.export import EvidenceSources, export_bundle
@@ -330,12 +330,6 @@ def _start_purge_worker(service: VaultService, settings: Settings) -> PurgeWorke
     return worker
 
 
-def _background_checks(purge: PurgeWorker, rotation: RotationWorker) -> dict[str, str]:
-    """ "ok", or since when and why the loop fails. Never fails readiness: requests are
-    still served and the next tick may work; the log says when failing starts and ends."""
-    return {"token_purge": purge.health.check(), "key_rotation": rotation.health.check()}
-
-
 def _refuse_period(request: EvidenceRequest, max_period_days: int) -> None:
     """Raise `ComplianceError` (422 compliance_error) for a period the request alone
     refuses: inverted or empty, or longer than the export bound."""
@@ -396,17 +390,9 @@ def build_runtime(
     worker.start()
     purge_worker = _start_purge_worker(service, settings)
 
-    def informational() -> dict[str, str]:
-        """The checks that inform, never failing readiness (`api.health.INFORMATIONAL_CHECKS`):
-        "ok", or what fails."""
-        return (
-            # The queue's oldest entry; the expiring and overdue keys named with their code
-            # (raises only when COFRE_KEYS__OVERDUE_FAILS_READINESS is set).
-            {"audit_sequencer": thread.queue_check(), "key_cryptoperiods": periods.check()}
-            # With witnesses: how far their quorum trails.
-            | witness_checks(publisher_thread, settings.audit.quorum)
-            | _background_checks(purge_worker, worker)
-        )
+    informational = informational_checks(
+        thread, periods, publisher_thread, settings.audit.quorum, (purge_worker, worker)
+    )
 
     telemetry = _observe(
         telemetry or make_telemetry(),
@@ -416,7 +402,7 @@ def build_runtime(
         sequencer=thread,
         publisher=publisher_thread,
         quorum=settings.audit.quorum,
-        informational=informational,
+        informational=informational.notes,
     )
 
     def check_ready() -> dict[str, str]:
@@ -427,7 +413,7 @@ def build_runtime(
             raise AuditWriteFailed(
                 f"the audit sequencer is not running ({thread.last_error or 'stopped'})"
             )
-        return checks | informational()
+        return checks | informational.for_readiness()
 
     bounds = settings.evidence
     export_rate = RateLimit(per_second=bounds.exports_per_hour / 3600, burst=bounds.export_burst)
