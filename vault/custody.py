@@ -11,6 +11,15 @@ IN PCI SCOPE (key management). The statement is canonical JSON (sorted keys, no 
 
 signed ``ecdsa-p256-sha256`` (r||s, base64), verifiable offline against the officer's
 ``mfa_public_key`` in the policy versions the same bundle carries.
+
+``keys`` are the key versions in force (`vault.key_registry.KeyRegistry.in_force`): those
+the custodian holds now, never the versions destroyed (session 35: listing every version
+ever registered outgrew the statement's bound after years of rotations, and no officer
+could acknowledge, so the custody gate stopped every ceremony). The vault takes exactly
+the statement it asks for at submission; one fetched before a ceremony made or destroyed
+a version is refused by name, to be fetched again and signed. Statements recorded before
+session 35 named destroyed versions too: they stay valid records, and in force for the
+gate, which compares no key versions (`vault._custody_gate`).
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, select
 
-from audit.log import AuditEvent, AuditLog, Outcome
+from audit.log import MAX_DOCUMENT, AuditEvent, AuditLog, Outcome
 from audit.schema import READ_ONLY, audit_entries
 from cofre.dberrors import database_errors_as
 from cofre.redaction import mask_pan_like
@@ -42,7 +51,17 @@ STATEMENT_TEXT: Final = (
     "understand and accept my key-custodian responsibilities, and that I will take part "
     "in key ceremonies only under dual control and report any suspected compromise at once."
 )
-_MAX_STATEMENT: Final = 4096
+# The longest statement the API takes: what an audit entry records whole (its document).
+# The vault's own bound is relative (`_STALE_SLACK`); this one holds about 3,000 versions
+# in force (20 characters each), which normal operation does not approach: a KEK or a
+# fingerprint version is destroyed once its rotation's grace ends, so two or three of
+# each are in force, and an audit key (kept, never destroyed) comes every 730 days.
+MAX_STATEMENT: Final = MAX_DOCUMENT
+# How much longer than the statement the vault asks for one may be and still be read:
+# one fetched before a ceremony destroyed a version or a few (about 20 characters each)
+# is parsed and refused by name. Anything longer is refused unread, so the JSON parsing
+# an officer's request costs is bounded by the statement the vault itself would ask for.
+_STALE_SLACK: Final = 1024
 # How far a statement's date may be from today (UTC) at submission; the offline
 # verifier holds each recorded statement to the same distance from its audit entry.
 STATEMENT_DATE_SKEW: Final = timedelta(days=1)
@@ -110,9 +129,10 @@ class Custody:
 
     def statement_for(self, identity: str) -> str:
         """The statement `identity` is to sign today: their role in the policy and the
-        Cofre keys in the registry. Raises `PolicyDenied` without ``key_admin``."""
+        Cofre key versions in force (`KeyRegistry.in_force`). Raises `PolicyDenied`
+        without ``key_admin``."""
         rules = self._policy().authorize(identity, Action.KEY_ADMIN)
-        keys = [k for k in self._registry.registered() if parse_key_label(k) is not None]
+        keys = self._registry.in_force()
         return custody_statement(identity, rules.role.value, keys, self._clock().date()).decode()
 
     def acknowledge(
@@ -122,13 +142,16 @@ class Custody:
 
         Raises `PolicyDenied` for a caller without ``key_admin``, `CustodyStatementInvalid`
         for a statement that is malformed, not canonical, about another identity or role,
-        not dated today (UTC, a day either way), naming no key or a key Cofre does not
-        use, or whose signature does not verify under the caller's registered MFA key.
+        not dated today (UTC, a day either way), not naming exactly the key versions in
+        force now (one fetched before a ceremony made or destroyed a version: fetch it
+        again), or whose signature does not verify under the caller's registered MFA key.
         """
         rules = self._policy().authorize(identity, Action.KEY_ADMIN)
         if rules.mfa_public_key is None:
             raise CustodyStatementInvalid(f"{identity} has no MFA key in the policy to sign with")
-        data = self._parse(statement)
+        in_force = self._registry.in_force()
+        asked = custody_statement(identity, rules.role.value, in_force, self._clock().date())
+        data = self._parse(statement, len(asked) + _STALE_SLACK)
         expected = custody_statement(
             identity, rules.role.value, list(data.get("keys") or []), self._day(data)
         )
@@ -137,12 +160,7 @@ class Custody:
                 "the statement is not the canonical custody statement for this identity, "
                 "its role and today's date (see docs/key-ceremony.md)"
             )
-        registered = set(self._registry.registered())
-        keys = list(data["keys"])
-        if not keys or any(k not in registered or parse_key_label(k) is None for k in keys):
-            raise CustodyStatementInvalid(
-                "the statement must name Cofre's registered keys, and only them"
-            )
+        _check_keys(list(data["keys"]), in_force)
         public = rules.mfa_public_key.encode()
         try:
             raw = base64.b64decode(signature, validate=True)
@@ -196,9 +214,12 @@ class Custody:
         return day
 
     @staticmethod
-    def _parse(statement: str) -> dict[str, Any]:
-        if len(statement) > _MAX_STATEMENT:
-            raise CustodyStatementInvalid("the statement is too long")
+    def _parse(statement: str, limit: int) -> dict[str, Any]:
+        if len(statement) > limit:
+            raise CustodyStatementInvalid(
+                "the statement is longer than the statement the vault asks for: fetch it "
+                "(GET /v1/admin/keys/custody/statement) and sign that"
+            )
         try:
             data = json.loads(statement)
         except (ValueError, RecursionError):  # deep nesting fits the length (the ceremony review)
@@ -222,15 +243,44 @@ class Custody:
             return recorded(connection)
 
 
+def _check_keys(named: list[str], in_force: list[str]) -> None:
+    """Raise `CustodyStatementInvalid` unless `named` (a statement's keys, canonical) are
+    the key versions `in_force`, exactly. A custodian acknowledges every key they hold,
+    and only those: a statement naming some (or only keys destroyed long ago) would put
+    an acknowledgement in force that covers none of the keys a ceremony uses."""
+    if not named:
+        raise CustodyStatementInvalid("the statement names no key")
+    if named == in_force:
+        return
+    gone, new = sorted(set(named) - set(in_force)), sorted(set(in_force) - set(named))
+    # Only Cofre labels are repeated (a pattern of letters and digits): an error message
+    # never repeats what a caller sent.
+    labels = [k for k in gone if parse_key_label(k) is not None]
+    changes = []
+    if labels:
+        changes.append(f"names {', '.join(labels[:5])}, not in force (destroyed, or never made)")
+    if len(labels) < len(gone):
+        changes.append("names keys that are not Cofre's")
+    if new:
+        changes.append(f"does not name {', '.join(new[:5])}, in force")
+    raise CustodyStatementInvalid(
+        f"the statement must name exactly the key versions in force now, and it "
+        f"{' and '.join(changes)}: a key ceremony made or destroyed a version since it was "
+        "fetched, or it was not the vault's. Fetch it again and sign that"
+    )
+
+
+_ACKNOWLEDGEMENTS: Final = (
+    select(audit_entries.c.id, audit_entries.c.payload)
+    .where(audit_entries.c.payload.startswith(f'{{"action":"{ACKNOWLEDGE}",'))
+    .order_by(audit_entries.c.id)
+)
+
+
 def recorded(connection: Connection) -> list[dict[str, Any]]:
     """The acknowledgements the audit log on `connection` holds, oldest first."""
-    query = (
-        select(audit_entries.c.id, audit_entries.c.payload)
-        .where(audit_entries.c.payload.startswith(f'{{"action":"{ACKNOWLEDGE}",'))
-        .order_by(audit_entries.c.id)
-    )
     out = []
-    for entry_id, payload in connection.execute(query).all():
+    for entry_id, payload in connection.execute(_ACKNOWLEDGEMENTS).all():
         entry = json.loads(payload)
         out.append(
             {

@@ -207,6 +207,26 @@ class KeyRegistry:
                 found.append(parsed[1])
         return sorted(found)
 
+    def in_force(self) -> list[str]:
+        """The labels of the Cofre key versions in custody now, sorted: each registered
+        version still on the token as its record says. In force: the current version of
+        each kind, a KEK or fingerprint key a rotation moved off but has not destroyed
+        yet (kept to decrypt the late rows through its grace), and every earlier audit
+        key (kept to verify the heads it signed). Not in force: a version destroyed
+        (`key.destroy`, gone from the token) and a substitute under a Cofre label (never
+        used). What the custody statement names (`vault.custody`): a custodian
+        acknowledges the keys they hold, not every key ever made. Reads the registry
+        fresh (a statement fetched from one node is checked on another) and the token;
+        never writes."""
+        registry = self.registered(fresh=True)
+        return sorted(
+            label
+            for label, identity in token_identities(self._provider.list_keys()).items()
+            if parse_key_label(label) is not None
+            and identity is not None
+            and identity == registry.get(label)
+        )
+
     def current_label(self, kind: KeyKind) -> str:
         """The label of the newest registered version of `kind`. Raises `HSMKeyNotFound`."""
         versions = self.versions(kind)

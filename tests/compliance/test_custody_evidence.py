@@ -268,3 +268,38 @@ def test_the_report_names_a_ceremony_action_by_an_officer_who_never_acknowledged
         and mallory in line
         for line in report.checks
     ), report.checks
+
+
+def test_statements_naming_destroyed_versions_and_those_in_force_both_verify(
+    acknowledged: tuple[VaultServer, Path, datetime], tmp_path: Path
+) -> None:
+    """Session 35: the vault's statement names the key versions in force; one recorded
+    before named every version registered, destroyed ones too. A bundle holding both
+    shapes verifies each, and the older one makes its officer custodian of what it names."""
+    vault, _, started = acknowledged
+    alice = software_officers()["officer-alice"]
+    with vault.client("officer-alice") as c:
+        asked = json.loads(c.get("/v1/admin/keys/custody/statement").json()["statement"])
+    # The versions in force and two destroyed since (as the older vault listed them).
+    every = [*asked["keys"], "cofre-fp-v7", "cofre-kek-v5"]
+    older = custody_statement(ALICE, asked["role"], every, datetime.now(UTC).date()).decode()
+    details: dict[str, DetailValue] = {
+        "signature": base64.b64encode(alice.sign(older.encode())).decode(),
+        "keyid": alice.keyid,
+        "public_key": alice.pem,
+    }
+    write_entry(vault, ACKNOWLEDGE, ALICE, None, details, document=older)  # as the vault did
+    bundle = export_to(vault, started, tmp_path / "both.tar.gz")
+    records = json.loads(members(bundle)["keys/custody.json"])
+    [index] = [r["index"] for r in records if r["statement"] == older]
+    # Bob's, from the fixture: a statement of the versions in force (other tests of the
+    # module write forged ones of Alice's into the same log).
+    [(current, keys)] = [
+        (r["index"], json.loads(r["statement"])["keys"]) for r in records if r["identity"] == BOB
+    ]
+    assert keys == KEYS
+    report = verify_by_vault_key(bundle, vault)
+    for entry in (index, current):
+        assert not [p for p in report.problems if f"(entry {entry})" in p], report.problems
+    assert ALICE in report.summary["custodians"]["cofre-kek-v5"]
+    assert ALICE in report.summary["custodians"]["cofre-kek-v1"]

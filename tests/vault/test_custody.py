@@ -12,6 +12,7 @@ from typing import Final
 import pytest
 from sqlalchemy import Engine
 
+from api.routes.custody import CustodyRequest
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.loader import parse_policy
@@ -106,22 +107,30 @@ def test_odd_keys_are_an_invalid_statement_not_a_500(custody: Custody, keys: lis
         custody.acknowledge(ALICE, statement, "AAAA")
 
 
-def test_a_deeply_nested_statement_is_invalid_not_a_500(custody: Custody) -> None:
-    """2,000 nested arrays fit the 4,096 characters a statement may have and exceed the
-    JSON parser's recursion limit: `RecursionError`, no `ValueError`, was a 500."""
-    with pytest.raises(CustodyStatementInvalid):
-        custody.acknowledge(ALICE, "[" * 2000 + "]" * 2000, "AAAA")
+def test_a_deeply_nested_statement_is_invalid_not_a_500(custody: Custody, engine: Engine) -> None:
+    """2,000 nested arrays exceed the JSON parser's recursion limit: `RecursionError`, no
+    `ValueError`, was a 500. They fit the length a statement may have when 200 key
+    versions are in force (it is the statement the vault asks for, and some)."""
+    many = Custody(engine, _ManyKeys(200), custody._policy)  # type: ignore[arg-type]
+    for vault in (custody, many):
+        with pytest.raises(CustodyStatementInvalid):
+            vault.acknowledge(ALICE, "[" * 2000 + "]" * 2000, "AAAA")
 
 
 class _ManyKeys:
-    """A registry of twelve Cofre key versions (a year of rotations): only what
-    `Custody` asks of the registry, so the statement grows past an audit detail's 512
-    characters without twelve keys on the shared token."""
+    """A registry of `count` Cofre key versions in force (twelve: a year of rotations),
+    audit keys, the kind whose versions stay in force (kept to verify old heads): only
+    what `Custody` asks of the registry, so the statement grows past an audit detail's
+    512 characters, or past 4,096, without those keys on the shared token."""
 
-    LABELS: Final = [f"cofre-kek-v{n}" for n in range(1, 13)]
+    def __init__(self, count: int = 12) -> None:
+        self.labels: Final = [f"cofre-audit-v{n}" for n in range(1, count + 1)]
 
     def registered(self, *, fresh: bool = False) -> dict[str, object]:
-        return dict.fromkeys(self.LABELS)
+        return dict.fromkeys(self.labels)
+
+    def in_force(self) -> list[str]:
+        return sorted(self.labels)
 
 
 def test_a_long_statement_is_recorded_whole(custody: Custody, engine: Engine) -> None:
@@ -136,3 +145,23 @@ def test_a_long_statement_is_recorded_whole(custody: Custody, engine: Engine) ->
     long.acknowledge(ALICE, statement, _sign(alice, statement.encode()))
     [listed] = long.acknowledgements()
     assert listed["statement"] == statement
+
+
+def test_250_versions_in_force_are_acknowledged_and_longer_is_refused_unread(
+    custody: Custody, engine: Engine
+) -> None:
+    """Session 35: a statement was refused past 4,096 characters, about 200 key
+    versions, whether or not it was the one the vault asked for. What bounds it now is
+    that statement: 250 versions in force are acknowledged (through the API's model
+    too), and a statement longer than the one asked for, by more than a stale fetch
+    could make it, is refused before it is parsed."""
+    alice = software_officers()["officer-alice"]
+    many = Custody(engine, _ManyKeys(250), custody._policy)  # type: ignore[arg-type]
+    statement = many.statement_for(ALICE)
+    assert len(statement) > 4096
+    CustodyRequest(statement=statement, signature="AAAA")  # the API takes it
+    many.acknowledge(ALICE, statement, _sign(alice, statement.encode()))
+    padded = statement.replace('"keys":[', '"keys":[' + '"cofre-kek-v999",' * 80, 1)
+    with pytest.raises(CustodyStatementInvalid, match="longer than the statement"):
+        many.acknowledge(ALICE, padded, _sign(alice, padded.encode()))
+    assert len(many.acknowledgements()) == 1
