@@ -57,6 +57,10 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "ceremony_invalid": (409, "The key ceremony cannot do that now"),
     "ceremony_not_found": (404, "No such key ceremony"),
     "custody_not_acknowledged": (409, "Acknowledge key custody before a key ceremony"),
+    "ceremony_action_before_custody": (
+        409,
+        "A counted ceremony action predates its officer's custody acknowledgement",
+    ),
     "capture_error": (422, "The capture cannot be served"),
     "invalid_capture_request": (422, "The capture session request is not valid"),
     "invalid_origin": (422, "Not an exact https origin"),

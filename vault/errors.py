@@ -35,6 +35,8 @@ and kind, or by the masked form.
         ├── DataKeyMissing                             code data_key_missing
         ├── CeremonyError                              code ceremony_invalid
         │   └── CeremonyRefused                        code ceremony_invalid (audited)
+        │       └── CustodyNotAcknowledged             code custody_not_acknowledged
+        │           └── CeremonyActionBeforeCustody    code ceremony_action_before_custody
         ├── CeremonyNotFound                           code ceremony_not_found
         ├── KeyNotRegistered                           code hsm_key_unregistered
         ├── KeyCryptoperiodOverdue                     code key_cryptoperiod_overdue
@@ -271,6 +273,16 @@ class CustodyNotAcknowledged(CeremonyRefused):
     and audited as denied, like every ceremony refusal."""
 
     code = "custody_not_acknowledged"
+
+
+class CeremonyActionBeforeCustody(CustodyNotAcknowledged):
+    """A ceremony about to start counts a proposal or an approval that the audit log
+    records before any acknowledgement of custody in force by its officer (PCI DSS
+    3.7.8; one recorded before the custody gate existed, pending across the upgrade to
+    session 35): the start is refused and audited as denied, nothing written. Its
+    officers acknowledge, then the ceremony is cancelled and proposed again."""
+
+    code = "ceremony_action_before_custody"
 
 
 class CeremonyNotFound(VaultError):

@@ -38,7 +38,7 @@ from vault._ceremony_guards import (
     standing_approvals,
 )
 from vault._ceremony_view import ceremony_view
-from vault._custody_gate import custody_refusal
+from vault._custody_gate import custody_refusal, refuse_late_custody
 from vault._rotation_batches import BATCH, RotationBatches
 from vault.approval_proof import SignedAction
 from vault.audit_rotation import AuditKeyRotation
@@ -403,6 +403,7 @@ class KeyRotation(RotationBatches):
         makes is added to `created` (destroyed if the transaction fails)."""
         kind = RotationKind(row.kind)
         mark = refuse_a_second_run(connection, kind, row)  # the start record's mark
+        refuse_late_custody(connection, self._policy(), row, unsigned=self._unsigned)
         if kind is RotationKind.AUDIT:  # one step, with a handover: its own module
             audit_key = AuditKeyRotation(
                 self._provider, self._keyring.registry, self._audit, self._clock
