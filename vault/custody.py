@@ -31,7 +31,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, text
 
 from audit.log import MAX_DOCUMENT, AuditEvent, AuditLog, Outcome
 from audit.schema import READ_ONLY, audit_entries
@@ -62,6 +62,13 @@ MAX_STATEMENT: Final = MAX_DOCUMENT
 # is parsed and refused by name. Anything longer is refused unread, so the JSON parsing
 # an officer's request costs is bounded by the statement the vault itself would ask for.
 _STALE_SLACK: Final = 1024
+# The acknowledgements' records, as the predicate of migration 0022's partial index
+# (``ix_audit_entries_custody_acknowledge``), word for word, never a bound parameter:
+# SQLite and PostgreSQL use a partial index only for a query that carries its predicate.
+# The custody gate reads them at each proposal and approval; with `startswith(...)`
+# each read scanned the whole audit log (session 35). Canonical payloads sort their
+# keys, so "action" is always first.
+ACKNOWLEDGE_RECORDS: Final = """payload LIKE '{"action":"key.custody.acknowledge",%'"""
 # How far a statement's date may be from today (UTC) at submission; the offline
 # verifier holds each recorded statement to the same distance from its audit entry.
 STATEMENT_DATE_SKEW: Final = timedelta(days=1)
@@ -272,7 +279,7 @@ def _check_keys(named: list[str], in_force: list[str]) -> None:
 
 _ACKNOWLEDGEMENTS: Final = (
     select(audit_entries.c.id, audit_entries.c.payload)
-    .where(audit_entries.c.payload.startswith(f'{{"action":"{ACKNOWLEDGE}",'))
+    .where(text(ACKNOWLEDGE_RECORDS))
     .order_by(audit_entries.c.id)
 )
 

@@ -206,13 +206,16 @@ def test_0019_indexes_the_records_by_age_and_lets_the_vault_forget_them(engine: 
         ("key-register-index", "0013", "key_register"),
         ("rotation-start-index", "0020", "rotation_start"),
         ("rotation-start-index", "0020", "rotation_cancel"),
+        ("custody-action-index", "0021", "custody_acknowledge"),
+        ("custody-action-index", "0021", "rotation_propose"),
+        ("custody-action-index", "0021", "rotation_approve"),
     ],
 )
 def test_audit_log_indexes_built_ahead_as_the_operations_guide_says_are_adopted(
     pg_database: str, block: str, before: str, index: str
 ) -> None:
-    """docs/operations.md tells operators of a large audit log to build 0014's and
-    0021's indexes on each partition concurrently before migrating; the migration must
+    """docs/operations.md tells operators of a large audit log to build 0014's, 0021's
+    and 0022's indexes on each partition concurrently before migrating; the migration must
     then attach those (PostgreSQL matches them by definition) rather than build a second
     set."""
     engine = create_database_engine(pg_database)
