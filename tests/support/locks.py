@@ -13,18 +13,24 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 
+def _sessions_waiting(engine: Engine) -> int:
+    """How many sessions of this database wait on a lock now (PostgreSQL)."""
+    with engine.connect() as c:
+        waiting: int = c.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
+            )
+        ).scalar_one()
+    return waiting
+
+
 def waiting_on_locks(engine: Engine, count: int) -> None:
     """Wait until `count` sessions of this database wait on a lock (bounded: fails only
     on a hang)."""
     deadline = time.monotonic() + 30
     while True:
-        with engine.connect() as c:
-            waiting = c.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND datname = current_database()"
-                )
-            ).scalar_one()
+        waiting = _sessions_waiting(engine)
         if waiting >= count:
             return
         assert time.monotonic() < deadline, f"{waiting} of {count} sessions came to the lock"
@@ -58,6 +64,20 @@ class Calls:
             thread.join(timeout=60)
             assert not thread.is_alive()
         return self.results
+
+
+def done_or_waiting(engine: Engine, calls: Calls, index: int, count: int) -> None:
+    """Wait until call `index` answered or `count` sessions wait on a lock (bounded:
+    fails only on a hang)."""
+    if engine.dialect.name != "postgresql":
+        return
+    deadline = time.monotonic() + 30
+    thread = calls.threads[index]
+    while thread.is_alive():
+        if _sessions_waiting(engine) >= count:
+            return
+        assert time.monotonic() < deadline, "the call neither answered nor came to a lock"
+        time.sleep(0.01)
 
 
 class HeldRow:

@@ -22,13 +22,12 @@ from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
 from tests.support.fake_acquirer import FakeAcquirer
-from tests.support.locks import HeldRow
+from tests.support.locks import HeldRow, done_or_waiting
 from tests.support.policies import vault_on
 from tests.support.softhsm import destroy_code_epochs
 from tests.vault.conftest import TEST_POLICY, relay_vault
 from tests.vault.test_token_lifecycle_races import (
     _answered_before_its_end,
-    _done_or_waiting,
     _trail,
 )
 from tests.vault.test_token_update import _Calls
@@ -117,7 +116,7 @@ def test_finding_a_relay_never_sends_a_pan_after_its_delete(
     calls.start(lambda: one.relay(RELAYER, "race", body))
     held.waiters(1)  # read `other`, waits to take the card's code
     calls.start(lambda: two.delete(PAYMENTS, other.token))
-    _done_or_waiting(engine, calls, 1, 2)
+    done_or_waiting(engine, calls, 1, 2)
     delete_first = not calls.threads[1].is_alive()
     held.release()
     relayed, deleted = calls.join()

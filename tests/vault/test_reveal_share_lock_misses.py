@@ -24,11 +24,11 @@ from datetime import timedelta
 from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
+from tests.support.locks import done_or_waiting
 from tests.vault.conftest import GETNET, PAYMENTS
 from tests.vault.test_token_lifecycle_races import (
     ERASER,
     _answered_before_its_end,
-    _done_or_waiting,
     _HeldBucket,
     _node,
     _Nodes,
@@ -50,7 +50,7 @@ def _while_a_reveal_misses(
     calls.start(lambda: nodes.one.detokenize(GETNET, token))
     held.waiters(1)
     calls.start(write)
-    _done_or_waiting(engine, calls, 1, 2)
+    done_or_waiting(engine, calls, 1, 2)
     answered_first = not calls.threads[1].is_alive()
     held.release()
     revealed, written = calls.join()
@@ -128,9 +128,9 @@ def test_bound_overlapping_reveals_keep_a_waiting_delete_behind_them(
         calls.start(lambda: nodes.one.detokenize(GETNET, first.token))
         held.waiters(1)
         calls.start(lambda: nodes.two.delete(ERASER, first.token))
-        _done_or_waiting(engine, calls, 1, 2)
+        done_or_waiting(engine, calls, 1, 2)
         calls.start(lambda: third.detokenize(GETNET, first.token))
-        _done_or_waiting(engine, calls, 2, 3)
+        done_or_waiting(engine, calls, 2, 3)
         held.release()
         revealed, deleted, again = calls.join()
         assert deleted is True, deleted

@@ -15,7 +15,6 @@ itself before that token's delete, in the answers and in the audit log.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -25,7 +24,7 @@ from sqlalchemy import Engine
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
-from tests.support.locks import HeldRow
+from tests.support.locks import HeldRow, done_or_waiting
 from tests.vault.conftest import ALICE, BOB, GETNET, PAYMENTS
 from tests.vault.test_token_update import (
     NOW,
@@ -96,27 +95,6 @@ class _HeldBucket(HeldRow):
         )
 
 
-def _done_or_waiting(engine: Engine, calls: _Calls, index: int, count: int) -> None:
-    """Wait until call `index` answered or `count` sessions wait on a lock (bounded:
-    fails only on a hang)."""
-    if engine.dialect.name != "postgresql":
-        return
-    deadline = time.monotonic() + 30
-    thread = calls.threads[index]
-    while thread.is_alive():
-        with engine.connect() as c:
-            waiting = c.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND datname = current_database()"
-                )
-            ).scalar_one()
-        if waiting >= count:
-            return
-        assert time.monotonic() < deadline, "the call neither answered nor came to a lock"
-        time.sleep(0.01)
-
-
 def _trail(engine: Engine, token_id: str) -> list[tuple[str, str]]:
     """The successful audit entries of `token_id` in log order: (action, its result or
     reason)."""
@@ -149,7 +127,7 @@ def _tokenize_hit_and_delete(
     calls.start(tokenize)
     held.waiters(1)  # read the token, waits to charge
     calls.start(lambda: nodes.two.delete(ERASER, token))
-    _done_or_waiting(engine, calls, 1, 2)
+    done_or_waiting(engine, calls, 1, 2)
     first = not calls.threads[1].is_alive()
     held.release()
     tokenized, deleted = calls.join()
@@ -426,7 +404,7 @@ def test_finding_a_reveal_is_never_answered_after_its_delete(
         calls.start(lambda: nodes.one.detokenize(GETNET, first.token))
         held.waiters(1)
         calls.start(lambda: nodes.two.delete(ERASER, first.token))
-        _done_or_waiting(engine, calls, 1, 2)
+        done_or_waiting(engine, calls, 1, 2)
         delete_first = not calls.threads[1].is_alive()
         held.release()
         revealed, deleted = calls.join()
