@@ -108,3 +108,20 @@ class HeldRow:
         if self.engine.dialect.name == "postgresql":
             self.connection.rollback()
         self.connection.close()
+
+
+def answered_while_held(
+    held: HeldRow, first: Callable[[], object], second: Callable[[], object]
+) -> tuple[object, object, bool]:
+    """`first` comes to the row `held` holds (PostgreSQL) and waits there; `second`
+    comes meanwhile. What each answered, and whether `second` was answered while
+    `first` was held (PostgreSQL: it did not wait for `first`)."""
+    calls = Calls()
+    calls.start(first)
+    held.waiters(1)
+    calls.start(second)
+    done_or_waiting(held.engine, calls, 1, 2)
+    second_first = not calls.threads[1].is_alive()
+    held.release()
+    one, two = calls.join()
+    return one, two, second_first

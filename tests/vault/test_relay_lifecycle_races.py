@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
 from tests.support.fake_acquirer import FakeAcquirer
-from tests.support.locks import HeldRow, done_or_waiting
+from tests.support.locks import HeldRow, answered_while_held
 from tests.support.policies import vault_on
 from tests.support.softhsm import destroy_code_epochs
 from tests.vault.conftest import TEST_POLICY, relay_vault
@@ -30,7 +30,6 @@ from tests.vault.test_token_lifecycle_races import (
     _answered_before_its_end,
     _trail,
 )
-from tests.vault.test_token_update import _Calls
 from vault.card import SecurityCode
 from vault.errors import TokenNotFound
 from vault.pan import Pan
@@ -112,14 +111,12 @@ def test_finding_a_relay_never_sends_a_pan_after_its_delete(
         "card": {"number": card.token},
         "amount": "10.00",
     }
-    held, calls = _HeldCode(engine, card.token_id), _Calls()
-    calls.start(lambda: one.relay(RELAYER, "race", body))
-    held.waiters(1)  # read `other`, waits to take the card's code
-    calls.start(lambda: two.delete(PAYMENTS, other.token))
-    done_or_waiting(engine, calls, 1, 2)
-    delete_first = not calls.threads[1].is_alive()
-    held.release()
-    relayed, deleted = calls.join()
+    # The relay reads `other`, then waits to take the card's code.
+    relayed, deleted, delete_first = answered_while_held(
+        _HeldCode(engine, card.token_id),
+        lambda: one.relay(RELAYER, "race", body),
+        lambda: two.delete(PAYMENTS, other.token),
+    )
     assert deleted is True, deleted
     trail = _trail(engine, other.token_id)
     _answered_before_its_end(trail)

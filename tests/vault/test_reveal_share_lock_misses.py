@@ -24,7 +24,7 @@ from datetime import timedelta
 from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
-from tests.support.locks import done_or_waiting
+from tests.support.locks import answered_while_held, done_or_waiting
 from tests.vault.conftest import GETNET, PAYMENTS
 from tests.vault.test_token_lifecycle_races import (
     ERASER,
@@ -46,15 +46,8 @@ def _while_a_reveal_misses(
     while `write` runs on node two; what each answered, and whether `write` was
     answered while the reveal was held (PostgreSQL)."""
     assert callable(write)
-    held, calls = _HeldBucket(engine, GETNET.identity), _Calls()
-    calls.start(lambda: nodes.one.detokenize(GETNET, token))
-    held.waiters(1)
-    calls.start(write)
-    done_or_waiting(engine, calls, 1, 2)
-    answered_first = not calls.threads[1].is_alive()
-    held.release()
-    revealed, written = calls.join()
-    return revealed, written, answered_first
+    held = _HeldBucket(engine, GETNET.identity)
+    return answered_while_held(held, lambda: nodes.one.detokenize(GETNET, token), write)
 
 
 def test_finding_a_miss_on_another_domains_token_holds_no_lock_on_it(

@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
-from tests.support.locks import HeldRow, done_or_waiting
+from tests.support.locks import HeldRow, answered_while_held
 from tests.vault.conftest import ALICE, BOB, GETNET, PAYMENTS
 from tests.vault.test_token_update import (
     NOW,
@@ -123,15 +123,9 @@ def _tokenize_hit_and_delete(
     """`tokenize` on node one held at its charge (after its reads) while the eraser
     deletes `token` on node two; what each answered, and whether the delete was
     answered first (PostgreSQL: it did not wait for the tokenize)."""
-    held, calls = _HeldBucket(engine, PAYMENTS.identity), _Calls()
-    calls.start(tokenize)
-    held.waiters(1)  # read the token, waits to charge
-    calls.start(lambda: nodes.two.delete(ERASER, token))
-    done_or_waiting(engine, calls, 1, 2)
-    first = not calls.threads[1].is_alive()
-    held.release()
-    tokenized, deleted = calls.join()
-    return tokenized, deleted, first
+    # `tokenize` reads the token, then waits to charge.
+    held = _HeldBucket(engine, PAYMENTS.identity)
+    return answered_while_held(held, tokenize, lambda: nodes.two.delete(ERASER, token))
 
 
 def test_finding_a_convergent_hit_is_never_answered_after_its_delete(
@@ -400,14 +394,11 @@ def test_finding_a_reveal_is_never_answered_after_its_delete(
     try:
         first = nodes.one.tokenize(PAYMENTS, TokenizeRequest(VISA, "card_random"))
         nodes.one.detokenize(GETNET, first.token)  # GETNET's bucket, to hold
-        held, calls = _HeldBucket(engine, GETNET.identity), _Calls()
-        calls.start(lambda: nodes.one.detokenize(GETNET, first.token))
-        held.waiters(1)
-        calls.start(lambda: nodes.two.delete(ERASER, first.token))
-        done_or_waiting(engine, calls, 1, 2)
-        delete_first = not calls.threads[1].is_alive()
-        held.release()
-        revealed, deleted = calls.join()
+        revealed, deleted, delete_first = answered_while_held(
+            _HeldBucket(engine, GETNET.identity),
+            lambda: nodes.one.detokenize(GETNET, first.token),
+            lambda: nodes.two.delete(ERASER, first.token),
+        )
         assert deleted is True, deleted
         trail = _trail(engine, first.token_id)
         _answered_before_its_end(trail)
