@@ -143,65 +143,6 @@ def running_vault(
     With `capture` (its port is picked here) the capture listener runs beside it. The
     officers in `custodians` acknowledge key custody first, as they must before a key
     ceremony (PCI DSS 3.7.8; `vault._custody_gate`)."""
-    vault, server = _start_server(
-        tmp,
-        provider,
-        database_url,
-        extra_policy,
-        crl,
-        api_docs=api_docs,
-        evidence=evidence,
-        capture=capture,
-        audit=audit,
-        http_protocol=http_protocol,
-        capture_origins=capture_origins,
-        database=database,
-    )
-    capture_server = None
-    if capture is not None:
-        assert capture.port is not None
-        capture_server = BackgroundServer(
-            build_capture_server(
-                vault.runtime.capture_app,
-                "127.0.0.1",
-                capture.port,
-                cert=vault.pki.server_cert,
-                key=vault.pki.server_key,
-                telemetry=vault.runtime.telemetry,
-            )
-        )
-        capture_server.start()
-        vault.capture_url = capture.origin()
-    try:
-        # In process, not over mTLS: a vault started with a CRL that refuses everyone
-        # (an expired one) or an officer's certificate takes no request.
-        runtime = vault.runtime
-        officers = {f"spiffe://cofre/{name}": software_officers()[name] for name in custodians}
-        acknowledge_in_process(runtime.engine, runtime.service, runtime.service.policy, officers)
-        yield vault
-    finally:
-        if capture_server is not None:
-            capture_server.stop()
-        server.stop()
-        vault.runtime.close()
-        vault.save_telemetry()
-
-
-def _start_server(
-    tmp: Path,
-    provider: HSMProvider,
-    database_url: str | None = None,
-    extra_policy: str = "",
-    crl: Callable[[DevPKI], Path] | None = None,
-    *,
-    api_docs: bool = False,
-    evidence: EvidenceSettings | None = None,
-    capture: CaptureSettings | None = None,
-    audit: AuditSettings | None = None,
-    http_protocol: str = "httptools",
-    capture_origins: Sequence[str] = TEST_CAPTURE_ORIGINS,
-    database: DatabaseSettings | None = None,
-) -> tuple[VaultServer, BackgroundServer]:
     pki = ensure_dev_pki(tmp / "pki", identities=TEST_IDENTITIES)
     issue_client(pki, "stranger")
     issue_client(pki, "limited")
@@ -271,7 +212,33 @@ def _start_server(
         logs,
         crl_watcher=server.server.crl_watcher,
     )
-    return vault, server
+    capture_server = None
+    if capture is not None:
+        assert capture.port is not None
+        capture_server = BackgroundServer(
+            build_capture_server(
+                vault.runtime.capture_app,
+                "127.0.0.1",
+                capture.port,
+                cert=vault.pki.server_cert,
+                key=vault.pki.server_key,
+                telemetry=vault.runtime.telemetry,
+            )
+        )
+        capture_server.start()
+        vault.capture_url = capture.origin()
+    try:
+        # In process, not over mTLS: a vault started with a CRL that refuses everyone
+        # (an expired one) or an officer's certificate takes no request.
+        officers = {f"spiffe://cofre/{name}": software_officers()[name] for name in custodians}
+        acknowledge_in_process(runtime.engine, runtime.service, runtime.service.policy, officers)
+        yield vault
+    finally:
+        if capture_server is not None:
+            capture_server.stop()
+        server.stop()
+        vault.runtime.close()
+        vault.save_telemetry()
 
 
 @pytest.fixture(scope="module")
