@@ -10,9 +10,9 @@ import ssl
 from pathlib import Path as FilePath
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI
 
+from api._uvicorn_config import listener_config
 from api.connections import guarded_protocol
 from api.errors import ApiError
 from api.handshake import HandshakeFailures
@@ -51,10 +51,10 @@ def build_capture_server(
     for path in (cert, key):
         if not path.is_file():
             raise ApiError(f"TLS file not found: {path}")
-    config = uvicorn.Config(
+    config = listener_config(
         app,
-        host=host,
-        port=port,
+        host,
+        port,
         http=guarded_protocol(
             header_timeout=header_timeout,
             body_timeout=body_timeout,
@@ -67,16 +67,7 @@ def build_capture_server(
         ssl_certfile=str(cert),
         ssl_keyfile=str(key),
         log_config=log_config,
-        access_log=False,
-        server_header=False,
-        date_header=True,
         timeout_keep_alive=15,
-        lifespan="off",
-        ws="none",  # an upgrade would pass the guard unaudited (review 36)
-        # No forwarded header is trusted (uvicorn trusts X-Forwarded-For from loopback
-        # by default): the client address is the TCP peer's, never text a caller chose.
-        proxy_headers=False,
-        forwarded_allow_ips=[],
     )
     config.load()
     context = config.ssl

@@ -27,8 +27,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
-import uvicorn
-
+from api._uvicorn_config import listener_config
 from api.connections import guarded_protocol
 from api.lifecycle import ManagedServer, Readiness, bind_reuse_port
 from cofre.errors import CofreError
@@ -242,17 +241,13 @@ def build_health_server(
 ) -> ManagedServer:
     """Return a configured (not yet started) plain-HTTP server for the probes; with
     `reuse_port`, on its own SO_REUSEPORT socket (every worker answers probes)."""
-    config = uvicorn.Config(
+    # No cap on connections (`listener_config`): a cap is what idle connections filled
+    # (the module text); each is closed unless its head comes in time.
+    config = listener_config(
         HealthApp(check_ready, readiness),
-        host=host,
-        port=port,
+        host,
+        port,
         log_config=log_config,
-        access_log=False,
-        server_header=False,
-        lifespan="off",
-        # No WebSocket: nothing here speaks it, and an upgrade would bypass the guard
-        # (no identity, no limit, no entry) or log an error per try (review 36).
-        ws="none",
         timeout_keep_alive=5,
         # A head within HEAD_SECONDS of the connection (or of the last answer); no
         # client certificates here, so no per-identity cap either.
@@ -261,13 +256,6 @@ def build_health_server(
             body_timeout=HEAD_SECONDS,
             max_connections_per_identity=1,
         ),
-        # No forwarded header is trusted (uvicorn trusts X-Forwarded-For from loopback
-        # by default): the client address is the TCP peer's, never text a caller chose.
-        proxy_headers=False,
-        forwarded_allow_ips=[],
-        # No cap on connections: a cap is what idle connections filled (the module
-        # text); each is closed unless its head comes in time.
-        limit_concurrency=None,
     )
     server = ManagedServer(config)
     if reuse_port:

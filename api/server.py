@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import uvicorn
 from cryptography import x509
 from fastapi import FastAPI
 
+from api._uvicorn_config import listener_config
 from api.app import add_ready_check
 from api.balance import WorkerLoads
 from api.connections import guarded_protocol
@@ -133,10 +133,10 @@ def build_server(
     for path in (tls.cert, tls.key, tls.ca_bundle, *([tls.crl] if tls.crl else [])):
         if not path.is_file():
             raise ApiError(f"TLS file not found: {path}")
-    config = uvicorn.Config(
+    config = listener_config(
         app,
-        host=host,
-        port=port,
+        host,
+        port,
         http=guarded_protocol(
             header_timeout=header_timeout,
             body_timeout=body_timeout,
@@ -148,19 +148,8 @@ def build_server(
         ssl_keyfile=str(tls.key),
         ssl_ca_certs=str(tls.ca_bundle),
         log_config=log_config(log_level, worker=worker),
-        access_log=False,
-        server_header=False,
-        date_header=True,
         timeout_keep_alive=30,
-        lifespan="off",
-        # No WebSocket: nothing here speaks it, and an upgrade would bypass the guard
-        # (no identity, no limit, no entry) or log an error per try (review 36).
-        ws="none",
         timeout_graceful_shutdown=graceful_timeout,
-        # No forwarded header is trusted (uvicorn trusts X-Forwarded-For from loopback
-        # by default): the client address is the TCP peer's, never text a caller chose.
-        proxy_headers=False,
-        forwarded_allow_ips=[],
     )
     config.load()
     assert config.ssl is not None  # noqa: S101 - load() builds it from the files above
