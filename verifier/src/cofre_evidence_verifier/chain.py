@@ -61,6 +61,23 @@ def check_previous_head(
             f"{proof.get('size2')}, the manifest claims {size1} -> {size2}"
         )
         return
+    problem = _consistency_problem(proof, size1, root1, size2, head)
+    if problem is not None:
+        report.fail(
+            f"previous_head (tree {size1}) is not a prefix of the covering head ({problem}): "
+            "a head this log never signed, or a forked history"
+        )
+        return
+    report.passed(
+        "previous_head", f"previous head {size1} is a prefix of the covering head {size2}"
+    )
+
+
+def _consistency_problem(
+    proof: dict[str, Any], size1: int, root1: bytes, size2: int, head: dict[str, Any]
+) -> ProofError | None:
+    """Why the bundle's consistency `proof` does not lead from the tree of `size1` and
+    `root1` to the signed `head` of `size2`; None when it verifies."""
     try:
         verify_consistency(
             size1,
@@ -70,14 +87,8 @@ def check_previous_head(
             base64.b64decode(head["root_hash"]),
         )
     except ProofError as exc:
-        report.fail(
-            f"previous_head (tree {size1}) is not a prefix of the covering head ({exc}): "
-            "a head this log never signed, or a forked history"
-        )
-        return
-    report.passed(
-        "previous_head", f"previous head {size1} is a prefix of the covering head {size2}"
-    )
+        return exc
+    return None
 
 
 def _read_previous(
@@ -164,18 +175,11 @@ def check_previous(
             f"previous bundle ends at {size1}"
         )
         return
-    try:
-        verify_consistency(
-            size1,
-            size2,
-            hash_list(proof.get("proof"), f"{CONSISTENCY}: the proof"),
-            root1,
-            base64.b64decode(head["root_hash"]),
-        )
-    except ProofError as exc:
+    problem = _consistency_problem(proof, size1, root1, size2, head)
+    if problem is not None:
         report.fail(
             f"{CONSISTENCY}: the log is not an extension of the previous "
-            f"bundle's ({exc}): a rewritten or forked history"
+            f"bundle's ({problem}): a rewritten or forked history"
         )
         return
     report.passed("previous", f"consistent with the previous bundle (tree {size1} -> {size2})")
