@@ -47,7 +47,7 @@ from audit.segments import (
     write_segment,
 )
 from audit.sequencer import load_compact_range
-from audit.store import AuditStore
+from audit.store import AuditStore, head_from_row
 from cofre.dberrors import db_error_name
 
 MANIFEST_FORMAT: Final = "cofre-audit-segment-manifest"
@@ -174,14 +174,7 @@ def _choose_end(engine: Engine, start: int, max_entries: int) -> SignedTreeHead 
         raise ArchiveFailed(f"cannot read the signed heads ({db_error_name(exc)})") from None
     if row is None:
         return None
-    return SignedTreeHead(
-        tree_size=int(row.tree_size),
-        root_hash=bytes(row.root_hash),
-        timestamp_ms=int(row.timestamp_ms),
-        key_id=str(row.key_id),
-        checkpoint=str(row.checkpoint),
-        signature=bytes(row.signature),
-    )
+    return head_from_row(row)
 
 
 def archive_log(

@@ -80,7 +80,8 @@ class VerifyReport:
     online_from: int = 0
 
 
-def _head(row: Row[Any]) -> SignedTreeHead:
+def head_from_row(row: Row[Any]) -> SignedTreeHead:
+    """The signed tree head an `audit_heads` row holds."""
     return SignedTreeHead(
         tree_size=int(row.tree_size),
         root_hash=bytes(row.root_hash),
@@ -116,21 +117,21 @@ class AuditStore:
     def heads(self) -> list[SignedTreeHead]:
         with self._connect() as connection:
             rows = connection.execute(select(audit_heads).order_by(audit_heads.c.tree_size)).all()
-        return [_head(row) for row in rows]
+        return [head_from_row(row) for row in rows]
 
     def latest_head(self) -> SignedTreeHead | None:
         with self._connect() as connection:
             row = connection.execute(
                 select(audit_heads).order_by(audit_heads.c.tree_size.desc()).limit(1)
             ).first()
-        return None if row is None else _head(row)
+        return None if row is None else head_from_row(row)
 
     def head_at(self, size: int) -> SignedTreeHead | None:
         with self._connect() as connection:
             row = connection.execute(
                 select(audit_heads).where(audit_heads.c.tree_size == size)
             ).first()
-        return None if row is None else _head(row)
+        return None if row is None else head_from_row(row)
 
     def entry(self, index: int) -> str:
         """Return the canonical JSON of the entry at leaf `index`. Raises `ProofError`."""
@@ -186,7 +187,7 @@ class AuditStore:
                 .order_by(audit_heads.c.tree_size)
                 .limit(limit)
             ).all()
-        return [_head(row) for row in rows]
+        return [head_from_row(row) for row in rows]
 
     def _fetch(self, wanted: set[tuple[int, int]]) -> _DictSource:
         nodes: dict[tuple[int, int], bytes] = {}
