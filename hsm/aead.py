@@ -29,7 +29,7 @@ from pkcs11 import Attribute, KeyType, Mechanism
 from pkcs11.mechanisms import GCMParams
 
 from hsm.errors import HSMError, HSMKeyNotFound, HSMKeyUnavailable, HSMOperationFailed
-from hsm.mechanisms import new_key_id, usage_template
+from hsm.mechanisms import new_key_id, secret_key_template
 from hsm.models import KeyInfo
 from hsm.session import TokenSession
 
@@ -144,13 +144,7 @@ class AeadOperations(TokenSession):
                 id=key_id,
                 label=label,
                 store=True,
-                template={
-                    **usage_template(KeyType.AES, usages),
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                },
+                template=secret_key_template(KeyType.AES, usages),
             )
 
         return self._create_key(label, generate)

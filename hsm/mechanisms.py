@@ -29,8 +29,10 @@ and drops the rest and any the key type does not support.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Final
 
 from pkcs11 import DEFAULT, Attribute, KeyType, Mechanism
@@ -174,6 +176,24 @@ def usage_template(
     if not allowed <= usable:
         raise ValueError(f"{key_type.name} keys do not support {sorted(a.name for a in allowed)}")
     return {flag: (flag in allowed) if flag in usable else DEFAULT for flag in _USAGE_FLAGS}
+
+
+# What every secret or private key Cofre makes holds: kept on the token, usable only in a
+# logged-in session, sensitive and never extractable (its value never leaves the HSM).
+KEPT_SECRET: Final[Mapping[Attribute, Any]] = MappingProxyType(
+    {
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+    }
+)
+
+
+def secret_key_template(key_type: KeyType, allowed: set[Attribute]) -> dict[Attribute, Any]:
+    """The template of a secret key of `key_type` allowed only the usages in `allowed`
+    (`usage_template`) and `KEPT_SECRET`."""
+    return {**usage_template(key_type, allowed), **KEPT_SECRET}
 
 
 def pair_templates(

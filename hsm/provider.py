@@ -28,11 +28,13 @@ from hsm.errors import (
     HSMUnavailable,
 )
 from hsm.mechanisms import (
+    KEPT_SECRET,
     WrapAlgorithm,
     WrapMechanisms,
     new_key_id,
     pair_templates,
     resolve_wrap_mechanisms,
+    secret_key_template,
     usage_template,
 )
 from hsm.models import KeyInfo, TokenInfo, WrappedKey
@@ -249,13 +251,9 @@ class HSMProvider(HmacOperations):
                 label=label,
                 store=True,
                 mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
-                template={
-                    **usage_template(KeyType.GENERIC_SECRET, {Attribute.SIGN, Attribute.VERIFY}),
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                },
+                template=secret_key_template(
+                    KeyType.GENERIC_SECRET, {Attribute.SIGN, Attribute.VERIFY}
+                ),
             )
 
         return self._create_key(label, generate)
@@ -274,13 +272,7 @@ class HSMProvider(HmacOperations):
                 local=True,
             )
             private_template, public_template = pair_templates(
-                private={
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                    Attribute.SIGN: True,
-                },
+                private={**KEPT_SECRET, Attribute.SIGN: True},
                 public={Attribute.TOKEN: True, Attribute.VERIFY: True},
             )
             # Both halves share one fresh CKA_ID, as PKCS#11 convention pairs them.
