@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection
 
@@ -18,6 +18,29 @@ if TYPE_CHECKING:
     from vault.service import TokenizeRequest, VaultService
 
 T = TypeVar("T")
+
+
+def one_group(
+    committer: GroupCommitter, works: list[Callable[[Connection], Any]]
+) -> list[Future[Any]]:
+    """Submit `works` (each from a thread of its own, in no set order) while the
+    writer is held inside a first operation, so that they all wait and form the next
+    group together."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold(_c: Connection) -> None:
+        held.set()
+        release.wait(10)
+
+    with ThreadPoolExecutor(len(works) + 1) as pool:
+        first = pool.submit(committer.run, hold)
+        assert held.wait(10)
+        futures = [pool.submit(committer.run, w) for w in works]
+        while len(committer._queue) < len(works):
+            threading.Event().wait(0.01)
+        release.set()
+        first.result(10)
+    return futures
 
 
 def in_one_group(committer: GroupCommitter, calls: Sequence[Callable[[], T]]) -> list[Future[T]]:

@@ -7,11 +7,9 @@ oracle guard's window, attacked across a window boundary with the clock in hand.
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +18,7 @@ from sqlalchemy import Connection, Engine, text
 
 from policies.errors import RateLimited
 from policies.models import OracleGuard, Quota, RateLimit
+from tests.support.groups import one_group
 from vault._early_room import EARLY_ROOM_SECONDS, EarlyRoom
 from vault.errors import OracleSuspected, QuotaExceeded
 from vault.limits import MAX_WINDOW_SECONDS, Limits
@@ -52,28 +51,6 @@ def _charged(
         return item
 
     return work
-
-
-def _one_group(
-    committer: GroupCommitter, works: list[Callable[[Connection], Any]]
-) -> list[Future[Any]]:
-    """Submit `works` while the writer is held inside a first operation, so that they
-    all wait and form the next group together."""
-    held, release = threading.Event(), threading.Event()
-
-    def hold(_c: Connection) -> None:
-        held.set()
-        release.wait(10)
-
-    with ThreadPoolExecutor(len(works) + 1) as pool:
-        first = pool.submit(committer.run, hold)
-        assert held.wait(10)
-        futures = [pool.submit(committer.run, w) for w in works]
-        while len(committer._queue) < len(works):
-            threading.Event().wait(0.01)
-        release.set()
-        first.result(10)
-    return futures
 
 
 def _items(engine: Engine) -> set[int]:
@@ -131,7 +108,7 @@ def test_a_group_charges_each_identity_once_just_before_its_commit(engine: Engin
     try:
         works = [charged("b", i, 3) for i in range(1, 3)]
         works += [charged("a", i, 1) for i in range(3, 8)]
-        futures = _one_group(committer, works)
+        futures = one_group(committer, works)
     finally:
         committer.close()
     assert sorted(f.result() for f in futures) == list(range(1, 8))
@@ -156,7 +133,7 @@ def test_a_refused_group_charge_grants_exactly_the_operations_within_the_limit(
         costs = [1, 1, 2, 1, 1]
         works = [_charged("a", limit, i, cost) for i, cost in enumerate(costs, start=1)]
         works.append(_charged("b", limit, 10, cost=4))
-        futures = _one_group(committer, works)
+        futures = one_group(committer, works)
     finally:
         committer.close()
     granted, refused = [], []

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 import audit._rows
 from audit.errors import AuditWriteFailed
 from audit.log import AuditEvent, AuditLog, Outcome, request_trail
-from tests.support.groups import in_one_group
+from tests.support.groups import in_one_group, one_group
 from vault.storage.database import create_database_engine, migrate
 from vault.storage.groupcommit import GroupCommitter, Merge
 
@@ -64,34 +64,11 @@ def _rows(engine: Engine) -> set[int]:
         return {r for (r,) in c.execute(text("SELECT id FROM items"))}
 
 
-def _one_group(
-    committer: GroupCommitter, works: list[Callable[[Connection], Any]]
-) -> list[Future[Any]]:
-    """Submit `works` while the writer is held inside a first operation, so that they
-    all wait and form the next group together."""
-    held, release = threading.Event(), threading.Event()
-
-    def hold(_c: Connection) -> None:
-        held.set()
-        release.wait(10)
-
-    pool = ThreadPoolExecutor(len(works) + 1)
-    first = pool.submit(committer.run, hold)
-    assert held.wait(10)
-    futures = [pool.submit(committer.run, w) for w in works]
-    while len(committer._queue) < len(works):  # waiting for the group to form
-        threading.Event().wait(0.01)
-    release.set()
-    first.result(10)
-    pool.shutdown(wait=True)
-    return futures
-
-
 def test_waiting_operations_share_one_commit_with_no_savepoints(engine: Engine) -> None:
     committer = GroupCommitter(engine)
     counted = Statements(engine)
     try:
-        futures = _one_group(committer, [_insert(i) for i in range(1, 17)])
+        futures = one_group(committer, [_insert(i) for i in range(1, 17)])
     finally:
         committer.close()
     assert [f.result() for f in futures] == list(range(1, 17))
@@ -108,7 +85,7 @@ def test_a_failing_operation_rolls_back_alone(engine: Engine) -> None:
     committer = GroupCommitter(engine)
     counted = Statements(engine)
     try:
-        futures = _one_group(committer, [_insert(1), half_then_fail, _insert(2)])
+        futures = one_group(committer, [_insert(1), half_then_fail, _insert(2)])
     finally:
         committer.close()
     assert futures[0].result() == 1
@@ -122,8 +99,8 @@ def test_a_failing_operation_rolls_back_alone(engine: Engine) -> None:
 def test_a_database_error_in_one_operation_spares_the_others(engine: Engine) -> None:
     committer = GroupCommitter(engine)
     try:
-        _one_group(committer, [_insert(7)])
-        futures = _one_group(committer, [_insert(1), _insert(7), _insert(2)])
+        one_group(committer, [_insert(7)])
+        futures = one_group(committer, [_insert(1), _insert(7), _insert(2)])
     finally:
         committer.close()
     assert futures[0].result() == 1
@@ -145,7 +122,7 @@ def test_a_failed_commit_fails_every_operation_in_it(engine: Engine) -> None:
 
     committer = GroupCommitter(engine)
     try:
-        futures = _one_group(committer, [once, once, _insert(5)])
+        futures = one_group(committer, [once, once, _insert(5)])
     finally:
         committer.close()
     for future in futures:
@@ -206,7 +183,7 @@ def _audited(item: int, actor: str = "someone") -> Callable[[Connection], int]:
 def _group_with_trails(
     committer: GroupCommitter, works: list[Callable[[Connection], Any]]
 ) -> list[Future[tuple[Any, list[int]]]]:
-    """`_one_group`, each operation submitted from a request's own audit trail."""
+    """`one_group`, each operation submitted from a request's own audit trail."""
     held, release = threading.Event(), threading.Event()
 
     def hold(_c: Connection) -> None:
@@ -305,7 +282,7 @@ def test_an_operation_whose_audit_entry_is_refused_does_not_happen(engine: Engin
 def _group_keeping_trails(
     committer: GroupCommitter, works: list[Callable[[Connection], Any]]
 ) -> tuple[list[Future[Any]], list[list[int]]]:
-    """`_one_group`, each operation run from a request's own audit trail; the trails in
+    """`one_group`, each operation run from a request's own audit trail; the trails in
     the order of `works`, whether the operation succeeded or not."""
     trails: list[list[int]] = [[] for _ in works]
 
