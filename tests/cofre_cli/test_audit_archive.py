@@ -5,7 +5,6 @@ commands run in-process (typer's runner) because moto's S3 lives in this process
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,28 +14,16 @@ from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from audit.archive import segment_key
-from audit.partitions import ensure_partitions
 from audit.store import AuditStore
 from cofre_cli.main import app
 from infra_pci.objectstore import S3ObjectStore, add_months
 from tests.audit.conftest import BUCKET, s3, signer
 from tests.audit.test_archive import sequence
 from tests.audit.test_partitions import append_at
-from tests.audit.test_retention import NOW, OLD
+from tests.audit.test_retention import NOW, OLD, pg
 from vault.signing import HSMTreeHeadSigner
-from vault.storage.database import create_database_engine, migrate
 
-__all__ = ["s3", "signer"]  # fixtures shared with tests/audit
-
-
-@pytest.fixture
-def pg(pg_database: str) -> Iterator[Engine]:
-    engine = create_database_engine(pg_database)
-    migrate(engine)
-    with engine.begin() as connection:
-        ensure_partitions(connection, from_time=OLD[0])
-    yield engine
-    engine.dispose()
+__all__ = ["pg", "s3", "signer"]  # fixtures shared with tests/audit
 
 
 def _archive_settings(
