@@ -27,10 +27,11 @@ from hsm.keys import KeyKind, key_label
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
+from tests.support.pans import card_number
 from tests.vault.conftest import PAYMENTS, TEST_POLICY
 from vault.ceremony import CeremonyState
 from vault.errors import CeremonyError
-from vault.pan import Pan, luhn_check_digit
+from vault.pan import Pan
 from vault.rotation import KeyRotation
 from vault.service import TokenizeRequest, VaultService
 from vault.signing import HSMTreeHeadSigner
@@ -44,8 +45,7 @@ ALICE, BOB = "spiffe://cofre/officer-alice", "spiffe://cofre/officer-bob"
 
 
 def _pan(i: int) -> Pan:
-    body = f"4{i:014d}"
-    return Pan(body + luhn_check_digit(body))
+    return Pan(card_number("4", i))
 
 
 @pytest.fixture

@@ -25,18 +25,18 @@ import vault.rotation as rotation_module
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
+from tests.support.pans import card_number
 from tests.vault.conftest import ALICE, BOB, CAROL, GETNET, OFFICERS, PAYMENTS, TEST_POLICY
 from vault.ceremony import CeremonyState
 from vault.errors import CeremonyError, StorageUnavailable
-from vault.pan import Pan, luhn_check_digit
+from vault.pan import Pan
 from vault.rotation import KeyRotation
 from vault.service import TokenizeRequest, VaultService
 from vault.storage.schema import key_ceremonies
 
 
 def _pan(i: int) -> Pan:
-    body = f"4{i:014d}"
-    return Pan(body + luhn_check_digit(body))
+    return Pan(card_number("4", i))
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.loader import parse_policy
+from tests.support.pans import card_number
 from tests.vault.conftest import (
     ALICE,
     BOB,
@@ -40,8 +41,7 @@ from vault.signing import HSMTreeHeadSigner
 
 
 def _pan(i: int) -> Pan:
-    body = f"5{i:014d}"
-    return Pan(body + luhn_check_digit(body))
+    return Pan(card_number("5", i))
 
 
 def _policy(extra: str = "") -> PolicyEngine:

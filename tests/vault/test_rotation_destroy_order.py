@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from audit.log import AuditEvent
 from hsm.keys import KeyKind, key_label
 from hsm.provider import HSMProvider
+from tests.support.pans import card_number
 from tests.vault.conftest import (
     ALICE,
     CAROL,
@@ -25,15 +26,14 @@ from tests.vault.conftest import (
     wrap_a_data_key_late,
 )
 from vault.ceremony import CeremonyState
-from vault.pan import Pan, luhn_check_digit
+from vault.pan import Pan
 from vault.rotation import KeyRotation
 from vault.service import TokenizeRequest, VaultService
 from vault.storage.schema import key_ceremonies
 
 
 def _pan(i: int) -> Pan:
-    body = f"5{i:014d}"
-    return Pan(body + luhn_check_digit(body))
+    return Pan(card_number("5", i))
 
 
 def _destroys(engine: Engine) -> int:
