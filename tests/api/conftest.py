@@ -57,6 +57,9 @@ from tests.support.postgres import free_port
 # The dev policy's security officers: they acknowledge key custody as each vault starts.
 OFFICERS = ("officer-alice", "officer-bob")
 
+# The shop page of the tests' capture sessions (one of `TEST_CAPTURE_ORIGINS`).
+TEST_SHOP = "https://shop.example"
+
 LIMITED = """
 [identities."spiffe://cofre/limited"]
 operations = ["tokenize"]
@@ -109,6 +112,25 @@ class VaultServer:
             timeout=10,
             event_hooks=record_responses(self.tmp / "responses.log"),
         )
+
+    def shopper_captures(
+        self, card: dict[str, str], format_name: str = "pan_bin6_last4"
+    ) -> httpx.Response:
+        """What any visitor of the test shop's checkout does: the shop's backend opens a
+        capture session for its page (over mTLS), and the browser posts `card` with the
+        session's secret (no certificate; the `Origin` header is a browser's promise)."""
+        with self.client("payments") as shop:
+            opened = shop.post(
+                "/v1/capture-sessions", json={"origin": TEST_SHOP, "formats": [format_name]}
+            )
+        assert opened.status_code == 201, opened.text
+        session = opened.json()
+        with self.capture_client() as browser:
+            return browser.post(
+                f"/v1/capture/{session['session_id']}",
+                json={"secret": session["client_secret"], **card},
+                headers={"origin": TEST_SHOP},
+            )
 
     def save_telemetry(self) -> None:
         """Write the logs, span strings and metric strings for the session's leak scan."""

@@ -8,8 +8,6 @@ property that held when probed."""
 
 from __future__ import annotations
 
-import httpx
-
 from tests.api.conftest import VaultServer
 
 MASTERCARD = "5555555555554444"
@@ -66,25 +64,6 @@ def test_a_later_call_for_good_extends_a_stored_token(vault_server: VaultServer)
 
 # --- R28-3: a shopper's capture rewrites the shop's stored token (life and details) ----
 
-SHOP = "https://shop.example"
-
-
-def _shopper_captures(vault: VaultServer, card: dict[str, str]) -> httpx.Response:
-    """What any shopper of the shop's checkout does: the shop's backend opens a session
-    for the page (over mTLS), the browser posts the card with the session's secret."""
-    with vault.client("payments") as shop:
-        opened = shop.post(
-            "/v1/capture-sessions", json={"origin": SHOP, "formats": ["pan_bin6_last4"]}
-        )
-    assert opened.status_code == 201, opened.text
-    session = opened.json()
-    with vault.capture_client() as browser:
-        return browser.post(
-            f"/v1/capture/{session['session_id']}",
-            json={"secret": session["client_secret"], **card},
-            headers={"origin": SHOP},
-        )
-
 
 def test_a_shoppers_capture_leaves_the_shops_expiring_token_to_expire(
     capture_vault: VaultServer,
@@ -104,7 +83,7 @@ def test_a_shoppers_capture_leaves_the_shops_expiring_token_to_expire(
             "/v1/tokenize", json={"pan": card, "format": "pan_bin6_last4", "ttl_seconds": 600}
         ).json()
     assert kept["expires_at"] is not None
-    captured = _shopper_captures(capture_vault, {"number": card})
+    captured = capture_vault.shopper_captures({"number": card})
     assert captured.status_code == 200, captured.text
     assert captured.json()["token"] == kept["token"]
     with capture_vault.client("payments") as shop:
@@ -130,7 +109,7 @@ def test_a_shoppers_capture_keeps_the_shops_stored_card_details(
             "/v1/tokenize",
             json={"pan": card, "format": "pan_bin6_last4", "expiry": "03/29"},
         ).json()
-    captured = _shopper_captures(capture_vault, {"number": card, "expiry": "12/30"})
+    captured = capture_vault.shopper_captures({"number": card, "expiry": "12/30"})
     assert captured.status_code == 200, captured.text
     assert captured.json()["token"] == kept["token"]
     with capture_vault.client("payments") as shop:
@@ -148,7 +127,7 @@ def test_a_capture_answers_the_shoppers_own_expiry_not_the_stored_one(
     card = "4000000000000044"
     with capture_vault.client("payments") as shop:
         shop.post("/v1/tokenize", json={"pan": card, "format": "pan_bin6_last4", "expiry": "03/29"})
-    captured = _shopper_captures(capture_vault, {"number": card})
+    captured = capture_vault.shopper_captures({"number": card})
     assert captured.status_code == 200, captured.text
     assert captured.json()["expiry"] is None
     assert set(captured.json()) == {"token", "format", "masked_pan", "expiry"}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import httpx
 
 from tests.api.conftest import VaultServer
-from tests.api.test_rev28_tokens import _shopper_captures
 from vault.pan import luhn_valid
 
 LIMIT = 10  # the dev policy's payments: oracle_guard.max_pans_per_bucket
@@ -44,10 +43,10 @@ def test_finding_shoppers_cannot_fill_the_shops_own_oracle_guard(
     only the captures' count, and the backend's calls keep theirs."""
     cards = _cards("510510", "5100", LIMIT + 2)
     for card in cards[:LIMIT]:
-        captured = _shopper_captures(capture_vault, {"number": card})
+        captured = capture_vault.shopper_captures({"number": card})
         assert captured.status_code == 200, captured.text
     # Captures of the bucket are now refused: that count is the shoppers' (see the docs).
-    refused = _shopper_captures(capture_vault, {"number": cards[LIMIT]})
+    refused = capture_vault.shopper_captures({"number": cards[LIMIT]})
     assert (refused.status_code, refused.json()["code"]) == (429, "oracle_suspected")
     # The shop's backend still tokenizes a new card of the bucket (the customer's).
     answer = _shop_tokenizes(capture_vault, cards[LIMIT + 1])
@@ -66,5 +65,5 @@ def test_the_shops_own_calls_still_meet_the_guard_apart_from_captures(
         assert _shop_tokenizes(capture_vault, card).status_code == 200
     refused = _shop_tokenizes(capture_vault, cards[LIMIT])
     assert (refused.status_code, refused.json()["code"]) == (429, "oracle_suspected")
-    captured = _shopper_captures(capture_vault, {"number": cards[LIMIT + 1]})
+    captured = capture_vault.shopper_captures({"number": cards[LIMIT + 1]})
     assert captured.status_code == 200, captured.text

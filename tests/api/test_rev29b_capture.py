@@ -9,23 +9,13 @@ from __future__ import annotations
 import httpx
 
 from tests.api.conftest import VaultServer
-from tests.api.test_rev28_tokens import SHOP
 from tests.api.test_rev29_capture import LIMIT, _cards
 
 
 def _capture(vault: VaultServer, number: str, token_format: str) -> httpx.Response:
     """The stolen certificate opens a session and posts the card as a browser would
     (the `Origin` header is a browser's promise, not a client's)."""
-    with vault.client("payments") as shop:
-        opened = shop.post("/v1/capture-sessions", json={"origin": SHOP, "formats": [token_format]})
-    assert opened.status_code == 201, opened.text
-    session = opened.json()
-    with vault.capture_client() as browser:
-        return browser.post(
-            f"/v1/capture/{session['session_id']}",
-            json={"secret": session["client_secret"], "number": number},
-            headers={"origin": SHOP},
-        )
+    return vault.shopper_captures({"number": number}, token_format)
 
 
 def _refused(answer: httpx.Response) -> bool:

@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from api.pki import issue_client
@@ -34,8 +33,6 @@ from tests.api.conftest import VaultServer, running_vault
 from tests.support.fake_acquirer import FakeAcquirer, running_acquirer
 from tests.support.policies import getnet_card_route
 from tests.support.postgres import free_port
-
-SHOP = "https://shop.example"
 
 # Outside PCI scope, with every reveal route a policy may give it there.
 READER = """
@@ -67,23 +64,6 @@ def vault(rig: tuple[VaultServer, FakeAcquirer]) -> VaultServer:
     return rig[0]
 
 
-def _shopper_captures(vault: VaultServer, card: dict[str, str]) -> httpx.Response:
-    """Any visitor of the shop's checkout: the shop's backend opens a session for the
-    page, the browser posts a card with its secret (no certificate)."""
-    with vault.client("payments") as shop:
-        opened = shop.post(
-            "/v1/capture-sessions", json={"origin": SHOP, "formats": ["pan_bin6_last4"]}
-        )
-    assert opened.status_code == 201, opened.text
-    session = opened.json()
-    with vault.capture_client() as browser:
-        return browser.post(
-            f"/v1/capture/{session['session_id']}",
-            json={"secret": session["client_secret"], **card},
-            headers={"origin": SHOP},
-        )
-
-
 @pytest.mark.parametrize("typed", [{"expiry": "01/30"}, {}])
 def test_a_capture_and_the_adapters_masked_read_do_not_give_a_held_cards_expiry(
     vault: VaultServer, typed: dict[str, str]
@@ -94,7 +74,7 @@ def test_a_capture_and_the_adapters_masked_read_do_not_give_a_held_cards_expiry(
             "/v1/tokenize", json={"pan": card, "format": "pan_bin6_last4", "expiry": "07/31"}
         )
     assert kept.status_code == 200, kept.text
-    captured = _shopper_captures(vault, {"number": card, **typed})
+    captured = vault.shopper_captures({"number": card, **typed})
     assert captured.status_code == 200, captured.text
     token = captured.json()["token"]
     assert token == kept.json()["token"]  # the shop's token, as designed
@@ -142,7 +122,7 @@ def test_an_acquirer_echoing_the_card_object_gives_the_adapter_no_expiry(
             "/v1/tokenize", json={"pan": card, "format": "pan_bin6_last4", "expiry": "07/31"}
         )
     assert kept.status_code == 200, kept.text
-    captured = _shopper_captures(vault, {"number": card})
+    captured = vault.shopper_captures({"number": card})
     token = captured.json()["token"]
 
     def echo(body: dict[str, Any]) -> tuple[int, Any]:
