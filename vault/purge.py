@@ -9,10 +9,9 @@ taken and wait for the next tick), as the audit sequencer is elected.
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING
 
-from cofre.background import LoopHealth
+from vault._worker import WorkerThread
 
 if TYPE_CHECKING:
     from vault.service import VaultService
@@ -20,29 +19,17 @@ if TYPE_CHECKING:
 __all__ = ["PurgeWorker"]
 
 
-class PurgeWorker:
+class PurgeWorker(WorkerThread):
     """Calls `service.purge_expired()` every `interval` seconds until stopped. Errors are
     kept (for readiness and logs, `health`) and retried on the next tick."""
 
     def __init__(self, service: VaultService, interval: float) -> None:
+        super().__init__(
+            thread_name="cofre-token-purge", loop_name="token purge", interval=interval
+        )
         self._service = service
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="cofre-token-purge", daemon=True)
-        self.health = LoopHealth("token purge")
         self.purged = 0
         self.codes_expired = 0
-
-    @property
-    def last_error(self) -> str | None:
-        return self.health.last_error
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
