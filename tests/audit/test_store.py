@@ -20,6 +20,7 @@ from audit.log import _UNMASKED, AuditEvent, AuditLog, Outcome, canonical_payloa
 from audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from audit.sequencer import Sequencer
 from audit.store import AuditStore
+from tests.support.audit_trail import break_audit_writes
 from vault.signing import HSMTreeHeadSigner
 from vault.storage.database import create_database_engine, migrate
 
@@ -287,18 +288,7 @@ def test_head_signed_by_another_key(
 
 def test_failed_audit_write_rolls_back_the_operation(engine: Engine) -> None:
     """Fail closed: the operation's own row and its audit entry commit together or not."""
-    if engine.dialect.name == "sqlite":
-        ddl = (
-            "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_entries "
-            "BEGIN SELECT RAISE(ABORT, 'audit disk full'); END"
-        )
-    else:
-        ddl = (
-            "ALTER TABLE audit_entries ADD CONSTRAINT fail_audit CHECK (payload = 'never') "
-            "NOT VALID"
-        )
-    with engine.begin() as connection:
-        connection.execute(sa.text(ddl))
+    break_audit_writes(engine)
     log = AuditLog()
     with (
         pytest.raises(AuditWriteFailed, match="operation is refused"),

@@ -46,3 +46,17 @@ def tokens_and_audited(url: str) -> tuple[int, int]:
     finally:
         engine.dispose()
     return int(tokens), int(audited)
+
+
+def break_audit_writes(engine: Engine) -> None:
+    """Make every later insert into `audit_entries` fail, as a full disk would: a test
+    of fail-closed checks that nothing the entry records is done without it."""
+    if engine.dialect.name == "sqlite":
+        ddl = (
+            "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_entries "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    else:
+        ddl = "ALTER TABLE audit_entries ADD CONSTRAINT fail_audit CHECK (false) NOT VALID"
+    with engine.begin() as connection:
+        connection.execute(sa.text(ddl))

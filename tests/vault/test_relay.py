@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from audit.errors import AuditWriteFailed
 from hsm.provider import HSMProvider
 from policies.errors import RateLimited
+from tests.support.audit_trail import break_audit_writes
 from tests.support.fake_acquirer import FakeAcquirer
 from tests.vault.conftest import TEST_POLICY, relay_vault
 from vault.errors import UpstreamBusy, UpstreamUnavailable
@@ -109,15 +110,7 @@ def test_nothing_is_sent_when_the_audit_entry_cannot_be_written(
     relay_service: VaultService, engine: Engine, acquirer: FakeAcquirer
 ) -> None:
     token, _ = _token(relay_service)
-    if engine.dialect.name == "sqlite":
-        ddl = (
-            "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_entries "
-            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-        )
-    else:
-        ddl = "ALTER TABLE audit_entries ADD CONSTRAINT fail_audit CHECK (false) NOT VALID"
-    with engine.begin() as connection:
-        connection.execute(sa.text(ddl))
+    break_audit_writes(engine)
     with pytest.raises(AuditWriteFailed):
         relay_service.relay(RELAYER, "acq", {"card": {"number": token}})
     assert acquirer.received == []

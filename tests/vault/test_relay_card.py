@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 import tests.support.fake_acquirer as fake_acquirer_module
 from audit.errors import AuditWriteFailed
 from hsm.provider import HSMProvider
+from tests.support.audit_trail import break_audit_writes
 from tests.support.codes import shows_code
 from tests.support.fake_acquirer import FakeAcquirer
 from tests.support.policies import getnet_card_route
@@ -112,15 +113,7 @@ def test_nothing_is_sent_and_the_code_stays_when_the_audit_entry_fails(
     relay: VaultService, engine: Engine, acquirer: FakeAcquirer
 ) -> None:
     token = _card(relay)
-    if engine.dialect.name == "sqlite":
-        ddl = (
-            "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_entries "
-            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-        )
-    else:
-        ddl = "ALTER TABLE audit_entries ADD CONSTRAINT fail_audit CHECK (false) NOT VALID"
-    with engine.begin() as connection:
-        connection.execute(sa.text(ddl))
+    break_audit_writes(engine)
     with pytest.raises(AuditWriteFailed):
         relay.relay(GETNET, "getnet-authorize", _body(token))
     assert acquirer.received == []

@@ -21,6 +21,7 @@ from policies.errors import PolicyDenied, RateLimited
 from policies.formats import FormatSpec
 from policies.loader import parse_policy
 from policies.models import RateLimit
+from tests.support.audit_trail import break_audit_writes
 from tests.vault.conftest import GETNET, LEDGER, OFFICER, PAYMENTS, STRANGER, TEST_POLICY
 from vault.errors import (
     BatchItemInvalid,
@@ -373,20 +374,8 @@ def test_a_charge_that_waited_behind_a_later_one_is_judged_at_its_clock(engine: 
         limits.charge_rate(connection, "who", limit, 990, t + 1.5, clock=lambda: t + 1.5)
 
 
-def _break_audit(engine: Engine) -> None:
-    if engine.dialect.name == "sqlite":
-        ddl = (
-            "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_entries "
-            "BEGIN SELECT RAISE(ABORT, 'no space'); END"
-        )
-    else:
-        ddl = "ALTER TABLE audit_entries ADD CONSTRAINT fail_audit CHECK (false) NOT VALID"
-    with engine.begin() as c:
-        c.execute(sa.text(ddl))
-
-
 def test_failed_audit_write_returns_no_token(service: VaultService, engine: Engine) -> None:
-    _break_audit(engine)
+    break_audit_writes(engine)
     before = _count(engine, "SELECT count(*) FROM tokens")
     with pytest.raises(AuditWriteFailed):
         service.tokenize(PAYMENTS, TokenizeRequest(_pan(77), "pan_bin6_last4"))
@@ -404,7 +393,7 @@ def test_nothing_is_answered_or_changed_when_the_audit_entry_cannot_be_written(
     no record, no lookup hit and no deletion without its audit entry."""
     pan = _pan(78)
     token = service.tokenize(PAYMENTS, TokenizeRequest(pan, "pan_bin6_last4")).token
-    _break_audit(engine)
+    break_audit_writes(engine)
     tokens = _count(engine, "SELECT count(*) FROM tokens")
     calls = {
         "detokenize": lambda: service.detokenize(GETNET, token),

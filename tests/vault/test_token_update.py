@@ -35,9 +35,9 @@ from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied, PolicyInvalid, RateLimited
 from policies.loader import parse_policy
 from policies.models import Action
+from tests.support.audit_trail import break_audit_writes
 from tests.support.locks import Calls, HeldRow, waiting_on_locks
 from tests.vault.conftest import GETNET, LEDGER, PAYMENTS, TEST_POLICY
-from tests.vault.test_service import _break_audit
 from vault.errors import (
     CardExpired,
     InvalidCardholderName,
@@ -223,7 +223,7 @@ def test_bad_input_is_refused_as_tokenize_refuses_it_and_nothing_changes(
 def test_no_update_without_its_audit_entry(vault: VaultService, engine: Engine) -> None:
     token = _card(vault, expiry="03/27", metadata={"order": "1"})
     before = _row(engine, token)
-    _break_audit(engine)
+    break_audit_writes(engine)
     with pytest.raises(AuditWriteFailed):
         vault.update(PAYMENTS, token, TokenUpdate(expiry="03/30", metadata={"order": "2"}))
     after = _row(engine, token)
