@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import ssl
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -131,6 +132,19 @@ class VaultServer:
                 json={"secret": session["client_secret"], **card},
                 headers={"origin": TEST_SHOP},
             )
+
+    def rotate_data_keys(self) -> None:
+        """A data-key rotation under dual control, as two officers run it through the
+        API (alice proposes, bob approves), waited for until it completed (bounded:
+        fails only on a hang)."""
+        with self.client("officer-alice") as c:
+            ceremony = c.post("/v1/admin/keys/rotations", json={"kind": "data"}).json()["id"]
+        with self.client("officer-bob") as c:
+            assert c.post(f"/v1/admin/keys/rotations/{ceremony}/approve").status_code == 200
+            deadline = time.monotonic() + 30
+            while c.get(f"/v1/admin/keys/rotations/{ceremony}").json()["state"] != "completed":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
 
     def save_telemetry(self) -> None:
         """Write the logs, span strings and metric strings for the session's leak scan."""
