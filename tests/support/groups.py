@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection
@@ -23,20 +24,27 @@ T = TypeVar("T")
 def one_group(
     committer: GroupCommitter, works: list[Callable[[Connection], Any]]
 ) -> list[Future[Any]]:
-    """Submit `works` (each from a thread of its own, in no set order) while the
-    writer is held inside a first operation, so that they all wait and form the next
-    group together."""
+    """Submit `works` (operations) in one group together (`submitted_in_one_group`)."""
+    return submitted_in_one_group(committer, [partial(committer.run, w) for w in works])
+
+
+def submitted_in_one_group(
+    committer: GroupCommitter, calls: Sequence[Callable[[], T]]
+) -> list[Future[T]]:
+    """Run `calls` (each submits one operation to `committer`), each from a thread of its
+    own, in no set order, while the writer is held inside a first operation, so that
+    they all wait and form the next group together."""
     held, release = threading.Event(), threading.Event()
 
     def hold(_c: Connection) -> None:
         held.set()
         release.wait(10)
 
-    with ThreadPoolExecutor(len(works) + 1) as pool:
+    with ThreadPoolExecutor(len(calls) + 1) as pool:
         first = pool.submit(committer.run, hold)
         assert held.wait(10)
-        futures = [pool.submit(committer.run, w) for w in works]
-        while len(committer._queue) < len(works):
+        futures = [pool.submit(call) for call in calls]
+        while len(committer._queue) < len(calls):
             threading.Event().wait(0.01)
         release.set()
         first.result(10)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 import audit._rows
 from audit.errors import AuditWriteFailed
 from audit.log import AuditEvent, AuditLog, Outcome, request_trail
-from tests.support.groups import in_one_group, one_group
+from tests.support.groups import in_one_group, one_group, submitted_in_one_group
 from vault.storage.database import create_database_engine, migrate
 from vault.storage.groupcommit import GroupCommitter, Merge
 
@@ -294,21 +294,8 @@ def _group_keeping_trails(
 
         return submit
 
-    held, release = threading.Event(), threading.Event()
-
-    def hold(_c: Connection) -> None:
-        held.set()
-        release.wait(10)
-
-    with ThreadPoolExecutor(len(works) + 1) as pool:
-        first = pool.submit(committer.run, hold)
-        assert held.wait(10)
-        futures = [pool.submit(in_trail(i, w)) for i, w in enumerate(works)]
-        while len(committer._queue) < len(works):
-            threading.Event().wait(0.01)
-        release.set()
-        first.result(10)
-    return futures, trails
+    calls = [in_trail(i, w) for i, w in enumerate(works)]
+    return submitted_in_one_group(committer, calls), trails
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
