@@ -275,6 +275,11 @@ def running_vault(
         server.stop()
         vault.runtime.close()
         vault.save_telemetry()
+        # Collecting the metrics runs their callbacks, and those that read the store
+        # (the cryptoperiods) open a connection on the engine `close` disposed: close
+        # it too, or it is left to the garbage collector, whose ResourceWarning fails
+        # whichever test is running then.
+        vault.runtime.engine.dispose()
 
 
 @pytest.fixture(scope="module")
