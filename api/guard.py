@@ -398,11 +398,23 @@ def _closing(
     drained = (
         scope["method"] in _BODY_METHODS
         and "transfer-encoding" not in request
-        and "100-continue" not in request.get("expect", "").lower()
+        and not _awaits_continue(scope)
         and length is not None
         and length <= limit
     )
     return [] if drained else close
+
+
+def _awaits_continue(scope: Scope) -> bool:
+    """Whether any ``Expect`` field of the request asks for a ``100 Continue``. Review
+    35b: the guard's dict of headers keeps the last field of a name, while both parsers
+    wait for the 100 when any field asks (uvicorn's llhttp protocol field by field, h11
+    over all of them joined): ``Expect: 100-continue`` then ``Expect: x`` kept the
+    connection with the parser waiting for a body the next client's request became."""
+    return any(
+        name.lower() == b"expect" and b"100-continue" in value.lower()
+        for name, value in scope["headers"]
+    )
 
 
 def _request_id(supplied: str) -> str:
