@@ -7,6 +7,7 @@ IN PCI SCOPE (wiring).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import structlog
@@ -164,9 +165,18 @@ def _unverified_database(url: str) -> str | None:
     if not url.startswith("postgresql"):
         return None
     parsed = make_url(url)
-    named = [parsed.host or "", *(str(parsed.query.get(key, "")) for key in ("host", "hostaddr"))]
-    hosts = {h.strip("[]") for value in named for h in value.split(",")}
+    query = {key: str(parsed.query.get(key, "")) for key in ("host", "hostaddr", "service")}
+    # Review 35b: libpq takes each of these the URL leaves out from the environment
+    # (the same process's), and a service's from pg_service.conf, which is not read
+    # here: a URL with no host was served as a Unix socket's while PGHOST, PGHOSTADDR
+    # or a service sent it over the network unverified.
+    host = f"{parsed.host or ''},{query['host']}".strip(",") or os.environ.get("PGHOST", "")
+    hostaddr = query["hostaddr"] or os.environ.get("PGHOSTADDR", "")
+    service = query["service"] or os.environ.get("PGSERVICE", "")
+    hosts = {h.strip("[]") for value in (host, hostaddr) for h in value.split(",")}
     remote = sorted(h for h in hosts if h not in _LOCAL_HOSTS and not h.startswith("/"))
+    if service:
+        remote.append(f"the service {service}")  # judged as a network path, unread
     if not remote:
         return None
     pinned = str(parsed.query.get("sslrootcert", "")) not in {"", "system"}
