@@ -26,6 +26,8 @@ from typing import Any, Final
 
 import structlog
 
+from cofre.origins import address_key
+
 __all__ = ["TLSListener", "listening_socket", "listening_sockets"]
 
 _log = structlog.get_logger("cofre.tls")
@@ -116,6 +118,7 @@ class TLSListener:
         report: Report,
         backlog: int = 100,
         owns_socket: bool = False,
+        bound: tuple[int, int] | None = None,
     ) -> None:
         self._loop = loop
         self._factory = protocol_factory
@@ -127,6 +130,8 @@ class TLSListener:
         self._serving = False
         self._retry: asyncio.TimerHandle | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
+        self._bound = bound
+        self._pending_by: dict[str, int] = {}  # handshakes under way per address key
         self.sockets = [sock] if isinstance(sock, socket.socket) else list(sock)
 
     def start(self) -> None:
@@ -171,9 +176,39 @@ class TLSListener:
                 return
             conn.setblocking(False)
             peer = address[0] if isinstance(address, tuple) and address else None
+            key = address_key(str(peer)) if peer else ""
+            if self._refused(key):
+                conn.close()
+                continue
+            self._pending_by[key] = self._pending_by.get(key, 0) + 1
             task = self._loop.create_task(self._handshake(conn, peer))
             self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
+            task.add_done_callback(lambda done, key=key: self._handshake_done(done, key))
+
+    def _refused(self, key: str) -> bool:
+        """Whether a new connection from the address `key` finds every handshake place,
+        or its address's share of them, taken (`bound`: in all, per address). Review
+        35b: the capture listener's connection bounds count a connection once its
+        handshake is done (`api._connection_limits`); one that never sends a
+        ClientHello held its descriptor to the handshake deadline with no bound at all,
+        as many as a client opened in that time: the process's descriptors, which the
+        mTLS API shares. Per address too, or one address would take every place from
+        the shoppers."""
+        if self._bound is None:
+            return False
+        total, per_address = self._bound
+        if len(self._handshakes) < total and self._pending_by.get(key, 0) < per_address:
+            return False
+        _log.warning("connection refused: too many TLS handshakes under way", limit=total)
+        return True
+
+    def _handshake_done(self, task: asyncio.Task[None], key: str) -> None:
+        self._handshakes.discard(task)
+        left = self._pending_by[key] - 1
+        if left:
+            self._pending_by[key] = left
+        else:
+            del self._pending_by[key]  # addresses come and go: no entry left behind
 
     def _resume(self) -> None:
         self._retry = None

@@ -83,6 +83,10 @@ class ManagedServer(uvicorn.Server):
     # a TLS handshake may take (None: the loop's default, 60 s).
     handshake_timeout: float | None = None
 
+    # Set by `api.capture.build_capture_server`: the TLS handshakes under way it holds at
+    # once, in all and per client address (None: no bound; review 35b).
+    handshake_bound: tuple[int, int] | None = None
+
     # Set by `api.capture.build_capture_server`: who logs and counts this server's failed
     # handshakes (None: its loop's, `api.handshake.observe_handshake_failures`).
     handshakes: HandshakeFailures | None = None
@@ -102,9 +106,11 @@ class ManagedServer(uvicorn.Server):
         _bound_tls_handshakes(asyncio.get_running_loop())
         token = _HANDSHAKE_TIMEOUT.set(self.handshake_timeout)
         reporter = _HANDSHAKES.set(self.handshakes)
+        bound = _HANDSHAKE_BOUND.set(self.handshake_bound)
         try:
             await super().startup(sockets=sockets)
         finally:
+            _HANDSHAKE_BOUND.reset(bound)
             _HANDSHAKES.reset(reporter)
             _HANDSHAKE_TIMEOUT.reset(token)
         if self.loads is not None and self.started:
@@ -120,6 +126,10 @@ class ManagedServer(uvicorn.Server):
 # in other tasks of the same loop each see their own).
 _HANDSHAKE_TIMEOUT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "cofre_handshake_timeout", default=None
+)
+# And its bound on handshakes under way, when it has one.
+_HANDSHAKE_BOUND: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "cofre_handshake_bound", default=None
 )
 # And its reporter of failed handshakes, when it has its own.
 _HANDSHAKES: contextvars.ContextVar[HandshakeFailures | None] = contextvars.ContextVar(
@@ -162,6 +172,7 @@ def _bound_tls_handshakes(loop: asyncio.AbstractEventLoop) -> None:
             report=(_HANDSHAKES.get() or handshake_failures(loop)).report,
             backlog=backlog,
             owns_socket=owns_socket,
+            bound=_HANDSHAKE_BOUND.get(),
         )
         listener.start()
         return listener
