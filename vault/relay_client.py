@@ -224,6 +224,8 @@ class RelayClient:
         self._backend = _DeadlineBackend()
         self._in_flight: dict[str, int] = {}
         self._held_by: dict[tuple[str, str], int] = {}  # (route, identity) -> places held
+        # The route names of the policy last reloaded (`retire_stale`; None: none yet).
+        self._in_force: frozenset[str] | None = None
 
     @contextlib.contextmanager
     def slot(self, name: str, route: RelayRoute, identity: str) -> Iterator[None]:
@@ -282,7 +284,12 @@ class RelayClient:
         finally:
             with self._lock:
                 pooled.users -= 1
-                if pooled.retired and not pooled.users:
+                # Review 35b: a relay the old policy allowed that took its route's client
+                # after a reload removed the route built one `retire_stale` never saw.
+                removed = self._in_force is not None and name not in self._in_force
+                if removed and self._clients.get(name) is pooled:
+                    self._retire(self._clients.pop(name))
+                if pooled.retired and not pooled.users and pooled in self._retired:
                     self._retired.remove(pooled)
                     pooled.client.close()
 
@@ -311,6 +318,7 @@ class RelayClient:
             if name not in routes or _trust_of(routes[name]) != pooled.trust
         }
         with self._lock:
+            self._in_force = frozenset(routes)
             for name, pooled in stale.items():
                 # A relay may have replaced it meanwhile: only the client judged goes.
                 if self._clients.get(name) is pooled:
