@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -183,7 +184,7 @@ class TLSListener:
             self._pending_by[key] = self._pending_by.get(key, 0) + 1
             task = self._loop.create_task(self._handshake(conn, peer))
             self._handshakes.add(task)
-            task.add_done_callback(lambda done, key=key: self._handshake_done(done, key))
+            task.add_done_callback(functools.partial(self._handshake_done, key))
 
     def _refused(self, key: str) -> bool:
         """Whether a new connection from the address `key` finds every handshake place,
@@ -202,7 +203,7 @@ class TLSListener:
         _log.warning("connection refused: too many TLS handshakes under way", limit=total)
         return True
 
-    def _handshake_done(self, task: asyncio.Task[None], key: str) -> None:
+    def _handshake_done(self, key: str, task: asyncio.Task[None]) -> None:
         self._handshakes.discard(task)
         left = self._pending_by[key] - 1
         if left:
