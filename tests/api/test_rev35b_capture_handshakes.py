@@ -57,7 +57,7 @@ def test_finding_handshakes_under_way_are_bounded_in_all_and_per_address(
     capture_vault: VaultServer,
 ) -> None:
     """Medium (fixed, review 35b): see the module text. A listener of 40 connections
-    (10 handshakes under way, 2 per address): 30 silent connections from one address
+    (16 handshakes under way, 2 per address): 30 silent connections from one address
     keep 2 and are refused the rest at once, and another address's shopper is served
     meanwhile."""
     ca = capture_vault.pki.ca
