@@ -82,8 +82,10 @@ def build_capture_server(
     server.handshake_timeout = header_timeout  # `build_server`'s reason
     # Handshakes under way (not yet counted by the bounds above) hold a descriptor each:
     # at most a quarter of `max_connections` more (16 at least: the server's side of a
-    # handshake ends a moment after the client's), and an address's share (review 35b).
+    # handshake ends a moment after the client's), and of those an address's share, a
+    # quarter at most: one address's silent connections must not fill them all and
+    # keep every shopper out (review 35b).
     pending = max(16, max_connections // 4)
-    server.handshake_bound = (pending, min(pending, max_connections_per_address))
+    server.handshake_bound = (pending, max(1, min(pending // 4, max_connections_per_address)))
     server.handshakes = HandshakeFailures(telemetry, listener="capture")
     return server

@@ -69,3 +69,20 @@ def test_finding_handshakes_under_way_are_bounded_in_all_and_per_address(
         finally:
             for conn in silent:
                 conn.close()
+
+
+def test_one_address_cannot_take_every_handshake_place(capture_vault: VaultServer) -> None:
+    """With the per-address share of connections at its default (256, wide for a
+    carrier's NAT), an address's share of the handshakes under way is still a quarter of
+    them: one address's silent connections leave the other shoppers places (a bound
+    of handshakes in all that one address could fill would lock them out more cheaply
+    than the listener's bound of connections, which takes four addresses)."""
+    ca = capture_vault.pki.ca
+    with _listener(capture_vault, max_connections=64) as port:  # 16 under way, 4 each
+        silent = _silent(port, "127.0.0.1", 30)
+        try:
+            assert _closed_by_server(silent, 26) >= 26
+            assert _served(port, ca, "127.0.0.2")
+        finally:
+            for conn in silent:
+                conn.close()
