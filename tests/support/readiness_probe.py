@@ -21,17 +21,12 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
-import time
 from pathlib import Path
 
-from pydantic import SecretStr
-
 import hsm._readiness
-from cofre.settings import HSMSettings
-from hsm.errors import HSMUnavailable
-from hsm.provider import HSMProvider, provider_from_settings
+from hsm.provider import HSMProvider
 from tests.support.cloudhsm_shim import ShimFaults
+from tests.support.shim_probe import check, probe_provider, until_ready
 
 HANG_BOUND = 60.0
 READY_BOUND = 120.0
@@ -44,18 +39,7 @@ def main(argv: list[str]) -> None:
     # background thread): its bound (session 35) is raised so it can only fail on a hang,
     # never on a slow machine.
     hsm._readiness.READY_CALL_WAIT_SECONDS = HANG_BOUND / 2  # type: ignore[misc]
-    provider = provider_from_settings(
-        HSMSettings.model_validate(
-            {
-                "library": Path(library),
-                "token_label": label,
-                "pin": SecretStr(pin),
-                "softhsm_conf": Path(conf),
-                "session_pool_size": 2,
-                "init_timeout_seconds": INIT_TIMEOUT,
-            }
-        )
-    )
+    provider = probe_provider(library, conf, label, pin, init_timeout_seconds=INIT_TIMEOUT)
     faults = ShimFaults(Path(fault_file))
     steps: list[str] = []
     if scenario == "reinit":
@@ -70,27 +54,11 @@ def main(argv: list[str]) -> None:
 
 
 def _check(provider: HSMProvider) -> str:
-    outcome: list[str] = []
-
-    def run() -> None:
-        try:
-            provider.health_check()
-            outcome.append("ok")
-        except HSMUnavailable as exc:
-            outcome.append(f"HSMUnavailable: {exc}")
-
-    checking = threading.Thread(target=run, daemon=True)
-    checking.start()
-    checking.join(HANG_BOUND)
-    return outcome[0] if outcome else "hung"
+    return check(provider, HANG_BOUND)
 
 
 def _until_ready(provider: HSMProvider) -> str:
-    """Checks until one passes (bounded), the last one's answer."""
-    deadline = time.monotonic() + READY_BOUND
-    while (last := _check(provider)) != "ok" and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return last
+    return until_ready(provider, HANG_BOUND, READY_BOUND)
 
 
 if __name__ == "__main__":

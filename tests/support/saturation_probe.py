@@ -26,13 +26,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import SecretStr
-
 import hsm._readiness
-from cofre.settings import HSMSettings
-from hsm.errors import HSMError, HSMUnavailable
-from hsm.provider import HSMProvider, provider_from_settings
+from hsm.errors import HSMError
+from hsm.provider import HSMProvider
 from tests.support.cloudhsm_shim import ShimFaults
+from tests.support.shim_probe import bounded, check, probe_provider, until_ready
 
 HANG_BOUND = 20.0
 READY_BOUND = 120.0
@@ -41,17 +39,7 @@ CHECK_THREAD = "cofre-hsm-check"
 
 def main(argv: list[str]) -> None:
     library, conf, label, pin, fault_file, scenario = argv
-    provider = provider_from_settings(
-        HSMSettings.model_validate(
-            {
-                "library": Path(library),
-                "token_label": label,
-                "pin": SecretStr(pin),
-                "softhsm_conf": Path(conf),
-                "session_pool_size": 2,
-            }
-        )
-    )
+    provider = probe_provider(library, conf, label, pin)
     faults = ShimFaults(Path(fault_file))
     result: dict[str, object] = {"ready_before": _until_ready(provider)}
     stop = threading.Event()
@@ -113,45 +101,18 @@ def _wait(condition: Callable[[], bool]) -> None:
 
 
 def _check(provider: HSMProvider) -> str:
-    outcome: list[str] = []
-
-    def run() -> None:
-        try:
-            provider.health_check()
-            outcome.append("ok")
-        except HSMUnavailable as exc:
-            outcome.append(f"HSMUnavailable: {exc}")
-
-    checking = threading.Thread(target=run, daemon=True)
-    checking.start()
-    checking.join(HANG_BOUND)
-    return outcome[0] if outcome else "hung"
+    return check(provider, HANG_BOUND)
 
 
 def _registry_listing(provider: HSMProvider) -> str:
     """The key registry's listing for readiness (`list_keys_for_check`; before session 35
     it was `list_keys`, unbounded), in a thread joined with the hang bound."""
     listing = getattr(provider, "list_keys_for_check", provider.list_keys)
-    outcome: list[str] = []
-
-    def run() -> None:
-        try:
-            outcome.append(f"ok: {len(listing())} keys")
-        except HSMUnavailable as exc:
-            outcome.append(f"HSMUnavailable: {exc}")
-
-    listing_thread = threading.Thread(target=run, daemon=True)
-    listing_thread.start()
-    listing_thread.join(HANG_BOUND)
-    return outcome[0] if outcome else "hung"
+    return bounded(lambda: f"ok: {len(listing())} keys", HANG_BOUND)
 
 
 def _until_ready(provider: HSMProvider) -> str:
-    """Checks until one passes (bounded), the last one's answer."""
-    deadline = time.monotonic() + READY_BOUND
-    while (last := _check(provider)) != "ok" and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return last
+    return until_ready(provider, HANG_BOUND, READY_BOUND)
 
 
 if __name__ == "__main__":

@@ -12,27 +12,14 @@ import json
 import sys
 from pathlib import Path
 
-from pydantic import SecretStr
-
-from cofre.settings import HSMSettings
 from hsm.errors import HSMUnavailable
-from hsm.provider import provider_from_settings
 from tests.support.cloudhsm_shim import ShimFaults, initializations
+from tests.support.shim_probe import probe_provider
 
 
 def main(argv: list[str]) -> None:
     library, conf, label, pin, fault_file = argv
-    provider = provider_from_settings(
-        HSMSettings.model_validate(
-            {
-                "library": Path(library),
-                "token_label": label,
-                "pin": SecretStr(pin),
-                "softhsm_conf": Path(conf),
-                "session_pool_size": 2,
-            }
-        )
-    )
+    provider = probe_provider(library, conf, label, pin)
     faults = ShimFaults(Path(fault_file))
     result: dict[str, object] = {"keys_before": len(provider.list_keys())}
     loads = initializations(Path(library))
