@@ -26,7 +26,7 @@ from pathlib import Path
 import hsm._readiness
 from hsm.provider import HSMProvider
 from tests.support.cloudhsm_shim import ShimFaults
-from tests.support.shim_probe import check, probe_provider, until_ready
+from tests.support.probes import check, probe_provider, until_ready
 
 HANG_BOUND = 60.0
 READY_BOUND = 120.0

@@ -30,7 +30,7 @@ import hsm._readiness
 from hsm.errors import HSMError
 from hsm.provider import HSMProvider
 from tests.support.cloudhsm_shim import ShimFaults
-from tests.support.shim_probe import bounded, check, probe_provider, until_ready
+from tests.support.probes import bounded, check, probe_provider, until_ready
 
 HANG_BOUND = 20.0
 READY_BOUND = 120.0

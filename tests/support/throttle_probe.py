@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hsm.errors import HSMUnavailable
 from tests.support.cloudhsm_shim import ShimFaults, initializations
-from tests.support.shim_probe import probe_provider
+from tests.support.probes import probe_provider
 
 
 def main(argv: list[str]) -> None:
