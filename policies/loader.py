@@ -37,7 +37,10 @@ def parse_policy(text: str, *, kind: str, source: str = "<string>") -> LoadedPol
     try:
         data: Any = tomllib.loads(text) if kind == "toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise PolicyInvalid(f"policy {source} is not valid {kind.upper()}: {exc}") from None
+        # Masked too (review 35c): YAML's message quotes the offending line, a snippet
+        # that may hold an identity's 12-digit run or a card pasted into the file.
+        problem = mask_pan_like(f"{exc}")
+        raise PolicyInvalid(f"policy {source} is not valid {kind.upper()}: {problem}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
