@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import json
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from api.pki import ensure_dev_pki
 from policies.models import RelayRoute
+from tests.support.https_server import LoopbackHttps
 from vault.pan import luhn_valid
 
 
@@ -39,7 +39,7 @@ def plain_route(port: int, **changes: object) -> RelayRoute:
 
 
 @dataclass
-class FakeAcquirer:
+class FakeAcquirer(LoopbackHttps):
     cert: Path
     key: Path
     received: list[dict[str, Any]] = field(default_factory=list)
@@ -95,21 +95,9 @@ class FakeAcquirer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(self.cert), str(self.key))
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._serve(Handler, context)
 
 
 @contextmanager

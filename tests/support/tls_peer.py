@@ -8,18 +8,18 @@ finds in ``SSLKEYLOGFILE``'s file came from the client it drives."""
 from __future__ import annotations
 
 import ssl
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from api.pki import DevPKI
+from tests.support.https_server import LoopbackHttps
 
 
 @dataclass
-class TlsPeer:
+class TlsPeer(LoopbackHttps):
     pki: DevPKI
     client_ca: Path | None = None
     status: int = 200
@@ -58,20 +58,7 @@ class TlsPeer:
         if self.client_ca is not None:
             context.verify_mode = ssl.CERT_REQUIRED
             context.load_verify_locations(cafile=str(self.client_ca))
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._serve(Handler, context)
 
 
 @contextmanager
