@@ -33,7 +33,7 @@ import pytest
 
 from tests.api.conftest import VaultServer
 from tests.api.test_connections import _server
-from tests.support.wire import mtls_connect
+from tests.support.wire import mtls_connect, read_until_closed
 
 # Bounds a read of a connection the server keeps open (it would close it only at the
 # body deadline, 30 s): a server that closes does so at once.
@@ -46,17 +46,9 @@ PROTOCOLS = pytest.mark.parametrize("http", ["httptools", "h11"])
 def _exchange(vault: VaultServer, port: int, data: bytes) -> tuple[list[bytes], bool, bytes]:
     """Send `data` as the payments identity; the status lines answered, whether the
     server closed the connection, and everything it answered."""
-    answer, closed = b"", False
     with mtls_connect(vault.pki, port, timeout=WAIT) as tls:
         tls.sendall(data)
-        try:
-            while got := tls.recv(65536):
-                answer += got
-            closed = True
-        except TimeoutError:
-            pass
-        except (ConnectionError, ssl.SSLError):
-            closed = True
+        answer, closed = read_until_closed(tls)
     return re.findall(rb"HTTP/1\.1 \d{3}", answer), closed, answer
 
 

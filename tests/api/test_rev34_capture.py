@@ -14,6 +14,7 @@ import pytest
 
 from tests.api.conftest import VaultServer
 from tests.api.test_capture_listener import SHOP, _session, capture_vault
+from tests.support.wire import read_until_closed
 
 __all__ = ["capture_vault"]  # the fixture, imported for the tests here
 
@@ -27,20 +28,12 @@ def _exchange(vault: VaultServer, data: bytes) -> tuple[list[bytes], bool]:
     assert vault.capture_url is not None
     port = int(vault.capture_url.rsplit(":", 1)[1])
     context = ssl.create_default_context(cafile=str(vault.pki.ca))
-    answer, closed = b"", False
     with (
         socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
         context.wrap_socket(raw, server_hostname="localhost") as tls,
     ):
         tls.sendall(data)
-        try:
-            while got := tls.recv(65536):
-                answer += got
-            closed = True
-        except TimeoutError:
-            pass
-        except (ConnectionError, ssl.SSLError):
-            closed = True
+        answer, closed = read_until_closed(tls)
     return re.findall(rb"HTTP/1\.1 \d{3}", answer), closed
 
 

@@ -65,3 +65,17 @@ def closed_by_server(conn: ssl.SSLSocket) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+def read_until_closed(conn: ssl.SSLSocket) -> tuple[bytes, bool]:
+    """Everything `conn` receives until the server closes it or its timeout passes, and
+    whether the server closed it (a reset counts as closed)."""
+    answer = b""
+    try:
+        while got := conn.recv(65536):
+            answer += got
+    except TimeoutError:
+        return answer, False
+    except (ConnectionError, ssl.SSLError):
+        return answer, True
+    return answer, True
