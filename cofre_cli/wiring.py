@@ -251,8 +251,11 @@ class Runtime:
         _log.info("vault stopped", data_keys="wiped", hsm_session="closed")
 
 
-def _record_start(service: VaultService, loaded: LoadedPolicy, settings: Settings) -> None:
-    """Put in the log what this process starts with, before any request is served."""
+def _record_start(
+    service: VaultService, provider: HSMProvider, loaded: LoadedPolicy, settings: Settings
+) -> None:
+    """Put in the log what this process starts with, before any request is served, and
+    load the PKCS#11 library (bounded) before the worker listens."""
     # Naming the process (host, pid), as its `process.stop` will: the start of a process
     # with no stop after it is one that did not stop cleanly.
     start = policy_event("policy.load", actor="cofre", source=loaded.source, text=loaded.text)
@@ -263,6 +266,11 @@ def _record_start(service: VaultService, loaded: LoadedPolicy, settings: Setting
 
     def adopt() -> None:
         try:
+            # Loaded here on every start, not only on the first, whose adoption lists the
+            # keys: a restarted worker listened with the library unloaded, and its first
+            # readiness check, which waits 0.5 s for a load, logged the HSM "not
+            # answering" on a busy host (tests/cofre_cli/test_start_loads_library.py).
+            provider.token_info()
             # The first start adopts the token's keys into the empty key registry before
             # the sequencer signs (if the HSM is down, the first request or readiness
             # check does).
@@ -375,7 +383,7 @@ def build_runtime(
         PolicyEngine(loaded.policy),
         idempotency_window=timedelta(hours=settings.tokens.idempotency_key_ttl_hours),
     )
-    _record_start(service, loaded, settings)
+    _record_start(service, provider, loaded, settings)
     sequencer = Sequencer(
         engine,
         HSMTreeHeadSigner(provider, registry=service.keyring.registry, engine=engine),
