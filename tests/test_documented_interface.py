@@ -357,3 +357,27 @@ def test_the_offline_verifier_takes_the_documented_options() -> None:
                     if option not in verifier
                 )
     assert problems == []
+
+
+def test_every_option_and_argument_says_what_it_is_in_its_help() -> None:
+    """`cofre X --help` is the first document an on-call engineer reads: an option shown
+    with its type alone (`--quorum <int range>`, `--host <str>`) or an argument with none
+    (`ceremony_id <str>`) leaves them guessing (session 36). An option's help must also
+    name only options its command takes (`mfa init` offered `--cert/--key`)."""
+    problems = []
+    for name, command in COMMANDS.items():
+        if hasattr(command, "commands"):
+            continue
+        taken = _options(command)
+        for param in command.params:
+            if getattr(param, "hidden", False) or "--help" in param.opts:
+                continue
+            text = getattr(param, "help", None) or ""
+            if not text.strip():
+                problems.append(f"{name} {param.opts[0]}: no help text")
+            problems.extend(
+                f"{name} {param.opts[0]}: its help names {option}, which {name} does not take"
+                for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text)
+                if option not in taken
+            )
+    assert problems == []

@@ -112,7 +112,14 @@ def evidence_verify(
             "(repeatable); the covering head must carry --quorum of their cosignatures.",
         ),
     ] = None,
-    quorum: Annotated[int, typer.Option("--quorum", min=1)] = 1,
+    quorum: Annotated[
+        int,
+        typer.Option(
+            "--quorum",
+            min=1,
+            help="Cosignatures of distinct pinned witnesses required: more than half of them.",
+        ),
+    ] = 1,
     unsafe_no_witness: Annotated[
         bool,
         typer.Option(

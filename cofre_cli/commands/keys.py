@@ -46,6 +46,11 @@ def _show_ceremony(data: dict[str, Any]) -> None:
         typer.echo(f"  old key destroyed after {data['destroy_after']}")
 
 
+CeremonyId = Annotated[
+    str, typer.Argument(help="The ceremony's id, as `rotate` printed it (or `list` shows it).")
+]
+
+
 def _decide(
     ceremony_id: str, decision: str, officer: str, cert: Path | None, key: Path | None
 ) -> None:
@@ -102,7 +107,7 @@ def keys_rotate(
 @keys_app.command("approve")
 @fail_cleanly
 def keys_approve(
-    ceremony_id: str,
+    ceremony_id: CeremonyId,
     officer: Officer = "officer-bob",
     cert: CertOpt = None,
     key: KeyOpt = None,
@@ -138,7 +143,10 @@ def keys_approve(
 @keys_app.command("cancel")
 @fail_cleanly
 def keys_cancel(
-    ceremony_id: str, officer: Officer = "officer-alice", cert: CertOpt = None, key: KeyOpt = None
+    ceremony_id: CeremonyId,
+    officer: Officer = "officer-alice",
+    cert: CertOpt = None,
+    key: KeyOpt = None,
 ) -> None:
     """Cancel a pending proposal."""
     _decide(ceremony_id, "cancel", officer, cert, key)
@@ -147,7 +155,7 @@ def keys_cancel(
 @keys_app.command("status")
 @fail_cleanly
 def keys_status(
-    ceremony_id: str,
+    ceremony_id: CeremonyId,
     officer: Officer = "officer-alice",
     cert: CertOpt = None,
     key: KeyOpt = None,

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from cofre.errors import ConfigurationError
-from cofre_cli._shared import Officer, cli_settings, fail_cleanly
+from cofre_cli._shared import cli_settings, fail_cleanly
 
 mfa_app = typer.Typer(
     help="Your own token key that signs key ceremony actions and evidence exports (MFA).",
@@ -21,10 +21,23 @@ mfa_app = typer.Typer(
 )
 
 
+# `--as` names the token here: `mfa init` sends no request, so no certificate (the shared
+# `Officer` option's help offered --cert/--key, which this command does not take).
+TokenOwner = Annotated[
+    str,
+    typer.Option(
+        "--as",
+        help="Your identity NAME: its token is COFRE_OFFICER_TOKEN__TOKEN_LABEL with {name} "
+        "replaced by NAME, or in dev NAME's token under officers/.",
+        envvar="COFRE_OFFICER",
+    ),
+]
+
+
 @mfa_app.command("init")
 @fail_cleanly
 def mfa_init(
-    officer: Officer = "officer-alice",
+    officer: TokenOwner = "officer-alice",
     out: Annotated[
         Path | None, typer.Option("--out", help="Also write the public key (PEM) here.")
     ] = None,

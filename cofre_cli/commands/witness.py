@@ -63,10 +63,23 @@ def witness_serve(
             help="File of the logs' verifier keys, one a line (`cofre audit vkey`).",
         ),
     ],
-    host: Annotated[str, typer.Option(envvar="COFRE_WITNESS_HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="COFRE_WITNESS_PORT")] = 7380,
-    tls_cert: Annotated[Path | None, typer.Option(envvar="COFRE_WITNESS_TLS_CERT")] = None,
-    tls_key: Annotated[Path | None, typer.Option(envvar="COFRE_WITNESS_TLS_KEY")] = None,
+    host: Annotated[
+        str, typer.Option(envvar="COFRE_WITNESS_HOST", help="Address to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(envvar="COFRE_WITNESS_PORT", help="Port to listen on (0: any free one).")
+    ] = 7380,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="COFRE_WITNESS_TLS_CERT",
+            help="Server certificate (PEM): serve HTTPS (without it, plain HTTP).",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(envvar="COFRE_WITNESS_TLS_KEY", help="The certificate's private key (PEM)."),
+    ] = None,
     max_connections: Annotated[
         int,
         typer.Option(
