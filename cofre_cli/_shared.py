@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextvars import ContextVar
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -18,10 +19,20 @@ from cofre.errors import CofreError, ConfigurationError
 from cofre.redaction import mask_pan_like_or_withhold
 from cofre.settings import Settings, load_settings
 
+# Variables that pick an identity, not a configuration.
+CLI_ONLY_VARIABLES = frozenset({"COFRE_OFFICER"})
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
 DEV_CONFIG = Path(".cofre-dev") / "cofre.toml"
+# Set by `cli_settings` when nothing configured this command: its error then says so.
+_UNCONFIGURED: ContextVar[bool] = ContextVar("cofre_cli_unconfigured", default=False)
+UNCONFIGURED_HINT = (
+    "no configuration found: COFRE_CONFIG is unset, no COFRE_* setting is in the "
+    f"environment and there is no {DEV_CONFIG.as_posix()} in this directory; run from the "
+    "checkout where `make run` created it, or set COFRE_CONFIG"
+)
 
 
 def fail_cleanly(func: Callable[P, R]) -> Callable[P, R]:
@@ -32,11 +43,19 @@ def fail_cleanly(func: Callable[P, R]) -> Callable[P, R]:
 
     @wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        reset = _UNCONFIGURED.set(False)  # until this command's `cli_settings` says
         try:
             return func(*args, **kwargs)
         except CofreError as exc:
             typer.echo(f"error [{exc.code}]: {mask_pan_like_or_withhold(str(exc))}", err=True)
+            if _UNCONFIGURED.get():
+                # Run outside the checkout, every command failed on a symptom of the
+                # defaults ("not found: .cofre-dev/pki/...", "no HSM PIN configured", "run
+                # `cofre db migrate`" for an empty database it had just made here).
+                typer.echo(f"  ({UNCONFIGURED_HINT})", err=True)
             raise typer.Exit(1) from None
+        finally:
+            _UNCONFIGURED.reset(reset)
 
     return wrapper
 
@@ -47,6 +66,13 @@ def cli_settings() -> Settings:
     if "COFRE_CONFIG" not in os.environ and DEV_CONFIG.is_file():
         os.environ["COFRE_CONFIG"] = str(DEV_CONFIG.resolve())
         typer.echo(f"(using the dev configuration {DEV_CONFIG})", err=True)
+    # Production sets settings in the environment, without a file: any one counts.
+    _UNCONFIGURED.set(
+        not any(
+            name.upper().startswith("COFRE_") and name.upper() not in CLI_ONLY_VARIABLES
+            for name in os.environ
+        )
+    )
     return load_settings()
 
 
