@@ -18,6 +18,8 @@ help:
 	@echo "make test   - lint, then the whole test suite (real SoftHSM and PostgreSQL)"
 	@echo "make test-fast - the unit and property tests: no PostgreSQL, no SoftHSM, nothing slow"
 	@echo "make lint   - ruff, mypy --strict, import-linter contracts"
+	@echo "make format - ruff format and ruff check --fix"
+	@echo "make venv   - only install: .venv with the vault and the evidence verifier (cofre, cofre-verify)"
 	@echo "make bench  - run bench/ and write bench/REPORT.md"
 	@echo "make lock   - re-pin requirements.lock from requirements.in (needs uv)"
 
