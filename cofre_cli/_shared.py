@@ -6,8 +6,9 @@ IN PCI SCOPE (wiring). Secrets are never options: the HSM PIN comes from
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from functools import wraps
 from pathlib import Path
@@ -162,13 +163,35 @@ def admin_client(officer: str, cert: Path | None, key: Path | None) -> Any:
     return httpx.Client(base_url=url, verify=context, timeout=30, auth=auth)
 
 
+def vault_unreachable(client: Any, exc: Exception) -> ConfigurationError:
+    """The error for an httpx failure talking to the vault: its address and why, for the
+    on-call engineer (the class name alone said neither, session 36)."""
+    return ConfigurationError(
+        f"the vault at {str(client.base_url).rstrip('/')} is unreachable or stopped answering "
+        f"({type(exc).__name__}: {exc}); is it running (`make run` in dev), and do "
+        "COFRE_SERVER__HOST and COFRE_SERVER__PORT name where it listens?"
+    )
+
+
+@contextlib.contextmanager
+def vault_answering(client: Any) -> Iterator[None]:
+    """Turn an httpx failure inside into `vault_unreachable`'s error (here, where the
+    import contracts let the officers' CLI import httpx)."""
+    import httpx
+
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        raise vault_unreachable(client, exc) from None
+
+
 def admin_call(client: Any, method: str, path: str, body: Any = None) -> Any:
     import httpx
 
     try:
         response = client.request(method, path, json=body)
     except httpx.HTTPError as exc:
-        raise ConfigurationError(f"the vault is unreachable ({type(exc).__name__})") from None
+        raise vault_unreachable(client, exc) from None
     data = response.json()
     if response.status_code >= 400:
         typer.echo(

@@ -14,7 +14,14 @@ from typing import Annotated, Any, Final
 import typer
 
 from cofre.errors import ConfigurationError
-from cofre_cli._shared import CertOpt, KeyOpt, Officer, admin_client, fail_cleanly
+from cofre_cli._shared import (
+    CertOpt,
+    KeyOpt,
+    Officer,
+    admin_client,
+    fail_cleanly,
+    vault_answering,
+)
 
 CHUNK: Final = 64 * 1024
 
@@ -56,8 +63,11 @@ def evidence_export(
     if period_from is None:
         raise ConfigurationError("--from is required unless --previous gives the start")
     body["from"] = _utc(period_from, "--from")
+    # `vault_answering`: not a traceback (session 36: a stopped vault gave one) but one
+    # line, as `cofre keys` says it; `_save` has removed a partial download.
     with (
         admin_client(identity, cert, key) as client,
+        vault_answering(client),
         client.stream("POST", "/v1/evidence", json=body) as response,
     ):
         if response.status_code != 200:
