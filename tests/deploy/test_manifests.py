@@ -558,7 +558,7 @@ def test_the_startup_probe_outwaits_the_hsm_start_bound(
     target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The health listener opens only after the library's identity check and each
-    worker's first key adoption, each bounded by COFRE_HSM__INIT_TIMEOUT_SECONDS
+    worker's library load (and first key adoption), each bounded by COFRE_HSM__INIT_TIMEOUT_SECONDS
     (cofre.settings): the startup probe must wait longer than both, or a slow CloudHSM
     client restarts the pod before it could listen unready."""
     objects = _objects(target)
