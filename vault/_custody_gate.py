@@ -101,7 +101,7 @@ def custody_refusal(
     if ceremony is not None:
         known = select(key_ceremonies.c.id).where(key_ceremonies.c.id == ceremony)
         if connection.execute(known).first() is None:
-            raise CeremonyNotFound(f"no key ceremony {ceremony}")
+            raise CeremonyNotFound("no such key ceremony")  # the caller's text: not echoed
     rules = policy.policy.identities.get(identity)
     key = None if rules is None else rules.mfa_public_key
     if rules is None or key is None:
