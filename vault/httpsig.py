@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from cofre.redaction import name_holds_pan_like
 from vault.errors import OfficerMfaInvalid, OfficerMfaRequired
 
 LABEL: Final = "cofre"
@@ -228,6 +229,11 @@ def parse_signature(headers: Mapping[str, str]) -> RequestSignature:
         raise OfficerMfaInvalid(f"the signature must cover {', '.join(COVERED)}, in order")
     if parsed["alg"] != ALGORITHM or parsed["tag"] != TAG:
         raise OfficerMfaInvalid(f"the signature must use alg {ALGORITHM} and tag {TAG}")
+    if name_holds_pan_like(parsed["nonce"]):
+        # The nonce is kept in clear (the replay table, a ceremony's stored proof and its
+        # audit document): sixteen digits were a card there (session 36 review). A
+        # random nonce never looks like one.
+        raise OfficerMfaInvalid("the signature's nonce must not look like a card number")
     try:
         signature = base64.b64decode(value["value"], validate=True)
     except ValueError:

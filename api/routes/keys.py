@@ -5,6 +5,7 @@ IN PCI SCOPE. Never key material: attributes, states and counts only.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from api.tls import peer_certificate
 from policies.models import Action
 from vault.approval_proof import SignedAction
 from vault.ceremony import OfficerCertificate
+from vault.errors import InvalidInput
 from vault.rotation import KeyRotation
 
 router = APIRouter()
@@ -39,6 +41,40 @@ def _mfa_proof(request: Request) -> SignedAction | None:
     (`vault.approval_proof`)."""
     proof = request.scope.get("state", {}).get("mfa_proof")
     return proof if isinstance(proof, SignedAction) else None
+
+
+def _kept_proof(request: Request, *, body: bool) -> SignedAction | None:
+    """`_mfa_proof`, refused (422 ``invalid_request``) when it holds text of the officer's
+    that no model reads: it is kept whole with the ceremony and as its audit entry's
+    document, which the log cannot shred, and a card number written there stayed in the
+    database in clear (session 36 review). No ceremony action takes a query string, an
+    approval takes no body (`body` false), and a proposal's body names no member twice
+    (JSON's last one wins: ``{"kind": CARD, "kind": "data"}`` validated as ``data``)."""
+    proof = _mfa_proof(request)
+    if proof is None:
+        return None
+    if proof.query:
+        raise InvalidInput("a key ceremony action takes no query string")
+    if not body and proof.body:
+        raise InvalidInput("an approval takes no body")
+    if body and _names_a_member_twice(proof.body):
+        raise InvalidInput("the body names a member twice")
+    return proof
+
+
+def _names_a_member_twice(body: bytes) -> bool:
+    """Whether JSON `body` has an object naming a member twice (or is not JSON at all)."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        if len({name for name, _ in items}) != len(items):
+            raise ValueError("a member named twice")
+        return dict(items)
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return True
+    return False
 
 
 def _certificate(request: Request) -> str | None:
@@ -94,7 +130,7 @@ def propose_rotation(
         body.kind,
         caller.request_id,
         keyid=_mfa_keyid(request),
-        proof=_mfa_proof(request),
+        proof=_kept_proof(request, body=True),
         certificate=_certificate(request),
     )
     return CeremonyResponse.model_validate(ceremony.as_json())
@@ -127,7 +163,7 @@ def approve_rotation(
         ceremony_id,
         caller.request_id,
         keyid=_mfa_keyid(request),
-        proof=_mfa_proof(request),
+        proof=_kept_proof(request, body=False),
         # Checked with the CRL in force now, as each request's own certificate is.
         certificate=OfficerCertificate(_certificate(request), _revoked(request)),
     )
