@@ -46,13 +46,15 @@ async def validation_error(request: Request, exc: RequestValidationError) -> Res
     """A body or parameter that does not match the schema: `invalid_request` or
     `malformed_json`."""
     # pydantic's errors carry the input (which may be a PAN): keep only where and why.
+    # The twenty answered are the only ones masked: a body may bring thousands, and this
+    # runs on the event loop (session 36 review).
     errors = [
         {
             "loc": [_place(p) for p in err.get("loc", ())],
             "msg": mask_pan_like_or_withhold(str(err.get("msg"))),
         }
-        for err in exc.errors()
-    ][:20]
+        for err in exc.errors()[:20]
+    ]
     code = (
         "malformed_json"
         if any(e.get("type") == "json_invalid" for e in exc.errors())
