@@ -156,9 +156,7 @@ class KeyRotation(RotationBatches):
             select(key_ceremonies).where(key_ceremonies.c.id == ceremony_id)
         ).first()
         if row is None:
-            # Not naming the id: it is the caller's text, and a card in a shape the
-            # detector leaves went back in the problem's detail (session 36 review).
-            raise CeremonyNotFound("no such key ceremony")
+            raise CeremonyNotFound("no such key ceremony")  # the id is the caller's text
         return row
 
     def _view(
