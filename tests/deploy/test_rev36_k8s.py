@@ -1,0 +1,75 @@
+"""deploy/k8s, review 36: a first deployment to EKS with CloudHSM, a QSA's segmentation
+check (the vault the only in-scope system) and an attacker in another pod of the
+cluster. The manifests are rendered offline as in test_manifests.py; each test names the
+finding it pins."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsm.library import is_softhsm
+from tests.deploy.test_manifests import DEPLOY, K8S, ROOT, TARGETS
+from tests.support.kustomize import pod_settings, pod_spec, render
+
+OVERLAYS = [target for target in TARGETS if target.startswith("overlays/")]
+# The node label and taint that set the CDE's nodes apart (docs/operations.md, "Deploy
+# on Kubernetes": the node group).
+CDE_LABEL = ("cofre.dev/pci-scope", "cde")
+# CoreDNS's pods on EKS (and kubeadm, and most distributions) carry this label.
+DNS_PODS = {"k8s-app": "kube-dns"}
+
+
+def _objects(target: str) -> dict[str, dict[str, Any]]:
+    return {f"{o['kind']}/{o['metadata']['name']}": o for o in render(K8S / target)}
+
+
+def _docs() -> str:
+    return (ROOT / "docs" / "operations.md").read_text()
+
+
+def _stages() -> dict[str, dict[str, str]]:
+    """Each stage of deploy/Dockerfile by name: its ENV, a stage built `FROM` another
+    inheriting that one's."""
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    stages: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in (raw.strip() for raw in text.splitlines()):
+        if match := re.fullmatch(r"FROM (\S+) AS (\S+)", line):
+            current = dict(stages.get(match[1], {}))
+            stages[match[2]] = current
+        elif line.startswith("ENV "):
+            current.update(re.findall(r"(\w+)=(\S+)", line.removeprefix("ENV ")))
+    return stages
+
+
+def _stage_of(image: str) -> str:
+    """The Dockerfile target an image was built from: `-cloudhsm` tags are
+    `--target runtime-cloudhsm` (docs/operations.md), the others the default `runtime`."""
+    return "runtime-cloudhsm" if image.rsplit(":", 1)[-1].endswith("-cloudhsm") else "runtime"
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_every_overlay_loads_a_pkcs11_library_its_image_has(
+    target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 36 (first EKS deployment): the staging overlay ran the `runtime` image,
+    which has no PKCS#11 library, with the base's settings, which name SoftHSM2's
+    default path: `cofre serve` refuses SoftHSM2 in production and the file is not in
+    the image either, so every staging pod exited at start. An overlay's vault loads a
+    library its image's stage installs (CloudHSM's, for staging as for production: a
+    staging vault keeps its keys in an HSM of its own, docs/pci-tokenization.md 3.6.1.1)."""
+    objects = _objects(target)
+    (vault,) = pod_spec(objects["Deployment/cofre"])["containers"]
+    stage = _stages()[_stage_of(vault["image"])]
+    library = pod_settings(objects, tmp_path, monkeypatch).hsm.library
+    assert not is_softhsm(library), f"{target}: {library} is SoftHSM2, refused by cofre serve"
+    assert str(library) == stage.get("COFRE_HSM__LIBRARY"), (
+        f"{target}: the vault loads {library}; its image ({vault['image']}) installs "
+        f"{stage.get('COFRE_HSM__LIBRARY', 'no PKCS#11 library')}"
+    )
+    mounts = {m["mountPath"] for m in vault["volumeMounts"]}
+    assert "/opt/cloudhsm/etc/cloudhsm-pkcs11.cfg" in mounts, f"{target}: no client config"
