@@ -73,3 +73,31 @@ def test_every_overlay_loads_a_pkcs11_library_its_image_has(
     )
     mounts = {m["mountPath"] for m in vault["volumeMounts"]}
     assert "/opt/cloudhsm/etc/cloudhsm-pkcs11.cfg" in mounts, f"{target}: no client config"
+
+
+def _deploy_section() -> str:
+    return _docs().split("## Deploy on Kubernetes", 1)[1].split("\n### ", 1)[0]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_cde_pods_run_on_cde_nodes_that_run_nothing_else(target: str) -> None:
+    """Review 36 (QSA, attacker in another pod): nothing kept the vault off nodes that run
+    the adapters or any other workload, nor them off the vault's nodes. A pod sharing
+    the vault's kernel is one escape from the unwrapped data keys in its memory, a
+    host-network pod there reaches every port of it past any NetworkPolicy, and such
+    nodes and all they run are in scope. The vault and its migration run only on nodes
+    labelled for the CDE, and tolerate that taint alone (a toleration without a key
+    tolerates every taint: a node tainted for anything else would take them)."""
+    key, value = CDE_LABEL
+    objects = _objects(target)
+    for name in ("Deployment/cofre", "Job/cofre-migrate"):
+        pod = pod_spec(objects[name])
+        assert pod.get("nodeSelector", {}).get(key) == value, f"{target} {name}"
+        tolerations = pod.get("tolerations", [])
+        assert all(t.get("key") == key for t in tolerations), f"{target} {name}: {tolerations}"
+        assert {"key": key, "operator": "Equal", "value": value, "effect": "NoSchedule"} in (
+            tolerations
+        ), f"{target} {name}"
+    section = _deploy_section()
+    assert f"`{key}={value}:NoSchedule`" in section
+    assert f"`{key}={value}`" in section
