@@ -101,3 +101,24 @@ def test_cde_pods_run_on_cde_nodes_that_run_nothing_else(target: str) -> None:
     section = _deploy_section()
     assert f"`{key}={value}:NoSchedule`" in section
     assert f"`{key}={value}`" in section
+
+
+def test_the_vault_role_trusts_the_vault_service_account_alone() -> None:
+    """Review 36 (attacker in another pod): docs/operations.md said which permissions the
+    IRSA role gets, not whom it trusts. A role for web identity made as AWS's console
+    offers it checks the token's audience only, so any pod of the cluster, with its own
+    service account's projected token, could assume the vault's role and connect to RDS
+    as `cofre_vault`. The documented trust policy names the vault's account, in its
+    namespace, exactly (`StringEquals` on `sub`, and on `aud`)."""
+    objects = _objects("overlays/production")
+    vault = pod_spec(objects["Deployment/cofre"])["serviceAccountName"]
+    account = objects[f"ServiceAccount/{vault}"]
+    assert "eks.amazonaws.com/role-arn" in account["metadata"]["annotations"]
+    subject = f"system:serviceaccount:{account['metadata']['namespace']}:{vault}"
+    docs = _docs()
+    (policy,) = re.findall(r"```json\n(\{[^`]*?AssumeRoleWithWebIdentity[^`]*?)```", docs)
+    condition = policy.split('"Condition"', 1)[1]
+    assert '"StringEquals"' in condition
+    assert "StringLike" not in condition  # a wildcard would take every account
+    assert re.search(rf':sub":\s*"{re.escape(subject)}"', condition), condition
+    assert re.search(r':aud":\s*"sts\.amazonaws\.com"', condition), condition
