@@ -122,3 +122,23 @@ def test_the_vault_role_trusts_the_vault_service_account_alone() -> None:
     assert "StringLike" not in condition  # a wildcard would take every account
     assert re.search(rf':sub":\s*"{re.escape(subject)}"', condition), condition
     assert re.search(r':aud":\s*"sts\.amazonaws\.com"', condition), condition
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_dns_goes_to_the_cluster_dns_alone(target: str) -> None:
+    """Review 36 (QSA, PCI DSS 1.3.2: outbound CDE traffic limited to what is needed):
+    each CDE policy opened port 53 to every pod of kube-system (controllers, CSI and
+    network agents, anything installed there), where the vault needs CoreDNS only."""
+    for obj in render(K8S / target):
+        if obj["kind"] != "NetworkPolicy":
+            continue
+        for rule in obj["spec"].get("egress", []):
+            if not any(p["port"] == 53 for p in rule["ports"]):
+                continue
+            assert all(p["port"] == 53 for p in rule["ports"]), rule
+            for peer in rule["to"]:
+                namespaces = peer["namespaceSelector"]["matchLabels"]
+                assert namespaces == {"kubernetes.io/metadata.name": "kube-system"}
+                assert peer.get("podSelector", {}).get("matchLabels") == DNS_PODS, (
+                    f"{target} {obj['metadata']['name']}: {peer}"
+                )
