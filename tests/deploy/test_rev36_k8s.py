@@ -142,3 +142,33 @@ def test_dns_goes_to_the_cluster_dns_alone(target: str) -> None:
                 assert peer.get("podSelector", {}).get("matchLabels") == DNS_PODS, (
                     f"{target} {obj['metadata']['name']}: {peer}"
                 )
+
+
+# The PROXY protocol's headers as a balancer sends them ahead of the client's bytes
+# (haproxy.org/download/2.9/doc/proxy-protocol.txt): version 1's text, version 2's
+# binary signature.
+PROXY_SIGNATURES = ("PROXY TCP", r"\r\n\r\n\x00\r\nQUIT\n", "proxy_protocol")
+
+
+def test_no_doc_asks_for_a_proxy_protocol_the_listeners_do_not_read() -> None:
+    """Review 36 (first EKS deployment with hosted capture): docs/capture.md and the
+    threat model said to keep the shopper's address behind a balancer with the PROXY
+    protocol, but no listener reads its header: a Network Load Balancer target group with
+    `proxy_protocol_v2.enabled`, as that advice leads to, puts the header ahead of the
+    ClientHello and every handshake of the capture port fails. While api/ reads no such
+    header, the docs say so and name what keeps the address instead."""
+    readers = [
+        module
+        for module in (ROOT / "api").rglob("*.py")
+        if any(signature in module.read_text() for signature in PROXY_SIGNATURES)
+    ]
+    assert not readers, f"api/ reads the PROXY protocol now: update the docs ({readers})"
+    documents = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for document in documents:
+        text = re.sub(r"\s+", " ", document.read_text())
+        for sentence in re.split(r"(?<=[.;:])\s", text):
+            if "PROXY protocol" in sentence:
+                assert "reads no PROXY protocol" in sentence, f"{document.name}: {sentence}"
+    capture = re.sub(r"\s+", " ", (ROOT / "docs" / "capture.md").read_text())
+    assert "preserve_client_ip.enabled" in capture
+    assert "proxy_protocol_v2.enabled" in capture
