@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from cofre.settings import unknown_variables
 from hsm.library import is_softhsm
 from tests.deploy.test_manifests import DEPLOY, K8S, ROOT, TARGETS
 from tests.support.kustomize import pod_settings, pod_spec, render
@@ -172,3 +173,39 @@ def test_no_doc_asks_for_a_proxy_protocol_the_listeners_do_not_read() -> None:
     capture = re.sub(r"\s+", " ", (ROOT / "docs" / "capture.md").read_text())
     assert "preserve_client_ip.enabled" in capture
     assert "proxy_protocol_v2.enabled" in capture
+
+
+def _service_links(service: dict[str, Any]) -> set[str]:
+    """The variables the kubelet puts in every pod of `service`'s namespace when the pod
+    has `enableServiceLinks` (the default): Docker links' names, the Service's name in
+    upper case with `-` as `_` (kubernetes.io/docs/concepts/services-networking/
+    service/#environment-variables; pkg/kubelet/envvars)."""
+    name = service["metadata"]["name"].upper().replace("-", "_")
+    links = {f"{name}_SERVICE_HOST", f"{name}_SERVICE_PORT", f"{name}_PORT"}
+    for port in service["spec"]["ports"]:
+        if "name" in port:
+            links.add(f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}")
+        prefix = f"{name}_PORT_{port['port']}_{port.get('protocol', 'TCP')}"
+        links |= {prefix, f"{prefix}_PROTO", f"{prefix}_PORT", f"{prefix}_ADDR"}
+    return links
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_no_service_link_variable_stops_a_pod(target: str) -> None:
+    """Review 36 (first EKS deployment; critical): the Service is named `cofre`, so the
+    kubelet gave every pod of the namespace `COFRE_SERVICE_HOST`, `COFRE_PORT`,
+    `COFRE_PORT_8443_TCP_ADDR` and the like, and `load_settings` refuses a `COFRE_*`
+    variable that is no setting: every vault pod and the migration Job exited at start
+    with "unknown environment variable COFRE_PORT, ...". A pod that runs the vault's
+    image turns the links off, or no Service's links are `COFRE_*` names."""
+    objects = _objects(target)
+    services = [o for o in objects.values() if o["kind"] == "Service"]
+    links = set().union(*(_service_links(service) for service in services))
+    for name in ("Deployment/cofre", "Job/cofre-migrate"):
+        pod = pod_spec(objects[name])
+        if pod.get("enableServiceLinks", True) is False:
+            continue
+        for container in [*pod["containers"], *pod.get("initContainers", [])]:
+            env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+            environ = {**dict.fromkeys(links, "x"), **env}
+            assert not unknown_variables(environ), f"{target} {name}: {unknown_variables(environ)}"
