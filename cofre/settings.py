@@ -11,6 +11,7 @@ command lines are visible to every user of the machine through ``/proc``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -505,6 +506,13 @@ OTHER_VARIABLES: Final = frozenset({"COFRE_CONFIG", "COFRE_OFFICER", "COFRE_PG_B
 OTHER_PREFIXES: Final = ("COFRE_WITNESS_", "COFRE_INFRA_", "COFRE_SHIM_", "COFRE_TEST_")
 
 
+# What the kubelet sets for each Service of a pod's namespace (`<NAME>_SERVICE_HOST`,
+# `<NAME>_PORT_8443_TCP_ADDR`...): pkg/kubelet/envvars, Docker links' names.
+_SERVICE_LINK: Final = re.compile(
+    r"COFRE\w*?_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)"
+)
+
+
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """The ``COFRE_*`` names in `environ` that are no setting: pydantic-settings ignores
     a top-level name it does not know (``COFRE_POLICYFILE``, ``COFRE_HSM_PIN_FILE`` for
@@ -530,10 +538,19 @@ def load_settings(**overrides: Any) -> Settings:
     ``COFRE_*`` variable that is no setting (`unknown_variables`).
     """
     if unknown := unknown_variables(os.environ):
+        # The kubelet's Docker-link variables for a Service whose name starts with
+        # `cofre` look like typos; say where they come from (review 36).
+        links = [n for n in unknown if _SERVICE_LINK.fullmatch(n.upper())]
+        hint = (
+            f" ({', '.join(links)}: a Kubernetes Service's link variables; set "
+            "`enableServiceLinks: false` in the pod)"
+            if links
+            else ""
+        )
         raise ConfigurationError(
             f"unknown environment variable {', '.join(unknown)}: not a setting (nested "
             "settings take two underscores, COFRE_HSM__PIN_FILE; see the README's "
-            "configuration table)"
+            f"configuration table){hint}"
         )
     try:
         return Settings(**overrides)

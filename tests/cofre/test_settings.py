@@ -175,6 +175,17 @@ def test_a_variable_that_is_no_setting_is_refused(
         load_settings()
 
 
+def test_service_link_variables_are_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 36: the kubelet's Docker-link variables for a Service named `cofre`
+    (`COFRE_SERVICE_HOST`, `COFRE_PORT_8443_TCP_ADDR`...) stopped every pod of its
+    namespace that runs the image; the refusal says where they come from and what
+    turns them off, as a typo's does not."""
+    monkeypatch.setenv("COFRE_SERVICE_HOST", "172.20.1.2")
+    monkeypatch.setenv("COFRE_PORT_8443_TCP_ADDR", "172.20.1.2")
+    with pytest.raises(ConfigurationError, match="enableServiceLinks: false"):
+        load_settings()
+
+
 @pytest.mark.parametrize(
     "name",
     [
