@@ -209,3 +209,31 @@ def test_no_service_link_variable_stops_a_pod(target: str) -> None:
             env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
             environ = {**dict.fromkeys(links, "x"), **env}
             assert not unknown_variables(environ), f"{target} {name}: {unknown_variables(environ)}"
+
+
+def _release_build() -> str:
+    """docs/operations.md's command that builds and pushes the production image."""
+    blocks = re.findall(r"```sh\n(.*?)```", _deploy_section(), re.S)
+    commands = [c for block in blocks for c in block.replace("\\\n", " ").splitlines()]
+    (build,) = [c for c in commands if "runtime-cloudhsm" in c and "--push" in c]
+    return build
+
+
+def test_the_release_image_is_pinned_inventoried_and_immutable() -> None:
+    """Review 36 (QSA, PCI DSS 6.3.2 inventory, 6.5.1 change control): the image was
+    built from `debian:bookworm-slim` as the registry served it that day, with no
+    software bill of materials, and deployed by a tag anyone who may push can move: what
+    ran could not be told from what was reviewed. The documented release build pins
+    every base image by digest (a BuildKit build context named as the image, so the
+    Dockerfile keeps its readable name), attaches an SBOM and provenance, and the
+    repository's tags are immutable."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", text, re.M))
+    bases = {image for image in re.findall(r"^FROM (\S+)", text, re.M) if image not in stages}
+    assert bases == {"debian:bookworm-slim"}
+    build = _release_build()
+    for image in bases:
+        assert f"--build-context {image}=docker-image://{image}@sha256:" in build, image
+    assert "--sbom=true" in build
+    assert "--provenance=mode=max" in build
+    assert "--image-tag-mutability IMMUTABLE" in _deploy_section()
