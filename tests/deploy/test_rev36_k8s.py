@@ -237,3 +237,16 @@ def test_the_release_image_is_pinned_inventoried_and_immutable() -> None:
     assert "--sbom=true" in build
     assert "--provenance=mode=max" in build
     assert "--image-tag-mutability IMMUTABLE" in _deploy_section()
+
+
+def test_no_build_input_stays_in_a_layer_of_the_image() -> None:
+    """Review 36: the CloudHSM stage copied its build context (the client's .deb and the
+    cluster's CA) into /tmp and removed it in the next step, which hides the files but
+    keeps them in the image's layers, an installer the runtime never uses (PCI DSS
+    2.2.4). A build input that is no stage is mounted for the step that uses it."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", text, re.M))
+    copies = re.findall(r"^COPY --from=(\S+)", text, re.M)
+    assert copies
+    assert set(copies) <= stages, set(copies) - stages
+    assert "--mount=type=bind,from=cloudhsm," in text
