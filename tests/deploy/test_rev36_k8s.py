@@ -250,3 +250,14 @@ def test_no_build_input_stays_in_a_layer_of_the_image() -> None:
     assert copies
     assert set(copies) <= stages, set(copies) - stages
     assert "--mount=type=bind,from=cloudhsm," in text
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_the_server_certificate_is_documented_for_the_name_clients_dial(target: str) -> None:
+    """Review 36 (first EKS deployment): the table of objects to create asked for "the
+    server certificate" and no name: adapters in the cluster dial the Service's DNS name,
+    and a certificate made for any other name fails their hostname check on every call."""
+    service = _objects(target)["Service/cofre"]["metadata"]
+    name = f"{service['name']}.{service['namespace']}.svc"
+    (row,) = [line for line in _docs().splitlines() if line.startswith("| Secret `cofre-tls` |")]
+    assert f"`{name}`" in row
