@@ -49,7 +49,7 @@ def _stages() -> dict[str, dict[str, str]]:
 
 def _stage_of(image: str) -> str:
     """The Dockerfile target an image was built from: `-cloudhsm` tags are
-    `--target runtime-cloudhsm` (docs/operations.md), the others the default `runtime`."""
+    `--target runtime-cloudhsm` (docs/operations.md), the others `--target runtime`."""
     return "runtime-cloudhsm" if image.rsplit(":", 1)[-1].endswith("-cloudhsm") else "runtime"
 
 
@@ -261,3 +261,49 @@ def test_the_server_certificate_is_documented_for_the_name_clients_dial(target: 
     name = f"{service['name']}.{service['namespace']}.svc"
     (row,) = [line for line in _docs().splitlines() if line.startswith("| Secret `cofre-tls` |")]
     assert f"`{name}`" in row
+
+
+def _build_commands() -> list[tuple[str, str]]:
+    """(where, command) of every `docker build` the docs and the Dockerfile show,
+    continuation lines joined."""
+    sources = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), DEPLOY / "Dockerfile"]
+    commands = []
+    for source in sources:
+        text = re.sub(r"\\\n#?\s*", " ", source.read_text())
+        commands += [
+            (source.name, line.strip().lstrip("# "))
+            for line in text.splitlines()
+            if re.search(r"docker (buildx )?build ", line)
+        ]
+    return commands
+
+
+def test_every_documented_build_has_the_contexts_its_target_needs() -> None:
+    """Review 36 (first build): `docker build -f deploy/Dockerfile -t cofre:dev .`, the
+    first command of "Deploy on Kubernetes" and of the Dockerfile's own header, builds
+    the last stage, `runtime-cloudhsm`, which needs the `cloudhsm` build context: without
+    it BuildKit takes `cloudhsm` for an image on Docker Hub and the build fails (or pulls
+    whatever someone publishes under that name). Each documented build names a target
+    whose stages use no build context it does not pass."""
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    parents: dict[str, str] = {}
+    uses: dict[str, set[str]] = {}
+    stage = ""
+    for line in (raw.strip() for raw in text.splitlines()):
+        if match := re.fullmatch(r"FROM (\S+) AS (\S+)", line):
+            stage = match[2]
+            parents[stage] = match[1]
+            uses[stage] = set()
+        elif stage and not line.startswith("#"):
+            uses[stage] |= set(re.findall(r"--(?:mount=\S*?)?from=([\w.-]+)", line))
+    last = stage
+    commands = _build_commands()
+    assert len(commands) >= 4
+    for where, command in commands:
+        target = re.search(r"--target (\S+)", command)
+        chain, needed = target[1] if target else last, set()
+        while chain in parents:
+            needed |= uses[chain] - set(parents)
+            chain = parents[chain]
+        given = set(re.findall(r"--build-context ([\w.-]+)=", command))
+        assert needed <= given, f"{where}: `{command}` lacks the build context {needed - given}"
