@@ -307,3 +307,33 @@ def test_every_documented_build_has_the_contexts_its_target_needs() -> None:
             chain = parents[chain]
         given = set(re.findall(r"--build-context ([\w.-]+)=", command))
         assert needed <= given, f"{where}: `{command}` lacks the build context {needed - given}"
+
+
+# What in the CDE namespace gives the HSM PIN, the database URLs or the vault's process:
+# reading Secrets, or running something beside the vault (exec, attach, an ephemeral
+# container sharing its process namespace, a port forward past the NetworkPolicy, a pod
+# of one's own labelled as the vault), or changing the policies that fence it.
+NAMESPACE_POWERS = (
+    "secrets",
+    "pods/exec",
+    "pods/attach",
+    "pods/ephemeralcontainers",
+    "pods/portforward",
+    "networkpolicies",
+)
+
+
+def test_who_may_act_in_the_cde_namespace_is_documented() -> None:
+    """Review 36 (QSA, PCI DSS 7.2; attacker in another pod): nothing said who may act in
+    the `cofre` namespace. `get` on its Secrets is the HSM PIN and the owner role's
+    password; `pods/exec` or an ephemeral container beside the vault reads the same
+    files as its user, from inside the only pods the HSM and the database admit; and a
+    workload elsewhere whose service account may read Secrets in every namespace (a
+    deployment tool, an operator) hands all of it to whoever compromises that pod. The
+    Deploy section names each such power, how to list who holds it, and the control
+    plane's audit log that records its use."""
+    section = re.sub(r"\s+", " ", _deploy_section())
+    for power in NAMESPACE_POWERS:
+        assert f"`{power}`" in section, power
+    assert "kubectl auth can-i" in section
+    assert "`audit`" in section  # the EKS control plane log type
