@@ -337,3 +337,16 @@ def test_who_may_act_in_the_cde_namespace_is_documented() -> None:
         assert f"`{power}`" in section, power
     assert "kubectl auth can-i" in section
     assert "`audit`" in section  # the EKS control plane log type
+
+
+def test_the_cluster_s_place_beside_the_pci_vpc_is_documented() -> None:
+    """Review 36 (first EKS deployment, QSA): the manifests admit adapters from namespaces
+    of the same cluster, while `cofre infra` builds a PCI VPC that admits the adapter
+    tier only from a peered VPC and nothing else from outside (`no-outside-ingress`). An
+    EKS cluster's pods have addresses in the cluster's VPC, so vault pods of a cluster
+    outside the PCI VPC are outside sources to its database and HSMs, and a cluster in
+    it, whose only private subnets reach AWS through endpoints, cannot pull its images
+    without ECR's. Nothing said which shape the manifests fit or what each needs."""
+    section = re.sub(r"\s+", " ", _deploy_section())
+    for needed in ("`allowed_source_cidrs`", "`ipBlock`", "`no-outside-ingress`", "`ecr.dkr`"):
+        assert needed in section, needed
