@@ -350,3 +350,15 @@ def test_the_cluster_s_place_beside_the_pci_vpc_is_documented() -> None:
     section = re.sub(r"\s+", " ", _deploy_section())
     for needed in ("`allowed_source_cidrs`", "`ipBlock`", "`no-outside-ingress`", "`ecr.dkr`"):
         assert needed in section, needed
+
+
+def test_the_docs_say_eks_enforces_network_policies_only_when_asked() -> None:
+    """Review 36 (first EKS deployment, QSA): every segmentation control of the manifests
+    is a NetworkPolicy, and EKS's API server takes NetworkPolicies whether or not
+    anything enforces them: with the VPC CNI's network policy agent off (its default),
+    `default-deny` and every rule are stored and ignored, every pod of the cluster
+    reaches the vault's ports, and nothing says so. The docs name the switch and a test
+    of the boundary from outside it."""
+    section = re.sub(r"\s+", " ", _deploy_section())
+    assert '`{"enableNetworkPolicy": "true"}`' in section
+    assert "from a pod in another namespace" in section
