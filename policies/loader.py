@@ -10,7 +10,7 @@ import hashlib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 from pydantic import ValidationError
@@ -18,6 +18,14 @@ from pydantic import ValidationError
 from cofre.redaction import mask_pan_like
 from policies.errors import PolicyInvalid
 from policies.models import Policy
+
+# The audit log records a policy's whole text as the document of its `policy.load` /
+# `policy.reload` entry, and refuses a document over 64 KiB (`audit.log.MAX_DOCUMENT`;
+# pinned equal by tests/policies/test_res36_masked_policy_text.py: `policies` may not
+# import `audit`). A longer text would fail at the entry's write, not here with a reason.
+MAX_POLICY_TEXT: Final = 64 * 1024
+# How much of the offending line a refusal shows (as the log would record it).
+_SHOWN: Final = 120
 
 
 @dataclass(frozen=True)
@@ -29,10 +37,59 @@ class LoadedPolicy:
     text: str = ""
 
 
+def _recorded_as_written(text: str, source: str) -> None:
+    """Refuse a text the audit log would record otherwise than written (session 36).
+
+    The `policy.load`/`policy.reload` entry carries the text as its document and the
+    SHA-256 of the text as read; the log masks card-like digits in all it records
+    (`cofre.redaction.mask_pan_like`: 12 or more in a row, grouped, across a line
+    break), so a comment with a merchant number or an upstream URL with one was recorded
+    masked, no longer matched its hash, and the offline verifier's check 6 failed every
+    bundle covering the policy. Session 35 refused such identities (`policies.models`);
+    this is the rest of the text. The refusal names the line and column of the run and
+    shows the line as the log would record it (masking keeps every character in place),
+    never the run in clear: the message reaches the terminal and the log.
+    """
+    if len(text) > MAX_POLICY_TEXT:
+        raise PolicyInvalid(
+            f"policy {source} is {len(text):,} characters; the audit log records a policy "
+            f"whole, at most {MAX_POLICY_TEXT:,} characters"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        line = text.count("\n", 0, exc.start) + 1
+        raise PolicyInvalid(
+            f"policy {source}, line {line}: a character UTF-8 cannot carry (the audit log "
+            "would record it escaped, and the text would not match its SHA-256)"
+        ) from None
+    masked = mask_pan_like(text)
+    if masked == text:
+        return
+    first = next(i for i, (a, b) in enumerate(zip(text, masked, strict=False)) if a != b)
+    # Back to where the digits start: a mask keeps up to six leading digits in place.
+    while first > 0 and text[first - 1].isdecimal():
+        first -= 1
+    start = text.rfind("\n", 0, first) + 1
+    end = masked.find("\n", first)
+    shown = masked[start : end if end >= 0 else len(masked)]
+    raise PolicyInvalid(
+        f"policy {source}, line {text.count(chr(10), 0, first) + 1}, column "
+        f"{first - start + 1}: 12 digits or more in a row (or a card number's groups), "
+        "which the audit log masks in the policy text it records: its policy.load entry "
+        "would not match the SHA-256 of this file and no evidence bundle covering it "
+        "would verify (check 6). As the log would record the line: "
+        f"{shown[:_SHOWN]!r}. Remove the number, or split it (a comment may say where to "
+        "find it)"
+    )
+
+
 def parse_policy(text: str, *, kind: str, source: str = "<string>") -> LoadedPolicy:
     """Parse policy text of `kind` ``"toml"`` or ``"yaml"``.
 
-    Raises `PolicyInvalid` naming the offending field and the reason.
+    Raises `PolicyInvalid` naming the offending field and the reason, or the line and
+    column of anything the audit log would record otherwise than written (a card-like
+    digit run anywhere in the text, `_recorded_as_written`).
     """
     try:
         data: Any = tomllib.loads(text) if kind == "toml" else yaml.safe_load(text)
@@ -55,6 +112,8 @@ def parse_policy(text: str, *, kind: str, source: str = "<string>") -> LoadedPol
         # Masked as the log and the terminal would mask it, here where it is made: a
         # field error's location is an identity's key, and some checks quote a name.
         raise PolicyInvalid(f"policy {source} is invalid: {mask_pan_like(problems)}") from None
+    # After the fields: an identity with such a run is named by its position there.
+    _recorded_as_written(text, source)
     return LoadedPolicy(policy, source, hashlib.sha256(text.encode()).hexdigest(), text)
 
 

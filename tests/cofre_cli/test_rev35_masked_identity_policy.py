@@ -2,7 +2,10 @@
 record masked (12 digits or more in a row: ``urn:corp:officer:000123456789``) is
 refused by `cofre serve` at start and by a SIGHUP reload, which keeps the policy in
 force and logs `reload failed` as for any policy that does not load; neither says the
-run in clear (tests/policies/test_rev35_masked_identities.py: the loader's message)."""
+run in clear (tests/policies/test_rev35_masked_identities.py: the loader's message).
+Session 36: the same for such a run anywhere else in the text (a comment with a merchant
+number), which the `policy.load` entry recorded masked: it no longer matched its hash
+(tests/policies/test_res36_masked_policy_text.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from audit.schema import audit_entries
@@ -24,16 +28,22 @@ NUMBERED = f"urn:corp:officer:{RUN}"
 TOKENIZE = '"tokenize", "detokenize_masked", "lookup"'
 VISA = "4111111111111111"
 OFFICER = f'\n[identities."{NUMBERED}"]\nrole = "auditor"\noperations = ["audit_read"]\n'
+COMMENT = f"\n# acquirer merchant id {RUN}, reviewed 2026-12-05\n"
+# The identity by its position (session 35), the rest of the text by line and column.
+MASKED = pytest.mark.parametrize("appended", [OFFICER, COMMENT], ids=["identity", "comment"])
 # Bounds on waiting for a process: they fail only on a hang.
 EXIT_BOUND = 120.0
 RELOAD_BOUND = 60.0
-_POSITION = re.compile(r"identity \d+ of \d+")
+_POSITION = re.compile(r"identity \d+ of \d+|line \d+, column \d+")
 
 
-def test_serve_refuses_the_policy_at_start(tmp_path: Path, softhsm_token: SoftHSMToken) -> None:
+@MASKED
+def test_serve_refuses_the_policy_at_start(
+    tmp_path: Path, softhsm_token: SoftHSMToken, appended: str
+) -> None:
     vault = make_vault(tmp_path / "node", softhsm_token, None)
     policy = Path(vault.env["COFRE_POLICY_FILE"])
-    policy.write_text(policy.read_text() + OFFICER)
+    policy.write_text(policy.read_text() + appended)
     migrated = vault.cofre("db", "migrate")
     assert migrated.returncode == 0, migrated.stderr
     vault.spawn()
@@ -48,8 +58,9 @@ def test_serve_refuses_the_policy_at_start(tmp_path: Path, softhsm_token: SoftHS
     assert RUN not in output
 
 
+@MASKED
 def test_a_reload_to_the_policy_is_refused_and_the_old_one_stays(
-    tmp_path: Path, softhsm_token: SoftHSMToken
+    tmp_path: Path, softhsm_token: SoftHSMToken, appended: str
 ) -> None:
     vault = make_vault(tmp_path / "node", softhsm_token, None)
     policy = Path(vault.env["COFRE_POLICY_FILE"])
@@ -60,7 +71,7 @@ def test_a_reload_to_the_policy_is_refused_and_the_old_one_stays(
         # Payments may tokenize now; the new text also takes that away (so a reload that
         # went through would show), and names the numbered identity.
         untokenizing = TOKENIZE.replace('"tokenize", ', "")
-        policy.write_text(original.replace(TOKENIZE, untokenizing, 1) + OFFICER)
+        policy.write_text(original.replace(TOKENIZE, untokenizing, 1) + appended)
         assert vault.process is not None
         vault.process.send_signal(signal.SIGHUP)
         failed = _reload_failed(vault)
