@@ -204,6 +204,14 @@ class IdentityPolicy(BaseModel):
         return self.domain or identity
 
 
+# The longest identity the vault records whole (session 36): the database keeps an
+# identity in VARCHAR(255) columns (a token's owner and, by default, domain; the rate,
+# quota and oracle guard counters; a ceremony's proposer and approvers; the officers'
+# nonces: `vault.storage.schema`), and the audit log cuts every string at 512
+# characters, the actor included (`audit.log`).
+MAX_IDENTITY: Final = 255
+
+
 def _recorded_as_written(identities: list[str]) -> None:
     """Refuse an identity the audit log would record otherwise than written: the log
     masks card-like digits (12 or more in a row, `cofre.redaction.mask_pan_like`) in all
@@ -211,8 +219,19 @@ def _recorded_as_written(identities: list[str]) -> None:
     35). Such an identity's entries would not identify it (PCI DSS 10.2.2), two officers
     masked alike would be one to the verifier's dual control checks, and the policy's own
     `policy.load` entry, its text masked, would not match its SHA-256 (check 6). Named by
-    its position, and as the log would show it: never the run in clear."""
+    its position, and as the log would show it: never the run in clear. An identity
+    longer than `MAX_IDENTITY` is refused too (session 36): PostgreSQL refused its first
+    counted call, and past 512 characters the log recorded it cut, so two identities
+    alike in their first 512 characters were one actor. Named by its position and
+    length, never echoed (it may be long and hold anything)."""
     for position, identity in enumerate(identities, start=1):
+        if len(identity) > MAX_IDENTITY:
+            raise ValueError(
+                f"identity {position} of {len(identities)} in [identities] is "
+                f"{len(identity)} characters; the vault records an identity whole in at "
+                f"most {MAX_IDENTITY} (its database columns; the audit log cuts any string "
+                "at 512): issue its certificate with a shorter SAN URI and name that"
+            )
         try:
             identity.encode("utf-8")
             masked = mask_pan_like(identity)
