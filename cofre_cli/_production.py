@@ -7,17 +7,16 @@ IN PCI SCOPE (wiring).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import structlog
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from sqlalchemy.engine import make_url
 
 from api.pki import DEV_CA_COMMON_NAME
 from cofre.errors import ConfigurationError
 from cofre.settings import Settings
+from cofre_cli._database_tls import unverified_database
 from cofre_cli._library_probe import bounded_library_identity
 from hsm.errors import HSMUnavailable
 from hsm.library import cloudhsm_pin_problem, is_softhsm, says_softhsm
@@ -29,7 +28,7 @@ _log = structlog.get_logger("cofre.vault")
 def production_checks(settings: Settings) -> list[str]:
     """Return the insecure allowances in effect, after refusing (`ConfigurationError`)
     what production must not run with: SQLite, a PostgreSQL server reached over the
-    network and not verified (`_unverified_database`), a missing or empty policy (it would
+    network and not verified (`unverified_database`), a missing or empty policy (it would
     deny everything while looking healthy), the dev PKI, SoftHSM2 (whose keys are files
     under the PIN, while every document and the evidence say "in the HSM"), known by its
     file name or by what the loaded library says about itself (`_software_token`)."""
@@ -70,7 +69,7 @@ def production_checks(settings: Settings) -> list[str]:
         "allow_dev_pki",
         "the client CA bundle is the dev PKI's",
     )
-    unverified = _unverified_database(settings.database_url)
+    unverified = unverified_database(settings.database_url)
     if unverified is not None:
         refused.append(unverified)
     software = _software_token(settings, allowed_anyway=allow.allow_software_hsm)
@@ -148,44 +147,6 @@ def _software_token(settings: Settings, *, allowed_anyway: bool) -> str | None:
             "a software token, not an HSM"
         )
     return None
-
-
-_LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1"})
-
-
-def _unverified_database(url: str) -> str | None:
-    """Why the PostgreSQL URL `url` leaves the server it reaches over the network
-    unverified, or None. Review 35: only RDS IAM authentication required
-    ``sslmode=verify-full``; psycopg's default (``prefer``) checks no certificate and
-    falls back to clear text, so anyone in the path read and changed the store and the
-    audit log. ``verify-full`` without ``sslrootcert`` (or with ``system``) trusts the
-    CA file ``PGSSLROOTCERT`` or OpenSSL's ``SSL_CERT_FILE`` names, not a pinned one.
-    Loopback and a Unix socket are no network path. No allowance: a vault whose
-    database answers for anyone in the path is not one to serve, even for a demo."""
-    if not url.startswith("postgresql"):
-        return None
-    parsed = make_url(url)
-    query = {key: str(parsed.query.get(key, "")) for key in ("host", "hostaddr", "service")}
-    # Review 35b: libpq takes each of these the URL leaves out from the environment
-    # (the same process's), and a service's from pg_service.conf, which is not read
-    # here: a URL with no host was served as a Unix socket's while PGHOST, PGHOSTADDR
-    # or a service sent it over the network unverified.
-    host = f"{parsed.host or ''},{query['host']}".strip(",") or os.environ.get("PGHOST", "")
-    hostaddr = query["hostaddr"] or os.environ.get("PGHOSTADDR", "")
-    service = query["service"] or os.environ.get("PGSERVICE", "")
-    hosts = {h.strip("[]") for value in (host, hostaddr) for h in value.split(",")}
-    remote = sorted(h for h in hosts if h not in _LOCAL_HOSTS and not h.startswith("/"))
-    if service:
-        remote.append(f"the service {service}")  # judged as a network path, unread
-    if not remote:
-        return None
-    pinned = str(parsed.query.get("sslrootcert", "")) not in {"", "system"}
-    if parsed.query.get("sslmode") == "verify-full" and pinned:
-        return None
-    return (
-        f"the database URL does not verify {', '.join(remote)}: add "
-        "sslmode=verify-full&sslrootcert=<the database CA's file> to it"
-    )
 
 
 def _holds_dev_ca(ca_bundle: Path | None) -> bool:

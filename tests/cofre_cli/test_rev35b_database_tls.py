@@ -1,5 +1,5 @@
-"""Review 35b: the production check of the database URL (`cofre_cli._production.
-_unverified_database`, review 35) judged the URL's text alone, while libpq takes what
+"""Review 35b: the production check of the database URL (`cofre_cli._database_tls.
+unverified_database`, review 35) judged the URL's text alone, while libpq takes what
 the URL leaves out from the environment of the `cofre serve` process and from a
 connection service file: a URL with no host (``postgresql+psycopg://cofre_vault@/cofre``)
 was taken for a Unix socket and served with psycopg's default ``sslmode=prefer``
