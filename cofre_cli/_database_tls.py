@@ -7,10 +7,25 @@ IN PCI SCOPE (wiring).
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Final
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 _LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1"})
+# libpq's settings that weaken a verified connection without touching `sslmode` or
+# `sslrootcert` (session 36), with the environment variable libpq reads each from
+# (psycopg's wheel bundles libpq 18: `psycopg.pq.Conninfo.get_defaults()` lists them;
+# `sslkeylogfile` has none). libpq takes a setting from the URL, else from the entry of
+# the named service, else from its variable (`conninfo_add_defaults`).
+_WEAKENING: Final = {
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+    "gssencmode": "PGGSSENCMODE",
+    "sslkeylogfile": None,
+}
+# Under TLS 1.2 (libpq's own minimum by default).
+_OLD_TLS: Final = frozenset({"tlsv1", "tlsv1.1"})
 
 
 def unverified_database(url: str) -> str | None:
@@ -40,9 +55,81 @@ def unverified_database(url: str) -> str | None:
     if not remote:
         return None
     pinned = str(parsed.query.get("sslrootcert", "")) not in {"", "system"}
-    if parsed.query.get("sslmode") == "verify-full" and pinned:
+    if parsed.query.get("sslmode") != "verify-full" or not pinned:
+        return (
+            f"the database URL does not verify {', '.join(remote)}: add "
+            "sslmode=verify-full&sslrootcert=<the database CA's file> to it"
+        )
+    # The URL's sslmode and sslrootcert win over the environment's and a service's
+    # (libpq's order), so neither can weaken them; what the URL leaves out they fill in.
+    return _weakened(parsed, service)
+
+
+def _weakened(parsed: URL, service: str) -> str | None:
+    """What libpq would take from outside the URL (or from the URL itself) that weakens
+    a verified connection: TLS under 1.2, GSSAPI encryption in place of the pinned TLS,
+    a key log file of the session's secrets. None if nothing does."""
+    entry: dict[str, str] = {}
+    if service:
+        found = _service_entry(service)
+        if found is None:
+            return (
+                f"the database service {service} is in no service file the check can read "
+                "(PGSERVICEFILE, ~/.pg_service.conf, PGSYSCONFDIR/pg_service.conf), so what "
+                "it sets cannot be judged: name its file in PGSERVICEFILE"
+            )
+        entry = found
+    problems: list[str] = []
+    for key, variable in _WEAKENING.items():
+        if key in parsed.query:
+            value, where = str(parsed.query[key]), "the URL"
+        elif key in entry:
+            value, where = entry[key], f"the service {service}"
+        elif variable is not None and variable in os.environ:
+            value, where = os.environ[variable], variable
+        else:
+            continue
+        if key == "sslkeylogfile" and value:
+            problems.append(f"{where} sets sslkeylogfile (the session's TLS secrets to a file)")
+        elif key == "gssencmode" and value not in ("", "disable"):
+            problems.append(f"{where} sets gssencmode={value} (GSSAPI in place of the pinned TLS)")
+        elif key.startswith("ssl_") and value.lower() in _OLD_TLS:
+            problems.append(f"{where} sets {key}={value} (TLS under 1.2)")
+    if not problems:
         return None
     return (
-        f"the database URL does not verify {', '.join(remote)}: add "
-        "sslmode=verify-full&sslrootcert=<the database CA's file> to it"
+        "the database connection would be weakened: "
+        + "; ".join(problems)
+        + " (remove it, or override it in the URL)"
     )
+
+
+def _service_entry(service: str) -> dict[str, str] | None:
+    """The settings of `service` in the first service file libpq would find it in: the
+    file ``PGSERVICEFILE`` names (else ``~/.pg_service.conf``), then
+    ``PGSYSCONFDIR/pg_service.conf``. None when none of those holds it (libpq may still
+    find it in the system directory it was built with, which the check cannot know)."""
+    user = os.environ.get("PGSERVICEFILE") or str(Path("~/.pg_service.conf").expanduser())
+    files = [Path(user)]
+    if system := os.environ.get("PGSYSCONFDIR"):
+        files.append(Path(system) / "pg_service.conf")
+    for path in files:
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        sections: dict[str, dict[str, str]] = {}
+        current: dict[str, str] | None = None
+        for raw in lines:
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("[") and line.endswith("]"):
+                current = sections.setdefault(line[1:-1], {})
+            elif current is not None and "=" in line:
+                key, _, value = line.partition("=")
+                # libpq sets only what is not set yet: a key's first value wins.
+                current.setdefault(key.strip(), value.strip())
+        if service in sections:
+            return sections[service]
+    return None

@@ -73,6 +73,11 @@ def test_finding_a_host_the_url_leaves_to_libpq_is_judged(
 def test_a_local_or_pinned_database_is_still_served(
     environment: dict[str, str], url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Session 36 reads a named service's entry (a service in no file it can read is
+    # refused: tests/cofre_cli/test_res36_database_tls_environment.py).
+    service_file = tmp_path / "pg_service.conf"
+    service_file.write_text("[vault]\nhost=db.internal.example\ndbname=cofre\n")
+    monkeypatch.setenv("PGSERVICEFILE", str(service_file))
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     assert "allow_empty_policy" in _checks(url, tmp_path)
