@@ -119,22 +119,31 @@ def private_export(
     stops = contextlib.ExitStack()
     stops.enter_context(_stops_raise())
     try:
-        _check_replaceable(path)
-        _remove_stale(path.parent, time.time())
-        handle, temporary, made = _new_file(path, record)
+        # Session 36: every look-up, creation, rename and unlink below is relative to
+        # this handle, so whoever may write the directory above cannot swap `path`'s
+        # directory for a link between a check and the act and redirect an unlink (or
+        # the copy) elsewhere (review 35c). Opened as named, links included, once.
+        try:
+            directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
+        stops.callback(os.close, directory)
+        _check_replaceable(directory, path.name)
+        _remove_stale(directory, time.time())
+        handle, temporary, made = _new_file(directory, record)
     except BaseException:
         stops.close()
         raise
-    return _into_place(handle, temporary, path, made, stops)
+    return _into_place(handle, (directory, temporary, path.name), made, stops)
 
 
-def _new_file(path: Path, record: Callable[[], None]) -> tuple[TextIO, Path, os.stat_result]:
-    """The new file beside `path`, 0600 and locked (an export under way: `_remove_stale`
-    leaves it), once `record()` is done."""
-    temporary = path.parent / f"{EXPORT_PREFIX}{secrets.token_hex(8)}.tmp"
+def _new_file(directory: int, record: Callable[[], None]) -> tuple[TextIO, str, os.stat_result]:
+    """The new file (its name) in `directory`, 0600 and locked (an export under way:
+    `_remove_stale` leaves it), once `record()` is done."""
+    temporary = f"{EXPORT_PREFIX}{secrets.token_hex(8)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        descriptor = os.open(temporary, flags, 0o600)
+        descriptor = os.open(temporary, flags, 0o600, dir_fd=directory)
     except OSError as exc:
         raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
     made: os.stat_result | None = None
@@ -146,7 +155,7 @@ def _new_file(path: Path, record: Callable[[], None]) -> tuple[TextIO, Path, os.
         handle = os.fdopen(descriptor, "w", encoding="utf-8")
     except BaseException as exc:
         os.close(descriptor)
-        _remove_made(temporary, made)
+        _remove_made(directory, temporary, made)
         if isinstance(exc, OSError):
             raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
         raise
@@ -155,11 +164,16 @@ def _new_file(path: Path, record: Callable[[], None]) -> tuple[TextIO, Path, os.
 
 @contextlib.contextmanager
 def _into_place(
-    handle: TextIO, temporary: Path, path: Path, made: os.stat_result, stops: contextlib.ExitStack
+    handle: TextIO,
+    names: tuple[int, str, str],
+    made: os.stat_result,
+    stops: contextlib.ExitStack,
 ) -> Iterator[TextIO]:
-    """`handle` (the new file `temporary`) for the block; then, the copy whole, the file
-    in `path`'s place. On any error, the new file removed and `path` left as it was.
-    `stops` (the signal handling) is closed last."""
+    """`handle` (the new file) for the block; then, the copy whole, the file in the
+    name's place. `names` are the directory's handle, the new file's name and the
+    export's. On any error, the new file removed and the name left as it was. `stops`
+    (the signal handling, the directory's handle) is closed last."""
+    directory, temporary, name = names
     with stops:
         try:
             with handle:
@@ -170,9 +184,9 @@ def _into_place(
                 # check cannot be replaced: EPERM, refused. A directory there is EISDIR.
                 # Renamed while still open, so locked: another export's `_remove_stale`
                 # never takes a whole copy for a partial one.
-                os.rename(temporary, path)
+                os.rename(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
         except BaseException as exc:
-            _remove_made(temporary, made)
+            _remove_made(directory, temporary, made)
             if isinstance(exc, OSError):
                 raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
             raise
@@ -205,31 +219,33 @@ def _stops_raise() -> Iterator[None]:
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
-def _remove_stale(directory: Path, started: float) -> None:
-    """Remove from `directory` the new files exports left (`private_export`: killed, so
-    nothing removed them): only names of that form, regular files of this user's (by
-    `lstat`: a link is never followed), last written before `started` (this run) and
-    locked by no export under way. Best effort: a file that cannot be judged is left."""
+def _remove_stale(directory: int, started: float) -> None:
+    """Remove from `directory` (a handle) the new files exports left (`private_export`:
+    killed, so nothing removed them): only names of that form, regular files of this
+    user's (by `lstat`: a link is never followed), last written before `started` (this
+    run) and locked by no export under way. Best effort: a file that cannot be judged
+    is left. Each judged and removed relative to the handle (session 36)."""
     try:
-        names = [e.name for e in os.scandir(directory) if _EXPORT_TEMPORARY.fullmatch(e.name)]
+        with os.scandir(directory) as entries:
+            names = [e.name for e in entries if _EXPORT_TEMPORARY.fullmatch(e.name)]
     except OSError:
         return
     removed = 0
     for name in names:
         with contextlib.suppress(OSError):
-            removed += _remove_if_stale(directory / name, started)
+            removed += _remove_if_stale(directory, name, started)
     if removed:
         _log.info("removed partial exports left by earlier runs", count=removed)
 
 
-def _remove_if_stale(candidate: Path, started: float) -> bool:
-    found = candidate.lstat()
+def _remove_if_stale(directory: int, name: str, started: float) -> bool:
+    found = os.stat(name, dir_fd=directory, follow_symlinks=False)
     if not (
         stat.S_ISREG(found.st_mode) and found.st_uid == os.geteuid() and found.st_mtime < started
     ):
         return False
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    descriptor = os.open(candidate, flags)
+    descriptor = os.open(name, flags, dir_fd=directory)
     try:
         opened = os.fstat(descriptor)
         if (opened.st_dev, opened.st_ino) != (found.st_dev, found.st_ino):
@@ -238,17 +254,17 @@ def _remove_if_stale(candidate: Path, started: float) -> bool:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False  # an export under way holds it
-        _remove_made(candidate, opened)
+        _remove_made(directory, name, opened)
         return True
     finally:
         os.close(descriptor)
 
 
-def _check_replaceable(path: Path) -> None:
-    """Raise `ConfigurationError` unless `path` is absent or a regular file of this
-    user's (by `lstat`: a link is refused, not followed)."""
+def _check_replaceable(directory: int, name: str) -> None:
+    """Raise `ConfigurationError` unless `name` in `directory` is absent or a regular
+    file of this user's (by `lstat`: a link is refused, not followed)."""
     try:
-        found = path.lstat()
+        found = os.stat(name, dir_fd=directory, follow_symlinks=False)
     except FileNotFoundError:
         return
     except OSError as exc:
@@ -257,12 +273,16 @@ def _check_replaceable(path: Path) -> None:
         raise ConfigurationError("the --out file is not a regular file of this user's")
 
 
-def _remove_made(temporary: Path, made: os.stat_result | None) -> None:
-    """Remove the new file `private_export` made, if `temporary` still names it."""
+def _remove_made(directory: int, name: str, made: os.stat_result | None) -> None:
+    """Remove the new file `private_export` made, if `name` in `directory` still names
+    it. The directory is the handle, so the name is judged and removed in one place
+    (session 36: an unlink by path after the check could be sent elsewhere by a swapped
+    directory; a file swapped in under the same name by whoever may write the directory
+    itself is still a window, and such a person may remove the file anyway)."""
     with contextlib.suppress(OSError):
-        now = temporary.lstat()
+        now = os.stat(name, dir_fd=directory, follow_symlinks=False)
         if made is not None and (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino):
-            temporary.unlink()
+            os.unlink(name, dir_fd=directory)
 
 
 def shown_path(path: Path) -> str:
