@@ -31,14 +31,21 @@ CONNECTION_ERRORS: Final = (
     p11e.GeneralError,
     p11e.UserNotLoggedIn,
     p11e.FunctionFailed,
+    p11e.OperationActive,
     p11e.DeviceMemory,
     p11e.HostMemory,
 )
 # What a busy (throttled) CloudHSM answers once the SDK's own retries are spent
-# (troubleshoot-hsm-throttling.html): a call is dropped and retried as on a lost
-# session, but the library is not re-initialised for it, which would add load where
-# the HSM asks for less (`hsm.session`). Also what SDK 5 answers for a read-only session.
-BUSY_ERRORS: Final = frozenset({"FunctionFailed"})
+# (troubleshoot-hsm-throttling.html names both: "busy errors map to CKR_FUNCTION_FAILED"
+# and "busy errors map to CKR_OPERATION_ACTIVE errors"): a call is dropped and retried
+# once on a fresh session as on a lost one, but the library is not re-initialised for
+# it, which would add load where the HSM asks for less (`hsm.session`). The session is
+# dropped rather than kept: what the SDK leaves active on it is not documented, and a
+# session with an operation left open fails every later one (review 32). Until session
+# 36 `OperationActive` was a refused operation (`HSMOperationFailed`, at once), which a
+# held security code's decryption took for a code altered (`integrity_error`).
+# `FunctionFailed` is also what SDK 5 answers for a read-only session.
+BUSY_ERRORS: Final = frozenset({"FunctionFailed", "OperationActive"})
 # A handle the token no longer (or not yet) honours: a key found earlier and since
 # destroyed, or a new CloudHSM key not yet on a quorum of HSMs. The session is fine.
 _KEY_HANDLE_ERRORS: Final = (p11e.ObjectHandleInvalid, p11e.KeyHandleInvalid)

@@ -50,8 +50,8 @@
  *  - COFRE_SHIM_FAULT_FILE: a control file, read on every call, that makes chosen calls
  *    fail with CKR_DEVICE_ERROR, CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED or
  *    CKR_TOKEN_NOT_PRESENT, as a client sees when its connection to an HSM drops or an
- *    HSM is replaced, or CKR_FUNCTION_FAILED, a busy (throttled) HSM
- *    (troubleshoot-hsm-throttling.html), or black-hole (HANG: a connection that stops answering) until
+ *    HSM is replaced, or CKR_FUNCTION_FAILED or CKR_OPERATION_ACTIVE, a busy (throttled)
+ *    HSM (troubleshoot-hsm-throttling.html names both), or black-hole (HANG: a connection that stops answering) until
  *    the file changes (section "faults" below; the codes and what they do to sessions
  *    are our choice: docs/cloudhsm.md, "When the HSM fails"). Tests only. While a file
  *    of the same name plus ".hang-initialize" exists, C_Initialize waits for it to go
@@ -273,7 +273,10 @@ static CK_RV check_template(CK_ATTRIBUTE_PTR tpl, CK_ULONG n, int generic_secret
  * FUNCTIONS":
  *   CODE       DEVICE_ERROR, SESSION_HANDLE_INVALID, SESSION_CLOSED, TOKEN_NOT_PRESENT,
  *              FUNCTION_FAILED (AWS's code for a busy, throttled HSM after the SDK's own
- *              retries: troubleshoot-hsm-throttling.html; kills nothing);
+ *              retries: troubleshoot-hsm-throttling.html; kills nothing), OPERATION_ACTIVE
+ *              (the same page's other PKCS#11 code for a busy HSM, "busy errors map to
+ *              CKR_OPERATION_ACTIVE errors"; kills nothing: what the SDK leaves on the
+ *              session then is not documented, and the vault drops it anyway);
  *              or HANG: the call black-holes (a connection that stops answering without
  *              closing) until the file changes, then goes on as if nothing happened
  *   COUNT      how many calls fail (then none, until the file changes), or * for every
@@ -309,6 +312,7 @@ static const struct { const char *name; CK_RV rv; } fault_codes[] = {
     {"SESSION_CLOSED", CKR_SESSION_CLOSED},
     {"TOKEN_NOT_PRESENT", CKR_TOKEN_NOT_PRESENT},
     {"FUNCTION_FAILED", CKR_FUNCTION_FAILED},
+    {"OPERATION_ACTIVE", CKR_OPERATION_ACTIVE},
     {"HANG", RV_HANG},
 };
 #define FAULT_LINE_MAX 512

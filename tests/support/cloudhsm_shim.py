@@ -59,15 +59,16 @@ class CloudHSMShim:
 
 # What `ShimFaults.inject` may ask for (cloudhsm_shim.c, section "faults"): the codes a
 # client sees when its connection to an HSM drops or an HSM is replaced, or a busy
-# (throttled) HSM's FUNCTION_FAILED, and the calls that can fail with them; or HANG
-# (`ShimFaults.hang`): the call black-holes, as on a connection that stops answering
-# without closing, until the control file changes.
+# (throttled) HSM's FUNCTION_FAILED or OPERATION_ACTIVE, and the calls that can fail
+# with them; or HANG (`ShimFaults.hang`): the call black-holes, as on a connection that
+# stops answering without closing, until the control file changes.
 FAULT_CODES: Final = (
     "DEVICE_ERROR",
     "SESSION_HANDLE_INVALID",
     "SESSION_CLOSED",
     "TOKEN_NOT_PRESENT",
     "FUNCTION_FAILED",
+    "OPERATION_ACTIVE",
     "HANG",
 )
 FAULT_FUNCTIONS: Final = frozenset(
