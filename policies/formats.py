@@ -32,10 +32,11 @@ first six and last four).
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
-from typing import Annotated, Final, Self
+from typing import Annotated, Any, Final, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FPE_MIN_DOMAIN: Final = 1_000_000  # NIST SP 800-38G Rev. 1: radix^minlen >= 10^6
 PAN_LENGTHS: Final = tuple(range(12, 20))
@@ -48,6 +49,8 @@ ASSUMED_KNOWN_LEADING: Final = 6
 ASSUMED_KNOWN_TRAILING: Final = 4
 # PCI SSC FAQ 1091: BIN-8 truncation only for PANs of 16 digits or more.
 BIN8_MIN_PAN_LENGTH: Final = 16
+# `pan_lengths` written as a range (`FormatSpec._lengths_from_range`).
+_LENGTH_RANGE: Final = re.compile(r"([0-9]{2})-([0-9]{2})")
 
 
 class FormatType(StrEnum):
@@ -99,6 +102,24 @@ class FormatSpec(BaseModel):
     dedup: Dedup = Dedup.CONVERGENT
     on_small_space: SmallSpace | None = None  # default: refuse for FF1, random otherwise
     security_code: SecurityCodeRule = SecurityCodeRule.ACCEPT
+
+    @field_validator("pan_lengths", mode="before")
+    @classmethod
+    def _lengths_from_range(cls, value: Any) -> Any:
+        """``"14-19"`` is every length from 14 to 19 (session 36): the audit log records
+        the policy's text and takes six or more short numbers in one list
+        (``[14, 15, 16, 17, 18, 19]``) for a card number's groups, masking them, so such
+        a list cannot be in a policy (`policies.loader`)."""
+        if not isinstance(value, str):
+            return value
+        found = _LENGTH_RANGE.fullmatch(value)
+        low, high = (int(found[1]), int(found[2])) if found else (0, 0)
+        if not (PAN_LENGTHS[0] <= low <= high <= PAN_LENGTHS[-1]):
+            raise ValueError(
+                f'pan_lengths as text is a range "LOW-HIGH" of PAN lengths '
+                f"({PAN_LENGTHS[0]} to {PAN_LENGTHS[-1]}), or give a list"
+            )
+        return tuple(range(low, high + 1))
 
     @model_validator(mode="after")
     def _check_shape(self) -> Self:

@@ -113,3 +113,38 @@ def test_what_the_log_records_as_written_loads_and_matches_its_hash(extra: str) 
     body = json.loads(payload)
     assert body["document"] == loaded.text
     assert body["details"]["sha256"] == hashlib.sha256(body["document"].encode()).hexdigest()
+
+
+def test_a_list_of_six_lengths_is_refused_with_the_range_form_to_use() -> None:
+    """The log takes six or more short numbers in one list for a card's groups: the
+    natural `pan_lengths` of a format for every card from 14 digits up was recorded
+    masked. Refused, and the message says how to write it."""
+    text = (
+        '[formats.long]\ntype = "random"\npan_lengths = [14, 15, 16, 17, 18, 19]\n\n'
+        '[identities."spiffe://cofre/payments"]\noperations = ["tokenize"]\n'
+        'formats = ["long"]\n'
+    )
+    message = _refusal(text)
+    assert "line 3, column " in message, message
+    assert 'pan_lengths = "14-19"' in message, message
+
+
+@pytest.mark.parametrize(
+    ("written", "lengths"),
+    [('"14-19"', tuple(range(14, 20))), ('"16-16"', (16,)), ("[16, 19]", (16, 19))],
+)
+def test_pan_lengths_may_be_written_as_a_range(written: str, lengths: tuple[int, ...]) -> None:
+    text = (
+        f'[formats.long]\ntype = "random"\npan_lengths = {written}\n\n'
+        '[identities."spiffe://cofre/payments"]\noperations = ["tokenize"]\n'
+        'formats = ["long"]\n'
+    )
+    loaded = parse_policy(text, kind="toml")
+    assert loaded.policy.formats["long"].pan_lengths == lengths
+
+
+@pytest.mark.parametrize("written", ['"19-14"', '"11-19"', '"14-20"', '"14..19"', '"x"'])
+def test_a_range_out_of_bounds_or_malformed_is_refused(written: str) -> None:
+    text = f'[formats.long]\ntype = "random"\npan_lengths = {written}\n'
+    with pytest.raises(PolicyInvalid, match="pan_lengths"):
+        parse_policy(text, kind="toml")
