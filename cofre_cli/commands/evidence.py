@@ -5,7 +5,9 @@ IN PCI SCOPE (wiring).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,17 +93,34 @@ def _utc(text: str, option: str) -> str:
 def _save(chunks: Iterator[bytes], out: Path) -> int:
     """Write the streamed bundle to `out` chunk by chunk (never whole in memory), through
     a `.part` file renamed at the end: an interrupted download leaves no truncated
-    bundle under the name asked for. Returns the number of bytes written."""
+    bundle under the name asked for. Returns the number of bytes written. Raises
+    `ConfigurationError` when the `.part` name is taken (session 36: it was opened
+    following a link and truncating, so a link planted there by whoever may write the
+    directory had the download overwrite the link's target; now made new, 0600, never
+    through a link, and only the file this call made is removed)."""
     part = out.with_name(out.name + ".part")
-    written = 0
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        with part.open("wb") as handle:
+        descriptor = os.open(part, flags, 0o600)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot make {part.name} beside --out ({exc.strerror}): if an earlier "
+            "download left it, remove it"
+        ) from None
+    written = 0
+    made = os.fstat(descriptor)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)  # the umask may have taken the owner's bits
             for chunk in chunks:
                 handle.write(chunk)
                 written += len(chunk)
         part.replace(out)
     finally:
-        part.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            now = part.lstat()
+            if (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino):
+                part.unlink()
     return written
 
 
