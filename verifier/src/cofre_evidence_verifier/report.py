@@ -12,7 +12,17 @@ from typing import Any, Final
 # and a bundle that names a previous head must prove it (`previous_head`).
 MAX_PROBLEMS: Final = 1000
 REQUIRED_CHECKS: Final = frozenset(
-    {"signature", "files", "heads", "entries", "boundaries", "policy", "custody", "dual_control"}
+    {
+        "signature",
+        "files",
+        "heads",
+        "entries",
+        "boundaries",
+        "policy",
+        "custody",
+        "dual_control",
+        "key_registrations",
+    }
 )
 CHAIN_CHECKS: Final = frozenset({"previous", "chain"})
 

@@ -29,6 +29,9 @@ it finds (not only the first):
    was proposed and approved by the policy's quorum of distinct officers, each by a
    request their registered MFA key signed for that ceremony, as the log's entries
    record them; the report lists each ceremony (`dual_control`);
+   every key the period put into use (a KEK, fingerprint or audit key registered past
+   version 1) was made by a key ceremony whose start follows its registration in the
+   period, so check 6c proves its officers (`key_registrations`);
    the period's process starts and graceful stops, naming each start with no stop
    after it and each stop with no start before it (`lifecycle`: no verdict, for the
    auditor to ask about);
@@ -68,6 +71,7 @@ from cofre_evidence_verifier import (
     entries,
     files,
     heads,
+    key_registrations,
     lifecycle,
     policy,
     witnesses,
@@ -190,6 +194,7 @@ def _verify(
     policy.check_policy(bundle, manifest, verified, report)
     custody.check_custody(bundle, manifest, verified, report)
     dual_control.check_dual_control(bundle, manifest, verified, report, authorities=authorities)
+    key_registrations.check_key_registrations(bundle, manifest, verified, report)
     lifecycle.check_lifecycle(bundle, report)
     if unsafe_no_witnesses:
         report.checks.append(

@@ -1,0 +1,99 @@
+"""Check 6d (`cofre_evidence_verifier.key_registrations`) on synthetic bundles: what
+ties a key's registration to a ceremony or to the vault's first start, and what does
+not. The end-to-end attack with a real vault, token and exporter is
+tests/compliance/test_aud36_key_registration.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cofre_evidence_verifier.report import Report
+from cofre_evidence_verifier.verify import verify_bundle
+from tests.support.evidence_bundles import build, day_log, payload
+
+DAY = "2026-03-01"
+CEREMONY = "5b8e0f6a-3c2d-4e1f-9a7b-2c3d4e5f6a7b"
+
+
+def _register(label: str, how: str, at: str = "00:00:00") -> str:
+    details = {"label": label, "cka_id": "AQ==", "check": "x", "how": how}
+    return payload("key.register", f"{DAY}T{at}.000000Z", key_id=label, details=details)
+
+
+def _start(new_version: int, kind: str = "kek") -> str:
+    details = {"kind": kind, "old_version": new_version - 1, "new_version": new_version}
+    return payload(
+        "key.rotation.start", f"{DAY}T04:45:00.000000Z", key_id=CEREMONY, details=details
+    )
+
+
+def _verify(log: list[str], start: int, tmp_path: Path) -> Report:
+    bundle = build(log, start, len(log))
+    return verify_bundle(
+        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, unsafe_no_witnesses=True
+    )
+
+
+def _problems(report: Report) -> list[str]:
+    return [p for p in report.problems if p.startswith("key registrations:")]
+
+
+def test_the_first_start_adopting_later_versions_verifies(tmp_path: Path) -> None:
+    """A vault's first start on a token holding kek-v2 adopts it with the rest."""
+    adopted = [_register(label, "adopted at first start") for label in ("cofre-kek-v2",)]
+    report = _verify([*adopted, *day_log(10, DAY)], 0, tmp_path)
+    assert report.ok, report.problems
+    assert "key_registrations" in report.passed_checks
+
+
+def test_an_adoption_after_another_registration_fails(tmp_path: Path) -> None:
+    """The vault adopts only into an empty registry: after `cofre hsm init`'s
+    registrations, an "adoption" of kek-v2 is the operator's entry."""
+    log = [
+        _register("cofre-kek-v1", "cofre hsm init"),
+        _register("cofre-kek-v2", "adopted at first start", "00:00:01"),
+        *day_log(10, DAY),
+    ]
+    report = _verify(log, 0, tmp_path)
+    assert not report.ok
+    [problem] = _problems(report)
+    assert "cofre-kek-v2" in problem
+    assert "outside any key ceremony" in problem
+
+
+def test_an_adoption_in_a_bundle_not_from_the_log_start_fails(tmp_path: Path) -> None:
+    log = [*day_log(10, DAY)]
+    log.insert(5, _register("cofre-fp-v2", "adopted at first start", "04:30:00"))
+    report = _verify(log, 3, tmp_path)
+    assert [p for p in _problems(report) if "cofre-fp-v2" in p], report.problems
+
+
+def test_a_registration_must_match_its_ceremony_start(tmp_path: Path) -> None:
+    """The start after it rotates the KEK to version 3, not 2; and one start accounts
+    for one registration (a second key under the same ceremony is a substitute)."""
+    how = f"created by key ceremony {CEREMONY}"
+    log = [*day_log(10, DAY)]
+    log[5:5] = [_register("cofre-kek-v2", how, "04:30:00"), _start(3)]
+    report = _verify(log, 1, tmp_path)
+    [problem] = _problems(report)
+    assert "registers cofre-kek-v2" in problem
+    assert "rotating kek to version 2" in problem
+    log = [*day_log(10, DAY)]
+    twice = [_register("cofre-kek-v2", how, f"04:30:0{n}") for n in (0, 1)]
+    log[5:5] = [*twice, _start(2)]
+    report = _verify(log, 1, tmp_path)
+    [problem] = _problems(report)
+    assert "entry 6 registers cofre-kek-v2" in problem, problem
+
+
+def test_version_one_and_other_labels_are_not_registrations_of_a_ceremony(
+    tmp_path: Path,
+) -> None:
+    log = [*day_log(10, DAY)]
+    log[5:5] = [
+        _register("cofre-audit-v1", "cofre hsm init", "04:30:00"),
+        _register("cofre-csc-e494520", "security-code epoch", "04:30:01"),
+    ]
+    report = _verify(log, 1, tmp_path)
+    assert report.ok, report.problems
+    assert any("0 keys put into use" in c for c in report.checks), report.checks

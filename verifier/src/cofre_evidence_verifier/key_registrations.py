@@ -1,0 +1,173 @@
+"""Check 6d: every key the period brought into use came from a key ceremony.
+
+The vault's key registry is its `key.register` audit entries: the newest registered
+version of a kind is the one in use (the vault's `vault.key_registry`). Whoever holds
+the HSM PIN and the database can make the next version on the token and write its
+`key.register` entry: the vault then uses it, with no proposal, approval or start, and
+check 6c, which counts the officers of each rotation *started* in the period, had
+nothing to count (audit 36: such a bundle was VERIFIED, its report silent).
+
+So each registration of the period of a key that only a ceremony makes (a KEK,
+fingerprint or audit key of version 2 or later: version 1 of each is made by
+`cofre hsm init`) must say it was made by a key ceremony (``details.how``, "created by
+key ceremony <id>", as the vault writes it in the start's own transaction), and that
+ceremony's `key.rotation.start` must be among the period's entries, of the key's kind,
+to that version, and after the registration: then check 6c proves its officers. One
+start accounts for one registration. The one other way is the vault's first start on a
+token that already holds the keys (its registry empty, it adopts them as found): such an
+adoption counts only in a bundle that holds the log from its first entry, with nothing
+before it but what a first start writes (its policy load, CRL loads, key creations and
+the same adoption), so never after an operation or another registration. Anything else
+is named and fails the bundle, a later adoption included (a vault upgraded to the key
+registry on a token that held later versions: ask the officers to show the token's
+keys, `cofre hsm status --json`, and record it; that period cannot be VERIFIED on the
+log alone).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from bisect import bisect_right
+from typing import Any, Final
+
+from cofre_evidence_verifier.bundle import Files, Heads
+from cofre_evidence_verifier.dual_control_log import (
+    START,
+    entry_details,
+    proven_entries,
+    succeeded,
+)
+from cofre_evidence_verifier.report import Report
+
+REGISTER: Final = "key.register"
+# The labels of the token keys a ceremony makes (`hsm.keys.key_label`), and the
+# rotation kind that makes each (`vault.ceremony.RotationKind`).
+_LABEL: Final = re.compile(r"cofre-(kek|fp|audit)-v([1-9][0-9]{0,8})")
+_KIND: Final = {"kek": "kek", "fp": "fingerprint", "audit": "audit"}
+_BY_CEREMONY: Final = "created by key ceremony "
+# What the vault's `KeyRegistry.adopt_if_empty` writes: the token's keys as found, once,
+# when the registry is empty (a vault's first start).
+_ADOPTED: Final = "adopted at first start"
+# How many registrations the report line names (a hostile bundle may hold a million).
+MAX_LISTED: Final = 20
+
+
+def _governed(entry: dict[str, Any]) -> tuple[str, str, int] | None:
+    """(label, rotation kind, version) of a successful registration of a key only a
+    ceremony makes; None for any other entry."""
+    if not succeeded(entry, REGISTER):
+        return None
+    details = entry_details(entry)
+    label = details.get("label", entry.get("key_id"))
+    match = _LABEL.fullmatch(label) if isinstance(label, str) else None
+    if match is None or int(match.group(2)) < 2:
+        return None
+    return str(label), _KIND[match.group(1)], int(match.group(2))
+
+
+# What a vault's first start writes around its adoption of the token's keys: its
+# process's policy load, the client CRLs it puts in force, the keys it creates.
+_FIRST_START: Final = frozenset({"policy.load", "crl.load", "key.create"})
+
+
+def _at_first_start(entry: dict[str, Any]) -> bool:
+    """Whether `entry` may be part of a vault's first start: an adoption, or what the
+    start writes beside it (`_FIRST_START`)."""
+    if entry.get("action") == REGISTER:
+        return entry_details(entry).get("how") == _ADOPTED
+    return entry.get("action") in _FIRST_START
+
+
+def _starts(pool: dict[int, dict[str, Any]], period: set[int]) -> dict[str, list[int]]:
+    """The period's successful starts by ceremony id, ascending. Made once: a scan of
+    the period per registration made a hostile bundle's registrations times its entries
+    (as review 35 found of check 6c)."""
+    out: dict[str, list[int]] = {}
+    for index in sorted(period):
+        ceremony = pool[index].get("key_id")
+        if succeeded(pool[index], START) and isinstance(ceremony, str):
+            out.setdefault(ceremony, []).append(index)
+    return out
+
+
+def _problem(  # noqa: PLR0917 - what the check found, in order
+    pool: dict[int, dict[str, Any]],
+    starts: dict[str, list[int]],
+    index: int,
+    found: tuple[str, str, int],
+    used: set[int],
+    first_adoption: bool,
+) -> str | None:
+    """Why the registration at `index` is not proven to come from a ceremony (or from
+    the vault's first start, `first_adoption`); None when it is (its start is then
+    added to `used`)."""
+    label, kind, version = found
+    how = entry_details(pool[index]).get("how")
+    shown = f"entry {index} registers {label}"
+    if how == _ADOPTED and first_adoption:
+        return None
+    if not isinstance(how, str) or not how.startswith(_BY_CEREMONY):
+        return (
+            f"key registrations: {shown} ({how!r}) outside any key ceremony: a key put into "
+            "use with no officer's approval (the vault uses the newest registered version)"
+        )
+    ceremony = how.removeprefix(_BY_CEREMONY)
+    # The first start of the ceremony after the registration: the vault writes both in
+    # one transaction, and a ceremony started twice fails check 6c anyway.
+    ceremony_starts = starts.get(ceremony, [])
+    at = bisect_right(ceremony_starts, index)
+    start = ceremony_starts[at] if at < len(ceremony_starts) else None
+    details = {} if start is None else entry_details(pool[start])
+    same = (details.get("kind"), details.get("new_version")) == (kind, version)
+    if start is not None and start not in used and same:
+        used.add(start)
+        return None
+    return (
+        f"key registrations: {shown}, made by key ceremony {ceremony}, but no start of that "
+        f"ceremony rotating {kind} to version {version} follows it in the period (or its "
+        "start already accounts for another registration): a key put into use with no "
+        "officer's approval"
+    )
+
+
+def check_key_registrations(
+    files: Files, manifest: dict[str, Any], heads: Heads, report: Report
+) -> None:
+    """Pass `key_registrations` when every registration of the period of a key only a
+    ceremony makes is tied to that ceremony's start (see the module docstring)."""
+    size = manifest["covering_head"]["tree_size"]
+    head = heads.get(size)
+    if head is None:
+        return  # already reported by the entries check
+    # The records' own problems are check 6c's to report.
+    pool = proven_entries(files, size, base64.b64decode(head["root_hash"]), [])
+    first, end = manifest["entries"]["first_index"], manifest["entries"]["end_index"]
+    period = {index for index in pool if first <= index < end}
+    starts, used = _starts(pool, period), set[int]()
+    problems, tied = [], []
+    # The vault adopts only into an empty registry, at its first start: an adoption is
+    # that start's only while the bundle holds the log from its first entry and nothing
+    # but the start's own entries came before it (no other registration, no operation).
+    first_adoption = first == 0
+    for index in sorted(period):
+        first_adoption = first_adoption and _at_first_start(pool[index])
+        found = _governed(pool[index])
+        if found is None:
+            continue
+        problem = _problem(pool, starts, index, found, used, first_adoption)
+        if problem is None:
+            tied.append(f"{found[0]} (entry {index})")
+        else:
+            problems.append(problem)
+    for problem in problems[:MAX_LISTED]:
+        report.fail(problem)
+    if len(problems) > MAX_LISTED:
+        report.fail(f"key registrations: {len(problems) - MAX_LISTED} more not shown")
+    if not problems:
+        named = ": " + ", ".join(tied[:MAX_LISTED]) if tied else ""
+        report.passed(
+            "key_registrations",
+            f"key registrations: {len(tied)} key{'' if len(tied) == 1 else 's'} put into use "
+            f"in the period, each by a key ceremony started after it{named}",
+        )
