@@ -97,3 +97,27 @@ def test_version_one_and_other_labels_are_not_registrations_of_a_ceremony(
     report = _verify(log, 1, tmp_path)
     assert report.ok, report.problems
     assert any("0 keys put into use" in c for c in report.checks), report.checks
+
+
+def test_a_ceremony_id_the_log_masked_still_ties_its_registration(tmp_path: Path) -> None:
+    """The log masks a detail's run of twelve digits (a UUID's last group, sometimes all
+    decimal) but keeps the start's `key_id` whole: the registration's `how` is matched
+    in its masked form."""
+    ceremony = "5b8e0f6a-3c2d-4e1f-9a7b-123456789012"
+    start = _start(2).replace(CEREMONY, ceremony)
+    log = [*day_log(10, DAY)]
+    masked = "created by key ceremony 5b8e0f6a-3c2d-4e1f-9a7b-12******9012"
+    log[5:5] = [_register("cofre-kek-v2", masked, "04:30:00"), start]
+    report = _verify(log, 1, tmp_path)
+    assert _problems(report) == []
+    assert "key_registrations" in report.passed_checks
+    other = masked.replace("-9a7b-", "-9a7c-")
+    log[5] = _register("cofre-kek-v2", other, "04:30:00")
+    assert _problems(_verify(log, 1, tmp_path)), "a masked id of another ceremony counted"
+
+
+def test_a_label_the_vault_parses_is_checked_as_the_vault_parses_it(tmp_path: Path) -> None:
+    """The vault's label pattern ends in `$`, which also takes a final newline."""
+    log = [*day_log(10, DAY)]
+    log.insert(5, _register("cofre-kek-v2\n", "adopted at first start", "04:30:00"))
+    assert [p for p in _problems(_verify(log, 3, tmp_path)) if "cofre-kek-v2" in p]

@@ -41,9 +41,10 @@ from cofre_evidence_verifier.dual_control_log import (
 from cofre_evidence_verifier.report import Report
 
 REGISTER: Final = "key.register"
-# The labels of the token keys a ceremony makes (`hsm.keys.key_label`), and the
-# rotation kind that makes each (`vault.ceremony.RotationKind`).
-_LABEL: Final = re.compile(r"cofre-(kek|fp|audit)-v([1-9][0-9]{0,8})")
+# The labels of the token keys a ceremony makes, as the vault parses them
+# (`hsm.keys._LABEL` with `re.match`, whose `$` also takes a label ending in a newline:
+# whatever the vault takes for a version of a kind is checked here too).
+_LABEL: Final = re.compile(r"^cofre-(kek|fp|audit)-v([1-9][0-9]{0,5})$")
 _KIND: Final = {"kek": "kek", "fp": "fingerprint", "audit": "audit"}
 _BY_CEREMONY: Final = "created by key ceremony "
 # What the vault's `KeyRegistry.adopt_if_empty` writes: the token's keys as found, once,
@@ -60,7 +61,7 @@ def _governed(entry: dict[str, Any]) -> tuple[str, str, int] | None:
         return None
     details = entry_details(entry)
     label = details.get("label", entry.get("key_id"))
-    match = _LABEL.fullmatch(label) if isinstance(label, str) else None
+    match = _LABEL.match(label) if isinstance(label, str) else None
     if match is None or int(match.group(2)) < 2:
         return None
     return str(label), _KIND[match.group(1)], int(match.group(2))
@@ -79,21 +80,52 @@ def _at_first_start(entry: dict[str, Any]) -> bool:
     return entry.get("action") in _FIRST_START
 
 
-def _starts(pool: dict[int, dict[str, Any]], period: set[int]) -> dict[str, list[int]]:
-    """The period's successful starts by ceremony id, ascending. Made once: a scan of
-    the period per registration made a hostile bundle's registrations times its entries
-    (as review 35 found of check 6c)."""
-    out: dict[str, list[int]] = {}
+def _starts(pool: dict[int, dict[str, Any]], period: set[int]) -> dict[str | None, list[int]]:
+    """The period's successful starts by ceremony id, and all of them under None,
+    ascending. Made once: a scan of the period per registration made a hostile bundle's
+    registrations times its entries (as review 35 found of check 6c)."""
+    out: dict[str | None, list[int]] = {None: []}
     for index in sorted(period):
         ceremony = pool[index].get("key_id")
         if succeeded(pool[index], START) and isinstance(ceremony, str):
+            out[None].append(index)
             out.setdefault(ceremony, []).append(index)
     return out
 
 
+def _shown_as(shown: str, ceremony: str) -> bool:
+    """Whether `shown` is the id `ceremony` as the audit log's PAN mask writes it in a
+    detail: same length, differing only where `shown` has an asterisk (an id whose last
+    group is twelve decimal digits is shown ``…-12******9012``; the start's `key_id`,
+    an identifier, is kept whole)."""
+    return len(shown) == len(ceremony) and all(
+        a in {b, "*"} for a, b in zip(shown, ceremony, strict=True)
+    )
+
+
+def _next_start(
+    pool: dict[int, dict[str, Any]], starts: dict[str | None, list[int]], index: int, shown: str
+) -> int | None:
+    """The first start of the ceremony `shown` (as the registration names it) after leaf
+    `index`; None when there is none. A masked id is matched against the next
+    `MAX_LISTED` starts only: the vault writes the start in the registration's own
+    transaction, so it comes next, and a hostile bundle's many starts are not scanned
+    once per registration."""
+    if "*" not in shown:
+        candidates = starts.get(shown, [])
+        at = bisect_right(candidates, index)
+        return candidates[at] if at < len(candidates) else None
+    every = starts[None]
+    at = bisect_right(every, index)
+    for start in every[at : at + MAX_LISTED]:
+        if _shown_as(shown, str(pool[start].get("key_id"))):
+            return start
+    return None
+
+
 def _problem(  # noqa: PLR0917 - what the check found, in order
     pool: dict[int, dict[str, Any]],
-    starts: dict[str, list[int]],
+    starts: dict[str | None, list[int]],
     index: int,
     found: tuple[str, str, int],
     used: set[int],
@@ -115,9 +147,7 @@ def _problem(  # noqa: PLR0917 - what the check found, in order
     ceremony = how.removeprefix(_BY_CEREMONY)
     # The first start of the ceremony after the registration: the vault writes both in
     # one transaction, and a ceremony started twice fails check 6c anyway.
-    ceremony_starts = starts.get(ceremony, [])
-    at = bisect_right(ceremony_starts, index)
-    start = ceremony_starts[at] if at < len(ceremony_starts) else None
+    start = _next_start(pool, starts, index, ceremony)
     details = {} if start is None else entry_details(pool[start])
     same = (details.get("kind"), details.get("new_version")) == (kind, version)
     if start is not None and start not in used and same:
