@@ -199,5 +199,6 @@ def check_key_registrations(
         report.passed(
             "key_registrations",
             f"key registrations: {len(tied)} key{'' if len(tied) == 1 else 's'} put into use "
-            f"in the period, each by a key ceremony started after it{named}",
+            f"in the period, each by the key ceremony whose start follows it (or adopted at "
+            f"the vault's first start){named}",
         )
