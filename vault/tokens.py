@@ -7,8 +7,9 @@ is met exactly, with no bias, by choosing one free digit last:
 - ``fail``: it is drawn uniformly from the nine values that make the token invalid;
 - ``any``: every free digit is uniform.
 
-FF1 tokens (`FormatType.FPE`) encrypt the free middle digits with the token domain and
-the kept digits as the tweak (so the same PAN gives unrelated tokens in two domains).
+FF1 tokens (`FormatType.FPE`) encrypt the free middle digits with the token domain, the
+kept digits and the Luhn setting as the tweak (so the same PAN gives unrelated tokens in
+two domains, and in two formats that differ only in their Luhn setting).
 With ``luhn = "any"`` that is plain FF1. With ``pass`` or ``fail`` the PAN must be
 Luhn-valid, and FF1 is cycle-walked over the middles that keep the number Luhn-valid
 (10^(m-1) of the 10^m values, exactly the PANs that can exist in that BIN/last-four
@@ -169,10 +170,16 @@ class FpeTokenizer:
             digits[lead : len(digits) - trail],
             digits[len(digits) - trail :],
         )
-        # The domain and the kept digits are the tweak, so the same middle in another
-        # domain, or under another BIN or last four, encrypts differently. The domain
-        # comes last, after a separator digits cannot hold.
-        return prefix, middle, suffix, f"{prefix}:{suffix}|{domain}".encode()
+        # The domain, the kept digits and the Luhn setting are the tweak, so the same
+        # middle in another domain, under another BIN or last four, or in a format of
+        # the same shape with another Luhn setting, encrypts differently. Without the
+        # setting a ``fail`` token was the ``pass`` token of the same card with one
+        # digit moved: two formats' tokens showed they were one card (session 36,
+        # tests/vault/test_token_format_links.py). The kept digits' lengths are the
+        # format's, so its shape is bound too. The domain comes last, after a separator
+        # neither digits nor a setting's name can hold.
+        tweak = f"{prefix}:{suffix}:{spec.luhn.value}|{domain}"
+        return prefix, middle, suffix, tweak.encode()
 
     def _walk(self, prefix: str, middle: str, suffix: str, tweak: bytes, *, forward: bool) -> str:
         step = self._ff1.encrypt if forward else self._ff1.decrypt
