@@ -22,6 +22,29 @@ def ff1_samples() -> list[dict[str, Any]]:
     return samples
 
 
+def ff1_acvp_cases() -> list[dict[str, Any]]:
+    """NIST's ACVP FF1 test cases (vectors/ff1_acvp_samples.json), one dict per case with
+    its group's direction, key length, radix and alphabet."""
+    data: dict[str, Any] = load_json("ff1_acvp_samples.json")
+    cases = []
+    for group in data["groups"]:
+        for tc_id, key, tweak, pt, ct in group["tests"]:
+            cases.append(
+                {
+                    "tcId": tc_id,
+                    "direction": group["direction"],
+                    "keyLen": group["keyLen"],
+                    "radix": group["radix"],
+                    "alphabet": group["alphabet"],
+                    "key": key,
+                    "tweak": tweak,
+                    "pt": pt,
+                    "ct": ct,
+                }
+            )
+    return cases
+
+
 def rfc9162_cases(kind: str) -> list[tuple[str, dict[str, Any]]]:
     """Return (name, case) for every JSON file under rfc9162/`kind`/, sorted by name."""
     root = VECTORS / "rfc9162" / kind
