@@ -17,8 +17,8 @@ from sqlalchemy import Engine
 from cofre.redaction import masked_leading
 from hsm.provider import HSMProvider
 from policies.formats import (
-    BUILTIN_FORMATS,
     BIN8_MIN_PAN_LENGTH,
+    BUILTIN_FORMATS,
     FPE_MIN_DOMAIN,
     FormatSpec,
     FormatType,
@@ -158,8 +158,10 @@ def test_lengths_outside_12_to_19_are_no_pan(digits: str) -> None:
 @pytest.mark.parametrize(
     ("pan", "name"),
     [
-        (card(16, "0000000"), "pan_bin6_last4"),  # leading zeros, and all zeros but the check
+        (card(16, "0000000"), "pan_bin6_last4"),  # leading zeros
         (card(16, "0000000"), "pan_fpe"),
+        (card(16, "0" * 19), "pan_bin6_last4"),  # all zeros (its check digit is 0 too)
+        (card(16, "0" * 19), "pan_fpe"),
         (card(19, "00000000"), "pan_bin8_last4"),
         (card(16, "4444444444444444"), "pan_bin6_last4"),  # all one digit but the check
         (card(16, "4444444444444444"), "pan_fpe"),
