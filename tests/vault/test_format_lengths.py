@@ -29,11 +29,23 @@ from vault.errors import FormatNotApplicable, InvalidPan
 from vault.models import CallContext
 from vault.pan import Pan, luhn_check_digit, luhn_valid
 from vault.service import TokenizeRequest, VaultService
+from vault.tokens import FpeTokenizer
 
 POLICY = """
+[formats.fpe_any]
+type = "fpe"
+luhn = "any"
+pan_lengths = [16]
+
+[formats.fpe_pass]
+type = "fpe"
+luhn = "pass"
+pan_lengths = [16]
+
 [identities."spiffe://cofre/payments"]
 operations = ["tokenize", "detokenize_masked"]
-formats = ["pan_bin6_last4", "pan_bin8_last4", "pan_last4", "pan_fpe", "uuid"]
+formats = ["pan_bin6_last4", "pan_bin8_last4", "pan_last4", "pan_fpe", "uuid", "fpe_any",
+           "fpe_pass"]
 reveal = "masked"
 oracle_guard = { max_pans_per_bucket = 100000 }
 """
@@ -181,3 +193,26 @@ def test_edge_cards_round_trip_with_their_leading_zeros(
     if BUILTIN_FORMATS[name].type is FormatType.FPE or len(digits) >= 16:
         assert again.token == record.token  # convergent where guessing is hopeless
     assert service.detokenize_masked(PAYMENTS, record.token).masked[-4:] == digits[-4:]
+
+
+@pytest.mark.parametrize("name", ["fpe_any", "fpe_pass"])
+def test_an_ff1_fixed_point_is_never_issued(
+    service: VaultService, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """FF1 under ``luhn = "any"`` or ``"pass"`` maps a card to itself about once in 10^6
+    (10^5) cards of its bucket; forced here, the card gets a re-issue, never itself."""
+    pan = card(16, "4111118")
+    real = FpeTokenizer.encrypt
+
+    def fixed_point(self: FpeTokenizer, spec: FormatSpec, given: Pan, *, domain: str) -> str:
+        if "\x00" in domain:  # a re-issue: as FF1 computes it
+            return real(self, spec, given, domain=domain)
+        return given.reveal()
+
+    monkeypatch.setattr(FpeTokenizer, "encrypt", fixed_point)
+    record = service.tokenize(PAYMENTS, TokenizeRequest(pan, name))
+    assert record.token != pan.reveal()
+    assert len(record.token) == 16
+    assert record.token[:6] + record.token[-4:] == pan.reveal()[:6] + pan.reveal()[-4:]
+    masked = service.detokenize_masked(PAYMENTS, record.token).masked
+    assert masked == pan.masked()
