@@ -26,6 +26,7 @@ _WEAKENING: Final = {
 }
 # Under TLS 1.2 (libpq's own minimum by default).
 _OLD_TLS: Final = frozenset({"tlsv1", "tlsv1.1"})
+_C_SPACE: Final = " \t\n\v\f\r"
 
 
 def unverified_database(url: str) -> str | None:
@@ -115,21 +116,38 @@ def _service_entry(service: str) -> dict[str, str] | None:
         files.append(Path(system) / "pg_service.conf")
     for path in files:
         try:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            # Lines as libpq's fgets reads them: split at a newline only.
+            lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
         except OSError:
             continue
-        sections: dict[str, dict[str, str]] = {}
-        current: dict[str, str] | None = None
-        for raw in lines:
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith("[") and line.endswith("]"):
-                current = sections.setdefault(line[1:-1], {})
-            elif current is not None and "=" in line:
-                key, _, value = line.partition("=")
-                # libpq sets only what is not set yet: a key's first value wins.
-                current.setdefault(key.strip(), value.strip())
-        if service in sections:
-            return sections[service]
+        entry = _section(lines, service)
+        if entry is not None:
+            return entry
     return None
+
+
+def _section(lines: list[str], service: str) -> dict[str, str] | None:
+    """The settings of `service`'s section in a service file's `lines`, read as libpq's
+    ``parseServiceFile`` reads them, or None when the file has no such section. Its
+    header is a line starting ``[`` + the name + ``]``, whatever follows (``[vault] #
+    production``), and the section ends at the next line starting ``[``: a later
+    section of the same name is not read. (Session 36 review: a header was taken only
+    exact and same-named sections merged, so ``[vault] # production`` was no section to
+    the check, which went on to PGSYSCONFDIR's clean entry while libpq connected with
+    this one.) Spaces around ``=`` are taken out here, where libpq refuses the line."""
+    header = f"[{service}]"
+    entry: dict[str, str] | None = None
+    for raw in lines:
+        line = raw.strip(_C_SPACE)  # C's isspace, as libpq trims; not Unicode's
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            if entry is not None:
+                break
+            if line.startswith(header):
+                entry = {}
+        elif entry is not None and "=" in line:
+            key, _, value = line.partition("=")
+            # libpq sets only what is not set yet: a key's first value wins.
+            entry.setdefault(key.strip(), value.strip())
+    return entry
