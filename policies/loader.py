@@ -28,6 +28,8 @@ MAX_POLICY_TEXT: Final = 64 * 1024
 # How much of the offending line a refusal shows (as the log would record it).
 _SHOWN: Final = 120
 _SHORT_NUMBER: Final = re.compile(r"(?<![0-9])[0-9]{2}(?![0-9])")
+# A line that only goes on a list begun above (numbers, commas, brackets, a comment).
+_LIST_CONTINUED: Final = re.compile(r"[\s0-9,\[\]-]*(#.*)?")
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class LoadedPolicy:
     text: str = ""
 
 
-def _recorded_as_written(text: str, source: str) -> None:
+def _recorded_as_written(text: str, source: str, kind: str) -> None:
     """Refuse a text the audit log would record otherwise than written (session 36).
 
     The `policy.load`/`policy.reload` entry carries the text as its document and the
@@ -76,20 +78,35 @@ def _recorded_as_written(text: str, source: str) -> None:
     end = masked.find("\n", first)
     shown = masked[start : end if end >= 0 else len(masked)]
     raise PolicyInvalid(
-        _masked_run_message(source, text, first, start, shown) + _hint(text, start, end)
+        _masked_run_message(source, text, first, start, shown) + _hint(text, start, kind)
     )
 
 
-def _hint(text: str, start: int, end: int) -> str:
+def _hint(text: str, start: int, kind: str) -> str:
     """A way out for the one list the policy's own fields make masked: six or more PAN
-    lengths (``pan_lengths = [14, 15, 16, 17, 18, 19]``), already validated 12 to 19."""
-    line = text[start : end if end >= 0 else len(text)]
-    if not line.lstrip().lstrip("-").lstrip().startswith("pan_lengths"):
+    lengths (``pan_lengths = [14, 15, 16, 17, 18, 19]``), already validated 12 to 19.
+    The list may span lines (``pan_lengths = [`` then the numbers, as a formatter lays
+    it out; session 36 review: such a list got no hint): read from the line where it
+    starts to its ``]``. Said in the policy's own syntax (TOML ``=``, YAML ``:``)."""
+    lines = text.split("\n")
+    at = head = text.count("\n", 0, start)
+    while head > 0 and _LIST_CONTINUED.fullmatch(lines[head]):
+        head -= 1
+    if not lines[head].lstrip().lstrip("-").lstrip().startswith("pan_lengths"):
         return ""
-    lengths = sorted({int(n) for n in _SHORT_NUMBER.findall(line)})
+    last = at
+    while (
+        "]" not in lines[last].partition("#")[0]
+        and last + 1 < len(lines)
+        and _LIST_CONTINUED.fullmatch(lines[last + 1])
+    ):
+        last += 1
+    written = " ".join(line.partition("#")[0] for line in lines[head : last + 1])
+    lengths = sorted({int(n) for n in _SHORT_NUMBER.findall(written)})
     if lengths and lengths == list(range(lengths[0], lengths[-1] + 1)):
         low, high = lengths[0], lengths[-1]
-        return f'. For a list of PAN lengths write the range: pan_lengths = "{low}-{high}"'
+        equals = " =" if kind == "toml" else ":"
+        return f'. For a list of PAN lengths write the range: pan_lengths{equals} "{low}-{high}"'
     return ". Six or more PAN lengths in one list read as a card's groups: split the format"
 
 
@@ -134,7 +151,7 @@ def parse_policy(text: str, *, kind: str, source: str = "<string>") -> LoadedPol
         # field error's location is an identity's key, and some checks quote a name.
         raise PolicyInvalid(f"policy {source} is invalid: {mask_pan_like(problems)}") from None
     # After the fields: an identity with such a run is named by its position there.
-    _recorded_as_written(text, source)
+    _recorded_as_written(text, source, kind)
     return LoadedPolicy(policy, source, hashlib.sha256(text.encode()).hexdigest(), text)
 
 
