@@ -19,8 +19,8 @@ import psycopg
 import pytest
 
 from cofre.errors import ConfigurationError
-from tests.cofre_cli.test_rev35_database_tls import _checks
 from tests.cofre_cli.test_res36_database_tls_environment import _LIBPQ_TLS
+from tests.cofre_cli.test_rev35_database_tls import _checks
 from tests.support.postgres import PostgresCluster
 
 _PINNED_REMOTE = (

@@ -17,7 +17,9 @@ from policies.errors import PolicyInvalid
 from policies.loader import parse_policy
 
 _TOML_ID = '[identities."spiffe://cofre/payments"]\noperations = ["tokenize"]\nformats = ["long"]\n'
-_YAML_ID = 'identities:\n  "spiffe://cofre/payments":\n    operations: [tokenize]\n    formats: [long]\n'
+_YAML_ID = (
+    'identities:\n  "spiffe://cofre/payments":\n    operations: [tokenize]\n    formats: [long]\n'
+)
 
 
 def _refusal(text: str, kind: str) -> str:
