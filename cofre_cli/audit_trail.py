@@ -122,9 +122,11 @@ def private_export(
         # Session 36: every look-up, creation, rename and unlink below is relative to
         # this handle, so whoever may write the directory above cannot swap `path`'s
         # directory for a link between a check and the act and redirect an unlink (or
-        # the copy) elsewhere (review 35c). Opened as named, links included, once.
+        # the copy) elsewhere (review 35c). Opened as named, links included, once, as a
+        # path handle: a directory its user may write but not list (a drop directory)
+        # takes the export as before (session 36 review: opened for reading, refused).
         try:
-            directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
         stops.callback(os.close, directory)
@@ -226,10 +228,18 @@ def _remove_stale(directory: int, started: float) -> None:
     run) and locked by no export under way. Best effort: a file that cannot be judged
     is left. Each judged and removed relative to the handle (session 36)."""
     try:
-        with os.scandir(directory) as entries:
+        # Listed through the directory itself reopened for reading ("." relative to the
+        # path handle, which cannot be listed): not by its path, which may be swapped.
+        listed = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=directory)
+    except OSError:
+        return  # a directory this user may not list: nothing judged, nothing removed
+    try:
+        with os.scandir(listed) as entries:
             names = [e.name for e in entries if _EXPORT_TEMPORARY.fullmatch(e.name)]
     except OSError:
         return
+    finally:
+        os.close(listed)
     removed = 0
     for name in names:
         with contextlib.suppress(OSError):
