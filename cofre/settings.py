@@ -511,6 +511,16 @@ OTHER_PREFIXES: Final = ("COFRE_WITNESS_", "COFRE_INFRA_", "COFRE_SHIM_", "COFRE
 _SERVICE_LINK: Final = re.compile(
     r"COFRE\w*?_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)"
 )
+# What the kubelet puts in `<NAME>_PORT`: `tcp://<address>:<port>`. That name alone is
+# also the likeliest typo of a port setting (COFRE_SERVER_PORT for COFRE_SERVER__PORT),
+# which holds a number: told to turn service links off, its operator looked in the
+# wrong place (session 36 review).
+_LINK_ADDRESS: Final = re.compile(r"(tcp|udp|sctp)://", re.IGNORECASE)
+
+
+def _service_link(name: str, value: str) -> bool:
+    found = _SERVICE_LINK.fullmatch(name.upper())
+    return found is not None and (found[1] != "PORT" or _LINK_ADDRESS.match(value) is not None)
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
@@ -540,7 +550,7 @@ def load_settings(**overrides: Any) -> Settings:
     if unknown := unknown_variables(os.environ):
         # The kubelet's Docker-link variables for a Service whose name starts with
         # `cofre` look like typos; say where they come from (review 36).
-        links = [n for n in unknown if _SERVICE_LINK.fullmatch(n.upper())]
+        links = [n for n in unknown if _service_link(n, os.environ.get(n, ""))]
         hint = (
             f" ({', '.join(links)}: a Kubernetes Service's link variables; set "
             "`enableServiceLinks: false` in the pod)"

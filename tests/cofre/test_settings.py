@@ -187,6 +187,28 @@ def test_service_link_variables_are_refused_with_the_fix(monkeypatch: pytest.Mon
 
 
 @pytest.mark.parametrize(
+    ("name", "value", "link"),
+    [
+        ("COFRE_SERVER_PORT", "8443", False),  # COFRE_SERVER__PORT with one underscore
+        ("COFRE_SERVER_METRICS_PORT", "9464", False),
+        ("COFRE_PORT", "tcp://172.20.1.2:8443", True),  # the kubelet's, for Service cofre
+        ("COFRE_METRICS_PORT", "tcp://172.20.1.3:9464", True),  # ... for cofre-metrics
+    ],
+)
+def test_the_service_link_hint_is_not_given_for_a_typo(
+    name: str, value: str, link: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Session 36 review: the hint was given by name alone, and the likeliest typo of a
+    setting, `COFRE_SERVER_PORT` for `COFRE_SERVER__PORT`, is the name the kubelet gives
+    a Service `cofre-server`'s address; it told the operator to turn service links off.
+    A `<NAME>_PORT` link variable holds `tcp://<address>:<port>`, a port setting a number."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match="unknown environment variable") as refused:
+        load_settings()
+    assert ("enableServiceLinks" in str(refused.value)) is link, str(refused.value)
+
+
+@pytest.mark.parametrize(
     "name",
     [
         "COFRE_HSM__TOKEN_LABEL",
