@@ -78,19 +78,23 @@ def _recorded_as_written(text: str, source: str, kind: str) -> None:
     end = masked.find("\n", first)
     shown = masked[start : end if end >= 0 else len(masked)]
     raise PolicyInvalid(
-        _masked_run_message(source, text, first, start, shown) + _hint(text, start, kind)
+        _masked_run_message(source, text, first, start, shown) + _hint(text, first, kind)
     )
 
 
-def _hint(text: str, start: int, kind: str) -> str:
+def _hint(text: str, first: int, kind: str) -> str:
     """A way out for the one list the policy's own fields make masked: six or more PAN
     lengths (``pan_lengths = [14, 15, 16, 17, 18, 19]``), already validated 12 to 19.
     The list may span lines (``pan_lengths = [`` then the numbers, as a formatter lays
     it out; session 36 review: such a list got no hint): read from the line where it
-    starts to its ``]``. Said in the policy's own syntax (TOML ``=``, YAML ``:``)."""
+    starts to its ``]``. Said in the policy's own syntax (TOML ``=``, YAML ``:``). None
+    for a run in a comment (`first`, where the run starts, after a ``#``): the lengths
+    are not what the log masked."""
     lines = text.split("\n")
-    at = head = text.count("\n", 0, start)
-    while head > 0 and _LIST_CONTINUED.fullmatch(lines[head]):
+    at = head = text.count("\n", 0, first)
+    if "#" in text[text.rfind("\n", 0, first) + 1 : first]:
+        return ""
+    while head > 0 and lines[head].strip() and _LIST_CONTINUED.fullmatch(lines[head]):
         head -= 1
     if not lines[head].lstrip().lstrip("-").lstrip().startswith("pan_lengths"):
         return ""

@@ -66,3 +66,21 @@ def test_the_range_it_names_loads() -> None:
     assert parse_policy(text, kind="toml").policy.formats["long"].pan_lengths == tuple(
         range(14, 20)
     )
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "pan_lengths = [16, 19]  # acquirer MID 123456789012\n",
+        "pan_lengths = [16, 19]\n\n# acquirer MID 123456789012\n",
+        "pan_lengths = [\n  16, 19,\n  # acquirer MID 123456789012\n]\n",
+    ],
+    ids=["same-line", "after-a-blank", "inside-the-list"],
+)
+def test_a_number_in_a_comment_near_pan_lengths_gets_no_lengths_hint(written: str) -> None:
+    """The run is the comment's, not the lengths': the hint told the operator to split
+    a format whose two lengths were never the problem."""
+    text = f'[formats.long]\ntype = "random"\n{written}\n{_TOML_ID}'
+    message = _refusal(text, "toml")
+    assert "12******9012" in message, message
+    assert "PAN lengths" not in message, message
