@@ -32,6 +32,7 @@
   var RETRY_ATTEMPTS = 4;
   var RETRY_BUDGET_SECONDS = 10;
   var retryTimer = null;
+  var toldComplete = null;
 
   if (codeRule === "forbidden") {
     document.getElementById("code-field").classList.add("hidden");
@@ -166,7 +167,16 @@
     name.value = "";
   });
   form.addEventListener("submit", function (event) { event.preventDefault(); submit(); });
-  form.addEventListener("input", function () { tell({ type: "change", complete: complete() }); });
+  // The parent is told when the card becomes complete or stops being so, never at each
+  // keystroke: a message per input event told any script on the shop's page how many
+  // characters the shopper typed, and when (review web36).
+  form.addEventListener("input", function () {
+    var now = complete();
+    if (now !== toldComplete) {
+      toldComplete = now;
+      tell({ type: "change", complete: now });
+    }
+  });
   expiry.addEventListener("input", function () {
     var d = expiry.value.replace(/[^0-9]/g, "").slice(0, 4);
     expiry.value = d.length > 2 ? d.slice(0, 2) + "/" + d.slice(2) : d;
