@@ -27,9 +27,15 @@ def sri_hash(data: bytes) -> str:
 
 
 def _hosted_fields_page(session_id: str, parent_origin: str, code: SessionCodeRule) -> bytes:
+    # The page names the hash of its script and style (review web36): both are served
+    # cacheable (`public, max-age=300`), so a cache or CDN in front of the capture
+    # origin could hand the browser another copy of the script that reads the card;
+    # the page itself is never cached, and the browser refuses a copy that differs.
     template = asset("hosted-fields.html").decode()
     return (
-        template.replace("{{PARENT_ORIGIN}}", html.escape(parent_origin, quote=True))
+        template.replace("{{SCRIPT_INTEGRITY}}", sri_hash(asset("hosted-fields.js")))
+        .replace("{{STYLE_INTEGRITY}}", sri_hash(asset("hosted-fields.css")))
+        .replace("{{PARENT_ORIGIN}}", html.escape(parent_origin, quote=True))
         .replace("{{SESSION}}", html.escape(session_id, quote=True))
         .replace("{{SECURITY_CODE}}", code.value)
         .encode()
