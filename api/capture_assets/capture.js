@@ -23,8 +23,12 @@
  */
 (function () {
   "use strict";
-  var script = document.currentScript;
-  if (!script || !script.src) {
+  // Through Document.prototype, and only a script element: an element of the page
+  // with name="currentScript" (markup, no script) replaces document.currentScript, and
+  // its src named the attacker's origin as the fields' (DOM clobbering, review web36).
+  var current = Object.getOwnPropertyDescriptor(Document.prototype, "currentScript");
+  var script = current && current.get ? current.get.call(document) : null;
+  if (!(script instanceof HTMLScriptElement) || !script.src) {
     throw new Error("Cofre: load capture.js with a <script src> tag");
   }
   var captureOrigin = new URL(script.src).origin;
