@@ -19,7 +19,14 @@ import httpx
 from vault.errors import UpstreamUnavailable
 from vault.relay import MAX_DEPTH, nested_deeper_than
 
-__all__ = ["MAX_ANSWER_BYTES", "MAX_ANSWER_VALUES", "answer_of", "read_answer", "values_over"]
+__all__ = [
+    "MAX_ANSWER_BYTES",
+    "MAX_ANSWER_VALUES",
+    "NOT_TEXT",
+    "answer_of",
+    "read_answer",
+    "values_over",
+]
 
 # The most of an upstream's answer the vault reads (decoded). Acquirers answer a few KB.
 MAX_ANSWER_BYTES: Final = 1 << 20
@@ -31,6 +38,10 @@ MAX_ANSWER_VALUES: Final = 20_000
 # it starts from, so removing strings stays linear in the text's length.
 _CONTAINER: Final = re.compile(rb"[ \t\r\n]*[\[{]")
 _JSON_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.|\\\Z)*+(?:"|\Z)', re.DOTALL)
+# What an answer that is no JSON and not UTF-8 text is given as (`_text`).
+NOT_TEXT: Final = "[withheld: the upstream's answer is not UTF-8 text]"
+# Control characters that no text answer holds (white space, NUL aside: `_text`).
+_CONTROL: Final = re.compile(r"[\x01-\x08\x0e-\x1f\x7f]")
 
 
 # The content codings an answer may come in despite the relay asking for none: zlib's
@@ -141,8 +152,21 @@ def _text(content: bytes) -> str:
     or UTF-32 echo of ASCII (a Windows service's error text) came back a NUL between
     each character, which the PAN detector skips but the withholding of the security
     code and the cardholder's name did not match: both reached the caller (the attack
-    review). Not decoded as UTF-16 either: ASCII behind a NUL would read as CJK."""
-    return content.decode("utf-8", "replace").replace("\x00", "")
+    review). Not decoded as UTF-16 either: ASCII behind a NUL would read as CJK.
+
+    An answer that is not UTF-8 text then (bytes UTF-8 cannot decode, or control
+    characters other than white space) is `NOT_TEXT`, its status kept: the vault
+    cannot read it, so it cannot mask it. Review 36: such bytes were decoded with
+    U+FFFD in place of each byte UTF-8 refuses and the rest handed over. A compressed
+    echo of the request sent without its `Content-Encoding` kept half its bytes and
+    its CRC, enough to pick the card among the 10^5 its masked reveal leaves; fullwidth
+    digits in UTF-16 kept their low bytes (U+FF15 is 0x15, the digit 5)."""
+    text = content.replace(b"\x00", b"")
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError:
+        return NOT_TEXT
+    return NOT_TEXT if _CONTROL.search(decoded) else decoded
 
 
 def _as_utf8(content: bytes) -> bytes:

@@ -15,6 +15,7 @@ import binascii
 import html
 import re
 import unicodedata
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -314,6 +315,12 @@ def _occurrences(
 _BASE64_WORD: Final = re.compile(r"[A-Za-z0-9+/_-]{20,}={0,2}")
 _JSON_ESCAPE: Final = re.compile(r"\\u([0-9A-Fa-f]{4})")
 _NOT_ASCII_DIGIT: Final = re.compile(r"[^0-9]")
+# The most of a compressed base64 word that is read (`_inflated`): a relay body is at most
+# 64 KiB, and an echo of it compresses a few times; a word that inflates more than
+# `_MAX_RATIO` times its size is read that far only, so a 1 MiB answer of small
+# compression bombs costs tens of MiB of reading, not gigabytes.
+_MAX_INFLATED: Final = 64 * 1024
+_MAX_RATIO: Final = 32
 
 
 def withhold_echoed_pans(value: Any, pans: Sequence[str]) -> Any:
@@ -420,6 +427,9 @@ def _decodings(text: str) -> Iterator[str]:
             decoded = _base64(word)
             if decoded is not None:
                 yield decoded
+                inflated = _inflated(decoded.encode("latin-1"))
+                if inflated is not None:
+                    yield inflated
 
 
 def _base64(word: str) -> str | None:
@@ -432,6 +442,24 @@ def _base64(word: str) -> str | None:
             "latin-1"
         )
     except (binascii.Error, ValueError):
+        return None
+
+
+def _inflated(data: bytes) -> str | None:
+    """`data` decompressed as Latin-1 text when it is gzip or zlib (their headers tell),
+    at most `_MAX_INFLATED` bytes of it; else None. Review 36: the request gzipped in
+    base64 (a debug field, a compressed payload) reached the caller whole."""
+    if data[:2] == b"\x1f\x8b":
+        bits = zlib.MAX_WBITS | 16
+    elif len(data) > 1 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0:
+        bits = zlib.MAX_WBITS  # a zlib header: deflate, its check bits right
+    else:
+        return None
+    decoder = zlib.decompressobj(bits)
+    try:
+        out = decoder.decompress(data, min(_MAX_INFLATED, _MAX_RATIO * len(data)))
+        return out.decode("latin-1")
+    except zlib.error:
         return None
 
 
