@@ -16,9 +16,9 @@ import html
 import re
 import unicodedata
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import unquote_plus
 
 from cofre.redaction import MASK_TRAILING, luhn_valid, mask_pan_values, masked_leading
@@ -123,7 +123,80 @@ def nested_deeper_than(value: Any, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
-def withhold_sent(value: Any, sent: Sequence[str]) -> Any:
+class _Matcher(Protocol):
+    def sub(self, repl: str, string: str) -> str: ...
+    def search(self, string: str) -> object: ...
+
+
+# The texts of a caller's body that may be a guess at a detail the vault sends: a whole
+# run of digits (a code; an expiry sent as MMYY), and an expiry in a layout of
+# `_ECHOED_LAYOUTS` (`vault.operations.relay`).
+_DIGIT_RUN: Final = re.compile(r"(?<![0-9])[0-9]+(?![0-9])")
+# Bounded as `_pattern` bounds a sent expiry, so that a guess is withheld exactly where the
+# card's expiry would be.
+_EXPIRY_LIKE: Final = re.compile(
+    r"(?<!\w)(?:[0-9]{2}/[0-9]{2}(?:[0-9]{2})?|[0-9]{4}-[0-9]{2})(?!\w)"
+)
+
+
+@dataclass(frozen=True)
+class _Guesses:
+    """Matches what `pattern` finds whose `key` is one of `keys`."""
+
+    pattern: re.Pattern[str]
+    keys: frozenset[str]
+    key: Callable[[str], str]
+
+    def sub(self, repl: str, string: str) -> str:
+        return self.pattern.sub(
+            lambda m: repl if self.key(m.group(0)) in self.keys else m.group(0), string
+        )
+
+    def search(self, string: str) -> object:
+        return any(self.key(m.group(0)) in self.keys for m in self.pattern.finditer(string))
+
+
+def _run_key(run: str) -> str:
+    return run.lstrip("0")
+
+
+@dataclass(frozen=True)
+class CallerGuesses:
+    """A caller's texts that may guess a detail (`caller_guesses`): expiry layouts,
+    then digit runs, in the order `withhold_sent` applies the details' own patterns."""
+
+    layouts: _Matcher
+    runs: _Matcher
+
+
+def caller_guesses(body: Any, tokens: Collection[str] = ()) -> CallerGuesses:
+    """What `withhold_sent` must withhold beside the details sent, for a relay whose
+    caller sent `body`: every run of three or four digits (a code, an expiry as MMYY;
+    leading zeros aside, as the code's are) and every expiry-like text the body holds,
+    as written, percent-decoded or in ASCII digits. Review 36: the details were
+    withheld only where they matched, so a caller that wrote all 1,000 codes (or every
+    month of ten years) into a field the acquirer echoes was told by the one
+    `[withheld]` which was the card's, in the one relay that sends the code. Withheld
+    whether they match or not, the caller's own texts tell it nothing. The `tokens` the
+    vault replaces are left out: the card's last four in one is no guess."""
+    runs: set[str] = set()
+    layouts: set[str] = set()
+
+    def note(_index: int, text: str) -> None:
+        if text in tokens:
+            return
+        for form in {text, unquote_plus(text), _ascii_digits(text)}:
+            runs.update(_run_key(r) for r in _DIGIT_RUN.findall(form) if 3 <= len(r) <= 4)
+            layouts.update(_EXPIRY_LIKE.findall(form))
+
+    _replace_texts(body, note)
+    return CallerGuesses(
+        layouts=_Guesses(_EXPIRY_LIKE, frozenset(layouts), str),
+        runs=_Guesses(_DIGIT_RUN, frozenset(runs), _run_key),
+    )
+
+
+def withhold_sent(value: Any, sent: Sequence[str], guesses: CallerGuesses | None = None) -> Any:
     """`value` (an upstream's answer) with every occurrence of the card details the
     vault sent (`sent`: the security code, the cardholder's name, the expiry) replaced
     by `WITHHELD_DETAIL`, wherever the upstream echoed them: a value, a key, inside a
@@ -134,10 +207,21 @@ def withhold_sent(value: Any, sent: Sequence[str]) -> Any:
     percent-decoded or with other scripts' digits read as ASCII (fullwidth,
     Arabic-Indic) is withheld whole. The answer goes to callers outside PCI scope, and
     acquirers echo requests in their errors. Run it on the masked answer: withholding
-    part of a spaced PAN first would leave the rest for the PAN detector to miss."""
-    patterns = [_pattern(text) for text in sent if text]
-    if not patterns:
+    part of a spaced PAN first would leave the rest for the PAN detector to miss.
+    `guesses` (`caller_guesses`) are withheld alike, wherever a detail was sent: an
+    expiry's layouts first, the caller's among them, then the rest, so that a guess
+    that is the card's comes back as one that is not (withheld as digit runs first,
+    `07/31` would be `[withheld]/[withheld]` for a guess and `[withheld]` for the card)."""
+    texts = [text for text in sent if text]
+    if not texts:
         return value
+    layouts = [text for text in texts if _EXPIRY_LIKE.fullmatch(text)]
+    patterns: list[_Matcher] = [_pattern(text) for text in layouts]
+    if guesses is not None:
+        patterns.append(guesses.layouts)
+    patterns.extend(_pattern(text) for text in texts if text not in layouts)
+    if guesses is not None:
+        patterns.append(guesses.runs)
 
     def text(item: str) -> str:
         # Without its NULs, as a text answer is (`vault.relay_client`): UTF-16 text copied

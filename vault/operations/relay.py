@@ -40,8 +40,10 @@ from vault.operations.tokenize import TokenizeOperations
 from vault.pan import Pan
 from vault.relay import (
     MAX_DEPTH,
+    CallerGuesses,
     RelayResult,
     add_pointer,
+    caller_guesses,
     drop_pointer,
     get_pointer,
     mask_strings,
@@ -69,6 +71,8 @@ class _Sent:
     pans: list[str]
     # An expiry sent as month and year apart: ("MM", ("YY", "YYYY")), each sent card's.
     month_years: list[tuple[str, tuple[str, str]]]
+    # The caller's own texts that may guess a detail (`caller_guesses`), withheld alike.
+    guesses: CallerGuesses | None
 
 
 class RelayOperations(TokenizeOperations):
@@ -287,7 +291,11 @@ class RelayOperations(TokenizeOperations):
         if not events:
             events.append(self._audit_event(ctx, "relay.send", Outcome.SUCCESS, details=details))
         self._audit.append_many(connection, events)
-        return outgoing, token_ids, _Sent(sent, sent_pans, month_years)
+        tokens = {get_pointer(body, p) for p in route.detokenize}
+        if route.card is not None:
+            tokens.add(get_pointer(body, route.card.number))
+        guesses = caller_guesses(body, tokens) if sent else None
+        return outgoing, token_ids, _Sent(sent, sent_pans, month_years, guesses)
 
     def _put_card(
         self,
@@ -437,7 +445,7 @@ class RelayOperations(TokenizeOperations):
             tokens_at[pointer] = record.token
         masked = withhold_split_pans(mask_strings(body), sent.pans)
         # An echo of a sent number in a shape the detector does not know (review 29b).
-        masked = withhold_sent(withhold_echoed_pans(masked, sent.pans), sent.details)
+        masked = withhold_sent(withhold_echoed_pans(masked, sent.pans), sent.details, sent.guesses)
         masked = withhold_month_year(masked, sent.month_years)
         for pointer, token in tokens_at.items():
             set_pointer(masked, pointer, token)
