@@ -368,6 +368,19 @@ class RelayRoute(BaseModel):
     max_in_flight_per_identity: Annotated[int, Field(ge=1, le=64)] | None = None
 
     @model_validator(mode="after")
+    def _upstream_without_user(self) -> Self:
+        # Review 36: a user or password in the URL went upstream as Basic credentials
+        # and into every relay's audit entry (its authority); and
+        # "https://acq.example@evil.example/" sends the card to evil.example. The
+        # message never quotes the URL, which would quote the password.
+        if "@" in self.upstream.split("/")[2]:
+            raise ValueError(
+                "a relay route's upstream may not name a user or password (user@host): "
+                "they would be recorded in its audit entries, and the host is what follows '@'"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _card_number_once(self) -> Self:
         if self.card is not None:
             taken = set(self.detokenize) & {self.card.number, *self.card.details().values()}
