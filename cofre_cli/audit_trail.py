@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import IO, Any, BinaryIO, TextIO, cast
 
 import structlog
 from sqlalchemy import Engine
@@ -116,8 +116,27 @@ def private_export(
     earlier runs left in the directory (a SIGKILL runs nothing: `_remove_stale`, review
     35: they accumulated, each a partial copy of the log an operator might take for an
     export)."""
+    return cast("contextlib.AbstractContextManager[TextIO]", _private_file(path, record, "w"))
+
+
+def private_download(path: Path) -> contextlib.AbstractContextManager[BinaryIO]:
+    """`private_export`'s new file for bytes, with nothing to record first: where `cofre
+    evidence export` writes a bundle, which holds the period's audit entries (a copy of
+    the log too). Until drill 36 the bundle went through a `<out>.part` file that a
+    SIGTERM left behind (and that then refused the next download) and a full disk ended
+    in a traceback."""
+    return cast("contextlib.AbstractContextManager[BinaryIO]", _private_file(path, _nothing, "wb"))
+
+
+def _nothing() -> None:
+    pass
+
+
+def _private_file(
+    path: Path, record: Callable[[], None], mode: str
+) -> contextlib.AbstractContextManager[IO[Any]]:
     stops = contextlib.ExitStack()
-    stops.enter_context(_stops_raise())
+    signals = stops.enter_context(_stops_raise())
     try:
         # Session 36: every look-up, creation, rename and unlink below is relative to
         # this handle, so whoever may write the directory above cannot swap `path`'s
@@ -132,31 +151,33 @@ def private_export(
         stops.callback(os.close, directory)
         _check_replaceable(directory, path.name)
         _remove_stale(directory, time.time())
-        handle, temporary, made = _new_file(directory, record)
+        handle, temporary, made = _new_file(directory, record, mode, signals)
     except BaseException:
         stops.close()
         raise
     return _into_place(handle, (directory, temporary, path.name), made, stops)
 
 
-def _new_file(directory: int, record: Callable[[], None]) -> tuple[TextIO, str, os.stat_result]:
+def _new_file(
+    directory: int, record: Callable[[], None], mode: str, signals: _Stops
+) -> tuple[IO[Any], str, os.stat_result]:
     """The new file (its name) in `directory`, 0600 and locked (an export under way:
-    `_remove_stale` leaves it), once `record()` is done."""
+    `_remove_stale` leaves it), once `record()` is done; opened in `mode`."""
     temporary = f"{EXPORT_PREFIX}{secrets.token_hex(8)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        descriptor = os.open(temporary, flags, 0o600, dir_fd=directory)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
+    descriptor: int | None = None
     made: os.stat_result | None = None
     try:
-        made = os.fstat(descriptor)
+        with signals.held():
+            descriptor = os.open(temporary, flags, 0o600, dir_fd=directory)
+            made = os.fstat(descriptor)
         os.fchmod(descriptor, 0o600)  # the umask may have taken the owner's bits
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         record()
-        handle = os.fdopen(descriptor, "w", encoding="utf-8")
+        handle = os.fdopen(descriptor, mode, encoding=None if "b" in mode else "utf-8")
     except BaseException as exc:
-        os.close(descriptor)
+        if descriptor is not None:
+            os.close(descriptor)
         _remove_made(directory, temporary, made)
         if isinstance(exc, OSError):
             raise ConfigurationError(f"cannot write the --out file ({exc.strerror})") from None
@@ -166,11 +187,11 @@ def _new_file(directory: int, record: Callable[[], None]) -> tuple[TextIO, str, 
 
 @contextlib.contextmanager
 def _into_place(
-    handle: TextIO,
+    handle: IO[Any],
     names: tuple[int, str, str],
     made: os.stat_result,
     stops: contextlib.ExitStack,
-) -> Iterator[TextIO]:
+) -> Iterator[IO[Any]]:
     """`handle` (the new file) for the block; then, the copy whole, the file in the
     name's place. `names` are the directory's handle, the new file's name and the
     export's. On any error, the new file removed and the name left as it was. `stops`
@@ -194,28 +215,53 @@ def _into_place(
             raise
 
 
+class _Stops:
+    """`_stops_raise`'s handler. A stop signal raises `SystemExit` where the main thread
+    is, except while `held()` runs: then it is acted on as that block ends."""
+
+    def __init__(self) -> None:
+        self._holding = False
+        self._pending: int | None = None
+
+    def stop(self, signum: int, _frame: object) -> None:
+        for each in _STOP_SIGNALS:
+            signal.signal(each, signal.SIG_DFL)
+        if self._holding:
+            self._pending = signum
+            return
+        raise SystemExit(128 + signum)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """A block a stop must not cut in two: the new file's creation and the fstat
+        that makes it ours to remove (drill 36: a SIGTERM between the two raised with
+        nothing known of the file, which was left behind)."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+        if self._pending is not None:
+            raise SystemExit(128 + self._pending)
+
+
 @contextlib.contextmanager
-def _stops_raise() -> Iterator[None]:
+def _stops_raise() -> Iterator[_Stops]:
     """While the block runs, SIGTERM and SIGINT raise `SystemExit` (128 + the signal), so
     that the export's clean-up runs (SIGTERM's default action ends the process with
     none); the first one puts both signals back to their default action, so a second
     one ends a clean-up that hangs. A signal the process ignores stays ignored. Only the
     main thread may set handlers: elsewhere, nothing changes."""
+    stops = _Stops()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stops
         return
     previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
-
-    def stop(signum: int, _frame: object) -> None:
-        for each in _STOP_SIGNALS:
-            signal.signal(each, signal.SIG_DFL)
-        raise SystemExit(128 + signum)
-
     for signum, handler in previous.items():
         if handler is not signal.SIG_IGN:
-            signal.signal(signum, stop)
+            signal.signal(signum, stops.stop)
     try:
-        yield
+        yield stops
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)

@@ -5,9 +5,7 @@ IN PCI SCOPE (wiring).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,7 +64,8 @@ def evidence_export(
         raise ConfigurationError("--from is required unless --previous gives the start")
     body["from"] = _utc(period_from, "--from")
     # `vault_answering`: not a traceback (session 36: a stopped vault gave one) but one
-    # line, as `cofre keys` says it; `_save` has removed a partial download.
+    # line, as `cofre keys` says it; `_save` has removed a partial download (the vault
+    # recorded the export before its first byte: export again).
     with (
         admin_client(identity, cert, key) as client,
         vault_answering(client),
@@ -91,36 +90,20 @@ def _utc(text: str, option: str) -> str:
 
 
 def _save(chunks: Iterator[bytes], out: Path) -> int:
-    """Write the streamed bundle to `out` chunk by chunk (never whole in memory), through
-    a `.part` file renamed at the end: an interrupted download leaves no truncated
-    bundle under the name asked for. Returns the number of bytes written. Raises
-    `ConfigurationError` when the `.part` name is taken (session 36: it was opened
-    following a link and truncating, so a link planted there by whoever may write the
-    directory had the download overwrite the link's target; now made new, 0600, never
-    through a link, and only the file this call made is removed)."""
-    part = out.with_name(out.name + ".part")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        descriptor = os.open(part, flags, 0o600)
-    except OSError as exc:
-        raise ConfigurationError(
-            f"cannot make {part.name} beside --out ({exc.strerror}): if an earlier "
-            "download left it, remove it"
-        ) from None
+    """Write the streamed bundle to `out` chunk by chunk (never whole in memory) through
+    `private_download`: a new 0600 file, never through a link, that takes the name once
+    whole and synced. A full disk, a download cut off or SIGTERM/SIGINT leave `out` as
+    it was and no partial file (drill 36: the `<out>.part` file a SIGTERM left then
+    refused every later download to that name, and a full disk ended in a traceback);
+    a file a SIGKILL left is removed by the next export to that directory. Returns the
+    number of bytes written; raises `ConfigurationError`."""
+    from cofre_cli.audit_trail import private_download
+
     written = 0
-    made = os.fstat(descriptor)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o600)  # the umask may have taken the owner's bits
-            for chunk in chunks:
-                handle.write(chunk)
-                written += len(chunk)
-        part.replace(out)
-    finally:
-        with contextlib.suppress(OSError):
-            now = part.lstat()
-            if (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino):
-                part.unlink()
+    with private_download(out) as handle:
+        for chunk in chunks:
+            handle.write(chunk)
+            written += len(chunk)
     return written
 
 
