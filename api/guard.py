@@ -308,6 +308,8 @@ class RequestGuard:
         template = getattr(route, "path", "unmatched")
         code = scope["state"].get("problem_code", "")
         identity = scope["state"].get("identity", "")
+        # A 5xx answer's cause (`api.exception_handlers.cofre_error`), on this line only.
+        cause = scope["state"].get("problem_detail")
         method = method_name(scope["method"])
         attributes = {"route": template, "method": method, "status": status, "code": code}
         self.telemetry.count_request(template, method, status, code)
@@ -333,6 +335,7 @@ class RequestGuard:
             request_id=request_id,
             identity=identity or None,
             ms=round(elapsed_ms, 2),
+            **({"detail": cause} if cause else {}),
         )
 
     @staticmethod

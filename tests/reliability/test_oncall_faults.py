@@ -1,14 +1,18 @@
 """Faults as the on-call meets them (docs/operations.md, "Failure behaviour" and "What to
-watch"), against `cofre serve` on a real PostgreSQL: its connection limit exhausted.
+watch"), against `cofre serve` on a real PostgreSQL: its connection limit exhausted, a
+lock an operator holds on a table the vault writes.
 The test checks what callers get, what `/readyz` and the log say, and that the vault
 recovers alone when the fault ends."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -112,3 +116,92 @@ def test_connection_limit_exhausted_answers_503_names_it_and_recovers(
         assert client.post("/v1/tokenize", json={"pan": _pan(99), "format": "uuid"}).is_success
     tokens, audited = _counts(url)
     assert tokens == audited == before[0] + 1  # nothing written while refused
+
+
+# docs/operations.md, "Incident: 503 storage_unavailable while /readyz is 200", step 1,
+# as written there.
+RUNBOOK_BLOCKERS_QUERY = (
+    "SELECT pid, usename, application_name, client_addr, state, xact_start "
+    "FROM pg_stat_activity WHERE pid IN (SELECT unnest(pg_blocking_pids(pid)) "
+    "FROM pg_stat_activity WHERE wait_event_type = 'Lock')"
+)
+
+
+def _blockers(cluster: PostgresCluster, deadline: float) -> list[tuple[int, str, str]]:
+    """The runbook's query, asked until a session waits on a lock: who blocks it (pid,
+    application name, state)."""
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        while not (holders := admin.execute(RUNBOOK_BLOCKERS_QUERY).fetchall()):
+            assert time.monotonic() < deadline, "the runbook's query found no holder"
+            time.sleep(0.05)
+    return [(pid, app, state) for pid, _, app, _, state, _ in holders]
+
+
+def test_a_lock_an_operator_holds_is_a_bounded_503_whose_cause_the_log_names(
+    tmp_path: Path, softhsm_token: SoftHSMToken, durable_postgres: PostgresCluster
+) -> None:
+    """Drill 36: an operator's `LOCK TABLE tokens` in an open psql transaction. Every
+    tokenize waits on it up to the statement timeout and is answered `503
+    storage_unavailable`, while `/readyz` stays 200 (its `SELECT 1` takes no lock on a
+    table). The cause, `(QueryCanceled)`, was in the answers' bodies alone: the `request`
+    log line said `storage_unavailable` as for a stopped database. It now says the
+    cause, and the runbook's query names the holder."""
+    url = durable_postgres.sqlalchemy_url()
+    vault = make_vault(tmp_path / "v", softhsm_token, url)
+    vault.env.update(
+        {
+            "COFRE_SERVER__WORKERS": "2",
+            "COFRE_DATABASE__STATEMENT_TIMEOUT_MS": "1000",
+            "COFRE_LOG_LEVEL": "INFO",  # the `request` lines
+        }
+    )
+    vault.start()
+    before = _counts(url)
+    answers: list[httpx.Response] = []
+    done = threading.Event()
+
+    def tokenize_until_done() -> None:
+        with vault.client(timeout=60) as client:
+            i = 0
+            while not done.is_set():
+                i += 1
+                pan = _pan(300 + i)
+                answers.append(client.post("/v1/tokenize", json={"pan": pan, "format": "uuid"}))
+
+    operator = psycopg.connect(durable_postgres.dsn(), application_name="operator-psql")
+    sender = threading.Thread(target=tokenize_until_done)
+    try:
+        operator.execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
+        sender.start()
+        deadline = time.monotonic() + 60
+        assert _blockers(durable_postgres, deadline) == [
+            (operator.info.backend_pid, "operator-psql", "idle in transaction")
+        ]
+        with vault.client() as client:
+            assert client.get("/readyz").status_code == 200  # readiness does not see it
+        while not answers:
+            assert time.monotonic() < deadline, "no answer under the lock"
+            time.sleep(0.05)
+    finally:
+        done.set()
+        sender.join(timeout=120)
+        operator.rollback()
+        operator.close()
+    under_lock = answers[0]
+    assert under_lock.status_code == 503, under_lock.text
+    assert under_lock.headers["content-type"].startswith(PROBLEM)
+    assert under_lock.json()["code"] == "storage_unavailable"
+    assert "QueryCanceled" in under_lock.json()["detail"]
+    lines = [json.loads(line) for line in vault.log.read_text().splitlines() if line.strip()]
+    refused = [
+        line
+        for line in lines
+        if line.get("event") == "request" and line.get("code") == "storage_unavailable"
+    ]
+    assert refused, "no request line for the refused tokenize"
+    assert all("(QueryCanceled)" in line.get("detail", "") for line in refused), refused
+    with vault.client() as client:
+        assert client.post("/v1/tokenize", json={"pan": _pan(999), "format": "uuid"}).is_success
+    tokens, audited = _counts(url)
+    accepted = sum(1 for answer in answers if answer.is_success)
+    assert tokens == audited == before[0] + accepted + 1  # nothing partial under the lock
