@@ -118,20 +118,24 @@ def test_connection_limit_exhausted_answers_503_names_it_and_recovers(
     assert tokens == audited == before[0] + 1  # nothing written while refused
 
 
-# docs/operations.md, "Incident: 503 storage_unavailable while /readyz is 200", step 1,
-# as written there.
-RUNBOOK_BLOCKERS_QUERY = (
-    "SELECT pid, usename, application_name, client_addr, state, xact_start "
-    "FROM pg_stat_activity WHERE pid IN (SELECT unnest(pg_blocking_pids(pid)) "
-    "FROM pg_stat_activity WHERE wait_event_type = 'Lock')"
-)
+OPERATIONS = Path(__file__).parents[2] / "docs" / "operations.md"
+
+
+def _runbook_blockers_query() -> str:
+    """docs/operations.md, "Incident: 503 storage_unavailable while `/readyz` is 200",
+    step 1, as written there (the query an on-call copies)."""
+    text = OPERATIONS.read_text(encoding="utf-8")
+    section = text.split("### Incident: 503 storage_unavailable while `/readyz` is 200")[1]
+    step = section.split("1. Find the holder:")[1].split("`")[1]
+    return " ".join(step.split()).rstrip(";")
 
 
 def _blockers(cluster: PostgresCluster, deadline: float) -> list[tuple[int, str, str]]:
     """The runbook's query, asked until a session waits on a lock: who blocks it (pid,
     application name, state)."""
+    query = _runbook_blockers_query()
     with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
-        while not (holders := admin.execute(RUNBOOK_BLOCKERS_QUERY).fetchall()):
+        while not (holders := admin.execute(query).fetchall()):
             assert time.monotonic() < deadline, "the runbook's query found no holder"
             time.sleep(0.05)
     return [(pid, app, state) for pid, _, app, _, state, _ in holders]
