@@ -144,9 +144,17 @@ def evidence_verify(
         typer.Option(
             "--origin",
             help="The log's origin you pinned (cofre-audit/<log id>): every checkpoint "
-            "must be of that log.",
+            "must be of that log (required unless --previous pins it).",
         ),
     ] = None,
+    unsafe_any_origin: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-any-origin",
+            help="UNSAFE: verify without pinning the log (a bundle of any log the audit "
+            "key signs then verifies); the verdict says so.",
+        ),
+    ] = False,
     authority: Annotated[
         list[str] | None,
         typer.Option(
@@ -162,9 +170,10 @@ def evidence_verify(
     ] = None,
 ) -> None:
     """Verify a bundle offline (no vault, HSM or network): signatures, file hashes, the
-    Merkle tree, proofs. Exit 1 naming each file or entry that is wrong. The same as
+    Merkle tree, proofs. Exit 1 naming each file or entry that is wrong; 2 for a usage
+    error, the log left unpinned included (neither --origin nor --previous). The same as
     `cofre-verify` from the standalone `cofre-evidence-verifier` package, which it calls."""
-    from cofre_evidence_verifier.cli import valid_origin
+    from cofre_evidence_verifier.cli import origin_usage_problem
     from cofre_evidence_verifier.html import render_html
     from cofre_evidence_verifier.report import render_text
     from cofre_evidence_verifier.vault_names import parse_name
@@ -181,14 +190,12 @@ def evidence_verify(
     except OSError as exc:
         typer.echo(f"cannot read the public key: {exc}", err=True)
         raise typer.Exit(2) from None
-    # The same meaning and the same refusal as cofre-verify's --origin: an origin no
-    # checkpoint can have would only ever fail to match.
-    if origin is not None and not valid_origin(origin):
-        typer.echo(
-            "--origin is a checkpoint's first line: not empty, no control character, no "
-            "leading or trailing space",
-            err=True,
-        )
+    # The same rule and words as cofre-verify's: the log is pinned (--origin, or the
+    # previous bundle's), or left unpinned by name; an origin no checkpoint can have
+    # would only ever fail to match.
+    origin_problem = origin_usage_problem(origin, previous, unsafe_any_origin)
+    if origin_problem is not None:
+        typer.echo(origin_problem, err=True)
         raise typer.Exit(2)
     for name in authority or []:
         try:
@@ -204,6 +211,7 @@ def evidence_verify(
         quorum=quorum,
         unsafe_no_witnesses=unsafe_no_witness,
         origin=origin,
+        unsafe_any_origin=unsafe_any_origin,
         authorities=authority or None,
     )
     typer.echo(json.dumps(report.as_json(), indent=2) if as_json else render_text(report))

@@ -95,8 +95,9 @@ def test_two_officers_rotate_the_audit_key(vault: VaultProcess, tmp_path: Path) 
     assert made.returncode == 0, made.stderr
     for pem in (old_pem, new_pem):
         checked = vault.cofre(
-            "evidence", "verify", str(bundle), "--public-key", str(pem), "--unsafe-no-witness"
-        )
+            "evidence", "verify", str(bundle), "--public-key", str(pem), "--unsafe-no-witness",
+            "--origin", "cofre-audit/cofre",
+        )  # fmt: skip
         assert checked.returncode == 0, checked.stdout
         assert "handover" in checked.stdout
     assert VISA not in vault.log.read_text()

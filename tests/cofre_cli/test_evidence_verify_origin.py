@@ -1,6 +1,9 @@
 """`cofre evidence verify --origin` pins the log as `cofre-verify --origin` does (review
 33): a bundle of another log's checkpoints, which the audit key and the witness also
-sign, fails; an origin no checkpoint can have is a usage error."""
+sign, fails; an origin no checkpoint can have is a usage error. Since session 36 the
+log must be pinned (`--origin`, or `--previous`): unpinned is a usage error, and
+`--unsafe-any-origin` verifies with a verdict that says so
+(tests/cofre_evidence_verifier/test_orig36_origin_required.py)."""
 
 from __future__ import annotations
 
@@ -30,8 +33,13 @@ def staging_bundle(tmp_path: Path) -> list[str]:
 def test_origin_pins_the_log(staging_bundle: list[str]) -> None:
     runner = CliRunner()
     unpinned = runner.invoke(app, staging_bundle)
-    assert unpinned.exit_code == 0, unpinned.output
-    assert f"of log {STAGING} verify" in unpinned.output
+    assert unpinned.exit_code == 2, unpinned.output
+    assert "VERIFIED" not in unpinned.output
+    assert "pin the log: --origin ORIGIN" in unpinned.output
+    unsafe = runner.invoke(app, [*staging_bundle, "--unsafe-any-origin"])
+    assert unsafe.exit_code == 0, unsafe.output
+    assert unsafe.output.startswith("VERIFIED, UNSAFE: the log's origin was not pinned\n")
+    assert f"of log {STAGING} verify" in unsafe.output
     assert runner.invoke(app, [*staging_bundle, "--origin", STAGING]).exit_code == 0
     pinned = runner.invoke(app, [*staging_bundle, "--origin", ORIGIN])
     assert pinned.exit_code == 1, pinned.output

@@ -66,6 +66,7 @@ def test_a_configured_command_gets_no_hint(tmp_path: Path) -> None:
 def test_a_command_that_reads_no_settings_gets_no_hint(tmp_path: Path) -> None:
     """`cofre evidence verify` is the auditor's, offline: it needs no configuration."""
     (tmp_path / "audit.pem").write_text("not a key")
-    result = _run(tmp_path, "evidence", "verify", "missing.tar.gz", "--public-key", "audit.pem")
+    args = ["missing.tar.gz", "--public-key", "audit.pem", "--origin", "cofre-audit/cofre"]
+    result = _run(tmp_path, "evidence", "verify", *args)
     assert result.returncode != 0
     assert HINT not in result.stderr + result.stdout

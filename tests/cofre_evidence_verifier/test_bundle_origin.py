@@ -1,6 +1,7 @@
 """The log's origin (c2sp.org/tlog-checkpoint, line 0 of every checkpoint) is checked
-(review 29): a bundle holds checkpoints of one log, the auditor may pin which one
-(`--origin`), and a chain of bundles is of one log."""
+(review 29): a bundle holds checkpoints of one log, the auditor pins which one
+(`--origin`; required by the commands since session 36, test_orig36_origin_required.py),
+and a chain of bundles is of one log."""
 
 from __future__ import annotations
 

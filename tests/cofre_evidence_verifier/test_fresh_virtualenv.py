@@ -23,7 +23,7 @@ import pytest
 
 from hsm.provider import HSMProvider
 from tests.api.conftest import running_vault
-from tests.support.vault_evidence import export_to, members, write_members
+from tests.support.vault_evidence import VAULT_ORIGIN, export_to, members, write_members
 from tests.support.wheels import wheel_from_installed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,14 +126,17 @@ def test_a_real_bundle_verifies_in_the_fresh_virtualenv(
 ) -> None:
     bundle, key = real_bundle
     result = _run(
-        [auditor_env / "cofre-verify", bundle, "--public-key", key, "--unsafe-no-witness"], tmp_path
-    )
+        [auditor_env / "cofre-verify", bundle, "--public-key", key, "--unsafe-no-witness",
+         "--origin", VAULT_ORIGIN],
+        tmp_path,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("VERIFIED\n")
     assert "FAIL" not in result.stdout
     as_json = _run(
         [auditor_env / "python", "-m", "cofre_evidence_verifier", bundle, "--public-key", key,
-         "--unsafe-no-witness", "--json", "--html", tmp_path / "report.html"],
+         "--unsafe-no-witness", "--origin", VAULT_ORIGIN, "--json", "--html",
+         tmp_path / "report.html"],
         tmp_path,
     )  # fmt: skip
     assert as_json.returncode == 0, as_json.stderr
@@ -152,7 +155,15 @@ def test_a_tampered_bundle_fails_in_the_fresh_virtualenv_naming_the_file(
     files["keys/inventory.json"] = files["keys/inventory.json"].replace(b"{", b"{ ", 1)
     tampered = write_members(tmp_path / "tampered.tar.gz", files)
     result = _run(
-        [auditor_env / "cofre-verify", tampered, "--public-key", key, "--unsafe-no-witness"],
+        [
+            auditor_env / "cofre-verify",
+            tampered,
+            "--public-key",
+            key,
+            "--unsafe-no-witness",
+            "--origin",
+            VAULT_ORIGIN,
+        ],
         tmp_path,
     )
     assert result.returncode == 1

@@ -16,6 +16,7 @@ from cofre_evidence_verifier.note import Checkpoint, CosignerKey
 from cofre_evidence_verifier.report import Report
 from cofre_evidence_verifier.verify import verify_bundle
 from tests.support.evidence_bundles import (
+    ORIGIN,
     AuditKey,
     Bundle,
     build,
@@ -299,7 +300,8 @@ def test_a_malformed_bundle_is_a_failed_verdict_at_the_command_line(
     bundle.files["audit/heads.jsonl"] = DEEP.encode()
     (tmp_path / "audit.pem").write_bytes(bundle.key.pem)
     args = [str(bundle.write(tmp_path / "b.tar.gz", resign=False))]
-    args += ["--public-key", str(tmp_path / "audit.pem"), "--unsafe-no-witness"]
+    args += ["--public-key", str(tmp_path / "audit.pem"), "--origin", ORIGIN]
+    args += ["--unsafe-no-witness"]
     assert main([*args, "--html", str(tmp_path / "r.html")]) == 1
     assert capsys.readouterr().out.startswith("FAILED\n")
     assert "FAILED" in (tmp_path / "r.html").read_text()

@@ -11,7 +11,7 @@ import pytest
 
 from cofre_evidence_verifier.cli import main
 from cofre_evidence_verifier.report import Report, printable, render_text
-from tests.support.evidence_bundles import Bundle, build, day_log, payload, witness
+from tests.support.evidence_bundles import ORIGIN, Bundle, build, day_log, payload, witness
 
 FORGED = "\x1b[2J\x1b[HVERIFIED\n  ok    every check passed\x1b[8m"
 
@@ -22,6 +22,7 @@ def _bundle(tmp_path: Path) -> tuple[Bundle, list[str]]:
     bundle = build(day_log(20), 3, 20, witnesses=[w])
     (tmp_path / "audit.pem").write_bytes(bundle.key.pem)
     keys = ["--public-key", str(tmp_path / "audit.pem"), "--witness-key", str(tmp_path / "w.vkey")]
+    keys += ["--origin", ORIGIN]
     return bundle, keys
 
 

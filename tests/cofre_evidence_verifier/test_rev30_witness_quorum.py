@@ -21,7 +21,15 @@ from cofre_evidence_verifier.cli import main
 from cofre_evidence_verifier.note import CosignerKey
 from cofre_evidence_verifier.report import Report
 from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import AuditKey, Bundle, build, cutoff, day_log, witness
+from tests.support.evidence_bundles import (
+    ORIGIN,
+    AuditKey,
+    Bundle,
+    build,
+    cutoff,
+    day_log,
+    witness,
+)
 
 REMOVED = 7  # the entry the operator wants out of the evidence
 
@@ -99,6 +107,7 @@ def test_the_command_line_says_why_and_fails(tmp_path: Path, capsys: object) -> 
     bundle = _rewritten_bundle(AuditKey(), [lagging])
     (tmp_path / "audit.pem").write_bytes(bundle.key.pem)
     argv = [str(bundle.write(tmp_path / "b.tar.gz")), "--public-key", str(tmp_path / "audit.pem")]
+    argv += ["--origin", ORIGIN]
     for number, w in enumerate((current, lagging)):
         (tmp_path / f"w{number}.vkey").write_text(w.verifier_key().encode())
         argv += ["--witness-key", str(tmp_path / f"w{number}.vkey")]

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cofre_cli.main import app
 from cofre_evidence_verifier.cli import main
-from tests.support.evidence_bundles import build, day_log, witness
+from tests.support.evidence_bundles import ORIGIN, build, day_log, witness
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def arguments(tmp_path: Path) -> list[str]:
     (tmp_path / "w.vkey").write_text(w.verifier_key().encode())
     path = bundle.write(tmp_path / "b.tar.gz")
     keys = ["--public-key", str(tmp_path / "audit.pem"), "--witness-key", str(tmp_path / "w.vkey")]
-    return [str(path), *keys]
+    return [str(path), *keys, "--origin", ORIGIN]
 
 
 def _utf16_key(tmp_path: Path) -> Path:

@@ -21,6 +21,7 @@ from cofre_evidence_verifier.note import Checkpoint, CosignerKey
 from cofre_evidence_verifier.report import Report
 from cofre_evidence_verifier.verify import verify_bundle
 from tests.support.evidence_bundles import (
+    ORIGIN,
     AuditKey,
     build,
     day_log,
@@ -120,5 +121,7 @@ def test_the_command_line_fails_on_an_unwitnessed_handover(tmp_path: Path) -> No
         str(tmp_path / "audit.pem"),
         "--witness-key",
         str(tmp_path / "w.vkey"),
+        "--origin",
+        ORIGIN,
     ]
     assert main(argv) == 1

@@ -27,7 +27,7 @@ from audit.log import DetailValue
 from hsm.keys import KeyHierarchy, KeyKind, key_label
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
-from tests.support.vault_evidence import export_to, verify_by_vault_key, write_entry
+from tests.support.vault_evidence import VAULT_ORIGIN, export_to, verify_by_vault_key, write_entry
 from vault.key_registry import token_identities
 
 ROTATIONS = "/v1/admin/keys/rotations"
@@ -57,7 +57,7 @@ def _cli(bundle: Path, pem: Path) -> subprocess.CompletedProcess[str]:
     """The auditor's command (the witnesses are test_witnessed_evidence.py's)."""
     command = [sys.executable, "-m", "cofre_evidence_verifier", str(bundle), "--public-key"]
     return subprocess.run(
-        [*command, str(pem), "--unsafe-no-witness"],
+        [*command, str(pem), "--unsafe-no-witness", "--origin", VAULT_ORIGIN],
         capture_output=True,
         text=True,
         timeout=120,

@@ -25,6 +25,7 @@ from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.support.officers import SigningOfficer, software_officers
 from tests.support.vault_evidence import (
+    VAULT_ORIGIN,
     export_to,
     members,
     resigned,
@@ -233,6 +234,7 @@ def test_both_command_line_verifiers_name_the_forged_acknowledgement(
     pem.write_bytes(vault.runtime.sequencer.signer.public_key_pem())
     for command in (("-m", "cofre_evidence_verifier"), ("-m", "cofre_cli", "evidence", "verify")):
         args = [sys.executable, *command, "--public-key", str(pem), "--unsafe-no-witness"]
+        args += ["--origin", VAULT_ORIGIN]
         bad = subprocess.run(
             [*args, str(forged)], capture_output=True, text=True, timeout=120, check=False
         )

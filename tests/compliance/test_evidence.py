@@ -30,6 +30,7 @@ from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.support.leakscan import find_leaks
 from tests.support.vault_evidence import (
+    VAULT_ORIGIN,
     audit_entries,
     export_response,
     members,
@@ -390,6 +391,8 @@ def test_cli_verify(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> Non
         "--public-key",
         str(pem),
         "--unsafe-no-witness",
+        "--origin",
+        VAULT_ORIGIN,
     ]
     result = subprocess.run(
         [*command, "--html", str(html)], capture_output=True, text=True, timeout=60, check=False
@@ -412,17 +415,7 @@ def test_cli_verify(day: tuple[VaultServer, Path, bytes], tmp_path: Path) -> Non
     files["requirements.md"] += b"x"
     bad = write_members(tmp_path / "bad.tar.gz", files)
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cofre_cli",
-            "evidence",
-            "verify",
-            str(bad),
-            "--public-key",
-            str(pem),
-            "--unsafe-no-witness",
-        ],
+        [*command[:5], str(bad), *command[6:]],  # the same command on the altered bundle
         capture_output=True,
         text=True,
         timeout=60,

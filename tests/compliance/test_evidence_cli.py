@@ -73,6 +73,7 @@ def test_chained_exports_meet_exactly(
         str(first),
         "--unsafe-no-witness",
     )
+    # The previous bundle pins the log (no --origin): it was verified before.
     assert checked.returncode == 0, checked.stdout
     assert "starts exactly where the previous bundle ended" in checked.stdout
     # A chained export that starts later than the previous ended is refused by name.
@@ -163,6 +164,7 @@ def test_custody_acknowledgement_lands_in_the_bundle(
     key.write_bytes(hsm_provider.public_key_pem("cofre-audit-v1"))
     # This vault runs no witness (tests/compliance/test_witnessed_evidence.py does).
     checked = served.cofre(
-        "evidence", "verify", str(out), "--public-key", str(key), "--unsafe-no-witness"
-    )
+        "evidence", "verify", str(out), "--public-key", str(key), "--unsafe-no-witness",
+        "--origin", "cofre-audit/cofre",
+    )  # fmt: skip
     assert checked.returncode == 0, checked.stdout

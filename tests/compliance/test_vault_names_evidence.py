@@ -23,9 +23,9 @@ from cofre_evidence_verifier.verify import verify_bundle
 from tests.api.conftest import VaultServer
 from tests.compliance.test_rev27_dual import _genuine, _write_ceremony
 from tests.support.officers import signed_kek_ceremony
+from tests.support.vault_evidence import VAULT_ORIGIN, resign_manifest, write_members
 from tests.support.vault_evidence import export_to as _export
 from tests.support.vault_evidence import members as _members
-from tests.support.vault_evidence import resign_manifest, write_members
 
 NAMES = "keys/officer_authorities.json"
 STAGING = "staging.vault.example"
@@ -159,7 +159,14 @@ def test_cofre_verify_takes_the_pinned_names(vault: VaultServer, tmp_path: Path)
     bundle = _export(vault, since, tmp_path / "b.tar.gz")
     key = tmp_path / "audit.pem"
     key.write_bytes(vault.runtime.sequencer.signer.public_key_pem())
-    common = [str(bundle), "--public-key", str(key), "--unsafe-no-witness"]
+    common = [
+        str(bundle),
+        "--public-key",
+        str(key),
+        "--unsafe-no-witness",
+        "--origin",
+        VAULT_ORIGIN,
+    ]
     assert cofre_verify([*common, "--authority", "localhost"]) == 0
     assert cofre_verify([*common, "--authority", "vault.example"]) == 1
     assert cofre_verify([*common, "--authority", "vault.example", "--authority", "localhost"]) == 0

@@ -29,7 +29,7 @@ from cofre_evidence_verifier.verify import verify_bundle
 from compliance.export import EvidenceSources, export_bundle
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
-from tests.support.vault_evidence import export_to
+from tests.support.vault_evidence import VAULT_ORIGIN, export_to
 from tests.support.witness_process import WitnessProcess, witnessed_audit
 from vault.signing import HSMTreeHeadSigner
 from vault.storage.database import create_database_engine, migrate
@@ -75,8 +75,13 @@ def _files(vault: VaultServer, witness: WitnessProcess) -> tuple[Path, Path]:
 
 
 def _cli(*args: object) -> subprocess.CompletedProcess[str]:
+    """The verify command `args`, the log pinned as the auditor pins it (`--origin`)."""
     return subprocess.run(
-        [sys.executable, *map(str, args)], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, *map(str, args), "--origin", VAULT_ORIGIN],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

@@ -143,7 +143,7 @@ def test_a_witness_pinned_to_the_old_key_follows_the_rotation(
             vkey_file.write_text(witness.vkey + "\n")
             checked = subprocess.run(
                 [sys.executable, "-m", "cofre_evidence_verifier", str(bundle), "--public-key",
-                 str(pem_file), "--witness-key", str(vkey_file)],
+                 str(pem_file), "--witness-key", str(vkey_file), "--origin", "cofre-audit/cofre"],
                 capture_output=True, text=True, timeout=120, check=False,
             )  # fmt: skip
             assert checked.returncode == 0, checked.stdout + checked.stderr

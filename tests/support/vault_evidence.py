@@ -13,7 +13,7 @@ import json
 import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
@@ -21,6 +21,10 @@ from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
 from cofre_evidence_verifier.report import Report
 from cofre_evidence_verifier.verify import verify_bundle
 from tests.api.conftest import VaultServer
+
+# The test vaults' log (`cofre-audit/<log id>`, the settings' default log id): what an
+# auditor pins with `--origin`.
+VAULT_ORIGIN: Final = "cofre-audit/cofre"
 
 
 def export_response(

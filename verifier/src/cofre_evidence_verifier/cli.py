@@ -1,11 +1,15 @@
 """`cofre-verify`: the verifier's own command, for an auditor without the vault.
 
     cofre-verify BUNDLE --public-key PEM --witness-key VKEY [--witness-key VKEY ...]
-                 [--quorum N] [--origin ORIGIN] [--authority NAME ...] [--previous PREV]
+                 (--origin ORIGIN | --previous PREV) [--quorum N] [--authority NAME ...]
                  [--json] [--html OUT]
 
 Exit status 0 when the bundle is VERIFIED, 1 when it is not (every problem is printed),
-2 for a usage error (argparse's convention).
+2 for a usage error (argparse's convention), a missing pin of the log included: the
+audit key signs, and the witnesses cosign, the checkpoints of every log run with the
+HSM (staging, disaster recovery, one of the PIN holder's own), so only the origin
+pinned out of band, or the previous bundle's, tells this log's bundle from theirs
+(session 36). `--unsafe-any-origin` verifies without one and says so in the verdict.
 """
 
 from __future__ import annotations
@@ -52,7 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--origin",
         help="the log's origin you pinned (cofre-audit/<log id>): every checkpoint must be "
-        "of that log",
+        "of that log (required unless --previous pins it)",
+    )
+    parser.add_argument(
+        "--unsafe-any-origin",
+        action="store_true",
+        help="UNSAFE: verify without pinning the log (a bundle of any log the audit key "
+        "signs then verifies); the verdict says so",
     )
     parser.add_argument(
         "--authority",
@@ -80,6 +90,30 @@ def valid_origin(origin: str) -> bool:
     )
 
 
+def origin_usage_problem(
+    origin: str | None, previous: object | None, unsafe_any_origin: bool
+) -> str | None:
+    """Why the log's pins (`--origin`, `--previous`, `--unsafe-any-origin`) cannot be
+    used as given, naming the options, or None: the log must be pinned, by name
+    (`--origin`) or by the previous bundle of the chain (`--previous`), or left unpinned
+    by name. Both verify commands ask this (the same rule, the same words)."""
+    if origin is not None and not valid_origin(origin):
+        return (
+            "--origin is a checkpoint's first line: not empty, no control character, no "
+            "leading or trailing space"
+        )
+    if unsafe_any_origin and (origin is not None or previous is not None):
+        return "--unsafe-any-origin with --origin or --previous, which pin the log"
+    if origin is None and previous is None and not unsafe_any_origin:
+        return (
+            "pin the log: --origin ORIGIN (its origin, cofre-audit/<log id>, taken out of "
+            "band with the audit key and the witness keys), or --previous BUNDLE (the "
+            "chain's previous bundle, which you verified, names it); a bundle of any log "
+            "verifies only with --unsafe-any-origin"
+        )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; return its exit status (0 verified, 1 not, 2 usage)."""
     args = _parser().parse_args(argv)
@@ -98,11 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quorum < 1:
         sys.stderr.write("cofre-verify: --quorum must be at least 1\n")
         return 2
-    if args.origin is not None and not valid_origin(args.origin):
-        sys.stderr.write(
-            "cofre-verify: --origin is a checkpoint's first line: not empty, no control "
-            "character, no leading or trailing space\n"
-        )
+    origin_problem = origin_usage_problem(args.origin, args.previous, args.unsafe_any_origin)
+    if origin_problem is not None:
+        sys.stderr.write(f"cofre-verify: {origin_problem}\n")
         return 2
     for name in args.authority or ():
         try:
@@ -118,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quorum=args.quorum,
         unsafe_no_witnesses=args.unsafe_no_witness,
         origin=args.origin,
+        unsafe_any_origin=args.unsafe_any_origin,
         authorities=args.authority,
     )
     sys.stdout.write(

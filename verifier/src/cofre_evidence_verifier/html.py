@@ -36,7 +36,7 @@ def render_html(report: Report, bundle: Path) -> str:
     events, and the requirements map from the bundle. Never raises for a bad bundle:
     the sections drawn from its files are rendered from what parses, and when even
     that fails the page says so instead."""
-    verdict = "VERIFIED" if report.ok else "FAILED"
+    verdict = _e(report.verdict)  # VERIFIED with what an --unsafe-… option left unpinned
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>Cofre evidence: "
         f"{verdict}</title><style>{_STYLE}</style></head><body>",

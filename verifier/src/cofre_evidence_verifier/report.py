@@ -25,6 +25,9 @@ REQUIRED_CHECKS: Final = frozenset(
     }
 )
 CHAIN_CHECKS: Final = frozenset({"previous", "chain"})
+# What an `--unsafe-…` option left unpinned, as the verdict line names it: such a report
+# is never the plain VERIFIED of a pinned run (session 36).
+UNSAFE_VERDICTS: Final = {"origin": "the log's origin was not pinned"}
 
 
 @dataclass
@@ -42,10 +45,21 @@ class Report:
     # for the HTML timeline: a head of the file that did not verify, and a head's
     # unsigned fields (its time, its key label), are not shown (review 33).
     verified_heads: list[tuple[int, str, str]] = field(default_factory=list)
+    # What the caller chose not to pin (`UNSAFE_VERDICTS` keys): named in the verdict.
+    unsafe: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems and self.required <= self.passed_checks
+
+    @property
+    def verdict(self) -> str:
+        """FAILED; VERIFIED; or, when something was left unpinned by name, VERIFIED with
+        what was (`VERIFIED, UNSAFE: the log's origin was not pinned`)."""
+        if not self.ok:
+            return "FAILED"
+        unsafe = "; ".join(UNSAFE_VERDICTS[name] for name in self.unsafe)
+        return f"VERIFIED, UNSAFE: {unsafe}" if unsafe else "VERIFIED"
 
     def fail(self, message: str) -> None:
         # Bounded: a hostile file of a million bad lines made a million problems and
@@ -72,6 +86,7 @@ class Report:
             "missing_checks": self.missing_checks(),
             "checks": self.checks,
             "summary": self.summary,
+            "unsafe": self.unsafe,
         }
 
 
@@ -119,7 +134,7 @@ def render_text(report: Report) -> str:
     `printable` (check and problem messages quote the bundle), so the verdict on the
     first line is the only one."""
     out = io.StringIO()
-    out.write(("VERIFIED" if report.ok else "FAILED") + "\n")
+    out.write(report.verdict + "\n")
     for key, value in report.summary.items():
         out.write(f"  {printable(key)}: {printable(json.dumps(value))}\n")
     for check in report.checks:

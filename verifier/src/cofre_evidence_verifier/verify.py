@@ -7,7 +7,8 @@ it finds (not only the first):
 3. every signed tree head's signature, by the audit key in force at its size (the pinned
    key, or the one its handovers lead to, `keychain`), that its checkpoint states its
    size and root, and that every head and handover is a checkpoint of one log (one
-   origin, the pinned one if given) (`heads`);
+   origin, the pinned one if given; with a previous bundle instead, its log: `chain`)
+   (`heads`);
 4. the audit entries: consecutive leaf indices exactly covering the range the manifest
    claims (not empty, inside the covering head's tree), each entry's time inside the
    claimed period (`entries`), and the entries just outside the range in the covering
@@ -98,6 +99,7 @@ def verify_bundle(
     quorum: int = 1,
     unsafe_no_witnesses: bool = False,
     origin: str | None = None,
+    unsafe_any_origin: bool = False,
     authorities: Sequence[str] | None = None,
 ) -> Report:
     """Verify the bundle at `path` (and its chain to the bundle at `previous`); see the
@@ -105,12 +107,16 @@ def verify_bundle(
     which `quorum` must have cosigned the covering head; without them the bundle fails
     unless `unsafe_no_witnesses` (which the report states). `origin`, when given, is the
     log's origin the auditor pinned (`cofre-audit/<log id>`): every checkpoint must be
-    of that log. `authorities`, when given, are the vault's names the auditor pinned:
+    of that log; the commands require it, or `previous` (whose log then pins this
+    one's), unless `unsafe_any_origin`, which the report's verdict names.
+    `authorities`, when given, are the vault's names the auditor pinned:
     every counted officer signature must be for one of them (check 6c; without them,
     the names the bundle records). Never raises for a bad bundle: every problem is in the returned
     `Report`, which is `ok` only when every required check passed."""
     required = REQUIRED_CHECKS | (CHAIN_CHECKS if previous else frozenset())
     report = Report(required=required if unsafe_no_witnesses else required | {"witnesses"})
+    if unsafe_any_origin:
+        report.unsafe.append("origin")
     try:
         _verify(
             path,
@@ -121,6 +127,7 @@ def verify_bundle(
             quorum=quorum,
             unsafe_no_witnesses=unsafe_no_witnesses,
             origin=origin,
+            unsafe_any_origin=unsafe_any_origin,
             authorities=authorities,
         )
     except Exception as exc:  # noqa: BLE001 - every byte of a bundle is hostile: a verdict, not a traceback
@@ -143,6 +150,7 @@ def _verify(
     quorum: int,
     unsafe_no_witnesses: bool,
     origin: str | None,
+    unsafe_any_origin: bool = False,
     authorities: Sequence[str] | None = None,
 ) -> None:
     """Run every check into `report` (see `verify_bundle`); may raise on content that
@@ -196,6 +204,14 @@ def _verify(
     dual_control.check_dual_control(bundle, manifest, verified, report, authorities=authorities)
     key_registrations.check_key_registrations(bundle, manifest, verified, report)
     lifecycle.check_lifecycle(bundle, report)
+    if unsafe_any_origin:
+        found = {str(head["checkpoint"]).split("\n", 1)[0] for head in verified.values()}
+        report.checks.append(
+            "UNSAFE: the log's origin was not pinned; this bundle is of log "
+            f"{', '.join(sorted(found)) or '(no head verified)'}, and a bundle of any other "
+            "log the audit key signs and the witnesses cosign (staging, disaster recovery) "
+            "would pass as well: compare it with your working papers"
+        )
     if unsafe_no_witnesses:
         report.checks.append(
             "UNSAFE: witness cosignatures not checked; only the vault's own key vouches "
