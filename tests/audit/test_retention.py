@@ -27,6 +27,7 @@ from infra_pci.objectstore import S3ObjectStore
 from tests.audit.conftest import BUCKET
 from tests.audit.test_archive import PREFIX, sequence
 from tests.audit.test_partitions import append_at
+from tests.support.vault_evidence import VAULT_ORIGIN
 from vault.signing import HSMTreeHeadSigner
 from vault.storage.database import create_database_engine, migrate
 
@@ -215,7 +216,7 @@ def test_no_evidence_bundle_claims_a_period_whose_entries_were_retired(
     # it, and says so; and this synthetic log never loaded a policy.
     made = tmp_path / "bundle.tar.gz"
     made.write_bytes(bundle(datetime(NOW.year, NOW.month, 1, tzinfo=UTC), datetime.now(UTC)))
-    report = verify_bundle(made, pem, None, unsafe_no_witnesses=True)
+    report = verify_bundle(made, pem, None, unsafe_no_witnesses=True, origin=VAULT_ORIGIN)
     assert len(report.problems) == 2, report.problems
     assert report.problems[0].startswith("audit/boundaries.jsonl: no entry ")
     assert "before the range" in report.problems[0]

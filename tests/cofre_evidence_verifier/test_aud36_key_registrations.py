@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cofre_evidence_verifier.report import Report
 from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import build, day_log, payload
+from tests.support.evidence_bundles import ORIGIN, build, day_log, payload
 
 DAY = "2026-03-01"
 CEREMONY = "5b8e0f6a-3c2d-4e1f-9a7b-2c3d4e5f6a7b"
@@ -30,7 +30,7 @@ def _start(new_version: int, kind: str = "kek") -> str:
 def _verify(log: list[str], start: int, tmp_path: Path) -> Report:
     bundle = build(log, start, len(log))
     return verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, unsafe_no_witnesses=True
+        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, unsafe_no_witnesses=True, origin=ORIGIN
     )
 
 

@@ -18,6 +18,7 @@ from cofre_evidence_verifier.report import Report
 from cofre_evidence_verifier.verify import verify_bundle
 from cofre_evidence_verifier.witnesses import read_witness_keys
 from tests.support.evidence_bundles import (
+    ORIGIN,
     AuditKey,
     Bundle,
     build,
@@ -31,7 +32,10 @@ from tests.support.evidence_bundles import (
 
 def _verify(bundle: Bundle, tmp_path: Path, w: CosignerKey) -> Report:
     return verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=[w.verifier_key()]
+        bundle.write(tmp_path / "b.tar.gz"),
+        bundle.key.pem,
+        witness_keys=[w.verifier_key()],
+        origin=ORIGIN,
     )
 
 
@@ -142,6 +146,7 @@ def test_one_witness_pinned_twice_is_no_quorum_of_two(tmp_path: Path) -> None:
         bundle.key.pem,
         witness_keys=[w.verifier_key(), w.verifier_key()],
         quorum=2,
+        origin=ORIGIN,
     )
     assert not report.ok
 
@@ -158,8 +163,12 @@ def test_one_witness_key_under_two_names_is_no_quorum_of_two(tmp_path: Path) -> 
     ).line()
     bundle.files["audit/checkpoint.note"] += relabelled.encode()
     keys = [w.verifier_key(), alias.verifier_key()]
-    assert verify_bundle(bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=keys).ok
-    report = verify_bundle(tmp_path / "b.tar.gz", bundle.key.pem, witness_keys=keys, quorum=2)
+    assert verify_bundle(
+        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=keys, origin=ORIGIN
+    ).ok
+    report = verify_bundle(
+        tmp_path / "b.tar.gz", bundle.key.pem, witness_keys=keys, quorum=2, origin=ORIGIN
+    )
     assert not report.ok
     assert any("the same key as" in p for p in report.problems), report.problems
 
@@ -167,7 +176,10 @@ def test_one_witness_key_under_two_names_is_no_quorum_of_two(tmp_path: Path) -> 
 def test_the_vaults_own_key_is_not_a_witness(tmp_path: Path) -> None:
     bundle = build(day_log(20), 3, 20, witnesses=[])  # no cosignature at all
     report = verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=[bundle.key.vkey()]
+        bundle.write(tmp_path / "b.tar.gz"),
+        bundle.key.pem,
+        witness_keys=[bundle.key.vkey()],
+        origin=ORIGIN,
     )
     assert not report.ok
     assert any("cosignature/v1" in p for p in report.problems), report.problems

@@ -16,7 +16,7 @@ from cofre_evidence_verifier import bundle as bundle_module
 from cofre_evidence_verifier.bundle import MAX_FILE, MAX_MEMBERS, MAX_TOTAL
 from cofre_evidence_verifier.errors import UnsafeBundle
 from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import AuditKey, build, day_log, witness
+from tests.support.evidence_bundles import ORIGIN, AuditKey, build, day_log, witness
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
@@ -58,7 +58,7 @@ def test_the_genuine_bundle_is_within_the_caps(tmp_path: Path) -> None:
     w = witness()
     bundle = build(day_log(20), 3, 20, witnesses=[w])
     path = bundle.write(tmp_path / "b.tar.gz")
-    assert verify_bundle(path, bundle.key.pem, witness_keys=[w.verifier_key()]).ok
+    assert verify_bundle(path, bundle.key.pem, witness_keys=[w.verifier_key()], origin=ORIGIN).ok
 
 
 def test_too_many_decompressed_bytes_are_refused(
@@ -68,7 +68,7 @@ def test_too_many_decompressed_bytes_are_refused(
     path = _bomb(tmp_path / "bomb.tar.gz", 3, 2 * MIB)  # each member under MAX_FILE
     with pytest.raises(UnsafeBundle, match="decompresses to more than"):
         bundle_module.read_bundle(path)
-    report = verify_bundle(path, AuditKey().pem)
+    report = verify_bundle(path, AuditKey().pem, origin=ORIGIN)
     assert any("decompresses to more than" in p for p in report.problems), report.problems
 
 
@@ -80,7 +80,7 @@ def test_too_many_members_are_refused(tmp_path: Path, monkeypatch: pytest.Monkey
     path = bundle.write(tmp_path / "b.tar.gz")
     with pytest.raises(UnsafeBundle, match="more than 20 members"):
         bundle_module.read_bundle(path)
-    report = verify_bundle(path, bundle.key.pem, witness_keys=[w.verifier_key()])
+    report = verify_bundle(path, bundle.key.pem, witness_keys=[w.verifier_key()], origin=ORIGIN)
     assert any("more than 20 members" in p for p in report.problems), report.problems
 
 
@@ -89,7 +89,10 @@ def test_a_member_twice_is_refused(tmp_path: Path) -> None:
     bundle = build(day_log(20), 3, 20, witnesses=[w])
     bundle.extra_members.append(("audit/entries.jsonl", b""))
     report = verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=[w.verifier_key()]
+        bundle.write(tmp_path / "b.tar.gz"),
+        bundle.key.pem,
+        witness_keys=[w.verifier_key()],
+        origin=ORIGIN,
     )
     assert any("twice" in p for p in report.problems), report.problems
 
@@ -100,7 +103,7 @@ def test_a_truncated_archive_is_refused(tmp_path: Path, cut: int) -> None:
     bundle = build(day_log(20), 3, 20, witnesses=[w])
     data = bundle.write(tmp_path / "b.tar.gz").read_bytes()
     (tmp_path / "cut.tar.gz").write_bytes(data[:cut])
-    report = verify_bundle(tmp_path / "cut.tar.gz", bundle.key.pem)
+    report = verify_bundle(tmp_path / "cut.tar.gz", bundle.key.pem, origin=ORIGIN)
     assert any(p.startswith("cannot read the bundle") for p in report.problems), report.problems
 
 
@@ -115,7 +118,7 @@ from cofre_evidence_verifier.verify import verify_bundle
 pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
     serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
 )
-report = verify_bundle(Path(sys.argv[1]), pem, unsafe_no_witnesses=True)
+report = verify_bundle(Path(sys.argv[1]), pem, unsafe_no_witnesses=True, origin="cofre-audit/cofre")
 print(report.ok, report.problems)
 """
 

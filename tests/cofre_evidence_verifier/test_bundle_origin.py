@@ -32,14 +32,19 @@ STAGING = "cofre-audit/staging"
 def test_a_checkpoint_of_another_log_cannot_stand_for_the_pinned_log(tmp_path: Path) -> None:
     """The witness also witnesses a second log of the same organisation (staging, a DR
     region); its checkpoints re-signed with the prod audit key pass for prod unless the
-    auditor pins prod's origin."""
+    auditor pins prod's origin, which since session 36 they must (or waive by name)."""
     w = witness()
     bundle = build(day_log(20), 3, 20, witnesses=[w], origin=STAGING)
     path = bundle.write(tmp_path / "b.tar.gz")
     keys = [w.verifier_key()]
     unpinned = verify_bundle(path, bundle.key.pem, witness_keys=keys)
-    assert unpinned.ok, unpinned.problems
-    assert any(f"of log {STAGING}" in c for c in unpinned.checks), unpinned.checks
+    assert not unpinned.ok
+    assert unpinned.missing_checks() == ["origin"]
+    assert any(p.startswith("no origin pinned") and STAGING in p for p in unpinned.problems)
+    waived = verify_bundle(path, bundle.key.pem, witness_keys=keys, unsafe_any_origin=True)
+    assert waived.ok, waived.problems
+    assert waived.verdict == "VERIFIED, UNSAFE: the log's origin was not pinned"
+    assert any(f"of log {STAGING}" in c for c in waived.checks), waived.checks
     report = verify_bundle(path, bundle.key.pem, witness_keys=keys, origin=ORIGIN)
     assert not report.ok
     assert any(STAGING in p and ORIGIN in p for p in report.problems), report.problems
@@ -54,7 +59,10 @@ def test_heads_of_one_bundle_share_one_origin(tmp_path: Path) -> None:
     other = head_json(bundle.key, 10, root10, origin="some-other-log")
     bundle.set_jsonl("audit/heads.jsonl", [other, *bundle.jsonl("audit/heads.jsonl")])
     report = verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=[w.verifier_key()]
+        bundle.write(tmp_path / "b.tar.gz"),
+        bundle.key.pem,
+        witness_keys=[w.verifier_key()],
+        origin=ORIGIN,
     )
     assert not report.ok
     assert any("some-other-log" in p for p in report.problems), report.problems
@@ -80,7 +88,7 @@ def test_a_key_handover_of_the_same_log_is_followed(tmp_path: Path) -> None:
 
 def test_a_key_handover_of_another_log_fails(tmp_path: Path) -> None:
     path, old, w = _rotated(tmp_path, STAGING)
-    report = verify_bundle(path, old.pem, witness_keys=[w])
+    report = verify_bundle(path, old.pem, witness_keys=[w], origin=ORIGIN)
     assert not report.ok
     assert any("handover" in p and STAGING in p for p in report.problems), report.problems
 

@@ -14,7 +14,7 @@ import pytest
 from cofre_evidence_verifier.bundle import load_json
 from cofre_evidence_verifier.errors import MalformedBundle
 from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import Bundle, build, day_log, witness
+from tests.support.evidence_bundles import ORIGIN, Bundle, build, day_log, witness
 
 WITNESS = witness()
 
@@ -33,6 +33,7 @@ def _verify(bundle: Bundle, tmp_path: Path) -> list[str]:
         bundle.write(tmp_path / "b.tar.gz", resign=False),
         bundle.key.pem,
         witness_keys=[WITNESS.verifier_key()],
+        origin=ORIGIN,
     )
     assert not report.ok
     return report.problems

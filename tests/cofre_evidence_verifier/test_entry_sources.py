@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import build, day_log, payload, witness
+from tests.support.evidence_bundles import ORIGIN, build, day_log, payload, witness
 
 # A SHA-256 with a long digit run: written exactly, never masked.
 SHA256 = "ab" + "4111111111111111" + "c" * 46
@@ -32,7 +32,10 @@ def test_old_and_new_entries_verify_together(tmp_path: Path) -> None:
     log = _log()
     bundle = build(log, 3, len(log), witnesses=[w])
     report = verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=[w.verifier_key()]
+        bundle.write(tmp_path / "b.tar.gz"),
+        bundle.key.pem,
+        witness_keys=[w.verifier_key()],
+        origin=ORIGIN,
     )
     assert report.ok, report.problems
 
@@ -45,7 +48,10 @@ def test_an_altered_source_is_caught(tmp_path: Path) -> None:
     entries[-1] = (index, text.replace("10.0.0.7", "10.0.0.8"))
     bundle = build(log, 3, len(log), witnesses=[w], entries=entries)
     report = verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=[w.verifier_key()]
+        bundle.write(tmp_path / "b.tar.gz"),
+        bundle.key.pem,
+        witness_keys=[w.verifier_key()],
+        origin=ORIGIN,
     )
     assert not report.ok
     assert any(str(index) in problem for problem in report.problems), report.problems

@@ -21,7 +21,7 @@ import pytest
 from cofre_evidence_verifier.bundle import read_bundle
 from cofre_evidence_verifier.errors import UnsafeBundle
 from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import build, day_log, witness
+from tests.support.evidence_bundles import ORIGIN, build, day_log, witness
 
 
 def _tar(members: list[tuple[str, bytes]], *, end: bool) -> bytes:
@@ -50,7 +50,7 @@ def test_a_second_gzip_member_is_refused(tmp_path: Path) -> None:
     # What the auditor's own tools unpack: the second member's files too.
     with tarfile.open(path, "r:gz") as archive:
         assert "x.txt" in archive.getnames()
-    report = verify_bundle(path, bundle.key.pem, witness_keys=[w.verifier_key()])
+    report = verify_bundle(path, bundle.key.pem, witness_keys=[w.verifier_key()], origin=ORIGIN)
     assert not report.ok
     assert any("gzip" in p for p in report.problems), report.problems
 

@@ -69,7 +69,10 @@ def test_a_bundle_whose_first_key_is_the_pin_holders_is_not_verified(
     heads.insert(0, head_json(rogue, 2, b"\x42" * 32))  # a tree the software key made up
     bundle.set_jsonl("audit/heads.jsonl", heads)
     report = verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), real.pem, witness_keys=[w.verifier_key()]
+        bundle.write(tmp_path / "b.tar.gz"),
+        real.pem,
+        witness_keys=[w.verifier_key()],
+        origin=ORIGIN,
     )
     assert not report.ok, report.verified_heads
     assert "the key handover at size 5 is not witnessed" in render_text(report)
@@ -92,7 +95,7 @@ def test_a_handover_moved_past_the_one_the_witness_followed_is_not_verified(
     heads.insert(0, head_json(k1, 10, b"\x66" * 32))  # forged by the retired key
     bundle.set_jsonl("audit/heads.jsonl", heads)
     report = verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), k1.pem, witness_keys=[w.verifier_key()]
+        bundle.write(tmp_path / "b.tar.gz"), k1.pem, witness_keys=[w.verifier_key()], origin=ORIGIN
     )
     assert not report.ok, report.verified_heads
     assert "the key handover at size 15 is not witnessed" in render_text(report)

@@ -23,7 +23,7 @@ from cofre_evidence_verifier.bundle import (
 from cofre_evidence_verifier.errors import MalformedBundle
 from cofre_evidence_verifier.report import Report
 from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import build, day_log, witness
+from tests.support.evidence_bundles import ORIGIN, build, day_log, witness
 
 MANY = b"[" + b"{}," * MAX_JSON_CONTAINERS + b"{}]"
 
@@ -61,6 +61,7 @@ def test_a_manifest_of_too_many_containers_is_a_failed_verdict(tmp_path: Path) -
         bundle.write(tmp_path / "b.tar.gz", resign=False),
         bundle.key.pem,
         witness_keys=[w.verifier_key()],
+        origin=ORIGIN,
     )
     assert not report.ok
     assert any("arrays and objects" in p for p in report.problems), report.problems

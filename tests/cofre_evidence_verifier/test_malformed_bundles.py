@@ -42,6 +42,7 @@ def _run(bundle: Bundle, tmp_path: Path, *, resign: bool = True) -> Report:
         bundle.write(tmp_path / "b.tar.gz", resign=resign),
         bundle.key.pem,
         witness_keys=[WITNESS.verifier_key()],
+        origin=ORIGIN,
     )
     assert not report.ok
     return report
@@ -50,7 +51,10 @@ def _run(bundle: Bundle, tmp_path: Path, *, resign: bool = True) -> Report:
 def test_the_genuine_bundle_verifies(tmp_path: Path) -> None:
     bundle = _bundle()
     report = verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=[WITNESS.verifier_key()]
+        bundle.write(tmp_path / "b.tar.gz"),
+        bundle.key.pem,
+        witness_keys=[WITNESS.verifier_key()],
+        origin=ORIGIN,
     )
     assert report.ok, report.problems
 
@@ -313,7 +317,10 @@ def test_a_cosignature_dated_past_year_9999_is_shown_as_seconds(tmp_path: Path) 
     head = bundle.jsonl("audit/heads.jsonl")[0]
     bundle.files["audit/checkpoint.note"] = witnessed_note(bundle.key, head, [w], timestamp=1 << 62)
     report = verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=[w.verifier_key()]
+        bundle.write(tmp_path / "b.tar.gz"),
+        bundle.key.pem,
+        witness_keys=[w.verifier_key()],
+        origin=ORIGIN,
     )
     assert report.ok, report.problems
     assert any(f"at {1 << 62} s after 1970" in c for c in report.checks), report.checks

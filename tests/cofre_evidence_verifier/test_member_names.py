@@ -20,7 +20,7 @@ import pytest
 from cofre_evidence_verifier.bundle import read_bundle
 from cofre_evidence_verifier.errors import UnsafeBundle
 from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import build, day_log, payload, witness
+from tests.support.evidence_bundles import ORIGIN, build, day_log, payload, witness
 
 ALIASES = [
     "./audit/entries.jsonl",
@@ -40,7 +40,7 @@ def test_an_alias_of_a_checked_member_is_refused(tmp_path: Path, alias: str) -> 
     bundle.resign()  # the manifest lists the alias too
     bundle.extra_members.append((alias, bundle.files.pop(alias)))  # written last
     path = bundle.write(tmp_path / "b.tar.gz", resign=False)
-    report = verify_bundle(path, bundle.key.pem, witness_keys=[w.verifier_key()])
+    report = verify_bundle(path, bundle.key.pem, witness_keys=[w.verifier_key()], origin=ORIGIN)
     assert not report.ok
     assert any("cannot read the bundle" in p for p in report.problems), report.problems
 

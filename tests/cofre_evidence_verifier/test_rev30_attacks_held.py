@@ -19,6 +19,7 @@ from cofre_evidence_verifier.note import CosignerKey
 from cofre_evidence_verifier.report import Report
 from cofre_evidence_verifier.verify import verify_bundle
 from tests.support.evidence_bundles import (
+    ORIGIN,
     AuditKey,
     Bundle,
     build,
@@ -109,7 +110,7 @@ def test_a_link_member_is_refused(tmp_path: Path, kind: bytes) -> None:
         link.type, link.linkname = kind, "/etc/passwd"
         out.addfile(link)
     path.write_bytes(buffer.getvalue())
-    report = verify_bundle(path, bundle.key.pem, witness_keys=[w.verifier_key()])
+    report = verify_bundle(path, bundle.key.pem, witness_keys=[w.verifier_key()], origin=ORIGIN)
     assert not report.ok
     assert any("unsafe member" in p for p in report.problems), report.problems
 

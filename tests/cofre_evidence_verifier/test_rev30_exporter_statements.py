@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import build, day_log, witness
+from tests.support.evidence_bundles import ORIGIN, build, day_log, witness
 
 
 def test_the_report_names_the_files_only_the_vaults_key_vouches_for(tmp_path: Path) -> None:
@@ -28,7 +28,10 @@ def test_the_report_names_the_files_only_the_vaults_key_vouches_for(tmp_path: Pa
     ).encode()
     bundle.files["config/settings.json"] = b"{}"
     report = verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=[w.verifier_key()]
+        bundle.write(tmp_path / "b.tar.gz"),
+        bundle.key.pem,
+        witness_keys=[w.verifier_key()],
+        origin=ORIGIN,
     )
     assert report.ok, report.problems  # the bound: nothing in the log contradicts them
     [line] = [c for c in report.checks if c.startswith("NOT PROVEN by the log")]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cofre_evidence_verifier.merkle import leaf_hash
 from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import build, cutoff, day_log, head_json, mth, witness
+from tests.support.evidence_bundles import ORIGIN, build, cutoff, day_log, head_json, mth, witness
 
 
 def test_a_period_head_of_another_tree_is_a_fork(tmp_path: Path) -> None:
@@ -29,7 +29,10 @@ def test_a_period_head_of_another_tree_is_a_fork(tmp_path: Path) -> None:
     forged = head_json(bundle.key, 11, mth(rewritten))
     bundle.set_jsonl("audit/heads.jsonl", [forged, *bundle.jsonl("audit/heads.jsonl")])
     report = verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=[w.verifier_key()]
+        bundle.write(tmp_path / "b.tar.gz"),
+        bundle.key.pem,
+        witness_keys=[w.verifier_key()],
+        origin=ORIGIN,
     )
     assert not report.ok
     assert any(
@@ -46,7 +49,10 @@ def test_genuine_period_heads_verify(tmp_path: Path) -> None:
     heads = [head_json(bundle.key, n, mth(leaves[:n])) for n in (3, 4, 11, 19, 20)]
     bundle.set_jsonl("audit/heads.jsonl", [*heads, *bundle.jsonl("audit/heads.jsonl")])
     report = verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=[w.verifier_key()]
+        bundle.write(tmp_path / "b.tar.gz"),
+        bundle.key.pem,
+        witness_keys=[w.verifier_key()],
+        origin=ORIGIN,
     )
     assert report.ok, report.problems
     assert [size for size, _root, _key in report.verified_heads] == [3, 4, 11, 19, 20, 21]
@@ -60,7 +66,10 @@ def test_a_forged_head_at_the_periods_first_size_is_named(tmp_path: Path) -> Non
     forged = head_json(bundle.key, 3, mth([leaf_hash(b"x")] * 3))
     bundle.set_jsonl("audit/heads.jsonl", [forged, *bundle.jsonl("audit/heads.jsonl")])
     report = verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=[w.verifier_key()]
+        bundle.write(tmp_path / "b.tar.gz"),
+        bundle.key.pem,
+        witness_keys=[w.verifier_key()],
+        origin=ORIGIN,
     )
     assert not report.ok
     assert any("head 3" in p for p in report.problems), report.problems

@@ -55,6 +55,7 @@ def _verify(bundle: Bundle, tmp_path: Path, pinned: list[CosignerKey], quorum: i
         bundle.key.pem,
         witness_keys=[w.verifier_key() for w in pinned],
         quorum=quorum,
+        origin=ORIGIN,
     )
 
 

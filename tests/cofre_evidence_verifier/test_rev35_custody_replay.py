@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cofre_evidence_verifier.merkle import leaf_hash
 from cofre_evidence_verifier.verify import verify_bundle
 from tests.support.evidence_bundles import (
+    ORIGIN,
     b64,
     build,
     cutoff,
@@ -108,7 +109,10 @@ def test_an_acknowledgement_after_the_period_is_dated_after_it(
         ]
     ).encode()
     report = verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=[w.verifier_key()]
+        bundle.write(tmp_path / "b.tar.gz"),
+        bundle.key.pem,
+        witness_keys=[w.verifier_key()],
+        origin=ORIGIN,
     )
     assert report.ok is verified, report.problems
     if verified:
@@ -161,7 +165,10 @@ def test_an_identity_in_another_unicode_normal_form_is_another_identity(
         ]
     ).encode()
     report = verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=[w.verifier_key()]
+        bundle.write(tmp_path / "b.tar.gz"),
+        bundle.key.pem,
+        witness_keys=[w.verifier_key()],
+        origin=ORIGIN,
     )
     assert not report.ok
     assert any("has no registered MFA key" in p for p in report.problems), report.problems

@@ -51,7 +51,10 @@ _CHILD = """
 import sys
 from pathlib import Path
 from cofre_evidence_verifier.verify import verify_bundle
-report = verify_bundle(Path(sys.argv[1]), Path(sys.argv[2]).read_bytes(), unsafe_no_witnesses=True)
+report = verify_bundle(
+    Path(sys.argv[1]), Path(sys.argv[2]).read_bytes(), unsafe_no_witnesses=True,
+    origin="cofre-audit/cofre",
+)
 print(report.ok, len(report.problems))
 """
 

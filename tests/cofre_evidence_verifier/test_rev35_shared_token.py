@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import build, day_log, payload, policy_payload, witness
+from tests.support.evidence_bundles import ORIGIN, build, day_log, payload, policy_payload, witness
 from tests.support.officers import new_software_officer, signed_action, signed_proposal
 from vault.approval_proof import approval_path
 
@@ -73,7 +73,11 @@ def test_one_token_is_one_officer(tmp_path: Path, shared: bool) -> None:
     bundle = build(log, 3, 20, witnesses=[w])
     path = bundle.write(tmp_path / "b.tar.gz")
     report = verify_bundle(
-        path, bundle.key.pem, witness_keys=[w.verifier_key()], authorities=["localhost"]
+        path,
+        bundle.key.pem,
+        witness_keys=[w.verifier_key()],
+        authorities=["localhost"],
+        origin=ORIGIN,
     )
     if not shared:
         assert report.ok, report.problems

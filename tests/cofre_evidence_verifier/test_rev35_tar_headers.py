@@ -35,7 +35,7 @@ import pytest
 from cofre_evidence_verifier.bundle import read_bundle
 from cofre_evidence_verifier.errors import UnsafeBundle
 from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import Bundle, build, day_log, witness
+from tests.support.evidence_bundles import ORIGIN, Bundle, build, day_log, witness
 
 POSIX = b"ustar\x0000"
 GNU = b"ustar  \x00"
@@ -94,7 +94,7 @@ def _forged_entries(bundle: Bundle) -> bytes:
 
 
 def _verify(bundle: Bundle, path: Path, keys: list[object]) -> list[str]:
-    report = verify_bundle(path, bundle.key.pem, witness_keys=keys)  # type: ignore[arg-type]
+    report = verify_bundle(path, bundle.key.pem, witness_keys=keys, origin=ORIGIN)  # type: ignore[arg-type]
     assert not report.ok, "VERIFIED a bundle tar unpacks differently"
     return report.problems
 
@@ -103,7 +103,7 @@ def test_the_plain_ustar_bundle_verifies(tmp_path: Path) -> None:
     bundle, keys = _genuine()
     bundle.resign()
     path = _archive(tmp_path / "b.tar.gz", _members(bundle.files))
-    assert verify_bundle(path, bundle.key.pem, witness_keys=keys).ok  # type: ignore[arg-type]
+    assert verify_bundle(path, bundle.key.pem, witness_keys=keys, origin=ORIGIN).ok  # type: ignore[arg-type]
 
 
 def test_a_prefix_in_a_gnu_header_is_refused(tmp_path: Path) -> None:
@@ -152,7 +152,7 @@ def test_a_size_ended_by_a_space_is_read(tmp_path: Path) -> None:
     body = _members(others) + _header(ENTRIES, 0, size_field=b"%011o " % len(data))
     body += data + bytes(-len(data) % 512)
     path = _archive(tmp_path / "b.tar.gz", body)
-    assert verify_bundle(path, bundle.key.pem, witness_keys=keys).ok  # type: ignore[arg-type]
+    assert verify_bundle(path, bundle.key.pem, witness_keys=keys, origin=ORIGIN).ok  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("gap", [bytes(1024), bytes(512)], ids=["after the end", "one zero block"])

@@ -15,6 +15,7 @@ from cofre_evidence_verifier.bundle import MAX_LINES, json_lines
 from cofre_evidence_verifier.report import MAX_PROBLEMS, Report
 from cofre_evidence_verifier.verify import verify_bundle
 from tests.support.evidence_bundles import (
+    ORIGIN,
     AuditKey,
     build,
     chained,
@@ -41,7 +42,7 @@ def test_a_sparse_member_is_refused_before_it_is_filled(tmp_path: Path) -> None:
     )
     w = witness()
     key = build(day_log(20), 5, 15, witnesses=[w]).key
-    report = verify_bundle(out, key.pem, witness_keys=[w.verifier_key()])
+    report = verify_bundle(out, key.pem, witness_keys=[w.verifier_key()], origin=ORIGIN)
     assert not report.ok
     assert report.problems == ["cannot read the bundle: unsafe member in bundle: 'm0'"]
 
@@ -53,11 +54,17 @@ def test_a_policy_version_from_after_the_period_is_refused(tmp_path: Path) -> No
     log[17] = policy_payload("2026-03-01T17:00:17.000000Z", PERMISSIVE, action="policy.reload")
     genuine = build(log, 5, 15, witnesses=[w])
     assert verify_bundle(
-        genuine.write(tmp_path / "g.tar.gz"), genuine.key.pem, witness_keys=[w.verifier_key()]
+        genuine.write(tmp_path / "g.tar.gz"),
+        genuine.key.pem,
+        witness_keys=[w.verifier_key()],
+        origin=ORIGIN,
     ).ok
     later = build(log, 5, 15, witnesses=[w], policy_indices=[3, 17])
     report = verify_bundle(
-        later.write(tmp_path / "f.tar.gz"), later.key.pem, witness_keys=[w.verifier_key()]
+        later.write(tmp_path / "f.tar.gz"),
+        later.key.pem,
+        witness_keys=[w.verifier_key()],
+        origin=ORIGIN,
     )
     assert "policy/versions.jsonl: entry 17 is a policy version from after the period" in (
         report.problems

@@ -10,7 +10,7 @@ from pathlib import Path
 from cofre_evidence_verifier.html import render_html
 from cofre_evidence_verifier.report import render_text
 from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import Bundle, build, day_log, head_json, witness
+from tests.support.evidence_bundles import ORIGIN, Bundle, build, day_log, head_json, witness
 
 WITNESS = witness()
 
@@ -21,7 +21,10 @@ def _bundle() -> Bundle:
 
 def _verify(bundle: Bundle, path: Path) -> tuple[bool, str, str]:
     report = verify_bundle(
-        bundle.write(path, resign=False), bundle.key.pem, witness_keys=[WITNESS.verifier_key()]
+        bundle.write(path, resign=False),
+        bundle.key.pem,
+        witness_keys=[WITNESS.verifier_key()],
+        origin=ORIGIN,
     )
     return report.ok, render_text(report), render_html(report, path)
 

@@ -52,6 +52,7 @@ def _verify_rotated(
         old.pem,
         witness_keys=[w.verifier_key() for w in witnesses],
         quorum=quorum,
+        origin=ORIGIN,
     )
 
 

@@ -27,6 +27,7 @@ from audit.store import AuditStore
 from cofre_evidence_verifier.verify import verify_bundle
 from compliance.export import EvidenceSources, write_bundle
 from tests.support.signers import SoftSigner
+from tests.support.vault_evidence import VAULT_ORIGIN
 from tests.support.witness_process import WitnessProcess
 from vault.policy_record import policy_event
 from witness.client import submit_checkpoint
@@ -114,11 +115,15 @@ def test_bundle_across_a_rotation_verifies_from_either_key(engine: Engine, tmp_p
     _rotated_log(engine, old, new)
     bundle = _export(engine, new, since, tmp_path / "b.tar.gz")
     for pinned in (old, new):
-        report = verify_bundle(bundle, pinned.public_key_pem(), unsafe_no_witnesses=True)
+        report = verify_bundle(
+            bundle, pinned.public_key_pem(), unsafe_no_witnesses=True, origin=VAULT_ORIGIN
+        )
         assert report.ok, report.problems
         assert any("handover" in check for check in report.checks), report.checks
     # Pinned to a key that is not on the chain: refused, by name.
-    report = verify_bundle(bundle, rogue.public_key_pem(), unsafe_no_witnesses=True)
+    report = verify_bundle(
+        bundle, rogue.public_key_pem(), unsafe_no_witnesses=True, origin=VAULT_ORIGIN
+    )
     assert not report.ok
     assert any("none of the pinned audit keys" in p for p in report.problems), report.problems
 
@@ -135,13 +140,17 @@ def test_bundle_across_a_rotation_verifies_from_either_key(engine: Engine, tmp_p
         "audit/handovers.jsonl",
         (json.dumps({"note": forged}) + "\n").encode(),
     )
-    report = verify_bundle(forged_bundle, old.public_key_pem(), unsafe_no_witnesses=True)
+    report = verify_bundle(
+        forged_bundle, old.public_key_pem(), unsafe_no_witnesses=True, origin=VAULT_ORIGIN
+    )
     assert not report.ok
     assert any("not signed by the old key" in p for p in report.problems), report.problems
 
     # Without the handover, the new key's heads are signed by a key nobody introduced.
     stripped = _rewrite(bundle, tmp_path / "stripped.tar.gz", "audit/handovers.jsonl", b"")
-    report = verify_bundle(stripped, old.public_key_pem(), unsafe_no_witnesses=True)
+    report = verify_bundle(
+        stripped, old.public_key_pem(), unsafe_no_witnesses=True, origin=VAULT_ORIGIN
+    )
     assert not report.ok
     assert any("signed by another key" in p for p in report.problems), report.problems
 
@@ -168,7 +177,9 @@ def test_a_head_at_the_handover_size_must_be_the_handover_tree(
     rewritten = [forged if line["tree_size"] == head.tree_size else line for line in lines]
     data = "".join(json.dumps(line) + "\n" for line in rewritten).encode()
     altered = _rewrite(bundle, tmp_path / "altered.tar.gz", "audit/heads.jsonl", data)
-    report = verify_bundle(altered, new.public_key_pem(), unsafe_no_witnesses=True)
+    report = verify_bundle(
+        altered, new.public_key_pem(), unsafe_no_witnesses=True, origin=VAULT_ORIGIN
+    )
     assert not report.ok
     wanted = f"head {head.tree_size}: its root is not the root of the key handover at size"
     assert any(wanted in p for p in report.problems), report.problems
@@ -222,7 +233,7 @@ def test_a_witnessed_rotation_ships_the_handover_cosignature(
     text, signatures = parse_note(json.loads(line)["note"])
     assert [s.name for s in signatures] == ["cofre-audit/cofre"] * 2 + [pinned.name]
     require_quorum(text, signatures, [pinned], 1)
-    report = verify_bundle(bundle, old.public_key_pem(), witness_keys=[pinned])
+    report = verify_bundle(bundle, old.public_key_pem(), witness_keys=[pinned], origin=VAULT_ORIGIN)
     assert report.ok, report.problems
     wanted = f"key handover at size {head.tree_size} cosigned by 1 of the 1"
     assert any(wanted in check for check in report.checks), report.checks

@@ -29,6 +29,7 @@ from cofre_evidence_verifier.verify import verify_bundle
 from compliance.errors import EvidenceUnavailable
 from compliance.export import EvidenceSources, export_bundle, write_bundle
 from hsm.provider import HSMProvider
+from tests.support.vault_evidence import VAULT_ORIGIN
 from vault.policy_record import policy_event
 from vault.signing import HSMTreeHeadSigner
 
@@ -124,7 +125,12 @@ def test_export_memory_does_not_grow_with_the_period(
     assert large_peak - small_peak < grown / 2, (small_peak, large_peak, grown)
     assert large_peak < large_size, (large_peak, large_size)
     # No witness runs here: the opt-out is named (witnessing is tested elsewhere).
-    report = verify_bundle(tmp_path / "l.tar.gz", signer.public_key_pem(), unsafe_no_witnesses=True)
+    report = verify_bundle(
+        tmp_path / "l.tar.gz",
+        signer.public_key_pem(),
+        unsafe_no_witnesses=True,
+        origin=VAULT_ORIGIN,
+    )
     assert report.ok, report.problems
     # ... and the `evidence.cutoff` entries of the three exports made before it.
     assert report.summary["entries"]["count"] == 10 * N + 1 + 3

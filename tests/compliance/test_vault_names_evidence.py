@@ -33,7 +33,9 @@ STAGING = "staging.vault.example"
 
 def _verify(bundle: Path, vault: VaultServer, pinned: list[str] | None = None) -> Report:
     key = vault.runtime.sequencer.signer.public_key_pem()
-    return verify_bundle(bundle, key, unsafe_no_witnesses=True, authorities=pinned)
+    return verify_bundle(
+        bundle, key, unsafe_no_witnesses=True, authorities=pinned, origin=VAULT_ORIGIN
+    )
 
 
 def _staging_ceremony(vault: VaultServer) -> str:

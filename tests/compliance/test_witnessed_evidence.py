@@ -197,9 +197,14 @@ def test_rewritten_or_restored_log_fails_every_verifier(
     forged = tmp_path / "forged.tar.gz"
     forged.write_bytes(data)
     pem, vkey = _files(vault, witness)
-    unsafe = verify_bundle(forged, pem.read_bytes(), unsafe_no_witnesses=True)
+    unsafe = verify_bundle(forged, pem.read_bytes(), unsafe_no_witnesses=True, origin=VAULT_ORIGIN)
     assert unsafe.ok, unsafe.problems  # the operator's key alone: VERIFIED (the finding)
-    report = verify_bundle(forged, pem.read_bytes(), witness_keys=[VerifierKey.parse(witness.vkey)])
+    report = verify_bundle(
+        forged,
+        pem.read_bytes(),
+        witness_keys=[VerifierKey.parse(witness.vkey)],
+        origin=VAULT_ORIGIN,
+    )
     assert not report.ok
     assert report.missing_checks() == ["witnesses"]
     assert "is not witnessed" in " ".join(report.problems)

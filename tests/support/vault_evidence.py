@@ -57,7 +57,7 @@ def export_to(vault: VaultServer, since: datetime, out: Path) -> Path:
 def verify_unwitnessed(path: Path, key: bytes, previous: Path | None = None) -> Report:
     """The checks the evidence tests are about; the witness check has its own tests
     (test_witnessed_evidence.py), with a witness process these vaults do not run."""
-    return verify_bundle(path, key, previous, unsafe_no_witnesses=True)
+    return verify_bundle(path, key, previous, unsafe_no_witnesses=True, origin=VAULT_ORIGIN)
 
 
 def verify_by_vault_key(bundle: Path, vault: VaultServer) -> Report:

@@ -223,7 +223,7 @@ def _check_same_log(
     else:
         # Without --origin this is what pins the log: the previous bundle, one the
         # auditor verified, names it (session 36).
-        report.checks.append(f"of log {origin}, the log of the previous bundle")
+        report.passed("origin", f"of log {origin}, the log of the previous bundle")
 
 
 def check_chain(before: dict[str, Any], manifest: dict[str, Any], report: Report) -> None:

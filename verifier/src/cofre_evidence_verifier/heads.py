@@ -2,9 +2,10 @@
 force at its size (`keychain`: the pinned key, or the key a handover in
 `audit/handovers.jsonl` introduced), and its checkpoint text states its own size and
 root. Every head and handover is a checkpoint of one log: one origin (line 0), the one
-the auditor pinned if they did. A head at a handover's size must state the handover's
-root: the new key vouches for the old one only up to the tree it saw, so a leaked old
-key cannot sign another tree at that size."""
+the auditor pinned if they did (the `origin` check; `chain` passes it for a bundle
+whose previous bundle pins the log instead). A head at a handover's size must state
+the handover's root: the new key vouches for the old one only up to the tree it saw,
+so a leaked old key cannot sign another tree at that size."""
 
 from __future__ import annotations
 
@@ -75,19 +76,23 @@ def _signature(encoded: str) -> bytes:
         return b""
 
 
-def _handover_origin(chain: KeyChain, origin: str | None, report: Report) -> tuple[str | None, str]:
+def _handover_origin(
+    chain: KeyChain, origin: str | None, report: Report
+) -> tuple[str | None, str, bool]:
     """The log's origin, unless pinned as the handovers state it (their keys bear its
-    name, `keychain`), and where it comes from; report each handover of another log."""
-    source = "the origin pinned"
+    name, `keychain`), where it comes from, and whether every handover is of it; report
+    each handover of another log."""
+    source, same = "the origin pinned", True
     for handover in chain.handovers:
         if origin is None:
             origin, source = handover.checkpoint.origin, "the log of the key handovers"
         elif handover.checkpoint.origin != origin:
+            same = False
             report.fail(
                 f"{HANDOVERS}: the key handover at size {handover.size} is of log "
                 f"{handover.checkpoint.origin}, not of log {origin} ({source})"
             )
-    return origin, source
+    return origin, source, same
 
 
 def check_heads(
@@ -101,7 +106,8 @@ def check_heads(
     heads: Heads = {}
     forked: set[int] = set()
     handovers = {handover.size: handover for handover in chain.handovers}
-    origin, source = _handover_origin(chain, origin, report)
+    pinned = origin is not None
+    origin, source, same_log = _handover_origin(chain, origin, report)
     for head in json_lines(files.get("audit/heads.jsonl", b""), "audit/heads.jsonl", report):
         size, root_b64 = head.get("tree_size"), head.get("root_hash")
         if not _is_head(head):
@@ -133,6 +139,7 @@ def check_heads(
         if origin is None:  # taken from a head only once its signature verified
             origin, source = checkpoint.origin, f"the log of head {size}"
         if checkpoint.origin != origin:
+            same_log = False
             report.fail(
                 f"audit/heads.jsonl: head {size}: a checkpoint of log {checkpoint.origin}, "
                 f"not of log {origin} ({source})"
@@ -161,4 +168,6 @@ def check_heads(
         heads[size] = head
     log = f" of log {origin}" if origin is not None else ""
     report.passed("heads", f"{len(heads)} signed tree heads{log} verify")
+    if pinned and same_log:
+        report.passed("origin", f"every checkpoint is of log {origin}, the origin pinned")
     return heads

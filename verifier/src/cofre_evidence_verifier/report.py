@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 # The checks every bundle must pass; a chained bundle (`--previous`) must pass two more,
-# and a bundle that names a previous head must prove it (`previous_head`).
+# and a bundle that names a previous head must prove it (`previous_head`). `witnesses`
+# and `origin` are required too unless the caller waived them by name (`verify`).
 MAX_PROBLEMS: Final = 1000
 REQUIRED_CHECKS: Final = frozenset(
     {

@@ -80,6 +80,7 @@ from cofre_evidence_verifier import (
 from cofre_evidence_verifier.bundle import (
     MANIFEST,
     SIGNATURE,
+    Heads,
     checked_summary,
     load_json,
     manifest_problem,
@@ -107,14 +108,18 @@ def verify_bundle(
     which `quorum` must have cosigned the covering head; without them the bundle fails
     unless `unsafe_no_witnesses` (which the report states). `origin`, when given, is the
     log's origin the auditor pinned (`cofre-audit/<log id>`): every checkpoint must be
-    of that log; the commands require it, or `previous` (whose log then pins this
-    one's), unless `unsafe_any_origin`, which the report's verdict names.
+    of that log. Without it, and without `previous` (whose log then pins this one's),
+    the bundle fails, unless `unsafe_any_origin` (which the report's verdict names).
     `authorities`, when given, are the vault's names the auditor pinned:
     every counted officer signature must be for one of them (check 6c; without them,
     the names the bundle records). Never raises for a bad bundle: every problem is in the returned
     `Report`, which is `ok` only when every required check passed."""
     required = REQUIRED_CHECKS | (CHAIN_CHECKS if previous else frozenset())
-    report = Report(required=required if unsafe_no_witnesses else required | {"witnesses"})
+    required |= frozenset() if unsafe_no_witnesses else {"witnesses"}
+    # Fails closed on the log's identity as on the witnesses (session 36): the log's
+    # origin is pinned, by name or by the previous bundle, or waived by name.
+    required |= frozenset() if unsafe_any_origin else {"origin"}
+    report = Report(required=required)
     if unsafe_any_origin:
         report.unsafe.append("origin")
     try:
@@ -192,6 +197,8 @@ def _verify(
     report.summary = checked_summary(manifest)
     files.check_files(bundle, manifest, report)
     verified = heads.check_heads(bundle, key_chain, report, origin=origin)
+    if origin is None:
+        _unpinned_origin(verified, report, chained=previous is not None, unsafe=unsafe_any_origin)
     # Drops each head of the period that is not a prefix of the covering head.
     entries.check_entries(bundle, manifest, verified, report)
     report.verified_heads = [
@@ -204,14 +211,6 @@ def _verify(
     dual_control.check_dual_control(bundle, manifest, verified, report, authorities=authorities)
     key_registrations.check_key_registrations(bundle, manifest, verified, report)
     lifecycle.check_lifecycle(bundle, report)
-    if unsafe_any_origin:
-        found = {str(head["checkpoint"]).split("\n", 1)[0] for head in verified.values()}
-        report.checks.append(
-            "UNSAFE: the log's origin was not pinned; this bundle is of log "
-            f"{', '.join(sorted(found)) or '(no head verified)'}, and a bundle of any other "
-            "log the audit key signs and the witnesses cosign (staging, disaster recovery) "
-            "would pass as well: compare it with your working papers"
-        )
     if unsafe_no_witnesses:
         report.checks.append(
             "UNSAFE: witness cosignatures not checked; only the vault's own key vouches "
@@ -235,3 +234,26 @@ def _verify(
         chain.check_previous(
             bundle, manifest, verified, previous, public_keys=key_chain.pems(), report=report
         )
+
+
+def _unpinned_origin(verified: Heads, report: Report, *, chained: bool, unsafe: bool) -> None:
+    """With no origin pinned: the previous bundle pins the log when `chained` (`chain`
+    passes the origin check); else the bundle fails, unless the caller waived the pin by
+    name (`unsafe`), which the report says, naming the log found."""
+    if chained:
+        return
+    found = sorted({str(head["checkpoint"]).split("\n", 1)[0] for head in verified.values()})
+    log = ", ".join(found) or "(none verified)"
+    if unsafe:
+        report.checks.append(
+            f"UNSAFE: the log's origin was not pinned; this bundle is of log {log}, and a "
+            "bundle of any other log the audit key signs and the witnesses cosign (staging, "
+            "disaster recovery) would pass as well: compare it with your working papers"
+        )
+        return
+    report.fail(
+        "no origin pinned: the log's origin (cofre-audit/<log id>), pinned out of band with "
+        "the audit key and the witness keys, or the previous bundle of the chain, must say "
+        f"which log this is (its heads are of log {log}; the audit key may sign, and the "
+        "witnesses cosign, other logs' checkpoints too)"
+    )
