@@ -126,3 +126,19 @@ def test_the_origin_option(tmp_path: Path, origin: str, status: int) -> None:
         origin,
     ]
     assert main(argv) == status
+
+
+def test_an_unwitnessed_run_is_never_the_plain_verdict(tmp_path: Path) -> None:
+    """`--unsafe-no-witness` was a check line under a plain VERIFIED: a script reading
+    the verdict line (or `--json`'s `unsafe`) took the vault's own key for a witnessed
+    log. Since session 36 the verdict names it, as it names an unpinned origin."""
+    bundle = build(day_log(20), 3, 20, witnesses=[witness()])
+    path = bundle.write(tmp_path / "b.tar.gz")
+    alone = verify_bundle(path, bundle.key.pem, origin=ORIGIN, unsafe_no_witnesses=True)
+    assert alone.ok, alone.problems
+    assert alone.unsafe == ["witnesses"]
+    assert alone.verdict == "VERIFIED, UNSAFE: no witness cosignature was checked"
+    both = verify_bundle(path, bundle.key.pem, unsafe_no_witnesses=True, unsafe_any_origin=True)
+    assert both.verdict == (
+        "VERIFIED, UNSAFE: no witness cosignature was checked; the log's origin was not pinned"
+    )

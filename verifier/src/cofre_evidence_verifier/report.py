@@ -28,7 +28,10 @@ REQUIRED_CHECKS: Final = frozenset(
 CHAIN_CHECKS: Final = frozenset({"previous", "chain"})
 # What an `--unsafe-…` option left unpinned, as the verdict line names it: such a report
 # is never the plain VERIFIED of a pinned run (session 36).
-UNSAFE_VERDICTS: Final = {"origin": "the log's origin was not pinned"}
+UNSAFE_VERDICTS: Final = {
+    "witnesses": "no witness cosignature was checked",
+    "origin": "the log's origin was not pinned",
+}
 
 
 @dataclass

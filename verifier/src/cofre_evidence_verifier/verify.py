@@ -120,6 +120,11 @@ def verify_bundle(
     # origin is pinned, by name or by the previous bundle, or waived by name.
     required |= frozenset() if unsafe_any_origin else {"origin"}
     report = Report(required=required)
+    # Either waiver is named in the verdict line itself, never a plain VERIFIED: a script
+    # that reads only that line (or `--json`'s verdict) must not take an unwitnessed run
+    # for a witnessed one (session 36; the waiver was a check line only).
+    if unsafe_no_witnesses:
+        report.unsafe.append("witnesses")
     if unsafe_any_origin:
         report.unsafe.append("origin")
     try:
