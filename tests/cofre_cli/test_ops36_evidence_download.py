@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from cofre_cli.audit_trail import private_export
+from tests.support.disks import small_tmpfs
 from tests.support.pans import card_number
 from tests.support.softhsm import SoftHSMToken
 from tests.support.vault_process import VaultProcess, make_vault
@@ -58,20 +59,8 @@ def _argv(out: Path) -> list[str]:
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """An 8 KiB tmpfs: smaller than any bundle."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8k,mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a tmpfs for the disk-full test: {done.stderr}")
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with small_tmpfs(tmp_path / "disk", "size=8k,mode=0700") as mount:
+        yield mount
 
 
 def test_a_full_disk_is_one_error_line_and_leaves_nothing(

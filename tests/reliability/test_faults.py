@@ -4,8 +4,6 @@ nothing partial, and the vault recovers by itself when the fault clears."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.support.audit_trail import tokens_and_audited
+from tests.support.disks import small_tmpfs
 from tests.support.pans import card_number
 from tests.support.postgres import PostgresCluster
 from tests.support.softhsm import SoftHSMToken
@@ -158,20 +157,8 @@ def test_slow_database(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs: a disk that can really fill up."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a tmpfs for the disk-full test: {done.stderr}")
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with small_tmpfs(tmp_path / "disk", "size=16m") as mount:
+        yield mount
 
 
 def test_sqlite_disk_full(tmp_path: Path, softhsm_token: SoftHSMToken, small_disk: Path) -> None:
