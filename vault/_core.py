@@ -183,7 +183,7 @@ class VaultCore(Fingerprints):
         self._relay_client.close()
         if self._committer is not None:
             self._committer.close()
-        self._keyring.wipe_all()
+        self._keyring.close()  # for good: a late worker unwraps nothing again
 
     def check_ready(self) -> dict[str, str]:
         """Return {"hsm": "ok", "database": "ok"} or raise `HSMUnavailable` /

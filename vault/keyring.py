@@ -94,6 +94,8 @@ class DataKeyring:
         # bytes); dropping them on rotation is the most CPython allows.
         self._gcm: dict[int, AESGCM] = {}
         self._ff1: dict[int, FF1] = {}
+        # Set for good by `close` (the stop): from then on nothing is unwrapped again.
+        self._closed = False
 
     def ensure_active(self, connection: Connection) -> list[tuple[KeyPurpose, int]]:
         """Create version 1 of every purpose that has no key yet, in `connection`'s
@@ -210,6 +212,7 @@ class DataKeyring:
         if cipher is None:
             cipher = AESGCM(self._key(KeyPurpose.PAN_GCM, version))
             with self._lock:
+                self._refuse_if_closed()
                 self._gcm[version] = cipher
         return cipher
 
@@ -220,13 +223,16 @@ class DataKeyring:
         if cipher is None:
             cipher = FF1(self._key(KeyPurpose.FF1, version))
             with self._lock:
+                self._refuse_if_closed()
                 self._ff1[version] = cipher
         return cipher
 
     def _key(self, purpose: KeyPurpose, version: int) -> bytes:
         """Return the clear bytes of data key (`purpose`, `version`), unwrapping it in the
-        HSM on first use. Raises `DataKeyMissing`, or `hsm.errors` when the HSM fails."""
+        HSM on first use. Raises `DataKeyMissing` (also once the keyring is closed), or
+        `hsm.errors` when the HSM fails."""
         with self._lock:
+            self._refuse_if_closed()
             clear = self._clear.get((purpose, version))
             if clear is not None:
                 return bytes(clear)
@@ -255,6 +261,9 @@ class DataKeyring:
             WrappedKey(bytes(row.wrapped), str(row.wrap_mechanism), str(row.kek_label))
         )
         with self._lock:
+            if self._closed:  # closed while this unwrap was under way
+                wipe(clear)
+                self._refuse_if_closed()
             existing = self._clear.setdefault((purpose, version), clear)
             if existing is not clear:
                 wipe(clear)
@@ -311,8 +320,25 @@ class DataKeyring:
                 if self._active.get(purpose) == version:
                     del self._active[purpose]
 
+    def close(self) -> None:
+        """Wipe every unwrapped key for good (the stop): from now on `gcm`, `ff1` and
+        every other use of a data key raise `DataKeyMissing`, and nothing is unwrapped
+        again. The stop gives up on a worker that does not end in time (review 36); until
+        session 36 its next batch unwrapped the keys again after the wipe (the provider
+        reopens its sessions on the next call) and re-encrypted rows with them. Now it
+        fails closed: its transaction is rolled back, nothing written."""
+        with self._lock:
+            self._closed = True
+        self.wipe_all()
+
+    def _refuse_if_closed(self) -> None:
+        """Raise `DataKeyMissing` once `close` ran (the caller holds the lock)."""
+        if self._closed:
+            raise DataKeyMissing("the vault is stopping: its data keys are wiped")
+
     def wipe_all(self) -> None:
-        """Overwrite and forget every unwrapped key (shutdown, rotation)."""
+        """Overwrite and forget every unwrapped key (a key may be unwrapped again on its
+        next use, unless `close` ran)."""
         with self._lock:
             for clear in self._clear.values():
                 wipe(clear)
