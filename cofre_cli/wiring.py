@@ -71,7 +71,7 @@ from vault.rotation import KeyRotation
 from vault.rotation_worker import RotationWorker
 from vault.service import CallContext, VaultService
 from vault.signing import HSMTreeHeadSigner
-from vault.storage.database import create_database_engine
+from vault.storage.database import create_database_engine, readiness_connections
 from vault.storage.schema_version import check_schema, migrate
 
 _log = structlog.get_logger("cofre.vault")
@@ -413,6 +413,7 @@ def build_runtime(
         informational=informational.notes,
     )
 
+    @readiness_connections()  # the informational checks' reads too (review 36)
     def check_ready() -> dict[str, str]:
         if readiness.draining:
             raise Draining("this node is stopping")

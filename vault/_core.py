@@ -61,7 +61,7 @@ from vault.policy_record import policy_event
 from vault.relay_client import RelayClient
 from vault.security_codes import MAX_TTL as MAX_CODE_TTL
 from vault.security_codes import HeldCodes
-from vault.storage.database import as_utc, single_read
+from vault.storage.database import as_utc, readiness_connections, single_read
 from vault.storage.groupcommit import GroupCommitter, Merge
 from vault.storage.rawsql import fetch_records
 from vault.storage.schema import tokens
@@ -185,9 +185,9 @@ class VaultCore(Fingerprints):
             self._committer.close()
         self._keyring.close()  # for good: a late worker unwraps nothing again
 
+    @readiness_connections()  # its own connections: "the database answers", not "the pool is busy"
     def check_ready(self) -> dict[str, str]:
-        """Return {"hsm": "ok", "database": "ok"} or raise `HSMUnavailable` /
-        `StorageUnavailable` for the first that fails."""
+        """The checks, all "ok", or the first failing one's error (`HSMUnavailable`...)."""
         self._provider.health_check()
         with self._storage(), self._engine.connect() as connection:
             connection.execute(select(1))

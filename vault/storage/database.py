@@ -13,16 +13,18 @@ Database errors are translated into `StorageUnavailable` by the callers' edge he
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext, make_url
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from vault.storage import schema_version
 
@@ -46,6 +48,65 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+# Readiness's own connections (`readiness_connections`): as many as readiness runs may
+# overlap in one process (the health port's, the mTLS port's, a worker's beat), and how
+# long one waits for another's, far inside the kubelet probe's timeout (deploy/k8s: 3 s).
+READY_CONNECTIONS: Final = 3
+READY_CHECKOUT_SECONDS: Final = 1.0
+_readiness = threading.local()
+
+
+@contextlib.contextmanager
+def readiness_connections() -> Iterator[None]:
+    """In this block, this thread's checkouts from a Cofre engine's pool come from the
+    pool's reserve for readiness (`ReadinessReservePool`), never from the connections
+    the load uses. Review 36: readiness waited the pool timeout (10 s) for a connection
+    when the load held them all, past the probe's 3 s, and every pod under that load
+    went unready at once; readiness must say whether the database answers."""
+    outer = getattr(_readiness, "active", False)
+    _readiness.active = True
+    try:
+        yield
+    finally:
+        _readiness.active = outer
+
+
+class ReadinessReservePool(QueuePool):
+    """The engine's pool, plus `READY_CONNECTIONS` of its own (opened when first
+    needed, by the same creator and events: the same URL, TLS, IAM token) that serve the
+    threads inside `readiness_connections`, each waited for at most
+    `READY_CHECKOUT_SECONDS`. They count toward the server's ``max_connections``."""
+
+    _reserve: QueuePool | None = None
+    _reserve_lock = threading.Lock()
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        if getattr(_readiness, "active", False):
+            return self._reserved()._do_get()
+        return super()._do_get()
+
+    def _reserved(self) -> QueuePool:
+        with self._reserve_lock:
+            if self._reserve is None:
+                self._reserve = QueuePool(
+                    self._creator,
+                    pool_size=READY_CONNECTIONS,
+                    max_overflow=0,
+                    timeout=READY_CHECKOUT_SECONDS,
+                    recycle=self._recycle,
+                    dialect=self._dialect,
+                    reset_on_return=self._reset_on_return,
+                    _dispatch=self.dispatch,
+                )
+            return self._reserve
+
+    def dispose(self) -> None:
+        super().dispose()
+        with self._reserve_lock:
+            if self._reserve is not None:
+                self._reserve.dispose()
+
+
 def create_database_engine(
     url: str,
     *,
@@ -65,6 +126,7 @@ def create_database_engine(
         engine = create_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            poolclass=ReadinessReservePool,
             pool_size=pool_size,
             max_overflow=pool_size,
         )
@@ -83,6 +145,7 @@ def create_database_engine(
         # recycle age stays under the idle timeouts of the middle boxes a connection
         # may cross (an AWS NLB drops idle flows after 350 s).
         pool_pre_ping=False,
+        poolclass=ReadinessReservePool,  # readiness has connections of its own
         pool_recycle=300,
         pool_timeout=10,
         connect_args={
