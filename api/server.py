@@ -223,9 +223,10 @@ class BackgroundServer:
             if waited > timeout:
                 raise ApiError("the API server did not start in time")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop serving; wait for the requests under way at most `timeout` seconds."""
         self.server.should_exit = True
-        self._thread.join(timeout=15)
+        self._thread.join(timeout=timeout)
         watcher = getattr(self.server, "crl_watcher", None)
         if watcher is not None:
             watcher.stop()

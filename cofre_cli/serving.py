@@ -11,6 +11,7 @@ import gc
 import logging
 import logging.config
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final
@@ -36,6 +37,7 @@ from cofre.settings import Settings
 from cofre_cli._listeners import check_listener_ports, claim_listener_ports
 from cofre_cli._production import production_checks, refusing_software_tokens
 from cofre_cli.capture import capture_places, start_capture_listener
+from cofre_cli.stopping import stop_deadline
 from cofre_cli.wiring import (
     build_runtime,
     open_database,
@@ -124,6 +126,7 @@ def serve_worker(
     except BaseException:
         stop_telemetry()
         raise
+    stop_by: float | None = None  # set once the listeners have stopped
     try:
         api = build_server(
             runtime.app,
@@ -199,11 +202,13 @@ def serve_worker(
                 on_loop=node.attach if node is not None else None,
             )
         finally:
+            # One deadline for the whole stop from here (`cofre_cli.stopping`).
+            stop_by = stop_deadline()
             stop_beats()
             if capture_server is not None:
-                capture_server.stop()
+                capture_server.stop(timeout=max(0.0, stop_by - time.monotonic()))
     finally:
-        runtime.close()
+        runtime.close(stop_by)
         stop_telemetry()  # after close: its last log lines are exported too
 
 

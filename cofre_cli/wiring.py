@@ -40,7 +40,7 @@ from cofre.errors import CofreError, ConfigurationError
 from cofre.filemodes import refuse_readable_secrets, secure_data_dir
 from cofre.redaction import OwnDigest
 from cofre.settings import Settings
-from cofre_cli.audit_trail import crl_recorder, process_details, record_stop
+from cofre_cli.audit_trail import crl_recorder, process_details
 from cofre_cli.capture import (
     capture_app,
     capture_certificate,
@@ -49,11 +49,11 @@ from cofre_cli.capture import (
 )
 from cofre_cli.informational import informational_checks
 from cofre_cli.key_management import key_management, own_authorities
+from cofre_cli.stopping import stop_runtime
 from cofre_cli.witnessing import (
     observe_audit_queue,
     observe_witnesses,
     start_audit_workers,
-    stop_publisher,
 )
 from compliance.errors import ComplianceError
 from compliance.export import EvidenceSources, export_bundle
@@ -230,25 +230,10 @@ class Runtime:
         watcher.record_changes(crl_recorder(self.service.record, str(watcher.path)))
         self.crl_watcher = watcher
 
-    def close(self) -> None:
-        """Stop the workers, wipe every unwrapped data key and close the HSM session."""
-        self.readiness.begin_drain()
-        if self.refusal_flusher is not None:
-            # Every count written before the sequencer stops, so its last head covers them.
-            self.refusal_flusher.stop()
-        self.purge_worker.stop()
-        self.rotation_worker.stop()
-        if self.crl_watcher is not None:
-            self.crl_watcher.stop()  # its last `crl.load` before `process.stop`
-        # PCI DSS 10.2.1.6: the stop of the process whose start `_record_start` wrote,
-        # after its last operation and before the sequencer's last head.
-        record_stop(self.service.record)
-        self.sequencer_thread.stop()
-        stop_publisher(self.publisher_thread)
-        self.service.close()
-        self.provider.close()
-        self.engine.dispose()
-        _log.info("vault stopped", data_keys="wiped", hsm_session="closed")
+    def close(self, deadline: float | None = None) -> None:
+        """Stop the workers by `deadline` (`cofre_cli.stopping`), then wipe every
+        unwrapped data key (always) and close the HSM session."""
+        stop_runtime(self, deadline)
 
 
 def _record_start(

@@ -61,11 +61,6 @@ def ask_witnesses(
     return warnings
 
 
-def stop_publisher(thread: PublisherThread | None) -> None:
-    if thread is not None:
-        thread.stop()
-
-
 def start_audit_workers(
     settings: Settings, engine: Engine, sequencer: Sequencer, interval: float
 ) -> tuple[SequencerThread, PublisherThread | None]:
