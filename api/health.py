@@ -19,6 +19,8 @@ worker next to nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import hashlib
 import json
 import threading
@@ -104,7 +106,7 @@ class HealthApp:
     async def _run_checks(self) -> tuple[int, dict[str, Any]]:
         started = self._clock()
         try:
-            checks = await asyncio.to_thread(self._check_ready)
+            checks = await in_daemon_thread(self._check_ready)
         except CofreError as exc:
             answer: tuple[int, dict[str, Any]] = (503, {"status": "unready", "code": exc.code})
         else:
@@ -119,6 +121,38 @@ class HealthApp:
             )
         self._last = (started, answer)
         return answer
+
+
+async def in_daemon_thread(check: Callable[[], dict[str, str]]) -> dict[str, str]:
+    """`check()` run in a daemon thread of its own (in a copy of this context): return or
+    raise what it does. Not the loop's default executor (review 36): a check waiting on
+    a database that does not answer held one of its threads, and `asyncio.run` waits for
+    every one of them when the loop ends, so the stop never reached the key wipe."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[dict[str, str]] = loop.create_future()
+
+    def settle(result: dict[str, str] | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result or {})
+
+    def run() -> None:
+        try:
+            result, error = check(), None
+        except BaseException as exc:  # noqa: BLE001 - raised in the waiting probe
+            result, error = None, exc
+        # RuntimeError: the loop has ended (the process stops), nobody waits for this.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, error)
+
+    context = contextvars.copy_context()
+    threading.Thread(
+        target=context.run, args=(run,), name="cofre-readiness-check", daemon=True
+    ).start()
+    return await future
 
 
 def informational_failing(checks: dict[str, str]) -> list[str]:
@@ -206,7 +240,7 @@ class ReadyProbes:
         started = self.clock()
         result: _Result
         try:
-            result = await asyncio.to_thread(self._check)
+            result = await in_daemon_thread(self._check)
         except CofreError as exc:
             result = exc
         self._last = (started, result)
@@ -249,6 +283,9 @@ def build_health_server(
         port,
         log_config=log_config,
         timeout_keep_alive=5,
+        # At the stop, probes still waiting for a check (a database that does not
+        # answer) are cancelled after a second: they held the stop before the key wipe.
+        timeout_graceful_shutdown=1,
         # A head within HEAD_SECONDS of the connection (or of the last answer); no
         # client certificates here, so no per-identity cap either.
         http=guarded_protocol(

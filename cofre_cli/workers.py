@@ -181,7 +181,9 @@ class NodeReadiness:
         def halt() -> None:
             self._halted.set()
             self._wake.set()
-            thread.join(timeout=every + 5)
+            # Not joined (review 36): a beat waiting on a database that does not answer
+            # held the stop here for 7 s of its deadline. A check still running when
+            # this returns stamps nothing (`_decided`), and its thread is a daemon.
             with self._lock:
                 self._decided = math.inf  # a check still running stamps nothing
                 self._stamps[self._index] = 0.0
