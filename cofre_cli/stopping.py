@@ -37,11 +37,12 @@ if TYPE_CHECKING:
 _log = structlog.get_logger("cofre.vault")
 
 # The steps before the wipe: the capture listener's last requests, the workers, the
-# ``process.stop`` entry, the last tick, the publisher. With `RELEASE_SECONDS` twice
-# and the telemetry's 5 s (`api.otlp.TELEMETRY_STOP_SECONDS`) this fits in the 15 s
-# that terminationGracePeriodSeconds leaves after the drain (docs/operations.md,
-# "Stopping and draining").
-STOP_SECONDS: Final = 6.0
+# ``process.stop`` entry, the last tick, the publisher. With the health listener's
+# close (1 s, `api.health`), `RELEASE_SECONDS` three times and the telemetry's 5 s
+# (`api.otlp.TELEMETRY_STOP_SECONDS`) this fits in the 15 s that
+# terminationGracePeriodSeconds leaves after the drain (docs/operations.md, "Stopping
+# and draining"; tests/cofre_cli/test_stop36_stop_deadline.py pins the sum).
+STOP_SECONDS: Final = 5.0
 # Each of the three releases after the wipe: the vault service (its group committer's
 # thread), the HSM session (its close waits for the calls under way), the pool.
 RELEASE_SECONDS: Final = 1.0

@@ -23,6 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api.otlp import TELEMETRY_STOP_SECONDS
+from cofre_cli.stopping import RELEASE_SECONDS, STOP_SECONDS
 from tests.support.postgres import PostgresCluster, free_port
 from tests.support.softhsm import SoftHSMToken
 from tests.support.vault_process import make_vault
@@ -115,3 +117,12 @@ def test_a_stop_during_a_database_outage_wipes_the_keys_in_every_worker(
         )
         assert last_abandon < names.index("vault stopped")
     assert status == 0
+
+
+def test_the_stop_fits_the_margin_the_grace_period_leaves_after_the_drain() -> None:
+    """tests/deploy/test_manifests.py leaves 15 s after the drain (its
+    SHUTDOWN_MARGIN_SECONDS): the health listener's close (1 s), the steps before the
+    wipe, the three releases after it and the telemetry's flush must fit in them."""
+    health_close = 1 + 0.1  # `api.health`'s graceful timeout, after uvicorn's 0.1 s pause
+    total = health_close + STOP_SECONDS + 3 * RELEASE_SECONDS + TELEMETRY_STOP_SECONDS
+    assert total <= 15
