@@ -22,6 +22,7 @@ session is closed and the pool disposed, within `RELEASE_SECONDS` each.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -59,7 +60,7 @@ def run_steps(steps: Sequence[Step], deadline: float, *, together: bool = False)
     """Run `steps` (name, callable), each in a daemon thread, one after another (all at
     once with `together`), each waited for until `deadline`; log and return the names
     of those still running then (abandoned). A step that raises is logged, never
-    raised: the stop goes on to the wipe."""
+    raised: the stop goes on to the wipe. Each thread runs in a copy of this context."""
 
     def started(name: str, step: Callable[[], object]) -> threading.Thread:
         def run() -> None:
@@ -68,7 +69,12 @@ def run_steps(steps: Sequence[Step], deadline: float, *, together: bool = False)
             except Exception as exc:  # noqa: BLE001 - logged; the stop goes on
                 _log.error("stop step failed", step=name, error=type(exc).__name__)
 
-        thread = threading.Thread(target=run, name=f"cofre-stop-{name}", daemon=True)
+        # In a copy of this context: its log lines carry the worker's index, as this
+        # thread's do (`cofre_cli.serving`), and each thread needs a copy of its own.
+        context = contextvars.copy_context()
+        thread = threading.Thread(
+            target=context.run, args=(run,), name=f"cofre-stop-{name}", daemon=True
+        )
         thread.start()
         return thread
 
