@@ -77,8 +77,10 @@ class ReadinessReservePool(QueuePool):
     threads inside `readiness_connections`, each waited for at most
     `READY_CHECKOUT_SECONDS`. They count toward the server's ``max_connections``."""
 
-    _reserve: QueuePool | None = None
-    _reserve_lock = threading.Lock()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reserve: QueuePool | None = None
+        self._reserve_lock = threading.Lock()
 
     def _do_get(self) -> ConnectionPoolEntry:
         if getattr(_readiness, "active", False):
