@@ -19,6 +19,7 @@ __all__ = [
     "main",
     "officer_token",
     "serving",
+    "stopping",
     "wiring",
     "witnessing",
     "workers",
