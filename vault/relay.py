@@ -171,8 +171,9 @@ class CallerGuesses:
 
 def caller_guesses(body: Any, tokens: Collection[str] = ()) -> CallerGuesses:
     """What `withhold_sent` must withhold beside the details sent, for a relay whose
-    caller sent `body`: every run of three or four digits (a code, an expiry as MMYY;
-    leading zeros aside, as the code's are) and every expiry-like text the body holds,
+    caller sent `body`: every run of three digits or more that is at most four once its
+    leading zeros are dropped (a code, an expiry as MMYY; with leading zeros, as the
+    code's are) and every expiry-like text the body holds,
     as written, percent-decoded or in ASCII digits. Review 36: the details were
     withheld only where they matched, so a caller that wrote all 1,000 codes (or every
     month of ten years) into a field the acquirer echoes was told by the one
@@ -186,7 +187,14 @@ def caller_guesses(body: Any, tokens: Collection[str] = ()) -> CallerGuesses:
         if text in tokens:
             return
         for form in {text, unquote_plus(text), _ascii_digits(text)}:
-            runs.update(_run_key(r) for r in _DIGIT_RUN.findall(form) if 3 <= len(r) <= 4)
+            # Any run of three digits or more that reads a code once its zeros are
+            # dropped: a sent code is withheld with leading zeros too (`_pattern`), so
+            # guesses written as 00739 told the card's apart (review 36b).
+            runs.update(
+                key
+                for r in _DIGIT_RUN.findall(form)
+                if len(r) >= 3 and len(key := _run_key(r)) <= 4
+            )
             layouts.update(_EXPIRY_LIKE.findall(form))
 
     _replace_texts(body, note)

@@ -73,3 +73,28 @@ def test_an_echo_of_the_code_itself_is_still_withheld(
     )
     answer = relay.relay(GETNET, "getnet-authorize", _body(token))
     assert answer.body == {"reason": "cvv [withheld] mismatch", "expiry": "[withheld]"}
+
+
+def test_guesses_padded_with_zeros_do_not_tell_the_cards_code(
+    relay: VaultService, acquirer: FakeAcquirer
+) -> None:
+    """Review 36b: a sent code is withheld wherever a whole digit run reads it with
+    leading zeros (``00739``), but only the caller's runs of three or four digits were
+    its guesses, so 1,000 guesses written with two zeros in front came back withheld
+    only where they were the card's."""
+    acquirer.answer = _echo
+    padded = " ".join(f"c00{n:03d}" for n in range(1000))
+
+    def note(code: str) -> str:
+        token = _card(relay, code=code, expiry="11/31")
+        body = _body(token)
+        body["note"] = padded
+        body["references"] = []
+        answer = relay.relay(GETNET, "getnet-authorize", body)
+        assert isinstance(answer.body, dict)
+        return str(answer.body["note"])
+
+    first = note("739")
+    withheld = [g for g, shown in zip(padded.split(), first.split(), strict=True) if shown != g]
+    assert withheld != ["c00739"], "one relay told the caller the card's code"
+    assert first == note("215")
