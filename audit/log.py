@@ -351,13 +351,29 @@ class AuditLog:
     def __init__(self, clock: type[datetime] = datetime) -> None:
         self._clock = clock
 
-    def append(self, connection: Connection, event: AuditEvent) -> int:
+    def _now(self, connection: Connection, *, hold: bool = False) -> datetime:
+        """The time of an entry written now on `connection`: the time `hold` kept for
+        its transaction, if any; else the clock's, kept for it when `hold`."""
+        transaction = connection.get_transaction()
+        held = connection.info.get(_HELD_TIME)
+        if held is not None and transaction is not None and held[0] is transaction:
+            return held[1]
+        now = self._clock.now(UTC)
+        if hold and transaction is not None:
+            connection.info[_HELD_TIME] = (transaction, now)
+        return now
+
+    def append(self, connection: Connection, event: AuditEvent, *, hold: bool = False) -> int:
         """Insert `event` in `connection`'s transaction and queue it for sequencing.
 
+        With `hold`, every later entry of the same transaction takes this one's time:
+        a period is chosen by time, and a key registration and the start of the
+        ceremony that made it must fall in one period (check 6d ties them; review 36b:
+        a period that ended between the two FAILED a genuine rotation's bundle).
         Returns the entry id. Raises `AuditWriteFailed` when the database refuses; the
         caller must then roll back its transaction.
         """
-        now = self._clock.now(UTC)
+        now = self._now(connection, hold=hold)
         payload = canonical_payload(event, now)
         try:
             entry_id = connection.execute(
@@ -383,7 +399,7 @@ class AuditLog:
         same transaction."""
         if not events:
             return
-        now = self._clock.now(UTC)
+        now = self._now(connection)
         rows = [(payload, now) for payload in canonical_payloads(events, now)]
         pending: _Pending | None = connection.info.get(_DEFERRED)
         if pending is not None:
@@ -399,6 +415,9 @@ class AuditLog:
 # to the pool).
 _Pending = list[tuple[tuple[str, datetime], list[int] | None]]
 _DEFERRED: Final = "cofre_audit_deferred_rows"
+# The (transaction, time) an entry written with `hold` kept for its transaction's later
+# entries, in the connection's `info`; another transaction is another object.
+_HELD_TIME: Final = "cofre_audit_held_time"
 
 
 def _insert_rows(connection: Connection, rows: Sequence[tuple[str, datetime]]) -> list[int]:

@@ -149,6 +149,8 @@ class KeyRegistry:
             raise KeyNotRegistered(
                 f"{label!r} is not exactly one key on the token, sensitive and never extractable"
             )
+        # Held: the ceremony's start, written next in this transaction, takes this
+        # entry's time, so that no period of the evidence holds one without the other.
         self._audit.append(
             connection,
             AuditEvent(
@@ -158,6 +160,7 @@ class KeyRegistry:
                 key_id=label,
                 details={**identity.as_details(), "how": how},
             ),
+            hold=True,
         )
         with self._lock:
             self._cache = None
