@@ -110,3 +110,24 @@ def test_the_previous_bundle_pins_the_log(
         else:
             assert out.startswith("VERIFIED\n"), out
             assert f"of log {ORIGIN}, the log of the previous bundle" in out
+
+
+def test_an_unpinned_verdict_is_never_drawn_as_a_plain_pass(
+    second_log: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 36b: the HTML page drew `VERIFIED, UNSAFE` in the green badge of a pinned
+    pass, and its UNSAFE line with a green tick, as the text report did with `ok`;
+    the JSON said `"ok": true` with no verdict. Now the badge and the line are marked
+    unsafe, and the JSON carries the verdict line."""
+    page = tmp_path / "r.html"
+    assert main([*second_log, "--unsafe-any-origin", "--html", str(page)]) == 0
+    out = capsys.readouterr().out
+    assert "  ok    UNSAFE" not in out
+    assert "\n  UNSAFE: the log's origin was not pinned; this bundle is of log" in out
+    html = page.read_text(encoding="utf-8")
+    assert "class='badge ok'" not in html
+    assert "class='badge unsafe'" in html
+    assert "&#10003; UNSAFE" not in html
+    assert main([*second_log, "--unsafe-any-origin", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verdict"] == "VERIFIED, UNSAFE: the log's origin was not pinned"

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from cofre_evidence_verifier.bundle import Files, json_lines, load_json, read_bundle
-from cofre_evidence_verifier.report import Report, printable
+from cofre_evidence_verifier.report import UNSAFE_MARK, Report, printable
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem;color:#1b1f24}
@@ -20,7 +20,8 @@ h1{font-size:1.6rem} .ok{color:#1a7f37} .fail{color:#cf222e}
 table{border-collapse:collapse;width:100%;margin:1rem 0} td,th{border:1px solid #d0d7de;
 padding:.35rem .6rem;text-align:left;vertical-align:top} th{background:#f6f8fa}
 .badge{display:inline-block;padding:.2rem .7rem;border-radius:1rem;color:#fff;font-weight:600}
-.badge.ok{background:#1a7f37} .badge.fail{background:#cf222e}
+.badge.ok{background:#1a7f37} .badge.fail{background:#cf222e} .unsafe{color:#9a6700}
+.badge.unsafe{background:#9a6700;color:#fff}
 """
 
 
@@ -37,17 +38,24 @@ def render_html(report: Report, bundle: Path) -> str:
     the sections drawn from its files are rendered from what parses, and when even
     that fails the page says so instead."""
     verdict = _e(report.verdict)  # VERIFIED with what an --unsafe-… option left unpinned
+    # Review 36b: a verdict with something left unpinned was drawn in a pinned pass's green.
+    badge = "fail" if not report.ok else "unsafe" if report.unsafe else "ok"
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>Cofre evidence: "
         f"{verdict}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>Cofre evidence bundle <span class='badge {'ok' if report.ok else 'fail'}'>"
+        f"<h1>Cofre evidence bundle <span class='badge {badge}'>"
         f"{verdict}</span></h1><p>{_e(bundle.name)}</p>",
         "<h2>Summary</h2><table>",
     ]
     for key, value in report.summary.items():
         parts.append(f"<tr><th>{_e(key)}</th><td>{_e(json.dumps(value))}</td></tr>")
     parts.append("</table><h2>Checks</h2><ul>")
-    parts += [f"<li class='ok'>&#10003; {_e(c)}</li>" for c in report.checks]
+    parts += [
+        f"<li class='unsafe'>&#9888; {_e(c)}</li>"
+        if c.startswith(UNSAFE_MARK)
+        else f"<li class='ok'>&#10003; {_e(c)}</li>"
+        for c in report.checks
+    ]
     parts += [f"<li class='fail'>&#10007; {_e(p)}</li>" for p in report.problems]
     if not report.problems:
         parts += [

@@ -32,6 +32,8 @@ UNSAFE_VERDICTS: Final = {
     "witnesses": "no witness cosignature was checked",
     "origin": "the log's origin was not pinned",
 }
+# How a check line that says what was left unpinned begins: never drawn as a pass.
+UNSAFE_MARK: Final = "UNSAFE: "
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Report:
     def as_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "verdict": self.verdict,  # names what an --unsafe-… option left unpinned
             "problems": self.problems,
             "missing_checks": self.missing_checks(),
             "checks": self.checks,
@@ -142,7 +145,9 @@ def render_text(report: Report) -> str:
     for key, value in report.summary.items():
         out.write(f"  {printable(key)}: {printable(json.dumps(value))}\n")
     for check in report.checks:
-        out.write(f"  ok    {printable(check)}\n")
+        # An UNSAFE line is no check passed (review 36b: it was shown as `ok`).
+        mark = "" if check.startswith(UNSAFE_MARK) else "ok    "
+        out.write(f"  {mark}{printable(check)}\n")
     for problem in report.problems:
         out.write(f"  FAIL  {printable(problem)}\n")
     if not report.problems:

@@ -88,7 +88,7 @@ from cofre_evidence_verifier.bundle import (
     signature_verifies,
 )
 from cofre_evidence_verifier.note import VerifierKey
-from cofre_evidence_verifier.report import CHAIN_CHECKS, REQUIRED_CHECKS, Report
+from cofre_evidence_verifier.report import CHAIN_CHECKS, REQUIRED_CHECKS, UNSAFE_MARK, Report
 
 
 def verify_bundle(
@@ -251,7 +251,7 @@ def _unpinned_origin(verified: Heads, report: Report, *, chained: bool, unsafe: 
     log = ", ".join(found) or "(none verified)"
     if unsafe:
         report.checks.append(
-            f"UNSAFE: the log's origin was not pinned; this bundle is of log {log}, and a "
+            f"{UNSAFE_MARK}the log's origin was not pinned; this bundle is of log {log}, and a "
             "bundle of any other log the audit key signs and the witnesses cosign (staging, "
             "disaster recovery) would pass as well: compare it with your working papers"
         )
