@@ -538,21 +538,30 @@ def _base64(word: str) -> str | None:
 
 
 def _inflated(data: bytes) -> str | None:
-    """`data` decompressed as Latin-1 text when it is gzip or zlib (their headers tell),
-    at most `_MAX_INFLATED` bytes of it; else None. Review 36: the request gzipped in
-    base64 (a debug field, a compressed payload) reached the caller whole."""
-    if data[:2] == b"\x1f\x8b":
+    """`data` decompressed as Latin-1 text, at most `_MAX_INFLATED` bytes (and
+    `_MAX_RATIO` times its size) of it: gzip (every member), zlib, else raw deflate;
+    None when it reads as none. Review 36: the request gzipped in base64 (a debug field,
+    a compressed payload) reached the caller whole. Review 36b: so did raw deflate,
+    which has no header (.NET's DeflateStream, PHP's gzdeflate), and a card in a gzip
+    stream's second member (a writer that flushes member by member)."""
+    gzipped = data[:2] == b"\x1f\x8b"
+    if gzipped:
         bits = zlib.MAX_WBITS | 16
     elif len(data) > 1 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0:
         bits = zlib.MAX_WBITS  # a zlib header: deflate, its check bits right
     else:
-        return None
-    decoder = zlib.decompressobj(bits)
+        bits = -zlib.MAX_WBITS
+    budget, out, rest = min(_MAX_INFLATED, _MAX_RATIO * len(data)), b"", data
     try:
-        out = decoder.decompress(data, min(_MAX_INFLATED, _MAX_RATIO * len(data)))
-        return out.decode("latin-1")
+        while rest and len(out) < budget:
+            decoder = zlib.decompressobj(bits)
+            out += decoder.decompress(rest, budget - len(out))
+            rest = decoder.unused_data if gzipped and decoder.eof else b""
+            if rest[:2] != b"\x1f\x8b":
+                break
     except zlib.error:
-        return None
+        pass  # what was read before the error is still read
+    return out.decode("latin-1") if out else None
 
 
 def _ascii_digits(text: str) -> str:

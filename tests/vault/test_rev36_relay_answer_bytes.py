@@ -161,6 +161,51 @@ def test_a_gzipped_echo_in_base64_is_withheld(
     assert PAN.encode() not in recovered, recovered
 
 
+def _raw_deflate(data: bytes) -> bytes:
+    # What .NET's DeflateStream, Java's Deflater(nowrap) and PHP's gzdeflate write.
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+def _raw_inflate(data: bytes) -> bytes:
+    return zlib.decompress(data, -zlib.MAX_WBITS)
+
+
+def _members(data: bytes) -> bytes:
+    # A gzip writer that flushes a member at a time (the request's head, then its body).
+    return gzip.compress(data[:20]) + gzip.compress(data[20:])
+
+
+@pytest.mark.parametrize(
+    ("compress", "decompress"),
+    [(_raw_deflate, _raw_inflate), (_members, gzip.decompress)],
+    ids=["raw-deflate", "gzip-members"],
+)
+def test_a_deflated_echo_in_base64_is_withheld(
+    vault: VaultService,
+    upstream: _BytesUpstream,
+    compress: Callable[[bytes], bytes],
+    decompress: Callable[[bytes], bytes],
+) -> None:
+    """Review 36b: only a gzip or zlib header was inflated, and a gzip stream only to
+    the end of its first member: a raw deflate echo (no header: .NET's DeflateStream)
+    and a card in a second gzip member came back whole."""
+
+    def answer(body: bytes) -> tuple[int, dict[str, str], bytes]:
+        debug = base64.b64encode(compress(b"request: " + body)).decode()
+        return 402, {"content-type": "application/json"}, json.dumps({"debug": debug}).encode()
+
+    upstream.answer = answer
+    status, answer_body = _relay(vault)
+    assert status == 402
+    assert isinstance(answer_body, dict)
+    try:
+        recovered = decompress(base64.b64decode(str(answer_body["debug"])))
+    except (ValueError, zlib.error, OSError, EOFError):
+        recovered = b""
+    assert PAN.encode() not in recovered, recovered
+
+
 # ------------------------------------------------------------------ what held
 def test_utf8_and_utf16_ascii_text_answers_still_come_back_masked(
     vault: VaultService, upstream: _BytesUpstream
