@@ -23,7 +23,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Final
+from typing import Final, cast
 
 from sqlalchemy import Connection, insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -357,7 +357,7 @@ class AuditLog:
         transaction = connection.get_transaction()
         held = connection.info.get(_HELD_TIME)
         if held is not None and transaction is not None and held[0] is transaction:
-            return held[1]
+            return cast("datetime", held[1])
         now = self._clock.now(UTC)
         if hold and transaction is not None:
             connection.info[_HELD_TIME] = (transaction, now)
