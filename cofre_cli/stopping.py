@@ -11,9 +11,10 @@ at all (paused, cut off without a reset) had no bound: the stop never got there.
 
 Now every step runs in a daemon thread of its own, joined against one deadline
 (`STOP_SECONDS` from the end of the drain): the background workers are all told to stop
-at once and then waited for together; the steps whose order the audit log shows
-(``process.stop`` after the workers, before the sequencer's last tick and the
-publisher) come next, each with what is left. A step still running at the deadline is
+at once and then waited for together, until `AUDIT_RESERVE_SECONDS` before the
+deadline; the steps whose order the audit log shows (``process.stop`` after the
+workers, then the sequencer's last drain and signed head, then the publisher) come
+next, each with what is left. A step still running at the deadline is
 abandoned, logged ``stop step abandoned`` with its name (its thread dies with the
 process). The data keys are then wiped, always, in this thread and first (the keyring
 is closed for good: a worker left running fails closed, `vault.keyring`); the HSM
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 _log = structlog.get_logger("cofre.vault")
 
 # The steps before the wipe: the capture listener's last requests, the workers, the
-# ``process.stop`` entry, the last tick, the publisher. With the health listener's
+# ``process.stop`` entry, the last head, the publisher. With the health listener's
 # close (1 s, `api.health`), `RELEASE_SECONDS` three times and the telemetry's 5 s
 # (`api.otlp.TELEMETRY_STOP_SECONDS`) this fits in the 15 s that
 # terminationGracePeriodSeconds leaves after the drain (docs/operations.md, "Stopping
@@ -47,6 +48,12 @@ STOP_SECONDS: Final = 5.0
 # Each of the three releases after the wipe: the vault service (its group committer's
 # thread), the HSM session (its close waits for the calls under way), the pool.
 RELEASE_SECONDS: Final = 1.0
+# The end of `STOP_SECONDS` kept for the ordered steps (review 36c): the workers are
+# waited for until this much before the deadline, so a batch still going then (a
+# rotation's 500 rows on a slow HSM, lock waits under load) leaves ``process.stop``
+# and the last head their time instead of taking it all. A healthy database writes
+# both in a fraction of it.
+AUDIT_RESERVE_SECONDS: Final = 2.0
 
 Step = tuple[str, Callable[[], object]]
 
@@ -101,6 +108,18 @@ def _release(name: str, step: Callable[[], object]) -> list[str]:
     return run_steps([(name, step)], time.monotonic() + RELEASE_SECONDS)
 
 
+def _last_head(runtime: Runtime) -> None:
+    """Stop the sequencer's thread, then integrate what is queued and sign a head over
+    it: the ``process.stop`` just written and every answered operation's entry (PCI DSS
+    10.3). Review 36c: the thread's stop only ended its loop, so up to a signing
+    interval of entries stayed unsigned (and the last worker's stop unsequenced) until
+    the next start; a rolling restart left every node's last entries so. Each batch is
+    its own transaction: at the deadline the rest waits in the queue for the next
+    start or another node, as after a crash."""
+    runtime.sequencer_thread.stop()
+    runtime.sequencer.drain()
+
+
 def stop_runtime(runtime: Runtime, deadline: float | None = None) -> None:
     """Stop `runtime`'s workers by `deadline` (default: `STOP_SECONDS` from now), then
     wipe every unwrapped data key (always), close the HSM session and dispose of the
@@ -116,14 +135,14 @@ def stop_runtime(runtime: Runtime, deadline: float | None = None) -> None:
         if runtime.refusal_flusher is not None:
             # Every count written before the sequencer stops, so its last head covers them.
             workers.append(("refusal counts", runtime.refusal_flusher.stop))
-        abandoned += run_steps(workers, deadline, together=True)
+        abandoned += run_steps(workers, deadline - AUDIT_RESERVE_SECONDS, together=True)
         ordered: list[Step] = []
         if runtime.crl_watcher is not None:
             ordered.append(("crl watcher", runtime.crl_watcher.stop))  # its last crl.load
         # PCI DSS 10.2.1.6: the stop of the process whose start `_record_start` wrote,
         # after its last operation and before the sequencer's last head.
         ordered.append(("process.stop", lambda: record_stop(runtime.service.record)))
-        ordered.append(("audit sequencer", runtime.sequencer_thread.stop))
+        ordered.append(("audit sequencer", lambda: _last_head(runtime)))
         if runtime.publisher_thread is not None:
             ordered.append(("witness publisher", runtime.publisher_thread.stop))
         abandoned += run_steps(ordered, deadline)
