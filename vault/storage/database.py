@@ -102,6 +102,18 @@ class ReadinessReservePool(QueuePool):
                 )
             return self._reserve
 
+    def _invalidate(
+        self, connection: Any, exception: BaseException | None = None, _checkin: bool = True
+    ) -> None:
+        # One dead connection found (no pre-ping: a database restart, a failover) drops
+        # every older one at its next checkout, the reserve's too (review 36c): the
+        # engine tells this pool only, and readiness otherwise met each reserve
+        # connection dead in turn, two failed probes (failureThreshold 2) on every pod.
+        super()._invalidate(connection, exception, _checkin)
+        with self._reserve_lock:
+            if self._reserve is not None:
+                self._reserve._invalidate_time = self._invalidate_time
+
     def dispose(self) -> None:
         super().dispose()
         with self._reserve_lock:
