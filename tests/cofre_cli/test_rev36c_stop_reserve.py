@@ -1,0 +1,62 @@
+"""A worker still in its batch at the stop deadline does not cost the stop its audit
+entries (review 36c).
+
+The background workers (token purge, key rotation, refusal counts) and the ordered
+steps (``process.stop``, the last head) shared one 5 s deadline: a rotation batch that
+ran to it (500 rows of HMACs on a network HSM, lock waits under load) left nothing for
+``process.stop`` and the last head, which were abandoned on a healthy database. The
+workers are now waited for until `AUDIT_RESERVE_SECONDS` before the deadline.
+
+A real runtime (SQLite, SoftHSM); the rotation worker's stop is replaced by one that
+does not return before the deadline, as a batch in progress would not. The wait is a
+bound that fails only on a hang."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+from cofre.settings import Settings
+from cofre_cli.audit_trail import PROCESS_STOP
+from cofre_cli.stopping import stop_deadline, stop_runtime
+from cofre_cli.wiring import build_runtime
+from hsm.provider import HSMProvider
+
+
+def test_a_batch_past_the_deadline_leaves_the_stop_entry_and_its_head(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    policy = data / "policy.toml"
+    policy.write_text("")
+    runtime = build_runtime(Settings(data_dir=data, policy_file=policy), provider=hsm_provider)
+    released = threading.Event()
+    real_stop = runtime.rotation_worker.stop
+
+    def batch_in_progress() -> None:
+        released.wait(120)  # a batch that outlasts the stop's deadline
+        real_stop()
+
+    runtime.rotation_worker.stop = batch_in_progress  # type: ignore[method-assign]
+    try:
+        stop_runtime(runtime, stop_deadline())
+    finally:
+        released.set()
+    engine = create_engine(f"sqlite:///{data / 'cofre.sqlite3'}")
+    try:
+        with engine.connect() as connection:
+            actions = [
+                json.loads(row[0])["action"]
+                for row in connection.execute(text("SELECT payload FROM audit_entries"))
+            ]
+            queued = connection.execute(text("SELECT count(*) FROM audit_queue")).scalar_one()
+            head = connection.execute(text("SELECT max(tree_size) FROM audit_heads")).scalar()
+    finally:
+        engine.dispose()
+    assert actions[-1] == PROCESS_STOP, actions
+    assert queued == 0
+    assert head == len(actions)
