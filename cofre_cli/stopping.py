@@ -23,11 +23,15 @@ session is closed and the pool disposed, within `RELEASE_SECONDS` each.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import structlog
 
@@ -159,3 +163,19 @@ def stop_runtime(runtime: Runtime, deadline: float | None = None) -> None:
             hsm_session="abandoned" if hsm else "closed",
             abandoned=abandoned + hsm + pool,
         )
+
+
+def leave_process(status: int = 0) -> NoReturn:
+    """End this serving process with `status` once its stop is done (keys wiped, HSM
+    session closed): flush the log handlers and the standard streams, then `os._exit`.
+
+    Review 36c: the interpreter's own end joined every thread of `api.routes._offload`'s
+    executors (`concurrent.futures` registers that join), so a request's vault call
+    stuck on a database that does not answer held the worker after its stop until the
+    kubelet's SIGKILL. And the finalisation ran beside the abandoned steps' daemon
+    threads, still inside a PKCS#11 or driver call. Nothing after the stop needs it."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe: nothing more to lose
+            stream.flush()
+    os._exit(status)

@@ -55,6 +55,7 @@ from api.lifecycle import defer_signals
 from cofre.background import LoopHealth
 from cofre.settings import Settings
 from cofre_cli._parent import die_with
+from cofre_cli.stopping import leave_process
 
 _log = structlog.get_logger("cofre.workers")
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -302,6 +303,7 @@ def _worker(
     # forwards one SIGTERM; two signals would force the worker out mid-request.
     os.setpgid(0, 0)
     target(settings, index, stamps, loads)
+    leave_process(0)  # no interpreter finalisation after the stop (`cofre_cli.stopping`)
 
 
 def run_workers(settings: Settings, count: int, target: Target) -> int:

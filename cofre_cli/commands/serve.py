@@ -165,9 +165,13 @@ def serve_command(workers: Annotated[int | None, _WORKERS] = None) -> None:
     refuses SQLite, a missing or empty policy, the dev PKI and SoftHSM2 unless
     COFRE_INSECURE__* allows them, and never migrates the schema: run `cofre db migrate` first)."""
     from cofre_cli.serving import serve
+    from cofre_cli.stopping import leave_process
 
     os.umask(PRIVATE_UMASK)
     serve(with_workers(cli_settings(), workers))
+    # Stopped cleanly (a failed node raised above): a single worker's stuck request
+    # threads must not hold the exit (`leave_process`); the supervisor has none.
+    leave_process(0)
 
 
 def with_workers(settings: Settings, workers: int | None) -> Settings:
