@@ -120,7 +120,6 @@ def test_a_stop_under_load_loses_no_stop_entry_and_no_head(
             head = connection.execute(text("SELECT max(tree_size) FROM audit_heads")).scalar()
     finally:
         engine.dispose()
-    print(backend, "answered", len(answered), "ok", answered.count(200), "stopped", stopped)
     assert abandoned == [], abandoned
     assert [e.get("abandoned") for e in stopped] == [[], []], stopped
     assert actions.count("process.stop") == 2, sorted(set(actions))

@@ -42,7 +42,8 @@ def test_a_reserve_connection_goes_back_to_the_reserve_with_the_pragmas(tmp_path
         assert reserve is not None
         assert (reserve.checkedin(), reserve.checkedout()) == (1, 0)
         assert (pool.checkedin(), pool.checkedout()) == (1, 0)  # the load's own
-        assert pragmas[0] == "wal" and pragmas[1] == 1 and pragmas[2] > 0
+        assert pragmas[:2] == ["wal", 1]
+        assert pragmas[2] > 0
     finally:
         engine.dispose()
 
@@ -65,7 +66,8 @@ def test_the_session_settings_and_the_password_event_reach_reserve_connections(
         assert timeout == "4321ms"
         assert asked == [1]
         reserve = _reserve(engine)._reserve
-        assert reserve is not None and reserve.checkedin() == 1
+        assert reserve is not None
+        assert reserve.checkedin() == 1
     finally:
         engine.dispose()
 
@@ -137,6 +139,7 @@ def test_a_dispose_while_readiness_holds_a_reserve_connection(tmp_path: Path) ->
             with engine.connect() as fresh:
                 assert fresh.exec_driver_sql("SELECT 1").scalar() == 1
         reserve = _reserve(engine)._reserve
-        assert reserve is not None and reserve.checkedin() == 1
+        assert reserve is not None
+        assert reserve.checkedin() == 1
     finally:
         engine.dispose()
