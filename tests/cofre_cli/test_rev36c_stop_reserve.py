@@ -46,7 +46,49 @@ def test_a_batch_past_the_deadline_leaves_the_stop_entry_and_its_head(
         stop_runtime(runtime, stop_deadline())
     finally:
         released.set()
-    engine = create_engine(f"sqlite:///{data / 'cofre.sqlite3'}")
+    actions, queued, head = _audit_state(data / "cofre.sqlite3")
+    assert actions[-1] == PROCESS_STOP, actions
+    assert queued == 0
+    assert head == len(actions)
+
+
+def test_a_last_head_abandoned_at_the_deadline_is_signed_by_the_next_start(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    """The drain cut by the deadline (a database that does not answer in time) leaves
+    its entries queued, never lost: the next start's sequencer integrates and signs
+    them, as another node's would."""
+    data = tmp_path / "data"
+    data.mkdir()
+    policy = data / "policy.toml"
+    policy.write_text("")
+    settings = Settings(data_dir=data, policy_file=policy)
+    runtime = build_runtime(settings, provider=hsm_provider)
+    released = threading.Event()
+    runtime.sequencer.drain = lambda **_: released.wait(120)  # type: ignore[method-assign,assignment,misc]
+    try:
+        stop_runtime(runtime, stop_deadline())
+    finally:
+        released.set()
+    database = data / "cofre.sqlite3"
+    first_run, queued, _ = _audit_state(database)
+    assert queued > 0  # the process.stop at least, unsequenced
+    again = build_runtime(settings, provider=hsm_provider)
+    try:
+        for _ in range(1200):  # a bound that fails only on a hang
+            _, queued, head = _audit_state(database)
+            if queued == 0 and head is not None and head >= len(first_run):
+                break
+            released.wait(0.1)
+        assert queued == 0
+        assert head is not None
+        assert head >= len(first_run)
+    finally:
+        again.close()
+
+
+def _audit_state(database: Path) -> tuple[list[str], int, int | None]:
+    engine = create_engine(f"sqlite:///{database}")
     try:
         with engine.connect() as connection:
             actions = [
@@ -57,6 +99,4 @@ def test_a_batch_past_the_deadline_leaves_the_stop_entry_and_its_head(
             head = connection.execute(text("SELECT max(tree_size) FROM audit_heads")).scalar()
     finally:
         engine.dispose()
-    assert actions[-1] == PROCESS_STOP, actions
-    assert queued == 0
-    assert head == len(actions)
+    return actions, queued, head
