@@ -13,7 +13,6 @@ and in which order; the waits are bounds that fail only on a hang."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -27,7 +26,7 @@ from api.otlp import TELEMETRY_STOP_SECONDS
 from cofre_cli.stopping import RELEASE_SECONDS, STOP_SECONDS
 from tests.support.postgres import PostgresCluster, free_port
 from tests.support.softhsm import SoftHSMToken
-from tests.support.vault_process import make_vault
+from tests.support.vault_process import log_events, make_vault
 
 
 @pytest.fixture
@@ -60,18 +59,6 @@ def _signal_cluster(cluster: PostgresCluster, signum: signal.Signals) -> None:
             os.kill(pid, signum)
 
 
-def _events(log: Path) -> list[dict[str, object]]:
-    events = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
-
-
 def test_a_stop_during_a_database_outage_wipes_the_keys_in_every_worker(
     tmp_path: Path, softhsm_token: SoftHSMToken, own_postgres: PostgresCluster
 ) -> None:
@@ -98,7 +85,7 @@ def test_a_stop_during_a_database_outage_wipes_the_keys_in_every_worker(
     except subprocess.TimeoutExpired:
         vault.kill()
         pytest.fail("cofre serve did not stop while the database was paused (no key wipe)")
-    events = _events(vault.log)
+    events = log_events(vault.log)
     stopped = [e for e in events if e.get("event") == "vault stopped"]
     assert sorted(str(e.get("worker")) for e in stopped) == ["0", "1"], stopped
     assert all(e.get("data_keys") == "wiped" for e in stopped)

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, text
 from tests.support.pans import card_number
 from tests.support.postgres import free_port
 from tests.support.softhsm import SoftHSMToken
-from tests.support.vault_process import VaultProcess, make_vault
+from tests.support.vault_process import VaultProcess, log_events, make_vault
 
 BOUND = 60.0  # any wait here fails only on a hang
 
@@ -48,18 +48,6 @@ def _load(vault: VaultProcess, kind: str, stop: threading.Event, answered: list[
                     answered.append(answer.status_code)
         except httpx.TransportError:
             return  # the listener has closed: the drain is under way
-
-
-def _events(log: Path) -> list[dict[str, object]]:
-    events = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -104,7 +92,7 @@ def test_a_stop_under_load_loses_no_stop_entry_and_no_head(
         for thread in threads:
             thread.join(timeout=BOUND)
     assert answered.count(200) >= 30
-    events = _events(vault.log)
+    events = log_events(vault.log)
     abandoned = [e for e in events if "abandoned" in str(e.get("event"))]
     stopped = [e for e in events if e.get("event") == "vault stopped"]
     database = url or f"sqlite:///{tmp_path / 'v' / 'cofre.sqlite3'}"

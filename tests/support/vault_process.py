@@ -4,6 +4,7 @@ SQLite or a given database."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -40,6 +41,20 @@ POLICY = (
     )
     + SETTLEMENT_POLICY
 )
+
+
+def log_events(log: Path) -> list[dict[str, object]]:
+    """The JSON events of a vault's `log` (`VaultProcess.log`), skipping what is not one
+    (a traceback, a line cut by a kill)."""
+    events = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
 
 
 @dataclass
