@@ -110,5 +110,7 @@ def test_a_kek_rotated_under_dual_control_still_verifies(
     report = verify_by_vault_key(export_to(vault, since, tmp_path / "genuine.tar.gz"), vault)
     assert report.ok, report.problems
     [line] = [c for c in report.checks if c.startswith("key registrations:")]
-    assert "1 key put into use" in line
+    # The session's rotation token may hold other tests' keys, which this vault adopted
+    # at its first start (in this period too): name the ceremony's own key, not a count.
+    assert f"cofre-kek-v{approved.json()['new_version']} (entry" in line, line
     assert "cofre-kek-v" in line

@@ -41,10 +41,10 @@ def test_a_kek_approval_whose_audit_write_fails_leaves_no_stray_key(
     ceremony = rotation.propose(ALICE, "kek")
     real_append = AuditLog.append
 
-    def append(self: AuditLog, connection: Any, event: Any) -> Any:
+    def append(self: AuditLog, connection: Any, event: Any, **options: Any) -> Any:
         if event.action == "key.rotation.start":
             raise _Outage("the audit store failed")
-        return real_append(self, connection, event)
+        return real_append(self, connection, event, **options)
 
     monkeypatch.setattr(AuditLog, "append", append)
     with pytest.raises(_Outage):
