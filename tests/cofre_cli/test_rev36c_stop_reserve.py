@@ -13,17 +13,15 @@ bound that fails only on a hang."""
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
-
-from sqlalchemy import create_engine, text
 
 from cofre.settings import Settings
 from cofre_cli.audit_trail import PROCESS_STOP
 from cofre_cli.stopping import stop_deadline, stop_runtime
 from cofre_cli.wiring import build_runtime
 from hsm.provider import HSMProvider
+from tests.support.audit_trail import audit_state
 
 
 def test_a_batch_past_the_deadline_leaves_the_stop_entry_and_its_head(
@@ -46,7 +44,7 @@ def test_a_batch_past_the_deadline_leaves_the_stop_entry_and_its_head(
         stop_runtime(runtime, stop_deadline())
     finally:
         released.set()
-    actions, queued, head = _audit_state(data / "cofre.sqlite3")
+    actions, queued, _, head = audit_state(f"sqlite:///{data / 'cofre.sqlite3'}")
     assert actions[-1] == PROCESS_STOP, actions
     assert queued == 0
     assert head == len(actions)
@@ -71,12 +69,12 @@ def test_a_last_head_abandoned_at_the_deadline_is_signed_by_the_next_start(
     finally:
         released.set()
     database = data / "cofre.sqlite3"
-    first_run, queued, _ = _audit_state(database)
+    first_run, queued, _, _ = audit_state(f"sqlite:///{database}")
     assert queued > 0  # the process.stop at least, unsequenced
     again = build_runtime(settings, provider=hsm_provider)
     try:
         for _ in range(1200):  # a bound that fails only on a hang
-            _, queued, head = _audit_state(database)
+            _, queued, _, head = audit_state(f"sqlite:///{database}")
             if queued == 0 and head is not None and head >= len(first_run):
                 break
             released.wait(0.1)
@@ -85,18 +83,3 @@ def test_a_last_head_abandoned_at_the_deadline_is_signed_by_the_next_start(
         assert head >= len(first_run)
     finally:
         again.close()
-
-
-def _audit_state(database: Path) -> tuple[list[str], int, int | None]:
-    engine = create_engine(f"sqlite:///{database}")
-    try:
-        with engine.connect() as connection:
-            actions = [
-                json.loads(row[0])["action"]
-                for row in connection.execute(text("SELECT payload FROM audit_entries"))
-            ]
-            queued = connection.execute(text("SELECT count(*) FROM audit_queue")).scalar_one()
-            head = connection.execute(text("SELECT max(tree_size) FROM audit_heads")).scalar()
-    finally:
-        engine.dispose()
-    return actions, queued, head

@@ -11,7 +11,6 @@ waits are bounds that fail only on a hang."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import threading
@@ -19,8 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
+from tests.support.audit_trail import audit_state
 from tests.support.pans import card_number
 from tests.support.postgres import free_port
 from tests.support.softhsm import SoftHSMToken
@@ -96,18 +95,7 @@ def test_a_stop_under_load_loses_no_stop_entry_and_no_head(
     abandoned = [e for e in events if "abandoned" in str(e.get("event"))]
     stopped = [e for e in events if e.get("event") == "vault stopped"]
     database = url or f"sqlite:///{tmp_path / 'v' / 'cofre.sqlite3'}"
-    engine = create_engine(database)
-    try:
-        with engine.connect() as connection:
-            actions = [
-                json.loads(row[0])["action"]
-                for row in connection.execute(text("SELECT payload FROM audit_entries"))
-            ]
-            queued = connection.execute(text("SELECT count(*) FROM audit_queue")).scalar_one()
-            leaves = connection.execute(text("SELECT count(*) FROM audit_leaves")).scalar_one()
-            head = connection.execute(text("SELECT max(tree_size) FROM audit_heads")).scalar()
-    finally:
-        engine.dispose()
+    actions, queued, leaves, head = audit_state(database)
     assert abandoned == [], abandoned
     assert [e.get("abandoned") for e in stopped] == [[], []], stopped
     assert actions.count("process.stop") == 2, sorted(set(actions))

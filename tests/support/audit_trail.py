@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import string
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
@@ -60,3 +60,34 @@ def break_audit_writes(engine: Engine) -> None:
         ddl = "ALTER TABLE audit_entries ADD CONSTRAINT fail_audit CHECK (false) NOT VALID"
     with engine.begin() as connection:
         connection.execute(sa.text(ddl))
+
+
+class AuditState(NamedTuple):
+    """What a stopped vault's audit log holds: every entry's action, the entries still
+    queued for sequencing, the leaves integrated and the newest signed head's size."""
+
+    actions: list[str]
+    queued: int
+    leaves: int
+    head: int | None
+
+
+def audit_state(url: str) -> AuditState:
+    """`AuditState` of the database at `url` (read with a plain engine of its own)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            actions = [
+                json.loads(row[0])["action"]
+                for row in connection.execute(sa.text("SELECT payload FROM audit_entries"))
+            ]
+
+            def count(table: str) -> int:
+                return int(
+                    connection.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+                )
+
+            head = connection.execute(sa.text("SELECT max(tree_size) FROM audit_heads")).scalar()
+            return AuditState(actions, count("audit_queue"), count("audit_leaves"), head)
+    finally:
+        engine.dispose()
