@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -133,14 +134,23 @@ class VaultServer:
                 headers={"origin": TEST_SHOP},
             )
 
+    def approved_rotation(self, kind: str) -> dict[str, Any]:
+        """A rotation of `kind` under dual control, as two officers run it through the
+        API (alice proposes, bob approves): the approval's answer (the ceremony)."""
+        with self.client("officer-alice") as alice:
+            proposed = alice.post("/v1/admin/keys/rotations", json={"kind": kind})
+        assert proposed.status_code == 201, proposed.text
+        with self.client("officer-bob") as bob:
+            approved = bob.post(f"/v1/admin/keys/rotations/{proposed.json()['id']}/approve")
+        assert approved.status_code == 200, approved.text
+        answer: dict[str, Any] = approved.json()
+        return answer
+
     def rotate_data_keys(self) -> None:
-        """A data-key rotation under dual control, as two officers run it through the
-        API (alice proposes, bob approves), waited for until it completed (bounded:
+        """`approved_rotation` of the data keys, waited for until it completed (bounded:
         fails only on a hang)."""
-        with self.client("officer-alice") as c:
-            ceremony = c.post("/v1/admin/keys/rotations", json={"kind": "data"}).json()["id"]
+        ceremony = self.approved_rotation("data")["id"]
         with self.client("officer-bob") as c:
-            assert c.post(f"/v1/admin/keys/rotations/{ceremony}/approve").status_code == 200
             deadline = time.monotonic() + 30
             while c.get(f"/v1/admin/keys/rotations/{ceremony}").json()["state"] != "completed":
                 assert time.monotonic() < deadline

@@ -30,7 +30,6 @@ from tests.api.conftest import VaultServer, running_vault
 from tests.support.vault_evidence import VAULT_ORIGIN, export_to, verify_by_vault_key, write_entry
 from vault.key_registry import token_identities
 
-ROTATIONS = "/v1/admin/keys/rotations"
 ALICE = "spiffe://cofre/officer-alice"
 
 
@@ -101,16 +100,11 @@ def test_a_kek_rotated_under_dual_control_still_verifies(
     """The genuine path: Alice proposes, Bob approves, the vault makes and registers the
     new KEK in the start's transaction; the registration is tied to that ceremony."""
     since = datetime.now(UTC) - timedelta(seconds=1)
-    with vault.client("officer-alice") as alice:
-        proposed = alice.post(ROTATIONS, json={"kind": "kek"})
-    assert proposed.status_code == 201, proposed.text
-    with vault.client("officer-bob") as bob:
-        approved = bob.post(f"{ROTATIONS}/{proposed.json()['id']}/approve")
-    assert approved.status_code == 200, approved.text
+    approved = vault.approved_rotation("kek")
     report = verify_by_vault_key(export_to(vault, since, tmp_path / "genuine.tar.gz"), vault)
     assert report.ok, report.problems
     [line] = [c for c in report.checks if c.startswith("key registrations:")]
     # The session's rotation token may hold other tests' keys, which this vault adopted
     # at its first start (in this period too): name the ceremony's own key, not a count.
-    assert f"cofre-kek-v{approved.json()['new_version']} (entry" in line, line
+    assert f"cofre-kek-v{approved['new_version']} (entry" in line, line
     assert "cofre-kek-v" in line

@@ -23,8 +23,6 @@ from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.support.vault_evidence import verify_by_vault_key
 
-ROTATIONS = "/v1/admin/keys/rotations"
-
 
 @pytest.fixture
 def vault(tmp_path: Path, rotation_provider: HSMProvider) -> Iterator[VaultServer]:
@@ -54,12 +52,7 @@ def test_a_period_never_ends_between_a_registration_and_its_start(
 
 def _rotate_and_export(vault: VaultServer, tmp_path: Path) -> None:
     since = datetime.now(UTC) - timedelta(seconds=1)
-    with vault.client("officer-alice") as alice:
-        proposed = alice.post(ROTATIONS, json={"kind": "kek"})
-    assert proposed.status_code == 201, proposed.text
-    with vault.client("officer-bob") as bob:
-        approved = bob.post(f"{ROTATIONS}/{proposed.json()['id']}/approve")
-    assert approved.status_code == 200, approved.text
+    vault.approved_rotation("kek")
     [started] = _times(vault, "key.rotation.start")
     # The period that ends at the start (the latest end that would split them).
     end = started if started.tzinfo else started.replace(tzinfo=UTC)
