@@ -48,6 +48,7 @@ from cofre.settings import CaptureSettings
 from hsm.keys import KeyHierarchy
 from hsm.provider import HSMProvider, provider_from_settings
 from tests.api.conftest import VaultServer, running_vault
+from tests.support.chromium import offline_flags
 from tests.support.codes import shows_code
 from tests.support.fake_acquirer import FakeAcquirer
 from tests.support.leakguard import ACQUIRER_SIDE
@@ -161,15 +162,7 @@ def browser(checkout: Checkout) -> Iterator[webdriver.Chrome]:
     options.binary_location = str(CHROMIUM)
     # The flags of the evidence-report test: off the network, out of the home directory.
     for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
+        *offline_flags(profile),
         # Trust exactly the capture listener's key (the dev CA is not in Chromium's store).
         f"--ignore-certificate-errors-spki-list={_spki_hash(checkout.vault.pki.server_cert)}",
     ):

@@ -42,6 +42,7 @@ from cofre.settings import CaptureSettings
 from hsm.provider import HSMProvider
 from tests.adapters.test_capture_end_to_end import CHROMEDRIVER, CHROMIUM, STEP_TIMEOUT, _spki_hash
 from tests.api.conftest import VaultServer, running_vault
+from tests.support.chromium import offline_flags
 from tests.support.postgres import free_port
 from vault.capture import CaptureSession, CaptureSessionRequest, SessionCodeRule
 from vault.service import CallContext
@@ -155,15 +156,7 @@ def browser(stage: Stage) -> Iterator[webdriver.Chrome]:
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
+        *offline_flags(profile),
         f"--ignore-certificate-errors-spki-list={_spki_hash(stage.vault.pki.server_cert)}",
     ):
         options.add_argument(flag)

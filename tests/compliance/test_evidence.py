@@ -28,6 +28,7 @@ from cofre_evidence_verifier.html import render_html
 from cofre_evidence_verifier.report import Report, render_text
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
+from tests.support.chromium import offline_flags
 from tests.support.leakscan import find_leaks
 from tests.support.vault_evidence import (
     VAULT_ORIGIN,
@@ -461,15 +462,7 @@ def _render(page: Path, out: Path, profile: Path) -> tuple[Any, str]:
     # The flags keep Chromium off the network (this machine has none) and out of ~.
     flags = [
         "/usr/bin/chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
+        *offline_flags(profile),
         "--window-size=1280,1600",
     ]
     url = page.resolve().as_uri()
