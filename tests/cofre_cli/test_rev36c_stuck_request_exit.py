@@ -20,14 +20,13 @@ import httpx
 import pytest
 
 from tests.cofre_cli.test_stop36_stop_deadline import (
-    _events,
     _signal_cluster,
     own_postgres,
 )
 from tests.support.pans import card_number
 from tests.support.postgres import PostgresCluster, free_port
 from tests.support.softhsm import SoftHSMToken
-from tests.support.vault_process import VaultProcess, make_vault
+from tests.support.vault_process import VaultProcess, log_events, make_vault
 
 __all__ = ["own_postgres"]  # the fixture, used by name
 
@@ -67,9 +66,9 @@ def test_a_request_stuck_on_a_paused_database_does_not_hold_the_exit(
     try:
         status = vault.process.wait(timeout=EXIT_BOUND)
     except subprocess.TimeoutExpired:
-        stopped = [e for e in _events(vault.log) if e.get("event") == "vault stopped"]
+        stopped = [e for e in log_events(vault.log) if e.get("event") == "vault stopped"]
         vault.kill()
         pytest.fail(f"cofre serve did not exit after its stop; stopped: {stopped}")
-    stopped = [e for e in _events(vault.log) if e.get("event") == "vault stopped"]
+    stopped = [e for e in log_events(vault.log) if e.get("event") == "vault stopped"]
     assert len(stopped) == 2, stopped
     assert status == 0
