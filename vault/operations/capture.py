@@ -5,7 +5,9 @@ IN PCI SCOPE, holds card data. The order of the checks is the defence:
 
 1. the client address and then the session are charged against their rate limits in
    transactions of their own, so a refused guess still counts (brute force of a
-   secret is bounded by the per-session and per-address limits);
+   secret is bounded by the per-session and per-address limits); a session's wrong
+   secrets and its right one are charged to a bucket each, so guesses by someone who
+   knows only the id never refuse the shopper (session 37);
 2. a missing or wrong secret and an unknown session are one answer
    (`CaptureUnauthorized`): nothing about the session leaks to a guess;
 3. then the session's origin must still be allowed now: the creator's current policy
@@ -239,9 +241,7 @@ class CaptureOperations(TokenizeOperations):
         owner = CallContext(identity=str(session.owner), request_id=request_id, source=source)
         details["session"] = str(session.id)
         with self._audited_refusal(owner, Action.CAPTURE):
-            self.charge_rate(f"capture-session {session.id}", per_session)
-            if not secret_matches(card.secret, session.secret_hash):
-                raise CaptureUnauthorized("unknown capture session or wrong client secret")
+            self._charge_session(card, session, per_session)
         # Not readable by the origin either: the shop no longer vouches for it.
         self._refuse_an_origin_not_allowed_now(owner, session, details, allow_http_localhost)
         with readable_by_session_origin(str(session.origin)):
@@ -316,6 +316,20 @@ class CaptureOperations(TokenizeOperations):
             event = self._audit_event(owner, Action.CAPTURE, Outcome.DENIED, details=denied)
             self._write_audit(event)
         raise PolicyDenied(reason)
+
+    def _charge_session(self, card: CardCapture, session: Row[Any], limit: RateLimit) -> None:
+        """Charge the session's limit for `card`, then raise `CaptureUnauthorized` if its
+        secret is wrong. Wrong secrets and the secret's holder have a bucket each
+        (session 37): charged before the secret was compared, one bucket refused the
+        right secret once wrong ones had spent it, so someone who learnt only the id
+        (a log of the fields' path) blocked the shopper's checkout for the session's
+        life, one guess each time it refilled. Guessing stays bounded by its own
+        bucket and the address's, against a 256-bit secret."""
+        if secret_matches(card.secret, session.secret_hash):
+            self.charge_rate(f"capture-holder {session.id}", limit)
+            return
+        self.charge_rate(f"capture-session {session.id}", limit)
+        raise CaptureUnauthorized("unknown capture session or wrong client secret")
 
     def _session_row(self, session_id: str) -> Row[Any] | None:
         if not is_session_id(session_id):
