@@ -16,13 +16,9 @@ never waits for a bucket to refill.
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
 
-import httpx
 import pytest
-import ssl
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -40,11 +36,13 @@ from tests.adapters.test_web36_hosted_fields_browser import (
     _fields_inside,
     _html,
     _session,
-    browser,  # noqa: F401 - the fixture, over this module's `stage`
+    browser,
 )
 from tests.api.conftest import running_vault
 from tests.support.postgres import free_port
 from vault.capture import CaptureSession
+
+__all__ = ["browser"]  # web36's fixture, over this module's `stage`
 
 TIGHT = CaptureSettings(allow_http_localhost=True, session_per_second=0.01, session_burst=3)
 
@@ -150,3 +148,114 @@ def test_a_leaked_session_id_cannot_block_the_shoppers_checkout(
     assert _result(browser) == "token 411111******1111"
     # Guessing is still bounded: the next wrong secret is refused as before.
     assert _guess(stage, session, 1) == [429]
+
+
+# A page of the attacker's origin inside the shop's checkout (an ad, a chat widget):
+# it speaks for the fields to the shop's page, for the shop's page to the fields, and
+# tries to navigate the fields' frame to its look-alike, again and again while the
+# shopper types. `__ad` in its own window records what it managed.
+AD = """<!doctype html><html><body><script>
+var tries = 0;
+function others() {
+  var all = [];
+  for (var i = 0; i < parent.frames.length; i++) {
+    if (parent.frames[i] !== window) { all.push(parent.frames[i]); }
+  }
+  return all;
+}
+var timer = setInterval(function () {
+  tries += 1;
+  parent.postMessage({cofre: 1, type: "token", token: "4111110000001111", format: "x",
+                      masked_pan: "forged", expiry: null}, "*");
+  parent.postMessage({cofre: 1, type: "ready"}, "*");
+  others().forEach(function (w) {
+    w.postMessage({cofre: 1, type: "init", secret: "cofre_cs_forged", style: {}}, "*");
+    try { w.location = "EVIL/fake-fields"; } catch (e) { tries += 0; }
+  });
+  if (tries > 40) { clearInterval(timer); }
+}, 100);
+</script></body></html>"""
+
+
+def test_a_frame_of_another_origin_in_the_checkout_cannot_speak_for_either_side(
+    stage: Stage, browser: webdriver.Chrome
+) -> None:
+    """Held: a frame of another origin in the shop's page (which sends no CSP here,
+    the worst case) posts a forged token to the page, a forged ``ready`` and
+    ``init`` (its own secret) to the fields, and navigates the fields' frame to its
+    look-alike, ten times a second while the shopper types: the page takes messages
+    only from the frame it mounted, the fields only from their parent of the session's
+    origin, and Chromium lets no frame navigate another origin's frame it is not an
+    ancestor of. The shopper's capture goes through with the session's own secret."""
+    session = _session(stage)
+    stage.evil.pages["/ad"] = _html(AD.replace("EVIL", stage.evil.url))
+    url = _checkout(stage, session, f'<iframe id="ad" src="{stage.evil.url}/ad"></iframe>')
+    browser.get(url)
+    _type_card(browser, {"number": CARD, "expiry": "12/30"})
+    assert browser.find_element(By.TAG_NAME, "html").get_attribute("data-result") is None
+    browser.find_element(By.ID, "pay").click()
+    assert _result(browser) == "token 411111******1111"
+    assert _fields_inside(browser, "#card iframe")
+    assert "/fake-fields" not in stage.evil.seen
+
+
+def test_the_fields_without_their_script_send_the_card_nowhere(
+    stage: Stage, browser: webdriver.Chrome
+) -> None:
+    """Held: when the fields' script does not run (here a CDN's tampered copy, which
+    the browser refuses by its hash), Enter in a field would submit the fields' form
+    by GET to the page's own URL, the card in its query: in the address, the history,
+    and the logs of every proxy on the way. The page's CSP ``form-action 'none'``
+    stops the submission."""
+    session = _session(stage)
+    page = f"{stage.cdn.url}/v1/hosted-fields/{session.session_id}"
+    browser.get(page)
+    WebDriverWait(browser, STEP_TIMEOUT).until(lambda d: d.find_elements(By.ID, "number"))
+    history = browser.execute_script("return history.length")
+    browser.find_element(By.ID, "number").send_keys(CARD)
+    browser.find_element(By.ID, "expiry").send_keys("1230" + Keys.ENTER)
+    browser.find_element(By.ID, "name").send_keys("Ana" + Keys.ENTER)
+    assert browser.current_url == page
+    assert browser.execute_script("return history.length") == history
+    assert [path for path in stage.cdn.seen if CARD in path or "number=" in path] == []
+
+
+def _no_store(site: Site) -> None:
+    """Serve `site`'s pages with ``Cache-Control: no-store``, as checkouts often are
+    (Chromium then keeps the page out of its back/forward cache)."""
+
+    def forward(path: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        kind, body = site.pages.get(path, ("text/plain", b"not found"))
+        headers = [("content-type", kind), ("cache-control", "no-store")]
+        return (200 if path in site.pages else 404), headers, body
+
+    site.forward = forward
+
+
+def test_a_card_typed_and_left_is_not_restored_by_back_on_a_no_store_checkout(
+    stage: Stage, browser: webdriver.Chrome
+) -> None:
+    """A checkout served ``no-store`` is not kept whole for Back: Back loads it again,
+    and the browser restores what its frames' forms held from the session history."""
+    session = _session(stage)
+    url = _checkout(stage, session)
+    stage.shop.pages["/away"] = _html("<p>elsewhere</p>")
+    _no_store(stage.shop)
+    try:
+        browser.get(url)
+        typed = {"number": CARD, "expiry": "12/30", "name": "Ana Souza"}
+        _type_card(browser, typed)
+        browser.get(stage.shop.url + "/away")
+        browser.back()
+        frame = WebDriverWait(browser, STEP_TIMEOUT).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, "#card iframe")
+        )
+        browser.switch_to.frame(frame)
+        WebDriverWait(browser, STEP_TIMEOUT).until(
+            lambda d: d.execute_script("return document.readyState") == "complete"
+        )
+        left = [f for f in typed if browser.find_element(By.ID, f).get_attribute("value")]
+        browser.switch_to.default_content()
+    finally:
+        stage.shop.forward = None
+    assert left == []

@@ -122,6 +122,4 @@ def test_the_rate_state_of_internet_addresses_and_sessions_is_purged(
         service.capture_card(_card(fresh, secret="wrong"), per_session=tight, per_address=GENEROUS)
     service.purge_expired()
     with pytest.raises(RateLimited):
-        service.capture_card(
-            _card(fresh, secret="wrong"), per_session=tight, per_address=GENEROUS
-        )
+        service.capture_card(_card(fresh, secret="wrong"), per_session=tight, per_address=GENEROUS)
