@@ -13,11 +13,11 @@ import contextlib
 
 from cofre.errors import CofreError
 from policies.models import IdentityPolicy
-from vault._core import VaultCore
 from vault.models import CallContext
+from vault.operations._guesses import TokenGuesses
 
 
-class EarlyRate(VaultCore):
+class EarlyRate(TokenGuesses):
     """Refuses, before the transaction, a call its rate charge would refuse."""
 
     def _refuse_spent(

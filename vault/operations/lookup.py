@@ -16,6 +16,7 @@ from vault.errors import OracleSuspected, TokenExpired, TokenNotFound, VaultErro
 from vault.limits import oracle_bucket
 from vault.models import CallContext, TokenRecord
 from vault.operations._early import EarlyRate
+from vault.operations._guesses import missed_tokens
 from vault.pan import Pan
 from vault.storage.database import as_utc
 from vault.storage.schema import tokens
@@ -107,8 +108,10 @@ class LookupOperations(EarlyRate):
             return self._record(row)
 
         with self._audited_refusal(ctx, Action.METADATA):
+            self._refuse_guessed(ctx, rules, [token])
             self._refuse_spent(ctx, rules, 1)
             answer = self._transaction(work)
             if isinstance(answer, VaultError):
+                self._count_missed(ctx, rules, missed_tokens(answer, [token]))
                 raise answer
             return answer

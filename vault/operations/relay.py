@@ -75,6 +75,19 @@ class _Sent:
     guesses: CallerGuesses | None
 
 
+def _route_tokens(route: RelayRoute, body: Any) -> list[str]:
+    """The tokens `body` holds where `route` reads one (its `detokenize` pointers and
+    its card's number). On a miss all of them count as guesses: which one missed is
+    not told apart (a route reads one token, or a few)."""
+    pointers = [*route.detokenize, *([] if route.card is None else [route.card.number])]
+    found = []
+    for pointer in pointers:
+        with contextlib.suppress(RelayBodyInvalid):
+            if isinstance(token := get_pointer(body, pointer), str):
+                found.append(token)
+    return found
+
+
 class RelayOperations(TokenizeOperations):
     """Relay operations of the vault."""
 
@@ -121,6 +134,8 @@ class RelayOperations(TokenizeOperations):
         with contextlib.ExitStack() as held:
             try:
                 _refuse_deep(body)
+                guessed = _route_tokens(route, body)
+                self._refuse_guessed(ctx, rules, guessed)
                 reveals = len(route.detokenize) + (0 if route.card is None else 1)
                 self._refuse_spent(ctx, rules, 1, reveals=reveals)
                 # A place among the route's relays under way, held until its answer.
@@ -141,6 +156,8 @@ class RelayOperations(TokenizeOperations):
                     )
                 )
                 if isinstance(revealed, TokenNotFound | TokenExpired):
+                    if isinstance(revealed, TokenNotFound):  # counted: sweeps (session 37)
+                        self._count_missed(ctx, rules, guessed)
                     raise revealed
                 outgoing, token_ids, sent = revealed
             except (

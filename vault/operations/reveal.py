@@ -22,6 +22,7 @@ from vault.errors import (
 )
 from vault.models import MAX_BATCH, CallContext, Pending, Revealed
 from vault.operations._early import EarlyRate
+from vault.operations._guesses import missed_tokens
 
 
 def _unless_refused(raw: list[Revealed] | VaultError) -> list[Revealed] | None:
@@ -99,6 +100,7 @@ class RevealOperations(EarlyRate):
             return out
 
         with self._audited_refusal(ctx, action):
+            self._refuse_guessed(ctx, rules, token_list)
             self._refuse_spent(ctx, rules, len(token_list), reveals=reveals)
             submitted = self._submit(work)
 
@@ -110,6 +112,8 @@ class RevealOperations(EarlyRate):
                     self._limits.learn_quota(ctx.identity, refused)
                     raise
                 if isinstance(answer, VaultError):
+                    # A miss counts under the guard (session 37: sweeps of a bucket).
+                    self._count_missed(ctx, rules, missed_tokens(answer, token_list))
                     raise answer
                 return answer
 
