@@ -28,7 +28,7 @@ from vault.service import CallContext, TokenizeRequest, VaultService
 
 POLICY = """
 [identities."spiffe://cofre/payments"]
-operations = ["tokenize", "detokenize_masked", "metadata", "delete"]
+operations = ["tokenize", "detokenize", "detokenize_masked", "metadata", "delete"]
 formats = ["pan_bin6_last4", "uuid"]
 reveal = "masked"
 
@@ -97,6 +97,13 @@ def test_reading_another_domains_token_runs_what_a_token_never_issued_runs(
         assert paths["never issued"], "nothing was traced"
         for name, path in paths.items():
             assert path == paths["never issued"], f"{read}: {name} token"
+    # A batch beside a token payments holds: stopped at the same item, the same way.
+    mine = _token(vault, PAYMENTS, 5)
+    batches = [
+        _path(engine, monkeypatch, functools.partial(vault.detokenize_batch, PAYMENTS, [mine, t]))
+        for t in (live, never)
+    ]
+    assert batches[0] == batches[1]
 
 
 def test_tokenizing_a_card_another_domain_holds_runs_what_a_new_card_runs(
