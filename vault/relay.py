@@ -10,18 +10,15 @@ values, any PAN-like value); `vault.relay_client` is the call itself.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import html
 import re
 import unicodedata
-import zlib
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 from urllib.parse import unquote_plus
 
 from cofre.redaction import MASK_TRAILING, luhn_valid, mask_pan_values, masked_leading
+from vault._relay_echo import EchoUnread, decodings
 from vault.errors import RelayBodyInvalid
 
 # How deep a relay body or an upstream's answer may nest. Acquirers' bodies are a few
@@ -402,40 +399,36 @@ def _occurrences(
                 yield start, start + length
 
 
-# A word that may be base64 (standard or URL-safe alphabet): long enough to hold the
-# 13 digits of the shortest card (20 characters), and a JSON escape of one character.
-_BASE64_WORD: Final = re.compile(r"[A-Za-z0-9+/_-]{20,}={0,2}")
-_JSON_ESCAPE: Final = re.compile(r"\\u([0-9A-Fa-f]{4})")
-_NOT_ASCII_DIGIT: Final = re.compile(r"[^0-9]")
-# The most of a compressed base64 word that is read (`_inflated`): a relay body is at most
-# 64 KiB, and an echo of it compresses a few times; a word that inflates more than
-# `_MAX_RATIO` times its size is read that far only, so a 1 MiB answer of small
-# compression bombs costs tens of MiB of reading, not gigabytes.
-_MAX_INFLATED: Final = 64 * 1024
-_MAX_RATIO: Final = 32
+# `_digits_of` for Latin-1 text, in C: its digits, and its superscripts one to three.
+_LATIN1_DIGITS: Final = bytes.maketrans(b"\xb9\xb2\xb3", b"123")
+_NOT_LATIN1_DIGIT: Final = bytes(b for b in range(256) if b not in b"0123456789\xb9\xb2\xb3")
 
 
 def withhold_echoed_pans(value: Any, pans: Sequence[str]) -> Any:
-    """`value` (an upstream's answer, masked) with an echo of a PAN in `pans` (the
-    numbers the vault sent) withheld in whatever shape the PAN detector does not know
-    (review 29b): a text (a value, a key, a number) whose digits read a sent PAN in
-    order, as it is or once decoded (percent, HTML entities, JSON escapes, base64
-    words), becomes `WITHHELD_DETAIL` whole; so does every text of a sent PAN spread
-    over several, its digits read in document order (keys and values, at any depth).
-    Every character with a digit value counts (superscripts and circled digits too),
-    every other character is skipped: groups spread by any separator, letters or tags
-    read as the number. What is looked for is any number that looks like a sent PAN as
-    far as its masked reveal shows (`_shown_shapes`: the answer must not tell a guess
-    the caller had echoed from the card), never other cards, so the amounts and codes of
-    an answer are not joined into a card by chance."""
+    """`value` (an upstream's answer, masked) with an echo of a PAN in `pans` (the numbers the
+    vault sent) withheld in whatever shape the PAN detector does not know (review 29b): a
+    text (a value, a key, a number) whose digits read a sent PAN in order, as it is or once
+    decoded (percent, HTML entities, JSON escapes, base64 and hex words, compressed streams,
+    layers of these: `vault._relay_echo`), becomes `WITHHELD_DETAIL` whole, and so does one
+    whose decoding passes its bound; so does every text of a sent PAN spread over several,
+    its digits read in document order (keys and values, at any depth). Every character with
+    a digit value counts (superscripts and circled digits too), every other character is
+    skipped: groups spread by any separator, letters or tags read as the number. What is
+    looked for is any number that looks like a sent PAN as far as its masked reveal shows
+    (`_shown_shapes`: the answer must not tell a guess the caller had echoed from the card),
+    never other cards, so the amounts and codes of an answer are not joined into a card by
+    chance."""
     wanted = _shown_shapes(pans)
     if not wanted:
         return value
 
     def echoes(text: str) -> bool:
-        return any(
-            next(_occurrences(_digits_of(shape), wanted), None) for shape in _decodings(text)
-        )
+        try:
+            return any(
+                next(_occurrences(_digits_of(shape), wanted), None) for shape in decodings(text)
+            )
+        except EchoUnread:
+            return True  # read past its bound: what is left unread may be the card
 
     alone = _replace_texts(value, lambda _index, text: WITHHELD_DETAIL if echoes(text) else None)
     # A sent PAN spread over several texts: their digits, joined in document order.
@@ -460,6 +453,31 @@ def withhold_echoed_pans(value: Any, pans: Sequence[str]) -> Any:
     if not spread:
         return alone
     return _replace_texts(alone, lambda index, _text: WITHHELD_DETAIL if index in spread else None)
+
+
+def withhold_encoded_pans(value: Any, pans: Sequence[str]) -> Any:
+    """`value` (an upstream's answer, before the masking) with every text that reads a
+    PAN in `pans` only once decoded (`vault._relay_echo`), or whose decoding passes its
+    bound, replaced by `WITHHELD_DETAIL`. Review 37: run on the masked answer only, the
+    check decoded a hex dump of the request after the PAN detector had starred the digit
+    runs it took for cards, and read nothing. A text whose digits read the PAN as
+    written is left to the masking and `withhold_echoed_pans`, as before."""
+    wanted = _shown_shapes(pans)
+    if not wanted:
+        return value
+
+    def encoded(_index: int, text: str) -> str | None:
+        plain = _digits_of(text)
+        try:
+            for shape in decodings(text):
+                digits = _digits_of(shape)
+                if digits != plain and next(_occurrences(digits, wanted), None):
+                    return WITHHELD_DETAIL
+        except EchoUnread:
+            return WITHHELD_DETAIL  # what is left unread may be the card
+        return None
+
+    return _replace_texts(value, encoded)
 
 
 def _replace_texts(value: Any, replace: Callable[[int, str], str | None]) -> Any:
@@ -499,69 +517,12 @@ def _replace_texts(value: Any, replace: Callable[[int, str], str | None]) -> Any
 def _digits_of(text: str) -> str:
     """The digits of `text` in order, each character with a digit value as its ASCII
     digit (fullwidth, Arabic-Indic, superscript, circled), everything else left out."""
-    if text.isascii():
-        return _NOT_ASCII_DIGIT.sub("", text)
+    if text.isascii() or max(text) <= "\xff":
+        # Latin-1 (every decoded word is read so): its only other digits are the
+        # superscripts, and a lookup per character took seconds for a 1 MiB word.
+        data = text.encode("latin-1").translate(_LATIN1_DIGITS, _NOT_LATIN1_DIGIT)
+        return data.decode("ascii")
     return "".join(str(d) for c in text if (d := unicodedata.digit(c, None)) is not None)
-
-
-def _decodings(text: str) -> Iterator[str]:
-    """`text`, and what it reads as once decoded the ways an echo is written."""
-    yield text
-    if "%" in text or "+" in text:
-        yield unquote_plus(text)
-    if "&" in text:
-        yield html.unescape(text)
-    if "\\" in text:
-        yield _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
-    compact = "".join(text.split())  # base64 wrapped over lines (MIME's 76 columns)
-    for source in (text, compact) if compact != text else (text,):
-        for word in _BASE64_WORD.findall(source):
-            decoded = _base64(word)
-            if decoded is not None:
-                yield decoded
-                inflated = _inflated(decoded.encode("latin-1"))
-                if inflated is not None:
-                    yield inflated
-
-
-def _base64(word: str) -> str | None:
-    """`word` decoded as base64 (either alphabet, padding optional), as Latin-1 text."""
-    standard = word.rstrip("=").replace("-", "+").replace("_", "/")
-    if len(standard) % 4 == 1:
-        standard = standard[:-1]  # a stray character: its bits make no byte
-    try:
-        return base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True).decode(
-            "latin-1"
-        )
-    except (binascii.Error, ValueError):
-        return None
-
-
-def _inflated(data: bytes) -> str | None:
-    """`data` decompressed as Latin-1 text, at most `_MAX_INFLATED` bytes (and
-    `_MAX_RATIO` times its size) of it: gzip (every member), zlib, else raw deflate;
-    None when it reads as none. Review 36: the request gzipped in base64 (a debug field,
-    a compressed payload) reached the caller whole. Review 36b: so did raw deflate,
-    which has no header (.NET's DeflateStream, PHP's gzdeflate), and a card in a gzip
-    stream's second member (a writer that flushes member by member)."""
-    gzipped = data[:2] == b"\x1f\x8b"
-    if gzipped:
-        bits = zlib.MAX_WBITS | 16
-    elif len(data) > 1 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0:
-        bits = zlib.MAX_WBITS  # a zlib header: deflate, its check bits right
-    else:
-        bits = -zlib.MAX_WBITS
-    budget, out, rest = min(_MAX_INFLATED, _MAX_RATIO * len(data)), b"", data
-    try:
-        while rest and len(out) < budget:
-            decoder = zlib.decompressobj(bits)
-            out += decoder.decompress(rest, budget - len(out))
-            rest = decoder.unused_data if gzipped and decoder.eof else b""
-            if rest[:2] != b"\x1f\x8b":
-                break
-    except zlib.error:
-        pass  # what was read before the error is still read
-    return out.decode("latin-1") if out else None
 
 
 def _ascii_digits(text: str) -> str:

@@ -50,6 +50,7 @@ from vault.relay import (
     nested_deeper_than,
     set_pointer,
     withhold_echoed_pans,
+    withhold_encoded_pans,
     withhold_month_year,
     withhold_sent,
     withhold_split_pans,
@@ -460,6 +461,8 @@ class RelayOperations(TokenizeOperations):
                 continue
             set_pointer(body, pointer, None)
             tokens_at[pointer] = record.token
+        # Before the masking, which stars the digit runs of a hex dump (review 37).
+        body = withhold_encoded_pans(body, sent.pans)
         masked = withhold_split_pans(mask_strings(body), sent.pans)
         # An echo of a sent number in a shape the detector does not know (review 29b).
         masked = withhold_sent(withhold_echoed_pans(masked, sent.pans), sent.details, sent.guesses)

@@ -1,0 +1,184 @@
+"""The shapes an upstream may echo a relayed card in: what `vault.relay`'s echo check
+(`withhold_echoed_pans`) reads a text of an answer as, once decoded. Moved out of
+`vault.relay` (review 37) when it learnt hex, nested layers and a budget.
+
+IN PCI SCOPE: the texts read here are an acquirer's answer to a body holding a card; they
+are decoded in memory to be compared with the cards sent, never logged.
+
+A text is read as it is, percent-decoded, HTML-entity-decoded and JSON-unescaped; every
+word of it that is base64 (either alphabet, padding optional, MIME line breaks and JSON
+``\\r\\n`` escapes between its lines allowed) or hex (bytes written as two digits,
+optionally one space, colon or hyphen between them) is decoded to bytes, read as Latin-1
+and, when it reads as a gzip, zlib or raw deflate stream, inflated; and each of those is
+read the same way again, `LAYERS` deep. Review 37: hex (a trace's dump of the request)
+and a second layer (base64 of a base64 payload) were not read, and a compressed echo was
+read to 32 times its size only, so the caller's own padding before the card (5,000
+``A``, a few bytes compressed) hid the card after it.
+
+What a text costs is bounded: at most `RATIO` times its own length of decoded and
+inflated characters in all (and `MAX_INFLATED` per stream, `MAX_MEMBERS` gzip members).
+A text whose reading would pass a bound is not read further and raises `EchoUnread`:
+the caller withholds it whole (fail closed), since what was left unread could be the
+card.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import html
+import re
+import zlib
+from collections.abc import Iterator
+from typing import Final
+from urllib.parse import unquote, unquote_plus
+
+# How many layers of encoding inside one another are read (base64 of base64 of gzip).
+LAYERS: Final = 3
+# The most a text's reading produces, as a multiple of its length: a 1 MiB answer of
+# small compression bombs costs tens of MiB of reading, not gigabytes.
+RATIO: Final = 32
+# The most one compressed stream inflates to: a relay body is at most 64 KiB, and an
+# echo of it adds an acquirer's wrapping.
+MAX_INFLATED: Final = 64 * 1024
+# The most gzip members one stream holds (each is a new decoder and a copy of the rest).
+MAX_MEMBERS: Final = 64
+
+# A word that may be base64 (standard or URL-safe alphabet): long enough to hold the 13
+# digits of the shortest card (20 characters).
+_BASE64_WORD: Final = re.compile(r"[A-Za-z0-9+/_-]{20,}={0,2}")
+# Bytes in hex, at least the 13 of the shortest card, each pair optionally followed by
+# one separator (a dump's space, a colon, a hyphen).
+_HEX_WORD: Final = re.compile(r"(?:[0-9A-Fa-f]{2}[ :-]?){13,}")
+_HEX_SEPARATORS: Final = re.compile(r"[ :-]")
+_JSON_ESCAPE: Final = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|([\"\\/bfnrt]))")
+_JSON_SIMPLE: Final = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+class EchoUnread(Exception):
+    """A text whose reading would pass its bound: withhold it whole."""
+
+
+class _Budget:
+    """What is left of a text's reading (`RATIO` times its length)."""
+
+    def __init__(self, text: str) -> None:
+        self.left = RATIO * max(len(text), 1)
+
+    def spend(self, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
+            raise EchoUnread
+
+
+def decodings(text: str) -> Iterator[str]:
+    """`text`, and what it reads as once decoded the ways an echo is written (module
+    docstring). Raises `EchoUnread` when reading it further would pass its bound."""
+    yield from _layers(text, LAYERS, _Budget(text))
+
+
+def _layers(text: str, depth: int, budget: _Budget) -> Iterator[str]:
+    yield text
+    forms = [text]
+    # The text escapes, in the answer's own texts and in decoded bytes that are text (a
+    # binary blob read as Latin-1 is none, and unquoting its stray "%"s took seconds).
+    if depth == LAYERS or text.isascii():
+        if "%" in text or "+" in text:
+            yield (plus := unquote_plus(text))
+            if "%" in text:  # a base64 word keeps its "+"
+                forms.append(unquote(text) if "+" in text else plus)
+        if "&" in text:
+            forms.append(html.unescape(text))
+        if "\\" in text:
+            forms.append(_json_unescaped(text))
+        yield from forms[1:]
+    if depth == 0:
+        return
+    seen: set[str] = set()
+    for form in forms:
+        compact = "".join(form.split())  # base64 wrapped over lines (MIME's 76 columns)
+        for word in [*_BASE64_WORD.findall(form), *_BASE64_WORD.findall(compact)]:
+            if word not in seen:
+                seen.add(word)
+                yield from _read_bytes(_base64(word), depth, budget)
+        for word in _HEX_WORD.findall(form):
+            digits = _HEX_SEPARATORS.sub("", word)
+            for start in (0, 1):  # a run of hex whose first byte began a digit earlier
+                if (key := f"{start}:{digits}") not in seen:
+                    seen.add(key)
+                    yield from _read_bytes(_hex(digits[start:]), depth, budget)
+
+
+def _read_bytes(data: bytes | None, depth: int, budget: _Budget) -> Iterator[str]:
+    if not data:
+        return
+    budget.spend(len(data))
+    yield from _layers(data.decode("latin-1"), depth - 1, budget)
+    inflated = _inflated(data, budget)
+    if inflated:
+        yield from _layers(inflated.decode("latin-1"), depth - 1, budget)
+
+
+def _json_unescaped(text: str) -> str:
+    def one(match: re.Match[str]) -> str:
+        code, simple = match.groups()
+        if code is not None:
+            return chr(int(code, 16))
+        return _JSON_SIMPLE.get(simple, simple)
+
+    return _JSON_ESCAPE.sub(one, text)
+
+
+def _base64(word: str) -> bytes | None:
+    """`word` decoded as base64 (either alphabet, padding optional)."""
+    standard = word.rstrip("=").replace("-", "+").replace("_", "/")
+    if len(standard) % 4 == 1:
+        standard = standard[:-1]  # a stray character: its bits make no byte
+    try:
+        return base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _hex(digits: str) -> bytes | None:
+    try:
+        return bytes.fromhex(digits[: len(digits) & ~1])
+    except ValueError:
+        return None
+
+
+def _inflated(data: bytes, budget: _Budget) -> bytes:
+    """`data` decompressed: gzip (every member), zlib, else raw deflate; empty when it
+    reads as none. What was read before a stream's error is kept (data that is no stream
+    fails within a few bytes). Review 36: the request gzipped in base64 (a debug field,
+    a compressed payload) reached the caller whole. Review 36b: so did raw deflate,
+    which has no header (.NET's DeflateStream, PHP's gzdeflate), and a card in a gzip
+    stream's second member. Raises `EchoUnread` past `MAX_INFLATED`, `RATIO` times
+    `data`'s size, the text's budget or `MAX_MEMBERS` (review 37: the rest was left
+    unread, and the caller's padding put the card there)."""
+    gzipped = data[:2] == b"\x1f\x8b"
+    if gzipped:
+        bits = zlib.MAX_WBITS | 16
+    elif len(data) > 1 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0:
+        bits = zlib.MAX_WBITS  # a zlib header: deflate, its check bits right
+    else:
+        bits = -zlib.MAX_WBITS
+    limit = min(MAX_INFLATED, RATIO * len(data))
+    out, rest, members = b"", data, 0
+    try:
+        while rest:
+            members += 1
+            if members > MAX_MEMBERS:
+                raise EchoUnread
+            decoder = zlib.decompressobj(bits)
+            piece = decoder.decompress(rest, limit + 1 - len(out))
+            budget.spend(len(piece))
+            out += piece
+            if len(out) > limit:
+                raise EchoUnread
+            rest = decoder.unused_data if gzipped and decoder.eof else b""
+            if rest[:2] != b"\x1f\x8b":
+                break
+    except zlib.error:
+        pass  # what was read before the error is still read
+    return out
