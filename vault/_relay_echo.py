@@ -2,24 +2,24 @@
 (`withhold_echoed_pans`) reads a text of an answer as, once decoded. Moved out of
 `vault.relay` (review 37) when it learnt hex, nested layers and a budget.
 
-IN PCI SCOPE: the texts read here are an acquirer's answer to a body holding a card; they
-are decoded in memory to be compared with the cards sent, never logged.
+IN PCI SCOPE: the texts read here are an acquirer's answer to a body holding a card;
+they are decoded in memory to be compared with the cards sent, never logged.
 
 A text is read as it is, percent-decoded, HTML-entity-decoded and JSON-unescaped; every
 word of it that is base64 (either alphabet, padding optional, MIME line breaks and JSON
 ``\\r\\n`` escapes between its lines allowed) or hex (bytes written as two digits,
 optionally one space, colon or hyphen between them) is decoded to bytes, read as Latin-1
 and, when it reads as a gzip, zlib or raw deflate stream, inflated; and each of those is
-read the same way again, `LAYERS` deep. Review 37: hex (a trace's dump of the request)
-and a second layer (base64 of a base64 payload) were not read, and a compressed echo was
-read to 32 times its size only, so the caller's own padding before the card (5,000
-``A``, a few bytes compressed) hid the card after it.
+read the same way again, `LAYERS` deep (a decoding and an inflation are a layer each).
+Review 37: hex (a trace's dump of the request) and a second layer (base64 of a base64
+payload) were not read, and a compressed echo was read to 32 times its size only, so the
+caller's own padding before the card (5,000 ``A``, a few bytes compressed) hid the card
+after it.
 
 What a text costs is bounded: at most `RATIO` times its own length of decoded and
 inflated characters in all (and `MAX_INFLATED` per stream, `MAX_MEMBERS` gzip members).
-A text whose reading would pass a bound is not read further and raises `EchoUnread`:
-the caller withholds it whole (fail closed), since what was left unread could be the
-card.
+A text whose reading would pass a bound is not read further and raises `EchoUnread`: the
+caller withholds it whole (fail closed), since what was left unread could be the card.
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ MAX_MEMBERS: Final = 64
 # A word that may be base64 (standard or URL-safe alphabet): long enough to hold the 13
 # digits of the shortest card (20 characters).
 _BASE64_WORD: Final = re.compile(r"[A-Za-z0-9+/_-]{20,}={0,2}")
-# Bytes in hex, at least the 13 of the shortest card, each pair optionally followed by
-# one separator (a dump's space, a colon, a hyphen).
-_HEX_WORD: Final = re.compile(r"(?:[0-9A-Fa-f]{2}[ :-]?){13,}")
-_HEX_SEPARATORS: Final = re.compile(r"[ :-]")
+# Bytes in hex, at least the 13 of the shortest card, looked for once white space,
+# colons and hyphens are taken out (a dump's separators between its bytes).
+_HEX_WORD: Final = re.compile(r"[0-9A-Fa-f]{26,}")
+_HEX_SEPARATORS: Final = str.maketrans("", "", ":-")
 _JSON_ESCAPE: Final = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|([\"\\/bfnrt]))")
 _JSON_SIMPLE: Final = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
@@ -77,46 +77,59 @@ def decodings(text: str) -> Iterator[str]:
     yield from _layers(text, LAYERS, _Budget(text))
 
 
+def _unescaped(text: str) -> tuple[list[str], list[str]]:
+    """(what `text` reads as once percent-decoded, HTML-entity-decoded, JSON-unescaped;
+    those of them in which words are looked for: a base64 word keeps its "+")."""
+    shown: list[str] = []
+    forms: list[str] = []
+    if "%" in text or "+" in text:
+        shown.append(plus := unquote_plus(text))
+        if "%" in text:
+            forms.append(unquote(text) if "+" in text else plus)
+    if "&" in text:
+        forms.append(html.unescape(text))
+    if "\\" in text:
+        forms.append(_json_unescaped(text))
+    return shown + forms, forms
+
+
 def _layers(text: str, depth: int, budget: _Budget) -> Iterator[str]:
     yield text
     forms = [text]
     # The text escapes, in the answer's own texts and in decoded bytes that are text (a
     # binary blob read as Latin-1 is none, and unquoting its stray "%"s took seconds).
     if depth == LAYERS or text.isascii():
-        if "%" in text or "+" in text:
-            yield (plus := unquote_plus(text))
-            if "%" in text:  # a base64 word keeps its "+"
-                forms.append(unquote(text) if "+" in text else plus)
-        if "&" in text:
-            forms.append(html.unescape(text))
-        if "\\" in text:
-            forms.append(_json_unescaped(text))
-        yield from forms[1:]
+        shown, searched = _unescaped(text)
+        yield from shown
+        forms += searched
     if depth == 0:
         return
     seen: set[str] = set()
     for form in forms:
         compact = "".join(form.split())  # base64 wrapped over lines (MIME's 76 columns)
-        for word in [*_BASE64_WORD.findall(form), *_BASE64_WORD.findall(compact)]:
+        words = _BASE64_WORD.findall(form)
+        if compact != form:
+            words += _BASE64_WORD.findall(compact)
+        for word in words:
             if word not in seen:
                 seen.add(word)
-                yield from _read_bytes(_base64(word), depth, budget)
-        for word in _HEX_WORD.findall(form):
-            digits = _HEX_SEPARATORS.sub("", word)
+                yield from _read_bytes(_base64(word), depth - 1, budget)
+        for word in _HEX_WORD.findall(compact.translate(_HEX_SEPARATORS)):
             for start in (0, 1):  # a run of hex whose first byte began a digit earlier
-                if (key := f"{start}:{digits}") not in seen:
+                if (key := f"{start}:{word}") not in seen:
                     seen.add(key)
-                    yield from _read_bytes(_hex(digits[start:]), depth, budget)
+                    yield from _read_bytes(_hex(word[start:]), depth - 1, budget)
 
 
 def _read_bytes(data: bytes | None, depth: int, budget: _Budget) -> Iterator[str]:
+    """`data` (a word decoded, or a stream inflated) read as Latin-1 text `depth` more
+    layers deep, and inflated when it is a stream (a layer too: gzip of gzip is read)."""
     if not data:
         return
     budget.spend(len(data))
-    yield from _layers(data.decode("latin-1"), depth - 1, budget)
-    inflated = _inflated(data, budget)
-    if inflated:
-        yield from _layers(inflated.decode("latin-1"), depth - 1, budget)
+    yield from _layers(data.decode("latin-1"), depth, budget)
+    if depth > 0:
+        yield from _read_bytes(_inflated(data, budget), depth - 1, budget)
 
 
 def _json_unescaped(text: str) -> str:
@@ -154,7 +167,8 @@ def _inflated(data: bytes, budget: _Budget) -> bytes:
     a compressed payload) reached the caller whole. Review 36b: so did raw deflate,
     which has no header (.NET's DeflateStream, PHP's gzdeflate), and a card in a gzip
     stream's second member. Raises `EchoUnread` past `MAX_INFLATED`, `RATIO` times
-    `data`'s size, the text's budget or `MAX_MEMBERS` (review 37: the rest was left
+    `data`'s size, what is left of the text's budget (spent by the caller) or
+    `MAX_MEMBERS` (review 37: the rest was left
     unread, and the caller's padding put the card there)."""
     gzipped = data[:2] == b"\x1f\x8b"
     if gzipped:
@@ -163,7 +177,7 @@ def _inflated(data: bytes, budget: _Budget) -> bytes:
         bits = zlib.MAX_WBITS  # a zlib header: deflate, its check bits right
     else:
         bits = -zlib.MAX_WBITS
-    limit = min(MAX_INFLATED, RATIO * len(data))
+    limit = min(MAX_INFLATED, RATIO * len(data), max(budget.left, 0))
     out, rest, members = b"", data, 0
     try:
         while rest:
@@ -171,9 +185,7 @@ def _inflated(data: bytes, budget: _Budget) -> bytes:
             if members > MAX_MEMBERS:
                 raise EchoUnread
             decoder = zlib.decompressobj(bits)
-            piece = decoder.decompress(rest, limit + 1 - len(out))
-            budget.spend(len(piece))
-            out += piece
+            out += decoder.decompress(rest, limit + 1 - len(out))
             if len(out) > limit:
                 raise EchoUnread
             rest = decoder.unused_data if gzipped and decoder.eof else b""

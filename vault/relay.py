@@ -404,7 +404,7 @@ _LATIN1_DIGITS: Final = bytes.maketrans(b"\xb9\xb2\xb3", b"123")
 _NOT_LATIN1_DIGIT: Final = bytes(b for b in range(256) if b not in b"0123456789\xb9\xb2\xb3")
 
 
-def withhold_echoed_pans(value: Any, pans: Sequence[str]) -> Any:
+def withhold_echoed_pans(value: Any, pans: Sequence[str], *, decoded: bool = True) -> Any:
     """`value` (an upstream's answer, masked) with an echo of a PAN in `pans` (the numbers the
     vault sent) withheld in whatever shape the PAN detector does not know (review 29b): a
     text (a value, a key, a number) whose digits read a sent PAN in order, as it is or once
@@ -417,7 +417,8 @@ def withhold_echoed_pans(value: Any, pans: Sequence[str]) -> Any:
     looked for is any number that looks like a sent PAN as far as its masked reveal shows
     (`_shown_shapes`: the answer must not tell a guess the caller had echoed from the card),
     never other cards, so the amounts and codes of an answer are not joined into a card by
-    chance."""
+    chance. Without `decoded`, texts are read as written only (the relay has read their
+    decodings before the masking: `withhold_encoded_pans`)."""
     wanted = _shown_shapes(pans)
     if not wanted:
         return value
@@ -425,7 +426,8 @@ def withhold_echoed_pans(value: Any, pans: Sequence[str]) -> Any:
     def echoes(text: str) -> bool:
         try:
             return any(
-                next(_occurrences(_digits_of(shape), wanted), None) for shape in decodings(text)
+                next(_occurrences(_digits_of(shape), wanted), None)
+                for shape in (decodings(text) if decoded else (text,))
             )
         except EchoUnread:
             return True  # read past its bound: what is left unread may be the card

@@ -12,7 +12,8 @@ from an acquirer that echoes the request:
 - in hex (a trace's hex dump of the request, ``raw_request_hex``), each digit then
   ``3`` and the digit, which no decoding read;
 - encoded twice: base64 of a base64 payload (a SOAP envelope's), base64 whose MIME
-  line breaks were JSON-escaped once more (``\\r\\n`` as text), hex of a gzip stream.
+  line breaks were JSON-escaped once more (``\\r\\n`` as text), hex of a gzip stream,
+  gzip of gzip (a compressed archive of a compressed log).
 
 Each against the real HTTPS fake acquirer, with the real SoftHSM token and database.
 """
@@ -59,6 +60,9 @@ ECHOES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     },
     "base64 with escaped line breaks": lambda got: {"payload": _mime(_request(got))},
     "hex of a gzip stream": lambda got: {"blob": gzip.compress(_request(got)).hex()},
+    "gzip of gzip in base64": lambda got: {
+        "archive": base64.b64encode(gzip.compress(gzip.compress(_request(got)))).decode()
+    },
 }
 
 
@@ -75,7 +79,10 @@ def _readable(answer: Any) -> str:
             for inner in (data, _maybe_base64(data)):
                 texts.append(inner.decode("latin-1"))
                 with contextlib.suppress(OSError, EOFError):
-                    texts.append(gzip.decompress(inner).decode("latin-1"))
+                    plain = gzip.decompress(inner)
+                    texts.append(plain.decode("latin-1"))
+                    with contextlib.suppress(OSError, EOFError):
+                        texts.append(gzip.decompress(plain).decode("latin-1"))
     return "".join(texts)
 
 

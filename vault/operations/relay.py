@@ -465,7 +465,8 @@ class RelayOperations(TokenizeOperations):
         body = withhold_encoded_pans(body, sent.pans)
         masked = withhold_split_pans(mask_strings(body), sent.pans)
         # An echo of a sent number in a shape the detector does not know (review 29b).
-        masked = withhold_sent(withhold_echoed_pans(masked, sent.pans), sent.details, sent.guesses)
+        masked = withhold_echoed_pans(masked, sent.pans, decoded=False)  # read above
+        masked = withhold_sent(masked, sent.details, sent.guesses)
         masked = withhold_month_year(masked, sent.month_years)
         for pointer, token in tokens_at.items():
             set_pointer(masked, pointer, token)
