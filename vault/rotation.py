@@ -409,6 +409,7 @@ class KeyRotation(RotationBatches):
                 self._provider, self._keyring.registry, self._audit, self._clock
             )
             return audit_key.rotate(connection, row, approver, created)
+        made: str | None = None  # the token key this ceremony makes, registered below
         if kind is RotationKind.DATA:
             old, new = self._new_data_keys(connection)
         else:
@@ -424,10 +425,7 @@ class KeyRotation(RotationBatches):
                     "registry: investigate and destroy it, then approve again"
                 )
             self._hierarchy.create(key_kind, new)
-            created.append(label)
-            self._keyring.registry.register(
-                connection, label, actor=approver, how=f"created by key ceremony {row.id}"
-            )
+            created.append(made := label)
         total = self._rows_to_move(connection, kind, old)
         connection.execute(
             update(key_ceremonies)
@@ -439,6 +437,13 @@ class KeyRotation(RotationBatches):
                 progress_total=total,
             )
         )
+        if made is not None:
+            # Next to the start, which takes its time (`AuditLog.append`'s hold): written
+            # before the count above (seconds on a large vault), it let another node's
+            # entries into the log between the two, dated after the start (review 37).
+            self._keyring.registry.register(
+                connection, made, actor=approver, how=f"created by key ceremony {row.id}"
+            )
         self._record(
             approver,
             None,
