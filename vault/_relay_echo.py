@@ -18,7 +18,7 @@ after it.
 
 What a text costs is bounded: at most `RATIO` times its own length of decoded and
 inflated characters in all (and `MAX_INFLATED` per stream, `MAX_MEMBERS` gzip members).
-A text whose reading would pass a bound is not read further and raises `EchoUnread`: the
+A text whose reading would pass a bound is not read further, and `read_as` answers True: the
 caller withholds it whole (fail closed), since what was left unread could be the card.
 """
 
@@ -29,7 +29,7 @@ import binascii
 import html
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 from urllib.parse import unquote, unquote_plus
 
@@ -55,7 +55,7 @@ _JSON_ESCAPE: Final = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|([\"\\/bfnrt]))")
 _JSON_SIMPLE: Final = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
 
-class EchoUnread(Exception):
+class _Unread(Exception):
     """A text whose reading would pass its bound: withhold it whole."""
 
 
@@ -68,13 +68,17 @@ class _Budget:
     def spend(self, size: int) -> None:
         self.left -= size
         if self.left < 0:
-            raise EchoUnread
+            raise _Unread
 
 
-def decodings(text: str) -> Iterator[str]:
-    """`text`, and what it reads as once decoded the ways an echo is written (module
-    docstring). Raises `EchoUnread` when reading it further would pass its bound."""
-    yield from _layers(text, LAYERS, _Budget(text))
+def read_as(text: str, found: Callable[[str], bool]) -> bool:
+    """Whether `found` holds for `text` or for what it reads as once decoded the ways an
+    echo is written (module docstring), or reading it would pass its bound (then what
+    is left unread may be what `found` looks for: fail closed)."""
+    try:
+        return any(found(shape) for shape in _layers(text, LAYERS, _Budget(text)))
+    except _Unread:
+        return True
 
 
 def _unescaped(text: str) -> tuple[list[str], list[str]]:
@@ -166,7 +170,7 @@ def _inflated(data: bytes, budget: _Budget) -> bytes:
     fails within a few bytes). Review 36: the request gzipped in base64 (a debug field,
     a compressed payload) reached the caller whole. Review 36b: so did raw deflate,
     which has no header (.NET's DeflateStream, PHP's gzdeflate), and a card in a gzip
-    stream's second member. Raises `EchoUnread` past `MAX_INFLATED`, `RATIO` times
+    stream's second member. Raises `_Unread` past `MAX_INFLATED`, `RATIO` times
     `data`'s size, what is left of the text's budget (spent by the caller) or
     `MAX_MEMBERS` (review 37: the rest was left
     unread, and the caller's padding put the card there)."""
@@ -183,11 +187,11 @@ def _inflated(data: bytes, budget: _Budget) -> bytes:
         while rest:
             members += 1
             if members > MAX_MEMBERS:
-                raise EchoUnread
+                raise _Unread
             decoder = zlib.decompressobj(bits)
             out += decoder.decompress(rest, limit + 1 - len(out))
             if len(out) > limit:
-                raise EchoUnread
+                raise _Unread
             rest = decoder.unused_data if gzipped and decoder.eof else b""
             if rest[:2] != b"\x1f\x8b":
                 break

@@ -18,7 +18,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import unquote_plus
 
 from cofre.redaction import MASK_TRAILING, luhn_valid, mask_pan_values, masked_leading
-from vault._relay_echo import EchoUnread, decodings
+from vault._relay_echo import read_as
 from vault.errors import RelayBodyInvalid
 
 # How deep a relay body or an upstream's answer may nest. Acquirers' bodies are a few
@@ -423,14 +423,11 @@ def withhold_echoed_pans(value: Any, pans: Sequence[str], *, decoded: bool = Tru
     if not wanted:
         return value
 
+    def found(shape: str) -> bool:
+        return next(_occurrences(_digits_of(shape), wanted), None) is not None
+
     def echoes(text: str) -> bool:
-        try:
-            return any(
-                next(_occurrences(_digits_of(shape), wanted), None)
-                for shape in (decodings(text) if decoded else (text,))
-            )
-        except EchoUnread:
-            return True  # read past its bound: what is left unread may be the card
+        return read_as(text, found) if decoded else found(text)
 
     alone = _replace_texts(value, lambda _index, text: WITHHELD_DETAIL if echoes(text) else None)
     # A sent PAN spread over several texts: their digits, joined in document order.
@@ -470,14 +467,12 @@ def withhold_encoded_pans(value: Any, pans: Sequence[str]) -> Any:
 
     def encoded(_index: int, text: str) -> str | None:
         plain = _digits_of(text)
-        try:
-            for shape in decodings(text):
-                digits = _digits_of(shape)
-                if digits != plain and next(_occurrences(digits, wanted), None):
-                    return WITHHELD_DETAIL
-        except EchoUnread:
-            return WITHHELD_DETAIL  # what is left unread may be the card
-        return None
+
+        def found(shape: str) -> bool:
+            digits = _digits_of(shape)
+            return digits != plain and next(_occurrences(digits, wanted), None) is not None
+
+        return WITHHELD_DETAIL if read_as(text, found) else None
 
     return _replace_texts(value, encoded)
 
