@@ -109,9 +109,6 @@ class AuditKeyRotation:
         KeyHierarchy(self._provider).create(KeyKind.AUDIT, newest + 1)
         if created is not None:
             created.append(new_label)
-        self._registry.register(
-            connection, new_label, actor=approver, how=f"created by key ceremony {row.id}"
-        )
         note = sign_handover(
             head,
             HSMTreeHeadSigner(self._provider, old_label),
@@ -128,6 +125,12 @@ class AuditKeyRotation:
                 new_version=newest + 1,
                 completed_at=now,
             )
+        )
+        # Next to the start, which takes its time (`AuditLog.append`'s hold): written
+        # before the handover's two signatures (HSM round trips), it let another node's
+        # entries into the log between the two, dated after the start (review 37).
+        self._registry.register(
+            connection, new_label, actor=approver, how=f"created by key ceremony {row.id}"
         )
         self._event(
             connection,
