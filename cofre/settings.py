@@ -353,6 +353,9 @@ class InsecureSettings(_Section):
     allow_dev_pki: bool = False
     # SoftHSM2 keeps its keys in files under the PIN: no secure cryptographic device.
     allow_software_hsm: bool = False
+    # A rolling upgrade only: seal cards as vaults before session 37 did, without their
+    # token domain, which older nodes (and a rollback) can open (`vault.keyring`).
+    seal_cards_without_domain: bool = False
 
 
 class TokenSettings(_Section):

@@ -74,6 +74,8 @@ def production_checks(settings: Settings) -> list[str]:
         refused.append(unverified)
     software = _software_token(settings, allowed_anyway=allow.allow_software_hsm)
     judge(software is not None, allow.allow_software_hsm, "allow_software_hsm", software or "")
+    if allow.seal_cards_without_domain:  # a rolling upgrade's, warned like the others
+        allowed.append("seal_cards_without_domain")
     # No allowance: such a PIN cannot log in (and is never sent, `hsm.session`).
     pin_problem = _cloudhsm_pin_problem(settings)
     if pin_problem is not None:

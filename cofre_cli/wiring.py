@@ -367,6 +367,7 @@ def build_runtime(
         provider,
         PolicyEngine(loaded.policy),
         idempotency_window=timedelta(hours=settings.tokens.idempotency_key_ttl_hours),
+        insecure_seal_without_domain=settings.insecure.seal_cards_without_domain,
     )
     _record_start(service, provider, loaded, settings)
     sequencer = Sequencer(

@@ -54,7 +54,7 @@ from vault.errors import (
     TokenNotFound,
     VaultError,
 )
-from vault.keyring import DataKeyring, KeyPurpose, pan_aad
+from vault.keyring import DataKeyring, KeyPurpose, open_pan
 from vault.limits import IDEMPOTENCY_WINDOW, MAX_IDEMPOTENCY_WINDOW, MIN_IDEMPOTENCY_WINDOW, Limits
 from vault.models import CallContext, TokenRecord
 from vault.pan import Pan
@@ -95,6 +95,7 @@ class VaultCore(Fingerprints):
         group_commit: bool = True,
         security_code_ttl: timedelta = MAX_CODE_TTL,
         idempotency_window: timedelta = IDEMPOTENCY_WINDOW,
+        insecure_seal_without_domain: bool = False,
     ) -> None:
         self._engine = engine
         # Built once (`execution_options` makes a new engine proxy at every call); one
@@ -110,7 +111,9 @@ class VaultCore(Fingerprints):
             raise ValueError("the idempotency key window is 1 to 168 hours")
         # How long an idempotency key's record answers (`vault.operations._idempotency`).
         self._key_window = idempotency_window
-        self._keyring = DataKeyring(engine, provider)
+        self._keyring = DataKeyring(
+            engine, provider, insecure_seal_without_domain=insecure_seal_without_domain
+        )
         self._codes = HeldCodes(
             engine, provider, self._keyring.registry, self._audit, ttl=security_code_ttl
         )
@@ -335,6 +338,7 @@ class VaultCore(Fingerprints):
                         ctx,
                         action,
                         Outcome.DENIED if throttled else Outcome.FAILED,
+                        token_id=exc.token_id if isinstance(exc, IntegrityError) else None,
                         details=details,
                     )
                 )
@@ -481,12 +485,10 @@ class VaultCore(Fingerprints):
         Raises `IntegrityError` when the ciphertext fails authentication."""
         version = int(row.key_version)
         try:
-            clear = self._keyring.gcm(version).decrypt(
-                bytes(row.nonce), bytes(row.ciphertext), pan_aad(row.id, row.token, version)
-            )
+            clear = open_pan(self._keyring.gcm(version), row, version)
         except InvalidTag:
             raise IntegrityError(
-                "the stored ciphertext failed authentication (altered or moved)"
+                "the stored ciphertext failed authentication (altered or moved)", token_id=row.id
             ) from None
         return CardBundle.open(clear)
 
@@ -510,7 +512,7 @@ class VaultCore(Fingerprints):
         version = self._keyring.sealing_version(connection, KeyPurpose.PAN_GCM)
         nonce = secrets.token_bytes(12)
         sealed = self._keyring.gcm(version).encrypt(
-            nonce, merged.seal(), pan_aad(row.id, row.token, version)
+            nonce, merged.seal(), self._keyring.sealing_aad(row.id, row.token, version, row.domain)
         )
         done = connection.execute(
             update(tokens)

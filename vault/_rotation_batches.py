@@ -19,7 +19,7 @@ from hsm.provider import HSMProvider, WrappedKey
 from vault.card import pan_digits
 from vault.ceremony import RotationKind
 from vault.errors import DataKeyMissing
-from vault.keyring import DataKeyring, KeyPurpose, KeyState, pan_aad
+from vault.keyring import DataKeyring, KeyPurpose, KeyState, open_pan
 from vault.storage.schema import data_keys, tokens
 
 BATCH: Final = 500  # rows a rotation moves per transaction
@@ -89,7 +89,9 @@ class RotationBatches:
     def _reencrypt(self, connection: Connection, row: Row[Any], batch: int) -> int:
         old, new = int(row.old_version), int(row.new_version)
         rows = connection.execute(
-            select(tokens.c.id, tokens.c.token, tokens.c.nonce, tokens.c.ciphertext)
+            select(
+                tokens.c.id, tokens.c.token, tokens.c.domain, tokens.c.nonce, tokens.c.ciphertext
+            )
             .where(tokens.c.key_version == old)
             .limit(batch)
         ).all()
@@ -98,11 +100,11 @@ class RotationBatches:
         old_cipher, new_cipher = self._keyring.gcm(old), self._keyring.gcm(new)
         params = []
         for item in rows:
-            clear = old_cipher.decrypt(
-                bytes(item.nonce), bytes(item.ciphertext), pan_aad(item.id, item.token, old)
-            )
+            clear = open_pan(old_cipher, item, old)
             nonce = secrets.token_bytes(12)
-            sealed = new_cipher.encrypt(nonce, clear, pan_aad(item.id, item.token, new))
+            sealed = new_cipher.encrypt(
+                nonce, clear, self._keyring.sealing_aad(item.id, item.token, new, item.domain)
+            )
             params.append(
                 {"row_id": item.id, "old": old, "new": new, "new_nonce": nonce, "sealed": sealed}
             )
@@ -156,9 +158,7 @@ class RotationBatches:
         ).all()
         for item in rows:
             version = int(item.key_version)
-            clear = self._keyring.gcm(version).decrypt(
-                bytes(item.nonce), bytes(item.ciphertext), pan_aad(item.id, item.token, version)
-            )
+            clear = open_pan(self._keyring.gcm(version), item, version)
             # Only over the fingerprint read (PostgreSQL re-checks it on the row a write
             # that held the row left): a delete shreds the row's fingerprint with its
             # card, and written by the id alone the new one came back on the tombstone,

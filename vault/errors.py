@@ -113,9 +113,15 @@ class FormatNotApplicable(VaultError, ValueError):
 
 
 class IntegrityError(VaultError):
-    """A stored ciphertext failed authentication: moved, altered or under the wrong key."""
+    """A stored ciphertext failed authentication: moved, altered or under the wrong key;
+    or a stored token found for a card holds another. `token_id` names the row when
+    known: its refusal's audit entry names it, for the incident (session 37)."""
 
     code = "integrity_error"
+
+    def __init__(self, message: str, *, token_id: str | None = None) -> None:
+        super().__init__(message)
+        self.token_id = token_id
 
 
 class StorageUnavailable(VaultError):

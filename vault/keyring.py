@@ -13,12 +13,16 @@ inventory, never unwrapped again).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
+import structlog
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, Engine, insert, select
 
@@ -31,6 +35,7 @@ from vault.key_registry import KeyRegistry
 from vault.storage.rawsql import fetch_all
 from vault.storage.schema import data_keys
 
+_log = structlog.get_logger("cofre.vault")
 _ACTIVE_TTL_S = 1.0
 # The active version of a purpose, read in a write transaction (`sealing_version`). FOR
 # SHARE on PostgreSQL holds a rotation's retiring UPDATE until that transaction ends;
@@ -57,10 +62,39 @@ class KeyState(StrEnum):
     DESTROYED = "destroyed"  # retired and its wrapped bytes erased
 
 
-def pan_aad(token_id: str, token: str, version: int) -> bytes:
+def pan_aad(token_id: str, token: str, version: int, domain: str) -> bytes:
     """The AES-GCM associated data of a stored PAN: binds the ciphertext to its row, its
-    token and its key version, so a ciphertext moved elsewhere fails authentication."""
+    token, its key version and its token domain, so a ciphertext moved elsewhere, or its
+    row moved to another domain, fails authentication (`open_pan`).
+
+    The domain is bound since session 37: a writer of the database set a row's
+    ``domain`` to one its own certificate may read in full, and the card opened for it.
+    JSON keeps the fields apart whatever a domain holds."""
+    fields = json.dumps([token_id, token, version, domain], separators=(",", ":"))
+    return b"cofre:pan:v2|" + fields.encode()
+
+
+def legacy_pan_aad(token_id: str, token: str, version: int) -> bytes:
+    """The associated data of PANs sealed before session 37 (no domain): only opened,
+    never sealed again (a data-key rotation reseals such rows with `pan_aad`)."""
     return f"cofre:pan:v1|{token_id}|{token}|{version}".encode()
+
+
+def open_pan(cipher: AESGCM, row: Any, version: int) -> bytes:  # a `Row` of any columns
+    """Return the plaintext of the PAN a token `row` (its ``id``, ``token``, ``domain``,
+    ``nonce`` and ``ciphertext``) holds under data key `version`, sealed under `pan_aad`,
+    or under `legacy_pan_aad` by a vault before session 37. Raises `InvalidTag` when it
+    fails authentication under both.
+
+    The fallback opens only what was sealed before the upgrade (this code seals with
+    `pan_aad` alone, and neither authenticates the other's ciphertexts); such a row moved
+    to another domain still opens there until a data-key rotation reseals it
+    (docs/threat-model.md, "A writer of the database")."""
+    nonce, sealed = bytes(row.nonce), bytes(row.ciphertext)
+    try:
+        return cipher.decrypt(nonce, sealed, pan_aad(row.id, row.token, version, row.domain))
+    except InvalidTag:
+        return cipher.decrypt(nonce, sealed, legacy_pan_aad(row.id, row.token, version))
 
 
 @dataclass(frozen=True)
@@ -78,7 +112,12 @@ class DataKeyring:
     """The data keys of one vault database, unwrapped lazily through one HSM provider."""
 
     def __init__(
-        self, engine: Engine, provider: HSMProvider, registry: KeyRegistry | None = None
+        self,
+        engine: Engine,
+        provider: HSMProvider,
+        registry: KeyRegistry | None = None,
+        *,
+        insecure_seal_without_domain: bool = False,
     ) -> None:
         # The KEK is the newest *registered* one (never just the newest label).
         self.registry = registry or KeyRegistry(engine, provider)
@@ -96,6 +135,22 @@ class DataKeyring:
         self._ff1: dict[int, FF1] = {}
         # Set for good by `close` (the stop): from then on nothing is unwrapped again.
         self._closed = False
+        # A rolling upgrade's escape (`sealing_aad`): seal as vaults before session 37.
+        self._legacy_sealing = insecure_seal_without_domain
+        if insecure_seal_without_domain:
+            _log.warning(
+                "COFRE_INSECURE__SEAL_CARDS_WITHOUT_DOMAIN is on: new cards are sealed "
+                "without their token domain, as older vaults read them; turn it off once "
+                "every node runs this version, then rotate the data keys"
+            )
+
+    def sealing_aad(self, token_id: str, token: str, version: int, domain: str) -> bytes:
+        """The associated data to seal a PAN with: `pan_aad`, or `legacy_pan_aad` while
+        ``COFRE_INSECURE__SEAL_CARDS_WITHOUT_DOMAIN`` is on (a rolling upgrade: nodes of
+        the previous version, and a rollback to it, open only that; docs/operations.md)."""
+        if self._legacy_sealing:
+            return legacy_pan_aad(token_id, token, version)
+        return pan_aad(token_id, token, version, domain)
 
     def ensure_active(self, connection: Connection) -> list[tuple[KeyPurpose, int]]:
         """Create version 1 of every purpose that has no key yet, in `connection`'s

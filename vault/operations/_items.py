@@ -21,9 +21,10 @@ from policies.formats import (
     may_converge,
 )
 from vault.card import CardBundle
-from vault.errors import TokenDeleted, TokenExpired
+from vault.errors import IntegrityError, TokenDeleted, TokenExpired
 from vault.models import CallContext, TokenizeRequest, TokenRecord
 from vault.operations._inputs import expiry
+from vault.pan import Pan
 from vault.storage.database import as_utc
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
     from audit.log import AuditEvent
     from policies.models import IdentityPolicy
+    from vault._core import VaultCore
     from vault.operations.tokenize import TokenizeOperations
 
 
@@ -127,7 +129,12 @@ class _Answers:
     # item -> the life its ask gave the token it got (None: for good), for its entry.
     extended: dict[int, datetime | None] = field(default_factory=dict)
 
-    def answer(self, service: TokenizeOperations, index: int, row: Row[Any], result: str) -> None:
+    def answer(
+        self, service: TokenizeOperations, index: int, row: Row[Any], result: str, pan: Pan
+    ) -> None:
+        """Answer item `index` (the card `pan`) with the stored token `row`. Raises
+        `IntegrityError` unless the row holds that very card (`confirm_card`)."""
+        confirm_card(service, row, pan)
         self.results[index] = service._record(row, existing=True)
         self.stored[index], self.how[index] = row, result
         self.add(index, service._tokenize_event(self.ctxs[index], row.id, row.format, result))
@@ -159,6 +166,24 @@ class _Answers:
         """Item `index` gets what item `earlier` got; its audit result is `result`."""
         self.same_as[index] = (earlier, result)
         self.how[index] = result
+
+
+def confirm_card(service: VaultCore, row: Row[Any], pan: Pan) -> None:
+    """Raise `IntegrityError` unless the stored token `row`, found by its fingerprint or
+    an idempotency key's record, opens (its AAD binds the row and its domain) to the card
+    `pan`.
+
+    Why (session 37): the fingerprint and the record are the database's word. A writer
+    of the database gave customer B's token customer A's fingerprint (fingerprints are
+    HMACs of the card alone, so any domain's row of A shows it), or pointed A's key at
+    B's token: A's next tokenize, lookup or retry was answered B's token, and with card
+    details B's row was sealed again with A's card, so B's next charge went to A."""
+    if service._open_card(row).pan != pan:
+        raise IntegrityError(
+            "a stored token found by its fingerprint or idempotency key holds another "
+            "card (its row was altered)",
+            token_id=row.id,
+        )
 
 
 def longest(lives: Iterable[datetime | None]) -> datetime | None:

@@ -17,6 +17,7 @@ from vault.limits import oracle_bucket
 from vault.models import CallContext, TokenRecord
 from vault.operations._early import EarlyRate
 from vault.operations._guesses import missed_tokens
+from vault.operations._items import confirm_card
 from vault.pan import Pan
 from vault.storage.database import as_utc
 from vault.storage.schema import tokens
@@ -65,6 +66,8 @@ class LookupOperations(EarlyRate):
                     if (as_utc(r.expires_at) or now + timedelta(days=1)) > now
                     and self._guessable_only_widely(r.format, len(pan))
                 ]
+                for row in rows:  # found by fingerprint: the database's word (session 37)
+                    confirm_card(self, row, pan)
                 self._audit.append(
                     connection,
                     self._audit_event(

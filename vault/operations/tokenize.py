@@ -2,8 +2,9 @@
 
 IN PCI SCOPE, holds card data. One path for one item and for many (a single call is a
 batch of one). Stored PANs are AES-256-GCM ciphertexts; the AAD binds the token id, the
-token and the key version. Fingerprints are HMAC-SHA256 under the HSM's fingerprint key,
-for convergent tokens and lookup.
+token, the key version and the token domain. Fingerprints are HMAC-SHA256 under the HSM's
+fingerprint key, for convergent tokens and lookup; a token found by one is answered only
+once it opens to the card sent (`_items.confirm_card`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from vault.errors import (
     TokenExpired,
     VaultError,
 )
-from vault.keyring import KeyPurpose, pan_aad
+from vault.keyring import KeyPurpose
 from vault.models import MAX_BATCH, CallContext, Pending, TokenizeRequest, TokenRecord
 from vault.operations._candidates import TokenCandidates
 from vault.operations._idempotency import KeyedRows, keyed_rows, record_keys
@@ -405,7 +406,7 @@ class TokenizeOperations(TokenCandidates):
                 # Gone for every reveal: never handed out (or resealed) as a live token.
                 error = TokenExpired("this idempotency key's token has expired: use a new key")
                 raise self._item_error(error, index, batch=batch)
-            answers.answer(self, index, previous, "idempotent")
+            answers.answer(self, index, previous, "idempotent", item.card.pan)
         else:
             answers.same(index, earlier, answers.how.get(earlier, "idempotent"))
         return True
@@ -439,7 +440,7 @@ class TokenizeOperations(TokenCandidates):
                     elif (token_format, fp) in held:
                         held[(token_format, fp)] = found
             if found is not None:
-                answers.answer(self, index, found, "convergent")  # its life: `_lives`
+                answers.answer(self, index, found, "convergent", item.card.pan)  # life: `_lives`
                 return True
         earlier = answers.first_for.setdefault((token_format, item.fingerprint), index)
         if earlier != index:
@@ -550,7 +551,9 @@ class TokenizeOperations(TokenCandidates):
                         "key_version": version,
                         "nonce": nonce,
                         "ciphertext": cipher.encrypt(
-                            nonce, item.card.seal(), pan_aad(token_id, token, version)
+                            nonce,
+                            item.card.seal(),
+                            self._keyring.sealing_aad(token_id, token, version, domain),
                         ),
                         "metadata": item.metadata,
                         "owner": ctx.identity,

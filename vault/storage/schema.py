@@ -3,7 +3,8 @@
 IN PCI SCOPE, holds card data, encrypted only:
 
 - ``tokens``: one row per token. The PAN is stored only as AES-256-GCM ciphertext under
-  a wrapped data key (AAD binds token id, token and key version), plus an HMAC-SHA256
+  a wrapped data key (AAD binds token id, token, key version and token domain; rows
+  sealed before session 37 bind no domain until a data rotation), plus an HMAC-SHA256
   fingerprint under the HSM's fingerprint key for deduplication and lookup. Delete
   crypto-shreds: ciphertext, nonce and fingerprint are set to NULL, the row stays as a
   tombstone.
