@@ -225,6 +225,7 @@ def test_insecure_allowances_are_settings_not_secrets(value: str) -> None:
         "allow_empty_policy": False,
         "allow_dev_pki": False,
         "allow_software_hsm": False,
+        "seal_cards_without_domain": False,
     }
 
 
