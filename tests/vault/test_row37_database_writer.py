@@ -20,11 +20,13 @@ from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
-from policies.errors import RateLimited
+from policies.errors import PolicyDenied, RateLimited
 from policies.loader import parse_policy
+from policies.models import RateLimit
 from tests.support.pans import GENERATED, card_number
 from tests.support.policies import vault_on
 from tests.vault.conftest import ALICE, BOB, GETNET, PAYMENTS, TEST_POLICY
+from vault.capture import CaptureSession, CaptureSessionRequest, CardCapture
 from vault.ceremony import CeremonyState
 from vault.errors import DataKeyMissing, IntegrityError, OracleSuspected, TokenNotFound
 from vault.keyring import legacy_pan_aad
@@ -326,3 +328,63 @@ def test_a_tokenize_only_certificate_and_the_database_do_not_find_another_domain
             break
     assert lifted >= 1
     assert found is None
+
+
+SHOP_POLICY = """
+[identities."spiffe://cofre/payments"]
+operations = ["capture", "detokenize_masked"]
+formats = ["pan_bin6_last4"]
+reveal = "masked"
+capture_origins = ["https://shop.example"]
+
+[identities."spiffe://cofre/mallory"]
+operations = ["tokenize", "detokenize"]
+formats = ["pan_bin6_last4"]
+reveal = "full"
+"""
+
+
+def test_a_capture_session_rewritten_never_lands_a_shoppers_card_in_the_writers_domain(
+    engine: Engine, hsm_provider: HSMProvider
+) -> None:
+    # Held before session 37: the shopper's card goes to the domain of the session's
+    # owner under the policy in force (the row's `domain` column is not read), and an
+    # owner rewritten to an identity that may not capture for that origin is refused.
+    service = vault_on(engine, hsm_provider, SHOP_POLICY)
+    try:
+        shop = CaptureSessionRequest(origin="https://shop.example", formats=("pan_bin6_last4",))
+        generous = RateLimit(per_second=100, burst=100)
+
+        def capture(session: CaptureSession) -> str:
+            card = CardCapture(
+                session_id=session.session_id,
+                secret=session.secret,
+                origin="https://shop.example",
+                client_address="192.0.2.7",
+                pan=VICTIM,
+            )
+            result = service.capture_card(card, per_session=generous, per_address=generous)
+            return result.token.token
+
+        first = service.create_capture_session(PAYMENTS, shop)
+        _write(engine, "UPDATE capture_sessions SET domain = :d", d=MALLORY.identity)
+        token = capture(first)
+        assert _column(engine, "domain", token) == PAYMENTS.identity
+        with pytest.raises(TokenNotFound):
+            service.detokenize(MALLORY, token)
+        second = service.create_capture_session(PAYMENTS, shop)
+        _write(
+            engine,
+            "UPDATE capture_sessions SET owner = :d, domain = :d WHERE id = :i",
+            d=MALLORY.identity,
+            i=second.session_id,
+        )
+        with pytest.raises(PolicyDenied):
+            capture(second)
+        with engine.connect() as connection:
+            theirs = connection.execute(
+                sa.text("SELECT count(*) FROM tokens WHERE domain = :d"), {"d": MALLORY.identity}
+            ).scalar_one()
+        assert theirs == 0
+    finally:
+        service.close()
