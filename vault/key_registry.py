@@ -98,6 +98,30 @@ def token_identities(keys: list[KeyInfo]) -> dict[str, KeyIdentity | None]:
     return out
 
 
+def _refuse_a_newer_version_altered(
+    kind: KeyKind,
+    newest: int,
+    on_token: dict[str, KeyIdentity | None],
+    registry: dict[str, KeyIdentity],
+) -> None:
+    """Raise `KeyNotRegistered` when a registered version of `kind` newer than `newest`
+    (the newest one the token shows as recorded) is on the token but not as recorded: a
+    second object under its label, or a substitute. Until session 37 such a version was
+    only left out, so the version before it (the one a rotation is retiring) silently
+    became current again. A registered version absent from the token (destroyed, or not
+    yet on the HSM a call reached: CloudHSM key synchronisation) is still skipped."""
+    for label, recorded in registry.items():
+        parsed = parse_key_label(label)
+        if parsed is None or parsed[0] != kind or parsed[1] <= newest or label not in on_token:
+            continue
+        if on_token[label] != recorded:
+            raise KeyNotRegistered(
+                f"{label!r}, the newest registered {kind.value} key, is on the token but not "
+                "as registered (a second key under its label, or a substitute): refused, "
+                "rather than fall back to the version before it"
+            )
+
+
 class KeyRegistry:
     """Registered keys (from the audit log) checked against the token."""
 
@@ -208,6 +232,7 @@ class KeyRegistry:
                 and identity == registry.get(label)
             ):
                 found.append(parsed[1])
+        _refuse_a_newer_version_altered(kind, max(found, default=0), on_token, registry)
         return sorted(found)
 
     def in_force(self) -> list[str]:

@@ -1,0 +1,139 @@
+"""Session 37: a second key planted under the *current* registered label makes the vault
+refuse, never fall back to the version before it.
+
+A holder of the crypto-user PIN makes a second secret key under ``cofre-kek-vN`` or
+``cofre-fp-vN``, the newest registered version (one a key ceremony made and recorded).
+The label no longer names one key, so `token_identities` gives it no identity and the
+registry left it out of `versions`: the *previous* registered version became current
+again, silently. That previous version is the one a rotation is moving away from (kept
+only for its grace, or retired because it was suspected): new data keys were wrapped
+under the KEK being retired and new cards fingerprinted under the fingerprint key being
+retired, while `/readyz` failed only on the nodes a balancer probes. A label the
+registry records that is on the token but not as recorded is now refused (503
+``hsm_key_unregistered``); a registered label absent from the token (destroyed, or not yet
+on the HSM a call reached, docs/cloudhsm.md "Key availability") is still skipped."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pkcs11 import Attribute, KeyType, Mechanism
+from sqlalchemy import Engine
+
+from hsm.keys import KeyHierarchy, KeyKind, key_label
+from hsm.mechanisms import secret_key_template
+from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
+from policies.loader import parse_policy
+from tests.support.pans import card_number
+from tests.vault.conftest import OFFICERS, PAYMENTS, TEST_POLICY
+from vault.errors import KeyNotRegistered
+from vault.pan import Pan
+from vault.service import TokenizeRequest, VaultService
+
+
+@pytest.fixture
+def vault(engine: Engine, rotation_provider: HSMProvider) -> Iterator[VaultService]:
+    policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
+    service = VaultService(engine, rotation_provider, policy)
+    service.initialize()
+    yield service
+    service.close()
+
+
+def _register_next(
+    vault: VaultService, engine: Engine, provider: HSMProvider, kind: KeyKind
+) -> tuple[str, str]:
+    """Make and register the next version of `kind` as a ceremony would; return the
+    label before it (current until now) and the new one."""
+    versions = KeyHierarchy(provider).versions(kind)
+    before = vault.keyring.registry.current_label(kind)
+    label = key_label(kind, versions[-1] + 1)
+    KeyHierarchy(provider).create(kind, versions[-1] + 1)
+    with engine.begin() as connection:
+        vault.keyring.registry.register(connection, label, actor="test", how="session 37 test")
+    assert vault.keyring.registry.current_label(kind) == label
+    return before, label
+
+
+def _plant_twin(provider: HSMProvider, kind: KeyKind, label: str) -> None:
+    """A second secret key under `label`, sensitive and never extractable like ours: it
+    takes no readable key, only a second object, to make the label ambiguous."""
+    key_type = KeyType.AES if kind is KeyKind.KEK else KeyType.GENERIC_SECRET
+    usage = {Attribute.WRAP, Attribute.UNWRAP} if kind is KeyKind.KEK else {Attribute.SIGN}
+
+    def plant(session: Any) -> None:
+        session.generate_key(
+            key_type,
+            256,
+            label=label,
+            id=b"planted-twin",
+            store=True,
+            mechanism=(
+                Mechanism.AES_KEY_GEN if kind is KeyKind.KEK else Mechanism.GENERIC_SECRET_KEY_GEN
+            ),
+            template=secret_key_template(key_type, usage),
+        )
+
+    provider._run(plant, retry=False)  # the PIN holder's own call
+
+
+@pytest.fixture(params=[KeyKind.KEK, KeyKind.FINGERPRINT])
+def twin(
+    request: pytest.FixtureRequest,
+    vault: VaultService,
+    engine: Engine,
+    rotation_provider: HSMProvider,
+) -> Iterator[tuple[KeyKind, str, str]]:
+    kind: KeyKind = request.param
+    before, label = _register_next(vault, engine, rotation_provider, kind)
+    try:
+        _plant_twin(rotation_provider, kind, label)
+        vault.keyring.registry.registered(fresh=True)
+        yield kind, before, label
+    finally:
+        rotation_provider.destroy_key(label)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_twin_under_the_current_label_is_refused_not_fallen_back_from(
+    vault: VaultService, twin: tuple[KeyKind, str, str]
+) -> None:
+    kind, before, label = twin
+    registry = vault.keyring.registry
+    with pytest.raises(KeyNotRegistered, match=label):
+        chosen = registry.current_label(kind)
+        pytest.fail(f"{label} is ambiguous on the token, yet {chosen} was taken as current")
+    assert before != label
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("rotation_provider", ["softhsm2"], indirect=True)
+def test_a_tokenize_under_a_twinned_fingerprint_label_is_refused(
+    vault: VaultService, engine: Engine, rotation_provider: HSMProvider
+) -> None:
+    _before, label = _register_next(vault, engine, rotation_provider, KeyKind.FINGERPRINT)
+    try:
+        _plant_twin(rotation_provider, KeyKind.FINGERPRINT, label)
+        vault._fp_read = 0.0  # a second later: every node lists the token again
+        pan = Pan(card_number("411111", 3737))
+        with pytest.raises(KeyNotRegistered) as refused:
+            record = vault.tokenize(PAYMENTS, TokenizeRequest(pan, "pan_bin6_last4"))
+            pytest.fail(f"tokenized as {record.token} under the fingerprint key before {label}")
+        assert refused.value.code == "hsm_key_unregistered"
+    finally:
+        rotation_provider.destroy_key(label)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("rotation_provider", ["softhsm2"], indirect=True)
+def test_a_registered_version_absent_from_the_token_is_still_skipped(
+    vault: VaultService, engine: Engine, rotation_provider: HSMProvider
+) -> None:
+    """Not a refusal: a destroyed version, or one the HSM a call reached does not hold
+    yet (CloudHSM key synchronisation), leaves the one before it current, as before."""
+    before, label = _register_next(vault, engine, rotation_provider, KeyKind.KEK)
+    rotation_provider.destroy_key(label)
+    assert vault.keyring.registry.current_label(KeyKind.KEK) == before
