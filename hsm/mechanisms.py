@@ -190,24 +190,32 @@ KEPT_SECRET: Final[Mapping[Attribute, Any]] = MappingProxyType(
 )
 
 
-def secret_key_template(key_type: KeyType, allowed: set[Attribute]) -> dict[Attribute, Any]:
+def secret_key_template(
+    key_type: KeyType, allowed: set[Attribute], *, strict: bool = False
+) -> dict[Attribute, Any]:
     """The template of a secret key of `key_type` allowed only the usages in `allowed`
-    (`usage_template`) and `KEPT_SECRET`."""
-    return {**usage_template(key_type, allowed), **KEPT_SECRET}
+    (`usage_template`) and `KEPT_SECRET`. `strict`: every usage flag is sent, false
+    unless allowed, also those SDK 5 does not support for the key type (see
+    `narrowest_first`)."""
+    supported = frozenset(_USAGE_FLAGS) if strict else None
+    return {**usage_template(key_type, allowed, supported=supported), **KEPT_SECRET}
 
 
 def pair_templates(
-    private: dict[Attribute, Any], public: dict[Attribute, Any]
+    private: dict[Attribute, Any], public: dict[Attribute, Any], *, strict: bool = False
 ) -> tuple[dict[Attribute, Any], dict[Attribute, Any]]:
-    """Return EC key-pair templates with only each half's supported usage flags set."""
+    """Return EC key-pair templates with only each half's supported usage flags set
+    (`strict`: every flag of each half's set, false unless asked for)."""
+    private_usage = frozenset(_PRIVATE_FLAGS) if strict else EC_PRIVATE_USAGE
+    public_usage = frozenset(_PUBLIC_FLAGS) if strict else EC_PUBLIC_USAGE
     private_template: dict[Attribute, Any] = {
         **dict.fromkeys(_PRIVATE_FLAGS, DEFAULT),
-        **{f: (private.get(f) is True) for f in _PRIVATE_FLAGS if f in EC_PRIVATE_USAGE},
+        **{f: (private.get(f) is True) for f in _PRIVATE_FLAGS if f in private_usage},
         **{k: v for k, v in private.items() if k not in _USAGE_FLAGS},
     }
     public_template: dict[Attribute, Any] = {
         **dict.fromkeys(_PUBLIC_FLAGS, DEFAULT),
-        **{f: (public.get(f) is True) for f in _PUBLIC_FLAGS if f in EC_PUBLIC_USAGE},
+        **{f: (public.get(f) is True) for f in _PUBLIC_FLAGS if f in public_usage},
         **{k: v for k, v in public.items() if k not in _USAGE_FLAGS},
     }
     return private_template, public_template

@@ -7,8 +7,8 @@ of `hsm.models`; it raises only `hsm.errors` classes.
 
 from __future__ import annotations
 
-import base64
 import hashlib
+from collections.abc import Callable
 from typing import Any, Final
 
 import pkcs11.exceptions as p11e
@@ -21,6 +21,7 @@ from pkcs11.util.ec import (
 )
 
 from cofre.settings import HSMSettings
+from hsm._describe import describe
 from hsm._hmac import HmacOperations
 from hsm.errors import (
     HSMKeyNotFound,
@@ -63,13 +64,6 @@ REQUIRED_MECHANISMS: Final[dict[str, int]] = {
     "ECDSA": int(Mechanism.ECDSA),
     "AES_GCM": int(Mechanism.AES_GCM),
 }
-
-
-def _attr(obj: Any, attribute: Attribute) -> Any:
-    try:
-        return obj[attribute]
-    except (p11e.AttributeTypeInvalid, p11e.AttributeSensitive):
-        return None
 
 
 class HSMProvider(HmacOperations):
@@ -167,10 +161,18 @@ class HSMProvider(HmacOperations):
         """
 
         def read(session: Any) -> KeyInfo:
-            try:
-                return self._describe(self._find_secret(session, label))
-            except HSMKeyNotFound:
-                return self._describe(self._find(session, label, ObjectClass.PRIVATE_KEY))
+            # Looked up here, not through `_find`: describing a key is not using it, so
+            # one that can leave the token is described (the key registry and a
+            # ceremony's "label taken" check must see it), never cached for use.
+            for object_class in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY):
+                try:
+                    found = session.get_key(object_class=object_class, label=label)
+                except p11e.NoSuchKey:
+                    continue
+                except p11e.MultipleObjectsReturned:
+                    raise HSMOperationFailed(f"more than one key labelled {label!r}") from None
+                return self._describe(found)
+            raise HSMKeyNotFound(f"no SECRET_KEY or PRIVATE_KEY key labelled {label!r}")
 
         return self._run(read)
 
@@ -186,46 +188,8 @@ class HSMProvider(HmacOperations):
 
     @staticmethod
     def _describe(obj: Any) -> KeyInfo:
-        object_class = ObjectClass(obj[Attribute.CLASS])
-        key_type = KeyType(obj[Attribute.KEY_TYPE])
-        bits: int | None = None
-        if key_type in (KeyType.AES, KeyType.GENERIC_SECRET):
-            length = _attr(obj, Attribute.VALUE_LEN)
-            bits = None if length is None else int(length) * 8
-        elif key_type == KeyType.EC:
-            bits = 256
-        sensitive = extractable = always = never = None
-        if object_class != ObjectClass.PUBLIC_KEY:
-            sensitive = _attr(obj, Attribute.SENSITIVE)
-            extractable = _attr(obj, Attribute.EXTRACTABLE)
-            always = _attr(obj, Attribute.ALWAYS_SENSITIVE)
-            never = _attr(obj, Attribute.NEVER_EXTRACTABLE)
-        key_id = _attr(obj, Attribute.ID)
-        check: str | None = None
-        if object_class == ObjectClass.SECRET_KEY:
-            value = _attr(obj, Attribute.CHECK_VALUE)
-            check = None if not value else "kcv:" + bytes(value).hex()
-        elif object_class == ObjectClass.PUBLIC_KEY and key_type == KeyType.EC:
-            point = _attr(obj, Attribute.EC_POINT)
-            if point:
-                digest = hashlib.sha256(bytes(point)).digest()
-                # Base64, not hex: 64 hex digits often hold a 12-digit run, which the
-                # audit log's PAN masker would rewrite.
-                check = "ec-point-sha256:" + base64.b64encode(digest).decode()
-        return KeyInfo(
-            key_id=None if key_id is None else base64.b64encode(bytes(key_id)).decode(),
-            key_check=check,
-            label=str(_attr(obj, Attribute.LABEL) or ""),
-            object_class=object_class.name,
-            key_type=key_type.name,
-            key_bits=bits,
-            token=bool(_attr(obj, Attribute.TOKEN)),
-            sensitive=sensitive,
-            extractable=extractable,
-            always_sensitive=always,
-            never_extractable=never,
-            local=_attr(obj, Attribute.LOCAL),
-        )
+        # One read of every attribute (`hsm._describe`: one request per call on SDK 5).
+        return describe(obj)
 
     # ------------------------------------------------------------------ key generation
     def generate_kek(self, label: str) -> KeyInfo:
@@ -244,15 +208,20 @@ class HSMProvider(HmacOperations):
         """
 
         def generate(session: Any, key_id: bytes) -> None:
-            session.generate_key(
+            # SIGN only: Cofre never verifies a fingerprint in the token (until session
+            # 37 the key also carried CKA_VERIFY).
+            self._narrowest_first(
                 KeyType.GENERIC_SECRET,
-                256,
-                id=key_id,
-                label=label,
-                store=True,
-                mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
-                template=secret_key_template(
-                    KeyType.GENERIC_SECRET, {Attribute.SIGN, Attribute.VERIFY}
+                lambda strict: session.generate_key(
+                    KeyType.GENERIC_SECRET,
+                    256,
+                    id=key_id,
+                    label=label,
+                    store=True,
+                    mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
+                    template=secret_key_template(
+                        KeyType.GENERIC_SECRET, {Attribute.SIGN}, strict=strict
+                    ),
                 ),
             )
 
@@ -271,20 +240,47 @@ class HSMProvider(HmacOperations):
                 {Attribute.EC_PARAMS: encode_named_curve_parameters(_P256_OID)},
                 local=True,
             )
-            private_template, public_template = pair_templates(
-                private={**KEPT_SECRET, Attribute.SIGN: True},
-                public={Attribute.TOKEN: True, Attribute.VERIFY: True},
-            )
-            # Both halves share one fresh CKA_ID, as PKCS#11 convention pairs them.
-            params.generate_keypair(
-                id=key_id,
-                label=label,
-                store=True,
-                public_template=public_template,
-                private_template=private_template,
-            )
+
+            def make(strict: bool) -> None:
+                private_template, public_template = pair_templates(
+                    private={**KEPT_SECRET, Attribute.SIGN: True},
+                    public={Attribute.TOKEN: True, Attribute.VERIFY: True},
+                    strict=strict,
+                )
+                # Both halves share one fresh CKA_ID, as PKCS#11 convention pairs them.
+                params.generate_keypair(
+                    id=key_id,
+                    label=label,
+                    store=True,
+                    public_template=public_template,
+                    private_template=private_template,
+                )
+
+            self._narrowest_first(KeyType.EC, make)
 
         return self._create_key(label, generate)
+
+    # Key types whose strict template the token refused (a usage flag the type does not
+    # support: AWS CloudHSM SDK 5 answers CKR_TEMPLATE_INCONSISTENT, attr-errors.html):
+    # their templates then name only the supported flags, for the life of the provider.
+    _loose_types: frozenset[KeyType] = frozenset()
+
+    def _narrowest_first(self, key_type: KeyType, make: Callable[[bool], object]) -> None:
+        """Run `make(True)`, a creation of a `key_type` key whose template sends every
+        usage flag, false unless used; on a token that refuses a flag the key type
+        lacks, `make(False)`, the flags it supports only (a refused template made
+        nothing, so this is no second creation). Why: a flag left out takes the token's
+        default, and SoftHSM2's is true: the fingerprint key could encrypt, decrypt, wrap
+        and unwrap, the audit key decrypt and unwrap (session 37,
+        tests/hsm/test_hsm37_key_attributes.py)."""
+        if key_type not in self._loose_types:
+            try:
+                make(True)
+            except p11e.TemplateInconsistent:
+                self._loose_types = self._loose_types | {key_type}
+            else:
+                return
+        make(False)
 
     def destroy_key(self, label: str) -> None:
         """Destroy every object labelled `label` on the token (both halves of a key pair).
@@ -454,10 +450,12 @@ def _session_label(key_id: bytes) -> str:
 
 
 def _data_key_template(*, readable: bool) -> dict[Attribute, Any]:
-    """A data key as a session object: AES encrypt/decrypt only, extractable so that it can
-    be wrapped; sensitive unless `readable` (`unwrap_key` reads its value)."""
+    """A data key as a session object: no usage at all (the token only wraps it, and
+    unwraps it to read or rewrap it; until session 37 it could encrypt and decrypt),
+    extractable so that it can be wrapped; sensitive unless `readable` (`unwrap_key`
+    reads its value)."""
     return {
-        **usage_template(KeyType.AES, {Attribute.ENCRYPT, Attribute.DECRYPT}),
+        **usage_template(KeyType.AES, set()),
         Attribute.TOKEN: False,
         Attribute.PRIVATE: True,
         Attribute.SENSITIVE: not readable,

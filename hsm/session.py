@@ -34,12 +34,13 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import pkcs11.exceptions as p11e
-from pkcs11 import ObjectClass
+from pkcs11 import Attribute, ObjectClass
 from pydantic import SecretStr
 
 from cofre.blocking import may_block, may_wait
 from cofre.errors import WouldBlock
 from hsm import _readiness
+from hsm._describe import KEPT_IN, read_attributes
 from hsm._login import UserLogin
 from hsm._pool import (
     _AUTH_ERRORS,
@@ -482,6 +483,8 @@ class TokenSession(ReadinessChecks):
             raise HSMKeyNotFound(f"no {object_class.name} key labelled {label!r}") from None
         except p11e.MultipleObjectsReturned:
             raise HSMOperationFailed(f"more than one key labelled {label!r}") from None
+        if object_class != ObjectClass.PUBLIC_KEY:
+            _refuse_a_key_that_can_leave(obj, label)
         objects[key] = obj
         return obj
 
@@ -501,3 +504,26 @@ class TokenSession(ReadinessChecks):
         """Close every session. The provider reopens them on the next call."""
         with self._exclusive():
             self._drop_all()
+
+
+def _refuse_a_key_that_can_leave(obj: Any, label: str) -> None:
+    """Raise `HSMOperationFailed` when key `obj` is, or ever was, readable or
+    extractable: every key Cofre looks up by label it made sensitive and never
+    extractable, so such a key was made or imported with the PIN outside Cofre, and
+    stands where Cofre's was (destroyed since). Until session 37 it was used at once
+    (an HMAC of cards, a wrap of a data key under a key its maker can read) until the
+    key registry's next listing noticed it. Once per key and pooled session: found keys
+    are cached (`_Pooled.objects`). An attribute the token does not report counts as
+    refused only for the two PKCS#11 requires (`vault.key_registry.can_leave_the_token`
+    says the same of listings)."""
+    found = read_attributes(obj, KEPT_IN)
+    if (
+        found.get(Attribute.SENSITIVE) is not True
+        or found.get(Attribute.EXTRACTABLE) is not False
+        or found.get(Attribute.ALWAYS_SENSITIVE) is False
+        or found.get(Attribute.NEVER_EXTRACTABLE) is False
+    ):
+        raise HSMOperationFailed(
+            f"the key labelled {label!r} can leave the token (readable or extractable, "
+            "now or once): not Cofre's, refused"
+        )

@@ -30,7 +30,8 @@
  *  - Templates (attr-errors.html, pkcs11-attributes-interpreting.html): generic secrets
  *    holding CKA_ENCRYPT, CKA_DECRYPT, CKA_WRAP or CKA_UNWRAP (unsupported for that key
  *    type) answer CKR_TEMPLATE_INCONSISTENT, AWS's code for an attribute CloudHSM does
- *    not support; CKA_LOCAL (read-only, "R") answers CKR_ATTRIBUTE_READ_ONLY (AWS's);
+ *    not support, and reading one of them answers CKR_ATTRIBUTE_TYPE_INVALID (AWS's code
+ *    for reading such an attribute; since session 37); CKA_LOCAL (read-only, "R") answers CKR_ATTRIBUTE_READ_ONLY (AWS's);
  *    CKA_PRIVATE or CKA_MODIFIABLE set to false (footnote 1: "must be explicitly set
  *    only to the default value", True) answer CKR_ATTRIBUTE_VALUE_INVALID (ours). Empty
  *    CKA_ID or CKA_LABEL: CKR_ATTRIBUTE_VALUE_INVALID (ours).
@@ -843,11 +844,39 @@ static CK_RV shim_DecryptUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG l, 
 /* Reading a not-yet-available key's attributes, refused only when gate_attributes is
  * set: AWS says a new key cannot be "used" before it reaches its quorum and does not
  * say whether reading its attributes is a use (our reading; the code is ours). */
+static int generic_secret_lacks(CK_ATTRIBUTE_TYPE type) {
+    return type == CKA_ENCRYPT || type == CKA_DECRYPT || type == CKA_WRAP || type == CKA_UNWRAP;
+}
+
+/* attr-errors.html: CKR_ATTRIBUTE_TYPE_INVALID answers a read of an attribute "not
+ * supported by CloudHSM" for the key type; the attribute tables mark CKA_ENCRYPT,
+ * CKA_DECRYPT, CKA_WRAP and CKA_UNWRAP unsupported for generic secrets. SoftHSM2 below
+ * gives them its defaults (true); here they read as absent, each such entry's length
+ * CK_UNAVAILABLE_INFORMATION and the others filled, as PKCS#11 asks of this code
+ * (session 37: until then a generic secret read "can wrap" through the shim). */
 static CK_RV shim_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t,
                                     CK_ULONG n) {
     ENTER(FN_GET_ATTRIBUTE_VALUE, s);
     if (gate_attributes && !key_available(o)) return CKR_KEY_HANDLE_INVALID;
-    return real->C_GetAttributeValue(s, o, t, n);
+    int asks_unsupported = 0;
+    for (CK_ULONG i = 0; t != NULL && i < n; i++) asks_unsupported |= generic_secret_lacks(t[i].type);
+    if (!asks_unsupported) return real->C_GetAttributeValue(s, o, t, n);
+    CK_KEY_TYPE key_type = (CK_KEY_TYPE)-1;
+    CK_ATTRIBUTE type_attr = {CKA_KEY_TYPE, &key_type, sizeof key_type};
+    if (real->C_GetAttributeValue(s, o, &type_attr, 1) != CKR_OK || key_type != CKK_GENERIC_SECRET)
+        return real->C_GetAttributeValue(s, o, t, n);
+    CK_RV rv = CKR_OK;
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_RV one;
+        if (generic_secret_lacks(t[i].type)) {
+            t[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            one = CKR_ATTRIBUTE_TYPE_INVALID;
+        } else {
+            one = real->C_GetAttributeValue(s, o, &t[i], 1);
+        }
+        if (one != CKR_OK && (rv == CKR_OK || one != CKR_ATTRIBUTE_TYPE_INVALID)) rv = one;
+    }
+    return rv;
 }
 
 /* SDK 5's list of supported PKCS#11 calls has no C_CopyObject (pkcs11-apis.html). */

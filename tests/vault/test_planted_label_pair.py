@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from pkcs11 import Attribute, KeyType, Mechanism
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from sqlalchemy import Engine
 
 from hsm.keys import KeyHierarchy, KeyKind, key_label
@@ -96,7 +96,13 @@ def test_an_unregistered_fingerprint_key_sharing_its_label_with_a_pair_is_never_
             {"t": record.token},
         ).one()
     # What the PIN holder computes offline with the value they read out of the token.
-    stolen = rotation_provider.export_key(label)
+    # Read by the PIN holder's own call: the provider refuses a key that can leave the
+    # token wherever it finds one by label (session 37).
+    stolen = rotation_provider._run(
+        lambda session: bytes(
+            session.get_key(object_class=ObjectClass.SECRET_KEY, label=label)[Attribute.VALUE]
+        )
+    )
     offline = hmac.new(stolen, pan.reveal().encode(), hashlib.sha256).digest()
     assert bytes(row.fingerprint) != offline, "a card fingerprinted under the planted key"
     assert row.fp_version != version
