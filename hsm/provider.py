@@ -268,15 +268,15 @@ class HSMProvider(HmacOperations):
     def _narrowest_first(self, key_type: KeyType, make: Callable[[bool], object]) -> None:
         """Run `make(True)`, a creation of a `key_type` key whose template sends every
         usage flag, false unless used; on a token that refuses a flag the key type
-        lacks, `make(False)`, the flags it supports only (a refused template made
-        nothing, so this is no second creation). Why: a flag left out takes the token's
-        default, and SoftHSM2's is true: the fingerprint key could encrypt, decrypt, wrap
-        and unwrap, the audit key decrypt and unwrap (session 37,
+        lacks (`_TEMPLATE_REFUSED`), `make(False)`, the flags it supports only (a refused
+        template made nothing, so this is no second creation). Why: a flag left out
+        takes the token's default, and SoftHSM2's is true: the fingerprint key could
+        encrypt, decrypt, wrap and unwrap, the audit key decrypt and unwrap (session 37,
         tests/hsm/test_hsm37_key_attributes.py)."""
         if key_type not in self._loose_types:
             try:
                 make(True)
-            except p11e.TemplateInconsistent:
+            except _TEMPLATE_REFUSED:
                 self._loose_types = self._loose_types | {key_type}
             else:
                 return
@@ -440,6 +440,16 @@ class HSMProvider(HmacOperations):
             )
 
         return self._run(read)
+
+
+# How a token refuses a template naming a flag the key type lacks: attr-errors.html gives
+# CKR_TEMPLATE_INCONSISTENT; the other two are PKCS#11's for an attribute or value the
+# token does not take, accepted too so that a cluster answering either still makes keys.
+_TEMPLATE_REFUSED: Final = (
+    p11e.TemplateInconsistent,
+    p11e.AttributeTypeInvalid,
+    p11e.AttributeValueInvalid,
+)
 
 
 def _session_label(key_id: bytes) -> str:
