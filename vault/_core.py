@@ -352,11 +352,17 @@ class VaultCore(Fingerprints):
         *,
         cost: int = 1,
         reveals: int = 0,
-        deferrable: bool = False,
     ) -> None:
         """Charge `cost` to the caller's rate limit and `reveals` to its daily
         detokenize quota, inside the operation's transaction (a refusal rolls back).
-        `deferrable`: both may wait for the end of the commit group (`Limits`)."""
+
+        Inside a commit group's unguarded run both are made just before its commit,
+        identities in one order (`Limits`): no caller sends anything before its commit.
+        Session 37: charged at once, a metadata, lookup, delete, update, capture session
+        or relay call locked its bucket row until the group's commit, so another
+        worker's group with one call of that identity waited for the whole group, and
+        two groups locking two identities in opposite orders deadlocked
+        (`tests/vault/test_rate37_charge_locks.py`)."""
         now, identity = self._clock(), ctx.identity
         if rules.rate_limit is not None:
             self._limits.charge_rate(
@@ -366,12 +372,10 @@ class VaultCore(Fingerprints):
                 cost,
                 now.timestamp(),
                 clock=lambda: self._clock().timestamp(),
-                deferrable=deferrable,
+                deferrable=True,
             )
         if reveals and (quota := rules.quota) is not None:
-            self._limits.charge_quota(
-                connection, identity, quota, reveals, now, deferrable=deferrable
-            )
+            self._limits.charge_quota(connection, identity, quota, reveals, now, deferrable=True)
 
     def _audit_event(
         self,
@@ -395,11 +399,13 @@ class VaultCore(Fingerprints):
 
     def charge_rate(self, key: str, limit: RateLimit, cost: int = 1) -> None:
         """Charge `cost` to the rate limit named `key` (an identity, or an identity and
-        a purpose such as evidence exports), in the database shared by every node.
-        Raises `RateLimited` (nothing charged), `StorageUnavailable`."""
+        a purpose such as evidence exports), in the database shared by every node, just
+        before its commit group's commit (`_charge`). Raises `RateLimited` (nothing
+        charged), `StorageUnavailable`."""
 
         def work(connection: Connection) -> None:
-            self._limits.charge_rate(connection, key, limit, cost, self._clock().timestamp())
+            now = self._clock().timestamp()
+            self._limits.charge_rate(connection, key, limit, cost, now, deferrable=True)
 
         self._transaction(work)
 

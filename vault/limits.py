@@ -266,13 +266,11 @@ class _GroupCharges:
 
     def __call__(self) -> None:
         # One order for every group, so two groups' deferred charges lock their buckets
-        # (and then quotas) in the same order. Charges made at once (relay, capture,
-        # lookup, metadata, delete) still
-        # lock in call order: two groups can then deadlock across identities, and
-        # PostgreSQL breaks it after deadlock_timeout; the losing group reruns one
-        # operation at a time, every outcome right (found in review 7, as before the
-        # deferral). GCRA charged `a` then `b` at one instant
-        # passes exactly when `a + b` does; the latest instant of the group is used.
+        # (and then quotas) in the same order. Every operation's charge is deferred
+        # (session 37); a guarded rerun charges at once, in call order, and can then
+        # deadlock with another group, which PostgreSQL breaks after deadlock_timeout
+        # (the loser reruns, every outcome right). GCRA charged `a` then `b` at one
+        # instant passes exactly when `a + b` does; the latest instant of the group is used.
         identities = sorted({key[0] for key in self._sums} | {key[0] for key in self._quotas})
         for who in identities:
             for identity, limit in [key for key in self._sums if key[0] == who]:

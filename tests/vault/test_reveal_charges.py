@@ -11,15 +11,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, event, select
+from sqlalchemy import Connection, Engine, select
 
 from hsm.provider import HSMProvider
 from policies.errors import RateLimited
 from tests.support.groups import in_one_group
+from tests.support.locks import deadlocks_seen
 from tests.support.policies import vault_on
 from vault.errors import BatchItemInvalid, QuotaExceeded, TokenNotFound
 from vault.service import CallContext, VaultService
-from vault.storage import rawsql
 from vault.storage.schema import usage_counters
 
 POLICY = """
@@ -50,35 +50,10 @@ def vault(engine: Engine, hsm_provider: HSMProvider) -> Iterator[VaultService]:
     service.close()
 
 
-def _is_deadlock(exc: BaseException) -> bool:
-    return getattr(getattr(exc, "orig", exc), "sqlstate", None) == "40P01"
-
-
 @pytest.fixture
 def deadlocks(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Every 40P01, from SQLAlchemy's statements (`handle_error`) and from the driver's
-    cursor of `vault.storage.rawsql`, which SQLAlchemy's events never see (the rate
-    charge's UPDATE runs there: review 13 found the first detector blind to it)."""
-    seen: list[str] = []
-
-    def on_error(context: Any) -> None:
-        if _is_deadlock(context.original_exception):
-            seen.append("sqlalchemy")
-
-    original = rawsql._run
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return original(*args, **kwargs)
-        except Exception as exc:
-            if _is_deadlock(exc):
-                seen.append("rawsql")
-            raise
-
-    monkeypatch.setattr(rawsql, "_run", run)
-    event.listen(engine, "handle_error", on_error)
-    yield seen
-    event.remove(engine, "handle_error", on_error)
+    with deadlocks_seen(engine, monkeypatch) as seen:
+        yield seen
 
 
 def _code(call: Callable[[], object]) -> str:

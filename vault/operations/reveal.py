@@ -67,9 +67,7 @@ class RevealOperations(EarlyRate):
             # locked the quota row first (a deadlock with a rerun, review 12), and
             # charging a quota reveal's rate at once locked buckets in call order (a
             # deadlock with another worker's deferred charges, review 13).
-            self._charge(
-                connection, ctx, rules, cost=len(token_list), reveals=reveals, deferrable=True
-            )
+            self._charge(connection, ctx, rules, cost=len(token_list), reveals=reveals)
             out, events = [], []
             for index, token in enumerate(token_list):
                 try:

@@ -221,7 +221,7 @@ class TokenizeOperations(TokenCandidates):
         # row locked for the commit only, issue 21); what follows is all undone if that
         # charge is refused, and the early check already refused a spent bucket before
         # any HSM call.
-        self._charge(connection, ctx, rules, cost=len(items), deferrable=True)
+        self._charge(connection, ctx, rules, cost=len(items))
         guarded = [item.guard for item in items if item.guard is not None]
         if guarded:
             self._limits.watch(connection, ctx.identity, rules.oracle_guard, guarded, now)
