@@ -28,6 +28,7 @@ import pytest
 from sqlalchemy import Connection, Engine
 
 from hsm.provider import HSMProvider
+from tests.support.fake_acquirer import FakeAcquirer
 from tests.support.groups import in_one_group
 from tests.support.locks import Calls, deadlocks_seen, done_or_waiting
 from tests.support.pans import card_number
@@ -38,20 +39,34 @@ from vault.models import TokenUpdate
 from vault.pan import Pan
 from vault.service import CallContext, TokenizeRequest, VaultService
 
-_OPERATIONS = '["tokenize", "lookup", "metadata", "delete", "update", "capture"]'
-POLICY = f"""
-[identities."spiffe://cofre/thief"]
-operations = {_OPERATIONS}
-formats = ["pan_bin6_last4"]
-capture_origins = ["https://shop.example"]
-rate_limit = {{ per_second = 100, burst = 100 }}
-
-[identities."spiffe://cofre/shop"]
-operations = {_OPERATIONS}
+_OPERATIONS = '["tokenize", "lookup", "metadata", "delete", "update", "capture", "relay"]'
+_IDENTITY = """
+[identities."spiffe://cofre/{name}"]
+operations = {operations}
 formats = ["pan_bin6_last4"]
 capture_origins = ["https://shop.example"]
 rate_limit = {{ per_second = 100, burst = 100 }}
 """
+
+
+def _policy(acquirer: FakeAcquirer) -> str:
+    """Two identities alike; their relay route `acq` to `acquirer` (a miss sends nothing)."""
+    identities = "".join(
+        _IDENTITY.format(name=n, operations=_OPERATIONS) for n in ("thief", "shop")
+    )
+    return (
+        identities
+        + f"""
+[relay_routes.acq]
+upstream = "{acquirer.url}/v1/authorize"
+identities = ["spiffe://cofre/thief", "spiffe://cofre/shop"]
+detokenize = ["/card/number"]
+ca_bundle = "{acquirer.ca}"
+timeout_seconds = 5
+"""
+    )
+
+
 THIEF = CallContext("spiffe://cofre/thief", "req-thief")
 SHOP = CallContext("spiffe://cofre/shop", "req-shop")
 
@@ -67,6 +82,7 @@ CALLS: dict[str, Callable[[VaultService, CallContext], object]] = {
     "update": lambda vault, ctx: vault.update(
         ctx, "no-such-token", TokenUpdate(metadata={"order": "1"})
     ),
+    "relay": lambda vault, ctx: vault.relay(ctx, "acq", {"card": {"number": "no-such-token"}}),
     "capture_session": lambda vault, ctx: vault.create_capture_session(
         ctx, CaptureSessionRequest(origin="https://shop.example", formats=("pan_bin6_last4",))
     ),
@@ -87,8 +103,10 @@ def _outcome(call: Callable[[], object]) -> Callable[[], str]:
 
 
 @pytest.fixture
-def workers(engine: Engine, softhsm_provider: HSMProvider) -> Iterator[list[VaultService]]:
-    services = [vault_on(engine, softhsm_provider, POLICY) for _ in range(2)]
+def workers(
+    engine: Engine, softhsm_provider: HSMProvider, acquirer: FakeAcquirer
+) -> Iterator[list[VaultService]]:
+    services = [vault_on(engine, softhsm_provider, _policy(acquirer)) for _ in range(2)]
     try:
         for ctx in (THIEF, SHOP):  # each identity's bucket row exists
             services[0].tokenize(
