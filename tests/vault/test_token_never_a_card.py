@@ -10,6 +10,7 @@ import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -89,8 +90,10 @@ def _held_tokens_equal_to_cards(service: VaultService, engine: Engine) -> set[st
 def _force(monkeypatch: pytest.MonkeyPatch, mapping: dict[str, str]) -> None:
     real = TokenizeOperations._first_candidate
 
-    def draw(self: TokenizeOperations, spec: FormatSpec, pan: Pan, domain: str) -> str:
-        return mapping.get(pan.reveal()) or real(self, spec, pan, domain)
+    def draw(
+        self: TokenizeOperations, spec: FormatSpec, pan: Pan, domain: str, *draws: Any
+    ) -> str:  # `draws`: a batch's random source (`_plan`), passed on as it came
+        return mapping.get(pan.reveal()) or real(self, spec, pan, domain, *draws)
 
     monkeypatch.setattr(TokenizeOperations, "_first_candidate", draw)
 

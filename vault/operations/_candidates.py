@@ -7,7 +7,8 @@ IN PCI SCOPE, holds card data.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import secrets
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
 from sqlalchemy import Connection
@@ -27,13 +28,21 @@ _CANDIDATE_CHUNK: Final = 64
 class TokenCandidates(TokenizeChecks):
     """How tokenize draws a new token and settles it against the store."""
 
-    def _first_candidate(self, spec: FormatSpec, pan: Pan, domain: str) -> str:
+    def _first_candidate(
+        self,
+        spec: FormatSpec,
+        pan: Pan,
+        domain: str,
+        randbelow: Callable[[int], int] = secrets.randbelow,
+    ) -> str:
+        """A new card's first candidate token; `randbelow` draws a random format's
+        (`vault.tokens.RandomDraws.randbelow` for a batch's cards)."""
         if spec.type is FormatType.UUID:
             return uuid_token()
         if spec.type is FormatType.FPE:
             version = self._keyring.active_version(KeyPurpose.FF1)
             return FpeTokenizer(self._keyring.ff1(version)).encrypt(spec, pan, domain=domain)
-        return next(random_token_candidates(spec, pan))
+        return next(random_token_candidates(spec, pan, randbelow))
 
     def _settle_candidates(
         self, connection: Connection, fresh: dict[int, str], items: Sequence[_Item], domain: str

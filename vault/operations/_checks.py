@@ -61,7 +61,14 @@ class TokenizeChecks(EarlyRate):
                 "numbers behind a token, so a caller could confirm a guess: refused by the "
                 "rule on_small_space = 'refuse' (use a longer card or another format)"
             )
-        kind = _guard_kind(spec, request)
+        kind = _guard_kind(spec, request, converges=convergent)
+        if kind is None:
+            guard = None
+        else:
+            # A card's item is its fingerprint, set by `_plan` once the call's HMACs are
+            # done (b"" until then); only a fresh token's item is a random draw.
+            item = b"" if kind == "card" else secrets.token_bytes(32)
+            guard = (oracle_bucket(request.pan), item)
         return _Item(
             request=request,
             spec=spec,
@@ -72,7 +79,7 @@ class TokenizeChecks(EarlyRate):
             fingerprint=b"",
             fp_version=0,
             known_fps=[],
-            guard=None if kind is None else (oracle_bucket(request.pan), secrets.token_bytes(32)),
+            guard=guard,
             guards_card=kind == "card",
         )
 
@@ -86,8 +93,14 @@ class TokenizeChecks(EarlyRate):
         self._refuse_spent(ctx, rules, len(requests))
         now = self._clock()
         guarded = []
+        converges: dict[tuple[str, int], bool] = {}  # a batch's cards share a few shapes
         for request in requests:
             spec = self._policy.policy.format(request.format)
-            if spec is not None and _guard_kind(spec, request) is not None:
+            if spec is None:
+                continue
+            shape = (request.format, len(request.pan))
+            if shape not in converges:
+                converges[shape] = may_converge(spec, shape[1])
+            if _guard_kind(spec, request, converges=converges[shape]) is not None:
                 guarded.append(request.pan)
         self._limits.check_call_buckets(rules.oracle_guard, guarded, now)

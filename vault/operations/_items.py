@@ -36,12 +36,17 @@ if TYPE_CHECKING:
     from vault.operations.tokenize import TokenizeOperations
 
 
-def _guard_kind(spec: FormatSpec, request: TokenizeRequest) -> str | None:
+def _guard_kind(
+    spec: FormatSpec, request: TokenizeRequest, *, converges: bool | None = None
+) -> str | None:
     """What the oracle guard counts for this item: ``"card"`` (the card, when the answer
     depends on what the vault holds: convergence or an idempotency key), ``"token"``
-    (each fresh token of a small random space, which it uses up), or None."""
+    (each fresh token of a small random space, which it uses up), or None.
+    `converges`: ``may_converge(spec, len(request.pan))`` when the caller has it."""
     length = len(request.pan)
-    if may_converge(spec, length) or request.idempotency_key is not None:
+    if converges is None:
+        converges = may_converge(spec, length)
+    if converges or request.idempotency_key is not None:
         return "card"
     if spec.type is FormatType.RANDOM and hidden_candidates(spec, length) < MIN_CANDIDATES:
         return "token"

@@ -48,6 +48,7 @@ from vault.storage.database import as_utc
 from vault.storage.groupcommit import Merge
 from vault.storage.rawsql import insert_many
 from vault.storage.schema import tokens
+from vault.tokens import RandomDraws, uuid4_strings
 
 
 def _unless_refused(raw: list[TokenRecord] | VaultError) -> list[TokenRecord] | None:
@@ -75,15 +76,21 @@ class TokenizeOperations(TokenCandidates):
             except VaultError as exc:
                 raise self._item_error(exc, index, batch=batch) from None
         prints, fp_version, known = self._card_prints([i.request.pan.reveal() for i in items])
-        for item, fingerprint, fps in zip(items, prints, known, strict=True):
+        # The call's random draws and ids from a few reads of the OS's generator, not
+        # one or two per card (issue 21; the same distributions: `vault.tokens`).
+        draws = RandomDraws(block=8 * len(items))
+        ids = uuid4_strings(len(items))
+        for item, fingerprint, fps, token_id in zip(items, prints, known, ids, strict=True):
             item.fingerprint, item.fp_version, item.known_fps = fingerprint, fp_version, fps
             if item.guard is not None and item.guards_card:
                 item.guard = (item.guard[0], fingerprint)
             # FF1's draw is the card's own and costs: it stays for the cards that need
             # one (an FPE format may converge, answering a stored token instead).
             if item.spec.type is not FormatType.FPE:
-                item.candidate = self._first_candidate(item.spec, item.request.pan, domain)
-            item.token_id = str(uuid.uuid4())
+                item.candidate = self._first_candidate(
+                    item.spec, item.request.pan, domain, draws.randbelow
+                )
+            item.token_id = token_id
         return items
 
     def tokenize(self, ctx: CallContext, request: TokenizeRequest) -> TokenRecord:
