@@ -7,6 +7,7 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -264,8 +265,10 @@ def test_no_token_equals_a_card_stored_by_the_same_call(
     a, b = [Pan(d) for d in (f"411111{m:06d}1111" for m in range(100)) if luhn_valid(d)][:2]
     real = TokenizeOperations._first_candidate
 
-    def draw(self: TokenizeOperations, spec: FormatSpec, pan: Pan, domain: str) -> str:
-        return b.reveal() if pan == a else real(self, spec, pan, domain)
+    def draw(
+        self: TokenizeOperations, spec: FormatSpec, pan: Pan, domain: str, *draws: Any
+    ) -> str:  # `draws`: a batch's random source (`_plan`), passed on as it came
+        return b.reveal() if pan == a else real(self, spec, pan, domain, *draws)
 
     monkeypatch.setattr(TokenizeOperations, "_first_candidate", draw)
     records = service.tokenize_batch(
