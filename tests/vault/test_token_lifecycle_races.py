@@ -266,7 +266,8 @@ def test_finding_a_convergent_hit_never_outlives_a_purge_into_a_shredded_token(
             assert row.expires_at is not None  # the shredded row keeps the life it had
         else:  # SQLite, the tokenize first: it made the token live for ever, unshredded
             assert (purged, tokenized.token, tokenized.expires_at) == (0, first.token, None)
-            assert row.ciphertext is not None and row.expires_at is None
+            assert row.ciphertext is not None
+            assert row.expires_at is None
     finally:
         nodes.close()
 
