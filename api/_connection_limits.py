@@ -45,7 +45,7 @@ class ConnectionLimits:
         total = self.limits.max_connections  # the listener's in all (session 35)
         if total is not None and len(self.protocol.connections) > total:
             _log.warning("connection refused: the listener holds its most", limit=total)
-            transport.close()
+            _refuse(transport)
             return False
         self.identity = self.key = _identity(transport)
         if self.key is None and self.limits.by_address:
@@ -63,7 +63,7 @@ class ConnectionLimits:
                     identity=self.key,
                     limit=self.limits.max_connections_per_identity,
                 )
-                transport.close()
+                _refuse(transport)
                 return False
         return True
 
@@ -91,6 +91,15 @@ class ConnectionLimits:
             peer=f"{client[0]}:{client[1]}" if client else None,
         )
         transport.close()
+
+
+def _refuse(transport: Any) -> None:
+    """Drop a refused connection at once. Closing a TLS transport waits for the peer's
+    close_notify (asyncio's TLS shutdown: up to 30 s), and until it ends the connection
+    is still among the listener's and holds its descriptor: a peer that never read its
+    refusal kept each refused connection counted against the bounds it was refused by,
+    so a flood of refused connections filled them (session 37)."""
+    transport.abort()
 
 
 def _identity(transport: Any) -> str | None:

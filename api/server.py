@@ -21,6 +21,7 @@ import structlog
 from cryptography import x509
 from fastapi import FastAPI
 
+from api._descriptor_bounds import mtls_bounds
 from api._uvicorn_config import listener_config
 from api.app import add_ready_check
 from api.balance import WorkerLoads
@@ -111,6 +112,7 @@ def build_server(
     reuse_port: bool = False,
     loads: WorkerLoads | None = None,
     worker: int | None = None,
+    open_files: int | None = None,
 ) -> ManagedServer:
     """Return a configured (not yet started) uvicorn server for `app`; on stop,
     in-flight requests get `graceful_timeout` seconds (None: as long as they take).
@@ -120,7 +122,9 @@ def build_server(
     and adds its expiry to the app's readiness checks. The TLS handshake must end
     within `header_timeout` seconds, and a request's headers and body must arrive
     within `header_timeout` / `body_timeout` seconds, and one identity may hold
-    `max_connections_per_identity` connections (`api.connections`); `http_protocol`
+    `max_connections_per_identity` connections (`api.connections`), within the bounds
+    `api._descriptor_bounds.mtls_bounds` draws from `open_files` (None: the process's
+    soft limit of open files); `http_protocol`
     is the parser (``httptools`` or ``h11``). With `reuse_port` the server listens on
     its own socket bound
     with SO_REUSEPORT, so several worker processes share the port and the kernel spreads
@@ -133,6 +137,7 @@ def build_server(
     for path in (tls.cert, tls.key, tls.ca_bundle, *([tls.crl] if tls.crl else [])):
         if not path.is_file():
             raise ApiError(f"TLS file not found: {path}")
+    bounds = mtls_bounds(max_connections_per_identity, open_files)
     config = listener_config(
         app,
         host,
@@ -140,9 +145,10 @@ def build_server(
         http=guarded_protocol(
             header_timeout=header_timeout,
             body_timeout=body_timeout,
-            max_connections_per_identity=max_connections_per_identity,
+            max_connections_per_identity=bounds.per_identity,
             http=http_protocol,
             loads=loads,
+            max_connections=bounds.max_connections,
         ),
         ssl_certfile=str(tls.cert),
         ssl_keyfile=str(tls.key),
@@ -159,6 +165,9 @@ def build_server(
     # The handshake gets the header deadline too: a peer that never starts TLS is
     # closed as soon as one that never finishes its headers.
     server.handshake_timeout = header_timeout
+    # And handshakes under way are bounded, in all and per address (session 37: with
+    # none, silent connections from anyone took the worker's descriptors).
+    server.handshake_bound = bounds.handshakes
     if reuse_port:
         server.sockets = bind_reuse_port(host, port)
     if tls.crl is not None:
