@@ -23,9 +23,11 @@ def issue_odd_client(
     *,
     ca: bool = False,
     client_auth: bool = True,
+    expired: bool = False,
 ) -> tuple[Path, Path, x509.Certificate]:
     """A certificate from the vault's own CA that passes the TLS handshake but breaks
-    one of the identity rules."""
+    one of the identity rules (or, `expired`, one whose validity ended an hour ago, which
+    the handshake must refuse)."""
     ca_cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
     ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
@@ -37,8 +39,8 @@ def issue_odd_client(
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(now - dt.timedelta(days=2 if expired else 0, minutes=5))
+        .not_valid_after(now + (dt.timedelta(hours=-1) if expired else dt.timedelta(days=1)))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
