@@ -22,6 +22,15 @@ is named and fails the bundle, a later adoption included (a vault upgraded to th
 registry on a token that held later versions: ask the officers to show the token's
 keys, `cofre hsm status --json`, and record it; that period cannot be VERIFIED on the
 log alone).
+
+Version 1 of each kind is made once, at the log's first start (`cofre hsm init`, or
+the first start's adoption): a version-1 registration counts only there, in the same
+first-start prefix as an adoption. Any later one, of a label already registered or of a
+kind first registered after that start, is a key put into use with no ceremony (session
+37: the operator destroyed `cofre-fp-v1`, made it again with the PIN and registered it;
+the label's last record wins, so the vault used the new key, and the bundle VERIFIED).
+The kinds are fixed by the software version, and a lost version-1 key is restored from
+the HSM's backup, never made again (docs/key-ceremony.md).
 """
 
 from __future__ import annotations
@@ -55,14 +64,14 @@ MAX_LISTED: Final = 20
 
 
 def _governed(entry: dict[str, Any]) -> tuple[str, str, int] | None:
-    """(label, rotation kind, version) of a successful registration of a key only a
-    ceremony makes; None for any other entry."""
+    """(label, rotation kind, version) of a successful registration of a KEK,
+    fingerprint or audit key, of any version; None for any other entry."""
     if not succeeded(entry, REGISTER):
         return None
     details = entry_details(entry)
     label = details.get("label", entry.get("key_id"))
     match = _LABEL.match(label) if isinstance(label, str) else None
-    if match is None or int(match.group(2)) < 2:
+    if match is None:
         return None
     return str(label), _KIND[match.group(1)], int(match.group(2))
 
@@ -72,12 +81,19 @@ def _governed(entry: dict[str, Any]) -> tuple[str, str, int] | None:
 _FIRST_START: Final = frozenset({"policy.load", "crl.load", "key.create"})
 
 
-def _at_first_start(entry: dict[str, Any]) -> bool:
-    """Whether `entry` may be part of a vault's first start: an adoption, or what the
-    start writes beside it (`_FIRST_START`)."""
-    if entry.get("action") == REGISTER:
-        return entry_details(entry).get("how") == _ADOPTED
-    return entry.get("action") in _FIRST_START
+def _at_first_start(entry: dict[str, Any], adopting: bool | None) -> bool:
+    """Whether `entry` may be part of a vault's first start: what the start writes
+    (`_FIRST_START`), and registrations of one way only (`adopting`: None before the
+    first): `cofre hsm init`'s (or `cofre dev`'s) of version 1 of each kind, or the
+    first start's adoption of the token's keys, which the vault writes only into an
+    empty registry."""
+    if entry.get("action") != REGISTER:
+        return entry.get("action") in _FIRST_START
+    adopted = entry_details(entry).get("how") == _ADOPTED
+    found = _governed(entry)
+    if adopting is not None and adopted != adopting:
+        return False
+    return adopted or (found is not None and found[2] == 1)
 
 
 def _starts(pool: dict[int, dict[str, Any]], period: set[int]) -> dict[str | None, list[int]]:
@@ -123,6 +139,19 @@ def _next_start(
     return None
 
 
+def _carried(entry: dict[str, Any]) -> str:
+    """What to add to a problem with a registration `cofre audit retire` says it carried
+    forward (``details.carried_forward_from``): the bundle does not hold the entry it
+    copies, in a partition retention dropped, so the auditor compares them in the archive."""
+    carried = entry_details(entry).get("carried_forward_from")
+    if not isinstance(carried, int):
+        return ""
+    return (
+        f"; it says it carries forward entry {carried} (retention), which this bundle does "
+        "not prove: compare it with that entry in the archive"
+    )
+
+
 def _problem(  # noqa: PLR0917 - what the check found, in order
     pool: dict[int, dict[str, Any]],
     starts: dict[str | None, list[int]],
@@ -132,18 +161,25 @@ def _problem(  # noqa: PLR0917 - what the check found, in order
     first_adoption: bool,
 ) -> str | None:
     """Why the registration at `index` is not proven to come from a ceremony (or from
-    the vault's first start, `first_adoption`); None when it is (its start is then
-    added to `used`)."""
+    the log's first start, `first_adoption`); None when it is (its start is then added
+    to `used`)."""
     label, kind, version = found
     how = entry_details(pool[index]).get("how")
     shown = f"entry {index} registers {label}"
-    if how == _ADOPTED and first_adoption:
+    if (how == _ADOPTED or version == 1) and first_adoption:
         return None
+    if version == 1:
+        return (
+            f"key registrations: {shown} ({how!r}) after the log's first start: a key put "
+            "into use without a key ceremony (version 1 of each kind is made only at the "
+            "log's first start; a lost key is restored from the HSM's backup, never made "
+            "again, and the vault uses the label's last registration)"
+        ) + _carried(pool[index])
     if not isinstance(how, str) or not how.startswith(_BY_CEREMONY):
         return (
             f"key registrations: {shown} ({how!r}) outside any key ceremony: a key put into "
             "use with no officer's approval (the vault uses the newest registered version)"
-        )
+        ) + _carried(pool[index])
     ceremony = how.removeprefix(_BY_CEREMONY)
     # The first start of the ceremony after the registration: the vault writes both in
     # one transaction, and a ceremony started twice fails check 6c anyway.
@@ -158,14 +194,15 @@ def _problem(  # noqa: PLR0917 - what the check found, in order
         f"ceremony rotating {kind} to version {version} follows it in the period (or its "
         "start already accounts for another registration): a key put into use with no "
         "officer's approval"
-    )
+    ) + _carried(pool[index])
 
 
 def check_key_registrations(
     files: Files, manifest: dict[str, Any], heads: Heads, report: Report
 ) -> None:
-    """Pass `key_registrations` when every registration of the period of a key only a
-    ceremony makes is tied to that ceremony's start (see the module docstring)."""
+    """Pass `key_registrations` when every registration of the period of a KEK,
+    fingerprint or audit key is tied to the ceremony's start that made it, or to the
+    log's first start (see the module docstring)."""
     size = manifest["covering_head"]["tree_size"]
     head = heads.get(size)
     if head is None:
@@ -179,9 +216,11 @@ def check_key_registrations(
     # The vault adopts only into an empty registry, at its first start: an adoption is
     # that start's only while the bundle holds the log from its first entry and nothing
     # but the start's own entries came before it (no other registration, no operation).
-    first_adoption = first == 0
+    first_adoption, adopting = first == 0, None
     for index in sorted(period):
-        first_adoption = first_adoption and _at_first_start(pool[index])
+        first_adoption = first_adoption and _at_first_start(pool[index], adopting)
+        if first_adoption and pool[index].get("action") == REGISTER:
+            adopting = entry_details(pool[index]).get("how") == _ADOPTED
         found = _governed(pool[index])
         if found is None:
             continue
@@ -199,6 +238,6 @@ def check_key_registrations(
         report.passed(
             "key_registrations",
             f"key registrations: {len(tied)} key{'' if len(tied) == 1 else 's'} put into use "
-            f"in the period, each by the key ceremony whose start follows it (or adopted at "
-            f"the vault's first start){named}",
+            f"in the period, each by the key ceremony whose start follows it (or registered "
+            f"at the log's first start){named}",
         )
