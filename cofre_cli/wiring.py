@@ -57,6 +57,7 @@ from cofre_cli.witnessing import (
 )
 from compliance.errors import ComplianceError
 from compliance.export import EvidenceSources, export_bundle
+from hsm.keys import KeyHierarchy, KeyKind
 from hsm.provider import HSMProvider, provider_from_settings
 from policies.engine import PolicyEngine
 from policies.errors import RateLimited
@@ -156,6 +157,19 @@ def open_database(settings: Settings, *, run_migrations: bool = False) -> Engine
 
 def open_hsm(settings: Settings) -> HSMProvider:
     return provider_from_settings(settings.hsm)
+
+
+def initialize_key_hierarchy(engine: Engine, provider: HSMProvider, *, actor: str) -> list[str]:
+    """Make version 1 of each kind the token lacks and record it (`record_key_creation`);
+    return the labels made. Raises `HSMKeyNotFound`, making nothing, when the key
+    registry already holds keys: version 1 is made only at the log's first start
+    (`KeyRegistry.refuse_version_one_after_first_start`)."""
+    hierarchy = KeyHierarchy(provider)
+    missing = [kind for kind in KeyKind if not hierarchy.versions(kind)]
+    KeyRegistry(engine, provider).refuse_version_one_after_first_start(missing)
+    created = hierarchy.initialize()
+    record_key_creation(engine, provider, created, actor=actor)
+    return created
 
 
 def record_key_creation(

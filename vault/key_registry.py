@@ -209,6 +209,36 @@ class KeyRegistry:
             self._cache = None
         return adopted
 
+    def refuse_version_one_after_first_start(self, missing: list[KeyKind]) -> None:
+        """Return when version 1 of the kinds in `missing` (those with no key on the
+        token, which `cofre hsm init` would make) may be made: nothing missing, or a
+        registry still empty (the log's first start). Raises `HSMKeyNotFound` naming
+        them otherwise.
+
+        Version 1 of each kind is made once, at the log's first start: one made later
+        under the same label would be put into use with no key ceremony (the label's
+        last registration wins), which every evidence verifier fails (check 6d). A lost
+        key is restored from the HSM's backup (docs/key-ceremony.md, "A key missing
+        from the token")."""
+        if not missing:
+            return
+        registered = self.registered(fresh=True)
+        if not registered:
+            return
+        names = ", ".join(f"cofre-{kind.value}-v*" for kind in missing)
+        held = sorted(
+            label
+            for label in registered
+            if (parsed := parse_key_label(label)) is not None and parsed[0] in missing
+        )
+        raise HSMKeyNotFound(
+            f"no {names} key on the token, but this vault's key registry is not empty "
+            f"(registered before: {', '.join(held) or 'none of that kind'}): a key is made "
+            "again only by a key ceremony, never by `cofre hsm init` after the first "
+            "start. Restore the token's keys from the HSM's backup (docs/key-ceremony.md, "
+            '"A key missing from the token"); nothing was created'
+        )
+
     # ------------------------------------------------------------------ use
     def versions(self, kind: KeyKind) -> list[int]:
         """Versions of `kind` on the token that match their registry record, ascending.
@@ -260,7 +290,8 @@ class KeyRegistry:
         versions = self.versions(kind)
         if not versions:
             raise HSMKeyNotFound(
-                f"no registered {kind.value} key on the token: run `cofre hsm init`"
+                f"no registered {kind.value} key on the token: run `cofre hsm init` on a new "
+                "vault; on one that has served, restore the HSM's backup (docs/key-ceremony.md)"
             )
         return f"cofre-{kind.value}-v{versions[-1]}"
 

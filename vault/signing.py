@@ -123,7 +123,10 @@ class HSMTreeHeadSigner:
         else:
             versions = KeyHierarchy(self._provider).versions(KeyKind.AUDIT)
         if not versions:
-            raise HSMKeyNotFound("no registered audit key on the token: run `cofre hsm init`")
+            raise HSMKeyNotFound(
+                "no registered audit key on the token: run `cofre hsm init` on a new vault; "
+                "on one that has served, restore the HSM's backup (docs/key-ceremony.md)"
+            )
         return [key_label(KeyKind.AUDIT, v) for v in versions]
 
     def _require_registered(self, label: str) -> None:

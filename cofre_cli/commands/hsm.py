@@ -24,17 +24,17 @@ hsm_app = typer.Typer(
 def hsm_init() -> None:
     """Create Cofre's key hierarchy on an empty token (idempotent): KEK, fingerprint key,
     audit signing key, each audited and recorded in the key registry (run `cofre db
-    migrate` first). Data keys are created by the vault and stored wrapped."""
-    from cofre_cli.wiring import open_database, record_key_creation
-    from hsm.keys import KeyHierarchy
+    migrate` first). Data keys are created by the vault and stored wrapped. Refuses to
+    make a missing key again once the key registry holds keys (restore the HSM's
+    backup: docs/key-ceremony.md)."""
+    from cofre_cli.wiring import initialize_key_hierarchy, open_database
     from hsm.provider import provider_from_settings
 
     settings = cli_settings()
     # The database first: keys are never created where their creation cannot be recorded.
     engine = open_database(settings)
     provider = provider_from_settings(settings.hsm)
-    created = KeyHierarchy(provider).initialize()
-    record_key_creation(engine, provider, created, actor="cofre hsm init")
+    created = initialize_key_hierarchy(engine, provider, actor="cofre hsm init")
     typer.echo(
         "created: " + ", ".join(created) if created else "nothing to do: the hierarchy exists"
     )

@@ -55,10 +55,9 @@ def dev_command(
     from cofre_cli.wiring import (
         build_runtime,
         database_engine,
+        initialize_key_hierarchy,
         open_database,
-        record_key_creation,
     )
-    from hsm.keys import KeyHierarchy
     from hsm.provider import provider_from_settings
     from policies.loader import load_policy
 
@@ -70,11 +69,9 @@ def dev_command(
     # listens (it never would: the workers refuse it too).
     load_policy(settings.policy_file)
     provider = provider_from_settings(settings.hsm)
-    created = KeyHierarchy(provider).initialize()
     # A laptop convenience: `cofre dev` migrates whatever database it is given.
-    record_key_creation(
-        open_database(settings, run_migrations=True), provider, created, actor="cofre dev"
-    )
+    engine = open_database(settings, run_migrations=True)
+    created = initialize_key_hierarchy(engine, provider, actor="cofre dev")
     if created:
         typer.echo("created keys on the token: " + ", ".join(created))
     if check:
