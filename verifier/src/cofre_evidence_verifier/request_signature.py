@@ -26,7 +26,6 @@ import base64
 import binascii
 import hashlib
 import ipaddress
-import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -38,7 +37,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from cofre_evidence_verifier.errors import SignedRequestError
+from cofre_evidence_verifier.bundle import load_json
+from cofre_evidence_verifier.errors import MalformedBundle, SignedRequestError
 
 PROPOSALS: Final = "/v1/admin/keys/rotations"  # the vault API's route
 ALGORITHM: Final = "ecdsa-p256-sha256"
@@ -98,9 +98,14 @@ class SignedRequest:
     def from_json(cls, text: str) -> SignedRequest:
         """Read a stored request (`SignedAction.to_json`'s form). Raises
         `SignedRequestError` when it is not one."""
+        # Parsed as strictly as the bundle's own JSON (session 37): with the standard
+        # parser a field given twice kept its last value, so a decoy authority, body or
+        # signature put first showed another request to a reader keeping the first.
         try:
-            fields = json.loads(text)
-        except (ValueError, RecursionError):
+            fields = load_json(text)
+        except MalformedBundle as exc:
+            raise SignedRequestError(f"not a stored signed request: {exc}") from None
+        except ValueError:
             fields = None
         if not isinstance(fields, dict) or set(fields) != _FIELDS:
             raise SignedRequestError("not a stored signed request")
@@ -121,8 +126,8 @@ class SignedRequest:
     def proposed_kind(self) -> object:
         """The ``kind`` its body proposes (None when the body says none)."""
         try:
-            proposed = json.loads(self.body)
-        except (ValueError, RecursionError):
+            proposed = load_json(self.body)  # a kind twice is no kind (see `from_json`)
+        except ValueError:  # MalformedBundle and UnicodeDecodeError are ValueErrors
             return None
         return proposed.get("kind") if isinstance(proposed, dict) else None
 

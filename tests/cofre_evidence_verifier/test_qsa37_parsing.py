@@ -1,0 +1,121 @@
+"""The verifier's parsing layer against the bundle's producer (session 37: an operator
+holding the HSM PIN and the database, who wants a bundle read one way by the verifier
+and another by a person or another tool).
+
+Check 6c reads each officer's signed request from the ``document`` of a
+``key.rotation.propose`` or ``key.rotation.approve`` entry: a JSON text inside the
+entry's payload, and inside it the request body the officer signed (``{"kind": ...}``).
+The bundle's own JSON refuses a key twice (review 33), but these two texts were read
+with the standard parser, which keeps the last value: a stored request whose decoy
+fields came first (another authority, another body, another signature) verified, while
+a reader that keeps the first value saw the decoys. They are refused the same way now.
+
+The RFC 9162 subtree vectors (transparency-dev/merkle `testdata/subtree*`, optional for
+Cofre: the verifier has no proofs over ranges not starting at 0) are run where they are
+plain RFC 9162 proofs: every case of a range starting at leaf 0 is an inclusion proof in
+the tree of its end's size, or a consistency proof from that size.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from cofre_evidence_verifier.errors import ProofError, SignedRequestError
+from cofre_evidence_verifier.merkle import verify_consistency, verify_inclusion
+from cofre_evidence_verifier.request_signature import (
+    PROPOSALS,
+    SignedRequest,
+    verify_signed_request,
+)
+from tests.support.officers import new_software_officer, signed_action, signed_approval
+from tests.support.vectors import rfc9162_cases
+
+ALICE = new_software_officer("officer-alice")
+CEREMONY = "2b0f7e0c-0d3a-4c51-8f5e-9d1c6a7b8e90"
+
+
+def _decoy_first(stored: str, key: str, decoy: object) -> str:
+    """The stored request `stored` with `key` given once more, before the others, with
+    `decoy`: the same request to a parser that keeps the last value."""
+    doubled = "{" + json.dumps(key) + ": " + json.dumps(decoy) + ", " + stored.lstrip()[1:]
+    assert json.loads(doubled) == json.loads(stored)
+    return doubled
+
+
+@pytest.mark.parametrize(
+    ("key", "decoy"),
+    [
+        ("authority", "vault.prod.example"),
+        ("signature", "sig1=:AAAA:"),
+        ("body", base64.b64encode(b'{"kind": "data"}').decode()),
+        ("path", "/v1/admin/keys/rotations/00000000-0000-4000-8000-000000000000/approve"),
+    ],
+)
+def test_a_field_twice_in_a_stored_signed_request_is_refused(key: str, decoy: str) -> None:
+    genuine = signed_approval(ALICE, CEREMONY, authority="vault.staging.example").to_json()
+    verify_signed_request(SignedRequest.from_json(genuine), ALICE.pem)  # the last values
+    with pytest.raises(SignedRequestError, match="twice"):
+        SignedRequest.from_json(_decoy_first(genuine, key, decoy))
+
+
+def test_a_signed_body_with_the_kind_twice_proposes_no_kind() -> None:
+    # The officer's client never writes this body; a reader keeping the first value saw
+    # a data-key rotation where the verifier counted an audit-key one.
+    body = b'{"kind": "data", "kind": "audit"}'
+    stored = signed_action(ALICE, PROPOSALS, body).to_json()
+    request = SignedRequest.from_json(stored)
+    verify_signed_request(request, ALICE.pem)  # the officer did sign these bytes
+    assert request.proposed_kind() is None
+    clean = signed_action(ALICE, PROPOSALS, b'{"kind": "audit"}').to_json()
+    assert SignedRequest.from_json(clean).proposed_kind() == "audit"
+
+
+@pytest.mark.parametrize("body", [b'{"kind": NaN}', b'{"kind": 1e999}', b"[" * 100_000])
+def test_a_signed_body_json_never_holds_proposes_no_kind(body: bytes) -> None:
+    request = SignedRequest.from_json(signed_action(ALICE, PROPOSALS, body).to_json())
+    assert request.proposed_kind() is None
+
+
+def _b64(value: str | None) -> bytes:
+    return base64.b64decode(value) if value else b""
+
+
+def _from_leaf_zero(kind: str) -> list[tuple[str, dict[str, Any]]]:
+    cases = [(name, case) for name, case in rfc9162_cases(kind) if case["start"] == 0]
+    assert len(cases) > 90, kind  # the vectors are there: a missing folder runs nothing
+    return cases
+
+
+SUBTREE_INCLUSION = _from_leaf_zero("subtreeinclusion")
+SUBTREE_CONSISTENCY = _from_leaf_zero("subtreeconsistency")
+
+
+@pytest.mark.parametrize(("name", "case"), SUBTREE_INCLUSION, ids=[n for n, _ in SUBTREE_INCLUSION])
+def test_subtree_inclusion_vectors_from_leaf_zero(name: str, case: dict[str, Any]) -> None:
+    proof = [_b64(p) for p in case["proof"] or []]
+    args = (_b64(case["leafHash"]), case["leafIdx"], case["end"], proof, _b64(case["root"]))
+    if case["wantErr"]:
+        with pytest.raises(ProofError):
+            verify_inclusion(*args)
+    else:
+        verify_inclusion(*args)
+
+
+@pytest.mark.parametrize(
+    ("name", "case"), SUBTREE_CONSISTENCY, ids=[n for n, _ in SUBTREE_CONSISTENCY]
+)
+def test_subtree_consistency_vectors_from_leaf_zero(name: str, case: dict[str, Any]) -> None:
+    proof = [_b64(p) for p in case["proof"] or []]
+    args = (case["end"], case["size"], proof, _b64(case["root1"]), _b64(case["root2"]))
+    # The one difference: the subtree profile accepts the empty range [0, 0) as its own
+    # subtree of an empty tree; RFC 9162's verifier (and transparency-dev/merkle's
+    # `proof.VerifyConsistency`, the consistency vectors) refuse a proof from size 0.
+    if case["wantErr"] or case["end"] == 0:
+        with pytest.raises(ProofError):
+            verify_consistency(*args)
+    else:
+        verify_consistency(*args)
