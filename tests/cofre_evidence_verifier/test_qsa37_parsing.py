@@ -20,16 +20,29 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cofre_evidence_verifier.errors import ProofError, SignedRequestError
-from cofre_evidence_verifier.merkle import verify_consistency, verify_inclusion
+from cofre_evidence_verifier.merkle import leaf_hash, verify_consistency, verify_inclusion
 from cofre_evidence_verifier.request_signature import (
     PROPOSALS,
     SignedRequest,
     verify_signed_request,
+)
+from cofre_evidence_verifier.verify import verify_bundle
+from tests.cofre_evidence_verifier.test_rev35_custody_replay import _acknowledgement, _officer
+from tests.support.evidence_bundles import (
+    ORIGIN,
+    b64,
+    build,
+    cutoff,
+    day_log,
+    inclusion,
+    policy_payload,
+    witness,
 )
 from tests.support.officers import new_software_officer, signed_action, signed_approval
 from tests.support.vectors import rfc9162_cases
@@ -119,3 +132,39 @@ def test_subtree_consistency_vectors_from_leaf_zero(name: str, case: dict[str, A
             verify_consistency(*args)
     else:
         verify_consistency(*args)
+
+
+@pytest.mark.parametrize(
+    ("identity", "counted"),
+    [("spiffe://cofre/officer-alice", True), ("spiffe://cofre/officer-\u0430lice", False)],
+    ids=["the officer", "a lookalike (Cyrillic a)"],
+)
+def test_a_lookalike_custodian_no_certificate_can_carry_does_not_count(
+    tmp_path: Path, identity: str, counted: bool
+) -> None:
+    """Check 6b listed the lookalike as the kek's custodian, drawn as Alice: the operator
+    registered it (a key of theirs) in a policy version they logged and acknowledged
+    custody with that key."""
+    private, pem = _officer()
+    policy = (
+        f'[identities."{identity}"]\nrole = "security_officer"\noperations = ["key_admin"]\n'
+        f'mfa_public_key = """{pem}"""\n'
+    )
+    log = day_log(20)
+    log[0] = policy_payload("2026-03-01T00:00:00.000000Z", policy)
+    log += [cutoff(), _acknowledgement(private, pem, "2026-03-02", identity)]
+    w = witness()
+    bundle = build(log, 3, 20, size=len(log), witnesses=[w])
+    entry = json.loads(log[21])
+    leaves = [leaf_hash(p.encode()) for p in log]
+    record = {"identity": identity, "time": entry["time"], "statement": entry["document"]}
+    record |= {"signature": entry["details"]["signature"], "public_key": pem, "keyid": "k"}
+    record |= {"index": 21, "payload": log[21], "proof": [b64(h) for h in inclusion(leaves, 21)]}
+    bundle.files["keys/custody.json"] = json.dumps([record]).encode()
+    report = verify_bundle(
+        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, witness_keys=[w.verifier_key()],
+        origin=ORIGIN,
+    )  # fmt: skip
+    assert report.ok is counted, report.problems
+    if not counted:
+        assert any("\\u0430" in p and "not printable ASCII" in p for p in report.problems)

@@ -48,12 +48,15 @@ def _officer() -> tuple[ec.EllipticCurvePrivateKey, str]:
     return private, pem.decode()
 
 
-def _acknowledgement(private: ec.EllipticCurvePrivateKey, pem: str, day: str) -> str:
-    """Alice's acknowledgement of `day`, as the vault logs it (statement and signature)."""
+def _acknowledgement(
+    private: ec.EllipticCurvePrivateKey, pem: str, day: str, identity: str = ALICE
+) -> str:
+    """Alice's (or `identity`'s) acknowledgement of `day`, as the vault logs it
+    (statement and signature)."""
     statement = json.dumps(
         {
             "date": day,
-            "identity": ALICE,
+            "identity": identity,
             "keys": ["cofre-kek-v1"],
             "role": "security_officer",
             "text": "I acknowledge custody.",
@@ -66,7 +69,7 @@ def _acknowledgement(private: ec.EllipticCurvePrivateKey, pem: str, day: str) ->
     return payload(
         "key.custody.acknowledge",
         f"{day}T10:00:00.000000Z",
-        actor=ALICE,
+        actor=identity,
         document=statement,
         details={"signature": signature, "keyid": "k", "public_key": pem},
     )

@@ -47,7 +47,11 @@ from cofre_evidence_verifier.bundle import (
 )
 from cofre_evidence_verifier.errors import MalformedBundle
 from cofre_evidence_verifier.merkle import included, leaf_hash
-from cofre_evidence_verifier.policy import in_force, policy_documents
+from cofre_evidence_verifier.policy import (
+    certificate_identity_problem,
+    in_force,
+    policy_documents,
+)
 from cofre_evidence_verifier.report import Report
 
 NAME: Final = "keys/custody.json"
@@ -177,6 +181,8 @@ def _key_problems(
             f"{where}: {actor} has no registered MFA key in the policy in force "
             f"(policy entry {policy_index})"
         ]
+    if (lookalike := certificate_identity_problem(str(actor))) is not None:
+        return [f"{where}: the acknowledgement by {actor} does not count: {lookalike}"]
     problems = []
     if statement.get("role") != rules.get("role", "service"):
         problems.append(

@@ -79,7 +79,11 @@ from cofre_evidence_verifier.dual_control_log import (
     proven_entries,
 )
 from cofre_evidence_verifier.errors import SignedRequestError
-from cofre_evidence_verifier.policy import in_force, policy_documents
+from cofre_evidence_verifier.policy import (
+    certificate_identity_problem,
+    in_force,
+    policy_documents,
+)
 from cofre_evidence_verifier.report import Report
 from cofre_evidence_verifier.request_signature import (
     PROPOSALS,
@@ -171,6 +175,9 @@ def _verified(  # noqa: PLR0911, PLR0917 - one return per reason a signature doe
     operations = rules.get("operations")
     key = rules.get("mfa_public_key")
     where = f"the {what} by {officer}"
+    if (lookalike := certificate_identity_problem(officer)) is not None:
+        ceremony.fail(f"{where} does not count: {lookalike}")
+        return None
     if not isinstance(operations, list) or KEY_ADMIN not in operations:
         ceremony.fail(
             f"{where} does not count: {officer} is not a security officer with "

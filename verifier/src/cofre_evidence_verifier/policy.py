@@ -53,6 +53,22 @@ def policy_documents(files: Files) -> list[tuple[int, dict[str, Any]]]:
     return sorted(out, key=lambda pair: pair[0])
 
 
+def certificate_identity_problem(identity: str) -> str | None:
+    """Why `identity` is not one a client certificate can carry, or None. The vault takes
+    every identity from a certificate's URI subjectAltName, an IA5String (RFC 5280
+    4.2.1.6: ASCII); a policy version the operator logged can register any name, and one
+    such as ``officer-b\\u043eb`` (a Cyrillic o) draws as another officer's in the
+    report (session 37). The identity is shown with its non-ASCII characters escaped."""
+    if identity.isascii() and identity.isprintable():
+        return None
+    shown = identity.encode("ascii", "backslashreplace").decode()
+    return (
+        f"its identity {shown} is not printable ASCII, which no client certificate "
+        "carries (a URI subjectAltName is ASCII, RFC 5280 4.2.1.6): a name written to "
+        "look like another's"
+    )
+
+
 def _leaf(pair: tuple[int, dict[str, Any]]) -> int:
     return pair[0]
 
