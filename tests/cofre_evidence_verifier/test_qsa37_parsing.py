@@ -19,14 +19,18 @@ the tree of its end's size, or a consistency proof from that size.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
-from cofre_evidence_verifier.errors import ProofError, SignedRequestError
+from cofre_evidence_verifier.errors import NoteError, ProofError, SignedRequestError
+from cofre_evidence_verifier.keychain import KeyChain, handover_note, handover_text, parse_handover
 from cofre_evidence_verifier.merkle import leaf_hash, verify_consistency, verify_inclusion
+from cofre_evidence_verifier.note import Checkpoint, VerifierKey, ecdsa_verifier_key
 from cofre_evidence_verifier.request_signature import (
     PROPOSALS,
     SignedRequest,
@@ -36,6 +40,7 @@ from cofre_evidence_verifier.verify import verify_bundle
 from tests.cofre_evidence_verifier.test_rev35_custody_replay import _acknowledgement, _officer
 from tests.support.evidence_bundles import (
     ORIGIN,
+    AuditKey,
     b64,
     build,
     cutoff,
@@ -168,3 +173,44 @@ def test_a_lookalike_custodian_no_certificate_can_carry_does_not_count(
     assert report.ok is counted, report.problems
     if not counted:
         assert any("\\u0430" in p and "not printable ASCII" in p for p in report.problems)
+
+
+def _compressed(key: AuditKey) -> VerifierKey:
+    """`key`'s type-0x02 vkey with its SubjectPublicKeyInfo holding the compressed point
+    (02/03 || X): another spelling of the same public key, with another key ID."""
+    spki = serialization.load_pem_public_key(key.pem).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    point = key.private.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+    )
+    der = spki[: -(65 + 3)] + bytes([0x03, 34, 0x00]) + point  # BIT STRING of 33 bytes
+    der = bytes([0x30, len(der) - 2]) + der[2:]
+    assert serialization.load_der_public_key(der) == key.private.public_key()
+    return VerifierKey(ORIGIN, int.from_bytes(hashlib.sha256(der).digest()[:4]), 0x02, der)
+
+
+def _note(
+    old: AuditKey, old_vkey: VerifierKey, new: AuditKey, new_vkey: VerifierKey, size: int
+) -> str:
+    root = hashlib.sha256(str(size).encode()).digest()
+    text = handover_text(Checkpoint(ORIGIN, size, root), old_vkey, new_vkey)
+    return handover_note(text, old_vkey, old.sign(text.encode()), new_vkey, new.sign(text.encode()))
+
+
+def test_a_key_spelt_with_its_compressed_point_is_refused() -> None:
+    """The chain compared keys as SubjectPublicKeyInfo bytes: a handover from K1 to K1
+    spelt with its compressed point was no handover to itself, and the retired K1
+    revived so (K1 -> K2 -> K1') linked up past review 36's check. The vault and Go's
+    x509 write the uncompressed point; any other spelling of a key is refused."""
+    one, two = AuditKey(), AuditKey()
+    one_v, two_v = ecdsa_verifier_key(ORIGIN, one.pem), ecdsa_verifier_key(ORIGIN, two.pem)
+    one_c = _compressed(one)
+    assert one_c.public != one_v.public
+    with pytest.raises(NoteError, match="not the key's own encoding"):
+        VerifierKey.parse(one_c.encode())
+    with pytest.raises(NoteError):
+        parse_handover(_note(one, one_v, one, one_c, 10))
+    notes = [_note(one, one_v, two, two_v, 10), _note(two, two_v, one, one_c, 20)]
+    with pytest.raises(NoteError):
+        KeyChain.build([one.pem], notes)

@@ -238,6 +238,17 @@ class VerifierKey:
                 loaded.curve, _ECDSA_CURVES
             ):
                 raise NoteError("an ECDSA verifier key must be on P-256, P-384 or P-521")
+            # Session 37: keys are compared (and their ID taken) as these bytes, and a
+            # compressed point is another spelling of the same key: a retired audit key
+            # so spelt linked up as a fresh one (K1 -> K2 -> K1'). One spelling only.
+            canonical = loaded.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            if canonical != self.public:
+                raise NoteError(
+                    f"the ECDSA verifier key {self.name} is not the key's own encoding (an "
+                    "SPKI DER with the uncompressed point, as the vault and Go's x509 write it)"
+                )
             return loaded
         raise NoteError(f"unsupported signature type 0x{self.algorithm:02x}")
 
