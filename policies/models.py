@@ -260,6 +260,17 @@ def _check_identity(identity: str, rules: IdentityPolicy, known: set[str]) -> No
     if any("\x00" in d for d in {rules.domain_of(identity), *rules.read_domains}):
         # An FF1 re-issue's tweak is a domain, a NUL and a number (review 43).
         raise ValueError(f"identity {identity!r} names a token domain with a NUL")
+    if not all("!" <= c <= "~" for c in identity):
+        # A client certificate's SAN URI is an IA5String (RFC 5280 4.2.1.6: non-ASCII
+        # host names in punycode, other characters percent-encoded), so no certificate
+        # names such an identity; it would only ever stand beside one it looks like
+        # (review qsa37: `officer-b\u043eb` with the operator's key counted as the real
+        # Bob's approval in a reading that did not escape it). Escaped in the message.
+        raise ValueError(
+            f"identity {ascii(identity)} holds a space, a control or a non-ASCII "
+            "character, which no certificate's SAN URI can (RFC 5280 4.2.1.6): write "
+            "host names in punycode and other characters percent-encoded"
+        )
     if unknown := rules.formats - known:
         raise ValueError(f"identity {identity!r} names unknown formats {sorted(unknown)}")
     if Action.TOKENIZE in rules.operations and not rules.formats:
