@@ -267,7 +267,7 @@ def _check_identity(identity: str, rules: IdentityPolicy, known: set[str]) -> No
         # (review qsa37: `officer-b\u043eb` with the operator's key counted as the real
         # Bob's approval in a reading that did not escape it). Escaped in the message.
         raise ValueError(
-            f"identity {ascii(identity)} holds a space, a control or a non-ASCII "
+            f"identity {identity!a} holds a space, a control or a non-ASCII "
             "character, which no certificate's SAN URI can (RFC 5280 4.2.1.6): write "
             "host names in punycode and other characters percent-encoded"
         )

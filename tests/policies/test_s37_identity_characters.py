@@ -1,6 +1,6 @@
 """An identity is a client certificate's SAN URI, an IA5String (RFC 5280 4.2.1.6): the
-policy refuses one no certificate can carry (review qsa37: an identity with a Cyrillic
-`о` stood beside the real officer's name it looked like, and only the verifier, which
+policy refuses one no certificate can carry (review qsa37: an identity with a Cyrillic o
+(U+043E) stood beside the real officer's name it looked like, and only the verifier, which
 now refuses to count it, told them apart)."""
 
 from __future__ import annotations
