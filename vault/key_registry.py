@@ -46,6 +46,17 @@ _RECORDS: Final = (
     select(audit_entries.c.payload).where(text(REGISTER_RECORDS)).order_by(audit_entries.c.id)
 )
 _REFRESH_SECONDS: Final = 1.0
+# What a KEK, fingerprint or audit key label registered as two different keys is
+# recorded as: an identity no token key has (check values are hex), so the label is
+# never used and readiness names it (session 37). The vault never registers such a
+# label twice (a ceremony takes the next version; a failed one destroys only what it
+# did not register; a lost key is restored from the HSM's backup, `cofre hsm init`
+# refuses), so a second record of another key is a writer of the log putting a key no
+# ceremony made into use: until session 37 the label's last record won, and the vault
+# used the new key at once (caught only by the evidence's check 6d). Retention's
+# carried-forward copies repeat the identity, and security-code epoch keys, made again
+# under their label after a lost transaction, are not such labels.
+_REGISTERED_AS_ANOTHER_KEY: Final = "registered again as another key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +146,10 @@ class KeyRegistry:
 
     # ------------------------------------------------------------------ records
     def registered(self, *, fresh: bool = False) -> dict[str, KeyIdentity]:
-        """The registry by label (the last record of a label wins). Read from the log,
-        cached for a second (another node may register a key)."""
+        """The registry by label (the last record of a label wins, except that a KEK,
+        fingerprint or audit key label recorded as two different keys is never used:
+        `_REGISTERED_AS_ANOTHER_KEY`). Read from the log, cached for a second (another
+        node may register a key)."""
         with self._lock:
             now = time.monotonic()
             if fresh or self._cache is None or now - self._read_at > _REFRESH_SECONDS:
@@ -157,10 +170,16 @@ class KeyRegistry:
                     f"the key registry is unavailable ({db_error_name(exc)})"
                 ) from None
         out: dict[str, KeyIdentity] = {}
+        twice: set[str] = set()
         for payload in connection.execute(_RECORDS).scalars():
             details = json.loads(payload).get("details", {})
             label = str(details.get("label", ""))
-            out[label] = KeyIdentity(label, details.get("cka_id"), details.get("check"))
+            identity = KeyIdentity(label, details.get("cka_id"), details.get("check"))
+            if parse_key_label(label) is not None and out.get(label, identity) != identity:
+                twice.add(label)
+            out[label] = identity
+        for label in twice:
+            out[label] = KeyIdentity(label, None, _REGISTERED_AS_ANOTHER_KEY)
         return out
 
     def register(self, connection: Connection, label: str, *, actor: str, how: str) -> None:

@@ -43,7 +43,13 @@ from vault._rotation_batches import BATCH, RotationBatches
 from vault.approval_proof import SignedAction
 from vault.audit_rotation import AuditKeyRotation
 from vault.ceremony import Ceremony, CeremonyState, OfficerCertificate, RotationKind
-from vault.errors import CeremonyError, CeremonyNotFound, CeremonyRefused, StorageUnavailable
+from vault.errors import (
+    CeremonyError,
+    CeremonyNotFound,
+    CeremonyRefused,
+    KeyNotRegistered,
+    StorageUnavailable,
+)
 from vault.key_inventory import code_epochs, describe_keys, record_counts
 from vault.keyring import DataKeyring, KeyPurpose, KeyState
 from vault.storage.database import as_utc
@@ -392,7 +398,10 @@ class KeyRotation(RotationBatches):
         inventory = describe_keys(counts, fp_counts, self._keyring, self._provider)
         inventory["security_code_epochs"] = epochs
         if self._cryptoperiods is not None:
-            inventory["cryptoperiods"] = self._cryptoperiods()
+            try:
+                inventory["cryptoperiods"] = self._cryptoperiods()
+            except KeyNotRegistered as exc:  # a substitute: listed, so a bundle shows it
+                inventory["cryptoperiods"] = {"error": exc.code, "detail": str(exc)}
         return inventory
 
     # ------------------------------------------------------------------ execution

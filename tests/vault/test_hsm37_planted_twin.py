@@ -137,3 +137,33 @@ def test_a_registered_version_absent_from_the_token_is_still_skipped(
     before, label = _register_next(vault, engine, rotation_provider, KeyKind.KEK)
     rotation_provider.destroy_key(label)
     assert vault.keyring.registry.current_label(KeyKind.KEK) == before
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("rotation_provider", ["softhsm2"], indirect=True)
+def test_a_label_registered_again_as_another_key_is_never_used(
+    vault: VaultService, engine: Engine, rotation_provider: HSMProvider
+) -> None:
+    """The PIN and the log's writer together (review reg37): the current fingerprint
+    key destroyed, another made under its label and registered by an entry they write.
+    The label's last record won, so the vault used the new key at once and only the
+    evidence's check 6d told. A label recorded as two keys is now never used: the
+    vault refuses (503 `hsm_key_unregistered`) rather than take a key no ceremony made."""
+    _before, label = _register_next(vault, engine, rotation_provider, KeyKind.FINGERPRINT)
+    try:
+        rotation_provider.destroy_key(label)
+        version = int(label.rsplit("-v", 1)[1])
+        KeyHierarchy(rotation_provider).create(KeyKind.FINGERPRINT, version)
+        with engine.begin() as connection:  # the operator's own entry, as `register` writes
+            vault.keyring.registry.register(connection, label, actor="operator", how="init")
+        vault._fp_read = 0.0  # a second later: every node lists the token again
+        pan = Pan(card_number("411111", 3838))
+        with pytest.raises(KeyNotRegistered) as refused:
+            record = vault.tokenize(PAYMENTS, TokenizeRequest(pan, "pan_bin6_last4"))
+            pytest.fail(f"tokenized as {record.token} under a key no ceremony made")
+        assert refused.value.code == "hsm_key_unregistered"
+        with pytest.raises(KeyNotRegistered, match=label):
+            vault.check_ready()
+        assert label not in vault.keyring.registry.in_force()
+    finally:
+        rotation_provider.destroy_key(label)
