@@ -23,8 +23,12 @@ from typing import Final
 __all__ = ["GUESSED_ENTRIES", "GuessedBuckets", "guess_bucket"]
 
 _GUESS_CONTEXT: Final = b"cofre-oracle-token-guesses\x00"
-# The full buckets one process remembers; the oldest is dropped past this (it costs one
-# more read, whose refusal in the database teaches it again).
+# The full buckets one process remembers per identity. Past them the identity is refused
+# every guessable token until the last of them clears, and its buckets are let go: a
+# process that dropped the oldest instead (review 37b) answered that bucket's right token
+# again, so an identity cycling through more full buckets than this had every read
+# answered, and one identity's misses made another's full buckets readable. No real
+# client fills this many buckets of missing tokens in a window.
 GUESSED_ENTRIES: Final = 4096
 
 
@@ -43,45 +47,58 @@ class GuessedBuckets:
     second each refusal clears. A read on a token of such a bucket is refused before
     its transaction, whatever the token, so the right guess is answered as a wrong one.
     A process that has not seen a bucket's refusal reads the token: it answers one more
-    guess, and its miss is refused and learned (on each node and worker, once a window)."""
+    guess, and its miss is refused and learned (on each node and worker, once a window).
+    Each identity's memory is its own, `GUESSED_ENTRIES` buckets; an identity past them
+    is refused every guessable token (`guess_bucket`) until the last of them clears."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._until: dict[tuple[str, bytes], float] = {}
-        self._identities: dict[str, int] = {}
+        # identity -> bucket -> the second its refusal clears.
+        self._until: dict[str, dict[bytes, float]] = {}
+        # identity -> the second its refusal of every guessable token clears.
+        self._whole: dict[str, float] = {}
 
-    def learn(self, identity: str, buckets: Iterable[bytes], clears_at: float) -> None:
-        """Remember that `identity`'s `buckets` are refused until `clears_at`."""
+    def learn(self, identity: str, buckets: Iterable[bytes], clears_at: float, now: float) -> None:
+        """Remember that `identity`'s `buckets` are refused until `clears_at` (`now` is
+        the present second: buckets cleared by then are let go first)."""
         with self._lock:
+            if identity in self._whole:
+                self._whole[identity] = max(clears_at, self._whole[identity])
+                return
+            held = self._until.setdefault(identity, {})
             for bucket in buckets:
-                key = (identity, bucket)
-                if key not in self._until:
-                    self._identities[identity] = self._identities.get(identity, 0) + 1
-                self._until[key] = max(clears_at, self._until.get(key, 0.0))
-                while len(self._until) > GUESSED_ENTRIES:
-                    self._drop(next(iter(self._until)))
-
-    def _drop(self, key: tuple[str, bytes]) -> None:
-        del self._until[key]
-        left = self._identities[key[0]] - 1
-        if left:
-            self._identities[key[0]] = left
-        else:
-            del self._identities[key[0]]
+                held[bucket] = max(clears_at, held.get(bucket, 0.0))
+            if len(held) > GUESSED_ENTRIES:
+                for cleared in [b for b, until in held.items() if until <= now]:
+                    del held[cleared]
+            if len(held) > GUESSED_ENTRIES:
+                # Past its memory: every guessable token, until the latest clears.
+                self._whole[identity] = max(held.values())
+                del self._until[identity]
 
     def refused_until(self, identity: str, tokens: Iterable[str], now: float) -> float | None:
         """The latest second one of `tokens`' buckets is refused to `identity` until, or
         None when none is. Costs nothing for an identity with no full bucket."""
-        if identity not in self._identities:
+        if identity not in self._until and identity not in self._whole:
             return None
         latest = None
         with self._lock:
+            whole = self._whole.get(identity)
+            if whole is not None and whole <= now:
+                del self._whole[identity]
+                whole = None
+            held = self._until.get(identity, {})
             for token in tokens:
                 bucket = guess_bucket(token)
-                if bucket is None or (until := self._until.get((identity, bucket))) is None:
+                if bucket is None:
+                    continue
+                until = whole if whole is not None else held.get(bucket)
+                if until is None:
                     continue
                 if until <= now:
-                    self._drop((identity, bucket))
+                    del held[bucket]
                 elif latest is None or until > latest:
                     latest = until
+            if identity in self._until and not held:
+                del self._until[identity]
         return latest

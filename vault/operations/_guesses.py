@@ -82,5 +82,7 @@ class TokenGuesses(VaultCore):
                 self._limits.watch(connection, ctx.identity, fewer, guarded, now)
         except OracleSuspected as refused:
             clears_at = now.timestamp() + refused.retry_after
-            self._guessed.learn(ctx.identity, [bucket for bucket, _ in guarded], clears_at)
+            self._guessed.learn(
+                ctx.identity, [bucket for bucket, _ in guarded], clears_at, now.timestamp()
+            )
             raise _guessing(guard, refused.retry_after) from None
