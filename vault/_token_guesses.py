@@ -18,9 +18,25 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-__all__ = ["GUESSED_ENTRIES", "GuessedBuckets", "guess_bucket"]
+from policies.formats import FormatType
+
+if TYPE_CHECKING:
+    from policies.models import Policy
+
+__all__ = ["GUESSED_ENTRIES", "GuessedBuckets", "guess_bucket", "guess_buckets", "guess_shapes"]
+
+# A bucket's shape: a token length, and how many leading and trailing digits of a token
+# of that length it keys on.
+Shape = tuple[int, int, int]
+# A shape's bucket is counted where it holds at most 10^9 tokens: a sweep of 10^9 takes 23
+# days at 500 reads a second; a wider one is out of reach, and a coarse bucket is not
+# worth its false refusals.
+_SWEEPABLE_FREE_DIGITS: Final = 9
+_LENGTHS: Final = range(12, 20)
+_BIN6_LAST4: Final = (6, 4)
+_DEFAULT_SHAPES: Final[tuple[Shape, ...]] = tuple((n, *_BIN6_LAST4) for n in _LENGTHS)
 
 _GUESS_CONTEXT: Final = b"cofre-oracle-token-guesses\x00"
 # The full buckets one process remembers per identity. Past them the identity is refused
@@ -36,10 +52,58 @@ def guess_bucket(token: str) -> bytes | None:
     """The guard's bucket of a read of `token`: its first six and last four digits and
     its length, hashed (the table holds no digits); None for a token no sweep can
     reach (not 12 to 19 digits: a UUID token has 122 random bits)."""
+    buckets = guess_buckets(token, _DEFAULT_SHAPES)
+    return buckets[0] if buckets else None
+
+
+def guess_buckets(token: str, shapes: Iterable[Shape]) -> list[bytes]:
+    """The guard's buckets of a read of `token`, one per shape of `shapes` (`guess_shapes`:
+    the digits the formats a reader may meet keep), hashed; empty for a token no sweep
+    can reach (not 12 to 19 digits)."""
     if not (token.isascii() and token.isdigit() and 12 <= len(token) <= 19):
-        return None
-    name = f"{token[:6]}|{token[-4:]}|{len(token)}".encode("ascii")
-    return hashlib.sha256(_GUESS_CONTEXT + name).digest()[:16]
+        return []
+    out = []
+    for length, leading, trailing in shapes:
+        if length != len(token):
+            continue
+        name = f"{token[:leading]}|{token[len(token) - trailing :]}|{len(token)}"
+        if (leading, trailing) != _BIN6_LAST4:
+            name += f"|{leading}+{trailing}"
+        out.append(hashlib.sha256(_GUESS_CONTEXT + name.encode("ascii")).digest()[:16])
+    return out
+
+
+def guess_shapes(policy: Policy, identity: str) -> tuple[Shape, ...]:
+    """The bucket shapes of `identity`'s reads, per token length: the first six and last
+    four, and for each digit format issued into a domain it may read (by an identity of
+    that domain that may use it) its kept leading digits (at most six: a BIN-8 bucket
+    lies inside its BIN-6 one) and trailing digits, where its bucket holds at most 10^9
+    tokens; only the widest (a shape whose buckets lie inside another's is left out).
+
+    Why (review 37b): a bucket of the token's first six and last four bounds a sweep only
+    where the format keeps them. A `pan_last4` token's first six are random and a format
+    keeping no trailing digits has random last four, so each guess of such a sweep fell
+    in a bucket of its own and none ever filled."""
+    rules = policy.identities.get(identity)
+    kept: set[tuple[int, int]] = {_BIN6_LAST4}
+    if rules is not None:
+        readable = rules.read_domains | {rules.domain_of(identity)}
+        for writer, theirs in policy.identities.items():
+            if theirs.domain_of(writer) not in readable:
+                continue
+            for name in theirs.formats:
+                spec = policy.format(name)
+                if spec is not None and spec.type is not FormatType.UUID:
+                    kept.add((min(spec.keep_leading, 6), spec.keep_trailing))
+    shapes = []
+    for length in _LENGTHS:
+        here = {k for k in kept if length - k[0] - k[1] <= _SWEEPABLE_FREE_DIGITS}
+        shapes.extend(
+            (length, *k)
+            for k in sorted(here)
+            if not any(o != k and o[0] <= k[0] and o[1] <= k[1] for o in here)
+        )
+    return tuple(shapes)
 
 
 class GuessedBuckets:
@@ -76,9 +140,16 @@ class GuessedBuckets:
                 self._whole[identity] = max(held.values())
                 del self._until[identity]
 
-    def refused_until(self, identity: str, tokens: Iterable[str], now: float) -> float | None:
-        """The latest second one of `tokens`' buckets is refused to `identity` until, or
-        None when none is. Costs nothing for an identity with no full bucket."""
+    def refused_until(
+        self,
+        identity: str,
+        tokens: Iterable[str],
+        now: float,
+        shapes: Iterable[Shape] = _DEFAULT_SHAPES,
+    ) -> float | None:
+        """The latest second one of `tokens`' buckets (of `shapes`) is refused to
+        `identity` until, or None when none is. Costs nothing for an identity with no
+        full bucket."""
         if identity not in self._until and identity not in self._whole:
             return None
         latest = None
@@ -88,15 +159,13 @@ class GuessedBuckets:
                 del self._whole[identity]
                 whole = None
             held = self._until.get(identity, {})
-            for token in tokens:
-                bucket = guess_bucket(token)
-                if bucket is None:
-                    continue
+            shapes = tuple(shapes)
+            for bucket in (b for token in tokens for b in guess_buckets(token, shapes)):
                 until = whole if whole is not None else held.get(bucket)
                 if until is None:
                     continue
                 if until <= now:
-                    del held[bucket]
+                    held.pop(bucket, None)
                 elif latest is None or until > latest:
                     latest = until
             if identity in self._until and not held:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from policies.models import IdentityPolicy, OracleGuard
 from vault._core import VaultCore
-from vault._token_guesses import guess_bucket
+from vault._token_guesses import guess_buckets, guess_shapes
 from vault.errors import BatchItemInvalid, OracleSuspected, TokenNotFound, VaultError
 from vault.models import CallContext
 
@@ -52,7 +52,8 @@ class TokenGuesses(VaultCore):
         refused to the caller (whether or not the vault holds the token: a sweep's right
         guess is answered as its wrong ones). Before the transaction; reads nothing."""
         now = self._clock().timestamp()
-        until = self._guessed.refused_until(ctx.identity, tokens, now)
+        shapes = guess_shapes(self._policy.policy, ctx.identity)
+        until = self._guessed.refused_until(ctx.identity, tokens, now, shapes)
         if until is not None:
             raise _guessing(rules.oracle_guard, until - now)
 
@@ -64,11 +65,12 @@ class TokenGuesses(VaultCore):
         404, and so is every later read of the bucket's tokens. A caller gets at most
         `max_pans_per_bucket` answers that tell a guess apart per bucket and window,
         the refused one included (a 429 there said "not this one")."""
-        guarded = [
-            (bucket, self._fingerprints(_GUESS_MESSAGE + token)[-1])
-            for token in tokens
-            if (bucket := guess_bucket(token)) is not None
-        ]
+        shapes = guess_shapes(self._policy.policy, ctx.identity)
+        guarded = []
+        for token in tokens:
+            if buckets := guess_buckets(token, shapes):
+                item = self._fingerprints(_GUESS_MESSAGE + token)[-1]
+                guarded.extend((bucket, item) for bucket in buckets)
         if not guarded:
             return
         # One fewer than the cards' limit: a miss that fills the bucket is refused, so
