@@ -7,14 +7,15 @@ they are decoded in memory to be compared with the cards sent, never logged.
 
 A text is read as it is, percent-decoded, HTML-entity-decoded and JSON-unescaped; every
 word of it that is base64 (either alphabet, padding optional, MIME line breaks and JSON
-``\\r\\n`` escapes between its lines allowed) or hex (bytes written as two digits,
-optionally one space, colon or hyphen between them) is decoded to bytes, read as Latin-1
-and, when it reads as a gzip, zlib or raw deflate stream, inflated; and each of those is
-read the same way again, `LAYERS` deep (a decoding and an inflation are a layer each).
-Review 37: hex (a trace's dump of the request) and a second layer (base64 of a base64
-payload) were not read, and a compressed echo was read to 32 times its size only, so the
-caller's own padding before the card (5,000 ``A``, a few bytes compressed) hid the card
-after it.
+``\\r\\n`` escapes between its lines allowed, read from each of its first four
+characters: it may begin after other characters of its alphabet, a URL path's) or hex
+(bytes written as two digits, optionally one space, colon or hyphen between them) is
+decoded to bytes, read as Latin-1 and, when it reads as a gzip, zlib or raw deflate
+stream, inflated; and each of those is read the same way again, `LAYERS` deep (a
+decoding and an inflation are a layer each). Review 37: hex (a trace's dump of the
+request) and a second layer (base64 of a base64 payload) were not read, and a compressed
+echo was read to 32 times its size only, so the caller's own padding before the card
+(5,000 ``A``, a few bytes compressed) hid the card after it.
 
 What a text costs is bounded: at most `RATIO` times its own length of decoded and
 inflated characters in all (and `MAX_INFLATED` per stream, `MAX_MEMBERS` gzip members).
@@ -46,11 +47,14 @@ MAX_MEMBERS: Final = 64
 
 # A word that may be base64 (standard or URL-safe alphabet): long enough to hold the 13
 # digits of the shortest card (20 characters).
-_BASE64_WORD: Final = re.compile(r"[A-Za-z0-9+/_-]{20,}={0,2}")
+_BASE64_MIN: Final = 20
+_BASE64_WORD: Final = re.compile(rf"[A-Za-z0-9+/_-]{{{_BASE64_MIN},}}={{0,2}}")
 # Bytes in hex, at least the 13 of the shortest card, looked for once white space,
 # colons and hyphens are taken out (a dump's separators between its bytes).
 _HEX_WORD: Final = re.compile(r"[0-9A-Fa-f]{26,}")
 _HEX_SEPARATORS: Final = str.maketrans("", "", ":-")
+# A gzip stream's first bytes, and a zlib stream's at each of its usual levels.
+_STREAM_MAGICS: Final = (b"\x1f\x8b\x08", b"\x78\x9c", b"\x78\xda", b"\x78\x01")
 _JSON_ESCAPE: Final = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|([\"\\/bfnrt]))")
 _JSON_SIMPLE: Final = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
@@ -115,9 +119,13 @@ def _layers(text: str, depth: int, budget: _Budget) -> Iterator[str]:
         if compact != form:
             words += _BASE64_WORD.findall(compact)
         for word in words:
-            if word not in seen:
-                seen.add(word)
-                yield from _read_bytes(_base64(word), depth - 1, budget)
+            # From each of its first four characters: base64 that begins after other
+            # characters of its alphabet (a URL path, a label glued to it) is read out of
+            # step from the first (review 37b).
+            for start in range(4):
+                if len(word) - start >= _BASE64_MIN and (key := f"{start}/{word}") not in seen:
+                    seen.add(key)
+                    yield from _read_bytes(_base64(word[start:]), depth - 1, budget)
         for word in _HEX_WORD.findall(compact.translate(_HEX_SEPARATORS)):
             for start in (0, 1):  # a run of hex whose first byte began a digit earlier
                 if (key := f"{start}:{word}") not in seen:
@@ -134,6 +142,17 @@ def _read_bytes(data: bytes | None, depth: int, budget: _Budget) -> Iterator[str
     yield from _layers(data.decode("latin-1"), depth, budget)
     if depth > 0:
         yield from _read_bytes(_inflated(data, budget), depth - 1, budget)
+        # A stream that begins inside the bytes: base64 read out of step from a URL
+        # path's first character decodes the path to bytes before it (review 37b).
+        for start in _stream_starts(data):
+            yield from _read_bytes(_inflated(data[start:], budget), depth - 1, budget)
+
+
+def _stream_starts(data: bytes) -> set[int]:
+    """Where a gzip stream or a zlib one (its usual headers) first begins in `data`,
+    after its first byte."""
+    found = (data.find(magic, 1) for magic in _STREAM_MAGICS)
+    return {start for start in found if start > 0}
 
 
 def _json_unescaped(text: str) -> str:
