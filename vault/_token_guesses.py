@@ -95,7 +95,7 @@ def guess_shapes(policy: Policy, identity: str) -> tuple[Shape, ...]:
                 spec = policy.format(name)
                 if spec is not None and spec.type is not FormatType.UUID:
                     kept.add((min(spec.keep_leading, 6), spec.keep_trailing))
-    shapes = []
+    shapes: list[Shape] = []
     for length in _LENGTHS:
         here = {k for k in kept if length - k[0] - k[1] <= _SWEEPABLE_FREE_DIGITS}
         shapes.extend(

@@ -66,7 +66,7 @@ class TokenGuesses(VaultCore):
         `max_pans_per_bucket` answers that tell a guess apart per bucket and window,
         the refused one included (a 429 there said "not this one")."""
         shapes = guess_shapes(self._policy.policy, ctx.identity)
-        guarded = []
+        guarded: list[tuple[bytes, bytes]] = []
         for token in tokens:
             if buckets := guess_buckets(token, shapes):
                 item = self._fingerprints(_GUESS_MESSAGE + token)[-1]
