@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 
 from cofre.errors import CofreError
-from policies.models import IdentityPolicy
+from policies.models import IdentityPolicy, RateLimit
 from vault.models import CallContext
 from vault.operations._guesses import TokenGuesses
 
@@ -29,14 +29,28 @@ class EarlyRate(TokenGuesses):
         at most about once a second while it has room (`vault._early_room.EarlyRoom`)."""
         if reveals and rules.quota is not None:
             self._limits.refuse_spent_quota(ctx.identity, rules.quota, reveals, self._clock())
-        limit = rules.rate_limit
-        if limit is None or self._limits.early.admit(ctx.identity, limit, cost):
+        if rules.rate_limit is not None:
+            self._refuse_spent_key(ctx.identity, rules.rate_limit, cost)
+
+    def _refuse_spent_key(self, key: str, limit: RateLimit, cost: int) -> None:
+        """Raise `RateLimited` if bucket `key` lacks `cost` units now (`_refuse_spent`)."""
+        if self._limits.early.admit(key, limit, cost):
             return
         with self._storage(), self._reader.connect() as connection:
             now = self._clock()  # once connected: others commit charges meanwhile
-            stamp = now.timestamp()
-            room = self._limits.check_rate(connection, ctx.identity, limit, cost, stamp)
-        self._limits.early.note(ctx.identity, limit, room, cost)
+            room = self._limits.check_rate(connection, key, limit, cost, now.timestamp())
+        self._limits.early.note(key, limit, room, cost)
+
+    def charge_rate(self, key: str, limit: RateLimit, cost: int = 1) -> None:
+        """`VaultCore.charge_rate`, refused before the committer when the bucket is
+        spent. Review rev37c: a keyed charge (the capture listener's per-address and
+        per-session limits, reached without a certificate) had no early check, so each
+        request past the limit joined a commit group, its refusal there rolled the group
+        back and every other caller's operation in it ran again, one savepoint each:
+        one anonymous address past its limit reran every group it landed in
+        (tests/vault/test_rev37c_keyed_charge_reruns.py)."""
+        self._refuse_spent_key(key, limit, cost)
+        super().charge_rate(key, limit, cost)
 
     def _charge_refused(self, ctx: CallContext, rules: IdentityPolicy, cost: int) -> None:
         """Charge `cost` units for a call refused in its transaction after its HSM work

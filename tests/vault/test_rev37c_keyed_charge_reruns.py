@@ -1,0 +1,96 @@
+"""Review of session 37's deferred charges (rev37c): a keyed charge on a spent bucket
+(the capture listener's per-address and per-session limits, which anyone on the
+internet reaches without a certificate) must not reach the commit group, where its
+refusal rolls back the whole group and runs every other caller's operation again, one
+savepoint each (real PostgreSQL, the vault's own group committer).
+
+An identity's calls are refused before the committer once its bucket is spent (the
+early check, `vault.operations._early`): docs/threat-model.md bounds the reruns a
+certificate can cause to its bucket's room per worker per second. `charge_rate` had no
+early check, so every request from an address whose per-address bucket is spent
+reached the committer: an anonymous client at one address sending page loads or
+captures past its limit made every group it landed in run twice, in-scope identities'
+tokenize and reveal calls in them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import Connection, Engine
+
+from hsm.provider import HSMProvider
+from policies.errors import RateLimited
+from policies.models import RateLimit
+from tests.support.policies import vault_on
+from tests.vault.test_capture import POLICY
+from vault.service import VaultService
+
+SPENT = RateLimit(per_second=0.001, burst=2)
+ADDRESS = "capture-address rev37c-198.51.100.9"
+
+
+@pytest.fixture
+def vault(engine: Engine, softhsm_provider: HSMProvider) -> Iterator[VaultService]:
+    service = vault_on(engine, softhsm_provider, POLICY)
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+def _in_a_held_group(
+    vault: VaultService, first: Callable[[], object]
+) -> tuple[Future[object], list[int]]:
+    """Hold `vault`'s committer, call `first` from a thread of its own, then submit an
+    innocent operation that counts its runs; release once `first` is queued or done.
+    Returns `first`'s future and the innocent operation's runs."""
+    committer = vault._committer
+    assert committer is not None
+    held, release, runs = threading.Event(), threading.Event(), []
+
+    def hold(_c: Connection) -> None:
+        held.set()
+        release.wait(10)
+
+    def innocent(_c: Connection) -> str:
+        runs.append(1)
+        return "answered"
+
+    pool = ThreadPoolExecutor(3)
+    holder = pool.submit(committer.run, hold)
+    assert held.wait(10)
+    attacker = pool.submit(first)
+    while not committer._queue and not attacker.done():
+        threading.Event().wait(0.005)
+    queued = len(committer._queue)
+    victim = pool.submit(committer.run, innocent)
+    while len(committer._queue) <= queued:
+        threading.Event().wait(0.005)
+    release.set()
+    holder.result(10)
+    assert victim.result(30) == "answered"
+    pool.shutdown(wait=True)
+    return attacker, runs
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_spent_address_never_reruns_another_callers_group(vault: VaultService) -> None:
+    for _ in range(SPENT.burst):
+        vault.charge_rate(ADDRESS, SPENT)
+    attacker, runs = _in_a_held_group(vault, lambda: vault.charge_rate(ADDRESS, SPENT))
+    with pytest.raises(RateLimited):
+        attacker.result(30)
+    assert runs == [1], "the innocent operation ran again: the spent charge reran its group"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_early_refusal_never_refuses_what_the_bucket_allows(vault: VaultService) -> None:
+    """Held: every unit of the burst is granted, through the early check as before."""
+    roomy = RateLimit(per_second=0.001, burst=5)
+    for _ in range(roomy.burst):
+        vault.charge_rate("capture-session rev37c", roomy)
+    with pytest.raises(RateLimited):
+        vault.charge_rate("capture-session rev37c", roomy)
