@@ -24,8 +24,11 @@ from sqlalchemy import Connection, Engine
 from hsm.provider import HSMProvider
 from policies.errors import RateLimited
 from policies.models import RateLimit
+from tests.support.fake_acquirer import FakeAcquirer
 from tests.support.policies import vault_on
 from tests.vault.test_capture import POLICY
+from tests.vault.test_rate37_charge_locks import THIEF, _policy
+from vault.errors import RelayBodyInvalid
 from vault.service import VaultService
 
 SPENT = RateLimit(per_second=0.001, burst=2)
@@ -42,11 +45,11 @@ def vault(engine: Engine, softhsm_provider: HSMProvider) -> Iterator[VaultServic
 
 
 def _in_a_held_group(
-    vault: VaultService, first: Callable[[], object]
+    vault: VaultService, last: Callable[[], object]
 ) -> tuple[Future[object], list[int]]:
-    """Hold `vault`'s committer, call `first` from a thread of its own, then submit an
-    innocent operation that counts its runs; release once `first` is queued or done.
-    Returns `first`'s future and the innocent operation's runs."""
+    """Hold `vault`'s committer, submit an innocent operation that counts its runs,
+    then call `last` from a thread of its own; release once `last` is queued behind it
+    (one group) or done. Returns `last`'s future and the innocent operation's runs."""
     committer = vault._committer
     assert committer is not None
     held, release, runs = threading.Event(), threading.Event(), []
@@ -62,12 +65,11 @@ def _in_a_held_group(
     pool = ThreadPoolExecutor(3)
     holder = pool.submit(committer.run, hold)
     assert held.wait(10)
-    attacker = pool.submit(first)
-    while not committer._queue and not attacker.done():
-        threading.Event().wait(0.005)
-    queued = len(committer._queue)
     victim = pool.submit(committer.run, innocent)
-    while len(committer._queue) <= queued:
+    while not committer._queue:
+        threading.Event().wait(0.005)
+    attacker = pool.submit(last)
+    while len(committer._queue) < 2 and not attacker.done():
         threading.Event().wait(0.005)
     release.set()
     holder.result(10)
@@ -94,3 +96,27 @@ def test_the_early_refusal_never_refuses_what_the_bucket_allows(vault: VaultServ
         vault.charge_rate("capture-session rev37c", roomy)
     with pytest.raises(RateLimited):
         vault.charge_rate("capture-session rev37c", roomy)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_relay_body_without_its_token_never_reruns_another_callers_group(
+    engine: Engine, softhsm_provider: HSMProvider, acquirer: FakeAcquirer
+) -> None:
+    """A relay whose body holds no token at the route's pointer was refused inside its
+    transaction: its charge rolled back with it (the call cost nothing, so the early
+    check never refused the next) and so did the whole commit group, every other
+    caller's operation run again. A certificate allowed one route could rerun every
+    group it reached, without limit. Now the body is refused before the committer."""
+    relayer = vault_on(engine, softhsm_provider, _policy(acquirer))
+    try:
+        for body in ({}, {"card": {}}, {"card": {"number": 4111}}):
+            sent = len(acquirer.received)
+            attacker, runs = _in_a_held_group(
+                relayer, lambda body=body: relayer.relay(THIEF, "acq", body)
+            )
+            with pytest.raises(RelayBodyInvalid):
+                attacker.result(30)
+            assert runs == [1], f"{body}: the relay's refusal reran the innocent operation"
+            assert len(acquirer.received) == sent
+    finally:
+        relayer.close()

@@ -89,6 +89,20 @@ def _route_tokens(route: RelayRoute, body: Any) -> list[str]:
     return found
 
 
+def _refuse_tokenless(route: RelayRoute, body: Any) -> None:
+    """Raise `RelayBodyInvalid` unless `body` holds a token (text) at each pointer the
+    route reads one from. Checked before the commit group (review rev37c): raised inside
+    it, as the reveal found the pointer empty, the refusal rolled back the call's charge
+    (so it cost nothing and the early check never refused the next) and the whole group,
+    every other caller's operation in it run again: one route let a certificate rerun
+    every group it reached, without limit."""
+    for pointer in route.detokenize:
+        if not isinstance(get_pointer(body, pointer), str):
+            raise RelayBodyInvalid(f"the body has no token at {pointer}")
+    if route.card is not None and not isinstance(get_pointer(body, route.card.number), str):
+        raise RelayBodyInvalid(f"the body has no card token at {route.card.number}")
+
+
 class RelayOperations(TokenizeOperations):
     """Relay operations of the vault."""
 
@@ -135,6 +149,7 @@ class RelayOperations(TokenizeOperations):
         with contextlib.ExitStack() as held:
             try:
                 _refuse_deep(body)
+                _refuse_tokenless(route, body)
                 guessed = _route_tokens(route, body)
                 self._refuse_guessed(ctx, rules, guessed)
                 reveals = len(route.detokenize) + (0 if route.card is None else 1)
