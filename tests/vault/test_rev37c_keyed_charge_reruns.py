@@ -28,8 +28,11 @@ from tests.support.fake_acquirer import FakeAcquirer
 from tests.support.policies import vault_on
 from tests.vault.test_capture import POLICY
 from tests.vault.test_rate37_charge_locks import THIEF, _policy
+from tests.vault.test_relay_card import GETNET, _card, relay
 from vault.errors import RelayBodyInvalid
 from vault.service import VaultService
+
+__all__ = ["relay"]  # the fixture, imported for the test below
 
 SPENT = RateLimit(per_second=0.001, burst=2)
 ADDRESS = "capture-address rev37c-198.51.100.9"
@@ -120,3 +123,20 @@ def test_a_relay_body_without_its_token_never_reruns_another_callers_group(
             assert len(acquirer.received) == sent
     finally:
         relayer.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_card_detail_sent_by_the_caller_never_reruns_another_callers_group(
+    relay: VaultService, acquirer: FakeAcquirer
+) -> None:
+    """The same, for a detail the vault puts in (an expiry) that the body already
+    holds: refused whatever the token holds, but inside the transaction, found after
+    the token was read; now before the committer."""
+    token = _card(relay)
+    sent = len(acquirer.received)
+    body = {"card": {"number": token, "expiry": "1231"}}
+    attacker, runs = _in_a_held_group(relay, lambda: relay.relay(GETNET, "plain", body))
+    with pytest.raises(RelayBodyInvalid, match="already has a value"):
+        attacker.result(30)
+    assert runs == [1], "the relay's refusal reran the innocent operation"
+    assert len(acquirer.received) == sent

@@ -91,16 +91,28 @@ def _route_tokens(route: RelayRoute, body: Any) -> list[str]:
 
 def _refuse_tokenless(route: RelayRoute, body: Any) -> None:
     """Raise `RelayBodyInvalid` unless `body` holds a token (text) at each pointer the
-    route reads one from. Checked before the commit group (review rev37c): raised inside
-    it, as the reveal found the pointer empty, the refusal rolled back the call's charge
-    (so it cost nothing and the early check never refused the next) and the whole group,
+    route reads one from, and nothing where the vault puts a card's details. Checked
+    before the commit group (review rev37c): raised inside it, once the reveal found a
+    pointer empty or a detail sent, the refusal rolled back the call's charge (so it
+    cost nothing and the early check never refused the next) and the whole group,
     every other caller's operation in it run again: one route let a certificate rerun
     every group it reached, without limit."""
     for pointer in route.detokenize:
         if not isinstance(get_pointer(body, pointer), str):
             raise RelayBodyInvalid(f"the body has no token at {pointer}")
-    if route.card is not None and not isinstance(get_pointer(body, route.card.number), str):
+    if route.card is None:
+        return
+    if not isinstance(get_pointer(body, route.card.number), str):
         raise RelayBodyInvalid(f"the body has no card token at {route.card.number}")
+    for pointer in route.card.details().values():  # refused whatever the token holds
+        try:
+            get_pointer(body, pointer)
+        except RelayBodyInvalid:
+            continue
+        raise RelayBodyInvalid(
+            f"the body already has a value at {pointer}, where the vault puts the card's "
+            "details: send only the card token"
+        )
 
 
 class RelayOperations(TokenizeOperations):
