@@ -8,6 +8,7 @@ signer that the wiring injects (the HSM's audit key); `audit` itself never impor
 # an underscore is internal. tests/test_exported_members.py pins this list.
 __all__ = [
     "archive",
+    "archived_entries",
     "errors",
     "handover",
     "heads",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,6 +32,7 @@ from api.observability import (
 from api.pki import certificate_inventory
 from api.refusals import RefusalFlusher
 from api.tls import TLS12_CIPHERS
+from audit.archived_entries import archived_payloads
 from audit.errors import AuditWriteFailed
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.publisher import PublisherThread
@@ -554,4 +555,25 @@ def _evidence_sources(
         officer_ports=officer_ports(server.port, server.officer_ports),
         witness_quorum=settings.audit.quorum,
         relay_routes=relay_routes,  # the policy in force at export, not at start
+        archived_entries=_archived_entries(settings),
     )
+
+
+def _archived_entries(
+    settings: Settings,
+) -> Callable[[Collection[int]], Mapping[int, str]] | None:
+    """Reads retired leaves from the archive bucket (the originals of registrations
+    retention carried forward, `compliance._carried`); None when no bucket is set. The
+    bucket is reached at export only, with boto3's default credentials."""
+    archive = settings.archive
+    bucket = archive.bucket
+    if not bucket:
+        return None
+
+    def read(wanted: Collection[int]) -> Mapping[int, str]:
+        from infra_pci.objectstore import S3ObjectStore
+
+        objects = S3ObjectStore(bucket, region=archive.region, endpoint_url=archive.endpoint_url)
+        return archived_payloads(objects, archive.prefix, wanted)
+
+    return read

@@ -36,6 +36,7 @@ from cofre_evidence_verifier.bundle import (
     POLICY_ACTIONS,
     SIGNATURE,
 )
+from compliance._carried import stage_carried_originals
 from compliance._covering import covering_head
 from compliance._cutoff import sign_over_cutoff, write_cutoff
 from compliance._relay_cas import relay_ca_inventory
@@ -83,6 +84,10 @@ class EvidenceSources:
     # The policy in force's relay routes, read at export: their CA bundles join
     # `certificates` (4.2.1.1; `compliance._relay_cas`).
     relay_routes: Callable[[], Mapping[str, RelayRoute]] = dict
+    # The payloads of retired leaves, read from the archive in the object store
+    # (`audit.archived_entries`): the originals of registrations retention carried
+    # forward (`compliance._carried`). None when no archive is configured.
+    archived_entries: Callable[[Collection[int]], Mapping[int, str]] | None = None
 
 
 def _blocks(start: int, end: int) -> list[tuple[int, int]]:
@@ -266,7 +271,15 @@ def write_bundle(
     size = covering.tree_size
     staging = _Staging()
     try:
-        _stream_log(staging, store, start=start, end=end, size=size, page_size=page_size)
+        _stream_log(
+            staging,
+            store,
+            sources.archived_entries,
+            start=start,
+            end=end,
+            size=size,
+            page_size=page_size,
+        )
         _stage_boundaries(staging, store, start=start, end=end, size=size)
         policy_text = _stream_policy_versions(
             staging, engine, store, start=start, end=end, size=size
@@ -393,10 +406,20 @@ def _stage_sources(
 
 
 def _stream_log(
-    staging: _Staging, store: AuditStore, *, start: int, end: int, size: int, page_size: int
+    staging: _Staging,
+    store: AuditStore,
+    archived: Callable[[Collection[int]], Mapping[int, str]] | None,
+    *,
+    start: int,
+    end: int,
+    size: int,
+    page_size: int,
 ) -> None:
     """Stream the period's entries, the heads up to the covering one, the subtree hashes
-    around the period and the inclusion proofs, each in keyset pages."""
+    around the period and the inclusion proofs, each in keyset pages; and the originals
+    of registrations retention carried forward, from the database or the `archived`
+    leaves (`compliance._carried`)."""
+    stage_carried_originals(staging.add, store, archived, start=start, end=end, size=size)
     entries = staging.member("audit/entries.jsonl")
     at = start
     while at < end:

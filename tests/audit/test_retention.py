@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from audit.archive import archive_log, segment_key, verify_archive
+from audit.archived_entries import archived_payloads
 from audit.errors import ProofError, RetentionRefused
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.partitions import ensure_partitions, monthly_partitions
@@ -191,8 +192,14 @@ def test_no_evidence_bundle_claims_a_period_whose_entries_were_retired(
     sequence(pg, signer)
     archive_log(pg, s3, prefix=PREFIX, max_entries=8)
     retire_partitions(pg, s3, PREFIX, pem, online_months=3, now=NOW)
+    # The archive the retire's carried registrations are proven from (session 37).
     sources = EvidenceSources(
-        key_inventory=dict, ceremonies=list, settings={}, tls_settings={}, certificates=[]
+        key_inventory=dict,
+        ceremonies=list,
+        settings={},
+        tls_settings={},
+        certificates=[],
+        archived_entries=lambda wanted: archived_payloads(s3, PREFIX, wanted),
     )
 
     def bundle(period_from: datetime, period_to: datetime) -> bytes:

@@ -110,16 +110,18 @@ def test_an_init_after_an_adoption_fails(tmp_path: Path) -> None:
 
 
 def test_a_carried_forward_record_is_named_as_one(tmp_path: Path) -> None:
-    """Retention carries a key's last record forward; the bundle does not prove the
-    entry it copies, so the line says what to compare it with."""
+    """Retention carries a key's last record forward; a bundle that does not carry the
+    entry it copies with its proof (`audit/carried.jsonl`) fails it, naming the carry
+    (tests/audit/test_ret37_carried_registrations.py: one that does verifies)."""
     log = [*_hsm_init(), *day_log(10, DAY)]
     log.insert(12, _register("cofre-kek-v1", "cofre hsm init", "04:30:00", carried_forward_from=1))
     [problem] = _problems(_verify(log, 8, tmp_path))
-    assert "carries forward entry 1" in problem, problem
+    assert "carried forward by retention from entry 1" in problem, problem
+    assert "does not carry entry 1 with its inclusion proof" in problem, problem
     how = f"created by key ceremony {CEREMONY}"
     log[12] = _register("cofre-kek-v2", how, "04:30:00", carried_forward_from=9)
     [problem] = _problems(_verify(log, 8, tmp_path))
-    assert "carries forward entry 9" in problem, problem
+    assert "carried forward by retention from entry 9" in problem, problem
 
 
 def test_rotations_after_the_first_start_still_verify(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ PROVEN_BY_THE_LOG: Final = frozenset(
         "audit/inclusion.jsonl",
         "audit/consistency.json",
         "audit/handovers.jsonl",
+        "audit/carried.jsonl",
         "policy/versions.jsonl",
         "policy/policy.toml",
         "keys/custody.json",

@@ -31,6 +31,10 @@ kind first registered after that start, is a key put into use with no ceremony (
 the label's last record wins, so the vault used the new key, and the bundle VERIFIED).
 The kinds are fixed by the software version, and a lost version-1 key is restored from
 the HSM's backup, never made again (docs/key-ceremony.md).
+
+A registration `cofre audit retire` carried forward (``details.carried_forward_from``)
+is neither: it counts only as an exact copy of an earlier registration of its label
+that the bundle proves in the log (`cofre_evidence_verifier.carried`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from bisect import bisect_right
 from typing import Any, Final
 
 from cofre_evidence_verifier.bundle import Files, Heads
+from cofre_evidence_verifier.carried import FROM, Originals, carry_problem, proven_originals
 from cofre_evidence_verifier.dual_control_log import (
     START,
     entry_details,
@@ -139,19 +144,6 @@ def _next_start(
     return None
 
 
-def _carried(entry: dict[str, Any]) -> str:
-    """What to add to a problem with a registration `cofre audit retire` says it carried
-    forward (``details.carried_forward_from``): the bundle does not hold the entry it
-    copies, in a partition retention dropped, so the auditor compares them in the archive."""
-    carried = entry_details(entry).get("carried_forward_from")
-    if not isinstance(carried, int):
-        return ""
-    return (
-        f"; it says it carries forward entry {carried} (retention), which this bundle does "
-        "not prove: compare it with that entry in the archive"
-    )
-
-
 def _problem(  # noqa: PLR0917 - what the check found, in order
     pool: dict[int, dict[str, Any]],
     starts: dict[str | None, list[int]],
@@ -159,11 +151,16 @@ def _problem(  # noqa: PLR0917 - what the check found, in order
     found: tuple[str, str, int],
     used: set[int],
     first_adoption: bool,
+    carried: Originals | None,
 ) -> str | None:
     """Why the registration at `index` is not proven to come from a ceremony (or from
     the log's first start, `first_adoption`); None when it is (its start is then added
-    to `used`)."""
+    to `used`). A registration retention carried forward is judged by `carried`, the
+    bundle's proven originals (`cofre_evidence_verifier.carried`), else None."""
     label, kind, version = found
+    if carried is not None:
+        # A copy retention appended (`carried`): only as a copy of a proven original.
+        return carry_problem(carried, index, pool[index])
     how = entry_details(pool[index]).get("how")
     shown = f"entry {index} registers {label}"
     if (how == _ADOPTED or version == 1) and first_adoption:
@@ -174,12 +171,12 @@ def _problem(  # noqa: PLR0917 - what the check found, in order
             "into use without a key ceremony (version 1 of each kind is made only at the "
             "log's first start; a lost key is restored from the HSM's backup, never made "
             "again, and the vault uses the label's last registration)"
-        ) + _carried(pool[index])
+        )
     if not isinstance(how, str) or not how.startswith(_BY_CEREMONY):
         return (
             f"key registrations: {shown} ({how!r}) outside any key ceremony: a key put into "
             "use with no officer's approval (the vault uses the newest registered version)"
-        ) + _carried(pool[index])
+        )
     ceremony = how.removeprefix(_BY_CEREMONY)
     # The first start of the ceremony after the registration: the vault writes both in
     # one transaction, and a ceremony started twice fails check 6c anyway.
@@ -194,7 +191,7 @@ def _problem(  # noqa: PLR0917 - what the check found, in order
         f"ceremony rotating {kind} to version {version} follows it in the period (or its "
         "start already accounts for another registration): a key put into use with no "
         "officer's approval"
-    ) + _carried(pool[index])
+    )
 
 
 def check_key_registrations(
@@ -212,6 +209,7 @@ def check_key_registrations(
     first, end = manifest["entries"]["first_index"], manifest["entries"]["end_index"]
     period = {index for index in pool if first <= index < end}
     starts, used = _starts(pool, period), set[int]()
+    originals = proven_originals(files, size, base64.b64decode(head["root_hash"]))
     problems, tied = [], []
     # The vault adopts only into an empty registry, at its first start: an adoption is
     # that start's only while the bundle holds the log from its first entry and nothing
@@ -224,9 +222,14 @@ def check_key_registrations(
         found = _governed(pool[index])
         if found is None:
             continue
-        problem = _problem(pool, starts, index, found, used, first_adoption)
+        carried = FROM in entry_details(pool[index])
+        problem = _problem(
+            pool, starts, index, found, used, first_adoption, originals if carried else None
+        )
         if problem is None:
-            tied.append(f"{found[0]} (entry {index})")
+            via = entry_details(pool[index])[FROM] if carried else None
+            retained = "" if via is None else f", carried forward by retention from entry {via}"
+            tied.append(f"{found[0]} (entry {index}{retained})")
         else:
             problems.append(problem)
     for problem in problems[:MAX_LISTED]:
@@ -239,5 +242,6 @@ def check_key_registrations(
             "key_registrations",
             f"key registrations: {len(tied)} key{'' if len(tied) == 1 else 's'} put into use "
             f"in the period, each by the key ceremony whose start follows it (or registered "
-            f"at the log's first start){named}",
+            "at the log's first start, or a proven copy of an earlier registration that "
+            f"retention carried forward){named}",
         )
