@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,13 +23,15 @@ import pytest
 from sqlalchemy import Engine
 
 from audit.archive import archive_log
-from audit.archived_entries import archived_payloads
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.retention import retire_partitions
 from audit.sequencer import Sequencer
+from cofre.settings import ArchiveSettings, Settings
+from cofre_cli.wiring import _archived_entries
 from cofre_evidence_verifier.cli import main
 from compliance.export import EvidenceSources, export_bundle
 from infra_pci.objectstore import S3ObjectStore
+from tests.audit.conftest import BUCKET
 from tests.audit.test_archive import PREFIX, sequence
 from tests.audit.test_partitions import append_at
 from tests.audit.test_retention import NOW, _old_log, pg  # noqa: F401 - `pg` is a fixture
@@ -95,23 +96,21 @@ def _register(engine: Engine, label: str, carried_from: int, check: str) -> None
 def _verify(
     engine: Engine,
     signer: HSMTreeHeadSigner,
-    s3: S3ObjectStore | None,
+    bucket: str | None,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> tuple[int, str]:
     """Export the period as the vault does and run `cofre-verify` on it."""
 
-    def archived(wanted: Collection[int]) -> Mapping[int, str]:
-        assert s3 is not None
-        return archived_payloads(s3, PREFIX, wanted)
-
+    # The vault's own wiring reads the bucket its settings name (none: no archive).
+    archive = ArchiveSettings(bucket=bucket, prefix=PREFIX)
     sources = EvidenceSources(
         key_inventory=dict,
         ceremonies=list,
         settings={},
         tls_settings={},
         certificates=[],
-        archived_entries=None if s3 is None else archived,
+        archived_entries=_archived_entries(Settings(archive=archive)),
     )
     with export_bundle(
         engine,
@@ -141,7 +140,7 @@ def test_a_bundle_covering_a_genuine_retire_verifies(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     _retired_log(pg, signer, s3)
-    status, out = _verify(pg, signer, s3, tmp_path, capsys)
+    status, out = _verify(pg, signer, BUCKET, tmp_path, capsys)
     assert status == 0, out
     # VERIFIED (the unsafe part: this test runs no witness).
     assert out.startswith("VERIFIED, UNSAFE: no witness cosignature was checked\n"), out
@@ -152,19 +151,29 @@ def test_a_bundle_covering_a_genuine_retire_verifies(
     ) in out, out
 
 
-def test_an_unreachable_archive_fails_closed_and_says_so(
+@pytest.mark.parametrize(
+    ("bucket", "why"),
+    [
+        (None, "the exporter could not read entry 0: no archive configured"),
+        ("cofre-no-such-bucket", "the exporter could not read entry 0: the archive could not"),
+    ],
+)
+def test_an_unreachable_archive_fails_closed_and_says_so(  # noqa: PLR0917 - fixtures, case
     pg: Engine,  # noqa: F811 - the fixture
     signer: HSMTreeHeadSigner,
     s3: S3ObjectStore,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    bucket: str | None,
+    why: str,
 ) -> None:
     _retired_log(pg, signer, s3)
-    status, out = _verify(pg, signer, None, tmp_path, capsys)
+    status, out = _verify(pg, signer, bucket, tmp_path, capsys)
     assert status == 1, out
     assert "VERIFIED" not in out
-    assert "the exporter could not read entry 0" in out, out
-    assert "no archive configured" in out, out
+    problems = [line for line in out.splitlines() if "key registrations:" in line]
+    assert len(problems) == 2, out  # both carries, each failed closed
+    assert why in problems[0], problems[0]
 
 
 @pytest.mark.parametrize(
@@ -194,7 +203,7 @@ def test_a_forged_carried_registration_fails(  # noqa: PLR0917 - the forgery's p
 ) -> None:
     _retired_log(pg, signer, s3)
     _register(pg, label, carried_from, check)
-    status, out = _verify(pg, signer, s3, tmp_path, capsys)
+    status, out = _verify(pg, signer, BUCKET, tmp_path, capsys)
     assert status == 1, out
     assert "VERIFIED" not in out
     problems = [line for line in out.splitlines() if "key registrations:" in line]
