@@ -7,12 +7,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cofre_evidence_verifier.report import Report
-from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import ORIGIN, build, day_log, payload
+from tests.support.evidence_bundles import (
+    REGISTRATION_CEREMONY,
+    REGISTRATION_DAY,
+    day_log,
+    payload,
+    registration_problems,
+    rotation_start,
+    verify_log,
+)
 
-DAY = "2026-03-01"
-CEREMONY = "5b8e0f6a-3c2d-4e1f-9a7b-2c3d4e5f6a7b"
+DAY = REGISTRATION_DAY
+CEREMONY = REGISTRATION_CEREMONY
 
 
 def _register(label: str, how: str, at: str = "00:00:00") -> str:
@@ -20,28 +26,10 @@ def _register(label: str, how: str, at: str = "00:00:00") -> str:
     return payload("key.register", f"{DAY}T{at}.000000Z", key_id=label, details=details)
 
 
-def _start(new_version: int, kind: str = "kek") -> str:
-    details = {"kind": kind, "old_version": new_version - 1, "new_version": new_version}
-    return payload(
-        "key.rotation.start", f"{DAY}T04:45:00.000000Z", key_id=CEREMONY, details=details
-    )
-
-
-def _verify(log: list[str], start: int, tmp_path: Path) -> Report:
-    bundle = build(log, start, len(log))
-    return verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, unsafe_no_witnesses=True, origin=ORIGIN
-    )
-
-
-def _problems(report: Report) -> list[str]:
-    return [p for p in report.problems if p.startswith("key registrations:")]
-
-
 def test_the_first_start_adopting_later_versions_verifies(tmp_path: Path) -> None:
     """A vault's first start on a token holding kek-v2 adopts it with the rest."""
     adopted = [_register(label, "adopted at first start") for label in ("cofre-kek-v2",)]
-    report = _verify([*adopted, *day_log(10, DAY)], 0, tmp_path)
+    report = verify_log([*adopted, *day_log(10, DAY)], 0, tmp_path)
     assert report.ok, report.problems
     assert "key_registrations" in report.passed_checks
 
@@ -54,9 +42,9 @@ def test_an_adoption_after_another_registration_fails(tmp_path: Path) -> None:
         _register("cofre-kek-v2", "adopted at first start", "00:00:01"),
         *day_log(10, DAY),
     ]
-    report = _verify(log, 0, tmp_path)
+    report = verify_log(log, 0, tmp_path)
     assert not report.ok
-    [problem] = _problems(report)
+    [problem] = registration_problems(report)
     assert "cofre-kek-v2" in problem
     assert "outside any key ceremony" in problem
 
@@ -64,8 +52,8 @@ def test_an_adoption_after_another_registration_fails(tmp_path: Path) -> None:
 def test_an_adoption_in_a_bundle_not_from_the_log_start_fails(tmp_path: Path) -> None:
     log = [*day_log(10, DAY)]
     log.insert(5, _register("cofre-fp-v2", "adopted at first start", "04:30:00"))
-    report = _verify(log, 3, tmp_path)
-    assert [p for p in _problems(report) if "cofre-fp-v2" in p], report.problems
+    report = verify_log(log, 3, tmp_path)
+    assert [p for p in registration_problems(report) if "cofre-fp-v2" in p], report.problems
 
 
 def test_a_registration_must_match_its_ceremony_start(tmp_path: Path) -> None:
@@ -73,16 +61,16 @@ def test_a_registration_must_match_its_ceremony_start(tmp_path: Path) -> None:
     for one registration (a second key under the same ceremony is a substitute)."""
     how = f"created by key ceremony {CEREMONY}"
     log = [*day_log(10, DAY)]
-    log[5:5] = [_register("cofre-kek-v2", how, "04:30:00"), _start(3)]
-    report = _verify(log, 1, tmp_path)
-    [problem] = _problems(report)
+    log[5:5] = [_register("cofre-kek-v2", how, "04:30:00"), rotation_start(3)]
+    report = verify_log(log, 1, tmp_path)
+    [problem] = registration_problems(report)
     assert "registers cofre-kek-v2" in problem
     assert "rotating kek to version 2" in problem
     log = [*day_log(10, DAY)]
     twice = [_register("cofre-kek-v2", how, f"04:30:0{n}") for n in (0, 1)]
-    log[5:5] = [*twice, _start(2)]
-    report = _verify(log, 1, tmp_path)
-    [problem] = _problems(report)
+    log[5:5] = [*twice, rotation_start(2)]
+    report = verify_log(log, 1, tmp_path)
+    [problem] = registration_problems(report)
     assert "entry 6 registers cofre-kek-v2" in problem, problem
 
 
@@ -92,7 +80,7 @@ def test_other_labels_are_not_registrations_of_a_ceremony(tmp_path: Path) -> Non
     37: tests/cofre_evidence_verifier/test_reg37_version_one.py.)"""
     log = [*day_log(10, DAY)]
     log[5:5] = [_register("cofre-csc-e494520", "security-code epoch", "04:30:01")]
-    report = _verify(log, 1, tmp_path)
+    report = verify_log(log, 1, tmp_path)
     assert report.ok, report.problems
     assert any("0 keys put into use" in c for c in report.checks), report.checks
 
@@ -102,20 +90,22 @@ def test_a_ceremony_id_the_log_masked_still_ties_its_registration(tmp_path: Path
     decimal) but keeps the start's `key_id` whole: the registration's `how` is matched
     in its masked form."""
     ceremony = "5b8e0f6a-3c2d-4e1f-9a7b-123456789012"
-    start = _start(2).replace(CEREMONY, ceremony)
+    start = rotation_start(2).replace(CEREMONY, ceremony)
     log = [*day_log(10, DAY)]
     masked = "created by key ceremony 5b8e0f6a-3c2d-4e1f-9a7b-12******9012"
     log[5:5] = [_register("cofre-kek-v2", masked, "04:30:00"), start]
-    report = _verify(log, 1, tmp_path)
-    assert _problems(report) == []
+    report = verify_log(log, 1, tmp_path)
+    assert registration_problems(report) == []
     assert "key_registrations" in report.passed_checks
     other = masked.replace("-9a7b-", "-9a7c-")
     log[5] = _register("cofre-kek-v2", other, "04:30:00")
-    assert _problems(_verify(log, 1, tmp_path)), "a masked id of another ceremony counted"
+    assert registration_problems(verify_log(log, 1, tmp_path)), (
+        "a masked id of another ceremony counted"
+    )
 
 
 def test_a_label_the_vault_parses_is_checked_as_the_vault_parses_it(tmp_path: Path) -> None:
     """The vault's label pattern ends in `$`, which also takes a final newline."""
     log = [*day_log(10, DAY)]
     log.insert(5, _register("cofre-kek-v2\n", "adopted at first start", "04:30:00"))
-    assert [p for p in _problems(_verify(log, 3, tmp_path)) if "cofre-kek-v2" in p]
+    assert [p for p in registration_problems(verify_log(log, 3, tmp_path)) if "cofre-kek-v2" in p]

@@ -10,12 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from cofre_evidence_verifier.report import Report
-from cofre_evidence_verifier.verify import verify_bundle
-from tests.support.evidence_bundles import ORIGIN, build, day_log, payload
+from tests.support.evidence_bundles import (
+    REGISTRATION_CEREMONY,
+    REGISTRATION_DAY,
+    day_log,
+    payload,
+    registration_problems,
+    rotation_start,
+    verify_log,
+)
 
-DAY = "2026-03-01"
-CEREMONY = "5b8e0f6a-3c2d-4e1f-9a7b-2c3d4e5f6a7b"
+DAY = REGISTRATION_DAY
+CEREMONY = REGISTRATION_CEREMONY
 INIT = ("cofre-kek-v1", "cofre-fp-v1", "cofre-audit-v1")
 
 
@@ -33,27 +39,9 @@ def _hsm_init() -> list[str]:
     return [e for label in INIT for e in (_created(label), _register(label, "cofre hsm init"))]
 
 
-def _start(new_version: int, kind: str) -> str:
-    details = {"kind": kind, "old_version": new_version - 1, "new_version": new_version}
-    return payload(
-        "key.rotation.start", f"{DAY}T04:45:00.000000Z", key_id=CEREMONY, details=details
-    )
-
-
-def _verify(log: list[str], start: int, tmp_path: Path) -> Report:
-    bundle = build(log, start, len(log))
-    return verify_bundle(
-        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, unsafe_no_witnesses=True, origin=ORIGIN
-    )
-
-
-def _problems(report: Report) -> list[str]:
-    return [p for p in report.problems if p.startswith("key registrations:")]
-
-
 def test_hsm_init_and_the_first_start_verify(tmp_path: Path) -> None:
     """The genuine first start: `cofre hsm init`'s registrations open the log."""
-    report = _verify([*_hsm_init(), *day_log(10, DAY)], 0, tmp_path)
+    report = verify_log([*_hsm_init(), *day_log(10, DAY)], 0, tmp_path)
     assert report.ok, report.problems
     [line] = [c for c in report.checks if c.startswith("key registrations:")]
     assert all(f"{label} (entry" in line for label in INIT), line
@@ -61,7 +49,7 @@ def test_hsm_init_and_the_first_start_verify(tmp_path: Path) -> None:
 
 def test_an_adoption_of_version_one_at_the_first_start_verifies(tmp_path: Path) -> None:
     adopted = [_register(label, "adopted at first start") for label in (*INIT, "cofre-kek-v2")]
-    report = _verify([*adopted, *day_log(10, DAY)], 0, tmp_path)
+    report = verify_log([*adopted, *day_log(10, DAY)], 0, tmp_path)
     assert report.ok, report.problems
 
 
@@ -73,9 +61,9 @@ def test_version_one_registered_again_after_the_first_start_fails(
     """The attack: the key destroyed and made again under its label, registered anew."""
     log = [*_hsm_init(), *day_log(10, DAY)]
     log.insert(12, _register(label, how, "04:30:00"))
-    report = _verify(log, 0, tmp_path)
+    report = verify_log(log, 0, tmp_path)
     assert not report.ok
-    [problem] = _problems(report)
+    [problem] = registration_problems(report)
     assert f"entry 12 registers {label}" in problem, problem
     assert "after the log's first start" in problem
     assert "without a key ceremony" in problem
@@ -85,10 +73,10 @@ def test_version_one_in_a_period_after_the_first_start_fails(tmp_path: Path) -> 
     """A period that starts after the first start holds no version-1 registration."""
     log = [*_hsm_init(), *day_log(10, DAY)]
     log.insert(12, _register("cofre-fp-v1", "cofre hsm init", "04:30:00"))
-    assert [p for p in _problems(_verify(log, 8, tmp_path)) if "cofre-fp-v1" in p]
+    assert [p for p in registration_problems(verify_log(log, 8, tmp_path)) if "cofre-fp-v1" in p]
     # Without it, the same later period verifies.
     del log[12]
-    assert _verify(log, 8, tmp_path).ok
+    assert verify_log(log, 8, tmp_path).ok
 
 
 def test_a_kind_first_registered_after_the_first_start_fails(tmp_path: Path) -> None:
@@ -96,7 +84,7 @@ def test_a_kind_first_registered_after_the_first_start_fails(tmp_path: Path) -> 
     kinds are fixed by the software version, so this is no first start."""
     log = [*_hsm_init()[:4], *day_log(10, DAY)]
     log.insert(8, _register("cofre-audit-v1", "cofre hsm init", "04:30:00"))
-    [problem] = _problems(_verify(log, 0, tmp_path))
+    [problem] = registration_problems(verify_log(log, 0, tmp_path))
     assert "registers cofre-audit-v1" in problem
 
 
@@ -105,7 +93,7 @@ def test_an_init_after_an_adoption_fails(tmp_path: Path) -> None:
     one before it. An init's registration after the adoption is not the first start."""
     adopted = [_register(label, "adopted at first start") for label in INIT[:2]]
     log = [*adopted, _register("cofre-audit-v1", "cofre hsm init"), *day_log(10, DAY)]
-    [problem] = _problems(_verify(log, 0, tmp_path))
+    [problem] = registration_problems(verify_log(log, 0, tmp_path))
     assert "entry 2 registers cofre-audit-v1" in problem, problem
 
 
@@ -115,12 +103,12 @@ def test_a_carried_forward_record_is_named_as_one(tmp_path: Path) -> None:
     (tests/audit/test_ret37_carried_registrations.py: one that does verifies)."""
     log = [*_hsm_init(), *day_log(10, DAY)]
     log.insert(12, _register("cofre-kek-v1", "cofre hsm init", "04:30:00", carried_forward_from=1))
-    [problem] = _problems(_verify(log, 8, tmp_path))
+    [problem] = registration_problems(verify_log(log, 8, tmp_path))
     assert "carried forward by retention from entry 1" in problem, problem
     assert "does not carry entry 1 with its inclusion proof" in problem, problem
     how = f"created by key ceremony {CEREMONY}"
     log[12] = _register("cofre-kek-v2", how, "04:30:00", carried_forward_from=9)
-    [problem] = _problems(_verify(log, 8, tmp_path))
+    [problem] = registration_problems(verify_log(log, 8, tmp_path))
     assert "carried forward by retention from entry 9" in problem, problem
 
 
@@ -128,8 +116,8 @@ def test_rotations_after_the_first_start_still_verify(tmp_path: Path) -> None:
     how = f"created by key ceremony {CEREMONY}"
     for kind, label in (("kek", "cofre-kek-v2"), ("fingerprint", "cofre-fp-v2")):
         log = [*_hsm_init(), *day_log(10, DAY)]
-        log[12:12] = [_register(label, how, "04:30:00"), _start(2, kind)]
-        report = _verify(log, 0, tmp_path)
+        log[12:12] = [_register(label, how, "04:30:00"), rotation_start(2, kind)]
+        report = verify_log(log, 0, tmp_path)
         # The synthetic ceremony has no signed requests: check 6c is not this test's.
-        assert _problems(report) == [], report.problems
+        assert registration_problems(report) == [], report.problems
         assert "key_registrations" in report.passed_checks

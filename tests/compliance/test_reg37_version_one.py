@@ -14,8 +14,6 @@ Real SoftHSM2 (the session's rotation token), the real exporter, the verifier's 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +24,12 @@ from audit.log import DetailValue
 from hsm.keys import KeyHierarchy, KeyKind, key_label
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
-from tests.support.vault_evidence import VAULT_ORIGIN, export_to, verify_by_vault_key, write_entry
+from tests.support.vault_evidence import (
+    export_to,
+    verifier_cli,
+    verify_by_vault_key,
+    write_entry,
+)
 from vault.key_registry import token_identities
 
 OPERATOR = "cofre hsm init"
@@ -58,18 +61,6 @@ def _replace_version_one(vault: VaultServer, provider: HSMProvider, how: str) ->
     return label
 
 
-def _cli(bundle: Path, pem: Path) -> subprocess.CompletedProcess[str]:
-    """The auditor's command (the witnesses are test_witnessed_evidence.py's)."""
-    command = [sys.executable, "-m", "cofre_evidence_verifier", str(bundle), "--public-key"]
-    return subprocess.run(
-        [*command, str(pem), "--unsafe-no-witness", "--origin", VAULT_ORIGIN],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize("how", [OPERATOR, "adopted at first start"])
 def test_a_version_one_key_replaced_mid_period_fails_the_bundle(
     vault: VaultServer, rotation_provider: HSMProvider, tmp_path: Path, how: str
@@ -94,7 +85,7 @@ def test_a_version_one_key_replaced_mid_period_fails_the_bundle(
     assert "without a key ceremony" in line, line
     pem = tmp_path / "audit.pem"
     pem.write_bytes(vault.runtime.sequencer.signer.public_key_pem())
-    result = _cli(bundle, pem)
+    result = verifier_cli(bundle, pem)
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout.startswith("FAILED\n")
     assert label in result.stdout

@@ -31,6 +31,8 @@ from cofre_evidence_verifier.note import (
     VerifierKey,
     ecdsa_verifier_key,
 )
+from cofre_evidence_verifier.report import Report
+from cofre_evidence_verifier.verify import verify_bundle
 
 ORIGIN: Final = "cofre-audit/cofre"
 PERIOD: Final = ("2026-03-01T00:00:00.000000Z", "2026-03-02T00:00:00.000000Z")
@@ -384,3 +386,32 @@ def chained(
         {"size1": split + 1, "size2": len(full), "proof": proof}
     ).encode()
     return first, second
+
+
+# Check 6d's synthetic bundles (key registrations and the ceremony starts they need).
+REGISTRATION_DAY: Final = "2026-03-01"
+REGISTRATION_CEREMONY: Final = "5b8e0f6a-3c2d-4e1f-9a7b-2c3d4e5f6a7b"
+
+
+def rotation_start(new_version: int, kind: str = "kek") -> str:
+    """A `key.rotation.start` of `REGISTRATION_CEREMONY` to `new_version` of `kind`."""
+    details = {"kind": kind, "old_version": new_version - 1, "new_version": new_version}
+    return payload(
+        "key.rotation.start",
+        f"{REGISTRATION_DAY}T04:45:00.000000Z",
+        key_id=REGISTRATION_CEREMONY,
+        details=details,
+    )
+
+
+def verify_log(log: list[str], start: int, tmp_path: Path) -> Report:
+    """`log` as a bundle whose period starts at entry `start`, verified (witnesses aside)."""
+    bundle = build(log, start, len(log))
+    return verify_bundle(
+        bundle.write(tmp_path / "b.tar.gz"), bundle.key.pem, unsafe_no_witnesses=True, origin=ORIGIN
+    )
+
+
+def registration_problems(report: Report) -> list[str]:
+    """Check 6d's problem lines of `report`."""
+    return [p for p in report.problems if p.startswith("key registrations:")]

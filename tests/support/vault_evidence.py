@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -152,3 +154,16 @@ def write_handover(
         "tree_size": 1,
     }
     write_entry(vault, "audit.key.handover", actor, new_key, details)
+
+
+def verifier_cli(bundle: Path, pem: Path) -> subprocess.CompletedProcess[str]:
+    """The auditor's command on `bundle` with the audit key `pem`, for the test vaults'
+    origin, witnesses aside (their checks are test_witnessed_evidence.py's)."""
+    command = [sys.executable, "-m", "cofre_evidence_verifier", str(bundle), "--public-key"]
+    return subprocess.run(
+        [*command, str(pem), "--unsafe-no-witness", "--origin", VAULT_ORIGIN],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
