@@ -21,7 +21,7 @@ import pytest
 
 from api.lifecycle import INTERRUPTED_SECONDS, LEFT_CALLS_SECONDS
 from cofre.settings import load_settings
-from tests.support.kustomize import pod_settings, pod_spec, render
+from tests.support.kustomize import pod_settings, pod_spec, render, workloads
 from witness.server import WitnessConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -321,7 +321,8 @@ def test_exports_stage_on_disk_of_a_documented_size(target: str) -> None:
 @pytest.mark.parametrize("target", TARGETS)
 def test_pods_are_locked_down(target: str) -> None:
     objects = _objects(target)
-    for name in ("Deployment/cofre", "Job/cofre-migrate"):
+    assert {"Deployment/cofre", "Job/cofre-migrate"} <= set(workloads(objects))
+    for name in workloads(objects):
         pod = pod_spec(objects[name])
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -383,10 +384,9 @@ def test_production_uses_cloudhsm_and_rds_iam() -> None:
 def test_every_referenced_secret_and_configmap_is_documented() -> None:
     docs = (ROOT / "docs" / "operations.md").read_text()
     for target in TARGETS:
-        for name, obj in _objects(target).items():
-            if not name.startswith(("Deployment/", "Job/")):
-                continue
-            for volume in pod_spec(obj)["volumes"]:
+        objects = _objects(target)
+        for name in workloads(objects):
+            for volume in pod_spec(objects[name])["volumes"]:
                 ref = volume.get("secret", {}).get("secretName") or volume.get("configMap", {}).get(
                     "name"
                 )

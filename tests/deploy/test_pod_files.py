@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.deploy.test_manifests import K8S, ROOT, TARGETS
-from tests.support.kustomize import pod_settings, pod_spec, render
+from tests.support.kustomize import WORKLOADS, pod_settings, pod_spec, render
 
 # The image's `USER 10001:10001` (deploy/Dockerfile), when the pod names no user.
 IMAGE_UID = 10001
@@ -84,7 +84,7 @@ def test_every_mounted_secret_and_config_file_is_readable_by_the_process(target:
     for name, obj in {
         f"{o['kind']}/{o['metadata']['name']}": o for o in render(K8S / target)
     }.items():
-        if obj["kind"] not in ("Deployment", "Job"):
+        if obj["kind"] not in WORKLOADS:
             continue
         pod = pod_spec(obj)
         for container, volume, path in _mounted_volumes(obj):
@@ -101,7 +101,7 @@ def test_no_mounted_secret_is_readable_by_every_user(target: str) -> None:
     """`cofre serve` refuses a PIN file or TLS key that other users can read
     (`cofre.filemodes.refuse_readable_secrets`): a Secret volume must not be `o+r`."""
     for obj in render(K8S / target):
-        if obj["kind"] not in ("Deployment", "Job"):
+        if obj["kind"] not in WORKLOADS:
             continue
         pod = pod_spec(obj)
         for _container, volume, path in _mounted_volumes(obj):
@@ -129,7 +129,7 @@ def test_every_documented_ca_file_is_in_a_documented_secret() -> None:
     mounts = {
         (mount, volume["secret"]["secretName"])
         for obj in render(K8S / "overlays/production")
-        if obj["kind"] in ("Deployment", "Job")
+        if obj["kind"] in WORKLOADS
         for _container, volume, mount in _mounted_volumes(obj)
         if "secret" in volume
     }

@@ -14,7 +14,7 @@ import pytest
 from cofre.settings import unknown_variables
 from hsm.library import is_softhsm
 from tests.deploy.test_manifests import DEPLOY, K8S, ROOT, TARGETS
-from tests.support.kustomize import pod_settings, pod_spec, render
+from tests.support.kustomize import pod_settings, pod_spec, render, workloads
 
 OVERLAYS = [target for target in TARGETS if target.startswith("overlays/")]
 # The node label and taint that set the CDE's nodes apart (docs/operations.md, "Deploy
@@ -91,7 +91,7 @@ def test_cde_pods_run_on_cde_nodes_that_run_nothing_else(target: str) -> None:
     tolerates every taint: a node tainted for anything else would take them)."""
     key, value = CDE_LABEL
     objects = _objects(target)
-    for name in ("Deployment/cofre", "Job/cofre-migrate"):
+    for name in workloads(objects):
         pod = pod_spec(objects[name])
         assert pod.get("nodeSelector", {}).get(key) == value, f"{target} {name}"
         tolerations = pod.get("tolerations", [])
@@ -201,7 +201,7 @@ def test_no_service_link_variable_stops_a_pod(target: str) -> None:
     objects = _objects(target)
     services = [o for o in objects.values() if o["kind"] == "Service"]
     links = set().union(*(_service_links(service) for service in services))
-    for name in ("Deployment/cofre", "Job/cofre-migrate"):
+    for name in workloads(objects):
         pod = pod_spec(objects[name])
         if pod.get("enableServiceLinks", True) is False:
             continue

@@ -89,23 +89,42 @@ def _merge(base: Any, patch: Any, field: str = "") -> Any:
 
 def _containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
     spec = obj.get("spec", {})
+    if "jobTemplate" in spec:  # a CronJob: its Job's pod
+        spec = spec["jobTemplate"].get("spec", {})
     pod = spec.get("template", {}).get("spec", {}) if "template" in spec else {}
     return [*pod.get("containers", []), *pod.get("initContainers", [])]
 
 
+# The kinds whose objects run pods of the vault's image (a CronJob's through its Job).
+WORKLOADS = ("Deployment", "Job", "CronJob")
+
+
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
-    spec: dict[str, Any] = obj["spec"]["template"]["spec"]
-    return spec
+    """The pod spec of a Deployment, a Job or a CronJob (its jobTemplate's)."""
+    spec = obj["spec"]
+    if obj["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    pod: dict[str, Any] = spec["template"]["spec"]
+    return pod
+
+
+def workloads(objects: dict[str, dict[str, Any]]) -> list[str]:
+    """The `Kind/name` keys of the rendered `objects` that run pods."""
+    return [name for name, obj in objects.items() if obj["kind"] in WORKLOADS]
 
 
 def pod_settings(
-    objects: dict[str, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    objects: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    workload: str = "Deployment/cofre",
 ) -> Settings:
-    """The settings the vault container of rendered `objects` (keyed `Kind/name`) loads:
-    its ConfigMap's `cofre.toml` and its `env`, and no COFRE_ variable of this process."""
+    """The settings the container of `workload` (the vault's by default) of rendered
+    `objects` (keyed `Kind/name`) loads: the `cofre-config` ConfigMap's `cofre.toml` and
+    its `env`, and no COFRE_ variable of this process."""
     config = tmp_path / "cofre.toml"
     config.write_text(objects["ConfigMap/cofre-config"]["data"]["cofre.toml"])
-    (vault,) = pod_spec(objects["Deployment/cofre"])["containers"]
+    (vault,) = pod_spec(objects[workload])["containers"]
     for key in [k for k in os.environ if k.startswith("COFRE_")]:
         monkeypatch.delenv(key)
     for env in vault["env"]:
