@@ -103,3 +103,37 @@ def one_answered_one_409_in_one_group(
     answered = [o for o in outcomes if isinstance(o, TokenRecord)]
     refused = [o for o in outcomes if isinstance(o, IdempotencyConflict)]
     assert (len(answered), len(refused)) == (1, 1), outcomes
+
+
+def in_a_held_group(
+    vault: VaultService, last: Callable[[], object]
+) -> tuple[Future[object], list[int]]:
+    """Hold `vault`'s committer, submit an innocent operation that counts its runs,
+    then call `last` from a thread of its own; release once `last` is queued behind it
+    (one group) or done. Returns `last`'s future and the innocent operation's runs."""
+    committer = vault._committer
+    assert committer is not None
+    held, release, runs = threading.Event(), threading.Event(), []
+
+    def hold(_c: Connection) -> None:
+        held.set()
+        release.wait(10)
+
+    def innocent(_c: Connection) -> str:
+        runs.append(1)
+        return "answered"
+
+    pool = ThreadPoolExecutor(3)
+    holder = pool.submit(committer.run, hold)
+    assert held.wait(10)
+    victim = pool.submit(committer.run, innocent)
+    while not committer._queue:
+        threading.Event().wait(0.005)
+    attacker = pool.submit(last)
+    while len(committer._queue) < 2 and not attacker.done():
+        threading.Event().wait(0.005)
+    release.set()
+    holder.result(10)
+    assert victim.result(30) == "answered"
+    pool.shutdown(wait=True)
+    return attacker, runs

@@ -14,17 +14,16 @@ tokenize and reveal calls in them."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
 from policies.errors import RateLimited
 from policies.models import RateLimit
 from tests.support.fake_acquirer import FakeAcquirer
+from tests.support.groups import in_a_held_group
 from tests.support.policies import vault_on
 from tests.vault.test_capture import POLICY
 from tests.vault.test_rate37_charge_locks import THIEF, _policy
@@ -47,45 +46,11 @@ def vault(engine: Engine, softhsm_provider: HSMProvider) -> Iterator[VaultServic
         service.close()
 
 
-def _in_a_held_group(
-    vault: VaultService, last: Callable[[], object]
-) -> tuple[Future[object], list[int]]:
-    """Hold `vault`'s committer, submit an innocent operation that counts its runs,
-    then call `last` from a thread of its own; release once `last` is queued behind it
-    (one group) or done. Returns `last`'s future and the innocent operation's runs."""
-    committer = vault._committer
-    assert committer is not None
-    held, release, runs = threading.Event(), threading.Event(), []
-
-    def hold(_c: Connection) -> None:
-        held.set()
-        release.wait(10)
-
-    def innocent(_c: Connection) -> str:
-        runs.append(1)
-        return "answered"
-
-    pool = ThreadPoolExecutor(3)
-    holder = pool.submit(committer.run, hold)
-    assert held.wait(10)
-    victim = pool.submit(committer.run, innocent)
-    while not committer._queue:
-        threading.Event().wait(0.005)
-    attacker = pool.submit(last)
-    while len(committer._queue) < 2 and not attacker.done():
-        threading.Event().wait(0.005)
-    release.set()
-    holder.result(10)
-    assert victim.result(30) == "answered"
-    pool.shutdown(wait=True)
-    return attacker, runs
-
-
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_spent_address_never_reruns_another_callers_group(vault: VaultService) -> None:
     for _ in range(SPENT.burst):
         vault.charge_rate(ADDRESS, SPENT)
-    attacker, runs = _in_a_held_group(vault, lambda: vault.charge_rate(ADDRESS, SPENT))
+    attacker, runs = in_a_held_group(vault, lambda: vault.charge_rate(ADDRESS, SPENT))
     with pytest.raises(RateLimited):
         attacker.result(30)
     assert runs == [1], "the innocent operation ran again: the spent charge reran its group"
@@ -114,7 +79,7 @@ def test_a_relay_body_without_its_token_never_reruns_another_callers_group(
     try:
         for body in ({}, {"card": {}}, {"card": {"number": 4111}}):
             sent = len(acquirer.received)
-            attacker, runs = _in_a_held_group(
+            attacker, runs = in_a_held_group(
                 relayer, lambda body=body: relayer.relay(THIEF, "acq", body)
             )
             with pytest.raises(RelayBodyInvalid):
@@ -135,7 +100,7 @@ def test_a_card_detail_sent_by_the_caller_never_reruns_another_callers_group(
     token = _card(relay)
     sent = len(acquirer.received)
     body = {"card": {"number": token, "expiry": "1231"}}
-    attacker, runs = _in_a_held_group(relay, lambda: relay.relay(GETNET, "plain", body))
+    attacker, runs = in_a_held_group(relay, lambda: relay.relay(GETNET, "plain", body))
     with pytest.raises(RelayBodyInvalid, match="already has a value"):
         attacker.result(30)
     assert runs == [1], "the relay's refusal reran the innocent operation"

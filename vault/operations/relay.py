@@ -105,6 +105,7 @@ def _refuse_tokenless(route: RelayRoute, body: Any) -> None:
     if not isinstance(get_pointer(body, route.card.number), str):
         raise RelayBodyInvalid(f"the body has no card token at {route.card.number}")
     for pointer in route.card.details().values():  # refused whatever the token holds
+        _refuse_unparented(body, pointer)
         try:
             get_pointer(body, pointer)
         except RelayBodyInvalid:
@@ -113,6 +114,22 @@ def _refuse_tokenless(route: RelayRoute, body: Any) -> None:
             f"the body already has a value at {pointer}, where the vault puts the card's "
             "details: send only the card token"
         )
+
+
+def _refuse_unparented(body: Any, pointer: str) -> None:
+    """Raise `RelayBodyInvalid` unless `body` has an object where the route puts the
+    card detail at `pointer` (`add_pointer` puts it there). Whatever the token holds
+    (fin37): refused only for a token holding the detail, inside the transaction, such
+    a body rolled back its group uncharged as those above did, and its answer told
+    whether the token held the detail. The body sent differs from `body` only in text
+    members, so what is an object in one is in the other."""
+    parent = pointer[: pointer.rfind("/")]
+    try:
+        holder = get_pointer(body, parent) if parent else body
+    except RelayBodyInvalid:
+        holder = None
+    if not isinstance(holder, dict):
+        raise RelayBodyInvalid(f"the body has no object to hold {pointer}")
 
 
 class RelayOperations(TokenizeOperations):
