@@ -40,6 +40,7 @@ from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied, RateLimited
 from policies.models import Action, IdentityPolicy, RateLimit
 from vault._fingerprints import Fingerprints
+from vault._suspected_buckets import SuspectedBuckets
 from vault._token_guesses import GuessedBuckets
 from vault.card import CardBundle, SecurityCode
 from vault.errors import (
@@ -120,6 +121,7 @@ class VaultCore(Fingerprints):
         self._hierarchy = KeyHierarchy(provider)
         self._limits = Limits()
         self._guessed = GuessedBuckets()  # `vault.operations._guesses`
+        self._suspected = SuspectedBuckets()  # `vault.operations._early`
         self._fp_versions: list[int] | None = None
         self._fp_read = 0.0
         self._fp_lock = threading.Lock()

@@ -10,9 +10,11 @@ groups with (issue 21's review: the reveals did, one rerun per refused call).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 from cofre.errors import CofreError
 from policies.models import IdentityPolicy, RateLimit
+from vault.errors import OracleSuspected
 from vault.models import CallContext
 from vault.operations._guesses import TokenGuesses
 
@@ -64,3 +66,43 @@ class EarlyRate(TokenGuesses):
         with contextlib.suppress(CofreError), self._storage(), self._engine.begin() as connection:
             now = self._clock().timestamp()
             self._limits.charge_rate(connection, ctx.identity, limit, cost, now)
+
+    def _refuse_suspected(
+        self,
+        ctx: CallContext,
+        rules: IdentityPolicy,
+        guarded: Sequence[tuple[bytes, bytes]],
+        cost: int,
+    ) -> None:
+        """Raise `OracleSuspected` before the commit group when one of `guarded`'s
+        (bucket, item) pairs is of a bucket this process saw the guard refuse the caller
+        (`_suspect`) and the guard, asked in a transaction of its own rolled back after,
+        refuses the call now; charges `cost` units as the refusal in the group does. A
+        card the caller already sent within the window is answered as before.
+
+        Why (fin37): the guard refuses in the group, after the call's HMACs, and the
+        refusal rolled the whole group back, every other caller's operation in it run
+        again: a certificate sending new cards of one full bucket reran a group with
+        every unit of its rate (tests/vault/test_fin37_oracle_reruns.py)."""
+        now = self._clock()
+        if not self._suspected.suspected(ctx.identity, [b for b, _ in guarded], now.timestamp()):
+            return
+        try:
+            with self._storage(), self._engine.connect() as connection:
+                asked = connection.begin()
+                try:
+                    self._limits.watch(connection, ctx.identity, rules.oracle_guard, guarded, now)
+                finally:
+                    asked.rollback()  # counts nothing: the group's own watch does
+        except OracleSuspected:
+            if cost:
+                self._charge_refused(ctx, rules, cost)
+            raise
+
+    def _suspect(
+        self, ctx: CallContext, guarded: Sequence[tuple[bytes, bytes]], refused: OracleSuspected
+    ) -> None:
+        """Remember `guarded`'s buckets as refused to the caller by the guard in a commit
+        group (`refused`), until it clears, for `_refuse_suspected`."""
+        clears_at = self._clock().timestamp() + refused.retry_after
+        self._suspected.learn(ctx.identity, [b for b, _ in guarded], clears_at)

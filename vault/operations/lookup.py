@@ -42,6 +42,8 @@ class LookupOperations(EarlyRate):
             self._check_luhn(pan)
             self._refuse_spent(ctx, rules, 1)  # before its HMAC
             fingerprints = self._fingerprints(pan.reveal())
+            guarded = [(oracle_bucket(pan), fingerprints[-1])]
+            self._refuse_suspected(ctx, rules, guarded, 1)  # before the group (fin37)
 
             def work(connection: Connection) -> list[TokenRecord]:
                 now = self._clock()
@@ -50,7 +52,7 @@ class LookupOperations(EarlyRate):
                     connection,
                     ctx.identity,
                     rules.oracle_guard,
-                    [(oracle_bucket(pan), fingerprints[-1])],
+                    guarded,
                     now,
                 )
                 query = select(tokens).where(
@@ -78,8 +80,9 @@ class LookupOperations(EarlyRate):
 
             try:
                 return self._transaction(work)
-            except OracleSuspected:  # after its HMAC: costs its unit all the same
+            except OracleSuspected as refused:  # after its HMAC: costs its unit all the same
                 self._charge_refused(ctx, rules, 1)
+                self._suspect(ctx, guarded, refused)
                 raise
 
     def _guessable_only_widely(self, token_format: str, pan_length: int) -> bool:

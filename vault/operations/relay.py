@@ -492,13 +492,16 @@ class RelayOperations(TokenizeOperations):
                 )
             except VaultError:
                 continue  # not a card this format takes: masked below like any other
+            guarded = [] if item.guard is None else [item.guard]
             try:
+                self._refuse_suspected(ctx, rules, guarded, 0)  # before the group (fin37)
                 (record,) = self._transaction(
                     functools.partial(
                         self._store_answered, ctx=ctx, rules=rules, domain=domain, item=item
                     )
                 )
             except OracleSuspected as exc:
+                self._suspect(ctx, guarded, exc)
                 # The call has gone upstream (an authorization may stand): its answer is
                 # given, this card masked in it like any other PAN.
                 details["response_tokenize"] = exc.code

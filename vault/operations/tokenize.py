@@ -153,6 +153,8 @@ class TokenizeOperations(TokenCandidates):
             if shopper:
                 for item in items:
                     item.as_shoppers()  # R28-3; its own oracle count (review 29)
+            guarded = [item.guard for item in items if item.guard is not None]
+            self._refuse_suspected(ctx, rules, guarded, len(items))  # before the group (fin37)
 
             def work(connection: Connection) -> list[TokenRecord] | VaultError:
                 now = self._clock()
@@ -180,8 +182,9 @@ class TokenizeOperations(TokenCandidates):
             with self._audited_refusal(ctx, action):
                 try:
                     answer = self._settle(submitted, work, merge)
-                except OracleSuspected:  # after its HMACs: costs its units all the same
+                except OracleSuspected as refused:  # after its HMACs: costs its units all the same
                     self._charge_refused(ctx, rules, len(items))
+                    self._suspect(ctx, guarded, refused)
                     raise
                 if isinstance(answer, VaultError):
                     raise answer

@@ -1,0 +1,64 @@
+"""The oracle-guard buckets this process saw refused, per identity (fin37).
+
+IN PCI SCOPE, as part of the vault's limits; it holds identities, hashed buckets and
+times, no card data and no token.
+
+The guard refuses a lookup or a convergent tokenize (and the card a relay's answer
+stores) inside the commit group, after the call's HMACs: the refusal rolls the whole
+group back and every other caller's operation in it runs again, one savepoint each. A
+certificate sending new cards of one full bucket did that with every unit of its rate
+(review rev37c left it as a bound). The process remembers the bucket of each such
+refusal until it clears, and the identity's next call of that bucket is checked against
+the guard before the group (`vault.operations._early.EarlyRate._refuse_suspected`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Final
+
+__all__ = ["SUSPECTED_ENTRIES", "SuspectedBuckets"]
+
+# The buckets one process remembers per identity. Past them the one clearing first is
+# let go: a bucket forgotten is only checked in the group again, where the guard still
+# refuses it (one rerun more), so no limit is lost.
+SUSPECTED_ENTRIES: Final = 4096
+
+
+class SuspectedBuckets:
+    """The guard buckets this process saw refused to each identity, and the second
+    each refusal clears."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # identity -> bucket -> the second its refusal clears.
+        self._until: dict[str, dict[bytes, float]] = {}
+
+    def learn(self, identity: str, buckets: Iterable[bytes], clears_at: float) -> None:
+        """Remember that the guard refused `identity` a call of `buckets` (one of them,
+        at least, is full) until `clears_at`."""
+        with self._lock:
+            held = self._until.setdefault(identity, {})
+            for bucket in buckets:
+                held[bucket] = max(clears_at, held.get(bucket, 0.0))
+            while len(held) > SUSPECTED_ENTRIES:
+                del held[min(held, key=held.__getitem__)]
+
+    def suspected(self, identity: str, buckets: Iterable[bytes], now: float) -> bool:
+        """Whether one of `buckets` was refused to `identity` and has not cleared by
+        `now`. Costs nothing for an identity the guard never refused."""
+        if identity not in self._until:
+            return False
+        with self._lock:
+            held = self._until.get(identity, {})
+            found = False
+            for bucket in buckets:
+                until = held.get(bucket)
+                if until is not None and until <= now:
+                    del held[bucket]
+                elif until is not None:
+                    found = True
+            if not held:
+                self._until.pop(identity, None)
+        return found
