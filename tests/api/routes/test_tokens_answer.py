@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
 from api.models import TokenizeBatchResponse
-from api.routes.tokens import _batch_json, _json, _token_fields
+from api.routes.tokens import _batch_json, _json, _token_fields, _token_json, _token_response
 from vault.models import TokenRecord
 
 
@@ -111,3 +111,27 @@ def test_a_value_of_another_type_is_refused_not_converted(field: str, value: obj
     # than guess.
     with pytest.raises(PydanticSerializationError):
         _batch_json([_fields(field, value)])
+
+
+def _one_reference(record: TokenRecord) -> tuple[bytes, dict[str, str]]:
+    """A single tokenize's answer as the route made it before session 38: its model
+    validated, then dumped."""
+    answer = _json(_token_response(record))
+    return bytes(answer.body), dict(answer.headers)
+
+
+@given(_records)
+@settings(max_examples=300, deadline=None)
+def test_a_single_answer_is_the_models_bytes(record: TokenRecord) -> None:
+    answer = _token_json(record)
+    assert (bytes(answer.body), dict(answer.headers)) == _one_reference(record)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("token", 4111), ("metadata", {"n": 1}), ("created_at", "2026-12-05"), ("existing", "yes")],
+)
+def test_a_single_answer_refuses_a_value_of_another_type(field: str, value: object) -> None:
+    record = TokenRecord(**_fields(field, value))  # type: ignore[arg-type]
+    with pytest.raises(PydanticSerializationError):
+        _token_json(record)
