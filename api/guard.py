@@ -102,7 +102,9 @@ class RequestGuard:
         # The access line's logger, bound once: the module's lazy proxy bound a new
         # logger at every call, ~1.5% of a worker's GIL samples under load even when the
         # level drops the line (issue 21). Starlette builds this middleware at the app's
-        # first request, after the server configured its logging (`cofre_cli.serving`).
+        # first call (the lifespan's start or the first request), after the server
+        # configured its logging (`cofre_cli.serving` configures it before building
+        # the app); the line follows the configuration in force then.
         self._log = _log.bind()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
