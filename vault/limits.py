@@ -13,7 +13,8 @@ one limit, not N.
   is locked for the commit only, not from the group's first operation on (issue 21: on
   PostgreSQL the other worker's group waited 10-14 ms a charge for that lock). If the
   sum is refused the group runs again with each operation charged at once, so exactly
-  the operations within the limit pass, as without the grouping.
+  the operations within the limit pass, as without the grouping; that run first locks
+  the group's rows in the same order (`vault._group_charges`, session 38).
 - **Quotas** are fixed UTC-day counters, bumped by a conditional ``UPDATE``.
 - **The oracle guard** remembers, per identity, BIN/last-four bucket and window, which
   distinct PANs (by their HMAC fingerprint) were sent where the answer depends on what
@@ -38,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
 from sqlalchemy import Connection, Table, and_, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -46,9 +47,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from policies.errors import RateLimited
 from policies.models import OracleGuard, Quota, RateLimit
 from vault._early_room import EARLY_ROOM_ENTRIES, EarlyRoom
+from vault._group_charges import GroupCharges
 from vault.errors import OracleSuspected, QuotaExceeded
 from vault.pan import Pan
-from vault.storage.groupcommit import before_commit
+from vault.storage.groupcommit import before_commit, before_rerun
 from vault.storage.rawsql import fetch_all, insert_rows
 from vault.storage.schema import oracle_watch, rate_state, usage_counters
 
@@ -232,57 +234,6 @@ def _oracle_suspected(
     )
 
 
-class _GroupCharges:
-    """The rate and quota charges of one commit group, summed per identity and bucket
-    (or quota), made just before its commit (`vault.storage.groupcommit.before_commit`)."""
-
-    def __init__(self, limits: Limits, connection: Connection) -> None:
-        self._limits = limits
-        self._connection = connection
-        # (identity, limit) -> [cost, latest now, clock]
-        self._sums: dict[tuple[str, RateLimit], list[Any]] = {}
-        # (identity, quota, counter) -> [cost, latest now]
-        self._quotas: dict[tuple[str, Quota, str], list[Any]] = {}
-
-    def add_quota(
-        self, identity: str, quota: Quota, cost: int, now: datetime, counter: str
-    ) -> None:
-        held = self._quotas.setdefault((identity, quota, counter), [0, now])
-        held[0] += cost
-        held[1] = max(held[1], now)
-
-    def add(
-        self,
-        identity: str,
-        limit: RateLimit,
-        cost: int,
-        now: float,
-        clock: Callable[[], float] | None,
-    ) -> None:
-        held = self._sums.setdefault((identity, limit), [0, now, clock])
-        held[0] += cost
-        held[1] = max(held[1], now)
-        held[2] = clock or held[2]
-
-    def __call__(self) -> None:
-        # One order for every group, so two groups' deferred charges lock their buckets
-        # (and then quotas) in the same order. Every operation's charge is deferred
-        # (session 37); a guarded rerun charges at once, in call order, and can then
-        # deadlock with another group, which PostgreSQL breaks after deadlock_timeout
-        # (the loser reruns, every outcome right). GCRA charged `a` then `b` at one
-        # instant passes exactly when `a + b` does; the latest instant of the group is used.
-        identities = sorted({key[0] for key in self._sums} | {key[0] for key in self._quotas})
-        for who in identities:
-            for identity, limit in [key for key in self._sums if key[0] == who]:
-                cost, now, clock = self._sums[(identity, limit)]
-                self._limits.charge_rate(self._connection, identity, limit, cost, now, clock=clock)
-            for identity, quota, counter in [key for key in self._quotas if key[0] == who]:
-                cost, day_now = self._quotas[(identity, quota, counter)]
-                self._limits.charge_quota(
-                    self._connection, identity, quota, cost, day_now, counter=counter
-                )
-
-
 class Limits:
     """The checks. Their state is in the database; `early` only remembers, in this
     process, what the early rate check last read (`EarlyRoom`), and `_quota_left` what
@@ -344,7 +295,7 @@ class Limits:
             raise _rate_limited(limit, max(float(tat), now) + increment - tolerance - now)
         raise RateLimited("rate limit state is contended; retry", interval)  # pragma: no cover
 
-    def _group_charges(self, connection: Connection) -> _GroupCharges | None:
+    def _group_charges(self, connection: Connection) -> GroupCharges | None:
         """The sums of the commit group `connection` runs in its unguarded run, made
         just before its commit; None outside one (charge at once)."""
         steps = before_commit(connection)
@@ -352,8 +303,11 @@ class Limits:
             return None
         charges = steps.get(_GROUP_CHARGES)
         if charges is None:
-            charges = steps[_GROUP_CHARGES] = _GroupCharges(self, connection)
-        assert isinstance(charges, _GroupCharges)  # noqa: S101 - only this module sets it
+            charges = steps[_GROUP_CHARGES] = GroupCharges(self, connection)
+            rerun = before_rerun(connection)
+            if rerun is not None:  # its guarded run locks these rows first, in order
+                rerun[_GROUP_CHARGES] = charges.lock_for_rerun
+        assert isinstance(charges, GroupCharges)  # noqa: S101 - only this module sets it
         return charges
 
     def check_rate(

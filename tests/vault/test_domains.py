@@ -347,9 +347,9 @@ def _guarded_reruns(service: VaultService, monkeypatch: pytest.MonkeyPatch) -> l
     reruns: list[int] = []
     guarded = service._committer._commit_each_guarded
 
-    def counted(group: list[Any]) -> None:
+    def counted(group: list[Any], *rest: Any) -> None:
         reruns.append(len(group))
-        guarded(group)
+        guarded(group, *rest)
 
     monkeypatch.setattr(service._committer, "_commit_each_guarded", counted)
     return reruns

@@ -17,6 +17,10 @@ Work that locks a row every operation of the group shares (an identity's rate-li
 bucket) can likewise be left to the end of the unguarded run (`before_commit`): the row
 is then locked from just before the commit, not from the group's first operation, so a
 second worker's group waits for this one's COMMIT only, and the group charges it once.
+Should the group run again guarded, it first runs what the unguarded run left for it
+(`before_rerun`): the rows the unguarded run meant to lock last are locked first, in
+that run's order, so the guarded run, which acts at once in call order, takes no two of
+them in an order of its callers' choosing (session 38, rl38).
 
 A database too slow for its statement timeout (or a lock held past its lock timeout)
 would otherwise be met again by every operation of the guarded run, one after another:
@@ -50,6 +54,7 @@ from audit.log import HeldNotes, deferred_appends, notes_on_commit, release_note
 T = TypeVar("T")
 MAX_GROUP: Final = 128
 _BEFORE_COMMIT: Final = "cofre.before_commit"
+_BEFORE_RERUN: Final = "cofre.before_rerun"
 # PostgreSQL's query_canceled (statement_timeout) and lock_not_available (lock_timeout).
 _TIMEOUT_SQLSTATES: Final = frozenset({"57014", "55P03"})
 
@@ -78,6 +83,42 @@ def before_commit(connection: Connection) -> dict[str, Callable[[], None]] | Non
     audit entries' pattern)."""
     steps: dict[str, Callable[[], None]] | None = connection.info.get(_BEFORE_COMMIT)
     return steps
+
+
+def before_rerun(connection: Connection) -> dict[str, Callable[[Connection], None]] | None:
+    """The steps the guarded run of a group on `connection` runs first, on its own
+    connection, should the unguarded run fail, by name, in the order first left; None
+    outside an unguarded run. A step that raises is rolled back alone and the guarded
+    run goes on without it: only a lock order may be left there, nothing an operation
+    needs."""
+    steps: dict[str, Callable[[Connection], None]] | None = connection.info.get(_BEFORE_RERUN)
+    return steps
+
+
+@contextlib.contextmanager
+def _rerun_steps(
+    connection: Connection, steps: dict[str, Callable[[Connection], None]]
+) -> Iterator[None]:
+    connection.info[_BEFORE_RERUN] = steps
+    try:
+        yield
+    finally:
+        connection.info.pop(_BEFORE_RERUN, None)
+
+
+def _run_rerun_steps(
+    connection: Connection, steps: dict[str, Callable[[Connection], None]]
+) -> None:
+    """Run `steps` (`before_rerun`) each in a savepoint: one that fails (a lock
+    timeout) is undone, and the operations then lock as they come, as before."""
+    for step in steps.values():
+        savepoint = connection.begin_nested()
+        try:
+            step(connection)
+        except Exception:  # noqa: BLE001 - an order of locks only: run without it
+            savepoint.rollback()
+        else:
+            savepoint.commit()
 
 
 @contextlib.contextmanager
@@ -213,17 +254,21 @@ class GroupCommitter:
     def _commit(self, group: list[_Op]) -> None:
         # A group of one runs unguarded too, so that its deferred steps (`before_commit`)
         # lock their rows as late; if it fails it runs again, as a larger group would.
-        if self._commit_unguarded(group):
+        rerun: dict[str, Callable[[Connection], None]] = {}
+        if self._commit_unguarded(group, rerun):
             return
-        self._commit_each_guarded(group)
+        self._commit_each_guarded(group, rerun)
 
-    def _commit_unguarded(self, group: list[_Op]) -> bool:
+    def _commit_unguarded(
+        self, group: list[_Op], rerun: dict[str, Callable[[Connection], None]]
+    ) -> bool:
         """The common case, where no operation fails: run them all with no savepoints
         (two statements fewer each) and commit. If one raises, roll everything back and
         return False, so the group runs again with a savepoint each; nothing was
         answered, and a result computed here is never handed out unless committed. If
         the database cannot even be reached, the guarded path meets the same error and
-        hands it to every caller: nothing here may end the writer thread."""
+        hands it to every caller: nothing here may end the writer thread. What its
+        operations leave in `rerun` (`before_rerun`) the guarded run runs first."""
         try:
             connection = self._engine.connect()
         except Exception:  # noqa: BLE001 - the guarded path reports it
@@ -245,6 +290,7 @@ class GroupCommitter:
                 with (
                     notes_on_commit(connection, held),
                     deferred_appends(connection) as flush_audit,
+                    _rerun_steps(connection, rerun),
                     _deferred_steps(connection) as run_steps,
                 ):
                     results = _run_group(connection, group)
@@ -265,12 +311,15 @@ class GroupCommitter:
             op.future.set_result(result)
         return True
 
-    def _commit_each_guarded(self, group: list[_Op]) -> None:
+    def _commit_each_guarded(
+        self, group: list[_Op], rerun: dict[str, Callable[[Connection], None]]
+    ) -> None:
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         held: HeldNotes = []
         timed_out: BaseException | None = None  # the timeout that ends the run (above)
         try:
             with self._engine.begin() as connection, notes_on_commit(connection, held):
+                _run_rerun_steps(connection, rerun)
                 for op in group:
                     work, future = op.work, op.future
                     if timed_out is not None:
