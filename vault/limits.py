@@ -37,7 +37,7 @@ import hashlib
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -56,11 +56,13 @@ from vault.storage.schema import oracle_watch, rate_state, usage_counters
 
 __all__ = [
     "DETOKENIZE_QUOTA",
+    "GUARD_KEEP_FLOOR",
     "IDEMPOTENCY_WINDOW",
     "MAX_IDEMPOTENCY_WINDOW",
     "MAX_WINDOW_SECONDS",
     "MIN_IDEMPOTENCY_WINDOW",
     "Limits",
+    "guard_horizon",
     "oracle_bucket",
 ]
 
@@ -71,6 +73,9 @@ _DAY: Final = 86400
 # its rows are kept that long (`purge_windows`), so that no window still read loses its
 # memory.
 MAX_WINDOW_SECONDS: Final = 31 * _DAY
+# The least a guard's rows are kept past the window under way (`guard_horizon`): two
+# default windows, as long as the default guard reads.
+GUARD_KEEP_FLOOR: Final = 2 * _DAY
 # How long past its time a rate bucket is kept (it is full again then, as if it had no
 # row): an hour of margin for the nodes' clocks.
 RATE_KEEP_SECONDS: Final = 3600
@@ -192,6 +197,15 @@ def _window_of(guard: OracleGuard, now: datetime) -> int:
     """The first second of the guard's window under way at `now`: windows are named by
     their first second, so that one purge horizon fits all."""
     return int(now.timestamp()) // guard.window_seconds * guard.window_seconds
+
+
+def guard_horizon(guard: OracleGuard, now: datetime) -> int:
+    """The first second of the oldest window whose rows the purge keeps for `guard`:
+    the window before the one under way, which `Limits.watch` reads, and one more for a
+    node whose clock is behind by up to a window; at least `GUARD_KEEP_FLOOR` back, so
+    a policy that lengthens a short window to a day still counts the day's cards."""
+    kept = max(2 * guard.window_seconds, GUARD_KEEP_FLOOR)
+    return _window_of(guard, now) - kept
 
 
 def _read_until(guard: OracleGuard, window: int) -> int:
@@ -513,9 +527,22 @@ class Limits:
         if not both:
             insert_rows(connection, _WATCH_INTO, rows, then="ON CONFLICT DO NOTHING")
 
-    def purge_windows(self, connection: Connection, now: datetime, *, keep_seconds: int) -> int:
+    def purge_windows(
+        self,
+        connection: Connection,
+        now: datetime,
+        *,
+        keep_seconds: int,
+        guards: Mapping[str, OracleGuard] | None = None,
+    ) -> int:
         """Delete guard rows and counters older than `keep_seconds`, and rate buckets
-        that are full again (`RATE_KEEP_SECONDS` past their time); return how many."""
+        that are full again (`RATE_KEEP_SECONDS` past their time); return how many.
+
+        `guards`: each identity's guard in the policy in force. Its rows are kept only
+        while its guard may read them (`guard_horizon`), not the longest guard's 62
+        days (rl38: a stolen certificate's guesses at its full rate, and every real
+        card, were kept 31 times as long as a day's guard reads them). An identity the
+        policy does not name keeps the longest guard's horizon."""
         # A bucket whose theoretical arrival time has passed charges exactly as a bucket
         # without a row (the charge and the check take max(tat, now)), so forgetting it
         # changes no answer. Without this every key ever charged was kept for ever: each
@@ -533,4 +560,12 @@ class Limits:
         removed += connection.execute(
             delete(oracle_watch).where(oracle_watch.c.window < watched)
         ).rowcount
+        for identity, guard in sorted((guards or {}).items()):
+            # By the primary key's first column: one identity's rows, not the table.
+            removed += connection.execute(
+                delete(oracle_watch).where(
+                    oracle_watch.c.identity == identity,
+                    oracle_watch.c.window < guard_horizon(guard, now),
+                )
+            ).rowcount
         return int(removed)

@@ -102,7 +102,10 @@ class DeleteOperations(EarlyRate):
                 if not _purge_lock(connection):
                     return -1, 0  # another node holds the purge
                 if first:
-                    self._limits.purge_windows(connection, now, keep_seconds=MAX_WINDOW_SECONDS)
+                    guards = {i: r.oracle_guard for i, r in self._policy.policy.identities.items()}
+                    self._limits.purge_windows(
+                        connection, now, keep_seconds=MAX_WINDOW_SECONDS, guards=guards
+                    )
                     purge_capture_sessions(connection, now)
                 rows = (
                     connection.execute(_EXPIRED_LIVE, {"now": now, "batch": batch}).scalars().all()
