@@ -35,6 +35,7 @@ from cofre.errors import ConfigurationError
 from cofre.redaction import OwnDigest
 from cofre.settings import Settings
 from cofre_cli._listeners import check_listener_ports, claim_listener_ports
+from cofre_cli._open_files import raise_open_files
 from cofre_cli._production import production_checks, refusing_software_tokens
 from cofre_cli.capture import capture_places, start_capture_listener
 from cofre_cli.stopping import stop_deadline
@@ -71,6 +72,9 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
     (``server.workers``, default one per core) each runs in its own process
     (`cofre_cli.workers`); raises `SystemExit` with the node's status when one failed."""
     _configure_logs(settings.log_level, None)
+    # Before anything opens a descriptor or reads the limit: the workers inherit it, and
+    # their descriptor bounds are shares of it (`cofre_cli._open_files`, session 38).
+    raise_open_files()
     allowed = production_checks(settings) if production else []
     if production:
         settings = refusing_software_tokens(settings)

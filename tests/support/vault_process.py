@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,8 @@ class VaultProcess:
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Run in the child before `cofre serve` starts (a resource limit of its own).
+    preexec: Callable[[], None] | None = None
 
     @property
     def url(self) -> str:
@@ -132,6 +135,7 @@ class VaultProcess:
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                preexec_fn=self.preexec,  # noqa: PLW1509 - a setrlimit, no lock taken
             )
         self.starts += 1
 
