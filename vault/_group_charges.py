@@ -97,7 +97,9 @@ class GroupCharges:
     def lock_for_rerun(self, connection: Connection) -> None:
         """Lock, on the guarded run's `connection`, the rows this group's first run
         charged (or meant to), in `__call__`'s order; rows not there yet are left to
-        the charges. SQLite's write transactions exclude each other: nothing to order."""
+        the charges. The refused identity's row is locked too: the rerun lets through
+        its operations within the bucket's room, and those would lock it in call order
+        again. SQLite's write transactions exclude each other: nothing to order."""
         if connection.dialect.name != "postgresql":
             return
         for who, rates, quotas in self._in_order():

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
 
 from hsm.provider import HSMProvider
 from tests.support.groups import in_one_group
@@ -88,6 +89,22 @@ def _spend(engine: Engine, identity: str) -> None:
         )
 
 
+def _locked(engine: Engine, identity: str) -> bool:
+    """Whether another transaction holds `identity`'s bucket row locked."""
+    with engine.connect() as c:
+        try:
+            c.execute(
+                text("SELECT 1 FROM rate_state WHERE identity = :i FOR UPDATE NOWAIT"),
+                {"i": identity},
+            )
+        except OperationalError as exc:
+            assert getattr(exc.orig, "sqlstate", None) == "55P03", exc
+            return True
+        finally:
+            c.rollback()
+    return False
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("operation", sorted(CALLS))
 def test_a_refused_charges_rerun_never_deadlocks_another_workers_group(
@@ -122,6 +139,9 @@ def test_a_refused_charges_rerun_never_deadlocks_another_workers_group(
             _spend(engine, THIEF.identity)  # admitted early, refused at the charge
             first_run.go.set()
             assert guarded_run.inside.wait(30), "worker 1's group never ran again"
+            # The rerun holds both shops' rows from its start, before ashop's call.
+            assert _locked(engine, ASHOP.identity)
+            assert _locked(engine, BSHOP.identity)
             group2 = in_one_group(
                 c2, [_outcome(lambda: call(w2, ASHOP)), _outcome(lambda: call(w2, BSHOP))]
             )
