@@ -35,11 +35,14 @@ __all__ = ["OPEN_FILES_TARGET", "raise_open_files"]
 
 _log = structlog.get_logger("cofre.vault")
 
-# The soft limit `cofre serve` asks for: the least at which every configured default
-# binds before the descriptors do (an identity's 2,000 mTLS connections take half of
-# half the limit; the capture listener's 1,024 half of it). More connections cost memory
-# (a TLS connection's buffers), not only descriptors: raise it further by hand.
-OPEN_FILES_TARGET: Final = 8192
+# The soft limit `cofre serve` asks for. Each connection costs memory as well as a
+# descriptor: about 300 KiB measured on a worker here, idle mTLS and silent handshakes
+# alike (the event loop's TLS read buffer is 256 KiB). At 2,048 a worker's listeners
+# hold at most 1,024 mTLS and 1,024 capture connections, about 600 MiB, which the
+# shipped manifests' memory takes (production: two workers in 2 GiB); at 8,192 one
+# stolen certificate's idle connections alone (2,000 per worker) would take 1.2 GiB of
+# that pod. A higher limit is the operator's, with memory to match (docs/operations.md).
+OPEN_FILES_TARGET: Final = 2048
 
 
 def raise_open_files(target: int = OPEN_FILES_TARGET) -> tuple[int, int]:

@@ -32,7 +32,7 @@ from tests.support.softhsm import SoftHSMToken
 from tests.support.vault_process import VaultProcess, log_events, make_vault
 
 LOW = 256
-SILENT = 40  # above a 256 limit's share of one address's handshakes (8), far below 8,192's
+SILENT = 40  # above a 256 limit's share of one address's handshakes (8), below 2,048's (64)
 
 
 def _soft_at(soft: int, hard: int | None = None) -> Any:
