@@ -20,7 +20,7 @@ from sqlalchemy import Engine, text
 from hsm.provider import HSMProvider
 from policies.models import OracleGuard
 from tests.support.policies import clocked_vault_on
-from tests.vault.test_limits import BUCKET, _card, _watched
+from tests.vault.test_limits import BUCKET, _refusal, _watched
 from vault.errors import OracleSuspected
 from vault.limits import Limits
 
@@ -36,15 +36,11 @@ START = datetime(2026, 12, 3, tzinfo=UTC)  # a window's first second for each wi
 
 
 def _rows_at(engine: Engine, identity: str, window: int) -> None:
-    with engine.begin() as c:
-        for n in range(10):
-            c.execute(
-                text(
-                    'INSERT INTO oracle_watch (identity, bucket, "window", item) '
-                    "VALUES (:i, :b, :w, :item)"
-                ),
-                {"i": identity, "b": BUCKET, "w": window, "item": _card(n)},
-            )
+    """Ten cards of `BUCKET` sent by `identity` at the first second of `START`'s window,
+    recorded by the guard itself (`Limits.watch`)."""
+    guard = OracleGuard(max_pans_per_bucket=10, window_seconds=window)
+    sent = [(BUCKET, n) for n in range(10)]
+    assert _refusal(engine, Limits(), guard, sent, START, identity=identity) is None
 
 
 def _rows_of(engine: Engine, identity: str) -> int:
@@ -65,8 +61,8 @@ def test_the_purge_keeps_guard_rows_as_long_as_the_policys_guard_reads_them(
     the floor for the hour's), gone once past it. An identity the policy no longer
     names keeps the longest guard's 62 days."""
     kept_for = 2 * 86400
-    _rows_at(engine, SHOP, int(START.timestamp()))
-    _rows_at(engine, GONE, int(START.timestamp()))
+    _rows_at(engine, SHOP, window)
+    _rows_at(engine, GONE, window)
     clock = [START + timedelta(seconds=2 * window - 1)]  # still read (the window before)
     with clocked_vault_on(engine, softhsm_provider, _POLICY.format(window=window), clock) as v:
         v.purge_expired()
