@@ -58,14 +58,15 @@ def certificate_identity_problem(identity: str) -> str | None:
     every identity from a certificate's URI subjectAltName, an IA5String (RFC 5280
     4.2.1.6: ASCII); a policy version the operator logged can register any name, and one
     such as ``officer-b\\u043eb`` (a Cyrillic o) draws as another officer's in the
-    report (session 37). The identity is shown with its non-ASCII characters escaped."""
-    if identity.isascii() and identity.isprintable():
+    report (session 37). A space is refused too, as the vault's policy loader refuses it
+    (a URI holds none, RFC 3986): ``officer-bob `` drew as Bob (review rev38). The
+    identity is shown quoted, its non-ASCII characters escaped."""
+    if all("!" <= c <= "~" for c in identity):
         return None
-    shown = identity.encode("ascii", "backslashreplace").decode()
     return (
-        f"its identity {shown} is not printable ASCII, which no client certificate "
-        "carries (a URI subjectAltName is ASCII, RFC 5280 4.2.1.6): a name written to "
-        "look like another's"
+        f"its identity {ascii(identity)} is not printable ASCII without a space, which no "
+        "client certificate carries (a URI subjectAltName is ASCII, RFC 5280 4.2.1.6, "
+        "and holds no space): a name written to look like another's"
     )
 
 
