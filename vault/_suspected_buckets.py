@@ -14,6 +14,7 @@ the guard before the group (`vault.operations._early.EarlyRate._refuse_suspected
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections.abc import Iterable
 from typing import Final
@@ -42,8 +43,12 @@ class SuspectedBuckets:
             held = self._until.setdefault(identity, {})
             for bucket in buckets:
                 held[bucket] = max(clears_at, held.get(bucket, 0.0))
-            while len(held) > SUSPECTED_ENTRIES:
-                del held[min(held, key=held.__getitem__)]
+            # All at once (review rev38): one scan of the memory per bucket let go made
+            # a refused batch of 1,000 new buckets cost 4 million comparisons, held under
+            # this lock and the interpreter's.
+            if (excess := len(held) - SUSPECTED_ENTRIES) > 0:
+                for bucket in heapq.nsmallest(excess, held, key=held.__getitem__):
+                    del held[bucket]
 
     def suspected(self, identity: str, buckets: Iterable[bytes], now: float) -> bool:
         """Whether one of `buckets` was refused to `identity` and has not cleared by
