@@ -414,6 +414,10 @@ class OracleSuspected(Throttled):
     guard's window: the pattern of someone guessing a PAN from its token."""
 
     code = "oracle_suspected"
+    # Set by the guard that refused (`vault.limits.Limits.watch`): the buckets it found
+    # full, which the process remembers (`vault._suspected_buckets`); never part of an
+    # answer.
+    full: tuple[bytes, ...] = ()
 
 
 class QuotaExceeded(Throttled):

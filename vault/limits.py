@@ -506,12 +506,12 @@ class Limits:
                 held = seen_by_bucket.setdefault(bytes(bucket), {})
                 held[bytes(item)] = max(int(seen_in), held.get(bytes(item), int(seen_in)))
         rows: list[tuple[str, bytes, int, bytes]] = []
-        refused: list[float | None] = []
+        refused: dict[bytes, float | None] = {}
         for bucket, new_items in wanted.items():
             seen = seen_by_bucket.get(bucket, {})
             # A card seen in either window is no new guess: the union counts.
             if len(seen.keys() | new_items) > guard.max_pans_per_bucket:
-                refused.append(_clears_at(guard, seen, new_items, now))
+                refused[bucket] = _clears_at(guard, seen, new_items, now)
                 continue
             # A card seen only in the window before gets a row in this one too: sent
             # now, it must still count through the next window.
@@ -522,8 +522,11 @@ class Limits:
             )
         if refused:
             # The call passes once every bucket it overfills does.
-            clears = None if None in refused else max(r for r in refused if r is not None)
-            raise _oracle_suspected(guard, now, clears)
+            times = list(refused.values())
+            clears = None if None in times else max(r for r in times if r is not None)
+            suspected = _oracle_suspected(guard, now, clears)
+            suspected.full = tuple(refused)
+            raise suspected
         if not both:
             insert_rows(connection, _WATCH_INTO, rows, then="ON CONFLICT DO NOTHING")
 

@@ -102,7 +102,11 @@ class EarlyRate(TokenGuesses):
     def _suspect(
         self, ctx: CallContext, guarded: Sequence[tuple[bytes, bytes]], refused: OracleSuspected
     ) -> None:
-        """Remember `guarded`'s buckets as refused to the caller by the guard in a commit
-        group (`refused`), until it clears, for `_refuse_suspected`."""
+        """Remember the buckets the guard found full (`refused.full`; else all of
+        `guarded`'s) as refused to the caller in a commit group, until it clears, for
+        `_refuse_suspected`. Only those (review rev38): a batch's thousand new buckets
+        remembered with its one full bucket flushed the full ones of earlier refusals
+        out of the memory, and their next guesses reran groups again."""
         clears_at = self._clock().timestamp() + refused.retry_after
-        self._suspected.learn(ctx.identity, [b for b, _ in guarded], clears_at)
+        full = refused.full or tuple(b for b, _ in guarded)
+        self._suspected.learn(ctx.identity, full, clears_at)
