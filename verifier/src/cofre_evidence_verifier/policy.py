@@ -64,7 +64,7 @@ def certificate_identity_problem(identity: str) -> str | None:
     if all("!" <= c <= "~" for c in identity):
         return None
     return (
-        f"its identity {ascii(identity)} is not printable ASCII without a space, which no "
+        f"its identity {identity!a} is not printable ASCII without a space, which no "
         "client certificate carries (a URI subjectAltName is ASCII, RFC 5280 4.2.1.6, "
         "and holds no space): a name written to look like another's"
     )
