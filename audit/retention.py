@@ -16,9 +16,11 @@ dropped only when
 and otherwise `RetentionRefused` names the partition and the reason. The drop, the
 ``audit_retired`` record (with ``online_from``, where online verification now starts)
 and an ``audit.partition.retire`` entry commit together. Key registry records
-(``key.register``) whose latest record for a key is in the partition are appended again
-first, marked ``carried_forward_from``: the registry is read from the log, and a vault
-whose registry looks empty would adopt the token's keys as found.
+(``key.register``) the registry would lose with the partition are appended again first,
+marked ``carried_forward_from`` (every key a label names there and nowhere online, then
+the label's latest: `_carry_forward_key_records`): the registry is read from the log, a
+vault whose registry looks empty would adopt the token's keys as found, and one whose
+label named two keys would take the one left.
 
 Runs as the owner role (dropping a table needs it); the app role cannot.
 """
@@ -218,7 +220,14 @@ def _check_archive(
 
 
 def _carry_forward_key_records(connection: Connection, partition: str, actor: str) -> int:
-    """Append again each key's latest registry record when it is in `partition`."""
+    """Append again what the key registry would lose with `partition`: for each label,
+    the latest record of every key (CKA_ID and check value) the partition registers and
+    no record outside it names, in their order, then the label's latest record again
+    when that lies outside the partition, so that it is still the last. Review rev38:
+    only each label's latest record was carried, so once the partition holding a
+    ceremony's own registration went, a substitute registered later under its label
+    (6fbdbfd: a label recorded as two keys is never used) was the label's only record,
+    and the vault used it. A label whose keys all stay online carries nothing."""
     rows = connection.execute(
         text(
             "SELECT e.id, e.payload, e.tableoid::regclass::text AS part, l.leaf_index "
@@ -227,23 +236,36 @@ def _carry_forward_key_records(connection: Connection, partition: str, actor: st
         ),
         {"prefix": f'{{"action":"{_REGISTER}",%'},
     ).all()
-    latest: dict[str, Any] = {}
+    by_label: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
     for row in rows:
         details = json.loads(row.payload).get("details", {})
-        latest[str(details.get("label", ""))] = (row, details)
+        by_label.setdefault(str(details.get("label", "")), []).append((row, details))
     count = 0
-    for label, (row, details) in sorted(latest.items()):
-        if row.part != partition:
-            continue
-        AuditLog().append(
-            connection,
-            AuditEvent(
-                action=_REGISTER,
-                outcome=Outcome.SUCCESS,
-                actor=actor,
-                key_id=label,
-                details={**details, "carried_forward_from": row.leaf_index},
-            ),
-        )
-        count += 1
+    for label, records in sorted(by_label.items()):
+        online = {_key_of(d) for row, d in records if row.part != partition}
+        latest_of: dict[tuple[object, object], tuple[Any, dict[str, Any]]] = {}
+        for row, details in records:
+            if row.part == partition and _key_of(details) not in online:
+                latest_of[_key_of(details)] = (row, details)
+        carried = sorted(latest_of.values(), key=lambda record: int(record[0].id))
+        if carried and carried[-1][0] is not records[-1][0]:
+            carried.append(records[-1])
+        for row, details in carried:
+            AuditLog().append(
+                connection,
+                AuditEvent(
+                    action=_REGISTER,
+                    outcome=Outcome.SUCCESS,
+                    actor=actor,
+                    key_id=label,
+                    details={**details, "carried_forward_from": row.leaf_index},
+                ),
+            )
+            count += 1
     return count
+
+
+def _key_of(details: dict[str, Any]) -> tuple[object, object]:
+    """The key a registry record names (its CKA_ID and check value), as the vault's key
+    registry compares them (`vault.key_registry.KeyIdentity`)."""
+    return details.get("cka_id"), details.get("check")
