@@ -15,3 +15,12 @@ def card_number(prefix: str, serial: int, length: int = 16) -> str:
     pan = body + luhn_check_digit(body)
     GENERATED.add(pan)
     return pan
+
+
+def cards_of_one_bucket(bin6: str, count: int) -> list[str]:
+    """`count` different 16-digit cards of BIN `bin6` and last four ``0006``: one bucket
+    of the oracle guard."""
+    bodies = (f"{bin6}{i:06d}000" for i in range(100 * count))
+    cards = [b + luhn_check_digit(b) for b in bodies if luhn_check_digit(b) == "6"][:count]
+    GENERATED.update(cards)
+    return cards

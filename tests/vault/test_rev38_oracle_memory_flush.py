@@ -19,10 +19,10 @@ from sqlalchemy import Engine
 
 from hsm.provider import HSMProvider
 from tests.support.groups import in_a_held_group
-from tests.support.pans import GENERATED, card_number
+from tests.support.pans import card_number, cards_of_one_bucket
 from tests.support.policies import vault_on
 from vault.errors import OracleSuspected
-from vault.pan import Pan, luhn_check_digit
+from vault.pan import Pan
 from vault.service import CallContext, TokenizeRequest, VaultService
 
 POLICY = """
@@ -45,14 +45,6 @@ def vault(engine: Engine, softhsm_provider: HSMProvider) -> Iterator[VaultServic
         service.close()
 
 
-def _one_bucket(bin6: str, count: int) -> list[str]:
-    """`count` different 16-digit cards of BIN `bin6` and last four ``0006``."""
-    bodies = (f"{bin6}{i:06d}000" for i in range(100 * count))
-    cards = [b + luhn_check_digit(b) for b in bodies if luhn_check_digit(b) == "6"][:count]
-    GENERATED.update(cards)
-    return cards
-
-
 def _tokenize(vault: VaultService, cards: list[str]) -> object:
     requests = [TokenizeRequest(Pan(card), "pan_bin6_last4") for card in cards]
     return vault.tokenize_batch(SWEEPER, requests)
@@ -62,12 +54,12 @@ def _tokenize(vault: VaultService, cards: list[str]) -> object:
 def test_batches_of_new_buckets_do_not_flush_a_full_one_out_of_the_memory(
     vault: VaultService,
 ) -> None:
-    first = _one_bucket("411111", 4)
+    first = cards_of_one_bucket("411111", 4)
     _tokenize(vault, first[:2])
     with pytest.raises(OracleSuspected):  # in its group: the worker learns the bucket
         _tokenize(vault, first[2:3])
     for batch in range(BATCHES):
-        full = _one_bucket(f"52{batch:04d}", 3)
+        full = cards_of_one_bucket(f"52{batch:04d}", 3)
         _tokenize(vault, full[:2])
         others = [card_number(f"4{batch}{i:04d}", 7) for i in range(999)]  # a BIN each
         with pytest.raises(OracleSuspected):  # in its group too: this bucket is new
