@@ -20,7 +20,10 @@ and an ``audit.partition.retire`` entry commit together. Key registry records
 marked ``carried_forward_from`` (every key a label names there and nowhere online, then
 the label's latest: `_carry_forward_key_records`): the registry is read from the log, a
 vault whose registry looks empty would adopt the token's keys as found, and one whose
-label named two keys would take the one left.
+label named two keys would take the one left. So is the newest data
+rotation's completion (session 38): the vault refuses every data-key version up to the
+one it retired (`data_key_retired`), and without it would use a destroyed key whose
+wrapped bytes were put back from a backup.
 
 Runs as the owner role (dropping a table needs it); the app role cannot.
 """
@@ -43,6 +46,25 @@ from audit.schema import READ_ONLY, audit_archive, audit_heads, audit_retired
 from cofre.dberrors import db_error_name
 
 _REGISTER: Final = "key.register"
+# A data rotation's completion, as the predicate of migration 0023's partial index
+# (``ix_audit_entries_rotation_complete``), word for word: both databases use a partial
+# index only for a query that carries its predicate. Canonical payloads sort their keys,
+# so "action" is always first.
+COMPLETE_RECORDS: Final = """payload LIKE '{"action":"key.rotation.complete",%'"""
+
+
+def data_key_retired(payload: str) -> int | None:
+    """The data-key version the log entry `payload` (a `COMPLETE_RECORDS` one) records
+    retired and destroyed by a data rotation, or None when it records none: another
+    kind's completion (an audit key rotation's says ``old_key_kept_for_verification``;
+    since session 38 a data rotation's says ``"kind": "data"``), or one not successful."""
+    entry = json.loads(payload)
+    details = entry.get("details") or {}
+    kind = details.get("kind", "audit" if "old_key_kept_for_verification" in details else "data")
+    version = details.get("retired_version")
+    if entry.get("action") != "key.rotation.complete" or entry.get("outcome") != "success":
+        return None
+    return version if kind == "data" and type(version) is int else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +249,9 @@ def _carry_forward_key_records(connection: Connection, partition: str, actor: st
     only each label's latest record was carried, so once the partition holding a
     ceremony's own registration went, a substitute registered later under its label
     (6fbdbfd: a label recorded as two keys is never used) was the label's only record,
-    and the vault used it. A label whose keys all stay online carries nothing."""
+    and the vault used it. A label whose keys all stay online carries nothing. Then the
+    newest data-key retirement (`data_key_retired`, bak38) when it is in the partition.
+    Returns how many records were appended."""
     rows = connection.execute(
         text(
             "SELECT e.id, e.payload, e.tableoid::regclass::text AS part, l.leaf_index "
@@ -262,6 +286,20 @@ def _carry_forward_key_records(connection: Connection, partition: str, actor: st
                 ),
             )
             count += 1
+    retired = _newest_data_retirement(connection)
+    if retired is not None and retired.part == partition:
+        original = json.loads(retired.payload)
+        AuditLog().append(
+            connection,
+            AuditEvent(
+                action=str(original["action"]),
+                outcome=Outcome.SUCCESS,
+                actor=actor,
+                key_id=original.get("key_id"),
+                details={**original.get("details", {}), "carried_forward_from": retired.leaf_index},
+            ),
+        )
+        count += 1
     return count
 
 
@@ -269,3 +307,22 @@ def _key_of(details: dict[str, Any]) -> tuple[object, object]:
     """The key a registry record names (its CKA_ID and check value), as the vault's key
     registry compares them (`vault.key_registry.KeyIdentity`)."""
     return details.get("cka_id"), details.get("check")
+
+
+def _newest_data_retirement(connection: Connection) -> Any:
+    """The row (with its partition and leaf index) of the completion that retired the
+    newest data-key version, or None: versions only grow, so every lower one is retired
+    with it, and only that record needs to stay online."""
+    rows = connection.execute(
+        text(
+            "SELECT e.id, e.payload, e.tableoid::regclass::text AS part, l.leaf_index "  # noqa: S608 - constants, no input
+            "FROM audit_entries e LEFT JOIN audit_leaves l ON l.entry_id = e.id "
+            f"WHERE e.{COMPLETE_RECORDS} ORDER BY e.id"
+        )
+    ).all()
+    found, highest = None, -1
+    for row in rows:
+        version = data_key_retired(row.payload)
+        if version is not None and version > highest:
+            found, highest = row, version
+    return found

@@ -494,6 +494,8 @@ class VaultCore(Fingerprints):
         version = int(row.key_version)
         try:
             clear = open_pan(self._keyring.gcm(version), row, version)
+        except IntegrityError as exc:  # under a retired data key (session 38): named
+            raise IntegrityError(str(exc), token_id=row.id) from None
         except InvalidTag:
             raise IntegrityError(
                 "the stored ciphertext failed authentication (altered or moved)", token_id=row.id

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Row, bindparam, func, select, update
 
 from hsm.keys import KeyKind, key_label
 from hsm.provider import HSMProvider, WrappedKey
+from vault._retired_keys import retired_through
 from vault.card import pan_digits
 from vault.ceremony import RotationKind
 from vault.errors import DataKeyMissing
@@ -129,7 +130,17 @@ class RotationBatches:
         registered = {
             key_label(KeyKind.KEK, v) for v in self._keyring.registry.versions(KeyKind.KEK)
         }
+        retired = retired_through(connection)
         for item in rows:
+            if item.version <= retired:
+                # Its wrapped bytes put back from a backup (session 38): never carried
+                # under the new KEK, which would outlive the old KEK's destruction.
+                connection.execute(
+                    update(data_keys)
+                    .where(data_keys.c.purpose == item.purpose, data_keys.c.version == item.version)
+                    .values(state=KeyState.DESTROYED.value, wrapped=b"")
+                )
+                continue
             if item.kek_label not in registered:
                 raise DataKeyMissing(
                     f"data key {item.purpose} v{item.version} is wrapped under "

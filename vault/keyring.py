@@ -7,8 +7,9 @@ IN PCI SCOPE, holds key material (in memory only). Two purposes:
 - ``ff1``: the AES-256 key of FF1 tokens (`pan_fpe` formats).
 
 Exactly one version per purpose is ``active`` (used for new data); older versions stay
-``retiring`` until no record needs them, then ``retired`` (wrapped bytes kept for the
-inventory, never unwrapped again).
+``retiring`` until no record needs them, then ``destroyed`` (wrapped bytes erased). A
+version the audit log records retired is never unwrapped or used again, whatever the
+database says of it (`vault._retired_keys`: wrapped bytes restored from a backup).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from sqlalchemy import Connection, Engine, insert, select
 from audit.schema import READ_ONLY
 from hsm.keys import KeyKind, parse_key_label
 from hsm.provider import HSMProvider, WrappedKey, wipe
-from vault.errors import DataKeyMissing
+from vault._retired_keys import retired_through
+from vault.errors import DataKeyMissing, IntegrityError
 from vault.fpe.ff1 import FF1
 from vault.key_registry import KeyRegistry
 from vault.storage.rawsql import fetch_all
@@ -133,6 +135,10 @@ class DataKeyring:
         # bytes); dropping them on rotation is the most CPython allows.
         self._gcm: dict[int, AESGCM] = {}
         self._ff1: dict[int, FF1] = {}
+        # Every version up to this one the audit log records retired (`_retired_keys`):
+        # read at each unwrap, learnt from the rotation worker's pass, and checked at
+        # every use (an integer compare), so a key held in memory is refused too.
+        self._retired_through = 0
         # Set for good by `close` (the stop): from then on nothing is unwrapped again.
         self._closed = False
         # A rolling upgrade's escape (`sealing_aad`): seal as vaults before session 37.
@@ -261,8 +267,10 @@ class DataKeyring:
         return active
 
     def gcm(self, version: int) -> AESGCM:
-        """Return the AES-256-GCM cipher of PAN data key `version` (cached)."""
+        """Return the AES-256-GCM cipher of PAN data key `version` (cached). Raises
+        `IntegrityError` for a version the audit log records retired."""
         with self._lock:
+            self._refuse_if_retired(KeyPurpose.PAN_GCM, version)
             cipher = self._gcm.get(version)
         if cipher is None:
             cipher = AESGCM(self._key(KeyPurpose.PAN_GCM, version))
@@ -272,8 +280,10 @@ class DataKeyring:
         return cipher
 
     def ff1(self, version: int) -> FF1:
-        """Return the radix-10 FF1 cipher of FF1 data key `version` (cached)."""
+        """Return the radix-10 FF1 cipher of FF1 data key `version` (cached). Raises
+        `IntegrityError` for a version the audit log records retired."""
         with self._lock:
+            self._refuse_if_retired(KeyPurpose.FF1, version)
             cipher = self._ff1.get(version)
         if cipher is None:
             cipher = FF1(self._key(KeyPurpose.FF1, version))
@@ -284,8 +294,9 @@ class DataKeyring:
 
     def _key(self, purpose: KeyPurpose, version: int) -> bytes:
         """Return the clear bytes of data key (`purpose`, `version`), unwrapping it in the
-        HSM on first use. Raises `DataKeyMissing` (also once the keyring is closed), or
-        `hsm.errors` when the HSM fails."""
+        HSM on first use. Raises `DataKeyMissing` (also once the keyring is closed),
+        `IntegrityError` for a version the audit log records retired (its wrapped bytes
+        put back: session 38), or `hsm.errors` when the HSM fails."""
         with self._lock:
             self._refuse_if_closed()
             clear = self._clear.get((purpose, version))
@@ -297,6 +308,10 @@ class DataKeyring:
                     data_keys.c.wrapped, data_keys.c.wrap_mechanism, data_keys.c.kek_label
                 ).where(data_keys.c.purpose == purpose.value, data_keys.c.version == version)
             ).first()
+            retired = retired_through(connection)
+        with self._lock:
+            self._retired_through = max(self._retired_through, retired)
+            self._refuse_if_retired(purpose, version)
         if row is None:
             raise DataKeyMissing(f"data key {purpose.value} v{version} does not exist")
         # Only under a KEK the registry records (review 38): the row's label is the
@@ -385,6 +400,24 @@ class DataKeyring:
         with self._lock:
             self._closed = True
         self.wipe_all()
+
+    def learn_retired(self, through: int) -> None:
+        """Take `through` (`retired_through`, read by the rotation worker's pass) as the
+        highest retired version, and wipe every cached form of the versions up to it:
+        a rotation finished elsewhere retired them, whatever ``data_keys`` says now."""
+        with self._lock:
+            self._retired_through = max(self._retired_through, through)
+            retired = [key for key in self._clear if key[1] <= self._retired_through]
+        self.forget_destroyed(retired)
+
+    def _refuse_if_retired(self, purpose: KeyPurpose, version: int) -> None:
+        """Raise `IntegrityError` when `version` is one the audit log records retired (the
+        caller holds the lock): its wrapped bytes, or a row naming it, were put back."""
+        if version <= self._retired_through:
+            raise IntegrityError(
+                f"data key {purpose.value} v{version} was retired and destroyed (the audit "
+                "log records it): a row under it was restored or altered"
+            )
 
     def _refuse_if_closed(self) -> None:
         """Raise `DataKeyMissing` once `close` ran (the caller holds the lock)."""

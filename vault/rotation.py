@@ -39,6 +39,7 @@ from vault._ceremony_guards import (
 )
 from vault._ceremony_view import ceremony_view
 from vault._custody_gate import custody_refusal, refuse_late_custody
+from vault._retired_keys import retired_through
 from vault._rotation_batches import BATCH, RotationBatches
 from vault.approval_proof import SignedAction
 from vault.audit_rotation import AuditKeyRotation
@@ -485,8 +486,10 @@ class KeyRotation(RotationBatches):
                         )
                     )
                 ]
+                retired = retired_through(connection)  # the log's word, not the table's
             # A data key another process destroyed leaves this one's memory too.
             self._keyring.forget_destroyed(destroyed)
+            self._keyring.learn_retired(retired)
             for row in running:
                 if row.state == CeremonyState.DESTROY_PENDING.value:
                     self._destroy_if_due(row)
@@ -543,7 +546,7 @@ class KeyRotation(RotationBatches):
                 "key.rotation.complete",
                 Outcome.SUCCESS,
                 row.id,
-                {"retired_version": int(row.old_version)},
+                {"kind": "data", "retired_version": int(row.old_version)},
                 connection,
             )
             return
