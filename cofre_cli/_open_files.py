@@ -38,7 +38,7 @@ _log = structlog.get_logger("cofre.vault")
 # The soft limit `cofre serve` asks for. Each connection costs memory as well as a
 # descriptor: about 300 KiB measured on a worker here, idle mTLS and silent handshakes
 # alike (the event loop's TLS read buffer is 256 KiB). At 2,048 a worker's listeners
-# hold at most 1,024 mTLS and 1,024 capture connections, about 600 MiB, which the
+# hold at most 1,024 mTLS and 512 capture connections, about 450 MiB, which the
 # shipped manifests' memory takes (production: two workers in 2 GiB); at 8,192 one
 # stolen certificate's idle connections alone (2,000 per worker) would take 1.2 GiB of
 # that pod. A higher limit is the operator's, with memory to match (docs/operations.md).

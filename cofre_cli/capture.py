@@ -66,14 +66,18 @@ def capture_places(settings: Settings) -> int:
 
 def capture_connections(settings: Settings, open_files: int | None = None) -> int:
     """The capture listener's connections at once per worker process:
-    `COFRE_CAPTURE__MAX_CONNECTIONS`, or half the process's soft limit of open files
-    (`open_files`; by default read from the process) when that is less. Each connection
-    is a descriptor of the process the mTLS listener, the database pool and the HSM
-    share (session 35): anonymous ones never take more than half."""
+    `COFRE_CAPTURE__MAX_CONNECTIONS`, or a quarter of the process's soft limit of open
+    files (`open_files`; by default read from the process) when that is less. Each
+    connection is a descriptor of the process the mTLS listener, the database pool and
+    the HSM share (session 35): anonymous ones never take more than a quarter. Until
+    session 38 they took up to half, and the mTLS listener's connections may take the
+    other half (`api._descriptor_bounds`): both listeners flooded at once (no
+    certificate needed on either) left no descriptor for the database pool or the HSM
+    (review rl38)."""
     if open_files is None:
         open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         open_files = 1 << 30 if open_files == resource.RLIM_INFINITY else open_files
-    return max(1, min(settings.capture.max_connections, open_files // 2))
+    return max(1, min(settings.capture.max_connections, open_files // 4))
 
 
 def capture_app(

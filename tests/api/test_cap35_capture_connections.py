@@ -10,7 +10,7 @@ bound in all. Past the process's descriptor limit (1,024 where the container run
 keeps the usual soft limit) the worker could accept no mTLS connection, open no
 database connection: the payments services' tokenize and detokenize failed with the
 shoppers' checkouts. Now the listener holds at most `COFRE_CAPTURE__MAX_CONNECTIONS`
-connections per worker, and at most half the process's descriptors: past it a new one
+connections per worker, and at most a quarter of the process's descriptors: past it a new one
 is closed at once, and the mTLS API keeps the rest."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from api._descriptor_bounds import mtls_bounds
 from api.capture import build_capture_server
 from api.server import BackgroundServer
 from cofre.settings import CaptureSettings, Settings
@@ -102,10 +103,13 @@ def test_finding_the_capture_listener_holds_at_most_its_connections_in_all(
                 conn.close()
 
 
-def test_the_listener_takes_at_most_half_the_processs_descriptors(tmp_path: Path) -> None:
+def test_the_listener_takes_at_most_a_quarter_of_the_processs_descriptors(
+    tmp_path: Path,
+) -> None:
     """The setting (1,024 by default) is the bound unless the process's soft limit of
-    open files is less than twice it: then half of that, so the mTLS API, the database
-    pool, the HSM and the logs keep the other half."""
+    open files is less than four times it: then a quarter of that, so that with the
+    mTLS listener's half (`mtls_bounds`) a quarter is left for the database pool, the
+    HSM and the logs (session 38: with half each, both listeners flooded left none)."""
 
     def bound(soft_limit: int, **capture: int) -> int:
         settings = Settings(data_dir=tmp_path, capture=CaptureSettings(**capture))
@@ -113,12 +117,17 @@ def test_the_listener_takes_at_most_half_the_processs_descriptors(tmp_path: Path
 
     assert bound(1_048_576) == 1024
     assert bound(1_048_576, max_connections=20_000) == 20_000
-    assert bound(1024) == 512
+    assert bound(1024) == 256
     assert bound(1024, max_connections=100) == 100
+    for soft_limit in (256, 1024, 2048, 4096, 65_536):
+        listeners = (
+            bound(soft_limit, max_connections=10**6) + mtls_bounds(2000, soft_limit).max_connections
+        )
+        assert soft_limit - listeners >= soft_limit // 4, soft_limit
     # Read from this process when not given.
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     settings = Settings(data_dir=tmp_path, capture=CaptureSettings(max_connections=10**6))
-    expected = 10**6 if soft == resource.RLIM_INFINITY else min(10**6, soft // 2)
+    expected = 10**6 if soft == resource.RLIM_INFINITY else min(10**6, soft // 4)
     assert capture_connections(settings) == expected
 
 
