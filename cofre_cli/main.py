@@ -6,6 +6,7 @@ IN PCI SCOPE (wiring). Secrets are never options: the HSM PIN comes from
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Annotated
 
@@ -50,6 +51,23 @@ app.add_typer(tokens.tokens_app, name="tokens")
 app.add_typer(witness.witness_app, name="witness")
 app.command("dev")(serve.dev_command)
 app.command("serve")(serve.serve_command)
+
+
+def _one_line_summaries(group: typer.Typer) -> None:
+    """List each command on one row of its group's help. typer's rich help lists a
+    command by its docstring's first paragraph but keeps that paragraph's line breaks
+    (its own page joins them), so `cofre --help` broke 25 rows mid-sentence (session
+    38): give every command without a `short_help` that paragraph on one line."""
+    for info in group.registered_commands:
+        text = info.help or (info.callback.__doc__ if info.callback else None) or ""
+        if info.short_help is None and text:
+            info.short_help = " ".join(inspect.cleandoc(text).split("\n\n")[0].split())
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _one_line_summaries(sub.typer_instance)
+
+
+_one_line_summaries(app)
 
 
 def _version_callback(value: bool) -> None:
