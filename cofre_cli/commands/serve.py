@@ -102,8 +102,10 @@ def dev_command(
         # A well-known test card number, assembled here so no source file carries one.
         test_pan = "4111" + "1" * 12
         typer.echo(
-            f"\nThe vault listens on https://{settings.server.host}:{settings.server.port}. "
-            "Tokenize a test card as the 'payments' service:\n\n"
+            # Printed before the workers start: they listen seconds later (session 38).
+            f"\nThe vault is starting on https://{settings.server.host}:{settings.server.port}; "
+            "once it answers (a few seconds: until then curl cannot connect), tokenize a "
+            "test card as the 'payments' service:\n\n"
             f"  curl --cacert {rel}/ca.pem --cert {rel}/clients/payments.pem "
             f"--key {rel}/clients/payments-key.pem \\\n"
             "    -H 'content-type: application/json' "
