@@ -95,6 +95,25 @@ class OracleGuard(BaseModel):
     window_seconds: Annotated[int, Field(ge=60, le=31 * 86400)] = 86400
 
 
+class CaptureSessionLimit(BaseModel):
+    """What one identity granted ``capture`` may open: `per_minute` sessions sustained
+    with bursts of `burst`, and at most `max_live` open at once (not expired, captures
+    left). Every such identity has one, whatever its `rate_limit` (session 38: without
+    a `rate_limit`, a stolen certificate opened sessions without bound, each a row and
+    an audit entry); the defaults fit a shop of up to ten checkouts a second, and a
+    policy may raise them. Enforced across every node (`vault.operations.capture`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    per_minute: Annotated[int, Field(ge=1, le=60_000_000)] = 600
+    burst: Annotated[int, Field(ge=1, le=1_000_000)] = 600
+    max_live: Annotated[int, Field(ge=1, le=10_000_000)] = 6_000
+
+    def rate(self) -> RateLimit:
+        """The sessions' bucket as a `RateLimit`."""
+        return RateLimit(per_second=self.per_minute / 60, burst=self.burst)
+
+
 class Quota(BaseModel):
     """A daily cap (UTC days) on what an identity may reveal, across every node."""
 
@@ -127,6 +146,7 @@ class IdentityPolicy(BaseModel):
         frozenset[Annotated[str, Field(pattern=r"^https?://[^/\s?#]+$", max_length=300)]] | None
     ) = None
     oracle_guard: OracleGuard = Field(default_factory=OracleGuard)
+    capture_sessions: CaptureSessionLimit = Field(default_factory=CaptureSessionLimit)
     quota: Quota | None = None
     # The officer's second factor (PCI DSS 8.4.1, 8.4.2): the PEM public key of the EC
     # P-256 key in their own PKCS#11 token. Key ceremony actions and evidence exports

@@ -33,11 +33,11 @@ import json
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Connection, Row, and_, delete, insert, select, update
+from sqlalchemy import Connection, Row, and_, delete, func, insert, select, update
 
 from audit.log import DetailValue, Outcome, Source
 from cofre.origins import address_key
-from policies.errors import PolicyDenied
+from policies.errors import PolicyDenied, RateLimited
 from policies.models import Action, RateLimit
 from vault.capture import (
     CaptureResult,
@@ -109,10 +109,26 @@ class CaptureOperations(TokenizeOperations):
             session_id = new_session_id()
             secret, secret_hash = new_secret()
             self._refuse_spent(ctx, rules, 1)
+            # The identity's own bound on sessions, whatever its `rate_limit` (session
+            # 38): read before the transaction, then charged and counted in it.
+            bound, sessions = rules.capture_sessions, _sessions_key(ctx.identity)
+            self._refuse_spent_key(sessions, bound.rate(), 1)
+            with self._storage(), self._reader.connect() as connection:
+                _refuse_past_live(connection, ctx.identity, bound.max_live, self._clock())
 
             def work(connection: Connection) -> datetime:
                 now = self._clock()
                 self._charge(connection, ctx, rules)
+                self._limits.charge_rate(
+                    connection,
+                    sessions,
+                    bound.rate(),
+                    1,
+                    now.timestamp(),
+                    clock=lambda: self._clock().timestamp(),
+                    deferrable=True,
+                )
+                _refuse_past_live(connection, ctx.identity, bound.max_live, now)
                 expires = now + timedelta(seconds=request.ttl_seconds)
                 connection.execute(
                     insert(capture_sessions).values(
@@ -394,6 +410,38 @@ class CaptureOperations(TokenizeOperations):
                 },
             ),
         )
+
+
+def _sessions_key(identity: str) -> str:
+    """The rate bucket of the sessions `identity` opens (`CaptureSessionLimit`): apart
+    from its own `rate_limit`, and from every capture-listener key (``capture-address``,
+    ``capture-session``, ``capture-holder``); no identity starts with ``capture-``
+    (a SAN URI's scheme comes first)."""
+    return f"capture-sessions {identity}"
+
+
+def _refuse_past_live(connection: Connection, owner: str, max_live: int, now: datetime) -> None:
+    """Raise `RateLimited` when `owner` holds `max_live` sessions open (not expired,
+    captures left), with the seconds until the first of them expires. Through the
+    index on ``expires_at``: the sessions not yet expired, of every identity, which the
+    bounds keep few. Two calls at once on two nodes may both pass, one over the bound
+    each (their transactions do not see each other's insert)."""
+    live, first_end = connection.execute(
+        select(func.count(), func.min(capture_sessions.c.expires_at)).where(
+            capture_sessions.c.expires_at > now,
+            capture_sessions.c.owner == owner,
+            capture_sessions.c.uses < capture_sessions.c.max_uses,
+        )
+    ).one()
+    if int(live) < max_live:
+        return
+    ends = as_utc(first_end) or now
+    raise RateLimited(
+        f"this identity holds {int(live)} capture sessions open, its most at once "
+        "(the policy's capture_sessions.max_live); a place frees when one is used or "
+        "expires",
+        max((ends - now).total_seconds(), 1.0),
+    )
 
 
 def _source(address: str) -> Source | None:
