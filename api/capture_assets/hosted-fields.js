@@ -73,8 +73,23 @@
     code.value = "";
   }
 
+  // This document never received the session's secret: the frame was reloaded (by the
+  // shopper, or by the browser: a frame moved in the page, a renderer restarted) after
+  // capture.js had handed it to the document before, and capture.js hands it over once
+  // and drops it. Pay did nothing at all (session 38); now the card typed, which this
+  // form can never send, is emptied, the shopper is told, and the shop's page is told
+  // to open a new session (fields_reloaded).
+  function lost() {
+    clearCard();
+    statusLine.textContent = "This card form was reloaded and cannot send the card: " +
+      "start the payment again.";
+    tell({ type: "error", code: "fields_reloaded", status: 0,
+           title: "The card form was reloaded; open a new capture session" });
+  }
+
   function submit() {
-    if (busy || done || secret === null) { return; }
+    if (busy || done) { return; }
+    if (secret === null) { lost(); return; }
     busy = true;
     statusLine.textContent = "";
     send(1, 0);
