@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from api._capture_assets import _hosted_fields_page, asset, sri_hash
+from api._capture_assets import _hosted_fields_page, asset, asset_version, sri_hash
 from api._capture_body import closing, limited
 from api._capture_framing import reject_early
 from api._capture_headers import BASE_CSP, cors_headers, readable_by, security_headers
@@ -237,19 +237,29 @@ def create_capture_app(state: CaptureState) -> FastAPI:
         }
         return Response(asset(CAPTURE_SCRIPT), media_type=_ASSET_TYPES[".js"], headers=headers)
 
-    def own_asset(filename: str, suffix: str) -> Response:
-        headers = {**security_headers(), "Cache-Control": "public, max-age=300"}
-        return Response(asset(filename), media_type=_ASSET_TYPES[suffix], headers=headers)
+    def own_asset(filename: str, suffix: str, request: Request) -> Response:
+        data = asset(filename)
+        # The page names the asset with its version (`asset_version`). Asked for
+        # another one (a page of another version of the vault, in a rollout), this copy
+        # is not what the page wants: it is answered uncached, so no browser or CDN
+        # keeps it under that URL.
+        wanted = request.query_params.get("v")
+        cached = wanted is None or wanted == asset_version(data)
+        headers = {
+            **security_headers(),
+            "Cache-Control": "public, max-age=300" if cached else "no-store",
+        }
+        return Response(data, media_type=_ASSET_TYPES[suffix], headers=headers)
 
     @app.get("/v1/hosted-fields.js")
-    def hosted_fields_script() -> Response:
+    def hosted_fields_script(request: Request) -> Response:
         """The hosted fields' own script (same origin as their page)."""
-        return own_asset("hosted-fields.js", ".js")
+        return own_asset("hosted-fields.js", ".js", request)
 
     @app.get("/v1/hosted-fields.css")
-    def hosted_fields_style() -> Response:
+    def hosted_fields_style(request: Request) -> Response:
         """The hosted fields' default style."""
-        return own_asset("hosted-fields.css", ".css")
+        return own_asset("hosted-fields.css", ".css", request)
 
     @app.get("/v1/hosted-fields/{session_id}")
     def hosted_fields(session_id: SessionPath, request: Request) -> Response:

@@ -11,6 +11,8 @@ the shop's page starts a new session; the secret still goes to the frame once.
 from __future__ import annotations
 
 import json
+import re
+import ssl
 
 from selenium import webdriver
 from selenium.webdriver.common.by import By
@@ -26,6 +28,7 @@ from tests.adapters.test_cap37_hosted_capture_browser import (
 from tests.adapters.test_capture_end_to_end import STEP_TIMEOUT
 from tests.adapters.test_web36_hosted_fields_browser import (
     CARD,
+    Site,
     Stage,
     _session,
     browser,
@@ -133,9 +136,7 @@ def test_the_shops_page_starts_a_new_session_and_the_shopper_pays(
     stage.shop.pages["/remount.js"] = ("text/javascript", REMOUNT.encode())
     stage.shop.pages["/next-session"] = (
         "application/json",
-        json.dumps(
-            {"session_id": second.session_id, "client_secret": second.secret}
-        ).encode(),
+        json.dumps({"session_id": second.session_id, "client_secret": second.secret}).encode(),
     )
     stage.shop.pages["/remount"] = (
         "text/html; charset=utf-8",
@@ -161,3 +162,86 @@ def test_the_shops_page_starts_a_new_session_and_the_shopper_pays(
     # The first session was never used: its secret reached no reloaded frame.
     assert _unused(stage, first)
     assert not _unused(stage, second)
+
+
+# The previous version's script as a browser or CDN cached it: the bare path, cacheable.
+PREVIOUS = asset("hosted-fields.js") + b"\n// the previous version\n"
+_NAMED = re.compile(r'/v1/hosted-fields\.js(\?v=[0-9a-f]+)?" integrity="[^"]+"')
+
+
+def _edge(stage: Stage, upgraded: list[bool]) -> Site:
+    """The capture origin as a browser meets it across an upgrade: until `upgraded[0]`
+    the previous version (its page names the script by the bare path, which serves
+    `PREVIOUS` cacheable), then this version, passed through."""
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(str(stage.vault.pki.server_cert), str(stage.vault.pki.server_key))
+    hop = {"content-length", "connection", "transfer-encoding", "keep-alive", "date"}
+
+    def forward(path: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        if not upgraded[0] and path == "/v1/hosted-fields.js":
+            cacheable = [
+                ("content-type", "text/javascript"),
+                ("cache-control", "public, max-age=300"),
+            ]
+            return 200, cacheable, PREVIOUS
+        with stage.vault.capture_client() as client:
+            answer = client.get(path)
+        body = answer.content
+        if not upgraded[0] and path.startswith("/v1/hosted-fields/"):
+            named = f'/v1/hosted-fields.js" integrity="{sri_hash(PREVIOUS)}"'
+            body = _NAMED.sub(named, body.decode()).encode()
+        return answer.status_code, [(k, v) for k, v in answer.headers.items() if k not in hop], body
+
+    return Site("localhost", tls=tls, forward=forward)
+
+
+def _script_ran(driver: webdriver.Chrome) -> bool:
+    """Whether the fields' script ran: it hides the code input of a session that
+    forbids one (web36's sessions do)."""
+    WebDriverWait(driver, STEP_TIMEOUT).until(
+        lambda d: d.execute_script("return document.readyState") == "complete"
+    )
+    return bool(
+        driver.execute_script(
+            "return document.getElementById('code-field').classList.contains('hidden')"
+        )
+    )
+
+
+def test_fields_loaded_after_an_upgrade_run_the_new_script_not_a_cached_one(
+    stage: Stage, browser: webdriver.Chrome
+) -> None:
+    """Medium (fixed, session 38; found changing the fields' script for the reload
+    above). The fields' page named its script by the bare path, served cacheable for
+    five minutes, and with its hash (review web36). After an upgrade that changed the
+    script, a browser (or CDN) that had loaded the fields in the five minutes before
+    took its cached previous copy, which the new page's hash refuses: the fields had no
+    script, Pay did nothing, for every such shopper until the cache expired (checked by
+    hand first: Chromium does not fetch again on a hash mismatch). The page now names
+    the script and style with their version (``?v=``), a new URL to every cache."""
+    upgraded = [False]
+    edge = _edge(stage, upgraded)
+    edge.start()
+    try:
+        browser.get(f"{edge.url}/v1/hosted-fields/{_session(stage).session_id}")
+        assert _script_ran(browser)
+        upgraded[0] = True
+        browser.get(f"{edge.url}/v1/hosted-fields/{_session(stage).session_id}")
+        assert _script_ran(browser)
+    finally:
+        edge.stop()
+
+
+def test_a_copy_asked_for_by_another_version_is_not_cached(stage: Stage) -> None:
+    """In a rollout a page of one version may reach a pod of the other for its script:
+    that copy is answered ``no-store``, so no browser or CDN keeps it under the URL of
+    the version it is not; the right version and the bare path are cacheable."""
+    script = asset("hosted-fields.js")
+    with stage.vault.capture_client() as client:
+        page = client.get(f"/v1/hosted-fields/{_session(stage).session_id}").text
+        [named] = re.findall(r'src="(/v1/hosted-fields\.js\?v=[0-9a-f]+)"', page)
+        right, other = client.get(named), client.get("/v1/hosted-fields.js?v=0123456789abcdef")
+        bare = client.get("/v1/hosted-fields.js")
+    assert right.content == other.content == bare.content == script
+    assert right.headers["cache-control"] == bare.headers["cache-control"] == "public, max-age=300"
+    assert other.headers["cache-control"] == "no-store"
