@@ -11,13 +11,25 @@ values, any PAN-like value); `vault.relay_client` is the call itself.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 from urllib.parse import unquote_plus
 
 from cofre.redaction import MASK_TRAILING, luhn_valid, mask_pan_values, masked_leading
+from vault._relay_details import (
+    DIGIT_RUN,
+    EXPIRY_LIKE,
+    CallerGuesses,
+    ascii_digits,
+    decoded_details,
+    digit_values,
+    escapes_hold,
+    guesses_of,
+    run_key,
+    sent_patterns,
+    without_written,
+)
 from vault._relay_echo import read_as
 from vault.errors import RelayBodyInvalid
 
@@ -120,52 +132,6 @@ def nested_deeper_than(value: Any, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
-class _Matcher(Protocol):
-    def sub(self, repl: str, string: str) -> str: ...
-    def search(self, string: str) -> object: ...
-
-
-# The texts of a caller's body that may be a guess at a detail the vault sends: a whole
-# run of digits (a code; an expiry sent as MMYY), and an expiry in a layout of
-# `_ECHOED_LAYOUTS` (`vault.operations.relay`).
-_DIGIT_RUN: Final = re.compile(r"(?<![0-9])[0-9]+(?![0-9])")
-# Bounded as `_pattern` bounds a sent expiry, so that a guess is withheld exactly where the
-# card's expiry would be.
-_EXPIRY_LIKE: Final = re.compile(
-    r"(?<!\w)(?:[0-9]{2}/[0-9]{2}(?:[0-9]{2})?|[0-9]{4}-[0-9]{2})(?!\w)"
-)
-
-
-@dataclass(frozen=True)
-class _Guesses:
-    """Matches what `pattern` finds whose `key` is one of `keys`."""
-
-    pattern: re.Pattern[str]
-    keys: frozenset[str]
-    key: Callable[[str], str]
-
-    def sub(self, repl: str, string: str) -> str:
-        return self.pattern.sub(
-            lambda m: repl if self.key(m.group(0)) in self.keys else m.group(0), string
-        )
-
-    def search(self, string: str) -> object:
-        return any(self.key(m.group(0)) in self.keys for m in self.pattern.finditer(string))
-
-
-def _run_key(run: str) -> str:
-    return run.lstrip("0")
-
-
-@dataclass(frozen=True)
-class CallerGuesses:
-    """A caller's texts that may guess a detail (`caller_guesses`): expiry layouts,
-    then digit runs, in the order `withhold_sent` applies the details' own patterns."""
-
-    layouts: _Matcher
-    runs: _Matcher
-
-
 def caller_guesses(body: Any, tokens: Collection[str] = ()) -> CallerGuesses:
     """What `withhold_sent` must withhold beside the details sent, for a relay whose
     caller sent `body`: every run of three digits or more that is at most four once its
@@ -183,21 +149,19 @@ def caller_guesses(body: Any, tokens: Collection[str] = ()) -> CallerGuesses:
     def note(_index: int, text: str) -> None:
         if text in tokens:
             return
-        for form in {text, unquote_plus(text), _ascii_digits(text)}:
+        for form in {text, unquote_plus(text), ascii_digits(text)}:
             # Any run of three digits or more that reads a code once its zeros are
-            # dropped: a sent code is withheld with leading zeros too (`_pattern`), so
+            # dropped: a sent code is withheld with leading zeros too (`detail_pattern`), so
             # guesses written as 00739 told the card's apart (review 36b).
             runs.update(
-                key
-                for r in _DIGIT_RUN.findall(form)
-                if len(r) >= 3 and len(key := _run_key(r)) <= 4
+                key for r in DIGIT_RUN.findall(form) if len(r) >= 3 and len(key := run_key(r)) <= 4
             )
-            layouts.update(_EXPIRY_LIKE.findall(form))
+            layouts.update(EXPIRY_LIKE.findall(form))
 
     _replace_texts(body, note)
     return CallerGuesses(
-        layouts=_Guesses(_EXPIRY_LIKE, frozenset(layouts), str),
-        runs=_Guesses(_DIGIT_RUN, frozenset(runs), _run_key),
+        layouts=guesses_of(EXPIRY_LIKE, frozenset(layouts)),
+        runs=guesses_of(DIGIT_RUN, frozenset(runs)),
     )
 
 
@@ -209,39 +173,28 @@ def withhold_sent(value: Any, sent: Sequence[str], guesses: CallerGuesses | None
     optional, as a number drops them), a name as whole words in any case (any
     whitespace between them, or SURNAME/GIVEN as a magnetic stripe has it); a number
     whose digits hold one becomes the string. A string that holds one only once
-    percent-decoded or with other scripts' digits read as ASCII (fullwidth,
-    Arabic-Indic) is withheld whole. The answer goes to callers outside PCI scope, and
-    acquirers echo requests in their errors. Run it on the masked answer: withholding
-    part of a spaced PAN first would leave the rest for the PAN detector to miss.
+    with its escapes undone (`vault._relay_echo.escaped_forms`: percent, also twice,
+    HTML entities, JSON escapes, quoted-printable, UTF-7) or with other scripts' digits
+    read as ASCII (fullwidth, Arabic-Indic) is withheld whole; one that holds one once a
+    word of it is decoded, before the masking (`withhold_encoded_pans`). The answer goes
+    to callers outside PCI scope, and acquirers echo requests in their errors. Run it on
+    the masked answer: withholding part of a spaced PAN first would leave the rest for
+    the PAN detector to miss.
     `guesses` (`caller_guesses`) are withheld alike, wherever a detail was sent: an
     expiry's layouts first, the caller's among them, then the rest, so that a guess
     that is the card's comes back as one that is not (withheld as digit runs first,
     `07/31` would be `[withheld]/[withheld]` for a guess and `[withheld]` for the card)."""
-    texts = [text for text in sent if text]
-    if not texts:
+    patterns = sent_patterns(sent, guesses)
+    if not patterns:
         return value
-    layouts = [text for text in texts if _EXPIRY_LIKE.fullmatch(text)]
-    patterns: list[_Matcher] = [_pattern(text) for text in layouts]
-    if guesses is not None:
-        patterns.append(guesses.layouts)
-    patterns.extend(_pattern(text) for text in texts if text not in layouts)
-    if guesses is not None:
-        patterns.append(guesses.runs)
 
     def text(item: str) -> str:
         # Without its NULs, as a text answer is (`vault.relay_client`): UTF-16 text copied
         # into a JSON string put one between each character, and the patterns match
         # whole runs, so the code and the name went back to the caller (the relay
         # review's residual; tests/vault/test_relay_answer_encoding_attacks.py).
-        item = item.replace("\x00", "")
-        for pattern in patterns:
-            item = pattern.sub(WITHHELD_DETAIL, item)
-        if item.isascii() and "%" not in item and "+" not in item:
-            return item
-        for other in (unquote_plus(item), _ascii_digits(item)):
-            if any(pattern.search(other) for pattern in patterns):
-                return WITHHELD_DETAIL
-        return item
+        item = without_written(item.replace("\x00", ""), patterns, WITHHELD_DETAIL)
+        return WITHHELD_DETAIL if escapes_hold(item, patterns) else item
 
     def walk(node: Any) -> Any:
         # Recursion is bounded: `send` refuses an answer deeper than MAX_DEPTH.
@@ -345,7 +298,7 @@ def _piece(value: Any) -> str | None:
     if isinstance(value, int) and value >= 0:
         text = str(value)
     elif isinstance(value, str) and len(value) <= 2 * _MAX_PIECE_DIGITS:
-        text = _ascii_digits(_GROUP_SEPARATORS.sub("", value))
+        text = ascii_digits(_GROUP_SEPARATORS.sub("", value))
     else:
         return None
     fits = 0 < len(text) <= _MAX_PIECE_DIGITS and text.isascii() and text.isdigit()
@@ -404,6 +357,9 @@ _LATIN1_DIGITS: Final = bytes.maketrans(b"\xb9\xb2\xb3", b"123")
 _NOT_LATIN1_DIGIT: Final = bytes(b for b in range(256) if b not in b"0123456789\xb9\xb2\xb3")
 
 
+_NOT_DIGIT: Final = re.compile(r"[^0-9]+")
+
+
 def withhold_echoed_pans(value: Any, pans: Sequence[str], *, decoded: bool = True) -> Any:
     """`value` (an upstream's answer, masked) with an echo of a PAN in `pans` (the numbers the
     vault sent) withheld in whatever shape the PAN detector does not know (review 29b): a
@@ -454,16 +410,31 @@ def withhold_echoed_pans(value: Any, pans: Sequence[str], *, decoded: bool = Tru
     return _replace_texts(alone, lambda index, _text: WITHHELD_DETAIL if index in spread else None)
 
 
-def withhold_encoded_pans(value: Any, pans: Sequence[str]) -> Any:
+def withhold_encoded_pans(
+    value: Any,
+    pans: Sequence[str],
+    sent: Sequence[str] = (),
+    guesses: CallerGuesses | None = None,
+) -> Any:
     """`value` (an upstream's answer, before the masking) with every text that reads a
     PAN in `pans` only once decoded (`vault._relay_echo`), or whose decoding passes its
     bound, replaced by `WITHHELD_DETAIL`. Review 37: run on the masked answer only, the
     check decoded a hex dump of the request after the PAN detector had starred the digit
     runs it took for cards, and read nothing. A text whose digits read the PAN as
-    written is left to the masking and `withhold_echoed_pans`, as before."""
+    written is left to the masking and `withhold_echoed_pans`, as before. So is a text
+    that holds a detail in `sent` or a guess (`withhold_sent`'s) once a word of it is
+    decoded (a run of digits as `DECODED_RUN` reads it), or once its escapes are undone
+    after its details as written are taken out (read here too, as the masking may star
+    an escaped code's digits): session 38, the card object echoed without its number in
+    base64 gave the caller the code, the name and the expiry."""
     wanted = _shown_shapes(pans)
-    if not wanted:
+    written = sent_patterns(sent, guesses)
+    decoded = decoded_details(sent, guesses)
+    if not wanted and not written:
         return value
+
+    def holds_detail(shape: str) -> bool:
+        return decoded is not None and decoded.search(shape.replace("\x00", ""))
 
     def encoded(_index: int, text: str) -> str | None:
         plain = _digits_of(text)
@@ -472,7 +443,10 @@ def withhold_encoded_pans(value: Any, pans: Sequence[str]) -> Any:
             digits = _digits_of(shape)
             return digits != plain and next(_occurrences(digits, wanted), None) is not None
 
-        return WITHHELD_DETAIL if read_as(text, found) else None
+        if read_as(text, found, decoded=holds_detail if decoded else None):
+            return WITHHELD_DETAIL
+        as_written = without_written(text.replace("\x00", ""), written, WITHHELD_DETAIL)
+        return WITHHELD_DETAIL if written and escapes_hold(as_written, written) else None
 
     return _replace_texts(value, encoded)
 
@@ -519,27 +493,7 @@ def _digits_of(text: str) -> str:
         # superscripts, and a lookup per character took seconds for a 1 MiB word.
         data = text.encode("latin-1").translate(_LATIN1_DIGITS, _NOT_LATIN1_DIGIT)
         return data.decode("ascii")
-    return "".join(str(d) for c in text if (d := unicodedata.digit(c, None)) is not None)
-
-
-def _ascii_digits(text: str) -> str:
-    # Every Unicode decimal digit (fullwidth, Arabic-Indic, ...) as its ASCII digit.
-    return "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in text)
-
-
-def _pattern(text: str) -> re.Pattern[str]:
-    if text.isascii() and text.isdigit():
-        digits = text.lstrip("0")
-        digits = rf"0*{re.escape(digits)}" if digits else "0+"
-        return re.compile(rf"(?<![0-9]){digits}(?![0-9])")
-    words = text.split()
-    body = re.escape(text)
-    if len(words) > 1:
-        # Any whitespace between the words, and the magnetic stripe's SURNAME/GIVEN.
-        forward = r"\s+".join(map(re.escape, words))
-        track = re.escape(words[-1]) + r"\s*/\s*" + r"\s+".join(map(re.escape, words[:-1]))
-        body = f"(?:{forward}|{track})"
-    return re.compile(rf"(?<!\w){body}(?!\w)", re.IGNORECASE)
+    return _NOT_DIGIT.sub("", text.translate(digit_values()))
 
 
 def mask_strings(value: Any) -> Any:

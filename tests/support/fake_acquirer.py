@@ -52,6 +52,9 @@ class FakeAcquirer(LoopbackHttps):
     # tests.support.leakguard.ACQUIRER_SIDE, which the leak scan skips by name (an
     # acquirer is where the card is meant to arrive).
     journal: Path | None = None
+    # Headers a test's upstream adds to its answer, given the received body (an echo in a
+    # Location or a Set-Cookie).
+    headers: Callable[[dict[str, Any]], dict[str, str]] | None = None
 
     def start(self) -> None:
         acquirer = self
@@ -71,6 +74,7 @@ class FakeAcquirer(LoopbackHttps):
                 if acquirer.delay_seconds:
                     time.sleep(acquirer.delay_seconds)
                 if acquirer.answer is not None:
+                    self._extra = {} if acquirer.headers is None else acquirer.headers(body)
                     self._answer(*acquirer.answer(body))
                     return
                 number = str((body.get("card") or {}).get("number", ""))
@@ -92,6 +96,8 @@ class FakeAcquirer(LoopbackHttps):
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
+                for name, value in getattr(self, "_extra", {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 

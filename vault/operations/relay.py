@@ -21,6 +21,7 @@ from cofre.errors import CofreError
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied, RateLimited
 from policies.models import Action, CardPointers, IdentityPolicy, RelayRoute
+from vault._relay_details import CallerGuesses
 from vault.card import format_expiry
 from vault.errors import (
     IntegrityError,
@@ -40,7 +41,6 @@ from vault.operations.tokenize import TokenizeOperations
 from vault.pan import Pan
 from vault.relay import (
     MAX_DEPTH,
-    CallerGuesses,
     RelayResult,
     add_pointer,
     caller_guesses,
@@ -509,7 +509,7 @@ class RelayOperations(TokenizeOperations):
             set_pointer(body, pointer, None)
             tokens_at[pointer] = record.token
         # Before the masking, which stars the digit runs of a hex dump (review 37).
-        body = withhold_encoded_pans(body, sent.pans)
+        body = withhold_encoded_pans(body, sent.pans, sent.details, sent.guesses)
         masked = withhold_split_pans(mask_strings(body), sent.pans)
         # An echo of a sent number in a shape the detector does not know (review 29b).
         masked = withhold_echoed_pans(masked, sent.pans, decoded=False)  # read above
