@@ -81,20 +81,9 @@ def describe(obj: Any) -> KeyInfo:
     kept: dict[Attribute, Any] = {}
     if object_class != ObjectClass.PUBLIC_KEY:
         kept = {attribute: found.get(attribute) for attribute in KEPT_IN}
-    key_id = found.get(Attribute.ID)
-    check: str | None = None
-    if object_class == ObjectClass.SECRET_KEY:
-        value = found.get(Attribute.CHECK_VALUE)
-        check = None if not value else "kcv:" + bytes(value).hex()
-    elif object_class == ObjectClass.PUBLIC_KEY and key_type == KeyType.EC:
-        point = found.get(Attribute.EC_POINT)
-        if point:
-            digest = hashlib.sha256(bytes(point)).digest()
-            # Base64, not hex: 64 hex digits often hold a 12-digit run, which the audit
-            # log's PAN masker would rewrite.
-            check = "ec-point-sha256:" + base64.b64encode(digest).decode()
+    key_id, check = identity_of(found, object_class)
     return KeyInfo(
-        key_id=None if key_id is None else base64.b64encode(bytes(key_id)).decode(),
+        key_id=key_id,
         key_check=check,
         label=str(found.get(Attribute.LABEL) or ""),
         object_class=object_class.name,
@@ -107,3 +96,24 @@ def describe(obj: Any) -> KeyInfo:
         never_extractable=kept.get(Attribute.NEVER_EXTRACTABLE),
         local=found.get(Attribute.LOCAL),
     )
+
+
+def identity_of(
+    found: dict[Attribute, Any], object_class: ObjectClass
+) -> tuple[str | None, str | None]:
+    """The ``CKA_ID`` (base64) and check value in a key's attributes `found`, as the key
+    registry records them: the token's ``CKA_CHECK_VALUE`` of a secret key, the SHA-256
+    of an EC public key's point; ``None`` for what `found` lacks."""
+    key_id = found.get(Attribute.ID)
+    check: str | None = None
+    if object_class == ObjectClass.SECRET_KEY:
+        value = found.get(Attribute.CHECK_VALUE)
+        check = None if not value else "kcv:" + bytes(value).hex()
+    elif object_class == ObjectClass.PUBLIC_KEY:
+        point = found.get(Attribute.EC_POINT)
+        if point:
+            digest = hashlib.sha256(bytes(point)).digest()
+            # Base64, not hex: 64 hex digits often hold a 12-digit run, which the audit
+            # log's PAN masker would rewrite.
+            check = "ec-point-sha256:" + base64.b64encode(digest).decode()
+    return (None if key_id is None else base64.b64encode(bytes(key_id)).decode()), check

@@ -84,6 +84,10 @@ class AeadOperations(TokenSession):
             nonlocal making
             self._refuse_duplicate(session, label)
             making = True
+            # A new key of Cofre's making under a free label: an earlier record of the
+            # label (a key destroyed since) no longer says which key it is; the key
+            # registry pins this one when it records it.
+            self._unpin(label)
             make(session, key_id)
 
         refused: HSMKeyUnavailable | None = None

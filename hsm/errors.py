@@ -9,6 +9,7 @@ never a PIN or key material.
         │   ├── HSMAuthFailed         code hsm_unavailable  (wrong or locked PIN)
         │   └── HSMKeyUnavailable     code hsm_unavailable  (key not yet usable: new on CloudHSM)
         ├── HSMKeyNotFound            code hsm_key_not_found
+        ├── HSMKeyNotRegistered       code hsm_key_unregistered (not the key the registry records)
         ├── HSMMechanismUnsupported   code hsm_mechanism_unsupported
         ├── HSMKeyNotExtractable      code hsm_key_not_extractable (the token refused export)
         ├── HSMTokenInService         code hsm_token_in_service (selftest on a serving token)
@@ -44,6 +45,15 @@ class HSMKeyUnavailable(HSMUnavailable):
 
 class HSMKeyNotFound(HSMError):
     code = "hsm_key_not_found"
+
+
+class HSMKeyNotRegistered(HSMError):
+    """A key found under a label the key registry records is another key than the
+    record's (another ``CKA_ID`` or check value, or a private half that does not sign
+    for the recorded public one): a substitute, never used (`hsm._identity`). The code
+    is the registry's own for a key it does not know (`vault.errors.KeyNotRegistered`)."""
+
+    code = "hsm_key_unregistered"
 
 
 class HSMMechanismUnsupported(HSMError):

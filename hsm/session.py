@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import pkcs11.exceptions as p11e
-from pkcs11 import Attribute, ObjectClass
+from pkcs11 import ObjectClass
 from pydantic import SecretStr
 
 from cofre.blocking import may_block, may_wait
 from cofre.errors import WouldBlock
 from hsm import _readiness
-from hsm._describe import KEPT_IN, read_attributes
+from hsm._identity import Pin, Pins, check_found, prove_pair
 from hsm._login import UserLogin
 from hsm._pool import (
     _AUTH_ERRORS,
@@ -137,8 +137,12 @@ class TokenSession(ReadinessChecks):
         self._waiting = 0
         self._closed = False
         self._local = threading.local()
-        # Bumped when a key is destroyed: every session's cache of found keys is stale.
+        # Bumped when a key is destroyed or a label's record changes: every session's
+        # cache of found keys is stale.
         self._epoch = 0
+        # What the key registry records under each label (`pin_key_identities`): a key
+        # found under one of them is used only if it is that key (`hsm._identity`).
+        self._pins: dict[str, Pin] = {}
         self._mechanisms: frozenset[int] | None = None
         self._wrap: WrapMechanisms | None = None
         # Called with (operation, milliseconds) after every call; the API feeds metrics.
@@ -483,13 +487,36 @@ class TokenSession(ReadinessChecks):
             raise HSMKeyNotFound(f"no {object_class.name} key labelled {label!r}") from None
         except p11e.MultipleObjectsReturned:
             raise HSMOperationFailed(f"more than one key labelled {label!r}") from None
-        if object_class != ObjectClass.PUBLIC_KEY:
-            _refuse_a_key_that_can_leave(obj, label)
+        # Checked once per key and pooled session, before its first use (found keys are
+        # cached below): kept in the token, and the registry's key (`hsm._identity`).
+        pin = self._pins.get(label)
+        check_found(obj, label, object_class, pin)
+        if object_class == ObjectClass.PRIVATE_KEY and pin is not None:
+            prove_pair(obj, self._find(session, label, ObjectClass.PUBLIC_KEY), label)
         objects[key] = obj
         return obj
 
     def _find_secret(self, session: Any, label: str) -> Any:
         return self._find(session, label, ObjectClass.SECRET_KEY)
+
+    def pin_key_identities(self, pins: Pins) -> None:
+        """Use a key found under a label of `pins` (the key registry's records: label to
+        base64 ``CKA_ID`` and check value) only when it is that key; a lookup refuses
+        another (`HSMKeyNotRegistered`). Replaces the pins given before; when they
+        changed (a key recorded, rarely), every session looks its keys up again, so a
+        key found before its label was pinned is checked too."""
+        pins = dict(pins)
+        with self._mutex:
+            if pins != self._pins:
+                self._pins = pins
+                self._epoch += 1
+
+    def _unpin(self, label: str) -> None:
+        """Forget `label`'s pin: Cofre destroys the key or makes a new one under it (the
+        registry pins the new key when it records it)."""
+        with self._mutex:
+            if label in self._pins:
+                self._pins = {k: v for k, v in self._pins.items() if k != label}
 
     def _forget_keys(self) -> None:
         """Invalidate every session's cache of found keys (after a key is destroyed)."""
@@ -504,26 +531,3 @@ class TokenSession(ReadinessChecks):
         """Close every session. The provider reopens them on the next call."""
         with self._exclusive():
             self._drop_all()
-
-
-def _refuse_a_key_that_can_leave(obj: Any, label: str) -> None:
-    """Raise `HSMOperationFailed` when key `obj` is, or ever was, readable or
-    extractable: every key Cofre looks up by label it made sensitive and never
-    extractable, so such a key was made or imported with the PIN outside Cofre, and
-    stands where Cofre's was (destroyed since). Until session 37 it was used at once
-    (an HMAC of cards, a wrap of a data key under a key its maker can read) until the
-    key registry's next listing noticed it. Once per key and pooled session: found keys
-    are cached (`_Pooled.objects`). An attribute the token does not report counts as
-    refused only for the two PKCS#11 requires (`vault.key_registry.can_leave_the_token`
-    says the same of listings)."""
-    found = read_attributes(obj, KEPT_IN)
-    if (
-        found.get(Attribute.SENSITIVE) is not True
-        or found.get(Attribute.EXTRACTABLE) is not False
-        or found.get(Attribute.ALWAYS_SENSITIVE) is False
-        or found.get(Attribute.NEVER_EXTRACTABLE) is False
-    ):
-        raise HSMOperationFailed(
-            f"the key labelled {label!r} can leave the token (readable or extractable, "
-            "now or once): not Cofre's, refused"
-        )

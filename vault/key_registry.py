@@ -154,6 +154,14 @@ class KeyRegistry:
             now = time.monotonic()
             if fresh or self._cache is None or now - self._read_at > _REFRESH_SECONDS:
                 self._cache, self._read_at = self._read(), now
+                # Every lookup of the HSM layer then takes only the recorded key under a
+                # recorded label (session 38): until then a substitute was used by each
+                # session that found it until a listing here noticed it, and the audit
+                # signer, which resolves its label only when the handovers change, kept
+                # signing with it.
+                self._provider.pin_key_identities(
+                    {label: (i.cka_id, i.check) for label, i in self._cache.items()}
+                )
             return dict(self._cache)
 
     def _read(self, connection: Connection | None = None) -> dict[str, KeyIdentity]:

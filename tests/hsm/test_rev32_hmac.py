@@ -22,7 +22,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from cofre.blocking import never_blocking
 from cofre.errors import WouldBlock
 from cofre.settings import DEFAULT_SOFTHSM_LIBRARY
-from hsm import session as session_module
+from hsm import _identity as identity_module
 from hsm._hmac import _COPY_LABEL, HMAC_CHUNK, _DirectHmac
 from hsm._login import UserLogin
 from hsm._pool import CONNECTION_ERRORS
@@ -175,10 +175,10 @@ def _import_hmac_key(provider: HSMProvider, label: str, value: bytes) -> None:
 def _imported_keys_are_this_module_s_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
     """This module's HMAC keys are imported with known values, to compare the token's
     HMACs with the standard library's. Since session 37 the provider refuses a key found
-    by label whose value was ever outside the token (`_refuse_a_key_that_can_leave`,
+    by label whose value was ever outside the token (`hsm._identity`,
     tests/hsm/test_hsm37_key_attributes.py shows it refusing); here, and only here, that
     check is lifted, so these tests still reach the HMAC, cache and copy code."""
-    monkeypatch.setattr(session_module, "_refuse_a_key_that_can_leave", lambda _o, _l: None)
+    monkeypatch.setattr(identity_module, "_refuse_a_key_that_can_leave", lambda _o, _l: None)
 
 
 @pytest.fixture
