@@ -17,8 +17,9 @@ is pooled like CloudHSM.)
 
 Recovery. A call that fails because the session, token or library went away drops that
 session, retries once on a fresh one, and when the retry fails too re-initialises the
-library (after every other call on it has finished) and raises `HSMUnavailable`; the next
-call tries again. Nothing is cached across a re-initialisation except configuration.
+library (after every other call on it has finished; once for calls that failed together)
+and raises `HSMUnavailable`; the next call tries again. Nothing is cached across a
+re-initialisation except configuration.
 Sessions open without the PIN and log in apart (`hsm._login`), so a session whose login
 fails is closed, and closing one never logs the others out (docs/cloudhsm.md, "When the
 HSM fails"; tests/reliability/test_hsm_faults.py).
@@ -145,6 +146,8 @@ class TokenSession(ReadinessChecks):
         self._pins: dict[str, Pin] = {}
         self._mechanisms: frozenset[int] | None = None
         self._wrap: WrapMechanisms | None = None
+        # Re-initialisations of the library so far (`_reinitialize`).
+        self._generation = 0
         # Called with (operation, milliseconds) after every call; the API feeds metrics.
         self.observer: Callable[[str, float], None] | None = None
 
@@ -344,9 +347,16 @@ class TokenSession(ReadinessChecks):
         for pooled in idle:
             _close_quietly(pooled.session)
 
-    def _reinitialize(self) -> None:
+    def _reinitialize(self, generation: int) -> None:
         may_block()
         with self._exclusive():
+            if self._generation != generation:
+                # Re-initialised since the failing call began: calls that fail together
+                # (a throttled or lost cluster) make one new library, not one each (four
+                # calls made four, each closing the pool and logging in again, session
+                # 38: tests/hsm/test_cka38_reinit_under_load.py).
+                return
+            self._generation += 1
             self._drop_all()
             with self._lib_lock:
                 self._mechanisms = None
@@ -358,13 +368,14 @@ class TokenSession(ReadinessChecks):
                     except p11e.PKCS11Error:
                         self._lib = None
 
-    def _recover(self) -> None:
-        """Re-initialise the library after a call failed twice; for a readiness check's
-        own call in a background thread (`_in_background`): it may hang there too."""
+    def _recover(self, generation: int) -> None:
+        """Re-initialise the library after a call that began at `generation` failed
+        twice, unless another call did since; for a readiness check's own call in a
+        background thread (`_in_background`): it may hang there too."""
         if getattr(self._local, "bounded", False):
-            self._in_background(self._reinitialize)
+            self._in_background(lambda: self._reinitialize(generation))
         else:
-            self._reinitialize()
+            self._reinitialize(generation)
 
     def _run(self, operation: Callable[[Any], T], *, retry: bool = True, name: str = "call") -> T:
         """Run `operation(session)` on a pooled session, translating every PKCS#11 error.
@@ -426,6 +437,7 @@ class TokenSession(ReadinessChecks):
         attempts = 2 if retry else 1
         local = self._local
         attempt = 0
+        generation = self._generation
         while True:
             attempt += 1
             pooled = self._borrow(fresh=attempt > 1)
@@ -465,7 +477,7 @@ class TokenSession(ReadinessChecks):
                 self._give_back(pooled, broken=broken)
             if attempt == attempts:
                 if attempts > 1 and failure not in BUSY_ERRORS:
-                    self._recover()
+                    self._recover(generation)
                 raise HSMUnavailable(f"token {self._token_label!r} is not reachable ({failure})")
 
     def _translate(self, call: Callable[[], T]) -> T:
