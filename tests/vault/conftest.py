@@ -230,3 +230,15 @@ def rig(
     service.initialize()
     yield service, rotation_of(service, engine, rotation_provider)
     service.close()
+
+
+def officers_vault(engine: Engine, provider: HSMProvider) -> Iterator[VaultService]:
+    """A vault on `engine` and `provider` under the test policy with its two officers,
+    initialised, closed after the test: for the planted-key and forged-registration
+    tests' `vault` fixtures (`yield from officers_vault(engine, rotation_provider)`)."""
+    service = VaultService(
+        engine, provider, PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
+    )
+    service.initialize()
+    yield service
+    service.close()

@@ -41,10 +41,8 @@ from cofre.errors import CofreError
 from hsm.keys import KeyHierarchy, KeyKind, key_label
 from hsm.mechanisms import KEPT_SECRET, pair_templates, secret_key_template
 from hsm.provider import HSMProvider
-from policies.engine import PolicyEngine
-from policies.loader import parse_policy
 from tests.support.pans import card_number
-from tests.vault.conftest import OFFICERS, PAYMENTS, TEST_POLICY
+from tests.vault.conftest import PAYMENTS, officers_vault
 from vault.pan import Pan
 from vault.service import TokenizeRequest, VaultService
 from vault.signing import HSMTreeHeadSigner
@@ -54,11 +52,7 @@ pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 @pytest.fixture
 def vault(engine: Engine, rotation_provider: HSMProvider) -> Iterator[VaultService]:
-    policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
-    service = VaultService(engine, rotation_provider, policy)
-    service.initialize()
-    yield service
-    service.close()
+    yield from officers_vault(engine, rotation_provider)
 
 
 @pytest.fixture

@@ -27,20 +27,16 @@ from sqlalchemy import Engine
 
 from hsm.keys import KeyHierarchy, KeyKind, key_label
 from hsm.provider import HSMProvider
-from policies.engine import PolicyEngine
-from policies.loader import parse_policy
-from tests.vault.conftest import OFFICERS, PAYMENTS, TEST_POLICY
+from tests.vault.conftest import PAYMENTS, officers_vault
 from vault.pan import Pan, luhn_check_digit
 from vault.service import TokenizeRequest, VaultService
 
 
 @pytest.fixture
 def vault(engine: Engine, rotation_provider: HSMProvider) -> Iterator[VaultService]:
-    policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
-    service = VaultService(engine, rotation_provider, policy)
-    service.initialize()  # the registry now holds every key on the token
-    yield service
-    service.close()
+    yield from officers_vault(
+        engine, rotation_provider
+    )  # the registry holds every key on the token
 
 
 @pytest.fixture

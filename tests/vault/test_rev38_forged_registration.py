@@ -26,10 +26,8 @@ from sqlalchemy import Engine
 from audit.log import AuditEvent, AuditLog, Outcome
 from hsm.keys import KeyKind
 from hsm.provider import HSMProvider
-from policies.engine import PolicyEngine
-from policies.loader import parse_policy
 from tests.support.pans import card_number
-from tests.vault.conftest import OFFICERS, PAYMENTS, TEST_POLICY
+from tests.vault.conftest import PAYMENTS, officers_vault
 from vault.errors import KeyNotRegistered
 from vault.key_registry import REGISTER
 from vault.pan import Pan
@@ -38,11 +36,7 @@ from vault.service import TokenizeRequest, VaultService
 
 @pytest.fixture
 def vault(engine: Engine, rotation_provider: HSMProvider) -> Iterator[VaultService]:
-    policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
-    service = VaultService(engine, rotation_provider, policy)
-    service.initialize()
-    yield service
-    service.close()
+    yield from officers_vault(engine, rotation_provider)
 
 
 def _append_registration(engine: Engine, label: str, details: dict[str, str | None]) -> None:
