@@ -284,6 +284,10 @@ class CeremonyResponse(_Strict):
     # Why an approval would be refused (409 ceremony_invalid) though the ceremony shows
     # pending: the audit log holds its start or its cancel. None when approvable.
     approval_refused: str | None = None
+    # A running data or fingerprint rotation's tokens that fail authentication: it does
+    # not complete while one remains; `stuck_action` says what to do (rot38).
+    stuck_tokens: list[str] = []
+    stuck_action: str | None = None
 
 
 class HeadRef(_Strict):

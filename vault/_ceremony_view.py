@@ -19,6 +19,7 @@ from vault._ceremony_guards import (
     replay_refusal,
     revoked_officers,
 )
+from vault._rotation_unreadable import UNREADABLE_ACTION, unreadable_tokens
 from vault.approval_proof import proposal_expired
 from vault.ceremony import Ceremony, CeremonyState
 from vault.storage.database import as_utc
@@ -78,6 +79,8 @@ def ceremony_view(
         replayed = replay_refusal(connection, row)
         if replayed is not None:
             refused, counting = replayed.reason, []
+    # Rows a running rotation could not read, which keep it from completing (rot38).
+    stuck = unreadable_tokens(connection, row)
     return Ceremony(
         id=row.id,
         kind=row.kind,
@@ -95,4 +98,6 @@ def ceremony_view(
         destroy_after=as_utc(row.destroy_after),
         completed_at=as_utc(row.completed_at),
         approval_refused=refused,
+        stuck_tokens=stuck,
+        stuck_action=UNREADABLE_ACTION if stuck else None,
     )

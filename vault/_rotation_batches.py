@@ -10,6 +10,7 @@ sitting.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from typing import Any, Final
 
 from sqlalchemy import Connection, Row, bindparam, func, select, update
@@ -17,11 +18,12 @@ from sqlalchemy import Connection, Row, bindparam, func, select, update
 from hsm.keys import KeyKind, key_label
 from hsm.provider import HSMProvider, WrappedKey
 from vault._retired_keys import retired_through
+from vault._rotation_unreadable import UnreadableRows
 from vault.card import pan_digits
 from vault.ceremony import RotationKind
 from vault.errors import DataKeyMissing
 from vault.keyring import DataKeyring, KeyPurpose, KeyState, open_pan
-from vault.storage.schema import data_keys, tokens
+from vault.storage.schema import data_keys, key_ceremonies, tokens
 
 BATCH: Final = 500  # rows a rotation moves per transaction
 
@@ -36,7 +38,11 @@ _REENCRYPT: Final = (
 )
 
 
-class RotationBatches:
+# What opening a stored PAN reads (`open_pan`).
+_SEALED: Final = (tokens.c.id, tokens.c.token, tokens.c.domain, tokens.c.nonce, tokens.c.ciphertext)
+
+
+class RotationBatches(UnreadableRows):
     """One batch of each rotation kind; `KeyRotation` sets the state these use."""
 
     _provider: HSMProvider
@@ -89,19 +95,30 @@ class RotationBatches:
 
     def _reencrypt(self, connection: Connection, row: Row[Any], batch: int) -> int:
         old, new = int(row.old_version), int(row.new_version)
-        rows = connection.execute(
-            select(
-                tokens.c.id, tokens.c.token, tokens.c.domain, tokens.c.nonce, tokens.c.ciphertext
-            )
-            .where(tokens.c.key_version == old)
-            .limit(batch)
-        ).all()
-        if not rows:  # done; and a rotation from no data key (v0) has no cipher to ask for
-            return 0
+        skipped = self._skipped(connection, row)
+        while True:  # a batch of unreadable rows only: the next one (they are skipped)
+            rows = connection.execute(
+                select(*_SEALED)
+                .where(tokens.c.key_version == old, tokens.c.id.not_in(sorted(skipped)))
+                .limit(batch)
+            ).all()
+            if not rows:  # done; and a rotation from no data key (v0) has no cipher to ask for
+                return 0
+            if moved := self._reseal(connection, row, rows, old, new):
+                return moved
+            skipped = self._skipped(connection, row)
+
+    def _reseal(
+        self, connection: Connection, row: Row[Any], rows: Sequence[Any], old: int, new: int
+    ) -> int:
+        """Re-encrypt `rows` under data key `new`; one that fails authentication is
+        skipped (`UnreadableRows`), never resealed. Returns the rows moved."""
         old_cipher, new_cipher = self._keyring.gcm(old), self._keyring.gcm(new)
         params = []
         for item in rows:
-            clear = open_pan(old_cipher, item, old)
+            clear = self._open_or_skip(row, item, lambda i=item: open_pan(old_cipher, i, old))
+            if clear is None:
+                continue
             nonce = secrets.token_bytes(12)
             sealed = new_cipher.encrypt(
                 nonce, clear, self._keyring.sealing_aad(item.id, item.token, new, item.domain)
@@ -111,7 +128,7 @@ class RotationBatches:
             )
         if params:
             connection.execute(_REENCRYPT, params)
-        return len(rows)
+        return len(params)
 
     def _rewrap(self, connection: Connection, row: Row[Any], batch: int) -> int:
         new_label = key_label(KeyKind.KEK, int(row.new_version))
@@ -160,16 +177,37 @@ class RotationBatches:
         return len(rows)
 
     def _refingerprint(self, connection: Connection, row: Row[Any], batch: int) -> int:
+        old = int(row.old_version)
+        skipped = self._skipped(connection, row)
+        while True:  # a batch of unreadable rows only: the next one (they are skipped)
+            rows = connection.execute(
+                select(tokens)
+                .where(
+                    tokens.c.fp_version == old,
+                    tokens.c.fingerprint.is_not(None),
+                    tokens.c.id.not_in(sorted(skipped)),
+                )
+                .limit(batch)
+            ).all()
+            if not rows:
+                return 0
+            if moved := self._fingerprint_again(connection, row, rows):
+                return moved
+            skipped = self._skipped(connection, row)
+
+    def _fingerprint_again(self, connection: Connection, row: Row[Any], rows: Sequence[Any]) -> int:
+        """Fingerprint `rows` under the new key; one whose card fails authentication is
+        skipped (`UnreadableRows`), never fingerprinted. Returns the rows moved."""
         old, new = int(row.old_version), int(row.new_version)
         label = key_label(KeyKind.FINGERPRINT, new)
-        rows = connection.execute(
-            select(tokens)
-            .where(tokens.c.fp_version == old, tokens.c.fingerprint.is_not(None))
-            .limit(batch)
-        ).all()
+        moved = 0
         for item in rows:
             version = int(item.key_version)
-            clear = open_pan(self._keyring.gcm(version), item, version)
+            clear = self._open_or_skip(
+                row, item, lambda i=item, v=version: open_pan(self._keyring.gcm(v), i, v)
+            )
+            if clear is None:
+                continue
             # Only over the fingerprint read (PostgreSQL re-checks it on the row a write
             # that held the row left): a delete shreds the row's fingerprint with its
             # card, and written by the id alone the new one came back on the tombstone,
@@ -186,7 +224,53 @@ class RotationBatches:
                     fp_version=new,
                 )
             )
-        return len(rows)
+            moved += 1
+        return moved
+
+    def _finish_unless_unreadable(self, connection: Connection, row: Row[Any]) -> None:
+        """`_finish` rotation `row`, nothing else left under its old version, unless a
+        row it could not read still is (rot38): those are opened once more (moved if
+        restored), the rest audited once each, and the rotation does not complete (the
+        old key kept); its status names them (`unreadable_tokens`)."""
+        if row.kind in {RotationKind.DATA.value, RotationKind.FINGERPRINT.value}:
+            held = self._skipped(connection, row)
+            picked = (*_SEALED, tokens.c.key_version, tokens.c.fingerprint)
+            kind_data = row.kind == RotationKind.DATA.value
+            under_old = (
+                tokens.c.key_version == int(row.old_version)
+                if kind_data
+                else (tokens.c.fp_version == int(row.old_version))
+                & tokens.c.fingerprint.is_not(None)
+            )
+            rows = connection.execute(
+                select(*picked).where(under_old, tokens.c.id.in_(sorted(held)))
+            ).all()
+            self._suspects(row.id).clear()
+            if rows:
+                old, new = int(row.old_version), int(row.new_version)
+                moved = (
+                    self._reseal(connection, row, rows, old, new)
+                    if kind_data
+                    else self._fingerprint_again(connection, row, rows)
+                )
+                still = sorted(self._suspects(row.id))
+                self._report(connection, row, still)
+                if moved:
+                    self._count_moved(connection, row, moved)
+                if still or moved:
+                    return
+        self._held_back().pop(row.id, None)
+        self._finish(connection, row)
+
+    def _count_moved(self, connection: Connection, row: Row[Any], moved: int) -> None:
+        connection.execute(
+            update(key_ceremonies)
+            .where(key_ceremonies.c.id == row.id)
+            .values(progress_done=key_ceremonies.c.progress_done + moved)
+        )
+
+    def _finish(self, connection: Connection, row: Row[Any]) -> None:
+        raise NotImplementedError  # `KeyRotation._finish`
 
     def _move_late_rows(self, connection: Connection, row: Row[Any]) -> int:
         """Move again what was written under the old key after the migration passed,

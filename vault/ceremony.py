@@ -7,7 +7,7 @@ runs ceremonies and returns these.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -69,6 +69,11 @@ class Ceremony:
     # pending (the audit log shows it already started or cancelled: a row written back),
     # None otherwise.
     approval_refused: str | None = None
+    # The tokens a running data or fingerprint rotation could not read (they fail
+    # authentication): it does not complete while one remains under the old key, and
+    # `stuck_action` says what to do (rot38, `vault._rotation_unreadable`).
+    stuck_tokens: list[str] = field(default_factory=list)
+    stuck_action: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)

@@ -514,7 +514,7 @@ class KeyRotation(RotationBatches):
                 )
                 self._progress(connection, row, {"moved": moved})
                 return moved
-            self._finish(connection, row)
+            self._finish_unless_unreadable(connection, row)
             return 0
 
     def _progress(

@@ -27,6 +27,12 @@ class RotationWorker(WorkerThread):
                 self.health.failed(exc)
                 moved = 0
             else:
-                self.health.succeeded()
+                # A rotation held back by rows that fail authentication (rot38): the
+                # pass worked, but the rotation cannot end; readiness names it.
+                held = self._rotation.held_back()
+                if held is None:
+                    self.health.succeeded()
+                else:
+                    self.health.failed(held)
             if not moved:
                 self._stop.wait(self._interval)

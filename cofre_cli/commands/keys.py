@@ -34,6 +34,10 @@ def _show_ceremony(data: dict[str, Any]) -> None:
     refused = data.get("approval_refused")
     if refused:  # the audit log shows it already started or cancelled: a row written back
         typer.echo(f"  NOT APPROVABLE: {refused}; cancel it (docs/key-ceremony.md)")
+    stuck = data.get("stuck_tokens")
+    if stuck:  # rows that fail authentication keep the rotation from completing (rot38)
+        typer.echo(f"  CANNOT COMPLETE: tokens failing authentication: {', '.join(stuck)}")
+        typer.echo(f"  what to do: {data.get('stuck_action')}")
     stale = [a for a in data["approvers"] if a not in counting]
     if stale:  # replaced MFA key, officer removed, or a row its officer never signed
         typer.echo(f"  not counting now: {', '.join(stale)}")
