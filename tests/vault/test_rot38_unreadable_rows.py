@@ -139,3 +139,37 @@ def test_a_data_rotation_ends_once_the_unreadable_token_is_deleted(
     assert _drive(rotation, ceremony.id) == CeremonyState.COMPLETED
     for token, card in zip(tokens[1:], CARDS[1:], strict=True):
         assert service.detokenize(GETNET, token).pan == card
+
+
+def test_a_fingerprint_rotation_names_a_row_restored_under_a_retired_data_key(
+    rig: tuple[VaultService, KeyRotation], engine: Engine
+) -> None:
+    """bak38's restored row (its data key retired: the keyring refuses it with
+    `integrity_error`) holds a fingerprint rotation back the same way; no backup can
+    help (the key is retired for good), so the token is deleted and the rotation ends."""
+    service, rotation = rig
+    tokens = _stored(service)
+    columns = "nonce, ciphertext, key_version, fp_version, fingerprint"
+    with engine.connect() as connection:
+        backup = connection.execute(
+            sa.text(f"SELECT id, {columns} FROM tokens WHERE token = :t"),
+            {"t": tokens[1]},
+        ).one()
+    data = rotation.propose(ALICE, "data")
+    rotation.approve(CAROL, data.id)
+    assert _drive(rotation, data.id) == CeremonyState.COMPLETED
+    with engine.begin() as connection:  # the writer puts the row back from the backup
+        connection.execute(
+            sa.text(
+                "UPDATE tokens SET nonce = :n, ciphertext = :c, key_version = :k WHERE id = :i"
+            ),
+            {"n": backup.nonce, "c": backup.ciphertext, "k": backup.key_version, "i": backup.id},
+        )
+    ceremony = rotation.propose(ALICE, "fingerprint")
+    rotation.approve(CAROL, ceremony.id)
+    assert _drive(rotation, ceremony.id) == CeremonyState.RUNNING
+    assert rotation.status(ALICE, ceremony.id).stuck_tokens == [backup.id]
+    assert service.delete(PAYMENTS, tokens[1])
+    assert _drive(rotation, ceremony.id) == CeremonyState.COMPLETED
+    for token, card in zip(tokens[2:], CARDS[2:], strict=True):
+        assert service.detokenize(GETNET, token).pan == card
