@@ -16,6 +16,7 @@ SoftHSM2 (and the CloudHSM shim)."""
 from __future__ import annotations
 
 import json
+import time
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
@@ -25,6 +26,7 @@ from tests.vault.conftest import ALICE, CAROL, GETNET, PAYMENTS
 from vault.ceremony import CeremonyState
 from vault.pan import Pan
 from vault.rotation import KeyRotation
+from vault.rotation_worker import RotationWorker
 from vault.service import TokenizeRequest, VaultService
 
 CARDS = [Pan(card_number("453201", 38100 + i)) for i in range(5)]
@@ -135,6 +137,20 @@ def test_a_data_rotation_ends_once_the_unreadable_token_is_deleted(
     ceremony = rotation.propose(ALICE, "data")
     rotation.approve(CAROL, ceremony.id)
     assert _drive(rotation, ceremony.id) == CeremonyState.RUNNING
+    # The node's worker reports it to readiness (`key_rotation`), naming the token.
+    worker = RotationWorker(rotation, interval=0.01)
+    worker.start()
+    try:
+        for _ in range(3000):  # a far bound: fails only on a hang
+            if worker.last_error is not None:
+                break
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    reported = worker.last_error
+    assert reported is not None
+    assert "integrity_error" in reported or "authentication" in reported
+    assert bad.id in reported
     assert service.delete(PAYMENTS, tokens[0])
     assert _drive(rotation, ceremony.id) == CeremonyState.COMPLETED
     for token, card in zip(tokens[1:], CARDS[1:], strict=True):
