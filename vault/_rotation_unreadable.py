@@ -29,7 +29,7 @@ import logging
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
-from sqlalchemy import Connection, Row, select
+from sqlalchemy import Connection, Row, select, text
 
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.schema import audit_entries
@@ -46,8 +46,11 @@ UNREADABLE_ACTION: Final = (
     "(docs/key-ceremony.md, 'A row the rotation cannot read'); the rotation completes "
     "once none remains under the old key"
 )
-# Every entry of that action starts so (canonical JSON: sorted keys, "action" first).
-_ENTRIES: Final = f'{{"action":"{ROW_UNREADABLE}",%'
+# Every entry of that action starts so (canonical JSON: sorted keys, "action" first);
+# written out, not a bound parameter, so that the read goes through migration 0024's
+# partial index (``ix_audit_entries_rotation_row_unreadable``), whose predicate this is
+# word for word: both databases use a partial index only for a query carrying it.
+UNREADABLE_RECORDS: Final = """payload LIKE '{"action":"key.rotation.row_unreadable",%'"""
 
 
 def refusal(token_id: str) -> IntegrityError:
@@ -62,7 +65,7 @@ def recorded(connection: Connection, ceremony: Row[Any]) -> set[str]:
     """The token ids the audit log records unreadable in rotation `ceremony`: a read of
     the entries since it was proposed (once per worker process and ceremony, and at
     each status of a running data or fingerprint rotation)."""
-    query = select(audit_entries.c.payload).where(audit_entries.c.payload.like(_ENTRIES))
+    query = select(audit_entries.c.payload).where(text(UNREADABLE_RECORDS))
     since = as_utc(ceremony.created_at)
     if since is not None:
         query = query.where(audit_entries.c.created_at >= since)

@@ -233,6 +233,8 @@ capture_sessions = Table(
     Column("uses", Integer, nullable=False, server_default="0"),
     Column("last_token_id", String(36), nullable=True),
     Index("ix_capture_sessions_expires_at", "expires_at"),
+    # Each session opened counts its owner's open ones (migration 0024).
+    Index("ix_capture_sessions_owner_expires_at", "owner", "expires_at"),
 )
 
 # Card security codes, held once (`vault.security_codes`, PCI DSS 3.3.1 / 3.3.2): at most

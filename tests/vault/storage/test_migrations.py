@@ -210,6 +210,7 @@ def test_0019_indexes_the_records_by_age_and_lets_the_vault_forget_them(engine: 
         ("custody-action-index", "0021", "rotation_propose"),
         ("custody-action-index", "0021", "rotation_approve"),
         ("rotation-complete-index", "0022", "rotation_complete"),
+        ("rotation-row-unreadable-index", "0023", "rotation_row_unreadable"),
     ],
 )
 def test_audit_log_indexes_built_ahead_as_the_operations_guide_says_are_adopted(
