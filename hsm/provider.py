@@ -8,6 +8,7 @@ of `hsm.models`; it raises only `hsm.errors` classes.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -23,6 +24,7 @@ from pkcs11.util.ec import (
 from cofre.settings import HSMSettings
 from hsm._describe import describe
 from hsm._hmac import HmacOperations
+from hsm._identity import check_found, prove_pair
 from hsm.errors import (
     HSMKeyNotFound,
     HSMOperationFailed,
@@ -56,6 +58,10 @@ _P256_OID: Final = "1.2.840.10045.3.1.7"
 
 # The mechanisms Cofre calls, by name, for `cofre hsm status` (key wrap is resolved
 # apart, `hsm.mechanisms`). AES_GCM seals security codes in the token (`hsm.aead`).
+# How long a readiness check's proof of a key pair stands for the same key objects
+# (`HSMProvider.prove_pair_for_check`): one signature a minute, not one per probe.
+_PAIR_PROOF_INTERVAL_SECONDS: Final = 60.0
+
 REQUIRED_MECHANISMS: Final[dict[str, int]] = {
     "AES_KEY_GEN": int(Mechanism.AES_KEY_GEN),
     "GENERIC_SECRET_KEY_GEN": int(Mechanism.GENERIC_SECRET_KEY_GEN),
@@ -76,6 +82,8 @@ class HSMProvider(HmacOperations):
 
     # The last key listing a readiness check made (`list_keys_for_check`).
     _checked_listing: list[KeyInfo] | None = None
+    # Each pair a readiness check proved: its objects' handles, record, and when.
+    _proven_pairs: dict[str, tuple[tuple[int, int, object], float]] | None = None
 
     # ------------------------------------------------------------------ inspection
     def health_check(self) -> None:
@@ -153,6 +161,44 @@ class HSMProvider(HmacOperations):
         if self._checked_listing is None:
             raise HSMUnavailable("every HSM session is busy: the token's keys not listed yet")
         return list(self._checked_listing)
+
+    def prove_pair_for_check(self, label: str) -> None:
+        """Return when the private half of EC key pair `label` signs for its public half
+        (`hsm._identity.prove_pair`), each half checked against the key registry's record
+        as a lookup checks it, for a readiness check (bounded as `list_keys_for_check`;
+        every session busy with calls that answer: returns). The listing cannot see a
+        private half replaced under our public one (same label, ``CKA_ID`` and point):
+        until hsm38b ``/readyz`` stayed ready and only the next head's signing failed.
+        Readiness runs often: a proof of the same two key objects under the same record
+        is not repeated within `_PAIR_PROOF_INTERVAL_SECONDS`. Raises
+        `HSMKeyNotRegistered` (a substitute), `HSMKeyNotFound`, `HSMUnavailable`."""
+
+        def prove(session: Any) -> None:
+            pin = self._pins.get(label)
+            halves = []
+            for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                try:
+                    halves.append(session.get_key(object_class=object_class, label=label))
+                except p11e.NoSuchKey:
+                    raise HSMKeyNotFound(f"no {object_class.name} key labelled {label!r}") from None
+                except p11e.MultipleObjectsReturned:
+                    raise HSMOperationFailed(f"more than one key labelled {label!r}") from None
+            private, public = halves
+            seen = (int(private.handle), int(public.handle), pin)
+            proven = self._proven_pairs = self._proven_pairs or {}
+            last = proven.get(label)
+            if last is not None and last[0] == seen:
+                if time.monotonic() - last[1] < _PAIR_PROOF_INTERVAL_SECONDS:
+                    return
+            check_found(private, label, ObjectClass.PRIVATE_KEY, pin)
+            check_found(public, label, ObjectClass.PUBLIC_KEY, pin)
+            self._prove_signs(private, public, label)
+            proven[label] = (seen, time.monotonic())
+
+        self.check_bounded(prove, name="key pair proof")
+
+    def _prove_signs(self, private: Any, public: Any, label: str) -> None:
+        prove_pair(private, public, label)
 
     def describe_key(self, label: str) -> KeyInfo:
         """Return the attributes of the secret or private key `label`.

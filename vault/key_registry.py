@@ -27,8 +27,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from audit.log import AuditEvent, AuditLog, Outcome
 from audit.schema import READ_ONLY, audit_entries
 from cofre.dberrors import db_error_name
-from hsm.errors import HSMKeyNotFound
-from hsm.keys import KeyKind, parse_key_label
+from hsm.errors import HSMKeyNotFound, HSMKeyNotRegistered
+from hsm.keys import KeyKind, key_label, parse_key_label
 from hsm.models import KeyInfo
 from hsm.provider import HSMProvider
 from vault.errors import KeyNotRegistered, StorageUnavailable
@@ -339,9 +339,27 @@ class KeyRegistry:
         self.adopt_if_empty()
         # Bounded as the HSM's readiness check is: never waits on a busy pool or a hung
         # call (session 35), so /readyz answers whatever the HSM's connection does.
-        stray = self.unregistered(self._provider.list_keys_for_check())
+        listed = self._provider.list_keys_for_check()
+        stray = self.unregistered(listed)
         if stray:
             raise KeyNotRegistered(
                 "keys on the token that are not in Cofre's key registry (never used; "
                 "investigate and destroy them): " + ", ".join(stray)
             )
+        # The listing cannot see a private half replaced under our public one (same
+        # label, CKA_ID and point): the current audit key pair signs for its point
+        # (hsm38b; bounded and at most once a minute per key object).
+        audit = [
+            parsed[1]
+            for label in token_identities(listed)
+            if (parsed := parse_key_label(label)) is not None and parsed[0] is KeyKind.AUDIT
+        ]
+        if audit:
+            current = key_label(KeyKind.AUDIT, max(audit))
+            try:
+                self._provider.prove_pair_for_check(current)
+            except HSMKeyNotRegistered:
+                raise KeyNotRegistered(
+                    f"the private key labelled {current!r} does not sign for the public key "
+                    "the key registry records (a substitute; never used: investigate)"
+                ) from None
