@@ -60,7 +60,7 @@ _P256_OID: Final = "1.2.840.10045.3.1.7"
 # apart, `hsm.mechanisms`). AES_GCM seals security codes in the token (`hsm.aead`).
 # How long a readiness check's proof of a key pair stands for the same key objects
 # (`HSMProvider.prove_pair_for_check`): one signature a minute, not one per probe.
-_PAIR_PROOF_INTERVAL_SECONDS: Final = 60.0
+_INTERVAL: Final = 60.0
 
 REQUIRED_MECHANISMS: Final[dict[str, int]] = {
     "AES_KEY_GEN": int(Mechanism.AES_KEY_GEN),
@@ -170,7 +170,7 @@ class HSMProvider(HmacOperations):
         private half replaced under our public one (same label, ``CKA_ID`` and point):
         until hsm38b ``/readyz`` stayed ready and only the next head's signing failed.
         Readiness runs often: a proof of the same two key objects under the same record
-        is not repeated within `_PAIR_PROOF_INTERVAL_SECONDS`. Raises
+        is not repeated within a minute (`_INTERVAL`). Raises
         `HSMKeyNotRegistered` (a substitute), `HSMKeyNotFound`, `HSMUnavailable`."""
 
         def prove(session: Any) -> None:
@@ -187,9 +187,8 @@ class HSMProvider(HmacOperations):
             seen = (int(private.handle), int(public.handle), pin)
             proven = self._proven_pairs = self._proven_pairs or {}
             last = proven.get(label)
-            if last is not None and last[0] == seen:
-                if time.monotonic() - last[1] < _PAIR_PROOF_INTERVAL_SECONDS:
-                    return
+            if last is not None and last[0] == seen and time.monotonic() - last[1] < _INTERVAL:
+                return
             check_found(private, label, ObjectClass.PRIVATE_KEY, pin)
             check_found(public, label, ObjectClass.PUBLIC_KEY, pin)
             self._prove_signs(private, public, label)

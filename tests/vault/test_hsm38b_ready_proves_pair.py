@@ -35,7 +35,9 @@ def vault(engine: Engine, rotation_provider: HSMProvider) -> Iterator[VaultServi
 
 
 def test_readiness_names_a_substitute_private_half_of_the_audit_key(
-    vault: VaultService, rotation_provider: HSMProvider, registered_next: Any  # noqa: F811
+    vault: VaultService,
+    rotation_provider: HSMProvider,
+    registered_next: Any,  # noqa: F811
 ) -> None:
     label, key_id = registered_next(KeyKind.AUDIT)
     assert vault.check_ready()["key_registry"] == "ok"
@@ -49,7 +51,9 @@ def test_readiness_names_a_substitute_private_half_of_the_audit_key(
 
 
 def test_readiness_proves_the_pair_once_per_key_object(
-    vault: VaultService, rotation_provider: HSMProvider, registered_next: Any  # noqa: F811
+    vault: VaultService,
+    rotation_provider: HSMProvider,
+    registered_next: Any,  # noqa: F811
 ) -> None:
     """Readiness runs often: the proof (one signature) is not repeated for the same key
     object within its interval."""
