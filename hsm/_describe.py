@@ -13,6 +13,17 @@ second) about 24 per key (session 37, tests/hsm/test_hsm37_key_attributes.py cou
 them through the shim). ``get_attributes`` asks for all of them in two calls. A token
 that answers a bulk read wrongly is read one attribute at a time, as python-pkcs11
 itself falls back when it sorts a found object into its classes.
+
+A throttled read (SDK 5 answers ``CKR_DEVICE_ERROR``, AWS ki-pkcs11-15) can come back
+with no error and attributes missing: python-pkcs11 0.10.1 overwrites a read's length
+query's return code with its value query's, and when the read that sorts a found object
+into its classes fails it skips what failed, so a key came back a bare object (read
+without ``CKA_SENSITIVE``, ``CKA_EXTRACTABLE`` and its check value). Until hsm38b that
+key was refused as one that "can leave the token" or as not the registry's (fail closed,
+but naming a planted key where the HSM was busy, and not retried). Now an attribute the
+token must report that comes back missing raises `AttributesUnread`, which the pool
+treats as the busy HSM it is (`hsm._pool.BUSY_ERRORS`: the call retried once on a fresh
+session, then ``503 hsm_unavailable``); the key is never used on that read.
 """
 
 from __future__ import annotations
@@ -51,11 +62,19 @@ _BY_CLASS: Final[tuple[tuple[type, tuple[Attribute, ...]], ...]] = (
 )
 
 
-def read_attributes(obj: Any, wanted: tuple[Attribute, ...]) -> dict[Attribute, Any]:
+class AttributesUnread(p11e.FunctionFailed):
+    """An attribute the token must report on a key came back missing, with no error: a
+    throttled read (module docstring). Busy, as ``CKR_FUNCTION_FAILED`` is."""
+
+
+def read_attributes(
+    obj: Any, wanted: tuple[Attribute, ...], required: tuple[Attribute, ...] = ()
+) -> dict[Attribute, Any]:
     """The attributes of `wanted` that key `obj` has (one read whatever their number);
-    one the token does not report, or keeps secret, is left out."""
+    one the token does not report, or keeps secret, is left out. Raises
+    `AttributesUnread` when one of `required` (which the token must report) is."""
     try:
-        return dict(obj.get_attributes(list(wanted)))
+        found = dict(obj.get_attributes(list(wanted)))
     except (p11e.AttributeTypeInvalid, p11e.AttributeSensitive, p11e.ArgumentsBad):
         found = {}
         for attribute in wanted:
@@ -63,14 +82,35 @@ def read_attributes(obj: Any, wanted: tuple[Attribute, ...]) -> dict[Attribute, 
                 found[attribute] = obj[attribute]
             except (p11e.AttributeTypeInvalid, p11e.AttributeSensitive):
                 continue
-        return found
+    if any(attribute not in found for attribute in required):
+        raise AttributesUnread()
+    return found
+
+
+# What PKCS#11 requires a token to report on a key of each class, of `KEPT_IN`.
+MUST_REPORT: Final[dict[ObjectClass, tuple[Attribute, ...]]] = {
+    ObjectClass.SECRET_KEY: (Attribute.SENSITIVE, Attribute.EXTRACTABLE),
+    ObjectClass.PRIVATE_KEY: (Attribute.SENSITIVE, Attribute.EXTRACTABLE),
+}
+_CLASS_OF: Final[dict[ObjectClass, type]] = {
+    ObjectClass.SECRET_KEY: SecretKey,
+    ObjectClass.PRIVATE_KEY: PrivateKey,
+    ObjectClass.PUBLIC_KEY: PublicKey,
+}
 
 
 def describe(obj: Any) -> KeyInfo:
     """`KeyInfo` of key object `obj`, from one read of its attributes."""
     wanted = next((names for kind, names in _BY_CLASS if isinstance(obj, kind)), _COMMON)
-    found = read_attributes(obj, wanted)
+    found = read_attributes(obj, wanted, (Attribute.CLASS, Attribute.KEY_TYPE))
     object_class = ObjectClass(found[Attribute.CLASS])
+    kind = _CLASS_OF.get(object_class)
+    if kind is not None and not isinstance(obj, kind):
+        # python-pkcs11's read that sorted it into its class failed: read unsorted,
+        # without what says whether it can leave the token (module docstring).
+        raise AttributesUnread()
+    if any(attribute not in found for attribute in MUST_REPORT.get(object_class, ())):
+        raise AttributesUnread()
     key_type = KeyType(found[Attribute.KEY_TYPE])
     bits: int | None = None
     if key_type in (KeyType.AES, KeyType.GENERIC_SECRET):

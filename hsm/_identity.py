@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from pkcs11 import Attribute, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_ecdsa_signature
 
-from hsm._describe import KEPT_IN, identity_of, read_attributes
+from hsm._describe import KEPT_IN, MUST_REPORT, identity_of, read_attributes
 from hsm.errors import HSMKeyNotRegistered, HSMOperationFailed
 
 # A registered label's record: (``CKA_ID`` in base64, check value), as the key registry
@@ -54,6 +54,13 @@ _READ: Final[dict[ObjectClass, tuple[Attribute, ...]]] = {
 }
 
 
+# What identifies a key of each class, which a token that made it reports.
+_IDENTIFIED_BY: Final[dict[ObjectClass, tuple[Attribute, ...]]] = {
+    ObjectClass.SECRET_KEY: (Attribute.CHECK_VALUE,),
+    ObjectClass.PUBLIC_KEY: (Attribute.EC_POINT,),
+}
+
+
 def check_found(obj: Any, label: str, object_class: ObjectClass, pin: Pin | None) -> None:
     """Return when key `obj`, found under `label`, may be used: kept in the token, and
     (with a `pin`) the recorded key. Raises `HSMOperationFailed` for a key that can
@@ -61,7 +68,14 @@ def check_found(obj: Any, label: str, object_class: ObjectClass, pin: Pin | None
     attribute read; none for a public key with no pin."""
     if object_class == ObjectClass.PUBLIC_KEY and pin is None:
         return
-    found = read_attributes(obj, _READ[object_class])
+    # What the token must report, missing, is a throttled read: the HSM busy
+    # (`hsm._describe.AttributesUnread`, retried), never a key used unchecked.
+    required = MUST_REPORT.get(object_class, ())
+    if pin is not None and pin[0] is not None:
+        required += (Attribute.ID,)
+    if pin is not None and pin[1] is not None:
+        required += _IDENTIFIED_BY.get(object_class, ())
+    found = read_attributes(obj, _READ[object_class], required)
     if object_class != ObjectClass.PUBLIC_KEY:
         _refuse_a_key_that_can_leave(found, label)
     if pin is None:
