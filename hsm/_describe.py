@@ -21,7 +21,7 @@ into its classes fails it skips what failed, so a key came back a bare object (r
 without ``CKA_SENSITIVE``, ``CKA_EXTRACTABLE`` and its check value). Until hsm38b that
 key was refused as one that "can leave the token" or as not the registry's (fail closed,
 but naming a planted key where the HSM was busy, and not retried). Now an attribute the
-token must report that comes back missing raises `AttributesUnread`, which the pool
+token must report that comes back missing raises `_AttributesUnread`, which the pool
 treats as the busy HSM it is (`hsm._pool.BUSY_ERRORS`: the call retried once on a fresh
 session, then ``503 hsm_unavailable``); the key is never used on that read.
 """
@@ -62,7 +62,7 @@ _BY_CLASS: Final[tuple[tuple[type, tuple[Attribute, ...]], ...]] = (
 )
 
 
-class AttributesUnread(p11e.FunctionFailed):
+class _AttributesUnread(p11e.FunctionFailed):
     """An attribute the token must report on a key came back missing, with no error: a
     throttled read (module docstring). Busy, as ``CKR_FUNCTION_FAILED`` is."""
 
@@ -72,7 +72,7 @@ def read_attributes(
 ) -> dict[Attribute, Any]:
     """The attributes of `wanted` that key `obj` has (one read whatever their number);
     one the token does not report, or keeps secret, is left out. Raises
-    `AttributesUnread` when one of `required` (which the token must report) is."""
+    `_AttributesUnread` when one of `required` (which the token must report) is."""
     try:
         found = dict(obj.get_attributes(list(wanted)))
     except (p11e.AttributeTypeInvalid, p11e.AttributeSensitive, p11e.ArgumentsBad):
@@ -83,7 +83,7 @@ def read_attributes(
             except (p11e.AttributeTypeInvalid, p11e.AttributeSensitive):
                 continue
     if any(attribute not in found for attribute in required):
-        raise AttributesUnread()
+        raise _AttributesUnread()
     return found
 
 
@@ -108,9 +108,9 @@ def describe(obj: Any) -> KeyInfo:
     if kind is not None and not isinstance(obj, kind):
         # python-pkcs11's read that sorted it into its class failed: read unsorted,
         # without what says whether it can leave the token (module docstring).
-        raise AttributesUnread()
+        raise _AttributesUnread()
     if any(attribute not in found for attribute in MUST_REPORT.get(object_class, ())):
-        raise AttributesUnread()
+        raise _AttributesUnread()
     key_type = KeyType(found[Attribute.KEY_TYPE])
     bits: int | None = None
     if key_type in (KeyType.AES, KeyType.GENERIC_SECRET):

@@ -69,7 +69,7 @@ def check_found(obj: Any, label: str, object_class: ObjectClass, pin: Pin | None
     if object_class == ObjectClass.PUBLIC_KEY and pin is None:
         return
     # What the token must report, missing, is a throttled read: the HSM busy
-    # (`hsm._describe.AttributesUnread`, retried), never a key used unchecked.
+    # (`hsm._describe._AttributesUnread`, retried), never a key used unchecked.
     required = MUST_REPORT.get(object_class, ())
     if pin is not None and pin[0] is not None:
         required += (Attribute.ID,)

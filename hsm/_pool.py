@@ -45,9 +45,9 @@ CONNECTION_ERRORS: Final = (
 # 36 `OperationActive` was a refused operation (`HSMOperationFailed`, at once), which a
 # held security code's decryption took for a code altered (`integrity_error`).
 # `FunctionFailed` is also what SDK 5 answers for a read-only session.
-# `hsm._describe.AttributesUnread`: a key's read came back without what the token must
+# `hsm._describe._AttributesUnread`: a key's read came back without what the token must
 # report (a throttled read python-pkcs11 lets through with no error, hsm38b).
-BUSY_ERRORS: Final = frozenset({"FunctionFailed", "OperationActive", "AttributesUnread"})
+BUSY_ERRORS: Final = frozenset({"FunctionFailed", "OperationActive", "_AttributesUnread"})
 # A handle the token no longer (or not yet) honours: a key found earlier and since
 # destroyed, or a new CloudHSM key not yet on a quorum of HSMs. The session is fine.
 _KEY_HANDLE_ERRORS: Final = (p11e.ObjectHandleInvalid, p11e.KeyHandleInvalid)
