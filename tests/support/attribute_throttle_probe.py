@@ -5,7 +5,8 @@ each COUNT of `COUNTS`. python-pkcs11 0.10.1 lets some through with no error and
 attributes missing (`hsm._describe`). Prints one JSON object: for each COUNT, what a
 key listing answered ("same" as unthrottled, an error, or the keys described
 otherwise), and what a lookup of the fingerprint key answered (an HMAC under it, looked
-up afresh, pinned as the key registry pins it); then whether later calls answered.
+up afresh, pinned as the key registry pins it) and a signature by the audit key; then
+whether later calls answered.
 
     python -m tests.support.attribute_throttle_probe LIBRARY CONF LABEL PIN FAULT_FILE
 """
@@ -43,13 +44,25 @@ def _lookup(provider: HSMProvider, key: str) -> str:
     return f"ok {len(provider.hmac_sha256(key, b'probe'))}"
 
 
+def _signing(provider: HSMProvider, label: str) -> str:
+    provider._forget_keys()
+    try:
+        return f"ok {len(provider.sign(label, b'probe')) > 0}"
+    except AttributeError as exc:  # a key python-pkcs11 built without its capabilities
+        return f"AttributeError: {exc}"
+
+
 def main(argv: list[str]) -> None:
     library, conf, label, pin, fault_file = argv
     provider = probe_provider(library, conf, label, pin)
     faults = ShimFaults(Path(fault_file))
     key = KeyHierarchy(provider).current_label(KeyKind.FINGERPRINT)
-    info = provider.describe_key(key)
-    provider.pin_key_identities({key: (info.key_id, info.key_check)})
+    audit = KeyHierarchy(provider).current_label(KeyKind.AUDIT)
+    pins = {}
+    for label in (key, audit):
+        info = next(k for k in provider.list_keys() if k.label == label and k.key_check)
+        pins[label] = (info.key_id, info.key_check)
+    provider.pin_key_identities(pins)
     listed = provider.list_keys()
     result: dict[str, object] = {}
     for count in COUNTS:
@@ -59,6 +72,7 @@ def main(argv: list[str]) -> None:
             lambda: "same" if (keys := provider.list_keys()) == listed else repr(keys),
         )
         result[f"lookup {count}"] = _throttled(faults, count, lambda: _lookup(provider, key))
+        result[f"signing {count}"] = _throttled(faults, count, lambda: _signing(provider, audit))
     result["after"] = _lookup(provider, key)
     result["listing after"] = "same" if provider.list_keys() == listed else "differs"
     sys.stdout.write(json.dumps(result) + "\n")
