@@ -56,12 +56,12 @@ __all__ = [
 _P256_OID: Final = "1.2.840.10045.3.1.7"
 
 
-# The mechanisms Cofre calls, by name, for `cofre hsm status` (key wrap is resolved
-# apart, `hsm.mechanisms`). AES_GCM seals security codes in the token (`hsm.aead`).
 # How long a readiness check's proof of a key pair stands for the same key objects
 # (`HSMProvider.prove_pair_for_check`): one signature a minute, not one per probe.
 _INTERVAL: Final = 60.0
 
+# The mechanisms Cofre calls, by name, for `cofre hsm status` (key wrap is resolved
+# apart, `hsm.mechanisms`). AES_GCM seals security codes in the token (`hsm.aead`).
 REQUIRED_MECHANISMS: Final[dict[str, int]] = {
     "AES_KEY_GEN": int(Mechanism.AES_KEY_GEN),
     "GENERIC_SECRET_KEY_GEN": int(Mechanism.GENERIC_SECRET_KEY_GEN),
