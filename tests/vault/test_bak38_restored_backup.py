@@ -22,6 +22,8 @@ from sqlalchemy import Engine
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
+from tests.support.backups import backup as _backup
+from tests.support.backups import restore_row as _restore_row
 from tests.support.pans import card_number
 from tests.vault.conftest import ALICE, BOB, GETNET, OFFICERS, PAYMENTS, TEST_POLICY
 from vault.ceremony import CeremonyState
@@ -31,33 +33,6 @@ from vault.rotation import KeyRotation
 from vault.service import TokenizeRequest, VaultService
 
 VICTIM = Pan(card_number("453201", 38001))
-_CARD_COLUMNS = "ciphertext, nonce, key_version, fingerprint, fp_version"
-
-
-def _backup(engine: Engine, token: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """What a backup taken now holds of `token`'s row and of the data keys."""
-    with engine.connect() as connection:
-        row = connection.execute(
-            sa.text(f"SELECT id, {_CARD_COLUMNS} FROM tokens WHERE token = :t"), {"t": token}
-        ).one()
-        keys = connection.execute(
-            sa.text("SELECT purpose, version, wrapped FROM data_keys ORDER BY purpose, version")
-        ).all()
-    return dict(row._mapping), [dict(key._mapping) for key in keys]
-
-
-def _restore_row(engine: Engine, row: dict[str, Any]) -> None:
-    """The writer puts the backup's card columns back over the tombstone."""
-    with engine.begin() as connection:
-        done = connection.execute(
-            sa.text(
-                "UPDATE tokens SET ciphertext = :ciphertext, nonce = :nonce, "
-                "key_version = :key_version, fingerprint = :fingerprint, "
-                "fp_version = :fp_version, deleted_at = NULL WHERE id = :id"
-            ),
-            row,
-        )
-        assert done.rowcount == 1
 
 
 def _restore_keys(engine: Engine, keys: list[dict[str, Any]], state: str) -> None:
@@ -188,8 +163,9 @@ def test_a_row_under_the_retiring_key_opens_while_its_rotation_runs(
 @pytest.mark.xfail(
     strict=True,
     reason="bound (session 38): a shredded token's row written back while its data key is "
-    "live opens again until a data rotation retires that key; docs/threat-model.md, "
-    "'A deleted token restored from a backup'",
+    "live opens again until a data rotation retires that key (the evidence bundle of the "
+    "period fails check 6e, tests/compliance/test_ev38_deleted_token_revealed.py); "
+    "docs/threat-model.md, 'A deleted token restored from a backup'",
 )
 def test_a_shredded_row_written_back_under_the_live_key_does_not_open(
     service: VaultService, engine: Engine
