@@ -6,8 +6,8 @@ IN PCI SCOPE (as evidence), and deliberately standalone: its own distribution
 no network; an import-linter contract and a test that runs it from a fresh virtualenv
 keep it that way. `verify.verify_bundle` is the entry point; each family of checks is a
 module of its own (`files`, `heads`, `entries`, `boundaries`, `policy`, `custody`,
-`dual_control`, `key_registrations` (with `carried`), `chain`, `witnesses`; `lifecycle`
-reports without a verdict).
+`dual_control`, `key_registrations` (with `carried`), `deleted_tokens`, `chain`,
+`witnesses`; `lifecycle` reports without a verdict).
 """
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __all__ = [
     "chain",
     "cli",
     "custody",
+    "deleted_tokens",
     "dual_control",
     "dual_control_log",
     "entries",

@@ -23,6 +23,7 @@ REQUIRED_CHECKS: Final = frozenset(
         "custody",
         "dual_control",
         "key_registrations",
+        "deleted_tokens",
     }
 )
 CHAIN_CHECKS: Final = frozenset({"previous", "chain"})

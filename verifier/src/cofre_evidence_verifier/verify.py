@@ -33,6 +33,9 @@ it finds (not only the first):
    every key the period put into use (a KEK, fingerprint or audit key registered past
    version 1) was made by a key ceremony whose start follows its registration in the
    period, so check 6c proves its officers (`key_registrations`);
+   no token answers a reveal (detokenize, masked or full, metadata, relay) after an
+   entry of the period deleted or purged it: a row put back from a backup
+   (`deleted_tokens`, check 6e);
    the period's process starts and graceful stops, naming each start with no stop
    after it and each stop with no start before it (`lifecycle`: no verdict, for the
    auditor to ask about);
@@ -68,6 +71,7 @@ from cofre_evidence_verifier import (
     boundaries,
     chain,
     custody,
+    deleted_tokens,
     dual_control,
     entries,
     files,
@@ -215,6 +219,7 @@ def _verify(
     custody.check_custody(bundle, manifest, verified, report)
     dual_control.check_dual_control(bundle, manifest, verified, report, authorities=authorities)
     key_registrations.check_key_registrations(bundle, manifest, verified, report)
+    deleted_tokens.check_deleted_tokens(bundle, report)
     lifecycle.check_lifecycle(bundle, report)
     if unsafe_no_witnesses:
         report.checks.append(
