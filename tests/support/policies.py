@@ -86,6 +86,16 @@ def vault_on(engine: Engine, hsm: HSMProvider, policy: str) -> VaultService:
     return vault
 
 
+def vault_serving(engine: Engine, hsm: HSMProvider, policy: str) -> Iterator[VaultService]:
+    """`vault_on`, closed after the test whatever its outcome: a fixture's body
+    (`yield from vault_serving(engine, provider, POLICY)`)."""
+    vault = vault_on(engine, hsm, policy)
+    try:
+        yield vault
+    finally:
+        vault.close()
+
+
 @contextmanager
 def clocked_vault_on(
     engine: Engine, hsm: HSMProvider, policy: str, clock: list[datetime]

@@ -16,6 +16,7 @@ from policies.loader import parse_policy
 from tests.support.cloudhsm_shim import HSM_BACKENDS, provider_for
 from tests.support.databases import migrated_engine
 from tests.support.fake_acquirer import FakeAcquirer, running_acquirer
+from tests.support.policies import vault_serving
 from vault.ceremony import CeremonyState
 from vault.rotation import KeyRotation
 from vault.service import CallContext, VaultService
@@ -236,9 +237,4 @@ def officers_vault(engine: Engine, provider: HSMProvider) -> Iterator[VaultServi
     """A vault on `engine` and `provider` under the test policy with its two officers,
     initialised, closed after the test: for the planted-key and forged-registration
     tests' `vault` fixtures (`yield from officers_vault(engine, rotation_provider)`)."""
-    service = VaultService(
-        engine, provider, PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
-    )
-    service.initialize()
-    yield service
-    service.close()
+    yield from vault_serving(engine, provider, TEST_POLICY + OFFICERS)

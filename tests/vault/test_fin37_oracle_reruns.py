@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from hsm.provider import HSMProvider
 from policies.errors import RateLimited
 from tests.support.groups import in_a_held_group
-from tests.support.policies import vault_on
+from tests.support.policies import vault_serving
 from tests.vault.test_batch_attacks import _bucket
 from vault.errors import OracleSuspected
 from vault.pan import Pan
@@ -45,11 +45,7 @@ CALLS: dict[str, Callable[[VaultService, str], object]] = {
 
 @pytest.fixture
 def vault(engine: Engine, softhsm_provider: HSMProvider) -> Iterator[VaultService]:
-    service = vault_on(engine, softhsm_provider, POLICY)
-    try:
-        yield service
-    finally:
-        service.close()
+    yield from vault_serving(engine, softhsm_provider, POLICY)
 
 
 def _filled(vault: VaultService, call: Callable[[VaultService, str], object]) -> list[str]:

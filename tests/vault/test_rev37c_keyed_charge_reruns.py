@@ -24,7 +24,7 @@ from policies.errors import RateLimited
 from policies.models import RateLimit
 from tests.support.fake_acquirer import FakeAcquirer
 from tests.support.groups import in_a_held_group
-from tests.support.policies import vault_on
+from tests.support.policies import vault_on, vault_serving
 from tests.vault.test_capture import POLICY
 from tests.vault.test_rate37_charge_locks import THIEF, _policy
 from tests.vault.test_relay_card import GETNET, _card, relay
@@ -39,11 +39,7 @@ ADDRESS = "capture-address rev37c-198.51.100.9"
 
 @pytest.fixture
 def vault(engine: Engine, softhsm_provider: HSMProvider) -> Iterator[VaultService]:
-    service = vault_on(engine, softhsm_provider, POLICY)
-    try:
-        yield service
-    finally:
-        service.close()
+    yield from vault_serving(engine, softhsm_provider, POLICY)
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from hsm.provider import HSMProvider
 from tests.support.groups import in_a_held_group
 from tests.support.pans import card_number, cards_of_one_bucket
-from tests.support.policies import vault_on
+from tests.support.policies import vault_serving
 from vault.errors import OracleSuspected
 from vault.pan import Pan
 from vault.service import CallContext, TokenizeRequest, VaultService
@@ -38,11 +38,7 @@ BATCHES = 5  # 5 x 1,000 buckets: past the 4,096 a worker remembers of one ident
 
 @pytest.fixture
 def vault(engine: Engine, softhsm_provider: HSMProvider) -> Iterator[VaultService]:
-    service = vault_on(engine, softhsm_provider, POLICY)
-    try:
-        yield service
-    finally:
-        service.close()
+    yield from vault_serving(engine, softhsm_provider, POLICY)
 
 
 def _tokenize(vault: VaultService, cards: list[str]) -> object:
