@@ -412,7 +412,12 @@ class DataKeyring:
 
     def _refuse_if_retired(self, purpose: KeyPurpose, version: int) -> None:
         """Raise `IntegrityError` when `version` is one the audit log records retired (the
-        caller holds the lock): its wrapped bytes, or a row naming it, were put back."""
+        caller holds the lock): its wrapped bytes, or a row naming it, were put back.
+
+        One bound for every purpose: versions move in lockstep (a data rotation makes
+        version N+1 of every purpose, `_new_data_keys`; a first start makes version 1 of
+        each, `ensure_active`). A purpose added in a later release would have to start at
+        the current version, not 1, or its first key would count as retired."""
         if version <= self._retired_through:
             raise IntegrityError(
                 f"data key {purpose.value} v{version} was retired and destroyed (the audit "
