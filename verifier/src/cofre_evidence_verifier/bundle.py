@@ -218,6 +218,18 @@ def json_object(data: str | bytes, what: str) -> dict[str, Any]:
     return value
 
 
+def entry_object(payload: object) -> dict[str, Any] | None:
+    """An audit entry's payload as its JSON object, or None when it is not one (a
+    check reading entries for one kind of record skips it: the entries check reports
+    it)."""
+    if not isinstance(payload, str):
+        return None
+    try:
+        return json_object(payload, "an entry")
+    except ValueError:
+        return None
+
+
 def integer(value: object, what: str) -> int:
     """`value` if it is an integer (not a bool, a float or a string). Raises
     `MalformedBundle` (a `ValueError`) naming `what` otherwise."""

@@ -23,9 +23,9 @@ a reveal in this one are in two bundles: verify the earlier bundle's deleted ids
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
-from cofre_evidence_verifier.bundle import Files, json_lines, json_object
+from cofre_evidence_verifier.bundle import Files, entry_object, json_lines
 from cofre_evidence_verifier.report import Report
 
 NAME: Final = "deleted_tokens"
@@ -38,12 +38,9 @@ MAX_LISTED: Final = 20
 
 def _entry(payload: object) -> tuple[str, str] | None:
     """(action, token id) of a successful entry naming a token, else None."""
-    if not isinstance(payload, str):
+    entry = entry_object(payload)
+    if entry is None:
         return None
-    try:
-        entry: dict[str, Any] = json_object(payload, "an entry")
-    except ValueError:
-        return None  # the entries check reports it
     action, token_id = entry.get("action"), entry.get("token_id")
     if entry.get("outcome") != SUCCESS or not isinstance(token_id, str) or not token_id:
         return None

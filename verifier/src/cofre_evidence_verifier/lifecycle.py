@@ -14,9 +14,9 @@ Entries written before session 32 name no host or pid and are not counted.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Final
+from typing import Final
 
-from cofre_evidence_verifier.bundle import Files, json_lines, json_object
+from cofre_evidence_verifier.bundle import Files, entry_object, json_lines
 from cofre_evidence_verifier.report import Report
 
 START: Final = "policy.load"
@@ -29,12 +29,9 @@ _Process = tuple[str, int]
 
 def _process(payload: object) -> tuple[str, _Process] | None:
     """(action, (host, pid)) of a start or stop entry that names its process."""
-    if not isinstance(payload, str):
+    entry = entry_object(payload)
+    if entry is None:
         return None
-    try:
-        entry: dict[str, Any] = json_object(payload, "an entry")
-    except ValueError:
-        return None  # the entries check reports it
     action, details = entry.get("action"), entry.get("details")
     if action not in (START, STOP) or not isinstance(details, dict):
         return None
