@@ -4,11 +4,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from pkcs11 import Attribute, KeyType, Mechanism
 from sqlalchemy import Engine
 
+from hsm.keys import KeyKind
+from hsm.mechanisms import secret_key_template
 from hsm.models import WrappedKey
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
@@ -238,3 +242,26 @@ def officers_vault(engine: Engine, provider: HSMProvider) -> Iterator[VaultServi
     initialised, closed after the test: for the planted-key and forged-registration
     tests' `vault` fixtures (`yield from officers_vault(engine, rotation_provider)`)."""
     yield from vault_serving(engine, provider, TEST_POLICY + OFFICERS)
+
+
+def plant_secret_key(provider: HSMProvider, kind: KeyKind, label: str, key_id: bytes) -> None:
+    """A secret key of `kind` made under `label` with ``CKA_ID`` `key_id`, sensitive and
+    never extractable like ours: what the crypto-user PIN allows (hsm37's planted twin,
+    cka38's substitute)."""
+    key_type = KeyType.AES if kind is KeyKind.KEK else KeyType.GENERIC_SECRET
+    usage = {Attribute.WRAP, Attribute.UNWRAP} if kind is KeyKind.KEK else {Attribute.SIGN}
+
+    def plant(session: Any) -> None:
+        session.generate_key(
+            key_type,
+            256,
+            label=label,
+            id=key_id,
+            store=True,
+            mechanism=(
+                Mechanism.AES_KEY_GEN if kind is KeyKind.KEK else Mechanism.GENERIC_SECRET_KEY_GEN
+            ),
+            template=secret_key_template(key_type, usage),
+        )
+
+    provider._run(plant, retry=False)  # the PIN holder's own call

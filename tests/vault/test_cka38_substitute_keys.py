@@ -33,16 +33,16 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 from sqlalchemy import Engine
 
 from cofre.errors import CofreError
 from hsm.keys import KeyHierarchy, KeyKind, key_label
-from hsm.mechanisms import KEPT_SECRET, pair_templates, secret_key_template
+from hsm.mechanisms import KEPT_SECRET, pair_templates
 from hsm.provider import HSMProvider
 from tests.support.pans import card_number
-from tests.vault.conftest import PAYMENTS, officers_vault
+from tests.vault.conftest import PAYMENTS, officers_vault, plant_secret_key
 from vault.pan import Pan
 from vault.service import TokenizeRequest, VaultService
 from vault.signing import HSMTreeHeadSigner
@@ -88,23 +88,7 @@ def _substitute_secret(provider: HSMProvider, kind: KeyKind, label: str, key_id:
     """Destroy the key under `label` and make another there, sensitive and never
     extractable, with the same ``CKA_ID``: what the PIN allows."""
     provider.destroy_key(label)
-    key_type = KeyType.AES if kind is KeyKind.KEK else KeyType.GENERIC_SECRET
-    usage = {Attribute.WRAP, Attribute.UNWRAP} if kind is KeyKind.KEK else {Attribute.SIGN}
-
-    def plant(session: Any) -> None:
-        session.generate_key(
-            key_type,
-            256,
-            label=label,
-            id=key_id,
-            store=True,
-            mechanism=(
-                Mechanism.AES_KEY_GEN if kind is KeyKind.KEK else Mechanism.GENERIC_SECRET_KEY_GEN
-            ),
-            template=secret_key_template(key_type, usage),
-        )
-
-    provider._run(plant, retry=False)  # the PIN holder's own call
+    plant_secret_key(provider, kind, label, key_id)
 
 
 def _substitute_private_half(provider: HSMProvider, label: str, key_id: bytes) -> None:

@@ -16,17 +16,14 @@ on the HSM a call reached, docs/cloudhsm.md "Key availability") is still skipped
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from pkcs11 import Attribute, KeyType, Mechanism
 from sqlalchemy import Engine
 
 from hsm.keys import KeyHierarchy, KeyKind, key_label
-from hsm.mechanisms import secret_key_template
 from hsm.provider import HSMProvider
 from tests.support.pans import card_number
-from tests.vault.conftest import PAYMENTS, officers_vault
+from tests.vault.conftest import PAYMENTS, officers_vault, plant_secret_key
 from vault.errors import KeyNotRegistered
 from vault.pan import Pan
 from vault.service import TokenizeRequest, VaultService
@@ -55,23 +52,7 @@ def _register_next(
 def _plant_twin(provider: HSMProvider, kind: KeyKind, label: str) -> None:
     """A second secret key under `label`, sensitive and never extractable like ours: it
     takes no readable key, only a second object, to make the label ambiguous."""
-    key_type = KeyType.AES if kind is KeyKind.KEK else KeyType.GENERIC_SECRET
-    usage = {Attribute.WRAP, Attribute.UNWRAP} if kind is KeyKind.KEK else {Attribute.SIGN}
-
-    def plant(session: Any) -> None:
-        session.generate_key(
-            key_type,
-            256,
-            label=label,
-            id=b"planted-twin",
-            store=True,
-            mechanism=(
-                Mechanism.AES_KEY_GEN if kind is KeyKind.KEK else Mechanism.GENERIC_SECRET_KEY_GEN
-            ),
-            template=secret_key_template(key_type, usage),
-        )
-
-    provider._run(plant, retry=False)  # the PIN holder's own call
+    plant_secret_key(provider, kind, label, b"planted-twin")
 
 
 @pytest.fixture(params=[KeyKind.KEK, KeyKind.FINGERPRINT])
