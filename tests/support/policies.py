@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from hsm.provider import HSMProvider
-    from vault.service import VaultService
+    from vault.service import CallContext, VaultService
 
 SETTLEMENT_POLICY: Final = """
 [identities."spiffe://cofre/settlement"]
@@ -94,6 +94,28 @@ def vault_serving(engine: Engine, hsm: HSMProvider, policy: str) -> Iterator[Vau
         yield vault
     finally:
         vault.close()
+
+
+def workers_serving(
+    engine: Engine, hsm: HSMProvider, policy: str, identities: tuple[CallContext, ...]
+) -> Iterator[list[VaultService]]:
+    """Two `vault_on` services on one database (two workers of a node, or two nodes),
+    each of `identities` having tokenized once so that its bucket rows exist; closed
+    after the test (`yield from workers_serving(...)` in a fixture's body)."""
+    from tests.support.pans import card_number  # noqa: PLC0415 - kept off this module's import
+    from vault.pan import Pan  # noqa: PLC0415
+    from vault.service import TokenizeRequest  # noqa: PLC0415
+
+    services = [vault_on(engine, hsm, policy) for _ in range(2)]
+    try:
+        for ctx in identities:
+            services[0].tokenize(
+                ctx, TokenizeRequest(Pan(card_number("4000", 36)), "pan_bin6_last4")
+            )
+        yield services
+    finally:
+        for service in services:
+            service.close()
 
 
 @contextmanager

@@ -91,6 +91,24 @@ def _substitute_secret(provider: HSMProvider, kind: KeyKind, label: str, key_id:
     plant_secret_key(provider, kind, label, key_id)
 
 
+def _p256_pair(session: Any, label: str, key_id: bytes, *, public_on_token: bool) -> Any:
+    """A P-256 pair made under `label` and ``CKA_ID`` `key_id`, its private half kept
+    secret like ours; returns the public half."""
+    params = session.create_domain_parameters(
+        KeyType.EC,
+        {Attribute.EC_PARAMS: encode_named_curve_parameters("1.2.840.10045.3.1.7")},
+        local=True,
+    )
+    private, public = pair_templates(
+        private={**KEPT_SECRET, Attribute.SIGN: True},
+        public={Attribute.TOKEN: public_on_token, Attribute.VERIFY: True},
+    )
+    made, _private = params.generate_keypair(
+        id=key_id, label=label, store=True, public_template=public, private_template=private
+    )
+    return made
+
+
 def _substitute_private_half(provider: HSMProvider, label: str, key_id: bytes) -> None:
     """Destroy only the private half of EC pair `label` and make another private key
     there with the same ``CKA_ID``; our public half stays."""
@@ -100,22 +118,7 @@ def _substitute_private_half(provider: HSMProvider, label: str, key_id: bytes) -
             {Attribute.LABEL: label, Attribute.CLASS: ObjectClass.PRIVATE_KEY}
         ):
             obj.destroy()
-        params = session.create_domain_parameters(
-            KeyType.EC,
-            {Attribute.EC_PARAMS: encode_named_curve_parameters("1.2.840.10045.3.1.7")},
-            local=True,
-        )
-        private, public = pair_templates(
-            private={**KEPT_SECRET, Attribute.SIGN: True},
-            public={Attribute.TOKEN: False, Attribute.VERIFY: True},
-        )
-        made, _private = params.generate_keypair(
-            id=key_id,
-            label=label,
-            store=True,
-            public_template=public,
-            private_template=private,
-        )
+        made = _p256_pair(session, label, key_id, public_on_token=False)
         made.destroy()  # a session object: our public half stays the only one
 
     provider._run(plant, retry=False)
@@ -184,18 +187,7 @@ def test_the_published_key_is_never_a_substitute_pair(
     rotation_provider.destroy_key(label)
 
     def plant(session: Any) -> None:
-        params = session.create_domain_parameters(
-            KeyType.EC,
-            {Attribute.EC_PARAMS: encode_named_curve_parameters("1.2.840.10045.3.1.7")},
-            local=True,
-        )
-        private, public = pair_templates(
-            private={**KEPT_SECRET, Attribute.SIGN: True},
-            public={Attribute.TOKEN: True, Attribute.VERIFY: True},
-        )
-        params.generate_keypair(
-            id=key_id, label=label, store=True, public_template=public, private_template=private
-        )
+        _p256_pair(session, label, key_id, public_on_token=True)
 
     rotation_provider._run(plant, retry=False)
     with pytest.raises(CofreError) as refused:

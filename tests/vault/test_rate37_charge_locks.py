@@ -32,12 +32,12 @@ from tests.support.fake_acquirer import FakeAcquirer
 from tests.support.groups import in_one_group
 from tests.support.locks import Calls, deadlocks_seen, done_or_waiting
 from tests.support.pans import card_number
-from tests.support.policies import vault_on
+from tests.support.policies import workers_serving
 from vault.capture import CaptureSessionRequest
 from vault.errors import TokenNotFound
 from vault.models import TokenUpdate
 from vault.pan import Pan
-from vault.service import CallContext, TokenizeRequest, VaultService
+from vault.service import CallContext, VaultService
 
 _OPERATIONS = '["tokenize", "lookup", "metadata", "delete", "update", "capture", "relay"]'
 _IDENTITY = """
@@ -106,16 +106,7 @@ def _outcome(call: Callable[[], object]) -> Callable[[], str]:
 def workers(
     engine: Engine, softhsm_provider: HSMProvider, acquirer: FakeAcquirer
 ) -> Iterator[list[VaultService]]:
-    services = [vault_on(engine, softhsm_provider, _policy(acquirer)) for _ in range(2)]
-    try:
-        for ctx in (THIEF, SHOP):  # each identity's bucket row exists
-            services[0].tokenize(
-                ctx, TokenizeRequest(Pan(card_number("4000", 36)), "pan_bin6_last4")
-            )
-        yield services
-    finally:
-        for service in services:
-            service.close()
+    yield from workers_serving(engine, softhsm_provider, _policy(acquirer), (THIEF, SHOP))
 
 
 def _held_group(

@@ -26,7 +26,7 @@ from hsm.provider import HSMProvider
 from tests.support.groups import in_one_group
 from tests.support.locks import deadlocks_seen, waiting_on_locks
 from tests.support.pans import card_number
-from tests.support.policies import vault_on
+from tests.support.policies import workers_serving
 from tests.vault.test_rate37_charge_locks import _outcome
 from vault.pan import Pan
 from vault.service import CallContext, TokenizeRequest, VaultService
@@ -55,16 +55,7 @@ CALLS: dict[str, Callable[[VaultService, CallContext], object]] = {
 
 @pytest.fixture
 def workers(engine: Engine, softhsm_provider: HSMProvider) -> Iterator[list[VaultService]]:
-    services = [vault_on(engine, softhsm_provider, _POLICY) for _ in range(2)]
-    try:
-        for ctx in (THIEF, ASHOP, BSHOP):  # each identity's bucket row exists
-            services[0].tokenize(
-                ctx, TokenizeRequest(Pan(card_number("4000", 36)), "pan_bin6_last4")
-            )
-        yield services
-    finally:
-        for service in services:
-            service.close()
+    yield from workers_serving(engine, softhsm_provider, _POLICY, (THIEF, ASHOP, BSHOP))
 
 
 class _Hold:
