@@ -42,12 +42,15 @@ class PciEnvironment(BaseSettings):
     peer_vpc_id: str | None = None
     allowed_source_cidrs: tuple[str, ...] = ()
     vault_port: Annotated[int, Field(ge=1, le=65535)] = 8443
+    # `s3`: the audit archive's bucket (the vault and its archive CronJobs reach it only
+    # inside the VPC; docs/operations.md "Audit growth").
     endpoint_services: tuple[str, ...] = (
         "logs",
         "sts",
         "secretsmanager",
         "cloudhsmv2",
         "monitoring",
+        "s3",
     )
     flow_log_group: str = "/cofre/pci/flow-logs"
     flow_log_role_arn: str = "arn:aws:iam::123456789012:role/cofre-flow-logs"

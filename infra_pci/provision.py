@@ -18,6 +18,7 @@ from infra_pci.model import ENVIRONMENT_TAG, MANAGED_TAG, ROLE_TAG, PciEnvironme
 
 HSM_PORTS = (2223, 2225)
 POSTGRES_PORT = 5432
+S3_SERVICE = "s3"  # the audit archive's endpoint, reached by its own DNS name
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,8 @@ class PciProvisioner:
             f"ingress tcp/443 from {env.vpc_cidr}",
         )
         for service in env.endpoint_services:
-            item(service in state.endpoints, "vpc-endpoint", service, "interface, private DNS")
+            how = "by its own name" if service == S3_SERVICE else "private DNS"
+            item(service in state.endpoints, "vpc-endpoint", service, f"interface, {how}")
         item(state.flow_log_id is not None, "flow-log", env.flow_log_group, "ALL traffic")
         if env.peer_vpc_id:
             item(
@@ -264,7 +266,10 @@ class PciProvisioner:
                         ServiceName=f"com.amazonaws.{env.region}.{service}",
                         SubnetIds=list(state.subnets.values()),
                         SecurityGroupIds=[state.security_groups["endpoints"]],
-                        PrivateDnsEnabled=True,
+                        # S3 is reached by the endpoint's own name (the vault's
+                        # `[archive] endpoint_url`): its private DNS on an interface
+                        # endpoint needs conditions the manifests do not rely on.
+                        PrivateDnsEnabled=service != S3_SERVICE,
                         TagSpecifications=[
                             {"ResourceType": "vpc-endpoint", "Tags": env.tags("endpoint", service)}
                         ],
@@ -429,10 +434,19 @@ class PciProvisioner:
                     state.hsm_azs.append(az)
 
     def _next_steps(self, state: State) -> list[str]:
+        steps = []
+        if S3_SERVICE in state.endpoints:
+            steps.append(
+                "set cofre.toml's [archive] endpoint_url to https://bucket. followed by the "
+                "name after '*.' that `aws ec2 describe-vpc-endpoints --vpc-endpoint-ids "
+                f"{state.endpoints[S3_SERVICE]} --query 'VpcEndpoints[].DnsEntries[0].DnsName'` "
+                'prints (docs/operations.md, "Audit growth")'
+            )
         if state.cluster_id is None:
-            return []
+            return steps
         cid = state.cluster_id
         return [
+            *steps,
             f"aws cloudhsmv2 describe-clusters --filters clusterIds={cid} "
             "--query 'Clusters[].Certificates.ClusterCsr' --output text > cluster.csr",
             "sign cluster.csr with your issuing CA (openssl x509 -req ... -out cluster.crt)",
