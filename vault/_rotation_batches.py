@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Row, bindparam, func, select, update
 from hsm.keys import KeyKind, key_label
 from hsm.provider import HSMProvider, WrappedKey
 from vault._retired_keys import retired_through
-from vault._rotation_unreadable import UnreadableRows
+from vault._rotation_unreadable import UnreadableRows, rows_among
 from vault.card import pan_digits
 from vault.ceremony import RotationKind
 from vault.errors import DataKeyMissing
@@ -95,18 +95,13 @@ class RotationBatches(UnreadableRows):
 
     def _reencrypt(self, connection: Connection, row: Row[Any], batch: int) -> int:
         old, new = int(row.old_version), int(row.new_version)
-        skipped = self._skipped(connection, row)
+        under_old = select(*_SEALED).where(tokens.c.key_version == old)
         while True:  # a batch of unreadable rows only: the next one (they are skipped)
-            rows = connection.execute(
-                select(*_SEALED)
-                .where(tokens.c.key_version == old, tokens.c.id.not_in(sorted(skipped)))
-                .limit(batch)
-            ).all()
+            rows = self._unskipped(connection, row, under_old, batch)
             if not rows:  # done; and a rotation from no data key (v0) has no cipher to ask for
                 return 0
             if moved := self._reseal(connection, row, rows, old, new):
                 return moved
-            skipped = self._skipped(connection, row)
 
     def _reseal(
         self, connection: Connection, row: Row[Any], rows: Sequence[Any], old: int, new: int
@@ -178,22 +173,15 @@ class RotationBatches(UnreadableRows):
 
     def _refingerprint(self, connection: Connection, row: Row[Any], batch: int) -> int:
         old = int(row.old_version)
-        skipped = self._skipped(connection, row)
+        under_old = select(tokens).where(
+            tokens.c.fp_version == old, tokens.c.fingerprint.is_not(None)
+        )
         while True:  # a batch of unreadable rows only: the next one (they are skipped)
-            rows = connection.execute(
-                select(tokens)
-                .where(
-                    tokens.c.fp_version == old,
-                    tokens.c.fingerprint.is_not(None),
-                    tokens.c.id.not_in(sorted(skipped)),
-                )
-                .limit(batch)
-            ).all()
+            rows = self._unskipped(connection, row, under_old, batch)
             if not rows:
                 return 0
             if moved := self._fingerprint_again(connection, row, rows):
                 return moved
-            skipped = self._skipped(connection, row)
 
     def _fingerprint_again(self, connection: Connection, row: Row[Any], rows: Sequence[Any]) -> int:
         """Fingerprint `rows` under the new key; one whose card fails authentication is
@@ -242,9 +230,7 @@ class RotationBatches(UnreadableRows):
                 else (tokens.c.fp_version == int(row.old_version))
                 & tokens.c.fingerprint.is_not(None)
             )
-            rows = connection.execute(
-                select(*picked).where(under_old, tokens.c.id.in_(sorted(held)))
-            ).all()
+            rows = rows_among(connection, select(*picked).where(under_old), held)
             self._suspects(row.id).clear()
             if rows:
                 old, new = int(row.old_version), int(row.new_version)
