@@ -57,9 +57,17 @@ def data_key_retired(payload: str) -> int | None:
     """The data-key version the log entry `payload` (a `COMPLETE_RECORDS` one) records
     retired and destroyed by a data rotation, or None when it records none: another
     kind's completion (an audit key rotation's says ``old_key_kept_for_verification``;
-    since session 38 a data rotation's says ``"kind": "data"``), or one not successful."""
-    entry = json.loads(payload)
-    details = entry.get("details") or {}
+    since session 38 a data rotation's says ``"kind": "data"``), or one not successful,
+    or one the vault never writes (review rev39: not JSON, or details that are no
+    object, which a writer of the database may insert into the log for good: it raised
+    here, at every data-key unwrap and rotation pass, and stopped both)."""
+    try:
+        entry = json.loads(payload)
+    except ValueError:
+        return None
+    details = entry.get("details") if isinstance(entry, dict) else None
+    if not isinstance(details, dict):
+        return None
     kind = details.get("kind", "audit" if "old_key_kept_for_verification" in details else "data")
     version = details.get("retired_version")
     if entry.get("action") != "key.rotation.complete" or entry.get("outcome") != "success":

@@ -76,7 +76,12 @@ def recorded(connection: Connection, ceremony: Row[Any]) -> set[str]:
         query = query.where(audit_entries.c.created_at >= since)
     found = set()
     for payload in connection.execute(query).scalars():
-        entry = json.loads(payload)
+        try:
+            entry = json.loads(payload)
+        except ValueError:  # not the vault's (review rev39: it raised at every pass)
+            continue
+        if not isinstance(entry, dict):
+            continue
         if entry.get("key_id") == ceremony.id and entry.get("token_id"):
             found.add(str(entry["token_id"]))
     return found

@@ -83,3 +83,33 @@ def test_forged_unreadable_records_do_not_stall_a_data_rotation_for_ever(
     assert status.stuck_tokens == []
     for token, card in zip(tokens, CARDS, strict=True):
         assert service.detokenize(GETNET, token).pan == card
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        '{"action":"key.rotation.row_unreadable","key_id":',
+        '{"action":"key.rotation.row_unreadable","x":1}[]',
+    ],
+    ids=["not-json", "not-an-object"],
+)
+@pytest.mark.parametrize("rotation_provider", ["softhsm2"], indirect=True)
+def test_a_malformed_unreadable_record_does_not_stall_a_data_rotation(
+    rig: tuple[VaultService, KeyRotation], engine: Engine, payload: str
+) -> None:
+    """One record that starts like the rotation's but is not a JSON object: the worker's
+    read of the ceremony's records raised at every pass, and the status with it."""
+    service, rotation = rig
+    token = service.tokenize(PAYMENTS, TokenizeRequest(CARDS[0], "pan_bin6_last4")).token
+    ceremony = rotation.propose(ALICE, "data")
+    rotation.approve(CAROL, ceremony.id)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(audit_entries), {"payload": payload, "created_at": datetime.now(UTC)}
+        )
+    for _ in range(6):
+        rotation.run_pending()
+        if rotation.status(ALICE, ceremony.id).state == CeremonyState.COMPLETED:
+            break
+    assert rotation.status(ALICE, ceremony.id).state == CeremonyState.COMPLETED
+    assert service.detokenize(GETNET, token).pan == CARDS[0]

@@ -1,0 +1,64 @@
+"""Review rev39 of bak38: what the vault makes of completion records it did not write.
+
+A writer of the database without the HSM PIN may insert into the audit log (the app
+role's grant; the log is append-only, so what they insert stays). bak38 reads every
+``key.rotation.complete`` record to learn which data-key versions are retired
+(`vault._retired_keys`), at each unwrap of a data key and each rotation worker pass,
+and retention reads them before it drops a month. A record that starts like one but
+is not JSON, or whose details are not an object, raised from ``json.loads`` or
+``.get`` there: every node started after it could unwrap no data key (a raw
+exception, the API's 500, for every reveal and tokenize), the rotation worker failed
+every pass, for good. Such a record retires nothing (the vault writes canonical JSON
+with an object of details), so it is now passed over. A well-formed forged completion
+naming a high version still stops the vault (docs/threat-model.md, rev39 row).
+
+SoftHSM2, SQLite and PostgreSQL, the real vault service.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from audit.schema import audit_entries
+from hsm.provider import HSMProvider
+from tests.support.pans import card_number
+from tests.vault.conftest import GETNET, PAYMENTS
+from tests.vault.test_bak38_restored_backup import _node
+from vault.pan import Pan
+from vault.rotation import KeyRotation
+from vault.service import TokenizeRequest, VaultService
+
+CARD = Pan(card_number("453201", 39201))
+
+_MALFORMED = {
+    "not-json": '{"action":"key.rotation.complete","details":{"kind":"data",',
+    "details-a-string": '{"action":"key.rotation.complete","details":"x","outcome":"success"}',
+    "details-a-list": '{"action":"key.rotation.complete","details":[1],"outcome":"success"}',
+    "not-an-object": '{"action":"key.rotation.complete",' + '"x":1}' + "[]",
+}
+
+
+@pytest.mark.parametrize("payload", list(_MALFORMED.values()), ids=list(_MALFORMED))
+@pytest.mark.parametrize("rotation_provider", ["softhsm2"], indirect=True)
+def test_a_malformed_completion_record_does_not_stop_every_unwrap(
+    rig: tuple[VaultService, KeyRotation],
+    engine: Engine,
+    rotation_provider: HSMProvider,
+    payload: str,
+) -> None:
+    service, rotation = rig
+    token = service.tokenize(PAYMENTS, TokenizeRequest(CARD, "pan_bin6_last4")).token
+    with engine.begin() as connection:  # the writer's insert
+        connection.execute(
+            sa.insert(audit_entries), {"payload": payload, "created_at": datetime.now(UTC)}
+        )
+    rotation.run_pending()  # the worker's pass reads the records too
+    fresh = _node(engine, rotation_provider)  # nothing unwrapped yet in its memory
+    try:
+        assert fresh.detokenize(GETNET, token).pan == CARD
+    finally:
+        fresh.close()
