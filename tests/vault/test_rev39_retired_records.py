@@ -28,6 +28,7 @@ from hsm.provider import HSMProvider
 from tests.support.pans import card_number
 from tests.vault.conftest import GETNET, PAYMENTS
 from tests.vault.test_bak38_restored_backup import _node
+from vault.errors import IntegrityError
 from vault.pan import Pan
 from vault.rotation import KeyRotation
 from vault.service import TokenizeRequest, VaultService
@@ -58,6 +59,33 @@ def test_a_malformed_completion_record_does_not_stop_every_unwrap(
         )
     rotation.run_pending()  # the worker's pass reads the records too
     fresh = _node(engine, rotation_provider)  # nothing unwrapped yet in its memory
+    try:
+        assert fresh.detokenize(GETNET, token).pan == CARD
+    finally:
+        fresh.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=IntegrityError,
+    reason="bound (docs/threat-model.md, review rev39): a well-formed forged data "
+    "completion retires every version up to the one it names, for good under this log",
+)
+@pytest.mark.parametrize("rotation_provider", ["softhsm2"], indirect=True)
+def test_a_forged_data_completion_does_not_retire_the_live_key(
+    rig: tuple[VaultService, KeyRotation], engine: Engine, rotation_provider: HSMProvider
+) -> None:
+    service, _ = rig
+    token = service.tokenize(PAYMENTS, TokenizeRequest(CARD, "pan_bin6_last4")).token
+    forged = (
+        '{"action":"key.rotation.complete","actor":"cofre rotation",'
+        '"details":{"kind":"data","retired_version":1000000},"outcome":"success"}'
+    )
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(audit_entries), {"payload": forged, "created_at": datetime.now(UTC)}
+        )
+    fresh = _node(engine, rotation_provider)
     try:
         assert fresh.detokenize(GETNET, token).pan == CARD
     finally:
