@@ -90,7 +90,8 @@ def recorded(connection: Connection, ceremony: Row[Any]) -> set[str]:
 def rows_among(connection: Connection, query: Select[Any], ids: set[str]) -> list[Any]:
     """The rows of `query` (on ``tokens``) whose id is one of `ids`, read `_IDS_PER_READ`
     ids at a time, however many there are."""
-    ordered, found = sorted(ids), []
+    ordered = sorted(ids)
+    found: list[Any] = []
     for start in range(0, len(ordered), _IDS_PER_READ):
         chunk = ordered[start : start + _IDS_PER_READ]
         found += connection.execute(query.where(tokens.c.id.in_(chunk))).all()
