@@ -32,6 +32,7 @@ from vault.ceremony import CeremonyState
 from vault.pan import Pan
 from vault.rotation import KeyRotation
 from vault.service import TokenizeRequest, VaultService
+from vault.storage.schema import tokens as tokens_table
 
 CARDS = [Pan(card_number("453201", 39100 + i)) for i in range(3)]
 # Past each driver's limit of bound parameters in one statement.
@@ -113,3 +114,47 @@ def test_a_malformed_unreadable_record_does_not_stall_a_data_rotation(
             break
     assert rotation.status(ALICE, ceremony.id).state == CeremonyState.COMPLETED
     assert service.detokenize(GETNET, token).pan == CARDS[0]
+
+
+@pytest.mark.parametrize("rotation_provider", ["softhsm2"], indirect=True)
+def test_more_unreadable_rows_than_one_read_of_ids_are_all_named_and_the_rest_move(
+    rig: tuple[VaultService, KeyRotation], engine: Engine
+) -> None:
+    """1,500 rows copied under new ids (their ciphertexts bound to another row's id)
+    among real ones: past the ids the batch leaves out by its statement, the rotation
+    reads on in id order; every real row moves, every copy is named, none moved."""
+    service, rotation = rig
+    tokens = [
+        service.tokenize(PAYMENTS, TokenizeRequest(card, "pan_bin6_last4")).token for card in CARDS
+    ]
+    with engine.begin() as connection:
+        model = dict(
+            connection.execute(sa.select(tokens_table).where(tokens_table.c.token == tokens[0]))
+            .mappings()
+            .one()
+        )
+        copies = [
+            {**model, "id": f"copy-{i:05d}", "token": f"c{i:05d}", "fingerprint": None}
+            for i in range(1_500)
+        ]
+        connection.execute(sa.insert(tokens_table), copies)
+    ceremony = rotation.propose(ALICE, "data")
+    rotation.approve(CAROL, ceremony.id)
+    for _ in range(12):
+        rotation.run_pending()
+    status = rotation.status(ALICE, ceremony.id)
+    assert status.state == CeremonyState.RUNNING
+    assert status.stuck_tokens == sorted(c["id"] for c in copies)
+    with engine.connect() as connection:
+        versions = dict(
+            connection.execute(sa.select(tokens_table.c.token, tokens_table.c.key_version)).all()
+        )
+    assert {versions[t] for t in tokens} == {status.new_version}
+    assert {versions[c["token"]] for c in copies} == {status.old_version}
+    with engine.begin() as connection:  # the runbook: the rows deleted
+        connection.execute(sa.delete(tokens_table).where(tokens_table.c.id.like("copy-%")))
+    for _ in range(6):
+        rotation.run_pending()
+    assert rotation.status(ALICE, ceremony.id).state == CeremonyState.COMPLETED
+    for token, card in zip(tokens, CARDS, strict=True):
+        assert service.detokenize(GETNET, token).pan == card
