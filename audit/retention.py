@@ -53,6 +53,18 @@ _REGISTER: Final = "key.register"
 COMPLETE_RECORDS: Final = """payload LIKE '{"action":"key.rotation.complete",%'"""
 
 
+def record_object(payload: str) -> dict[str, Any] | None:
+    """The log record `payload` as a JSON object, or None when it is none (not JSON, or
+    another value): the vault writes objects alone, and a writer of the database may
+    insert anything into the log (review rev39), which a reader must pass over rather
+    than raise on at each read."""
+    try:
+        entry = json.loads(payload)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
 def data_key_retired(payload: str) -> int | None:
     """The data-key version the log entry `payload` (a `COMPLETE_RECORDS` one) records
     retired and destroyed by a data rotation, or None when it records none: another
@@ -61,11 +73,8 @@ def data_key_retired(payload: str) -> int | None:
     or one the vault never writes (review rev39: not JSON, or details that are no
     object, which a writer of the database may insert into the log for good: it raised
     here, at every data-key unwrap and rotation pass, and stopped both)."""
-    try:
-        entry = json.loads(payload)
-    except ValueError:
-        return None
-    details = entry.get("details") if isinstance(entry, dict) else None
+    entry = record_object(payload)
+    details = entry.get("details") if entry is not None else None
     if not isinstance(details, dict):
         return None
     kind = details.get("kind", "audit" if "old_key_kept_for_verification" in details else "data")

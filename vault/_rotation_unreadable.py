@@ -24,7 +24,6 @@ Nothing is ever resealed or fingerprinted from a row that did not authenticate.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Final
 
@@ -32,6 +31,7 @@ from cryptography.exceptions import InvalidTag
 from sqlalchemy import Connection, Row, Select, select, text
 
 from audit.log import AuditEvent, AuditLog, Outcome
+from audit.retention import record_object
 from audit.schema import audit_entries
 from vault.ceremony import RotationKind
 from vault.errors import IntegrityError
@@ -76,11 +76,8 @@ def recorded(connection: Connection, ceremony: Row[Any]) -> set[str]:
         query = query.where(audit_entries.c.created_at >= since)
     found = set()
     for payload in connection.execute(query).scalars():
-        try:
-            entry = json.loads(payload)
-        except ValueError:  # not the vault's (review rev39: it raised at every pass)
-            continue
-        if not isinstance(entry, dict):
+        entry = record_object(payload)  # None: not the vault's (review rev39)
+        if entry is None:
             continue
         if entry.get("key_id") == ceremony.id and entry.get("token_id"):
             found.add(str(entry["token_id"]))
