@@ -74,8 +74,8 @@ def data_key_retired(payload: str) -> int | None:
     object, which a writer of the database may insert into the log for good: it raised
     here, at every data-key unwrap and rotation pass, and stopped both)."""
     entry = record_object(payload)
-    details = entry.get("details") if entry is not None else None
-    if not isinstance(details, dict):
+    details = None if entry is None else entry.get("details")
+    if entry is None or not isinstance(details, dict):
         return None
     kind = details.get("kind", "audit" if "old_key_kept_for_verification" in details else "data")
     version = details.get("retired_version")

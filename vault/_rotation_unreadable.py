@@ -147,9 +147,9 @@ class UnreadableRows:
         the start once."""
         skipped = self._skipped(connection, ceremony)
         if len(skipped) <= _IDS_PER_READ:
-            return connection.execute(
-                query.where(tokens.c.id.not_in(sorted(skipped))).limit(batch)
-            ).all()
+            return list(
+                connection.execute(query.where(tokens.c.id.not_in(sorted(skipped))).limit(batch))
+            )
         after_by: dict[str, str] = vars(self).setdefault("_rot_after", {})
         after = after_by.get(ceremony.id, "")
         went_round = not after
