@@ -25,13 +25,15 @@ from sqlalchemy import Engine
 
 from audit.schema import audit_entries
 from hsm.provider import HSMProvider
+from tests.support.backups import backup, restore_row
 from tests.support.pans import card_number
 from tests.vault.conftest import GETNET, PAYMENTS
-from tests.vault.test_bak38_restored_backup import _node
+from tests.vault.test_bak38_restored_backup import _node, _rotate_data_keys
 from vault.errors import IntegrityError
 from vault.pan import Pan
 from vault.rotation import KeyRotation
 from vault.service import TokenizeRequest, VaultService
+from vault.storage.schema import data_keys
 
 CARD = Pan(card_number("453201", 39201))
 
@@ -88,5 +90,48 @@ def test_a_forged_data_completion_does_not_retire_the_live_key(
     fresh = _node(engine, rotation_provider)
     try:
         assert fresh.detokenize(GETNET, token).pan == CARD
+    finally:
+        fresh.close()
+
+
+@pytest.mark.parametrize("rotation_provider", ["softhsm2"], indirect=True)
+def test_a_destroyed_key_restored_under_a_version_never_retired_does_not_open(
+    rig: tuple[VaultService, KeyRotation], engine: Engine, rotation_provider: HSMProvider
+) -> None:
+    """Held: the writer puts v1's wrapped bytes back as version 9 (never retired, above
+    the log's bound) and the shredded row back naming version 9. The KEK unwraps it, but
+    the card was sealed with its version in the associated data: it fails
+    authentication, `integrity_error`."""
+    service, rotation = rig
+    token = service.tokenize(PAYMENTS, TokenizeRequest(CARD, "pan_bin6_last4")).token
+    row, keys = backup(engine, token)
+    assert service.delete(PAYMENTS, token)
+    _rotate_data_keys(rotation)
+    with engine.begin() as connection:
+        model = (
+            connection.execute(
+                sa.text("SELECT * FROM data_keys WHERE purpose = 'pan_gcm' AND state = 'active'")
+            )
+            .one()
+            ._mapping
+        )
+        wrapped = next(
+            k["wrapped"] for k in keys if k["purpose"] == "pan_gcm" and k["version"] == 1
+        )
+        connection.execute(
+            sa.insert(data_keys),
+            {
+                **model,
+                "version": 9,
+                "wrapped": wrapped,
+                "state": "retiring",
+                "created_at": datetime.now(UTC),
+            },
+        )
+    restore_row(engine, {**row, "key_version": 9})
+    fresh = _node(engine, rotation_provider)
+    try:
+        with pytest.raises(IntegrityError):
+            fresh.detokenize(GETNET, token)
     finally:
         fresh.close()
