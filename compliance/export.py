@@ -39,6 +39,7 @@ from cofre_evidence_verifier.bundle import (
 from compliance._carried import stage_carried_originals
 from compliance._covering import covering_head
 from compliance._cutoff import sign_over_cutoff, write_cutoff
+from compliance._deleted import stage_deleted_tokens
 from compliance._relay_cas import relay_ca_inventory
 from compliance.custody import custody_json
 from compliance.dual_control import dual_control_json
@@ -250,8 +251,7 @@ def write_bundle(
         publish()
     _refuse_retired(engine, period_from, period_to)
     store = AuditStore(engine)
-    reader = engine.execution_options(**READ_ONLY)
-    with reader.connect() as connection:
+    with engine.execution_options(**READ_ONLY).connect() as connection:
         first, last = connection.execute(
             select(func.min(audit_leaves.c.leaf_index), func.max(audit_leaves.c.leaf_index))
             .join(audit_entries, audit_entries.c.id == audit_leaves.c.entry_id)
@@ -281,6 +281,13 @@ def write_bundle(
             page_size=page_size,
         )
         _stage_boundaries(staging, store, start=start, end=end, size=size)
+        # Every token deleted before the period, for check 6e across the chain.
+        stage_deleted_tokens(
+            staging.member("audit/deleted_tokens.txt").write,
+            engine,
+            before=period_from,
+            page_size=page_size,
+        )
         policy_text = _stream_policy_versions(
             staging, engine, store, start=start, end=end, size=size
         )

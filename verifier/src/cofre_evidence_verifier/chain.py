@@ -138,11 +138,13 @@ def check_previous(
     *,
     public_keys: Sequence[bytes],
     report: Report,
-) -> None:
-    """Check this bundle against the `previous` bundle file; see the module docstring."""
+) -> Files | None:
+    """Check this bundle against the `previous` bundle file; see the module docstring.
+    Returns the previous bundle's files once its signature and listing verify (check 6e
+    carries its deleted tokens forward), else None."""
     read = _read_previous(previous, public_keys, report)
     if read is None:
-        return
+        return None
     before, previous_manifest = read
     check_chain(previous_manifest, manifest, report)
     _check_policy_carried(before, files, report)
@@ -163,26 +165,27 @@ def check_previous(
         report.fail(
             f"previous bundle: no verified signed head {size2} to prove consistency against"
         )
-        return
+        return before
     data = files.get(CONSISTENCY)
     if data is None:
         report.fail(f"{CONSISTENCY}: no consistency proof from the previous bundle")
-        return
+        return before
     proof = json_object(data, CONSISTENCY)
     if proof.get("size1") != size1:
         report.fail(
             f"{CONSISTENCY}: proves from size {proof.get('size1')}, but the "
             f"previous bundle ends at {size1}"
         )
-        return
+        return before
     problem = _consistency_problem(proof, size1, root1, size2, head)
     if problem is not None:
         report.fail(
             f"{CONSISTENCY}: the log is not an extension of the previous "
             f"bundle's ({problem}): a rewritten or forked history"
         )
-        return
+        return before
     report.passed("previous", f"consistent with the previous bundle (tree {size1} -> {size2})")
+    return before
 
 
 def _previous_origin(before: Files, previous_manifest: dict[str, Any]) -> str | None:

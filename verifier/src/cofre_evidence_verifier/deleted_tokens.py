@@ -1,4 +1,4 @@
-"""Check 6e: no token answers a reveal after the log shows it deleted (session 38).
+"""Check 6e: no token answers after the log shows it deleted (sessions 38, 39).
 
 A delete (`delete`) or the purge (`purge`: an expired token, or one a convergent
 tokenize replaced) crypto-shreds the token's row: its ciphertext, nonce and fingerprint
@@ -8,17 +8,27 @@ writer of the vault's database who holds no HSM PIN can put the row's old card c
 back from a backup while the data key it was sealed under is still live, and the card
 opens again (docs/threat-model.md, "A deleted token restored from a backup"): the
 vault does not read the log on every reveal to refuse it. The log records it, though:
-every reveal names the token id, and a successful reveal of an id the period's log
-deleted earlier is none of the vault's doing. This check fails the bundle, naming the
-token id, the entry that shredded it and the reveal's.
+every answer from a row names its token id, and a successful entry naming an id after
+the entry that deleted it is none of the vault's doing. This check fails the bundle,
+naming the token id, the entry that shredded it and the one that answered.
 
-A reveal is a successful `detokenize` (full), `detokenize_masked`, `metadata` (it
-answers from the row) or `relay.send` naming the token (the relay put its card into an
-acquirer's request). A refused or failed reveal (`410 token_deleted`, an integrity
-error) is the vault holding and is not counted. A `lookup` entry names no token.
-Bounds: only the bundle's own entries are compared (a delete in an earlier period and
-a reveal in this one are in two bundles: verify the earlier bundle's deleted ids with
-`--previous` by hand, or export a period holding both).
+What answers: every successful entry naming the token other than a delete or purge
+(session 39; session 38 counted `detokenize`, `detokenize_masked`, `metadata` and
+`relay.send` only, and a written-back row answered unseen to a `token.update`, a
+convergent `tokenize` or a `capture` that found its fingerprint, and held a
+`security_code.hold`). A refused or failed entry (`410 token_deleted`, an integrity
+error) is the vault holding and is not counted.
+
+Earlier periods (session 39): the bundle lists every token deleted before its period
+(`audit/deleted_tokens.txt`: the vault's tombstones at export, one token id a line,
+sorted, ids only so that millions of purged tokens stay a file of ~37 bytes each). A
+listed token answering anywhere in the period fails. Alone, the list is the exporter's
+word: it cannot add a failure that is not one (a listed token was deleted, by the
+vault's own signed claim), but it can leave one out, and a written-back row has lost
+its tombstone, so the exporter leaves it out by itself. With the previous bundle
+(`--previous`), the list must hold every token the previous bundle lists and every one
+its entries deleted (each missing one fails, named with its entry), and those count
+for this period whatever the list says: the chain carries every deletion forward.
 """
 
 from __future__ import annotations
@@ -29,11 +39,19 @@ from cofre_evidence_verifier.bundle import Files, entry_object, json_lines
 from cofre_evidence_verifier.report import Report
 
 NAME: Final = "deleted_tokens"
+LISTED: Final = "audit/deleted_tokens.txt"
 SHREDS: Final = frozenset({"delete", "purge"})
-REVEALS: Final = frozenset({"detokenize", "detokenize_masked", "metadata", "relay.send"})
 SUCCESS: Final = "success"
-# How many revivals the report names one by one (a hostile bundle may hold a million).
+# How many problems of each kind the report names one by one (a hostile bundle may
+# hold a million).
 MAX_LISTED: Final = 20
+# A token id as the vault writes one (a UUID); a line longer than an audit identifier
+# is not one.
+_MAX_ID: Final = 128
+
+# Where a token was deleted before the entry that answers: its leaf index (or None when
+# only a list says so) and how the report describes it.
+Deleted = dict[str, tuple[int | None, str]]
 
 
 def _entry(payload: object) -> tuple[str, str] | None:
@@ -44,44 +62,113 @@ def _entry(payload: object) -> tuple[str, str] | None:
     action, token_id = entry.get("action"), entry.get("token_id")
     if entry.get("outcome") != SUCCESS or not isinstance(token_id, str) or not token_id:
         return None
-    if action not in SHREDS and action not in REVEALS:
-        return None
     return str(action), token_id
 
 
-def check_deleted_tokens(files: Files, report: Report) -> None:
-    """Fail `report` for each successful reveal of a token id after an entry of the
-    period that deleted it, naming both leaf indices; else pass, counting the deletes."""
+def _entries(files: Files) -> list[tuple[int, str, str]]:
+    """(leaf index, action, token id) of the bundle's successful entries naming a token,
+    in leaf order."""
     lines = json_lines(files.get("audit/entries.jsonl", b""))
-    indexed = sorted(
-        (line["index"], line.get("payload")) for line in lines if type(line.get("index")) is int
-    )
-    shredded: dict[str, tuple[int, str]] = {}
-    revived: list[tuple[int, str, str, int, str]] = []
-    for index, payload in indexed:
-        found = _entry(payload)
-        if found is None:
-            continue
-        action, token_id = found
+    out = []
+    for line in lines:
+        index = line.get("index")
+        found = _entry(line.get("payload"))
+        if type(index) is int and found is not None:
+            out.append((index, *found))
+    out.sort()
+    return out
+
+
+def shredded_in(files: Files) -> Deleted:
+    """The first entry of the bundle that deleted or purged each token id."""
+    out: Deleted = {}
+    for index, action, token_id in _entries(files):
         if action in SHREDS:
-            shredded.setdefault(token_id, (index, action))
-        elif token_id in shredded:
-            deleted_at, how = shredded[token_id]
-            revived.append((index, action, token_id, deleted_at, how))
-    for index, action, token_id, deleted_at, how in revived[:MAX_LISTED]:
-        report.fail(
-            f"deleted tokens: entry {index} ({action}, success) reveals token {token_id[:128]}, "
-            f"which entry {deleted_at} ({how}) shredded: a deleted token's card answered "
-            "again, its row put back from a backup (docs/threat-model.md, 'A deleted token "
-            "restored from a backup'); ask how, and treat the card as exposed"
+            out.setdefault(token_id, (index, f"entry {index} ({action})"))
+    return out
+
+
+def listed_in(files: Files, report: Report | None, whose: str) -> set[str]:
+    """The token ids of the bundle's `LISTED` file (none when it has none: a bundle of an
+    exporter before session 39); a line that is not a token id, or out of order, fails
+    `report` (when given)."""
+    out: set[str] = set()
+    previous = ""
+    for number, raw in enumerate(files.get(LISTED, b"").split(b"\n"), 1):
+        if not raw:
+            continue
+        line = raw.decode("utf-8", "replace")
+        if len(line) > _MAX_ID or line != line.strip() or line <= previous:
+            if report is not None:
+                report.fail(
+                    f"deleted tokens: {whose}{LISTED} line {number} is not a token id in "
+                    "ascending order (one id a line, sorted, none twice)"
+                )
+            return out
+        out.add(line)
+        previous = line
+    return out
+
+
+def check_deleted_tokens(files: Files, report: Report, previous: Files | None = None) -> None:
+    """Fail `report` for each successful entry naming a token id after an entry of the
+    period that deleted it, or anywhere in the period when it was deleted before (the
+    bundle's list, and with the `previous` bundle its list and its deletions); with the
+    previous bundle, fail for each of its deletions this bundle's list leaves out. Else
+    pass, counting the deletes."""
+    listed = listed_in(files, report, "")
+    before: Deleted = dict.fromkeys(
+        listed, (None, f"the bundle's {LISTED} lists as deleted before the period")
+    )
+    omitted: list[str] = []
+    if previous is not None:
+        carried: Deleted = dict.fromkeys(
+            listed_in(previous, None, "the previous bundle's "),
+            (None, f"the previous bundle's {LISTED} lists as deleted before its period"),
         )
-    if len(revived) > MAX_LISTED:
+        for token_id, (index, how) in shredded_in(previous).items():
+            carried[token_id] = (index, f"{how} of the previous bundle")
+        for token_id, (_, how) in sorted(carried.items()):
+            if token_id not in listed:
+                omitted.append(
+                    f"deleted tokens: token {token_id[:_MAX_ID]}, deleted by {how}, is missing "
+                    f"from this bundle's {LISTED}: its tombstone is gone from the database "
+                    "(a row put back from a backup) or the exporter left it out"
+                )
+        before.update(carried)
+    answered = _answered(files, before)
+    for problem in (omitted + answered)[:MAX_LISTED]:
+        report.fail(problem)
+    if len(omitted) + len(answered) > MAX_LISTED:
         report.fail(
-            f"deleted tokens: and {len(revived) - MAX_LISTED} more reveals of deleted tokens"
+            f"deleted tokens: and {len(omitted) + len(answered) - MAX_LISTED} more problems "
+            "with deleted tokens"
         )
-    if not revived:
+    if not omitted and not answered:
+        proven = "proven by the previous bundle" if previous is not None else "not proven"
         report.passed(
             NAME,
-            f"deleted tokens: {len(shredded)} tokens deleted or purged in the period, none "
-            "revealed after it",
+            f"deleted tokens: {len(shredded_in(files))} tokens deleted or purged in the "
+            f"period, {len(before)} before it ({LISTED}, {proven}: verify with --previous), "
+            "none answered after it",
         )
+
+
+def _answered(files: Files, before: Deleted) -> list[str]:
+    """A line for each successful entry of `files` naming a token deleted `before` the
+    period or by an earlier entry of it."""
+    deleted = dict(before)
+    out = []
+    for index, action, token_id in _entries(files):
+        if action in SHREDS:
+            deleted.setdefault(token_id, (index, f"entry {index} ({action})"))
+        elif token_id in deleted:
+            where = deleted[token_id][1]
+            shown = f"which {where} shredded" if where.startswith("entry") else f"which {where}"
+            out.append(
+                f"deleted tokens: entry {index} ({action}, success) reveals token "
+                f"{token_id[:_MAX_ID]}, {shown}: a deleted token's card answered again, its "
+                "row put back from a backup (docs/threat-model.md, 'A deleted token "
+                "restored from a backup'); ask how, and treat the card as exposed"
+            )
+    return out

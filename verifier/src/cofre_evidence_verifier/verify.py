@@ -33,9 +33,11 @@ it finds (not only the first):
    every key the period put into use (a KEK, fingerprint or audit key registered past
    version 1) was made by a key ceremony whose start follows its registration in the
    period, so check 6c proves its officers (`key_registrations`);
-   no token answers a reveal (detokenize, masked or full, metadata, relay) after an
-   entry of the period deleted or purged it: a row put back from a backup
-   (`deleted_tokens`, check 6e);
+   no token answers (a successful entry naming it) after an entry of the period
+   deleted or purged it, or when the bundle's `audit/deleted_tokens.txt` (and with a
+   previous bundle, its list and its deletions, which this list must hold) shows it
+   deleted before: a row put back from a backup (`deleted_tokens`, check 6e; run after
+   check 7, which reads the previous bundle);
    the period's process starts and graceful stops, naming each start with no stop
    after it and each stop with no start before it (`lifecycle`: no verdict, for the
    auditor to ask about);
@@ -219,7 +221,6 @@ def _verify(
     custody.check_custody(bundle, manifest, verified, report)
     dual_control.check_dual_control(bundle, manifest, verified, report, authorities=authorities)
     key_registrations.check_key_registrations(bundle, manifest, verified, report)
-    deleted_tokens.check_deleted_tokens(bundle, report)
     lifecycle.check_lifecycle(bundle, report)
     if unsafe_no_witnesses:
         report.checks.append(
@@ -240,10 +241,13 @@ def _verify(
         # A bundle that names a previous head is OK only once that head is proven.
         report.required = report.required | {"previous_head"}
         chain.check_previous_head(bundle, manifest, verified, report)
+    before = None
     if previous is not None:
-        chain.check_previous(
+        before = chain.check_previous(
             bundle, manifest, verified, previous, public_keys=key_chain.pems(), report=report
         )
+    # After the chain: a previous bundle that verifies carries its deleted tokens forward.
+    deleted_tokens.check_deleted_tokens(bundle, report, before)
 
 
 def _unpinned_origin(verified: Heads, report: Report, *, chained: bool, unsafe: bool) -> None:
