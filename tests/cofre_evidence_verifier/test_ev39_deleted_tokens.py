@@ -185,3 +185,16 @@ def test_any_success_naming_a_deleted_token_fails(tmp_path: Path, answer: str) -
         f"deleted tokens: entry 11 ({answer}, success) reveals token {TOKEN_ID}, which "
         "entry 10 (delete) shredded"
     ), line
+
+
+def test_a_previous_list_out_of_order_fails_closed(tmp_path: Path) -> None:
+    """The previous bundle's list is read as this one's: a line out of order there
+    stops the ids after it from being carried, so it fails here, named."""
+    first, second, keys = _pair(day_log(20), tmp_path)
+    first.files[LISTED] = f"{OTHER_ID}\n{TOKEN_ID}\n".encode()
+    second.files[LISTED] = f"{TOKEN_ID}\n{OTHER_ID}\n".encode()
+    report = _verify_chain(first, second, keys, tmp_path)
+    assert not report.ok
+    assert any(
+        f"the previous bundle's {LISTED} line 2 is not a token id" in p for p in report.problems
+    ), report.problems

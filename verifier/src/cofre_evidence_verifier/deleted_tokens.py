@@ -88,10 +88,10 @@ def shredded_in(files: Files) -> Deleted:
     return out
 
 
-def listed_in(files: Files, report: Report | None, whose: str) -> set[str]:
+def listed_in(files: Files, report: Report, whose: str) -> set[str]:
     """The token ids of the bundle's `LISTED` file (none when it has none: a bundle of an
     exporter before session 39); a line that is not a token id, or out of order, fails
-    `report` (when given)."""
+    `report` (naming `whose` list), and the ids after it are not read."""
     out: set[str] = set()
     previous = ""
     for number, raw in enumerate(files.get(LISTED, b"").split(b"\n"), 1):
@@ -99,11 +99,10 @@ def listed_in(files: Files, report: Report | None, whose: str) -> set[str]:
             continue
         line = raw.decode("utf-8", "replace")
         if len(line) > _MAX_ID or line != line.strip() or line <= previous:
-            if report is not None:
-                report.fail(
-                    f"deleted tokens: {whose}{LISTED} line {number} is not a token id in "
-                    "ascending order (one id a line, sorted, none twice)"
-                )
+            report.fail(
+                f"deleted tokens: {whose}{LISTED} line {number} is not a token id in "
+                "ascending order (one id a line, sorted, none twice)"
+            )
             return out
         out.add(line)
         previous = line
@@ -123,7 +122,7 @@ def check_deleted_tokens(files: Files, report: Report, previous: Files | None = 
     omitted: list[str] = []
     if previous is not None:
         carried: Deleted = dict.fromkeys(
-            listed_in(previous, None, "the previous bundle's "),
+            listed_in(previous, report, "the previous bundle's "),
             (None, f"the previous bundle's {LISTED} lists as deleted before its period"),
         )
         for token_id, (index, how) in shredded_in(previous).items():
