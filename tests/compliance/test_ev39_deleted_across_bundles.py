@@ -18,8 +18,6 @@ verifier's CLI.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from tests.support.vault_evidence import (
     export_to,
     members,
     resigned,
+    verifier_cli,
     verify_unwitnessed,
 )
 
@@ -47,17 +46,6 @@ def _chained(vault: VaultServer, previous: Path, out: Path) -> Path:
     assert response.status_code == 200, response.text
     out.write_bytes(response.content)
     return out
-
-
-def _cli(bundle: Path, pem: Path, previous: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "cofre_evidence_verifier", str(bundle), "--public-key"]
-    return subprocess.run(
-        [*command, str(pem), "--unsafe-no-witness", "--previous", str(previous)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_a_token_deleted_in_the_previous_period_and_revealed_fails_the_chain(
@@ -93,7 +81,7 @@ def test_a_token_deleted_in_the_previous_period_and_revealed_fails_the_chain(
     ), problems
     pem = tmp_path / "audit.pem"
     pem.write_bytes(key)
-    result = _cli(second, pem, first)
+    result = verifier_cli(second, pem, first)
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"reveals token {row['id']}" in result.stdout
     assert PAN not in result.stdout + result.stderr

@@ -156,12 +156,16 @@ def write_handover(
     write_entry(vault, "audit.key.handover", actor, new_key, details)
 
 
-def verifier_cli(bundle: Path, pem: Path) -> subprocess.CompletedProcess[str]:
+def verifier_cli(
+    bundle: Path, pem: Path, previous: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """The auditor's command on `bundle` with the audit key `pem`, for the test vaults'
-    origin, witnesses aside (their checks are test_witnessed_evidence.py's)."""
+    origin (or chained to the `previous` bundle, which pins it), witnesses aside (their
+    checks are test_witnessed_evidence.py's)."""
     command = [sys.executable, "-m", "cofre_evidence_verifier", str(bundle), "--public-key"]
+    pin = ["--origin", VAULT_ORIGIN] if previous is None else ["--previous", str(previous)]
     return subprocess.run(
-        [*command, str(pem), "--unsafe-no-witness", "--origin", VAULT_ORIGIN],
+        [*command, str(pem), "--unsafe-no-witness", *pin],
         capture_output=True,
         text=True,
         timeout=120,
