@@ -14,6 +14,7 @@ from typing import Any, Final, cast
 
 from fastapi import FastAPI
 
+from api._refusal_sieve import unmetered_limiter
 from api.crl import RevokedCertificates
 from api.dependencies import AppState
 from api.exception_handlers import add_exception_handlers
@@ -83,14 +84,17 @@ def create_app(state: AppState) -> FastAPI:
     app.state.revoked_certificates = revoked = RevokedCertificates()
     # Each caller's refused requests, limited and counted (`api.refusals`); the counts
     # written by a `refusal_flusher`.
-    refusals = None
+    # The callers it leaves unlimited have an allowance of refusal entries, past which
+    # those are counted too (`api._refusal_sieve`, session 39).
+    refusals = unmetered = None
     if recorder is not None:
         refusals = RefusalLimiter(
             lambda key: _refusal_limit(state.service, key),
             recorder,
             every_request=lambda key: _is_person(state.service, key),
         )
-    app.state.refusal_limiters = [] if refusals is None else [refusals]
+        unmetered = unmetered_limiter(refusals, recorder)
+    app.state.refusal_limiters = [] if refusals is None else [refusals, unmetered]
     # Inside the guard: the hot routes past FastAPI's routing (`api.hotroutes`).
     app.add_middleware(HotRoutes, fastapi=app, routes=tokens.router.routes)
     app.add_middleware(
@@ -99,6 +103,7 @@ def create_app(state: AppState) -> FastAPI:
         recorder=recorder,
         revoked=revoked,
         refusals=refusals,
+        unmetered=unmetered,
     )
     return app
 

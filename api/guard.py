@@ -18,7 +18,9 @@ against the CRL in force only, and neither audited nor limited unless refused by
    the vault holds) spends a unit of the caller's refusal bucket, and so does every
    request of an officer or auditor; while it is empty the caller is answered 429
    before anything else, and those answers are counted in the audit log rather than
-   written one by one (`api.refusals`);
+   written one by one (`api.refusals`); a service the policy leaves without a rate
+   limit is not held, but past an allowance its refusals' entries are counted the
+   same way (`api._refusal_sieve`, session 39);
 6. one log line, span and metric (route template only, never the raw path);
 7. an answer to a request whose announced body was not read whole, or that carried
    ``Transfer-Encoding``, ends its connection (`_closing`, session 35).
@@ -38,6 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from api._capture_body import closing, declared_length, limited
+from api._refusal_sieve import RequestSieve
 from api.crl import RevokedCertificates
 from api.errors import CertificateRevoked, CrlExpired, IdentityMissing
 from api.observability import Telemetry, method_name
@@ -58,7 +61,14 @@ from api.tls import (
 )
 from cofre.errors import CofreError
 from cofre.redaction import name_holds_pan_like
-from vault.service import AuditEvent, DetailValue, HexDigest, Outcome, request_trail
+from vault.service import (
+    AuditEvent,
+    DetailValue,
+    HexDigest,
+    Outcome,
+    refusal_sieve,
+    request_trail,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -84,7 +94,9 @@ _log = structlog.get_logger("cofre.api")
 class RequestGuard:
     """Pure ASGI middleware (see the module text). `recorder` writes one audit entry
     durably (None: no audit, for the OpenAPI stub); `revoked` is what the CRL revokes
-    now (None: no CRL); `refusals` limits each caller's refusals (None: no limit)."""
+    now (None: no CRL); `refusals` limits each caller's refusals (None: no limit);
+    `unmetered` is the allowance of refusal entries of the callers it leaves unlimited
+    (`api._refusal_sieve.unmetered_limiter`; None: none)."""
 
     def __init__(
         self,
@@ -93,8 +105,11 @@ class RequestGuard:
         recorder: Callable[[AuditEvent], None] | None = None,
         revoked: RevokedCertificates | None = None,
         refusals: RefusalLimiter | None = None,
+        *,
+        unmetered: RefusalLimiter | None = None,
     ) -> None:
         self.app = app
+        self.unmetered = unmetered
         self.telemetry = telemetry
         self.recorder = recorder
         self.revoked = revoked
@@ -124,19 +139,20 @@ class RequestGuard:
 
         spent: Spent | None = None
         admitted = NOTHING_HELD  # the caller's unit it holds while in flight (review 35)
+        sieve = self._sieve(scope)
 
-        with request_trail(source_from_scope(scope)) as trail:
+        with request_trail(source_from_scope(scope)) as trail, refusal_sieve(sieve):
 
             async def send_with_id(message: Message) -> None:
                 if message["type"] == "http.response.start":
                     status = status_holder["status"] = message["status"]
                     admitted.release()
                     writes = audited and not trail
-                    held = spent or self._charge_refusal(scope, status, writes=writes)
+                    held = spent or self._charge_refusal(scope, status, writes, sieve)
                     if writes and (held is None or held.audit):
                         written = await self._record_outcome(scope, status, request_id)
                         if not written and held is not None:
-                            self._count_held(scope)
+                            self._count_held(scope, sieve)
                     answer = message.setdefault("headers", [])
                     message["headers"] = [
                         *answer,
@@ -271,18 +287,31 @@ class RequestGuard:
             return None, NOTHING_HELD
         return self.refusals.admit(key)
 
-    def _charge_refusal(self, scope: Scope, status: int, *, writes: bool) -> Spent | None:
+    def _sieve(self, scope: Scope) -> RequestSieve | None:
+        """The request's sieve of refusal entries (`api._refusal_sieve`)."""
+        if self.unmetered is None:
+            return None
+        return RequestSieve(self.unmetered, lambda: _refusal_key(scope))
+
+    def _charge_refusal(
+        self, scope: Scope, status: int, writes: bool, sieve: RequestSieve | None
+    ) -> Spent | None:
         """If the caller was refused for what its request was (`api.refusals.charged`),
         or is a person whose every request counts, spend a unit of its bucket. A refusal
         past the limit whose entry this guard `writes` is held (`RefusalLimiter.charge`):
-        the `Spent` then says whether its entry is written or counted."""
+        the `Spent` then says whether its entry is written or counted; so is one past
+        the allowance of a caller without a limit (`sieve`)."""
         if self.refusals is None or scope["path"] in UNAUDITED_PATHS:
             return None
         if (key := _refusal_key(scope)) is None:
             return None
-        refused = charged(status, scope["state"].get("problem_code"))
+        code = scope["state"].get("problem_code")
+        refused = charged(status, code)
         if refused or self.refusals.spends_every_request(key):
-            return self.refusals.charge(key, hold=refused and writes)
+            held = self.refusals.charge(key, hold=refused and writes)
+            if held is None and refused and writes and sieve is not None:
+                return sieve.hold(code)
+            return held
         return None
 
     def _refused_too_often(self, scope: Scope, spent: Spent, request_id: str) -> Response:
@@ -303,8 +332,11 @@ class RequestGuard:
             headers={"retry-after": retry_after(spent.retry_after)},
         )
 
-    def _count_held(self, scope: Scope) -> None:
-        """A held answer's own entry could not be written: count it instead (review 28)."""
+    def _count_held(self, scope: Scope, sieve: RequestSieve | None) -> None:
+        """A held answer's own entry could not be written: count it instead (review 28),
+        where it was held."""
+        if sieve is not None and sieve.count(scope["state"].get("problem_code")):
+            return
         if self.refusals is not None and (key := _refusal_key(scope)) is not None:
             self.refusals.count(key)
 

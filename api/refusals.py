@@ -58,7 +58,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -93,6 +93,12 @@ MAX_CALLERS: Final = 4096
 # ceremony, an audit proof (review 30: an officer's guesses were free).
 _NOTHING_THERE: Final = frozenset({"not_found", "ceremony_not_found", "proof_invalid"})
 _NOTED: Final = 64
+# The fixed details of a count of held 429s (`RefusalLimiter`'s `summary`).
+_HELD_429S: Final[Mapping[str, DetailValue]] = {
+    "status": 429,
+    "code": "rate_limited",
+    "limit": "refusals",
+}
 _log = structlog.get_logger("cofre.api")
 
 
@@ -179,7 +185,8 @@ class RefusalLimiter:
     guard calls `enter` when a request arrives, and when it is answered `leave`, then
     `charge` if it was refused (`charged`) or its caller is a person; `RefusalFlusher`
     calls `flush`. A count is
-    written as an `action` entry whose actor and added details `describe(key)` gives."""
+    written as an `action` entry with the details `summary`, whose actor and added
+    details `describe(key)` gives; what `note`s a count holds is its `noted_as`."""
 
     def __init__(
         self,
@@ -192,8 +199,11 @@ class RefusalLimiter:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_callers: int = MAX_CALLERS,
+        summary: Mapping[str, DetailValue] = _HELD_429S,
+        noted_as: str = "callers",
     ) -> None:
         self._limit_for = limit_for
+        self._fixed, self._noted_as = dict(summary), noted_as
         self._every_request = every_request
         self._recorder = recorder
         self._action = action
@@ -274,6 +284,11 @@ class RefusalLimiter:
         bucket.episode.add(1, stamp, stamp, None if note is None else {note: 1})
         return Spent(retry_after, audit=False)
 
+    def limits(self, key: str) -> bool:
+        """Whether `key` has a limit here (a service the policy leaves unlimited has
+        none)."""
+        return self._limit_for(key) is not None
+
     def spends_every_request(self, key: str) -> bool:
         """Whether every request of `key` spends a unit, not only its refusals."""
         return self._every_request is not None and self._every_request(key)
@@ -287,26 +302,28 @@ class RefusalLimiter:
         with self._lock:
             return max(bucket.tat, now) + bucket.interval - now > bucket.tolerance
 
-    def count(self, key: str) -> None:
+    def count(self, key: str, note: str | None = None) -> None:
         """Count one held answer of `key` that was to have its own entry but could not
-        be written (it is then in the next count)."""
+        be written (it is then in the next count, noted as `note`'s)."""
         stamp = self._wall()
+        noted = None if note is None else {note: 1}
         with self._lock:
             bucket = self._buckets.get(key)
             if bucket is None:
-                self._forgotten.add(1, stamp, stamp)
+                self._forgotten.add(1, stamp, stamp, noted)
                 return
             if bucket.episode is None:
                 bucket.episode = _Episode(written_at=self._clock())
-            bucket.episode.add(1, stamp, stamp)
+            bucket.episode.add(1, stamp, stamp, noted)
 
-    def charge(self, key: str, *, hold: bool = False) -> Spent | None:
+    def charge(self, key: str, *, hold: bool = False, note: str | None = None) -> Spent | None:
         """`key` was answered a refusal (or is a person, `every_request`): spend one unit
         (its next request may find the bucket empty; a charge never refuses what it is
         charged for). With `hold`, for a refusal whose entry the caller's guard is
         about to write: if the unit was not there, the entry is held as a 429's would
         be (the `Spent` returned: its own entry opens an episode, the rest counted),
-        so requests let in together cannot write more than the limit allows."""
+        so requests let in together cannot write more than the limit allows; a count
+        notes it as `note`'s."""
         limit = self._limit_for(key)
         if limit is None:
             return None
@@ -324,7 +341,7 @@ class RefusalLimiter:
             lead = max(bucket.tat, now) + interval - now
             bucket.tat = max(bucket.tat, now) + interval
             if hold and lead > bucket.tolerance:
-                return self._held(key, bucket, lead - bucket.tolerance, now, None)
+                return self._held(key, bucket, lead - bucket.tolerance, now, note)
             return None
 
     def flush(self, *, everything: bool = False) -> None:
@@ -386,16 +403,14 @@ class RefusalLimiter:
         first, last = episode.first, episode.last
         actor, described = self._describe(key)
         details: dict[str, DetailValue] = {
-            "status": 429,
-            "code": "rate_limited",
-            "limit": "refusals",
+            **self._fixed,
             "count": episode.count,
             "first": first.isoformat() if first else None,
             "last": last.isoformat() if last else None,
             **described,
         }
         if (shown := episode.shown()) is not None:
-            details["callers"] = shown
+            details[self._noted_as] = shown
         return AuditEvent(action=self._action, outcome=Outcome.DENIED, actor=actor, details=details)
 
 

@@ -124,6 +124,34 @@ def request_trail(source: Source | None = None) -> Iterator[list[int]]:
         _TRAIL.reset(token)
 
 
+# The sieve of the request being served for the refusal entries written in its
+# context (`refusal_sieve`): None writes every entry.
+_SIEVE: ContextVar[Callable[[AuditEvent], bool] | None] = ContextVar(
+    "cofre_audit_refusal_sieve", default=None
+)
+
+
+@contextmanager
+def refusal_sieve(sieve: Callable[[AuditEvent], bool] | None) -> Iterator[None]:
+    """While the block runs, a refusal entry made in this context (and in contexts
+    copied from it) by a writer that asks `sieved` is written only when `sieve(event)`
+    says so (None: always); otherwise `sieve` counted it, to be written in a count
+    (session 39: the API's sieve for a service without a rate limit,
+    `api._refusal_sieve`)."""
+    token = _SIEVE.set(sieve)
+    try:
+        yield
+    finally:
+        _SIEVE.reset(token)
+
+
+def sieved(event: AuditEvent) -> bool:
+    """Whether `event`'s own entry is to be written: always, unless the request being
+    served has a `refusal_sieve` that counted it instead (a success is never counted)."""
+    sieve = _SIEVE.get()
+    return sieve is None or event.outcome is Outcome.SUCCESS or sieve(event)
+
+
 # Entry ids held back from their trails until the transaction commits: (trail, ids).
 HeldNotes = list[tuple[list[int], list[int]]]
 _HELD: Final = "cofre_audit_held_notes"

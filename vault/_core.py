@@ -30,7 +30,7 @@ from sqlalchemy.exc import DataError as SQLDataError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
-from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
+from audit.log import AuditEvent, AuditLog, DetailValue, Outcome, sieved
 from cofre.blocking import may_block
 from cofre.dberrors import db_error_name
 from cofre.errors import CofreError
@@ -99,8 +99,7 @@ class VaultCore(Fingerprints):
         insecure_seal_without_domain: bool = False,
     ) -> None:
         self._engine = engine
-        # Built once (`execution_options` makes a new engine proxy at every call); one
-        # round trip on PostgreSQL (`single_read`).
+        # Built once (`execution_options` makes a proxy per call); one round trip on PG.
         self._reader = single_read(engine)
         self._committer = GroupCommitter(engine) if group_commit else None
         self._relay_client = RelayClient()
@@ -284,8 +283,9 @@ class VaultCore(Fingerprints):
             future = self._submit(work, merge)
 
     def _write_audit(self, event: AuditEvent) -> None:
-        with self._storage(), self._engine.begin() as connection:
-            self._audit.append(connection, event)
+        if sieved(event):  # else the request's refusal sieve counted it (session 39)
+            with self._storage(), self._engine.begin() as connection:
+                self._audit.append(connection, event)
 
     def _authorize(
         self,

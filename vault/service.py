@@ -18,7 +18,15 @@ from __future__ import annotations
 # The audit entry a caller hands to `VaultService.record`, and the context that tells it
 # whether an operation already wrote one: part of the facade, so the API (api -> vault,
 # policies) needs no import of the audit package.
-from audit.log import AuditEvent, DetailValue, HexDigest, Outcome, Source, request_trail
+from audit.log import (
+    AuditEvent,
+    DetailValue,
+    HexDigest,
+    Outcome,
+    Source,
+    refusal_sieve,
+    request_trail,
+)
 from vault.models import (
     MAX_BATCH,
     CallContext,
@@ -50,6 +58,7 @@ __all__ = [
     "TokenUpdate",
     "TokenizeRequest",
     "VaultService",
+    "refusal_sieve",
     "request_trail",
     "validate_metadata",
 ]
