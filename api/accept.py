@@ -23,6 +23,7 @@ import functools
 import socket
 import ssl
 from collections.abc import Callable, Sequence
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any, Final
 
 import structlog
@@ -120,6 +121,7 @@ class TLSListener:
         backlog: int = 100,
         owns_socket: bool = False,
         bound: tuple[int, int] | None = None,
+        exempt: Sequence[IPv4Network | IPv6Network] = (),
     ) -> None:
         self._loop = loop
         self._factory = protocol_factory
@@ -132,6 +134,7 @@ class TLSListener:
         self._retry: asyncio.TimerHandle | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
         self._bound = bound
+        self._exempt = tuple(exempt)
         self._pending_by: dict[str, int] = {}  # handshakes under way per address key
         self.sockets = [sock] if isinstance(sock, socket.socket) else list(sock)
 
@@ -178,7 +181,7 @@ class TLSListener:
             conn.setblocking(False)
             peer = address[0] if isinstance(address, tuple) and address else None
             key = address_key(str(peer)) if peer else ""
-            if self._refused(key):
+            if self._refused(key, shares=not self._is_exempt(peer)):
                 conn.close()
                 continue
             self._pending_by[key] = self._pending_by.get(key, 0) + 1
@@ -186,9 +189,24 @@ class TLSListener:
             self._handshakes.add(task)
             task.add_done_callback(functools.partial(self._handshake_done, key))
 
-    def _refused(self, key: str) -> bool:
+    def _is_exempt(self, peer: str | None) -> bool:
+        """Whether `peer` is in an `exempt` network (a load balancer that terminates
+        TCP, session 39: all its clients are its one address, and its share of the
+        handshakes was theirs together)."""
+        if not self._exempt or not peer:
+            return False
+        try:
+            address = ip_address(peer.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._exempt)
+
+    def _refused(self, key: str, *, shares: bool = True) -> bool:
         """Whether a new connection from the address `key` finds every handshake place,
-        or its address's share of them, taken (`bound`: in all, per address). Review
+        or (when it `shares`, not from an `exempt` network) its address's share of
+        them, taken (`bound`: in all, per address). Review
         35b: the capture listener's connection bounds count a connection once its
         handshake is done (`api._connection_limits`); one that never sends a
         ClientHello held its descriptor to the handshake deadline with no bound at all,
@@ -198,7 +216,9 @@ class TLSListener:
         if self._bound is None:
             return False
         total, per_address = self._bound
-        if len(self._handshakes) < total and self._pending_by.get(key, 0) < per_address:
+        if len(self._handshakes) < total and (
+            not shares or self._pending_by.get(key, 0) < per_address
+        ):
             return False
         _log.warning("connection refused: too many TLS handshakes under way", limit=total)
         return True

@@ -24,6 +24,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Generator
+from ipaddress import IPv4Network, IPv6Network
 from ssl import SSLContext
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
@@ -86,6 +87,9 @@ class ManagedServer(uvicorn.Server):
     # Set by `api.capture.build_capture_server`: the TLS handshakes under way it holds at
     # once, in all and per client address (None: no bound; review 35b).
     handshake_bound: tuple[int, int] | None = None
+    # Set by `api.server.build_server`: client networks held to the bound in all only,
+    # not to an address's share (load balancers that terminate TCP; session 39).
+    handshake_exempt: tuple[IPv4Network | IPv6Network, ...] = ()
 
     # Set by `api.capture.build_capture_server`: who logs and counts this server's failed
     # handshakes (None: its loop's, `api.handshake.observe_handshake_failures`).
@@ -106,7 +110,7 @@ class ManagedServer(uvicorn.Server):
         _bound_tls_handshakes(asyncio.get_running_loop())
         token = _HANDSHAKE_TIMEOUT.set(self.handshake_timeout)
         reporter = _HANDSHAKES.set(self.handshakes)
-        bound = _HANDSHAKE_BOUND.set(self.handshake_bound)
+        bound = _HANDSHAKE_BOUND.set((self.handshake_bound, self.handshake_exempt))
         try:
             await super().startup(sockets=sockets)
         finally:
@@ -127,10 +131,11 @@ class ManagedServer(uvicorn.Server):
 _HANDSHAKE_TIMEOUT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "cofre_handshake_timeout", default=None
 )
-# And its bound on handshakes under way, when it has one.
-_HANDSHAKE_BOUND: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
-    "cofre_handshake_bound", default=None
-)
+# And its bound on handshakes under way, when it has one, with the networks exempt from
+# an address's share.
+_HANDSHAKE_BOUND: contextvars.ContextVar[
+    tuple[tuple[int, int] | None, tuple[IPv4Network | IPv6Network, ...]]
+] = contextvars.ContextVar("cofre_handshake_bound", default=(None, ()))
 # And its reporter of failed handshakes, when it has its own.
 _HANDSHAKES: contextvars.ContextVar[HandshakeFailures | None] = contextvars.ContextVar(
     "cofre_handshakes", default=None
@@ -163,6 +168,7 @@ def _bound_tls_handshakes(loop: asyncio.AbstractEventLoop) -> None:
             )
         # Bound by host and port: every address of `host`, as the loop would bind them.
         owns_socket = sock is None
+        bound, exempt = _HANDSHAKE_BOUND.get()
         listener = TLSListener(
             loop,
             listening_sockets(host, port or 0) if sock is None else sock,
@@ -172,7 +178,8 @@ def _bound_tls_handshakes(loop: asyncio.AbstractEventLoop) -> None:
             report=(_HANDSHAKES.get() or handshake_failures(loop)).report,
             backlog=backlog,
             owns_socket=owns_socket,
-            bound=_HANDSHAKE_BOUND.get(),
+            bound=bound,
+            exempt=exempt,
         )
         listener.start()
         return listener

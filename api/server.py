@@ -12,8 +12,10 @@ import logging
 import logging.config
 import ssl
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,7 @@ def build_server(
     header_timeout: float = 10.0,
     body_timeout: float = 30.0,
     max_connections_per_identity: int = 2000,
+    load_balancers: Sequence[IPv4Network | IPv6Network] = (),
     http_protocol: str = "httptools",
     reuse_port: bool = False,
     loads: WorkerLoads | None = None,
@@ -124,7 +127,8 @@ def build_server(
     within `header_timeout` / `body_timeout` seconds, and one identity may hold
     `max_connections_per_identity` connections (`api.connections`), within the bounds
     `api._descriptor_bounds.mtls_bounds` draws from `open_files` (None: the process's
-    soft limit of open files); `http_protocol`
+    soft limit of open files), connections from `load_balancers` held to the handshake
+    places in all rather than one address's share; `http_protocol`
     is the parser (``httptools`` or ``h11``). With `reuse_port` the server listens on
     its own socket bound
     with SO_REUSEPORT, so several worker processes share the port and the kernel spreads
@@ -168,6 +172,9 @@ def build_server(
     # And handshakes under way are bounded, in all and per address (session 37: with
     # none, silent connections from anyone took the worker's descriptors).
     server.handshake_bound = bounds.handshakes
+    # But a load balancer that terminates TCP is one address for all its clients: its
+    # connections count in all only (session 39, `COFRE_SERVER__LOAD_BALANCERS`).
+    server.handshake_exempt = tuple(load_balancers)
     if reuse_port:
         server.sockets = bind_reuse_port(host, port)
     if tls.crl is not None:

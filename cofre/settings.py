@@ -17,7 +17,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -182,6 +190,16 @@ class ServerSettings(_Section):
     # and in-flight requests get up to `drain_timeout_seconds` to finish.
     drain_delay_seconds: float = Field(default=0.0, ge=0, le=300)
     drain_timeout_seconds: int = Field(default=25, gt=0, le=3600)
+    # The addresses of load balancers that terminate TCP in front of this listener: a
+    # connection from them is held to the TLS handshakes under way in all, not to one
+    # address's share (session 39: all their clients are one address). Empty: none.
+    load_balancers: list[IPvAnyNetwork] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _balancers_are_not_everyone(self) -> ServerSettings:
+        if any(network.prefixlen == 0 for network in self.load_balancers):
+            raise ValueError("load_balancers cannot hold every address (a /0)")
+        return self
 
 
 class WitnessSettings(_Section):

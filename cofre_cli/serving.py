@@ -144,6 +144,7 @@ def serve_worker(
             header_timeout=server.header_timeout_seconds,
             body_timeout=server.body_timeout_seconds,
             max_connections_per_identity=server.max_connections_per_identity,
+            load_balancers=tuple(server.load_balancers),
             http_protocol=server.http_protocol,
             reuse_port=index is not None,
             loads=_balancer(runtime.telemetry, index, loads),
