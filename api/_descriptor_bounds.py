@@ -16,7 +16,7 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass
 
-__all__ = ["MtlsBounds", "mtls_bounds", "soft_open_files"]
+__all__ = ["MtlsBounds", "health_bounds", "mtls_bounds", "soft_open_files"]
 
 
 def soft_open_files() -> int:
@@ -53,3 +53,17 @@ def mtls_bounds(max_connections_per_identity: int, open_files: int | None = None
         per_identity=max(1, min(max_connections_per_identity, total // 2)),
         handshakes=(pending, max(4, pending // 4)),
     )
+
+
+def health_bounds(open_files: int | None = None) -> tuple[int, int]:
+    """The plain-HTTP health listener's connections at once per worker, in all and per
+    client address (IPv6 by its /64), for a soft limit of open files of `open_files`
+    (None: this process's): a sixteenth of it (8 at least), an address a quarter of
+    those (4 at least). Session 39: it capped none (review 34's choice, a cap being
+    what idle connections had filled), and a flood of idle connections there, each
+    held to the head deadline and opened again, took the worker's descriptors from the
+    mTLS listener, the database pool and the HSM. The kubelet's probes need a few: the
+    share per address keeps one flooding address from taking the probes' places."""
+    files = soft_open_files() if open_files is None else open_files
+    total = max(8, files // 16)
+    return total, max(4, total // 4)

@@ -10,10 +10,15 @@ caller learns which subsystem is down and nothing more.
 Anyone who can reach the port can open connections (review 34: 40 idle ones, sending
 nothing, filled uvicorn's concurrency limit of 32 and the probes got 503, so the pod was
 taken out of service, then restarted). A connection must send its request head within
-`HEAD_SECONDS` (`api.connections`), the number of connections is not capped here, and
-`/readyz` runs its checks (HSM key listing, database reads) at most once per
-`READY_CACHE_SECONDS`, however many probes arrive: a flood of probes costs the serving
-worker next to nothing.
+`HEAD_SECONDS` (`api.connections`), and `/readyz` runs its checks (HSM key listing,
+database reads) at most once per `READY_CACHE_SECONDS`, however many probes arrive: a
+flood of probes costs the serving worker next to nothing. Its connections are capped
+since session 39, in all and per client address, as shares of the process's soft
+limit of open files (`api._descriptor_bounds.health_bounds`), and so is its queue of
+connections not yet accepted: uncapped, a flood of idle connections took the
+descriptors the mTLS listener, the database pool and the HSM share. Past a cap a
+connection is closed as it opens, so idle connections cannot fill a queue the probes
+wait in (uvicorn's concurrency limit answered them 503).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
+from api._descriptor_bounds import health_bounds
 from api._uvicorn_config import listener_config
 from api.connections import guarded_protocol
 from api.lifecycle import ManagedServer, Readiness, bind_reuse_port
@@ -272,11 +278,16 @@ def build_health_server(
     *,
     log_config: dict[str, Any] | None = None,
     reuse_port: bool = False,
+    open_files: int | None = None,
 ) -> ManagedServer:
     """Return a configured (not yet started) plain-HTTP server for the probes; with
-    `reuse_port`, on its own SO_REUSEPORT socket (every worker answers probes)."""
-    # No cap on connections (`listener_config`): a cap is what idle connections filled
-    # (the module text); each is closed unless its head comes in time.
+    `reuse_port`, on its own SO_REUSEPORT socket (every worker answers probes). Its
+    connections are bounded by `health_bounds` of `open_files` (None: the process's
+    soft limit)."""
+    # No concurrency limit (`listener_config`): a queue is what idle connections filled
+    # (the module text); each is closed unless its head comes in time, and one past the
+    # bounds as it opens.
+    total, per_address = health_bounds(open_files)
     config = listener_config(
         HealthApp(check_ready, readiness),
         host,
@@ -287,13 +298,21 @@ def build_health_server(
         # answer) are cancelled after a second: they held the stop before the key wipe.
         timeout_graceful_shutdown=1,
         # A head within HEAD_SECONDS of the connection (or of the last answer); no
-        # client certificates here, so no per-identity cap either.
+        # client certificates here, so the cap is per client address.
         http=guarded_protocol(
             header_timeout=HEAD_SECONDS,
             body_timeout=HEAD_SECONDS,
-            max_connections_per_identity=1,
+            max_connections_per_identity=per_address,
+            by_address=True,
+            max_connections=total,
         ),
     )
+    # And its queue of connections not yet accepted: the loop accepts up to a backlog's
+    # worth at each wake-up before any is refused (each a descriptor until then), so
+    # uvicorn's 2,048 took every descriptor of a worker at 1,024 for an instant, as
+    # often as a flood refilled the queue (a database connection or the HSM's files
+    # failing then), and the accepting paused a second at each.
+    config.backlog = total
     server = ManagedServer(config)
     if reuse_port:
         server.sockets = bind_reuse_port(host, port)
