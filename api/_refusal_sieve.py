@@ -44,8 +44,8 @@ from vault.service import AuditEvent, Outcome
 # 100 in a row, then one a second; the rest are counted.
 UNMETERED_REFUSALS: Final = RateLimit(per_second=1.0, burst=100)
 COUNTED_ACTION: Final = "api.refusals_counted"
-# A request whose refusal is already in a count: nothing more to write or count.
-_COUNTED: Final = Spent(0.0, audit=False)
+# A request whose refusal is not decided yet (`RequestSieve.hold`).
+_UNDECIDED: Final = Spent(0.0, audit=True)
 
 
 def unmetered_limiter(
@@ -86,10 +86,11 @@ class RequestSieve:
     `unmetered_limiter`'s; `key` tells, once the request is authenticated, whose
     refusals they are (None without a certificate)."""
 
-    __slots__ = ("_key", "_limiter", "counted")
+    __slots__ = ("_held", "_key", "_limiter", "counted")
 
     def __init__(self, limiter: RefusalLimiter, key: Callable[[], str | None]) -> None:
         self._limiter, self._key = limiter, key
+        self._held: Spent | None = _UNDECIDED
         self.counted = False  # the request's refusal is in a count, not an entry
 
     def __call__(self, event: AuditEvent) -> bool:
@@ -101,13 +102,16 @@ class RequestSieve:
     def hold(self, code: str) -> Spent | None:
         """Spend a unit of the caller's allowance for a refusal answered `code` whose
         entry is about to be written: None (or a `Spent` with `audit`) to write it,
-        else it was counted."""
-        if self.counted:
-            return _COUNTED
+        else it was counted. Once per request: a request is one refusal, and a call
+        begun on the event loop that would wait for the database runs again from its
+        start in a thread (`api.routes._offload.answered_on_loop`), asking again."""
+        if self._held is not _UNDECIDED:
+            return self._held
         key = self._key()
-        if key is None or not self._limiter.limits(key):
-            return None
-        held = self._limiter.charge(key, hold=True, note=code)
+        held = None
+        if key is not None and self._limiter.limits(key):
+            held = self._limiter.charge(key, hold=True, note=code)
+        self._held = held
         self.counted = held is not None and not held.audit
         return held
 
@@ -118,5 +122,5 @@ class RequestSieve:
         if key is None or not self._limiter.limits(key):
             return False
         self._limiter.count(key, note=code)
-        self.counted = True
+        self._held, self.counted = Spent(0.0, audit=False), True
         return True

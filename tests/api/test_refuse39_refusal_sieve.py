@@ -101,6 +101,20 @@ def test_a_request_counted_once_writes_nothing_more() -> None:
     assert not again.audit
 
 
+def test_a_request_asked_again_spends_one_unit() -> None:
+    """A call begun on the event loop runs again in a thread, asking again."""
+    written: list[AuditEvent] = []
+    limiter, _ = _limiters(written.append)
+    kept = 0
+    for _ in range(1_000):
+        request = RequestSieve(limiter, lambda: SERVICE)
+        kept += request(_event(Outcome.DENIED, error="rate_limited"))
+        assert request(_event(Outcome.DENIED, error="rate_limited")) == (not request.counted)
+    assert kept == UNMETERED_REFUSALS.burst + 1
+    limiter.flush(everything=True)
+    assert [e.details["count"] for e in written] == [1_000 - kept]
+
+
 def test_a_limited_caller_or_none_is_left_to_its_bucket() -> None:
     limiter, _ = _limiters(_discard)
     for caller in (LIMITED, None):
