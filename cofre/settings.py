@@ -193,7 +193,7 @@ class ServerSettings(_Section):
     # The addresses of load balancers that terminate TCP in front of this listener: a
     # connection from them is held to the TLS handshakes under way in all, not to one
     # address's share (session 39: all their clients are one address). Empty: none.
-    load_balancers: list[IPvAnyNetwork] = Field(default_factory=list, max_length=64)
+    load_balancers: list[IPvAnyNetwork] = Field(default=[], max_length=64)
 
     @model_validator(mode="after")
     def _balancers_are_not_everyone(self) -> ServerSettings:
