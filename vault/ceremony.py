@@ -29,12 +29,16 @@ class RotationKind(StrEnum):
       recomputes stored fingerprints; then the old key is destroyed on the token.
     - ``audit``: a new audit signing key and a handover checkpoint signed by both keys
       (`vault.audit_rotation`).
+    - ``register``: no new key: the officers' signed record that a Cofre label is the
+      key the token holds under it, which the key registry takes over every unsigned
+      record of the label (`vault._signed_registration`, session 39).
     """
 
     DATA = "data"
     KEK = "kek"
     FINGERPRINT = "fingerprint"
     AUDIT = "audit"  # the audit signing key: `vault.audit_rotation`
+    REGISTER = "register"  # a signed key registration: `vault._signed_registration`
 
 
 class CeremonyState(StrEnum):

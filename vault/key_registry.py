@@ -18,8 +18,9 @@ import json
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -57,6 +58,9 @@ _REFRESH_SECONDS: Final = 1.0
 # carried-forward copies repeat the identity, and security-code epoch keys, made again
 # under their label after a lost transaction, are not such labels.
 _REGISTERED_AS_ANOTHER_KEY: Final = "registered again as another key"
+# When officers' signatures prove a registration, the second of its signed proposal
+# (`vault._signed_registration.signed_registration_time`), else None.
+SignedRegistrations = Callable[[dict[str, Any], object], int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,13 +147,22 @@ class KeyRegistry:
         self._lock = threading.Lock()
         self._cache: dict[str, KeyIdentity] | None = None
         self._read_at = 0.0
+        self._signed: SignedRegistrations | None = None
+
+    def trust_signed(self, verify: SignedRegistrations) -> None:
+        """Take a registration the security officers signed (`verify` proves it, under
+        the policy in force) for its label over every record they did not sign, before
+        or after it (session 39, `vault._signed_registration`)."""
+        with self._lock:
+            self._signed, self._cache = verify, None
 
     # ------------------------------------------------------------------ records
     def registered(self, *, fresh: bool = False) -> dict[str, KeyIdentity]:
         """The registry by label (the last record of a label wins, except that a KEK,
         fingerprint or audit key label recorded as two different keys is never used:
-        `_REGISTERED_AS_ANOTHER_KEY`). Read from the log, cached for a second (another
-        node may register a key)."""
+        `_REGISTERED_AS_ANOTHER_KEY`, and that a record the officers signed wins over
+        every unsigned one: `trust_signed`). Read from the log, cached for a second
+        (another node may register a key)."""
         with self._lock:
             now = time.monotonic()
             if fresh or self._cache is None or now - self._read_at > _REFRESH_SECONDS:
@@ -179,16 +192,39 @@ class KeyRegistry:
                 ) from None
         out: dict[str, KeyIdentity] = {}
         twice: set[str] = set()
+        # Of the records officers signed, per label the one proposed last (session 39).
+        signed: dict[str, tuple[int, KeyIdentity]] = {}
         for payload in connection.execute(_RECORDS).scalars():
-            details = json.loads(payload).get("details", {})
+            record = json.loads(payload)
+            details = record.get("details", {})
             label = str(details.get("label", ""))
             identity = KeyIdentity(label, details.get("cka_id"), details.get("check"))
+            at = self._signed_at(details, record.get("document"), label)
+            if at is not None:
+                before = signed.get(label)
+                if before is None or at > before[0]:
+                    signed[label] = (at, identity)
+                elif at == before[0] and before[1] != identity:  # one second, two keys
+                    signed[label] = (at, KeyIdentity(label, None, _REGISTERED_AS_ANOTHER_KEY))
+                continue
             if parse_key_label(label) is not None and out.get(label, identity) != identity:
                 twice.add(label)
             out[label] = identity
         for label in twice:
             out[label] = KeyIdentity(label, None, _REGISTERED_AS_ANOTHER_KEY)
-        return out
+        return out | {label: identity for label, (_, identity) in signed.items()}
+
+    def _signed_at(self, details: dict[str, Any], document: object, label: str) -> int | None:
+        """When officers signed this record (`trust_signed`), else None: only a Cofre
+        token key label with a ceremony and a document can be one."""
+        if self._signed is None or document is None or "ceremony" not in details:
+            return None
+        return self._signed(details, document) if parse_key_label(label) else None
+
+    def forget(self) -> None:
+        """Read the registry again at its next use (a registration was written)."""
+        with self._lock:
+            self._cache = None
 
     def register(self, connection: Connection, label: str, *, actor: str, how: str) -> None:
         """Record token key `label` as Cofre's, in `connection`'s transaction.

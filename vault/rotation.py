@@ -41,6 +41,7 @@ from vault._ceremony_view import ceremony_view
 from vault._custody_gate import custody_refusal, refuse_late_custody
 from vault._retired_keys import retired_through
 from vault._rotation_batches import BATCH, RotationBatches
+from vault._signed_registration import officers_verifier, start_registration
 from vault.approval_proof import SignedAction
 from vault.audit_rotation import AuditKeyRotation
 from vault.ceremony import Ceremony, CeremonyState, OfficerCertificate, RotationKind
@@ -95,6 +96,7 @@ class KeyRotation(RotationBatches):
         self._grace = destroy_grace
         self._clock = clock
         self._lock = threading.Lock()
+        keyring.registry.trust_signed(officers_verifier(policy, authorities))  # session 39
 
     # ------------------------------------------------------------------ helpers
     # Every database call of a ceremony goes through these two, so a database outage
@@ -201,7 +203,7 @@ class KeyRotation(RotationBatches):
         try:
             rotation = RotationKind(kind)
         except ValueError:
-            raise CeremonyError("kind must be data, kek, fingerprint or audit") from None
+            raise CeremonyError("kind must be data, kek, fingerprint, audit or register") from None
         now = self._clock()
         ceremony_id = str(uuid.uuid4()) if proof is None else proof.ceremony_id()
         proven = None if proof is None else proof.to_json()
@@ -414,11 +416,13 @@ class KeyRotation(RotationBatches):
         kind = RotationKind(row.kind)
         mark = refuse_a_second_run(connection, kind, row)  # the start record's mark
         refuse_late_custody(connection, self._policy(), row, unsigned=self._unsigned)
+        registry = self._keyring.registry
         if kind is RotationKind.AUDIT:  # one step, with a handover: its own module
-            audit_key = AuditKeyRotation(
-                self._provider, self._keyring.registry, self._audit, self._clock
-            )
+            audit_key = AuditKeyRotation(self._provider, registry, self._audit, self._clock)
             return audit_key.rotate(connection, row, approver, created)
+        if kind is RotationKind.REGISTER:  # no key made: `vault._signed_registration`
+            args = (registry, self._provider, self._audit, self._clock())
+            return start_registration(connection, row, approver, mark, *args)
         made: str | None = None  # the token key this ceremony makes, registered below
         if kind is RotationKind.DATA:
             old, new = self._new_data_keys(connection)
@@ -556,14 +560,9 @@ class KeyRotation(RotationBatches):
             .values(state=CeremonyState.DESTROY_PENDING.value, destroy_after=now + self._grace)
         )
         self._record(
-            "cofre rotation",
-            None,
-            "key.rotation.migrated",
-            Outcome.SUCCESS,
-            row.id,
-            {"destroy_after": (now + self._grace).isoformat()},
-            connection,
-        )
+            "cofre rotation", None, "key.rotation.migrated", Outcome.SUCCESS, row.id,
+            {"destroy_after": (now + self._grace).isoformat()}, connection,
+        )  # fmt: skip
 
     def _destroy_if_due(self, row: Row[Any]) -> None:
         due = as_utc(row.destroy_after)

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from audit.log import AuditEvent, AuditLog, Outcome
 from vault.storage.database import create_database_engine
 
 
@@ -91,3 +92,23 @@ def audit_state(url: str) -> AuditState:
             return AuditState(actions, count("audit_queue"), count("audit_leaves"), head)
     finally:
         engine.dispose()
+
+
+def append_registration(
+    engine: Engine, label: str, details: dict[str, Any], document: str | None = None
+) -> None:
+    """A `key.register` entry for `label` as a writer of the database appends it, without
+    the HSM PIN (no HSM call): forged, or a copy of another entry's `details` and
+    `document`."""
+    with engine.begin() as connection:
+        AuditLog().append(
+            connection,
+            AuditEvent(
+                action="key.register",
+                outcome=Outcome.SUCCESS,
+                actor="cofre",
+                key_id=label,
+                details=details,
+                document=document,
+            ),
+        )

@@ -194,3 +194,17 @@ def signed_kek_ceremony(*, authority: str = "localhost") -> tuple[str, SignedAct
     ceremony = proposal.ceremony_id()
     approval = signed_approval(officers["officer-bob"], ceremony, authority=authority)
     return ceremony, proposal, approval
+
+
+def signed_registration(
+    officer: SigningOfficer,
+    registered: dict[str, str | None],
+    *,
+    authority: str = "localhost",
+    created: int | None = None,
+) -> SignedAction:
+    """`officer`'s signed proposal of a ``register`` ceremony: label ``registered["label"]``
+    is the key with its ``cka_id`` and ``check`` (`vault._signed_registration`)."""
+    names = ("label", "cka_id", "check")
+    body = json.dumps({"kind": "register", **{n: registered[n] for n in names}}).encode()
+    return signed_action(officer, PROPOSALS, body, authority=authority, created=created)

@@ -18,10 +18,18 @@ from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
 from tests.support.cloudhsm_shim import HSM_BACKENDS, provider_for
+from tests.support.custody import acknowledge_in_process
 from tests.support.databases import migrated_engine
 from tests.support.fake_acquirer import FakeAcquirer, running_acquirer
+from tests.support.officers import (
+    SigningOfficer,
+    new_software_officer,
+    policy_with,
+    signed_approval,
+    signed_registration,
+)
 from tests.support.policies import vault_serving
-from vault.ceremony import CeremonyState
+from vault.ceremony import Ceremony, CeremonyState
 from vault.rotation import KeyRotation
 from vault.service import CallContext, VaultService
 
@@ -265,3 +273,50 @@ def plant_secret_key(provider: HSMProvider, kind: KeyKind, label: str, key_id: b
         )
 
     provider._run(plant, retry=False)  # the PIN holder's own call
+
+
+@pytest.fixture
+def signing_officers() -> dict[str, SigningOfficer]:
+    """Alice, Bob and Carol, each with a token key the policy registers."""
+    return {i: new_software_officer(i.rpartition("/")[2]) for i in (ALICE, BOB, CAROL)}
+
+
+@pytest.fixture
+def signing_rig(
+    engine: Engine, rotation_provider: HSMProvider, signing_officers: dict[str, SigningOfficer]
+) -> Iterator[tuple[VaultService, KeyRotation]]:
+    """A vault whose officers sign their ceremony actions (custody acknowledged), and its
+    key ceremonies, which count only proofs signed for ``localhost``."""
+    officers = signing_officers
+    text = policy_with(TEST_POLICY + OFFICERS, {o.name: o for o in officers.values()})
+    policy = PolicyEngine(parse_policy(text, kind="toml").policy)
+    service = VaultService(engine, rotation_provider, policy)
+    service.initialize()
+    try:
+        acknowledge_in_process(engine, service, policy, officers)
+        rotation = KeyRotation(
+            engine,
+            rotation_provider,
+            service.keyring,
+            lambda: service.policy,
+            authorities=lambda: ["localhost"],
+        )
+        yield service, rotation
+    finally:
+        service.close()
+
+
+def reregister(
+    rotation: KeyRotation,
+    officers: dict[str, SigningOfficer],
+    registered: dict[str, str | None],
+    approvers: tuple[str, ...] = (BOB,),
+) -> Ceremony:
+    """Alice proposes a ``register`` ceremony (`registered`'s label is its key, session
+    39); `approvers` approve it with their tokens. Returns the ceremony as it ends."""
+    proposal = signed_registration(officers[ALICE], registered)
+    view = rotation.propose(ALICE, "register", keyid=officers[ALICE].keyid, proof=proposal)
+    for who in approvers:
+        approval = signed_approval(officers[who], view.id)
+        view = rotation.approve(who, view.id, keyid=officers[who].keyid, proof=approval)
+    return view

@@ -13,8 +13,10 @@ is trusted for availability, docs/threat-model.md), and both fail closed, named 
 readiness, and the forged entry is in the signed log. Held on both versions.
 
 What is new is that it lasts: before 6fbdbfd the genuine record appended again (the
-label's last) restored the kind; now no later record does. Pinned as a strict xfail,
-left to the lead (docs/threat-model.md, "A writer of the database without the HSM PIN")."""
+label's last) restored the kind; now no unsigned record does. Session 39's repair: a
+``register`` key ceremony, the officers' signed record of the label's key, which the
+registry takes over every unsigned record of the label (`vault._signed_registration`;
+tests/vault/test_forged39_signed_registration.py holds the attacks on it)."""
 
 from __future__ import annotations
 
@@ -23,35 +25,21 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine
 
-from audit.log import AuditEvent, AuditLog, Outcome
 from hsm.keys import KeyKind
 from hsm.provider import HSMProvider
+from tests.support.audit_trail import append_registration
+from tests.support.officers import SigningOfficer
 from tests.support.pans import card_number
-from tests.vault.conftest import PAYMENTS, officers_vault
+from tests.vault.conftest import PAYMENTS, officers_vault, reregister
 from vault.errors import KeyNotRegistered
-from vault.key_registry import REGISTER
 from vault.pan import Pan
+from vault.rotation import KeyRotation
 from vault.service import TokenizeRequest, VaultService
 
 
 @pytest.fixture
 def vault(engine: Engine, rotation_provider: HSMProvider) -> Iterator[VaultService]:
     yield from officers_vault(engine, rotation_provider)
-
-
-def _append_registration(engine: Engine, label: str, details: dict[str, str | None]) -> None:
-    """A `key.register` entry as the database's writer appends it (no HSM call)."""
-    with engine.begin() as connection:
-        AuditLog().append(
-            connection,
-            AuditEvent(
-                action=REGISTER,
-                outcome=Outcome.SUCCESS,
-                actor="cofre",
-                key_id=label,
-                details=details,
-            ),
-        )
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
@@ -61,7 +49,7 @@ def test_a_forged_registration_written_without_the_pin_fails_closed(
 ) -> None:
     label = vault.keyring.registry.current_label(KeyKind.KEK)
     forged = {"label": label, "cka_id": "00", "check": "000000", "how": "init"}
-    _append_registration(engine, label, forged)
+    append_registration(engine, label, forged)
     vault.keyring.registry.registered(fresh=True)
     pan = Pan(card_number("411111", 3838))
     with pytest.raises(KeyNotRegistered) as refused:
@@ -72,23 +60,26 @@ def test_a_forged_registration_written_without_the_pin_fails_closed(
         vault.check_ready()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyNotRegistered,
-    reason="review rev38, left to the lead: since 6fbdbfd a label recorded as two keys is "
-    "never used, so one forged row stops the kind for good under this log (before, the "
-    "token's key registered again, the label's last record, restored it)",
-)
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("rotation_provider", ["softhsm2"], indirect=True)
-def test_the_genuine_registration_written_again_restores_the_kind(
-    vault: VaultService, engine: Engine
+def test_the_officers_signed_registration_restores_the_kind(
+    signing_rig: tuple[VaultService, KeyRotation],
+    engine: Engine,
+    signing_officers: dict[str, SigningOfficer],
 ) -> None:
+    """The strict xfail rev38 left (the genuine record written again restores the
+    kind), in the repair's shape: written again unsigned it still does not (retention's
+    carried copies would otherwise decide), signed by two officers it does."""
+    vault, rotation = signing_rig
     label = vault.keyring.registry.current_label(KeyKind.KEK)
     genuine = vault.keyring.registry.registered(fresh=True)[label].as_details()
     forged = {"label": label, "cka_id": "00", "check": "000000"}
-    for details in (forged, genuine):  # the writer's row, then the operator's repair
-        _append_registration(engine, label, {**details, "how": "init"})
+    for details in (forged, genuine):  # the writer's row, then the operator's unsigned one
+        append_registration(engine, label, {**details, "how": "init"})
     vault.keyring.registry.registered(fresh=True)
     pan = Pan(card_number("411111", 3838))
+    with pytest.raises(KeyNotRegistered):
+        vault.tokenize(PAYMENTS, TokenizeRequest(pan, "pan_bin6_last4"))
+    reregister(rotation, signing_officers, genuine)  # the officers' repair
+    vault.keyring.registry.registered(fresh=True)
     assert vault.tokenize(PAYMENTS, TokenizeRequest(pan, "pan_bin6_last4")).token

@@ -1,0 +1,246 @@
+"""Key registrations the security officers signed under dual control (session 39).
+
+IN PCI SCOPE (key management, PCI DSS 3.7.7). The key registry (`vault.key_registry`)
+is the log's `key.register` entries, and whoever writes the database can append one: a
+record naming another key under a label in use makes the label unusable for good (a
+label registered as two keys is never used, session 37). The repair is a ``register``
+key ceremony: an officer proposes "label L is the key with CKA_ID X and check value C"
+(the proposal's signed body), other officers approve it, and its start, once the token
+shows exactly that key under L, sensitive and never extractable, writes a `key.register`
+entry carrying the ceremony's id (``details.ceremony``) and the officers' signed
+requests whole (the entry's document, `signed_document`).
+
+The registry takes such a record for its label over every record no officer signed,
+before or after it, only when it verifies now, offline, from the entry alone
+(`signed_registration_time`):
+
+- the proposal verifies under its officer's MFA key registered in the policy in force,
+  was signed for this vault (``@authority``), is a ``POST`` of a ``register`` proposal
+  whose body names exactly the record's label, CKA_ID and check value, and derives the
+  record's ceremony id;
+- approvals of that ceremony id, each by another officer the policy grants
+  ``key_admin`` with the MFA key that signed it, reach the policy's quorum
+  (``key_approvals_required`` officers in all, the proposer never approving).
+
+What a database writer can do with such records, and why it is harmless: a copy of one
+(replayed after later records, carried by retention, or copied from another vault's
+log) names the label and key its officers signed and nothing else; another vault's is
+refused by its ``@authority``. Of several signed records of one label, the one whose
+proposal was signed last (its ``created``, which no writer can move) is taken, wherever
+it lies in the log, so a replayed older one never wins back. Two signed in the same
+second for different keys make the label unusable. A record whose officers the policy no
+longer grants (a removed officer, a replaced MFA key) counts as an unsigned one again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import Connection, Row, select, update
+
+from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
+from hsm.keys import parse_key_label
+from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
+from policies.errors import PolicyDenied
+from policies.models import Action
+from vault.approval_proof import SignedAction, approval_problem, proposal_problem
+from vault.ceremony import CeremonyState
+from vault.errors import CeremonyError
+from vault.httpsig import parse_signature
+from vault.key_registry import REGISTER, KeyIdentity, KeyRegistry, token_identities
+from vault.storage.schema import key_approvals, key_ceremonies
+
+REGISTER_KIND: Final = "register"  # the ceremony kind (`vault.ceremony.RotationKind`)
+DOCUMENT_TYPE: Final = "cofre-signed-registration/v1"
+
+
+def proposed_registration(proof: str | None) -> dict[str, str] | None:
+    """The label, CKA_ID and check value a stored ``register`` proposal's signed body
+    names, or None when it is not readable as one."""
+    if proof is None:
+        return None
+    try:
+        body = json.loads(SignedAction.from_json(proof).body)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or set(body) != {"kind", "label", "cka_id", "check"}:
+        return None
+    if body["kind"] != REGISTER_KIND or not all(isinstance(v, str) for v in body.values()):
+        return None
+    return {name: body[name] for name in ("label", "cka_id", "check")}
+
+
+def signed_document(
+    proposer: str, proposal: str | None, approvals: list[tuple[str, str | None]]
+) -> str:
+    """The document of a signed registration: the proposal's and each counted
+    approval's officer and stored signed request (`vault.approval_proof`)."""
+    return json.dumps(
+        {
+            "type": DOCUMENT_TYPE,
+            "proposal": {"officer": proposer, "proof": proposal},
+            "approvals": [{"officer": o, "proof": p} for o, p in approvals],
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    )
+
+
+def _officer_key(policy: PolicyEngine, identity: object) -> bytes | None:
+    """The MFA key (PEM) of `identity` when `policy` grants it key administration."""
+    if not isinstance(identity, str):
+        return None
+    try:
+        rules = policy.authorize(identity, Action.KEY_ADMIN)
+    except PolicyDenied:
+        return None
+    return None if rules.mfa_public_key is None else rules.mfa_public_key.encode()
+
+
+def _signed_actions(document: object) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    try:
+        parsed = json.loads(document) if isinstance(document, str) else None
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict) or parsed.get("type") != DOCUMENT_TYPE:
+        return None
+    proposal, approvals = parsed.get("proposal"), parsed.get("approvals")
+    if not isinstance(proposal, dict) or not isinstance(approvals, list):
+        return None
+    if not all(isinstance(a, dict) for a in approvals):
+        return None
+    return proposal, approvals
+
+
+def _proposal(
+    details: dict[str, Any],
+    proposal: dict[str, Any],
+    policy: PolicyEngine,
+    authorities: Collection[str] | None,
+) -> SignedAction | None:
+    """The verified proposal of the ``register`` ceremony `details` names, when an
+    officer `policy` grants key administration signed it for this record, else None."""
+    ceremony, proof = details.get("ceremony"), proposal.get("proof")
+    key = _officer_key(policy, proposal.get("officer"))
+    if key is None or not isinstance(ceremony, str) or not isinstance(proof, str):
+        return None
+    if proposal_problem(proof, key, ceremony, REGISTER_KIND, authorities) is not None:
+        return None
+    named = proposed_registration(proof)
+    if named is None or any(details.get(name) != value for name, value in named.items()):
+        return None
+    return SignedAction.from_json(proof)
+
+
+def signed_registration_time(
+    details: dict[str, Any],
+    document: object,
+    policy: PolicyEngine,
+    authorities: Collection[str] | None,
+) -> int | None:
+    """The Unix second the officers' token signed the proposal of the registration whose
+    entry has `details` and `document`, when it proves a ``register`` ceremony under dual
+    control as `policy` stands now, for this vault (`authorities`: its names, None not
+    checked) and for exactly this record (see the module docstring); None otherwise."""
+    actions = _signed_actions(document)
+    if actions is None:
+        return None
+    proposal, approvals = actions
+    signed = _proposal(details, proposal, policy, authorities)
+    if signed is None:
+        return None
+    ceremony, proposer = str(details["ceremony"]), proposal.get("officer")
+    counted: set[str] = set()
+    for approval in approvals:
+        officer, proof = approval.get("officer"), approval.get("proof")
+        key = _officer_key(policy, officer)
+        if (
+            key is not None
+            and officer != proposer
+            and isinstance(proof, str)
+            and approval_problem(proof, key, ceremony, authorities) is None
+        ):
+            counted.add(str(officer))
+    if len(counted) + 1 < policy.policy.key_approvals_required:
+        return None
+    return parse_signature(signed.request().headers).created
+
+
+def officers_verifier(
+    policy: Callable[[], PolicyEngine], authorities: Callable[[], Collection[str]] | None
+) -> Callable[[dict[str, Any], object], int | None]:
+    """`signed_registration_time` under the policy in force and the vault's own names,
+    as the key registry asks it (`vault.key_registry.KeyRegistry.trust_signed`)."""
+
+    def verify(details: dict[str, Any], document: object) -> int | None:
+        names = None if authorities is None else authorities()
+        return signed_registration_time(details, document, policy(), names)
+
+    return verify
+
+
+def start_registration(  # noqa: PLR0917 - a ceremony start's parts, in order
+    connection: Connection,
+    row: Row[Any],
+    approver: str,
+    mark: dict[str, DetailValue],
+    registry: KeyRegistry,
+    provider: HSMProvider,
+    audit: AuditLog,
+    now: datetime,
+) -> None:
+    """Carry out approved ``register`` ceremony `row` in `connection`'s transaction: its
+    `key.register` entry (with the officers' signed requests), start and completion.
+    Raises `CeremonyError` when its proposal names no registration, a label that is not
+    a Cofre token key's, or a key the token does not hold under it as exactly one key,
+    sensitive and never extractable; nothing is written then."""
+    named = proposed_registration(row.proposer_proof)
+    if named is None or parse_key_label(named["label"]) is None:
+        raise CeremonyError(
+            "a register ceremony's proposal must be signed by the officer's token and name "
+            "a Cofre key label (cofre-kek-vN, cofre-fp-vN, cofre-audit-vN), its cka_id and "
+            "its check value"
+        )
+    label = named["label"]
+    wanted = KeyIdentity(label, named["cka_id"], named["check"])
+    if token_identities(provider.list_keys()).get(label) != wanted:
+        raise CeremonyError(
+            f"the token does not hold {label!r} as the key this ceremony names (CKA_ID "
+            f"{wanted.cka_id}, check value {wanted.check}), exactly one key, sensitive and "
+            "never extractable: nothing registered"
+        )
+    approvals = connection.execute(
+        select(key_approvals.c.officer, key_approvals.c.proof)
+        .where(key_approvals.c.ceremony_id == row.id)
+        .order_by(key_approvals.c.approved_at)
+    ).all()
+    document = signed_document(row.proposer, row.proposer_proof, [(o, p) for o, p in approvals])
+    connection.execute(
+        update(key_ceremonies)
+        .where(key_ceremonies.c.id == row.id)
+        .values(state=CeremonyState.COMPLETED.value, completed_at=now)
+    )
+    details: dict[str, DetailValue] = {
+        **wanted.as_details(),
+        "how": f"registered by key ceremony {row.id}",
+        "ceremony": row.id,
+    }
+    for action, key_id, entry, held in (
+        (REGISTER, label, details, True),
+        ("key.rotation.start", row.id, {"kind": REGISTER_KIND, "label": label, **mark}, False),
+        ("key.rotation.complete", row.id, {"kind": REGISTER_KIND, "label": label}, False),
+    ):
+        event = AuditEvent(
+            action=action,
+            outcome=Outcome.SUCCESS,
+            actor=approver,
+            key_id=key_id,
+            details=entry,
+            document=document if action == REGISTER else None,
+        )
+        audit.append(connection, event, hold=held)
+    registry.forget()
