@@ -300,6 +300,9 @@ def _carry_forward_key_records(connection: Connection, partition: str, actor: st
                     actor=actor,
                     key_id=label,
                     details={**details, "carried_forward_from": row.leaf_index},
+                    # A record the officers signed keeps their signatures: without them
+                    # the copy is an unsigned record (`vault._signed_registration`).
+                    document=json.loads(row.payload).get("document"),
                 ),
             )
             count += 1
