@@ -259,7 +259,21 @@ class Problem(BaseModel):
 
 
 class RotationRequest(_Strict):
-    kind: Literal["kek", "data", "fingerprint", "audit"]
+    kind: Literal["kek", "data", "fingerprint", "audit", "register"]
+    # A register ceremony's key (session 39, `vault._signed_registration`): the token
+    # label, its CKA_ID and its check value as `cofre hsm status --json` shows them.
+    label: Annotated[str, StringConstraints(max_length=64)] | None = None
+    cka_id: Annotated[str, StringConstraints(max_length=256)] | None = None
+    check: Annotated[str, StringConstraints(max_length=256)] | None = None
+
+    @model_validator(mode="after")
+    def _names_a_key_only_to_register(self) -> RotationRequest:
+        named = [self.label, self.cka_id, self.check]
+        if self.kind == "register" and None in named:
+            raise ValueError("a register ceremony names label, cka_id and check")
+        if self.kind != "register" and named != [None, None, None]:
+            raise ValueError("only a register ceremony names a key")
+        return self
 
 
 # The wire form of `vault.ceremony.Ceremony`: the API's model is the documented contract,

@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -32,6 +32,7 @@ from hsm.errors import HSMKeyNotFound, HSMKeyNotRegistered
 from hsm.keys import KeyKind, key_label, parse_key_label
 from hsm.models import KeyInfo
 from hsm.provider import HSMProvider
+from policies.engine import PolicyEngine
 from vault.errors import KeyNotRegistered, StorageUnavailable
 
 REGISTER: Final = "key.register"
@@ -155,6 +156,18 @@ class KeyRegistry:
         or after it (session 39, `vault._signed_registration`)."""
         with self._lock:
             self._signed, self._cache = verify, None
+
+    def trust_officers(
+        self,
+        policy: Callable[[], PolicyEngine],
+        authorities: Callable[[], Collection[str]] | None,
+    ) -> None:
+        """`trust_signed` with the officers of `policy` (the one in force, read at each
+        use) signing for one of `authorities` (the vault's own names)."""
+        # Imported here: that module builds on this one's records.
+        from vault._signed_registration import officers_verifier  # noqa: PLC0415
+
+        self.trust_signed(officers_verifier(policy, authorities))
 
     # ------------------------------------------------------------------ records
     def registered(self, *, fresh: bool = False) -> dict[str, KeyIdentity]:

@@ -41,7 +41,7 @@ from vault._ceremony_view import ceremony_view
 from vault._custody_gate import custody_refusal, refuse_late_custody
 from vault._retired_keys import retired_through
 from vault._rotation_batches import BATCH, RotationBatches
-from vault._signed_registration import officers_verifier, start_registration
+from vault._signed_registration import start_registration
 from vault.approval_proof import SignedAction
 from vault.audit_rotation import AuditKeyRotation
 from vault.ceremony import Ceremony, CeremonyState, OfficerCertificate, RotationKind
@@ -96,7 +96,7 @@ class KeyRotation(RotationBatches):
         self._grace = destroy_grace
         self._clock = clock
         self._lock = threading.Lock()
-        keyring.registry.trust_signed(officers_verifier(policy, authorities))  # session 39
+        keyring.registry.trust_officers(policy, authorities)  # signed registrations (s. 39)
 
     # ------------------------------------------------------------------ helpers
     # Every database call of a ceremony goes through these two, so a database outage

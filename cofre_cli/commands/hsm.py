@@ -5,6 +5,7 @@ IN PCI SCOPE (wiring).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict
 from typing import Annotated, Any
@@ -125,11 +126,20 @@ def hsm_selftest(
 def _registry_report(settings: Any, provider: Any) -> dict[str, Any]:
     """The key registry's view: registered labels and the keys on the token that are
     not registered as they are (an empty registry is adopted at the vault's first start)."""
+    from cofre_cli.key_management import own_authorities
     from cofre_cli.wiring import open_database
+    from policies.engine import PolicyEngine
+    from policies.loader import load_policy
     from vault.key_registry import KeyRegistry
 
     try:
         registry = KeyRegistry(open_database(settings), provider)
+        # The officers' signed registrations count as the vault counts them (session
+        # 39); without a readable policy none does, and such a label shows unregistered.
+        with contextlib.suppress(CofreError, OSError):
+            policy = PolicyEngine(load_policy(settings.policy_file).policy)
+            names = own_authorities(settings.server.cert_file)
+            registry.trust_officers(lambda: policy, names)
         registered = registry.registered()
         stray = registry.unregistered() if registered else []
     except CofreError as exc:

@@ -108,6 +108,24 @@ def keys_rotate(
         _show_ceremony(admin_call(client, "POST", "/v1/admin/keys/rotations", {"kind": kind}))
 
 
+@keys_app.command("register")
+@fail_cleanly
+def keys_register(
+    label: Annotated[str, typer.Option("--label", help="the token label, e.g. cofre-kek-v2")],
+    cka_id: Annotated[str, typer.Option("--cka-id", help="its CKA_ID (cofre hsm status)")],
+    check: Annotated[str, typer.Option("--check", help="its check value (cofre hsm status)")],
+    officer: Officer = "officer-alice",
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Propose that LABEL is the token key with this CKA_ID and check value (a
+    `register` ceremony, once enough other officers approve it): the key registry then
+    takes it over any unsigned record of the label (docs/key-ceremony.md)."""
+    body = {"kind": "register", "label": label, "cka_id": cka_id, "check": check}
+    with admin_client(officer, cert, key) as client:
+        _show_ceremony(admin_call(client, "POST", "/v1/admin/keys/rotations", body))
+
+
 @keys_app.command("approve")
 @fail_cleanly
 def keys_approve(

@@ -40,13 +40,15 @@ that the bundle proves in the log (`cofre_evidence_verifier.carried`).
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 from bisect import bisect_right
 from typing import Any, Final
 
-from cofre_evidence_verifier.bundle import Files, Heads
+from cofre_evidence_verifier.bundle import Files, Heads, load_json
 from cofre_evidence_verifier.carried import FROM, Originals, carry_problem, proven_originals
 from cofre_evidence_verifier.dual_control_log import (
+    PROPOSE,
     START,
     entry_details,
     proven_entries,
@@ -61,6 +63,9 @@ REGISTER: Final = "key.register"
 _LABEL: Final = re.compile(r"^cofre-(kek|fp|audit)-v([1-9][0-9]{0,5})$")
 _KIND: Final = {"kek": "kek", "fp": "fingerprint", "audit": "audit"}
 _BY_CEREMONY: Final = "created by key ceremony "
+# A ``register`` ceremony's registration (session 39): no key made, the officers' signed
+# record that a label is the key the token holds (the vault's `vault._signed_registration`).
+_BY_REGISTER: Final = "registered by key ceremony "
 # What the vault's `KeyRegistry.adopt_if_empty` writes: the token's keys as found, once,
 # when the registry is empty (a vault's first start).
 _ADOPTED: Final = "adopted at first start"
@@ -194,6 +199,82 @@ def _problem(  # noqa: PLR0917 - what the check found, in order
     )
 
 
+def _proposals(pool: dict[int, dict[str, Any]]) -> dict[object, list[int]]:
+    """The successful proposals of `pool` by ceremony id, ascending (made once)."""
+    out: dict[object, list[int]] = {}
+    for at in sorted(pool):
+        if succeeded(pool[at], PROPOSE):
+            out.setdefault(pool[at].get("key_id"), []).append(at)
+    return out
+
+
+def _signed_proposal(document: object) -> tuple[str, dict[str, Any]] | None:
+    """The stored proposal a register ceremony's registration document carries, and the
+    body it signed; None when the document holds none."""
+    if not isinstance(document, str):
+        return None
+    try:
+        proof = load_json(document)["proposal"]["proof"]
+        if not isinstance(proof, str):
+            return None
+        body = load_json(base64.b64decode(load_json(proof)["body"], validate=True))
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        return None
+    return (proof, body) if isinstance(body, dict) else None
+
+
+def _register_problem(  # noqa: PLR0917 - what the check found, in order
+    pool: dict[int, dict[str, Any]],
+    starts: dict[str | None, list[int]],
+    proposed: dict[object, list[int]],
+    index: int,
+    label: str,
+    ceremony: str,
+    used: set[int],
+) -> str | None:
+    """Why the registration at `index`, of `label` by register ceremony `ceremony`, is not
+    proven to be the officers' (session 39); None when it is (its start added to `used`).
+    Its start must follow it in the period, of kind ``register`` naming `label`; the
+    proposal its document carries must be the one proposal of that ceremony before the
+    start, whose signature and officers check 6c proves, and its signed body must name
+    exactly this label, CKA_ID and check value. `proposed`: the bundle's successful
+    proposals by ceremony id, made once."""
+    shown = f"key registrations: entry {index} registers {label} by key ceremony {ceremony}"
+    start = _next_start(pool, starts, index, ceremony)
+    details = {} if start is None else entry_details(pool[start])
+    if (
+        start is None
+        or start in used
+        or (details.get("kind"), details.get("label"))
+        != (
+            "register",
+            label,
+        )
+    ):
+        return (
+            f"{shown}, but no start of that ceremony registering {label} follows it in the "
+            "period (or its start already accounts for another registration): a key put "
+            "into use with no officer's approval"
+        )
+    proposals = [pool[at] for at in proposed.get(pool[start].get("key_id"), []) if at < start]
+    signed = _signed_proposal(pool[index].get("document"))
+    registered = entry_details(pool[index])
+    wanted: dict[str, object] = {"kind": "register", "label": label}
+    wanted |= {"cka_id": registered.get("cka_id"), "check": registered.get("check")}
+    if len(proposals) != 1 or signed is None or proposals[0].get("document") != signed[0]:
+        return (
+            f"{shown}, but its document does not carry that ceremony's one proposal, whose "
+            "signature check 6c proves: not proven to be the officers' registration"
+        )
+    if signed[1] != wanted:
+        return (
+            f"{shown}, but that ceremony's signed proposal names another key: a key put "
+            "into use with no officer's approval"
+        )
+    used.add(start)
+    return None
+
+
 def check_key_registrations(
     files: Files, manifest: dict[str, Any], heads: Heads, report: Report
 ) -> None:
@@ -209,6 +290,7 @@ def check_key_registrations(
     first, end = manifest["entries"]["first_index"], manifest["entries"]["end_index"]
     period = {index for index in pool if first <= index < end}
     starts, used = _starts(pool, period), set[int]()
+    proposed = _proposals(pool)
     originals = proven_originals(files, size, base64.b64decode(head["root_hash"]))
     problems, tied = [], []
     # The vault adopts only into an empty registry, at its first start: an adoption is
@@ -223,9 +305,14 @@ def check_key_registrations(
         if found is None:
             continue
         carried = FROM in entry_details(pool[index])
-        problem = _problem(
-            pool, starts, index, found, used, first_adoption, originals if carried else None
-        )
+        how = entry_details(pool[index]).get("how")
+        if not carried and isinstance(how, str) and how.startswith(_BY_REGISTER):
+            ceremony = how.removeprefix(_BY_REGISTER)
+            problem = _register_problem(pool, starts, proposed, index, found[0], ceremony, used)
+        else:
+            problem = _problem(
+                pool, starts, index, found, used, first_adoption, originals if carried else None
+            )
         if problem is None:
             via = entry_details(pool[index])[FROM] if carried else None
             retained = "" if via is None else f", carried forward by retention from entry {via}"
