@@ -5,8 +5,9 @@ is the log's `key.register` entries, and whoever writes the database can append 
 record naming another key under a label in use makes the label unusable for good (a
 label registered as two keys is never used, session 37). The repair is a ``register``
 key ceremony: an officer proposes "label L is the key with CKA_ID X and check value C"
-(the proposal's signed body), other officers approve it, and its start, once the token
-shows exactly that key under L, sensitive and never extractable, writes a `key.register`
+(the proposal's signed body), other officers approve it, and its start, once the
+registry records L (a repair: a new version comes from a rotation) and the token shows
+exactly that key under L, sensitive and never extractable, writes a `key.register`
 entry carrying the ceremony's id (``details.ceremony``) and the officers' signed
 requests whole (the entry's document, `signed_document`).
 
@@ -56,6 +57,7 @@ from vault.storage.schema import key_approvals, key_ceremonies
 
 REGISTER_KIND: Final = "register"  # the ceremony kind (`vault.ceremony.RotationKind`)
 DOCUMENT_TYPE: Final = "cofre-signed-registration/v1"
+_KNOWN: Final = 4096  # verified records remembered (`officers_verifier`)
 
 
 def proposed_registration(proof: str | None) -> dict[str, str] | None:
@@ -176,9 +178,22 @@ def officers_verifier(
     """`signed_registration_time` under the policy in force and the vault's own names,
     as the key registry asks it (`vault.key_registry.KeyRegistry.trust_signed`)."""
 
+    # Each answer kept per policy in force (its object: a reload makes a new one, held
+    # here so its id is never reused), names and record: the registry reads every
+    # second, and a database writer's many copies of a signed record would otherwise
+    # cost their signatures' verifications at each read. Bounded; the registry's lock
+    # serialises the calls.
+    known: dict[tuple[PolicyEngine, frozenset[str] | None, str, str], int | None] = {}
+
     def verify(details: dict[str, Any], document: object) -> int | None:
-        names = None if authorities is None else authorities()
-        return signed_registration_time(details, document, policy(), names)
+        engine = policy()
+        names = None if authorities is None else frozenset(authorities())
+        key = (engine, names, json.dumps(details, sort_keys=True, default=str), str(document))
+        if key not in known:
+            if len(known) >= _KNOWN:
+                known.clear()
+            known[key] = signed_registration_time(details, document, engine, names)
+        return known[key]
 
     return verify
 
@@ -206,6 +221,14 @@ def start_registration(  # noqa: PLR0917 - a ceremony start's parts, in order
             "its check value"
         )
     label = named["label"]
+    if label not in registry.registered(fresh=True):
+        # A repair only: a new version comes from a rotation, which makes the key in the
+        # HSM and moves what the old one protects (a key made with the PIN and
+        # registered here would skip both).
+        raise CeremonyError(
+            f"{label!r} is not in the key registry: a register ceremony registers again a "
+            "label the registry records; a new key version comes from a rotation"
+        )
     wanted = KeyIdentity(label, named["cka_id"], named["check"])
     if token_identities(provider.list_keys()).get(label) != wanted:
         raise CeremonyError(

@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from hsm.keys import KeyKind
+from hsm.keys import KeyHierarchy, KeyKind, key_label
 from hsm.provider import HSMProvider
 from tests.support.audit_trail import append_registration
 from tests.support.officers import SigningOfficer, signed_approval, signed_registration
@@ -200,8 +200,11 @@ def test_a_registration_of_a_key_not_on_the_token_is_refused(
 ) -> None:
     service, rotation, officers = *signing_rig, signing_officers
     genuine = _kek(service)
-    for named in ({**genuine, "check": "000000"}, {**genuine, "label": "cofre-kek-v9"}):
-        with pytest.raises(CeremonyError, match="does not hold"):
+    for named, refusal in (
+        ({**genuine, "check": "000000"}, "does not hold"),
+        ({**genuine, "label": "cofre-kek-v9"}, "not in the key registry"),
+    ):
+        with pytest.raises(CeremonyError, match=refusal):
             reregister(rotation, officers, named)
         for ceremony in rotation.ceremonies():
             if ceremony.state == CeremonyState.PENDING:
@@ -215,12 +218,42 @@ def test_a_registration_of_a_key_not_on_the_token_is_refused(
 @pytest.mark.parametrize("rotation_provider", ["softhsm2"], indirect=True)
 def test_a_registration_of_an_extractable_key_is_refused(
     signing_rig: tuple[VaultService, KeyRotation],
+    engine: Engine,
     rotation_provider: HSMProvider,
     signing_officers: dict[str, SigningOfficer],
     planted_kek: str,  # noqa: F811 - the fixture imported above
 ) -> None:
+    """The PIN holder plants an extractable KEK and writes its registration (audit 36),
+    then asks the officers to register it as signed: refused at the start."""
     rotation, officers = signing_rig[1], signing_officers
     planted = next(k for k in rotation_provider.list_keys() if k.label == planted_kek)
     named = {"label": planted_kek, "cka_id": planted.key_id, "check": planted.key_check}
+    append_registration(engine, planted_kek, {**named, "how": "init"})
     with pytest.raises(CeremonyError, match="sensitive and never extractable"):
         reregister(rotation, officers, named)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("rotation_provider", ["softhsm2"], indirect=True)
+def test_a_new_version_is_never_registered_by_a_register_ceremony(
+    signing_rig: tuple[VaultService, KeyRotation],
+    rotation_provider: HSMProvider,
+    signing_officers: dict[str, SigningOfficer],
+) -> None:
+    """A KEK made with the PIN under the next label, sensitive and never extractable, as
+    a register ceremony would take it: a new version comes from a rotation only (which
+    moves the data keys onto it), so the start refuses a label the registry never
+    recorded."""
+    service, rotation, officers = *signing_rig, signing_officers
+    hierarchy = KeyHierarchy(rotation_provider)
+    version = hierarchy.versions(KeyKind.KEK)[-1] + 1
+    hierarchy.create(KeyKind.KEK, version)
+    try:
+        label = key_label(KeyKind.KEK, version)
+        made = next(k for k in rotation_provider.list_keys() if k.label == label)
+        named = {"label": label, "cka_id": made.key_id, "check": made.key_check}
+        with pytest.raises(CeremonyError, match="not in the key registry"):
+            reregister(rotation, officers, named)
+        assert service.keyring.registry.current_label(KeyKind.KEK) != label
+    finally:
+        rotation_provider.destroy_key(key_label(KeyKind.KEK, version))
