@@ -25,7 +25,12 @@ decoded and inflated characters in all, each decoding or inflation counted
 `READING_COST` more (and `MAX_INFLATED` per stream, `MAX_MEMBERS` gzip members, a text
 Ascii85 or base85 would read whole at most `MAX_BASE85`). A text whose reading would
 pass a bound is not read further, and `read_as` answers True: the caller withholds it
-whole (fail closed), since what was left unread could be the card.
+whole (fail closed), since what was left unread could be the card. Review 39b: the texts
+of one answer share one bound of what they decode, inflate and unescape (`AnswerBound`:
+`RATIO` times their length and `HEADROOM`); with a bound per text only, an answer of
+thousands of short base64 words of compressed escapes read 64 KiB each, five times what
+one text of the answer's size may. Hex dumps in the layouts tools print (an offset, the
+bytes, the bytes as text; ``0x35,`` and ``\\x35`` bytes) are read across their lines.
 """
 
 from __future__ import annotations
@@ -96,37 +101,79 @@ _TEXT_BYTES: Final = (
     bytes(b for b in range(256) if not (b < 0x20 or 0x7F <= b < 0xA0)) + b"\x00\t\n\r"
 )
 _UTF7_BLOCK: Final = re.compile(r"\+(A[A-Za-z0-9+/]+)-")
+# A hex dump's line (``hexdump -C``, ``xxd``, ``od -A x -t x1z``, Wireshark's): an offset,
+# then the bytes in groups of two to eight hex digits, then the bytes as text. Read with
+# one space between groups (xxd, od: their text column follows two spaces, and may start
+# with what reads as hex), and with one or two (hexdump -C's middle gap; its text column
+# begins with "|"). Review 39b: each line's hex was read alone, 16 bytes, and a card
+# spans two; the offset and the text column broke the runs of hex.
+_DUMP_GROUP: Final = r"[0-9A-Fa-f]{2}(?:[0-9A-Fa-f]{2}){0,3}(?![^ \t\r\n])"
+_DUMP_LINES: Final = tuple(
+    re.compile(
+        rf"^[ \t]*[0-9A-Fa-f]{{4,}}:?[ \t]{{1,3}}({_DUMP_GROUP}(?:{gap}{_DUMP_GROUP})*)", re.M
+    )
+    for gap in (" ", r"[ \t]{1,2}")
+)
+# Bytes written one by one as ``0x35`` (a C array, ``xxd -i``) or ``\x35``.
+_PREFIXED_BYTE: Final = re.compile(r"(?:0[xX]|\\x)([0-9A-Fa-f]{2})(?![0-9A-Fa-f])")
+# The fewest bytes of a dump worth reading: the shortest card.
+_DUMP_MIN: Final = 13
 
 
 class _Unread(Exception):
     """A text whose reading would pass its bound: withhold it whole."""
 
 
+class AnswerBound:
+    """What is left of a whole answer's reading: `RATIO` times the length of its texts
+    (`length`) and `HEADROOM`, in characters decoded, inflated and unescaped; each
+    text's own bound (`_Budget`) counts its decodings too. Shared by the `read_as` of
+    every text of one answer (review 39b)."""
+
+    def __init__(self, length: int) -> None:
+        self.left = RATIO * length + HEADROOM
+
+
 class _Budget:
-    """What is left of a text's reading (`RATIO` times its length)."""
+    """What is left of a text's reading (`RATIO` times its length), and of its answer's."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, answer: AnswerBound | None) -> None:
         self.left = RATIO * len(text) + HEADROOM
+        self.answer = answer
 
-    def spend(self, size: int) -> None:
-        self.left -= size
+    def spend(self, size: int, *, decodings: int = 0) -> None:
+        self.left -= size + decodings * READING_COST
+        if self.answer is not None:
+            self.answer.left -= size
+            if self.answer.left < 0:
+                raise _Unread
         if self.left < 0:
             raise _Unread
 
+    def room(self) -> int:
+        """What may still be read, at least 0."""
+        left = self.left if self.answer is None else min(self.left, self.answer.left)
+        return max(left, 0)
+
 
 def read_as(
-    text: str, found: Callable[[str], bool], *, decoded: Callable[[str], bool] | None = None
+    text: str,
+    found: Callable[[str], bool],
+    *,
+    decoded: Callable[[str], bool] | None = None,
+    answer: AnswerBound | None = None,
 ) -> bool:
     """Whether `found` holds for `text` or for what it reads as once decoded the ways an
     echo is written (module docstring), or `decoded` holds for what a word or stream of
     it reads as once decoded (never the text, nor the text with its escapes undone: a
     caller that reads those itself, `escaped_forms`), or reading it would pass its bound
     (then what is left unread may be what either looks for: fail closed). One reading
-    and one bound serve both."""
+    and one bound serve both; `answer`, when given, is the bound of the whole answer
+    `text` is a part of, spent too."""
     try:
         return any(
             found(shape) or (inner and decoded is not None and decoded(shape))
-            for shape, inner in _layers(text, LAYERS, _Budget(text), inner=False)
+            for shape, inner in _layers(text, LAYERS, _Budget(text, answer), inner=False)
         )
     except _Unread:
         return True
@@ -240,6 +287,21 @@ def _rare_words(form: str, compact: str) -> Iterator[tuple[str, bytes | None, bo
         yield f"b85/{compact}", _text_like(_decoded(base64.b85decode, compact)), True
     for block in _UU_BLOCK.findall(form):
         yield f"uu/{block}", _uudecoded(block), True
+    for key, dump in _dumps(form):
+        yield key, _hex(dump), True
+
+
+def _dumps(form: str) -> Iterator[tuple[str, str]]:
+    """(a key, the hex digits) of each reading of `form` as a hex dump (`_DUMP_LINES`,
+    `_PREFIXED_BYTE`) that holds at least `_DUMP_MIN` bytes, its lines joined."""
+    if "\n" in form:
+        for at, line in enumerate(_DUMP_LINES):
+            digits = "".join("".join(m.split()) for m in line.findall(form))
+            if len(digits) >= 2 * _DUMP_MIN:
+                yield f"dump{at}/{digits}", digits
+    prefixed = "".join(_PREFIXED_BYTE.findall(form))
+    if len(prefixed) >= 2 * _DUMP_MIN:
+        yield f"0x/{prefixed}", prefixed
 
 
 def _read_bytes(
@@ -250,7 +312,7 @@ def _read_bytes(
     as raw deflate too when `raw`."""
     if not data:
         return
-    budget.spend(len(data) + READING_COST)
+    budget.spend(len(data), decodings=1)
     yield from _layers(data.decode("latin-1"), depth, budget, inner=True)
     if depth > 0:
         yield from _read_bytes(_inflated(data, budget, raw=raw), depth - 1, budget)
@@ -318,7 +380,7 @@ def _inflated(data: bytes, budget: _Budget, *, raw: bool = True) -> bytes:
         bits = -zlib.MAX_WBITS
     else:
         return b""
-    limit = min(MAX_INFLATED, RATIO * len(data), max(budget.left, 0))
+    limit = min(MAX_INFLATED, RATIO * len(data), budget.room())
     out, rest, members = b"", data, 0
     try:
         while rest:

@@ -30,7 +30,7 @@ from vault._relay_details import (
     sent_patterns,
     without_written,
 )
-from vault._relay_echo import read_as
+from vault._relay_echo import AnswerBound, read_as
 from vault.errors import RelayBodyInvalid
 
 # How deep a relay body or an upstream's answer may nest. Acquirers' bodies are a few
@@ -382,8 +382,10 @@ def withhold_echoed_pans(value: Any, pans: Sequence[str], *, decoded: bool = Tru
     def found(shape: str) -> bool:
         return next(_occurrences(_digits_of(shape), wanted), None) is not None
 
+    answer = AnswerBound(_texts_length(value))
+
     def echoes(text: str) -> bool:
-        return read_as(text, found) if decoded else found(text)
+        return read_as(text, found, answer=answer) if decoded else found(text)
 
     alone = _replace_texts(value, lambda _index, text: WITHHELD_DETAIL if echoes(text) else None)
     # A sent PAN spread over several texts: their digits, joined in document order.
@@ -433,6 +435,8 @@ def withhold_encoded_pans(
     if not wanted and not written:
         return value
 
+    answer = AnswerBound(_texts_length(value))  # one bound for the answer (review 39b)
+
     def holds_detail(shape: str) -> bool:
         return decoded is not None and decoded.search(shape.replace("\x00", ""))
 
@@ -443,12 +447,23 @@ def withhold_encoded_pans(
             digits = _digits_of(shape)
             return digits != plain and next(_occurrences(digits, wanted), None) is not None
 
-        if read_as(text, found, decoded=holds_detail if decoded else None):
+        if read_as(text, found, decoded=holds_detail if decoded else None, answer=answer):
             return WITHHELD_DETAIL
         as_written = without_written(text.replace("\x00", ""), written, WITHHELD_DETAIL)
         return WITHHELD_DETAIL if written and escapes_hold(as_written, written) else None
 
     return _replace_texts(value, encoded)
+
+
+def _texts_length(value: Any) -> int:
+    """The length of every text of `value` (`_replace_texts`'), together."""
+    total = [0]
+
+    def add(_index: int, text: str) -> None:
+        total[0] += len(text)
+
+    _replace_texts(value, add)
+    return total[0]
 
 
 def _replace_texts(value: Any, replace: Callable[[int, str], str | None]) -> Any:
