@@ -438,7 +438,10 @@ def withhold_encoded_pans(
     answer = AnswerBound(_texts_length(value))  # one bound for the answer (review 39b)
 
     def holds_detail(shape: str) -> bool:
-        return decoded is not None and decoded.search(shape.replace("\x00", ""))
+        if decoded is None:
+            return False
+        shape = shape.replace("\x00", "")
+        return decoded.search(shape) or decoded.search(_as_utf8(shape))
 
     def encoded(_index: int, text: str) -> str | None:
         plain = _digits_of(text)
@@ -453,6 +456,19 @@ def withhold_encoded_pans(
         return WITHHELD_DETAIL if written and escapes_hold(as_written, written) else None
 
     return _replace_texts(value, encoded)
+
+
+def _as_utf8(shape: str) -> str:
+    """`shape` (decoded bytes read as Latin-1) read as UTF-8 when it is UTF-8 text past
+    ASCII, else empty. Review 39b: a cardholder name holding a letter past ASCII
+    (``João``) echoed in base64 or hex read ``JoÃ£o`` and was never found; noise that is
+    not UTF-8 is not read again (a code's digits must not be joined across its bytes)."""
+    if shape.isascii() or max(shape) > "\xff":
+        return ""
+    try:
+        return shape.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
 
 
 def _texts_length(value: Any) -> int:
