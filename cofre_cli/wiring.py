@@ -41,6 +41,7 @@ from cofre.errors import CofreError, ConfigurationError
 from cofre.filemodes import refuse_readable_secrets, secure_data_dir
 from cofre.redaction import OwnDigest
 from cofre.settings import Settings
+from cofre_cli._existing_store import require_existing_store
 from cofre_cli.audit_trail import crl_recorder, process_details
 from cofre_cli.capture import (
     capture_app,
@@ -135,8 +136,11 @@ def open_database(settings: Settings, *, run_migrations: bool = False) -> Engine
     With `run_migrations` (`cofre dev`, `cofre db migrate`, tests) the schema is first
     brought to the newest revision under the migration lock; otherwise it is only
     checked, and `SchemaMismatch` is raised for a schema this code cannot use (so the
-    vault and the read-only commands run as the least-privileged role).
+    vault and the read-only commands run as the least-privileged role); a missing
+    SQLite file is not created then (`cofre_cli._existing_store`).
     """
+    if not run_migrations:
+        require_existing_store(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = database_engine(settings)
     try:

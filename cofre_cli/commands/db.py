@@ -44,10 +44,13 @@ def db_migrate() -> None:
 def db_status() -> None:
     """Show the schema revision of the database and whether this version can use it
     (exit 1 when it cannot). Changes nothing."""
+    from cofre_cli._existing_store import require_existing_store
     from cofre_cli.wiring import database_engine
     from vault.storage.schema_version import check_schema
 
-    engine = database_engine(cli_settings(), pool_size=1)
+    settings = cli_settings()
+    require_existing_store(settings)  # reading the status creates no database
+    engine = database_engine(settings, pool_size=1)
     try:
         status = check_schema(engine)
     finally:
