@@ -27,6 +27,6 @@ def require_existing_store(settings: Settings) -> None:
         return
     if not Path(database).is_file():
         raise SchemaMismatch(
-            f"no database at {database}: nothing created; `cofre db migrate` (as the owner "
-            "role) creates it, `make run` in a checkout"
+            f"the database has no Cofre schema: there is no database at {database} "
+            "(nothing created); run `cofre db migrate` as the owner role to create it"
         )
