@@ -99,6 +99,10 @@ class ManagedServer(uvicorn.Server):
     # requests in flight (`api.balance`), marked serving while this server listens.
     loads: WorkerLoads | None = None
 
+    # Set by `cofre_cli.serving.serve_worker`: called once (in the loop, so it must not
+    # block) when this server's listeners accept connections.
+    on_started: Callable[[], object] | None = None
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
@@ -119,6 +123,8 @@ class ManagedServer(uvicorn.Server):
             _HANDSHAKE_TIMEOUT.reset(token)
         if self.loads is not None and self.started:
             self.loads.listening(True)
+        if self.on_started is not None and self.started:
+            self.on_started()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.loads is not None:

@@ -37,6 +37,7 @@ from cofre.settings import Settings
 from cofre_cli._listeners import check_listener_ports, claim_listener_ports
 from cofre_cli._open_files import raise_open_files
 from cofre_cli._production import production_checks, refusing_software_tokens
+from cofre_cli._ready_signal import announce_to_supervisor, announce_when_ready
 from cofre_cli.capture import capture_places, start_capture_listener
 from cofre_cli.stopping import stop_deadline
 from cofre_cli.wiring import (
@@ -63,14 +64,22 @@ def _configure_logs(level: str, worker: int | None) -> None:
     logging.config.dictConfig(log_config(level, worker=worker))
 
 
-def serve(settings: Settings, *, migrate_schema: bool = False, production: bool = True) -> None:
+def serve(
+    settings: Settings,
+    *,
+    migrate_schema: bool = False,
+    production: bool = True,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
     """Run the vault API (and the health listener, when a port is set) in the foreground
     until SIGTERM or SIGINT, drain (`api.lifecycle`), then wipe the keys and close the
     HSM session. In `production` (`cofre serve`) the settings are checked first
     (`production_checks`); only `cofre dev` passes `migrate_schema` (production runs
     `cofre db migrate` first, as the owner role). With more than one worker
     (``server.workers``, default one per core) each runs in its own process
-    (`cofre_cli.workers`); raises `SystemExit` with the node's status when one failed."""
+    (`cofre_cli.workers`); raises `SystemExit` with the node's status when one failed.
+    `on_ready` is called once, when every worker accepts connections and passes its
+    readiness check (`cofre_cli._ready_signal`): `cofre dev` prints its banner then."""
     _configure_logs(settings.log_level, None)
     # Before anything opens a descriptor or reads the limit: the workers inherit it, and
     # their descriptor bounds are shares of it (`cofre_cli._open_files`, session 38).
@@ -94,14 +103,20 @@ def serve(settings: Settings, *, migrate_schema: bool = False, production: bool 
     )
     for name in allowed:
         _log.warning("INSECURE setting in effect", setting=f"COFRE_INSECURE__{name.upper()}")
+
+    def ready() -> None:
+        _log.info("ready: every worker answers", workers=workers)
+        if on_ready is not None:
+            on_ready()
+
     with claim_listener_ports(settings, workers):
         if workers == 1:
-            serve_worker(settings, None, migrate_schema=migrate_schema)
+            serve_worker(settings, None, migrate_schema=migrate_schema, ready=ready)
             return
         if migrate_schema:
             # Once, here, before the workers open the store.
             open_database(settings, run_migrations=True).dispose()
-        status = run_workers(settings, workers, serve_worker)
+        status = run_workers(settings, workers, serve_worker, on_ready=ready)
     if status:
         raise SystemExit(status)
 
@@ -113,6 +128,7 @@ def serve_worker(
     loads: Counts | None = None,
     *,
     migrate_schema: bool = False,
+    ready: Callable[[], None] | None = None,
 ) -> None:
     """One serving process: its own runtime (HSM sessions, database pool, group
     committer, sequencer and purge threads) and listeners. `index` is None for a node of
@@ -120,7 +136,8 @@ def serve_worker(
     answers the health listener's ``/readyz`` for the whole node through `stamps`
     (`cofre_cli.workers.NodeReadiness`), publishes its requests in flight in `loads` and
     sheds a connection when busier than another worker (`api.balance`), and serves its
-    own Prometheus listener on the metrics port + `index`."""
+    own Prometheus listener on the metrics port + `index`. Once it answers, it calls
+    `ready` (a numbered worker tells its supervisor: `cofre_cli._ready_signal`)."""
     if index is not None:
         _configure_logs(settings.log_level, index)
     server = settings.server
@@ -156,6 +173,10 @@ def serve_worker(
             # PCI DSS 10.2.1.5: each CRL this process puts in force, once (finding F6).
             runtime.record_crl_changes(watcher)
             check_ready = functools.partial(_with_crl, runtime.check_ready, watcher.check)
+        # Its own check (not the node's): the supervisor hears from every worker.
+        api.on_started = announce_when_ready(
+            check_ready, runtime.readiness, ready or announce_to_supervisor
+        )
         health = None
         node: NodeReadiness | None = None
         stop_beats: Callable[[], None] = _nothing

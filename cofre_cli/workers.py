@@ -41,7 +41,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
@@ -55,6 +55,7 @@ from api.lifecycle import defer_signals
 from cofre.background import LoopHealth
 from cofre.settings import Settings
 from cofre_cli._parent import die_with
+from cofre_cli._ready_signal import set_pipe
 from cofre_cli.stopping import leave_process
 
 _log = structlog.get_logger("cofre.workers")
@@ -294,6 +295,7 @@ def _worker(
     stamps: Stamps,
     loads: Counts,
     supervisor: int,
+    ready: Connection | None = None,
 ) -> None:
     # First: the supervisor started this process with the stop and reload signals
     # blocked; from here they are recorded, and acted on once it serves.
@@ -302,25 +304,33 @@ def _worker(
     # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which
     # forwards one SIGTERM; two signals would force the worker out mid-request.
     os.setpgid(0, 0)
+    set_pipe(ready, index)  # `announce_to_supervisor` writes there once it answers
     target(settings, index, stamps, loads)
     leave_process(0)  # no interpreter finalisation after the stop (`cofre_cli.stopping`)
 
 
-def run_workers(settings: Settings, count: int, target: Target) -> int:
+def run_workers(
+    settings: Settings, count: int, target: Target, *, on_ready: Callable[[], None] | None = None
+) -> int:
     """Run `target(settings, index, stamps, loads)` in `count` spawned processes until
     they all end; forward stop and reload signals. `stamps` is the node's shared
     readiness array (`NodeReadiness`), `loads` its requests in flight per worker
-    (`api.balance`). Returns the exit status for the node: 0 when every worker stopped
-    cleanly after a stop signal, else the first failed worker's status."""
+    (`api.balance`). `on_ready` is called (in this thread) once every worker has said
+    it answers (`cofre_cli._ready_signal.announce_to_supervisor`). Returns the exit
+    status for the node: 0 when every worker stopped cleanly after a stop signal, else
+    the first failed worker's status."""
     context = multiprocessing.get_context("spawn")
     # Shared memory the workers inherit at spawn; no lock: each worker writes only its
     # own aligned double, and a reader needs no more than one slot's last write.
     stamps: Stamps = context.RawArray("d", count)
     loads = node_counts(context, count)
+    # Every worker writes its index here once it answers (`_ready_signal`).
+    heard, told_ready = context.Pipe(duplex=False)
+    answering: set[int] = set()
     processes = [
         context.Process(
             target=_worker,
-            args=(target, settings, i, stamps, loads, os.getpid()),
+            args=(target, settings, i, stamps, loads, os.getpid(), told_ready),
             name=f"cofre-worker-{i}",
         )
         for i in range(count)
@@ -350,9 +360,13 @@ def run_workers(settings: Settings, count: int, target: Target) -> int:
     status = 0
     try:
         running = _start(processes, lambda: stops > 0)
+        told_ready.close()  # the workers have their copies: all gone, `heard` ends
         tell_workers()  # a stop that arrived while the last one started
+        listening = not heard.closed
         while running:
-            wait([p.sentinel for p in running])
+            wait([p.sentinel for p in running] + ([heard] if listening else []))
+            if listening and heard.poll():
+                listening = _heard_from(heard, answering, count, on_ready, lambda: stops > 0)
             for process in [p for p in running if p.exitcode is not None]:
                 running.remove(process)
                 code = process.exitcode or 0
@@ -369,7 +383,28 @@ def run_workers(settings: Settings, count: int, target: Target) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        heard.close()
     return status
+
+
+def _heard_from(
+    heard: Connection,
+    answering: set[int],
+    count: int,
+    on_ready: Callable[[], None] | None,
+    stopping: Callable[[], bool],
+) -> bool:
+    """Read one worker's "I answer" into `answering`; once all `count` have said it,
+    call `on_ready` (unless the node is stopping). Returns whether to listen on."""
+    try:
+        answering.add(heard.recv())
+    except (EOFError, OSError):
+        return False  # every worker's end closed: those left never will say it
+    if len(answering) < count:
+        return True
+    if on_ready is not None and not stopping():
+        on_ready()
+    return False
 
 
 def _start(processes: list[SpawnProcess], stopping: Callable[[], bool]) -> list[SpawnProcess]:

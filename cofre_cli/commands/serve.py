@@ -101,10 +101,12 @@ def dev_command(
         rel = _relative(pki.root)
         # A well-known test card number, assembled here so no source file carries one.
         test_pan = "4111" + "1" * 12
-        typer.echo(
-            # Printed before the workers start: they listen seconds later (session 38).
-            f"\nThe vault is starting on https://{settings.server.host}:{settings.server.port}; "
-            "once it answers (a few seconds: until then curl cannot connect), tokenize a "
+        address = f"https://{settings.server.host}:{settings.server.port}"
+        typer.echo(f"starting the vault on {address}; it says when it answers")
+        banner = (
+            # Printed once every worker answers (`cofre_cli._ready_signal`): the call
+            # pasted the moment it appears works (sessions 38 and 39).
+            f"\nThe vault listens on {address}; tokenize a "
             "test card as the 'payments' service:\n\n"
             f"  curl --cacert {rel}/ca.pem --cert {rel}/clients/payments.pem "
             f"--key {rel}/clients/payments-key.pem \\\n"
@@ -120,7 +122,12 @@ def dev_command(
             f"  {_config_prefix(env.config_file)}cofre audit verify "
             f"--witness-key {_relative(witness.directory)}/witness.vkey\n"
         )
-        serve(settings, migrate_schema=True, production=False)
+        serve(
+            settings,
+            migrate_schema=True,
+            production=False,
+            on_ready=lambda: typer.echo(banner),
+        )
     finally:
         witness.stop()
 

@@ -140,7 +140,12 @@ def test_two_workers_share_the_port_and_sqlite_stays_exact(
     events = [json.loads(line) for line in vault.log.read_text().splitlines() if line.strip()]
     # Every line a worker wrote names it (its threads' and uvicorn's too); only the
     # supervisor's own lines do not.
-    supervisor = {"starting", "workers started", "INSECURE setting in effect"}
+    supervisor = {
+        "starting",
+        "workers started",
+        "INSECURE setting in effect",
+        "ready: every worker answers",  # session 39: each worker told it (a pipe)
+    }
     unnamed = {e["event"] for e in events if "worker" not in e}
     assert unnamed <= supervisor, unnamed
     served_by = {e.get("worker") for e in events if e.get("event") == "request"}
