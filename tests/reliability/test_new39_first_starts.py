@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from audit.schema import audit_entries
 from tests.support.pans import card_number
 from tests.support.softhsm import SoftHSMToken
-from tests.support.vault_process import make_vault
+from tests.support.vault_process import VaultProcess, make_vault
 from vault.key_registry import REGISTER_RECORDS
 
 
@@ -36,9 +36,9 @@ def test_two_first_starts_at_once_on_one_postgresql(
     ]
     failures: list[BaseException] = []
 
-    def start(node: object) -> None:
+    def start(node: VaultProcess) -> None:
         try:
-            node.start(timeout=180)  # type: ignore[attr-defined]
+            node.start(timeout=180)
         except BaseException as exc:  # noqa: BLE001 - reported below, by the test's thread
             failures.append(exc)
 
