@@ -36,6 +36,8 @@ from policies.engine import PolicyEngine
 from vault.errors import KeyNotRegistered, StorageUnavailable
 
 REGISTER: Final = "key.register"
+# The transaction-scoped advisory lock of a first start's adoption: "CofreR".
+_ADOPT_LOCK: Final = 0x436F66726552
 # The registry's records in the log, as the predicate of migration 0014's partial index
 # (``ix_audit_entries_key_register``). SQLite and PostgreSQL use a partial index only
 # for a query that carries its predicate word for word, so this is that text, never a
@@ -277,6 +279,12 @@ class KeyRegistry:
             if identity is not None and parse_key_label(label) is not None
         ]
         with self._engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Two first starts at once (session 39, new39) each read an empty
+                # registry under READ COMMITTED and both adopted every key: the second
+                # now waits here and finds the first's records. SQLite's BEGIN
+                # IMMEDIATE already keeps writers apart.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADOPT_LOCK})
             if self._read(connection):  # another node adopted meanwhile
                 return []
             for label in adopted:
