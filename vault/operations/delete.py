@@ -23,8 +23,9 @@ from vault.storage.schema import tokens
 _PURGE_LOCK_KEY: Final = 0x436F667250
 # The hot path's statements, built once: building and cache-keying a statement per call
 # cost more Python time than running it.
-# The purge's read of expired live tokens, through migration 0015's partial index
-# (``ix_tokens_live_expires_at``, whose predicate ``deleted_at IS NULL`` this carries):
+# The purge's read of expired live tokens, through the partial index of migrations 0015
+# and 0025 (``ix_tokens_live_expiring``, whose predicate ``expires_at IS NOT NULL AND
+# deleted_at IS NULL`` this implies):
 # a purged token keeps its row and its expiry, so through the plain expiry index every
 # run walked every token ever purged first (a cost growing for ever). In its order, oldest
 # expiry first: without it PostgreSQL's planner, taking the two conditions as

@@ -79,7 +79,17 @@ tokens = Table(
     Column("expires_at", DateTime(timezone=True), nullable=True),
     Column("deleted_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("owner", "idempotency_key"),
-    Index("uq_tokens_domain_idempotency", "domain", "idempotency_key", unique=True),
+    # Partial (migration 0025): only a row with a key has an entry. Most rows have none (a
+    # batch item, a call without the header), and an entry of a NULL key serves no read
+    # and enforces nothing (NULLs never conflict): it was index upkeep per card.
+    Index(
+        "uq_tokens_domain_idempotency_keyed",
+        "domain",
+        "idempotency_key",
+        unique=True,
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
     # Convergent formats: one live token per domain, PAN and format. Two concurrent
     # tokenize calls for the same PAN race on this index; the loser re-reads the winner's.
     Index(
@@ -93,7 +103,15 @@ tokens = Table(
     ),
     Index("ix_tokens_fingerprint", "fingerprint"),
     Index("ix_tokens_key_version", "key_version"),
-    Index("ix_tokens_expires_at", "expires_at"),
+    # Partial (migration 0025), as above: a token without an expiry has no entry, and
+    # every read of the column compares it (`expires_at <= now`), which implies the
+    # predicate on both databases.
+    Index(
+        "ix_tokens_expiring",
+        "expires_at",
+        sqlite_where=text("expires_at IS NOT NULL"),
+        postgresql_where=text("expires_at IS NOT NULL"),
+    ),
 )
 
 # An idempotency key's answer (review tok, F2). A token row holds the key of the call
