@@ -411,9 +411,9 @@ def test_the_purge_reads_expired_tokens_through_the_live_expiry_index(engine: En
     """The purge worker runs every few minutes on every node. A purged token keeps its
     row and its expiry (crypto-shredded, `deleted_at` set), so a read through the plain
     expiry index walked every token ever purged before the first one left to purge,
-    and all of them when none was: a cost growing for ever. Only migration 0015's
-    partial index, of the live tokens alone, may serve it; the plain one shows as a
-    search too, so the index is named."""
+    and all of them when none was: a cost growing for ever. Only the partial index of
+    the live tokens alone (migration 0015, with an expiry alone since 0025) may serve
+    it; the plain one shows as a search too, so the index is named."""
     # "?" placeholders, as `_plan` takes on both databases; the date only the planner
     # sees, as text (the plan does not depend on it).
     compiled = _EXPIRED_LIVE.compile(dialect=sqlite.dialect())
