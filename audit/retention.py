@@ -65,6 +65,17 @@ def record_object(payload: str) -> dict[str, Any] | None:
     return entry if isinstance(entry, dict) else None
 
 
+def record_details(payload: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The log record `payload` and its details (an empty object when it has none), or
+    None when either is no object: a record the vault never writes (`record_object`)."""
+    entry = record_object(payload)
+    if entry is None:
+        return None
+    details = entry.get("details")
+    details = {} if details is None else details
+    return (entry, details) if isinstance(details, dict) else None
+
+
 def data_key_retired(payload: str) -> int | None:
     """The data-key version the log entry `payload` (a `COMPLETE_RECORDS` one) records
     retired and destroyed by a data rotation, or None when it records none: another
@@ -279,8 +290,10 @@ def _carry_forward_key_records(connection: Connection, partition: str, actor: st
     ).all()
     by_label: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
     for row in rows:
-        details = json.loads(row.payload).get("details", {})
-        by_label.setdefault(str(details.get("label", "")), []).append((row, details))
+        parsed = record_details(row.payload)
+        if parsed is None:  # not the vault's: nothing to carry (session 39)
+            continue
+        by_label.setdefault(str(parsed[1].get("label", "")), []).append((row, parsed[1]))
     count = 0
     for label, records in sorted(by_label.items()):
         online = {_key_of(d) for row, d in records if row.part != partition}

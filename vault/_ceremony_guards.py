@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, Row, Select, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from audit.log import AuditEvent, AuditLog, DetailValue, HexDigest, Outcome
+from audit.retention import record_details
 from audit.schema import audit_entries
 from cofre.errors import CofreError
 from hsm.provider import HSMProvider
@@ -333,10 +334,10 @@ def _cancelled(connection: Connection, ceremony_id: str, proposal: str | None) -
     """Whether the audit log holds a cancel of `ceremony_id`, or of a ceremony of its
     signed `proposal`, that took effect (a denied cancel changed nothing)."""
     for entry in connection.execute(cancels_of(ceremony_id, proposal)).scalars():
-        record = json.loads(entry)
-        if record.get("outcome") != Outcome.SUCCESS.value:
+        parsed = record_details(entry)  # None: not the vault's (session 39)
+        if parsed is None or parsed[0].get("outcome") != Outcome.SUCCESS.value:
             continue
-        details = record.get("details") or {}
+        record, details = parsed
         if record.get("key_id") == ceremony_id or (
             proposal is not None and details.get("proposal") == proposal
         ):
@@ -372,16 +373,14 @@ def proposal_mark(row: Row[Any]) -> dict[str, DetailValue]:
 
 def _started(connection: Connection, ceremony_id: str) -> bool:
     """Whether the audit log holds a start of `ceremony_id`."""
-    found = connection.execute(starts_of(ceremony_id)).scalars()
-    return any(json.loads(entry).get("key_id") == ceremony_id for entry in found)
+    found = (record_details(e) for e in connection.execute(starts_of(ceremony_id)).scalars())
+    return any(parsed and parsed[0].get("key_id") == ceremony_id for parsed in found)
 
 
 def _proposal_started(connection: Connection, proposal: str) -> bool:
     """Whether the audit log holds a start of a ceremony proposed by `proposal`."""
-    found = connection.execute(_proposal_starts(proposal)).scalars()
-    return any(
-        (json.loads(entry).get("details") or {}).get("proposal") == proposal for entry in found
-    )
+    found = (record_details(e) for e in connection.execute(_proposal_starts(proposal)).scalars())
+    return any(parsed and parsed[1].get("proposal") == proposal for parsed in found)
 
 
 def replay_refusal(connection: Connection, row: Row[Any]) -> CeremonyRefused | None:

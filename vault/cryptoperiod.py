@@ -17,7 +17,6 @@ Each current key is ``ok``, ``expiring`` (within the warning window of its end) 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any, Final
 import structlog
 from sqlalchemy import Engine, select, text
 
+from audit.retention import record_details
 from audit.schema import READ_ONLY, audit_entries
 from cofre.dberrors import database_errors_as
 from cofre.settings import KeySettings
@@ -145,7 +145,10 @@ class CryptoperiodMonitor:
         out: dict[str, datetime] = {}
         with self._reader.connect() as connection:
             for payload, created_at in connection.execute(_REGISTERED).all():
-                label = str(json.loads(payload).get("details", {}).get("label", ""))
+                parsed = record_details(payload)
+                if parsed is None:  # not the vault's (session 39)
+                    continue
+                label = str(parsed[1].get("label", ""))
                 out[label] = as_utc(created_at) or created_at
         return out
 

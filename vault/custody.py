@@ -34,6 +34,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, Engine, select, text
 
 from audit.log import MAX_DOCUMENT, AuditEvent, AuditLog, Outcome
+from audit.retention import record_details
 from audit.schema import READ_ONLY, audit_entries
 from cofre.dberrors import database_errors_as
 from cofre.redaction import mask_pan_like
@@ -288,13 +289,16 @@ def recorded(connection: Connection) -> list[dict[str, Any]]:
     """The acknowledgements the audit log on `connection` holds, oldest first."""
     out = []
     for entry_id, payload in connection.execute(_ACKNOWLEDGEMENTS).all():
-        entry = json.loads(payload)
+        parsed = record_details(payload)
+        if parsed is None:  # not the vault's (session 39)
+            continue
+        entry, details = parsed
         out.append(
             {
                 "entry_id": int(entry_id),
                 "identity": entry.get("actor"),
                 "at": entry.get("time"),
-                **entry.get("details", {}),
+                **details,
                 # Since session 34 the entry's document; before, a detail (whole
                 # only when it was 512 characters or fewer).
                 **({"statement": entry["document"]} if "document" in entry else {}),
