@@ -35,6 +35,7 @@ longer grants (a removed officer, a replaced MFA key) counts as an unsigned one 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Collection
 from datetime import datetime
@@ -57,7 +58,7 @@ from vault.storage.schema import key_approvals, key_ceremonies
 
 REGISTER_KIND: Final = "register"  # the ceremony kind (`vault.ceremony.RotationKind`)
 DOCUMENT_TYPE: Final = "cofre-signed-registration/v1"
-_KNOWN: Final = 4096  # verified records remembered (`officers_verifier`)
+_KNOWN: Final = 1 << 15  # answers remembered, by digest (`officers_verifier`)
 
 
 def proposed_registration(proof: str | None) -> dict[str, str] | None:
@@ -178,22 +179,33 @@ def officers_verifier(
     """`signed_registration_time` under the policy in force and the vault's own names,
     as the key registry asks it (`vault.key_registry.KeyRegistry.trust_signed`)."""
 
-    # Each answer kept per policy in force (its object: a reload makes a new one, held
-    # here so its id is never reused), names and record: the registry reads every
-    # second, and a database writer's many copies of a signed record would otherwise
-    # cost their signatures' verifications at each read. Bounded; the registry's lock
-    # serialises the calls.
-    known: dict[tuple[PolicyEngine, frozenset[str] | None, str, str], int | None] = {}
+    # Each answer kept for the policy in force (its object: a reload makes a new one,
+    # held here so that it is never mistaken for another) and names, by a digest of the
+    # record: the registry reads every second, and a database writer's many copies of a
+    # signed record would otherwise cost their signatures' verifications at each read.
+    # Review rev39c: keyed by the record itself, the answers kept every document read
+    # (64 KiB each, 4,096 of them: 256 MiB a worker), and past 4,096 records the memory
+    # was cleared whole, so every read verified every record again. Now a digest each,
+    # and once full the answers kept stay (a flood past the bound costs its excess at
+    # each read, never the whole). The registry's lock serialises the calls.
+    known: dict[bytes, int | None] = {}
+    held: list[tuple[PolicyEngine, frozenset[str] | None]] = []
 
     def verify(details: dict[str, Any], document: object) -> int | None:
         engine = policy()
         names = None if authorities is None else frozenset(authorities())
-        key = (engine, names, json.dumps(details, sort_keys=True, default=str), str(document))
-        if key not in known:
-            if len(known) >= _KNOWN:
-                known.clear()
-            known[key] = signed_registration_time(details, document, engine, names)
-        return known[key]
+        if not held or held[0][0] is not engine or held[0][1] != names:
+            known.clear()
+            held[:] = [(engine, names)]
+        # JSON escapes NUL, so the separator keeps the two parts apart.
+        record = json.dumps(details, sort_keys=True, default=str) + "\x00" + str(document)
+        key = hashlib.sha256(record.encode("utf-8", "surrogatepass")).digest()
+        if key in known:
+            return known[key]
+        answer = signed_registration_time(details, document, engine, names)
+        if len(known) < _KNOWN:
+            known[key] = answer
+        return answer
 
     return verify
 
