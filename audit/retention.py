@@ -289,18 +289,21 @@ def _carry_forward_key_records(connection: Connection, partition: str, actor: st
         {"prefix": f'{{"action":"{_REGISTER}",%'},
     ).all()
     by_label: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
+    documents: dict[int, object] = {}
     for row in rows:
         parsed = record_details(row.payload)
         if parsed is None:  # not the vault's: nothing to carry (session 39)
             continue
+        documents[int(row.id)] = parsed[0].get("document")
         by_label.setdefault(str(parsed[1].get("label", "")), []).append((row, parsed[1]))
     count = 0
     for label, records in sorted(by_label.items()):
-        online = {_key_of(d) for row, d in records if row.part != partition}
-        latest_of: dict[tuple[object, object], tuple[Any, dict[str, Any]]] = {}
+        online = {_key_of(d, documents[row.id]) for row, d in records if row.part != partition}
+        latest_of: dict[tuple[object, ...], tuple[Any, dict[str, Any]]] = {}
         for row, details in records:
-            if row.part == partition and _key_of(details) not in online:
-                latest_of[_key_of(details)] = (row, details)
+            key = _key_of(details, documents[row.id])
+            if row.part == partition and key not in online:
+                latest_of[key] = (row, details)
         carried = sorted(latest_of.values(), key=lambda record: int(record[0].id))
         if carried and carried[-1][0] is not records[-1][0]:
             carried.append(records[-1])
@@ -315,7 +318,7 @@ def _carry_forward_key_records(connection: Connection, partition: str, actor: st
                     details={**details, "carried_forward_from": row.leaf_index},
                     # A record the officers signed keeps their signatures: without them
                     # the copy is an unsigned record (`vault._signed_registration`).
-                    document=json.loads(row.payload).get("document"),
+                    document=documents[row.id],
                 ),
             )
             count += 1
@@ -336,10 +339,17 @@ def _carry_forward_key_records(connection: Connection, partition: str, actor: st
     return count
 
 
-def _key_of(details: dict[str, Any]) -> tuple[object, object]:
+def _key_of(details: dict[str, Any], document: object) -> tuple[object, ...]:
     """The key a registry record names (its CKA_ID and check value), as the vault's key
-    registry compares them (`vault.key_registry.KeyIdentity`)."""
-    return details.get("cka_id"), details.get("check")
+    registry compares them (`vault.key_registry.KeyIdentity`), and for a record that may
+    be one the officers signed (a ceremony and a document) that ceremony and document:
+    review rev39c, an unsigned record of the same key online is no such record, and a
+    writer's unsigned copy of the genuine key's registration kept the officers' repair
+    of a label from being carried, so the retire undid it (the forged record, named
+    nowhere online, was carried)."""
+    key = (details.get("cka_id"), details.get("check"))
+    signed = "ceremony" in details and document is not None
+    return (*key, details["ceremony"], document) if signed else key
 
 
 def _newest_data_retirement(connection: Connection) -> Any:
