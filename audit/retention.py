@@ -298,7 +298,11 @@ def _carry_forward_key_records(connection: Connection, partition: str, actor: st
         by_label.setdefault(str(parsed[1].get("label", "")), []).append((row, parsed[1]))
     count = 0
     for label, records in sorted(by_label.items()):
-        online = {_key_of(d, documents[row.id]) for row, d in records if row.part != partition}
+        online: set[tuple[object, ...]] = set()
+        for row, details in records:
+            if row.part != partition:  # an online signed record names its key too
+                key = _key_of(details, documents[row.id])
+                online |= {key, key[:2]}
         latest_of: dict[tuple[object, ...], tuple[Any, dict[str, Any]]] = {}
         for row, details in records:
             key = _key_of(details, documents[row.id])
@@ -340,13 +344,13 @@ def _carry_forward_key_records(connection: Connection, partition: str, actor: st
 
 
 def _key_of(details: dict[str, Any], document: object) -> tuple[object, ...]:
-    """The key a registry record names (its CKA_ID and check value), as the vault's key
-    registry compares them (`vault.key_registry.KeyIdentity`), and for a record that may
-    be one the officers signed (a ceremony and a document) that ceremony and document:
-    review rev39c, an unsigned record of the same key online is no such record, and a
-    writer's unsigned copy of the genuine key's registration kept the officers' repair
-    of a label from being carried, so the retire undid it (the forged record, named
-    nowhere online, was carried)."""
+    """The key a registry record names (its CKA_ID and check value: the first two), as
+    the vault's key registry compares them (`vault.key_registry.KeyIdentity`), then for
+    a record that may be one the officers signed (a ceremony and a document) that
+    ceremony and document: only the same record online stands for it. Review rev39c: a
+    writer's unsigned copy of the genuine key's registration, online, kept the officers'
+    repair of a label from being carried, so the retire undid it (the forged record,
+    named nowhere online, was carried)."""
     key = (details.get("cka_id"), details.get("check"))
     signed = "ceremony" in details and document is not None
     return (*key, details["ceremony"], document) if signed else key
