@@ -321,8 +321,9 @@ def _carry_forward_key_records(connection: Connection, partition: str, actor: st
                     key_id=label,
                     details={**details, "carried_forward_from": row.leaf_index},
                     # A record the officers signed keeps their signatures: without them
-                    # the copy is an unsigned record (`vault._signed_registration`).
-                    document=documents[row.id],
+                    # the copy is an unsigned record (`vault._signed_registration`); the
+                    # vault writes a document as text alone.
+                    document=_text_or_none(documents[row.id]),
                 ),
             )
             count += 1
@@ -341,6 +342,11 @@ def _carry_forward_key_records(connection: Connection, partition: str, actor: st
         )
         count += 1
     return count
+
+
+def _text_or_none(document: object) -> str | None:
+    """A record's document when it is text (the vault's), else None."""
+    return document if isinstance(document, str) else None
 
 
 def _key_of(details: dict[str, Any], document: object) -> tuple[object, ...]:
