@@ -112,3 +112,29 @@ def append_registration(
                 document=document,
             ),
         )
+
+
+def malformed_records(action: str) -> dict[str, str]:
+    """Records a writer of the database may insert that start like `action`'s (so a
+    reader selecting by the payload's start finds them) but that the vault never writes:
+    not JSON, details that are no object, trailing data; by name (reviews rev39, s39)."""
+    start = f'{{"action":"{action}",'
+    return {
+        "not-json": start + '"details":{"label":"cofre-kek-v1",',
+        "details-a-string": start + '"details":"x","outcome":"success"}',
+        "details-a-list": start + '"details":[1],"outcome":"success"}',
+        "not-an-object": start + '"x":1}[]',
+    }
+
+
+def insert_record(engine: Engine, payload: str) -> None:
+    """Insert `payload` into the audit log as a writer of the database would (no entry
+    of the vault's, no leaf: the app role's grant)."""
+    from datetime import UTC, datetime  # noqa: PLC0415 - used here alone
+
+    from audit.schema import audit_entries  # noqa: PLC0415
+
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(audit_entries), {"payload": payload, "created_at": datetime.now(UTC)}
+        )

@@ -23,8 +23,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from audit.schema import audit_entries
 from hsm.provider import HSMProvider
+from tests.support.audit_trail import insert_record, malformed_records
 from tests.support.backups import backup, restore_row
 from tests.support.pans import card_number
 from tests.vault.conftest import GETNET, PAYMENTS
@@ -37,12 +37,7 @@ from vault.storage.schema import data_keys
 
 CARD = Pan(card_number("453201", 39201))
 
-_MALFORMED = {
-    "not-json": '{"action":"key.rotation.complete","details":{"kind":"data",',
-    "details-a-string": '{"action":"key.rotation.complete","details":"x","outcome":"success"}',
-    "details-a-list": '{"action":"key.rotation.complete","details":[1],"outcome":"success"}',
-    "not-an-object": '{"action":"key.rotation.complete",' + '"x":1}' + "[]",
-}
+_MALFORMED = malformed_records("key.rotation.complete")
 
 
 @pytest.mark.parametrize("payload", list(_MALFORMED.values()), ids=list(_MALFORMED))
@@ -55,10 +50,7 @@ def test_a_malformed_completion_record_does_not_stop_every_unwrap(
 ) -> None:
     service, rotation = rig
     token = service.tokenize(PAYMENTS, TokenizeRequest(CARD, "pan_bin6_last4")).token
-    with engine.begin() as connection:  # the writer's insert
-        connection.execute(
-            sa.insert(audit_entries), {"payload": payload, "created_at": datetime.now(UTC)}
-        )
+    insert_record(engine, payload)  # the writer's insert
     rotation.run_pending()  # the worker's pass reads the records too
     fresh = _node(engine, rotation_provider)  # nothing unwrapped yet in its memory
     try:
@@ -83,10 +75,7 @@ def test_a_forged_data_completion_does_not_retire_the_live_key(
         '{"action":"key.rotation.complete","actor":"cofre rotation",'
         '"details":{"kind":"data","retired_version":1000000},"outcome":"success"}'
     )
-    with engine.begin() as connection:
-        connection.execute(
-            sa.insert(audit_entries), {"payload": forged, "created_at": datetime.now(UTC)}
-        )
+    insert_record(engine, forged)
     fresh = _node(engine, rotation_provider)
     try:
         assert fresh.detokenize(GETNET, token).pan == CARD

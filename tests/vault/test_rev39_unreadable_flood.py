@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from audit.schema import audit_entries
+from tests.support.audit_trail import insert_record
 from tests.support.pans import card_number
 from tests.vault.conftest import ALICE, CAROL, GETNET, PAYMENTS
 from vault.ceremony import CeremonyState
@@ -104,10 +105,7 @@ def test_a_malformed_unreadable_record_does_not_stall_a_data_rotation(
     token = service.tokenize(PAYMENTS, TokenizeRequest(CARDS[0], "pan_bin6_last4")).token
     ceremony = rotation.propose(ALICE, "data")
     rotation.approve(CAROL, ceremony.id)
-    with engine.begin() as connection:
-        connection.execute(
-            sa.insert(audit_entries), {"payload": payload, "created_at": datetime.now(UTC)}
-        )
+    insert_record(engine, payload)
     for _ in range(6):
         rotation.run_pending()
         if rotation.status(ALICE, ceremony.id).state == CeremonyState.COMPLETED:

@@ -15,14 +15,11 @@ SoftHSM2, SQLite and PostgreSQL, the real vault service.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
-import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from audit.schema import audit_entries
 from hsm.provider import HSMProvider
+from tests.support.audit_trail import insert_record, malformed_records
 from tests.support.pans import card_number
 from tests.vault.conftest import GETNET, PAYMENTS
 from tests.vault.test_bak38_restored_backup import _node
@@ -30,12 +27,7 @@ from vault.pan import Pan
 from vault.rotation import KeyRotation
 from vault.service import TokenizeRequest, VaultService
 
-_MALFORMED = {
-    "register-not-json": '{"action":"key.register","details":{"label":"cofre-kek-v1",',
-    "register-details-a-string": '{"action":"key.register","details":"x","outcome":"success"}',
-    "register-details-a-list": '{"action":"key.register","details":[1],"outcome":"success"}',
-    "register-not-an-object": '{"action":"key.register",' + '"x":1}' + "[]",
-}
+_MALFORMED = malformed_records("key.register")
 
 
 @pytest.mark.parametrize("payload", list(_MALFORMED.values()), ids=list(_MALFORMED))
@@ -49,10 +41,7 @@ def test_a_malformed_record_does_not_stop_the_vault(
     service, rotation = rig
     card = Pan(card_number("453201", 39301))
     token = service.tokenize(PAYMENTS, TokenizeRequest(card, "pan_bin6_last4")).token
-    with engine.begin() as connection:  # the writer's insert
-        connection.execute(
-            sa.insert(audit_entries), {"payload": payload, "created_at": datetime.now(UTC)}
-        )
+    insert_record(engine, payload)  # the writer's insert
     rotation.run_pending()
     fresh = _node(engine, rotation_provider)  # reads the registry from the log anew
     try:
