@@ -199,6 +199,10 @@ class ServerSettings(_Section):
     def _balancers_are_not_everyone(self) -> ServerSettings:
         if any(network.prefixlen == 0 for network in self.load_balancers):
             raise ValueError("load_balancers cannot hold every address (a /0)")
+        for network in self.load_balancers:  # peers are compared as IPv4 (rev39c)
+            mapped = getattr(network.network_address, "ipv4_mapped", None)
+            if mapped is not None:
+                raise ValueError(f"load_balancers: write {network} as an IPv4 network")
         return self
 
 

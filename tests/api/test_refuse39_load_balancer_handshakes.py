@@ -122,3 +122,15 @@ def test_every_address_is_not_a_load_balancer(value: str, monkeypatch: pytest.Mo
     monkeypatch.setenv("COFRE_SERVER__LOAD_BALANCERS", value)
     with pytest.raises((ConfigurationError, ValueError)):
         Settings()
+
+
+@pytest.mark.parametrize("value", ['["::ffff:10.0.0.0/104"]', '["::ffff:0.0.0.0/96"]'])
+def test_a_balancer_written_as_a_mapped_ipv6_network_is_refused(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review rev39c: peers are compared as IPv4 addresses, so an IPv4-mapped IPv6
+    network named no balancer, silently (the share stayed on for it). Refused at load,
+    naming the IPv4 form to write."""
+    monkeypatch.setenv("COFRE_SERVER__LOAD_BALANCERS", value)
+    with pytest.raises((ConfigurationError, ValueError), match="as an IPv4 network"):
+        Settings()
