@@ -29,6 +29,7 @@ from tests.support.vault_evidence import (
     export_to,
     verifier_cli,
     verify_by_vault_key,
+    whole_log,
     write_entry,
 )
 from vault.key_registry import token_identities
@@ -90,7 +91,7 @@ def test_a_kek_rotated_under_dual_control_still_verifies(
 ) -> None:
     """The genuine path: Alice proposes, Bob approves, the vault makes and registers the
     new KEK in the start's transaction; the registration is tied to that ceremony."""
-    since = datetime.now(UTC) - timedelta(seconds=1)
+    since = whole_log()
     approved = vault.approved_rotation("kek")
     report = verify_by_vault_key(export_to(vault, since, tmp_path / "genuine.tar.gz"), vault)
     assert report.ok, report.problems

@@ -10,7 +10,6 @@ exporter and verifier."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,12 @@ from hsm.keys import KeyKind
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.api.test_forged_ceremony_rows import ROTATIONS
-from tests.support.vault_evidence import export_to, verify_by_vault_key, write_entry
+from tests.support.vault_evidence import (
+    export_to,
+    verify_by_vault_key,
+    whole_log,
+    write_entry,
+)
 
 
 @pytest.fixture
@@ -41,7 +45,7 @@ def _register(vault: VaultServer, registered: dict[str, str | None]) -> None:
 def test_a_register_ceremony_is_proven_and_a_forged_row_is_not(
     vault: VaultServer, tmp_path: Path, forged: bool
 ) -> None:
-    since = datetime.now(UTC) - timedelta(seconds=1)
+    since = whole_log()
     registry = vault.runtime.service.keyring.registry
     label = registry.current_label(KeyKind.KEK)
     genuine = registry.registered(fresh=True)[label].as_details()

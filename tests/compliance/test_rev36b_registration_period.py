@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from sqlalchemy import select
 from audit.schema import audit_entries
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
-from tests.support.vault_evidence import verify_by_vault_key
+from tests.support.vault_evidence import verify_by_vault_key, whole_log
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_a_period_never_ends_between_a_registration_and_its_start(
 
 
 def _rotate_and_export(vault: VaultServer, tmp_path: Path) -> None:
-    since = datetime.now(UTC) - timedelta(seconds=1)
+    since = whole_log()
     vault.approved_rotation("kek")
     [started] = _times(vault, "key.rotation.start")
     # The period that ends at the start (the latest end that would split them).
