@@ -261,7 +261,7 @@ def hash_list(value: object, what: str) -> list[bytes]:
     return [base64_bytes(item, what) for item in value]
 
 
-def _lines(data: bytes) -> Iterator[bytes]:
+def member_lines(data: bytes) -> Iterator[bytes]:
     """The lines of a JSON-lines file, split at newlines only (a CR before one is JSON
     whitespace; U+2028 is a character of a JSON string, not a line break), one at a
     time: what a member holds past the lines read is never split up (review 31 bounded
@@ -284,7 +284,7 @@ def json_lines(
     once parsed)."""
     out: list[dict[str, Any]] = []
     brackets = 0
-    for number, line in enumerate(_lines(data), 1):
+    for number, line in enumerate(member_lines(data), 1):
         if number > most:
             if report is not None:
                 report.fail(f"{name}: more than the {most} lines it can hold")

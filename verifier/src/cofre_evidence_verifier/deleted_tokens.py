@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from cofre_evidence_verifier.bundle import Files, entry_object, json_lines
+from cofre_evidence_verifier.bundle import Files, entry_object, json_lines, member_lines
 from cofre_evidence_verifier.report import Report
 
 NAME: Final = "deleted_tokens"
@@ -93,10 +93,12 @@ def shredded_in(files: Files) -> Deleted:
 def listed_in(files: Files, report: Report, whose: str) -> set[str]:
     """The token ids of the bundle's `LISTED` file (none when it has none: a bundle of an
     exporter before session 39); a line that is not a token id, or out of order, fails
-    `report` (naming `whose` list), and the ids after it are not read."""
+    `report` (naming `whose` list), and the ids after it are not read. Read a line at a
+    time (session 40: split whole first, a member of short lines was millions of
+    objects before its second line was found out of order)."""
     out: set[str] = set()
     previous = ""
-    for number, raw in enumerate(files.get(LISTED, b"").split(b"\n"), 1):
+    for number, raw in enumerate(member_lines(files.get(LISTED, b"")), 1):
         if not raw:
             continue
         line = raw.decode("utf-8", "replace")

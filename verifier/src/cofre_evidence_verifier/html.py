@@ -14,6 +14,11 @@ from pathlib import Path
 from cofre_evidence_verifier.bundle import Files, json_lines, load_json, read_bundle
 from cofre_evidence_verifier.report import UNSAFE_MARK, Report, printable
 
+# Bytes of `requirements.md` the page shows. The exporter writes about 5 KB; the file is
+# only the exporter's word, signed by the audit key, and a member at the bundle's cap of
+# short lines made hundreds of millions of strings of the page (session 40).
+MAX_REQUIREMENTS = 64 * 1024
+
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem;color:#1b1f24}
 h1{font-size:1.6rem} .ok{color:#1a7f37} .fail{color:#cf222e}
@@ -126,7 +131,14 @@ def _bundle_sections(report: Report, files: Files) -> list[str]:
         # Its bytes are the ones the signed manifest lists; what it says is the
         # exporter's, not a finding of this verifier (review 35: shown even when the
         # files check failed, a swapped text stood beside the verified sections).
-        parts += _requirements(files.get("requirements.md", b"").decode("utf-8", "replace"))
+        text = files.get("requirements.md", b"")
+        parts += _requirements(text[:MAX_REQUIREMENTS].decode("utf-8", "replace"))
+        if len(text) > MAX_REQUIREMENTS:
+            parts.append(
+                f"<p class='fail'>{len(text) - MAX_REQUIREMENTS} bytes of requirements.md "
+                f"not shown (the page shows its first {MAX_REQUIREMENTS}; the exporter "
+                "writes about 5,000): read the file itself</p>"
+            )
     else:
         parts.append("<p class='fail'>Not shown: the bundle's files did not verify.</p>")
     return parts
