@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from cofre_evidence_verifier.boundaries import ENTRY_TIME
 from cofre_evidence_verifier.bundle import (
     Files,
     hash_list,
@@ -44,12 +45,17 @@ def entry_details(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def entry_time(entry: dict[str, Any]) -> int | None:
-    """The entry's time as a Unix second (None when it does not parse)."""
+    """The entry's time as a Unix second (None when it does not parse, or is not spelt
+    as the vault spells every entry's time: session 40, an offset moved a start's
+    instant hours before where its text sorts it)."""
+    text = entry.get("time")
+    if not isinstance(text, str) or ENTRY_TIME.fullmatch(text) is None:
+        return None
     try:
-        at = datetime.fromisoformat(str(entry.get("time")).replace("Z", "+00:00"))
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp())
+    return int(at.astimezone(UTC).timestamp())
 
 
 def succeeded(entry: dict[str, Any], action: str) -> bool:
@@ -224,3 +230,53 @@ def ceremonies_to_check(
             else:
                 out.setdefault(str(pool[start].get("key_id")), start)
     return out
+
+
+# How many second starts the report names one by one (a hostile bundle may hold many).
+MAX_RESTARTS: Final = 20
+
+
+def _starts(files: Files, records: bool) -> dict[str, int]:
+    """The first successful start of each ceremony among `files`' entries (and, when
+    `records`, the records of `NAME`, which its own verification proved), by id."""
+    rows = json_lines(files.get("audit/entries.jsonl", b""))
+    if records:
+        try:
+            listed = load_json(files.get(NAME, b"[]"))
+        except ValueError:
+            listed = []
+        rows += [r for r in listed if isinstance(r, dict)] if isinstance(listed, list) else []
+    out: dict[str, int] = {}
+    for row in sorted(
+        (r for r in rows if type(r.get("index")) is int and isinstance(r.get("payload"), str)),
+        key=lambda r: int(r["index"]),
+    ):
+        entry = audit_entry(row["payload"])
+        if succeeded(entry, START):
+            out.setdefault(str(entry.get("key_id")), row["index"])
+    return out
+
+
+def started_before(files: Files, previous: Files) -> list[str]:
+    """A problem for each ceremony started in `files`' period that the `previous`
+    bundle (verified: its signature and listing) shows started already, in its period
+    or in its records (session 40). The vault starts a ceremony once, in the
+    transaction of the approval completing its quorum; a second start within the MFA
+    window after that approval passed check 6c when the first one was the previous
+    period's, just before its end: a rotation nobody approved, on the officers'
+    approval of another."""
+    earlier = _starts(previous, records=True)
+    out = [
+        f"dual control: ceremony {ceremony} started at entry {index} was already started "
+        f"by entry {earlier[ceremony]} of the previous bundle: a second rotation on one "
+        "approval (the vault starts a ceremony once)"
+        for ceremony, index in sorted(_starts(files, records=False).items(), key=_second)
+        if ceremony in earlier
+    ]
+    if len(out) > MAX_RESTARTS:
+        out[MAX_RESTARTS:] = [f"dual control: and {len(out) - MAX_RESTARTS} more second starts"]
+    return out
+
+
+def _second(pair: tuple[str, int]) -> int:
+    return pair[1]

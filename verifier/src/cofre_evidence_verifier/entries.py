@@ -12,6 +12,7 @@ import base64
 from bisect import bisect_left
 from typing import Any
 
+from cofre_evidence_verifier.boundaries import ENTRY_TIME
 from cofre_evidence_verifier.bundle import (
     Files,
     Heads,
@@ -214,6 +215,14 @@ def _period_leaves(
         at = _time(payload)
         if at is None:
             report.fail(f"audit/entries.jsonl: entry {index} is not an audit entry with a time")
+        elif ENTRY_TIME.fullmatch(at) is None:
+            # Times are compared as text, and check 6c reads them as instants: one with
+            # an offset sorted inside the period while naming an instant hours before it
+            # (session 40: a second start of yesterday's ceremony, within its MFA window).
+            report.fail(
+                f"audit/entries.jsonl: entry {index} is not dated as the vault dates entries "
+                f"(UTC, microseconds, Z): {at[:40]!r}"
+            )
         elif not period["from"] <= at < period["to"]:
             report.fail(f"audit/entries.jsonl: entry {index} at {at} is outside the period")
         expected = index + 1

@@ -44,7 +44,8 @@ it finds (not only the first):
 7. with a previous bundle: its manifest's signature; that this bundle starts exactly
    where the previous one ended, by leaf index and by time (no entry in neither bundle
    or in both); and the consistency proof from its last signed head to this bundle's
-   (a rewritten, forked log fails here) (`chain`);
+   (a rewritten, forked log fails here) (`chain`); and that no ceremony started in
+   this period was started in the previous one (`dual_control_log.started_before`);
 8. the covering head's witnessed checkpoint (`audit/checkpoint.note`), and every audit
    key handover of the chain (`audit/handovers.jsonl`), carries a quorum, more than
    half, of cosignatures by the witness keys the auditor pinned (`witnesses`): the one check
@@ -65,6 +66,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -75,6 +77,7 @@ from cofre_evidence_verifier import (
     custody,
     deleted_tokens,
     dual_control,
+    dual_control_log,
     entries,
     files,
     heads,
@@ -86,6 +89,7 @@ from cofre_evidence_verifier import (
 from cofre_evidence_verifier.bundle import (
     MANIFEST,
     SIGNATURE,
+    Files,
     Heads,
     checked_summary,
     load_json,
@@ -243,11 +247,32 @@ def _verify(
         chain.check_previous_head(bundle, manifest, verified, report)
     before = None
     if previous is not None:
-        before = chain.check_previous(
-            bundle, manifest, verified, previous, public_keys=key_chain.pems(), report=report
+        before = _previous(
+            bundle, manifest, verified, previous, keys=key_chain.pems(), report=report
         )
     # After the chain: a previous bundle that verifies carries its deleted tokens forward.
     deleted_tokens.check_deleted_tokens(bundle, report, before)
+
+
+def _previous(
+    bundle: Files,
+    manifest: dict[str, Any],
+    verified: Heads,
+    previous: Path,
+    *,
+    keys: Sequence[bytes],
+    report: Report,
+) -> Files | None:
+    """Check 7 against the `previous` bundle; its files once it verifies (else None).
+    Then check 6c across the chain (session 40): a ceremony the previous bundle shows
+    started is not started again in this one."""
+    before = chain.check_previous(
+        bundle, manifest, verified, previous, public_keys=keys, report=report
+    )
+    if before is not None:
+        for problem in dual_control_log.started_before(bundle, before):
+            report.fail(problem)
+    return before
 
 
 def _unpinned_origin(verified: Heads, report: Report, *, chained: bool, unsafe: bool) -> None:
