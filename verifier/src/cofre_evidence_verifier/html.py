@@ -119,7 +119,14 @@ def _bundle_sections(report: Report, files: Files) -> list[str]:
         f"<tr><td>{_e(size)}</td><td><code>{_e(root)}</code></td><td>{_e(key)}</td></tr>"
         for size, root, key in report.verified_heads
     ]
-    parts.append("</table><h2>Key events</h2>")
+    parts.append("</table>")
+    if report.heads_not_shown:
+        parts.append(
+            f"<p>{report.heads_not_shown} signed head{'s' * (report.heads_not_shown > 1)} "
+            "not shown: signed by the audit "
+            "key, but not proven prefixes of the covering head.</p>"
+        )
+    parts.append("<h2>Key events</h2>")
     if "entries" in report.passed_checks:
         parts.append("<table><tr><th>time</th><th>action</th><th>actor</th><th>key</th></tr>")
         parts += _key_events(files)

@@ -52,6 +52,8 @@ class Report:
     # for the HTML timeline: a head of the file that did not verify, and a head's
     # unsigned fields (its time, its key label), are not shown (review 33).
     verified_heads: list[tuple[int, str, str]] = field(default_factory=list)
+    # Signed heads left out of the timeline: not proven prefixes of the covering head.
+    heads_not_shown: int = 0
     # What the caller chose not to pin (`UNSAFE_VERDICTS` keys): named in the verdict.
     unsafe: list[str] = field(default_factory=list)
 

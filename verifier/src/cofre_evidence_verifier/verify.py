@@ -97,8 +97,40 @@ from cofre_evidence_verifier.bundle import (
     read_bundle,
     signature_verifies,
 )
+from cofre_evidence_verifier.keychain import KeyChain
 from cofre_evidence_verifier.note import VerifierKey
 from cofre_evidence_verifier.report import CHAIN_CHECKS, REQUIRED_CHECKS, UNSAFE_MARK, Report
+
+
+def _timeline(
+    manifest: dict[str, Any], verified: Heads, key_chain: KeyChain, report: Report
+) -> None:
+    """Set the timeline's heads: the covering head, and once the entries verified each
+    head of a size within the period's entries (`entries` proved it a prefix of the
+    covering head, or dropped it). A head of another size is signed by the audit key
+    only, which the HSM PIN's holder can do for any tree (session 40: a forked head
+    between the period's end and the covering head was shown as this log's): it is left
+    out, and counted."""
+    first, end = manifest["entries"]["first_index"], manifest["entries"]["end_index"]
+    covering = manifest["covering_head"]["tree_size"]
+    proven = "entries" in report.passed_checks
+    shown = {
+        size: head
+        for size, head in verified.items()
+        if size == covering or (proven and first <= size <= end)
+    }
+    report.verified_heads = [
+        (size, str(head["root_hash"]), key_chain.describe(size))
+        for size, head in sorted(shown.items())
+    ]
+    report.heads_not_shown = len(verified) - len(shown)
+    if report.heads_not_shown:
+        report.checks.append(
+            f"timeline: {report.heads_not_shown} signed head{'s' * (report.heads_not_shown > 1)}"
+            " not shown (signed by the "
+            "audit key, but not proven prefixes of the covering head: the bundle holds no "
+            "entries at their sizes)"
+        )
 
 
 def verify_bundle(
@@ -216,10 +248,7 @@ def _verify(
         _unpinned_origin(verified, report, chained=previous is not None, unsafe=unsafe_any_origin)
     # Drops each head of the period that is not a prefix of the covering head.
     entries.check_entries(bundle, manifest, verified, report)
-    report.verified_heads = [
-        (size, str(head["root_hash"]), key_chain.describe(size))
-        for size, head in sorted(verified.items())
-    ]
+    _timeline(manifest, verified, key_chain, report)
     boundaries.check_boundaries(bundle, manifest, verified, report)
     policy.check_policy(bundle, manifest, verified, report)
     custody.check_custody(bundle, manifest, verified, report)
