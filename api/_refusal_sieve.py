@@ -11,13 +11,18 @@ requests refused for what they were: capture sessions past its bound (429), oper
 not granted (403), malformed bodies (400/422), unknown paths (404). Session 39.
 
 Now each such caller has an allowance of refusal entries per process,
-`UNMETERED_REFUSALS`. Past it its requests are still served and its refusals still
+`UNMETERED_REFUSALS` (and `NAMED_REFUSALS` for its refusals about token records the
+vault holds, session 40). Past it its requests are still served and its refusals still
 answered with their own codes; but their entries, the vault's own (asked through
 `vault.service.refusal_sieve`) and the request guard's, are held as a refused caller's
 429s are: the first of an episode written, the rest counted, one `COUNTED_ACTION` entry
 per caller and `api.refusals.SUMMARY_SECONDS` naming how many of each code
 (``"codes": "rate_limited x400, policy_denied x250, ..."``), the first and the last
-time (`api.refusals.RefusalFlusher`). Only the refusals the refusal bucket charges
+time (`api.refusals.RefusalFlusher`). A refusal about a token the vault holds names its
+record (`vault.service.naming_token`, session 40: PCI DSS 10.2.2, the affected data), and
+a count names up to `api.refusals.NAMED_TOKENS` of the records its refusals were about,
+one `COUNTED_TOKEN_ACTION` entry each (its codes and number, never the token digits),
+and numbers the other different ones (``tokens_unnamed``). Only the refusals the refusal bucket charges
 (`api.refusals.charged`) are counted: an answer about what the vault holds, an
 upstream's failure through the relay, an error of the vault's own keep their entries.
 
@@ -36,14 +41,23 @@ from datetime import UTC, datetime
 from typing import Final
 
 from api.problems import PROBLEMS
-from api.refusals import RefusalLimiter, Spent, charged
+from api.refusals import RefusalLimiter, Spent, charged, describe_caller
 from policies.models import RateLimit
-from vault.service import AuditEvent, Outcome
+from vault.service import AuditEvent, DetailValue, Outcome
 
 # Refusal entries written one by one for a service without a rate limit, per process:
 # 100 in a row, then one a second; the rest are counted.
 UNMETERED_REFUSALS: Final = RateLimit(per_second=1.0, burst=100)
+# Refusals about a token record the vault holds (a denial of a read, update or delete
+# naming one of its tokens) have an allowance of their own, larger: each names the card
+# record asked for (PCI DSS 10.2.2), and a caller must hold real tokens to spend it
+# (session 40). 1,000 in a row, then one a second, per process.
+NAMED_REFUSALS: Final = RateLimit(per_second=1.0, burst=1000)
+# The key of a caller's refusals about held records in the allowance's limiter.
+_ABOUT_RECORDS: Final = " records"
 COUNTED_ACTION: Final = "api.refusals_counted"
+# One entry per token record a count names (session 40), before the count itself.
+COUNTED_TOKEN_ACTION: Final = "api.refusals_counted_token"
 # A request whose refusal is not decided yet (`RequestSieve.hold`).
 _UNDECIDED: Final = Spent(0.0, audit=True)
 
@@ -58,15 +72,41 @@ def unmetered_limiter(
     """The allowance of refusal entries of every caller `metered` (the refusal bucket)
     leaves unlimited; its counts are written by `recorder` (`clock` and `wall` as
     `RefusalLimiter`'s)."""
+
+    def limit_for(key: str) -> RateLimit | None:
+        caller, about_records = _caller(key)
+        if metered.limits(caller):
+            return None
+        return NAMED_REFUSALS if about_records else UNMETERED_REFUSALS
+
     return RefusalLimiter(
-        lambda key: None if metered.limits(key) else UNMETERED_REFUSALS,
+        limit_for,
         recorder,
         action=COUNTED_ACTION,
+        token_action=COUNTED_TOKEN_ACTION,
+        describe=_described,
         summary={"limit": "refusal_entries"},
         noted_as="codes",
         clock=clock,
         wall=wall,
     )
+
+
+def _caller(key: str) -> tuple[str, bool]:
+    """The caller of an allowance's `key`, and whether the key is its refusals about
+    held token records (`NAMED_REFUSALS`)."""
+    if key.endswith(_ABOUT_RECORDS):
+        return key.removesuffix(_ABOUT_RECORDS), True
+    return key, False
+
+
+def _described(key: str) -> tuple[str, dict[str, DetailValue]]:
+    """The actor of a count of the allowance's `key`, and which allowance it passed."""
+    caller, about_records = _caller(key)
+    actor, described = describe_caller(caller)
+    if about_records:
+        described["limit"] = "named_refusal_entries"
+    return actor, described
 
 
 def refusal_code(event: AuditEvent) -> str | None:
@@ -96,21 +136,24 @@ class RequestSieve:
     def __call__(self, event: AuditEvent) -> bool:
         """Whether the vault writes `event`'s entry (`vault.service.refusal_sieve`)."""
         code = refusal_code(event)
-        held = None if code is None else self.hold(code)
+        held = None if code is None else self.hold(code, event.token_id)
         return held is None or held.audit
 
-    def hold(self, code: str) -> Spent | None:
+    def hold(self, code: str, token: str | None = None) -> Spent | None:
         """Spend a unit of the caller's allowance for a refusal answered `code` whose
-        entry is about to be written: None (or a `Spent` with `audit`) to write it,
-        else it was counted. Once per request: a request is one refusal, and a call
+        entry (about the token record `token`, if one) is about to be written: None (or
+        a `Spent` with `audit`) to write it, else it was counted, and its count names
+        `token`. Once per request: a request is one refusal, and a call
         begun on the event loop that would wait for the database runs again from its
         start in a thread (`api.routes._offload.answered_on_loop`), asking again."""
         if self._held is not _UNDECIDED:
             return self._held
         key = self._key()
+        if key is not None and token is not None:  # its own allowance (`NAMED_REFUSALS`)
+            key += _ABOUT_RECORDS
         held = None
         if key is not None and self._limiter.limits(key):
-            held = self._limiter.charge(key, hold=True, note=code)
+            held = self._limiter.charge(key, hold=True, note=code, token=token)
         self._held = held
         self.counted = held is not None and not held.audit
         return held

@@ -93,6 +93,11 @@ MAX_CALLERS: Final = 4096
 # ceremony, an audit proof (review 30: an officer's guesses were free).
 _NOTHING_THERE: Final = frozenset({"not_found", "ceremony_not_found", "proof_invalid"})
 _NOTED: Final = 64
+# The token records a count names, one small entry each (session 40: PCI DSS 10.2.2 wants
+# the affected data named); the different ones past them are only numbered, and at most
+# `_UNNAMED_HELD` of those are told apart (the rest make the number a lower bound).
+NAMED_TOKENS: Final = 64
+_UNNAMED_HELD: Final = 4096
 # The fixed details of a count of held 429s (`RefusalLimiter`'s `summary`).
 _HELD_429S: Final[Mapping[str, DetailValue]] = {
     "status": 429,
@@ -136,6 +141,11 @@ class _Episode:
     # Who the counted answers went to, when one count covers several (`spent`'s `note`):
     # at most `_NOTED` of them, the rest under "others".
     noted: dict[str, int] = field(default_factory=dict)
+    # The token records the counted refusals were about (`charge`'s `token`): at most
+    # `NAMED_TOKENS` named with their notes, the other different ones only numbered.
+    tokens: dict[str, dict[str, int]] = field(default_factory=dict)
+    unnamed: set[str] = field(default_factory=set)
+    unnamed_past: bool = False  # more different ones than `_UNNAMED_HELD`
 
     def add(
         self,
@@ -151,12 +161,32 @@ class _Episode:
             who = "others" if caller not in self.noted and len(self.noted) >= _NOTED else caller
             self.noted[who] = self.noted.get(who, 0) + times
 
+    def name(self, token: str, note: str | None, times: int = 1) -> None:
+        """Note that `times` counted refusals (answered `note`) were about `token`."""
+        if token in self.tokens or len(self.tokens) < NAMED_TOKENS:
+            notes = self.tokens.setdefault(token, {})
+            notes[note or "refused"] = notes.get(note or "refused", 0) + times
+        elif len(self.unnamed) < _UNNAMED_HELD:
+            self.unnamed.add(token)
+        else:
+            self.unnamed_past = self.unnamed_past or token not in self.unnamed
+
+    def merge(self, other: _Episode) -> None:
+        """Add `other`'s counts, notes and token records to this episode's."""
+        self.add(other.count, other.first, other.last, other.noted)
+        for token, notes in other.tokens.items():
+            for note, times in notes.items():
+                self.name(token, note, times)
+        for token in other.unnamed:
+            self.name(token, None)
+        self.unnamed_past = self.unnamed_past or other.unnamed_past
+
     def shown(self) -> str | None:
         """The noted callers, most counted first (ten of them), for the entry."""
         if not self.noted:
             return None
         ranked = sorted(self.noted.items(), key=lambda item: (-item[1], item[0]))
-        return ", ".join(f"{who} x{times}" for who, times in ranked[:10])
+        return _shown(dict(ranked[:10]))
 
 
 @dataclass
@@ -195,6 +225,7 @@ class RefusalLimiter:
         *,
         every_request: Callable[[str], bool] | None = None,
         action: str = SUMMARY_ACTION,
+        token_action: str | None = None,
         describe: Callable[[str], tuple[str, dict[str, DetailValue]]] = describe_caller,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -207,6 +238,8 @@ class RefusalLimiter:
         self._every_request = every_request
         self._recorder = recorder
         self._action = action
+        # The action of the entry naming one token record a count covers (session 40).
+        self._token_action = token_action or f"{action}_token"
         self._describe = describe
         self._clock = clock
         self._wall = wall
@@ -272,16 +305,24 @@ class RefusalLimiter:
             self._in_flight.pop(key, None)
 
     def _held(
-        self, key: str, bucket: _Bucket, retry_after: float, now: float, note: str | None
+        self,
+        key: str,
+        bucket: _Bucket,
+        retry_after: float,
+        now: float,
+        note: str | None,
+        token: str | None = None,
     ) -> Spent:
         """The 429 of a caller held back (the lock is held): the first of an episode is
-        written, the rest counted."""
+        written, the rest counted (about the token record `token`, if one)."""
         self._buckets.move_to_end(key)
         if bucket.episode is None:
             bucket.episode = _Episode(written_at=now)
             return Spent(retry_after, audit=True)
         stamp = self._wall()
         bucket.episode.add(1, stamp, stamp, None if note is None else {note: 1})
+        if token is not None:
+            bucket.episode.name(token, note)
         return Spent(retry_after, audit=False)
 
     def limits(self, key: str) -> bool:
@@ -302,28 +343,33 @@ class RefusalLimiter:
         with self._lock:
             return max(bucket.tat, now) + bucket.interval - now > bucket.tolerance
 
-    def count(self, key: str, note: str | None = None) -> None:
+    def count(self, key: str, note: str | None = None, token: str | None = None) -> None:
         """Count one held answer of `key` that was to have its own entry but could not
-        be written (it is then in the next count, noted as `note`'s)."""
+        be written (it is then in the next count, noted as `note`'s, about `token`)."""
         stamp = self._wall()
         noted = None if note is None else {note: 1}
         with self._lock:
             bucket = self._buckets.get(key)
             if bucket is None:
-                self._forgotten.add(1, stamp, stamp, noted)
-                return
-            if bucket.episode is None:
-                bucket.episode = _Episode(written_at=self._clock())
-            bucket.episode.add(1, stamp, stamp, noted)
+                episode = self._forgotten
+            else:
+                if bucket.episode is None:
+                    bucket.episode = _Episode(written_at=self._clock())
+                episode = bucket.episode
+            episode.add(1, stamp, stamp, noted)
+            if token is not None:
+                episode.name(token, note)
 
-    def charge(self, key: str, *, hold: bool = False, note: str | None = None) -> Spent | None:
+    def charge(
+        self, key: str, *, hold: bool = False, note: str | None = None, token: str | None = None
+    ) -> Spent | None:
         """`key` was answered a refusal (or is a person, `every_request`): spend one unit
         (its next request may find the bucket empty; a charge never refuses what it is
         charged for). With `hold`, for a refusal whose entry the caller's guard is
         about to write: if the unit was not there, the entry is held as a 429's would
         be (the `Spent` returned: its own entry opens an episode, the rest counted),
         so requests let in together cannot write more than the limit allows; a count
-        notes it as `note`'s."""
+        notes it as `note`'s, and names the token record `token` it was about."""
         limit = self._limit_for(key)
         if limit is None:
             return None
@@ -341,7 +387,7 @@ class RefusalLimiter:
             lead = max(bucket.tat, now) + interval - now
             bucket.tat = max(bucket.tat, now) + interval
             if hold and lead > bucket.tolerance:
-                return self._held(key, bucket, lead - bucket.tolerance, now, note)
+                return self._held(key, bucket, lead - bucket.tolerance, now, note, token)
             return None
 
     def flush(self, *, everything: bool = False) -> None:
@@ -351,7 +397,10 @@ class RefusalLimiter:
         taken = self._take(everything=everything)
         for at, (key, episode) in enumerate(taken):
             try:
-                self._recorder(self._summary(key, episode))
+                # The records named first, the count last: a count not written is
+                # given back whole, its names written again with it.
+                for event in self._summaries(key, episode):
+                    self._recorder(event)
             except BaseException:
                 self._give_back(taken[at:])
                 raise
@@ -388,7 +437,7 @@ class RefusalLimiter:
                 else:
                     held = bucket.episode = bucket.episode or _Episode()
                     held.written_at = -math.inf
-                held.add(episode.count, episode.first, episode.last, episode.noted)
+                held.merge(episode)
 
     def _forget_beyond(self, limit: int) -> None:
         """Forget the least recently seen callers past `limit` (under the lock); their
@@ -396,12 +445,32 @@ class RefusalLimiter:
         while len(self._buckets) > limit:
             _, bucket = self._buckets.popitem(last=False)
             if bucket.episode is not None and bucket.episode.count:
-                episode = bucket.episode
-                self._forgotten.add(episode.count, episode.first, episode.last, episode.noted)
+                self._forgotten.merge(bucket.episode)
 
-    def _summary(self, key: str, episode: _Episode) -> AuditEvent:
-        first, last = episode.first, episode.last
+    def _summaries(self, key: str, episode: _Episode) -> list[AuditEvent]:
+        """The entries of `key`'s count: one per token record it names, then the count."""
         actor, described = self._describe(key)
+        named = [
+            AuditEvent(
+                action=self._token_action,
+                outcome=Outcome.DENIED,
+                actor=actor,
+                token_id=token,
+                details={
+                    **self._fixed,
+                    "count": sum(notes.values()),
+                    self._noted_as: _shown(notes),
+                    **described,
+                },
+            )
+            for token, notes in episode.tokens.items()
+        ]
+        return [*named, self._summary(actor, described, episode)]
+
+    def _summary(
+        self, actor: str, described: dict[str, DetailValue], episode: _Episode
+    ) -> AuditEvent:
+        first, last = episode.first, episode.last
         details: dict[str, DetailValue] = {
             **self._fixed,
             "count": episode.count,
@@ -411,7 +480,18 @@ class RefusalLimiter:
         }
         if (shown := episode.shown()) is not None:
             details[self._noted_as] = shown
+        if episode.tokens:  # only then, so that every other count keeps its bytes
+            details["tokens_named"] = len(episode.tokens)
+            details["tokens_unnamed"] = len(episode.unnamed)
+            if episode.unnamed_past:
+                details["tokens_unnamed_at_least"] = True
         return AuditEvent(action=self._action, outcome=Outcome.DENIED, actor=actor, details=details)
+
+
+def _shown(notes: Mapping[str, int]) -> str:
+    """A token record's notes, most counted first: ``"policy_denied x3, ..."``."""
+    ranked = sorted(notes.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{note} x{times}" for note, times in ranked)
 
 
 class Admission:

@@ -40,6 +40,7 @@ from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied, RateLimited
 from policies.models import Action, IdentityPolicy, RateLimit
 from vault._fingerprints import Fingerprints
+from vault._named_refusals import named_record
 from vault._suspected_buckets import SuspectedBuckets
 from vault._token_guesses import GuessedBuckets
 from vault.card import CardBundle, SecurityCode
@@ -154,8 +155,7 @@ class VaultCore(Fingerprints):
         self._write_audit(policy_event("policy.load", actor=actor, source=source, text=text))
 
     def _ensure_initialized(self) -> None:
-        # The vault may start while the HSM is down; the first call after it comes back
-        # creates what is missing.
+        # The HSM may be down at the start; the first call after it creates what is missing.
         if not self._initialized:
             may_block()
             with self._init_lock:
@@ -271,8 +271,7 @@ class VaultCore(Fingerprints):
                         "the token kept changing under the call (concurrent writes)"
                     ) from None
             except DBAPIError as exc:
-                # Two nodes' group commits can deadlock on each other's rows; PostgreSQL
-                # aborts one of them. Nothing of it was written: run it again.
+                # Two nodes' group commits can deadlock; PostgreSQL aborts one: run it again.
                 if getattr(exc.orig, "sqlstate", None) not in _RETRYABLE_SQLSTATES or (
                     attempt == _TRANSACTION_ATTEMPTS
                 ):
@@ -283,7 +282,9 @@ class VaultCore(Fingerprints):
             future = self._submit(work, merge)
 
     def _write_audit(self, event: AuditEvent) -> None:
-        if sieved(event):  # else the request's refusal sieve counted it (session 39)
+        # Named for its token (session 40); a refusal sieve may count it (session 39).
+        event = named_record(self._engine, event)
+        if sieved(event):
             with self._storage(), self._engine.begin() as connection:
                 self._audit.append(connection, event)
 
@@ -454,8 +455,7 @@ class VaultCore(Fingerprints):
         SQLite's write transactions exclude each other already."""
         if not 1 <= len(token) <= 64:
             raise TokenNotFound("no such token")
-        # On the driver's cursor (`vault.storage.rawsql`): every detokenize reads it in
-        # the committer.
+        # On the driver's cursor (`vault.storage.rawsql`): every detokenize reads it.
         locking = shared and bool(domains) and connection.dialect.name == "postgresql"
         if locking:
             found = fetch_records(

@@ -27,6 +27,7 @@ from audit.log import (
     refusal_sieve,
     request_trail,
 )
+from vault._named_refusals import naming_token
 from vault.models import (
     MAX_BATCH,
     CallContext,
@@ -58,6 +59,7 @@ __all__ = [
     "TokenUpdate",
     "TokenizeRequest",
     "VaultService",
+    "naming_token",
     "refusal_sieve",
     "request_trail",
     "validate_metadata",

@@ -36,7 +36,7 @@ from cofre.errors import CofreError
 from vault.card import SecurityCode
 from vault.errors import BatchItemInvalid
 from vault.pan import Pan
-from vault.service import Revealed, TokenRecord, TokenUpdate
+from vault.service import Revealed, TokenRecord, TokenUpdate, naming_token
 from vault.service import TokenizeRequest as ServiceTokenizeRequest
 
 router = APIRouter()
@@ -175,7 +175,8 @@ def _tokenize_batch(body: TokenizeBatchRequest, caller: Caller, state: State) ->
 async def detokenize(body: DetokenizeRequest, http: Request) -> Response:
     """The PAN behind a token: in full if the caller's policy reveals it, else masked."""
     caller, state = call_context(http), app_state(http)
-    revealed = await answered_on_loop(state.service.detokenize_pending, caller, body.token)
+    with naming_token(body.token):  # a refusal's entry names its record (session 40)
+        revealed = await answered_on_loop(state.service.detokenize_pending, caller, body.token)
     return _json(_detokenized(revealed))
 
 
@@ -197,9 +198,10 @@ async def detokenize_masked(body: DetokenizeRequest, http: Request) -> Response:
     """Only the masked PAN behind a token: at most the first six and the last four
     digits, and never fewer than six hidden."""
     caller, state = call_context(http), app_state(http)
-    revealed = await answered_on_loop(
-        state.service.detokenize_pending, caller, body.token, masked_only=True
-    )
+    with naming_token(body.token):
+        revealed = await answered_on_loop(
+            state.service.detokenize_pending, caller, body.token, masked_only=True
+        )
     return _json(
         MaskedResponse(token=revealed.token, masked_pan=revealed.masked, expiry=revealed.expiry)
     )
@@ -215,7 +217,8 @@ def lookup(body: LookupRequest, caller: Caller, state: State) -> LookupResponse:
 @router.get("/v1/tokens/{token}", response_model=TokenResponse, tags=["tokens"])
 def token_metadata(token: TokenPath, caller: Caller, state: State) -> TokenResponse:
     """A token's format, dates and metadata (never the PAN)."""
-    return _token_response(state.service.token_info(caller, token))
+    with naming_token(token):
+        return _token_response(state.service.token_info(caller, token))
 
 
 @router.patch("/v1/tokens/{token}", response_model=TokenResponse, tags=["tokens"])
@@ -231,10 +234,12 @@ def update_token(
         expiry=body.expiry,
         cardholder_name=body.cardholder_name,
     )
-    return _token_response(state.service.update(caller, token, change))
+    with naming_token(token):
+        return _token_response(state.service.update(caller, token, change))
 
 
 @router.delete("/v1/tokens/{token}", response_model=DeleteResponse, tags=["tokens"])
 def delete_token(token: TokenPath, caller: Caller, state: State) -> DeleteResponse:
     """Crypto-shred a token: the ciphertext is erased, a tombstone and the audit remain."""
-    return DeleteResponse(token=token, deleted=state.service.delete(caller, token))
+    with naming_token(token):
+        return DeleteResponse(token=token, deleted=state.service.delete(caller, token))

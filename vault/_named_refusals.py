@@ -1,0 +1,68 @@
+"""The token record a refusal was about, named in its audit entry.
+
+IN PCI SCOPE, as part of the vault's audit; it reads a token's record id, never its card.
+
+PCI DSS v4.0.1 10.2.1.4 wants every invalid logical access attempt in the audit log, and
+10.2.2 each entry to name the "identity or name of affected data". A refusal of an
+operation that names a token (detokenize, masked, metadata, update, delete) was written
+without it: a policy denial is decided and audited before any row is read, and a guessed
+bucket's refusal before the transaction. A QSA reading the log of a stolen certificate
+asking for 1,000 cards it may not see could not say which card records were asked for
+(session 40). The API names the token a request is about (`naming_token`); the entry of
+its refusal then names the token's record (``token_id``: the record's id, never the token
+digits, which can be a card's BIN and last four or a card itself). A token the vault does
+not hold has no record, and is named by nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Final
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from audit.log import AuditEvent, Outcome
+from cofre.blocking import may_block
+from vault.storage.schema import tokens
+
+__all__ = ["named_record", "naming_token"]
+
+# The token the request being served names (`naming_token`): None, none or several.
+_NAMED: Final[ContextVar[str | None]] = ContextVar("cofre_named_token", default=None)
+
+
+@contextmanager
+def naming_token(token: str) -> Iterator[None]:
+    """While the block runs, a refusal entry the vault writes in this context (and in
+    contexts copied from it) without a token record names the record of `token`."""
+    reset = _NAMED.set(token)
+    try:
+        yield
+    finally:
+        _NAMED.reset(reset)
+
+
+def named_record(engine: Engine, event: AuditEvent) -> AuditEvent:
+    """`event` naming the record of the token the request names (`naming_token`), if it
+    is a refusal that names none and the vault holds that token (in any domain: a denial
+    about another domain's token names the record too); else `event` as it is. Raises
+    only `WouldBlock` (on the event loop); a failed read names nothing, and the entry is
+    still written."""
+    token = _NAMED.get()
+    if token is None or event.token_id is not None or event.outcome is Outcome.SUCCESS:
+        return event
+    if not 1 <= len(token) <= 64:
+        return event
+    may_block()  # a read: on the event loop, the call runs again in a thread
+    try:
+        with engine.connect() as connection:
+            record = connection.execute(
+                select(tokens.c.id).where(tokens.c.token == token)
+            ).scalar_one_or_none()
+    except SQLAlchemyError:
+        return event
+    return event if record is None else dataclasses.replace(event, token_id=str(record))
