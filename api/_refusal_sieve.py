@@ -22,9 +22,10 @@ time (`api.refusals.RefusalFlusher`). A refusal about a token the vault holds na
 record (`vault.service.naming_token`, session 40: PCI DSS 10.2.2, the affected data), and
 a count names up to `api.refusals.NAMED_TOKENS` of the records its refusals were about,
 one `COUNTED_TOKEN_ACTION` entry each (its codes and number, never the token digits),
-and numbers the other different ones (``tokens_unnamed``). Only the refusals the refusal bucket charges
-(`api.refusals.charged`) are counted: an answer about what the vault holds, an
-upstream's failure through the relay, an error of the vault's own keep their entries.
+and numbers the other different ones (``tokens_unnamed``). Only the refusals the
+refusal bucket charges (`api.refusals.charged`) are counted: an answer about what the
+vault holds, an upstream's failure through the relay, an error of the vault's own keep
+their entries.
 
 Fail closed: a refusal grants nothing, so it is answered whether its entry was written
 or counted; a count that cannot be written is kept and tried again at every flush and
@@ -57,7 +58,7 @@ NAMED_REFUSALS: Final = RateLimit(per_second=1.0, burst=1000)
 _ABOUT_RECORDS: Final = " records"
 COUNTED_ACTION: Final = "api.refusals_counted"
 # One entry per token record a count names (session 40), before the count itself.
-COUNTED_TOKEN_ACTION: Final = "api.refusals_counted_token"
+COUNTED_TOKEN_ACTION: Final = "api.refusals_counted_token"  # noqa: S105 - an action name
 # A request whose refusal is not decided yet (`RequestSieve.hold`).
 _UNDECIDED: Final = Spent(0.0, audit=True)
 

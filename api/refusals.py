@@ -311,6 +311,7 @@ class RefusalLimiter:
         retry_after: float,
         now: float,
         note: str | None,
+        *,
         token: str | None = None,
     ) -> Spent:
         """The 429 of a caller held back (the lock is held): the first of an episode is
@@ -387,7 +388,7 @@ class RefusalLimiter:
             lead = max(bucket.tat, now) + interval - now
             bucket.tat = max(bucket.tat, now) + interval
             if hold and lead > bucket.tolerance:
-                return self._held(key, bucket, lead - bucket.tolerance, now, note, token)
+                return self._held(key, bucket, lead - bucket.tolerance, now, note, token=token)
             return None
 
     def flush(self, *, everything: bool = False) -> None:

@@ -23,7 +23,6 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -60,7 +59,7 @@ def _records(vault: VaultServer) -> dict[str, str]:
     """Token value -> record id, as the database holds them."""
     with vault.runtime.engine.connect() as connection:
         rows = connection.execute(sa.text("SELECT token, id FROM tokens")).all()
-    return {token: record for token, record in rows}
+    return {str(token): str(record) for token, record in rows}
 
 
 @pytest.mark.slow

@@ -5,11 +5,13 @@ IN PCI SCOPE, holds card data.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Row, select
 
-from audit.log import Outcome
+from audit.log import AuditEvent, Outcome
 from policies.formats import MIN_CANDIDATES, hidden_candidates
 from policies.models import Action
 from vault.errors import OracleSuspected, TokenExpired, TokenNotFound, VaultError
@@ -30,12 +32,13 @@ class LookupOperations(EarlyRate):
         self, ctx: CallContext, pan: Pan, token_format: str | None = None
     ) -> list[TokenRecord]:
         """Return the live tokens of `pan` in the caller's own domain (in `token_format`,
-        or all formats) whose format leaves at least `MIN_CANDIDATES` cards behind a
-        token of this length (as convergence does). Its answer depends on what the vault
-        holds, so the oracle guard counts it. Raises `PolicyDenied`, `InvalidPan`,
-        `RateLimited`, `OracleSuspected`, `StorageUnavailable`, `HSMUnavailable`;
-        `PolicyDenied` too for a format the caller may not use, as tokenize does (an
-        empty answer would tell it nothing true)."""
+        or all formats; each answered has an audit entry naming it) whose format leaves
+        at least `MIN_CANDIDATES` cards behind a token of this length (as convergence
+        does). Its answer depends on what the vault holds, so the oracle guard counts
+        it. Raises `PolicyDenied`, `InvalidPan`, `RateLimited`, `OracleSuspected`,
+        `StorageUnavailable`, `HSMUnavailable`; `PolicyDenied` too for a format the
+        caller may not use, as tokenize does (an empty answer would tell it nothing
+        true)."""
         rules = self._authorize(ctx, Action.LOOKUP, token_format=token_format)
         domain = rules.domain_of(ctx.identity)
         with self._audited_refusal(ctx, Action.LOOKUP):
@@ -70,12 +73,7 @@ class LookupOperations(EarlyRate):
                 ]
                 for row in rows:  # found by fingerprint: the database's word (session 37)
                     confirm_card(self, row, pan)
-                self._audit.append(
-                    connection,
-                    self._audit_event(
-                        ctx, Action.LOOKUP, Outcome.SUCCESS, details={"found": len(rows)}
-                    ),
-                )
+                self._audit.append_many(connection, self._lookup_entries(ctx, rows))
                 return [self._record(r) for r in rows]
 
             try:
@@ -84,6 +82,24 @@ class LookupOperations(EarlyRate):
                 self._charge_refused(ctx, rules, 1)
                 self._suspect(ctx, guarded, refused)
                 raise
+
+    def _lookup_entries(self, ctx: CallContext, rows: Sequence[Row[Any]]) -> list[AuditEvent]:
+        """A lookup's entries: one per token it answers, naming its id, as a batch writes
+        one per item (session 40: a lookup's one entry named none, and a deleted token's
+        row written back from a backup answered a lookup unseen by evidence check 6e);
+        one naming none when it found none. Each says how many were found."""
+        if not rows:
+            return [self._audit_event(ctx, Action.LOOKUP, Outcome.SUCCESS, details={"found": 0})]
+        return [
+            self._audit_event(
+                ctx,
+                Action.LOOKUP,
+                Outcome.SUCCESS,
+                token_id=row.id,
+                details={"found": len(rows), "found_index": index},
+            )
+            for index, row in enumerate(rows)
+        ]
 
     def _guessable_only_widely(self, token_format: str, pan_length: int) -> bool:
         """Whether lookup may answer a token of `token_format` for a card of

@@ -16,10 +16,10 @@ What answers: every successful entry naming the token other than a delete or pur
 (session 39; session 38 counted `detokenize`, `detokenize_masked`, `metadata` and
 `relay.send` only, and a written-back row answered unseen to a `token.update`, a
 convergent `tokenize` or a `capture` that found its fingerprint, and held a
-`security_code.hold`). A refused or failed entry (`410 token_deleted`, an integrity
-error) is the vault holding and is not counted. Bound: a `lookup` entry names no
-token id (only how many it found), so a written-back row found by its card answers a
-lookup unseen here (no card leaves: the caller sent it; its next reveal is seen).
+`security_code.hold`), a `lookup` among them (session 40: a lookup writes one entry
+per token it answers, naming its id; before, its one entry named none, and a
+written-back row found by its card answered unseen here). A refused or failed entry
+(`410 token_deleted`, an integrity error) is the vault holding and is not counted.
 
 Earlier periods (session 39): the bundle lists every token deleted before its period
 (`audit/deleted_tokens.txt`: the vault's tombstones at export, one token id a line,
