@@ -10,6 +10,12 @@ certificate sending new cards of one full bucket did that with every unit of its
 (review rev37c left it as a bound). The process remembers the bucket of each such
 refusal until it clears, and the identity's next call of that bucket is checked against
 the guard before the group (`vault.operations._early.EarlyRate._refuse_suspected`).
+
+Past `SUSPECTED_ENTRIES` buckets of one identity the ones clearing first are let go, and
+the identity is checked before the group on every guarded call until the last of them
+clears (review 39b): a certificate that filled one bucket first and 4,096 more kept that
+one clearing first, so it was let go as soon as it was learnt again and each of its new
+cards was refused in the group, rerunning it, at the certificate's rate.
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ from typing import Final
 
 __all__ = ["SUSPECTED_ENTRIES", "SuspectedBuckets"]
 
-# The buckets one process remembers per identity. Past them the one clearing first is
-# let go: a bucket forgotten is only checked in the group again, where the guard still
-# refuses it (one rerun more), so no limit is lost.
+# The buckets one process remembers per identity. Past them the ones clearing first are
+# let go, and every guarded call of the identity is checked before the group until they
+# clear (one read transaction, rolled back, per call: the guard still decides).
 SUSPECTED_ENTRIES: Final = 4096
 
 
@@ -35,6 +41,8 @@ class SuspectedBuckets:
         self._lock = threading.Lock()
         # identity -> bucket -> the second its refusal clears.
         self._until: dict[str, dict[bytes, float]] = {}
+        # identity -> the second the last bucket let go past its memory clears.
+        self._past: dict[str, float] = {}
 
     def learn(self, identity: str, buckets: Iterable[bytes], clears_at: float) -> None:
         """Remember that the guard refused `identity` a call of `buckets` (one of them,
@@ -48,17 +56,26 @@ class SuspectedBuckets:
             # this lock and the interpreter's.
             if (excess := len(held) - SUSPECTED_ENTRIES) > 0:
                 for bucket in heapq.nsmallest(excess, held, key=held.__getitem__):
-                    del held[bucket]
+                    # Let go, but not forgotten (review 39b): the one learnt last may
+                    # be the one clearing first, and it is called again next.
+                    until = held.pop(bucket)
+                    self._past[identity] = max(until, self._past.get(identity, 0.0))
 
     def suspected(self, identity: str, buckets: Iterable[bytes], now: float) -> bool:
         """Whether one of `buckets` was refused to `identity` and has not cleared by
-        `now`. Costs nothing for an identity the guard never refused."""
-        if identity not in self._until:
+        `now`, or `identity` went past the memory and what it let go has not cleared
+        (then any of `buckets`, if any). Costs nothing for an identity the guard never refused."""
+        if identity not in self._until and identity not in self._past:
             return False
         with self._lock:
+            past = self._past.get(identity)
+            if past is not None and past <= now:
+                del self._past[identity]
+                past = None
             held = self._until.get(identity, {})
-            found = False
+            found = asked = False
             for bucket in buckets:
+                asked = True
                 until = held.get(bucket)
                 if until is not None and until <= now:
                     del held[bucket]
@@ -66,4 +83,4 @@ class SuspectedBuckets:
                     found = True
             if not held:
                 self._until.pop(identity, None)
-        return found
+        return found or (asked and past is not None)

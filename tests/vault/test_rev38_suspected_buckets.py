@@ -56,12 +56,19 @@ def test_a_refused_batch_into_a_full_memory_costs_work_linear_in_it() -> None:
 
 
 def test_the_buckets_clearing_first_are_let_go() -> None:
+    """Changed by review 39b: the buckets let go past the memory are the ones clearing
+    first, as before, but until they clear every bucket of the identity is checked
+    before the group (`test_rev39b_suspected_overflow.py`); once they clear, only the
+    buckets kept are."""
     memory = SuspectedBuckets()
     early, late = _buckets(SUSPECTED_ENTRIES), _buckets(10)
     memory.learn("a", early[:10], 50.0)
     memory.learn("a", early[10:], 200.0)
     memory.learn("a", late, 300.0)
-    assert not memory.suspected("a", early[:10], 1.0), "the earliest kept past the memory"
-    assert memory.suspected("a", early[10:11], 1.0)
-    assert memory.suspected("a", late[:1], 1.0)
+    assert len(memory._until["a"]) == SUSPECTED_ENTRIES, "the memory is bounded"
+    assert memory.suspected("a", early[:10], 1.0), "let go, but checked until they clear"
+    assert memory.suspected("a", _buckets(1), 49.0), "past the memory: every bucket"
+    assert not memory.suspected("a", early[:10], 51.0), "the earliest let go"
+    assert memory.suspected("a", early[10:11], 51.0)
+    assert memory.suspected("a", late[:1], 51.0)
     assert not memory.suspected("b", late, 1.0), "another identity's memory"

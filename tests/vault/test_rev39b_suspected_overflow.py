@@ -12,18 +12,19 @@ leaves a bucket the certificate can call next; the lead decides whether an ident
 past the memory is checked before the group on every guarded call (as the token-guess
 memory refuses such an identity every read), which changes
 `test_rev38_suspected_buckets.test_the_buckets_clearing_first_are_let_go`.
+
+Session 40 took that design: past the memory, the identity is checked before the group
+on every guarded call until the buckets let go clear
+(`tests/vault/test_guard40_suspected_overflow.py` runs the attack end to end).
 """
 
 from __future__ import annotations
 
 import os
 
-import pytest
-
 from vault._suspected_buckets import SUSPECTED_ENTRIES, SuspectedBuckets
 
 
-@pytest.mark.xfail(strict=True, reason="review 39b: left to the lead (module docstring)")
 def test_a_bucket_learnt_past_the_memory_is_remembered() -> None:
     memory = SuspectedBuckets()
     first = os.urandom(16)
