@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from cofre.blocking import may_block
+from hsm._open_files import OpenFiles
 from hsm._pool import _CheckCall, _PoolAnswering
 from hsm.errors import HSMUnavailable
 
@@ -43,6 +44,7 @@ class ReadinessChecks:
     _background: threading.Thread | None
     _background_failure: HSMUnavailable | None
     _check_call: _CheckCall | None
+    _open_files: OpenFiles
 
     if TYPE_CHECKING:
 
@@ -92,7 +94,9 @@ class ReadinessChecks:
         it; once it is late they answer unready at once and start no other, so a hung
         connection holds one thread and one session, however many probes arrive. Returns
         what `operation` returned, or None when every session was busy with calls that
-        answered (no call made)."""
+        answered (no call made). Not ready in a process out of descriptors, whatever
+        the call would answer (session 40: a random number needs no file)."""
+        self._open_files.refuse_if_exhausted()
         self.check_answering()
         may_block()
         while True:

@@ -7,6 +7,7 @@ never a PIN or key material.
     └── HSMError
         ├── HSMUnavailable            code hsm_unavailable  (library, token or session gone)
         │   ├── HSMAuthFailed         code hsm_unavailable  (wrong or locked PIN)
+        │   ├── HSMOpenFilesExhausted code hsm_unavailable  (this process is out of descriptors)
         │   └── HSMKeyUnavailable     code hsm_unavailable  (key not yet usable: new on CloudHSM)
         ├── HSMKeyNotFound            code hsm_key_not_found
         ├── HSMKeyNotRegistered       code hsm_key_unregistered (not the key the registry records)
@@ -35,6 +36,13 @@ class HSMAuthFailed(HSMUnavailable):
     """The token refused the user PIN (wrong, locked or expired). Its API code is
     ``hsm_unavailable`` like its parent's: a client can do nothing different about it,
     and the message tells the operator what happened."""
+
+
+class HSMOpenFilesExhausted(HSMUnavailable):
+    """This process cannot open a file (its ``RLIMIT_NOFILE`` or the host's table is used
+    up), so the token library cannot read its objects or reach its HSM: SoftHSM then
+    finds no key, which is not the key's absence (`hsm._open_files`). Its API code is
+    ``hsm_unavailable`` like its parent's; the message names the limit."""
 
 
 class HSMKeyUnavailable(HSMUnavailable):

@@ -146,6 +146,8 @@ class HSMProvider(HmacOperations):
             # Token objects only: a batch's short-lived session copies are not keys.
             for obj in session.get_objects({Attribute.CLASS: cls, Attribute.TOKEN: True})
         ]
+        # Out of descriptors, SoftHSM lists no key and raises nothing (session 40).
+        self._open_files.refuse_if_exhausted()
         return sorted(infos, key=lambda info: (info.label, info.object_class))
 
     def list_keys_for_check(self) -> list[KeyInfo]:

@@ -28,6 +28,7 @@ HSM fails"; tests/reliability/test_hsm_faults.py).
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +44,7 @@ from cofre.errors import WouldBlock
 from hsm import _readiness
 from hsm._identity import Pin, Pins, check_found, prove_pair
 from hsm._login import UserLogin
+from hsm._open_files import OpenFiles
 from hsm._pool import (
     _AUTH_ERRORS,
     BUSY_ERRORS,
@@ -57,6 +59,7 @@ from hsm._pool import (
 from hsm._readiness import ReadinessChecks
 from hsm.errors import (
     HSMAuthFailed,
+    HSMError,
     HSMKeyNotFound,
     HSMKeyUnavailable,
     HSMOperationFailed,
@@ -127,6 +130,7 @@ class TokenSession(ReadinessChecks):
         # Calls the token answered (sessions given back unbroken): what a readiness check
         # on a pool with every session busy takes as the HSM working (`_wait_bounded`).
         self._answers = 0
+        self._open_files = OpenFiles()  # asked when a call fails (`hsm._open_files`)
         # The pool: one plain lock (cheap to take in C, see `_run_pooled`) and a condition
         # on it for the threads that wait, either for a place in the pool or, while
         # `_exclusive` holds the pool alone, for it to end; `_waiting` counts them so that
@@ -401,6 +405,13 @@ class TokenSession(ReadinessChecks):
                     # creation: the refusal may come after the key was made).
                     raise
                 return self._run_waiting_for_keys(operation, retry=retry, refused=refused)
+        except HSMError as failed:
+            # Out of descriptors, SoftHSM finds no key, and none once they are back
+            # until the library loads the token again (session 40, `hsm._open_files`).
+            outermost = getattr(self._local, "pooled", None) is None
+            reload = functools.partial(self._recover, self._generation) if outermost else None
+            self._open_files.refuse_if_exhausted(failed, reload)
+            raise
         except WouldBlock:
             # Not a call of its own: it is made again in a thread and timed there (a
             # ~0 ms sample per busy session would hide the HSM's latency under load).
