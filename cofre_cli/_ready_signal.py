@@ -22,28 +22,26 @@ from api.lifecycle import Readiness
 # How often a worker whose check has not passed yet tries it again.
 RETRY_SECONDS: Final = 0.2
 
-# In a worker process: the write end of its supervisor's pipe (`set_pipe`).
-_pipe: Connection | None = None
-_index = 0
 
+def supervisor_announcer(pipe: Connection | None, index: int) -> Callable[[], None]:
+    """What worker `index` calls once it answers: it writes `index` on `pipe` (the
+    supervisor's) and closes it, once; nothing without a pipe. Handed to the worker's
+    target by `cofre_cli.workers._worker` (session 40: the pipe was a module global set
+    there and read here, against STYLE's "No global mutable state outside the app
+    factory"; the target is Cofre's own, so it takes the announcer as an argument)."""
+    left = [pipe]  # taken by the first call
 
-def set_pipe(pipe: Connection | None, index: int) -> None:
-    """In worker `index`: where `announce_to_supervisor` writes (None: nowhere)."""
-    global _pipe, _index  # one pipe per worker process, set at its start
-    _pipe, _index = pipe, index
+    def announce() -> None:
+        taken = left.pop() if left else None
+        if taken is None:
+            return
+        try:
+            taken.send(index)
+            taken.close()
+        except OSError:
+            pass  # the supervisor is gone: the worker dies with it (`cofre_cli._parent`)
 
-
-def announce_to_supervisor() -> None:
-    """Tell the supervisor this worker answers (once; nothing without a pipe)."""
-    global _pipe  # closed after its one message
-    pipe, _pipe = _pipe, None
-    if pipe is None:
-        return
-    try:
-        pipe.send(_index)
-        pipe.close()
-    except OSError:
-        pass  # the supervisor is gone: the worker dies with it (`cofre_cli._parent`)
+    return announce
 
 
 def announce_when_ready(

@@ -37,7 +37,7 @@ from cofre.settings import Settings
 from cofre_cli._listeners import check_listener_ports, claim_listener_ports
 from cofre_cli._open_files import raise_open_files
 from cofre_cli._production import production_checks, refusing_software_tokens
-from cofre_cli._ready_signal import announce_to_supervisor, announce_when_ready
+from cofre_cli._ready_signal import announce_when_ready
 from cofre_cli.capture import capture_places, start_capture_listener
 from cofre_cli.stopping import stop_deadline
 from cofre_cli.wiring import (
@@ -126,9 +126,9 @@ def serve_worker(
     index: int | None,
     stamps: Stamps | None = None,
     loads: Counts | None = None,
+    ready: Callable[[], None] | None = None,
     *,
     migrate_schema: bool = False,
-    ready: Callable[[], None] | None = None,
 ) -> None:
     """One serving process: its own runtime (HSM sessions, database pool, group
     committer, sequencer and purge threads) and listeners. `index` is None for a node of
@@ -137,7 +137,7 @@ def serve_worker(
     (`cofre_cli.workers.NodeReadiness`), publishes its requests in flight in `loads` and
     sheds a connection when busier than another worker (`api.balance`), and serves its
     own Prometheus listener on the metrics port + `index`. Once it answers, it calls
-    `ready` (a numbered worker tells its supervisor: `cofre_cli._ready_signal`)."""
+    `ready` (a numbered worker's, from `cofre_cli.workers`, tells its supervisor)."""
     if index is not None:
         _configure_logs(settings.log_level, index)
     server = settings.server
@@ -174,9 +174,7 @@ def serve_worker(
             runtime.record_crl_changes(watcher)
             check_ready = functools.partial(_with_crl, runtime.check_ready, watcher.check)
         # Its own check (not the node's): the supervisor hears from every worker.
-        api.on_started = announce_when_ready(
-            check_ready, runtime.readiness, ready or announce_to_supervisor
-        )
+        api.on_started = announce_when_ready(check_ready, runtime.readiness, ready or _nothing)
         health = None
         node: NodeReadiness | None = None
         stop_beats: Callable[[], None] = _nothing

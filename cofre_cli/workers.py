@@ -55,7 +55,7 @@ from api.lifecycle import defer_signals
 from cofre.background import LoopHealth
 from cofre.settings import Settings
 from cofre_cli._parent import die_with
-from cofre_cli._ready_signal import set_pipe
+from cofre_cli._ready_signal import supervisor_announcer
 from cofre_cli.stopping import leave_process
 
 _log = structlog.get_logger("cofre.workers")
@@ -285,7 +285,8 @@ def worker_count(
     return max(1, min(cores, math.ceil(quota_us / period_us)))
 
 
-Target = Callable[[Settings, int, Stamps, Counts], None]
+# (settings, index, stamps, loads, announce): `announce()` once the worker answers.
+Target = Callable[[Settings, int, Stamps, Counts, Callable[[], None]], None]
 
 
 def _worker(
@@ -304,19 +305,19 @@ def _worker(
     # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which
     # forwards one SIGTERM; two signals would force the worker out mid-request.
     os.setpgid(0, 0)
-    set_pipe(ready, index)  # `announce_to_supervisor` writes there once it answers
-    target(settings, index, stamps, loads)
+    # Called once it answers: writes `index` on the supervisor's pipe (`_ready_signal`).
+    target(settings, index, stamps, loads, supervisor_announcer(ready, index))
     leave_process(0)  # no interpreter finalisation after the stop (`cofre_cli.stopping`)
 
 
 def run_workers(
     settings: Settings, count: int, target: Target, *, on_ready: Callable[[], None] | None = None
 ) -> int:
-    """Run `target(settings, index, stamps, loads)` in `count` spawned processes until
-    they all end; forward stop and reload signals. `stamps` is the node's shared
-    readiness array (`NodeReadiness`), `loads` its requests in flight per worker
-    (`api.balance`). `on_ready` is called (in this thread) once every worker has said
-    it answers (`cofre_cli._ready_signal.announce_to_supervisor`). Returns the exit
+    """Run `target(settings, index, stamps, loads, announce)` in `count` spawned
+    processes until they all end; forward stop and reload signals. `stamps` is the
+    node's shared readiness array (`NodeReadiness`), `loads` its requests in flight per
+    worker (`api.balance`). `on_ready` is called (in this thread) once every worker has
+    said it answers (by calling `announce`: `cofre_cli._ready_signal`). Returns the exit
     status for the node: 0 when every worker stopped cleanly after a stop signal, else
     the first failed worker's status."""
     context = multiprocessing.get_context("spawn")

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ def _server() -> ManagedServer:
     )
 
 
-def _relay_in_flight(directory: Path, index: int, stamps: Stamps, loads: Counts) -> None:
+def _relay_in_flight(
+    directory: Path, index: int, stamps: Stamps, loads: Counts, _announce: Callable[[], None]
+) -> None:
     call = _offload._relays.submit(time.sleep, 6)  # as `kept` submits a relay
     done = _offload._tracked()
     call.add_done_callback(lambda _: done())

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,9 @@ async def _answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def _worker(directory: Path, index: int, stamps: Stamps, loads: Counts) -> None:
+def _worker(
+    directory: Path, index: int, stamps: Stamps, loads: Counts, _announce: Callable[[], None]
+) -> None:
     """A worker of the node: it notes that it began, serves until stopped, and notes
     each reload and that it served."""
     (directory / f"began-{index}").touch()
