@@ -44,6 +44,8 @@ from collections.abc import Callable, Iterator
 from typing import Final
 from urllib.parse import unquote, unquote_plus
 
+from vault._relay_dumps import dump_readings, words_undone
+
 # How many layers of encoding inside one another are read (base64 of base64 of gzip).
 LAYERS: Final = 3
 # The most a text's reading produces, as a multiple of its length: a 1 MiB answer of
@@ -289,6 +291,8 @@ def _rare_words(form: str, compact: str) -> Iterator[tuple[str, bytes | None, bo
         yield f"uu/{block}", _uudecoded(block), True
     for key, dump in _dumps(form):
         yield key, _hex(dump), True
+    for key, data in dump_readings(form):  # session 40: od, hexdump's words, decimal
+        yield f"{key}/{data.decode('latin-1')}", data, True
 
 
 def _dumps(form: str) -> Iterator[tuple[str, str]]:
@@ -477,4 +481,11 @@ def _utf7_undone(text: str) -> str:
     return _UTF7_BLOCK.sub(one, text)
 
 
-_UNDOERS: Final = (_percent_undone, _html_undone, _json_undone, _qp_undone, _utf7_undone)
+_UNDOERS: Final = (
+    _percent_undone,
+    _html_undone,
+    _json_undone,
+    _qp_undone,
+    _utf7_undone,
+    words_undone,  # session 40: the card in digit words, English or Portuguese
+)

@@ -30,6 +30,7 @@ from vault._relay_details import (
     sent_patterns,
     without_written,
 )
+from vault._relay_dumps import joined_lists, withhold_lists
 from vault._relay_echo import AnswerBound, read_as
 from vault.errors import RelayBodyInvalid
 
@@ -428,7 +429,10 @@ def withhold_encoded_pans(
     decoded (a run of digits as `DECODED_RUN` reads it), or once its escapes are undone
     after its details as written are taken out (read here too, as the masking may star
     an escaped code's digits): session 38, the card object echoed without its number in
-    base64 gave the caller the code, the name and the expiry."""
+    base64 gave the caller the code, the name and the expiry. Session 40: an array's
+    items are read joined too (`vault._relay_dumps.joined_lists`: base64 lines, bytes
+    in decimal, digit words, one an item), and every text and number of an array that
+    reads a PAN or a detail so is withheld."""
     wanted = _shown_shapes(pans)
     written = sent_patterns(sent, guesses)
     decoded = decoded_details(sent, guesses)
@@ -436,6 +440,10 @@ def withhold_encoded_pans(
         return value
 
     answer = AnswerBound(_texts_length(value))  # one bound for the answer (review 39b)
+    # Session 40: an array's items read joined too (base64 lines, one number or digit
+    # word an item), within the same bound: the worst case stays what it was, and
+    # texts read once a hostile answer's arrays spent it are withheld whole.
+    lists = list(joined_lists(value))
 
     def holds_detail(shape: str) -> bool:
         if decoded is None:
@@ -443,19 +451,23 @@ def withhold_encoded_pans(
         shape = shape.replace("\x00", "")
         return decoded.search(shape) or decoded.search(_as_utf8(shape))
 
-    def encoded(_index: int, text: str) -> str | None:
-        plain = _digits_of(text)
+    def reads_encoded(text: str) -> bool:
+        plain = _digits_of(text)  # digits as written: the masking's, as before
 
         def found(shape: str) -> bool:
             digits = _digits_of(shape)
             return digits != plain and next(_occurrences(digits, wanted), None) is not None
 
-        if read_as(text, found, decoded=holds_detail if decoded else None, answer=answer):
+        return read_as(text, found, decoded=holds_detail if decoded else None, answer=answer)
+
+    def encoded(_index: int, text: str) -> str | None:
+        if reads_encoded(text):
             return WITHHELD_DETAIL
         as_written = without_written(text.replace("\x00", ""), written, WITHHELD_DETAIL)
         return WITHHELD_DETAIL if written and escapes_hold(as_written, written) else None
 
-    return _replace_texts(value, encoded)
+    spread = {id(items) for items, texts in lists if any(map(reads_encoded, texts))}
+    return _replace_texts(withhold_lists(value, spread, WITHHELD_DETAIL), encoded)
 
 
 def _as_utf8(shape: str) -> str:
