@@ -204,7 +204,8 @@ def decoded_details(sent: Sequence[str], guesses: CallerGuesses | None) -> Decod
     parts = [f"(?P<layout>{EXPIRY_LIKE.pattern})", f"(?P<run>{DECODED_RUN.pattern})"]
     if names:
         parts.append("(?i:" + "|".join(detail_pattern(name).pattern for name in names) + ")")
-    words = {re.escape(word) for name in names for word in name.replace("/", " ").split()}
+    folded = [*names, *map(_ascii_folded, names)]
+    words = {re.escape(word) for name in folded for word in name.replace("/", " ").split()}
     quick = re.compile("|".join([_DIGITS_NEAR.pattern, *sorted(words)]), re.IGNORECASE)
     pattern = re.compile("|".join(parts))
     return DecodedDetails(pattern, frozenset(runs), frozenset(layouts), quick)
@@ -228,11 +229,26 @@ def detail_pattern(text: str) -> re.Pattern[str]:
         digits = text.lstrip("0")
         digits = rf"0*{re.escape(digits)}" if digits else "0+"
         return re.compile(rf"(?<![0-9]){digits}(?![0-9])")
-    words = text.split()
-    body = re.escape(text)
-    if len(words) > 1:
-        # Any whitespace between the words, and the magnetic stripe's SURNAME/GIVEN.
-        forward = r"\s+".join(map(re.escape, words))
-        track = re.escape(words[-1]) + r"\s*/\s*" + r"\s+".join(map(re.escape, words[:-1]))
-        body = f"(?:{forward}|{track})"
+    # Session 40: a name past ASCII is looked for transliterated too (``Joao`` for
+    # ``João``: an acquirer's ASCII-only fields), as a magnetic stripe writes it.
+    bodies = [_name_body(name) for name in dict.fromkeys((text, _ascii_folded(text)))]
+    body = bodies[0] if len(bodies) == 1 else f"(?:{'|'.join(bodies)})"
     return re.compile(rf"(?<!\w){body}(?!\w)", re.IGNORECASE)
+
+
+def _name_body(text: str) -> str:
+    words = text.split()
+    if len(words) < 2:
+        return re.escape(text)
+    # Any whitespace between the words, and the magnetic stripe's SURNAME/GIVEN.
+    forward = r"\s+".join(map(re.escape, words))
+    track = re.escape(words[-1]) + r"\s*/\s*" + r"\s+".join(map(re.escape, words[:-1]))
+    return f"(?:{forward}|{track})"
+
+
+def _ascii_folded(text: str) -> str:
+    """`text` with its letters' accents dropped (NFKD, combining marks left out)."""
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
