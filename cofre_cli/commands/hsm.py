@@ -81,6 +81,11 @@ def hsm_status(
             "  UNREGISTERED keys (never used; investigate and destroy): "
             + ", ".join(report["unregistered"])
         )
+    if report.get("missing"):
+        typer.echo(
+            "  MISSING keys (registered, not on the token: restore the HSM's backup, "
+            'docs/key-ceremony.md "A key missing from the token"): ' + ", ".join(report["missing"])
+        )
     for key in report["keys"]:
         flags = ", ".join(
             f"{flag}={key[flag]}"
@@ -142,10 +147,35 @@ def _registry_report(settings: Any, provider: Any) -> dict[str, Any]:
             registry.trust_officers(lambda: policy, names)
         registered = registry.registered()
         stray = registry.unregistered() if registered else []
+        missing = _missing(registered, provider.list_keys())
     except CofreError as exc:
-        return {"registry": f"unavailable ({exc.code})", "unregistered": []}
+        return {"registry": f"unavailable ({exc.code})", "unregistered": [], "missing": []}
     return {
         "registry": "ok" if registered else "empty (adopted at the vault's first start)",
         "registered": sorted(registered),
         "unregistered": stray,
+        "missing": missing,
     }
+
+
+def _missing(registered: dict[str, Any], listed: list[Any]) -> list[str]:
+    """The registered labels that should be on the token and are not: the newest
+    registered version of each kind, and every audit key (kept to verify the heads it
+    signed). An older KEK or fingerprint version is destroyed by its rotation, so its
+    absence says nothing. A newest version gone leaves the one before it current
+    (docs/threat-model.md), `/readyz` ready: this line is what shows it (session 40)."""
+    from hsm.keys import KeyKind, key_label, parse_key_label
+    from vault.key_registry import token_identities
+
+    on_token = token_identities(listed)
+    newest: dict[KeyKind, int] = {}
+    expected: set[str] = set()
+    for label in registered:
+        parsed = parse_key_label(label)
+        if parsed is None:
+            continue
+        newest[parsed[0]] = max(newest.get(parsed[0], 0), parsed[1])
+        if parsed[0] is KeyKind.AUDIT:
+            expected.add(label)
+    expected |= {key_label(kind, version) for kind, version in newest.items()}
+    return sorted(label for label in expected if label in registered and label not in on_token)
