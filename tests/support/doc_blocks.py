@@ -14,7 +14,8 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 def fenced_commands(document: Path, after: str, language: str = "sh") -> list[tuple[str, str]]:
     """(command, comment) for each line of the first ```` ```language ```` block of
     `document` after the text `after`: backslash continuations joined, a line that is
-    only a comment given as ("", comment), the comment after `  #` kept apart (what the
+    only a comment given as ("", the text after its `#`, indent kept: the page's
+    sample output is indented, its prose is not), the comment after `  #` kept apart (what the
     page says the command prints or does). Raises `AssertionError` when there is none."""
     text = document.read_text(encoding="utf-8")
     assert after in text, f"{document.name} no longer says {after!r}"
@@ -34,7 +35,7 @@ def fenced_commands(document: Path, after: str, language: str = "sh") -> list[tu
         if not stripped:
             continue
         if stripped.startswith("#"):
-            lines.append(("", stripped.lstrip("#").strip()))
+            lines.append(("", stripped[1:].rstrip()))  # "#   output" keeps its indent
             continue
         command, _, comment = line.partition("  #")
         lines.append((command.strip(), comment.strip()))
