@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Row, bindparam, func, select, update
 
+from hsm.errors import HSMKeyNotFound
 from hsm.keys import KeyKind, key_label
 from hsm.provider import HSMProvider, WrappedKey
 from vault._retired_keys import retired_through
@@ -268,8 +269,19 @@ class RotationBatches(UnreadableRows):
         KEK the same way (a data rotation approved on a node whose registry still named
         it current): destroyed, it took every token under that data key (review 38's
         backstop). The grace period is far longer than any call: by now all are in.
-        Returns the rows moved."""
+        Returns the rows moved. Raises `HSMKeyNotFound`, before anything is moved or
+        destroyed, when the rotation's new key is not on the token (session 40): the
+        vault then serves with the old one, and destroying it left no key of the kind."""
         kek = row.kind == RotationKind.KEK.value
+        kind = KeyKind.KEK if kek else KeyKind.FINGERPRINT
+        new = key_label(kind, int(row.new_version))
+        if not self._provider.has_key(new):
+            old = key_label(kind, int(row.old_version))
+            raise HSMKeyNotFound(
+                f"{new}, the new key of key ceremony {row.id}, is not on the token: {old} is "
+                "kept until it is restored from the HSM's backup (docs/key-ceremony.md, "
+                '"A key missing from the token")'
+            )
         step = self._rewrap if kek else self._refingerprint
         moved = 0
         while batch := step(connection, row, BATCH):
