@@ -177,7 +177,6 @@ def create_database_engine(
             ),
         },
     )
-    _flat_arrays(engine)
     if password_provider is not None:
         provider = password_provider
 
@@ -189,17 +188,6 @@ def create_database_engine(
             cparams["password"] = provider()
 
     return engine
-
-
-def _flat_arrays(engine: Engine) -> None:
-    """Every connection dumps flat lists of bytes or str with `FlatListBinaryDumper`:
-    the committer's binary arrays, the same bytes with less Python each (issue 21)."""
-    # psycopg is loaded for PostgreSQL only (SQLAlchemy loads it with the dialect).
-    from vault.storage._pg_arrays import FlatListBinaryDumper  # noqa: PLC0415
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        dbapi_connection.adapters.register_dumper(list, FlatListBinaryDumper)
 
 
 def _configure_sqlite(engine: Engine) -> None:
