@@ -100,8 +100,7 @@ class VaultCore(Fingerprints):
         insecure_seal_without_domain: bool = False,
     ) -> None:
         self._engine = engine
-        # Built once (`execution_options` makes a proxy per call); one round trip on PG.
-        self._reader = single_read(engine)
+        self._reader = single_read(engine)  # built once; one round trip on PG
         self._committer = GroupCommitter(engine) if group_commit else None
         self._relay_client = RelayClient()
         self._provider = provider
@@ -114,7 +113,8 @@ class VaultCore(Fingerprints):
         self._key_window = idempotency_window
         self._keyring = DataKeyring(
             engine, provider, insecure_seal_without_domain=insecure_seal_without_domain
-        )
+        )  # Its registry counts only what the policy's officers signed (session 40).
+        self._keyring.registry.trust_officers(lambda: self._policy, None)
         self._codes = HeldCodes(
             engine, provider, self._keyring.registry, self._audit, ttl=security_code_ttl
         )

@@ -18,18 +18,66 @@ Retention carries the newest data retirement forward when it drops its partition
 
 from __future__ import annotations
 
-from typing import Final
+import json
+from collections.abc import Callable
+from typing import Any, Final
 
 from sqlalchemy import Connection, select, text
 
-from audit.retention import COMPLETE_RECORDS, data_key_retired
+from audit.retention import COMPLETE_RECORDS, data_key_retired, record_details, record_object
 from audit.schema import audit_entries
 
 _COMPLETIONS: Final = select(audit_entries.c.payload).where(text(COMPLETE_RECORDS))
+# Migration 0021's partial index of the start records (`vault._ceremony_guards`).
+_START_RECORDS: Final = """payload LIKE '{"action":"key.rotation.start",%'"""
+# Whether the officers' signatures prove a data rotation's start: its details with the
+# ceremony id under ``ceremony``, its document (`vault.key_registry.KeyRegistry.signed_time`).
+ProvenStart = Callable[[dict[str, Any], object], int | None]
 
 
-def retired_through(connection: Connection) -> int:
+def _started_from(connection: Connection, ceremony: str, proven: ProvenStart) -> int | None:
+    """The data-key version the first start of data rotation `ceremony` whose document
+    proves it (its officers' signed proposal and approvals) rotated from; None when no
+    start of it is proven. The first: the vault writes it in the transaction of the
+    approval that completes the quorum, so a copy of its signatures written after it onto
+    another start of that ceremony (naming another version) comes later in the log."""
+    payload = audit_entries.c.payload
+    starts = (
+        select(payload)
+        .where(
+            text(_START_RECORDS),
+            payload.contains(f'"key_id":{json.dumps(ceremony)}', autoescape=True),
+        )
+        .order_by(audit_entries.c.id)
+    )
+    for found in connection.execute(starts).scalars():
+        parsed = record_details(found)
+        if parsed is None or parsed[0].get("key_id") != ceremony:
+            continue
+        entry, details = parsed
+        if entry.get("outcome") != "success" or details.get("kind") != "data":
+            continue
+        if proven({**details, "ceremony": ceremony}, entry.get("document")) is None:
+            continue
+        version = details.get("old_version")
+        return version if type(version) is int else None
+    return None
+
+
+def retired_through(connection: Connection, proven: ProvenStart) -> int:
     """The highest data-key version the audit log records retired (0 when none): every
-    version up to it is retired for good. Raises what the read raises."""
-    versions = (data_key_retired(payload) for payload in connection.execute(_COMPLETIONS).scalars())
-    return max((v for v in versions if v is not None), default=0)
+    version up to it is retired for good. A completion counts only when it names the
+    version the first proven start of its ceremony (`_started_from`) rotated from
+    (session 40: a well-formed completion a database writer inserted, naming a high
+    version, retired every data key for good); one that does not is passed over.
+    Raises what the read raises."""
+    highest = 0
+    for payload in connection.execute(_COMPLETIONS).scalars():
+        version = data_key_retired(payload)
+        entry = record_object(payload) if version is not None else None
+        ceremony = None if entry is None else entry.get("key_id")
+        if version is None or version <= highest or not isinstance(ceremony, str):
+            continue
+        if _started_from(connection, ceremony, proven) == version:
+            highest = version
+    return highest

@@ -143,7 +143,7 @@ class RotationBatches(UnreadableRows):
         registered = {
             key_label(KeyKind.KEK, v) for v in self._keyring.registry.versions(KeyKind.KEK)
         }
-        retired = retired_through(connection)
+        retired = retired_through(connection, self._keyring.registry.signed_time)
         for item in rows:
             if item.version <= retired:
                 # Its wrapped bytes put back from a backup (session 38): never carried

@@ -44,13 +44,13 @@ from typing import Any, Final
 from sqlalchemy import Connection, Row, select, update
 
 from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
-from hsm.keys import parse_key_label
+from hsm.keys import KeyKind, parse_key_label
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.models import Action
 from vault.approval_proof import SignedAction, approval_problem, proposal_problem
-from vault.ceremony import CeremonyState
+from vault.ceremony import CeremonyState, RotationKind
 from vault.errors import CeremonyError
 from vault.httpsig import parse_signature
 from vault.key_registry import REGISTER, KeyIdentity, KeyRegistry, token_identities
@@ -58,6 +58,12 @@ from vault.storage.schema import key_approvals, key_ceremonies
 
 REGISTER_KIND: Final = "register"  # the ceremony kind (`vault.ceremony.RotationKind`)
 DOCUMENT_TYPE: Final = "cofre-signed-registration/v1"
+_MADE_BY: Final = "created by key ceremony "  # a rotation's registration (`vault.rotation`)
+_ROTATES: Final = {
+    KeyKind.KEK: RotationKind.KEK.value,
+    KeyKind.FINGERPRINT: RotationKind.FINGERPRINT.value,
+    KeyKind.AUDIT: RotationKind.AUDIT.value,
+}
 _KNOWN: Final = 1 << 15  # answers remembered, by digest (`officers_verifier`)
 
 
@@ -119,22 +125,51 @@ def _signed_actions(document: object) -> tuple[dict[str, Any], list[dict[str, An
     return proposal, approvals
 
 
+def _proposed_kind(proof: str) -> object:
+    """The kind a stored proposal's body names, read before its signature is checked
+    (only to know which kind to check it for)."""
+    try:
+        body = json.loads(SignedAction.from_json(proof).body)
+    except ValueError:
+        return None
+    return body.get("kind") if isinstance(body, dict) else None
+
+
+def _signed_for(details: dict[str, Any], proof: str) -> str | None:
+    """The ceremony kind the proposal `proof` must prove for the record with `details`:
+    ``register`` for a register ceremony's registration (its body names the record),
+    the key's rotation kind for a rotation's own registration of the version 2 or later
+    it made (session 40), ``data`` for a data rotation's start; None for anything else."""
+    label, kind = details.get("label"), _proposed_kind(proof)
+    if label is None:
+        return RotationKind.DATA.value if details.get("kind") == kind == "data" else None
+    parsed = parse_key_label(label) if isinstance(label, str) else None
+    if parsed is None:
+        return None
+    if kind == REGISTER_KIND:
+        named = proposed_registration(proof)
+        same = named is not None and all(details.get(n) == v for n, v in named.items())
+        return REGISTER_KIND if same else None
+    made_by = f"{_MADE_BY}{details.get('ceremony')}"
+    if parsed[1] < 2 or kind != _ROTATES[parsed[0]] or details.get("how") != made_by:
+        return None
+    return str(kind)
+
+
 def _proposal(
     details: dict[str, Any],
     proposal: dict[str, Any],
     policy: PolicyEngine,
     authorities: Collection[str] | None,
 ) -> SignedAction | None:
-    """The verified proposal of the ``register`` ceremony `details` names, when an
-    officer `policy` grants key administration signed it for this record, else None."""
+    """The verified proposal of the ceremony `details` names, when an officer `policy`
+    grants key administration signed it for this record (`_signed_for`), else None."""
     ceremony, proof = details.get("ceremony"), proposal.get("proof")
     key = _officer_key(policy, proposal.get("officer"))
     if key is None or not isinstance(ceremony, str) or not isinstance(proof, str):
         return None
-    if proposal_problem(proof, key, ceremony, REGISTER_KIND, authorities) is not None:
-        return None
-    named = proposed_registration(proof)
-    if named is None or any(details.get(name) != value for name, value in named.items()):
+    kind = _signed_for(details, proof)
+    if kind is None or proposal_problem(proof, key, ceremony, kind, authorities) is not None:
         return None
     return SignedAction.from_json(proof)
 
@@ -145,10 +180,12 @@ def signed_registration_time(
     policy: PolicyEngine,
     authorities: Collection[str] | None,
 ) -> int | None:
-    """The Unix second the officers' token signed the proposal of the registration whose
-    entry has `details` and `document`, when it proves a ``register`` ceremony under dual
-    control as `policy` stands now, for this vault (`authorities`: its names, None not
-    checked) and for exactly this record (see the module docstring); None otherwise."""
+    """The Unix second the officers' token signed the proposal of the record whose entry
+    has `details` (with its ceremony id, ``details["ceremony"]``) and `document`, when it
+    proves that ceremony under dual control as `policy` stands now, for this vault
+    (`authorities`: its names, None not checked) and for exactly this record: a
+    ``register`` ceremony's registration (see the module docstring), a rotation's own
+    registration of the key version it made, or a data rotation's start; None otherwise."""
     actions = _signed_actions(document)
     if actions is None:
         return None
@@ -171,6 +208,17 @@ def signed_registration_time(
     if len(counted) + 1 < policy.policy.key_approvals_required:
         return None
     return parse_signature(signed.request().headers).created
+
+
+def ceremony_document(connection: Connection, row: Row[Any]) -> str:
+    """The signed document (`signed_document`) of ceremony `row` as its officers acted:
+    its proposal and its approvals' stored signed requests, read in `connection`."""
+    approvals = connection.execute(
+        select(key_approvals.c.officer, key_approvals.c.proof)
+        .where(key_approvals.c.ceremony_id == row.id)
+        .order_by(key_approvals.c.approved_at)
+    ).all()
+    return signed_document(row.proposer, row.proposer_proof, [(o, p) for o, p in approvals])
 
 
 def officers_verifier(
@@ -233,7 +281,9 @@ def start_registration(  # noqa: PLR0917 - a ceremony start's parts, in order
             "its check value"
         )
     label = named["label"]
-    if label not in registry.registered(fresh=True):
+    # Or one only unsigned records name, which a version 2 or later no longer counts on
+    # (session 40): the upgrade's re-registration of the versions rotations made before.
+    if label not in registry.registered(fresh=True) and label not in registry.refused():
         # A repair only: a new version comes from a rotation, which makes the key in the
         # HSM and moves what the old one protects (a key made with the PIN and
         # registered here would skip both).
@@ -248,12 +298,7 @@ def start_registration(  # noqa: PLR0917 - a ceremony start's parts, in order
             f"{wanted.cka_id}, check value {wanted.check}), exactly one key, sensitive and "
             "never extractable: nothing registered"
         )
-    approvals = connection.execute(
-        select(key_approvals.c.officer, key_approvals.c.proof)
-        .where(key_approvals.c.ceremony_id == row.id)
-        .order_by(key_approvals.c.approved_at)
-    ).all()
-    document = signed_document(row.proposer, row.proposer_proof, [(o, p) for o, p in approvals])
+    document = ceremony_document(connection, row)
     connection.execute(
         update(key_ceremonies)
         .where(key_ceremonies.c.id == row.id)

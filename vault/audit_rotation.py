@@ -43,6 +43,7 @@ from audit.sequencer import load_compact_range, tree_size
 from hsm.keys import KeyHierarchy, KeyKind, key_label, parse_key_label
 from hsm.provider import HSMProvider
 from vault._ceremony_guards import proposal_mark
+from vault._signed_registration import ceremony_document
 from vault.ceremony import CeremonyState
 from vault.errors import CeremonyError
 from vault.key_registry import KeyRegistry
@@ -129,8 +130,15 @@ class AuditKeyRotation:
         # Next to the start, which takes its time (`AuditLog.append`'s hold): written
         # before the handover's two signatures (HSM round trips), it let another node's
         # entries into the log between the two, dated after the start (review 37).
+        # With the officers' signed requests: only then does the registry take a version
+        # 2 or later (session 40: a PIN holder's hand-written registration was taken).
         self._registry.register(
-            connection, new_label, actor=approver, how=f"created by key ceremony {row.id}"
+            connection,
+            new_label,
+            actor=approver,
+            how=f"created by key ceremony {row.id}",
+            ceremony=row.id,
+            document=ceremony_document(connection, row),
         )
         self._event(
             connection,

@@ -50,6 +50,10 @@ _RECORDS: Final = (
     select(audit_entries.c.payload).where(text(REGISTER_RECORDS)).order_by(audit_entries.c.id)
 )
 _REFRESH_SECONDS: Final = 1.0
+# How `adopt_if_empty` records the token's keys as found: the log's first registry
+# records, written in one transaction into an empty registry. Only these take a version
+# 2 or later unsigned (session 40): the same words written later are a writer's.
+ADOPTED: Final = "adopted at first start"
 # What a KEK, fingerprint or audit key label registered as two different keys is
 # recorded as: an identity no token key has (check values are hex), so the label is
 # never used and readiness names it (session 37). The vault never registers such a
@@ -61,6 +65,14 @@ _REFRESH_SECONDS: Final = 1.0
 # carried-forward copies repeat the identity, and security-code epoch keys, made again
 # under their label after a lost transaction, are not such labels.
 _REGISTERED_AS_ANOTHER_KEY: Final = "registered again as another key"
+# What each label a signed ceremony's records name is recorded as when they name more
+# than one (session 40): a rotation makes one version, so all but one are copies of its
+# officers' signatures onto a key it did not make, and none is used.
+_ONE_CEREMONY: Final = "one ceremony's signatures on several labels"
+# What a version 2 or later whose ceremony's signatures do not verify now is recorded as
+# (an officer who signed it removed, or their token key replaced: docs/key-ceremony.md):
+# never used, and never fallen back from (`_refuse_a_newer_version_altered`).
+_NOT_PROVEN: Final = "signatures the policy in force does not prove"
 # When officers' signatures prove a registration, the second of its signed proposal
 # (`vault._signed_registration.signed_registration_time`), else None.
 SignedRegistrations = Callable[[dict[str, Any], object], int | None]
@@ -151,6 +163,11 @@ class KeyRegistry:
         self._cache: dict[str, KeyIdentity] | None = None
         self._read_at = 0.0
         self._signed: SignedRegistrations | None = None
+        # Tests' in-process ceremonies only (`KeyRotation`'s `unsigned_officers_count`):
+        # take a rotation's unsigned registration, and its data completions, as before
+        # session 40. Never set in a served vault.
+        self._unsigned_ceremonies = False
+        self._refused: frozenset[str] = frozenset()
 
     def trust_signed(self, verify: SignedRegistrations) -> None:
         """Take a registration the security officers signed (`verify` proves it, under
@@ -163,13 +180,38 @@ class KeyRegistry:
         self,
         policy: Callable[[], PolicyEngine],
         authorities: Callable[[], Collection[str]] | None,
+        *,
+        insecure_unsigned_ceremonies: bool = False,
     ) -> None:
         """`trust_signed` with the officers of `policy` (the one in force, read at each
-        use) signing for one of `authorities` (the vault's own names)."""
+        use) signing for one of `authorities` (the vault's own names).
+        `insecure_unsigned_ceremonies`: tests' in-process ceremonies, whose officers sign
+        nothing, put the versions they make into use unsigned (never in a served vault)."""
         # Imported here: that module builds on this one's records.
         from vault._signed_registration import officers_verifier  # noqa: PLC0415
 
         self.trust_signed(officers_verifier(policy, authorities))
+        with self._lock:
+            self._unsigned_ceremonies = insecure_unsigned_ceremonies
+
+    def signed_time(self, details: dict[str, Any], document: object) -> int | None:
+        """When the officers signed the ceremony the record with `details` (its ceremony
+        id under ``ceremony``) and `document` proves, as `trust_signed` takes a
+        registration (a data rotation's start, `vault._retired_keys`); None when it
+        proves none, or when no officers are trusted yet. Tests' unsigned ceremonies
+        (`trust_officers`) count at the second 0."""
+        with self._lock:
+            if self._unsigned_ceremonies:
+                return 0
+            return None if self._signed is None else self._signed(details, document)
+
+    def refused(self) -> list[str]:
+        """Labels of a version 2 or later of a KEK, fingerprint or audit key that the log
+        registers only without the officers' signatures (session 40), or with signatures
+        the policy in force no longer proves: never used. Reads the log anew."""
+        self.registered(fresh=True)
+        with self._lock:
+            return sorted(self._refused)
 
     # ------------------------------------------------------------------ records
     def registered(self, *, fresh: bool = False) -> dict[str, KeyIdentity]:
@@ -205,10 +247,18 @@ class KeyRegistry:
                 raise StorageUnavailable(
                     f"the key registry is unavailable ({db_error_name(exc)})"
                 ) from None
+        return self._from_records(connection)
+
+    def _from_records(self, connection: Connection) -> dict[str, KeyIdentity]:
+        """The registry as the log's `key.register` records in `connection` make it (see
+        `registered`); the labels it refuses are kept for `refused`."""
         out: dict[str, KeyIdentity] = {}
-        twice: set[str] = set()
+        twice, refused, voided = set[str](), set[str](), set[str]()
         # Of the records officers signed, per label the one proposed last (session 39).
         signed: dict[str, tuple[int, KeyIdentity]] = {}
+        # The labels each signed record's ceremony registers: one, or none is used.
+        ceremonies: dict[str, set[str]] = defaultdict(set)
+        first_start = True  # the log's first records are its first start's adoption
         for payload in connection.execute(_RECORDS).scalars():
             parsed = record_details(payload)
             if parsed is None:  # not the vault's (session 39: raised, a 500 at each call)
@@ -217,18 +267,38 @@ class KeyRegistry:
             label = str(details.get("label", ""))
             identity = KeyIdentity(label, details.get("cka_id"), details.get("check"))
             at = self._signed_at(details, record.get("document"), label)
+            first_start = first_start and at is None and details.get("how") == ADOPTED
             if at is not None:
+                ceremonies[str(details["ceremony"])].add(label)
                 before = signed.get(label)
                 if before is None or at > before[0]:
                     signed[label] = (at, identity)
                 elif at == before[0] and before[1] != identity:  # one second, two keys
                     signed[label] = (at, KeyIdentity(label, None, _REGISTERED_AS_ANOTHER_KEY))
                 continue
-            if parse_key_label(label) is not None and out.get(label, identity) != identity:
+            parsed_label = parse_key_label(label)
+            if (
+                parsed_label is not None
+                and parsed_label[1] >= 2
+                and not (self._unsigned_ceremonies or first_start)
+            ):
+                # Session 40: only a ceremony makes it, and signs it. One whose signatures
+                # no longer prove it (an officer removed, a token key replaced) stops its
+                # kind rather than hand it back to the version it replaced.
+                signed_once = "ceremony" in details and record.get("document") is not None
+                (voided if signed_once else refused).add(label)
+                continue
+            if parsed_label is not None and out.get(label, identity) != identity:
                 twice.add(label)
             out[label] = identity
         for label in twice:
             out[label] = KeyIdentity(label, None, _REGISTERED_AS_ANOTHER_KEY)
+        for label in voided:
+            out.setdefault(label, KeyIdentity(label, None, _NOT_PROVEN))
+        for labels in ceremonies.values():
+            if len(labels) > 1:  # one ceremony's signatures copied onto another label
+                signed |= {name: (0, KeyIdentity(name, None, _ONE_CEREMONY)) for name in labels}
+        self._refused = frozenset((refused - set(out)) | voided) - set(signed)
         return out | {label: identity for label, (_, identity) in signed.items()}
 
     def _signed_at(self, details: dict[str, Any], document: object, label: str) -> int | None:
@@ -243,8 +313,19 @@ class KeyRegistry:
         with self._lock:
             self._cache = None
 
-    def register(self, connection: Connection, label: str, *, actor: str, how: str) -> None:
-        """Record token key `label` as Cofre's, in `connection`'s transaction.
+    def register(
+        self,
+        connection: Connection,
+        label: str,
+        *,
+        actor: str,
+        how: str,
+        ceremony: str | None = None,
+        document: str | None = None,
+    ) -> None:
+        """Record token key `label` as Cofre's, in `connection`'s transaction; a key
+        ceremony's record names it (`ceremony`) and carries its officers' signed requests
+        (`document`, `vault._signed_registration.signed_document`).
 
         Raises `KeyNotRegistered` when the label does not name exactly one key.
         """
@@ -262,7 +343,9 @@ class KeyRegistry:
                 outcome=Outcome.SUCCESS,
                 actor=actor,
                 key_id=label,
-                details={**identity.as_details(), "how": how},
+                details={**identity.as_details(), "how": how}
+                | ({} if ceremony is None else {"ceremony": ceremony}),
+                document=document,
             ),
             hold=True,
         )
@@ -290,7 +373,7 @@ class KeyRegistry:
             if self._read(connection):  # another node adopted meanwhile
                 return []
             for label in adopted:
-                self.register(connection, label, actor=actor, how="adopted at first start")
+                self.register(connection, label, actor=actor, how=ADOPTED)
         with self._lock:
             self._cache = None
         return adopted
@@ -401,9 +484,19 @@ class KeyRegistry:
         listed = self._provider.list_keys_for_check()
         stray = self.unregistered(listed)
         if stray:
+            unsigned = [label for label in self.refused() if label in stray]
             raise KeyNotRegistered(
                 "keys on the token that are not in Cofre's key registry (never used; "
-                "investigate and destroy them): " + ", ".join(stray)
+                "investigate and destroy them): "
+                + ", ".join(stray)
+                + (
+                    "; not proven by the signatures of officers the policy grants, which "
+                    "a version 2 or later needs (session 40: only a key ceremony makes "
+                    f"one): "
+                    f"{', '.join(unsigned)}"
+                    if unsigned
+                    else ""
+                )
             )
         # The listing cannot see a private half replaced under our public one (same
         # label, CKA_ID and point): the current audit key pair signs for its point

@@ -308,7 +308,7 @@ class DataKeyring:
                     data_keys.c.wrapped, data_keys.c.wrap_mechanism, data_keys.c.kek_label
                 ).where(data_keys.c.purpose == purpose.value, data_keys.c.version == version)
             ).first()
-            retired = retired_through(connection)
+            retired = retired_through(connection, self.registry.signed_time)
         with self._lock:
             self._retired_through = max(self._retired_through, retired)
             self._refuse_if_retired(purpose, version)

@@ -41,7 +41,7 @@ from vault._ceremony_view import ceremony_view
 from vault._custody_gate import custody_refusal, refuse_late_custody
 from vault._retired_keys import retired_through
 from vault._rotation_batches import BATCH, RotationBatches
-from vault._signed_registration import start_registration
+from vault._signed_registration import ceremony_document, start_registration
 from vault.approval_proof import SignedAction
 from vault.audit_rotation import AuditKeyRotation
 from vault.ceremony import Ceremony, CeremonyState, OfficerCertificate, RotationKind
@@ -96,7 +96,8 @@ class KeyRotation(RotationBatches):
         self._grace = destroy_grace
         self._clock = clock
         self._lock = threading.Lock()
-        keyring.registry.trust_officers(policy, authorities)  # signed registrations (s. 39)
+        registry, unsigned = keyring.registry, unsigned_officers_count  # signed: sessions 39, 40
+        registry.trust_officers(policy, authorities, insecure_unsigned_ceremonies=unsigned)
 
     # ------------------------------------------------------------------ helpers
     # Every database call of a ceremony goes through these two, so a database outage
@@ -428,7 +429,7 @@ class KeyRotation(RotationBatches):
             old, new = self._new_data_keys(connection)
         else:
             key_kind = KeyKind.KEK if kind is RotationKind.KEK else KeyKind.FINGERPRINT
-            old = self._keyring.registry.versions(key_kind)[-1]
+            old = registry.versions(key_kind)[-1]
             new = old + 1
             label = key_label(key_kind, new)
             if self._provider.has_key(label):
@@ -451,22 +452,22 @@ class KeyRotation(RotationBatches):
                 progress_total=total,
             )
         )
+        # The officers' signed requests on the registration and the start: the registry
+        # and a data completion count only these (session 40: a PIN holder forged both).
+        document = ceremony_document(connection, row)
         if made is not None:
             # Next to the start, which takes its time (`AuditLog.append`'s hold): written
             # before the count above (seconds on a large vault), it let another node's
             # entries into the log between the two, dated after the start (review 37).
-            self._keyring.registry.register(
-                connection, made, actor=approver, how=f"created by key ceremony {row.id}"
+            how = f"created by key ceremony {row.id}"
+            registry.register(
+                connection, made, actor=approver, how=how, ceremony=row.id, document=document
             )
+        started = {"kind": kind.value, "old_version": old, "new_version": new, "records": total}
         self._record(
-            approver,
-            None,
-            "key.rotation.start",
-            Outcome.SUCCESS,
-            row.id,
-            {"kind": kind.value, "old_version": old, "new_version": new, "records": total, **mark},
-            connection,
-        )
+            approver, None, "key.rotation.start", Outcome.SUCCESS, row.id, started | mark,
+            connection, document,
+        )  # fmt: skip
 
     def run_pending(self, batch: int = BATCH) -> int:
         """Advance every running rotation by one batch (and destroy old keys whose grace
@@ -490,7 +491,7 @@ class KeyRotation(RotationBatches):
                         )
                     )
                 ]
-                retired = retired_through(connection)  # the log's word, not the table's
+                retired = retired_through(connection, self._keyring.registry.signed_time)
             # A data key another process destroyed leaves this one's memory too.
             self._keyring.forget_destroyed(destroyed)
             self._keyring.learn_retired(retired)

@@ -25,7 +25,15 @@ from policies.loader import parse_policy
 from tests.support.backups import backup as _backup
 from tests.support.backups import restore_row as _restore_row
 from tests.support.pans import card_number
-from tests.vault.conftest import ALICE, BOB, GETNET, OFFICERS, PAYMENTS, TEST_POLICY
+from tests.vault.conftest import (
+    ALICE,
+    BOB,
+    GETNET,
+    OFFICERS,
+    PAYMENTS,
+    TEST_POLICY,
+    rotation_of,
+)
 from vault.ceremony import CeremonyState
 from vault.errors import IntegrityError, TokenNotFound
 from vault.pan import Pan
@@ -75,6 +83,9 @@ def _node(engine: Engine, provider: HSMProvider) -> VaultService:
     """Another node, started after the restore (nothing of the old key in its memory)."""
     policy = PolicyEngine(parse_policy(TEST_POLICY + OFFICERS, kind="toml").policy)
     service = VaultService(engine, provider, policy)
+    # As the rotations here ran: in process, their officers signing nothing, whose data
+    # completions count only on a node that takes unsigned ceremonies (session 40).
+    rotation_of(service, engine, provider)
     service.initialize()
     return service
 

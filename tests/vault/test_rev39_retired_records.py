@@ -10,7 +10,9 @@ is not JSON, or whose details are not an object, raised from ``json.loads`` or
 exception, the API's 500, for every reveal and tokenize), the rotation worker failed
 every pass, for good. Such a record retires nothing (the vault writes canonical JSON
 with an object of details), so it is now passed over. A well-formed forged completion
-naming a high version still stops the vault (docs/threat-model.md, rev39 row).
+naming a high version stopped the vault for good until session 40: a completion now
+counts only when it names the version the officers' signed start of its ceremony
+rotated from (`vault._retired_keys`).
 
 SoftHSM2, SQLite and PostgreSQL, the real vault service.
 """
@@ -70,12 +72,7 @@ def test_a_malformed_record_does_not_stop_every_unwrap(
         fresh.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IntegrityError,
-    reason="bound (docs/threat-model.md, review rev39): a well-formed forged data "
-    "completion retires every version up to the one it names, for good under this log",
-)
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 @pytest.mark.parametrize("rotation_provider", ["softhsm2"], indirect=True)
 def test_a_forged_data_completion_does_not_retire_the_live_key(
     rig: tuple[VaultService, KeyRotation], engine: Engine, rotation_provider: HSMProvider

@@ -149,9 +149,43 @@ def _next_start(
     return None
 
 
+def _unsigned_problem(
+    pool: dict[int, dict[str, Any]],
+    proposed: dict[object, list[int]],
+    index: int,
+    start: int,
+    kind: str,
+) -> str | None:
+    """Why the registration at `index` of a version 2 or later, tied to the start at
+    `start`, does not carry its ceremony's signed requests as a vault since session 40
+    writes them; None when it does, or when neither it nor its start carries any (a vault
+    before session 40, which wrote neither: judged by its start alone, as then). Its
+    document must carry the one proposal of that ceremony before the start, whose
+    signature check 6c proves, and that proposal's signed body must propose a rotation
+    of the key's kind."""
+    document = pool[index].get("document")
+    if document is None and pool[start].get("document") is None:
+        return None
+    proposals = [pool[at] for at in proposed.get(pool[start].get("key_id"), []) if at < start]
+    signed = _signed_proposal(document)
+    if len(proposals) != 1 or signed is None or proposals[0].get("document") != signed[0]:
+        return (
+            "but its document does not carry that ceremony's one proposal, whose signature "
+            "check 6c proves (a vault since session 40 writes it on the registration): not "
+            "proven to be the officers' key"
+        )
+    if signed[1] != {"kind": kind}:
+        return (
+            f"but that ceremony's signed proposal is not of a {kind} rotation: a key put "
+            "into use with no officer's approval"
+        )
+    return None
+
+
 def _problem(  # noqa: PLR0917 - what the check found, in order
     pool: dict[int, dict[str, Any]],
     starts: dict[str | None, list[int]],
+    proposed: dict[object, list[int]],
     index: int,
     found: tuple[str, str, int],
     used: set[int],
@@ -189,8 +223,10 @@ def _problem(  # noqa: PLR0917 - what the check found, in order
     details = {} if start is None else entry_details(pool[start])
     same = (details.get("kind"), details.get("new_version")) == (kind, version)
     if start is not None and start not in used and same:
-        used.add(start)
-        return None
+        unsigned = _unsigned_problem(pool, proposed, index, start, kind)
+        if unsigned is None:
+            used.add(start)
+        return unsigned and f"key registrations: {shown}, by key ceremony {ceremony}, {unsigned}"
     return (
         f"key registrations: {shown}, made by key ceremony {ceremony}, but no start of that "
         f"ceremony rotating {kind} to version {version} follows it in the period (or its "
@@ -310,9 +346,8 @@ def check_key_registrations(
             ceremony = how.removeprefix(_BY_REGISTER)
             problem = _register_problem(pool, starts, proposed, index, found[0], ceremony, used)
         else:
-            problem = _problem(
-                pool, starts, index, found, used, first_adoption, originals if carried else None
-            )
+            via = originals if carried else None
+            problem = _problem(pool, starts, proposed, index, found, used, first_adoption, via)
         if problem is None:
             via = entry_details(pool[index])[FROM] if carried else None
             retained = "" if via is None else f", carried forward by retention from entry {via}"
