@@ -463,9 +463,9 @@ class KeyRotation(RotationBatches):
             registry.register(
                 connection, made, actor=approver, how=how, ceremony=row.id, document=document
             )
-        started = {"kind": kind.value, "old_version": old, "new_version": new, "records": total}
         self._record(
-            approver, None, "key.rotation.start", Outcome.SUCCESS, row.id, started | mark,
+            approver, None, "key.rotation.start", Outcome.SUCCESS, row.id,
+            {"kind": kind.value, "old_version": old, "new_version": new, "records": total, **mark},
             connection, document,
         )  # fmt: skip
 
