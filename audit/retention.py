@@ -51,6 +51,9 @@ _REGISTER: Final = "key.register"
 # index only for a query that carries its predicate. Canonical payloads sort their keys,
 # so "action" is always first.
 COMPLETE_RECORDS: Final = """payload LIKE '{"action":"key.rotation.complete",%'"""
+# The start records' predicate, that of migration 0021's partial index
+# (``ix_audit_entries_rotation_start``): a data completion's start is carried with it.
+START_RECORDS: Final = """payload LIKE '{"action":"key.rotation.start",%'"""
 
 
 def record_object(payload: str) -> dict[str, Any] | None:
@@ -330,6 +333,7 @@ def _carry_forward_key_records(connection: Connection, partition: str, actor: st
     retired = _newest_data_retirement(connection)
     if retired is not None and retired.part == partition:
         original = json.loads(retired.payload)
+        count += _carry_start(connection, partition, original.get("key_id"), actor)
         AuditLog().append(
             connection,
             AuditEvent(
@@ -360,6 +364,42 @@ def _key_of(details: dict[str, Any], document: object) -> tuple[object, ...]:
     key = (details.get("cka_id"), details.get("check"))
     signed = "ceremony" in details and document is not None
     return (*key, details["ceremony"], document) if signed else key
+
+
+def _carry_start(connection: Connection, partition: str, ceremony: object, actor: str) -> int:
+    """Append again the first start of data rotation `ceremony` when it is in
+    `partition`, with its officers' signed requests (its document); return how many
+    records were appended (0 or 1). The vault counts a data completion only beside its
+    ceremony's first proven start (session 40, `vault._retired_keys`)."""
+    if not isinstance(ceremony, str):
+        return 0
+    rows = connection.execute(
+        text(
+            "SELECT e.payload, e.tableoid::regclass::text AS part, l.leaf_index "  # noqa: S608 - constants, no input
+            "FROM audit_entries e LEFT JOIN audit_leaves l ON l.entry_id = e.id "
+            f"WHERE e.{START_RECORDS} ORDER BY e.id"
+        )
+    ).all()
+    for row in rows:
+        parsed = record_details(row.payload)
+        if parsed is None or parsed[0].get("key_id") != ceremony:
+            continue
+        if row.part != partition:
+            return 0  # online: the vault reads it there
+        entry, details = parsed
+        AuditLog().append(
+            connection,
+            AuditEvent(
+                action=str(entry["action"]),
+                outcome=Outcome.SUCCESS,
+                actor=actor,
+                key_id=ceremony,
+                details={**details, "carried_forward_from": row.leaf_index},
+                document=_text_or_none(entry.get("document")),
+            ),
+        )
+        return 1
+    return 0
 
 
 def _newest_data_retirement(connection: Connection) -> Any:

@@ -24,12 +24,16 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, select, text
 
-from audit.retention import COMPLETE_RECORDS, data_key_retired, record_details, record_object
+from audit.retention import (
+    COMPLETE_RECORDS,
+    START_RECORDS,
+    data_key_retired,
+    record_details,
+    record_object,
+)
 from audit.schema import audit_entries
 
 _COMPLETIONS: Final = select(audit_entries.c.payload).where(text(COMPLETE_RECORDS))
-# Migration 0021's partial index of the start records (`vault._ceremony_guards`).
-_START_RECORDS: Final = """payload LIKE '{"action":"key.rotation.start",%'"""
 # Whether the officers' signatures prove a data rotation's start: its details with the
 # ceremony id under ``ceremony``, its document (`vault.key_registry.KeyRegistry.signed_time`).
 ProvenStart = Callable[[dict[str, Any], object], int | None]
@@ -45,7 +49,7 @@ def _started_from(connection: Connection, ceremony: str, proven: ProvenStart) ->
     starts = (
         select(payload)
         .where(
-            text(_START_RECORDS),
+            text(START_RECORDS),
             payload.contains(f'"key_id":{json.dumps(ceremony)}', autoescape=True),
         )
         .order_by(audit_entries.c.id)

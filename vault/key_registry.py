@@ -285,6 +285,11 @@ class KeyRegistry:
                 # Session 40: only a ceremony makes it, and signs it. One whose signatures
                 # no longer prove it (an officer removed, a token key replaced) stops its
                 # kind rather than hand it back to the version it replaced.
+                # One naming another key under a label taken (the first start's adoption)
+                # makes it unusable, as under version 1 (session 37).
+                if label in out:
+                    twice.update([label] if out[label] != identity else [])
+                    continue
                 signed_once = "ceremony" in details and record.get("document") is not None
                 (voided if signed_once else refused).add(label)
                 continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
@@ -28,18 +29,36 @@ from vault.signing import HSMTreeHeadSigner
 
 
 def _complete(engine: Engine, at: datetime, details: dict[str, object]) -> None:
+    """A rotation's start (with its officers' document, session 40) and completion."""
     clock = type("Clock", (datetime,), {"now": classmethod(lambda cls, tz=None: at)})
+    version = details["retired_version"]
+    kind = "audit" if "old_key_kept_for_verification" in details else "data"
+    started = {"kind": kind, "old_version": version, "new_version": version + 1}  # type: ignore[operator]
     with engine.begin() as connection:
-        AuditLog(clock=clock).append(
-            connection,
-            AuditEvent(
-                action="key.rotation.complete",
-                outcome=Outcome.SUCCESS,
-                actor="cofre rotation",
-                key_id=f"c-{at:%Y%m}",
-                details=details,  # type: ignore[arg-type]
-            ),
-        )
+        for action, entry, document in (
+            ("key.rotation.start", started, _SIGNED),
+            ("key.rotation.complete", details, None),
+        ):
+            AuditLog(clock=clock).append(
+                connection,
+                AuditEvent(
+                    action=action,
+                    outcome=Outcome.SUCCESS,
+                    actor="cofre rotation",
+                    key_id=f"c-{at:%Y%m}",
+                    details=entry,  # type: ignore[arg-type]
+                    document=document,
+                ),
+            )
+
+
+# The officers' signed requests a start carries; whether they prove it is the key
+# registry's (tests/vault/test_sign40_planted_rotation.py): here every start is proven.
+_SIGNED = '{"type":"cofre-signed-registration/v1"}'
+
+
+def _proven(details: dict[str, Any], document: object) -> int | None:
+    return 0 if document == _SIGNED else None
 
 
 def test_the_newest_data_retirement_outlives_its_partition(
@@ -56,13 +75,13 @@ def test_the_newest_data_retirement_outlives_its_partition(
     append_at(pg, OLD[2], 5)
     append_at(pg, NOW, 5)
     with pg.connect() as connection:
-        assert retired_through(connection) == 2
+        assert retired_through(connection, _proven) == 2
     sequence(pg, signer)
     archive_log(pg, s3, prefix=PREFIX, max_entries=8)
     retired = retire_partitions(pg, s3, PREFIX, pem, online_months=3, now=NOW)
-    assert [r.carried_forward for r in retired] == [0, 1, 0]
+    assert [r.carried_forward for r in retired] == [0, 2, 0]  # the start and completion
     with pg.connect() as connection:
-        assert retired_through(connection) == 2
+        assert retired_through(connection, _proven) == 2
         payloads = connection.execute(
             sa.text("SELECT payload FROM audit_entries WHERE payload LIKE :p"),
             {"p": '{"action":"key.rotation.complete",%'},
