@@ -69,9 +69,11 @@ def test_a_key_registered_without_a_ceremony_fails_the_bundle(
     since = datetime.now(UTC) - timedelta(seconds=1)
     label = _plant_next_kek(vault, rotation_provider, how)
     try:
-        # The vault takes it: the newest registered version is the current KEK.
+        # Since session 40 the vault refuses it (unsigned, version 2 or later), and the
+        # evidence still names the record (tests/vault/test_sign40_planted_rotation.py).
         registry = vault.runtime.service.keyring.registry
-        assert registry.current_label(KeyKind.KEK) == label
+        assert registry.current_label(KeyKind.KEK) != label
+        assert label in registry.refused()
         bundle = export_to(vault, since, tmp_path / "planted.tar.gz")
         report = verify_by_vault_key(bundle, vault)
         assert not report.ok, "a key no ceremony made was VERIFIED"
