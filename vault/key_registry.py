@@ -54,6 +54,7 @@ _REFRESH_SECONDS: Final = 1.0
 # records, written in one transaction into an empty registry. Only these take a version
 # 2 or later unsigned (session 40): the same words written later are a writer's.
 ADOPTED: Final = "adopted at first start"
+ADOPTION_END: Final = "end of the first start's adoption"  # a record with no label
 # What a KEK, fingerprint or audit key label registered as two different keys is
 # recorded as: an identity no token key has (check values are hex), so the label is
 # never used and readiness names it (session 37). The vault never registers such a
@@ -261,7 +262,10 @@ class KeyRegistry:
         first_start = True  # the log's first records are its first start's adoption
         for payload in connection.execute(_RECORDS).scalars():
             parsed = record_details(payload)
-            if parsed is None:  # not the vault's (session 39: raised, a 500 at each call)
+            # Not the vault's (session 39: raised, a 500 at each call), or the end of the
+            # first start's adoption: no key, and the adoption is over.
+            if parsed is None or parsed[1].get("how") == ADOPTION_END:
+                first_start = False
                 continue
             record, details = parsed
             label = str(details.get("label", ""))
@@ -379,6 +383,12 @@ class KeyRegistry:
                 return []
             for label in adopted:
                 self.register(connection, label, actor=actor, how=ADOPTED)
+            # The adoption's end, in its transaction (session 40): the same words
+            # written after it are a writer's, never the first start's.
+            end = AuditEvent(
+                action=REGISTER, outcome=Outcome.SUCCESS, actor=actor, details={"how": ADOPTION_END}
+            )
+            self._audit.append(connection, end)
         with self._lock:
             self._cache = None
         return adopted
