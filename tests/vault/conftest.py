@@ -245,6 +245,14 @@ def rig(
     service.close()
 
 
+def unsigned_ceremonies(service: VaultService) -> None:
+    """Let `service`'s key registry take a version 2 or later its test registers unsigned
+    "as a ceremony would" (as `rotation_of`'s in-process ceremonies, whose officers sign
+    nothing: since session 40 a served vault takes only the officers' signed records)."""
+    registry = service.keyring.registry
+    registry.trust_officers(lambda: service.policy, None, insecure_unsigned_ceremonies=True)
+
+
 def officers_vault(engine: Engine, provider: HSMProvider) -> Iterator[VaultService]:
     """A vault on `engine` and `provider` under the test policy with its two officers,
     initialised, closed after the test: for the planted-key and forged-registration

@@ -42,7 +42,7 @@ from hsm.keys import KeyHierarchy, KeyKind, key_label
 from hsm.mechanisms import KEPT_SECRET, pair_templates
 from hsm.provider import HSMProvider
 from tests.support.pans import card_number
-from tests.vault.conftest import PAYMENTS, officers_vault, plant_secret_key
+from tests.vault.conftest import PAYMENTS, officers_vault, plant_secret_key, unsigned_ceremonies
 from vault.pan import Pan
 from vault.service import TokenizeRequest, VaultService
 from vault.signing import HSMTreeHeadSigner
@@ -68,6 +68,7 @@ def registered_next(
         label = key_label(kind, version)
         info = KeyHierarchy(rotation_provider).create(kind, version)
         made.append(label)
+        unsigned_ceremonies(vault)
         with engine.begin() as connection:
             vault.keyring.registry.register(connection, label, actor="test", how="cka38 test")
         vault.keyring.registry.registered(fresh=True)

@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from hsm.keys import KeyHierarchy, KeyKind, key_label
 from hsm.provider import HSMProvider
 from tests.support.pans import card_number
-from tests.vault.conftest import PAYMENTS, officers_vault, plant_secret_key
+from tests.vault.conftest import PAYMENTS, officers_vault, plant_secret_key, unsigned_ceremonies
 from vault.errors import KeyNotRegistered
 from vault.pan import Pan
 from vault.service import TokenizeRequest, VaultService
@@ -43,6 +43,7 @@ def _register_next(
     before = vault.keyring.registry.current_label(kind)
     label = key_label(kind, versions[-1] + 1)
     KeyHierarchy(provider).create(kind, versions[-1] + 1)
+    unsigned_ceremonies(vault)
     with engine.begin() as connection:
         vault.keyring.registry.register(connection, label, actor="test", how="session 37 test")
     assert vault.keyring.registry.current_label(kind) == label

@@ -96,18 +96,21 @@ def test_a_planted_next_kek_with_a_hand_written_registration_wraps_nothing(
     genuine = registry.current_label(KeyKind.KEK)
     assert genuine == key_label(KeyKind.KEK, before + 1)
     planted = _plant_next_kek(service, rotation_provider)
-    identity = token_identities(rotation_provider.list_keys())[planted]
-    assert identity is not None
-    how = f"created by key ceremony {ran.id}"  # a ceremony that ran
-    append_registration(engine, planted, {**identity.as_details(), "how": how})
-    registry.registered(fresh=True)  # every node reads the log anew each second
-    assert registry.current_label(KeyKind.KEK) == genuine
-    # A data rotation now wraps its new data keys under the KEK the officers made.
-    _rotate(rotation, signing_officers, "data")
-    assert _active_kek(engine) == genuine
-    with pytest.raises(KeyNotRegistered, match="not proven by the signatures of officers") as said:
-        service.check_ready()
-    assert planted in str(said.value)
+    try:
+        identity = token_identities(rotation_provider.list_keys())[planted]
+        assert identity is not None
+        how = f"created by key ceremony {ran.id}"  # a ceremony that ran
+        append_registration(engine, planted, {**identity.as_details(), "how": how})
+        registry.registered(fresh=True)  # every node reads the log anew each second
+        assert registry.current_label(KeyKind.KEK) == genuine
+        # A data rotation now wraps its new data keys under the KEK the officers made.
+        _rotate(rotation, signing_officers, "data")
+        assert _active_kek(engine) == genuine
+        with pytest.raises(KeyNotRegistered, match="not proven by the signatures") as said:
+            service.check_ready()
+        assert planted in str(said.value)
+    finally:
+        rotation_provider.destroy_key(planted)  # the session's token: leave what it had
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
@@ -132,15 +135,18 @@ def test_a_genuine_rotations_signatures_copied_onto_a_planted_kek_fail_closed(
     assert details.get("ceremony")
     assert record.get("document")
     planted = _plant_next_kek(service, rotation_provider)
-    identity = token_identities(rotation_provider.list_keys())[planted]
-    assert identity is not None
-    copied = {**details, **identity.as_details()}
-    append_registration(engine, planted, copied, str(record["document"]))
-    registry.registered(fresh=True)
-    pan = Pan(card_number("411111", 4040))
-    with pytest.raises(KeyNotRegistered):
-        sealed = service.tokenize(PAYMENTS, TokenizeRequest(pan, "pan_bin6_last4"))
-        pytest.fail(f"tokenized as {sealed.token} under {registry.current_label(KeyKind.KEK)}")
+    try:
+        identity = token_identities(rotation_provider.list_keys())[planted]
+        assert identity is not None
+        copied = {**details, **identity.as_details()}
+        append_registration(engine, planted, copied, str(record["document"]))
+        registry.registered(fresh=True)
+        pan = Pan(card_number("411111", 4040))
+        with pytest.raises(KeyNotRegistered):
+            sealed = service.tokenize(PAYMENTS, TokenizeRequest(pan, "pan_bin6_last4"))
+            pytest.fail(f"tokenized as {sealed.token} under {registry.current_label(KeyKind.KEK)}")
+    finally:
+        rotation_provider.destroy_key(planted)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
