@@ -21,7 +21,7 @@ from audit.schema import audit_entries
 from tests.support.pans import card_number
 from tests.support.softhsm import SoftHSMToken
 from tests.support.vault_process import VaultProcess, make_vault
-from vault.key_registry import REGISTER_RECORDS
+from vault.key_registry import ADOPTION_END, REGISTER_RECORDS
 
 
 @pytest.mark.slow
@@ -75,9 +75,13 @@ def test_two_first_starts_at_once_on_one_postgresql(
             payloads = connection.execute(
                 sa.select(audit_entries.c.payload).where(sa.text(REGISTER_RECORDS))
             ).scalars()
-            labels = [json.loads(p)["details"]["label"] for p in payloads]
+            details = [json.loads(p)["details"] for p in payloads]
     finally:
         engine.dispose()
+    # Each adoption ends with a record naming no key (session 40): one, as each label.
+    ends = [d for d in details if "label" not in d]
+    assert ends == [{"how": ADOPTION_END}], ends
+    labels = [d["label"] for d in details if "label" in d]
     assert sorted(labels) == sorted(set(labels)), "a token key adopted twice"
     verified = nodes[0].cofre("audit", "verify", "--unsafe-no-witness")
     assert verified.returncode == 0, verified.stdout + verified.stderr
