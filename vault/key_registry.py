@@ -366,6 +366,7 @@ class KeyRegistry:
         registry exists), register the Cofre-labelled keys on the token as found (trust
         on first use, recorded). Returns the labels adopted."""
         if self.registered():
+            self._end_an_earlier_adoption(actor)
             return []
         adopted = [
             label
@@ -392,6 +393,37 @@ class KeyRegistry:
         with self._lock:
             self._cache = None
         return adopted
+
+    def _end_an_earlier_adoption(self, actor: str) -> None:
+        """Write the adoption's end record on a log a vault before session 40 adopted,
+        once: while its registry's records were all the first start's adoption, with no
+        end, a record a database writer appended later in the same words was read as
+        part of it, and its version 2 or later taken unsigned."""
+        with self._engine.execution_options(**READ_ONLY).connect() as reader:
+            if not self._adoption_unended(reader):  # every start after the first, at once
+                return
+        with self._engine.begin() as connection:
+            if connection.dialect.name == "postgresql":  # as `adopt_if_empty`'s
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADOPT_LOCK})
+            if not self._adoption_unended(connection):  # another node ended it meanwhile
+                return
+            end = AuditEvent(
+                action=REGISTER, outcome=Outcome.SUCCESS, actor=actor, details={"how": ADOPTION_END}
+            )
+            self._audit.append(connection, end)
+        with self._lock:
+            self._cache = None
+
+    @staticmethod
+    def _adoption_unended(connection: Connection) -> bool:
+        """Whether the log's registry records are all an adoption's, with no end."""
+        found = False
+        for payload in connection.execute(_RECORDS).scalars():
+            parsed = record_details(payload)
+            if parsed is None or parsed[1].get("how") != ADOPTED or "ceremony" in parsed[1]:
+                return False
+            found = True
+        return found
 
     def refuse_version_one_after_first_start(self, missing: list[KeyKind]) -> None:
         """Return when version 1 of the kinds in `missing` (those with no key on the
