@@ -283,6 +283,20 @@ def plant_secret_key(provider: HSMProvider, kind: KeyKind, label: str, key_id: b
     provider._run(plant, retry=False)  # the PIN holder's own call
 
 
+# A KEK label the suite's tokens never hold: the PIN holder's next version (`planted`).
+PLANTED_KEK = "cofre-kek-v9"
+
+
+@pytest.fixture
+def planted(hsm_provider: HSMProvider) -> Iterator[str]:
+    """A KEK created on the session token behind Cofre's back (removed afterwards)."""
+    hsm_provider.generate_kek(PLANTED_KEK)
+    try:
+        yield PLANTED_KEK
+    finally:
+        hsm_provider.destroy_key(PLANTED_KEK)
+
+
 @pytest.fixture
 def signing_officers() -> dict[str, SigningOfficer]:
     """Alice, Bob and Carol, each with a token key the policy registers."""

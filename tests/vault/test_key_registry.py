@@ -4,7 +4,6 @@ token under the next Cofre label is never used, and is reported."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,6 @@ from vault.errors import KeyNotRegistered, StorageUnavailable
 from vault.key_registry import KeyRegistry
 from vault.service import VaultService
 from vault.storage.database import create_database_engine
-
-PLANTED = "cofre-kek-v9"
-
-
-@pytest.fixture
-def planted(hsm_provider: HSMProvider) -> Iterator[str]:
-    """A KEK created on the session token behind Cofre's back (removed afterwards)."""
-    hsm_provider.generate_kek(PLANTED)
-    try:
-        yield PLANTED
-    finally:
-        hsm_provider.destroy_key(PLANTED)
 
 
 def _registered(engine: Engine) -> list[dict[str, object]]:

@@ -9,9 +9,7 @@ now closes the adoption with its end record, once."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
@@ -19,18 +17,6 @@ from hsm.keys import KeyKind
 from hsm.provider import HSMProvider
 from tests.support.audit_trail import append_registration
 from vault.key_registry import ADOPTED, ADOPTION_END, KeyRegistry, token_identities
-
-PLANTED = "cofre-kek-v7"
-
-
-@pytest.fixture
-def planted(hsm_provider: HSMProvider) -> Iterator[str]:
-    """The PIN holder's next KEK on the session token (removed afterwards)."""
-    hsm_provider.generate_kek(PLANTED)
-    try:
-        yield PLANTED
-    finally:
-        hsm_provider.destroy_key(PLANTED)
 
 
 def _adopted_as_before_session_40(engine: Engine, provider: HSMProvider) -> None:
