@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dev import clean_env, start_dev
+from tests.support.dev import clean_env, start_dev, until_listening
 from tests.support.doc_blocks import DOCS, fenced_commands
 
 _CEREMONY = DOCS / "key-ceremony.md"
@@ -109,14 +109,7 @@ def test_the_key_ceremony_pages_commands_run_as_written(tmp_path: Path) -> None:
     data_dir = tmp_path / ".cofre-dev"
     dev = start_dev(data_dir, clean_env(), "--workers", "1")
     try:
-        assert dev.stdout is not None
-        output = []
-        for line in dev.stdout:  # a vault that dies first ends the output
-            output.append(line)
-            if line.startswith("The vault listens on"):
-                break
-        assert output, "cofre dev printed nothing"
-        assert output[-1].startswith("The vault listens on"), "".join(output)
+        until_listening(dev)
         officers = _Officers(tmp_path)
         before = datetime.now(UTC) - timedelta(minutes=5)
 

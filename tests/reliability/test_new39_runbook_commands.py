@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dev import clean_env, start_dev
+from tests.support.dev import clean_env, start_dev, until_listening
 
 _OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
@@ -83,14 +83,7 @@ def test_the_runbooks_verify_steps_work_as_written(tmp_path: Path) -> None:
     config = data_dir / "cofre.toml"
     dev = start_dev(data_dir, clean_env(), "--workers", "1")
     try:
-        assert dev.stdout is not None
-        output = []
-        for line in dev.stdout:  # a vault that dies first ends the output
-            output.append(line)
-            if line.startswith("The vault listens on"):
-                break
-        assert output, "cofre dev printed nothing"
-        assert output[-1].startswith("The vault listens on"), "".join(output)
+        until_listening(dev)
         shutil.copy(data_dir / "witness" / "witness.vkey", tmp_path / "w1.vkey")
         recovery = _runbook_command("| a worker of a node killed", "cofre audit verify")
         # The newest head may be a second old and not cosigned yet (its message says

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.support.postgres import free_port
 
-__all__ = ["alive", "assert_gone", "clean_env", "start_dev", "witnesses_of"]
+__all__ = ["alive", "assert_gone", "clean_env", "start_dev", "until_listening", "witnesses_of"]
 
 
 def clean_env() -> dict[str, str]:
@@ -40,6 +40,20 @@ def start_dev(data_dir: Path, env: dict[str, str], *options: str) -> subprocess.
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def until_listening(dev: subprocess.Popen[str]) -> list[str]:
+    """`dev`'s output up to its "The vault listens on" line (printed once every worker
+    answers), asserted there; a vault that dies first ends the output and fails it."""
+    assert dev.stdout is not None
+    output = []
+    for line in dev.stdout:
+        output.append(line)
+        if line.startswith("The vault listens on"):
+            break
+    assert output, "cofre dev printed nothing"
+    assert output[-1].startswith("The vault listens on"), "".join(output)
+    return output
 
 
 def witnesses_of(data_dir: Path) -> list[int]:
