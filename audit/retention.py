@@ -31,11 +31,12 @@ Runs as the owner role (dropping a table needs it); the app role cannot.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, func, insert, select, text
+from sqlalchemy import Connection, Engine, Row, func, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from audit.archive import ObjectStore, verify_archive
@@ -366,6 +367,18 @@ def _key_of(details: dict[str, Any], document: object) -> tuple[object, ...]:
     return (*key, details["ceremony"], document) if signed else key
 
 
+def _with_leaves(connection: Connection, records: str) -> Sequence[Row[Any]]:
+    """The entries `records` (a constant predicate) selects, in log order, each with its
+    id, partition and leaf index."""
+    return connection.execute(
+        text(
+            "SELECT e.id, e.payload, e.tableoid::regclass::text AS part, l.leaf_index "  # noqa: S608 - constants, no input
+            "FROM audit_entries e LEFT JOIN audit_leaves l ON l.entry_id = e.id "
+            f"WHERE e.{records} ORDER BY e.id"
+        )
+    ).all()
+
+
 def _carry_start(connection: Connection, partition: str, ceremony: object, actor: str) -> int:
     """Append again the first start of data rotation `ceremony` when it is in
     `partition`, with its officers' signed requests (its document); return how many
@@ -373,14 +386,7 @@ def _carry_start(connection: Connection, partition: str, ceremony: object, actor
     ceremony's first proven start (session 40, `vault._retired_keys`)."""
     if not isinstance(ceremony, str):
         return 0
-    rows = connection.execute(
-        text(
-            "SELECT e.payload, e.tableoid::regclass::text AS part, l.leaf_index "  # noqa: S608 - constants, no input
-            "FROM audit_entries e LEFT JOIN audit_leaves l ON l.entry_id = e.id "
-            f"WHERE e.{START_RECORDS} ORDER BY e.id"
-        )
-    ).all()
-    for row in rows:
+    for row in _with_leaves(connection, START_RECORDS):
         parsed = record_details(row.payload)
         if parsed is None or parsed[0].get("key_id") != ceremony:
             continue
@@ -406,13 +412,7 @@ def _newest_data_retirement(connection: Connection) -> Any:
     """The row (with its partition and leaf index) of the completion that retired the
     newest data-key version, or None: versions only grow, so every lower one is retired
     with it, and only that record needs to stay online."""
-    rows = connection.execute(
-        text(
-            "SELECT e.id, e.payload, e.tableoid::regclass::text AS part, l.leaf_index "  # noqa: S608 - constants, no input
-            "FROM audit_entries e LEFT JOIN audit_leaves l ON l.entry_id = e.id "
-            f"WHERE e.{COMPLETE_RECORDS} ORDER BY e.id"
-        )
-    ).all()
+    rows = _with_leaves(connection, COMPLETE_RECORDS)
     found, highest = None, -1
     for row in rows:
         version = data_key_retired(row.payload)
