@@ -40,7 +40,12 @@ from tests.support.evidence_bundles import (
     policy_payload,
     witness,
 )
-from tests.support.officers import new_software_officer, signed_action, signed_proposal
+from tests.support.officers import (
+    new_software_officer,
+    officers_policy,
+    signed_action,
+    signed_proposal,
+)
 from vault.approval_proof import approval_path
 
 ALICE, BOB = "spiffe://cofre/officer-alice", "spiffe://cofre/officer-bob"
@@ -54,11 +59,7 @@ def _unix(at: str) -> int:
 
 def _attack(tmp_path: Path, forged_time: str) -> Report:
     alice, bob = new_software_officer("officer-alice"), new_software_officer("officer-bob")
-    policy = "".join(
-        f'[identities."{who}"]\nrole = "security_officer"\noperations = ["key_admin"]\n'
-        f'mfa_public_key = """{officer.pem}"""\n'
-        for who, officer in ((ALICE, alice), (BOB, bob))
-    )
+    policy = officers_policy([(ALICE, alice), (BOB, bob)])
     proposal = signed_proposal(alice, "kek", created=_unix(AT))
     ceremony = proposal.ceremony_id()
     approval = signed_action(bob, approval_path(ceremony), created=_unix(AT) + 60)
@@ -142,11 +143,7 @@ def test_a_start_of_a_ceremony_the_previous_bundle_started_fails_the_chain(
     log = day_log(20)
     at = "2026-03-01T09:57:00.000000Z"
     alice, bob = new_software_officer("officer-alice"), new_software_officer("officer-bob")
-    policy = "".join(
-        f'[identities."{who}"]\nrole = "security_officer"\noperations = ["key_admin"]\n'
-        f'mfa_public_key = """{officer.pem}"""\n'
-        for who, officer in ((ALICE, alice), (BOB, bob))
-    )
+    policy = officers_policy([(ALICE, alice), (BOB, bob)])
     proposal = signed_proposal(alice, "kek", created=_unix(at))
     ceremony = proposal.ceremony_id()
     approval = signed_action(bob, approval_path(ceremony), created=_unix(at) + 60)

@@ -21,7 +21,12 @@ import pytest
 
 from cofre_evidence_verifier.verify import verify_bundle
 from tests.support.evidence_bundles import ORIGIN, build, day_log, payload, policy_payload, witness
-from tests.support.officers import new_software_officer, signed_action, signed_proposal
+from tests.support.officers import (
+    new_software_officer,
+    officers_policy,
+    signed_action,
+    signed_proposal,
+)
 from vault.approval_proof import approval_path
 
 ALICE, BOB = "spiffe://cofre/officer-alice", "spiffe://cofre/officer-bob"
@@ -36,11 +41,7 @@ def _unix(at: str) -> int:
 def test_one_token_is_one_officer(tmp_path: Path, shared: bool) -> None:
     alice = new_software_officer("officer-alice")
     bob = alice if shared else new_software_officer("officer-bob")
-    policy = "".join(
-        f'[identities."{who}"]\nrole = "security_officer"\noperations = ["key_admin"]\n'
-        f'mfa_public_key = """{officer.pem}"""\n'
-        for who, officer in ((ALICE, alice), (BOB, bob))
-    )
+    policy = officers_policy([(ALICE, alice), (BOB, bob)])
     proposal = signed_proposal(alice, "kek", created=_unix(AT))
     ceremony = proposal.ceremony_id()
     approval = signed_action(bob, approval_path(ceremony), created=_unix(AT) + 60)

@@ -19,7 +19,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,16 @@ def _software(name: str) -> SigningOfficer:
 def new_software_officer(name: str) -> SigningOfficer:
     """An officer `name` (``spiffe://cofre/<name>``) with a fresh in-memory key."""
     return _software(name)
+
+
+def officers_policy(officers: Iterable[tuple[str, SigningOfficer]]) -> str:
+    """Policy text granting each (identity, officer) pair `key_admin` as a security
+    officer, with the officer's MFA public key."""
+    return "".join(
+        f'[identities."{who}"]\nrole = "security_officer"\noperations = ["key_admin"]\n'
+        f'mfa_public_key = """{officer.pem}"""\n'
+        for who, officer in officers
+    )
 
 
 @functools.cache
