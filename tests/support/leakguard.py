@@ -73,8 +73,13 @@ def record_body(path: Path, url_path: str, success: bool, body: bytes) -> None:
     """Append a response `body` to `path`, unless it is a successful reveal."""
     if success and url_path in REVEALS:
         return
+    if body.startswith(b"\x1f\x8b"):  # a gzip body (a bundle): a stream of its own,
+        path = path.with_name(path.name + ".gz")  # members appended, scanned as content
+        end = b""
+    else:
+        end = b"\n"
     with path.open("ab") as out:
-        out.write(body + b"\n")
+        out.write(body + end)
 
 
 def dump_database(dsn: str, dbname: str, bindir: Path, dest: Path) -> None:

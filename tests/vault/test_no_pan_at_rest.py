@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import sqlite3
 import subprocess
+import tarfile
 import tempfile
+from io import BytesIO
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -162,3 +165,38 @@ def test_two_stored_values_never_read_as_one_number() -> None:
     assert found == ["test PAN 411111******1111"]
     dump = b"COPY t (id, v) FROM stdin;\nab-940\t5000000270499897\n940\t4111 1111 1111 1111\n"
     assert find_leaks_in_dump(dump, [glued, visa], tokens) == ["test PAN 411111******1111"]
+
+
+def test_a_gzip_stream_is_scanned_by_its_content() -> None:
+    """An evidence bundle is a gzip stream: a card inside it is found by what it holds,
+    and its deflate bytes are not read as digits (a clean-clone run, session 40, read a
+    bundle's "2\\xcd\\xf6" repeated as 4222222222222); a test PAN's digits inside a
+    SHA-256 of the content (the verifier tests' synthetic digests) are no card."""
+    digest = b"ab" + b"4111111111111111" + b"cd" * 23
+    with tempfile.TemporaryDirectory() as scratch:
+        leaked = Path(scratch) / "leaked.tar.gz"
+        leaked.write_bytes(gzip.compress(b'{"pan": "4111 1111 1111 1111"}'))
+        clean = Path(scratch) / "clean.tar.gz"
+        clean.write_bytes(gzip.compress(b'{"sha256": "' + digest + b'"}'))
+        twice = Path(scratch) / "responses.log.gz"
+        twice.write_bytes(gzip.compress(b"one") + gzip.compress(b"pan=4111111111111111"))
+        archive = BytesIO()
+        with tarfile.open(fileobj=archive, mode="w:gz") as tar:  # octal header fields
+            # uid 4 and 4,096 bytes: "0000004", "0000000", "00000010000" chain into
+            # 4000000000000010
+            for name, body in (
+                ("manifest.json", b"x" * 4096),
+                ("entries.jsonl", b"4111 1111 1111 1111"),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.uid = len(body), 0o644, 4
+                tar.addfile(info, BytesIO(body))
+        bundle = Path(scratch) / "bundle.tar.gz"
+        bundle.write_bytes(archive.getvalue())
+        scanner = LeakScanner.of(["4111111111111111", "4000000000000010"])
+        assert scanner.scan_file(leaked) == ["in its gzip content: test PAN 411111******1111"]
+        assert scanner.scan_file(clean) == []
+        assert scanner.scan_file(twice) == ["in its gzip content: test PAN 411111******1111"]
+        # A tar archive by its members: the header's NUL-separated octal fields are no
+        # digit chain (a clean run read test PAN 4000000000000010 in them), a file is.
+        assert scanner.scan_file(bundle) == ["in its gzip content: test PAN 411111******1111"]
