@@ -255,8 +255,9 @@ class LeakScanner:
             return self.scan(data)
         # The known PANs in what the stream holds, outside hex words: a bundle's digests
         # and the verifier tests' synthetic ones ("ab4111111111111111c...": a test PAN's
-        # digits inside a SHA-256 on purpose) are no card in clear. A tar archive by its members' names and
-        # files; not the Luhn rule (a member's own numbers are data of every kind).
+        # digits inside a SHA-256 on purpose) are no card in clear. A tar archive by its
+        # members' names and files; not the Luhn rule (a member's own numbers are data of
+        # every kind).
         return [
             f"in its gzip content: {h}"
             for part in _members(content)
