@@ -44,7 +44,7 @@ from typing import Final
 from api.problems import PROBLEMS
 from api.refusals import RefusalLimiter, Spent, charged, describe_caller
 from policies.models import RateLimit
-from vault.service import AuditEvent, DetailValue, Outcome
+from vault.service import AuditEvent, DetailValue, Outcome, names_token
 
 # Refusal entries written one by one for a service without a rate limit, per process:
 # 100 in a row, then one a second; the rest are counted.
@@ -137,20 +137,31 @@ class RequestSieve:
     def __call__(self, event: AuditEvent) -> bool:
         """Whether the vault writes `event`'s entry (`vault.service.refusal_sieve`)."""
         code = refusal_code(event)
-        held = None if code is None else self.hold(code, event.token_id)
+        # The allowance is chosen by what the request names, never by whether the vault
+        # holds it (session 41): chosen by the record found, a denial of a held token
+        # was still written past the other allowance while one of a token the vault
+        # does not hold was counted, a durable write against none, one guess a request.
+        about = event.token_id is not None or names_token()
+        held = None if code is None else self.hold(code, event.token_id, about_records=about)
         return held is None or held.audit
 
-    def hold(self, code: str, token: str | None = None) -> Spent | None:
+    def hold(
+        self, code: str, token: str | None = None, *, about_records: bool | None = None
+    ) -> Spent | None:
         """Spend a unit of the caller's allowance for a refusal answered `code` whose
         entry (about the token record `token`, if one) is about to be written: None (or
         a `Spent` with `audit`) to write it, else it was counted, and its count names
-        `token`. Once per request: a request is one refusal, and a call
-        begun on the event loop that would wait for the database runs again from its
-        start in a thread (`api.routes._offload.answered_on_loop`), asking again."""
+        `token`. `about_records` (by default: `token` given): the refusal names a token,
+        held or not, and spends `NAMED_REFUSALS`. Once per request: a request is one
+        refusal, and a call begun on the event loop that would wait for the database
+        runs again from its start in a thread (`api.routes._offload.answered_on_loop`),
+        asking again."""
         if self._held is not _UNDECIDED:
             return self._held
         key = self._key()
-        if key is not None and token is not None:  # its own allowance (`NAMED_REFUSALS`)
+        if about_records is None:
+            about_records = token is not None
+        if key is not None and about_records:  # its own allowance (`NAMED_REFUSALS`)
             key += _ABOUT_RECORDS
         held = None
         if key is not None and self._limiter.limits(key):

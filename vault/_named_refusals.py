@@ -12,6 +12,11 @@ asking for 1,000 cards it may not see could not say which card records were aske
 its refusal then names the token's record (``token_id``: the record's id, never the token
 digits, which can be a card's BIN and last four or a card itself). A token the vault does
 not hold has no record, and is named by nothing.
+
+A denial must not tell whether the vault holds the token from the work it does (session
+41): every token a record could have (1 to 64 characters, `named_token`) is read for,
+held or not, and the refusal sieve gives every refusal naming one the same allowance
+(`names_token`; `api._refusal_sieve`), whether the read found a record or not.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from audit.log import AuditEvent, Outcome
 from cofre.blocking import may_block
 from vault.storage.schema import tokens
 
-__all__ = ["named_record", "naming_token"]
+__all__ = ["named_record", "names_token", "naming_token"]
 
 # The token the request being served names (`naming_token`): None, none or several.
 _NAMED: Final[ContextVar[str | None]] = ContextVar("cofre_named_token", default=None)
@@ -46,16 +51,29 @@ def naming_token(token: str) -> Iterator[None]:
         _NAMED.reset(reset)
 
 
+def _named_token() -> str | None:
+    """The token the request being served names (`naming_token`), if a record could
+    hold it (1 to 64 characters, the column's width), else None."""
+    token = _NAMED.get()
+    return token if token is not None and 1 <= len(token) <= 64 else None
+
+
+def names_token() -> bool:
+    """Whether the request being served names a token a record could hold, whether
+    or not the vault holds it: what the refusal sieve decides by (session 41), never by
+    the read's answer, so that a denial of a held token and one of a token the vault
+    does not hold do the same work."""
+    return _named_token() is not None
+
+
 def named_record(engine: Engine, event: AuditEvent) -> AuditEvent:
     """`event` naming the record of the token the request names (`naming_token`), if it
     is a refusal that names none and the vault holds that token (in any domain: a denial
     about another domain's token names the record too); else `event` as it is. Raises
     only `WouldBlock` (on the event loop); a failed read names nothing, and the entry is
     still written."""
-    token = _NAMED.get()
+    token = _named_token()
     if token is None or event.token_id is not None or event.outcome is Outcome.SUCCESS:
-        return event
-    if not 1 <= len(token) <= 64:
         return event
     may_block()  # a read: on the event loop, the call runs again in a thread
     try:

@@ -27,7 +27,7 @@ from audit.log import (
     refusal_sieve,
     request_trail,
 )
-from vault._named_refusals import naming_token
+from vault._named_refusals import names_token, naming_token
 from vault.models import (
     MAX_BATCH,
     CallContext,
@@ -59,6 +59,7 @@ __all__ = [
     "TokenUpdate",
     "TokenizeRequest",
     "VaultService",
+    "names_token",
     "naming_token",
     "refusal_sieve",
     "request_trail",
