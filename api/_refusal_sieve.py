@@ -11,8 +11,8 @@ requests refused for what they were: capture sessions past its bound (429), oper
 not granted (403), malformed bodies (400/422), unknown paths (404). Session 39.
 
 Now each such caller has an allowance of refusal entries per process,
-`UNMETERED_REFUSALS` (and `NAMED_REFUSALS` for its refusals about token records the
-vault holds, session 40). Past it its requests are still served and its refusals still
+`UNMETERED_REFUSALS` (and `NAMED_REFUSALS` for its refusals naming a token, session 40,
+whether the vault holds it or not, session 41). Past it its requests are still served and its refusals still
 answered with their own codes; but their entries, the vault's own (asked through
 `vault.service.refusal_sieve`) and the request guard's, are held as a refused caller's
 429s are: the first of an episode written, the rest counted, one `COUNTED_ACTION` entry
@@ -49,10 +49,12 @@ from vault.service import AuditEvent, DetailValue, Outcome, names_token
 # Refusal entries written one by one for a service without a rate limit, per process:
 # 100 in a row, then one a second; the rest are counted.
 UNMETERED_REFUSALS: Final = RateLimit(per_second=1.0, burst=100)
-# Refusals about a token record the vault holds (a denial of a read, update or delete
-# naming one of its tokens) have an allowance of their own, larger: each names the card
-# record asked for (PCI DSS 10.2.2), and a caller must hold real tokens to spend it
-# (session 40). 1,000 in a row, then one a second, per process.
+# Refusals naming a token (a denial of a read, update or delete of one) have an
+# allowance of their own, larger: each names the card record asked for when the vault
+# holds it (PCI DSS 10.2.2, session 40). Spent whether it holds it or not (session 41):
+# spent only for held ones, a denial's entry was written or counted by whether the vault
+# held the token, which its timing told a caller it answered the same.
+# 1,000 in a row, then one a second, per process.
 NAMED_REFUSALS: Final = RateLimit(per_second=1.0, burst=1000)
 # The key of a caller's refusals about held records in the allowance's limiter.
 _ABOUT_RECORDS: Final = " records"
