@@ -62,6 +62,12 @@ DENIED: dict[str, Probe] = {
 OTHER_DOMAIN: dict[str, Probe] = {
     "masked": lambda c, t: c.post("/v1/detokenize-masked", json={"token": t}),
 }
+
+
+def _lookup(client: httpx.Client, pan: str) -> httpx.Response:
+    return client.post("/v1/lookup", json={"pan": pan})
+
+
 # The routes whose refusal names the token's record (session 40); a batch and the relay
 # name none.
 NAMING = frozenset({"detokenize", "metadata", "update", "delete", "masked"})
@@ -174,6 +180,13 @@ def test_a_denial_does_the_same_work_whether_the_vault_holds_the_token(
             # Within the allowance every denial is written...
             differ = _compare(vault, stolen, DENIED, held["payments"], unheld)
             differ += _compare(vault, stolen, DENIED | OTHER_DOMAIN, held["store"], unheld)
+            assert not differ, "\n".join(differ)
+            # A lookup names a card, not a token: refused before any read, a card the
+            # vault holds as one it does not.
+            lookup = {"lookup": _lookup}
+            differ = _compare(
+                vault, stolen, lookup, card_number("411111", 7), card_number("411111", 8)
+            )
             assert not differ, "\n".join(differ)
             # (The probe sees the reads of the vault's driver cursor too.)
             work = _work(vault, stolen, OTHER_DOMAIN["masked"], unheld, SHOP)
