@@ -12,12 +12,12 @@ not granted (403), malformed bodies (400/422), unknown paths (404). Session 39.
 
 Now each such caller has an allowance of refusal entries per process,
 `UNMETERED_REFUSALS` (and `NAMED_REFUSALS` for its refusals naming a token, session 40,
-whether the vault holds it or not, session 41). Past it its requests are still served and its refusals still
-answered with their own codes; but their entries, the vault's own (asked through
-`vault.service.refusal_sieve`) and the request guard's, are held as a refused caller's
-429s are: the first of an episode written, the rest counted, one `COUNTED_ACTION` entry
-per caller and `api.refusals.SUMMARY_SECONDS` naming how many of each code
-(``"codes": "rate_limited x400, policy_denied x250, ..."``), the first and the last
+whether the vault holds it or not, session 41). Past it its requests are still served
+and its refusals still answered with their own codes; but their entries, the vault's
+own (asked through `vault.service.refusal_sieve`) and the request guard's, are held as
+a refused caller's 429s are: the first of an episode written, the rest counted, one
+`COUNTED_ACTION` entry per caller and `api.refusals.SUMMARY_SECONDS` naming how many of
+each code (``"codes": "rate_limited x400, policy_denied x250, ..."``), the first and the last
 time (`api.refusals.RefusalFlusher`). A refusal about a token the vault holds names its
 record (`vault.service.naming_token`, session 40: PCI DSS 10.2.2, the affected data), and
 a count names up to `api.refusals.NAMED_TOKENS` of the records its refusals were about,
