@@ -207,3 +207,15 @@ def test_a_denial_does_the_same_work_whether_the_vault_holds_the_token(
                 vault, store, refused, held["payments"], unheld, actor="spiffe://cofre/store"
             )
             assert not differ, "\n".join(differ)
+        # The owner of another domain (payments, granted metadata, update, delete and
+        # masked reads of its own tokens) on store's token: 404s and 403s alike.
+        with vault.client("payments") as payments:
+            differ = _compare(
+                vault,
+                payments,
+                DENIED | OTHER_DOMAIN,
+                held["store"],
+                unheld,
+                actor="spiffe://cofre/payments",
+            )
+            assert not differ, "\n".join(differ)
