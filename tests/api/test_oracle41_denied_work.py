@@ -34,6 +34,7 @@ import sqlalchemy as sa
 
 from api._refusal_sieve import UNMETERED_REFUSALS
 from api.pki import issue_client
+from audit.log import _request_source
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.api.test_refusal40_named_refusals import SHOP_BACKEND
@@ -74,11 +75,20 @@ NAMING = frozenset({"detokenize", "metadata", "update", "delete", "masked"})
 
 
 @contextmanager
-def _statements(engine: sa.Engine) -> Iterator[list[str]]:
-    """The statements run on `engine` on the token store or the audit log while the
-    block runs (their text: the parameters differ between any two requests), those the
-    vault runs on the driver's cursor (`vault.storage.rawsql`) too."""
+def _statements(vault: VaultServer) -> Iterator[list[str]]:
+    """The statements run on the vault's engine on the token store or the audit log
+    while the block runs (their text: the parameters differ between any two requests),
+    those it runs on the driver's cursor (`vault.storage.rawsql`) too, and the HSM calls
+    made for a request (in a request's context: not the sequencer's signatures)."""
+    engine, provider = vault.runtime.engine, vault.runtime.provider
     seen: list[str] = []
+    observer = provider.observer
+
+    def called(name: str, ms: float) -> None:
+        if _request_source() is not None:
+            seen.append(f"hsm: {name}")
+        if observer is not None:
+            observer(name, ms)
 
     def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         if _WATCHED.search(statement.strip()):
@@ -94,9 +104,11 @@ def _statements(engine: sa.Engine) -> Iterator[list[str]]:
 
     sa.event.listen(engine, "before_cursor_execute", note)
     rawsql._run = noted  # observed, never changed: the same call, its text noted
+    provider.observer = called
     try:
         yield seen
     finally:
+        provider.observer = observer
         rawsql._run = run
         sa.event.remove(engine, "before_cursor_execute", note)
 
@@ -121,7 +133,7 @@ def _work(
     """What one denial did: its statements, its answer, and the entries written for it
     (their shape: every field but the time, the request id and the record named)."""
     before = _last_entry_id(vault)
-    with _statements(vault.runtime.engine) as seen:
+    with _statements(vault) as seen:
         answer = probe(client, token)
     entries = _entries_since(vault, before, actor)
     shapes = [{k: v for k, v in e.items() if k not in {"time", "request_id"}} for e in entries]
@@ -191,6 +203,11 @@ def test_a_denial_does_the_same_work_whether_the_vault_holds_the_token(
             # (The probe sees the reads of the vault's driver cursor too.)
             work = _work(vault, stolen, OTHER_DOMAIN["masked"], unheld, SHOP)
             assert any(s.startswith("raw: ") for s in work["statements"]), work
+            with vault.client("payments") as payments, _statements(vault) as seen:
+                made = payments.post(
+                    "/v1/tokenize", json={"pan": card_number("411111", 9), "format": "uuid"}
+                )
+            assert any(s.startswith("hsm: ") for s in seen), seen  # its card's HMAC
             # ...and past the allowance of its refusals (spent on tokens the vault does
             # not hold), a denial of a held token must not be the only one written.
             for _ in range(UNMETERED_REFUSALS.burst + 5):
