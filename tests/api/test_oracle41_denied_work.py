@@ -32,13 +32,15 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from api._refusal_sieve import UNMETERED_REFUSALS
+from api._refusal_sieve import UNMETERED_REFUSALS, RequestSieve
 from api.pki import issue_client
 from audit.log import _request_source
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.api.test_refusal40_named_refusals import SHOP_BACKEND
+from tests.api.test_refuse39_refusal_sieve import SERVICE, _discard, _event, _limiters
 from tests.support.pans import card_number
+from vault.service import Outcome, naming_token
 from vault.storage import rawsql
 
 # What a denial may touch: the token store; what it writes: the audit log's entries and
@@ -236,3 +238,19 @@ def test_a_denial_does_the_same_work_whether_the_vault_holds_the_token(
                 actor="spiffe://cofre/payments",
             )
             assert not differ, "\n".join(differ)
+
+
+def test_the_allowance_is_chosen_by_the_token_named_never_by_its_record() -> None:
+    """The sieve alone: a denial naming a token the vault does not hold (no record
+    found, no ``token_id``) spends the allowance a held one's does."""
+    limiter, _ = _limiters(_discard)
+    # The allowance of refusals naming no token spent first.
+    for _ in range(UNMETERED_REFUSALS.burst + 1):
+        RequestSieve(limiter, lambda: SERVICE)(_event(Outcome.DENIED, error="not_found"))
+    assert not RequestSieve(limiter, lambda: SERVICE)(_event(Outcome.DENIED, error="not_found"))
+    kept = []
+    for n in range(UNMETERED_REFUSALS.burst):
+        with naming_token(f"tok-{n}"):
+            denial = _event(Outcome.DENIED, reason="this identity may not call detokenize")
+            kept.append(RequestSieve(limiter, lambda: SERVICE)(denial))
+    assert all(kept)
