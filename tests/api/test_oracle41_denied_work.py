@@ -37,8 +37,10 @@ from api.pki import issue_client
 from audit.log import _request_source
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
+from tests.api.test_orc37_token_guessing import ROUTE, _route
 from tests.api.test_refusal40_named_refusals import SHOP_BACKEND
 from tests.api.test_refuse39_refusal_sieve import SERVICE, _discard, _event, _limiters
+from tests.support.fake_acquirer import running_acquirer
 from tests.support.pans import card_number
 from vault.service import Outcome, naming_token
 from vault.storage import rawsql
@@ -254,3 +256,33 @@ def test_the_allowance_is_chosen_by_the_token_named_never_by_its_record() -> Non
             denial = _event(Outcome.DENIED, reason="this identity may not call detokenize")
             kept.append(RequestSieve(limiter, lambda: SERVICE)(denial))
     assert all(kept)
+
+
+@pytest.mark.slow
+def test_a_relay_of_another_domains_token_does_the_work_of_an_unheld_ones(
+    tmp_path: Path, hsm_provider: HSMProvider, database_url: str
+) -> None:
+    """The adapter granted the relay (payments' tokens only) sends store's token."""
+    with (
+        running_acquirer(tmp_path / "acquirer-pki") as acquirer,
+        running_vault(
+            tmp_path / "vault", hsm_provider, database_url, extra_policy=_route(acquirer)
+        ) as vault,
+    ):
+        with vault.client("store") as store:
+            made = store.post(
+                "/v1/tokenize", json={"pan": card_number("411111", 5), "format": "uuid"}
+            )
+        assert made.status_code == 200, made.text
+        relay = {"relay": lambda c, t: c.post(f"/v1/relay/{ROUTE}", json={"card": {"number": t}})}
+        with vault.client("getnet-adapter") as adapter:
+            differ = _compare(
+                vault,
+                adapter,
+                relay,
+                made.json()["token"],
+                str(uuid.uuid4()),
+                actor="spiffe://cofre/getnet-adapter",
+            )
+        assert not differ, "\n".join(differ)
+        assert acquirer.received == []
