@@ -19,6 +19,7 @@ __all__ = [
     "fpe",
     "httpsig",
     "key_inventory",
+    "key_presence",
     "key_registry",
     "keyring",
     "limits",

@@ -47,7 +47,10 @@ def hsm_status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show the token, the mechanisms Cofre needs (present or not) and the key inventory
-    with its attributes. Never shows key material."""
+    with its attributes. Never shows key material. Exit status 1 when a key the key
+    registry has in use is missing from the token (the MISSING keys line, "missing" in
+    --json: the newest version of each kind, every audit key, a KEK still wrapping data
+    keys), 0 when every such key is present (session 41)."""
     from hsm.provider import REQUIRED_MECHANISMS, provider_from_settings
 
     settings = cli_settings()
@@ -67,7 +70,15 @@ def hsm_status(
     }
     if as_json:
         typer.echo(json.dumps(report, indent=2))
-        return
+    else:
+        _print_status(report)
+    if report.get("missing"):
+        raise typer.Exit(1)
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    """`cofre hsm status`'s lines (scripts parse them: unchanged since session 40)."""
+    wrap = report["wrap_mechanism"]
     token = report["token"]
     typer.echo(
         f"token {token['token_label']!r}: {token['manufacturer']} {token['model']}, "
@@ -138,7 +149,8 @@ def _registry_report(settings: Any, provider: Any) -> dict[str, Any]:
     from vault.key_registry import KeyRegistry
 
     try:
-        registry = KeyRegistry(open_database(settings), provider)
+        engine = open_database(settings)
+        registry = KeyRegistry(engine, provider)
         # The officers' signed registrations count as the vault counts them (session
         # 39); without a readable policy none does, and such a label shows unregistered.
         with contextlib.suppress(CofreError, OSError):
@@ -147,7 +159,7 @@ def _registry_report(settings: Any, provider: Any) -> dict[str, Any]:
             registry.trust_officers(lambda: policy, names)
         registered = registry.registered()
         stray = registry.unregistered() if registered else []
-        missing = _missing(registered, provider.list_keys())
+        missing = _missing(registered, provider.list_keys(), engine)
     except CofreError as exc:
         return {"registry": f"unavailable ({exc.code})", "unregistered": [], "missing": []}
     return {
@@ -158,24 +170,18 @@ def _registry_report(settings: Any, provider: Any) -> dict[str, Any]:
     }
 
 
-def _missing(registered: dict[str, Any], listed: list[Any]) -> list[str]:
-    """The registered labels that should be on the token and are not: the newest
-    registered version of each kind, and every audit key (kept to verify the heads it
-    signed). An older KEK or fingerprint version is destroyed by its rotation, so its
-    absence says nothing. A newest version gone leaves the one before it current
-    (docs/threat-model.md), `/readyz` ready: this line is what shows it (session 40)."""
-    from hsm.keys import KeyKind, key_label, parse_key_label
-    from vault.key_registry import token_identities
+def _missing(registered: dict[str, Any], listed: list[Any], engine: Any) -> list[str]:
+    """The registered labels that should be on the token and are not
+    (`vault.key_presence.missing_keys`), with the KEKs data keys are still stored under.
+    A newest version gone leaves the one before it current (docs/threat-model.md),
+    `/readyz` ready: this line (and the exit status) is what shows it here; a running
+    vault names it in its ``hsm_key_presence`` readiness check (session 41)."""
+    from cofre.dberrors import database_errors_as
+    from vault.errors import StorageUnavailable
+    from vault.key_presence import kek_labels_wrapping, missing_keys
 
-    on_token = token_identities(listed)
-    newest: dict[KeyKind, int] = {}
-    expected: set[str] = set()
-    for label in registered:
-        parsed = parse_key_label(label)
-        if parsed is None:
-            continue
-        newest[parsed[0]] = max(newest.get(parsed[0], 0), parsed[1])
-        if parsed[0] is KeyKind.AUDIT:
-            expected.add(label)
-    expected |= {key_label(kind, version) for kind, version in newest.items()}
-    return sorted(label for label in expected if label in registered and label not in on_token)
+    if not registered:
+        return []
+    with database_errors_as(StorageUnavailable, "the token store"), engine.connect() as c:
+        wrapping = kek_labels_wrapping(c)
+    return missing_keys(registered, listed, wrapping)
