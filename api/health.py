@@ -54,7 +54,16 @@ PROBE_CALLERS: Final = 4096
 # these when they fail (session 34): without the names, nothing on this port told the
 # on-call engineer of a stalled audit queue or a failing purge.
 INFORMATIONAL_CHECKS: Final = frozenset(
-    {"audit_sequencer", "key_cryptoperiods", "audit_witnesses", "token_purge", "key_rotation"}
+    {
+        "audit_sequencer",
+        "key_cryptoperiods",
+        "audit_witnesses",
+        "token_purge",
+        "key_rotation",
+        # A registered key missing from the token past the key availability timeout
+        # (`vault.key_presence.KEY_PRESENCE_CHECK`, session 41).
+        "hsm_key_presence",
+    }
 )
 
 Scope = MutableMapping[str, Any]

@@ -17,6 +17,7 @@ from audit.sequencer import SequencerThread
 from cofre.errors import CofreError
 from cofre_cli.witnessing import witness_checks
 from vault.cryptoperiod import CryptoperiodMonitor
+from vault.key_presence import KEY_PRESENCE_CHECK, KeyPresenceCheck
 from vault.purge import PurgeWorker
 from vault.rotation_worker import RotationWorker
 
@@ -59,12 +60,15 @@ def informational_checks(
     publisher: PublisherThread | None,
     quorum: int,
     background: tuple[PurgeWorker, RotationWorker],
+    presence: KeyPresenceCheck,
 ) -> InformationalChecks:
     """The checks that inform, never failing readiness (`api.health.INFORMATIONAL_CHECKS`):
     the queue's oldest entry; the expiring and overdue keys (raises only when
     COFRE_KEYS__OVERDUE_FAILS_READINESS is set); with witnesses, how far their quorum
     trails; since when and why a background loop fails (requests are still served and
-    the next tick may work; the log says when failing starts and ends)."""
+    the next tick may work; the log says when failing starts and ends); a registered key
+    missing from the token past the key availability timeout (`presence`, session 41:
+    the version before it serves)."""
     purge, rotation = background
     checks: dict[str, Callable[[], str]] = {
         "audit_sequencer": thread.queue_check,
@@ -73,4 +77,5 @@ def informational_checks(
     if publisher is not None:
         checks["audit_witnesses"] = lambda: witness_checks(publisher, quorum)["audit_witnesses"]
     checks |= {"token_purge": purge.health.check, "key_rotation": rotation.health.check}
+    checks[KEY_PRESENCE_CHECK] = presence.check
     return InformationalChecks(checks)

@@ -66,6 +66,7 @@ from policies.errors import RateLimited
 from policies.loader import LoadedPolicy, load_policy
 from policies.models import RateLimit, RelayRoute
 from vault.cryptoperiod import CryptoperiodMonitor
+from vault.key_presence import KeyPresenceCheck
 from vault.key_registry import KeyRegistry
 from vault.officer_mfa import identities_without_mfa, officer_ports
 from vault.policy_record import policy_event
@@ -404,7 +405,17 @@ def build_runtime(
     purge_worker = _start_purge_worker(service, settings)
 
     informational = informational_checks(
-        thread, periods, publisher_thread, settings.audit.quorum, (purge_worker, worker)
+        thread,
+        periods,
+        publisher_thread,
+        settings.audit.quorum,
+        (purge_worker, worker),
+        KeyPresenceCheck(
+            engine,
+            provider,
+            service.keyring.registry,
+            grace=settings.hsm.key_availability_timeout_seconds,
+        ),
     )
 
     telemetry = _observe(
