@@ -125,6 +125,16 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
 }
 
 
+# The one detail a body of these codes says, whatever the cause (session 41): an
+# `hsm_unavailable` answer named the node's open-files limits (RLIMIT_NOFILE soft and
+# hard), the PKCS#11 library's path or the token's label, and told one outage from
+# another, to any caller with a certificate. The cause goes to the request's log line
+# (`api.exception_handlers.cofre_error`) and the HSM's own ERROR line.
+GENERIC_DETAILS: Final[dict[str, str]] = {
+    "hsm_unavailable": ("the vault cannot use its HSM now; retry later (the node's log says why)"),
+}
+
+
 def retry_after(seconds: float) -> str:
     """The ``Retry-After`` value for a wait of `seconds`: whole seconds, rounded up and
     at least one (a client that retries at once only meets the same refusal)."""
@@ -147,6 +157,7 @@ def problem(
         "status": status,
         "code": code,
     }
+    detail = GENERIC_DETAILS.get(code, detail)
     if detail:
         body["detail"] = mask_pan_like_or_withhold(detail)
     if request_id:

@@ -19,6 +19,7 @@ import structlog
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
+from api._open_files_gauge import observe_open_files
 from api.app import create_app, refusal_flusher
 from api.crl import CrlWatcher
 from api.dependencies import AppState
@@ -332,6 +333,7 @@ def _observe(
     telemetry.observe_security_codes(service.security_code_counts)
     observe_audit_queue(telemetry.meter, sequencer)
     observe_witnesses(telemetry.meter, publisher, quorum)
+    observe_open_files(telemetry.meter)  # the limits a 503 no longer names (session 41)
     # A ready node's health port shows these as "ok" (its body only names them).
     telemetry.observe_informational_checks(informational)
     return telemetry
