@@ -303,6 +303,7 @@ def test_health_and_readiness(vault_server: VaultServer) -> None:
             "key_cryptoperiods": "ok",
             "token_purge": "ok",
             "key_rotation": "ok",
+            "hsm_key_presence": "ok",
         },
     }
 

@@ -77,6 +77,7 @@ def test_health_listener_answers_probes_without_identity(
                 "key_cryptoperiods": "ok",
                 "token_purge": "ok",
                 "key_rotation": "ok",
+                "hsm_key_presence": "ok",
             }
             # Nothing else is served here: no API route, no body read, no identity.
             for method, path in (("POST", "/v1/tokenize"), ("GET", "/healthz"), ("GET", "/")):
