@@ -15,29 +15,22 @@ from the start, a real informational failure that never fails readiness.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
 
 from api.health import INFORMATIONAL_CHECKS
-from tests.support.postgres import free_port
 from tests.support.softhsm import SoftHSMToken
-from tests.support.vault_process import make_vault
-
-# A bound on waiting for the metrics listener: fails only on a hang.
-LISTENING_BOUND = 60.0
+from tests.support.vault_process import health_ports, make_vault, scrape
 
 
 def test_a_ready_nodes_failing_informational_check_is_named_on_the_health_port(
     tmp_path: Path, softhsm_token: SoftHSMToken
 ) -> None:
     vault = make_vault(tmp_path / "node", softhsm_token, None)
-    health_port, metrics_port = free_port(), free_port()
+    health_port, metrics_port = health_ports(vault)
     vault.env.update(
         {
-            "COFRE_SERVER__HEALTH_PORT": str(health_port),
-            "COFRE_SERVER__METRICS_PORT": str(metrics_port),
             "COFRE_SERVER__WORKERS": "1",
             "COFRE_KEYS__CRYPTOPERIOD_WARN_DAYS": "400",
         }
@@ -45,7 +38,7 @@ def test_a_ready_nodes_failing_informational_check_is_named_on_the_health_port(
     vault.start()
     try:
         ready = httpx.get(f"http://127.0.0.1:{health_port}/readyz", timeout=30)
-        scraped = _scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        scraped = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         vault.stop()
     # The documented answer: ready, every check "ok" (no check's text on this port).
@@ -67,14 +60,3 @@ def test_a_ready_nodes_failing_informational_check_is_named_on_the_health_port(
     # The gauge's checks (the runtime's) are the ones the health port names (no witness
     # configured here).
     assert set(gauges) == INFORMATIONAL_CHECKS - {"audit_witnesses"}
-
-
-def _scrape(url: str) -> str:
-    deadline = time.monotonic() + LISTENING_BOUND
-    while True:
-        try:
-            return httpx.get(url, timeout=10).text
-        except httpx.ConnectError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)

@@ -18,10 +18,9 @@ import httpx
 import pytest
 
 from tests.api.test_guard40_hsm_open_files import _limit, _open_files
-from tests.api.test_health_informational import _scrape
 from tests.support.postgres import free_port
 from tests.support.softhsm import SoftHSMToken
-from tests.support.vault_process import VaultProcess, log_events, make_vault
+from tests.support.vault_process import VaultProcess, log_events, make_vault, scrape
 
 CARD = {"pan": "4111111111111111", "format": "uuid"}
 SAME_ID = {"x-request-id": "ops41-same-request"}
@@ -83,7 +82,7 @@ def test_two_hsm_outages_answer_the_same_bytes(vault: VaultProcess) -> None:
     port = vault.env["COFRE_SERVER__METRICS_PORT"]
     gauges = {
         line.split('kind="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in _scrape(f"http://127.0.0.1:{port}/metrics").splitlines()
+        for line in scrape(f"http://127.0.0.1:{port}/metrics").splitlines()
         if line.startswith("cofre_process_open_files{")
     }
     assert gauges["soft_limit"] == float(soft), gauges

@@ -21,11 +21,8 @@ from typing import Any
 
 import httpx
 
-from tests.api.test_health_informational import _scrape
-from tests.cofre_cli.test_ops40_missing_key_status import _destroy
-from tests.support.postgres import free_port
-from tests.support.softhsm import SoftHSMToken
-from tests.support.vault_process import VaultProcess, log_events, make_vault
+from tests.support.softhsm import SoftHSMToken, destroy_label
+from tests.support.vault_process import VaultProcess, health_ports, log_events, make_vault, scrape
 from vault.key_presence import KEY_PRESENCE_CHECK
 
 CARD = {"pan": "4111111111111111", "format": "uuid"}
@@ -55,11 +52,9 @@ def test_a_missing_newest_key_is_named_while_the_node_stays_ready(
     tmp_path: Path, softhsm_token: SoftHSMToken
 ) -> None:
     vault = make_vault(tmp_path / "node", softhsm_token, None)
-    health_port, metrics_port = free_port(), free_port()
+    health_port, metrics_port = health_ports(vault)
     vault.env.update(
         {
-            "COFRE_SERVER__HEALTH_PORT": str(health_port),
-            "COFRE_SERVER__METRICS_PORT": str(metrics_port),
             "COFRE_HSM__KEY_AVAILABILITY_TIMEOUT_SECONDS": "1",
         }
     )
@@ -71,7 +66,7 @@ def test_a_missing_newest_key_is_named_while_the_node_stays_ready(
             assert body["checks"][KEY_PRESENCE_CHECK] == "ok", body
             _rotate_fingerprint_key(vault)
             token = dataclasses.replace(softhsm_token, conf=vault.log.parent / "softhsm2.conf")
-            _destroy(token, "cofre-fp-v2")  # the vault's own copy of the token
+            destroy_label(token, "cofre-fp-v2")  # the vault's own copy of the token
             deadline = time.monotonic() + BOUND_SECONDS
             while True:
                 status, body = _ready_checks(client)
@@ -81,7 +76,7 @@ def test_a_missing_newest_key_is_named_while_the_node_stays_ready(
                 time.sleep(0.2)
             tokenized = client.post("/v1/tokenize", json=CARD)
         health = httpx.get(f"http://127.0.0.1:{health_port}/readyz", timeout=30)
-        scraped = _scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        scraped = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         vault.stop()
     # Ready, and the check names the missing version and what to do.

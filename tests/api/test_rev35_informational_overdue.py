@@ -19,9 +19,8 @@ from pathlib import Path
 import httpx
 
 from api.health import INFORMATIONAL_CHECKS
-from tests.support.postgres import free_port
 from tests.support.softhsm import SoftHSMToken
-from tests.support.vault_process import make_vault
+from tests.support.vault_process import health_ports, make_vault
 
 # Bounds on waiting: they fail only on a hang.
 BOUND = 120.0
@@ -31,11 +30,9 @@ def test_an_overdue_key_failing_readiness_hides_no_informational_check(
     tmp_path: Path, softhsm_token: SoftHSMToken
 ) -> None:
     vault = make_vault(tmp_path / "node", softhsm_token, None)
-    health_port, metrics_port = free_port(), free_port()
+    health_port, metrics_port = health_ports(vault)
     vault.env.update(
         {
-            "COFRE_SERVER__HEALTH_PORT": str(health_port),
-            "COFRE_SERVER__METRICS_PORT": str(metrics_port),
             "COFRE_SERVER__WORKERS": "1",
             "COFRE_KEYS__CRYPTOPERIOD_DATA_DAYS": "0.00001",
             "COFRE_KEYS__CRYPTOPERIOD_WARN_DAYS": "0",

@@ -19,35 +19,24 @@ from typer.testing import CliRunner
 from cofre_cli.main import app
 from hsm.keys import KeyKind, key_label
 from hsm.models import KeyInfo
-from tests.cofre_cli.test_ops40_missing_key_status import _cofre, _destroy
-from tests.support.dev import clean_env
-from tests.support.softhsm import create_token
+from tests.support.dev import run_cofre, vault_cli_env
+from tests.support.softhsm import create_token, destroy_label
 from vault.key_presence import missing_keys
 
 
 @pytest.mark.hsm
 def test_status_exits_1_while_a_registered_key_is_missing(tmp_path: Path, pg_database: str) -> None:
     token = create_token(tmp_path / "hsm", "hsm1")
-    pin = tmp_path / "cofre-hsm-pin"
-    pin.write_text(token.user_pin)
-    pin.chmod(0o400)
-    env = clean_env() | {
-        "COFRE_HSM__LIBRARY": str(token.library),
-        "COFRE_HSM__TOKEN_LABEL": token.label,
-        "COFRE_HSM__PIN_FILE": str(pin),
-        "COFRE_HSM__SOFTHSM_CONF": str(token.conf),
-        "COFRE_DATABASE__URL": pg_database,
-        "COFRE_DATA_DIR": str(tmp_path / "data"),
-    }
+    env = vault_cli_env(tmp_path, token, pg_database)
     for words in (["cofre", "db", "migrate"], ["cofre", "hsm", "init"]):
-        done = _cofre(words, env, tmp_path)
+        done = run_cofre(words, env, tmp_path)
         assert done.returncode == 0, done.stdout + done.stderr
-    present = _cofre(["cofre", "hsm", "status"], env, tmp_path)
+    present = run_cofre(["cofre", "hsm", "status"], env, tmp_path)
     assert present.returncode == 0, present.stdout + present.stderr
     assert "MISSING keys" not in present.stdout
 
-    _destroy(token, "cofre-fp-v1")
-    shown = _cofre(["cofre", "hsm", "status"], env, tmp_path)
+    destroy_label(token, "cofre-fp-v1")
+    shown = run_cofre(["cofre", "hsm", "status"], env, tmp_path)
     assert shown.returncode == 1, shown.stdout + shown.stderr
     # The lines scripts parse are unchanged, and nothing is said on stderr.
     missing = [line for line in shown.stdout.splitlines() if "MISSING keys" in line]
@@ -56,7 +45,7 @@ def test_status_exits_1_while_a_registered_key_is_missing(tmp_path: Path, pg_dat
         'docs/key-ceremony.md "A key missing from the token"): cofre-fp-v1'
     ], shown.stdout
     assert shown.stderr == ""
-    as_json = _cofre(["cofre", "hsm", "status", "--json"], env, tmp_path)
+    as_json = run_cofre(["cofre", "hsm", "status", "--json"], env, tmp_path)
     assert as_json.returncode == 1, as_json.stderr
     assert json.loads(as_json.stdout)["missing"] == ["cofre-fp-v1"]
 

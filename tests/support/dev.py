@@ -9,15 +9,59 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.support.postgres import free_port
 
-__all__ = ["alive", "assert_gone", "clean_env", "start_dev", "until_listening", "witnesses_of"]
+if TYPE_CHECKING:  # softhsm.py runs commands in clean_env()
+    from tests.support.softhsm import SoftHSMToken
+
+__all__ = [
+    "alive",
+    "assert_gone",
+    "clean_env",
+    "run_cofre",
+    "start_dev",
+    "until_listening",
+    "vault_cli_env",
+    "witnesses_of",
+]
 
 
 def clean_env() -> dict[str, str]:
     """This process's environment without any COFRE_ or SOFTHSM2_ variable."""
     return {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
+
+
+def vault_cli_env(tmp_path: Path, token: SoftHSMToken, database_url: str) -> dict[str, str]:
+    """The environment of a `cofre` command on `token` and `database_url`, its data in
+    ``tmp_path/data``: the PIN in a file only its owner reads, never on a command line."""
+    pin = tmp_path / "cofre-hsm-pin"
+    pin.write_text(token.user_pin)
+    pin.chmod(0o400)
+    return clean_env() | {
+        "COFRE_HSM__LIBRARY": str(token.library),
+        "COFRE_HSM__TOKEN_LABEL": token.label,
+        "COFRE_HSM__PIN_FILE": str(pin),
+        "COFRE_HSM__SOFTHSM_CONF": str(token.conf),
+        "COFRE_DATABASE__URL": database_url,
+        "COFRE_DATA_DIR": str(tmp_path / "data"),
+    }
+
+
+def run_cofre(words: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``cofre WORDS...`` (this interpreter's `cofre_cli`) in `cwd` with `env`, its
+    output captured as text; the exit status is the caller's to check."""
+    assert words[0] == "cofre", words
+    return subprocess.run(
+        [sys.executable, "-m", "cofre_cli", *words[1:]],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,  # a far bound: fails only on a hang
+        check=False,
+    )
 
 
 def start_dev(data_dir: Path, env: dict[str, str], *options: str) -> subprocess.Popen[str]:

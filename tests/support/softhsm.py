@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from hsm.errors import HSMUnavailable
 from hsm.keys import parse_code_epoch_label
 from hsm.provider import HSMProvider
 from hsm.softhsm import init_softhsm_token, write_softhsm_conf
+from tests.support.dev import clean_env
 
 
 @dataclass(frozen=True)
@@ -105,3 +108,23 @@ def settled_health_check(provider: HSMProvider) -> None:
             time.sleep(0.05)
         else:
             return
+
+
+_DESTROY = """
+import sys, pkcs11
+token = pkcs11.lib(sys.argv[1]).get_token(token_label=sys.argv[2])
+with token.open(rw=True, user_pin=sys.argv[3]) as session:
+    for key in session.get_objects({pkcs11.Attribute.LABEL: sys.argv[4]}):
+        key.destroy()
+"""
+
+
+def destroy_label(token: SoftHSMToken, label: str) -> None:
+    """Destroy every object labelled `label` on the token, as someone with the PIN could
+    (in a process of its own: python-pkcs11 reads SOFTHSM2_CONF once per process)."""
+    subprocess.run(
+        [sys.executable, "-c", _DESTROY, str(token.library), token.label, token.user_pin, label],
+        env=clean_env() | {"SOFTHSM2_CONF": str(token.conf)},
+        check=True,
+        timeout=120,
+    )

@@ -163,6 +163,27 @@ class VaultProcess:
         )
 
 
+def health_ports(vault: VaultProcess) -> tuple[int, int]:
+    """Free ports for `vault`'s health and metrics listeners, set in its environment."""
+    health_port, metrics_port = free_port(), free_port()
+    vault.env["COFRE_SERVER__HEALTH_PORT"] = str(health_port)
+    vault.env["COFRE_SERVER__METRICS_PORT"] = str(metrics_port)
+    return health_port, metrics_port
+
+
+def scrape(url: str, bound: float = 60.0) -> str:
+    """The text at `url` (a metrics listener), waiting up to `bound` seconds for it to
+    listen: a far bound, which fails only on a hang."""
+    deadline = time.monotonic() + bound
+    while True:
+        try:
+            return httpx.get(url, timeout=10).text
+        except httpx.ConnectError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def make_vault(
     tmp: Path,
     token: SoftHSMToken,
