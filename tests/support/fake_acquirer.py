@@ -92,9 +92,11 @@ class FakeAcquirer(LoopbackHttps):
                 )
 
             def _answer(self, status: int, payload: Any) -> None:
-                data = json.dumps(payload).encode()
+                # Bytes are an answer that is no JSON (an XML or form body), sent as is.
+                raw = isinstance(payload, bytes)
+                data = payload if raw else json.dumps(payload).encode()
                 self.send_response(status)
-                self.send_header("content-type", "application/json")
+                self.send_header("content-type", "text/plain" if raw else "application/json")
                 self.send_header("content-length", str(len(data)))
                 for name, value in getattr(self, "_extra", {}).items():
                     self.send_header(name, value)

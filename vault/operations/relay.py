@@ -11,7 +11,6 @@ import copy
 import functools
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import Connection
@@ -21,7 +20,7 @@ from cofre.errors import CofreError
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied, RateLimited
 from policies.models import Action, CardPointers, IdentityPolicy, RelayRoute
-from vault._relay_details import CallerGuesses
+from vault._relay_scan import Sent, scanned_answer
 from vault.card import format_expiry
 from vault.errors import (
     IntegrityError,
@@ -46,34 +45,14 @@ from vault.relay import (
     caller_guesses,
     drop_pointer,
     get_pointer,
-    mask_strings,
     nested_deeper_than,
     set_pointer,
-    withhold_echoed_pans,
-    withhold_encoded_pans,
-    withhold_month_year,
-    withhold_sent,
-    withhold_split_pans,
 )
 
 # The layouts of an expiry the vault sent (whole or as month and year apart) that are
 # withheld from the answer whatever layout it went in; MMYY only when it went so, as four
 # digits alone are too common.
 _ECHOED_LAYOUTS: Final = ("MM/YY", "MM/YYYY", "YYYY-MM")
-
-
-@dataclass(frozen=True)
-class _Sent:
-    """What a relay call sent upstream that its answer must not give back: the card
-    details sent beside a PAN (`withhold_sent`) and the PANs (`withhold_split_pans`,
-    `withhold_echoed_pans`)."""
-
-    details: list[str]
-    pans: list[str]
-    # An expiry sent as month and year apart: ("MM", ("YY", "YYYY")), each sent card's.
-    month_years: list[tuple[str, tuple[str, str]]]
-    # The caller's own texts that may guess a detail (`caller_guesses`), withheld alike.
-    guesses: CallerGuesses | None
 
 
 def _route_tokens(route: RelayRoute, body: Any) -> list[str]:
@@ -274,7 +253,7 @@ class RelayOperations(TokenizeOperations):
 
     def _reveal_or_miss(
         self, connection: Connection, **parts: Any
-    ) -> tuple[Any, list[str], _Sent] | TokenNotFound | TokenExpired:
+    ) -> tuple[Any, list[str], Sent] | TokenNotFound | TokenExpired:
         """`_reveal_for_relay`, or the miss it raised, returned so that the transaction
         commits the call's rate charge (review 30: a raised miss rolled it back, so
         relays of unknown tokens cost nothing and each wrote an entry; detokenize
@@ -294,7 +273,7 @@ class RelayOperations(TokenizeOperations):
         route: RelayRoute,
         body: Any,
         details: Mapping[str, DetailValue],
-    ) -> tuple[Any, list[str], _Sent]:
+    ) -> tuple[Any, list[str], Sent]:
         """The body to send (a copy, the PANs in place of the tokens), the revealed
         token ids and the card details sent beside a PAN (`withhold_sent` takes them
         out of the answer), with one `relay.send` entry per revealed token written in
@@ -357,7 +336,7 @@ class RelayOperations(TokenizeOperations):
         if route.card is not None:
             tokens.add(get_pointer(body, route.card.number))
         guesses = caller_guesses(body, tokens) if sent else None
-        return outgoing, token_ids, _Sent(sent, sent_pans, month_years, guesses)
+        return outgoing, token_ids, Sent(sent, sent_pans, month_years, guesses)
 
     def _put_card(
         self,
@@ -459,7 +438,7 @@ class RelayOperations(TokenizeOperations):
         route: RelayRoute,
         body: Any,
         *,
-        sent: _Sent,
+        sent: Sent,
         details: dict[str, DetailValue],
     ) -> Any:
         """`body` with the PANs at the route's `response_tokenize` pointers replaced by
@@ -508,13 +487,7 @@ class RelayOperations(TokenizeOperations):
                 continue
             set_pointer(body, pointer, None)
             tokens_at[pointer] = record.token
-        # Before the masking, which stars the digit runs of a hex dump (review 37).
-        body = withhold_encoded_pans(body, sent.pans, sent.details, sent.guesses)
-        masked = withhold_split_pans(mask_strings(body), sent.pans)
-        # An echo of a sent number in a shape the detector does not know (review 29b).
-        masked = withhold_echoed_pans(masked, sent.pans, decoded=False)  # read above
-        masked = withhold_sent(masked, sent.details, sent.guesses)
-        masked = withhold_month_year(masked, sent.month_years)
+        masked = scanned_answer(body, sent)
         for pointer, token in tokens_at.items():
             set_pointer(masked, pointer, token)
         return masked
