@@ -123,9 +123,15 @@ def without_written(item: str, patterns: Sequence[Matcher], withheld: str) -> st
 
 def escapes_hold(item: str, patterns: Sequence[Matcher]) -> bool:
     """Whether `item` (its details as written withheld) holds one with its escapes
-    undone or its digits read as ASCII."""
-    others = escaped_forms(item)
-    others += [ascii_digits(other) for other in [item, *others] if not other.isascii()]
+    undone, its digits read as ASCII or its compatibility characters as theirs (NFKC:
+    session 41, a name echoed in fullwidth letters (U+FF21 on), as Japanese
+    systems write text, came back)."""
+    others = escaped_forms(item, lone_words=False)
+    wide = [other for other in [item, *others] if not other.isascii()]
+    others += [ascii_digits(other) for other in wide]
+    others += [
+        folded for other in wide if (folded := unicodedata.normalize("NFKC", other)) != other
+    ]
     if not others:
         return False
     anyone = re.compile("|".join(map(_alternative, patterns)))  # one scan per form

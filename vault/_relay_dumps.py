@@ -17,7 +17,7 @@ caller, `vault._relay_echo._read_bytes`):
   numbers), and as C octal escapes (``\\065\\061``);
 - the items of a JSON array, joined (`joined_lists`): base64 lines (MIME's 76
   characters) as an array's items, the card crossing from one item to the next, and
-  numbers or digit words one per item.
+  numbers or digit words one per item (the words: `vault._relay_words`).
 
 Review 39b left these "not read": a card in one of them went back to the caller whole.
 """
@@ -187,38 +187,3 @@ def withhold_lists(value: Any, lists: set[int], replacement: str) -> Any:
         return node
 
     return walk(value)
-
-
-def words_undone(text: str) -> str:
-    """`text` with each digit word in English or Portuguese (``four``, ``quatro``) as its
-    digit, when it holds one."""
-    if _DIGIT_WORD.search(text) is None:
-        return text
-    return _DIGIT_WORD.sub(lambda match: _DIGIT_WORDS[match.group(0).lower()], text)
-
-
-# Digit words, English then Portuguese (the acquirers' languages here), zero to nine.
-_ENGLISH: Final = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-_PORTUGUESE: Final = (
-    "zero",
-    "um",
-    "dois",
-    "três",
-    "quatro",
-    "cinco",
-    "seis",
-    "sete",
-    "oito",
-    "nove",
-)
-_DIGIT_WORDS: Final = {
-    **{word: str(digit) for digit, word in enumerate(_ENGLISH)},
-    **{word: str(digit) for digit, word in enumerate(_PORTUGUESE)},
-    "tres": "3",
-    "uma": "1",
-    "duas": "2",
-}
-_DIGIT_WORD: Final = re.compile(
-    r"(?<![^\W\d_])(?:" + "|".join(sorted(_DIGIT_WORDS, key=len, reverse=True)) + r")(?![^\W\d_])",
-    re.IGNORECASE,
-)

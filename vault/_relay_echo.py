@@ -44,7 +44,8 @@ from collections.abc import Callable, Iterator
 from typing import Final
 from urllib.parse import unquote, unquote_plus
 
-from vault._relay_dumps import dump_readings, words_undone
+from vault._relay_dumps import dump_readings
+from vault._relay_words import word_runs_undone, words_undone
 
 # How many layers of encoding inside one another are read (base64 of base64 of gzip).
 LAYERS: Final = 3
@@ -181,14 +182,18 @@ def read_as(
         return True
 
 
-def escaped_forms(text: str) -> list[str]:
+def escaped_forms(text: str, *, lone_words: bool = True) -> list[str]:
     """What `text` reads as once its escapes are undone (`_unescaped`): a dozen at most,
-    each about `text`'s size."""
-    shown, searched = _unescaped(text)
+    each about `text`'s size. Without `lone_words`, a digit word alone is left a word
+    (`vault._relay_words.word_runs_undone`: how a code is looked for)."""
+    undoers = _UNDOERS if lone_words else (*_UNDOERS[:-1], word_runs_undone)
+    shown, searched = _unescaped(text, undoers)
     return shown + searched
 
 
-def _unescaped(text: str) -> tuple[list[str], list[str]]:
+def _unescaped(
+    text: str, undoers: tuple[Callable[[str], str], ...] | None = None
+) -> tuple[list[str], list[str]]:
     """(what `text` reads as once percent-decoded, HTML-entity-decoded, JSON-unescaped,
     quoted-printable- or UTF-7-decoded, percent up to `LAYERS` times; those of them
     in which words are looked for: a base64 word keeps its "+"). Session 38: a request
@@ -199,7 +204,7 @@ def _unescaped(text: str) -> tuple[list[str], list[str]]:
     if "%" in text or "+" in text:
         shown.append(unquote_plus(text))
     forms: list[str] = []
-    for undo in _UNDOERS:
+    for undo in _UNDOERS if undoers is None else undoers:
         current = text
         # Percent-encoding is undone again and again (a URL in a URL), the rest once:
         # each form is scanned whole, and a hostile text changed by every one of them.
@@ -481,11 +486,12 @@ def _utf7_undone(text: str) -> str:
     return _UTF7_BLOCK.sub(one, text)
 
 
+# `words_undone` last: `escaped_forms` puts `word_runs_undone` in its place for a code.
 _UNDOERS: Final = (
     _percent_undone,
     _html_undone,
     _json_undone,
     _qp_undone,
     _utf7_undone,
-    words_undone,  # session 40: the card in digit words, English or Portuguese
+    words_undone,  # sessions 40, 41: digit words (`vault._relay_words`)
 )
