@@ -1,7 +1,7 @@
 """Numbers written in words, read as their digits: what `vault._relay_echo` reads a text
 of a relay's answer as beside its escapes undone (session 40: English and Portuguese
-digit words; session 41: Spanish, French and German, ``double``/``triple``, and a run
-of digit words joined into one number).
+digit words; session 41: Spanish, French and German, ``double``/``triple``, English
+numbers of two digits, and a run of digit words joined into one number).
 
 IN PCI SCOPE: the texts read here are an acquirer's answer to a body holding a card;
 they are read in memory to be compared with the cards and details sent, never logged.
@@ -12,7 +12,8 @@ in a run of two or more digit words: alone, several are everyday words of other
 languages (Portuguese ``dos``, English ``Sept``, ``null``), and a card or a code echoed
 in words is a run. In a run (digit words of any of these languages, with white space,
 hyphens, commas, semicolons or dots between them, and ``double``/``triple`` before a
-word), the words become one run of digits: ``seven three nine`` is ``739``, which
+word, and English teens and tens: ``forty-one eleven``, a card read aloud in pairs),
+the words become one run of digits: ``seven three nine`` is ``739``, which
 `withhold_sent` finds as the code sent (session 41: read word by word, it was ``7 3 9``,
 no code); for a card, the digits are the same either way.
 
@@ -54,6 +55,22 @@ _SPANISH: Final = [
 _FRENCH: Final = ["zéro", "un", "deux", "trois", "quatre", "cinq", "six", "sept", "huit", "neuf"]
 _GERMAN: Final = ["null", "eins", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht", "neun"]
 
+# English numbers of two digits, as a card or a code is read aloud in pairs ("forty-one
+# eleven"): read only in a run, as two digits each (compounds with a hyphen or a space).
+_TEENS: Final = ["ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen"]
+_TEENS += ["seventeen", "eighteen", "nineteen"]
+_TENS: Final = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+_ENGLISH_PAIRS: Final = {
+    **{word: str(10 + at) for at, word in enumerate(_TEENS)},
+    **{word: f"{2 + at}0" for at, word in enumerate(_TENS)},
+    **{
+        f"{word}{joint}{_ENGLISH[unit]}": f"{2 + at}{unit}"
+        for at, word in enumerate(_TENS)
+        for unit in range(1, 10)
+        for joint in ("-", " ")
+    },
+}
+
 # Read wherever they stand (session 40), and read only in a run (session 41).
 _ALONE: Final = {
     **{word: str(digit) for digit, word in enumerate(_ENGLISH)},
@@ -73,6 +90,7 @@ _IN_RUNS: Final = {
     "funf": "5",
     "zwo": "2",
     "una": "1",
+    **_ENGLISH_PAIRS,
 }
 # A word's edges: no letter (of any script) beside it.
 _BEFORE: Final = r"(?<![^\W\d_])"
@@ -84,12 +102,19 @@ def _alternatives(words: dict[str, str]) -> str:
 
 
 _TIMES: Final = {"double": 2, "triple": 3}
-_ONE_IN_RUN: Final = rf"(?:(?:double|triple)[ \t-]+)?(?:{_alternatives(_IN_RUNS)})"
+# A tens word alone only where no unit follows it: "twenty-five" is one word of a run,
+# never the two of a run ("twenty", "five"), so a lone compound is no run.
+_UNITS: Final = "|".join(_ENGLISH[1:])
+_ONE_WORD: Final = (
+    _alternatives({word: digits for word, digits in _IN_RUNS.items() if word not in _TENS})
+    + rf"|(?:{'|'.join(_TENS)})(?![ \t-]+(?:{_UNITS}){_AFTER})"
+)
+_ONE_IN_RUN: Final = rf"(?:(?:double|triple)[ \t-]+)?(?:{_ONE_WORD})"
 _SEPARATOR: Final = r"[ \t\r\n,;.\-]{1,4}"
 # A run of two or more digit words (any language), or one word after "double"/"triple".
 _RUN_ONLY: Final = (
     rf"{_BEFORE}(?:{_ONE_IN_RUN}(?:{_SEPARATOR}{_ONE_IN_RUN})+|(?:double|triple)[ \t-]+"
-    rf"(?:{_alternatives(_IN_RUNS)})){_AFTER}"
+    rf"(?:{_ONE_WORD})){_AFTER}"
 )
 _RUNS: Final = re.compile(_RUN_ONLY, re.IGNORECASE)
 # ... or one English or Portuguese digit word alone.

@@ -1,5 +1,6 @@
 """Session 41: echoes the relay's answer scan did not read (session 40's list): the card
-in Spanish, French or German digit words, or with ``double``/``triple``; the security
+in Spanish, French or German digit words, with ``double``/``triple`` or in pairs
+(``forty-one eleven``); the security
 code in digit words of any of these languages (read word by word, ``seven three nine``
 was ``7 3 9``, no code); the cardholder's name in fullwidth letters.
 
@@ -70,6 +71,28 @@ def _doubled(digits: str) -> str:
     return ", ".join(spoken)
 
 
+_TEENS = ("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen")
+_TEENS += ("eighteen", "nineteen")
+_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+
+
+def _in_pairs(digits: str) -> str:
+    """`digits` read aloud two at a time, as English speakers read a card or a code:
+    ``forty-one``, ``eleven``, ``twenty``, ``zero five``."""
+    english = _WORDS["English"]
+    spoken = []
+    for at in range(0, len(digits), 2):
+        pair = digits[at : at + 2]
+        if len(pair) == 1 or pair[0] == "0":
+            spoken.append(_spoken(pair, english))
+        elif pair[0] == "1":
+            spoken.append(_TEENS[int(pair[1])])
+        else:
+            unit = "" if pair[1] == "0" else f"-{english[int(pair[1])]}"
+            spoken.append(_TENS[int(pair[0])] + unit)
+    return " ".join(spoken)
+
+
 CARD_ECHOES = {
     **{f"{language} words": (lambda pan, w=w: _spoken(pan, w)) for language, w in _WORDS.items()},
     "Spanish words, comma-separated, capitalised": lambda pan: ", ".join(
@@ -77,6 +100,7 @@ CARD_ECHOES = {
     ),
     "German words, hyphens": lambda pan: "-".join(_WORDS["German"][int(d)] for d in pan),
     "double and triple": _doubled,
+    "English pairs": _in_pairs,
 }
 
 
@@ -84,9 +108,9 @@ CARD_ECHOES = {
 def test_the_card_in_other_digit_words_is_withheld(
     relay: VaultService, acquirer: FakeAcquirer, echo: str
 ) -> None:
-    """High (6 of 9 failed before per back end: Spanish, French, German, their
-    variants, ``double``/``triple``). The acquirer's answer reads the card aloud; the
-    adapter reads its hidden digits back."""
+    """High (7 of 10 failed before per back end: Spanish, French, German, their
+    variants, ``double``/``triple``, English read in pairs, ``forty-one eleven``). The
+    acquirer's answer reads the card aloud; the adapter reads its hidden digits back."""
     token = _card(relay)
     acquirer.answer = lambda got: (402, {"echo": CARD_ECHOES[echo](got["card"]["number"])})
     answer = relay.relay(GETNET, "getnet-authorize", _body(token))
@@ -94,15 +118,16 @@ def test_the_card_in_other_digit_words_is_withheld(
     assert answer.body == {"echo": WITHHELD_DETAIL}
 
 
-@pytest.mark.parametrize("language", sorted(_WORDS))
+@pytest.mark.parametrize("language", [*sorted(_WORDS), "English pairs"])
 def test_the_code_in_digit_words_is_withheld(
     relay: VaultService, acquirer: FakeAcquirer, language: str
 ) -> None:
-    """High (5 failed before per back end: every language, English and Portuguese
-    included; each word was read alone, ``7 3 9 1``, and a code is a run). A decline
+    """High (6 failed before per back end: every language, English and Portuguese
+    included, and English in pairs, ``seventy-three ninety-one``; each word was read
+    alone, ``7 3 9 1``, and a code is a run). A decline
     that quotes the code it got, in words."""
     token = _card(relay)
-    spoken = _spoken(CODE, _WORDS[language])
+    spoken = _in_pairs(CODE) if language == "English pairs" else _spoken(CODE, _WORDS[language])
     acquirer.answer = lambda got: (402, {"message": f"CVV {spoken} inválido", "status": "DENIED"})
     answer = relay.relay(GETNET, "getnet-authorize", _body(token))
     assert acquirer.received[-1]["card"]["security_code"] == CODE
