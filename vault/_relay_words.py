@@ -57,8 +57,18 @@ _GERMAN: Final = ["null", "eins", "zwei", "drei", "vier", "fünf", "sechs", "sie
 
 # English numbers of two digits, as a card or a code is read aloud in pairs ("forty-one
 # eleven"): read only in a run, as two digits each (compounds with a hyphen or a space).
-_TEENS: Final = ["ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen"]
-_TEENS += ["seventeen", "eighteen", "nineteen"]
+_TEENS: Final = [
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
 _TENS: Final = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 _ENGLISH_PAIRS: Final = {
     **{word: str(10 + at) for at, word in enumerate(_TEENS)},
