@@ -12,20 +12,22 @@ not granted (403), malformed bodies (400/422), unknown paths (404). Session 39.
 
 Now each such caller has an allowance of refusal entries per process,
 `UNMETERED_REFUSALS` (and `NAMED_REFUSALS` for its refusals naming a token, session 40,
-whether the vault holds it or not, session 41). Past it its requests are still served
-and its refusals still answered with their own codes; but their entries, the vault's
-own (asked through `vault.service.refusal_sieve`) and the request guard's, are held as
-a refused caller's 429s are: the first of an episode written, the rest counted, one
+whether the vault holds it or not, session 41) by default, set by
+``COFRE_AUDIT__REFUSAL_ENTRIES_*`` and ``COFRE_AUDIT__NAMED_REFUSAL_ENTRIES_*``
+(`RefusalAllowances`, session 41). Past it its requests are still served and its
+refusals still answered with their own codes; but their entries, the vault's own (asked
+through `vault.service.refusal_sieve`) and the request guard's, are held as a refused
+caller's 429s are: the first of an episode written, the rest counted, one
 `COUNTED_ACTION` entry per caller and `api.refusals.SUMMARY_SECONDS` naming how many of
-each code (``"codes": "rate_limited x400, policy_denied x250, ..."``), the first and the last
-time (`api.refusals.RefusalFlusher`). A refusal about a token the vault holds names its
-record (`vault.service.naming_token`, session 40: PCI DSS 10.2.2, the affected data), and
-a count names up to `api.refusals.NAMED_TOKENS` of the records its refusals were about,
-one `COUNTED_TOKEN_ACTION` entry each (its codes and number, never the token digits),
-and numbers the other different ones (``tokens_unnamed``). Only the refusals the
-refusal bucket charges (`api.refusals.charged`) are counted: an answer about what the
-vault holds, an upstream's failure through the relay, an error of the vault's own keep
-their entries.
+each code (``"codes": "rate_limited x400, policy_denied x250, ..."``), the first and the
+last time (`api.refusals.RefusalFlusher`). A refusal about a token the vault holds names
+its record (`vault.service.naming_token`, session 40: PCI DSS 10.2.2, the affected
+data), and a count names up to `api.refusals.NAMED_TOKENS` of the records its refusals
+were about, one `COUNTED_TOKEN_ACTION` entry each (its codes and number, never the token
+digits), and numbers the other different ones (``tokens_unnamed``). Only the refusals
+the refusal bucket charges (`api.refusals.charged`) are counted: an answer about what
+the vault holds, an upstream's failure through the relay, an error of the vault's own
+keep their entries.
 
 Fail closed: a refusal grants nothing, so it is answered whether its entry was written
 or counted; a count that cannot be written is kept and tried again at every flush and
@@ -38,16 +40,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
 from api.problems import PROBLEMS
 from api.refusals import RefusalLimiter, Spent, charged, describe_caller
+from cofre.settings import AuditSettings
 from policies.models import RateLimit
 from vault.service import AuditEvent, DetailValue, Outcome, names_token
 
 # Refusal entries written one by one for a service without a rate limit, per process:
-# 100 in a row, then one a second; the rest are counted.
+# 100 in a row, then one a second; the rest are counted. Defaults: the settings are
+# `cofre.settings.AuditSettings`' (`RefusalAllowances.from_settings`).
 UNMETERED_REFUSALS: Final = RateLimit(per_second=1.0, burst=100)
 # Refusals naming a token (a denial of a read, update or delete of one) have an
 # allowance of their own, larger: each names the card record asked for when the vault
@@ -56,7 +61,34 @@ UNMETERED_REFUSALS: Final = RateLimit(per_second=1.0, burst=100)
 # held the token, which its timing told a caller it answered the same.
 # 1,000 in a row, then one a second, per process.
 NAMED_REFUSALS: Final = RateLimit(per_second=1.0, burst=1000)
-# The key of a caller's refusals about held records in the allowance's limiter.
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalAllowances:
+    """The allowances of refusal entries of a service without a rate limit, per process:
+    `unmetered` for its refusals, `named` for those naming a token (held or not,
+    session 41)."""
+
+    unmetered: RateLimit = UNMETERED_REFUSALS
+    named: RateLimit = NAMED_REFUSALS
+
+    @classmethod
+    def from_settings(cls, audit: AuditSettings) -> RefusalAllowances:
+        """The allowances ``COFRE_AUDIT__REFUSAL_ENTRIES_*`` and
+        ``COFRE_AUDIT__NAMED_REFUSAL_ENTRIES_*`` set (validated by `AuditSettings`)."""
+        return cls(
+            unmetered=RateLimit(
+                per_second=audit.refusal_entries_per_second, burst=audit.refusal_entries_burst
+            ),
+            named=RateLimit(
+                per_second=audit.named_refusal_entries_per_second,
+                burst=audit.named_refusal_entries_burst,
+            ),
+        )
+
+
+DEFAULT_ALLOWANCES: Final = RefusalAllowances()
+# The key of a caller's refusals naming a token in the allowance's limiter.
 _ABOUT_RECORDS: Final = " records"
 COUNTED_ACTION: Final = "api.refusals_counted"
 # One entry per token record a count names (session 40), before the count itself.
@@ -69,18 +101,19 @@ def unmetered_limiter(
     metered: RefusalLimiter,
     recorder: Callable[[AuditEvent], None],
     *,
+    allowances: RefusalAllowances = DEFAULT_ALLOWANCES,
     clock: Callable[[], float] = time.monotonic,
     wall: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> RefusalLimiter:
-    """The allowance of refusal entries of every caller `metered` (the refusal bucket)
-    leaves unlimited; its counts are written by `recorder` (`clock` and `wall` as
-    `RefusalLimiter`'s)."""
+    """The allowance of refusal entries (`allowances`) of every caller `metered` (the
+    refusal bucket) leaves unlimited; its counts are written by `recorder` (`clock` and
+    `wall` as `RefusalLimiter`'s)."""
 
     def limit_for(key: str) -> RateLimit | None:
         caller, about_records = _caller(key)
         if metered.limits(caller):
             return None
-        return NAMED_REFUSALS if about_records else UNMETERED_REFUSALS
+        return allowances.named if about_records else allowances.unmetered
 
     return RefusalLimiter(
         limit_for,
@@ -96,8 +129,8 @@ def unmetered_limiter(
 
 
 def _caller(key: str) -> tuple[str, bool]:
-    """The caller of an allowance's `key`, and whether the key is its refusals about
-    held token records (`NAMED_REFUSALS`)."""
+    """The caller of an allowance's `key`, and whether the key is its refusals naming
+    a token (`RefusalAllowances.named`)."""
     if key.endswith(_ABOUT_RECORDS):
         return key.removesuffix(_ABOUT_RECORDS), True
     return key, False
@@ -163,7 +196,7 @@ class RequestSieve:
         key = self._key()
         if about_records is None:
             about_records = token is not None
-        if key is not None and about_records:  # its own allowance (`NAMED_REFUSALS`)
+        if key is not None and about_records:  # its own allowance (`named`)
             key += _ABOUT_RECORDS
         held = None
         if key is not None and self._limiter.limits(key):

@@ -93,7 +93,7 @@ def create_app(state: AppState) -> FastAPI:
             recorder,
             every_request=lambda key: _is_person(state.service, key),
         )
-        unmetered = unmetered_limiter(refusals, recorder)
+        unmetered = unmetered_limiter(refusals, recorder, allowances=state.refusal_allowances)
     app.state.refusal_limiters = [] if refusals is None else [refusals, unmetered]
     # Inside the guard: the hot routes past FastAPI's routing (`api.hotroutes`).
     app.add_middleware(HotRoutes, fastapi=app, routes=tokens.router.routes)

@@ -15,6 +15,7 @@ from typing import IO, Annotated, cast
 from fastapi import Depends, Path, Request
 from pydantic import AfterValidator
 
+from api._refusal_sieve import DEFAULT_ALLOWANCES, RefusalAllowances
 from api.models import NAME_CHARS, NO_CONTROL, EvidenceRequest, no_card
 from api.observability import Telemetry
 from api.tls import identity_from_scope, source_from_scope
@@ -46,6 +47,9 @@ class AppState:
     officer_mfa: OfficerMfa | None = None
     # Key custodians' signed acknowledgements (`api.routes.custody`).
     custody: Custody | None = None
+    # The allowances of refusal entries of a service without a rate limit
+    # (``COFRE_AUDIT__REFUSAL_ENTRIES_*``, `api._refusal_sieve`).
+    refusal_allowances: RefusalAllowances = DEFAULT_ALLOWANCES
 
 
 def app_state(request: Request) -> AppState:

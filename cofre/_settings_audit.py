@@ -8,6 +8,7 @@ IN PCI SCOPE. Moved out of `cofre.settings` to keep that module small; import th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Final
 
 from pydantic import Field, model_validator
 
@@ -32,8 +33,19 @@ def _key_material(vkey: str) -> str:
     return parts[2] if len(parts) == 3 else vkey.strip()
 
 
+# The bounds of the allowances of refusal entries (`AuditSettings`): at least one entry
+# at once and one a day (`policies.models.RateLimit`'s floor), at most 10,000 at once and
+# 10 a second. So whatever is set, one certificate's refusals add at most about 870,000
+# entries a day per worker to the log for each allowance (at the defaults, about 86,000);
+# a service whose refusals need more entries than that needs a `rate_limit`.
+MAX_REFUSAL_ENTRIES_BURST: Final = 10_000
+MAX_REFUSAL_ENTRIES_PER_SECOND: Final = 10.0
+_MIN_REFUSAL_ENTRIES_PER_SECOND: Final = 1 / 86_400
+
+
 class AuditSettings(_Section):
-    """When the sequencer signs a tree head, and the witnesses that cosign it."""
+    """When the sequencer signs a tree head, the witnesses that cosign it, and how many
+    refusal entries a caller without a rate limit writes before they are counted."""
 
     sign_every_entries: int = Field(default=1000, ge=1)
     sign_every_seconds: float = Field(default=10.0, gt=0)
@@ -49,6 +61,15 @@ class AuditSettings(_Section):
     publish_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
     # How long the oldest queued entry may wait before readiness names the stall.
     queue_stall_seconds: float = Field(default=60.0, gt=0)
+    # The allowances of refusal entries of a service the policy leaves without a
+    # `rate_limit`, per worker process (`api._refusal_sieve`, sessions 39 and 40): past
+    # `burst` in a row, then `per_second`, its refusals are answered as ever but their
+    # entries counted, one `api.refusals_counted` entry per minute. The `named_` one is
+    # for its refusals about token records the vault holds, each entry naming its record.
+    refusal_entries_burst: int = 100
+    refusal_entries_per_second: float = 1.0
+    named_refusal_entries_burst: int = 1000
+    named_refusal_entries_per_second: float = 1.0
 
     @property
     def quorum(self) -> int:
@@ -64,6 +85,32 @@ class AuditSettings(_Section):
         verifiers count it once (review 30c: counted twice here, a default quorum its
         one key can never meet)."""
         return len({_key_material(w.vkey) for w in self.witnesses})
+
+    @model_validator(mode="after")
+    def _refusal_allowances_bounded(self) -> AuditSettings:
+        # Checked here, not by `Field` bounds, so that the error names the variable.
+        why = (
+            "at least the first refusals of a flood keep their own entries, and at most "
+            "this many keeps the audit log's growth under one certificate's refusals "
+            "bounded (a service that needs more needs a `rate_limit`)"
+        )
+        for allowance in ("refusal_entries", "named_refusal_entries"):
+            variable = f"COFRE_AUDIT__{allowance.upper()}"
+            burst = getattr(self, f"{allowance}_burst")
+            if not 1 <= burst <= MAX_REFUSAL_ENTRIES_BURST:
+                raise ValueError(
+                    f"{variable}_BURST is {burst}: it must be from 1 to "
+                    f"{MAX_REFUSAL_ENTRIES_BURST:,}; {why}"
+                )
+            per_second = getattr(self, f"{allowance}_per_second")
+            # `not (... <= ...)`: NaN is refused too.
+            if not _MIN_REFUSAL_ENTRIES_PER_SECOND <= per_second <= MAX_REFUSAL_ENTRIES_PER_SECOND:
+                raise ValueError(
+                    f"{variable}_PER_SECOND is {per_second}: it must be from one a day "
+                    f"({_MIN_REFUSAL_ENTRIES_PER_SECOND:.6g}) to "
+                    f"{MAX_REFUSAL_ENTRIES_PER_SECOND:g}; {why}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _a_majority(self) -> AuditSettings:

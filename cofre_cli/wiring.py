@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from api._open_files_gauge import observe_open_files
+from api._refusal_sieve import RefusalAllowances
 from api.app import create_app, refusal_flusher
 from api.crl import CrlWatcher
 from api.dependencies import AppState
@@ -501,6 +502,7 @@ def build_runtime(
             capture_allow_http_localhost=settings.capture.allow_http_localhost,
             officer_mfa=keys.officer_mfa,
             custody=keys.custody,
+            refusal_allowances=RefusalAllowances.from_settings(settings.audit),
         )
     )
     capture, flusher = _capture_and_refusals(settings, service, app, telemetry)
