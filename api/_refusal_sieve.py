@@ -51,8 +51,8 @@ from policies.models import RateLimit
 from vault.service import AuditEvent, DetailValue, Outcome, names_token
 
 # Refusal entries written one by one for a service without a rate limit, per process:
-# 100 in a row, then one a second; the rest are counted. Defaults: the settings are
-# `cofre.settings.AuditSettings`' (`RefusalAllowances.from_settings`).
+# 100 in a row, then one a second; the rest are counted. This and `NAMED_REFUSALS` are
+# the defaults of `cofre.settings.AuditSettings`, which sets them (session 41).
 UNMETERED_REFUSALS: Final = RateLimit(per_second=1.0, burst=100)
 # Refusals naming a token (a denial of a read, update or delete of one) have an
 # allowance of their own, larger: each names the card record asked for when the vault
