@@ -28,17 +28,17 @@ from sqlalchemy.exc import ArgumentError
 
 from cofre._secret_file import _read_secret_file
 
-# The sections live in `cofre._settings_*`, grouped by what they configure; they are
-# imported from here (mypy's `implicit_reexport` is on for this module, pyproject.toml).
+# The sections live in `cofre._settings_*`, grouped by what they configure (session 41:
+# this module had reached 598 lines); they are imported from here (`__all__`).
 from cofre._settings_audit import (
     ArchiveSettings,
     AuditSettings,
     EvidenceSettings,
-    WitnessSettings,  # noqa: F401 - re-exported, as the other names here
+    WitnessSettings,
 )
 from cofre._settings_keys import (
-    DEFAULT_SOFTHSM_LIBRARY,  # noqa: F401 - re-exported, as the other names here
-    MAX_PROPOSAL_TTL_HOURS,  # noqa: F401 - re-exported, as the other names here
+    DEFAULT_SOFTHSM_LIBRARY,
+    MAX_PROPOSAL_TTL_HOURS,
     HSMSettings,
     KeySettings,
     OfficerTokenSettings,
@@ -46,11 +46,34 @@ from cofre._settings_keys import (
 from cofre._settings_listeners import (
     CaptureSettings,
     ServerSettings,
-    TLSVersion,  # noqa: F401 - re-exported, as the other names here
+    TLSVersion,
 )
 from cofre._settings_section import _Section
 from cofre._settings_store import DatabaseSettings, TokenSettings
 from cofre.errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_SOFTHSM_LIBRARY",
+    "MAX_PROPOSAL_TTL_HOURS",
+    "OTHER_PREFIXES",
+    "OTHER_VARIABLES",
+    "ArchiveSettings",
+    "AuditSettings",
+    "CaptureSettings",
+    "DatabaseSettings",
+    "EvidenceSettings",
+    "HSMSettings",
+    "InsecureSettings",
+    "KeySettings",
+    "OfficerTokenSettings",
+    "ServerSettings",
+    "Settings",
+    "TLSVersion",
+    "TokenSettings",
+    "WitnessSettings",
+    "load_settings",
+    "unknown_variables",
+]
 
 
 class InsecureSettings(_Section):
