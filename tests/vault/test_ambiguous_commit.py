@@ -32,6 +32,7 @@ import vault._ceremony_guards as guards
 from audit.schema import audit_entries
 from hsm.keys import KeyHierarchy, KeyKind
 from hsm.provider import HSMProvider
+from tests.support.softhsm import settled_ready
 from tests.vault.conftest import ALICE, BOB
 from vault.ceremony import CeremonyState
 from vault.errors import StorageUnavailable
@@ -183,7 +184,7 @@ def test_a_key_whose_commit_is_still_under_way_is_never_destroyed(
             assert label in _registered(service)
             assert rotation.status(ALICE, ceremony.id).state == CeremonyState.RUNNING
             assert rotation_provider.has_key(label)
-            service.check_ready()  # recorded and on the token: nothing to do
+            settled_ready(service.check_ready)  # recorded and on the token: nothing to do
         else:
             assert label not in _registered(service)
             assert rotation.status(ALICE, ceremony.id).state == CeremonyState.PENDING
@@ -212,7 +213,7 @@ def test_a_key_whose_commit_the_server_refused_is_destroyed(
             rotation.approve(BOB, ceremony.id)
         assert KeyHierarchy(rotation_provider).versions(KeyKind.KEK) == before
         assert rotation.status(ALICE, ceremony.id).state == CeremonyState.PENDING
-        service.check_ready()
+        settled_ready(service.check_ready)
     finally:
         _leave_the_token_as_found(rotation_provider, before)
 
@@ -248,6 +249,6 @@ def test_a_key_whose_commit_landed_before_the_connection_dropped_is_kept(
         assert rotation_provider.has_key(label), f"{label} destroyed although recorded"
         assert label in _registered(service)
         assert rotation.status(ALICE, ceremony.id).state == CeremonyState.RUNNING
-        service.check_ready()
+        settled_ready(service.check_ready)
     finally:
         _leave_the_token_as_found(rotation_provider, before)

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from audit.log import AuditLog
 from hsm.keys import KeyHierarchy, KeyKind
 from hsm.provider import HSMProvider
+from tests.support.softhsm import settled_ready
 from tests.vault.conftest import ALICE, BOB
 from vault.ceremony import CeremonyState
 from vault.rotation import KeyRotation
@@ -55,7 +56,7 @@ def test_a_kek_approval_whose_audit_write_fails_leaves_no_stray_key(
         assert KeyHierarchy(rotation_provider).versions(KeyKind.KEK) == before, (
             "the failed approval left its new KEK on the token, unregistered"
         )
-        service.check_ready()  # no stray key: readiness holds
+        settled_ready(service.check_ready)  # no stray key: readiness holds
         assert rotation.approve(BOB, ceremony.id).state == CeremonyState.RUNNING
     finally:
         # Leave the session's rotation token as the other tests expect it.

@@ -28,6 +28,7 @@ from hsm.provider import HSMProvider
 from tests.support.audit_trail import append_registration
 from tests.support.officers import SigningOfficer, signed_approval, signed_registration
 from tests.support.pans import card_number
+from tests.support.softhsm import settled_ready
 from tests.vault.conftest import ALICE, BOB, CAROL, PAYMENTS, reregister
 from tests.vault.test_weak_token_keys import planted_kek  # noqa: F401 - a fixture
 from vault._signed_registration import signed_document, signed_registration_time
@@ -80,7 +81,7 @@ def test_officers_reregister_a_label_a_forged_row_stopped(
     assert done.state == CeremonyState.COMPLETED
     service.keyring.registry.registered(fresh=True)
     assert _tokenizes(service)
-    service.check_ready()
+    settled_ready(service.check_ready)
     # Any number of unsigned records after it change nothing either.
     append_registration(engine, label, {"label": label, **FORGED})
     append_registration(engine, label, {**genuine, "check": "111111", "how": "init"})

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from hsm.keys import KeyKind
 from hsm.provider import HSMProvider
+from tests.support.softhsm import settled_ready
 from vault.errors import KeyNotRegistered, StorageUnavailable
 from vault.key_registry import KeyRegistry
 from vault.service import VaultService
@@ -33,7 +34,7 @@ def test_first_start_adopts_the_token_and_records_it(service: VaultService, engi
     assert str(kek["check"]).startswith("kcv:")
     assert len(str(kek["cka_id"])) >= 2
     assert str(records["cofre-audit-v1"]["check"]).startswith("ec-point-sha256:")  # type: ignore[index]
-    assert service.check_ready()["key_registry"] == "ok"
+    assert settled_ready(service.check_ready)["key_registry"] == "ok"
 
 
 def test_a_planted_newer_key_is_never_used_and_fails_readiness(

@@ -29,6 +29,7 @@ from hsm.provider import HSMProvider
 from tests.support.audit_trail import insert_record, malformed_records
 from tests.support.backups import backup, restore_row
 from tests.support.pans import card_number
+from tests.support.softhsm import settled_ready
 from tests.vault.conftest import GETNET, PAYMENTS
 from tests.vault.test_bak38_restored_backup import _node, _rotate_data_keys
 from vault.errors import IntegrityError
@@ -64,7 +65,7 @@ def test_a_malformed_record_does_not_stop_every_unwrap(
     fresh = _node(engine, rotation_provider)  # nothing unwrapped yet in its memory
     try:
         fresh.keyring.registry.registered(fresh=True)  # read from the log anew
-        fresh.check_ready()
+        settled_ready(fresh.check_ready)
         assert fresh.detokenize(GETNET, token).pan == CARD
         other = Pan(card_number("453201", 39202))
         assert fresh.tokenize(PAYMENTS, TokenizeRequest(other, "pan_bin6_last4")).token

@@ -20,7 +20,7 @@ from hsm.errors import HSMKeyNotFound
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import parse_policy
-from tests.support.softhsm import destroy_code_epochs
+from tests.support.softhsm import destroy_code_epochs, settled_ready
 from tests.vault.conftest import GETNET, LEDGER, PAYMENTS, TEST_POLICY
 from vault.card import SecurityCode
 from vault.errors import IntegrityError, SecurityCodeUnavailable
@@ -137,7 +137,7 @@ def test_spent_epoch_keys_are_destroyed_in_the_hsm(
     label = f"cofre-csc-e{epoch_of(START)}"
     info = rotation_provider.describe_key(label)
     assert (info.sensitive, info.extractable, info.never_extractable) == (True, False, True)
-    vault.check_ready()  # the epoch key is registered: not a stray key
+    settled_ready(vault.check_ready)  # the epoch key is registered: not a stray key
     [sealed] = _rows(engine, "security_codes")
     # Within the TTL nothing goes.
     clock.now = START + timedelta(minutes=30)
@@ -159,7 +159,7 @@ def test_spent_epoch_keys_are_destroyed_in_the_hsm(
     aad = code_aad(record.token_id, record.token, epoch_of(START))
     with pytest.raises(HSMKeyNotFound):
         rotation_provider.aead_decrypt(label, iv, ciphertext, aad)
-    vault.check_ready()
+    settled_ready(vault.check_ready)
 
 
 def test_a_substitute_epoch_key_is_never_used(

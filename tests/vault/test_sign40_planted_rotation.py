@@ -36,6 +36,7 @@ from hsm.provider import HSMProvider
 from tests.support.audit_trail import append_registration
 from tests.support.officers import SigningOfficer, signed_approval, signed_proposal
 from tests.support.pans import card_number
+from tests.support.softhsm import settled_ready
 from tests.vault.conftest import ALICE, BOB, GETNET, PAYMENTS, reregister
 from vault.ceremony import Ceremony, CeremonyState
 from vault.errors import KeyNotRegistered
@@ -226,4 +227,4 @@ def test_the_upgrade_step_registers_a_version_an_earlier_rotation_made(
     assert done.state == CeremonyState.COMPLETED
     assert registry.current_label(KeyKind.KEK) == made
     assert made not in registry.refused()
-    service.check_ready()
+    settled_ready(service.check_ready)
