@@ -76,6 +76,8 @@ CAPTURE_SCRIPT: Final = "capture.js"
 MAX_BODY: Final = 4096
 # Refusal entries of the whole listener (every address) written one by one before the
 # rest are counted (`api.refusals`): shoppers' mistakes come a few a second at most.
+# The default of `CaptureState.listener_refusals` (`COFRE_CAPTURE__LISTENER_REFUSAL_
+# ENTRIES_*`, session 42).
 LISTENER_REFUSALS: Final = RateLimit(per_second=20.0, burst=200)
 LISTENER_KEY: Final = "*"
 _HELD_BACK: Final = "too many refused requests, or requests in flight, from this address"
@@ -100,6 +102,8 @@ class CaptureState:
     # session's http://localhost origin is refused once a restart turned it off.
     allow_http_localhost: bool = False
     slots: CaptureSlots = field(default_factory=lambda: CaptureSlots(10))  # pool_size's
+    # The whole listener's refusal entries (`LISTENER_REFUSALS` when None).
+    listener_refusals: RateLimit | None = None
 
 
 class CardBody(BaseModel):
@@ -386,9 +390,9 @@ def _add_guard(app: FastAPI, state: CaptureState) -> None:
     # Each client address's refusals, limited and counted as the API's are per identity
     # (`api.refusals`): anyone on the internet can send this listener requests, and
     # each refusal was an audit entry. And the listener's refusal entries as a whole:
-    # many addresses (a botnet, a /48 of IPv6) are counted past `LISTENER_REFUSALS`.
+    # many addresses (a botnet, a /48 of IPv6) are counted past `listener_refusals`.
     per_address = _refusal_limiter(service, state.per_address)
-    listener = _refusal_limiter(service, LISTENER_REFUSALS)
+    listener = _refusal_limiter(service, state.listener_refusals or LISTENER_REFUSALS)
     app.state.refusal_limiters = [per_address, listener]
     app.add_middleware(
         _CaptureGuard,

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import Field, IPvAnyNetwork, model_validator
 
 from cofre._settings_section import _Section
 from cofre.origins import every_interface, listener_origin
+
+# The bounds of the capture listener's allowance of refusal entries from all addresses
+# (`CaptureSettings.listener_refusal_entries_*`): at least one entry at once and one a
+# day, at most 10,000 at once and 100 a second. Anyone on the internet can send the
+# listener refused requests, so whatever is set the log grows at most ~8.6 million
+# entries a day per worker from them (at the defaults, 200 then 20 a second, ~1.7
+# million); past the allowance refusals are still answered, and counted.
+MAX_LISTENER_REFUSAL_ENTRIES_BURST: Final = 10_000
+MAX_LISTENER_REFUSAL_ENTRIES_PER_SECOND: Final = 100.0
+_MIN_LISTENER_REFUSAL_ENTRIES_PER_SECOND: Final = 1 / 86_400
 
 
 class TLSVersion(StrEnum):
@@ -114,6 +124,40 @@ class CaptureSettings(_Section):
     # process's open files: `cofre_cli.capture.capture_connections`); past it a new one
     # is closed at once. Anonymous connections never take the mTLS API's descriptors.
     max_connections: int = Field(default=1024, ge=1, le=1_000_000)
+    # Refusal entries of the whole listener (every address) written one by one per
+    # worker process, `burst` at once then `per_second`; past it refusals are answered
+    # as ever and counted in one `capture.requests_refused` entry (client `*`) a minute
+    # (`api.capture`, review 28). A constant until session 42.
+    listener_refusal_entries_burst: int = 200
+    listener_refusal_entries_per_second: float = 20.0
+
+    @model_validator(mode="after")
+    def _listener_allowance_bounded(self) -> CaptureSettings:
+        # Checked here, not by `Field` bounds, so that the error names the variable.
+        why = (
+            "at least the first refusals of a flood keep their own entries, and at most "
+            "this many keeps what anyone on the internet adds to the audit log bounded"
+        )
+        variable = "COFRE_CAPTURE__LISTENER_REFUSAL_ENTRIES"
+        burst = self.listener_refusal_entries_burst
+        if not 1 <= burst <= MAX_LISTENER_REFUSAL_ENTRIES_BURST:
+            raise ValueError(
+                f"{variable}_BURST is {burst}: it must be from 1 to "
+                f"{MAX_LISTENER_REFUSAL_ENTRIES_BURST:,}; {why}"
+            )
+        per_second = self.listener_refusal_entries_per_second
+        # `not (... <= ...)`: NaN is refused too.
+        if not (
+            _MIN_LISTENER_REFUSAL_ENTRIES_PER_SECOND
+            <= per_second
+            <= MAX_LISTENER_REFUSAL_ENTRIES_PER_SECOND
+        ):
+            raise ValueError(
+                f"{variable}_PER_SECOND is {per_second}: it must be from one a day "
+                f"({_MIN_LISTENER_REFUSAL_ENTRIES_PER_SECOND:.6g}) to "
+                f"{MAX_LISTENER_REFUSAL_ENTRIES_PER_SECOND:g}; {why}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _reachable_origin(self) -> CaptureSettings:

@@ -101,6 +101,10 @@ def capture_app(
             ),
             allow_http_localhost=capture.allow_http_localhost,
             slots=CaptureSlots(capture_places(settings), telemetry),
+            listener_refusals=RateLimit(
+                per_second=capture.listener_refusal_entries_per_second,
+                burst=capture.listener_refusal_entries_burst,
+            ),
         )
     )
 

@@ -315,16 +315,23 @@ def test_a_stolen_auditor_certificate_cannot_flood_the_audit_log_with_reads(
 
 @pytest.mark.slow
 def test_many_addresses_do_not_flood_the_audit_log_through_the_capture_listener(
-    tmp_path: Path, hsm_provider: HSMProvider, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, hsm_provider: HSMProvider
 ) -> None:
     """Review 28: each source address had a fresh burst of audited refusals, and one
     IPv6 host holds 2^64 (127.0.0.0/8 stands in). Past the listener's limit of refusal
     entries from all addresses the rest are counted, and still answered as refused.
-    The listener's limit is made small here: at its own 200 then 20/s, whether 300
-    requests empty it depends on how fast a loaded machine sends them."""
+    The listener's limit is made small here, through its settings
+    (`COFRE_CAPTURE__LISTENER_REFUSAL_ENTRIES_*`, session 42; a patched module constant
+    before): at its default 200 then 20/s, whether 300 requests empty it depends on how
+    fast a loaded machine sends them."""
     wide = RateLimit(per_second=0.5, burst=20)
-    monkeypatch.setattr("api.capture.LISTENER_REFUSALS", wide)
-    capture = CaptureSettings(port=free_port(), address_per_second=0.5, address_burst=5)
+    capture = CaptureSettings(
+        port=free_port(),
+        address_per_second=0.5,
+        address_burst=5,
+        listener_refusal_entries_per_second=wide.per_second,
+        listener_refusal_entries_burst=wide.burst,
+    )
     addresses, per_address = 60, 5
     with running_vault(tmp_path, hsm_provider, capture=capture) as vault:
         before = len(_entries(vault, ANONYMOUS_CAPTURE))
