@@ -13,12 +13,12 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from cofre.settings import Settings
-from vault.errors import SchemaMismatch
+from vault.errors import SchemaNotCreated
 
 
 def require_existing_store(settings: Settings) -> None:
     """Return when the configured store is not a SQLite file, or that file exists;
-    raise `SchemaMismatch` naming the missing file (and what creates it) otherwise."""
+    raise `SchemaNotCreated` naming the missing file (and what creates it) otherwise."""
     url = make_url(settings.database_url)
     database = url.database
     if not url.drivername.startswith("sqlite") or not database:
@@ -26,7 +26,7 @@ def require_existing_store(settings: Settings) -> None:
     if database == ":memory:" or database.startswith("file:"):
         return
     if not Path(database).is_file():
-        raise SchemaMismatch(
+        raise SchemaNotCreated(
             f"the database has no Cofre schema: there is no database at {database} "
             "(nothing created); run `cofre db migrate` as the owner role to create it"
         )

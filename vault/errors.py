@@ -32,6 +32,7 @@ and kind, or by the masked form.
         │   └── StaleRead                              (internal: the call runs again)
         ├── InvalidInput            (also ValueError)  code invalid_request
         │   └── SchemaMismatch                         code schema_mismatch
+        │       └── SchemaNotCreated                   code schema_mismatch
         ├── DataKeyMissing                             code data_key_missing
         ├── CeremonyError                              code ceremony_invalid
         │   └── CeremonyRefused                        code ceremony_invalid (audited)
@@ -248,6 +249,12 @@ class SchemaMismatch(StorageUnavailable):
     migrate`), or newer and not declared compatible with it."""
 
     code = "schema_mismatch"
+
+
+class SchemaNotCreated(SchemaMismatch):
+    """The database says it holds no Cofre schema at all (no SQLite file, no schema
+    version table and none of Cofre's tables): a database nobody has run `cofre db
+    migrate` on yet, as opposed to one that cannot be read or holds another version."""
 
 
 class DataKeyMissing(VaultError):

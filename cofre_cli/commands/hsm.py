@@ -5,7 +5,6 @@ IN PCI SCOPE (wiring).
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import asdict
 from typing import Annotated, Any
@@ -13,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from cofre.errors import CofreError
+from cofre_cli._hsm_registry import cannot_vouch, registry_report
 from cofre_cli._shared import cli_settings, fail_cleanly
 
 hsm_app = typer.Typer(
@@ -50,7 +50,12 @@ def hsm_status(
     with its attributes. Never shows key material. Exit status 1 when a key the key
     registry has in use is missing from the token (the MISSING keys line, "missing" in
     --json: the newest version of each kind, every audit key, a KEK still wrapping data
-    keys), 0 when every such key is present (session 41)."""
+    keys; session 41), when a mechanism Cofre calls is MISSING (or the key wrap is NONE),
+    or when the key registry cannot be read (a "registry: unavailable (<code>)" line,
+    "registry" in --json; session 42); 0 when every such key is present, every
+    mechanism too, and the registry was read, is empty, or is not created yet (a fresh
+    database before `cofre db migrate`: a "registry: not created yet" line says what to
+    run). An HSM that cannot be reached: exit 1 with "error [<code>]"."""
     from hsm.provider import REQUIRED_MECHANISMS, provider_from_settings
 
     settings = cli_settings()
@@ -61,23 +66,26 @@ def hsm_status(
         wrap = f"{algorithm.value} ({provider.wrap_mechanism_name(algorithm)})"
     except CofreError:
         wrap = None
+    registry = registry_report(settings, provider)
     report: dict[str, Any] = {
         "token": asdict(provider.token_info()),
         "mechanisms": {name: number in offered for name, number in REQUIRED_MECHANISMS.items()},
         "wrap_mechanism": wrap,
         "keys": [asdict(info) for info in provider.list_keys()],
-        **_registry_report(settings, provider),
+        **registry.fields,
     }
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
-        _print_status(report)
-    if report.get("missing"):
+        _print_status(report, registry.line)
+    if cannot_vouch(report, registry):
         raise typer.Exit(1)
 
 
-def _print_status(report: dict[str, Any]) -> None:
-    """`cofre hsm status`'s lines (scripts parse them: unchanged since session 40)."""
+def _print_status(report: dict[str, Any], registry_line: str | None) -> None:
+    """`cofre hsm status`'s lines (scripts parse them: unchanged since session 40, but
+    for the `registry:` line session 42 added, printed only when the key registry cannot
+    be read or is not created yet)."""
     wrap = report["wrap_mechanism"]
     token = report["token"]
     typer.echo(
@@ -87,6 +95,8 @@ def _print_status(report: dict[str, Any]) -> None:
     for name, present in report["mechanisms"].items():
         typer.echo(f"  mechanism {name:<24} {'present' if present else 'MISSING'}")
     typer.echo(f"  key wrap: {wrap or 'NONE'}")
+    if registry_line is not None:
+        typer.echo(registry_line)
     if report["unregistered"]:
         typer.echo(
             "  UNREGISTERED keys (never used; investigate and destroy): "
@@ -137,51 +147,3 @@ def hsm_selftest(
         typer.echo(render_table(report))
     if not report.passed:
         raise typer.Exit(1)
-
-
-def _registry_report(settings: Any, provider: Any) -> dict[str, Any]:
-    """The key registry's view: registered labels and the keys on the token that are
-    not registered as they are (an empty registry is adopted at the vault's first start)."""
-    from cofre_cli.key_management import own_authorities
-    from cofre_cli.wiring import open_database
-    from policies.engine import PolicyEngine
-    from policies.loader import load_policy
-    from vault.key_registry import KeyRegistry
-
-    try:
-        engine = open_database(settings)
-        registry = KeyRegistry(engine, provider)
-        # The officers' signed registrations count as the vault counts them (session
-        # 39); without a readable policy none does, and such a label shows unregistered.
-        with contextlib.suppress(CofreError, OSError):
-            policy = PolicyEngine(load_policy(settings.policy_file).policy)
-            names = own_authorities(settings.server.cert_file)
-            registry.trust_officers(lambda: policy, names)
-        registered = registry.registered()
-        stray = registry.unregistered() if registered else []
-        missing = _missing(registered, provider.list_keys(), engine)
-    except CofreError as exc:
-        return {"registry": f"unavailable ({exc.code})", "unregistered": [], "missing": []}
-    return {
-        "registry": "ok" if registered else "empty (adopted at the vault's first start)",
-        "registered": sorted(registered),
-        "unregistered": stray,
-        "missing": missing,
-    }
-
-
-def _missing(registered: dict[str, Any], listed: list[Any], engine: Any) -> list[str]:
-    """The registered labels that should be on the token and are not
-    (`vault.key_presence.missing_keys`), with the KEKs data keys are still stored under.
-    A newest version gone leaves the one before it current (docs/threat-model.md),
-    `/readyz` ready: this line (and the exit status) is what shows it here; a running
-    vault names it in its ``hsm_key_presence`` readiness check (session 41)."""
-    from cofre.dberrors import database_errors_as
-    from vault.errors import StorageUnavailable
-    from vault.key_presence import kek_labels_wrapping, missing_keys
-
-    if not registered:
-        return []
-    with database_errors_as(StorageUnavailable, "the token store"), engine.connect() as c:
-        wrapping = kek_labels_wrapping(c)
-    return missing_keys(registered, listed, wrapping)

@@ -63,6 +63,10 @@
  *    CKR_PIN_LOCKED (ours) to every PIN, as AWS locks a crypto user out after five
  *    (cloudhsm_cli-login.html; key_mgmt_util-loginHSM.html). Off unless set; tests only.
  *  - COFRE_SHIM_TARGET: the module to forward to (default SoftHSM2's).
+ *  - COFRE_SHIM_HIDE_MECHANISMS: mechanism numbers (comma-separated, C notation: 0x1087)
+ *    this token lacks: left out of the list, refused by C_GetMechanismInfo and by every
+ *    call that names them (CKR_MECHANISM_INVALID), as on an HSM without them. Tests only
+ *    (session 42: `cofre hsm status` on a token the vault cannot serve on).
  *  - cofre_shim_configure(latency_us, availability_ms, gate_attributes): the tests' way
  *    to change these at run time in a process that already loaded the shim;
  *    cofre_shim_round_trips(): how many calls it has sent as round trips so far.
@@ -125,6 +129,9 @@ static CK_RV load_error = CKR_OK;
 static long latency_us;
 static long availability_ms;
 static int gate_attributes;
+#define MAX_HIDDEN 16
+static CK_MECHANISM_TYPE hidden[MAX_HIDDEN];
+static size_t hidden_count;
 
 /* The mechanism of the sign / encrypt / decrypt operation each session has open, for
  * the data limits above. Indexed by handle; a slot holding another handle means "not
@@ -179,7 +186,14 @@ static int key_available(CK_OBJECT_HANDLE handle) {
     return ok;
 }
 
+static int is_hidden(CK_MECHANISM_TYPE type) {
+    for (size_t i = 0; i < hidden_count; i++)
+        if (hidden[i] == type) return 1;
+    return 0;
+}
+
 static int in_sdk5_list(CK_MECHANISM_TYPE type) {
+    if (is_hidden(type)) return 0;
     for (size_t i = 0; i < sizeof sdk5_mechanisms / sizeof sdk5_mechanisms[0]; i++)
         if (sdk5_mechanisms[i] == type) return 1;
     return 0;
@@ -218,7 +232,7 @@ static int is_standard_wrap(CK_MECHANISM_TYPE type) {
 static CK_RV translate(CK_MECHANISM_PTR in, CK_MECHANISM *out) {
     if (in == NULL) return CKR_ARGUMENTS_BAD;
     *out = *in;
-    if (is_standard_wrap(in->mechanism)) return CKR_MECHANISM_INVALID;
+    if (is_standard_wrap(in->mechanism) || is_hidden(in->mechanism)) return CKR_MECHANISM_INVALID;
     if (in->mechanism == VENDOR_WRAP_NO_PAD) out->mechanism = STD_WRAP;
     else if (in->mechanism == VENDOR_WRAP_ZERO_PAD) out->mechanism = STD_WRAP_PAD;
     else if (!in_sdk5_list(in->mechanism)) return CKR_MECHANISM_INVALID;
@@ -566,8 +580,8 @@ static CK_RV shim_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list,
         if (all[i] == STD_WRAP_PAD) has_pad = 1;
         if (in_sdk5_list(all[i])) all[kept++] = all[i];
     }
-    if (has_wrap) all[kept++] = VENDOR_WRAP_NO_PAD;
-    if (has_pad) all[kept++] = VENDOR_WRAP_ZERO_PAD;
+    if (has_wrap && !is_hidden(VENDOR_WRAP_NO_PAD)) all[kept++] = VENDOR_WRAP_NO_PAD;
+    if (has_pad && !is_hidden(VENDOR_WRAP_ZERO_PAD)) all[kept++] = VENDOR_WRAP_ZERO_PAD;
     if (list == NULL) {
         *count = kept;
         rv = CKR_OK;
@@ -586,6 +600,7 @@ static CK_RV shim_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list,
 static CK_RV shim_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type,
                                    CK_MECHANISM_INFO_PTR info) {
     delay();
+    if (is_hidden(type)) return CKR_MECHANISM_INVALID;
     if (type == VENDOR_WRAP_NO_PAD) type = STD_WRAP;
     else if (type == VENDOR_WRAP_ZERO_PAD) type = STD_WRAP_PAD;
     else if (!in_sdk5_list(type)) return CKR_MECHANISM_INVALID;
@@ -1034,6 +1049,13 @@ static void load(void) {
     fault_file = faults != NULL && *faults != '\0' ? faults : NULL;
     const char *gate = getenv("COFRE_SHIM_GATE_ATTRIBUTES");
     gate_attributes = gate != NULL && strcmp(gate, "1") == 0;
+    const char *hide = getenv("COFRE_SHIM_HIDE_MECHANISMS");
+    for (char *end = NULL; hide != NULL && *hide != '\0' && hidden_count < MAX_HIDDEN;
+         hide = *end == ',' ? end + 1 : NULL) {
+        CK_MECHANISM_TYPE type = strtoul(hide, &end, 0);
+        if (end == hide) break;
+        hidden[hidden_count++] = type;
+    }
     for (size_t i = 0; i < OP_SLOTS; i++) ops[i].sign = ops[i].enc = ops[i].dec = NO_OP;
     void *module = dlopen(target, RTLD_NOW | RTLD_LOCAL);
     if (module == NULL) {

@@ -45,10 +45,13 @@ class CloudHSMShim:
         key_availability_ms: int = 0,
         gate_attributes: bool = False,
         fault_file: Path | None = None,
+        hide_mechanisms: Iterable[int] = (),
     ) -> dict[str, str]:
         """The environment a process needs to load this shim (forwarding to `target`);
-        with `fault_file`, calls fail as that control file says (`ShimFaults`)."""
+        with `fault_file`, calls fail as that control file says (`ShimFaults`); the
+        mechanisms in `hide_mechanisms` are ones this token lacks."""
         return {
+            "COFRE_SHIM_HIDE_MECHANISMS": ",".join(hex(number) for number in hide_mechanisms),
             "COFRE_SHIM_TARGET": str(self.target),
             "COFRE_SHIM_LATENCY_US": str(latency_us),
             "COFRE_SHIM_KEY_AVAILABILITY_MS": str(key_availability_ms),

@@ -30,7 +30,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from cofre.dberrors import db_error_name
-from vault.errors import SchemaMismatch, StorageUnavailable
+from vault.errors import SchemaMismatch, SchemaNotCreated, StorageUnavailable
 
 MIGRATIONS: Final = Path(__file__).resolve().parent.parent / "migrations"
 # Any constant unique to Cofre and distinct from the audit sequencer's key ("Cofre").
@@ -106,6 +106,24 @@ def _read_versions(connection: Connection) -> tuple[str | None, str | None]:
     return current, str(row[1])
 
 
+def _holds_cofre_tables(connection: Connection) -> bool:
+    """Whether the database holds the schema version table or the audit log's, in any
+    schema: PostgreSQL's catalogue lists every table to every role, where a table in a
+    schema the role may not use looks absent to `_read_versions`. A fresh database
+    holds neither (session 42: "not created yet" is the database's answer, not a
+    reading of an error message)."""
+    if connection.dialect.name == "postgresql":
+        found = connection.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+                " ON n.oid = c.relnamespace WHERE c.relname IN ('alembic_version', 'audit_entries')"
+                " AND n.nspname NOT IN ('pg_catalog', 'information_schema'))"
+            )
+        ).scalar()
+        return bool(found)
+    return bool({"alembic_version", "audit_entries"} & set(inspect(connection).get_table_names()))
+
+
 def _known(script: ScriptDirectory) -> set[str]:
     return {revision.revision for revision in script.walk_revisions()}
 
@@ -145,22 +163,29 @@ def _record_compatibility(connection: Connection, script: ScriptDirectory, head:
 def check_schema(engine: Engine, *, script_location: Path | None = None) -> SchemaStatus:
     """Return the schema status when this code may use the database as it is.
 
-    Raises `SchemaMismatch` when the database has no schema, an older one (run
-    `cofre db migrate`), or a newer one that does not declare this code compatible;
-    `StorageUnavailable` when it cannot be read.
+    Raises `SchemaNotCreated` (a `SchemaMismatch`) when the database holds no Cofre
+    schema at all, `SchemaMismatch` for an older one (run `cofre db migrate`), a newer
+    one that does not declare this code compatible, or Cofre's tables without a schema
+    version this role can read; `StorageUnavailable` when it cannot be read.
     """
     script = ScriptDirectory.from_config(_config(script_location))
     head = script.get_current_head() or ""
     try:
         with engine.connect() as connection:
             current, min_code = _read_versions(connection)
+            created = current is not None or _holds_cofre_tables(connection)
     except SQLAlchemyError as exc:
         raise StorageUnavailable(f"cannot read the schema version: {db_error_name(exc)}") from None
     if current == head:
         return SchemaStatus(current, head)
+    if not created:
+        raise SchemaNotCreated(
+            "the database has no Cofre schema: run `cofre db migrate` as the owner role"
+        )
     if current is None:
         raise SchemaMismatch(
-            "the database has no Cofre schema: run `cofre db migrate` as the owner role"
+            "the database holds Cofre's tables but no schema version this role can read: "
+            "check the role's privileges (docs/operations.md)"
         )
     if current in _known(script):
         raise SchemaMismatch(
