@@ -44,6 +44,10 @@ back).
   request log lines only.
 - A process remembers at most `MAX_CALLERS` callers, least recently seen forgotten
   first; a forgotten caller's count goes to one shared count (actor or client ``*``).
+- A count names its answers' origination (session 42, PCI DSS 10.2.2): its ``source``
+  when one, else an ``<action>_source`` entry per source (`NAMED_SOURCES`) before it.
+  Before, a stolen certificate's refusals from another host were counted with the
+  genuine service's, and no entry named the attacker's address.
 
 So a caller writes at most its limit's worth of refusal entries per process, plus one
 entry per `SUMMARY_SECONDS`. The buckets are per process, not shared through the
@@ -67,7 +71,7 @@ import structlog
 
 from cofre.background import describe_failure
 from policies.models import RateLimit
-from vault.service import AuditEvent, DetailValue, HexDigest, Outcome
+from vault.service import AuditEvent, DetailValue, HexDigest, Outcome, Source, request_source
 
 # Refusals of a caller the policy does not know: someone mistyping gets 20 answers in
 # a row, a script one a second.
@@ -97,6 +101,8 @@ _NOTED: Final = 64
 # the affected data named); the different ones past them are only numbered, and at most
 # `_UNNAMED_HELD` of those are told apart (the rest make the number a lower bound).
 NAMED_TOKENS: Final = 64
+# The sources a count names (one entry each when several); others are numbered.
+NAMED_SOURCES: Final = 16
 _UNNAMED_HELD: Final = 4096
 # The fixed details of a count of held 429s (`RefusalLimiter`'s `summary`).
 _HELD_429S: Final[Mapping[str, DetailValue]] = {
@@ -146,6 +152,10 @@ class _Episode:
     tokens: dict[str, dict[str, int]] = field(default_factory=dict)
     unnamed: set[str] = field(default_factory=set)
     unnamed_past: bool = False  # more different ones than `_UNNAMED_HELD`
+    # Where the counted answers came from (`request_source`; None: off a request), at
+    # most `NAMED_SOURCES`, and how many came from others (session 42).
+    sources: dict[Source | None, int] = field(default_factory=dict)
+    sources_unnamed: int = 0
 
     def add(
         self,
@@ -171,9 +181,19 @@ class _Episode:
         else:
             self.unnamed_past = self.unnamed_past or token not in self.unnamed
 
+    def came_from(self, source: Source | None, times: int = 1) -> None:
+        """Note that `times` counted answers came from `source`."""
+        if source in self.sources or len(self.sources) < NAMED_SOURCES:
+            self.sources[source] = self.sources.get(source, 0) + times
+        else:
+            self.sources_unnamed += times
+
     def merge(self, other: _Episode) -> None:
-        """Add `other`'s counts, notes and token records to this episode's."""
+        """Add `other`'s counts, notes, sources and token records to this episode's."""
         self.add(other.count, other.first, other.last, other.noted)
+        for source, times in other.sources.items():
+            self.came_from(source, times)
+        self.sources_unnamed += other.sources_unnamed
         for token, notes in other.tokens.items():
             for note, times in notes.items():
                 self.name(token, note, times)
@@ -322,6 +342,7 @@ class RefusalLimiter:
             return Spent(retry_after, audit=True)
         stamp = self._wall()
         bucket.episode.add(1, stamp, stamp, None if note is None else {note: 1})
+        bucket.episode.came_from(request_source())
         if token is not None:
             bucket.episode.name(token, note)
         return Spent(retry_after, audit=False)
@@ -358,6 +379,7 @@ class RefusalLimiter:
                     bucket.episode = _Episode(written_at=self._clock())
                 episode = bucket.episode
             episode.add(1, stamp, stamp, noted)
+            episode.came_from(request_source())
             if token is not None:
                 episode.name(token, note)
 
@@ -463,13 +485,33 @@ class RefusalLimiter:
                     self._noted_as: _shown(notes),
                     **described,
                 },
+                source=None,
             )
             for token, notes in episode.tokens.items()
         ]
-        return [*named, self._summary(actor, described, episode)]
+        sources = [source for source in episode.sources if source is not None]
+        if len(sources) == 1 and len(episode.sources) == 1 and not episode.sources_unnamed:
+            return [*named, self._summary(actor, described, episode, source=sources[0])]
+        # From several sources: one entry each, with its number, before the count.
+        origins = [
+            AuditEvent(
+                action=f"{self._action}_source",
+                outcome=Outcome.DENIED,
+                actor=actor,
+                details={**self._fixed, "count": episode.sources[source], **described},
+                source=source,
+            )
+            for source in sources
+        ]
+        return [*named, *origins, self._summary(actor, described, episode, source=None)]
 
     def _summary(
-        self, actor: str, described: dict[str, DetailValue], episode: _Episode
+        self,
+        actor: str,
+        described: dict[str, DetailValue],
+        episode: _Episode,
+        *,
+        source: Source | None,
     ) -> AuditEvent:
         first, last = episode.first, episode.last
         details: dict[str, DetailValue] = {
@@ -486,7 +528,16 @@ class RefusalLimiter:
             details["tokens_unnamed"] = len(episode.unnamed)
             if episode.unnamed_past:
                 details["tokens_unnamed_at_least"] = True
-        return AuditEvent(action=self._action, outcome=Outcome.DENIED, actor=actor, details=details)
+        if source is None and (episode.sources_unnamed or len(episode.sources) > 1):
+            details["sources"] = sum(1 for known in episode.sources if known is not None)
+            details["sources_unnamed"] = episode.sources_unnamed
+        return AuditEvent(
+            action=self._action,
+            outcome=Outcome.DENIED,
+            actor=actor,
+            details=details,
+            source=source,
+        )
 
 
 def _shown(notes: Mapping[str, int]) -> str:

@@ -102,7 +102,9 @@ _TRAIL: ContextVar[list[int] | None] = ContextVar("cofre_audit_trail", default=N
 _SOURCE: ContextVar[Source | None] = ContextVar("cofre_audit_source", default=None)
 
 
-def _request_source() -> Source | None:
+def request_source() -> Source | None:
+    """The origination of the request being served (`request_trail`), None outside one:
+    what a count of its refusals written later, off the request, names (session 42)."""
     return _SOURCE.get()
 
 
@@ -214,7 +216,7 @@ class AuditEvent:
     # actions, the sequencer and the vault's own jobs have none. Unless given, the
     # request's being served (`request_trail`): an officer's ceremony step or custody
     # acknowledgement is made without a `CallContext`, and is an API request's too.
-    source: Source | None = field(default_factory=_request_source)
+    source: Source | None = field(default_factory=request_source)
 
 
 # Short strings `mask_pan_like` left as they were. An operation's entries repeat the

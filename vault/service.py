@@ -25,6 +25,7 @@ from audit.log import (
     Outcome,
     Source,
     refusal_sieve,
+    request_source,
     request_trail,
 )
 from vault._named_refusals import names_token, naming_token
@@ -62,6 +63,7 @@ __all__ = [
     "names_token",
     "naming_token",
     "refusal_sieve",
+    "request_source",
     "request_trail",
     "validate_metadata",
 ]

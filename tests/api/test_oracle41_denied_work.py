@@ -34,7 +34,7 @@ import sqlalchemy as sa
 
 from api._refusal_sieve import UNMETERED_REFUSALS, RequestSieve
 from api.pki import issue_client
-from audit.log import _request_source
+from audit.log import request_source
 from hsm.provider import HSMProvider
 from tests.api.conftest import VaultServer, running_vault
 from tests.api.test_orc37_token_guessing import ROUTE, _route
@@ -89,7 +89,7 @@ def _statements(vault: VaultServer) -> Iterator[list[str]]:
     observer = provider.observer
 
     def called(name: str, ms: float) -> None:
-        if _request_source() is not None:
+        if request_source() is not None:
             seen.append(f"hsm: {name}")
         if observer is not None:
             observer(name, ms)
