@@ -46,12 +46,10 @@ GENUINE, ATTACKER = "127.0.0.1", "127.0.0.2"
 COUNTED_SOURCE_ACTION = f"{COUNTED_ACTION}_source"
 
 
-def _client(vault: VaultServer, address: str) -> httpx.Client:
-    """The service's certificate (stolen: the same files) from `address`."""
+def _client(vault: VaultServer, address: str, name: str = "orc42-ledger") -> httpx.Client:
+    """`name`'s certificate (stolen: the same files) from `address`."""
     context = ssl.create_default_context(cafile=str(vault.pki.ca))
-    context.load_cert_chain(
-        str(vault.pki.client_cert("orc42-ledger")), str(vault.pki.client_key("orc42-ledger"))
-    )
+    context.load_cert_chain(str(vault.pki.client_cert(name)), str(vault.pki.client_key(name)))
     return httpx.Client(
         base_url=vault.url,
         transport=httpx.HTTPTransport(verify=context, local_address=address),
@@ -60,26 +58,28 @@ def _client(vault: VaultServer, address: str) -> httpx.Client:
     )
 
 
-def _entries(vault: VaultServer) -> list[dict[str, Any]]:
+def _entries(vault: VaultServer, actor: str = SERVICE) -> list[dict[str, Any]]:
     with vault.runtime.engine.connect() as connection:
         rows = connection.execute(
             sa.text("SELECT payload FROM audit_entries ORDER BY id")
         ).scalars()
-        found = [e for e in (json.loads(r) for r in rows) if e["actor"] == SERVICE]
+        found = [e for e in (json.loads(r) for r in rows) if e["actor"] == actor]
     vault.runtime.engine.dispose()  # the connection that read them, on PostgreSQL
     return found
 
 
-def _refused_from(entries: list[dict[str, Any]], address: str) -> int:
+def _refused_from(
+    entries: list[dict[str, Any]], address: str, counted: str = COUNTED_ACTION
+) -> int:
     """How many refusals the log puts at `address`: entries of their own, and the
-    counts (or a count's per-source entries) naming it."""
+    `counted` counts (or a count's per-source entries) naming it."""
     total = 0
     for entry in entries:
-        if entry["outcome"] != "denied" or entry.get("source", {}).get("address") != address:
+        if entry["outcome"] == "success" or entry.get("source", {}).get("address") != address:
             continue
-        if entry["action"] in (COUNTED_ACTION, COUNTED_SOURCE_ACTION):
+        if entry["action"] in (counted, f"{counted}_source"):
             total += entry["details"]["count"]
-        elif not entry["action"].startswith(COUNTED_ACTION):
+        elif not entry["action"].startswith(counted):
             total += 1
     return total
 
@@ -106,6 +106,35 @@ def test_a_stolen_certificates_counted_refusals_name_the_address_they_came_from(
     # naming no address, and no entry put the attacker at 127.0.0.2.
     assert _refused_from(entries, ATTACKER) == 20
     assert _refused_from(entries, GENUINE) == 10
+
+
+METERED = "spiffe://cofre/orc42-metered"
+METERED_POLICY = """
+[identities."spiffe://cofre/orc42-metered"]
+operations = ["detokenize_masked"]
+reveal = "masked"
+rate_limit = { per_second = 0.001, burst = 2 }
+"""
+
+
+def test_a_metered_callers_held_429s_name_the_address_they_came_from(
+    tmp_path: Path, hsm_provider: HSMProvider, database_url: str
+) -> None:
+    """The same for a service with a `rate_limit` (as `payments` has): its refusals past
+    its refusal bucket are answered 429 and counted in ``api.requests_refused``, which
+    named no source either."""
+    with running_vault(tmp_path, hsm_provider, database_url, extra_policy=METERED_POLICY) as vault:
+        issue_client(vault.pki, "orc42-metered")
+        for address, probes in ((GENUINE, 6), (ATTACKER, 9)):
+            with _client(vault, address, "orc42-metered") as client:
+                for i in range(probes):
+                    assert client.get(f"/v1/orc42-probe-{i}").status_code in (404, 429)
+    entries = _entries(vault, METERED)
+    held = [e for e in entries if e["action"].startswith("api.requests_refused")]
+    assert held
+    # The bucket's 2 and the first 429 had entries of their own, from 127.0.0.1.
+    assert _refused_from(entries, GENUINE, "api.requests_refused") == 6
+    assert _refused_from(entries, ATTACKER, "api.requests_refused") == 9
 
 
 def test_a_count_names_at_most_its_bound_of_sources_and_numbers_the_rest() -> None:
