@@ -323,12 +323,31 @@ def _read_bytes(
         return
     budget.spend(len(data), decodings=1)
     yield from _layers(data.decode("latin-1"), depth, budget, inner=True)
+    if raw:  # a word read from its first character, or a stream: its bytes in step
+        yield from _binary_digits(data, budget)
     if depth > 0:
         yield from _read_bytes(_inflated(data, budget, raw=raw), depth - 1, budget)
         # A stream that begins inside the bytes: base64 read out of step from a URL
         # path's first character decodes the path to bytes before it (review 37b).
         for start in _stream_starts(data):
             yield from _read_bytes(_inflated(data[start:], budget), depth - 1, budget)
+
+
+def _binary_digits(data: bytes, budget: _Budget) -> Iterator[tuple[str, bool]]:
+    """`data` read as a binary ISO 8583 message writes digits (session 42, orc42: an
+    acquirer's base64 echo of the message it built carried the card, read as Latin-1,
+    as no digit at all): its bytes in hex, packed BCD's two digits a byte (field 2 of
+    a binary message), looked at for a card only (a run of hex digits is no text: a
+    code's three digits are in most blobs); and, unless it is ASCII, its EBCDIC text
+    (cp037: a digit ``0xF0`` to ``0xF9``, letters from ``0x81``), read as any decoded
+    text is, for a code or a name too."""
+    hexed = data.hex()
+    budget.spend(len(hexed))
+    yield hexed, False
+    if not data.isascii():
+        text = data.decode("cp037")
+        budget.spend(len(text))
+        yield text, True
 
 
 def _stream_starts(data: bytes) -> set[int]:
