@@ -14,13 +14,11 @@ and PostgreSQL.
 
 from __future__ import annotations
 
-import json
 import ssl
 from pathlib import Path
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
 
 from api._refusal_sieve import COUNTED_ACTION
 from api.pki import issue_client
@@ -29,6 +27,7 @@ from cofre.settings import AuditSettings
 from hsm.provider import HSMProvider
 from policies.models import RateLimit
 from tests.api.conftest import VaultServer, running_vault
+from tests.support.audit_trail import actor_entries
 from tests.support.leakguard import record_responses
 from tests.support.pans import card_number
 from vault.service import AuditEvent, Source, request_trail
@@ -59,11 +58,7 @@ def _client(vault: VaultServer, address: str, name: str = "orc42-ledger") -> htt
 
 
 def _entries(vault: VaultServer, actor: str = SERVICE) -> list[dict[str, Any]]:
-    with vault.runtime.engine.connect() as connection:
-        rows = connection.execute(
-            sa.text("SELECT payload FROM audit_entries ORDER BY id")
-        ).scalars()
-        found = [e for e in (json.loads(r) for r in rows) if e["actor"] == actor]
+    found = actor_entries(vault.runtime.engine, actor)
     vault.runtime.engine.dispose()  # the connection that read them, on PostgreSQL
     return found
 
@@ -139,7 +134,9 @@ def test_a_metered_callers_held_429s_name_the_address_they_came_from(
 
 def test_a_count_names_at_most_its_bound_of_sources_and_numbers_the_rest() -> None:
     written: list[AuditEvent] = []
-    limiter = RefusalLimiter(lambda key: RateLimit(per_second=1 / 86400, burst=1), written.append)
+    limiter = RefusalLimiter(
+        lambda key: RateLimit(per_second=1 / 86400, burst=1), written.append, clock=lambda: 0.0
+    )
     for i in range(NAMED_SOURCES + 4):
         with request_trail(Source(address=f"10.0.0.{i}")):
             limiter.charge(SERVICE, hold=True, note="not_found")
@@ -158,7 +155,9 @@ def test_a_count_names_at_most_its_bound_of_sources_and_numbers_the_rest() -> No
 
 def test_a_count_from_one_source_names_it_and_adds_no_entry() -> None:
     written: list[AuditEvent] = []
-    limiter = RefusalLimiter(lambda key: RateLimit(per_second=1 / 86400, burst=1), written.append)
+    limiter = RefusalLimiter(
+        lambda key: RateLimit(per_second=1 / 86400, burst=1), written.append, clock=lambda: 0.0
+    )
     attacker = Source(address=ATTACKER)
     for _ in range(5):
         with request_trail(attacker):

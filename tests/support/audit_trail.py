@@ -31,6 +31,15 @@ def request_entries(engine: Engine, rid: str) -> list[dict[str, Any]]:
         return [json.loads(r) for r in rows]
 
 
+def actor_entries(engine: Engine, actor: str) -> list[dict[str, Any]]:
+    """The audit entries whose actor is `actor`, oldest first (decoded)."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT payload FROM audit_entries ORDER BY id")
+        ).scalars()
+        return [e for e in (json.loads(r) for r in rows) if e["actor"] == actor]
+
+
 def tokens_and_audited(url: str) -> tuple[int, int]:
     """In the database at `url`: the stored tokens, and how many of them an audit entry
     names (equal when no token was written without its entry)."""
