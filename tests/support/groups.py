@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -12,6 +13,7 @@ from sqlalchemy import Connection
 
 from vault.errors import IdempotencyConflict
 from vault.models import TokenRecord
+from vault.storage.database import _take_writer_lock
 from vault.storage.groupcommit import GroupCommitter
 
 if TYPE_CHECKING:
@@ -105,12 +107,26 @@ def one_answered_one_409_in_one_group(
     assert (len(answered), len(refused)) == (1, 1), outcomes
 
 
+def _waits_for_the_writer_lock(thread: int) -> bool:
+    """Whether `thread` is queued for a SQLite database's writer lock
+    (`vault.storage.database._take_writer_lock`), seen in its stack."""
+    frame = sys._current_frames().get(thread)
+    while frame is not None:
+        if frame.f_code is _take_writer_lock.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def in_a_held_group(
     vault: VaultService, last: Callable[[], object]
 ) -> tuple[Future[object], list[int]]:
     """Hold `vault`'s committer, submit an innocent operation that counts its runs,
     then call `last` from a thread of its own; release once `last` is queued behind it
-    (one group) or done. Returns `last`'s future and the innocent operation's runs."""
+    (one group), done, or waiting for SQLite's writer lock that the held group has (a
+    check before the group, which cannot join it: the hold's 10 s bound had been the
+    only release, 10 s a call). Returns `last`'s future and the innocent operation's
+    runs."""
     committer = vault._committer
     assert committer is not None
     held, release, runs = threading.Event(), threading.Event(), []
@@ -123,14 +139,22 @@ def in_a_held_group(
         runs.append(1)
         return "answered"
 
-    pool = ThreadPoolExecutor(3)
+    def last_in_its_thread() -> object:
+        caller.append(threading.get_ident())
+        return last()
+
+    pool, caller = ThreadPoolExecutor(3), list[int]()
     holder = pool.submit(committer.run, hold)
     assert held.wait(10)
     victim = pool.submit(committer.run, innocent)
     while not committer._queue:
         threading.Event().wait(0.005)
-    attacker = pool.submit(last)
-    while len(committer._queue) < 2 and not attacker.done():
+    attacker = pool.submit(last_in_its_thread)
+    while (
+        len(committer._queue) < 2
+        and not attacker.done()
+        and not (caller and _waits_for_the_writer_lock(caller[0]))
+    ):
         threading.Event().wait(0.005)
     release.set()
     holder.result(10)
