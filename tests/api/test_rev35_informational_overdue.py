@@ -8,7 +8,10 @@ not even the failing check, while the node was unready. Each check now runs on i
 the one that raises shows as failing, the others as they are.
 
 A real `cofre serve`: a data key cryptoperiod of about a second (`gt=0` days), so the
-data key is overdue from just after start.
+data key is overdue from just after start. The key is made by a first start with the
+default cryptoperiods (ready, then stopped), so that the node under test assesses it
+overdue at once: started with the key still in its second, the node cached "in
+period" for `vault.cryptoperiod._CACHE_SECONDS` (a minute) and the test waited for it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from tests.support.vault_process import health_ports, make_vault
 
 # Bounds on waiting: they fail only on a hang.
 BOUND = 120.0
+CRYPTOPERIOD_DAYS = 0.00001  # 0.864 s
 
 
 def test_an_overdue_key_failing_readiness_hides_no_informational_check(
@@ -31,16 +35,18 @@ def test_an_overdue_key_failing_readiness_hides_no_informational_check(
 ) -> None:
     vault = make_vault(tmp_path / "node", softhsm_token, None)
     health_port, metrics_port = health_ports(vault)
+    vault.env["COFRE_SERVER__WORKERS"] = "1"
+    vault.start()  # migrates; the data key made, in its (default) cryptoperiod
+    made = time.monotonic()
+    vault.stop()
     vault.env.update(
         {
-            "COFRE_SERVER__WORKERS": "1",
-            "COFRE_KEYS__CRYPTOPERIOD_DATA_DAYS": "0.00001",
+            "COFRE_KEYS__CRYPTOPERIOD_DATA_DAYS": str(CRYPTOPERIOD_DAYS),
             "COFRE_KEYS__CRYPTOPERIOD_WARN_DAYS": "0",
             "COFRE_KEYS__OVERDUE_FAILS_READINESS": "true",
         }
     )
-    migrated = vault.cofre("db", "migrate")
-    assert migrated.returncode == 0, migrated.stderr
+    time.sleep(max(0.0, made + CRYPTOPERIOD_DAYS * 86_400 + 0.5 - time.monotonic()))
     vault.spawn()
     try:
         unready = _until_unready(f"http://127.0.0.1:{health_port}/readyz")
