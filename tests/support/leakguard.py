@@ -37,7 +37,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.support.leakscan import LeakScanner, files_under
+from tests.support.leakscan import VALUES_APART, LeakScanner, files_under
 from tests.support.pans import GENERATED
 from vault.pan import luhn_valid
 
@@ -109,9 +109,6 @@ _SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 def _is_sqlite(path: Path) -> bool:
     with path.open("rb") as f:
         return f.read(16) == _SQLITE_MAGIC
-
-
-VALUES_APART = b"\n" * 5
 
 
 def sqlite_values(path: Path) -> tuple[list[str], list[bytes]]:
