@@ -102,7 +102,10 @@ def _unexplained(run: str, allowed: frozenset[str], lengths: frozenset[int]) -> 
 _EPOCH_MS = range(1_600_000_000_000, 2_000_000_000_000)
 _DIGITS = re.compile(rb"[0-9]{12,}")
 # Digit groups joined by up to four separator bytes, mixed (rule 1 only: a known PAN).
-_CHAIN = re.compile(rb"[0-9]+(?:[^0-9A-Za-z]{1,4}[0-9]+)+")
+# Possessive: the same matches (a separator is no digit, so giving a digit or a separator
+# back never lets the next one match), without retrying a digit run not followed by a
+# chain at each of its digits (session 42: 40% of the session's leak scan).
+_CHAIN = re.compile(rb"[0-9]++(?:[^0-9A-Za-z]{1,4}+[0-9]++)++")
 _NOT_DIGIT = re.compile(rb"[^0-9]")
 # The same in any decimal digits (``\\d`` is Unicode's Nd in a str pattern).
 _UNICODE_CHAIN = re.compile(r"\d+(?:[^\dA-Za-z]{1,4}\d+)*")
@@ -201,13 +204,14 @@ class LeakScanner:
         found: set[str] = set()
         for match in _DIGITS.finditer(data):
             found |= self._windows(match.group().decode())
-        for chain in _CHAIN.finditer(data):
-            digits = _NOT_DIGIT.sub(b"", chain.group())
+        for chain in _CHAIN.findall(data):
+            if len(chain) < _MIN_PAN:  # fewer digits still
+                continue
+            digits = _NOT_DIGIT.sub(b"", chain)
             if len(digits) >= _MIN_PAN:
                 found |= self._windows(digits.decode())
         if not data.isascii():
-            for chain in _UNICODE_CHAIN.finditer(data.decode("utf-8", errors="ignore")):
-                run = chain.group()
+            for run in _UNICODE_CHAIN.findall(data.decode("utf-8", errors="ignore")):
                 if not run.isascii():
                     digits = "".join(str(unicodedata.decimal(c)) for c in run if c.isdecimal())
                     found |= self._windows(digits)
