@@ -12,7 +12,7 @@ from typing import Final
 
 from pydantic import Field, model_validator
 
-from cofre._settings_section import _Section
+from cofre._settings_section import _Section, check_allowance
 
 
 class WitnessSettings(_Section):
@@ -40,7 +40,6 @@ def _key_material(vkey: str) -> str:
 # a service whose refusals need more entries than that needs a `rate_limit`.
 MAX_REFUSAL_ENTRIES_BURST: Final = 10_000
 MAX_REFUSAL_ENTRIES_PER_SECOND: Final = 10.0
-_MIN_REFUSAL_ENTRIES_PER_SECOND: Final = 1 / 86_400
 
 
 class AuditSettings(_Section):
@@ -95,21 +94,14 @@ class AuditSettings(_Section):
             "bounded (a service that needs more needs a `rate_limit`)"
         )
         for allowance in ("refusal_entries", "named_refusal_entries"):
-            variable = f"COFRE_AUDIT__{allowance.upper()}"
-            burst = getattr(self, f"{allowance}_burst")
-            if not 1 <= burst <= MAX_REFUSAL_ENTRIES_BURST:
-                raise ValueError(
-                    f"{variable}_BURST is {burst}: it must be from 1 to "
-                    f"{MAX_REFUSAL_ENTRIES_BURST:,}; {why}"
-                )
-            per_second = getattr(self, f"{allowance}_per_second")
-            # `not (... <= ...)`: NaN is refused too.
-            if not _MIN_REFUSAL_ENTRIES_PER_SECOND <= per_second <= MAX_REFUSAL_ENTRIES_PER_SECOND:
-                raise ValueError(
-                    f"{variable}_PER_SECOND is {per_second}: it must be from one a day "
-                    f"({_MIN_REFUSAL_ENTRIES_PER_SECOND:.6g}) to "
-                    f"{MAX_REFUSAL_ENTRIES_PER_SECOND:g}; {why}"
-                )
+            check_allowance(
+                f"COFRE_AUDIT__{allowance.upper()}",
+                getattr(self, f"{allowance}_burst"),
+                getattr(self, f"{allowance}_per_second"),
+                max_burst=MAX_REFUSAL_ENTRIES_BURST,
+                max_per_second=MAX_REFUSAL_ENTRIES_PER_SECOND,
+                why=why,
+            )
         return self
 
     @model_validator(mode="after")

@@ -13,7 +13,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import Field, IPvAnyNetwork, model_validator
 
-from cofre._settings_section import _Section
+from cofre._settings_section import _Section, check_allowance
 from cofre.origins import every_interface, listener_origin
 
 # The bounds of the capture listener's allowance of refusal entries from all addresses
@@ -24,7 +24,6 @@ from cofre.origins import every_interface, listener_origin
 # million); past the allowance refusals are still answered, and counted.
 MAX_LISTENER_REFUSAL_ENTRIES_BURST: Final = 10_000
 MAX_LISTENER_REFUSAL_ENTRIES_PER_SECOND: Final = 100.0
-_MIN_LISTENER_REFUSAL_ENTRIES_PER_SECOND: Final = 1 / 86_400
 
 
 class TLSVersion(StrEnum):
@@ -138,25 +137,14 @@ class CaptureSettings(_Section):
             "at least the first refusals of a flood keep their own entries, and at most "
             "this many keeps what anyone on the internet adds to the audit log bounded"
         )
-        variable = "COFRE_CAPTURE__LISTENER_REFUSAL_ENTRIES"
-        burst = self.listener_refusal_entries_burst
-        if not 1 <= burst <= MAX_LISTENER_REFUSAL_ENTRIES_BURST:
-            raise ValueError(
-                f"{variable}_BURST is {burst}: it must be from 1 to "
-                f"{MAX_LISTENER_REFUSAL_ENTRIES_BURST:,}; {why}"
-            )
-        per_second = self.listener_refusal_entries_per_second
-        # `not (... <= ...)`: NaN is refused too.
-        if not (
-            _MIN_LISTENER_REFUSAL_ENTRIES_PER_SECOND
-            <= per_second
-            <= MAX_LISTENER_REFUSAL_ENTRIES_PER_SECOND
-        ):
-            raise ValueError(
-                f"{variable}_PER_SECOND is {per_second}: it must be from one a day "
-                f"({_MIN_LISTENER_REFUSAL_ENTRIES_PER_SECOND:.6g}) to "
-                f"{MAX_LISTENER_REFUSAL_ENTRIES_PER_SECOND:g}; {why}"
-            )
+        check_allowance(
+            "COFRE_CAPTURE__LISTENER_REFUSAL_ENTRIES",
+            self.listener_refusal_entries_burst,
+            self.listener_refusal_entries_per_second,
+            max_burst=MAX_LISTENER_REFUSAL_ENTRIES_BURST,
+            max_per_second=MAX_LISTENER_REFUSAL_ENTRIES_PER_SECOND,
+            why=why,
+        )
         return self
 
     @model_validator(mode="after")
