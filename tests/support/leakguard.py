@@ -92,7 +92,7 @@ def dump_database(dsn: str, dbname: str, bindir: Path, dest: Path) -> None:
         tokens = (
             [t for (t,) in conn.execute("SELECT token FROM tokens")] if tables and tables[0] else []
         )
-    (dest / f"{stem}.tokens").write_text("\n".join(tokens))
+    write_token_list(dest, stem, tokens)
     with (dest / f"{stem}.sql").open("wb") as out:
         subprocess.run(
             [str(bindir / "pg_dump"), "--no-owner", "-d", f"{base}/{dbname}"],
@@ -101,6 +101,16 @@ def dump_database(dsn: str, dbname: str, bindir: Path, dest: Path) -> None:
             check=True,
             timeout=300,
         )
+
+
+def write_token_list(dest: Path, stem: str, tokens: list[str]) -> Path:
+    """`tokens` into `dest`/<stem>.tokens, for the session scan to set aside. The list
+    is scanned too: `VALUES_APART`, so that no two tokens read as one number (one line
+    break apart, ``...41234`` and ``50000057142...`` read as the generated test PAN
+    4123450000057142: session 43's CI run), as `sqlite_values` keeps stored values."""
+    listed = dest / f"{stem}.tokens"
+    listed.write_bytes(VALUES_APART.join(t.encode() for t in tokens))
+    return listed
 
 
 _SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")

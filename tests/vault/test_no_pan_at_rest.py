@@ -13,7 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from tests.support.leakguard import sqlite_values
+from tests.support.leakguard import sqlite_values, write_token_list
 from tests.support.leakscan import LeakScanner, find_leaks, find_leaks_in_dump, scan_files
 from tests.support.postgres import find_bindir
 from tests.vault.conftest import GETNET, LEDGER, PAYMENTS
@@ -165,6 +165,32 @@ def test_two_stored_values_never_read_as_one_number() -> None:
     assert found == ["test PAN 411111******1111"]
     dump = b"COPY t (id, v) FROM stdin;\nab-940\t5000000270499897\n940\t4111 1111 1111 1111\n"
     assert find_leaks_in_dump(dump, [glued, visa], tokens) == ["test PAN 411111******1111"]
+
+
+def test_two_tokens_of_a_dumped_database_never_read_as_one_number() -> None:
+    """A PostgreSQL database's tokens are listed beside its dump, to be set aside by the
+    Luhn rule; the list itself is scanned too. Written one per line, two tokens joined
+    under the chain rule: ``...41234`` then ``50000057142...`` read as the generated
+    test PAN 4123450000057142 (a clean-clone CI run at f4be302, session 43: the only
+    finding of 230,574 test PANs over 349,638 tokens). A token that is a test PAN is
+    still found."""
+    glued, visa = "4123450000057142", "4111111111111111"
+    tokens = ["5000009876541234", "5000005714212345"]
+    with tempfile.TemporaryDirectory() as scratch:
+        listed = write_token_list(Path(scratch), "t_glued", tokens)
+        assert listed.read_text().split() == tokens
+        scanner = LeakScanner.of([glued, visa], tokens)
+        assert scanner.scan_file(listed) == []
+        leaked = write_token_list(Path(scratch), "t_leaked", [*tokens, visa])
+        found = LeakScanner.of([glued, visa], tokens).scan_file(leaked)
+        assert found[0] == "test PAN 411111******1111"
+        assert found[1].startswith("Luhn-valid run 411111******1111")
+    # The same two tokens in a JSON list (``","`` is three separator bytes) are two
+    # values; a card beside a token is still found.
+    listed_json = b'{"tokens": ["5000009876541234","5000005714212345"]}'
+    assert find_leaks(listed_json, [glued, visa], tokens) == []
+    beside = b'["5000009876541234", "4111 1111 1111 1111"]'
+    assert find_leaks(beside, [glued, visa], tokens) == ["test PAN 411111******1111"]
 
 
 def test_a_gzip_stream_is_scanned_by_its_content() -> None:
