@@ -5,7 +5,9 @@ IN PCI SCOPE (wiring). Session 42: the command exited 0 while a mechanism the va
 calls was MISSING and while the key registry could not be read (it could not say
 whether keys were missing, and its text output said nothing); a registry that does not
 exist yet (a fresh database before `cofre db migrate`, as the database answers:
-`vault.errors.SchemaNotCreated`) is not a failure, and says what to run.
+`vault.errors.SchemaNotCreated`) is not a failure, and says what to run, unless the
+token holds Cofre's keys (session 43): `cofre hsm init` runs after `cofre db migrate`, so
+that is a node pointed at the wrong database, or one that lost its own.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ NOT_CREATED: Final = (
 @dataclass(frozen=True)
 class RegistryView:
     """What `cofre hsm status` reports of the key registry (`fields`, merged into its
-    report), whether it was read (`readable`: an empty or not yet created registry
-    counts as read), and the `registry:` line the text output prints, if any."""
+    report), whether it was read (`readable`: an empty registry counts as read, and one
+    not created yet beside a token without Cofre's keys), and the `registry:` line the
+    text output prints, if any."""
 
     fields: dict[str, Any]
     readable: bool
@@ -58,8 +61,10 @@ def registry_report(settings: Any, provider: Any) -> RegistryView:
         stray = registry.unregistered() if registered else []
         missing = _missing(registered, provider.list_keys(), engine)
     except SchemaNotCreated:
-        fields = {"registry": NOT_CREATED, "unregistered": [], "missing": []}
-        return RegistryView(fields, readable=True, line=f"  registry: {NOT_CREATED}")
+        serving = _cofre_labels(provider)
+        state = _not_created_beside(serving) if serving else NOT_CREATED
+        fields = {"registry": state, "unregistered": [], "missing": []}
+        return RegistryView(fields, readable=not serving, line=f"  registry: {state}")
     except CofreError as exc:
         state = f"unavailable ({exc.code})"
         fields = {"registry": state, "unregistered": [], "missing": []}
@@ -71,6 +76,34 @@ def registry_report(settings: Any, provider: Any) -> RegistryView:
         "missing": missing,
     }
     return RegistryView(fields, readable=True)
+
+
+def _cofre_labels(provider: Any) -> list[str]:
+    """The labels of Cofre's keys on the token, the selftest's aside (as `cofre hsm
+    selftest` tells a token in service)."""
+    from hsm.selftest import SELFTEST_PREFIX
+
+    return sorted(
+        {
+            key.label
+            for key in provider.list_keys()
+            if key.label.startswith("cofre-") and not key.label.startswith(SELFTEST_PREFIX)
+        }
+    )
+
+
+def _not_created_beside(serving: list[str]) -> str:
+    """The registry's state when the database holds no schema and the token holds
+    Cofre's keys (session 43). `cofre hsm init` records each key it makes in the
+    registry, after `cofre db migrate`: this is no fresh install but a node pointed at
+    the wrong database, or one whose database was lost. It cannot be vouched for, and
+    initialising or migrating here is what must not happen next."""
+    shown = ", ".join(serving[:4]) + (", ..." if len(serving) > 4 else "")
+    return (
+        f"not created yet, but the token holds Cofre's keys ({shown}): this database is "
+        "not the one they were made with (check COFRE_DATABASE__URL, or restore the "
+        "database); do not run `cofre hsm init` or start a vault against it"
+    )
 
 
 def cannot_vouch(report: dict[str, Any], registry: RegistryView) -> bool:
