@@ -4,6 +4,7 @@ PostgreSQL trouble fails the suite instead of skipping it."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -13,6 +14,8 @@ import psycopg
 import pytest
 
 from hsm.provider import HSMProvider
+from tests.support import leakguard
+from tests.support.leakguard import LeakGuard, write_token_list
 from tests.support.postgres import PostgresCluster
 from tests.support.softhsm import SoftHSMToken
 
@@ -122,3 +125,40 @@ def test_a_module_that_changes_the_shared_token_s_keys_fails_by_name() -> None:
         "tests/harness_probe/probe_keys.py changed the Cofre keys of a token the session "
         "shares (shared token: added ['cofre-kek-v2'], removed nothing)"
     ) in result.stdout
+
+
+def test_the_session_scan_on_worker_processes_finds_what_one_process_finds() -> None:
+    """Session 43: the scan runs on a worker process per core (spawned). Over enough
+    files to use them, a card in clear in a log, a card among an SQLite database's
+    stored values and two listed tokens that only read as a card when joined
+    (4123450000057142, a test PAN of this file) are found, or not, as the scan in one
+    process finds them, in the files' order. Outside pytest's base temp, which the
+    session's own scan reads."""
+    planted = "4111111111111111"
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        for index in range(80):
+            (root / f"log-{index:02d}.txt").write_text(f"line {index}\n")
+        (root / "log-41.txt").write_text(f"card {planted}\n")
+        conn = sqlite3.connect(root / "held.sqlite3")
+        with conn:
+            conn.execute("CREATE TABLE tokens (token TEXT, note TEXT)")
+            conn.execute("INSERT INTO tokens VALUES ('5000009876541234', ?)", [planted])
+        conn.close()
+        (root / "leakscan").mkdir()
+        write_token_list(root / "leakscan", "t_glued", ["5000009876541234", "5000005714212346"])
+        found = []
+        for workers in (1, 2):
+            guard = LeakGuard(root=root)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(leakguard, "_worker_count", lambda n=workers: n)
+                guard.scan()
+            found.append(guard.findings)
+    assert found[0] == found[1]
+    assert found[1] == [
+        "log-41.txt: test PAN 411111******1111",
+        "log-41.txt: Luhn-valid run 411111******1111 at byte 5",
+        "held.sqlite3: test PAN 411111******1111",
+        "held.sqlite3 (stored values): test PAN 411111******1111",
+        "held.sqlite3 (stored values): Luhn-valid run 411111******1111 at byte 21",
+    ], found[1]

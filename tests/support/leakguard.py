@@ -24,6 +24,8 @@ key bytes are digit noise to the Luhn rule.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
 import sqlite3
 import subprocess
@@ -32,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -194,34 +197,17 @@ class LeakGuard:
         pans = pans_in_test_sources() | GENERATED
         files = [f for f in files_under(self.root) if ACQUIRER_SIDE not in f.parts]
         allowed: set[str] = set()
-        databases: dict[Path, list[bytes]] = {}
-        for file in files:
-            if file.suffix == ".tokens":
-                allowed.update(file.read_text().split())
-            elif _is_sqlite(file):
-                tokens, databases[file] = sqlite_values(file)
-                allowed.update(tokens)
+        databases: set[Path] = set()
+        listed = _in_workers(_tokens_of, files, (pans, set(), self.root), chunksize=16)
+        for file, (is_database, tokens) in zip(files, listed, strict=True):
+            allowed.update(tokens)
+            if is_database:
+                databases.add(file)
         allowed -= pans  # a test PAN stored as a token value is a leak, not a token
         scanner = LeakScanner.of(pans, allowed)
-        self.findings = []
-        for file in files:
-            where = file.relative_to(self.root)
-            if file in databases or file.name.endswith(_SQLITE_SIDE_FILES):
-                # Raw pages: the known PANs; the stored values: both rules.
-                self.findings += [f"{where}: {h}" for h in scanner.known_pans(file.read_bytes())]
-                self.findings += [
-                    f"{where} (stored values): {h}"
-                    for chunk in databases.get(file, [])
-                    for h in scanner.scan(chunk)
-                ]
-            elif file.suffix == _SOFTHSM_OBJECT:
-                # A SoftHSM token's files hold key material and the token's serial: 16
-                # hex digits of a random UUID, all decimal and Luhn-valid about once in
-                # 3,000 tokens (seen: 36ba-488528668753's neighbours). No PAN goes into
-                # the HSM; the known PANs are still looked for byte for byte.
-                self.findings += [f"{where}: {h}" for h in scanner.known_pans(file.read_bytes())]
-            else:
-                self.findings += [f"{where}: {h}" for h in scanner.scan_file(file)]
+        items = [(file, file in databases) for file in files]
+        found = _in_workers(_findings_of, items, (pans, allowed, self.root), chunksize=8)
+        self.findings = [hit for hits in found for hit in hits]
         self.findings += [
             f"{where}: {hit}"
             for where, text in self.captured.items()
@@ -263,3 +249,65 @@ def install_leak_guard(config: pytest.Config) -> None:
     guard = LeakGuard()
     config.stash[_GUARD] = guard
     config.pluginmanager.register(guard, "cofre-leak-guard")
+
+
+# The scan's state in a worker process (`_in_workers`' initializer sets it).
+_STATE: dict[str, Any] = {}
+
+
+def _worker_count() -> int:
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def _in_workers(
+    function: Callable[[Any], Any],
+    items: list[Any],
+    initargs: tuple[set[str], set[str], Path],
+    *,
+    chunksize: int,
+) -> list[Any]:
+    """`function` over `items`, in order, on one worker process per core (session 43:
+    the scan took 134 s of the session's end on one of CI's two cores, which nothing
+    else uses then). Spawned, not forked: a thread a test left running may hold a lock
+    (SQLite's, a logger's) that a forked child would wait on for ever."""
+    workers = _worker_count()
+    if workers == 1 or len(items) < 2 * chunksize:
+        _start_worker(*initargs)
+        return [function(item) for item in items]
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_start_worker, initargs=initargs) as pool:
+        return pool.map(function, items, chunksize=chunksize)
+
+
+def _start_worker(pans: set[str], allowed: set[str], root: Path) -> None:
+    _STATE["scanner"] = LeakScanner.of(pans, allowed)
+    _STATE["root"] = root
+
+
+def _tokens_of(file: Path) -> tuple[bool, list[str]]:
+    """The first pass, for one file: (whether it is an SQLite database, the token values
+    it lists or holds)."""
+    if file.suffix == ".tokens":
+        return False, file.read_text().split()
+    if _is_sqlite(file):
+        return True, sqlite_values(file)[0]
+    return False, []
+
+
+def _findings_of(item: tuple[Path, bool]) -> list[str]:
+    """The second pass, for one file (and whether it is an SQLite database)."""
+    file, is_database = item
+    scanner: LeakScanner = _STATE["scanner"]
+    where = file.relative_to(_STATE["root"])
+    if is_database or file.name.endswith(_SQLITE_SIDE_FILES):
+        # Raw pages: the known PANs; the stored values: both rules.
+        hits = [f"{where}: {h}" for h in scanner.known_pans(file.read_bytes())]
+        chunks = sqlite_values(file)[1] if is_database else []
+        return hits + [f"{where} (stored values): {h}" for c in chunks for h in scanner.scan(c)]
+    if file.suffix == _SOFTHSM_OBJECT:
+        # A SoftHSM token's files hold key material and the token's serial: 16 hex
+        # digits of a random UUID, all decimal and Luhn-valid about once in 3,000 tokens
+        # (seen: 36ba-488528668753's neighbours). No PAN goes into the HSM; the known
+        # PANs are still looked for byte for byte.
+        return [f"{where}: {h}" for h in scanner.known_pans(file.read_bytes())]
+    return [f"{where}: {h}" for h in scanner.scan_file(file)]

@@ -175,7 +175,7 @@ def test_two_tokens_of_a_dumped_database_never_read_as_one_number() -> None:
     finding of 230,574 test PANs over 349,638 tokens). A token that is a test PAN is
     still found."""
     glued, visa = "4123450000057142", "4111111111111111"
-    tokens = ["5000009876541234", "5000005714212345"]
+    tokens = ["5000009876541234", "5000005714212346"]
     with tempfile.TemporaryDirectory() as scratch:
         listed = write_token_list(Path(scratch), "t_glued", tokens)
         assert listed.read_text().split() == tokens
@@ -187,7 +187,7 @@ def test_two_tokens_of_a_dumped_database_never_read_as_one_number() -> None:
         assert found[1].startswith("Luhn-valid run 411111******1111")
     # The same two tokens in a JSON list (``","`` is three separator bytes) are two
     # values; a card beside a token is still found.
-    listed_json = b'{"tokens": ["5000009876541234","5000005714212345"]}'
+    listed_json = b'{"tokens": ["5000009876541234","5000005714212346"]}'
     assert find_leaks(listed_json, [glued, visa], tokens) == []
     beside = b'["5000009876541234", "4111 1111 1111 1111"]'
     assert find_leaks(beside, [glued, visa], tokens) == ["test PAN 411111******1111"]
