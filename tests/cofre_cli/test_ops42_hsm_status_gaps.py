@@ -38,7 +38,7 @@ from tests.support.softhsm import create_token
 VENDOR_WRAPS = (0x80002109, 0x8000216F)  # CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD, _ZERO_PAD
 
 
-def _status(env: dict[str, str], cwd: Path) -> tuple[int, list[str], dict[str, object]]:
+def hsm_status(env: dict[str, str], cwd: Path) -> tuple[int, list[str], dict[str, object]]:
     shown = run_cofre(["cofre", "hsm", "status"], env, cwd)
     as_json = run_cofre(["cofre", "hsm", "status", "--json"], env, cwd)
     assert as_json.returncode == shown.returncode, as_json.stderr
@@ -66,13 +66,13 @@ def test_status_exits_1_on_a_token_without_a_mechanism_the_vault_calls(tmp_path:
     shim = build_shim(tmp_path / "shim")
     through_shim = env | {"COFRE_HSM__LIBRARY": str(shim.library)}
     # The same token through an HSM that offers everything: exit 0.
-    code, lines, _ = _status(through_shim | shim.env(), tmp_path)
+    code, lines, _ = hsm_status(through_shim | shim.env(), tmp_path)
     assert code == 0, lines
     assert not [line for line in lines if "MISSING" in line or "NONE" in line], lines
 
     # An HSM without AES-GCM (security codes are sealed in the token).
     lacking = through_shim | shim.env(hide_mechanisms=[int(Mechanism.AES_GCM)])
-    code, lines, report = _status(lacking, tmp_path)
+    code, lines, report = hsm_status(lacking, tmp_path)
     assert code == 1, lines
     assert f"  mechanism {'AES_GCM':<24} MISSING" in lines  # the line scripts parse
     assert report["mechanisms"] == {
@@ -90,7 +90,7 @@ def test_status_exits_1_on_a_token_without_a_mechanism_the_vault_calls(tmp_path:
 
     # An HSM with no key wrap at all: no data key can be made or opened.
     no_wrap = through_shim | shim.env(hide_mechanisms=VENDOR_WRAPS)
-    code, lines, report = _status(no_wrap, tmp_path)
+    code, lines, report = hsm_status(no_wrap, tmp_path)
     assert code == 1, lines
     assert "  key wrap: NONE" in lines
     assert report["wrap_mechanism"] is None
@@ -106,7 +106,7 @@ def test_a_registry_not_created_yet_exits_0_and_says_what_to_run(
     url = _sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("pg_database")
     token = create_token(tmp_path / "hsm", "hsm1")
     env = vault_cli_env(tmp_path, token, url)
-    code, lines, report = _status(env, tmp_path)
+    code, lines, report = hsm_status(env, tmp_path)
     assert code == 0, lines
     line = _registry_line(lines)
     assert line.startswith("  registry: not created yet"), line
@@ -117,7 +117,7 @@ def test_a_registry_not_created_yet_exits_0_and_says_what_to_run(
 
     # Migrated, no keys yet: empty, exit 0 as before.
     assert run_cofre(["cofre", "db", "migrate"], env, tmp_path).returncode == 0
-    code, lines, report = _status(env, tmp_path)
+    code, lines, report = hsm_status(env, tmp_path)
     assert code == 0, lines
     assert report["registry"] == "empty (adopted at the vault's first start)"
     assert not [line for line in lines if line.startswith("  registry: ")], lines
@@ -129,13 +129,13 @@ def _initialised(tmp_path: Path, url: str) -> dict[str, str]:
     for words in (["cofre", "db", "migrate"], ["cofre", "hsm", "init"]):
         done = run_cofre(words, env, tmp_path)
         assert done.returncode == 0, done.stdout + done.stderr
-    code, lines, report = _status(env, tmp_path)
+    code, lines, report = hsm_status(env, tmp_path)
     assert (code, report["registry"]) == (0, "ok"), lines
     return env
 
 
 def _unavailable(env: dict[str, str], cwd: Path, code_name: str) -> None:
-    code, lines, report = _status(env, cwd)
+    code, lines, report = hsm_status(env, cwd)
     assert code == 1, lines
     assert report["registry"] == f"unavailable ({code_name})", report
     assert _registry_line(lines) == f"  registry: unavailable ({code_name})"

@@ -15,21 +15,13 @@ keys into an empty registry, beside the database that holds their tokens. It now
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from tests.cofre_cli.test_ops42_hsm_status_gaps import hsm_status
 from tests.support.dev import run_cofre, vault_cli_env
 from tests.support.softhsm import create_token
-
-
-def _status(env: dict[str, str], cwd: Path) -> tuple[int, list[str], dict[str, object]]:
-    shown = run_cofre(["cofre", "hsm", "status"], env, cwd)
-    as_json = run_cofre(["cofre", "hsm", "status", "--json"], env, cwd)
-    assert as_json.returncode == shown.returncode, as_json.stderr
-    assert shown.stderr == "", shown.stderr
-    return shown.returncode, shown.stdout.splitlines(), json.loads(as_json.stdout)
 
 
 @pytest.mark.hsm
@@ -41,7 +33,7 @@ def test_a_token_in_service_beside_a_database_with_no_schema_exits_1(tmp_path: P
         assert done.returncode == 0, done.stdout + done.stderr
 
     elsewhere = serving | {"COFRE_DATABASE__URL": f"sqlite:///{tmp_path / 'other.sqlite3'}"}
-    code, lines, report = _status(elsewhere, tmp_path)
+    code, lines, report = hsm_status(elsewhere, tmp_path)
     assert code == 1, lines
     [line] = [line for line in lines if line.startswith("  registry: ")]
     assert line.startswith("  registry: not created yet, but the token holds Cofre's keys ("), line
@@ -53,7 +45,7 @@ def test_a_token_in_service_beside_a_database_with_no_schema_exits_1(tmp_path: P
     assert not (tmp_path / "other.sqlite3").exists()  # a command that only reads
 
     # The same token beside its own database: vouched for, as before.
-    code, lines, report = _status(serving, tmp_path)
+    code, lines, report = hsm_status(serving, tmp_path)
     assert (code, report["registry"]) == (0, "ok"), lines
 
 
@@ -65,6 +57,6 @@ def test_selftest_keys_alone_are_still_the_go_live_case(tmp_path: Path) -> None:
     env = vault_cli_env(tmp_path, token, f"sqlite:///{tmp_path / 'cofre.sqlite3'}")
     selftest = run_cofre(["cofre", "hsm", "selftest", "--count", "2"], env, tmp_path)
     assert selftest.returncode == 0, selftest.stdout + selftest.stderr
-    code, lines, report = _status(env, tmp_path)
+    code, lines, report = hsm_status(env, tmp_path)
     assert code == 0, lines
     assert str(report["registry"]).startswith("not created yet (the database holds no"), report
