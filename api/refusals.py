@@ -1,59 +1,53 @@
 """Refused requests: limited per caller, and coalesced in the audit log past the limit.
 
-IN PCI SCOPE. Every refusal (401, 403, 404, 405, 413, 415, 422) gets an audit entry, as
-PCI DSS 10.2.1.4 wants for invalid access attempts, and none was charged to a rate
-limit: a refusal rolls its transaction back, charge included. One stolen certificate,
-or anyone on the internet through the capture listener, could write audit entries as
-fast as a node answers (review 26: 60 bad requests from an identity with a burst of 2,
-no 429, 63 entries). Each is a durable write; the log only grows; and when the disk is
-full the vault stops for every caller, since nothing is done that cannot be audited.
+IN PCI SCOPE. Every refusal (401, 403, 404, 405, 413, 415, 422) gets an audit entry, as PCI DSS
+10.2.1.4 wants for invalid access attempts, and none was charged to a rate limit: a refusal
+rolls its transaction back, charge included. One stolen certificate, or anyone on the internet
+through the capture listener, could write audit entries as fast as a node answers (review 26: 60
+bad requests from an identity with a burst of 2, no 429, 63 entries). Each is a durable write;
+the log only grows; and when the disk is full the vault stops for every caller, since nothing is
+done that cannot be audited.
 
-So each process keeps, per caller, a bucket that only its refusals spend (`REFUSALS`):
-the answers a request got for what it was, before any work on what the vault holds.
-An unknown path, a method, a body limit or type, a malformed or invalid body, a
-missing or refused certificate, identity or second factor, a policy denial, and a
-caller over a limit of the vault's (rate, quota, oracle guard: each such 429 was an
-entry too). Not a token that is not found, expired or in conflict (409, 410, 404 on a
-known route: the vault answered about what it holds, and those cost a rate unit
-already), nor an upstream's own status through the relay (review 28: charging those
-held a service that missed a few tokens), nor a relay refused at once because its route
-has `max_in_flight` relays under way (503 ``upstream_busy``): it costs a rate unit, as
-a relay does (review 40: charged here, one put a caller in debt while its relays waited
-on the stalled upstream, and each of them then counted against it, every route held
-back).
+So each process keeps, per caller, a bucket that only its refusals spend (`REFUSALS`): the
+answers a request got for what it was, before any work on what the vault holds. An unknown path,
+a method, a body limit or type, a malformed or invalid body, a missing or refused certificate,
+identity or second factor, a policy denial, and a caller over a limit of the vault's (rate,
+quota, oracle guard: each such 429 was an entry too). Not a token that is not found, expired or
+in conflict (409, 410, 404 on a known route: the vault answered about what it holds, and those
+cost a rate unit already), nor an upstream's own status through the relay (review 28: charging
+those held a service that missed a few tokens), nor a relay refused at once because its route
+has `max_in_flight` relays under way (503 ``upstream_busy``): it costs a rate unit, as a relay
+does (review 40: charged here, one put a caller in debt while its relays waited on the stalled
+upstream, and each of them then counted against it, every route held back).
 
-- The caller is an identity (its `rate_limit`; one not in the policy:
-  `DEFAULT_REFUSALS`; a service the policy leaves unlimited is not limited here
-  either), a certificate the vault took no identity from (by fingerprint,
-  `DEFAULT_REFUSALS`), or on the capture listener a client address (IPv6 by its /64,
-  which one host holds whole; the address limit).
-- A person's identity (officers, auditors; `every_request`) spends a unit for every
-  request it makes, answered or refused: their reads of the audit log, the key
-  inventory and ceremonies are each an audit entry too, and the vault's rate limits
-  meter only the token operations, so a stolen auditor's certificate could otherwise
-  write entries as fast as a node answers (review 28's F5). Without a `rate_limit` of
-  its own a person gets `PERSON_REQUESTS`: far more than people and their scripts
-  make, far less than a node answers.
-- While a caller's bucket is empty, every request of it is answered 429
-  ``rate_limited`` by the guard before its body is read or any work is done, with the
-  time the bucket needs for one unit in ``Retry-After``.
-- The first such answer of an episode has its own audit entry; the next ones are only
-  counted, and one ``api.requests_refused`` (``capture.requests_refused``) entry per
-  caller and `SUMMARY_SECONDS` carries their number and the first and last time, when
-  `RefusalFlusher` finds it due and when the vault stops. Their request ids are on the
-  request log lines only.
-- A process remembers at most `MAX_CALLERS` callers, least recently seen forgotten
-  first; a forgotten caller's count goes to one shared count (actor or client ``*``).
-- A count names its answers' origination (session 42, PCI DSS 10.2.2): its ``source``
-  when one, else an ``<action>_source`` entry per source (`NAMED_SOURCES`) before it.
-  Before, a stolen certificate's refusals from another host were counted with the
-  genuine service's, and no entry named the attacker's address.
+- The caller is an identity (its `rate_limit`; one not in the policy: `DEFAULT_REFUSALS`; a
+  service the policy leaves unlimited is not limited here either), a certificate the vault took
+  no identity from (by fingerprint, `DEFAULT_REFUSALS`), or on the capture listener a client
+  address (IPv6 by its /64, which one host holds whole; the address limit).
+- A person's identity (officers, auditors; `every_request`) spends a unit for every request it
+  makes, answered or refused: their reads of the audit log, the key inventory and ceremonies are
+  each an audit entry too, and the vault's rate limits meter only the token operations, so a
+  stolen auditor's certificate could otherwise write entries as fast as a node answers (review
+  28's F5). Without a `rate_limit` of its own a person gets `PERSON_REQUESTS`: far more than
+  people and their scripts make, far less than a node answers.
+- While a caller's bucket is empty, every request of it is answered 429 ``rate_limited`` by the
+  guard before its body is read or any work is done, with the time the bucket needs for one unit
+  in ``Retry-After``.
+- The first such answer of an episode has its own audit entry; the next ones are only counted,
+  and one ``api.requests_refused`` (``capture.requests_refused``) entry per caller and
+  `SUMMARY_SECONDS` carries their number and the first and last time, when `RefusalFlusher`
+  finds it due and when the vault stops. Their request ids are on the request log lines only.
+- A process remembers at most `MAX_CALLERS` callers, least recently seen forgotten first; a
+  forgotten caller's count goes to one shared count (actor or client ``*``).
+- A count names its answers' origination (session 42, PCI DSS 10.2.2): its ``source`` when one,
+  else an ``<action>_source`` entry per source (`NAMED_SOURCES`) before it. Before, a stolen
+  certificate's refusals from another host were counted with the genuine service's, and no entry
+  named the attacker's address.
 
-So a caller writes at most its limit's worth of refusal entries per process, plus one
-entry per `SUMMARY_SECONDS`. The buckets are per process, not shared through the
-database: they bound growth rather than meter, and a shared bucket would cost every
-refusal one more durable write. A node of N workers behind a balancer lets N times as
-much through.
+So a caller writes at most its limit's worth of refusal entries per process, plus one entry per
+`SUMMARY_SECONDS`. The buckets are per process, not shared through the database: they bound
+growth rather than meter, and a shared bucket would cost every refusal one more durable write. A
+node of N workers behind a balancer lets N times as much through.
 """
 
 from __future__ import annotations
@@ -216,6 +210,14 @@ class _Bucket:
     tolerance: float
     episode: _Episode | None = field(default=None)
 
+    def excess(self, now: float, units: int = 1) -> float:
+        """How far past its tolerance `units` more take it (<= 0: they fit), from ``tat -
+        now`` (session 43: ``max(tat, now) + interval - now`` was an ulp over an idle burst
+        of 1), less an ulp of the clock's scale per unit held (each was added and rounded)."""
+        lead = max(self.tat - now, 0.0) + units * self.interval
+        held = self.tolerance / self.interval + 4
+        return lead - self.tolerance - held * math.ulp(abs(now) + self.tolerance)
+
 
 @dataclass(frozen=True)
 class Spent:
@@ -282,10 +284,9 @@ class RefusalLimiter:
             return None
         now = self._clock()
         with self._lock:
-            lead = max(bucket.tat, now) + bucket.interval - now
-            if lead <= bucket.tolerance:
+            if (over := bucket.excess(now)) <= 0:
                 return None
-            return self._held(key, bucket, lead - bucket.tolerance, now, note)
+            return self._held(key, bucket, over, now, note)
 
     def enter(self, key: str) -> Spent | None:
         """`spent` for a request that arrives, which is then in flight until `leave`.
@@ -304,11 +305,10 @@ class RefusalLimiter:
         now = self._clock()
         with self._lock:
             waiting = held if bucket.tat > now else 0
-            lead = max(bucket.tat, now) + (waiting + 1) * bucket.interval - now
-            if lead <= bucket.tolerance:
+            if (over := bucket.excess(now, waiting + 1)) <= 0:
                 self._in_flight[key] = held + 1
                 return None
-            return self._held(key, bucket, lead - bucket.tolerance, now, None)
+            return self._held(key, bucket, over, now, None)
 
     def admit(self, key: str) -> tuple[Spent | None, Admission]:
         """`enter`, with the unit the request then holds as an `Admission` to release."""
@@ -407,10 +407,10 @@ class RefusalLimiter:
                 self._buckets.move_to_end(key)
             # A policy reload takes effect at the next charge.
             bucket.interval, bucket.tolerance = interval, interval * limit.burst
-            lead = max(bucket.tat, now) + interval - now
+            over = bucket.excess(now)
             bucket.tat = max(bucket.tat, now) + interval
-            if hold and lead > bucket.tolerance:
-                return self._held(key, bucket, lead - bucket.tolerance, now, note, token=token)
+            if hold and over > 0:
+                return self._held(key, bucket, over, now, note, token=token)
             return None
 
     def flush(self, *, everything: bool = False) -> None:
