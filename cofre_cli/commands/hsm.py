@@ -52,10 +52,13 @@ def hsm_status(
     --json: the newest version of each kind, every audit key, a KEK still wrapping data
     keys; session 41), when a mechanism Cofre calls is MISSING (or the key wrap is NONE),
     or when the key registry cannot be read (a "registry: unavailable (<code>)" line,
-    "registry" in --json; session 42); 0 when every such key is present, every
-    mechanism too, and the registry was read, is empty, or is not created yet (a fresh
-    database before `cofre db migrate`: a "registry: not created yet" line says what to
-    run). An HSM that cannot be reached: exit 1 with "error [<code>]"."""
+    "registry" in --json; session 42), or when the database holds no Cofre schema while
+    the token holds Cofre's keys (the wrong database, or a lost one: a "registry: not
+    created yet, but the token holds Cofre's keys" line; session 43); 0 when every such
+    key is present, every mechanism too, and the registry was read, is empty, or is not
+    created yet beside a token with no Cofre key (a fresh database before `cofre db
+    migrate`: a "registry: not created yet" line says what to run). An HSM that cannot
+    be reached: exit 1 with "error [<code>]"."""
     from hsm.provider import REQUIRED_MECHANISMS, provider_from_settings
 
     settings = cli_settings()

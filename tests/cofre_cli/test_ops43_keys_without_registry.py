@@ -18,7 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from cofre_cli.main import app
 from tests.cofre_cli.test_ops42_hsm_status_gaps import hsm_status
 from tests.support.dev import run_cofre, vault_cli_env
 from tests.support.softhsm import create_token
@@ -60,3 +62,10 @@ def test_selftest_keys_alone_are_still_the_go_live_case(tmp_path: Path) -> None:
     code, lines, report = hsm_status(env, tmp_path)
     assert code == 0, lines
     assert str(report["registry"]).startswith("not created yet (the database holds no"), report
+
+
+def test_the_help_says_so() -> None:
+    shown = CliRunner().invoke(app, ["hsm", "status", "--help"], terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert "the token holds Cofre's keys (the wrong database, or a lost one" in text, text
