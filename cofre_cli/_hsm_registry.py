@@ -42,6 +42,7 @@ def registry_report(settings: Any, provider: Any) -> RegistryView:
     cannot be read is reported `unavailable (<code>)`, not readable."""
     from cofre_cli.key_management import own_authorities
     from cofre_cli.wiring import open_database
+    from hsm.selftest import serving_labels
     from policies.engine import PolicyEngine
     from policies.loader import load_policy
     from vault.errors import SchemaNotCreated
@@ -61,7 +62,7 @@ def registry_report(settings: Any, provider: Any) -> RegistryView:
         stray = registry.unregistered() if registered else []
         missing = _missing(registered, provider.list_keys(), engine)
     except SchemaNotCreated:
-        serving = _cofre_labels(provider)
+        serving = serving_labels(provider)
         state = _not_created_beside(serving) if serving else NOT_CREATED
         fields = {"registry": state, "unregistered": [], "missing": []}
         return RegistryView(fields, readable=not serving, line=f"  registry: {state}")
@@ -76,20 +77,6 @@ def registry_report(settings: Any, provider: Any) -> RegistryView:
         "missing": missing,
     }
     return RegistryView(fields, readable=True)
-
-
-def _cofre_labels(provider: Any) -> list[str]:
-    """The labels of Cofre's keys on the token, the selftest's aside (as `cofre hsm
-    selftest` tells a token in service)."""
-    from hsm.selftest import SELFTEST_PREFIX
-
-    return sorted(
-        {
-            key.label
-            for key in provider.list_keys()
-            if key.label.startswith("cofre-") and not key.label.startswith(SELFTEST_PREFIX)
-        }
-    )
 
 
 def _not_created_beside(serving: list[str]) -> str:
@@ -109,7 +96,8 @@ def _not_created_beside(serving: list[str]) -> str:
 def cannot_vouch(report: dict[str, Any], registry: RegistryView) -> bool:
     """Whether `cofre hsm status` exits 1: a registered key in use is missing (session
     41), a mechanism the vault calls is missing or no key wrap resolved (the vault cannot
-    serve on this token), or the key registry could not be read (session 42)."""
+    serve on this token), or the key registry could not be read (session 42) or is not
+    created yet beside a token that holds Cofre's keys (session 43; `readable`)."""
     return (
         bool(report.get("missing"))
         or not all(report["mechanisms"].values())

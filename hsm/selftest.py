@@ -123,15 +123,21 @@ def _measure(name: str, call: Callable[[], object], count: int, threads: int) ->
 SELFTEST_PREFIX = "cofre-selftest-"
 
 
-def refuse_serving_token(provider: HSMProvider) -> None:
-    """Raise `HSMTokenInService` if the token holds Cofre's own keys (see the module text)."""
-    serving = sorted(
+def serving_labels(provider: HSMProvider) -> list[str]:
+    """The labels of Cofre's own keys on the token, sorted (the selftest's aside): a token
+    in service holds some (`cofre hsm status` reads the same, session 43)."""
+    return sorted(
         {
             key.label
             for key in provider.list_keys()
             if key.label.startswith("cofre-") and not key.label.startswith(SELFTEST_PREFIX)
         }
     )
+
+
+def refuse_serving_token(provider: HSMProvider) -> None:
+    """Raise `HSMTokenInService` if the token holds Cofre's own keys (see the module text)."""
+    serving = serving_labels(provider)
     if serving:
         raise HSMTokenInService(
             f"the token holds Cofre's keys ({', '.join(serving[:4])}"
