@@ -55,6 +55,7 @@ T = TypeVar("T")
 MAX_GROUP: Final = 128
 _BEFORE_COMMIT: Final = "cofre.before_commit"
 _BEFORE_RERUN: Final = "cofre.before_rerun"
+_AFTER_COMMIT: Final = "cofre.after_commit"
 # PostgreSQL's query_canceled (statement_timeout) and lock_not_available (lock_timeout).
 _TIMEOUT_SQLSTATES: Final = frozenset({"57014", "55P03"})
 
@@ -93,6 +94,25 @@ def before_rerun(connection: Connection) -> dict[str, Callable[[Connection], Non
     needs."""
     steps: dict[str, Callable[[Connection], None]] | None = connection.info.get(_BEFORE_RERUN)
     return steps
+
+
+def after_commit(connection: Connection) -> list[Callable[[], None]] | None:
+    """The steps the unguarded run of a group on `connection` runs once its commit
+    succeeded, in the order left; None outside such a run. What a process may only
+    believe of the database once the group is durable goes there (a rate lease,
+    `vault._rate_leases`); a step must not raise."""
+    steps: list[Callable[[], None]] | None = connection.info.get(_AFTER_COMMIT)
+    return steps
+
+
+@contextlib.contextmanager
+def _after_commit_steps(connection: Connection) -> Iterator[list[Callable[[], None]]]:
+    steps: list[Callable[[], None]] = []
+    connection.info[_AFTER_COMMIT] = steps
+    try:
+        yield steps
+    finally:
+        connection.info.pop(_AFTER_COMMIT, None)
 
 
 @contextlib.contextmanager
@@ -274,6 +294,7 @@ class GroupCommitter:
         except Exception:  # noqa: BLE001 - the guarded path reports it
             return False
         held: HeldNotes = []
+        committed: list[Callable[[], None]] = []
         with connection:
             try:
                 transaction = connection.begin()
@@ -291,6 +312,7 @@ class GroupCommitter:
                     notes_on_commit(connection, held),
                     deferred_appends(connection) as flush_audit,
                     _rerun_steps(connection, rerun),
+                    _after_commit_steps(connection) as committed,
                     _deferred_steps(connection) as run_steps,
                 ):
                     results = _run_group(connection, group)
@@ -306,6 +328,8 @@ class GroupCommitter:
                 for op in group:
                     op.future.set_exception(exc)
                 return True
+        for step in committed:
+            step()
         release_notes(held)
         for op, result in zip(group, results, strict=True):
             op.future.set_result(result)

@@ -1,0 +1,148 @@
+"""A worker's leases of its callers' rate-limit buckets (`RateLeases`), a part of
+`vault.limits` kept in a room of its own.
+
+IN PCI SCOPE, as part of the vault's limits; it holds identities and counts, no card
+data.
+
+Why (issue 21, session 42): the rate charge was one ``UPDATE`` of the identity's
+``rate_state`` row per commit group, a statement, a round trip and a row lock that every
+worker's groups take in turn; the limit cost 7-9% of a node's single tokenize on
+PostgreSQL. A group now charges its sum plus a lease of up to `LEASE_UNITS` more units,
+and the worker's next groups within the lease's life admit calls against it in memory,
+with no statement (what global rate limiters such as Envoy's do with local buckets).
+
+Never more than the limit: a lease's units are charged as though admitted at the end of
+its life (`virtual`, up to `LEASE_SECONDS` ahead), and a group uses them only while its
+own instant is no later. The row then always holds a bucket at least as spent as the
+admissions themselves would make it (GCRA's ``max(tat, now) + cost`` grows with its
+arguments), so every call admitted conforms to the limit, as the exact charge's did
+(`tests/vault/test_rate_leases.py` replays random admissions of several workers through
+an exact GCRA). What it costs a caller: a bucket shows up to `held_units` fewer units of
+room per worker (its lease and the instant it is charged at), so a caller at its limit
+may be refused that much early, and a lease not used in its life is spent, not given
+back. Both are at most 1/32 of the burst per worker; buckets of bursts under
+`LEASE_MIN_BURST` are charged exactly, as before.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from typing import Final
+
+from policies.models import RateLimit
+
+__all__ = [
+    "CHARGE_SQL",
+    "LEASE_MIN_BURST",
+    "LEASE_SECONDS",
+    "LEASE_UNITS",
+    "RateLeases",
+    "lease_of",
+    "rounding",
+]
+
+# The GCRA step in one conditional UPDATE (`vault.limits.Limits.charge_rate`), on the
+# driver's cursor (`vault.storage.rawsql`, like the oracle guard's): SQLAlchemy's execute
+# of the expression cost ~0.12 ms of Python a call (issue 21). RETURNING says whether
+# the row moved (SQLite has it since 3.35). Parameters: start, start, increment,
+# identity, start, start, increment, now, room; `start` is the instant the units are
+# charged at, `now` for an exact charge, a lease's end for a lease.
+CHARGE_SQL: Final = (
+    "UPDATE rate_state SET tat = CASE WHEN tat > ? THEN tat ELSE ? END + ? "
+    "WHERE identity = ? AND CASE WHEN tat > ? THEN tat ELSE ? END + ? - ? <= ? RETURNING 1"
+)
+LEASE_UNITS: Final = 64
+LEASE_SECONDS: Final = 0.1
+# A lease and its instant take at most 1/32 of a burst per worker (`lease_of`): a burst
+# under this would lease fewer than 16 units, not worth the statement it saves.
+LEASE_MIN_BURST: Final = 1024
+_SHARE: Final = 64
+_ENTRIES: Final = 1024
+
+# Runs a charge of `units` at instant `start`; True if the bucket had room.
+Charge = Callable[[float, int], bool]
+# Leaves a step for after the group's commit.
+OnCommit = Callable[[Callable[[], None]], None]
+
+
+def rounding(now: float, tolerance: float) -> float:
+    """What the bucket's float arithmetic may round against a call: ``tat + increment -
+    now`` is computed at the scale of the epoch seconds (an ulp of 2.4e-7 s today),
+    so a call of exactly the burst on a full bucket could come out a hair above the
+    tolerance and be refused 'retry after 0.00s'. Four ulps of that scale are let
+    through, a few microseconds' credit at most."""
+    return 4 * math.ulp(abs(now) + tolerance)
+
+
+def lease_of(limit: RateLimit) -> tuple[int, float]:
+    """(units, seconds) of a lease of `limit`'s bucket; (0, 0.0) when it is charged
+    exactly. Units and the seconds' worth of the rate are each at most 1/64 of the
+    burst, so what one worker holds (`held_units`) is at most 1/32 of it."""
+    if limit.burst < LEASE_MIN_BURST:
+        return 0, 0.0
+    share = limit.burst // _SHARE
+    return min(LEASE_UNITS, share), min(LEASE_SECONDS, share / limit.per_second)
+
+
+def held_units(limit: RateLimit) -> float:
+    """The most units of `limit`'s bucket one worker's lease keeps from its other
+    callers: the lease, and the rate of the seconds it is charged ahead."""
+    units, seconds = lease_of(limit)
+    return units + seconds * limit.per_second
+
+
+class RateLeases:
+    """One process's leases, by identity and limit: units left and the last instant
+    they may be used at. Read and written by the committer threads (`_lock`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (identity, limit) -> [units left, usable until, no new lease before]
+        self._held: dict[tuple[str, RateLimit], list[float]] = {}
+
+    def charge(
+        self,
+        identity: str,
+        limit: RateLimit,
+        cost: int,
+        now: float,
+        *,
+        run: Charge,
+        on_commit: OnCommit,
+    ) -> bool:
+        """Cover a group's `cost` units at instant `now` from the identity's lease, or
+        by charging the bucket (`run`) for them and a new lease, granted once the
+        group commits (`on_commit`). False: charge the bucket exactly (no lease for
+        this limit, or the bucket lacks room for one: none is tried again for the
+        lease's life)."""
+        units, seconds = lease_of(limit)
+        if units == 0:
+            return False
+        key = (identity, limit)
+        with self._lock:
+            held = self._held.get(key)
+            left = 0
+            if held is not None and now <= held[1]:
+                if held[0] >= cost:
+                    held[0] -= cost  # spent whether or not the group commits
+                    return True
+                left = int(held[0])
+                held[0] = 0
+            if held is not None and now < held[2]:
+                return False
+        end = now + seconds
+        if not run(end, cost - left + units):
+            with self._lock:
+                self._held[key] = [0, 0.0, end]
+            return False
+
+        def grant() -> None:
+            with self._lock:
+                if len(self._held) > _ENTRIES:  # policies reloaded many times
+                    self._held = {k: v for k, v in self._held.items() if max(v[1:]) >= now}
+                self._held[key] = [units, end, 0.0]
+
+        on_commit(grant)
+        return True
