@@ -134,15 +134,30 @@ _RUNS_OR_ALONE: Final = re.compile(
 _WORD_IN_RUN: Final = re.compile(
     rf"{_BEFORE}(?:(double|triple)[ \t-]+)?({_alternatives(_IN_RUNS)}){_AFTER}", re.IGNORECASE
 )
-# What a text holds when it may hold a digit word: a cheap test before the run scan.
-_ANY_WORD: Final = re.compile(rf"{_BEFORE}(?:{_alternatives(_IN_RUNS)}){_AFTER}", re.IGNORECASE)
+# What a text holds when it may hold a digit word, a cheap test before the run scan: a
+# run of letters (`_BEFORE`/`_AFTER`'s letters) that is a digit word, in the same engine
+# and case rules (a long s or a dotless i reads as s or i to IGNORECASE). Every word's match is
+# a whole run of letters, and a compound's (``forty-one``) begins with a tens word that
+# is one: the test says what a search of every word with its edges said, which cost
+# ~17 us a text against ~2.4 (session 44: 16% of the answer scan's CPU).
+_LETTER_RUN: Final = re.compile(r"[^\W\d_]+")
+_SINGLE_WORDS: Final = [word for word in _IN_RUNS if word.isalpha()]
+_DIGIT_WORD: Final = re.compile(_alternatives(dict.fromkeys(_SINGLE_WORDS, "")), re.IGNORECASE)
+_WORD_LENGTHS: Final = range(min(map(len, _SINGLE_WORDS)), max(map(len, _SINGLE_WORDS)) + 1)
+
+
+def _holds_digit_word(text: str) -> bool:
+    return any(
+        len(run) in _WORD_LENGTHS and _DIGIT_WORD.fullmatch(run) is not None
+        for run in _LETTER_RUN.findall(text)
+    )
 
 
 def words_undone(text: str) -> str:
     """`text` with each run of digit words, and each English or Portuguese digit word
     alone, as its digits (module docstring), when it holds one: how the card is looked
     for."""
-    if _ANY_WORD.search(text) is None:
+    if not _holds_digit_word(text):
         return text
     return _RUNS_OR_ALONE.sub(_run_digits, text)
 
@@ -153,7 +168,7 @@ def word_runs_undone(text: str) -> str:
     word alone read as its digit was the value of a code with two leading zeros, so
     ``six`` in a date or an address, or a key ``last_four``, was withheld whenever the
     code sent was ``006`` or ``004``; a code echoed in words is a run (``zero zero six``)."""
-    if _ANY_WORD.search(text) is None:
+    if not _holds_digit_word(text):
         return text
     return _RUNS.sub(_run_digits, text)
 
