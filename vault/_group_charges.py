@@ -25,7 +25,7 @@ from sqlalchemy import Connection
 
 from policies.models import Quota, RateLimit
 from vault._rate_leases import CHARGE_SQL, rounding
-from vault.storage.groupcommit import after_commit
+from vault.storage.groupcommit import after_commit, after_rollback
 from vault.storage.rawsql import fetch_all
 
 if TYPE_CHECKING:
@@ -102,8 +102,8 @@ class GroupCharges:
     def _leased(self, identity: str, limit: RateLimit, cost: int, now: float) -> bool:
         """Whether this worker's lease of the bucket covered `cost` (`vault._rate_leases`),
         taking a new one if the bucket has room; False: charge it exactly."""
-        committed = after_commit(self._connection)
-        if committed is None:
+        committed, rolled_back = after_commit(self._connection), after_rollback(self._connection)
+        if committed is None or rolled_back is None:
             return False
         interval = 1.0 / limit.per_second
         tolerance = limit.burst * interval
@@ -115,7 +115,13 @@ class GroupCharges:
             return bool(fetch_all(self._connection, CHARGE_SQL, charge))
 
         return self._limits.leases.charge(
-            identity, limit, cost, now, run=run, on_commit=committed.append
+            identity,
+            limit,
+            cost,
+            now,
+            run=run,
+            on_commit=committed.append,
+            on_rollback=rolled_back.append,
         )
 
     def lock_for_rerun(self, connection: Connection) -> None:

@@ -21,11 +21,14 @@ an exact GCRA). What it costs a caller: a bucket shows up to `held_units` fewer 
 room per worker (its lease and the instant it is charged at), so a caller at its limit
 may be refused that much early, and a lease not used in its life is spent, not given
 back. Both are at most 1/32 of the burst per worker; buckets of bursts under
-`LEASE_MIN_BURST` are charged exactly, as before.
+`LEASE_MIN_BURST` are charged exactly, as before. A group that rolls back before its
+COMMIT (it runs again guarded, charging each call exactly) gives back the units it
+took (`vault.storage.groupcommit.after_rollback`, review 44).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Callable
@@ -94,12 +97,13 @@ def held_units(limit: RateLimit) -> float:
 
 
 class RateLeases:
-    """One process's leases, by identity and limit: units left and the last instant
-    they may be used at. Read and written by the committer threads (`_lock`)."""
+    """One process's leases, by identity and limit: units left, the instants they may
+    be used between, and the instant before which no new one is tried. Read and
+    written by the committer threads (`_lock`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # (identity, limit) -> [units left, usable until, no new lease before]
+        # (identity, limit) -> [units left, usable until, no new lease before, taken at]
         self._held: dict[tuple[str, RateLimit], list[float]] = {}
 
     def charge(
@@ -111,38 +115,64 @@ class RateLeases:
         *,
         run: Charge,
         on_commit: OnCommit,
+        on_rollback: OnCommit,
     ) -> bool:
         """Cover a group's `cost` units at instant `now` from the identity's lease, or
         by charging the bucket (`run`) for them and a new lease, granted once the
-        group commits (`on_commit`). False: charge the bucket exactly (no lease for
-        this limit, or the bucket lacks room for one: none is tried again for the
-        lease's life)."""
+        group commits (`on_commit`). What the group takes from a lease is given back
+        if it rolls back before its COMMIT (`on_rollback`; review 44: a group rerun
+        after another caller's refused charge spent the lease's units and then charged
+        the same calls again, and such neighbours halved a caller's limit). False:
+        charge the bucket exactly (no lease for this limit, or the bucket lacks room
+        for one: none is tried again for the lease's life).
+
+        A lease is used only between the instant it was taken and its end: a wall
+        clock stepped back would otherwise admit, at an earlier instant, units charged
+        as though used later (review 44)."""
         units, seconds = lease_of(limit)
         if units == 0:
             return False
         key = (identity, limit)
         with self._lock:
             held = self._held.get(key)
-            left = 0
-            if held is not None and now <= held[1]:
-                if held[0] >= cost:
-                    held[0] -= cost  # spent whether or not the group commits
-                    return True
-                left = int(held[0])
-                held[0] = 0
+            usable = held is not None and held[3] <= now <= held[1]
+            if held is not None and usable and held[0] >= cost:
+                held[0] -= cost
+                on_rollback(functools.partial(self._give_back, key, held, cost))
+                return True
             if held is not None and now < held[2]:
                 return False
+            left = int(held[0]) if held is not None and usable else 0
+            if held is not None and left:
+                held[0] -= left  # toward this group's charge below
         end = now + seconds
         if not run(end, cost - left + units):
             with self._lock:
-                self._held[key] = [0, 0.0, end]
+                if held is not None and self._held.get(key) is held:
+                    held[0] += left  # the lease keeps them: this group is charged exactly
+                    held[2] = end
+                else:
+                    self._put(key, [0, 0.0, end, now], now)
             return False
-
-        def grant() -> None:
-            with self._lock:
-                if len(self._held) > _ENTRIES:  # policies reloaded many times
-                    self._held = {k: v for k, v in self._held.items() if max(v[1:]) >= now}
-                self._held[key] = [units, end, 0.0]
-
-        on_commit(grant)
+        if held is not None and left:
+            on_rollback(functools.partial(self._give_back, key, held, left))
+        on_commit(functools.partial(self._grant, key, [units, end, 0.0, now], now))
         return True
+
+    def _grant(self, key: tuple[str, RateLimit], lease: list[float], now: float) -> None:
+        with self._lock:
+            self._put(key, lease, now)
+
+    def _give_back(self, key: tuple[str, RateLimit], held: list[float], units: int) -> None:
+        """Units a group took from `held` and rolled back: the lease's again, if it is
+        still the one in force (its row charged, nothing admitted against them)."""
+        with self._lock:
+            if self._held.get(key) is held:
+                held[0] += units
+
+    def _put(self, key: tuple[str, RateLimit], entry: list[float], now: float) -> None:
+        """Set `key`'s entry; past `_ENTRIES` keys (policies reloaded many times, many
+        keyed buckets) first drop those past every instant they hold."""
+        if len(self._held) > _ENTRIES:
+            self._held = {k: v for k, v in self._held.items() if max(v[1], v[2]) >= now}
+        self._held[key] = entry

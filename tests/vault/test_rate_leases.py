@@ -45,11 +45,19 @@ class _Bucket:
         return True
 
 
+_OUTCOMES = ("commits", "rolls back", "commit fails")
+Group = tuple[int, int, float, str]
+Run = tuple[RateLimit, list[Group], list[float]]
+
+
 @st.composite
-def _runs(draw: st.DrawFn) -> tuple[RateLimit, list[tuple[int, int, float, bool]]]:
+def _runs(draw: st.DrawFn) -> Run:
     """A limit, and groups of three workers: (worker, cost, seconds since the group
-    before, whether its commit succeeds). Costs up to the burst, pauses up to a few
-    leases' lives: a lease must not outlive what it was charged as."""
+    before, its outcome). Costs up to the burst, pauses up to a few leases' lives and
+    now and then a wall clock stepped back: a lease must not outlive what it was
+    charged as. A group rolled back before its COMMIT gives back what it took of a
+    lease (another caller's refused charge reruns it, review 44); one whose COMMIT
+    failed gives back nothing and is granted nothing."""
     burst = draw(st.integers(LEASE_MIN_BURST, 40_000))
     per_second = draw(st.sampled_from([1.0, 50.0, 1000.0, 20_000.0, 1_000_000.0]))
     limit = RateLimit(per_second=per_second, burst=burst)
@@ -57,10 +65,12 @@ def _runs(draw: st.DrawFn) -> tuple[RateLimit, list[tuple[int, int, float, bool]
     group = st.tuples(
         st.integers(0, 2),
         st.one_of(st.integers(1, 8), st.integers(1, burst), st.just(burst)),
-        st.one_of(st.just(0.0), st.floats(0, 3 * life), st.floats(0, 0.2)),
-        st.booleans(),
+        st.one_of(st.just(0.0), st.floats(0, 3 * life), st.floats(0, 0.2), st.floats(-2 * life, 0)),
+        st.sampled_from(_OUTCOMES),
     )
-    return limit, draw(st.lists(group, min_size=1, max_size=200))
+    # Each worker's clock off by its own amount (nodes under NTP, review 44).
+    skews = draw(st.lists(st.one_of(st.just(0.0), st.floats(-0.5, 0.5)), min_size=3, max_size=3))
+    return limit, draw(st.lists(group, min_size=1, max_size=200)), skews
 
 
 # The attack on a lease charged at its taking: worker 0 leases on a full bucket; before
@@ -68,27 +78,36 @@ def _runs(draw: st.DrawFn) -> tuple[RateLimit, list[tuple[int, int, float, bool]
 # still answers from its lease, a call beyond the limit.
 _REFILLED = (
     RateLimit(per_second=1000, burst=20_000),
-    [(0, 1, 0.0, True), (1, 20_000, 0.08, True), (0, 1, 0.0, True)],
+    [(0, 1, 0.0, "commits"), (1, 20_000, 0.08, "commits"), (0, 1, 0.0, "commits")],
+    [0.0, 0.0, 0.0],
+)
+# Review 44: a wall clock stepped back 2 s (an NTP step) into the time before a lease
+# was taken; the lease answered, at that instant, units charged as used 3 s later.
+_STEPPED_BACK = (
+    RateLimit(per_second=1000, burst=1024),
+    [(0, 1000, 0.0, "commits"), (0, 1, 1.0, "commits"), (0, 16, -2.0, "commits")],
+    [0.0, 0.0, 0.0],
 )
 
 
 @settings(max_examples=500, deadline=None)
 @given(_runs())
 @example(_REFILLED)
-def test_leased_admissions_never_exceed_the_limit(
-    run: tuple[RateLimit, list[tuple[int, int, float, bool]]],
-) -> None:
+@example(_STEPPED_BACK)
+def test_leased_admissions_never_exceed_the_limit(run: Run) -> None:
     """Every group the leases and the bucket admitted, replayed through an exact GCRA
     at its instant, conforms: nothing admitted beyond the limit."""
-    limit, groups = run
+    limit, groups, skews = run
     bucket = _Bucket(limit)
     leases = [RateLeases() for _ in range(3)]
-    now = 1_780_000_000.0
+    real = 1_780_000_000.0
     admitted: list[tuple[float, int]] = []
-    for worker, cost, elapsed, commits in groups:
-        now += elapsed
+    for worker, cost, elapsed, outcome in groups:
+        real += elapsed
+        now = real + skews[worker]
         before = bucket.tat
         granted: list[Callable[[], None]] = []
+        given_back: list[Callable[[], None]] = []
         covered = leases[worker].charge(
             "spiffe://cofre/thief",
             limit,
@@ -96,10 +115,13 @@ def test_leased_admissions_never_exceed_the_limit(
             now,
             run=lambda start, units, now=now: bucket.charge(start, units, now),
             on_commit=granted.append,
+            on_rollback=given_back.append,
         )
         ok = covered or bucket.charge(now, cost, now)
-        if not commits:
+        if outcome != "commits":
             bucket.tat = before
+            for step in given_back if outcome == "rolls back" else ():
+                step()
             continue
         for grant in granted:
             grant()
@@ -108,6 +130,60 @@ def test_leased_admissions_never_exceed_the_limit(
     exact = _Bucket(limit)
     for when, cost in admitted:
         assert exact.charge(when, cost, when), (when, cost, admitted)
+
+
+def test_a_group_rolled_back_gives_its_lease_units_back() -> None:
+    """Review 44: what a rolled-back group took of a lease is the lease's again; a
+    group whose COMMIT failed gives nothing back (the database may have it)."""
+    limit = RateLimit(per_second=1, burst=1024)
+    units, _ = lease_of(limit)
+    bucket, leases, now = _Bucket(limit), RateLeases(), 1_780_000_000.0
+
+    def charge(cost: int) -> tuple[bool, list[Callable[[], None]], list[Callable[[], None]]]:
+        granted: list[Callable[[], None]] = []
+        given_back: list[Callable[[], None]] = []
+        covered = leases.charge(
+            "spiffe://cofre/victim",
+            limit,
+            cost,
+            now,
+            run=lambda start, n: bucket.charge(start, n, now),
+            on_commit=granted.append,
+            on_rollback=given_back.append,
+        )
+        return covered, granted, given_back
+
+    covered, granted, _ = charge(1)
+    assert covered
+    granted[0]()
+    tat = bucket.tat
+    for _ in range(3):
+        covered, _, given_back = charge(units)  # the whole lease, rolled back each time
+        assert covered
+        given_back[0]()
+    assert charge(units)[0]  # still all there: no statement
+    assert bucket.tat == tat
+    covered, _, given_back = charge(1)  # spent: a new lease, taken with this group
+    assert covered
+    assert bucket.tat > tat
+
+
+def test_refusals_do_not_grow_the_memory() -> None:
+    """Review 44: a key whose lease is refused (its row not there yet: a keyed bucket
+    per capture address, were its burst set past 1,024) left an entry, pruned by
+    grants only: 50,000 addresses, 50,000 entries."""
+    leases, limit, now = RateLeases(), RateLimit(per_second=2, burst=1024), 1_780_000_000.0
+    for i in range(5000):
+        leases.charge(
+            f"capture-address 2001:db8:{i:x}::/64",
+            limit,
+            1,
+            now + i,
+            run=lambda _start, _units: False,
+            on_commit=lambda _step: None,
+            on_rollback=lambda _step: None,
+        )
+    assert len(leases._held) <= 1025
 
 
 def test_a_lease_is_small_against_the_burst() -> None:

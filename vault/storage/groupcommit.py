@@ -56,6 +56,7 @@ MAX_GROUP: Final = 128
 _BEFORE_COMMIT: Final = "cofre.before_commit"
 _BEFORE_RERUN: Final = "cofre.before_rerun"
 _AFTER_COMMIT: Final = "cofre.after_commit"
+_AFTER_ROLLBACK: Final = "cofre.after_rollback"
 # PostgreSQL's query_canceled (statement_timeout) and lock_not_available (lock_timeout).
 _TIMEOUT_SQLSTATES: Final = frozenset({"57014", "55P03"})
 
@@ -105,14 +106,30 @@ def after_commit(connection: Connection) -> list[Callable[[], None]] | None:
     return steps
 
 
+def after_rollback(connection: Connection) -> list[Callable[[], None]] | None:
+    """The steps the unguarded run of a group on `connection` runs if it rolled back
+    before its COMMIT (an operation or a deferred step raised; the group then runs
+    again guarded), in the order left; None outside such a run. What the run spent in
+    the process's memory for a work now undone is given back there (a rate lease's
+    units). Not run when the COMMIT itself fails: the database may have made it
+    durable. A step must not raise."""
+    steps: list[Callable[[], None]] | None = connection.info.get(_AFTER_ROLLBACK)
+    return steps
+
+
 @contextlib.contextmanager
-def _after_commit_steps(connection: Connection) -> Iterator[list[Callable[[], None]]]:
-    steps: list[Callable[[], None]] = []
-    connection.info[_AFTER_COMMIT] = steps
+def _outcome_steps(
+    connection: Connection,
+    committed: list[Callable[[], None]],
+    rolled_back: list[Callable[[], None]],
+) -> Iterator[None]:
+    connection.info[_AFTER_COMMIT] = committed
+    connection.info[_AFTER_ROLLBACK] = rolled_back
     try:
-        yield steps
+        yield
     finally:
         connection.info.pop(_AFTER_COMMIT, None)
+        connection.info.pop(_AFTER_ROLLBACK, None)
 
 
 @contextlib.contextmanager
@@ -295,6 +312,7 @@ class GroupCommitter:
             return False
         held: HeldNotes = []
         committed: list[Callable[[], None]] = []
+        rolled_back: list[Callable[[], None]] = []
         with connection:
             try:
                 transaction = connection.begin()
@@ -312,7 +330,7 @@ class GroupCommitter:
                     notes_on_commit(connection, held),
                     deferred_appends(connection) as flush_audit,
                     _rerun_steps(connection, rerun),
-                    _after_commit_steps(connection) as committed,
+                    _outcome_steps(connection, committed, rolled_back),
                     _deferred_steps(connection) as run_steps,
                 ):
                     results = _run_group(connection, group)
@@ -321,6 +339,8 @@ class GroupCommitter:
             except BaseException:  # noqa: BLE001 - the guarded path finds whose it was
                 with contextlib.suppress(Exception):  # a broken connection rolls back alone
                     connection.rollback()
+                for step in rolled_back:
+                    step()
                 return False
             try:
                 transaction.commit()

@@ -2,18 +2,21 @@
 commit group is durable (a rate lease, `vault._rate_leases`): its steps run after the
 group's commit succeeded, and never for a group that rolled back, that ran again guarded
 or whose commit failed. A lease granted for a rolled-back charge would admit calls no
-row was charged for."""
+row was charged for. And `after_rollback` (review 44), what a group's first run spent in
+memory and gives back when it rolls back before its COMMIT: run then only, not after a
+commit and not when the COMMIT itself failed (the database may have made it durable)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import Connection, Engine, text
 
-from tests.support.groups import one_group
+from tests.support.groups import in_one_group
 from vault.storage.database import create_database_engine
-from vault.storage.groupcommit import GroupCommitter, after_commit
+from vault.storage.groupcommit import GroupCommitter, after_commit, after_rollback
 
 
 def _engine(url: str) -> Iterator[Engine]:
@@ -49,15 +52,19 @@ class _Steps:
         self.engine = engine
         self.ran: list[tuple[int, set[int]]] = []
         self.outside: list[int] = []  # operations run where there was no such list
+        self.given_back: list[int] = []
 
     def insert(self, item: int) -> Callable[[Connection], int]:
         def work(c: Connection) -> int:
             c.execute(text("INSERT INTO items (id) VALUES (:id)"), {"id": item})
-            steps = after_commit(c)
-            if steps is None:
+            steps, undone = after_commit(c), after_rollback(c)
+            if steps is None or undone is None:
+                assert steps is None
+                assert undone is None
                 self.outside.append(item)
             else:
                 steps.append(lambda: self.ran.append((item, _rows(self.engine))))
+                undone.append(lambda: self.given_back.append(item))
             return item
 
         return work
@@ -75,7 +82,7 @@ def _once(c: Connection) -> int:
 def _group(engine: Engine, works: list[Callable[[Connection], int]]) -> list[object]:
     committer = GroupCommitter(engine)
     try:
-        futures = one_group(committer, works)
+        futures = in_one_group(committer, [functools.partial(committer.run, w) for w in works])
     finally:
         committer.close()
     return [f.exception() or f.result() for f in futures]
@@ -86,15 +93,17 @@ def test_steps_run_once_the_group_is_durable(engine: Engine) -> None:
     assert _group(engine, [steps.insert(1), steps.insert(2)]) in ([1, 2], [2, 1])
     # Each step saw both rows from a connection of its own: committed before it ran.
     assert sorted(steps.ran) == [(1, {1, 2}), (2, {1, 2})]
+    assert steps.given_back == []
 
 
 def test_no_step_of_a_group_that_ran_again_guarded(engine: Engine) -> None:
     steps = _Steps(engine)
-    answers = _group(engine, [steps.insert(1), _fail, steps.insert(2)])
+    answers = _group(engine, [steps.insert(1), steps.insert(2), _fail])  # in this order
     assert 1 in answers
     assert 2 in answers
     # The first run's steps went with its rollback; the guarded run has no such list.
     assert steps.ran == []
+    assert sorted(steps.given_back) == [1, 2]  # what the first run spent, given back
     assert sorted(steps.outside) == [1, 2]
     assert _rows(engine) == {1, 2}
 
@@ -104,4 +113,5 @@ def test_no_step_of_a_group_whose_commit_failed(pg_engine: Engine) -> None:
     answers = _group(pg_engine, [_once, _once, steps.insert(3)])  # the COMMIT fails
     assert all(isinstance(a, Exception) for a in answers)
     assert steps.ran == []
+    assert steps.given_back == []
     assert _rows(pg_engine) == set()
