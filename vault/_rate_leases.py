@@ -20,7 +20,10 @@ arguments), so every call admitted conforms to the limit, as the exact charge's 
 an exact GCRA). What it costs a caller: a bucket shows up to `held_units` fewer units of
 room per worker (its lease and the instant it is charged at), so a caller at its limit
 may be refused that much early, and a lease not used in its life is spent, not given
-back. Both are at most 1/32 of the burst per worker; buckets of bursts under
+back. Both are at most 1/32 of the burst per worker, and a worker leases only while its
+calls use leases up (`_Lease.demanded`: a lease left unused sends it back to exact
+charges until a lease's life brings a lease's worth of calls), so unused leases cannot
+outrun the rate (review 44b). Buckets of bursts under
 `LEASE_MIN_BURST` are charged exactly, as before. A group that rolls back before its
 COMMIT (it runs again guarded, charging each call exactly) gives back the units it
 took (`vault.storage.groupcommit.after_rollback`, review 44).
@@ -32,6 +35,7 @@ import functools
 import math
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 from policies.models import RateLimit
@@ -96,15 +100,36 @@ def held_units(limit: RateLimit) -> float:
     return units + seconds * limit.per_second
 
 
+@dataclass
+class _Lease:
+    """A worker's lease of one bucket, and what decides whether it takes the next."""
+
+    left: int = 0  # units left
+    taken: float = 0.0  # the instants it may be used between
+    until: float = -math.inf
+    generation: int = 0  # one more per grant: a give-back goes to its own lease only
+    retry: float = 0.0  # no lease tried before (the bucket lacked room for one)
+    # While not None: the start of a window of one lease's life and the units this
+    # worker charged exactly in it; a lease is taken once they reach a lease's worth.
+    since: float | None = None
+    demand: int = 0
+
+    def demanded(self, cost: int, now: float, seconds: float, units: int) -> bool:
+        if self.since is None:
+            return True
+        if now < self.since or now - self.since > seconds:
+            self.since, self.demand = now, 0
+        self.demand += cost
+        return self.demand >= units
+
+
 class RateLeases:
-    """One process's leases, by identity and limit: units left, the instants they may
-    be used between, and the instant before which no new one is tried. Read and
-    written by the committer threads (`_lock`)."""
+    """One process's leases, by identity and limit. Read and written by the committer
+    threads (`_lock`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # (identity, limit) -> [units left, usable until, no new lease before, taken at]
-        self._held: dict[tuple[str, RateLimit], list[float]] = {}
+        self._held: dict[tuple[str, RateLimit], _Lease] = {}
 
     def charge(
         self,
@@ -123,56 +148,77 @@ class RateLeases:
         if it rolls back before its COMMIT (`on_rollback`; review 44: a group rerun
         after another caller's refused charge spent the lease's units and then charged
         the same calls again, and such neighbours halved a caller's limit). False:
-        charge the bucket exactly (no lease for this limit, or the bucket lacks room
-        for one: none is tried again for the lease's life).
+        charge the bucket exactly.
 
         A lease is used only between the instant it was taken and its end: a wall
         clock stepped back would otherwise admit, at an earlier instant, units charged
-        as though used later (review 44)."""
+        as though used later (review 44). A new lease is taken only while this
+        worker's calls use leases up: at first, and after a lease ended with units
+        unused, the worker charges exactly until a lease's life brings a lease's
+        worth of calls (review 44b: a caller whose calls came more than a life apart
+        took a lease with each and left it unused, and the units spent so outran the
+        rate that a later burst was refused after 65 calls of a room of 994)."""
         units, seconds = lease_of(limit)
         if units == 0:
             return False
         key = (identity, limit)
         with self._lock:
-            held = self._held.get(key)
-            usable = held is not None and held[3] <= now <= held[1]
-            if held is not None and usable and held[0] >= cost:
-                held[0] -= cost
-                on_rollback(functools.partial(self._give_back, key, held, cost))
+            lease = self._held.get(key)
+            if lease is None:
+                lease = _Lease(since=now)
+                self._put(key, lease, now)
+            usable = lease.taken <= now <= lease.until
+            if usable and lease.left >= cost:
+                lease.left -= cost
+                on_rollback(functools.partial(self._give_back, lease, lease.generation, cost))
                 return True
-            if held is not None and now < held[2]:
+            if not usable and lease.left > 0:  # ended with units unused: they are spent
+                lease.left, lease.since, lease.demand = 0, now, 0
+            if not lease.demanded(cost, now, seconds, units) or now < lease.retry:
                 return False
-            left = int(held[0]) if held is not None and usable else 0
-            if held is not None and left:
-                held[0] -= left  # toward this group's charge below
+            left, generation = (lease.left, lease.generation) if usable else (0, -1)
+            lease.left -= left  # toward this group's charge below
         end = now + seconds
-        if not run(end, cost - left + units):
+        try:
+            charged = run(end, cost - left + units)
+        except BaseException:
+            self._give_back(lease, generation, left)  # the statement failed: nothing moved
+            raise
+        if not charged:
+            self._give_back(lease, generation, left)  # kept: this group is charged exactly
             with self._lock:
-                if held is not None and self._held.get(key) is held:
-                    held[0] += left  # the lease keeps them: this group is charged exactly
-                    held[2] = end
-                else:
-                    self._put(key, [0, 0.0, end, now], now)
+                lease.retry = end
             return False
-        if held is not None and left:
-            on_rollback(functools.partial(self._give_back, key, held, left))
-        on_commit(functools.partial(self._grant, key, [units, end, 0.0, now], now))
+        on_rollback(functools.partial(self._give_back, lease, generation, left))
+        on_commit(functools.partial(self._grant, key, lease, units, now, end))
         return True
 
-    def _grant(self, key: tuple[str, RateLimit], lease: list[float], now: float) -> None:
+    def _grant(
+        self, key: tuple[str, RateLimit], lease: _Lease, units: int, now: float, end: float
+    ) -> None:
         with self._lock:
+            lease.left, lease.taken, lease.until = units, now, end
+            lease.generation += 1
+            lease.since, lease.demand, lease.retry = None, 0, 0.0
             self._put(key, lease, now)
 
-    def _give_back(self, key: tuple[str, RateLimit], held: list[float], units: int) -> None:
-        """Units a group took from `held` and rolled back: the lease's again, if it is
-        still the one in force (its row charged, nothing admitted against them)."""
+    def _give_back(self, lease: _Lease, generation: int, units: int) -> None:
+        """Units a group took from the lease of `generation` and did not use: that
+        lease's again, if it is still the one in force (its row charged, nothing
+        admitted against them)."""
         with self._lock:
-            if self._held.get(key) is held:
-                held[0] += units
+            if units and lease.generation == generation:
+                lease.left += units
 
-    def _put(self, key: tuple[str, RateLimit], entry: list[float], now: float) -> None:
-        """Set `key`'s entry; past `_ENTRIES` keys (policies reloaded many times, many
-        keyed buckets) first drop those past every instant they hold."""
-        if len(self._held) > _ENTRIES:
-            self._held = {k: v for k, v in self._held.items() if max(v[1], v[2]) >= now}
-        self._held[key] = entry
+    def _put(self, key: tuple[str, RateLimit], lease: _Lease, now: float) -> None:
+        """Keep `key`'s lease; past `_ENTRIES` keys (policies reloaded many times, many
+        keyed buckets) first drop those past every instant they hold (a dropped one
+        starts over: exact charges until a lease's worth of calls)."""
+        if key not in self._held and len(self._held) > _ENTRIES:
+            horizon = now - LEASE_SECONDS
+            self._held = {
+                k: v
+                for k, v in self._held.items()
+                if max(v.until, v.retry, v.since or -math.inf) >= horizon
+            }
+        self._held[key] = lease

@@ -153,7 +153,9 @@ def test_a_group_rolled_back_gives_its_lease_units_back() -> None:
         )
         return covered, granted, given_back
 
-    covered, granted, _ = charge(1)
+    assert not charge(units - 1)[0]  # less than a lease's worth of calls: exact
+    bucket.charge(now, units - 1, now)
+    covered, granted, _ = charge(1)  # a lease's worth: this group takes one
     assert covered
     granted[0]()
     tat = bucket.tat
@@ -239,14 +241,21 @@ def _tokenize(vault: VaultService) -> bool:
 def test_two_workers_lease_and_the_limit_holds(engine: Engine, workers: list[VaultService]) -> None:
     one, two = workers
     units, _ = lease_of(RateLimit(per_second=1, burst=1024))
+    # A worker charges exactly until a lease's life brings a lease's worth of calls
+    # (the clock stands still: one life); that call's group takes a lease.
+    for _ in range(units - 1):
+        before = _tat(engine)
+        assert _tokenize(one)
+        assert _tat(engine) == before + 1  # one unit at a time
     assert _tokenize(one)  # its group takes a lease: the call and `units` more
     leased = _tat(engine)
+    assert leased > before + units
     for _ in range(units):  # the lease answers these: the row does not move
         assert _tokenize(one)
     assert _tat(engine) == leased
     assert _tokenize(one)  # spent: the next group leases again
     assert _tat(engine) > leased
-    admitted, refused_in_a_row, turn = units + 2, 0, 0
+    admitted, refused_in_a_row, turn = 2 * units + 1, 0, 0
     while refused_in_a_row < 2:  # both workers refuse: what their leases held is spent
         ok = _tokenize(workers[turn % 2])
         admitted += ok
