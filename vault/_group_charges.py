@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import Connection
 
 from policies.models import Quota, RateLimit
-from vault._rate_leases import CHARGE_SQL, rounding
-from vault.storage.groupcommit import after_commit, after_rollback
 from vault.storage.rawsql import fetch_all
 
 if TYPE_CHECKING:
@@ -89,40 +87,12 @@ class GroupCharges:
         for _, rates, quotas in self._in_order():
             for identity, limit in rates:
                 cost, now, clock = self._sums[(identity, limit)]
-                if not self._leased(identity, limit, cost, now):
-                    self._limits.charge_rate(
-                        self._connection, identity, limit, cost, now, clock=clock
-                    )
+                self._limits.charge_rate(self._connection, identity, limit, cost, now, clock=clock)
             for identity, quota, counter in quotas:
                 cost, day_now = self._quotas[(identity, quota, counter)]
                 self._limits.charge_quota(
                     self._connection, identity, quota, cost, day_now, counter=counter
                 )
-
-    def _leased(self, identity: str, limit: RateLimit, cost: int, now: float) -> bool:
-        """Whether this worker's lease of the bucket covered `cost` (`vault._rate_leases`),
-        taking a new one if the bucket has room; False: charge it exactly."""
-        committed, rolled_back = after_commit(self._connection), after_rollback(self._connection)
-        if committed is None or rolled_back is None:
-            return False
-        interval = 1.0 / limit.per_second
-        tolerance = limit.burst * interval
-        room = tolerance + rounding(now, tolerance)
-
-        def run(start: float, units: int) -> bool:
-            step = units * interval
-            charge = [start, start, step, identity, start, start, step, now, room]
-            return bool(fetch_all(self._connection, CHARGE_SQL, charge))
-
-        return self._limits.leases.charge(
-            identity,
-            limit,
-            cost,
-            now,
-            run=run,
-            on_commit=committed.append,
-            on_rollback=rolled_back.append,
-        )
 
     def lock_for_rerun(self, connection: Connection) -> None:
         """Lock, on the guarded run's `connection`, the rows this group's first run

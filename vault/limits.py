@@ -14,10 +14,7 @@ one limit, not N.
   PostgreSQL the other worker's group waited 10-14 ms a charge for that lock). If the
   sum is refused the group runs again with each operation charged at once, so exactly
   the operations within the limit pass, as without the grouping; that run first locks
-  the group's rows in the same order (`vault._group_charges`, session 38). A bucket of
-  a large burst is charged ahead: the sum and a lease a worker's next groups use with
-  no statement, charged as though used at its end so that the limit holds
-  (`vault._rate_leases`, session 44).
+  the group's rows in the same order (`vault._group_charges`, session 38).
 - **Quotas** are fixed UTC-day counters, bumped by a conditional ``UPDATE``.
 - **The oracle guard** remembers, per identity, BIN/last-four bucket and window, which
   distinct PANs (by their HMAC fingerprint) were sent where the answer depends on what
@@ -51,9 +48,6 @@ from policies.errors import RateLimited
 from policies.models import OracleGuard, Quota, RateLimit
 from vault._early_room import EARLY_ROOM_ENTRIES, EarlyRoom
 from vault._group_charges import GroupCharges
-from vault._rate_leases import CHARGE_SQL as _CHARGE_SQL
-from vault._rate_leases import RateLeases
-from vault._rate_leases import rounding as _rounding
 from vault.errors import OracleSuspected, QuotaExceeded
 from vault.pan import Pan
 from vault.storage.groupcommit import before_commit, before_rerun
@@ -97,6 +91,14 @@ _GROUP_CHARGES: Final = "rate charges"
 # The statements every tokenize and detokenize runs inside the group commit, built once:
 # building and cache-keying SQLAlchemy expressions per call was a tenth of the
 # committer thread's time in issue 21's profile.
+# The GCRA step in one conditional UPDATE, on the driver's cursor (`vault.storage.rawsql`,
+# like the oracle guard's): the committer runs it for every operation, and SQLAlchemy's
+# execute of the expression cost ~0.12 ms of Python a call (issue 21). RETURNING says
+# whether the row moved (SQLite has it since 3.35).
+_CHARGE_SQL: Final = (
+    "UPDATE rate_state SET tat = CASE WHEN tat > ? THEN tat ELSE ? END + ? "
+    "WHERE identity = ? AND CASE WHEN tat > ? THEN tat ELSE ? END + ? - ? <= ? RETURNING 1"
+)
 # The bucket's read, on the driver's cursor too (`check_rate` runs before every tokenize).
 _TAT_SQL: Final = "SELECT tat FROM rate_state WHERE identity = ?"
 # The same on SQLite and PostgreSQL; "window" is quoted, a keyword in both. Another
@@ -174,6 +176,15 @@ def _gcra(limit: RateLimit, cost: int) -> tuple[float, float, float]:
     return interval, cost * interval, tolerance
 
 
+def _rounding(now: float, tolerance: float) -> float:
+    """What the bucket's float arithmetic may round against a call: ``tat + increment -
+    now`` is computed at the scale of the epoch seconds (an ulp of 2.4e-7 s today),
+    so a call of exactly the burst on a full bucket could come out a hair above the
+    tolerance and be refused 'retry after 0.00s'. Four ulps of that scale are let
+    through, a few microseconds' credit at most."""
+    return 4 * math.ulp(abs(now) + tolerance)
+
+
 def _rate_limited(limit: RateLimit, retry_after: float) -> RateLimited:
     return RateLimited(
         f"rate limit of {limit.per_second:g}/s (burst {limit.burst}) exceeded; "
@@ -244,7 +255,6 @@ class Limits:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.early = EarlyRoom(clock)
-        self.leases = RateLeases()  # this process's leases of buckets (`GroupCharges`)
         # (identity, counter, daily limit) -> (day, units left when a charge was refused),
         # oldest first; read and written by request threads (`_quota_lock`).
         self._quota_left: dict[tuple[str, str, int], tuple[int, int]] = {}

@@ -72,7 +72,6 @@ class _Recording(Limits):
     its transaction had made by then."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.made: list[tuple[str, int, int]] = []
 
     def charge_rate(

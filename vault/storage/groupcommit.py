@@ -55,8 +55,6 @@ T = TypeVar("T")
 MAX_GROUP: Final = 128
 _BEFORE_COMMIT: Final = "cofre.before_commit"
 _BEFORE_RERUN: Final = "cofre.before_rerun"
-_AFTER_COMMIT: Final = "cofre.after_commit"
-_AFTER_ROLLBACK: Final = "cofre.after_rollback"
 # PostgreSQL's query_canceled (statement_timeout) and lock_not_available (lock_timeout).
 _TIMEOUT_SQLSTATES: Final = frozenset({"57014", "55P03"})
 
@@ -95,41 +93,6 @@ def before_rerun(connection: Connection) -> dict[str, Callable[[Connection], Non
     needs."""
     steps: dict[str, Callable[[Connection], None]] | None = connection.info.get(_BEFORE_RERUN)
     return steps
-
-
-def after_commit(connection: Connection) -> list[Callable[[], None]] | None:
-    """The steps the unguarded run of a group on `connection` runs once its commit
-    succeeded, in the order left; None outside such a run. What a process may only
-    believe of the database once the group is durable goes there (a rate lease,
-    `vault._rate_leases`); a step must not raise."""
-    steps: list[Callable[[], None]] | None = connection.info.get(_AFTER_COMMIT)
-    return steps
-
-
-def after_rollback(connection: Connection) -> list[Callable[[], None]] | None:
-    """The steps the unguarded run of a group on `connection` runs if it rolled back
-    before its COMMIT (an operation or a deferred step raised; the group then runs
-    again guarded), in the order left; None outside such a run. What the run spent in
-    the process's memory for a work now undone is given back there (a rate lease's
-    units). Not run when the COMMIT itself fails: the database may have made it
-    durable. A step must not raise."""
-    steps: list[Callable[[], None]] | None = connection.info.get(_AFTER_ROLLBACK)
-    return steps
-
-
-@contextlib.contextmanager
-def _outcome_steps(
-    connection: Connection,
-    committed: list[Callable[[], None]],
-    rolled_back: list[Callable[[], None]],
-) -> Iterator[None]:
-    connection.info[_AFTER_COMMIT] = committed
-    connection.info[_AFTER_ROLLBACK] = rolled_back
-    try:
-        yield
-    finally:
-        connection.info.pop(_AFTER_COMMIT, None)
-        connection.info.pop(_AFTER_ROLLBACK, None)
 
 
 @contextlib.contextmanager
@@ -311,8 +274,6 @@ class GroupCommitter:
         except Exception:  # noqa: BLE001 - the guarded path reports it
             return False
         held: HeldNotes = []
-        committed: list[Callable[[], None]] = []
-        rolled_back: list[Callable[[], None]] = []
         with connection:
             try:
                 transaction = connection.begin()
@@ -330,7 +291,6 @@ class GroupCommitter:
                     notes_on_commit(connection, held),
                     deferred_appends(connection) as flush_audit,
                     _rerun_steps(connection, rerun),
-                    _outcome_steps(connection, committed, rolled_back),
                     _deferred_steps(connection) as run_steps,
                 ):
                     results = _run_group(connection, group)
@@ -339,8 +299,6 @@ class GroupCommitter:
             except BaseException:  # noqa: BLE001 - the guarded path finds whose it was
                 with contextlib.suppress(Exception):  # a broken connection rolls back alone
                     connection.rollback()
-                for step in rolled_back:
-                    step()
                 return False
             try:
                 transaction.commit()
@@ -348,8 +306,6 @@ class GroupCommitter:
                 for op in group:
                     op.future.set_exception(exc)
                 return True
-        for step in committed:
-            step()
         release_notes(held)
         for op, result in zip(group, results, strict=True):
             op.future.set_result(result)
