@@ -136,20 +136,22 @@ _WORD_IN_RUN: Final = re.compile(
 )
 # What a text holds when it may hold a digit word, a cheap test before the run scan: a
 # run of letters (`_BEFORE`/`_AFTER`'s letters) that is a digit word, in the same engine
-# and case rules (a long s or a dotless i reads as s or i to IGNORECASE). Every word's match is
-# a whole run of letters, and a compound's (``forty-one``) begins with a tens word that
-# is one: the test says what a search of every word with its edges said, which cost
-# ~17 us a text against ~2.4 (session 44: 16% of the answer scan's CPU).
+# and case rules (a long s or a dotless i reads as s or i to IGNORECASE). Every word's
+# match is a whole run of letters, and a compound's (``forty-one``) begins with a tens
+# word that is one: the test says what a search of every word with its edges said, which
+# cost ~17 us a text against ~2.4 (session 44: 16% of the answer scan's CPU; a hostile
+# 1 MB of two-letter words, 500 -> 250 ms). The runs are read one at a time: a list of
+# them would hold a hostile text's 350,000 words at once.
 _LETTER_RUN: Final = re.compile(r"[^\W\d_]+")
-_SINGLE_WORDS: Final = [word for word in _IN_RUNS if word.isalpha()]
-_DIGIT_WORD: Final = re.compile(_alternatives(dict.fromkeys(_SINGLE_WORDS, "")), re.IGNORECASE)
+_SINGLE_WORDS: Final = {word: digits for word, digits in _IN_RUNS.items() if word.isalpha()}
+_DIGIT_WORD: Final = re.compile(_alternatives(_SINGLE_WORDS), re.IGNORECASE)
 _WORD_LENGTHS: Final = range(min(map(len, _SINGLE_WORDS)), max(map(len, _SINGLE_WORDS)) + 1)
 
 
 def _holds_digit_word(text: str) -> bool:
     return any(
-        len(run) in _WORD_LENGTHS and _DIGIT_WORD.fullmatch(run) is not None
-        for run in _LETTER_RUN.findall(text)
+        run.end() - run.start() in _WORD_LENGTHS and _DIGIT_WORD.fullmatch(run.group())
+        for run in _LETTER_RUN.finditer(text)
     )
 
 
