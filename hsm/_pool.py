@@ -88,6 +88,12 @@ class _KeyHandleRefused(Exception):
         self.name = name
 
 
+class _PoolShrank(Exception):
+    """The library a call just loaded is SoftHSM2 under another name (`hsm.session`'s
+    `_load`): the pool is one session now, and this call borrowed a place beyond it
+    before the library said so. It gives the place back and waits for the one."""
+
+
 class _PoolAnswering(Exception):
     """A readiness check found every session busy and the token answering their calls
     meanwhile (`hsm.session`): the HSM works, so the check passes without a call."""

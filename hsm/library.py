@@ -29,6 +29,17 @@ def pool_size_for(library: Path, requested: int) -> int:
     return 1 if is_softhsm(library) else max(1, requested)
 
 
+def softhsm_module(lib: Any) -> bool:
+    """Whether loaded library `lib` is SoftHSM2's own module, whatever its file name: its
+    ``C_GetInfo`` manufacturer says SoftHSM. python-pkcs11 initialised it with
+    ``C_Initialize(NULL)``, so it runs without locking and two threads on two sessions
+    corrupt its heap (session 45: a renamed copy, pooled because its name did not say
+    SoftHSM, aborted `cofre serve` at start, "malloc(): unaligned fastbin chunk"). A
+    module that forwards to SoftHSM2 after asking it for OS locking (the tests'
+    CloudHSM-behaviour shim) names itself."""
+    return _SOFTHSM_NAME in str(lib.manufacturer_id).casefold()
+
+
 def is_softhsm(library: Path) -> bool:
     """Whether `library` is SoftHSM2 loaded directly (by its file name, ``libsofthsm2``):
     a software token, pooled as one session here and refused by `cofre serve` unless

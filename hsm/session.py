@@ -11,9 +11,11 @@ and calls on different sessions run at once (python-pkcs11 releases the GIL in e
 SoftHSM2 is the exception. python-pkcs11 initialises the library with ``C_Initialize(NULL)``,
 so SoftHSM2 runs without internal locking, and two threads on two sessions crash it (see
 docs/cloudhsm.md). A library whose file name starts with ``libsofthsm2`` therefore
-gets a pool of one whatever the setting: every call is serialised, as before. (The test
-harness's CloudHSM-behaviour shim initialises SoftHSM2 with ``CKF_OS_LOCKING_OK``, so it
-is pooled like CloudHSM.)
+gets a pool of one whatever the setting: every call is serialised, as before; so does one
+under another name once its ``C_GetInfo`` says SoftHSM (`_load`, session 45: a renamed
+copy, pooled, corrupted its heap). (The test harness's CloudHSM-behaviour shim
+initialises SoftHSM2 with ``CKF_OS_LOCKING_OK`` and names itself, so it is pooled like
+CloudHSM.)
 
 Recovery. A call that fails because the session, token or library went away drops that
 session, retries once on a fresh one, and when the retry fails too re-initialises the
@@ -53,6 +55,7 @@ from hsm._pool import (
     _KeyHandleRefused,
     _PoolAnswering,
     _Pooled,
+    _PoolShrank,
     _SessionLost,
     _translated,
 )
@@ -72,6 +75,7 @@ from hsm.library import (
     pin_hint,
     pool_size_for,
     says_softhsm,
+    softhsm_module,
 )
 from hsm.mechanisms import WrapMechanisms
 from hsm.models import LibraryIdentity
@@ -171,6 +175,11 @@ class TokenSession(ReadinessChecks):
             else:
                 with self._initializing():
                     lib = self._load()
+        with self._mutex:
+            if self._busy > self.pool_size:
+                # Borrowed before the library said it is SoftHSM2 (`_load`): no call on
+                # it may run beside the one the pool now allows.
+                raise _PoolShrank
         try:
             token = lib.get_token(token_label=self._token_label)
         except p11e.NoSuchToken:
@@ -210,10 +219,16 @@ class TokenSession(ReadinessChecks):
         return session
 
     def _load(self) -> Any:
-        """The library, loaded (``C_Initialize``) unless it was. Raises `HSMUnavailable`."""
+        """The library, loaded (``C_Initialize``) unless it was. Raises `HSMUnavailable`.
+        SoftHSM2 under another name (`softhsm_module`) makes the pool one session from
+        then on, as its file name would have (`pool_size_for`)."""
         with self._lib_lock:
             if self._lib is None:
-                self._lib = load_library(self._library_path, self._softhsm_conf)
+                lib = load_library(self._library_path, self._softhsm_conf)
+                if self.pool_size > 1 and softhsm_module(lib):
+                    with self._mutex:
+                        self.pool_size = 1
+                self._lib = lib
             return self._lib
 
     def _check_pin_not_refused(self) -> None:
@@ -442,7 +457,8 @@ class TokenSession(ReadinessChecks):
             except HSMKeyUnavailable as again:
                 refused = again
 
-    def _run_pooled(self, operation: Callable[[Any], T], *, retry: bool) -> T:
+    # PLR0912: a branch per way a call on a session ends.
+    def _run_pooled(self, operation: Callable[[Any], T], *, retry: bool) -> T:  # noqa: PLR0912
         # The common case is one pass: borrow an idle session, run, give it back. No
         # generator, partial or extra frame per call: see `_run`.
         attempts = 2 if retry else 1
@@ -476,6 +492,9 @@ class TokenSession(ReadinessChecks):
                         f"token {self._token_label!r} refused a key handle "
                         f"({refused.name}): the key is not (or no longer) available"
                     ) from None
+                continue
+            except _PoolShrank:
+                attempt -= 1  # not a try of the call: it waits for the one place now
                 continue
             except _SessionLost as lost:
                 broken = True

@@ -40,7 +40,9 @@
  *    more answers CKR_SESSION_COUNT (ours). Closing one, C_CloseAllSessions or
  *    C_Finalize frees places.
  *  - C_Initialize(NULL) asks SoftHSM2 for OS locking (CKF_OS_LOCKING_OK), as a networked
- *    library that serves many threads would lock for itself.
+ *    library that serves many threads would lock for itself; C_GetInfo names this
+ *    module ("Cofre CloudHSM-behaviour shim"), not SoftHSM, whose unlocked module the
+ *    vault serialises (session 45; the slot and token still say SoftHSM).
  *  - COFRE_SHIM_LATENCY_US: microseconds slept before every forwarded call (the network
  *    round trip to a cluster).
  *  - COFRE_SHIM_KEY_AVAILABILITY_MS: a new token key is refused (CKR_KEY_HANDLE_INVALID,
@@ -628,6 +630,22 @@ static CK_RV shim_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app,
     return rv;
 }
 
+/* The module's own name (C_GetInfo's manufacturerID, blank-padded as PKCS#11 wants):
+ * this is not SoftHSM2's module but one that initialised it with OS locking, so the
+ * vault may call it from many threads, as it does CloudHSM's (hsm/session.py serialises
+ * a module that calls itself SoftHSM: python-pkcs11 leaves that one without locking).
+ * The slot and token still say SoftHSM, which `cofre serve` refuses without the
+ * software-token allowance. */
+static CK_RV shim_GetInfo(CK_INFO_PTR info) {
+    CK_RV rv = real->C_GetInfo(info);
+    if (rv == CKR_OK && info != NULL) {
+        static const char name[] = "Cofre CloudHSM-behaviour shim";
+        memset(info->manufacturerID, ' ', sizeof(info->manufacturerID));
+        memcpy(info->manufacturerID, name, sizeof(name) - 1);
+    }
+    return rv;
+}
+
 static CK_RV shim_CloseAllSessions(CK_SLOT_ID slot) {
     delay();
     CK_RV rv = real->C_CloseAllSessions(slot);
@@ -1070,6 +1088,7 @@ static void load(void) {
     shim = *real;
     shim.C_Initialize = shim_Initialize;
     shim.C_Finalize = shim_Finalize;
+    shim.C_GetInfo = shim_GetInfo;
     shim.C_CloseAllSessions = shim_CloseAllSessions;
     shim.C_GetMechanismList = shim_GetMechanismList;
     shim.C_GetMechanismInfo = shim_GetMechanismInfo;

@@ -101,7 +101,8 @@ class VaultProcess:
         ready_in_a_row = 0
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(f"cofre serve exited:\n{self.log.read_text()[-3000:]}")
+                code = self.process.returncode
+                pytest.fail(f"cofre serve exited ({code}):\n{self.log.read_text()[-3000:]}")
             try:
                 # A fresh connection each time, which the kernel hands to any worker:
                 # readiness is a worker's own, and with several workers one ready answer
@@ -230,6 +231,10 @@ def make_vault(
             # of the others' start-up writes. Several workers: tests/cofre_cli/
             # test_workers.py and the /metrics tests of tests/api/test_lifecycle.py.
             "COFRE_SERVER__WORKERS": "1",
+            # A native crash (session 45: CI once saw `cofre serve` die of SIGSEGV at
+            # start with a renamed SoftHSM2) writes every thread's Python stack to the
+            # log, which a failed start prints.
+            "PYTHONFAULTHANDLER": "1",
             # Where `cofre keys|evidence --as NAME` finds NAME's own token.
             **cli_env(token),
         }
