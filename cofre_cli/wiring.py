@@ -198,11 +198,6 @@ def record_key_creation(
             registry.register(connection, label, actor=actor, how=actor)
 
 
-def audit_signer(provider: HSMProvider) -> HSMTreeHeadSigner:
-    """The current audit signing key of the token, as a tree-head signer."""
-    return HSMTreeHeadSigner(provider)
-
-
 @dataclass
 class Runtime:
     """A running vault: everything `cofre serve` and the tests start and stop."""

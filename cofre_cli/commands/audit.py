@@ -29,11 +29,12 @@ audit_app = typer.Typer(
 def audit_sequence() -> None:
     """Integrate every queued entry into the tree now and sign a head for the new size."""
     from audit.sequencer import Sequencer
-    from cofre_cli.wiring import audit_signer, open_database, open_hsm
+    from cofre_cli._audit_key import vault_audit_signer
+    from cofre_cli.wiring import open_database, open_hsm
 
     settings = cli_settings()
     engine = open_database(settings)
-    sequencer = Sequencer(engine, audit_signer(open_hsm(settings)))
+    sequencer = Sequencer(engine, vault_audit_signer(settings, open_hsm(settings)))
     count = sequencer.drain()
     typer.echo(f"integrated {count} entries")
 
@@ -61,10 +62,11 @@ def audit_vkey() -> None:
     """Print the audit log's note verifier key (c2sp.org/signed-note, type 0x02 ECDSA):
     what each witness operator pins for this vault (`cofre witness serve --logs`)."""
     from audit.heads import log_origin, log_verifier_key
-    from cofre_cli.wiring import audit_signer, open_hsm
+    from cofre_cli._audit_key import vault_audit_signer
+    from cofre_cli.wiring import open_hsm
 
     settings = cli_settings()
-    pem = audit_signer(open_hsm(settings)).public_key_pem()
+    pem = vault_audit_signer(settings, open_hsm(settings)).public_key_pem()
     typer.echo(log_verifier_key(log_origin(settings.audit.log_id), pem).encode())
 
 
@@ -76,9 +78,11 @@ def audit_public_key(
     """Print the PEM public key of the audit log's current signing key (the HSM's newest
     audit key, as `vkey` and `export` use): what an auditor pins with `--public-key`
     (`cofre audit verify`, `cofre evidence verify`). Give it out of band."""
-    from cofre_cli.wiring import audit_signer, open_hsm
+    from cofre_cli._audit_key import vault_audit_signer
+    from cofre_cli.wiring import open_hsm
 
-    pem = audit_signer(open_hsm(cli_settings())).public_key_pem()
+    settings = cli_settings()
+    pem = vault_audit_signer(settings, open_hsm(settings)).public_key_pem()
     if out is None:
         typer.echo(pem.decode(), nl=False)
     else:
@@ -196,15 +200,16 @@ def audit_verify(
     (--unsafe-no-witness: the vault's own key alone)."""
     from audit.errors import AuditVerificationFailed
     from audit.store import AuditStore
+    from cofre_cli._audit_key import vault_audit_signer
     from cofre_cli.audit_trail import record_cli_read
     from cofre_cli.commands._audit_checks import check_kept_head, check_witnesses, read_pem
-    from cofre_cli.wiring import audit_signer, open_database, open_hsm
+    from cofre_cli.wiring import open_database, open_hsm
 
     settings = cli_settings()
     if public_key is not None:
         pem = read_pem(public_key)
     else:
-        pem = audit_signer(open_hsm(settings)).public_key_pem()
+        pem = vault_audit_signer(settings, open_hsm(settings)).public_key_pem()
     engine = open_database(settings)
     try:
         # Before the read, like every read of the log; unwritable, nothing is verified.
@@ -259,11 +264,12 @@ def audit_export(
     """Write every entry (with leaf hash), every signed head and the audit public key as
     JSON lines, for offline verification."""
     from audit.store import AuditStore
+    from cofre_cli._audit_key import vault_audit_signer
     from cofre_cli.audit_trail import private_export, record_cli_read, shown_path
-    from cofre_cli.wiring import audit_signer, open_database, open_hsm
+    from cofre_cli.wiring import open_database, open_hsm
 
     settings = cli_settings()
-    pem = audit_signer(open_hsm(settings)).public_key_pem()
+    pem = vault_audit_signer(settings, open_hsm(settings)).public_key_pem()
     engine = open_database(settings)
     # Recorded once the file is open and checked (a FIFO or a link is refused unread),
     # before a byte of the log is in it; a read that cannot be recorded leaves no file.
@@ -309,12 +315,13 @@ def _object_store(settings: Any, bucket: str | None) -> Any:
 
 
 def _public_key_pem(settings: Any, path: Path | None) -> bytes:
+    from cofre_cli._audit_key import vault_audit_signer
     from cofre_cli.commands._audit_checks import read_pem
-    from cofre_cli.wiring import audit_signer, open_hsm
+    from cofre_cli.wiring import open_hsm
 
     if path is not None:
         return read_pem(path)
-    return audit_signer(open_hsm(settings)).public_key_pem()
+    return vault_audit_signer(settings, open_hsm(settings)).public_key_pem()
 
 
 @audit_app.command("partitions")

@@ -139,10 +139,10 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 def _start_witness(data_dir: Path, settings: Any, provider: Any) -> Any:
     """Start the dev witness trusting this vault's audit key (`cofre_cli.devwitness`)."""
     from audit.heads import log_origin, log_verifier_key
+    from cofre_cli._audit_key import vault_audit_signer
     from cofre_cli.devwitness import start_dev_witness
-    from cofre_cli.wiring import audit_signer
 
-    pem = audit_signer(provider).public_key_pem()
+    pem = vault_audit_signer(settings, provider).public_key_pem()
     vkey = log_verifier_key(log_origin(settings.audit.log_id), pem).encode()
     return start_dev_witness(data_dir, vkey)
 

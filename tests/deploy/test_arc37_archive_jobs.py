@@ -173,7 +173,7 @@ def test_neither_job_gets_the_hsm(target: str) -> None:
     configuration, a PKCS#11 setting or a route to the HSM's ports."""
     assert "open_hsm" not in inspect.getsource(audit_commands.audit_archive)
     helper = inspect.getsource(audit_commands._public_key_pem)
-    assert helper.index("return read_pem(path)") < helper.index("audit_signer(open_hsm(")
+    assert helper.index("return read_pem(path)") < helper.index("vault_audit_signer(settings, ")
     objects = _objects(target)
     args = _container(objects[RETIRE])["args"]
     key = Path(args[args.index("--public-key") + 1])
