@@ -56,9 +56,19 @@ def audit_head() -> None:
     typer.echo(json.dumps(head.as_json(), indent=2))
 
 
+BeforeFirstStartOpt = Annotated[
+    bool,
+    typer.Option(
+        "--before-first-start",
+        help="On a node whose key registry holds no key yet (never started, no `cofre hsm "
+        "init`): print the token's newest audit key, unchecked, with a warning.",
+    ),
+]
+
+
 @audit_app.command("vkey")
 @fail_cleanly
-def audit_vkey() -> None:
+def audit_vkey(before_first_start: BeforeFirstStartOpt = False) -> None:
     """Print the audit log's note verifier key (c2sp.org/signed-note, type 0x02 ECDSA):
     what each witness operator pins for this vault (`cofre witness serve --logs`)."""
     from audit.heads import log_origin, log_verifier_key
@@ -66,7 +76,9 @@ def audit_vkey() -> None:
     from cofre_cli.wiring import open_hsm
 
     settings = cli_settings()
-    pem = vault_audit_signer(settings, open_hsm(settings)).public_key_pem()
+    provider = open_hsm(settings)
+    signer = vault_audit_signer(settings, provider, before_first_start=before_first_start)
+    pem = signer.public_key_pem()
     typer.echo(log_verifier_key(log_origin(settings.audit.log_id), pem).encode())
 
 
@@ -74,15 +86,19 @@ def audit_vkey() -> None:
 @fail_cleanly
 def audit_public_key(
     out: Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.")] = None,
+    before_first_start: BeforeFirstStartOpt = False,
 ) -> None:
-    """Print the PEM public key of the audit log's current signing key (the HSM's newest
-    audit key, as `vkey` and `export` use): what an auditor pins with `--public-key`
-    (`cofre audit verify`, `cofre evidence verify`). Give it out of band."""
+    """Print the PEM public key of the audit log's current signing key (the vault's:
+    its newest verified handover's, else its newest registered audit key, as `vkey` and
+    `export` use): what an auditor pins with `--public-key` (`cofre audit verify`,
+    `cofre evidence verify`). Give it out of band."""
     from cofre_cli._audit_key import vault_audit_signer
     from cofre_cli.wiring import open_hsm
 
     settings = cli_settings()
-    pem = vault_audit_signer(settings, open_hsm(settings)).public_key_pem()
+    provider = open_hsm(settings)
+    signer = vault_audit_signer(settings, provider, before_first_start=before_first_start)
+    pem = signer.public_key_pem()
     if out is None:
         typer.echo(pem.decode(), nl=False)
     else:

@@ -10,17 +10,25 @@ rewritten log, signed with it, then verifies under what the auditor pinned), and
 audit sequence` signed the log's heads with it. The vault's own signer (`cofre serve`)
 takes the key the newest verified handover introduced, else the newest *registered*
 audit key; the CLI now builds that same signer (`cofre_cli._audit_key`).
+
+And it never falls back to the token's newest on the database's word alone (review 45,
+helper): with the SQLite file moved away for the length of the command, or the registry
+emptied by a writer, the first version printed the planted key, exit 0. Now it refuses
+(``hsm_key_unregistered``); only `vkey` and `public-key` with ``--before-first-start``
+print the token's newest, warned of on stderr.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from audit.heads import log_origin, log_verifier_key
 from tests.cofre_cli.test_cli import run
 
 # Run in a child: SoftHSM2 reads its configuration (the dev token's) once per process.
@@ -30,20 +38,42 @@ from hsm.provider import provider_from_settings
 
 provider = provider_from_settings(cli_settings().hsm)
 provider.generate_signing_key("cofre-audit-v2")
+print(provider.public_key_pem("cofre-audit-v2").decode(), end="")
 provider.close()
 """
 
 
 @pytest.mark.hsm  # `cofre dev` creates a SoftHSM2 token
 def test_a_planted_newer_audit_key_is_neither_handed_out_nor_signs(tmp_path: Path) -> None:
+    env, _database, genuine, _planted = _dev_vault_with_planted_key(tmp_path)
+    # What an officer hands the auditor, and what the log's witnesses pin: unchanged.
+    after = run("audit", "public-key", env=env)
+    assert after.returncode == 0, after.stderr
+    assert after.stdout == genuine
+    vkey = log_verifier_key(log_origin("cofre"), genuine.encode()).encode()
+    assert run("audit", "vkey", env=env).stdout.strip() == vkey
+
+    # The heads `cofre audit sequence` signs verify under the genuine key, and the
+    # log verifies without --public-key too (the key the CLI reads is the genuine one).
+    pinned = tmp_path / "genuine.pem"
+    pinned.write_text(genuine)
+    # A read of the log is an entry of its own: one to sequence into a new head.
+    assert run("audit", "head", env=env).returncode == 0
+    sequenced = run("audit", "sequence", env=env)
+    assert sequenced.returncode == 0, sequenced.stderr
+    for extra in (["--public-key", str(pinned)], []):
+        verified = run("audit", "verify", *extra, "--unsafe-no-witness", env=env)
+        assert verified.returncode == 0, verified.stderr
+        assert verified.stdout.startswith("OK: ")
+
+
+def _dev_vault_with_planted_key(tmp_path: Path) -> tuple[dict[str, str], Path, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COFRE_", "SOFTHSM2_"))}
     data_dir = tmp_path / "dev"
     assert run("dev", "--check", "--data-dir", str(data_dir), env=env).returncode == 0
     env["COFRE_CONFIG"] = str(data_dir / "cofre.toml")
     genuine = run("audit", "public-key", env=env)
     assert genuine.returncode == 0, genuine.stderr
-    vkey = run("audit", "vkey", env=env).stdout
-
     planted = subprocess.run(
         [sys.executable, "-c", _PLANT],
         env=env,
@@ -53,22 +83,48 @@ def test_a_planted_newer_audit_key_is_neither_handed_out_nor_signs(tmp_path: Pat
         check=False,
     )
     assert planted.returncode == 0, planted.stderr
+    assert planted.stdout != genuine.stdout
+    [database] = list(data_dir.glob("*.sqlite3"))
+    return env, database, genuine.stdout, planted.stdout
 
-    # What an officer hands the auditor, and what the log's witnesses pin: unchanged.
-    after = run("audit", "public-key", env=env)
-    assert after.returncode == 0, after.stderr
-    assert after.stdout == genuine.stdout
-    assert run("audit", "vkey", env=env).stdout == vkey
 
-    # The heads `cofre audit sequence` signs verify under the genuine key, and the
-    # log verifies without --public-key too (the key the CLI reads is the genuine one).
-    pinned = tmp_path / "genuine.pem"
-    pinned.write_text(genuine.stdout)
-    # A read of the log is an entry of its own: one to sequence into a new head.
-    assert run("audit", "head", env=env).returncode == 0
-    sequenced = run("audit", "sequence", env=env)
-    assert sequenced.returncode == 0, sequenced.stderr
-    for extra in (["--public-key", str(pinned)], []):
-        verified = run("audit", "verify", *extra, "--unsafe-no-witness", env=env)
-        assert verified.returncode == 0, verified.stderr
-        assert verified.stdout.startswith("OK: ")
+def _refused(shown: subprocess.CompletedProcess[str], planted: str) -> None:
+    assert planted not in shown.stdout
+    assert shown.returncode == 1, shown.stdout
+    assert shown.stderr.startswith("error [hsm_key_unregistered]: "), shown.stderr
+    assert "cannot be told from a key put on the token by hand" in shown.stderr
+
+
+@pytest.mark.hsm
+def test_a_database_moved_away_is_no_licence_to_take_the_tokens_newest(tmp_path: Path) -> None:
+    env, database, _genuine, planted = _dev_vault_with_planted_key(tmp_path)
+    aside = database.with_name("aside.sqlite3")
+    database.rename(aside)  # for the length of the officer's commands
+    try:
+        for command in (["public-key"], ["vkey"], ["export", "--out", str(tmp_path / "x")]):
+            _refused(run("audit", *command, env=env), planted)
+        # Asked for, the token's newest is printed, and said to be unchecked.
+        asked = run("audit", "public-key", "--before-first-start", env=env)
+    finally:
+        aside.rename(database)
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout == planted
+    assert "WARNING: the database holds no Cofre schema" in asked.stderr
+    assert "cofre-audit-v2" in asked.stderr
+
+
+@pytest.mark.hsm
+def test_an_emptied_registry_is_no_licence_either(tmp_path: Path) -> None:
+    """A schema'd database whose `key.register` records a writer removed (SQLite: the
+    file's writer drops the append-only triggers) reads as "nothing registered yet"."""
+    env, database, _genuine, planted = _dev_vault_with_planted_key(tmp_path)
+    with sqlite3.connect(database) as db:
+        triggers = db.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall()
+        for (name,) in triggers:
+            db.execute(f'DROP TRIGGER "{name}"')
+        gone = db.execute(
+            """DELETE FROM audit_entries WHERE payload LIKE '{"action":"key.register",%'"""
+        ).rowcount
+    assert gone > 0
+    for command in (["public-key"], ["vkey"], ["sequence"]):
+        _refused(run("audit", *command, env=env), planted)

@@ -61,7 +61,7 @@ def test_a_restored_log_fails_verification_and_the_witness_refuses_it(
     _archive_wal(cluster, archive)
 
     vault = make_vault(tmp_path / "node", softhsm_token, cluster.sqlalchemy_url())
-    log_vkey = vault.cofre("audit", "vkey")
+    log_vkey = vault.cofre("audit", "vkey", "--before-first-start")  # no start yet
     assert log_vkey.returncode == 0, log_vkey.stderr
     witness = WitnessProcess(tmp_path / "witness", [log_vkey.stdout.strip()])
     witness.start()
