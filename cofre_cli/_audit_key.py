@@ -16,7 +16,8 @@ hsm init` nor a first start has registered the token's keys) nothing tells the v
 key from one put on the token by hand, and the database says which case it is: a writer
 who moves the SQLite file away for the length of a command, or empties the registry,
 would otherwise choose the fallback (review 45, helper: the planted key printed, exit
-0). So the commands refuse then (`KeyNotRegistered`), except `vkey` and `public-key`
+0). So the commands refuse then (`SchemaNotCreated`, as every command does without a
+schema; `KeyNotRegistered` for an empty registry), except `vkey` and `public-key`
 given ``--before-first-start``: a node's witness operator pins its key before that
 start, and the first start adopts the token's keys as found; they print the token's
 newest audit key with a warning on stderr that it is not checked against a registry.
@@ -46,22 +47,25 @@ def vault_audit_signer(
     handovers and key registry decide the key, as in the vault. Raises what opening the
     database or loading the policy raises (a `CofreError`: the command fails in one
     line), and, at first use, `HSMKeyNotFound` when no audit key is registered as it is
-    on the token. With nothing registered, raises `KeyNotRegistered`, or with
+    on the token. With nothing registered, raises `SchemaNotCreated` (no schema) or
+    `KeyNotRegistered` (an empty registry), or with
     `before_first_start` returns the token's newest, warned of (module docstring)."""
     try:
         engine = open_database(settings)
     except SchemaNotCreated:
-        return _unregistered(provider, "the database holds no Cofre schema", before_first_start)
+        if not before_first_start:
+            raise  # "run `cofre db migrate`": what every other command says of it
+        return _unregistered(provider, "the database holds no Cofre schema", allowed=True)
     registry = KeyRegistry(engine, provider)
     policy = PolicyEngine(load_policy(settings.policy_file).policy)
     registry.trust_officers(lambda: policy, own_authorities(settings.server.cert_file))
     if not registry.registered():
         engine.dispose()
-        return _unregistered(provider, "the key registry holds no key", before_first_start)
+        return _unregistered(provider, "the key registry holds no key", allowed=before_first_start)
     return HSMTreeHeadSigner(provider, registry=registry, engine=engine)
 
 
-def _unregistered(provider: HSMProvider, why: str, allowed: bool) -> HSMTreeHeadSigner:
+def _unregistered(provider: HSMProvider, why: str, *, allowed: bool) -> HSMTreeHeadSigner:
     if not allowed:
         raise KeyNotRegistered(
             f"{why}, so the vault's audit key cannot be told from a key put on the token "

@@ -88,11 +88,10 @@ def _dev_vault_with_planted_key(tmp_path: Path) -> tuple[dict[str, str], Path, s
     return env, database, genuine.stdout, planted.stdout
 
 
-def _refused(shown: subprocess.CompletedProcess[str], planted: str) -> None:
+def _refused(shown: subprocess.CompletedProcess[str], planted: str, said: str) -> None:
     assert planted not in shown.stdout
     assert shown.returncode == 1, shown.stdout
-    assert shown.stderr.startswith("error [hsm_key_unregistered]: "), shown.stderr
-    assert "cannot be told from a key put on the token by hand" in shown.stderr
+    assert shown.stderr.startswith(said), shown.stderr
 
 
 @pytest.mark.hsm
@@ -102,7 +101,8 @@ def test_a_database_moved_away_is_no_licence_to_take_the_tokens_newest(tmp_path:
     database.rename(aside)  # for the length of the officer's commands
     try:
         for command in (["public-key"], ["vkey"], ["export", "--out", str(tmp_path / "x")]):
-            _refused(run("audit", *command, env=env), planted)
+            said = "error [schema_mismatch]: the database has no Cofre schema"
+            _refused(run("audit", *command, env=env), planted, said)
         # Asked for, the token's newest is printed, and said to be unchecked.
         asked = run("audit", "public-key", "--before-first-start", env=env)
     finally:
@@ -126,5 +126,6 @@ def test_an_emptied_registry_is_no_licence_either(tmp_path: Path) -> None:
             """DELETE FROM audit_entries WHERE payload LIKE '{"action":"key.register",%'"""
         ).rowcount
     assert gone > 0
+    said = "error [hsm_key_unregistered]: the key registry holds no key, so the vault's"
     for command in (["public-key"], ["vkey"], ["sequence"]):
-        _refused(run("audit", *command, env=env), planted)
+        _refused(run("audit", *command, env=env), planted, said)
