@@ -48,8 +48,8 @@ def vault_audit_signer(
     database or loading the policy raises (a `CofreError`: the command fails in one
     line), and, at first use, `HSMKeyNotFound` when no audit key is registered as it is
     on the token. With nothing registered, raises `SchemaNotCreated` (no schema) or
-    `KeyNotRegistered` (an empty registry), or with
-    `before_first_start` returns the token's newest, warned of (module docstring)."""
+    `KeyNotRegistered` (an empty registry); with `before_first_start` it returns the
+    token's newest instead, warned of on stderr (module docstring)."""
     try:
         engine = open_database(settings)
     except SchemaNotCreated:
