@@ -75,26 +75,37 @@ def test_hmac_many_uses_the_token_key_where_keys_cannot_be_copied(
 
 
 def test_an_hmac_is_two_round_trips(
-    shim_provider: HSMProvider, cloudhsm_shim: CloudHSMShim
+    shim_provider: HSMProvider, cloudhsm_shim: CloudHSMShim, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a networked HSM every PKCS#11 call may be a round trip: an HMAC is
     ``C_SignInit`` and one ``C_Sign`` into a buffer of the known size. python-pkcs11
-    asks the length with a first ``C_Sign`` every time (three round trips a card)."""
+    asks the length with a first ``C_Sign`` every time (three round trips a card).
+
+    The batch is counted with its chunks one after another: side by side, which pooled
+    session each chunk borrows, and whether one must open a session (``C_GetSlotList``,
+    ``C_GetTokenInfo`` per slot, ``C_OpenSession``, ``C_Login``), depends on the
+    threads' timing. CI once counted 264 calls against 262 that way, for the same two
+    round trips a card. The side-by-side run is the next test's."""
     label = f"shim-fp-{secrets.token_hex(3)}"
     shim_provider.generate_hmac_key(label)
     messages = [f"41111111{i:08d}".encode() for i in range(2 * HMAC_CHUNK)]
-    chunks = len(messages) // HMAC_CHUNK
+    # Counts, never `messages` itself, in an assertion: a failure would print the
+    # Luhn-valid test cards, and the suite's leak scan counts them as a leak.
+    cards = len(messages)
+    chunks = cards // HMAC_CHUNK
     try:
         shim_provider.hmac_sha256(label, messages[0])  # the key's handle is found and kept
         before = round_trips(cloudhsm_shim)
         one = shim_provider.hmac_sha256(label, messages[1])
         assert round_trips(cloudhsm_shim) - before == 2
-        for _ in range(2):  # sessions opened and logged in, the key found on each
-            shim_provider.hmac_sha256_many(label, messages)
+        monkeypatch.setattr(shim_provider, "_hmac_width", lambda chunks: 1)
+        shim_provider.hmac_sha256_many(label, messages)  # the key found on the session
         before = round_trips(cloudhsm_shim)
         many = shim_provider.hmac_sha256_many(label, messages)
+        spent = round_trips(cloudhsm_shim) - before
         # Two a card, and at most one key lookup (three calls) per chunk's session.
-        assert round_trips(cloudhsm_shim) - before <= 2 * len(messages) + 3 * chunks
+        assert 2 * cards <= spent <= 2 * cards + 3 * chunks
+        monkeypatch.undo()
         assert many[1] == one
 
         def python_pkcs11(session: Any) -> list[bytes]:
