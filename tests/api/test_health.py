@@ -66,7 +66,7 @@ def test_a_probe_learns_check_names_and_codes_only() -> None:
     # A failing informational check is named, its text (an internal address) never shown.
     assert body == {
         "status": "ready",
-        "checks": {"database": "ok", "audit_witnesses": "ok"},
+        "checks": {"database": "ok", "audit_witnesses": "failing"},
         "informational_failing": ["audit_witnesses"],
     }
     checks.failing = True
