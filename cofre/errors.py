@@ -5,6 +5,7 @@ IN PCI SCOPE. Every package has its own ``errors.py`` whose classes derive from
 
     CofreError
     ├── ConfigurationError              (cofre.errors)
+    │   └── VaultUnreachable            (cofre.errors: the CLI's calls to the API)
     ├── vault.errors.VaultError
     │   └── vault.errors.InvalidPan     (also ValueError)
     ├── hsm.errors.HSMError
@@ -38,6 +39,15 @@ class ConfigurationError(CofreError):
     """The settings are incomplete or contradictory (a missing PIN source, a bad path)."""
 
     code = "configuration_error"
+
+
+class VaultUnreachable(ConfigurationError):
+    """A command could not reach the vault over its API, or the vault stopped answering
+    (the vault may be stopped, or the settings name the wrong address). A
+    `ConfigurationError` for the handlers that catch those; its own code since session
+    46, which said ``configuration_error`` for a vault that was merely stopped."""
+
+    code = "vault_unreachable"
 
 
 class WouldBlock(BaseException):

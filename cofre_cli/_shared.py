@@ -16,7 +16,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
-from cofre.errors import CofreError, ConfigurationError
+from cofre.errors import CofreError, ConfigurationError, VaultUnreachable
 from cofre.redaction import mask_pan_like_or_withhold
 from cofre.settings import Settings, load_settings
 
@@ -163,10 +163,10 @@ def admin_client(officer: str, cert: Path | None, key: Path | None) -> Any:
     return httpx.Client(base_url=url, verify=context, timeout=30, auth=auth)
 
 
-def vault_unreachable(client: Any, exc: Exception) -> ConfigurationError:
+def vault_unreachable(client: Any, exc: Exception) -> VaultUnreachable:
     """The error for an httpx failure talking to the vault: its address and why, for the
     on-call engineer (the class name alone said neither, session 36)."""
-    return ConfigurationError(
+    return VaultUnreachable(
         f"the vault at {str(client.base_url).rstrip('/')} is unreachable or stopped answering "
         f"({type(exc).__name__}: {exc}); is it running (`make run` in dev), and do "
         "COFRE_SERVER__HOST and COFRE_SERVER__PORT name where it listens?"

@@ -54,5 +54,8 @@ def test_a_vault_that_does_not_answer_is_named_in_one_line(
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert f"https://127.0.0.1:{port}" in result.stderr, result.stderr
     assert "unreachable" in result.stderr
+    # Its own code (session 46: it said configuration_error, though nothing in the
+    # settings may be wrong; the vault may only be stopped).
+    assert "error [vault_unreachable]" in result.stderr, result.stderr
     assert "refused" in result.stderr.lower(), result.stderr  # why, not only a class name
     assert not (tmp_path / "b.tgz").exists()
