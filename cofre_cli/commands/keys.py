@@ -20,7 +20,9 @@ keys_app = typer.Typer(
 
 
 def _show_ceremony(data: dict[str, Any]) -> None:
-    typer.echo(f"ceremony {data['id']}: {data['kind']} rotation, {data['state']}")
+    # A "register" ceremony records a key made on the token by hand: no rotation.
+    what = "key registration" if data["kind"] == "register" else f"{data['kind']} rotation"
+    typer.echo(f"ceremony {data['id']}: {what}, {data['state']}")
     # An older vault's answer has no approvals_counting: show every approval, and say so.
     counting = data.get("approvals_counting")
     if counting is None:

@@ -136,7 +136,8 @@ def test_the_key_ceremony_pages_commands_run_as_written(tmp_path: Path) -> None:
             "## A label a forged registration took",
             replace={"cofre-kek-v2": "cofre-kek-v1"},
         )
-        assert "register rotation, completed" in registered[2], registered[2]
+        # Not "register rotation" (session 46): a registration rotates nothing.
+        assert "key registration, completed" in registered[2], registered[2]
 
         # The auditor: a bundle of the day, verified offline with the key pinned before
         # the rotation and the witness's key.
