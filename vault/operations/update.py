@@ -145,13 +145,19 @@ class UpdateOperations(EarlyRate):
         this waited was judged live and given a new one (review 29c)."""
         if not 1 <= len(token) <= 64:
             return None
+        # The domain in the statement, not only checked after it: a row the statement
+        # does not select is never locked, so a stranger's guess of another domain's
+        # token never waits on that domain's transactions (review 46: it waited for the
+        # lock's bound and was answered 503 where a token never issued is 404 at once).
         row = connection.execute(
-            select(tokens).where(tokens.c.token == token).with_for_update()
+            select(tokens)
+            .where(tokens.c.token == token, tokens.c.domain == domain)
+            .with_for_update()
         ).first()
         now = self._clock()
         if (
             row is None
-            or row.domain != domain
+            or row.domain != domain  # the statement's own condition, checked once more
             or row.deleted_at is not None
             or row.ciphertext is None
         ):
