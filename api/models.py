@@ -209,7 +209,13 @@ class LookupRequest(_Strict):
 
 
 class LookupResponse(_Strict):
-    tokens: list[TokenResponse]
+    tokens: list[TokenResponse] = Field(
+        description="The card's oldest live tokens in the caller's domain, at most 100"
+    )
+    truncated: bool = Field(
+        default=False,
+        description="True when the card has more live tokens than this answer holds",
+    )
 
 
 class DeleteResponse(_Strict):

@@ -128,6 +128,21 @@ class AuditConsistencyProof:
 
 MAX_BATCH: Final = 1000
 
+# The most tokens one lookup answers (review 46): a card under a format that issues a
+# new token on every call (``dedup = "random"``) may have any number, and one lookup
+# answered, decrypted and audited them all for one unit of the rate limit (20,000 in
+# 2.3 s). Basis Theory's token search pages at most 100 a request too.
+MAX_LOOKUP_TOKENS: Final = 100
+
+
+@dataclass(frozen=True, slots=True)
+class LookupAnswer:
+    """A lookup's answer: the card's oldest live tokens (at most `MAX_LOOKUP_TOKENS`) and
+    whether it has more."""
+
+    tokens: list[TokenRecord]
+    truncated: bool
+
 
 @dataclass(frozen=True, slots=True)
 class Pending(Generic[T]):

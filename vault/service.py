@@ -31,7 +31,9 @@ from audit.log import (
 from vault._named_refusals import names_token, naming_token
 from vault.models import (
     MAX_BATCH,
+    MAX_LOOKUP_TOKENS,
     CallContext,
+    LookupAnswer,
     Revealed,
     TokenizeRequest,
     TokenRecord,
@@ -49,10 +51,12 @@ from vault.operations.update import UpdateOperations
 
 __all__ = [
     "MAX_BATCH",
+    "MAX_LOOKUP_TOKENS",
     "AuditEvent",
     "CallContext",
     "DetailValue",
     "HexDigest",
+    "LookupAnswer",
     "Outcome",
     "Revealed",
     "Source",

@@ -209,9 +209,12 @@ async def detokenize_masked(body: DetokenizeRequest, http: Request) -> Response:
 
 @router.post("/v1/lookup", response_model=LookupResponse, tags=["tokens"])
 def lookup(body: LookupRequest, caller: Caller, state: State) -> LookupResponse:
-    """The live tokens of a PAN (optionally of one format)."""
-    records = state.service.lookup(caller, Pan(body.pan), body.format)
-    return LookupResponse(tokens=[_token_response(r) for r in records])
+    """The oldest live tokens of a PAN (optionally of one format), at most 100; each costs
+    a unit of the caller's rate limit."""
+    found = state.service.lookup_page(caller, Pan(body.pan), body.format)
+    return LookupResponse(
+        tokens=[_token_response(r) for r in found.tokens], truncated=found.truncated
+    )
 
 
 @router.get("/v1/tokens/{token}", response_model=TokenResponse, tags=["tokens"])

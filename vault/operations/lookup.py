@@ -9,14 +9,14 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, select
+from sqlalchemy import Connection, Row, or_, select
 
-from audit.log import AuditEvent, Outcome
-from policies.formats import MIN_CANDIDATES, hidden_candidates
+from audit.log import AuditEvent, DetailValue, Outcome
+from policies.formats import BUILTIN_FORMATS, MIN_CANDIDATES, hidden_candidates
 from policies.models import Action
 from vault.errors import OracleSuspected, TokenExpired, TokenNotFound, VaultError
 from vault.limits import oracle_bucket
-from vault.models import CallContext, TokenRecord
+from vault.models import MAX_LOOKUP_TOKENS, CallContext, LookupAnswer, TokenRecord
 from vault.operations._early import EarlyRate
 from vault.operations._guesses import missed_tokens
 from vault.operations._items import confirm_card
@@ -31,14 +31,22 @@ class LookupOperations(EarlyRate):
     def lookup(
         self, ctx: CallContext, pan: Pan, token_format: str | None = None
     ) -> list[TokenRecord]:
-        """Return the live tokens of `pan` in the caller's own domain (in `token_format`,
-        or all formats; each answered has an audit entry naming it) whose format leaves
-        at least `MIN_CANDIDATES` cards behind a token of this length (as convergence
-        does). Its answer depends on what the vault holds, so the oracle guard counts
-        it. Raises `PolicyDenied`, `InvalidPan`, `RateLimited`, `OracleSuspected`,
-        `StorageUnavailable`, `HSMUnavailable`; `PolicyDenied` too for a format the
-        caller may not use, as tokenize does (an empty answer would tell it nothing
-        true)."""
+        """`lookup_page`'s tokens."""
+        return self.lookup_page(ctx, pan, token_format).tokens
+
+    def lookup_page(
+        self, ctx: CallContext, pan: Pan, token_format: str | None = None
+    ) -> LookupAnswer:
+        """Return the oldest live tokens of `pan` in the caller's own domain (in
+        `token_format`, or all formats; each answered has an audit entry naming it),
+        at most `MAX_LOOKUP_TOKENS`, and whether it has more, of formats that leave at
+        least `MIN_CANDIDATES` cards behind a token of this length (as convergence
+        does). It costs as many units of the rate limit as it answers tokens (one when
+        it finds none), as a batch costs its items (review 46). Its answer depends on
+        what the vault holds, so the oracle guard counts it. Raises `PolicyDenied`,
+        `InvalidPan`, `RateLimited`, `OracleSuspected`, `StorageUnavailable`,
+        `HSMUnavailable`; `PolicyDenied` too for a format the caller may not use, as
+        tokenize does (an empty answer would tell it nothing true)."""
         rules = self._authorize(ctx, Action.LOOKUP, token_format=token_format)
         domain = rules.domain_of(ctx.identity)
         with self._audited_refusal(ctx, Action.LOOKUP):
@@ -48,9 +56,8 @@ class LookupOperations(EarlyRate):
             guarded = [(oracle_bucket(pan), fingerprints[-1])]
             self._refuse_suspected(ctx, rules, guarded, 1)  # before the group (fin37)
 
-            def work(connection: Connection) -> list[TokenRecord]:
+            def work(connection: Connection) -> LookupAnswer:
                 now = self._clock()
-                self._charge(connection, ctx, rules)
                 self._limits.watch(
                     connection,
                     ctx.identity,
@@ -62,19 +69,32 @@ class LookupOperations(EarlyRate):
                     tokens.c.domain == domain,
                     tokens.c.fingerprint.in_(fingerprints),
                     tokens.c.deleted_at.is_(None),
+                    or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now),
+                    tokens.c.format.in_(self._formats_found(len(pan))),
                 )
                 if token_format is not None:
                     query = query.where(tokens.c.format == token_format)
+                # One more than a page: whether the card has more, and no more rows
+                # read, decrypted or audited than the page (review 46).
+                page = query.order_by(tokens.c.created_at, tokens.c.id).limit(MAX_LOOKUP_TOKENS + 1)
                 rows = [
                     r
-                    for r in connection.execute(query.order_by(tokens.c.created_at))
+                    for r in connection.execute(page)
+                    # Both as the statement says, judged again here as before.
                     if (as_utc(r.expires_at) or now + timedelta(days=1)) > now
                     and self._guessable_only_widely(r.format, len(pan))
                 ]
+                truncated = len(rows) > MAX_LOOKUP_TOKENS
+                rows = rows[:MAX_LOOKUP_TOKENS]
+                # What it answers, as a batch costs its items: one unit answered every
+                # token of a card issued a token per call (review 46).
+                self._charge(connection, ctx, rules, cost=max(1, len(rows)))
                 for row in rows:  # found by fingerprint: the database's word (session 37)
                     confirm_card(self, row, pan)
-                self._audit.append_many(connection, self._lookup_entries(ctx, rows))
-                return [self._record(r) for r in rows]
+                self._audit.append_many(
+                    connection, self._lookup_entries(ctx, rows, truncated=truncated)
+                )
+                return LookupAnswer([self._record(r) for r in rows], truncated)
 
             try:
                 return self._transaction(work)
@@ -83,23 +103,35 @@ class LookupOperations(EarlyRate):
                 self._suspect(ctx, guarded, refused)
                 raise
 
-    def _lookup_entries(self, ctx: CallContext, rows: Sequence[Row[Any]]) -> list[AuditEvent]:
+    def _lookup_entries(
+        self, ctx: CallContext, rows: Sequence[Row[Any]], *, truncated: bool
+    ) -> list[AuditEvent]:
         """A lookup's entries: one per token it answers, naming its id, as a batch writes
         one per item (session 40: a lookup's one entry named none, and a deleted token's
         row written back from a backup answered a lookup unseen by evidence check 6e);
-        one naming none when it found none. Each says how many were found."""
+        one naming none when it found none. Each says how many it answered, and
+        ``truncated`` when the card had more than a page (review 46)."""
         if not rows:
             return [self._audit_event(ctx, Action.LOOKUP, Outcome.SUCCESS, details={"found": 0})]
+        more: dict[str, DetailValue] = {"truncated": True} if truncated else {}
         return [
             self._audit_event(
                 ctx,
                 Action.LOOKUP,
                 Outcome.SUCCESS,
                 token_id=row.id,
-                details={"found": len(rows), "found_index": index},
+                details={"found": len(rows), "found_index": index, **more},
             )
             for index, row in enumerate(rows)
         ]
+
+    def _formats_found(self, pan_length: int) -> list[str]:
+        """The formats whose tokens a lookup of a `pan_length`-digit card may find
+        (`_guessable_only_widely`), for its statement: a format no longer in the policy
+        is none of them, as before."""
+        policy = self._policy.policy
+        names = {*BUILTIN_FORMATS, *policy.formats}
+        return sorted(n for n in names if self._guessable_only_widely(n, pan_length))
 
     def _guessable_only_widely(self, token_format: str, pan_length: int) -> bool:
         """Whether lookup may answer a token of `token_format` for a card of

@@ -1,0 +1,98 @@
+"""atk46 (session 46's attacker): one lookup answered, decrypted and audited every token
+a card has in the caller's domain, for one unit of the rate limit and without bound.
+
+A format with ``dedup = "random"`` (docs/threat-model.md recommends it where 8-digit
+BINs are shown) issues a new token for the same card on every call. A stolen
+certificate granted tokenize and lookup tokenized one card N times (N units, once), and
+then every `POST /v1/lookup` of it cost one unit and made the vault decrypt N rows, write
+N audit entries in one transaction and send N tokens: 3,000 for one unit, 20,000 in
+2.3 s while another identity's write waited on SQLite. Every other multi-item request is
+bounded (a batch: 1,000 items, costing 1,000).
+
+Now a lookup answers at most `MAX_LOOKUP_TOKENS` tokens (the oldest), says
+``"truncated": true`` when the card has more, and costs what it answers (one unit when
+it finds none), as a batch costs its items.
+
+Real mutual TLS, SoftHSM2, SQLite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from api.pki import issue_client
+from hsm.provider import HSMProvider
+from tests.api.conftest import running_vault
+from tests.support.pans import card_number
+from vault.service import MAX_LOOKUP_TOKENS
+
+MORE = MAX_LOOKUP_TOKENS + 20
+
+POLICY = f"""
+[formats.card_random]
+type = "random"
+dedup = "random"
+
+[identities."spiffe://cofre/atk46-shop"]
+operations = ["tokenize", "lookup"]
+formats = ["card_random"]
+reveal = "none"
+# Its tokenizes, one lookup's worth and a little: one unit a second refills it, so a
+# second lookup as costly as the first is refused for a minute and more.
+rate_limit = {{ per_second = 1, burst = {MORE + 3 + MAX_LOOKUP_TOKENS + 3} }}
+"""
+
+
+def _entries(vault: object) -> int:
+    with vault.runtime.engine.connect() as c:  # type: ignore[attr-defined]
+        return int(c.execute(sa.text("SELECT count(*) FROM audit_entries")).scalar_one())
+
+
+def test_a_lookup_answers_a_bounded_page_and_costs_what_it_answers(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    with running_vault(tmp_path, hsm_provider, extra_policy=POLICY) as vault:
+        issue_client(vault.pki, "atk46-shop")
+        many, few = card_number("455555", 46), card_number("455556", 46)
+        with vault.client("atk46-shop") as shop:
+            made = shop.post(
+                "/v1/tokenize/batch",
+                json={"items": [{"pan": many, "format": "card_random"}] * MORE},
+            )
+            assert made.status_code == 200, made.text
+            for _ in range(3):
+                assert shop.post(
+                    "/v1/tokenize", json={"pan": few, "format": "card_random"}
+                ).status_code in (200, 201)
+            issued = [item["token"] for item in made.json()["results"]]
+
+            small = shop.post("/v1/lookup", json={"pan": few})
+            assert small.status_code == 200, small.text
+            assert len(small.json()["tokens"]) == 3
+            assert small.json()["truncated"] is False
+
+            before = _entries(vault)
+            found = shop.post("/v1/lookup", json={"pan": many})
+            written = _entries(vault) - before
+            assert found.status_code == 200, found.text
+            body = found.json()
+            answered = [t["token"] for t in body["tokens"]]
+            assert len(answered) == MAX_LOOKUP_TOKENS, (
+                f"one lookup answered {len(answered)} tokens of {MORE}"
+            )
+            assert body["truncated"] is True
+            # Tokens of the card, each once (one batch: one creation time, so which of
+            # them form the page is the statement's order by id, not the items').
+            assert len(set(answered)) == len(answered)
+            assert set(answered) <= set(issued)
+            assert written == MAX_LOOKUP_TOKENS  # one entry a token answered
+
+            # It cost what it answered: the same lookup again finds the bucket short.
+            again = shop.post("/v1/lookup", json={"pan": many})
+            assert again.status_code == 429, (
+                f"a second lookup of {MAX_LOOKUP_TOKENS} tokens was answered "
+                f"{again.status_code}: the first cost less than it answered"
+            )
+            assert again.json()["code"] == "rate_limited", again.text
