@@ -9,9 +9,10 @@ N audit entries in one transaction and send N tokens: 3,000 for one unit, 20,000
 2.3 s while another identity's write waited on SQLite. Every other multi-item request is
 bounded (a batch: 1,000 items, costing 1,000).
 
-Now a lookup answers at most `MAX_LOOKUP_TOKENS` tokens (the oldest), says
-``"truncated": true`` when the card has more, and costs what it answers (one unit when
-it finds none), as a batch costs its items.
+Now a lookup answers at most `MAX_LOOKUP_TOKENS` tokens (the oldest), and no more than
+the caller's bucket has room for when it begins, says ``"truncated": true`` when the
+card has more, and costs what it answers (one unit when it finds none), as a batch costs
+its items.
 
 Real mutual TLS, SoftHSM2, SQLite.
 """
@@ -39,9 +40,9 @@ dedup = "random"
 operations = ["tokenize", "lookup"]
 formats = ["card_random"]
 reveal = "none"
-# Its tokenizes, one lookup's worth and a little: one unit a second refills it, so a
-# second lookup as costly as the first is refused for a minute and more.
-rate_limit = {{ per_second = 1, burst = {MORE + 3 + MAX_LOOKUP_TOKENS + 3} }}
+# Its tokenizes (MORE + 3), a lookup of three, one of a page, and five more: one unit a
+# second refills it, so a second lookup of a page finds room for a few tokens only.
+rate_limit = {{ per_second = 1, burst = {MORE + 3 + 3 + MAX_LOOKUP_TOKENS + 5} }}
 """
 
 
@@ -89,10 +90,15 @@ def test_a_lookup_answers_a_bounded_page_and_costs_what_it_answers(
             assert set(answered) <= set(issued)
             assert written == MAX_LOOKUP_TOKENS  # one entry a token answered
 
-            # It cost what it answered: the same lookup again finds the bucket short.
+            # It cost what it answered: the same lookup again finds the bucket short, and
+            # is answered what the bucket has room for, truncated (a 429 there would
+            # depend on how many tokens the card has, and a charge refused in the
+            # commit group would roll back the group's other calls).
             again = shop.post("/v1/lookup", json={"pan": many})
-            assert again.status_code == 429, (
-                f"a second lookup of {MAX_LOOKUP_TOKENS} tokens was answered "
-                f"{again.status_code}: the first cost less than it answered"
+            assert again.status_code == 200, again.text
+            short = len(again.json()["tokens"])
+            assert 1 <= short < MAX_LOOKUP_TOKENS // 2, (
+                f"a second lookup was answered {short} tokens: the first cost less than "
+                f"the {MAX_LOOKUP_TOKENS} it answered"
             )
-            assert again.json()["code"] == "rate_limited", again.text
+            assert again.json()["truncated"] is True

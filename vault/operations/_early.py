@@ -34,6 +34,22 @@ class EarlyRate(TokenGuesses):
         if rules.rate_limit is not None:
             self._refuse_spent_key(ctx.identity, rules.rate_limit, cost)
 
+    def _room_for(self, ctx: CallContext, rules: IdentityPolicy, most: int) -> int:
+        """How many units, up to `most`, the caller's bucket has room for now (at least
+        one: `RateLimited` is raised when it has none), read from the bucket itself and
+        admitted here as spent: a call whose cost is known only in its transaction (a
+        lookup's tokens) sizes itself to this, so that its charge there is refused no
+        more often than any call's (review 46). `most` for a caller without a limit."""
+        limit = rules.rate_limit
+        if limit is None:
+            return most
+        with self._storage(), self._reader.connect() as connection:
+            now = self._clock()  # once connected: others commit charges meanwhile
+            room = self._limits.check_rate(connection, ctx.identity, limit, 1, now.timestamp())
+        room = max(1, min(room, most))
+        self._limits.early.note(ctx.identity, limit, room, room)
+        return room
+
     def _refuse_spent_key(self, key: str, limit: RateLimit, cost: int) -> None:
         """Raise `RateLimited` if bucket `key` lacks `cost` units now (`_refuse_spent`)."""
         if self._limits.early.admit(key, limit, cost):

@@ -42,7 +42,8 @@ class LookupOperations(EarlyRate):
         at most `MAX_LOOKUP_TOKENS`, and whether it has more, of formats that leave at
         least `MIN_CANDIDATES` cards behind a token of this length (as convergence
         does). It costs as many units of the rate limit as it answers tokens (one when
-        it finds none), as a batch costs its items (review 46). Its answer depends on
+        it finds none), as a batch costs its items (review 46), and answers no more
+        than its bucket had room for when it began (`truncated` then too). Its answer depends on
         what the vault holds, so the oracle guard counts it. Raises `PolicyDenied`,
         `InvalidPan`, `RateLimited`, `OracleSuspected`, `StorageUnavailable`,
         `HSMUnavailable`; `PolicyDenied` too for a format the caller may not use, as
@@ -51,7 +52,8 @@ class LookupOperations(EarlyRate):
         domain = rules.domain_of(ctx.identity)
         with self._audited_refusal(ctx, Action.LOOKUP):
             self._check_luhn(pan)
-            self._refuse_spent(ctx, rules, 1)  # before its HMAC
+            # Before its HMAC: the units it may spend, one at least (`_room_for`).
+            budget = self._room_for(ctx, rules, MAX_LOOKUP_TOKENS)
             fingerprints = self._fingerprints(pan.reveal())
             guarded = [(oracle_bucket(pan), fingerprints[-1])]
             self._refuse_suspected(ctx, rules, guarded, 1)  # before the group (fin37)
@@ -84,8 +86,13 @@ class LookupOperations(EarlyRate):
                     if (as_utc(r.expires_at) or now + timedelta(days=1)) > now
                     and self._guessable_only_widely(r.format, len(pan))
                 ]
-                truncated = len(rows) > MAX_LOOKUP_TOKENS
-                rows = rows[:MAX_LOOKUP_TOKENS]
+                # A page, or what the caller's bucket had room for before the HMAC if
+                # less: a charge above that room would be refused here, in the commit
+                # group, and roll back the group's other calls (rev37c). So a caller
+                # short of units is answered fewer tokens, `truncated`, never a 429
+                # that depends on how many the card has.
+                truncated = len(rows) > budget
+                rows = rows[:budget]
                 # What it answers, as a batch costs its items: one unit answered every
                 # token of a card issued a token per call (review 46).
                 self._charge(connection, ctx, rules, cost=max(1, len(rows)))
