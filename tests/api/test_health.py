@@ -23,7 +23,13 @@ class _Checks:
         self.runs += 1
         if self.failing:
             raise StorageUnavailable("cannot reach db.internal:5432 as cofre_app")
-        return {"database": "ok", "audit_witnesses": "https://witness.pci-internal:8443 lags 3s"}
+        return {
+            "database": "ok",
+            "audit_witnesses": "https://witness.pci-internal:8443 lags 3s",
+            # A passing check that says more than "ok" (the node's, with workers):
+            # "ok" on this port, never "failing" (a drill found that, session 46).
+            "workers": "2 of 2 ready",
+        }
 
 
 async def _probe(app: HealthApp) -> tuple[int, dict[str, Any]]:
@@ -66,7 +72,7 @@ def test_a_probe_learns_check_names_and_codes_only() -> None:
     # A failing informational check is named, its text (an internal address) never shown.
     assert body == {
         "status": "ready",
-        "checks": {"database": "ok", "audit_witnesses": "failing"},
+        "checks": {"database": "ok", "audit_witnesses": "failing", "workers": "ok"},
         "informational_failing": ["audit_witnesses"],
     }
     checks.failing = True
