@@ -106,15 +106,18 @@ class TLSListener:
     """Accept TCP connections on `sock` (or each of several) and start TLS with
     `context` on each, within `handshake_timeout` seconds (None: the loop's default,
     60 s); `report` is called with each failed handshake's exception and the peer's
-    address. The sockets stay the caller's to close (uvicorn closes the sockets it was
-    given) unless `owns_socket`."""
+    address. With `context` None the connections are plain (the health listener, since
+    session 46: CPython 3.11's own accept loop does not stop at ``EMFILE`` and logged a
+    traceback for each of a backlog's worth of tries at every wake-up, 1,247 lines in
+    about 1.5 s, where this one logs a line and pauses a second). The sockets stay the
+    caller's to close (uvicorn closes the sockets it was given) unless `owns_socket`."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket | Sequence[socket.socket],
         protocol_factory: Callable[[], asyncio.BaseProtocol],
-        context: ssl.SSLContext,
+        context: ssl.SSLContext | None,
         *,
         handshake_timeout: float | None,
         report: Report,
@@ -246,9 +249,12 @@ class TLSListener:
         suspended: list[bool] = []
         marker = self._loop.call_soon(suspended.append, True)
         try:
-            transport, _ = await self._loop.connect_accepted_socket(
-                self._factory, conn, ssl=self._context, ssl_handshake_timeout=self._timeout
-            )
+            if self._context is None:  # plain HTTP (the health listener)
+                transport, _ = await self._loop.connect_accepted_socket(self._factory, conn)
+            else:
+                transport, _ = await self._loop.connect_accepted_socket(
+                    self._factory, conn, ssl=self._context, ssl_handshake_timeout=self._timeout
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is the peer's, and reported

@@ -152,12 +152,10 @@ def _bound_tls_handshakes(loop: asyncio.AbstractEventLoop) -> None:
     """Have `loop.create_server` serve TLS through `api.accept.TLSListener` (once per
     loop), with the starting server's `handshake_timeout`: a failed handshake is then
     reported with its peer (`api.handshake`), to the server's `handshakes` or else the
-    loop's. A plain listener (health) is the loop's."""
+    loop's. A plain listener (health) too, since session 46: the loop's own server
+    logged a traceback per accept try when out of descriptors (`api.accept`)."""
     if getattr(loop, "_cofre_handshake_bound", False):
         return
-    # Any: the loop's overloads (host and port, or sock) are passed through as given.
-    original: Any = loop.create_server
-
     async def create_server(
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         host: str | None = None,
@@ -168,10 +166,6 @@ def _bound_tls_handshakes(loop: asyncio.AbstractEventLoop) -> None:
         backlog: int = 100,
         **kwargs: Any,
     ) -> Any:
-        if ssl is None:
-            return await original(
-                protocol_factory, host, port, sock=sock, backlog=backlog, **kwargs
-            )
         # Bound by host and port: every address of `host`, as the loop would bind them.
         owns_socket = sock is None
         bound, exempt = _HANDSHAKE_BOUND.get()
