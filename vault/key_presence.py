@@ -75,6 +75,19 @@ def missing_keys(
     return sorted(label for label in expected if label in labels and label not in on_token)
 
 
+def _earlier_on_token(label: str, present: set[str]) -> bool:
+    """Whether the token holds an earlier version of `label`'s kind (the one that serves
+    while `label` is missing); True for a label that names no Cofre key version."""
+    parsed = parse_key_label(label)
+    if parsed is None:
+        return True
+    kind, version = parsed
+    return any(
+        (other := parse_key_label(on_token)) is not None and other[0] is kind and other[1] < version
+        for on_token in present
+    )
+
+
 class KeyPresenceCheck:
     """The informational readiness check `KEY_PRESENCE_CHECK`: ``"ok"``, or the labels
     `missing_keys` has named for longer than `grace` seconds (the token's
@@ -101,9 +114,10 @@ class KeyPresenceCheck:
         self._named: tuple[str, ...] = ()
 
     def check(self) -> str:
-        """``"ok"``, or ``"hsm_key_missing: <labels> (… the version before serves …)"``."""
+        """``"ok"``, or ``"hsm_key_missing: <labels> (…)"``, saying whether the version
+        before each serves or none of its kind is on the token."""
         try:
-            missing = self._missing()
+            missing, present = self._missing()
         except CofreError as exc:
             return exc.code
         now = self._clock()
@@ -111,27 +125,48 @@ class KeyPresenceCheck:
             self._since = {label: self._since.get(label, now) for label in missing}
             late = tuple(label for label, since in self._since.items() if now - since > self._grace)
             changed, self._named = late != self._named, late
+        alone = [label for label in late if not _earlier_on_token(label, present)]
         if changed:
-            self._log_change(late)
+            self._log_change(late, alone)
         if not late:
             return "ok"
+        if alone:
+            # Session 46's drill: the only fingerprint key destroyed, every tokenize
+            # answered 503 while this said "the version before serves".
+            serves = (
+                f"no earlier version of {', '.join(alone)} is on the token either: the "
+                "calls that need it answer 503 hsm_key_not_found"
+            )
+        else:
+            serves = "the version before serves"
         return (
             f"hsm_key_missing: {', '.join(late)} (registered, not on the token for more than "
-            f"{self._grace:g} s; the version before serves: docs/operations.md, "
+            f"{self._grace:g} s; {serves}: docs/operations.md, "
             '"Incident: a Cofre key missing from the token")'
         )
 
-    def _missing(self) -> list[str]:
+    def _missing(self) -> tuple[list[str], set[str]]:
+        """The registered labels missing from the token (`missing_keys`), and every
+        label on it."""
         registered = self._registry.registered()
         if not registered:
-            return []
+            return [], set()
         listed = self._provider.list_keys_for_check()
         with database_errors_as(StorageUnavailable, "the token store"), self._engine.connect() as c:
             wrapping = kek_labels_wrapping(c)
-        return missing_keys(registered, listed, wrapping)
+        return missing_keys(registered, listed, wrapping), {key.label for key in listed}
 
-    def _log_change(self, late: tuple[str, ...]) -> None:
-        if late:
+    def _log_change(self, late: tuple[str, ...], alone: list[str]) -> None:
+        if alone:
+            # Nothing serves in their stead: calls fail now, not only a rotation's key.
+            _log.error(
+                "registered keys missing from the token, no earlier version either",
+                check=KEY_PRESENCE_CHECK,
+                missing=list(late),
+                nothing_serves=alone,
+                grace_seconds=self._grace,
+            )
+        elif late:
             _log.warning(
                 "registered keys missing from the token",
                 check=KEY_PRESENCE_CHECK,

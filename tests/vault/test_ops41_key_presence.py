@@ -21,9 +21,10 @@ class _Seen(KeyPresenceCheck):
         none: Any = None
         super().__init__(none, none, none, grace=5.0, clock=lambda: clock[0])
         self.labels: list[str] = []
+        self.present = {"cofre-fp-v1", "cofre-kek-v1"}
 
-    def _missing(self) -> list[str]:
-        return list(self.labels)
+    def _missing(self) -> tuple[list[str], set[str]]:
+        return list(self.labels), set(self.present)
 
 
 def test_a_missing_key_is_named_past_the_grace_and_logged_once() -> None:
@@ -48,3 +49,29 @@ def test_a_missing_key_is_named_past_the_grace_and_logged_once() -> None:
         ("info", "registered keys on the token again"),
     ]
     assert logs[0]["missing"] == ["cofre-fp-v2"]
+
+
+def test_a_missing_key_with_no_earlier_version_on_the_token_says_nothing_serves() -> None:
+    """Session 46's on-call drill: the only fingerprint key destroyed, every tokenize
+    answered 503 `hsm_key_not_found`, and the check said "the version before serves"
+    (there was none) in a WARNING. Now it says which kinds have nothing serving, and the
+    line is an ERROR."""
+    clock = [100.0]
+    check = _Seen(clock)
+    check.present = {"cofre-kek-v1", "cofre-audit-v1"}  # no fingerprint key at all
+    with capture_logs() as logs:
+        check.labels = ["cofre-fp-v1"]
+        assert check.check() == "ok"
+        clock[0] += 5.5
+        named = check.check()
+    assert "the version before serves" not in named, named
+    assert "no earlier version of cofre-fp-v1 is on the token either" in named, named
+    assert "hsm_key_not_found" in named, named
+    assert [(e["log_level"], e["nothing_serves"]) for e in logs] == [("error", ["cofre-fp-v1"])]
+    # With v1 there, v2 missing: the version before serves, as before.
+    check.present = {"cofre-fp-v1"}
+    check.labels = ["cofre-fp-v2"]
+    clock[0] += 5.5
+    check.check()
+    clock[0] += 5.5
+    assert "the version before serves" in check.check()
