@@ -156,6 +156,7 @@ def _bound_tls_handshakes(loop: asyncio.AbstractEventLoop) -> None:
     logged a traceback per accept try when out of descriptors (`api.accept`)."""
     if getattr(loop, "_cofre_handshake_bound", False):
         return
+
     async def create_server(
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         host: str | None = None,

@@ -72,8 +72,7 @@ def test_a_health_listener_out_of_descriptors_logs_a_line_a_pause_not_a_flood(
             time.sleep(0.05)
         # More connections than the server has descriptors for, held open: the ones
         # past its limit wait in the listening queue, readable, never accepted.
-        for _ in range(40):
-            clients.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        clients.extend(socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(40))
         # Until the server has tried to accept them, and (our listener) tried again.
         while out.read_text().count("cannot accept connections") < 2:
             text = out.read_text()
