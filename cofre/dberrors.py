@@ -25,6 +25,9 @@ _CONNECTION_FAILURES: tuple[tuple[str, str], ...] = (
     ("remaining connection slots are reserved", "too many connections"),
     ("too many connections for", "too many connections"),
     ("Connection refused", "connection refused"),
+    # A unix socket with no server behind it: the socket file is not there (session
+    # 46's drill: a stopped server over a socket read a bare OperationalError).
+    ("No such file or directory", "no server socket"),
     ("the database system is starting up", "database starting up"),
     ("the database system is shutting down", "database shutting down"),
     ("the database system is in recovery mode", "database in recovery"),
@@ -41,7 +44,8 @@ def db_error_name(exc: Exception) -> str:
     original = getattr(exc, "orig", None)
     name = type(original if original is not None else exc).__name__
     text = str(original if original is not None else exc)
-    if text.startswith("connection failed"):
+    # psycopg says "connection is bad" for some refused connections (a unix socket's).
+    if text.startswith(("connection failed", "connection is bad")):
         for marker, cause in _CONNECTION_FAILURES:
             if marker in text:
                 return f"{name}: {cause}"

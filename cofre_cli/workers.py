@@ -376,7 +376,9 @@ def run_workers(
                 if not stops:
                     _log.error(
                         "a worker ended on its own: stopping the node",
-                        worker=process.name,
+                        # Not `worker`: that field names the worker that writes a line,
+                        # and this one is the supervisor's (session 46's drill).
+                        ended_worker=_index_of(process.name),
                         exit_code=process.exitcode,
                     )
                     status = status or 1
@@ -434,3 +436,12 @@ def _start(processes: list[SpawnProcess], stopping: Callable[[], bool]) -> list[
     else:
         _log.info("workers started", workers=len(processes), pids=[p.pid for p in processes])
     return started
+
+
+def _index_of(name: str | None) -> int | str | None:
+    """The worker index in a worker process's name (``cofre-worker-N``), as the `worker`
+    field of its own lines says it; the name itself if it is not one."""
+    prefix = "cofre-worker-"
+    if name is not None and name.startswith(prefix) and name[len(prefix) :].isdigit():
+        return int(name[len(prefix) :])
+    return name

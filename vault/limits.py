@@ -242,8 +242,9 @@ def _oracle_suspected(
         clears_at = float(_window_of(guard, now) + guard.window_seconds)
     return OracleSuspected(
         f"more than {guard.max_pans_per_bucket} different card numbers with one BIN and "
-        f"last four in {guard.window_seconds}s: refused as a suspected guessing attack "
-        "(the policy's oracle_guard sets the limit)",
+        f"last four in {guard.window_seconds}s (a fresh token of a format that hides few "
+        "cards counts as one each, the same card's too): refused as a suspected guessing "
+        "attack (the policy's oracle_guard sets the limit)",
         max(clears_at - now.timestamp(), 1.0),
     )
 

@@ -82,7 +82,8 @@ def test_a_killed_worker_stops_its_node_which_loses_nothing(
     events = [json.loads(line) for line in vault.log.read_text().splitlines() if line.strip()]
     [ended] = [e for e in events if e["event"] == "a worker ended on its own: stopping the node"]
     assert ended["exit_code"] == -signal.SIGKILL
-    killed = int(ended["worker"].rsplit("-", 1)[1])  # "cofre-worker-N"
+    assert "worker" not in ended  # the supervisor's line: `worker` is a writer's index
+    killed = ended["ended_worker"]
     stopped = [e["worker"] for e in events if e["event"] == "vault stopped"]
     assert stopped == [1 - killed]  # the other worker drained; the killed one could not
     vault.start()  # what the orchestrator does
