@@ -176,7 +176,13 @@ def _bound_tls_handshakes(loop: asyncio.AbstractEventLoop) -> None:
             protocol_factory,
             ssl,
             handshake_timeout=_HANDSHAKE_TIMEOUT.get(),
-            report=(_HANDSHAKES.get() or handshake_failures(loop)).report,
+            # A plain connection has no handshake to report (the health listener):
+            # counted as the mTLS listener's, a failure there would mislabel its cause.
+            report=(
+                (_HANDSHAKES.get() or handshake_failures(loop)).report
+                if ssl is not None
+                else _unreported
+            ),
             backlog=backlog,
             owns_socket=owns_socket,
             bound=bound,
@@ -187,6 +193,10 @@ def _bound_tls_handshakes(loop: asyncio.AbstractEventLoop) -> None:
 
     loop.create_server = create_server  # type: ignore[method-assign,assignment]
     loop._cofre_handshake_bound = True  # type: ignore[attr-defined]
+
+
+def _unreported(_exc: BaseException, _peer: str | None) -> None:
+    """A plain listener's `report`: its connections have no TLS handshake to fail."""
 
 
 def bind_reuse_port(host: str, port: int) -> list[socket.socket]:

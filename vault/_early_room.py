@@ -44,6 +44,19 @@ class EarlyRoom:
         self._clock = clock
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, RateLimit], tuple[float, int, int]] = {}
+        self._serial: dict[str, threading.Lock] = {}
+
+    def one_at_a_time(self, identity: str) -> threading.Lock:
+        """A lock of `identity`'s own in this process, for calls sized from one read of
+        its bucket and charged after their commit (a lookup's tokens, review 46b): held
+        from the read to that charge, one such call of the identity at a time here, so
+        that the next reads what the last paid. One per identity the policy authorised
+        (no caller makes more)."""
+        with self._lock:
+            lock = self._serial.get(identity)
+            if lock is None:
+                lock = self._serial[identity] = threading.Lock()
+            return lock
 
     def admit(self, identity: str, limit: RateLimit, cost: int) -> bool:
         """Admit `cost` units against the last read if it is fresh and has them left

@@ -111,21 +111,30 @@ class KeyPresenceCheck:
         self._lock = threading.Lock()
         # Each label missing now, and since when (this process's clock).
         self._since: dict[str, float] = {}
-        self._named: tuple[str, ...] = ()
+        # The labels named, and those of them nothing serves in the stead of.
+        self._named: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     def check(self) -> str:
         """``"ok"``, or ``"hsm_key_missing: <labels> (…)"``, saying whether the version
         before each serves or none of its kind is on the token."""
         try:
-            missing, present = self._missing()
+            missing, present, wrapping = self._missing()
         except CofreError as exc:
             return exc.code
         now = self._clock()
+        # A KEK that data keys are stored under serves them alone: they are unwrapped
+        # under the label their row names, never an earlier one (review 46b).
         with self._lock:
             self._since = {label: self._since.get(label, now) for label in missing}
             late = tuple(label for label, since in self._since.items() if now - since > self._grace)
-            changed, self._named = late != self._named, late
-        alone = [label for label in late if not _earlier_on_token(label, present)]
+            alone = tuple(
+                label
+                for label in late
+                if label in wrapping or not _earlier_on_token(label, present)
+            )
+            # Logged again when what serves changes too: an earlier version destroyed
+            # while the newest is missing turns the WARNING into the ERROR (review 46b).
+            changed, self._named = (late, alone) != self._named, (late, alone)
         if changed:
             self._log_change(late, alone)
         if not late:
@@ -145,25 +154,26 @@ class KeyPresenceCheck:
             '"Incident: a Cofre key missing from the token")'
         )
 
-    def _missing(self) -> tuple[list[str], set[str]]:
-        """The registered labels missing from the token (`missing_keys`), and every
-        label on it."""
+    def _missing(self) -> tuple[list[str], set[str], set[str]]:
+        """The registered labels missing from the token (`missing_keys`), every label on
+        it, and the KEK labels data keys are stored under (`kek_labels_wrapping`)."""
         registered = self._registry.registered()
         if not registered:
-            return [], set()
+            return [], set(), set()
         listed = self._provider.list_keys_for_check()
         with database_errors_as(StorageUnavailable, "the token store"), self._engine.connect() as c:
             wrapping = kek_labels_wrapping(c)
-        return missing_keys(registered, listed, wrapping), {key.label for key in listed}
+        on_token = {key.label for key in listed}
+        return missing_keys(registered, listed, wrapping), on_token, wrapping
 
-    def _log_change(self, late: tuple[str, ...], alone: list[str]) -> None:
+    def _log_change(self, late: tuple[str, ...], alone: tuple[str, ...]) -> None:
         if alone:
             # Nothing serves in their stead: calls fail now, not only a rotation's key.
             _log.error(
                 "registered keys missing from the token, no earlier version either",
                 check=KEY_PRESENCE_CHECK,
                 missing=list(late),
-                nothing_serves=alone,
+                nothing_serves=list(alone),
                 grace_seconds=self._grace,
             )
         elif late:

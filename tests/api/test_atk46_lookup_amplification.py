@@ -12,15 +12,19 @@ bounded (a batch: 1,000 items, costing 1,000).
 Now a lookup answers at most `MAX_LOOKUP_TOKENS` tokens (the oldest), and no more than
 the caller's bucket has room for when it begins, says ``"truncated": true`` when the
 card has more, and costs what it answers (one unit when it finds none), as a batch costs
-its items.
+its items: one unit in its transaction, the rest after its commit, as many as the
+bucket then has (review 46b).
 
 Real mutual TLS, SoftHSM2, SQLite.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import sqlalchemy as sa
 
 from api.pki import issue_client
@@ -102,3 +106,51 @@ def test_a_lookup_answers_a_bounded_page_and_costs_what_it_answers(
                 f"the {MAX_LOOKUP_TOKENS} it answered"
             )
             assert again.json()["truncated"] is True
+
+
+def test_lookups_at_once_answer_no_more_than_the_bucket_pays_for(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    """Review 46b: sized from one read of the bucket each and charged in full in the
+    commit group, lookups at once could be refused at the group's commit, rolling its
+    other calls back; charged one unit in the group and the rest after, four lookups at
+    once each answered a page for one page's units. Now one lookup of an identity at a
+    time per process goes from its read of the bucket to its charge after the commit:
+    together they answer no more tokens than the bucket had units (plus what it refilled
+    meanwhile, one a second), each refusal is the plain `rate_limited` of a spent
+    bucket, and none is refused in a commit group."""
+    with running_vault(tmp_path, hsm_provider, extra_policy=POLICY) as vault:
+        issue_client(vault.pki, "atk46-shop")
+        many = card_number("455557", 46)
+        with vault.client("atk46-shop") as shop:
+            made = shop.post(
+                "/v1/tokenize/batch",
+                json={"items": [{"pan": many, "format": "card_random"}] * MORE},
+            )
+            assert made.status_code == 200, made.text
+        started = time.monotonic()
+        answers: list[httpx.Response] = []
+
+        def look() -> None:
+            with vault.client("atk46-shop") as own:
+                answers.append(own.post("/v1/lookup", json={"pan": many}))
+
+        callers = [threading.Thread(target=look) for _ in range(4)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(timeout=120)
+        took = time.monotonic() - started
+        assert len(answers) == 4
+        for answer in answers:
+            assert answer.status_code in (200, 429), answer.text
+            if answer.status_code == 429:
+                assert answer.json()["code"] == "rate_limited", answer.text
+        answered = [len(a.json()["tokens"]) for a in answers if a.status_code == 200]
+        assert max(answered) == MAX_LOOKUP_TOKENS
+        # The bucket's room when they began (its burst less the batch), and what one
+        # unit a second refilled while they ran (the time read, not judged).
+        room = (MORE + 3 + 3 + MAX_LOOKUP_TOKENS + 5) - MORE + int(took) + 2
+        assert sum(answered) <= room, (
+            f"four lookups at once answered {answered} tokens for a bucket of {room} units"
+        )

@@ -22,9 +22,10 @@ class _Seen(KeyPresenceCheck):
         super().__init__(none, none, none, grace=5.0, clock=lambda: clock[0])
         self.labels: list[str] = []
         self.present = {"cofre-fp-v1", "cofre-kek-v1"}
+        self.wrapping: set[str] = set()
 
-    def _missing(self) -> tuple[list[str], set[str]]:
-        return list(self.labels), set(self.present)
+    def _missing(self) -> tuple[list[str], set[str], set[str]]:
+        return list(self.labels), set(self.present), set(self.wrapping)
 
 
 def test_a_missing_key_is_named_past_the_grace_and_logged_once() -> None:
@@ -75,3 +76,37 @@ def test_a_missing_key_with_no_earlier_version_on_the_token_says_nothing_serves(
     check.check()
     clock[0] += 5.5
     assert "the version before serves" in check.check()
+
+
+def test_a_missing_kek_that_wraps_data_keys_has_nothing_serving_in_its_stead() -> None:
+    """Review 46b: data keys are unwrapped under the KEK label their row names, so an
+    earlier KEK on the token never serves them: a missing KEK they are stored under is
+    named as nothing serving, an ERROR, whatever earlier version is there."""
+    clock = [100.0]
+    check = _Seen(clock)
+    check.present = {"cofre-kek-v1", "cofre-fp-v1"}
+    check.wrapping = {"cofre-kek-v1", "cofre-kek-v2"}
+    with capture_logs() as logs:
+        check.labels = ["cofre-kek-v2"]
+        check.check()
+        clock[0] += 5.5
+        named = check.check()
+    assert "no earlier version of cofre-kek-v2" in named, named
+    assert [(e["log_level"], e["nothing_serves"]) for e in logs] == [("error", ["cofre-kek-v2"])]
+
+
+def test_the_error_is_logged_when_the_version_before_goes_too() -> None:
+    """Review 46b: the newest missing while the one before serves is a WARNING; that
+    one destroyed meanwhile (a completed ceremony) leaves the same label missing, and
+    the ERROR must still be written when nothing serves any more."""
+    clock = [100.0]
+    check = _Seen(clock)
+    check.present = {"cofre-fp-v1"}
+    with capture_logs() as logs:
+        check.labels = ["cofre-fp-v2"]
+        check.check()
+        clock[0] += 5.5
+        assert "the version before serves" in check.check()
+        check.present = set()
+        assert "no earlier version of cofre-fp-v2" in check.check()
+    assert [e["log_level"] for e in logs] == ["warning", "error"]

@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Sequence
 
 from cofre.errors import CofreError
+from policies.errors import RateLimited
 from policies.models import IdentityPolicy, RateLimit
 from vault.errors import OracleSuspected
 from vault.models import CallContext
@@ -38,8 +39,8 @@ class EarlyRate(TokenGuesses):
         """How many units, up to `most`, the caller's bucket has room for now (at least
         one: `RateLimited` is raised when it has none), read from the bucket itself and
         admitted here as spent: a call whose cost is known only in its transaction (a
-        lookup's tokens) sizes itself to this, so that its charge there is refused no
-        more often than any call's (review 46). `most` for a caller without a limit."""
+        lookup's tokens) sizes its answer to this and is charged the rest after its
+        commit (`_charge_after`). `most` for a caller without a limit."""
         limit = rules.rate_limit
         if limit is None:
             return most
@@ -69,6 +70,24 @@ class EarlyRate(TokenGuesses):
         (tests/vault/test_rev37c_keyed_charge_reruns.py)."""
         self._refuse_spent_key(key, limit, cost)
         super().charge_rate(key, limit, cost)
+
+    def _charge_after(self, ctx: CallContext, rules: IdentityPolicy, cost: int) -> None:
+        """Charge `cost` more units for a call already answered, in a transaction of its
+        own, and as many as the bucket has room for when it lacks them (its answer is
+        out: nothing to refuse; calls of the caller that overlapped it may have spent
+        the room `_room_for` read). A bucket left empty refuses the caller's next calls
+        early (`EarlyRoom.forget`). Never raises."""
+        limit = rules.rate_limit
+        if limit is None or cost <= 0:
+            return
+        with contextlib.suppress(CofreError), self._storage(), self._engine.begin() as connection:
+            now = self._clock().timestamp()
+            try:
+                self._limits.charge_rate(connection, ctx.identity, limit, cost, now)
+            except RateLimited:
+                # The room the bucket has now (`check_rate` raises when it has none).
+                room = self._limits.check_rate(connection, ctx.identity, limit, 1, now)
+                self._limits.charge_rate(connection, ctx.identity, limit, min(room, cost), now)
 
     def _charge_refused(self, ctx: CallContext, rules: IdentityPolicy, cost: int) -> None:
         """Charge `cost` units for a call refused in its transaction after its HSM work

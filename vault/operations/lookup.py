@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Row, or_, select
 
 from audit.log import AuditEvent, DetailValue, Outcome
 from policies.formats import BUILTIN_FORMATS, MIN_CANDIDATES, hidden_candidates
-from policies.models import Action
+from policies.models import Action, IdentityPolicy
 from vault.errors import OracleSuspected, TokenExpired, TokenNotFound, VaultError
 from vault.limits import oracle_bucket
 from vault.models import MAX_LOOKUP_TOKENS, CallContext, LookupAnswer, TokenRecord
@@ -52,63 +52,88 @@ class LookupOperations(EarlyRate):
         domain = rules.domain_of(ctx.identity)
         with self._audited_refusal(ctx, Action.LOOKUP):
             self._check_luhn(pan)
-            # Before its HMAC: the units it may spend, one at least (`_room_for`).
-            budget = self._room_for(ctx, rules, MAX_LOOKUP_TOKENS)
-            fingerprints = self._fingerprints(pan.reveal())
-            guarded = [(oracle_bucket(pan), fingerprints[-1])]
-            self._refuse_suspected(ctx, rules, guarded, 1)  # before the group (fin37)
+            if rules.rate_limit is None:
+                return self._lookup(ctx, rules, domain, pan, token_format, MAX_LOOKUP_TOKENS)
+            # One of the caller's lookups at a time in this process, from the read of
+            # its bucket to the charge after its commit: four at once were each sized
+            # from the same read, and answered a page each for one page's units (review
+            # 46b). Across a node's workers (or nodes), at most one each at once.
+            with self._limits.early.one_at_a_time(ctx.identity):
+                # Before its HMAC: the units it may spend, one at least (`_room_for`).
+                budget = self._room_for(ctx, rules, MAX_LOOKUP_TOKENS)
+                return self._lookup(ctx, rules, domain, pan, token_format, budget)
 
-            def work(connection: Connection) -> LookupAnswer:
-                now = self._clock()
-                self._limits.watch(
-                    connection,
-                    ctx.identity,
-                    rules.oracle_guard,
-                    guarded,
-                    now,
-                )
-                query = select(tokens).where(
-                    tokens.c.domain == domain,
-                    tokens.c.fingerprint.in_(fingerprints),
-                    tokens.c.deleted_at.is_(None),
-                    or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now),
-                    tokens.c.format.in_(self._formats_found(len(pan))),
-                )
-                if token_format is not None:
-                    query = query.where(tokens.c.format == token_format)
-                # One more than a page: whether the card has more, and no more rows
-                # read, decrypted or audited than the page (review 46).
-                page = query.order_by(tokens.c.created_at, tokens.c.id).limit(MAX_LOOKUP_TOKENS + 1)
-                rows = [
-                    r
-                    for r in connection.execute(page)
-                    # Both as the statement says, judged again here as before.
-                    if (as_utc(r.expires_at) or now + timedelta(days=1)) > now
-                    and self._guessable_only_widely(r.format, len(pan))
-                ]
-                # A page, or what the caller's bucket had room for before the HMAC if
-                # less: a charge above that room would be refused here, in the commit
-                # group, and roll back the group's other calls (rev37c). So a caller
-                # short of units is answered fewer tokens, `truncated`, never a 429
-                # that depends on how many the card has.
-                truncated = len(rows) > budget
-                rows = rows[:budget]
-                # What it answers, as a batch costs its items: one unit answered every
-                # token of a card issued a token per call (review 46).
-                self._charge(connection, ctx, rules, cost=max(1, len(rows)))
-                for row in rows:  # found by fingerprint: the database's word (session 37)
-                    confirm_card(self, row, pan)
-                self._audit.append_many(
-                    connection, self._lookup_entries(ctx, rows, truncated=truncated)
-                )
-                return LookupAnswer([self._record(r) for r in rows], truncated)
+    def _lookup(  # noqa: PLR0917 - lookup_page's parts, in its order
+        self,
+        ctx: CallContext,
+        rules: IdentityPolicy,
+        domain: str,
+        pan: Pan,
+        token_format: str | None,
+        budget: int,
+    ) -> LookupAnswer:
+        """`lookup_page` once its caller is authorised and its budget known (at most
+        `budget` tokens answered)."""
+        fingerprints = self._fingerprints(pan.reveal())
+        guarded = [(oracle_bucket(pan), fingerprints[-1])]
+        self._refuse_suspected(ctx, rules, guarded, 1)  # before the group (fin37)
 
-            try:
-                return self._transaction(work)
-            except OracleSuspected as refused:  # after its HMAC: costs its unit all the same
-                self._charge_refused(ctx, rules, 1)
-                self._suspect(ctx, guarded, refused)
-                raise
+        def work(connection: Connection) -> LookupAnswer:
+            now = self._clock()
+            self._limits.watch(
+                connection,
+                ctx.identity,
+                rules.oracle_guard,
+                guarded,
+                now,
+            )
+            query = select(tokens).where(
+                tokens.c.domain == domain,
+                tokens.c.fingerprint.in_(fingerprints),
+                tokens.c.deleted_at.is_(None),
+                or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now),
+                tokens.c.format.in_(self._formats_found(len(pan))),
+            )
+            if token_format is not None:
+                query = query.where(tokens.c.format == token_format)
+            # One more than a page: whether the card has more, and no more rows
+            # read, decrypted or audited than the page (review 46).
+            page = query.order_by(tokens.c.created_at, tokens.c.id).limit(MAX_LOOKUP_TOKENS + 1)
+            rows = [
+                r
+                for r in connection.execute(page)
+                # Both as the statement says, judged again here as before.
+                if (as_utc(r.expires_at) or now + timedelta(days=1)) > now
+                and self._guessable_only_widely(r.format, len(pan))
+            ]
+            # A page, or what the caller's bucket had room for before the HMAC if
+            # less (`truncated` then too): a caller short of units is answered
+            # fewer tokens, never a 429 that depends on how many the card has.
+            truncated = len(rows) > budget
+            rows = rows[:budget]
+            # One unit here, as before, the rest after the commit (`_charge_after`):
+            # a charge of them all here could be refused at the group's commit
+            # (calls of the caller in flight since the room was read, two lookups
+            # at once), which reruns the group's other calls (rev37c) and makes
+            # the refusal depend on how many tokens the card has (review 46b).
+            self._charge(connection, ctx, rules)
+            for row in rows:  # found by fingerprint: the database's word (session 37)
+                confirm_card(self, row, pan)
+            self._audit.append_many(
+                connection, self._lookup_entries(ctx, rows, truncated=truncated)
+            )
+            return LookupAnswer([self._record(r) for r in rows], truncated)
+
+        try:
+            answer = self._transaction(work)
+        except OracleSuspected as refused:  # after its HMAC: costs its unit all the same
+            self._charge_refused(ctx, rules, 1)
+            self._suspect(ctx, guarded, refused)
+            raise
+        # What it answered, as a batch costs its items: one unit answered every
+        # token of a card issued a token per call (review 46).
+        self._charge_after(ctx, rules, len(answer.tokens) - 1)
+        return answer
 
     def _lookup_entries(
         self, ctx: CallContext, rows: Sequence[Row[Any]], *, truncated: bool
