@@ -57,7 +57,9 @@ class LookupOperations(EarlyRate):
             # One of the caller's lookups at a time in this process, from the read of
             # its bucket to the charge after its commit: four at once were each sized
             # from the same read, and answered a page each for one page's units (review
-            # 46b). Across a node's workers (or nodes), at most one each at once.
+            # 46b). Across a node's workers (or nodes), at most one each at once. A spent
+            # bucket is refused first, without waiting for the lock behind the others.
+            self._refuse_spent(ctx, rules, 1)
             with self._limits.early.one_at_a_time(ctx.identity):
                 # Before its HMAC: the units it may spend, one at least (`_room_for`).
                 budget = self._room_for(ctx, rules, MAX_LOOKUP_TOKENS)
