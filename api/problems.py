@@ -115,6 +115,8 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "vault_error": (500, "Internal error"),
     "cofre_error": (500, "Internal error"),
     "configuration_error": (500, "The vault is misconfigured"),
+    # The CLI only: a command's call to the vault's API found no vault answering.
+    "vault_unreachable": (503, "The vault does not answer"),
     "pki_error": (500, "The vault's PKI is misconfigured"),
     "infra_error": (500, "Infrastructure error"),
     "aws_call_failed": (502, "An AWS call failed"),

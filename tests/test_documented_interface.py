@@ -306,6 +306,7 @@ NOT_ANSWERED_BY_THE_API = {
     "aws_call_failed",
     "aws_credentials_missing",
     "configuration_error",
+    "vault_unreachable",
     "hsm_token_in_service",
     "peer_vpc_not_found",
     "policy_invalid",
