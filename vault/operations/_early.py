@@ -35,15 +35,12 @@ class EarlyRate(TokenGuesses):
         if rules.rate_limit is not None:
             self._refuse_spent_key(ctx.identity, rules.rate_limit, cost)
 
-    def _room_for(self, ctx: CallContext, rules: IdentityPolicy, most: int) -> int:
-        """How many units, up to `most`, the caller's bucket has room for now (at least
-        one: `RateLimited` is raised when it has none), read from the bucket itself and
-        admitted here as spent: a call whose cost is known only in its transaction (a
+    def _room_for(self, ctx: CallContext, limit: RateLimit, most: int) -> int:
+        """How many units, up to `most`, the caller's bucket `limit` has room for now (at
+        least one: `RateLimited` is raised when it has none), read from the bucket itself
+        and admitted here as spent: a call whose cost is known only in its transaction (a
         lookup's tokens) sizes its answer to this and is charged the rest after its
-        commit (`_charge_after`). `most` for a caller without a limit."""
-        limit = rules.rate_limit
-        if limit is None:
-            return most
+        commit (`_charge_after`). A caller without a limit never comes here."""
         with self._storage(), self._reader.connect() as connection:
             now = self._clock()  # once connected: others commit charges meanwhile
             room = self._limits.check_rate(connection, ctx.identity, limit, 1, now.timestamp())

@@ -52,7 +52,8 @@ class LookupOperations(EarlyRate):
         domain = rules.domain_of(ctx.identity)
         with self._audited_refusal(ctx, Action.LOOKUP):
             self._check_luhn(pan)
-            if rules.rate_limit is None:
+            limit = rules.rate_limit
+            if limit is None:
                 return self._lookup(ctx, rules, domain, pan, token_format, MAX_LOOKUP_TOKENS)
             # One of the caller's lookups at a time in this process, from the read of
             # its bucket to the charge after its commit: four at once were each sized
@@ -62,7 +63,7 @@ class LookupOperations(EarlyRate):
             self._refuse_spent(ctx, rules, 1)
             with self._limits.early.one_at_a_time(ctx.identity):
                 # Before its HMAC: the units it may spend, one at least (`_room_for`).
-                budget = self._room_for(ctx, rules, MAX_LOOKUP_TOKENS)
+                budget = self._room_for(ctx, limit, MAX_LOOKUP_TOKENS)
                 return self._lookup(ctx, rules, domain, pan, token_format, budget)
 
     def _lookup(  # noqa: PLR0917 - lookup_page's parts, in its order
