@@ -145,11 +145,21 @@ def _refuse_a_newer_version_altered(
         parsed = parse_key_label(label)
         if parsed is None or parsed[0] != kind or parsed[1] <= newest or label not in on_token:
             continue
-        if on_token[label] != recorded:
+        found = on_token[label]
+        if found != recorded:
+            # What each side holds (CKA_ID and check value are in the log's records
+            # already): an on-call engineer tells a second object from a substitute.
+            shown = (
+                "not one key that never leaves it (two objects under the label, or one "
+                "that can leave the token)"
+                if found is None
+                else f"CKA_ID {found.cka_id}, check {found.check}"
+            )
             raise KeyNotRegistered(
                 f"{label!r}, the newest registered {kind.value} key, is on the token but not "
                 "as registered (a second key under its label, or a substitute): refused, "
-                "rather than fall back to the version before it"
+                f"rather than fall back to the version before it. On the token: {shown}; "
+                f"registered: CKA_ID {recorded.cka_id}, check {recorded.check}"
             )
 
 
