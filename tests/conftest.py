@@ -26,6 +26,7 @@ from tests.support.cloudhsm_shim import (
     activate,
     build_shim,
 )
+from tests.support.databases import create_migrated
 from tests.support.keyguard import shared_token_keys
 from tests.support.leakguard import LeakGuard, dump_database, install_leak_guard
 from tests.support.postgres import (
@@ -193,14 +194,22 @@ def postgres(leak_guard: LeakGuard) -> Iterator[PostgresCluster | ExternalPostgr
 
 @pytest.fixture
 def pg_database(
-    postgres: PostgresCluster | ExternalPostgres, leak_guard: LeakGuard
+    request: pytest.FixtureRequest,
+    postgres: PostgresCluster | ExternalPostgres,
+    leak_guard: LeakGuard,
 ) -> Iterator[str]:
     """A fresh, empty database on the suite's server; yields its SQLAlchemy URL. It is
-    dumped for the session's leak scan before it is dropped."""
+    dumped for the session's leak scan before it is dropped. For a test whose `engine`
+    fixture migrates it (`tests.support.databases.migrated_engine`), a copy of the
+    migrated template at once: made empty, then dropped for the copy, it cost ~0.1-0.3 s
+    of each of ~1,300 tests (session 47)."""
     name = f"t_{secrets.token_hex(6)}"
     try:
         with psycopg.connect(postgres.dsn(), autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            if "engine" in request.fixturenames:
+                create_migrated(conn, postgres.sqlalchemy_url(name))
+            else:
+                conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL stopped answering: {exc}", pytrace=False)
     yield postgres.sqlalchemy_url(name)

@@ -68,15 +68,20 @@ def _copy_of_template(database_url: str) -> None:
             "('pg_catalog', 'information_schema', 'pg_toast'))"
         ).fetchone() != (False,):
             return
-    template = template_name()
     with psycopg.connect(admin, autocommit=True) as conn:
-        if (
-            conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [template]).fetchone()
-            is None
-        ):
-            _make_template(conn, database_url, template)
         conn.execute(f'DROP DATABASE "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        create_migrated(conn, database_url)
+
+
+def create_migrated(conn: psycopg.Connection[tuple[object, ...]], database_url: str) -> None:
+    """Create the database `database_url` names, through the server's administrative
+    connection `conn`, as a copy of the migrated template (made first if the server has
+    none)."""
+    _, name = _admin_dsn(database_url)
+    template = template_name()
+    if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [template]).fetchone() is None:
+        _make_template(conn, database_url, template)
+    conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
 
 
 def _make_template(
