@@ -26,7 +26,7 @@ from tests.support.cloudhsm_shim import (
     activate,
     build_shim,
 )
-from tests.support.databases import create_migrated
+from tests.support.databases import MIGRATED_WANTED, create_migrated
 from tests.support.keyguard import shared_token_keys
 from tests.support.leakguard import LeakGuard, dump_database, install_leak_guard
 from tests.support.postgres import (
@@ -193,20 +193,28 @@ def postgres(leak_guard: LeakGuard) -> Iterator[PostgresCluster | ExternalPostgr
 
 
 @pytest.fixture
+def migrated_database(request: pytest.FixtureRequest) -> None:
+    """Asked for before `database_url` by an `engine` fixture whose database is migrated
+    (`migrated_engine`): `pg_database` then makes it a copy of the migrated template at
+    once. Only a saving: a database made before (empty) is copied over as before."""
+    request.node.stash[MIGRATED_WANTED] = True
+
+
+@pytest.fixture
 def pg_database(
     request: pytest.FixtureRequest,
     postgres: PostgresCluster | ExternalPostgres,
     leak_guard: LeakGuard,
 ) -> Iterator[str]:
     """A fresh, empty database on the suite's server; yields its SQLAlchemy URL. It is
-    dumped for the session's leak scan before it is dropped. For a test whose `engine`
-    fixture migrates it (`tests.support.databases.migrated_engine`), a copy of the
-    migrated template at once: made empty, then dropped for the copy, it cost ~0.1-0.3 s
-    of each of ~1,300 tests (session 47)."""
+    dumped for the session's leak scan before it is dropped. Asked for after
+    `migrated_database` (an `engine` fixture that migrates it), a copy of the migrated
+    template at once: made empty, then dropped for the copy, it cost ~0.1-0.3 s of each
+    of ~1,300 tests (session 47)."""
     name = f"t_{secrets.token_hex(6)}"
     try:
         with psycopg.connect(postgres.dsn(), autocommit=True, connect_timeout=5) as conn:
-            if "engine" in request.fixturenames:
+            if request.node.stash.get(MIGRATED_WANTED, False):
                 create_migrated(conn, postgres.sqlalchemy_url(name))
             else:
                 conn.execute(f'CREATE DATABASE "{name}"')

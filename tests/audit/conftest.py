@@ -13,7 +13,7 @@ from vault.signing import HSMTreeHeadSigner
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
+def engine(migrated_database: None, database_url: str) -> Iterator[Engine]:
     with migrated_engine(database_url) as engine:
         yield engine
 

@@ -43,7 +43,7 @@ def vault(tmp_path: Path, hsm_provider: HSMProvider, database_url: str) -> Itera
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
+def engine(migrated_database: None, database_url: str) -> Iterator[Engine]:
     """A migrated database of its own for each test, on SQLite and on PostgreSQL."""
     with migrated_engine(database_url) as engine:
         yield engine

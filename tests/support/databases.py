@@ -15,13 +15,17 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Final
 
 import psycopg
+import pytest
 from sqlalchemy import Engine, make_url
 
 from vault.storage.database import create_database_engine, migrate
 
 _MIGRATIONS = Path(__file__).resolve().parents[2] / "vault" / "migrations"
+# Set on a test by the `migrated_database` fixture (tests/conftest.py).
+MIGRATED_WANTED: Final = pytest.StashKey[bool]()
 
 
 @contextmanager

@@ -91,7 +91,7 @@ def rotation_provider(request: pytest.FixtureRequest) -> HSMProvider:
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
+def engine(migrated_database: None, database_url: str) -> Iterator[Engine]:
     with migrated_engine(database_url) as engine:
         yield engine
 

@@ -26,7 +26,7 @@ BURST_SECONDS = LIMIT.burst / LIMIT.per_second
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
+def engine(migrated_database: None, database_url: str) -> Iterator[Engine]:
     with migrated_engine(database_url) as engine:
         yield engine
 
