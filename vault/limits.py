@@ -221,14 +221,14 @@ def _clears_at(
 ) -> float | None:
     """When a call sending `sent` to a bucket whose rows read now are `seen` (each item's
     latest window) would pass, if nothing else is sent meanwhile: once few enough of the
-    other items are still read for `sent` to fit. None if it never would (`sent` alone
-    is over the limit)."""
+    bucket's items are still read for `sent` to fit beside them (`RateLimits.watch`
+    counts each item sent as new, one the bucket holds too). None if it never would
+    (`sent` alone is over the limit)."""
     room = guard.max_pans_per_bucket - len(sent)
     if room < 0:
         return None
-    # Sent again, an item counts once whatever it was seen in; the others count until
-    # their rows stop being read, the latest first.
-    until = sorted((_read_until(guard, w) for i, w in seen.items() if i not in sent), reverse=True)
+    # Each item counts until its rows stop being read, the latest first.
+    until = sorted((_read_until(guard, w) for w in seen.values()), reverse=True)
     return float(until[room]) if room < len(until) else now.timestamp()
 
 
@@ -510,8 +510,15 @@ class Limits:
         refused: dict[bytes, float | None] = {}
         for bucket, new_items in wanted.items():
             seen = seen_by_bucket.get(bucket, {})
-            # A card seen in either window is no new guess: the union counts.
-            if len(seen.keys() | new_items) > guard.max_pans_per_bucket:
+            # Each item sent counts as a new one, a card already seen included, so that
+            # the answer depends on how many the bucket holds, never on which (atk47):
+            # counting the union, a caller that filled the bucket with made-up cards
+            # was answered for a card the bucket held (the shop's customer's, or any
+            # shopper's in the captures' count) and refused for any other, a refusal
+            # that counts nothing, so it told the real card among its ~10^5 candidates
+            # at its rate limit. Now every wrong guess fills one place and a full
+            # bucket refuses every card, a card it holds too, until its rows age out.
+            if len(seen) + len(new_items) > guard.max_pans_per_bucket:
                 refused[bucket] = _clears_at(guard, seen, new_items, now)
                 continue
             # A card seen only in the window before gets a row in this one too: sent

@@ -148,8 +148,10 @@ def test_guesses_either_side_of_midnight_are_one_days_guesses(
         assert outcomes == ["oracle_suspected"] * 10
         # Honest: the day before stops counting when the day under way ends.
         assert waits == [pytest.approx(86_400 - s) for s in range(1, 11)]
-        # A card the day before saw is no new guess.
-        assert svc.tokenize(PAYMENTS, TokenizeRequest(Pan(bucket[0]), "pan_bin6_last4")).existing
+        # A card the day before saw is refused too while the count is full (atk47: an
+        # answer for it, and a refusal for any other, told the bucket's cards apart).
+        with pytest.raises(OracleSuspected):
+            svc.tokenize(PAYMENTS, TokenizeRequest(Pan(bucket[0]), "pan_bin6_last4"))
         now[0] = midnight + timedelta(days=1)
         svc.tokenize(PAYMENTS, TokenizeRequest(Pan(bucket[10]), "pan_bin6_last4"))
     finally:

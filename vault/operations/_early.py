@@ -110,7 +110,7 @@ class EarlyRate(TokenGuesses):
         (bucket, item) pairs is of a bucket this process saw the guard refuse the caller
         (`_suspect`) and the guard, asked in a transaction of its own rolled back after,
         refuses the call now; charges `cost` units as the refusal in the group does. A
-        card the caller already sent within the window is answered as before.
+        full bucket refuses a card it holds too (atk47: `RateLimits.watch`).
 
         Why (fin37): the guard refuses in the group, after the call's HMACs, and the
         refusal rolled the whole group back, every other caller's operation in it run
