@@ -35,6 +35,7 @@ longer grants (a removed officer, a replaced MFA key) counts as an unsigned one 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Collection
@@ -44,12 +45,13 @@ from typing import Any, Final
 from sqlalchemy import Connection, Row, select, update
 
 from audit.log import AuditEvent, AuditLog, DetailValue, Outcome
+from cofre.redaction import mask_pan_like
 from hsm.keys import KeyKind, parse_key_label
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied
 from policies.models import Action
-from vault.approval_proof import SignedAction, approval_problem, proposal_problem
+from vault.approval_proof import SignedAction, approval_path, approval_problem, proposal_problem
 from vault.ceremony import CeremonyState, RotationKind
 from vault.errors import CeremonyError
 from vault.httpsig import parse_signature
@@ -174,6 +176,37 @@ def _proposal(
     return SignedAction.from_json(proof)
 
 
+def _unmasked_ceremony(details: dict[str, Any], proposal: dict[str, Any]) -> dict[str, Any]:
+    """`details` with the ceremony id the proposal's signature derives, when the log's PAN
+    mask wrote that id masked (one id in ~280 ends in twelve decimal digits)."""
+    proof, ceremony = proposal.get("proof"), details.get("ceremony")
+    if not isinstance(proof, str) or not isinstance(ceremony, str):
+        return details
+    try:
+        derived = SignedAction.from_json(proof).ceremony_id()
+    except ValueError:
+        return details
+    if ceremony == derived or mask_pan_like(derived) != ceremony:
+        return details
+    how = details.get("how")
+    if isinstance(how, str) and how == f"{_MADE_BY}{ceremony}":
+        how = f"{_MADE_BY}{derived}"
+    return {**details, "ceremony": derived, "how": how}
+
+
+def _unmasked_path(proof: str, ceremony: str) -> str:
+    """Stored approval `proof` with the path an approval of `ceremony` signs, when the
+    stored path is that path as the log's PAN mask wrote it (the signature still decides)."""
+    try:
+        action = SignedAction.from_json(proof)
+    except ValueError:
+        return proof
+    path = approval_path(ceremony)
+    if action.path == path or mask_pan_like(path) != action.path:
+        return proof
+    return dataclasses.replace(action, path=path).to_json()
+
+
 def signed_registration_time(
     details: dict[str, Any],
     document: object,
@@ -190,6 +223,7 @@ def signed_registration_time(
     if actions is None:
         return None
     proposal, approvals = actions
+    details = _unmasked_ceremony(details, proposal)
     signed = _proposal(details, proposal, policy, authorities)
     if signed is None:
         return None
@@ -202,7 +236,8 @@ def signed_registration_time(
             key is not None
             and officer != proposer
             and isinstance(proof, str)
-            and approval_problem(proof, key, ceremony, authorities) is None
+            and approval_problem(_unmasked_path(proof, ceremony), key, ceremony, authorities)
+            is None
         ):
             counted.add(str(officer))
     if len(counted) + 1 < policy.policy.key_approvals_required:

@@ -155,11 +155,17 @@ def _refuse_a_newer_version_altered(
                 if found is None
                 else f"CKA_ID {found.cka_id}, check {found.check}"
             )
+            # A record the registry voids keeps no identity, only why (`_NOT_PROVEN`...).
+            record = (
+                f"CKA_ID {recorded.cka_id}, check {recorded.check}"
+                if recorded.cka_id is not None
+                else f"no key usable ({recorded.check})"
+            )
             raise KeyNotRegistered(
                 f"{label!r}, the newest registered {kind.value} key, is on the token but not "
                 "as registered (a second key under its label, or a substitute): refused, "
                 f"rather than fall back to the version before it. On the token: {shown}; "
-                f"registered: CKA_ID {recorded.cka_id}, check {recorded.check}"
+                f"registered: {record}"
             )
 
 
