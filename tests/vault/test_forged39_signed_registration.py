@@ -203,7 +203,9 @@ def test_a_registration_of_a_key_not_on_the_token_is_refused(
     genuine = _kek(service)
     for named, refusal in (
         ({**genuine, "check": "000000"}, "does not hold"),
-        ({**genuine, "label": "cofre-kek-v9"}, "not in the key registry"),
+        # A version no test reaches on the session's rotation token (cofre-kek-v9 was
+        # registered there once earlier modules had rotated eight times).
+        ({**genuine, "label": "cofre-kek-v9999"}, "not in the key registry"),
     ):
         with pytest.raises(CeremonyError, match=refusal):
             reregister(rotation, officers, named)

@@ -25,19 +25,33 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+import audit.log
 from cofre.redaction import mask_pan_like
-from hsm.keys import KeyKind, key_label
+from hsm.keys import KeyHierarchy, KeyKind, key_label, parse_key_label
+from hsm.provider import HSMProvider
+from tests.support.audit_trail import append_registration
 from tests.support.officers import SigningOfficer, signed_approval, signed_proposal
-from tests.vault.conftest import ALICE, BOB
+from tests.support.pans import card_number
+from tests.vault.conftest import ALICE, BOB, PAYMENTS
 from vault.approval_proof import SignedAction
 from vault.ceremony import CeremonyState
+from vault.errors import KeyNotRegistered
+from vault.key_registry import token_identities
+from vault.pan import Pan
 from vault.rotation import KeyRotation
-from vault.service import VaultService
+from vault.service import TokenizeRequest, VaultService
 
+CARD = Pan(card_number("453201", 47047))
 _REGISTERED = sa.text(
     'SELECT payload FROM audit_entries WHERE payload LIKE \'{"action":"key.register",%\' '
     "ORDER BY id DESC LIMIT 1"
 )
+
+
+def version_of(label: str) -> int:
+    parsed = parse_key_label(label)
+    assert parsed is not None
+    return parsed[1]
 
 
 def _masked_id_proposal(officer: SigningOfficer, kind: str) -> SignedAction:
@@ -84,3 +98,52 @@ def test_a_rotation_whose_ceremony_id_the_log_masks_completes(
         assert registry.current_label(KeyKind.KEK) == key_label(KeyKind.KEK, done.new_version)
         assert not registry.refused()
     service.check_ready()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("rotation_provider", ["softhsm2"], indirect=True)
+def test_its_signatures_copied_under_the_unmasked_id_onto_a_planted_kek_fail_closed(
+    signing_rig: tuple[VaultService, KeyRotation],
+    engine: Engine,
+    rotation_provider: HSMProvider,
+    signing_officers: dict[str, SigningOfficer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 47: the registry takes a masked ceremony id and the id itself as one
+    ceremony. A database writer copied the genuine record (its id masked by the log)
+    onto a planted next KEK under the id spelt out, and the one-ceremony-one-version
+    rule, which grouped the records by the id as written, saw two ceremonies: the
+    planted key was registered. Now both labels are unusable, as for any copy
+    (tests/vault/test_sign40_planted_rotation.py)."""
+    service, rotation = signing_rig
+    registry = service.keyring.registry
+    proposal = _masked_id_proposal(signing_officers[ALICE], "kek")
+    view = rotation.propose(ALICE, "kek", keyid=signing_officers[ALICE].keyid, proof=proposal)
+    approval = signed_approval(signing_officers[BOB], view.id)
+    rotation.approve(BOB, view.id, keyid=signing_officers[BOB].keyid, proof=approval)
+    with engine.connect() as connection:
+        record = json.loads(connection.execute(_REGISTERED).scalar_one())
+    planted = key_label(KeyKind.KEK, registry.versions(KeyKind.KEK)[-1] + 1)
+    KeyHierarchy(rotation_provider).create(KeyKind.KEK, version_of(planted))
+    try:
+        identity = token_identities(rotation_provider.list_keys())[planted]
+        assert identity is not None
+        copied = {
+            **record["details"],
+            **identity.as_details(),
+            "ceremony": view.id,
+            "how": f"created by key ceremony {view.id}",
+        }
+        # The writer inserts the row's bytes itself: the id spelt out, where the vault's
+        # own append would have masked it again.
+        with monkeypatch.context() as unmasked:
+            unmasked.setattr(audit.log, "_masked", lambda text: text)
+            append_registration(engine, planted, copied, str(record["document"]))
+        with engine.connect() as connection:
+            assert view.id in connection.execute(_REGISTERED).scalar_one()
+        registry.registered(fresh=True)
+        with pytest.raises(KeyNotRegistered, match="one ceremony's signatures"):
+            sealed = service.tokenize(PAYMENTS, TokenizeRequest(CARD, "pan_bin6_last4"))
+            pytest.fail(f"tokenized as {sealed.token} under {registry.current_label(KeyKind.KEK)}")
+    finally:
+        rotation_provider.destroy_key(planted)
