@@ -33,6 +33,7 @@ from tests.support.audit_trail import append_registration
 from tests.support.officers import SigningOfficer, signed_approval, signed_proposal
 from tests.support.pans import card_number
 from tests.vault.conftest import ALICE, BOB, PAYMENTS
+from vault._retired_keys import retired_through
 from vault.approval_proof import SignedAction
 from vault.ceremony import CeremonyState
 from vault.errors import KeyNotRegistered
@@ -97,6 +98,11 @@ def test_a_rotation_whose_ceremony_id_the_log_masks_completes(
         # ... and the registry still takes the officers' new key, and uses it.
         assert registry.current_label(KeyKind.KEK) == key_label(KeyKind.KEK, done.new_version)
         assert not registry.refused()
+    else:
+        # The completion counts: its ceremony's first start is proven by the officers'
+        # signatures read over the paths they signed, so the old data key is retired.
+        with engine.connect() as connection:
+            assert retired_through(connection, registry.signed_time) == done.old_version
     service.check_ready()
 
 
