@@ -28,8 +28,8 @@ from __future__ import annotations
 import typer
 
 from cofre.settings import Settings
+from cofre_cli._opening import open_database
 from cofre_cli.key_management import own_authorities
-from cofre_cli.wiring import open_database
 from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.loader import load_policy

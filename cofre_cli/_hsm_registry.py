@@ -40,8 +40,8 @@ def registry_report(settings: Any, provider: Any) -> RegistryView:
     as they are (an empty registry is adopted at the vault's first start), and the
     registered keys in use missing from the token. Raises nothing: a registry that
     cannot be read is reported `unavailable (<code>)`, not readable."""
+    from cofre_cli._opening import open_database
     from cofre_cli.key_management import own_authorities
-    from cofre_cli.wiring import open_database
     from hsm.selftest import serving_labels
     from policies.engine import PolicyEngine
     from policies.loader import load_policy

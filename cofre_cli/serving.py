@@ -36,14 +36,12 @@ from cofre.redaction import OwnDigest
 from cofre.settings import Settings
 from cofre_cli._listeners import check_listener_ports, claim_listener_ports
 from cofre_cli._open_files import raise_open_files
+from cofre_cli._opening import open_database
 from cofre_cli._production import production_checks, refusing_software_tokens
 from cofre_cli._ready_signal import announce_when_ready
 from cofre_cli.capture import capture_places, start_capture_listener
 from cofre_cli.stopping import stop_deadline
-from cofre_cli.wiring import (
-    build_runtime,
-    open_database,
-)
+from cofre_cli.wiring import build_runtime
 from cofre_cli.workers import NodeReadiness, Stamps, run_workers, worker_count
 from policies.loader import load_policy
 

@@ -17,7 +17,6 @@ from typing import IO, Any
 
 import structlog
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 
 from api._open_files_gauge import observe_open_files
 from api._refusal_sieve import RefusalAllowances
@@ -36,14 +35,13 @@ from api.refusals import RefusalFlusher
 from api.tls import TLS12_CIPHERS
 from audit.archived_entries import archived_payloads
 from audit.errors import AuditWriteFailed
-from audit.log import AuditEvent, AuditLog, Outcome
 from audit.publisher import PublisherThread
 from audit.sequencer import Sequencer, SequencerThread
-from cofre.errors import CofreError, ConfigurationError
+from cofre.errors import CofreError
 from cofre.filemodes import refuse_readable_secrets, secure_data_dir
 from cofre.redaction import OwnDigest
 from cofre.settings import Settings
-from cofre_cli._existing_store import require_existing_store
+from cofre_cli._opening import open_database, open_hsm
 from cofre_cli.audit_trail import crl_recorder, process_details
 from cofre_cli.capture import (
     capture_app,
@@ -61,15 +59,13 @@ from cofre_cli.witnessing import (
 )
 from compliance.errors import ComplianceError
 from compliance.export import EvidenceSources, export_bundle
-from hsm.keys import KeyHierarchy, KeyKind
-from hsm.provider import HSMProvider, provider_from_settings
+from hsm.provider import HSMProvider
 from policies.engine import PolicyEngine
 from policies.errors import RateLimited
 from policies.loader import LoadedPolicy, load_policy
 from policies.models import RateLimit, RelayRoute
 from vault.cryptoperiod import CryptoperiodMonitor
 from vault.key_presence import KeyPresenceCheck
-from vault.key_registry import KeyRegistry
 from vault.officer_mfa import identities_without_mfa, officer_ports
 from vault.policy_record import policy_event
 from vault.purge import PurgeWorker
@@ -77,125 +73,9 @@ from vault.rotation import KeyRotation
 from vault.rotation_worker import RotationWorker
 from vault.service import CallContext, VaultService
 from vault.signing import HSMTreeHeadSigner
-from vault.storage.database import create_database_engine, readiness_connections
-from vault.storage.schema_version import check_schema, migrate
+from vault.storage.database import readiness_connections
 
 _log = structlog.get_logger("cofre.vault")
-
-
-_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
-def database_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
-    """An engine for the configured store: URL and password from settings or their
-    files, or an RDS IAM token per new connection (`COFRE_DATABASE__IAM_AUTH`)."""
-    database = settings.database
-    url = settings.database_url
-    if database.url is None and database.url_file is None:
-        # The default store is a file in the data directory. `cofre db migrate` and
-        # `db status` come here without `open_database`, so on a fresh machine SQLite
-        # could not create the file and the command failed with a bare OperationalError.
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    password_provider = None
-    if database.iam_auth:
-        from infra_pci.rds_auth import rds_auth_token_provider
-
-        parsed = make_url(url)
-        if database.iam_region is None or parsed.host is None or parsed.username is None:
-            raise ConfigurationError(
-                "RDS IAM authentication needs COFRE_DATABASE__IAM_REGION and a URL naming "
-                "the host and the user"
-            )
-        # libpq connects to a `host`/`hostaddr` in the query over the URL's own host:
-        # the token would be minted for one server and sent, unverified past the
-        # loopback exception below, to another (the attack review).
-        if overrides := sorted({"host", "hostaddr"} & set(parsed.query)):
-            raise ConfigurationError(
-                "RDS IAM authentication: name the database host in the URL itself, "
-                f"not in its query ({', '.join(overrides)})"
-            )
-        # The token is a bearer credential for 15 minutes: sent over a connection whose
-        # server is not verified (psycopg's default sslmode is "prefer"), anyone in the
-        # path could take it (the infra review). Loopback is the development exception.
-        if parsed.query.get("sslmode") != "verify-full" and parsed.host not in _LOOPBACK:
-            raise ConfigurationError(
-                "RDS IAM authentication sends a bearer token: the database URL must say "
-                "sslmode=verify-full (and sslrootcert=<the RDS CA bundle>)"
-            )
-        password_provider = rds_auth_token_provider(
-            parsed.host, parsed.port or 5432, parsed.username, database.iam_region
-        )
-    return create_database_engine(
-        url,
-        pool_size=pool_size or database.pool_size,
-        statement_timeout_ms=database.statement_timeout_ms,
-        password_provider=password_provider,
-    )
-
-
-def open_database(settings: Settings, *, run_migrations: bool = False) -> Engine:
-    """Return an engine for the configured store.
-
-    With `run_migrations` (`cofre dev`, `cofre db migrate`, tests) the schema is first
-    brought to the newest revision under the migration lock; otherwise it is only
-    checked, and `SchemaMismatch` is raised for a schema this code cannot use (so the
-    vault and the read-only commands run as the least-privileged role); a missing
-    SQLite file is not created then (`cofre_cli._existing_store`).
-    """
-    if not run_migrations:
-        require_existing_store(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    engine = database_engine(settings)
-    try:
-        if run_migrations:
-            migrate(engine)
-        else:
-            status = check_schema(engine)
-            if status.newer_but_compatible:
-                _log.warning(
-                    "newer database schema, declared compatible with this version",
-                    schema=status.current,
-                    code_head=status.head,
-                )
-    except CofreError:
-        engine.dispose()
-        raise
-    return engine
-
-
-def open_hsm(settings: Settings) -> HSMProvider:
-    return provider_from_settings(settings.hsm)
-
-
-def initialize_key_hierarchy(engine: Engine, provider: HSMProvider, *, actor: str) -> list[str]:
-    """Make version 1 of each kind the token lacks and record it (`record_key_creation`);
-    return the labels made. Raises `HSMKeyNotFound`, making nothing, when the key
-    registry already holds keys: version 1 is made only at the log's first start
-    (`KeyRegistry.refuse_version_one_after_first_start`)."""
-    hierarchy = KeyHierarchy(provider)
-    missing = [kind for kind in KeyKind if not hierarchy.versions(kind)]
-    KeyRegistry(engine, provider).refuse_version_one_after_first_start(missing)
-    created = hierarchy.initialize()
-    record_key_creation(engine, provider, created, actor=actor)
-    return created
-
-
-def record_key_creation(
-    engine: Engine, provider: HSMProvider, labels: list[str], *, actor: str
-) -> None:
-    """Record keys just created on the token: a `key.create` audit entry each and their
-    registration in the key registry (label, CKA_ID, check value), in one transaction."""
-    if not labels:
-        return
-    log = AuditLog()
-    registry = KeyRegistry(engine, provider, log)
-    with engine.begin() as connection:
-        for label in labels:
-            log.append(
-                connection,
-                AuditEvent(action="key.create", outcome=Outcome.SUCCESS, actor=actor, key_id=label),
-            )
-            registry.register(connection, label, actor=actor, how=actor)
 
 
 @dataclass

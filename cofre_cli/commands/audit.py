@@ -30,7 +30,7 @@ def audit_sequence() -> None:
     """Integrate every queued entry into the tree now and sign a head for the new size."""
     from audit.sequencer import Sequencer
     from cofre_cli._audit_key import vault_audit_signer
-    from cofre_cli.wiring import open_database, open_hsm
+    from cofre_cli._opening import open_database, open_hsm
 
     settings = cli_settings()
     engine = open_database(settings)
@@ -44,8 +44,8 @@ def audit_sequence() -> None:
 def audit_head() -> None:
     """Print the latest signed tree head as JSON (size, root, time, key, signature)."""
     from audit.store import AuditStore
+    from cofre_cli._opening import open_database
     from cofre_cli.audit_trail import record_cli_read
-    from cofre_cli.wiring import open_database
 
     engine = open_database(cli_settings())
     record_cli_read(engine, "cofre audit head", "head")
@@ -73,7 +73,7 @@ def audit_vkey(before_first_start: BeforeFirstStartOpt = False) -> None:
     what each witness operator pins for this vault (`cofre witness serve --logs`)."""
     from audit.heads import log_origin, log_verifier_key
     from cofre_cli._audit_key import vault_audit_signer
-    from cofre_cli.wiring import open_hsm
+    from cofre_cli._opening import open_hsm
 
     settings = cli_settings()
     provider = open_hsm(settings)
@@ -93,7 +93,7 @@ def audit_public_key(
     `export` use): what an auditor pins with `--public-key` (`cofre audit verify`,
     `cofre evidence verify`). Give it out of band."""
     from cofre_cli._audit_key import vault_audit_signer
-    from cofre_cli.wiring import open_hsm
+    from cofre_cli._opening import open_hsm
 
     settings = cli_settings()
     provider = open_hsm(settings)
@@ -131,8 +131,8 @@ def audit_prove(
     proof), checked against the recomputed root before it is printed."""
     from audit.merkle import hash_b64, leaf_hash, verify_consistency, verify_inclusion
     from audit.store import AuditStore
+    from cofre_cli._opening import open_database
     from cofre_cli.audit_trail import record_cli_read
-    from cofre_cli.wiring import open_database
 
     engine = open_database(cli_settings())
     record_cli_read(
@@ -217,9 +217,9 @@ def audit_verify(
     from audit.errors import AuditVerificationFailed
     from audit.store import AuditStore
     from cofre_cli._audit_key import vault_audit_signer
+    from cofre_cli._opening import open_database, open_hsm
     from cofre_cli.audit_trail import record_cli_read
     from cofre_cli.commands._audit_checks import check_kept_head, check_witnesses, read_pem
-    from cofre_cli.wiring import open_database, open_hsm
 
     settings = cli_settings()
     if public_key is not None:
@@ -281,8 +281,8 @@ def audit_export(
     JSON lines, for offline verification."""
     from audit.store import AuditStore
     from cofre_cli._audit_key import vault_audit_signer
+    from cofre_cli._opening import open_database, open_hsm
     from cofre_cli.audit_trail import private_export, record_cli_read, shown_path
-    from cofre_cli.wiring import open_database, open_hsm
 
     settings = cli_settings()
     pem = vault_audit_signer(settings, open_hsm(settings)).public_key_pem()
@@ -332,8 +332,8 @@ def _object_store(settings: Any, bucket: str | None) -> Any:
 
 def _public_key_pem(settings: Any, path: Path | None) -> bytes:
     from cofre_cli._audit_key import vault_audit_signer
+    from cofre_cli._opening import open_hsm
     from cofre_cli.commands._audit_checks import read_pem
-    from cofre_cli.wiring import open_hsm
 
     if path is not None:
         return read_pem(path)
@@ -354,7 +354,7 @@ def audit_partitions(
     from audit.partitions import default_partition_rows, ensure_partitions, monthly_partitions
     from audit.schema import audit_retired
     from cofre.dberrors import database_errors_as
-    from cofre_cli.wiring import open_database
+    from cofre_cli._opening import open_database
     from vault.errors import StorageUnavailable
 
     engine = open_database(cli_settings())
@@ -392,7 +392,7 @@ def audit_archive(bucket: BucketOpt = None, prefix: PrefixOpt = None) -> None:
     """Ship every signed leaf not archived yet to the bucket as sealed segments (with
     their signed heads and a manifest each); record and audit each. Idempotent."""
     from audit.archive import archive_log, normalize_prefix
-    from cofre_cli.wiring import open_database
+    from cofre_cli._opening import open_database
 
     settings = cli_settings()
     objects = _object_store(settings, bucket)
@@ -490,8 +490,8 @@ def _check_online_continues(settings: Any, archived: Any) -> None:
     from audit.errors import AuditVerificationFailed
     from audit.merkle import verify_consistency
     from audit.store import AuditStore
+    from cofre_cli._opening import open_database
     from cofre_cli.audit_trail import record_cli_read
-    from cofre_cli.wiring import open_database
 
     engine = open_database(settings)
     try:
@@ -529,7 +529,7 @@ def audit_retire(
     from datetime import UTC, datetime
 
     from audit.retention import retire_partitions
-    from cofre_cli.wiring import open_database
+    from cofre_cli._opening import open_database
 
     settings = cli_settings()
     pem = _public_key_pem(settings, public_key)

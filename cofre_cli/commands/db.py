@@ -20,7 +20,7 @@ db_app = typer.Typer(
 def db_migrate() -> None:
     """Bring the database schema to this version's newest revision. Run it as the owner
     role before starting new vault versions; concurrent runs wait for each other."""
-    from cofre_cli.wiring import database_engine
+    from cofre_cli._opening import database_engine
     from vault.storage.schema_version import migrate
 
     engine = database_engine(cli_settings(), pool_size=1)
@@ -45,7 +45,7 @@ def db_status() -> None:
     """Show the schema revision of the database and whether this version can use it
     (exit 1 when it cannot). Changes nothing."""
     from cofre_cli._existing_store import require_existing_store
-    from cofre_cli.wiring import database_engine
+    from cofre_cli._opening import database_engine
     from vault.storage.schema_version import check_schema
 
     settings = cli_settings()

@@ -28,7 +28,7 @@ def hsm_init() -> None:
     migrate` first). Data keys are created by the vault and stored wrapped. Refuses to
     make a missing key again once the key registry holds keys (restore the HSM's
     backup: docs/key-ceremony.md)."""
-    from cofre_cli.wiring import initialize_key_hierarchy, open_database
+    from cofre_cli._opening import initialize_key_hierarchy, open_database
     from hsm.provider import provider_from_settings
 
     settings = cli_settings()

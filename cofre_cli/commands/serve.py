@@ -50,14 +50,10 @@ def dev_command(
     embedded SQLite store, a dev PKI and a sample policy, all created on first run in
     DATA_DIR; then serve the API on https://127.0.0.1:8443. `make run` calls this."""
     from api.pki import DevPKI
+    from cofre_cli._opening import database_engine, initialize_key_hierarchy, open_database
     from cofre_cli.devenv import dev_settings, ensure_dev_environment
     from cofre_cli.serving import serve
-    from cofre_cli.wiring import (
-        build_runtime,
-        database_engine,
-        initialize_key_hierarchy,
-        open_database,
-    )
+    from cofre_cli.wiring import build_runtime
     from hsm.provider import provider_from_settings
     from policies.loader import load_policy
 

@@ -20,7 +20,7 @@ def tokens_purge() -> None:
     does this by itself every `COFRE_TOKENS__PURGE_INTERVAL_SECONDS`, one at a time."""
     from datetime import timedelta
 
-    from cofre_cli.wiring import open_database, open_hsm
+    from cofre_cli._opening import open_database, open_hsm
     from policies.engine import PolicyEngine
     from policies.loader import load_policy
     from vault.service import VaultService

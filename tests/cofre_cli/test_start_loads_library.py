@@ -18,7 +18,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from cofre.settings import Settings
-from cofre_cli.wiring import _record_start, open_database
+from cofre_cli._opening import open_database
+from cofre_cli.wiring import _record_start
 from hsm.provider import provider_from_settings
 from policies.engine import PolicyEngine
 from policies.loader import load_policy

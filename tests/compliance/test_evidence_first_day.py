@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cofre.settings import Settings
-from cofre_cli.wiring import open_database, record_key_creation
+from cofre_cli._opening import open_database, record_key_creation
 from cofre_evidence_verifier import policy
 from hsm.keys import KeyHierarchy, KeyKind
 from hsm.provider import HSMProvider

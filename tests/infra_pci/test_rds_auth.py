@@ -14,7 +14,7 @@ from sqlalchemy import event
 
 from cofre.errors import ConfigurationError
 from cofre.settings import Settings
-from cofre_cli.wiring import database_engine
+from cofre_cli._opening import database_engine
 from infra_pci.errors import CredentialsMissing
 from infra_pci.rds_auth import rds_auth_token_provider
 
