@@ -72,11 +72,14 @@ from cofre_evidence_verifier.dual_control_log import (
     PROPOSE,
     START,
     Index,
+    Runs,
     ceremonies_to_check,
     entry_details,
     entry_time,
     index_pool,
+    proposal_runs,
     proven_entries,
+    run_problem,
 )
 from cofre_evidence_verifier.errors import SignedRequestError
 from cofre_evidence_verifier.policy import (
@@ -122,6 +125,7 @@ class _Ceremony:
     approvers: list[str] = field(default_factory=list)
     authorities: set[str] = field(default_factory=set)
     required: int = DEFAULT_APPROVALS_REQUIRED
+    proposal: str | None = None  # the digest of its verified signed proposal
 
     def fail(self, problem: str) -> None:
         self.problems.append(
@@ -155,6 +159,7 @@ class _Context:
     ttl_seconds: int
     period_first: int
     names: VaultNames  # what each signed @authority must name
+    runs: Runs  # the pool's starts by the signed proposal they ran
 
 
 def _verified(  # noqa: PLR0911, PLR0917 - one return per reason a signature does not count
@@ -283,6 +288,7 @@ def _check_proposal(
     elif signed.created > started + WINDOW_SECONDS:
         ceremony.fail(f"{where}: it was signed at {_at(signed.created)}, after the start")
     else:
+        ceremony.proposal = request.proposal_digest()
         return proposer, signed.created, index
     return proposer, None, index
 
@@ -473,6 +479,12 @@ def _check_ceremony(ceremony: _Ceremony, context: _Context, started: int) -> Non
     proposal = _check_proposal(ceremony, context, identities, policy_index, started)
     if proposal[1] is not None:
         ceremony.proposer = proposal[0]
+    if ceremony.proposal is not None:
+        pool, runs = context.pool, context.runs
+        if (
+            run := run_problem(pool, runs, ceremony.id, ceremony.start, ceremony.proposal)
+        ) is not None:
+            ceremony.fail(run)
     counted = _count_approvals(ceremony, context, identities, policy_index, proposal, started)
     _check_start(ceremony, context, counted, started)
     _check_policy_unchanged(ceremony, context, proposal[2], (policy_index, document))
@@ -527,7 +539,8 @@ def check_dual_control(
     names = vault_names(files, authorities, problems)
     report.summary["dual_control_vault_names"] = names.summary()
     by = index_pool(pool)
-    context = _Context(pool, by, policy_documents(files), int(hours * 3600), first, names)
+    policies, runs = policy_documents(files), proposal_runs(pool, by)
+    context = _Context(pool, by, policies, int(hours * 3600), first, names, runs)
     checked = []
     for ceremony_id, start in ceremonies_to_check(pool, by, period, problems).items():
         entry = pool[start]

@@ -19,9 +19,10 @@ from cofre_evidence_verifier.bundle import (
     load_json,
     string,
 )
-from cofre_evidence_verifier.errors import MalformedBundle
+from cofre_evidence_verifier.errors import MalformedBundle, SignedRequestError
 from cofre_evidence_verifier.keychain import MAX_HANDOVERS
 from cofre_evidence_verifier.merkle import included, leaf_hash
+from cofre_evidence_verifier.request_signature import SignedRequest
 
 NAME: Final = "keys/dual_control.json"
 PROPOSE: Final = "key.rotation.propose"
@@ -86,6 +87,44 @@ def index_pool(pool: dict[int, dict[str, Any]]) -> Index:
     return out
 
 
+# Starts by the digest of the signed proposal each ran (`proposal_runs`).
+Runs = dict[str, list[int]]
+
+
+def signed_proposal_digest(entry: dict[str, Any]) -> str | None:
+    """`SignedRequest.proposal_digest` of the signed request a proposal `entry` carries
+    (None when it carries none that parses)."""
+    document = entry.get("document")
+    if not isinstance(document, str):
+        return None
+    try:
+        return SignedRequest.from_json(document).proposal_digest()
+    except SignedRequestError:
+        return None
+
+
+def proposal_runs(pool: dict[int, dict[str, Any]], by: Index) -> Runs:
+    """The pool's starts, ascending, by the digest of the signed proposal each ran: the
+    one its start names (``details.proposal``, written by the vault since session 31c,
+    unless the log's PAN mask hid part of it) and that of its ceremony's first proposal
+    logged before it. One signed proposal starts one rotation: the vault refuses to run
+    it under another id (atk48a: the verifier told ceremonies apart by id only)."""
+    out: Runs = {}
+    for index in by.get((START, None), []):
+        entry = pool[index]
+        digests: set[str] = set()
+        named = entry_details(entry).get("proposal")
+        if isinstance(named, str) and "*" not in named:
+            digests.add(named)
+        proposals = by.get((PROPOSE, str(entry.get("key_id"))), [])
+        first = pool[proposals[0]] if proposals and proposals[0] < index else {}
+        if (digest := signed_proposal_digest(first)) is not None:
+            digests.add(digest)
+        for digest in digests:
+            out.setdefault(digest, []).append(index)
+    return out
+
+
 def proven_entries(
     files: Files, size: int, root: bytes, problems: list[str]
 ) -> dict[int, dict[str, Any]]:
@@ -133,6 +172,28 @@ def _masks(shown: str, ceremony_id: str) -> bool:
     same length, differing only where `shown` has an asterisk."""
     return len(shown) == len(ceremony_id) and all(
         a in {b, "*"} for a, b in zip(shown, ceremony_id, strict=True)
+    )
+
+
+def run_problem(
+    pool: dict[int, dict[str, Any]], runs: Runs, ceremony_id: str, start: int, digest: str
+) -> str | None:
+    """Why the start at `start` of `ceremony_id`, whose proposal verified with `digest`
+    (`SignedRequest.proposal_digest`), is not that signed proposal's one rotation; None
+    when it is. A second start of the same id is `dual_control._check_start`'s."""
+    named = entry_details(pool[start]).get("proposal")
+    if isinstance(named, str) and not _masks(named, digest):
+        return f"its start names another signed proposal ({named}) than its own ({digest})"
+    earlier = [
+        i for i in runs.get(digest, []) if i < start and pool[i].get("key_id") != ceremony_id
+    ]
+    if not earlier:
+        return None
+    return (
+        f"its proposal is the signed request that started ceremony "
+        f"{pool[earlier[0]].get('key_id')} (entry {earlier[0]}), under another id: one "
+        "signed proposal starts one rotation (the vault refuses a second run of it), so "
+        "this one rests on its approvers alone"
     )
 
 
@@ -236,9 +297,9 @@ def ceremonies_to_check(
 MAX_RESTARTS: Final = 20
 
 
-def _starts(files: Files, records: bool) -> dict[str, int]:
-    """The first successful start of each ceremony among `files`' entries (and, when
-    `records`, the records of `NAME`, which its own verification proved), by id."""
+def _entries(files: Files, records: bool) -> dict[int, dict[str, Any]]:
+    """`files`' entries (and, when `records`, the records of `NAME`, which its own
+    verification proved), by leaf index."""
     rows = json_lines(files.get("audit/entries.jsonl", b""))
     if records:
         try:
@@ -246,33 +307,59 @@ def _starts(files: Files, records: bool) -> dict[str, int]:
         except ValueError:
             listed = []
         rows += [r for r in listed if isinstance(r, dict)] if isinstance(listed, list) else []
-    out: dict[str, int] = {}
-    for row in sorted(
-        (r for r in rows if type(r.get("index")) is int and isinstance(r.get("payload"), str)),
-        key=lambda r: int(r["index"]),
-    ):
-        entry = audit_entry(row["payload"])
-        if succeeded(entry, START):
-            out.setdefault(str(entry.get("key_id")), row["index"])
-    return out
+    return {
+        int(r["index"]): audit_entry(r["payload"])
+        for r in rows
+        if type(r.get("index")) is int and isinstance(r.get("payload"), str)
+    }
+
+
+def _first_starts(by: Index, within: set[int] | None = None) -> dict[str, int]:
+    """The first successful start of each ceremony (among the indexes `within`), by id."""
+    return {
+        str(ceremony): next(i for i in starts if within is None or i in within)
+        for (action, ceremony), starts in by.items()
+        if action == START
+        and ceremony is not None
+        and any(within is None or i in within for i in starts)
+    }
 
 
 def started_before(files: Files, previous: Files) -> list[str]:
     """A problem for each ceremony started in `files`' period that the `previous`
     bundle (verified: its signature and listing) shows started already, in its period
-    or in its records (session 40). The vault starts a ceremony once, in the
-    transaction of the approval completing its quorum; a second start within the MFA
-    window after that approval passed check 6c when the first one was the previous
-    period's, just before its end: a rotation nobody approved, on the officers'
-    approval of another."""
-    earlier = _starts(previous, records=True)
-    out = [
-        f"dual control: ceremony {ceremony} started at entry {index} was already started "
-        f"by entry {earlier[ceremony]} of the previous bundle: a second rotation on one "
-        "approval (the vault starts a ceremony once)"
-        for ceremony, index in sorted(_starts(files, records=False).items(), key=_second)
-        if ceremony in earlier
-    ]
+    or in its records (session 40), or whose signed proposal started another ceremony
+    there (atk48a: the same signed request under another id). The vault starts a
+    ceremony once, in the transaction of the approval completing its quorum; a second
+    start within the MFA window after that approval passed check 6c when the first one
+    was the previous period's, just before its end: a rotation nobody approved, on the
+    officers' approval of another."""
+    before = _entries(previous, records=True)
+    before_by = index_pool(before)
+    earlier, earlier_runs = _first_starts(before_by), proposal_runs(before, before_by)
+    now = _entries(files, records=True)
+    now_by = index_pool(now)
+    ran: dict[int, list[int]] = {}  # a start -> the previous bundle's starts of its proposal
+    for digest, starts in proposal_runs(now, now_by).items():
+        for i in starts:
+            ran.setdefault(i, []).extend(earlier_runs.get(digest, []))
+    out = []
+    for ceremony, index in sorted(
+        _first_starts(now_by, set(_entries(files, records=False))).items(), key=_second
+    ):
+        if ceremony in earlier:
+            out.append(
+                f"dual control: ceremony {ceremony} started at entry {index} was already "
+                f"started by entry {earlier[ceremony]} of the previous bundle: a second "
+                "rotation on one approval (the vault starts a ceremony once)"
+            )
+        elif runs := sorted(ran.get(index, [])):
+            out.append(
+                f"dual control: ceremony {ceremony} started at entry {index} runs the signed "
+                f"proposal that started ceremony {before[runs[0]].get('key_id')} at entry "
+                f"{runs[0]} of the previous bundle, under another id: one signed proposal "
+                "starts one rotation (the vault refuses a second run of it)"
+            )
     if len(out) > MAX_RESTARTS:
         out[MAX_RESTARTS:] = [f"dual control: and {len(out) - MAX_RESTARTS} more second starts"]
     return out

@@ -123,6 +123,19 @@ class SignedRequest:
         digest = hashlib.sha256(b"cofre key ceremony\x00" + self.signature.encode()).digest()
         return str(uuid.UUID(bytes=digest[:16], version=4))
 
+    def proposal_digest(self) -> str | None:
+        """The SHA-256 (hex) of the signature parameters its officer's token signed
+        (created, nonce, key id), as the vault computes it
+        (`vault._ceremony_guards.proposal_digest`) and writes on each start
+        (``details.proposal``): what tells one signed proposal from another. Not the
+        ceremony id, which derives from the ``Signature`` header as sent: its label lies
+        outside the signature base and an ECDSA (r, s) verifies as (r, n - s) too, so
+        one signed proposal has many ids (atk48a). None when the header does not parse."""
+        parsed = _INPUT.match(self.signature_input)
+        if parsed is None:
+            return None
+        return hashlib.sha256(b"cofre proposal\x00" + parsed["params"].encode()).hexdigest()
+
     def proposed_kind(self) -> object:
         """The ``kind`` its body proposes (None when the body says none)."""
         try:
