@@ -511,21 +511,22 @@ class _CaptureGuard:
     ) -> None:
         """The refusal's entry: written, or counted when it is a held answer past the
         first of its episode or the listener is past its limit of refusal entries."""
-        if spent is not None:
-            if (
-                spent.audit
-                and not await self._record_refusal(scope, status, request_id)
-                and self.refusals is not None
-            ):
-                self.refusals.count(address)
-            return
+        if spent is not None and not spent.audit:
+            return  # in its address's count
+        # The first held answer of an address's episode spends the listener's budget
+        # too: each address of a flood wrote one entry past the listener's limit
+        # (atk48c; an IPv6 /48 is 65,536 addresses).
         if self.listener is not None:
             busy = self.listener.spent(LISTENER_KEY, note=address)
             if busy is not None and not busy.audit:
                 return  # counted
             if busy is None:
                 self.listener.charge(LISTENER_KEY)
-        if not await self._record_refusal(scope, status, request_id) and self.listener:
+        if await self._record_refusal(scope, status, request_id):
+            return
+        if spent is not None and self.refusals is not None:
+            self.refusals.count(address)  # not written: in its address's count
+        elif self.listener is not None:
             self.listener.count(LISTENER_KEY)  # not written: in the listener's count
 
     async def _record_refusal(self, scope: Scope, status: int, request_id: str) -> bool:

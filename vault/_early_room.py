@@ -8,22 +8,17 @@ data."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Final
 
-from policies.errors import RateLimited
 from policies.models import RateLimit
 
-__all__ = ["EARLY_ROOM_ENTRIES", "EARLY_ROOM_SECONDS", "ONE_AT_A_TIME_MAX", "EarlyRoom"]
+__all__ = ["EARLY_ROOM_ENTRIES", "EARLY_ROOM_SECONDS", "EarlyRoom"]
 
 # How long one read of a bucket lets the early check admit calls against what it read
 # (`EarlyRoom`, issue 21).
 EARLY_ROOM_SECONDS: Final = 1.0
 EARLY_ROOM_ENTRIES: Final = 1024
-# How many calls of one identity `EarlyRoom.one_at_a_time` holds in a process, the one
-# running included: each waits on a thread of the process's shared pool (atk48b).
-ONE_AT_A_TIME_MAX: Final = 8
 
 
 class EarlyRoom:
@@ -50,40 +45,18 @@ class EarlyRoom:
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, RateLimit], tuple[float, int, int]] = {}
         self._serial: dict[str, threading.Lock] = {}
-        self._turns: dict[str, int] = {}  # calls of each identity in `one_at_a_time`
 
-    @contextmanager
-    def one_at_a_time(self, identity: str) -> Iterator[None]:
-        """Hold a lock of `identity`'s own in this process, for calls sized from one read
-        of its bucket and charged after their commit (a lookup's tokens, review 46b):
-        held from the read to that charge, one such call of the identity at a time here,
-        so that the next reads what the last paid. One lock per identity the policy
-        authorised (no caller makes more).
-
-        Raises `RateLimited` (retry after a second) when `ONE_AT_A_TIME_MAX` calls of the
-        identity are here already, one running and the rest waiting: each waits on a
-        thread of the process's shared pool, and one certificate's lookups kept every
-        thread of it asleep here while every other identity's plain routes, and the
-        guard's audit of any refused request, waited for one (atk48b). The refusal
-        depends on the caller's own calls in flight, nothing the vault holds."""
+    def one_at_a_time(self, identity: str) -> threading.Lock:
+        """A lock of `identity`'s own in this process, for calls sized from one read of
+        its bucket and charged after their commit (a lookup's tokens, review 46b): held
+        from the read to that charge, one such call of the identity at a time here, so
+        that the next reads what the last paid. One per identity the policy authorised
+        (no caller makes more)."""
         with self._lock:
             lock = self._serial.get(identity)
             if lock is None:
                 lock = self._serial[identity] = threading.Lock()
-            turns = self._turns.get(identity, 0)
-            if turns >= ONE_AT_A_TIME_MAX:
-                raise RateLimited(
-                    f"{turns} lookups of this identity are under way on this node's worker; "
-                    "send them one after another",
-                    1.0,
-                )
-            self._turns[identity] = turns + 1
-        try:
-            with lock:
-                yield
-        finally:
-            with self._lock:
-                self._turns[identity] -= 1
+            return lock
 
     def admit(self, identity: str, limit: RateLimit, cost: int) -> bool:
         """Admit `cost` units against the last read if it is fresh and has them left

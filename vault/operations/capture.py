@@ -239,7 +239,8 @@ class CaptureOperations(TokenizeOperations):
         origin is not allowed now: its policy no longer names it, or
         `allow_http_localhost`, the setting as it is now, no longer takes it), and what
         tokenize raises. Every refusal is audited, but with `audit_anonymous` false
-        those before the session is known (the per-address limit, an unknown session):
+        those before the secret matched (the per-address limit, an unknown session, a
+        wrong secret and its session's limit of them, atk48c):
         the capture listener then counts them itself, past its limit of refusal entries
         (review 30). None stores anything. A refusal raised once the secret matched and
         the session's origin is still allowed carries that origin
@@ -256,8 +257,15 @@ class CaptureOperations(TokenizeOperations):
                 raise CaptureUnauthorized("unknown capture session or wrong client secret")
         owner = CallContext(identity=str(session.owner), request_id=request_id, source=source)
         details["session"] = str(session.id)
+        # A wrong secret is refused before the session is the caller's: past the
+        # listener's limit of refusal entries it is counted, as an unknown session is
+        # (atk48c: anyone who loaded the shop's checkout once wrote one entry per wrong
+        # secret for its session's id, from as many addresses as they had).
+        wrong = self._audited_refusal(owner, Action.CAPTURE)
+        with wrong if audit_anonymous else contextlib.nullcontext():
+            self._refuse_a_wrong_secret(card, session, per_session)
         with self._audited_refusal(owner, Action.CAPTURE):
-            self._charge_session(card, session, per_session)
+            self.charge_rate(f"capture-holder {session.id}", per_session)
         # Not readable by the origin either: the shop no longer vouches for it.
         self._refuse_an_origin_not_allowed_now(owner, session, details, allow_http_localhost)
         with readable_by_session_origin(str(session.origin)):
@@ -333,16 +341,18 @@ class CaptureOperations(TokenizeOperations):
             self._write_audit(event)
         raise PolicyDenied(reason)
 
-    def _charge_session(self, card: CardCapture, session: Row[Any], limit: RateLimit) -> None:
-        """Charge the session's limit for `card`, then raise `CaptureUnauthorized` if its
-        secret is wrong. Wrong secrets and the secret's holder have a bucket each
-        (session 37): charged before the secret was compared, one bucket refused the
-        right secret once wrong ones had spent it, so someone who learnt only the id
-        (a log of the fields' path) blocked the shopper's checkout for the session's
-        life, one guess each time it refilled. Guessing stays bounded by its own
-        bucket and the address's, against a 256-bit secret."""
+    def _refuse_a_wrong_secret(
+        self, card: CardCapture, session: Row[Any], limit: RateLimit
+    ) -> None:
+        """Charge the session's bucket of wrong secrets and raise `CaptureUnauthorized`
+        if `card`'s secret is wrong; the secret's holder is charged a bucket of its own
+        after (`capture_card`). Wrong secrets and the holder have a bucket each (session
+        37): charged before the secret was compared, one bucket refused the right secret
+        once wrong ones had spent it, so someone who learnt only the id (a log of the
+        fields' path) blocked the shopper's checkout for the session's life, one guess
+        each time it refilled. Guessing stays bounded by its own bucket and the
+        address's, against a 256-bit secret."""
         if secret_matches(card.secret, session.secret_hash):
-            self.charge_rate(f"capture-holder {session.id}", limit)
             return
         self.charge_rate(f"capture-session {session.id}", limit)
         raise CaptureUnauthorized("unknown capture session or wrong client secret")
