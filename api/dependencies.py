@@ -9,7 +9,7 @@ extension (`api.tls`), never from a header.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Annotated, cast
 
 from fastapi import Depends, Path, Request
@@ -18,6 +18,7 @@ from pydantic import AfterValidator
 from api._refusal_sieve import DEFAULT_ALLOWANCES, RefusalAllowances
 from api.models import NAME_CHARS, NO_CONTROL, EvidenceRequest, no_card
 from api.observability import Telemetry
+from api.routes._offload import Turns
 from api.tls import identity_from_scope, source_from_scope
 from vault.custody import Custody
 from vault.officer_mfa import OfficerMfa
@@ -50,6 +51,8 @@ class AppState:
     # The allowances of refusal entries of a service without a rate limit
     # (``COFRE_AUDIT__REFUSAL_ENTRIES_*``, `api._refusal_sieve`).
     refusal_allowances: RefusalAllowances = DEFAULT_ALLOWANCES
+    # Each identity's turn for its lookups, waited for on the event loop (`Turns`).
+    lookup_turns: Turns = field(default_factory=Turns)
 
 
 def app_state(request: Request) -> AppState:

@@ -59,6 +59,26 @@ _left_lock = threading.Lock()
 _log = structlog.get_logger("cofre.api")
 
 
+class Turns:
+    """Turns by key on the event loop: one holder of a key's turn at a time, the others
+    waiting here, where a wait holds no thread. For calls the vault runs one at a time
+    per identity and process (`vault._early_room.EarlyRoom.one_at_a_time`, a lookup):
+    waiting for that lock on threads of a pool shared by every identity, one
+    certificate's lookups held all of its threads asleep while every other identity's
+    calls waited for one (atk48b), and a cap per identity still let a few identities
+    do it together (review 48). One lock per key the policy authorised."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def of(self, key: str) -> asyncio.Lock:
+        """`key`'s turn, to hold with ``async with``."""
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+
 async def in_thread(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run `function` in a thread, in a copy of the caller's context (the request's
     audit trail, ids and span travel with it), and return or raise what it does."""

@@ -208,10 +208,15 @@ async def detokenize_masked(body: DetokenizeRequest, http: Request) -> Response:
 
 
 @router.post("/v1/lookup", response_model=LookupResponse, tags=["tokens"])
-def lookup(body: LookupRequest, caller: Caller, state: State) -> LookupResponse:
+async def lookup(body: LookupRequest, http: Request) -> LookupResponse:
     """The oldest live tokens of a PAN (optionally of one format), at most 100; each costs
     a unit of the caller's rate limit."""
-    found = state.service.lookup_page(caller, Pan(body.pan), body.format)
+    caller, state = call_context(http), app_state(http)
+    pan = Pan(body.pan)
+    # The vault runs an identity's lookups one at a time per process; they wait for
+    # their turn here, holding no thread (atk48b, `Turns`).
+    async with state.lookup_turns.of(caller.identity):
+        found = await in_thread(state.service.lookup_page, caller, pan, body.format)
     return LookupResponse(
         tokens=[_token_response(r) for r in found.tokens], truncated=found.truncated
     )
