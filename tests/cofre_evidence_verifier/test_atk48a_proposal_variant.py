@@ -294,3 +294,75 @@ def test_a_start_naming_another_proposal_than_its_own_fails(tmp_path: Path, name
     failed = [p for p in report.problems if ceremony in p and "another signed proposal" in p]
     assert (failed != []) is (named == "another"), report.problems
     assert report.ok is (named == "own"), report.problems
+
+
+def _cancelled_log(*, names_proposal: bool, copy: bool) -> tuple[list[str], str]:
+    """Alice proposes a KEK rotation and cancels it (entries 4-5; the cancel names the
+    proposal's digest when `names_proposal`, as the vault writes it since session 31c);
+    then the operator starts it anyway with Bob's approval (entries 9-12): under a copy
+    of the proposal with another id when `copy`, else under its own id, set back to
+    pending. Returns the log and the started ceremony's id."""
+    alice, bob = new_software_officer("officer-alice"), new_software_officer("officer-bob")
+    at = "2026-03-01T05:00:00.000000Z"
+    proposal = signed_proposal(alice, "kek", created=_unix(at))
+    ceremony = proposal.ceremony_id()
+    digest = SignedRequest.from_json(proposal.to_json()).proposal_digest()
+    log = day_log(20)
+    log[0] = policy_payload(
+        "2026-03-01T00:00:00.000000Z", officers_policy([(ALICE, alice), (BOB, bob)])
+    )
+    log[4] = payload(
+        "key.rotation.propose", at, actor=ALICE, key_id=ceremony,
+        details={"kind": "kek"}, document=proposal.to_json(),
+    )  # fmt: skip
+    log[5] = payload(
+        "key.rotation.cancel", "2026-03-01T05:30:00.000000Z", actor=ALICE, key_id=ceremony,
+        details={"proposal": digest} if names_proposal else {},
+    )  # fmt: skip
+    started = _relabelled(proposal) if copy else proposal
+    second = started.ceremony_id()
+    if copy:
+        log[9] = payload(
+            "key.rotation.propose", "2026-03-01T07:00:00.000000Z", actor=ALICE,
+            key_id=second, details={"kind": "kek"}, document=started.to_json(),
+        )  # fmt: skip
+    approved = "2026-03-01T08:00:00.000000Z"
+    approval = signed_action(bob, approval_path(second), created=_unix(approved))
+    log[10] = payload(
+        "key.rotation.approve", approved, actor=BOB, key_id=second,
+        details={"approvals": 1}, document=approval.to_json(),
+    )  # fmt: skip
+    log[11] = _registration(2, second, started, approval, "2026-03-01T08:00:00.500000Z")
+    log[12] = payload(
+        "key.rotation.start", "2026-03-01T08:00:00.500000Z", actor=BOB, key_id=second,
+        details={"kind": "kek", "old_version": 1, "new_version": 2, "records": 0},
+    )  # fmt: skip
+    return log, second
+
+
+@pytest.mark.parametrize(
+    ("names_proposal", "copy"),
+    [(True, True), (False, True), (True, False), (False, False)],
+    ids=["copy-cancel-names-it", "copy-old-cancel", "same-id", "same-id-old-cancel"],
+)
+def test_a_cancelled_proposal_proves_no_rotation(
+    tmp_path: Path, names_proposal: bool, copy: bool
+) -> None:
+    """Review 48: check 6c never read ``key.rotation.cancel``. The vault refuses to start
+    a ceremony whose signed proposal was cancelled, under its id or another (session
+    31); the verifier proved such a start dual-controlled: Alice withdrew her proposal,
+    and Bob's approval alone ran it."""
+    log, started = _cancelled_log(names_proposal=names_proposal, copy=copy)
+    w, key = witness(), AuditKey()
+    bundle = build(log, 0, len(log), key=key, witnesses=[w])
+    report = verify_bundle(
+        bundle.write(tmp_path / "bundle.tar.gz"),
+        key.pem,
+        witness_keys=[w.verifier_key()],
+        authorities=["localhost"],
+        origin=ORIGIN,
+    )
+    assert any(started in p and "was cancelled (entry 5)" in p for p in report.problems), (
+        report.problems
+    )
+    assert not report.ok

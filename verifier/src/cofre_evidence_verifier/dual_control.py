@@ -73,6 +73,8 @@ from cofre_evidence_verifier.dual_control_log import (
     START,
     Index,
     Runs,
+    cancel_problem,
+    cancels,
     ceremonies_to_check,
     entry_details,
     entry_time,
@@ -160,6 +162,7 @@ class _Context:
     period_first: int
     names: VaultNames  # what each signed @authority must name
     runs: Runs  # the pool's starts by the signed proposal they ran
+    cancelled: dict[str, int]  # the pool's first cancel of each ceremony and proposal
 
 
 def _verified(  # noqa: PLR0911, PLR0917 - one return per reason a signature does not count
@@ -480,11 +483,13 @@ def _check_ceremony(ceremony: _Ceremony, context: _Context, started: int) -> Non
     if proposal[1] is not None:
         ceremony.proposer = proposal[0]
     if ceremony.proposal is not None:
-        pool, runs = context.pool, context.runs
-        if (
-            run := run_problem(pool, runs, ceremony.id, ceremony.start, ceremony.proposal)
-        ) is not None:
-            ceremony.fail(run)
+        pool, runs, digest = context.pool, context.runs, ceremony.proposal
+        for problem in (
+            run_problem(pool, runs, ceremony.id, ceremony.start, digest),
+            cancel_problem(context.cancelled, ceremony.id, ceremony.start, digest),
+        ):
+            if problem is not None:
+                ceremony.fail(problem)
     counted = _count_approvals(ceremony, context, identities, policy_index, proposal, started)
     _check_start(ceremony, context, counted, started)
     _check_policy_unchanged(ceremony, context, proposal[2], (policy_index, document))
@@ -539,8 +544,8 @@ def check_dual_control(
     names = vault_names(files, authorities, problems)
     report.summary["dual_control_vault_names"] = names.summary()
     by = index_pool(pool)
-    policies, runs = policy_documents(files), proposal_runs(pool, by)
-    context = _Context(pool, by, policies, int(hours * 3600), first, names, runs)
+    policies, runs, cancelled = policy_documents(files), proposal_runs(pool, by), cancels(pool, by)
+    context = _Context(pool, by, policies, int(hours * 3600), first, names, runs, cancelled)
     checked = []
     for ceremony_id, start in ceremonies_to_check(pool, by, period, problems).items():
         entry = pool[start]

@@ -29,6 +29,7 @@ PROPOSE: Final = "key.rotation.propose"
 APPROVE: Final = "key.rotation.approve"
 START: Final = "key.rotation.start"
 HANDOVER: Final = "audit.key.handover"
+CANCEL: Final = "key.rotation.cancel"
 
 
 def audit_entry(payload: str) -> dict[str, Any]:
@@ -78,7 +79,9 @@ def index_pool(pool: dict[int, dict[str, Any]]) -> Index:
     for index in sorted(pool):
         entry = pool[index]
         action = entry.get("action")
-        if action not in (PROPOSE, APPROVE, START, HANDOVER) or entry.get("outcome") != "success":
+        if action not in (PROPOSE, APPROVE, START, HANDOVER, CANCEL):
+            continue
+        if entry.get("outcome") != "success":
             continue
         out.setdefault((str(action), None), []).append(index)
         ceremony = entry.get("key_id")
@@ -196,6 +199,41 @@ def run_problem(
         f"{pool[earlier[0]].get('key_id')} (entry {earlier[0]}), under another id: one "
         "signed proposal starts one rotation (the vault refuses a second run of it), so "
         "this one rests on its approvers alone"
+    )
+
+
+def cancels(pool: dict[int, dict[str, Any]], by: Index) -> dict[str, int]:
+    """The first successful cancel in `pool` of each ceremony id and of each signed
+    proposal (by the digest its ``details.proposal`` names unmasked, written by the vault
+    since session 31c): ids are UUIDs, digests 64 hex digits, so one map holds both."""
+    out: dict[str, int] = {}
+    for index in by.get((CANCEL, None), []):
+        entry = pool[index]
+        ceremony = entry.get("key_id")
+        # And the digest of that ceremony's first proposal logged before it (a cancel
+        # written before session 31c names no proposal).
+        proposals = by.get((PROPOSE, str(ceremony)), [])
+        first = pool[proposals[0]] if proposals and proposals[0] < index else {}
+        named = (ceremony, entry_details(entry).get("proposal"), signed_proposal_digest(first))
+        for key in named:
+            if isinstance(key, str) and "*" not in key:
+                out.setdefault(key, index)
+    return out
+
+
+def cancel_problem(
+    cancelled: dict[str, int], ceremony_id: str, start: int, digest: str
+) -> str | None:
+    """Why the start at `start` of `ceremony_id` (its proposal's digest `digest`) comes
+    after a cancel of that ceremony or of another ceremony of its signed proposal: a
+    cancelled proposal never starts (the vault refuses it since session 31; the
+    verifier did not look, review 48). None when no such cancel precedes it."""
+    found = [i for i in (cancelled.get(ceremony_id), cancelled.get(digest)) if i is not None]
+    if not found or min(found) > start:
+        return None
+    return (
+        f"its signed proposal was cancelled (entry {min(found)}) before it started: a "
+        "cancelled ceremony never starts, under its id or another (the vault refuses it)"
     )
 
 
