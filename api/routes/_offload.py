@@ -87,6 +87,39 @@ async def in_thread(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs)
     return await asyncio.get_running_loop().run_in_executor(_executor, call)
 
 
+async def finished(
+    function: Callable[..., T], *args: Any, after: Callable[[], None] | None = None
+) -> T:
+    """`in_thread` for a call whose end must come before what follows it: when its
+    request is cancelled (a drain's deadline) while it runs, `drain` waits for it and
+    `after` runs only once it returned; a call still queued never runs, and `after`
+    runs at once. Review 48b: a lookup's turn (`Turns`) was given back at the cancel,
+    and the identity's next lookup waited on a thread for the vault's lock the first
+    still held, nor did `drain` wait for the first before the vault was released."""
+    loop = asyncio.get_running_loop()
+    context = contextvars.copy_context()
+    call = _executor.submit(functools.partial(context.run, function, *args))
+    then = after
+    try:
+        return await asyncio.wrap_future(call)
+    except asyncio.CancelledError:
+        if not call.cancel():  # running: counted by `drain` until it returns
+            done, later = _tracked(), then
+            then = None
+
+            def ended(_: object) -> None:
+                done()
+                if later is not None:
+                    with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                        loop.call_soon_threadsafe(later)
+
+            call.add_done_callback(ended)
+        raise
+    finally:
+        if then is not None:
+            then()
+
+
 async def answered(begin: Callable[P, Pending[T]], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run `begin` (a vault call up to its commit, `vault.models.Pending`) in a thread,
     wait for the commit here, on the event loop, and answer what the synchronous call

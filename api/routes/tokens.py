@@ -31,7 +31,7 @@ from api.models import (
     TokenResponse,
     TokenUpdateRequest,
 )
-from api.routes._offload import answered, answered_on_loop, in_thread
+from api.routes._offload import answered, answered_on_loop, finished, in_thread
 from cofre.errors import CofreError
 from vault.card import SecurityCode
 from vault.errors import BatchItemInvalid
@@ -213,10 +213,18 @@ async def lookup(body: LookupRequest, http: Request) -> LookupResponse:
     a unit of the caller's rate limit."""
     caller, state = call_context(http), app_state(http)
     pan = Pan(body.pan)
-    # The vault runs an identity's lookups one at a time per process; they wait for
-    # their turn here, holding no thread (atk48b, `Turns`).
-    async with state.lookup_turns.of(caller.identity):
-        found = await in_thread(state.service.lookup_page, caller, pan, body.format)
+    rules = state.service.policy.policy.identities.get(caller.identity)
+    if rules is None or rules.rate_limit is None:  # refused, or not one at a time
+        found = await finished(state.service.lookup_page, caller, pan, body.format)
+    else:
+        # The vault runs the lookups of an identity with a rate limit one at a time per
+        # process; they wait for their turn here, holding no thread (atk48b, `Turns`),
+        # and a turn is given back when its call ended, a cancelled one's too.
+        turn = state.lookup_turns.of(caller.identity)
+        await turn.acquire()
+        found = await finished(
+            state.service.lookup_page, caller, pan, body.format, after=turn.release
+        )
     return LookupResponse(
         tokens=[_token_response(r) for r in found.tokens], truncated=found.truncated
     )

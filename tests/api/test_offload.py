@@ -274,3 +274,67 @@ def test_with_every_slot_taken_a_call_waits_for_one_in_a_thread_not_on_the_loop(
     assert answer == "tok_6"
     assert len(begins.threads) == 1
     assert begins.threads[0] != loop_thread
+
+
+def test_a_cancelled_finished_call_gives_its_turn_back_only_when_it_ended() -> None:
+    """Review 48b: a lookup's turn was given back when its request was cancelled (a
+    drain's deadline) while its call still ran in the vault, and `drain` did not wait
+    for that call. `finished` defers `after` to the call's end and counts the call for
+    `drain` until then."""
+    running, go = threading.Event(), threading.Event()
+    released: list[str] = []
+
+    def call() -> str:
+        running.set()
+        go.wait(30)
+        return "done"
+
+    async def main() -> None:
+        turn = asyncio.Lock()
+        await turn.acquire()
+
+        def release() -> None:
+            released.append("turn")
+            turn.release()
+
+        task = asyncio.create_task(_offload.finished(call, after=release))
+        assert await asyncio.to_thread(running.wait, 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert released == []  # the call still runs: its turn is still held
+        assert turn.locked()
+        go.set()
+        await asyncio.wait_for(turn.acquire(), 30)  # given back once the call ended
+        assert released == ["turn"]
+
+    asyncio.run(main())
+    _offload.drain(30)
+    with _offload._left_lock:
+        assert not _offload._left
+
+
+def test_a_finished_call_still_queued_when_cancelled_never_runs() -> None:
+    ran: list[int] = []
+    released: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        blockers = [threading.Event() for _ in range(THREADS)]
+        started = [
+            loop.run_in_executor(_offload._executor, blocker.wait, 30) for blocker in blockers
+        ]
+        task = asyncio.create_task(
+            _offload.finished(ran.append, 1, after=lambda: released.append("turn"))
+        )
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert released == ["turn"]  # nothing ran: given back at once
+        for blocker in blockers:
+            blocker.set()
+        await asyncio.gather(*started)
+
+    asyncio.run(main())
+    assert ran == []

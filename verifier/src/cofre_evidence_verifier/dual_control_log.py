@@ -106,6 +106,26 @@ def signed_proposal_digest(entry: dict[str, Any]) -> str | None:
         return None
 
 
+def _first_proposal(
+    pool: dict[int, dict[str, Any]],
+    by: Index,
+    ceremony: object,
+    before: int,
+    parsed: dict[int, str | None],
+) -> str | None:
+    """`signed_proposal_digest` of `ceremony`'s first proposal in the pool, when it was
+    logged before entry `before`; each proposal parsed once (`parsed`, by its index):
+    a hostile bundle's N starts or cancels of one ceremony parsed its 64 KiB document N
+    times (review 48b)."""
+    proposals = by.get((PROPOSE, str(ceremony)), [])
+    if not proposals or proposals[0] >= before:
+        return None
+    first = proposals[0]
+    if first not in parsed:
+        parsed[first] = signed_proposal_digest(pool[first])
+    return parsed[first]
+
+
 def proposal_runs(pool: dict[int, dict[str, Any]], by: Index) -> Runs:
     """The pool's starts, ascending, by the digest of the signed proposal each ran: the
     one its start names (``details.proposal``, written by the vault since session 31c,
@@ -113,15 +133,14 @@ def proposal_runs(pool: dict[int, dict[str, Any]], by: Index) -> Runs:
     logged before it. One signed proposal starts one rotation: the vault refuses to run
     it under another id (atk48a: the verifier told ceremonies apart by id only)."""
     out: Runs = {}
+    parsed: dict[int, str | None] = {}
     for index in by.get((START, None), []):
         entry = pool[index]
         digests: set[str] = set()
         named = entry_details(entry).get("proposal")
         if isinstance(named, str) and "*" not in named:
             digests.add(named)
-        proposals = by.get((PROPOSE, str(entry.get("key_id"))), [])
-        first = pool[proposals[0]] if proposals and proposals[0] < index else {}
-        if (digest := signed_proposal_digest(first)) is not None:
+        if (digest := _first_proposal(pool, by, entry.get("key_id"), index, parsed)) is not None:
             digests.add(digest)
         for digest in digests:
             out.setdefault(digest, []).append(index)
@@ -207,14 +226,14 @@ def cancels(pool: dict[int, dict[str, Any]], by: Index) -> dict[str, int]:
     proposal (by the digest its ``details.proposal`` names unmasked, written by the vault
     since session 31c): ids are UUIDs, digests 64 hex digits, so one map holds both."""
     out: dict[str, int] = {}
+    parsed: dict[int, str | None] = {}
     for index in by.get((CANCEL, None), []):
         entry = pool[index]
         ceremony = entry.get("key_id")
         # And the digest of that ceremony's first proposal logged before it (a cancel
         # written before session 31c names no proposal).
-        proposals = by.get((PROPOSE, str(ceremony)), [])
-        first = pool[proposals[0]] if proposals and proposals[0] < index else {}
-        named = (ceremony, entry_details(entry).get("proposal"), signed_proposal_digest(first))
+        proposal = _first_proposal(pool, by, ceremony, index, parsed)
+        named = (ceremony, entry_details(entry).get("proposal"), proposal)
         for key in named:
             if isinstance(key, str) and "*" not in key:
                 out.setdefault(key, index)
@@ -380,11 +399,20 @@ def started_before(files: Files, previous: Files) -> list[str]:
     now = _entries(files, records=True)
     now_by = index_pool(now)
     ran: dict[int, int] = {}  # a start -> the previous bundle's first start of its proposal
+    # A start -> the previous bundle's first cancel of its proposal (rev48b: the
+    # exporter carries no cancel as a record, so a cancel of the previous period was
+    # never read).
+    earlier_cancels, withdrawn = cancels(before, before_by), dict[int, int]()
     for digest, starts in proposal_runs(now, now_by).items():
         if digest in earlier_runs:
             prior = earlier_runs[digest][0]
             for i in starts:
                 ran[i] = min(ran.get(i, prior), prior)
+        if digest in earlier_cancels:
+            for i in starts:
+                withdrawn[i] = min(
+                    withdrawn.get(i, earlier_cancels[digest]), earlier_cancels[digest]
+                )
     out = []
     for ceremony, index in sorted(
         _first_starts(now_by, set(_entries(files, records=False))).items(), key=_second
@@ -401,6 +429,17 @@ def started_before(files: Files, previous: Files) -> list[str]:
                 f"proposal that started ceremony {before[first].get('key_id')} at entry "
                 f"{first} of the previous bundle, under another id: one signed proposal "
                 "starts one rotation (the vault refuses a second run of it)"
+            )
+        elif (
+            cancel := min(
+                (c for c in (earlier_cancels.get(ceremony), withdrawn.get(index)) if c is not None),
+                default=None,
+            )
+        ) is not None:
+            out.append(
+                f"dual control: ceremony {ceremony} started at entry {index} after its signed "
+                f"proposal was cancelled by entry {cancel} of the previous bundle: a "
+                "cancelled ceremony never starts (the vault refuses it)"
             )
     if len(out) > MAX_RESTARTS:
         out[MAX_RESTARTS:] = [f"dual control: and {len(out) - MAX_RESTARTS} more second starts"]
