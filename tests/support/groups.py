@@ -72,6 +72,9 @@ def in_one_group(committer: GroupCommitter, calls: Sequence[Callable[[], T]]) ->
         futures.append(caller.submit(call))
         caller.shutdown(wait=False)
         while len(committer._queue) < count:  # queued in this order
+            if futures[-1].done():  # ended without queueing: its error, not a hang
+                futures[-1].result()
+                raise AssertionError(f"call {count} returned without a commit group")
             threading.Event().wait(0.005)
     release.set()
     first.result(10)
