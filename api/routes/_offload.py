@@ -72,7 +72,9 @@ class Turns:
         self._locks: dict[str, asyncio.Lock] = {}
 
     def of(self, key: str) -> asyncio.Lock:
-        """`key`'s turn, to hold with ``async with``."""
+        """`key`'s turn: acquired before the call, released when the call ended (the
+        lookup route hands ``release`` to `finished` as its ``after``, so a cancelled
+        request keeps the turn until its call returned)."""
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
