@@ -72,12 +72,15 @@ def test_a_last_head_abandoned_at_the_deadline_is_signed_by_the_next_start(
     first_run, queued, _, _ = audit_state(f"sqlite:///{database}")
     assert queued > 0  # the process.stop at least, unsequenced
     again = build_runtime(settings, provider=hsm_provider)
+    # `released` is set by now, so waiting on it would not pause: the loop would spin
+    # through its bound in a moment and fail when the sequencer is merely slow.
+    pause = threading.Event()
     try:
         for _ in range(1200):  # a bound that fails only on a hang
             _, queued, _, head = audit_state(f"sqlite:///{database}")
             if queued == 0 and head is not None and head >= len(first_run):
                 break
-            released.wait(0.1)
+            pause.wait(0.1)
         assert queued == 0
         assert head is not None
         assert head >= len(first_run)
