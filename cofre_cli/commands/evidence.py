@@ -116,6 +116,14 @@ def evidence_verify(
     previous: Annotated[
         Path | None, typer.Option("--previous", help="The previous bundle of the chain.")
     ] = None,
+    earlier: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--earlier",
+            help="A bundle before the previous one (repeatable, newest first): check 6c "
+            "needs the bundles back to the signing of each key ceremony's proposal.",
+        ),
+    ] = None,
     witness_key: Annotated[
         list[Path] | None,
         typer.Option(
@@ -173,7 +181,7 @@ def evidence_verify(
     Merkle tree, proofs. Exit 1 naming each file or entry that is wrong; 2 for a usage
     error, the log left unpinned included (neither --origin nor --previous). The same as
     `cofre-verify` from the standalone `cofre-evidence-verifier` package, which it calls."""
-    from cofre_evidence_verifier.cli import origin_usage_problem
+    from cofre_evidence_verifier.cli import EARLIER_WITHOUT_PREVIOUS, origin_usage_problem
     from cofre_evidence_verifier.html import render_html
     from cofre_evidence_verifier.report import render_text
     from cofre_evidence_verifier.vault_names import parse_name
@@ -197,6 +205,9 @@ def evidence_verify(
     if origin_problem is not None:
         typer.echo(origin_problem, err=True)
         raise typer.Exit(2)
+    if earlier and previous is None:
+        typer.echo(EARLIER_WITHOUT_PREVIOUS, err=True)
+        raise typer.Exit(2)
     for name in authority or []:
         try:
             parse_name(name)
@@ -213,6 +224,7 @@ def evidence_verify(
         origin=origin,
         unsafe_any_origin=unsafe_any_origin,
         authorities=authority or None,
+        earlier=earlier or (),
     )
     typer.echo(json.dumps(report.as_json(), indent=2) if as_json else render_text(report))
     if html_out is not None:

@@ -6,7 +6,7 @@ IN PCI SCOPE (as evidence), and deliberately standalone: its own distribution
 no network; an import-linter contract and a test that runs it from a fresh virtualenv
 keep it that way. `verify.verify_bundle` is the entry point; each family of checks is a
 module of its own (`files`, `heads`, `entries`, `boundaries`, `policy`, `custody`,
-`dual_control`, `key_registrations` (with `carried`), `deleted_tokens`, `chain`,
+`dual_control`, `key_registrations` (with `carried`), `deleted_tokens`, `chain` (with `earlier`),
 `witnesses`; `lifecycle` reports without a verdict).
 """
 
@@ -25,6 +25,7 @@ __all__ = [
     "deleted_tokens",
     "dual_control",
     "dual_control_log",
+    "earlier",
     "entries",
     "errors",
     "files",

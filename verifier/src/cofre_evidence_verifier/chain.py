@@ -61,7 +61,7 @@ def check_previous_head(
             f"{proof.get('size2')}, the manifest claims {size1} -> {size2}"
         )
         return
-    problem = _consistency_problem(proof, size1, root1, size2, head)
+    problem = consistency_problem(proof, size1, root1, size2, head)
     if problem is not None:
         report.fail(
             f"previous_head (tree {size1}) is not a prefix of the covering head ({problem}): "
@@ -73,7 +73,7 @@ def check_previous_head(
     )
 
 
-def _consistency_problem(
+def consistency_problem(
     proof: dict[str, Any], size1: int, root1: bytes, size2: int, head: dict[str, Any]
 ) -> ProofError | None:
     """Why the bundle's consistency `proof` does not lead from the tree of `size1` and
@@ -91,15 +91,16 @@ def _consistency_problem(
     return None
 
 
-def _read_previous(
-    previous: Path, public_keys: Sequence[bytes], report: Report
+def read_signed(
+    previous: Path, public_keys: Sequence[bytes], report: Report, label: str = "previous bundle"
 ) -> tuple[Files, dict[str, Any]] | None:
-    """The previous bundle's files and manifest, once its manifest's signature verifies
-    and its shape is a manifest's; else None, reported."""
+    """The previous bundle's files and manifest (or an earlier one's, named `label` in
+    the report), once its manifest's signature verifies and its shape is a manifest's;
+    else None, reported."""
     try:
         before = read_bundle(previous)
     except (OSError, ValueError) as exc:
-        report.fail(f"cannot read the previous bundle: {exc}")
+        report.fail(f"cannot read the {label}: {exc}")
         return None
     # Signed by a key of this bundle's key chain (an older one if the key was rotated
     # between the two exports).
@@ -107,7 +108,7 @@ def _read_previous(
         signature_verifies(pem, before.get(SIGNATURE, b""), before.get(MANIFEST, b""))
         for pem in public_keys
     ):
-        report.fail("previous bundle: its manifest signature does not verify")
+        report.fail(f"{label}: its manifest signature does not verify")
         return None
     # Signed, but by the same hands as this bundle: its shape is checked like this one's.
     try:
@@ -116,7 +117,7 @@ def _read_previous(
         previous_manifest = None
     problem = manifest_problem(previous_manifest)
     if problem is not None or not isinstance(previous_manifest, dict):
-        report.fail(f"previous bundle: {problem}")
+        report.fail(f"{label}: {problem}")
         return None
     # What is read of it (its policy.toml, its heads) must be what it signed: only the
     # signature was checked, so a replaced or removed policy.toml hid a reload left out
@@ -125,7 +126,7 @@ def _read_previous(
     check_files(before, previous_manifest, listed)
     if listed.problems:
         for problem in listed.problems:
-            report.fail(f"previous bundle: {problem}")
+            report.fail(f"{label}: {problem}")
         return None
     return before, previous_manifest
 
@@ -142,7 +143,7 @@ def check_previous(
     """Check this bundle against the `previous` bundle file; see the module docstring.
     Returns the previous bundle's files once its signature and listing verify (check 6e
     carries its deleted tokens forward), else None."""
-    read = _read_previous(previous, public_keys, report)
+    read = read_signed(previous, public_keys, report)
     if read is None:
         return None
     before, previous_manifest = read
@@ -177,7 +178,7 @@ def check_previous(
             f"previous bundle ends at {size1}"
         )
         return before
-    problem = _consistency_problem(proof, size1, root1, size2, head)
+    problem = consistency_problem(proof, size1, root1, size2, head)
     if problem is not None:
         report.fail(
             f"{CONSISTENCY}: the log is not an extension of the previous "

@@ -1,8 +1,8 @@
 """`cofre-verify`: the verifier's own command, for an auditor without the vault.
 
     cofre-verify BUNDLE --public-key PEM --witness-key VKEY [--witness-key VKEY ...]
-                 (--origin ORIGIN | --previous PREV) [--quorum N] [--authority NAME ...]
-                 [--json] [--html OUT]
+                 (--origin ORIGIN | --previous PREV [--earlier OLDER ...]) [--quorum N]
+                 [--authority NAME ...] [--json] [--html OUT]
 
 Exit status 0 when the bundle is VERIFIED, 1 when it is not (every problem is printed),
 2 for a usage error (argparse's convention), a missing pin of the log included: the
@@ -10,6 +10,8 @@ audit key signs, and the witnesses cosign, the checkpoints of every log run with
 HSM (staging, disaster recovery, one of the PIN holder's own), so only the origin
 pinned out of band, or the previous bundle's, tells this log's bundle from theirs
 (session 36). `--unsafe-any-origin` verifies without one and says so in the verdict.
+`--earlier` gives the bundles before the previous one, newest first, back to the signing
+of every key ceremony's proposal (check 6c; session 49).
 """
 
 from __future__ import annotations
@@ -74,6 +76,15 @@ def _parser() -> argparse.ArgumentParser:
         "bundle records, which its exporter wrote)",
     )
     parser.add_argument("--previous", type=Path, help="the previous bundle of the chain")
+    parser.add_argument(
+        "--earlier",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="OLDER",
+        help="a bundle before the previous one (repeatable, newest first): check 6c needs "
+        "the bundles back to the signing of each key ceremony's proposal",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable report")
     parser.add_argument("--html", type=Path, help="also write a self-contained HTML report")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -88,6 +99,12 @@ def valid_origin(origin: str) -> bool:
         and origin == origin.strip()
         and not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in origin)
     )
+
+
+# The usage error of `--earlier` alone (both commands say it in these words).
+EARLIER_WITHOUT_PREVIOUS = (
+    "--earlier without --previous: the earlier bundles chain through the previous one"
+)
 
 
 def origin_usage_problem(
@@ -132,9 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quorum < 1:
         sys.stderr.write("cofre-verify: --quorum must be at least 1\n")
         return 2
-    origin_problem = origin_usage_problem(args.origin, args.previous, args.unsafe_any_origin)
-    if origin_problem is not None:
-        sys.stderr.write(f"cofre-verify: {origin_problem}\n")
+    usage = origin_usage_problem(args.origin, args.previous, args.unsafe_any_origin)
+    if usage is None and args.earlier and args.previous is None:
+        usage = EARLIER_WITHOUT_PREVIOUS
+    if usage is not None:
+        sys.stderr.write(f"cofre-verify: {usage}\n")
         return 2
     for name in args.authority or ():
         try:
@@ -152,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         origin=args.origin,
         unsafe_any_origin=args.unsafe_any_origin,
         authorities=args.authority,
+        earlier=args.earlier or (),
     )
     sys.stdout.write(
         json.dumps(report.as_json(), indent=2) + "\n" if args.json else render_text(report)

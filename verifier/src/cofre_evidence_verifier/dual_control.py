@@ -128,6 +128,7 @@ class _Ceremony:
     authorities: set[str] = field(default_factory=set)
     required: int = DEFAULT_APPROVALS_REQUIRED
     proposal: str | None = None  # the digest of its verified signed proposal
+    signed_at: int | None = None  # its verified proposal's ``created`` (Unix seconds)
 
     def fail(self, problem: str) -> None:
         self.problems.append(
@@ -146,6 +147,9 @@ class _Ceremony:
             "officers": officers,
             "required": self.required,
             "signed_for": sorted(self.authorities),
+            # When the proposer signed it: across a chain, how far back the bundles at
+            # hand must reach (`earlier.lookback_problems`).
+            "proposal_signed_at": None if self.signed_at is None else _at(self.signed_at),
             "proven": not self.problems,
         }
 
@@ -481,7 +485,7 @@ def _check_ceremony(ceremony: _Ceremony, context: _Context, started: int) -> Non
     identities = identities if isinstance(identities, dict) else {}
     proposal = _check_proposal(ceremony, context, identities, policy_index, started)
     if proposal[1] is not None:
-        ceremony.proposer = proposal[0]
+        ceremony.proposer, ceremony.signed_at = proposal[0], proposal[1]
     if ceremony.proposal is not None:
         pool, runs, digest = context.pool, context.runs, ceremony.proposal
         for problem in (

@@ -6,6 +6,7 @@ handover of the period belongs to).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -384,16 +385,27 @@ def _first_starts(by: Index, within: set[int] | None = None) -> dict[str, int]:
     }
 
 
-def started_before(files: Files, previous: Files) -> list[str]:
+def started_before(
+    files: Files, previous: Files, earlier_bundles: Sequence[Files] = ()
+) -> list[str]:
     """A problem for each ceremony started in `files`' period that the `previous`
-    bundle (verified: its signature and listing) shows started already, in its period
-    or in its records (session 40), or whose signed proposal started another ceremony
-    there (atk48a: the same signed request under another id). The vault starts a
-    ceremony once, in the transaction of the approval completing its quorum; a second
-    start within the MFA window after that approval passed check 6c when the first one
-    was the previous period's, just before its end: a rotation nobody approved, on the
+    bundle (verified: its signature and listing), or one of the `earlier_bundles`
+    chained before it (session 49), shows started already, in its period or in its
+    records (session 40), or whose signed proposal started another ceremony there
+    (atk48a: the same signed request under another id). The vault starts a ceremony
+    once, in the transaction of the approval completing its quorum; a second start
+    within the MFA window after that approval passed check 6c when the first one was
+    the previous period's, just before its end: a rotation nobody approved, on the
     officers' approval of another."""
-    before = _entries(previous, records=True)
+    before: dict[int, dict[str, Any]] = {}
+    for older in reversed(earlier_bundles):  # oldest first: a newer bundle's copy of a row wins
+        before.update(_entries(older, records=True))
+    nearest = _entries(previous, records=True)
+    before.update(nearest)
+
+    def bundle(index: int) -> str:
+        return "the previous bundle" if index in nearest else "an earlier bundle"
+
     before_by = index_pool(before)
     earlier, earlier_runs = _first_starts(before_by), proposal_runs(before, before_by)
     now = _entries(files, records=True)
@@ -420,14 +432,14 @@ def started_before(files: Files, previous: Files) -> list[str]:
         if ceremony in earlier:
             out.append(
                 f"dual control: ceremony {ceremony} started at entry {index} was already "
-                f"started by entry {earlier[ceremony]} of the previous bundle: a second "
+                f"started by entry {earlier[ceremony]} of {bundle(earlier[ceremony])}: a second "
                 "rotation on one approval (the vault starts a ceremony once)"
             )
         elif (first := ran.get(index)) is not None:
             out.append(
                 f"dual control: ceremony {ceremony} started at entry {index} runs the signed "
                 f"proposal that started ceremony {before[first].get('key_id')} at entry "
-                f"{first} of the previous bundle, under another id: one signed proposal "
+                f"{first} of {bundle(first)}, under another id: one signed proposal "
                 "starts one rotation (the vault refuses a second run of it)"
             )
         elif (
@@ -438,7 +450,7 @@ def started_before(files: Files, previous: Files) -> list[str]:
         ) is not None:
             out.append(
                 f"dual control: ceremony {ceremony} started at entry {index} after its signed "
-                f"proposal was cancelled by entry {cancel} of the previous bundle: a "
+                f"proposal was cancelled by entry {cancel} of {bundle(cancel)}: a "
                 "cancelled ceremony never starts (the vault refuses it)"
             )
     if len(out) > MAX_RESTARTS:

@@ -97,6 +97,7 @@ from cofre_evidence_verifier.bundle import (
     read_bundle,
     signature_verifies,
 )
+from cofre_evidence_verifier.earlier import check_earlier, lookback_problems
 from cofre_evidence_verifier.keychain import KeyChain
 from cofre_evidence_verifier.note import VerifierKey
 from cofre_evidence_verifier.report import CHAIN_CHECKS, REQUIRED_CHECKS, UNSAFE_MARK, Report
@@ -144,8 +145,10 @@ def verify_bundle(
     origin: str | None = None,
     unsafe_any_origin: bool = False,
     authorities: Sequence[str] | None = None,
+    earlier: Sequence[Path] = (),
 ) -> Report:
-    """Verify the bundle at `path` (and its chain to the bundle at `previous`); see the
+    """Verify the bundle at `path` (and its chain to the bundle at `previous`, and on to
+    the `earlier` bundles before that one, newest first: `earlier`); see the
     module docstring. `witness_keys` are the witnesses' pinned cosignature/v1 keys, of
     which `quorum` must have cosigned the covering head; without them the bundle fails
     unless `unsafe_no_witnesses` (which the report states). `origin`, when given, is the
@@ -157,6 +160,7 @@ def verify_bundle(
     the names the bundle records). Never raises for a bad bundle: every problem is in the returned
     `Report`, which is `ok` only when every required check passed."""
     required = REQUIRED_CHECKS | (CHAIN_CHECKS if previous else frozenset())
+    required |= {"earlier"} if earlier else frozenset()
     required |= frozenset() if unsafe_no_witnesses else {"witnesses"}
     # Fails closed on the log's identity as on the witnesses (session 36): the log's
     # origin is pinned, by name or by the previous bundle, or waived by name.
@@ -181,6 +185,7 @@ def verify_bundle(
             origin=origin,
             unsafe_any_origin=unsafe_any_origin,
             authorities=authorities,
+            earlier=earlier,
         )
     except Exception as exc:  # noqa: BLE001 - every byte of a bundle is hostile: a verdict, not a traceback
         # Content the checks did not expect (a type, a missing member, a value out of
@@ -204,6 +209,7 @@ def _verify(
     origin: str | None,
     unsafe_any_origin: bool = False,
     authorities: Sequence[str] | None = None,
+    earlier: Sequence[Path] = (),
 ) -> None:
     """Run every check into `report` (see `verify_bundle`); may raise on content that
     no check expected."""
@@ -274,11 +280,9 @@ def _verify(
         # A bundle that names a previous head is OK only once that head is proven.
         report.required = report.required | {"previous_head"}
         chain.check_previous_head(bundle, manifest, verified, report)
-    before = None
-    if previous is not None:
-        before = _previous(
-            bundle, manifest, verified, previous, keys=key_chain.pems(), report=report
-        )
+    before = _previous(
+        bundle, manifest, verified, (previous, earlier), keys=key_chain.pems(), report=report
+    )
     # After the chain: a previous bundle that verifies carries its deleted tokens forward.
     deleted_tokens.check_deleted_tokens(bundle, report, before)
 
@@ -287,20 +291,33 @@ def _previous(
     bundle: Files,
     manifest: dict[str, Any],
     verified: Heads,
-    previous: Path,
+    bundles: tuple[Path | None, Sequence[Path]],
     *,
     keys: Sequence[bytes],
     report: Report,
 ) -> Files | None:
-    """Check 7 against the `previous` bundle; its files once it verifies (else None).
-    Then check 6c across the chain (session 40): a ceremony the previous bundle shows
-    started is not started again in this one."""
+    """Check 7 against the previous bundle (`bundles`: it, and the earlier ones before
+    it, newest first: `earlier`); its files once it verifies (else None). Then check 6c
+    across the chain (session 40): a ceremony the bundles at hand show started is not
+    started again in this one, and one whose proposal was signed before them is not
+    proven (session 49)."""
+    previous, earlier_paths = bundles
+    if previous is None:
+        if earlier_paths:
+            report.fail("earlier bundles chain through the previous one, which was not given")
+        return None
     before = chain.check_previous(
         bundle, manifest, verified, previous, public_keys=keys, report=report
     )
-    if before is not None:
-        for problem in dual_control_log.started_before(bundle, before):
-            report.fail(problem)
+    if before is None:
+        return None
+    read = (before, load_json(before[MANIFEST]))
+    older = check_earlier(read, earlier_paths, public_keys=keys, report=report)
+    for problem in dual_control_log.started_before(bundle, before, [f for f, _ in older]):
+        report.fail(problem)
+    oldest = (older or [read])[-1][1]
+    for problem in lookback_problems(report.summary.get("dual_control"), oldest["period"]["from"]):
+        report.fail(problem)
     return before
 
 
