@@ -16,6 +16,7 @@ from vault.errors import TokenNotFound
 from vault.limits import MAX_WINDOW_SECONDS
 from vault.models import CallContext
 from vault.operations._early import EarlyRate
+from vault.operations._guesses import missed_tokens
 from vault.operations._idempotency import forget_keys
 from vault.operations.capture import purge_capture_sessions
 from vault.storage.schema import tokens
@@ -79,9 +80,13 @@ class DeleteOperations(EarlyRate):
             return not already
 
         with self._audited_refusal(ctx, Action.DELETE):
+            # A sweep of a bucket's tokens through deletes finds (and shreds) a
+            # customer's card as a reads' sweep would (atk49a): counted the same way.
+            self._refuse_guessed(ctx, rules, [token])
             self._refuse_spent(ctx, rules, 1)
             answer = self._transaction(work)
             if isinstance(answer, TokenNotFound):
+                self._count_missed(ctx, rules, missed_tokens(answer, [token]))
                 raise answer
             return answer
 

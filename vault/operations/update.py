@@ -25,6 +25,7 @@ from vault.card import CardBundle
 from vault.errors import InvalidInput, TokenNotFound
 from vault.models import CallContext, TokenRecord, TokenUpdate
 from vault.operations._early import EarlyRate
+from vault.operations._guesses import missed_tokens
 from vault.operations._inputs import card_details, expiry, validate_metadata
 from vault.storage.database import as_utc
 from vault.storage.schema import tokens
@@ -75,6 +76,9 @@ class UpdateOperations(EarlyRate):
         domain = rules.domain_of(ctx.identity)
         with self._audited_refusal(ctx, AUDIT_ACTION):
             checked = self._check_update(change)
+            # A sweep of a bucket's tokens through updates is the reads' sweep (atk49a):
+            # a full bucket refuses its tokens here too, and a miss counts as a read's.
+            self._refuse_guessed(ctx, rules, [token])
             self._refuse_spent(ctx, rules, 1)
 
             def work(connection: Connection) -> TokenRecord | TokenNotFound:
@@ -88,6 +92,7 @@ class UpdateOperations(EarlyRate):
 
             answer = self._transaction(work)
             if isinstance(answer, TokenNotFound):
+                self._count_missed(ctx, rules, missed_tokens(answer, [token]))
                 raise answer
             return answer
 
