@@ -80,6 +80,19 @@ def record_details(payload: str) -> tuple[dict[str, Any], dict[str, Any]] | None
     return (entry, details) if isinstance(details, dict) else None
 
 
+def registration_details(payload: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """`record_details` of a key registration as the vault writes one (action exactly
+    ``key.register``, outcome ``success``), else None. Review 49c: the registry read
+    every record its SQL predicate matched by its details alone, so a database writer's
+    ``key.register`` with outcome ``failed``, or (on SQLite, whose LIKE ignores ASCII
+    case) one spelt ``Key.Register``, voided a label while evidence check 6d, which
+    counts successful ``key.register`` entries only, saw no registration."""
+    parsed = record_details(payload)
+    if parsed is None or parsed[0].get("action") != _REGISTER:
+        return None
+    return parsed if parsed[0].get("outcome") == "success" else None
+
+
 def data_key_retired(payload: str) -> int | None:
     """The data-key version the log entry `payload` (a `COMPLETE_RECORDS` one) records
     retired and destroyed by a data rotation, or None when it records none: another
@@ -295,8 +308,8 @@ def _carry_forward_key_records(connection: Connection, partition: str, actor: st
     by_label: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
     documents: dict[int, object] = {}
     for row in rows:
-        parsed = record_details(row.payload)
-        if parsed is None:  # not the vault's: nothing to carry (session 39)
+        parsed = registration_details(row.payload)
+        if parsed is None:  # not the vault's: nothing to carry (session 39, review 49c)
             continue
         documents[int(row.id)] = parsed[0].get("document")
         by_label.setdefault(str(parsed[1].get("label", "")), []).append((row, parsed[1]))

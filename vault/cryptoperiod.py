@@ -28,7 +28,7 @@ from typing import Any, Final
 import structlog
 from sqlalchemy import Engine, select, text
 
-from audit.retention import record_details
+from audit.retention import registration_details
 from audit.schema import READ_ONLY, audit_entries
 from cofre.dberrors import database_errors_as
 from cofre.settings import KeySettings
@@ -145,8 +145,8 @@ class CryptoperiodMonitor:
         out: dict[str, datetime] = {}
         with self._reader.connect() as connection:
             for payload, created_at in connection.execute(_REGISTERED).all():
-                parsed = record_details(payload)
-                if parsed is None:  # not the vault's (session 39)
+                parsed = registration_details(payload)
+                if parsed is None:  # not the vault's (session 39, review 49c)
                     continue
                 label = str(parsed[1].get("label", ""))
                 out[label] = as_utc(created_at) or created_at

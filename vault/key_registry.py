@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from audit.log import AuditEvent, AuditLog, Outcome
-from audit.retention import record_details
+from audit.retention import registration_details
 from audit.schema import READ_ONLY, audit_entries
 from cofre.dberrors import db_error_name
 from cofre.redaction import mask_pan_like
@@ -278,9 +278,10 @@ class KeyRegistry:
         ceremonies: dict[str, set[str]] = defaultdict(set)
         first_start = True  # the log's first records are its first start's adoption
         for payload in connection.execute(_RECORDS).scalars():
-            parsed = record_details(payload)
-            # Not the vault's (session 39: raised, a 500 at each call), or the end of the
-            # first start's adoption: no key, and the adoption is over.
+            parsed = registration_details(payload)
+            # Not the vault's (session 39: raised, a 500 at each call; review 49c: not a
+            # success, or another action LIKE matched), or the end of the first start's
+            # adoption: no key, and the adoption is over.
             if parsed is None or parsed[1].get("how") == ADOPTION_END:
                 first_start = False
                 continue
@@ -440,7 +441,7 @@ class KeyRegistry:
         """Whether the log's registry records are all an adoption's, with no end."""
         found = False
         for payload in connection.execute(_RECORDS).scalars():
-            parsed = record_details(payload)
+            parsed = registration_details(payload)
             if parsed is None or parsed[1].get("how") != ADOPTED or "ceremony" in parsed[1]:
                 return False
             found = True
