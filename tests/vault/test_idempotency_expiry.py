@@ -126,3 +126,24 @@ def test_the_key_of_a_deleted_token_says_deleted(vault: VaultService, token_form
 
     for sent in (card, card_number("400000", 881_008)):  # the card, or any other
         _retry_is_refused(vault, sent, token_format, key, TokenDeleted)
+
+
+@pytest.mark.parametrize("purged", [False, True], ids=["before-purge", "after-purge"])
+def test_the_key_of_an_expired_token_says_expired_whatever_card_the_retry_sends(
+    vault: VaultService, clock: Clock, purged: bool
+) -> None:
+    """Session 49 (atk49a's lead): until the purge ran, a retry with another card was
+    answered 409 `idempotency_conflict` and the token's own card 410, so the key's
+    holder learnt whether a card was the expired token's; after the purge both were 410
+    (docs/api.md: "whatever card the retry sends"). Now 410 either way, at any time."""
+    card = card_number("400000", 881_010 + purged)
+    key = f"order-expired-any-card-{purged}"
+    vault.tokenize(
+        PAYMENTS,
+        TokenizeRequest(pan=Pan(card), format="card_random", idempotency_key=key, ttl_seconds=60),
+    )
+    clock.now += timedelta(seconds=120)
+    if purged:
+        assert vault.purge_expired() >= 1
+    for sent in (card, card_number("400000", 881_020 + purged)):  # the card, or another
+        _retry_is_refused(vault, sent, "card_random", key, TokenExpired)

@@ -394,6 +394,12 @@ class TokenizeOperations(TokenCandidates):
         previous = by_key.get(key)
         if previous is not None and previous.deleted_at is not None:  # no card left to match
             raise self._item_error(gone(previous), index, batch=batch)
+        if previous is not None and _expired(previous, self._clock()):
+            # Gone for every reveal: never handed out (or resealed) as a live token; and
+            # whatever card the retry sends, as once the purge shredded it: a 409 for
+            # another card here answered whether it was the token's (session 49).
+            error = TokenExpired("this idempotency key's token has expired: use a new key")
+            raise self._item_error(error, index, batch=batch)
         earlier = answers.first_with_key.setdefault(key, index)
         if previous is not None:
             same = previous.fingerprint in item.known_fps and previous.format == item.request.format
@@ -412,10 +418,6 @@ class TokenizeOperations(TokenCandidates):
                 batch=batch,
             )
         if previous is not None:
-            if (expires := as_utc(previous.expires_at)) is not None and expires <= self._clock():
-                # Gone for every reveal: never handed out (or resealed) as a live token.
-                error = TokenExpired("this idempotency key's token has expired: use a new key")
-                raise self._item_error(error, index, batch=batch)
             answers.answer(self, index, previous, "idempotent", item.card.pan)
         else:
             answers.same(index, earlier, answers.how.get(earlier, "idempotent"))
@@ -586,3 +588,9 @@ class TokenizeOperations(TokenCandidates):
             token_id=token_id,
             details={"format": token_format, "result": result},
         )
+
+
+def _expired(row: Row[Any], now: datetime) -> bool:
+    """Whether the token `row` has a life and it has ended at `now`."""
+    expires = as_utc(row.expires_at)
+    return expires is not None and expires <= now
