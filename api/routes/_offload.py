@@ -3,7 +3,7 @@
 The vault's service is synchronous: its HSM calls block, and an operation returns only
 once the group commit that made it durable is done. A plain ``def`` route would cost two
 hops through anyio's thread pool per request (FastAPI runs the endpoint there, then the
-validation of its response model again); an ``async def`` route that awaits `in_thread`
+validation of its response model again); an ``async def`` route that awaits `finished`
 costs one, through asyncio's own executor, which costs about a third of anyio's hop in
 CPU (issue 21: the hops were 5-14% of a worker's GIL time under load).
 
@@ -81,23 +81,18 @@ class Turns:
         return lock
 
 
-async def in_thread(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run `function` in a thread, in a copy of the caller's context (the request's
-    audit trail, ids and span travel with it), and return or raise what it does."""
-    context = contextvars.copy_context()
-    call = functools.partial(context.run, function, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(_executor, call)
-
-
 async def finished(
     function: Callable[..., T], *args: Any, after: Callable[[], None] | None = None
 ) -> T:
-    """`in_thread` for a call whose end must come before what follows it: when its
-    request is cancelled (a drain's deadline) while it runs, `drain` waits for it and
-    `after` runs only once it returned; a call still queued never runs, and `after`
+    """Run `function` in a thread, in a copy of the caller's context (the request's
+    audit trail, ids and span travel with it), and return or raise what it does. When
+    its request is cancelled (a drain's deadline) while it runs, `drain` waits for it
+    and `after` runs only once it returned; a call still queued never runs, and `after`
     runs at once. Review 48b: a lookup's turn (`Turns`) was given back at the cancel,
     and the identity's next lookup waited on a thread for the vault's lock the first
-    still held, nor did `drain` wait for the first before the vault was released."""
+    still held, nor did `drain` wait for the first before the vault was released. The
+    batch routes ran on a plain hop (`in_thread`, until session 49), so a batch cut by
+    the drain's deadline still ran while the vault was released under it."""
     loop = asyncio.get_running_loop()
     context = contextvars.copy_context()
     call = _executor.submit(functools.partial(context.run, function, *args))
@@ -178,7 +173,7 @@ async def _answered(call: Callable[[], Pending[T]], *, here: bool) -> T:
 
 
 async def kept(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """`in_thread` for a call that must finish even when its request is cancelled (a
+    """A hop to a thread for a call that must finish even when its request is cancelled (a
     relay: the upstream may already have the card), on the relays' threads: counted by
     `drain` from its submission until it returns, so a stopping worker releases the
     vault (and the relay's HTTP clients) only after it, and its audit entry records

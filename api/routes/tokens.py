@@ -31,7 +31,7 @@ from api.models import (
     TokenResponse,
     TokenUpdateRequest,
 )
-from api.routes._offload import answered, answered_on_loop, finished, in_thread
+from api.routes._offload import answered, answered_on_loop, finished
 from cofre.errors import CofreError
 from vault.card import SecurityCode
 from vault.errors import BatchItemInvalid
@@ -155,7 +155,7 @@ async def tokenize(body: TokenizeRequest, http: Request) -> Response:
 @router.post("/v1/tokenize/batch", response_model=TokenizeBatchResponse, tags=["tokens"])
 async def tokenize_batch(body: TokenizeBatchRequest, caller: Caller, state: State) -> Response:
     """Tokenize up to 1,000 PANs, all or nothing; results in request order."""
-    return await in_thread(_tokenize_batch, body, caller, state)
+    return await finished(_tokenize_batch, body, caller, state)
 
 
 def _tokenize_batch(body: TokenizeBatchRequest, caller: Caller, state: State) -> Response:
@@ -183,7 +183,7 @@ async def detokenize(body: DetokenizeRequest, http: Request) -> Response:
 @router.post("/v1/detokenize/batch", response_model=DetokenizeBatchResponse, tags=["tokens"])
 async def detokenize_batch(body: DetokenizeBatchRequest, caller: Caller, state: State) -> Response:
     """Detokenize up to 1,000 tokens, all or nothing; results in request order."""
-    return await in_thread(_detokenize_batch, body, caller, state)
+    return await finished(_detokenize_batch, body, caller, state)
 
 
 def _detokenize_batch(body: DetokenizeBatchRequest, caller: Caller, state: State) -> Response:

@@ -12,13 +12,17 @@ import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
-from api.routes import _offload
+from api.models import DetokenizeBatchRequest, TokenizeBatchRequest, TokenizeRequest
+from api.routes import _offload, tokens
 from api.routes._offload import THREADS, answered, answered_on_loop
 from cofre.blocking import may_block
 from cofre.errors import CofreError
+from tests.support.pans import card_number
 from vault.models import Pending
 
 
@@ -338,3 +342,42 @@ def test_a_finished_call_still_queued_when_cancelled_never_runs() -> None:
 
     asyncio.run(main())
     assert ran == []
+
+
+@pytest.mark.parametrize("route", ["tokenize", "detokenize"])
+def test_a_batch_cancelled_while_it_runs_is_waited_for_by_drain(route: str) -> None:
+    """Session 49: the batch routes ran their vault call on a plain hop, so a batch cut
+    by the drain's deadline (its request cancelled) was not counted by `drain`, and the
+    worker released the vault (its HSM sessions, its database) while the batch still
+    ran in it. Now `drain` waits for it, as for a lookup (`finished`)."""
+    running, go = threading.Event(), threading.Event()
+
+    def call(*_: object) -> list[object]:
+        running.set()
+        go.wait(30)
+        return []
+
+    service = SimpleNamespace(tokenize_batch=call, detokenize_batch=call)
+    state = cast(Any, SimpleNamespace(service=service))
+    caller = cast(Any, SimpleNamespace(identity="spiffe://cofre/payments"))
+    if route == "tokenize":
+        item = TokenizeRequest(pan=card_number("400000", 49_001), format="card_random")
+        request = tokens.tokenize_batch(TokenizeBatchRequest(items=[item]), caller, state)
+    else:
+        body = DetokenizeBatchRequest(tokens=["tok_" + "a" * 24])
+        request = tokens.detokenize_batch(body, caller, state)
+
+    async def main() -> None:
+        task = asyncio.create_task(request)
+        assert await asyncio.to_thread(running.wait, 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with _offload._left_lock:
+            assert _offload._left, "the running batch is not counted for drain"
+        go.set()
+
+    asyncio.run(main())
+    _offload.drain(30)
+    with _offload._left_lock:
+        assert not _offload._left
