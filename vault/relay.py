@@ -11,6 +11,7 @@ values, any PAN-like value); `vault.relay_client` is the call itself.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -31,7 +32,7 @@ from vault._relay_details import (
     without_written,
 )
 from vault._relay_dumps import joined_lists, withhold_lists
-from vault._relay_echo import AnswerBound, read_as
+from vault._relay_echo import AnswerBound, escaped_forms, read_as
 from vault.errors import RelayBodyInvalid
 
 # How deep a relay body or an upstream's answer may nest. Acquirers' bodies are a few
@@ -150,7 +151,20 @@ def caller_guesses(body: Any, tokens: Collection[str] = ()) -> CallerGuesses:
     def note(_index: int, text: str) -> None:
         if text in tokens:
             return
-        for form in {text, unquote_plus(text), ascii_digits(text)}:
+        forms = {text, unquote_plus(text), ascii_digits(text)}
+
+        def read(shape: str) -> bool:
+            # atk49b: every shape the answer's checks read a detail in (escapes undone,
+            # words decoded, other scripts' digits and compatibility characters), so
+            # that a guess the caller wrote encoded (``&#55;&#51;&#57;``, ``NzM5``,
+            # ``=37=33=39``, UTF-7) is withheld as the card's code would be.
+            forms.update((shape, ascii_digits(shape), unicodedata.normalize("NFKC", shape)))
+            return False
+
+        read_as(text, read, decoded=read)
+        for shape in escaped_forms(text, lone_words=False):
+            read(shape)
+        for form in forms:
             # Any run of three digits or more that reads a code once its zeros are
             # dropped: a sent code is withheld with leading zeros too (`detail_pattern`), so
             # guesses written as 00739 told the card's apart (review 36b).
