@@ -240,7 +240,9 @@ def _layers(text: str, depth: int, budget: _Budget, *, inner: bool) -> Iterator[
             yield from _read_bytes(decoded, depth - 1, budget, raw=in_step)
 
 
-def _words(form: str, seen: set[str], *, rare: bool) -> Iterator[tuple[bytes | None, bool]]:
+def _words(
+    form: str, seen: set[str], *, rare: bool
+) -> Iterator[tuple[bytes | None, bool | None]]:
     """The words of `form` decoded: base64 (from each offset of a block, so that one that
     begins after other characters of its alphabet, a URL path's, is read in step;
     review 37b), base32 (from its first character), short base64 and base32 words by
@@ -275,7 +277,7 @@ def _words(form: str, seen: set[str], *, rare: bool) -> Iterator[tuple[bytes | N
         yield from ((data, raw) for key, data, raw in found if once(key))
 
 
-def _rare_words(form: str, compact: str) -> Iterator[tuple[str, bytes | None, bool]]:
+def _rare_words(form: str, compact: str) -> Iterator[tuple[str, bytes | None, bool | None]]:
     """(a key, the word decoded, whether to try it as raw deflate) for `_words`' shorter
     and rarer words: a short word is not (four bytes of noise inflate past their bound
     now and then; a stream that short holds no echo)."""
@@ -284,8 +286,11 @@ def _rare_words(form: str, compact: str) -> Iterator[tuple[str, bytes | None, bo
     if _SHORT_WORD.fullmatch(compact) and len(compact.rstrip("=")) <= 20:
         short.append(compact)
     for word in dict.fromkeys(short):
-        yield f"s64/{word}", _base64(word), False
-        yield f"s32/{word}", _base32(word), False
+        # In step (read from its first character), so its bytes are read as a binary
+        # message writes digits (atk49b: the card's field 2 alone, packed BCD in
+        # base64, 12 characters, went back whole), but not tried as raw deflate (None).
+        yield f"s64/{word}", _base64(word), None
+        yield f"s32/{word}", _base32(word), None
     for framed in _ASCII85_FRAMED.findall(form):
         yield f"85/{framed}", _decoded(base64.a85decode, framed, adobe=True), True
     if _ASCII85_WHOLE.fullmatch(compact):
@@ -314,19 +319,20 @@ def _dumps(form: str) -> Iterator[tuple[str, str]]:
 
 
 def _read_bytes(
-    data: bytes | None, depth: int, budget: _Budget, *, raw: bool = True
+    data: bytes | None, depth: int, budget: _Budget, *, raw: bool | None = True
 ) -> Iterator[tuple[str, bool]]:
     """`data` (a word decoded, or a stream inflated) read as Latin-1 text `depth` more
     layers deep, and inflated when it is a stream (a layer too: gzip of gzip is read);
-    as raw deflate too when `raw`."""
+    as raw deflate too when `raw`; its bytes as a binary message writes digits unless
+    `raw` is False (None: a short word, in step but too short to inflate)."""
     if not data:
         return
     budget.spend(len(data), decodings=1)
     yield from _layers(data.decode("latin-1"), depth, budget, inner=True)
-    if raw:  # a word read from its first character, or a stream: its bytes in step
+    if raw is not False:  # a word read from its first character, or a stream: in step
         yield from _binary_digits(data, budget)
     if depth > 0:
-        yield from _read_bytes(_inflated(data, budget, raw=raw), depth - 1, budget)
+        yield from _read_bytes(_inflated(data, budget, raw=raw is True), depth - 1, budget)
         # A stream that begins inside the bytes: base64 read out of step from a URL
         # path's first character decodes the path to bytes before it (review 37b).
         for start in _stream_starts(data):

@@ -161,7 +161,7 @@ def caller_guesses(body: Any, tokens: Collection[str] = ()) -> CallerGuesses:
             forms.update((shape, ascii_digits(shape), unicodedata.normalize("NFKC", shape)))
             return False
 
-        read_as(text, read, decoded=read)
+        read_as(text, lambda _shape: False, decoded=read)  # the decodings details are read in
         for shape in escaped_forms(text, lone_words=False):
             read(shape)
         for form in forms:
