@@ -240,9 +240,7 @@ def _layers(text: str, depth: int, budget: _Budget, *, inner: bool) -> Iterator[
             yield from _read_bytes(decoded, depth - 1, budget, raw=in_step)
 
 
-def _words(
-    form: str, seen: set[str], *, rare: bool
-) -> Iterator[tuple[bytes | None, bool | None]]:
+def _words(form: str, seen: set[str], *, rare: bool) -> Iterator[tuple[bytes | None, bool | None]]:
     """The words of `form` decoded: base64 (from each offset of a block, so that one that
     begins after other characters of its alphabet, a URL path's, is read in step;
     review 37b), base32 (from its first character), short base64 and base32 words by

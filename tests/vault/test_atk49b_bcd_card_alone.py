@@ -56,9 +56,9 @@ def _length_byte(card: str) -> bytes:
 
 ENCODINGS: dict[str, Callable[[str], str]] = {
     "bcd in base64": lambda c: base64.b64encode(_bcd(c)).decode(),
-    "bcd in base64url, no padding": lambda c: base64.urlsafe_b64encode(_bcd(c))
-    .decode()
-    .rstrip("="),
+    "bcd in base64url, no padding": lambda c: (
+        base64.urlsafe_b64encode(_bcd(c)).decode().rstrip("=")
+    ),
     "length and bcd in base64": lambda c: base64.b64encode(_length_byte(c) + _bcd(c)).decode(),
     "bcd in base32": lambda c: base64.b32encode(_bcd(c)).decode(),
 }

@@ -20,6 +20,7 @@ from cofre.errors import CofreError
 from policies.engine import PolicyEngine
 from policies.errors import PolicyDenied, RateLimited
 from policies.models import Action, CardPointers, IdentityPolicy, RelayRoute
+from vault._relay_details import CallerGuesses
 from vault._relay_scan import Sent, scanned_answer
 from vault.card import format_expiry
 from vault.errors import (
@@ -168,6 +169,10 @@ class RelayOperations(TokenizeOperations):
                 except UpstreamBusy as busy:
                     self._refuse_busy(ctx, rules, busy, details)
                     raise
+                # Read before the commit group (atk49b: the guesses are read in every
+                # decoding the answer's detail checks use, up to a few hundred ms for a
+                # hostile 64 KiB body, which the group's other operations would wait for).
+                guesses = _guesses_of(route, body)
                 revealed = self._transaction(
                     functools.partial(
                         self._reveal_or_miss,
@@ -177,6 +182,7 @@ class RelayOperations(TokenizeOperations):
                         route=route,
                         body=body,
                         details=details,
+                        guesses=guesses,
                     )
                 )
                 if isinstance(revealed, TokenNotFound | TokenExpired):
@@ -273,6 +279,7 @@ class RelayOperations(TokenizeOperations):
         route: RelayRoute,
         body: Any,
         details: Mapping[str, DetailValue],
+        guesses: CallerGuesses | None,
     ) -> tuple[Any, list[str], Sent]:
         """The body to send (a copy, the PANs in place of the tokens), the revealed
         token ids and the card details sent beside a PAN (`withhold_sent` takes them
@@ -332,11 +339,7 @@ class RelayOperations(TokenizeOperations):
         if not events:
             events.append(self._audit_event(ctx, "relay.send", Outcome.SUCCESS, details=details))
         self._audit.append_many(connection, events)
-        tokens = {get_pointer(body, p) for p in route.detokenize}
-        if route.card is not None:
-            tokens.add(get_pointer(body, route.card.number))
-        guesses = caller_guesses(body, tokens) if sent else None
-        return outgoing, token_ids, Sent(sent, sent_pans, month_years, guesses)
+        return outgoing, token_ids, Sent(sent, sent_pans, month_years, guesses if sent else None)
 
     def _put_card(
         self,
@@ -491,6 +494,16 @@ class RelayOperations(TokenizeOperations):
         for pointer, token in tokens_at.items():
             set_pointer(masked, pointer, token)
         return masked
+
+
+def _guesses_of(route: RelayRoute, body: Any) -> CallerGuesses | None:
+    """`caller_guesses` of `body` for a route that may send a card detail (a code, a
+    name, an expiry), else None; the tokens the vault replaces are not guesses."""
+    if route.card is None or not route.card.details():
+        return None
+    tokens = {get_pointer(body, p) for p in route.detokenize}
+    tokens.add(get_pointer(body, route.card.number))
+    return caller_guesses(body, tokens)
 
 
 def _refuse_deep(body: Any) -> None:
