@@ -269,6 +269,9 @@ def withhold_month_year(value: Any, pairs: Sequence[tuple[str, Sequence[str]]]) 
     return walk(value)
 
 
+# A sent card's shape (`_shown_shapes`): its pattern, its length, whether it passes Luhn.
+_Shape = tuple[re.Pattern[str], int, bool]
+
 # What may be a piece of a card number among an object's values: up to this many
 # digits (a card has 13-19), spaces and hyphens between groups taken out.
 _MAX_PIECE_DIGITS: Final = 18
@@ -320,9 +323,7 @@ def _piece(value: Any) -> str | None:
     return text if fits else None
 
 
-def _covering(
-    pieces: list[tuple[Any, str]], joined: str, pans: list[tuple[re.Pattern[str], int]]
-) -> set[Any]:
+def _covering(pieces: list[tuple[Any, str]], joined: str, pans: list[_Shape]) -> set[Any]:
     """The keys of the `pieces` (key, digits; `joined` is their digits in order) that
     make up part of an occurrence of one of `pans` (`_shown_shapes`) spread over two or
     more of them."""
@@ -338,32 +339,36 @@ def _covering(
     return hit
 
 
-def _shown_shapes(pans: Sequence[str]) -> list[tuple[re.Pattern[str], int]]:
+def _shown_shapes(pans: Sequence[str]) -> list[_Shape]:
     """For each PAN sent, a pattern of the digit strings that look like it as far as
     its masked reveal shows (its length, leading digits and last four: what the caller
-    may know), and its length. The withholding looks for these, not for the PAN: an
-    answer that changed only when a text was the card would tell a caller who wrote
-    guesses into the fields an acquirer echoes which guess was the card (review 29b)."""
+    may know), its length, and whether it passes Luhn (a card of a range the policy
+    exempts from Luhn does not, and its shape is then looked for without the check:
+    atk49b, such a card in base64, split or in a list went back whole). The withholding
+    looks for these, not for the PAN: an answer that changed only when a text was the
+    card would tell a caller who wrote guesses into the fields an acquirer echoes which
+    guess was the card (review 29b)."""
     shapes = []
     for pan in {pan for pan in pans if pan}:
         lead = masked_leading(len(pan))
         hidden = len(pan) - lead - MASK_TRAILING
         shown = rf"{re.escape(pan[:lead])}[0-9]{{{hidden}}}{re.escape(pan[-MASK_TRAILING:])}"
-        shapes.append((re.compile(f"(?={shown})"), len(pan)))  # overlapping starts
+        # Overlapping starts.
+        shapes.append((re.compile(f"(?={shown})"), len(pan), luhn_valid(pan)))
     return shapes
 
 
-def _occurrences(
-    digits: str, shapes: list[tuple[re.Pattern[str], int]]
-) -> Iterator[tuple[int, int]]:
-    """Where in `digits` a Luhn-valid string of one of `shapes` starts and ends. Luhn:
-    a guess worth writing is a card, and an acquirer's answer that lays out the card's
-    BIN, a six-digit code and its last four in a row (a layout of what it charged) then
-    keeps them nine times in ten."""
-    for pattern, length in shapes:
+def _occurrences(digits: str, shapes: list[_Shape]) -> Iterator[tuple[int, int]]:
+    """Where in `digits` a string of one of `shapes` starts and ends, Luhn-valid where
+    the card sent is. Luhn: a guess worth writing is a card, and an acquirer's answer
+    that lays out the card's BIN, a six-digit code and its last four in a row (a layout
+    of what it charged) then keeps them nine times in ten. A card that fails Luhn (a
+    `luhn_exempt` range) never passes it, so its shape is looked for without it; still
+    blind to the hidden digits, so no guess is told apart."""
+    for pattern, length, luhn in shapes:
         for match in pattern.finditer(digits):
             start = match.start()
-            if luhn_valid(digits[start : start + length]):
+            if not luhn or luhn_valid(digits[start : start + length]):
                 yield start, start + length
 
 
