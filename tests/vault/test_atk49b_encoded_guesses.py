@@ -90,3 +90,28 @@ def test_encoded_expiry_guesses_do_not_tell_the_cards_expiry(
     first = _withheld(relay, EXPIRIES, ENCODINGS[encoding], expiry="11/31")
     assert first != ["11/31"], "one relay told the caller the card's expiry"
     assert first == _withheld(relay, EXPIRIES, ENCODINGS[encoding], expiry="04/34")
+
+
+def test_code_guesses_as_byte_lists_do_not_tell_the_cards_code(
+    relay: VaultService, acquirer: FakeAcquirer
+) -> None:
+    """The same with each guess written as a JSON array of its bytes in decimal (padded
+    to the 13 bytes an array is read from, `vault._relay_dumps.joined_lists`): the
+    answer reads an array's items joined, the caller's guesses were not read so, and
+    the one array withheld whole was the card's code."""
+    acquirer.answer = _echo
+
+    def as_bytes(guess: str) -> list[int]:
+        return list(f"xx={guess};padding".encode())
+
+    def answer(code: str) -> dict[str, Any]:
+        token = _card(relay, code=code, expiry="11/31")
+        refs = {_field(i): as_bytes(guess) for i, guess in enumerate(CODES)}
+        body = {**_body(token), "refs": refs}
+        shown = relay.relay(GETNET, "getnet-authorize", body).body
+        assert isinstance(shown, dict)
+        return dict(shown["refs"])
+
+    first, second = answer("739"), answer("215")
+    told = [guess for i, guess in enumerate(CODES) if first[_field(i)] != second[_field(i)]]
+    assert told == [], f"the answers differ only at {told}: the card's code is among them"
