@@ -148,22 +148,7 @@ def caller_guesses(body: Any, tokens: Collection[str] = ()) -> CallerGuesses:
     runs: set[str] = set()
     layouts: set[str] = set()
 
-    def note(_index: int, text: str) -> None:
-        if text in tokens:
-            return
-        forms = {text, unquote_plus(text), ascii_digits(text)}
-
-        def read(shape: str) -> bool:
-            # atk49b: every shape the answer's checks read a detail in (escapes undone,
-            # words decoded, other scripts' digits and compatibility characters), so
-            # that a guess the caller wrote encoded (``&#55;&#51;&#57;``, ``NzM5``,
-            # ``=37=33=39``, UTF-7) is withheld as the card's code would be.
-            forms.update((shape, ascii_digits(shape), unicodedata.normalize("NFKC", shape)))
-            return False
-
-        read_as(text, lambda _shape: False, decoded=read)  # the decodings details are read in
-        for shape in escaped_forms(text, lone_words=False):
-            read(shape)
+    def add(forms: set[str]) -> None:
         for form in forms:
             # Any run of three digits or more that reads a code once its zeros are
             # dropped: a sent code is withheld with leading zeros too (`detail_pattern`), so
@@ -173,7 +158,33 @@ def caller_guesses(body: Any, tokens: Collection[str] = ()) -> CallerGuesses:
             )
             layouts.update(EXPIRY_LIKE.findall(form))
 
+    def decodings(text: str, forms: set[str]) -> None:
+        # atk49b: every shape the answer's checks read a detail in (escapes undone,
+        # words decoded, other scripts' digits and compatibility characters), so that a
+        # guess the caller wrote encoded (``&#55;&#51;&#57;``, ``NzM5``, ``=37=33=39``,
+        # UTF-7, an array of its bytes) is withheld as the card's code would be.
+        def read(shape: str) -> bool:
+            forms.update((shape, ascii_digits(shape), unicodedata.normalize("NFKC", shape)))
+            return False
+
+        read_as(text, lambda _shape: False, decoded=read)  # the decodings details are read in
+
+    def note(_index: int, text: str) -> None:
+        if text in tokens:
+            return
+        forms = {text, unquote_plus(text), ascii_digits(text)}
+        decodings(text, forms)
+        for shape in escaped_forms(text, lone_words=False):
+            forms.update((shape, ascii_digits(shape), unicodedata.normalize("NFKC", shape)))
+        add(forms)
+
     _replace_texts(body, note)
+    # An array's items read joined, as `withhold_encoded_pans` reads the answer's.
+    for _items, joins in joined_lists(body):
+        for join in joins:
+            decoded: set[str] = set()
+            decodings(join, decoded)
+            add(decoded)
     return CallerGuesses(
         layouts=guesses_of(EXPIRY_LIKE, frozenset(layouts)),
         runs=guesses_of(DIGIT_RUN, frozenset(runs)),
