@@ -61,6 +61,13 @@ ENCODINGS: dict[str, Callable[[str], str]] = {
     ),
     "length and bcd in base64": lambda c: base64.b64encode(_length_byte(c) + _bcd(c)).decode(),
     "bcd in base32": lambda c: base64.b32encode(_bcd(c)).decode(),
+    # Inside a text, unpadded: too short for a word of its own (18 characters).
+    "bcd in base64url in a query string": lambda c: (
+        "pan=" + base64.urlsafe_b64encode(_bcd(c)).decode().rstrip("=") + "&x=1"
+    ),
+    "length and bcd in base64 among words": lambda c: (
+        "de2 " + base64.b64encode(_length_byte(c) + _bcd(c)).decode().rstrip("=") + " end"
+    ),
 }
 
 
