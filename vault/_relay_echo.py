@@ -82,6 +82,9 @@ MAX_BASE85: Final = 128 * 1024
 # (a field the upstream encoded alone: the code is 4 to 8 characters of base64).
 _PADDED_WORD: Final = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{2,}={1,6}")
 _SHORT_WORD: Final = re.compile(r"[A-Za-z0-9+/_-]{4,}={0,6}")
+# A short base64 word inside a text, unpadded (a URL's query, a field among words): the
+# 6 to 12 bytes of a card's packed BCD (12 to 19 digits, a length byte before them).
+_SHORT_IN_TEXT: Final = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{8,17}(?![A-Za-z0-9+/_-])")
 # Ascii85 between Adobe's delimiters; base85 and Ascii85 as a text's whole value.
 _ASCII85_FRAMED: Final = re.compile(r"<~[!-uz\s]*~>")
 _BASE85_WHOLE: Final = re.compile(r"[0-9A-Za-z!#$%&()*+\-;<=>?@^_`{|}~]{17,}")
@@ -238,6 +241,24 @@ def _layers(text: str, depth: int, budget: _Budget, *, inner: bool) -> Iterator[
     for form in forms:
         for decoded, in_step in _words(form, seen, rare=depth == LAYERS):
             yield from _read_bytes(decoded, depth - 1, budget, raw=in_step)
+    if depth == LAYERS:
+        for hexed in _short_words_in_hex(forms):
+            budget.spend(len(hexed))
+            yield hexed, False  # looked at for a card only: a run of hex is no text
+
+
+def _short_words_in_hex(forms: list[str]) -> Iterator[str]:
+    """The bytes of each short unpadded base64 word inside `forms` (`_SHORT_IN_TEXT`),
+    decoded from its first character, in hex: read for the card a binary message writes
+    in packed BCD only (atk49b: field 2 alone in base64 in a URL's query or among words,
+    12 characters, went back whole; too short to be read as the words of `_words`)."""
+    seen: set[str] = set()
+    for form in forms:
+        for word in _SHORT_IN_TEXT.findall(form):
+            if word not in seen:
+                seen.add(word)
+                if data := _base64(word):
+                    yield data.hex()
 
 
 def _words(form: str, seen: set[str], *, rare: bool) -> Iterator[tuple[bytes | None, bool | None]]:
