@@ -45,6 +45,8 @@ ENCODINGS: dict[str, Callable[[str], str]] = {
     "base64": lambda s: base64.b64encode(s.encode()).decode(),
     "quoted-printable": lambda s: "".join(f"={ord(c):02X}" for c in s),
     "utf-7": lambda s: "+" + base64.b64encode(s.encode("utf-16-be")).decode().rstrip("=") + "-",
+    # Decoded bytes are read without their NULs (UTF-16 text of ASCII).
+    "utf-16 in base64": lambda s: base64.b64encode(f"cvv={s}".encode("utf-16-le")).decode(),
 }
 
 CODES = [f"{n:03d}" for n in range(1000)]
