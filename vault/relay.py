@@ -164,7 +164,11 @@ def caller_guesses(body: Any, tokens: Collection[str] = ()) -> CallerGuesses:
         # guess the caller wrote encoded (``&#55;&#51;&#57;``, ``NzM5``, ``=37=33=39``,
         # UTF-7, an array of its bytes) is withheld as the card's code would be.
         def read(shape: str) -> bool:
-            forms.update((shape, ascii_digits(shape), unicodedata.normalize("NFKC", shape)))
+            # As `withhold_encoded_pans` reads a decoding: also without its NULs (UTF-16
+            # text of ASCII) and as UTF-8.
+            plain = shape.replace("\x00", "")
+            for one in {shape, plain, _as_utf8(plain)}:
+                forms.update((one, ascii_digits(one), unicodedata.normalize("NFKC", one)))
             return False
 
         read_as(text, lambda _shape: False, decoded=read)  # the decodings details are read in
