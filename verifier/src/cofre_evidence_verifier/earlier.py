@@ -27,6 +27,7 @@ from typing import Any
 
 from cofre_evidence_verifier import chain
 from cofre_evidence_verifier.bundle import Files, base64_bytes, json_object
+from cofre_evidence_verifier.dual_control import WINDOW_SECONDS
 from cofre_evidence_verifier.report import Report
 
 Read = tuple[Files, dict[str, Any]]
@@ -102,24 +103,37 @@ def _unix(text: object) -> int | None:
     return int(at.astimezone(UTC).timestamp())
 
 
-def lookback_problems(ceremonies: object, since: object) -> list[str]:
+def lookback_problems(
+    ceremonies: object, since: object, *, starts_log: bool = False
+) -> list[str]:
     """A problem for each ceremony checked in this bundle (check 6c's summary,
     `ceremonies`) whose verified proposal was signed before `since`, the start of the
-    oldest period at hand: an earlier start of that signed proposal, under another id,
-    would be in a bundle not given."""
-    start = _unix(since)
-    if start is None or not isinstance(ceremonies, list):
+    oldest period at hand, or less than `WINDOW_SECONDS` after it: an earlier start of
+    that signed proposal, under another id, would be in a bundle not given. Review 49:
+    check 6c passes a start logged up to the window before its proposal's ``created``
+    (the officer's token and the vault keep their own clocks), so a genuine start in
+    the bundle before, logged just before its end, had a proposal signed just after
+    it, and the copy verified. None when the oldest bundle at hand starts the log
+    (`starts_log`): there is no bundle before it to give. A `since` that is no time
+    fails every ceremony (closed)."""
+    if starts_log or not isinstance(ceremonies, list):
         return []
+    start = _unix(since)
     out = []
     for ceremony in ceremonies:
         if not isinstance(ceremony, dict):
             continue
         signed = _unix(ceremony.get("proposal_signed_at"))
-        if signed is not None and signed < start:
+        if signed is not None and (start is None or signed - WINDOW_SECONDS < start):
+            when = (
+                "before"
+                if start is None or signed < start
+                else f"within the {WINDOW_SECONDS} s window check 6c allows a start after"
+            )
             out.append(
                 f"dual control: ceremony {ceremony.get('ceremony')} (started at entry "
                 f"{ceremony.get('start_entry')}): its proposal was signed at "
-                f"{ceremony.get('proposal_signed_at')}, before the oldest bundle at hand "
+                f"{ceremony.get('proposal_signed_at')}, {when} the oldest bundle at hand "
                 f"begins ({since}): whether that signed proposal already started another "
                 "rotation is not proven; verify with the bundles back to its signing "
                 "(--previous, then --earlier, newest first)"

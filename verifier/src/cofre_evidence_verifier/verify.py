@@ -316,7 +316,11 @@ def _previous(
     for problem in dual_control_log.started_before(bundle, before, [f for f, _ in older]):
         report.fail(problem)
     oldest = (older or [read])[-1][1]
-    for problem in lookback_problems(report.summary.get("dual_control"), oldest["period"]["from"]):
+    for problem in lookback_problems(
+        report.summary.get("dual_control"),
+        oldest["period"]["from"],
+        starts_log=oldest["entries"]["first_index"] == 0,
+    ):
         report.fail(problem)
     return before
 
