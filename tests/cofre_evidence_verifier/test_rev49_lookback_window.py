@@ -79,7 +79,9 @@ def _log() -> tuple[list[str], str, str]:
         details={"kind": "kek"},
         document=proposal.to_json(),
     )
-    approval = signed_action(bob, approval_path(ceremony), created=_unix("2026-03-01T06:58:20.000000Z"))
+    approval = signed_action(
+        bob, approval_path(ceremony), created=_unix("2026-03-01T06:58:20.000000Z")
+    )
     log[5] = payload(
         "key.rotation.approve",
         "2026-03-01T06:58:20.000000Z",
@@ -144,7 +146,11 @@ def test_a_copy_of_a_proposal_signed_inside_the_window_after_the_bundle_began(
         size1 = older.manifest["covering_head"]["tree_size"]
         size2 = newer.manifest["covering_head"]["tree_size"]
         newer.files["audit/consistency.json"] = json.dumps(
-            {"size1": size1, "size2": size2, "proof": [b64(h) for h in consistency(leaves[:size2], size1)]}
+            {
+                "size1": size1,
+                "size2": size2,
+                "proof": [b64(h) for h in consistency(leaves[:size2], size1)],
+            }
         ).encode()
     pins = {"witness_keys": [w.verifier_key()], "authorities": ["localhost"], "origin": ORIGIN}
     a = first.write(tmp_path / "a.tar.gz")

@@ -103,9 +103,7 @@ def _unix(text: object) -> int | None:
     return int(at.astimezone(UTC).timestamp())
 
 
-def lookback_problems(
-    ceremonies: object, since: object, *, starts_log: bool = False
-) -> list[str]:
+def lookback_problems(ceremonies: object, since: object, *, starts_log: bool = False) -> list[str]:
     """A problem for each ceremony checked in this bundle (check 6c's summary,
     `ceremonies`) whose verified proposal was signed before `since`, the start of the
     oldest period at hand, or less than `WINDOW_SECONDS` after it: an earlier start of
