@@ -74,9 +74,11 @@ def test_an_officers_inventory_reads_do_not_each_scan_the_tokens_and_list_the_to
             assert shop.post("/v1/tokenize/batch", json={"items": items}).status_code == 200
 
         # The attacker: the officer's certificate alone (reads need no second factor).
-        with vault.client("officer-alice", signed=False) as officer:
-            with _counting(vault, hsm_provider) as seen:
-                answers = [officer.get("/v1/admin/keys") for _ in range(READS)]
+        with (
+            vault.client("officer-alice", signed=False) as officer,
+            _counting(vault, hsm_provider) as seen,
+        ):
+            answers = [officer.get("/v1/admin/keys") for _ in range(READS)]
         assert [a.status_code for a in answers] == [200] * READS
         records = {
             k["version"]: k["records"]
