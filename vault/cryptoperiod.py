@@ -164,8 +164,11 @@ class CryptoperiodMonitor:
         now = self._clock()
         found: list[KeyPeriod] = []
         registered = self._registered_at()
+        # One listing of the token for every kind (atk49n: one per kind, and an
+        # officer's inventory read asks fresh).
+        listed = self._registry.listing()
         for kind in KeyKind:
-            versions = self._registry.versions(kind)
+            versions = self._registry.versions(kind, listed)
             if not versions:
                 continue
             label = key_label(kind, versions[-1])

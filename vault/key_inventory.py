@@ -60,8 +60,9 @@ def describe_keys(
         }
         data.append(entry)
     token_keys = []
-    stray = set(keyring.registry.unregistered())
-    for key in provider.list_keys():
+    listed = provider.list_keys()  # once, for the answer and its `registered` (atk49n)
+    stray = set(keyring.registry.unregistered(listed))
+    for key in listed:
         if key.object_class == "PUBLIC_KEY":
             continue
         entry = {

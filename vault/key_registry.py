@@ -478,12 +478,19 @@ class KeyRegistry:
         )
 
     # ------------------------------------------------------------------ use
-    def versions(self, kind: KeyKind) -> list[int]:
-        """Versions of `kind` on the token that match their registry record, ascending.
+    def listing(self) -> list[KeyInfo]:
+        """The token's keys now (one listing, for a caller that asks `versions` of
+        several kinds: atk49n)."""
+        return self._provider.list_keys()
+
+    def versions(self, kind: KeyKind, listed: list[KeyInfo] | None = None) -> list[int]:
+        """Versions of `kind` on the token (`listed`, or the token's listing now) that
+        match their registry record, ascending.
         A substitute (same label, other CKA_ID or check value) or an unregistered
         newer version is left out: never used. Never writes (it is called inside the
         vault's transactions): adoption is `adopt_if_empty`'s, before them."""
-        on_token = token_identities(self._provider.list_keys())
+        keys = self._provider.list_keys() if listed is None else listed
+        on_token = token_identities(keys)
         registry = self.registered()
         if any(label not in registry for label in on_token if parse_key_label(label)):
             registry = self.registered(fresh=True)  # registered by another node?
