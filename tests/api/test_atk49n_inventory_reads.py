@@ -91,3 +91,28 @@ def test_an_officers_inventory_reads_do_not_each_scan_the_tokens_and_list_the_to
         # the HSM token per read (50).
         assert seen["token_counts"] <= 2, seen
         assert seen["listings"] <= 2 * READS, seen
+
+
+@pytest.mark.slow
+def test_an_officers_inventory_reads_sent_at_once_share_one_count(
+    tmp_path: Path, hsm_provider: HSMProvider
+) -> None:
+    with running_vault(tmp_path, hsm_provider) as vault:
+        with vault.client("payments") as shop:
+            items = [{"pan": card_number("411111", i + 1), "format": "uuid"} for i in range(100)]
+            assert shop.post("/v1/tokenize/batch", json={"items": items}).status_code == 200
+        answers: list[int] = []
+
+        def read() -> None:
+            with vault.client("officer-alice", signed=False) as officer:
+                answers.append(officer.get("/v1/admin/keys").status_code)
+
+        with _counting(vault, hsm_provider) as seen:
+            threads = [threading.Thread(target=read) for _ in range(READS)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert answers == [200] * READS
+        # Before: each read counted the tokens itself (20).
+        assert seen["token_counts"] <= 2, seen
