@@ -42,7 +42,6 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         raise _Connected("a connection was attempted")
 
     monkeypatch.setattr(psycopg, "connect", connect)
-    monkeypatch.setattr(psycopg.Connection, "connect", classmethod(lambda cls, *a, **k: connect(*a, **k)))
     return made
 
 
@@ -63,9 +62,7 @@ def test_db_migrate_refuses_an_unverified_owner_url(
     assert "owner-secret" not in result.output
 
 
-def test_audit_retire_refuses_an_unverified_owner_url(
-    tmp_path: Path, connects: list[Any]
-) -> None:
+def test_audit_retire_refuses_an_unverified_owner_url(tmp_path: Path, connects: list[Any]) -> None:
     key = tmp_path / "audit.pem"
     key.write_text("unused: the database is refused first\n")
     env = _env(tmp_path, OWNER) | {
@@ -84,3 +81,9 @@ def test_a_loopback_owner_url_is_still_a_development_path(
     url = "postgresql+psycopg://cofre_owner:pw@127.0.0.1:5432/cofre"
     CliRunner().invoke(app, ["db", "migrate"], env=_env(tmp_path, url))
     assert connects  # judged fine: it went on to connect
+
+
+def test_a_verified_owner_url_goes_on_to_connect(tmp_path: Path, connects: list[Any]) -> None:
+    url = OWNER + "?sslmode=verify-full&sslrootcert=/run/secrets/cofre-owner/rds-ca.pem"
+    CliRunner().invoke(app, ["db", "migrate"], env=_env(tmp_path, url))
+    assert connects
