@@ -28,6 +28,22 @@ _log = structlog.get_logger("cofre.vault")
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
+def refuse_unverified_owner_database(settings: Settings) -> None:
+    """Raise `ConfigurationError` when the configured URL reaches a PostgreSQL server
+    over the network without verifying it: the check `cofre serve` runs in production
+    (`cofre_cli._database_tls.unverified_database`), for the commands run with the
+    owner role's URL and password (`cofre db migrate`, `cofre audit retire`: the
+    migration Job and the retirement CronJob). Before atk49h they connected to whatever
+    the URL named, and with psycopg's default `sslmode=prefer` a server answering in the
+    database's place could ask for the owner's password in clear. Loopback and a Unix
+    socket are no network path (development); no allowance, as for `serve`."""
+    from cofre_cli._database_tls import unverified_database
+
+    unverified = unverified_database(settings.database_url)
+    if unverified is not None:
+        raise ConfigurationError(f"refusing the owner role's database: {unverified}")
+
+
 def database_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
     """An engine for the configured store: URL and password from settings or their
     files, or an RDS IAM token per new connection (`COFRE_DATABASE__IAM_AUTH`)."""

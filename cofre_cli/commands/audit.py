@@ -529,9 +529,10 @@ def audit_retire(
     from datetime import UTC, datetime
 
     from audit.retention import retire_partitions
-    from cofre_cli._opening import open_database
+    from cofre_cli._opening import open_database, refuse_unverified_owner_database
 
     settings = cli_settings()
+    refuse_unverified_owner_database(settings)  # run as the owner role (atk49h)
     pem = _public_key_pem(settings, public_key)
     objects = _object_store(settings, bucket)
     engine = open_database(settings)

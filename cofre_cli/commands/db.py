@@ -20,10 +20,12 @@ db_app = typer.Typer(
 def db_migrate() -> None:
     """Bring the database schema to this version's newest revision. Run it as the owner
     role before starting new vault versions; concurrent runs wait for each other."""
-    from cofre_cli._opening import database_engine
+    from cofre_cli._opening import database_engine, refuse_unverified_owner_database
     from vault.storage.schema_version import migrate
 
-    engine = database_engine(cli_settings(), pool_size=1)
+    settings = cli_settings()
+    refuse_unverified_owner_database(settings)  # the owner's password (atk49h)
+    engine = database_engine(settings, pool_size=1)
     try:
         status = migrate(engine)
     finally:
