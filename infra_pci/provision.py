@@ -9,6 +9,7 @@ are printed as exact next steps.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,37 @@ from infra_pci.model import ENVIRONMENT_TAG, MANAGED_TAG, ROLE_TAG, PciEnvironme
 HSM_PORTS = (2223, 2225)
 POSTGRES_PORT = 5432
 S3_SERVICE = "s3"  # the audit archive's endpoint, reached by its own DNS name
+STS_SERVICE = "sts"
+
+
+def endpoint_policy(service: str, account: str) -> dict[str, Any]:
+    """The policy of the PCI VPC's `service` endpoint: the principals of `account` alone
+    (atk49h: AWS's default, made when none is given, admits every principal of every
+    account to every resource, and the endpoints are the VPC's only way out, so anyone in
+    the CDE with their own account's keys shipped data to their own bucket through
+    them; PCI DSS 1.3.2). STS also answers the IRSA exchange, whose caller has no AWS
+    account yet: AssumeRoleWithWebIdentity is admitted for `account`'s roles only."""
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "AccountPrincipalsOnly",
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": "*",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"aws:PrincipalAccount": account}},
+        }
+    ]
+    if service == STS_SERVICE:
+        statements.append(
+            {
+                "Sid": "WebIdentityToAccountRoles",
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "sts:AssumeRoleWithWebIdentity",
+                "Resource": f"arn:aws:iam::{account}:role/*",
+            }
+        )
+    return {"Version": "2012-10-17", "Statement": statements}
 
 
 @dataclass(frozen=True)
@@ -43,6 +75,9 @@ class State:
     route_table_id: str | None = None
     security_groups: dict[str, str] = field(default_factory=dict)  # role -> group id
     endpoints: dict[str, str] = field(default_factory=dict)  # service -> endpoint id
+    # service -> its endpoint's policy, parsed (AWS's default when made without one)
+    endpoint_policies: dict[str, Any] = field(default_factory=dict)
+    account_id: str | None = None  # the PCI VPC's owner
     flow_log_id: str | None = None
     peering_id: str | None = None
     cluster_id: str | None = None
@@ -84,6 +119,7 @@ class PciProvisioner:
             if not vpcs:
                 return state
             state.vpc_id = vpcs[0]["VpcId"]
+            state.account_id = vpcs[0].get("OwnerId")
             in_vpc = [{"Name": "vpc-id", "Values": [state.vpc_id]}]
             for subnet in self.ec2.describe_subnets(Filters=in_vpc + _tag_filters(env))["Subnets"]:
                 state.subnets[subnet["AvailabilityZone"]] = subnet["SubnetId"]
@@ -106,6 +142,8 @@ class PciProvisioner:
                     continue
                 service = endpoint["ServiceName"].rsplit(".", 1)[-1]
                 state.endpoints[service] = endpoint["VpcEndpointId"]
+                document = endpoint.get("PolicyDocument")
+                state.endpoint_policies[service] = json.loads(document) if document else None
             logs = self.ec2.describe_flow_logs(
                 Filters=[{"Name": "resource-id", "Values": [state.vpc_id]}]
             )["FlowLogs"]
@@ -177,6 +215,8 @@ class PciProvisioner:
         for service in env.endpoint_services:
             how = "by its own name" if service == S3_SERVICE else "private DNS"
             item(service in state.endpoints, "vpc-endpoint", service, f"interface, {how}")
+            if service in state.endpoints and not self._policy_closed(state, service):
+                item(False, "endpoint-policy", service, "this account's principals only")
         item(state.flow_log_id is not None, "flow-log", env.flow_log_group, "ALL traffic")
         if env.peer_vpc_id:
             item(
@@ -211,6 +251,7 @@ class PciProvisioner:
                     TagSpecifications=[{"ResourceType": "vpc", "Tags": env.tags("vpc", "vpc")}],
                 )["Vpc"]
                 state.vpc_id = vpc["VpcId"]
+                state.account_id = vpc.get("OwnerId")
                 ec2.modify_vpc_attribute(VpcId=state.vpc_id, EnableDnsSupport={"Value": True})
                 ec2.modify_vpc_attribute(VpcId=state.vpc_id, EnableDnsHostnames={"Value": True})
             if state.default_group_open:
@@ -258,7 +299,14 @@ class PciProvisioner:
                     [(env.vault_port, env.vault_port, c) for c in env.allowed_source_cidrs],
                     egress=egress,
                 )
+            account = self._account(state)
             for service in env.endpoint_services:
+                policy = json.dumps(endpoint_policy(service, account))
+                if service in state.endpoints and not self._policy_closed(state, service):
+                    ec2.modify_vpc_endpoint(
+                        VpcEndpointId=state.endpoints[service], PolicyDocument=policy
+                    )
+                    state.endpoint_policies[service] = json.loads(policy)
                 if service not in state.endpoints:
                     endpoint = ec2.create_vpc_endpoint(
                         VpcEndpointType="Interface",
@@ -270,11 +318,13 @@ class PciProvisioner:
                         # `[archive] endpoint_url`): its private DNS on an interface
                         # endpoint needs conditions the manifests do not rely on.
                         PrivateDnsEnabled=service != S3_SERVICE,
+                        PolicyDocument=policy,
                         TagSpecifications=[
                             {"ResourceType": "vpc-endpoint", "Tags": env.tags("endpoint", service)}
                         ],
                     )["VpcEndpoint"]
                     state.endpoints[service] = endpoint["VpcEndpointId"]
+                    state.endpoint_policies[service] = json.loads(policy)
         with aws_errors("turning on VPC flow logs"):
             if state.flow_log_id is None:
                 existing = self.logs.describe_log_groups(logGroupNamePrefix=env.flow_log_group)[
@@ -298,6 +348,18 @@ class PciProvisioner:
                 state.flow_log_id = result["FlowLogIds"][0]
         if env.peer_vpc_id and state.peering_id is None:
             self._apply_peering(state)
+
+    def _account(self, state: State) -> str:
+        if state.account_id is None:
+            vpc = self.ec2.describe_vpcs(VpcIds=[state.vpc_id])["Vpcs"][0]
+            state.account_id = str(vpc["OwnerId"])
+        return state.account_id
+
+    def _policy_closed(self, state: State, service: str) -> bool:
+        """Whether `service`'s endpoint has exactly the policy `apply` gives it."""
+        if state.account_id is None:
+            return False
+        return state.endpoint_policies.get(service) == endpoint_policy(service, state.account_id)
 
     def _default_group(self, vpc_id: str) -> dict[str, Any] | None:
         groups = self.ec2.describe_security_groups(

@@ -19,6 +19,10 @@ IN PCI SCOPE. Each rule has a stable name that the report and the tests use:
   peering, the allowed sources (no VPN, transit gateway or other peering); the main
   side's routes over the peering reach only the vault subnets;
 - ``vpc-endpoints``: an interface endpoint exists for every AWS API the vault calls;
+- ``vpc-endpoint-policies``: each endpoint admits only the principals of the VPC's own
+  account (``aws:PrincipalAccount``; STS's also the web-identity exchange for that
+  account's roles): AWS's default policy admits every account's, and the endpoints are
+  the VPC's only way out (atk49h);
 - ``cloudhsm-three-azs``: the CloudHSM cluster has HSMs in three Availability Zones;
 - ``cloudhsm-fips-mode``: the cluster runs in FIPS mode (set when it was created, never
   changed after: cluster-hsm-types.html), so its keys live in a FIPS-validated module.
@@ -121,6 +125,7 @@ def verify(env: PciEnvironment, clients: AwsClients) -> list[Finding]:
         _flow_logs(flow_logs),
         _peering(env, state, tables, peer_tables),
         _endpoints(env, state),
+        _endpoint_policies(state),
         _cluster(env, state),
         _cluster_mode(state),
     ]
@@ -265,6 +270,42 @@ def _endpoints(env: PciEnvironment, state: State) -> Finding:
         "vpc-endpoints",
         not missing,
         "missing: " + ", ".join(missing) if missing else ", ".join(env.endpoint_services),
+    )
+
+
+def _statement_closed(statement: dict[str, Any], service: str, account: str | None) -> bool:
+    if statement.get("Effect") != "Allow":
+        return True  # a Deny narrows
+    condition = statement.get("Condition", {}).get("StringEquals", {})
+    if account is not None and condition.get("aws:PrincipalAccount") in (account, [account]):
+        return True
+    resources = statement.get("Resource")
+    resources = [resources] if isinstance(resources, str) else list(resources or [])
+    return (
+        service == "sts"
+        and statement.get("Action")
+        in ("sts:AssumeRoleWithWebIdentity", ["sts:AssumeRoleWithWebIdentity"])
+        and bool(resources)
+        and all(r.startswith(f"arn:aws:iam::{account}:role/") for r in resources)
+    )
+
+
+def _endpoint_policies(state: State) -> Finding:
+    bad = []
+    for service in sorted(state.endpoints):
+        policy = state.endpoint_policies.get(service)
+        statements = (policy or {}).get("Statement", [])
+        statements = [statements] if isinstance(statements, dict) else statements
+        if policy is None or not all(
+            _statement_closed(s, service, state.account_id) for s in statements
+        ):
+            bad.append(service)
+    return Finding(
+        "vpc-endpoint-policies",
+        not bad,
+        "open to other accounts: " + ", ".join(bad)
+        if bad
+        else f"account {state.account_id}'s principals only",
     )
 
 

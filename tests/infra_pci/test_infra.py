@@ -38,7 +38,7 @@ def test_plan_apply_idempotent_verify(aws: AWS, env: PciEnvironment) -> None:
     assert again == []
     findings = verify(env, clients)
     assert all(f.ok for f in findings), [str(f) for f in findings]
-    assert len(findings) == 11
+    assert len(findings) == 12
     (cluster,) = clients.cloudhsm.describe_clusters()["Clusters"]
     assert cluster["Mode"] == "FIPS"
 
