@@ -36,7 +36,7 @@ def test_infra_cli(
     assert "no changes" in out
     code, out = run("verify")
     assert code == 0, out
-    assert out.count("PASS") == 12  # cloudhsm-fips-mode since session 34, vpc-endpoint-policies atk49h
+    assert out.count("PASS") == 12  # fips mode (session 34), endpoint policies (atk49h)
     vpc = aws[0].ec2.describe_vpcs(Filters=[{"Name": "tag:cofre:role", "Values": ["vpc"]}])
     igw = aws[0].ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
     aws[0].ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc["Vpcs"][0]["VpcId"])
