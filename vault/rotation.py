@@ -12,12 +12,11 @@ The kinds: `vault.ceremony.RotationKind`.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, insert, select, update
 
@@ -53,14 +52,10 @@ from vault.errors import (
     KeyNotRegistered,
     StorageUnavailable,
 )
-from vault.key_inventory import code_epochs, describe_keys, record_counts
+from vault.key_inventory import RecentCounts, code_epochs, describe_keys, record_counts
 from vault.keyring import DataKeyring, KeyPurpose, KeyState
 from vault.storage.database import as_utc
 from vault.storage.schema import data_keys, key_approvals, key_ceremonies
-
-# How old the record counts an officer's inventory read answers may be (atk49n): each
-# count reads every token row, and an officer's reads are metered only by its bucket.
-RECORD_COUNTS_SECONDS: Final = 10.0
 
 
 class KeyRotation(RotationBatches):
@@ -99,11 +94,8 @@ class KeyRotation(RotationBatches):
         self._audit = audit or AuditLog()
         self._ttl = proposal_ttl
         self._grace = destroy_grace
-        self._clock = clock
-        self._lock = threading.Lock()
-        # The inventory's record counts, shared by the reads of `RECORD_COUNTS_SECONDS`.
-        self._counting = threading.Lock()
-        self._counted: tuple[float, tuple[dict[int, int], dict[int, int]]] | None = None
+        self._clock, self._lock = clock, threading.Lock()
+        self._counts = RecentCounts(self._read)  # an officer's inventory reads' (atk49n)
         registry, unsigned = keyring.registry, unsigned_officers_count  # signed: sessions 39, 40
         registry.trust_officers(policy, authorities, insecure_unsigned_ceremonies=unsigned)
 
@@ -397,36 +389,18 @@ class KeyRotation(RotationBatches):
 
     def inventory(self, identity: str, request_id: str = "") -> dict[str, Any]:
         """Keys on the token and data keys in the database, with how many records each
-        data key still protects (counted at most `RECORD_COUNTS_SECONDS` ago: atk49n).
-        Never key material. A denial's entry carries `request_id`, as every other entry
-        of an API request does."""
+        data key still protects (`RecentCounts`). Never key material. A denial's entry
+        carries `request_id`, as every other entry of an API request does."""
         self._officer(identity, request_id)
-        return self.key_inventory(counts=self._recent_counts())
+        return self.key_inventory(recent=True)
 
-    def _recent_counts(self) -> tuple[dict[int, int], dict[int, int]]:
-        """The records per key version, counted at most `RECORD_COUNTS_SECONDS` ago, by
-        one read at a time (the others wait for its count). Counting reads every token
-        row (the fingerprint versions through no index): an officer's reads, 300 at
-        once and 5 a second per worker, each counted the whole table twice (atk49n)."""
-        with self._counting:
-            if self._counted is not None:
-                at, counts = self._counted
-                if time.monotonic() - at < RECORD_COUNTS_SECONDS:
-                    return counts
-            with self._read() as connection:
-                counts = record_counts(connection)
-            self._counted = (time.monotonic(), counts)
-            return counts
-
-    def key_inventory(
-        self, *, counts: tuple[dict[int, int], dict[int, int]] | None = None
-    ) -> dict[str, Any]:
-        """The inventory without an authorisation check (for evidence bundles: counted
-        now, unless `counts` are given)."""
+    def key_inventory(self, *, recent: bool = False) -> dict[str, Any]:
+        """The inventory without an authorisation check (evidence: counted now)."""
+        counts = self._counts.recent() if recent else None  # before a connection is held
         with self._read() as connection:
-            counts, fp_counts = record_counts(connection) if counts is None else counts
+            data_counts, fp_counts = counts or record_counts(connection)
             epochs = code_epochs(connection, self._clock())
-        inventory = describe_keys(counts, fp_counts, self._keyring, self._provider)
+        inventory = describe_keys(data_counts, fp_counts, self._keyring, self._provider)
         inventory["security_code_epochs"] = epochs
         if self._cryptoperiods is not None:
             try:
