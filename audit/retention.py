@@ -47,6 +47,11 @@ from audit.schema import READ_ONLY, audit_archive, audit_heads, audit_retired
 from cofre.dberrors import db_error_name
 
 _REGISTER: Final = "key.register"
+# The time a carried copy of a key's registration says the key was registered: its
+# original's (or, for a copy of a copy, the one it carries on). Review rev49: the copy
+# was dated by its own record, so the cryptoperiod monitor restarted the key's period at
+# each retention run (`vault.cryptoperiod`).
+REGISTERED_AT: Final = "registered_at"
 # A data rotation's completion, as the predicate of migration 0023's partial index
 # (``ix_audit_entries_rotation_complete``), word for word: both databases use a partial
 # index only for a query that carries its predicate. Canonical payloads sort their keys,
@@ -307,11 +312,14 @@ def _carry_forward_key_records(connection: Connection, partition: str, actor: st
     ).all()
     by_label: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
     documents: dict[int, object] = {}
+    registered: dict[int, str | None] = {}
     for row in rows:
         parsed = registration_details(row.payload)
         if parsed is None:  # not the vault's: nothing to carry (session 39, review 49c)
             continue
         documents[int(row.id)] = parsed[0].get("document")
+        at = parsed[1].get(REGISTERED_AT, parsed[0].get("time"))
+        registered[int(row.id)] = at if isinstance(at, str) else None
         by_label.setdefault(str(parsed[1].get("label", "")), []).append((row, parsed[1]))
     count = 0
     for label, records in sorted(by_label.items()):
@@ -336,7 +344,11 @@ def _carry_forward_key_records(connection: Connection, partition: str, actor: st
                     outcome=Outcome.SUCCESS,
                     actor=actor,
                     key_id=label,
-                    details={**details, "carried_forward_from": row.leaf_index},
+                    details={
+                        **details,
+                        "carried_forward_from": row.leaf_index,
+                        REGISTERED_AT: registered[int(row.id)],
+                    },
                     # A record the officers signed keeps their signatures: without them
                     # the copy is an unsigned record (`vault._signed_registration`); the
                     # vault writes a document as text alone.

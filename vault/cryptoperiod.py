@@ -28,7 +28,7 @@ from typing import Any, Final
 import structlog
 from sqlalchemy import Engine, select, text
 
-from audit.retention import registration_details
+from audit.retention import REGISTERED_AT, registration_details
 from audit.schema import READ_ONLY, audit_entries
 from cofre.dberrors import database_errors_as
 from cofre.settings import KeySettings
@@ -141,7 +141,10 @@ class CryptoperiodMonitor:
         self._states: dict[str, PeriodState] = {}
 
     def _registered_at(self) -> dict[str, datetime]:
-        """When each token label was (last) registered, from the audit log."""
+        """When each token label was (last) registered, from the audit log: a copy
+        retention carried forward says when its original was (rev49: dated by its own
+        record, the copy restarted the key's cryptoperiod at each retention run), never
+        later than the copy itself."""
         out: dict[str, datetime] = {}
         with self._reader.connect() as connection:
             for payload, created_at in connection.execute(_REGISTERED).all():
@@ -149,7 +152,9 @@ class CryptoperiodMonitor:
                 if parsed is None:  # not the vault's (session 39, review 49c)
                     continue
                 label = str(parsed[1].get("label", ""))
-                out[label] = as_utc(created_at) or created_at
+                at = as_utc(created_at) or created_at
+                original = _time(parsed[1].get(REGISTERED_AT))
+                out[label] = at if original is None else min(at, original)
         return out
 
     # A database outage leaves as `StorageUnavailable` (503), never as a driver error.
@@ -240,3 +245,15 @@ def monitor_from_settings(
         ),
         fail_readiness=keys.overdue_fails_readiness,
     )
+
+
+def _time(text: object) -> datetime | None:
+    """An audit entry's time (``2026-03-01T05:00:00.000000Z``) as an aware datetime;
+    None when it is not one."""
+    if not isinstance(text, str):
+        return None
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from audit.archive import archive_log
 from audit.log import AuditEvent, AuditLog, Outcome
@@ -34,9 +34,10 @@ from infra_pci.objectstore import S3ObjectStore
 from tests.audit.conftest import BUCKET
 from tests.audit.test_archive import PREFIX, sequence
 from tests.audit.test_partitions import append_at
-from tests.audit.test_retention import NOW, _old_log, pg  # noqa: F401 - `pg` is a fixture
+from tests.audit.test_retention import NOW, OLD, _old_log, pg  # noqa: F401 - `pg` is a fixture
 from tests.support.evidence_bundles import POLICY
 from tests.support.vault_evidence import VAULT_ORIGIN
+from vault.key_registry import REGISTER_RECORDS
 from vault.signing import HSMTreeHeadSigner
 
 # The period: everything after the online entries dated NOW, the retire's included.
@@ -151,6 +152,29 @@ def test_a_bundle_covering_a_genuine_retire_verifies(
         "(entry 44, carried forward by retention from entry 11), cofre-kek-v1 (entry 45, "
         "carried forward by retention from entry 0)"
     ) in out, out
+
+
+def test_a_carried_registration_says_when_its_original_was_registered(
+    pg: Engine,  # noqa: F811 - the fixture
+    signer: HSMTreeHeadSigner,
+    s3: S3ObjectStore,
+) -> None:
+    """rev49: a copy was dated by its own record, so the vault's cryptoperiod monitor
+    restarted the key's period at each retire. Each copy now says its original's time
+    (``registered_at``), which check 6d compares with the original's."""
+    _retired_log(pg, signer, s3)
+    with pg.connect() as connection:
+        rows = connection.execute(
+            text(f"SELECT payload FROM audit_entries WHERE {REGISTER_RECORDS}")
+        )
+        copies = [json.loads(p) for (p,) in rows if "carried_forward_from" in p]
+    assert len(copies) == 3
+    said = {(c["key_id"], c["details"]["registered_at"]) for c in copies}
+    assert said == {
+        ("cofre-kek-v1", f"{OLD[0]:%Y-%m-%dT%H:%M:%S.%fZ}"),
+        ("cofre-fp-v1", f"{OLD[0]:%Y-%m-%dT%H:%M:%S.%fZ}"),
+        ("cofre-fp-v1", f"{OLD[1]:%Y-%m-%dT%H:%M:%S.%fZ}"),
+    }
 
 
 @pytest.mark.parametrize(

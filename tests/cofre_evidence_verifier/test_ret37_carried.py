@@ -95,3 +95,29 @@ def test_a_carry_whose_original_is_not_proven_fails(tmp_path: Path, tamper: str,
     [problem] = _problems(report)
     assert why in problem, problem
     assert "entry 12 registers cofre-kek-v1, carried forward by retention from entry 1" in problem
+
+
+@pytest.mark.parametrize(
+    ("said", "ok"),
+    [("2026-03-01T00:00:00.000000Z", True), ("2026-03-01T04:30:00.000000Z", False)],
+    ids=["the-originals-time", "its-own-time"],
+)
+def test_a_carry_says_when_its_original_was_registered(tmp_path: Path, said: str, ok: bool) -> None:
+    """Session 49 (rev49): the vault's cryptoperiod monitor dates a key by its copy's
+    ``registered_at``. Check 6d accepts the original's time there and fails any other:
+    a later one restarts the key's cryptoperiod."""
+    log = [*_hsm_init(), *day_log(10, DAY)]
+    copy = _register(
+        "cofre-kek-v1", "cofre hsm init", "04:30:00", carried_forward_from=1, registered_at=said
+    )
+    log.insert(12, copy)
+    bundle = build(log, 8, len(log))
+    bundle.set_jsonl(CARRIED, [_row(log, 1)])
+    report = _verify(bundle, tmp_path)
+    assert report.ok is ok, report.problems
+    if not ok:
+        [problem] = _problems(report)
+        assert problem.endswith(
+            f"it says the key was registered at {said!r}, where entry 1 says "
+            "'2026-03-01T00:00:00.000000Z': the key's cryptoperiod restarted"
+        ), problem

@@ -16,10 +16,11 @@ four months.
 
 Here (SQLite, which keeps one table: the original stays, as on PostgreSQL until its
 partition goes) the copy is appended as retention appends it, 100 days after the
-adoption; at day 400 the KEK must be overdue. No fix in this review (strict xfail): the
-copy carries no time of the original (its leaf index only), so the fix is in what
-retention writes (the original's time, carried on) and in the monitor reading it, and
-retention's tests need PostgreSQL.
+adoption; at day 400 the KEK must be overdue. Fixed in session 49 (a strict xfail
+until then): retention's copy says its original's time (``details.registered_at``,
+carried on by a copy of a copy: tests/audit/test_ret37_carried_registrations.py), the
+monitor dates the key by it, and check 6d requires it to be the original's
+(tests/cofre_evidence_verifier/test_ret37_carried.py).
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ from vault.key_registry import REGISTER_RECORDS
 from vault.service import VaultService
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rev49: retention's carried key.register copy restarts the key's cryptoperiod",
-)
+@pytest.mark.parametrize("said", ["original", "later"])
 def test_a_carried_registration_does_not_restart_the_kek_s_cryptoperiod(
-    service: VaultService, engine: Engine
+    service: VaultService, engine: Engine, said: str
 ) -> None:
+    """The copy says its original's time (``registered_at``, session 49), which the
+    monitor reads; a copy that says a later time than its own record's (a database
+    writer's) is dated no later than its record."""
     service.keyring.registry.adopt_if_empty()
     start = datetime.now(UTC)
     with engine.connect() as connection:
@@ -68,7 +69,11 @@ def test_a_carried_registration_does_not_restart_the_kek_s_cryptoperiod(
                 outcome=Outcome.SUCCESS,
                 actor="cofre retention",
                 key_id="cofre-kek-v1",
-                details={**kek["details"], "carried_forward_from": 1},
+                details={
+                    **kek["details"],
+                    "carried_forward_from": 1,
+                    "registered_at": kek["time"] if said == "original" else "2099-01-01T00:00:00Z",
+                },
             ),
         )
     monitor = CryptoperiodMonitor(
@@ -79,7 +84,8 @@ def test_a_carried_registration_does_not_restart_the_kek_s_cryptoperiod(
         clock=lambda: start + timedelta(days=400),
     )
     states = {p.key: p.state for p in monitor.assess()}
-    assert states["cofre-kek-v1"] is PeriodState.OVERDUE, (
+    expected = PeriodState.OVERDUE if said == "original" else PeriodState.OK
+    assert states["cofre-kek-v1"] is expected, (
         "the KEK, registered 400 days ago, reads as 300 days old: retention's carried copy "
         f"of its registration restarted its cryptoperiod ({states})"
     )

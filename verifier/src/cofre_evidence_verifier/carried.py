@@ -9,8 +9,9 @@ first start's, so check 6d would fail every bundle whose period covered a retire
 (`audit/carried.jsonl`, read by the exporter from the database or the archive) with its
 inclusion proof in the covering head, and the original must lie before the copy, be a
 successful registration of the same label, and have the same details but
-``carried_forward_from``: a carry never registers another key. Anything else, an
-original the exporter could not read included, fails the bundle, named.
+``carried_forward_from`` and ``registered_at`` (since session 49: the original's time,
+which the copy must say, or nothing, as before): a carry never registers another key.
+Anything else, an original the exporter could not read included, fails the bundle, named.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from cofre_evidence_verifier.merkle import included, leaf_hash
 
 NAME: Final = "audit/carried.jsonl"
 FROM: Final = "carried_forward_from"
+# When the copy says its key was registered (since session 49): its original's time, or
+# the one the original carries on; the vault's cryptoperiods count from it.
+AT: Final = "registered_at"
 _REGISTER: Final = "key.register"
 
 # An original proven in the log (its entry), or why it is not (a sentence).
@@ -94,10 +98,27 @@ def carry_problem(originals: Originals, index: int, entry: dict[str, Any]) -> st
             f"{shown} entry {source} is not a registration of {label}: a key put into use "
             "without a key ceremony"
         )
-    copied = {k: v for k, v in entry_details(entry).items() if k != FROM}
-    if copied != {k: v for k, v in entry_details(original).items() if k != FROM}:
+    return _copy_problem(shown, source, entry_details(entry), original)
+
+
+def _copy_problem(
+    shown: str, source: int, details: dict[str, Any], original: dict[str, Any]
+) -> str | None:
+    """Why the carried registration's `details` are not a copy of those of `original`
+    (entry `source`); None when they are."""
+    copied = {k: v for k, v in details.items() if k not in (FROM, AT)}
+    if copied != {k: v for k, v in entry_details(original).items() if k not in (FROM, AT)}:
         return (
             f"{shown} it is not a copy of entry {source} (their details differ: another key "
             "under that label, put into use without a key ceremony)"
+        )
+    said = details.get(AT)
+    registered = entry_details(original).get(AT, original.get("time"))
+    if said is not None and said != registered:
+        # A copy written before session 49 says nothing; one that says a later time
+        # restarts the key's cryptoperiod in the vault (PCI DSS 3.6.1.1).
+        return (
+            f"{shown} it says the key was registered at {said!r}, where entry {source} says "
+            f"{registered!r}: the key's cryptoperiod restarted"
         )
     return None
