@@ -363,6 +363,12 @@ class Witness:
             if proof:
                 raise InconsistentCheckpoint(f"{origin}: a proof from size 0 must be empty")
             return
+        if size == old_size and root == current.root:
+            # atk49w: the very head this witness holds, with a proof it does not need
+            # (anyone can resubmit the served note so): a malformed request, not a fork.
+            if proof:
+                raise InconsistentCheckpoint(f"{origin}: equal sizes need an empty proof")
+            return
         try:
             verify_consistency(old_size, size, proof, current.root, root)
         except ProofError as exc:
