@@ -89,6 +89,9 @@ def parse_request(body: bytes) -> tuple[int, list[bytes], str]:
         or not size_text.isascii()
         or not size_text.isdigit()
         or (size_text != "0" and size_text.startswith("0"))
+        # No tree size has more than 19 digits (< 2^63); int() of over 4,300 raises
+        # ValueError, which was a 500 with a logged traceback (atk49w).
+        or len(size_text) > 19
     ):
         raise RequestMalformed("the first line must be 'old <size>'")
     if len(proof_lines) > MAX_PROOF_LINES:
