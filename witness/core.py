@@ -158,6 +158,13 @@ class Witness:
         with self._counts_lock:
             self.counts[outcome] += 1
 
+    def counted(self) -> dict[str, int]:
+        """The requests by outcome so far, copied under the lock (a scrape that read
+        `counts` while a request counted a new outcome raised "dictionary changed size
+        during iteration": atk49w)."""
+        with self._counts_lock:
+            return dict(self.counts)
+
     def add_checkpoint(self, body: bytes) -> str:
         """Return the cosignature line(s) for the checkpoint in `body`; see the module
         docstring. Raises a `WitnessError` subclass (its `status` is the HTTP answer)."""

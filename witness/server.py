@@ -253,7 +253,7 @@ class _Handler(BaseHTTPRequestHandler):
             "# HELP cofre_witness_requests_total add-checkpoint requests by outcome",
             "# TYPE cofre_witness_requests_total counter",
         ]
-        for outcome, count in sorted(self.witness.counts.items()):
+        for outcome, count in sorted(self.witness.counted().items()):
             out.append(f'cofre_witness_requests_total{{outcome="{outcome}"}} {count}')
         open_now, refused = self.connections.counts()
         out += [
