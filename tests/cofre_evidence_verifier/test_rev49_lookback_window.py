@@ -27,11 +27,9 @@ it a moment later) is not a reason to fail a genuine ceremony.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from cofre_evidence_verifier.earlier import lookback_problems
-from cofre_evidence_verifier.merkle import leaf_hash
 from cofre_evidence_verifier.verify import verify_bundle
 from tests.cofre_evidence_verifier.test_atk48a_proposal_variant import (
     ALICE,
@@ -40,14 +38,11 @@ from tests.cofre_evidence_verifier.test_atk48a_proposal_variant import (
     _relabelled,
     _unix,
 )
+from tests.cofre_evidence_verifier.test_s49_earlier_bundles import _three as three_bundles
 from tests.support.evidence_bundles import (
     ORIGIN,
     PERIOD,
     AuditKey,
-    b64,
-    build,
-    consistency,
-    cutoff,
     day_log,
     payload,
     policy_payload,
@@ -135,23 +130,8 @@ def test_a_copy_of_a_proposal_signed_inside_the_window_after_the_bundle_began(
     tmp_path: Path,
 ) -> None:
     log, ceremony, second = _log()
-    full = [*log, cutoff()]
     w, key = witness(), AuditKey()
-    first = build(full, 0, 8, size=9, key=key, witnesses=[w], period=(PERIOD[0], T1))
-    middle = build(full, 8, 11, size=12, key=key, witnesses=[w], period=(T1, T2))
-    last = build(full, 11, len(log), size=len(full), key=key, witnesses=[w], period=(T2, PERIOD[1]))
-    leaves = [leaf_hash(p.encode()) for p in full]
-    for older, newer in ((first, middle), (middle, last)):
-        newer.manifest["previous_head"] = older.manifest["covering_head"]
-        size1 = older.manifest["covering_head"]["tree_size"]
-        size2 = newer.manifest["covering_head"]["tree_size"]
-        newer.files["audit/consistency.json"] = json.dumps(
-            {
-                "size1": size1,
-                "size2": size2,
-                "proof": [b64(h) for h in consistency(leaves[:size2], size1)],
-            }
-        ).encode()
+    first, middle, last = three_bundles(log, key, w)  # 00:00-07:00, 07:00-10:30, 10:30-24:00
     pins = {"witness_keys": [w.verifier_key()], "authorities": ["localhost"], "origin": ORIGIN}
     a = first.write(tmp_path / "a.tar.gz")
     b = middle.write(tmp_path / "b.tar.gz")
