@@ -13,16 +13,17 @@ import secrets
 from collections.abc import Sequence
 from typing import Any, Final
 
-from sqlalchemy import Connection, Row, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, Row, bindparam, func, select, update
 
+from cofre.dberrors import database_errors_as
 from hsm.errors import HSMKeyNotFound
 from hsm.keys import KeyKind, key_label
 from hsm.provider import HSMProvider, WrappedKey
 from vault._retired_keys import retired_through
 from vault._rotation_unreadable import UnreadableRows, rows_among
 from vault.card import pan_digits
-from vault.ceremony import RotationKind
-from vault.errors import DataKeyMissing
+from vault.ceremony import CeremonyState, RotationKind
+from vault.errors import DataKeyMissing, StorageUnavailable
 from vault.keyring import DataKeyring, KeyPurpose, KeyState, open_pan
 from vault.storage.schema import data_keys, key_ceremonies, tokens
 
@@ -46,8 +47,29 @@ _SEALED: Final = (tokens.c.id, tokens.c.token, tokens.c.domain, tokens.c.nonce, 
 class RotationBatches(UnreadableRows):
     """One batch of each rotation kind; `KeyRotation` sets the state these use."""
 
+    _engine: Engine
     _provider: HSMProvider
     _keyring: DataKeyring
+
+    def _earlier_waits(self, row: Row[Any]) -> bool:
+        """Whether a rotation of `row`'s kind whose new key is `row`'s old one still waits
+        to destroy its own old key. Its last step moves its late rows onto that key, which
+        it first checks is on the token: destroyed by `row` before (its grace shorter, the
+        setting lowered between the two), the earlier rotation kept its retired key for
+        good, failing every pass of the worker and stopping the rotations after it
+        (atk49o). So `row` keeps its old key until the earlier one is done, within the
+        earlier one's grace."""
+        earlier = select(key_ceremonies.c.id).where(
+            key_ceremonies.c.kind == row.kind,
+            key_ceremonies.c.state == CeremonyState.DESTROY_PENDING.value,
+            key_ceremonies.c.new_version == row.old_version,
+            key_ceremonies.c.id != row.id,
+        )
+        with (
+            database_errors_as(StorageUnavailable, "the key store"),
+            self._engine.connect() as connection,
+        ):
+            return connection.execute(earlier).first() is not None
 
     @staticmethod
     def _rows_to_move(connection: Connection, kind: RotationKind, old: int) -> int:

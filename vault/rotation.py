@@ -568,7 +568,7 @@ class KeyRotation(RotationBatches):
 
     def _destroy_if_due(self, row: Row[Any]) -> None:
         due = as_utc(row.destroy_after)
-        if due is None or due > self._clock():
+        if due is None or due > self._clock() or self._earlier_waits(row):
             return
         key_kind = KeyKind.KEK if row.kind == RotationKind.KEK.value else KeyKind.FINGERPRINT
         label = key_label(key_kind, int(row.old_version))
