@@ -308,6 +308,9 @@ class CeremonyResponse(_Strict):
     # not complete while one remains; `stuck_action` says what to do (rot38).
     stuck_tokens: list[str] = []
     stuck_action: str | None = None
+    # A register ceremony's key (label, cka_id, check) as its signed proposal names it:
+    # what an approval of it registers. None for the other kinds.
+    registers: dict[str, str] | None = None
 
 
 class HeadRef(_Strict):

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, select
 
+from cofre.redaction import mask_pan_like
 from policies.engine import PolicyEngine
 from vault._ceremony_guards import (
     counting_now,
@@ -20,8 +21,9 @@ from vault._ceremony_guards import (
     revoked_officers,
 )
 from vault._rotation_unreadable import UNREADABLE_ACTION, unreadable_tokens
+from vault._signed_registration import proposed_registration
 from vault.approval_proof import proposal_expired
-from vault.ceremony import Ceremony, CeremonyState
+from vault.ceremony import Ceremony, CeremonyState, RotationKind
 from vault.storage.database import as_utc
 from vault.storage.schema import key_approvals
 
@@ -100,4 +102,15 @@ def ceremony_view(
         approval_refused=refused,
         stuck_tokens=stuck,
         stuck_action=UNREADABLE_ACTION if stuck else None,
+        registers=_registers(row),
     )
+
+
+def _registers(row: Row[Any]) -> dict[str, str] | None:
+    """The label, CKA_ID and check value register ceremony `row`'s signed proposal names
+    (what an approval of it registers: atk49o), card-like digits masked as the log masks
+    them; None for another kind or a proposal not readable as one."""
+    if row.kind != RotationKind.REGISTER.value:
+        return None
+    named = proposed_registration(row.proposer_proof)
+    return None if named is None else {k: mask_pan_like(v) for k, v in named.items()}

@@ -78,6 +78,10 @@ class Ceremony:
     # `stuck_action` says what to do (rot38, `vault._rotation_unreadable`).
     stuck_tokens: list[str] = field(default_factory=list)
     stuck_action: str | None = None
+    # A ``register`` ceremony's key, as its signed proposal names it (label, cka_id,
+    # check): what each approval's signature commits to, shown before it is given
+    # (atk49o: the approver saw "key registration" only). None for the other kinds.
+    registers: dict[str, str] | None = None
 
     def as_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)

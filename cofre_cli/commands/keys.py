@@ -23,6 +23,12 @@ def _show_ceremony(data: dict[str, Any]) -> None:
     # A "register" ceremony records a key made on the token by hand: no rotation.
     what = "key registration" if data["kind"] == "register" else f"{data['kind']} rotation"
     typer.echo(f"ceremony {data['id']}: {what}, {data['state']}")
+    named = data.get("registers")
+    if named:  # what an approval's signature registers (atk49o: it was never shown)
+        typer.echo(
+            f"  registers {named.get('label')} as the key with CKA_ID {named.get('cka_id')}, "
+            f"check value {named.get('check')}"
+        )
     # An older vault's answer has no approvals_counting: show every approval, and say so.
     counting = data.get("approvals_counting")
     if counting is None:
@@ -143,6 +149,14 @@ def keys_approve(
             "nothing is signed when the ceremony is another kind.",
         ),
     ] = None,
+    label: Annotated[
+        str | None,
+        typer.Option(
+            "--label",
+            help="For a register ceremony, the label you mean to register (cofre-kek-v2): "
+            "nothing is signed when it registers another.",
+        ),
+    ] = None,
 ) -> None:
     """Approve a proposal (you cannot approve your own). Shows the ceremony first; at a
     terminal, asks before signing unless --kind names what it is."""
@@ -156,6 +170,14 @@ def keys_approve(
             typer.echo(
                 f"error: ceremony {ceremony_id} rotates the {shown['kind']} key, not the "
                 f"{kind} key: not approved",
+                err=True,
+            )
+            raise typer.Exit(1)
+        named = (shown.get("registers") or {}).get("label")
+        if label is not None and label != named:  # atk49o: what a registration registers
+            typer.echo(
+                f"error: ceremony {ceremony_id} registers {named or 'no label'}, not "
+                f"{label}: not approved",
                 err=True,
             )
             raise typer.Exit(1)

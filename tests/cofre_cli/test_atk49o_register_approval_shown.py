@@ -44,7 +44,15 @@ def test_the_approver_is_shown_the_key_a_registration_names(vault: VaultProcess)
     assert proposed.returncode == 0, proposed.stderr
     ceremony = proposed.stdout.split()[1].rstrip(":")
 
+    # Bob means to repair the KEK's label: told what this one registers, he signs nothing.
+    other = vault.cofre(
+        "keys", "approve", ceremony, "--kind", "register", "--label", "cofre-kek-v1",
+        "--as", "officer-bob",
+    )  # fmt: skip
+    assert other.returncode == 1
+    assert f"registers {LABEL}, not cofre-kek-v1: not approved" in other.stderr
     shown = vault.cofre("keys", "status", ceremony, "--as", "officer-bob")
+    assert "approved by nobody yet" in shown.stdout, shown.stdout
     assert shown.returncode == 0, shown.stderr
     approved = vault.cofre("keys", "approve", ceremony, "--kind", "register", "--as", "officer-bob")
     # Whatever the vault then answers, what Bob's token signed for was shown first.
