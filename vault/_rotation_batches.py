@@ -16,6 +16,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, Engine, Row, bindparam, func, select, update
 
 from cofre.dberrors import database_errors_as
+from cofre.errors import CofreError
 from hsm.errors import HSMKeyNotFound
 from hsm.keys import KeyKind, key_label
 from hsm.provider import HSMProvider, WrappedKey
@@ -50,6 +51,31 @@ class RotationBatches(UnreadableRows):
     _engine: Engine
     _provider: HSMProvider
     _keyring: DataKeyring
+
+    def _step(self, row: Row[Any], batch: int) -> int:
+        raise NotImplementedError  # `KeyRotation`'s
+
+    def _destroy_if_due(self, row: Row[Any]) -> None:
+        raise NotImplementedError  # `KeyRotation`'s
+
+    def _advance_each(self, rows: Sequence[Row[Any]], batch: int) -> int:
+        """One batch of each running rotation of `rows`, and the destruction of each
+        waiting one's old key once due; the rows moved. A rotation that fails (its new
+        key lost from the token, the HSM or the database away) is raised only once the
+        others had their turn: the first to fail stopped the pass, and every rotation
+        listed after it stopped advancing with it (atk49o)."""
+        moved, failed = 0, None
+        for row in rows:
+            try:
+                if row.state == CeremonyState.DESTROY_PENDING.value:
+                    self._destroy_if_due(row)
+                else:
+                    moved += self._step(row, batch)
+            except CofreError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+        return moved
 
     def _earlier_waits(self, row: Row[Any]) -> bool:
         """Whether a rotation of `row`'s kind whose new key is `row`'s old one still waits

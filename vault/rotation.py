@@ -474,7 +474,6 @@ class KeyRotation(RotationBatches):
         """Advance every running rotation by one batch (and destroy old keys whose grace
         period ended). Returns the rows moved. Safe to call from several nodes at once:
         each batch re-selects what is left inside its own transaction."""
-        moved = 0
         with self._lock:
             with self._read() as connection:
                 running = connection.execute(
@@ -496,12 +495,7 @@ class KeyRotation(RotationBatches):
             # A data key another process destroyed leaves this one's memory too.
             self._keyring.forget_destroyed(destroyed)
             self._keyring.learn_retired(retired)
-            for row in running:
-                if row.state == CeremonyState.DESTROY_PENDING.value:
-                    self._destroy_if_due(row)
-                else:
-                    moved += self._step(row, batch)
-        return moved
+            return self._advance_each(running, batch)
 
     def _step(self, row: Row[Any], batch: int) -> int:
         kind = RotationKind(row.kind)

@@ -46,3 +46,28 @@ def test_the_old_key_is_kept_while_the_new_one_is_missing(
     assert rotation_provider.has_key(old), f"{old} destroyed: no {kind} key left on the token"
     assert rotation.status(ALICE, ceremony.id).state == CeremonyState.DESTROY_PENDING
     service.keyring.wipe_all()
+
+
+def test_a_rotation_held_for_its_missing_key_does_not_stop_the_others(
+    rig: tuple[VaultService, KeyRotation], rotation_provider: HSMProvider
+) -> None:
+    """atk49o: the worker's pass stopped at the first rotation that raised, so while a
+    fingerprint rotation was held for its missing new key, a data rotation listed after
+    it never advanced. Now every rotation has its turn; the pass still raises, so the
+    worker's loop keeps failing with `hsm_key_not_found` (readiness, the runbook)."""
+    service, rotation = rig
+    service.tokenize(PAYMENTS, TokenizeRequest(Pan(card_number("4", 41)), "pan_bin6_last4"))
+    held = rotation.propose(ALICE, "fingerprint")
+    rotation.approve(CAROL, held.id)
+    assert until_destroy_pending(rotation, held.id)
+    status = rotation.status(ALICE, held.id)
+    rotation_provider.destroy_key(f"cofre-fp-v{status.new_version}")
+    data = rotation.propose(ALICE, "data")
+    rotation.approve(CAROL, data.id)
+
+    for _ in range(10):
+        with pytest.raises(HSMKeyNotFound):
+            rotation.run_pending()
+    assert rotation.status(ALICE, data.id).state == CeremonyState.COMPLETED
+    assert rotation.status(ALICE, held.id).state == CeremonyState.DESTROY_PENDING
+    service.keyring.wipe_all()
