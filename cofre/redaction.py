@@ -141,6 +141,21 @@ class _DecimalDigits(dict[int, int]):
 _TO_ASCII: Final = _DecimalDigits()
 
 
+class _CompatibilityDigits(dict[int, int]):
+    """`_DecimalDigits`, and every other character Unicode gives a digit value (``²``,
+    ``₄``, ``④``, ``➃``): for `metadata_holds_pan_like`, which stores nothing a reader
+    takes for a card. Not for masking, where ``²`` after a number is a separator."""
+
+    def __missing__(self, codepoint: int) -> int:
+        char = chr(codepoint)
+        value = ord(str(unicodedata.digit(char))) if char.isdigit() else codepoint
+        self[codepoint] = value
+        return value
+
+
+_TO_ASCII_COMPAT: Final = _CompatibilityDigits()
+
+
 def luhn_valid(digits: str) -> bool:
     """Whether the ASCII `digits` pass the Luhn check (a card number's last digit)."""
     total = 0
@@ -396,7 +411,14 @@ def metadata_holds_pan_like(text: str) -> bool:
     not storing a card in clear, and the caller gets a 422 saying why."""
     if holds_pan_like(text):
         return True
-    probe = _ascii_digits(text)
+    # Every Unicode digit read as its ASCII digit, the compatibility digits too
+    # (superscripts, subscripts, circled and dingbat digits: category No, which NFKC
+    # folds to ASCII and a reader reads as digits). atk49l: they are word characters
+    # that are not `\d`, so `_LETTERS` took each for a letter, and a card written in
+    # them (``⁴¹¹¹¹¹¹¹¹¹¹¹¹¹¹¹``) was stored in clear and answered to every reader.
+    probe = text if text.isascii() else text.translate(_TO_ASCII_COMPAT)
+    if probe is not text and holds_pan_like(probe):
+        return True
     if sum(map(probe.count, _ASCII_DIGITS)) < MIN_DIGITS:
         return False
     for chain in _LETTERS.split(probe):
