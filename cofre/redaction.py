@@ -401,6 +401,12 @@ def holds_pan_like(text: str) -> bool:
 _LETTERS: Final = re.compile(r"[^\W\d_]+")
 
 
+# Letters that print as blank space (the Hangul fillers, category Lo): between digits
+# they are a space to whoever reads the text, not a letter (atk49l: ``41111111ㅤ11111111``
+# was stored in clear).
+_BLANK_LETTERS: Final = dict.fromkeys(map(ord, "\u115f\u1160\u3164\uffa0"), " ")
+
+
 def metadata_holds_pan_like(text: str) -> bool:
     """`holds_pan_like`, and more aggressive, for metadata (stored in clear and answered
     to every reader of the token): the digits of `text` are read together wherever only
@@ -421,7 +427,7 @@ def metadata_holds_pan_like(text: str) -> bool:
         return True
     if sum(map(probe.count, _ASCII_DIGITS)) < MIN_DIGITS:
         return False
-    for chain in _LETTERS.split(probe):
+    for chain in _LETTERS.split(probe.translate(_BLANK_LETTERS)):
         digits = _NOT_DIGIT.sub("", chain)
         if len(digits) >= MIN_DIGITS and _luhn_window(digits):
             return True
