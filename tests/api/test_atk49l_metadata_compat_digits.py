@@ -27,6 +27,10 @@ SHAPES = {
         "".join(_SUPERSCRIPT[int(d)] for d in PAN[i : i + 4]) for i in range(0, 16, 4)
     ),
     "mixed-with-ascii": "4111" + "".join(_SUPERSCRIPT[int(d)] for d in PAN[4:]),
+    # Numbers of two digits in one character, which NFKC spells in ASCII digits.
+    "circled-eleven": "4" + "\u246a" * 7 + "1",
+    "parenthesized-eleven": "4" + "\u247e" * 7 + "1",
+    "full-stop-eleven": "4" + "\u2492" * 7 + "1",
 }
 
 
