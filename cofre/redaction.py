@@ -414,20 +414,30 @@ def metadata_holds_pan_like(text: str) -> bool:
     JSON list's text of quoted and bare pieces), and any Luhn-valid window of 12 to 19
     of them refuses the text. Some innocent values are refused too (about one in ten
     12-digit chains, such as a date and time written with spaces); that is the price of
-    not storing a card in clear, and the caller gets a 422 saying why."""
+    not storing a card in clear, and the caller gets a 422 saying why.
+
+    Digits are read in every form a reader reads as digits (atk49l): any script's, the
+    compatibility digits (superscripts, subscripts, circled and dingbat digits, which
+    are word characters that are not `\\d` and counted as letters: ``⁴¹¹¹¹¹¹¹¹¹¹¹¹¹¹¹``
+    was stored in clear), and the text as NFKC spells it (``⑪`` is ``11``); a letter
+    that prints blank (a Hangul filler) is no letter between digits."""
     if holds_pan_like(text):
         return True
-    # Every Unicode digit read as its ASCII digit, the compatibility digits too
-    # (superscripts, subscripts, circled and dingbat digits: category No, which NFKC
-    # folds to ASCII and a reader reads as digits). atk49l: they are word characters
-    # that are not `\d`, so `_LETTERS` took each for a letter, and a card written in
-    # them (``⁴¹¹¹¹¹¹¹¹¹¹¹¹¹¹¹``) was stored in clear and answered to every reader.
-    probe = text if text.isascii() else text.translate(_TO_ASCII_COMPAT)
-    if probe is not text and holds_pan_like(probe):
-        return True
+    if text.isascii():
+        return _chain_holds(text)
+    for form in {text, unicodedata.normalize("NFKC", text)}:
+        probe = form.translate(_TO_ASCII_COMPAT)
+        if holds_pan_like(probe) or _chain_holds(probe.translate(_BLANK_LETTERS)):
+            return True
+    return False
+
+
+def _chain_holds(probe: str) -> bool:
+    """Whether a chain of ASCII digits of `probe` with no letter in it holds a Luhn-valid
+    12 to 19 digit window."""
     if sum(map(probe.count, _ASCII_DIGITS)) < MIN_DIGITS:
         return False
-    for chain in _LETTERS.split(probe.translate(_BLANK_LETTERS)):
+    for chain in _LETTERS.split(probe):
         digits = _NOT_DIGIT.sub("", chain)
         if len(digits) >= MIN_DIGITS and _luhn_window(digits):
             return True
