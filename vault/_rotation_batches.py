@@ -9,6 +9,7 @@ sitting.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Sequence
 from typing import Any, Final
@@ -174,13 +175,22 @@ class RotationBatches(UnreadableRows):
             connection.execute(_REENCRYPT, params)
         return len(params)
 
-    def _rewrap(self, connection: Connection, row: Row[Any], batch: int) -> int:
+    def _rewrap(
+        self, connection: Connection, row: Row[Any], batch: int, *, late: bool = False
+    ) -> int:
         new_label = key_label(KeyKind.KEK, int(row.new_version))
+        # The last step (`late`) moves only what lies under the KEK it destroys: a later
+        # rotation's new KEK is not this one's to move back from (atk49o: the data keys
+        # went back under this rotation's new KEK, retiring by then, until the later
+        # rotation's own last step moved them again).
+        under = (
+            data_keys.c.kek_label == key_label(KeyKind.KEK, int(row.old_version))
+            if late
+            else data_keys.c.kek_label != new_label
+        )
         rows = connection.execute(
             select(data_keys)
-            .where(
-                data_keys.c.kek_label != new_label, data_keys.c.state != KeyState.DESTROYED.value
-            )
+            .where(under, data_keys.c.state != KeyState.DESTROYED.value)
             .limit(batch)
         ).all()
         # Only from a KEK the registry records, as the keyring unwraps (review 38): the
@@ -330,7 +340,7 @@ class RotationBatches(UnreadableRows):
                 "kept until it is restored from the HSM's backup (docs/key-ceremony.md, "
                 '"A key missing from the token")'
             )
-        step = self._rewrap if kek else self._refingerprint
+        step = functools.partial(self._rewrap, late=True) if kek else self._refingerprint
         moved = 0
         while batch := step(connection, row, BATCH):
             moved += batch

@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from hsm.errors import HSMKeyNotFound
 from hsm.provider import HSMProvider
@@ -28,6 +28,7 @@ from vault.ceremony import CeremonyState
 from vault.pan import Pan
 from vault.rotation import KeyRotation
 from vault.service import TokenizeRequest, VaultService
+from vault.storage.schema import data_keys
 
 
 def _rotation(
@@ -111,4 +112,37 @@ def test_the_stuck_rotation_does_not_stop_the_next_ones(
     rotation.approve(CAROL, data.id)
     _run(rotation, 10)
     assert rotation.status(ALICE, data.id).state == CeremonyState.COMPLETED
+    service.keyring.wipe_all()
+
+
+def test_an_earlier_kek_rotation_s_last_step_leaves_the_later_one_s_data_keys(
+    rig: tuple[VaultService, KeyRotation], engine: Engine, rotation_provider: HSMProvider
+) -> None:
+    """atk49o's leftover: the last step of R1 (v1 -> v2) re-wrapped every data key not
+    under v2, so once R2 (v2 -> v3) had moved them all under v3, R1's destruction of v1
+    moved them back under v2, R2's retiring key, until R2's own last step. It moves only
+    what lies under the key it destroys."""
+    service, _ = rig
+    service.tokenize(PAYMENTS, TokenizeRequest(Pan(card_number("4", 50)), "pan_bin6_last4"))
+    clock = [datetime.now(UTC)]
+    day = _rotation(service, engine, rotation_provider, timedelta(days=1), clock)
+    first = day.propose(ALICE, "kek")
+    day.approve(CAROL, first.id)
+    assert until_destroy_pending(day, first.id)
+    week = _rotation(service, engine, rotation_provider, timedelta(days=7), clock)
+    second = week.propose(ALICE, "kek")
+    week.approve(CAROL, second.id)
+    assert until_destroy_pending(week, second.id)
+    newest = f"cofre-kek-v{week.status(ALICE, second.id).new_version}"
+
+    clock[0] += timedelta(days=2)  # R1's grace is over, R2's is not
+    assert not _run(day, 1)
+    assert day.status(ALICE, first.id).state == CeremonyState.COMPLETED
+    with engine.connect() as connection:
+        labels = set(
+            connection.execute(
+                select(data_keys.c.kek_label).where(data_keys.c.state != "destroyed")
+            ).scalars()
+        )
+    assert labels == {newest}, labels
     service.keyring.wipe_all()
