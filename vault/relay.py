@@ -176,10 +176,15 @@ def caller_guesses(body: Any, tokens: Collection[str] = ()) -> CallerGuesses:
     def note(_index: int, text: str) -> None:
         if text in tokens:
             return
-        forms = {text, unquote_plus(text), ascii_digits(text)}
-        decodings(text, forms)
-        for shape in escaped_forms(text, lone_words=False):
-            forms.update((shape, ascii_digits(shape), unicodedata.normalize("NFKC", shape)))
+        forms: set[str] = set()
+        # Also without its NULs, as `withhold_sent` reads the answer's texts (rev49e: a
+        # guess written ``7\u00003\u00009`` was no run of three digits, and the card's
+        # code echoed so came back withheld alone).
+        for one in {text, text.replace("\x00", "")}:
+            forms.update((one, unquote_plus(one), ascii_digits(one)))
+            decodings(one, forms)
+            for shape in escaped_forms(one, lone_words=False):
+                forms.update((shape, ascii_digits(shape), unicodedata.normalize("NFKC", shape)))
         add(forms)
 
     _replace_texts(body, note)
