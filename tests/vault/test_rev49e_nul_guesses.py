@@ -66,4 +66,3 @@ def test_expiry_guesses_with_nuls_do_not_tell_the_cards_expiry(
     first = _withheld(relay, EXPIRIES, expiry="11/31")
     assert first != ["11/31"], "one relay told the caller the card's expiry"
     assert first == _withheld(relay, EXPIRIES, expiry="04/34")
-
