@@ -97,6 +97,9 @@ class CallerGuesses:
 
     layouts: Guesses
     runs: Guesses
+    # Rev49e: a month and a year held by one object of the caller's (`month_year_pairs`),
+    # withheld as `withhold_month_year` withholds the card's expiry sent apart.
+    month_years: frozenset[tuple[int, int]] = frozenset()
 
 
 def sent_patterns(sent: Sequence[str], guesses: CallerGuesses | None) -> list[Matcher]:

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from vault._relay_details import CallerGuesses
+from vault._relay_month_year import withhold_month_year
 from vault.relay import (
     mask_strings,
     withhold_echoed_pans,
     withhold_encoded_pans,
-    withhold_month_year,
     withhold_sent,
     withhold_split_pans,
 )
@@ -50,4 +50,5 @@ def scanned_answer(body: Any, sent: Sent) -> Any:
     # An echo of a sent number in a shape the detector does not know (review 29b).
     masked = withhold_echoed_pans(masked, sent.pans, decoded=False)  # read above
     masked = withhold_sent(masked, sent.details, sent.guesses)
-    return withhold_month_year(masked, sent.month_years)
+    guessed = sent.guesses.month_years if sent.guesses is not None else ()
+    return withhold_month_year(masked, sent.month_years, guessed)

@@ -34,13 +34,12 @@ from vault._relay_details import (
 )
 from vault._relay_dumps import joined_lists, withhold_lists
 from vault._relay_echo import AnswerBound, escaped_forms, read_as
+from vault._relay_month_year import WITHHELD_DETAIL, caller_month_years  # the detail's stand-in
 from vault.errors import RelayBodyInvalid
 
 # How deep a relay body or an upstream's answer may nest. Acquirers' bodies are a few
 # levels deep; Python's recursion (a copy, the masking) gives out near 700 (review 26).
 MAX_DEPTH: Final = 64
-# What stands where the vault withheld a card detail it sent from the answer.
-WITHHELD_DETAIL: Final = "[withheld]"
 
 
 @dataclass(frozen=True)
@@ -208,6 +207,7 @@ def caller_guesses(body: Any, tokens: Collection[str] = ()) -> CallerGuesses:
     return CallerGuesses(
         layouts=guesses_of(EXPIRY_LIKE, frozenset(layouts)),
         runs=guesses_of(DIGIT_RUN, frozenset(runs)),
+        month_years=caller_month_years(body),
     )
 
 
@@ -261,41 +261,6 @@ def withhold_sent(value: Any, sent: Sequence[str], guesses: CallerGuesses | None
             if shown != str(node):
                 return shown
         return node
-
-    return walk(value)
-
-
-def withhold_month_year(value: Any, pairs: Sequence[tuple[str, Sequence[str]]]) -> Any:
-    """`value` (an upstream's answer) with both members of any object that holds the
-    month and the year of an expiry the vault sent apart (`pairs`: the month "MM" and
-    the year as "YY" and "YYYY", strings or numbers, leading zeros optional) replaced by
-    `WITHHELD_DETAIL`. Alone, two digits are too common to withhold (`withhold_sent`);
-    together in one object they are the card's expiry echoed, as an acquirer that
-    echoes the request's card object does, and the caller may be outside PCI scope,
-    where a card number joined to its expiry must not arrive (review 31, R31-1)."""
-    if not pairs:
-        return value
-
-    def same(member: Any, digits: str) -> bool:
-        if isinstance(member, bool) or not isinstance(member, int | str):
-            return False
-        text = str(member).strip()
-        return text.isascii() and text.isdigit() and len(text) <= 4 and int(text) == int(digits)
-
-    def walk(node: Any) -> Any:
-        # Recursion is bounded: `send` refuses an answer deeper than MAX_DEPTH.
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        if not isinstance(node, dict):
-            return node
-        out = {k: walk(v) for k, v in node.items()}
-        for month, years in pairs:
-            months = [k for k, v in out.items() if same(v, month)]
-            found = [k for k, v in out.items() if any(same(v, y) for y in years)]
-            if any(m != y for m in months for y in found):
-                for k in {*months, *found}:
-                    out[k] = WITHHELD_DETAIL
-        return out
 
     return walk(value)
 
