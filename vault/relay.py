@@ -193,7 +193,11 @@ def caller_guesses(body: Any, tokens: Collection[str] = ()) -> CallerGuesses:
         # guess written ``7\u00003\u00009`` was no run of three digits, and the card's
         # code echoed so came back withheld alone).
         for one in {text, text.replace("\x00", "")}:
-            forms.update((one, unquote_plus(one), ascii_digits(one)))
+            # Folded too, as `escapes_hold` folds an answer's text past ASCII (rev49e:
+            # a guess written ``⁷³⁹`` or ``⑦③⑨`` was none, and the card's code so was
+            # withheld alone).
+            folded = unicodedata.normalize("NFKC", one)
+            forms.update((one, unquote_plus(one), ascii_digits(one), folded, ascii_digits(folded)))
             decodings(one)
             for shape in escaped_forms(one, lone_words=False):
                 forms.update((shape, ascii_digits(shape), unicodedata.normalize("NFKC", shape)))
