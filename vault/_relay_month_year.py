@@ -74,12 +74,12 @@ def caller_month_years(body: Any) -> frozenset[tuple[int, int]]:
         if not isinstance(node, dict):
             continue
         stack.extend(node.values())
-        values = [n for v in node.values() if (n := _small_number(v)) is not None]
-        months = {n for n in values if 1 <= n <= 12}
-        for month in months:
-            for year in values:
-                if (year != month or values.count(month) > 1) and (short := _short_year(year)):
-                    pairs.update(((month, short), (month, 2000 + short)))
+        values = {n for v in node.values() if (n := _small_number(v)) is not None}
+        # A month (1 to 12) and a year (20 on) are never one member; each distinct
+        # value once (a hostile object of 10,000 members costs 12 passes of them).
+        years = {short for n in values if (short := _short_year(n)) is not None}
+        for month in (n for n in values if 1 <= n <= 12):
+            pairs.update(p for y in years for p in ((month, y), (month, 2000 + y)))
     return frozenset(pairs)
 
 
