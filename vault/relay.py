@@ -198,9 +198,11 @@ def caller_guesses(body: Any, tokens: Collection[str] = ()) -> CallerGuesses:
             # withheld alone).
             folded = unicodedata.normalize("NFKC", one)
             forms.update((one, unquote_plus(one), ascii_digits(one), folded, ascii_digits(folded)))
-            decodings(one)
             for shape in escaped_forms(one, lone_words=False):
                 forms.update((shape, ascii_digits(shape), unicodedata.normalize("NFKC", shape)))
+        # Its words decoded as written: `withhold_encoded_pans` decodes the answer's
+        # texts with their NULs (the NUL-less text is read for its escapes only).
+        decodings(text)
         add(forms)
 
     _replace_texts(body, note)
