@@ -32,9 +32,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from audit.log import AuditEvent, Outcome
 from cofre.blocking import may_block
+from policies.engine import PolicyEngine
+from policies.models import Action
 from vault.storage.schema import tokens
 
-__all__ = ["named_record", "names_token", "naming_token"]
+__all__ = ["named_record", "names_token", "naming_token", "reads_the_log"]
 
 # The token the request being served names (`naming_token`): None, none or several.
 _NAMED: Final[ContextVar[str | None]] = ContextVar("cofre_named_token", default=None)
@@ -66,14 +68,28 @@ def names_token() -> bool:
     return _named_token() is not None
 
 
-def named_record(engine: Engine, event: AuditEvent) -> AuditEvent:
+def reads_the_log(policy: PolicyEngine, actor: str) -> bool:
+    """Whether `actor` may read the audit log (``audit_read``: an auditor, an officer):
+    the entries of its own refusals then name no token record. Its own denial's entry,
+    which it reads through the audit proofs, told it whether any domain holds the token
+    it guessed, and which record it is (atk49x)."""
+    rules = policy.policy.identities.get(actor)
+    return rules is not None and Action.AUDIT_READ in rules.operations
+
+
+def named_record(
+    engine: Engine, event: AuditEvent, policy: PolicyEngine | None = None
+) -> AuditEvent:
     """`event` naming the record of the token the request names (`naming_token`), if it
     is a refusal that names none and the vault holds that token (in any domain: a denial
-    about another domain's token names the record too); else `event` as it is. Raises
-    only `WouldBlock` (on the event loop); a failed read names nothing, and the entry is
+    about another domain's token names the record too), and its actor does not read the
+    log under `policy` (`reads_the_log`); else `event` as it is. Raises only
+    `WouldBlock` (on the event loop); a failed read names nothing, and the entry is
     still written."""
     token = _named_token()
     if token is None or event.token_id is not None or event.outcome is Outcome.SUCCESS:
+        return event
+    if policy is not None and reads_the_log(policy, event.actor):
         return event
     may_block()  # a read: on the event loop, the call runs again in a thread
     try:

@@ -75,7 +75,6 @@ def test_an_auditor_cannot_tell_from_its_own_denials_whether_a_token_is_held(
         assert len(denials) == 2, denials
         # What the auditor reads of its own two probes: the same, but for the request.
         assert [d["token_id"] for d in denials] == [None, None], (
-            "the auditor's denial entry names the record of the token it guessed: "
-            f"{denials}"
+            f"the auditor's denial entry names the record of the token it guessed: {denials}"
         )
         assert made.json()["token_id"] not in json.dumps(denials)
